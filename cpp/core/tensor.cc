@@ -1,0 +1,220 @@
+#include "tensor.h"
+
+#include <cstdlib>
+#include <cstring>
+
+#include "backend.h"
+#ifdef SPECDEC_WITH_CUDA
+#include "../../cuda/cuda_backend.h"
+#endif
+
+namespace specdec {
+
+namespace {
+[[noreturn]] void no_cuda(const char* what) {
+  fail("E_UNSUPPORTED", what, ": the CUDA backend is not available (", backend_info().cuda_reason, ")");
+}
+}  // namespace
+
+Storage::Storage(size_t n, Device d) : bytes(n), device(d) {
+  size_t alloc_bytes = n == 0 ? 64 : (n + 63) / 64 * 64;
+  if (d == Device::cpu) {
+    ptr = std::aligned_alloc(64, alloc_bytes);
+    SPECDEC_CHECK(ptr != nullptr, "E_ARG", "out of host memory allocating ", n, " bytes");
+  } else {
+#ifdef SPECDEC_WITH_CUDA
+    if (!cuda_available()) no_cuda("allocating a CUDA tensor");
+    ptr = cuda::alloc(alloc_bytes);
+#else
+    no_cuda("allocating a CUDA tensor");
+#endif
+  }
+}
+
+Storage::~Storage() {
+  if (!ptr) return;
+  if (device == Device::cpu) {
+    std::free(ptr);
+  } else {
+#ifdef SPECDEC_WITH_CUDA
+    size_t alloc_bytes = bytes == 0 ? 64 : (bytes + 63) / 64 * 64;
+    cuda::release(ptr, alloc_bytes);
+#endif
+  }
+}
+
+static int64_t shape_numel(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t s : shape) n *= s;
+  return n;
+}
+
+Tensor Tensor::empty(DType dtype, std::vector<int64_t> shape, Device device) {
+  for (int64_t s : shape) SPECDEC_CHECK(s >= 0, "E_ARG", "negative dimension in shape");
+  Tensor t;
+  t.dtype_ = dtype;
+  t.device_ = device;
+  t.shape_ = std::move(shape);
+  t.storage_ = std::make_shared<Storage>(static_cast<size_t>(shape_numel(t.shape_)) * dtype_size(dtype), device);
+  return t;
+}
+
+Tensor Tensor::zeros(DType dtype, std::vector<int64_t> shape, Device device) {
+  Tensor t = empty(dtype, std::move(shape), device);
+  t.fill_zero();
+  return t;
+}
+
+Tensor Tensor::from_host(DType dtype, std::vector<int64_t> shape, const void* data, Device device) {
+  Tensor t = empty(dtype, std::move(shape), device);
+  t.copy_from_host(data, t.nbytes());
+  return t;
+}
+
+int64_t Tensor::size(int i) const {
+  int d = dim();
+  int j = i < 0 ? i + d : i;
+  SPECDEC_CHECK(j >= 0 && j < d, "E_ARG", "dimension ", i, " out of range for ", describe());
+  return shape_[static_cast<size_t>(j)];
+}
+
+int64_t Tensor::numel() const { return shape_numel(shape_); }
+
+void* Tensor::data() const {
+  SPECDEC_CHECK(storage_ != nullptr, "E_ARG", "use of an undefined tensor");
+  return static_cast<char*>(storage_->ptr) + offset_;
+}
+
+Tensor Tensor::view(std::vector<int64_t> shape) const {
+  SPECDEC_CHECK(shape_numel(shape) == numel(), "E_ARG", "cannot view ", describe(), " with a different element count");
+  Tensor t = *this;
+  t.shape_ = std::move(shape);
+  return t;
+}
+
+Tensor Tensor::rows(int64_t begin, int64_t end) const {
+  SPECDEC_CHECK(dim() >= 1 && begin >= 0 && begin <= end && end <= shape_[0], "E_ARG", "rows [", begin, ", ", end,
+                ") out of range for ", describe());
+  Tensor t = *this;
+  int64_t row = numel() / (shape_[0] == 0 ? 1 : shape_[0]);
+  t.offset_ += static_cast<size_t>(begin * row) * dtype_size(dtype_);
+  t.shape_[0] = end - begin;
+  return t;
+}
+
+Tensor Tensor::to(Device device) const {
+  Tensor t = empty(dtype_, shape_, device);
+  t.copy_from(*this);
+  return t;
+}
+
+void Tensor::copy_from(const Tensor& src) {
+  SPECDEC_CHECK(src.dtype_ == dtype_ && src.numel() == numel(), "E_ARG", "copy from ", src.describe(), " into ",
+                describe(), ": dtype and size must match");
+  size_t n = nbytes();
+  if (n == 0) return;
+  if (device_ == Device::cpu && src.device_ == Device::cpu) {
+    std::memmove(data(), src.data(), n);
+    return;
+  }
+#ifdef SPECDEC_WITH_CUDA
+  if (device_ == Device::cuda && src.device_ == Device::cuda) cuda::memcpy_d2d(data(), src.data(), n);
+  else if (device_ == Device::cuda) cuda::memcpy_h2d(data(), src.data(), n);
+  else cuda::memcpy_d2h(data(), src.data(), n);
+#else
+  no_cuda("copying a CUDA tensor");
+#endif
+}
+
+void Tensor::copy_from_host(const void* src, size_t bytes) {
+  SPECDEC_CHECK(bytes == nbytes(), "E_ARG", "host buffer of ", bytes, " bytes does not fit ", describe());
+  if (bytes == 0) return;
+  if (device_ == Device::cpu) {
+    std::memcpy(data(), src, bytes);
+    return;
+  }
+#ifdef SPECDEC_WITH_CUDA
+  cuda::memcpy_h2d(data(), src, bytes);
+#else
+  no_cuda("copying to a CUDA tensor");
+#endif
+}
+
+void Tensor::copy_to_host(void* dst, size_t bytes) const {
+  SPECDEC_CHECK(bytes == nbytes(), "E_ARG", "host buffer of ", bytes, " bytes does not fit ", describe());
+  if (bytes == 0) return;
+  if (device_ == Device::cpu) {
+    std::memcpy(dst, data(), bytes);
+    return;
+  }
+#ifdef SPECDEC_WITH_CUDA
+  cuda::memcpy_d2h(dst, data(), bytes);
+#else
+  no_cuda("copying from a CUDA tensor");
+#endif
+}
+
+void Tensor::fill_zero() {
+  size_t n = nbytes();
+  if (n == 0) return;
+  if (device_ == Device::cpu) {
+    std::memset(data(), 0, n);
+    return;
+  }
+#ifdef SPECDEC_WITH_CUDA
+  cuda::memset_zero(data(), n);
+#else
+  no_cuda("zeroing a CUDA tensor");
+#endif
+}
+
+std::string Tensor::shape_str() const {
+  std::string s = "[";
+  for (size_t i = 0; i < shape_.size(); ++i) s += (i ? ", " : "") + std::to_string(shape_[i]);
+  return s + "]";
+}
+
+std::string Tensor::describe() const {
+  if (!defined()) return "undefined tensor";
+  return str(dtype_name(dtype_), shape_str(), " (", device_name(device_), ")");
+}
+
+static std::string dtypes_str(std::initializer_list<DType> dtypes) {
+  std::string s;
+  for (DType d : dtypes) s += (s.empty() ? "" : "|") + std::string(dtype_name(d));
+  return s;
+}
+
+void check_arg_dim(const Tensor& t, const char* name, std::initializer_list<DType> dtypes, int dims) {
+  SPECDEC_CHECK(t.defined(), "E_ARG", name, ": tensor is missing");
+  bool ok = dtypes.size() == 0;
+  for (DType d : dtypes) ok = ok || d == t.dtype();
+  SPECDEC_CHECK(ok, "E_ARG", name, ": expected dtype ", dtypes_str(dtypes), ", got ", t.describe());
+  SPECDEC_CHECK(dims < 0 || t.dim() == dims, "E_ARG", name, ": expected ", dims, " dimensions, got ", t.describe());
+}
+
+void check_arg(const Tensor& t, const char* name, std::initializer_list<DType> dtypes, std::initializer_list<int64_t> shape) {
+  check_arg_dim(t, name, dtypes, static_cast<int>(shape.size()));
+  int i = 0;
+  std::string want = "[";
+  for (int64_t s : shape) want += (i++ ? ", " : "") + (s < 0 ? std::string("*") : std::to_string(s));
+  want += "]";
+  i = 0;
+  for (int64_t s : shape) {
+    SPECDEC_CHECK(s < 0 || t.shape()[static_cast<size_t>(i)] == s, "E_ARG", name, ": expected shape ", want, ", got ",
+                  t.describe());
+    ++i;
+  }
+}
+
+void check_same_device(std::initializer_list<const Tensor*> ts, const char* op) {
+  const Tensor* first = nullptr;
+  for (const Tensor* t : ts) {
+    if (!t || !t->defined()) continue;
+    if (!first) first = t;
+    SPECDEC_CHECK(t->device() == first->device(), "E_ARG", op, ": all tensors must be on one device (got ",
+                  first->describe(), " and ", t->describe(), ")");
+  }
+}
+
+}  // namespace specdec

@@ -1,0 +1,79 @@
+// Tensor: dtype + shape + device + a shared, owned buffer (contiguous, row-major).
+// Views (reshape, row slices) share the buffer; the buffer is freed when the last view goes.
+#pragma once
+#include <cstdint>
+#include <initializer_list>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "dtype.h"
+#include "error.h"
+
+namespace specdec {
+
+enum class Device : int32_t { cpu = 0, cuda = 1 };
+inline const char* device_name(Device d) { return d == Device::cpu ? "cpu" : "cuda"; }
+
+// An owned allocation. CPU memory is 64-byte aligned; CUDA memory comes from the caching
+// allocator in cuda/runtime.cu and goes back to it.
+struct Storage {
+  void* ptr = nullptr;
+  size_t bytes = 0;
+  Device device = Device::cpu;
+  Storage(size_t bytes, Device device);
+  ~Storage();
+  Storage(const Storage&) = delete;
+  Storage& operator=(const Storage&) = delete;
+};
+
+class Tensor {
+ public:
+  Tensor() = default;
+  static Tensor empty(DType dtype, std::vector<int64_t> shape, Device device = Device::cpu);
+  static Tensor zeros(DType dtype, std::vector<int64_t> shape, Device device = Device::cpu);
+  // A CPU tensor holding a copy of host data (bytes must equal numel * dtype_size).
+  static Tensor from_host(DType dtype, std::vector<int64_t> shape, const void* data, Device device = Device::cpu);
+
+  bool defined() const { return storage_ != nullptr; }
+  DType dtype() const { return dtype_; }
+  Device device() const { return device_; }
+  const std::vector<int64_t>& shape() const { return shape_; }
+  int dim() const { return static_cast<int>(shape_.size()); }
+  int64_t size(int i) const;  // negative i counts from the end
+  int64_t numel() const;
+  size_t nbytes() const { return static_cast<size_t>(numel()) * dtype_size(dtype_); }
+
+  void* data() const;
+  template <typename T>
+  T* ptr() const { return static_cast<T*>(data()); }
+
+  // Same buffer, new shape (numel must match).
+  Tensor view(std::vector<int64_t> shape) const;
+  // Rows [begin, end) of dimension 0, sharing the buffer.
+  Tensor rows(int64_t begin, int64_t end) const;
+
+  Tensor to(Device device) const;          // a copy on `device` (a copy even if already there)
+  void copy_from(const Tensor& src);       // same dtype and numel, any devices
+  void copy_from_host(const void* src, size_t bytes);
+  void copy_to_host(void* dst, size_t bytes) const;
+  void fill_zero();
+
+  std::string describe() const;  // e.g. "f32[3, 4] (cuda)"
+  std::string shape_str() const; // e.g. "[3, 4]"
+
+ private:
+  DType dtype_ = DType::f32;
+  Device device_ = Device::cpu;
+  std::vector<int64_t> shape_;
+  std::shared_ptr<Storage> storage_;
+  size_t offset_ = 0;  // bytes
+};
+
+// Argument validation shared by every op (so CPU and CUDA report the same errors).
+// `shape` entries of -1 match any size. Throws E_ARG naming `name`.
+void check_arg(const Tensor& t, const char* name, std::initializer_list<DType> dtypes, std::initializer_list<int64_t> shape);
+void check_arg_dim(const Tensor& t, const char* name, std::initializer_list<DType> dtypes, int dims);
+void check_same_device(std::initializer_list<const Tensor*> ts, const char* op);
+
+}  // namespace specdec

@@ -1,0 +1,49 @@
+// Module entry: every *_napi.cc file registers its exports through napi::Registrar.
+#include "../core/backend.h"
+#include "napi_util.h"
+
+namespace specdec {
+namespace napi {
+namespace {
+
+Napi::Value BackendInfoJs(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    Napi::Env env = info.Env();
+    const BackendInfo& b = backend_info();
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("cudaCompiled", b.cuda_compiled);
+    o.Set("cudaAvailable", b.cuda_available);
+    o.Set("cudaReason", b.cuda_reason);
+    o.Set("cudaRuntimeVersion", b.cuda_runtime_version);
+    o.Set("cudaDriverVersion", b.cuda_driver_version);
+    Napi::Array archs = Napi::Array::New(env, b.cuda_archs.size());
+    for (size_t i = 0; i < b.cuda_archs.size(); ++i) archs.Set(uint32_t(i), b.cuda_archs[i]);
+    o.Set("cudaArchs", archs);
+    Napi::Array gpus = Napi::Array::New(env, b.gpus.size());
+    for (size_t i = 0; i < b.gpus.size(); ++i) {
+      Napi::Object g = Napi::Object::New(env);
+      g.Set("index", b.gpus[i].index);
+      g.Set("name", b.gpus[i].name);
+      g.Set("computeCapability", std::to_string(b.gpus[i].major) + "." + std::to_string(b.gpus[i].minor));
+      g.Set("totalMemory", double(b.gpus[i].total_memory));
+      gpus.Set(uint32_t(i), g);
+    }
+    o.Set("gpus", gpus);
+    return o;
+  });
+}
+
+}  // namespace
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("backendInfo", Napi::Function::New(env, BackendInfoJs, "backendInfo"));
+  exports.Set("abiVersion", Napi::Number::New(env, 1));
+  for (InitFn f : registry()) f(env, exports);
+  return exports;
+}
+
+}  // namespace napi
+}  // namespace specdec
+
+static Napi::Object SpecdecInit(Napi::Env env, Napi::Object exports) { return specdec::napi::Init(env, exports); }
+NODE_API_MODULE(specdec, SpecdecInit)

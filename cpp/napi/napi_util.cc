@@ -1,0 +1,161 @@
+#include "napi_util.h"
+
+#include <cmath>
+
+namespace specdec {
+namespace napi {
+
+std::vector<InitFn>& registry() {
+  static std::vector<InitFn> r;
+  return r;
+}
+
+Napi::Error make_error(Napi::Env env, const std::string& code, const std::string& message) {
+  Napi::Error e = Napi::Error::New(env, message);
+  e.Value().Set("code", Napi::String::New(env, code));
+  return e;
+}
+
+namespace {
+class Worker : public Napi::AsyncWorker {
+ public:
+  Worker(Napi::Env env, std::function<void()> work, std::function<Napi::Value(Napi::Env)> done,
+         std::vector<Napi::Value> keep)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), work_(std::move(work)),
+        done_(std::move(done)) {
+    for (auto& v : keep)
+      if (v.IsObject()) refs_.push_back(Napi::Persistent(v.As<Napi::Object>()));
+  }
+  Napi::Promise promise() { return deferred_.Promise(); }
+
+  void Execute() override {
+    try {
+      work_();
+    } catch (const Error& e) {
+      code_ = e.code();
+      msg_ = e.what();
+    } catch (const std::exception& e) {
+      code_ = "E_INTERNAL";
+      msg_ = e.what();
+    }
+  }
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (!code_.empty()) {
+      deferred_.Reject(make_error(env, code_, msg_).Value());
+      return;
+    }
+    try {
+      deferred_.Resolve(done_(env));
+    } catch (const Napi::Error& e) {
+      deferred_.Reject(e.Value());
+    } catch (const Error& e) {
+      deferred_.Reject(make_error(env, e.code(), e.what()).Value());
+    } catch (const std::exception& e) {
+      deferred_.Reject(make_error(env, "E_INTERNAL", e.what()).Value());
+    }
+  }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  std::function<void()> work_;
+  std::function<Napi::Value(Napi::Env)> done_;
+  std::vector<Napi::ObjectReference> refs_;
+  std::string code_, msg_;
+};
+}  // namespace
+
+Napi::Promise run_async(Napi::Env env, std::function<void()> work, std::function<Napi::Value(Napi::Env)> done,
+                        std::vector<Napi::Value> keep) {
+  auto* w = new Worker(env, std::move(work), std::move(done), std::move(keep));
+  Napi::Promise p = w->promise();
+  w->Queue();
+  return p;
+}
+
+int64_t get_int(const Napi::Value& v, const char* name) {
+  SPECDEC_CHECK(v.IsNumber(), "E_ARG", name, ": expected an integer");
+  double d = v.As<Napi::Number>().DoubleValue();
+  SPECDEC_CHECK(std::isfinite(d) && std::floor(d) == d && std::fabs(d) < 9007199254740992.0, "E_ARG", name,
+                ": expected an integer, got ", d);
+  return static_cast<int64_t>(d);
+}
+
+double get_number(const Napi::Value& v, const char* name) {
+  SPECDEC_CHECK(v.IsNumber(), "E_ARG", name, ": expected a number");
+  double d = v.As<Napi::Number>().DoubleValue();
+  SPECDEC_CHECK(!std::isnan(d), "E_ARG", name, ": expected a number, got NaN");
+  return d;
+}
+
+bool get_bool(const Napi::Value& v, const char* name) {
+  SPECDEC_CHECK(v.IsBoolean(), "E_ARG", name, ": expected a boolean");
+  return v.As<Napi::Boolean>().Value();
+}
+
+std::string get_string(const Napi::Value& v, const char* name) {
+  SPECDEC_CHECK(v.IsString(), "E_ARG", name, ": expected a string");
+  return v.As<Napi::String>().Utf8Value();
+}
+
+std::vector<int64_t> get_int_array(const Napi::Value& v, const char* name) {
+  std::vector<int64_t> out;
+  if (v.IsTypedArray()) {
+    auto ta = v.As<Napi::TypedArray>();
+    if (ta.TypedArrayType() == napi_int32_array) {
+      auto a = v.As<Napi::Int32Array>();
+      for (size_t i = 0; i < a.ElementLength(); ++i) out.push_back(a[i]);
+      return out;
+    }
+  }
+  SPECDEC_CHECK(v.IsArray(), "E_ARG", name, ": expected an array of integers");
+  auto a = v.As<Napi::Array>();
+  for (uint32_t i = 0; i < a.Length(); ++i) out.push_back(get_int(a.Get(i), name));
+  return out;
+}
+
+std::vector<int32_t> get_i32_array(const Napi::Value& v, const char* name) {
+  if (v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == napi_int32_array) {
+    auto a = v.As<Napi::Int32Array>();
+    return std::vector<int32_t>(a.Data(), a.Data() + a.ElementLength());
+  }
+  std::vector<int32_t> out;
+  for (int64_t x : get_int_array(v, name)) {
+    SPECDEC_CHECK(x >= INT32_MIN && x <= INT32_MAX, "E_ARG", name, ": value ", x, " does not fit in int32");
+    out.push_back(static_cast<int32_t>(x));
+  }
+  return out;
+}
+
+Device get_device(const Napi::Value& v, const char* name) {
+  if (v.IsUndefined() || v.IsNull()) return Device::cpu;
+  std::string s = get_string(v, name);
+  if (s == "cpu") return Device::cpu;
+  if (s == "cuda") return Device::cuda;
+  fail("E_ARG", name, ": unknown device '", s, "' (expected 'cpu' or 'cuda')");
+}
+
+DType get_dtype(const Napi::Value& v, const char* name) {
+  std::string s = get_string(v, name);
+  DType t;
+  SPECDEC_CHECK(dtype_from_name(s, &t), "E_ARG", name, ": unknown dtype '", s,
+                "' (expected f32, f16, bf16, i32, u32, u64 or f64)");
+  return t;
+}
+
+Napi::Value get_field(const Napi::Object& o, const char* key) { return o.Get(key); }
+
+bool has_field(const Napi::Object& o, const char* key) {
+  if (!o.Has(key)) return false;
+  Napi::Value v = o.Get(key);
+  return !v.IsUndefined() && !v.IsNull();
+}
+
+Tensor optional_tensor_arg(const Napi::Value& v, const char* name) {
+  if (v.IsUndefined() || v.IsNull()) return Tensor();
+  return tensor_arg(v, name);
+}
+
+}  // namespace napi
+}  // namespace specdec

@@ -1,0 +1,68 @@
+// Helpers for the N-API glue: argument conversion, specdec::Error -> JS Error with `code`,
+// Promise-returning async work, and a registry so each *_napi.cc file adds its own exports.
+#pragma once
+#include <napi.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "../core/error.h"
+#include "../core/tensor.h"
+
+namespace specdec {
+namespace napi {
+
+// Each glue file registers an init function: static Registrar r(&InitFoo);
+using InitFn = void (*)(Napi::Env, Napi::Object);
+std::vector<InitFn>& registry();
+struct Registrar {
+  explicit Registrar(InitFn f) { registry().push_back(f); }
+};
+
+// A JS Error carrying `code` (E_ARG, E_CUDA, ...).
+Napi::Error make_error(Napi::Env env, const std::string& code, const std::string& message);
+
+// Runs f, turning C++ exceptions into JS exceptions. Use in every exported function:
+//   return guard(info.Env(), [&] { ...; return value; });
+template <typename F>
+Napi::Value guard(Napi::Env env, F&& f) {
+  try {
+    return f();
+  } catch (const Napi::Error&) {
+    throw;
+  } catch (const Error& e) {
+    throw make_error(env, e.code(), e.what());
+  } catch (const std::bad_alloc&) {
+    throw make_error(env, "E_OOM", "out of memory");
+  } catch (const std::exception& e) {
+    throw make_error(env, "E_INTERNAL", e.what());
+  }
+}
+
+// Runs `work` on the libuv thread pool and resolves with `done(env)` on the main thread.
+// Errors thrown by `work` reject the promise with a coded Error. Keep JS objects used by the
+// work alive by holding references (the caller passes them in `keep`).
+Napi::Promise run_async(Napi::Env env, std::function<void()> work, std::function<Napi::Value(Napi::Env)> done,
+                        std::vector<Napi::Value> keep = {});
+
+// Argument helpers: each throws E_ARG naming the argument.
+int64_t get_int(const Napi::Value& v, const char* name);
+double get_number(const Napi::Value& v, const char* name);
+bool get_bool(const Napi::Value& v, const char* name);
+std::string get_string(const Napi::Value& v, const char* name);
+std::vector<int64_t> get_int_array(const Napi::Value& v, const char* name);
+std::vector<int32_t> get_i32_array(const Napi::Value& v, const char* name);  // Int32Array or number[]
+Device get_device(const Napi::Value& v, const char* name);
+DType get_dtype(const Napi::Value& v, const char* name);
+// Optional fields of an options object (returns fallback when absent/undefined).
+Napi::Value get_field(const Napi::Object& o, const char* key);
+bool has_field(const Napi::Object& o, const char* key);
+
+// Tensors: the JS Tensor object <-> specdec::Tensor. tensor_arg throws E_ARG (or E_DISPOSED).
+Tensor tensor_arg(const Napi::Value& v, const char* name);
+Tensor optional_tensor_arg(const Napi::Value& v, const char* name);  // undefined/null -> undefined tensor
+Napi::Object wrap_tensor(Napi::Env env, Tensor t);
+
+}  // namespace napi
+}  // namespace specdec

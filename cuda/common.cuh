@@ -1,0 +1,65 @@
+// Shared by every CUDA translation unit: error checking that throws (never aborts),
+// the library's stream, and small device helpers.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "../cpp/core/error.h"
+#include "../cpp/core/tensor.h"
+
+namespace specdec {
+namespace cuda {
+
+// All kernels run on one non-blocking stream owned by the library.
+cudaStream_t stream();
+
+[[noreturn]] inline void throw_cuda(cudaError_t e, const char* call, const char* file, int line) {
+  fail("E_CUDA", call, " failed: ", cudaGetErrorString(e), " (", cudaGetErrorName(e), ") at ", file, ":", line);
+}
+
+}  // namespace cuda
+}  // namespace specdec
+
+#define SPECDEC_CUDA_CHECK(call)                                                           \
+  do {                                                                                     \
+    cudaError_t specdec_err_ = (call);                                                     \
+    if (specdec_err_ != cudaSuccess) ::specdec::cuda::throw_cuda(specdec_err_, #call, __FILE__, __LINE__); \
+  } while (0)
+
+// After a launch: reports configuration errors (bad grid, too much shared memory) at once.
+#define SPECDEC_CUDA_LAUNCH_CHECK(kernel_name)                                             \
+  do {                                                                                     \
+    cudaError_t specdec_err_ = cudaGetLastError();                                         \
+    if (specdec_err_ != cudaSuccess) ::specdec::cuda::throw_cuda(specdec_err_, "launch of " kernel_name, __FILE__, __LINE__); \
+  } while (0)
+
+namespace specdec {
+namespace cuda {
+
+// Load/store any float dtype as f32.
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <typename T> __device__ __forceinline__ T from_f32(float x);
+template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
+template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+inline unsigned ceil_div(int64_t a, int64_t b) { return static_cast<unsigned>((a + b - 1) / b); }
+
+}  // namespace cuda
+}  // namespace specdec
+
+// Dispatch a float dtype to a C++ type alias `scalar_t`.
+#define SPECDEC_DISPATCH_FLOAT(dtype, name, ...)                                            \
+  [&] {                                                                                     \
+    switch (dtype) {                                                                        \
+      case ::specdec::DType::f32: { using scalar_t = float; return __VA_ARGS__(); }         \
+      case ::specdec::DType::f16: { using scalar_t = __half; return __VA_ARGS__(); }        \
+      case ::specdec::DType::bf16: { using scalar_t = __nv_bfloat16; return __VA_ARGS__(); } \
+      default: ::specdec::fail("E_ARG", name, ": unsupported dtype ", ::specdec::dtype_name(dtype)); \
+    }                                                                                       \
+  }()

@@ -1,0 +1,43 @@
+#!/usr/bin/env node
+// `npm install` hook: builds the addon from source with cmake-js (CPU always, CUDA when nvcc
+// is found). Nothing is downloaded: Node-API headers come from the node-api-headers package.
+//   SPECDEC_CUDA=ON|OFF|AUTO   force the CUDA backend on/off (default AUTO)
+//   SPECDEC_BUILD_DIR=dir      build directory (default build)
+//   SPECDEC_SKIP_BUILD=1       skip (use a prebuilt binary or SPECDEC_BINARY)
+//   --force                    build even when SPECDEC_SKIP_BUILD is set
+'use strict';
+const { spawnSync } = require('child_process');
+const path = require('path');
+const fs = require('fs');
+const os = require('os');
+
+const root = path.resolve(__dirname, '..');
+const force = process.argv.includes('--force');
+if (process.env.SPECDEC_SKIP_BUILD === '1' && !force) {
+  console.error('specdec: SPECDEC_SKIP_BUILD=1, not building the native addon');
+  process.exit(0);
+}
+
+const cmakeJs = require.resolve('cmake-js/bin/cmake-js', { paths: [root] });
+const out = process.env.SPECDEC_BUILD_DIR || 'build';
+const cuda = (process.env.SPECDEC_CUDA || 'AUTO').toUpperCase();
+const jobs = String(Math.max(1, Math.min(os.cpus().length, 8)));
+const args = [cmakeJs, 'build', '--out', out, '--parallel', jobs, `--CDSPECDEC_CUDA=${cuda}`];
+if (process.env.SPECDEC_CUDA_ARCHITECTURES) args.push(`--CDSPECDEC_CUDA_ARCHITECTURES=${process.env.SPECDEC_CUDA_ARCHITECTURES}`);
+
+const t0 = Date.now();
+console.error(`specdec: building the native addon (cmake-js, SPECDEC_CUDA=${cuda}, ${jobs} jobs) ...`);
+const r = spawnSync(process.execPath, args, { cwd: root, stdio: 'inherit' });
+if (r.status !== 0) {
+  console.error(
+    `specdec: native build failed (exit ${r.status}). Needs cmake >= 3.18 and a C++17 compiler` +
+      ` (apt-get install cmake g++). Set SPECDEC_CUDA=OFF to skip the CUDA backend.`,
+  );
+  process.exit(r.status || 1);
+}
+const bin = path.join(root, out, 'Release', 'specdec.node');
+if (!fs.existsSync(bin)) {
+  console.error(`specdec: build finished but ${bin} is missing`);
+  process.exit(1);
+}
+console.error(`specdec: built ${path.relative(root, bin)} in ${((Date.now() - t0) / 1000).toFixed(0)} s`);

@@ -26,6 +26,8 @@ class TensorWrap : public Napi::ObjectWrap<TensorWrap> {
             InstanceAccessor<&TensorWrap::GetNumel>("numel"),
             InstanceAccessor<&TensorWrap::GetDisposed>("disposed"),
             InstanceMethod<&TensorWrap::ToArray>("toArray"),
+            InstanceMethod<&TensorWrap::ToFloat32>("toFloat32"),
+            InstanceMethod<&TensorWrap::ToInt32>("toInt32"),
             InstanceMethod<&TensorWrap::To>("to"),
             InstanceMethod<&TensorWrap::View>("view"),
             InstanceMethod<&TensorWrap::Rows>("rows"),
@@ -103,7 +105,11 @@ class TensorWrap : public Napi::ObjectWrap<TensorWrap> {
         auto a = data.As<Napi::Array>();
         n = a.Length();
         nums.resize(n);
-        for (uint32_t i = 0; i < n; ++i) nums[i] = get_number(a.Get(i), "data");
+        for (uint32_t i = 0; i < n; ++i) {
+          Napi::Value e = a.Get(i);
+          SPECDEC_CHECK(e.IsNumber(), "E_ARG", "data[", i, "]: expected a number");
+          nums[i] = e.As<Napi::Number>().DoubleValue();  // NaN/Inf allowed for float dtypes
+        }
       }
       std::vector<int64_t> shape = (info.Length() > 2 && !info[2].IsUndefined())
                                        ? get_int_array(info[2], "shape")
@@ -230,6 +236,22 @@ class TensorWrap : public Napi::ObjectWrap<TensorWrap> {
         }
       }
       return env.Undefined();
+    });
+  }
+
+  Napi::Value ToFloat32(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      DType d = tensor("toFloat32").dtype();
+      SPECDEC_CHECK(d == DType::f32 || d == DType::f16 || d == DType::bf16, "E_ARG", "toFloat32: tensor is ",
+                    dtype_name(d), ", not a float type");
+      return ToArray(info);
+    });
+  }
+  Napi::Value ToInt32(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      DType d = tensor("toInt32").dtype();
+      SPECDEC_CHECK(d == DType::i32, "E_ARG", "toInt32: tensor is ", dtype_name(d), ", not i32");
+      return ToArray(info);
     });
   }
 

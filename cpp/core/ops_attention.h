@@ -1,0 +1,77 @@
+// Op contract: paged KV cache data movement and fused tree attention.
+// One declaration per op in specdec::ops (validates, then dispatches on device) and the two
+// implementations with the same signature in specdec::cpu and specdec::cuda.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "tensor.h"
+
+namespace specdec {
+
+// Where each sequence of a ragged batch lives, for one launch (FlashInfer-style indptr arrays).
+// Device tensors are on the KV cache's device; host copies are kept for validation and sizing.
+struct PagedBatch {
+  Tensor qo_indptr;     // i32 [B+1]: new tokens of sequence b are rows qo_indptr[b] .. qo_indptr[b+1]
+  Tensor page_indptr;   // i32 [B+1]: pages of b are page_indices[page_indptr[b] .. page_indptr[b+1]]
+  Tensor page_indices;  // i32 [nnz]: physical page ids in token order
+  Tensor prefix_len;    // i32 [B]: committed tokens of b, visible to all of its new tokens
+  // New token i of sequence b sits at logical slot prefix_len[b] + i, i.e. page
+  // page_indices[page_indptr[b] + slot / page_size], row slot % page_size.
+  std::vector<int32_t> h_qo_indptr, h_page_indptr, h_page_indices, h_prefix_len;
+  int32_t max_qo_len = 0;   // max new tokens of a sequence
+  int32_t max_kv_len = 0;   // max prefix_len + new tokens
+  int64_t batch_size() const { return static_cast<int64_t>(h_prefix_len.size()); }
+  int64_t total_new() const { return h_qo_indptr.empty() ? 0 : h_qo_indptr.back(); }
+
+  // Builds a batch from host arrays (validated: monotone indptr, page ids < num_pages,
+  // enough pages for prefix_len + new tokens) and uploads it to `device`.
+  static PagedBatch make(const std::vector<int32_t>& qo_indptr, const std::vector<int32_t>& page_indptr,
+                         const std::vector<int32_t>& page_indices, const std::vector<int32_t>& prefix_len,
+                         int page_size, int num_pages, Device device);
+};
+
+// Largest number of new tokens of one sequence that a packed mask may describe.
+constexpr int kMaxTreeTokens = 1024;
+
+namespace ops {
+
+// Store new tokens' keys/values (RoPE already applied) at their slots.
+// kv_layer: [numPages, 2, pageSize, numKvHeads, headDim] (f32|f16|bf16); k, v: [N, numKvHeads, headDim] f32|f16|bf16.
+void kv_append(Tensor& kv_layer, const Tensor& k, const Tensor& v, const PagedBatch& batch);
+
+// Fused tree attention over a paged prefix plus the new tokens.
+// q: [N, numQoHeads, headDim] (N = batch.total_new(); numQoHeads % numKvHeads == 0: GQA/MQA).
+// mask: u64 [N, W] packed, or undefined for causal among the new tokens. Bit j of row i
+//   (word j / 64, bit j % 64) set <=> new token i sees new token j of the same sequence.
+//   The committed prefix is always visible. W * 64 >= max new tokens of a sequence.
+// out: [N, numQoHeads, headDim], dtype of q. Accumulation in f32.
+void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& batch, const Tensor& mask,
+                    float sm_scale, Tensor& out);
+
+// Commit accepted tree nodes: for each sequence b and j < acc_indptr[b+1] - acc_indptr[b], the
+// K/V of new token acc_nodes[acc_indptr[b] + j] moves to slot prefix_len[b] + j, in every layer,
+// one launch for the batch. acc_nodes of a sequence are strictly increasing (topological order).
+// acc_indptr, acc_nodes: i32 on the cache device.
+void kv_commit(const std::vector<Tensor>& layers, const PagedBatch& batch, const Tensor& acc_indptr,
+               const Tensor& acc_nodes);
+
+// Copy whole pages src_pages[i] -> dst_pages[i] in every layer (copy-on-write after fork).
+void kv_copy_pages(const std::vector<Tensor>& layers, const Tensor& src_pages, const Tensor& dst_pages);
+
+}  // namespace ops
+
+#define SPECDEC_ATTENTION_OPS(NS)                                                                          \
+  namespace NS {                                                                                           \
+  void kv_append(Tensor& kv_layer, const Tensor& k, const Tensor& v, const PagedBatch& batch);             \
+  void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& batch, const Tensor& mask, \
+                      float sm_scale, Tensor& out);                                                        \
+  void kv_commit(const std::vector<Tensor>& layers, const PagedBatch& batch, const Tensor& acc_indptr,     \
+                 const Tensor& acc_nodes);                                                                 \
+  void kv_copy_pages(const std::vector<Tensor>& layers, const Tensor& src_pages, const Tensor& dst_pages);  \
+  }
+SPECDEC_ATTENTION_OPS(cpu)
+SPECDEC_ATTENTION_OPS(cuda)
+#undef SPECDEC_ATTENTION_OPS
+
+}  // namespace specdec

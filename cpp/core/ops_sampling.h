@@ -1,0 +1,78 @@
+// Op contract: logits processing, sampling and batched verification of token trees.
+// The scalar algorithmic cores (Philox, the acceptance tests, the tree walk) live once in
+// spec_math.h as __host__ __device__ functions compiled by both backends.
+#pragma once
+#include <cstdint>
+
+#include "tensor.h"
+
+namespace specdec {
+
+struct SamplingParams {
+  float temperature = 1.0f;  // 0 = greedy: probs become one-hot at the argmax (lowest index on ties)
+  int32_t top_k = 0;         // 0 = off
+  float top_p = 1.0f;        // 1 = off; keep the smallest prefix (by descending prob) with mass >= top_p
+  float min_p = 0.0f;        // 0 = off; drop tokens with p < min_p * max p
+};
+
+enum class VerifyMode : int32_t {
+  greedy = 0,     // accept a child iff its token is the target argmax at its parent (longest path)
+  rejection = 1,  // exact: recursive rejection over siblings (chain = one child per node)
+  typical = 2,    // Medusa typical acceptance: p(x) > min(eps, delta * exp(-H(p))). LOSSY.
+};
+
+struct VerifyArgs {
+  VerifyMode mode = VerifyMode::greedy;
+  // Ragged batch of trees. Node 0 of each sequence is its root: the last emitted token, not yet
+  // in the KV cache (parents = -1). Other nodes have parents[i] in [0, i) (indices local to the
+  // sequence); -2 marks a node that is not a candidate (e.g. lookahead's own branch).
+  Tensor node_indptr;  // i32 [B+1]
+  Tensor parents;      // i32 [N]
+  Tensor tokens;       // i32 [N]
+  // Target output at every node (the distribution of that node's child):
+  //   greedy: logits [N, V] f32|f16|bf16;  rejection/typical: processed probs f32 [N, V].
+  Tensor target;
+  // rejection only: f32 [N, V], the draft distribution node i's children were drawn from
+  // (without replacement, in child order). Undefined = deterministic drafts (q one-hot per child).
+  Tensor draft;
+  Tensor seeds;    // u64 [B]  (rejection/typical; Philox key)
+  Tensor offsets;  // u64 [B]  (Philox counter offset; the caller advances it per call)
+  float typical_threshold = 0.09f;  // epsilon (Medusa posterior_threshold)
+  float typical_alpha = 0.3f;       // delta (Medusa posterior_alpha)
+};
+
+struct VerifyResult {
+  Tensor accepted_nodes;  // i32 [N] ragged by node_indptr: first accept_count[b] entries = accepted nodes, root first
+  Tensor emitted;         // i32 [N] ragged by node_indptr: first accept_count[b] entries = emitted tokens
+                          //   (accepted draft tokens, then one correction/bonus token)
+  Tensor accept_count;    // i32 [B]: accepted nodes incl. the root = tokens emitted
+  Tensor depth_accepts;   // i32 [D]: += 1 for each sequence whose accepted path reaches depth d+1 (not cleared)
+};
+
+namespace ops {
+// logits [N, V] f32|f16|bf16 -> probs f32 [N, V]: softmax(logits / T), then top-k, top-p, min-p,
+// renormalised. Each row independent (batch invariant).
+void process_logits(const Tensor& logits, const SamplingParams& params, Tensor& probs);
+// argmax per row (lowest index on ties): logits [N, V] -> i32 [N].
+void argmax(const Tensor& logits, Tensor& out);
+// One draw per row from probs f32 [N, V] with Philox(seeds[row], offsets[row]) -> i32 [N].
+void sample(const Tensor& probs, const Tensor& seeds, const Tensor& offsets, Tensor& out);
+// The k largest entries of each row, descending (lowest index first on ties): vals f32 [N, k], ids i32 [N, k].
+void top_k(const Tensor& x, int32_t k, Tensor& vals, Tensor& ids);
+// Verify a ragged batch of token trees, one launch. Outputs are allocated by the caller (VerifyResult shapes).
+void verify(const VerifyArgs& args, VerifyResult& out);
+}  // namespace ops
+
+#define SPECDEC_SAMPLING_OPS(NS)                                                           \
+  namespace NS {                                                                           \
+  void process_logits(const Tensor& logits, const SamplingParams& params, Tensor& probs);  \
+  void argmax(const Tensor& logits, Tensor& out);                                          \
+  void sample(const Tensor& probs, const Tensor& seeds, const Tensor& offsets, Tensor& out); \
+  void top_k(const Tensor& x, int32_t k, Tensor& vals, Tensor& ids);                       \
+  void verify(const VerifyArgs& args, VerifyResult& out);                                  \
+  }
+SPECDEC_SAMPLING_OPS(cpu)
+SPECDEC_SAMPLING_OPS(cuda)
+#undef SPECDEC_SAMPLING_OPS
+
+}  // namespace specdec

@@ -1,0 +1,78 @@
+// The model interface every strategy and the decoder depend on (DESIGN §4). The built-in Llama
+// runner implements it; engines implement it for their own models.
+import type { Device, Tensor } from '../tensor';
+
+export interface ModelConfig {
+  /** Architecture name from config.json, e.g. "LlamaForCausalLM". */
+  readonly architecture: string;
+  readonly vocabSize: number;
+  readonly hiddenSize: number;
+  readonly numLayers: number;
+  readonly numHeads: number;
+  readonly numKvHeads: number;
+  readonly headDim: number;
+  /** Longest sequence (prompt + generated) the model accepts. */
+  readonly maxPositions: number;
+  readonly bosTokenId?: number;
+  readonly eosTokenIds: readonly number[];
+}
+
+/** One sequence's new tokens in a forward pass: a chain, a tree, or any masked set. */
+export interface SequenceInput {
+  /** Sequence id from createSequence(). */
+  readonly seq: number;
+  /** New tokens, in topological order (a parent before its children). */
+  readonly tokens: Int32Array;
+  /**
+   * parents[i]: index (in this input) of token i's parent, or -1 for a child of the last committed
+   * token. Omitted: a chain (parents[i] = i - 1). Ignored when `mask` is given.
+   */
+  readonly parents?: Int32Array;
+  /** Position ids; default: committed length + depth in the tree (chain: committed length + i). */
+  readonly positions?: Int32Array;
+  /**
+   * Packed visibility among the new tokens: row i has `words` u64 words, bit j set <=> token i sees
+   * token j (the committed prefix is always visible). For masks a tree cannot express (lookahead).
+   */
+  readonly mask?: { readonly bits: BigUint64Array; readonly words: number };
+}
+
+export interface ForwardOptions {
+  /** Also return the final hidden states (after the last norm), e.g. for Medusa heads. */
+  readonly hidden?: boolean;
+  readonly signal?: AbortSignal;
+}
+
+export interface ForwardOutput {
+  /** f32 [N, vocab], rows in input order (sequences concatenated). Caller disposes. */
+  readonly logits: Tensor;
+  /** f32 [N, hidden] when requested. Caller disposes. */
+  readonly hidden?: Tensor;
+  /** Row offsets per sequence: rows indptr[b] .. indptr[b+1] belong to inputs[b]. */
+  readonly indptr: Int32Array;
+}
+
+/**
+ * A causal LM with its own paged KV cache. forward() writes the new tokens' K/V after each
+ * sequence's committed prefix (speculatively); commit() keeps the accepted ones and drops the rest.
+ * A forward that is not committed leaves the committed state unchanged.
+ */
+export interface CausalLM {
+  readonly config: ModelConfig;
+  readonly device: Device;
+  createSequence(): number;
+  /** A new sequence sharing `seq`'s committed prefix (copy-on-write pages). */
+  forkSequence(seq: number): number;
+  freeSequence(seq: number): void;
+  /** Committed tokens of `seq`. */
+  sequenceLength(seq: number): number;
+  /** Drop committed tokens past `length`. */
+  truncate(seq: number, length: number): void;
+  forward(inputs: readonly SequenceInput[], options?: ForwardOptions): Promise<ForwardOutput>;
+  /**
+   * After forward(inputs): accepted[b] lists the indices (into inputs[b].tokens, strictly increasing,
+   * each the parent of the next) whose K/V become committed, in order, for the sequence inputs[b].seq.
+   */
+  commit(seqs: readonly number[], accepted: readonly Int32Array[]): void;
+  dispose(): void;
+}

@@ -1,0 +1,53 @@
+// Device tensors: the native Tensor class with TypeScript types and Symbol.dispose.
+import { native } from './native';
+
+/// <reference path="../typings/native.d.ts" />
+export type DType = SpecdecNative.DType;
+export type Device = SpecdecNative.Device;
+export type Tensor = SpecdecNative.Tensor;
+export type HostArray = SpecdecNative.HostArray;
+
+let patched = false;
+function tensorClass(): SpecdecNative.TensorStatic {
+  const T = native().Tensor;
+  if (!patched) {
+    patched = true;
+    const proto = (T as unknown as { prototype: Record<symbol, unknown> }).prototype;
+    // `using t = Tensor.empty(...)` frees at scope exit.
+    if (typeof Symbol.dispose === 'symbol' && !(Symbol.dispose in proto)) {
+      Object.defineProperty(proto, Symbol.dispose, {
+        value: function (this: SpecdecNative.Tensor) {
+          this.dispose();
+        },
+      });
+    }
+  }
+  return T;
+}
+
+/** Adds the JS-side helpers to a tensor returned by any native op. */
+export function asTensor(t: SpecdecNative.Tensor): Tensor {
+  tensorClass();
+  return t as Tensor;
+}
+
+export const Tensor = {
+  empty(dtype: DType, shape: readonly number[], device: Device = 'cpu'): Tensor {
+    return tensorClass().empty(dtype, shape, device) as Tensor;
+  },
+  zeros(dtype: DType, shape: readonly number[], device: Device = 'cpu'): Tensor {
+    return tensorClass().zeros(dtype, shape, device) as Tensor;
+  },
+  fromArray(data: HostArray | readonly number[], dtype: DType, shape?: readonly number[], device: Device = 'cpu'): Tensor {
+    return tensorClass().fromArray(data, dtype, shape ?? [data.length], device) as Tensor;
+  },
+  /** True if `x` is a native tensor. */
+  is(x: unknown): x is Tensor {
+    return x instanceof (tensorClass() as unknown as new () => object);
+  },
+};
+
+/** Disposes every tensor given (undefined entries skipped). */
+export function disposeAll(...ts: (SpecdecNative.Tensor | undefined)[]): void {
+  for (const t of ts) t?.dispose();
+}

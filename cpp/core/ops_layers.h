@@ -1,0 +1,54 @@
+// Op contract: model layers for the reference Llama-family runner. Activations are f32; weights
+// may be f32, f16 or bf16 (converted on load into registers, accumulated in f32).
+// Batch invariance: every output row is computed in a fixed order that does not depend on how
+// many rows share the launch (so verifying 16 tokens at once equals feeding them one by one).
+#pragma once
+#include <cstdint>
+
+#include "tensor.h"
+
+namespace specdec {
+namespace ops {
+
+// out[n, :] = table[ids[n], :]. table [V, H] f32|f16|bf16, ids i32 [N], out f32 [N, H].
+// An id outside [0, V) is an E_ARG naming the id and the vocabulary size.
+void embedding(const Tensor& table, const Tensor& ids, Tensor& out);
+
+// out = x / sqrt(mean(x^2) + eps) * w. x f32 [N, H], w [H] f32|f16|bf16, out f32 [N, H] (may alias x).
+void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out);
+
+// out = x @ w^T (+ bias). x f32 [N, K], w [M, K] f32|f16|bf16, bias [M] (optional, undefined = none),
+// out f32 [N, M]. Hand-written (tensor cores on CUDA); per-row results independent of N.
+void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out);
+
+// Rotary embedding in place, HF "rotate_half" layout: for i < D/2, (x[i], x[i + D/2]) rotated by
+// angle positions[n] * inv_freq[i] (angle computed in f32). x f32 [N, heads, D], positions i32 [N],
+// inv_freq f32 [D/2] (the model computes it once from rope_theta and any rope scaling).
+void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq);
+
+// out = silu(gate) * up. gate, up, out f32 [N, I] (out may alias gate).
+void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out);
+
+// x += y (f32, same shape).
+void add_inplace(Tensor& x, const Tensor& y);
+
+// x = silu(x) in place (f32). Medusa ResBlock: h + silu(W h + b).
+void silu_inplace(Tensor& x);
+
+}  // namespace ops
+
+#define SPECDEC_LAYER_OPS(NS)                                                        \
+  namespace NS {                                                                     \
+  void embedding(const Tensor& table, const Tensor& ids, Tensor& out);               \
+  void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out);            \
+  void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out);    \
+  void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq);             \
+  void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out);                  \
+  void add_inplace(Tensor& x, const Tensor& y);                                      \
+  void silu_inplace(Tensor& x);                                                      \
+  }
+SPECDEC_LAYER_OPS(cpu)
+SPECDEC_LAYER_OPS(cuda)
+#undef SPECDEC_LAYER_OPS
+
+}  // namespace specdec

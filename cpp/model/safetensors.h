@@ -1,0 +1,46 @@
+// Safetensors reader: memory-maps the file, validates everything (header length, JSON, dtypes,
+// shapes, offsets inside the data section, no overlaps) and names the file and tensor on failure.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "../core/tensor.h"
+
+namespace specdec {
+
+struct SafetensorInfo {
+  std::string name;
+  DType dtype = DType::f32;   // F32, F16, BF16, I32 (others: E_FORMAT unless skipped)
+  std::vector<int64_t> shape;
+  const void* data = nullptr;  // inside the mapping
+  size_t nbytes = 0;
+};
+
+class SafetensorsFile {
+ public:
+  // Throws E_IO (cannot open/map) or E_FORMAT (invalid), naming the path and, where relevant, the tensor.
+  static std::shared_ptr<SafetensorsFile> open(const std::string& path);
+  ~SafetensorsFile();
+
+  const std::string& path() const { return path_; }
+  bool has(const std::string& name) const { return tensors_.count(name) != 0; }
+  const SafetensorInfo& get(const std::string& name) const;  // E_FORMAT if missing
+  std::vector<std::string> names() const;
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+
+  // A tensor on `device` holding a copy of `name` (dtype kept).
+  Tensor load(const std::string& name, Device device) const;
+
+ private:
+  SafetensorsFile() = default;
+  std::string path_;
+  void* map_ = nullptr;
+  size_t map_size_ = 0;
+  std::map<std::string, SafetensorInfo> tensors_;
+  std::map<std::string, std::string> metadata_;
+};
+
+}  // namespace specdec

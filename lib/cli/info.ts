@@ -1,0 +1,46 @@
+// `specdec info [--json]`: version, binary loaded, backends compiled in, CUDA runtime/driver,
+// GPUs, and why CUDA is not in use when it is not.
+import { backends } from '../backend';
+
+export async function infoCommand(argv: string[]): Promise<number> {
+  for (const a of argv) {
+    if (a !== '--json') {
+      process.stderr.write(`specdec info: unknown option '${a}' (usage: specdec info [--json])\n`);
+      return 2;
+    }
+  }
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const version = (require('../../../package.json') as { version: string }).version;
+  const r = backends();
+  const report = {
+    version,
+    node: process.version,
+    platform: `${process.platform}-${process.arch}`,
+    binary: r.binary,
+    backends: { compiled: r.compiled, available: r.available, default: r.default },
+    cuda: {
+      runtimeVersion: r.cudaRuntimeVersion ?? null,
+      driverVersion: r.cudaDriverVersion ?? null,
+      architectures: r.cudaArchs,
+      gpus: r.gpus,
+      notUsedBecause: r.cudaReason ?? null,
+    },
+  };
+  if (argv.includes('--json')) {
+    process.stdout.write(JSON.stringify(report, null, 2) + '\n');
+    return 0;
+  }
+  const lines = [
+    `specdec ${version} (node ${process.version}, ${report.platform})`,
+    `binary:            ${r.binary}`,
+    `backends compiled: ${r.compiled.join(', ')}`,
+    `backends usable:   ${r.available.join(', ')} (default: ${r.default})`,
+    `CUDA runtime:      ${r.cudaRuntimeVersion ?? 'not compiled in'}`,
+    `CUDA driver:       ${r.cudaDriverVersion ?? 'none found'}`,
+    `CUDA archs:        ${r.cudaArchs.length ? r.cudaArchs.join(', ') : '-'}`,
+    `GPUs:              ${r.gpus.length ? r.gpus.map((g) => `#${g.index} ${g.name} (sm ${g.computeCapability}, ${(g.totalMemory / 2 ** 30).toFixed(1)} GiB)`).join('; ') : 'none'}`,
+  ];
+  if (r.cudaReason) lines.push(`CUDA not in use:   ${r.cudaReason}`);
+  process.stdout.write(lines.join('\n') + '\n');
+  return 0;
+}

@@ -6,6 +6,11 @@
 // padded with spaces to a multiple of 8, then the data section (offsets relative to it).
 import * as fs from 'fs';
 
+import { native } from './native';
+import { asTensor, type Device, type Tensor } from './tensor';
+
+/// <reference path="../typings/layers.d.ts" />
+
 export type SafetensorsDType = 'F32' | 'F16' | 'BF16' | 'I32';
 
 export interface SafetensorsEntry {
@@ -143,4 +148,49 @@ export function encodeSafetensors(tensors: Record<string, SafetensorsEntry>, met
 /** Writes a .safetensors file (see encodeSafetensors). */
 export function writeSafetensors(path: string, tensors: Record<string, SafetensorsEntry>, metadata?: Record<string, string>): void {
   fs.writeFileSync(path, encodeSafetensors(tensors, metadata));
+}
+
+// ---- Reader (native, memory-mapped) ---------------------------------------------------------
+
+export interface SafetensorsTensorInfo {
+  dtype: SpecdecNative.SafetensorsNativeDType;
+  shape: number[];
+}
+
+export interface SafetensorsReader {
+  readonly path: string;
+  /** The "__metadata__" strings of the header. */
+  readonly metadata: Record<string, string>;
+  /** Tensor names, sorted. */
+  names(): string[];
+  has(name: string): boolean;
+  /** dtype and shape (E_FORMAT naming the file if there is no such tensor). */
+  info(name: string): SafetensorsTensorInfo;
+  /** A copy of the tensor on `device` (default cpu), dtype kept. */
+  load(name: string, device?: Device): Tensor;
+  /** Unmaps the file (loaded tensors stay valid). */
+  close(): void;
+  [Symbol.dispose](): void;
+}
+
+/**
+ * Opens and validates a .safetensors file (header, dtypes, shapes, offsets, overlaps).
+ * Throws an Error with code E_IO (missing/unreadable, naming the path) or E_FORMAT (naming the
+ * file and the tensor).
+ */
+export function openSafetensors(path: string): SafetensorsReader {
+  const f = native().safetensorsOpen(path);
+  const metadata = f.metadata();
+  const names = f.names();
+  const set = new Set(names);
+  return {
+    path,
+    metadata,
+    names: () => names.slice(),
+    has: (name: string) => set.has(name),
+    info: (name: string) => f.info(name),
+    load: (name: string, device: Device = 'cpu') => asTensor(f.load(name, device)),
+    close: () => f.close(),
+    [Symbol.dispose]: () => f.close(),
+  };
 }

@@ -1,0 +1,221 @@
+// PagedBatch construction and the validating dispatchers of the attention / KV ops.
+// Every check lives here so that the CPU and CUDA backends report identical E_ARG errors.
+#include "ops_attention.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "backend.h"
+
+namespace specdec {
+
+namespace {
+
+// indptr must have `want` entries, start at 0 and never decrease.
+void check_indptr(const std::vector<int32_t>& p, size_t want, const char* name) {
+  SPECDEC_CHECK(p.size() == want, "E_ARG", name, ": expected ", want, " entries (batch size + 1), got ", p.size());
+  SPECDEC_CHECK(p.empty() || p[0] == 0, "E_ARG", name, ": must start at 0, got ", p.empty() ? 0 : p[0]);
+  for (size_t i = 1; i < p.size(); ++i)
+    SPECDEC_CHECK(p[i] >= p[i - 1], "E_ARG", name, ": not monotone (", name, "[", i, "] = ", p[i], " < ", name, "[",
+                  i - 1, "] = ", p[i - 1], ")");
+}
+
+std::vector<int32_t> host_i32(const Tensor& t) {
+  std::vector<int32_t> h(static_cast<size_t>(t.numel()));
+  t.copy_to_host(h.data(), h.size() * sizeof(int32_t));
+  return h;
+}
+
+// The batch must describe this layer: same device, same page size, page ids inside it.
+void check_batch_vs_layer(const PagedBatch& batch, const Tensor& kv_layer, const char* op) {
+  SPECDEC_CHECK(batch.qo_indptr.defined(), "E_ARG", op, ": batch: empty PagedBatch (use PagedBatch::make)");
+  SPECDEC_CHECK(batch.qo_indptr.device() == kv_layer.device(), "E_ARG", op, ": batch is on ",
+                device_name(batch.qo_indptr.device()), " but kv_layer is ", kv_layer.describe());
+  const int64_t num_pages = kv_layer.size(0), page_size = kv_layer.size(2);
+  for (int32_t p : batch.h_page_indices)
+    SPECDEC_CHECK(p >= 0 && p < num_pages, "E_ARG", op, ": batch.page_indices: page id ", p, " out of range for kv_layer with ",
+                  num_pages, " pages");
+  for (int64_t b = 0; b < batch.batch_size(); ++b) {
+    int64_t pages = batch.h_page_indptr[b + 1] - batch.h_page_indptr[b];
+    int64_t need = batch.h_prefix_len[b] + batch.h_qo_indptr[b + 1] - batch.h_qo_indptr[b];
+    SPECDEC_CHECK(pages * page_size >= need, "E_ARG", op, ": batch.page_indptr: sequence ", b, " has ", pages,
+                  " pages of ", page_size, " tokens for ", need, " tokens (kv_layer page size ", page_size, ")");
+  }
+}
+
+void check_layer(const Tensor& kv_layer, const char* name) {
+  check_arg_dim(kv_layer, name, {DType::f32, DType::f16, DType::bf16}, 5);
+  SPECDEC_CHECK(kv_layer.size(1) == 2, "E_ARG", name, ": expected shape [numPages, 2, pageSize, numKvHeads, headDim], got ",
+                kv_layer.describe());
+  SPECDEC_CHECK(kv_layer.size(2) > 0 && kv_layer.size(3) > 0 && kv_layer.size(4) > 0, "E_ARG", name,
+                ": page size, heads and head dim must be positive, got ", kv_layer.describe());
+}
+
+void check_layers(const std::vector<Tensor>& layers, const char* op) {
+  SPECDEC_CHECK(!layers.empty(), "E_ARG", op, ": layers: no layers given");
+  for (size_t l = 0; l < layers.size(); ++l) {
+    std::string name = str("layers[", l, "]");
+    check_layer(layers[l], name.c_str());
+    SPECDEC_CHECK(layers[l].dtype() == layers[0].dtype() && layers[l].shape() == layers[0].shape() &&
+                      layers[l].device() == layers[0].device(),
+                  "E_ARG", op, ": ", name, " is ", layers[l].describe(), " but layers[0] is ", layers[0].describe());
+  }
+}
+
+#ifndef SPECDEC_WITH_CUDA
+[[noreturn]] void no_cuda(const char* op) {
+  fail("E_UNSUPPORTED", op, ": the CUDA backend is not available (", backend_info().cuda_reason, ")");
+}
+#endif
+
+}  // namespace
+
+PagedBatch PagedBatch::make(const std::vector<int32_t>& qo_indptr, const std::vector<int32_t>& page_indptr,
+                            const std::vector<int32_t>& page_indices, const std::vector<int32_t>& prefix_len,
+                            int page_size, int num_pages, Device device) {
+  SPECDEC_CHECK(page_size > 0, "E_ARG", "page_size: must be positive, got ", page_size);
+  SPECDEC_CHECK(num_pages >= 0, "E_ARG", "num_pages: must be >= 0, got ", num_pages);
+  const size_t B = prefix_len.size();
+  check_indptr(qo_indptr, B + 1, "qo_indptr");
+  check_indptr(page_indptr, B + 1, "page_indptr");
+  SPECDEC_CHECK(static_cast<size_t>(page_indptr.back()) == page_indices.size(), "E_ARG",
+                "page_indptr: last entry ", page_indptr.back(), " != page_indices length ", page_indices.size());
+  for (size_t i = 0; i < page_indices.size(); ++i)
+    SPECDEC_CHECK(page_indices[i] >= 0 && page_indices[i] < num_pages, "E_ARG", "page_indices[", i, "]: page id ",
+                  page_indices[i], " out of range [0, ", num_pages, ")");
+  PagedBatch b;
+  for (size_t s = 0; s < B; ++s) {
+    SPECDEC_CHECK(prefix_len[s] >= 0, "E_ARG", "prefix_len[", s, "]: must be >= 0, got ", prefix_len[s]);
+    int64_t qo = qo_indptr[s + 1] - qo_indptr[s];
+    int64_t kv = static_cast<int64_t>(prefix_len[s]) + qo;
+    int64_t pages = page_indptr[s + 1] - page_indptr[s];
+    SPECDEC_CHECK(kv <= INT32_MAX, "E_ARG", "prefix_len[", s, "]: ", kv, " tokens do not fit int32");
+    SPECDEC_CHECK(pages * page_size >= kv, "E_ARG", "page_indptr: sequence ", s, " has ", pages, " pages of ", page_size,
+                  " tokens, too few for prefix_len ", prefix_len[s], " + ", qo, " new tokens");
+    b.max_qo_len = std::max<int32_t>(b.max_qo_len, static_cast<int32_t>(qo));
+    b.max_kv_len = std::max<int32_t>(b.max_kv_len, static_cast<int32_t>(kv));
+  }
+  b.h_qo_indptr = qo_indptr;
+  b.h_page_indptr = page_indptr;
+  b.h_page_indices = page_indices;
+  b.h_prefix_len = prefix_len;
+  auto up = [&](const std::vector<int32_t>& h) {
+    return Tensor::from_host(DType::i32, {static_cast<int64_t>(h.size())}, h.data(), device);
+  };
+  b.qo_indptr = up(qo_indptr);
+  b.page_indptr = up(page_indptr);
+  b.page_indices = up(page_indices);
+  b.prefix_len = up(prefix_len);
+  return b;
+}
+
+namespace ops {
+
+void kv_append(Tensor& kv_layer, const Tensor& k, const Tensor& v, const PagedBatch& batch) {
+  check_layer(kv_layer, "kv_layer");
+  const int64_t H = kv_layer.size(3), D = kv_layer.size(4), N = batch.total_new();
+  check_arg(k, "k", {DType::f32, DType::f16, DType::bf16}, {N, H, D});
+  check_arg(v, "v", {DType::f32, DType::f16, DType::bf16}, {N, H, D});
+  check_same_device({&kv_layer, &k, &v}, "kv_append");
+  check_batch_vs_layer(batch, kv_layer, "kv_append");
+  if (N == 0) return;
+  if (kv_layer.device() == Device::cpu) return cpu::kv_append(kv_layer, k, v, batch);
+#ifdef SPECDEC_WITH_CUDA
+  cuda::kv_append(kv_layer, k, v, batch);
+#else
+  no_cuda("kv_append");
+#endif
+}
+
+void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& batch, const Tensor& mask, float sm_scale,
+                    Tensor& out) {
+  check_layer(kv_layer, "kv_layer");
+  const int64_t Hkv = kv_layer.size(3), D = kv_layer.size(4), N = batch.total_new();
+  check_arg(q, "q", {DType::f32, DType::f16, DType::bf16}, {N, -1, D});
+  const int64_t Hq = q.size(1);
+  SPECDEC_CHECK(Hq > 0 && Hq % Hkv == 0, "E_ARG", "q: ", Hq, " query heads is not a multiple of ", Hkv,
+                " KV heads (GQA/MQA need numQoHeads % numKvHeads == 0)");
+  check_arg(out, "out", {q.dtype()}, {N, Hq, D});
+  SPECDEC_CHECK(std::isfinite(sm_scale), "E_ARG", "sm_scale: must be finite, got ", sm_scale);
+  if (mask.defined()) {
+    check_arg(mask, "mask", {DType::u64}, {N, -1});
+    const int64_t W = mask.size(1);
+    SPECDEC_CHECK(W * 64 >= batch.max_qo_len, "E_ARG", "mask: ", W, " words per row (", W * 64,
+                  " bits) cannot cover a sequence with ", batch.max_qo_len, " new tokens");
+    SPECDEC_CHECK(batch.max_qo_len <= kMaxTreeTokens, "E_ARG", "mask: a sequence has ", batch.max_qo_len,
+                  " new tokens, more than kMaxTreeTokens = ", kMaxTreeTokens, " under a mask");
+  }
+  check_same_device({&q, &kv_layer, &mask, &out}, "tree_attention");
+  check_batch_vs_layer(batch, kv_layer, "tree_attention");
+  if (N == 0) return;
+  if (q.device() == Device::cpu) return cpu::tree_attention(q, kv_layer, batch, mask, sm_scale, out);
+#ifdef SPECDEC_WITH_CUDA
+  cuda::tree_attention(q, kv_layer, batch, mask, sm_scale, out);
+#else
+  no_cuda("tree_attention");
+#endif
+}
+
+void kv_commit(const std::vector<Tensor>& layers, const PagedBatch& batch, const Tensor& acc_indptr,
+               const Tensor& acc_nodes) {
+  check_layers(layers, "kv_commit");
+  const int64_t B = batch.batch_size();
+  check_arg(acc_indptr, "acc_indptr", {DType::i32}, {B + 1});
+  check_arg_dim(acc_nodes, "acc_nodes", {DType::i32}, 1);
+  check_same_device({&layers[0], &acc_indptr, &acc_nodes}, "kv_commit");
+  check_batch_vs_layer(batch, layers[0], "kv_commit");
+  // The indices are read back (a few bytes) so that a bad one is an error, never a stray write.
+  std::vector<int32_t> ip = host_i32(acc_indptr), nodes = host_i32(acc_nodes);
+  check_indptr(ip, static_cast<size_t>(B + 1), "acc_indptr");
+  SPECDEC_CHECK(ip.back() == static_cast<int32_t>(nodes.size()), "E_ARG", "acc_indptr: last entry ", ip.back(),
+                " != acc_nodes length ", nodes.size());
+  for (int64_t b = 0; b < B; ++b) {
+    const int32_t qo = batch.h_qo_indptr[b + 1] - batch.h_qo_indptr[b];
+    SPECDEC_CHECK(ip[b + 1] - ip[b] <= qo, "E_ARG", "acc_indptr: sequence ", b, " accepts ", ip[b + 1] - ip[b],
+                  " nodes but has only ", qo, " new tokens");
+    for (int32_t j = ip[b]; j < ip[b + 1]; ++j) {
+      SPECDEC_CHECK(nodes[j] >= 0 && nodes[j] < qo, "E_ARG", "acc_nodes[", j, "]: node ", nodes[j],
+                    " out of range [0, ", qo, ") for sequence ", b);
+      SPECDEC_CHECK(j == ip[b] || nodes[j] > nodes[j - 1], "E_ARG", "acc_nodes[", j,
+                    "]: accepted nodes of a sequence must be strictly increasing (sequence ", b, ")");
+    }
+  }
+  if (nodes.empty()) return;
+  if (layers[0].device() == Device::cpu) return cpu::kv_commit(layers, batch, acc_indptr, acc_nodes);
+#ifdef SPECDEC_WITH_CUDA
+  cuda::kv_commit(layers, batch, acc_indptr, acc_nodes);
+#else
+  no_cuda("kv_commit");
+#endif
+}
+
+void kv_copy_pages(const std::vector<Tensor>& layers, const Tensor& src_pages, const Tensor& dst_pages) {
+  check_layers(layers, "kv_copy_pages");
+  check_arg_dim(src_pages, "src_pages", {DType::i32}, 1);
+  check_arg(dst_pages, "dst_pages", {DType::i32}, {src_pages.size(0)});
+  check_same_device({&layers[0], &src_pages, &dst_pages}, "kv_copy_pages");
+  const int64_t P = layers[0].size(0);
+  std::vector<int32_t> src = host_i32(src_pages), dst = host_i32(dst_pages);
+  for (size_t i = 0; i < src.size(); ++i) {
+    SPECDEC_CHECK(src[i] >= 0 && src[i] < P, "E_ARG", "src_pages[", i, "]: page id ", src[i], " out of range [0, ", P, ")");
+    SPECDEC_CHECK(dst[i] >= 0 && dst[i] < P, "E_ARG", "dst_pages[", i, "]: page id ", dst[i], " out of range [0, ", P, ")");
+  }
+  // A destination that is also a source (or written twice) would make the result order-dependent.
+  std::vector<char> role(static_cast<size_t>(P), 0);
+  for (int32_t s : src) role[s] |= 1;
+  for (size_t i = 0; i < dst.size(); ++i) {
+    SPECDEC_CHECK(!(role[dst[i]] & 3), "E_ARG", "dst_pages[", i, "]: page ", dst[i],
+                  " is also a source or another destination");
+    role[dst[i]] |= 2;
+  }
+  if (src.empty()) return;
+  if (layers[0].device() == Device::cpu) return cpu::kv_copy_pages(layers, src_pages, dst_pages);
+#ifdef SPECDEC_WITH_CUDA
+  cuda::kv_copy_pages(layers, src_pages, dst_pages);
+#else
+  no_cuda("kv_copy_pages");
+#endif
+}
+
+}  // namespace ops
+}  // namespace specdec

@@ -1,0 +1,180 @@
+// Validating dispatchers for the model layer ops: every argument is checked here, once, so the
+// CPU and CUDA backends report identical E_ARG errors; then the tensors' device picks the backend.
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "ops_layers.h"
+
+namespace specdec {
+namespace ops {
+
+namespace {
+
+#define SPECDEC_FLOATS \
+  { DType::f32, DType::f16, DType::bf16 }
+
+// True if the byte ranges of a and b overlap (both defined, same device).
+bool overlaps(const Tensor& a, const Tensor& b) {
+  if (!a.defined() || !b.defined() || a.device() != b.device()) return false;
+  const char* pa = static_cast<const char*>(a.data());
+  const char* pb = static_cast<const char*>(b.data());
+  return pa < pb + b.nbytes() && pb < pa + a.nbytes() && a.nbytes() > 0 && b.nbytes() > 0;
+}
+
+bool same_region(const Tensor& a, const Tensor& b) { return a.data() == b.data() && a.nbytes() == b.nbytes(); }
+
+// `out` may be the very same buffer as `in` (elementwise ops) but not a partial overlap.
+void check_alias(const Tensor& out, const char* out_name, const Tensor& in, const char* in_name, bool exact_ok) {
+  if (!overlaps(out, in)) return;
+  SPECDEC_CHECK(exact_ok && same_region(out, in), "E_ARG", out_name, ": must not overlap ", in_name,
+                exact_ok ? " (except as the very same tensor)" : "");
+}
+
+}  // namespace
+
+void embedding(const Tensor& table, const Tensor& ids, Tensor& out) {
+  check_arg_dim(table, "table", SPECDEC_FLOATS, 2);
+  check_arg_dim(ids, "ids", {DType::i32}, 1);
+  const int64_t N = ids.size(0), V = table.size(0), H = table.size(1);
+  check_arg(out, "out", {DType::f32}, {N, H});
+  check_same_device({&table, &ids, &out}, "embedding");
+  check_alias(out, "out", table, "table", false);
+  if (N == 0) return;
+  // Ids are validated on the host for both backends (a small copy for CUDA) so a bad id is a
+  // coded error naming the id, never an out-of-bounds read.
+  std::vector<int32_t> host(static_cast<size_t>(N));
+  ids.copy_to_host(host.data(), host.size() * sizeof(int32_t));
+  for (int64_t n = 0; n < N; ++n) {
+    int32_t id = host[static_cast<size_t>(n)];
+    SPECDEC_CHECK(id >= 0 && id < V, "E_ARG", "ids[", n, "] = ", id, " is outside the vocabulary [0, ", V,
+                  ") (vocabulary size ", V, ")");
+  }
+  if (table.device() == Device::cpu) return cpu::embedding(table, ids, out);
+#ifdef SPECDEC_WITH_CUDA
+  return cuda::embedding(table, ids, out);
+#else
+  fail("E_UNSUPPORTED", "embedding: CUDA backend not compiled");
+#endif
+}
+
+void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) {
+  check_arg_dim(x, "x", {DType::f32}, 2);
+  const int64_t N = x.size(0), H = x.size(1);
+  check_arg(w, "w", SPECDEC_FLOATS, {H});
+  check_arg(out, "out", {DType::f32}, {N, H});
+  check_same_device({&x, &w, &out}, "rmsnorm");
+  SPECDEC_CHECK(std::isfinite(eps) && eps >= 0.f, "E_ARG", "eps: expected a finite number >= 0, got ", eps);
+  SPECDEC_CHECK(H > 0 || N == 0, "E_ARG", "x: hidden size must be > 0, got ", x.describe());
+  check_alias(out, "out", x, "x", true);
+  check_alias(out, "out", w, "w", false);
+  if (N == 0) return;
+  if (x.device() == Device::cpu) return cpu::rmsnorm(x, w, eps, out);
+#ifdef SPECDEC_WITH_CUDA
+  return cuda::rmsnorm(x, w, eps, out);
+#else
+  fail("E_UNSUPPORTED", "rmsnorm: CUDA backend not compiled");
+#endif
+}
+
+void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out) {
+  check_arg_dim(x, "x", {DType::f32}, 2);
+  const int64_t N = x.size(0), K = x.size(1);
+  check_arg_dim(w, "w", SPECDEC_FLOATS, 2);
+  const int64_t M = w.size(0);
+  SPECDEC_CHECK(w.size(1) == K, "E_ARG", "w: expected shape [*, ", K, "] (K from x ", x.describe(), "), got ",
+                w.describe());
+  if (bias.defined()) check_arg(bias, "bias", SPECDEC_FLOATS, {M});  // any float dtype, independent of w's
+  check_arg(out, "out", {DType::f32}, {N, M});
+  check_same_device({&x, &w, &bias, &out}, "matmul");
+  // out is written while x and w are still being read: no aliasing at all.
+  check_alias(out, "out", x, "x", false);
+  check_alias(out, "out", w, "w", false);
+  check_alias(out, "out", bias, "bias", false);
+  if (N == 0 || M == 0) return;
+  if (K == 0) {  // empty sum: out = bias (or 0); not worth a kernel path of its own
+    if (!bias.defined()) return out.fill_zero();
+    Tensor b32 = Tensor::empty(DType::f32, {M}, Device::cpu);
+    Tensor bh = bias.to(Device::cpu);
+    for (int64_t m = 0; m < M; ++m) {
+      const void* p = bh.data();
+      float v = bias.dtype() == DType::f32    ? static_cast<const float*>(p)[m]
+                : bias.dtype() == DType::f16 ? f16_to_f32(static_cast<const uint16_t*>(p)[m])
+                                             : bf16_to_f32(static_cast<const uint16_t*>(p)[m]);
+      b32.ptr<float>()[m] = v;
+    }
+    for (int64_t n = 0; n < N; ++n) out.rows(n, n + 1).copy_from(b32.view({1, M}));
+    return;
+  }
+  if (x.device() == Device::cpu) return cpu::matmul(x, w, bias, out);
+#ifdef SPECDEC_WITH_CUDA
+  return cuda::matmul(x, w, bias, out);
+#else
+  fail("E_UNSUPPORTED", "matmul: CUDA backend not compiled");
+#endif
+}
+
+void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq) {
+  check_arg_dim(x, "x", {DType::f32}, 3);
+  const int64_t N = x.size(0), D = x.size(2);
+  SPECDEC_CHECK(D % 2 == 0 && D > 0, "E_ARG", "x: head dim must be even and > 0, got ", x.describe());
+  check_arg(positions, "positions", {DType::i32}, {N});
+  check_arg(inv_freq, "inv_freq", {DType::f32}, {D / 2});
+  check_same_device({&x, &positions, &inv_freq}, "rope");
+  check_alias(x, "x", positions, "positions", false);
+  check_alias(x, "x", inv_freq, "inv_freq", false);
+  if (x.numel() == 0) return;
+  if (x.device() == Device::cpu) return cpu::rope(x, positions, inv_freq);
+#ifdef SPECDEC_WITH_CUDA
+  return cuda::rope(x, positions, inv_freq);
+#else
+  fail("E_UNSUPPORTED", "rope: CUDA backend not compiled");
+#endif
+}
+
+void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
+  check_arg_dim(gate, "gate", {DType::f32}, 2);
+  const int64_t N = gate.size(0), I = gate.size(1);
+  check_arg(up, "up", {DType::f32}, {N, I});
+  check_arg(out, "out", {DType::f32}, {N, I});
+  check_same_device({&gate, &up, &out}, "silu_mul");
+  check_alias(out, "out", gate, "gate", true);
+  check_alias(out, "out", up, "up", true);
+  if (gate.numel() == 0) return;
+  if (gate.device() == Device::cpu) return cpu::silu_mul(gate, up, out);
+#ifdef SPECDEC_WITH_CUDA
+  return cuda::silu_mul(gate, up, out);
+#else
+  fail("E_UNSUPPORTED", "silu_mul: CUDA backend not compiled");
+#endif
+}
+
+void add_inplace(Tensor& x, const Tensor& y) {
+  check_arg_dim(x, "x", {DType::f32}, -1);
+  check_arg_dim(y, "y", {DType::f32}, -1);
+  SPECDEC_CHECK(x.shape() == y.shape(), "E_ARG", "y: expected shape ", x.shape_str(), " (same as x), got ",
+                y.describe());
+  check_same_device({&x, &y}, "add_inplace");
+  check_alias(x, "x", y, "y", true);
+  if (x.numel() == 0) return;
+  if (x.device() == Device::cpu) return cpu::add_inplace(x, y);
+#ifdef SPECDEC_WITH_CUDA
+  return cuda::add_inplace(x, y);
+#else
+  fail("E_UNSUPPORTED", "add_inplace: CUDA backend not compiled");
+#endif
+}
+
+void silu_inplace(Tensor& x) {
+  check_arg_dim(x, "x", {DType::f32}, -1);
+  if (x.numel() == 0) return;
+  if (x.device() == Device::cpu) return cpu::silu_inplace(x);
+#ifdef SPECDEC_WITH_CUDA
+  return cuda::silu_inplace(x);
+#else
+  fail("E_UNSUPPORTED", "silu_inplace: CUDA backend not compiled");
+#endif
+}
+
+}  // namespace ops
+}  // namespace specdec

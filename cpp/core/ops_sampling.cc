@@ -1,0 +1,145 @@
+// Validating dispatchers for sampling and verification: every check happens here, so the CPU and
+// CUDA backends report the same E_ARG errors, naming the argument.
+#include <cmath>
+#include <vector>
+
+#include "ops_sampling.h"
+
+namespace specdec {
+namespace ops {
+
+namespace {
+
+#ifdef SPECDEC_WITH_CUDA
+#define SPECDEC_SAMPLING_DISPATCH(dev, call) \
+  do {                                       \
+    if ((dev) == Device::cpu) cpu::call;     \
+    else cuda::call;                         \
+  } while (0)
+#else
+#define SPECDEC_SAMPLING_DISPATCH(dev, call)                                                    \
+  do {                                                                                          \
+    if ((dev) == Device::cpu) cpu::call;                                                        \
+    else fail("E_UNSUPPORTED", "sampling ops: this build has no CUDA backend");                 \
+  } while (0)
+#endif
+
+void check_params(const SamplingParams& p) {
+  SPECDEC_CHECK(std::isfinite(p.temperature) && p.temperature >= 0.0f, "E_ARG",
+                "temperature: expected a finite number >= 0, got ", p.temperature);
+  SPECDEC_CHECK(p.top_k >= 0, "E_ARG", "topK: expected an integer >= 0, got ", p.top_k);
+  SPECDEC_CHECK(p.top_p > 0.0f && p.top_p <= 1.0f, "E_ARG", "topP: expected 0 < topP <= 1, got ", p.top_p);
+  SPECDEC_CHECK(p.min_p >= 0.0f && p.min_p < 1.0f, "E_ARG", "minP: expected 0 <= minP < 1, got ", p.min_p);
+}
+
+// Host copy of a small i32 tensor (index arrays live on the target's device).
+std::vector<int32_t> host_i32(const Tensor& t) {
+  std::vector<int32_t> v(static_cast<size_t>(t.numel()));
+  t.copy_to_host(v.data(), v.size() * 4);
+  return v;
+}
+
+}  // namespace
+
+void process_logits(const Tensor& logits, const SamplingParams& params, Tensor& probs) {
+  check_arg(logits, "logits", {DType::f32, DType::f16, DType::bf16}, {-1, -1});
+  SPECDEC_CHECK(logits.size(1) >= 1, "E_ARG", "logits: the vocabulary is empty (", logits.describe(), ")");
+  check_arg(probs, "probs", {DType::f32}, {logits.size(0), logits.size(1)});
+  check_same_device({&logits, &probs}, "process_logits");
+  check_params(params);
+  SPECDEC_SAMPLING_DISPATCH(logits.device(), process_logits(logits, params, probs));
+}
+
+void argmax(const Tensor& logits, Tensor& out) {
+  check_arg(logits, "logits", {DType::f32, DType::f16, DType::bf16}, {-1, -1});
+  SPECDEC_CHECK(logits.size(1) >= 1, "E_ARG", "logits: the vocabulary is empty (", logits.describe(), ")");
+  check_arg(out, "out", {DType::i32}, {logits.size(0)});
+  check_same_device({&logits, &out}, "argmax");
+  SPECDEC_SAMPLING_DISPATCH(logits.device(), argmax(logits, out));
+}
+
+void sample(const Tensor& probs, const Tensor& seeds, const Tensor& offsets, Tensor& out) {
+  check_arg(probs, "probs", {DType::f32}, {-1, -1});
+  SPECDEC_CHECK(probs.size(1) >= 1, "E_ARG", "probs: the vocabulary is empty (", probs.describe(), ")");
+  const int64_t N = probs.size(0);
+  check_arg(seeds, "seeds", {DType::u64}, {N});
+  check_arg(offsets, "offsets", {DType::u64}, {N});
+  check_arg(out, "out", {DType::i32}, {N});
+  check_same_device({&probs, &seeds, &offsets, &out}, "sample");
+  SPECDEC_SAMPLING_DISPATCH(probs.device(), sample(probs, seeds, offsets, out));
+}
+
+void top_k(const Tensor& x, int32_t k, Tensor& vals, Tensor& ids) {
+  check_arg(x, "x", {DType::f32, DType::f16, DType::bf16}, {-1, -1});
+  SPECDEC_CHECK(k >= 1 && k <= x.size(1), "E_ARG", "k: expected 1 <= k <= ", x.size(1), " (the row length), got ", k);
+  check_arg(vals, "vals", {DType::f32}, {x.size(0), k});
+  check_arg(ids, "ids", {DType::i32}, {x.size(0), k});
+  check_same_device({&x, &vals, &ids}, "top_k");
+  SPECDEC_SAMPLING_DISPATCH(x.device(), top_k(x, k, vals, ids));
+}
+
+void verify(const VerifyArgs& a, VerifyResult& out) {
+  SPECDEC_CHECK(a.mode == VerifyMode::greedy || a.mode == VerifyMode::rejection || a.mode == VerifyMode::typical,
+                "E_ARG", "mode: unknown verify mode ", static_cast<int>(a.mode));
+  check_arg_dim(a.node_indptr, "nodeIndptr", {DType::i32}, 1);
+  SPECDEC_CHECK(a.node_indptr.size(0) >= 1, "E_ARG", "nodeIndptr: expected B + 1 >= 1 entries");
+  const int64_t B = a.node_indptr.size(0) - 1;
+  check_arg_dim(a.parents, "parents", {DType::i32}, 1);
+  const int64_t N = a.parents.size(0);
+  check_arg(a.tokens, "tokens", {DType::i32}, {N});
+  if (a.mode == VerifyMode::greedy) check_arg(a.target, "target", {DType::f32, DType::f16, DType::bf16}, {N, -1});
+  else check_arg(a.target, "target", {DType::f32}, {N, -1});
+  const int64_t V = a.target.size(1);
+  SPECDEC_CHECK(V >= 1, "E_ARG", "target: the vocabulary is empty (", a.target.describe(), ")");
+  if (a.draft.defined()) {
+    SPECDEC_CHECK(a.mode == VerifyMode::rejection, "E_ARG", "draft: only the rejection mode takes draft distributions");
+    check_arg(a.draft, "draft", {DType::f32}, {N, V});
+  }
+  if (a.mode != VerifyMode::greedy) {
+    SPECDEC_CHECK(a.seeds.defined(), "E_ARG", "seeds: required by the ", a.mode == VerifyMode::typical ? "typical" : "rejection", " mode");
+    SPECDEC_CHECK(a.offsets.defined(), "E_ARG", "offsets: required by the ", a.mode == VerifyMode::typical ? "typical" : "rejection", " mode");
+  }
+  if (a.seeds.defined() || a.offsets.defined()) {
+    check_arg(a.seeds, "seeds", {DType::u64}, {B});
+    check_arg(a.offsets, "offsets", {DType::u64}, {B});
+  }
+  if (a.mode == VerifyMode::typical) {
+    SPECDEC_CHECK(std::isfinite(a.typical_threshold) && a.typical_threshold >= 0.0f, "E_ARG",
+                  "typicalThreshold: expected a finite number >= 0, got ", a.typical_threshold);
+    SPECDEC_CHECK(std::isfinite(a.typical_alpha) && a.typical_alpha >= 0.0f, "E_ARG",
+                  "typicalAlpha: expected a finite number >= 0, got ", a.typical_alpha);
+  }
+  check_arg(out.accepted_nodes, "acceptedNodes", {DType::i32}, {N});
+  check_arg(out.emitted, "emitted", {DType::i32}, {N});
+  check_arg(out.accept_count, "acceptCount", {DType::i32}, {B});
+  check_arg_dim(out.depth_accepts, "depthAccepts", {DType::i32}, 1);
+  check_same_device({&a.target, &a.node_indptr, &a.parents, &a.tokens, &a.draft, &a.seeds, &a.offsets,
+                     &out.accepted_nodes, &out.emitted, &out.accept_count, &out.depth_accepts},
+                    "verify");
+
+  // The tree structure is checked on the host (small arrays) so that kernels can trust it.
+  const std::vector<int32_t> indptr = host_i32(a.node_indptr), parents = host_i32(a.parents), tokens = host_i32(a.tokens);
+  SPECDEC_CHECK(indptr[0] == 0, "E_ARG", "nodeIndptr: must start at 0, got ", indptr[0]);
+  SPECDEC_CHECK(indptr[B] == N, "E_ARG", "nodeIndptr: last entry ", indptr[B], " does not match the ", N,
+                " nodes in parents/tokens");
+  for (int64_t b = 0; b < B; ++b)  // strictly increasing from 0 to N: every row index below is in range
+    SPECDEC_CHECK(indptr[b + 1] > indptr[b], "E_ARG", "nodeIndptr: sequence ", b,
+                  " has no nodes (each needs its root; entries ", indptr[b], ", ", indptr[b + 1], ")");
+  for (int64_t b = 0; b < B; ++b) {
+    const int32_t s = indptr[b], e = indptr[b + 1];
+    SPECDEC_CHECK(parents[s] == -1, "E_ARG", "parents: node 0 of sequence ", b, " is the root and must have parent -1, got ",
+                  parents[s]);
+    for (int32_t i = s + 1; i < e; ++i) {
+      const int32_t p = parents[i];
+      SPECDEC_CHECK(p == -2 || (p >= 0 && p < i - s), "E_ARG", "parents: node ", i - s, " of sequence ", b, " has parent ", p,
+                    " (expected a node index in [0, ", i - s, ") local to the sequence, or -2 for a non-candidate)");
+    }
+  }
+  for (int64_t i = 0; i < N; ++i)
+    SPECDEC_CHECK(tokens[i] >= 0 && tokens[i] < V, "E_ARG", "tokens: token ", tokens[i], " at node ", i,
+                  " is outside the vocabulary [0, ", V, ")");
+  SPECDEC_SAMPLING_DISPATCH(a.target.device(), verify(a, out));
+}
+
+}  // namespace ops
+}  // namespace specdec

@@ -1,0 +1,323 @@
+// Scalar cores of sampling and verification, compiled by both backends (host C++ and nvcc), so
+// the CPU reference and the CUDA kernels make the same decisions from the same inputs.
+//
+// ---------------------------------------------------------------------------------------------
+// Semantics (the contract of ops_sampling.h, spelled out)
+//
+// process_logits(row): x = logits / T; p = softmax(x); then
+//   top-k   (k > 0):    keep the k largest (ordered by x; ties -> lower index);
+//   top-p   (p < 1):    among the kept, keep the smallest prefix in that order whose mass is
+//                       >= top_p * (kept mass); always at least one token;
+//   min-p   (m > 0):    drop p < min_p * max(p);
+//   renormalise.        T == 0: one-hot at the argmax (lowest index on ties; NaN never wins).
+//   Masses for top-p and the final renormalisation are exact integer sums of quantised probs
+//   (quantize_prob below), so the set kept and the sums never depend on summation order.
+//
+// Quantised mass: every probability p in [0, 1] becomes W = ceil(p * 2^40) (an exact operation
+//   in f32), summed in uint64. ceil keeps the support exact: p > 0 <=> W > 0. All random choices
+//   (sampling, acceptance tests) are made on these integers, so CPU and CUDA pick the same
+//   tokens from the same f32 probabilities, whatever the reduction order.
+//
+// RNG: Philox4x32-10 (Salmon et al. 2011), key = seed (u64), counter =
+//   (offset lo, offset hi, node, purpose). `node` is the node index local to the sequence (0 for
+//   the sample op), `purpose` says which draw at that node: kDrawAccept (the acceptance test of
+//   the candidate node `node`), kDrawSample (the token sampled at node `node`), kDrawSampleOp
+//   (the sample op). A sequence's draws depend only on (seed, offset, node): batch invariant.
+//   Callers advance offsets by 1 per call (per verify call, per sample call): every draw of one
+//   call has a different (node, purpose), so one offset step never reuses a counter.
+//
+// sample(weights, r): r is a uniform 64-bit integer; T = floor(r * M / 2^64) with M = sum(W);
+//   the token is the first i with W[0] + ... + W[i] > T. T < M, so such an i exists, and a token
+//   with W = 0 can never be the first to pass T: a zero-probability token is never returned,
+//   however close u = r / 2^64 is to 1.
+//
+// verify (one sequence: nodes 0..n-1, node 0 = the root = last emitted token, parents local,
+//   parents[i] < i, -2 = not a candidate; a node's children are visited in node-index order):
+//   greedy:    at node v, t = argmax(target[v]); move to the first child whose token is t;
+//              stop when none. Emitted: the accepted children's tokens, then t at the last node.
+//   rejection, draft undefined (deterministic drafts, q one-hot per child): p = target[v]; for
+//              each child c: u = U(c, kDrawAccept); accept iff u < p(x_c) (normalised p); on
+//              reject p(x_c) <- 0 (implicitly renormalised). If the residual mass were 0 (cannot
+//              happen exactly: a token holding all the mass is always accepted) p is reloaded from
+//              the original row. A sibling repeating a rejected token has p(x) = 0: rejected.
+//              All children rejected (or none): sample from the residual p with U(v, kDrawSample).
+//   rejection, draft defined (q = draft[v], the distribution v's children were drawn from,
+//              in order, without replacement): for child c with token x: p(x) = 0 -> reject;
+//              else q(x) = 0 -> accept; else accept iff u * q(x) < p(x). On reject:
+//              p <- norm(max(0, p - q)) (if that has zero mass, p is kept unchanged), then
+//              q <- norm(q with q(x) = 0). For a chain this is Leviathan/Chen: accept with
+//              min(1, p/q), else sample norm(max(0, p - q)); the bonus comes from p at the end.
+//   typical (Medusa, LOSSY: the output is not distributed as the target): at node v,
+//              thr(v) = min(eps, alpha * exp(-H(p_v))), H the entropy (natural log, 0 log 0 = 0;
+//              Medusa adds 1e-5 inside the log, we do not). A node is accepted iff its parent is
+//              and p_parent(x) > thr(parent). The deepest accepted node wins (ties -> lowest
+//              index); the bonus is sampled from its target row with U(node, kDrawSample) (the
+//              argmax when the row is one-hot, e.g. T = 0).
+//   depth_accepts[d] += 1 for each sequence whose accepted path reaches depth d + 1.
+// ---------------------------------------------------------------------------------------------
+#pragma once
+#include <cmath>
+#include <cstdint>
+
+#ifdef __CUDACC__
+#define SPECDEC_HD __host__ __device__
+#else
+#define SPECDEC_HD
+#endif
+
+namespace specdec {
+namespace sm {
+
+// ---------------- Philox4x32-10 ----------------
+struct Philox4 {
+  uint32_t v[4];
+};
+
+SPECDEC_HD inline void philox_round(uint32_t c[4], const uint32_t k[2]) {
+  const uint64_t p0 = static_cast<uint64_t>(0xD2511F53u) * c[0];
+  const uint64_t p1 = static_cast<uint64_t>(0xCD9E8D57u) * c[2];
+  const uint32_t hi0 = static_cast<uint32_t>(p0 >> 32), lo0 = static_cast<uint32_t>(p0);
+  const uint32_t hi1 = static_cast<uint32_t>(p1 >> 32), lo1 = static_cast<uint32_t>(p1);
+  const uint32_t n0 = hi1 ^ c[1] ^ k[0], n2 = hi0 ^ c[3] ^ k[1];
+  c[0] = n0;
+  c[1] = lo1;
+  c[2] = n2;
+  c[3] = lo0;
+}
+
+SPECDEC_HD inline Philox4 philox4x32_10(const uint32_t ctr[4], const uint32_t key[2]) {
+  uint32_t c[4] = {ctr[0], ctr[1], ctr[2], ctr[3]};
+  uint32_t k[2] = {key[0], key[1]};
+  for (int r = 0; r < 10; ++r) {
+    if (r > 0) {  // the key is bumped between rounds (Weyl sequence)
+      k[0] += 0x9E3779B9u;
+      k[1] += 0xBB67AE85u;
+    }
+    philox_round(c, k);
+  }
+  return Philox4{{c[0], c[1], c[2], c[3]}};
+}
+
+// Purposes of a draw (the 4th counter word).
+constexpr uint32_t kDrawAccept = 0;
+constexpr uint32_t kDrawSample = 1;
+constexpr uint32_t kDrawSampleOp = 2;
+
+// 64 random bits for (seed, offset, node, purpose).
+SPECDEC_HD inline uint64_t random_u64(uint64_t seed, uint64_t offset, uint32_t node, uint32_t purpose) {
+  const uint32_t ctr[4] = {static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32), node, purpose};
+  const uint32_t key[2] = {static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)};
+  Philox4 r = philox4x32_10(ctr, key);
+  return (static_cast<uint64_t>(r.v[0]) << 32) | r.v[1];
+}
+
+// Uniform double in [0, 1) with 53 random bits (strictly < 1).
+SPECDEC_HD inline double uniform_f64(uint64_t bits) { return static_cast<double>(bits >> 11) * (1.0 / 9007199254740992.0); }
+// Uniform float in [0, 1) with 24 random bits (strictly < 1).
+SPECDEC_HD inline float uniform_f32(uint64_t bits) { return static_cast<float>(bits >> 40) * (1.0f / 16777216.0f); }
+
+// High 64 bits of a 64x64 product: floor(a * b / 2^64).
+SPECDEC_HD inline uint64_t mulhi64(uint64_t a, uint64_t b) {
+#ifdef __CUDA_ARCH__
+  return __umul64hi(a, b);
+#else
+  return static_cast<uint64_t>((static_cast<unsigned __int128>(a) * b) >> 64);
+#endif
+}
+
+// ---------------- quantised probabilities ----------------
+constexpr int kMassBits = 40;
+constexpr double kMassOne = 1099511627776.0;  // 2^40
+
+// W = ceil(p * 2^40) for p in [0, 1]; p <= 0 or NaN -> 0, p > 1 (or inf) -> 2^40.
+SPECDEC_HD inline uint64_t quantize_prob(float p) {
+  if (!(p > 0.0f)) return 0;
+  if (p >= 1.0f) return static_cast<uint64_t>(1) << kMassBits;
+  return static_cast<uint64_t>(ceilf(p * 1099511627776.0f));  // exact scaling by a power of two
+}
+
+// The draw threshold of sample(): the token is the first i with prefix sum of W > T.
+SPECDEC_HD inline uint64_t sample_threshold(uint64_t random_bits, uint64_t mass) { return mulhi64(random_bits, mass); }
+
+// A token's selection test given its exclusive prefix `before` and weight w (exactly one token passes).
+SPECDEC_HD inline bool sample_hit(uint64_t before, uint64_t w, uint64_t threshold) {
+  return w > 0 && before <= threshold && threshold - before < w;
+}
+
+// ---------------- acceptance tests ----------------
+// Deterministic draft (q one-hot): accept iff u < px / mp.
+SPECDEC_HD inline bool accept_onehot(double u, uint64_t px, uint64_t mp) {
+  return px > 0 && u * static_cast<double>(mp) < static_cast<double>(px);
+}
+// Real draft: accept iff u < (px / mp) / (qx / mq); p(x) = 0 -> reject; q(x) = 0 < p(x) -> accept.
+// With p == q both products are the same doubles, so p = q always accepts (u < 1).
+SPECDEC_HD inline bool accept_draft(double u, uint64_t px, uint64_t mp, uint64_t qx, uint64_t mq) {
+  if (px == 0) return false;
+  if (qx == 0 || mq == 0) return true;
+  return u * (static_cast<double>(qx) * static_cast<double>(mp)) < static_cast<double>(px) * static_cast<double>(mq);
+}
+// One entry of max(0, p/mp - q/mq), in units of p's scale: ratio = mp / mq.
+SPECDEC_HD inline uint64_t residual_entry(uint64_t p, uint64_t q, double ratio) {
+  double r = static_cast<double>(p) - static_cast<double>(q) * ratio;
+  return r > 0.0 ? static_cast<uint64_t>(ceil(r)) : 0;
+}
+
+// Medusa typical-acceptance threshold from the entropy (nats) of the node's target row.
+SPECDEC_HD inline float typical_threshold(double entropy, float eps, float alpha) {
+  float t = alpha * static_cast<float>(exp(-entropy));
+  return t < eps ? t : eps;
+}
+
+// ---------------- ordering helpers ----------------
+// A float's bits mapped to an unsigned key with the same order (NaN -> 0, the smallest).
+SPECDEC_HD inline uint32_t float_key(float x) {
+  if (x != x) return 0;
+  uint32_t u;
+#ifdef __CUDA_ARCH__
+  u = __float_as_uint(x);
+#else
+  __builtin_memcpy(&u, &x, 4);
+#endif
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// argmax order: larger value wins, ties -> lower index; NaN never beats a number.
+SPECDEC_HD inline bool argmax_better(float v, int32_t i, float bv, int32_t bi) {
+  if (v != v) return false;
+  if (bv != bv) return true;
+  return v > bv || (v == bv && i < bi);
+}
+
+// Next child of `node` after node index `after` (exclusive); -1 when none. Children have larger
+// indices than their parent, so the scan starts past both.
+SPECDEC_HD inline int next_child(const int32_t* parents, int n, int node, int after) {
+  for (int c = (after > node ? after : node) + 1; c < n; ++c)
+    if (parents[c] == node) return c;
+  return -1;
+}
+
+// ---------------- the tree walks ----------------
+// `Ops` gives the row-wise work over the vocabulary (loops on CPU, block-cooperative on CUDA,
+// where every thread runs the walk in lockstep and each op returns block-uniform values):
+//   int      argmax(int node)            target row argmax (greedy)
+//   float    prob(int node, int tok)     target row entry (typical)
+//   double   entropy(int node)           H of the target row (typical)
+//   uint64_t load_p(int node)            P <- quantised target row, returns its mass
+//   uint64_t load_q(int node)            Q <- quantised draft row, returns its mass
+//   uint64_t p_at(int tok), q_at(int tok); void set_p(int tok, uint64_t), set_q(int tok, uint64_t)
+//   uint64_t residual_mass(mp, mq)       sum of residual_entry(P, Q, mp / mq)
+//   void     apply_residual(mp, mq)      P <- residual_entry(P, Q, mp / mq)
+//   int      sample_p(uint64_t threshold) first token whose inclusive prefix of P exceeds it
+//   void     put(int k, int node, int token): node >= 0: accepted_nodes[k] = node;
+//            node < 0: emitted[k] = token
+//   float/int scratch per node: set_thr/get_thr, set_depth/get_depth (typical)
+struct WalkParams {
+  uint64_t seed = 0, offset = 0;
+  bool has_draft = false;
+  float eps = 0.09f, alpha = 0.3f;
+};
+
+#ifdef __CUDACC__
+#pragma nv_exec_check_disable
+#endif
+template <class Ops>
+SPECDEC_HD int walk_greedy(Ops& ops, const int32_t* parents, const int32_t* tokens, int n) {
+  int cur = 0, count = 1;
+  ops.put(0, 0, -1);
+  for (;;) {
+    const int t = ops.argmax(cur);
+    int next = -1;
+    for (int c = next_child(parents, n, cur, cur); c >= 0; c = next_child(parents, n, cur, c))
+      if (tokens[c] == t) { next = c; break; }
+    ops.put(count - 1, -1, t);  // accepted child's token, or the correction at the last node
+    if (next < 0) return count;
+    ops.put(count, next, -1);
+    ++count;
+    cur = next;
+  }
+}
+
+#ifdef __CUDACC__
+#pragma nv_exec_check_disable
+#endif
+template <class Ops>
+SPECDEC_HD int walk_rejection(Ops& ops, const int32_t* parents, const int32_t* tokens, int n, const WalkParams& w) {
+  int cur = 0, count = 1;
+  ops.put(0, 0, -1);
+  uint64_t mp = ops.load_p(0);
+  uint64_t mq = w.has_draft ? ops.load_q(0) : 0;
+  for (;;) {
+    int next = -1;
+    for (int c = next_child(parents, n, cur, cur); c >= 0; c = next_child(parents, n, cur, c)) {
+      const int x = tokens[c];
+      const double u = uniform_f64(random_u64(w.seed, w.offset, static_cast<uint32_t>(c), kDrawAccept));
+      const uint64_t px = ops.p_at(x);
+      if (w.has_draft) {
+        const uint64_t qx = ops.q_at(x);
+        if (accept_draft(u, px, mp, qx, mq)) { next = c; break; }
+        if (mq > 0) {  // p <- norm(max(0, p - q)); kept unchanged when that has no mass
+          const uint64_t r = ops.residual_mass(mp, mq);
+          if (r > 0) {
+            ops.apply_residual(mp, mq);
+            mp = r;
+          }
+        }
+        ops.set_q(x, 0);  // q <- q without x (drawn without replacement)
+        mq -= qx;
+      } else {
+        if (accept_onehot(u, px, mp)) { next = c; break; }
+        ops.set_p(x, 0);
+        mp -= px;
+        if (mp == 0) mp = ops.load_p(cur);  // no residual mass: back to the original row
+      }
+    }
+    if (next < 0) break;
+    ops.put(count - 1, -1, tokens[next]);
+    ops.put(count, next, -1);
+    ++count;
+    cur = next;
+    mp = ops.load_p(cur);
+    if (w.has_draft) mq = ops.load_q(cur);
+  }
+  const uint64_t bits = random_u64(w.seed, w.offset, static_cast<uint32_t>(cur), kDrawSample);
+  ops.put(count - 1, -1, ops.sample_p(sample_threshold(bits, mp)));
+  return count;
+}
+
+#ifdef __CUDACC__
+#pragma nv_exec_check_disable
+#endif
+template <class Ops>
+SPECDEC_HD int walk_typical(Ops& ops, const int32_t* parents, const int32_t* tokens, int n, const WalkParams& w) {
+  // depth >= 0: accepted at that depth; -1: not accepted. thr < 0: not computed yet.
+  ops.set_depth(0, 0);
+  for (int v = 0; v < n; ++v) ops.set_thr(v, -1.0f);
+  int best = 0, best_depth = 0;
+  for (int c = 1; c < n; ++c) {
+    ops.set_depth(c, -1);
+    const int par = parents[c];
+    if (par < 0 || ops.get_depth(par) < 0) continue;
+    float thr = ops.get_thr(par);
+    if (thr < 0.0f) {
+      thr = typical_threshold(ops.entropy(par), w.eps, w.alpha);
+      ops.set_thr(par, thr);
+    }
+    if (ops.prob(par, tokens[c]) > thr) {
+      const int d = ops.get_depth(par) + 1;
+      ops.set_depth(c, d);
+      if (d > best_depth) { best = c; best_depth = d; }  // strict: ties keep the lower index
+    }
+  }
+  const int count = best_depth + 1;
+  for (int v = best, k = best_depth; k >= 0; v = parents[v], --k) {
+    ops.put(k, v, -1);
+    if (k > 0) ops.put(k - 1, -1, tokens[v]);
+  }
+  const uint64_t mp = ops.load_p(best);
+  const uint64_t bits = random_u64(w.seed, w.offset, static_cast<uint32_t>(best), kDrawSample);
+  ops.put(count - 1, -1, ops.sample_p(sample_threshold(bits, mp)));
+  return count;
+}
+
+}  // namespace sm
+}  // namespace specdec

@@ -1,0 +1,424 @@
+// Llama-family forward on the op contracts. Reading order: rope_inv_freq, load (weights checked
+// against the config), forward (input validation -> masks/positions -> the layer stack), commit.
+#include "llama.h"
+
+#include <cmath>
+#include <set>
+
+#include "../core/ops_attention.h"
+#include "../core/ops_layers.h"
+#include "safetensors.h"
+
+namespace specdec {
+
+namespace {
+
+std::string shape_string(const std::vector<int64_t>& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+int popcount64(uint64_t x) {
+  int n = 0;
+  for (; x; x &= x - 1) ++n;
+  return n;
+}
+
+}  // namespace
+
+std::vector<float> rope_inv_freq(const LlamaConfig& c) {
+  const int half = c.head_dim / 2;
+  std::vector<float> out(half);
+  const double pi = 3.14159265358979323846;
+  for (int i = 0; i < half; ++i) {
+    double f = 1.0 / std::pow(c.rope_theta, (2.0 * i) / c.head_dim);
+    if (c.rope_type == "linear") {
+      f /= c.rope_factor;
+    } else if (c.rope_type == "llama3") {
+      // Llama 3.1: long wavelengths are slowed by `factor`, short ones kept, the band between
+      // them interpolated (HF _compute_llama3_parameters).
+      const double low_wavelen = c.rope_original_max_positions / c.rope_low_freq_factor;
+      const double high_wavelen = c.rope_original_max_positions / c.rope_high_freq_factor;
+      const double wavelen = 2.0 * pi / f;
+      if (wavelen > low_wavelen) {
+        f /= c.rope_factor;
+      } else if (wavelen >= high_wavelen) {
+        const double smooth = (c.rope_original_max_positions / wavelen - c.rope_low_freq_factor) /
+                              (c.rope_high_freq_factor - c.rope_low_freq_factor);
+        f = (1.0 - smooth) * f / c.rope_factor + smooth * f;
+      }
+    }
+    out[i] = static_cast<float>(f);
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading
+
+std::unique_ptr<LlamaModel> LlamaModel::load(const LlamaConfig& config, const LlamaWeightSource& source,
+                                             const LlamaLoadOptions& options) {
+  const LlamaConfig& c = config;
+  // The TS layer validates config.json; these checks keep the native entry point safe on its own.
+  SPECDEC_CHECK(c.vocab_size > 0 && c.hidden_size > 0 && c.intermediate_size > 0 && c.num_layers > 0 &&
+                    c.num_heads > 0 && c.num_kv_heads > 0 && c.head_dim > 0 && c.max_positions > 0,
+                "E_FORMAT", "config: sizes must be positive");
+  SPECDEC_CHECK(c.num_heads % c.num_kv_heads == 0, "E_FORMAT", "config: num_attention_heads (", c.num_heads,
+                ") is not a multiple of num_key_value_heads (", c.num_kv_heads, ")");
+  SPECDEC_CHECK(c.head_dim % 2 == 0, "E_FORMAT", "config: head_dim (", c.head_dim, ") must be even for RoPE");
+  SPECDEC_CHECK(c.rope_type.empty() || c.rope_type == "linear" || c.rope_type == "llama3", "E_FORMAT",
+                "config: unsupported rope_scaling type '", c.rope_type, "'");
+  SPECDEC_CHECK(options.page_size > 0 && options.num_pages > 0, "E_ARG", "kv: pageSize (", options.page_size,
+                ") and kvPages (", options.num_pages, ") must be positive");
+  SPECDEC_CHECK(dtype_is_float(options.kv_dtype) && options.kv_dtype != DType::f64, "E_ARG",
+                "kvDtype: expected f32, f16 or bf16, got ", dtype_name(options.kv_dtype));
+
+  std::unique_ptr<LlamaModel> m(new LlamaModel());
+  m->config_ = config;
+  m->options_ = options;
+
+  // Files are opened (memory-mapped) once each and released when loading ends.
+  std::map<std::string, std::shared_ptr<SafetensorsFile>> files;
+  auto file_of = [&](const std::string& name) -> std::string {
+    if (source.weight_map.empty()) return source.file;
+    auto it = source.weight_map.find(name);
+    return it == source.weight_map.end() ? std::string() : it->second;
+  };
+  // A weight of the expected shape, or an undefined tensor when optional and absent.
+  auto weight = [&](const std::string& name, std::vector<int64_t> shape, const char* why, bool required = true) {
+    std::string fname = file_of(name);
+    if (fname.empty()) {
+      if (!required) return Tensor();
+      fail("E_FORMAT", "model.safetensors.index.json: weight_map has no entry for tensor '", name, "'");
+    }
+    auto& f = files[fname];
+    if (!f) f = SafetensorsFile::open(source.dir.empty() ? fname : source.dir + "/" + fname);
+    if (!f->has(name)) {
+      if (!required) return Tensor();
+      fail("E_FORMAT", fname, ": missing tensor '", name, "'");
+    }
+    const SafetensorInfo& info = f->get(name);
+    SPECDEC_CHECK(info.dtype == DType::f32 || info.dtype == DType::f16 || info.dtype == DType::bf16, "E_FORMAT",
+                  fname, ": tensor '", name, "' has dtype ", dtype_name(info.dtype), ", expected F32, F16 or BF16");
+    SPECDEC_CHECK(info.shape == shape, "E_FORMAT", fname, ": tensor '", name, "' has shape ", shape_string(info.shape),
+                  ", expected ", shape_string(shape), " (", why, ")");
+    return f->load(name, options.device);
+  };
+
+  const int64_t V = c.vocab_size, H = c.hidden_size, I = c.intermediate_size;
+  const int64_t QD = int64_t(c.num_heads) * c.head_dim, KD = int64_t(c.num_kv_heads) * c.head_dim;
+  m->embed_ = weight("model.embed_tokens.weight", {V, H}, "vocab_size x hidden_size");
+  m->layers_.resize(c.num_layers);
+  for (int l = 0; l < c.num_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    Layer& L = m->layers_[l];
+    L.attn_norm = weight(p + "input_layernorm.weight", {H}, "hidden_size");
+    L.q = weight(p + "self_attn.q_proj.weight", {QD, H}, "num_attention_heads*head_dim x hidden_size");
+    L.k = weight(p + "self_attn.k_proj.weight", {KD, H}, "num_key_value_heads*head_dim x hidden_size");
+    L.v = weight(p + "self_attn.v_proj.weight", {KD, H}, "num_key_value_heads*head_dim x hidden_size");
+    if (c.qkv_bias) {
+      L.q_bias = weight(p + "self_attn.q_proj.bias", {QD}, "num_attention_heads*head_dim");
+      L.k_bias = weight(p + "self_attn.k_proj.bias", {KD}, "num_key_value_heads*head_dim");
+      L.v_bias = weight(p + "self_attn.v_proj.bias", {KD}, "num_key_value_heads*head_dim");
+    }
+    L.o = weight(p + "self_attn.o_proj.weight", {H, QD}, "hidden_size x num_attention_heads*head_dim");
+    if (c.o_bias) L.o_bias = weight(p + "self_attn.o_proj.bias", {H}, "hidden_size");
+    L.mlp_norm = weight(p + "post_attention_layernorm.weight", {H}, "hidden_size");
+    L.gate = weight(p + "mlp.gate_proj.weight", {I, H}, "intermediate_size x hidden_size");
+    L.up = weight(p + "mlp.up_proj.weight", {I, H}, "intermediate_size x hidden_size");
+    L.down = weight(p + "mlp.down_proj.weight", {H, I}, "hidden_size x intermediate_size");
+  }
+  m->final_norm_ = weight("model.norm.weight", {H}, "hidden_size");
+  // Tied embeddings: configured, or no lm_head in the checkpoint (HF ties when it is absent).
+  if (!c.tie_word_embeddings) m->lm_head_ = weight("lm_head.weight", {V, H}, "vocab_size x hidden_size", false);
+  if (!m->lm_head_.defined()) m->lm_head_ = m->embed_;
+
+  std::vector<float> inv = rope_inv_freq(c);
+  m->inv_freq_ = Tensor::from_host(DType::f32, {int64_t(inv.size())}, inv.data(), options.device);
+
+  KvCacheConfig kc;
+  kc.num_layers = c.num_layers;
+  kc.num_kv_heads = c.num_kv_heads;
+  kc.head_dim = c.head_dim;
+  kc.page_size = options.page_size;
+  kc.num_pages = options.num_pages;
+  kc.dtype = options.kv_dtype;
+  kc.device = options.device;
+  m->kv_.reset(new KvCache(kc));
+  return m;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward
+
+LlamaForwardResult LlamaModel::forward(const std::vector<LlamaSeqInput>& inputs, bool want_hidden) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const LlamaConfig& c = config_;
+  const Device dev = options_.device;
+  pending_ = false;  // a new forward replaces whatever the last one left uncommitted
+  SPECDEC_CHECK(!inputs.empty(), "E_ARG", "inputs: empty batch");
+  const size_t B = inputs.size();
+
+  // 1. Validate every input before touching the cache, and derive depths (for default positions)
+  //    and whether a sequence needs an explicit mask (trees, given masks) or is a plain chain.
+  std::vector<int> seqs(B), counts(B);
+  std::vector<int32_t> indptr(B + 1, 0);
+  std::vector<std::vector<int32_t>> parents(B);  // non-empty: a tree that is not a chain
+  std::vector<bool> masked(B, false);
+  std::set<int> seen;
+  bool need_mask = false;
+  int max_n = 0;
+  for (size_t b = 0; b < B; ++b) {
+    const LlamaSeqInput& in = inputs[b];
+    SPECDEC_CHECK(in.seq >= 0 && kv_->alive(in.seq), "E_ARG", "inputs[", b, "].seq: sequence ", in.seq,
+                  " does not exist (never created or freed)");
+    SPECDEC_CHECK(seen.insert(in.seq).second, "E_ARG", "inputs[", b, "].seq: sequence ", in.seq,
+                  " appears twice in one forward");
+    const int n = static_cast<int>(in.tokens.size());
+    SPECDEC_CHECK(n > 0, "E_ARG", "inputs[", b, "].tokens: empty");
+    for (int i = 0; i < n; ++i)
+      SPECDEC_CHECK(in.tokens[i] >= 0 && in.tokens[i] < c.vocab_size, "E_ARG", "inputs[", b, "].tokens[", i,
+                    "]: token id ", in.tokens[i], " is outside the vocabulary [0, ", c.vocab_size, ")");
+    seqs[b] = in.seq;
+    counts[b] = n;
+    indptr[b + 1] = indptr[b] + n;
+    max_n = std::max(max_n, n);
+    if (!in.mask.empty() || in.mask_words != 0) {
+      SPECDEC_CHECK(in.mask_words > 0 && int64_t(in.mask_words) * 64 >= n, "E_ARG", "inputs[", b,
+                    "].mask.words: ", in.mask_words, " words cannot hold ", n, " tokens");
+      SPECDEC_CHECK(in.mask.size() == size_t(n) * in.mask_words, "E_ARG", "inputs[", b, "].mask.bits: ",
+                    in.mask.size(), " words, expected ", n, " tokens x ", in.mask_words, " words");
+      for (int i = 0; i < n; ++i) {
+        const uint64_t* row = &in.mask[size_t(i) * in.mask_words];
+        SPECDEC_CHECK((row[i / 64] >> (i % 64)) & 1u, "E_ARG", "inputs[", b, "].mask: row ", i,
+                      " does not see token ", i, " itself");
+        for (int w = 0; w < in.mask_words; ++w) {
+          uint64_t beyond = 0;  // bits of tokens >= n
+          if ((w + 1) * 64 > n) beyond = (w * 64 >= n) ? ~uint64_t(0) : (~uint64_t(0) << (n - w * 64));
+          SPECDEC_CHECK((row[w] & beyond) == 0, "E_ARG", "inputs[", b, "].mask: row ", i,
+                        " sees tokens past the last one (", n, ")");
+        }
+      }
+      masked[b] = true;
+      need_mask = true;
+    } else if (!in.parents.empty()) {
+      SPECDEC_CHECK(in.parents.size() == size_t(n), "E_ARG", "inputs[", b, "].parents: length ", in.parents.size(),
+                    " != tokens length ", n);
+      bool chain = true;
+      for (int i = 0; i < n; ++i) {
+        SPECDEC_CHECK(in.parents[i] >= -1 && in.parents[i] < i, "E_ARG", "inputs[", b, "].parents[", i, "] = ",
+                      in.parents[i], ": must be -1 or an earlier token's index");
+        chain = chain && in.parents[i] == i - 1;
+      }
+      if (!chain) {
+        parents[b] = in.parents;
+        need_mask = true;
+      }
+    }
+    if (!in.positions.empty()) {
+      SPECDEC_CHECK(in.positions.size() == size_t(n), "E_ARG", "inputs[", b, "].positions: length ",
+                    in.positions.size(), " != tokens length ", n);
+    }
+  }
+  if (need_mask)
+    SPECDEC_CHECK(max_n <= kMaxTreeTokens, "E_ARG", "inputs: a tree or masked input has at most ", kMaxTreeTokens,
+                  " tokens per sequence, got ", max_n, " (send long chains without parents/mask, or split them)");
+
+  // 2. Positions (default: committed length + depth) and the packed mask.
+  const int64_t N = indptr[B];
+  const int W = need_mask ? (max_n + 63) / 64 : 0;
+  std::vector<int32_t> positions(N);
+  std::vector<uint64_t> mask(size_t(N) * W, 0);
+  for (size_t b = 0; b < B; ++b) {
+    const LlamaSeqInput& in = inputs[b];
+    const int n = counts[b];
+    const int64_t len = kv_->length(in.seq);
+    std::vector<int32_t> depth(n);
+    for (int i = 0; i < n; ++i) {
+      uint64_t* row = need_mask ? &mask[size_t(indptr[b] + i) * W] : nullptr;
+      if (masked[b]) {
+        // A given mask: depth = number of other new tokens the row sees (the depth, for a tree mask).
+        const uint64_t* src = &in.mask[size_t(i) * in.mask_words];
+        int seen_count = 0;
+        for (int w = 0; w < in.mask_words; ++w) {
+          seen_count += popcount64(src[w]);
+          if (w < W) row[w] = src[w];
+        }
+        depth[i] = seen_count - 1;
+      } else if (!parents[b].empty()) {
+        // A tree: a node sees its ancestors and itself (ancestor closure, parents come first).
+        const int p = parents[b][i];
+        depth[i] = p < 0 ? 0 : depth[p] + 1;
+        if (p >= 0)
+          for (int w = 0; w < W; ++w) row[w] = mask[size_t(indptr[b] + p) * W + w];
+        row[i / 64] |= uint64_t(1) << (i % 64);
+      } else {
+        // A chain: token i sees tokens 0..i.
+        depth[i] = i;
+        if (row)
+          for (int j = 0; j <= i; ++j) row[j / 64] |= uint64_t(1) << (j % 64);
+      }
+      const int64_t pos = in.positions.empty() ? len + depth[i] : in.positions[i];
+      SPECDEC_CHECK(pos >= 0 && pos < c.max_positions, "E_ARG", "inputs[", b, "]: position ", pos,
+                    " of token ", i, " is outside the context of ", c.max_positions,
+                    " positions (max_position_embeddings; sequence ", in.seq, " has ", len, " committed tokens)");
+      positions[indptr[b] + i] = static_cast<int32_t>(pos);
+    }
+  }
+
+  // 3. Room in the KV cache (E_KV_FULL changes nothing), then the layer stack.
+  PagedBatch batch = kv_->plan(seqs, counts);
+
+  std::vector<int32_t> tokens;
+  tokens.reserve(N);
+  for (const auto& in : inputs) tokens.insert(tokens.end(), in.tokens.begin(), in.tokens.end());
+  Tensor ids = Tensor::from_host(DType::i32, {N}, tokens.data(), dev);
+  Tensor pos = Tensor::from_host(DType::i32, {N}, positions.data(), dev);
+  Tensor mask_t = need_mask ? Tensor::from_host(DType::u64, {N, W}, mask.data(), dev) : Tensor();
+
+  const int64_t H = c.hidden_size, I = c.intermediate_size, D = c.head_dim;
+  const int64_t NH = c.num_heads, NKV = c.num_kv_heads;
+  const float sm_scale = 1.0f / std::sqrt(static_cast<float>(D));
+  Tensor x = Tensor::empty(DType::f32, {N, H}, dev);     // residual stream
+  Tensor h = Tensor::empty(DType::f32, {N, H}, dev);     // normed input of a block
+  Tensor q = Tensor::empty(DType::f32, {N, NH, D}, dev);
+  Tensor k = Tensor::empty(DType::f32, {N, NKV, D}, dev);
+  Tensor v = Tensor::empty(DType::f32, {N, NKV, D}, dev);
+  Tensor att = Tensor::empty(DType::f32, {N, NH, D}, dev);
+  Tensor o = Tensor::empty(DType::f32, {N, H}, dev);     // a block's output before the residual add
+  Tensor gate = Tensor::empty(DType::f32, {N, I}, dev);
+  Tensor up = Tensor::empty(DType::f32, {N, I}, dev);
+  // 2-D views for the matmuls (same buffers).
+  Tensor q2 = q.view({N, NH * D}), k2 = k.view({N, NKV * D}), v2 = v.view({N, NKV * D}), att2 = att.view({N, NH * D});
+
+  ops::embedding(embed_, ids, x);
+  for (int l = 0; l < c.num_layers; ++l) {
+    const Layer& L = layers_[l];
+    // Attention block.
+    ops::rmsnorm(x, L.attn_norm, c.rms_norm_eps, h);
+    ops::matmul(h, L.q, L.q_bias, q2);
+    ops::matmul(h, L.k, L.k_bias, k2);
+    ops::matmul(h, L.v, L.v_bias, v2);
+    ops::rope(q, pos, inv_freq_);
+    ops::rope(k, pos, inv_freq_);
+    ops::kv_append(kv_->layer(l), k, v, batch);
+    ops::tree_attention(q, kv_->layer(l), batch, mask_t, sm_scale, att);
+    ops::matmul(att2, L.o, L.o_bias, o);
+    ops::add_inplace(x, o);
+    // MLP block (SwiGLU).
+    ops::rmsnorm(x, L.mlp_norm, c.rms_norm_eps, h);
+    ops::matmul(h, L.gate, Tensor(), gate);
+    ops::matmul(h, L.up, Tensor(), up);
+    ops::silu_mul(gate, up, gate);
+    ops::matmul(gate, L.down, Tensor(), o);
+    ops::add_inplace(x, o);
+  }
+  ops::rmsnorm(x, final_norm_, c.rms_norm_eps, x);
+
+  LlamaForwardResult r;
+  r.logits = Tensor::empty(DType::f32, {N, int64_t(c.vocab_size)}, dev);
+  ops::matmul(x, lm_head_, Tensor(), r.logits);
+  if (want_hidden) r.hidden = x;
+  r.indptr = indptr;
+
+  pending_ = true;
+  pending_batch_ = std::move(batch);
+  pending_seqs_ = seqs;
+  pending_parents_.assign(B, {});
+  for (size_t b = 0; b < B; ++b)
+    if (!masked[b]) {
+      // Chains get their implicit parents so commit() can check a path for every input.
+      if (!parents[b].empty()) {
+        pending_parents_[b] = parents[b];
+      } else {
+        pending_parents_[b].resize(counts[b]);
+        for (int i = 0; i < counts[b]; ++i) pending_parents_[b][i] = i - 1;
+      }
+    }
+  pending_masked_ = masked;
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Commit and sequence management
+
+void LlamaModel::commit(const std::vector<int>& seqs, const std::vector<std::vector<int32_t>>& accepted) {
+  std::lock_guard<std::mutex> lock(mu_);
+  SPECDEC_CHECK(pending_, "E_ARG", "commit: no uncommitted forward (commit once, after each forward)");
+  SPECDEC_CHECK(seqs.size() == accepted.size(), "E_ARG", "commit: ", seqs.size(), " sequences but ",
+                accepted.size(), " accepted lists");
+  const size_t B = pending_seqs_.size();
+  std::vector<const std::vector<int32_t>*> per_seq(B, nullptr);
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    size_t b = 0;
+    while (b < B && pending_seqs_[b] != seqs[i]) ++b;
+    SPECDEC_CHECK(b < B, "E_ARG", "seqs[", i, "]: sequence ", seqs[i], " was not in the last forward");
+    SPECDEC_CHECK(per_seq[b] == nullptr, "E_ARG", "seqs[", i, "]: sequence ", seqs[i], " listed twice");
+    const std::vector<int32_t>& acc = accepted[i];
+    const int n = pending_batch_.h_qo_indptr[b + 1] - pending_batch_.h_qo_indptr[b];
+    for (size_t j = 0; j < acc.size(); ++j) {
+      SPECDEC_CHECK(acc[j] >= 0 && acc[j] < n, "E_ARG", "accepted[", i, "][", j, "] = ", acc[j],
+                    ": outside the ", n, " tokens of that forward");
+      SPECDEC_CHECK(j == 0 || acc[j] > acc[j - 1], "E_ARG", "accepted[", i, "]: indices must be strictly increasing");
+      if (!pending_masked_[b]) {
+        // Committed K/V must form one root-to-node path: each node the parent of the next.
+        const int32_t want = j == 0 ? -1 : acc[j - 1];
+        SPECDEC_CHECK(pending_parents_[b][acc[j]] == want, "E_ARG", "accepted[", i, "][", j, "] = ", acc[j],
+                      ": its parent is ", pending_parents_[b][acc[j]], ", not ", want, " (not a path from the root)");
+      }
+    }
+    per_seq[b] = &acc;
+  }
+  std::vector<int32_t> acc_indptr(B + 1, 0), acc_nodes;
+  for (size_t b = 0; b < B; ++b) {
+    if (per_seq[b]) acc_nodes.insert(acc_nodes.end(), per_seq[b]->begin(), per_seq[b]->end());
+    acc_indptr[b + 1] = static_cast<int32_t>(acc_nodes.size());
+  }
+  pending_ = false;
+  kv_->commit(pending_batch_, pending_seqs_, acc_indptr, acc_nodes);
+}
+
+namespace {
+bool contains(const std::vector<int>& v, int x) {
+  for (int y : v)
+    if (y == x) return true;
+  return false;
+}
+}  // namespace
+
+int LlamaModel::create_sequence() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return kv_->add_sequence();
+}
+
+int LlamaModel::fork_sequence(int seq) {
+  std::lock_guard<std::mutex> lock(mu_);
+  // Forking re-shares pages that a pending commit may write into: the pending forward is dropped.
+  if (pending_ && contains(pending_seqs_, seq)) pending_ = false;
+  return kv_->fork(seq);
+}
+
+void LlamaModel::free_sequence(int seq) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (pending_ && contains(pending_seqs_, seq)) pending_ = false;
+  kv_->free(seq);
+}
+
+void LlamaModel::truncate(int seq, int length) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (pending_ && contains(pending_seqs_, seq)) pending_ = false;
+  kv_->truncate(seq, length);
+}
+
+int LlamaModel::sequence_length(int seq) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return kv_->length(seq);
+}
+
+int LlamaModel::free_pages() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return kv_->free_pages();
+}
+
+}  // namespace specdec

@@ -1,0 +1,131 @@
+// Llama-family model runner (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM) on the op
+// contracts of ops_layers.h / ops_attention.h and the paged KvCache. Device agnostic: the same code
+// runs on the CPU and CUDA backends, the ops dispatch on the tensors' device.
+//
+// The config arrives already parsed and validated (lib/models/config.ts); the runner validates
+// every weight against it (presence, shape, float dtype) and names the file and tensor on failure.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "../core/kv_cache.h"
+#include "../core/tensor.h"
+
+namespace specdec {
+
+struct LlamaConfig {
+  std::string architecture;  // LlamaForCausalLM | MistralForCausalLM | Qwen2ForCausalLM
+  int vocab_size = 0;
+  int hidden_size = 0;
+  int intermediate_size = 0;
+  int num_layers = 0;
+  int num_heads = 0;
+  int num_kv_heads = 0;
+  int head_dim = 0;
+  int max_positions = 0;
+  float rms_norm_eps = 1e-6f;
+  double rope_theta = 10000.0;
+  // rope_scaling: "" (none), "linear" (factor) or "llama3" (all four fields).
+  std::string rope_type;
+  double rope_factor = 1.0;
+  double rope_low_freq_factor = 1.0;
+  double rope_high_freq_factor = 4.0;
+  double rope_original_max_positions = 8192.0;
+  bool qkv_bias = false;             // q/k/v projections carry biases (Qwen2; Llama attention_bias)
+  bool o_bias = false;               // o_proj carries a bias (Llama attention_bias)
+  bool tie_word_embeddings = false;  // lm_head = embed_tokens (also when lm_head.weight is absent)
+};
+
+// Where the weights are: a directory plus either one file or a weight map (sharded checkpoints,
+// model.safetensors.index.json) from tensor name to file name (relative to dir).
+struct LlamaWeightSource {
+  std::string dir;
+  std::string file;                               // single-file checkpoint (when weight_map is empty)
+  std::map<std::string, std::string> weight_map;  // sharded checkpoint
+};
+
+struct LlamaLoadOptions {
+  Device device = Device::cpu;
+  int page_size = 16;
+  int num_pages = 0;      // KV pages (each page_size tokens, all layers)
+  DType kv_dtype = DType::f32;
+};
+
+// One sequence's new tokens in a forward: a chain (parents and mask empty), a tree (parents), or
+// any visibility pattern (mask, `mask_words` u64 words per row).
+struct LlamaSeqInput {
+  int seq = -1;
+  std::vector<int32_t> tokens;
+  std::vector<int32_t> parents;    // empty: chain; else parents[i] in [-1, i)
+  std::vector<int32_t> positions;  // empty: committed length + depth
+  std::vector<uint64_t> mask;      // empty, or tokens.size() * mask_words words
+  int mask_words = 0;
+};
+
+struct LlamaForwardResult {
+  Tensor logits;  // f32 [N, V]
+  Tensor hidden;  // f32 [N, H] after the final norm (only when asked)
+  std::vector<int32_t> indptr;  // B + 1 row offsets
+};
+
+class LlamaModel {
+ public:
+  // Loads and validates the weights (E_FORMAT naming the file and tensor; E_IO when a file cannot
+  // be opened) and allocates the KV cache.
+  static std::unique_ptr<LlamaModel> load(const LlamaConfig& config, const LlamaWeightSource& source,
+                                          const LlamaLoadOptions& options);
+
+  const LlamaConfig& config() const { return config_; }
+  Device device() const { return options_.device; }
+  DType weight_dtype() const { return embed_.dtype(); }
+  const KvCache& kv() const { return *kv_; }
+
+  // Runs the ragged batch of token trees; K/V of the new tokens are written speculatively after
+  // each sequence's committed prefix. Validation errors (E_ARG) and E_KV_FULL leave the committed
+  // state unchanged. Thread-safe with respect to the other methods (one model-wide lock).
+  LlamaForwardResult forward(const std::vector<LlamaSeqInput>& inputs, bool want_hidden);
+
+  // After forward(): accepted[i] (indices into that forward's input of seqs[i], strictly increasing,
+  // a path from a root when the input was a tree) become committed. seqs must be a subset of the last
+  // forward's sequences; the others keep nothing. One commit per forward.
+  void commit(const std::vector<int>& seqs, const std::vector<std::vector<int32_t>>& accepted);
+
+  int create_sequence();
+  int fork_sequence(int seq);
+  void free_sequence(int seq);
+  void truncate(int seq, int length);
+  int sequence_length(int seq);
+  int free_pages();
+
+ private:
+  LlamaModel() = default;
+
+  struct Layer {
+    Tensor attn_norm, q, k, v, q_bias, k_bias, v_bias, o, o_bias, mlp_norm, gate, up, down;
+  };
+
+  LlamaConfig config_;
+  LlamaLoadOptions options_;
+  Tensor embed_, final_norm_, lm_head_, inv_freq_;
+  std::vector<Layer> layers_;
+  std::unique_ptr<KvCache> kv_;
+  std::mutex mu_;
+
+  // The last forward, for commit(): its plan and, per sequence, the parents (empty when its
+  // input was a chain or a mask).
+  bool pending_ = false;
+  PagedBatch pending_batch_;
+  std::vector<int> pending_seqs_;
+  std::vector<std::vector<int32_t>> pending_parents_;
+  std::vector<bool> pending_masked_;
+};
+
+// inv_freq [head_dim / 2] of rotary embeddings for a config (rope_theta and any scaling), computed
+// in double and rounded once to f32.
+std::vector<float> rope_inv_freq(const LlamaConfig& config);
+
+}  // namespace specdec

@@ -1,0 +1,221 @@
+// N-API glue for the model layer ops (cpp/core/ops_layers.h) and the safetensors reader
+// (cpp/model/safetensors.h). Conversion only: the ops validate their own arguments.
+#include "../core/ops_layers.h"
+#include "../model/safetensors.h"
+#include "napi_util.h"
+
+namespace specdec {
+namespace napi {
+namespace {
+
+// The caller's `out` tensor, or a new f32 tensor of `shape` on `device` when none is given.
+// Returns the JS value to hand back (the caller's object, so identity is kept).
+Napi::Value out_or_new(Napi::Env env, const Napi::Value& v, std::vector<int64_t> shape, Device device, Tensor* out) {
+  if (v.IsUndefined() || v.IsNull()) {
+    *out = Tensor::empty(DType::f32, std::move(shape), device);
+    return wrap_tensor(env, *out);
+  }
+  *out = tensor_arg(v, "out");
+  return v;
+}
+
+// A sensible default output shape (the op still validates an explicit one).
+int64_t dim_or0(const Tensor& t, int i) { return t.dim() > i ? t.size(i) : 0; }
+
+// layerEmbedding(table, ids, out?) -> out
+Napi::Value Embedding(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    Tensor table = tensor_arg(info[0], "table");
+    Tensor ids = tensor_arg(info[1], "ids");
+    Tensor out;
+    Napi::Value r = out_or_new(info.Env(), info[2], {dim_or0(ids, 0), dim_or0(table, 1)}, table.device(), &out);
+    ops::embedding(table, ids, out);
+    return r;
+  });
+}
+
+// layerRmsnorm(x, w, eps, out?) -> out
+Napi::Value Rmsnorm(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    Tensor x = tensor_arg(info[0], "x");
+    Tensor w = tensor_arg(info[1], "w");
+    float eps = static_cast<float>(get_number(info[2], "eps"));
+    Tensor out;
+    Napi::Value r = out_or_new(info.Env(), info[3], x.shape(), x.device(), &out);
+    ops::rmsnorm(x, w, eps, out);
+    return r;
+  });
+}
+
+// layerMatmul(x, w, bias?, out?) -> out
+Napi::Value Matmul(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    Tensor x = tensor_arg(info[0], "x");
+    Tensor w = tensor_arg(info[1], "w");
+    Tensor bias = optional_tensor_arg(info[2], "bias");
+    Tensor out;
+    Napi::Value r = out_or_new(info.Env(), info[3], {dim_or0(x, 0), dim_or0(w, 0)}, x.device(), &out);
+    ops::matmul(x, w, bias, out);
+    return r;
+  });
+}
+
+// layerRope(x, positions, invFreq): in place
+Napi::Value Rope(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    Tensor x = tensor_arg(info[0], "x");
+    ops::rope(x, tensor_arg(info[1], "positions"), tensor_arg(info[2], "inv_freq"));
+    return info.Env().Undefined();
+  });
+}
+
+// layerSiluMul(gate, up, out?) -> out
+Napi::Value SiluMul(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    Tensor gate = tensor_arg(info[0], "gate");
+    Tensor up = tensor_arg(info[1], "up");
+    Tensor out;
+    Napi::Value r = out_or_new(info.Env(), info[2], gate.shape(), gate.device(), &out);
+    ops::silu_mul(gate, up, out);
+    return r;
+  });
+}
+
+// layerAddInplace(x, y)
+Napi::Value AddInplace(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    Tensor x = tensor_arg(info[0], "x");
+    ops::add_inplace(x, tensor_arg(info[1], "y"));
+    return info.Env().Undefined();
+  });
+}
+
+// layerSiluInplace(x)
+Napi::Value SiluInplace(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    Tensor x = tensor_arg(info[0], "x");
+    ops::silu_inplace(x);
+    return info.Env().Undefined();
+  });
+}
+
+const char* safetensors_dtype_name(DType d) {
+  switch (d) {
+    case DType::f32: return "F32";
+    case DType::f16: return "F16";
+    case DType::bf16: return "BF16";
+    case DType::i32: return "I32";
+    case DType::u32: return "U32";
+    case DType::u64: return "U64";
+    case DType::f64: return "F64";
+  }
+  return "?";
+}
+
+// An open safetensors file. close() unmaps at once; the GC finalizer is the fallback.
+class SafetensorsWrap : public Napi::ObjectWrap<SafetensorsWrap> {
+ public:
+  static Napi::FunctionReference* ctor;
+
+  static void Init(Napi::Env env, Napi::Object exports) {
+    Napi::Function f = DefineClass(env, "SafetensorsFile",
+                                   {
+                                       InstanceMethod<&SafetensorsWrap::Names>("names"),
+                                       InstanceMethod<&SafetensorsWrap::Info>("info"),
+                                       InstanceMethod<&SafetensorsWrap::Load>("load"),
+                                       InstanceMethod<&SafetensorsWrap::Metadata>("metadata"),
+                                       InstanceMethod<&SafetensorsWrap::Path>("path"),
+                                       InstanceMethod<&SafetensorsWrap::Close>("close"),
+                                   });
+    ctor = new Napi::FunctionReference(Napi::Persistent(f));
+    exports.Set("safetensorsOpen", Napi::Function::New(env, Open, "safetensorsOpen"));
+  }
+
+  explicit SafetensorsWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<SafetensorsWrap>(info) {
+    if (info.Length() != 1 || !info[0].IsExternal())
+      throw make_error(info.Env(), "E_ARG", "use safetensorsOpen(path) to open a safetensors file");
+    file_ = *info[0].As<Napi::External<std::shared_ptr<SafetensorsFile>>>().Data();
+  }
+
+ private:
+  std::shared_ptr<SafetensorsFile> file_;
+
+  const SafetensorsFile& file(const char* what) const {
+    SPECDEC_CHECK(file_ != nullptr, "E_DISPOSED", what, ": safetensors file was closed");
+    return *file_;
+  }
+
+  // safetensorsOpen(path) -> SafetensorsFile
+  static Napi::Value Open(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      std::shared_ptr<SafetensorsFile> f = SafetensorsFile::open(get_string(info[0], "path"));
+      return ctor->New({Napi::External<std::shared_ptr<SafetensorsFile>>::New(info.Env(), &f)});
+    });
+  }
+
+  Napi::Value Names(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      auto names = file("names").names();
+      Napi::Array a = Napi::Array::New(info.Env(), names.size());
+      for (size_t i = 0; i < names.size(); ++i) a.Set(static_cast<uint32_t>(i), names[i]);
+      return a;
+    });
+  }
+
+  // info(name) -> { dtype: 'F32'|..., shape: number[] }
+  Napi::Value Info(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      const SafetensorInfo& t = file("info").get(get_string(info[0], "name"));
+      Napi::Object o = Napi::Object::New(info.Env());
+      o.Set("dtype", safetensors_dtype_name(t.dtype));
+      Napi::Array s = Napi::Array::New(info.Env(), t.shape.size());
+      for (size_t i = 0; i < t.shape.size(); ++i) s.Set(static_cast<uint32_t>(i), Napi::Number::New(info.Env(), double(t.shape[i])));
+      o.Set("shape", s);
+      return o;
+    });
+  }
+
+  // load(name, device?) -> Tensor (dtype kept)
+  Napi::Value Load(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      std::string name = get_string(info[0], "name");
+      return wrap_tensor(info.Env(), file("load").load(name, get_device(info[1], "device")));
+    });
+  }
+
+  Napi::Value Metadata(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      Napi::Object o = Napi::Object::New(info.Env());
+      for (const auto& kv : file("metadata").metadata()) o.Set(kv.first, kv.second);
+      return o;
+    });
+  }
+
+  Napi::Value Path(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value { return Napi::String::New(info.Env(), file("path").path()); });
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    file_.reset();  // loaded tensors are copies, so they stay valid
+    return info.Env().Undefined();
+  }
+};
+
+Napi::FunctionReference* SafetensorsWrap::ctor = nullptr;
+
+void Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("layerEmbedding", Napi::Function::New(env, Embedding, "layerEmbedding"));
+  exports.Set("layerRmsnorm", Napi::Function::New(env, Rmsnorm, "layerRmsnorm"));
+  exports.Set("layerMatmul", Napi::Function::New(env, Matmul, "layerMatmul"));
+  exports.Set("layerRope", Napi::Function::New(env, Rope, "layerRope"));
+  exports.Set("layerSiluMul", Napi::Function::New(env, SiluMul, "layerSiluMul"));
+  exports.Set("layerAddInplace", Napi::Function::New(env, AddInplace, "layerAddInplace"));
+  exports.Set("layerSiluInplace", Napi::Function::New(env, SiluInplace, "layerSiluInplace"));
+  SafetensorsWrap::Init(env, exports);
+}
+
+static Registrar reg(&Init);
+
+}  // namespace
+}  // namespace napi
+}  // namespace specdec

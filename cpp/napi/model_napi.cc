@@ -1,0 +1,251 @@
+// JS glue of the Llama runner: llamaLoad(config, source, options) -> Promise<LlamaModel handle>.
+// Loading and forward run on the libuv pool (run_async); the rest is quick host bookkeeping.
+#include <cstring>
+
+#include "../model/llama.h"
+#include "napi_util.h"
+
+namespace specdec {
+namespace napi {
+namespace {
+
+std::vector<uint64_t> get_u64_array(const Napi::Value& v, const char* name) {
+  SPECDEC_CHECK(v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == napi_biguint64_array, "E_ARG",
+                name, ": expected a BigUint64Array");
+  auto a = v.As<Napi::TypedArrayOf<uint64_t>>();
+  return std::vector<uint64_t>(a.Data(), a.Data() + a.ElementLength());
+}
+
+Napi::Object get_object(const Napi::Value& v, const char* name) {
+  SPECDEC_CHECK(v.IsObject(), "E_ARG", name, ": expected an object");
+  return v.As<Napi::Object>();
+}
+
+int get_int32(const Napi::Value& v, const char* name) {
+  int64_t x = get_int(v, name);
+  SPECDEC_CHECK(x >= INT32_MIN && x <= INT32_MAX, "E_ARG", name, ": ", x, " does not fit in int32");
+  return static_cast<int>(x);
+}
+
+LlamaConfig config_arg(const Napi::Value& v) {
+  Napi::Object o = get_object(v, "config");
+  LlamaConfig c;
+  c.architecture = get_string(o.Get("architecture"), "config.architecture");
+  c.vocab_size = get_int32(o.Get("vocabSize"), "config.vocabSize");
+  c.hidden_size = get_int32(o.Get("hiddenSize"), "config.hiddenSize");
+  c.intermediate_size = get_int32(o.Get("intermediateSize"), "config.intermediateSize");
+  c.num_layers = get_int32(o.Get("numLayers"), "config.numLayers");
+  c.num_heads = get_int32(o.Get("numHeads"), "config.numHeads");
+  c.num_kv_heads = get_int32(o.Get("numKvHeads"), "config.numKvHeads");
+  c.head_dim = get_int32(o.Get("headDim"), "config.headDim");
+  c.max_positions = get_int32(o.Get("maxPositions"), "config.maxPositions");
+  c.rms_norm_eps = static_cast<float>(get_number(o.Get("rmsNormEps"), "config.rmsNormEps"));
+  c.rope_theta = get_number(o.Get("ropeTheta"), "config.ropeTheta");
+  if (has_field(o, "ropeScaling")) {
+    Napi::Object s = get_object(o.Get("ropeScaling"), "config.ropeScaling");
+    c.rope_type = get_string(s.Get("type"), "config.ropeScaling.type");
+    c.rope_factor = get_number(s.Get("factor"), "config.ropeScaling.factor");
+    if (c.rope_type == "llama3") {
+      c.rope_low_freq_factor = get_number(s.Get("lowFreqFactor"), "config.ropeScaling.lowFreqFactor");
+      c.rope_high_freq_factor = get_number(s.Get("highFreqFactor"), "config.ropeScaling.highFreqFactor");
+      c.rope_original_max_positions =
+          get_number(s.Get("originalMaxPositions"), "config.ropeScaling.originalMaxPositions");
+    }
+  }
+  c.qkv_bias = get_bool(o.Get("qkvBias"), "config.qkvBias");
+  c.o_bias = get_bool(o.Get("oBias"), "config.oBias");
+  c.tie_word_embeddings = get_bool(o.Get("tieWordEmbeddings"), "config.tieWordEmbeddings");
+  return c;
+}
+
+LlamaWeightSource source_arg(const Napi::Value& v) {
+  Napi::Object o = get_object(v, "source");
+  LlamaWeightSource s;
+  s.dir = get_string(o.Get("dir"), "source.dir");
+  if (has_field(o, "weightMap")) {
+    Napi::Object m = get_object(o.Get("weightMap"), "source.weightMap");
+    Napi::Array keys = m.GetPropertyNames();
+    for (uint32_t i = 0; i < keys.Length(); ++i) {
+      std::string k = keys.Get(i).As<Napi::String>().Utf8Value();
+      s.weight_map[k] = get_string(m.Get(k), "source.weightMap[name]");
+    }
+    SPECDEC_CHECK(!s.weight_map.empty(), "E_FORMAT", "model.safetensors.index.json: empty weight_map");
+  } else {
+    s.file = get_string(o.Get("file"), "source.file");
+  }
+  return s;
+}
+
+LlamaLoadOptions options_arg(const Napi::Value& v) {
+  Napi::Object o = get_object(v, "options");
+  LlamaLoadOptions opt;
+  opt.device = get_device(o.Get("device"), "options.device");
+  opt.page_size = get_int32(o.Get("pageSize"), "options.pageSize");
+  opt.num_pages = get_int32(o.Get("kvPages"), "options.kvPages");
+  opt.kv_dtype = get_dtype(o.Get("kvDtype"), "options.kvDtype");
+  return opt;
+}
+
+std::vector<LlamaSeqInput> inputs_arg(const Napi::Value& v) {
+  SPECDEC_CHECK(v.IsArray(), "E_ARG", "inputs: expected an array");
+  Napi::Array a = v.As<Napi::Array>();
+  std::vector<LlamaSeqInput> out(a.Length());
+  for (uint32_t b = 0; b < a.Length(); ++b) {
+    Napi::Object o = get_object(a.Get(b), "inputs[b]");
+    LlamaSeqInput& in = out[b];
+    in.seq = get_int32(o.Get("seq"), "inputs[b].seq");
+    in.tokens = get_i32_array(o.Get("tokens"), "inputs[b].tokens");
+    if (has_field(o, "parents")) in.parents = get_i32_array(o.Get("parents"), "inputs[b].parents");
+    if (has_field(o, "positions")) in.positions = get_i32_array(o.Get("positions"), "inputs[b].positions");
+    if (has_field(o, "mask")) {
+      Napi::Object m = get_object(o.Get("mask"), "inputs[b].mask");
+      in.mask = get_u64_array(m.Get("bits"), "inputs[b].mask.bits");
+      in.mask_words = get_int32(m.Get("words"), "inputs[b].mask.words");
+    }
+  }
+  return out;
+}
+
+class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
+ public:
+  static Napi::FunctionReference* ctor;
+
+  static void Init(Napi::Env env, Napi::Object exports) {
+    Napi::Function f = DefineClass(env, "LlamaModel",
+                                   {
+                                       InstanceMethod<&LlamaWrap::Forward>("forward"),
+                                       InstanceMethod<&LlamaWrap::Commit>("commit"),
+                                       InstanceMethod<&LlamaWrap::CreateSequence>("createSequence"),
+                                       InstanceMethod<&LlamaWrap::ForkSequence>("forkSequence"),
+                                       InstanceMethod<&LlamaWrap::FreeSequence>("freeSequence"),
+                                       InstanceMethod<&LlamaWrap::Truncate>("truncate"),
+                                       InstanceMethod<&LlamaWrap::SequenceLength>("sequenceLength"),
+                                       InstanceMethod<&LlamaWrap::KvInfo>("kvInfo"),
+                                       InstanceMethod<&LlamaWrap::WeightDtype>("weightDtype"),
+                                       InstanceMethod<&LlamaWrap::Dispose>("dispose"),
+                                   });
+    ctor = new Napi::FunctionReference(Napi::Persistent(f));
+    exports.Set("llamaLoad", Napi::Function::New(env, Load, "llamaLoad"));
+  }
+
+  explicit LlamaWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<LlamaWrap>(info) {
+    if (info.Length() != 1 || !info[0].IsExternal())
+      throw make_error(info.Env(), "E_ARG", "use llamaLoad() to create a model");
+    model_ = *info[0].As<Napi::External<std::shared_ptr<LlamaModel>>>().Data();
+  }
+
+ private:
+  // Shared with in-flight async work, so dispose() during a forward is safe.
+  std::shared_ptr<LlamaModel> model_;
+
+  LlamaModel& model() {
+    SPECDEC_CHECK(model_ != nullptr, "E_DISPOSED", "model was disposed");
+    return *model_;
+  }
+
+  static Napi::Value Load(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      LlamaConfig config = config_arg(info[0]);
+      LlamaWeightSource source = source_arg(info[1]);
+      LlamaLoadOptions options = options_arg(info[2]);
+      auto result = std::make_shared<std::shared_ptr<LlamaModel>>();
+      return run_async(
+          info.Env(), [=] { *result = std::shared_ptr<LlamaModel>(LlamaModel::load(config, source, options)); },
+          [=](Napi::Env env) -> Napi::Value {
+            std::shared_ptr<LlamaModel> m = *result;
+            return ctor->New({Napi::External<std::shared_ptr<LlamaModel>>::New(env, &m)});
+          });
+    });
+  }
+
+  // forward(inputs, hidden) -> Promise<{ logits, hidden?, indptr }>
+  Napi::Value Forward(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      std::shared_ptr<LlamaModel> m = model_;
+      SPECDEC_CHECK(m != nullptr, "E_DISPOSED", "model was disposed");
+      auto inputs = std::make_shared<std::vector<LlamaSeqInput>>(inputs_arg(info[0]));
+      bool hidden = info.Length() > 1 && !info[1].IsUndefined() && get_bool(info[1], "hidden");
+      auto result = std::make_shared<LlamaForwardResult>();
+      return run_async(
+          info.Env(), [=] { *result = m->forward(*inputs, hidden); },
+          [=](Napi::Env env) -> Napi::Value {
+            Napi::Object o = Napi::Object::New(env);
+            o.Set("logits", wrap_tensor(env, result->logits));
+            if (result->hidden.defined()) o.Set("hidden", wrap_tensor(env, result->hidden));
+            auto ip = Napi::Int32Array::New(env, result->indptr.size());
+            std::memcpy(ip.Data(), result->indptr.data(), result->indptr.size() * 4);
+            o.Set("indptr", ip);
+            return o;
+          },
+          {Value()});
+    });
+  }
+
+  // commit(seqs, accepted: Int32Array[])
+  Napi::Value Commit(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      std::vector<int32_t> s = get_i32_array(info[0], "seqs");
+      SPECDEC_CHECK(info[1].IsArray(), "E_ARG", "accepted: expected an array of Int32Array");
+      Napi::Array a = info[1].As<Napi::Array>();
+      std::vector<std::vector<int32_t>> acc(a.Length());
+      for (uint32_t i = 0; i < a.Length(); ++i) acc[i] = get_i32_array(a.Get(i), "accepted[i]");
+      model().commit(std::vector<int>(s.begin(), s.end()), acc);
+      return info.Env().Undefined();
+    });
+  }
+
+  Napi::Value CreateSequence(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value { return Napi::Number::New(info.Env(), model().create_sequence()); });
+  }
+  Napi::Value ForkSequence(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      return Napi::Number::New(info.Env(), model().fork_sequence(get_int32(info[0], "seq")));
+    });
+  }
+  Napi::Value FreeSequence(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      model().free_sequence(get_int32(info[0], "seq"));
+      return info.Env().Undefined();
+    });
+  }
+  Napi::Value Truncate(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      model().truncate(get_int32(info[0], "seq"), get_int32(info[1], "length"));
+      return info.Env().Undefined();
+    });
+  }
+  Napi::Value SequenceLength(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      return Napi::Number::New(info.Env(), model().sequence_length(get_int32(info[0], "seq")));
+    });
+  }
+  // kvInfo() -> { pageSize, totalPages, freePages, dtype, bytes }
+  Napi::Value KvInfo(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      LlamaModel& m = model();
+      Napi::Object o = Napi::Object::New(info.Env());
+      o.Set("pageSize", m.kv().config().page_size);
+      o.Set("totalPages", m.kv().total_pages());
+      o.Set("freePages", m.free_pages());
+      o.Set("dtype", dtype_name(m.kv().config().dtype));
+      o.Set("bytes", static_cast<double>(m.kv().bytes()));
+      return o;
+    });
+  }
+  Napi::Value WeightDtype(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value { return Napi::String::New(info.Env(), dtype_name(model().weight_dtype())); });
+  }
+  Napi::Value Dispose(const Napi::CallbackInfo& info) {
+    model_.reset();
+    return info.Env().Undefined();
+  }
+};
+
+Napi::FunctionReference* LlamaWrap::ctor = nullptr;
+
+void Init(Napi::Env env, Napi::Object exports) { LlamaWrap::Init(env, exports); }
+static Registrar reg(&Init);
+
+}  // namespace
+}  // namespace napi
+}  // namespace specdec

@@ -1,0 +1,265 @@
+// Fused tree attention over a paged KV cache (CUDA cores, f32 accumulation).
+//
+// A CTA owns one (sequence, KV head, tile of 16 query rows); a row is a (new token, query head of
+// the GQA group) pair, so MQA/GQA rows share every K/V tile loaded into shared memory. Keys are
+// the sequence's slots 0 .. kv_len-1 (committed prefix, then the new tokens already appended);
+// the prefix is always visible, new token j is visible by the packed mask bit (or j <= i when
+// there is no mask) -- no mask is ever materialised over the prefix.
+//
+// Keys are processed in chunks of kChunk slots: each chunk gets its own online-softmax state
+// (m, l, acc) over 32-key tiles (one key per lane for the scores, dims per lane for the P.V
+// product), and chunk states are folded in chunk order with one fixed formula. A launch either
+// folds all chunks inside the CTA, or (few CTAs, long prefix: flash-decoding style split-KV) gives
+// each chunk its own CTA and folds the partials in a merge kernel with the same formula. Both
+// produce the same bits, and a row's bits never depend on the rest of the batch (batch invariance).
+#pragma once
+#include "common.cuh"
+
+namespace specdec {
+namespace cuda {
+namespace attn {
+
+constexpr int kWarps = 4;
+constexpr int kRowsPerWarp = 4;
+constexpr int kRowsPerCta = kWarps * kRowsPerWarp;
+constexpr int kKeyTile = 32;     // one key per lane
+constexpr int kChunk = 256;      // slots per chunk; fixed so that the reduction order is a property of the row
+constexpr int kMaxHeadDim = 256; // largest head dim of the generic path (registers: 8 dims per lane)
+
+struct Params {
+  const void* q;    // [N, Hq, D]
+  const void* kv;   // [P, 2, S, Hkv, D]
+  void* out;        // [N, Hq, D]
+  float* part_acc;  // split: [N * Hq, max_chunks, D]
+  float* part_ml;   // split: [N * Hq, max_chunks, 2] (m, l); m = -inf marks an empty partial
+  const int32_t* qo_indptr;
+  const int32_t* page_indptr;
+  const int32_t* page_indices;
+  const int32_t* prefix_len;
+  const uint64_t* mask;  // [N, mask_words] or null (causal among the new tokens)
+  int mask_words;
+  int Hq, Hkv, G, D, page_size;
+  float scale_log2;  // sm_scale * log2(e): scores live in the exp2 domain
+  int max_chunks;    // chunks of the longest sequence (split: grid.x = tiles * max_chunks)
+  int split;
+};
+
+__device__ __forceinline__ float warp_max(float x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+  return x;
+}
+// Butterfly sum: IEEE addition is commutative, so every lane ends with the same bits.
+__device__ __forceinline__ float warp_sum(float x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x = __fadd_rn(x, __shfl_xor_sync(0xffffffffu, x, o));
+  return x;
+}
+
+// Fold a chunk's partial state (m, l, acc) into the running (M, L, ACC). Shared verbatim by the
+// in-CTA path and the merge kernel; explicit _rn intrinsics stop the compiler from contracting
+// the two paths differently. Callers skip partials with m == -inf (nothing visible there).
+template <int DPL>
+__device__ __forceinline__ void fold(float& M, float& L, float (&ACC)[DPL], float m, float l, const float (&acc)[DPL]) {
+  const float mn = fmaxf(M, m);
+  const float sa = M == -INFINITY ? 0.f : exp2f(__fsub_rn(M, mn));
+  const float sb = exp2f(__fsub_rn(m, mn));
+  L = __fadd_rn(__fmul_rn(L, sa), __fmul_rn(l, sb));
+#pragma unroll
+  for (int k = 0; k < DPL; ++k) ACC[k] = __fadd_rn(__fmul_rn(ACC[k], sa), __fmul_rn(acc[k], sb));
+  M = mn;
+}
+
+// Output of a row: ACC / L, or zeros for a row that saw nothing (empty mask row, no prefix).
+__device__ __forceinline__ float finalize(float acc, float L) { return L > 0.f ? __fdiv_rn(acc, L) : 0.f; }
+
+// DT = 64 or 128: specialised (compile-time head dim); DT = 0: generic, runtime D <= kMaxHeadDim.
+template <typename QT, typename KVT, int DT>
+__global__ void __launch_bounds__(kWarps * 32) tree_attention_kernel(const Params p) {
+  constexpr int DPL = DT > 0 ? DT / 32 : kMaxHeadDim / 32;  // output dims per lane: d = lane + 32 k
+  constexpr int R = kRowsPerWarp;
+  const int D = DT > 0 ? DT : p.D;
+  const int KS = D + 1;  // padded K rows: lane l reading key l, dim d hits bank (l + d) % 32
+
+  extern __shared__ float smem[];
+  float* Ks = smem;                 // [kKeyTile][D + 1]
+  float* Vs = Ks + kKeyTile * KS;   // [kKeyTile][D]
+  float* Qs = Vs + kKeyTile * D;    // [kRowsPerCta][D], pre-scaled by scale_log2
+
+  const int b = blockIdx.z, h_kv = blockIdx.y;
+  const int per_tile = p.split ? p.max_chunks : 1;
+  const int tile = blockIdx.x / per_tile, chunk_sel = blockIdx.x % per_tile;
+  const int q0 = p.qo_indptr[b], qo = p.qo_indptr[b + 1] - q0, prefix = p.prefix_len[b];
+  const int rows = qo * p.G;
+  const int row0 = tile * kRowsPerCta;
+  if (row0 >= rows) return;
+  const int row_end = min(row0 + kRowsPerCta, rows);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+
+  // Slots this CTA may need: causal rows see up to their own slot, masked rows any new token.
+  const int last_i = (row_end - 1) / p.G;
+  const int kv_end = p.mask ? prefix + qo : prefix + last_i + 1;
+  const int n_chunks = (kv_end + kChunk - 1) / kChunk;
+  const int c_begin = p.split ? chunk_sel : 0;
+  const int c_end = p.split ? min(chunk_sel + 1, n_chunks) : n_chunks;
+
+  const QT* Q = static_cast<const QT*>(p.q);
+  const KVT* KV = static_cast<const KVT*>(p.kv);
+  const int32_t* pages = p.page_indices + p.page_indptr[b];
+  const size_t v_off = static_cast<size_t>(p.page_size) * p.Hkv * D;  // K -> V of the same page row
+
+  for (int idx = threadIdx.x; idx < kRowsPerCta * D; idx += blockDim.x) {
+    const int r = idx / D, d = idx % D, row = row0 + r;
+    float x = 0.f;
+    if (row < row_end) {
+      const int i = row / p.G, h = h_kv * p.G + row % p.G;
+      x = to_f32(Q[(static_cast<size_t>(q0 + i) * p.Hq + h) * D + d]) * p.scale_log2;
+    }
+    Qs[idx] = x;
+  }
+
+  float M[R], L[R], ACC[R][DPL];  // folded over chunks (in-CTA path)
+  float m[R], l[R], acc[R][DPL];  // the current chunk
+#pragma unroll
+  for (int k = 0; k < R; ++k) {
+    M[k] = -INFINITY, L[k] = 0.f, m[k] = -INFINITY, l[k] = 0.f;
+#pragma unroll
+    for (int e = 0; e < DPL; ++e) ACC[k][e] = 0.f, acc[k][e] = 0.f;
+  }
+
+  for (int c = c_begin; c < c_end; ++c) {
+#pragma unroll
+    for (int k = 0; k < R; ++k) {
+      m[k] = -INFINITY, l[k] = 0.f;
+#pragma unroll
+      for (int e = 0; e < DPL; ++e) acc[k][e] = 0.f;
+    }
+    const int t_end = min((c + 1) * kChunk, kv_end);
+    for (int t0 = c * kChunk; t0 < t_end; t0 += kKeyTile) {
+      __syncthreads();  // the previous tile is consumed (and Qs is written before the first)
+      for (int idx = threadIdx.x; idx < kKeyTile * D; idx += blockDim.x) {
+        const int kk = idx / D, d = idx % D, t = t0 + kk;
+        float kx = 0.f, vx = 0.f;  // slots past the end are zeros, never garbage (0 * NaN)
+        if (t < t_end) {
+          const int page = pages[t / p.page_size], r = t % p.page_size;
+          const size_t off = ((static_cast<size_t>(page) * 2 * p.page_size + r) * p.Hkv + h_kv) * D + d;
+          kx = to_f32(KV[off]);
+          vx = to_f32(KV[off + v_off]);
+        }
+        Ks[kk * KS + d] = kx;
+        Vs[kk * D + d] = vx;
+      }
+      __syncthreads();
+
+      const int t = t0 + lane;  // this lane's key
+#pragma unroll
+      for (int k = 0; k < R; ++k) {
+        const int r = warp + k * kWarps, row = row0 + r;
+        if (row >= row_end) continue;  // warp-uniform
+        const int i = row / p.G;
+        bool vis = t < t_end;
+        if (vis && t >= prefix) {
+          const int j = t - prefix;
+          vis = p.mask ? ((p.mask[static_cast<size_t>(q0 + i) * p.mask_words + (j >> 6)] >> (j & 63)) & 1ull) != 0
+                       : j <= i;
+        }
+        float s = -INFINITY;
+        if (vis) {
+          const float* qr = Qs + r * D;
+          const float* kr = Ks + lane * KS;
+          float dot = 0.f;
+          if (DT > 0) {
+#pragma unroll 16
+            for (int d = 0; d < (DT > 0 ? DT : 1); ++d) dot = fmaf(qr[d], kr[d], dot);
+          } else {
+            for (int d = 0; d < D; ++d) dot = fmaf(qr[d], kr[d], dot);
+          }
+          s = dot;
+        }
+        const float mn = fmaxf(m[k], warp_max(s));
+        if (mn == -INFINITY) continue;  // nothing visible yet for this row (warp-uniform)
+        const float alpha = m[k] == -INFINITY ? 0.f : exp2f(m[k] - mn);
+        const float pr = vis ? exp2f(s - mn) : 0.f;
+        l[k] = fmaf(l[k], alpha, warp_sum(pr));
+#pragma unroll
+        for (int e = 0; e < DPL; ++e) acc[k][e] *= alpha;
+#pragma unroll 8
+        for (int kk = 0; kk < kKeyTile; ++kk) {
+          const float pk = __shfl_sync(0xffffffffu, pr, kk);
+          const float* vr = Vs + kk * D;
+#pragma unroll
+          for (int e = 0; e < DPL; ++e) {
+            const int d = lane + 32 * e;
+            if (DT > 0 || d < D) acc[k][e] = fmaf(pk, vr[d], acc[k][e]);
+          }
+        }
+        m[k] = mn;
+      }
+    }
+    if (!p.split) {
+#pragma unroll
+      for (int k = 0; k < R; ++k)
+        if (m[k] != -INFINITY) fold<DPL>(M[k], L[k], ACC[k], m[k], l[k], acc[k]);
+    }
+  }
+
+#pragma unroll
+  for (int k = 0; k < R; ++k) {
+    const int r = warp + k * kWarps, row = row0 + r;
+    if (row >= row_end) continue;
+    const int i = row / p.G, h = h_kv * p.G + row % p.G;
+    const size_t orow = static_cast<size_t>(q0 + i) * p.Hq + h;
+    if (p.split) {
+      // Written even when empty (m = -inf), so the merge sees every chunk slot initialised.
+      const size_t slot = orow * p.max_chunks + chunk_sel;
+      if (lane == 0) p.part_ml[slot * 2] = m[k], p.part_ml[slot * 2 + 1] = l[k];
+#pragma unroll
+      for (int e = 0; e < DPL; ++e) {
+        const int d = lane + 32 * e;
+        if (DT > 0 || d < D) p.part_acc[slot * D + d] = acc[k][e];
+      }
+    } else {
+      QT* O = static_cast<QT*>(p.out) + orow * D;
+#pragma unroll
+      for (int e = 0; e < DPL; ++e) {
+        const int d = lane + 32 * e;
+        if (DT > 0 || d < D) O[d] = from_f32<QT>(finalize(ACC[k][e], L[k]));
+      }
+    }
+  }
+}
+
+// Split-KV merge: one warp per output row folds its chunk partials in chunk order.
+template <typename QT>
+__global__ void tree_attention_merge_kernel(const float* part_acc, const float* part_ml, void* out, int64_t num_rows,
+                                            int max_chunks, int D) {
+  constexpr int DPL = kMaxHeadDim / 32;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= num_rows) return;
+  float M = -INFINITY, L = 0.f, ACC[DPL], acc[DPL];
+#pragma unroll
+  for (int e = 0; e < DPL; ++e) ACC[e] = 0.f;
+  for (int c = 0; c < max_chunks; ++c) {
+    const size_t slot = static_cast<size_t>(row) * max_chunks + c;
+    const float m = part_ml[slot * 2];
+    if (m == -INFINITY) continue;
+    const float l = part_ml[slot * 2 + 1];
+#pragma unroll
+    for (int e = 0; e < DPL; ++e) {
+      const int d = lane + 32 * e;
+      acc[e] = d < D ? part_acc[slot * D + d] : 0.f;
+    }
+    fold<DPL>(M, L, ACC, m, l, acc);
+  }
+  QT* O = static_cast<QT*>(out) + static_cast<size_t>(row) * D;
+#pragma unroll
+  for (int e = 0; e < DPL; ++e) {
+    const int d = lane + 32 * e;
+    if (d < D) O[d] = from_f32<QT>(finalize(ACC[e], L));
+  }
+}
+
+}  // namespace attn
+}  // namespace cuda
+}  // namespace specdec

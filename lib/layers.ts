@@ -1,0 +1,50 @@
+// Model layer ops on tensors (embedding, RMSNorm, matmul, RoPE, SwiGLU, residual add, SiLU).
+// Thin typed wrappers over the native ops: CPU or CUDA is chosen by the tensors' device.
+import { native } from './native';
+import { asTensor, type Tensor } from './tensor';
+
+/// <reference path="../typings/layers.d.ts" />
+
+/** Gathers rows: out[n] = table[ids[n]] as f32 [N, H]. table f32|f16|bf16 [V, H], ids i32 [N]. */
+export function embedding(table: Tensor, ids: Tensor, out?: Tensor): Tensor {
+  return asTensor(native().layerEmbedding(table, ids, out));
+}
+
+/** out = x / sqrt(mean(x^2) + eps) * w. x f32 [N, H], w [H]; pass `out = x` to normalise in place. */
+export function rmsnorm(x: Tensor, w: Tensor, eps: number, out?: Tensor): Tensor {
+  return asTensor(native().layerRmsnorm(x, w, eps, out));
+}
+
+/** out = x @ w^T (+ bias). x f32 [N, K], w f32|f16|bf16 [M, K], bias [M]; out f32 [N, M].
+ *  A row's result does not depend on N (batch invariance). */
+export function matmul(x: Tensor, w: Tensor, bias?: Tensor, out?: Tensor): Tensor {
+  return asTensor(native().layerMatmul(x, w, bias ?? null, out));
+}
+
+/** Rotary embedding in place: x f32 [N, heads, D], positions i32 [N], invFreq f32 [D/2]. */
+export function rope(x: Tensor, positions: Tensor, invFreq: Tensor): void {
+  native().layerRope(x, positions, invFreq);
+}
+
+/** out = silu(gate) * up (SwiGLU). gate, up f32 [N, I]; pass `out = gate` to reuse it. */
+export function siluMul(gate: Tensor, up: Tensor, out?: Tensor): Tensor {
+  return asTensor(native().layerSiluMul(gate, up, out));
+}
+
+/** x += y (f32, same shape). */
+export function addInplace(x: Tensor, y: Tensor): void {
+  native().layerAddInplace(x, y);
+}
+
+/** x = silu(x) in place (f32). */
+export function siluInplace(x: Tensor): void {
+  native().layerSiluInplace(x);
+}
+
+/** HF inverse frequencies for RoPE: inv_freq[i] = theta^(-2i/D), as f32 (small host array). */
+export function ropeInvFreq(headDim: number, theta: number): Float32Array {
+  const half = headDim / 2;
+  const f = new Float32Array(half);
+  for (let i = 0; i < half; i++) f[i] = 1 / Math.pow(theta, (2 * i) / headDim);
+  return f;
+}

@@ -1,0 +1,202 @@
+// config.json of Llama-family checkpoints (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM):
+// parsing, defaults as in the HF config classes, and validation with errors that name the file and field.
+import * as fs from 'fs';
+import * as path from 'path';
+import type { ModelConfig } from './causal_lm';
+
+/** An Error with a `code` (E_FORMAT, E_ARG, ...), like the ones the native side throws. */
+export function codedError(code: string, message: string): Error & { code: string } {
+  const e = new Error(message) as Error & { code: string };
+  e.code = code;
+  return e;
+}
+
+export type RopeScaling =
+  | { readonly type: 'linear'; readonly factor: number }
+  | {
+      readonly type: 'llama3';
+      readonly factor: number;
+      readonly lowFreqFactor: number;
+      readonly highFreqFactor: number;
+      readonly originalMaxPositions: number;
+    };
+
+export interface LlamaConfig extends ModelConfig {
+  readonly intermediateSize: number;
+  readonly rmsNormEps: number;
+  readonly ropeTheta: number;
+  readonly ropeScaling?: RopeScaling;
+  /** q/k/v projections have biases (Qwen2, or Llama with attention_bias). */
+  readonly qkvBias: boolean;
+  /** o_proj has a bias (Llama with attention_bias). */
+  readonly oBias: boolean;
+  readonly tieWordEmbeddings: boolean;
+  /** torch_dtype as written in config.json (informational; the weights' own dtype is used). */
+  readonly torchDtype?: string;
+}
+
+export const SUPPORTED_ARCHITECTURES = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM'] as const;
+const MODEL_TYPES: Record<string, string> = { llama: 'LlamaForCausalLM', mistral: 'MistralForCausalLM', qwen2: 'Qwen2ForCausalLM' };
+
+/** Parses and validates a config.json object. `file` names the source in errors. */
+export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConfig {
+  const bad = (msg: string): never => {
+    throw codedError('E_FORMAT', `${file}: ${msg}`);
+  };
+  if (typeof json !== 'object' || json === null || Array.isArray(json)) bad('expected a JSON object');
+  const o = json as Record<string, unknown>;
+  const has = (k: string): boolean => o[k] !== undefined && o[k] !== null;
+  const int = (k: string, min = 1, fallback?: number): number => {
+    if (!has(k)) {
+      if (fallback !== undefined) return fallback;
+      return bad(`missing field '${k}'`);
+    }
+    const v = o[k];
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min) bad(`field '${k}' must be an integer >= ${min}, got ${JSON.stringify(v)}`);
+    return v as number;
+  };
+  const num = (k: string, fallback: number, positive = true): number => {
+    if (!has(k)) return fallback;
+    const v = o[k];
+    if (typeof v !== 'number' || !Number.isFinite(v) || (positive && v <= 0)) bad(`field '${k}' must be a positive number, got ${JSON.stringify(v)}`);
+    return v as number;
+  };
+  const bool = (k: string, fallback: boolean): boolean => {
+    if (!has(k)) return fallback;
+    if (typeof o[k] !== 'boolean') bad(`field '${k}' must be a boolean, got ${JSON.stringify(o[k])}`);
+    return o[k] as boolean;
+  };
+
+  // Architecture: the first supported entry of `architectures`, else from model_type.
+  let architecture: string | undefined;
+  if (has('architectures')) {
+    const archs = o['architectures'];
+    if (!Array.isArray(archs) || archs.some((a) => typeof a !== 'string')) bad("field 'architectures' must be an array of strings");
+    architecture = (archs as string[]).find((a) => (SUPPORTED_ARCHITECTURES as readonly string[]).includes(a));
+    if (architecture === undefined) {
+      bad(`unsupported architecture ${JSON.stringify(archs)} (supported: ${SUPPORTED_ARCHITECTURES.join(', ')})`);
+    }
+  } else if (typeof o['model_type'] === 'string') {
+    architecture = MODEL_TYPES[o['model_type']];
+    if (architecture === undefined) bad(`unsupported model_type '${o['model_type']}' (supported: ${Object.keys(MODEL_TYPES).join(', ')})`);
+  } else {
+    bad("missing field 'architectures'");
+  }
+  const arch = architecture as string;
+
+  const vocabSize = int('vocab_size');
+  const hiddenSize = int('hidden_size');
+  const intermediateSize = int('intermediate_size');
+  const numLayers = int('num_hidden_layers');
+  const numHeads = int('num_attention_heads');
+  const numKvHeads = int('num_key_value_heads', 1, numHeads);
+  if (numHeads % numKvHeads !== 0) bad(`num_attention_heads (${numHeads}) is not a multiple of num_key_value_heads (${numKvHeads})`);
+  if (!has('head_dim') && hiddenSize % numHeads !== 0) bad(`hidden_size (${hiddenSize}) is not a multiple of num_attention_heads (${numHeads}) and head_dim is not given`);
+  const headDim = int('head_dim', 1, hiddenSize / numHeads);
+  if (headDim % 2 !== 0) bad(`head_dim (${headDim}) must be even (rotary embeddings rotate pairs)`);
+  let maxPositions = int('max_position_embeddings');
+  // Sliding-window attention is not implemented: cap the context at the window so results stay exact.
+  const window = arch === 'Qwen2ForCausalLM' && !bool('use_sliding_window', false) ? 0 : int('sliding_window', 1, 0);
+  if (window > 0 && window < maxPositions) maxPositions = window;
+
+  if (has('hidden_act') && o['hidden_act'] !== 'silu') bad(`hidden_act '${String(o['hidden_act'])}' is not supported (only 'silu')`);
+  if (bool('mlp_bias', false)) bad("mlp_bias = true is not supported");
+  const attentionBias = bool('attention_bias', false);
+
+  let ropeScaling: RopeScaling | undefined;
+  if (has('rope_scaling')) {
+    const rs = o['rope_scaling'];
+    if (typeof rs !== 'object' || rs === null || Array.isArray(rs)) bad("field 'rope_scaling' must be an object or null");
+    const r = rs as Record<string, unknown>;
+    const type = r['rope_type'] ?? r['type'];
+    const rnum = (k: string): number => {
+      const v = r[k];
+      if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) bad(`rope_scaling.${k} must be a positive number, got ${JSON.stringify(v)}`);
+      return v as number;
+    };
+    if (type === 'linear') {
+      ropeScaling = { type: 'linear', factor: rnum('factor') };
+    } else if (type === 'llama3') {
+      ropeScaling = {
+        type: 'llama3',
+        factor: rnum('factor'),
+        lowFreqFactor: rnum('low_freq_factor'),
+        highFreqFactor: rnum('high_freq_factor'),
+        originalMaxPositions: rnum('original_max_position_embeddings'),
+      };
+      if (ropeScaling.highFreqFactor <= ropeScaling.lowFreqFactor) bad('rope_scaling.high_freq_factor must exceed low_freq_factor');
+    } else if (type !== 'default') {
+      bad(`rope_scaling type ${JSON.stringify(type)} is not supported (supported: linear, llama3)`);
+    }
+  }
+
+  const eos = o['eos_token_id'];
+  let eosTokenIds: number[] = [];
+  if (typeof eos === 'number') eosTokenIds = [eos];
+  else if (Array.isArray(eos)) eosTokenIds = eos.filter((x): x is number => typeof x === 'number');
+  else if (eos !== undefined && eos !== null) bad("field 'eos_token_id' must be an integer or an array of integers");
+  for (const id of eosTokenIds) if (!Number.isSafeInteger(id) || id < 0 || id >= vocabSize) bad(`eos_token_id ${id} is outside the vocabulary`);
+  const bos = has('bos_token_id') ? int('bos_token_id', 0) : undefined;
+
+  const cfg: LlamaConfig = {
+    architecture: arch,
+    vocabSize,
+    hiddenSize,
+    intermediateSize,
+    numLayers,
+    numHeads,
+    numKvHeads,
+    headDim,
+    maxPositions,
+    eosTokenIds,
+    ...(bos !== undefined ? { bosTokenId: bos } : {}),
+    rmsNormEps: num('rms_norm_eps', 1e-6),
+    ropeTheta: num('rope_theta', 10000),
+    ...(ropeScaling !== undefined ? { ropeScaling } : {}),
+    qkvBias: arch === 'Qwen2ForCausalLM' || attentionBias,
+    oBias: arch === 'LlamaForCausalLM' && attentionBias,
+    tieWordEmbeddings: bool('tie_word_embeddings', false),
+    ...(typeof o['torch_dtype'] === 'string' ? { torchDtype: o['torch_dtype'] } : {}),
+  };
+  return cfg;
+}
+
+/** Reads `dir/config.json` (E_FORMAT when missing or malformed). */
+export function readLlamaConfig(dir: string): LlamaConfig {
+  const file = path.join(dir, 'config.json');
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    const code = (e as { code?: string }).code;
+    throw codedError('E_FORMAT', code === 'ENOENT' ? `${file}: not found (a model directory needs config.json)` : `${file}: cannot read (${(e as Error).message})`);
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (e) {
+    throw codedError('E_FORMAT', `${file}: invalid JSON (${(e as Error).message})`);
+  }
+  return parseLlamaConfig(json, file);
+}
+
+/** The native runner's view of the config. */
+export function toNativeConfig(c: LlamaConfig): SpecdecNative.LlamaNativeConfig {
+  return {
+    architecture: c.architecture,
+    vocabSize: c.vocabSize,
+    hiddenSize: c.hiddenSize,
+    intermediateSize: c.intermediateSize,
+    numLayers: c.numLayers,
+    numHeads: c.numHeads,
+    numKvHeads: c.numKvHeads,
+    headDim: c.headDim,
+    maxPositions: c.maxPositions,
+    rmsNormEps: c.rmsNormEps,
+    ropeTheta: c.ropeTheta,
+    ...(c.ropeScaling !== undefined ? { ropeScaling: { ...c.ropeScaling } } : {}),
+    qkvBias: c.qkvBias,
+    oBias: c.oBias,
+    tieWordEmbeddings: c.tieWordEmbeddings,
+  };
+}

@@ -1,0 +1,184 @@
+// Plain autoregressive decoding: the baseline every speculative strategy is compared against, so
+// it is kept simple. All live sequences go through one (ragged) forward per step.
+//
+// RNG streams: sequence i of a call draws its k-th new token (k = 0, 1, ...) with
+//   Philox(key = seed, counter offset = (i << 32) | k),
+// so (seed, i, k) alone determine a draw: the same prompt at the same batch index gives the same
+// output whatever else is in the batch.
+import type { CausalLM } from './models/causal_lm';
+import { codedError } from './models/config';
+import { argmax, processLogits, sample } from './sampling';
+import type { Tensor } from './tensor';
+
+export interface PlainOptions {
+  readonly maxNewTokens: number;
+  /** 0 (default): greedy argmax. */
+  readonly temperature?: number;
+  readonly topK?: number;
+  readonly topP?: number;
+  readonly minP?: number;
+  readonly seed?: number;
+  /** Extra tokens that end a sequence (besides the model's EOS ids); the stop token is emitted. */
+  readonly stopTokens?: readonly number[];
+  readonly signal?: AbortSignal;
+}
+
+export interface PlainStats {
+  /** Forward passes of the model. */
+  readonly targetForwards: number;
+  readonly seconds: number;
+  /** New tokens of all sequences per second. */
+  readonly tokensPerSecond: number;
+  /** Forward passes each sequence took part in (= its new tokens for plain decoding). */
+  readonly sequenceForwards: number[];
+}
+
+export interface PlainResult {
+  /** New tokens of each prompt (ending with the stop token when one was emitted). */
+  readonly tokens: Int32Array[];
+  readonly stats: PlainStats;
+}
+
+/** Philox offset of draw k of sequence i (see the file comment). */
+export function streamOffset(i: number, k: number): bigint {
+  return (BigInt(i) << 32n) | BigInt(k);
+}
+
+export async function plainGenerate(model: CausalLM, prompts: readonly Int32Array[], options: PlainOptions): Promise<PlainResult> {
+  const { vocabSize, maxPositions, eosTokenIds } = model.config;
+  const maxNew = options.maxNewTokens;
+  if (!Number.isSafeInteger(maxNew) || maxNew < 0) throw codedError('E_ARG', `maxNewTokens: expected an integer >= 0, got ${maxNew}`);
+  const temperature = options.temperature ?? 0;
+  if (!(temperature >= 0)) throw codedError('E_ARG', `temperature: expected a number >= 0, got ${temperature}`);
+  const seed = options.seed ?? 0;
+  if (!Number.isSafeInteger(seed) || seed < 0) throw codedError('E_ARG', `seed: expected an integer >= 0, got ${seed}`);
+  if (prompts.length === 0) throw codedError('E_ARG', 'prompts: empty batch');
+  prompts.forEach((p, i) => {
+    if (p.length === 0) throw codedError('E_ARG', `prompts[${i}]: empty prompt`);
+    if (p.length >= maxPositions) {
+      throw codedError('E_ARG', `prompts[${i}]: ${p.length} tokens do not fit the context of ${maxPositions} positions (max_position_embeddings) with room to generate`);
+    }
+    p.forEach((id, j) => {
+      if (!Number.isInteger(id) || id < 0 || id >= vocabSize) throw codedError('E_ARG', `prompts[${i}][${j}]: token id ${id} is outside the vocabulary [0, ${vocabSize})`);
+    });
+  });
+  const stops = new Set<number>([...eosTokenIds, ...(options.stopTokens ?? [])]);
+  const sampling = { temperature, topK: options.topK ?? 0, topP: options.topP ?? 1, minP: options.minP ?? 0 };
+
+  const t0 = performance.now();
+  const out: number[][] = prompts.map(() => []);
+  const forwards = prompts.map(() => 0);
+  let targetForwards = 0;
+  const seqs: number[] = [];
+  let failed = true;
+  try {
+    for (let i = 0; i < prompts.length; i++) seqs.push(model.createSequence());
+    // feed[i]: tokens sequence i sends in the next forward (its prompt, then its last new token).
+    const feed: Int32Array[] = prompts.map((p) => p);
+    let active = maxNew > 0 ? prompts.map((_, i) => i) : [];
+    while (active.length > 0) {
+      options.signal?.throwIfAborted();
+      const fw = await model.forward(
+        active.map((i) => ({ seq: seqs[i]!, tokens: feed[i]! })),
+        options.signal !== undefined ? { signal: options.signal } : {},
+      );
+      targetForwards++;
+      let next: Int32Array;
+      try {
+        next = pickTokens(fw.logits, fw.indptr, active, sampling, seed, (i) => out[i]!.length);
+      } finally {
+        fw.logits.dispose();
+        fw.hidden?.dispose();
+      }
+      // Every fed token becomes committed context.
+      model.commit(
+        active.map((i) => seqs[i]!),
+        active.map((i) => Int32Array.from({ length: feed[i]!.length }, (_, j) => j)),
+      );
+      const still: number[] = [];
+      active.forEach((i, b) => {
+        const tok = next[b]!;
+        if (tok < 0) throw codedError('E_INTERNAL', `sequence ${i}: no token has positive probability (non-finite logits?)`);
+        out[i]!.push(tok);
+        forwards[i]!++;
+        // Stop at a stop token, at maxNewTokens, or when the context is full (the next token
+        // could not be fed).
+        const length = prompts[i]!.length + out[i]!.length;
+        if (!stops.has(tok) && out[i]!.length < maxNew && length < maxPositions) {
+          feed[i] = Int32Array.of(tok);
+          still.push(i);
+        }
+      });
+      active = still;
+    }
+    failed = false;
+  } finally {
+    for (const s of seqs) {
+      try {
+        model.freeSequence(s);
+      } catch (e) {
+        // On the error path the original error is the one worth reporting.
+        if (!failed) throw e;
+      }
+    }
+  }
+  const seconds = (performance.now() - t0) / 1000;
+  const total = out.reduce((n, t) => n + t.length, 0);
+  return {
+    tokens: out.map((t) => Int32Array.from(t)),
+    stats: { targetForwards, seconds, tokensPerSecond: seconds > 0 ? total / seconds : 0, sequenceForwards: forwards },
+  };
+}
+
+/** The next token of each active sequence from the last logits row of its input. */
+function pickTokens(
+  logits: Tensor,
+  indptr: Int32Array,
+  active: readonly number[],
+  sampling: { temperature: number; topK: number; topP: number; minP: number },
+  seed: number,
+  drawIndex: (i: number) => number,
+): Int32Array {
+  const B = active.length;
+  // Usually every sequence fed one token, so its rows are exactly the last rows; after a prompt
+  // they are not, and each sequence's last row is taken separately.
+  const rowsOf = (b: number): Tensor => logits.rows(indptr[b + 1]! - 1, indptr[b + 1]!);
+  const oneRowEach = indptr[B] === B;
+  if (sampling.temperature === 0) {
+    if (oneRowEach) {
+      const ids = argmax(logits);
+      try {
+        return ids.toInt32();
+      } finally {
+        ids.dispose();
+      }
+    }
+    const out = new Int32Array(B);
+    for (let b = 0; b < B; b++) {
+      const row = rowsOf(b);
+      const ids = argmax(row);
+      out[b] = ids.toInt32()[0]!;
+      ids.dispose();
+      row.dispose();
+    }
+    return out;
+  }
+  const seeds = new BigUint64Array(B).fill(BigInt(seed));
+  const offsets = BigUint64Array.from(active, (i) => streamOffset(i, drawIndex(i)));
+  const sample1 = (rows: Tensor, s: BigUint64Array, o: BigUint64Array): Int32Array => {
+    const probs = processLogits(rows, sampling);
+    try {
+      return sample(probs, s, o);
+    } finally {
+      probs.dispose();
+    }
+  };
+  if (oneRowEach) return sample1(logits, seeds, offsets);
+  const out = new Int32Array(B);
+  for (let b = 0; b < B; b++) {
+    const row = rowsOf(b);
+    out[b] = sample1(row, seeds.subarray(b, b + 1), offsets.subarray(b, b + 1))[0]!;
+    row.dispose();
+  }
+  return out;
+}

@@ -1,0 +1,350 @@
+// Draft-model speculation: a smaller CausalLM with the same vocabulary drafts k tokens (a chain),
+// or a tree of its top-k branches; the target verifies them in one forward.
+//
+// The draft's KV cache is kept in sync with the decoded history. Chain drafting commits each
+// drafted token in the draft right away (so the next draft step sees it) and, after verification,
+// truncates the draft back to the accepted prefix. Tokens of the history the draft has not cached
+// yet (the prompt at first; the bonus token, which neither model has cached; accepted tree nodes)
+// are fed in front of the first draft step.
+import { gatherRows, isSampling } from '../decoder';
+import type { CausalLM, ForwardOutput, SequenceInput } from '../models/causal_lm';
+import { argmax, processLogits, sample, topK, type SamplingOptions } from '../sampling';
+import type { Tensor } from '../tensor';
+import { buildTopKTree, chainTree, type TokenTree } from '../tree';
+import {
+  codedError,
+  type ProposalBatch,
+  type ProposeContext,
+  type SamplingConfig,
+  type SpecSequence,
+  type Speculator,
+  type StepReport,
+} from './speculator';
+
+export type AdaptiveMode = 'fixed' | 'heuristic' | 'confidence';
+
+export interface DraftModelOptions {
+  readonly draft: CausalLM;
+  /** Draft tokens per step (the starting value when adaptive). Default 4. */
+  readonly k?: number;
+  /**
+   * 'fixed': always k. 'heuristic' (HF assistant): k += 2 after a fully accepted draft, k -= 1
+   * otherwise, within [minK, maxK]. 'confidence': draft up to maxK tokens, stopping once the draft's
+   * max probability falls below confidenceThreshold (the first token is always drafted).
+   */
+  readonly adaptive?: AdaptiveMode;
+  readonly minK?: number;
+  readonly maxK?: number;
+  readonly confidenceThreshold?: number;
+  /**
+   * Tree drafting: children per node at each depth (e.g. [3, 2, 1]: the draft's top-3, each with
+   * its top-2, each with its top-1). Deterministic drafts: exact one-hot rejection when sampling.
+   */
+  readonly treeBranching?: readonly number[];
+}
+
+interface DraftState {
+  readonly draftSeq: number;
+  /** History tokens the draft has committed (a prefix of the history). */
+  cached: number;
+  /** Current draft length (adaptive). */
+  k: number;
+  /** Drafts proposed at the last step (for the heuristic). */
+  lastDrafted: number;
+}
+
+function samplingOptions(s: SamplingConfig): SamplingOptions {
+  const o: { temperature: number; topK?: number; topP?: number; minP?: number } = { temperature: s.temperature };
+  if (s.topK !== undefined) o.topK = s.topK;
+  if (s.topP !== undefined) o.topP = s.topP;
+  if (s.minP !== undefined) o.minP = s.minP;
+  return o;
+}
+
+export class DraftModelSpeculator implements Speculator {
+  readonly name = 'draft-model';
+  readonly wantsHidden = false;
+  readonly draft: CausalLM;
+  readonly adaptive: AdaptiveMode;
+  readonly k: number;
+  readonly minK: number;
+  readonly maxK: number;
+  readonly confidenceThreshold: number;
+  readonly treeBranching: readonly number[] | undefined;
+  private readonly states = new Map<number, DraftState>();
+  /** Per sequence key: the draft length used at each step (tests and stats read it). */
+  readonly kHistory = new Map<number, number[]>();
+  /** Per sequence key, per step: k before the step, tokens drafted, drafts accepted. */
+  readonly trace = new Map<number, { k: number; drafted: number; accepted: number }[]>();
+
+  constructor(opts: DraftModelOptions) {
+    this.draft = opts.draft;
+    this.k = opts.k ?? 4;
+    this.adaptive = opts.adaptive ?? 'fixed';
+    this.minK = opts.minK ?? 1;
+    this.maxK = opts.maxK ?? (this.adaptive === 'confidence' ? Math.max(this.k, 8) : Math.max(this.k, 16));
+    this.confidenceThreshold = opts.confidenceThreshold ?? 0.4;
+    this.treeBranching = opts.treeBranching;
+    const int = (x: number, lo: number): boolean => Number.isInteger(x) && x >= lo;
+    if (!int(this.k, 1)) throw codedError('E_ARG', `draft model: k must be an integer >= 1, got ${this.k}`);
+    if (!int(this.minK, 1) || !int(this.maxK, this.minK)) throw codedError('E_ARG', `draft model: need 1 <= minK <= maxK, got ${this.minK}, ${this.maxK}`);
+    if (!['fixed', 'heuristic', 'confidence'].includes(this.adaptive)) throw codedError('E_ARG', `draft model: unknown adaptive mode '${this.adaptive}'`);
+    if (!(this.confidenceThreshold >= 0 && this.confidenceThreshold <= 1)) throw codedError('E_ARG', `draft model: confidenceThreshold must be in [0, 1]`);
+    if (this.treeBranching !== undefined) {
+      if (this.treeBranching.length === 0 || !this.treeBranching.every((b) => int(b, 1))) {
+        throw codedError('E_ARG', `draft model: treeBranching must be a non-empty list of integers >= 1`);
+      }
+    }
+  }
+
+  attach(model: CausalLM): void {
+    if (model.config.vocabSize !== this.draft.config.vocabSize) {
+      throw codedError(
+        'E_ARG',
+        `draft model: vocabulary size ${this.draft.config.vocabSize} differs from the target's ${model.config.vocabSize}; the draft must share the target's vocabulary`,
+      );
+    }
+  }
+
+  async prefill(): Promise<void> {}
+
+  private state(s: SpecSequence): DraftState {
+    let st = this.states.get(s.key);
+    if (!st) {
+      st = { draftSeq: this.draft.createSequence(), cached: 0, k: this.k, lastDrafted: 0 };
+      this.states.set(s.key, st);
+      this.kHistory.set(s.key, []);
+    }
+    return st;
+  }
+
+  /** Current draft length of a sequence (undefined before its first step). */
+  currentK(key: number): number | undefined {
+    return this.states.get(key)?.k;
+  }
+
+  async propose(seqs: readonly SpecSequence[], ctx: ProposeContext): Promise<ProposalBatch> {
+    const states = seqs.map((s) => this.state(s));
+    if (this.treeBranching) return this.proposeTree(seqs, states, ctx);
+    return this.proposeChain(seqs, states, ctx);
+  }
+
+  /** Per-sequence budget this step. */
+  private budget(s: SpecSequence, st: DraftState): number {
+    const k = this.adaptive === 'confidence' ? this.maxK : st.k;
+    return Math.max(0, Math.min(k, s.maxDepth, this.draft.config.maxPositions - s.history.length));
+  }
+
+  private async proposeChain(seqs: readonly SpecSequence[], states: DraftState[], ctx: ProposeContext): Promise<ProposalBatch> {
+    const sampling = isSampling(ctx.sampling) ? ctx.sampling : undefined;
+    const budgets = seqs.map((s, b) => this.budget(s, states[b] as DraftState));
+    const drafts: number[][] = seqs.map(() => []);
+    // q rows (sampling): qRows[b][j] = the distribution drafts[b][j] was drawn from.
+    const qRows: { tensor: Tensor; row: number }[][] = seqs.map(() => []);
+    const keep: Tensor[] = [];
+    try {
+      let active = seqs.map((_, b) => b).filter((b) => (budgets[b] as number) > 0);
+      let first = true;
+      while (active.length > 0) {
+        // Feed: the uncached history (first step) or the last drafted token; commit it in the draft.
+        const inputs: SequenceInput[] = active.map((b) => {
+          const s = seqs[b] as SpecSequence;
+          const st = states[b] as DraftState;
+          const toks = first ? s.history.slice(st.cached) : [drafts[b]![drafts[b]!.length - 1] as number];
+          return { seq: st.draftSeq, tokens: Int32Array.from(toks) };
+        });
+        first = false;
+        const out = await this.draft.forward(inputs, ctx.signal ? { signal: ctx.signal } : {});
+        let probs: Tensor | undefined;
+        try {
+          this.draft.commit(
+            active.map((b) => (states[b] as DraftState).draftSeq),
+            inputs.map((i) => Int32Array.from({ length: i.tokens.length }, (_, k) => k)),
+          );
+          active.forEach((b, i) => ((states[b] as DraftState).cached += (inputs[i] as SequenceInput).tokens.length));
+          const rows = Int32Array.from(active, (_, i) => (out.indptr[i + 1] as number) - 1);
+          let picked: number[];
+          if (sampling) {
+            probs = processLogits(out.logits, samplingOptions(sampling));
+            keep.push(probs);
+            picked = active.map((b, i) => {
+              const s = seqs[b] as SpecSequence;
+              const r = rows[i] as number;
+              const row = (probs as Tensor).rows(r, r + 1);
+              try {
+                qRows[b]!.push({ tensor: probs as Tensor, row: r });
+                return sample(row, BigUint64Array.of(s.rng.seed), BigUint64Array.of(s.rng.next()))[0] as number;
+              } finally {
+                row.dispose();
+              }
+            });
+          } else {
+            picked = pickRowsArgmax(out, rows);
+          }
+          const conf = this.adaptive === 'confidence' ? maxProbs(sampling ? (probs as Tensor) : out.logits, !sampling, rows) : undefined;
+          const next: number[] = [];
+          active.forEach((b, i) => {
+            const d = drafts[b] as number[];
+            // Confidence mode: stop before a token the draft is unsure of (always keep the first).
+            if (conf && d.length > 0 && (conf[i] as number) < this.confidenceThreshold) return;
+            d.push(picked[i] as number);
+            if (conf && (conf[i] as number) < this.confidenceThreshold) return;
+            if (d.length < (budgets[b] as number)) next.push(b);
+          });
+          active = next;
+        } finally {
+          out.logits.dispose();
+          out.hidden?.dispose();
+        }
+      }
+      states.forEach((st, b) => {
+        st.lastDrafted = (drafts[b] as number[]).length;
+        this.kHistory.get(seqs[b]!.key)?.push(st.lastDrafted);
+      });
+      const proposals = seqs.map((s, b) => chainTree(s.history[s.history.length - 1] as number, drafts[b] as number[]));
+      if (!sampling || !qRows.some((q) => q.length > 0)) return { proposals };
+      // One q row per node: node j's children were drawn from qRows[b][j]; a leaf's row is unused
+      // (its parent's row is repeated), and a root-only tree borrows any row.
+      const anyRow = qRows.find((q) => q.length > 0)![0]!;
+      const parts: { tensor: Tensor; row: number }[] = [];
+      proposals.forEach((p, b) => {
+        const q = qRows[b] as { tensor: Tensor; row: number }[];
+        for (let j = 0; j < p.tokens.length; j++) parts.push(q[Math.min(j, q.length - 1)] ?? anyRow);
+      });
+      return { proposals, draftProbs: gatherRows(parts, this.draft.config.vocabSize, this.draft.device) };
+    } finally {
+      for (const t of keep) t.dispose();
+    }
+  }
+
+  private async proposeTree(seqs: readonly SpecSequence[], states: DraftState[], ctx: ProposeContext): Promise<ProposalBatch> {
+    const branching = this.treeBranching as readonly number[];
+    const budgets = seqs.map((s, b) => Math.min(this.budget(s, states[b] as DraftState), branching.length));
+    const trees: { tokens: number[]; parents: number[]; frontier: number[] }[] = seqs.map((s) => ({
+      tokens: [s.history[s.history.length - 1] as number],
+      parents: [-1],
+      frontier: [0],
+    }));
+    for (let depth = 0; ; depth++) {
+      const active = seqs.map((_, b) => b).filter((b) => depth < (budgets[b] as number));
+      if (active.length === 0) break;
+      // depth 0: feed the uncached history (root last) and commit it; deeper: the tree so far
+      // (uncommitted) under the cached root.
+      const inputs: SequenceInput[] = active.map((b) => {
+        const st = states[b] as DraftState;
+        const s = seqs[b] as SpecSequence;
+        if (depth === 0) return { seq: st.draftSeq, tokens: Int32Array.from(s.history.slice(st.cached)) };
+        const t = trees[b]!;
+        return { seq: st.draftSeq, tokens: Int32Array.from(t.tokens.slice(1)), parents: Int32Array.from(t.parents.slice(1), (p) => p - 1) };
+      });
+      const out = await this.draft.forward(inputs, ctx.signal ? { signal: ctx.signal } : {});
+      try {
+        if (depth === 0) {
+          this.draft.commit(
+            active.map((b) => (states[b] as DraftState).draftSeq),
+            inputs.map((i) => Int32Array.from({ length: i.tokens.length }, (_, k) => k)),
+          );
+          active.forEach((b, i) => ((states[b] as DraftState).cached += (inputs[i] as SequenceInput).tokens.length));
+        }
+        const width = branching[depth] as number;
+        const k = Math.min(width, this.draft.config.vocabSize);
+        const top = topK(out.logits, k);
+        const ids = top.ids.toInt32();
+        top.ids.dispose();
+        top.values.dispose();
+        active.forEach((b, i) => {
+          const t = trees[b]!;
+          const base = out.indptr[i] as number;
+          const next: number[] = [];
+          for (const f of t.frontier) {
+            // Row of node f: depth 0 -> the last fed token; deeper -> node f's row (index f - 1).
+            const row = depth === 0 ? (out.indptr[i + 1] as number) - 1 : base + f - 1;
+            for (let c = 0; c < k; c++) {
+              t.tokens.push(ids[row * k + c] as number);
+              t.parents.push(f);
+              next.push(t.tokens.length - 1);
+            }
+          }
+          t.frontier = next;
+        });
+      } finally {
+        out.logits.dispose();
+        out.hidden?.dispose();
+      }
+    }
+    return {
+      proposals: trees.map((t, b) => {
+        (states[b] as DraftState).lastDrafted = budgets[b] as number;
+        this.kHistory.get(seqs[b]!.key)?.push(budgets[b] as number);
+        const tree: TokenTree = { tokens: Int32Array.from(t.tokens), parents: Int32Array.from(t.parents) };
+        return tree;
+      }),
+    };
+  }
+
+  async update(seqs: readonly SpecSequence[], report: StepReport): Promise<void> {
+    seqs.forEach((s, b) => {
+      const st = this.states.get(s.key);
+      if (!st) return;
+      // The draft may hold drafted tokens past the accepted ones: keep only what matches the
+      // history (everything but the bonus, which no model has cached).
+      const valid = s.history.length - 1;
+      if (st.cached > valid) {
+        this.draft.truncate(st.draftSeq, valid);
+        st.cached = valid;
+      }
+      const acceptedDrafts = (report.acceptedNodes[b] as Int32Array).length - 1;
+      let tr = this.trace.get(s.key);
+      if (!tr) this.trace.set(s.key, (tr = []));
+      tr.push({ k: st.k, drafted: st.lastDrafted, accepted: acceptedDrafts });
+      if (this.adaptive === 'heuristic' && st.lastDrafted > 0) {
+        st.k = acceptedDrafts >= st.lastDrafted ? Math.min(this.maxK, st.k + 2) : Math.max(this.minK, st.k - 1);
+      }
+    });
+  }
+
+  rewind(seq: SpecSequence): void {
+    const st = this.states.get(seq.key);
+    if (st && st.cached > seq.history.length - 1) {
+      this.draft.truncate(st.draftSeq, seq.history.length - 1);
+      st.cached = seq.history.length - 1;
+    }
+  }
+
+  release(seq: SpecSequence): void {
+    const st = this.states.get(seq.key);
+    if (!st) return;
+    this.states.delete(seq.key);
+    this.draft.freeSequence(st.draftSeq);
+  }
+
+  dispose(): void {
+    for (const st of this.states.values()) this.draft.freeSequence(st.draftSeq);
+    this.states.clear();
+  }
+}
+
+/** Argmax of the given rows (one native argmax over the whole output, then picked). */
+export function pickRowsArgmax(out: ForwardOutput, rows: Int32Array): number[] {
+  const ids = argmax(out.logits);
+  try {
+    const all = ids.toInt32();
+    return Array.from(rows, (r) => all[r] as number);
+  } finally {
+    ids.dispose();
+  }
+}
+
+/** Max probability of the given rows: of `probs` directly, or of softmax(logits) when `fromLogits`. */
+function maxProbs(t: Tensor, fromLogits: boolean, rows: Int32Array): number[] {
+  const p = fromLogits ? processLogits(t, { temperature: 1 }) : t;
+  try {
+    const top = topK(p, 1);
+    const vals = top.values.toFloat32();
+    top.values.dispose();
+    top.ids.dispose();
+    return Array.from(rows, (r) => vals[r] as number);
+  } finally {
+    if (fromLogits) p.dispose();
+  }
+}

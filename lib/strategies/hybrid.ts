@@ -1,0 +1,126 @@
+// Hybrid speculation: a draft model that is itself sped up by another speculator (Medusa heads of
+// the draft, lookahead, prompt lookup...) drafts k tokens for a larger target. An inner
+// speculative loop (SpecEngine, greedy, so lossless w.r.t. the draft's own greedy output) produces
+// the k draft tokens; the outer verification on the target keeps the result exact (the drafts are
+// deterministic: one-hot rejection when sampling).
+import { makeRng, SpecEngine, type EngineSequence } from '../decoder';
+import type { CausalLM } from '../models/causal_lm';
+import { chainTree } from '../tree';
+import { codedError, type ProposalBatch, type ProposeContext, type SpecSequence, type Speculator } from './speculator';
+
+export interface HybridOptions {
+  /** The draft model (same vocabulary as the target). */
+  readonly draft: CausalLM;
+  /** The speculator that speeds up the draft (it drafts for the draft model). */
+  readonly draftSpeculator: Speculator;
+  /** Draft tokens per outer step (default 6). */
+  readonly k?: number;
+}
+
+interface InnerState {
+  readonly seq: EngineSequence;
+  /** Length of the prefix known to agree with the outer history. */
+  synced: number;
+}
+
+export class HybridSpeculator implements Speculator {
+  readonly name: string;
+  readonly wantsHidden = false;
+  readonly draft: CausalLM;
+  readonly inner: Speculator;
+  readonly k: number;
+  readonly engine: SpecEngine;
+  private readonly states = new Map<number, InnerState>();
+
+  constructor(opts: HybridOptions) {
+    this.draft = opts.draft;
+    this.inner = opts.draftSpeculator;
+    this.k = opts.k ?? 6;
+    if (!Number.isInteger(this.k) || this.k < 1) throw codedError('E_ARG', `hybrid: k must be an integer >= 1, got ${this.k}`);
+    this.name = `hybrid(${this.inner.name})`;
+    this.inner.attach(this.draft);
+    this.engine = new SpecEngine({ model: this.draft, speculator: this.inner });
+  }
+
+  attach(model: CausalLM): void {
+    if (model.config.vocabSize !== this.draft.config.vocabSize) {
+      throw codedError(
+        'E_ARG',
+        `hybrid: the draft's vocabulary size ${this.draft.config.vocabSize} differs from the target's ${model.config.vocabSize}`,
+      );
+    }
+  }
+
+  async prefill(): Promise<void> {}
+
+  private state(s: SpecSequence): InnerState {
+    let st = this.states.get(s.key);
+    if (!st) {
+      st = { seq: this.engine.open(s.history, s.promptLength, makeRng(0, 0)), synced: s.history.length };
+      this.states.set(s.key, st);
+    }
+    return st;
+  }
+
+  async propose(seqs: readonly SpecSequence[], ctx: ProposeContext): Promise<ProposalBatch> {
+    const inner = seqs.map((s) => this.state(s));
+    const budgets = seqs.map((s) => Math.max(0, Math.min(this.k, s.maxDepth, this.draft.config.maxPositions - s.history.length)));
+    const work = inner.filter((_, b) => (budgets[b] as number) > 0);
+    // The draft catches up on tokens it has not cached (prompt, bonus tokens), then decodes.
+    await this.engine.catchUp(work.map((st) => st.seq), false, ctx.signal);
+    const start = seqs.map((s) => s.history.length);
+    for (;;) {
+      const active = inner.filter((st, b) => (budgets[b] as number) > 0 && st.seq.history.length - (start[b] as number) < (budgets[b] as number));
+      if (active.length === 0) break;
+      for (const st of active) {
+        const b = inner.indexOf(st);
+        const left = (budgets[b] as number) - (st.seq.history.length - (start[b] as number));
+        st.seq.maxDepth = Math.max(0, Math.min(left - 1, st.seq.maxPosition - st.seq.committed));
+      }
+      await this.engine.step(active.map((st) => st.seq), ctx.signal);
+    }
+    return {
+      proposals: seqs.map((s, b) => {
+        const st = inner[b] as InnerState;
+        const drafts = st.seq.history.slice(start[b] as number, (start[b] as number) + (budgets[b] as number));
+        return chainTree(s.history[s.history.length - 1] as number, drafts);
+      }),
+    };
+  }
+
+  async update(seqs: readonly SpecSequence[]): Promise<void> {
+    for (const s of seqs) {
+      const st = this.states.get(s.key);
+      if (!st) continue;
+      const h = st.seq.history;
+      const outer = s.history;
+      // Agreeing prefix of the draft's history and the outer one (the outer may have rejected
+      // drafts and appended a different bonus).
+      let common = Math.min(st.synced, h.length, outer.length);
+      while (common < h.length && common < outer.length && h[common] === outer[common]) common++;
+      const keep = Math.min(st.seq.committed, common, outer.length - 1);
+      const diverged = common < h.length;
+      if (keep < st.seq.committed) {
+        this.draft.truncate(st.seq.modelSeq, keep);
+        st.seq.committed = keep;
+      }
+      st.seq.history = outer.slice();
+      st.synced = outer.length;
+      if (diverged) this.inner.rewind?.(st.seq);
+    }
+  }
+
+  release(seq: SpecSequence): void {
+    const st = this.states.get(seq.key);
+    if (!st) return;
+    this.states.delete(seq.key);
+    this.engine.close(st.seq);
+  }
+
+  /** Frees the inner sequences and disposes the inner speculator. */
+  dispose(): void {
+    for (const st of this.states.values()) this.engine.close(st.seq);
+    this.states.clear();
+    this.inner.dispose();
+  }
+}

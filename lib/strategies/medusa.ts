@@ -1,0 +1,275 @@
+// Medusa: extra decoding heads on the target's last hidden state. Head h predicts the token h + 2
+// positions ahead of the node whose hidden state it reads (the target's own LM head predicts +1:
+// the bonus token, which becomes the next root). Candidates form a tree given by medusaChoices.
+//
+// Heads use the FasterDecoding layout: a directory with config.json (medusa_num_heads,
+// medusa_num_layers, base_model_name_or_path) and medusa_lm_head.safetensors holding, per head h,
+// `{h}.{l}.linear.weight` [H, H] and `{h}.{l}.linear.bias` [H] for l < L (ResBlock:
+// x + SiLU(W x + b)) and `{h}.{L}.weight` [V, H] (the head's LM head), L = medusa_num_layers.
+//
+// Modes: greedy (temperature 0, lossless), exact sampling (one-hot tree rejection: candidates are
+// deterministic top-k picks, lossless), and Medusa's typical acceptance (LOSSY: it accepts any
+// candidate whose target probability exceeds min(posteriorThreshold, posteriorAlpha * exp(-H(p))),
+// so the output does not follow the target distribution exactly).
+import * as fs from 'fs';
+import * as path from 'path';
+
+import { gatherRows } from '../decoder';
+import { addInplace, matmul, siluInplace } from '../layers';
+import type { CausalLM, ForwardOutput } from '../models/causal_lm';
+import { topK } from '../sampling';
+import { openSafetensors } from '../safetensors';
+import type { Device, Tensor } from '../tensor';
+import { MC_SIM_7B_63, MEDUSA_PRESETS, medusaTree, medusaTreeShape, pruneTree, type MedusaChoices, type MedusaTreeShape } from '../tree';
+import { codedError, type ProposalBatch, type SpecSequence, type Speculator, type StepReport } from './speculator';
+
+export interface MedusaConfig {
+  readonly numHeads: number;
+  readonly numLayers: number;
+  readonly baseModel: string | undefined;
+  readonly hiddenSize: number;
+  readonly vocabSize: number;
+}
+
+interface HeadWeights {
+  readonly blocks: { readonly w: Tensor; readonly b: Tensor }[];
+  readonly lmHead: Tensor;
+}
+
+/** Loaded Medusa heads (weights on one device). */
+export class MedusaHeads {
+  private disposed = false;
+
+  private constructor(
+    readonly config: MedusaConfig,
+    private readonly heads: HeadWeights[],
+    readonly device: Device,
+  ) {}
+
+  /** Loads a FasterDecoding-layout directory; E_IO / E_FORMAT naming the file on problems. */
+  static load(dir: string, opts: { device?: Device } = {}): MedusaHeads {
+    const device = opts.device ?? 'cpu';
+    const cfgPath = path.join(dir, 'config.json');
+    let cfg: Record<string, unknown>;
+    try {
+      cfg = JSON.parse(fs.readFileSync(cfgPath, 'utf8')) as Record<string, unknown>;
+    } catch (e) {
+      const err = e as NodeJS.ErrnoException;
+      throw codedError(err.code === 'ENOENT' ? 'E_IO' : 'E_FORMAT', `Medusa heads: cannot read ${cfgPath}: ${err.message}`);
+    }
+    const numHeads = cfg['medusa_num_heads'];
+    const numLayers = cfg['medusa_num_layers'];
+    if (typeof numHeads !== 'number' || !Number.isInteger(numHeads) || numHeads < 1) {
+      throw codedError('E_FORMAT', `Medusa heads: ${cfgPath}: medusa_num_heads must be a positive integer, got ${JSON.stringify(numHeads)}`);
+    }
+    if (typeof numLayers !== 'number' || !Number.isInteger(numLayers) || numLayers < 0) {
+      throw codedError('E_FORMAT', `Medusa heads: ${cfgPath}: medusa_num_layers must be a non-negative integer, got ${JSON.stringify(numLayers)}`);
+    }
+    const base = cfg['base_model_name_or_path'];
+    const stPath = path.join(dir, 'medusa_lm_head.safetensors');
+    if (!fs.existsSync(stPath)) throw codedError('E_IO', `Medusa heads: ${stPath} not found`);
+    const f = openSafetensors(stPath);
+    const loaded: Tensor[] = [];
+    try {
+      const need = (name: string, rank: number): number[] => {
+        if (!f.has(name)) throw codedError('E_FORMAT', `Medusa heads: ${stPath} has no tensor '${name}'`);
+        const shape = f.info(name).shape;
+        if (shape.length !== rank) throw codedError('E_FORMAT', `Medusa heads: ${stPath}: '${name}' has shape [${shape}], expected rank ${rank}`);
+        return shape;
+      };
+      const lm0 = need(`0.${numLayers}.weight`, 2);
+      const [V, H] = lm0 as [number, number];
+      const heads: HeadWeights[] = [];
+      for (let h = 0; h < numHeads; h++) {
+        const blocks: { w: Tensor; b: Tensor }[] = [];
+        for (let l = 0; l < numLayers; l++) {
+          const wn = `${h}.${l}.linear.weight`;
+          const bn = `${h}.${l}.linear.bias`;
+          const ws = need(wn, 2);
+          const bs = need(bn, 1);
+          if (ws[0] !== H || ws[1] !== H || bs[0] !== H) {
+            throw codedError('E_FORMAT', `Medusa heads: ${stPath}: '${wn}' [${ws}] / '${bn}' [${bs}] do not match hidden size ${H}`);
+          }
+          const w = f.load(wn, device);
+          loaded.push(w);
+          const b = f.load(bn, device);
+          loaded.push(b);
+          blocks.push({ w, b });
+        }
+        const ln = `${h}.${numLayers}.weight`;
+        const ls = need(ln, 2);
+        if (ls[0] !== V || ls[1] !== H) throw codedError('E_FORMAT', `Medusa heads: ${stPath}: '${ln}' is [${ls}], expected [${V}, ${H}]`);
+        const lmHead = f.load(ln, device);
+        loaded.push(lmHead);
+        heads.push({ blocks, lmHead });
+      }
+      return new MedusaHeads(
+        { numHeads, numLayers, baseModel: typeof base === 'string' ? base : undefined, hiddenSize: H, vocabSize: V },
+        heads,
+        device,
+      );
+    } catch (e) {
+      for (const t of loaded) t.dispose();
+      throw e;
+    } finally {
+      f.close();
+    }
+  }
+
+  /** Head logits for hidden states x f32 [B, H]: one f32 [B, V] tensor per head (caller disposes). */
+  apply(x: Tensor, numHeads = this.config.numHeads): Tensor[] {
+    if (this.disposed) throw codedError('E_DISPOSED', 'Medusa heads were disposed');
+    const out: Tensor[] = [];
+    try {
+      for (let h = 0; h < numHeads; h++) {
+        const head = this.heads[h] as HeadWeights;
+        let cur = x;
+        for (const { w, b } of head.blocks) {
+          // ResBlock: cur + silu(W cur + b), into a fresh tensor (x is shared by all heads).
+          const y = matmul(cur, w, b);
+          siluInplace(y);
+          addInplace(y, cur);
+          if (cur !== x) cur.dispose();
+          cur = y;
+        }
+        out.push(matmul(cur, head.lmHead));
+        if (cur !== x) cur.dispose();
+      }
+      return out;
+    } catch (e) {
+      for (const t of out) t.dispose();
+      throw e;
+    }
+  }
+
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    for (const h of this.heads) {
+      for (const { w, b } of h.blocks) {
+        w.dispose();
+        b.dispose();
+      }
+      h.lmHead.dispose();
+    }
+  }
+}
+
+export interface MedusaOptions {
+  readonly heads: MedusaHeads;
+  /**
+   * A preset name (mc_sim_7b_63, small_16, small_8, chain_4) or any choices list. Default
+   * mc_sim_7b_63 without the choices deeper than the number of heads.
+   */
+  readonly choices?: MedusaChoices | string;
+  /** When sampling: 'exact' (tree rejection, lossless; default) or 'typical' (LOSSY). */
+  readonly sampling?: 'exact' | 'typical';
+  /** Typical acceptance epsilon (Medusa posterior_threshold). */
+  readonly posteriorThreshold?: number;
+  /** Typical acceptance delta (Medusa posterior_alpha). */
+  readonly posteriorAlpha?: number;
+}
+
+export class MedusaSpeculator implements Speculator {
+  readonly name = 'medusa';
+  readonly wantsHidden = true;
+  readonly heads: MedusaHeads;
+  readonly shape: MedusaTreeShape;
+  readonly samplingVerifyMode: 'rejection' | 'typical';
+  readonly typicalThreshold: number;
+  readonly typicalAlpha: number;
+  /** Per sequence: top-k candidate ids of each head for the next step ([head][rank]). */
+  private readonly cands = new Map<number, Int32Array[]>();
+
+  constructor(opts: MedusaOptions) {
+    this.heads = opts.heads;
+    // The default preset is cut to the heads there are; an explicit list must fit them.
+    const choices =
+      typeof opts.choices === 'string'
+        ? MEDUSA_PRESETS[opts.choices]
+        : (opts.choices ?? MC_SIM_7B_63.filter((c) => c.length <= opts.heads.config.numHeads));
+    if (!choices) throw codedError('E_ARG', `medusa: unknown choices preset '${String(opts.choices)}' (have ${Object.keys(MEDUSA_PRESETS).join(', ')})`);
+    this.shape = medusaTreeShape(choices);
+    if (this.shape.depth > this.heads.config.numHeads) {
+      throw codedError('E_ARG', `medusa: the choices are ${this.shape.depth} deep but there are only ${this.heads.config.numHeads} heads`);
+    }
+    if (this.shape.topK > this.heads.config.vocabSize) throw codedError('E_ARG', `medusa: choices need top-${this.shape.topK} > vocabulary`);
+    this.samplingVerifyMode = opts.sampling === 'typical' ? 'typical' : 'rejection';
+    this.typicalThreshold = opts.posteriorThreshold ?? 0.09;
+    this.typicalAlpha = opts.posteriorAlpha ?? 0.3;
+  }
+
+  attach(model: CausalLM): void {
+    const c = this.heads.config;
+    if (c.hiddenSize !== model.config.hiddenSize) {
+      throw codedError('E_ARG', `medusa: heads have hidden size ${c.hiddenSize} but the target has ${model.config.hiddenSize}`);
+    }
+    if (c.vocabSize !== model.config.vocabSize) {
+      throw codedError('E_ARG', `medusa: heads have vocabulary ${c.vocabSize} but the target has ${model.config.vocabSize}`);
+    }
+    if (this.heads.device !== model.device) {
+      throw codedError('E_ARG', `medusa: heads are on ${this.heads.device} but the target is on ${model.device}`);
+    }
+  }
+
+  /** Runs the heads on output rows `rows` (one per sequence) and stores the top-k candidates. */
+  private observe(seqs: readonly SpecSequence[], out: ForwardOutput, rows: number[]): void {
+    if (!out.hidden) throw codedError('E_ARG', 'medusa: the forward returned no hidden states');
+    const H = this.heads.config.hiddenSize;
+    const x = gatherRows(rows.map((row) => ({ tensor: out.hidden as Tensor, row })), H, this.heads.device);
+    const K = this.shape.topK;
+    let logits: Tensor[] = [];
+    try {
+      logits = this.heads.apply(x, this.shape.depth);
+      const perHead = logits.map((l) => {
+        const t = topK(l, K);
+        const ids = t.ids.toInt32();
+        t.ids.dispose();
+        t.values.dispose();
+        return ids;
+      });
+      seqs.forEach((s, b) => this.cands.set(s.key, perHead.map((ids) => ids.slice(b * K, (b + 1) * K))));
+    } finally {
+      x.dispose();
+      for (const l of logits) l.dispose();
+    }
+  }
+
+  async prefill(seqs: readonly SpecSequence[], output: ForwardOutput, lastRows: Int32Array): Promise<void> {
+    this.observe(seqs, output, Array.from(lastRows));
+  }
+
+  async propose(seqs: readonly SpecSequence[]): Promise<ProposalBatch> {
+    return {
+      proposals: seqs.map((s) => {
+        const root = s.history[s.history.length - 1] as number;
+        const c = this.cands.get(s.key);
+        if (!c || s.maxDepth === 0) return { tokens: Int32Array.of(root), parents: Int32Array.of(-1) };
+        const tree = medusaTree(this.shape, root, (h, r) => c[h]![r] as number);
+        return this.shape.depth > s.maxDepth ? pruneTree(tree, s.maxDepth).tree : tree;
+      }),
+    };
+  }
+
+  async update(seqs: readonly SpecSequence[], report: StepReport): Promise<void> {
+    // The heads read the hidden state of the last accepted node (the one that produced the bonus).
+    const rows = seqs.map((_, b) => {
+      const acc = report.acceptedNodes[b] as Int32Array;
+      return (report.output.indptr[b] as number) + (acc[acc.length - 1] as number);
+    });
+    this.observe(seqs, report.output, rows);
+  }
+
+  rewind(seq: SpecSequence): void {
+    this.cands.delete(seq.key);
+  }
+
+  release(seq: SpecSequence): void {
+    this.cands.delete(seq.key);
+  }
+
+  /** Frees the candidate state; the heads belong to the caller (dispose them separately). */
+  dispose(): void {
+    this.cands.clear();
+  }
+}

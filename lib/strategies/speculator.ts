@@ -1,0 +1,107 @@
+// The Speculator interface: what the decoder asks of a strategy. A speculator proposes one token
+// tree per sequence (node 0 = the root, the last emitted token not yet in the model's KV cache),
+// sees the model's outputs of the forward that verified it, and keeps its own state in sync
+// (e.g. a draft model's KV cache). Speculators depend only on CausalLM.
+import type { CausalLM, ForwardOutput } from '../models/causal_lm';
+import type { Tensor } from '../tensor';
+import type { PackedMask, TokenTree } from '../tree';
+
+/** Sampling configuration of a run; undefined = greedy. */
+export interface SamplingConfig {
+  readonly temperature: number;
+  readonly topK?: number;
+  readonly topP?: number;
+  readonly minP?: number;
+}
+
+/** A sequence's counter-based RNG stream: a fixed Philox key and a fresh counter offset per draw call. */
+export interface SeqRng {
+  readonly seed: bigint;
+  /** The next unused counter offset (each native sample/verify call takes one). */
+  next(): bigint;
+}
+
+/** What a speculator may read about a sequence. */
+export interface SpecSequence {
+  /** Unique per decoder run (use it to key per-sequence state). */
+  readonly key: number;
+  /** All tokens so far: prompt + emitted; the last one is the root (not yet in the model's cache). */
+  readonly history: readonly number[];
+  readonly promptLength: number;
+  /** The model's committed length (= history.length - 1). */
+  readonly committed: number;
+  /** Deepest draft node worth proposing this step (so a step never overshoots maxNewTokens). */
+  readonly maxDepth: number;
+  /** Largest position id the model accepts (maxPositions - 1). */
+  readonly maxPosition: number;
+  readonly rng: SeqRng;
+}
+
+/** One sequence's proposal: a tree, optionally with its own positions and mask (lookahead). */
+export interface Proposal extends TokenTree {
+  /** Absolute position ids; default committed + depth. Required when the tree has -2 nodes. */
+  readonly positions?: Int32Array;
+  /** Visibility among the nodes; default the ancestor mask. Required when the tree has -2 nodes. */
+  readonly mask?: PackedMask;
+}
+
+export interface ProposalBatch {
+  readonly proposals: readonly Proposal[];
+  /**
+   * Sampling only: f32 [sum of nodes, V], row i = the draft distribution node i's children were
+   * drawn from (without replacement, in child order). Omitted = deterministic drafts (one-hot).
+   * The decoder disposes it.
+   */
+  readonly draftProbs?: Tensor;
+}
+
+export interface ProposeContext {
+  readonly sampling?: SamplingConfig;
+  readonly signal?: AbortSignal;
+}
+
+/** What the model's verifying forward produced and what verification kept, per sequence. */
+export interface StepReport {
+  readonly proposals: readonly Proposal[];
+  /** The model's forward over the proposals (rows ragged by output.indptr). Valid only during update(). */
+  readonly output: ForwardOutput;
+  /** Accepted node indices per sequence, root first (committed to the model's cache). */
+  readonly acceptedNodes: readonly Int32Array[];
+  /** Emitted tokens per sequence: accepted drafts + the bonus (the next root). */
+  readonly emitted: readonly Int32Array[];
+}
+
+export interface Speculator {
+  readonly name: string;
+  /** The verifying forward must return hidden states (Medusa heads). */
+  readonly wantsHidden: boolean;
+  /** Verification mode when sampling: 'rejection' (exact, default) or 'typical' (Medusa; LOSSY). */
+  readonly samplingVerifyMode?: 'rejection' | 'typical';
+  readonly typicalThreshold?: number;
+  readonly typicalAlpha?: number;
+  /** Checks compatibility with the model it drafts for (vocabulary, hidden size). Throws E_ARG. */
+  attach(model: CausalLM): void;
+  /**
+   * The model consumed a chain of tokens for these sequences (prompt prefill, or a catch-up):
+   * output row lastRows[b] is the model's output at the token right before seqs[b]'s root.
+   */
+  prefill(seqs: readonly SpecSequence[], output: ForwardOutput, lastRows: Int32Array, ctx: ProposeContext): Promise<void>;
+  propose(seqs: readonly SpecSequence[], ctx: ProposeContext): Promise<ProposalBatch>;
+  /** After verification and the model's commit; seqs' histories already include the emitted tokens. */
+  update(seqs: readonly SpecSequence[], report: StepReport, ctx: ProposeContext): Promise<void>;
+  /**
+   * The sequence's history was cut back (an outer verification rejected tokens this speculator's
+   * model had already taken): drop any state past history.length.
+   */
+  rewind?(seq: SpecSequence): void;
+  /** The sequence left the batch (finished or aborted): free its state (e.g. draft KV pages). */
+  release(seq: SpecSequence): void;
+  dispose(): void;
+}
+
+/** Error with a code, like the native ones. */
+export function codedError(code: string, message: string): Error & { code: string } {
+  const e = new Error(message) as Error & { code: string };
+  e.code = code;
+  return e;
+}

@@ -1,0 +1,52 @@
+// Text <-> token ids through the model directory's tokenizer.json (HF tokenizers format), using the
+// maintained @huggingface/tokenizers library. A model without tokenizer.json works with ids only.
+import * as fs from 'fs';
+import * as path from 'path';
+import type { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
+import { codedError } from './models/config';
+
+function readJson(file: string): unknown {
+  try {
+    return JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (e) {
+    throw codedError('E_FORMAT', `${file}: ${(e as Error).message.split('\n')[0]}`);
+  }
+}
+
+export class TextTokenizer {
+  private constructor(
+    private readonly tok: HfTokenizer,
+    readonly file: string,
+  ) {}
+
+  /** The tokenizer of a model directory, or undefined when it has no tokenizer.json. */
+  static load(dir: string): TextTokenizer | undefined {
+    const file = path.join(dir, 'tokenizer.json');
+    if (!fs.existsSync(file)) return undefined;
+    const json = readJson(file);
+    const cfgFile = path.join(dir, 'tokenizer_config.json');
+    const config = fs.existsSync(cfgFile) ? readJson(cfgFile) : {};
+    // Loaded on demand: a model used with ids only never pays for it.
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const { Tokenizer } = require('@huggingface/tokenizers') as typeof import('@huggingface/tokenizers');
+    try {
+      return new TextTokenizer(new Tokenizer(json as object, config as object), file);
+    } catch (e) {
+      throw codedError('E_FORMAT', `${file}: unsupported or malformed tokenizer (${(e as Error).message.split('\n')[0]})`);
+    }
+  }
+
+  /** Token ids of `text` (special tokens such as BOS added as the tokenizer's post-processor says). */
+  encode(text: string, options: { addSpecialTokens?: boolean } = {}): Int32Array {
+    return Int32Array.from(this.tok.encode(text, { add_special_tokens: options.addSpecialTokens ?? true }).ids);
+  }
+
+  decode(ids: ArrayLike<number>, options: { skipSpecialTokens?: boolean } = {}): string {
+    return this.tok.decode(Array.from(ids), { skip_special_tokens: options.skipSpecialTokens ?? false });
+  }
+
+  /** Id of a token string (e.g. '</s>'), or undefined. */
+  tokenToId(token: string): number | undefined {
+    return this.tok.token_to_id(token);
+  }
+}

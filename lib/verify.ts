@@ -1,0 +1,88 @@
+// Batched verification of speculated token trees: one native launch per batch (CPU reference or
+// CUDA), semantics in cpp/core/spec_math.h.
+import { native } from './native';
+import type { Tensor } from './tensor';
+
+/**
+ * - 'greedy': follow the target argmax down the tree (target = logits). Lossless for greedy decoding.
+ * - 'rejection': exact speculative sampling (target = processed probs). With `draft` (the draft
+ *   distribution each node's children were drawn from, in child order, without replacement):
+ *   recursive rejection sampling (a chain is Leviathan/Chen). Without `draft`: deterministic drafts
+ *   (q one-hot per child: Medusa top-k, lookahead, prompt lookup). The emitted tokens are
+ *   distributed exactly as the target.
+ * - 'typical': Medusa typical acceptance, p(x) > min(typicalThreshold, typicalAlpha * exp(-H(p))),
+ *   longest accepted path. LOSSY: the output is NOT distributed as the target.
+ */
+export type VerifyMode = 'greedy' | 'rejection' | 'typical';
+
+export interface VerifyInput {
+  mode: VerifyMode;
+  /** i32 [B + 1]: nodes of sequence b are nodeIndptr[b] .. nodeIndptr[b + 1]. */
+  nodeIndptr: Int32Array;
+  /**
+   * i32 [N], local to each sequence: node 0 is the root (the last emitted token, not yet in the KV
+   * cache) with parent -1; other nodes have a parent in [0, i); -2 marks a non-candidate node.
+   */
+  parents: Int32Array;
+  /** i32 [N]: each node's token. */
+  tokens: Int32Array;
+  /** [N, V]: the target's distribution of each node's child. greedy: logits; otherwise processed probs f32. */
+  target: Tensor;
+  /** rejection only: f32 [N, V], the draft distribution node i's children were drawn from. */
+  draft?: Tensor;
+  /** u64 [B]: Philox key per sequence (rejection, typical). */
+  seeds?: BigUint64Array;
+  /** u64 [B]: Philox counter per sequence; advance it by 1 per verify call. */
+  offsets?: BigUint64Array;
+  /** Medusa posterior_threshold (epsilon), default 0.09. */
+  typicalThreshold?: number;
+  /** Medusa posterior_alpha (delta), default 0.3. */
+  typicalAlpha?: number;
+  /** Length of depthAccepts; default: the largest node count of a sequence minus 1. */
+  maxDepth?: number;
+}
+
+export interface VerifyOutput {
+  /** Per sequence: accepted node indices (local), root first. */
+  acceptedNodes: Int32Array[];
+  /** Per sequence: accepted draft tokens, then one correction/bonus token (same length as acceptedNodes). */
+  emitted: Int32Array[];
+  /** i32 [B]: accepted nodes including the root = tokens emitted. */
+  acceptCount: Int32Array;
+  /** depthAccepts[d]: sequences whose accepted path reaches depth d + 1. */
+  depthAccepts: Int32Array;
+}
+
+/** Verifies a ragged batch of trees in one native launch (index arrays go to target's device). */
+export function verify(input: VerifyInput): VerifyOutput {
+  const { nodeIndptr } = input;
+  let maxDepth = input.maxDepth;
+  if (maxDepth === undefined) {
+    maxDepth = 0;
+    for (let b = 0; b + 1 < nodeIndptr.length; b++)
+      maxDepth = Math.max(maxDepth, (nodeIndptr[b + 1] ?? 0) - (nodeIndptr[b] ?? 0) - 1);
+  }
+  const args: SpecdecNative.NativeVerifyInput = {
+    mode: input.mode,
+    nodeIndptr,
+    parents: input.parents,
+    tokens: input.tokens,
+    target: input.target,
+    maxDepth,
+  };
+  if (input.draft !== undefined) args.draft = input.draft;
+  if (input.seeds !== undefined) args.seeds = input.seeds;
+  if (input.offsets !== undefined) args.offsets = input.offsets;
+  if (input.typicalThreshold !== undefined) args.typicalThreshold = input.typicalThreshold;
+  if (input.typicalAlpha !== undefined) args.typicalAlpha = input.typicalAlpha;
+  const r = native().verifyTree(args);
+  const acceptedNodes: Int32Array[] = [];
+  const emitted: Int32Array[] = [];
+  for (let b = 0; b < r.acceptCount.length; b++) {
+    const s = nodeIndptr[b] ?? 0;
+    const n = r.acceptCount[b] ?? 0;
+    acceptedNodes.push(r.acceptedNodes.subarray(s, s + n));
+    emitted.push(r.emitted.subarray(s, s + n));
+  }
+  return { acceptedNodes, emitted, acceptCount: r.acceptCount, depthAccepts: r.depthAccepts };
+}

@@ -1,0 +1,178 @@
+// `specdec generate` end to end: spawns bin/specdec.js (the real entry point) on random checkpoints
+// and checks the tokens against the float64 reference's greedy continuation, the batch file, the
+// RNG-stream contract, and that bad input exits non-zero with one line on stderr.
+import * as assert from 'assert';
+import { spawnSync } from 'child_process';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { generateCommand, parseGenerateFlags } from '../lib/cli/generate';
+import { TextTokenizer } from '../lib/tokenizer';
+import { configJson, specByName, writeCheckpoint } from './fixtures/checkpoints';
+import { rng, testSeed } from './helpers';
+import { LlamaReference } from './reference/llama_ref';
+
+const bin = path.resolve(__dirname, '..', '..', 'bin', 'specdec.js');
+
+interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+function cli(args: string[]): Run {
+  const r = spawnSync(process.execPath, [bin, 'generate', ...args], { encoding: 'utf8', env: { ...process.env, SPECDEC_BACKEND: 'cpu' } });
+  return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+}
+
+interface Record {
+  tokens: number[];
+  text: string;
+  stats: { targetForwards: number; tokensPerForward: number; acceptanceRate: number; acceptedPerPosition: number[]; seconds: number; tokensPerSecond: number };
+}
+
+/** Greedy tokens equal the reference's, up to a step where its top-2 logits are too close to call. */
+function assertSameGreedy(got: readonly number[], ref: { tokens: number[]; gaps: number[] }, what: string): void {
+  for (let s = 0; s < ref.tokens.length; s++) {
+    if (got[s] !== ref.tokens[s]) {
+      assert.ok(ref.gaps[s]! < 1e-3, `${what}: step ${s}: got ${got[s]}, reference ${ref.tokens[s]} (gap ${ref.gaps[s]})`);
+      return;
+    }
+  }
+  assert.strictEqual(got.length, ref.tokens.length, `${what}: length`);
+}
+
+function assertOneLineError(r: Run, re: RegExp): void {
+  assert.notStrictEqual(r.code, 0, `expected a failure, got exit 0 (stdout ${r.stdout})`);
+  const lines = r.stderr.split('\n').filter((l) => l.length > 0);
+  assert.strictEqual(lines.length, 1, `expected one stderr line, got:\n${r.stderr}`);
+  assert.match(lines[0]!, re);
+  assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
+  assert.strictEqual(r.stdout, '');
+}
+
+describe('specdec generate (cli)', function () {
+  this.timeout(60000);
+  let root: string;
+  let dir: string; // llama-gqa-f32: tokenizer.json, EOS = 2
+  let bare: string; // mistral-bf16: no tokenizer
+  let ref: LlamaReference;
+  let bareRef: LlamaReference;
+  const r = rng(testSeed + 99);
+  const ids = (n: number): number[] => Array.from({ length: n }, () => 3 + Math.floor(r() * 90));
+
+  before(() => {
+    root = fs.mkdtempSync(path.join(os.tmpdir(), 'specdec-cli-test-'));
+    dir = path.join(root, 'llama');
+    bare = path.join(root, 'mistral');
+    writeCheckpoint(dir, specByName('llama-gqa-f32'), testSeed + 1);
+    writeCheckpoint(bare, specByName('mistral-bf16'), testSeed + 2);
+    ref = new LlamaReference(dir);
+    bareRef = new LlamaReference(bare);
+  });
+  after(() => fs.rmSync(root, { recursive: true, force: true }));
+
+  it('--prompt-ids --json: the greedy continuation of the float64 reference, with the stats fields', () => {
+    const prompt = ids(12);
+    const res = cli(['--model', bare, '--prompt-ids', prompt.join(','), '--max-new-tokens', '8', '--json', '--device', 'cpu']);
+    assert.strictEqual(res.code, 0, res.stderr);
+    const rec = JSON.parse(res.stdout) as Record;
+    assertSameGreedy(rec.tokens, bareRef.greedy(prompt, 8), 'prompt-ids');
+    assert.strictEqual(rec.text, '', 'no tokenizer: empty text');
+    assert.strictEqual(rec.stats.targetForwards, rec.tokens.length);
+    assert.strictEqual(rec.stats.tokensPerForward, 1);
+    assert.strictEqual(rec.stats.acceptanceRate, 0);
+    assert.deepStrictEqual(rec.stats.acceptedPerPosition, []);
+    assert.ok(rec.stats.seconds > 0 && rec.stats.tokensPerSecond > 0);
+    assert.strictEqual(res.stdout.trim().split('\n').length, 1, 'one JSON document');
+  });
+
+  it('--prompt TEXT goes through tokenizer.json; text is the decoded continuation; stops at EOS', () => {
+    const text = 'The big red cat sat on the mat';
+    const res = cli(['--model', dir, '--prompt', text, '--max-new-tokens', '8', '--json']);
+    assert.strictEqual(res.code, 0, res.stderr);
+    const rec = JSON.parse(res.stdout) as Record;
+    const tok = TextTokenizer.load(dir)!;
+    const promptIds = Array.from(tok.encode(text));
+    assert.strictEqual(promptIds[0], 1, 'BOS first');
+    assertSameGreedy(rec.tokens, ref.greedy(promptIds, 8, [2]), 'prompt');
+    assert.strictEqual(rec.text, tok.decode(rec.tokens, { skipSpecialTokens: true }));
+    // Without --json: the text on stdout, a stats line on stderr.
+    const plain = cli(['--model', dir, '--prompt', text, '--max-new-tokens', '8']);
+    assert.strictEqual(plain.code, 0, plain.stderr);
+    assert.strictEqual(plain.stdout, rec.text + '\n');
+    assert.match(plain.stderr, /tokens in .* s/);
+  });
+
+  it('--batch-file: strings and id arrays run as one batch, results in input order', () => {
+    const a = ids(5);
+    const b = ids(17);
+    const file = path.join(root, 'batch.json');
+    fs.writeFileSync(file, JSON.stringify([a, 'hello world', b]));
+    const res = cli(['--model', dir, '--batch-file', file, '--max-new-tokens', '6', '--json']);
+    assert.strictEqual(res.code, 0, res.stderr);
+    const recs = JSON.parse(res.stdout) as Record[];
+    assert.strictEqual(recs.length, 3);
+    const hello = Array.from(TextTokenizer.load(dir)!.encode('hello world'));
+    assertSameGreedy(recs[0]!.tokens, ref.greedy(a, 6, [2]), 'item 0');
+    assertSameGreedy(recs[1]!.tokens, ref.greedy(hello, 6, [2]), 'item 1');
+    assertSameGreedy(recs[2]!.tokens, ref.greedy(b, 6, [2]), 'item 2');
+  });
+
+  it('sampling: sequence i of a batch draws from stream (seed, i), so item 0 equals the prompt run alone', () => {
+    const a = ids(6);
+    const file = path.join(root, 'batch2.json');
+    fs.writeFileSync(file, JSON.stringify([a, ids(9)]));
+    const common = ['--model', bare, '--max-new-tokens', '10', '--temperature', '1.3', '--top-k', '40', '--top-p', '0.95', '--seed', '77', '--json'];
+    const batch = JSON.parse(cli([...common, '--batch-file', file]).stdout) as Record[];
+    const alone = JSON.parse(cli([...common, '--prompt-ids', a.join(',')]).stdout) as Record;
+    assert.deepStrictEqual(batch[0]!.tokens, alone.tokens);
+    const other = JSON.parse(cli([...common.slice(0, -3), '--seed', '78', '--json', '--prompt-ids', a.join(',')]).stdout) as Record;
+    assert.strictEqual(other.tokens.length, 10);
+  });
+
+  it('bad input exits non-zero with one line on stderr', () => {
+    assertOneLineError(cli(['--prompt-ids', '1,2']), /--model DIR is required/);
+    assertOneLineError(cli(['--model', path.join(root, 'nope'), '--prompt-ids', '1,2']), /not a model directory/);
+    const broken = path.join(root, 'broken');
+    fs.mkdirSync(broken);
+    fs.writeFileSync(path.join(broken, 'config.json'), JSON.stringify({ ...configJson(specByName('llama-gqa-f32')), architectures: ['BertModel'] }));
+    assertOneLineError(cli(['--model', broken, '--prompt-ids', '1,2']), /unsupported architecture.*\[E_FORMAT\]/);
+    assertOneLineError(cli(['--model', bare, '--prompt-ids', '1,96']), /token id 96 is outside the vocabulary \[0, 96\).*\[E_ARG\]/);
+    assertOneLineError(cli(['--model', bare, '--prompt-ids', '1,x']), /--prompt-ids: expected comma-separated token ids/);
+    assertOneLineError(cli(['--model', bare, '--prompt-ids', '1', '--frobnicate']), /unknown flag '--frobnicate'/);
+    assertOneLineError(cli(['--model', bare, '--prompt-ids', '1', '--max-new-tokens', '-3']), /--max-new-tokens: expected an integer >= 1/);
+    assertOneLineError(cli(['--model', bare, '--prompt-ids', '1', '--temperature', 'hot']), /--temperature: expected a number >= 0/);
+    assertOneLineError(cli(['--model', bare, '--prompt-ids', '1', '--device', 'tpu']), /--device: expected cpu, cuda or auto/);
+    assertOneLineError(cli(['--model', bare, '--prompt-ids', Array.from({ length: 130 }, () => 5).join(',')]), /130 tokens do not fit the context of 128/);
+    assertOneLineError(cli(['--model', bare, '--prompt', 'hello']), /has no tokenizer\.json/);
+    assertOneLineError(cli(['--model', bare, '--prompt', 'a', '--prompt-ids', '1']), /exactly one of --prompt, --prompt-ids or --batch-file/);
+    assertOneLineError(cli(['--model', bare, '--prompt-ids', '1', '--lookahead', '4,3']), /--lookahead: expected W,N,G/);
+    assertOneLineError(cli(['--model', bare, '--prompt-ids', '1', '--prompt-lookup', '3']), /strategy flags .* are not wired yet/);
+    const badBatch = path.join(root, 'bad-batch.json');
+    fs.writeFileSync(badBatch, JSON.stringify([[1, 2], { text: 'x' }]));
+    assertOneLineError(cli(['--model', bare, '--batch-file', badBatch]), /item 1 must be a string or a non-empty array of token ids/);
+  });
+
+  it('in process: parses every DESIGN §6 flag; a strategy hook receives the flags and the target', async () => {
+    const f = parseGenerateFlags(['--model', 'm', '--lookahead=5,3,2', '--prompt-ids', '4,5', '--max-new-tokens', '3', '--temperature', '0.5', '--top-k', '3', '--top-p', '0.9', '--seed', '9', '--device', 'cpu', '--json']);
+    assert.deepStrictEqual(f.strategy, { lookahead: [5, 3, 2] });
+    assert.deepStrictEqual(Array.from(f.promptIds!), [4, 5]);
+    assert.strictEqual(f.topP, 0.9);
+    assert.throws(() => parseGenerateFlags(['--draft', 'a', '--medusa', 'b', '--prompt-ids', '1']), /exclusive/);
+    let out = '';
+    let seen: string | undefined;
+    const code = await generateCommand(['--model', bare, '--draft', 'somewhere', '--prompt-ids', '3,4', '--json', '--device', 'cpu'], {
+      stdout: (s) => (out += s),
+      stderr: (s) => assert.fail(s),
+      strategyHook: async ({ flags, target, prompts }) => {
+        seen = flags.strategy.draft;
+        assert.strictEqual(target.config.vocabSize, 96);
+        return prompts.map(() => ({ tokens: [7], text: '', stats: { targetForwards: 1, tokensPerForward: 1, acceptanceRate: 0.5, acceptedPerPosition: [1], seconds: 1, tokensPerSecond: 1 } }));
+      },
+    });
+    assert.strictEqual(code, 0);
+    assert.strictEqual(seen, 'somewhere');
+    assert.deepStrictEqual((JSON.parse(out) as Record).tokens, [7]);
+  });
+});

@@ -1,0 +1,636 @@
+// The Llama-family runner against a float64 reference (test/reference/llama_ref.ts) on random
+// checkpoints (test/fixtures/checkpoints.ts): logits, greedy decoding, batch invariance, trees,
+// KV bookkeeping, loader validation and input errors.
+import * as assert from 'assert';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { LlamaModel } from '../lib/models/llama';
+import { parseLlamaConfig } from '../lib/models/config';
+import { plainGenerate, streamOffset } from '../lib/plain';
+import { processLogits } from '../lib/sampling';
+import { TextTokenizer } from '../lib/tokenizer';
+import type { Tensor } from '../lib/tensor';
+import { CHECKPOINTS, configJson, specByName, writeCheckpoint, type CheckpointSpec } from './fixtures/checkpoints';
+import { chiSquare, chiSquareCritical, describeCuda, rng, testSeed } from './helpers';
+import { LlamaReference } from './reference/llama_ref';
+
+// f32 activations vs float64 over 2 layers of width <= 128: rounding stays far below 3e-5 relative;
+// a real bug (wrong rope, mask, bias, scaling) moves logits by O(0.1). Observed: ~2e-6.
+const TOL = 3e-5;
+
+function assertClose(got: ArrayLike<number>, want: ArrayLike<number>, what: string, tol = TOL): void {
+  assert.strictEqual(got.length, want.length, `${what}: length`);
+  let worst = 0;
+  let at = -1;
+  for (let i = 0; i < got.length; i++) {
+    const g = got[i] as number;
+    const w = want[i] as number;
+    const err = Math.abs(g - w) / (1 + Math.abs(w));
+    if (!(err <= worst)) {
+      worst = err;
+      at = i;
+    }
+  }
+  assert.ok(worst <= tol, `${what}: max relative error ${worst} at ${at} (got ${got[at]}, want ${want[at]}), tolerance ${tol}`);
+}
+
+function randomTokens(n: number, vocab: number, r: () => number): Int32Array {
+  return Int32Array.from({ length: n }, () => Math.floor(r() * vocab));
+}
+
+function readLogits(t: Tensor): Float32Array {
+  const a = t.toFloat32();
+  t.dispose();
+  return a;
+}
+
+/**
+ * Greedy tokens must equal the reference's; past a step where the reference's top-2 logits are
+ * closer than f32 rounding can resolve, the two may legitimately part ways, so comparison stops.
+ */
+function assertSameGreedy(got: ArrayLike<number>, ref: { tokens: number[]; gaps: number[] }, what: string): void {
+  for (let s = 0; s < ref.tokens.length; s++) {
+    if (got[s] !== ref.tokens[s]) {
+      assert.ok(ref.gaps[s]! < 1e-3, `${what}: step ${s}: got ${got[s]}, reference ${ref.tokens[s]} (top-2 gap ${ref.gaps[s]})`);
+      return;
+    }
+  }
+  assert.strictEqual(got.length, ref.tokens.length, `${what}: length`);
+}
+
+async function expectCode(p: Promise<unknown>, code: string, message?: RegExp): Promise<void> {
+  await assert.rejects(p, (e: Error & { code?: string }) => {
+    assert.strictEqual(e.code, code, `expected ${code}, got ${e.code}: ${e.message}`);
+    if (message) assert.match(e.message, message);
+    return true;
+  });
+}
+
+describe('Llama runner (cpu)', function () {
+  this.timeout(60000);
+  let root: string;
+  const dirs = new Map<string, string>();
+  const refs = new Map<string, LlamaReference>();
+  const r = rng(testSeed);
+
+  before(() => {
+    root = fs.mkdtempSync(path.join(os.tmpdir(), 'specdec-model-test-'));
+    CHECKPOINTS.forEach((spec, k) => {
+      const dir = path.join(root, spec.name);
+      writeCheckpoint(dir, spec, testSeed + 17 * k);
+      dirs.set(spec.name, dir);
+      refs.set(spec.name, new LlamaReference(dir));
+    });
+  });
+  after(() => fs.rmSync(root, { recursive: true, force: true }));
+
+  const load = (name: string, opts: Parameters<typeof LlamaModel.load>[1] = {}): Promise<LlamaModel> =>
+    LlamaModel.load(dirs.get(name)!, { device: 'cpu', kvDtype: 'f32', ...opts });
+
+  describe('logits and greedy decoding vs the float64 reference', () => {
+    for (const spec of CHECKPOINTS) {
+      it(`${spec.name}: prompt logits, hidden states, and an 8-token greedy continuation`, async () => {
+        const ref = refs.get(spec.name)!;
+        const model = await load(spec.name);
+        try {
+          assert.strictEqual(model.weightDtype, spec.dtype.toLowerCase());
+          assert.strictEqual(model.config.architecture, spec.architecture);
+          const prompt = randomTokens(20, spec.vocab, r);
+          const seq = model.createSequence();
+          const out = await model.forward([{ seq, tokens: prompt }], { hidden: true });
+          assert.deepStrictEqual(out.logits.shape, [20, spec.vocab]);
+          assert.deepStrictEqual(Array.from(out.indptr), [0, 20]);
+          const want = ref.forward(Array.from(prompt));
+          assertClose(readLogits(out.logits), want.logits, `${spec.name} logits`);
+          assertClose(out.hidden!.toFloat32(), want.hidden, `${spec.name} hidden`);
+          out.hidden!.dispose();
+          model.freeSequence(seq);
+
+          const gen = await plainGenerate(model, [prompt], { maxNewTokens: 8 });
+          assertSameGreedy(gen.tokens[0]!, ref.greedy(Array.from(prompt), 8), spec.name);
+          assert.strictEqual(gen.stats.targetForwards, gen.tokens[0]!.length);
+        } finally {
+          model.dispose();
+        }
+      });
+    }
+
+    it('a KV cache in f16 / bf16 matches the reference with K and V rounded the same way', async () => {
+      const ref = refs.get('llama-gqa-f32')!;
+      for (const kvDtype of ['f16', 'bf16'] as const) {
+        const model = await load('llama-gqa-f32', { kvDtype });
+        try {
+          assert.strictEqual(model.kvInfo().dtype, kvDtype);
+          const prompt = randomTokens(12, 96, r);
+          const seq = model.createSequence();
+          // Prompt first, then a chain of 4 reading the rounded cache.
+          await model.forward([{ seq, tokens: prompt.subarray(0, 8) }]).then((o) => o.logits.dispose());
+          model.commit([seq], [Int32Array.from([0, 1, 2, 3, 4, 5, 6, 7])]);
+          const out = await model.forward([{ seq, tokens: prompt.subarray(8) }]);
+          const want = ref.forward(Array.from(prompt), { kvRound: kvDtype }).logits.subarray(8 * 96);
+          // Rounding K/V of an f32 vs an f64 value can differ by one half-precision ulp now and then.
+          assertClose(readLogits(out.logits), want, `kv ${kvDtype}`, kvDtype === 'f16' ? 2e-3 : 1e-2);
+        } finally {
+          model.dispose();
+        }
+      }
+    });
+  });
+
+  describe('batch invariance (bit-identical logits)', () => {
+    it('a sequence alone equals the same sequence inside a ragged batch', async () => {
+      const model = await load('llama-mqa-bf16');
+      try {
+        const a = randomTokens(13, 96, r);
+        const s0 = model.createSequence();
+        const alone = readLogits((await model.forward([{ seq: s0, tokens: a }])).logits);
+        model.freeSequence(s0);
+        const [x, y, z] = [model.createSequence(), model.createSequence(), model.createSequence()];
+        const out = await model.forward([
+          { seq: x, tokens: randomTokens(5, 96, r) },
+          { seq: y, tokens: a },
+          { seq: z, tokens: randomTokens(21, 96, r) },
+        ]);
+        assert.deepStrictEqual(Array.from(out.indptr), [0, 5, 18, 39]);
+        const all = readLogits(out.logits);
+        assert.deepStrictEqual(all.subarray(5 * 96, 18 * 96), alone);
+      } finally {
+        model.dispose();
+      }
+    });
+
+    it('a 16-token chain verified at once equals feeding it one token at a time', async () => {
+      const model = await load('qwen2-bias-f16');
+      try {
+        const V = 96;
+        const prompt = randomTokens(7, V, r);
+        const chain = randomTokens(16, V, r);
+        const [s1, s2] = [model.createSequence(), model.createSequence()];
+        for (const s of [s1, s2]) {
+          (await model.forward([{ seq: s, tokens: prompt }])).logits.dispose();
+          model.commit([s], [Int32Array.from(prompt.keys())]);
+        }
+        const once = readLogits((await model.forward([{ seq: s1, tokens: chain }])).logits);
+        for (let i = 0; i < 16; i++) {
+          const step = readLogits((await model.forward([{ seq: s2, tokens: chain.subarray(i, i + 1) }])).logits);
+          model.commit([s2], [Int32Array.of(0)]);
+          assert.deepStrictEqual(step, once.subarray(i * V, (i + 1) * V), `token ${i}`);
+        }
+        assert.strictEqual(model.sequenceLength(s2), 23);
+        assert.strictEqual(model.sequenceLength(s1), 7, 'an uncommitted forward leaves the length alone');
+      } finally {
+        model.dispose();
+      }
+    });
+  });
+
+  describe('token trees', () => {
+    // Node:    0   1   2   3   4   5   6
+    // parent: -1   0   0   1   1   2  -1   (two roots, siblings at every level)
+    const parents = Int32Array.from([-1, 0, 0, 1, 1, 2, -1]);
+    const pathOf = (i: number): number[] => (i < 0 ? [] : [...pathOf(parents[i]!), i]);
+
+    it('each node gets the logits of its own path; an accepted path commits and decoding continues', async () => {
+      const name = 'llama3-rope-f32';
+      const ref = refs.get(name)!;
+      const V = 96;
+      const model = await load(name);
+      try {
+        const prompt = randomTokens(9, V, r);
+        const tree = randomTokens(7, V, r);
+        const seq = model.createSequence();
+        (await model.forward([{ seq, tokens: prompt }])).logits.dispose();
+        model.commit([seq], [Int32Array.from(prompt.keys())]);
+        const other = model.createSequence(); // a chain in the same batch
+        const otherTokens = randomTokens(4, V, r);
+        const out = await model.forward([
+          { seq: other, tokens: otherTokens },
+          { seq, tokens: tree, parents },
+        ]);
+        const logits = readLogits(out.logits);
+        for (let i = 0; i < 7; i++) {
+          const path = [...prompt, ...pathOf(i).map((j) => tree[j]!)];
+          const want = ref.forward(path).logits.subarray((path.length - 1) * V);
+          assertClose(logits.subarray((4 + i) * V, (5 + i) * V), want, `node ${i}`);
+        }
+        assertClose(logits.subarray(0, 4 * V), ref.forward(Array.from(otherTokens)).logits, 'chain beside the tree');
+
+        // The same tree as an explicit mask (ancestor closure) with explicit positions: identical.
+        const bits = new BigUint64Array(7);
+        for (let i = 0; i < 7; i++) for (const j of pathOf(i)) bits[i] = bits[i]! | (1n << BigInt(j));
+        const depth = Int32Array.from({ length: 7 }, (_, i) => 9 + pathOf(i).length - 1);
+        const masked = readLogits((await model.forward([{ seq, tokens: tree, mask: { bits, words: 1 }, positions: depth }])).logits);
+        assert.deepStrictEqual(masked, logits.subarray(4 * V));
+        // A mask with more words than needed (zeros past the last token) means the same.
+        const wide = new BigUint64Array(14);
+        for (let i = 0; i < 7; i++) wide[2 * i] = bits[i]!;
+        const maskedWide = readLogits((await model.forward([{ seq, tokens: tree, mask: { bits: wide, words: 2 }, positions: depth }])).logits);
+        assert.deepStrictEqual(maskedWide, masked);
+
+        // Accept the path 0 -> 1 -> 4, then feed one more token: it must see prompt + that path.
+        (await model.forward([{ seq, tokens: tree, parents }])).logits.dispose();
+        model.commit([seq], [Int32Array.from([0, 1, 4])]);
+        assert.strictEqual(model.sequenceLength(seq), 12);
+        const next = randomTokens(1, V, r);
+        const after = readLogits((await model.forward([{ seq, tokens: next }])).logits);
+        const full = [...prompt, tree[0]!, tree[1]!, tree[4]!, next[0]!];
+        assertClose(after, ref.forward(full).logits.subarray(12 * V), 'after commit');
+      } finally {
+        model.dispose();
+      }
+    });
+
+    it('a tree wider than one mask word (70 nodes): deep nodes and a late sibling see only their paths', async () => {
+      const name = 'qwen2-bias-f16';
+      const ref = refs.get(name)!;
+      const V = 96;
+      const model = await load(name);
+      try {
+        // A chain 0..68 and node 69 a child of node 3 (its mask bits live in word 0, its row in word 1).
+        const n = 70;
+        const par = Int32Array.from({ length: n }, (_, i) => (i === 69 ? 3 : i - 1));
+        const toks = randomTokens(n, V, r);
+        const seq = model.createSequence();
+        const logits = readLogits((await model.forward([{ seq, tokens: toks, parents: par }])).logits);
+        const full = ref.forward(Array.from(toks.subarray(0, 69))).logits;
+        for (const i of [0, 63, 64, 68]) assertClose(logits.subarray(i * V, (i + 1) * V), full.subarray(i * V, (i + 1) * V), `chain node ${i}`);
+        const side = [toks[0]!, toks[1]!, toks[2]!, toks[3]!, toks[69]!];
+        assertClose(logits.subarray(69 * V), ref.forward(side).logits.subarray(4 * V), 'sibling node 69');
+      } finally {
+        model.dispose();
+      }
+    });
+
+    it('commit rejects nodes that are not a root-to-node path, and a second commit', async () => {
+      const model = await load('llama-gqa-f32');
+      try {
+        const seq = model.createSequence();
+        (await model.forward([{ seq, tokens: randomTokens(7, 96, r), parents }])).logits.dispose();
+        assert.throws(() => model.commit([seq], [Int32Array.from([0, 2, 3])]), (e: Error & { code?: string }) => e.code === 'E_ARG' && /not a path/.test(e.message));
+        assert.throws(() => model.commit([seq], [Int32Array.from([1])]), /not a path/);
+        assert.throws(() => model.commit([seq], [Int32Array.from([0, 9])]), /outside the 7 tokens/);
+        model.commit([seq], [Int32Array.from([0, 2, 5])]);
+        assert.strictEqual(model.sequenceLength(seq), 3);
+        assert.throws(() => model.commit([seq], [Int32Array.from([0])]), (e: Error & { code?: string }) => e.code === 'E_ARG' && /no uncommitted forward/.test(e.message));
+      } finally {
+        model.dispose();
+      }
+    });
+  });
+
+  describe('sequences: fork, truncate, free', () => {
+    it('a fork continues from the shared prefix independently; truncate rolls back', async () => {
+      const name = 'mistral-bf16';
+      const ref = refs.get(name)!;
+      const V = 96;
+      const model = await load(name, { pageSize: 4 });
+      try {
+        const prompt = randomTokens(10, V, r); // 2.5 pages: the fork shares a partly filled page
+        const a = model.createSequence();
+        (await model.forward([{ seq: a, tokens: prompt }])).logits.dispose();
+        model.commit([a], [Int32Array.from(prompt.keys())]);
+        const b = model.forkSequence(a);
+        assert.strictEqual(model.sequenceLength(b), 10);
+        const [ta, tb] = [randomTokens(3, V, r), randomTokens(5, V, r)];
+        const out = await model.forward([
+          { seq: a, tokens: ta },
+          { seq: b, tokens: tb },
+        ]);
+        model.commit([a, b], [Int32Array.from([0, 1, 2]), Int32Array.from([0, 1, 2, 3, 4])]);
+        const got = readLogits(out.logits);
+        assertClose(got.subarray(0, 3 * V), ref.forward([...prompt, ...ta]).logits.subarray(10 * V), 'fork parent');
+        assertClose(got.subarray(3 * V), ref.forward([...prompt, ...tb]).logits.subarray(10 * V), 'fork child');
+
+        model.truncate(b, 6);
+        assert.strictEqual(model.sequenceLength(b), 6);
+        const tc = randomTokens(2, V, r);
+        const again = readLogits((await model.forward([{ seq: b, tokens: tc }])).logits);
+        assertClose(again, ref.forward([...prompt.subarray(0, 6), ...tc]).logits.subarray(6 * V), 'after truncate');
+        const before = model.kvInfo().freePages;
+        model.freeSequence(b);
+        assert.ok(model.kvInfo().freePages > before, 'free returns pages');
+        await expectCode(model.forward([{ seq: b, tokens: tc }]), 'E_ARG', /does not exist/);
+      } finally {
+        model.dispose();
+      }
+    });
+  });
+
+  describe('input errors', () => {
+    it('ids outside the vocabulary, bad parents, positions past the context: coded errors, state unchanged', async () => {
+      const model = await load('llama-gqa-f32');
+      try {
+        const seq = model.createSequence();
+        await expectCode(model.forward([{ seq, tokens: Int32Array.from([1, 96]) }]), 'E_ARG', /inputs\[0\]\.tokens\[1\]: token id 96 is outside the vocabulary \[0, 96\)/);
+        await expectCode(model.forward([{ seq, tokens: Int32Array.from([1, -1]) }]), 'E_ARG', /token id -1/);
+        await expectCode(model.forward([{ seq, tokens: Int32Array.from([1, 2]), parents: Int32Array.from([-1, 1]) }]), 'E_ARG', /parents\[1\]/);
+        await expectCode(model.forward([{ seq, tokens: Int32Array.from([1, 2]), positions: Int32Array.from([0, 128]) }]), 'E_ARG', /position 128/);
+        await expectCode(model.forward([{ seq, tokens: new Int32Array(129) }]), 'E_ARG', /outside the context of 128 positions/);
+        await expectCode(model.forward([{ seq, tokens: Int32Array.of(1) }, { seq, tokens: Int32Array.of(2) }]), 'E_ARG', /appears twice/);
+        await expectCode(model.forward([{ seq, tokens: Int32Array.of(1, 2), mask: { bits: BigUint64Array.of(1n, 1n), words: 1 } }]), 'E_ARG', /does not see token 1 itself/);
+        await expectCode(model.forward([]), 'E_ARG', /empty batch/);
+        assert.strictEqual(model.sequenceLength(seq), 0);
+        // plainGenerate checks prompts up front.
+        await expectCode(plainGenerate(model, [Int32Array.from([3, 200])], { maxNewTokens: 2 }), 'E_ARG', /prompts\[0\]\[1\]: token id 200/);
+        await expectCode(plainGenerate(model, [new Int32Array(128)], { maxNewTokens: 2 }), 'E_ARG', /128 tokens do not fit the context of 128/);
+        // Still usable.
+        const ok = await model.forward([{ seq, tokens: Int32Array.of(5, 6) }]);
+        ok.logits.dispose();
+      } finally {
+        model.dispose();
+      }
+    });
+
+    it('a full KV cache is E_KV_FULL naming the numbers, and changes nothing', async () => {
+      const model = await load('llama-gqa-f32', { kvPages: 3, pageSize: 4 });
+      try {
+        const seq = model.createSequence();
+        (await model.forward([{ seq, tokens: randomTokens(8, 96, r) }])).logits.dispose();
+        model.commit([seq], [Int32Array.from({ length: 8 }, (_, i) => i)]);
+        await expectCode(model.forward([{ seq, tokens: randomTokens(5, 96, r) }]), 'E_KV_FULL', /KV cache full.*\b3\b/); // names the page count
+        assert.strictEqual(model.sequenceLength(seq), 8);
+        const out = await model.forward([{ seq, tokens: randomTokens(4, 96, r) }]);
+        out.logits.dispose();
+      } finally {
+        model.dispose();
+      }
+    });
+
+    it('one operation at a time: commit during a forward is E_BUSY; disposed models are E_DISPOSED', async () => {
+      const model = await load('llama-gqa-f32');
+      const seq = model.createSequence();
+      const p = model.forward([{ seq, tokens: randomTokens(4, 96, r) }]);
+      assert.throws(() => model.commit([seq], [Int32Array.of(0)]), (e: Error & { code?: string }) => e.code === 'E_BUSY');
+      (await p).logits.dispose();
+      model.dispose();
+      assert.throws(() => model.createSequence(), (e: Error & { code?: string }) => e.code === 'E_DISPOSED');
+    });
+  });
+
+  describe('loader validation', () => {
+    const copyOf = (name: string): string => {
+      const dir = fs.mkdtempSync(path.join(root, `${name}-copy-`));
+      for (const f of fs.readdirSync(dirs.get(name)!)) fs.copyFileSync(path.join(dirs.get(name)!, f), path.join(dir, f));
+      return dir;
+    };
+    const rewriteConfig = (dir: string, edit: (c: Record<string, unknown>) => void): void => {
+      const c = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8')) as Record<string, unknown>;
+      edit(c);
+      fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(c));
+    };
+    const loadErr = (dir: string, re: RegExp, code = 'E_FORMAT'): Promise<void> => expectCode(LlamaModel.load(dir, { device: 'cpu' }), code, re);
+
+    it('config.json: missing, malformed, unsupported architecture, missing or invalid fields', async () => {
+      const dir = copyOf('llama-gqa-f32');
+      fs.unlinkSync(path.join(dir, 'config.json'));
+      await loadErr(dir, /config\.json: not found/);
+      fs.writeFileSync(path.join(dir, 'config.json'), '{ "architectures": [');
+      await loadErr(dir, /config\.json: invalid JSON/);
+      fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ ...configJson(specByName('llama-gqa-f32')), architectures: ['GPT2LMHeadModel'] }));
+      await loadErr(dir, /config\.json: unsupported architecture \["GPT2LMHeadModel"\]/);
+      rewriteConfig(dir, (c) => {
+        c['architectures'] = ['LlamaForCausalLM'];
+        delete c['hidden_size'];
+      });
+      await loadErr(dir, /config\.json: missing field 'hidden_size'/);
+      rewriteConfig(dir, (c) => {
+        c['hidden_size'] = 32;
+        c['num_key_value_heads'] = 3;
+      });
+      await loadErr(dir, /not a multiple of num_key_value_heads/);
+      rewriteConfig(dir, (c) => {
+        c['num_key_value_heads'] = 2;
+        c['rope_scaling'] = { rope_type: 'yarn', factor: 4 };
+      });
+      await loadErr(dir, /rope_scaling type "yarn" is not supported/);
+      assert.throws(() => parseLlamaConfig({ ...configJson(specByName('llama-gqa-f32')), vocab_size: -3 }), /'vocab_size' must be an integer >= 1/);
+      await loadErr(path.join(root, 'no-such-dir'), /not a model directory/);
+    });
+
+    it('weights: missing tensor, wrong shape, wrong dtype, corrupt file, broken shard index — naming file and tensor', async () => {
+      const { writeSafetensors } = await import('../lib/safetensors');
+      const { randomWeights } = await import('./fixtures/checkpoints');
+      const spec: CheckpointSpec = specByName('llama-gqa-f32');
+      const dir = copyOf('llama-gqa-f32');
+      const file = path.join(dir, 'model.safetensors');
+      const weights = randomWeights(spec, 5);
+
+      const { ['model.layers.1.mlp.up_proj.weight']: _up, ...missing } = weights;
+      writeSafetensors(file, missing);
+      await loadErr(dir, /model\.safetensors: missing tensor 'model\.layers\.1\.mlp\.up_proj\.weight'/);
+
+      writeSafetensors(file, { ...weights, 'model.layers.0.self_attn.k_proj.weight': { dtype: 'F32', shape: [32, 32], data: new Float32Array(1024).fill(0.1) } });
+      await loadErr(dir, /model\.safetensors: tensor 'model\.layers\.0\.self_attn\.k_proj\.weight' has shape \[32, 32\], expected \[16, 32\]/);
+
+      writeSafetensors(file, { ...weights, 'model.norm.weight': { dtype: 'I32', shape: [32], data: new Int32Array(32).fill(1) } });
+      await loadErr(dir, /model\.safetensors: tensor 'model\.norm\.weight' has dtype i32, expected F32, F16 or BF16/);
+
+      writeSafetensors(file, weights);
+      const bytes = fs.readFileSync(file);
+      fs.writeFileSync(file, bytes.subarray(0, bytes.length - 100)); // data section cut short
+      await loadErr(dir, /model\.safetensors/);
+      fs.writeFileSync(file, Buffer.from('not a safetensors file at all'));
+      await loadErr(dir, /model\.safetensors/);
+
+      // Sharded: the index names a tensor its shard does not hold, or lacks a required one.
+      const sdir = copyOf('llama-sharded-bf16');
+      const indexFile = path.join(sdir, 'model.safetensors.index.json');
+      const index = JSON.parse(fs.readFileSync(indexFile, 'utf8')) as { weight_map: Record<string, string> };
+      const shardOf = index.weight_map['model.norm.weight']!;
+      const wrongShard = Object.values(index.weight_map).find((f) => f !== shardOf)!;
+      fs.writeFileSync(indexFile, JSON.stringify({ weight_map: { ...index.weight_map, 'model.norm.weight': wrongShard } }));
+      await loadErr(sdir, new RegExp(`${wrongShard.replace(/\./g, '\\.')}: missing tensor 'model\\.norm\\.weight'`));
+      const { ['model.norm.weight']: _n, ...rest } = index.weight_map;
+      fs.writeFileSync(indexFile, JSON.stringify({ weight_map: rest }));
+      await loadErr(sdir, /weight_map has no entry for tensor 'model\.norm\.weight'/);
+      fs.writeFileSync(indexFile, JSON.stringify({ weight_map: { ...rest, 'model.norm.weight': '../escape.safetensors' } }));
+      await loadErr(sdir, /not a file name in the model directory/);
+
+      fs.rmSync(path.join(dir, 'model.safetensors'));
+      await loadErr(dir, /no model\.safetensors or model\.safetensors\.index\.json/);
+    });
+
+    it('config parsing: defaults, head_dim, tied embeddings, rope scaling, Qwen2 biases, sliding window cap', () => {
+      const c = parseLlamaConfig(configJson(specByName('qwen2-bias-f16')));
+      assert.strictEqual(c.qkvBias, true);
+      assert.strictEqual(c.oBias, false);
+      assert.strictEqual(c.tieWordEmbeddings, true);
+      assert.strictEqual(c.headDim, 8);
+      assert.strictEqual(c.rmsNormEps, 1e-5);
+      const m = parseLlamaConfig({ ...configJson(specByName('mistral-bf16')), sliding_window: 64 });
+      assert.strictEqual(m.headDim, 16);
+      assert.strictEqual(m.maxPositions, 64);
+      const l3 = parseLlamaConfig(configJson(specByName('llama3-rope-f32')));
+      assert.deepStrictEqual(l3.ropeScaling, { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositions: 16 });
+      const eos = parseLlamaConfig({ ...configJson(specByName('llama-gqa-f32')), eos_token_id: [2, 5] });
+      assert.deepStrictEqual(eos.eosTokenIds, [2, 5]);
+      const byType = parseLlamaConfig({ ...configJson(specByName('llama-gqa-f32')), architectures: undefined, model_type: 'qwen2' });
+      assert.strictEqual(byType.architecture, 'Qwen2ForCausalLM');
+    });
+  });
+
+  describe('plainGenerate', () => {
+    it('batched greedy equals each prompt alone; stops at EOS and stop tokens; frees its sequences', async () => {
+      const model = await load('llama-gqa-f32', { maxSequences: 4 });
+      try {
+        const prompts = [randomTokens(6, 96, r), randomTokens(11, 96, r), randomTokens(3, 96, r)];
+        const batch = await plainGenerate(model, prompts, { maxNewTokens: 10, stopTokens: [] });
+        for (let i = 0; i < 3; i++) {
+          const alone = await plainGenerate(model, [prompts[i]!], { maxNewTokens: 10 });
+          assert.deepStrictEqual(batch.tokens[i], alone.tokens[0], `prompt ${i}`);
+        }
+        assert.strictEqual(model.kvInfo().freePages, model.kvInfo().totalPages, 'all pages free again');
+        // Stop token: the first greedy token of prompt 0 ends its sequence at once (and is emitted).
+        const first = batch.tokens[0]![0]!;
+        const stopped = await plainGenerate(model, prompts, { maxNewTokens: 10, stopTokens: [first] });
+        assert.deepStrictEqual(Array.from(stopped.tokens[0]!), [first]);
+        // EOS (id 2 in this config) never appears except as the last token.
+        for (const t of batch.tokens) {
+          const k = Array.from(t).indexOf(2);
+          assert.ok(k === -1 || k === t.length - 1);
+        }
+        assert.strictEqual(batch.stats.targetForwards, Math.max(...batch.tokens.map((t) => t.length)));
+      } finally {
+        model.dispose();
+      }
+    });
+
+    it('an aborted run rejects and still frees its sequences', async () => {
+      const model = await load('llama-gqa-f32');
+      try {
+        const ac = new AbortController();
+        ac.abort();
+        await assert.rejects(plainGenerate(model, [randomTokens(4, 96, r)], { maxNewTokens: 4, signal: ac.signal }), /abort/i);
+        assert.strictEqual(model.kvInfo().freePages, model.kvInfo().totalPages);
+      } finally {
+        model.dispose();
+      }
+    });
+
+    it('sampling: stream (seed, i) is reproducible and independent of the batch; first draws follow softmax(logits / T)', async () => {
+      const name = 'llama-gqa-f32';
+      const V = 96;
+      const count = 400;
+      const model = await load(name, { maxSequences: count, kvPages: count * 2 + 8, pageSize: 16 });
+      try {
+        const a = randomTokens(5, V, r);
+        const b = randomTokens(7, V, r);
+        const opts = { maxNewTokens: 6, temperature: 0.8, seed: 1234 + Math.floor(r() * 1000) };
+        const ab = await plainGenerate(model, [a, b], opts);
+        const ab2 = await plainGenerate(model, [a, b], opts);
+        assert.deepStrictEqual(ab.tokens, ab2.tokens);
+        const ac = await plainGenerate(model, [a, randomTokens(3, V, r)], opts);
+        assert.deepStrictEqual(ac.tokens[0], ab.tokens[0], 'sequence 0 does not depend on sequence 1');
+
+        // Many copies of one prompt: index i draws from stream (seed, i), so the first tokens are
+        // independent samples of the same distribution.
+        const T = 1.5;
+        const many = await plainGenerate(model, Array.from({ length: count }, () => a), { maxNewTokens: 1, temperature: T, seed: opts.seed });
+        const counts = new Array<number>(V).fill(0);
+        for (const t of many.tokens) counts[t[0]!]!++;
+        const ref = refs.get(name)!.forward(Array.from(a)).logits.subarray(4 * V);
+        const mx = Math.max(...ref);
+        const p = Array.from(ref, (x) => Math.exp((x - mx) / T));
+        const z = p.reduce((s, x) => s + x, 0);
+        // Merge the rare tokens into one bin so every expected count is large enough for chi-square.
+        const order = p.map((_, i) => i).sort((i, j) => p[j]! - p[i]!);
+        const obs: number[] = [];
+        const exp: number[] = [];
+        let restObs = 0;
+        let restExp = 0;
+        for (const i of order) {
+          if ((p[i]! / z) * count >= 5) {
+            obs.push(counts[i]!);
+            exp.push(p[i]! / z);
+          } else {
+            restObs += counts[i]!;
+            restExp += p[i]! / z;
+          }
+        }
+        obs.push(restObs);
+        exp.push(restExp);
+        const { stat, dof } = chiSquare(obs, exp, count);
+        assert.ok(stat < chiSquareCritical(dof), `chi-square ${stat} over ${dof} dof`);
+        assert.strictEqual(streamOffset(3, 7), (3n << 32n) | 7n);
+      } finally {
+        model.dispose();
+      }
+    });
+  });
+
+  describe('tokenizer', () => {
+    it('encodes and decodes with the checkpoint tokenizer.json; a model without one has none', () => {
+      const tok = TextTokenizer.load(dirs.get('llama-gqa-f32')!)!;
+      const ids = tok.encode('The cat sat on the mat');
+      assert.deepStrictEqual(Array.from(ids), [1, 3, 4, 6, 7, 3, 8]);
+      assert.strictEqual(tok.decode(ids, { skipSpecialTokens: true }), 'the cat sat on the mat');
+      assert.strictEqual(TextTokenizer.load(dirs.get('mistral-bf16')!), undefined);
+    });
+  });
+});
+
+describeCuda('Llama runner', function () {
+  this.timeout(120000);
+  let root: string;
+  before(() => {
+    root = fs.mkdtempSync(path.join(os.tmpdir(), 'specdec-model-cuda-'));
+  });
+  after(() => fs.rmSync(root, { recursive: true, force: true }));
+
+  for (const name of ['llama-gqa-f32', 'qwen2-bias-f16', 'llama-sharded-bf16', 'llama3-rope-f32']) {
+    it(`${name}: CUDA logits match the float64 reference, batch invariance holds, greedy matches`, async () => {
+      const spec = specByName(name);
+      const dir = path.join(root, name);
+      writeCheckpoint(dir, spec, testSeed + 3);
+      const ref = new LlamaReference(dir);
+      const r = rng(testSeed + 5);
+      const model = await LlamaModel.load(dir, { device: 'cuda', kvDtype: 'f32' });
+      try {
+        assert.strictEqual(model.device, 'cuda');
+        const prompt = randomTokens(20, spec.vocab, r);
+        const s = model.createSequence();
+        const out = await model.forward([{ seq: s, tokens: prompt }]);
+        const got = out.logits.toFloat32();
+        out.logits.dispose();
+        // The CUDA layers keep activations in f32 (no tensor-core rounding): the CPU tolerance holds.
+        assertClose(got, ref.forward(Array.from(prompt)).logits, `${name} cuda logits`);
+        const cpu = await LlamaModel.load(dir, { device: 'cpu', kvDtype: 'f32' });
+        try {
+          const cs = cpu.createSequence();
+          assertClose(readLogits((await cpu.forward([{ seq: cs, tokens: prompt }])).logits), got, `${name} cuda vs cpu`);
+        } finally {
+          cpu.dispose();
+        }
+        const s2 = model.createSequence();
+        const both = await model.forward([
+          { seq: s2, tokens: randomTokens(9, spec.vocab, r) },
+          { seq: model.createSequence(), tokens: prompt },
+        ]);
+        assert.deepStrictEqual(both.logits.toFloat32().subarray(9 * spec.vocab), got);
+        both.logits.dispose();
+        const gen = await plainGenerate(model, [prompt], { maxNewTokens: 8 });
+        assertSameGreedy(gen.tokens[0]!, ref.greedy(Array.from(prompt), 8), name);
+      } finally {
+        model.dispose();
+      }
+    });
+  }
+  it('processLogits on CUDA logits works (device round trip)', async () => {
+    const spec = specByName('llama-gqa-f32');
+    const dir = path.join(root, 'pl');
+    writeCheckpoint(dir, spec, testSeed);
+    const model = await LlamaModel.load(dir, { device: 'cuda' });
+    try {
+      const s = model.createSequence();
+      const out = await model.forward([{ seq: s, tokens: Int32Array.of(1, 2, 3) }]);
+      const probs = processLogits(out.logits, { temperature: 1 });
+      const p = probs.toFloat32();
+      assert.ok(Math.abs(p.subarray(0, 96).reduce((a, b) => a + b, 0) - 1) < 1e-4);
+      probs.dispose();
+      out.logits.dispose();
+    } finally {
+      model.dispose();
+    }
+  });
+});

@@ -1,0 +1,288 @@
+// Float64 reference of the Llama-family forward, written from the HF modeling code (LlamaModel,
+// Qwen2Model, MistralModel): full causal attention over the whole token list, no KV cache. It reads
+// config.json and the safetensors files itself (its own parser), so it shares no code with the runner.
+import * as fs from 'fs';
+import * as path from 'path';
+
+type Mat = { data: Float64Array; shape: number[] };
+
+function bf16(h: number): number {
+  const b = new ArrayBuffer(4);
+  new DataView(b).setUint32(0, h << 16, true);
+  return new DataView(b).getFloat32(0, true);
+}
+function f16(h: number): number {
+  const s = h & 0x8000 ? -1 : 1;
+  const e = (h >> 10) & 0x1f;
+  const m = h & 0x3ff;
+  if (e === 0) return s * m * 2 ** -24;
+  if (e === 31) return m ? NaN : s * Infinity;
+  return s * (1 + m / 1024) * 2 ** (e - 15);
+}
+
+/** Every tensor of a safetensors file, decoded to float64. */
+export function readSafetensorsF64(file: string): Map<string, Mat> {
+  const buf = fs.readFileSync(file);
+  const n = Number(buf.readBigUInt64LE(0));
+  const header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8')) as Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }>;
+  const base = 8 + n;
+  const out = new Map<string, Mat>();
+  for (const [name, h] of Object.entries(header)) {
+    if (name === '__metadata__') continue;
+    const [b0] = h.data_offsets;
+    const numel = h.shape.reduce((a, b) => a * b, 1);
+    const data = new Float64Array(numel);
+    for (let i = 0; i < numel; i++) {
+      const at = base + b0;
+      switch (h.dtype) {
+        case 'F32': data[i] = buf.readFloatLE(at + 4 * i); break;
+        case 'BF16': data[i] = bf16(buf.readUInt16LE(at + 2 * i)); break;
+        case 'F16': data[i] = f16(buf.readUInt16LE(at + 2 * i)); break;
+        default: throw new Error(`reference: unsupported dtype ${h.dtype}`);
+      }
+    }
+    out.set(name, { data, shape: h.shape });
+  }
+  return out;
+}
+
+export interface RefOptions {
+  /** Round K (after RoPE) and V to this format before attention, as a KV cache of that dtype stores them. */
+  readonly kvRound?: 'f16' | 'bf16';
+}
+
+export class LlamaReference {
+  readonly cfg: Record<string, unknown>;
+  readonly V: number;
+  readonly H: number;
+  readonly I: number;
+  readonly L: number;
+  readonly NH: number;
+  readonly NKV: number;
+  readonly D: number;
+  readonly eps: number;
+  readonly invFreq: Float64Array;
+  private readonly w: Map<string, Mat>;
+
+  constructor(dir: string) {
+    this.cfg = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8')) as Record<string, unknown>;
+    const c = this.cfg;
+    this.V = c['vocab_size'] as number;
+    this.H = c['hidden_size'] as number;
+    this.I = c['intermediate_size'] as number;
+    this.L = c['num_hidden_layers'] as number;
+    this.NH = c['num_attention_heads'] as number;
+    this.NKV = (c['num_key_value_heads'] as number | undefined) ?? this.NH;
+    this.D = (c['head_dim'] as number | undefined) ?? this.H / this.NH;
+    this.eps = (c['rms_norm_eps'] as number | undefined) ?? 1e-6;
+    this.w = new Map();
+    const index = path.join(dir, 'model.safetensors.index.json');
+    const files = fs.existsSync(index)
+      ? [...new Set(Object.values((JSON.parse(fs.readFileSync(index, 'utf8')) as { weight_map: Record<string, string> }).weight_map))]
+      : ['model.safetensors'];
+    for (const f of files) for (const [k, v] of readSafetensorsF64(path.join(dir, f))) this.w.set(k, v);
+    this.invFreq = this.ropeInvFreq();
+  }
+
+  /** HF _compute_default / _linear / _llama3 rope parameters, in float64. */
+  private ropeInvFreq(): Float64Array {
+    const theta = (this.cfg['rope_theta'] as number | undefined) ?? 10000;
+    const inv = new Float64Array(this.D / 2);
+    for (let i = 0; i < this.D / 2; i++) inv[i] = 1 / Math.pow(theta, (2 * i) / this.D);
+    const rs = this.cfg['rope_scaling'] as Record<string, number | string> | null | undefined;
+    const type = rs ? (rs['rope_type'] ?? rs['type']) : undefined;
+    if (rs && type === 'linear') {
+      for (let i = 0; i < inv.length; i++) inv[i] = inv[i]! / (rs['factor'] as number);
+    } else if (rs && type === 'llama3') {
+      const factor = rs['factor'] as number;
+      const lo = rs['low_freq_factor'] as number;
+      const hi = rs['high_freq_factor'] as number;
+      const old = rs['original_max_position_embeddings'] as number;
+      const lowWavelen = old / lo;
+      const highWavelen = old / hi;
+      for (let i = 0; i < inv.length; i++) {
+        const f = inv[i]!;
+        const wavelen = (2 * Math.PI) / f;
+        let g = wavelen > lowWavelen ? f / factor : f;
+        const smooth = (old / wavelen - lo) / (hi - lo);
+        const smoothed = ((1 - smooth) * g) / factor + smooth * g;
+        const medium = !(wavelen < highWavelen) && !(wavelen > lowWavelen);
+        if (medium) g = smoothed;
+        inv[i] = g;
+      }
+    }
+    return inv;
+  }
+
+  private get(name: string): Mat {
+    const m = this.w.get(name);
+    if (!m) throw new Error(`reference: missing ${name}`);
+    return m;
+  }
+  private opt(name: string): Mat | undefined {
+    return this.w.get(name);
+  }
+
+  /** y[n, m] = sum_k x[n, k] w[m, k] (+ b[m]). */
+  private linear(x: Float64Array, N: number, K: number, w: Mat, b?: Mat): Float64Array {
+    const M = w.shape[0]!;
+    const y = new Float64Array(N * M);
+    for (let n = 0; n < N; n++)
+      for (let m = 0; m < M; m++) {
+        let s = b ? b.data[m]! : 0;
+        for (let k = 0; k < K; k++) s += x[n * K + k]! * w.data[m * K + k]!;
+        y[n * M + m] = s;
+      }
+    return y;
+  }
+
+  private rmsnorm(x: Float64Array, N: number, w: Mat): Float64Array {
+    const H = this.H;
+    const y = new Float64Array(N * H);
+    for (let n = 0; n < N; n++) {
+      let ss = 0;
+      for (let i = 0; i < H; i++) ss += x[n * H + i]! ** 2;
+      const r = 1 / Math.sqrt(ss / H + this.eps);
+      for (let i = 0; i < H; i++) y[n * H + i] = x[n * H + i]! * r * w.data[i]!;
+    }
+    return y;
+  }
+
+  /** rotate_half RoPE in place on [N, heads, D]. */
+  private rope(x: Float64Array, N: number, heads: number, positions: readonly number[]): void {
+    const D = this.D;
+    const half = D / 2;
+    for (let n = 0; n < N; n++)
+      for (let h = 0; h < heads; h++) {
+        const o = (n * heads + h) * D;
+        for (let i = 0; i < half; i++) {
+          const a = positions[n]! * this.invFreq[i]!;
+          const x1 = x[o + i]!;
+          const x2 = x[o + i + half]!;
+          x[o + i] = x1 * Math.cos(a) - x2 * Math.sin(a);
+          x[o + i + half] = x2 * Math.cos(a) + x1 * Math.sin(a);
+        }
+      }
+  }
+
+  /**
+   * Logits [N, V] (and final hidden [N, H]) of a token list with full causal attention
+   * (token n sees tokens 0..n). positions default to 0..N-1.
+   */
+  forward(tokens: readonly number[], options: RefOptions & { positions?: readonly number[] } = {}): { logits: Float64Array; hidden: Float64Array } {
+    const { H, I, NH, NKV, D, V } = this;
+    const N = tokens.length;
+    const positions = options.positions ?? tokens.map((_, i) => i);
+    const emb = this.get('model.embed_tokens.weight');
+    let x: Float64Array = new Float64Array(N * H);
+    tokens.forEach((t, n) => {
+      if (t < 0 || t >= V) throw new Error(`reference: token ${t} outside vocab`);
+      for (let i = 0; i < H; i++) x[n * H + i] = emb.data[t * H + i]!;
+    });
+    const round = options.kvRound === 'f16' ? (v: number) => f16(f16Bits(v)) : options.kvRound === 'bf16' ? (v: number) => bf16(bf16Bits(v)) : undefined;
+    const group = NH / NKV;
+    for (let l = 0; l < this.L; l++) {
+      const p = `model.layers.${l}.`;
+      const h = this.rmsnorm(x, N, this.get(p + 'input_layernorm.weight'));
+      const q = this.linear(h, N, H, this.get(p + 'self_attn.q_proj.weight'), this.opt(p + 'self_attn.q_proj.bias'));
+      const k = this.linear(h, N, H, this.get(p + 'self_attn.k_proj.weight'), this.opt(p + 'self_attn.k_proj.bias'));
+      const v = this.linear(h, N, H, this.get(p + 'self_attn.v_proj.weight'), this.opt(p + 'self_attn.v_proj.bias'));
+      this.rope(q, N, NH, positions);
+      this.rope(k, N, NKV, positions);
+      if (round) {
+        for (let i = 0; i < k.length; i++) k[i] = round(Math.fround(k[i]!));
+        for (let i = 0; i < v.length; i++) v[i] = round(Math.fround(v[i]!));
+      }
+      const att = new Float64Array(N * NH * D);
+      const scale = 1 / Math.sqrt(D);
+      for (let n = 0; n < N; n++)
+        for (let hh = 0; hh < NH; hh++) {
+          const kh = Math.floor(hh / group);
+          const s = new Float64Array(n + 1);
+          let mx = -Infinity;
+          for (let j = 0; j <= n; j++) {
+            let d = 0;
+            for (let i = 0; i < D; i++) d += q[(n * NH + hh) * D + i]! * k[(j * NKV + kh) * D + i]!;
+            s[j] = d * scale;
+            mx = Math.max(mx, s[j]!);
+          }
+          let z = 0;
+          for (let j = 0; j <= n; j++) z += s[j] = Math.exp(s[j]! - mx);
+          for (let i = 0; i < D; i++) {
+            let acc = 0;
+            for (let j = 0; j <= n; j++) acc += s[j]! * v[(j * NKV + kh) * D + i]!;
+            att[(n * NH + hh) * D + i] = acc / z;
+          }
+        }
+      const o = this.linear(att, N, NH * D, this.get(p + 'self_attn.o_proj.weight'), this.opt(p + 'self_attn.o_proj.bias'));
+      for (let i = 0; i < x.length; i++) x[i] = x[i]! + o[i]!;
+      const h2 = this.rmsnorm(x, N, this.get(p + 'post_attention_layernorm.weight'));
+      const g = this.linear(h2, N, H, this.get(p + 'mlp.gate_proj.weight'));
+      const u = this.linear(h2, N, H, this.get(p + 'mlp.up_proj.weight'));
+      for (let i = 0; i < g.length; i++) g[i] = (g[i]! / (1 + Math.exp(-g[i]!))) * u[i]!;
+      const dn = this.linear(g, N, I, this.get(p + 'mlp.down_proj.weight'));
+      for (let i = 0; i < x.length; i++) x[i] = x[i]! + dn[i]!;
+    }
+    x = this.rmsnorm(x, N, this.get('model.norm.weight'));
+    const tied = this.cfg['tie_word_embeddings'] === true || !this.w.has('lm_head.weight');
+    const logits = this.linear(x, N, H, tied ? emb : this.get('lm_head.weight'));
+    return { logits, hidden: x };
+  }
+
+  /** Greedy continuation (argmax, lowest index on ties) and the top-2 logit gap at each step. */
+  greedy(prompt: readonly number[], steps: number, stop: readonly number[] = []): { tokens: number[]; gaps: number[] } {
+    const seq = [...prompt];
+    const tokens: number[] = [];
+    const gaps: number[] = [];
+    for (let s = 0; s < steps && seq.length < this.maxPositions(); s++) {
+      const { logits } = this.forward(seq);
+      const row = logits.subarray((seq.length - 1) * this.V, seq.length * this.V);
+      let best = 0;
+      for (let i = 1; i < this.V; i++) if (row[i]! > row[best]!) best = i;
+      let second = -Infinity;
+      for (let i = 0; i < this.V; i++) if (i !== best) second = Math.max(second, row[i]!);
+      tokens.push(best);
+      gaps.push(row[best]! - second);
+      seq.push(best);
+      if (stop.includes(best)) break;
+    }
+    return { tokens, gaps };
+  }
+
+  maxPositions(): number {
+    return this.cfg['max_position_embeddings'] as number;
+  }
+}
+
+const f32 = new Float32Array(1);
+const u32 = new Uint32Array(f32.buffer);
+function bf16Bits(x: number): number {
+  f32[0] = x;
+  const u = u32[0]!;
+  return ((u + 0x7fff + ((u >>> 16) & 1)) >>> 16) & 0xffff;
+}
+function f16Bits(x: number): number {
+  // Round-to-nearest-even through the exact arithmetic of the format (normal range is enough here).
+  if (x === 0) return 0;
+  const sign = x < 0 ? 0x8000 : 0;
+  const a = Math.abs(x);
+  let e = Math.floor(Math.log2(a));
+  if (a / 2 ** e >= 2) e++;
+  if (a / 2 ** e < 1) e--;
+  if (e < -14) {
+    const q = roundEven(a / 2 ** -24);
+    return sign | q;
+  }
+  let m = roundEven((a / 2 ** e - 1) * 1024);
+  if (m === 1024) {
+    m = 0;
+    e++;
+  }
+  if (e > 15) return sign | 0x7c00;
+  return sign | ((e + 15) << 10) | m;
+}
+function roundEven(v: number): number {
+  const f = Math.floor(v);
+  const d = v - f;
+  return d > 0.5 || (d === 0.5 && f % 2 === 1) ? f + 1 : f;
+}

@@ -1,0 +1,401 @@
+// Logits processing, argmax, top-k and sampling: against float64 references on fresh random rows,
+// chi-square for the sampler, and CUDA vs CPU parity when a GPU is present.
+import * as assert from 'assert';
+import { argmax, philox4x32, processLogits, sample, topK, type SamplingOptions } from '../lib/sampling';
+import { Tensor } from '../lib/tensor';
+import { assertThrowsCode, chiSquare, chiSquareCritical, describeCuda, rng, testSeed } from './helpers';
+
+// ---------------- references (float64) ----------------
+
+/** Index order by value desc, index asc. */
+function orderDesc(x: ArrayLike<number>): number[] {
+  const idx = Array.from({ length: x.length }, (_, i) => i);
+  return idx.sort((a, b) => (x[b] as number) - (x[a] as number) || a - b);
+}
+
+function argmaxRef(x: ArrayLike<number>): number {
+  let b = -1;
+  for (let i = 0; i < x.length; i++) {
+    const v = x[i] as number;
+    if (Number.isNaN(v)) continue;
+    if (b < 0 || v > (x[b] as number)) b = i;
+  }
+  return Math.max(b, 0);
+}
+
+/** The contract of processLogits in float64 (spec_math.h). */
+function processRef(logits: ArrayLike<number>, o: Required<SamplingOptions>): Float64Array {
+  const V = logits.length;
+  const out = new Float64Array(V);
+  if (o.temperature === 0) {
+    out[argmaxRef(logits)] = 1;
+    return out;
+  }
+  const x = Array.from(logits, (l) => l / o.temperature);
+  const m = Math.max(...x);
+  let z = 0;
+  for (let i = 0; i < V; i++) z += (out[i] = Math.exp((x[i] as number) - m));
+  let pmax = 0;
+  for (let i = 0; i < V; i++) pmax = Math.max(pmax, (out[i] = (out[i] as number) / z));
+  const order = orderDesc(x);
+  let keep = o.topK > 0 && o.topK < V ? o.topK : V;
+  if (o.topP < 1) {
+    let total = 0;
+    for (let j = 0; j < keep; j++) total += out[order[j] as number] as number;
+    let cum = 0;
+    let j = 0;
+    while (j < keep) {
+      cum += out[order[j++] as number] as number;
+      if (cum >= o.topP * total) break;
+    }
+    keep = j;
+  }
+  for (let j = keep; j < V; j++) out[order[j] as number] = 0;
+  for (let i = 0; i < V; i++) if ((out[i] as number) < o.minP * pmax) out[i] = 0;
+  let s = 0;
+  for (let i = 0; i < V; i++) s += out[i] as number;
+  for (let i = 0; i < V; i++) out[i] = (out[i] as number) / s;
+  return out;
+}
+
+/** A top-p value half-way between two consecutive prefix masses (so rounding cannot move the cut). */
+function safeTopP(logits: ArrayLike<number>, o: Required<SamplingOptions>, cut: number): number {
+  const p = processRef(logits, { ...o, topP: 1, minP: 0 });
+  const order = orderDesc(Array.from(logits, (l) => l / o.temperature));
+  let cum = 0;
+  const prefix: number[] = [];
+  for (const i of order) prefix.push((cum += p[i] as number));
+  // Keep c tokens: a value between the masses of the first c - 1 and the first c.
+  const nonzero = Array.from(p).filter((x) => x > 0).length;
+  const c = Math.max(1, Math.min(cut, nonzero));
+  return Math.min(1, ((prefix[c - 2] ?? 0) + (prefix[c - 1] as number)) / 2);
+}
+
+/** A min-p value whose threshold is not within 1e-3 (relative) of any probability. */
+function safeMinP(probs: ArrayLike<number>, r: () => number): number {
+  let pmax = 0;
+  for (let i = 0; i < probs.length; i++) pmax = Math.max(pmax, probs[i] as number);
+  for (;;) {
+    const mp = 0.02 + 0.5 * r();
+    let ok = true;
+    for (let i = 0; i < probs.length && ok; i++) ok = Math.abs((probs[i] as number) - mp * pmax) > 1e-3 * mp * pmax;
+    if (ok) return mp;
+  }
+}
+
+// The sampler's exact rule (spec_math.h), with BigInt: used to check the native draws bit for bit.
+function philoxBits(seed: bigint, offset: bigint, node: number, purpose: number): bigint {
+  const c = Uint32Array.from([Number(offset & 0xffffffffn), Number((offset >> 32n) & 0xffffffffn), node, purpose]);
+  const k = Uint32Array.from([Number(seed & 0xffffffffn), Number((seed >> 32n) & 0xffffffffn)]);
+  const r = philox4x32(c, k);
+  return (BigInt(r[0] as number) << 32n) | BigInt(r[1] as number);
+}
+function quantize(p: number): bigint {
+  if (!(p > 0)) return 0n;
+  if (p >= 1) return 1n << 40n;
+  return BigInt(Math.ceil(p * 2 ** 40));
+}
+function sampleRule(row: ArrayLike<number>, bits: bigint): number {
+  const w = Array.from(row, quantize);
+  const mass = w.reduce((a, b) => a + b, 0n);
+  const t = (bits * mass) >> 64n;
+  let before = 0n;
+  for (let i = 0; i < w.length; i++) {
+    const wi = w[i] as bigint;
+    if (wi > 0n && before <= t && t - before < wi) return i;
+    before += wi;
+  }
+  return -1;
+}
+
+function randomLogits(rows: number, V: number, r: () => number, spread: number): Float32Array {
+  const a = new Float32Array(rows * V);
+  for (let i = 0; i < a.length; i++) a[i] = (r() * 2 - 1) * spread;
+  return a;
+}
+
+function full(o: SamplingOptions): Required<SamplingOptions> {
+  return { temperature: o.temperature ?? 1, topK: o.topK ?? 0, topP: o.topP ?? 1, minP: o.minP ?? 0 };
+}
+
+/** Checks processLogits on `device` against processRef: identical support, 1e-5 relative values. */
+function checkProcess(logits: Float32Array, rows: number, V: number, opts: SamplingOptions[], device: 'cpu' | 'cuda'): void {
+  for (let r = 0; r < rows; r++) {
+    const o = opts[r % opts.length] as SamplingOptions;
+    const row = logits.subarray(r * V, (r + 1) * V);
+    using t = Tensor.fromArray(row, 'f32', [1, V], device);
+    using p = processLogits(t, o);
+    assert.strictEqual(p.device, device);
+    const got = p.toFloat32();
+    const want = processRef(row, full(o));
+    let sum = 0;
+    for (let i = 0; i < V; i++) {
+      const g = got[i] as number;
+      const w = want[i] as number;
+      sum += g;
+      if (w === 0) assert.strictEqual(g, 0, `row ${r} token ${i}: expected 0, got ${g} (${JSON.stringify(o)})`);
+      else assert.ok(Math.abs(g - w) <= 1e-5 * w + 1e-12, `row ${r} token ${i}: ${g} vs ${w} (${JSON.stringify(o)})`);
+    }
+    assert.ok(Math.abs(sum - 1) < 1e-5, `row ${r} sums to ${sum}`);
+  }
+}
+
+function optionSets(logits: Float32Array, rows: number, V: number, r: () => number): SamplingOptions[] {
+  const opts: SamplingOptions[] = [];
+  for (let row = 0; row < rows; row++) {
+    const l = logits.subarray(row * V, (row + 1) * V);
+    const T = 0.5 + r();
+    const k = 1 + Math.floor(r() * Math.min(V - 1, 60));
+    switch (row % 7) {
+      case 0: opts.push({ temperature: T }); break;
+      case 1: opts.push({ temperature: T, topK: k }); break;
+      case 2: opts.push({ temperature: T, topP: safeTopP(l, full({ temperature: T }), 1 + Math.floor(r() * 30)) }); break;
+      case 3: opts.push({ temperature: T, minP: safeMinP(processRef(l, full({ temperature: T })), r) }); break;
+      case 4: {
+        const topP = safeTopP(l, full({ temperature: T, topK: k }), 1 + Math.floor(r() * k));
+        opts.push({ temperature: T, topK: k, topP });
+        break;
+      }
+      case 5: {
+        const base = full({ temperature: T, topK: k, topP: safeTopP(l, full({ temperature: T, topK: k }), k) });
+        opts.push({ ...base, minP: safeMinP(processRef(l, base), r) });
+        break;
+      }
+      default: opts.push({ temperature: 0 });
+    }
+  }
+  return opts;
+}
+
+describe('sampling: processLogits', () => {
+  it('matches a float64 reference for temperature, top-k, top-p, min-p and their combinations', () => {
+    const r = rng(testSeed);
+    for (const [V, rows, spread] of [[7, 70, 3], [1000, 21, 6], [32000, 7, 10]] as const) {
+      const logits = randomLogits(rows, V, r, spread);
+      checkProcess(logits, rows, V, optionSets(logits, rows, V, r), 'cpu');
+    }
+  });
+
+  it('processes a batch row by row (same result as one row at a time) and accepts f16/bf16 logits', () => {
+    const r = rng(testSeed + 1);
+    const V = 300;
+    const logits = randomLogits(5, V, r, 4);
+    const o = { temperature: 0.7, topK: 50, topP: 0.9 };
+    using all = Tensor.fromArray(logits, 'f32', [5, V]);
+    using pa = processLogits(all, o);
+    const batch = pa.toFloat32();
+    for (let row = 0; row < 5; row++) {
+      using one = Tensor.fromArray(logits.subarray(row * V, (row + 1) * V), 'f32', [1, V]);
+      using p1 = processLogits(one, o);
+      assert.deepStrictEqual(p1.toFloat32(), batch.subarray(row * V, (row + 1) * V));
+    }
+    for (const dt of ['f16', 'bf16'] as const) {
+      using h = Tensor.fromArray(logits, dt, [5, V]);
+      const rounded = h.toFloat32();
+      using ph = processLogits(h, { temperature: 0.7 });
+      const got = ph.toFloat32();
+      for (let row = 0; row < 5; row++) {
+        const want = processRef(rounded.subarray(row * V, (row + 1) * V), full({ temperature: 0.7 }));
+        for (let i = 0; i < V; i++) {
+          const g = got[row * V + i] as number;
+          const w = want[i] as number;
+          assert.ok(Math.abs(g - w) <= 1e-5 * w + 1e-12, `${dt} row ${row} token ${i}: ${g} vs ${w}`);
+        }
+      }
+    }
+  });
+
+  it('T = 0 is one-hot at the argmax, lowest index on ties; top-p always keeps one token', () => {
+    using t = Tensor.fromArray([1, 5, 5, 2, -1, -1, -3, -1], 'f32', [2, 4]);
+    using p = processLogits(t, { temperature: 0 });
+    assert.deepStrictEqual(Array.from(p.toFloat32()), [0, 1, 0, 0, 1, 0, 0, 0]);
+    using q = processLogits(t, { topP: 1e-6 });
+    assert.deepStrictEqual(Array.from(q.toFloat32()), [0, 1, 0, 0, 1, 0, 0, 0]);
+    using k = processLogits(t, { topK: 1 });
+    assert.deepStrictEqual(Array.from(k.toFloat32()), [0, 1, 0, 0, 1, 0, 0, 0]);
+  });
+
+  it('rejects bad options and tensors with coded errors naming the argument', () => {
+    using t = Tensor.fromArray([1, 2, 3, 4], 'f32', [2, 2]);
+    assertThrowsCode(() => processLogits(t, { temperature: -1 }), 'E_ARG', /temperature/);
+    assertThrowsCode(() => processLogits(t, { temperature: NaN }), 'E_ARG', /temperature/);
+    assertThrowsCode(() => processLogits(t, { topK: 1.5 }), 'E_ARG', /topK/);
+    assertThrowsCode(() => processLogits(t, { topK: -1 }), 'E_ARG', /topK/);
+    assertThrowsCode(() => processLogits(t, { topP: 0 }), 'E_ARG', /topP/);
+    assertThrowsCode(() => processLogits(t, { topP: 1.5 }), 'E_ARG', /topP/);
+    assertThrowsCode(() => processLogits(t, { minP: 1 }), 'E_ARG', /minP/);
+    assertThrowsCode(() => processLogits(t, { minP: -0.1 }), 'E_ARG', /minP/);
+    using v = Tensor.fromArray([1, 2, 3, 4], 'f32', [4]);
+    assertThrowsCode(() => processLogits(v), 'E_ARG', /logits/);
+    using i = Tensor.fromArray([1, 2, 3, 4], 'i32', [2, 2]);
+    assertThrowsCode(() => processLogits(i), 'E_ARG', /logits: expected dtype/);
+    using e = Tensor.empty('f32', [2, 0]);
+    assertThrowsCode(() => processLogits(e), 'E_ARG', /vocabulary is empty/);
+  });
+});
+
+describe('sampling: argmax and topK', () => {
+  it('argmax takes the lowest index on ties, ignores NaN, reads f16/bf16', () => {
+    const r = rng(testSeed + 2);
+    const V = 257;
+    const rows = 40;
+    const x = new Float32Array(rows * V);
+    for (let i = 0; i < x.length; i++) x[i] = Math.floor(r() * 20) - 10;  // many ties
+    x[3] = NaN;
+    x[V + 5] = NaN;
+    x[V + 6] = 1e9;
+    for (const dt of ['f32', 'f16', 'bf16'] as const) {
+      using t = Tensor.fromArray(x, dt, [rows, V]);
+      const xs = t.toFloat32();
+      using a = argmax(t);
+      const got = a.toInt32();
+      for (let row = 0; row < rows; row++) assert.strictEqual(got[row], argmaxRef(xs.subarray(row * V, (row + 1) * V)), `${dt} row ${row}`);
+    }
+  });
+
+  it('topK returns the k largest, descending, ties by lower index', () => {
+    const r = rng(testSeed + 3);
+    for (const [V, k] of [[10, 1], [10, 10], [1000, 37], [5000, 300]] as const) {
+      const rows = 6;
+      const x = new Float32Array(rows * V);
+      for (let i = 0; i < x.length; i++) x[i] = Math.floor(r() * 50) / 7 - 3;  // ties
+      using t = Tensor.fromArray(x, 'f32', [rows, V]);
+      const { values, ids } = topK(t, k);
+      assert.deepStrictEqual(values.shape, [rows, k]);
+      const vs = values.toFloat32();
+      const is = ids.toInt32();
+      for (let row = 0; row < rows; row++) {
+        const xr = x.subarray(row * V, (row + 1) * V);
+        const want = orderDesc(xr).slice(0, k);
+        assert.deepStrictEqual(Array.from(is.subarray(row * k, (row + 1) * k)), want, `V=${V} k=${k} row ${row}`);
+        assert.deepStrictEqual(Array.from(vs.subarray(row * k, (row + 1) * k)), want.map((i) => xr[i]));
+      }
+      values.dispose();
+      ids.dispose();
+    }
+    using t = Tensor.fromArray([1, 2, 3], 'f32', [1, 3]);
+    assertThrowsCode(() => topK(t, 0), 'E_ARG', /k/);
+    assertThrowsCode(() => topK(t, 4), 'E_ARG', /k: expected 1 <= k <= 3/);
+  });
+});
+
+describe('sampling: sample', () => {
+  it('Philox4x32-10 matches the Random123 known answers', () => {
+    assert.deepStrictEqual(Array.from(philox4x32(new Uint32Array(4), new Uint32Array(2))), [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]);
+    assert.deepStrictEqual(
+      Array.from(philox4x32(Uint32Array.from([0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344]), Uint32Array.from([0xa4093822, 0x299f31d0]))),
+      [0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1],
+    );
+  });
+
+  it('draws follow the probabilities (chi-square over 10^5 draws); zero-probability tokens never appear', () => {
+    const r = rng(testSeed + 4);
+    const V = 10;
+    const p = new Float32Array(V);
+    for (let i = 0; i < V; i++) p[i] = i === 3 || i === 7 ? 0 : 0.05 + r();
+    const s = p.reduce((a, b) => a + b, 0);
+    for (let i = 0; i < V; i++) p[i] = (p[i] as number) / s;
+    const rows = 2000;
+    const probs = new Float32Array(rows * V);
+    for (let row = 0; row < rows; row++) probs.set(p, row * V);
+    using t = Tensor.fromArray(probs, 'f32', [rows, V]);
+    const seeds = BigUint64Array.from({ length: rows }, (_, i) => BigInt(testSeed) * 1000003n + BigInt(i));
+    const counts = new Array<number>(V).fill(0);
+    const calls = 50;
+    for (let c = 0; c < calls; c++) {
+      const toks = sample(t, seeds, new BigUint64Array(rows).fill(BigInt(c)));
+      for (const tok of toks) counts[tok] = (counts[tok] as number) + 1;
+    }
+    const { stat, dof } = chiSquare(counts, p, rows * calls);
+    assert.ok(stat < chiSquareCritical(dof), `chi-square ${stat} >= ${chiSquareCritical(dof)} (dof ${dof})`);
+  });
+
+  it('is the exact inverse CDF of the counter-based uniform; reproducible, different per offset, batch invariant', () => {
+    const r = rng(testSeed + 5);
+    const V = 33;
+    const rows = 300;
+    const probs = new Float32Array(rows * V);
+    for (let i = 0; i < probs.length; i++) probs[i] = r() < 0.3 ? 0 : r();  // unnormalised rows are fine
+    for (let row = 0; row < rows; row++) probs[row * V + (row % V)] = 0.5;
+    using t = Tensor.fromArray(probs, 'f32', [rows, V]);
+    const seeds = BigUint64Array.from({ length: rows }, () => BigInt(Math.floor(r() * 2 ** 32)) * 2n ** 32n + BigInt(Math.floor(r() * 2 ** 32)));
+    const offsets = BigUint64Array.from({ length: rows }, () => BigInt(Math.floor(r() * 2 ** 40)));
+    const a = sample(t, seeds, offsets);
+    for (let row = 0; row < rows; row++) {
+      const want = sampleRule(probs.subarray(row * V, (row + 1) * V), philoxBits(seeds[row] as bigint, offsets[row] as bigint, 0, 2));
+      assert.strictEqual(a[row], want, `row ${row}`);
+    }
+    assert.deepStrictEqual(sample(t, seeds, offsets), a);
+    const b = sample(t, seeds, offsets.map((o) => o + 1n));
+    let diff = 0;
+    for (let row = 0; row < rows; row++) diff += a[row] !== b[row] ? 1 : 0;
+    assert.ok(diff > rows / 4, `only ${diff} of ${rows} rows changed with the offset`);
+    using one = Tensor.fromArray(probs.subarray(7 * V, 8 * V), 'f32', [1, V]);
+    assert.strictEqual(sample(one, seeds.subarray(7, 8), offsets.subarray(7, 8))[0], a[7]);
+  });
+
+  it('never returns a zero-probability token, even for u ~ 1 or u ~ 0; a row without mass gives -1', () => {
+    // Find the offsets whose uniforms are closest to 1 and to 0 among 20000.
+    const seed = BigInt(testSeed);
+    let hi = 0n;
+    let hiBits = 0n;
+    let lo = 0n;
+    let loBits = 1n << 64n;
+    for (let o = 0n; o < 20000n; o++) {
+      const bits = philoxBits(seed, o, 0, 2);
+      if (bits > hiBits) [hi, hiBits] = [o, bits];
+      if (bits < loBits) [lo, loBits] = [o, bits];
+    }
+    assert.ok(Number(hiBits >> 11n) / 2 ** 53 > 0.999, 'search found a u close to 1');
+    using t = Tensor.fromArray([0, 0.3, 0.7 - 1e-7, 1e-7, 0, 0, 0, 0, 0.5, 0.5, 0, 0], 'f32', [3, 4]);
+    const seeds = new BigUint64Array(3).fill(seed);
+    const high = sample(t, seeds, new BigUint64Array(3).fill(hi));
+    assert.deepStrictEqual([high[1], high[2]], [-1, 1]);
+    assert.ok(high[0] === 2 || high[0] === 3, `u ~ 1 drew token ${high[0]}`);
+    assert.deepStrictEqual(Array.from(sample(t, seeds, new BigUint64Array(3).fill(lo))), [1, -1, 0]);
+  });
+
+  it('rejects bad seeds, offsets and probs', () => {
+    using t = Tensor.fromArray([0.5, 0.5], 'f32', [1, 2]);
+    assertThrowsCode(() => sample(t, new BigUint64Array(2), new BigUint64Array(1)), 'E_ARG', /seeds/);
+    assertThrowsCode(() => sample(t, new BigUint64Array(1), new BigUint64Array(0)), 'E_ARG', /offsets/);
+    assertThrowsCode(() => sample(t, [1n] as unknown as BigUint64Array, new BigUint64Array(1)), 'E_ARG', /seeds: expected a BigUint64Array/);
+    using h = Tensor.fromArray([0.5, 0.5], 'f16', [1, 2]);
+    assertThrowsCode(() => sample(h, new BigUint64Array(1), new BigUint64Array(1)), 'E_ARG', /probs: expected dtype f32/);
+  });
+});
+
+describeCuda('sampling', () => {
+  it('processLogits on CUDA matches the float64 reference (V up to 128k)', () => {
+    const r = rng(testSeed + 10);
+    for (const [V, rows, spread] of [[7, 14, 3], [32000, 7, 10], [128256, 7, 12]] as const) {
+      const logits = randomLogits(rows, V, r, spread);
+      checkProcess(logits, rows, V, optionSets(logits, rows, V, r), 'cuda');
+    }
+  });
+
+  it('argmax, topK and sample agree with the CPU bit for bit', () => {
+    const r = rng(testSeed + 11);
+    for (const V of [5, 4099, 128256]) {
+      const rows = 9;
+      const x = new Float32Array(rows * V);
+      for (let i = 0; i < x.length; i++) x[i] = Math.floor(r() * 1000) / 37;
+      using c = Tensor.fromArray(x, 'f32', [rows, V]);
+      using g = c.to('cuda');
+      using ac = argmax(c);
+      using ag = argmax(g);
+      assert.deepStrictEqual(ag.toInt32(), ac.toInt32());
+      const k = Math.min(V, 50);
+      const tc = topK(c, k);
+      const tg = topK(g, k);
+      assert.deepStrictEqual(tg.ids.toInt32(), tc.ids.toInt32());
+      assert.deepStrictEqual(tg.values.toFloat32(), tc.values.toFloat32());
+      for (const t of [tc, tg]) t.values.dispose(), t.ids.dispose();
+      using pc = processLogits(c, { temperature: 0.9 });
+      using pg = pc.to('cuda');
+      const seeds = BigUint64Array.from({ length: rows }, (_, i) => BigInt(testSeed + i));
+      const offsets = BigUint64Array.from({ length: rows }, (_, i) => BigInt(i * 7));
+      assert.deepStrictEqual(sample(pg, seeds, offsets), sample(pc, seeds, offsets));
+    }
+  });
+});

@@ -1,0 +1,164 @@
+// Exactness of speculative sampling: the 2nd and 3rd new tokens (they go through verification)
+// follow the target's own distribution, for every strategy. Many sequences with the same prompt
+// run in one generateBatch call (sequence i samples from its own stream (seed, i)); the counts are
+// chi-square tested against a float64 reference built from the toy model's conditionals.
+import * as assert from 'assert';
+
+import { SpeculativeDecoder } from '../lib/decoder';
+import { DraftModelSpeculator } from '../lib/strategies/draft_model';
+import { HybridSpeculator } from '../lib/strategies/hybrid';
+import { LookaheadSpeculator } from '../lib/strategies/lookahead';
+import { MedusaHeads, MedusaSpeculator } from '../lib/strategies/medusa';
+import { PromptLookupSpeculator } from '../lib/strategies/prompt_lookup';
+import type { Speculator } from '../lib/strategies/speculator';
+import { writeMedusaHeads } from './fixtures/medusa_heads';
+import { ToyLM } from './fixtures/toy_lm';
+import { chiSquare, chiSquareCritical, testSeed } from './helpers';
+
+const V = 6;
+const SEQS = 3000;
+
+/** float64 softmax(logits / T) restricted to the top-k logits (k = 0: all). */
+function refProbs(logits: Float32Array, T: number, topK: number): Float64Array {
+  const order = Array.from(logits.keys()).sort((a, b) => (logits[b] as number) - (logits[a] as number) || a - b);
+  const keep = new Set(topK > 0 ? order.slice(0, topK) : order);
+  const p = new Float64Array(logits.length);
+  const m = (logits[order[0] as number] as number) / T;
+  let s = 0;
+  for (const v of keep) {
+    p[v] = Math.exp((logits[v] as number) / T - m);
+    s += p[v] as number;
+  }
+  for (let v = 0; v < p.length; v++) p[v] = (p[v] as number) / s;
+  return p;
+}
+
+/** Joint reference distribution of the first three new tokens. */
+function reference(model: ToyLM, prompt: number[], T: number, topK: number): Float64Array {
+  const joint = new Float64Array(V * V * V);
+  const L = prompt.length;
+  const p1 = refProbs(model.logitsFor(prompt, L - 1), T, topK);
+  for (let a = 0; a < V; a++) {
+    const p2 = refProbs(model.logitsFor([...prompt, a], L), T, topK);
+    for (let b = 0; b < V; b++) {
+      const p3 = refProbs(model.logitsFor([...prompt, a, b], L + 1), T, topK);
+      for (let c = 0; c < V; c++) joint[(a * V + b) * V + c] = (p1[a] as number) * (p2[b] as number) * (p3[c] as number);
+    }
+  }
+  return joint;
+}
+
+/** Chi-square over cells, pooling those with expected count < 5 into one cell. */
+function assertFits(name: string, observed: number[], probs: number[], total: number): void {
+  const obs: number[] = [];
+  const exp: number[] = [];
+  let poolO = 0;
+  let poolP = 0;
+  observed.forEach((o, i) => {
+    const p = probs[i] as number;
+    if (p * total < 5) {
+      poolO += o;
+      poolP += p;
+    } else {
+      obs.push(o);
+      exp.push(p);
+    }
+  });
+  if (poolP > 0 || poolO > 0) {
+    obs.push(poolO);
+    exp.push(poolP);
+  }
+  const { stat, dof } = chiSquare(obs, exp, total);
+  const crit = chiSquareCritical(dof);
+  assert.ok(stat < crit, `${name}: chi-square ${stat.toFixed(1)} >= ${crit.toFixed(1)} (dof ${dof})`);
+}
+
+describe('speculative sampling is exact (toy model, chi-square)', function () {
+  this.timeout(60000);
+  const seed = testSeed;
+  const T = 0.9;
+  const prompt = [2, 3, 1, 2, 3, 1, 2];
+  const target = new ToyLM({ vocabSize: V, seed, scale: 0.7, hiddenSize: 8 });
+  const partial = (): ToyLM => new ToyLM({ vocabSize: V, seed, scale: 0.7, mix: { seed: seed + 50, weight: 0.7 } });
+  let heads: MedusaHeads;
+  before(() => {
+    heads = MedusaHeads.load(writeMedusaHeads({ numHeads: 2, numLayers: 1, hiddenSize: 8, vocabSize: V, seed }));
+  });
+  after(() => heads.dispose());
+
+  const cases: { name: string; make: () => Speculator | undefined; topK?: number; minAccept?: number }[] = [
+    { name: 'plain (no speculator)', make: () => undefined },
+    { name: 'draft model chain k=3 (sampled drafts, q passed)', make: () => new DraftModelSpeculator({ draft: partial(), k: 3 }) },
+    { name: 'draft model chain, top-k 4 on p and q', make: () => new DraftModelSpeculator({ draft: partial(), k: 2 }), topK: 4 },
+    {
+      name: 'draft model identical to the target (p = q: everything accepted)',
+      make: () => new DraftModelSpeculator({ draft: new ToyLM({ vocabSize: V, seed, scale: 0.7 }), k: 2 }),
+      minAccept: 0.999,
+    },
+    { name: 'draft model, heuristic k', make: () => new DraftModelSpeculator({ draft: partial(), adaptive: 'heuristic', k: 2 }) },
+    { name: 'draft model tree [3,2] (deterministic, one-hot)', make: () => new DraftModelSpeculator({ draft: partial(), treeBranching: [3, 2] }) },
+    { name: 'Medusa exact (tree rejection)', make: () => new MedusaSpeculator({ heads, choices: [[0], [1], [2], [0, 0], [0, 1], [1, 0]] }) },
+    { name: 'lookahead W=3 N=3 G=3', make: () => new LookaheadSpeculator({ W: 3, N: 3, G: 3 }) },
+    { name: 'prompt lookup', make: () => new PromptLookupSpeculator({ maxNgram: 2, numDraft: 3 }) },
+    { name: 'hybrid (draft + prompt lookup)', make: () => new HybridSpeculator({ draft: partial(), draftSpeculator: new PromptLookupSpeculator(), k: 3 }) },
+  ];
+
+  for (const c of cases) {
+    it(c.name, async () => {
+      const topK = c.topK ?? 0;
+      const spec = c.make();
+      const dec = new SpeculativeDecoder({
+        target,
+        ...(spec ? { speculator: spec } : {}),
+        sampling: { temperature: T, ...(topK ? { topK } : {}), seed: seed + c.name.length },
+      });
+      const res = await dec.generateBatch(
+        Array.from({ length: SEQS }, () => prompt),
+        { maxNewTokens: 3 },
+      );
+      const joint = reference(target, prompt, T, topK);
+      const c12 = new Array<number>(V * V).fill(0);
+      const c23 = new Array<number>(V * V).fill(0);
+      const c3 = new Array<number>(V).fill(0);
+      let proposed = 0;
+      let accepted = 0;
+      for (const r of res) {
+        assert.strictEqual(r.tokens.length, 3);
+        const [a, b, d] = r.tokens as unknown as [number, number, number];
+        c12[a * V + b]!++;
+        c23[b * V + d]!++;
+        c3[d]!++;
+        proposed += r.stats.proposedDraftTokens;
+        accepted += r.stats.acceptedDraftTokens;
+      }
+      const p12 = new Array<number>(V * V).fill(0);
+      const p23 = new Array<number>(V * V).fill(0);
+      const p3 = new Array<number>(V).fill(0);
+      for (let a = 0; a < V; a++)
+        for (let b = 0; b < V; b++)
+          for (let d = 0; d < V; d++) {
+            const p = joint[(a * V + b) * V + d] as number;
+            p12[a * V + b]! += p;
+            p23[b * V + d]! += p;
+            p3[d]! += p;
+          }
+      assertFits('(t1, t2)', c12, p12, SEQS);
+      assertFits('(t2, t3)', c23, p23, SEQS);
+      assertFits('t3', c3, p3, SEQS);
+      if (spec) assert.ok(proposed > SEQS / 4, `only ${proposed} draft tokens proposed`);
+      if (c.minAccept !== undefined) assert.ok(accepted / proposed >= c.minAccept, `acceptance ${accepted / proposed}`);
+      assert.strictEqual(target.liveSequences(), 0);
+    });
+  }
+
+  it('the same seed reproduces the same samples; another seed differs', async () => {
+    const run = async (s: number): Promise<string> => {
+      const dec = new SpeculativeDecoder({ target, speculator: new DraftModelSpeculator({ draft: partial(), k: 3 }), sampling: { temperature: T, seed: s } });
+      const r = await dec.generateBatch(Array.from({ length: 20 }, () => prompt), { maxNewTokens: 12 });
+      return r.map((x) => x.tokens.join(',')).join('|');
+    };
+    const a = await run(seed);
+    assert.strictEqual(await run(seed), a);
+    assert.notStrictEqual(await run(seed + 1), a);
+  });
+});

@@ -1,0 +1,393 @@
+// Strategies: greedy losslessness (token for token the plain greedy output) for every strategy,
+// single and batched, with perfect and useless drafts; lookahead's mask; Medusa heads loading;
+// adaptive draft lengths; and the same checks on real random Llama checkpoints.
+import * as assert from 'assert';
+import * as fs from 'fs';
+
+import { SpeculativeDecoder } from '../lib/decoder';
+import type { CausalLM } from '../lib/models/causal_lm';
+import { LlamaModel } from '../lib/models/llama';
+import { plainGenerate } from '../lib/plain';
+import { DraftModelSpeculator } from '../lib/strategies/draft_model';
+import { HybridSpeculator } from '../lib/strategies/hybrid';
+import { LookaheadSpeculator, lookaheadLayout, lookaheadMask, NgramPool } from '../lib/strategies/lookahead';
+import { MedusaHeads, MedusaSpeculator } from '../lib/strategies/medusa';
+import { PromptLookupSpeculator, promptLookup } from '../lib/strategies/prompt_lookup';
+import type { Speculator } from '../lib/strategies/speculator';
+import { maskBit, medusaChain } from '../lib/tree';
+import { makeCheckpoint, specByName, type CheckpointSpec } from './fixtures/checkpoints';
+import { writeMedusaHeads } from './fixtures/medusa_heads';
+import { ToyLM } from './fixtures/toy_lm';
+import { assertThrowsCode, rng, testSeed } from './helpers';
+
+const V = 16;
+
+function prompts(seed: number, lens: number[], vocab = V): Int32Array[] {
+  const r = rng(seed);
+  return lens.map((n) => Int32Array.from({ length: n }, () => Math.floor(r() * vocab)));
+}
+
+/** Greedy argmax of the toy's own function 2 steps ahead etc.: the perfect Medusa LM heads. */
+function perfectMedusaHeads(model: ToyLM, numHeads: number): string {
+  const greedy = (a: number, b: number): number => {
+    const l = model.logitsFor([a, b], 0);
+    let best = 0;
+    for (let v = 1; v < l.length; v++) if ((l[v] as number) > (l[best] as number)) best = v;
+    return best;
+  };
+  const H = V * V;
+  return writeMedusaHeads({
+    numHeads,
+    numLayers: 1,
+    hiddenSize: H,
+    vocabSize: V,
+    blockScale: 0, // ResBlock = identity: the head reads the one-hot state directly
+    lmHead: (h) => {
+      const w = new Float32Array(V * H);
+      for (let a = 0; a < V; a++) {
+        for (let b = 0; b < V; b++) {
+          // From state (a, b) the greedy text continues c, d, e...; head h predicts token h + 2 ahead.
+          let x = a;
+          let y = b;
+          for (let s = 0; s < h + 2; s++) [x, y] = [y, greedy(x, y)];
+          w[y * H + a * V + b] = 1;
+        }
+      }
+      return w;
+    },
+  });
+}
+
+interface Case {
+  readonly name: string;
+  /** Fresh speculator for a target (toy models of the case are built inside). */
+  readonly make: () => Speculator;
+  /** Expected acceptance: 'high' (> 0.8), 'low' (< 0.15), or undefined (only lossless). */
+  readonly acceptance?: 'high' | 'low';
+}
+
+describe('strategies: greedy output equals plain greedy decoding (toy model)', function () {
+  const seed = testSeed;
+  const target = new ToyLM({ vocabSize: V, seed, positional: false, hidden: 'state' });
+  const same = (extra: Partial<ConstructorParameters<typeof ToyLM>[0]> = {}): ToyLM =>
+    new ToyLM({ vocabSize: V, seed, positional: false, hidden: 'state', ...extra });
+  const useless = (): ToyLM => new ToyLM({ vocabSize: V, seed: seed + 999, positional: false });
+  let perfectHeads: MedusaHeads;
+  let randomHeads: MedusaHeads;
+  before(() => {
+    perfectHeads = MedusaHeads.load(perfectMedusaHeads(target, 4));
+    randomHeads = MedusaHeads.load(writeMedusaHeads({ numHeads: 4, numLayers: 1, hiddenSize: V * V, vocabSize: V, seed }));
+  });
+  after(() => {
+    perfectHeads.dispose();
+    randomHeads.dispose();
+  });
+
+  const cases: Case[] = [
+    { name: 'draft model, fixed k=4, perfect draft', make: () => new DraftModelSpeculator({ draft: same(), k: 4 }), acceptance: 'high' },
+    { name: 'draft model, fixed k=4, useless draft', make: () => new DraftModelSpeculator({ draft: useless(), k: 4 }), acceptance: 'low' },
+    { name: 'draft model, heuristic k, perfect', make: () => new DraftModelSpeculator({ draft: same(), adaptive: 'heuristic' }), acceptance: 'high' },
+    { name: 'draft model, heuristic k, useless', make: () => new DraftModelSpeculator({ draft: useless(), adaptive: 'heuristic' }), acceptance: 'low' },
+    { name: 'draft model, confidence-stopped, perfect', make: () => new DraftModelSpeculator({ draft: same(), adaptive: 'confidence', confidenceThreshold: 0.3 }), acceptance: 'high' },
+    { name: 'draft model, tree [3,2,1], perfect', make: () => new DraftModelSpeculator({ draft: same(), treeBranching: [3, 2, 1] }) },
+    { name: 'draft model, tree [2,2], useless', make: () => new DraftModelSpeculator({ draft: useless(), treeBranching: [2, 2] }), acceptance: 'low' },
+    { name: 'draft model, partially right draft', make: () => new DraftModelSpeculator({ draft: same({ mix: { seed: 77, weight: 0.5 } }), k: 3 }) },
+    { name: 'Medusa, perfect heads, chain', make: () => new MedusaSpeculator({ heads: perfectHeads, choices: medusaChain(4) }), acceptance: 'high' },
+    { name: 'Medusa, perfect heads, mc_sim_7b_63', make: () => new MedusaSpeculator({ heads: perfectHeads, choices: 'mc_sim_7b_63' }) },
+    { name: 'Medusa, random heads, small_16', make: () => new MedusaSpeculator({ heads: randomHeads, choices: 'small_16' }) },
+    { name: 'lookahead W=4 N=3 G=4', make: () => new LookaheadSpeculator({ W: 4, N: 3, G: 4 }) },
+    { name: 'lookahead W=6 N=4 G=2', make: () => new LookaheadSpeculator({ W: 6, N: 4, G: 2 }) },
+    { name: 'prompt lookup', make: () => new PromptLookupSpeculator({ maxNgram: 3, numDraft: 6 }) },
+    { name: 'hybrid: perfect draft + lookahead', make: () => new HybridSpeculator({ draft: same(), draftSpeculator: new LookaheadSpeculator({ W: 4, N: 3, G: 3 }), k: 5 }), acceptance: 'high' },
+    {
+      name: 'hybrid: perfect draft sped up by its perfect Medusa heads',
+      make: () => new HybridSpeculator({ draft: same(), draftSpeculator: new MedusaSpeculator({ heads: perfectHeads, choices: medusaChain(3) }), k: 6 }),
+      acceptance: 'high',
+    },
+    { name: 'hybrid: useless draft + prompt lookup', make: () => new HybridSpeculator({ draft: useless(), draftSpeculator: new PromptLookupSpeculator(), k: 4 }), acceptance: 'low' },
+  ];
+
+  for (const c of cases) {
+    it(c.name, async () => {
+      const ps = prompts(seed + c.name.length, [7, 2, 12]);
+      const maxNew = 40;
+      const plain = await plainGenerate(target, ps, { maxNewTokens: maxNew });
+      const spec = c.make();
+      const dec = new SpeculativeDecoder({ target, speculator: spec });
+      const batch = await dec.generateBatch(ps, { maxNewTokens: maxNew });
+      const single = await dec.generate(ps[0]!, { maxNewTokens: maxNew }).result;
+      for (let i = 0; i < ps.length; i++) assert.deepStrictEqual(Array.from(batch[i]!.tokens), Array.from(plain.tokens[i]!), `sequence ${i}`);
+      assert.deepStrictEqual(Array.from(single.tokens), Array.from(plain.tokens[0]!));
+      let proposed = 0;
+      let accepted = 0;
+      for (const r of batch) {
+        proposed += r.stats.proposedDraftTokens;
+        accepted += r.stats.acceptedDraftTokens;
+        assert.strictEqual(r.stats.newTokens, maxNew);
+      }
+      assert.ok(proposed > 0, 'the speculator proposed drafts');
+      const rate = accepted / proposed;
+      if (c.acceptance === 'high') assert.ok(rate > 0.8, `acceptance ${rate}`);
+      if (c.acceptance === 'low') assert.ok(rate < 0.15, `acceptance ${rate}`);
+      if (c.acceptance === 'high') {
+        const tau = batch.reduce((a, r) => a + r.stats.newTokens, 0) / batch.reduce((a, r) => a + r.stats.targetForwards, 0);
+        assert.ok(tau > 2, `tau ${tau}`);
+      }
+      assert.strictEqual(target.liveSequences(), 0);
+      dec.dispose();
+    });
+  }
+
+  it('n-gram strategies accept tokens once the greedy text repeats', async () => {
+    // An order-2 model over 16 tokens is periodic after at most 256 greedy steps: a 300-token
+    // greedy prefix as the prompt puts the text inside its cycle, where n-grams repeat.
+    const start = prompts(seed + 5, [3])[0]!;
+    const prefix = (await plainGenerate(target, [start], { maxNewTokens: 300 })).tokens[0]!;
+    const prompt = Int32Array.from([...start, ...prefix]);
+    const ref = (await plainGenerate(target, [prompt], { maxNewTokens: 100 })).tokens[0]!;
+    for (const spec of [new PromptLookupSpeculator(), new LookaheadSpeculator({ W: 5, N: 3, G: 5 })]) {
+      const dec = new SpeculativeDecoder({ target, speculator: spec });
+      const r = await dec.generate(prompt, { maxNewTokens: 100 }).result;
+      assert.deepStrictEqual(Array.from(r.tokens), Array.from(ref));
+      assert.ok(r.stats.acceptedDraftTokens > 20, `${spec.name}: ${r.stats.acceptedDraftTokens} accepted`);
+      assert.ok(r.stats.targetForwards < 80, `${spec.name}: ${r.stats.targetForwards} forwards`);
+    }
+  });
+});
+
+describe('draft model adaptivity', () => {
+  const seed = testSeed + 17;
+
+  it("heuristic k follows HF's rule: +2 after a full accept, -1 otherwise, within bounds", async () => {
+    const target = new ToyLM({ vocabSize: V, seed, positional: false });
+    for (const [draft, dir] of [
+      [new ToyLM({ vocabSize: V, seed, positional: false }), 'up'],
+      [new ToyLM({ vocabSize: V, seed: seed + 1, positional: false }), 'down'],
+    ] as const) {
+      const spec = new DraftModelSpeculator({ draft, k: 4, adaptive: 'heuristic', minK: 1, maxK: 10 });
+      const dec = new SpeculativeDecoder({ target, speculator: spec });
+      await dec.generate(prompts(seed, [5])[0]!, { maxNewTokens: 80 }).result;
+      const trace = [...spec.trace.values()][0]!;
+      assert.ok(trace.length > 3);
+      for (let i = 0; i + 1 < trace.length; i++) {
+        const t = trace[i]!;
+        const want = t.accepted >= t.drafted ? Math.min(10, t.k + 2) : Math.max(1, t.k - 1);
+        assert.strictEqual(trace[i + 1]!.k, want, `step ${i}: ${JSON.stringify(t)}`);
+      }
+      const ks = trace.map((t) => t.k);
+      if (dir === 'up') assert.deepStrictEqual(ks.slice(0, 4), [4, 6, 8, 10]);
+      else assert.ok(ks.includes(1) && Math.max(...ks.slice(4)) <= 3, `k ${ks}`);
+    }
+  });
+
+  it('confidence mode drafts long runs from a peaked draft and single tokens from a flat one', async () => {
+    const target = new ToyLM({ vocabSize: V, seed, positional: false });
+    const peaked = new DraftModelSpeculator({ draft: new ToyLM({ vocabSize: V, seed, positional: false, scale: 30 }), adaptive: 'confidence', maxK: 6 });
+    const flat = new DraftModelSpeculator({ draft: new ToyLM({ vocabSize: V, seed, positional: false, scale: 0.05 }), adaptive: 'confidence', maxK: 6 });
+    for (const spec of [peaked, flat]) {
+      const dec = new SpeculativeDecoder({ target, speculator: spec });
+      const p = prompts(seed + 3, [4])[0]!;
+      const r = await dec.generate(p, { maxNewTokens: 60 }).result;
+      const ref = await plainGenerate(target, [p], { maxNewTokens: 60 });
+      assert.deepStrictEqual(Array.from(r.tokens), Array.from(ref.tokens[0]!));
+      const ks = [...spec.kHistory.values()][0]!;
+      if (spec === flat) assert.ok(ks.slice(0, -1).every((k) => k === 1), `flat drafted ${ks}`);
+      else assert.ok(ks.slice(0, -2).every((k) => k === 6), `peaked drafted ${ks}`);
+    }
+  });
+});
+
+describe('lookahead', () => {
+  it('its mask matches a hand-built one (W=2, N=3, G=2)', () => {
+    // Nodes: 0 root | 1-2 chain A | 3-4 chain B | 5,6 level 0 | 7,8 level 1.
+    const sees: number[][] = [[0], [0, 1], [0, 1, 2], [0, 3], [0, 3, 4], [0, 5], [0, 5, 6], [0, 5, 7], [0, 5, 6, 8]];
+    const m = lookaheadMask(2, 3, 2);
+    assert.strictEqual(m.words, 1);
+    assert.strictEqual(m.bits.length, 9);
+    for (let i = 0; i < 9; i++) for (let j = 0; j < 9; j++) assert.strictEqual(maskBit(m, i, j), sees[i]!.includes(j), `row ${i} col ${j}`);
+    const l = lookaheadLayout(2, 3, [2, 2]);
+    assert.deepStrictEqual(Array.from(l.parents), [-1, 0, 1, 0, 3, -2, -2, -2, -2]);
+    assert.deepStrictEqual(Array.from(l.relPositions), [0, 1, 2, 1, 2, 1, 2, 2, 3]);
+    assert.strictEqual(l.windowStart, 5);
+    // Bigger layouts: each window token's visible set has contiguous positions 0..its own.
+    const big = lookaheadLayout(7, 5, [4, 1, 3]);
+    for (let i = big.windowStart; i < big.parents.length; i++) {
+      const pos: number[] = [];
+      for (let j = 0; j < big.parents.length; j++) if (maskBit(big.mask, i, j)) pos.push(big.relPositions[j]!);
+      pos.sort((a, b) => a - b);
+      assert.deepStrictEqual(pos, Array.from({ length: big.relPositions[i]! + 1 }, (_, k) => k), `node ${i}`);
+    }
+  });
+
+  it('the n-gram pool keeps at most G per first token, least recently used dropped', () => {
+    const p = new NgramPool(2);
+    p.add([1, 2, 3]);
+    p.add([1, 4, 5]);
+    p.add([1, 2, 3]); // refresh
+    p.add([1, 6, 7]); // evicts [4, 5]
+    p.add([2, 9, 9]);
+    assert.deepStrictEqual(p.get(1), [[6, 7], [2, 3]]);
+    assert.deepStrictEqual(p.get(2), [[9, 9]]);
+    assert.deepStrictEqual(p.get(3), []);
+    assert.strictEqual(p.size, 3);
+    assertThrowsCode(() => new LookaheadSpeculator({ W: 0, N: 3, G: 1 }), 'E_ARG', /W >= 1/);
+  });
+});
+
+describe('prompt lookup', () => {
+  it('matches the longest suffix n-gram, most recent occurrence first', () => {
+    //          0  1  2  3  4  5  6  7  8  9
+    const h = [5, 1, 2, 3, 9, 1, 2, 4, 7, 1, 2];
+    assert.deepStrictEqual(promptLookup(h, 3, 1, 10), [4, 7, 1, 2]); // "1 2" at 5 (most recent), then 4 7 1 2
+    assert.deepStrictEqual(promptLookup(h, 3, 1, 2), [4, 7]);
+    assert.deepStrictEqual(promptLookup([9, 5, 1, 2, 3, 8, 1, 2, 3], 3, 1, 3), [8, 1, 2]); // trigram
+    assert.deepStrictEqual(promptLookup([1, 2, 3], 3, 1, 5), []);
+    assert.deepStrictEqual(promptLookup([4, 4], 3, 2, 5), []); // only unigram matches, below minNgram
+    assert.deepStrictEqual(promptLookup([4, 4], 3, 1, 5), [4]);
+  });
+});
+
+describe('Medusa heads (FasterDecoding layout)', () => {
+  it('load, report their sizes, and reject mismatched or broken heads', () => {
+    const dir = writeMedusaHeads({ numHeads: 3, numLayers: 2, hiddenSize: 8, vocabSize: 12, seed: 4, dtype: 'BF16', baseModel: 'base/x' });
+    const heads = MedusaHeads.load(dir);
+    assert.deepStrictEqual(heads.config, { numHeads: 3, numLayers: 2, baseModel: 'base/x', hiddenSize: 8, vocabSize: 12 });
+    const target = new ToyLM({ vocabSize: 12, seed: 1, hiddenSize: 8 });
+    const ok = new MedusaSpeculator({ heads, choices: [[0], [1], [0, 0], [0, 0, 0]] });
+    assert.strictEqual(new MedusaSpeculator({ heads }).shape.depth, 3, 'the default preset is cut to the heads');
+    ok.attach(target);
+    assertThrowsCode(() => new MedusaSpeculator({ heads, choices: 'mc_sim_7b_63' }), 'E_ARG', /4 deep but there are only 3 heads/);
+    assertThrowsCode(() => new MedusaSpeculator({ heads, choices: 'nope' }), 'E_ARG', /unknown choices preset/);
+    assertThrowsCode(
+      () => new SpeculativeDecoder({ target: new ToyLM({ vocabSize: 12, seed: 1, hiddenSize: 9 }), speculator: ok }),
+      'E_ARG',
+      /hidden size 8 but the target has 9/,
+    );
+    assertThrowsCode(() => ok.attach(new ToyLM({ vocabSize: 13, seed: 1, hiddenSize: 8 })), 'E_ARG', /vocabulary 12 but the target has 13/);
+    heads.dispose();
+    assertThrowsCode(() => MedusaHeads.load(writeMedusaHeads({ numHeads: 2, numLayers: 1, hiddenSize: 8, vocabSize: 12, omit: '1.0.linear.bias' })), 'E_FORMAT', /no tensor '1.0.linear.bias'/);
+    assertThrowsCode(() => MedusaHeads.load('/nonexistent/medusa'), 'E_IO', /config.json/);
+    const bad = writeMedusaHeads({ numHeads: 2, numLayers: 1, hiddenSize: 8, vocabSize: 12 });
+    fs.writeFileSync(`${bad}/config.json`, JSON.stringify({ medusa_num_heads: 0, medusa_num_layers: 1 }));
+    assertThrowsCode(() => MedusaHeads.load(bad), 'E_FORMAT', /medusa_num_heads/);
+  });
+
+  it('compute x + SiLU(W x + b) per layer, then the head LM head (float64 reference)', () => {
+    const H = 6;
+    const Vh = 5;
+    const dir = writeMedusaHeads({ numHeads: 2, numLayers: 2, hiddenSize: H, vocabSize: Vh, seed: testSeed });
+    const heads = MedusaHeads.load(dir);
+    const { openSafetensors } = require('../lib/safetensors') as typeof import('../lib/safetensors');
+    const f = openSafetensors(`${dir}/medusa_lm_head.safetensors`);
+    const w = (n: string): Float32Array => {
+      const t = f.load(n);
+      const a = t.toFloat32();
+      t.dispose();
+      return a;
+    };
+    const r = rng(testSeed + 1);
+    const x = Float32Array.from({ length: 3 * H }, () => 2 * r() - 1);
+    const { Tensor } = require('../lib/tensor') as typeof import('../lib/tensor');
+    const xt = Tensor.fromArray(x, 'f32', [3, H]);
+    const outs = heads.apply(xt);
+    for (let h = 0; h < 2; h++) {
+      const got = outs[h]!.toFloat32();
+      for (let n = 0; n < 3; n++) {
+        let cur = Array.from(x.subarray(n * H, (n + 1) * H));
+        for (let l = 0; l < 2; l++) {
+          const W = w(`${h}.${l}.linear.weight`);
+          const b = w(`${h}.${l}.linear.bias`);
+          cur = cur.map((c, i) => {
+            let z = b[i]!;
+            for (let k = 0; k < H; k++) z += W[i * H + k]! * cur[k]!;
+            return c + z / (1 + Math.exp(-z));
+          });
+        }
+        const L = w(`${h}.2.weight`);
+        for (let v = 0; v < Vh; v++) {
+          let z = 0;
+          for (let k = 0; k < H; k++) z += L[v * H + k]! * cur[k]!;
+          assert.ok(Math.abs(z - got[n * Vh + v]!) < 1e-4, `head ${h} row ${n} v ${v}: ${got[n * Vh + v]} vs ${z}`);
+        }
+      }
+      outs[h]!.dispose();
+    }
+    assert.ok(Array.from(x).every((v, i) => xt.toFloat32()[i] === v), 'the input is not modified');
+    xt.dispose();
+    f.close();
+    heads.dispose();
+  });
+});
+
+describe('strategies on random Llama checkpoints (CPU)', function () {
+  this.timeout(120000);
+  const targetSpec = specByName('llama-gqa-f32');
+  const draftSpec: CheckpointSpec = { ...targetSpec, name: 'draft-small', layers: 1, hidden: 16, intermediate: 32, heads: 2, kvHeads: 1 };
+  let target: LlamaModel;
+  let draft: LlamaModel;
+  before(async () => {
+    target = await LlamaModel.load(makeCheckpoint(targetSpec, testSeed), { device: 'cpu', maxSequences: 8 });
+    draft = await LlamaModel.load(makeCheckpoint(draftSpec, testSeed + 1), { device: 'cpu', maxSequences: 8 });
+  });
+  after(() => {
+    target?.dispose();
+    draft?.dispose();
+  });
+
+  it('draft model (smaller draft; the target as its own draft), tree, lookahead, prompt lookup, Medusa, hybrid: greedy equals plain', async () => {
+    const ps = prompts(testSeed + 3, [5, 11, 2], targetSpec.vocab);
+    const maxNew = 24;
+    const plain = await plainGenerate(target, ps, { maxNewTokens: maxNew });
+    const free0 = target.kvInfo().freePages;
+    const heads = MedusaHeads.load(writeMedusaHeads({ numHeads: 3, numLayers: 1, hiddenSize: targetSpec.hidden, vocabSize: targetSpec.vocab, seed: 3 }));
+    const self = await LlamaModel.load(target.dir, { device: 'cpu', maxSequences: 8 });
+    const specs: [string, Speculator, number?][] = [
+      ['smaller draft k=4', new DraftModelSpeculator({ draft, k: 4 })],
+      ['target as its own draft', new DraftModelSpeculator({ draft: self, k: 5 }), 0.99],
+      ['tree draft', new DraftModelSpeculator({ draft, treeBranching: [2, 2, 1] })],
+      ['lookahead', new LookaheadSpeculator({ W: 4, N: 3, G: 3 })],
+      ['prompt lookup', new PromptLookupSpeculator()],
+      ['medusa', new MedusaSpeculator({ heads })],
+      ['hybrid', new HybridSpeculator({ draft: self, draftSpeculator: new PromptLookupSpeculator(), k: 4 }), 0.99],
+    ];
+    try {
+      for (const [name, spec, minRate] of specs) {
+        const dec = new SpeculativeDecoder({ target, speculator: spec });
+        const res = await dec.generateBatch(ps, { maxNewTokens: maxNew });
+        res.forEach((r, i) => assert.deepStrictEqual(Array.from(r.tokens), Array.from(plain.tokens[i]!), `${name}: sequence ${i}`));
+        if (minRate !== undefined) {
+          const rate = res.reduce((a, r) => a + r.stats.acceptedDraftTokens, 0) / res.reduce((a, r) => a + r.stats.proposedDraftTokens, 0);
+          assert.ok(rate >= minRate, `${name}: acceptance ${rate}`);
+        }
+        assert.strictEqual(target.kvInfo().freePages, free0, `${name}: target KV pages leaked`);
+      }
+      assert.strictEqual(draft.kvInfo().freePages, draft.kvInfo().totalPages, 'draft KV pages leaked');
+    } finally {
+      heads.dispose();
+      self.dispose();
+    }
+  });
+
+  it('abort frees the KV pages of target and draft', async () => {
+    const free0 = target.kvInfo().freePages;
+    const dfree0 = draft.kvInfo().freePages;
+    const dec = new SpeculativeDecoder({ target, speculator: new DraftModelSpeculator({ draft, k: 3 }) });
+    const ac = new AbortController();
+    let n = 0;
+    await assert.rejects(
+      dec.generateBatch(prompts(testSeed + 9, [6, 3], targetSpec.vocab), {
+        maxNewTokens: 60,
+        signal: ac.signal,
+        onTokens: () => {
+          if (++n === 3) ac.abort();
+        },
+      }),
+      (e: Error) => e.name === 'AbortError',
+    );
+    assert.strictEqual(target.kvInfo().freePages, free0);
+    assert.strictEqual(draft.kvInfo().freePages, dfree0);
+  });
+});
+
+// Keep the CausalLM import used for type-only checks of the fixtures.
+export type _Check = CausalLM;

@@ -1,0 +1,39 @@
+// Native binding of the model layer ops (cpp/napi/layers_napi.cc) and the safetensors reader.
+// Augments SpecdecNative.NativeBinding (typings/native.d.ts) by interface merging.
+
+declare namespace SpecdecNative {
+  /** Dtype names as they appear in safetensors headers (those the native reader loads). */
+  type SafetensorsNativeDType = 'F32' | 'F16' | 'BF16' | 'I32' | 'F64' | 'U32' | 'U64';
+
+  /** An open, memory-mapped, validated safetensors file. */
+  interface SafetensorsFile {
+    /** Tensor names, sorted. */
+    names(): string[];
+    /** dtype and shape of `name` (E_FORMAT if there is no such tensor). */
+    info(name: string): { dtype: SafetensorsNativeDType; shape: number[] };
+    /** A copy of `name` as a tensor on `device` (dtype kept). */
+    load(name: string, device?: Device): Tensor;
+    /** The "__metadata__" strings. */
+    metadata(): Record<string, string>;
+    path(): string;
+    /** Unmaps the file; loaded tensors stay valid. Further calls throw E_DISPOSED. */
+    close(): void;
+  }
+
+  interface NativeBinding {
+    /** out[n] = table[ids[n]] as f32. E_ARG names a bad id and the vocabulary size. */
+    layerEmbedding(table: Tensor, ids: Tensor, out?: Tensor): Tensor;
+    /** out = x / sqrt(mean(x^2) + eps) * w (out may be x). */
+    layerRmsnorm(x: Tensor, w: Tensor, eps: number, out?: Tensor): Tensor;
+    /** out = x @ w^T (+ bias); batch invariant per row. */
+    layerMatmul(x: Tensor, w: Tensor, bias?: Tensor | null, out?: Tensor): Tensor;
+    /** Rotary embedding in place (HF rotate_half layout). */
+    layerRope(x: Tensor, positions: Tensor, invFreq: Tensor): void;
+    /** out = silu(gate) * up (out may be gate). */
+    layerSiluMul(gate: Tensor, up: Tensor, out?: Tensor): Tensor;
+    layerAddInplace(x: Tensor, y: Tensor): void;
+    layerSiluInplace(x: Tensor): void;
+    /** Opens and validates a safetensors file: E_IO (missing/unreadable) or E_FORMAT (invalid). */
+    safetensorsOpen(path: string): SafetensorsFile;
+  }
+}

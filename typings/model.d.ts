@@ -1,0 +1,83 @@
+// Native binding of the Llama-family runner (cpp/napi/model_napi.cc). Wrapped by lib/models/llama.ts.
+
+declare namespace SpecdecNative {
+  /** Validated model config as the runner takes it (lib/models/config.ts builds it from config.json). */
+  interface LlamaNativeConfig {
+    architecture: string;
+    vocabSize: number;
+    hiddenSize: number;
+    intermediateSize: number;
+    numLayers: number;
+    numHeads: number;
+    numKvHeads: number;
+    headDim: number;
+    maxPositions: number;
+    rmsNormEps: number;
+    ropeTheta: number;
+    ropeScaling?: {
+      type: 'linear' | 'llama3';
+      factor: number;
+      lowFreqFactor?: number;
+      highFreqFactor?: number;
+      originalMaxPositions?: number;
+    };
+    qkvBias: boolean;
+    oBias: boolean;
+    tieWordEmbeddings: boolean;
+  }
+
+  /** Where the weights are: one file, or a weight map (tensor name -> shard file), relative to dir. */
+  interface LlamaNativeSource {
+    dir: string;
+    file?: string;
+    weightMap?: Record<string, string>;
+  }
+
+  interface LlamaNativeOptions {
+    device: Device;
+    pageSize: number;
+    kvPages: number;
+    kvDtype: 'f32' | 'f16' | 'bf16';
+  }
+
+  interface LlamaNativeInput {
+    seq: number;
+    tokens: Int32Array;
+    parents?: Int32Array;
+    positions?: Int32Array;
+    mask?: { bits: BigUint64Array; words: number };
+  }
+
+  interface LlamaNativeForward {
+    logits: Tensor;
+    hidden?: Tensor;
+    indptr: Int32Array;
+  }
+
+  interface LlamaNativeKvInfo {
+    pageSize: number;
+    totalPages: number;
+    freePages: number;
+    dtype: DType;
+    bytes: number;
+  }
+
+  interface LlamaNativeModel {
+    /** Runs on the libuv pool. */
+    forward(inputs: readonly LlamaNativeInput[], hidden: boolean): Promise<LlamaNativeForward>;
+    commit(seqs: Int32Array, accepted: readonly Int32Array[]): void;
+    createSequence(): number;
+    forkSequence(seq: number): number;
+    freeSequence(seq: number): void;
+    truncate(seq: number, length: number): void;
+    sequenceLength(seq: number): number;
+    kvInfo(): LlamaNativeKvInfo;
+    weightDtype(): DType;
+    dispose(): void;
+  }
+
+  interface NativeBinding {
+    /** Loads (memory-maps, validates, copies to the device) on the libuv pool. */
+    llamaLoad(config: LlamaNativeConfig, source: LlamaNativeSource, options: LlamaNativeOptions): Promise<LlamaNativeModel>;
+  }
+}

@@ -1,0 +1,42 @@
+// Native binding of sampling and verification (cpp/napi/sampling_napi.cc). Wrapped by lib/sampling.ts
+// and lib/verify.ts; use those.
+declare namespace SpecdecNative {
+  interface NativeSamplingOptions {
+    temperature?: number;
+    topK?: number;
+    topP?: number;
+    minP?: number;
+  }
+
+  interface NativeVerifyInput {
+    mode: 'greedy' | 'rejection' | 'typical';
+    nodeIndptr: Int32Array;
+    parents: Int32Array;
+    tokens: Int32Array;
+    target: Tensor;
+    draft?: Tensor;
+    seeds?: BigUint64Array;
+    offsets?: BigUint64Array;
+    typicalThreshold?: number;
+    typicalAlpha?: number;
+    maxDepth: number;
+  }
+
+  /** Flat results: acceptedNodes/emitted are ragged by nodeIndptr. */
+  interface NativeVerifyOutput {
+    acceptedNodes: Int32Array;
+    emitted: Int32Array;
+    acceptCount: Int32Array;
+    depthAccepts: Int32Array;
+  }
+
+  interface NativeBinding {
+    samplingProcessLogits(logits: Tensor, options: NativeSamplingOptions): Tensor;
+    samplingArgmax(logits: Tensor): Tensor;
+    samplingSample(probs: Tensor, seeds: BigUint64Array, offsets: BigUint64Array): Int32Array;
+    samplingTopK(x: Tensor, k: number): { values: Tensor; ids: Tensor };
+    verifyTree(input: NativeVerifyInput): NativeVerifyOutput;
+    /** Philox4x32-10 of one counter block (known-answer tests). */
+    samplingPhilox4x32(counter: Uint32Array, key: Uint32Array): Uint32Array;
+  }
+}

@@ -159,7 +159,8 @@ describe('specdec generate (cli)', function () {
     assert.deepStrictEqual(f.strategy, { lookahead: [5, 3, 2] });
     assert.deepStrictEqual(Array.from(f.promptIds!), [4, 5]);
     assert.strictEqual(f.topP, 0.9);
-    assert.throws(() => parseGenerateFlags(['--draft', 'a', '--medusa', 'b', '--prompt-ids', '1']), /exclusive/);
+    assert.throws(() => parseGenerateFlags(['--medusa', 'b', '--prompt-lookup', '3', '--prompt-ids', '1']), /exclusive/);
+    assert.deepStrictEqual(parseGenerateFlags(['--draft', 'a', '--prompt-lookup', '3', '--prompt-ids', '1']).strategy, { draft: 'a', promptLookup: 3 });
     let out = '';
     let seen: string | undefined;
     const code = await generateCommand(['--model', bare, '--draft', 'somewhere', '--prompt-ids', '3,4', '--json', '--device', 'cpu'], {
@@ -174,5 +175,23 @@ describe('specdec generate (cli)', function () {
     assert.strictEqual(code, 0);
     assert.strictEqual(seen, 'somewhere');
     assert.deepStrictEqual((JSON.parse(out) as Record).tokens, [7]);
+
+    // A strategy parser takes its own flags (e.g. extra ones) out of argv first.
+    let strategySeen: unknown;
+    out = '';
+    const code2 = await generateCommand(['--model', bare, '--draft-k', '5', '--prompt-ids', '3,4', '--json', '--device', 'cpu'], {
+      stdout: (s) => (out += s),
+      stderr: (s) => assert.fail(s),
+      parseStrategyFlags: (argv) => {
+        const i = argv.indexOf('--draft-k');
+        return { flags: { draft: 'x', draftK: Number(argv[i + 1]) } as never, rest: argv.filter((_, j) => j !== i && j !== i + 1) };
+      },
+      strategyHook: async ({ flags, prompts }) => {
+        strategySeen = flags.strategy;
+        return prompts.map(() => ({ tokens: [8], text: '', stats: { targetForwards: 1, tokensPerForward: 1, acceptanceRate: 0, acceptedPerPosition: [], seconds: 1, tokensPerSecond: 1 } }));
+      },
+    });
+    assert.strictEqual(code2, 0);
+    assert.deepStrictEqual(strategySeen, { draft: 'x', draftK: 5 });
   });
 });

@@ -11,6 +11,7 @@ import { LookaheadSpeculator } from '../lib/strategies/lookahead';
 import { MedusaHeads, MedusaSpeculator } from '../lib/strategies/medusa';
 import { PromptLookupSpeculator } from '../lib/strategies/prompt_lookup';
 import type { Speculator } from '../lib/strategies/speculator';
+import { Tensor } from '../lib/tensor';
 import { writeMedusaHeads } from './fixtures/medusa_heads';
 import { ToyLM } from './fixtures/toy_lm';
 import { chiSquare, chiSquareCritical, testSeed } from './helpers';
@@ -150,6 +151,44 @@ describe('speculative sampling is exact (toy model, chi-square)', function () {
       assert.strictEqual(target.liveSequences(), 0);
     });
   }
+
+  it('detects a biased run: drafts accepted as if q were the target (negative control)', async () => {
+    // Claiming q = p makes every sampled draft accepted, so the output follows the draft's q,
+    // not p. The same statistics must flag it (this shows the test has power).
+    const inner = new DraftModelSpeculator({ draft: partial(), k: 3 });
+    const broken: Speculator = {
+      name: 'broken',
+      wantsHidden: false,
+      attach: (m) => inner.attach(m),
+      prefill: async () => undefined,
+      propose: async (seqs, ctx) => {
+        const b = await inner.propose(seqs, ctx);
+        b.draftProbs?.dispose();
+        const rows: number[] = [];
+        b.proposals.forEach((p, i) => {
+          const s = seqs[i]!;
+          const ctxTokens = s.history.slice();
+          for (let n = 0; n < p.tokens.length; n++) {
+            if (n > 0) ctxTokens.push(p.tokens[n]!);
+            rows.push(...refProbs(target.logitsFor(ctxTokens, s.committed + n), T, 0));
+          }
+        });
+        return { proposals: b.proposals, draftProbs: Tensor.fromArray(Float32Array.from(rows), 'f32', [rows.length / V, V]) };
+      },
+      update: (seqs, rep) => inner.update(seqs, rep),
+      release: (s) => inner.release(s),
+      dispose: () => inner.dispose(),
+    };
+    const dec = new SpeculativeDecoder({ target, speculator: broken, sampling: { temperature: T, seed } });
+    const res = await dec.generateBatch(Array.from({ length: SEQS }, () => prompt), { maxNewTokens: 3 });
+    assert.ok(res.every((r) => r.stats.acceptanceRate === 1), 'q = p: every draft accepted');
+    const joint = reference(target, prompt, T, 0);
+    const c23 = new Array<number>(V * V).fill(0);
+    const p23 = new Array<number>(V * V).fill(0);
+    for (const r of res) c23[r.tokens[1]! * V + r.tokens[2]!]!++;
+    joint.forEach((p, i) => (p23[(Math.floor(i / V) % V) * V + (i % V)]! += p));
+    assert.throws(() => assertFits('(t2, t3)', c23, p23, SEQS), /chi-square/);
+  });
 
   it('the same seed reproduces the same samples; another seed differs', async () => {
     const run = async (s: number): Promise<string> => {

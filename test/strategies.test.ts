@@ -4,6 +4,7 @@
 import * as assert from 'assert';
 import * as fs from 'fs';
 
+import { parseStrategyFlags, speculatorFactory, strategyHook } from '../lib/cli/strategy_flags';
 import { SpeculativeDecoder } from '../lib/decoder';
 import type { CausalLM } from '../lib/models/causal_lm';
 import { LlamaModel } from '../lib/models/llama';
@@ -316,6 +317,49 @@ describe('Medusa heads (FasterDecoding layout)', () => {
     xt.dispose();
     f.close();
     heads.dispose();
+  });
+});
+
+describe('strategy flags (CLI)', () => {
+  it('parse --draft/--medusa/--lookahead/--prompt-lookup and reject bad values', () => {
+    const { flags, rest } = parseStrategyFlags(['--model', 'm', '--lookahead', '5,3,4', '--json']);
+    assert.deepStrictEqual(flags, { lookahead: [5, 3, 4] });
+    assert.deepStrictEqual(rest, ['--model', 'm', '--json']);
+    assert.deepStrictEqual(parseStrategyFlags(['--draft=d', '--draft-k', '3', '--prompt-lookup', '2']).flags, { draft: 'd', draftK: 3, promptLookup: 2 });
+    assertThrowsCode(() => parseStrategyFlags(['--lookahead', '5,3']), 'E_ARG', /W,N,G/);
+    assertThrowsCode(() => parseStrategyFlags(['--lookahead', '5,1,2']), 'E_ARG', /--lookahead N: expected an integer >= 2/);
+    assertThrowsCode(() => parseStrategyFlags(['--prompt-lookup', 'x']), 'E_ARG', /--prompt-lookup/);
+    assertThrowsCode(() => parseStrategyFlags(['--medusa', 'a', '--lookahead', '1,2,3']), 'E_ARG', /exclusive/);
+    assertThrowsCode(() => parseStrategyFlags(['--draft']), 'E_ARG', /missing value/);
+    assertThrowsCode(() => parseStrategyFlags(['--draft-k', '2']), 'E_ARG', /needs --draft/);
+  });
+
+  it('the factory builds draft, hybrid and n-gram speculators; the hook decodes losslessly', async () => {
+    const target = new ToyLM({ vocabSize: V, seed: 3, positional: false });
+    const loadModel = async (): Promise<CausalLM> => new ToyLM({ vocabSize: V, seed: 3, positional: false });
+    const names: string[] = [];
+    for (const argv of [['--draft', 'x'], ['--draft', 'x', '--lookahead', '3,3,2'], ['--prompt-lookup', '3'], ['--lookahead', '4,3,2'], []]) {
+      const built = await speculatorFactory(parseStrategyFlags(argv).flags, { loadModel })(target);
+      names.push(built.speculator?.name ?? 'plain');
+      built.dispose();
+    }
+    assert.deepStrictEqual(names, ['draft-model', 'hybrid(lookahead)', 'prompt-lookup', 'lookahead', 'plain']);
+    await assert.rejects(speculatorFactory({ draft: 'default' })(target), /no embedded draft/);
+    const ps = prompts(testSeed + 40, [4, 6]);
+    const plain = await plainGenerate(target, ps, { maxNewTokens: 20 });
+    const hook = strategyHook({ loadModel });
+    const recs = await hook({
+      flags: { strategy: { draft: 'x' }, maxNewTokens: 20, temperature: 0, topK: 0, topP: 1, seed: 0, device: 'cpu', json: true },
+      target,
+      prompts: ps,
+      decode: (ids) => Array.from(ids).join(' '),
+    });
+    recs.forEach((r, i) => {
+      assert.deepStrictEqual(r.tokens, Array.from(plain.tokens[i]!));
+      assert.strictEqual(r.text, r.tokens.join(' '));
+      assert.ok(r.stats.tokensPerForward > 1 && r.stats.acceptanceRate === 1);
+    });
+    assert.strictEqual(target.liveSequences(), 0);
   });
 });
 

@@ -203,10 +203,9 @@ function checkExact(sc: Scenario, out: VerifyOutput, label: string): void {
 }
 
 /** Tables processed by the native logits processor (same options for target and draft). */
-function processedTable(r: Rand, V: number, opts: SamplingOptions): (path: number[]) => Float32Array {
-  return memo(() => {
-    const logits = Float32Array.from({ length: V }, () => (r() * 2 - 1) * 2.5);
-    using t = Tensor.fromArray(logits, 'f32', [1, V]);
+function processedTable(logitsOf: (path: number[]) => Float32Array, opts: SamplingOptions): (path: number[]) => Float32Array {
+  return memo((path) => {
+    using t = Tensor.fromArray(logitsOf(path), 'f32', [1, logitsOf(path).length]);
     using p = processLogits(t, opts);
     return p.toFloat32();
   });
@@ -217,17 +216,21 @@ const B = 12000;
 
 describe('verify: statistical exactness of rejection sampling', function () {
   const r = rng(testSeed + 100);
+  // Target and draft logits per path; the draft sees the same logits with other processing options,
+  // like a small model that mostly agrees with the target.
+  const logits = memo(() => Float32Array.from({ length: V }, () => (r() * 2 - 1) * 2.5));
+  const pRand = memo(() => randomDist(r, V));
   const scenarios: [string, () => Scenario][] = [
     ['chain of 3, real q', () => ({ shape: [1, 1, 1], draft: true, p: memo(() => randomDist(r, V)), q: memo(() => randomDist(r, V)) })],
     ['tree 3x2, real q (without replacement)', () => ({ shape: [3, 2], draft: true, p: memo(() => randomDist(r, V)), q: memo(() => randomDist(r, V)) })],
     ['tree 3x2, deterministic drafts (one-hot q, duplicates)', () => ({ shape: [3, 2], draft: false, p: memo(() => randomDist(r, V)) })],
     [
       'tree 3x2, real q, top-k/top-p/temperature on p and q',
-      () => ({ shape: [3, 2], draft: true, p: processedTable(r, V, { temperature: 0.8, topK: 4, topP: 0.85 }), q: processedTable(r, V, { temperature: 1.3, topK: 5, topP: 0.9 }) }),
+      () => ({ shape: [3, 2], draft: true, p: processedTable(logits, { temperature: 0.8, topK: 4, topP: 0.85 }), q: processedTable(logits, { temperature: 1.3, topK: 5, topP: 0.9 }) }),
     ],
-    ['tree 3x2, deterministic drafts, top-k/top-p on p', () => ({ shape: [3, 2], draft: false, p: processedTable(r, V, { temperature: 0.7, topK: 3, topP: 0.9 }) })],
+    ['tree 3x2, deterministic drafts, top-k/top-p on p', () => ({ shape: [3, 2], draft: false, p: processedTable(logits, { temperature: 0.7, topK: 3, topP: 0.9 }) })],
     ['chain of 2, disjoint supports', () => ({ shape: [1, 1], draft: true, p: memo(() => randomDist(r, V, (i) => i < 3)), q: memo(() => randomDist(r, V, (i) => i >= 3)) })],
-    ['chain of 2, one-hot q', () => ({ shape: [1, 1], draft: true, p: memo(() => randomDist(r, V)), q: memo(() => oneHotRow(Math.floor(r() * V), V)) })],
+    ['chain of 2, one-hot q (at the target argmax)', () => ({ shape: [1, 1], draft: true, p: pRand, q: memo((path) => oneHotRow(argmaxRef(pRand(path)), V)) })],
     ['tree 2x2, q(x) = 0 where p(x) > 0', () => ({ shape: [2, 2], draft: true, p: memo(() => randomDist(r, V)), q: memo(() => randomDist(r, V, (i) => i % 2 === 0)) })],
   ];
   for (const [label, make] of scenarios) {
@@ -563,15 +566,12 @@ describeCuda('verify', () => {
   it('works with a 128k vocabulary', () => {
     const r = rng(testSeed + 401);
     const Vb = 128256;
-    const dist = memo(() => {
-      const logits = Float32Array.from({ length: Vb }, () => (r() * 2 - 1) * 8);
-      using t = Tensor.fromArray(logits, 'f32', [1, Vb]);
-      using pr = processLogits(t, { temperature: 0.9, topP: 0.95 });
-      return pr.toFloat32();
-    });
-    const b = buildScenario({ shape: [2, 2], draft: true, p: dist, q: dist }, 4, Vb, r, testSeed + 7);
+    const logitsBig = memo(() => Float32Array.from({ length: Vb }, () => (r() * 2 - 1) * 8));
+    const p = processedTable(logitsBig, { temperature: 0.9, topP: 0.95 });
+    const q = processedTable(logitsBig, { temperature: 1.2, topK: 50 });
+    const b = buildScenario({ shape: [2, 2], draft: true, p, q }, 4, Vb, r, testSeed + 7);
     assert.deepStrictEqual(run(b, 'rejection', 'cuda'), run(b, 'rejection', 'cpu'));
-    const d = buildScenario({ shape: [2, 2], draft: false, p: dist }, 4, Vb, r, testSeed + 8);
+    const d = buildScenario({ shape: [2, 2], draft: false, p }, 4, Vb, r, testSeed + 8);
     assert.deepStrictEqual(run(d, 'rejection', 'cuda'), run(d, 'rejection', 'cpu'));
     assert.deepStrictEqual(run(d, 'greedy', 'cuda'), run(d, 'greedy', 'cpu'));
   });

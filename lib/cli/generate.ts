@@ -58,6 +58,12 @@ export interface GenerateIo {
   readonly stderr?: (s: string) => void;
   /** Runs --draft/--medusa/--lookahead/--prompt-lookup; without it those flags are refused. */
   readonly strategyHook?: StrategyHook;
+  /**
+   * Takes the strategy flags (and any extra ones they bring) out of argv before the rest is parsed
+   * here; what it returns becomes `flags.strategy`. Without it, the DESIGN §6 strategy flags are
+   * parsed by parseGenerateFlags.
+   */
+  readonly parseStrategyFlags?: (argv: readonly string[]) => { flags: StrategyFlags; rest: string[] };
 }
 
 export const GENERATE_USAGE = `usage: specdec generate --model DIR [--draft DIR | --medusa DIR | --lookahead W,N,G | --prompt-lookup N]
@@ -144,8 +150,9 @@ export function parseGenerateFlags(argv: readonly string[]): GenerateFlags {
     strategy.lookahead = [parseIntFlag('--lookahead W', p[0]!, 1), parseIntFlag('--lookahead N', p[1]!, 2), parseIntFlag('--lookahead G', p[2]!, 1)];
   }
   if (promptLookup !== undefined) strategy.promptLookup = parseIntFlag('--prompt-lookup', promptLookup, 1);
-  if ([draft, medusa, lookahead, promptLookup].filter((x) => x !== undefined).length > 1) {
-    throw new CliError('--draft, --medusa, --lookahead and --prompt-lookup are exclusive: give at most one');
+  // --draft may be combined with one of the others: a hybrid (that strategy drafts for the draft model).
+  if ([medusa, lookahead, promptLookup].filter((x) => x !== undefined).length > 1) {
+    throw new CliError('--medusa, --lookahead and --prompt-lookup are exclusive: give at most one (with --draft, one of them speeds up the draft)');
   }
 
   const prompt = get('--prompt');
@@ -208,7 +215,13 @@ export async function generateCommand(argv: string[], io: GenerateIo = {}): Prom
   }
   let model: LlamaModel | undefined;
   try {
-    const flags = parseGenerateFlags(argv);
+    let flags: GenerateFlags;
+    if (io.parseStrategyFlags) {
+      const picked = io.parseStrategyFlags(argv);
+      flags = { ...parseGenerateFlags(picked.rest), strategy: picked.flags };
+    } else {
+      flags = parseGenerateFlags(argv);
+    }
     if (flags.model === undefined) {
       throw new CliError('--model DIR is required (the embedded default model is not available yet)');
     }

@@ -1,0 +1,175 @@
+// Strategy flags of `specdec generate` (DESIGN §6): --draft DIR | --medusa DIR | --lookahead W,N,G |
+// --prompt-lookup N, turned into a speculator factory and a StrategyHook for lib/cli/generate.ts.
+// One strategy at a time; `--draft DIR` together with --medusa/--lookahead/--prompt-lookup is the
+// hybrid (the second strategy speeds up the draft model). Bad values are one-line E_ARG errors.
+import type { CausalLM } from '../models/causal_lm';
+import { LlamaModel } from '../models/llama';
+import { SpeculativeDecoder } from '../decoder';
+import { DraftModelSpeculator } from '../strategies/draft_model';
+import { HybridSpeculator } from '../strategies/hybrid';
+import { LookaheadSpeculator } from '../strategies/lookahead';
+import { MedusaHeads, MedusaSpeculator } from '../strategies/medusa';
+import { PromptLookupSpeculator } from '../strategies/prompt_lookup';
+import { codedError, type Speculator } from '../strategies/speculator';
+import type { GenerateRecord, StrategyHook } from './generate';
+
+export interface StrategyFlags {
+  readonly draft?: string;
+  readonly medusa?: string;
+  /** W, N, G */
+  readonly lookahead?: readonly [number, number, number];
+  /** Longest n-gram matched (prompt lookup's maxNgram). */
+  readonly promptLookup?: number;
+  /** Draft tokens per step for --draft (default 4). */
+  readonly draftK?: number;
+}
+
+const FLAGS = ['--draft', '--medusa', '--lookahead', '--prompt-lookup', '--draft-k'] as const;
+
+function int(flag: string, v: string, min: number): number {
+  const n = Number(v);
+  if (!/^-?\d+$/.test(v.trim()) || !Number.isSafeInteger(n) || n < min) throw codedError('E_ARG', `${flag}: expected an integer >= ${min}, got '${v}'`);
+  return n;
+}
+
+/**
+ * Picks the strategy flags out of argv. Returns them and the remaining arguments. Throws E_ARG
+ * (one line) on a missing or malformed value or an impossible combination.
+ */
+export function parseStrategyFlags(argv: readonly string[]): { flags: StrategyFlags; rest: string[] } {
+  const got = new Map<string, string>();
+  const rest: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i] as string;
+    const eq = a.indexOf('=');
+    const name = eq > 0 ? a.slice(0, eq) : a;
+    if (!(FLAGS as readonly string[]).includes(name)) {
+      rest.push(a);
+      continue;
+    }
+    const value = eq > 0 ? a.slice(eq + 1) : argv[++i];
+    if (value === undefined || (eq < 0 && value.startsWith('--'))) throw codedError('E_ARG', `${name}: missing value`);
+    if (got.has(name)) throw codedError('E_ARG', `${name} given twice`);
+    got.set(name, value);
+  }
+  const flags: { -readonly [K in keyof StrategyFlags]: StrategyFlags[K] } = {};
+  const draft = got.get('--draft');
+  const medusa = got.get('--medusa');
+  const lookahead = got.get('--lookahead');
+  const pl = got.get('--prompt-lookup');
+  const k = got.get('--draft-k');
+  if (draft !== undefined) flags.draft = draft;
+  if (medusa !== undefined) flags.medusa = medusa;
+  if (lookahead !== undefined) {
+    const p = lookahead.split(',');
+    if (p.length !== 3) throw codedError('E_ARG', `--lookahead: expected W,N,G (three integers), got '${lookahead}'`);
+    flags.lookahead = [int('--lookahead W', p[0] as string, 1), int('--lookahead N', p[1] as string, 2), int('--lookahead G', p[2] as string, 1)];
+  }
+  if (pl !== undefined) flags.promptLookup = int('--prompt-lookup', pl, 1);
+  if (k !== undefined) {
+    if (draft === undefined) throw codedError('E_ARG', '--draft-k needs --draft');
+    flags.draftK = int('--draft-k', k, 1);
+  }
+  const others = [medusa, lookahead, pl].filter((x) => x !== undefined).length;
+  if (others > 1) throw codedError('E_ARG', '--medusa, --lookahead and --prompt-lookup are exclusive (with --draft, one of them speeds up the draft)');
+  return { flags, rest };
+}
+
+export interface SpeculatorDeps {
+  /** Loads a draft model directory (default: LlamaModel.load on the target's device). */
+  readonly loadModel?: (dir: string) => Promise<CausalLM>;
+  /** Directories that `--draft default` / `--medusa default` stand for (the embedded models). */
+  readonly defaults?: { readonly draft?: string; readonly medusa?: string };
+}
+
+/** What a factory built: the speculator and what must be freed with it. */
+export interface BuiltSpeculator {
+  readonly speculator: Speculator | undefined;
+  dispose(): void;
+}
+
+/**
+ * A factory for the speculator the flags ask for (undefined speculator: plain decoding). Medusa
+ * heads must match the model they run on (the target, or the draft in a hybrid).
+ */
+export function speculatorFactory(flags: StrategyFlags, deps: SpeculatorDeps = {}): (target: CausalLM) => Promise<BuiltSpeculator> {
+  const resolve = (what: 'draft' | 'medusa', dir: string): string => {
+    if (dir !== 'default') return dir;
+    const d = deps.defaults?.[what];
+    if (d === undefined) throw codedError('E_ARG', `--${what} default: no embedded ${what} is available`);
+    return d;
+  };
+  return async (target: CausalLM) => {
+    const owned: { dispose(): void }[] = [];
+    const dispose = (): void => {
+      for (const o of owned.reverse()) o.dispose();
+    };
+    try {
+      const load = deps.loadModel ?? ((dir: string) => LlamaModel.load(dir, { device: target.device }));
+      let draft: CausalLM | undefined;
+      if (flags.draft !== undefined) {
+        draft = await load(resolve('draft', flags.draft));
+        owned.push(draft);
+      }
+      const base = draft ?? target;
+      let second: Speculator | undefined;
+      if (flags.medusa !== undefined) {
+        const heads = MedusaHeads.load(resolve('medusa', flags.medusa), { device: base.device });
+        owned.push(heads);
+        second = new MedusaSpeculator({ heads });
+      } else if (flags.lookahead !== undefined) {
+        const [W, N, G] = flags.lookahead;
+        second = new LookaheadSpeculator({ W, N, G });
+      } else if (flags.promptLookup !== undefined) {
+        second = new PromptLookupSpeculator({ maxNgram: flags.promptLookup, minNgram: 1 });
+      }
+      let speculator: Speculator | undefined = second;
+      if (draft) {
+        speculator = second
+          ? new HybridSpeculator({ draft, draftSpeculator: second, k: flags.draftK ?? 6 })
+          : new DraftModelSpeculator({ draft, k: flags.draftK ?? 4 });
+      }
+      if (speculator) {
+        speculator.attach(target);
+        const s = speculator;
+        // Disposed first (reverse order): it frees its sequences before the draft model goes.
+        owned.push({ dispose: () => s.dispose() });
+      }
+      return { speculator, dispose };
+    } catch (e) {
+      dispose();
+      throw e;
+    }
+  };
+}
+
+/** The StrategyHook for lib/cli/generate.ts: runs the batch with the flags' speculator. */
+export function strategyHook(deps: SpeculatorDeps = {}): StrategyHook {
+  return async ({ flags, target, prompts, decode }) => {
+    const built = await speculatorFactory(flags.strategy as StrategyFlags, deps)(target);
+    try {
+      const dec = new SpeculativeDecoder({
+        target,
+        ...(built.speculator ? { speculator: built.speculator } : {}),
+        sampling: { temperature: flags.temperature, topK: flags.topK, topP: flags.topP, seed: flags.seed },
+      });
+      const res = await dec.generateBatch(prompts, { maxNewTokens: flags.maxNewTokens });
+      return res.map(
+        (r): GenerateRecord => ({
+          tokens: Array.from(r.tokens),
+          text: decode(r.tokens),
+          stats: {
+            targetForwards: r.stats.targetForwards,
+            tokensPerForward: r.stats.tokensPerForward,
+            acceptanceRate: r.stats.acceptanceRate,
+            acceptedPerPosition: r.stats.acceptedPerPosition,
+            seconds: r.stats.seconds,
+            tokensPerSecond: r.stats.tokensPerSecond,
+          },
+        }),
+      );
+    } finally {
+      built.dispose();
+    }
+  };
+}

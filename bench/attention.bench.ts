@@ -1,6 +1,6 @@
 // First timings of tree attention (not a test): 64 tree tokens over a 4k-token prefix, Llama-7B-like
 // heads (32 query heads, 8 KV heads, head dim 128), f16 cache. CPU always; CUDA when available.
-// Run: npx tsc -p tsconfig.json && node dist/bench/attention.bench.js
+// Prints one JSON object. Run: npx tsc -p tsconfig.json && node dist/bench/attention.bench.js
 import { backends } from '../lib/backend';
 import { pagedBatch, treeAttention, treeMask } from '../lib/kv';
 import { Tensor } from '../lib/tensor';
@@ -31,8 +31,18 @@ function bench(device: Device, reps: number): number {
   return ms;
 }
 
+// One JSON object on stdout (like the other benches), with the device and CUDA versions.
 const report = backends();
-console.log(`tree attention: ${TREE} tree tokens over a ${PREFIX}-token prefix, ${HQ}/${HKV} heads, d=${D}, f16 cache`);
-console.log(`cpu: ${bench('cpu', 3).toFixed(2)} ms`);
-if (report.available.includes('cuda')) console.log(`cuda (${report.gpus[0]?.name ?? '?'}): ${bench('cuda', 50).toFixed(3)} ms (includes one sync)`);
-else console.log(`cuda: skipped (${report.cudaReason ?? 'unavailable'})`);
+const cuda = report.available.includes('cuda');
+console.log(
+  JSON.stringify({
+    bench: 'tree_attention',
+    shape: { treeTokens: TREE, prefix: PREFIX, qoHeads: HQ, kvHeads: HKV, headDim: D, pageSize: PAGE, dtype: 'f16' },
+    cpuMs: bench('cpu', 3),
+    cudaMs: cuda ? bench('cuda', 50) : null,
+    gpu: report.gpus[0]?.name ?? null,
+    cudaRuntime: report.cudaRuntimeVersion ?? null,
+    cudaDriver: report.cudaDriverVersion ?? null,
+    ...(cuda ? {} : { cudaSkipped: report.cudaReason ?? 'unavailable' }),
+  }),
+);

@@ -62,8 +62,8 @@ __device__ __forceinline__ float warp_sum(float x) {
 template <int DPL>
 __device__ __forceinline__ void fold(float& M, float& L, float (&ACC)[DPL], float m, float l, const float (&acc)[DPL]) {
   const float mn = fmaxf(M, m);
-  const float sa = M == -INFINITY ? 0.f : exp2f(__fsub_rn(M, mn));
-  const float sb = exp2f(__fsub_rn(m, mn));
+  const float sa = M == mn ? 1.f : M == -INFINITY ? 0.f : exp2f(__fsub_rn(M, mn));
+  const float sb = m == mn ? 1.f : exp2f(__fsub_rn(m, mn));
   L = __fadd_rn(__fmul_rn(L, sa), __fmul_rn(l, sb));
 #pragma unroll
   for (int k = 0; k < DPL; ++k) ACC[k] = __fadd_rn(__fmul_rn(ACC[k], sa), __fmul_rn(acc[k], sb));
@@ -75,7 +75,7 @@ __device__ __forceinline__ float finalize(float acc, float L) { return L > 0.f ?
 
 // DT = 64 or 128: specialised (compile-time head dim); DT = 0: generic, runtime D <= kMaxHeadDim.
 template <typename QT, typename KVT, int DT>
-__global__ void __launch_bounds__(kWarps * 32) tree_attention_kernel(const Params p) {
+__global__ void __launch_bounds__(kWarps * 32, 2) tree_attention_kernel(const Params p) {
   constexpr int DPL = DT > 0 ? DT / 32 : kMaxHeadDim / 32;  // output dims per lane: d = lane + 32 k
   constexpr int R = kRowsPerWarp;
   const int D = DT > 0 ? DT : p.D;
@@ -176,9 +176,12 @@ __global__ void __launch_bounds__(kWarps * 32) tree_attention_kernel(const Param
           }
           s = dot;
         }
-        const float mn = fmaxf(m[k], warp_max(s));
-        if (mn == -INFINITY) continue;  // nothing visible yet for this row (warp-uniform)
-        const float alpha = m[k] == -INFINITY ? 0.f : exp2f(m[k] - mn);
+        // A tile with nothing visible for this row is skipped outright (warp-uniform), so extra
+        // tiles or chunks past a row's keys can never perturb its bits.
+        const float mt = warp_max(s);
+        if (mt == -INFINITY) continue;
+        const float mn = fmaxf(m[k], mt);
+        const float alpha = m[k] == mn ? 1.f : m[k] == -INFINITY ? 0.f : exp2f(m[k] - mn);
         const float pr = vis ? exp2f(s - mn) : 0.f;
         l[k] = fmaf(l[k], alpha, warp_sum(pr));
 #pragma unroll

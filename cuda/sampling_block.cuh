@@ -18,6 +18,7 @@ constexpr unsigned kFull = 0xffffffffu;
 // Shared scratch used by the primitives below (one per block).
 struct Smem {
   unsigned long long hist[256];
+  uint64_t stage[kWarps][32];  // per-warp staging for histogram aggregation
   uint64_t u64[kWarps];
   double f64[kWarps];
   float f32[kWarps];
@@ -121,11 +122,27 @@ __device__ uint32_t radix_select(int V, uint64_t need, KW kw, Smem* s, uint64_t*
     __syncthreads();
     for (int b = threadIdx.x; b < 256; b += kBlock) s->hist[b] = 0;
     __syncthreads();
-    for (int i = threadIdx.x; i < V; i += kBlock) {
-      uint32_t k;
-      uint64_t w;
-      kw(i, k, w);
-      if (w != 0 && (k & mask) == prefix) atomicAdd(&s->hist[(k >> shift) & 255u], static_cast<unsigned long long>(w));
+    // Logits share a few exponents, so most keys fall into the same bins on the first pass: lanes
+    // with the same bin are grouped (match_any) and only the group's lowest lane adds the group's sum,
+    // which avoids 32-way same-address atomics. The loop bound is block-uniform, so every lane of a
+    // warp takes part in each match.
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int base = 0; base < V; base += kBlock) {
+      const int i = base + threadIdx.x;
+      uint32_t k = 0;
+      uint64_t w = 0;
+      if (i < V) kw(i, k, w);
+      const bool hit = w != 0 && (k & mask) == prefix;
+      const uint32_t bin = hit ? (k >> shift) & 255u : 256u;
+      const unsigned peers = __match_any_sync(kFull, bin);
+      s->stage[warp][lane] = w;
+      __syncwarp();
+      if (hit && (peers & ((1u << lane) - 1u)) == 0) {
+        uint64_t sum = 0;
+        for (unsigned m = peers; m != 0; m &= m - 1) sum += s->stage[warp][__ffs(static_cast<int>(m)) - 1];
+        atomicAdd(&s->hist[bin], static_cast<unsigned long long>(sum));
+      }
+      __syncwarp();
     }
     __syncthreads();
     if (threadIdx.x == 0) {

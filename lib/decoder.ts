@@ -209,6 +209,9 @@ export function gatherRows(parts: readonly { tensor: Tensor; row: number }[], vo
   return TensorFactory.fromArray(host, 'f32', [parts.length, vocab], device);
 }
 
+/** Sequence keys are unique in the process, so concurrent runs sharing a speculator never collide. */
+let nextSequenceKey = 0;
+
 export interface EngineOptions {
   readonly model: CausalLM;
   readonly speculator?: Speculator;
@@ -224,7 +227,6 @@ export class SpecEngine {
   readonly speculator: Speculator | undefined;
   readonly sampling: SamplingConfig | undefined;
   readonly phases: PhaseTimes = { prefill: 0, draft: 0, target: 0, verify: 0, commit: 0 };
-  private nextKey = 0;
 
   constructor(opts: EngineOptions) {
     this.model = opts.model;
@@ -248,7 +250,7 @@ export class SpecEngine {
       }
     }
     const modelSeq = this.model.createSequence();
-    return new EngineSequence(this.nextKey++, modelSeq, history, promptLength, rng, this.model.config.maxPositions);
+    return new EngineSequence(nextSequenceKey++, modelSeq, history, promptLength, rng, this.model.config.maxPositions);
   }
 
   /** Frees the sequence in the model and in the speculator (idempotent). */
@@ -390,7 +392,7 @@ export class SpecEngine {
       });
       await this.speculator?.update(seqs, { proposals, output: out, acceptedNodes: accepted, emitted }, ctx);
       lap('commit');
-      return emitted.map((e) => e);
+      return emitted;
     } finally {
       probs?.dispose();
       draftProbs?.dispose();
@@ -515,14 +517,26 @@ export class SpeculativeDecoder {
     opts.speculator?.attach(opts.target);
   }
 
-  /** Decodes one prompt; iterate for the per-step chunks, await `.result` for tokens + stats. */
+  /**
+   * Decodes one prompt; iterate for the per-step chunks, await `.result` for tokens + stats.
+   * Breaking out of the iteration early stops the run (`.result` then rejects with AbortError).
+   */
   generate(prompt: Int32Array | readonly number[], opts: GenerateOptions): Generation {
     const queue: Int32Array[] = [];
     let wake: (() => void) | undefined;
     let finished = false;
     let failure: unknown;
+    // Leaving the for-await loop early stops the run (and frees its sequences), like an abort.
+    const stopper = new AbortController();
+    const user = opts.signal;
+    if (user) {
+      if (user.aborted) stopper.abort(user.reason);
+      else user.addEventListener('abort', () => stopper.abort(user.reason), { once: true });
+    }
     const result = this.generateBatch([prompt], {
-      ...opts,
+      maxNewTokens: opts.maxNewTokens,
+      ...(opts.stopTokens ? { stopTokens: opts.stopTokens } : {}),
+      signal: stopper.signal,
       onTokens: (_i, toks) => {
         queue.push(toks);
         wake?.();
@@ -544,18 +558,22 @@ export class SpeculativeDecoder {
     return {
       result,
       async *[Symbol.asyncIterator](): AsyncGenerator<Int32Array> {
-        for (;;) {
-          const chunk = queue.shift();
-          if (chunk) {
-            yield chunk;
-            continue;
+        try {
+          for (;;) {
+            const chunk = queue.shift();
+            if (chunk) {
+              yield chunk;
+              continue;
+            }
+            if (finished) {
+              if (failure !== undefined) throw failure;
+              return;
+            }
+            await new Promise<void>((r) => (wake = r));
+            wake = undefined;
           }
-          if (finished) {
-            if (failure !== undefined) throw failure;
-            return;
-          }
-          await new Promise<void>((r) => (wake = r));
-          wake = undefined;
+        } finally {
+          if (!finished) stopper.abort();
         }
       },
     };

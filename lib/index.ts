@@ -1,8 +1,34 @@
-// specdec: speculative decoding for Node.js.
+// specdec: speculative decoding for Node.js. The public API.
 export { native, loadBinding, loadedBinding, NativeLoadError } from './native';
 export type { NativeBinding, LoadAttempt, LoadedBinding } from './native';
 export { Tensor, asTensor, disposeAll } from './tensor';
 export type { DType, Device, HostArray } from './tensor';
 export { backends, resolveDevice } from './backend';
 export type { BackendReport } from './backend';
+
+// Kernels: paged KV cache + tree attention, sampling, verification, model layers.
+export * as kv from './kv';
+export { KvCache } from './kv';
+export * as sampling from './sampling';
+export type { SamplingOptions } from './sampling';
+export { verify } from './verify';
+export type { VerifyInput, VerifyOutput, VerifyMode } from './verify';
+export * as layers from './layers';
+export { openSafetensors, writeSafetensors, encodeSafetensors } from './safetensors';
+export type { SafetensorsEntry, SafetensorsReader } from './safetensors';
+
+// Models.
 export type { CausalLM, ModelConfig, SequenceInput, ForwardOptions, ForwardOutput } from './models/causal_lm';
+export { LlamaModel } from './models/llama';
+export type { LlamaLoadOptions } from './models/llama';
+export { parseLlamaConfig, readLlamaConfig } from './models/config';
+export type { LlamaConfig } from './models/config';
+export { TextTokenizer } from './tokenizer';
+
+// Decoding: the plain baseline, the speculative decoder, token trees and the strategies.
+export { plainGenerate } from './plain';
+export type { PlainOptions, PlainResult } from './plain';
+export { SpeculativeDecoder } from './decoder';
+export type { SpeculativeDecoderOptions, GenerateOptions, GenerateResult, DecodeStats, Generation } from './decoder';
+export * as tree from './tree';
+export * from './strategies';

@@ -44,7 +44,8 @@ export function argmax(logits: Tensor): Tensor {
 }
 
 /**
- * One token per row of probs f32 [N, V] (rows need not be normalised; entries are clamped to [0, 1]).
+ * One token per row of probs f32 [N, V]: probabilities in [0, 1] (larger entries count as 1); a row
+ * need not sum to 1 (e.g. a residual), it is renormalised exactly.
  * Row r draws from Philox(key = seeds[r], counter = offsets[r]): reproducible, independent of the
  * other rows. Advance a row's offset by 1 per call. A zero-probability token is never returned; a
  * row with no positive mass gives -1.

@@ -89,6 +89,12 @@ describe('SpeculativeDecoder (toy model)', () => {
       const rn = await dec.generate(prompt, { maxNewTokens: n }).result;
       assert.deepStrictEqual(Array.from(rn.tokens), ref.slice(0, n));
     }
+    // The model's EOS ids stop it too, as in plainGenerate.
+    const eosModel = new ToyLM({ vocabSize: V, seed: seed + 5, positional: false, eos: [stopTok] });
+    const eosDec = new SpeculativeDecoder({ target: eosModel, speculator: new DraftModelSpeculator({ draft, k: 5 }) });
+    const re = await eosDec.generate(prompt, { maxNewTokens: 30 }).result;
+    assert.deepStrictEqual(Array.from(re.tokens), Array.from((await plainGenerate(eosModel, [prompt], { maxNewTokens: 30 })).tokens[0]!));
+    assert.deepStrictEqual(Array.from(re.tokens), ref.slice(0, firstStop + 1));
     assert.strictEqual(target.liveSequences(), 0);
     assert.strictEqual(draft.liveSequences(), 0);
   });
@@ -154,6 +160,26 @@ describe('SpeculativeDecoder (toy model)', () => {
       (e: Error) => e.name === 'AbortError',
     );
     assert.strictEqual(target.liveSequences(), 0);
+    assert.strictEqual(draft.liveSequences(), 0);
+    // Leaving the loop early stops the run and frees its sequences.
+    const gen3 = dec.generate(randomPrompt(r, 4, V), { maxNewTokens: 200 });
+    let seen = 0;
+    for await (const _ of gen3) if (++seen === 3) break;
+    await assert.rejects(gen3.result, (e: Error) => e.name === 'AbortError');
+    assert.strictEqual(target.liveSequences(), 0);
+    assert.strictEqual(draft.liveSequences(), 0);
+  });
+
+  it('concurrent runs on one decoder keep their sequences apart', async () => {
+    const r = rng(seed + 13);
+    const target = new ToyLM({ vocabSize: V, seed: seed + 14, positional: false });
+    const draft = new ToyLM({ vocabSize: V, seed: seed + 14, positional: false, mix: { seed: 3, weight: 0.2 } });
+    const dec = new SpeculativeDecoder({ target, speculator: new DraftModelSpeculator({ draft, k: 3 }) });
+    const ps = [randomPrompt(r, 5, V), randomPrompt(r, 7, V), randomPrompt(r, 2, V)];
+    const res = await Promise.all([dec.generate(ps[0]!, { maxNewTokens: 30 }).result, dec.generateBatch([ps[1]!, ps[2]!], { maxNewTokens: 25 })]);
+    assert.deepStrictEqual(Array.from(res[0].tokens), toyGreedy(target, Array.from(ps[0]!), 30));
+    assert.deepStrictEqual(Array.from(res[1][0]!.tokens), toyGreedy(target, Array.from(ps[1]!), 25));
+    assert.deepStrictEqual(Array.from(res[1][1]!.tokens), toyGreedy(target, Array.from(ps[2]!), 25));
     assert.strictEqual(draft.liveSequences(), 0);
   });
 

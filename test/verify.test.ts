@@ -212,7 +212,7 @@ function processedTable(logitsOf: (path: number[]) => Float32Array, opts: Sampli
 }
 
 const V = 6;
-const B = 12000;
+const B = 13000;
 
 describe('verify: statistical exactness of rejection sampling', function () {
   const r = rng(testSeed + 100);
@@ -261,6 +261,18 @@ describe('verify: statistical exactness of rejection sampling', function () {
       draft[root * V + ((b.tokens[root + 1] as number) + 1) % V] = 1;  // q puts everything elsewhere
     }
     assert.ok(run(b, 'rejection').acceptCount.every((c) => c === 2));
+  });
+
+  it('zero residual mass (p = q, a draft outside both supports) keeps p: the correction follows p', () => {
+    const p = memo(() => randomDist(r, V, (i) => i < 4));
+    const b = buildScenario({ shape: [1], draft: true, p, q: p }, 20000, V, r, testSeed + 9);
+    for (let s = 0; s < 20000; s++) b.tokens[(b.nodeIndptr[s] as number) + 1] = 5;  // p(5) = q(5) = 0
+    const out = run(b, 'rejection', 'cpu', { maxDepth: 1 });
+    assert.ok(out.acceptCount.every((c) => c === 1), 'a token outside the target support is never accepted');
+    const counts = new Array<number>(V).fill(0);
+    for (const em of out.emitted) counts[em[0] as number] = (counts[em[0] as number] as number) + 1;
+    const { stat, dof } = chiSquare(counts, p([]), 20000);
+    assert.ok(stat < chiSquareCritical(dof), `correction chi-square ${stat.toFixed(1)} (dof ${dof})`);
   });
 
   it('one-hot targets follow the target token exactly, like greedy (with and without q)', () => {

@@ -156,9 +156,20 @@ SPECDEC_HD inline bool accept_draft(double u, uint64_t px, uint64_t mp, uint64_t
   if (qx == 0 || mq == 0) return true;
   return u * (static_cast<double>(qx) * static_cast<double>(mp)) < static_cast<double>(px) * static_cast<double>(mq);
 }
+// a * b rounded on its own: compilers may fuse `p - q * ratio` into an FMA (nvcc always may, GCC
+// on FMA hosts such as aarch64), and then the backends would round differently.
+SPECDEC_HD inline double mul_rn(double a, double b) {
+#ifdef __CUDA_ARCH__
+  return __dmul_rn(a, b);
+#else
+  volatile double prod = a * b;  // a store forces the rounding of the product
+  return prod;
+#endif
+}
+
 // One entry of max(0, p/mp - q/mq), in units of p's scale: ratio = mp / mq.
 SPECDEC_HD inline uint64_t residual_entry(uint64_t p, uint64_t q, double ratio) {
-  double r = static_cast<double>(p) - static_cast<double>(q) * ratio;
+  double r = static_cast<double>(p) - mul_rn(static_cast<double>(q), ratio);
   return r > 0.0 ? static_cast<uint64_t>(ceil(r)) : 0;
 }
 

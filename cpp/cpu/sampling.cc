@@ -43,11 +43,12 @@ int32_t row_argmax(const float* x, int64_t V) {
   return bi;
 }
 
-// Indices sorted by (key desc, index asc): the order in which top-k / top-p keep tokens.
-void sort_by_key_desc(const float* x, int64_t V, std::vector<int32_t>& order) {
+// The first `count` indices in (key desc, index asc) order: the order in which top-k / top-p keep
+// tokens (top-k alone only needs its k, so that is a partial sort).
+void sort_by_key_desc(const float* x, int64_t V, int64_t count, std::vector<int32_t>& order) {
   order.resize(static_cast<size_t>(V));
   std::iota(order.begin(), order.end(), 0);
-  std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+  std::partial_sort(order.begin(), order.begin() + count, order.end(), [&](int32_t a, int32_t b) {
     uint32_t ka = sm::float_key(x[a]), kb = sm::float_key(x[b]);
     return ka != kb ? ka > kb : a < b;
   });
@@ -81,8 +82,8 @@ void process_row(const float* logits, int64_t V, const SamplingParams& sp, float
   const bool use_k = sp.top_k > 0 && sp.top_k < V;
   const bool use_p = sp.top_p < 1.0f;
   if (use_k || use_p) {
-    sort_by_key_desc(x.data(), V, order);
     int64_t keep = use_k ? sp.top_k : V;
+    sort_by_key_desc(x.data(), V, keep, order);
     if (use_p) {
       uint64_t total = 0;
       for (int64_t j = 0; j < keep; ++j) total += sm::quantize_prob(out[order[j]]);

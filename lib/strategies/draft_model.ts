@@ -72,6 +72,8 @@ export class DraftModelSpeculator implements Speculator {
   readonly confidenceThreshold: number;
   readonly treeBranching: readonly number[] | undefined;
   private readonly states = new Map<number, DraftState>();
+  /** q rows go to the verifier, on the target's device. */
+  private targetDevice: CausalLM['device'] | undefined;
   /** Per sequence key: the draft length used at each step (tests and stats read it). */
   readonly kHistory = new Map<number, number[]>();
   /** Per sequence key, per step: k before the step, tokens drafted, drafts accepted. */
@@ -98,6 +100,7 @@ export class DraftModelSpeculator implements Speculator {
   }
 
   attach(model: CausalLM): void {
+    this.targetDevice = model.device;
     if (model.config.vocabSize !== this.draft.config.vocabSize) {
       throw codedError(
         'E_ARG',
@@ -211,7 +214,7 @@ export class DraftModelSpeculator implements Speculator {
         const q = qRows[b] as { tensor: Tensor; row: number }[];
         for (let j = 0; j < p.tokens.length; j++) parts.push(q[Math.min(j, q.length - 1)] ?? anyRow);
       });
-      return { proposals, draftProbs: gatherRows(parts, this.draft.config.vocabSize, this.draft.device) };
+      return { proposals, draftProbs: gatherRows(parts, this.draft.config.vocabSize, this.targetDevice ?? this.draft.device) };
     } finally {
       for (const t of keep) t.dispose();
     }

@@ -148,7 +148,9 @@ export class LookaheadSpeculator implements Speculator {
       // Seed the window with prompt tokens picked by a fixed hash (deterministic per sequence).
       const prompt = s.history.slice(0, Math.max(1, s.promptLength));
       const window: number[][] = [];
-      let h = 0x9e3779b9 ^ s.key;
+      // Hash of the prompt, not of the sequence key: the same prompt gets the same window (reproducible runs).
+      let h = 0x9e3779b9;
+      for (const t of prompt) h = Math.imul(h ^ t, 0x01000193) >>> 0;
       for (let l = 0; l < this.N - 1; l++) {
         const row: number[] = [];
         for (let j = 0; j < this.W; j++) {

@@ -148,7 +148,7 @@ describe('specdec generate (cli)', function () {
     assertOneLineError(cli(['--model', bare, '--prompt', 'hello']), /has no tokenizer\.json/);
     assertOneLineError(cli(['--model', bare, '--prompt', 'a', '--prompt-ids', '1']), /exactly one of --prompt, --prompt-ids or --batch-file/);
     assertOneLineError(cli(['--model', bare, '--prompt-ids', '1', '--lookahead', '4,3']), /--lookahead: expected W,N,G/);
-    assertOneLineError(cli(['--model', bare, '--prompt-ids', '1', '--prompt-lookup', '3']), /strategy flags .* are not wired yet/);
+    assertOneLineError(cli(['--model', bare, '--prompt-ids', '1', '--draft-k', '3']), /--draft-k needs --draft/);
     const badBatch = path.join(root, 'bad-batch.json');
     fs.writeFileSync(badBatch, JSON.stringify([[1, 2], { text: 'x' }]));
     assertOneLineError(cli(['--model', bare, '--batch-file', badBatch]), /item 1 must be a string or a non-empty array of token ids/);
@@ -176,22 +176,5 @@ describe('specdec generate (cli)', function () {
     assert.strictEqual(seen, 'somewhere');
     assert.deepStrictEqual((JSON.parse(out) as Record).tokens, [7]);
 
-    // A strategy parser takes its own flags (e.g. extra ones) out of argv first.
-    let strategySeen: unknown;
-    out = '';
-    const code2 = await generateCommand(['--model', bare, '--draft-k', '5', '--prompt-ids', '3,4', '--json', '--device', 'cpu'], {
-      stdout: (s) => (out += s),
-      stderr: (s) => assert.fail(s),
-      parseStrategyFlags: (argv) => {
-        const i = argv.indexOf('--draft-k');
-        return { flags: { draft: 'x', draftK: Number(argv[i + 1]) } as never, rest: argv.filter((_, j) => j !== i && j !== i + 1) };
-      },
-      strategyHook: async ({ flags, prompts }) => {
-        strategySeen = flags.strategy;
-        return prompts.map(() => ({ tokens: [8], text: '', stats: { targetForwards: 1, tokensPerForward: 1, acceptanceRate: 0, acceptedPerPosition: [], seconds: 1, tokensPerSecond: 1 } }));
-      },
-    });
-    assert.strictEqual(code2, 0);
-    assert.deepStrictEqual(strategySeen, { draft: 'x', draftK: 5 });
   });
 });

@@ -14,9 +14,10 @@
 //   (quantize_prob below), so the set kept and the sums never depend on summation order.
 //
 // Quantised mass: every probability p in [0, 1] becomes W = ceil(p * 2^40) (an exact operation
-//   in f32), summed in uint64. ceil keeps the support exact: p > 0 <=> W > 0. All random choices
-//   (sampling, acceptance tests) are made on these integers, so CPU and CUDA pick the same
-//   tokens from the same f32 probabilities, whatever the reduction order.
+//   in f32; p > 1 counts as 1, p <= 0 or NaN as 0), summed in uint64. ceil keeps the support
+//   exact: p > 0 <=> W > 0. All random choices (sampling, acceptance tests) are made on these
+//   integers (acceptance: a 53-bit uniform u compared in double against ratios of them), so CPU
+//   and CUDA pick the same tokens from the same f32 probabilities, whatever the reduction order.
 //
 // RNG: Philox4x32-10 (Salmon et al. 2011), key = seed (u64), counter =
 //   (offset lo, offset hi, node, purpose). `node` is the node index local to the sequence (0 for

@@ -1,5 +1,5 @@
-// `specdec generate`: plain autoregressive decoding (the baseline), or a speculative strategy once
-// the lead wires one in through `strategyHook`. Flags: DESIGN §6. Bad input exits non-zero with one
+// `specdec generate`: plain autoregressive decoding (the baseline), or a speculative strategy
+// (lib/cli/strategy_flags.ts parses those flags and runs them). Flags: DESIGN §6. Bad input exits non-zero with one
 // line on stderr; results go to stdout (text, or one JSON document with --json).
 import * as fs from 'fs';
 import type { CausalLM } from '../models/causal_lm';
@@ -7,14 +7,9 @@ import { LlamaModel } from '../models/llama';
 import { plainGenerate } from '../plain';
 import type { Device } from '../tensor';
 import { TextTokenizer } from '../tokenizer';
+import { parseStrategyFlags, strategyHook, type StrategyFlags } from './strategy_flags';
 
-export interface StrategyFlags {
-  readonly draft?: string;
-  readonly medusa?: string;
-  /** W, N, G */
-  readonly lookahead?: readonly [number, number, number];
-  readonly promptLookup?: number;
-}
+export type { StrategyFlags } from './strategy_flags';
 
 export interface GenerateFlags {
   readonly model?: string;
@@ -56,14 +51,8 @@ export type StrategyHook = (ctx: {
 export interface GenerateIo {
   readonly stdout?: (s: string) => void;
   readonly stderr?: (s: string) => void;
-  /** Runs --draft/--medusa/--lookahead/--prompt-lookup; without it those flags are refused. */
+  /** Runs --draft/--medusa/--lookahead/--prompt-lookup (default: strategyHook() of strategy_flags.ts). */
   readonly strategyHook?: StrategyHook;
-  /**
-   * Takes the strategy flags (and any extra ones they bring) out of argv before the rest is parsed
-   * here; what it returns becomes `flags.strategy`. Without it, the DESIGN §6 strategy flags are
-   * parsed by parseGenerateFlags.
-   */
-  readonly parseStrategyFlags?: (argv: readonly string[]) => { flags: StrategyFlags; rest: string[] };
 }
 
 export const GENERATE_USAGE = `usage: specdec generate --model DIR [--draft DIR | --medusa DIR | --lookahead W,N,G | --prompt-lookup N]
@@ -110,12 +99,18 @@ export function parseIdList(flag: string, v: string): Int32Array {
   return Int32Array.from(parts.map(Number));
 }
 
-/** Parses argv (after `generate`). Throws CliError with a one-line reason. */
+/**
+ * Parses argv (after `generate`). The strategy flags are picked out first by parseStrategyFlags
+ * (lib/cli/strategy_flags.ts). Throws CliError (or a coded E_ARG) with a one-line reason.
+ */
 export function parseGenerateFlags(argv: readonly string[]): GenerateFlags {
+  const picked = parseStrategyFlags(argv);
+  const strategy = picked.flags;
+  argv = picked.rest;
   const values = new Map<string, string>();
   let json = false;
   const takesValue = new Set([
-    '--model', '--draft', '--medusa', '--lookahead', '--prompt-lookup', '--prompt', '--prompt-ids', '--max-new-tokens',
+    '--model', '--prompt', '--prompt-ids', '--max-new-tokens',
     '--temperature', '--top-k', '--top-p', '--seed', '--device', '--batch-file',
   ]);
   for (let i = 0; i < argv.length; i++) {
@@ -136,24 +131,6 @@ export function parseGenerateFlags(argv: readonly string[]): GenerateFlags {
     values.set(name, value);
   }
   const get = (k: string): string | undefined => values.get(k);
-
-  const strategy: { -readonly [K in keyof StrategyFlags]: StrategyFlags[K] } = {};
-  const draft = get('--draft');
-  const medusa = get('--medusa');
-  const lookahead = get('--lookahead');
-  const promptLookup = get('--prompt-lookup');
-  if (draft !== undefined) strategy.draft = draft;
-  if (medusa !== undefined) strategy.medusa = medusa;
-  if (lookahead !== undefined) {
-    const p = lookahead.split(',');
-    if (p.length !== 3) throw new CliError(`--lookahead: expected W,N,G (three integers), got '${lookahead}'`);
-    strategy.lookahead = [parseIntFlag('--lookahead W', p[0]!, 1), parseIntFlag('--lookahead N', p[1]!, 2), parseIntFlag('--lookahead G', p[2]!, 1)];
-  }
-  if (promptLookup !== undefined) strategy.promptLookup = parseIntFlag('--prompt-lookup', promptLookup, 1);
-  // --draft may be combined with one of the others: a hybrid (that strategy drafts for the draft model).
-  if ([medusa, lookahead, promptLookup].filter((x) => x !== undefined).length > 1) {
-    throw new CliError('--medusa, --lookahead and --prompt-lookup are exclusive: give at most one (with --draft, one of them speeds up the draft)');
-  }
 
   const prompt = get('--prompt');
   const promptIds = get('--prompt-ids');
@@ -215,20 +192,11 @@ export async function generateCommand(argv: string[], io: GenerateIo = {}): Prom
   }
   let model: LlamaModel | undefined;
   try {
-    let flags: GenerateFlags;
-    if (io.parseStrategyFlags) {
-      const picked = io.parseStrategyFlags(argv);
-      flags = { ...parseGenerateFlags(picked.rest), strategy: picked.flags };
-    } else {
-      flags = parseGenerateFlags(argv);
-    }
+    const flags = parseGenerateFlags(argv);
     if (flags.model === undefined) {
       throw new CliError('--model DIR is required (the embedded default model is not available yet)');
     }
     const speculative = Object.keys(flags.strategy).length > 0;
-    if (speculative && !io.strategyHook) {
-      throw new CliError('strategy flags (--draft, --medusa, --lookahead, --prompt-lookup) are not wired yet; run without them for plain decoding');
-    }
     const tokenizer = TextTokenizer.load(flags.model);
     const prompts = resolvePrompts(flags, tokenizer, flags.model);
     // Loading a large checkpoint takes a while: say so on an interactive terminal only.
@@ -238,7 +206,7 @@ export async function generateCommand(argv: string[], io: GenerateIo = {}): Prom
 
     let records: GenerateRecord[];
     if (speculative) {
-      records = await io.strategyHook!({ flags, target: model, prompts, decode });
+      records = await (io.strategyHook ?? strategyHook())({ flags, target: model, prompts, decode });
     } else {
       const res = await plainGenerate(model, prompts, {
         maxNewTokens: flags.maxNewTokens,

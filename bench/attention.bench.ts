@@ -1,48 +1,63 @@
-// First timings of tree attention (not a test): 64 tree tokens over a 4k-token prefix, Llama-7B-like
-// heads (32 query heads, 8 KV heads, head dim 128), f16 cache. CPU always; CUDA when available.
-// Prints one JSON object. Run: npx tsc -p tsconfig.json && node dist/bench/attention.bench.js
-import { backends } from '../lib/backend';
+// Tree attention timing (not a test): 64 tree tokens over a 4k-token paged prefix with Llama-7B-like
+// heads (32 query heads, 8 KV heads, head dim 128), f16 cache, random tree. Also a 1-token decode
+// query over the same prefix, so the cost of verifying a tree can be read against plain decoding.
+// Run: node dist/bench/attention.bench.js [--device cpu|cuda|auto] [--quick]   (or specdec bench --only attention)
 import { pagedBatch, treeAttention, treeMask } from '../lib/kv';
 import { Tensor } from '../lib/tensor';
 import type { Device } from '../lib/tensor';
+import { measure, randomF32, round, standalone, syncOn, xorshift, type BenchModule, type BenchOptions, type BenchResult, type BenchRow } from './common';
 
-const PREFIX = 4096;
-const TREE = 64;
 const HQ = 32;
 const HKV = 8;
 const D = 128;
 const PAGE = 16;
 
-function bench(device: Device, reps: number): number {
-  const pages = Math.ceil((PREFIX + TREE) / PAGE);
-  const layer = Tensor.fromArray(new Float32Array(pages * 2 * PAGE * HKV * D).map(() => Math.random() - 0.5), 'f16', [pages, 2, PAGE, HKV, D], device);
-  const q = Tensor.fromArray(new Float32Array(TREE * HQ * D).map(() => Math.random() - 0.5), 'f16', [TREE, HQ, D], device);
-  const parents = Int32Array.from({ length: TREE }, (_, i) => (i === 0 ? -1 : Math.floor(Math.random() * i)));
-  const mask = Tensor.fromArray(treeMask(parents), 'u64', [TREE, 1], device);
-  const batch = pagedBatch({ qoIndptr: [0, TREE], pageIndptr: [0, pages], pageIndices: Array.from({ length: pages }, (_, i) => i), prefixLen: [PREFIX], pageSize: PAGE, numPages: pages, device });
-  const out = Tensor.empty('f16', [TREE, HQ, D], device);
-  treeAttention(q, layer, batch, mask, 1 / Math.sqrt(D), out); // warm-up
-  out.toFloat32();
-  const t0 = process.hrtime.bigint();
-  for (let r = 0; r < reps; r++) treeAttention(q, layer, batch, mask, 1 / Math.sqrt(D), out);
-  out.toFloat32(); // waits for the device
-  const ms = Number(process.hrtime.bigint() - t0) / 1e6 / reps;
-  for (const t of [layer, q, mask, out]) t.dispose();
-  return ms;
+/** Median ms of one treeAttention call with `tree` new tokens over `prefix` cached tokens. */
+async function timeAttention(device: Device, prefix: number, tree: number, samples: number, calls: number, seed: number): Promise<number> {
+  const rand = xorshift(seed);
+  const pages = Math.ceil((prefix + tree) / PAGE);
+  const layer = Tensor.fromArray(randomF32(pages * 2 * PAGE * HKV * D, rand, -0.5, 0.5), 'f16', [pages, 2, PAGE, HKV, D], device);
+  const q = Tensor.fromArray(randomF32(tree * HQ * D, rand, -0.5, 0.5), 'f16', [tree, HQ, D], device);
+  const parents = Int32Array.from({ length: tree }, (_, i) => (i === 0 ? -1 : Math.floor(rand() * i)));
+  const mask = Tensor.fromArray(treeMask(parents), 'u64', [tree, Math.ceil(tree / 64)], device);
+  const batch = pagedBatch({ qoIndptr: [0, tree], pageIndptr: [0, pages], pageIndices: Array.from({ length: pages }, (_, i) => i), prefixLen: [prefix], pageSize: PAGE, numPages: pages, device });
+  const out = Tensor.empty('f16', [tree, HQ, D], device);
+  try {
+    const t = await measure(() => treeAttention(q, layer, batch, mask, 1 / Math.sqrt(D), out), { warmup: 1, samples, calls, sync: syncOn(out) });
+    return t.medianMs;
+  } finally {
+    for (const x of [layer, q, mask, out]) x.dispose();
+  }
 }
 
-// One JSON object on stdout (like the other benches), with the device and CUDA versions.
-const report = backends();
-const cuda = report.available.includes('cuda');
-console.log(
-  JSON.stringify({
-    bench: 'tree_attention',
-    shape: { treeTokens: TREE, prefix: PREFIX, qoHeads: HQ, kvHeads: HKV, headDim: D, pageSize: PAGE, dtype: 'f16' },
-    cpuMs: bench('cpu', 3),
-    cudaMs: cuda ? bench('cuda', 50) : null,
-    gpu: report.gpus[0]?.name ?? null,
-    cudaRuntime: report.cudaRuntimeVersion ?? null,
-    cudaDriver: report.cudaDriverVersion ?? null,
-    ...(cuda ? {} : { cudaSkipped: report.cudaReason ?? 'unavailable' }),
-  }),
-);
+export const attentionBench: BenchModule = {
+  name: 'attention',
+  description: 'fused tree attention: 64-node tree and 1-token decode over a 4k paged prefix (32/8 heads, d 128, f16)',
+  async run(opts: BenchOptions): Promise<BenchResult> {
+    const t0 = performance.now();
+    const prefix = opts.quick ? 256 : 4096;
+    const tree = opts.quick ? 16 : 64;
+    const cuda = opts.device === 'cuda';
+    const samples = opts.quick ? 2 : cuda ? 10 : 5;
+    const calls = cuda ? 20 : 1;
+    opts.log(`attention: tree ${tree} + decode 1 over prefix ${prefix} on ${opts.device}`);
+    const treeMs = await timeAttention(opts.device, prefix, tree, samples, calls, 11);
+    const oneMs = await timeAttention(opts.device, prefix, 1, samples, calls, 12);
+    const rows: BenchRow[] = [
+      { name: `tree ${tree} tokens / prefix ${prefix}`, value: round(treeMs, 4), unit: 'ms', note: `x${round(treeMs / oneMs, 2)} the 1-token query`, metrics: { ms: treeMs, tokens: tree, prefix, msPerToken: treeMs / tree } },
+      { name: `decode 1 token / prefix ${prefix}`, value: round(oneMs, 4), unit: 'ms', metrics: { ms: oneMs, tokens: 1, prefix } },
+    ];
+    return {
+      bench: 'attention',
+      device: opts.device,
+      quick: opts.quick,
+      setup: { qoHeads: HQ, kvHeads: HKV, headDim: D, pageSize: PAGE, dtype: 'f16', prefix, treeTokens: tree, samples, callsPerSample: calls, tree: 'random parents' },
+      rows,
+      notes: [],
+      checks: {},
+      seconds: (performance.now() - t0) / 1000,
+    };
+  },
+};
+
+if (require.main === module) void standalone(attentionBench);

@@ -154,7 +154,8 @@ function throwIfAborted(signal?: AbortSignal): void {
   if (signal?.aborted) throw abortError(signal);
 }
 
-function samplingOptions(s: SamplingConfig): SamplingOptions {
+/** The logits processing of a sampling config (applied alike to target p and draft q). */
+export function samplingOptions(s: SamplingConfig): SamplingOptions {
   const o: { temperature: number; topK?: number; topP?: number; minP?: number } = { temperature: s.temperature };
   if (s.topK !== undefined) o.topK = s.topK;
   if (s.topP !== undefined) o.topP = s.topP;

@@ -1,6 +1,7 @@
 // Paged KV cache and fused tree attention: typed wrappers over the native ops (cpp/core/kv_cache.h,
 // cpp/core/ops_attention.h). The model runner drives the same C++ objects directly; this module is
 // for tests, benchmarks and engine authors.
+import { argError } from './errors';
 import { native } from './native';
 import { asTensor } from './tensor';
 import type { Device, Tensor } from './tensor';
@@ -22,9 +23,7 @@ export interface KvCacheOptions {
   readonly device?: Device;
 }
 
-function argError(message: string): Error {
-  return Object.assign(new Error(message), { code: 'E_ARG' });
-}
+
 
 /**
  * A paged KV cache: per layer [numPages, 2, pageSize, numKvHeads, headDim] (K at 0, V at 1), page
@@ -161,8 +160,8 @@ export function maskWords(n: number): number {
 }
 
 /**
- * Ancestor mask of a token tree: row i sees i and its ancestors. parents[i] in [-1, i) (-1: a child
- * of the last committed token). Rows of maskWords(n) words, bit j of row i at word j >> 6.
+ * Ancestor mask of a token tree: row i sees i and its ancestors. parents[i] in [-2, i) (-1: a child
+ * of the last committed token; -2: a non-candidate node, seeing only itself). Rows of maskWords(n) words, bit j of row i at word j >> 6.
  */
 export function treeMask(parents: Int32Array): BigUint64Array {
   const n = parents.length;
@@ -172,7 +171,9 @@ export function treeMask(parents: Int32Array): BigUint64Array {
   const halves = new Uint32Array(out.buffer);
   for (let i = 0; i < n; i++) {
     const p = parents[i] as number;
-    if (!Number.isInteger(p) || p < -1 || p >= i) throw argError(`parents[${i}]: ${p} is not in [-1, ${i})`);
+    // -1: a root (child of the committed prefix); -2: a non-candidate node (verification marks
+    // lookahead's own branch so) which, in a tree mask, also sees only the prefix and itself.
+    if (!Number.isInteger(p) || p < -2 || p >= i) throw argError(`parents[${i}]: ${p} is not in [-2, ${i})`);
     if (p >= 0) halves.copyWithin(2 * i * w, 2 * p * w, 2 * (p + 1) * w);
     const h = 2 * i * w + (i >> 5);
     halves[h] = ((halves[h] as number) | (1 << (i & 31))) >>> 0;

@@ -1,6 +1,7 @@
 // Logits processing and sampling on the native backends (CPU reference or CUDA), with the
 // semantics of cpp/core/spec_math.h: temperature -> top-k -> top-p -> min-p -> renormalise, and
 // inverse-CDF sampling from a seeded counter-based RNG (Philox4x32-10).
+import { argError } from './errors';
 import { native } from './native';
 import { asTensor, type Tensor } from './tensor';
 
@@ -15,11 +16,6 @@ export interface SamplingOptions {
   minP?: number;
 }
 
-function argError(message: string): Error {
-  const e = new Error(message) as Error & { code: string };
-  e.code = 'E_ARG';
-  return e;
-}
 
 /** Checks options and fills the defaults (throws E_ARG naming the bad option). */
 export function resolveSamplingOptions(options: SamplingOptions = {}): Required<SamplingOptions> {

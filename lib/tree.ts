@@ -3,6 +3,8 @@
 // emitted token, not yet in the target's KV cache; parent -1). Other nodes have parents[i] in
 // [0, i); -2 marks a node that is in the forward pass but is not a candidate (lookahead's branch).
 // Chains are trees. These are small host arrays (tens of nodes), built per step.
+import { argError } from './errors';
+import { maskWords, treeMask } from './kv';
 
 export interface TokenTree {
   readonly tokens: Int32Array;
@@ -15,11 +17,7 @@ export interface PackedMask {
   readonly words: number;
 }
 
-function treeError(message: string): Error {
-  const e = new Error(message) as Error & { code: string };
-  e.code = 'E_ARG';
-  return e;
-}
+const treeError = argError;
 
 /** A chain root -> drafts[0] -> drafts[1] ... */
 export function chainTree(root: number, drafts: ArrayLike<number> = []): TokenTree {
@@ -67,9 +65,7 @@ export function treePositions(parents: Int32Array, base: number): Int32Array {
 }
 
 /** Number of u64 words per mask row for n nodes. */
-export function maskWords(n: number): number {
-  return Math.max(1, Math.ceil(n / 64));
-}
+export { maskWords } from './kv';
 
 export function setMaskBit(mask: PackedMask, row: number, col: number): void {
   const w = row * mask.words + (col >> 6);
@@ -88,15 +84,7 @@ export function emptyMask(n: number): PackedMask {
 
 /** Ancestor-or-self mask of a tree (parents -1 = root of the forward; -2 nodes see only themselves). */
 export function ancestorMask(parents: Int32Array): PackedMask {
-  const n = parents.length;
-  const m = emptyMask(n);
-  for (let i = 0; i < n; i++) {
-    // Row i = row of its parent + itself (parents come first, so the parent row is complete).
-    const p = parents[i] as number;
-    if (p >= 0) for (let w = 0; w < m.words; w++) m.bits[i * m.words + w] = m.bits[p * m.words + w] as bigint;
-    setMaskBit(m, i, i);
-  }
-  return m;
+  return { bits: treeMask(parents), words: maskWords(parents.length) };
 }
 
 /** Root-first path of node `node` (indices). */

@@ -34,7 +34,9 @@ function generate(args: string[]): Rec | Rec[] {
 
 describe('specdec generate: strategies end to end', function () {
   this.timeout(120000);
-  const spec = { ...specByName('llama-gqa-f32'), maxPositions: 256 };
+  // No EOS, so every run generates exactly max-new-tokens (random weights would stop anywhere).
+  const { eos: _eos, ...noEos } = specByName('llama-gqa-f32');
+  const spec = { ...noEos, maxPositions: 256 };
   let target: string;
   let draft: string;
   let medusa: string;

@@ -4,12 +4,9 @@ import * as fs from 'fs';
 import * as path from 'path';
 import type { ModelConfig } from './causal_lm';
 
-/** An Error with a `code` (E_FORMAT, E_ARG, ...), like the ones the native side throws. */
-export function codedError(code: string, message: string): Error & { code: string } {
-  const e = new Error(message) as Error & { code: string };
-  e.code = code;
-  return e;
-}
+import { codedError } from '../errors';
+
+export { codedError } from '../errors';
 
 export type RopeScaling =
   | { readonly type: 'linear'; readonly factor: number }

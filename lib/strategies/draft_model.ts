@@ -6,9 +6,9 @@
 // truncates the draft back to the accepted prefix. Tokens of the history the draft has not cached
 // yet (the prompt at first; the bonus token, which neither model has cached; accepted tree nodes)
 // are fed in front of the first draft step.
-import { gatherRows, isSampling } from '../decoder';
+import { gatherRows, isSampling, samplingOptions } from '../decoder';
 import type { CausalLM, ForwardOutput, SequenceInput } from '../models/causal_lm';
-import { argmax, processLogits, sample, topK, type SamplingOptions } from '../sampling';
+import { argmax, processLogits, sample, topK } from '../sampling';
 import type { Tensor } from '../tensor';
 import { buildTopKTree, chainTree, type TokenTree } from '../tree';
 import {
@@ -51,14 +51,6 @@ interface DraftState {
   k: number;
   /** Drafts proposed at the last step (for the heuristic). */
   lastDrafted: number;
-}
-
-function samplingOptions(s: SamplingConfig): SamplingOptions {
-  const o: { temperature: number; topK?: number; topP?: number; minP?: number } = { temperature: s.temperature };
-  if (s.topK !== undefined) o.topK = s.topK;
-  if (s.topP !== undefined) o.topP = s.topP;
-  if (s.minP !== undefined) o.minP = s.minP;
-  return o;
 }
 
 export class DraftModelSpeculator implements Speculator {

@@ -99,9 +99,4 @@ export interface Speculator {
   dispose(): void;
 }
 
-/** Error with a code, like the native ones. */
-export function codedError(code: string, message: string): Error & { code: string } {
-  const e = new Error(message) as Error & { code: string };
-  e.code = code;
-  return e;
-}
+export { codedError } from '../errors';

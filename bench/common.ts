@@ -1,0 +1,366 @@
+// Shared pieces of the benchmarks: the bench module contract (so `specdec bench` and bench/run.ts
+// call every bench in-process as a function), the machine header recorded with every result
+// (device, GPU, driver, CUDA, CPU model, load average, node, git commit), timing with warm-up and
+// median of N, interleaved A/B runs (ratios measured in one run cancel the noise of a shared
+// machine), random checkpoints for model benches, and JSON output.
+import { execFileSync } from 'child_process';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { backends } from '../lib/backend';
+import { f32ToBf16Bits, writeSafetensors, type SafetensorsEntry } from '../lib/safetensors';
+import type { Device, Tensor } from '../lib/tensor';
+
+// ---- the bench module contract ------------------------------------------------------------------
+
+export interface BenchOptions {
+  /** The resolved device (never 'auto'). */
+  readonly device: Device;
+  /** Small shapes and few repetitions: a smoke run (seconds), not numbers to quote. */
+  readonly quick: boolean;
+  /** Progress lines (stderr by default); results never go through it. */
+  readonly log: (line: string) => void;
+}
+
+/** One measured case. `value`/`unit` is what the summary table shows; `metrics` has everything. */
+export interface BenchRow {
+  readonly name: string;
+  readonly value: number | null;
+  readonly unit: string;
+  /** A short remark for the table (e.g. "x2.1 vs plain, tau 3.4"). */
+  readonly note?: string;
+  readonly metrics: Record<string, unknown>;
+}
+
+export interface BenchResult {
+  readonly bench: string;
+  readonly device: Device;
+  readonly quick: boolean;
+  /** The fixed shapes / model / settings of the bench. */
+  readonly setup: Record<string, unknown>;
+  readonly rows: BenchRow[];
+  /** Caveats worth reading next to the numbers (e.g. "random draft: acceptance near 0"). */
+  readonly notes: string[];
+  /** Checks the bench made on its own results (e.g. lossless); false fails `specdec bench`. */
+  readonly checks: Record<string, boolean>;
+  readonly seconds: number;
+}
+
+export interface BenchModule {
+  readonly name: string;
+  readonly description: string;
+  run(opts: BenchOptions): Promise<BenchResult>;
+}
+
+// ---- the machine header -------------------------------------------------------------------------
+
+export interface MachineHeader {
+  readonly date: string;
+  readonly device: Device;
+  readonly node: string;
+  readonly platform: string;
+  readonly git: { readonly commit: string | null; readonly dirty: boolean | null };
+  readonly cpu: { readonly model: string; readonly cores: number; readonly flags: string[] };
+  readonly memoryGiB: number;
+  /** os.loadavg() at the start: 1, 5, 15 minutes (a loaded shared machine skews CPU numbers). */
+  readonly loadAverage: number[];
+  readonly backend: {
+    readonly binary: string;
+    readonly compiled: string[];
+    readonly available: string[];
+    readonly cudaNotUsedBecause: string | null;
+    readonly cudaRuntime: string | null;
+    /** CUDA driver API version (e.g. 12.4). */
+    readonly cudaDriver: string | null;
+    /** NVIDIA driver version from nvidia-smi (e.g. 550.54.15), when there is one. */
+    readonly nvidiaDriver: string | null;
+    readonly gpus: { name: string; computeCapability: string; memoryGiB: number }[];
+  };
+}
+
+const repoRoot = path.resolve(__dirname, '..', '..');
+
+function tryExec(cmd: string, args: string[], cwd?: string): string | null {
+  try {
+    return execFileSync(cmd, args, { cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 5000 }).trim();
+  } catch {
+    return null;
+  }
+}
+
+/** CPU model name (from /proc/cpuinfo where there is one) and the SIMD flags that matter for GEMM. */
+function cpuInfo(): MachineHeader['cpu'] {
+  let model = os.cpus()[0]?.model ?? 'unknown';
+  let flags: string[] = [];
+  try {
+    const text = fs.readFileSync('/proc/cpuinfo', 'utf8');
+    const name = /^model name\s*:\s*(.+)$/m.exec(text);
+    if (name?.[1]) model = name[1].trim();
+    const f = /^flags\s*:\s*(.+)$/m.exec(text);
+    if (f?.[1]) {
+      const have = new Set(f[1].split(/\s+/));
+      flags = ['avx', 'avx2', 'fma', 'f16c', 'avx512f', 'avx512_bf16', 'amx_bf16'].filter((x) => have.has(x));
+    }
+  } catch {
+    // Not Linux: os.cpus() is all there is.
+  }
+  return { model, cores: os.cpus().length, flags };
+}
+
+export function machineHeader(device: Device): MachineHeader {
+  const b = backends();
+  const status = tryExec('git', ['status', '--porcelain', '--untracked-files=no'], repoRoot);
+  const smi = b.gpus.length > 0 ? tryExec('nvidia-smi', ['--query-gpu=driver_version', '--format=csv,noheader']) : null;
+  return {
+    date: new Date().toISOString(),
+    device,
+    node: process.version,
+    platform: `${process.platform}-${process.arch}`,
+    git: { commit: tryExec('git', ['rev-parse', 'HEAD'], repoRoot), dirty: status === null ? null : status.length > 0 },
+    cpu: cpuInfo(),
+    memoryGiB: Math.round((os.totalmem() / 2 ** 30) * 10) / 10,
+    loadAverage: os.loadavg().map((x) => Math.round(x * 100) / 100),
+    backend: {
+      binary: b.binary,
+      compiled: [...b.compiled],
+      available: [...b.available],
+      cudaNotUsedBecause: device === 'cuda' ? null : (b.cudaReason ?? (b.available.includes('cuda') ? 'not requested' : null)),
+      cudaRuntime: b.cudaRuntimeVersion ?? null,
+      cudaDriver: b.cudaDriverVersion ?? null,
+      nvidiaDriver: smi?.split('\n')[0] ?? null,
+      gpus: b.gpus.map((g) => ({ name: g.name, computeCapability: g.computeCapability, memoryGiB: Math.round((g.totalMemory / 2 ** 30) * 10) / 10 })),
+    },
+  };
+}
+
+// ---- timing ---------------------------------------------------------------------------------------
+
+export interface Timing {
+  /** Median over the samples, milliseconds per call. */
+  readonly medianMs: number;
+  readonly minMs: number;
+  readonly maxMs: number;
+  readonly samples: number;
+  /** Calls per sample (their mean is one sample; amortises the device sync). */
+  readonly callsPerSample: number;
+}
+
+export function median(xs: readonly number[]): number {
+  if (xs.length === 0) return NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 === 1 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
+}
+
+export interface MeasureOptions {
+  readonly warmup?: number;
+  readonly samples?: number;
+  /** Calls per sample (default 1). */
+  readonly calls?: number;
+  /** Waits for the device after a sample's calls (CUDA kernels are asynchronous). */
+  readonly sync?: () => void;
+}
+
+/** Times `fn`: `warmup` untimed calls, then `samples` samples of `calls` calls each; median per call. */
+export async function measure(fn: () => unknown, opts: MeasureOptions = {}): Promise<Timing> {
+  const warmup = opts.warmup ?? 1;
+  const samples = Math.max(1, opts.samples ?? 5);
+  const calls = Math.max(1, opts.calls ?? 1);
+  for (let i = 0; i < warmup; i++) await fn();
+  opts.sync?.();
+  const ms: number[] = [];
+  for (let s = 0; s < samples; s++) {
+    const t0 = performance.now();
+    for (let c = 0; c < calls; c++) await fn();
+    opts.sync?.();
+    ms.push((performance.now() - t0) / calls);
+  }
+  return { medianMs: median(ms), minMs: Math.min(...ms), maxMs: Math.max(...ms), samples, callsPerSample: calls };
+}
+
+/**
+ * Waits for the work queued on t's device by reading one element back (the native ops have no
+ * explicit sync; a copy on the same stream waits for every earlier kernel). No-op cost on the CPU.
+ */
+export function syncOn(t: Tensor): () => void {
+  return () => {
+    if (t.device !== 'cuda') return;
+    const flat = t.view([t.numel]);
+    const one = flat.rows(0, 1);
+    one.toArray();
+    one.dispose();
+    flat.dispose();
+  };
+}
+
+/**
+ * Runs the named variants round-robin `rounds` times (a, b, c, a, b, c, ...; the order rotates each
+ * round so no variant always runs right after the same one) and collects each variant's results in
+ * round order: slow drift of a shared machine then hits all variants alike.
+ */
+export async function interleaved<T>(variants: readonly { name: string; run: () => Promise<T> }[], rounds: number): Promise<Map<string, T[]>> {
+  const out = new Map<string, T[]>(variants.map((v) => [v.name, []]));
+  for (let r = 0; r < rounds; r++) {
+    for (let k = 0; k < variants.length; k++) {
+      const v = variants[(k + r) % variants.length] as { name: string; run: () => Promise<T> };
+      (out.get(v.name) as T[]).push(await v.run());
+    }
+  }
+  return out;
+}
+
+// ---- random inputs and checkpoints -------------------------------------------------------------------
+
+/** xorshift32 stream in [0, 1): fast enough to fill 100M-element buffers. */
+export function xorshift(seed: number): () => number {
+  let s = seed | 0 || 0x9e3779b9;
+  return () => {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    return (s >>> 0) / 4294967296;
+  };
+}
+
+/** n uniform values in [lo, hi). */
+export function randomF32(n: number, rand: () => number, lo = -1, hi = 1): Float32Array {
+  const a = new Float32Array(n);
+  const w = hi - lo;
+  for (let i = 0; i < n; i++) a[i] = lo + w * rand();
+  return a;
+}
+
+export interface RandomLlamaSpec {
+  readonly vocab: number;
+  readonly hidden: number;
+  readonly intermediate: number;
+  readonly layers: number;
+  readonly heads: number;
+  readonly kvHeads: number;
+  readonly maxPositions?: number;
+}
+
+/** The ~100M-parameter random Llama of the plain-decode and speculative benches (bf16, tied embeddings). */
+export const LLAMA_100M: RandomLlamaSpec = { vocab: 32000, hidden: 768, intermediate: 2048, layers: 12, heads: 12, kvHeads: 4 };
+
+/**
+ * Writes a random bf16 Llama checkpoint (uniform weights scaled by 1/sqrt(fan-in), unit norms, tied
+ * embeddings), one shard per layer to keep peak memory low. Returns the parameter count.
+ */
+export function writeRandomLlama(dir: string, spec: RandomLlamaSpec, seed: number): number {
+  fs.mkdirSync(dir, { recursive: true });
+  const H = spec.hidden;
+  const D = H / spec.heads;
+  const KV = spec.kvHeads * D;
+  const rand = xorshift(seed);
+  const weightMap: Record<string, string> = {};
+  let params = 0;
+  const shard = (file: string, tensors: Record<string, number[]>): void => {
+    const entries: Record<string, SafetensorsEntry> = {};
+    for (const [name, shape] of Object.entries(tensors)) {
+      const n = shape.reduce((x, y) => x * y, 1);
+      const data = new Uint16Array(n);
+      if (shape.length === 1) data.fill(f32ToBf16Bits(1));
+      else {
+        const a = Math.sqrt(3 / (shape[shape.length - 1] as number));
+        for (let i = 0; i < n; i++) data[i] = f32ToBf16Bits((rand() * 2 - 1) * a);
+      }
+      entries[name] = { dtype: 'BF16', shape, data };
+      weightMap[name] = file;
+      params += n;
+    }
+    writeSafetensors(path.join(dir, file), entries);
+  };
+  shard('embed.safetensors', { 'model.embed_tokens.weight': [spec.vocab, H], 'model.norm.weight': [H] });
+  for (let l = 0; l < spec.layers; l++) {
+    const p = `model.layers.${l}.`;
+    shard(`layer-${l}.safetensors`, {
+      [p + 'input_layernorm.weight']: [H],
+      [p + 'self_attn.q_proj.weight']: [H, H],
+      [p + 'self_attn.k_proj.weight']: [KV, H],
+      [p + 'self_attn.v_proj.weight']: [KV, H],
+      [p + 'self_attn.o_proj.weight']: [H, H],
+      [p + 'post_attention_layernorm.weight']: [H],
+      [p + 'mlp.gate_proj.weight']: [spec.intermediate, H],
+      [p + 'mlp.up_proj.weight']: [spec.intermediate, H],
+      [p + 'mlp.down_proj.weight']: [H, spec.intermediate],
+    });
+  }
+  const config = {
+    architectures: ['LlamaForCausalLM'],
+    vocab_size: spec.vocab,
+    hidden_size: H,
+    intermediate_size: spec.intermediate,
+    num_hidden_layers: spec.layers,
+    num_attention_heads: spec.heads,
+    num_key_value_heads: spec.kvHeads,
+    max_position_embeddings: spec.maxPositions ?? 2048,
+    rms_norm_eps: 1e-5,
+    rope_theta: 10000,
+    tie_word_embeddings: true,
+    torch_dtype: 'bfloat16',
+  };
+  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(config));
+  fs.writeFileSync(path.join(dir, 'model.safetensors.index.json'), JSON.stringify({ metadata: {}, weight_map: weightMap }));
+  return params;
+}
+
+/** Random Medusa heads (FasterDecoding layout, bf16) for a model of hidden size H and vocabulary V. */
+export function writeRandomMedusa(dir: string, numHeads: number, numLayers: number, H: number, V: number, seed: number): void {
+  fs.mkdirSync(dir, { recursive: true });
+  const rand = xorshift(seed);
+  const bf16 = (n: number, a: number): Uint16Array => {
+    const out = new Uint16Array(n);
+    for (let i = 0; i < n; i++) out[i] = f32ToBf16Bits((rand() * 2 - 1) * a);
+    return out;
+  };
+  const t: Record<string, SafetensorsEntry> = {};
+  const a = Math.sqrt(3 / H);
+  for (let h = 0; h < numHeads; h++) {
+    for (let l = 0; l < numLayers; l++) {
+      t[`${h}.${l}.linear.weight`] = { dtype: 'BF16', shape: [H, H], data: bf16(H * H, a) };
+      t[`${h}.${l}.linear.bias`] = { dtype: 'BF16', shape: [H], data: bf16(H, a) };
+    }
+    t[`${h}.${numLayers}.weight`] = { dtype: 'BF16', shape: [V, H], data: bf16(V * H, a) };
+  }
+  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ medusa_num_heads: numHeads, medusa_num_layers: numLayers, base_model_name_or_path: 'random' }));
+  writeSafetensors(path.join(dir, 'medusa_lm_head.safetensors'), t);
+}
+
+/** A fresh temp dir removed by the returned function. */
+export function tempDir(prefix: string): { dir: string; remove: () => void } {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `specdec-bench-${prefix}-`));
+  return { dir, remove: () => fs.rmSync(dir, { recursive: true, force: true }) };
+}
+
+// ---- output ----------------------------------------------------------------------------------------
+
+/** Rounds numbers for JSON (3 significant decimals is plenty for timings). */
+export function round(x: number, digits = 3): number {
+  if (!Number.isFinite(x)) return x;
+  const f = 10 ** digits;
+  return Math.round(x * f) / f;
+}
+
+export function writeJson(file: string, value: unknown): void {
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  fs.writeFileSync(file, JSON.stringify(value, null, 2) + '\n');
+}
+
+/** Standalone entry of a bench file: `node dist/bench/x.bench.js [--device D] [--quick]` prints one JSON document. */
+export async function standalone(mod: BenchModule, argv: readonly string[] = process.argv.slice(2)): Promise<void> {
+  // Loaded lazily: run.ts imports every bench module, and each bench file imports this one.
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { runBenches } = require('./run') as typeof import('./run');
+  const i = argv.indexOf('--device');
+  const device = (i >= 0 ? argv[i + 1] : 'auto') as Device | 'auto';
+  try {
+    const res = await runBenches({ only: [mod.name], device, quick: argv.includes('--quick') });
+    process.stdout.write(JSON.stringify(res, null, 2) + '\n');
+    if (!res.ok) process.exitCode = 1;
+  } catch (e) {
+    const err = e as Error & { code?: string };
+    process.stderr.write(`${mod.name} bench: ${err.message}${err.code ? ` [${err.code}]` : ''}\n`);
+    process.exitCode = 1;
+  }
+}

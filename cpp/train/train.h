@@ -1,0 +1,127 @@
+// The project's own trainer: a Llama-family causal LM (the architecture cpp/model/llama.cc runs)
+// and Medusa heads on its final hidden states, with hand-written backward passes, cross-entropy,
+// AdamW with global-norm gradient clipping, and std::thread parallelism over the batch.
+//
+// Everything is templated on the scalar type F: float for training, double for the
+// finite-difference gradient checks of the tests. Parameters live in one flat buffer per model
+// (ParamSet), listed under their Hugging Face / FasterDecoding tensor names, so saving a
+// checkpoint is a walk over the list.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace specdec {
+namespace train {
+
+// One named tensor inside a ParamSet's flat buffer.
+struct ParamInfo {
+  std::string name;
+  std::vector<int64_t> shape;
+  size_t offset = 0;
+  size_t numel = 0;
+  bool decay = false;  // AdamW weight decay applies (matrices; not norms or biases)
+};
+
+struct AdamWOptions {
+  double lr = 1e-3;
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double weight_decay = 0.0;
+  double clip = 1.0;  // max global gradient norm; <= 0 disables clipping
+};
+
+// Parameters, their gradients and the AdamW moments, all flat.
+template <typename F>
+struct ParamSet {
+  std::vector<ParamInfo> info;
+  std::vector<F> w, g;
+  std::vector<F> m, v;  // AdamW moments (allocated on the first step)
+  int64_t step = 0;
+
+  size_t add(const std::string& name, std::vector<int64_t> shape, bool decay);
+  const ParamInfo& find(const std::string& name) const;  // E_ARG naming the tensor if absent
+  // Clips g to opts.clip (global L2 norm), then one AdamW step on w. Returns the norm before clipping.
+  double adamw_step(const AdamWOptions& opts);
+};
+
+struct LlamaShape {
+  int vocab = 0, hidden = 0, intermediate = 0, layers = 0, heads = 0, kv_heads = 0, head_dim = 0;
+  double rms_eps = 1e-6;
+  double rope_theta = 10000.0;
+  bool tie = false;  // lm_head shares model.embed_tokens.weight
+};
+
+template <typename F>
+class LlamaTrainer {
+ public:
+  LlamaTrainer(const LlamaShape& shape, uint64_t seed);
+
+  const LlamaShape& shape() const { return s_; }
+  ParamSet<F>& params() { return p_; }
+  const ParamSet<F>& params() const { return p_; }
+
+  // tokens [B, T + 1]: inputs are columns 0..T-1, targets columns 1..T. Sets params().g to the
+  // gradient of the mean cross-entropy over the B*T predictions and returns that mean.
+  double forward_backward(const int32_t* tokens, int B, int T, int threads);
+  // Mean cross-entropy only (no gradient).
+  double eval_loss(const int32_t* tokens, int B, int T, int threads);
+  // tokens [B, T]: logits [B*T, V] and/or final hidden states after the last norm [B*T, H]
+  // (either may be null).
+  void forward(const int32_t* tokens, int B, int T, F* logits, F* hidden, int threads);
+
+  // Validates token ids and sizes (E_ARG naming the argument).
+  void check_tokens(const int32_t* tokens, size_t count, int B, int T, const char* name) const;
+
+ private:
+  struct Acts;  // one sequence's activations, reused per thread
+  LlamaShape s_;
+  ParamSet<F> p_;
+  // Offsets of each layer's tensors in p_.w (and p_.g).
+  struct LayerOff {
+    size_t attn_norm, q, k, v, o, mlp_norm, gate, up, down;
+  };
+  std::vector<LayerOff> lo_;
+  size_t embed_ = 0, norm_ = 0, lm_head_ = 0;
+  std::vector<F> cos_, sin_;  // RoPE tables [max_T, D/2], grown on demand
+  int rope_T_ = 0;
+
+  void ensure_rope(int T);
+  // One sequence: forward into `a`; if targets != null also the loss and (if grad != null) backward.
+  double run_sequence(Acts& a, const int32_t* ids, const int32_t* targets, int T, F* grad, F dscale, F* logits_out,
+                      F* hidden_out);
+};
+
+struct MedusaShape {
+  int heads = 0, layers = 0, hidden = 0, vocab = 0;
+};
+
+// Medusa heads (FasterDecoding layout): head h = `layers` ResBlocks x + SiLU(W x + b), then its own
+// LM head; head h predicts the token h + 2 positions after the hidden state's position.
+template <typename F>
+class MedusaTrainer {
+ public:
+  MedusaTrainer(const MedusaShape& shape, uint64_t seed);
+
+  const MedusaShape& shape() const { return s_; }
+  ParamSet<F>& params() { return p_; }
+
+  // hidden [N, H] rows of B sequences of T positions (N = B*T), tokens [B, T] the same positions'
+  // ids. Loss = sum over heads of that head's mean cross-entropy over the positions that have a
+  // target (t + h + 2 < T). Sets params().g; returns the loss, per-head losses and top-1 accuracies.
+  double forward_backward(const F* hidden, const int32_t* tokens, int B, int T, int threads, std::vector<double>* head_loss,
+                          std::vector<double>* head_acc);
+  // Logits [heads, N, V] of rows hidden [N, H].
+  void forward(const F* hidden, int64_t N, F* logits, int threads);
+
+ private:
+  MedusaShape s_;
+  ParamSet<F> p_;
+  std::vector<std::vector<size_t>> w_, b_;  // [head][layer] offsets
+  std::vector<size_t> lm_;                  // [head] offsets
+};
+
+}  // namespace train
+}  // namespace specdec

@@ -4,7 +4,8 @@
 //   SPECDEC_CUDA=ON|OFF|AUTO   force the CUDA backend on/off (default AUTO)
 //   SPECDEC_BUILD_DIR=dir      build directory (default build)
 //   SPECDEC_SKIP_BUILD=1       skip (use a prebuilt binary or SPECDEC_BINARY)
-//   --force                    build even when SPECDEC_SKIP_BUILD is set
+//   SPECDEC_BUILD_FROM_SOURCE=1  build even when prebuilds/ has a binary for this platform
+//   --force                    build even when SPECDEC_SKIP_BUILD is set or a prebuild exists
 'use strict';
 const { spawnSync } = require('child_process');
 const path = require('path');
@@ -16,6 +17,20 @@ const force = process.argv.includes('--force');
 if (process.env.SPECDEC_SKIP_BUILD === '1' && !force) {
   console.error('specdec: SPECDEC_SKIP_BUILD=1, not building the native addon');
   process.exit(0);
+}
+
+// A packaged install with a loadable prebuilt binary for this platform needs no compiler.
+const prebuilds = path.join(root, 'prebuilds', `${process.platform}-${process.arch}`);
+if (!force && process.env.SPECDEC_BUILD_FROM_SOURCE !== '1' && fs.existsSync(prebuilds)) {
+  for (const f of fs.readdirSync(prebuilds).filter((x) => x.endsWith('.node'))) {
+    try {
+      require(path.join(prebuilds, f));
+      console.error(`specdec: using the prebuilt ${path.join('prebuilds', path.basename(prebuilds), f)} (SPECDEC_BUILD_FROM_SOURCE=1 to compile)`);
+      process.exit(0);
+    } catch (e) {
+      console.error(`specdec: prebuilt ${f} does not load (${e.message.split('\n')[0]}); building from source`);
+    }
+  }
 }
 
 const cmakeJs = require.resolve('cmake-js/bin/cmake-js', { paths: [root] });

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <exception>
 #include <thread>
 #include <vector>
 
@@ -275,7 +276,6 @@ void parallel_chunks(int n, int threads, Fn&& fn) {
     return;
   }
   std::vector<std::thread> pool;
-  std::exception_ptr err;
   std::vector<std::exception_ptr> errs(static_cast<size_t>(threads));
   for (int t = 0; t < threads; ++t) {
     const int b = int(int64_t(n) * t / threads), e = int(int64_t(n) * (t + 1) / threads);

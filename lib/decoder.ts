@@ -476,6 +476,11 @@ export interface GenerateOptions {
   readonly maxNewTokens: number;
   /** Generation stops after emitting one of these (it is included in the output). */
   readonly stopTokens?: readonly number[];
+  /**
+   * Checked after each emitted token with the sequence's new tokens so far; true stops the sequence
+   * there (finishReason 'stop'). Stop strings are built on this (lib/text.ts).
+   */
+  readonly shouldStop?: (newTokens: readonly number[]) => boolean;
   readonly signal?: AbortSignal;
 }
 
@@ -537,6 +542,7 @@ export class SpeculativeDecoder {
     const result = this.generateBatch([prompt], {
       maxNewTokens: opts.maxNewTokens,
       ...(opts.stopTokens ? { stopTokens: opts.stopTokens } : {}),
+      ...(opts.shouldStop ? { shouldStop: opts.shouldStop } : {}),
       signal: stopper.signal,
       onTokens: (_i, toks) => {
         queue.push(toks);
@@ -617,7 +623,7 @@ export class SpeculativeDecoder {
           const tok = toks[k] as number;
           chunk.push(tok);
           r.newTokens.push(tok);
-          if (stop.has(tok)) r.done = 'stop';
+          if (stop.has(tok) || opts.shouldStop?.(r.newTokens) === true) r.done = 'stop';
           else if (r.newTokens.length >= r.maxNew) r.done = 'length';
         }
         // As plainGenerate: stop once prompt + output fill the context.
@@ -664,5 +670,9 @@ export class SpeculativeDecoder {
 
   dispose(): void {
     this.speculator?.dispose();
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
   }
 }

@@ -32,3 +32,5 @@ export { SpeculativeDecoder } from './decoder';
 export type { SpeculativeDecoderOptions, GenerateOptions, GenerateResult, DecodeStats, Generation } from './decoder';
 export * as tree from './tree';
 export * from './strategies';
+export { generateText } from './text';
+export type { TextCodec, TextGenerateOptions, TextChunk, TextResult, TextGeneration } from './text';

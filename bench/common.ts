@@ -1,8 +1,8 @@
 // Shared pieces of the benchmarks: the bench module contract (so `specdec bench` and bench/run.ts
 // call every bench in-process as a function), the machine header recorded with every result
 // (device, GPU, driver, CUDA, CPU model, load average, node, git commit), timing with warm-up and
-// median of N, interleaved A/B runs (ratios measured in one run cancel the noise of a shared
-// machine), random checkpoints for model benches, and JSON output.
+// median of N, random checkpoints for model benches, and JSON output. (Interleaving of A/B runs,
+// so that ratios measured in one run cancel a shared machine's noise, is in speculative.bench.ts.)
 import { execFileSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
@@ -166,12 +166,20 @@ export async function measure(fn: () => unknown, opts: MeasureOptions = {}): Pro
   const warmup = opts.warmup ?? 1;
   const samples = Math.max(1, opts.samples ?? 5);
   const calls = Math.max(1, opts.calls ?? 1);
-  for (let i = 0; i < warmup; i++) await fn();
+  // Synchronous ops are not awaited (a microtask per call would show in microsecond timings).
+  const call = async (): Promise<void> => {
+    const r = fn();
+    if (r instanceof Promise) await r;
+  };
+  for (let i = 0; i < warmup; i++) await call();
   opts.sync?.();
   const ms: number[] = [];
   for (let s = 0; s < samples; s++) {
     const t0 = performance.now();
-    for (let c = 0; c < calls; c++) await fn();
+    for (let c = 0; c < calls; c++) {
+      const r = fn();
+      if (r instanceof Promise) await r;
+    }
     opts.sync?.();
     ms.push((performance.now() - t0) / calls);
   }
@@ -180,33 +188,20 @@ export async function measure(fn: () => unknown, opts: MeasureOptions = {}): Pro
 
 /**
  * Waits for the work queued on t's device by reading one element back (the native ops have no
- * explicit sync; a copy on the same stream waits for every earlier kernel). No-op cost on the CPU.
+ * explicit sync; a copy on the same stream waits for every earlier kernel). No-op on the CPU.
  */
-export function syncOn(t: Tensor): () => void {
-  return () => {
-    if (t.device !== 'cuda') return;
-    const flat = t.view([t.numel]);
-    const one = flat.rows(0, 1);
-    one.toArray();
-    one.dispose();
-    flat.dispose();
-  };
+export function syncTensor(t: Tensor): void {
+  if (t.device !== 'cuda') return;
+  const flat = t.view([t.numel]);
+  const one = flat.rows(0, 1);
+  one.toArray();
+  one.dispose();
+  flat.dispose();
 }
 
-/**
- * Runs the named variants round-robin `rounds` times (a, b, c, a, b, c, ...; the order rotates each
- * round so no variant always runs right after the same one) and collects each variant's results in
- * round order: slow drift of a shared machine then hits all variants alike.
- */
-export async function interleaved<T>(variants: readonly { name: string; run: () => Promise<T> }[], rounds: number): Promise<Map<string, T[]>> {
-  const out = new Map<string, T[]>(variants.map((v) => [v.name, []]));
-  for (let r = 0; r < rounds; r++) {
-    for (let k = 0; k < variants.length; k++) {
-      const v = variants[(k + r) % variants.length] as { name: string; run: () => Promise<T> };
-      (out.get(v.name) as T[]).push(await v.run());
-    }
-  }
-  return out;
+/** A `sync` for measure() that waits on t's device. */
+export function syncOn(t: Tensor): () => void {
+  return () => syncTensor(t);
 }
 
 // ---- random inputs and checkpoints -------------------------------------------------------------------

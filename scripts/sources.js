@@ -8,7 +8,7 @@ const path = require('path');
 const root = path.resolve(__dirname, '..');
 const groups = {
   // Everything C++: core types and dispatch, the CPU reference backend, the model runner, the N-API glue.
-  cpu: [['cpp/core', '.cc'], ['cpp/cpu', '.cc'], ['cpp/model', '.cc'], ['cpp/napi', '.cc']],
+  cpu: [['cpp/core', '.cc'], ['cpp/cpu', '.cc'], ['cpp/model', '.cc'], ['cpp/train', '.cc'], ['cpp/napi', '.cc']],
   // CUDA translation units; only compiled when the CUDA backend is enabled.
   cuda: [['cuda', '.cu']],
 };

@@ -132,8 +132,8 @@ describe('specdec generate (cli)', function () {
   });
 
   it('bad input exits non-zero with one line on stderr', () => {
-    assertOneLineError(cli(['--prompt-ids', '1,2']), /--model DIR is required/);
-    assertOneLineError(cli(['--model', path.join(root, 'nope'), '--prompt-ids', '1,2']), /not a model directory/);
+    assertOneLineError(cli(['--model', root, '--prompt', 'hello']), /config\.json/);
+    assertOneLineError(cli(['--model', path.join(root, 'nope'), '--prompt-ids', '1,2']), /nope\/config\.json: not found/);
     const broken = path.join(root, 'broken');
     fs.mkdirSync(broken);
     fs.writeFileSync(path.join(broken, 'config.json'), JSON.stringify({ ...configJson(specByName('llama-gqa-f32')), architectures: ['BertModel'] }));

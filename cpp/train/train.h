@@ -57,6 +57,7 @@ struct LlamaShape {
 template <typename F>
 class LlamaTrainer {
  public:
+  using Scalar = F;
   LlamaTrainer(const LlamaShape& shape, uint64_t seed);
 
   const LlamaShape& shape() const { return s_; }
@@ -103,6 +104,7 @@ struct MedusaShape {
 template <typename F>
 class MedusaTrainer {
  public:
+  using Scalar = F;
   MedusaTrainer(const MedusaShape& shape, uint64_t seed);
 
   const MedusaShape& shape() const { return s_; }

@@ -2,12 +2,22 @@
 // (lib/cli/strategy_flags.ts parses those flags and runs them). Flags: DESIGN §6. Bad input exits non-zero with one
 // line on stderr; results go to stdout (text, or one JSON document with --json).
 import * as fs from 'fs';
+import * as path from 'path';
 import type { CausalLM } from '../models/causal_lm';
+import { readLlamaConfig } from '../models/config';
 import { LlamaModel } from '../models/llama';
 import { plainGenerate } from '../plain';
 import type { Device } from '../tensor';
 import { TextTokenizer } from '../tokenizer';
+import { packageRoot } from '../native';
 import { parseStrategyFlags, strategyHook, type StrategyFlags } from './strategy_flags';
+
+/** The embedded default family (models/default, trained by scripts/train-default.js). */
+export const EMBEDDED = {
+  target: path.join(packageRoot, 'models', 'default', 'target'),
+  draft: path.join(packageRoot, 'models', 'default', 'draft'),
+  medusa: path.join(packageRoot, 'models', 'default', 'medusa'),
+} as const;
 
 export type { StrategyFlags } from './strategy_flags';
 
@@ -55,11 +65,13 @@ export interface GenerateIo {
   readonly strategyHook?: StrategyHook;
 }
 
-export const GENERATE_USAGE = `usage: specdec generate --model DIR [--draft DIR | --medusa DIR | --lookahead W,N,G | --prompt-lookup N]
+export const GENERATE_USAGE = `usage: specdec generate [--model DIR] [--draft DIR | --medusa DIR | --lookahead W,N,G | --prompt-lookup N]
                        (--prompt TEXT | --prompt-ids 1,2,3 | --batch-file F) [--max-new-tokens N]
                        [--temperature T --top-k K --top-p P --seed S] [--device cpu|cuda|auto] [--json]
 
-  --model DIR         Hugging Face checkpoint directory (config.json + model.safetensors[.index.json])
+  --model DIR         Hugging Face checkpoint directory (config.json + model.safetensors[.index.json]);
+                      default: the embedded model family (models/default); --draft default and
+                      --medusa default select its draft and Medusa heads
   --prompt TEXT       prompt text (needs tokenizer.json in the model directory)
   --prompt-ids IDS    prompt token ids, comma-separated (bypasses the tokenizer)
   --batch-file F      JSON array of prompts (strings or id arrays), run together as one batch;
@@ -192,21 +204,26 @@ export async function generateCommand(argv: string[], io: GenerateIo = {}): Prom
   }
   let model: LlamaModel | undefined;
   try {
-    const flags = parseGenerateFlags(argv);
-    if (flags.model === undefined) {
-      throw new CliError('--model DIR is required (the embedded default model is not available yet)');
+    const parsed = parseGenerateFlags(argv);
+    const modelDir = parsed.model === undefined || parsed.model === 'default' ? EMBEDDED.target : parsed.model;
+    const flags: GenerateFlags = { ...parsed, model: modelDir };
+    if ((parsed.model === undefined || parsed.model === 'default') && !fs.existsSync(modelDir)) {
+      throw new CliError(`the embedded default model is missing (${modelDir}); run 'npm run train:default' or pass --model DIR`, 1);
     }
+    // Validate the directory before the tokenizer is looked for, so a bad path is named as such.
+    readLlamaConfig(modelDir);
     const speculative = Object.keys(flags.strategy).length > 0;
-    const tokenizer = TextTokenizer.load(flags.model);
-    const prompts = resolvePrompts(flags, tokenizer, flags.model);
+    const tokenizer = TextTokenizer.load(modelDir);
+    const prompts = resolvePrompts(flags, tokenizer, modelDir);
     // Loading a large checkpoint takes a while: say so on an interactive terminal only.
-    if (process.stderr.isTTY && !flags.json && !io.stderr) err(`specdec: loading ${flags.model} ...\n`);
-    model = await LlamaModel.load(flags.model, { device: flags.device, maxSequences: prompts.length });
+    if (process.stderr.isTTY && !flags.json && !io.stderr) err(`specdec: loading ${modelDir} ...\n`);
+    model = await LlamaModel.load(modelDir, { device: flags.device, maxSequences: prompts.length });
     const decode = (ids: ArrayLike<number>): string => (tokenizer ? tokenizer.decode(ids, { skipSpecialTokens: true }) : '');
 
     let records: GenerateRecord[];
     if (speculative) {
-      records = await (io.strategyHook ?? strategyHook())({ flags, target: model, prompts, decode });
+      const hook = io.strategyHook ?? strategyHook({ defaults: { draft: EMBEDDED.draft, medusa: EMBEDDED.medusa } });
+      records = await hook({ flags, target: model, prompts, decode });
     } else {
       const res = await plainGenerate(model, prompts, {
         maxNewTokens: flags.maxNewTokens,

@@ -1,0 +1,167 @@
+// Logits processing and sampling at a Llama-3 vocabulary (128256): argmax, processLogits with the
+// usual settings (softmax; temperature + top-p; + top-k; min-p), sample(), and the whole per-step
+// pipeline processLogits + sample, for 1, 8 and 64 rows (64 = a Medusa tree's rows when sampling).
+// A plain JavaScript implementation of argmax, softmax-sampling and top-p sampling runs on the same
+// rows in the same process as the reference the native ops are compared with.
+// Run: node dist/bench/sampling.bench.js [--device cpu|cuda|auto] [--quick]   (or specdec bench --only sampling)
+import { argmax, processLogits, sample, type SamplingOptions } from '../lib/sampling';
+import { Tensor } from '../lib/tensor';
+import { measure, randomF32, round, standalone, syncTensor, xorshift, type BenchModule, type BenchOptions, type BenchResult, type BenchRow, type Timing } from './common';
+
+const VOCAB = 128256;
+
+// ---- the JavaScript reference (straightforward, as an engine author would write it) ---------------
+
+function jsArgmax(x: Float32Array, rows: number, V: number): Int32Array {
+  const out = new Int32Array(rows);
+  for (let r = 0; r < rows; r++) {
+    let best = 0;
+    let bv = -Infinity;
+    for (let i = 0, o = r * V; i < V; i++) if ((x[o + i] as number) > bv) ((bv = x[o + i] as number), (best = i));
+    out[r] = best;
+  }
+  return out;
+}
+
+/** softmax(x / T) of one row into `p` (float64 sums). */
+function jsSoftmax(x: Float32Array, o: number, V: number, T: number, p: Float64Array): void {
+  let m = -Infinity;
+  for (let i = 0; i < V; i++) m = Math.max(m, x[o + i] as number);
+  let s = 0;
+  for (let i = 0; i < V; i++) s += p[i] = Math.exp(((x[o + i] as number) - m) / T);
+  for (let i = 0; i < V; i++) p[i] = (p[i] as number) / s;
+}
+
+function jsSampleSoftmax(x: Float32Array, rows: number, V: number, T: number, u: () => number): Int32Array {
+  const out = new Int32Array(rows);
+  const p = new Float64Array(V);
+  for (let r = 0; r < rows; r++) {
+    jsSoftmax(x, r * V, V, T, p);
+    let c = 0;
+    const t = u();
+    let i = 0;
+    for (; i < V - 1; i++) if ((c += p[i] as number) > t) break;
+    out[r] = i;
+  }
+  return out;
+}
+
+function jsSampleTopP(x: Float32Array, rows: number, V: number, T: number, topP: number, u: () => number): Int32Array {
+  const out = new Int32Array(rows);
+  const p = new Float64Array(V);
+  const idx = new Uint32Array(V);
+  for (let r = 0; r < rows; r++) {
+    jsSoftmax(x, r * V, V, T, p);
+    for (let i = 0; i < V; i++) idx[i] = i;
+    idx.sort((a, b) => (p[b] as number) - (p[a] as number) || a - b);
+    let kept = 0;
+    let mass = 0;
+    while (kept < V && mass < topP) mass += p[idx[kept++] as number] as number;
+    const t = u() * mass;
+    let c = 0;
+    let k = 0;
+    for (; k < kept - 1; k++) if ((c += p[idx[k] as number] as number) > t) break;
+    out[r] = idx[k] as number;
+  }
+  return out;
+}
+
+// ---- the bench ------------------------------------------------------------------------------------
+
+export const samplingBench: BenchModule = {
+  name: 'sampling',
+  description: 'argmax / processLogits (softmax, top-k, top-p, min-p) / sample at vocab 128256, 1/8/64 rows, vs a plain JS reference',
+  async run(opts: BenchOptions): Promise<BenchResult> {
+    const t0 = performance.now();
+    const V = opts.quick ? 4096 : VOCAB;
+    const cuda = opts.device === 'cuda';
+    const samples = opts.quick ? 2 : cuda ? 20 : 7;
+    const calls = cuda ? 10 : 1;
+    const rowCounts = opts.quick ? [1, 2] : [1, 8, 64];
+    const settings: { name: string; o: SamplingOptions }[] = [
+      { name: 'softmax T=1', o: { temperature: 1 } },
+      { name: 'T=0.7 top-p 0.9', o: { temperature: 0.7, topP: 0.9 } },
+      { name: 'T=0.7 top-k 50 top-p 0.9', o: { temperature: 0.7, topK: 50, topP: 0.9 } },
+      { name: 'T=0.7 min-p 0.05', o: { temperature: 0.7, minP: 0.05 } },
+    ];
+    const rows: BenchRow[] = [];
+    const rand = xorshift(0xc0ffee);
+    for (const n of rowCounts) {
+      opts.log(`sampling: ${n} rows x ${V}`);
+      // Logits of a peaked shape (a few large values over noise), as an LM's are.
+      const host = randomF32(n * V, rand, -2, 2);
+      for (let r = 0; r < n; r++) for (let k = 0; k < 20; k++) host[r * V + Math.floor(rand() * V)] = 6 + 4 * rand();
+      const logits = Tensor.fromArray(host, 'f32', [n, V], opts.device);
+      let last: Tensor | undefined;
+      // The newest output is kept until the next call (and read back by sync on CUDA).
+      const keep = (t: Tensor): void => {
+        last?.dispose();
+        last = t;
+      };
+      const sync = (): void => {
+        if (last) syncTensor(last);
+      };
+      // 64 rows on the CPU take up to a second per call: fewer samples there.
+      const nSamples = !cuda && n >= 64 ? Math.min(samples, 3) : samples;
+      const time = (fn: () => unknown): Promise<Timing> => measure(fn, { warmup: 1, samples: nSamples, calls, sync });
+      const push = (name: string, t: Timing, ref?: Timing): void => {
+        const us = t.medianMs * 1000;
+        rows.push({
+          name: `${name}, ${n} rows`,
+          value: round(us, 1),
+          unit: 'us/call',
+          ...(ref ? { note: `JS reference ${round(ref.medianMs * 1000, 1)} us (native x${round(ref.medianMs / t.medianMs, 2)})` } : {}),
+          metrics: { op: name, rows: n, vocab: V, medianUs: us, minUs: t.minMs * 1000, samples: t.samples, ...(ref ? { jsReferenceUs: ref.medianMs * 1000, speedupVsJs: ref.medianMs / t.medianMs } : {}) },
+        });
+      };
+      const jsRows = n <= 8; // the JS reference at 64 rows would only make the bench slow
+      const u = xorshift(99);
+      try {
+        push('argmax', await time(() => keep(argmax(logits))), jsRows ? await measure(() => jsArgmax(host, n, V), { warmup: 3, samples }) : undefined);
+        for (const s of settings) {
+          const ref =
+            !jsRows ? undefined
+            : s.name === 'softmax T=1' ? await measure(() => jsSampleSoftmax(host, n, V, 1, u), { warmup: 3, samples })
+            : s.name === 'T=0.7 top-p 0.9' ? await measure(() => jsSampleTopP(host, n, V, 0.7, 0.9, u), { warmup: 3, samples })
+            : undefined;
+          push(`processLogits ${s.name}`, await time(() => keep(processLogits(logits, s.o))));
+          // The whole step: process, then draw one token per row (what the JS reference does).
+          let offset = 0n;
+          const seeds = new BigUint64Array(n).fill(1n);
+          push(
+            `processLogits+sample ${s.name}`,
+            await time(() => {
+              const p = processLogits(logits, s.o);
+              sample(p, seeds, new BigUint64Array(n).fill(offset++));
+              keep(p);
+            }),
+            ref,
+          );
+        }
+        const probs = processLogits(logits, { temperature: 1 });
+        try {
+          let offset = 0n;
+          const seeds = new BigUint64Array(n).fill(1n);
+          push('sample (probs given)', await measure(() => sample(probs, seeds, new BigUint64Array(n).fill(offset++)), { warmup: 1, samples: nSamples, calls }));
+        } finally {
+          probs.dispose();
+        }
+      } finally {
+        (last as Tensor | undefined)?.dispose();
+        logits.dispose();
+      }
+    }
+    return {
+      bench: 'sampling',
+      device: opts.device,
+      quick: opts.quick,
+      setup: { vocab: V, rows: rowCounts, samples, callsPerSample: calls, logits: 'uniform [-2, 2] with 20 peaks in [6, 10] per row', jsReference: 'float64 softmax, inverse-CDF draw; top-p sorts the row (Uint32Array.sort)' },
+      rows,
+      notes: [],
+      checks: {},
+      seconds: (performance.now() - t0) / 1000,
+    };
+  },
+};
+
+if (require.main === module) void standalone(samplingBench);

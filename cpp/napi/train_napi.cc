@@ -1,0 +1,577 @@
+// JS glue of the trainer (cpp/train/): trainLlamaCreate(config, seed, precision, threads) and
+// trainMedusaCreate(...) return handles whose trainStep()/evalLoss() run on the libuv pool.
+// Conversions only; the math is in cpp/train/.
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <type_traits>
+
+#include "../train/train.h"
+#include "napi_util.h"
+
+namespace specdec {
+namespace napi {
+
+namespace {
+
+using train::AdamWOptions;
+using train::LlamaShape;
+using train::LlamaTrainer;
+using train::MedusaShape;
+using train::MedusaTrainer;
+using train::ParamSet;
+
+Napi::Object object_arg(const Napi::Value& v, const char* name) {
+  SPECDEC_CHECK(v.IsObject(), "E_ARG", name, ": expected an object");
+  return v.As<Napi::Object>();
+}
+
+int int_arg(const Napi::Value& v, const char* name, int64_t lo, int64_t hi) {
+  const int64_t x = get_int(v, name);
+  SPECDEC_CHECK(x >= lo && x <= hi, "E_ARG", name, ": expected an integer in [", lo, ", ", hi, "], got ", x);
+  return static_cast<int>(x);
+}
+
+bool f64_precision(const Napi::Value& v) {
+  if (v.IsUndefined()) return false;
+  const std::string p = get_string(v, "precision");
+  SPECDEC_CHECK(p == "f32" || p == "f64", "E_ARG", "precision: expected 'f32' or 'f64', got '", p, "'");
+  return p == "f64";
+}
+
+// A Float32Array or Float64Array as doubles.
+std::vector<double> float_values(const Napi::Value& v, const char* name) {
+  SPECDEC_CHECK(v.IsTypedArray(), "E_ARG", name, ": expected a Float32Array or Float64Array");
+  auto ta = v.As<Napi::TypedArray>();
+  if (ta.TypedArrayType() == napi_float32_array) {
+    auto a = v.As<Napi::Float32Array>();
+    return std::vector<double>(a.Data(), a.Data() + a.ElementLength());
+  }
+  if (ta.TypedArrayType() == napi_float64_array) {
+    auto a = v.As<Napi::Float64Array>();
+    return std::vector<double>(a.Data(), a.Data() + a.ElementLength());
+  }
+  fail("E_ARG", name, ": expected a Float32Array or Float64Array");
+}
+
+// F values -> Float32Array (f32 models) or Float64Array (f64 models).
+template <typename F>
+Napi::Value float_array(Napi::Env env, const F* data, size_t n) {
+  if constexpr (std::is_same_v<F, float>) {
+    auto a = Napi::Float32Array::New(env, n);
+    std::memcpy(a.Data(), data, n * sizeof(float));
+    return a;
+  } else {
+    auto a = Napi::Float64Array::New(env, n);
+    std::memcpy(a.Data(), data, n * sizeof(double));
+    return a;
+  }
+}
+
+Napi::Array number_array(Napi::Env env, const std::vector<double>& v) {
+  Napi::Array a = Napi::Array::New(env, v.size());
+  for (size_t i = 0; i < v.size(); ++i) a.Set(uint32_t(i), Napi::Number::New(env, v[i]));
+  return a;
+}
+
+AdamWOptions adamw_arg(const Napi::Value& v) {
+  Napi::Object o = object_arg(v, "options");
+  AdamWOptions a;
+  a.lr = get_number(o.Get("lr"), "options.lr");
+  SPECDEC_CHECK(a.lr >= 0 && std::isfinite(a.lr), "E_ARG", "options.lr: expected a finite number >= 0");
+  if (has_field(o, "beta1")) a.beta1 = get_number(o.Get("beta1"), "options.beta1");
+  if (has_field(o, "beta2")) a.beta2 = get_number(o.Get("beta2"), "options.beta2");
+  if (has_field(o, "eps")) a.eps = get_number(o.Get("eps"), "options.eps");
+  if (has_field(o, "weightDecay")) a.weight_decay = get_number(o.Get("weightDecay"), "options.weightDecay");
+  if (has_field(o, "clip")) a.clip = get_number(o.Get("clip"), "options.clip");
+  SPECDEC_CHECK(a.beta1 >= 0 && a.beta1 < 1 && a.beta2 >= 0 && a.beta2 < 1, "E_ARG",
+                "options.beta1/beta2: expected numbers in [0, 1)");
+  SPECDEC_CHECK(a.eps > 0 && a.weight_decay >= 0, "E_ARG", "options.eps must be > 0 and options.weightDecay >= 0");
+  return a;
+}
+
+// Parameter access shared by both handles.
+template <typename F>
+Napi::Value param_info(Napi::Env env, const ParamSet<F>& p) {
+  Napi::Array a = Napi::Array::New(env, p.info.size());
+  for (size_t i = 0; i < p.info.size(); ++i) {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("name", p.info[i].name);
+    Napi::Array shape = Napi::Array::New(env, p.info[i].shape.size());
+    for (size_t d = 0; d < p.info[i].shape.size(); ++d) shape.Set(uint32_t(d), Napi::Number::New(env, double(p.info[i].shape[d])));
+    o.Set("shape", shape);
+    a.Set(uint32_t(i), o);
+  }
+  return a;
+}
+
+template <typename F>
+void set_values(std::vector<F>& dst, size_t offset, size_t n, const std::vector<double>& src, const char* name) {
+  SPECDEC_CHECK(src.size() == n, "E_ARG", name, ": expected ", n, " values, got ", src.size());
+  for (size_t i = 0; i < n; ++i) {
+    SPECDEC_CHECK(std::isfinite(src[i]), "E_ARG", name, "[", i, "] is not finite");
+    dst[offset + i] = F(src[i]);
+  }
+}
+
+// Marks a handle busy for the duration of async work (cleared on the worker thread when done,
+// also when the work throws).
+struct BusyGuard {
+  std::shared_ptr<std::atomic<bool>> flag;
+  ~BusyGuard() { flag->store(false); }
+};
+
+// ---- TrainLlama -----------------------------------------------------------------------------
+
+class TrainLlamaWrap : public Napi::ObjectWrap<TrainLlamaWrap> {
+ public:
+  static Napi::FunctionReference* ctor;
+
+  static void Init(Napi::Env env, Napi::Object exports) {
+    Napi::Function f = DefineClass(env, "TrainLlama",
+                                   {
+                                       InstanceMethod<&TrainLlamaWrap::ParamInfo>("paramInfo"),
+                                       InstanceMethod<&TrainLlamaWrap::GetParam>("getParam"),
+                                       InstanceMethod<&TrainLlamaWrap::SetParam>("setParam"),
+                                       InstanceMethod<&TrainLlamaWrap::GetParams>("getParams"),
+                                       InstanceMethod<&TrainLlamaWrap::SetParams>("setParams"),
+                                       InstanceMethod<&TrainLlamaWrap::GetGrads>("getGrads"),
+                                       InstanceMethod<&TrainLlamaWrap::LossAndGrad>("lossAndGrad"),
+                                       InstanceMethod<&TrainLlamaWrap::Forward>("forward"),
+                                       InstanceMethod<&TrainLlamaWrap::TrainStep>("trainStep"),
+                                       InstanceMethod<&TrainLlamaWrap::EvalLoss>("evalLoss"),
+                                       InstanceMethod<&TrainLlamaWrap::Dispose>("dispose"),
+                                   });
+    ctor = new Napi::FunctionReference(Napi::Persistent(f));
+    exports.Set("trainLlamaCreate", Napi::Function::New(env, Create, "trainLlamaCreate"));
+  }
+
+  explicit TrainLlamaWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TrainLlamaWrap>(info) {
+    if (info.Length() != 1 || !info[0].IsExternal())
+      throw make_error(info.Env(), "E_ARG", "use trainLlamaCreate() to create a trainer");
+    auto* src = info[0].As<Napi::External<Init_>>().Data();
+    f32_ = std::move(src->f32);
+    f64_ = std::move(src->f64);
+    threads_ = src->threads;
+  }
+
+  // The target for Medusa training (E_ARG unless `v` is an f32 TrainLlama handle).
+  static TrainLlamaWrap* f32_of(const Napi::Value& v, const char* name) {
+    SPECDEC_CHECK(v.IsObject() && v.As<Napi::Object>().InstanceOf(ctor->Value()), "E_ARG", name,
+                  ": expected a TrainLlama handle");
+    TrainLlamaWrap* w = Unwrap(v.As<Napi::Object>());
+    SPECDEC_CHECK(w->f32_ || w->f64_, "E_DISPOSED", name, ": trainer was disposed");
+    SPECDEC_CHECK(w->f32_ != nullptr, "E_ARG", name, ": the target must be an f32 trainer");
+    SPECDEC_CHECK(!w->busy_->load(), "E_BUSY", name, ": a step of the target is still running");
+    return w;
+  }
+
+  std::shared_ptr<LlamaTrainer<float>> f32_;
+  std::shared_ptr<std::atomic<bool>> busy_ = std::make_shared<std::atomic<bool>>(false);
+
+ private:
+  struct Init_ {
+    std::shared_ptr<LlamaTrainer<float>> f32;
+    std::shared_ptr<LlamaTrainer<double>> f64;
+    int threads = 1;
+  };
+  std::shared_ptr<LlamaTrainer<double>> f64_;
+  int threads_ = 1;
+
+  // Runs fn on whichever precision this handle has (checks disposed / busy first).
+  template <typename Fn>
+  Napi::Value visit(Fn&& fn) {
+    SPECDEC_CHECK(f32_ || f64_, "E_DISPOSED", "trainer was disposed");
+    SPECDEC_CHECK(!busy_->load(), "E_BUSY", "a training step of this model is still running");
+    if (f32_) return fn(f32_);
+    return fn(f64_);
+  }
+
+  static Napi::Value Create(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      Napi::Object c = object_arg(info[0], "config");
+      LlamaShape s;
+      s.vocab = int_arg(c.Get("vocabSize"), "config.vocabSize", 1, 1 << 20);
+      s.hidden = int_arg(c.Get("hiddenSize"), "config.hiddenSize", 1, 1 << 14);
+      s.intermediate = int_arg(c.Get("intermediateSize"), "config.intermediateSize", 1, 1 << 16);
+      s.layers = int_arg(c.Get("numLayers"), "config.numLayers", 1, 256);
+      s.heads = int_arg(c.Get("numHeads"), "config.numHeads", 1, 256);
+      s.kv_heads = int_arg(c.Get("numKvHeads"), "config.numKvHeads", 1, 256);
+      s.head_dim = has_field(c, "headDim") ? int_arg(c.Get("headDim"), "config.headDim", 2, 1024) : s.hidden / s.heads;
+      SPECDEC_CHECK(has_field(c, "headDim") || s.hidden % s.heads == 0, "E_ARG",
+                    "config.hiddenSize is not a multiple of config.numHeads and headDim is not given");
+      if (has_field(c, "rmsNormEps")) s.rms_eps = get_number(c.Get("rmsNormEps"), "config.rmsNormEps");
+      if (has_field(c, "ropeTheta")) s.rope_theta = get_number(c.Get("ropeTheta"), "config.ropeTheta");
+      if (has_field(c, "tieWordEmbeddings")) s.tie = get_bool(c.Get("tieWordEmbeddings"), "config.tieWordEmbeddings");
+      const uint64_t seed = uint64_t(get_int(info[1], "seed"));
+      const bool f64 = f64_precision(info[2]);
+      Init_ init;
+      init.threads = info.Length() > 3 && !info[3].IsUndefined() ? int_arg(info[3], "threads", 1, 64) : 1;
+      if (f64)
+        init.f64 = std::make_shared<LlamaTrainer<double>>(s, seed);
+      else
+        init.f32 = std::make_shared<LlamaTrainer<float>>(s, seed);
+      return ctor->New({Napi::External<Init_>::New(info.Env(), &init)});
+    });
+  }
+
+  Napi::Value ParamInfo(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&] { return visit([&](auto& m) { return param_info(info.Env(), m->params()); }); });
+  }
+
+  Napi::Value GetParam(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&] {
+      return visit([&](auto& m) {
+        const auto& p = m->params().find(get_string(info[0], "name"));
+        return float_array(info.Env(), m->params().w.data() + p.offset, p.numel);
+      });
+    });
+  }
+
+  Napi::Value SetParam(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&] {
+      return visit([&](auto& m) {
+        const auto& p = m->params().find(get_string(info[0], "name"));
+        set_values(m->params().w, p.offset, p.numel, float_values(info[1], "values"), "values");
+        return info.Env().Undefined();
+      });
+    });
+  }
+
+  Napi::Value GetParams(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&] {
+      return visit([&](auto& m) { return float_array(info.Env(), m->params().w.data(), m->params().w.size()); });
+    });
+  }
+
+  Napi::Value SetParams(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&] {
+      return visit([&](auto& m) {
+        set_values(m->params().w, 0, m->params().w.size(), float_values(info[0], "values"), "values");
+        return info.Env().Undefined();
+      });
+    });
+  }
+
+  Napi::Value GetGrads(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&] {
+      return visit([&](auto& m) { return float_array(info.Env(), m->params().g.data(), m->params().g.size()); });
+    });
+  }
+
+  // tokens [batch, seqLen + 1]
+  std::vector<int32_t> tokens_arg(const Napi::CallbackInfo& info, int* B, int* T, int extra) {
+    std::vector<int32_t> t = get_i32_array(info[0], "tokens");
+    *B = int_arg(info[1], "batch", 1, 1 << 20);
+    *T = int_arg(info[2], "seqLen", 1, 1 << 16);
+    if (f32_) f32_->check_tokens(t.data(), t.size(), *B, *T + extra, "tokens");
+    if (f64_) f64_->check_tokens(t.data(), t.size(), *B, *T + extra, "tokens");
+    return t;
+  }
+
+  // lossAndGrad(tokens [B, T+1], B, T) -> loss; gradients via getGrads().
+  Napi::Value LossAndGrad(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&] {
+      return visit([&](auto& m) {
+        int B, T;
+        auto t = tokens_arg(info, &B, &T, 1);
+        return Napi::Number::New(info.Env(), m->forward_backward(t.data(), B, T, threads_));
+      });
+    });
+  }
+
+  // forward(tokens [B, T], B, T) -> { logits [B*T, V], hidden [B*T, H] } (hidden after the final norm)
+  Napi::Value Forward(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&] {
+      return visit([&](auto& m) {
+        int B, T;
+        auto t = tokens_arg(info, &B, &T, 0);
+        using F = typename std::decay_t<decltype(*m)>::Scalar;
+        const size_t N = size_t(B) * T;
+        std::vector<F> logits(N * m->shape().vocab), hidden(N * m->shape().hidden);
+        m->forward(t.data(), B, T, logits.data(), hidden.data(), threads_);
+        Napi::Object o = Napi::Object::New(info.Env());
+        o.Set("logits", float_array(info.Env(), logits.data(), logits.size()));
+        o.Set("hidden", float_array(info.Env(), hidden.data(), hidden.size()));
+        return o;
+      });
+    });
+  }
+
+  // trainStep(tokens [B, T+1], B, T, adamw) -> Promise<{ loss, gradNorm }>
+  Napi::Value TrainStep(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&] {
+      return visit([&](auto m) -> Napi::Value {
+        int B, T;
+        auto t = std::make_shared<std::vector<int32_t>>(tokens_arg(info, &B, &T, 1));
+        const AdamWOptions opts = adamw_arg(info[3]);
+        auto out = std::make_shared<std::pair<double, double>>();
+        const int threads = threads_;
+        busy_->store(true);
+        auto busy = busy_;
+        return run_async(
+            info.Env(),
+            [=] {
+              BusyGuard g{busy};
+              out->first = m->forward_backward(t->data(), B, T, threads);
+              out->second = m->params().adamw_step(opts);
+            },
+            [=](Napi::Env env) -> Napi::Value {
+              Napi::Object o = Napi::Object::New(env);
+              o.Set("loss", out->first);
+              o.Set("gradNorm", out->second);
+              return o;
+            },
+            {Value()});
+      });
+    });
+  }
+
+  // evalLoss(tokens [B, T+1], B, T) -> Promise<number>
+  Napi::Value EvalLoss(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&] {
+      return visit([&](auto m) -> Napi::Value {
+        int B, T;
+        auto t = std::make_shared<std::vector<int32_t>>(tokens_arg(info, &B, &T, 1));
+        auto out = std::make_shared<double>(0);
+        const int threads = threads_;
+        busy_->store(true);
+        auto busy = busy_;
+        return run_async(
+            info.Env(),
+            [=] {
+              BusyGuard g{busy};
+              *out = m->eval_loss(t->data(), B, T, threads);
+            },
+            [=](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, *out); }, {Value()});
+      });
+    });
+  }
+
+  Napi::Value Dispose(const Napi::CallbackInfo& info) {
+    // Running work holds its own reference to the trainer.
+    f32_.reset();
+    f64_.reset();
+    return info.Env().Undefined();
+  }
+};
+Napi::FunctionReference* TrainLlamaWrap::ctor = nullptr;
+
+// ---- TrainMedusa ----------------------------------------------------------------------------
+
+class TrainMedusaWrap : public Napi::ObjectWrap<TrainMedusaWrap> {
+ public:
+  static Napi::FunctionReference* ctor;
+
+  static void Init(Napi::Env env, Napi::Object exports) {
+    Napi::Function f = DefineClass(env, "TrainMedusa",
+                                   {
+                                       InstanceMethod<&TrainMedusaWrap::ParamInfo>("paramInfo"),
+                                       InstanceMethod<&TrainMedusaWrap::GetParam>("getParam"),
+                                       InstanceMethod<&TrainMedusaWrap::SetParam>("setParam"),
+                                       InstanceMethod<&TrainMedusaWrap::GetParams>("getParams"),
+                                       InstanceMethod<&TrainMedusaWrap::SetParams>("setParams"),
+                                       InstanceMethod<&TrainMedusaWrap::GetGrads>("getGrads"),
+                                       InstanceMethod<&TrainMedusaWrap::LossAndGrad>("lossAndGrad"),
+                                       InstanceMethod<&TrainMedusaWrap::Forward>("forward"),
+                                       InstanceMethod<&TrainMedusaWrap::TrainStep>("trainStep"),
+                                       InstanceMethod<&TrainMedusaWrap::Dispose>("dispose"),
+                                   });
+    ctor = new Napi::FunctionReference(Napi::Persistent(f));
+    exports.Set("trainMedusaCreate", Napi::Function::New(env, Create, "trainMedusaCreate"));
+  }
+
+  explicit TrainMedusaWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TrainMedusaWrap>(info) {
+    if (info.Length() != 1 || !info[0].IsExternal())
+      throw make_error(info.Env(), "E_ARG", "use trainMedusaCreate() to create a trainer");
+    auto* src = info[0].As<Napi::External<Init_>>().Data();
+    f32_ = std::move(src->f32);
+    f64_ = std::move(src->f64);
+    threads_ = src->threads;
+  }
+
+ private:
+  struct Init_ {
+    std::shared_ptr<MedusaTrainer<float>> f32;
+    std::shared_ptr<MedusaTrainer<double>> f64;
+    int threads = 1;
+  };
+  std::shared_ptr<MedusaTrainer<float>> f32_;
+  std::shared_ptr<MedusaTrainer<double>> f64_;
+  int threads_ = 1;
+  std::shared_ptr<std::atomic<bool>> busy_ = std::make_shared<std::atomic<bool>>(false);
+
+  template <typename Fn>
+  Napi::Value visit(Fn&& fn) {
+    SPECDEC_CHECK(f32_ || f64_, "E_DISPOSED", "trainer was disposed");
+    SPECDEC_CHECK(!busy_->load(), "E_BUSY", "a training step of these heads is still running");
+    if (f32_) return fn(f32_);
+    return fn(f64_);
+  }
+
+  static Napi::Value Create(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      Napi::Object c = object_arg(info[0], "config");
+      MedusaShape s;
+      s.heads = int_arg(c.Get("numHeads"), "config.numHeads", 1, 64);
+      s.layers = int_arg(c.Get("numLayers"), "config.numLayers", 0, 64);
+      s.hidden = int_arg(c.Get("hiddenSize"), "config.hiddenSize", 1, 1 << 14);
+      s.vocab = int_arg(c.Get("vocabSize"), "config.vocabSize", 1, 1 << 20);
+      const uint64_t seed = uint64_t(get_int(info[1], "seed"));
+      Init_ init;
+      init.threads = info.Length() > 3 && !info[3].IsUndefined() ? int_arg(info[3], "threads", 1, 64) : 1;
+      if (f64_precision(info[2]))
+        init.f64 = std::make_shared<MedusaTrainer<double>>(s, seed);
+      else
+        init.f32 = std::make_shared<MedusaTrainer<float>>(s, seed);
+      return ctor->New({Napi::External<Init_>::New(info.Env(), &init)});
+    });
+  }
+
+  Napi::Value ParamInfo(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&] { return visit([&](auto& m) { return param_info(info.Env(), m->params()); }); });
+  }
+  Napi::Value GetParam(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&] {
+      return visit([&](auto& m) {
+        const auto& p = m->params().find(get_string(info[0], "name"));
+        return float_array(info.Env(), m->params().w.data() + p.offset, p.numel);
+      });
+    });
+  }
+  Napi::Value SetParam(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&] {
+      return visit([&](auto& m) {
+        const auto& p = m->params().find(get_string(info[0], "name"));
+        set_values(m->params().w, p.offset, p.numel, float_values(info[1], "values"), "values");
+        return info.Env().Undefined();
+      });
+    });
+  }
+  Napi::Value GetParams(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&] {
+      return visit([&](auto& m) { return float_array(info.Env(), m->params().w.data(), m->params().w.size()); });
+    });
+  }
+  Napi::Value SetParams(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&] {
+      return visit([&](auto& m) {
+        set_values(m->params().w, 0, m->params().w.size(), float_values(info[0], "values"), "values");
+        return info.Env().Undefined();
+      });
+    });
+  }
+  Napi::Value GetGrads(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&] {
+      return visit([&](auto& m) { return float_array(info.Env(), m->params().g.data(), m->params().g.size()); });
+    });
+  }
+
+  static Napi::Object result(Napi::Env env, double loss, const std::vector<double>& hl, const std::vector<double>& ha) {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("loss", loss);
+    o.Set("headLoss", number_array(env, hl));
+    o.Set("headAccuracy", number_array(env, ha));
+    return o;
+  }
+
+  // lossAndGrad(hidden [B*T, H], tokens [B, T], B, T) -> { loss, headLoss, headAccuracy }
+  Napi::Value LossAndGrad(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&] {
+      return visit([&](auto& m) -> Napi::Value {
+        using F = typename std::decay_t<decltype(*m)>::Scalar;
+        std::vector<double> h = float_values(info[0], "hidden");
+        std::vector<int32_t> t = get_i32_array(info[1], "tokens");
+        const int B = int_arg(info[2], "batch", 1, 1 << 20), T = int_arg(info[3], "seqLen", 1, 1 << 16);
+        SPECDEC_CHECK(t.size() == size_t(B) * T, "E_ARG", "tokens: expected ", size_t(B) * T, " ids, got ", t.size());
+        SPECDEC_CHECK(h.size() == size_t(B) * T * m->shape().hidden, "E_ARG", "hidden: expected ",
+                      size_t(B) * T * m->shape().hidden, " values (", B * T, " x ", m->shape().hidden, "), got ", h.size());
+        std::vector<F> hf(h.begin(), h.end());
+        std::vector<double> hl, ha;
+        const double loss = m->forward_backward(hf.data(), t.data(), B, T, threads_, &hl, &ha);
+        return result(info.Env(), loss, hl, ha);
+      });
+    });
+  }
+
+  // forward(hidden [N, H]) -> logits [numHeads, N, V]
+  Napi::Value Forward(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&] {
+      return visit([&](auto& m) -> Napi::Value {
+        using F = typename std::decay_t<decltype(*m)>::Scalar;
+        std::vector<double> h = float_values(info[0], "hidden");
+        const size_t H = size_t(m->shape().hidden);
+        SPECDEC_CHECK(h.size() % H == 0, "E_ARG", "hidden: length ", h.size(), " is not a multiple of hiddenSize ", H);
+        const int64_t N = int64_t(h.size() / H);
+        std::vector<F> hf(h.begin(), h.end());
+        std::vector<F> logits(size_t(m->shape().heads) * N * m->shape().vocab);
+        m->forward(hf.data(), N, logits.data(), threads_);
+        return float_array(info.Env(), logits.data(), logits.size());
+      });
+    });
+  }
+
+  // trainStep(target: TrainLlama, tokens [B, T], B, T, adamw) -> Promise<{ loss, headLoss, headAccuracy, gradNorm }>
+  // The target (frozen) computes the hidden states of the batch; the heads take one AdamW step.
+  Napi::Value TrainStep(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      SPECDEC_CHECK(f32_ || f64_, "E_DISPOSED", "trainer was disposed");
+      SPECDEC_CHECK(!busy_->load(), "E_BUSY", "a training step of these heads is still running");
+      SPECDEC_CHECK(f32_ != nullptr, "E_ARG", "trainStep needs f32 heads");
+      TrainLlamaWrap* tw = TrainLlamaWrap::f32_of(info[0], "target");
+      std::shared_ptr<LlamaTrainer<float>> target = tw->f32_;
+      auto m = f32_;
+      SPECDEC_CHECK(target->shape().hidden == m->shape().hidden && target->shape().vocab == m->shape().vocab, "E_ARG",
+                    "target: hidden/vocab sizes (", target->shape().hidden, ", ", target->shape().vocab,
+                    ") do not match the heads' (", m->shape().hidden, ", ", m->shape().vocab, ")");
+      auto t = std::make_shared<std::vector<int32_t>>(get_i32_array(info[1], "tokens"));
+      const int B = int_arg(info[2], "batch", 1, 1 << 20), T = int_arg(info[3], "seqLen", 1, 1 << 16);
+      target->check_tokens(t->data(), t->size(), B, T, "tokens");
+      const AdamWOptions opts = adamw_arg(info[4]);
+      struct Out {
+        double loss = 0, norm = 0;
+        std::vector<double> hl, ha;
+      };
+      auto out = std::make_shared<Out>();
+      const int threads = threads_;
+      // The target is busy too: it must not train while it computes these hidden states.
+      busy_->store(true);
+      tw->busy_->store(true);
+      auto busy = busy_, target_busy = tw->busy_;
+      return run_async(
+          info.Env(),
+          [=] {
+            BusyGuard g{busy}, gt{target_busy};
+            std::vector<float> hidden(size_t(B) * T * m->shape().hidden);
+            target->forward(t->data(), B, T, nullptr, hidden.data(), threads);
+            out->loss = m->forward_backward(hidden.data(), t->data(), B, T, threads, &out->hl, &out->ha);
+            out->norm = m->params().adamw_step(opts);
+          },
+          [=](Napi::Env env) -> Napi::Value {
+            Napi::Object o = result(env, out->loss, out->hl, out->ha);
+            o.Set("gradNorm", out->norm);
+            return o;
+          },
+          {Value(), info[0]});
+    });
+  }
+
+  Napi::Value Dispose(const Napi::CallbackInfo& info) {
+    f32_.reset();
+    f64_.reset();
+    return info.Env().Undefined();
+  }
+};
+Napi::FunctionReference* TrainMedusaWrap::ctor = nullptr;
+
+void Init(Napi::Env env, Napi::Object exports) {
+  TrainLlamaWrap::Init(env, exports);
+  TrainMedusaWrap::Init(env, exports);
+}
+
+static Registrar reg(&Init);
+
+}  // namespace
+}  // namespace napi
+}  // namespace specdec

@@ -1,0 +1,341 @@
+// Llama-family trainer: parameters (HF names), forward, hand-written backward, AdamW.
+// Reading order: ParamSet (flat parameters + AdamW), LlamaTrainer constructor (the parameter
+// table and its initialisation), run_sequence (forward then backward of one sequence),
+// forward_backward (threads over the batch, gradient reduction).
+#include <cmath>
+#include <cstring>
+#include <memory>
+
+#include "../core/error.h"
+#include "kernels.h"
+#include "train.h"
+
+namespace specdec {
+namespace train {
+
+// ---- ParamSet -------------------------------------------------------------------------------
+
+template <typename F>
+size_t ParamSet<F>::add(const std::string& name, std::vector<int64_t> shape, bool decay) {
+  ParamInfo p;
+  p.name = name;
+  p.numel = 1;
+  for (int64_t d : shape) p.numel *= size_t(d);
+  p.shape = std::move(shape);
+  p.offset = w.size();
+  p.decay = decay;
+  w.resize(w.size() + p.numel, F(0));
+  g.resize(w.size(), F(0));
+  info.push_back(std::move(p));
+  return info.back().offset;
+}
+
+template <typename F>
+const ParamInfo& ParamSet<F>::find(const std::string& name) const {
+  for (const ParamInfo& p : info)
+    if (p.name == name) return p;
+  fail("E_ARG", "name: no parameter named '", name, "'");
+}
+
+template <typename F>
+double ParamSet<F>::adamw_step(const AdamWOptions& o) {
+  double ss = 0;
+  for (F x : g) ss += double(x) * double(x);
+  const double norm = std::sqrt(ss);
+  SPECDEC_CHECK(std::isfinite(norm), "E_NUMERIC", "training diverged: the gradient norm is ", norm,
+                " (lower the learning rate)");
+  if (m.size() != w.size()) {
+    m.assign(w.size(), F(0));
+    v.assign(w.size(), F(0));
+  }
+  ++step;
+  const double scale = o.clip > 0 && norm > o.clip ? o.clip / norm : 1.0;
+  const double c1 = 1.0 - std::pow(o.beta1, double(step));
+  const double c2 = 1.0 - std::pow(o.beta2, double(step));
+  const F b1 = F(o.beta1), b2 = F(o.beta2), lr = F(o.lr), eps = F(o.eps);
+  const F sc = F(scale), rc1 = F(1.0 / c1), rc2 = F(1.0 / c2);
+  for (const ParamInfo& p : info) {
+    // Decoupled weight decay (AdamW), on matrices only.
+    const F wd = p.decay ? F(o.weight_decay) : F(0);
+    for (size_t i = p.offset; i < p.offset + p.numel; ++i) {
+      const F gi = g[i] * sc;
+      m[i] = b1 * m[i] + (F(1) - b1) * gi;
+      v[i] = b2 * v[i] + (F(1) - b2) * gi * gi;
+      w[i] -= lr * ((m[i] * rc1) / (std::sqrt(v[i] * rc2) + eps) + wd * w[i]);
+    }
+  }
+  return norm;
+}
+
+// ---- LlamaTrainer ---------------------------------------------------------------------------
+
+// One sequence's activations (what the backward pass needs) and gradient scratch.
+template <typename F>
+struct LlamaTrainer<F>::Acts {
+  int T = 0;
+  std::vector<F> xs;     // [L+1][T, H] residual stream entering each layer (xs[L]: after the last)
+  std::vector<F> xmid;   // [L][T, H] residual after the attention block
+  std::vector<F> h1, h2; // [L][T, H] normed inputs of the attention / MLP blocks
+  std::vector<F> inv1, inv2;  // [L][T] rmsnorm scales
+  std::vector<F> q, k, v, att;  // [L][T, NH*D] / [L][T, NKV*D] (q, k after RoPE)
+  std::vector<F> probs;  // [L][NH, T, T]
+  std::vector<F> gate, up, act;  // [L][T, I]
+  std::vector<F> hn, invf, logits, dlogits;  // final norm output, its scales, LM head
+  // Gradient scratch (one layer at a time).
+  std::vector<F> dx, dh, dq, dk, dv, datt, dact, dgate, dup, dp, dhn;
+
+  void resize(const LlamaShape& s, int T_) {
+    if (T_ == T) return;
+    T = T_;
+    const size_t L = size_t(s.layers), H = size_t(s.hidden), I = size_t(s.intermediate), V = size_t(s.vocab);
+    const size_t QD = size_t(s.heads) * s.head_dim, KD = size_t(s.kv_heads) * s.head_dim, t = size_t(T);
+    xs.assign((L + 1) * t * H, 0);
+    xmid.assign(L * t * H, 0);
+    h1.assign(L * t * H, 0);
+    h2.assign(L * t * H, 0);
+    inv1.assign(L * t, 0);
+    inv2.assign(L * t, 0);
+    q.assign(L * t * QD, 0);
+    att.assign(L * t * QD, 0);
+    k.assign(L * t * KD, 0);
+    v.assign(L * t * KD, 0);
+    probs.assign(L * size_t(s.heads) * t * t, 0);
+    gate.assign(L * t * I, 0);
+    up.assign(L * t * I, 0);
+    act.assign(L * t * I, 0);
+    hn.assign(t * H, 0);
+    invf.assign(t, 0);
+    logits.assign(t * V, 0);
+    dlogits.assign(t * V, 0);
+    dx.assign(t * H, 0);
+    dh.assign(t * H, 0);
+    dhn.assign(t * H, 0);
+    dq.assign(t * QD, 0);
+    datt.assign(t * QD, 0);
+    dk.assign(t * KD, 0);
+    dv.assign(t * KD, 0);
+    dact.assign(t * I, 0);
+    dgate.assign(t * I, 0);
+    dup.assign(t * I, 0);
+    dp.assign(t, 0);
+  }
+};
+
+template <typename F>
+LlamaTrainer<F>::LlamaTrainer(const LlamaShape& s, uint64_t seed) : s_(s) {
+  SPECDEC_CHECK(s.vocab > 0 && s.hidden > 0 && s.intermediate > 0 && s.layers > 0 && s.heads > 0 && s.kv_heads > 0 &&
+                    s.head_dim > 0,
+                "E_ARG", "config: sizes must be positive");
+  SPECDEC_CHECK(s.heads % s.kv_heads == 0, "E_ARG", "config: numHeads (", s.heads, ") is not a multiple of numKvHeads (",
+                s.kv_heads, ")");
+  SPECDEC_CHECK(s.head_dim % 2 == 0, "E_ARG", "config: headDim (", s.head_dim, ") must be even");
+  SPECDEC_CHECK(s.rms_eps > 0 && s.rope_theta > 0, "E_ARG", "config: rmsNormEps and ropeTheta must be positive");
+  const int64_t H = s.hidden, I = s.intermediate, V = s.vocab, QD = int64_t(s.heads) * s.head_dim,
+                KD = int64_t(s.kv_heads) * s.head_dim;
+  // Parameter table in HF names (the order a checkpoint is written in).
+  embed_ = p_.add("model.embed_tokens.weight", {V, H}, true);
+  for (int l = 0; l < s.layers; ++l) {
+    const std::string pre = "model.layers." + std::to_string(l) + ".";
+    LayerOff o;
+    o.attn_norm = p_.add(pre + "input_layernorm.weight", {H}, false);
+    o.q = p_.add(pre + "self_attn.q_proj.weight", {QD, H}, true);
+    o.k = p_.add(pre + "self_attn.k_proj.weight", {KD, H}, true);
+    o.v = p_.add(pre + "self_attn.v_proj.weight", {KD, H}, true);
+    o.o = p_.add(pre + "self_attn.o_proj.weight", {H, QD}, true);
+    o.mlp_norm = p_.add(pre + "post_attention_layernorm.weight", {H}, false);
+    o.gate = p_.add(pre + "mlp.gate_proj.weight", {I, H}, true);
+    o.up = p_.add(pre + "mlp.up_proj.weight", {I, H}, true);
+    o.down = p_.add(pre + "mlp.down_proj.weight", {H, I}, true);
+    lo_.push_back(o);
+  }
+  norm_ = p_.add("model.norm.weight", {H}, false);
+  lm_head_ = s.tie ? embed_ : p_.add("lm_head.weight", {V, H}, true);
+
+  // GPT-2 style init: N(0, 0.02), projections into the residual stream scaled by 1/sqrt(2L)
+  // so the stream's variance does not grow with depth; norms start at 1.
+  Rng rng(seed);
+  const double std_base = 0.02, std_res = 0.02 / std::sqrt(2.0 * s.layers);
+  for (const ParamInfo& p : p_.info) {
+    const bool is_norm = p.shape.size() == 1;
+    const bool residual = p.name.find("o_proj") != std::string::npos || p.name.find("down_proj") != std::string::npos;
+    for (size_t i = 0; i < p.numel; ++i)
+      p_.w[p.offset + i] = is_norm ? F(1) : F(rng.normal() * (residual ? std_res : std_base));
+  }
+}
+
+template <typename F>
+void LlamaTrainer<F>::ensure_rope(int T) {
+  if (T <= rope_T_) return;
+  const int half = s_.head_dim / 2;
+  cos_.assign(size_t(T) * half, 0);
+  sin_.assign(size_t(T) * half, 0);
+  for (int i = 0; i < half; ++i) {
+    // As the runner: inverse frequency computed in double, stored in F; angle = pos * f in F.
+    const F f = F(1.0 / std::pow(s_.rope_theta, (2.0 * i) / s_.head_dim));
+    for (int t = 0; t < T; ++t) {
+      const F angle = F(t) * f;
+      cos_[size_t(t) * half + i] = std::cos(angle);
+      sin_[size_t(t) * half + i] = std::sin(angle);
+    }
+  }
+  rope_T_ = T;
+}
+
+template <typename F>
+void LlamaTrainer<F>::check_tokens(const int32_t* tokens, size_t count, int B, int T, const char* name) const {
+  SPECDEC_CHECK(B > 0 && T > 0, "E_ARG", "batch and seqLen must be positive, got ", B, " and ", T);
+  SPECDEC_CHECK(count == size_t(B) * size_t(T), "E_ARG", name, ": expected ", size_t(B) * size_t(T), " ids (", B, " x ",
+                T, "), got ", count);
+  for (size_t i = 0; i < count; ++i)
+    SPECDEC_CHECK(tokens[i] >= 0 && tokens[i] < s_.vocab, "E_ARG", name, "[", i, "] = ", tokens[i],
+                  " is outside the vocabulary [0, ", s_.vocab, ")");
+}
+
+template <typename F>
+double LlamaTrainer<F>::run_sequence(Acts& a, const int32_t* ids, const int32_t* targets, int T, F* G, F dscale,
+                                     F* logits_out, F* hidden_out) {
+  const int H = s_.hidden, I = s_.intermediate, V = s_.vocab, NH = s_.heads, NKV = s_.kv_heads, D = s_.head_dim,
+            L = s_.layers;
+  const int QD = NH * D, KD = NKV * D;
+  const size_t TH = size_t(T) * H, TQ = size_t(T) * QD, TK = size_t(T) * KD, TI = size_t(T) * I;
+  const F* W = p_.w.data();
+  a.resize(s_, T);
+
+  // ---- Forward.
+  for (int t = 0; t < T; ++t) std::memcpy(&a.xs[size_t(t) * H], W + embed_ + size_t(ids[t]) * H, sizeof(F) * H);
+  for (int l = 0; l < L; ++l) {
+    const LayerOff& o = lo_[size_t(l)];
+    const F* x = &a.xs[l * TH];
+    F* xm = &a.xmid[l * TH];
+    F* xn = &a.xs[(l + 1) * TH];
+    F *h1 = &a.h1[l * TH], *h2 = &a.h2[l * TH], *q = &a.q[l * TQ], *k = &a.k[l * TK], *v = &a.v[l * TK];
+    F *att = &a.att[l * TQ], *probs = &a.probs[size_t(l) * NH * T * T];
+    F *gate = &a.gate[l * TI], *up = &a.up[l * TI], *act = &a.act[l * TI];
+    // Attention block: xm = x + o_proj(attention(rope(q), rope(k), v)) of rmsnorm(x).
+    rmsnorm_forward(h1, &a.inv1[size_t(l) * T], x, W + o.attn_norm, T, H, s_.rms_eps);
+    linear_forward(q, h1, W + o.q, (const F*)nullptr, T, H, QD);
+    linear_forward(k, h1, W + o.k, (const F*)nullptr, T, H, KD);
+    linear_forward(v, h1, W + o.v, (const F*)nullptr, T, H, KD);
+    rope_forward(q, cos_.data(), sin_.data(), T, NH, D);
+    rope_forward(k, cos_.data(), sin_.data(), T, NKV, D);
+    attention_forward(att, probs, q, k, v, T, NH, NKV, D);
+    linear_forward(xm, att, W + o.o, (const F*)nullptr, T, QD, H);
+    for (size_t i = 0; i < TH; ++i) xm[i] += x[i];
+    // MLP block: xn = xm + down(silu(gate(h2)) * up(h2)), h2 = rmsnorm(xm).
+    rmsnorm_forward(h2, &a.inv2[size_t(l) * T], xm, W + o.mlp_norm, T, H, s_.rms_eps);
+    linear_forward(gate, h2, W + o.gate, (const F*)nullptr, T, H, I);
+    linear_forward(up, h2, W + o.up, (const F*)nullptr, T, H, I);
+    swiglu_forward(act, gate, up, int64_t(TI));
+    linear_forward(xn, act, W + o.down, (const F*)nullptr, T, I, H);
+    for (size_t i = 0; i < TH; ++i) xn[i] += xm[i];
+  }
+  const F* xf = &a.xs[L * TH];
+  rmsnorm_forward(a.hn.data(), a.invf.data(), xf, W + norm_, T, H, s_.rms_eps);
+  if (hidden_out) std::memcpy(hidden_out, a.hn.data(), sizeof(F) * TH);
+  if (!logits_out && !targets) return 0;
+  linear_forward(a.logits.data(), a.hn.data(), W + lm_head_, (const F*)nullptr, T, H, V);
+  if (logits_out) std::memcpy(logits_out, a.logits.data(), sizeof(F) * size_t(T) * V);
+  if (!targets) return 0;
+  const double loss = cross_entropy(G ? a.dlogits.data() : (F*)nullptr, a.logits.data(), targets, T, V, dscale, nullptr);
+  if (!G) return loss;
+
+  // ---- Backward. a.dx holds d(loss)/d(residual stream) as it flows down the layers.
+  std::fill(a.dhn.begin(), a.dhn.end(), F(0));
+  linear_backward(a.dhn.data(), G + lm_head_, (F*)nullptr, a.dlogits.data(), a.hn.data(), W + lm_head_, T, H, V);
+  std::fill(a.dx.begin(), a.dx.end(), F(0));
+  rmsnorm_backward(a.dx.data(), G + norm_, a.dhn.data(), xf, W + norm_, a.invf.data(), T, H);
+  for (int l = L - 1; l >= 0; --l) {
+    const LayerOff& o = lo_[size_t(l)];
+    const F* x = &a.xs[l * TH];
+    const F* xm = &a.xmid[l * TH];
+    const F *h1 = &a.h1[l * TH], *h2 = &a.h2[l * TH], *q = &a.q[l * TQ], *k = &a.k[l * TK], *v = &a.v[l * TK];
+    const F *att = &a.att[l * TQ], *probs = &a.probs[size_t(l) * NH * T * T];
+    const F *gate = &a.gate[l * TI], *up = &a.up[l * TI], *act = &a.act[l * TI];
+    F* dx = a.dx.data();
+    // MLP block (the residual passes dx through unchanged; the branch adds to it).
+    std::fill(a.dact.begin(), a.dact.end(), F(0));
+    linear_backward(a.dact.data(), G + o.down, (F*)nullptr, dx, act, W + o.down, T, I, H);
+    swiglu_backward(a.dgate.data(), a.dup.data(), a.dact.data(), gate, up, int64_t(TI));
+    std::fill(a.dh.begin(), a.dh.end(), F(0));
+    linear_backward(a.dh.data(), G + o.gate, (F*)nullptr, a.dgate.data(), h2, W + o.gate, T, H, I);
+    linear_backward(a.dh.data(), G + o.up, (F*)nullptr, a.dup.data(), h2, W + o.up, T, H, I);
+    rmsnorm_backward(dx, G + o.mlp_norm, a.dh.data(), xm, W + o.mlp_norm, &a.inv2[size_t(l) * T], T, H);
+    // Attention block.
+    std::fill(a.datt.begin(), a.datt.end(), F(0));
+    linear_backward(a.datt.data(), G + o.o, (F*)nullptr, dx, att, W + o.o, T, QD, H);
+    std::fill(a.dq.begin(), a.dq.end(), F(0));
+    std::fill(a.dk.begin(), a.dk.end(), F(0));
+    std::fill(a.dv.begin(), a.dv.end(), F(0));
+    attention_backward(a.dq.data(), a.dk.data(), a.dv.data(), a.dp.data(), a.datt.data(), probs, q, k, v, T, NH, NKV, D);
+    rope_backward(a.dq.data(), cos_.data(), sin_.data(), T, NH, D);
+    rope_backward(a.dk.data(), cos_.data(), sin_.data(), T, NKV, D);
+    std::fill(a.dh.begin(), a.dh.end(), F(0));
+    linear_backward(a.dh.data(), G + o.q, (F*)nullptr, a.dq.data(), h1, W + o.q, T, H, QD);
+    linear_backward(a.dh.data(), G + o.k, (F*)nullptr, a.dk.data(), h1, W + o.k, T, H, KD);
+    linear_backward(a.dh.data(), G + o.v, (F*)nullptr, a.dv.data(), h1, W + o.v, T, H, KD);
+    rmsnorm_backward(dx, G + o.attn_norm, a.dh.data(), x, W + o.attn_norm, &a.inv1[size_t(l) * T], T, H);
+  }
+  for (int t = 0; t < T; ++t) axpy(G + embed_ + size_t(ids[t]) * H, &a.dx[size_t(t) * H], F(1), H);
+  return loss;
+}
+
+template <typename F>
+double LlamaTrainer<F>::forward_backward(const int32_t* tokens, int B, int T, int threads) {
+  ensure_rope(T);
+  threads = std::max(1, std::min(threads, B));
+  // Per-thread activations and gradients; the gradients are summed in thread order afterwards.
+  std::vector<Acts> acts(static_cast<size_t>(threads));
+  std::vector<std::vector<F>> grads(static_cast<size_t>(threads - 1), std::vector<F>(p_.w.size(), F(0)));
+  std::fill(p_.g.begin(), p_.g.end(), F(0));
+  std::vector<double> losses(size_t(B), 0.0);
+  const F dscale = F(1.0 / (double(B) * T));
+  parallel_chunks(B, threads, [&](int tid, int b0, int b1) {
+    F* G = tid == 0 ? p_.g.data() : grads[size_t(tid - 1)].data();
+    for (int b = b0; b < b1; ++b) {
+      const int32_t* row = tokens + size_t(b) * (T + 1);
+      losses[size_t(b)] = run_sequence(acts[size_t(tid)], row, row + 1, T, G, dscale, nullptr, nullptr);
+    }
+  });
+  for (const auto& g : grads)
+    for (size_t i = 0; i < g.size(); ++i) p_.g[i] += g[i];
+  double loss = 0;
+  for (double x : losses) loss += x;
+  return loss / (double(B) * T);
+}
+
+template <typename F>
+double LlamaTrainer<F>::eval_loss(const int32_t* tokens, int B, int T, int threads) {
+  ensure_rope(T);
+  threads = std::max(1, std::min(threads, B));
+  std::vector<Acts> acts(static_cast<size_t>(threads));
+  std::vector<double> losses(size_t(B), 0.0);
+  parallel_chunks(B, threads, [&](int tid, int b0, int b1) {
+    for (int b = b0; b < b1; ++b) {
+      const int32_t* row = tokens + size_t(b) * (T + 1);
+      losses[size_t(b)] = run_sequence(acts[size_t(tid)], row, row + 1, T, nullptr, F(0), nullptr, nullptr);
+    }
+  });
+  double loss = 0;
+  for (double x : losses) loss += x;
+  return loss / (double(B) * T);
+}
+
+template <typename F>
+void LlamaTrainer<F>::forward(const int32_t* tokens, int B, int T, F* logits, F* hidden, int threads) {
+  ensure_rope(T);
+  threads = std::max(1, std::min(threads, B));
+  std::vector<Acts> acts(static_cast<size_t>(threads));
+  parallel_chunks(B, threads, [&](int tid, int b0, int b1) {
+    for (int b = b0; b < b1; ++b)
+      run_sequence(acts[size_t(tid)], tokens + size_t(b) * T, nullptr, T, nullptr, F(0),
+                   logits ? logits + size_t(b) * T * s_.vocab : nullptr, hidden ? hidden + size_t(b) * T * s_.hidden : nullptr);
+  });
+}
+
+template struct ParamSet<float>;
+template struct ParamSet<double>;
+template class LlamaTrainer<float>;
+template class LlamaTrainer<double>;
+
+}  // namespace train
+}  // namespace specdec

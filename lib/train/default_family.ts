@@ -1,0 +1,319 @@
+// The recipe of the embedded default model family (models/default/): corpus -> tokenizer ->
+// target -> draft -> Medusa heads on the target -> checkpoints + README. Fixed seeds and a fixed
+// thread count make it reproducible; `npm run train:default` (scripts/train-default.js) runs it.
+import * as fs from 'fs';
+import * as path from 'path';
+
+import { LlamaModel } from '../models/llama';
+import { plainGenerate } from '../plain';
+import { TextTokenizer } from '../tokenizer';
+import { BOS_ID, corpusWords, EOS_ID, generateCorpus, storyText } from './corpus';
+import { buildVocab, writeTokenizerFiles } from './tokenizer_builder';
+import {
+  BatchSampler,
+  evalWindows,
+  learningRate,
+  LlamaTrainer,
+  MedusaTrainer,
+  type LlamaTrainConfig,
+  type LrSchedule,
+  type SaveDType,
+} from './trainer';
+
+export interface RunSpec {
+  readonly steps: number;
+  readonly batch: number;
+  /** Positions per training window. */
+  readonly seqLen: number;
+  readonly lr: number;
+  readonly minLr: number;
+  readonly warmupSteps: number;
+  readonly weightDecay: number;
+}
+
+export interface DefaultFamilyOptions {
+  readonly outDir: string;
+  /** Training tokens generated (default 2M). */
+  readonly corpusTokens?: number;
+  readonly threads?: number;
+  /** Multiplies every run's step count (e.g. 0.05 for a smoke run). Default 1. */
+  readonly stepScale?: number;
+  readonly dtype?: SaveDType;
+  readonly log?: (line: string) => void;
+}
+
+export const CORPUS_SEED = 20240601;
+export const HELDOUT_SEED = 777;
+const CONTEXT = 256;
+/** The prompt of the README's greedy sample. */
+export const SAMPLE_PROMPT = 'once upon a time , there was a little cat named lily .';
+
+export function targetConfig(vocabSize: number): LlamaTrainConfig {
+  return {
+    vocabSize,
+    hiddenSize: 128,
+    intermediateSize: 384,
+    numLayers: 4,
+    numHeads: 4,
+    numKvHeads: 2,
+    rmsNormEps: 1e-5,
+    ropeTheta: 10000,
+    tieWordEmbeddings: false,
+    maxPositions: CONTEXT,
+    bosTokenId: BOS_ID,
+    eosTokenId: EOS_ID,
+  };
+}
+
+export function draftConfig(vocabSize: number): LlamaTrainConfig {
+  return {
+    vocabSize,
+    hiddenSize: 64,
+    intermediateSize: 192,
+    numLayers: 1,
+    numHeads: 2,
+    numKvHeads: 1,
+    rmsNormEps: 1e-5,
+    ropeTheta: 10000,
+    tieWordEmbeddings: true,
+    maxPositions: CONTEXT,
+    bosTokenId: BOS_ID,
+    eosTokenId: EOS_ID,
+  };
+}
+
+export const TARGET_RUN: RunSpec = { steps: 900, batch: 8, seqLen: CONTEXT, lr: 3e-3, minLr: 3e-4, warmupSteps: 40, weightDecay: 0.0 };
+export const DRAFT_RUN: RunSpec = { steps: 800, batch: 8, seqLen: CONTEXT, lr: 5e-3, minLr: 5e-4, warmupSteps: 30, weightDecay: 0.0 };
+export const MEDUSA_RUN: RunSpec = { steps: 300, batch: 8, seqLen: CONTEXT, lr: 4e-3, minLr: 2e-4, warmupSteps: 20, weightDecay: 0.0 };
+export const MEDUSA_HEADS = 4;
+export const MEDUSA_LAYERS = 1;
+
+export interface RunResult {
+  readonly steps: number;
+  readonly tokens: number;
+  readonly seconds: number;
+  readonly finalTrainLoss: number;
+  readonly heldoutLoss: number;
+}
+
+export interface DefaultFamilyResult {
+  readonly vocabSize: number;
+  readonly target: RunResult & { readonly params: number };
+  readonly draft: RunResult & { readonly params: number };
+  readonly medusa: { readonly steps: number; readonly seconds: number; readonly params: number; readonly headLoss: number[]; readonly headAccuracy: number[] };
+  readonly bytes: Record<string, number>;
+  readonly sample: string;
+}
+
+function scaled(run: RunSpec, scale: number): RunSpec {
+  const steps = Math.max(2, Math.round(run.steps * scale));
+  return { ...run, steps, warmupSteps: Math.max(1, Math.min(run.warmupSteps, Math.floor(steps / 4))) };
+}
+
+/** Trains a causal LM on the stream; logs every `every` steps. */
+export async function trainCausalLM(
+  model: LlamaTrainer,
+  ids: Int32Array,
+  heldout: Int32Array,
+  run: RunSpec,
+  seed: number,
+  log: (line: string) => void,
+  name: string,
+): Promise<RunResult> {
+  const sampler = new BatchSampler(ids, run.seqLen + 1, run.batch, seed);
+  const sched: LrSchedule = { lr: run.lr, minLr: run.minLr, warmupSteps: run.warmupSteps, totalSteps: run.steps };
+  const t0 = Date.now();
+  let avg = NaN;
+  const every = Math.max(1, Math.floor(run.steps / 20));
+  for (let step = 0; step < run.steps; step++) {
+    const lr = learningRate(step, sched);
+    const r = await model.trainStep(sampler.next(), run.batch, run.seqLen, { lr, weightDecay: run.weightDecay, clip: 1.0, beta1: 0.9, beta2: 0.95 });
+    avg = Number.isNaN(avg) ? r.loss : 0.9 * avg + 0.1 * r.loss;
+    if (step % every === 0 || step === run.steps - 1) {
+      const secs = (Date.now() - t0) / 1000;
+      const tps = ((step + 1) * run.batch * run.seqLen) / Math.max(secs, 1e-9);
+      log(`${name}: step ${step + 1}/${run.steps} loss ${r.loss.toFixed(4)} (avg ${avg.toFixed(4)}) lr ${lr.toExponential(2)} |g| ${r.gradNorm.toFixed(3)} ${tps.toFixed(0)} tok/s`);
+    }
+  }
+  const seconds = (Date.now() - t0) / 1000;
+  const win = run.seqLen + 1;
+  const ev = evalWindows(heldout, win, 16);
+  const heldoutLoss = await model.evalLoss(ev, ev.length / win, run.seqLen);
+  log(`${name}: done in ${seconds.toFixed(1)} s, held-out loss ${heldoutLoss.toFixed(4)} (perplexity ${Math.exp(heldoutLoss).toFixed(3)})`);
+  return { steps: run.steps, tokens: run.steps * run.batch * run.seqLen, seconds, finalTrainLoss: avg, heldoutLoss };
+}
+
+function fileBytes(dir: string): number {
+  let n = 0;
+  for (const f of fs.readdirSync(dir)) {
+    const p = path.join(dir, f);
+    const st = fs.statSync(p);
+    n += st.isDirectory() ? fileBytes(p) : st.size;
+  }
+  return n;
+}
+
+/** Runs the whole recipe and writes models/default-style directories under outDir. */
+export async function trainDefaultFamily(options: DefaultFamilyOptions): Promise<DefaultFamilyResult> {
+  const log = options.log ?? ((line: string) => void process.stderr.write(line + '\n'));
+  const threads = options.threads ?? 2;
+  const scale = options.stepScale ?? 1;
+  const dtype = options.dtype ?? 'BF16';
+  const t0 = Date.now();
+
+  // 1. Corpus and tokenizer.
+  const vocab = buildVocab(corpusWords());
+  const ids = generateCorpus({ seed: CORPUS_SEED, tokens: options.corpusTokens ?? 2_000_000 }, vocab);
+  const heldout = generateCorpus({ seed: HELDOUT_SEED, tokens: 20_000 }, vocab);
+  log(`corpus: ${ids.length} tokens, vocabulary ${vocab.size} words`);
+
+  const targetDir = path.join(options.outDir, 'target');
+  const draftDir = path.join(options.outDir, 'draft');
+  const medusaDir = path.join(options.outDir, 'medusa');
+
+  // 2. Target.
+  const tRun = scaled(TARGET_RUN, scale);
+  const target = LlamaTrainer.create(targetConfig(vocab.size), { seed: 1, threads });
+  log(`target: ${target.numParams()} parameters`);
+  const targetResult = await trainCausalLM(target, ids, heldout, tRun, 101, log, 'target');
+
+  // 3. Draft (same tokenizer, much smaller).
+  const dRun = scaled(DRAFT_RUN, scale);
+  const draft = LlamaTrainer.create(draftConfig(vocab.size), { seed: 2, threads });
+  log(`draft: ${draft.numParams()} parameters`);
+  const draftResult = await trainCausalLM(draft, ids, heldout, dRun, 202, log, 'draft');
+
+  // 4. Medusa heads on the frozen target.
+  const mRun = scaled(MEDUSA_RUN, scale);
+  const heads = MedusaTrainer.create({ numHeads: MEDUSA_HEADS, numLayers: MEDUSA_LAYERS, hiddenSize: target.config.hiddenSize, vocabSize: vocab.size }, { seed: 3, threads });
+  heads.initFromTarget(target);
+  const sampler = new BatchSampler(ids, mRun.seqLen, mRun.batch, 303);
+  const sched: LrSchedule = { lr: mRun.lr, minLr: mRun.minLr, warmupSteps: mRun.warmupSteps, totalSteps: mRun.steps };
+  const tm = Date.now();
+  let last = { headLoss: [] as number[], headAccuracy: [] as number[] };
+  const every = Math.max(1, Math.floor(mRun.steps / 10));
+  for (let step = 0; step < mRun.steps; step++) {
+    const lr = learningRate(step, sched);
+    const r = await heads.trainStep(target, sampler.next(), mRun.batch, mRun.seqLen, { lr, weightDecay: mRun.weightDecay, clip: 1.0 });
+    last = { headLoss: r.headLoss, headAccuracy: r.headAccuracy };
+    if (step % every === 0 || step === mRun.steps - 1) {
+      log(
+        `medusa: step ${step + 1}/${mRun.steps} loss ${r.loss.toFixed(4)} per head [${r.headLoss.map((x) => x.toFixed(3)).join(', ')}]` +
+          ` top-1 [${r.headAccuracy.map((x) => x.toFixed(3)).join(', ')}] lr ${lr.toExponential(2)}`,
+      );
+    }
+  }
+  const medusaSeconds = (Date.now() - tm) / 1000;
+
+  // 5. Checkpoints.
+  const meta = { trainer: 'specdec (cpp/train)', recipe: 'npm run train:default', corpus_seed: String(CORPUS_SEED) };
+  target.save(targetDir, { dtype, metadata: meta });
+  writeTokenizerFiles(targetDir, vocab, CONTEXT);
+  draft.save(draftDir, { dtype, metadata: meta });
+  writeTokenizerFiles(draftDir, vocab, CONTEXT);
+  heads.save(medusaDir, { dtype, baseModel: '../target' });
+  const result: DefaultFamilyResult = {
+    vocabSize: vocab.size,
+    target: { ...targetResult, params: target.numParams() },
+    draft: { ...draftResult, params: draft.numParams() },
+    medusa: { steps: mRun.steps, seconds: medusaSeconds, params: heads.numParams(), ...last },
+    bytes: { target: fileBytes(targetDir), draft: fileBytes(draftDir), medusa: fileBytes(medusaDir) },
+    sample: await greedySample(targetDir, SAMPLE_PROMPT, 64),
+  };
+  target.dispose();
+  draft.dispose();
+  heads.dispose();
+  log(`sample (greedy, runner): ${result.sample}`);
+  writeReadme(options.outDir, result, tRun, dRun, mRun, (Date.now() - t0) / 1000, options.corpusTokens ?? 2_000_000);
+  log(`all done in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  return result;
+}
+
+/** Greedy continuation of `prompt` by the saved checkpoint, through the runner (a load check too). */
+export async function greedySample(dir: string, prompt: string, maxNewTokens: number): Promise<string> {
+  const tok = TextTokenizer.load(dir);
+  if (!tok) throw new Error(`${dir}: no tokenizer.json`);
+  const model = await LlamaModel.load(dir, { device: 'cpu', maxSequences: 1 });
+  try {
+    const r = await plainGenerate(model, [tok.encode(prompt)], { maxNewTokens });
+    return prompt + ' ' + tok.decode(r.tokens[0] ?? new Int32Array(0), { skipSpecialTokens: true });
+  } finally {
+    model.dispose();
+  }
+}
+
+function writeReadme(
+  outDir: string,
+  r: DefaultFamilyResult,
+  tRun: RunSpec,
+  dRun: RunSpec,
+  mRun: RunSpec,
+  seconds: number,
+  corpusTokens: number,
+): void {
+  const tc = targetConfig(r.vocabSize);
+  const dc = draftConfig(r.vocabSize);
+  const kb = (n: number): string => `${(n / 1024).toFixed(0)} KiB`;
+  const run = (x: RunSpec): string => `${x.steps} steps x ${x.batch} x ${x.seqLen} tokens, AdamW lr ${x.lr} (warmup ${x.warmupSteps}, cosine to ${x.minLr}), weight decay ${x.weightDecay}, clip 1.0`;
+  const text = `# The embedded default model family
+
+Three small checkpoints trained by specdec's own trainer (\`cpp/train/\`, hand-written forward and
+backward in C++) so that \`specdec generate\` works out of the box, without downloading anything:
+
+| dir | what | parameters | size |
+| --- | --- | --- | --- |
+| \`target/\` | LlamaForCausalLM: hidden ${tc.hiddenSize}, ${tc.numLayers} layers, ${tc.numHeads} heads / ${tc.numKvHeads} KV heads (GQA), SwiGLU ${tc.intermediateSize}, RoPE theta ${tc.ropeTheta}, untied LM head | ${r.target.params} | ${kb(r.bytes['target'] ?? 0)} |
+| \`draft/\` | LlamaForCausalLM: hidden ${dc.hiddenSize}, ${dc.numLayers} layer, ${dc.numHeads} heads / ${dc.numKvHeads} KV head, SwiGLU ${dc.intermediateSize}, tied embeddings; same tokenizer | ${r.draft.params} | ${kb(r.bytes['draft'] ?? 0)} |
+| \`medusa/\` | ${MEDUSA_HEADS} Medusa heads for the target (FasterDecoding layout, ${MEDUSA_LAYERS} ResBlock each; head h predicts the token h + 2 ahead) | ${r.medusa.params} | ${kb(r.bytes['medusa'] ?? 0)} |
+
+Weights are stored as bfloat16 (\`model.safetensors\`, \`medusa_lm_head.safetensors\`); the context
+is ${tc.maxPositions} positions (the training window). \`tokenizer.json\` is a word-level tokenizer
+(${r.vocabSize} entries: \`<unk>\`, \`<s>\`, \`</s>\` and the corpus words; punctuation is its own word; \`<s>\` is
+prepended; \`</s>\` (id ${EOS_ID}) ends a story).
+
+## Corpus
+
+Synthetic children's stories generated procedurally by \`lib/train/corpus.ts\` (a small probabilistic
+grammar written for this project, seed ${CORPUS_SEED}, ${corpusTokens} tokens). The text is ours and
+is under the project's licence. It is varied but very predictable (a fixed story arc, repeated
+phrases, the hero's name and pronoun carried through), which is where speculative decoding shines.
+A story (corpus seed 1):
+
+> ${storyText(1)}
+
+## Licence
+
+MIT, like the rest of specdec: the corpus, the tokenizer and the weights are all produced by this
+repository's code.
+
+## Reproduce
+
+\`\`\`
+npm run build:native && npx tsc -p tsconfig.json
+npm run train:default        # node scripts/train-default.js; about ${Math.ceil(seconds / 60)} minutes on 2 cores
+\`\`\`
+
+Fixed seeds and a fixed thread count (2) make the run reproducible on a given machine (f32
+summation order is fixed; different compilers or CPUs may differ in the last bits).
+
+## Training and results (this run: ${seconds.toFixed(0)} s)
+
+- target: ${run(tRun)}. Final training loss ${r.target.finalTrainLoss.toFixed(4)}, held-out loss ${r.target.heldoutLoss.toFixed(4)} (perplexity ${Math.exp(r.target.heldoutLoss).toFixed(3)}), ${r.target.seconds.toFixed(0)} s.
+- draft: ${run(dRun)}. Final training loss ${r.draft.finalTrainLoss.toFixed(4)}, held-out loss ${r.draft.heldoutLoss.toFixed(4)} (perplexity ${Math.exp(r.draft.heldoutLoss).toFixed(3)}), ${r.draft.seconds.toFixed(0)} s.
+- medusa (target frozen, LM heads initialised from the target's, ResBlocks from zero): ${run(mRun)}. Last batch per-head loss [${r.medusa.headLoss.map((x) => x.toFixed(3)).join(', ')}], top-1 accuracy [${r.medusa.headAccuracy.map((x) => x.toFixed(3)).join(', ')}], ${r.medusa.seconds.toFixed(0)} s.
+
+Greedy sample of the target (through the runner, prompt "${SAMPLE_PROMPT}"):
+
+> ${r.sample}
+
+## Use
+
+\`\`\`
+npx specdec generate --prompt "once upon a time"                    # the embedded target
+npx specdec generate --prompt "once upon a time" --draft default    # + the embedded draft
+npx specdec generate --prompt "once upon a time" --medusa default   # + the embedded Medusa heads
+npx specdec generate --model models/default/target --draft models/default/draft --prompt "the cat"
+\`\`\`
+`;
+  fs.writeFileSync(path.join(outDir, 'README.md'), text);
+}

@@ -1,0 +1,292 @@
+/// <reference path="../../typings/train.d.ts" />
+// The training driver: typed wrappers of the native trainer (cpp/train/), the learning-rate
+// schedule, batch sampling from a token stream, and checkpoint writers in the layouts the runner
+// loads (HF LlamaForCausalLM; FasterDecoding Medusa heads). All math runs natively.
+import * as fs from 'fs';
+import * as path from 'path';
+
+import { native } from '../native';
+import { writeSafetensors, type SafetensorsEntry } from '../safetensors';
+import { seededRandom } from './corpus';
+
+export type TrainPrecision = SpecdecNative.TrainPrecision;
+export type AdamWOptions = SpecdecNative.AdamWNativeOptions;
+export type SaveDType = 'F32' | 'BF16';
+
+export interface LlamaTrainConfig {
+  readonly vocabSize: number;
+  readonly hiddenSize: number;
+  readonly intermediateSize: number;
+  readonly numLayers: number;
+  readonly numHeads: number;
+  readonly numKvHeads: number;
+  readonly headDim?: number;
+  readonly rmsNormEps: number;
+  readonly ropeTheta: number;
+  readonly tieWordEmbeddings: boolean;
+  /** Written as max_position_embeddings (the context the model was trained for). */
+  readonly maxPositions: number;
+  readonly bosTokenId?: number;
+  readonly eosTokenId?: number;
+}
+
+export interface TrainerOptions {
+  readonly seed: number;
+  /** 'f32' (default) trains; 'f64' is for gradient checks. */
+  readonly precision?: TrainPrecision;
+  /** Threads over the batch (default 1). */
+  readonly threads?: number;
+}
+
+export interface ParamInfo {
+  readonly name: string;
+  readonly shape: readonly number[];
+}
+
+export function codedError(code: string, message: string): Error & { code: string } {
+  const e = new Error(message) as Error & { code: string };
+  e.code = code;
+  return e;
+}
+
+function binding(): SpecdecNative.NativeBinding {
+  const b = native();
+  if (typeof b.trainLlamaCreate !== 'function') {
+    throw codedError('E_UNSUPPORTED', 'the loaded native addon has no trainer (an older build?): run `npm run build:native`');
+  }
+  return b;
+}
+
+/** Shared parameter access of both trainers. */
+abstract class ParamOwner<N extends SpecdecNative.TrainParams> {
+  protected handle: N | undefined;
+  constructor(handle: N) {
+    this.handle = handle;
+  }
+  protected get h(): N {
+    if (this.handle === undefined) throw codedError('E_DISPOSED', 'trainer was disposed');
+    return this.handle;
+  }
+  /** The native handle (e.g. to pass a target to MedusaTrainer.trainStep). */
+  get native(): N {
+    return this.h;
+  }
+  paramInfo(): ParamInfo[] {
+    return this.h.paramInfo();
+  }
+  numParams(): number {
+    return this.h.paramInfo().reduce((n, p) => n + p.shape.reduce((a, b) => a * b, 1), 0);
+  }
+  getParam(name: string): SpecdecNative.TrainValues {
+    return this.h.getParam(name);
+  }
+  setParam(name: string, values: Float32Array | Float64Array): void {
+    this.h.setParam(name, values);
+  }
+  getParams(): SpecdecNative.TrainValues {
+    return this.h.getParams();
+  }
+  setParams(values: Float32Array | Float64Array): void {
+    this.h.setParams(values);
+  }
+  getGrads(): SpecdecNative.TrainValues {
+    return this.h.getGrads();
+  }
+  /** name -> safetensors entry (values rounded to `dtype` by the writer). */
+  protected tensors(dtype: SaveDType): Record<string, SafetensorsEntry> {
+    const out: Record<string, SafetensorsEntry> = {};
+    for (const p of this.paramInfo()) out[p.name] = { dtype, shape: [...p.shape], data: Float32Array.from(this.getParam(p.name)) };
+    return out;
+  }
+  dispose(): void {
+    this.handle?.dispose();
+    this.handle = undefined;
+  }
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
+
+/** A Llama-family model under training. */
+export class LlamaTrainer extends ParamOwner<SpecdecNative.TrainLlama> {
+  private constructor(
+    readonly config: LlamaTrainConfig,
+    handle: SpecdecNative.TrainLlama,
+  ) {
+    super(handle);
+  }
+
+  static create(config: LlamaTrainConfig, options: TrainerOptions): LlamaTrainer {
+    const c: SpecdecNative.TrainLlamaConfig = {
+      vocabSize: config.vocabSize,
+      hiddenSize: config.hiddenSize,
+      intermediateSize: config.intermediateSize,
+      numLayers: config.numLayers,
+      numHeads: config.numHeads,
+      numKvHeads: config.numKvHeads,
+      rmsNormEps: config.rmsNormEps,
+      ropeTheta: config.ropeTheta,
+      tieWordEmbeddings: config.tieWordEmbeddings,
+      ...(config.headDim !== undefined ? { headDim: config.headDim } : {}),
+    };
+    return new LlamaTrainer(config, binding().trainLlamaCreate(c, options.seed, options.precision ?? 'f32', options.threads ?? 1));
+  }
+
+  /** Mean next-token cross-entropy of tokens [batch, seqLen + 1]; gradients via getGrads(). */
+  lossAndGrad(tokens: Int32Array, batch: number, seqLen: number): number {
+    return this.h.lossAndGrad(tokens, batch, seqLen);
+  }
+  /** Logits [batch*seqLen, V] and final hidden states [batch*seqLen, H] of tokens [batch, seqLen]. */
+  forward(tokens: Int32Array, batch: number, seqLen: number): { logits: SpecdecNative.TrainValues; hidden: SpecdecNative.TrainValues } {
+    return this.h.forward(tokens, batch, seqLen);
+  }
+  trainStep(tokens: Int32Array, batch: number, seqLen: number, options: AdamWOptions): Promise<{ loss: number; gradNorm: number }> {
+    return this.h.trainStep(tokens, batch, seqLen, options);
+  }
+  evalLoss(tokens: Int32Array, batch: number, seqLen: number): Promise<number> {
+    return this.h.evalLoss(tokens, batch, seqLen);
+  }
+
+  /** The HF config.json of this model (LlamaForCausalLM). */
+  configJson(dtype: SaveDType): Record<string, unknown> {
+    const c = this.config;
+    return {
+      architectures: ['LlamaForCausalLM'],
+      model_type: 'llama',
+      vocab_size: c.vocabSize,
+      hidden_size: c.hiddenSize,
+      intermediate_size: c.intermediateSize,
+      num_hidden_layers: c.numLayers,
+      num_attention_heads: c.numHeads,
+      num_key_value_heads: c.numKvHeads,
+      head_dim: c.headDim ?? c.hiddenSize / c.numHeads,
+      max_position_embeddings: c.maxPositions,
+      rms_norm_eps: c.rmsNormEps,
+      rope_theta: c.ropeTheta,
+      hidden_act: 'silu',
+      attention_bias: false,
+      mlp_bias: false,
+      tie_word_embeddings: c.tieWordEmbeddings,
+      torch_dtype: dtype === 'BF16' ? 'bfloat16' : 'float32',
+      ...(c.bosTokenId !== undefined ? { bos_token_id: c.bosTokenId } : {}),
+      ...(c.eosTokenId !== undefined ? { eos_token_id: c.eosTokenId } : {}),
+    };
+  }
+
+  /** Writes config.json and model.safetensors (HF layout) into dir. */
+  save(dir: string, options: { dtype?: SaveDType; metadata?: Record<string, string> } = {}): void {
+    const dtype = options.dtype ?? 'F32';
+    fs.mkdirSync(dir, { recursive: true });
+    fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(this.configJson(dtype), null, 2) + '\n');
+    writeSafetensors(path.join(dir, 'model.safetensors'), this.tensors(dtype), { format: 'pt', ...(options.metadata ?? {}) });
+  }
+}
+
+export interface MedusaTrainConfig {
+  readonly numHeads: number;
+  readonly numLayers: number;
+  readonly hiddenSize: number;
+  readonly vocabSize: number;
+}
+
+export type MedusaStepResult = SpecdecNative.MedusaLossNative & { gradNorm: number };
+
+/** Medusa heads under training (FasterDecoding layout). */
+export class MedusaTrainer extends ParamOwner<SpecdecNative.TrainMedusa> {
+  private constructor(
+    readonly config: MedusaTrainConfig,
+    handle: SpecdecNative.TrainMedusa,
+  ) {
+    super(handle);
+  }
+
+  static create(config: MedusaTrainConfig, options: TrainerOptions): MedusaTrainer {
+    const c: SpecdecNative.TrainMedusaConfig = { ...config };
+    return new MedusaTrainer(config, binding().trainMedusaCreate(c, options.seed, options.precision ?? 'f32', options.threads ?? 1));
+  }
+
+  /** FasterDecoding's initialisation: every head's LM head is the target's, ResBlocks are zero
+   *  (so each head starts out predicting what the target predicts next). */
+  initFromTarget(target: LlamaTrainer): void {
+    const lm = target.getParam(target.config.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight');
+    const L = this.config.numLayers;
+    for (let h = 0; h < this.config.numHeads; h++) {
+      this.setParam(`${h}.${L}.weight`, lm);
+      for (let l = 0; l < L; l++) {
+        this.setParam(`${h}.${l}.linear.weight`, new Float32Array(this.config.hiddenSize * this.config.hiddenSize));
+        this.setParam(`${h}.${l}.linear.bias`, new Float32Array(this.config.hiddenSize));
+      }
+    }
+  }
+
+  lossAndGrad(hidden: Float32Array | Float64Array, tokens: Int32Array, batch: number, seqLen: number): SpecdecNative.MedusaLossNative {
+    return this.h.lossAndGrad(hidden, tokens, batch, seqLen);
+  }
+  /** Logits [numHeads, N, V] of hidden states [N, H]. */
+  forward(hidden: Float32Array | Float64Array): SpecdecNative.TrainValues {
+    return this.h.forward(hidden);
+  }
+  /** One step on the hidden states the frozen target computes for tokens [batch, seqLen]. */
+  trainStep(target: LlamaTrainer, tokens: Int32Array, batch: number, seqLen: number, options: AdamWOptions): Promise<MedusaStepResult> {
+    return this.h.trainStep(target.native, tokens, batch, seqLen, options);
+  }
+
+  /** Writes config.json and medusa_lm_head.safetensors into dir. */
+  save(dir: string, options: { dtype?: SaveDType; baseModel: string }): void {
+    fs.mkdirSync(dir, { recursive: true });
+    const cfg = {
+      medusa_num_heads: this.config.numHeads,
+      medusa_num_layers: this.config.numLayers,
+      base_model_name_or_path: options.baseModel,
+      hidden_size: this.config.hiddenSize,
+      vocab_size: this.config.vocabSize,
+    };
+    fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(cfg, null, 2) + '\n');
+    writeSafetensors(path.join(dir, 'medusa_lm_head.safetensors'), this.tensors(options.dtype ?? 'F32'), { format: 'pt' });
+  }
+}
+
+// ---- Schedule and data ------------------------------------------------------------------------
+
+export interface LrSchedule {
+  readonly lr: number;
+  readonly minLr: number;
+  readonly warmupSteps: number;
+  readonly totalSteps: number;
+}
+
+/** Linear warmup to lr, then cosine decay to minLr at totalSteps. */
+export function learningRate(step: number, s: LrSchedule): number {
+  if (step < s.warmupSteps) return (s.lr * (step + 1)) / s.warmupSteps;
+  const t = Math.min(1, (step - s.warmupSteps) / Math.max(1, s.totalSteps - s.warmupSteps));
+  return s.minLr + 0.5 * (s.lr - s.minLr) * (1 + Math.cos(Math.PI * t));
+}
+
+/** Random windows of `window` consecutive tokens of a stream, `batch` per call, seeded. */
+export class BatchSampler {
+  private readonly rand: () => number;
+  constructor(
+    private readonly ids: Int32Array,
+    readonly window: number,
+    readonly batch: number,
+    seed: number,
+  ) {
+    if (ids.length < window) throw codedError('E_ARG', `corpus: ${ids.length} tokens are fewer than one window of ${window}`);
+    this.rand = seededRandom(seed);
+  }
+  /** tokens [batch, window] (copies of stream windows). */
+  next(): Int32Array {
+    const out = new Int32Array(this.batch * this.window);
+    for (let b = 0; b < this.batch; b++) {
+      const start = Math.floor(this.rand() * (this.ids.length - this.window + 1));
+      out.set(this.ids.subarray(start, start + this.window), b * this.window);
+    }
+    return out;
+  }
+}
+
+/** Consecutive non-overlapping windows (for a held-out loss): tokens [n, window]. */
+export function evalWindows(ids: Int32Array, window: number, n: number): Int32Array {
+  const count = Math.min(n, Math.floor(ids.length / window));
+  return ids.slice(0, count * window);
+}

@@ -1,0 +1,448 @@
+// The trainer (cpp/train/ via lib/train/): finite-difference gradient checks of the full Llama
+// backward and of the Medusa heads (in float64), training actually lowers the loss, and the
+// checkpoints it writes load in the runner (LlamaModel, MedusaHeads) with the same outputs as the
+// trainer's own forward. Plus the corpus/tokenizer contract and argument errors.
+import * as assert from 'assert';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+
+import { readLlamaConfig } from '../lib/models/config';
+import { LlamaModel } from '../lib/models/llama';
+import { MedusaHeads } from '../lib/strategies/medusa';
+import { Tensor } from '../lib/tensor';
+import { TextTokenizer } from '../lib/tokenizer';
+import {
+  BatchSampler,
+  buildVocab,
+  corpusWords,
+  EOS_ID,
+  generateCorpus,
+  learningRate,
+  LlamaTrainer,
+  MAX_VOCAB,
+  MEDUSA_HEADS,
+  MedusaTrainer,
+  SAMPLE_PROMPT,
+  trainDefaultFamily,
+  story,
+  seededRandom,
+  writeTokenizerFiles,
+  type LlamaTrainConfig,
+} from '../lib/train';
+import { rng, testSeed } from './helpers';
+
+function tmpDir(tag: string): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), `specdec-train-${tag}-`));
+}
+
+function randomTokens(n: number, vocab: number, r: () => number): Int32Array {
+  return Int32Array.from({ length: n }, () => Math.floor(r() * vocab));
+}
+
+/** Random parameters of a sensible scale (norm weights around 1, matrices ~ 1/sqrt(fan_in) * 2),
+ *  so every path of the network carries signal and the logits are spread out. */
+function randomizeParams(
+  t: { paramInfo(): readonly { readonly name: string; readonly shape: readonly number[] }[]; setParam(n: string, v: Float64Array): void },
+  r: () => number,
+): void {
+  for (const p of t.paramInfo()) {
+    const n = p.shape.reduce((a, b) => a * b, 1);
+    const fanIn = p.shape[p.shape.length - 1] ?? 1;
+    const v = new Float64Array(n);
+    if (p.shape.length === 1 && !p.name.endsWith('bias')) for (let i = 0; i < n; i++) v[i] = 0.6 + 0.8 * r();
+    else for (let i = 0; i < n; i++) v[i] = (2 * r() - 1) * (p.shape.length === 1 ? 0.5 : 2 / Math.sqrt(fanIn));
+    t.setParam(p.name, v);
+  }
+}
+
+const tiny = (over: Partial<LlamaTrainConfig> = {}): LlamaTrainConfig => ({
+  vocabSize: 23,
+  hiddenSize: 16,
+  intermediateSize: 24,
+  numLayers: 2,
+  numHeads: 4,
+  numKvHeads: 2,
+  rmsNormEps: 1e-5,
+  ropeTheta: 10000,
+  tieWordEmbeddings: false,
+  maxPositions: 64,
+  ...over,
+});
+
+/** Checks analytic gradients against central differences: a random direction over all
+ *  parameters, and single entries of every tensor. */
+function gradCheck(
+  name: string,
+  params: Float64Array,
+  grads: Float64Array,
+  info: { name: string; shape: number[] }[],
+  loss: (p: Float64Array) => number,
+  r: () => number,
+): void {
+  const eps = 1e-5;
+  const at = (p: Float64Array): number => loss(p);
+  // Directional derivative over every parameter at once.
+  const d = Float64Array.from({ length: params.length }, () => 2 * r() - 1);
+  const plus = Float64Array.from(params, (x, i) => x + eps * d[i]!);
+  const minus = Float64Array.from(params, (x, i) => x - eps * d[i]!);
+  const numeric = (at(plus) - at(minus)) / (2 * eps);
+  let analytic = 0;
+  for (let i = 0; i < params.length; i++) analytic += grads[i]! * d[i]!;
+  assert.ok(Math.abs(numeric - analytic) <= 1e-6 * Math.max(1, Math.abs(numeric)), `${name}: directional derivative ${analytic} vs numeric ${numeric}`);
+  // Entries of every tensor (three random ones each).
+  let offset = 0;
+  for (const p of info) {
+    const n = p.shape.reduce((a, b) => a * b, 1);
+    for (let k = 0; k < 3; k++) {
+      const i = offset + Math.floor(r() * n);
+      const q = Float64Array.from(params);
+      q[i] = params[i]! + eps;
+      const lp = at(q);
+      q[i] = params[i]! - eps;
+      const lm = at(q);
+      const num = (lp - lm) / (2 * eps);
+      const g = grads[i]!;
+      assert.ok(Math.abs(num - g) <= 1e-7 + 1e-5 * Math.abs(num), `${name}: d loss / d ${p.name}[${i - offset}] = ${g}, numeric ${num}`);
+    }
+    offset += n;
+  }
+  assert.strictEqual(offset, params.length);
+  // The gradient is not trivially zero.
+  assert.ok(grads.some((g) => Math.abs(g) > 1e-4), `${name}: gradient is all zero`);
+}
+
+describe(`trainer (seed ${testSeed})`, function () {
+  this.timeout(60000);
+
+  describe('corpus and tokenizer', () => {
+    it('the grammar only emits vocabulary words, fits the vocabulary limit, and the tokenizer agrees', () => {
+      const vocab = buildVocab(corpusWords());
+      assert.ok(vocab.size <= MAX_VOCAB, `vocabulary ${vocab.size} > ${MAX_VOCAB}`);
+      assert.strictEqual(vocab.get('<unk>'), 0);
+      assert.strictEqual(vocab.get('<s>'), 1);
+      assert.strictEqual(vocab.get('</s>'), EOS_ID);
+      const ids = generateCorpus({ seed: testSeed, tokens: 50000 }, vocab);
+      assert.ok(ids.length >= 50000);
+      assert.ok(!ids.includes(0), 'the corpus contains <unk>');
+      // The same seed gives the same corpus.
+      assert.deepStrictEqual(generateCorpus({ seed: testSeed, tokens: 2000 }, vocab), ids.slice(0, generateCorpus({ seed: testSeed, tokens: 2000 }, vocab).length));
+
+      const dir = tmpDir('tok');
+      writeTokenizerFiles(dir, vocab);
+      const tok = TextTokenizer.load(dir);
+      assert.ok(tok);
+      for (let s = 0; s < 5; s++) {
+        const words = story(seededRandom(testSeed + s));
+        const text = words.filter((w) => w !== '<s>' && w !== '</s>').join(' ');
+        const expected = Int32Array.from(words.filter((w) => w !== '</s>').map((w) => vocab.get(w)!));
+        assert.deepStrictEqual(tok.encode(text), expected, 'tokenizer.json encodes a story to the corpus ids');
+        // Decoding joins words with spaces and cleans up before punctuation.
+        const decoded = tok.decode(expected, { skipSpecialTokens: true });
+        assert.strictEqual(decoded.replace(/ /g, ''), text.replace(/ /g, ''));
+        assert.ok(!decoded.includes(' .'));
+      }
+      // Case folding, punctuation splitting and unknown words.
+      assert.deepStrictEqual(Array.from(tok.encode('The CAT, zebra.')), [1, vocab.get('the'), vocab.get('cat'), vocab.get(','), 0, vocab.get('.')]);
+      fs.rmSync(dir, { recursive: true, force: true });
+    });
+
+    it('batch sampler windows are stream slices; the schedule warms up and decays', () => {
+      const ids = Int32Array.from({ length: 1000 }, (_, i) => i);
+      const s = new BatchSampler(ids, 17, 5, testSeed);
+      const b = s.next();
+      assert.strictEqual(b.length, 85);
+      for (let r = 0; r < 5; r++) for (let i = 1; i < 17; i++) assert.strictEqual(b[r * 17 + i], b[r * 17]! + i);
+      const sched = { lr: 1, minLr: 0.1, warmupSteps: 10, totalSteps: 110 };
+      assert.ok(Math.abs(learningRate(0, sched) - 0.1) < 1e-12);
+      assert.ok(Math.abs(learningRate(9, sched) - 1) < 1e-12);
+      assert.ok(Math.abs(learningRate(60, sched) - 0.55) < 1e-12);
+      assert.ok(Math.abs(learningRate(110, sched) - 0.1) < 1e-12);
+      assert.throws(() => new BatchSampler(ids.subarray(0, 5), 17, 1, 1), (e: Error & { code?: string }) => e.code === 'E_ARG');
+    });
+  });
+
+  describe('Llama backward', () => {
+    for (const tie of [false, true]) {
+      it(`matches finite differences (f64, GQA, ${tie ? 'tied' : 'untied'} LM head)`, () => {
+        const r = rng(testSeed + (tie ? 1 : 0));
+        const cfg = tiny({ tieWordEmbeddings: tie });
+        using m = LlamaTrainer.create(cfg, { seed: testSeed, precision: 'f64', threads: 2 });
+        randomizeParams(m, r);
+        const B = 3,
+          T = 7;
+        const tokens = randomTokens(B * (T + 1), cfg.vocabSize, r);
+        const p0 = m.getParams() as Float64Array;
+        assert.ok(p0 instanceof Float64Array);
+        const loss0 = m.lossAndGrad(tokens, B, T);
+        assert.ok(Number.isFinite(loss0) && loss0 > 0);
+        const g = Float64Array.from(m.getGrads());
+        const info = m.paramInfo().map((p) => ({ name: p.name, shape: [...p.shape] }));
+        assert.strictEqual(info.some((p) => p.name === 'lm_head.weight'), !tie);
+        gradCheck('llama', p0, g, info, (p) => {
+          m.setParams(p);
+          return m.lossAndGrad(tokens, B, T);
+        }, r);
+        // Threads only split the batch: one thread gives the same loss and gradient.
+        m.setParams(p0);
+        using one = LlamaTrainer.create(cfg, { seed: 1, precision: 'f64', threads: 1 });
+        one.setParams(p0);
+        assert.ok(Math.abs(one.lossAndGrad(tokens, B, T) - loss0) < 1e-12);
+        const g1 = one.getGrads();
+        for (let i = 0; i < g.length; i++) assert.ok(Math.abs(g1[i]! - g[i]!) < 1e-12 * Math.max(1, Math.abs(g[i]!)));
+      });
+    }
+
+    it('f32 gradients agree with f64 gradients', () => {
+      const r = rng(testSeed + 7);
+      const cfg = tiny();
+      using m64 = LlamaTrainer.create(cfg, { seed: 1, precision: 'f64' });
+      randomizeParams(m64, r);
+      using m32 = LlamaTrainer.create(cfg, { seed: 1, precision: 'f32', threads: 2 });
+      m32.setParams(m64.getParams());
+      const tokens = randomTokens(2 * 9, cfg.vocabSize, r);
+      const l64 = m64.lossAndGrad(tokens, 2, 8);
+      const l32 = m32.lossAndGrad(tokens, 2, 8);
+      assert.ok(Math.abs(l64 - l32) < 1e-4 * l64, `${l32} vs ${l64}`);
+      const g64 = m64.getGrads(),
+        g32 = m32.getGrads();
+      assert.ok(g32 instanceof Float32Array);
+      let num = 0,
+        den = 0;
+      for (let i = 0; i < g64.length; i++) {
+        num += (g32[i]! - g64[i]!) ** 2;
+        den += g64[i]! ** 2;
+      }
+      assert.ok(Math.sqrt(num / den) < 1e-4, `relative gradient error ${Math.sqrt(num / den)}`);
+    });
+  });
+
+  describe('training', () => {
+    it('lowers the loss on a small corpus (and evalLoss agrees with the step loss)', async () => {
+      const vocab = buildVocab(corpusWords());
+      const ids = generateCorpus({ seed: testSeed, tokens: 20000 }, vocab);
+      using m = LlamaTrainer.create(
+        { ...tiny(), vocabSize: vocab.size, hiddenSize: 32, intermediateSize: 64, numLayers: 1, numHeads: 2, numKvHeads: 1 },
+        { seed: testSeed, threads: 2 },
+      );
+      const sampler = new BatchSampler(ids, 33, 8, testSeed);
+      const evalBatch = sampler.next();
+      const before = await m.evalLoss(evalBatch, 8, 32);
+      assert.ok(Math.abs(before - Math.log(vocab.size)) < 0.3, `initial loss ${before} should be near ln(V) = ${Math.log(vocab.size)}`);
+      let first = NaN;
+      for (let step = 0; step < 80; step++) {
+        const batch = step === 0 ? evalBatch : sampler.next();
+        const res = await m.trainStep(batch, 8, 32, { lr: learningRate(step, { lr: 1e-2, minLr: 1e-3, warmupSteps: 5, totalSteps: 80 }) });
+        if (step === 0) first = res.loss;
+        assert.ok(Number.isFinite(res.loss) && Number.isFinite(res.gradNorm));
+      }
+      assert.ok(Math.abs(first - before) < 1e-5, 'the first step reports the loss before the update');
+      const after = await m.evalLoss(evalBatch, 8, 32);
+      assert.ok(after < before - 1.5, `loss ${before} -> ${after}`);
+    });
+  });
+
+  describe('checkpoints load in the runner', () => {
+    for (const tie of [false, true]) {
+      it(`LlamaModel logits and hidden states equal the trainer's forward (${tie ? 'tied' : 'untied'})`, async () => {
+        const r = rng(testSeed + 11 + (tie ? 1 : 0));
+        const cfg = tiny({ tieWordEmbeddings: tie, hiddenSize: 32, numHeads: 4, numKvHeads: 2, intermediateSize: 48, vocabSize: 40 });
+        using m = LlamaTrainer.create(cfg, { seed: testSeed, threads: 2 });
+        randomizeParams(m, r);
+        const T = 19;
+        const tokens = randomTokens(T, cfg.vocabSize, r);
+        const ref = m.forward(tokens, 1, T);
+        const dir = tmpDir('ckpt');
+        m.save(dir, { dtype: 'F32' });
+        const cfgJson = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8')) as Record<string, unknown>;
+        assert.strictEqual(cfgJson['tie_word_embeddings'], tie);
+        const model = await LlamaModel.load(dir, { device: 'cpu' });
+        try {
+          const seq = model.createSequence();
+          const out = await model.forward([{ seq, tokens }], { hidden: true });
+          const logits = out.logits.toFloat32();
+          const hidden = out.hidden!.toFloat32();
+          out.logits.dispose();
+          out.hidden!.dispose();
+          assert.strictEqual(logits.length, ref.logits.length);
+          let scale = 0;
+          for (const x of ref.logits) scale = Math.max(scale, Math.abs(x));
+          for (let i = 0; i < logits.length; i++) assert.ok(Math.abs(logits[i]! - ref.logits[i]!) <= 1e-4 * scale, `logit ${i}: runner ${logits[i]} trainer ${ref.logits[i]}`);
+          for (let i = 0; i < hidden.length; i++) assert.ok(Math.abs(hidden[i]! - ref.hidden[i]!) <= 1e-4, `hidden ${i}`);
+          // Greedy choices agree too.
+          for (let t = 0; t < T; t++) {
+            const row = (a: ArrayLike<number>): number => {
+              let best = 0;
+              for (let v = 1; v < cfg.vocabSize; v++) if (a[t * cfg.vocabSize + v]! > a[t * cfg.vocabSize + best]!) best = v;
+              return best;
+            };
+            assert.strictEqual(row(logits), row(ref.logits));
+          }
+        } finally {
+          model.dispose();
+          fs.rmSync(dir, { recursive: true, force: true });
+        }
+      });
+    }
+  });
+
+  describe('Medusa heads', () => {
+    const H = 12,
+      V = 17;
+
+    it('loss matches a float64 reference and the backward matches finite differences', () => {
+      const r = rng(testSeed + 21);
+      using heads = MedusaTrainer.create({ numHeads: 3, numLayers: 2, hiddenSize: H, vocabSize: V }, { seed: testSeed, precision: 'f64', threads: 2 });
+      randomizeParams(heads, r);
+      const B = 2,
+        T = 6;
+      const hidden = Float64Array.from({ length: B * T * H }, () => 2 * r() - 1);
+      const tokens = randomTokens(B * T, V, r);
+      const res = heads.lossAndGrad(hidden, tokens, B, T);
+      // Reference: head h at position t predicts tokens[t + h + 2].
+      const P = (name: string): Float64Array => heads.getParam(name) as Float64Array;
+      let total = 0;
+      for (let h = 0; h < 3; h++) {
+        let sum = 0,
+          count = 0;
+        for (let b = 0; b < B; b++)
+          for (let t = 0; t + h + 2 < T; t++) {
+            let x = Array.from(hidden.subarray((b * T + t) * H, (b * T + t + 1) * H));
+            for (let l = 0; l < 2; l++) {
+              const w = P(`${h}.${l}.linear.weight`),
+                bias = P(`${h}.${l}.linear.bias`);
+              x = x.map((xi, i) => {
+                let z = bias[i]!;
+                for (let k = 0; k < H; k++) z += w[i * H + k]! * x[k]!;
+                return xi + z / (1 + Math.exp(-z));
+              });
+            }
+            const lm = P(`${h}.2.weight`);
+            const logits = Array.from({ length: V }, (_, v) => x.reduce((s, xk, k) => s + lm[v * H + k]! * xk, 0));
+            const mx = Math.max(...logits);
+            const lse = mx + Math.log(logits.reduce((s, z) => s + Math.exp(z - mx), 0));
+            sum += lse - logits[tokens[b * T + t + h + 2]!]!;
+            count++;
+          }
+        assert.ok(Math.abs(res.headLoss[h]! - sum / count) < 1e-10, `head ${h}: ${res.headLoss[h]} vs ${sum / count}`);
+        total += sum / count;
+      }
+      assert.ok(Math.abs(res.loss - total) < 1e-10);
+      const p0 = heads.getParams() as Float64Array;
+      const g = Float64Array.from(heads.getGrads());
+      const info = heads.paramInfo().map((p) => ({ name: p.name, shape: [...p.shape] }));
+      gradCheck('medusa', p0, g, info, (p) => {
+        heads.setParams(p);
+        return heads.lossAndGrad(hidden, tokens, B, T).loss;
+      }, r);
+    });
+
+    it('trainStep feeds the target hidden states, learns, and saved heads give the runner the same logits', async () => {
+      const r = rng(testSeed + 31);
+      using target = LlamaTrainer.create(tiny({ hiddenSize: H, numHeads: 2, numKvHeads: 1, vocabSize: V }), { seed: testSeed, threads: 2 });
+      randomizeParams(target, r);
+      using heads = MedusaTrainer.create({ numHeads: 2, numLayers: 1, hiddenSize: H, vocabSize: V }, { seed: testSeed, threads: 2 });
+      heads.initFromTarget(target);
+      // Zero ResBlocks: each head starts as the target's LM head.
+      const lm = target.getParam('lm_head.weight');
+      assert.deepStrictEqual(heads.getParam('1.1.weight'), lm);
+      // A periodic sequence: token t+2 is a function of token t, which the heads can learn.
+      const B = 4,
+        T = 24;
+      const tokens = Int32Array.from({ length: B * T }, (_, i) => ((i % T) * 5 + Math.floor(i / T)) % V);
+      const { hidden } = target.forward(tokens, B, T);
+      const expect = heads.lossAndGrad(hidden, tokens, B, T);
+      const first = await heads.trainStep(target, tokens, B, T, { lr: 1e-2 });
+      assert.ok(Math.abs(first.loss - expect.loss) < 1e-4 * expect.loss, `trainStep loss ${first.loss} vs lossAndGrad on target hidden ${expect.loss}`);
+      let last = first;
+      for (let s = 0; s < 60; s++) last = await heads.trainStep(target, tokens, B, T, { lr: 1e-2 });
+      assert.ok(last.loss < first.loss * 0.5, `medusa loss ${first.loss} -> ${last.loss}`);
+      // The target is frozen.
+      assert.deepStrictEqual(target.getParam('lm_head.weight'), lm);
+
+      const dir = tmpDir('medusa');
+      heads.save(dir, { dtype: 'F32', baseModel: '../target' });
+      const loaded = MedusaHeads.load(dir);
+      try {
+        assert.strictEqual(loaded.config.numHeads, 2);
+        assert.strictEqual(loaded.config.numLayers, 1);
+        const N = 5;
+        const x = Float32Array.from({ length: N * H }, () => 2 * r() - 1);
+        const ref = heads.forward(x);
+        using xt = Tensor.fromArray(x, 'f32', [N, H]);
+        const outs = loaded.apply(xt);
+        outs.forEach((o, h) => {
+          const a = o.toFloat32();
+          o.dispose();
+          for (let i = 0; i < N * V; i++) assert.ok(Math.abs(a[i]! - ref[h * N * V + i]!) < 1e-4, `head ${h} logit ${i}: ${a[i]} vs ${ref[h * N * V + i]}`);
+        });
+      } finally {
+        loaded.dispose();
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+    });
+  });
+
+  describe('default family recipe', () => {
+    it('a scaled-down run writes loadable target, draft, Medusa heads, tokenizers and a README', async function () {
+      this.timeout(60000);
+      const dir = tmpDir('family');
+      const lines: string[] = [];
+      try {
+        const r = await trainDefaultFamily({ outDir: dir, corpusTokens: 30000, stepScale: 0.003, threads: 2, log: (l) => lines.push(l) });
+        assert.ok(lines.some((l) => l.startsWith('target: step')));
+        for (const run of [r.target, r.draft]) assert.ok(Number.isFinite(run.heldoutLoss) && run.heldoutLoss > 0);
+        const target = readLlamaConfig(path.join(dir, 'target'));
+        const draft = readLlamaConfig(path.join(dir, 'draft'));
+        assert.strictEqual(target.vocabSize, r.vocabSize);
+        assert.strictEqual(draft.vocabSize, r.vocabSize);
+        assert.deepStrictEqual(target.eosTokenIds, [EOS_ID]);
+        assert.strictEqual(target.torchDtype, 'bfloat16');
+        const model = await LlamaModel.load(path.join(dir, 'draft'), { device: 'cpu', maxSequences: 1 });
+        assert.strictEqual(model.weightDtype, 'bf16');
+        model.dispose();
+        const heads = MedusaHeads.load(path.join(dir, 'medusa'));
+        assert.strictEqual(heads.config.numHeads, MEDUSA_HEADS);
+        assert.strictEqual(heads.config.hiddenSize, target.hiddenSize);
+        assert.strictEqual(heads.config.baseModel, '../target');
+        heads.dispose();
+        for (const d of ['target', 'draft']) assert.ok(TextTokenizer.load(path.join(dir, d)));
+        assert.ok(fs.readFileSync(path.join(dir, 'README.md'), 'utf8').includes('MIT'));
+        assert.ok(r.sample.startsWith(SAMPLE_PROMPT));
+        const total = Object.values(r.bytes).reduce((a, b) => a + b, 0);
+        assert.ok(total < 10 * 1024 * 1024, `${total} bytes`);
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+    });
+  });
+
+  describe('argument errors', () => {
+    const code = (c: string) => (e: Error & { code?: string }) => e.code === c && e.message.length > 0;
+    it('names the bad argument', () => {
+      assert.throws(() => LlamaTrainer.create(tiny({ numHeads: 3, numKvHeads: 2, hiddenSize: 18 }), { seed: 1 }), code('E_ARG'));
+      using m = LlamaTrainer.create(tiny(), { seed: 1 });
+      assert.throws(() => m.lossAndGrad(new Int32Array(3 * 8).fill(23), 3, 7), (e: Error & { code?: string }) => e.code === 'E_ARG' && /tokens\[0\] = 23/.test(e.message));
+      assert.throws(() => m.lossAndGrad(new Int32Array(10), 3, 7), (e: Error & { code?: string }) => e.code === 'E_ARG' && /tokens/.test(e.message));
+      assert.throws(() => m.forward(new Int32Array(7).fill(-1), 1, 7), code('E_ARG'));
+      assert.throws(() => m.setParam('nope', new Float32Array(1)), (e: Error & { code?: string }) => e.code === 'E_ARG' && /nope/.test(e.message));
+      assert.throws(() => m.setParam('model.norm.weight', new Float32Array(3)), code('E_ARG'));
+      assert.throws(() => m.setParam('model.norm.weight', new Float32Array(16).fill(NaN)), code('E_ARG'));
+      assert.throws(() => void m.trainStep(new Int32Array(8), 1, 7, { lr: -1 }), code('E_ARG'));
+      using heads = MedusaTrainer.create({ numHeads: 1, numLayers: 1, hiddenSize: 8, vocabSize: 23 }, { seed: 1 });
+      assert.throws(() => void heads.trainStep(m, new Int32Array(8), 1, 8, { lr: 1e-3 }), (e: Error & { code?: string }) => e.code === 'E_ARG' && /target/.test(e.message));
+      assert.throws(() => heads.lossAndGrad(new Float32Array(8 * 4), new Int32Array(3), 1, 4), code('E_ARG'));
+      m.dispose();
+      assert.throws(() => m.getParams(), code('E_DISPOSED'));
+    });
+
+    it('refuses a second step while one is running', async () => {
+      using m = LlamaTrainer.create(tiny(), { seed: 1, threads: 2 });
+      const tokens = new Int32Array(2 * 33).fill(1);
+      const p = m.trainStep(tokens, 2, 32, { lr: 1e-3 });
+      assert.throws(() => m.getParams(), code('E_BUSY'));
+      await p;
+      assert.ok(m.getParams().length > 0);
+    });
+  });
+});

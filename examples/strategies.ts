@@ -1,0 +1,68 @@
+// Each strategy from TypeScript on the embedded default family (models/default). The README shows
+// these lines; test/examples.test.ts runs this file so they stay true.
+//   npx tsc -p tsconfig.json && node dist/examples/strategies.js
+import * as path from 'path';
+import {
+  DraftModelSpeculator,
+  HybridSpeculator,
+  LlamaModel,
+  LookaheadSpeculator,
+  MedusaHeads,
+  MedusaSpeculator,
+  PromptLookupSpeculator,
+  SpeculativeDecoder,
+  TextTokenizer,
+  generateText,
+  type Speculator,
+} from '../lib';
+
+const models = path.join(__dirname, '..', '..', 'models', 'default');
+
+export async function main(maxNewTokens = 48, log: (s: string) => void = console.log): Promise<Record<string, string>> {
+  const target = await LlamaModel.load(path.join(models, 'target')); // CUDA when available, else CPU
+  const draft = await LlamaModel.load(path.join(models, 'draft'));
+  const tokenizer = TextTokenizer.load(path.join(models, 'target'))!;
+  const medusa = MedusaHeads.load(path.join(models, 'medusa'), { device: target.device });
+
+  const strategies: Record<string, () => Speculator | undefined> = {
+    plain: () => undefined,
+    draft: () => new DraftModelSpeculator({ draft, k: 4, adaptive: 'heuristic' }),
+    medusa: () => new MedusaSpeculator({ heads: medusa, choices: 'mc_sim_7b_63' }),
+    lookahead: () => new LookaheadSpeculator({ W: 5, N: 3, G: 5 }),
+    promptLookup: () => new PromptLookupSpeculator({ maxNgram: 3 }),
+    // Lookahead speeds up the draft model, which drafts for the target.
+    hybrid: () => new HybridSpeculator({ draft, draftSpeculator: new LookaheadSpeculator({ W: 4, N: 3, G: 4 }), k: 6 }),
+  };
+  const texts: Record<string, string> = {};
+  for (const [name, make] of Object.entries(strategies)) {
+    const speculator = make();
+    using decoder = new SpeculativeDecoder({ target, ...(speculator ? { speculator } : {}) }); // greedy: exactly the plain output
+    const gen = generateText(decoder, tokenizer, 'once upon a time', { maxNewTokens, stopStrings: ['the end'] });
+    let text = '';
+    for await (const chunk of gen) text += chunk.text; // streamed as each step's tokens arrive
+    const { stats } = await gen.result;
+    texts[name] = text;
+    log(`${name.padEnd(12)} ${stats.tokensPerForward.toFixed(2)} tokens/forward, acceptance ${stats.acceptanceRate.toFixed(2)}: ${text.slice(0, 60)}...`);
+  }
+
+  // Sampling: exact target distribution (temperature, top-k/top-p applied to target and draft alike).
+  using sampled = new SpeculativeDecoder({
+    target,
+    speculator: new DraftModelSpeculator({ draft, k: 4 }),
+    sampling: { temperature: 0.8, topP: 0.95, seed: 42 },
+  });
+  const [a, b] = await sampled.generateBatch([tokenizer.encode('the dog'), tokenizer.encode('one day')], { maxNewTokens });
+  log(`sampled:     ${tokenizer.decode(a!.tokens)} | ${tokenizer.decode(b!.tokens)}`);
+
+  medusa.dispose();
+  draft.dispose();
+  target.dispose();
+  return texts;
+}
+
+if (require.main === module) {
+  main().catch((e: unknown) => {
+    console.error(e);
+    process.exitCode = 1;
+  });
+}

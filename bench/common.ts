@@ -337,22 +337,16 @@ export function round(x: number, digits = 3): number {
   return Math.round(x * f) / f;
 }
 
-export function writeJson(file: string, value: unknown): void {
-  fs.mkdirSync(path.dirname(file), { recursive: true });
-  fs.writeFileSync(file, JSON.stringify(value, null, 2) + '\n');
-}
-
-/** Standalone entry of a bench file: `node dist/bench/x.bench.js [--device D] [--quick]` prints one JSON document. */
+/**
+ * Standalone entry of a bench file: `node dist/bench/x.bench.js [--device D] [--quick] [--out F]`
+ * is `specdec bench --only x --json ...`: one JSON report on stdout.
+ */
 export async function standalone(mod: BenchModule, argv: readonly string[] = process.argv.slice(2)): Promise<void> {
-  // Loaded lazily: run.ts imports every bench module, and each bench file imports this one.
+  // Loaded lazily: lib/cli/bench loads run.ts, which imports every bench module.
   // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const { runBenches } = require('./run') as typeof import('./run');
-  const i = argv.indexOf('--device');
-  const device = (i >= 0 ? argv[i + 1] : 'auto') as Device | 'auto';
+  const { benchCommand } = require('../lib/cli/bench') as typeof import('../lib/cli/bench');
   try {
-    const res = await runBenches({ only: [mod.name], device, quick: argv.includes('--quick') });
-    process.stdout.write(JSON.stringify(res, null, 2) + '\n');
-    if (!res.ok) process.exitCode = 1;
+    process.exitCode = await benchCommand(['--only', mod.name, '--json', ...argv]);
   } catch (e) {
     const err = e as Error & { code?: string };
     process.stderr.write(`${mod.name} bench: ${err.message}${err.code ? ` [${err.code}]` : ''}\n`);

@@ -16,6 +16,8 @@
 //    unrelated draft costs), (b) the target as its own draft (acceptance 1: the upper bound on tau;
 //    the draft costs as much as the target, so this measures overhead, speedup < 1 by design),
 //    (c) random Medusa heads, (d) lookahead, (e) prompt lookup; and a repeated-passage prompt.
+//  - In both families, 'decoder, no speculator' (the engine proposing only the root) measures the
+//    decoder's own overhead over plainGenerate.
 // Run: node dist/bench/speculative.bench.js [--device cpu|cuda|auto] [--quick]   (or specdec bench --only speculative)
 import * as fs from 'fs';
 import * as path from 'path';
@@ -60,8 +62,12 @@ const QUICK_DRAFT: RandomLlamaSpec = { vocab: 512, hidden: 32, intermediate: 64,
 interface Variant {
   readonly name: string;
   readonly setup: Record<string, unknown>;
-  readonly make: () => Speculator;
+  /** undefined: the decoder without a speculator (its per-step overhead over plainGenerate). */
+  readonly make: () => Speculator | undefined;
 }
+
+/** SpeculativeDecoder with no speculator: one token per step through the speculative engine. */
+const ENGINE_ONLY: Variant = { name: 'decoder, no speculator', setup: { speculator: null }, make: () => undefined };
 
 interface Scenario {
   readonly name: string;
@@ -86,7 +92,10 @@ function sameTokens(a: Int32Array, b: Int32Array): boolean {
 /** Runs one scenario: warm-up, then `rounds` rounds of plain-bracketed strategy runs. */
 async function runScenario(sc: Scenario, roundsWanted: number, opts: BenchOptions, checks: Record<string, boolean>): Promise<BenchRow[]> {
   let rounds = roundsWanted;
-  const decoders = sc.variants.map((v) => ({ v, dec: new SpeculativeDecoder({ target: sc.target, speculator: v.make() }) }));
+  const decoders = sc.variants.map((v) => {
+    const speculator = v.make();
+    return { v, dec: new SpeculativeDecoder({ target: sc.target, ...(speculator ? { speculator } : {}) }) };
+  });
   try {
     const plain = async (n: number): Promise<Run> => {
       const r = await plainGenerate(sc.target, [sc.prompt], { maxNewTokens: n });
@@ -221,7 +230,7 @@ function strategySettings(device: Device, wideTree: boolean): { medusa: string; 
 
 function commonVariants(device: Device, wideTree: boolean, draft: CausalLM | undefined, heads: MedusaHeads | undefined, draftLabel: string): Variant[] {
   const s = strategySettings(device, wideTree);
-  const out: Variant[] = [];
+  const out: Variant[] = [ENGINE_ONLY];
   if (draft) out.push({ name: `draft model (${draftLabel}, k=${s.k})`, setup: { k: s.k, draftLayers: draft.config.numLayers, draftHidden: draft.config.hiddenSize }, make: () => new DraftModelSpeculator({ draft, k: s.k }) });
   if (heads) out.push({ name: `medusa (${heads.config.numHeads} heads, ${s.medusa})`, setup: { heads: heads.config.numHeads, choices: s.medusa }, make: () => new MedusaSpeculator({ heads, choices: s.medusa }) });
   const [W, N, G] = s.lookahead;
@@ -283,7 +292,7 @@ async function defaultFamily(opts: BenchOptions, rounds: number, checks: Record<
     // the standard Medusa tree is worth measuring next to the small one there too.
     if (heads && opts.device === 'cpu') {
       const h = heads;
-      variants.splice(2, 0, { name: `medusa (${h.config.numHeads} heads, mc_sim_7b_63)`, setup: { heads: h.config.numHeads, choices: 'mc_sim_7b_63' }, make: () => new MedusaSpeculator({ heads: h, choices: 'mc_sim_7b_63' }) });
+      variants.splice(3, 0, { name: `medusa (${h.config.numHeads} heads, mc_sim_7b_63)`, setup: { heads: h.config.numHeads, choices: 'mc_sim_7b_63' }, make: () => new MedusaSpeculator({ heads: h, choices: 'mc_sim_7b_63' }) });
     }
     const prompt = tok.encode(DEFAULT_PROMPT);
     const rows = await runScenario({ name: 'default', target, prompt, promptDescription: JSON.stringify(DEFAULT_PROMPT), newTokens, variants }, rounds, opts, checks);

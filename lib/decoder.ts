@@ -48,8 +48,10 @@ export interface PhaseTimes {
   target: number;
   /** Logits processing + verification. */
   verify: number;
-  /** KV commit of the target and the speculator's update/rollback. */
+  /** KV commit of the target. */
   commit: number;
+  /** The speculator's update after verification (draft KV rollback, Medusa heads for the next step). */
+  update: number;
 }
 
 export interface DecodeStats {
@@ -227,7 +229,7 @@ export class SpecEngine {
   readonly model: CausalLM;
   readonly speculator: Speculator | undefined;
   readonly sampling: SamplingConfig | undefined;
-  readonly phases: PhaseTimes = { prefill: 0, draft: 0, target: 0, verify: 0, commit: 0 };
+  readonly phases: PhaseTimes = { prefill: 0, draft: 0, target: 0, verify: 0, commit: 0, update: 0 };
 
   constructor(opts: EngineOptions) {
     this.model = opts.model;
@@ -391,8 +393,9 @@ export class SpecEngine {
         for (const tok of em) s.history.push(tok);
         s.stats.addStep(proposals[b] as Proposal, acc.length, em.length);
       });
-      await this.speculator?.update(seqs, { proposals, output: out, acceptedNodes: accepted, emitted }, ctx);
       lap('commit');
+      await this.speculator?.update(seqs, { proposals, output: out, acceptedNodes: accepted, emitted }, ctx);
+      lap('update');
       return emitted;
     } finally {
       probs?.dispose();

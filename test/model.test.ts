@@ -108,7 +108,7 @@ describe('Llama runner (cpu)', function () {
           model.freeSequence(seq);
 
           const gen = await plainGenerate(model, [prompt], { maxNewTokens: 8 });
-          assertSameGreedy(gen.tokens[0]!, ref.greedy(Array.from(prompt), 8), spec.name);
+          assertSameGreedy(gen.tokens[0]!, ref.greedy(Array.from(prompt), 8, model.config.eosTokenIds), spec.name);
           assert.strictEqual(gen.stats.targetForwards, gen.tokens[0]!.length);
         } finally {
           model.dispose();
@@ -610,7 +610,7 @@ describeCuda('Llama runner', function () {
         assert.deepStrictEqual(both.logits.toFloat32().subarray(9 * spec.vocab), got);
         both.logits.dispose();
         const gen = await plainGenerate(model, [prompt], { maxNewTokens: 8 });
-        assertSameGreedy(gen.tokens[0]!, ref.greedy(Array.from(prompt), 8), name);
+        assertSameGreedy(gen.tokens[0]!, ref.greedy(Array.from(prompt), 8, model.config.eosTokenIds), name);
       } finally {
         model.dispose();
       }

@@ -72,7 +72,8 @@ describe('strategies: greedy output equals plain greedy decoding (toy model)', f
   const target = new ToyLM({ vocabSize: V, seed, positional: false, hidden: 'state' });
   const same = (extra: Partial<ConstructorParameters<typeof ToyLM>[0]> = {}): ToyLM =>
     new ToyLM({ vocabSize: V, seed, positional: false, hidden: 'state', ...extra });
-  const useless = (): ToyLM => new ToyLM({ vocabSize: V, seed: seed + 999, positional: false });
+  // Always proposes the target's argmax + 1: useless by construction, whatever the seed.
+  const useless = (): ToyLM => new ToyLM({ vocabSize: V, seed, positional: false, roll: 1 });
   let perfectHeads: MedusaHeads;
   let randomHeads: MedusaHeads;
   before(() => {

@@ -4,11 +4,11 @@
 // depends only on its own inputs (never on the batch), so results are deterministic and batch
 // invariant; work items are spread over threads without changing any row's order of operations.
 #include <algorithm>
-#include <atomic>
 #include <cmath>
-#include <thread>
+#include <vector>
 
 #include "../core/ops_attention.h"
+#include "thread_pool.h"
 
 namespace specdec {
 namespace cpu {
@@ -42,23 +42,6 @@ inline float dot(const float* a, const float* b, int64_t n) {
   return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
 }
 
-// Runs fn(item) for item in [0, n) on up to `threads` threads (each item independent).
-template <typename F>
-void parallel_for(int64_t n, int threads, F&& fn) {
-  if (threads <= 1 || n <= 1) {
-    for (int64_t i = 0; i < n; ++i) fn(i);
-    return;
-  }
-  std::atomic<int64_t> next{0};
-  auto worker = [&] {
-    for (int64_t i; (i = next.fetch_add(1)) < n;) fn(i);
-  };
-  std::vector<std::thread> pool;
-  for (int t = 1; t < threads; ++t) pool.emplace_back(worker);
-  worker();
-  for (auto& t : pool) t.join();
-}
-
 }  // namespace
 
 void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& batch, const Tensor& mask,
@@ -73,16 +56,17 @@ void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& b
   const char* qp = static_cast<const char*>(q.data());
   char* op = static_cast<char*>(out.data());
 
-  // Threads only pay off for real work (a decode step over a long prefix, a tree, a prefill).
+  // Work items are (sequence, KV head) pairs; threads only pay off for real work (a decode step
+  // over a long prefix, a tree, a prefill), so small jobs stay on the calling thread.
   double flops = 0;
   for (int64_t b = 0; b < B; ++b) {
     double qo = batch.h_qo_indptr[b + 1] - batch.h_qo_indptr[b];
     flops += qo * (batch.h_prefix_len[b] + qo) * Hq * D * 4.0;
   }
-  const int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  const int threads = flops < 4e6 ? 1 : std::min(hw, 16);
+  const int64_t items = B * Hkv;
+  const int64_t grain = grain_for(items > 0 ? flops / static_cast<double>(items) : 0.0, 1e6);
 
-  parallel_for(B * Hkv, threads, [&](int64_t item) {
+  auto run_item = [&](int64_t item) {
     const int64_t b = item / Hkv, h_kv = item % Hkv;
     const int64_t q0 = batch.h_qo_indptr[b], qo = batch.h_qo_indptr[b + 1] - q0, prefix = batch.h_prefix_len[b];
     const int64_t kv_len = prefix + qo;
@@ -130,6 +114,9 @@ void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& b
         from_f32(op + static_cast<size_t>((n * Hq + h) * D) * qsz, acc.data(), q_t, D);
       }
     }
+  };
+  parallel_for(items, grain, [&](int64_t i0, int64_t i1) {
+    for (int64_t item = i0; item < i1; ++item) run_item(item);
   });
 }
 

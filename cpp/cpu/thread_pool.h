@@ -1,0 +1,39 @@
+// Process-wide persistent thread pool for the CPU backend.
+//
+// Workers are started once (on first use) and sleep between jobs, so a parallel op costs a wakeup,
+// not a thread spawn. parallel_for splits [0, n) into contiguous chunks that the workers and the
+// calling thread claim in turn; every item runs exactly once, on one thread, so as long as an
+// item's arithmetic depends only on its own inputs the results do not depend on the thread count.
+//
+// Size: hardware_concurrency() threads in all (the caller + that minus one workers), or
+// SPECDEC_CPU_THREADS (>= 1; 1 means everything runs inline) when set.
+//
+// Concurrency: one job at a time. A caller that finds the pool busy (another libuv worker running
+// a model forward, or a nested parallel_for from inside a chunk) runs its job inline instead of
+// waiting, so it can neither deadlock nor stall behind someone else's job.
+#pragma once
+#include <cstdint>
+#include <functional>
+
+namespace specdec {
+namespace cpu {
+
+// Threads a parallel_for may use (workers + the caller), >= 1.
+int pool_threads();
+
+// Runs fn(begin, end) over contiguous chunks covering [0, n) and returns when all are done.
+// grain = fewest items worth a task of their own: when n < 2 * grain (or the pool has one thread,
+// or is busy) everything runs inline as fn(0, n). An exception thrown by fn is rethrown here
+// (the first one; the remaining chunks are skipped).
+void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
+
+// grain for items of `work_per_item` units (e.g. multiply-adds) so that a task gets at least
+// min_work_per_task units: below that the wakeup costs more than the work.
+inline int64_t grain_for(double work_per_item, double min_work_per_task = 131072.0) {
+  if (!(work_per_item > 0)) return INT64_MAX / 4;
+  const double g = min_work_per_task / work_per_item;
+  return g < 1.0 ? 1 : (g > 1e15 ? INT64_MAX / 4 : static_cast<int64_t>(g + 0.999999));
+}
+
+}  // namespace cpu
+}  // namespace specdec

@@ -9,7 +9,7 @@
 // Run: node dist/bench/verify.bench.js [--device cpu|cuda|auto] [--quick]   (or specdec bench --only verify)
 import { processLogits } from '../lib/sampling';
 import { Tensor } from '../lib/tensor';
-import { chainTree, MC_SIM_7B_63, medusaTree, medusaTreeShape, type TokenTree } from '../lib/tree';
+import { chainTree, flattenTrees, MC_SIM_7B_63, medusaTree, medusaTreeShape, type TokenTree } from '../lib/tree';
 import { verify, type VerifyInput, type VerifyMode } from '../lib/verify';
 import { measure, round, standalone, xorshift, type BenchModule, type BenchOptions, type BenchResult, type BenchRow } from './common';
 
@@ -81,15 +81,8 @@ export const verifyBench: BenchModule = {
     const rand = xorshift(0x5eed);
     for (const c of cases) {
       const trees = Array.from({ length: c.batch }, () => c.tree(rand, V));
-      const nodeIndptr = new Int32Array(c.batch + 1);
-      trees.forEach((t, b) => (nodeIndptr[b + 1] = (nodeIndptr[b] as number) + t.tokens.length));
+      const { nodeIndptr, parents, tokens } = flattenTrees(trees);
       const N = nodeIndptr[c.batch] as number;
-      const parents = new Int32Array(N);
-      const tokens = new Int32Array(N);
-      trees.forEach((t, b) => {
-        parents.set(t.parents, nodeIndptr[b] as number);
-        tokens.set(t.tokens, nodeIndptr[b] as number);
-      });
       opts.log(`verify: batch ${c.batch} x ${c.treeName} (${N} rows x ${V})`);
       const logits = Tensor.fromArray(plantedLogits(trees, V, rand), 'f32', [N, V], opts.device);
       const draftLogits = Tensor.fromArray(plantedLogits(trees, V, rand), 'f32', [N, V], opts.device);

@@ -18,7 +18,7 @@ import type {
 import { codedError } from './strategies/speculator';
 import type { Tensor } from './tensor';
 import { Tensor as TensorFactory } from './tensor';
-import { chainTree, pruneTree, treeDepths, validateTree } from './tree';
+import { chainTree, flattenTrees, pruneTree, treeDepths, validateTree } from './tree';
 import { verify, type VerifyInput, type VerifyMode } from './verify';
 
 // ---- RNG streams -------------------------------------------------------------------------------
@@ -346,15 +346,7 @@ export class SpecEngine {
       throwIfAborted(signal);
 
       // Verification over the whole ragged batch in one call.
-      const nodeIndptr = new Int32Array(proposals.length + 1);
-      proposals.forEach((p, b) => (nodeIndptr[b + 1] = (nodeIndptr[b] as number) + p.tokens.length));
-      const total = nodeIndptr[proposals.length] as number;
-      const parents = new Int32Array(total);
-      const tokens = new Int32Array(total);
-      proposals.forEach((p, b) => {
-        parents.set(p.parents, nodeIndptr[b] as number);
-        tokens.set(p.tokens, nodeIndptr[b] as number);
-      });
+      const { nodeIndptr, parents, tokens } = flattenTrees(proposals);
       let vin: VerifyInput;
       if (!this.sampling) {
         vin = { mode: 'greedy', nodeIndptr, parents, tokens, target: out.logits };

@@ -247,3 +247,17 @@ export function medusaTree(shape: MedusaTreeShape, root: number, topIds: (head: 
   for (let i = 1; i < n; i++) tokens[i] = topIds(shape.head[i] as number, shape.rank[i] as number);
   return { tokens, parents: shape.parents.slice() };
 }
+
+/** A ragged batch of trees flattened for verify(): nodeIndptr (B+1), parents and tokens concatenated. */
+export function flattenTrees(trees: readonly TokenTree[]): { nodeIndptr: Int32Array; parents: Int32Array; tokens: Int32Array } {
+  const nodeIndptr = new Int32Array(trees.length + 1);
+  trees.forEach((t, b) => (nodeIndptr[b + 1] = (nodeIndptr[b] as number) + t.tokens.length));
+  const total = nodeIndptr[trees.length] as number;
+  const parents = new Int32Array(total);
+  const tokens = new Int32Array(total);
+  trees.forEach((t, b) => {
+    parents.set(t.parents, nodeIndptr[b] as number);
+    tokens.set(t.tokens, nodeIndptr[b] as number);
+  });
+  return { nodeIndptr, parents, tokens };
+}

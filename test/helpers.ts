@@ -1,6 +1,7 @@
 // Shared test utilities: CUDA gating, seeded random data, float64 helpers.
 import * as assert from 'assert';
 import { backends } from '../lib/backend';
+import { seededRandom } from '../lib/train/corpus';
 
 /** Why CUDA tests cannot run here (undefined when they can). */
 export function cudaSkipReason(): string | undefined {
@@ -29,17 +30,8 @@ export function describeCuda(title: string, fn: (this: Mocha.Suite) => void): vo
   }
 }
 
-/** Small deterministic PRNG (mulberry32) for test inputs; a fresh seed per test run is fine too. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Small deterministic PRNG (mulberry32, the trainer's) for test inputs. */
+export const rng: (seed: number) => () => number = seededRandom;
 
 /** Uniform random values in [lo, hi) (never all zeros). */
 export function randomArray(n: number, rand: () => number, lo = -1, hi = 1): Float32Array {

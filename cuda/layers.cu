@@ -1,22 +1,27 @@
 // CUDA backend for the model layer ops (cpp/core/ops_layers.h). Arguments were validated by the
 // dispatcher (cpp/core/ops_layers.cc); these functions only launch kernels on cuda::stream().
 //
-// matmul and batch invariance. One kernel serves every N (decode N=1, verification of a tree,
-// prefill): a warp owns one output column m (one weight row) and a small group of x rows, and
-// reduces over K in a fixed order that depends only on K:
+// matmul. bf16 and f16 weights (what checkpoints ship) run on tensor cores (gemm_tc.cuh: f32
+// activations split into bf16 pieces, so results stay within f32 rounding); f32 weights, and every
+// dtype when SPECDEC_CUDA_MATMUL=simt, run on the CUDA-core kernel below. The choice depends only on
+// the weight's dtype, never on N, so both paths are batch invariant.
+//
+// The CUDA-core kernel serves every N (decode N=1, verification of a tree, prefill): a warp owns
+// one output column m (one weight row) and a small group of x rows, and reduces over K in a fixed
+// order that depends only on K:
 //   lane l accumulates, in this order, k = c*256 + l*8 + j for chunks c = 0, 1, ... and j = 0..7
 //   (one f32 accumulator per row), then the 32 lane sums are combined by a fixed xor butterfly.
 // Nothing in that order depends on N, on the row's position in the batch or on the grid, so a
-// row's result is bit-identical whether it is computed alone or with 63 others. Tensor-core tiles
-// (mma.sync) were deliberately not used: they would need the f32 activations rounded to f16/bf16
-// (the contract keeps activations in f32) and their internal accumulation order differs from the
-// decode path, which would break bit-identity between N=1 and N>1. Decode is bound by reading the
-// weights, which this kernel does with coalesced 16-byte loads; larger N re-reads a weight row
-// once per group of kRows rows (mostly from L2).
+// row's result is bit-identical whether it is computed alone or with 63 others. Decode is bound by
+// reading the weights, which this kernel does with coalesced 16-byte loads; larger N re-reads a
+// weight row once per group of kRows rows (mostly from L2).
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 
 #include "../cpp/core/ops_layers.h"
 #include "common.cuh"
+#include "gemm_tc.cuh"
 
 namespace specdec {
 namespace cuda {
@@ -208,15 +213,56 @@ void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) {
   SPECDEC_CUDA_LAUNCH_CHECK("rmsnorm_kernel");
 }
 
+namespace {
+
+// SPECDEC_CUDA_MATMUL=simt keeps bf16/f16 weights on the CUDA-core kernel (to compare the two, or to
+// rule tensor cores out). Read once: the path must not change within a process (batch invariance).
+bool tensor_cores_enabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("SPECDEC_CUDA_MATMUL");
+    return !(v && std::strcmp(v, "simt") == 0);
+  }();
+  return enabled;
+}
+
+template <typename W, typename B, int NT>
+void launch_tc(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out, bool vec_w, bool vec_x) {
+  const int64_t N = x.size(0), K = x.size(1), M = w.size(0);
+  const dim3 grid(ceil_div(M, gemm_tc::kTileM), ceil_div(N, 16 * NT));
+  SPECDEC_CHECK(grid.x < (1u << 31) && grid.y <= 65535u, "E_ARG", "matmul: problem too large for one launch (N=", N,
+                ", M=", M, ")");
+  gemm_tc::matmul_tc_kernel<W, B, NT><<<grid, gemm_tc::kThreads, 0, stream()>>>(
+      x.ptr<float>(), w.ptr<W>(), bias.defined() ? bias.ptr<B>() : nullptr, out.ptr<float>(), N, K, M, vec_w, vec_x);
+  SPECDEC_CUDA_LAUNCH_CHECK("matmul_tc_kernel");
+}
+
+}  // namespace
+
 void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out) {
   const int64_t N = x.size(0), K = x.size(1), M = w.size(0);
   if (N == 0 || M == 0) return;
+  // Without a bias the B type is irrelevant (null pointer): reuse w's type.
+  const DType bdt = bias.defined() ? bias.dtype() : w.dtype();
+  if (w.dtype() != DType::f32 && tensor_cores_enabled()) {
+    const bool vec_w = K % 8 == 0 && aligned16(w.data());
+    const bool vec_x = K % 4 == 0 && aligned16(x.data());
+    // Which rows share a block (NT) changes nothing in a row's arithmetic.
+    const bool wide = N > 16;
+    auto go = [&](auto w_tag) {
+      using w_t = decltype(w_tag);
+      SPECDEC_DISPATCH_FLOAT(bdt, "bias", [&] {
+        if (wide) launch_tc<w_t, scalar_t, 2>(x, w, bias, out, vec_w, vec_x);
+        else launch_tc<w_t, scalar_t, 1>(x, w, bias, out, vec_w, vec_x);
+      });
+    };
+    if (w.dtype() == DType::bf16) go(__nv_bfloat16{});
+    else go(__half{});
+    return;
+  }
   const dim3 grid(ceil_div(M, kWarpsPerBlock), ceil_div(N, kRows));
   SPECDEC_CHECK(grid.x < (1u << 31) && grid.y <= 65535u, "E_ARG", "matmul: problem too large for one launch (N=", N,
                 ", M=", M, ")");
   const bool vec_ok = K % kVec == 0 && aligned16(x.data()) && aligned16(w.data());
-  // Without a bias the B type is irrelevant (null pointer): reuse w's type.
-  const DType bdt = bias.defined() ? bias.dtype() : w.dtype();
   SPECDEC_DISPATCH_FLOAT(w.dtype(), "w", [&] {
     using w_t = scalar_t;
     SPECDEC_DISPATCH_FLOAT(bdt, "bias", [&] {

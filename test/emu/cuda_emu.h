@@ -1,0 +1,231 @@
+// Host stand-ins for the CUDA pieces a kernel header uses (cuda/gemm_tc.cuh), so that its indexing,
+// staging, bounds and synchronisation can run and be checked on a machine without a GPU.
+//
+// A block's threads are std::threads running concurrently; blocks run one after another.
+// __syncthreads / __syncwarp are barriers, so a missing one shows up as a data race or a wrong
+// result. A wmma fragment holds a whole 16x16 tile and lane 0 of the warp does the work of the
+// warp-wide operations (the other lanes' fragments are never read); loads and stores check the
+// alignment and leading-dimension rules the real ones have. The arithmetic (bf16 rounding, f32
+// accumulation of exact bf16 products) follows the hardware's contract, not its exact adder.
+#pragma once
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
+#define __launch_bounds__(...)
+
+struct Dim3 {
+  unsigned x = 1, y = 1, z = 1;
+};
+inline thread_local Dim3 threadIdx, blockIdx;
+inline Dim3 blockDim, gridDim;
+
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
+};
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+
+namespace emu {
+
+[[noreturn]] inline void die(const char* what) {
+  std::fprintf(stderr, "emulation: %s\n", what);
+  std::abort();
+}
+
+inline uint32_t f32_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+inline float bits_f32(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+inline std::barrier<>* block_barrier = nullptr;
+inline std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
+
+// Runs kernel() once per thread of every block of the grid: one std::thread per thread of a block,
+// which walks the blocks in order, with a barrier between blocks (shared memory is reused).
+template <typename F>
+void launch(Dim3 grid, unsigned threads, F kernel) {
+  if (threads % 32 != 0) die("block size must be a multiple of 32");
+  gridDim = grid;
+  blockDim = Dim3{threads, 1, 1};
+  std::barrier<> block(threads);
+  block_barrier = &block;
+  warp_barriers.clear();
+  for (unsigned w = 0; w < threads / 32; ++w) warp_barriers.push_back(std::make_unique<std::barrier<>>(32));
+  std::vector<std::thread> pool;
+  for (unsigned t = 0; t < threads; ++t)
+    pool.emplace_back([&, t] {
+      threadIdx = Dim3{t, 0, 0};
+      for (unsigned by = 0; by < grid.y; ++by)
+        for (unsigned bx = 0; bx < grid.x; ++bx) {
+          blockIdx = Dim3{bx, by, 0};
+          kernel();
+          block.arrive_and_wait();
+        }
+    });
+  for (auto& th : pool) th.join();
+  block_barrier = nullptr;
+}
+
+inline unsigned lane() { return threadIdx.x % 32; }
+
+}  // namespace emu
+
+inline void __syncthreads() { emu::block_barrier->arrive_and_wait(); }
+inline void __syncwarp(unsigned = 0xffffffffu) { emu::warp_barriers[threadIdx.x / 32]->arrive_and_wait(); }
+
+// bf16 and f16 as bit patterns, converted with round-to-nearest-even as the CUDA intrinsics do.
+struct __nv_bfloat16;
+struct __half;
+__nv_bfloat16 __float2bfloat16_rn(float f);
+__half __float2half_rn(float f);
+
+struct __nv_bfloat16 {
+  uint16_t bits = 0;
+  __nv_bfloat16() = default;
+  explicit __nv_bfloat16(float f) : bits(__float2bfloat16_rn(f).bits) {}
+  static __nv_bfloat16 from_bits(uint16_t b) {
+    __nv_bfloat16 v;
+    v.bits = b;
+    return v;
+  }
+};
+struct __half {
+  uint16_t bits = 0;
+  __half() = default;
+  explicit __half(float f) : bits(__float2half_rn(f).bits) {}
+  static __half from_bits(uint16_t b) {
+    __half v;
+    v.bits = b;
+    return v;
+  }
+};
+
+inline float __bfloat162float(__nv_bfloat16 v) { return emu::bits_f32(static_cast<uint32_t>(v.bits) << 16); }
+inline __nv_bfloat16 __float2bfloat16_rn(float f) {
+  uint32_t u = emu::f32_bits(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return __nv_bfloat16::from_bits(static_cast<uint16_t>((u >> 16) | 0x40u));
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return __nv_bfloat16::from_bits(static_cast<uint16_t>(u >> 16));
+}
+
+inline float __half2float(__half v) {
+  const uint32_t sign = (v.bits >> 15) & 1u, e = (v.bits >> 10) & 0x1fu, m = v.bits & 0x3ffu;
+  float mag;
+  if (e == 0) mag = std::ldexp(static_cast<float>(m), -24);
+  else if (e == 31) mag = m ? NAN : INFINITY;
+  else mag = std::ldexp(static_cast<float>(m | 0x400u), static_cast<int>(e) - 25);
+  return sign ? -mag : mag;
+}
+inline __half __float2half_rn(float f) {
+  uint32_t u = emu::f32_bits(f);
+  const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
+  u &= 0x7fffffffu;
+  if (u >= 0x7f800000u) return __half::from_bits(sign | (u > 0x7f800000u ? 0x7e00u : 0x7c00u));
+  if (u >= 0x477ff000u) return __half::from_bits(sign | 0x7c00u);  // |f| >= 65520 rounds to inf
+  if (u < 0x38800000u) {                                             // below 2^-14: a subnormal half
+    const float units = std::nearbyint(emu::bits_f32(u) * 16777216.0f);  // exact scaling, then RNE
+    return __half::from_bits(static_cast<uint16_t>(sign | static_cast<uint32_t>(units)));
+  }
+  u += 0xfffu + ((u >> 13) & 1u);
+  u -= 112u << 23;  // exponent bias 127 -> 15
+  return __half::from_bits(static_cast<uint16_t>(sign | (u >> 13)));
+}
+
+namespace nvcuda {
+namespace wmma {
+
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+template <typename Use, int M, int N, int K, typename T, typename Layout = void>
+struct fragment {
+  static_assert(M == 16 && N == 16 && K == 16, "the emulation covers m16n16k16 only");
+  static constexpr int num_elements = 256;  // the whole tile; only lane 0's copy is meaningful
+  float x[256];
+};
+
+inline void check_ptr(const void* p, unsigned ldm, const char* op) {
+  if (reinterpret_cast<uintptr_t>(p) % 32 != 0) {
+    std::fprintf(stderr, "emulation: %s: pointer %p is not 256-bit aligned\n", op, p);
+    std::abort();
+  }
+  if (ldm % 8 != 0) {
+    std::fprintf(stderr, "emulation: %s: ldm %u is not a multiple of 8 (16-bit) / 4 (32-bit) elements\n", op, ldm);
+    std::abort();
+  }
+}
+
+template <typename Use, typename T, typename Layout>
+void fill_fragment(fragment<Use, 16, 16, 16, T, Layout>& f, float v) {
+  for (float& e : f.x) e = v;
+}
+
+// A: element (i, k) at p[i * ldm + k] (row major).
+inline void load_matrix_sync(fragment<matrix_a, 16, 16, 16, __nv_bfloat16, row_major>& f, const __nv_bfloat16* p,
+                             unsigned ldm) {
+  check_ptr(p, ldm, "load_matrix_sync(matrix_a)");
+  if (emu::lane() != 0) return;
+  for (int i = 0; i < 16; ++i)
+    for (int k = 0; k < 16; ++k) f.x[i * 16 + k] = __bfloat162float(p[i * ldm + k]);
+}
+// B: element (k, j) at p[j * ldm + k] (column major).
+inline void load_matrix_sync(fragment<matrix_b, 16, 16, 16, __nv_bfloat16, col_major>& f, const __nv_bfloat16* p,
+                             unsigned ldm) {
+  check_ptr(p, ldm, "load_matrix_sync(matrix_b)");
+  if (emu::lane() != 0) return;
+  for (int k = 0; k < 16; ++k)
+    for (int j = 0; j < 16; ++j) f.x[k * 16 + j] = __bfloat162float(p[j * ldm + k]);
+}
+
+// d = a b + c. bf16 x bf16 products are exact in f32; the 16 products and c are summed exactly
+// and rounded once (the hardware's internal order and truncation differ; this is the contract).
+inline void mma_sync(fragment<accumulator, 16, 16, 16, float>& d,
+                     const fragment<matrix_a, 16, 16, 16, __nv_bfloat16, row_major>& a,
+                     const fragment<matrix_b, 16, 16, 16, __nv_bfloat16, col_major>& b,
+                     const fragment<accumulator, 16, 16, 16, float>& c) {
+  if (emu::lane() != 0) return;
+  float tmp[256];
+  for (int i = 0; i < 16; ++i)
+    for (int j = 0; j < 16; ++j) {
+      double s = c.x[i * 16 + j];
+      for (int k = 0; k < 16; ++k) s += static_cast<double>(a.x[i * 16 + k]) * b.x[k * 16 + j];
+      tmp[i * 16 + j] = static_cast<float>(s);
+    }
+  std::memcpy(d.x, tmp, sizeof tmp);
+}
+
+inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f, unsigned ldm,
+                              layout_t layout) {
+  check_ptr(p, ldm, "store_matrix_sync");
+  if (emu::lane() != 0) return;
+  for (int i = 0; i < 16; ++i)
+    for (int j = 0; j < 16; ++j)
+      (layout == mem_row_major ? p[i * ldm + j] : p[j * ldm + i]) = f.x[i * 16 + j];
+}
+
+}  // namespace wmma
+}  // namespace nvcuda

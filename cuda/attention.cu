@@ -4,6 +4,7 @@
 
 #include "../cpp/core/ops_attention.h"
 #include "attention.cuh"
+#include "common.cuh"
 
 namespace specdec {
 namespace cuda {
@@ -74,18 +75,9 @@ void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& b
   p.D = static_cast<int>(D);
   p.page_size = static_cast<int>(kv_layer.size(2));
   p.scale_log2 = sm_scale * 1.4426950408889634f;
-  p.max_chunks = std::max(1, (batch.max_kv_len + attn::kChunk - 1) / attn::kChunk);
-
-  // Split the keys over CTAs only when the tiles alone cannot fill the GPU (decode, small trees).
-  const int64_t max_tiles = (static_cast<int64_t>(batch.max_qo_len) * G + attn::kRowsPerCta - 1) / attn::kRowsPerCta;
-  int64_t ctas = 0;
-  for (int64_t b = 0; b < B; ++b)
-    ctas += Hkv * ((static_cast<int64_t>(batch.h_qo_indptr[b + 1] - batch.h_qo_indptr[b]) * G + attn::kRowsPerCta - 1) /
-                   attn::kRowsPerCta);
-  const int64_t part_floats = N * Hq * p.max_chunks * (D + 2);
-  p.split = p.max_chunks > 1 && ctas < 2 * sm_count() && part_floats * 4 <= (int64_t(512) << 20);
-  const int64_t grid_x = max_tiles * (p.split ? p.max_chunks : 1);
-  SPECDEC_CHECK(grid_x < (int64_t(1) << 31), "E_UNSUPPORTED", "tree_attention: grid too large");
+  const attn::Plan plan = attn::plan_launch(p, B, batch.h_qo_indptr.data(), batch.max_qo_len, batch.max_kv_len,
+                                           sm_count());
+  SPECDEC_CHECK(plan.grid_x < (int64_t(1) << 31), "E_UNSUPPORTED", "tree_attention: grid too large");
 
   Tensor part_acc, part_ml;
   if (p.split) {
@@ -94,9 +86,8 @@ void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& b
     p.part_acc = part_acc.ptr<float>();
     p.part_ml = part_ml.ptr<float>();
   }
-  const size_t smem = sizeof(float) * static_cast<size_t>(attn::kKeyTile * (D + 1) + attn::kKeyTile * D +
-                                                          attn::kRowsPerCta * D);
-  dim3 grid(static_cast<unsigned>(grid_x), static_cast<unsigned>(Hkv), static_cast<unsigned>(B));
+  const size_t smem = plan.smem;
+  dim3 grid(static_cast<unsigned>(plan.grid_x), static_cast<unsigned>(plan.grid_y), static_cast<unsigned>(plan.grid_z));
   switch (q.dtype()) {
     case DType::f32: launch_kv<float>(kv_layer.dtype(), p, grid, smem); break;
     case DType::f16: launch_kv<__half>(kv_layer.dtype(), p, grid, smem); break;
@@ -105,11 +96,10 @@ void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& b
   }
   if (p.split) {
     const int64_t rows = N * Hq;
-    constexpr int kMergeWarps = 4;
-    const unsigned blocks = ceil_div(rows, kMergeWarps);
+    const unsigned blocks = ceil_div(rows, attn::kMergeWarps);
     auto merge = [&](auto tag) {
       using QT = decltype(tag);
-      attn::tree_attention_merge_kernel<QT><<<blocks, kMergeWarps * 32, 0, stream()>>>(
+      attn::tree_attention_merge_kernel<QT><<<blocks, attn::kMergeWarps * 32, 0, stream()>>>(
           p.part_acc, p.part_ml, p.out, rows, p.max_chunks, p.D);
       SPECDEC_CUDA_LAUNCH_CHECK("tree_attention_merge_kernel");
     };

@@ -13,7 +13,11 @@
 // each chunk its own CTA and folds the partials in a merge kernel with the same formula. Both
 // produce the same bits, and a row's bits never depend on the rest of the batch (batch invariance).
 #pragma once
-#include "common.cuh"
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "device.cuh"
 
 namespace specdec {
 namespace cuda {
@@ -81,7 +85,7 @@ __global__ void __launch_bounds__(kWarps * 32, 2) tree_attention_kernel(const Pa
   const int D = DT > 0 ? DT : p.D;
   const int KS = D + 1;  // padded K rows: lane l reading key l, dim d hits bank (l + d) % 32
 
-  extern __shared__ float smem[];
+  SPECDEC_DYNAMIC_SMEM(float, smem);
   float* Ks = smem;                 // [kKeyTile][D + 1]
   float* Vs = Ks + kKeyTile * KS;   // [kKeyTile][D]
   float* Qs = Vs + kKeyTile * D;    // [kRowsPerCta][D], pre-scaled by scale_log2
@@ -262,6 +266,35 @@ __global__ void tree_attention_merge_kernel(const float* part_acc, const float* 
     if (d < D) O[d] = from_f32<QT>(finalize(ACC[e], L));
   }
 }
+
+// The launch, decided on the host from the batch's host-side lengths; shared by attention.cu and
+// the host emulation (test/emu/) so both run exactly the same grid. Sets p.max_chunks and p.split
+// (p.G, p.Hkv, p.D must be set). Keys are split over CTAs only when the tiles alone cannot fill
+// the GPU (decode, small trees) and the partials stay under 512 MiB.
+struct Plan {
+  int64_t grid_x = 0, grid_y = 0, grid_z = 0;
+  size_t smem = 0;  // dynamic shared memory, bytes
+};
+inline Plan plan_launch(Params& p, int64_t B, const int32_t* h_qo_indptr, int64_t max_qo_len, int64_t max_kv_len,
+                        int64_t sm_count) {
+  const int64_t N = h_qo_indptr[B] - h_qo_indptr[0];
+  p.max_chunks = static_cast<int>(std::max<int64_t>(1, (max_kv_len + kChunk - 1) / kChunk));
+  const int64_t max_tiles = (max_qo_len * p.G + kRowsPerCta - 1) / kRowsPerCta;
+  int64_t ctas = 0;
+  for (int64_t b = 0; b < B; ++b)
+    ctas += int64_t(p.Hkv) * ((int64_t(h_qo_indptr[b + 1] - h_qo_indptr[b]) * p.G + kRowsPerCta - 1) / kRowsPerCta);
+  const int64_t part_floats = N * p.Hq * p.max_chunks * (p.D + 2);
+  p.split = p.max_chunks > 1 && ctas < 2 * sm_count && part_floats * 4 <= (int64_t(512) << 20);
+  Plan plan;
+  plan.grid_x = max_tiles * (p.split ? p.max_chunks : 1);
+  plan.grid_y = p.Hkv;
+  plan.grid_z = B;
+  plan.smem = sizeof(float) * static_cast<size_t>(kKeyTile * (p.D + 1) + kKeyTile * p.D + kRowsPerCta * p.D);
+  return plan;
+}
+
+// Merge launch (split only): one warp per output row.
+constexpr int kMergeWarps = 4;
 
 }  // namespace attn
 }  // namespace cuda

@@ -9,6 +9,7 @@
 
 #include "../cpp/core/error.h"
 #include "../cpp/core/tensor.h"
+#include "device.cuh"
 
 namespace specdec {
 namespace cuda {
@@ -38,15 +39,6 @@ cudaStream_t stream();
 
 namespace specdec {
 namespace cuda {
-
-// Load/store any float dtype as f32.
-__device__ __forceinline__ float to_f32(float x) { return x; }
-__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <typename T> __device__ __forceinline__ T from_f32(float x);
-template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
-template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half_rn(x); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
 inline unsigned ceil_div(int64_t a, int64_t b) { return static_cast<unsigned>((a + b - 1) / b); }
 

@@ -8,6 +8,10 @@
 // alignment and leading-dimension rules the real ones have. The arithmetic (bf16 rounding, f32
 // accumulation of exact bf16 products) follows the hardware's contract, not its exact adder.
 #pragma once
+#include <math.h>
+
+#include <algorithm>
+#include <array>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -59,31 +63,52 @@ inline float bits_f32(uint32_t u) {
 
 inline std::barrier<>* block_barrier = nullptr;
 inline std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
+inline std::vector<std::array<uint64_t, 32>> warp_slots;  // shuffle exchange, one slot per lane
+inline unsigned char* dyn_smem = nullptr;
+
+template <typename T>
+T* dynamic_smem() {
+  return reinterpret_cast<T*>(dyn_smem);
+}
 
 // Runs kernel() once per thread of every block of the grid: one std::thread per thread of a block,
 // which walks the blocks in order, with a barrier between blocks (shared memory is reused).
+// Dynamic shared memory (smem_bytes) is filled with 0xff bytes (NaN as floats) before each block,
+// so a read of a cell the block never wrote shows up in the results.
 template <typename F>
-void launch(Dim3 grid, unsigned threads, F kernel) {
+void launch(Dim3 grid, unsigned threads, size_t smem_bytes, F kernel) {
   if (threads % 32 != 0) die("block size must be a multiple of 32");
   gridDim = grid;
   blockDim = Dim3{threads, 1, 1};
+  std::vector<unsigned char> dyn(smem_bytes + 128);
+  unsigned char* base = dyn.data() + (128 - reinterpret_cast<uintptr_t>(dyn.data()) % 128) % 128;
+  dyn_smem = base;
   std::barrier<> block(threads);
   block_barrier = &block;
   warp_barriers.clear();
   for (unsigned w = 0; w < threads / 32; ++w) warp_barriers.push_back(std::make_unique<std::barrier<>>(32));
+  warp_slots.assign(threads / 32, {});
   std::vector<std::thread> pool;
   for (unsigned t = 0; t < threads; ++t)
     pool.emplace_back([&, t] {
       threadIdx = Dim3{t, 0, 0};
-      for (unsigned by = 0; by < grid.y; ++by)
-        for (unsigned bx = 0; bx < grid.x; ++bx) {
-          blockIdx = Dim3{bx, by, 0};
-          kernel();
-          block.arrive_and_wait();
-        }
+      for (unsigned bz = 0; bz < grid.z; ++bz)
+        for (unsigned by = 0; by < grid.y; ++by)
+          for (unsigned bx = 0; bx < grid.x; ++bx) {
+            if (t == 0) std::memset(base, 0xff, smem_bytes);
+            block.arrive_and_wait();
+            blockIdx = Dim3{bx, by, bz};
+            kernel();
+            block.arrive_and_wait();
+          }
     });
   for (auto& th : pool) th.join();
   block_barrier = nullptr;
+  dyn_smem = nullptr;
+}
+template <typename F>
+void launch(Dim3 grid, unsigned threads, F kernel) {
+  launch(grid, threads, 0, kernel);
 }
 
 inline unsigned lane() { return threadIdx.x % 32; }
@@ -92,6 +117,42 @@ inline unsigned lane() { return threadIdx.x % 32; }
 
 inline void __syncthreads() { emu::block_barrier->arrive_and_wait(); }
 inline void __syncwarp(unsigned = 0xffffffffu) { emu::warp_barriers[threadIdx.x / 32]->arrive_and_wait(); }
+
+// Warp shuffles, full warps only (every caller here passes 0xffffffff): each lane posts its value,
+// the warp meets, each reads its source lane's slot, the warp meets again before slots are reused.
+namespace emu {
+template <typename T>
+T shuffle_from(unsigned mask, T v, unsigned src) {
+  static_assert(sizeof(T) <= 8, "shuffles move at most 8 bytes here");
+  if (mask != 0xffffffffu) die("the emulation supports full-warp shuffles only");
+  const unsigned w = threadIdx.x / 32;
+  uint64_t bits = 0;
+  std::memcpy(&bits, &v, sizeof(T));
+  warp_slots[w][threadIdx.x % 32] = bits;
+  __syncwarp();
+  const uint64_t got = warp_slots[w][src % 32];
+  __syncwarp();
+  T r;
+  std::memcpy(&r, &got, sizeof(T));
+  return r;
+}
+}  // namespace emu
+template <typename T>
+T __shfl_sync(unsigned mask, T v, int src) {
+  return emu::shuffle_from(mask, v, static_cast<unsigned>(src));
+}
+template <typename T>
+T __shfl_xor_sync(unsigned mask, T v, int lane_mask) {
+  return emu::shuffle_from(mask, v, (threadIdx.x % 32) ^ static_cast<unsigned>(lane_mask));
+}
+
+// Explicitly rounded f32 arithmetic (the host compiler does not contract without -mfma).
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+using std::max;
+using std::min;
 
 // bf16 and f16 as bit patterns, converted with round-to-nearest-even as the CUDA intrinsics do.
 struct __nv_bfloat16;

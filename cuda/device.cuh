@@ -1,0 +1,30 @@
+// Device-side helpers shared by the kernel headers: float dtype conversions and dynamic shared
+// memory. Kernel headers include this, not common.cuh (which adds the runtime: stream, error
+// checks, dispatch), so that test/emu/ can compile them on a host with stand-ins for CUDA's types.
+#pragma once
+#ifdef __CUDACC__
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#endif
+
+namespace specdec {
+namespace cuda {
+
+// Load/store any float dtype as f32.
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <typename T> __device__ __forceinline__ T from_f32(float x);
+template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
+template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+}  // namespace cuda
+}  // namespace specdec
+
+// The kernel's dynamic shared memory as T* (the host emulation hands out a per-block buffer).
+#ifdef __CUDACC__
+#define SPECDEC_DYNAMIC_SMEM(T, name) extern __shared__ T name[]
+#else
+#define SPECDEC_DYNAMIC_SMEM(T, name) T* name = ::emu::dynamic_smem<T>()
+#endif

@@ -1,0 +1,278 @@
+// Runs the CUDA tree attention kernels (cuda/attention.cuh: the fused kernel, its split-KV merge and
+// the host launch plan that attention.cu uses) on the host emulation (cuda_emu.h) and checks
+//   - values against a float64 reference: paged prefix, causal and tree-masked new tokens, GQA/MQA,
+//     head dims 64 and 128 (specialised) and 80 (generic), f32/f16/bf16 queries and KV, several
+//     256-key chunks, a masked row that sees nothing (zeros);
+//   - that the split-KV path (partials + merge) gives the same bits as the in-CTA fold;
+//   - batch invariance: a sequence's rows are bit-identical alone and in the batch;
+//   - that nothing is written outside `out`, and (under AddressSanitizer) nothing read out of bounds.
+// Usage: attention_emu SEED [CONFIGS]: CONFIGS limits how many of the problem configurations run
+// (the ThreadSanitizer build runs the first two: it is ~3x slower). Exit status 1 if a check failed.
+#include "cuda_emu.h"
+// clang-format off: the stand-ins must come first
+#include "../../cuda/attention.cuh"
+
+#include <cinttypes>
+#include <random>
+#include <string>
+
+namespace attn = specdec::cuda::attn;
+using bf16 = __nv_bfloat16;
+
+namespace {
+
+int failures = 0, checks = 0;
+
+void report(bool ok, const std::string& what) {
+  ++checks;
+  if (!ok) ++failures;
+  std::printf("%s %s\n", ok ? "ok  " : "FAIL", what.c_str());
+}
+
+float to_float(float v) { return v; }
+float to_float(bf16 v) { return __bfloat162float(v); }
+float to_float(__half v) { return __half2float(v); }
+template <typename T> T from_float(float v) { return T(v); }
+template <> float from_float<float>(float v) { return v; }
+
+template <typename T> const char* name();
+template <> const char* name<float>() { return "f32"; }
+template <> const char* name<bf16>() { return "bf16"; }
+template <> const char* name<__half>() { return "f16"; }
+
+struct SeqSpec {
+  int prefix, qo;
+  bool masked;      // random tree mask over the new tokens (ancestors + self); else causal
+  int empty_row;    // with prefix 0 and a mask: this row's mask is cleared (sees nothing), -1 none
+};
+
+// One batch: paged KV [pages, 2, page_size, Hkv, D], queries [N, Hq, D], indptrs, masks.
+template <typename QT, typename KVT>
+struct Problem {
+  int Hq = 0, Hkv = 0, D = 0, page_size = 16;
+  std::vector<SeqSpec> seqs;
+  std::vector<QT> q;
+  std::vector<KVT> kv;
+  std::vector<int32_t> qo_indptr{0}, page_indptr{0}, page_indices, prefix;
+  std::vector<uint64_t> mask;  // [N, mask_words]; empty = no mask
+  int mask_words = 0;
+  float sm_scale = 0.f;
+  int64_t N() const { return qo_indptr.back(); }
+
+  size_t kv_index(int page, int kvsel, int r, int h, int d) const {
+    return ((((static_cast<size_t>(page) * 2 + kvsel) * page_size + r) * Hkv + h) * D) + d;
+  }
+  int slot_page(int b, int t) const { return page_indices[page_indptr[b] + t / page_size]; }
+
+  // The sub-batch of sequence b alone (same pages, same values).
+  Problem alone(int b) const {
+    Problem p = *this;
+    p.seqs = {seqs[b]};
+    p.qo_indptr = {0, qo_indptr[b + 1] - qo_indptr[b]};
+    p.page_indptr = {0, page_indptr[b + 1] - page_indptr[b]};
+    p.page_indices.assign(page_indices.begin() + page_indptr[b], page_indices.begin() + page_indptr[b + 1]);
+    p.prefix = {prefix[b]};
+    p.q.assign(q.begin() + static_cast<size_t>(qo_indptr[b]) * Hq * D, q.begin() + static_cast<size_t>(qo_indptr[b + 1]) * Hq * D);
+    if (!mask.empty())
+      p.mask.assign(mask.begin() + static_cast<size_t>(qo_indptr[b]) * mask_words, mask.begin() + static_cast<size_t>(qo_indptr[b + 1]) * mask_words);
+    return p;
+  }
+};
+
+template <typename QT, typename KVT>
+Problem<QT, KVT> make_problem(std::mt19937_64& rng, int Hq, int Hkv, int D, const std::vector<SeqSpec>& seqs) {
+  Problem<QT, KVT> p;
+  p.Hq = Hq, p.Hkv = Hkv, p.D = D, p.seqs = seqs;
+  p.sm_scale = 1.f / std::sqrt(static_cast<float>(D));
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  int max_qo = 0;
+  int total_pages = 0;
+  for (const auto& s : seqs) {
+    p.qo_indptr.push_back(p.qo_indptr.back() + s.qo);
+    const int pages = (s.prefix + s.qo + p.page_size - 1) / p.page_size;
+    p.page_indptr.push_back(p.page_indptr.back() + pages);
+    p.prefix.push_back(s.prefix);
+    total_pages += pages;
+    max_qo = std::max(max_qo, s.qo);
+  }
+  // Pages scattered over a pool with spare pages (never referenced: their values must not matter).
+  const int pool = total_pages + 5;
+  std::vector<int32_t> perm(static_cast<size_t>(pool));
+  for (int i = 0; i < pool; ++i) perm[i] = i;
+  std::shuffle(perm.begin(), perm.end(), rng);
+  p.page_indices.assign(perm.begin(), perm.begin() + total_pages);
+  p.kv.resize(static_cast<size_t>(pool) * 2 * p.page_size * Hkv * D);
+  for (auto& v : p.kv) v = from_float<KVT>(u(rng));
+  p.q.resize(static_cast<size_t>(p.N()) * Hq * D);
+  for (auto& v : p.q) v = from_float<QT>(u(rng));
+  bool any_mask = false;
+  for (const auto& s : seqs) any_mask = any_mask || s.masked;
+  if (any_mask) {
+    p.mask_words = (max_qo + 63) / 64;
+    p.mask.assign(static_cast<size_t>(p.N()) * p.mask_words, 0);
+    for (size_t b = 0; b < seqs.size(); ++b) {
+      const auto& s = seqs[b];
+      std::vector<int> parent(static_cast<size_t>(s.qo), -1);
+      for (int i = 0; i < s.qo; ++i) {
+        if (s.masked && i > 0) parent[i] = static_cast<int>(rng() % static_cast<uint64_t>(i));
+        else if (!s.masked) parent[i] = i - 1;  // causal chain, written as a mask
+        uint64_t* row = &p.mask[static_cast<size_t>(p.qo_indptr[b] + i) * p.mask_words];
+        for (int j = i; j >= 0; j = parent[j]) row[j >> 6] |= 1ull << (j & 63);
+        if (i == s.empty_row) std::fill(row, row + p.mask_words, 0);
+      }
+    }
+  }
+  return p;
+}
+
+constexpr int kGuard = 64;
+
+// Runs the kernels as attention.cu launches them (plan_launch with this SM count); returns out as f32.
+template <typename QT, typename KVT>
+std::vector<float> run(const Problem<QT, KVT>& pr, int64_t sm_count, bool* split_used, bool* guard_ok) {
+  const int64_t N = pr.N();
+  const int B = static_cast<int>(pr.seqs.size());
+  std::vector<QT> out(static_cast<size_t>(N) * pr.Hq * pr.D + 2 * kGuard, from_float<QT>(-777.f));
+  attn::Params p{};
+  p.q = pr.q.data();
+  p.kv = pr.kv.data();
+  p.out = out.data() + kGuard;
+  p.qo_indptr = pr.qo_indptr.data();
+  p.page_indptr = pr.page_indptr.data();
+  p.page_indices = pr.page_indices.data();
+  p.prefix_len = pr.prefix.data();
+  p.mask = pr.mask.empty() ? nullptr : pr.mask.data();
+  p.mask_words = pr.mask.empty() ? 0 : pr.mask_words;
+  p.Hq = pr.Hq, p.Hkv = pr.Hkv, p.G = pr.Hq / pr.Hkv, p.D = pr.D, p.page_size = pr.page_size;
+  p.scale_log2 = pr.sm_scale * 1.4426950408889634f;
+  int64_t max_qo = 0, max_kv = 0;
+  for (const auto& s : pr.seqs) max_qo = std::max<int64_t>(max_qo, s.qo), max_kv = std::max<int64_t>(max_kv, s.prefix + s.qo);
+  const attn::Plan plan = attn::plan_launch(p, B, pr.qo_indptr.data(), max_qo, max_kv, sm_count);
+  std::vector<float> part_acc, part_ml;
+  if (p.split) {
+    part_acc.assign(static_cast<size_t>(N) * pr.Hq * p.max_chunks * pr.D, NAN);
+    part_ml.assign(static_cast<size_t>(N) * pr.Hq * p.max_chunks * 2, NAN);
+    p.part_acc = part_acc.data();
+    p.part_ml = part_ml.data();
+  }
+  *split_used = p.split;
+  const Dim3 grid{static_cast<unsigned>(plan.grid_x), static_cast<unsigned>(plan.grid_y), static_cast<unsigned>(plan.grid_z)};
+  auto go = [&](auto dt) {
+    constexpr int DT = decltype(dt)::value;
+    emu::launch(grid, attn::kWarps * 32, plan.smem, [&] { attn::tree_attention_kernel<QT, KVT, DT>(p); });
+  };
+  if (pr.D == 64) go(std::integral_constant<int, 64>{});
+  else if (pr.D == 128) go(std::integral_constant<int, 128>{});
+  else go(std::integral_constant<int, 0>{});
+  if (p.split) {
+    const int64_t rows = N * pr.Hq;
+    const Dim3 mgrid{static_cast<unsigned>((rows + attn::kMergeWarps - 1) / attn::kMergeWarps), 1, 1};
+    emu::launch(mgrid, attn::kMergeWarps * 32, 0, [&] {
+      attn::tree_attention_merge_kernel<QT>(part_acc.data(), part_ml.data(), p.out, rows, p.max_chunks, p.D);
+    });
+  }
+  bool ok = true;
+  const float poison = to_float(from_float<QT>(-777.f));
+  for (int i = 0; i < kGuard; ++i)
+    ok = ok && to_float(out[static_cast<size_t>(i)]) == poison && to_float(out[out.size() - 1 - static_cast<size_t>(i)]) == poison;
+  *guard_ok = ok;
+  std::vector<float> res(static_cast<size_t>(N) * pr.Hq * pr.D);
+  for (size_t i = 0; i < res.size(); ++i) res[i] = to_float(out[kGuard + i]);
+  return res;
+}
+
+// float64 attention on the stored (rounded) values.
+template <typename QT, typename KVT>
+std::vector<double> reference(const Problem<QT, KVT>& pr) {
+  const int G = pr.Hq / pr.Hkv, D = pr.D;
+  std::vector<double> out(static_cast<size_t>(pr.N()) * pr.Hq * D, 0.0);
+  for (size_t b = 0; b < pr.seqs.size(); ++b) {
+    const auto& s = pr.seqs[b];
+    for (int i = 0; i < s.qo; ++i) {
+      const int64_t n = pr.qo_indptr[b] + i;
+      for (int h = 0; h < pr.Hq; ++h) {
+        const int hk = h / G;
+        std::vector<double> score;
+        std::vector<int> slot;
+        for (int t = 0; t < s.prefix + s.qo; ++t) {
+          bool vis = t < s.prefix;
+          if (!vis) {
+            const int j = t - s.prefix;
+            vis = pr.mask.empty() ? j <= i : ((pr.mask[static_cast<size_t>(n) * pr.mask_words + (j >> 6)] >> (j & 63)) & 1ull);
+          }
+          if (!vis) continue;
+          double dot = 0;
+          for (int d = 0; d < D; ++d)
+            dot += static_cast<double>(to_float(pr.q[(static_cast<size_t>(n) * pr.Hq + h) * D + d])) *
+                   to_float(pr.kv[pr.kv_index(pr.slot_page(static_cast<int>(b), t), 0, t % pr.page_size, hk, d)]);
+          score.push_back(dot * pr.sm_scale);
+          slot.push_back(t);
+        }
+        if (score.empty()) continue;  // sees nothing: zeros
+        const double mx = *std::max_element(score.begin(), score.end());
+        double z = 0;
+        for (double& v : score) z += (v = std::exp(v - mx));
+        for (int d = 0; d < D; ++d) {
+          double acc = 0;
+          for (size_t e = 0; e < score.size(); ++e)
+            acc += score[e] * to_float(pr.kv[pr.kv_index(pr.slot_page(static_cast<int>(b), slot[e]), 1, slot[e] % pr.page_size, hk, d)]);
+          out[(static_cast<size_t>(n) * pr.Hq + h) * D + d] = acc / z;
+        }
+      }
+    }
+  }
+  return out;
+}
+
+template <typename QT, typename KVT>
+void check(std::mt19937_64& rng, const char* label, int Hq, int Hkv, int D, const std::vector<SeqSpec>& seqs) {
+  const auto pr = make_problem<QT, KVT>(rng, Hq, Hkv, D, seqs);
+  const std::string what = std::string(label) + " (q " + name<QT>() + ", kv " + name<KVT>() + ", D=" + std::to_string(D) +
+                           ", Hq=" + std::to_string(Hq) + ", Hkv=" + std::to_string(Hkv) + ")";
+  bool split_a = false, split_b = false, guard_a = false, guard_b = false;
+  const auto fold = run(pr, 0, &split_a, &guard_a);               // never split
+  const auto split = run(pr, int64_t(1) << 40, &split_b, &guard_b);  // split whenever there are 2+ chunks
+  const auto ref = reference(pr);
+  // Output rounding dominates for f16/bf16 outputs; f32 accumulation error otherwise.
+  const double tol = std::is_same<QT, float>::value ? 2e-6 : std::is_same<QT, __half>::value ? 1e-3 : 8e-3;
+  double worst = 0;
+  for (size_t i = 0; i < ref.size(); ++i) worst = std::max(worst, std::fabs(fold[i] - ref[i]));
+  char buf[96];
+  std::snprintf(buf, sizeof buf, ": max abs error %.2e (tolerance %.0e)", worst, tol);
+  report(worst <= tol, what + buf);
+  report(guard_a && guard_b, what + ": writes exactly out");
+  int64_t max_kv = 0;
+  for (const auto& s : seqs) max_kv = std::max<int64_t>(max_kv, s.prefix + s.qo);
+  report(!split_a && split_b == (max_kv > attn::kChunk), what + ": the plan splits only when asked to (and 2+ chunks)");
+  report(std::memcmp(fold.data(), split.data(), fold.size() * sizeof(float)) == 0, what + ": split-KV merge == in-CTA fold, bit for bit");
+  bool inv = true;
+  for (size_t b = 0; b < seqs.size(); ++b) {
+    bool sp = false, g = false;
+    const auto one = run(pr.alone(static_cast<int>(b)), 132, &sp, &g);
+    const size_t off = static_cast<size_t>(pr.qo_indptr[b]) * Hq * D;
+    inv = inv && g && std::memcmp(one.data(), fold.data() + off, one.size() * sizeof(float)) == 0;
+  }
+  report(inv, what + ": each sequence alone == in the batch, bit for bit");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const uint64_t seed = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 1;
+  const int configs = argc > 2 ? std::atoi(argv[2]) : 1000;
+  std::mt19937_64 rng(seed);
+  // prefix, new tokens, tree mask?, empty row
+  if (configs > 0)
+    check<float, float>(rng, "GQA, causal + tree + empty row, 2 chunks", 4, 2, 64,
+                        {{0, 5, false, -1}, {270, 1, false, -1}, {290, 6, true, -1}, {0, 4, true, 2}});
+  if (configs > 1) check<float, bf16>(rng, "MQA, tree, 2 chunks", 2, 1, 128, {{300, 3, true, -1}, {5, 2, false, -1}});
+  if (configs > 2)
+    check<__half, __half>(rng, "MHA, generic head dim, causal", 3, 3, 80, {{258, 4, false, -1}, {0, 1, false, -1}});
+  if (configs > 3)
+    check<bf16, bf16>(rng, "GQA 4, 3 query tiles, 3 chunks", 8, 2, 64, {{100, 9, true, -1}, {513, 2, false, -1}});
+  if (configs > 4)
+    check<float, __half>(rng, "causal batch without a mask, 70 new tokens, 1 chunk", 2, 2, 64,
+                         {{40, 70, false, -1}, {0, 3, false, -1}});
+  std::printf("%d checks, %d failed (seed %" PRIu64 ")\n", checks, failures, seed);
+  return failures ? 1 : 0;
+}

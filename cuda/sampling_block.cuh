@@ -4,8 +4,11 @@
 // masses exact. Every primitive starts with __syncthreads() so shared scratch can be reused and
 // every thread returns the same (block-uniform) value.
 #pragma once
+#include <cmath>
+#include <cstdint>
+
 #include "../cpp/core/spec_math.h"
-#include "common.cuh"
+#include "device.cuh"
 
 namespace specdec {
 namespace cuda {

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -145,6 +146,34 @@ template <typename T>
 T __shfl_xor_sync(unsigned mask, T v, int lane_mask) {
   return emu::shuffle_from(mask, v, (threadIdx.x % 32) ^ static_cast<unsigned>(lane_mask));
 }
+
+template <typename T>
+T __shfl_up_sync(unsigned mask, T v, unsigned delta) {
+  const unsigned lane = threadIdx.x % 32;
+  return emu::shuffle_from(mask, v, lane >= delta ? lane - delta : lane);  // lanes below delta keep their own
+}
+// The lanes whose value equals this lane's.
+template <typename T>
+unsigned __match_any_sync(unsigned mask, T v) {
+  static_assert(sizeof(T) <= 8, "match moves at most 8 bytes here");
+  if (mask != 0xffffffffu) emu::die("the emulation supports full-warp matches only");
+  const unsigned w = threadIdx.x / 32;
+  uint64_t bits = 0;
+  std::memcpy(&bits, &v, sizeof(T));
+  emu::warp_slots[w][threadIdx.x % 32] = bits;
+  __syncwarp();
+  unsigned peers = 0;
+  for (unsigned l = 0; l < 32; ++l)
+    if (emu::warp_slots[w][l] == bits) peers |= 1u << l;
+  __syncwarp();
+  return peers;
+}
+inline int __ffs(int x) { return __builtin_ffs(x); }
+// Atomics on shared or global memory (the emulated threads are real threads).
+inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
+  return std::atomic_ref<unsigned long long>(*p).fetch_add(v);
+}
+inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
 
 // Explicitly rounded f32 arithmetic (the host compiler does not contract without -mfma).
 inline float __fadd_rn(float a, float b) { return a + b; }

@@ -1,0 +1,157 @@
+// CUDA kernels of logits processing, argmax, sampling and top-k (one thread block per row); the
+// launchers are in sampling.cu. A header so that test/emu/ can run them on the host.
+#pragma once
+#include "../cpp/core/ops_sampling.h"
+#include "sampling_block.cuh"
+
+namespace specdec {
+namespace cuda {
+namespace sampling_kernels {
+
+using blk::kBlock;
+
+template <typename T>
+__global__ void __launch_bounds__(kBlock) process_logits_kernel(const T* __restrict__ logits, float* __restrict__ probs,
+                                                                int V, SamplingParams sp) {
+  __shared__ blk::Smem s;
+  const T* x = logits + static_cast<int64_t>(blockIdx.x) * V;
+  float* p = probs + static_cast<int64_t>(blockIdx.x) * V;
+  if (sp.temperature == 0.0f) {
+    const int a = blk::block_argmax(V, [&](int i) { return to_f32(x[i]); }, &s);
+    for (int i = threadIdx.x; i < V; i += kBlock) p[i] = i == a ? 1.0f : 0.0f;
+    return;
+  }
+  const float T_ = sp.temperature;
+  auto xt = [&](int i) { return to_f32(x[i]) / T_; };  // a division, as on the CPU
+  float m = -INFINITY;
+  for (int i = threadIdx.x; i < V; i += kBlock) m = fmaxf(m, xt(i));
+  m = blk::block_reduce(m, blk::MaxF32(), s.f32);
+  float z = 0.0f;
+  for (int i = threadIdx.x; i < V; i += kBlock) z += expf(xt(i) - m);
+  z = blk::block_reduce(z, blk::SumF32(), s.f32);
+  const float inv_z = static_cast<float>(1.0 / static_cast<double>(z));
+  float pmax = 0.0f;
+  for (int i = threadIdx.x; i < V; i += kBlock) {
+    const float v = expf(xt(i) - m) * inv_z;
+    p[i] = v;
+    pmax = fmaxf(pmax, v);
+  }
+  pmax = blk::block_reduce(pmax, blk::MaxF32(), s.f32);
+
+  // top-k: the k largest keys; ties at the k-th key keep the lowest indices.
+  if (sp.top_k > 0 && sp.top_k < V) {
+    uint64_t above;
+    const uint32_t kk = blk::radix_select(
+        V, static_cast<uint64_t>(sp.top_k),
+        [&](int i, uint32_t& k, uint64_t& w) { k = sm::float_key(xt(i)); w = 1; }, &s, &above);
+    for (int i = threadIdx.x; i < V; i += kBlock)
+      if (sm::float_key(xt(i)) < kk) p[i] = 0.0f;
+    blk::trim_ties(
+        V, static_cast<uint64_t>(sp.top_k) - above, [&](int i) { return sm::float_key(xt(i)) == kk; },
+        [&](int i) { p[i] = 0.0f; }, &s);
+  }
+  // top-p over what top-k kept: the smallest prefix (key desc, index asc) with quantised mass >= need.
+  if (sp.top_p < 1.0f) {
+    uint64_t total = 0;
+    for (int i = threadIdx.x; i < V; i += kBlock) total += sm::quantize_prob(p[i]);
+    total = blk::block_reduce(total, blk::SumU64(), s.u64);
+    const uint64_t need = static_cast<uint64_t>(ceil(static_cast<double>(total) * static_cast<double>(sp.top_p)));
+    if (need > 0 && need <= total) {
+      uint64_t above;
+      const uint32_t kp = blk::radix_select(
+          V, need, [&](int i, uint32_t& k, uint64_t& w) { k = sm::float_key(xt(i)); w = sm::quantize_prob(p[i]); }, &s,
+          &above);
+      // Kept ties at the boundary all carry the same weight (same key, same p).
+      uint64_t wt = 0;
+      for (int i = threadIdx.x; i < V; i += kBlock)
+        if (sm::float_key(xt(i)) == kp) wt = max(wt, sm::quantize_prob(p[i]));
+      wt = blk::block_reduce(wt, blk::MaxU64(), s.u64);
+      const uint64_t keep = (need - above + wt - 1) / wt;
+      for (int i = threadIdx.x; i < V; i += kBlock)
+        if (sm::float_key(xt(i)) < kp) p[i] = 0.0f;
+      blk::trim_ties(
+          V, keep, [&](int i) { return sm::float_key(xt(i)) == kp && p[i] > 0.0f; }, [&](int i) { p[i] = 0.0f; }, &s);
+    }
+  }
+  if (sp.min_p > 0.0f) {
+    const float thr = sp.min_p * pmax;
+    for (int i = threadIdx.x; i < V; i += kBlock)
+      if (p[i] < thr) p[i] = 0.0f;
+  }
+  uint64_t mass = 0;
+  for (int i = threadIdx.x; i < V; i += kBlock) mass += sm::quantize_prob(p[i]);
+  mass = blk::block_reduce(mass, blk::SumU64(), s.u64);
+  const double scale = sm::kMassOne / static_cast<double>(mass);
+  for (int i = threadIdx.x; i < V; i += kBlock) p[i] = static_cast<float>(static_cast<double>(p[i]) * scale);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kBlock) argmax_kernel(const T* __restrict__ logits, int32_t* __restrict__ out, int V) {
+  __shared__ blk::Smem s;
+  const T* x = logits + static_cast<int64_t>(blockIdx.x) * V;
+  const int a = blk::block_argmax(V, [&](int i) { return to_f32(x[i]); }, &s);
+  if (threadIdx.x == 0) out[blockIdx.x] = a;
+}
+
+__global__ void __launch_bounds__(kBlock) sample_kernel(const float* __restrict__ probs, const uint64_t* __restrict__ seeds,
+                                                        const uint64_t* __restrict__ offsets, int32_t* __restrict__ out,
+                                                        int V) {
+  __shared__ blk::Smem s;
+  const float* p = probs + static_cast<int64_t>(blockIdx.x) * V;
+  uint64_t mass = 0;
+  for (int i = threadIdx.x; i < V; i += kBlock) mass += sm::quantize_prob(p[i]);
+  mass = blk::block_reduce(mass, blk::SumU64(), s.u64);
+  const uint64_t bits = sm::random_u64(seeds[blockIdx.x], offsets[blockIdx.x], 0, sm::kDrawSampleOp);
+  const int tok = blk::sample_select(V, sm::sample_threshold(bits, mass), [&](int i) { return sm::quantize_prob(p[i]); }, &s);
+  if (threadIdx.x == 0) out[blockIdx.x] = tok;
+}
+
+// top-k: radix select the k-th key, gather the k winners (index order) into scratch, then place
+// each at its rank (key desc, index asc; keys are distinct pairs, so ranks are a permutation).
+template <typename T>
+__global__ void __launch_bounds__(kBlock) top_k_kernel(const T* __restrict__ x_all, int V, int k, float* __restrict__ cand_v,
+                                                       int32_t* __restrict__ cand_i, float* __restrict__ vals,
+                                                       int32_t* __restrict__ ids) {
+  __shared__ blk::Smem s;
+  const int64_t row = blockIdx.x;
+  const T* x = x_all + row * V;
+  float* cv = cand_v + row * k;
+  int32_t* ci = cand_i + row * k;
+  uint64_t above;
+  const uint32_t kk = blk::radix_select(
+      V, static_cast<uint64_t>(k), [&](int i, uint32_t& key, uint64_t& w) { key = sm::float_key(to_f32(x[i])); w = 1; }, &s,
+      &above);
+  const uint64_t ties = static_cast<uint64_t>(k) - above;
+  uint64_t carry = 0, tie_carry = 0;
+  for (int base = 0; base < V; base += kBlock) {
+    const int i = base + threadIdx.x;
+    const uint32_t key = i < V ? sm::float_key(to_f32(x[i])) : 0;
+    const bool tie = i < V && key == kk;
+    uint64_t tie_tot, tot;
+    const uint64_t tie_rank = tie_carry + blk::block_inclusive_scan(tie ? 1 : 0, &s, &tie_tot);
+    const bool take = i < V && (key > kk || (tie && tie_rank <= ties));
+    const uint64_t pos = carry + blk::block_inclusive_scan(take ? 1 : 0, &s, &tot) - (take ? 1 : 0);
+    if (take) {
+      cv[pos] = to_f32(x[i]);
+      ci[pos] = i;
+    }
+    carry += tot;
+    tie_carry += tie_tot;
+  }
+  __syncthreads();
+  for (int j = threadIdx.x; j < k; j += kBlock) {
+    const uint32_t kj = sm::float_key(cv[j]);
+    const int32_t ij = ci[j];
+    int rank = 0;
+    for (int l = 0; l < k; ++l) {
+      const uint32_t kl = sm::float_key(cv[l]);
+      rank += (kl > kj || (kl == kj && ci[l] < ij)) ? 1 : 0;
+    }
+    vals[row * k + rank] = cv[j];
+    ids[row * k + rank] = ij;
+  }
+}
+
+}  // namespace sampling_kernels
+}  // namespace cuda
+}  // namespace specdec

@@ -1,0 +1,281 @@
+// Runs the CUDA sampling and verification kernels (cuda/sampling.cuh, cuda/verify.cuh, with the
+// block primitives of cuda/sampling_block.cuh) on the host emulation (cuda_emu.h) and compares them
+// with the CPU backend (cpp/cpu/sampling.cc, verify.cc, linked in) on the same inputs:
+//   - argmax, top-k, sample and verify must agree exactly (the same tokens, nodes, counts: the two
+//     backends share spec_math.h's decisions and integer masses);
+//   - process_logits: the same kept set, values within f32 rounding (softmax sums differ in order).
+// Inputs are adversarial: tied logits, NaN, zero and one-hot rows, tiny masses, rows longer than one
+// block tile, trees with non-candidate nodes and repeated sibling tokens.
+// Usage: sampling_emu SEED [ROUNDS]. ROUNDS = 0: one reduced round over every kernel at small sizes
+// (for the ThreadSanitizer build, ~5x slower). Exit status 1 if any check failed.
+#include "cuda_emu.h"
+// clang-format off: the stand-ins must come first
+#include "../../cuda/sampling.cuh"
+#include "../../cuda/verify.cuh"
+
+#include <cinttypes>
+#include <random>
+#include <string>
+
+using namespace specdec;
+namespace sk = specdec::cuda::sampling_kernels;
+namespace vk = specdec::cuda::verify_kernels;
+using bf16 = __nv_bfloat16;
+
+namespace {
+
+int failures = 0, checks = 0;
+
+void report(bool ok, const std::string& what) {
+  ++checks;
+  if (!ok) ++failures;
+  std::printf("%s %s\n", ok ? "ok  " : "FAIL", what.c_str());
+}
+
+constexpr unsigned kBlock = static_cast<unsigned>(cuda::blk::kBlock);
+
+template <typename T> T from_float(float v) { return T(v); }
+template <> float from_float<float>(float v) { return v; }
+template <typename T> DType dtype_of();
+template <> DType dtype_of<float>() { return DType::f32; }
+template <> DType dtype_of<__half>() { return DType::f16; }
+template <> DType dtype_of<bf16>() { return DType::bf16; }
+template <typename T> const char* name();
+template <> const char* name<float>() { return "f32"; }
+template <> const char* name<__half>() { return "f16"; }
+template <> const char* name<bf16>() { return "bf16"; }
+
+template <typename T>
+Tensor tensor(const std::vector<T>& v, std::vector<int64_t> shape, DType dt) {
+  return Tensor::from_host(dt, std::move(shape), v.data());
+}
+template <typename T>
+std::vector<T> host(const Tensor& t) {
+  std::vector<T> v(static_cast<size_t>(t.numel()));
+  t.copy_to_host(v.data(), v.size() * sizeof(T));
+  return v;
+}
+
+// Logits with the hard cases: values on a coarse grid (many exact ties), a row with NaNs, a row that
+// is constant, a row with one huge value (one-hot after softmax), a row of -inf but one.
+std::vector<float> adversarial_logits(std::mt19937_64& rng, int rows, int V) {
+  std::uniform_real_distribution<float> u(-6.f, 6.f);
+  std::vector<float> x(static_cast<size_t>(rows) * V);
+  for (int r = 0; r < rows; ++r) {
+    float* row = &x[static_cast<size_t>(r) * V];
+    const int kind = r % 6;
+    for (int i = 0; i < V; ++i) {
+      float v = u(rng);
+      if (kind == 1) v = std::round(v * 2.f) / 2.f;  // ties
+      if (kind == 3) v = 1.5f;                       // constant
+      row[i] = v;
+    }
+    if (kind == 2) row[rng() % V] = NAN, row[rng() % V] = NAN;
+    if (kind == 4) row[rng() % V] = 80.f;
+    if (kind == 5) {
+      for (int i = 0; i < V; ++i) row[i] = -INFINITY;
+      row[rng() % V] = 0.f;
+    }
+  }
+  return x;
+}
+
+template <typename T>
+void check_argmax_topk(std::mt19937_64& rng, int rows, int V, int k) {
+  const auto xf = adversarial_logits(rng, rows, V);
+  std::vector<T> x(xf.size());
+  for (size_t i = 0; i < x.size(); ++i) x[i] = from_float<T>(xf[i]);
+  const Tensor xt = tensor(x, {rows, V}, dtype_of<T>());
+  Tensor cpu_am = Tensor::empty(DType::i32, {rows});
+  cpu::argmax(xt, cpu_am);
+  std::vector<int32_t> gpu_am(static_cast<size_t>(rows), -1);
+  emu::launch(Dim3{static_cast<unsigned>(rows), 1, 1}, kBlock, [&] { sk::argmax_kernel<T>(x.data(), gpu_am.data(), V); });
+  const std::string what = std::string(name<T>()) + " rows=" + std::to_string(rows) + " V=" + std::to_string(V);
+  report(host<int32_t>(cpu_am) == gpu_am, what + ": argmax == CPU (ties -> lowest index, NaN never wins)");
+
+  if (k > V) return;
+  Tensor cv = Tensor::empty(DType::f32, {rows, k}), ci = Tensor::empty(DType::i32, {rows, k});
+  cpu::top_k(xt, k, cv, ci);
+  std::vector<float> cand_v(static_cast<size_t>(rows) * k), vals(static_cast<size_t>(rows) * k, -1.f);
+  std::vector<int32_t> cand_i(static_cast<size_t>(rows) * k), ids(static_cast<size_t>(rows) * k, -1);
+  emu::launch(Dim3{static_cast<unsigned>(rows), 1, 1}, kBlock, [&] {
+    sk::top_k_kernel<T>(x.data(), V, k, cand_v.data(), cand_i.data(), vals.data(), ids.data());
+  });
+  const auto hv = host<float>(cv);
+  const bool same_vals = std::memcmp(hv.data(), vals.data(), vals.size() * sizeof(float)) == 0;
+  report(same_vals && host<int32_t>(ci) == ids, what + " k=" + std::to_string(k) + ": top_k values and ids == CPU");
+}
+
+std::string params_str(const SamplingParams& sp) {
+  char b[120];
+  std::snprintf(b, sizeof b, "T=%g top_k=%d top_p=%g min_p=%g", sp.temperature, sp.top_k, sp.top_p, sp.min_p);
+  return b;
+}
+
+// process_logits on both, then sample from the CPU's probs on both (the same f32 input).
+template <typename T>
+void check_process_and_sample(std::mt19937_64& rng, int rows, int V, const SamplingParams& sp) {
+  const auto xf = adversarial_logits(rng, rows, V);
+  std::vector<T> x(xf.size());
+  for (size_t i = 0; i < x.size(); ++i) x[i] = from_float<T>(xf[i]);
+  const Tensor xt = tensor(x, {rows, V}, dtype_of<T>());
+  Tensor cp = Tensor::empty(DType::f32, {rows, V});
+  cpu::process_logits(xt, sp, cp);
+  const auto cpu_p = host<float>(cp);
+  std::vector<float> gpu_p(cpu_p.size(), -1.f);
+  emu::launch(Dim3{static_cast<unsigned>(rows), 1, 1}, kBlock, [&] { sk::process_logits_kernel<T>(x.data(), gpu_p.data(), V, sp); });
+  const std::string what = std::string(name<T>()) + " V=" + std::to_string(V) + " " + params_str(sp);
+  int support = 0;
+  double worst = 0;
+  for (size_t i = 0; i < cpu_p.size(); ++i) {
+    // NaN rows: both must agree on NaN-ness too.
+    if ((cpu_p[i] > 0) != (gpu_p[i] > 0) || std::isnan(cpu_p[i]) != std::isnan(gpu_p[i])) ++support;
+    else if (cpu_p[i] > 0) worst = std::max(worst, std::fabs(static_cast<double>(gpu_p[i]) - cpu_p[i]) / cpu_p[i]);
+  }
+  char buf[120];
+  std::snprintf(buf, sizeof buf, ": process_logits kept set == CPU (%d differ), max relative difference %.1e", support, worst);
+  report(support == 0 && worst < 2e-5, what + buf);
+
+  std::vector<uint64_t> seeds(static_cast<size_t>(rows)), offsets(static_cast<size_t>(rows));
+  for (int r = 0; r < rows; ++r) seeds[r] = rng(), offsets[r] = rng() % 1000;
+  Tensor ct = Tensor::empty(DType::i32, {rows});
+  cpu::sample(cp, tensor(seeds, {rows}, DType::u64), tensor(offsets, {rows}, DType::u64), ct);
+  std::vector<int32_t> tok(static_cast<size_t>(rows), -7);
+  emu::launch(Dim3{static_cast<unsigned>(rows), 1, 1}, kBlock, [&] {
+    sk::sample_kernel(cpu_p.data(), seeds.data(), offsets.data(), tok.data(), V);
+  });
+  report(host<int32_t>(ct) == tok, what + ": sample == CPU, token for token");
+}
+
+// A batch of B random trees; draft tokens mostly drawn from the target (long accepted paths),
+// sometimes repeated among siblings, sometimes marked -2 (not a candidate).
+struct Trees {
+  std::vector<int32_t> indptr{0}, parents, tokens;
+};
+Trees make_trees(std::mt19937_64& rng, int B, int max_nodes, int V) {
+  Trees t;
+  for (int b = 0; b < B; ++b) {
+    const int n = 1 + static_cast<int>(rng() % static_cast<uint64_t>(max_nodes));
+    for (int i = 0; i < n; ++i) {
+      t.parents.push_back(i == 0 ? -1 : (rng() % 7 == 0 ? -2 : static_cast<int32_t>(rng() % static_cast<uint64_t>(i))));
+      t.tokens.push_back(static_cast<int32_t>(rng() % static_cast<uint64_t>(V)));
+    }
+    t.indptr.push_back(t.indptr.back() + n);
+  }
+  return t;
+}
+
+void check_verify(std::mt19937_64& rng, VerifyMode mode, bool with_draft, int B, int max_nodes, int V, float temperature) {
+  Trees tr = make_trees(rng, B, max_nodes, V);
+  const int N = tr.indptr.back();
+  // Peaked target distributions so that paths get long; drafts are other peaked distributions.
+  const auto lt = adversarial_logits(rng, N, V);
+  const Tensor logits = tensor(lt, {N, V}, DType::f32);
+  SamplingParams sp;
+  sp.temperature = temperature;
+  Tensor probs = Tensor::empty(DType::f32, {N, V});
+  cpu::process_logits(logits, sp, probs);
+  const auto target_p = host<float>(probs);
+  // Make children's tokens the parent's argmax or a likely token often, so acceptance happens.
+  Tensor am = Tensor::empty(DType::i32, {N});
+  cpu::argmax(logits, am);
+  const auto amh = host<int32_t>(am);
+  for (int b = 0; b < B; ++b)
+    for (int i = tr.indptr[b] + 1; i < tr.indptr[b + 1]; ++i) {
+      const int par = tr.parents[i];
+      if (par >= 0 && rng() % 3 != 0) tr.tokens[i] = amh[tr.indptr[b] + par];
+    }
+  std::vector<float> draft;
+  if (with_draft) {
+    const auto ld = adversarial_logits(rng, N, V);
+    Tensor dp = Tensor::empty(DType::f32, {N, V});
+    cpu::process_logits(tensor(ld, {N, V}, DType::f32), sp, dp);
+    draft = host<float>(dp);
+  }
+  std::vector<uint64_t> seeds(static_cast<size_t>(B)), offsets(static_cast<size_t>(B));
+  for (int b = 0; b < B; ++b) seeds[b] = rng(), offsets[b] = rng() % 100;
+  const int D = max_nodes;
+
+  VerifyArgs a;
+  a.mode = mode;
+  a.node_indptr = tensor(tr.indptr, {B + 1}, DType::i32);
+  a.parents = tensor(tr.parents, {N}, DType::i32);
+  a.tokens = tensor(tr.tokens, {N}, DType::i32);
+  a.target = mode == VerifyMode::greedy ? logits : probs;
+  if (with_draft) a.draft = tensor(draft, {N, V}, DType::f32);
+  a.seeds = tensor(seeds, {B}, DType::u64);
+  a.offsets = tensor(offsets, {B}, DType::u64);
+  VerifyResult r;
+  r.accepted_nodes = Tensor::empty(DType::i32, {N});
+  r.emitted = Tensor::empty(DType::i32, {N});
+  r.accept_count = Tensor::empty(DType::i32, {B});
+  r.depth_accepts = Tensor::zeros(DType::i32, {D});
+  cpu::verify(a, r);
+
+  std::vector<int32_t> acc(static_cast<size_t>(N), -9), emitted(static_cast<size_t>(N), -9), counts(static_cast<size_t>(B), -9),
+      depth_acc(static_cast<size_t>(D), 0), depth(static_cast<size_t>(N));
+  std::vector<uint64_t> P(static_cast<size_t>(B) * V), Q(with_draft ? static_cast<size_t>(B) * V : 0);
+  std::vector<float> thr(static_cast<size_t>(N));
+  const float* target = mode == VerifyMode::greedy ? lt.data() : target_p.data();
+  emu::launch(Dim3{static_cast<unsigned>(B), 1, 1}, kBlock, [&] {
+    vk::verify_kernel<float>(mode, tr.indptr.data(), tr.parents.data(), tr.tokens.data(), target,
+                             with_draft ? draft.data() : nullptr, seeds.data(), offsets.data(), a.typical_threshold,
+                             a.typical_alpha, V, P.data(), with_draft ? Q.data() : nullptr, thr.data(), depth.data(),
+                             acc.data(), emitted.data(), counts.data(), depth_acc.data(), D);
+  });
+  // Entries past accept_count are unspecified: compare the accepted prefix of each sequence.
+  const auto cc = host<int32_t>(r.accept_count), ca = host<int32_t>(r.accepted_nodes), ce = host<int32_t>(r.emitted);
+  bool same = cc == counts && host<int32_t>(r.depth_accepts) == depth_acc;
+  int total = 0;
+  for (int b = 0; b < B && same; ++b) {
+    total += counts[b];
+    for (int k = 0; k < counts[b]; ++k) {
+      const int i = tr.indptr[b] + k;
+      same = same && ca[i] == acc[i] && ce[i] == emitted[i];
+    }
+  }
+  const char* mname = mode == VerifyMode::greedy ? "greedy" : mode == VerifyMode::rejection ? "rejection" : "typical";
+  char what[200];
+  std::snprintf(what, sizeof what, "verify %s%s B=%d N=%d V=%d T=%g: accepted nodes, emitted tokens, counts == CPU (%d tokens)",
+                mname, with_draft ? " with draft" : "", B, N, V, temperature, total);
+  report(same, what);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const uint64_t seed = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 1;
+  const int rounds = argc > 2 ? std::atoi(argv[2]) : 2;
+  std::mt19937_64 rng(seed);
+  if (rounds == 0) {
+    check_argmax_topk<float>(rng, 3, 600, 7);
+    check_process_and_sample<float>(rng, 3, 600, SamplingParams{0.8f, 50, 0.8f, 0.f});
+    check_verify(rng, VerifyMode::greedy, false, 2, 8, 300, 1.f);
+    check_verify(rng, VerifyMode::rejection, true, 2, 8, 300, 0.5f);
+    check_verify(rng, VerifyMode::typical, false, 2, 8, 300, 0.5f);
+  }
+  for (int round = 0; round < rounds; ++round) {
+    check_argmax_topk<float>(rng, 6, 1000, 7);
+    check_argmax_topk<bf16>(rng, 6, 4700, 64);
+    check_argmax_topk<__half>(rng, 6, 37, 37);
+    SamplingParams sp;
+    check_process_and_sample<float>(rng, 6, 1000, sp);
+    sp.temperature = 0.f;
+    check_process_and_sample<bf16>(rng, 6, 700, sp);
+    sp = SamplingParams{0.7f, 5, 1.f, 0.f};
+    check_process_and_sample<float>(rng, 6, 1000, sp);
+    sp = SamplingParams{1.f, 0, 0.9f, 0.f};
+    check_process_and_sample<__half>(rng, 6, 5000, sp);
+    sp = SamplingParams{0.8f, 50, 0.8f, 0.f};
+    check_process_and_sample<float>(rng, 6, 1000, sp);
+    sp = SamplingParams{1.3f, 0, 1.f, 0.05f};
+    check_process_and_sample<float>(rng, 6, 800, sp);
+    check_verify(rng, VerifyMode::greedy, false, 3, 12, 500, 1.f);
+    check_verify(rng, VerifyMode::rejection, false, 3, 12, 500, 0.5f);
+    check_verify(rng, VerifyMode::rejection, true, 3, 12, 500, 0.5f);
+    check_verify(rng, VerifyMode::rejection, true, 2, 6, 4500, 1.f);
+    check_verify(rng, VerifyMode::typical, false, 3, 12, 500, 0.5f);
+  }
+  std::printf("%d checks, %d failed (seed %" PRIu64 ")\n", checks, failures, seed);
+  return failures ? 1 : 0;
+}

@@ -8,7 +8,7 @@ import * as os from 'os';
 import * as path from 'path';
 
 const bin = path.resolve(__dirname, '..', '..', 'bin', 'specdec.js');
-const NAMES = ['attention', 'verify', 'sampling', 'plain_decode', 'speculative'];
+const NAMES = ['attention', 'matmul', 'verify', 'sampling', 'plain_decode', 'speculative'];
 
 interface Run {
   code: number;
@@ -62,7 +62,7 @@ describe('specdec bench (cli)', function () {
 
   it('--quick --json runs kernel benches and prints one JSON report with the machine header; --out writes it', () => {
     const out = path.join(tmp, 'sub', 'r.json');
-    const r = bench(['--quick', '--only', 'verify,sampling', '--device', 'cpu', '--json', '--out', out]);
+    const r = bench(['--quick', '--only', 'verify,sampling,matmul', '--device', 'cpu', '--json', '--out', out]);
     assert.strictEqual(r.code, 0, r.stderr);
     const rep = JSON.parse(r.stdout) as Report;
     assert.deepStrictEqual(JSON.parse(fs.readFileSync(out, 'utf8')), rep, '--out holds the printed report');
@@ -73,8 +73,11 @@ describe('specdec bench (cli)', function () {
     assert.ok(rep.header.cpu.cores >= 1 && rep.header.cpu.model.length > 0);
     assert.strictEqual(rep.header.loadAverage.length, 3);
     assert.ok(!Number.isNaN(Date.parse(rep.header.date)));
-    assert.deepStrictEqual(rep.results.map((x) => x.bench), ['verify', 'sampling'], 'benches run in registry order');
-    const verify = rep.results[0]!;
+    assert.deepStrictEqual(rep.results.map((x) => x.bench), ['matmul', 'verify', 'sampling'], 'benches run in registry order');
+    const verify = rep.results[1]!;
+    const mm = rep.results[0]!;
+    assert.strictEqual(mm.checks['batchInvariant'], true, 'matmul: a row alone equals the same row in a batch');
+    assert.strictEqual(mm.rows.length, 2, 'matmul quick: one shape at N=1 and N=16');
     // 2 trees x 4 modes in the quick run, each a positive finite time.
     assert.strictEqual(verify.rows.length, 8);
     for (const modeName of ['greedy', 'rejection+draft', 'rejection one-hot', 'typical']) {

@@ -1,0 +1,101 @@
+// The model runner's matmul (layers.matmul: out = x @ w^T, x f32, w bf16) at model shapes, for the
+// row counts of decode (1), verification of a tree (16, 64) and prefill (512): ms per call, the
+// weight bytes streamed per second (what bounds decode) and the arithmetic rate (what bounds
+// prefill). On CUDA, bf16 weights take the tensor-core kernel (cuda/gemm_tc.cuh); run once more
+// with SPECDEC_CUDA_MATMUL=simt for the CUDA-core kernel, and compare the two in the same session.
+// Shapes: Llama-3-8B's projections on CUDA; the random ~100M model's (bench/common.ts) on the CPU.
+// Run: node dist/bench/matmul.bench.js [--device cpu|cuda|auto] [--quick]   (or specdec bench --only matmul)
+import { matmul } from '../lib/layers';
+import { Tensor } from '../lib/tensor';
+import { measure, randomF32, round, standalone, syncTensor, xorshift, type BenchModule, type BenchOptions, type BenchResult, type BenchRow } from './common';
+
+interface Shape {
+  readonly name: string;
+  readonly K: number;
+  readonly M: number;
+}
+
+const CUDA_SHAPES: Shape[] = [
+  { name: 'q/o proj 4096x4096', K: 4096, M: 4096 },
+  { name: 'gate/up 4096->14336', K: 4096, M: 14336 },
+  { name: 'down 14336->4096', K: 14336, M: 4096 },
+];
+const CPU_SHAPES: Shape[] = [
+  { name: 'q/o proj 768x768', K: 768, M: 768 },
+  { name: 'gate/up 768->2048', K: 768, M: 2048 },
+  { name: 'down 2048->768', K: 2048, M: 768 },
+];
+const QUICK_SHAPES: Shape[] = [{ name: 'quick 256x384', K: 256, M: 384 }];
+
+export const matmulBench: BenchModule = {
+  name: 'matmul',
+  description: 'model matmul (f32 x bf16 weights): decode, tree and prefill row counts; GB/s of weights and TFLOP/s',
+  async run(opts: BenchOptions): Promise<BenchResult> {
+    const t0 = performance.now();
+    const cuda = opts.device === 'cuda';
+    const shapes = opts.quick ? QUICK_SHAPES : cuda ? CUDA_SHAPES : CPU_SHAPES;
+    const rowCounts = opts.quick ? [1, 16] : cuda ? [1, 16, 64, 512] : [1, 16, 64];
+    const samples = opts.quick ? 2 : 7;
+    const rand = xorshift(0x5eed);
+    const rows: BenchRow[] = [];
+    let invariant = true;
+    const path = cuda ? (process.env['SPECDEC_CUDA_MATMUL'] === 'simt' ? 'CUDA cores (SPECDEC_CUDA_MATMUL=simt)' : 'tensor cores') : 'CPU';
+    for (const s of shapes) {
+      opts.log(`matmul ${s.name}`);
+      const w = Tensor.fromArray(randomF32(s.M * s.K, rand, -0.05, 0.05), 'bf16', [s.M, s.K], opts.device);
+      try {
+        const maxN = Math.max(...rowCounts);
+        const xAll = Tensor.fromArray(randomF32(maxN * s.K, rand), 'f32', [maxN, s.K], opts.device);
+        try {
+          // Batch invariance spot check: row 0 alone == row 0 of the widest batch, bit for bit.
+          const x0 = xAll.rows(0, 1);
+          const oneT = matmul(x0, w);
+          const wideT = matmul(xAll, w);
+          const one = oneT.toFloat32();
+          const wide = wideT.toFloat32().subarray(0, s.M);
+          invariant = invariant && one.every((v, i) => Object.is(v, wide[i]));
+          for (const t of [x0, oneT, wideT]) t.dispose();
+          for (const N of rowCounts) {
+            const x = xAll.rows(0, N);
+            const calls = cuda ? 20 : N === 1 ? 20 : 4;
+            let last: Tensor | undefined;
+            const t = await measure(
+              () => {
+                last?.dispose();
+                last = matmul(x, w);
+              },
+              { warmup: 2, samples, calls, sync: () => last && syncTensor(last) },
+            );
+            last?.dispose();
+            x.dispose();
+            const weightGBs = (s.M * s.K * 2) / (t.medianMs * 1e-3) / 1e9;
+            const tflops = (2 * N * s.K * s.M) / (t.medianMs * 1e-3) / 1e12;
+            rows.push({
+              name: `${s.name}, N=${N}`,
+              value: round(t.medianMs, 4),
+              unit: 'ms',
+              note: `${round(weightGBs, 3)} GB/s of weights, ${round(tflops, 3)} TFLOP/s`,
+              metrics: { ...t, N, K: s.K, M: s.M, weightGBs, tflops },
+            });
+          }
+        } finally {
+          xAll.dispose();
+        }
+      } finally {
+        w.dispose();
+      }
+    }
+    return {
+      bench: 'matmul',
+      device: opts.device,
+      quick: opts.quick,
+      setup: { shapes, rowCounts, samples, weights: 'bf16 uniform [-0.05, 0.05]', activations: 'f32 uniform [-1, 1]', path },
+      rows,
+      notes: [`path: ${path}`],
+      checks: { batchInvariant: invariant },
+      seconds: (performance.now() - t0) / 1000,
+    };
+  },
+};
+
+if (require.main === module) void standalone(matmulBench);

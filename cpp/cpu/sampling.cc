@@ -2,7 +2,7 @@
 // Rows are independent and processed in a fixed order (batch invariant).
 #include <algorithm>
 #include <cmath>
-#include <numeric>
+#include <functional>
 #include <vector>
 
 #include "../core/ops_sampling.h"
@@ -43,19 +43,70 @@ int32_t row_argmax(const float* x, int64_t V) {
   return bi;
 }
 
-// The first `count` indices in (key desc, index asc) order: the order in which top-k / top-p keep
-// tokens (top-k alone only needs its k, so that is a partial sort).
-void sort_by_key_desc(const float* x, int64_t V, int64_t count, std::vector<int32_t>& order) {
-  order.resize(static_cast<size_t>(V));
-  std::iota(order.begin(), order.end(), 0);
-  std::partial_sort(order.begin(), order.begin() + count, order.end(), [&](int32_t a, int32_t b) {
-    uint32_t ka = sm::float_key(x[a]), kb = sm::float_key(x[b]);
-    return ka != kb ? ka > kb : a < b;
-  });
+// An element's place in the order top-k / top-p keep tokens (float key descending, then index
+// ascending) as one u64, larger = earlier. Distinct for distinct indices, so "kept" is simply
+// "rank >= rank of the last kept element", and selection runs on plain integers.
+inline uint64_t rank_key(float v, int64_t i) {
+  return (static_cast<uint64_t>(sm::float_key(v)) << 32) | (0xffffffffu - static_cast<uint32_t>(i));
+}
+inline int64_t rank_index(uint64_t r) { return static_cast<int64_t>(0xffffffffu - static_cast<uint32_t>(r)); }
+
+// Keeps the top-k, then the top-p prefix, of a row (p = out, keys from x); zeroes the rest of out.
+// No full sort: ranks are selected in growing sorted chunks (a heap select for small chunks,
+// nth_element + sort for large ones) only as far as top-k and top-p need: for real distributions a
+// few hundred tokens of a 128k vocabulary. The kept set is exactly that of a full sort.
+void keep_top(const float* x, int64_t V, const SamplingParams& sp, float* out, std::vector<uint64_t>& ranks) {
+  const bool use_k = sp.top_k > 0 && sp.top_k < V;
+  const bool use_p = sp.top_p < 1.0f;
+  const int64_t limit = use_k ? sp.top_k : V;  // the candidates are the first `limit` ranks
+  ranks.resize(static_cast<size_t>(V));
+  for (int64_t i = 0; i < V; ++i) ranks[i] = rank_key(x[i], i);
+  const auto earlier = std::greater<uint64_t>();
+  int64_t sorted = 0;  // ranks[0, sorted) hold the first `sorted` ranks, in order
+  // ranks[sorted, end) := the next ranks among ranks[sorted, within), in order.
+  auto extend = [&](int64_t end, int64_t within) {
+    if (end <= sorted) return;
+    if (end - sorted <= 1024) {
+      std::partial_sort(ranks.begin() + sorted, ranks.begin() + end, ranks.begin() + within, earlier);
+    } else {
+      if (end < within) std::nth_element(ranks.begin() + sorted, ranks.begin() + end, ranks.begin() + within, earlier);
+      std::sort(ranks.begin() + sorted, ranks.begin() + end, earlier);
+    }
+    sorted = end;
+  };
+  if (use_k) {
+    if (use_p || limit <= 1024) extend(limit, V);
+    else std::nth_element(ranks.begin(), ranks.begin() + (limit - 1), ranks.end(), earlier);  // only the k-th is needed
+  }
+  int64_t keep = limit;
+  if (use_p) {
+    uint64_t total = 0;
+    for (int64_t j = 0; j < limit; ++j) total += sm::quantize_prob(out[rank_index(ranks[j])]);
+    const uint64_t need = static_cast<uint64_t>(std::ceil(static_cast<double>(total) * static_cast<double>(sp.top_p)));
+    uint64_t cum = 0;
+    int64_t scanned = 0, end = std::min<int64_t>(limit, 256);
+    keep = -1;
+    while (keep < 0) {
+      extend(end, limit);
+      for (int64_t j = scanned; j < end; ++j) {
+        cum += sm::quantize_prob(out[rank_index(ranks[j])]);
+        if (cum >= need) {
+          keep = j + 1;
+          break;
+        }
+      }
+      if (keep < 0 && end == limit) keep = limit;
+      scanned = end;
+      end = std::min<int64_t>(limit, end * 4);
+    }
+  }
+  const uint64_t last = ranks[static_cast<size_t>(keep - 1)];  // the last kept rank
+  for (int64_t i = 0; i < V; ++i)
+    if (rank_key(x[i], i) < last) out[i] = 0.0f;
 }
 
 void process_row(const float* logits, int64_t V, const SamplingParams& sp, float* out, std::vector<float>& x,
-                 std::vector<int32_t>& order) {
+                 std::vector<uint64_t>& ranks) {
   if (sp.temperature == 0.0f) {
     int32_t a = row_argmax(logits, V);
     std::fill(out, out + V, 0.0f);
@@ -79,26 +130,7 @@ void process_row(const float* logits, int64_t V, const SamplingParams& sp, float
     out[i] *= inv_z;
     pmax = std::max(pmax, out[i]);
   }
-  const bool use_k = sp.top_k > 0 && sp.top_k < V;
-  const bool use_p = sp.top_p < 1.0f;
-  if (use_k || use_p) {
-    int64_t keep = use_k ? sp.top_k : V;
-    sort_by_key_desc(x.data(), V, keep, order);
-    if (use_p) {
-      uint64_t total = 0;
-      for (int64_t j = 0; j < keep; ++j) total += sm::quantize_prob(out[order[j]]);
-      const uint64_t need = static_cast<uint64_t>(std::ceil(static_cast<double>(total) * static_cast<double>(sp.top_p)));
-      uint64_t cum = 0;
-      int64_t j = 0;
-      while (j < keep) {
-        cum += sm::quantize_prob(out[order[j]]);
-        ++j;
-        if (cum >= need) break;
-      }
-      keep = std::max<int64_t>(j, 1);
-    }
-    for (int64_t j = keep; j < V; ++j) out[order[j]] = 0.0f;
-  }
+  if ((sp.top_k > 0 && sp.top_k < V) || sp.top_p < 1.0f) keep_top(x.data(), V, sp, out, ranks);
   if (sp.min_p > 0.0f) {
     const float thr = sp.min_p * pmax;
     for (int64_t i = 0; i < V; ++i)
@@ -115,11 +147,11 @@ void process_row(const float* logits, int64_t V, const SamplingParams& sp, float
 void process_logits(const Tensor& logits, const SamplingParams& params, Tensor& probs) {
   const int64_t N = logits.size(0), V = logits.size(1);
   std::vector<float> row(static_cast<size_t>(V)), x;
-  std::vector<int32_t> order;
+  std::vector<uint64_t> ranks;
   float* out = probs.ptr<float>();
   for (int64_t r = 0; r < N; ++r) {
     load_row(logits, r, V, row.data());
-    process_row(row.data(), V, params, out + r * V, x, order);
+    process_row(row.data(), V, params, out + r * V, x, ranks);
   }
 }
 
@@ -154,17 +186,21 @@ void sample(const Tensor& probs, const Tensor& seeds, const Tensor& offsets, Ten
 void top_k(const Tensor& x, int32_t k, Tensor& vals, Tensor& ids) {
   const int64_t N = x.size(0), V = x.size(1);
   std::vector<float> row(static_cast<size_t>(V));
-  std::vector<int32_t> order(static_cast<size_t>(V));
+  std::vector<uint64_t> ranks(static_cast<size_t>(V));
+  const auto earlier = std::greater<uint64_t>();
   for (int64_t r = 0; r < N; ++r) {
     load_row(x, r, V, row.data());
-    std::iota(order.begin(), order.end(), 0);
-    std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
-      uint32_t ka = sm::float_key(row[a]), kb = sm::float_key(row[b]);
-      return ka != kb ? ka > kb : a < b;
-    });
+    for (int64_t i = 0; i < V; ++i) ranks[i] = rank_key(row[i], i);
+    if (k <= 1024) {
+      std::partial_sort(ranks.begin(), ranks.begin() + k, ranks.end(), earlier);
+    } else {
+      if (k < V) std::nth_element(ranks.begin(), ranks.begin() + k, ranks.end(), earlier);
+      std::sort(ranks.begin(), ranks.begin() + k, earlier);
+    }
     for (int32_t j = 0; j < k; ++j) {
-      vals.ptr<float>()[r * k + j] = row[order[j]];
-      ids.ptr<int32_t>()[r * k + j] = order[j];
+      const int64_t i = rank_index(ranks[j]);
+      vals.ptr<float>()[r * k + j] = row[i];
+      ids.ptr<int32_t>()[r * k + j] = static_cast<int32_t>(i);
     }
   }
 }

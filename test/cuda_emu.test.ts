@@ -36,7 +36,7 @@ const programs: Program[] = [
     tsanArgs: [], tsanMinChecks: 100 },
   { source: 'attention_emu.cc', extra: [], kernel: 'tree attention + split-KV merge (cuda/attention.cuh)', minChecks: 25,
     args: [], tsanArgs: ['2'], tsanMinChecks: 10 },
-  { source: 'sampling_emu.cc', extra: ['cpp/core/tensor.cc', 'cpp/core/backend.cc', 'cpp/cpu/sampling.cc', 'cpp/cpu/verify.cc'],
+  { source: 'sampling_emu.cc', extra: ['cpp/core/tensor.cc', 'cpp/core/backend.cc', 'cpp/cpu/thread_pool.cc', 'cpp/cpu/sampling.cc', 'cpp/cpu/verify.cc'],
     kernel: 'sampling + verification (cuda/sampling.cuh, cuda/verify.cuh) vs the CPU backend', minChecks: 40, args: ['2'],
     tsanArgs: ['0'], tsanMinChecks: 7 },
 ];

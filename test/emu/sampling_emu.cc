@@ -1,6 +1,6 @@
 // Runs the CUDA sampling and verification kernels (cuda/sampling.cuh, cuda/verify.cuh, with the
 // block primitives of cuda/sampling_block.cuh) on the host emulation (cuda_emu.h) and compares them
-// with the CPU backend (cpp/cpu/sampling.cc, verify.cc, linked in) on the same inputs:
+// with the CPU backend (cpp/cpu/sampling.cc, verify.cc, thread_pool.cc, linked in) on the same inputs:
 //   - argmax, top-k, sample and verify must agree exactly (the same tokens, nodes, counts: the two
 //     backends share spec_math.h's decisions and integer masses);
 //   - process_logits: the same kept set, values within f32 rounding (softmax sums differ in order).

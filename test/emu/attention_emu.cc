@@ -9,6 +9,7 @@
 // Usage: attention_emu SEED [CONFIGS]: CONFIGS limits how many of the problem configurations run
 // (the ThreadSanitizer build runs the first two: it is ~3x slower). Exit status 1 if a check failed.
 #include "cuda_emu.h"
+#include "emu_check.h"
 // clang-format off: the stand-ins must come first
 #include "../../cuda/attention.cuh"
 
@@ -21,24 +22,11 @@ using bf16 = __nv_bfloat16;
 
 namespace {
 
-int failures = 0, checks = 0;
+using emu::from_float;
+using emu::report;
+using emu::to_float;
 
-void report(bool ok, const std::string& what) {
-  ++checks;
-  if (!ok) ++failures;
-  std::printf("%s %s\n", ok ? "ok  " : "FAIL", what.c_str());
-}
 
-float to_float(float v) { return v; }
-float to_float(bf16 v) { return __bfloat162float(v); }
-float to_float(__half v) { return __half2float(v); }
-template <typename T> T from_float(float v) { return T(v); }
-template <> float from_float<float>(float v) { return v; }
-
-template <typename T> const char* name();
-template <> const char* name<float>() { return "f32"; }
-template <> const char* name<bf16>() { return "bf16"; }
-template <> const char* name<__half>() { return "f16"; }
 
 struct SeqSpec {
   int prefix, qo;
@@ -227,7 +215,7 @@ std::vector<double> reference(const Problem<QT, KVT>& pr) {
 template <typename QT, typename KVT>
 void check(std::mt19937_64& rng, const char* label, int Hq, int Hkv, int D, const std::vector<SeqSpec>& seqs) {
   const auto pr = make_problem<QT, KVT>(rng, Hq, Hkv, D, seqs);
-  const std::string what = std::string(label) + " (q " + name<QT>() + ", kv " + name<KVT>() + ", D=" + std::to_string(D) +
+  const std::string what = std::string(label) + " (q " + emu::type_name<QT>() + ", kv " + emu::type_name<KVT>() + ", D=" + std::to_string(D) +
                            ", Hq=" + std::to_string(Hq) + ", Hkv=" + std::to_string(Hkv) + ")";
   bool split_a = false, split_b = false, guard_a = false, guard_b = false;
   const auto fold = run(pr, 0, &split_a, &guard_a);               // never split
@@ -273,6 +261,5 @@ int main(int argc, char** argv) {
   if (configs > 4)
     check<float, __half>(rng, "causal batch without a mask, 70 new tokens, 1 chunk", 2, 2, 64,
                          {{40, 70, false, -1}, {0, 3, false, -1}});
-  std::printf("%d checks, %d failed (seed %" PRIu64 ")\n", checks, failures, seed);
-  return failures ? 1 : 0;
+  return emu::summary(seed);
 }

@@ -6,6 +6,7 @@
 // Built with AddressSanitizer by test/gemm_tc_emu.test.ts, so an out-of-bounds read also fails.
 // Usage: gemm_tc_emu SEED. Prints one line per check; exit status 1 if any failed.
 #include "cuda_emu.h"
+#include "emu_check.h"
 // clang-format off: the stand-ins must come first
 #include "../../cuda/gemm_tc.cuh"
 
@@ -18,29 +19,11 @@ using bf16 = __nv_bfloat16;
 
 namespace {
 
-int failures = 0, checks = 0;
+using emu::from_float;
+using emu::report;
+using emu::to_float;
 
-void report(bool ok, const std::string& what) {
-  ++checks;
-  if (!ok) ++failures;
-  std::printf("%s %s\n", ok ? "ok  " : "FAIL", what.c_str());
-}
 
-float to_float(bf16 v) { return __bfloat162float(v); }
-float to_float(__half v) { return __half2float(v); }
-
-template <typename W> const char* name();
-template <> const char* name<bf16>() { return "bf16"; }
-template <> const char* name<__half>() { return "f16"; }
-
-// A buffer with guard cells on both sides (for out) or exact-size (inputs, so ASan sees over-reads),
-// optionally shifted by one element to break 16-byte alignment.
-template <typename T>
-struct Buf {
-  std::vector<T> storage;
-  size_t offset = 0;
-  T* data() { return storage.data() + offset; }
-};
 
 constexpr int kGuard = 64;
 const float kPoison = -1234.5f;
@@ -108,7 +91,7 @@ void check_values(std::mt19937_64& rng, int64_t N, int64_t K, int64_t M, bool wi
       worst = std::max(worst, std::fabs(out[n * M + m] - s) / (mag + 1e-30));
     }
   char what[200];
-  std::snprintf(what, sizeof what, "%s N=%" PRId64 " K=%" PRId64 " M=%" PRId64 "%s: max error %.2e of sum|xw|", name<W>(), N, K, M,
+  std::snprintf(what, sizeof what, "%s N=%" PRId64 " K=%" PRId64 " M=%" PRId64 "%s: max error %.2e of sum|xw|", emu::type_name<W>(), N, K, M,
                 with_bias ? " +bias" : "", worst);
   report(worst < 1e-6, what);
   report(guard1 && guard2, std::string(what) + ": writes exactly out");
@@ -140,7 +123,7 @@ void check_split_exactness(std::mt19937_64& rng) {
       worst = std::max(worst, std::fabs(out[n * M + m] - exact) / std::fabs(exact));
     }
   char what[160];
-  std::snprintf(what, sizeof what, "%s one-hot weights: max relative error %.2e (f32 rounding is 6.0e-08)", name<W>(), worst);
+  std::snprintf(what, sizeof what, "%s one-hot weights: max relative error %.2e (f32 rounding is 6.0e-08)", emu::type_name<W>(), worst);
   report(worst <= std::ldexp(1.0, -23), what);
 }
 
@@ -165,7 +148,7 @@ void check_batch_invariance(std::mt19937_64& rng) {
     const auto few = run<W, 1>(some, w, &b, n + 1 - lo, K, M, false, false, &guard);
     ok = ok && guard && bits_equal(few.data() + (n - lo) * M, all.data() + n * M, static_cast<size_t>(M));
   }
-  report(ok, std::string(name<W>()) + " batch invariance: rows of N=40 (NT=2) equal N=1 and N<=6 (NT=1) bit for bit");
+  report(ok, std::string(emu::type_name<W>()) + " batch invariance: rows of N=40 (NT=2) equal N=1 and N<=6 (NT=1) bit for bit");
 }
 
 // Same values through the vector loads (aligned, K % 8 == 0) and the scalar ones (misaligned).
@@ -182,7 +165,7 @@ void check_load_paths(std::mt19937_64& rng) {
   const auto sx = run<W, 1>(x, w, nullptr, N, K, M, true, false, &g2);
   const auto sw = run<W, 1>(x, w, nullptr, N, K, M, false, true, &g3);
   report(g1 && g2 && g3 && bits_equal(vec.data(), sx.data(), vec.size()) && bits_equal(vec.data(), sw.data(), vec.size()),
-         std::string(name<W>()) + " vector and scalar loads give identical bits");
+         std::string(emu::type_name<W>()) + " vector and scalar loads give identical bits");
 }
 
 template <typename W>
@@ -203,6 +186,5 @@ int main(int argc, char** argv) {
   std::mt19937_64 rng(seed);
   suite<bf16>(rng);
   suite<__half>(rng);
-  std::printf("%d checks, %d failed (seed %" PRIu64 ")\n", checks, failures, seed);
-  return failures ? 1 : 0;
+  return emu::summary(seed);
 }

@@ -9,6 +9,7 @@
 // Usage: sampling_emu SEED [ROUNDS]. ROUNDS = 0: one reduced round over every kernel at small sizes
 // (for the ThreadSanitizer build, ~5x slower). Exit status 1 if any check failed.
 #include "cuda_emu.h"
+#include "emu_check.h"
 // clang-format off: the stand-ins must come first
 #include "../../cuda/sampling.cuh"
 #include "../../cuda/verify.cuh"
@@ -24,26 +25,16 @@ using bf16 = __nv_bfloat16;
 
 namespace {
 
-int failures = 0, checks = 0;
-
-void report(bool ok, const std::string& what) {
-  ++checks;
-  if (!ok) ++failures;
-  std::printf("%s %s\n", ok ? "ok  " : "FAIL", what.c_str());
-}
+using emu::from_float;
+using emu::report;
+using emu::to_float;
 
 constexpr unsigned kBlock = static_cast<unsigned>(cuda::blk::kBlock);
 
-template <typename T> T from_float(float v) { return T(v); }
-template <> float from_float<float>(float v) { return v; }
 template <typename T> DType dtype_of();
 template <> DType dtype_of<float>() { return DType::f32; }
 template <> DType dtype_of<__half>() { return DType::f16; }
 template <> DType dtype_of<bf16>() { return DType::bf16; }
-template <typename T> const char* name();
-template <> const char* name<float>() { return "f32"; }
-template <> const char* name<__half>() { return "f16"; }
-template <> const char* name<bf16>() { return "bf16"; }
 
 template <typename T>
 Tensor tensor(const std::vector<T>& v, std::vector<int64_t> shape, DType dt) {
@@ -90,7 +81,7 @@ void check_argmax_topk(std::mt19937_64& rng, int rows, int V, int k) {
   cpu::argmax(xt, cpu_am);
   std::vector<int32_t> gpu_am(static_cast<size_t>(rows), -1);
   emu::launch(Dim3{static_cast<unsigned>(rows), 1, 1}, kBlock, [&] { sk::argmax_kernel<T>(x.data(), gpu_am.data(), V); });
-  const std::string what = std::string(name<T>()) + " rows=" + std::to_string(rows) + " V=" + std::to_string(V);
+  const std::string what = std::string(emu::type_name<T>()) + " rows=" + std::to_string(rows) + " V=" + std::to_string(V);
   report(host<int32_t>(cpu_am) == gpu_am, what + ": argmax == CPU (ties -> lowest index, NaN never wins)");
 
   if (k > V) return;
@@ -124,7 +115,7 @@ void check_process_and_sample(std::mt19937_64& rng, int rows, int V, const Sampl
   const auto cpu_p = host<float>(cp);
   std::vector<float> gpu_p(cpu_p.size(), -1.f);
   emu::launch(Dim3{static_cast<unsigned>(rows), 1, 1}, kBlock, [&] { sk::process_logits_kernel<T>(x.data(), gpu_p.data(), V, sp); });
-  const std::string what = std::string(name<T>()) + " V=" + std::to_string(V) + " " + params_str(sp);
+  const std::string what = std::string(emu::type_name<T>()) + " V=" + std::to_string(V) + " " + params_str(sp);
   int support = 0;
   double worst = 0;
   for (size_t i = 0; i < cpu_p.size(); ++i) {
@@ -276,6 +267,5 @@ int main(int argc, char** argv) {
     check_verify(rng, VerifyMode::rejection, true, 2, 6, 4500, 1.f);
     check_verify(rng, VerifyMode::typical, false, 3, 12, 500, 0.5f);
   }
-  std::printf("%d checks, %d failed (seed %" PRIu64 ")\n", checks, failures, seed);
-  return failures ? 1 : 0;
+  return emu::summary(seed);
 }

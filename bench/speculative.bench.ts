@@ -25,6 +25,8 @@ import { SpeculativeDecoder, type DecodeStats } from '../lib/decoder';
 import type { CausalLM } from '../lib/models/causal_lm';
 import { LlamaModel } from '../lib/models/llama';
 import { plainGenerate } from '../lib/plain';
+import { argmax } from '../lib/sampling';
+import { verify } from '../lib/verify';
 import { DraftModelSpeculator } from '../lib/strategies/draft_model';
 import { LookaheadSpeculator } from '../lib/strategies/lookahead';
 import { MedusaHeads, MedusaSpeculator } from '../lib/strategies/medusa';
@@ -34,6 +36,7 @@ import type { Device } from '../lib/tensor';
 import { TextTokenizer } from '../lib/tokenizer';
 import {
   LLAMA_100M,
+  measure,
   median,
   round,
   standalone,
@@ -254,6 +257,103 @@ const DEFAULT_PROMPT = 'once upon a time , there was a little cat';
 /** A corpus-style passage, repeated in the prompt (a copy task: prompt lookup's home ground). */
 const DEFAULT_PASSAGE = 'one day , tom went to the park to fly a kite . on the way , he saw a shiny ball under a tree . tom was very happy . ';
 
+/**
+ * What one speculative step is made of on a small model, in microseconds per call: a target
+ * forward on the libuv pool and on the calling thread (syncForwardMaxMacs), a 5-token forward,
+ * k = 4 greedy draft steps one by one and as one greedyChain call, and greedy verification of a
+ * chain of 5 next to the argmax of one row. Each forward is committed and cut back, so the
+ * context stays at the prompt plus the measured tokens.
+ */
+async function stepCosts(family: string, dirs: { target: string; draft?: string }, prompt: Int32Array, opts: BenchOptions): Promise<BenchRow[]> {
+  const owned: LlamaModel[] = [];
+  const load = async (dir: string, syncForwardMaxMacs?: number): Promise<LlamaModel> => {
+    const m = await LlamaModel.load(dir, { device: opts.device, maxSequences: 1, ...(syncForwardMaxMacs !== undefined ? { syncForwardMaxMacs } : {}) });
+    owned.push(m);
+    return m;
+  };
+  const rows: BenchRow[] = [];
+  const timing = { warmup: 20, samples: 9, calls: 200 };
+  const row = (name: string, us: number, note: string): void => {
+    rows.push({ name: `${family}: step cost: ${name}`, value: round(us, 2), unit: 'us/call', note, metrics: { microseconds: us, device: opts.device } });
+  };
+  try {
+    const prefixed = async (m: LlamaModel): Promise<number> => {
+      const seq = m.createSequence();
+      const out = await m.forward([{ seq, tokens: prompt }]);
+      out.logits.dispose();
+      m.commit([seq], [Int32Array.from(prompt, (_, j) => j)]);
+      return seq;
+    };
+    const one = Int32Array.of(prompt[prompt.length - 1] as number);
+    const five = Int32Array.from({ length: 5 }, (_, i) => prompt[i % prompt.length] as number);
+    const forwardCommit = (m: LlamaModel, seq: number, toks: Int32Array) => async (): Promise<void> => {
+      const out = await m.forward([{ seq, tokens: toks }]);
+      out.logits.dispose();
+      m.commit([seq], [Int32Array.of(0)]);
+      m.truncate(seq, prompt.length);
+    };
+    const pool = await load(dirs.target, 0);
+    const here = await load(dirs.target);
+    const ps = await prefixed(pool);
+    const hs = await prefixed(here);
+    const tPool = (await measure(forwardCommit(pool, ps, one), timing)).medianMs * 1000;
+    const tHere = (await measure(forwardCommit(here, hs, one), timing)).medianMs * 1000;
+    const tFive = (await measure(forwardCommit(here, hs, five), timing)).medianMs * 1000;
+    row('target forward, 1 token, libuv pool', tPool, 'forward + commit, as before syncForwardMaxMacs');
+    row('target forward, 1 token, calling thread', tHere, `forward + commit; x${round(tPool / tHere, 2)} faster than through the pool`);
+    row('target forward, 5-token chain, calling thread', tFive, `${round(tFive / tHere, 2)}x a 1-token forward`);
+    // Verification of a 5-node chain vs the argmax a plain step takes (logits of the 5-token forward).
+    const fw = await here.forward([{ seq: hs, tokens: five }]);
+    try {
+      const chain = { nodeIndptr: Int32Array.of(0, 5), parents: Int32Array.of(-1, 0, 1, 2, 3), tokens: five };
+      const tVerify = (await measure(() => verify({ mode: 'greedy', ...chain, target: fw.logits }), timing)).medianMs * 1000;
+      const lastRow = fw.logits.rows(4, 5);
+      const tArgmax = (
+        await measure(() => {
+          const ids = argmax(lastRow);
+          ids.toInt32();
+          ids.dispose();
+        }, timing)
+      ).medianMs * 1000;
+      lastRow.dispose();
+      row('verify greedy, chain of 5', tVerify, 'the native verify call');
+      row('argmax of 1 row', tArgmax, 'what a plain step (and a root-only greedy step) takes instead of verify');
+    } finally {
+      fw.logits.dispose();
+      here.truncate(hs, prompt.length);
+    }
+    if (dirs.draft) {
+      const draft = await load(dirs.draft);
+      const ds = await prefixed(draft);
+      const k = 4;
+      const single = async (): Promise<void> => {
+        let tok = one;
+        for (let i = 0; i < k; i++) {
+          const out = await draft.forward([{ seq: ds, tokens: tok }]);
+          const ids = argmax(out.logits);
+          const t = ids.toInt32()[0] as number;
+          ids.dispose();
+          out.logits.dispose();
+          draft.commit([ds], [Int32Array.of(0)]);
+          tok = Int32Array.of(t);
+        }
+        draft.truncate(ds, prompt.length);
+      };
+      const chained = async (): Promise<void> => {
+        await draft.greedyChain([{ seq: ds, tokens: one }], [k]);
+        draft.truncate(ds, prompt.length);
+      };
+      const tSingle = (await measure(single, timing)).medianMs * 1000;
+      const tChain = (await measure(chained, timing)).medianMs * 1000;
+      row(`draft, ${k} greedy steps one by one`, tSingle, 'forward + argmax + commit per step (calling thread)');
+      row(`draft, ${k} greedy steps in one greedyChain call`, tChain, `x${round(tSingle / tChain, 2)} faster`);
+    }
+    return rows;
+  } finally {
+    for (const m of owned.reverse()) m.dispose();
+  }
+}
+
 async function defaultFamily(opts: BenchOptions, rounds: number, checks: Record<string, boolean>, notes: string[]): Promise<BenchRow[]> {
   const targetDir = path.join(DEFAULT_MODELS, 'target');
   if (!fs.existsSync(path.join(targetDir, 'config.json'))) {
@@ -295,10 +395,13 @@ async function defaultFamily(opts: BenchOptions, rounds: number, checks: Record<
       variants.splice(3, 0, { name: `medusa (${h.config.numHeads} heads, mc_sim_7b_63)`, setup: { heads: h.config.numHeads, choices: 'mc_sim_7b_63' }, make: () => new MedusaSpeculator({ heads: h, choices: 'mc_sim_7b_63' }) });
     }
     const prompt = tok.encode(DEFAULT_PROMPT);
+    opts.log('speculative default: step costs');
+    const costs = await stepCosts('default', { target: targetDir, ...(draft ? { draft: draftDir } : {}) }, prompt, opts);
     const rows = await runScenario({ name: 'default', target, prompt, promptDescription: JSON.stringify(DEFAULT_PROMPT), newTokens, variants }, rounds, opts, checks);
     const passage = tok.encode(DEFAULT_PASSAGE + DEFAULT_PASSAGE + 'one day , tom went');
     // Every strategy on the copy task too: the small model makes that cheap.
     rows.push(...(await runScenario({ name: 'default-repeated', target, prompt: passage, promptDescription: `passage x2 + its start: ${JSON.stringify(DEFAULT_PASSAGE)}`, newTokens, variants }, rounds, opts, checks)));
+    rows.push(...costs);
     return rows;
   } finally {
     for (const o of owned.reverse()) o.dispose();

@@ -345,39 +345,30 @@ export class SpecEngine {
       lap('target');
       throwIfAborted(signal);
 
-      // Verification over the whole ragged batch in one call.
-      const { nodeIndptr, parents, tokens } = flattenTrees(proposals);
-      let vin: VerifyInput;
-      if (!this.sampling) {
-        vin = { mode: 'greedy', nodeIndptr, parents, tokens, target: out.logits };
-      } else {
-        probs = processLogits(out.logits, samplingOptions(this.sampling));
-        const mode: VerifyMode = this.speculator?.samplingVerifyMode === 'typical' ? 'typical' : 'rejection';
-        const v: { -readonly [K in keyof VerifyInput]: VerifyInput[K] } = {
-          mode,
-          nodeIndptr,
-          parents,
-          tokens,
-          target: probs,
-          seeds: BigUint64Array.from(seqs, (s) => s.rng.seed),
-          offsets: BigUint64Array.from(seqs, (s) => s.rng.next()),
-        };
-        if (mode === 'rejection' && draftProbs) v.draft = draftProbs;
-        if (mode === 'typical') {
-          if (this.speculator?.typicalThreshold !== undefined) v.typicalThreshold = this.speculator.typicalThreshold;
-          if (this.speculator?.typicalAlpha !== undefined) v.typicalAlpha = this.speculator.typicalAlpha;
+      let accepted: readonly Int32Array[];
+      let emitted: readonly Int32Array[];
+      if (!this.sampling && proposals.every((p) => p.tokens.length === 1)) {
+        // Greedy with nothing proposed (no speculator, or no n-gram match): greedy verification of a
+        // lone root emits its argmax (the same order: lowest index on ties, NaN never wins), so the
+        // argmax op alone gives the same tokens without the verify call's index arrays and outputs.
+        const ids = argmax(out.logits);
+        let top: Int32Array;
+        try {
+          top = ids.toInt32();
+        } finally {
+          ids.dispose();
         }
-        vin = v;
+        accepted = proposals.map(() => Int32Array.of(0));
+        emitted = proposals.map((_, b) => top.subarray(b, b + 1));
+      } else {
+        ({ acceptedNodes: accepted, emitted } = this.verifyBatch(proposals, out.logits, seqs, draftProbs, (p) => (probs = p)));
       }
-      const res = verify(vin);
       lap('verify');
 
-      const accepted = res.acceptedNodes;
       this.model.commit(
         seqs.map((s) => s.modelSeq),
         accepted,
       );
-      const emitted = res.emitted;
       seqs.forEach((s, b) => {
         const acc = accepted[b] as Int32Array;
         const em = emitted[b] as Int32Array;
@@ -388,13 +379,48 @@ export class SpecEngine {
       lap('commit');
       await this.speculator?.update(seqs, { proposals, output: out, acceptedNodes: accepted, emitted }, ctx);
       lap('update');
-      return emitted;
+      return emitted as Int32Array[];
     } finally {
       probs?.dispose();
       draftProbs?.dispose();
       draftProbs = undefined;
       if (out) disposeOutput(out);
     }
+  }
+
+  /** Verification over the whole ragged batch in one native call; keep(probs) hands the processed target rows back for disposal. */
+  private verifyBatch(
+    proposals: readonly Proposal[],
+    logits: Tensor,
+    seqs: readonly EngineSequence[],
+    draftProbs: Tensor | undefined,
+    keep: (probs: Tensor) => void,
+  ): { acceptedNodes: Int32Array[]; emitted: Int32Array[] } {
+    const { nodeIndptr, parents, tokens } = flattenTrees(proposals);
+    let vin: VerifyInput;
+    if (!this.sampling) {
+      vin = { mode: 'greedy', nodeIndptr, parents, tokens, target: logits };
+    } else {
+      const probs = processLogits(logits, samplingOptions(this.sampling));
+      keep(probs);
+      const mode: VerifyMode = this.speculator?.samplingVerifyMode === 'typical' ? 'typical' : 'rejection';
+      const v: { -readonly [K in keyof VerifyInput]: VerifyInput[K] } = {
+        mode,
+        nodeIndptr,
+        parents,
+        tokens,
+        target: probs,
+        seeds: BigUint64Array.from(seqs, (s) => s.rng.seed),
+        offsets: BigUint64Array.from(seqs, (s) => s.rng.next()),
+      };
+      if (mode === 'rejection' && draftProbs) v.draft = draftProbs;
+      if (mode === 'typical') {
+        if (this.speculator?.typicalThreshold !== undefined) v.typicalThreshold = this.speculator.typicalThreshold;
+        if (this.speculator?.typicalAlpha !== undefined) v.typicalAlpha = this.speculator.typicalAlpha;
+      }
+      vin = v;
+    }
+    return verify(vin);
   }
 
   /** Validates the speculator's trees; prunes plain trees deeper than maxDepth. */

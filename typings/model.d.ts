@@ -63,8 +63,18 @@ declare namespace SpecdecNative {
   }
 
   interface LlamaNativeModel {
-    /** Runs on the libuv pool. */
-    forward(inputs: readonly LlamaNativeInput[], hidden: boolean): Promise<LlamaNativeForward>;
+    /**
+     * Runs on the libuv pool, or on the calling thread (the promise is then already settled) when
+     * the estimated work is at most `syncMaxMacs` multiply-adds (absent or 0: always the pool).
+     */
+    forward(inputs: readonly LlamaNativeInput[], hidden: boolean, syncMaxMacs?: number): Promise<LlamaNativeForward>;
+    /**
+     * Greedy chain drafting in one call: feeds and commits inputs[b].tokens, then steps[b] times
+     * takes the argmax of the last row, feeding and committing it while steps remain. Resolves with
+     * the picked tokens per input (steps[b] each). On an error nothing of the call stays committed.
+     * Runs where forward would (syncMaxMacs against the work of all steps).
+     */
+    greedyChain(inputs: readonly LlamaNativeInput[], steps: Int32Array, syncMaxMacs?: number): Promise<Int32Array[]>;
     commit(seqs: Int32Array, accepted: readonly Int32Array[]): void;
     createSequence(): number;
     forkSequence(seq: number): number;

@@ -2,11 +2,13 @@
 // against the config), forward (input validation -> masks/positions -> the layer stack), commit.
 #include "llama.h"
 
+#include <algorithm>
 #include <cmath>
 #include <set>
 
 #include "../core/ops_attention.h"
 #include "../core/ops_layers.h"
+#include "../core/ops_sampling.h"
 #include "safetensors.h"
 
 namespace specdec {
@@ -146,7 +148,23 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const LlamaConfig& config, const Ll
   kc.dtype = options.kv_dtype;
   kc.device = options.device;
   m->kv_.reset(new KvCache(kc));
+  m->macs_per_token_ = double(c.num_layers) * double(H) * double(2 * QD + 2 * KD + 3 * I) + double(V) * double(H);
   return m;
+}
+
+double LlamaModel::estimate_macs(const std::vector<LlamaSeqInput>& inputs) {
+  const LlamaConfig& c = config_;
+  // Attention: each new token attends to the prefix and the new tokens (QK^T and PV per head).
+  const double attn_per_kv = 2.0 * c.num_layers * c.num_heads * c.head_dim;
+  std::unique_lock<std::mutex> lock(mu_, std::try_to_lock);
+  double macs = 0;
+  for (const LlamaSeqInput& in : inputs) {
+    const double n = static_cast<double>(in.tokens.size());
+    double prefix = c.max_positions;
+    if (lock.owns_lock() && in.seq >= 0 && kv_->alive(in.seq)) prefix = kv_->length(in.seq);
+    macs += n * macs_per_token_ + n * (prefix + n) * attn_per_kv;
+  }
+  return macs;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -154,6 +172,10 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const LlamaConfig& config, const Ll
 
 LlamaForwardResult LlamaModel::forward(const std::vector<LlamaSeqInput>& inputs, bool want_hidden) {
   std::lock_guard<std::mutex> lock(mu_);
+  return forward_locked(inputs, want_hidden);
+}
+
+LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& inputs, bool want_hidden) {
   const LlamaConfig& c = config_;
   const Device dev = options_.device;
   pending_ = false;  // a new forward replaces whatever the last one left uncommitted
@@ -280,15 +302,33 @@ LlamaForwardResult LlamaModel::forward(const std::vector<LlamaSeqInput>& inputs,
   const int64_t H = c.hidden_size, I = c.intermediate_size, D = c.head_dim;
   const int64_t NH = c.num_heads, NKV = c.num_kv_heads;
   const float sm_scale = 1.0f / std::sqrt(static_cast<float>(D));
-  Tensor x = Tensor::empty(DType::f32, {N, H}, dev);     // residual stream
-  Tensor h = Tensor::empty(DType::f32, {N, H}, dev);     // normed input of a block
-  Tensor q = Tensor::empty(DType::f32, {N, NH, D}, dev);
-  Tensor k = Tensor::empty(DType::f32, {N, NKV, D}, dev);
-  Tensor v = Tensor::empty(DType::f32, {N, NKV, D}, dev);
-  Tensor att = Tensor::empty(DType::f32, {N, NH, D}, dev);
-  Tensor o = Tensor::empty(DType::f32, {N, H}, dev);     // a block's output before the residual add
-  Tensor gate = Tensor::empty(DType::f32, {N, I}, dev);
-  Tensor up = Tensor::empty(DType::f32, {N, I}, dev);
+  // Activation buffers: rows [0, N) of the reusable scratch when N fits it, else temporaries.
+  // Every buffer is fully written before it is read, so stale scratch contents never leak in.
+  Scratch tmp;
+  Scratch* ws = &tmp;
+  int64_t ws_rows = N;
+  if (N <= kMaxScratchRows) {
+    ws = &scratch_;
+    ws_rows = scratch_.rows;
+    if (ws_rows < N) ws_rows = std::min<int64_t>(kMaxScratchRows, std::max<int64_t>({N, 2 * scratch_.rows, 8}));
+  }
+  if (ws->rows < ws_rows) {
+    ws->rows = 0;  // stays 0 if an allocation below throws
+    ws->x = Tensor::empty(DType::f32, {ws_rows, H}, dev);     // residual stream
+    ws->h = Tensor::empty(DType::f32, {ws_rows, H}, dev);     // normed input of a block
+    ws->q = Tensor::empty(DType::f32, {ws_rows, NH, D}, dev);
+    ws->k = Tensor::empty(DType::f32, {ws_rows, NKV, D}, dev);
+    ws->v = Tensor::empty(DType::f32, {ws_rows, NKV, D}, dev);
+    ws->att = Tensor::empty(DType::f32, {ws_rows, NH, D}, dev);
+    ws->o = Tensor::empty(DType::f32, {ws_rows, H}, dev);     // a block's output before the residual add
+    ws->gate = Tensor::empty(DType::f32, {ws_rows, I}, dev);
+    ws->up = Tensor::empty(DType::f32, {ws_rows, I}, dev);
+    ws->rows = ws_rows;
+  }
+  // The hidden states go back to the caller: then the residual stream gets its own buffer.
+  Tensor x = want_hidden ? Tensor::empty(DType::f32, {N, H}, dev) : ws->x.rows(0, N);
+  Tensor h = ws->h.rows(0, N), q = ws->q.rows(0, N), k = ws->k.rows(0, N), v = ws->v.rows(0, N);
+  Tensor att = ws->att.rows(0, N), o = ws->o.rows(0, N), gate = ws->gate.rows(0, N), up = ws->up.rows(0, N);
   // 2-D views for the matmuls (same buffers).
   Tensor q2 = q.view({N, NH * D}), k2 = k.view({N, NKV * D}), v2 = v.view({N, NKV * D}), att2 = att.view({N, NH * D});
 
@@ -345,6 +385,10 @@ LlamaForwardResult LlamaModel::forward(const std::vector<LlamaSeqInput>& inputs,
 
 void LlamaModel::commit(const std::vector<int>& seqs, const std::vector<std::vector<int32_t>>& accepted) {
   std::lock_guard<std::mutex> lock(mu_);
+  commit_locked(seqs, accepted);
+}
+
+void LlamaModel::commit_locked(const std::vector<int>& seqs, const std::vector<std::vector<int32_t>>& accepted) {
   SPECDEC_CHECK(pending_, "E_ARG", "commit: no uncommitted forward (commit once, after each forward)");
   SPECDEC_CHECK(seqs.size() == accepted.size(), "E_ARG", "commit: ", seqs.size(), " sequences but ",
                 accepted.size(), " accepted lists");
@@ -377,6 +421,69 @@ void LlamaModel::commit(const std::vector<int>& seqs, const std::vector<std::vec
   }
   pending_ = false;
   kv_->commit(pending_batch_, pending_seqs_, acc_indptr, acc_nodes);
+}
+
+std::vector<std::vector<int32_t>> LlamaModel::greedy_chain(const std::vector<LlamaSeqInput>& inputs,
+                                                           const std::vector<int>& steps) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const size_t B = inputs.size();
+  SPECDEC_CHECK(B > 0, "E_ARG", "inputs: empty batch");
+  SPECDEC_CHECK(steps.size() == B, "E_ARG", "steps: ", steps.size(), " entries for ", B, " inputs");
+  std::vector<int32_t> start(B);
+  for (size_t b = 0; b < B; ++b) {
+    const LlamaSeqInput& in = inputs[b];
+    SPECDEC_CHECK(steps[b] >= 1, "E_ARG", "steps[", b, "]: expected an integer >= 1, got ", steps[b]);
+    SPECDEC_CHECK(in.parents.empty() && in.positions.empty() && in.mask.empty() && in.mask_words == 0, "E_ARG",
+                  "inputs[", b, "]: greedy chain drafting takes plain chains (no parents, positions or mask)");
+    SPECDEC_CHECK(in.seq >= 0 && kv_->alive(in.seq), "E_ARG", "inputs[", b, "].seq: sequence ", in.seq,
+                  " does not exist (never created or freed)");
+    start[b] = kv_->length(in.seq);
+  }
+  std::vector<std::vector<int32_t>> out(B);
+  try {
+    std::vector<size_t> active(B);
+    for (size_t b = 0; b < B; ++b) active[b] = b;
+    std::vector<LlamaSeqInput> feed(inputs.begin(), inputs.end());
+    std::vector<int32_t> picked;
+    while (!active.empty()) {
+      std::vector<LlamaSeqInput> batch;
+      batch.reserve(active.size());
+      for (size_t b : active) batch.push_back(feed[b]);  // feed is cheap: one token after the first step
+      LlamaForwardResult r = forward_locked(batch, false);
+      std::vector<int> seqs(active.size());
+      std::vector<std::vector<int32_t>> acc(active.size());
+      for (size_t i = 0; i < active.size(); ++i) {
+        seqs[i] = batch[i].seq;
+        acc[i].resize(batch[i].tokens.size());
+        for (size_t j = 0; j < acc[i].size(); ++j) acc[i][j] = static_cast<int32_t>(j);
+      }
+      commit_locked(seqs, acc);
+      // Argmax of every row (rows are independent), then each sequence's last row.
+      const int64_t N = r.logits.size(0);
+      Tensor ids = Tensor::empty(DType::i32, {N}, r.logits.device());
+      ops::argmax(r.logits, ids);
+      picked.resize(static_cast<size_t>(N));
+      ids.copy_to_host(picked.data(), picked.size() * sizeof(int32_t));
+      std::vector<size_t> next;
+      for (size_t i = 0; i < active.size(); ++i) {
+        const size_t b = active[i];
+        const int32_t t = picked[static_cast<size_t>(r.indptr[i + 1] - 1)];
+        out[b].push_back(t);
+        if (static_cast<int>(out[b].size()) < steps[b]) {
+          feed[b].tokens.assign(1, t);
+          next.push_back(b);
+        }
+      }
+      active.swap(next);
+    }
+  } catch (...) {
+    // Nothing of this call stays: the caller's view of the committed lengths remains true.
+    pending_ = false;
+    for (size_t b = 0; b < B; ++b)
+      if (kv_->alive(inputs[b].seq) && kv_->length(inputs[b].seq) > start[b]) kv_->truncate(inputs[b].seq, start[b]);
+    throw;
+  }
+  return out;
 }
 
 namespace {

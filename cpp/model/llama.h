@@ -89,6 +89,22 @@ class LlamaModel {
   // state unchanged. Thread-safe with respect to the other methods (one model-wide lock).
   LlamaForwardResult forward(const std::vector<LlamaSeqInput>& inputs, bool want_hidden);
 
+  // Estimated multiply-adds of forward(inputs): the weights' per-token work times the new tokens,
+  // plus attention over each sequence's committed prefix and new tokens. The N-API glue uses it to
+  // run tiny forwards on the calling thread (an event-loop round trip costs more than the work).
+  // Never blocks: when another thread holds the model, prefix lengths count as max_positions.
+  double estimate_macs(const std::vector<LlamaSeqInput>& inputs);
+
+  // Greedy chain drafting in one call. For each inputs[b] (a chain: no parents, mask or positions)
+  // with steps[b] >= 1: feed its tokens and commit them; then steps[b] times: t = argmax of the
+  // sequence's last logits row (lowest index on ties); if steps remain, feed [t] and commit it.
+  // Returns the picked tokens per input (the last one is not fed). Sequences run as one ragged
+  // batch that shrinks as their steps run out, so (batch invariance) the tokens are exactly those
+  // of the same forward/argmax/commit calls made one by one. On an error every sequence is
+  // truncated back to its committed length at entry, and the error is rethrown.
+  std::vector<std::vector<int32_t>> greedy_chain(const std::vector<LlamaSeqInput>& inputs,
+                                                 const std::vector<int>& steps);
+
   // After forward(): accepted[i] (indices into that forward's input of seqs[i], strictly increasing,
   // a path from a root when the input was a tree) become committed. seqs must be a subset of the last
   // forward's sequences; the others keep nothing. One commit per forward.
@@ -104,6 +120,10 @@ class LlamaModel {
  private:
   LlamaModel() = default;
 
+  // forward() and commit() with mu_ held by the caller.
+  LlamaForwardResult forward_locked(const std::vector<LlamaSeqInput>& inputs, bool want_hidden);
+  void commit_locked(const std::vector<int>& seqs, const std::vector<std::vector<int32_t>>& accepted);
+
   struct Layer {
     Tensor attn_norm, q, k, v, q_bias, k_bias, v_bias, o, o_bias, mlp_norm, gate, up, down;
   };
@@ -114,6 +134,17 @@ class LlamaModel {
   std::vector<Layer> layers_;
   std::unique_ptr<KvCache> kv_;
   std::mutex mu_;
+  double macs_per_token_ = 0;  // weights' multiply-adds per token (estimate_macs)
+
+  // Activations reused across forwards (guarded by mu_): speculative steps run many small
+  // forwards, and allocating ~10 buffers each time is a visible share of a tiny model's forward.
+  // Rows [0, N) of each buffer serve a forward of N tokens; forwards of more than
+  // kMaxScratchRows tokens (prefills) use temporaries, so a long prompt does not pin its memory.
+  static constexpr int64_t kMaxScratchRows = 256;
+  struct Scratch {
+    int64_t rows = 0;
+    Tensor x, h, q, k, v, att, o, gate, up;
+  } scratch_;
 
   // The last forward, for commit(): its plan and, per sequence, the parents (empty when its
   // input was a chain or a mask).

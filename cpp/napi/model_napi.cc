@@ -1,5 +1,10 @@
 // JS glue of the Llama runner: llamaLoad(config, source, options) -> Promise<LlamaModel handle>.
-// Loading and forward run on the libuv pool (run_async); the rest is quick host bookkeeping.
+// Loading runs on the libuv pool (run_async). forward and greedyChain run there too, except work
+// estimated at no more than the caller's syncMaxMacs multiply-adds (LlamaModel::estimate_macs),
+// which runs on the calling thread (run_maybe_async): for a tiny model the round trip through the
+// pool and back through the event loop costs as much as the forward itself. The rest is quick
+// host bookkeeping.
+#include <algorithm>
 #include <cstring>
 
 #include "../model/llama.h"
@@ -114,6 +119,7 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
     Napi::Function f = DefineClass(env, "LlamaModel",
                                    {
                                        InstanceMethod<&LlamaWrap::Forward>("forward"),
+                                       InstanceMethod<&LlamaWrap::GreedyChain>("greedyChain"),
                                        InstanceMethod<&LlamaWrap::Commit>("commit"),
                                        InstanceMethod<&LlamaWrap::CreateSequence>("createSequence"),
                                        InstanceMethod<&LlamaWrap::ForkSequence>("forkSequence"),
@@ -158,16 +164,26 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
     });
   }
 
-  // forward(inputs, hidden) -> Promise<{ logits, hidden?, indptr }>
+  // Whether work of `inputs` (times `steps` forwards) stays under the syncMaxMacs argument
+  // (absent: always async).
+  static bool run_here(LlamaModel& m, const std::vector<LlamaSeqInput>& inputs, const Napi::Value& limit,
+                       double steps = 1) {
+    if (limit.IsUndefined()) return false;
+    const double max_macs = get_number(limit, "syncMaxMacs");
+    return max_macs > 0 && m.estimate_macs(inputs) * steps <= max_macs;
+  }
+
+  // forward(inputs, hidden, syncMaxMacs?) -> Promise<{ logits, hidden?, indptr }>
   Napi::Value Forward(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
       std::shared_ptr<LlamaModel> m = model_;
       SPECDEC_CHECK(m != nullptr, "E_DISPOSED", "model was disposed");
       auto inputs = std::make_shared<std::vector<LlamaSeqInput>>(inputs_arg(info[0]));
       bool hidden = info.Length() > 1 && !info[1].IsUndefined() && get_bool(info[1], "hidden");
+      const bool sync = run_here(*m, *inputs, info[2]);
       auto result = std::make_shared<LlamaForwardResult>();
-      return run_async(
-          info.Env(), [=] { *result = m->forward(*inputs, hidden); },
+      return run_maybe_async(
+          info.Env(), sync, [=] { *result = m->forward(*inputs, hidden); },
           [=](Napi::Env env) -> Napi::Value {
             Napi::Object o = Napi::Object::New(env);
             o.Set("logits", wrap_tensor(env, result->logits));
@@ -176,6 +192,40 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
             std::memcpy(ip.Data(), result->indptr.data(), result->indptr.size() * 4);
             o.Set("indptr", ip);
             return o;
+          },
+          {Value()});
+    });
+  }
+
+  // greedyChain(inputs, steps: Int32Array, syncMaxMacs?) -> Promise<Int32Array[]> (LlamaModel::greedy_chain)
+  Napi::Value GreedyChain(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      std::shared_ptr<LlamaModel> m = model_;
+      SPECDEC_CHECK(m != nullptr, "E_DISPOSED", "model was disposed");
+      auto inputs = std::make_shared<std::vector<LlamaSeqInput>>(inputs_arg(info[0]));
+      std::vector<int32_t> st = get_i32_array(info[1], "steps");
+      SPECDEC_CHECK(st.size() == inputs->size(), "E_ARG", "steps: ", st.size(), " entries for ", inputs->size(), " inputs");
+      int max_steps = 0;
+      for (size_t b = 0; b < st.size(); ++b) {
+        SPECDEC_CHECK(st[b] >= 1, "E_ARG", "steps[", b, "]: expected an integer >= 1, got ", st[b]);
+        max_steps = std::max(max_steps, static_cast<int>(st[b]));
+      }
+      auto steps = std::make_shared<std::vector<int>>(st.begin(), st.end());
+      // Bound: the first forward (the fed tokens) plus max_steps - 1 one-token forwards, each
+      // costed like the first (over-estimates: fewer tokens after the first).
+      const bool sync = run_here(*m, *inputs, info[2], max_steps);
+      auto result = std::make_shared<std::vector<std::vector<int32_t>>>();
+      return run_maybe_async(
+          info.Env(), sync, [=] { *result = m->greedy_chain(*inputs, *steps); },
+          [=](Napi::Env env) -> Napi::Value {
+            Napi::Array out = Napi::Array::New(env, result->size());
+            for (size_t b = 0; b < result->size(); ++b) {
+              const std::vector<int32_t>& t = (*result)[b];
+              auto a = Napi::Int32Array::New(env, t.size());
+              if (!t.empty()) std::memcpy(a.Data(), t.data(), t.size() * 4);
+              out.Set(static_cast<uint32_t>(b), a);
+            }
+            return out;
           },
           {Value()});
     });

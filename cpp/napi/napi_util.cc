@@ -1,6 +1,7 @@
 #include "napi_util.h"
 
 #include <cmath>
+#include <new>
 
 namespace specdec {
 namespace napi {
@@ -41,19 +42,26 @@ class Worker : public Napi::AsyncWorker {
   }
   void OnOK() override {
     Napi::Env env = Env();
+    Napi::Value value, error;
     if (!code_.empty()) {
-      deferred_.Reject(make_error(env, code_, msg_).Value());
-      return;
+      error = make_error(env, code_, msg_).Value();
+    } else {
+      try {
+        value = done_(env);
+      } catch (const Napi::Error& e) {
+        error = e.Value();
+      } catch (const Error& e) {
+        error = make_error(env, e.code(), e.what()).Value();
+      } catch (const std::exception& e) {
+        error = make_error(env, "E_INTERNAL", e.what()).Value();
+      }
     }
-    try {
-      deferred_.Resolve(done_(env));
-    } catch (const Napi::Error& e) {
-      deferred_.Reject(e.Value());
-    } catch (const Error& e) {
-      deferred_.Reject(make_error(env, e.code(), e.what()).Value());
-    } catch (const std::exception& e) {
-      deferred_.Reject(make_error(env, "E_INTERNAL", e.what()).Value());
-    }
+    // Release what the closures hold (e.g. a handle's busy flag) here on the main thread, before
+    // the promise settles: a caller never sees the work finished while its promise is pending.
+    work_ = nullptr;
+    done_ = nullptr;
+    if (error.IsEmpty()) deferred_.Resolve(value);
+    else deferred_.Reject(error);
   }
   void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
 
@@ -72,6 +80,25 @@ Napi::Promise run_async(Napi::Env env, std::function<void()> work, std::function
   Napi::Promise p = w->promise();
   w->Queue();
   return p;
+}
+
+Napi::Promise run_maybe_async(Napi::Env env, bool sync, std::function<void()> work,
+                              std::function<Napi::Value(Napi::Env)> done, std::vector<Napi::Value> keep) {
+  if (!sync) return run_async(env, std::move(work), std::move(done), std::move(keep));
+  Napi::Promise::Deferred deferred = Napi::Promise::Deferred::New(env);
+  try {
+    work();
+    deferred.Resolve(done(env));
+  } catch (const Napi::Error& e) {
+    deferred.Reject(e.Value());
+  } catch (const Error& e) {
+    deferred.Reject(make_error(env, e.code(), e.what()).Value());
+  } catch (const std::bad_alloc&) {
+    deferred.Reject(make_error(env, "E_OOM", "out of memory").Value());
+  } catch (const std::exception& e) {
+    deferred.Reject(make_error(env, "E_INTERNAL", e.what()).Value());
+  }
+  return deferred.Promise();
 }
 
 int64_t get_int(const Napi::Value& v, const char* name) {

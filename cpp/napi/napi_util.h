@@ -42,9 +42,17 @@ Napi::Value guard(Napi::Env env, F&& f) {
 
 // Runs `work` on the libuv thread pool and resolves with `done(env)` on the main thread.
 // Errors thrown by `work` reject the promise with a coded Error. Keep JS objects used by the
-// work alive by holding references (the caller passes them in `keep`).
+// work alive by holding references (the caller passes them in `keep`). Both closures are
+// destroyed on the main thread just before the promise settles, so whatever they own (a busy
+// flag's guard, say) is released exactly then.
 Napi::Promise run_async(Napi::Env env, std::function<void()> work, std::function<Napi::Value(Napi::Env)> done,
                         std::vector<Napi::Value> keep = {});
+
+// run_async, or, when `sync` is true, `work` and `done` right here on the calling thread, returning
+// an already settled promise (errors reject it, as in run_async). For work so small that the
+// round trip through the libuv pool and back through the event loop costs more than the work.
+Napi::Promise run_maybe_async(Napi::Env env, bool sync, std::function<void()> work,
+                              std::function<Napi::Value(Napi::Env)> done, std::vector<Napi::Value> keep = {});
 
 // Argument helpers: each throws E_ARG naming the argument.
 int64_t get_int(const Napi::Value& v, const char* name);

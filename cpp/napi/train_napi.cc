@@ -115,11 +115,16 @@ void set_values(std::vector<F>& dst, size_t offset, size_t n, const std::vector<
   }
 }
 
-// Marks a handle busy for the duration of async work (cleared on the worker thread when done,
-// also when the work throws).
+// Marks a handle busy from the call until its promise settles: made on the main thread when the
+// work is queued and owned by the work's closure, which run_async destroys on the main thread just
+// before settling (also when the work threw). So a caller that has not seen the promise settle
+// always finds the handle busy, however quickly the work itself finished.
 struct BusyGuard {
-  std::shared_ptr<std::atomic<bool>> flag;
+  explicit BusyGuard(std::shared_ptr<std::atomic<bool>> f) : flag(std::move(f)) { flag->store(true); }
   ~BusyGuard() { flag->store(false); }
+  BusyGuard(const BusyGuard&) = delete;
+  BusyGuard& operator=(const BusyGuard&) = delete;
+  std::shared_ptr<std::atomic<bool>> flag;
 };
 
 // ---- TrainLlama -----------------------------------------------------------------------------
@@ -308,12 +313,11 @@ class TrainLlamaWrap : public Napi::ObjectWrap<TrainLlamaWrap> {
         const AdamWOptions opts = adamw_arg(info[3]);
         auto out = std::make_shared<std::pair<double, double>>();
         const int threads = threads_;
-        busy_->store(true);
-        auto busy = busy_;
+        auto guard = std::make_shared<BusyGuard>(busy_);
         return run_async(
             info.Env(),
-            [=] {
-              BusyGuard g{busy};
+            [=, guard = std::move(guard)] {
+              (void)guard;  // released with this closure, on the main thread
               out->first = m->forward_backward(t->data(), B, T, threads);
               out->second = m->params().adamw_step(opts);
             },
@@ -336,12 +340,11 @@ class TrainLlamaWrap : public Napi::ObjectWrap<TrainLlamaWrap> {
         auto t = std::make_shared<std::vector<int32_t>>(tokens_arg(info, &B, &T, 1));
         auto out = std::make_shared<double>(0);
         const int threads = threads_;
-        busy_->store(true);
-        auto busy = busy_;
+        auto guard = std::make_shared<BusyGuard>(busy_);
         return run_async(
             info.Env(),
-            [=] {
-              BusyGuard g{busy};
+            [=, guard = std::move(guard)] {
+              (void)guard;  // released with this closure, on the main thread
               *out = m->eval_loss(t->data(), B, T, threads);
             },
             [=](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, *out); }, {Value()});
@@ -536,13 +539,11 @@ class TrainMedusaWrap : public Napi::ObjectWrap<TrainMedusaWrap> {
       auto out = std::make_shared<Out>();
       const int threads = threads_;
       // The target is busy too: it must not train while it computes these hidden states.
-      busy_->store(true);
-      tw->busy_->store(true);
-      auto busy = busy_, target_busy = tw->busy_;
+      auto guard = std::make_shared<BusyGuard>(busy_), target_guard = std::make_shared<BusyGuard>(tw->busy_);
       return run_async(
           info.Env(),
-          [=] {
-            BusyGuard g{busy}, gt{target_busy};
+          [=, guard = std::move(guard), target_guard = std::move(target_guard)] {
+            (void)guard, (void)target_guard;  // released with this closure, on the main thread
             std::vector<float> hidden(size_t(B) * T * m->shape().hidden);
             target->forward(t->data(), B, T, nullptr, hidden.data(), threads);
             out->loss = m->forward_backward(hidden.data(), t->data(), B, T, threads, &out->hl, &out->ha);

@@ -74,5 +74,14 @@ export interface CausalLM {
    * each the parent of the next) whose K/V become committed, in order, for the sequence inputs[b].seq.
    */
   commit(seqs: readonly number[], accepted: readonly Int32Array[]): void;
+  /**
+   * Optional fast path for greedy chain drafting (DraftModelSpeculator uses it when present):
+   * the same tokens and cache state as, for each input with steps[b] >= 1, forward + commit of its
+   * tokens, then steps[b] times: t = argmax (lowest index on ties) of its last logits row, and while
+   * steps remain, forward + commit of [t]. Resolves with the picked tokens (steps[b] per input).
+   * Inputs are chains (no parents, positions or mask). On an error nothing of the call stays
+   * committed.
+   */
+  greedyChain?(inputs: readonly SequenceInput[], steps: readonly number[], options?: { readonly signal?: AbortSignal }): Promise<Int32Array[]>;
   dispose(): void;
 }

@@ -1,6 +1,7 @@
 // The built-in Llama-family runner (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM) as a
 // CausalLM: config.json parsed here, weights memory-mapped and validated by the native loader
-// (cpp/model/llama.cc), forward on the libuv pool, KV cache bookkeeping delegated to C++.
+// (cpp/model/llama.cc), forward on the libuv pool (tiny forwards on the calling thread, see
+// syncForwardMaxMacs), KV cache bookkeeping delegated to C++.
 import * as fs from 'fs';
 import * as path from 'path';
 import { resolveDevice } from '../backend';
@@ -22,7 +23,24 @@ export interface LlamaLoadOptions {
   readonly kvDtype?: KvDType;
   /** Sequences expected to be alive at once (sizes the default kvPages). Default 4. */
   readonly maxSequences?: number;
+  /**
+   * Forwards whose estimated work (multiply-adds: weights x new tokens + attention over the
+   * context) is at most this run on the calling thread instead of the libuv pool; the returned
+   * promise is then already settled. A tiny model's forward costs less than the round trip through
+   * the pool and the event loop (tens of microseconds), while a big one must not block the event
+   * loop. Runs of such forwards give the event loop a turn every few milliseconds (SYNC_SLICE_MS).
+   * Default DEFAULT_SYNC_FORWARD_MACS; 0: always the pool.
+   */
+  readonly syncForwardMaxMacs?: number;
 }
+
+/**
+ * 32M multiply-adds: about 2 ms of work on the 2-core AVX2 machine of bench/README.md, where the
+ * round trip through the pool costs ~30-50 us, i.e. at most a few percent of a forward that stays
+ * on the pool. The embedded default target (0.87M parameters) verifies a 5-token chain (~5M) and
+ * a 17-node tree (~15-17M) on the calling thread; one token of a ~100M model stays on the pool.
+ */
+export const DEFAULT_SYNC_FORWARD_MACS = 32e6;
 
 export interface KvInfo {
   readonly pageSize: number;
@@ -67,6 +85,28 @@ function positiveInt(v: number | undefined, name: string, fallback: number): num
   return v;
 }
 
+/**
+ * Calling-thread forwards resolve without entering the event loop, so a long run of them would
+ * starve timers, I/O and abort signals. Once they have held the loop for SYNC_SLICE_MS (all
+ * models together), the next call goes through the pool; the loop turns while it runs.
+ */
+const SYNC_SLICE_MS = 4;
+let sliceStart = 0;
+let loopTurned = true;
+
+/** The syncMaxMacs to pass to a native call now (0 = through the pool). */
+function syncLimit(max: number): number {
+  if (max === 0) return 0;
+  const now = performance.now();
+  if (loopTurned) {
+    loopTurned = false;
+    sliceStart = now;
+    setImmediate(() => (loopTurned = true));
+    return max;
+  }
+  return now - sliceStart < SYNC_SLICE_MS ? max : 0;
+}
+
 export class LlamaModel implements CausalLM {
   private handle: SpecdecNative.LlamaNativeModel | undefined;
   private busy = false;
@@ -76,6 +116,8 @@ export class LlamaModel implements CausalLM {
     readonly device: Device,
     readonly dir: string,
     handle: SpecdecNative.LlamaNativeModel,
+    /** See LlamaLoadOptions.syncForwardMaxMacs. */
+    readonly syncForwardMaxMacs: number,
   ) {
     this.handle = handle;
   }
@@ -97,12 +139,14 @@ export class LlamaModel implements CausalLM {
       kvPages = Math.max(Math.min(maxSequences * perSeq, Math.floor(KV_BUDGET_BYTES / pageBytes)), maxSequences);
     }
     kvPages = positiveInt(kvPages, 'kvPages', 1);
+    const syncMacs = options.syncForwardMaxMacs ?? DEFAULT_SYNC_FORWARD_MACS;
+    if (typeof syncMacs !== 'number' || !(syncMacs >= 0)) throw codedError('E_ARG', `syncForwardMaxMacs: expected a number >= 0, got ${String(syncMacs)}`);
     const binding = native();
     if (typeof binding.llamaLoad !== 'function') {
       throw codedError('E_UNSUPPORTED', 'the loaded native addon has no Llama runner (an older build?): run `npm run build:native`');
     }
     const handle = await binding.llamaLoad(toNativeConfig(config), source, { device, pageSize, kvPages, kvDtype });
-    return new LlamaModel(config, device, dir, handle);
+    return new LlamaModel(config, device, dir, handle, syncMacs);
   }
 
   private h(what: string, allowBusy = false): SpecdecNative.LlamaNativeModel {
@@ -140,16 +184,10 @@ export class LlamaModel implements CausalLM {
   async forward(inputs: readonly SequenceInput[], options: ForwardOptions = {}): Promise<ForwardOutput> {
     const handle = this.h('forward');
     options.signal?.throwIfAborted();
-    const native_inputs = inputs.map((s): SpecdecNative.LlamaNativeInput => ({
-      seq: s.seq,
-      tokens: s.tokens,
-      ...(s.mask !== undefined ? { mask: { bits: s.mask.bits, words: s.mask.words } } : s.parents !== undefined ? { parents: s.parents } : {}),
-      ...(s.positions !== undefined ? { positions: s.positions } : {}),
-    }));
     this.busy = true;
     let r: SpecdecNative.LlamaNativeForward;
     try {
-      r = await handle.forward(native_inputs, options.hidden === true);
+      r = await handle.forward(inputs.map(nativeInput), options.hidden === true, syncLimit(this.syncForwardMaxMacs));
     } finally {
       this.busy = false;
     }
@@ -161,6 +199,21 @@ export class LlamaModel implements CausalLM {
       options.signal.throwIfAborted();
     }
     return { logits, indptr: r.indptr, ...(hidden !== undefined ? { hidden } : {}) };
+  }
+
+  async greedyChain(inputs: readonly SequenceInput[], steps: readonly number[], options: { readonly signal?: AbortSignal } = {}): Promise<Int32Array[]> {
+    const handle = this.h('greedyChain');
+    options.signal?.throwIfAborted();
+    if (steps.length !== inputs.length) throw codedError('E_ARG', `steps: ${steps.length} entries for ${inputs.length} inputs`);
+    steps.forEach((n, b) => {
+      if (!Number.isSafeInteger(n) || n < 1) throw codedError('E_ARG', `steps[${b}]: expected an integer >= 1, got ${n}`);
+    });
+    this.busy = true;
+    try {
+      return await handle.greedyChain(inputs.map(nativeInput), Int32Array.from(steps), syncLimit(this.syncForwardMaxMacs));
+    } finally {
+      this.busy = false;
+    }
   }
 
   commit(seqs: readonly number[], accepted: readonly Int32Array[]): void {
@@ -176,6 +229,14 @@ export class LlamaModel implements CausalLM {
   [Symbol.dispose](): void {
     this.dispose();
   }
+}
+
+function nativeInput(s: SequenceInput): SpecdecNative.LlamaNativeInput {
+  const i: { -readonly [K in keyof SpecdecNative.LlamaNativeInput]: SpecdecNative.LlamaNativeInput[K] } = { seq: s.seq, tokens: s.tokens };
+  if (s.mask !== undefined) i.mask = { bits: s.mask.bits, words: s.mask.words };
+  else if (s.parents !== undefined) i.parents = s.parents;
+  if (s.positions !== undefined) i.positions = s.positions;
+  return i;
 }
 
 function defaultKvDtype(config: LlamaConfig, device: Device): KvDType {

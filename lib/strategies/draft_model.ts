@@ -133,6 +133,9 @@ export class DraftModelSpeculator implements Speculator {
   private async proposeChain(seqs: readonly SpecSequence[], states: DraftState[], ctx: ProposeContext): Promise<ProposalBatch> {
     const sampling = isSampling(ctx.sampling) ? ctx.sampling : undefined;
     const budgets = seqs.map((s, b) => this.budget(s, states[b] as DraftState));
+    // Greedy with a fixed number of steps per sequence: all k draft steps in one native call when
+    // the draft offers it (the same tokens as the loop below; it saves k - 1 round trips).
+    if (!sampling && this.adaptive !== 'confidence' && this.draft.greedyChain) return this.proposeGreedyChain(seqs, states, budgets, ctx);
     const drafts: number[][] = seqs.map(() => []);
     // q rows (sampling): qRows[b][j] = the distribution drafts[b][j] was drawn from.
     const qRows: { tensor: Tensor; row: number }[][] = seqs.map(() => []);
@@ -210,6 +213,31 @@ export class DraftModelSpeculator implements Speculator {
     } finally {
       for (const t of keep) t.dispose();
     }
+  }
+
+  private async proposeGreedyChain(seqs: readonly SpecSequence[], states: DraftState[], budgets: readonly number[], ctx: ProposeContext): Promise<ProposalBatch> {
+    const active = seqs.map((_, b) => b).filter((b) => (budgets[b] as number) > 0);
+    const drafts: Int32Array[] = seqs.map(() => new Int32Array(0));
+    if (active.length > 0) {
+      const inputs: SequenceInput[] = active.map((b) => {
+        const st = states[b] as DraftState;
+        return { seq: st.draftSeq, tokens: Int32Array.from((seqs[b] as SpecSequence).history.slice(st.cached)) };
+      });
+      const steps = active.map((b) => budgets[b] as number);
+      const picked = await (this.draft.greedyChain as NonNullable<CausalLM['greedyChain']>).call(this.draft, inputs, steps, ctx.signal ? { signal: ctx.signal } : {});
+      active.forEach((b, i) => {
+        const d = picked[i] as Int32Array;
+        if (d.length !== steps[i]) throw codedError('E_INTERNAL', `draft model: greedyChain gave ${d.length} tokens, expected ${steps[i]}`);
+        drafts[b] = d;
+        // Fed: the uncached history, then every picked token but the last.
+        (states[b] as DraftState).cached += (inputs[i] as SequenceInput).tokens.length + d.length - 1;
+      });
+    }
+    states.forEach((st, b) => {
+      st.lastDrafted = (drafts[b] as Int32Array).length;
+      this.kHistory.get(seqs[b]!.key)?.push(st.lastDrafted);
+    });
+    return { proposals: seqs.map((s, b) => chainTree(s.history[s.history.length - 1] as number, drafts[b] as Int32Array)) };
   }
 
   private async proposeTree(seqs: readonly SpecSequence[], states: DraftState[], ctx: ProposeContext): Promise<ProposalBatch> {

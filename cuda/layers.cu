@@ -1,20 +1,6 @@
-// CUDA backend for the model layer ops (cpp/core/ops_layers.h). Arguments were validated by the
-// dispatcher (cpp/core/ops_layers.cc); these functions only launch kernels on cuda::stream().
-//
-// matmul. bf16 and f16 weights (what checkpoints ship) run on tensor cores (gemm_tc.cuh: f32
-// activations split into bf16 pieces, so results stay within f32 rounding); f32 weights, and every
-// dtype when SPECDEC_CUDA_MATMUL=simt, run on the CUDA-core kernel below. The choice depends only on
-// the weight's dtype, never on N, so both paths are batch invariant.
-//
-// The CUDA-core kernel serves every N (decode N=1, verification of a tree, prefill): a warp owns
-// one output column m (one weight row) and a small group of x rows, and reduces over K in a fixed
-// order that depends only on K:
-//   lane l accumulates, in this order, k = c*256 + l*8 + j for chunks c = 0, 1, ... and j = 0..7
-//   (one f32 accumulator per row), then the 32 lane sums are combined by a fixed xor butterfly.
-// Nothing in that order depends on N, on the row's position in the batch or on the grid, so a
-// row's result is bit-identical whether it is computed alone or with 63 others. Decode is bound by
-// reading the weights, which this kernel does with coalesced 16-byte loads; larger N re-reads a
-// weight row once per group of kRows rows (mostly from L2).
+// CUDA backend for the model layer ops (cpp/core/ops_layers.h): launchers only (kernels in
+// layers.cuh and gemm_tc.cuh). Arguments were validated by the dispatcher (cpp/core/ops_layers.cc);
+// these functions only launch kernels on cuda::stream().
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -22,170 +8,14 @@
 #include "../cpp/core/ops_layers.h"
 #include "common.cuh"
 #include "gemm_tc.cuh"
+#include "layers.cuh"
 
 namespace specdec {
 namespace cuda {
 
 namespace {
 
-constexpr int kWarp = 32;
-constexpr int kVec = 8;                 // elements per lane per chunk
-constexpr int kChunk = kWarp * kVec;    // 256 elements of K per warp step
-constexpr int kRows = 8;                // x rows per warp (registers: one accumulator each)
-constexpr int kWarpsPerBlock = 8;       // output columns per block
-
-// 8 consecutive weights as f32. `aligned` means a 16-byte (f16/bf16) or 2x16-byte (f32) load is legal.
-__device__ __forceinline__ void load8(const float* p, bool aligned, float* v) {
-  if (aligned) {
-    float4 a = reinterpret_cast<const float4*>(p)[0];
-    float4 b = reinterpret_cast<const float4*>(p)[1];
-    v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w; v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
-  } else {
-#pragma unroll
-    for (int j = 0; j < kVec; ++j) v[j] = p[j];
-  }
-}
-template <typename T>
-__device__ __forceinline__ void load8(const T* p, bool aligned, float* v) {
-  if (aligned) {
-    uint4 raw = *reinterpret_cast<const uint4*>(p);
-    const T* h = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-    for (int j = 0; j < kVec; ++j) v[j] = to_f32(h[j]);
-  } else {
-#pragma unroll
-    for (int j = 0; j < kVec; ++j) v[j] = to_f32(p[j]);
-  }
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-  // Fixed butterfly: every lane ends with the same, order-defined sum.
-#pragma unroll
-  for (int off = kWarp / 2; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-  return v;
-}
-
-// out[n, m] = sum_k x[n, k] * w[m, k] (+ bias[m]). grid = (ceil(M / kWarpsPerBlock), ceil(N / kRows)).
-// bias (any float dtype, may be null). `vec_ok`: K % 8 == 0 and x, w 16-byte aligned, so full chunks may use vector loads. The
-// summation order is the same either way (see the file comment).
-template <typename W, typename B>
-__global__ void matmul_kernel(const float* __restrict__ x, const W* __restrict__ w, const B* __restrict__ bias,
-                              float* __restrict__ out, int64_t N, int64_t K, int64_t M, bool vec_ok) {
-  const int lane = threadIdx.x % kWarp;
-  const int64_t m = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * kRows;
-  if (m >= M) return;  // whole warps exit together: no partial-warp shuffles
-  const int rows = N - n0 < kRows ? static_cast<int>(N - n0) : kRows;
-  const W* wrow = w + m * K;
-  const float* xbase = x + n0 * K;
-
-  float acc[kRows];
-#pragma unroll
-  for (int r = 0; r < kRows; ++r) acc[r] = 0.f;
-
-  for (int64_t c = 0; c < K; c += kChunk) {
-    const int64_t k = c + static_cast<int64_t>(lane) * kVec;
-    if (k + kVec <= K) {
-      float wv[kVec];
-      load8(wrow + k, vec_ok, wv);
-#pragma unroll
-      for (int r = 0; r < kRows; ++r) {
-        if (r < rows) {
-          float xv[kVec];
-          load8(xbase + r * K + k, vec_ok, xv);
-#pragma unroll
-          for (int j = 0; j < kVec; ++j) acc[r] += xv[j] * wv[j];
-        }
-      }
-    } else if (k < K) {
-      // The ragged end of K: the same j order, fewer terms.
-      const int valid = static_cast<int>(K - k);
-      for (int j = 0; j < valid; ++j) {
-        const float wj = to_f32(wrow[k + j]);
-#pragma unroll
-        for (int r = 0; r < kRows; ++r)
-          if (r < rows) acc[r] += xbase[r * K + k + j] * wj;
-      }
-    }
-  }
-
-  const float b = bias ? to_f32(bias[m]) : 0.f;
-#pragma unroll
-  for (int r = 0; r < kRows; ++r) {
-    const float s = warp_sum(acc[r]);  // every lane takes part, so the loop bound is warp-uniform
-    if (lane == 0 && r < rows) out[(n0 + r) * M + m] = bias ? s + b : s;
-  }
-}
-
-// One block per token: out[n, :] = table[ids[n], :].
-template <typename T>
-__global__ void embedding_kernel(const T* __restrict__ table, const int32_t* __restrict__ ids, float* __restrict__ out,
-                                 int64_t V, int64_t H) {
-  const int64_t n = blockIdx.x;
-  const int32_t id = ids[n];
-  if (id < 0 || id >= V) return;  // validated on the host; never read out of bounds regardless
-  const T* row = table + static_cast<int64_t>(id) * H;
-  for (int64_t h = threadIdx.x; h < H; h += blockDim.x) out[n * H + h] = to_f32(row[h]);
-}
-
-// Block-wide sum (blockDim.x a multiple of 32, <= 1024), fixed order; result broadcast to all threads.
-__device__ float block_sum(float v) {
-  __shared__ float partial[32];
-  v = warp_sum(v);
-  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
-  if (lane == 0) partial[warp] = v;
-  __syncthreads();
-  const int warps = blockDim.x / kWarp;
-  float t = lane < warps ? partial[lane] : 0.f;
-  t = warp_sum(t);
-  __syncthreads();  // partial[] may be reused by a later call
-  return t;
-}
-
-// One block per row. out may alias x: each thread reads x[h] before writing out[h] for the same h.
-template <typename T>
-__global__ void rmsnorm_kernel(const float* x, const T* __restrict__ w, float eps, float* out, int64_t H) {
-  const float* xr = x + static_cast<int64_t>(blockIdx.x) * H;
-  float* orow = out + static_cast<int64_t>(blockIdx.x) * H;
-  float ss = 0.f;
-  for (int64_t h = threadIdx.x; h < H; h += blockDim.x) ss += xr[h] * xr[h];
-  ss = block_sum(ss);
-  const float inv = rsqrtf(ss / static_cast<float>(H) + eps);
-  for (int64_t h = threadIdx.x; h < H; h += blockDim.x) orow[h] = xr[h] * inv * to_f32(w[h]);
-}
-
-// One block per (token, head); thread i rotates the pair (i, i + D/2).
-__global__ void rope_kernel(float* __restrict__ x, const int32_t* __restrict__ pos, const float* __restrict__ inv_freq,
-                            int64_t heads, int64_t D) {
-  const int64_t n = blockIdx.x / heads;
-  float* v = x + static_cast<int64_t>(blockIdx.x) * D;
-  const int64_t half = D / 2;
-  for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
-    const float angle = static_cast<float>(pos[n]) * inv_freq[i];  // f32, as HF
-    float s, c;
-    sincosf(angle, &s, &c);  // full-precision range reduction (positions reach 1e5+)
-    const float a = v[i], b = v[i + half];
-    v[i] = a * c - b * s;
-    v[i + half] = b * c + a * s;
-  }
-}
-
-__device__ __forceinline__ float silu(float v) { return v / (1.f + expf(-v)); }
-
-__global__ void silu_mul_kernel(const float* gate, const float* up, float* out, int64_t n) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    out[i] = silu(gate[i]) * up[i];
-}
-
-__global__ void add_kernel(float* x, const float* y, int64_t n) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    x[i] += y[i];
-}
-
-__global__ void silu_kernel(float* x, int64_t n) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    x[i] = silu(x[i]);
-}
+using namespace layer_kernels;
 
 unsigned elementwise_grid(int64_t n) { return static_cast<unsigned>(std::min<int64_t>(ceil_div(n, 256), 65535 * 8)); }
 

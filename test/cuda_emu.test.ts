@@ -1,6 +1,6 @@
 // The CUDA kernels checked on the host, where CI has no GPU: test/emu/ compiles the kernel headers
 // (cuda/gemm_tc.cuh; cuda/attention.cuh with its launch plan; cuda/sampling.cuh and verify.cuh with
-// their block primitives) against stand-ins for threads, barriers, shuffles, atomics, bf16/f16 and
+// their block primitives; cuda/layers.cuh; cuda/kv.cuh) against stand-ins for threads, barriers, shuffles, atomics, bf16/f16 and
 // wmma, runs them on random and adversarial inputs and checks them against float64 references or
 // the CPU backend (exact agreement where the design promises it), plus batch invariance and the
 // kernels' own bit-identity claims. Each program is built twice: AddressSanitizer + UBSan (an
@@ -39,6 +39,8 @@ const programs: Program[] = [
   { source: 'sampling_emu.cc', extra: ['cpp/core/tensor.cc', 'cpp/core/backend.cc', 'cpp/cpu/thread_pool.cc', 'cpp/cpu/sampling.cc', 'cpp/cpu/verify.cc'],
     kernel: 'sampling + verification (cuda/sampling.cuh, cuda/verify.cuh) vs the CPU backend', minChecks: 40, args: ['2'],
     tsanArgs: ['0'], tsanMinChecks: 7 },
+  { source: 'layers_kv_emu.cc', extra: [], kernel: 'model layers + paged KV movement (cuda/layers.cuh, cuda/kv.cuh)', minChecks: 59,
+    args: [], tsanArgs: ['quick'], tsanMinChecks: 13 },
 ];
 const sanitizers = ['address,undefined', 'thread'];
 

@@ -175,6 +175,8 @@ inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v)
 }
 inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
 
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+
 // Explicitly rounded f32 arithmetic (the host compiler does not contract without -mfma).
 inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fsub_rn(float a, float b) { return a - b; }

@@ -1,0 +1,319 @@
+// Runs the CUDA model-layer kernels (cuda/layers.cuh: embedding, RMSNorm, the CUDA-core matmul,
+// RoPE, SwiGLU, residual add, SiLU) and the paged-KV kernels (cuda/kv.cuh: append, commit of
+// accepted tree nodes, page copy) on the host emulation, with the launch shapes of layers.cu and
+// kv.cu, and checks them against float64 references (layers) or an independent host model of the
+// cache with the CPU's own f32 -> f16/bf16 rounding (kv: exact). The matmul is also checked for
+// batch invariance (a row alone == in a batch, bit for bit) and vector == scalar loads.
+// Usage: layers_kv_emu SEED [quick]: `quick` (the ThreadSanitizer build) runs one shape of each.
+// One line per check; exit status 1 if any failed.
+#include "cuda_emu.h"
+#include "emu_check.h"
+// clang-format off: the stand-ins must come first
+#include "../../cuda/kv.cuh"
+#include "../../cuda/layers.cuh"
+
+#include <random>
+#include <string>
+
+namespace lk = specdec::cuda::layer_kernels;
+namespace kk = specdec::cuda::kv_kernels;
+using bf16 = __nv_bfloat16;
+using emu::from_float;
+using emu::report;
+using emu::to_float;
+using specdec::DType;
+
+namespace {
+
+unsigned ceil_div(int64_t a, int64_t b) { return static_cast<unsigned>((a + b - 1) / b); }
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+unsigned elementwise_grid(int64_t n) { return static_cast<unsigned>(std::min<int64_t>(ceil_div(n, 256), 65535 * 8)); }
+
+template <typename T>
+std::vector<T> random_vec(std::mt19937_64& rng, size_t n, float lo = -1.f, float hi = 1.f) {
+  std::uniform_real_distribution<float> u(lo, hi);
+  std::vector<T> v(n);
+  for (auto& e : v) e = from_float<T>(u(rng));
+  return v;
+}
+
+// ---- layers ---------------------------------------------------------------------------------
+
+// The CUDA-core matmul as layers.cu launches it (misalign_x: x starts one float past a 16-byte boundary).
+template <typename W>
+std::vector<float> simt_matmul(const std::vector<float>& x, const std::vector<W>& w, const std::vector<float>* bias, int64_t N,
+                               int64_t K, int64_t M, bool misalign_x) {
+  std::vector<float> xs(x.size() + 4);
+  float* xp = xs.data() + (misalign_x ? 1 : 0);
+  std::copy(x.begin(), x.end(), xp);
+  std::vector<float> out(static_cast<size_t>(N * M), NAN);
+  const bool vec_ok = K % lk::kVec == 0 && aligned16(xp) && aligned16(w.data());
+  const Dim3 grid{ceil_div(M, lk::kWarpsPerBlock), ceil_div(N, lk::kRows), 1};
+  const float* bp = bias ? bias->data() : nullptr;
+  emu::launch(grid, lk::kWarpsPerBlock * lk::kWarp, [&] {
+    lk::matmul_kernel<W, float>(xp, w.data(), bp, out.data(), N, K, M, vec_ok);
+  });
+  return out;
+}
+
+template <typename W>
+void check_matmul(std::mt19937_64& rng, int64_t N, int64_t K, int64_t M) {
+  const auto x = random_vec<float>(rng, static_cast<size_t>(N * K));
+  const auto w = random_vec<W>(rng, static_cast<size_t>(M * K));
+  const auto b = random_vec<float>(rng, static_cast<size_t>(M));
+  const auto out = simt_matmul(x, w, &b, N, K, M, false);
+  double worst = 0;
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t m = 0; m < M; ++m) {
+      double s = b[m], mag = std::fabs(b[m]);
+      for (int64_t k = 0; k < K; ++k) {
+        const double p = static_cast<double>(x[n * K + k]) * to_float(w[m * K + k]);
+        s += p, mag += std::fabs(p);
+      }
+      worst = std::max(worst, std::fabs(out[n * M + m] - s) / mag);
+    }
+  char what[160];
+  std::snprintf(what, sizeof what, "CUDA-core matmul %s N=%lld K=%lld M=%lld: max error %.1e of sum|xw|", emu::type_name<W>(),
+                static_cast<long long>(N), static_cast<long long>(K), static_cast<long long>(M), worst);
+  report(worst < 1e-6, what);
+  const auto scalar = simt_matmul(x, w, &b, N, K, M, true);
+  report(std::memcmp(out.data(), scalar.data(), out.size() * 4) == 0, std::string(what) + ": vector == scalar loads, bit for bit");
+  bool inv = true;
+  for (int64_t n : {int64_t(0), N / 2, N - 1}) {
+    std::vector<float> row(x.begin() + n * K, x.begin() + (n + 1) * K);
+    const auto one = simt_matmul(row, w, &b, 1, K, M, false);
+    inv = inv && std::memcmp(one.data(), out.data() + n * M, static_cast<size_t>(M) * 4) == 0;
+  }
+  report(inv, std::string(what) + ": a row alone == in the batch, bit for bit");
+}
+
+template <typename T>
+void check_norm_embed(std::mt19937_64& rng, int64_t N, int64_t H) {
+  const std::string tag = std::string(emu::type_name<T>()) + " N=" + std::to_string(N) + " H=" + std::to_string(H);
+  // RMSNorm, in place (out aliases x) as the runner calls it.
+  const auto x = random_vec<float>(rng, static_cast<size_t>(N * H), -3.f, 3.f);
+  const auto w = random_vec<T>(rng, static_cast<size_t>(H));
+  std::vector<float> y = x;
+  const float eps = 1e-5f;
+  emu::launch(Dim3{static_cast<unsigned>(N), 1, 1}, 256, [&] { lk::rmsnorm_kernel<T>(y.data(), w.data(), eps, y.data(), H); });
+  double worst = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    double ss = 0;
+    for (int64_t h = 0; h < H; ++h) ss += static_cast<double>(x[n * H + h]) * x[n * H + h];
+    const double inv = 1.0 / std::sqrt(ss / H + eps);
+    for (int64_t h = 0; h < H; ++h) {
+      const double want = x[n * H + h] * inv * to_float(w[h]);
+      worst = std::max(worst, std::fabs(y[n * H + h] - want) / (std::fabs(want) + 1e-3));
+    }
+  }
+  char buf[80];
+  std::snprintf(buf, sizeof buf, ": max relative error %.1e", worst);
+  report(worst < 2e-6, "rmsnorm in place " + tag + buf);
+  // Embedding: exact gathers, ids anywhere in the table.
+  const int64_t V = 97;
+  const auto table = random_vec<T>(rng, static_cast<size_t>(V * H));
+  std::vector<int32_t> ids(static_cast<size_t>(N));
+  for (auto& id : ids) id = static_cast<int32_t>(rng() % V);
+  std::vector<float> e(static_cast<size_t>(N * H), NAN);
+  emu::launch(Dim3{static_cast<unsigned>(N), 1, 1}, 256, [&] { lk::embedding_kernel<T>(table.data(), ids.data(), e.data(), V, H); });
+  bool ok = true;
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t h = 0; h < H; ++h) ok = ok && e[n * H + h] == to_float(table[ids[n] * H + h]);
+  report(ok, "embedding " + tag + ": exact rows of the table");
+}
+
+void check_rope_elementwise(std::mt19937_64& rng) {
+  const int64_t N = 7, heads = 3;
+  for (int64_t D : {64, 128, 80, 256}) {
+    auto x = random_vec<float>(rng, static_cast<size_t>(N * heads * D));
+    const auto x0 = x;
+    std::vector<int32_t> pos(static_cast<size_t>(N));
+    for (auto& p : pos) p = static_cast<int32_t>(rng() % 200000);  // long contexts: range reduction matters
+    std::vector<float> inv_freq(static_cast<size_t>(D / 2));
+    for (int64_t i = 0; i < D / 2; ++i) inv_freq[i] = static_cast<float>(1.0 / std::pow(500000.0, 2.0 * i / D));
+    const int threads = static_cast<int>(std::min<int64_t>(256, ((D / 2 + 31) / 32) * 32));
+    emu::launch(Dim3{static_cast<unsigned>(N * heads), 1, 1}, static_cast<unsigned>(threads),
+                [&] { lk::rope_kernel(x.data(), pos.data(), inv_freq.data(), heads, D); });
+    double worst = 0;
+    for (int64_t r = 0; r < N * heads; ++r) {
+      const int64_t n = r / heads;
+      for (int64_t i = 0; i < D / 2; ++i) {
+        const float angle = static_cast<float>(pos[n]) * inv_freq[i];  // the contract: the angle in f32
+        const double c = std::cos(static_cast<double>(angle)), s = std::sin(static_cast<double>(angle));
+        const double a = x0[r * D + i], b = x0[r * D + i + D / 2];
+        worst = std::max({worst, std::fabs(x[r * D + i] - (a * c - b * s)), std::fabs(x[r * D + i + D / 2] - (b * c + a * s))});
+      }
+    }
+    char buf[100];
+    std::snprintf(buf, sizeof buf, "rope D=%lld, positions up to 2e5: max abs error %.1e", static_cast<long long>(D), worst);
+    report(worst < 1e-6, buf);
+  }
+  const int64_t n = 3000;
+  const auto g = random_vec<float>(rng, n, -8.f, 8.f), u = random_vec<float>(rng, n);
+  std::vector<float> o(n, NAN), a = g, s = g;
+  emu::launch(Dim3{elementwise_grid(n), 1, 1}, 256, [&] { lk::silu_mul_kernel(g.data(), u.data(), o.data(), n); });
+  emu::launch(Dim3{elementwise_grid(n), 1, 1}, 256, [&] { lk::add_kernel(a.data(), u.data(), n); });
+  emu::launch(Dim3{elementwise_grid(n), 1, 1}, 256, [&] { lk::silu_kernel(s.data(), n); });
+  double worst = 0;
+  bool add_ok = true;
+  for (int64_t i = 0; i < n; ++i) {
+    const double si = g[i] / (1.0 + std::exp(-static_cast<double>(g[i])));
+    worst = std::max({worst, std::fabs(o[i] - si * u[i]) / (std::fabs(si * u[i]) + 1e-6), std::fabs(s[i] - si) / (std::fabs(si) + 1e-6)});
+    add_ok = add_ok && a[i] == g[i] + u[i];
+  }
+  char buf[100];
+  std::snprintf(buf, sizeof buf, "silu_mul, silu: max relative error %.1e; add exact", worst);
+  report(worst < 1e-6 && add_ok, buf);
+}
+
+// ---- paged KV -------------------------------------------------------------------------------------
+
+// The CPU's rounding (cpp/core/dtype.h) as the independent reference for stores into the cache.
+template <typename T> uint16_t ref_bits(float f);
+template <> uint16_t ref_bits<bf16>(float f) { return specdec::f32_to_bf16(f); }
+template <> uint16_t ref_bits<__half>(float f) { return specdec::f32_to_f16(f); }
+template <typename T> bool same_value(T a, float want) {
+  uint16_t bits;
+  std::memcpy(&bits, &a, 2);
+  return bits == ref_bits<T>(want);
+}
+template <> bool same_value<float>(float a, float want) { return std::memcmp(&a, &want, 4) == 0; }
+template <typename T> DType dtype_of();
+template <> DType dtype_of<float>() { return DType::f32; }
+template <> DType dtype_of<__half>() { return DType::f16; }
+template <> DType dtype_of<bf16>() { return DType::bf16; }
+
+// B sequences with prefixes and new tokens over a scattered page pool: append new K/V (of dtype IT)
+// into a cache of dtype KVT, then commit a random accepted path per sequence over L layers, then
+// copy pages; each step checked element for element against a host model of the cache.
+template <typename KVT, typename IT>
+void check_kv(std::mt19937_64& rng) {
+  const int page_size = 4, Hkv = 2, D = 8, row = Hkv * D, L = 3;
+  const std::vector<std::pair<int, int>> seqs = {{5, 7}, {0, 3}, {9, 1}};  // prefix, new tokens
+  const int B = static_cast<int>(seqs.size());
+  std::vector<int32_t> qo{0}, pind{0}, pages, prefix;
+  int used = 0;
+  for (auto [p, q] : seqs) {
+    qo.push_back(qo.back() + q);
+    const int np = (p + q + page_size - 1) / page_size;
+    pind.push_back(pind.back() + np);
+    prefix.push_back(p);
+    used += np;
+  }
+  const int pool = used + 4;
+  std::vector<int32_t> perm(static_cast<size_t>(pool));
+  for (int i = 0; i < pool; ++i) perm[i] = i;
+  std::shuffle(perm.begin(), perm.end(), rng);
+  pages.assign(perm.begin(), perm.begin() + used);
+  const size_t layer_elems = static_cast<size_t>(pool) * 2 * page_size * row;
+  std::vector<std::vector<KVT>> layers(L);
+  for (auto& l : layers) l = random_vec<KVT>(rng, layer_elems);
+  const int N = qo.back();
+  const auto k = random_vec<IT>(rng, static_cast<size_t>(N) * row, -4.f, 4.f);
+  const auto v = random_vec<IT>(rng, static_cast<size_t>(N) * row, -4.f, 4.f);
+  auto slot_at = [&](int b, int slot, int kv, int e) {
+    return (static_cast<size_t>(pages[pind[b] + slot / page_size]) * 2 * page_size + kv * page_size + slot % page_size) * row + e;
+  };
+  const std::string tag = std::string("cache ") + emu::type_name<KVT>() + " <- " + emu::type_name<IT>();
+
+  // Append into layer 0.
+  auto before = layers[0];
+  emu::launch(Dim3{static_cast<unsigned>(N), 1, 1}, kk::kThreads, [&] {
+    kk::kv_append_kernel<KVT>(layers[0].data(), k.data(), static_cast<int>(dtype_of<IT>()), v.data(),
+                              static_cast<int>(dtype_of<IT>()), qo.data(), pind.data(), pages.data(), prefix.data(), B, page_size, row);
+  });
+  bool ok = true;
+  std::vector<char> touched(layer_elems, 0);
+  for (int b = 0; b < B; ++b)
+    for (int j = 0; j < seqs[b].second; ++j)
+      for (int e = 0; e < row; ++e) {
+        const int n = qo[b] + j, slot = prefix[b] + j;
+        ok = ok && same_value(layers[0][slot_at(b, slot, 0, e)], to_float(k[n * row + e])) &&
+             same_value(layers[0][slot_at(b, slot, 1, e)], to_float(v[n * row + e]));
+        touched[slot_at(b, slot, 0, e)] = touched[slot_at(b, slot, 1, e)] = 1;
+      }
+  for (size_t i = 0; i < layer_elems; ++i)
+    if (!touched[i]) ok = ok && std::memcmp(&layers[0][i], &before[i], sizeof(KVT)) == 0;
+  report(ok, "kv append " + tag + ": new tokens at their slots (rounded as the CPU rounds), nothing else written");
+
+  // Commit: per sequence an accepted path = node 0 then strictly increasing nodes (a tree path).
+  std::vector<int32_t> acc_ptr{0}, acc;
+  for (int b = 0; b < B; ++b) {
+    acc.push_back(0);
+    for (int j = 1; j < seqs[b].second; ++j)
+      if (rng() % 2) acc.push_back(j);
+    acc_ptr.push_back(static_cast<int32_t>(acc.size()));
+  }
+  const auto snapshot = layers;
+  std::vector<KVT*> table;
+  for (auto& l : layers) table.push_back(l.data());
+  using E = std::conditional_t<sizeof(KVT) == 4, uint32_t, uint16_t>;  // kv.cu moves raw words
+  std::vector<E*> etable;
+  for (auto* p : table) etable.push_back(reinterpret_cast<E*>(p));
+  emu::launch(Dim3{static_cast<unsigned>(B), static_cast<unsigned>(L), 1}, kk::kThreads, [&] {
+    kk::kv_commit_kernel<E>(etable.data(), pind.data(), pages.data(), prefix.data(), acc_ptr.data(), acc.data(), page_size, row);
+  });
+  ok = true;
+  for (int l = 0; l < L; ++l) {
+    auto want = snapshot[l];
+    for (int b = 0; b < B; ++b)
+      for (int j = 0; j < acc_ptr[b + 1] - acc_ptr[b]; ++j)
+        for (int kv = 0; kv < 2; ++kv)
+          for (int e = 0; e < row; ++e)
+            want[slot_at(b, prefix[b] + j, kv, e)] = snapshot[l][slot_at(b, prefix[b] + acc[acc_ptr[b] + j], kv, e)];
+    ok = ok && std::memcmp(want.data(), layers[l].data(), layer_elems * sizeof(KVT)) == 0;
+  }
+  report(ok, "kv commit " + tag + ": accepted nodes compacted to prefix + j in every layer, in place");
+
+  // Copy pages (copy-on-write after fork), in the widest word kv.cu would pick here.
+  const std::vector<int32_t> src = {pages[0], pages[2]}, dst = {perm[used], perm[used + 1]};
+  const auto snap2 = layers;
+  const size_t page_bytes = layer_elems * sizeof(KVT) / pool;
+  auto go = [&](auto tag_word) {
+    using Wd = decltype(tag_word);
+    std::vector<Wd*> wt;
+    for (auto* p : table) wt.push_back(reinterpret_cast<Wd*>(p));
+    emu::launch(Dim3{2, static_cast<unsigned>(L), 1}, kk::kThreads,
+                [&] { kk::kv_copy_pages_kernel<Wd>(wt.data(), src.data(), dst.data(), page_bytes / sizeof(Wd)); });
+  };
+  if (page_bytes % 16 == 0) go(uint4{});
+  else go(uint32_t{});
+  ok = true;
+  const size_t page_elems = layer_elems / pool;
+  for (int l = 0; l < L; ++l) {
+    auto want = snap2[l];
+    for (size_t i = 0; i < src.size(); ++i)
+      std::copy(snap2[l].begin() + src[i] * page_elems, snap2[l].begin() + (src[i] + 1) * page_elems, want.begin() + dst[i] * page_elems);
+    ok = ok && std::memcmp(want.data(), layers[l].data(), layer_elems * sizeof(KVT)) == 0;
+  }
+  report(ok, "kv copy pages " + tag + ": whole pages copied in every layer, nothing else written");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const uint64_t seed = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 1;
+  const bool quick = argc > 2 && std::string(argv[2]) == "quick";
+  std::mt19937_64 rng(seed);
+  if (quick) {
+    check_matmul<bf16>(rng, 9, 256, 45);
+    check_norm_embed<float>(rng, 3, 300);
+    check_rope_elementwise(rng);
+    check_kv<bf16, float>(rng);
+    return emu::summary(seed);
+  }
+  for (auto [N, K, M] : {std::tuple<int64_t, int64_t, int64_t>{1, 67, 33}, {17, 200, 45}, {9, 256, 70}, {3, 515, 301}}) {
+    check_matmul<float>(rng, N, K, M);
+    check_matmul<bf16>(rng, N, K, M);
+    check_matmul<__half>(rng, N, K, M);
+  }
+  check_norm_embed<float>(rng, 5, 64);
+  check_norm_embed<bf16>(rng, 3, 1000);
+  check_norm_embed<__half>(rng, 2, 4099);
+  check_rope_elementwise(rng);
+  check_kv<float, float>(rng);
+  check_kv<bf16, float>(rng);
+  check_kv<__half, bf16>(rng);
+  check_kv<bf16, __half>(rng);
+  return emu::summary(seed);
+}

@@ -1,46 +1,301 @@
 // CPU reference of fused tree attention over a paged prefix plus the new tokens.
-// Per (sequence, KV head): gather the visible K/V rows once as f32, then for every query row of
-// the group a two-pass softmax over the slots in order (f32 accumulation). Each row's arithmetic
-// depends only on its own inputs (never on the batch), so results are deterministic and batch
-// invariant; work items are spread over threads without changing any row's order of operations.
+//
+// Work items are (sequence, KV head, block of up to kRowBlock query rows); a sequence's rows are
+// (new token i, query head g of the KV head's group). K and V are read in place from the pages
+// (f16/bf16 converted on load, exactly) and every per-call buffer is reused thread-local scratch,
+// so a call allocates nothing once warm. Per block: the rows' scores against the prefix, tiled so
+// a tile of K stays in L1 across the rows, then against each row's visible new tokens; a two-pass
+// softmax per row; then P.V, tiled the same way.
+//
+// Batch invariance: a row's arithmetic depends only on the ORDERED LIST of the slots it sees (the
+// prefix, then its visible new tokens in index order), never on other rows, on the block, on the
+// thread or on where a slot sits in the cache. Position c of that list decides everything: the
+// slot's dot product is one fixed-order reduction over the head dim, the softmax sums lane c % 8,
+// and P.V accumulates in list order. So a tree node equals the same path committed and decoded one
+// token at a time (its ancestors then form the tail of the prefix), and a row alone equals itself
+// in any batch. Two implementations of that order exist, as for matmul (cpu/layers.cc): AVX2+FMA+
+// F16C (chosen at run time) and a portable one; a process uses one for every call
+// (SPECDEC_CPU_SIMD=portable forces the portable one).
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "../core/ops_attention.h"
 #include "thread_pool.h"
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__)) && \
+    !defined(SPECDEC_CPU_NO_SIMD)
+#define SPECDEC_ATT_X86_SIMD 1
+#include <immintrin.h>
+#endif
 
 namespace specdec {
 namespace cpu {
 
 namespace {
 
-// n floats of any storage format -> f32.
+constexpr int64_t kRowBlock = 16;  // query rows per work item (they share each K/V tile)
+constexpr int64_t kTile = 64;      // prefix slots per tile
+constexpr int64_t kLanes = 8;
+
+inline int64_t pad8(int64_t n) { return (n + kLanes - 1) & ~(kLanes - 1); }
+
+template <DType KT>
+inline float load1(const char* p, int64_t i) {
+  if (KT == DType::f32) return reinterpret_cast<const float*>(p)[i];
+  const uint16_t h = reinterpret_cast<const uint16_t*>(p)[i];
+  return KT == DType::f16 ? f16_to_f32(h) : bf16_to_f32(h);
+}
+
 void to_f32(float* dst, const void* src, DType t, int64_t n) {
   switch (t) {
-    case DType::f32: std::copy_n(static_cast<const float*>(src), n, dst); break;
+    case DType::f32: std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float)); break;
     case DType::f16: for (int64_t i = 0; i < n; ++i) dst[i] = f16_to_f32(static_cast<const uint16_t*>(src)[i]); break;
     default: for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(static_cast<const uint16_t*>(src)[i]); break;
   }
 }
 
-void from_f32(void* dst, const float* src, DType t, int64_t n) {
-  switch (t) {
-    case DType::f32: std::copy_n(src, n, static_cast<float*>(dst)); break;
-    case DType::f16: for (int64_t i = 0; i < n; ++i) static_cast<uint16_t*>(dst)[i] = f32_to_f16(src[i]); break;
-    default: for (int64_t i = 0; i < n; ++i) static_cast<uint16_t*>(dst)[i] = f32_to_bf16(src[i]); break;
+// Kernels over a list of slots given as row pointers (K or V of one KV head, head dim D; q and
+// acc are f32 rows padded with zeros to pad8(D)):
+//   scores: out[t] = (q . k[t]) * scale, each dot 8 lane sums over d, then
+//           ((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7));
+//   softmax: in place over s[0, n) (s padded with room up to pad8(n)): m = max, p = exp(s - m),
+//           returns l = sum of p by lane c % 8 then the same tree; 0 when nothing is visible;
+//   axpy: acc[d] += p[t] * v[t][d] for t in order.
+struct Kernels {
+  void (*scores)(const float* q, const char* const* k, int64_t n, int64_t D, float scale, float* out);
+  float (*softmax)(float* s, int64_t n);
+  void (*axpy)(float* acc, const float* p, const char* const* v, int64_t n, int64_t D);
+};
+
+// ---- portable ------------------------------------------------------------------------------
+
+template <DType KT>
+void scores_portable(const float* q, const char* const* k, int64_t n, int64_t D, float scale, float* out) {
+  for (int64_t t = 0; t < n; ++t) {
+    float s[kLanes] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (int64_t d = 0; d < D; ++d) s[d & 7] += q[d] * load1<KT>(k[t], d);
+    out[t] = (((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]))) * scale;
   }
 }
 
-// Dot product with a fixed summation order (8 interleaved partial sums, then a fixed tree).
-inline float dot(const float* a, const float* b, int64_t n) {
-  float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int k = 0; k < 8; ++k) s[k] += a[i + k] * b[i + k];
-  for (; i < n; ++i) s[i & 7] += a[i] * b[i];
-  return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+float softmax_portable(float* s, int64_t n) {
+  float m = -INFINITY;
+  for (int64_t c = 0; c < n; ++c) m = std::max(m, s[c]);
+  if (m == -INFINITY) return 0.f;
+  float l[kLanes] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int64_t c = 0; c < n; ++c) {
+    s[c] = std::exp(s[c] - m);
+    l[c & 7] += s[c];
+  }
+  return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
 }
+
+template <DType KT>
+void axpy_portable(float* acc, const float* p, const char* const* v, int64_t n, int64_t D) {
+  for (int64_t t = 0; t < n; ++t) {
+    const float pt = p[t];
+    for (int64_t d = 0; d < D; ++d) acc[d] += pt * load1<KT>(v[t], d);
+  }
+}
+
+template <DType KT>
+Kernels portable_kernels() {
+  return {&scores_portable<KT>, &softmax_portable, &axpy_portable<KT>};
+}
+
+// ---- AVX2 + FMA + F16C -----------------------------------------------------------------------
+
+#ifdef SPECDEC_ATT_X86_SIMD
+#define SPECDEC_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+// 8 elements from d on (all conversions exact); the tail variant zero-fills lanes >= rem.
+template <DType KT>
+SPECDEC_AVX2 inline __m256 load8(const char* p, int64_t d) {
+  if (KT == DType::f32) return _mm256_loadu_ps(reinterpret_cast<const float*>(p) + d);
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(reinterpret_cast<const uint16_t*>(p) + d));
+  if (KT == DType::f16) return _mm256_cvtph_ps(h);
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+template <DType KT>
+SPECDEC_AVX2 inline __m256 load8_tail(const char* p, int64_t d, int64_t rem) {
+  alignas(32) float t[kLanes] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int64_t i = 0; i < rem; ++i) t[i] = load1<KT>(p, d + i);
+  return _mm256_load_ps(t);
+}
+
+// ((v0+v1)+(v2+v3))+((v4+v5)+(v6+v7)) of four vectors at once (two hadd levels form the inner
+// pairs of that tree, the add of the two halves its root): lane j is vector j's sum.
+SPECDEC_AVX2 inline __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
+  const __m256 ab = _mm256_hadd_ps(a, b);
+  const __m256 cd = _mm256_hadd_ps(c, d);
+  const __m256 abcd = _mm256_hadd_ps(ab, cd);
+  return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+}
+
+template <DType KT>
+SPECDEC_AVX2 void scores_avx2(const float* q, const char* const* k, int64_t n, int64_t D, float scale, float* out) {
+  const int64_t D8 = D & ~(kLanes - 1), rem = D - D8;
+  const __m128 sc = _mm_set1_ps(scale);
+  int64_t t = 0;
+  // Four slots at a time for ILP; each slot's lanes see exactly the operations of the 1-slot loop.
+  for (; t + 4 <= n; t += 4) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t d = 0; d < D8; d += kLanes) {
+      const __m256 qv = _mm256_loadu_ps(q + d);
+      a0 = _mm256_fmadd_ps(qv, load8<KT>(k[t], d), a0);
+      a1 = _mm256_fmadd_ps(qv, load8<KT>(k[t + 1], d), a1);
+      a2 = _mm256_fmadd_ps(qv, load8<KT>(k[t + 2], d), a2);
+      a3 = _mm256_fmadd_ps(qv, load8<KT>(k[t + 3], d), a3);
+    }
+    if (rem) {
+      const __m256 qv = _mm256_loadu_ps(q + D8);
+      a0 = _mm256_fmadd_ps(qv, load8_tail<KT>(k[t], D8, rem), a0);
+      a1 = _mm256_fmadd_ps(qv, load8_tail<KT>(k[t + 1], D8, rem), a1);
+      a2 = _mm256_fmadd_ps(qv, load8_tail<KT>(k[t + 2], D8, rem), a2);
+      a3 = _mm256_fmadd_ps(qv, load8_tail<KT>(k[t + 3], D8, rem), a3);
+    }
+    _mm_storeu_ps(out + t, _mm_mul_ps(hsum4(a0, a1, a2, a3), sc));
+  }
+  for (; t < n; ++t) {
+    __m256 a0 = _mm256_setzero_ps();
+    for (int64_t d = 0; d < D8; d += kLanes) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), load8<KT>(k[t], d), a0);
+    if (rem) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + D8), load8_tail<KT>(k[t], D8, rem), a0);
+    out[t] = _mm_cvtss_f32(_mm_mul_ps(hsum4(a0, a0, a0, a0), sc));
+  }
+}
+
+// exp(x) for x <= 0 (Cephes expf: x = k ln2 + r, |r| <= ln2/2, degree-6 polynomial, then 2^k;
+// ~1 ulp), 0 below -87 (e^-87 ~ 1.6e-38: nothing next to the max slot's 1), NaN stays NaN. Each
+// lane depends only on its own input.
+SPECDEC_AVX2 inline __m256 exp_nonpos(__m256 x) {
+  const __m256 lo = _mm256_set1_ps(-87.0f);
+  const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+  x = _mm256_max_ps(lo, x);  // NaN passes (max returns its second operand then)
+  const __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+  y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+  return _mm256_andnot_ps(under, y);
+}
+
+SPECDEC_AVX2 inline float hmax8(__m256 v) {
+  alignas(32) float a[kLanes];
+  _mm256_store_ps(a, v);
+  float m = a[0];
+  for (int i = 1; i < kLanes; ++i) m = std::max(m, a[i]);
+  return m;
+}
+
+SPECDEC_AVX2 float softmax_avx2(float* s, int64_t n) {
+  const int64_t np = pad8(n);
+  for (int64_t c = n; c < np; ++c) s[c] = -INFINITY;  // the padding lanes: exp -> 0
+  __m256 vm = _mm256_set1_ps(-INFINITY);
+  for (int64_t c = 0; c < np; c += kLanes) vm = _mm256_max_ps(_mm256_loadu_ps(s + c), vm);  // NaN scores ignored
+  const float m = hmax8(vm);
+  if (m == -INFINITY) return 0.f;
+  const __m256 mv = _mm256_set1_ps(m);
+  __m256 l = _mm256_setzero_ps();
+  for (int64_t c = 0; c < np; c += kLanes) {
+    const __m256 p = exp_nonpos(_mm256_sub_ps(_mm256_loadu_ps(s + c), mv));
+    _mm256_storeu_ps(s + c, p);
+    l = _mm256_add_ps(l, p);
+  }
+  return _mm_cvtss_f32(hsum4(l, l, l, l));
+}
+
+template <DType KT>
+SPECDEC_AVX2 void axpy_avx2(float* acc, const float* p, const char* const* v, int64_t n, int64_t D) {
+  const int64_t D8 = D & ~(kLanes - 1), rem = D - D8;
+  // 32 accumulator floats stay in registers over all n slots.
+  int64_t d0 = 0;
+  for (; d0 + 4 * kLanes <= D8; d0 += 4 * kLanes) {
+    __m256 a0 = _mm256_loadu_ps(acc + d0), a1 = _mm256_loadu_ps(acc + d0 + 8), a2 = _mm256_loadu_ps(acc + d0 + 16),
+           a3 = _mm256_loadu_ps(acc + d0 + 24);
+    for (int64_t t = 0; t < n; ++t) {
+      const __m256 pv = _mm256_broadcast_ss(p + t);
+      a0 = _mm256_fmadd_ps(pv, load8<KT>(v[t], d0), a0);
+      a1 = _mm256_fmadd_ps(pv, load8<KT>(v[t], d0 + 8), a1);
+      a2 = _mm256_fmadd_ps(pv, load8<KT>(v[t], d0 + 16), a2);
+      a3 = _mm256_fmadd_ps(pv, load8<KT>(v[t], d0 + 24), a3);
+    }
+    _mm256_storeu_ps(acc + d0, a0);
+    _mm256_storeu_ps(acc + d0 + 8, a1);
+    _mm256_storeu_ps(acc + d0 + 16, a2);
+    _mm256_storeu_ps(acc + d0 + 24, a3);
+  }
+  for (; d0 < D8; d0 += kLanes) {
+    __m256 a0 = _mm256_loadu_ps(acc + d0);
+    for (int64_t t = 0; t < n; ++t) a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p + t), load8<KT>(v[t], d0), a0);
+    _mm256_storeu_ps(acc + d0, a0);
+  }
+  if (rem) {
+    __m256 a0 = _mm256_loadu_ps(acc + D8);
+    for (int64_t t = 0; t < n; ++t) a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p + t), load8_tail<KT>(v[t], D8, rem), a0);
+    _mm256_storeu_ps(acc + D8, a0);
+  }
+}
+
+template <DType KT>
+Kernels avx2_kernels() {
+  return {&scores_avx2<KT>, &softmax_avx2, &axpy_avx2<KT>};
+}
+
+bool use_avx2() {
+  static const bool yes = [] {
+    const char* env = std::getenv("SPECDEC_CPU_SIMD");
+    if (env && std::strcmp(env, "portable") == 0) return false;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  }();
+  return yes;
+}
+#endif  // SPECDEC_ATT_X86_SIMD
+
+Kernels kernels_for(DType kv_t) {
+#ifdef SPECDEC_ATT_X86_SIMD
+  if (use_avx2()) {
+    switch (kv_t) {
+      case DType::f32: return avx2_kernels<DType::f32>();
+      case DType::f16: return avx2_kernels<DType::f16>();
+      default: return avx2_kernels<DType::bf16>();
+    }
+  }
+#endif
+  switch (kv_t) {
+    case DType::f32: return portable_kernels<DType::f32>();
+    case DType::f16: return portable_kernels<DType::f16>();
+    default: return portable_kernels<DType::bf16>();
+  }
+}
+
+// Per-thread buffers, grown on demand and kept: after the first calls of a shape nothing is
+// allocated. Each pool worker (and each calling thread) has its own.
+struct Scratch {
+  std::vector<const char*> k, v;          // slot -> K / V row of the item's KV head
+  std::vector<const char*> nk, nv;        // per row: its visible new tokens' K / V rows
+  std::vector<int64_t> nn;                // per row: how many new tokens it sees
+  std::vector<float> q, acc, s;           // rows of pad8(D), pad8(D), score stride
+  template <class T>
+  static T* at_least(std::vector<T>& v, int64_t n) {
+    if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+    return v.data();
+  }
+};
+
+thread_local Scratch t_scratch;
 
 }  // namespace
 
@@ -55,63 +310,102 @@ void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& b
   const char* kv = static_cast<const char*>(kv_layer.data());
   const char* qp = static_cast<const char*>(q.data());
   char* op = static_cast<char*>(out.data());
+  const Kernels kern = kernels_for(kv_t);
+  const int64_t DP = pad8(D);
+  const size_t slot_bytes = static_cast<size_t>(Hkv * D) * esz;  // next slot of a page, same head
 
-  // Work items are (sequence, KV head) pairs; threads only pay off for real work (a decode step
-  // over a long prefix, a tree, a prefill), so small jobs stay on the calling thread.
+  // Items: (sequence, KV head, row block). Threads only pay off for real work (a decode step over a
+  // long prefix, a tree, a prefill), so small jobs stay on the calling thread.
+  int64_t items = 0;
   double flops = 0;
   for (int64_t b = 0; b < B; ++b) {
-    double qo = batch.h_qo_indptr[b + 1] - batch.h_qo_indptr[b];
-    flops += qo * (batch.h_prefix_len[b] + qo) * Hq * D * 4.0;
+    const int64_t qo = batch.h_qo_indptr[b + 1] - batch.h_qo_indptr[b];
+    items += Hkv * ((qo * G + kRowBlock - 1) / kRowBlock);
+    flops += static_cast<double>(qo) * (batch.h_prefix_len[b] + qo) * Hq * D * 4.0;
   }
-  const int64_t items = B * Hkv;
   const int64_t grain = grain_for(items > 0 ? flops / static_cast<double>(items) : 0.0, 1e6);
 
   auto run_item = [&](int64_t item) {
-    const int64_t b = item / Hkv, h_kv = item % Hkv;
-    const int64_t q0 = batch.h_qo_indptr[b], qo = batch.h_qo_indptr[b + 1] - q0, prefix = batch.h_prefix_len[b];
-    const int64_t kv_len = prefix + qo;
-    if (qo == 0) return;
-    // Gather this head's K and V for every slot of the sequence, in slot order, as f32.
-    std::vector<float> K(static_cast<size_t>(kv_len * D)), V(static_cast<size_t>(kv_len * D));
-    for (int64_t t = 0; t < kv_len; ++t) {
-      const int64_t page = batch.h_page_indices[static_cast<size_t>(batch.h_page_indptr[b] + t / S)], row = t % S;
-      const size_t k_off = static_cast<size_t>((((page * 2 + 0) * S + row) * Hkv + h_kv) * D) * esz;
-      const size_t v_off = static_cast<size_t>((((page * 2 + 1) * S + row) * Hkv + h_kv) * D) * esz;
-      to_f32(&K[static_cast<size_t>(t * D)], kv + k_off, kv_t, D);
-      to_f32(&V[static_cast<size_t>(t * D)], kv + v_off, kv_t, D);
+    // Find the item's sequence (B is small; items are claimed in order, so this is cheap).
+    int64_t b = 0, rest = item, blocks = 0, qo = 0;
+    for (;; ++b) {
+      qo = batch.h_qo_indptr[b + 1] - batch.h_qo_indptr[b];
+      blocks = (qo * G + kRowBlock - 1) / kRowBlock;
+      if (rest < Hkv * blocks) break;
+      rest -= Hkv * blocks;
     }
-    std::vector<float> qrow(static_cast<size_t>(D)), acc(static_cast<size_t>(D)), score(static_cast<size_t>(kv_len));
-    for (int64_t i = 0; i < qo; ++i) {
-      const uint64_t* row_bits = bits ? bits + (q0 + i) * W : nullptr;
-      // The prefix is always visible; new token j is visible by the mask bit, or causally (j <= i).
-      auto visible = [&](int64_t t) -> bool {
-        if (t < prefix) return true;
-        const int64_t j = t - prefix;
-        return row_bits ? ((row_bits[j >> 6] >> (j & 63)) & 1u) != 0 : j <= i;
-      };
-      for (int64_t g = 0; g < G; ++g) {
-        const int64_t h = h_kv * G + g, n = q0 + i;
-        to_f32(qrow.data(), qp + static_cast<size_t>((n * Hq + h) * D) * qsz, q_t, D);
-        float m = -INFINITY;
-        for (int64_t t = 0; t < kv_len; ++t) {
-          if (!visible(t)) continue;
-          score[t] = dot(qrow.data(), &K[static_cast<size_t>(t * D)], D) * sm_scale;
-          m = std::max(m, score[t]);
+    const int64_t h_kv = rest / blocks, r0 = (rest % blocks) * kRowBlock, r1 = std::min(qo * G, r0 + kRowBlock);
+    const int64_t R = r1 - r0, q0 = batch.h_qo_indptr[b], P = batch.h_prefix_len[b], kv_len = P + qo;
+    const int64_t SS = pad8(kv_len);  // score row stride
+
+    Scratch& sc = t_scratch;
+    const char** K = Scratch::at_least(sc.k, kv_len);
+    const char** V = Scratch::at_least(sc.v, kv_len);
+    const char** NK = Scratch::at_least(sc.nk, R * qo);
+    const char** NV = Scratch::at_least(sc.nv, R * qo);
+    int64_t* nn = Scratch::at_least(sc.nn, R);
+    float* qb = Scratch::at_least(sc.q, R * DP);
+    float* acc = Scratch::at_least(sc.acc, R * DP);
+    float* s = Scratch::at_least(sc.s, R * SS);
+
+    // Row pointers of every slot (in place in the pages).
+    const int32_t* pages = &batch.h_page_indices[static_cast<size_t>(batch.h_page_indptr[b])];
+    for (int64_t t0 = 0; t0 < kv_len; t0 += S) {
+      const char* kp = kv + (static_cast<size_t>(pages[t0 / S]) * 2 * S * Hkv + h_kv) * D * esz;
+      const char* vp = kp + static_cast<size_t>(S) * slot_bytes;
+      const int64_t n = std::min(S, kv_len - t0);
+      for (int64_t r = 0; r < n; ++r) {
+        K[t0 + r] = kp + r * slot_bytes;
+        V[t0 + r] = vp + r * slot_bytes;
+      }
+    }
+    // Rows: q as f32 (zero-padded), the visible new tokens (prefix always; mask bit, else causal).
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t i = (r0 + r) / G, g = (r0 + r) % G, n = q0 + i, h = h_kv * G + g;
+      float* qr = qb + r * DP;
+      to_f32(qr, qp + static_cast<size_t>((n * Hq + h) * D) * qsz, q_t, D);
+      std::fill(qr + D, qr + DP, 0.f);
+      const uint64_t* row_bits = bits ? bits + n * W : nullptr;
+      int64_t c = 0;
+      for (int64_t j = 0; j < qo; ++j)
+        if (row_bits ? ((row_bits[j >> 6] >> (j & 63)) & 1u) != 0 : j <= i) {
+          NK[r * qo + c] = K[P + j];
+          NV[r * qo + c] = V[P + j];
+          ++c;
         }
-        std::fill(acc.begin(), acc.end(), 0.0f);
-        float l = 0;
-        if (m != -INFINITY) {
-          for (int64_t t = 0; t < kv_len; ++t) {
-            if (!visible(t)) continue;
-            const float p = std::exp(score[t] - m);
-            l += p;
-            const float* v = &V[static_cast<size_t>(t * D)];
-            for (int64_t d = 0; d < D; ++d) acc[d] += p * v[d];
-          }
-          // A row that sees nothing at all (empty mask row, empty prefix) is defined as zeros.
-          for (int64_t d = 0; d < D; ++d) acc[d] /= l;
-        }
-        from_f32(op + static_cast<size_t>((n * Hq + h) * D) * qsz, acc.data(), q_t, D);
+      nn[r] = c;
+    }
+    // Scores: the prefix tile by tile (a tile of K serves every row), then each row's new tokens.
+    for (int64_t t0 = 0; t0 < P; t0 += kTile) {
+      const int64_t n = std::min(kTile, P - t0);
+      for (int64_t r = 0; r < R; ++r) kern.scores(qb + r * DP, K + t0, n, D, sm_scale, s + r * SS + t0);
+    }
+    float l[kRowBlock];  // per row: the softmax denominator, 0 when the row sees nothing
+    for (int64_t r = 0; r < R; ++r) {
+      float* sr = s + r * SS;
+      kern.scores(qb + r * DP, NK + r * qo, nn[r], D, sm_scale, sr + P);
+      l[r] = kern.softmax(sr, P + nn[r]);
+    }
+    // P.V in the same slot order.
+    std::fill(acc, acc + R * DP, 0.f);
+    for (int64_t t0 = 0; t0 < P; t0 += kTile) {
+      const int64_t n = std::min(kTile, P - t0);
+      for (int64_t r = 0; r < R; ++r)
+        if (l[r] != 0.f) kern.axpy(acc + r * DP, s + r * SS + t0, V + t0, n, D);
+    }
+    for (int64_t r = 0; r < R; ++r) {
+      float* ar = acc + r * DP;
+      if (l[r] != 0.f) {
+        kern.axpy(ar, s + r * SS + P, NV + r * qo, nn[r], D);
+        for (int64_t d = 0; d < D; ++d) ar[d] /= l[r];
+      }
+      // A row that sees nothing at all (empty mask row, empty prefix) is defined as zeros.
+      const int64_t i = (r0 + r) / G, g = (r0 + r) % G, n = q0 + i, h = h_kv * G + g;
+      char* o = op + static_cast<size_t>((n * Hq + h) * D) * qsz;
+      switch (q_t) {
+        case DType::f32: std::memcpy(o, ar, static_cast<size_t>(D) * sizeof(float)); break;
+        case DType::f16: for (int64_t d = 0; d < D; ++d) reinterpret_cast<uint16_t*>(o)[d] = f32_to_f16(ar[d]); break;
+        default: for (int64_t d = 0; d < D; ++d) reinterpret_cast<uint16_t*>(o)[d] = f32_to_bf16(ar[d]); break;
       }
     }
   };

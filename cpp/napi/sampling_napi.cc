@@ -27,9 +27,6 @@ std::vector<uint32_t> get_u32_array(const Napi::Value& v, const char* name, size
 Tensor u64_tensor(const std::vector<uint64_t>& v, Device dev) {
   return Tensor::from_host(DType::u64, {static_cast<int64_t>(v.size())}, v.data(), dev);
 }
-Tensor i32_tensor(const std::vector<int32_t>& v, Device dev) {
-  return Tensor::from_host(DType::i32, {static_cast<int64_t>(v.size())}, v.data(), dev);
-}
 
 Napi::Int32Array to_js(Napi::Env env, const Tensor& t) {
   auto a = Napi::Int32Array::New(env, static_cast<size_t>(t.numel()));
@@ -106,8 +103,49 @@ Napi::Value TopK(const Napi::CallbackInfo& info) {
   });
 }
 
+// An Int32Array's elements in place, or a number[] converted into `tmp` (same errors as get_i32_array).
+struct I32Span {
+  const int32_t* data;
+  int64_t n;
+};
+I32Span i32_span(const Napi::Value& v, const char* name, std::vector<int32_t>& tmp) {
+  if (v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == napi_int32_array) {
+    auto a = v.As<Napi::Int32Array>();
+    return {a.Data(), static_cast<int64_t>(a.ElementLength())};
+  }
+  tmp = get_i32_array(v, name);
+  return {tmp.data(), static_cast<int64_t>(tmp.size())};
+}
+
+// One device tensor holding the host arrays back to back (one allocation, one copy to a GPU);
+// each array is then a view (rows) of it.
+template <typename T>
+Tensor packed(DType dt, std::initializer_list<std::pair<const T*, int64_t>> parts, Device dev) {
+  int64_t total = 0;
+  for (const auto& p : parts) total += p.second;
+  Tensor t = Tensor::empty(dt, {total}, dev);
+  T* dst = nullptr;
+  thread_local std::vector<T> stage;  // GPU only: the host side of the one copy
+  if (dev == Device::cpu) {
+    dst = t.template ptr<T>();
+  } else {
+    stage.resize(static_cast<size_t>(total));
+    dst = stage.data();
+  }
+  int64_t at = 0;
+  for (const auto& p : parts) {
+    if (p.second > 0) std::memcpy(dst + at, p.first, static_cast<size_t>(p.second) * sizeof(T));
+    at += p.second;
+  }
+  if (dev != Device::cpu) t.copy_from_host(stage.data(), static_cast<size_t>(total) * sizeof(T));
+  return t;
+}
+
 // verify({ mode, nodeIndptr, parents, tokens, target, draft?, seeds?, offsets?, typicalThreshold?,
 //          typicalAlpha?, maxDepth }) -> flat { acceptedNodes, emitted, acceptCount, depthAccepts }
+// Called once per decoding step, so the glue keeps allocations down: the three index arrays go
+// to the device as one tensor (seeds + offsets as another), the four outputs are views of one
+// tensor and come back as four Int32Arrays over one ArrayBuffer.
 Napi::Value Verify(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
     SPECDEC_CHECK(info[0].IsObject(), "E_ARG", "input: expected an object");
@@ -120,30 +158,50 @@ Napi::Value Verify(const Napi::CallbackInfo& info) {
     else fail("E_ARG", "mode: expected 'greedy', 'rejection' or 'typical', got '", mode, "'");
     a.target = tensor_arg(o.Get("target"), "target");
     const Device dev = a.target.device();
-    a.node_indptr = i32_tensor(get_i32_array(o.Get("nodeIndptr"), "nodeIndptr"), dev);
-    a.parents = i32_tensor(get_i32_array(o.Get("parents"), "parents"), dev);
-    a.tokens = i32_tensor(get_i32_array(o.Get("tokens"), "tokens"), dev);
+    std::vector<int32_t> t0, t1, t2;  // only for number[] inputs
+    const I32Span indptr = i32_span(o.Get("nodeIndptr"), "nodeIndptr", t0);
+    const I32Span parents = i32_span(o.Get("parents"), "parents", t1);
+    const I32Span tokens = i32_span(o.Get("tokens"), "tokens", t2);
     a.draft = optional_tensor_arg(o.Get("draft"), "draft");
-    if (has_field(o, "seeds")) a.seeds = u64_tensor(get_u64_array(o.Get("seeds"), "seeds"), dev);
-    if (has_field(o, "offsets")) a.offsets = u64_tensor(get_u64_array(o.Get("offsets"), "offsets"), dev);
+    const bool has_seeds = has_field(o, "seeds"), has_offsets = has_field(o, "offsets");
+    std::vector<uint64_t> seeds, offsets;
+    if (has_seeds) seeds = get_u64_array(o.Get("seeds"), "seeds");
+    if (has_offsets) offsets = get_u64_array(o.Get("offsets"), "offsets");
     a.typical_threshold = opt_float(o, "typicalThreshold", a.typical_threshold);
     a.typical_alpha = opt_float(o, "typicalAlpha", a.typical_alpha);
     const int64_t depth = get_int(o.Get("maxDepth"), "maxDepth");
     SPECDEC_CHECK(depth >= 0 && depth <= (1 << 20), "E_ARG", "maxDepth: expected an integer in [0, 2^20], got ", depth);
-    const int64_t B = a.node_indptr.numel() - 1, N = a.parents.numel();
+    const int64_t B = indptr.n - 1, N = parents.n;
     SPECDEC_CHECK(B >= 0, "E_ARG", "nodeIndptr: expected B + 1 >= 1 entries");
+
+    Tensor idx = packed<int32_t>(DType::i32, {{indptr.data, indptr.n}, {parents.data, parents.n}, {tokens.data, tokens.n}}, dev);
+    a.node_indptr = idx.rows(0, indptr.n);
+    a.parents = idx.rows(indptr.n, indptr.n + N);
+    a.tokens = idx.rows(indptr.n + N, indptr.n + N + tokens.n);
+    if (has_seeds || has_offsets) {
+      const int64_t ns = static_cast<int64_t>(seeds.size()), no = static_cast<int64_t>(offsets.size());
+      Tensor rng = packed<uint64_t>(DType::u64, {{seeds.data(), ns}, {offsets.data(), no}}, dev);
+      if (has_seeds) a.seeds = rng.rows(0, ns);
+      if (has_offsets) a.offsets = rng.rows(ns, ns + no);
+    }
+    // Outputs: acceptedNodes [N] | emitted [N] | acceptCount [B] | depthAccepts [depth] (zeroed).
+    const int64_t total = 2 * N + B + depth;
+    Tensor res_t = Tensor::zeros(DType::i32, {total}, dev);
     VerifyResult r;
-    r.accepted_nodes = Tensor::empty(DType::i32, {N}, dev);
-    r.emitted = Tensor::empty(DType::i32, {N}, dev);
-    r.accept_count = Tensor::empty(DType::i32, {B}, dev);
-    r.depth_accepts = Tensor::zeros(DType::i32, {depth}, dev);
+    r.accepted_nodes = res_t.rows(0, N);
+    r.emitted = res_t.rows(N, 2 * N);
+    r.accept_count = res_t.rows(2 * N, 2 * N + B);
+    r.depth_accepts = res_t.rows(2 * N + B, total);
     ops::verify(a, r);
     Napi::Env env = info.Env();
+    Napi::ArrayBuffer buf = Napi::ArrayBuffer::New(env, static_cast<size_t>(total) * 4);
+    res_t.copy_to_host(buf.Data(), static_cast<size_t>(total) * 4);
+    auto view = [&](int64_t begin, int64_t n) { return Napi::Int32Array::New(env, static_cast<size_t>(n), buf, static_cast<size_t>(begin) * 4); };
     Napi::Object res = Napi::Object::New(env);
-    res.Set("acceptedNodes", to_js(env, r.accepted_nodes));
-    res.Set("emitted", to_js(env, r.emitted));
-    res.Set("acceptCount", to_js(env, r.accept_count));
-    res.Set("depthAccepts", to_js(env, r.depth_accepts));
+    res.Set("acceptedNodes", view(0, N));
+    res.Set("emitted", view(N, N));
+    res.Set("acceptCount", view(2 * N, B));
+    res.Set("depthAccepts", view(2 * N + B, depth));
     return res;
   });
 }

@@ -23,13 +23,8 @@
 #include <vector>
 
 #include "../core/ops_attention.h"
+#include "simd.h"
 #include "thread_pool.h"
-
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__)) && \
-    !defined(SPECDEC_CPU_NO_SIMD)
-#define SPECDEC_ATT_X86_SIMD 1
-#include <immintrin.h>
-#endif
 
 namespace specdec {
 namespace cpu {
@@ -42,12 +37,7 @@ constexpr int64_t kLanes = 8;
 
 inline int64_t pad8(int64_t n) { return (n + kLanes - 1) & ~(kLanes - 1); }
 
-template <DType KT>
-inline float load1(const char* p, int64_t i) {
-  if (KT == DType::f32) return reinterpret_cast<const float*>(p)[i];
-  const uint16_t h = reinterpret_cast<const uint16_t*>(p)[i];
-  return KT == DType::f16 ? f16_to_f32(h) : bf16_to_f32(h);
-}
+using simd::load1;
 
 void to_f32(float* dst, const void* src, DType t, int64_t n) {
   switch (t) {
@@ -108,18 +98,10 @@ Kernels portable_kernels() {
 
 // ---- AVX2 + FMA + F16C -----------------------------------------------------------------------
 
-#ifdef SPECDEC_ATT_X86_SIMD
-#define SPECDEC_AVX2 __attribute__((target("avx2,fma,f16c")))
+#ifdef SPECDEC_CPU_X86_SIMD
+using simd::load8;
 
-// 8 elements from d on (all conversions exact); the tail variant zero-fills lanes >= rem.
-template <DType KT>
-SPECDEC_AVX2 inline __m256 load8(const char* p, int64_t d) {
-  if (KT == DType::f32) return _mm256_loadu_ps(reinterpret_cast<const float*>(p) + d);
-  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(reinterpret_cast<const uint16_t*>(p) + d));
-  if (KT == DType::f16) return _mm256_cvtph_ps(h);
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-
+// load8 of the last `rem` (< 8) elements from d on, lanes >= rem zero.
 template <DType KT>
 SPECDEC_AVX2 inline __m256 load8_tail(const char* p, int64_t d, int64_t rem) {
   alignas(32) float t[kLanes] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -127,14 +109,7 @@ SPECDEC_AVX2 inline __m256 load8_tail(const char* p, int64_t d, int64_t rem) {
   return _mm256_load_ps(t);
 }
 
-// ((v0+v1)+(v2+v3))+((v4+v5)+(v6+v7)) of four vectors at once (two hadd levels form the inner
-// pairs of that tree, the add of the two halves its root): lane j is vector j's sum.
-SPECDEC_AVX2 inline __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
-  const __m256 ab = _mm256_hadd_ps(a, b);
-  const __m256 cd = _mm256_hadd_ps(c, d);
-  const __m256 abcd = _mm256_hadd_ps(ab, cd);
-  return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
-}
+using simd::hsum4;
 
 template <DType KT>
 SPECDEC_AVX2 void scores_avx2(const float* q, const char* const* k, int64_t n, int64_t D, float scale, float* out) {
@@ -253,19 +228,11 @@ Kernels avx2_kernels() {
   return {&scores_avx2<KT>, &softmax_avx2, &axpy_avx2<KT>};
 }
 
-bool use_avx2() {
-  static const bool yes = [] {
-    const char* env = std::getenv("SPECDEC_CPU_SIMD");
-    if (env && std::strcmp(env, "portable") == 0) return false;
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-  }();
-  return yes;
-}
-#endif  // SPECDEC_ATT_X86_SIMD
+using simd::use_avx2;
+#endif  // SPECDEC_CPU_X86_SIMD
 
 Kernels kernels_for(DType kv_t) {
-#ifdef SPECDEC_ATT_X86_SIMD
+#ifdef SPECDEC_CPU_X86_SIMD
   if (use_avx2()) {
     switch (kv_t) {
       case DType::f32: return avx2_kernels<DType::f32>();

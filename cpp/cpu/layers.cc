@@ -16,14 +16,8 @@
 #include <vector>
 
 #include "../core/ops_layers.h"
+#include "simd.h"
 #include "thread_pool.h"
-
-// SPECDEC_CPU_NO_SIMD builds the portable kernel only (what other architectures compile).
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__)) && \
-    !defined(SPECDEC_CPU_NO_SIMD)
-#define SPECDEC_CPU_X86_SIMD 1
-#include <immintrin.h>
-#endif
 
 namespace specdec {
 namespace cpu {
@@ -84,32 +78,11 @@ inline void dot_rows(const float* const* x, const float* w, int64_t K, float* ou
 }
 
 #ifdef SPECDEC_CPU_X86_SIMD
-#define SPECDEC_AVX2 __attribute__((target("avx2,fma,f16c")))
+using simd::load8;
 
-// 8 consecutive weights (element index i of a row) -> f32 lanes; all conversions are exact.
-template <DType WT>
-SPECDEC_AVX2 inline __m256 load8(const void* w, int64_t i) {
-  if (WT == DType::f32) return _mm256_loadu_ps(static_cast<const float*>(w) + i);
-  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(w) + i));
-  if (WT == DType::f16) return _mm256_cvtph_ps(h);
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));  // bf16 = high half of f32
-}
+using simd::load1;
 
-template <DType WT>
-inline float load1(const void* w, int64_t i) {
-  if (WT == DType::f32) return static_cast<const float*>(w)[i];
-  const uint16_t h = static_cast<const uint16_t*>(w)[i];
-  return WT == DType::f16 ? f16_to_f32(h) : bf16_to_f32(h);
-}
-
-// ((v0+v1)+(v2+v3))+((v4+v5)+(v6+v7)) of four vectors a, b, c, d at once: the two hadd levels
-// form exactly the inner pairs of that tree, the final add of the two halves its root.
-SPECDEC_AVX2 inline __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
-  const __m256 ab = _mm256_hadd_ps(a, b);     // a0+a1 a2+a3 b0+b1 b2+b3 | a4+a5 a6+a7 b4+b5 b6+b7
-  const __m256 cd = _mm256_hadd_ps(c, d);
-  const __m256 abcd = _mm256_hadd_ps(ab, cd);  // (a01)+(a23) (b..) (c..) (d..) | (a45)+(a67) ...
-  return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
-}
+using simd::hsum4;
 
 // R rows of x (row stride K) against WR consecutive rows of w (row stride K):
 // out[r * ldo + j] = x[r] . w[j]. Each weight vector is loaded and converted once and reused for
@@ -191,20 +164,8 @@ SPECDEC_AVX2 void matmul_cols_avx2(const float* x, const void* w, int64_t N, int
   }
 }
 
-// AVX2+FMA+F16C present, unless SPECDEC_CPU_SIMD=portable asks for the portable kernel (so that
-// path can be tested on this machine too).
-bool use_avx2() {
-  static const bool yes = [] {
-    const char* env = std::getenv("SPECDEC_CPU_SIMD");
-    if (env && std::strcmp(env, "portable") == 0) return false;
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-  }();
-  return yes;
-}
-#else
-bool use_avx2() { return false; }
 #endif  // SPECDEC_CPU_X86_SIMD
+using simd::use_avx2;
 
 inline float silu(float v) { return v / (1.f + std::exp(-v)); }
 

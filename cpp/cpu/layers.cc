@@ -164,10 +164,38 @@ SPECDEC_AVX2 void matmul_cols_avx2(const float* x, const void* w, int64_t N, int
   }
 }
 
+// silu(v) = v / (1 + e^-v) through e = exp(-|v|) <= 1, so exp_nonpos serves both signs:
+// v >= 0: v / (1 + e); v < 0: v e / (1 + e). Lane by lane (no dependence on the batch).
+SPECDEC_AVX2 inline __m256 silu8(__m256 v) {
+  const __m256 e = simd::exp_nonpos(_mm256_or_ps(v, _mm256_set1_ps(-0.0f)));  // -|v|
+  const __m256 num = _mm256_blendv_ps(v, _mm256_mul_ps(v, e), v);              // by v's sign bit
+  return _mm256_div_ps(num, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+}
+
+// o = silu(g) * u (u null: o = silu(g)) over [0, n); the tail through the scalar formula.
+SPECDEC_AVX2 void silu_avx2(const float* g, const float* u, float* o, int64_t n) {
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    const __m256 s = silu8(_mm256_loadu_ps(g + i));
+    _mm256_storeu_ps(o + i, u ? _mm256_mul_ps(s, _mm256_loadu_ps(u + i)) : s);
+  }
+  for (; i < n; ++i) o[i] = u ? g[i] / (1.f + std::exp(-g[i])) * u[i] : g[i] / (1.f + std::exp(-g[i]));
+}
 #endif  // SPECDEC_CPU_X86_SIMD
 using simd::use_avx2;
 
 inline float silu(float v) { return v / (1.f + std::exp(-v)); }
+
+// o = silu(g) * u, or silu(g) when u is null (o may be g), on the thread pool; element-wise, so
+// the result does not depend on the split.
+void silu_rows(const float* g, const float* u, float* o, int64_t n) {
+  parallel_for(n, grain_for(24.0), [&](int64_t b, int64_t e) {
+#ifdef SPECDEC_CPU_X86_SIMD
+    if (use_avx2()) return silu_avx2(g + b, u ? u + b : nullptr, o + b, e - b);
+#endif
+    for (int64_t i = b; i < e; ++i) o[i] = u ? silu(g[i]) * u[i] : silu(g[i]);
+  });
+}
 
 }  // namespace
 
@@ -285,8 +313,7 @@ void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
   const int64_t n = gate.numel();
   const float* g = gate.ptr<float>();
   const float* u = up.ptr<float>();
-  float* o = out.ptr<float>();
-  for (int64_t i = 0; i < n; ++i) o[i] = silu(g[i]) * u[i];
+  silu_rows(g, u, out.ptr<float>(), n);
 }
 
 void add_inplace(Tensor& x, const Tensor& y) {
@@ -298,8 +325,7 @@ void add_inplace(Tensor& x, const Tensor& y) {
 
 void silu_inplace(Tensor& x) {
   const int64_t n = x.numel();
-  float* a = x.ptr<float>();
-  for (int64_t i = 0; i < n; ++i) a[i] = silu(a[i]);
+  silu_rows(x.ptr<float>(), nullptr, x.ptr<float>(), n);
 }
 
 }  // namespace cpu

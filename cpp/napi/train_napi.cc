@@ -127,27 +127,85 @@ struct BusyGuard {
   std::shared_ptr<std::atomic<bool>> flag;
 };
 
+// ---- parameter access, shared by both trainers ----------------------------------------------------
+
+// paramInfo / getParam / setParam / getParams / setParams / getGrads, written once for both trainer
+// handles. Derived provides visit(fn): fn applied to its trainer (f32 or f64) after the disposed /
+// busy checks. The methods are registered with the runtime InstanceMethod overload (a pointer to a
+// base-class member converts to Derived's there, not as a template argument).
+template <class Derived>
+class ParamAccess {
+ public:
+  static std::vector<Napi::ClassPropertyDescriptor<Derived>> param_methods() {
+    using W = Napi::ObjectWrap<Derived>;
+    using M = typename W::InstanceMethodCallback;
+    return {W::InstanceMethod("paramInfo", static_cast<M>(&ParamAccess::ParamInfo)),
+            W::InstanceMethod("getParam", static_cast<M>(&ParamAccess::GetParam)),
+            W::InstanceMethod("setParam", static_cast<M>(&ParamAccess::SetParam)),
+            W::InstanceMethod("getParams", static_cast<M>(&ParamAccess::GetParams)),
+            W::InstanceMethod("setParams", static_cast<M>(&ParamAccess::SetParams)),
+            W::InstanceMethod("getGrads", static_cast<M>(&ParamAccess::GetGrads))};
+  }
+
+  Napi::Value ParamInfo(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&] { return self().visit([&](auto& m) { return param_info(info.Env(), m->params()); }); });
+  }
+  Napi::Value GetParam(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&] {
+      return self().visit([&](auto& m) {
+        const auto& p = m->params().find(get_string(info[0], "name"));
+        return float_array(info.Env(), m->params().w.data() + p.offset, p.numel);
+      });
+    });
+  }
+  Napi::Value SetParam(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&] {
+      return self().visit([&](auto& m) {
+        const auto& p = m->params().find(get_string(info[0], "name"));
+        set_values(m->params().w, p.offset, p.numel, float_values(info[1], "values"), "values");
+        return info.Env().Undefined();
+      });
+    });
+  }
+  Napi::Value GetParams(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&] {
+      return self().visit([&](auto& m) { return float_array(info.Env(), m->params().w.data(), m->params().w.size()); });
+    });
+  }
+  Napi::Value SetParams(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&] {
+      return self().visit([&](auto& m) {
+        set_values(m->params().w, 0, m->params().w.size(), float_values(info[0], "values"), "values");
+        return info.Env().Undefined();
+      });
+    });
+  }
+  Napi::Value GetGrads(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&] {
+      return self().visit([&](auto& m) { return float_array(info.Env(), m->params().g.data(), m->params().g.size()); });
+    });
+  }
+
+ private:
+  Derived& self() { return static_cast<Derived&>(*this); }
+};
+
 // ---- TrainLlama -----------------------------------------------------------------------------
 
-class TrainLlamaWrap : public Napi::ObjectWrap<TrainLlamaWrap> {
+class TrainLlamaWrap : public Napi::ObjectWrap<TrainLlamaWrap>, public ParamAccess<TrainLlamaWrap> {
  public:
   static Napi::FunctionReference* ctor;
 
   static void Init(Napi::Env env, Napi::Object exports) {
-    Napi::Function f = DefineClass(env, "TrainLlama",
-                                   {
-                                       InstanceMethod<&TrainLlamaWrap::ParamInfo>("paramInfo"),
-                                       InstanceMethod<&TrainLlamaWrap::GetParam>("getParam"),
-                                       InstanceMethod<&TrainLlamaWrap::SetParam>("setParam"),
-                                       InstanceMethod<&TrainLlamaWrap::GetParams>("getParams"),
-                                       InstanceMethod<&TrainLlamaWrap::SetParams>("setParams"),
-                                       InstanceMethod<&TrainLlamaWrap::GetGrads>("getGrads"),
-                                       InstanceMethod<&TrainLlamaWrap::LossAndGrad>("lossAndGrad"),
-                                       InstanceMethod<&TrainLlamaWrap::Forward>("forward"),
-                                       InstanceMethod<&TrainLlamaWrap::TrainStep>("trainStep"),
-                                       InstanceMethod<&TrainLlamaWrap::EvalLoss>("evalLoss"),
-                                       InstanceMethod<&TrainLlamaWrap::Dispose>("dispose"),
-                                   });
+    std::vector<PropertyDescriptor> methods = param_methods();
+    methods.insert(methods.end(), {
+        InstanceMethod<&TrainLlamaWrap::LossAndGrad>("lossAndGrad"),
+        InstanceMethod<&TrainLlamaWrap::Forward>("forward"),
+        InstanceMethod<&TrainLlamaWrap::TrainStep>("trainStep"),
+        InstanceMethod<&TrainLlamaWrap::EvalLoss>("evalLoss"),
+        InstanceMethod<&TrainLlamaWrap::Dispose>("dispose"),
+    });
+    Napi::Function f = DefineClass(env, "TrainLlama", methods);
     ctor = new Napi::FunctionReference(Napi::Persistent(f));
     exports.Set("trainLlamaCreate", Napi::Function::New(env, Create, "trainLlamaCreate"));
   }
@@ -176,6 +234,7 @@ class TrainLlamaWrap : public Napi::ObjectWrap<TrainLlamaWrap> {
   std::shared_ptr<std::atomic<bool>> busy_ = std::make_shared<std::atomic<bool>>(false);
 
  private:
+  friend class ParamAccess<TrainLlamaWrap>;
   struct Init_ {
     std::shared_ptr<LlamaTrainer<float>> f32;
     std::shared_ptr<LlamaTrainer<double>> f64;
@@ -218,50 +277,6 @@ class TrainLlamaWrap : public Napi::ObjectWrap<TrainLlamaWrap> {
       else
         init.f32 = std::make_shared<LlamaTrainer<float>>(s, seed);
       return ctor->New({Napi::External<Init_>::New(info.Env(), &init)});
-    });
-  }
-
-  Napi::Value ParamInfo(const Napi::CallbackInfo& info) {
-    return guard(info.Env(), [&] { return visit([&](auto& m) { return param_info(info.Env(), m->params()); }); });
-  }
-
-  Napi::Value GetParam(const Napi::CallbackInfo& info) {
-    return guard(info.Env(), [&] {
-      return visit([&](auto& m) {
-        const auto& p = m->params().find(get_string(info[0], "name"));
-        return float_array(info.Env(), m->params().w.data() + p.offset, p.numel);
-      });
-    });
-  }
-
-  Napi::Value SetParam(const Napi::CallbackInfo& info) {
-    return guard(info.Env(), [&] {
-      return visit([&](auto& m) {
-        const auto& p = m->params().find(get_string(info[0], "name"));
-        set_values(m->params().w, p.offset, p.numel, float_values(info[1], "values"), "values");
-        return info.Env().Undefined();
-      });
-    });
-  }
-
-  Napi::Value GetParams(const Napi::CallbackInfo& info) {
-    return guard(info.Env(), [&] {
-      return visit([&](auto& m) { return float_array(info.Env(), m->params().w.data(), m->params().w.size()); });
-    });
-  }
-
-  Napi::Value SetParams(const Napi::CallbackInfo& info) {
-    return guard(info.Env(), [&] {
-      return visit([&](auto& m) {
-        set_values(m->params().w, 0, m->params().w.size(), float_values(info[0], "values"), "values");
-        return info.Env().Undefined();
-      });
-    });
-  }
-
-  Napi::Value GetGrads(const Napi::CallbackInfo& info) {
-    return guard(info.Env(), [&] {
-      return visit([&](auto& m) { return float_array(info.Env(), m->params().g.data(), m->params().g.size()); });
     });
   }
 
@@ -363,24 +378,19 @@ Napi::FunctionReference* TrainLlamaWrap::ctor = nullptr;
 
 // ---- TrainMedusa ----------------------------------------------------------------------------
 
-class TrainMedusaWrap : public Napi::ObjectWrap<TrainMedusaWrap> {
+class TrainMedusaWrap : public Napi::ObjectWrap<TrainMedusaWrap>, public ParamAccess<TrainMedusaWrap> {
  public:
   static Napi::FunctionReference* ctor;
 
   static void Init(Napi::Env env, Napi::Object exports) {
-    Napi::Function f = DefineClass(env, "TrainMedusa",
-                                   {
-                                       InstanceMethod<&TrainMedusaWrap::ParamInfo>("paramInfo"),
-                                       InstanceMethod<&TrainMedusaWrap::GetParam>("getParam"),
-                                       InstanceMethod<&TrainMedusaWrap::SetParam>("setParam"),
-                                       InstanceMethod<&TrainMedusaWrap::GetParams>("getParams"),
-                                       InstanceMethod<&TrainMedusaWrap::SetParams>("setParams"),
-                                       InstanceMethod<&TrainMedusaWrap::GetGrads>("getGrads"),
-                                       InstanceMethod<&TrainMedusaWrap::LossAndGrad>("lossAndGrad"),
-                                       InstanceMethod<&TrainMedusaWrap::Forward>("forward"),
-                                       InstanceMethod<&TrainMedusaWrap::TrainStep>("trainStep"),
-                                       InstanceMethod<&TrainMedusaWrap::Dispose>("dispose"),
-                                   });
+    std::vector<PropertyDescriptor> methods = param_methods();
+    methods.insert(methods.end(), {
+        InstanceMethod<&TrainMedusaWrap::LossAndGrad>("lossAndGrad"),
+        InstanceMethod<&TrainMedusaWrap::Forward>("forward"),
+        InstanceMethod<&TrainMedusaWrap::TrainStep>("trainStep"),
+        InstanceMethod<&TrainMedusaWrap::Dispose>("dispose"),
+    });
+    Napi::Function f = DefineClass(env, "TrainMedusa", methods);
     ctor = new Napi::FunctionReference(Napi::Persistent(f));
     exports.Set("trainMedusaCreate", Napi::Function::New(env, Create, "trainMedusaCreate"));
   }
@@ -395,6 +405,7 @@ class TrainMedusaWrap : public Napi::ObjectWrap<TrainMedusaWrap> {
   }
 
  private:
+  friend class ParamAccess<TrainMedusaWrap>;
   struct Init_ {
     std::shared_ptr<MedusaTrainer<float>> f32;
     std::shared_ptr<MedusaTrainer<double>> f64;
@@ -429,45 +440,6 @@ class TrainMedusaWrap : public Napi::ObjectWrap<TrainMedusaWrap> {
       else
         init.f32 = std::make_shared<MedusaTrainer<float>>(s, seed);
       return ctor->New({Napi::External<Init_>::New(info.Env(), &init)});
-    });
-  }
-
-  Napi::Value ParamInfo(const Napi::CallbackInfo& info) {
-    return guard(info.Env(), [&] { return visit([&](auto& m) { return param_info(info.Env(), m->params()); }); });
-  }
-  Napi::Value GetParam(const Napi::CallbackInfo& info) {
-    return guard(info.Env(), [&] {
-      return visit([&](auto& m) {
-        const auto& p = m->params().find(get_string(info[0], "name"));
-        return float_array(info.Env(), m->params().w.data() + p.offset, p.numel);
-      });
-    });
-  }
-  Napi::Value SetParam(const Napi::CallbackInfo& info) {
-    return guard(info.Env(), [&] {
-      return visit([&](auto& m) {
-        const auto& p = m->params().find(get_string(info[0], "name"));
-        set_values(m->params().w, p.offset, p.numel, float_values(info[1], "values"), "values");
-        return info.Env().Undefined();
-      });
-    });
-  }
-  Napi::Value GetParams(const Napi::CallbackInfo& info) {
-    return guard(info.Env(), [&] {
-      return visit([&](auto& m) { return float_array(info.Env(), m->params().w.data(), m->params().w.size()); });
-    });
-  }
-  Napi::Value SetParams(const Napi::CallbackInfo& info) {
-    return guard(info.Env(), [&] {
-      return visit([&](auto& m) {
-        set_values(m->params().w, 0, m->params().w.size(), float_values(info[0], "values"), "values");
-        return info.Env().Undefined();
-      });
-    });
-  }
-  Napi::Value GetGrads(const Napi::CallbackInfo& info) {
-    return guard(info.Env(), [&] {
-      return visit([&](auto& m) { return float_array(info.Env(), m->params().g.data(), m->params().g.size()); });
     });
   }
 

@@ -163,7 +163,11 @@ SPECDEC_AVX2 void matmul_cols_avx2(const float* x, const void* w, int64_t N, int
     default: break;
   }
 }
+#endif  // SPECDEC_CPU_X86_SIMD
 
+inline float silu(float v) { return v / (1.f + std::exp(-v)); }
+
+#ifdef SPECDEC_CPU_X86_SIMD
 // silu(v) = v / (1 + e^-v) through e = exp(-|v|) <= 1, so exp_nonpos serves both signs:
 // v >= 0: v / (1 + e); v < 0: v e / (1 + e). Lane by lane (no dependence on the batch).
 SPECDEC_AVX2 inline __m256 silu8(__m256 v) {
@@ -179,12 +183,10 @@ SPECDEC_AVX2 void silu_avx2(const float* g, const float* u, float* o, int64_t n)
     const __m256 s = silu8(_mm256_loadu_ps(g + i));
     _mm256_storeu_ps(o + i, u ? _mm256_mul_ps(s, _mm256_loadu_ps(u + i)) : s);
   }
-  for (; i < n; ++i) o[i] = u ? g[i] / (1.f + std::exp(-g[i])) * u[i] : g[i] / (1.f + std::exp(-g[i]));
+  for (; i < n; ++i) o[i] = u ? silu(g[i]) * u[i] : silu(g[i]);
 }
 #endif  // SPECDEC_CPU_X86_SIMD
 using simd::use_avx2;
-
-inline float silu(float v) { return v / (1.f + std::exp(-v)); }
 
 // o = silu(g) * u, or silu(g) when u is null (o may be g), on the thread pool; element-wise, so
 // the result does not depend on the split.

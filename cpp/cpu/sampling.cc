@@ -45,8 +45,8 @@ int32_t row_argmax(const float* x, int64_t V) {
 }
 
 // An element's place in the order top-k / top-p keep tokens (float key descending, then index
-// ascending) as one u64, larger = earlier. Distinct for distinct indices, so "kept" is simply
-// "rank >= rank of the last kept element", and selection runs on plain integers.
+// ascending) as one u64, larger = earlier; distinct for distinct indices, so selection runs on
+// plain integers and the index comes back out of the rank.
 inline uint64_t rank_key(float v, int64_t i) {
   return (static_cast<uint64_t>(sm::float_key(v)) << 32) | (0xffffffffu - static_cast<uint32_t>(i));
 }
@@ -101,9 +101,8 @@ void keep_top(const float* x, int64_t V, const SamplingParams& sp, float* out, s
       end = std::min<int64_t>(limit, end * 4);
     }
   }
-  const uint64_t last = ranks[static_cast<size_t>(keep - 1)];  // the last kept rank
-  for (int64_t i = 0; i < V; ++i)
-    if (rank_key(x[i], i) < last) out[i] = 0.0f;
+  // ranks[0, keep) are the kept elements (top-k's nth_element or top-p's sorted prefix), the rest follow.
+  for (int64_t j = keep; j < V; ++j) out[rank_index(ranks[static_cast<size_t>(j)])] = 0.0f;
 }
 
 void process_row(const float* logits, int64_t V, const SamplingParams& sp, float* out, std::vector<float>& x,

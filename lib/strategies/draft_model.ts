@@ -6,7 +6,7 @@
 // truncates the draft back to the accepted prefix. Tokens of the history the draft has not cached
 // yet (the prompt at first; the bonus token, which neither model has cached; accepted tree nodes)
 // are fed in front of the first draft step.
-import { gatherRows, isSampling, samplingOptions } from '../decoder';
+import { gatherRows, isSampling, samplingOptions } from '../step_helpers';
 import type { CausalLM, ForwardOutput, SequenceInput } from '../models/causal_lm';
 import { argmax, processLogits, sample, topK } from '../sampling';
 import type { Tensor } from '../tensor';

@@ -3,7 +3,8 @@
 // speculative loop (SpecEngine, greedy, so lossless w.r.t. the draft's own greedy output) produces
 // the k draft tokens; the outer verification on the target keeps the result exact (the drafts are
 // deterministic: one-hot rejection when sampling).
-import { makeRng, SpecEngine, type EngineSequence } from '../decoder';
+import { SpecEngine, type EngineSequence } from '../spec_engine';
+import { makeRng } from '../step_helpers';
 import type { CausalLM } from '../models/causal_lm';
 import { chainTree } from '../tree';
 import { codedError, type ProposalBatch, type ProposeContext, type SpecSequence, type Speculator } from './speculator';

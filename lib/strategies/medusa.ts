@@ -14,7 +14,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 
-import { gatherRows } from '../decoder';
+import { gatherRows } from '../step_helpers';
 import { addInplace, matmul, siluInplace } from '../layers';
 import type { CausalLM, ForwardOutput } from '../models/causal_lm';
 import { topK } from '../sampling';

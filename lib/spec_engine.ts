@@ -1,0 +1,395 @@
+// SpecEngine: the speculative step loop (one model + one speculator + live sequences): propose a
+// tree per sequence -> ONE model forward over all trees of the batch -> verify -> commit the
+// accepted nodes -> let the speculator sync -> emit -> statistics. It lives apart from the decoder
+// so that a hybrid speculator can run the same loop on its draft model ("Medusa as the draft").
+import type { CausalLM, ForwardOutput, SequenceInput } from './models/causal_lm';
+import type {
+  Proposal,
+  ProposalBatch,
+  ProposeContext,
+  SamplingConfig,
+  SeqRng,
+  SpecSequence,
+  Speculator,
+} from './strategies/speculator';
+import { argmax, processLogits } from './sampling';
+import { codedError } from './strategies/speculator';
+import { isSampling, pickTokens, samplingOptions, throwIfAborted } from './step_helpers';
+import type { Tensor } from './tensor';
+import { chainTree, flattenTrees, pruneTree, treeDepths, validateTree } from './tree';
+import { verify, type VerifyInput, type VerifyMode } from './verify';
+
+// ---- statistics --------------------------------------------------------------------------------
+
+export interface PhaseTimes {
+  /** Target prefill (prompt) and catch-up forwards. */
+  prefill: number;
+  /** Speculator proposals (draft model forwards, Medusa heads, n-gram lookups). */
+  draft: number;
+  /** The verifying target forward. */
+  target: number;
+  /** Logits processing + verification. */
+  verify: number;
+  /** KV commit of the target. */
+  commit: number;
+  /** The speculator's update after verification (draft KV rollback, Medusa heads for the next step). */
+  update: number;
+}
+
+export interface DecodeStats {
+  /** New tokens emitted. */
+  newTokens: number;
+  /** Target forwards: the prefill (it yields the first token) + one per speculative step. */
+  targetForwards: number;
+  /** τ = newTokens / targetForwards (plain decoding: 1). */
+  tokensPerForward: number;
+  proposedDraftTokens: number;
+  acceptedDraftTokens: number;
+  /** acceptedDraftTokens / proposedDraftTokens (0 when nothing was proposed). */
+  acceptanceRate: number;
+  /** acceptedPerPosition[d] = steps whose accepted path reached draft depth d + 1. */
+  acceptedPerPosition: number[];
+  /** proposedPerPosition[d] = steps that proposed at least one node at depth d + 1. */
+  proposedPerPosition: number[];
+  /** Seconds per phase (batch-wide: a batched step's time counts once for every run stat). */
+  phases: PhaseTimes;
+  seconds: number;
+  tokensPerSecond: number;
+}
+
+export class StatsAcc {
+  newTokens = 0;
+  targetForwards = 0;
+  proposed = 0;
+  accepted = 0;
+  acceptedPerPosition: number[] = [];
+  proposedPerPosition: number[] = [];
+
+  addStep(proposal: Proposal, acceptedLen: number, emitted: number): void {
+    this.targetForwards++;
+    this.newTokens += emitted;
+    const depth = treeDepths(proposal.parents);
+    let maxD = 0;
+    for (const d of depth) {
+      if (d > 0) this.proposed++;
+      maxD = Math.max(maxD, d);
+    }
+    for (let d = 1; d <= maxD; d++) bump(this.proposedPerPosition, d - 1);
+    this.accepted += acceptedLen - 1;
+    for (let d = 1; d < acceptedLen; d++) bump(this.acceptedPerPosition, d - 1);
+  }
+
+  finish(phases: PhaseTimes, seconds: number): DecodeStats {
+    return {
+      newTokens: this.newTokens,
+      targetForwards: this.targetForwards,
+      tokensPerForward: this.targetForwards > 0 ? this.newTokens / this.targetForwards : 0,
+      proposedDraftTokens: this.proposed,
+      acceptedDraftTokens: this.accepted,
+      acceptanceRate: this.proposed > 0 ? this.accepted / this.proposed : 0,
+      acceptedPerPosition: this.acceptedPerPosition.slice(),
+      proposedPerPosition: this.proposedPerPosition.slice(),
+      phases: { ...phases },
+      seconds,
+      tokensPerSecond: seconds > 0 ? this.newTokens / seconds : 0,
+    };
+  }
+}
+
+function bump(a: number[], i: number): void {
+  while (a.length <= i) a.push(0);
+  a[i] = (a[i] as number) + 1;
+}
+
+// ---- the engine ----------------------------------------------------------------------------------
+
+/** Engine-side state of a sequence (the speculator sees it read-only as a SpecSequence). */
+export class EngineSequence implements SpecSequence {
+  history: number[];
+  committed = 0;
+  maxDepth = 0;
+  maxPosition: number;
+  released = false;
+  readonly stats = new StatsAcc();
+
+  constructor(
+    readonly key: number,
+    readonly modelSeq: number,
+    prompt: ArrayLike<number>,
+    readonly promptLength: number,
+    readonly rng: SeqRng,
+    maxPositions: number,
+  ) {
+    this.history = Array.from(prompt);
+    this.maxPosition = maxPositions - 1;
+  }
+}
+
+
+/** Sequence keys are unique in the process, so concurrent runs sharing a speculator never collide. */
+let nextSequenceKey = 0;
+
+export interface EngineOptions {
+  readonly model: CausalLM;
+  readonly speculator?: Speculator;
+  readonly sampling?: SamplingConfig;
+}
+
+/**
+ * One model + one speculator + the sequences being decoded. Not safe for concurrent steps on the
+ * same sequences; different engines may share a model (sequences are independent).
+ */
+export class SpecEngine {
+  readonly model: CausalLM;
+  readonly speculator: Speculator | undefined;
+  readonly sampling: SamplingConfig | undefined;
+  readonly phases: PhaseTimes = { prefill: 0, draft: 0, target: 0, verify: 0, commit: 0, update: 0 };
+
+  constructor(opts: EngineOptions) {
+    this.model = opts.model;
+    this.speculator = opts.speculator;
+    this.sampling = isSampling(opts.sampling) ? opts.sampling : undefined;
+  }
+
+  private ctx(signal?: AbortSignal): ProposeContext {
+    const c: { sampling?: SamplingConfig; signal?: AbortSignal } = {};
+    if (this.sampling) c.sampling = this.sampling;
+    if (signal) c.signal = signal;
+    return c;
+  }
+
+  /** A new sequence over `history` (nothing cached yet). */
+  open(history: ArrayLike<number>, promptLength: number, rng: SeqRng): EngineSequence {
+    for (let i = 0; i < history.length; i++) {
+      const t = history[i] as number;
+      if (!Number.isInteger(t) || t < 0 || t >= this.model.config.vocabSize) {
+        throw codedError('E_ARG', `prompt[${i}] = ${t} is outside the vocabulary [0, ${this.model.config.vocabSize})`);
+      }
+    }
+    const modelSeq = this.model.createSequence();
+    return new EngineSequence(nextSequenceKey++, modelSeq, history, promptLength, rng, this.model.config.maxPositions);
+  }
+
+  /** Frees the sequence in the model and in the speculator (idempotent). */
+  close(seq: EngineSequence): void {
+    if (seq.released) return;
+    seq.released = true;
+    try {
+      this.speculator?.release(seq);
+    } finally {
+      this.model.freeSequence(seq.modelSeq);
+    }
+  }
+
+  /**
+   * Feeds each sequence's uncached tokens (all but the root; with `pickRoot`, all of them, then the
+   * token that follows is picked from the last row and becomes the root), commits them, and shows
+   * the output to the speculator. Sequences with nothing to feed are skipped.
+   */
+  async catchUp(seqs: readonly EngineSequence[], pickRoot: boolean, signal?: AbortSignal): Promise<void> {
+    const t0 = performance.now();
+    const todo = seqs.filter((s) => s.history.length - (pickRoot ? 0 : 1) > s.committed);
+    if (todo.length === 0) return;
+    const inputs: SequenceInput[] = todo.map((s) => ({
+      seq: s.modelSeq,
+      tokens: Int32Array.from(s.history.slice(s.committed, s.history.length - (pickRoot ? 0 : 1))),
+    }));
+    for (const [b, s] of todo.entries()) {
+      const last = s.committed + (inputs[b] as SequenceInput).tokens.length - 1;
+      if (last > s.maxPosition) throw codedError('E_ARG', `sequence of ${last + 1} tokens exceeds the model's ${s.maxPosition + 1} positions`);
+    }
+    throwIfAborted(signal);
+    const out = await this.model.forward(inputs, this.speculator?.wantsHidden ? { hidden: true, ...sig(signal) } : sig(signal));
+    try {
+      this.model.commit(
+        todo.map((s) => s.modelSeq),
+        inputs.map((i) => Int32Array.from({ length: i.tokens.length }, (_, k) => k)),
+      );
+      const lastRows = Int32Array.from(todo, (_, b) => (out.indptr[b + 1] as number) - 1);
+      todo.forEach((s, b) => {
+        s.committed += (inputs[b] as SequenceInput).tokens.length;
+        s.stats.targetForwards++;
+      });
+      if (pickRoot) {
+        const roots = pickTokens(out.logits, lastRows, this.sampling, todo.map((s) => s.rng));
+        todo.forEach((s, b) => {
+          s.history.push(roots[b] as number);
+          s.stats.newTokens++;
+        });
+      }
+      this.phases.prefill += (performance.now() - t0) / 1000;
+      const t1 = performance.now();
+      await this.speculator?.prefill(todo, out, lastRows, this.ctx(signal));
+      this.phases.draft += (performance.now() - t1) / 1000;
+    } finally {
+      disposeOutput(out);
+    }
+  }
+
+  /**
+   * One speculative step for every sequence given (each must have maxDepth set and its root as the
+   * last history token). Returns the emitted tokens per sequence (already appended to history).
+   */
+  async step(seqs: readonly EngineSequence[], signal?: AbortSignal): Promise<Int32Array[]> {
+    const ctx = this.ctx(signal);
+    let t = performance.now();
+    const lap = (phase: keyof PhaseTimes): void => {
+      const now = performance.now();
+      this.phases[phase] += (now - t) / 1000;
+      t = now;
+    };
+    throwIfAborted(signal);
+    let batch: ProposalBatch;
+    if (this.speculator) batch = await this.speculator.propose(seqs, ctx);
+    else batch = { proposals: seqs.map((s) => chainTree(s.history[s.history.length - 1] as number)) };
+    let draftProbs = batch.draftProbs;
+    let probs: Tensor | undefined;
+    let out: ForwardOutput | undefined;
+    try {
+      const proposals = this.checkProposals(seqs, batch);
+      if (proposals !== batch.proposals && draftProbs) {
+        // A pruned tree no longer lines up with the draft rows; q rows are not needed for the
+        // deterministic shapes speculators prune, but a mismatch must not pass silently.
+        throw codedError('E_ARG', `${this.speculator?.name}: proposal deeper than maxDepth together with draft probabilities`);
+      }
+      lap('draft');
+      throwIfAborted(signal);
+      const inputs: SequenceInput[] = proposals.map((p, b) => forwardInput((seqs[b] as EngineSequence).modelSeq, p));
+      out = await this.model.forward(inputs, this.speculator?.wantsHidden ? { hidden: true, ...sig(signal) } : sig(signal));
+      lap('target');
+      throwIfAborted(signal);
+
+      let accepted: readonly Int32Array[];
+      let emitted: readonly Int32Array[];
+      if (!this.sampling && proposals.every((p) => p.tokens.length === 1)) {
+        // Greedy with nothing proposed (no speculator, or no n-gram match): greedy verification of a
+        // lone root emits its argmax (the same order: lowest index on ties, NaN never wins), so the
+        // argmax op alone gives the same tokens without the verify call's index arrays and outputs.
+        const ids = argmax(out.logits);
+        let top: Int32Array;
+        try {
+          top = ids.toInt32();
+        } finally {
+          ids.dispose();
+        }
+        accepted = proposals.map(() => Int32Array.of(0));
+        emitted = proposals.map((_, b) => top.subarray(b, b + 1));
+      } else {
+        ({ acceptedNodes: accepted, emitted } = this.verifyBatch(proposals, out.logits, seqs, draftProbs, (p) => (probs = p)));
+      }
+      lap('verify');
+
+      this.model.commit(
+        seqs.map((s) => s.modelSeq),
+        accepted,
+      );
+      seqs.forEach((s, b) => {
+        const acc = accepted[b] as Int32Array;
+        const em = emitted[b] as Int32Array;
+        s.committed += acc.length;
+        for (const tok of em) s.history.push(tok);
+        s.stats.addStep(proposals[b] as Proposal, acc.length, em.length);
+      });
+      lap('commit');
+      await this.speculator?.update(seqs, { proposals, output: out, acceptedNodes: accepted, emitted }, ctx);
+      lap('update');
+      return emitted as Int32Array[];
+    } finally {
+      probs?.dispose();
+      draftProbs?.dispose();
+      draftProbs = undefined;
+      if (out) disposeOutput(out);
+    }
+  }
+
+  /** Verification over the whole ragged batch in one native call; keep(probs) hands the processed target rows back for disposal. */
+  private verifyBatch(
+    proposals: readonly Proposal[],
+    logits: Tensor,
+    seqs: readonly EngineSequence[],
+    draftProbs: Tensor | undefined,
+    keep: (probs: Tensor) => void,
+  ): { acceptedNodes: Int32Array[]; emitted: Int32Array[] } {
+    const { nodeIndptr, parents, tokens } = flattenTrees(proposals);
+    let vin: VerifyInput;
+    if (!this.sampling) {
+      vin = { mode: 'greedy', nodeIndptr, parents, tokens, target: logits };
+    } else {
+      const probs = processLogits(logits, samplingOptions(this.sampling));
+      keep(probs);
+      const mode: VerifyMode = this.speculator?.samplingVerifyMode === 'typical' ? 'typical' : 'rejection';
+      const v: { -readonly [K in keyof VerifyInput]: VerifyInput[K] } = {
+        mode,
+        nodeIndptr,
+        parents,
+        tokens,
+        target: probs,
+        seeds: BigUint64Array.from(seqs, (s) => s.rng.seed),
+        offsets: BigUint64Array.from(seqs, (s) => s.rng.next()),
+      };
+      if (mode === 'rejection' && draftProbs) v.draft = draftProbs;
+      if (mode === 'typical') {
+        if (this.speculator?.typicalThreshold !== undefined) v.typicalThreshold = this.speculator.typicalThreshold;
+        if (this.speculator?.typicalAlpha !== undefined) v.typicalAlpha = this.speculator.typicalAlpha;
+      }
+      vin = v;
+    }
+    return verify(vin);
+  }
+
+  /** Validates the speculator's trees; prunes plain trees deeper than maxDepth. */
+  private checkProposals(seqs: readonly EngineSequence[], batch: ProposalBatch): readonly Proposal[] {
+    const name = this.speculator?.name ?? 'plain';
+    if (batch.proposals.length !== seqs.length) {
+      throw codedError('E_ARG', `${name}: ${batch.proposals.length} proposals for ${seqs.length} sequences`);
+    }
+    let changed = false;
+    const out = batch.proposals.map((p, b) => {
+      const s = seqs[b] as EngineSequence;
+      validateTree(p, `${name} proposal[${b}]`);
+      if (p.tokens[0] !== s.history[s.history.length - 1]) {
+        throw codedError('E_ARG', `${name} proposal[${b}]: node 0 is ${p.tokens[0]}, not the root ${s.history[s.history.length - 1]}`);
+      }
+      for (const tok of p.tokens) {
+        if (tok < 0 || tok >= this.model.config.vocabSize) throw codedError('E_ARG', `${name} proposal[${b}]: token ${tok} outside the vocabulary`);
+      }
+      const hasNonCand = p.parents.some((x) => x === -2);
+      if (hasNonCand && (!p.mask || !p.positions)) throw codedError('E_ARG', `${name} proposal[${b}]: -2 nodes need a mask and positions`);
+      const depth = treeDepths(p.parents);
+      let maxD = 0;
+      for (const d of depth) maxD = Math.max(maxD, d);
+      if (maxD > s.maxDepth) {
+        if (p.mask || p.positions) throw codedError('E_ARG', `${name} proposal[${b}]: depth ${maxD} > maxDepth ${s.maxDepth}`);
+        changed = true;
+        return pruneTree(p, s.maxDepth).tree;
+      }
+      if (p.positions) {
+        for (const pos of p.positions) {
+          if (pos > s.maxPosition) throw codedError('E_ARG', `${name} proposal[${b}]: position ${pos} > ${s.maxPosition}`);
+        }
+      }
+      return p;
+    });
+    return changed ? out : batch.proposals;
+  }
+}
+
+function sig(signal?: AbortSignal): { signal?: AbortSignal } {
+  return signal ? { signal } : {};
+}
+
+function forwardInput(seq: number, p: Proposal): SequenceInput {
+  const i: { seq: number; tokens: Int32Array; parents?: Int32Array; positions?: Int32Array; mask?: Proposal['mask'] } = {
+    seq,
+    tokens: p.tokens,
+  };
+  if (p.mask) i.mask = p.mask;
+  else i.parents = p.parents;
+  if (p.positions) i.positions = p.positions;
+  return i as SequenceInput;
+}
+
+export function disposeOutput(out: ForwardOutput): void {
+  out.logits.dispose();
+  out.hidden?.dispose();
+}

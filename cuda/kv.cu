@@ -1,6 +1,10 @@
 // CUDA paged KV data movement: append new tokens at their slots, commit accepted tree nodes (all
 // layers and sequences in one launch), copy whole pages (copy-on-write after fork).
 // Layout per layer: [numPages, 2, pageSize, numKvHeads, headDim], K at index 0, V at 1.
+#include <list>
+#include <mutex>
+#include <utility>
+
 #include "../cpp/core/ops_attention.h"
 #include "common.cuh"
 #include "kv.cuh"
@@ -12,11 +16,25 @@ namespace {
 
 using namespace kv_kernels;
 
-// Device table of the layers' base pointers (layers are separate tensors, possibly views).
+// Device table of the layers' base pointers (layers are separate tensors, possibly views). A KV
+// cache's layers never move, so the table is uploaded once per distinct set of pointers and kept
+// (a few recent sets, keyed by value: a table stays correct for whatever owns those pointers).
 Tensor layer_table(const std::vector<Tensor>& layers) {
+  static std::mutex mu;
+  // Never destroyed: its tensors must not go back to the allocator during static destruction.
+  static auto& recent = *new std::list<std::pair<std::vector<uint64_t>, Tensor>>();  // most recent first
   std::vector<uint64_t> ptrs;
   for (const Tensor& t : layers) ptrs.push_back(reinterpret_cast<uint64_t>(t.data()));
-  return Tensor::from_host(DType::u64, {static_cast<int64_t>(ptrs.size())}, ptrs.data(), Device::cuda);
+  std::lock_guard<std::mutex> lock(mu);
+  for (auto it = recent.begin(); it != recent.end(); ++it)
+    if (it->first == ptrs) {
+      recent.splice(recent.begin(), recent, it);
+      return it->second;
+    }
+  Tensor t = Tensor::from_host(DType::u64, {static_cast<int64_t>(ptrs.size())}, ptrs.data(), Device::cuda);
+  recent.emplace_front(std::move(ptrs), t);
+  if (recent.size() > 8) recent.pop_back();
+  return t;
 }
 
 }  // namespace

@@ -1,10 +1,13 @@
 // CUDA runtime services for the rest of the library: device query, a caching allocator,
 // copies on the library stream. Statically linked cudart: this file must behave on
 // machines with no driver at all (query reports the reason, nothing else is called).
+#include <cstring>
+#include <deque>
 #include <map>
 #include <mutex>
 
 #include "../cpp/core/backend.h"
+#include "../cpp/core/transfers.h"
 #include "common.cuh"
 #include "cuda_backend.h"
 
@@ -133,11 +136,105 @@ size_t cached_bytes() {
   return g_cached;
 }
 
-void memcpy_h2d(void* dst, const void* src, size_t bytes) {
+namespace {
+
+// Pinned staging ring for uploads. A small upload is copied into the ring and sent with an async
+// copy; an event marks when the device has read it. Space is reused only after its event has
+// completed, so the host never waits unless the ring is full of copies still in flight (counted).
+class StagingRing {
+ public:
+  static constexpr size_t kBytes = size_t(8) << 20;
+  static constexpr size_t kMaxUpload = kBytes / 4;
+
+  // Copies src into the ring and queues the upload; false if it cannot (too large, no pinned memory).
+  bool upload(void* dst, const void* src, size_t bytes, cudaStream_t s) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (bytes > kMaxUpload || !ensure()) return false;
+    size_t at = (head_ + 15) / 16 * 16;
+    if (at + bytes > kBytes) at = 0;  // wrap: the tail of the ring stays unused this round
+    reclaim(at, bytes);
+    std::memcpy(base_ + at, src, bytes);
+    SPECDEC_CUDA_CHECK(cudaMemcpyAsync(dst, base_ + at, bytes, cudaMemcpyHostToDevice, s));
+    cudaEvent_t ev = take_event();
+    SPECDEC_CUDA_CHECK(cudaEventRecord(ev, s));
+    inflight_.push_back({at, at + bytes, ev});
+    head_ = at + bytes;
+    return true;
+  }
+
+ private:
+  struct Span {
+    size_t begin, end;
+    cudaEvent_t ev;
+  };
+  std::mutex mu_;
+  unsigned char* base_ = nullptr;
+  bool failed_ = false;
+  size_t head_ = 0;
+  std::deque<Span> inflight_;  // oldest first
+  std::vector<cudaEvent_t> spare_;
+
+  bool ensure() {
+    if (base_) return true;
+    if (failed_) return false;
+    void* p = nullptr;
+    if (cudaHostAlloc(&p, kBytes, cudaHostAllocDefault) != cudaSuccess) {
+      cudaGetLastError();
+      failed_ = true;
+      return false;
+    }
+    base_ = static_cast<unsigned char*>(p);
+    return true;
+  }
+
+  cudaEvent_t take_event() {
+    if (!spare_.empty()) {
+      cudaEvent_t e = spare_.back();
+      spare_.pop_back();
+      return e;
+    }
+    cudaEvent_t e = nullptr;
+    SPECDEC_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    return e;
+  }
+
+  // Frees finished spans (oldest first); waits for any span still overlapping [at, at + bytes).
+  void reclaim(size_t at, size_t bytes) {
+    while (!inflight_.empty()) {
+      Span& sp = inflight_.front();
+      const bool overlaps = sp.begin < at + bytes && at < sp.end;
+      cudaError_t q = cudaEventQuery(sp.ev);
+      if (q == cudaErrorNotReady) {
+        if (!overlaps) break;
+        SPECDEC_CUDA_CHECK(cudaEventSynchronize(sp.ev));
+        note_wait();
+      } else {
+        SPECDEC_CUDA_CHECK(q);
+      }
+      spare_.push_back(sp.ev);
+      inflight_.pop_front();
+    }
+    // Spans past the oldest unfinished one are younger and lie after it in ring order; only the
+    // ones overlapping the new range matter, and those are waited for in order above.
+    for (const Span& sp : inflight_)
+      if (sp.begin < at + bytes && at < sp.end) {
+        SPECDEC_CUDA_CHECK(cudaEventSynchronize(sp.ev));
+        note_wait();
+      }
+  }
+};
+
+StagingRing g_staging;
+
+}  // namespace
+
+bool memcpy_h2d(void* dst, const void* src, size_t bytes) {
   cudaStream_t s = stream();
+  if (g_staging.upload(dst, src, bytes, s)) return false;
   SPECDEC_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, s));
   // The host buffer may be a JS-owned array: do not return before it has been read.
   SPECDEC_CUDA_CHECK(cudaStreamSynchronize(s));
+  return true;
 }
 
 void memcpy_d2h(void* dst, const void* src, size_t bytes) {
@@ -152,7 +249,10 @@ void memcpy_d2d(void* dst, const void* src, size_t bytes) {
 
 void memset_zero(void* dst, size_t bytes) { SPECDEC_CUDA_CHECK(cudaMemsetAsync(dst, 0, bytes, stream())); }
 
-void synchronize() { SPECDEC_CUDA_CHECK(cudaStreamSynchronize(stream())); }
+void synchronize() {
+  note_wait();
+  SPECDEC_CUDA_CHECK(cudaStreamSynchronize(stream()));
+}
 
 }  // namespace cuda
 }  // namespace specdec

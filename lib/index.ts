@@ -5,6 +5,8 @@ export { Tensor, asTensor, disposeAll } from './tensor';
 export type { DType, Device, HostArray } from './tensor';
 export { backends, resolveDevice } from './backend';
 export type { BackendReport } from './backend';
+export { transferCounters, transfersSince } from './transfers';
+export type { TransferStats } from './transfers';
 
 // Kernels: paged KV cache + tree attention, sampling, verification, model layers.
 export * as kv from './kv';

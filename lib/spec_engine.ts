@@ -16,6 +16,7 @@ import { argmax, processLogits } from './sampling';
 import { codedError } from './strategies/speculator';
 import { isSampling, pickTokens, samplingOptions, throwIfAborted } from './step_helpers';
 import type { Tensor } from './tensor';
+import { transferCounters, transfersSince, type TransferStats } from './transfers';
 import { chainTree, flattenTrees, pruneTree, treeDepths, validateTree } from './tree';
 import { verify, type VerifyInput, type VerifyMode } from './verify';
 
@@ -53,6 +54,11 @@ export interface DecodeStats {
   proposedPerPosition: number[];
   /** Seconds per phase (batch-wide: a batched step's time counts once for every run stat). */
   phases: PhaseTimes;
+  /**
+   * Host <-> device traffic from the run's start to its end (process-wide counters, so batch-wide
+   * like phases, and including any concurrent run's traffic).
+   */
+  transfers: TransferStats;
   seconds: number;
   tokensPerSecond: number;
 }
@@ -64,6 +70,7 @@ export class StatsAcc {
   accepted = 0;
   acceptedPerPosition: number[] = [];
   proposedPerPosition: number[] = [];
+  private readonly counters0: TransferStats = transferCounters();
 
   addStep(proposal: Proposal, acceptedLen: number, emitted: number): void {
     this.targetForwards++;
@@ -90,6 +97,7 @@ export class StatsAcc {
       acceptedPerPosition: this.acceptedPerPosition.slice(),
       proposedPerPosition: this.proposedPerPosition.slice(),
       phases: { ...phases },
+      transfers: transfersSince(this.counters0),
       seconds,
       tokensPerSecond: seconds > 0 ? this.newTokens / seconds : 0,
     };

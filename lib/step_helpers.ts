@@ -2,6 +2,7 @@
 // sampling config's logits processing, token picking after a prefill, and row gathering.
 import { argmax, processLogits, sample, type SamplingOptions } from './sampling';
 import type { SamplingConfig, SeqRng } from './strategies/speculator';
+import { codedError } from './strategies/speculator';
 import type { Tensor } from './tensor';
 import { Tensor as TensorFactory } from './tensor';
 
@@ -78,14 +79,22 @@ export function pickTokens(logits: Tensor, rows: Int32Array, sampling: SamplingC
   return out;
 }
 
-/** Copies rows of (possibly several) tensors into one f32 [rows, V] tensor on `device`. */
-export function gatherRows(parts: readonly { tensor: Tensor; row: number }[], vocab: number, device: Tensor['device']): Tensor {
-  // Host round trip: the ops contract has no row-gather op yet (a native one would avoid it).
-  const host = new Float32Array(parts.length * vocab);
-  parts.forEach((p, i) => {
-    const r = p.tensor.rows(p.row, p.row + 1);
-    host.set(r.toFloat32(), i * vocab);
-    r.dispose();
-  });
-  return TensorFactory.fromArray(host, 'f32', [parts.length, vocab], device);
+/**
+ * Row i of the result = row parts[i].row of parts[i].tensor (f32 [*, width]), gathered on the
+ * tensors' device without a trip through JavaScript; moved to `device` in one copy when that differs
+ * (a draft model on another device than its target).
+ */
+export function gatherRows(parts: readonly { tensor: Tensor; row: number }[], width: number, device: Tensor['device']): Tensor {
+  for (const [i, p] of parts.entries()) {
+    if (p.tensor.dtype !== 'f32' || p.tensor.shape[1] !== width) {
+      throw codedError('E_ARG', `gatherRows: parts[${i}] is ${p.tensor.dtype}[${p.tensor.shape.join(', ')}], expected f32 rows of width ${width}`);
+    }
+  }
+  const g = TensorFactory.gatherRows(parts.map((p) => p.tensor), parts.map((p) => p.row));
+  if (g.device === device) return g;
+  try {
+    return g.to(device);
+  } finally {
+    g.dispose();
+  }
 }

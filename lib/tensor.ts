@@ -41,6 +41,13 @@ export const Tensor = {
   fromArray(data: HostArray | readonly number[], dtype: DType, shape?: readonly number[], device: Device = 'cpu'): Tensor {
     return tensorClass().fromArray(data, dtype, shape ?? [data.length], device) as Tensor;
   },
+  /**
+   * Row k of the result is row rows[k] of tensors[k] (2-D, one dtype, width and device), copied on
+   * that device: nothing goes through JavaScript.
+   */
+  gatherRows(tensors: readonly Tensor[], rows: Int32Array | readonly number[]): Tensor {
+    return tensorClass().gatherRows(tensors, rows) as Tensor;
+  },
   /** True if `x` is a native tensor. */
   is(x: unknown): x is Tensor {
     return x instanceof (tensorClass() as unknown as new () => object);

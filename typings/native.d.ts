@@ -34,6 +34,7 @@ declare namespace SpecdecNative {
     zeros(dtype: DType, shape: readonly number[], device?: Device): Tensor;
     /** Uint16Array data is taken as raw bits for f16/bf16; BigUint64Array only for u64. */
     fromArray(data: HostArray | readonly number[], dtype: DType, shape?: readonly number[], device?: Device): Tensor;
+    gatherRows(tensors: readonly Tensor[], rows: Int32Array | readonly number[]): Tensor;
   }
 
   interface GpuInfo {
@@ -53,9 +54,20 @@ declare namespace SpecdecNative {
     gpus: GpuInfo[];
   }
 
+  /** Process-wide counts since the addon loaded (cpp/core/transfers.h); napiCalls includes this call. */
+  interface TransferCounters {
+    uploads: number;
+    uploadBytes: number;
+    readbacks: number;
+    readbackBytes: number;
+    blockingWaits: number;
+    napiCalls: number;
+  }
+
   interface NativeBinding {
     readonly abiVersion: number;
     readonly Tensor: TensorStatic;
     backendInfo(): BackendInfo;
+    transferCounters(): TransferCounters;
   }
 }

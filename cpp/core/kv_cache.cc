@@ -4,6 +4,8 @@
 
 #include <algorithm>
 
+#include "host_pack.h"
+
 namespace specdec {
 
 namespace {
@@ -91,7 +93,7 @@ int KvCache::free_pages() const { return static_cast<int>(free_list_.size()); }
 
 size_t KvCache::bytes() const { return layers_.size() * layers_[0].nbytes(); }
 
-PagedBatch KvCache::plan(const std::vector<int>& seqs, const std::vector<int>& new_tokens) {
+PagedBatch KvCache::plan(const std::vector<int>& seqs, const std::vector<int>& new_tokens, HostPack* pack) {
   const int S = config_.page_size;
   SPECDEC_CHECK(seqs.size() == new_tokens.size(), "E_ARG", "newTokens: ", new_tokens.size(), " entries for ", seqs.size(),
                 " sequences");
@@ -147,11 +149,12 @@ PagedBatch KvCache::plan(const std::vector<int>& seqs, const std::vector<int>& n
     prefix_len.push_back(s.length);
   }
   if (!copy_src.empty()) {
-    const int64_t n = static_cast<int64_t>(copy_src.size());
-    ops::kv_copy_pages(layers_, Tensor::from_host(DType::i32, {n}, copy_src.data(), config_.device),
-                       Tensor::from_host(DType::i32, {n}, copy_dst.data(), config_.device));
+    HostPack pk;
+    const int a = pk.add(DType::i32, copy_src), b = pk.add(DType::i32, copy_dst);
+    pk.upload(config_.device);
+    ops::kv_copy_pages(layers_, pk.view(a), pk.view(b), &copy_src, &copy_dst);
   }
-  return PagedBatch::make(qo_indptr, page_indptr, page_indices, prefix_len, S, config_.num_pages, config_.device);
+  return PagedBatch::make(qo_indptr, page_indptr, page_indices, prefix_len, S, config_.num_pages, config_.device, pack);
 }
 
 void KvCache::commit(const PagedBatch& batch, const std::vector<int>& seqs, const std::vector<int32_t>& acc_indptr,
@@ -174,10 +177,13 @@ void KvCache::commit(const PagedBatch& batch, const std::vector<int>& seqs, cons
     SPECDEC_CHECK(same, "E_ARG", "batch: its pages for sequence ", seqs[i],
                   " are not the sequence's pages (the batch is not from this cache's last plan)");
   }
-  const int64_t n = static_cast<int64_t>(acc_nodes.size());
-  ops::kv_commit(layers_, batch,
-                 Tensor::from_host(DType::i32, {static_cast<int64_t>(acc_indptr.size())}, acc_indptr.data(), config_.device),
-                 Tensor::from_host(DType::i32, {n}, acc_nodes.data(), config_.device));
+  // Checked on the host; the indices go to the device (one upload, no wait) only when K/V must move.
+  if (!ops::check_commit(batch, acc_indptr, acc_nodes)) {
+    HostPack pk;
+    const int a = pk.add(DType::i32, acc_indptr), b = pk.add(DType::i32, acc_nodes);
+    pk.upload(config_.device);
+    ops::kv_commit(layers_, batch, pk.view(a), pk.view(b), &acc_indptr, &acc_nodes);
+  }
   for (size_t i = 0; i < seqs.size(); ++i) {
     Seq& s = seqs_[static_cast<size_t>(seqs[i])];
     s.length += acc_indptr[i + 1] - acc_indptr[i];

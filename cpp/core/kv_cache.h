@@ -36,7 +36,8 @@ class KvCache {
   // Prepare one launch: room for new_tokens[i] tokens after the committed prefix of seqs[i]
   // (allocates pages, un-shares a shared page that would be written). Throws E_KV_FULL naming
   // the numbers when pages run out (nothing is changed then). Builds the PagedBatch.
-  PagedBatch plan(const std::vector<int>& seqs, const std::vector<int>& new_tokens);
+  // With `pack`, the batch's arrays join the caller's segments in one upload (PagedBatch::make).
+  PagedBatch plan(const std::vector<int>& seqs, const std::vector<int>& new_tokens, HostPack* pack = nullptr);
 
   // Keep accepted new tokens of the last plan(): for seqs[i], acc_nodes[acc_indptr[i]..acc_indptr[i+1])
   // (indices among its new tokens, strictly increasing) move right after the committed prefix,

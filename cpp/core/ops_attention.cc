@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "backend.h"
+#include "host_pack.h"
 
 namespace specdec {
 
@@ -72,7 +73,7 @@ void check_layers(const std::vector<Tensor>& layers, const char* op) {
 
 PagedBatch PagedBatch::make(const std::vector<int32_t>& qo_indptr, const std::vector<int32_t>& page_indptr,
                             const std::vector<int32_t>& page_indices, const std::vector<int32_t>& prefix_len,
-                            int page_size, int num_pages, Device device) {
+                            int page_size, int num_pages, Device device, HostPack* pack) {
   SPECDEC_CHECK(page_size > 0, "E_ARG", "page_size: must be positive, got ", page_size);
   SPECDEC_CHECK(num_pages >= 0, "E_ARG", "num_pages: must be >= 0, got ", num_pages);
   const size_t B = prefix_len.size();
@@ -99,13 +100,15 @@ PagedBatch PagedBatch::make(const std::vector<int32_t>& qo_indptr, const std::ve
   b.h_page_indptr = page_indptr;
   b.h_page_indices = page_indices;
   b.h_prefix_len = prefix_len;
-  auto up = [&](const std::vector<int32_t>& h) {
-    return Tensor::from_host(DType::i32, {static_cast<int64_t>(h.size())}, h.data(), device);
-  };
-  b.qo_indptr = up(qo_indptr);
-  b.page_indptr = up(page_indptr);
-  b.page_indices = up(page_indices);
-  b.prefix_len = up(prefix_len);
+  HostPack own;
+  HostPack& pk = pack ? *pack : own;
+  const int a = pk.add(DType::i32, qo_indptr), c = pk.add(DType::i32, page_indptr);
+  const int d = pk.add(DType::i32, page_indices), e = pk.add(DType::i32, prefix_len);
+  pk.upload(device);
+  b.qo_indptr = pk.view(a);
+  b.page_indptr = pk.view(c);
+  b.page_indices = pk.view(d);
+  b.prefix_len = pk.view(e);
   return b;
 }
 
@@ -156,19 +159,12 @@ void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& b
 #endif
 }
 
-void kv_commit(const std::vector<Tensor>& layers, const PagedBatch& batch, const Tensor& acc_indptr,
-               const Tensor& acc_nodes) {
-  check_layers(layers, "kv_commit");
+bool check_commit(const PagedBatch& batch, const std::vector<int32_t>& ip, const std::vector<int32_t>& nodes) {
   const int64_t B = batch.batch_size();
-  check_arg(acc_indptr, "acc_indptr", {DType::i32}, {B + 1});
-  check_arg_dim(acc_nodes, "acc_nodes", {DType::i32}, 1);
-  check_same_device({&layers[0], &acc_indptr, &acc_nodes}, "kv_commit");
-  check_batch_vs_layer(batch, layers[0], "kv_commit");
-  // The indices are read back (a few bytes) so that a bad one is an error, never a stray write.
-  std::vector<int32_t> ip = host_i32(acc_indptr), nodes = host_i32(acc_nodes);
   check_indptr(ip, static_cast<size_t>(B + 1), "acc_indptr");
   SPECDEC_CHECK(ip.back() == static_cast<int32_t>(nodes.size()), "E_ARG", "acc_indptr: last entry ", ip.back(),
                 " != acc_nodes length ", nodes.size());
+  bool identity = true;
   for (int64_t b = 0; b < B; ++b) {
     const int32_t qo = batch.h_qo_indptr[b + 1] - batch.h_qo_indptr[b];
     SPECDEC_CHECK(ip[b + 1] - ip[b] <= qo, "E_ARG", "acc_indptr: sequence ", b, " accepts ", ip[b + 1] - ip[b],
@@ -178,9 +174,33 @@ void kv_commit(const std::vector<Tensor>& layers, const PagedBatch& batch, const
                     " out of range [0, ", qo, ") for sequence ", b);
       SPECDEC_CHECK(j == ip[b] || nodes[j] > nodes[j - 1], "E_ARG", "acc_nodes[", j,
                     "]: accepted nodes of a sequence must be strictly increasing (sequence ", b, ")");
+      identity = identity && nodes[j] == j - ip[b];
     }
   }
-  if (nodes.empty()) return;
+  return identity;
+}
+
+void kv_commit(const std::vector<Tensor>& layers, const PagedBatch& batch, const Tensor& acc_indptr,
+               const Tensor& acc_nodes, const std::vector<int32_t>* h_acc_indptr, const std::vector<int32_t>* h_acc_nodes) {
+  check_layers(layers, "kv_commit");
+  const int64_t B = batch.batch_size();
+  check_arg(acc_indptr, "acc_indptr", {DType::i32}, {B + 1});
+  check_arg_dim(acc_nodes, "acc_nodes", {DType::i32}, 1);
+  check_same_device({&layers[0], &acc_indptr, &acc_nodes}, "kv_commit");
+  check_batch_vs_layer(batch, layers[0], "kv_commit");
+  SPECDEC_CHECK((h_acc_indptr == nullptr) == (h_acc_nodes == nullptr), "E_ARG",
+                "kv_commit: give both host copies of the accepted indices or neither");
+  std::vector<int32_t> read_ip, read_nodes;
+  if (!h_acc_indptr) {
+    read_ip = host_i32(acc_indptr);
+    read_nodes = host_i32(acc_nodes);
+    h_acc_indptr = &read_ip;
+    h_acc_nodes = &read_nodes;
+  }
+  SPECDEC_CHECK(static_cast<int64_t>(h_acc_indptr->size()) == acc_indptr.numel() &&
+                    static_cast<int64_t>(h_acc_nodes->size()) == acc_nodes.numel(),
+                "E_ARG", "kv_commit: the host copies of the accepted indices differ in length from the tensors");
+  if (check_commit(batch, *h_acc_indptr, *h_acc_nodes)) return;  // nothing moves
   if (layers[0].device() == Device::cpu) return cpu::kv_commit(layers, batch, acc_indptr, acc_nodes);
 #ifdef SPECDEC_WITH_CUDA
   cuda::kv_commit(layers, batch, acc_indptr, acc_nodes);
@@ -189,13 +209,17 @@ void kv_commit(const std::vector<Tensor>& layers, const PagedBatch& batch, const
 #endif
 }
 
-void kv_copy_pages(const std::vector<Tensor>& layers, const Tensor& src_pages, const Tensor& dst_pages) {
+void kv_copy_pages(const std::vector<Tensor>& layers, const Tensor& src_pages, const Tensor& dst_pages,
+                   const std::vector<int32_t>* h_src, const std::vector<int32_t>* h_dst) {
   check_layers(layers, "kv_copy_pages");
   check_arg_dim(src_pages, "src_pages", {DType::i32}, 1);
   check_arg(dst_pages, "dst_pages", {DType::i32}, {src_pages.size(0)});
   check_same_device({&layers[0], &src_pages, &dst_pages}, "kv_copy_pages");
+  SPECDEC_CHECK((h_src == nullptr) == (h_dst == nullptr), "E_ARG", "kv_copy_pages: give both host copies or neither");
   const int64_t P = layers[0].size(0);
-  std::vector<int32_t> src = host_i32(src_pages), dst = host_i32(dst_pages);
+  const std::vector<int32_t> src = h_src ? *h_src : host_i32(src_pages), dst = h_dst ? *h_dst : host_i32(dst_pages);
+  SPECDEC_CHECK(static_cast<int64_t>(src.size()) == src_pages.numel(), "E_ARG",
+                "kv_copy_pages: the host copies differ in length from the tensors");
   for (size_t i = 0; i < src.size(); ++i) {
     SPECDEC_CHECK(src[i] >= 0 && src[i] < P, "E_ARG", "src_pages[", i, "]: page id ", src[i], " out of range [0, ", P, ")");
     SPECDEC_CHECK(dst[i] >= 0 && dst[i] < P, "E_ARG", "dst_pages[", i, "]: page id ", dst[i], " out of range [0, ", P, ")");

@@ -9,6 +9,8 @@
 
 namespace specdec {
 
+class HostPack;
+
 // Where each sequence of a ragged batch lives, for one launch (FlashInfer-style indptr arrays).
 // Device tensors are on the KV cache's device; host copies are kept for validation and sizing.
 struct PagedBatch {
@@ -25,10 +27,12 @@ struct PagedBatch {
   int64_t total_new() const { return h_qo_indptr.empty() ? 0 : h_qo_indptr.back(); }
 
   // Builds a batch from host arrays (validated: monotone indptr, page ids < num_pages,
-  // enough pages for prefix_len + new tokens) and uploads it to `device`.
+  // enough pages for prefix_len + new tokens) and uploads it to `device` in one copy. With `pack`,
+  // the four arrays join the caller's segments and travel in that one upload (the caller takes
+  // its own views from the pack afterwards).
   static PagedBatch make(const std::vector<int32_t>& qo_indptr, const std::vector<int32_t>& page_indptr,
                          const std::vector<int32_t>& page_indices, const std::vector<int32_t>& prefix_len,
-                         int page_size, int num_pages, Device device);
+                         int page_size, int num_pages, Device device, HostPack* pack = nullptr);
 };
 
 // Largest number of new tokens of one sequence that a packed mask may describe.
@@ -52,12 +56,21 @@ void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& b
 // Commit accepted tree nodes: for each sequence b and j < acc_indptr[b+1] - acc_indptr[b], the
 // K/V of new token acc_nodes[acc_indptr[b] + j] moves to slot prefix_len[b] + j, in every layer,
 // one launch for the batch. acc_nodes of a sequence are strictly increasing (topological order).
-// acc_indptr, acc_nodes: i32 on the cache device.
+// acc_indptr, acc_nodes: i32 on the cache device. h_acc_indptr / h_acc_nodes: the same values on
+// the host when the caller has them: validation reads those, not the device (no wait); without
+// them the indices are read back (a counted wait) so that a bad one is an error, never a stray write.
 void kv_commit(const std::vector<Tensor>& layers, const PagedBatch& batch, const Tensor& acc_indptr,
-               const Tensor& acc_nodes);
+               const Tensor& acc_nodes, const std::vector<int32_t>* h_acc_indptr = nullptr,
+               const std::vector<int32_t>* h_acc_nodes = nullptr);
+
+// The host-side checks of kv_commit (E_ARG naming the index). True when the commit moves nothing:
+// every sequence keeps new tokens 0..k-1, which already sit at their committed slots.
+bool check_commit(const PagedBatch& batch, const std::vector<int32_t>& acc_indptr, const std::vector<int32_t>& acc_nodes);
 
 // Copy whole pages src_pages[i] -> dst_pages[i] in every layer (copy-on-write after fork).
-void kv_copy_pages(const std::vector<Tensor>& layers, const Tensor& src_pages, const Tensor& dst_pages);
+// h_src / h_dst: the same ids on the host, when the caller has them (as for kv_commit).
+void kv_copy_pages(const std::vector<Tensor>& layers, const Tensor& src_pages, const Tensor& dst_pages,
+                   const std::vector<int32_t>* h_src = nullptr, const std::vector<int32_t>* h_dst = nullptr);
 
 }  // namespace ops
 

@@ -33,7 +33,9 @@ void check_alias(const Tensor& out, const char* out_name, const Tensor& in, cons
 
 }  // namespace
 
-void embedding(const Tensor& table, const Tensor& ids, Tensor& out) {
+void embedding(const Tensor& table, const Tensor& ids, Tensor& out) { embedding(table, ids, out, nullptr, false); }
+
+void embedding(const Tensor& table, const Tensor& ids, Tensor& out, const int32_t* host_ids, bool ids_in_range) {
   check_arg_dim(table, "table", SPECDEC_FLOATS, 2);
   check_arg_dim(ids, "ids", {DType::i32}, 1);
   const int64_t N = ids.size(0), V = table.size(0), H = table.size(1);
@@ -41,12 +43,16 @@ void embedding(const Tensor& table, const Tensor& ids, Tensor& out) {
   check_same_device({&table, &ids, &out}, "embedding");
   check_alias(out, "out", table, "table", false);
   if (N == 0) return;
-  // Ids are validated on the host for both backends (a small copy for CUDA) so a bad id is a
-  // coded error naming the id, never an out-of-bounds read.
-  std::vector<int32_t> host(static_cast<size_t>(N));
-  ids.copy_to_host(host.data(), host.size() * sizeof(int32_t));
-  for (int64_t n = 0; n < N; ++n) {
-    int32_t id = host[static_cast<size_t>(n)];
+  // Ids are validated on the host for both backends so a bad id is a coded error naming the id,
+  // never an out-of-bounds read: from the caller's host copy, else read back (a counted wait).
+  std::vector<int32_t> host;
+  if (!host_ids && !ids_in_range) {
+    host.resize(static_cast<size_t>(N));
+    ids.copy_to_host(host.data(), host.size() * sizeof(int32_t));
+    host_ids = host.data();
+  }
+  for (int64_t n = 0; host_ids && n < N; ++n) {
+    int32_t id = host_ids[n];
     SPECDEC_CHECK(id >= 0 && id < V, "E_ARG", "ids[", n, "] = ", id, " is outside the vocabulary [0, ", V,
                   ") (vocabulary size ", V, ")");
   }

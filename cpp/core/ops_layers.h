@@ -13,6 +13,10 @@ namespace ops {
 // out[n, :] = table[ids[n], :]. table [V, H] f32|f16|bf16, ids i32 [N], out f32 [N, H].
 // An id outside [0, V) is an E_ARG naming the id and the vocabulary size.
 void embedding(const Tensor& table, const Tensor& ids, Tensor& out);
+// The same with the ids' host copy (validated from it: no wait on CUDA), or, with host_ids null
+// and ids_in_range, ids the caller knows are in range by construction (an argmax over rows of
+// table.size(0) logits, still on the device); the kernels never read outside the table anyway.
+void embedding(const Tensor& table, const Tensor& ids, Tensor& out, const int32_t* host_ids, bool ids_in_range);
 
 // out = x / sqrt(mean(x^2) + eps) * w. x f32 [N, H], w [H] f32|f16|bf16, out f32 [N, H] (may alias x).
 void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out);

@@ -118,7 +118,12 @@ void verify(const VerifyArgs& a, VerifyResult& out) {
                     "verify");
 
   // The tree structure is checked on the host (small arrays) so that kernels can trust it.
-  const std::vector<int32_t> indptr = host_i32(a.node_indptr), parents = host_i32(a.parents), tokens = host_i32(a.tokens);
+  SPECDEC_CHECK((a.h_node_indptr == nullptr) == (a.h_parents == nullptr) && (a.h_parents == nullptr) == (a.h_tokens == nullptr),
+                "E_ARG", "verify: give all three host copies (nodeIndptr, parents, tokens) or none");
+  const std::vector<int32_t> indptr = a.h_node_indptr ? std::vector<int32_t>(a.h_node_indptr, a.h_node_indptr + B + 1)
+                                                      : host_i32(a.node_indptr);
+  const std::vector<int32_t> parents = a.h_parents ? std::vector<int32_t>(a.h_parents, a.h_parents + N) : host_i32(a.parents);
+  const std::vector<int32_t> tokens = a.h_tokens ? std::vector<int32_t>(a.h_tokens, a.h_tokens + N) : host_i32(a.tokens);
   SPECDEC_CHECK(indptr[0] == 0, "E_ARG", "nodeIndptr: must start at 0, got ", indptr[0]);
   SPECDEC_CHECK(indptr[B] == N, "E_ARG", "nodeIndptr: last entry ", indptr[B], " does not match the ", N,
                 " nodes in parents/tokens");

@@ -39,6 +39,11 @@ struct VerifyArgs {
   Tensor offsets;  // u64 [B]  (Philox counter offset; the caller advances it per call)
   float typical_threshold = 0.09f;  // epsilon (Medusa posterior_threshold)
   float typical_alpha = 0.3f;       // delta (Medusa posterior_alpha)
+  // The same values as node_indptr / parents / tokens on the host, when the caller has them: the
+  // tree is validated from these (no wait). Null: read back from the device (a counted wait).
+  const int32_t* h_node_indptr = nullptr;
+  const int32_t* h_parents = nullptr;
+  const int32_t* h_tokens = nullptr;
 };
 
 struct VerifyResult {

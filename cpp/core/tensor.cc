@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "backend.h"
+#include "transfers.h"
 #ifdef SPECDEC_WITH_CUDA
 #include "../../cuda/cuda_backend.h"
 #endif
@@ -102,6 +103,18 @@ Tensor Tensor::rows(int64_t begin, int64_t end) const {
   return t;
 }
 
+Tensor Tensor::reinterpret(size_t byte_offset, DType dtype, std::vector<int64_t> shape) const {
+  SPECDEC_CHECK(defined(), "E_ARG", "reinterpret of an undefined tensor");
+  const size_t want = static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype);
+  SPECDEC_CHECK(byte_offset % dtype_size(dtype) == 0 && byte_offset + want <= nbytes(), "E_ARG", "reinterpret: ",
+                want, " bytes at offset ", byte_offset, " do not fit ", describe(), " (or are misaligned)");
+  Tensor t = *this;
+  t.dtype_ = dtype;
+  t.shape_ = std::move(shape);
+  t.offset_ += byte_offset;
+  return t;
+}
+
 Tensor Tensor::to(Device device) const {
   Tensor t = empty(dtype_, shape_, device);
   t.copy_from(*this);
@@ -118,9 +131,14 @@ void Tensor::copy_from(const Tensor& src) {
     return;
   }
 #ifdef SPECDEC_WITH_CUDA
-  if (device_ == Device::cuda && src.device_ == Device::cuda) cuda::memcpy_d2d(data(), src.data(), n);
-  else if (device_ == Device::cuda) cuda::memcpy_h2d(data(), src.data(), n);
-  else cuda::memcpy_d2h(data(), src.data(), n);
+  if (device_ == Device::cuda && src.device_ == Device::cuda) {
+    cuda::memcpy_d2d(data(), src.data(), n);
+  } else if (device_ == Device::cuda) {
+    note_upload(n, cuda::memcpy_h2d(data(), src.data(), n));
+  } else {
+    cuda::memcpy_d2h(data(), src.data(), n);
+    note_readback(n);
+  }
 #else
   no_cuda("copying a CUDA tensor");
 #endif
@@ -131,10 +149,11 @@ void Tensor::copy_from_host(const void* src, size_t bytes) {
   if (bytes == 0) return;
   if (device_ == Device::cpu) {
     std::memcpy(data(), src, bytes);
+    note_upload(bytes, false);
     return;
   }
 #ifdef SPECDEC_WITH_CUDA
-  cuda::memcpy_h2d(data(), src, bytes);
+  note_upload(bytes, cuda::memcpy_h2d(data(), src, bytes));
 #else
   no_cuda("copying to a CUDA tensor");
 #endif
@@ -143,6 +162,7 @@ void Tensor::copy_from_host(const void* src, size_t bytes) {
 void Tensor::copy_to_host(void* dst, size_t bytes) const {
   SPECDEC_CHECK(bytes == nbytes(), "E_ARG", "host buffer of ", bytes, " bytes does not fit ", describe());
   if (bytes == 0) return;
+  note_readback(bytes);
   if (device_ == Device::cpu) {
     std::memcpy(dst, data(), bytes);
     return;
@@ -166,6 +186,28 @@ void Tensor::fill_zero() {
 #else
   no_cuda("zeroing a CUDA tensor");
 #endif
+}
+
+Tensor gather_rows(const std::vector<Tensor>& srcs, const std::vector<int64_t>& rows) {
+  SPECDEC_CHECK(!srcs.empty() && srcs.size() == rows.size(), "E_ARG", "gatherRows: ", srcs.size(), " tensors for ",
+                rows.size(), " rows (expected as many, at least one)");
+  const Tensor& first = srcs[0];
+  for (size_t k = 0; k < srcs.size(); ++k) {
+    const Tensor& t = srcs[k];
+    SPECDEC_CHECK(t.defined() && t.dim() == 2, "E_ARG", "gatherRows: tensors[", k, "]: expected a 2-D tensor, got ",
+                  t.describe());
+    SPECDEC_CHECK(t.dtype() == first.dtype() && t.size(1) == first.size(1) && t.device() == first.device(), "E_ARG",
+                  "gatherRows: tensors[", k, "] is ", t.describe(), " but tensors[0] is ", first.describe(),
+                  " (same dtype, width and device needed)");
+    SPECDEC_CHECK(rows[k] >= 0 && rows[k] < t.size(0), "E_ARG", "gatherRows: rows[", k, "] = ", rows[k],
+                  " is outside the ", t.size(0), " rows of tensors[", k, "]");
+  }
+  Tensor out = Tensor::empty(first.dtype(), {static_cast<int64_t>(rows.size()), first.size(1)}, first.device());
+  for (size_t k = 0; k < srcs.size(); ++k) {
+    const int64_t i = static_cast<int64_t>(k);
+    out.rows(i, i + 1).copy_from(srcs[k].rows(rows[k], rows[k] + 1));
+  }
+  return out;
 }
 
 std::string Tensor::shape_str() const {

@@ -52,7 +52,11 @@ class Tensor {
   Tensor view(std::vector<int64_t> shape) const;
   // Rows [begin, end) of dimension 0, sharing the buffer.
   Tensor rows(int64_t begin, int64_t end) const;
+  // The same buffer read as another dtype/shape from a byte offset within this tensor (bounds and
+  // alignment checked): views of one packed upload (HostPack).
+  Tensor reinterpret(size_t byte_offset, DType dtype, std::vector<int64_t> shape) const;
 
+  // Copies across the host/device boundary are counted (cpp/core/transfers.h) on both backends.
   Tensor to(Device device) const;          // a copy on `device` (a copy even if already there)
   void copy_from(const Tensor& src);       // same dtype and numel, any devices
   void copy_from_host(const void* src, size_t bytes);
@@ -69,6 +73,11 @@ class Tensor {
   std::shared_ptr<Storage> storage_;
   size_t offset_ = 0;  // bytes
 };
+
+// Row k of the result = row rows[k] of srcs[k] (2-D tensors of one dtype, width and device), copied
+// on that device: the draft distributions and hidden states a step hands between models never go
+// through the host.
+Tensor gather_rows(const std::vector<Tensor>& srcs, const std::vector<int64_t>& rows);
 
 // Argument validation shared by every op (so CPU and CUDA report the same errors).
 // `shape` entries of -1 match any size. Throws E_ARG naming `name`.

@@ -205,7 +205,9 @@ void embedding(const Tensor& table, const Tensor& ids, Tensor& out) {
   const int64_t N = ids.size(0), H = table.size(1);
   const int32_t* id = ids.ptr<int32_t>();
   float* o = out.ptr<float>();
-  for (int64_t n = 0; n < N; ++n) to_f32_row(table.dtype(), table.data(), int64_t{id[n]} * H, H, o + n * H);
+  const int64_t V = table.size(0);
+  for (int64_t n = 0; n < N; ++n)  // validated by the dispatcher; never read out of bounds regardless
+    if (id[n] >= 0 && id[n] < V) to_f32_row(table.dtype(), table.data(), int64_t{id[n]} * H, H, o + n * H);
 }
 
 void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) {

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <set>
 
+#include "../core/host_pack.h"
 #include "../core/ops_attention.h"
 #include "../core/ops_layers.h"
 #include "../core/ops_sampling.h"
@@ -175,7 +176,8 @@ LlamaForwardResult LlamaModel::forward(const std::vector<LlamaSeqInput>& inputs,
   return forward_locked(inputs, want_hidden);
 }
 
-LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& inputs, bool want_hidden) {
+LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& inputs, bool want_hidden,
+                                              const Tensor* dev_ids) {
   const LlamaConfig& c = config_;
   const Device dev = options_.device;
   pending_ = false;  // a new forward replaces whatever the last one left uncommitted
@@ -199,7 +201,7 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
                   " appears twice in one forward");
     const int n = static_cast<int>(in.tokens.size());
     SPECDEC_CHECK(n > 0, "E_ARG", "inputs[", b, "].tokens: empty");
-    for (int i = 0; i < n; ++i)
+    for (int i = 0; !dev_ids && i < n; ++i)
       SPECDEC_CHECK(in.tokens[i] >= 0 && in.tokens[i] < c.vocab_size, "E_ARG", "inputs[", b, "].tokens[", i,
                     "]: token id ", in.tokens[i], " is outside the vocabulary [0, ", c.vocab_size, ")");
     seqs[b] = in.seq;
@@ -289,15 +291,22 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
     }
   }
 
-  // 3. Room in the KV cache (E_KV_FULL changes nothing), then the layer stack.
-  PagedBatch batch = kv_->plan(seqs, counts);
-
+  // 3. Room in the KV cache (E_KV_FULL changes nothing), then the layer stack. Token ids,
+  //    positions, the mask and the batch's page tables go to the device as one upload.
   std::vector<int32_t> tokens;
-  tokens.reserve(N);
-  for (const auto& in : inputs) tokens.insert(tokens.end(), in.tokens.begin(), in.tokens.end());
-  Tensor ids = Tensor::from_host(DType::i32, {N}, tokens.data(), dev);
-  Tensor pos = Tensor::from_host(DType::i32, {N}, positions.data(), dev);
-  Tensor mask_t = need_mask ? Tensor::from_host(DType::u64, {N, W}, mask.data(), dev) : Tensor();
+  HostPack pack;
+  int seg_ids = -1;
+  if (!dev_ids) {
+    tokens.reserve(N);
+    for (const auto& in : inputs) tokens.insert(tokens.end(), in.tokens.begin(), in.tokens.end());
+    seg_ids = pack.add(DType::i32, tokens);
+  }
+  const int seg_pos = pack.add(DType::i32, positions);
+  const int seg_mask = need_mask ? pack.add(DType::u64, mask) : -1;
+  PagedBatch batch = kv_->plan(seqs, counts, &pack);
+  Tensor ids = dev_ids ? *dev_ids : pack.view(seg_ids);
+  Tensor pos = pack.view(seg_pos);
+  Tensor mask_t = need_mask ? pack.view(seg_mask).view({N, W}) : Tensor();
 
   const int64_t H = c.hidden_size, I = c.intermediate_size, D = c.head_dim;
   const int64_t NH = c.num_heads, NKV = c.num_kv_heads;
@@ -332,7 +341,7 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
   // 2-D views for the matmuls (same buffers).
   Tensor q2 = q.view({N, NH * D}), k2 = k.view({N, NKV * D}), v2 = v.view({N, NKV * D}), att2 = att.view({N, NH * D});
 
-  ops::embedding(embed_, ids, x);
+  ops::embedding(embed_, ids, x, dev_ids ? nullptr : tokens.data(), dev_ids != nullptr);
   for (int l = 0; l < c.num_layers; ++l) {
     const Layer& L = layers_[l];
     // Attention block.
@@ -441,15 +450,33 @@ std::vector<std::vector<int32_t>> LlamaModel::greedy_chain(const std::vector<Lla
   }
   std::vector<std::vector<int32_t>> out(B);
   try {
+    // The picks stay on the device: step s's argmax rows feed step s+1's embedding, and all picks
+    // are read back once at the end (on CUDA: no wait per drafted token). picks holds them in
+    // step order; owner[k] is the input whose pick sits at picks[k].
+    int64_t total = 0;
+    for (int st : steps) total += st;
+    const Device dev = options_.device;
+    Tensor picks = Tensor::empty(DType::i32, {total}, dev);
+    std::vector<size_t> owner;
+    owner.reserve(static_cast<size_t>(total));
+    std::vector<int> made(B, 0);
     std::vector<size_t> active(B);
     for (size_t b = 0; b < B; ++b) active[b] = b;
-    std::vector<LlamaSeqInput> feed(inputs.begin(), inputs.end());
-    std::vector<int32_t> picked;
+    Tensor next_ids;  // one id per active input, on the device; undefined before the first step
     while (!active.empty()) {
       std::vector<LlamaSeqInput> batch;
       batch.reserve(active.size());
-      for (size_t b : active) batch.push_back(feed[b]);  // feed is cheap: one token after the first step
-      LlamaForwardResult r = forward_locked(batch, false);
+      for (size_t b : active) {
+        if (!next_ids.defined()) {
+          batch.push_back(inputs[b]);
+        } else {
+          LlamaSeqInput one;
+          one.seq = inputs[b].seq;
+          one.tokens.assign(1, 0);  // a count only: the id comes from next_ids
+          batch.push_back(std::move(one));
+        }
+      }
+      LlamaForwardResult r = forward_locked(batch, false, next_ids.defined() ? &next_ids : nullptr);
       std::vector<int> seqs(active.size());
       std::vector<std::vector<int32_t>> acc(active.size());
       for (size_t i = 0; i < active.size(); ++i) {
@@ -457,25 +484,37 @@ std::vector<std::vector<int32_t>> LlamaModel::greedy_chain(const std::vector<Lla
         acc[i].resize(batch[i].tokens.size());
         for (size_t j = 0; j < acc[i].size(); ++j) acc[i][j] = static_cast<int32_t>(j);
       }
-      commit_locked(seqs, acc);
-      // Argmax of every row (rows are independent), then each sequence's last row.
-      const int64_t N = r.logits.size(0);
-      Tensor ids = Tensor::empty(DType::i32, {N}, r.logits.device());
+      commit_locked(seqs, acc);  // a chain keeps every token where it is: no device work
+      // Argmax of every row (rows are independent); each input's pick is its last row.
+      const int64_t N = r.logits.size(0), at = static_cast<int64_t>(owner.size());
+      Tensor ids = Tensor::empty(DType::i32, {N}, dev);
       ops::argmax(r.logits, ids);
-      picked.resize(static_cast<size_t>(N));
-      ids.copy_to_host(picked.data(), picked.size() * sizeof(int32_t));
+      const bool one_row_each = N == static_cast<int64_t>(active.size());
+      if (one_row_each) picks.rows(at, at + N).copy_from(ids);
       std::vector<size_t> next;
       for (size_t i = 0; i < active.size(); ++i) {
         const size_t b = active[i];
-        const int32_t t = picked[static_cast<size_t>(r.indptr[i + 1] - 1)];
-        out[b].push_back(t);
-        if (static_cast<int>(out[b].size()) < steps[b]) {
-          feed[b].tokens.assign(1, t);
-          next.push_back(b);
-        }
+        const int64_t row = r.indptr[i + 1] - 1;
+        if (!one_row_each) picks.rows(at + int64_t(i), at + int64_t(i) + 1).copy_from(ids.rows(row, row + 1));
+        owner.push_back(b);
+        if (++made[b] < steps[b]) next.push_back(b);
+      }
+      if (next.size() == active.size()) {
+        next_ids = picks.rows(at, at + static_cast<int64_t>(active.size()));  // every input goes on: its pick is its next id
+      } else if (!next.empty()) {
+        next_ids = Tensor::empty(DType::i32, {static_cast<int64_t>(next.size())}, dev);
+        for (size_t k = 0, i = 0; i < active.size(); ++i)
+          if (made[active[i]] < steps[active[i]]) {
+            const int64_t src = at + int64_t(i);
+            next_ids.rows(int64_t(k), int64_t(k) + 1).copy_from(picks.rows(src, src + 1));
+            ++k;
+          }
       }
       active.swap(next);
     }
+    std::vector<int32_t> host(static_cast<size_t>(total));
+    picks.copy_to_host(host.data(), host.size() * sizeof(int32_t));
+    for (size_t k = 0; k < owner.size(); ++k) out[owner[k]].push_back(host[k]);
   } catch (...) {
     // Nothing of this call stays: the caller's view of the committed lengths remains true.
     pending_ = false;

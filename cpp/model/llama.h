@@ -120,8 +120,11 @@ class LlamaModel {
  private:
   LlamaModel() = default;
 
-  // forward() and commit() with mu_ held by the caller.
-  LlamaForwardResult forward_locked(const std::vector<LlamaSeqInput>& inputs, bool want_hidden);
+  // forward() and commit() with mu_ held by the caller. With dev_ids (i32 [N] on the model's
+  // device, in range by construction), the token ids come from there and inputs' tokens only
+  // give the counts (greedy_chain feeds its argmax without a round trip).
+  LlamaForwardResult forward_locked(const std::vector<LlamaSeqInput>& inputs, bool want_hidden,
+                                    const Tensor* dev_ids = nullptr);
   void commit_locked(const std::vector<int>& seqs, const std::vector<std::vector<int32_t>>& accepted);
 
   struct Layer {

@@ -1,5 +1,6 @@
 // Module entry: every *_napi.cc file registers its exports through napi::Registrar.
 #include "../core/backend.h"
+#include "../core/transfers.h"
 #include "napi_util.h"
 
 namespace specdec {
@@ -33,10 +34,26 @@ Napi::Value BackendInfoJs(const Napi::CallbackInfo& info) {
   });
 }
 
+// transferCounters() -> process-wide counts since load (cpp/core/transfers.h) and N-API calls.
+Napi::Value TransferCountersJs(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    const TransferCounters c = transfer_counters();
+    Napi::Object o = Napi::Object::New(info.Env());
+    o.Set("uploads", double(c.uploads));
+    o.Set("uploadBytes", double(c.upload_bytes));
+    o.Set("readbacks", double(c.readbacks));
+    o.Set("readbackBytes", double(c.readback_bytes));
+    o.Set("blockingWaits", double(c.blocking_waits));
+    o.Set("napiCalls", double(napi_call_count().load()));
+    return o;
+  });
+}
+
 }  // namespace
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("backendInfo", Napi::Function::New(env, BackendInfoJs, "backendInfo"));
+  exports.Set("transferCounters", Napi::Function::New(env, TransferCountersJs, "transferCounters"));
   exports.Set("abiVersion", Napi::Number::New(env, 1));
   for (InitFn f : registry()) f(env, exports);
   return exports;

@@ -6,6 +6,11 @@
 namespace specdec {
 namespace napi {
 
+std::atomic<uint64_t>& napi_call_count() {
+  static std::atomic<uint64_t> n{0};  // worker threads may load the addon too
+  return n;
+}
+
 std::vector<InitFn>& registry() {
   static std::vector<InitFn> r;
   return r;

@@ -1,6 +1,7 @@
 // Helpers for the N-API glue: argument conversion, specdec::Error -> JS Error with `code`,
 // Promise-returning async work, and a registry so each *_napi.cc file adds its own exports.
 #pragma once
+#include <atomic>
 #include <napi.h>
 
 #include <functional>
@@ -23,10 +24,15 @@ struct Registrar {
 // A JS Error carrying `code` (E_ARG, E_CUDA, ...).
 Napi::Error make_error(Napi::Env env, const std::string& code, const std::string& message);
 
+// Calls from JS into the addon (counted in guard(), which every exported function goes through):
+// the per-step budget of crossings is asserted by tests through transferCounters().
+std::atomic<uint64_t>& napi_call_count();
+
 // Runs f, turning C++ exceptions into JS exceptions. Use in every exported function:
 //   return guard(info.Env(), [&] { ...; return value; });
 template <typename F>
 Napi::Value guard(Napi::Env env, F&& f) {
+  napi_call_count().fetch_add(1, std::memory_order_relaxed);
   try {
     return f();
   } catch (const Napi::Error&) {

@@ -1,6 +1,7 @@
 // N-API glue for sampling and verification: converts JS values, calls specdec::ops, converts back.
 #include <cstring>
 
+#include "../core/host_pack.h"
 #include "../core/ops_sampling.h"
 #include "../core/spec_math.h"
 #include "napi_util.h"
@@ -22,10 +23,6 @@ std::vector<uint32_t> get_u32_array(const Napi::Value& v, const char* name, size
   auto a = v.As<Napi::Uint32Array>();
   SPECDEC_CHECK(a.ElementLength() == n, "E_ARG", name, ": expected ", n, " elements, got ", a.ElementLength());
   return std::vector<uint32_t>(a.Data(), a.Data() + n);
-}
-
-Tensor u64_tensor(const std::vector<uint64_t>& v, Device dev) {
-  return Tensor::from_host(DType::u64, {static_cast<int64_t>(v.size())}, v.data(), dev);
 }
 
 Napi::Int32Array to_js(Napi::Env env, const Tensor& t) {
@@ -82,7 +79,10 @@ Napi::Value Sample(const Napi::CallbackInfo& info) {
     SPECDEC_CHECK(static_cast<int64_t>(offsets.size()) == probs.size(0), "E_ARG", "offsets: expected ", probs.size(0),
                   " entries (one per row), got ", offsets.size());
     Tensor out = Tensor::empty(DType::i32, {probs.size(0)}, probs.device());
-    ops::sample(probs, u64_tensor(seeds, probs.device()), u64_tensor(offsets, probs.device()), out);
+    HostPack pk;  // seeds + offsets in one upload
+    const int a = pk.add(DType::u64, seeds), b = pk.add(DType::u64, offsets);
+    pk.upload(probs.device());
+    ops::sample(probs, pk.view(a), pk.view(b), out);
     return to_js(info.Env(), out);
   });
 }
@@ -115,30 +115,6 @@ I32Span i32_span(const Napi::Value& v, const char* name, std::vector<int32_t>& t
   }
   tmp = get_i32_array(v, name);
   return {tmp.data(), static_cast<int64_t>(tmp.size())};
-}
-
-// One device tensor holding the host arrays back to back (one allocation, one copy to a GPU);
-// each array is then a view (rows) of it.
-template <typename T>
-Tensor packed(DType dt, std::initializer_list<std::pair<const T*, int64_t>> parts, Device dev) {
-  int64_t total = 0;
-  for (const auto& p : parts) total += p.second;
-  Tensor t = Tensor::empty(dt, {total}, dev);
-  T* dst = nullptr;
-  thread_local std::vector<T> stage;  // GPU only: the host side of the one copy
-  if (dev == Device::cpu) {
-    dst = t.template ptr<T>();
-  } else {
-    stage.resize(static_cast<size_t>(total));
-    dst = stage.data();
-  }
-  int64_t at = 0;
-  for (const auto& p : parts) {
-    if (p.second > 0) std::memcpy(dst + at, p.first, static_cast<size_t>(p.second) * sizeof(T));
-    at += p.second;
-  }
-  if (dev != Device::cpu) t.copy_from_host(stage.data(), static_cast<size_t>(total) * sizeof(T));
-  return t;
 }
 
 // verify({ mode, nodeIndptr, parents, tokens, target, draft?, seeds?, offsets?, typicalThreshold?,
@@ -174,15 +150,22 @@ Napi::Value Verify(const Napi::CallbackInfo& info) {
     const int64_t B = indptr.n - 1, N = parents.n;
     SPECDEC_CHECK(B >= 0, "E_ARG", "nodeIndptr: expected B + 1 >= 1 entries");
 
-    Tensor idx = packed<int32_t>(DType::i32, {{indptr.data, indptr.n}, {parents.data, parents.n}, {tokens.data, tokens.n}}, dev);
-    a.node_indptr = idx.rows(0, indptr.n);
-    a.parents = idx.rows(indptr.n, indptr.n + N);
-    a.tokens = idx.rows(indptr.n + N, indptr.n + N + tokens.n);
-    if (has_seeds || has_offsets) {
-      const int64_t ns = static_cast<int64_t>(seeds.size()), no = static_cast<int64_t>(offsets.size());
-      Tensor rng = packed<uint64_t>(DType::u64, {{seeds.data(), ns}, {offsets.data(), no}}, dev);
-      if (has_seeds) a.seeds = rng.rows(0, ns);
-      if (has_offsets) a.offsets = rng.rows(ns, ns + no);
+    // Index arrays, seeds and offsets travel to the target's device as one upload.
+    HostPack pk;
+    const int s_ip = pk.add(DType::i32, indptr.data, indptr.n), s_par = pk.add(DType::i32, parents.data, N);
+    const int s_tok = pk.add(DType::i32, tokens.data, tokens.n);
+    const int s_seed = has_seeds ? pk.add(DType::u64, seeds) : -1, s_off = has_offsets ? pk.add(DType::u64, offsets) : -1;
+    pk.upload(dev);
+    a.node_indptr = pk.view(s_ip);
+    a.parents = pk.view(s_par);
+    a.tokens = pk.view(s_tok);
+    if (has_seeds) a.seeds = pk.view(s_seed);
+    if (has_offsets) a.offsets = pk.view(s_off);
+    // Validation reads the JS arrays themselves (the device copies are the same values): no wait.
+    if (tokens.n == N) {
+      a.h_node_indptr = indptr.data;
+      a.h_parents = parents.data;
+      a.h_tokens = tokens.data;
     }
     // Outputs: acceptedNodes [N] | emitted [N] | acceptCount [B] | depthAccepts [depth] (zeroed).
     const int64_t total = 2 * N + B + depth;

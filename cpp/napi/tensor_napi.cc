@@ -20,6 +20,7 @@ class TensorWrap : public Napi::ObjectWrap<TensorWrap> {
             StaticMethod<&TensorWrap::Empty>("empty"),
             StaticMethod<&TensorWrap::Zeros>("zeros"),
             StaticMethod<&TensorWrap::FromArray>("fromArray"),
+            StaticMethod<&TensorWrap::GatherRows>("gatherRows"),
             InstanceAccessor<&TensorWrap::GetDtype>("dtype"),
             InstanceAccessor<&TensorWrap::GetShape>("shape"),
             InstanceAccessor<&TensorWrap::GetDevice>("device"),
@@ -85,6 +86,19 @@ class TensorWrap : public Napi::ObjectWrap<TensorWrap> {
       DType dt = get_dtype(info[0], "dtype");
       auto shape = get_int_array(info[1], "shape");
       return wrap_tensor(info.Env(), Tensor::zeros(dt, shape, get_device(info[2], "device")));
+    });
+  }
+
+  // gatherRows(tensors: Tensor[], rows: Int32Array | number[]) -> [rows.length, width] on their device
+  static Napi::Value GatherRows(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      SPECDEC_CHECK(info[0].IsArray(), "E_ARG", "tensors: expected an array of tensors");
+      Napi::Array a = info[0].As<Napi::Array>();
+      std::vector<Tensor> srcs;
+      srcs.reserve(a.Length());
+      for (uint32_t i = 0; i < a.Length(); ++i) srcs.push_back(tensor_arg(a.Get(i), "tensors[i]"));
+      const std::vector<int32_t> r = get_i32_array(info[1], "rows");
+      return wrap_tensor(info.Env(), gather_rows(srcs, std::vector<int64_t>(r.begin(), r.end())));
     });
   }
 

@@ -1,0 +1,27 @@
+// Host <-> device traffic and blocking waits, counted process-wide.
+//
+// A CUDA step is judged by how often it makes the host wait for the device. The counting points
+// are the ones both backends share (Tensor's host copies, the dispatchers' validation), so the CPU
+// backend counts exactly where the CUDA backend would copy or wait: a read to the host is always a
+// blocking wait; an upload is one only when it could not go through the pinned staging ring
+// (cuda/runtime.cu). Tests on any machine assert the structure of a step with these numbers.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace specdec {
+
+struct TransferCounters {
+  uint64_t uploads = 0;         // host -> device copies
+  uint64_t upload_bytes = 0;
+  uint64_t readbacks = 0;       // device -> host copies (each one waits for the device)
+  uint64_t readback_bytes = 0;
+  uint64_t blocking_waits = 0;  // readbacks + synchronous uploads + explicit stream syncs
+};
+
+void note_upload(size_t bytes, bool blocking);
+void note_readback(size_t bytes);
+void note_wait();
+TransferCounters transfer_counters();
+
+}  // namespace specdec

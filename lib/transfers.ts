@@ -1,0 +1,35 @@
+// Host <-> device traffic of the native layer, for asserting how a decoding step talks to the
+// device. The counting points are shared by both backends (cpp/core/transfers.h): on the CPU
+// backend they count exactly where the CUDA backend would copy or wait.
+import { native } from './native';
+
+export interface TransferStats {
+  /** Waits of the host for the device: every read to the host, synchronous uploads, stream syncs. */
+  readonly blockingWaits: number;
+  /** Host-to-device copies (through the pinned staging ring on CUDA: no wait). */
+  readonly uploads: number;
+  readonly uploadBytes: number;
+  /** Device-to-host copies (results, and any array read to JavaScript). */
+  readonly readbacks: number;
+  readonly readbackBytes: number;
+  /** Calls from JavaScript into the addon. */
+  readonly napiCalls: number;
+}
+
+/** Process-wide totals since the addon loaded. */
+export function transferCounters(): TransferStats {
+  return native().transferCounters();
+}
+
+/** What happened since `from` (a transferCounters() reading), not counting the reading calls. */
+export function transfersSince(from: TransferStats): TransferStats {
+  const now = transferCounters();
+  return {
+    blockingWaits: now.blockingWaits - from.blockingWaits,
+    uploads: now.uploads - from.uploads,
+    uploadBytes: now.uploadBytes - from.uploadBytes,
+    readbacks: now.readbacks - from.readbacks,
+    readbackBytes: now.readbackBytes - from.readbackBytes,
+    napiCalls: now.napiCalls - from.napiCalls - 1,
+  };
+}

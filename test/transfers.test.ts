@@ -1,0 +1,154 @@
+// How a decoding step talks to the device, counted (lib/transfers.ts): uploads, reads to the host
+// (each one a wait on CUDA), calls from JS. The counting points are shared by both backends, so these
+// CPU runs assert the structure the CUDA backend gets: one packed upload per forward, no read-back
+// of indices the host already has, greedy draft chains read back once, nothing bulky through JS.
+import * as assert from 'assert';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+
+import { SpeculativeDecoder } from '../lib/decoder';
+import { LlamaModel } from '../lib/models/llama';
+import { DraftModelSpeculator } from '../lib/strategies/draft_model';
+import { gatherRows } from '../lib/step_helpers';
+import { Tensor } from '../lib/tensor';
+import { transferCounters, transfersSince, type TransferStats } from '../lib/transfers';
+import { verify } from '../lib/verify';
+import { specByName, writeCheckpoint } from './fixtures/checkpoints';
+import { assertThrowsCode, rng, testSeed } from './helpers';
+
+const DEFAULT = path.join(__dirname, '..', '..', 'models', 'default');
+
+async function counted<T>(fn: () => T | Promise<T>): Promise<{ value: T; t: TransferStats }> {
+  const c0 = transferCounters();
+  const value = await fn();
+  return { value, t: transfersSince(c0) };
+}
+
+describe('transfers: host <-> device traffic of a step', function () {
+  let dir: string;
+  let model: LlamaModel;
+  const V = specByName('llama-gqa-f32').vocab;
+
+  before(async () => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'specdec-transfers-'));
+    writeCheckpoint(dir, { ...specByName('llama-gqa-f32'), name: 'transfers' }, testSeed);
+    model = await LlamaModel.load(dir);
+  });
+  after(() => {
+    model.dispose();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('a forward is one upload (ids, positions, mask and page tables together) and no wait', async () => {
+    const seq = model.createSequence();
+    const r = rng(testSeed);
+    const prompt = Int32Array.from({ length: 21 }, () => Math.floor(r() * V));
+    const a = await counted(() => model.forward([{ seq, tokens: prompt }]));
+    assert.deepStrictEqual([a.t.uploads, a.t.readbacks, a.t.blockingWaits], [1, 0, 0], JSON.stringify(a.t));
+    a.value.logits.dispose();
+    model.commit([seq], [Int32Array.from(prompt.keys())]);
+    // A tree with its mask: still one upload.
+    const tree = { seq, tokens: Int32Array.of(1, 2, 3, 4, 5), parents: Int32Array.of(-1, 0, 0, 1, 2) };
+    const b = await counted(() => model.forward([tree]));
+    assert.deepStrictEqual([b.t.uploads, b.t.readbacks, b.t.blockingWaits], [1, 0, 0], JSON.stringify(b.t));
+    b.value.logits.dispose();
+    // Committing a path that must move (nodes 0, 2, 4) uploads its indices once, reads nothing back.
+    const c = await counted(() => model.commit([seq], [Int32Array.of(0, 2, 4)]));
+    assert.deepStrictEqual([c.t.uploads, c.t.readbacks], [1, 0], JSON.stringify(c.t));
+    assert.strictEqual(model.sequenceLength(seq), 21 + 3);
+    // A chain prefix is already in place: committing it touches no device memory at all.
+    const d0 = await model.forward([{ seq, tokens: Int32Array.of(7, 8, 9) }]);
+    d0.logits.dispose();
+    const d = await counted(() => model.commit([seq], [Int32Array.of(0, 1)]));
+    assert.deepStrictEqual([d.t.uploads, d.t.readbacks], [0, 0], JSON.stringify(d.t));
+    assert.strictEqual(model.sequenceLength(seq), 26);
+    // Validated on the host all the same: a node outside the forward is an error, nothing changes.
+    const e0 = await model.forward([{ seq, tokens: Int32Array.of(7, 8) }]);
+    e0.logits.dispose();
+    assertThrowsCode(() => model.commit([seq], [Int32Array.of(0, 5)]), 'E_ARG', /outside the 2 tokens/);
+    assert.strictEqual(model.sequenceLength(seq), 26);
+    model.freeSequence(seq);
+  });
+
+  it('a greedy draft chain of k steps makes k uploads and ONE read-back (picks stay on the device)', async () => {
+    const seq = model.createSequence();
+    const prompt = Int32Array.of(3, 1, 4, 1, 5, 9, 2, 6);
+    for (const k of [1, 5]) {
+      const a = await counted(() => model.greedyChain([{ seq, tokens: prompt }], [k]));
+      assert.strictEqual(a.value[0]?.length, k);
+      assert.deepStrictEqual([a.t.uploads, a.t.readbacks, a.t.blockingWaits], [k, 1, 1], `k=${k}: ${JSON.stringify(a.t)}`);
+      model.truncate(seq, 0);
+    }
+    // Two sequences whose chains end at different steps (the batch shrinks): still one read-back.
+    const seq2 = model.createSequence();
+    const b = await counted(() => model.greedyChain([{ seq, tokens: prompt }, { seq: seq2, tokens: prompt.subarray(0, 3) }], [4, 2]));
+    assert.deepStrictEqual(b.value.map((x) => x.length), [4, 2]);
+    assert.deepStrictEqual([b.t.readbacks, b.t.blockingWaits], [1, 1], JSON.stringify(b.t));
+    model.freeSequence(seq);
+    model.freeSequence(seq2);
+  });
+
+  it('verify is one upload and one read-back, and still rejects a bad tree', async () => {
+    const r = rng(testSeed + 1);
+    const logits = Tensor.fromArray(Float32Array.from({ length: 4 * V }, () => r()), 'f32', [4, V]);
+    const input = { mode: 'greedy' as const, nodeIndptr: Int32Array.of(0, 4), parents: Int32Array.of(-1, 0, 1, 1), tokens: Int32Array.of(1, 2, 3, 4), target: logits };
+    const a = await counted(() => verify(input));
+    assert.deepStrictEqual([a.t.uploads, a.t.readbacks, a.t.blockingWaits], [1, 1, 1], JSON.stringify(a.t));
+    assertThrowsCode(() => verify({ ...input, parents: Int32Array.of(-1, 0, 3, 1) }), 'E_ARG', /node 2 of sequence 0 has parent 3/);
+    assertThrowsCode(() => verify({ ...input, tokens: Int32Array.of(1, 2, V, 4) }), 'E_ARG', /outside the vocabulary/);
+    logits.dispose();
+  });
+
+  it('gatherRows copies rows natively (no read-back) and equals a copy made by hand', () => {
+    const r = rng(testSeed + 2);
+    const a = Tensor.fromArray(Float32Array.from({ length: 3 * 7 }, () => r()), 'f32', [3, 7]);
+    const b = Tensor.fromArray(Float32Array.from({ length: 2 * 7 }, () => r()), 'f32', [2, 7]);
+    const c0 = transferCounters();
+    const g = gatherRows([{ tensor: b, row: 1 }, { tensor: a, row: 2 }, { tensor: a, row: 0 }], 7, 'cpu');
+    const t = transfersSince(c0);
+    assert.deepStrictEqual([t.uploads, t.readbacks], [0, 0], JSON.stringify(t));
+    const ha = a.toFloat32(), hb = b.toFloat32();
+    assert.deepStrictEqual(Array.from(g.toFloat32()), [...hb.subarray(7, 14), ...ha.subarray(14, 21), ...ha.subarray(0, 7)]);
+    assertThrowsCode(() => gatherRows([{ tensor: a, row: 3 }], 7, 'cpu'), 'E_ARG', /outside the 3 rows/);
+    assertThrowsCode(() => gatherRows([{ tensor: a, row: 0 }], 8, 'cpu'), 'E_ARG', /width 8/);
+    for (const x of [a, b, g]) x.dispose();
+  });
+});
+
+describe('transfers: whole decoding runs on the embedded family', function () {
+  let target: LlamaModel;
+  let draft: LlamaModel;
+  before(async () => {
+    target = await LlamaModel.load(path.join(DEFAULT, 'target'));
+    draft = await LlamaModel.load(path.join(DEFAULT, 'draft'));
+  });
+  after(() => {
+    target.dispose();
+    draft.dispose();
+  });
+  const prompt = Int32Array.from({ length: 12 }, (_, i) => 5 + i);
+
+  it('plain greedy decoding: one upload and one wait per token, a few bytes to JS', async () => {
+    const r = await new SpeculativeDecoder({ target }).generate(prompt, { maxNewTokens: 24 }).result;
+    const t = r.stats.transfers;
+    const forwards = r.stats.targetForwards;
+    assert.ok(forwards >= 2, `${forwards} forwards`);
+    // Each forward (the prefill included) is one upload; each picks one token with one read-back.
+    assert.strictEqual(t.uploads, forwards, JSON.stringify(t));
+    assert.strictEqual(t.blockingWaits, forwards, JSON.stringify(t));
+    assert.ok(t.readbackBytes <= 8 * forwards, JSON.stringify(t));
+  });
+
+  it('greedy draft-model steps: at most two waits (draft picks, verify result) and six calls into the addon', async () => {
+    const speculator = new DraftModelSpeculator({ draft, k: 4 });
+    const r = await new SpeculativeDecoder({ target, speculator }).generate(prompt, { maxNewTokens: 40 }).result;
+    const t = r.stats.transfers;
+    const steps = r.stats.targetForwards - 1;  // the prefill forward is not a speculative step
+    assert.ok(steps >= 3 && r.stats.tokensPerForward > 1.5, JSON.stringify(r.stats));
+    // The prefill adds one wait (its token) and one draft chain's catch-up; steps make <= 2 each.
+    assert.ok(t.blockingWaits <= 2 * steps + 2, `${t.blockingWaits} waits for ${steps} steps`);
+    assert.ok(t.napiCalls <= 6 * (steps + 1), `${t.napiCalls} N-API calls for ${steps} steps`);
+    assert.ok(t.readbackBytes <= 256 * (steps + 1), `${t.readbackBytes} bytes read back for ${steps} steps`);
+  });
+});

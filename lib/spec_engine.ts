@@ -11,6 +11,7 @@ import type {
   SeqRng,
   SpecSequence,
   Speculator,
+  StepReport,
 } from './strategies/speculator';
 import { argmax, processLogits } from './sampling';
 import { codedError } from './strategies/speculator';
@@ -18,7 +19,7 @@ import { isSampling, pickTokens, samplingOptions, throwIfAborted } from './step_
 import type { Tensor } from './tensor';
 import { transferCounters, transfersSince, type TransferStats } from './transfers';
 import { chainTree, flattenTrees, pruneTree, treeDepths, validateTree } from './tree';
-import { verify, type VerifyInput, type VerifyMode } from './verify';
+import { verify, type VerifyInput, type VerifyMode, type VerifyOutput } from './verify';
 
 // ---- statistics --------------------------------------------------------------------------------
 
@@ -269,6 +270,7 @@ export class SpecEngine {
 
       let accepted: readonly Int32Array[];
       let emitted: readonly Int32Array[];
+      let rowArgmax: Int32Array | undefined;
       if (!this.sampling && proposals.every((p) => p.tokens.length === 1)) {
         // Greedy with nothing proposed (no speculator, or no n-gram match): greedy verification of a
         // lone root emits its argmax (the same order: lowest index on ties, NaN never wins), so the
@@ -282,8 +284,10 @@ export class SpecEngine {
         }
         accepted = proposals.map(() => Int32Array.of(0));
         emitted = proposals.map((_, b) => top.subarray(b, b + 1));
+        rowArgmax = top;  // one row per sequence: these are every row's argmax
       } else {
-        ({ acceptedNodes: accepted, emitted } = this.verifyBatch(proposals, out.logits, seqs, draftProbs, (p) => (probs = p)));
+        const v = this.verifyBatch(proposals, out.logits, seqs, draftProbs, (p) => (probs = p));
+        ({ acceptedNodes: accepted, emitted, argmax: rowArgmax } = v);
       }
       lap('verify');
 
@@ -299,7 +303,8 @@ export class SpecEngine {
         s.stats.addStep(proposals[b] as Proposal, acc.length, em.length);
       });
       lap('commit');
-      await this.speculator?.update(seqs, { proposals, output: out, acceptedNodes: accepted, emitted }, ctx);
+      const report: StepReport = { proposals, output: out, acceptedNodes: accepted, emitted, ...(rowArgmax && this.speculator?.wantsRowArgmax ? { rowArgmax } : {}) };
+      await this.speculator?.update(seqs, report, ctx);
       lap('update');
       return emitted as Int32Array[];
     } finally {
@@ -317,11 +322,12 @@ export class SpecEngine {
     seqs: readonly EngineSequence[],
     draftProbs: Tensor | undefined,
     keep: (probs: Tensor) => void,
-  ): { acceptedNodes: Int32Array[]; emitted: Int32Array[] } {
+  ): VerifyOutput {
     const { nodeIndptr, parents, tokens } = flattenTrees(proposals);
     let vin: VerifyInput;
     if (!this.sampling) {
       vin = { mode: 'greedy', nodeIndptr, parents, tokens, target: logits };
+      if (this.speculator?.wantsRowArgmax) vin.argmaxOf = logits;
     } else {
       const probs = processLogits(logits, samplingOptions(this.sampling));
       keep(probs);
@@ -336,6 +342,7 @@ export class SpecEngine {
         offsets: BigUint64Array.from(seqs, (s) => s.rng.next()),
       };
       if (mode === 'rejection' && draftProbs) v.draft = draftProbs;
+      if (this.speculator?.wantsRowArgmax) v.argmaxOf = logits;
       if (mode === 'typical') {
         if (this.speculator?.typicalThreshold !== undefined) v.typicalThreshold = this.speculator.typicalThreshold;
         if (this.speculator?.typicalAlpha !== undefined) v.typicalAlpha = this.speculator.typicalAlpha;

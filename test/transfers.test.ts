@@ -10,6 +10,9 @@ import * as path from 'path';
 import { SpeculativeDecoder } from '../lib/decoder';
 import { LlamaModel } from '../lib/models/llama';
 import { DraftModelSpeculator } from '../lib/strategies/draft_model';
+import { LookaheadSpeculator } from '../lib/strategies/lookahead';
+import { PromptLookupSpeculator } from '../lib/strategies/prompt_lookup';
+import { argmax } from '../lib/sampling';
 import { gatherRows } from '../lib/step_helpers';
 import { Tensor } from '../lib/tensor';
 import { transferCounters, transfersSince, type TransferStats } from '../lib/transfers';
@@ -97,6 +100,13 @@ describe('transfers: host <-> device traffic of a step', function () {
     assert.deepStrictEqual([a.t.uploads, a.t.readbacks, a.t.blockingWaits], [1, 1, 1], JSON.stringify(a.t));
     assertThrowsCode(() => verify({ ...input, parents: Int32Array.of(-1, 0, 3, 1) }), 'E_ARG', /node 2 of sequence 0 has parent 3/);
     assertThrowsCode(() => verify({ ...input, tokens: Int32Array.of(1, 2, V, 4) }), 'E_ARG', /outside the vocabulary/);
+    // argmaxOf: the row argmaxes come back in the same read, equal to the argmax op's.
+    const b = await counted(() => verify({ ...input, argmaxOf: logits }));
+    assert.deepStrictEqual([b.t.uploads, b.t.readbacks], [1, 1], JSON.stringify(b.t));
+    const ids = argmax(logits);
+    assert.deepStrictEqual(Array.from(b.value.argmax ?? []), Array.from(ids.toInt32()));
+    assert.deepStrictEqual(b.value.emitted, a.value.emitted);
+    ids.dispose();
     logits.dispose();
   });
 
@@ -150,5 +160,17 @@ describe('transfers: whole decoding runs on the embedded family', function () {
     assert.ok(t.blockingWaits <= 2 * steps + 2, `${t.blockingWaits} waits for ${steps} steps`);
     assert.ok(t.napiCalls <= 6 * (steps + 1), `${t.napiCalls} N-API calls for ${steps} steps`);
     assert.ok(t.readbackBytes <= 256 * (steps + 1), `${t.readbackBytes} bytes read back for ${steps} steps`);
+  });
+
+  it('lookahead and prompt lookup steps: one wait each (lookahead gets its window argmax with the verify result)', async () => {
+    const plain = await new SpeculativeDecoder({ target }).generate(prompt, { maxNewTokens: 40 }).result;
+    for (const speculator of [new LookaheadSpeculator({ W: 5, N: 3, G: 5 }), new PromptLookupSpeculator({ maxNgram: 3 })]) {
+      const r = await new SpeculativeDecoder({ target, speculator }).generate(prompt, { maxNewTokens: 40 }).result;
+      assert.deepStrictEqual(Array.from(r.tokens), Array.from(plain.tokens), `${speculator.name}: greedy output`);
+      const t = r.stats.transfers;
+      // One wait per target forward (the prefill's included).
+      assert.strictEqual(t.blockingWaits, r.stats.targetForwards, `${speculator.name}: ${JSON.stringify(t)} for ${r.stats.targetForwards} forwards`);
+      assert.ok(t.napiCalls <= 6 * r.stats.targetForwards, `${speculator.name}: ${t.napiCalls} N-API calls`);
+    }
   });
 });

@@ -20,6 +20,7 @@ declare namespace SpecdecNative {
     typicalThreshold?: number;
     typicalAlpha?: number;
     maxDepth: number;
+    argmaxOf?: Tensor;
   }
 
   /** Flat results: acceptedNodes/emitted are ragged by nodeIndptr. */
@@ -28,6 +29,7 @@ declare namespace SpecdecNative {
     emitted: Int32Array;
     acceptCount: Int32Array;
     depthAccepts: Int32Array;
+    argmax?: Int32Array;
   }
 
   interface NativeBinding {

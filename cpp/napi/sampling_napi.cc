@@ -118,7 +118,9 @@ I32Span i32_span(const Napi::Value& v, const char* name, std::vector<int32_t>& t
 }
 
 // verify({ mode, nodeIndptr, parents, tokens, target, draft?, seeds?, offsets?, typicalThreshold?,
-//          typicalAlpha?, maxDepth }) -> flat { acceptedNodes, emitted, acceptCount, depthAccepts }
+//          typicalAlpha?, maxDepth, argmaxOf? }) -> flat { acceptedNodes, emitted, acceptCount, depthAccepts,
+//          argmax? }. argmaxOf (logits [R, V]): its row argmaxes come back in the same read (lookahead's
+//          window update needs them every step: one wait instead of two).
 // Called once per decoding step, so the glue keeps allocations down: the three index arrays go
 // to the device as one tensor (seeds + offsets as another), the four outputs are views of one
 // tensor and come back as four Int32Arrays over one ArrayBuffer.
@@ -167,15 +169,21 @@ Napi::Value Verify(const Napi::CallbackInfo& info) {
       a.h_parents = parents.data;
       a.h_tokens = tokens.data;
     }
-    // Outputs: acceptedNodes [N] | emitted [N] | acceptCount [B] | depthAccepts [depth] (zeroed).
-    const int64_t total = 2 * N + B + depth;
+    const Tensor argmax_of = optional_tensor_arg(o.Get("argmaxOf"), "argmaxOf");
+    const int64_t R = argmax_of.defined() ? argmax_of.size(0) : 0;
+    // Outputs: acceptedNodes [N] | emitted [N] | acceptCount [B] | depthAccepts [depth] (zeroed) | argmax [R].
+    const int64_t total = 2 * N + B + depth + R;
     Tensor res_t = Tensor::zeros(DType::i32, {total}, dev);
     VerifyResult r;
     r.accepted_nodes = res_t.rows(0, N);
     r.emitted = res_t.rows(N, 2 * N);
     r.accept_count = res_t.rows(2 * N, 2 * N + B);
-    r.depth_accepts = res_t.rows(2 * N + B, total);
+    r.depth_accepts = res_t.rows(2 * N + B, total - R);
     ops::verify(a, r);
+    if (argmax_of.defined()) {
+      Tensor am = res_t.rows(total - R, total);
+      ops::argmax(argmax_of, am);
+    }
     Napi::Env env = info.Env();
     Napi::ArrayBuffer buf = Napi::ArrayBuffer::New(env, static_cast<size_t>(total) * 4);
     res_t.copy_to_host(buf.Data(), static_cast<size_t>(total) * 4);
@@ -185,6 +193,7 @@ Napi::Value Verify(const Napi::CallbackInfo& info) {
     res.Set("emitted", view(N, N));
     res.Set("acceptCount", view(2 * N, B));
     res.Set("depthAccepts", view(2 * N + B, depth));
+    if (argmax_of.defined()) res.Set("argmax", view(total - R, R));
     return res;
   });
 }

@@ -118,6 +118,7 @@ interface LookaheadState {
 export class LookaheadSpeculator implements Speculator {
   readonly name = 'lookahead';
   readonly wantsHidden = false;
+  readonly wantsRowArgmax = true;
   readonly W: number;
   readonly N: number;
   readonly G: number;
@@ -192,7 +193,9 @@ export class LookaheadSpeculator implements Speculator {
 
   async update(seqs: readonly SpecSequence[], report: StepReport): Promise<void> {
     if (!seqs.some((s) => this.states.get(s.key)?.lastLayout)) return;
-    const ids = pickRowsArgmax(report.output, Int32Array.from({ length: report.output.indptr[seqs.length] as number }, (_, r) => r));
+    const rows = report.output.indptr[seqs.length] as number;
+    // The engine reads the argmaxes with the verification result (wantsRowArgmax): no extra wait.
+    const ids = report.rowArgmax ?? pickRowsArgmax(report.output, Int32Array.from({ length: rows }, (_, r) => r));
     seqs.forEach((s, b) => {
       const st = this.states.get(s.key);
       const layout = st?.lastLayout;

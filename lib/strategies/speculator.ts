@@ -69,12 +69,19 @@ export interface StepReport {
   readonly acceptedNodes: readonly Int32Array[];
   /** Emitted tokens per sequence: accepted drafts + the bonus (the next root). */
   readonly emitted: readonly Int32Array[];
+  /** Argmax of every row of output.logits, when the speculator asked for it (wantsRowArgmax). */
+  readonly rowArgmax?: Int32Array;
 }
 
 export interface Speculator {
   readonly name: string;
   /** The verifying forward must return hidden states (Medusa heads). */
   readonly wantsHidden: boolean;
+  /**
+   * update() reads the argmax of every row of the forward (lookahead's window): the engine then
+   * gets it in the same native read as the verification result.
+   */
+  readonly wantsRowArgmax?: boolean;
   /** Verification mode when sampling: 'rejection' (exact, default) or 'typical' (Medusa; LOSSY). */
   readonly samplingVerifyMode?: 'rejection' | 'typical';
   readonly typicalThreshold?: number;

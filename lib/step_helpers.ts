@@ -85,12 +85,13 @@ export function pickTokens(logits: Tensor, rows: Int32Array, sampling: SamplingC
  * (a draft model on another device than its target).
  */
 export function gatherRows(parts: readonly { tensor: Tensor; row: number }[], width: number, device: Tensor['device']): Tensor {
-  for (const [i, p] of parts.entries()) {
-    if (p.tensor.dtype !== 'f32' || p.tensor.shape[1] !== width) {
-      throw codedError('E_ARG', `gatherRows: parts[${i}] is ${p.tensor.dtype}[${p.tensor.shape.join(', ')}], expected f32 rows of width ${width}`);
-    }
-  }
+  // The native gather checks that every part has one dtype and width; the result's are checked here.
   const g = TensorFactory.gatherRows(parts.map((p) => p.tensor), parts.map((p) => p.row));
+  if (g.dtype !== 'f32' || g.shape[1] !== width) {
+    const got = `${g.dtype}[*, ${g.shape[1]}]`;
+    g.dispose();
+    throw codedError('E_ARG', `gatherRows: the rows are ${got}, expected f32 rows of width ${width}`);
+  }
   if (g.device === device) return g;
   try {
     return g.to(device);

@@ -18,6 +18,7 @@ import { Tensor } from '../lib/tensor';
 import { transferCounters, transfersSince, type TransferStats } from '../lib/transfers';
 import { verify } from '../lib/verify';
 import { specByName, writeCheckpoint } from './fixtures/checkpoints';
+import { withoutFastPaths } from './fixtures/without_fast_paths';
 import { assertThrowsCode, rng, testSeed } from './helpers';
 
 const DEFAULT = path.join(__dirname, '..', '..', 'models', 'default');
@@ -160,6 +161,21 @@ describe('transfers: whole decoding runs on the embedded family', function () {
     assert.ok(t.blockingWaits <= 2 * steps + 2, `${t.blockingWaits} waits for ${steps} steps`);
     assert.ok(t.napiCalls <= 6 * (steps + 1), `${t.napiCalls} N-API calls for ${steps} steps`);
     assert.ok(t.readbackBytes <= 256 * (steps + 1), `${t.readbackBytes} bytes read back for ${steps} steps`);
+  });
+
+  it('sampled draft-model steps: the native sampled chain draws exactly what step-by-step drafting draws, with two waits a step', async () => {
+    const sampling = { temperature: 0.9, topP: 0.95, seed: testSeed % 1000 };
+    const prompts = [prompt, prompt.subarray(0, 5)];
+    const run = async (d: typeof draft | ReturnType<typeof withoutFastPaths>): Promise<{ tokens: number[][]; t: TransferStats; steps: number }> => {
+      const dec = new SpeculativeDecoder({ target, speculator: new DraftModelSpeculator({ draft: d, k: 4 }), sampling });
+      const rs = await dec.generateBatch(prompts, { maxNewTokens: 40 });
+      return { tokens: rs.map((r) => Array.from(r.tokens)), t: (rs[0] as { stats: { transfers: TransferStats } }).stats.transfers, steps: Math.max(...rs.map((r) => r.stats.targetForwards)) - 1 };
+    };
+    const fast = await run(draft);
+    const slow = await run(withoutFastPaths(draft));
+    assert.deepStrictEqual(fast.tokens, slow.tokens, 'the same draws, the same verification, the same tokens');
+    assert.ok(fast.t.blockingWaits <= 2 * fast.steps + 2, `${fast.t.blockingWaits} waits for ${fast.steps} steps`);
+    assert.ok(slow.t.blockingWaits > fast.t.blockingWaits, `step by step: ${slow.t.blockingWaits} waits, native chain ${fast.t.blockingWaits}`);
   });
 
   it('lookahead and prompt lookup steps: one wait each (lookahead gets its window argmax with the verify result)', async () => {

@@ -75,6 +75,14 @@ declare namespace SpecdecNative {
      * Runs where forward would (syncMaxMacs against the work of all steps).
      */
     greedyChain(inputs: readonly LlamaNativeInput[], steps: Int32Array, syncMaxMacs?: number): Promise<Int32Array[]>;
+    sampledChain(
+      inputs: readonly LlamaNativeInput[],
+      steps: Int32Array,
+      sampling: NativeSamplingOptions,
+      seeds: BigUint64Array,
+      offsets: BigUint64Array,
+      syncMaxMacs?: number,
+    ): Promise<{ picks: Int32Array[]; q: Tensor }>;
     commit(seqs: Int32Array, accepted: readonly Int32Array[]): void;
     createSequence(): number;
     forkSequence(seq: number): number;

@@ -435,27 +435,66 @@ void LlamaModel::commit_locked(const std::vector<int>& seqs, const std::vector<s
 std::vector<std::vector<int32_t>> LlamaModel::greedy_chain(const std::vector<LlamaSeqInput>& inputs,
                                                            const std::vector<int>& steps) {
   std::lock_guard<std::mutex> lock(mu_);
+  return draft_chain(inputs, steps, nullptr, nullptr, nullptr).picks;
+}
+
+LlamaModel::SampledChain LlamaModel::sampled_chain(const std::vector<LlamaSeqInput>& inputs, const std::vector<int>& steps,
+                                                   const SamplingParams& params, const std::vector<uint64_t>& seeds,
+                                                   const std::vector<std::vector<uint64_t>>& offsets) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return draft_chain(inputs, steps, &params, &seeds, &offsets);
+}
+
+LlamaModel::SampledChain LlamaModel::draft_chain(const std::vector<LlamaSeqInput>& inputs, const std::vector<int>& steps,
+                                                 const SamplingParams* params, const std::vector<uint64_t>* seeds,
+                                                 const std::vector<std::vector<uint64_t>>* offsets) {
   const size_t B = inputs.size();
   SPECDEC_CHECK(B > 0, "E_ARG", "inputs: empty batch");
   SPECDEC_CHECK(steps.size() == B, "E_ARG", "steps: ", steps.size(), " entries for ", B, " inputs");
   std::vector<int32_t> start(B);
+  int max_steps = 0;
   for (size_t b = 0; b < B; ++b) {
     const LlamaSeqInput& in = inputs[b];
     SPECDEC_CHECK(steps[b] >= 1, "E_ARG", "steps[", b, "]: expected an integer >= 1, got ", steps[b]);
     SPECDEC_CHECK(in.parents.empty() && in.positions.empty() && in.mask.empty() && in.mask_words == 0, "E_ARG",
-                  "inputs[", b, "]: greedy chain drafting takes plain chains (no parents, positions or mask)");
+                  "inputs[", b, "]: chain drafting takes plain chains (no parents, positions or mask)");
     SPECDEC_CHECK(in.seq >= 0 && kv_->alive(in.seq), "E_ARG", "inputs[", b, "].seq: sequence ", in.seq,
                   " does not exist (never created or freed)");
     start[b] = kv_->length(in.seq);
+    max_steps = std::max(max_steps, steps[b]);
   }
-  std::vector<std::vector<int32_t>> out(B);
+  const Device dev = options_.device;
+  const int64_t V = config_.vocab_size;
+  int64_t total = 0;
+  for (int st : steps) total += st;
+  // Sampling: the Philox keys and counters of every pick, in the loop's (step-major) pick order,
+  // go to the device in one upload.
+  Tensor rng_seeds, rng_offsets, q;
+  if (params) {
+    SPECDEC_CHECK(seeds->size() == B && offsets->size() == B, "E_ARG", "seeds/offsets: expected one entry per input (", B,
+                  "), got ", seeds->size(), " and ", offsets->size());
+    std::vector<uint64_t> sk, so;
+    for (int s = 0; s < max_steps; ++s)
+      for (size_t b = 0; b < B; ++b)
+        if (s < steps[b]) {
+          SPECDEC_CHECK((*offsets)[b].size() == static_cast<size_t>(steps[b]), "E_ARG", "offsets[", b, "]: expected ",
+                        steps[b], " counters (one per step), got ", (*offsets)[b].size());
+          sk.push_back((*seeds)[b]);
+          so.push_back((*offsets)[b][static_cast<size_t>(s)]);
+        }
+    HostPack pk;
+    const int a = pk.add(DType::u64, sk), c = pk.add(DType::u64, so);
+    pk.upload(dev);
+    rng_seeds = pk.view(a);
+    rng_offsets = pk.view(c);
+    q = Tensor::empty(DType::f32, {total, V}, dev);
+  }
+  SampledChain result;
+  result.picks.resize(B);
   try {
-    // The picks stay on the device: step s's argmax rows feed step s+1's embedding, and all picks
-    // are read back once at the end (on CUDA: no wait per drafted token). picks holds them in
-    // step order; owner[k] is the input whose pick sits at picks[k].
-    int64_t total = 0;
-    for (int st : steps) total += st;
-    const Device dev = options_.device;
+    // The picks stay on the device: step s's picks feed step s+1's embedding, and all picks are
+    // read back once at the end (on CUDA: no wait per drafted token). picks (and q's rows) hold them
+    // in step order; owner[k] is the input whose pick sits at row k.
     Tensor picks = Tensor::empty(DType::i32, {total}, dev);
     std::vector<size_t> owner;
     owner.reserve(static_cast<size_t>(total));
@@ -485,36 +524,66 @@ std::vector<std::vector<int32_t>> LlamaModel::greedy_chain(const std::vector<Lla
         for (size_t j = 0; j < acc[i].size(); ++j) acc[i][j] = static_cast<int32_t>(j);
       }
       commit_locked(seqs, acc);  // a chain keeps every token where it is: no device work
-      // Argmax of every row (rows are independent); each input's pick is its last row.
-      const int64_t N = r.logits.size(0), at = static_cast<int64_t>(owner.size());
-      Tensor ids = Tensor::empty(DType::i32, {N}, dev);
-      ops::argmax(r.logits, ids);
-      const bool one_row_each = N == static_cast<int64_t>(active.size());
-      if (one_row_each) picks.rows(at, at + N).copy_from(ids);
+      // Each input's pick comes from its last logits row (rows are independent: batch invariant).
+      const int64_t N = r.logits.size(0), A = static_cast<int64_t>(active.size());
+      const int64_t at = static_cast<int64_t>(owner.size());
+      const bool one_row_each = N == A;
+      Tensor out_picks = picks.rows(at, at + A);
+      if (params) {
+        Tensor last = r.logits;
+        if (!one_row_each) {
+          std::vector<int64_t> rows(active.size());
+          for (size_t i = 0; i < active.size(); ++i) rows[i] = r.indptr[i + 1] - 1;
+          last = gather_rows(std::vector<Tensor>(active.size(), r.logits), rows);
+        }
+        Tensor probs = q.rows(at, at + A);
+        ops::process_logits(last, *params, probs);
+        ops::sample(probs, rng_seeds.rows(at, at + A), rng_offsets.rows(at, at + A), out_picks);
+      } else {
+        Tensor ids = Tensor::empty(DType::i32, {N}, dev);
+        ops::argmax(r.logits, ids);
+        if (one_row_each) {
+          out_picks.copy_from(ids);
+        } else {
+          for (size_t i = 0; i < active.size(); ++i) {
+            const int64_t row = r.indptr[i + 1] - 1, k = static_cast<int64_t>(i);
+            out_picks.rows(k, k + 1).copy_from(ids.rows(row, row + 1));
+          }
+        }
+      }
       std::vector<size_t> next;
-      for (size_t i = 0; i < active.size(); ++i) {
-        const size_t b = active[i];
-        const int64_t row = r.indptr[i + 1] - 1;
-        if (!one_row_each) picks.rows(at + int64_t(i), at + int64_t(i) + 1).copy_from(ids.rows(row, row + 1));
+      for (size_t b : active) {
         owner.push_back(b);
         if (++made[b] < steps[b]) next.push_back(b);
       }
       if (next.size() == active.size()) {
-        next_ids = picks.rows(at, at + static_cast<int64_t>(active.size()));  // every input goes on: its pick is its next id
+        next_ids = out_picks;  // every input goes on: its pick is its next id
       } else if (!next.empty()) {
         next_ids = Tensor::empty(DType::i32, {static_cast<int64_t>(next.size())}, dev);
         for (size_t k = 0, i = 0; i < active.size(); ++i)
           if (made[active[i]] < steps[active[i]]) {
-            const int64_t src = at + int64_t(i);
-            next_ids.rows(int64_t(k), int64_t(k) + 1).copy_from(picks.rows(src, src + 1));
-            ++k;
+            const int64_t src = static_cast<int64_t>(i), dst = static_cast<int64_t>(k++);
+            next_ids.rows(dst, dst + 1).copy_from(out_picks.rows(src, src + 1));
           }
       }
       active.swap(next);
     }
     std::vector<int32_t> host(static_cast<size_t>(total));
     picks.copy_to_host(host.data(), host.size() * sizeof(int32_t));
-    for (size_t k = 0; k < owner.size(); ++k) out[owner[k]].push_back(host[k]);
+    // A sampled pick of -1 means its row had no probability mass left (e.g. NaN logits).
+    for (size_t k = 0; k < owner.size(); ++k) {
+      SPECDEC_CHECK(host[k] >= 0 && host[k] < V, "E_NUMERIC", "chain drafting: step ", result.picks[owner[k]].size(),
+                    " of input ", owner[k], " drew no token (its distribution has no mass: NaN or -inf logits?)");
+      result.picks[owner[k]].push_back(host[k]);
+    }
+    if (params) {
+      // q rows from step order to input order.
+      std::vector<int64_t> rows;
+      std::vector<std::vector<int64_t>> by_input(B);
+      for (size_t k = 0; k < owner.size(); ++k) by_input[owner[k]].push_back(static_cast<int64_t>(k));
+      for (const auto& v : by_input) rows.insert(rows.end(), v.begin(), v.end());
+      result.q = gather_rows(std::vector<Tensor>(rows.size(), q), rows);
+    }
   } catch (...) {
     // Nothing of this call stays: the caller's view of the committed lengths remains true.
     pending_ = false;
@@ -522,7 +591,7 @@ std::vector<std::vector<int32_t>> LlamaModel::greedy_chain(const std::vector<Lla
       if (kv_->alive(inputs[b].seq) && kv_->length(inputs[b].seq) > start[b]) kv_->truncate(inputs[b].seq, start[b]);
     throw;
   }
-  return out;
+  return result;
 }
 
 namespace {

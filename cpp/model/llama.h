@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "../core/kv_cache.h"
+#include "../core/ops_sampling.h"
 #include "../core/tensor.h"
 
 namespace specdec {
@@ -105,6 +106,20 @@ class LlamaModel {
   std::vector<std::vector<int32_t>> greedy_chain(const std::vector<LlamaSeqInput>& inputs,
                                                  const std::vector<int>& steps);
 
+  // greedy_chain's twin for sampling: at each step, each input's last logits row is processed
+  // (`params`) into probs and one token is drawn with Philox key seeds[b], counter offsets[b][j] for
+  // its j-th pick (the same draws as process_logits + sample called step by step). The picks feed
+  // the next step on the device and are read back once; q holds the probs row each pick was drawn
+  // from, f32 [sum(steps), V] on the model's device, input by input (rows of input b start at the
+  // sum of steps before b). Same error behaviour as greedy_chain.
+  struct SampledChain {
+    std::vector<std::vector<int32_t>> picks;
+    Tensor q;
+  };
+  SampledChain sampled_chain(const std::vector<LlamaSeqInput>& inputs, const std::vector<int>& steps,
+                             const SamplingParams& params, const std::vector<uint64_t>& seeds,
+                             const std::vector<std::vector<uint64_t>>& offsets);
+
   // After forward(): accepted[i] (indices into that forward's input of seqs[i], strictly increasing,
   // a path from a root when the input was a tree) become committed. seqs must be a subset of the last
   // forward's sequences; the others keep nothing. One commit per forward.
@@ -119,6 +134,11 @@ class LlamaModel {
 
  private:
   LlamaModel() = default;
+
+  // The loop of greedy_chain and sampled_chain (sampled when params is not null).
+  SampledChain draft_chain(const std::vector<LlamaSeqInput>& inputs, const std::vector<int>& steps,
+                           const SamplingParams* params, const std::vector<uint64_t>* seeds,
+                           const std::vector<std::vector<uint64_t>>* offsets);
 
   // forward() and commit() with mu_ held by the caller. With dev_ids (i32 [N] on the model's
   // device, in range by construction), the token ids come from there and inputs' tokens only

@@ -120,6 +120,7 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
                                    {
                                        InstanceMethod<&LlamaWrap::Forward>("forward"),
                                        InstanceMethod<&LlamaWrap::GreedyChain>("greedyChain"),
+                                       InstanceMethod<&LlamaWrap::SampledChain>("sampledChain"),
                                        InstanceMethod<&LlamaWrap::Commit>("commit"),
                                        InstanceMethod<&LlamaWrap::CreateSequence>("createSequence"),
                                        InstanceMethod<&LlamaWrap::ForkSequence>("forkSequence"),
@@ -226,6 +227,53 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
               out.Set(static_cast<uint32_t>(b), a);
             }
             return out;
+          },
+          {Value()});
+    });
+  }
+
+  // sampledChain(inputs, steps: Int32Array, sampling, seeds: BigUint64Array [B], offsets: BigUint64Array
+  //   [sum steps, input by input], syncMaxMacs?) -> Promise<{ picks: Int32Array[], q: Tensor }>
+  //   (LlamaModel::sampled_chain)
+  Napi::Value SampledChain(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      std::shared_ptr<LlamaModel> m = model_;
+      SPECDEC_CHECK(m != nullptr, "E_DISPOSED", "model was disposed");
+      auto inputs = std::make_shared<std::vector<LlamaSeqInput>>(inputs_arg(info[0]));
+      std::vector<int32_t> st = get_i32_array(info[1], "steps");
+      SPECDEC_CHECK(st.size() == inputs->size(), "E_ARG", "steps: ", st.size(), " entries for ", inputs->size(), " inputs");
+      const SamplingParams params = sampling_params_arg(info[2]);
+      const std::vector<uint64_t> seeds = get_u64_array(info[3], "seeds"), flat = get_u64_array(info[4], "offsets");
+      auto offsets = std::make_shared<std::vector<std::vector<uint64_t>>>();
+      size_t at = 0;
+      int max_steps = 0;
+      for (size_t b = 0; b < st.size(); ++b) {
+        SPECDEC_CHECK(st[b] >= 1, "E_ARG", "steps[", b, "]: expected an integer >= 1, got ", st[b]);
+        SPECDEC_CHECK(at + size_t(st[b]) <= flat.size(), "E_ARG", "offsets: ", flat.size(),
+                      " counters, fewer than the steps' total");
+        offsets->emplace_back(flat.begin() + long(at), flat.begin() + long(at + size_t(st[b])));
+        at += size_t(st[b]);
+        max_steps = std::max(max_steps, static_cast<int>(st[b]));
+      }
+      SPECDEC_CHECK(at == flat.size(), "E_ARG", "offsets: ", flat.size(), " counters for ", at, " steps in all");
+      auto steps = std::make_shared<std::vector<int>>(st.begin(), st.end());
+      auto sd = std::make_shared<std::vector<uint64_t>>(seeds);
+      const bool sync = run_here(*m, *inputs, info[5], max_steps);
+      auto result = std::make_shared<LlamaModel::SampledChain>();
+      return run_maybe_async(
+          info.Env(), sync, [=] { *result = m->sampled_chain(*inputs, *steps, params, *sd, *offsets); },
+          [=](Napi::Env env) -> Napi::Value {
+            Napi::Array picks = Napi::Array::New(env, result->picks.size());
+            for (size_t b = 0; b < result->picks.size(); ++b) {
+              const std::vector<int32_t>& t = result->picks[b];
+              auto a = Napi::Int32Array::New(env, t.size());
+              if (!t.empty()) std::memcpy(a.Data(), t.data(), t.size() * 4);
+              picks.Set(static_cast<uint32_t>(b), a);
+            }
+            Napi::Object o = Napi::Object::New(env);
+            o.Set("picks", picks);
+            o.Set("q", wrap_tensor(env, result->q));
+            return o;
           },
           {Value()});
     });

@@ -189,5 +189,27 @@ Tensor optional_tensor_arg(const Napi::Value& v, const char* name) {
   return tensor_arg(v, name);
 }
 
+std::vector<uint64_t> get_u64_array(const Napi::Value& v, const char* name) {
+  SPECDEC_CHECK(v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == napi_biguint64_array, "E_ARG", name,
+                ": expected a BigUint64Array");
+  auto a = v.As<Napi::TypedArrayOf<uint64_t>>();
+  return std::vector<uint64_t>(a.Data(), a.Data() + a.ElementLength());
+}
+
+SamplingParams sampling_params_arg(const Napi::Value& v) {
+  SamplingParams p;
+  if (!v.IsObject()) return p;
+  Napi::Object o = v.As<Napi::Object>();
+  if (has_field(o, "temperature")) p.temperature = static_cast<float>(get_number(o.Get("temperature"), "temperature"));
+  if (has_field(o, "topK")) {
+    int64_t k = get_int(o.Get("topK"), "topK");
+    SPECDEC_CHECK(k >= 0 && k <= INT32_MAX, "E_ARG", "topK: expected an integer >= 0, got ", k);
+    p.top_k = static_cast<int32_t>(k);
+  }
+  if (has_field(o, "topP")) p.top_p = static_cast<float>(get_number(o.Get("topP"), "topP"));
+  if (has_field(o, "minP")) p.min_p = static_cast<float>(get_number(o.Get("minP"), "minP"));
+  return p;
+}
+
 }  // namespace napi
 }  // namespace specdec

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "../core/error.h"
+#include "../core/ops_sampling.h"
 #include "../core/tensor.h"
 
 namespace specdec {
@@ -67,6 +68,7 @@ bool get_bool(const Napi::Value& v, const char* name);
 std::string get_string(const Napi::Value& v, const char* name);
 std::vector<int64_t> get_int_array(const Napi::Value& v, const char* name);
 std::vector<int32_t> get_i32_array(const Napi::Value& v, const char* name);  // Int32Array or number[]
+std::vector<uint64_t> get_u64_array(const Napi::Value& v, const char* name);  // BigUint64Array
 Device get_device(const Napi::Value& v, const char* name);
 DType get_dtype(const Napi::Value& v, const char* name);
 // Optional fields of an options object (returns fallback when absent/undefined).
@@ -75,6 +77,8 @@ bool has_field(const Napi::Object& o, const char* key);
 
 // Tensors: the JS Tensor object <-> specdec::Tensor. tensor_arg throws E_ARG (or E_DISPOSED).
 Tensor tensor_arg(const Napi::Value& v, const char* name);
+// { temperature, topK, topP, minP } (absent fields and undefined keep the defaults); checked by the ops.
+SamplingParams sampling_params_arg(const Napi::Value& v);
 Tensor optional_tensor_arg(const Napi::Value& v, const char* name);  // undefined/null -> undefined tensor
 Napi::Object wrap_tensor(Napi::Env env, Tensor t);
 

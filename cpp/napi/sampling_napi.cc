@@ -10,13 +10,6 @@ namespace specdec {
 namespace napi {
 namespace {
 
-std::vector<uint64_t> get_u64_array(const Napi::Value& v, const char* name) {
-  SPECDEC_CHECK(v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == napi_biguint64_array, "E_ARG", name,
-                ": expected a BigUint64Array");
-  auto a = v.As<Napi::TypedArrayOf<uint64_t>>();
-  return std::vector<uint64_t>(a.Data(), a.Data() + a.ElementLength());
-}
-
 std::vector<uint32_t> get_u32_array(const Napi::Value& v, const char* name, size_t n) {
   SPECDEC_CHECK(v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == napi_uint32_array, "E_ARG", name,
                 ": expected a Uint32Array");
@@ -39,18 +32,7 @@ float opt_float(const Napi::Object& o, const char* key, float fallback) {
 Napi::Value ProcessLogits(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
     Tensor logits = tensor_arg(info[0], "logits");
-    SamplingParams p;
-    if (info.Length() > 1 && info[1].IsObject()) {
-      Napi::Object o = info[1].As<Napi::Object>();
-      p.temperature = opt_float(o, "temperature", p.temperature);
-      if (has_field(o, "topK")) {
-        int64_t k = get_int(o.Get("topK"), "topK");
-        SPECDEC_CHECK(k >= 0 && k <= INT32_MAX, "E_ARG", "topK: expected an integer >= 0, got ", k);
-        p.top_k = static_cast<int32_t>(k);
-      }
-      p.top_p = opt_float(o, "topP", p.top_p);
-      p.min_p = opt_float(o, "minP", p.min_p);
-    }
+    const SamplingParams p = sampling_params_arg(info.Length() > 1 ? info[1] : info.Env().Undefined());
     SPECDEC_CHECK(logits.dim() == 2, "E_ARG", "logits: expected [N, V], got ", logits.describe());
     Tensor probs = Tensor::empty(DType::f32, logits.shape(), logits.device());
     ops::process_logits(logits, p, probs);

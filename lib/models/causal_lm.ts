@@ -1,5 +1,6 @@
 // The model interface every strategy and the decoder depend on (DESIGN §4). The built-in Llama
 // runner implements it; engines implement it for their own models.
+import type { SamplingOptions } from '../sampling';
 import type { Device, Tensor } from '../tensor';
 
 export interface ModelConfig {
@@ -83,5 +84,19 @@ export interface CausalLM {
    * committed.
    */
   greedyChain?(inputs: readonly SequenceInput[], steps: readonly number[], options?: { readonly signal?: AbortSignal }): Promise<Int32Array[]>;
+  /**
+   * Optional fast path for sampled chain drafting: greedyChain with each pick drawn instead of
+   * taken as the argmax, exactly as processLogits(last row, sampling) + sample(probs, seeds[b],
+   * offsets[b][j]) for input b's j-th pick. Resolves with the picks and q, the probs rows they were
+   * drawn from (f32 [sum(steps), V], input by input), which stay on the model's device.
+   */
+  sampledChain?(
+    inputs: readonly SequenceInput[],
+    steps: readonly number[],
+    sampling: SamplingOptions,
+    seeds: readonly bigint[],
+    offsets: readonly (readonly bigint[])[],
+    options?: { readonly signal?: AbortSignal },
+  ): Promise<{ picks: Int32Array[]; q: Tensor }>;
   dispose(): void;
 }

@@ -6,7 +6,8 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { resolveDevice } from '../backend';
 import { native } from '../native';
-import { asTensor, type Device } from '../tensor';
+import { resolveSamplingOptions, type SamplingOptions } from '../sampling';
+import { asTensor, type Device, type Tensor } from '../tensor';
 import type { CausalLM, ForwardOptions, ForwardOutput, SequenceInput } from './causal_lm';
 import { codedError, readLlamaConfig, toNativeConfig, type LlamaConfig } from './config';
 
@@ -214,6 +215,34 @@ export class LlamaModel implements CausalLM {
     } finally {
       this.busy = false;
     }
+  }
+
+  async sampledChain(
+    inputs: readonly SequenceInput[],
+    steps: readonly number[],
+    sampling: SamplingOptions,
+    seeds: readonly bigint[],
+    offsets: readonly (readonly bigint[])[],
+    options: { readonly signal?: AbortSignal } = {},
+  ): Promise<{ picks: Int32Array[]; q: Tensor }> {
+    const handle = this.h('sampledChain');
+    options.signal?.throwIfAborted();
+    if (steps.length !== inputs.length || seeds.length !== inputs.length || offsets.length !== inputs.length) {
+      throw codedError('E_ARG', `sampledChain: ${inputs.length} inputs need as many steps, seeds and offset lists (got ${steps.length}, ${seeds.length}, ${offsets.length})`);
+    }
+    steps.forEach((n, b) => {
+      if (!Number.isSafeInteger(n) || n < 1) throw codedError('E_ARG', `steps[${b}]: expected an integer >= 1, got ${n}`);
+      if (offsets[b]?.length !== n) throw codedError('E_ARG', `offsets[${b}]: expected ${n} counters (one per step), got ${offsets[b]?.length}`);
+    });
+    const flat = BigUint64Array.from(offsets.flat());
+    this.busy = true;
+    let r: { picks: Int32Array[]; q: SpecdecNative.Tensor };
+    try {
+      r = await handle.sampledChain(inputs.map(nativeInput), Int32Array.from(steps), resolveSamplingOptions(sampling), BigUint64Array.from(seeds), flat, syncLimit(this.syncForwardMaxMacs));
+    } finally {
+      this.busy = false;
+    }
+    return { picks: r.picks, q: asTensor(r.q) };
   }
 
   commit(seqs: readonly number[], accepted: readonly Int32Array[]): void {

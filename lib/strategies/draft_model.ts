@@ -136,6 +136,8 @@ export class DraftModelSpeculator implements Speculator {
     // Greedy with a fixed number of steps per sequence: all k draft steps in one native call when
     // the draft offers it (the same tokens as the loop below; it saves k - 1 round trips).
     if (!sampling && this.adaptive !== 'confidence' && this.draft.greedyChain) return this.proposeGreedyChain(seqs, states, budgets, ctx);
+    // Sampling: the same in one native call that keeps the picks' q rows on the device.
+    if (sampling && this.adaptive !== 'confidence' && this.draft.sampledChain) return this.proposeSampledChain(seqs, states, budgets, sampling, ctx);
     const drafts: number[][] = seqs.map(() => []);
     // q rows (sampling): qRows[b][j] = the distribution drafts[b][j] was drawn from.
     const qRows: { tensor: Tensor; row: number }[][] = seqs.map(() => []);
@@ -238,6 +240,63 @@ export class DraftModelSpeculator implements Speculator {
       this.kHistory.get(seqs[b]!.key)?.push(st.lastDrafted);
     });
     return { proposals: seqs.map((s, b) => chainTree(s.history[s.history.length - 1] as number, drafts[b] as Int32Array)) };
+  }
+
+  private async proposeSampledChain(
+    seqs: readonly SpecSequence[],
+    states: DraftState[],
+    budgets: readonly number[],
+    sampling: SamplingConfig,
+    ctx: ProposeContext,
+  ): Promise<ProposalBatch> {
+    const active = seqs.map((_, b) => b).filter((b) => (budgets[b] as number) > 0);
+    const drafts: Int32Array[] = seqs.map(() => new Int32Array(0));
+    let q: Tensor | undefined;
+    try {
+      if (active.length > 0) {
+        const inputs: SequenceInput[] = active.map((b) => {
+          const st = states[b] as DraftState;
+          return { seq: st.draftSeq, tokens: Int32Array.from((seqs[b] as SpecSequence).history.slice(st.cached)) };
+        });
+        const steps = active.map((b) => budgets[b] as number);
+        // The counters the step-by-step loop would draw, in its order (one per pick of a sequence).
+        const offsets = active.map((b, i) => Array.from({ length: steps[i] as number }, () => (seqs[b] as SpecSequence).rng.next()));
+        const seeds = active.map((b) => (seqs[b] as SpecSequence).rng.seed);
+        const r = await (this.draft.sampledChain as NonNullable<CausalLM['sampledChain']>).call(
+          this.draft, inputs, steps, samplingOptions(sampling), seeds, offsets, ctx.signal ? { signal: ctx.signal } : {},
+        );
+        q = r.q;
+        active.forEach((b, i) => {
+          const d = r.picks[i] as Int32Array;
+          if (d.length !== steps[i]) throw codedError('E_INTERNAL', `draft model: sampledChain gave ${d.length} tokens, expected ${steps[i]}`);
+          drafts[b] = d;
+          (states[b] as DraftState).cached += (inputs[i] as SequenceInput).tokens.length + d.length - 1;
+        });
+      }
+      states.forEach((st, b) => {
+        st.lastDrafted = (drafts[b] as Int32Array).length;
+        this.kHistory.get(seqs[b]!.key)?.push(st.lastDrafted);
+      });
+      const proposals = seqs.map((s, b) => chainTree(s.history[s.history.length - 1] as number, drafts[b] as Int32Array));
+      if (!q) return { proposals };
+      // One q row per node, as in proposeChain: node j's children were drawn from pick j's row; a
+      // leaf repeats its parent's, a root-only tree borrows any row.
+      const first: number[] = [];
+      let at = 0;
+      for (const b of seqs.keys()) {
+        first.push(at);
+        at += (drafts[b] as Int32Array).length;
+      }
+      const anyRow = { tensor: q, row: 0 };
+      const parts: { tensor: Tensor; row: number }[] = [];
+      proposals.forEach((p, b) => {
+        const n = (drafts[b] as Int32Array).length;
+        for (let j = 0; j < p.tokens.length; j++) parts.push(n > 0 ? { tensor: q as Tensor, row: (first[b] as number) + Math.min(j, n - 1) } : anyRow);
+      });
+      return { proposals, draftProbs: gatherRows(parts, this.draft.config.vocabSize, this.targetDevice ?? this.draft.device) };
+    } finally {
+      q?.dispose();
+    }
   }
 
   private async proposeTree(seqs: readonly SpecSequence[], states: DraftState[], ctx: ProposeContext): Promise<ProposalBatch> {

@@ -2,7 +2,6 @@
 // sampling config's logits processing, token picking after a prefill, and row gathering.
 import { argmax, processLogits, sample, type SamplingOptions } from './sampling';
 import type { SamplingConfig, SeqRng } from './strategies/speculator';
-import { codedError } from './strategies/speculator';
 import type { Tensor } from './tensor';
 import { Tensor as TensorFactory } from './tensor';
 
@@ -80,22 +79,10 @@ export function pickTokens(logits: Tensor, rows: Int32Array, sampling: SamplingC
 }
 
 /**
- * Row i of the result = row parts[i].row of parts[i].tensor (f32 [*, width]), gathered on the
- * tensors' device without a trip through JavaScript; moved to `device` in one copy when that differs
- * (a draft model on another device than its target).
+ * Row i of the result = row parts[i].row of parts[i].tensor ([*, width], one dtype), gathered on the
+ * tensors' device without a trip through JavaScript (one native call); moved to `device` in one copy
+ * when that differs (a draft model on another device than its target).
  */
 export function gatherRows(parts: readonly { tensor: Tensor; row: number }[], width: number, device: Tensor['device']): Tensor {
-  // The native gather checks that every part has one dtype and width; the result's are checked here.
-  const g = TensorFactory.gatherRows(parts.map((p) => p.tensor), parts.map((p) => p.row));
-  if (g.dtype !== 'f32' || g.shape[1] !== width) {
-    const got = `${g.dtype}[*, ${g.shape[1]}]`;
-    g.dispose();
-    throw codedError('E_ARG', `gatherRows: the rows are ${got}, expected f32 rows of width ${width}`);
-  }
-  if (g.device === device) return g;
-  try {
-    return g.to(device);
-  } finally {
-    g.dispose();
-  }
+  return TensorFactory.gatherRows(parts.map((p) => p.tensor), parts.map((p) => p.row), width, device);
 }

@@ -43,10 +43,11 @@ export const Tensor = {
   },
   /**
    * Row k of the result is row rows[k] of tensors[k] (2-D, one dtype, width and device), copied on
-   * that device: nothing goes through JavaScript.
+   * that device: nothing goes through JavaScript. With `width`, the tensors must have it (E_ARG);
+   * with `device`, the result is moved there in one copy.
    */
-  gatherRows(tensors: readonly Tensor[], rows: Int32Array | readonly number[]): Tensor {
-    return tensorClass().gatherRows(tensors, rows) as Tensor;
+  gatherRows(tensors: readonly Tensor[], rows: Int32Array | readonly number[], width?: number, device?: Device): Tensor {
+    return tensorClass().gatherRows(tensors, rows, width, device) as Tensor;
   },
   /** True if `x` is a native tensor. */
   is(x: unknown): x is Tensor {

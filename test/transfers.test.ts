@@ -11,8 +11,9 @@ import { SpeculativeDecoder } from '../lib/decoder';
 import { LlamaModel } from '../lib/models/llama';
 import { DraftModelSpeculator } from '../lib/strategies/draft_model';
 import { LookaheadSpeculator } from '../lib/strategies/lookahead';
+import { MedusaHeads, MedusaSpeculator } from '../lib/strategies/medusa';
 import { PromptLookupSpeculator } from '../lib/strategies/prompt_lookup';
-import { argmax } from '../lib/sampling';
+import { argmax, topK } from '../lib/sampling';
 import { gatherRows } from '../lib/step_helpers';
 import { Tensor } from '../lib/tensor';
 import { transferCounters, transfersSince, type TransferStats } from '../lib/transfers';
@@ -176,6 +177,34 @@ describe('transfers: whole decoding runs on the embedded family', function () {
     assert.deepStrictEqual(fast.tokens, slow.tokens, 'the same draws, the same verification, the same tokens');
     assert.ok(fast.t.blockingWaits <= 2 * fast.steps + 2, `${fast.t.blockingWaits} waits for ${fast.steps} steps`);
     assert.ok(slow.t.blockingWaits > fast.t.blockingWaits, `step by step: ${slow.t.blockingWaits} waits, native chain ${fast.t.blockingWaits}`);
+  });
+
+  it('Medusa heads fused in one native call: the same candidates as apply() + topK, two waits and six calls a step', async () => {
+    const heads = MedusaHeads.load(path.join(DEFAULT, 'medusa'));
+    try {
+      const r = rng(testSeed + 3);
+      const H = heads.config.hiddenSize, R = 3, K = 5;
+      const x = Tensor.fromArray(Float32Array.from({ length: R * H }, () => 2 * r() - 1), 'f32', [R, H]);
+      const ids = heads.topKIds(x, K);
+      const logits = heads.apply(x);
+      logits.forEach((l, h) => {
+        const t = topK(l, K);
+        assert.deepStrictEqual(Array.from(ids.subarray(h * R * K, (h + 1) * R * K)), Array.from(t.ids.toInt32()), `head ${h}`);
+        t.ids.dispose();
+        t.values.dispose();
+        l.dispose();
+      });
+      x.dispose();
+      const plain = await new SpeculativeDecoder({ target }).generate(prompt, { maxNewTokens: 40 }).result;
+      const res = await new SpeculativeDecoder({ target, speculator: new MedusaSpeculator({ heads }) }).generate(prompt, { maxNewTokens: 40 }).result;
+      assert.deepStrictEqual(Array.from(res.tokens), Array.from(plain.tokens), 'greedy output');
+      const t = res.stats.transfers;
+      const forwards = res.stats.targetForwards;
+      assert.ok(t.blockingWaits <= 2 * forwards, `${t.blockingWaits} waits for ${forwards} forwards`);
+      assert.ok(t.napiCalls <= 6 * forwards, `${t.napiCalls} N-API calls for ${forwards} forwards`);
+    } finally {
+      heads.dispose();
+    }
   });
 
   it('lookahead and prompt lookup steps: one wait each (lookahead gets its window argmax with the verify result)', async () => {

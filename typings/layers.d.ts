@@ -20,7 +20,15 @@ declare namespace SpecdecNative {
     close(): void;
   }
 
+  interface NativeMedusaHead {
+    w: readonly Tensor[];
+    b: readonly Tensor[];
+    lmHead: Tensor;
+  }
+
   interface NativeBinding {
+    /** Fused Medusa heads: ResBlocks + LM head + top-k per head; ids [heads * R * k] (cpp/model/medusa.h). */
+    medusaTopK(x: Tensor, heads: readonly NativeMedusaHead[], k: number): Int32Array;
     /** out[n] = table[ids[n]] as f32. E_ARG names a bad id and the vocabulary size. */
     layerEmbedding(table: Tensor, ids: Tensor, out?: Tensor): Tensor;
     /** out = x / sqrt(mean(x^2) + eps) * w (out may be x). */

@@ -34,7 +34,7 @@ declare namespace SpecdecNative {
     zeros(dtype: DType, shape: readonly number[], device?: Device): Tensor;
     /** Uint16Array data is taken as raw bits for f16/bf16; BigUint64Array only for u64. */
     fromArray(data: HostArray | readonly number[], dtype: DType, shape?: readonly number[], device?: Device): Tensor;
-    gatherRows(tensors: readonly Tensor[], rows: Int32Array | readonly number[]): Tensor;
+    gatherRows(tensors: readonly Tensor[], rows: Int32Array | readonly number[], width?: number, device?: Device): Tensor;
   }
 
   interface GpuInfo {

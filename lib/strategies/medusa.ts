@@ -17,7 +17,7 @@ import * as path from 'path';
 import { gatherRows } from '../step_helpers';
 import { addInplace, matmul, siluInplace } from '../layers';
 import type { CausalLM, ForwardOutput } from '../models/causal_lm';
-import { topK } from '../sampling';
+import { native } from '../native';
 import { openSafetensors } from '../safetensors';
 import type { Device, Tensor } from '../tensor';
 import { MC_SIM_7B_63, MEDUSA_PRESETS, medusaTree, medusaTreeShape, pruneTree, type MedusaChoices, type MedusaTreeShape } from '../tree';
@@ -142,6 +142,17 @@ export class MedusaHeads {
     }
   }
 
+  /**
+   * The candidates of heads 0..numHeads-1 for hidden states x f32 [R, H]: ids[(h * R + r) * k + j] is
+   * head h's j-th most likely token for row r (ties: lower index). One native call; only the ids are
+   * read back (the same tokens as topK over apply()'s logits).
+   */
+  topKIds(x: Tensor, k: number, numHeads = this.config.numHeads): Int32Array {
+    if (this.disposed) throw codedError('E_DISPOSED', 'Medusa heads were disposed');
+    const heads = this.heads.slice(0, numHeads).map((h) => ({ w: h.blocks.map((bl) => bl.w), b: h.blocks.map((bl) => bl.b), lmHead: h.lmHead }));
+    return native().medusaTopK(x, heads, k);
+  }
+
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
@@ -218,20 +229,17 @@ export class MedusaSpeculator implements Speculator {
     const H = this.heads.config.hiddenSize;
     const x = gatherRows(rows.map((row) => ({ tensor: out.hidden as Tensor, row })), H, this.heads.device);
     const K = this.shape.topK;
-    let logits: Tensor[] = [];
+    const R = seqs.length;
     try {
-      logits = this.heads.apply(x, this.shape.depth);
-      const perHead = logits.map((l) => {
-        const t = topK(l, K);
-        const ids = t.ids.toInt32();
-        t.ids.dispose();
-        t.values.dispose();
-        return ids;
-      });
-      seqs.forEach((s, b) => this.cands.set(s.key, perHead.map((ids) => ids.slice(b * K, (b + 1) * K))));
+      const ids = this.heads.topKIds(x, K, this.shape.depth);
+      seqs.forEach((s, b) =>
+        this.cands.set(
+          s.key,
+          Array.from({ length: this.shape.depth }, (_, h) => ids.slice((h * R + b) * K, (h * R + b + 1) * K)),
+        ),
+      );
     } finally {
       x.dispose();
-      for (const l of logits) l.dispose();
     }
   }
 

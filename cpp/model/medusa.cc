@@ -1,0 +1,43 @@
+#include "medusa.h"
+
+#include "../core/ops_layers.h"
+#include "../core/ops_sampling.h"
+
+namespace specdec {
+
+std::vector<int32_t> medusa_top_k(const std::vector<MedusaHead>& heads, const Tensor& x, int32_t k) {
+  SPECDEC_CHECK(!heads.empty(), "E_ARG", "medusa: no heads");
+  check_arg_dim(x, "x", {DType::f32}, 2);
+  const int64_t R = x.size(0), H = x.size(1), NH = static_cast<int64_t>(heads.size());
+  const int64_t V = heads[0].lm_head.size(0);
+  SPECDEC_CHECK(k >= 1 && k <= V, "E_ARG", "k: expected 1 <= k <= ", V, " (the vocabulary), got ", k);
+  for (size_t h = 0; h < heads.size(); ++h)
+    SPECDEC_CHECK(heads[h].w.size() == heads[h].b.size() && heads[h].lm_head.defined() && heads[h].lm_head.size(0) == V,
+                  "E_ARG", "medusa: head ", h, " is malformed (ResBlock weights/biases or LM head)");
+  const Device dev = x.device();
+  // All heads' ids in one tensor: one read at the end.
+  Tensor ids = Tensor::empty(DType::i32, {NH * R, k}, dev);
+  Tensor vals = Tensor::empty(DType::f32, {R, k}, dev);
+  Tensor logits = Tensor::empty(DType::f32, {R, V}, dev);
+  Tensor a = Tensor::empty(DType::f32, {R, H}, dev), t = Tensor::empty(DType::f32, {R, H}, dev);
+  for (int64_t h = 0; h < NH; ++h) {
+    const MedusaHead& head = heads[static_cast<size_t>(h)];
+    const Tensor* cur = &x;
+    for (size_t l = 0; l < head.w.size(); ++l) {
+      // ResBlock: y = cur + SiLU(W cur + b), ping-ponging between a and t (x is shared by all heads).
+      Tensor& y = (cur == &a) ? t : a;
+      ops::matmul(*cur, head.w[l], head.b[l], y);
+      ops::silu_inplace(y);
+      ops::add_inplace(y, *cur);
+      cur = &y;
+    }
+    ops::matmul(*cur, head.lm_head, Tensor(), logits);
+    Tensor out = ids.rows(h * R, (h + 1) * R);
+    ops::top_k(logits, k, vals, out);
+  }
+  std::vector<int32_t> host(static_cast<size_t>(NH * R * k));
+  ids.copy_to_host(host.data(), host.size() * sizeof(int32_t));
+  return host;
+}
+
+}  // namespace specdec

@@ -14,6 +14,7 @@ import { DraftModelSpeculator } from '../lib/strategies/draft_model';
 import type { Device } from '../lib/tensor';
 import { specByName, writeCheckpoint, type CheckpointSpec } from './fixtures/checkpoints';
 import { describeCuda, rng, testSeed } from './helpers';
+import { withoutFastPaths } from './fixtures/without_fast_paths';
 
 // No EOS (generation runs its full length); 512 positions so a forward can exceed the scratch rows.
 const TARGET: CheckpointSpec = { name: 'perf-target', architecture: 'LlamaForCausalLM', vocab: 96, hidden: 32, intermediate: 64, layers: 2, heads: 4, kvHeads: 2, maxPositions: 512, dtype: 'F32' };
@@ -62,22 +63,6 @@ async function stepwiseChain(m: CausalLM, inputs: readonly SequenceInput[], step
     active = next;
   }
   return out.map((o) => Int32Array.from(o));
-}
-
-/** The model without its greedyChain fast path (the speculator then drafts step by step). */
-function withoutGreedyChain(m: LlamaModel): CausalLM {
-  return {
-    config: m.config,
-    device: m.device,
-    createSequence: () => m.createSequence(),
-    forkSequence: (s) => m.forkSequence(s),
-    freeSequence: (s) => m.freeSequence(s),
-    sequenceLength: (s) => m.sequenceLength(s),
-    truncate: (s, n) => m.truncate(s, n),
-    forward: (i, o) => m.forward(i, o),
-    commit: (s, a) => m.commit(s, a),
-    dispose: () => m.dispose(),
-  };
 }
 
 async function expectCode(p: Promise<unknown>, code: string, message?: RegExp): Promise<void> {
@@ -315,7 +300,7 @@ function suite(device: Device): void {
         for (const adaptive of ['fixed', 'heuristic'] as const) {
           const what = `${path.basename(dDir)}, ${adaptive}`;
           const fast = new DraftModelSpeculator({ draft: draftFast, k: 3, adaptive });
-          const slow = new DraftModelSpeculator({ draft: withoutGreedyChain(draftSlow), k: 3, adaptive });
+          const slow = new DraftModelSpeculator({ draft: withoutFastPaths(draftSlow), k: 3, adaptive });
           const rf = await new SpeculativeDecoder({ target, speculator: fast }).generateBatch(prompts, { maxNewTokens: 40 });
           const rs = await new SpeculativeDecoder({ target, speculator: slow }).generateBatch(prompts, { maxNewTokens: 40 });
           rf.forEach((res, i) => {

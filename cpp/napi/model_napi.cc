@@ -111,6 +111,26 @@ std::vector<LlamaSeqInput> inputs_arg(const Napi::Value& v) {
   return out;
 }
 
+// One Int32Array per vector (the chain drafting calls' picks).
+Napi::Array int32_arrays(Napi::Env env, const std::vector<std::vector<int32_t>>& v) {
+  Napi::Array out = Napi::Array::New(env, v.size());
+  for (size_t b = 0; b < v.size(); ++b) {
+    auto a = Napi::Int32Array::New(env, v[b].size());
+    if (!v[b].empty()) std::memcpy(a.Data(), v[b].data(), v[b].size() * 4);
+    out.Set(static_cast<uint32_t>(b), a);
+  }
+  return out;
+}
+
+// steps: one integer >= 1 per input (the chain drafting calls).
+std::vector<int> steps_arg(const Napi::Value& v, size_t inputs) {
+  const std::vector<int32_t> st = get_i32_array(v, "steps");
+  SPECDEC_CHECK(st.size() == inputs, "E_ARG", "steps: ", st.size(), " entries for ", inputs, " inputs");
+  for (size_t b = 0; b < st.size(); ++b)
+    SPECDEC_CHECK(st[b] >= 1, "E_ARG", "steps[", b, "]: expected an integer >= 1, got ", st[b]);
+  return std::vector<int>(st.begin(), st.end());
+}
+
 class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
  public:
   static Napi::FunctionReference* ctor;
@@ -198,36 +218,36 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
     });
   }
 
+  // The model, inputs and steps of the chain drafting calls (info[0], info[1]).
+  struct ChainArgs {
+    std::shared_ptr<LlamaModel> m;
+    std::shared_ptr<std::vector<LlamaSeqInput>> inputs;
+    std::shared_ptr<std::vector<int>> steps;
+    int max_steps;
+  };
+  ChainArgs chain_args(const Napi::CallbackInfo& info) {
+    SPECDEC_CHECK(model_ != nullptr, "E_DISPOSED", "model was disposed");
+    auto inputs = std::make_shared<std::vector<LlamaSeqInput>>(inputs_arg(info[0]));
+    auto steps = std::make_shared<std::vector<int>>(steps_arg(info[1], inputs->size()));
+    const int max_steps = steps->empty() ? 0 : *std::max_element(steps->begin(), steps->end());
+    return {model_, inputs, steps, max_steps};
+  }
+
   // greedyChain(inputs, steps: Int32Array, syncMaxMacs?) -> Promise<Int32Array[]> (LlamaModel::greedy_chain)
   Napi::Value GreedyChain(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
-      std::shared_ptr<LlamaModel> m = model_;
-      SPECDEC_CHECK(m != nullptr, "E_DISPOSED", "model was disposed");
-      auto inputs = std::make_shared<std::vector<LlamaSeqInput>>(inputs_arg(info[0]));
-      std::vector<int32_t> st = get_i32_array(info[1], "steps");
-      SPECDEC_CHECK(st.size() == inputs->size(), "E_ARG", "steps: ", st.size(), " entries for ", inputs->size(), " inputs");
-      int max_steps = 0;
-      for (size_t b = 0; b < st.size(); ++b) {
-        SPECDEC_CHECK(st[b] >= 1, "E_ARG", "steps[", b, "]: expected an integer >= 1, got ", st[b]);
-        max_steps = std::max(max_steps, static_cast<int>(st[b]));
-      }
-      auto steps = std::make_shared<std::vector<int>>(st.begin(), st.end());
+      const ChainArgs a = chain_args(info);
+      const auto m = a.m;
+      const auto inputs = a.inputs;
+      const auto steps = a.steps;
+      const int max_steps = a.max_steps;
       // Bound: the first forward (the fed tokens) plus max_steps - 1 one-token forwards, each
       // costed like the first (over-estimates: fewer tokens after the first).
       const bool sync = run_here(*m, *inputs, info[2], max_steps);
       auto result = std::make_shared<std::vector<std::vector<int32_t>>>();
       return run_maybe_async(
           info.Env(), sync, [=] { *result = m->greedy_chain(*inputs, *steps); },
-          [=](Napi::Env env) -> Napi::Value {
-            Napi::Array out = Napi::Array::New(env, result->size());
-            for (size_t b = 0; b < result->size(); ++b) {
-              const std::vector<int32_t>& t = (*result)[b];
-              auto a = Napi::Int32Array::New(env, t.size());
-              if (!t.empty()) std::memcpy(a.Data(), t.data(), t.size() * 4);
-              out.Set(static_cast<uint32_t>(b), a);
-            }
-            return out;
-          },
+          [=](Napi::Env env) -> Napi::Value { return int32_arrays(env, *result); },
           {Value()});
     });
   }
@@ -237,41 +257,29 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
   //   (LlamaModel::sampled_chain)
   Napi::Value SampledChain(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
-      std::shared_ptr<LlamaModel> m = model_;
-      SPECDEC_CHECK(m != nullptr, "E_DISPOSED", "model was disposed");
-      auto inputs = std::make_shared<std::vector<LlamaSeqInput>>(inputs_arg(info[0]));
-      std::vector<int32_t> st = get_i32_array(info[1], "steps");
-      SPECDEC_CHECK(st.size() == inputs->size(), "E_ARG", "steps: ", st.size(), " entries for ", inputs->size(), " inputs");
+      const ChainArgs a = chain_args(info);
+      const auto m = a.m;
+      const auto inputs = a.inputs;
+      const auto steps = a.steps;
+      const int max_steps = a.max_steps;
       const SamplingParams params = sampling_params_arg(info[2]);
       const std::vector<uint64_t> seeds = get_u64_array(info[3], "seeds"), flat = get_u64_array(info[4], "offsets");
       auto offsets = std::make_shared<std::vector<std::vector<uint64_t>>>();
       size_t at = 0;
-      int max_steps = 0;
-      for (size_t b = 0; b < st.size(); ++b) {
-        SPECDEC_CHECK(st[b] >= 1, "E_ARG", "steps[", b, "]: expected an integer >= 1, got ", st[b]);
-        SPECDEC_CHECK(at + size_t(st[b]) <= flat.size(), "E_ARG", "offsets: ", flat.size(),
-                      " counters, fewer than the steps' total");
-        offsets->emplace_back(flat.begin() + long(at), flat.begin() + long(at + size_t(st[b])));
-        at += size_t(st[b]);
-        max_steps = std::max(max_steps, static_cast<int>(st[b]));
+      for (int n : *steps) {
+        SPECDEC_CHECK(at + size_t(n) <= flat.size(), "E_ARG", "offsets: ", flat.size(), " counters, fewer than the steps' total");
+        offsets->emplace_back(flat.begin() + long(at), flat.begin() + long(at + size_t(n)));
+        at += size_t(n);
       }
       SPECDEC_CHECK(at == flat.size(), "E_ARG", "offsets: ", flat.size(), " counters for ", at, " steps in all");
-      auto steps = std::make_shared<std::vector<int>>(st.begin(), st.end());
       auto sd = std::make_shared<std::vector<uint64_t>>(seeds);
       const bool sync = run_here(*m, *inputs, info[5], max_steps);
       auto result = std::make_shared<LlamaModel::SampledChain>();
       return run_maybe_async(
           info.Env(), sync, [=] { *result = m->sampled_chain(*inputs, *steps, params, *sd, *offsets); },
           [=](Napi::Env env) -> Napi::Value {
-            Napi::Array picks = Napi::Array::New(env, result->picks.size());
-            for (size_t b = 0; b < result->picks.size(); ++b) {
-              const std::vector<int32_t>& t = result->picks[b];
-              auto a = Napi::Int32Array::New(env, t.size());
-              if (!t.empty()) std::memcpy(a.Data(), t.data(), t.size() * 4);
-              picks.Set(static_cast<uint32_t>(b), a);
-            }
             Napi::Object o = Napi::Object::New(env);
-            o.Set("picks", picks);
+            o.Set("picks", int32_arrays(env, result->picks));
             o.Set("q", wrap_tensor(env, result->q));
             return o;
           },

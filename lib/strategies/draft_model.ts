@@ -133,11 +133,11 @@ export class DraftModelSpeculator implements Speculator {
   private async proposeChain(seqs: readonly SpecSequence[], states: DraftState[], ctx: ProposeContext): Promise<ProposalBatch> {
     const sampling = isSampling(ctx.sampling) ? ctx.sampling : undefined;
     const budgets = seqs.map((s, b) => this.budget(s, states[b] as DraftState));
-    // Greedy with a fixed number of steps per sequence: all k draft steps in one native call when
-    // the draft offers it (the same tokens as the loop below; it saves k - 1 round trips).
-    if (!sampling && this.adaptive !== 'confidence' && this.draft.greedyChain) return this.proposeGreedyChain(seqs, states, budgets, ctx);
-    // Sampling: the same in one native call that keeps the picks' q rows on the device.
-    if (sampling && this.adaptive !== 'confidence' && this.draft.sampledChain) return this.proposeSampledChain(seqs, states, budgets, sampling, ctx);
+    // A fixed number of steps per sequence: all k draft steps in one native call when the draft
+    // offers it (the same tokens and draws as the loop below; it saves k - 1 round trips).
+    if (this.adaptive !== 'confidence' && (sampling ? this.draft.sampledChain : this.draft.greedyChain)) {
+      return this.proposeNativeChain(seqs, states, budgets, sampling, ctx);
+    }
     const drafts: number[][] = seqs.map(() => []);
     // q rows (sampling): qRows[b][j] = the distribution drafts[b][j] was drawn from.
     const qRows: { tensor: Tensor; row: number }[][] = seqs.map(() => []);
@@ -217,36 +217,16 @@ export class DraftModelSpeculator implements Speculator {
     }
   }
 
-  private async proposeGreedyChain(seqs: readonly SpecSequence[], states: DraftState[], budgets: readonly number[], ctx: ProposeContext): Promise<ProposalBatch> {
-    const active = seqs.map((_, b) => b).filter((b) => (budgets[b] as number) > 0);
-    const drafts: Int32Array[] = seqs.map(() => new Int32Array(0));
-    if (active.length > 0) {
-      const inputs: SequenceInput[] = active.map((b) => {
-        const st = states[b] as DraftState;
-        return { seq: st.draftSeq, tokens: Int32Array.from((seqs[b] as SpecSequence).history.slice(st.cached)) };
-      });
-      const steps = active.map((b) => budgets[b] as number);
-      const picked = await (this.draft.greedyChain as NonNullable<CausalLM['greedyChain']>).call(this.draft, inputs, steps, ctx.signal ? { signal: ctx.signal } : {});
-      active.forEach((b, i) => {
-        const d = picked[i] as Int32Array;
-        if (d.length !== steps[i]) throw codedError('E_INTERNAL', `draft model: greedyChain gave ${d.length} tokens, expected ${steps[i]}`);
-        drafts[b] = d;
-        // Fed: the uncached history, then every picked token but the last.
-        (states[b] as DraftState).cached += (inputs[i] as SequenceInput).tokens.length + d.length - 1;
-      });
-    }
-    states.forEach((st, b) => {
-      st.lastDrafted = (drafts[b] as Int32Array).length;
-      this.kHistory.get(seqs[b]!.key)?.push(st.lastDrafted);
-    });
-    return { proposals: seqs.map((s, b) => chainTree(s.history[s.history.length - 1] as number, drafts[b] as Int32Array)) };
-  }
-
-  private async proposeSampledChain(
+  /**
+   * All draft steps of a fixed-length chain in one native call (greedyChain, or sampledChain when
+   * sampling): the same tokens, draws and cache state as proposeChain's loop, without its k - 1
+   * round trips; sampled q rows stay on the device.
+   */
+  private async proposeNativeChain(
     seqs: readonly SpecSequence[],
     states: DraftState[],
     budgets: readonly number[],
-    sampling: SamplingConfig,
+    sampling: SamplingConfig | undefined,
     ctx: ProposeContext,
   ): Promise<ProposalBatch> {
     const active = seqs.map((_, b) => b).filter((b) => (budgets[b] as number) > 0);
@@ -259,17 +239,23 @@ export class DraftModelSpeculator implements Speculator {
           return { seq: st.draftSeq, tokens: Int32Array.from((seqs[b] as SpecSequence).history.slice(st.cached)) };
         });
         const steps = active.map((b) => budgets[b] as number);
-        // The counters the step-by-step loop would draw, in its order (one per pick of a sequence).
-        const offsets = active.map((b, i) => Array.from({ length: steps[i] as number }, () => (seqs[b] as SpecSequence).rng.next()));
-        const seeds = active.map((b) => (seqs[b] as SpecSequence).rng.seed);
-        const r = await (this.draft.sampledChain as NonNullable<CausalLM['sampledChain']>).call(
-          this.draft, inputs, steps, samplingOptions(sampling), seeds, offsets, ctx.signal ? { signal: ctx.signal } : {},
-        );
-        q = r.q;
+        const opts = ctx.signal ? { signal: ctx.signal } : {};
+        let picks: Int32Array[];
+        if (sampling) {
+          // The counters the step-by-step loop would draw, in its order (one per pick of a sequence).
+          const offsets = active.map((b, i) => Array.from({ length: steps[i] as number }, () => (seqs[b] as SpecSequence).rng.next()));
+          const seeds = active.map((b) => (seqs[b] as SpecSequence).rng.seed);
+          const r = await (this.draft.sampledChain as NonNullable<CausalLM['sampledChain']>).call(this.draft, inputs, steps, samplingOptions(sampling), seeds, offsets, opts);
+          q = r.q;
+          picks = r.picks;
+        } else {
+          picks = await (this.draft.greedyChain as NonNullable<CausalLM['greedyChain']>).call(this.draft, inputs, steps, opts);
+        }
         active.forEach((b, i) => {
-          const d = r.picks[i] as Int32Array;
-          if (d.length !== steps[i]) throw codedError('E_INTERNAL', `draft model: sampledChain gave ${d.length} tokens, expected ${steps[i]}`);
+          const d = picks[i] as Int32Array;
+          if (d.length !== steps[i]) throw codedError('E_INTERNAL', `draft model: the native chain gave ${d.length} tokens, expected ${steps[i]}`);
           drafts[b] = d;
+          // Fed: the uncached history, then every picked token but the last.
           (states[b] as DraftState).cached += (inputs[i] as SequenceInput).tokens.length + d.length - 1;
         });
       }
@@ -279,19 +265,14 @@ export class DraftModelSpeculator implements Speculator {
       });
       const proposals = seqs.map((s, b) => chainTree(s.history[s.history.length - 1] as number, drafts[b] as Int32Array));
       if (!q) return { proposals };
-      // One q row per node, as in proposeChain: node j's children were drawn from pick j's row; a
-      // leaf repeats its parent's, a root-only tree borrows any row.
-      const first: number[] = [];
-      let at = 0;
-      for (const b of seqs.keys()) {
-        first.push(at);
-        at += (drafts[b] as Int32Array).length;
-      }
-      const anyRow = { tensor: q, row: 0 };
+      // One q row per node, as in proposeChain: node j's children were drawn from pick j's row (q is
+      // input by input); a leaf repeats its parent's, a root-only tree borrows any row.
       const parts: { tensor: Tensor; row: number }[] = [];
+      let first = 0;
       proposals.forEach((p, b) => {
         const n = (drafts[b] as Int32Array).length;
-        for (let j = 0; j < p.tokens.length; j++) parts.push(n > 0 ? { tensor: q as Tensor, row: (first[b] as number) + Math.min(j, n - 1) } : anyRow);
+        for (let j = 0; j < p.tokens.length; j++) parts.push({ tensor: q as Tensor, row: n > 0 ? first + Math.min(j, n - 1) : 0 });
+        first += n;
       });
       return { proposals, draftProbs: gatherRows(parts, this.draft.config.vocabSize, this.targetDevice ?? this.draft.device) };
     } finally {

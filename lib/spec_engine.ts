@@ -308,6 +308,7 @@ export class SpecEngine {
       lap('update');
       return emitted as Int32Array[];
     } finally {
+      for (const t of batch.owned ?? []) t.dispose();
       probs?.dispose();
       draftProbs?.dispose();
       draftProbs = undefined;
@@ -324,10 +325,12 @@ export class SpecEngine {
     keep: (probs: Tensor) => void,
   ): VerifyOutput {
     const { nodeIndptr, parents, tokens } = flattenTrees(proposals);
+    const tails = proposals.some((p) => p.tail) ? proposals.map((p) => p.tail) : undefined;
     let vin: VerifyInput;
     if (!this.sampling) {
       vin = { mode: 'greedy', nodeIndptr, parents, tokens, target: logits };
       if (this.speculator?.wantsRowArgmax) vin.argmaxOf = logits;
+      if (tails) vin.tails = tails;
     } else {
       const probs = processLogits(logits, samplingOptions(this.sampling));
       keep(probs);
@@ -343,6 +346,7 @@ export class SpecEngine {
       };
       if (mode === 'rejection' && draftProbs) v.draft = draftProbs;
       if (this.speculator?.wantsRowArgmax) v.argmaxOf = logits;
+      if (tails) v.tails = tails;
       if (mode === 'typical') {
         if (this.speculator?.typicalThreshold !== undefined) v.typicalThreshold = this.speculator.typicalThreshold;
         if (this.speculator?.typicalAlpha !== undefined) v.typicalAlpha = this.speculator.typicalAlpha;
@@ -376,7 +380,10 @@ export class SpecEngine {
       if (maxD > s.maxDepth) {
         if (p.mask || p.positions) throw codedError('E_ARG', `${name} proposal[${b}]: depth ${maxD} > maxDepth ${s.maxDepth}`);
         changed = true;
-        return pruneTree(p, s.maxDepth).tree;
+        // A device tail belongs to a chain: its pruned prefix keeps the same tail.
+        if (p.tail && p.parents.some((x, i) => x !== i - 1)) throw codedError('E_ARG', `${name} proposal[${b}]: a device tail on a tree that is not a chain`);
+        const pruned = pruneTree(p, s.maxDepth).tree;
+        return p.tail ? { ...pruned, tail: p.tail } : pruned;
       }
       if (p.positions) {
         for (const pos of p.positions) {
@@ -394,13 +401,14 @@ function sig(signal?: AbortSignal): { signal?: AbortSignal } {
 }
 
 function forwardInput(seq: number, p: Proposal): SequenceInput {
-  const i: { seq: number; tokens: Int32Array; parents?: Int32Array; positions?: Int32Array; mask?: Proposal['mask'] } = {
+  const i: { seq: number; tokens: Int32Array; parents?: Int32Array; positions?: Int32Array; mask?: Proposal['mask']; tail?: Proposal['tail'] } = {
     seq,
     tokens: p.tokens,
   };
   if (p.mask) i.mask = p.mask;
   else i.parents = p.parents;
   if (p.positions) i.positions = p.positions;
+  if (p.tail) i.tail = p.tail;
   return i as SequenceInput;
 }
 

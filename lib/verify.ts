@@ -1,6 +1,7 @@
 // Batched verification of speculated token trees: one native launch per batch (CPU reference or
 // CUDA), semantics in cpp/core/spec_math.h.
 import { native } from './native';
+import type { DeviceTail } from './models/causal_lm';
 import type { Tensor } from './tensor';
 
 /**
@@ -45,6 +46,11 @@ export interface VerifyInput {
    * the result, in the same read (lookahead's window update: one wait per step instead of two).
    */
   argmaxOf?: Tensor;
+  /**
+   * Per sequence: nodes 1.. take their tokens from a device chain's picks (DeviceTail; `tokens` holds
+   * placeholders there, and the emitted tokens tell what they were).
+   */
+  tails?: readonly (DeviceTail | undefined)[];
 }
 
 export interface VerifyOutput {
@@ -83,6 +89,7 @@ export function verify(input: VerifyInput): VerifyOutput {
   if (input.typicalThreshold !== undefined) args.typicalThreshold = input.typicalThreshold;
   if (input.typicalAlpha !== undefined) args.typicalAlpha = input.typicalAlpha;
   if (input.argmaxOf !== undefined) args.argmaxOf = input.argmaxOf;
+  if (input.tails !== undefined) args.tails = input.tails.map((t) => (t ? { ids: t.ids, offset: t.offset } : undefined));
   const r = native().verifyTree(args);
   const acceptedNodes: Int32Array[] = [];
   const emitted: Int32Array[] = [];

@@ -152,16 +152,41 @@ describe('transfers: whole decoding runs on the embedded family', function () {
     assert.ok(t.readbackBytes <= 8 * forwards, JSON.stringify(t));
   });
 
-  it('greedy draft-model steps: at most two waits (draft picks, verify result) and six calls into the addon', async () => {
+  it('greedy draft-model steps: ONE wait each (the picks go from draft to target on the device) and at most six calls into the addon', async () => {
+    const plain = await new SpeculativeDecoder({ target }).generate(prompt, { maxNewTokens: 40 }).result;
     const speculator = new DraftModelSpeculator({ draft, k: 4 });
     const r = await new SpeculativeDecoder({ target, speculator }).generate(prompt, { maxNewTokens: 40 }).result;
+    assert.deepStrictEqual(Array.from(r.tokens), Array.from(plain.tokens), 'greedy output');
     const t = r.stats.transfers;
-    const steps = r.stats.targetForwards - 1;  // the prefill forward is not a speculative step
-    assert.ok(steps >= 3 && r.stats.tokensPerForward > 1.5, JSON.stringify(r.stats));
-    // The prefill adds one wait (its token) and one draft chain's catch-up; steps make <= 2 each.
-    assert.ok(t.blockingWaits <= 2 * steps + 2, `${t.blockingWaits} waits for ${steps} steps`);
-    assert.ok(t.napiCalls <= 6 * (steps + 1), `${t.napiCalls} N-API calls for ${steps} steps`);
-    assert.ok(t.readbackBytes <= 256 * (steps + 1), `${t.readbackBytes} bytes read back for ${steps} steps`);
+    const forwards = r.stats.targetForwards;
+    assert.ok(forwards >= 4 && r.stats.tokensPerForward > 1.5, JSON.stringify(r.stats));
+    // One wait per target forward: the prefill's token, then each step's verification result.
+    assert.strictEqual(t.blockingWaits, forwards, `${t.blockingWaits} waits for ${forwards} forwards`);
+    assert.ok(t.napiCalls <= 6 * forwards, `${t.napiCalls} N-API calls for ${forwards} forwards`);
+    assert.ok(t.readbackBytes <= 256 * forwards, `${t.readbackBytes} bytes read back for ${forwards} forwards`);
+    // Step by step (no native chain) the same tokens come out, with a wait per drafted token.
+    const slow = await new SpeculativeDecoder({ target, speculator: new DraftModelSpeculator({ draft: withoutFastPaths(draft), k: 4 }) }).generate(prompt, { maxNewTokens: 40 }).result;
+    assert.deepStrictEqual(Array.from(slow.tokens), Array.from(plain.tokens));
+    assert.ok(slow.stats.transfers.blockingWaits > 2 * forwards, JSON.stringify(slow.stats.transfers));
+  });
+
+  it('device tails are refused unless the library made the ids', async () => {
+    const seq = target.createSequence();
+    const fake = Tensor.fromArray(Int32Array.of(1, 2, 3), 'i32');
+    await assert.rejects(target.forward([{ seq, tokens: Int32Array.of(5, 0, 0), tail: { ids: fake, offset: 0 } }]), /expected token ids made by the library/);
+    const logits = Tensor.fromArray(new Float32Array(3 * target.config.vocabSize), 'f32', [3, target.config.vocabSize]);
+    assertThrowsCode(
+      () => verify({ mode: 'greedy', nodeIndptr: Int32Array.of(0, 3), parents: Int32Array.of(-1, 0, 1), tokens: Int32Array.of(5, 0, 0), target: logits, tails: [{ ids: fake, offset: 0 }] }),
+      'E_ARG',
+      /made by the library/,
+    );
+    // Library-made ids, but too few for the chain: E_ARG, nothing read out of bounds.
+    const d = draft.createSequence();
+    const ids = await draft.greedyChainOnDevice([{ seq: d, tokens: Int32Array.of(5, 6) }], [2]);
+    await assert.rejects(target.forward([{ seq, tokens: Int32Array.of(5, 0, 0, 0), tail: { ids, offset: 0 } }]), /do not fit/);
+    for (const x of [fake, logits, ids]) x.dispose();
+    target.freeSequence(seq);
+    draft.freeSequence(d);
   });
 
   it('sampled draft-model steps: the native sampled chain draws exactly what step-by-step drafting draws, with two waits a step', async () => {

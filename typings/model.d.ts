@@ -46,6 +46,7 @@ declare namespace SpecdecNative {
     parents?: Int32Array;
     positions?: Int32Array;
     mask?: { bits: BigUint64Array; words: number };
+    tail?: { ids: Tensor; offset: number };
   }
 
   interface LlamaNativeForward {
@@ -75,6 +76,7 @@ declare namespace SpecdecNative {
      * Runs where forward would (syncMaxMacs against the work of all steps).
      */
     greedyChain(inputs: readonly LlamaNativeInput[], steps: Int32Array, syncMaxMacs?: number): Promise<Int32Array[]>;
+    greedyChainOnDevice(inputs: readonly LlamaNativeInput[], steps: Int32Array, syncMaxMacs?: number): Promise<Tensor>;
     sampledChain(
       inputs: readonly LlamaNativeInput[],
       steps: Int32Array,

@@ -21,6 +21,7 @@ declare namespace SpecdecNative {
     typicalAlpha?: number;
     maxDepth: number;
     argmaxOf?: Tensor;
+    tails?: ({ ids: Tensor; offset: number } | undefined)[];
   }
 
   /** Flat results: acceptedNodes/emitted are ragged by nodeIndptr. */

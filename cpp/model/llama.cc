@@ -201,9 +201,16 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
                   " appears twice in one forward");
     const int n = static_cast<int>(in.tokens.size());
     SPECDEC_CHECK(n > 0, "E_ARG", "inputs[", b, "].tokens: empty");
-    for (int i = 0; !dev_ids && i < n; ++i)
+    // Placeholders stand for the ids that come from a device tensor (dev_ids, or the input's tail).
+    for (int i = 0; !dev_ids && i < (in.tail.defined() ? 1 : n); ++i)
       SPECDEC_CHECK(in.tokens[i] >= 0 && in.tokens[i] < c.vocab_size, "E_ARG", "inputs[", b, "].tokens[", i,
                     "]: token id ", in.tokens[i], " is outside the vocabulary [0, ", c.vocab_size, ")");
+    if (in.tail.defined()) {
+      SPECDEC_CHECK(!dev_ids && in.tail.dtype() == DType::i32 && in.tail.dim() == 1 && in.tail.device() == dev, "E_ARG",
+                    "inputs[", b, "].tail: expected i32 ids on ", device_name(dev), ", got ", in.tail.describe());
+      SPECDEC_CHECK(in.tail_offset >= 0 && in.tail_offset + n - 1 <= in.tail.size(0), "E_ARG", "inputs[", b,
+                    "].tail: ", n - 1, " ids from offset ", in.tail_offset, " do not fit ", in.tail.describe());
+    }
     seqs[b] = in.seq;
     counts[b] = n;
     indptr[b + 1] = indptr[b] + n;
@@ -305,6 +312,11 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
   const int seg_mask = need_mask ? pack.add(DType::u64, mask) : -1;
   PagedBatch batch = kv_->plan(seqs, counts, &pack);
   Tensor ids = dev_ids ? *dev_ids : pack.view(seg_ids);
+  for (size_t b = 0; b < B; ++b) {
+    const LlamaSeqInput& in = inputs[b];
+    if (in.tail.defined() && counts[b] > 1)
+      ids.rows(indptr[b] + 1, indptr[b] + counts[b]).copy_from(in.tail.rows(in.tail_offset, in.tail_offset + counts[b] - 1));
+  }
   Tensor pos = pack.view(seg_pos);
   Tensor mask_t = need_mask ? pack.view(seg_mask).view({N, W}) : Tensor();
 
@@ -438,6 +450,11 @@ std::vector<std::vector<int32_t>> LlamaModel::greedy_chain(const std::vector<Lla
   return draft_chain(inputs, steps, nullptr, nullptr, nullptr).picks;
 }
 
+Tensor LlamaModel::greedy_chain_on_device(const std::vector<LlamaSeqInput>& inputs, const std::vector<int>& steps) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return draft_chain(inputs, steps, nullptr, nullptr, nullptr, true).picks_on_device;
+}
+
 LlamaModel::SampledChain LlamaModel::sampled_chain(const std::vector<LlamaSeqInput>& inputs, const std::vector<int>& steps,
                                                    const SamplingParams& params, const std::vector<uint64_t>& seeds,
                                                    const std::vector<std::vector<uint64_t>>& offsets) {
@@ -447,7 +464,7 @@ LlamaModel::SampledChain LlamaModel::sampled_chain(const std::vector<LlamaSeqInp
 
 LlamaModel::SampledChain LlamaModel::draft_chain(const std::vector<LlamaSeqInput>& inputs, const std::vector<int>& steps,
                                                  const SamplingParams* params, const std::vector<uint64_t>* seeds,
-                                                 const std::vector<std::vector<uint64_t>>* offsets) {
+                                                 const std::vector<std::vector<uint64_t>>* offsets, bool keep_on_device) {
   const size_t B = inputs.size();
   SPECDEC_CHECK(B > 0, "E_ARG", "inputs: empty batch");
   SPECDEC_CHECK(steps.size() == B, "E_ARG", "steps: ", steps.size(), " entries for ", B, " inputs");
@@ -456,8 +473,8 @@ LlamaModel::SampledChain LlamaModel::draft_chain(const std::vector<LlamaSeqInput
   for (size_t b = 0; b < B; ++b) {
     const LlamaSeqInput& in = inputs[b];
     SPECDEC_CHECK(steps[b] >= 1, "E_ARG", "steps[", b, "]: expected an integer >= 1, got ", steps[b]);
-    SPECDEC_CHECK(in.parents.empty() && in.positions.empty() && in.mask.empty() && in.mask_words == 0, "E_ARG",
-                  "inputs[", b, "]: chain drafting takes plain chains (no parents, positions or mask)");
+    SPECDEC_CHECK(in.parents.empty() && in.positions.empty() && in.mask.empty() && in.mask_words == 0 && !in.tail.defined(),
+                  "E_ARG", "inputs[", b, "]: chain drafting takes plain chains (no parents, positions, mask or tail)");
     SPECDEC_CHECK(in.seq >= 0 && kv_->alive(in.seq), "E_ARG", "inputs[", b, "].seq: sequence ", in.seq,
                   " does not exist (never created or freed)");
     start[b] = kv_->length(in.seq);
@@ -568,6 +585,17 @@ LlamaModel::SampledChain LlamaModel::draft_chain(const std::vector<LlamaSeqInput
       }
       active.swap(next);
     }
+    // Picks and q rows from step order to input order.
+    std::vector<int64_t> order;
+    {
+      std::vector<std::vector<int64_t>> by_input(B);
+      for (size_t k = 0; k < owner.size(); ++k) by_input[owner[k]].push_back(static_cast<int64_t>(k));
+      for (const auto& v : by_input) order.insert(order.end(), v.begin(), v.end());
+    }
+    if (keep_on_device) {
+      result.picks_on_device = gather_rows(std::vector<Tensor>(order.size(), picks.view({total, 1})), order).view({total});
+      return result;
+    }
     std::vector<int32_t> host(static_cast<size_t>(total));
     picks.copy_to_host(host.data(), host.size() * sizeof(int32_t));
     // A sampled pick of -1 means its row had no probability mass left (e.g. NaN logits).
@@ -576,14 +604,7 @@ LlamaModel::SampledChain LlamaModel::draft_chain(const std::vector<LlamaSeqInput
                     " of input ", owner[k], " drew no token (its distribution has no mass: NaN or -inf logits?)");
       result.picks[owner[k]].push_back(host[k]);
     }
-    if (params) {
-      // q rows from step order to input order.
-      std::vector<int64_t> rows;
-      std::vector<std::vector<int64_t>> by_input(B);
-      for (size_t k = 0; k < owner.size(); ++k) by_input[owner[k]].push_back(static_cast<int64_t>(k));
-      for (const auto& v : by_input) rows.insert(rows.end(), v.begin(), v.end());
-      result.q = gather_rows(std::vector<Tensor>(rows.size(), q), rows);
-    }
+    if (params) result.q = gather_rows(std::vector<Tensor>(order.size(), q), order);
   } catch (...) {
     // Nothing of this call stays: the caller's view of the committed lengths remains true.
     pending_ = false;

@@ -65,6 +65,11 @@ struct LlamaSeqInput {
   std::vector<int32_t> positions;  // empty: committed length + depth
   std::vector<uint64_t> mask;      // empty, or tokens.size() * mask_words words
   int mask_words = 0;
+  // Optional: tokens[1..] are tail[tail_offset ..] on the model's device (i32 ids known to be below
+  // the vocabulary size: a draft chain's picks), and tokens[1..] here are placeholders. The draft's
+  // tokens then go from the draft to the target without a round trip through the host.
+  Tensor tail;
+  int64_t tail_offset = 0;
 };
 
 struct LlamaForwardResult {
@@ -105,6 +110,8 @@ class LlamaModel {
   // truncated back to its committed length at entry, and the error is rethrown.
   std::vector<std::vector<int32_t>> greedy_chain(const std::vector<LlamaSeqInput>& inputs,
                                                  const std::vector<int>& steps);
+  // The same picks left on the device (i32 [sum(steps)], input by input), with no read-back at all.
+  Tensor greedy_chain_on_device(const std::vector<LlamaSeqInput>& inputs, const std::vector<int>& steps);
 
   // greedy_chain's twin for sampling: at each step, each input's last logits row is processed
   // (`params`) into probs and one token is drawn with Philox key seeds[b], counter offsets[b][j] for
@@ -115,6 +122,7 @@ class LlamaModel {
   struct SampledChain {
     std::vector<std::vector<int32_t>> picks;
     Tensor q;
+    Tensor picks_on_device;  // keep_on_device: i32 [sum(steps)], input by input; picks stays empty
   };
   SampledChain sampled_chain(const std::vector<LlamaSeqInput>& inputs, const std::vector<int>& steps,
                              const SamplingParams& params, const std::vector<uint64_t>& seeds,
@@ -138,7 +146,7 @@ class LlamaModel {
   // The loop of greedy_chain and sampled_chain (sampled when params is not null).
   SampledChain draft_chain(const std::vector<LlamaSeqInput>& inputs, const std::vector<int>& steps,
                            const SamplingParams* params, const std::vector<uint64_t>* seeds,
-                           const std::vector<std::vector<uint64_t>>* offsets);
+                           const std::vector<std::vector<uint64_t>>* offsets, bool keep_on_device = false);
 
   // forward() and commit() with mu_ held by the caller. With dev_ids (i32 [N] on the model's
   // device, in range by construction), the token ids come from there and inputs' tokens only

@@ -91,7 +91,8 @@ LlamaLoadOptions options_arg(const Napi::Value& v) {
   return opt;
 }
 
-std::vector<LlamaSeqInput> inputs_arg(const Napi::Value& v) {
+// vocab: the model's, for checking a device tail's ids (inputs[b].tail = { ids, offset }).
+std::vector<LlamaSeqInput> inputs_arg(const Napi::Value& v, int64_t vocab) {
   SPECDEC_CHECK(v.IsArray(), "E_ARG", "inputs: expected an array");
   Napi::Array a = v.As<Napi::Array>();
   std::vector<LlamaSeqInput> out(a.Length());
@@ -106,6 +107,11 @@ std::vector<LlamaSeqInput> inputs_arg(const Napi::Value& v) {
       Napi::Object m = get_object(o.Get("mask"), "inputs[b].mask");
       in.mask = get_u64_array(m.Get("bits"), "inputs[b].mask.bits");
       in.mask_words = get_int32(m.Get("words"), "inputs[b].mask.words");
+    }
+    if (has_field(o, "tail")) {
+      Napi::Object t = get_object(o.Get("tail"), "inputs[b].tail");
+      in.tail = trusted_ids_arg(t.Get("ids"), "inputs[b].tail.ids", vocab);
+      in.tail_offset = get_int(t.Get("offset"), "inputs[b].tail.offset");
     }
   }
   return out;
@@ -141,6 +147,7 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
                                        InstanceMethod<&LlamaWrap::Forward>("forward"),
                                        InstanceMethod<&LlamaWrap::GreedyChain>("greedyChain"),
                                        InstanceMethod<&LlamaWrap::SampledChain>("sampledChain"),
+                                       InstanceMethod<&LlamaWrap::GreedyChainOnDevice>("greedyChainOnDevice"),
                                        InstanceMethod<&LlamaWrap::Commit>("commit"),
                                        InstanceMethod<&LlamaWrap::CreateSequence>("createSequence"),
                                        InstanceMethod<&LlamaWrap::ForkSequence>("forkSequence"),
@@ -199,7 +206,7 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
     return guard(info.Env(), [&]() -> Napi::Value {
       std::shared_ptr<LlamaModel> m = model_;
       SPECDEC_CHECK(m != nullptr, "E_DISPOSED", "model was disposed");
-      auto inputs = std::make_shared<std::vector<LlamaSeqInput>>(inputs_arg(info[0]));
+      auto inputs = std::make_shared<std::vector<LlamaSeqInput>>(inputs_arg(info[0], m->config().vocab_size));
       bool hidden = info.Length() > 1 && !info[1].IsUndefined() && get_bool(info[1], "hidden");
       const bool sync = run_here(*m, *inputs, info[2]);
       auto result = std::make_shared<LlamaForwardResult>();
@@ -227,7 +234,7 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
   };
   ChainArgs chain_args(const Napi::CallbackInfo& info) {
     SPECDEC_CHECK(model_ != nullptr, "E_DISPOSED", "model was disposed");
-    auto inputs = std::make_shared<std::vector<LlamaSeqInput>>(inputs_arg(info[0]));
+    auto inputs = std::make_shared<std::vector<LlamaSeqInput>>(inputs_arg(info[0], model_->config().vocab_size));
     auto steps = std::make_shared<std::vector<int>>(steps_arg(info[1], inputs->size()));
     const int max_steps = steps->empty() ? 0 : *std::max_element(steps->begin(), steps->end());
     return {model_, inputs, steps, max_steps};
@@ -248,6 +255,23 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
       return run_maybe_async(
           info.Env(), sync, [=] { *result = m->greedy_chain(*inputs, *steps); },
           [=](Napi::Env env) -> Napi::Value { return int32_arrays(env, *result); },
+          {Value()});
+    });
+  }
+
+  // greedyChainOnDevice(inputs, steps: Int32Array, syncMaxMacs?) -> Promise<Tensor> (i32 [sum steps],
+  // input by input, on the model's device; trusted ids: LlamaModel::greedy_chain_on_device)
+  Napi::Value GreedyChainOnDevice(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      const ChainArgs a = chain_args(info);
+      const auto m = a.m;
+      const auto inputs = a.inputs;
+      const auto steps = a.steps;
+      const bool sync = run_here(*m, *inputs, info[2], a.max_steps);
+      auto result = std::make_shared<Tensor>();
+      return run_maybe_async(
+          info.Env(), sync, [=] { *result = m->greedy_chain_on_device(*inputs, *steps); },
+          [=](Napi::Env env) -> Napi::Value { return wrap_ids_tensor(env, *result, m->config().vocab_size); },
           {Value()});
     });
   }

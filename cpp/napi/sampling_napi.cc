@@ -145,7 +145,26 @@ Napi::Value Verify(const Napi::CallbackInfo& info) {
     a.tokens = pk.view(s_tok);
     if (has_seeds) a.seeds = pk.view(s_seed);
     if (has_offsets) a.offsets = pk.view(s_off);
-    // Validation reads the JS arrays themselves (the device copies are the same values): no wait.
+    // tails[b] = { ids, offset }: nodes 1.. of sequence b take their tokens from a device chain's
+    // picks (library-made ids, below the vocabulary); the JS tokens there are placeholders.
+    if (has_field(o, "tails") && tokens.n == N && indptr.n == B + 1) {
+      SPECDEC_CHECK(o.Get("tails").IsArray(), "E_ARG", "tails: expected an array (one entry per sequence)");
+      Napi::Array tails = o.Get("tails").As<Napi::Array>();
+      SPECDEC_CHECK(tails.Length() == static_cast<uint32_t>(B), "E_ARG", "tails: ", tails.Length(), " entries for ", B, " sequences");
+      for (uint32_t b = 0; b < tails.Length(); ++b) {
+        if (tails.Get(b).IsUndefined() || tails.Get(b).IsNull()) continue;
+        Napi::Object t = tails.Get(b).As<Napi::Object>();
+        const Tensor ids = trusted_ids_arg(t.Get("ids"), "tails[b].ids", a.target.size(1));
+        const int64_t off = get_int(t.Get("offset"), "tails[b].offset");
+        const int64_t s0 = indptr.data[b] + 1, s1 = indptr.data[b + 1];
+        SPECDEC_CHECK(s0 <= s1 && s1 <= N && ids.device() == dev && off >= 0 && off + (s1 - s0) <= ids.numel(), "E_ARG",
+                      "tails[", b, "]: ", s1 - s0, " ids from offset ", off, " do not fit ", ids.describe(), " (target on ",
+                      device_name(dev), ")");
+        if (s1 > s0) a.tokens.rows(s0, s1).copy_from(ids.rows(off, off + (s1 - s0)));
+      }
+    }
+    // Validation reads the JS arrays themselves (the device copies are the same values, placeholders
+    // aside, which stand for in-range ids): no wait.
     if (tokens.n == N) {
       a.h_node_indptr = indptr.data;
       a.h_parents = parents.data;

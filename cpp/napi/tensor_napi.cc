@@ -52,9 +52,15 @@ class TensorWrap : public Napi::ObjectWrap<TensorWrap> {
     SPECDEC_CHECK(tensor_.defined(), "E_DISPOSED", name, ": tensor was disposed");
     return tensor_;
   }
+  int64_t ids_below() const { return ids_below_; }
+  void set_ids_below(int64_t v) { ids_below_ = v; }
 
  private:
   Tensor tensor_;
+  // For i32 token ids made by the library (draft picks): every value is in [0, ids_below_); -1 for
+  // any other tensor. Set only natively, never inherited by views or copies, and no op writes into
+  // an i32 tensor from JS: so the ids can feed a forward or a verification without being read back.
+  int64_t ids_below_ = -1;
   int64_t tracked_ = 0;
   napi_env env_ = nullptr;
 
@@ -322,6 +328,20 @@ Tensor tensor_arg(const Napi::Value& v, const char* name) {
 
 Napi::Object wrap_tensor(Napi::Env env, Tensor t) {
   return TensorWrap::ctor->New({Napi::External<Tensor>::New(env, &t)});
+}
+
+Napi::Object wrap_ids_tensor(Napi::Env env, Tensor t, int64_t ids_below) {
+  Napi::Object o = wrap_tensor(env, std::move(t));
+  TensorWrap::Unwrap(o)->set_ids_below(ids_below);
+  return o;
+}
+
+Tensor trusted_ids_arg(const Napi::Value& v, const char* name, int64_t vocab) {
+  const Tensor t = tensor_arg(v, name);
+  const int64_t bound = TensorWrap::Unwrap(v.As<Napi::Object>())->ids_below();
+  SPECDEC_CHECK(bound >= 0, "E_ARG", name, ": expected token ids made by the library (a device chain's picks), got another tensor");
+  SPECDEC_CHECK(bound <= vocab, "E_ARG", name, ": ids below ", bound, " do not fit the vocabulary of ", vocab);
+  return t;
 }
 
 }  // namespace napi

@@ -36,6 +36,17 @@ export interface SequenceInput {
    * token j (the committed prefix is always visible). For masks a tree cannot express (lookahead).
    */
   readonly mask?: { readonly bits: BigUint64Array; readonly words: number };
+  /** tokens[1..] are on the device (a draft chain's picks), tokens[1..] here are placeholders. */
+  readonly tail?: DeviceTail;
+}
+
+/**
+ * Token ids that stay on the device: ids[offset ..] of a tensor made by greedyChainOnDevice (the
+ * library vouches that they are in the vocabulary; other tensors are refused with E_ARG).
+ */
+export interface DeviceTail {
+  readonly ids: Tensor;
+  readonly offset: number;
 }
 
 export interface ForwardOptions {
@@ -84,6 +95,11 @@ export interface CausalLM {
    * committed.
    */
   greedyChain?(inputs: readonly SequenceInput[], steps: readonly number[], options?: { readonly signal?: AbortSignal }): Promise<Int32Array[]>;
+  /**
+   * greedyChain whose picks stay on the device: i32 [sum(steps)], input by input, usable as the
+   * `tail` of the target's inputs and of verification (no read-back at all). Caller disposes.
+   */
+  greedyChainOnDevice?(inputs: readonly SequenceInput[], steps: readonly number[], options?: { readonly signal?: AbortSignal }): Promise<Tensor>;
   /**
    * Optional fast path for sampled chain drafting: greedyChain with each pick drawn instead of
    * taken as the argmax, exactly as processLogits(last row, sampling) + sample(probs, seeds[b],

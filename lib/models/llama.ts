@@ -205,13 +205,22 @@ export class LlamaModel implements CausalLM {
   async greedyChain(inputs: readonly SequenceInput[], steps: readonly number[], options: { readonly signal?: AbortSignal } = {}): Promise<Int32Array[]> {
     const handle = this.h('greedyChain');
     options.signal?.throwIfAborted();
-    if (steps.length !== inputs.length) throw codedError('E_ARG', `steps: ${steps.length} entries for ${inputs.length} inputs`);
-    steps.forEach((n, b) => {
-      if (!Number.isSafeInteger(n) || n < 1) throw codedError('E_ARG', `steps[${b}]: expected an integer >= 1, got ${n}`);
-    });
+    checkSteps(steps, inputs.length);
     this.busy = true;
     try {
       return await handle.greedyChain(inputs.map(nativeInput), Int32Array.from(steps), syncLimit(this.syncForwardMaxMacs));
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  async greedyChainOnDevice(inputs: readonly SequenceInput[], steps: readonly number[], options: { readonly signal?: AbortSignal } = {}): Promise<Tensor> {
+    const handle = this.h('greedyChainOnDevice');
+    options.signal?.throwIfAborted();
+    checkSteps(steps, inputs.length);
+    this.busy = true;
+    try {
+      return asTensor(await handle.greedyChainOnDevice(inputs.map(nativeInput), Int32Array.from(steps), syncLimit(this.syncForwardMaxMacs)));
     } finally {
       this.busy = false;
     }
@@ -227,11 +236,11 @@ export class LlamaModel implements CausalLM {
   ): Promise<{ picks: Int32Array[]; q: Tensor }> {
     const handle = this.h('sampledChain');
     options.signal?.throwIfAborted();
-    if (steps.length !== inputs.length || seeds.length !== inputs.length || offsets.length !== inputs.length) {
-      throw codedError('E_ARG', `sampledChain: ${inputs.length} inputs need as many steps, seeds and offset lists (got ${steps.length}, ${seeds.length}, ${offsets.length})`);
+    checkSteps(steps, inputs.length);
+    if (seeds.length !== inputs.length || offsets.length !== inputs.length) {
+      throw codedError('E_ARG', `sampledChain: ${inputs.length} inputs need as many seeds and offset lists (got ${seeds.length}, ${offsets.length})`);
     }
     steps.forEach((n, b) => {
-      if (!Number.isSafeInteger(n) || n < 1) throw codedError('E_ARG', `steps[${b}]: expected an integer >= 1, got ${n}`);
       if (offsets[b]?.length !== n) throw codedError('E_ARG', `offsets[${b}]: expected ${n} counters (one per step), got ${offsets[b]?.length}`);
     });
     const flat = BigUint64Array.from(offsets.flat());
@@ -260,11 +269,20 @@ export class LlamaModel implements CausalLM {
   }
 }
 
+/** Chain drafting's steps: one integer >= 1 per input. */
+function checkSteps(steps: readonly number[], inputs: number): void {
+  if (steps.length !== inputs) throw codedError('E_ARG', `steps: ${steps.length} entries for ${inputs} inputs`);
+  steps.forEach((n, b) => {
+    if (!Number.isSafeInteger(n) || n < 1) throw codedError('E_ARG', `steps[${b}]: expected an integer >= 1, got ${n}`);
+  });
+}
+
 function nativeInput(s: SequenceInput): SpecdecNative.LlamaNativeInput {
   const i: { -readonly [K in keyof SpecdecNative.LlamaNativeInput]: SpecdecNative.LlamaNativeInput[K] } = { seq: s.seq, tokens: s.tokens };
   if (s.mask !== undefined) i.mask = { bits: s.mask.bits, words: s.mask.words };
   else if (s.parents !== undefined) i.parents = s.parents;
   if (s.positions !== undefined) i.positions = s.positions;
+  if (s.tail !== undefined) i.tail = { ids: s.tail.ids, offset: s.tail.offset };
   return i;
 }
 

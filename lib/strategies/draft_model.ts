@@ -13,6 +13,7 @@ import type { Tensor } from '../tensor';
 import { buildTopKTree, chainTree, type TokenTree } from '../tree';
 import {
   codedError,
+  type Proposal,
   type ProposalBatch,
   type ProposeContext,
   type SamplingConfig,
@@ -232,6 +233,9 @@ export class DraftModelSpeculator implements Speculator {
     const active = seqs.map((_, b) => b).filter((b) => (budgets[b] as number) > 0);
     const drafts: Int32Array[] = seqs.map(() => new Int32Array(0));
     let q: Tensor | undefined;
+    // Greedy, with the target on the draft's device: the picks stay there and feed the target's
+    // forward and the verification directly (drafts then hold placeholders; no read-back at all).
+    let onDevice: Tensor | undefined;
     try {
       if (active.length > 0) {
         const inputs: SequenceInput[] = active.map((b) => {
@@ -248,6 +252,9 @@ export class DraftModelSpeculator implements Speculator {
           const r = await (this.draft.sampledChain as NonNullable<CausalLM['sampledChain']>).call(this.draft, inputs, steps, samplingOptions(sampling), seeds, offsets, opts);
           q = r.q;
           picks = r.picks;
+        } else if (this.draft.greedyChainOnDevice && this.targetDevice === this.draft.device) {
+          onDevice = await this.draft.greedyChainOnDevice(inputs, steps, opts);
+          picks = steps.map((n) => new Int32Array(n));
         } else {
           picks = await (this.draft.greedyChain as NonNullable<CausalLM['greedyChain']>).call(this.draft, inputs, steps, opts);
         }
@@ -263,7 +270,18 @@ export class DraftModelSpeculator implements Speculator {
         st.lastDrafted = (drafts[b] as Int32Array).length;
         this.kHistory.get(seqs[b]!.key)?.push(st.lastDrafted);
       });
-      const proposals = seqs.map((s, b) => chainTree(s.history[s.history.length - 1] as number, drafts[b] as Int32Array));
+      const proposals: Proposal[] = seqs.map((s, b) => chainTree(s.history[s.history.length - 1] as number, drafts[b] as Int32Array));
+      if (onDevice) {
+        const ids = onDevice;
+        let offset = 0;
+        proposals.forEach((p, b) => {
+          const n = (drafts[b] as Int32Array).length;
+          if (n > 0) proposals[b] = { ...p, tail: { ids, offset } };
+          offset += n;
+        });
+        onDevice = undefined;  // the decoder disposes it after the step
+        return { proposals, owned: [ids] };
+      }
       if (!q) return { proposals };
       // One q row per node, as in proposeChain: node j's children were drawn from pick j's row (q is
       // input by input); a leaf repeats its parent's, a root-only tree borrows any row.
@@ -277,6 +295,7 @@ export class DraftModelSpeculator implements Speculator {
       return { proposals, draftProbs: gatherRows(parts, this.draft.config.vocabSize, this.targetDevice ?? this.draft.device) };
     } finally {
       q?.dispose();
+      onDevice?.dispose();
     }
   }
 

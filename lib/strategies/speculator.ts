@@ -2,7 +2,7 @@
 // tree per sequence (node 0 = the root, the last emitted token not yet in the model's KV cache),
 // sees the model's outputs of the forward that verified it, and keeps its own state in sync
 // (e.g. a draft model's KV cache). Speculators depend only on CausalLM.
-import type { CausalLM, ForwardOutput } from '../models/causal_lm';
+import type { CausalLM, DeviceTail, ForwardOutput } from '../models/causal_lm';
 import type { Tensor } from '../tensor';
 import type { PackedMask, TokenTree } from '../tree';
 
@@ -43,6 +43,11 @@ export interface Proposal extends TokenTree {
   readonly positions?: Int32Array;
   /** Visibility among the nodes; default the ancestor mask. Required when the tree has -2 nodes. */
   readonly mask?: PackedMask;
+  /**
+   * A chain whose nodes 1.. are a draft's picks still on the device (tokens[1..] are placeholders):
+   * the target's forward and the verification read them there, and the emitted tokens tell them.
+   */
+  readonly tail?: DeviceTail;
 }
 
 export interface ProposalBatch {
@@ -53,6 +58,8 @@ export interface ProposalBatch {
    * The decoder disposes it.
    */
   readonly draftProbs?: Tensor;
+  /** Tensors the proposals refer to (their tails' ids); the decoder disposes them after the step. */
+  readonly owned?: readonly Tensor[];
 }
 
 export interface ProposeContext {

@@ -131,5 +131,13 @@ void silu_inplace(Tensor& x) {
   SPECDEC_CUDA_LAUNCH_CHECK("silu_kernel");
 }
 
+void gather_last_accepted(const Tensor& x, const Tensor& indptr, const Tensor& acc_nodes, const Tensor& acc_count, Tensor& out) {
+  const int64_t B = out.size(0);
+  SPECDEC_CHECK(B <= INT32_MAX, "E_ARG", "gather_last_accepted: too many sequences for one launch (", B, ")");
+  gather_last_accepted_kernel<<<static_cast<unsigned>(B), 256, 0, stream()>>>(
+      x.ptr<float>(), indptr.ptr<int32_t>(), acc_nodes.ptr<int32_t>(), acc_count.ptr<int32_t>(), out.ptr<float>(), out.size(1));
+  SPECDEC_CUDA_LAUNCH_CHECK("gather_last_accepted_kernel");
+}
+
 }  // namespace cuda
 }  // namespace specdec

@@ -20,6 +20,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "../cpp/core/spec_math.h"
 #include "device.cuh"
 
 namespace specdec {
@@ -183,6 +184,15 @@ __global__ void add_kernel(float* x, const float* y, int64_t n) {
 __global__ void silu_kernel(float* x, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * blockDim.x)
     x[i] = silu(x[i]);
+}
+
+// One block per sequence: out[b] = x[last accepted row of b] (sm::last_accepted_row; zeros for -1).
+__global__ void gather_last_accepted_kernel(const float* __restrict__ x, const int32_t* __restrict__ indptr,
+                                            const int32_t* __restrict__ acc_nodes, const int32_t* __restrict__ acc_count,
+                                            float* __restrict__ out, int64_t H) {
+  const int64_t b = blockIdx.x;
+  const int64_t row = sm::last_accepted_row(indptr, acc_nodes, acc_count, b);
+  for (int64_t h = threadIdx.x; h < H; h += blockDim.x) out[b * H + h] = row < 0 ? 0.f : x[row * H + h];
 }
 
 }  // namespace layer_kernels

@@ -271,6 +271,7 @@ export class SpecEngine {
       let accepted: readonly Int32Array[];
       let emitted: readonly Int32Array[];
       let rowArgmax: Int32Array | undefined;
+      let headsTopK: Int32Array | undefined;
       if (!this.sampling && proposals.every((p) => p.tokens.length === 1)) {
         // Greedy with nothing proposed (no speculator, or no n-gram match): greedy verification of a
         // lone root emits its argmax (the same order: lowest index on ties, NaN never wins), so the
@@ -286,8 +287,8 @@ export class SpecEngine {
         emitted = proposals.map((_, b) => top.subarray(b, b + 1));
         rowArgmax = top;  // one row per sequence: these are every row's argmax
       } else {
-        const v = this.verifyBatch(proposals, out.logits, seqs, draftProbs, (p) => (probs = p));
-        ({ acceptedNodes: accepted, emitted, argmax: rowArgmax } = v);
+        const v = this.verifyBatch(proposals, out.logits, out.hidden, seqs, draftProbs, (p) => (probs = p));
+        ({ acceptedNodes: accepted, emitted, argmax: rowArgmax, headsTopK } = v);
       }
       lap('verify');
 
@@ -303,7 +304,14 @@ export class SpecEngine {
         s.stats.addStep(proposals[b] as Proposal, acc.length, em.length);
       });
       lap('commit');
-      const report: StepReport = { proposals, output: out, acceptedNodes: accepted, emitted, ...(rowArgmax && this.speculator?.wantsRowArgmax ? { rowArgmax } : {}) };
+      const report: StepReport = {
+        proposals,
+        output: out,
+        acceptedNodes: accepted,
+        emitted,
+        ...(rowArgmax && this.speculator?.wantsRowArgmax ? { rowArgmax } : {}),
+        ...(headsTopK ? { headsTopK } : {}),
+      };
       await this.speculator?.update(seqs, report, ctx);
       lap('update');
       return emitted as Int32Array[];
@@ -320,17 +328,20 @@ export class SpecEngine {
   private verifyBatch(
     proposals: readonly Proposal[],
     logits: Tensor,
+    hidden: Tensor | undefined,
     seqs: readonly EngineSequence[],
     draftProbs: Tensor | undefined,
     keep: (probs: Tensor) => void,
   ): VerifyOutput {
     const { nodeIndptr, parents, tokens } = flattenTrees(proposals);
     const tails = proposals.some((p) => p.tail) ? proposals.map((p) => p.tail) : undefined;
+    const heads = this.speculator?.headsOnAccepted && hidden ? { ...this.speculator.headsOnAccepted, hidden } : undefined;
     let vin: VerifyInput;
     if (!this.sampling) {
       vin = { mode: 'greedy', nodeIndptr, parents, tokens, target: logits };
       if (this.speculator?.wantsRowArgmax) vin.argmaxOf = logits;
       if (tails) vin.tails = tails;
+      if (heads) vin.headsOnAccepted = heads;
     } else {
       const probs = processLogits(logits, samplingOptions(this.sampling));
       keep(probs);
@@ -347,6 +358,7 @@ export class SpecEngine {
       if (mode === 'rejection' && draftProbs) v.draft = draftProbs;
       if (this.speculator?.wantsRowArgmax) v.argmaxOf = logits;
       if (tails) v.tails = tails;
+      if (heads) v.headsOnAccepted = heads;
       if (mode === 'typical') {
         if (this.speculator?.typicalThreshold !== undefined) v.typicalThreshold = this.speculator.typicalThreshold;
         if (this.speculator?.typicalAlpha !== undefined) v.typicalAlpha = this.speculator.typicalAlpha;

@@ -2,6 +2,7 @@
 // CUDA), semantics in cpp/core/spec_math.h.
 import { native } from './native';
 import type { DeviceTail } from './models/causal_lm';
+import type { HeadsOnAccepted } from './strategies/speculator';
 import type { Tensor } from './tensor';
 
 /**
@@ -51,6 +52,11 @@ export interface VerifyInput {
    * placeholders there, and the emitted tokens tell what they were).
    */
   tails?: readonly (DeviceTail | undefined)[];
+  /**
+   * Heads to run at each sequence's last accepted node, on `hidden` (the forward's final hidden
+   * states [N, H]); their top-k ids come back in `headsTopK`, read with the result.
+   */
+  headsOnAccepted?: HeadsOnAccepted & { readonly hidden: Tensor };
 }
 
 export interface VerifyOutput {
@@ -64,6 +70,8 @@ export interface VerifyOutput {
   depthAccepts: Int32Array;
   /** The row argmaxes of `argmaxOf`, when given. */
   argmax?: Int32Array;
+  /** ids[(h * B + b) * k + j] for headsOnAccepted. */
+  headsTopK?: Int32Array;
 }
 
 /** Verifies a ragged batch of trees in one native launch (index arrays go to target's device). */
@@ -89,6 +97,10 @@ export function verify(input: VerifyInput): VerifyOutput {
   if (input.typicalThreshold !== undefined) args.typicalThreshold = input.typicalThreshold;
   if (input.typicalAlpha !== undefined) args.typicalAlpha = input.typicalAlpha;
   if (input.argmaxOf !== undefined) args.argmaxOf = input.argmaxOf;
+  if (input.headsOnAccepted !== undefined) {
+    const h = input.headsOnAccepted;
+    args.medusa = { hidden: h.hidden, heads: h.heads.map((x) => ({ w: x.w, b: x.b, lmHead: x.lmHead })), k: h.k };
+  }
   if (input.tails !== undefined) args.tails = input.tails.map((t) => (t ? { ids: t.ids, offset: t.offset } : undefined));
   const r = native().verifyTree(args);
   const acceptedNodes: Int32Array[] = [];
@@ -101,5 +113,6 @@ export function verify(input: VerifyInput): VerifyOutput {
   }
   const out: VerifyOutput = { acceptedNodes, emitted, acceptCount: r.acceptCount, depthAccepts: r.depthAccepts };
   if (r.argmax !== undefined) out.argmax = r.argmax;
+  if (r.medusa !== undefined) out.headsTopK = r.medusa;
   return out;
 }

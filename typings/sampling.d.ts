@@ -22,6 +22,7 @@ declare namespace SpecdecNative {
     maxDepth: number;
     argmaxOf?: Tensor;
     tails?: ({ ids: Tensor; offset: number } | undefined)[];
+    medusa?: { hidden: Tensor; heads: NativeMedusaHead[]; k: number };
   }
 
   /** Flat results: acceptedNodes/emitted are ragged by nodeIndptr. */
@@ -31,6 +32,7 @@ declare namespace SpecdecNative {
     acceptCount: Int32Array;
     depthAccepts: Int32Array;
     argmax?: Int32Array;
+    medusa?: Int32Array;
   }
 
   interface NativeBinding {

@@ -182,5 +182,25 @@ void silu_inplace(Tensor& x) {
 #endif
 }
 
+void gather_last_accepted(const Tensor& x, const Tensor& indptr, const Tensor& acc_nodes, const Tensor& acc_count, Tensor& out) {
+  check_arg_dim(x, "x", {DType::f32}, 2);
+  const int64_t N = x.size(0), H = x.size(1);
+  check_arg_dim(indptr, "indptr", {DType::i32}, 1);
+  const int64_t B = indptr.size(0) - 1;
+  SPECDEC_CHECK(B >= 0, "E_ARG", "indptr: expected B + 1 >= 1 entries");
+  check_arg(acc_nodes, "acc_nodes", {DType::i32}, {N});
+  check_arg(acc_count, "acc_count", {DType::i32}, {B});
+  check_arg(out, "out", {DType::f32}, {B, H});
+  check_same_device({&x, &indptr, &acc_nodes, &acc_count, &out}, "gather_last_accepted");
+  check_alias(out, "out", x, "x", false);
+  if (B == 0 || H == 0) return;
+  if (x.device() == Device::cpu) return cpu::gather_last_accepted(x, indptr, acc_nodes, acc_count, out);
+#ifdef SPECDEC_WITH_CUDA
+  return cuda::gather_last_accepted(x, indptr, acc_nodes, acc_count, out);
+#else
+  fail("E_UNSUPPORTED", "gather_last_accepted: CUDA backend not compiled");
+#endif
+}
+
 }  // namespace ops
 }  // namespace specdec

@@ -39,6 +39,12 @@ void add_inplace(Tensor& x, const Tensor& y);
 // x = silu(x) in place (f32). Medusa ResBlock: h + silu(W h + b).
 void silu_inplace(Tensor& x);
 
+// out[b] = x[row of sequence b's last accepted node] (sm::last_accepted_row; zeros if verification's
+// outputs are not its own). x f32 [N, H] ragged by indptr i32 [B+1]; acc_nodes i32 [N], acc_count i32
+// [B]: verify's outputs, left on the device; out f32 [B, H]. The hidden state Medusa's heads read
+// next, chosen without a round trip.
+void gather_last_accepted(const Tensor& x, const Tensor& indptr, const Tensor& acc_nodes, const Tensor& acc_count, Tensor& out);
+
 }  // namespace ops
 
 #define SPECDEC_LAYER_OPS(NS)                                                        \
@@ -50,6 +56,8 @@ void silu_inplace(Tensor& x);
   void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out);                  \
   void add_inplace(Tensor& x, const Tensor& y);                                      \
   void silu_inplace(Tensor& x);                                                      \
+  void gather_last_accepted(const Tensor& x, const Tensor& indptr, const Tensor& acc_nodes, \
+                            const Tensor& acc_count, Tensor& out);                   \
   }
 SPECDEC_LAYER_OPS(cpu)
 SPECDEC_LAYER_OPS(cuda)

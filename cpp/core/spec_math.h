@@ -331,5 +331,15 @@ SPECDEC_HD int walk_typical(Ops& ops, const int32_t* parents, const int32_t* tok
   return count;
 }
 
+// The row (in a ragged batch of trees, indptr [B+1]) of sequence b's last accepted node, from
+// verification's outputs: acc_nodes ragged by indptr, acc_count[b] of them. -1 for a count or node
+// verification never makes (so a reader never goes out of bounds).
+SPECDEC_HD inline int64_t last_accepted_row(const int32_t* indptr, const int32_t* acc_nodes, const int32_t* acc_count, int64_t b) {
+  const int32_t s = indptr[b], n = indptr[b + 1] - s, c = acc_count[b];
+  if (n < 1 || c < 1 || c > n) return -1;
+  const int32_t node = acc_nodes[s + c - 1];
+  return node >= 0 && node < n ? int64_t{s} + node : -1;
+}
+
 }  // namespace sm
 }  // namespace specdec

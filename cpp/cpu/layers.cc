@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "../core/ops_layers.h"
+#include "../core/spec_math.h"
 #include "simd.h"
 #include "thread_pool.h"
 
@@ -330,6 +331,16 @@ void add_inplace(Tensor& x, const Tensor& y) {
 void silu_inplace(Tensor& x) {
   const int64_t n = x.numel();
   silu_rows(x.ptr<float>(), nullptr, x.ptr<float>(), n);
+}
+
+void gather_last_accepted(const Tensor& x, const Tensor& indptr, const Tensor& acc_nodes, const Tensor& acc_count, Tensor& out) {
+  const int64_t B = out.size(0), H = out.size(1);
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t row = sm::last_accepted_row(indptr.ptr<int32_t>(), acc_nodes.ptr<int32_t>(), acc_count.ptr<int32_t>(), b);
+    float* o = out.ptr<float>() + b * H;
+    if (row < 0) std::fill(o, o + H, 0.f);
+    else std::copy(x.ptr<float>() + row * H, x.ptr<float>() + (row + 1) * H, o);
+  }
 }
 
 }  // namespace cpu

@@ -6,6 +6,15 @@
 namespace specdec {
 
 std::vector<int32_t> medusa_top_k(const std::vector<MedusaHead>& heads, const Tensor& x, int32_t k) {
+  check_arg_dim(x, "x", {DType::f32}, 2);
+  Tensor ids = Tensor::empty(DType::i32, {static_cast<int64_t>(heads.size()) * x.size(0), k}, x.device());
+  medusa_top_k_into(heads, x, k, ids);
+  std::vector<int32_t> host(static_cast<size_t>(ids.numel()));
+  ids.copy_to_host(host.data(), host.size() * sizeof(int32_t));
+  return host;
+}
+
+void medusa_top_k_into(const std::vector<MedusaHead>& heads, const Tensor& x, int32_t k, Tensor& ids) {
   SPECDEC_CHECK(!heads.empty(), "E_ARG", "medusa: no heads");
   check_arg_dim(x, "x", {DType::f32}, 2);
   const int64_t R = x.size(0), H = x.size(1), NH = static_cast<int64_t>(heads.size());
@@ -15,8 +24,7 @@ std::vector<int32_t> medusa_top_k(const std::vector<MedusaHead>& heads, const Te
     SPECDEC_CHECK(heads[h].w.size() == heads[h].b.size() && heads[h].lm_head.defined() && heads[h].lm_head.size(0) == V,
                   "E_ARG", "medusa: head ", h, " is malformed (ResBlock weights/biases or LM head)");
   const Device dev = x.device();
-  // All heads' ids in one tensor: one read at the end.
-  Tensor ids = Tensor::empty(DType::i32, {NH * R, k}, dev);
+  check_arg(ids, "ids", {DType::i32}, {NH * R, k});
   Tensor vals = Tensor::empty(DType::f32, {R, k}, dev);
   Tensor logits = Tensor::empty(DType::f32, {R, V}, dev);
   Tensor a = Tensor::empty(DType::f32, {R, H}, dev), t = Tensor::empty(DType::f32, {R, H}, dev);
@@ -35,9 +43,14 @@ std::vector<int32_t> medusa_top_k(const std::vector<MedusaHead>& heads, const Te
     Tensor out = ids.rows(h * R, (h + 1) * R);
     ops::top_k(logits, k, vals, out);
   }
-  std::vector<int32_t> host(static_cast<size_t>(NH * R * k));
-  ids.copy_to_host(host.data(), host.size() * sizeof(int32_t));
-  return host;
+}
+
+void medusa_top_k_after_verify(const std::vector<MedusaHead>& heads, const Tensor& hidden, const Tensor& node_indptr,
+                               const Tensor& accepted_nodes, const Tensor& accept_count, int32_t k, Tensor& ids) {
+  check_arg_dim(hidden, "hidden", {DType::f32}, 2);
+  Tensor x = Tensor::empty(DType::f32, {accept_count.numel(), hidden.size(1)}, hidden.device());
+  ops::gather_last_accepted(hidden, node_indptr, accepted_nodes, accept_count, x);
+  medusa_top_k_into(heads, x, k, ids);
 }
 
 }  // namespace specdec

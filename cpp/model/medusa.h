@@ -17,5 +17,12 @@ struct MedusaHead {
 // ids[(h * R + r) * k + j] = the j-th most likely token of head h for row r (ties: lower index),
 // for heads h < heads.size(). x: f32 [R, H] on the heads' device.
 std::vector<int32_t> medusa_top_k(const std::vector<MedusaHead>& heads, const Tensor& x, int32_t k);
+// The same into ids (i32 [heads * R, k] on the device), without reading anything back.
+void medusa_top_k_into(const std::vector<MedusaHead>& heads, const Tensor& x, int32_t k, Tensor& ids);
+// The heads' top-k at each sequence's last accepted node, from a verification's outputs still on
+// the device (node_indptr [B+1], accepted_nodes [N], accept_count [B]) and the forward's hidden
+// states [N, H]: ids i32 [heads * B, k]. Medusa's next candidates without a round trip.
+void medusa_top_k_after_verify(const std::vector<MedusaHead>& heads, const Tensor& hidden, const Tensor& node_indptr,
+                               const Tensor& accepted_nodes, const Tensor& accept_count, int32_t k, Tensor& ids);
 
 }  // namespace specdec

@@ -211,5 +211,29 @@ SamplingParams sampling_params_arg(const Napi::Value& v) {
   return p;
 }
 
+namespace {
+std::vector<Tensor> tensor_list_arg(const Napi::Value& v, const char* name) {
+  SPECDEC_CHECK(v.IsArray(), "E_ARG", name, ": expected an array of tensors");
+  Napi::Array a = v.As<Napi::Array>();
+  std::vector<Tensor> out;
+  for (uint32_t i = 0; i < a.Length(); ++i) out.push_back(tensor_arg(a.Get(i), name));
+  return out;
+}
+}  // namespace
+
+std::vector<MedusaHead> medusa_heads_arg(const Napi::Value& v) {
+  SPECDEC_CHECK(v.IsArray(), "E_ARG", "heads: expected an array");
+  Napi::Array hs = v.As<Napi::Array>();
+  std::vector<MedusaHead> heads(hs.Length());
+  for (uint32_t h = 0; h < hs.Length(); ++h) {
+    SPECDEC_CHECK(hs.Get(h).IsObject(), "E_ARG", "heads[", h, "]: expected { w, b, lmHead }");
+    Napi::Object o = hs.Get(h).As<Napi::Object>();
+    heads[h].w = tensor_list_arg(o.Get("w"), "heads[].w");
+    heads[h].b = tensor_list_arg(o.Get("b"), "heads[].b");
+    heads[h].lm_head = tensor_arg(o.Get("lmHead"), "heads[].lmHead");
+  }
+  return heads;
+}
+
 }  // namespace napi
 }  // namespace specdec

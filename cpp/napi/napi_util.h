@@ -11,6 +11,7 @@
 #include "../core/error.h"
 #include "../core/ops_sampling.h"
 #include "../core/tensor.h"
+#include "../model/medusa.h"
 
 namespace specdec {
 namespace napi {
@@ -79,6 +80,8 @@ bool has_field(const Napi::Object& o, const char* key);
 Tensor tensor_arg(const Napi::Value& v, const char* name);
 // { temperature, topK, topP, minP } (absent fields and undefined keep the defaults); checked by the ops.
 SamplingParams sampling_params_arg(const Napi::Value& v);
+// [{ w: Tensor[], b: Tensor[], lmHead }] (the fused Medusa heads, cpp/model/medusa.h).
+std::vector<MedusaHead> medusa_heads_arg(const Napi::Value& v);
 Tensor optional_tensor_arg(const Napi::Value& v, const char* name);  // undefined/null -> undefined tensor
 Napi::Object wrap_tensor(Napi::Env env, Tensor t);
 // i32 token ids made by the library, known to be in [0, ids_below): they may feed a forward or a

@@ -172,18 +172,35 @@ Napi::Value Verify(const Napi::CallbackInfo& info) {
     }
     const Tensor argmax_of = optional_tensor_arg(o.Get("argmaxOf"), "argmaxOf");
     const int64_t R = argmax_of.defined() ? argmax_of.size(0) : 0;
-    // Outputs: acceptedNodes [N] | emitted [N] | acceptCount [B] | depthAccepts [depth] (zeroed) | argmax [R].
-    const int64_t total = 2 * N + B + depth + R;
+    // medusa: { hidden [N, H], heads, k }: the heads' top-k at each sequence's last accepted node,
+    // computed on the device from the verification's outputs and read with them (Medusa's next tree).
+    std::vector<MedusaHead> heads;
+    Tensor hidden;
+    int64_t mk = 0;
+    if (has_field(o, "medusa")) {
+      Napi::Object m = o.Get("medusa").As<Napi::Object>();
+      hidden = tensor_arg(m.Get("hidden"), "medusa.hidden");
+      heads = medusa_heads_arg(m.Get("heads"));
+      mk = get_int(m.Get("k"), "medusa.k");
+      SPECDEC_CHECK(mk >= 1 && mk <= INT32_MAX && !heads.empty(), "E_ARG", "medusa: expected k >= 1 and at least one head");
+    }
+    const int64_t M = static_cast<int64_t>(heads.size()) * B * mk;
+    // Outputs: acceptedNodes [N] | emitted [N] | acceptCount [B] | depthAccepts [depth] (zeroed) | argmax [R] | medusa [M].
+    const int64_t total = 2 * N + B + depth + R + M;
     Tensor res_t = Tensor::zeros(DType::i32, {total}, dev);
     VerifyResult r;
     r.accepted_nodes = res_t.rows(0, N);
     r.emitted = res_t.rows(N, 2 * N);
     r.accept_count = res_t.rows(2 * N, 2 * N + B);
-    r.depth_accepts = res_t.rows(2 * N + B, total - R);
+    r.depth_accepts = res_t.rows(2 * N + B, total - R - M);
     ops::verify(a, r);
     if (argmax_of.defined()) {
-      Tensor am = res_t.rows(total - R, total);
+      Tensor am = res_t.rows(total - R - M, total - M);
       ops::argmax(argmax_of, am);
+    }
+    if (M > 0) {
+      Tensor ids = res_t.rows(total - M, total).view({static_cast<int64_t>(heads.size()) * B, mk});
+      medusa_top_k_after_verify(heads, hidden, a.node_indptr, r.accepted_nodes, r.accept_count, static_cast<int32_t>(mk), ids);
     }
     Napi::Env env = info.Env();
     Napi::ArrayBuffer buf = Napi::ArrayBuffer::New(env, static_cast<size_t>(total) * 4);
@@ -194,7 +211,8 @@ Napi::Value Verify(const Napi::CallbackInfo& info) {
     res.Set("emitted", view(N, N));
     res.Set("acceptCount", view(2 * N, B));
     res.Set("depthAccepts", view(2 * N + B, depth));
-    if (argmax_of.defined()) res.Set("argmax", view(total - R, R));
+    if (argmax_of.defined()) res.Set("argmax", view(total - R - M, R));
+    if (M > 0) res.Set("medusa", view(total - M, M));
     return res;
   });
 }

@@ -21,7 +21,7 @@ import { native } from '../native';
 import { openSafetensors } from '../safetensors';
 import type { Device, Tensor } from '../tensor';
 import { MC_SIM_7B_63, MEDUSA_PRESETS, medusaTree, medusaTreeShape, pruneTree, type MedusaChoices, type MedusaTreeShape } from '../tree';
-import { codedError, type ProposalBatch, type SpecSequence, type Speculator, type StepReport } from './speculator';
+import { codedError, type HeadsOnAccepted, type ProposalBatch, type SpecSequence, type Speculator, type StepReport } from './speculator';
 
 export interface MedusaConfig {
   readonly numHeads: number;
@@ -148,9 +148,13 @@ export class MedusaHeads {
    * read back (the same tokens as topK over apply()'s logits).
    */
   topKIds(x: Tensor, k: number, numHeads = this.config.numHeads): Int32Array {
+    return native().medusaTopK(x, this.weights(numHeads), k);
+  }
+
+  /** The weights of heads 0..numHeads-1 in the native layout (shared, not copied). */
+  weights(numHeads = this.config.numHeads): { w: Tensor[]; b: Tensor[]; lmHead: Tensor }[] {
     if (this.disposed) throw codedError('E_DISPOSED', 'Medusa heads were disposed');
-    const heads = this.heads.slice(0, numHeads).map((h) => ({ w: h.blocks.map((bl) => bl.w), b: h.blocks.map((bl) => bl.b), lmHead: h.lmHead }));
-    return native().medusaTopK(x, heads, k);
+    return this.heads.slice(0, numHeads).map((h) => ({ w: h.blocks.map((bl) => bl.w), b: h.blocks.map((bl) => bl.b), lmHead: h.lmHead }));
   }
 
   dispose(): void {
@@ -187,6 +191,7 @@ export class MedusaSpeculator implements Speculator {
   readonly heads: MedusaHeads;
   readonly shape: MedusaTreeShape;
   readonly samplingVerifyMode: 'rejection' | 'typical';
+  readonly headsOnAccepted: HeadsOnAccepted;
   readonly typicalThreshold: number;
   readonly typicalAlpha: number;
   /** Per sequence: top-k candidate ids of each head for the next step ([head][rank]). */
@@ -205,6 +210,8 @@ export class MedusaSpeculator implements Speculator {
       throw codedError('E_ARG', `medusa: the choices are ${this.shape.depth} deep but there are only ${this.heads.config.numHeads} heads`);
     }
     if (this.shape.topK > this.heads.config.vocabSize) throw codedError('E_ARG', `medusa: choices need top-${this.shape.topK} > vocabulary`);
+    // The engine runs the heads at each last accepted node with the verification (one wait a step).
+    this.headsOnAccepted = { heads: this.heads.weights(this.shape.depth), k: this.shape.topK };
     this.samplingVerifyMode = opts.sampling === 'typical' ? 'typical' : 'rejection';
     this.typicalThreshold = opts.posteriorThreshold ?? 0.09;
     this.typicalAlpha = opts.posteriorAlpha ?? 0.3;
@@ -260,6 +267,12 @@ export class MedusaSpeculator implements Speculator {
   }
 
   async update(seqs: readonly SpecSequence[], report: StepReport): Promise<void> {
+    const ids = report.headsTopK;
+    if (ids) {
+      const K = this.shape.topK, B = seqs.length;
+      seqs.forEach((s, b) => this.cands.set(s.key, Array.from({ length: this.shape.depth }, (_, h) => ids.slice((h * B + b) * K, (h * B + b + 1) * K))));
+      return;
+    }
     // The heads read the hidden state of the last accepted node (the one that produced the bonus).
     const rows = seqs.map((_, b) => {
       const acc = report.acceptedNodes[b] as Int32Array;

@@ -78,6 +78,17 @@ export interface StepReport {
   readonly emitted: readonly Int32Array[];
   /** Argmax of every row of output.logits, when the speculator asked for it (wantsRowArgmax). */
   readonly rowArgmax?: Int32Array;
+  /**
+   * headsOnAccepted's result: ids[(h * B + b) * k + j] = head h's j-th candidate at sequence b's
+   * last accepted node (read with the verification result).
+   */
+  readonly headsTopK?: Int32Array;
+}
+
+/** Heads (Medusa's layout) to run on each sequence's last accepted node, right after verification. */
+export interface HeadsOnAccepted {
+  readonly heads: readonly { readonly w: readonly Tensor[]; readonly b: readonly Tensor[]; readonly lmHead: Tensor }[];
+  readonly k: number;
 }
 
 export interface Speculator {
@@ -89,6 +100,12 @@ export interface Speculator {
    * gets it in the same native read as the verification result.
    */
   readonly wantsRowArgmax?: boolean;
+  /**
+   * Heads whose top-k at each sequence's last accepted node update() needs (Medusa): the engine has
+   * them run on the device right after verification and read with its result (one wait a step).
+   * Needs wantsHidden.
+   */
+  readonly headsOnAccepted?: HeadsOnAccepted;
   /** Verification mode when sampling: 'rejection' (exact, default) or 'typical' (Medusa; LOSSY). */
   readonly samplingVerifyMode?: 'rejection' | 'typical';
   readonly typicalThreshold?: number;

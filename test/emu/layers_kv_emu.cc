@@ -166,6 +166,33 @@ void check_rope_elementwise(std::mt19937_64& rng) {
   report(worst < 1e-6 && add_ok, buf);
 }
 
+// gather_last_accepted: the row of each sequence's last accepted node; counts or nodes verification
+// never makes (0, past the sequence, a node outside it) give a zero row, never an out-of-bounds read.
+void check_gather_last_accepted(std::mt19937_64& rng) {
+  const int64_t H = 70;
+  const std::vector<int32_t> indptr = {0, 5, 6, 10, 13, 16, 20};
+  const int64_t B = 6, N = 20;
+  std::vector<int32_t> nodes(N, 0), count(B, 0);
+  std::vector<int64_t> want(B, -1);
+  // b=0: path 0,2,4 (3 accepted); b=1: root only; b=2: 0,1; b=3: count 0; b=4: count 4 > 3 nodes;
+  // b=5: last node 7, outside its 4 nodes.
+  nodes[0] = 0, nodes[1] = 2, nodes[2] = 4, count[0] = 3, want[0] = 0 + 4;
+  nodes[5] = 0, count[1] = 1, want[1] = 5;
+  nodes[6] = 0, nodes[7] = 1, count[2] = 2, want[2] = 6 + 1;
+  count[3] = 0;
+  count[4] = 4;
+  nodes[16] = 0, nodes[17] = 7, count[5] = 2;
+  const auto x = random_vec<float>(rng, N * H);
+  std::vector<float> out(B * H, NAN);
+  emu::launch(Dim3{static_cast<unsigned>(B), 1, 1}, 256, [&] {
+    lk::gather_last_accepted_kernel(x.data(), indptr.data(), nodes.data(), count.data(), out.data(), H);
+  });
+  bool ok = true;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h) ok = ok && out[b * H + h] == (want[b] < 0 ? 0.f : x[want[b] * H + h]);
+  report(ok, "gather_last_accepted: last accepted rows exact; invalid counts/nodes give zero rows");
+}
+
 // ---- paged KV -------------------------------------------------------------------------------------
 
 // The CPU's rounding (cpp/core/dtype.h) as the independent reference for stores into the cache.
@@ -299,6 +326,7 @@ int main(int argc, char** argv) {
     check_matmul<bf16>(rng, 9, 256, 45);
     check_norm_embed<float>(rng, 3, 300);
     check_rope_elementwise(rng);
+    check_gather_last_accepted(rng);
     check_kv<bf16, float>(rng);
     return emu::summary(seed);
   }
@@ -311,6 +339,7 @@ int main(int argc, char** argv) {
   check_norm_embed<bf16>(rng, 3, 1000);
   check_norm_embed<__half>(rng, 2, 4099);
   check_rope_elementwise(rng);
+  check_gather_last_accepted(rng);
   check_kv<float, float>(rng);
   check_kv<bf16, float>(rng);
   check_kv<__half, bf16>(rng);

@@ -4,6 +4,10 @@ export type { NativeBinding, LoadAttempt, LoadedBinding } from './native';
 export { Tensor, asTensor, disposeAll } from './tensor';
 export type { DType, Device, HostArray } from './tensor';
 export { backends, resolveDevice } from './backend';
+export { codedError, isCodedError, ERROR_CODES } from './errors';
+export type { ErrorCode, CodedError } from './errors';
+export { defaultModelPaths } from './default_models';
+export type { DefaultModelPaths } from './default_models';
 export type { BackendReport } from './backend';
 
 // Kernels: paged KV cache + tree attention, sampling, verification, model layers.

@@ -57,5 +57,8 @@ declare namespace SpecdecNative {
     readonly abiVersion: number;
     readonly Tensor: TensorStatic;
     backendInfo(): BackendInfo;
+    /** The CUDA version the installed driver supports (cuDriverGetVersion through a dlopen of
+     *  libcuda; 0 and a reason without a driver). Absent in builds older than 0.2. */
+    cudaDriverProbe?(): { version: number; reason?: string };
   }
 }

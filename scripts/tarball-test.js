@@ -70,7 +70,7 @@ try {
   const info = JSON.parse(packed.stdout)[0];
   const tarball = path.join(work, info.filename);
   const shipped = info.files.map((f) => f.path);
-  for (const want of ['dist/lib/index.d.ts', 'typings/native.d.ts', `prebuilds/${platformDir}/specdec.node`, 'models/default/target/config.json', 'LICENSE', 'CHANGELOG.md', 'bin/specdec.js']) {
+  for (const want of ['dist/lib/index.d.ts', 'dist/examples/strategies.js', 'examples/strategies.ts', 'typings/native.d.ts', `prebuilds/${platformDir}/specdec.node`, 'models/default/target/config.json', 'LICENSE', 'CHANGELOG.md', 'bin/specdec.js']) {
     if (!shipped.includes(want)) fail('pack', `${want} is not in the tarball`);
   }
   const stray = shipped.filter((f) => /^(build|dist\/test|test|node_modules)\//.test(f));
@@ -122,6 +122,9 @@ try {
     outputs[kind] = r.stdout;
   }
   if (outputs.cjs !== outputs.esm) fail('run', `CommonJS and ESM programs printed different texts:\n${outputs.cjs}\n${outputs.esm}`);
+  // The shipped example (compiled) runs from the installed package too.
+  const example = run('run-example', process.execPath, [path.join(installed, 'dist', 'examples', 'strategies.js')], { cwd: app, env });
+  if (!/plain/.test(example.stdout)) fail('run-example', `unexpected output: ${example.stdout}`);
 
   // 4. The installed CLI loads the prebuilt binary.
   const infoRun = run('cli-info', process.execPath, [path.join(installed, 'bin', 'specdec.js'), 'info', '--json'], { cwd: app, env });

@@ -109,22 +109,8 @@ function loadTrainer(dir: string, config: LlamaConfig, seed: number, threads: nu
   if (config.qkvBias || config.oBias || config.ropeScaling !== undefined) {
     throw codedError('E_UNSUPPORTED', `${dir}: the trainer covers Llama without attention biases or rope_scaling`);
   }
-  const trainer = LlamaTrainer.create(
-    {
-      vocabSize: config.vocabSize,
-      hiddenSize: config.hiddenSize,
-      intermediateSize: config.intermediateSize,
-      numLayers: config.numLayers,
-      numHeads: config.numHeads,
-      numKvHeads: config.numKvHeads,
-      headDim: config.headDim,
-      rmsNormEps: config.rmsNormEps,
-      ropeTheta: config.ropeTheta,
-      tieWordEmbeddings: config.tieWordEmbeddings,
-      maxPositions: config.maxPositions,
-    },
-    { seed, threads },
-  );
+  // A LlamaConfig is a LlamaTrainConfig (same field names; the extra ones are ignored).
+  const trainer = LlamaTrainer.create(config, { seed, threads });
   try {
     const source = findWeights(dir);
     const fileOf = (name: string): string => path.join(dir, source.file ?? source.weightMap?.[name] ?? '');

@@ -22,6 +22,12 @@ function exitAfterFlush(code) {
   process.stderr.write('', done);
 }
 
+// A reader that goes away (`specdec generate ... | head`) is not an error of ours: stop quietly.
+process.stdout.on('error', (e) => {
+  if (e.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+  throw e;
+});
+
 cli.main(process.argv.slice(2)).then(exitAfterFlush, (e) => {
   cli.reportError(e);
   exitAfterFlush(1);

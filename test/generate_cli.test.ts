@@ -233,6 +233,19 @@ describe('specdec generate (cli)', function () {
     assertOneLineError(cli(['--model', bare, '--prompt-ids', '1', '--max-context', 'x']), /--max-context: expected an integer/);
   });
 
+  it('a reader that closes early (| head) ends the run quietly, no stack trace', async () => {
+    const { spawn } = await import('child_process');
+    const child = spawn(process.execPath, [bin, 'generate', '--model', dir, '--prompt', 'The big red cat', '--max-new-tokens', '100'], {
+      env: { ...process.env, SPECDEC_BACKEND: 'cpu' },
+    });
+    let err = '';
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    child.stdout.once('data', () => child.stdout.destroy());
+    const code = await new Promise<number | null>((resolve) => child.on('close', (c) => resolve(c)));
+    assert.strictEqual(code, 0, err);
+    assert.doesNotMatch(err, /EPIPE|\n\s+at /);
+  });
+
   it('text streams to stdout step by step, and equals the --json text', async () => {
     const writes: string[] = [];
     let summary = '';

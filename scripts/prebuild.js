@@ -7,6 +7,9 @@
 // the CPU one. Toolkits: nvcc on the PATH, /usr/local/cuda*/bin/nvcc, and SPECDEC_NVCC (a
 // ':'-separated list of nvcc paths). Nothing is downloaded: node-gyp uses the installed Node
 // headers (--nodedir). Usage: node scripts/prebuild.js [--cpu-only] [--cuda-only]
+//   --check  (npm's prepack) fails unless this platform's CPU prebuild exists, so that a tarball
+//            without prebuilds (every install compiling for minutes) is not packed by accident;
+//            SPECDEC_PACK_WITHOUT_PREBUILDS=1 packs anyway.
 'use strict';
 const { spawnSync } = require('child_process');
 const fs = require('fs');
@@ -101,6 +104,17 @@ function buildCuda(nvcc, version) {
   fs.copyFileSync(path.join(root, dir, 'Release', 'specdec.node'), file);
   strip(file);
   console.error(`prebuild: ${path.relative(root, file)} (${(fs.statSync(file).size / 1e6).toFixed(1)} MB, ${nvcc})`);
+}
+
+if (process.argv.includes('--check')) {
+  const have = fs.existsSync(dest) ? fs.readdirSync(dest).filter((f) => f.endsWith('.node')) : [];
+  // Only `npm pack`/`npm publish` stop; a git dependency (npm install runs prepack) builds from source.
+  const packing = ['pack', 'publish'].includes(process.env.npm_command || 'pack');
+  if (!have.includes('specdec.node') && packing && process.env.SPECDEC_PACK_WITHOUT_PREBUILDS !== '1') {
+    fail(`${path.relative(root, dest)}/specdec.node is missing: run 'npm run prebuilds' before packing (SPECDEC_PACK_WITHOUT_PREBUILDS=1 packs without)`);
+  }
+  console.error(`prebuild: packing ${have.join(', ') || 'no prebuilds'}`);
+  process.exit(0);
 }
 
 fs.mkdirSync(dest, { recursive: true });

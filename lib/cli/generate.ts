@@ -399,7 +399,7 @@ export async function generateCommand(argv: string[], io: GenerateIo = {}): Prom
           '\n',
       );
     }
-    return signal.aborted ? 130 : 0;
+    return records.some((r) => r.finishReason === 'abort') ? 130 : 0;
   } catch (e) {
     const x = e as Error & { code?: string; exitCode?: number };
     const msg = (x && x.message ? x.message : String(e)).split('\n')[0];

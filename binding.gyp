@@ -14,6 +14,7 @@
         "CLANG_CXX_LANGUAGE_STANDARD": "c++17",
         "MACOSX_DEPLOYMENT_TARGET": "11.0"
       },
+      "conditions": [["OS=='linux'", { "libraries": ["-ldl"] }]],
       "msvs_settings": { "VCCLCompilerTool": { "ExceptionHandling": 1, "AdditionalOptions": ["/std:c++17"] } }
     }
   ]

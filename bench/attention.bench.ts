@@ -8,7 +8,7 @@
 import { pagedBatch, treeAttention, treeMask } from '../lib/kv';
 import { Tensor } from '../lib/tensor';
 import type { Device } from '../lib/tensor';
-import { measure, randomF32, round, standalone, syncOn, xorshift, type BenchModule, type BenchOptions, type BenchResult, type BenchRow } from './common';
+import { measureKernel, randomF32, round, standalone, syncOn, xorshift, type BenchModule, type BenchOptions, type BenchResult, type BenchRow } from './common';
 
 interface AttShape {
   readonly hq: number;
@@ -35,7 +35,7 @@ async function timeAttention(device: Device, prefix: number, tree: number, sampl
   const batch = pagedBatch({ qoIndptr: [0, tree], pageIndptr: [0, pages], pageIndices: Array.from({ length: pages }, (_, i) => i), prefixLen: [prefix], pageSize: PAGE, numPages: pages, device });
   const out = Tensor.empty(dtype, [tree, HQ, D], device);
   try {
-    const t = await measure(() => treeAttention(q, layer, batch, mask, 1 / Math.sqrt(D), out), { warmup: 1, samples, calls, sync: syncOn(out) });
+    const t = await measureKernel(() => treeAttention(q, layer, batch, mask, 1 / Math.sqrt(D), out), { warmup: 1, samples, calls, sync: syncOn(out), device });
     return t.medianMs;
   } finally {
     for (const x of [layer, q, mask, out]) x.dispose();

@@ -3,6 +3,7 @@
 // (device, GPU, driver, CUDA, CPU model, load average, node, git commit), timing with warm-up and
 // median of N, random checkpoints for model benches, and JSON output. (Interleaving of A/B runs,
 // so that ratios measured in one run cancel a shared machine's noise, is in speculative.bench.ts.)
+import Benchmark from 'benchmark';
 import { execFileSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
@@ -159,6 +160,8 @@ export interface MeasureOptions {
   readonly calls?: number;
   /** Waits for the device after a sample's calls (CUDA kernels are asynchronous). */
   readonly sync?: () => void;
+  /** measureKernel: where the kernel runs; on the CPU the calls are synchronous, sync is skipped. */
+  readonly device?: Device;
 }
 
 /** Times `fn`: `warmup` untimed calls, then `samples` samples of `calls` calls each; median per call. */
@@ -185,6 +188,61 @@ export async function measure(fn: () => unknown, opts: MeasureOptions = {}): Pro
   }
   return { medianMs: median(ms), minMs: Math.min(...ms), maxMs: Math.max(...ms), samples, callsPerSample: calls };
 }
+
+/** Shortest benchmark.js sample: long against the timer's resolution, short enough for --quick. */
+const MIN_SAMPLE_S = 0.02;
+
+/**
+ * Times a JS-visible kernel call with the `benchmark` package: `warmup` untimed calls, then
+ * benchmark.js's calibrated cycles, at least `samples` of them (each at least MIN_SAMPLE_S long).
+ * One benchmark op is `calls` calls then `sync()`; with a sync (CUDA kernels are asynchronous) or
+ * an asynchronous fn the op runs in benchmark.js's deferred mode, so the device wait is inside the
+ * timing. Same Timing as measure() (per call). The end-to-end benches keep measure(): their calls
+ * change state (KV caches) and must run an exact number of times.
+ */
+export async function measureKernel(fn: () => unknown, opts: MeasureOptions = {}): Promise<Timing> {
+  const calls = Math.max(1, opts.calls ?? 1);
+  const sync = opts.device === 'cpu' ? undefined : opts.sync;
+  let isAsync = false;
+  for (let i = 0; i < Math.max(1, opts.warmup ?? 1); i++) {
+    const r = fn();
+    if (r instanceof Promise) {
+      isAsync = true;
+      await r;
+    }
+  }
+  sync?.();
+  const deferred = isAsync || sync !== undefined;
+  const bench = new Benchmark({
+    defer: deferred,
+    minSamples: Math.max(1, opts.samples ?? 5),
+    minTime: MIN_SAMPLE_S,
+    maxTime: 0,
+    initCount: 1,
+    fn: deferred
+      ? (d: Benchmark.Deferred) => {
+          void (async () => {
+            for (let c = 0; c < calls; c++) {
+              const r = fn();
+              if (r instanceof Promise) await r;
+            }
+            sync?.();
+          })().then(() => d.resolve());
+        }
+      : () => {
+          for (let c = 0; c < calls; c++) fn();
+        },
+  });
+  await new Promise<void>((resolve, reject) => {
+    bench.on('complete', () => resolve());
+    bench.on('error', () => reject(bench.error));
+    bench.run({ async: deferred });
+  });
+  // stats.sample: seconds per op (op = `calls` calls).
+  const ms = bench.stats.sample.map((sec) => (sec * 1000) / calls);
+  return { medianMs: median(ms), minMs: Math.min(...ms), maxMs: Math.max(...ms), samples: ms.length, callsPerSample: calls };
+}
+
 
 /**
  * Waits for the work queued on t's device by reading one element back (the native ops have no

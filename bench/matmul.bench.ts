@@ -7,7 +7,7 @@
 // Run: node dist/bench/matmul.bench.js [--device cpu|cuda|auto] [--quick]   (or specdec bench --only matmul)
 import { matmul } from '../lib/layers';
 import { Tensor } from '../lib/tensor';
-import { measure, randomF32, round, standalone, syncTensor, xorshift, type BenchModule, type BenchOptions, type BenchResult, type BenchRow } from './common';
+import { measureKernel, randomF32, round, standalone, syncTensor, xorshift, type BenchModule, type BenchOptions, type BenchResult, type BenchRow } from './common';
 
 interface Shape {
   readonly name: string;
@@ -59,12 +59,12 @@ export const matmulBench: BenchModule = {
             const x = xAll.rows(0, N);
             const calls = cuda ? 20 : N === 1 ? 20 : 4;
             let last: Tensor | undefined;
-            const t = await measure(
+            const t = await measureKernel(
               () => {
                 last?.dispose();
                 last = matmul(x, w);
               },
-              { warmup: 2, samples, calls, sync: () => last && syncTensor(last) },
+              { warmup: 2, samples, calls, sync: () => last && syncTensor(last), device: cuda ? 'cuda' : 'cpu' },
             );
             last?.dispose();
             x.dispose();

@@ -6,7 +6,7 @@
 // Run: node dist/bench/sampling.bench.js [--device cpu|cuda|auto] [--quick]   (or specdec bench --only sampling)
 import { argmax, processLogits, sample, type SamplingOptions } from '../lib/sampling';
 import { Tensor } from '../lib/tensor';
-import { measure, randomF32, round, standalone, syncTensor, xorshift, type BenchModule, type BenchOptions, type BenchResult, type BenchRow, type Timing } from './common';
+import { measureKernel, randomF32, round, standalone, syncTensor, xorshift, type BenchModule, type BenchOptions, type BenchResult, type BenchRow, type Timing } from './common';
 
 const VOCAB = 128256;
 
@@ -103,7 +103,7 @@ export const samplingBench: BenchModule = {
       };
       // 64 rows on the CPU take up to a second per call: fewer samples there.
       const nSamples = !cuda && n >= 64 ? Math.min(samples, 3) : samples;
-      const time = (fn: () => unknown): Promise<Timing> => measure(fn, { warmup: 1, samples: nSamples, calls, sync });
+      const time = (fn: () => unknown): Promise<Timing> => measureKernel(fn, { warmup: 1, samples: nSamples, calls, sync, device: cuda ? 'cuda' : 'cpu' });
       const push = (name: string, t: Timing, ref?: Timing): void => {
         const us = t.medianMs * 1000;
         rows.push({
@@ -117,12 +117,12 @@ export const samplingBench: BenchModule = {
       const jsRows = n <= 8; // the JS reference at 64 rows would only make the bench slow
       const u = xorshift(99);
       try {
-        push('argmax', await time(() => keep(argmax(logits))), jsRows ? await measure(() => jsArgmax(host, n, V), { warmup: 3, samples }) : undefined);
+        push('argmax', await time(() => keep(argmax(logits))), jsRows ? await measureKernel(() => jsArgmax(host, n, V), { warmup: 3, samples }) : undefined);
         for (const s of settings) {
           const ref =
             !jsRows ? undefined
-            : s.name === 'softmax T=1' ? await measure(() => jsSampleSoftmax(host, n, V, 1, u), { warmup: 3, samples })
-            : s.name === 'T=0.7 top-p 0.9' ? await measure(() => jsSampleTopP(host, n, V, 0.7, 0.9, u), { warmup: 3, samples })
+            : s.name === 'softmax T=1' ? await measureKernel(() => jsSampleSoftmax(host, n, V, 1, u), { warmup: 3, samples })
+            : s.name === 'T=0.7 top-p 0.9' ? await measureKernel(() => jsSampleTopP(host, n, V, 0.7, 0.9, u), { warmup: 3, samples })
             : undefined;
           push(`processLogits ${s.name}`, await time(() => keep(processLogits(logits, s.o))));
           // The whole step: process, then draw one token per row (what the JS reference does).
@@ -142,7 +142,7 @@ export const samplingBench: BenchModule = {
         try {
           let offset = 0n;
           const seeds = new BigUint64Array(n).fill(1n);
-          push('sample (probs given)', await measure(() => sample(probs, seeds, new BigUint64Array(n).fill(offset++)), { warmup: 1, samples: nSamples, calls }));
+          push('sample (probs given)', await measureKernel(() => sample(probs, seeds, new BigUint64Array(n).fill(offset++)), { warmup: 1, samples: nSamples, calls }));
         } finally {
           probs.dispose();
         }

@@ -11,7 +11,7 @@ import { processLogits } from '../lib/sampling';
 import { Tensor } from '../lib/tensor';
 import { chainTree, flattenTrees, MC_SIM_7B_63, medusaTree, medusaTreeShape, type TokenTree } from '../lib/tree';
 import { verify, type VerifyInput, type VerifyMode } from '../lib/verify';
-import { measure, round, standalone, xorshift, type BenchModule, type BenchOptions, type BenchResult, type BenchRow } from './common';
+import { measureKernel, round, standalone, xorshift, type BenchModule, type BenchOptions, type BenchResult, type BenchRow } from './common';
 
 const VOCAB = 128256;
 const PLANT = 8;
@@ -104,7 +104,7 @@ export const verifyBench: BenchModule = {
           let calls = 0;
           // Each call advances the offsets (a fresh draw, as the decoder does), so sampling modes
           // average over acceptance outcomes; verify() returns host arrays, so it is synchronous.
-          const t = await measure(
+          const t = await measureKernel(
             () => {
               const offsets = input.offsets as BigUint64Array;
               for (let b = 0; b < c.batch; b++) offsets[b] = (offsets[b] as bigint) + 1n;

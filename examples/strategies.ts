@@ -1,7 +1,8 @@
 // Each strategy from TypeScript on the embedded default family (models/default). The README shows
 // these lines; test/examples.test.ts runs this file so they stay true.
 //   npx tsc -p tsconfig.json && node dist/examples/strategies.js
-import * as path from 'path';
+// (from an installed package: node node_modules/specdec/dist/examples/strategies.js; in your own
+// code import from 'specdec' instead of '../lib').
 import {
   DraftModelSpeculator,
   HybridSpeculator,
@@ -12,17 +13,18 @@ import {
   PromptLookupSpeculator,
   SpeculativeDecoder,
   TextTokenizer,
+  defaultModelPaths,
   generateText,
   type Speculator,
 } from '../lib';
 
-const models = path.join(__dirname, '..', '..', 'models', 'default');
+const models = defaultModelPaths();
 
 export async function main(maxNewTokens = 48, log: (s: string) => void = console.log): Promise<Record<string, string>> {
-  const target = await LlamaModel.load(path.join(models, 'target')); // CUDA when available, else CPU
-  const draft = await LlamaModel.load(path.join(models, 'draft'));
-  const tokenizer = TextTokenizer.load(path.join(models, 'target'))!;
-  const medusa = MedusaHeads.load(path.join(models, 'medusa'), { device: target.device });
+  const target = await LlamaModel.load(models.target); // CUDA when available, else CPU
+  const draft = await LlamaModel.load(models.draft);
+  const tokenizer = TextTokenizer.load(models.target)!;
+  const medusa = MedusaHeads.load(models.medusa, { device: target.device });
 
   const strategies: Record<string, () => Speculator | undefined> = {
     plain: () => undefined,

@@ -35,7 +35,8 @@ export interface GenerateOptions {
 export interface GenerateResult {
   /** The new tokens only. */
   readonly tokens: Int32Array;
-  readonly finishReason: 'length' | 'stop' | 'max-positions';
+  /** 'context': prompt + output filled the model's positions (maxPositions). */
+  readonly finishReason: 'length' | 'stop' | 'context';
   readonly stats: DecodeStats;
 }
 
@@ -175,7 +176,7 @@ export class SpeculativeDecoder {
           else if (r.newTokens.length >= r.maxNew) r.done = 'length';
         }
         // As plainGenerate: stop once prompt + output fill the context.
-        if (r.done === undefined && r.seq.history.length > r.seq.maxPosition) r.done = 'max-positions';
+        if (r.done === undefined && r.seq.history.length > r.seq.maxPosition) r.done = 'context';
         if (chunk.length > 0) opts.onTokens?.(r.index, Int32Array.from(chunk));
       };
       const finish = (r: RunSeq): void => {

@@ -1,8 +1,46 @@
-// Errors with a `code` (E_ARG, E_FORMAT, E_KV_FULL, ...), the same shape as the ones the native
-// side throws, so callers can branch on err.code whichever layer detected the problem.
-export type CodedError = Error & { code: string };
+// Errors with a `code`, the same shape as the ones the native side throws (cpp/core/error.h,
+// cpp/napi), so callers can branch on err.code whichever layer detected the problem.
 
-export function codedError(code: string, message: string): CodedError {
+/**
+ * Every code specdec puts on an Error (README "Errors"):
+ * - `E_ARG`: a bad argument (shape, dtype, device, range, token id, flag); the message names it.
+ * - `E_FORMAT`: a malformed checkpoint, safetensors file, config.json or tokenizer.
+ * - `E_IO`: a file that cannot be opened, mapped or read.
+ * - `E_KV_FULL`: the KV cache has no free pages left (the message gives the numbers); nothing changed.
+ * - `E_OOM`: a host or device allocation failed.
+ * - `E_CUDA`: a CUDA runtime call failed.
+ * - `E_NO_CUDA`: `device: 'cuda'` was asked for but no usable GPU/driver (the message says why).
+ * - `E_LOAD`: the native addon could not be loaded (NativeLoadError lists every candidate tried).
+ * - `E_UNSUPPORTED`: valid, but not implemented for this backend, dtype or build.
+ * - `E_DISPOSED`: a tensor, model or cache used after dispose().
+ * - `E_BUSY`: an operation started while another one on the same object is still running.
+ * - `E_NUMERIC`: a computation produced non-finite values (e.g. training diverged).
+ * - `E_INTERNAL`: a broken internal invariant (a bug: please report it).
+ */
+export type ErrorCode =
+  | 'E_ARG'
+  | 'E_FORMAT'
+  | 'E_IO'
+  | 'E_KV_FULL'
+  | 'E_OOM'
+  | 'E_CUDA'
+  | 'E_NO_CUDA'
+  | 'E_LOAD'
+  | 'E_UNSUPPORTED'
+  | 'E_DISPOSED'
+  | 'E_BUSY'
+  | 'E_NUMERIC'
+  | 'E_INTERNAL';
+
+/** Every ErrorCode, for code that checks a value at run time. */
+export const ERROR_CODES: readonly ErrorCode[] = [
+  'E_ARG', 'E_FORMAT', 'E_IO', 'E_KV_FULL', 'E_OOM', 'E_CUDA', 'E_NO_CUDA', 'E_LOAD',
+  'E_UNSUPPORTED', 'E_DISPOSED', 'E_BUSY', 'E_NUMERIC', 'E_INTERNAL',
+];
+
+export type CodedError = Error & { code: ErrorCode };
+
+export function codedError(code: ErrorCode, message: string): CodedError {
   const e = new Error(message) as CodedError;
   e.code = code;
   return e;
@@ -11,4 +49,9 @@ export function codedError(code: string, message: string): CodedError {
 /** A bad argument (E_ARG); the message names the argument. */
 export function argError(message: string): CodedError {
   return codedError('E_ARG', message);
+}
+
+/** True when `e` is an Error carrying one of specdec's codes (native or TypeScript side). */
+export function isCodedError(e: unknown): e is CodedError {
+  return e instanceof Error && (ERROR_CODES as readonly unknown[]).includes((e as { code?: unknown }).code);
 }

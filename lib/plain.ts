@@ -21,6 +21,8 @@ export interface PlainOptions {
   /** Extra tokens that end a sequence (besides the model's EOS ids); the stop token is emitted. */
   readonly stopTokens?: readonly number[];
   readonly signal?: AbortSignal;
+  /** Called with each new token of sequence `index` as soon as it is chosen (for streaming). */
+  readonly onTokens?: (index: number, tokens: Int32Array) => void;
 }
 
 export interface PlainStats {
@@ -36,6 +38,8 @@ export interface PlainStats {
 export interface PlainResult {
   /** New tokens of each prompt (ending with the stop token when one was emitted). */
   readonly tokens: Int32Array[];
+  /** Why each sequence ended: a stop token, maxNewTokens, or the model's context (maxPositions). */
+  readonly finishReasons: ('stop' | 'length' | 'context')[];
   readonly stats: PlainStats;
 }
 
@@ -67,6 +71,7 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
 
   const t0 = performance.now();
   const out: number[][] = prompts.map(() => []);
+  const finishReasons: ('stop' | 'length' | 'context')[] = prompts.map(() => 'length');
   const forwards = prompts.map(() => 0);
   let targetForwards = 0;
   const seqs: number[] = [];
@@ -101,12 +106,15 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
         if (tok < 0) throw codedError('E_INTERNAL', `sequence ${i}: no token has positive probability (non-finite logits?)`);
         out[i]!.push(tok);
         forwards[i]!++;
+        options.onTokens?.(i, Int32Array.of(tok));
         // Stop at a stop token, at maxNewTokens, or when the context is full (the next token
         // could not be fed).
         const length = prompts[i]!.length + out[i]!.length;
         if (!stops.has(tok) && out[i]!.length < maxNew && length < maxPositions) {
           feed[i] = Int32Array.of(tok);
           still.push(i);
+        } else {
+          finishReasons[i] = stops.has(tok) ? 'stop' : out[i]!.length >= maxNew ? 'length' : 'context';
         }
       });
       active = still;
@@ -126,6 +134,7 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
   const total = out.reduce((n, t) => n + t.length, 0);
   return {
     tokens: out.map((t) => Int32Array.from(t)),
+    finishReasons,
     stats: { targetForwards, seconds, tokensPerSecond: seconds > 0 ? total / seconds : 0, sequenceForwards: forwards },
   };
 }

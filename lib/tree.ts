@@ -119,13 +119,6 @@ export function pruneTree(tree: TokenTree, maxDepth: number): { tree: TokenTree;
   return { tree: { tokens, parents }, kept: Int32Array.from(kept) };
 }
 
-/** Maximum candidate depth of a tree. */
-export function treeDepth(parents: Int32Array): number {
-  let m = 0;
-  for (const d of treeDepths(parents)) m = Math.max(m, d);
-  return m;
-}
-
 /**
  * Builds a tree by expanding, level by level, each frontier node with the top-`branching[d]`
  * children proposed by `children(pathTokens)` (best first). Used by tree drafting.

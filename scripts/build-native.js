@@ -5,7 +5,10 @@
 //   SPECDEC_BUILD_DIR=dir      build directory (default build)
 //   SPECDEC_SKIP_BUILD=1       skip (use a prebuilt binary or SPECDEC_BINARY)
 //   SPECDEC_BUILD_FROM_SOURCE=1  build even when prebuilds/ has a binary for this platform
+//   SPECDEC_KEEP_BUILD=1       keep the build intermediates of an install as a dependency
 //   --force                    build even when SPECDEC_SKIP_BUILD is set or a prebuild exists
+// The binary is stripped. Installed as a dependency (npm's install hook, outside this checkout),
+// only the binary is kept: cmake/object files would be dead weight in the app's node_modules.
 'use strict';
 const { spawnSync } = require('child_process');
 const path = require('path');
@@ -50,9 +53,21 @@ if (r.status !== 0) {
   );
   process.exit(r.status || 1);
 }
-const bin = path.join(root, out, 'Release', 'specdec.node');
+const bin = path.resolve(root, out, 'Release', 'specdec.node');
 if (!fs.existsSync(bin)) {
   console.error(`specdec: build finished but ${bin} is missing`);
   process.exit(1);
 }
-console.error(`specdec: built ${path.relative(root, bin)} in ${((Date.now() - t0) / 1000).toFixed(0)} s`);
+if (process.platform === 'linux') {
+  const s = spawnSync('strip', ['--strip-unneeded', bin], { stdio: 'inherit' });
+  if (s.status !== 0) console.error('specdec: strip failed; the binary is unstripped');
+}
+const asDependency = process.env.npm_lifecycle_event === 'install' && path.resolve(process.env.INIT_CWD || root) !== root;
+if (asDependency && process.env.SPECDEC_KEEP_BUILD !== '1') {
+  const keep = `${path.resolve(root, out)}.specdec.node`;
+  fs.renameSync(bin, keep);
+  fs.rmSync(path.resolve(root, out), { recursive: true, force: true });
+  fs.mkdirSync(path.dirname(bin), { recursive: true });
+  fs.renameSync(keep, bin);
+}
+console.error(`specdec: built ${path.relative(root, bin)} (${(fs.statSync(bin).size / 1e6).toFixed(1)} MB) in ${((Date.now() - t0) / 1000).toFixed(0)} s`);

@@ -109,7 +109,7 @@ describe('SpeculativeDecoder (toy model)', () => {
     const res = await dec.generateBatch(prompts, { maxNewTokens: 100 });
     for (let i = 0; i < 2; i++) {
       assert.deepStrictEqual(Array.from(res[i]!.tokens), Array.from(plain.tokens[i]!));
-      assert.strictEqual(res[i]!.finishReason, 'max-positions');
+      assert.strictEqual(res[i]!.finishReason, 'context');
     }
     await assert.rejects(dec.generate(randomPrompt(r, 24, V), { maxNewTokens: 3 }).result, (e: Error & { code?: string }) => e.code === 'E_ARG');
   });

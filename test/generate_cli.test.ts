@@ -6,7 +6,9 @@ import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { generateCommand, parseGenerateFlags } from '../lib/cli/generate';
+import { GENERATE_FLAGS, GENERATE_USAGE, generateCommand, parseGenerateFlags } from '../lib/cli/generate';
+import { strategyHook } from '../lib/cli/strategy_flags';
+import { LlamaModel } from '../lib/models/llama';
 import { TextTokenizer } from '../lib/tokenizer';
 import { configJson, specByName, writeCheckpoint } from './fixtures/checkpoints';
 import { rng, testSeed } from './helpers';
@@ -28,6 +30,7 @@ function cli(args: string[]): Run {
 interface Record {
   tokens: number[];
   text: string;
+  finishReason: string;
   stats: { targetForwards: number; tokensPerForward: number; acceptanceRate: number; acceptedPerPosition: number[]; seconds: number; tokensPerSecond: number };
 }
 
@@ -169,12 +172,142 @@ describe('specdec generate (cli)', function () {
       strategyHook: async ({ flags, target, prompts }) => {
         seen = flags.strategy.draft;
         assert.strictEqual(target.config.vocabSize, 96);
-        return prompts.map(() => ({ tokens: [7], text: '', stats: { targetForwards: 1, tokensPerForward: 1, acceptanceRate: 0.5, acceptedPerPosition: [1], seconds: 1, tokensPerSecond: 1 } }));
+        return prompts.map(() => ({ tokens: [7], text: '', finishReason: 'length' as const, stats: { targetForwards: 1, tokensPerForward: 1, acceptanceRate: 0.5, acceptedPerPosition: [1], seconds: 1, tokensPerSecond: 1 } }));
       },
     });
     assert.strictEqual(code, 0);
     assert.strictEqual(seen, 'somewhere');
     assert.deepStrictEqual((JSON.parse(out) as Record).tokens, [7]);
 
+  });
+  it('a 3000-prompt --json batch through a pipe arrives whole (stdout drains before exit)', () => {
+    // Before the fix bin/specdec.js exited with stdout still queued: the pipe got 64 KiB.
+    const file = path.join(root, 'batch3000.json');
+    fs.writeFileSync(file, JSON.stringify(Array.from({ length: 3000 }, (_, i) => [3 + (i % 90), 4 + (i % 7)])));
+    const res = cli(['--model', bare, '--batch-file', file, '--max-new-tokens', '1', '--json']);
+    assert.strictEqual(res.code, 0, res.stderr);
+    assert.ok(res.stdout.length > 65536, `only ${res.stdout.length} bytes`);
+    const recs = JSON.parse(res.stdout) as Record[];
+    assert.strictEqual(recs.length, 3000);
+    for (const r of recs) {
+      assert.strictEqual(r.tokens.length, 1);
+      assert.strictEqual(r.finishReason, 'length');
+      assert.strictEqual(r.stats.tokensPerForward, 1);
+    }
+  });
+
+  it("finishReason: 'length' at --max-new-tokens, 'context' when prompt + output fill the context (not silent)", () => {
+    const p = ids(10);
+    const length = JSON.parse(cli(['--model', bare, '--prompt-ids', p.join(','), '--max-new-tokens', '3', '--json']).stdout) as Record;
+    assert.strictEqual(length.finishReason, 'length');
+    assert.strictEqual(length.tokens.length, 3);
+    // --max-context 16: a 10-token prompt has room for 6 new tokens, whatever --max-new-tokens says.
+    const ctx = cli(['--model', bare, '--prompt-ids', p.join(','), '--max-new-tokens', '64', '--max-context', '16', '--json']);
+    assert.strictEqual(ctx.code, 0, ctx.stderr);
+    const rec = JSON.parse(ctx.stdout) as Record;
+    assert.strictEqual(rec.finishReason, 'context');
+    assert.strictEqual(rec.tokens.length, 6);
+    assert.deepStrictEqual(rec.tokens, length.tokens.concat(rec.tokens.slice(3)), 'the same greedy prefix');
+    // The model's own limit (128 positions, the default context): 125 + 3; text mode says so on stderr.
+    const full = cli(['--model', bare, '--prompt-ids', ids(125).join(','), '--max-new-tokens', '64']);
+    assert.strictEqual(full.code, 0, full.stderr);
+    assert.strictEqual(full.stdout.trim().split(' ').length, 3);
+    assert.match(full.stderr, /3 tokens in .* tokens\/forward.*finish: context \(the context of 128 positions is full/);
+    // Speculative runs report it too.
+    const spec = JSON.parse(cli(['--model', bare, '--prompt-ids', p.join(','), '--max-new-tokens', '64', '--max-context', '16', '--prompt-lookup', '2', '--json']).stdout) as Record;
+    assert.deepStrictEqual(spec.tokens, rec.tokens);
+    assert.strictEqual(spec.finishReason, 'context');
+  });
+
+  it('--max-context sizes the KV cache and must fit the model', async () => {
+    const m = await LlamaModel.load(bare, { device: 'cpu', maxSequences: 1, maxContext: 16 });
+    const full = await LlamaModel.load(bare, { device: 'cpu', maxSequences: 1 });
+    try {
+      assert.strictEqual(m.config.maxPositions, 16);
+      assert.ok(m.kvInfo().totalPages < full.kvInfo().totalPages, `${m.kvInfo().totalPages} vs ${full.kvInfo().totalPages}`);
+    } finally {
+      m.dispose();
+      full.dispose();
+    }
+    assertOneLineError(cli(['--model', bare, '--prompt-ids', '1', '--max-context', '129']), /--max-context: 129 is more than the 128 positions of .*mistral/);
+    assertOneLineError(cli(['--model', bare, '--prompt-ids', '1', '--max-context', 'x']), /--max-context: expected an integer/);
+  });
+
+  it('a reader that closes early (| head) ends the run quietly, no stack trace', async () => {
+    const { spawn } = await import('child_process');
+    const child = spawn(process.execPath, [bin, 'generate', '--model', dir, '--prompt', 'The big red cat', '--max-new-tokens', '100'], {
+      env: { ...process.env, SPECDEC_BACKEND: 'cpu' },
+    });
+    let err = '';
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    child.stdout.once('data', () => child.stdout.destroy());
+    const code = await new Promise<number | null>((resolve) => child.on('close', (c) => resolve(c)));
+    assert.strictEqual(code, 0, err);
+    assert.doesNotMatch(err, /EPIPE|\n\s+at /);
+  });
+
+  it('text streams to stdout step by step, and equals the --json text', async () => {
+    const writes: string[] = [];
+    let summary = '';
+    const code = await generateCommand(['--model', dir, '--prompt', 'The big red cat', '--max-new-tokens', '12', '--device', 'cpu'], {
+      stdout: (s) => writes.push(s),
+      stderr: (s) => (summary += s),
+    });
+    assert.strictEqual(code, 0, summary);
+    assert.ok(writes.length > 3, `only ${writes.length} writes`);
+    const json = JSON.parse(cli(['--model', dir, '--prompt', 'The big red cat', '--max-new-tokens', '12', '--json']).stdout) as Record;
+    assert.strictEqual(writes.join(''), json.text + '\n');
+    assert.match(summary, new RegExp(`${json.tokens.length} tokens in .* 1\\.00 tokens/forward, cpu\\); finish: ${json.finishReason}`));
+  });
+
+  it("an interrupted run keeps what it generated: finishReason 'abort', exit 130", async () => {
+    // Plain, text mode: stopped from the stream after the third token.
+    const stop = new AbortController();
+    const writes: string[] = [];
+    let err = '';
+    const code = await generateCommand(['--model', bare, '--prompt-ids', '3,4,5', '--max-new-tokens', '100', '--device', 'cpu'], {
+      stdout: (s) => {
+        writes.push(s);
+        if (writes.length === 3) stop.abort();
+      },
+      stderr: (s) => (err += s),
+      signal: stop.signal,
+    });
+    assert.strictEqual(code, 130, err);
+    assert.match(err, /finish: abort/);
+    const shown = writes.join('').trim().split(' ');
+    assert.ok(shown.length >= 3 && shown.length < 100, `${shown.length} tokens shown`);
+    // Speculative, --json: the record holds the tokens emitted before the stop.
+    const stop2 = new AbortController();
+    let out = '';
+    const code2 = await generateCommand(['--model', bare, '--prompt-ids', '3,4,5', '--max-new-tokens', '100', '--prompt-lookup', '2', '--device', 'cpu', '--json'], {
+      stdout: (s) => (out += s),
+      stderr: (s) => assert.fail(s),
+      signal: stop2.signal,
+      strategyHook: (ctx) => {
+        let steps = 0;
+        return strategyHook()({ ...ctx, onTokens: (i, t) => (ctx.onTokens?.(i, t), ++steps === 3 && stop2.abort()) });
+      },
+    });
+    assert.strictEqual(code2, 130);
+    const rec = JSON.parse(out) as Record;
+    assert.strictEqual(rec.finishReason, 'abort');
+    assert.strictEqual(rec.stats.targetForwards, 3);
+    assert.ok(rec.tokens.length >= 3 && rec.tokens.length < 100, `${rec.tokens.length} tokens`);
+    assert.strictEqual(rec.stats.acceptanceRate, null);
+  });
+
+  it('flags: ids out of range, a flag as a value, the model a mismatch names, every flag in --help', () => {
+    assertOneLineError(cli(['--model', bare, '--prompt-ids', '1,4294967301']), /--prompt-ids: 4294967301 is not a token id/);
+    assertOneLineError(cli(['--model', bare, '--prompt-ids', '1,2147483648']), /2147483648 is not a token id/);
+    assertOneLineError(cli(['--model', bare, '--prompt', '--json']), /--prompt needs a value, got the flag '--json'/);
+    assertOneLineError(cli(['--model', bare, '--prompt-ids', '1', '--draft', '--json']), /--draft: missing value \(got the flag '--json'\)/);
+    assert.strictEqual(parseGenerateFlags(['--prompt=--json']).prompt, '--json');
+    // The embedded heads (hidden 128) on the embedded draft (hidden 64): the draft is named, not the target.
+    assertOneLineError(cli(['--draft', 'default', '--medusa', 'default', '--prompt-ids', '1,2']), /heads have hidden size 128 but the draft model \(default\) has 64/);
+    const help = spawnSync(process.execPath, [bin, 'generate', '--help'], { encoding: 'utf8' });
+    assert.strictEqual(help.status, 0);
+    for (const flag of GENERATE_FLAGS) assert.match(help.stdout, new RegExp(`^\\s+${flag}\\b`, 'm'), `${flag} not in --help`);
+    assert.strictEqual(help.stdout.trim(), GENERATE_USAGE.trim());
   });
 });

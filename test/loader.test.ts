@@ -3,7 +3,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { spawnSync } from 'child_process';
-import { loadBinding, loadedBinding, NativeLoadError, packageRoot } from '../lib/native';
+import { chooseCudaVariants, cudaVariantVersion, loadBinding, loadedBinding, NativeLoadError, packageRoot } from '../lib/native';
 import { backends, resolveDevice } from '../lib/backend';
 
 function tmpdir(): string {
@@ -68,6 +68,61 @@ describe('native loader', () => {
     fs.copyFileSync(loadedBinding().path, path.join(dir, 'specdec.node'));
     const l = loadBinding({}, root);
     assert.strictEqual(l.path, path.join(dir, 'specdec.node'));
+  });
+});
+
+describe('CUDA prebuild choice', () => {
+  const files = ['specdec.cuda12.4.node', 'specdec.cuda12.10.node', 'specdec.cuda13.0.node', 'specdec.cuda11.8.node'];
+
+  it('compares versions as numbers: 12.10 > 12.4', () => {
+    assert.strictEqual(cudaVariantVersion('specdec.cuda12.10.node'), 12100);
+    assert.strictEqual(cudaVariantVersion('/x/specdec.cuda12.4.node'), 12040);
+    assert.strictEqual(cudaVariantVersion('specdec.node'), undefined);
+    assert.ok(cudaVariantVersion('specdec.cuda12.10.node')! > cudaVariantVersion('specdec.cuda12.4.node')!);
+  });
+
+  it('takes the newest variant the driver can run, newest first, and says why the others were skipped', () => {
+    // A CUDA 12.8 driver (cuDriverGetVersion 12080): 13.0 and nothing newer than 12.8.
+    const r = chooseCudaVariants(files, 12080);
+    assert.deepStrictEqual(r.usable, ['specdec.cuda12.4.node', 'specdec.cuda11.8.node']);
+    assert.deepStrictEqual(r.skipped.map((s) => s.candidate), ['specdec.cuda13.0.node', 'specdec.cuda12.10.node']);
+    assert.match(r.skipped[1]!.error, /needs a driver for CUDA >= 12\.10, the driver supports CUDA 12\.8/);
+    assert.deepStrictEqual(chooseCudaVariants(files, 12100).usable[0], 'specdec.cuda12.10.node');
+    assert.deepStrictEqual(chooseCudaVariants(files, 13020).usable, ['specdec.cuda13.0.node', 'specdec.cuda12.10.node', 'specdec.cuda12.4.node', 'specdec.cuda11.8.node']);
+    assert.deepStrictEqual(chooseCudaVariants(files, 11000).usable, []);
+  });
+
+  it('no driver: every CUDA variant is skipped with the reason', () => {
+    const r = chooseCudaVariants(files, 0, 'no NVIDIA driver: libcuda.so.1 not found');
+    assert.deepStrictEqual(r.usable, []);
+    assert.strictEqual(r.skipped.length, 4);
+    for (const s of r.skipped) assert.match(s.error, /skipped: no NVIDIA driver/);
+  });
+
+  it('the addon asks libcuda for the driver version (here: none, with the reason)', function () {
+    const probe = loadedBinding().binding.cudaDriverProbe?.();
+    assert.ok(probe, 'the addon exports cudaDriverProbe');
+    if (probe.version > 0) {
+      assert.ok(probe.version >= 10000 && probe.version % 10 === 0, `driver version ${probe.version}`);
+      this.skip(); // a machine with a driver: the no-driver path cannot be checked here
+    }
+    assert.strictEqual(probe.version, 0);
+    assert.match(probe.reason ?? '', /libcuda/);
+  });
+
+  it('prebuilds/ with a CUDA variant and no driver: loads the CPU build and records why', function () {
+    if ((loadedBinding().binding.cudaDriverProbe?.().version ?? 0) > 0) this.skip();
+    const root = tmpdir();
+    const dir = path.join(root, 'prebuilds', `${process.platform}-${process.arch}`);
+    fs.mkdirSync(dir, { recursive: true });
+    fs.copyFileSync(loadedBinding().path, path.join(dir, 'specdec.node'));
+    // Never loaded: skipped on the driver's answer alone (not even a valid binary).
+    fs.writeFileSync(path.join(dir, 'specdec.cuda12.10.node'), 'not a binary');
+    const l = loadBinding({}, root);
+    assert.strictEqual(l.path, path.join(dir, 'specdec.node'));
+    const skip = l.attempts.find((a) => a.candidate.endsWith('specdec.cuda12.10.node'));
+    assert.ok(skip, l.attempts.map((a) => a.candidate).join('\n'));
+    assert.match(skip.error, /skipped: no NVIDIA driver/);
   });
 });
 

@@ -69,5 +69,8 @@ declare namespace SpecdecNative {
     readonly Tensor: TensorStatic;
     backendInfo(): BackendInfo;
     transferCounters(): TransferCounters;
+    /** The CUDA version the installed driver supports (cuDriverGetVersion through a dlopen of
+     *  libcuda; 0 and a reason without a driver). Absent in builds older than 0.2. */
+    cudaDriverProbe?(): { version: number; reason?: string };
   }
 }

@@ -1,23 +1,19 @@
 // `specdec generate`: plain autoregressive decoding (the baseline), or a speculative strategy
 // (lib/cli/strategy_flags.ts parses those flags and runs them). Flags: DESIGN §6. Bad input exits non-zero with one
-// line on stderr; results go to stdout (text, or one JSON document with --json).
+// line on stderr; results go to stdout: text streamed as it is generated, or one JSON document with --json.
 import * as fs from 'fs';
-import * as path from 'path';
 import type { CausalLM } from '../models/causal_lm';
 import { readLlamaConfig } from '../models/config';
 import { LlamaModel } from '../models/llama';
 import { plainGenerate } from '../plain';
 import type { Device } from '../tensor';
 import { TextTokenizer } from '../tokenizer';
-import { packageRoot } from '../native';
-import { parseStrategyFlags, strategyHook, type StrategyFlags } from './strategy_flags';
+import { defaultModelPaths } from '../default_models';
+import { codedError } from '../errors';
+import { parseStrategyFlags, strategyHook, STRATEGY_FLAGS, STRATEGY_USAGE, type StrategyFlags } from './strategy_flags';
 
 /** The embedded default family (models/default, trained by scripts/train-default.js). */
-export const EMBEDDED = {
-  target: path.join(packageRoot, 'models', 'default', 'target'),
-  draft: path.join(packageRoot, 'models', 'default', 'draft'),
-  medusa: path.join(packageRoot, 'models', 'default', 'medusa'),
-} as const;
+export const EMBEDDED = defaultModelPaths();
 
 export type { StrategyFlags } from './strategy_flags';
 
@@ -28,6 +24,9 @@ export interface GenerateFlags {
   readonly promptIds?: Int32Array;
   readonly batchFile?: string;
   readonly maxNewTokens: number;
+  /** Positions per sequence the KV cache is sized for (prompt + output); default: the longest
+   *  prompt + maxNewTokens, at most max_position_embeddings. */
+  readonly maxContext?: number;
   readonly temperature: number;
   readonly topK: number;
   readonly topP: number;
@@ -40,15 +39,20 @@ export interface GenerateFlags {
 export interface GenerateRecord {
   tokens: number[];
   text: string;
+  /** stop: a stop token (EOS); length: --max-new-tokens; context: the context is full; abort: interrupted. */
+  finishReason: FinishReason;
   stats: {
     targetForwards: number;
     tokensPerForward: number;
-    acceptanceRate: number;
+    /** null when the run was interrupted before the decoder reported it. */
+    acceptanceRate: number | null;
     acceptedPerPosition: number[];
     seconds: number;
     tokensPerSecond: number;
   };
 }
+
+export type FinishReason = 'stop' | 'length' | 'context' | 'abort';
 
 /** A speculative strategy runner: gets the loaded target and the prompts, returns one record per prompt. */
 export type StrategyHook = (ctx: {
@@ -56,6 +60,9 @@ export type StrategyHook = (ctx: {
   target: CausalLM;
   prompts: Int32Array[];
   decode: (ids: ArrayLike<number>) => string;
+  /** Called with each step's new tokens of prompt `index` (streaming, and what an abort keeps). */
+  onTokens?: (index: number, tokens: Int32Array) => void;
+  signal?: AbortSignal;
 }) => Promise<GenerateRecord[]>;
 
 export interface GenerateIo {
@@ -63,10 +70,12 @@ export interface GenerateIo {
   readonly stderr?: (s: string) => void;
   /** Runs --draft/--medusa/--lookahead/--prompt-lookup (default: strategyHook() of strategy_flags.ts). */
   readonly strategyHook?: StrategyHook;
+  /** Stops the run (finishReason 'abort'); default: the first SIGINT. */
+  readonly signal?: AbortSignal;
 }
 
-export const GENERATE_USAGE = `usage: specdec generate [--model DIR] [--draft DIR | --medusa DIR | --lookahead W,N,G | --prompt-lookup N]
-                       (--prompt TEXT | --prompt-ids 1,2,3 | --batch-file F) [--max-new-tokens N]
+export const GENERATE_USAGE = `usage: specdec generate [--model DIR] [--draft DIR [--draft-k K]] [--medusa DIR | --lookahead W,N,G | --prompt-lookup N]
+                       (--prompt TEXT | --prompt-ids 1,2,3 | --batch-file F) [--max-new-tokens N] [--max-context N]
                        [--temperature T --top-k K --top-p P --seed S] [--device cpu|cuda|auto] [--json]
 
   --model DIR         Hugging Face checkpoint directory (config.json + model.safetensors[.index.json]);
@@ -77,10 +86,22 @@ export const GENERATE_USAGE = `usage: specdec generate [--model DIR] [--draft DI
   --batch-file F      JSON array of prompts (strings or id arrays), run together as one batch;
                       sequence i samples from RNG stream (seed, i)
   --max-new-tokens N  new tokens per prompt (default 64)
-  --temperature T     0 = greedy (default 0); --top-k K (0 = off), --top-p P (1 = off), --seed S (default 0)
+  --max-context N     positions per sequence (prompt + output) the KV cache is sized for; a run that
+                      fills them ends with finishReason 'context' (default: the longest prompt +
+                      --max-new-tokens, at most the model's max_position_embeddings)
+  --temperature T     sampling temperature; 0 = greedy (default 0)
+  --top-k K           sample among the K most likely tokens (default 0 = off)
+  --top-p P           sample from the smallest set with probability >= P (default 1 = off)
+  --seed S            RNG seed (default 0); sequence i of a batch uses stream (S, i)
   --device D          cpu, cuda or auto (default auto)
-  --json              one JSON object on stdout ({ tokens, text, stats }), an array with --batch-file
-  --draft/--medusa/--lookahead/--prompt-lookup   speculative strategies`;
+  --json              one JSON object on stdout ({ tokens, text, finishReason, stats }), an array with
+                      --batch-file; without --json the text streams to stdout as it is generated and
+                      a summary (tokens/s, tokens per forward, finish reason) goes to stderr
+  -h, --help          this help
+${STRATEGY_USAGE}
+
+A value that starts with '--' must be attached: --prompt=--text. Ctrl-C stops a run: what was
+generated so far is printed, with finishReason 'abort' (exit code 130).`;
 
 /** A user error: one line, exit code 2 (usage) or 1 (input). */
 class CliError extends Error {
@@ -105,11 +126,26 @@ function parseNumberFlag(flag: string, v: string, ok: (n: number) => boolean, wa
   return n;
 }
 
+/** Largest token id an Int32Array holds; ids are checked against the vocabulary once the model is known. */
+const MAX_TOKEN_ID = 0x7fffffff;
+
 export function parseIdList(flag: string, v: string): Int32Array {
   const parts = v.split(',').map((s) => s.trim());
   if (parts.length === 0 || parts.some((p) => !/^\d+$/.test(p))) throw new CliError(`${flag}: expected comma-separated token ids (e.g. 1,2,3), got '${v}'`);
-  return Int32Array.from(parts.map(Number));
+  const ids = parts.map(Number);
+  const bad = ids.findIndex((n) => !Number.isSafeInteger(n) || n > MAX_TOKEN_ID);
+  if (bad >= 0) throw new CliError(`${flag}: ${parts[bad]} is not a token id (expected an integer in [0, ${MAX_TOKEN_ID}])`);
+  return Int32Array.from(ids);
 }
+
+/** The flags of `generate` that take a value (the strategy flags are STRATEGY_FLAGS). */
+const VALUE_FLAGS: readonly string[] = [
+  '--model', '--prompt', '--prompt-ids', '--max-new-tokens', '--max-context',
+  '--temperature', '--top-k', '--top-p', '--seed', '--device', '--batch-file',
+];
+
+/** Every flag `generate` accepts (each is described in GENERATE_USAGE). */
+export const GENERATE_FLAGS: readonly string[] = [...VALUE_FLAGS, '--json', ...STRATEGY_FLAGS];
 
 /**
  * Parses argv (after `generate`). The strategy flags are picked out first by parseStrategyFlags
@@ -121,10 +157,6 @@ export function parseGenerateFlags(argv: readonly string[]): GenerateFlags {
   argv = picked.rest;
   const values = new Map<string, string>();
   let json = false;
-  const takesValue = new Set([
-    '--model', '--prompt', '--prompt-ids', '--max-new-tokens',
-    '--temperature', '--top-k', '--top-p', '--seed', '--device', '--batch-file',
-  ]);
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
     const eq = arg.startsWith('--') ? arg.indexOf('=') : -1;
@@ -134,11 +166,12 @@ export function parseGenerateFlags(argv: readonly string[]): GenerateFlags {
       json = true;
       continue;
     }
-    if (!takesValue.has(name)) throw new CliError(arg.startsWith('-') ? `unknown flag '${name}'` : `unexpected argument '${arg}'`);
+    if (!VALUE_FLAGS.includes(name)) throw new CliError(arg.startsWith('-') ? `unknown flag '${name}'` : `unexpected argument '${arg}'`);
     let value: string | undefined;
     if (eq > 0) value = arg.slice(eq + 1);
     else value = argv[++i];
     if (value === undefined) throw new CliError(`${name} needs a value`);
+    if (eq < 0 && value.startsWith('--')) throw new CliError(`${name} needs a value, got the flag '${value}' (write ${name}=${value} for a value that starts with --)`);
     if (values.has(name)) throw new CliError(`${name} given twice`);
     values.set(name, value);
   }
@@ -154,6 +187,7 @@ export function parseGenerateFlags(argv: readonly string[]): GenerateFlags {
   if (device !== 'cpu' && device !== 'cuda' && device !== 'auto') throw new CliError(`--device: expected cpu, cuda or auto, got '${device}'`);
   const model = get('--model');
   const topP = get('--top-p');
+  const maxContext = get('--max-context');
   return {
     ...(model !== undefined ? { model } : {}),
     strategy,
@@ -161,6 +195,7 @@ export function parseGenerateFlags(argv: readonly string[]): GenerateFlags {
     ...(promptIds !== undefined ? { promptIds: parseIdList('--prompt-ids', promptIds) } : {}),
     ...(batchFile !== undefined ? { batchFile } : {}),
     maxNewTokens: get('--max-new-tokens') !== undefined ? parseIntFlag('--max-new-tokens', get('--max-new-tokens')!, 1) : 64,
+    ...(maxContext !== undefined ? { maxContext: parseIntFlag('--max-context', maxContext, 2) } : {}),
     temperature: get('--temperature') !== undefined ? parseNumberFlag('--temperature', get('--temperature')!, (n) => n >= 0, 'a number >= 0') : 0,
     topK: get('--top-k') !== undefined ? parseIntFlag('--top-k', get('--top-k')!, 0) : 0,
     topP: topP !== undefined ? parseNumberFlag('--top-p', topP, (n) => n > 0 && n <= 1, 'a number in (0, 1]') : 1,
@@ -195,6 +230,71 @@ function resolvePrompts(flags: GenerateFlags, tokenizer: TextTokenizer | undefin
   });
 }
 
+/**
+ * Writes decoded text as tokens arrive. Each delta is the text of a window that starts a few tokens
+ * back, minus the text of that window without the new tokens, so word boundaries (a tokenizer's
+ * leading-space rules) come out as in one decode of the whole output, and the work stays linear.
+ * An incomplete multi-byte character (U+FFFD at the end) waits for its next token.
+ */
+class TextStream {
+  private readonly ids: number[] = [];
+  private prefixStart = 0;
+  private readOffset = 0;
+
+  constructor(
+    private readonly decode: (ids: ArrayLike<number>) => string,
+    private readonly write: (s: string) => void,
+  ) {}
+
+  push(tokens: ArrayLike<number>, final = false): void {
+    for (let k = 0; k < tokens.length; k++) this.ids.push(tokens[k] as number);
+    const prefix = this.readOffset > this.prefixStart ? this.decode(this.ids.slice(this.prefixStart, this.readOffset)) : '';
+    const text = this.decode(this.ids.slice(this.prefixStart));
+    if (text.length > prefix.length && (final || !text.endsWith('\uFFFD'))) {
+      this.write(text.slice(prefix.length));
+      this.prefixStart = this.readOffset;
+      this.readOffset = this.ids.length;
+    }
+  }
+}
+
+/** The default KV sizing: what the longest prompt needs, not max_position_embeddings. */
+function contextFor(flags: GenerateFlags, prompts: readonly Int32Array[], modelPositions: number, modelDir: string): number {
+  if (flags.maxContext !== undefined) {
+    if (flags.maxContext > modelPositions) {
+      throw new CliError(`--max-context: ${flags.maxContext} is more than the ${modelPositions} positions of ${modelDir} (max_position_embeddings)`);
+    }
+    return flags.maxContext;
+  }
+  const longest = prompts.reduce((n, p) => Math.max(n, p.length), 0);
+  return Math.min(modelPositions, longest + flags.maxNewTokens);
+}
+
+/** A record for a run cut short (abort): what was emitted so far; one forward per step chunk. */
+function partialRecord(tokens: number[], chunks: number, seconds: number, decode: (ids: ArrayLike<number>) => string): GenerateRecord {
+  return {
+    tokens,
+    text: decode(tokens),
+    finishReason: 'abort',
+    stats: {
+      targetForwards: chunks,
+      tokensPerForward: chunks > 0 ? tokens.length / chunks : 0,
+      acceptanceRate: null,
+      acceptedPerPosition: [],
+      seconds,
+      tokensPerSecond: seconds > 0 ? tokens.length / seconds : 0,
+    },
+  };
+}
+
+/** "length" or "length x2, stop x1" */
+function finishSummary(records: readonly GenerateRecord[]): string {
+  const counts = new Map<string, number>();
+  for (const r of records) counts.set(r.finishReason, (counts.get(r.finishReason) ?? 0) + 1);
+  if (counts.size === 1 && records.length === 1) return records[0]!.finishReason;
+  return [...counts].map(([k, n]) => `${k} x${n}`).join(', ');
+}
+
 export async function generateCommand(argv: string[], io: GenerateIo = {}): Promise<number> {
   const out = io.stdout ?? ((s: string) => void process.stdout.write(s));
   const err = io.stderr ?? ((s: string) => void process.stderr.write(s));
@@ -203,62 +303,103 @@ export async function generateCommand(argv: string[], io: GenerateIo = {}): Prom
     return 0;
   }
   let model: LlamaModel | undefined;
+  // The first Ctrl-C stops decoding and keeps what was generated; a second one kills as usual.
+  const interrupt = new AbortController();
+  const onSigint = (): void => interrupt.abort();
+  if (!io.signal) process.once('SIGINT', onSigint);
+  const signal = io.signal ?? interrupt.signal;
   try {
     const parsed = parseGenerateFlags(argv);
     const modelDir = parsed.model === undefined || parsed.model === 'default' ? EMBEDDED.target : parsed.model;
-    const flags: GenerateFlags = { ...parsed, model: modelDir };
     if ((parsed.model === undefined || parsed.model === 'default') && !fs.existsSync(modelDir)) {
       throw new CliError(`the embedded default model is missing (${modelDir}); run 'npm run train:default' or pass --model DIR`, 1);
     }
     // Validate the directory before the tokenizer is looked for, so a bad path is named as such.
-    readLlamaConfig(modelDir);
-    const speculative = Object.keys(flags.strategy).length > 0;
+    const config = readLlamaConfig(modelDir);
+    const speculative = Object.keys(parsed.strategy).length > 0;
     const tokenizer = TextTokenizer.load(modelDir);
-    const prompts = resolvePrompts(flags, tokenizer, modelDir);
+    const prompts = resolvePrompts(parsed, tokenizer, modelDir);
+    prompts.forEach((p, i) => {
+      const bad = p.find((id) => id >= config.vocabSize);
+      const where = parsed.batchFile !== undefined ? `--batch-file item ${i}` : '--prompt-ids';
+      if (bad !== undefined) throw codedError('E_ARG', `${where}: token id ${bad} is outside the vocabulary [0, ${config.vocabSize}) of ${modelDir}`);
+    });
+    const maxContext = contextFor(parsed, prompts, config.maxPositions, modelDir);
+    const flags: GenerateFlags = { ...parsed, model: modelDir, maxContext };
     // Loading a large checkpoint takes a while: say so on an interactive terminal only.
     if (process.stderr.isTTY && !flags.json && !io.stderr) err(`specdec: loading ${modelDir} ...\n`);
-    model = await LlamaModel.load(modelDir, { device: flags.device, maxSequences: prompts.length });
+    model = await LlamaModel.load(modelDir, { device: flags.device, maxSequences: prompts.length, maxContext });
     const decode = (ids: ArrayLike<number>): string => (tokenizer ? tokenizer.decode(ids, { skipSpecialTokens: true }) : '');
 
+    // Text streams when there is one sequence to show; a batch prints its texts in input order.
+    const stream = !flags.json && prompts.length === 1 ? new TextStream(tokenizer ? decode : (ids) => Array.from(ids).join(' '), out) : undefined;
+    const emitted: number[][] = prompts.map(() => []);
+    const chunks = prompts.map(() => 0);
+    const onTokens = (i: number, toks: Int32Array): void => {
+      for (const t of toks) emitted[i]!.push(t);
+      chunks[i]!++;
+      stream?.push(toks);
+    };
+    const t0 = performance.now();
     let records: GenerateRecord[];
-    if (speculative) {
-      const hook = io.strategyHook ?? strategyHook({ defaults: { draft: EMBEDDED.draft, medusa: EMBEDDED.medusa } });
-      records = await hook({ flags, target: model, prompts, decode });
-    } else {
-      const res = await plainGenerate(model, prompts, {
-        maxNewTokens: flags.maxNewTokens,
-        temperature: flags.temperature,
-        topK: flags.topK,
-        topP: flags.topP,
-        seed: flags.seed,
-      });
-      const { seconds } = res.stats;
-      records = res.tokens.map((t, i) => {
-        const forwards = res.stats.sequenceForwards[i]!;
-        return {
-          tokens: Array.from(t),
-          text: decode(t),
-          stats: {
-            targetForwards: forwards,
-            tokensPerForward: forwards > 0 ? t.length / forwards : 0,
-            acceptanceRate: 0,
-            acceptedPerPosition: [],
-            seconds,
-            tokensPerSecond: seconds > 0 ? t.length / seconds : 0,
-          },
-        };
-      });
+    try {
+      if (speculative) {
+        const hook = io.strategyHook ?? strategyHook({ defaults: { draft: EMBEDDED.draft, medusa: EMBEDDED.medusa } });
+        records = await hook({ flags, target: model, prompts, decode, onTokens, signal });
+      } else {
+        const res = await plainGenerate(model, prompts, {
+          maxNewTokens: flags.maxNewTokens,
+          temperature: flags.temperature,
+          topK: flags.topK,
+          topP: flags.topP,
+          seed: flags.seed,
+          onTokens,
+          signal,
+        });
+        const { seconds } = res.stats;
+        records = res.tokens.map((t, i) => {
+          const forwards = res.stats.sequenceForwards[i]!;
+          return {
+            tokens: Array.from(t),
+            text: decode(t),
+            finishReason: res.finishReasons[i]!,
+            stats: {
+              targetForwards: forwards,
+              tokensPerForward: forwards > 0 ? t.length / forwards : 0,
+              acceptanceRate: 0,
+              acceptedPerPosition: [],
+              seconds,
+              tokensPerSecond: seconds > 0 ? t.length / seconds : 0,
+            },
+          };
+        });
+      }
+    } catch (e) {
+      if (!signal.aborted) throw e;
+      const seconds = (performance.now() - t0) / 1000;
+      records = emitted.map((t, i) => partialRecord(t, chunks[i]!, seconds, decode));
     }
 
     if (flags.json) {
       out(JSON.stringify(flags.batchFile !== undefined ? records : records[0]) + '\n');
     } else {
-      for (const r of records) out((tokenizer ? r.text : r.tokens.join(' ')) + '\n');
+      if (stream) {
+        stream.push([], true);
+        out('\n');
+      } else {
+        for (const r of records) out((tokenizer ? r.text : r.tokens.join(' ')) + '\n');
+      }
       const total = records.reduce((n, r) => n + r.tokens.length, 0);
+      const forwards = records.reduce((n, r) => n + r.stats.targetForwards, 0);
       const secs = records[0]?.stats.seconds ?? 0;
-      err(`specdec: ${total} tokens in ${secs.toFixed(2)} s (${(secs > 0 ? total / secs : 0).toFixed(1)} tokens/s, ${model.device})\n`);
+      err(
+        `specdec: ${total} tokens in ${secs.toFixed(2)} s (${(secs > 0 ? total / secs : 0).toFixed(1)} tokens/s, ` +
+          `${(forwards > 0 ? total / forwards : 0).toFixed(2)} tokens/forward, ${model.device}); finish: ${finishSummary(records)}` +
+          (records.some((r) => r.finishReason === 'context') ? ` (the context of ${maxContext} positions is full; see --max-context)` : '') +
+          '\n',
+      );
     }
-    return 0;
+    return records.some((r) => r.finishReason === 'abort') ? 130 : 0;
   } catch (e) {
     const x = e as Error & { code?: string; exitCode?: number };
     const msg = (x && x.message ? x.message : String(e)).split('\n')[0];
@@ -266,6 +407,7 @@ export async function generateCommand(argv: string[], io: GenerateIo = {}): Prom
     if (process.env['SPECDEC_DEBUG'] === '1' && x && x.stack) err(x.stack + '\n');
     return e instanceof CliError ? e.exitCode : 1;
   } finally {
+    process.removeListener('SIGINT', onSigint);
     model?.dispose();
   }
 }

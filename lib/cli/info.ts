@@ -1,6 +1,7 @@
 // `specdec info [--json]`: version, binary loaded, backends compiled in, CUDA runtime/driver,
 // GPUs, and why CUDA is not in use when it is not.
 import { backends } from '../backend';
+import { formatCudaVersion, loadedBinding } from '../native';
 
 export async function infoCommand(argv: string[]): Promise<number> {
   for (const a of argv) {
@@ -12,15 +13,22 @@ export async function infoCommand(argv: string[]): Promise<number> {
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   const version = (require('../../../package.json') as { version: string }).version;
   const r = backends();
+  // Binaries tried before the one loaded (a CUDA prebuild the driver cannot run, say) and why.
+  const tried = loadedBinding().attempts;
+  // A CPU build does not start the CUDA runtime; it still asks libcuda what the driver supports.
+  const probe = loadedBinding().binding.cudaDriverProbe?.();
+  const driver = r.cudaDriverVersion ?? (probe && probe.version > 0 ? formatCudaVersion(probe.version) : undefined);
   const report = {
     version,
     node: process.version,
     platform: `${process.platform}-${process.arch}`,
     binary: r.binary,
+    notLoaded: tried,
     backends: { compiled: r.compiled, available: r.available, default: r.default },
     cuda: {
       runtimeVersion: r.cudaRuntimeVersion ?? null,
-      driverVersion: r.cudaDriverVersion ?? null,
+      driverVersion: driver ?? null,
+      driverProbe: probe?.reason ?? null,
       architectures: r.cudaArchs,
       gpus: r.gpus,
       notUsedBecause: r.cudaReason ?? null,
@@ -36,11 +44,13 @@ export async function infoCommand(argv: string[]): Promise<number> {
     `backends compiled: ${r.compiled.join(', ')}`,
     `backends usable:   ${r.available.join(', ')} (default: ${r.default})`,
     `CUDA runtime:      ${r.cudaRuntimeVersion ?? 'not compiled in'}`,
-    `CUDA driver:       ${r.cudaDriverVersion ?? 'none found'}`,
+    `CUDA driver:       ${driver ?? `none found${probe?.reason ? ` (${probe.reason})` : ''}`}`,
     `CUDA archs:        ${r.cudaArchs.length ? r.cudaArchs.join(', ') : '-'}`,
     `GPUs:              ${r.gpus.length ? r.gpus.map((g) => `#${g.index} ${g.name} (sm ${g.computeCapability}, ${(g.totalMemory / 2 ** 30).toFixed(1)} GiB)`).join('; ') : 'none'}`,
   ];
   if (r.cudaReason) lines.push(`CUDA not in use:   ${r.cudaReason}`);
+  // The local build is looked for first; its absence is only news in a source checkout.
+  for (const a of tried.filter((t) => /prebuilds|SPECDEC_BINARY/.test(t.candidate))) lines.push(`not loaded:        ${a.candidate}: ${a.error}`);
   process.stdout.write(lines.join('\n') + '\n');
   return 0;
 }

@@ -24,7 +24,17 @@ export interface StrategyFlags {
   readonly draftK?: number;
 }
 
-const FLAGS = ['--draft', '--medusa', '--lookahead', '--prompt-lookup', '--draft-k'] as const;
+/** The strategy part of `specdec generate --help`. */
+export const STRATEGY_USAGE = `speculative strategies (without one: plain decoding, the baseline):
+  --draft DIR         a smaller draft model ('default': the embedded draft)
+  --draft-k K         draft tokens per step with --draft (default 4; 6 in a hybrid)
+  --medusa DIR        Medusa heads on the target ('default': the embedded heads; 63-node tree)
+  --lookahead W,N,G   lookahead (Jacobi) decoding: window W, n-gram size N, G verified n-grams
+  --prompt-lookup N   prompt lookup: match n-grams of up to N tokens in prompt + output
+  --draft DIR with --medusa, --lookahead or --prompt-lookup is the hybrid: that strategy speeds up
+                      the draft model, which drafts for the target`;
+
+export const STRATEGY_FLAGS = ['--draft', '--medusa', '--lookahead', '--prompt-lookup', '--draft-k'] as const;
 
 function int(flag: string, v: string, min: number): number {
   const n = Number(v);
@@ -43,12 +53,13 @@ export function parseStrategyFlags(argv: readonly string[]): { flags: StrategyFl
     const a = argv[i] as string;
     const eq = a.indexOf('=');
     const name = eq > 0 ? a.slice(0, eq) : a;
-    if (!(FLAGS as readonly string[]).includes(name)) {
+    if (!(STRATEGY_FLAGS as readonly string[]).includes(name)) {
       rest.push(a);
       continue;
     }
     const value = eq > 0 ? a.slice(eq + 1) : argv[++i];
-    if (value === undefined || (eq < 0 && value.startsWith('--'))) throw codedError('E_ARG', `${name}: missing value`);
+    if (value === undefined) throw codedError('E_ARG', `${name}: missing value`);
+    if (eq < 0 && value.startsWith('--')) throw codedError('E_ARG', `${name}: missing value (got the flag '${value}')`);
     if (got.has(name)) throw codedError('E_ARG', `${name} given twice`);
     got.set(name, value);
   }
@@ -114,8 +125,17 @@ export function speculatorFactory(flags: StrategyFlags, deps: SpeculatorDeps = {
       const base = draft ?? target;
       let second: Speculator | undefined;
       if (flags.medusa !== undefined) {
-        const heads = MedusaHeads.load(resolve('medusa', flags.medusa), { device: base.device });
+        const dir = resolve('medusa', flags.medusa);
+        const heads = MedusaHeads.load(dir, { device: base.device });
         owned.push(heads);
+        // Named here, where it is known which model the heads run on (in a hybrid: the draft).
+        const on = draft ? `the draft model (${flags.draft})` : 'the target model';
+        for (const [what, theirs, ours] of [
+          ['hidden size', heads.config.hiddenSize, base.config.hiddenSize],
+          ['vocabulary size', heads.config.vocabSize, base.config.vocabSize],
+        ] as const) {
+          if (theirs !== ours) throw codedError('E_ARG', `--medusa ${flags.medusa}: the heads have ${what} ${theirs} but ${on} has ${ours}`);
+        }
         second = new MedusaSpeculator({ heads });
       } else if (flags.lookahead !== undefined) {
         const [W, N, G] = flags.lookahead;
@@ -145,7 +165,7 @@ export function speculatorFactory(flags: StrategyFlags, deps: SpeculatorDeps = {
 
 /** The StrategyHook for lib/cli/generate.ts: runs the batch with the flags' speculator. */
 export function strategyHook(deps: SpeculatorDeps = {}): StrategyHook {
-  return async ({ flags, target, prompts, decode }) => {
+  return async ({ flags, target, prompts, decode, onTokens, signal }) => {
     const built = await speculatorFactory(flags.strategy as StrategyFlags, deps)(target);
     try {
       const dec = new SpeculativeDecoder({
@@ -153,11 +173,16 @@ export function strategyHook(deps: SpeculatorDeps = {}): StrategyHook {
         ...(built.speculator ? { speculator: built.speculator } : {}),
         sampling: { temperature: flags.temperature, topK: flags.topK, topP: flags.topP, seed: flags.seed },
       });
-      const res = await dec.generateBatch(prompts, { maxNewTokens: flags.maxNewTokens });
+      const res = await dec.generateBatch(prompts, {
+        maxNewTokens: flags.maxNewTokens,
+        ...(onTokens ? { onTokens } : {}),
+        ...(signal ? { signal } : {}),
+      });
       return res.map(
         (r): GenerateRecord => ({
           tokens: Array.from(r.tokens),
           text: decode(r.tokens),
+          finishReason: r.finishReason,
           stats: {
             targetForwards: r.stats.targetForwards,
             tokensPerForward: r.stats.tokensPerForward,

@@ -22,6 +22,9 @@ export interface LlamaLoadOptions {
   readonly pageSize?: number;
   /** Default: f32 on the CPU; on CUDA the checkpoint's half type (torch_dtype) or f32. */
   readonly kvDtype?: KvDType;
+  /** Positions a sequence may use (prompt + output), at most max_position_embeddings: lowers
+   *  config.maxPositions, and with it the default kvPages. Default: max_position_embeddings. */
+  readonly maxContext?: number;
   /** Sequences expected to be alive at once (sizes the default kvPages). Default 4. */
   readonly maxSequences?: number;
   /**
@@ -80,6 +83,13 @@ export function findWeights(dir: string): SpecdecNative.LlamaNativeSource {
   throw codedError('E_FORMAT', `${dir}: no model.safetensors or model.safetensors.index.json`);
 }
 
+function withMaxContext(config: LlamaConfig, maxContext: number | undefined): LlamaConfig {
+  if (maxContext === undefined) return config;
+  const n = positiveInt(maxContext, 'maxContext', config.maxPositions);
+  if (n > config.maxPositions) throw codedError('E_ARG', `maxContext: ${n} is more than the model's ${config.maxPositions} positions (max_position_embeddings)`);
+  return { ...config, maxPositions: n };
+}
+
 function positiveInt(v: number | undefined, name: string, fallback: number): number {
   if (v === undefined) return fallback;
   if (!Number.isSafeInteger(v) || v <= 0) throw codedError('E_ARG', `${name}: expected a positive integer, got ${v}`);
@@ -126,7 +136,7 @@ export class LlamaModel implements CausalLM {
   /** Loads a checkpoint directory (config.json + model.safetensors or a sharded index). */
   static async load(dir: string, options: LlamaLoadOptions = {}): Promise<LlamaModel> {
     if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw codedError('E_FORMAT', `${dir}: not a model directory`);
-    const config = readLlamaConfig(dir);
+    const config = withMaxContext(readLlamaConfig(dir), options.maxContext);
     const source = findWeights(dir);
     const device = resolveDevice(options.device ?? 'auto');
     const pageSize = positiveInt(options.pageSize, 'pageSize', 16);

@@ -10,7 +10,7 @@ import { gatherRows, isSampling, samplingOptions } from '../step_helpers';
 import type { CausalLM, ForwardOutput, SequenceInput } from '../models/causal_lm';
 import { argmax, processLogits, sample, topK } from '../sampling';
 import type { Tensor } from '../tensor';
-import { buildTopKTree, chainTree, type TokenTree } from '../tree';
+import { chainTree, type TokenTree } from '../tree';
 import {
   codedError,
   type Proposal,

@@ -12,6 +12,7 @@ import type {
   SpecSequence,
   Speculator,
 } from './strategies/speculator';
+import { knownForwardCost } from './cost_model';
 import { argmax, processLogits } from './sampling';
 import { codedError } from './strategies/speculator';
 import { isSampling, pickTokens, samplingOptions, throwIfAborted } from './step_helpers';
@@ -51,6 +52,11 @@ export interface DecodeStats {
   acceptedPerPosition: number[];
   /** proposedPerPosition[d] = steps that proposed at least one node at depth d + 1. */
   proposedPerPosition: number[];
+  /**
+   * Proposal sizes the steps chose: nodes verified in the forward (root and lookahead window
+   * included) -> steps. With cost-model sizing, the trees it picked for this hardware.
+   */
+  nodesPerStep: Record<number, number>;
   /** Seconds per phase (batch-wide: a batched step's time counts once for every run stat). */
   phases: PhaseTimes;
   seconds: number;
@@ -64,9 +70,11 @@ export class StatsAcc {
   accepted = 0;
   acceptedPerPosition: number[] = [];
   proposedPerPosition: number[] = [];
+  nodesPerStep: Record<number, number> = {};
 
   addStep(proposal: Proposal, acceptedLen: number, emitted: number): void {
     this.targetForwards++;
+    this.nodesPerStep[proposal.tokens.length] = (this.nodesPerStep[proposal.tokens.length] ?? 0) + 1;
     this.newTokens += emitted;
     const depth = treeDepths(proposal.parents);
     let maxD = 0;
@@ -89,6 +97,7 @@ export class StatsAcc {
       acceptanceRate: this.proposed > 0 ? this.accepted / this.proposed : 0,
       acceptedPerPosition: this.acceptedPerPosition.slice(),
       proposedPerPosition: this.proposedPerPosition.slice(),
+      nodesPerStep: { ...this.nodesPerStep },
       phases: { ...phases },
       seconds,
       tokensPerSecond: seconds > 0 ? this.newTokens / seconds : 0,
@@ -255,8 +264,12 @@ export class SpecEngine {
       lap('draft');
       throwIfAborted(signal);
       const inputs: SequenceInput[] = proposals.map((p, b) => forwardInput((seqs[b] as EngineSequence).modelSeq, p));
+      const tForward = t;
       out = await this.model.forward(inputs, this.speculator?.wantsHidden ? { hidden: true, ...sig(signal) } : sig(signal));
       lap('target');
+      // The measured forward refines the model's cost curve (tree sizing reads it).
+      const cost = knownForwardCost(this.model);
+      cost?.observe(out.indptr[inputs.length] as number, (t - tForward) / 1000);
       throwIfAborted(signal);
 
       let accepted: readonly Int32Array[];
@@ -277,6 +290,7 @@ export class SpecEngine {
       } else {
         ({ acceptedNodes: accepted, emitted } = this.verifyBatch(proposals, out.logits, seqs, draftProbs, (p) => (probs = p)));
       }
+      const tVerify = t;
       lap('verify');
 
       this.model.commit(
@@ -291,6 +305,7 @@ export class SpecEngine {
         s.stats.addStep(proposals[b] as Proposal, acc.length, em.length);
       });
       lap('commit');
+      cost?.observeOverhead((t - tVerify) / 1000);
       await this.speculator?.update(seqs, { proposals, output: out, acceptedNodes: accepted, emitted }, ctx);
       lap('update');
       return emitted as Int32Array[];

@@ -14,6 +14,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 
+import { forwardCost, knownForwardCost, type ForwardCost } from '../cost_model';
 import { gatherRows } from '../step_helpers';
 import { addInplace, matmul, siluInplace } from '../layers';
 import type { CausalLM, ForwardOutput } from '../models/causal_lm';
@@ -21,6 +22,7 @@ import { topK } from '../sampling';
 import { openSafetensors } from '../safetensors';
 import type { Device, Tensor } from '../tensor';
 import { MC_SIM_7B_63, MEDUSA_PRESETS, medusaTree, medusaTreeShape, pruneTree, type MedusaChoices, type MedusaTreeShape } from '../tree';
+import { chooseSubtree, PROBE_AFTER_PLAIN_STEPS, RankRates, selectNodes, stepCost, treeProbabilities } from '../tree_sizing';
 import { codedError, type ProposalBatch, type SpecSequence, type Speculator, type StepReport } from './speculator';
 
 export interface MedusaConfig {
@@ -158,8 +160,10 @@ export class MedusaHeads {
 export interface MedusaOptions {
   readonly heads: MedusaHeads;
   /**
-   * A preset name (mc_sim_7b_63, small_16, small_8, chain_4) or any choices list. Default
-   * mc_sim_7b_63 without the choices deeper than the number of heads.
+   * A preset name (mc_sim_7b_63, small_16, small_8, chain_4) or any choices list: that tree, every
+   * step. Default: sized for the hardware — each step the best subtree of mc_sim_7b_63 (without the
+   * choices deeper than the number of heads) under the target's cost curve and the heads' online
+   * acceptance rates, down to plain decoding (the heads do not run then) when no tree pays.
    */
   readonly choices?: MedusaChoices | string;
   /** When sampling: 'exact' (tree rejection, lossless; default) or 'typical' (LOSSY). */
@@ -180,6 +184,15 @@ export class MedusaSpeculator implements Speculator {
   readonly typicalAlpha: number;
   /** Per sequence: top-k candidate ids of each head for the next step ([head][rank]). */
   private readonly cands = new Map<number, Int32Array[]>();
+  /** The tree is chosen per step by the cost model (no explicit choices). */
+  readonly sized: boolean;
+  /** Hit rate of rank r of head d given the path to depth d was accepted (sized mode). */
+  readonly rates = new RankRates((_d, r) => 0.5 / ((r + 1) * (r + 1)));
+  /** Seconds the heads take per step (running average; sized mode). */
+  private headsSeconds = 0;
+  /** Per sequence: consecutive steps decoded plainly (sized mode). */
+  private readonly plainRun = new Map<number, number>();
+  private target: CausalLM | undefined;
 
   constructor(opts: MedusaOptions) {
     this.heads = opts.heads;
@@ -190,6 +203,7 @@ export class MedusaSpeculator implements Speculator {
         : (opts.choices ?? MC_SIM_7B_63.filter((c) => c.length <= opts.heads.config.numHeads));
     if (!choices) throw codedError('E_ARG', `medusa: unknown choices preset '${String(opts.choices)}' (have ${Object.keys(MEDUSA_PRESETS).join(', ')})`);
     this.shape = medusaTreeShape(choices);
+    this.sized = opts.choices === undefined;
     if (this.shape.depth > this.heads.config.numHeads) {
       throw codedError('E_ARG', `medusa: the choices are ${this.shape.depth} deep but there are only ${this.heads.config.numHeads} heads`);
     }
@@ -210,6 +224,7 @@ export class MedusaSpeculator implements Speculator {
     if (this.heads.device !== model.device) {
       throw codedError('E_ARG', `medusa: heads are on ${this.heads.device} but the target is on ${model.device}`);
     }
+    this.target = model;
   }
 
   /** Runs the heads on output rows `rows` (one per sequence) and stores the top-k candidates. */
@@ -219,6 +234,7 @@ export class MedusaSpeculator implements Speculator {
     const x = gatherRows(rows.map((row) => ({ tensor: out.hidden as Tensor, row })), H, this.heads.device);
     const K = this.shape.topK;
     let logits: Tensor[] = [];
+    const t0 = performance.now();
     try {
       logits = this.heads.apply(x, this.shape.depth);
       const perHead = logits.map((l) => {
@@ -229,6 +245,8 @@ export class MedusaSpeculator implements Speculator {
         return ids;
       });
       seqs.forEach((s, b) => this.cands.set(s.key, perHead.map((ids) => ids.slice(b * K, (b + 1) * K))));
+      const dt = (performance.now() - t0) / 1000 / seqs.length;
+      this.headsSeconds = this.headsSeconds === 0 ? dt : this.headsSeconds + 0.1 * (dt - this.headsSeconds);
     } finally {
       x.dispose();
       for (const l of logits) l.dispose();
@@ -237,27 +255,72 @@ export class MedusaSpeculator implements Speculator {
 
   async prefill(seqs: readonly SpecSequence[], output: ForwardOutput, lastRows: Int32Array): Promise<void> {
     this.observe(seqs, output, Array.from(lastRows));
+    if (this.sized && this.target) await forwardCost(this.target);
+  }
+
+  /** Node probabilities of the choice tree under the current rates. */
+  private nodeProbabilities(): Float64Array {
+    return treeProbabilities(this.shape.parents, (i) => this.rates.rate(this.shape.head[i] as number, this.shape.rank[i] as number));
+  }
+
+  /** The nodes of the choice tree to propose this step (sized mode; the heads already ran). */
+  private chooseNodes(cost: ForwardCost, batch: number): Int32Array {
+    return chooseSubtree(this.shape.parents, this.nodeProbabilities(), stepCost(cost, batch)).keep;
+  }
+
+  /** Sized mode: whether the next step should speculate, i.e. run the heads now. */
+  private wantsNextTree(s: SpecSequence, cost: ForwardCost, batch: number): boolean {
+    const run = this.plainRun.get(s.key) ?? 0;
+    if (run >= PROBE_AFTER_PLAIN_STEPS) return true;
+    const heads = this.headsSeconds;
+    const choice = chooseSubtree(this.shape.parents, this.nodeProbabilities(), stepCost(cost, batch, (n) => (n > 1 ? heads : 0)));
+    return choice.size > 0;
+  }
+
+  /** Sized mode: head d's candidates against the tokens this step emitted (known through depth emitted.length). */
+  private record(cands: Int32Array[], emitted: Int32Array): void {
+    for (let d = 0; d < Math.min(cands.length, emitted.length); d++) {
+      this.rates.record(d, (cands[d] as Int32Array).indexOf(emitted[d] as number));
+    }
   }
 
   async propose(seqs: readonly SpecSequence[]): Promise<ProposalBatch> {
+    const cost = this.sized && this.target ? knownForwardCost(this.target) : undefined;
+    const keep = cost ? this.chooseNodes(cost, seqs.length) : undefined;
     return {
       proposals: seqs.map((s) => {
         const root = s.history[s.history.length - 1] as number;
         const c = this.cands.get(s.key);
         if (!c || s.maxDepth === 0) return { tokens: Int32Array.of(root), parents: Int32Array.of(-1) };
-        const tree = medusaTree(this.shape, root, (h, r) => c[h]![r] as number);
+        const full = medusaTree(this.shape, root, (h, r) => c[h]![r] as number);
+        const tree = keep ? selectNodes(full, keep) : full;
         return this.shape.depth > s.maxDepth ? pruneTree(tree, s.maxDepth).tree : tree;
       }),
     };
   }
 
   async update(seqs: readonly SpecSequence[], report: StepReport): Promise<void> {
+    const cost = this.sized && this.target ? knownForwardCost(this.target) : undefined;
+    let next = seqs.map((_, b) => b);
+    if (cost) {
+      seqs.forEach((s, b) => {
+        const c = this.cands.get(s.key);
+        if (c) this.record(c, report.emitted[b] as Int32Array);
+        this.plainRun.set(s.key, c && (report.proposals[b] as { tokens: Int32Array }).tokens.length > 1 ? 0 : (this.plainRun.get(s.key) ?? 0) + 1);
+      });
+      // Heads only for sequences whose next step will speculate: a plain step skips them.
+      next = next.filter((b) => this.wantsNextTree(seqs[b] as SpecSequence, cost, seqs.length));
+      seqs.forEach((s, b) => {
+        if (!next.includes(b)) this.cands.delete(s.key);
+      });
+      if (next.length === 0) return;
+    }
     // The heads read the hidden state of the last accepted node (the one that produced the bonus).
-    const rows = seqs.map((_, b) => {
+    const rows = next.map((b) => {
       const acc = report.acceptedNodes[b] as Int32Array;
       return (report.output.indptr[b] as number) + (acc[acc.length - 1] as number);
     });
-    this.observe(seqs, report.output, rows);
+    this.observe(next.map((b) => seqs[b] as SpecSequence), report.output, rows);
   }
 
   rewind(seq: SpecSequence): void {
@@ -266,6 +329,7 @@ export class MedusaSpeculator implements Speculator {
 
   release(seq: SpecSequence): void {
     this.cands.delete(seq.key);
+    this.plainRun.delete(seq.key);
   }
 
   /** Frees the candidate state; the heads belong to the caller (dispose them separately). */

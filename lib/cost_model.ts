@@ -1,0 +1,199 @@
+// The cost model of a model's forward on its device: c(n), seconds for a forward over n new tokens
+// at the current context, measured at first use (a short calibration on a scratch sequence) and
+// refined online from the step timings the engine reports. Speculators size their trees with it
+// (lib/tree_sizing.ts): a wide tree pays only where c(n) grows slower than the tokens it adds.
+//
+// One curve per model object (a model lives on one device), shared by every decoder and
+// speculator that uses the model; setForwardCost pins a curve (tests, or an engine that knows
+// its costs).
+import type { CausalLM } from './models/causal_lm';
+import { argError } from './errors';
+
+/** Forward sizes measured by the calibration (the curve interpolates between them). */
+export const CALIBRATION_SIZES: readonly number[] = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64];
+
+/** Weight of a new observation in the running average of its grid point(s). */
+const EMA = 0.1;
+/**
+ * An observation is clipped to [1/CLIP, CLIP] times the prediction before it is averaged in: a GC
+ * pause or another tenant's burst moves the curve a little, not by its full size.
+ */
+const CLIP = 2;
+
+/** A piecewise-linear, non-decreasing cost curve c(n) in seconds, refined by observations. */
+export class ForwardCost {
+  private readonly ns: number[];
+  private readonly ts: number[];
+  /** Per-step time outside the forward and the speculator (verification, commit, glue), seconds. */
+  stepOverhead = 0;
+  /** Observations averaged in since construction (tests and statistics). */
+  observations = 0;
+  private overheadSamples = 0;
+
+  /** points: [n, seconds] pairs, n >= 1 distinct integers, seconds > 0 (any order). */
+  constructor(points: readonly (readonly [number, number])[]) {
+    const sorted = points.slice().sort((a, b) => a[0] - b[0]);
+    if (sorted.length === 0) throw argError('ForwardCost: no points');
+    sorted.forEach(([n, t], i) => {
+      if (!Number.isInteger(n) || n < 1 || (i > 0 && n === sorted[i - 1]![0])) throw argError(`ForwardCost: sizes must be distinct integers >= 1, got ${n}`);
+      if (!(t > 0) || !Number.isFinite(t)) throw argError(`ForwardCost: cost of ${n} tokens must be a positive number of seconds, got ${t}`);
+    });
+    this.ns = sorted.map((p) => p[0]);
+    this.ts = sorted.map((p) => p[1]);
+  }
+
+  /** A curve from a function of n sampled at the calibration sizes (synthetic curves in tests). */
+  static fromFunction(f: (n: number) => number, sizes: readonly number[] = CALIBRATION_SIZES): ForwardCost {
+    return new ForwardCost(sizes.map((n) => [n, f(n)] as const));
+  }
+
+  /** Predicted seconds of a forward over n >= 1 new tokens (linear beyond the last point). */
+  predict(n: number): number {
+    const { ns, ts } = this;
+    let best = ts[0] as number;
+    // Non-decreasing: a wider forward never costs less than a narrower one (noise can say so).
+    for (let i = 0; i < ns.length; i++) {
+      const ni = ns[i] as number;
+      if (n <= ni) {
+        if (i === 0) return best;
+        const n0 = ns[i - 1] as number;
+        const v = (ts[i - 1] as number) + ((ts[i] as number) - (ts[i - 1] as number)) * ((n - n0) / (ni - n0));
+        return Math.max(best, v);
+      }
+      best = Math.max(best, ts[i] as number);
+    }
+    const k = ns.length - 1;
+    if (k === 0) return (best * n) / (ns[0] as number);
+    const slope = Math.max(0, ((ts[k] as number) - (ts[k - 1] as number)) / ((ns[k] as number) - (ns[k - 1] as number)));
+    return best + slope * (n - (ns[k] as number));
+  }
+
+  /** Averages in a measured forward of n tokens (the two grid points around n, by proximity). */
+  observe(n: number, seconds: number): void {
+    if (!(seconds > 0) || !Number.isFinite(seconds) || !(n >= 1)) return;
+    const p = this.predict(n);
+    const s = Math.min(CLIP * p, Math.max(p / CLIP, seconds));
+    const ratio = s / p;
+    const { ns, ts } = this;
+    let hi = ns.findIndex((x) => x >= n);
+    if (hi < 0) hi = ns.length - 1;
+    const lo = hi > 0 && (ns[hi] as number) !== n ? hi - 1 : hi;
+    // Scale the neighbouring points toward the observed ratio, the nearer one more.
+    const span = (ns[hi] as number) - (ns[lo] as number);
+    const wHi = span > 0 ? Math.min(1, Math.max(0, (n - (ns[lo] as number)) / span)) : 1;
+    const upd = (i: number, w: number): void => {
+      ts[i] = (ts[i] as number) * (1 + EMA * w * (ratio - 1));
+    };
+    upd(hi, wHi);
+    if (lo !== hi) upd(lo, 1 - wHi);
+    this.observations++;
+  }
+
+  /** Averages in the per-step overhead (seconds) measured by the engine. */
+  observeOverhead(seconds: number): void {
+    if (!(seconds >= 0) || !Number.isFinite(seconds)) return;
+    const cap = this.predict(1) * 4;
+    const s = Math.min(seconds, cap);
+    this.stepOverhead = this.overheadSamples++ === 0 ? s : this.stepOverhead + EMA * (s - this.stepOverhead);
+  }
+
+  /** The curve's points (n, seconds). */
+  points(): [number, number][] {
+    return this.ns.map((n, i) => [n, this.ts[i] as number]);
+  }
+}
+
+// ---- calibration ---------------------------------------------------------------------------------
+
+export interface CalibrationOptions {
+  /** Forward sizes to measure (default CALIBRATION_SIZES, cut to what the context holds). */
+  readonly sizes?: readonly number[];
+  /** Committed context of the scratch sequence (default 32 tokens, cut to the context). */
+  readonly prefix?: number;
+  /** Timed forwards per size after one untimed round (default 5). */
+  readonly reps?: number;
+}
+
+/**
+ * Measures c(n) on a scratch sequence of `model`: a committed prefix, then uncommitted chains of
+ * n tokens (a forward that is not committed leaves the cache as it was). The sequence is freed.
+ */
+export async function calibrateForwardCost(model: CausalLM, opts: CalibrationOptions = {}): Promise<ForwardCost> {
+  const V = model.config.vocabSize;
+  const maxPos = model.config.maxPositions;
+  const prefix = Math.max(1, Math.min(opts.prefix ?? 32, Math.floor(maxPos / 4)));
+  const sizes = (opts.sizes ?? CALIBRATION_SIZES).filter((n) => prefix + n <= maxPos);
+  const reps = opts.reps ?? 5;
+  if (sizes.length === 0) throw argError(`calibrateForwardCost: a context of ${maxPos} positions leaves no room to measure`);
+  // Token ids spread over the vocabulary (the values do not change the cost).
+  const tokens = (n: number, from: number): Int32Array => Int32Array.from({ length: n }, (_, i) => ((from + i) * 7919) % V);
+  const seq = model.createSequence();
+  try {
+    const pre = await model.forward([{ seq, tokens: tokens(prefix, 0) }]);
+    pre.logits.dispose();
+    pre.hidden?.dispose();
+    model.commit([seq], [Int32Array.from({ length: prefix }, (_, i) => i)]);
+    // Sizes interleaved round by round (in a rotating order), so a burst of another process hits them alike; the lower
+    // quartile of each size's times is its cost (what the model costs when the machine lets it).
+    const times = sizes.map((): number[] => []);
+    for (let r = 0; r <= reps; r++) {
+      for (let i = 0; i < sizes.length; i++) {
+        // The order rotates per round: no size always follows the widest one.
+        const k = (i + r) % sizes.length;
+        const n = sizes[k] as number;
+        // A turn of the event loop first: each forward runs as a decode step's would (a tiny one on
+        // the calling thread, see LlamaLoadOptions.syncForwardMaxMacs), not pushed to the pool by
+        // the calibration's own run of calls.
+        await new Promise((r) => setImmediate(r));
+        const t0 = performance.now();
+        const out = await model.forward([{ seq, tokens: tokens(n, prefix + r) }]);
+        const dt = (performance.now() - t0) / 1000;
+        out.logits.dispose();
+        out.hidden?.dispose();
+        if (r > 0) (times[k] as number[]).push(dt);
+      }
+    }
+    const points = sizes.map((n, k): [number, number] => {
+      const ts = (times[k] as number[]).sort((x, y) => x - y);
+      return [n, Math.max(1e-9, ts[Math.floor((ts.length - 1) / 4)] as number)];
+    });
+    return new ForwardCost(points);
+  } finally {
+    model.freeSequence(seq);
+  }
+}
+
+const curves = new WeakMap<CausalLM, ForwardCost>();
+const pending = new WeakMap<CausalLM, Promise<ForwardCost>>();
+
+/** The model's cost curve, calibrating it at the first call (once per model, concurrent callers share it). */
+export async function forwardCost(model: CausalLM): Promise<ForwardCost> {
+  const known = curves.get(model);
+  if (known) return known;
+  let p = pending.get(model);
+  if (!p) {
+    p = calibrateForwardCost(model).then(
+      (c) => {
+        curves.set(model, c);
+        pending.delete(model);
+        return c;
+      },
+      (e: unknown) => {
+        pending.delete(model);
+        throw e;
+      },
+    );
+    pending.set(model, p);
+  }
+  return p;
+}
+
+/** The model's cost curve if it has one already (no calibration). */
+export function knownForwardCost(model: CausalLM): ForwardCost | undefined {
+  return curves.get(model);
+}
+
+/** Pins the cost curve of a model (synthetic curves in tests; an engine that knows its costs). */
+export function setForwardCost(model: CausalLM, cost: ForwardCost): void {
+  curves.set(model, cost);
+}

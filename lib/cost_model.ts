@@ -30,8 +30,14 @@ export class ForwardCost {
   observations = 0;
   private overheadSamples = 0;
 
-  /** points: [n, seconds] pairs, n >= 1 distinct integers, seconds > 0 (any order). */
-  constructor(points: readonly (readonly [number, number])[]) {
+  /**
+   * points: [n, seconds] pairs, n >= 1 distinct integers, seconds > 0 (any order). `frozen`: the
+   * curve ignores observations (a fixed synthetic curve).
+   */
+  constructor(
+    points: readonly (readonly [number, number])[],
+    readonly frozen = false,
+  ) {
     const sorted = points.slice().sort((a, b) => a[0] - b[0]);
     if (sorted.length === 0) throw argError('ForwardCost: no points');
     sorted.forEach(([n, t], i) => {
@@ -43,8 +49,10 @@ export class ForwardCost {
   }
 
   /** A curve from a function of n sampled at the calibration sizes (synthetic curves in tests). */
-  static fromFunction(f: (n: number) => number, sizes: readonly number[] = CALIBRATION_SIZES): ForwardCost {
-    return new ForwardCost(sizes.map((n) => [n, f(n)] as const));
+  static fromFunction(f: (n: number) => number, opts: { readonly sizes?: readonly number[]; readonly frozen?: boolean; readonly stepOverhead?: number } = {}): ForwardCost {
+    const c = new ForwardCost((opts.sizes ?? CALIBRATION_SIZES).map((n) => [n, f(n)] as const), opts.frozen ?? false);
+    c.stepOverhead = opts.stepOverhead ?? 0;
+    return c;
   }
 
   /** Predicted seconds of a forward over n >= 1 new tokens (linear beyond the last point). */
@@ -70,7 +78,7 @@ export class ForwardCost {
 
   /** Averages in a measured forward of n tokens (the two grid points around n, by proximity). */
   observe(n: number, seconds: number): void {
-    if (!(seconds > 0) || !Number.isFinite(seconds) || !(n >= 1)) return;
+    if (this.frozen || !(seconds > 0) || !Number.isFinite(seconds) || !(n >= 1)) return;
     const p = this.predict(n);
     const s = Math.min(CLIP * p, Math.max(p / CLIP, seconds));
     const ratio = s / p;
@@ -91,7 +99,7 @@ export class ForwardCost {
 
   /** Averages in the per-step overhead (seconds) measured by the engine. */
   observeOverhead(seconds: number): void {
-    if (!(seconds >= 0) || !Number.isFinite(seconds)) return;
+    if (this.frozen || !(seconds >= 0) || !Number.isFinite(seconds)) return;
     const cap = this.predict(1) * 4;
     const s = Math.min(seconds, cap);
     this.stepOverhead = this.overheadSamples++ === 0 ? s : this.stepOverhead + EMA * (s - this.stepOverhead);

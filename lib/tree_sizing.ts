@@ -7,7 +7,10 @@
 // accepted path). With deterministic candidates (greedy, or one-hot drafts) siblings are exclusive
 // and a node's probability is its parent's times the conditional rate of its own position, so the
 // best tree of n nodes is grown greedily from the root, best frontier node first (Sequoia-style).
-import type { ForwardCost } from './cost_model';
+import { knownForwardCost, type ForwardCost } from './cost_model';
+import type { CausalLM } from './models/causal_lm';
+import { isSampling } from './step_helpers';
+import type { ProposeContext } from './strategies/speculator';
 
 /**
  * Hit rates of candidates by (depth, rank), conditional on the depth being reached: per depth,
@@ -151,6 +154,16 @@ export function selectNodes<T extends { readonly tokens: Int32Array; readonly pa
       return p < 0 ? p : (at[p] as number);
     }),
   };
+}
+
+/**
+ * The cost curve a sized speculator goes by this step, or undefined: not sized, no curve yet, or
+ * sampling. Sampled runs keep the speculator's fixed shape, because the sampled tokens depend on
+ * the tree verified: a choice driven by timings would make a seed's output vary between runs and
+ * make a sequence's output depend on its batch.
+ */
+export function sizingCost(sized: boolean, target: CausalLM | undefined, ctx: ProposeContext): ForwardCost | undefined {
+  return sized && target && !isSampling(ctx.sampling) ? knownForwardCost(target) : undefined;
 }
 
 /**

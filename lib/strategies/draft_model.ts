@@ -6,9 +6,9 @@
 // truncates the draft back to the accepted prefix. Tokens of the history the draft has not cached
 // yet (the prompt at first; the bonus token, which neither model has cached; accepted tree nodes)
 // are fed in front of the first draft step.
-import { forwardCost, knownForwardCost } from '../cost_model';
+import { forwardCost } from '../cost_model';
 import { gatherRows, isSampling, samplingOptions } from '../step_helpers';
-import { chooseChainLength, PROBE_AFTER_PLAIN_STEPS, RankRates, stepCost } from '../tree_sizing';
+import { chooseChainLength, PROBE_AFTER_PLAIN_STEPS, RankRates, sizingCost, stepCost } from '../tree_sizing';
 import type { CausalLM, ForwardOutput, SequenceInput } from '../models/causal_lm';
 import { argmax, processLogits, sample, topK } from '../sampling';
 import type { Tensor } from '../tensor';
@@ -123,8 +123,8 @@ export class DraftModelSpeculator implements Speculator {
   }
 
   /** 'cost' mode: this step's draft length for every sequence (the choice depends only on shared statistics). */
-  private chooseK(seqs: readonly SpecSequence[], states: DraftState[]): void {
-    const cost = this.target ? knownForwardCost(this.target) : undefined;
+  private chooseK(seqs: readonly SpecSequence[], states: DraftState[], ctx: ProposeContext): void {
+    const cost = sizingCost(true, this.target, ctx);
     if (!cost) return;
     const perToken = this.draftSecondsPerToken;
     const choice = chooseChainLength((i) => this.rates.rate(i), this.maxK, stepCost(cost, seqs.length, (nodes) => (nodes - 1) * perToken));
@@ -156,7 +156,7 @@ export class DraftModelSpeculator implements Speculator {
     const states = seqs.map((s) => this.state(s));
     if (this.treeBranching) return this.proposeTree(seqs, states, ctx);
     if (this.adaptive !== 'cost') return this.proposeChain(seqs, states, ctx);
-    this.chooseK(seqs, states);
+    this.chooseK(seqs, states, ctx);
     const t0 = performance.now();
     const batch = await this.proposeChain(seqs, states, ctx);
     const drafted = states.reduce((a, st) => a + st.lastDrafted, 0);
@@ -348,7 +348,7 @@ export class DraftModelSpeculator implements Speculator {
     };
   }
 
-  async update(seqs: readonly SpecSequence[], report: StepReport): Promise<void> {
+  async update(seqs: readonly SpecSequence[], report: StepReport, ctx: ProposeContext = {}): Promise<void> {
     seqs.forEach((s, b) => {
       const st = this.states.get(s.key);
       if (!st) return;
@@ -363,7 +363,7 @@ export class DraftModelSpeculator implements Speculator {
       let tr = this.trace.get(s.key);
       if (!tr) this.trace.set(s.key, (tr = []));
       tr.push({ k: st.k, drafted: st.lastDrafted, accepted: acceptedDrafts });
-      if (this.adaptive === 'cost') {
+      if (this.adaptive === 'cost' && !isSampling(ctx.sampling)) {
         for (let i = 0; i < Math.min(acceptedDrafts + 1, st.lastDrafted); i++) this.rates.record(i, i < acceptedDrafts ? 0 : -1);
       }
       if (this.adaptive === 'heuristic' && st.lastDrafted > 0) {

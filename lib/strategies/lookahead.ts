@@ -20,12 +20,12 @@
 // curve, from online rates (first-token hits by candidate rank, continuation rates by depth, and
 // the tokens window-harvested n-grams later yield per column run); N-grams of the emitted text also
 // enter the pool, so with the window off it still finds the text's repeats.
-import { forwardCost, knownForwardCost } from '../cost_model';
+import { forwardCost, type ForwardCost } from '../cost_model';
 import { pickRowsArgmax } from './draft_model';
 import type { CausalLM } from '../models/causal_lm';
 import { emptyMask, setMaskBit, type PackedMask } from '../tree';
-import { chooseSubtree, RankRates, selectNodes, stepCost } from '../tree_sizing';
-import { codedError, type Proposal, type ProposalBatch, type SpecSequence, type Speculator, type StepReport } from './speculator';
+import { chooseSubtree, RankRates, selectNodes, sizingCost, stepCost } from '../tree_sizing';
+import { codedError, type Proposal, type ProposalBatch, type ProposeContext, type SpecSequence, type Speculator, type StepReport } from './speculator';
 
 export interface LookaheadOptions {
   /** Window width (columns). */
@@ -248,9 +248,7 @@ export class LookaheadSpeculator implements Speculator {
   }
 
   /** Sized mode: the candidate subtree and window columns with the most expected tokens per second. */
-  private size(trie: CandidateTrie, columns: number, batch: number): { keep: Int32Array; columns: number } {
-    const cost = this.target ? knownForwardCost(this.target) : undefined;
-    if (!cost) return { keep: Int32Array.from(trie.tokens, (_, i) => i), columns };
+  private size(trie: CandidateTrie, columns: number, batch: number, cost: ForwardCost): { keep: Int32Array; columns: number } {
     const prob = new Float64Array(trie.tokens.length);
     prob[0] = 1;
     for (let i = 1; i < prob.length; i++) {
@@ -272,7 +270,8 @@ export class LookaheadSpeculator implements Speculator {
     return best as { keep: Int32Array; columns: number };
   }
 
-  async propose(seqs: readonly SpecSequence[]): Promise<ProposalBatch> {
+  async propose(seqs: readonly SpecSequence[], ctx: ProposeContext = {}): Promise<ProposalBatch> {
+    const cost = sizingCost(this.sized, this.target, ctx);
     const proposals: Proposal[] = seqs.map((s) => {
       const st = this.state(s);
       const root = s.history[s.history.length - 1] as number;
@@ -280,8 +279,8 @@ export class LookaheadSpeculator implements Speculator {
       let trie = candidateTrie(root, chains);
       // Run the window only while its positions fit the model.
       let columns = s.committed + this.N + this.W - 2 <= s.maxPosition ? this.W : 0;
-      if (this.sized) {
-        const choice = this.size(trie, columns, seqs.length);
+      if (cost) {
+        const choice = this.size(trie, columns, seqs.length, cost);
         const kept = selectNodes(trie, choice.keep);
         trie = { ...kept, depth: Int32Array.from(choice.keep, (i) => trie.depth[i] as number), rank: Int32Array.from(choice.keep, (i) => trie.rank[i] as number) };
         columns = choice.columns;
@@ -333,8 +332,9 @@ export class LookaheadSpeculator implements Speculator {
     for (let e = h.length - emitted.length; e < h.length; e++) if (e - this.N + 1 >= 0) st.pool.add(h.slice(e - this.N + 1, e + 1));
   }
 
-  async update(seqs: readonly SpecSequence[], report: StepReport): Promise<void> {
-    if (this.sized) {
+  async update(seqs: readonly SpecSequence[], report: StepReport, ctx: ProposeContext = {}): Promise<void> {
+    const sizedNow = sizingCost(this.sized, this.target, ctx) !== undefined;
+    if (sizedNow) {
       seqs.forEach((s, b) => {
         const st = this.states.get(s.key);
         if (st) this.learn(s, st, report.acceptedNodes[b] as Int32Array, report.emitted[b] as Int32Array);
@@ -354,9 +354,9 @@ export class LookaheadSpeculator implements Speculator {
       for (let j = 0; j < cols; j++) {
         const ngram = [...st.window.map((row) => row[j] as number), outs[j] as number];
         st.pool.add(ngram);
-        if (this.sized) st.fromWindow.add(ngramKey(ngram[0] as number, ngram.slice(1)));
+        if (sizedNow) st.fromWindow.add(ngramKey(ngram[0] as number, ngram.slice(1)));
       }
-      if (this.sized) this.windowColumns += cols;
+      if (sizedNow) this.windowColumns += cols;
       for (let l = 0; l < last; l++) for (let j = 0; j < cols; j++) (st.window[l] as number[])[j] = (st.window[l + 1] as number[])[j] as number;
       for (let j = 0; j < cols; j++) (st.window[last] as number[])[j] = outs[j] as number;
       delete st.lastLayout;

@@ -14,7 +14,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 
-import { forwardCost, knownForwardCost, type ForwardCost } from '../cost_model';
+import { forwardCost, type ForwardCost } from '../cost_model';
 import { gatherRows } from '../step_helpers';
 import { addInplace, matmul, siluInplace } from '../layers';
 import type { CausalLM, ForwardOutput } from '../models/causal_lm';
@@ -22,8 +22,8 @@ import { topK } from '../sampling';
 import { openSafetensors } from '../safetensors';
 import type { Device, Tensor } from '../tensor';
 import { MC_SIM_7B_63, MEDUSA_PRESETS, medusaTree, medusaTreeShape, pruneTree, type MedusaChoices, type MedusaTreeShape } from '../tree';
-import { chooseSubtree, PROBE_AFTER_PLAIN_STEPS, RankRates, selectNodes, stepCost, treeProbabilities } from '../tree_sizing';
-import { codedError, type ProposalBatch, type SpecSequence, type Speculator, type StepReport } from './speculator';
+import { chooseSubtree, PROBE_AFTER_PLAIN_STEPS, RankRates, selectNodes, sizingCost, stepCost, treeProbabilities } from '../tree_sizing';
+import { codedError, type ProposalBatch, type ProposeContext, type SpecSequence, type Speculator, type StepReport } from './speculator';
 
 export interface MedusaConfig {
   readonly numHeads: number;
@@ -284,8 +284,8 @@ export class MedusaSpeculator implements Speculator {
     }
   }
 
-  async propose(seqs: readonly SpecSequence[]): Promise<ProposalBatch> {
-    const cost = this.sized && this.target ? knownForwardCost(this.target) : undefined;
+  async propose(seqs: readonly SpecSequence[], ctx: ProposeContext = {}): Promise<ProposalBatch> {
+    const cost = sizingCost(this.sized, this.target, ctx);
     const keep = cost ? this.chooseNodes(cost, seqs.length) : undefined;
     return {
       proposals: seqs.map((s) => {
@@ -299,8 +299,8 @@ export class MedusaSpeculator implements Speculator {
     };
   }
 
-  async update(seqs: readonly SpecSequence[], report: StepReport): Promise<void> {
-    const cost = this.sized && this.target ? knownForwardCost(this.target) : undefined;
+  async update(seqs: readonly SpecSequence[], report: StepReport, ctx: ProposeContext = {}): Promise<void> {
+    const cost = sizingCost(this.sized, this.target, ctx);
     let next = seqs.map((_, b) => b);
     if (cost) {
       seqs.forEach((s, b) => {

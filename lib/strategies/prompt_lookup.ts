@@ -1,11 +1,11 @@
 // Prompt lookup decoding: find the longest n-gram (maxNgram down to minNgram) ending the history
 // that occurred before in prompt + output (most recent occurrence), and propose the tokens that
 // followed it as a chain. No model; drafts are deterministic (one-hot rejection when sampling).
-import { forwardCost, knownForwardCost } from '../cost_model';
+import { forwardCost } from '../cost_model';
 import type { CausalLM } from '../models/causal_lm';
 import { chainTree } from '../tree';
-import { chooseChainLength, RankRates, stepCost } from '../tree_sizing';
-import { codedError, type ProposalBatch, type SpecSequence, type Speculator, type StepReport } from './speculator';
+import { chooseChainLength, RankRates, sizingCost, stepCost } from '../tree_sizing';
+import { codedError, type ProposalBatch, type ProposeContext, type SpecSequence, type Speculator, type StepReport } from './speculator';
 
 export interface PromptLookupOptions {
   readonly maxNgram?: number;
@@ -71,8 +71,8 @@ export class PromptLookupSpeculator implements Speculator {
     if (this.sized && this.target) await forwardCost(this.target);
   }
 
-  async propose(seqs: readonly SpecSequence[]): Promise<ProposalBatch> {
-    const cost = this.sized && this.target ? knownForwardCost(this.target) : undefined;
+  async propose(seqs: readonly SpecSequence[], ctx: ProposeContext = {}): Promise<ProposalBatch> {
+    const cost = sizingCost(this.sized, this.target, ctx);
     return {
       proposals: seqs.map((s) => {
         const root = s.history[s.history.length - 1] as number;
@@ -86,8 +86,8 @@ export class PromptLookupSpeculator implements Speculator {
     };
   }
 
-  async update(seqs: readonly SpecSequence[], report: StepReport): Promise<void> {
-    if (!this.sized) return;
+  async update(seqs: readonly SpecSequence[], report: StepReport, ctx: ProposeContext = {}): Promise<void> {
+    if (!sizingCost(this.sized, this.target, ctx)) return;
     seqs.forEach((_, b) => {
       const drafted = (report.proposals[b] as { tokens: Int32Array }).tokens.length - 1;
       const accepted = (report.acceptedNodes[b] as Int32Array).length - 1;

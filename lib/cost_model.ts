@@ -12,23 +12,51 @@ import { argError } from './errors';
 /** Forward sizes measured by the calibration (the curve interpolates between them). */
 export const CALIBRATION_SIZES: readonly number[] = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64];
 
-/** Weight of a new observation in the running average of its grid point(s). */
-const EMA = 0.1;
 /**
- * An observation is clipped to [1/CLIP, CLIP] times the prediction before it is averaged in: a GC
- * pause or another tenant's burst moves the curve a little, not by its full size.
+ * A robust running estimate of a time: the lower quartile of the last WINDOW samples. On a shared
+ * machine interference only ever adds time (another process, a GC pause, a forward that waited for
+ * a pool thread), so the low side of recent samples is the cost to plan with, and a burst of
+ * outliers moves it only once it fills most of the window.
  */
-const CLIP = 2;
+export class RecentTimes {
+  static readonly WINDOW = 16;
+  private readonly samples: number[] = [];
+  private next = 0;
+  private cached: number | undefined;
+
+  constructor(initial?: number) {
+    if (initial !== undefined) this.add(initial);
+  }
+
+  add(seconds: number): void {
+    if (!(seconds >= 0) || !Number.isFinite(seconds)) return;
+    if (this.samples.length < RecentTimes.WINDOW) this.samples.push(seconds);
+    else this.samples[this.next] = seconds;
+    this.next = (this.next + 1) % RecentTimes.WINDOW;
+    this.cached = undefined;
+  }
+
+  get count(): number {
+    return this.samples.length;
+  }
+
+  /** The lower quartile of the recent samples (0 when there are none). */
+  value(): number {
+    if (this.cached === undefined) {
+      const sorted = this.samples.slice().sort((a, b) => a - b);
+      this.cached = sorted.length === 0 ? 0 : (sorted[Math.floor((sorted.length - 1) / 4)] as number);
+    }
+    return this.cached;
+  }
+}
 
 /** A piecewise-linear, non-decreasing cost curve c(n) in seconds, refined by observations. */
 export class ForwardCost {
   private readonly ns: number[];
-  private readonly ts: number[];
-  /** Per-step time outside the forward and the speculator (verification, commit, glue), seconds. */
-  stepOverhead = 0;
-  /** Observations averaged in since construction (tests and statistics). */
+  private readonly ts: RecentTimes[];
+  private readonly overhead = new RecentTimes();
+  /** Observations taken in since construction (tests and statistics). */
   observations = 0;
-  private overheadSamples = 0;
 
   /**
    * points: [n, seconds] pairs, n >= 1 distinct integers, seconds > 0 (any order). `frozen`: the
@@ -45,69 +73,65 @@ export class ForwardCost {
       if (!(t > 0) || !Number.isFinite(t)) throw argError(`ForwardCost: cost of ${n} tokens must be a positive number of seconds, got ${t}`);
     });
     this.ns = sorted.map((p) => p[0]);
-    this.ts = sorted.map((p) => p[1]);
+    this.ts = sorted.map((p) => new RecentTimes(p[1]));
   }
 
   /** A curve from a function of n sampled at the calibration sizes (synthetic curves in tests). */
   static fromFunction(f: (n: number) => number, opts: { readonly sizes?: readonly number[]; readonly frozen?: boolean; readonly stepOverhead?: number } = {}): ForwardCost {
     const c = new ForwardCost((opts.sizes ?? CALIBRATION_SIZES).map((n) => [n, f(n)] as const), opts.frozen ?? false);
-    c.stepOverhead = opts.stepOverhead ?? 0;
+    if (opts.stepOverhead !== undefined) c.overhead.add(opts.stepOverhead);
     return c;
+  }
+
+  /** Per-step time outside the forward and the speculator (verification, commit, glue), seconds. */
+  get stepOverhead(): number {
+    return this.overhead.value();
   }
 
   /** Predicted seconds of a forward over n >= 1 new tokens (linear beyond the last point). */
   predict(n: number): number {
-    const { ns, ts } = this;
-    let best = ts[0] as number;
-    // Non-decreasing: a wider forward never costs less than a narrower one (noise can say so).
+    const { ns } = this;
+    // Non-decreasing by the minimum over wider points: a narrower forward never costs more than a
+    // wider one, and interference only adds time, so a point above a wider one is the noisy one.
+    const ts = this.ts.map((t) => t.value());
+    for (let i = ts.length - 2; i >= 0; i--) ts[i] = Math.min(ts[i] as number, ts[i + 1] as number);
     for (let i = 0; i < ns.length; i++) {
       const ni = ns[i] as number;
       if (n <= ni) {
-        if (i === 0) return best;
+        if (i === 0) return ts[0] as number;
         const n0 = ns[i - 1] as number;
-        const v = (ts[i - 1] as number) + ((ts[i] as number) - (ts[i - 1] as number)) * ((n - n0) / (ni - n0));
-        return Math.max(best, v);
+        return (ts[i - 1] as number) + ((ts[i] as number) - (ts[i - 1] as number)) * ((n - n0) / (ni - n0));
       }
-      best = Math.max(best, ts[i] as number);
     }
     const k = ns.length - 1;
-    if (k === 0) return (best * n) / (ns[0] as number);
-    const slope = Math.max(0, ((ts[k] as number) - (ts[k - 1] as number)) / ((ns[k] as number) - (ns[k - 1] as number)));
-    return best + slope * (n - (ns[k] as number));
+    if (k === 0) return ((ts[0] as number) * n) / (ns[0] as number);
+    const slope = ((ts[k] as number) - (ts[k - 1] as number)) / ((ns[k] as number) - (ns[k - 1] as number));
+    return (ts[k] as number) + slope * (n - (ns[k] as number));
   }
 
-  /** Averages in a measured forward of n tokens (the two grid points around n, by proximity). */
+  /**
+   * Takes in a measured forward of n tokens: a sample of the nearest grid point, scaled by the
+   * curve's own ratio between the two sizes when n is not on the grid.
+   */
   observe(n: number, seconds: number): void {
     if (this.frozen || !(seconds > 0) || !Number.isFinite(seconds) || !(n >= 1)) return;
-    const p = this.predict(n);
-    const s = Math.min(CLIP * p, Math.max(p / CLIP, seconds));
-    const ratio = s / p;
-    const { ns, ts } = this;
-    let hi = ns.findIndex((x) => x >= n);
-    if (hi < 0) hi = ns.length - 1;
-    const lo = hi > 0 && (ns[hi] as number) !== n ? hi - 1 : hi;
-    // Scale the neighbouring points toward the observed ratio, the nearer one more.
-    const span = (ns[hi] as number) - (ns[lo] as number);
-    const wHi = span > 0 ? Math.min(1, Math.max(0, (n - (ns[lo] as number)) / span)) : 1;
-    const upd = (i: number, w: number): void => {
-      ts[i] = (ts[i] as number) * (1 + EMA * w * (ratio - 1));
-    };
-    upd(hi, wHi);
-    if (lo !== hi) upd(lo, 1 - wHi);
+    const { ns } = this;
+    let at = 0;
+    for (let i = 1; i < ns.length; i++) if (Math.abs((ns[i] as number) - n) < Math.abs((ns[at] as number) - n)) at = i;
+    const grid = ns[at] as number;
+    const scaled = grid === n ? seconds : (seconds * this.predict(grid)) / this.predict(n);
+    (this.ts[at] as RecentTimes).add(scaled);
     this.observations++;
   }
 
-  /** Averages in the per-step overhead (seconds) measured by the engine. */
+  /** Takes in the per-step overhead (seconds) measured by the engine. */
   observeOverhead(seconds: number): void {
-    if (this.frozen || !(seconds >= 0) || !Number.isFinite(seconds)) return;
-    const cap = this.predict(1) * 4;
-    const s = Math.min(seconds, cap);
-    this.stepOverhead = this.overheadSamples++ === 0 ? s : this.stepOverhead + EMA * (s - this.stepOverhead);
+    if (!this.frozen) this.overhead.add(seconds);
   }
 
   /** The curve's points (n, seconds). */
   points(): [number, number][] {
-    return this.ns.map((n, i) => [n, this.ts[i] as number]);
+    return this.ns.map((n, i) => [n, (this.ts[i] as RecentTimes).value()]);
   }
 }
 
@@ -141,8 +165,8 @@ export async function calibrateForwardCost(model: CausalLM, opts: CalibrationOpt
     pre.logits.dispose();
     pre.hidden?.dispose();
     model.commit([seq], [Int32Array.from({ length: prefix }, (_, i) => i)]);
-    // Sizes interleaved round by round (in a rotating order), so a burst of another process hits them alike; the lower
-    // quartile of each size's times is its cost (what the model costs when the machine lets it).
+    // Sizes interleaved round by round (in a rotating order), so a burst of another process hits
+    // them alike; every timed forward is a sample of its point (see RecentTimes).
     const times = sizes.map((): number[] => []);
     for (let r = 0; r <= reps; r++) {
       for (let i = 0; i < sizes.length; i++) {
@@ -161,11 +185,11 @@ export async function calibrateForwardCost(model: CausalLM, opts: CalibrationOpt
         if (r > 0) (times[k] as number[]).push(dt);
       }
     }
-    const points = sizes.map((n, k): [number, number] => {
-      const ts = (times[k] as number[]).sort((x, y) => x - y);
-      return [n, Math.max(1e-9, ts[Math.floor((ts.length - 1) / 4)] as number)];
+    const curve = new ForwardCost(sizes.map((n, k): [number, number] => [n, Math.max(1e-9, Math.min(...(times[k] as number[])))]));
+    sizes.forEach((n, k) => {
+      for (const t of times[k] as number[]) curve.observe(n, t);
     });
-    return new ForwardCost(points);
+    return curve;
   } finally {
     model.freeSequence(seq);
   }

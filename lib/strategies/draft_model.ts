@@ -6,7 +6,7 @@
 // truncates the draft back to the accepted prefix. Tokens of the history the draft has not cached
 // yet (the prompt at first; the bonus token, which neither model has cached; accepted tree nodes)
 // are fed in front of the first draft step.
-import { forwardCost } from '../cost_model';
+import { forwardCost, RecentTimes } from '../cost_model';
 import { gatherRows, isSampling, samplingOptions } from '../step_helpers';
 import { chooseChainLength, PROBE_AFTER_PLAIN_STEPS, RankRates, sizingCost, stepCost } from '../tree_sizing';
 import type { CausalLM, ForwardOutput, SequenceInput } from '../models/causal_lm';
@@ -79,8 +79,8 @@ export class DraftModelSpeculator implements Speculator {
   readonly trace = new Map<number, { k: number; drafted: number; accepted: number }[]>();
   /** 'cost' mode: P(draft i + 1 accepted | drafts 1..i accepted), online. */
   readonly rates = new RankRates(() => 0.6);
-  /** 'cost' mode: seconds of drafting per drafted token and sequence (running average). */
-  private draftSecondsPerToken = 0;
+  /** 'cost' mode: seconds of drafting per drafted token and sequence (recent steps). */
+  private readonly draftSecondsPerToken = new RecentTimes();
   private target: CausalLM | undefined;
 
   constructor(opts: DraftModelOptions) {
@@ -119,14 +119,14 @@ export class DraftModelSpeculator implements Speculator {
   async prefill(): Promise<void> {
     if (this.adaptive !== 'cost' || !this.target) return;
     await forwardCost(this.target);
-    if (this.draftSecondsPerToken === 0) this.draftSecondsPerToken = (await forwardCost(this.draft)).predict(1);
+    if (this.draftSecondsPerToken.count === 0) this.draftSecondsPerToken.add((await forwardCost(this.draft)).predict(1));
   }
 
   /** 'cost' mode: this step's draft length for every sequence (the choice depends only on shared statistics). */
   private chooseK(seqs: readonly SpecSequence[], states: DraftState[], ctx: ProposeContext): void {
     const cost = sizingCost(true, this.target, ctx);
     if (!cost) return;
-    const perToken = this.draftSecondsPerToken;
+    const perToken = this.draftSecondsPerToken.value();
     const choice = chooseChainLength((i) => this.rates.rate(i), this.maxK, stepCost(cost, seqs.length, (nodes) => (nodes - 1) * perToken));
     for (const st of states) {
       let k = Math.max(this.minK, choice.size);
@@ -157,13 +157,13 @@ export class DraftModelSpeculator implements Speculator {
     if (this.treeBranching) return this.proposeTree(seqs, states, ctx);
     if (this.adaptive !== 'cost') return this.proposeChain(seqs, states, ctx);
     this.chooseK(seqs, states, ctx);
+    // A step that first feeds a long uncached history (after plain steps) says little about the
+    // steady-state cost per draft token: only steps feeding at most the bonus and one more count.
+    const steady = seqs.every((s, b) => s.history.length - (states[b] as DraftState).cached <= 2);
     const t0 = performance.now();
     const batch = await this.proposeChain(seqs, states, ctx);
     const drafted = states.reduce((a, st) => a + st.lastDrafted, 0);
-    if (drafted > 0) {
-      const per = (performance.now() - t0) / 1000 / drafted;
-      this.draftSecondsPerToken = this.draftSecondsPerToken === 0 ? per : this.draftSecondsPerToken + 0.1 * (per - this.draftSecondsPerToken);
-    }
+    if (drafted > 0 && steady) this.draftSecondsPerToken.add((performance.now() - t0) / 1000 / drafted);
     return batch;
   }
 

@@ -14,7 +14,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 
-import { forwardCost, type ForwardCost } from '../cost_model';
+import { forwardCost, RecentTimes, type ForwardCost } from '../cost_model';
 import { gatherRows } from '../step_helpers';
 import { addInplace, matmul, siluInplace } from '../layers';
 import type { CausalLM, ForwardOutput } from '../models/causal_lm';
@@ -188,8 +188,8 @@ export class MedusaSpeculator implements Speculator {
   readonly sized: boolean;
   /** Hit rate of rank r of head d given the path to depth d was accepted (sized mode). */
   readonly rates = new RankRates((_d, r) => 0.5 / ((r + 1) * (r + 1)));
-  /** Seconds the heads take per step (running average; sized mode). */
-  private headsSeconds = 0;
+  /** Seconds the heads take per step and sequence (recent steps; sized mode). */
+  private readonly headsSeconds = new RecentTimes();
   /** Per sequence: consecutive steps decoded plainly (sized mode). */
   private readonly plainRun = new Map<number, number>();
   private target: CausalLM | undefined;
@@ -245,8 +245,7 @@ export class MedusaSpeculator implements Speculator {
         return ids;
       });
       seqs.forEach((s, b) => this.cands.set(s.key, perHead.map((ids) => ids.slice(b * K, (b + 1) * K))));
-      const dt = (performance.now() - t0) / 1000 / seqs.length;
-      this.headsSeconds = this.headsSeconds === 0 ? dt : this.headsSeconds + 0.1 * (dt - this.headsSeconds);
+      this.headsSeconds.add((performance.now() - t0) / 1000 / seqs.length);
     } finally {
       x.dispose();
       for (const l of logits) l.dispose();
@@ -272,7 +271,7 @@ export class MedusaSpeculator implements Speculator {
   private wantsNextTree(s: SpecSequence, cost: ForwardCost, batch: number): boolean {
     const run = this.plainRun.get(s.key) ?? 0;
     if (run >= PROBE_AFTER_PLAIN_STEPS) return true;
-    const heads = this.headsSeconds;
+    const heads = this.headsSeconds.value();
     const choice = chooseSubtree(this.shape.parents, this.nodeProbabilities(), stepCost(cost, batch, (n) => (n > 1 ? heads : 0)));
     return choice.size > 0;
   }

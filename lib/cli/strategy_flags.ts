@@ -165,6 +165,7 @@ export function strategyHook(deps: SpeculatorDeps = {}): StrategyHook {
             acceptedPerPosition: r.stats.acceptedPerPosition,
             seconds: r.stats.seconds,
             tokensPerSecond: r.stats.tokensPerSecond,
+            nodesPerStep: r.stats.nodesPerStep,
           },
         }),
       );

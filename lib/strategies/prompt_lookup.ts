@@ -4,7 +4,7 @@
 import { forwardCost } from '../cost_model';
 import type { CausalLM } from '../models/causal_lm';
 import { chainTree } from '../tree';
-import { chooseChainLength, RankRates, sizingCost, stepCost } from '../tree_sizing';
+import { chooseChainLength, PROBE_AFTER_PLAIN_STEPS, RankRates, sizingCost, stepCost } from '../tree_sizing';
 import { codedError, type ProposalBatch, type ProposeContext, type SpecSequence, type Speculator, type StepReport } from './speculator';
 
 export interface PromptLookupOptions {
@@ -50,6 +50,8 @@ export class PromptLookupSpeculator implements Speculator {
   readonly sized: boolean;
   /** P(draft i + 1 accepted | drafts 1..i accepted), online (sized mode). */
   readonly rates = new RankRates(() => 0.5);
+  /** Sized mode: steps since a match was last proposed (a probe after PROBE_AFTER_PLAIN_STEPS). */
+  private unproposed = 0;
   private target: CausalLM | undefined;
 
   constructor(opts: PromptLookupOptions = {}) {
@@ -79,7 +81,11 @@ export class PromptLookupSpeculator implements Speculator {
         const k = Math.min(this.numDraft, s.maxDepth);
         let drafts = k > 0 ? promptLookup(s.history, this.maxNgram, this.minNgram, k) : [];
         if (cost && drafts.length > 0) {
-          drafts = drafts.slice(0, chooseChainLength((i) => this.rates.rate(i), drafts.length, stepCost(cost, seqs.length)).size);
+          let n = chooseChainLength((i) => this.rates.rate(i), drafts.length, stepCost(cost, seqs.length)).size;
+          // Now and then one token anyway, so the rates can recover when the text starts repeating.
+          if (n === 0 && ++this.unproposed > PROBE_AFTER_PLAIN_STEPS) n = 1;
+          if (n > 0) this.unproposed = 0;
+          drafts = drafts.slice(0, n);
         }
         return chainTree(root, drafts);
       }),

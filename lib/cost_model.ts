@@ -55,6 +55,8 @@ export class ForwardCost {
   private readonly ns: number[];
   private readonly ts: RecentTimes[];
   private readonly overhead = new RecentTimes();
+  /** The non-decreasing point values predict() interpolates (recomputed after an observation). */
+  private monotone: number[] | undefined;
   /** Observations taken in since construction (tests and statistics). */
   observations = 0;
 
@@ -93,8 +95,12 @@ export class ForwardCost {
     const { ns } = this;
     // Non-decreasing by the minimum over wider points: a narrower forward never costs more than a
     // wider one, and interference only adds time, so a point above a wider one is the noisy one.
-    const ts = this.ts.map((t) => t.value());
-    for (let i = ts.length - 2; i >= 0; i--) ts[i] = Math.min(ts[i] as number, ts[i + 1] as number);
+    let ts = this.monotone;
+    if (!ts) {
+      ts = this.ts.map((t) => t.value());
+      for (let i = ts.length - 2; i >= 0; i--) ts[i] = Math.min(ts[i] as number, ts[i + 1] as number);
+      this.monotone = ts;
+    }
     for (let i = 0; i < ns.length; i++) {
       const ni = ns[i] as number;
       if (n <= ni) {
@@ -121,6 +127,7 @@ export class ForwardCost {
     const grid = ns[at] as number;
     const scaled = grid === n ? seconds : (seconds * this.predict(grid)) / this.predict(n);
     (this.ts[at] as RecentTimes).add(scaled);
+    this.monotone = undefined;
     this.observations++;
   }
 

@@ -114,18 +114,38 @@ export function chooseSubtree(
   const order: number[] = [0];
   let expected = 1 + extra;
   let best = { count: 1, expectedTokens: expected, tokensPerSecond: expected / cost(1) };
-  while (order.length < maxNodes) {
-    let pick = -1;
-    for (let i = 1; i < n; i++) {
-      if (taken[i] || !taken[parents[i] as number]) continue;
-      if (pick < 0 || (prob[i] as number) > (prob[pick] as number)) pick = i;
+  // Most probable first, lower index on ties: since a child is never more probable than its parent
+  // (and comes after it), this order adds every node after its parent, i.e. it is the greedy
+  // frontier growth; a node whose parent is not in yet (a malformed prob) waits for the next pass.
+  let m = 0;
+  const ranked = new Int32Array(n - 1);
+  for (let i = 1; i < n; i++) if ((prob[i] as number) > 0) ranked[m++] = i;
+  // Insertion sort: tens of nodes, mostly in order already (choice trees list likely nodes first).
+  for (let i = 1; i < m; i++) {
+    const x = ranked[i] as number;
+    const px = prob[x] as number;
+    let j = i - 1;
+    for (; j >= 0; j--) {
+      const y = ranked[j] as number;
+      const py = prob[y] as number;
+      if (py > px || (py === px && y < x)) break;
+      ranked[j + 1] = y;
     }
-    if (pick < 0 || !((prob[pick] as number) > 0)) break;
-    taken[pick] = 1;
-    order.push(pick);
-    expected += clamp01(prob[pick] as number);
-    const tps = expected / cost(order.length);
-    if (tps > best.tokensPerSecond) best = { count: order.length, expectedTokens: expected, tokensPerSecond: tps };
+    ranked[j + 1] = x;
+  }
+  for (let progress = true; progress && order.length < maxNodes; ) {
+    progress = false;
+    for (let r = 0; r < m; r++) {
+      const pick = ranked[r] as number;
+      if (order.length >= maxNodes) break;
+      if (taken[pick] || !taken[parents[pick] as number]) continue;
+      progress = true;
+      taken[pick] = 1;
+      order.push(pick);
+      expected += clamp01(prob[pick] as number);
+      const tps = expected / cost(order.length);
+      if (tps > best.tokensPerSecond) best = { count: order.length, expectedTokens: expected, tokensPerSecond: tps };
+    }
   }
   const keep = Int32Array.from(order.slice(0, best.count)).sort();
   return { keep, size: best.count - 1, expectedTokens: best.expectedTokens, tokensPerSecond: best.tokensPerSecond };

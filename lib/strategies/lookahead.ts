@@ -286,6 +286,11 @@ export class LookaheadSpeculator implements Speculator {
         columns = choice.columns;
         st.lastTrie = trie;
       }
+      // Without the window the candidates are an ordinary tree (its ancestor mask and depth positions).
+      if (columns === 0 && cost) {
+        delete st.lastLayout;
+        return { tokens: trie.tokens, parents: trie.parents };
+      }
       const layout = lookaheadTreeLayout(this.N, trie.parents, columns);
       if (columns > 0) {
         st.lastLayout = layout;

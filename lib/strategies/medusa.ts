@@ -25,6 +25,9 @@ import { MC_SIM_7B_63, MEDUSA_PRESETS, medusaTree, medusaTreeShape, pruneTree, t
 import { chooseSubtree, PROBE_AFTER_PLAIN_STEPS, RankRates, selectNodes, sizingCost, stepCost, treeProbabilities } from '../tree_sizing';
 import { codedError, type ProposalBatch, type ProposeContext, type SpecSequence, type Speculator, type StepReport } from './speculator';
 
+/** Uses of a sized Medusa choice before it is recomputed (two per step: update, then propose). */
+const PLAN_USES = 8;
+
 export interface MedusaConfig {
   readonly numHeads: number;
   readonly numLayers: number;
@@ -193,6 +196,7 @@ export class MedusaSpeculator implements Speculator {
   /** Per sequence: consecutive steps decoded plainly (sized mode). */
   private readonly plainRun = new Map<number, number>();
   private target: CausalLM | undefined;
+  private planned: { keep: Int32Array; speculate: boolean; batch: number; age: number } | undefined;
 
   constructor(opts: MedusaOptions) {
     this.heads = opts.heads;
@@ -263,17 +267,27 @@ export class MedusaSpeculator implements Speculator {
   }
 
   /** The nodes of the choice tree to propose this step (sized mode; the heads already ran). */
-  private chooseNodes(cost: ForwardCost, batch: number): Int32Array {
-    return chooseSubtree(this.shape.parents, this.nodeProbabilities(), stepCost(cost, batch)).keep;
+  /**
+   * The sized choice: the subtree to propose once the heads have run, and whether a tree pays for
+   * running the heads at all. Recomputed every PLAN_USES uses or when the batch size changes (the
+   * rates move by one step's counts at a time; a 63-node choice costs tens of microseconds, as much
+   * as a tiny target's forward).
+   */
+  private plan(cost: ForwardCost, batch: number): { keep: Int32Array; speculate: boolean } {
+    const p = this.planned;
+    if (p && p.batch === batch && p.age++ < PLAN_USES) return p;
+    const prob = this.nodeProbabilities();
+    const heads = this.headsSeconds.value();
+    const keep = chooseSubtree(this.shape.parents, prob, stepCost(cost, batch)).keep;
+    const speculate = chooseSubtree(this.shape.parents, prob, stepCost(cost, batch, (n) => (n > 1 ? heads : 0))).size > 0;
+    this.planned = { keep, speculate, batch, age: 1 };
+    return this.planned;
   }
 
   /** Sized mode: whether the next step should speculate, i.e. run the heads now. */
   private wantsNextTree(s: SpecSequence, cost: ForwardCost, batch: number): boolean {
     const run = this.plainRun.get(s.key) ?? 0;
-    if (run >= PROBE_AFTER_PLAIN_STEPS) return true;
-    const heads = this.headsSeconds.value();
-    const choice = chooseSubtree(this.shape.parents, this.nodeProbabilities(), stepCost(cost, batch, (n) => (n > 1 ? heads : 0)));
-    return choice.size > 0;
+    return run >= PROBE_AFTER_PLAIN_STEPS || this.plan(cost, batch).speculate;
   }
 
   /** Sized mode: head d's candidates against the tokens this step emitted (known through depth emitted.length). */
@@ -285,7 +299,7 @@ export class MedusaSpeculator implements Speculator {
 
   async propose(seqs: readonly SpecSequence[], ctx: ProposeContext = {}): Promise<ProposalBatch> {
     const cost = sizingCost(this.sized, this.target, ctx);
-    const keep = cost ? this.chooseNodes(cost, seqs.length) : undefined;
+    const keep = cost ? this.plan(cost, seqs.length).keep : undefined;
     return {
       proposals: seqs.map((s) => {
         const root = s.history[s.history.length - 1] as number;

@@ -50,8 +50,8 @@ export class PromptLookupSpeculator implements Speculator {
   readonly sized: boolean;
   /** P(draft i + 1 accepted | drafts 1..i accepted), online (sized mode). */
   readonly rates = new RankRates(() => 0.5);
-  /** Sized mode: steps since a match was last proposed (a probe after PROBE_AFTER_PLAIN_STEPS). */
-  private unproposed = 0;
+  /** Sized mode, per sequence: matches not proposed in a row (a probe after PROBE_AFTER_PLAIN_STEPS). */
+  private readonly unproposed = new Map<number, number>();
   private target: CausalLM | undefined;
 
   constructor(opts: PromptLookupOptions = {}) {
@@ -83,8 +83,9 @@ export class PromptLookupSpeculator implements Speculator {
         if (cost && drafts.length > 0) {
           let n = chooseChainLength((i) => this.rates.rate(i), drafts.length, stepCost(cost, seqs.length)).size;
           // Now and then one token anyway, so the rates can recover when the text starts repeating.
-          if (n === 0 && ++this.unproposed > PROBE_AFTER_PLAIN_STEPS) n = 1;
-          if (n > 0) this.unproposed = 0;
+          const run = n > 0 ? 0 : (this.unproposed.get(s.key) ?? 0) + 1;
+          if (run > PROBE_AFTER_PLAIN_STEPS) n = 1;
+          this.unproposed.set(s.key, n > 0 ? 0 : run);
           drafts = drafts.slice(0, n);
         }
         return chainTree(root, drafts);
@@ -100,6 +101,8 @@ export class PromptLookupSpeculator implements Speculator {
       for (let i = 0; i < Math.min(accepted + 1, drafted); i++) this.rates.record(i, i < accepted ? 0 : -1);
     });
   }
-  release(_seq: SpecSequence): void {}
+  release(seq: SpecSequence): void {
+    this.unproposed.delete(seq.key);
+  }
   dispose(): void {}
 }

@@ -203,6 +203,8 @@ export async function runScenario(sc: Scenario, roundsWanted: number, opts: Benc
           acceptedDraftTokens: st.acceptedDraftTokens,
           acceptedPerPosition: st.acceptedPerPosition,
           proposedPerPosition: st.proposedPerPosition,
+          /** Nodes verified per step -> steps (the sizes a cost-model speculator chose). */
+          nodesPerStep: st.nodesPerStep,
           /** prefill: ms for the whole prompt; the others: ms per speculative step. */
           phaseMs: phaseMsPerStep,
           seconds: st.seconds,

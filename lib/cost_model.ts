@@ -149,47 +149,68 @@ export interface CalibrationOptions {
   readonly sizes?: readonly number[];
   /** Committed context of the scratch sequence (default 32 tokens, cut to the context). */
   readonly prefix?: number;
-  /** Timed forwards per size after one untimed round (default 5). */
+  /** Timed rounds over the sizes at most (default 5; at least one). */
   readonly reps?: number;
+  /**
+   * Sizes stop at the first whose forward costs more than this many 1-token forwards (default 4):
+   * wider trees would need more accepted tokens than that to pay, and the curve extrapolates.
+   */
+  readonly maxRatio?: number;
+  /** Time for the timed rounds after the first, in 1-token forwards (default 20; at least 0.2 s). */
+  readonly budget?: number;
 }
 
 /**
  * Measures c(n) on a scratch sequence of `model`: a committed prefix, then uncommitted chains of
  * n tokens (a forward that is not committed leaves the cache as it was). The sequence is freed.
+ * Its cost is bounded for big models: a first pass finds the sizes worth measuring, then rounds
+ * over them repeat while the time budget lasts.
  */
 export async function calibrateForwardCost(model: CausalLM, opts: CalibrationOptions = {}): Promise<ForwardCost> {
   const V = model.config.vocabSize;
   const maxPos = model.config.maxPositions;
   const prefix = Math.max(1, Math.min(opts.prefix ?? 32, Math.floor(maxPos / 4)));
-  const sizes = (opts.sizes ?? CALIBRATION_SIZES).filter((n) => prefix + n <= maxPos);
-  const reps = opts.reps ?? 5;
-  if (sizes.length === 0) throw argError(`calibrateForwardCost: a context of ${maxPos} positions leaves no room to measure`);
+  const candidates = (opts.sizes ?? CALIBRATION_SIZES).filter((n) => prefix + n <= maxPos);
+  const reps = Math.max(1, opts.reps ?? 5);
+  if (candidates.length === 0) throw argError(`calibrateForwardCost: a context of ${maxPos} positions leaves no room to measure`);
   // Token ids spread over the vocabulary (the values do not change the cost).
   const tokens = (n: number, from: number): Int32Array => Int32Array.from({ length: n }, (_, i) => ((from + i) * 7919) % V);
   const seq = model.createSequence();
+  const time = async (n: number, from: number): Promise<number> => {
+    // A turn of the event loop first: each forward runs as a decode step's would (a tiny one on the
+    // calling thread, see LlamaLoadOptions.syncForwardMaxMacs), not pushed to the pool by the
+    // calibration's own run of calls.
+    await new Promise((r) => setImmediate(r));
+    const t0 = performance.now();
+    const out = await model.forward([{ seq, tokens: tokens(n, from) }]);
+    const dt = (performance.now() - t0) / 1000;
+    out.logits.dispose();
+    out.hidden?.dispose();
+    return dt;
+  };
   try {
     const pre = await model.forward([{ seq, tokens: tokens(prefix, 0) }]);
     pre.logits.dispose();
     pre.hidden?.dispose();
     model.commit([seq], [Int32Array.from({ length: prefix }, (_, i) => i)]);
-    // Sizes interleaved round by round (in a rotating order), so a burst of another process hits
-    // them alike; every timed forward is a sample of its point (see RecentTimes).
+    // Untimed pass (warm-up), which also finds where the sizes stop paying to measure.
+    const first = Math.min(await time(candidates[0] as number, prefix), await time(candidates[0] as number, prefix));
+    const sizes: number[] = [];
+    const limit = (opts.maxRatio ?? 4) * first;
+    for (const n of candidates) {
+      sizes.push(n);
+      // Measured twice before it ends the list: one slow sample is more often interference.
+      if ((await time(n, prefix)) > limit && (await time(n, prefix)) > limit) break;
+    }
+    // Timed rounds, sizes interleaved in a rotating order so that a burst of another process hits
+    // them alike (and no size always follows the widest one); every forward is a sample of its point.
     const times = sizes.map((): number[] => []);
-    for (let r = 0; r <= reps; r++) {
+    const budget = Math.max(0.2, (opts.budget ?? 20) * first);
+    const t0 = performance.now();
+    for (let r = 0; r < reps && (r === 0 || (performance.now() - t0) / 1000 < budget); r++) {
       for (let i = 0; i < sizes.length; i++) {
-        // The order rotates per round: no size always follows the widest one.
         const k = (i + r) % sizes.length;
-        const n = sizes[k] as number;
-        // A turn of the event loop first: each forward runs as a decode step's would (a tiny one on
-        // the calling thread, see LlamaLoadOptions.syncForwardMaxMacs), not pushed to the pool by
-        // the calibration's own run of calls.
-        await new Promise((r) => setImmediate(r));
-        const t0 = performance.now();
-        const out = await model.forward([{ seq, tokens: tokens(n, prefix + r) }]);
-        const dt = (performance.now() - t0) / 1000;
-        out.logits.dispose();
-        out.hidden?.dispose();
-        if (r > 0) (times[k] as number[]).push(dt);
+        (times[k] as number[]).push(await time(sizes[k] as number, prefix + r + 1));
       }
     }
     const curve = new ForwardCost(sizes.map((n, k): [number, number] => [n, Math.max(1e-9, Math.min(...(times[k] as number[])))]));

@@ -74,9 +74,13 @@ describe('cost model: the curve', () => {
 
   it('calibrates a model on a scratch sequence it frees', async () => {
     const m = new ToyLM({ vocabSize: V, seed: 1, maxPositions: 64 });
-    const c = await calibrateForwardCost(m, { reps: 1 });
+    const c = await calibrateForwardCost(m, { reps: 1, maxRatio: 1e9 });
     const ns = c.points().map((p) => p[0]);
-    assert.ok(ns.length > 3 && ns.every((n) => n <= 64 - 16), `sizes ${ns}`);
+    assert.deepStrictEqual(ns, [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48], 'the sizes that fit after the 16-token prefix');
+    // The sizes stop at the first that costs more than maxRatio 1-token forwards (kept as the last
+    // point): with a ratio below 1, the very first.
+    const short = await calibrateForwardCost(m, { reps: 1, sizes: [1, 2, 48], maxRatio: 1e-9 });
+    assert.deepStrictEqual(short.points().map((p) => p[0]), [1]);
     assert.ok(c.points().every(([, t]) => t > 0));
     assert.strictEqual(m.liveSequences(), 0);
   });

@@ -361,6 +361,11 @@ export class LookaheadSpeculator implements Speculator {
         st.pool.add(ngram);
         if (sizedNow) st.fromWindow.add(ngramKey(ngram[0] as number, ngram.slice(1)));
       }
+      // The oldest harvests go first (a Set iterates in insertion order): the pool keeps few per key anyway.
+      for (const k of st.fromWindow) {
+        if (st.fromWindow.size <= FROM_WINDOW_KEPT) break;
+        st.fromWindow.delete(k);
+      }
       if (sizedNow) this.windowColumns += cols;
       for (let l = 0; l < last; l++) for (let j = 0; j < cols; j++) (st.window[l] as number[])[j] = (st.window[l + 1] as number[])[j] as number;
       for (let j = 0; j < cols; j++) (st.window[last] as number[])[j] = outs[j] as number;
@@ -376,6 +381,9 @@ export class LookaheadSpeculator implements Speculator {
     this.states.clear();
   }
 }
+
+/** Window-harvested n-grams remembered per sequence for crediting the window. */
+const FROM_WINDOW_KEPT = 256;
 
 /** "first:t1,t2,...," (a path's key is a prefix of the keys of the n-grams that contain it). */
 function ngramKey(first: number, rest: readonly number[]): string {

@@ -62,7 +62,7 @@ const QUICK_TARGET: RandomLlamaSpec = { vocab: 512, hidden: 64, intermediate: 12
 const QUICK_DRAFT: RandomLlamaSpec = { vocab: 512, hidden: 32, intermediate: 64, layers: 1, heads: 2, kvHeads: 1 };
 
 /** A strategy to compare with plain decoding; `make` runs once per scenario. */
-interface Variant {
+export interface Variant {
   readonly name: string;
   readonly setup: Record<string, unknown>;
   /** undefined: the decoder without a speculator (its per-step overhead over plainGenerate). */
@@ -72,7 +72,7 @@ interface Variant {
 /** SpeculativeDecoder with no speculator: one token per step through the speculative engine. */
 const ENGINE_ONLY: Variant = { name: 'decoder, no speculator', setup: { speculator: null }, make: () => undefined };
 
-interface Scenario {
+export interface Scenario {
   readonly name: string;
   readonly target: CausalLM;
   readonly prompt: Int32Array;
@@ -93,7 +93,7 @@ function sameTokens(a: Int32Array, b: Int32Array): boolean {
 }
 
 /** Runs one scenario: warm-up, then `rounds` rounds of plain-bracketed strategy runs. */
-async function runScenario(sc: Scenario, roundsWanted: number, opts: BenchOptions, checks: Record<string, boolean>): Promise<BenchRow[]> {
+export async function runScenario(sc: Scenario, roundsWanted: number, opts: BenchOptions, checks: Record<string, boolean>): Promise<BenchRow[]> {
   let rounds = roundsWanted;
   const decoders = sc.variants.map((v) => {
     const speculator = v.make();
@@ -203,6 +203,8 @@ async function runScenario(sc: Scenario, roundsWanted: number, opts: BenchOption
           acceptedDraftTokens: st.acceptedDraftTokens,
           acceptedPerPosition: st.acceptedPerPosition,
           proposedPerPosition: st.proposedPerPosition,
+          /** Nodes verified per step -> steps (the sizes a cost-model speculator chose). */
+          nodesPerStep: st.nodesPerStep,
           /** prefill: ms for the whole prompt; the others: ms per speculative step. */
           phaseMs: phaseMsPerStep,
           seconds: st.seconds,
@@ -253,7 +255,7 @@ function repeatedIds(vocab: number, len: number, times: number, tail: number, se
 }
 
 /** The opening of a story in the style of the default family's corpus (lib/train/corpus.ts). */
-const DEFAULT_PROMPT = 'once upon a time , there was a little cat';
+export const DEFAULT_PROMPT = 'once upon a time , there was a little cat';
 /** A corpus-style passage, repeated in the prompt (a copy task: prompt lookup's home ground). */
 const DEFAULT_PASSAGE = 'one day , tom went to the park to fly a kite . on the way , he saw a shiny ball under a tree . tom was very happy . ';
 

@@ -38,5 +38,9 @@ export { SpeculativeDecoder } from './decoder';
 export type { SpeculativeDecoderOptions, GenerateOptions, GenerateResult, DecodeStats, Generation } from './decoder';
 export * as tree from './tree';
 export * from './strategies';
+// Tree sizing for the hardware: the forward's cost curve and the choice of the proposal.
+export { ForwardCost, RecentTimes, calibrateForwardCost, forwardCost, knownForwardCost, setForwardCost } from './cost_model';
+export type { CalibrationOptions } from './cost_model';
+export * as treeSizing from './tree_sizing';
 export { generateText } from './text';
 export type { TextCodec, TextGenerateOptions, TextChunk, TextResult, TextGeneration } from './text';

@@ -13,6 +13,7 @@ import type {
   Speculator,
   StepReport,
 } from './strategies/speculator';
+import { knownForwardCost } from './cost_model';
 import { argmax, processLogits } from './sampling';
 import { codedError } from './strategies/speculator';
 import { isSampling, pickTokens, samplingOptions, throwIfAborted } from './step_helpers';
@@ -53,6 +54,11 @@ export interface DecodeStats {
   acceptedPerPosition: number[];
   /** proposedPerPosition[d] = steps that proposed at least one node at depth d + 1. */
   proposedPerPosition: number[];
+  /**
+   * Proposal sizes the steps chose: nodes verified in the forward (root and lookahead window
+   * included) -> steps. With cost-model sizing, the trees it picked for this hardware.
+   */
+  nodesPerStep: Record<number, number>;
   /** Seconds per phase (batch-wide: a batched step's time counts once for every run stat). */
   phases: PhaseTimes;
   /**
@@ -71,10 +77,12 @@ export class StatsAcc {
   accepted = 0;
   acceptedPerPosition: number[] = [];
   proposedPerPosition: number[] = [];
+  nodesPerStep: Record<number, number> = {};
   private readonly counters0: TransferStats = transferCounters();
 
   addStep(proposal: Proposal, acceptedLen: number, emitted: number): void {
     this.targetForwards++;
+    this.nodesPerStep[proposal.tokens.length] = (this.nodesPerStep[proposal.tokens.length] ?? 0) + 1;
     this.newTokens += emitted;
     const depth = treeDepths(proposal.parents);
     let maxD = 0;
@@ -97,6 +105,7 @@ export class StatsAcc {
       acceptanceRate: this.proposed > 0 ? this.accepted / this.proposed : 0,
       acceptedPerPosition: this.acceptedPerPosition.slice(),
       proposedPerPosition: this.proposedPerPosition.slice(),
+      nodesPerStep: { ...this.nodesPerStep },
       phases: { ...phases },
       transfers: transfersSince(this.counters0),
       seconds,
@@ -264,8 +273,12 @@ export class SpecEngine {
       lap('draft');
       throwIfAborted(signal);
       const inputs: SequenceInput[] = proposals.map((p, b) => forwardInput((seqs[b] as EngineSequence).modelSeq, p));
+      const tForward = t;
       out = await this.model.forward(inputs, this.speculator?.wantsHidden ? { hidden: true, ...sig(signal) } : sig(signal));
       lap('target');
+      // The measured forward refines the model's cost curve (tree sizing reads it).
+      const cost = knownForwardCost(this.model);
+      cost?.observe(out.indptr[inputs.length] as number, (t - tForward) / 1000);
       throwIfAborted(signal);
 
       let accepted: readonly Int32Array[];
@@ -290,6 +303,7 @@ export class SpecEngine {
         const v = this.verifyBatch(proposals, out.logits, out.hidden, seqs, draftProbs, (p) => (probs = p));
         ({ acceptedNodes: accepted, emitted, argmax: rowArgmax, headsTopK } = v);
       }
+      const tVerify = t;
       lap('verify');
 
       this.model.commit(
@@ -304,6 +318,7 @@ export class SpecEngine {
         s.stats.addStep(proposals[b] as Proposal, acc.length, em.length);
       });
       lap('commit');
+      cost?.observeOverhead((t - tVerify) / 1000);
       const report: StepReport = {
         proposals,
         output: out,

@@ -8,7 +8,7 @@ import * as os from 'os';
 import * as path from 'path';
 
 const bin = path.resolve(__dirname, '..', '..', 'bin', 'specdec.js');
-const NAMES = ['attention', 'matmul', 'verify', 'sampling', 'plain_decode', 'speculative'];
+const NAMES = ['attention', 'matmul', 'verify', 'sampling', 'plain_decode', 'speculative', 'sizing'];
 
 interface Run {
   code: number;
@@ -109,6 +109,22 @@ describe('specdec bench (cli)', function () {
     for (const row of spec.rows.filter((x) => x.unit === 'x plain')) {
       assert.strictEqual(row.metrics['lossless'], true, row.name);
       assert.ok((row.metrics['speedupVsPlain'] as number) > 0);
+    }
+  });
+
+  it('--quick sizing: before/after rows on the embedded and the widened family, every output equal to plain', function () {
+    const r = bench(['--quick', '--only', 'sizing', '--device', 'cpu', '--json']);
+    assert.strictEqual(r.code, 0, r.stderr);
+    const sizing = (JSON.parse(r.stdout) as Report).results[0]!;
+    if (sizing.rows.length === 0) this.skip(); // no embedded family in this checkout
+    for (const [k, v] of Object.entries(sizing.checks)) assert.strictEqual(v, true, k);
+    for (const fam of ['embedded', 'widened 2x']) {
+      for (const s of ['draft model, cost model', 'medusa, cost model', 'lookahead 7,4,7, cost model', 'prompt lookup 3, cost model', 'medusa, before']) {
+        const row = sizing.rows.find((x) => x.name.startsWith(`${fam}: ${s}`));
+        assert.ok(row, `no row ${fam}: ${s}`);
+        assert.strictEqual(row.metrics['lossless'], true, row.name);
+        assert.ok(typeof row.metrics['nodesPerStep'] === 'object', `${row.name}: the chosen sizes are reported`);
+      }
     }
   });
 

@@ -73,7 +73,8 @@ describe('specdec generate: strategies end to end', function () {
       assert.deepStrictEqual(batch.map((b) => b.tokens), plainBatch.map((b) => b.tokens), `batched ${s.join(' ')}`);
     }
     // The target as its own draft accepts (nearly) everything: fewer target forwards than tokens.
-    const self = generate(['--model', target, '--prompt-ids', prompt, '--max-new-tokens', '24', '--draft', target]) as Rec;
+    // An explicit --draft-k: a draft as costly as the target never pays, so the cost model would decode plainly.
+    const self = generate(['--model', target, '--prompt-ids', prompt, '--max-new-tokens', '24', '--draft', target, '--draft-k', '4']) as Rec;
     assert.ok(self.stats.acceptanceRate > 0.9, `self-draft acceptance ${self.stats.acceptanceRate}`);
     assert.ok(self.stats.tokensPerForward > 2, `self-draft tokens per forward ${self.stats.tokensPerForward}`);
     assert.ok(self.stats.acceptedPerPosition.length > 0);

@@ -49,6 +49,8 @@ export interface GenerateRecord {
     acceptedPerPosition: number[];
     seconds: number;
     tokensPerSecond: number;
+    /** Speculative runs: nodes verified per step -> steps (the sizes the cost model chose). */
+    nodesPerStep?: Record<number, number>;
   };
 }
 

@@ -20,7 +20,7 @@ export interface StrategyFlags {
   readonly lookahead?: readonly [number, number, number];
   /** Longest n-gram matched (prompt lookup's maxNgram). */
   readonly promptLookup?: number;
-  /** Draft tokens per step for --draft (default 4). */
+  /** Draft tokens per step for --draft (default: chosen per step by the cost model). */
   readonly draftK?: number;
 }
 
@@ -147,7 +147,7 @@ export function speculatorFactory(flags: StrategyFlags, deps: SpeculatorDeps = {
       if (draft) {
         speculator = second
           ? new HybridSpeculator({ draft, draftSpeculator: second, k: flags.draftK ?? 6 })
-          : new DraftModelSpeculator({ draft, k: flags.draftK ?? 4 });
+          : new DraftModelSpeculator(flags.draftK !== undefined ? { draft, k: flags.draftK } : { draft });
       }
       if (speculator) {
         speculator.attach(target);
@@ -190,6 +190,7 @@ export function strategyHook(deps: SpeculatorDeps = {}): StrategyHook {
             acceptedPerPosition: r.stats.acceptedPerPosition,
             seconds: r.stats.seconds,
             tokensPerSecond: r.stats.tokensPerSecond,
+            nodesPerStep: r.stats.nodesPerStep,
           },
         }),
       );

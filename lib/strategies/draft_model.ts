@@ -6,7 +6,9 @@
 // truncates the draft back to the accepted prefix. Tokens of the history the draft has not cached
 // yet (the prompt at first; the bonus token, which neither model has cached; accepted tree nodes)
 // are fed in front of the first draft step.
+import { forwardCost, RecentTimes } from '../cost_model';
 import { gatherRows, isSampling, samplingOptions } from '../step_helpers';
+import { chooseChainLength, PROBE_AFTER_PLAIN_STEPS, RankRates, sizingCost, stepCost } from '../tree_sizing';
 import type { CausalLM, ForwardOutput, SequenceInput } from '../models/causal_lm';
 import { argmax, processLogits, sample, topK } from '../sampling';
 import type { Tensor } from '../tensor';
@@ -22,7 +24,7 @@ import {
   type StepReport,
 } from './speculator';
 
-export type AdaptiveMode = 'fixed' | 'heuristic' | 'confidence';
+export type AdaptiveMode = 'fixed' | 'heuristic' | 'confidence' | 'cost';
 
 export interface DraftModelOptions {
   readonly draft: CausalLM;
@@ -31,7 +33,10 @@ export interface DraftModelOptions {
   /**
    * 'fixed': always k. 'heuristic' (HF assistant): k += 2 after a fully accepted draft, k -= 1
    * otherwise, within [minK, maxK]. 'confidence': draft up to maxK tokens, stopping once the draft's
-   * max probability falls below confidenceThreshold (the first token is always drafted).
+   * max probability falls below confidenceThreshold (the first token is always drafted). 'cost'
+   * (the default when neither k nor adaptive is given): each step the k in [0, maxK] with the most
+   * expected tokens per second under the target's and the draft's measured costs and the online
+   * acceptance rate per draft position; k = 0 decodes plainly.
    */
   readonly adaptive?: AdaptiveMode;
   readonly minK?: number;
@@ -52,6 +57,8 @@ interface DraftState {
   k: number;
   /** Drafts proposed at the last step (for the heuristic). */
   lastDrafted: number;
+  /** Consecutive steps without drafts ('cost' mode). */
+  plainRun: number;
 }
 
 export class DraftModelSpeculator implements Speculator {
@@ -71,19 +78,26 @@ export class DraftModelSpeculator implements Speculator {
   readonly kHistory = new Map<number, number[]>();
   /** Per sequence key, per step: k before the step, tokens drafted, drafts accepted. */
   readonly trace = new Map<number, { k: number; drafted: number; accepted: number }[]>();
+  /** 'cost' mode: P(draft i + 1 accepted | drafts 1..i accepted), online. */
+  readonly rates = new RankRates(() => 0.6);
+  /** 'cost' mode: seconds of drafting per drafted token and sequence (recent steps). */
+  private readonly draftSecondsPerToken = new RecentTimes();
+  private target: CausalLM | undefined;
 
   constructor(opts: DraftModelOptions) {
     this.draft = opts.draft;
     this.k = opts.k ?? 4;
-    this.adaptive = opts.adaptive ?? 'fixed';
-    this.minK = opts.minK ?? 1;
-    this.maxK = opts.maxK ?? (this.adaptive === 'confidence' ? Math.max(this.k, 8) : Math.max(this.k, 16));
+    this.adaptive = opts.adaptive ?? (opts.k === undefined && opts.treeBranching === undefined ? 'cost' : 'fixed');
+    this.minK = opts.minK ?? (this.adaptive === 'cost' ? 0 : 1);
+    this.maxK = opts.maxK ?? (this.adaptive === 'confidence' || this.adaptive === 'cost' ? Math.max(this.k, 8) : Math.max(this.k, 16));
     this.confidenceThreshold = opts.confidenceThreshold ?? 0.4;
     this.treeBranching = opts.treeBranching;
     const int = (x: number, lo: number): boolean => Number.isInteger(x) && x >= lo;
     if (!int(this.k, 1)) throw codedError('E_ARG', `draft model: k must be an integer >= 1, got ${this.k}`);
-    if (!int(this.minK, 1) || !int(this.maxK, this.minK)) throw codedError('E_ARG', `draft model: need 1 <= minK <= maxK, got ${this.minK}, ${this.maxK}`);
-    if (!['fixed', 'heuristic', 'confidence'].includes(this.adaptive)) throw codedError('E_ARG', `draft model: unknown adaptive mode '${this.adaptive}'`);
+    if (!int(this.minK, this.adaptive === 'cost' ? 0 : 1) || !int(this.maxK, Math.max(1, this.minK))) {
+      throw codedError('E_ARG', `draft model: need ${this.adaptive === 'cost' ? 0 : 1} <= minK <= maxK, maxK >= 1, got ${this.minK}, ${this.maxK}`);
+    }
+    if (!['fixed', 'heuristic', 'confidence', 'cost'].includes(this.adaptive)) throw codedError('E_ARG', `draft model: unknown adaptive mode '${this.adaptive}'`);
     if (!(this.confidenceThreshold >= 0 && this.confidenceThreshold <= 1)) throw codedError('E_ARG', `draft model: confidenceThreshold must be in [0, 1]`);
     if (this.treeBranching !== undefined) {
       if (this.treeBranching.length === 0 || !this.treeBranching.every((b) => int(b, 1))) {
@@ -94,6 +108,7 @@ export class DraftModelSpeculator implements Speculator {
 
   attach(model: CausalLM): void {
     this.targetDevice = model.device;
+    this.target = model;
     if (model.config.vocabSize !== this.draft.config.vocabSize) {
       throw codedError(
         'E_ARG',
@@ -102,12 +117,31 @@ export class DraftModelSpeculator implements Speculator {
     }
   }
 
-  async prefill(): Promise<void> {}
+  async prefill(): Promise<void> {
+    if (this.adaptive !== 'cost' || !this.target) return;
+    await forwardCost(this.target);
+    if (this.draftSecondsPerToken.count === 0) this.draftSecondsPerToken.add((await forwardCost(this.draft)).predict(1));
+  }
+
+  /** 'cost' mode: this step's draft length for every sequence (the choice depends only on shared statistics). */
+  private chooseK(seqs: readonly SpecSequence[], states: DraftState[], ctx: ProposeContext): void {
+    const cost = sizingCost(true, this.target, ctx);
+    if (!cost) return;
+    const perToken = this.draftSecondsPerToken.value();
+    const choice = chooseChainLength((i) => this.rates.rate(i), this.maxK, stepCost(cost, seqs.length, (nodes) => (nodes - 1) * perToken));
+    for (const st of states) {
+      let k = Math.max(this.minK, choice.size);
+      // A probe now and then keeps the acceptance statistics alive while decoding plainly.
+      if (k === 0 && ++st.plainRun > PROBE_AFTER_PLAIN_STEPS) k = 1;
+      if (k > 0) st.plainRun = 0;
+      st.k = k;
+    }
+  }
 
   private state(s: SpecSequence): DraftState {
     let st = this.states.get(s.key);
     if (!st) {
-      st = { draftSeq: this.draft.createSequence(), cached: 0, k: this.k, lastDrafted: 0 };
+      st = { draftSeq: this.draft.createSequence(), cached: 0, k: this.k, lastDrafted: 0, plainRun: 0 };
       this.states.set(s.key, st);
       this.kHistory.set(s.key, []);
     }
@@ -122,7 +156,16 @@ export class DraftModelSpeculator implements Speculator {
   async propose(seqs: readonly SpecSequence[], ctx: ProposeContext): Promise<ProposalBatch> {
     const states = seqs.map((s) => this.state(s));
     if (this.treeBranching) return this.proposeTree(seqs, states, ctx);
-    return this.proposeChain(seqs, states, ctx);
+    if (this.adaptive !== 'cost') return this.proposeChain(seqs, states, ctx);
+    this.chooseK(seqs, states, ctx);
+    // A step that first feeds a long uncached history (after plain steps) says little about the
+    // steady-state cost per draft token: only steps feeding at most the bonus and one more count.
+    const steady = seqs.every((s, b) => s.history.length - (states[b] as DraftState).cached <= 2);
+    const t0 = performance.now();
+    const batch = await this.proposeChain(seqs, states, ctx);
+    const drafted = states.reduce((a, st) => a + st.lastDrafted, 0);
+    if (drafted > 0 && steady) this.draftSecondsPerToken.add((performance.now() - t0) / 1000 / drafted);
+    return batch;
   }
 
   /** Per-sequence budget this step. */
@@ -364,7 +407,7 @@ export class DraftModelSpeculator implements Speculator {
     };
   }
 
-  async update(seqs: readonly SpecSequence[], report: StepReport): Promise<void> {
+  async update(seqs: readonly SpecSequence[], report: StepReport, ctx: ProposeContext = {}): Promise<void> {
     seqs.forEach((s, b) => {
       const st = this.states.get(s.key);
       if (!st) return;
@@ -379,6 +422,9 @@ export class DraftModelSpeculator implements Speculator {
       let tr = this.trace.get(s.key);
       if (!tr) this.trace.set(s.key, (tr = []));
       tr.push({ k: st.k, drafted: st.lastDrafted, accepted: acceptedDrafts });
+      if (this.adaptive === 'cost' && !isSampling(ctx.sampling)) {
+        for (let i = 0; i < Math.min(acceptedDrafts + 1, st.lastDrafted); i++) this.rates.record(i, i < acceptedDrafts ? 0 : -1);
+      }
       if (this.adaptive === 'heuristic' && st.lastDrafted > 0) {
         st.k = acceptedDrafts >= st.lastDrafted ? Math.min(this.maxK, st.k + 2) : Math.max(this.minK, st.k - 1);
       }

@@ -5,16 +5,27 @@
 // last level) and every column yields a new N-gram for the pool (keyed by its first token, LRU, at
 // most G per key).
 //
-// Node layout of one step: [root, candidate chains..., level 0 (W tokens), ..., level N-2].
+// Node layout of one step: [root, candidate trie..., level 0 (W tokens), ..., level N-2].
+// The candidates form a trie (chains with a common prefix share its nodes): greedy verification
+// follows one child per token, so with separate chains a longer match in a later chain sharing
+// the first tokens of an earlier one would be lost.
 // Relative positions: root 0; a candidate node at depth d: d; window token (l, j): l + j + 1.
 // Window token (l, j) sees the root, level-0 tokens (0, j') for j' <= j, and its own column's
 // tokens (l', j) for 1 <= l' <= l: a contiguous context of relative positions 0 .. l + j + 1.
 // Window tokens are not candidates (parent -2 for verification), so exactness only rests on the
 // candidate chains, which are deterministic (greedy: longest match; sampling: one-hot rejection).
+//
+// Sized for the hardware (the default): each step proposes the subtree of the candidate trie and
+// the number of window columns with the most expected tokens per second under the target's cost
+// curve, from online rates (first-token hits by candidate rank, continuation rates by depth, and
+// the tokens window-harvested n-grams later yield per column run); N-grams of the emitted text also
+// enter the pool, so with the window off it still finds the text's repeats.
+import { forwardCost, type ForwardCost } from '../cost_model';
 import { pickRowsArgmax } from './draft_model';
 import type { CausalLM } from '../models/causal_lm';
 import { emptyMask, setMaskBit, type PackedMask } from '../tree';
-import { codedError, type Proposal, type ProposalBatch, type SpecSequence, type Speculator, type StepReport } from './speculator';
+import { chooseSubtree, RankRates, selectNodes, sizingCost, stepCost } from '../tree_sizing';
+import { codedError, type Proposal, type ProposalBatch, type ProposeContext, type SpecSequence, type Speculator, type StepReport } from './speculator';
 
 export interface LookaheadOptions {
   /** Window width (columns). */
@@ -25,6 +36,12 @@ export interface LookaheadOptions {
   readonly G: number;
   /** Also put the prompt's own N-grams in the pool at the start (default true). */
   readonly seedPoolFromPrompt?: boolean;
+  /**
+   * 'cost' (default): W and G are the most the step uses, the cost model picks the candidate
+   * subtree and window columns per step (plain decoding when nothing pays). 'fixed': the whole
+   * window and G candidates every step.
+   */
+  readonly sizing?: 'cost' | 'fixed';
 }
 
 export interface LookaheadLayout {
@@ -39,24 +56,31 @@ export interface LookaheadLayout {
 
 /** The node layout of one lookahead step with candidate chains of the given lengths. */
 export function lookaheadLayout(W: number, N: number, candidateLengths: readonly number[], withWindow = true): LookaheadLayout {
-  const levels = withWindow ? N - 1 : 0;
-  const nCand = candidateLengths.reduce((a, b) => a + b, 0);
-  const windowStart = 1 + nCand;
-  const n = windowStart + levels * W;
+  const parents = [-1];
+  for (const len of candidateLengths) for (let d = 1; d <= len; d++) parents.push(d === 1 ? 0 : parents.length - 1);
+  return lookaheadTreeLayout(N, Int32Array.from(parents), withWindow ? W : 0);
+}
+
+/**
+ * The node layout of one lookahead step: candidates as a tree (candParents: node 0 the root, then
+ * the candidate nodes in topological order) and the first `columns` columns of the window.
+ */
+export function lookaheadTreeLayout(N: number, candParents: Int32Array, columns: number): LookaheadLayout {
+  const W = columns;
+  const levels = columns > 0 ? N - 1 : 0;
+  const windowStart = candParents.length;
+  const n = windowStart + levels * columns;
   const parents = new Int32Array(n);
   const rel = new Int32Array(n);
   const mask = emptyMask(n);
   parents[0] = -1;
   setMaskBit(mask, 0, 0);
-  let i = 1;
-  for (const len of candidateLengths) {
-    for (let d = 1; d <= len; d++, i++) {
-      parents[i] = d === 1 ? 0 : i - 1;
-      rel[i] = d;
-      // A chain node sees the root, its chain predecessors and itself.
-      setMaskBit(mask, i, 0);
-      for (let k = i - d + 1; k <= i; k++) setMaskBit(mask, i, k);
-    }
+  for (let i = 1; i < windowStart; i++) {
+    parents[i] = candParents[i] as number;
+    rel[i] = (rel[parents[i] as number] as number) + 1;
+    // A candidate node sees the root, its ancestors and itself.
+    for (let k = i; k > 0; k = parents[k] as number) setMaskBit(mask, i, k);
+    setMaskBit(mask, i, 0);
   }
   for (let l = 0; l < levels; l++) {
     for (let j = 0; j < W; j++) {
@@ -107,12 +131,52 @@ export class NgramPool {
   }
 }
 
+/** Candidate n-grams merged into a trie under the root (node 0); each node keeps its best (lowest) chain rank. */
+export interface CandidateTrie {
+  readonly tokens: Int32Array;
+  readonly parents: Int32Array;
+  readonly depth: Int32Array;
+  /** The lowest rank (position in the candidate list) of the chains through the node; root -1. */
+  readonly rank: Int32Array;
+}
+
+/** Merges candidate chains (best first) into a trie; nodes in topological order, first-seen order among siblings. */
+export function candidateTrie(root: number, chains: readonly (readonly number[])[]): CandidateTrie {
+  const tokens = [root];
+  const parents = [-1];
+  const depth = [0];
+  const rank = [-1];
+  const children = new Map<string, number>();
+  chains.forEach((chain, r) => {
+    let at = 0;
+    for (const t of chain) {
+      const key = `${at}:${t}`;
+      let next = children.get(key);
+      if (next === undefined) {
+        next = tokens.length;
+        children.set(key, next);
+        tokens.push(t);
+        parents.push(at);
+        depth.push((depth[at] as number) + 1);
+        rank.push(r);
+      }
+      at = next;
+    }
+  });
+  return { tokens: Int32Array.from(tokens), parents: Int32Array.from(parents), depth: Int32Array.from(depth), rank: Int32Array.from(rank) };
+}
+
 interface LookaheadState {
   /** window[l][j]. */
   window: number[][];
   pool: NgramPool;
-  /** The last step's layout, when it ran the window. */
+  /** The last step's layout and window columns, when it ran the window. */
   lastLayout?: LookaheadLayout;
+  lastColumns?: number;
+  /** The last step's candidates (sized mode: their outcome feeds the rates). */
+  lastTrie?: CandidateTrie;
+  /** N-grams harvested from the window that are still unused (sized mode: credited when accepted). */
+  fromWindow: Set<string>;
 }
 
 export class LookaheadSpeculator implements Speculator {
@@ -123,6 +187,14 @@ export class LookaheadSpeculator implements Speculator {
   readonly N: number;
   readonly G: number;
   readonly seedPoolFromPrompt: boolean;
+  readonly sized: boolean;
+  /** Sized mode: P(the depth-1 candidate of rank r is right) at depth 0; P(a matched node's continuation is right) at depth d. */
+  readonly firstRates = new RankRates((_d, r) => 0.3 / (r + 1));
+  readonly deeperRates = new RankRates(() => 0.5);
+  /** Sized mode: accepted tokens that came from window-harvested n-grams, and window columns run. */
+  private windowCredit = 0;
+  private windowColumns = 0;
+  private target: CausalLM | undefined;
   private readonly states = new Map<number, LookaheadState>();
 
   constructor(opts: LookaheadOptions) {
@@ -130,13 +202,17 @@ export class LookaheadSpeculator implements Speculator {
     this.N = opts.N;
     this.G = opts.G;
     this.seedPoolFromPrompt = opts.seedPoolFromPrompt ?? true;
+    this.sized = (opts.sizing ?? 'cost') === 'cost';
     const ok = (x: number, lo: number): boolean => Number.isInteger(x) && x >= lo;
     if (!ok(this.W, 1) || !ok(this.N, 2) || !ok(this.G, 1)) {
       throw codedError('E_ARG', `lookahead: need W >= 1, N >= 2, G >= 1 (integers), got W=${this.W}, N=${this.N}, G=${this.G}`);
     }
+    if (opts.sizing !== undefined && opts.sizing !== 'cost' && opts.sizing !== 'fixed') throw codedError('E_ARG', `lookahead: sizing must be 'cost' or 'fixed', got '${String(opts.sizing)}'`);
   }
 
-  attach(_model: CausalLM): void {}
+  attach(model: CausalLM): void {
+    this.target = model;
+  }
 
   /** The n-gram pool of a sequence (tests). */
   pool(key: number): NgramPool | undefined {
@@ -160,7 +236,7 @@ export class LookaheadSpeculator implements Speculator {
         }
         window.push(row);
       }
-      st = { window, pool: new NgramPool(this.G) };
+      st = { window, pool: new NgramPool(this.G), fromWindow: new Set() };
       // The prompt's N-grams are free candidates (text often repeats its prompt).
       if (this.seedPoolFromPrompt) for (let i = 0; i + this.N <= prompt.length; i++) st.pool.add(prompt.slice(i, i + this.N));
       this.states.set(s.key, st);
@@ -168,30 +244,108 @@ export class LookaheadSpeculator implements Speculator {
     return st;
   }
 
-  async prefill(): Promise<void> {}
+  async prefill(): Promise<void> {
+    if (this.sized && this.target) await forwardCost(this.target);
+  }
 
-  async propose(seqs: readonly SpecSequence[]): Promise<ProposalBatch> {
+  /** Sized mode: the candidate subtree and window columns with the most expected tokens per second. */
+  private size(trie: CandidateTrie, columns: number, batch: number, cost: ForwardCost): { keep: Int32Array; columns: number } {
+    const prob = new Float64Array(trie.tokens.length);
+    prob[0] = 1;
+    for (let i = 1; i < prob.length; i++) {
+      const p = trie.parents[i] as number;
+      const d = trie.depth[i] as number;
+      // Siblings past the first (best-ranked) one are long shots below depth 1.
+      const sib = d === 1 ? 1 : trie.parents.indexOf(p) === i ? 1 : 0.25;
+      prob[i] = d === 1 ? this.firstRates.rate(0, trie.rank[i] as number) : (prob[p] as number) * this.deeperRates.rate(d - 1) * sib;
+    }
+    const perColumn = (this.windowCredit + 0.2) / (this.windowColumns + 4);
+    const step = stepCost(cost, batch);
+    let best: { keep: Int32Array; columns: number; tps: number } | undefined;
+    for (const w of columns > 0 ? [0, columns] : [0]) {
+      // The window's tokens ride along in the same forward; their worth is the tokens harvested n-grams yield later.
+      const window = w * (this.N - 1);
+      const pick = chooseSubtree(trie.parents, prob, (nodes) => step(nodes + window), { extraValue: perColumn * w });
+      if (!best || pick.tokensPerSecond > best.tps) best = { keep: pick.keep, columns: w, tps: pick.tokensPerSecond };
+    }
+    return best as { keep: Int32Array; columns: number };
+  }
+
+  async propose(seqs: readonly SpecSequence[], ctx: ProposeContext = {}): Promise<ProposalBatch> {
+    const cost = sizingCost(this.sized, this.target, ctx);
     const proposals: Proposal[] = seqs.map((s) => {
       const st = this.state(s);
       const root = s.history[s.history.length - 1] as number;
-      const cands = s.maxDepth > 0 ? st.pool.get(root).slice(0, this.G).map((c) => c.slice(0, s.maxDepth)) : [];
+      const chains = s.maxDepth > 0 ? st.pool.get(root).slice(0, this.G).map((c) => c.slice(0, s.maxDepth)) : [];
+      let trie = candidateTrie(root, chains);
       // Run the window only while its positions fit the model.
-      const withWindow = s.committed + this.N + this.W - 2 <= s.maxPosition;
-      const layout = lookaheadLayout(this.W, this.N, cands.map((c) => c.length), withWindow);
-      if (withWindow) st.lastLayout = layout;
-      else delete st.lastLayout;
+      let columns = s.committed + this.N + this.W - 2 <= s.maxPosition ? this.W : 0;
+      if (cost) {
+        const choice = this.size(trie, columns, seqs.length, cost);
+        const kept = selectNodes(trie, choice.keep);
+        trie = { ...kept, depth: Int32Array.from(choice.keep, (i) => trie.depth[i] as number), rank: Int32Array.from(choice.keep, (i) => trie.rank[i] as number) };
+        columns = choice.columns;
+        st.lastTrie = trie;
+      }
+      // Without the window the candidates are an ordinary tree (its ancestor mask and depth positions).
+      if (columns === 0 && cost) {
+        delete st.lastLayout;
+        return { tokens: trie.tokens, parents: trie.parents };
+      }
+      const layout = lookaheadTreeLayout(this.N, trie.parents, columns);
+      if (columns > 0) {
+        st.lastLayout = layout;
+        st.lastColumns = columns;
+      } else delete st.lastLayout;
       const tokens = new Int32Array(layout.parents.length);
-      tokens[0] = root;
-      let i = 1;
-      for (const c of cands) for (const t of c) tokens[i++] = t;
-      if (withWindow) for (const row of st.window) for (const t of row) tokens[i++] = t;
+      tokens.set(trie.tokens);
+      let i = trie.tokens.length;
+      for (const row of st.window) for (let j = 0; j < columns; j++) tokens[i++] = row[j] as number;
       const positions = Int32Array.from(layout.relPositions, (r) => s.committed + r);
       return { tokens, parents: layout.parents, positions, mask: layout.mask };
     });
     return { proposals };
   }
 
-  async update(seqs: readonly SpecSequence[], report: StepReport): Promise<void> {
+  /** Sized mode: the outcome of the last step's candidates feeds the rates; the emitted text feeds the pool. */
+  private learn(s: SpecSequence, st: LookaheadState, accepted: Int32Array, emitted: Int32Array): void {
+    const trie = st.lastTrie;
+    delete st.lastTrie;
+    if (trie && trie.tokens.length > 1) {
+      const firstHit = Array.from(trie.parents).findIndex((p, i) => p === 0 && trie.tokens[i] === emitted[0]);
+      this.firstRates.record(0, firstHit >= 0 ? (trie.rank[firstHit] as number) : -1);
+      // Each accepted node with children was a trial of its continuation.
+      for (let k = 1; k < accepted.length; k++) {
+        const node = accepted[k] as number;
+        if (!trie.parents.includes(node)) continue;
+        this.deeperRates.record(trie.depth[node] as number, k + 1 < accepted.length ? 0 : -1);
+      }
+      if (accepted.length > 1) {
+        // Credit the window when the accepted path came from an n-gram it harvested.
+        const stepRoot = s.history[s.history.length - emitted.length - 1] as number;
+        const key = ngramKey(stepRoot, Array.from(emitted.subarray(0, accepted.length - 1)));
+        for (const k of st.fromWindow) {
+          if (k.startsWith(key)) {
+            this.windowCredit += accepted.length - 1;
+            st.fromWindow.delete(k);
+            break;
+          }
+        }
+      }
+    }
+    // The N-grams the new tokens complete (the window-less pool grows from the text itself).
+    const h = s.history;
+    for (let e = h.length - emitted.length; e < h.length; e++) if (e - this.N + 1 >= 0) st.pool.add(h.slice(e - this.N + 1, e + 1));
+  }
+
+  async update(seqs: readonly SpecSequence[], report: StepReport, ctx: ProposeContext = {}): Promise<void> {
+    const sizedNow = sizingCost(this.sized, this.target, ctx) !== undefined;
+    if (sizedNow) {
+      seqs.forEach((s, b) => {
+        const st = this.states.get(s.key);
+        if (st) this.learn(s, st, report.acceptedNodes[b] as Int32Array, report.emitted[b] as Int32Array);
+      });
+    }
     if (!seqs.some((s) => this.states.get(s.key)?.lastLayout)) return;
     const rows = report.output.indptr[seqs.length] as number;
     // The engine reads the argmaxes with the verification result (wantsRowArgmax): no extra wait.
@@ -200,14 +354,24 @@ export class LookaheadSpeculator implements Speculator {
       const st = this.states.get(s.key);
       const layout = st?.lastLayout;
       if (!st || !layout) return;
+      const cols = st.lastColumns ?? this.W;
       const base = report.output.indptr[b] as number;
       const last = this.N - 2;
-      const outs = st.window[last]!.map((_, j) => ids[base + layout.windowStart + last * this.W + j] as number);
-      // Harvest one N-gram per column, then shift the window up by one level.
-      for (let j = 0; j < this.W; j++) {
-        st.pool.add([...st.window.map((row) => row[j] as number), outs[j] as number]);
+      const outs = Array.from({ length: cols }, (_, j) => ids[base + layout.windowStart + last * cols + j] as number);
+      // Harvest one N-gram per column run, then shift those columns up by one level.
+      for (let j = 0; j < cols; j++) {
+        const ngram = [...st.window.map((row) => row[j] as number), outs[j] as number];
+        st.pool.add(ngram);
+        if (sizedNow) st.fromWindow.add(ngramKey(ngram[0] as number, ngram.slice(1)));
       }
-      st.window = [...st.window.slice(1), outs];
+      // The oldest harvests go first (a Set iterates in insertion order): the pool keeps few per key anyway.
+      for (const k of st.fromWindow) {
+        if (st.fromWindow.size <= FROM_WINDOW_KEPT) break;
+        st.fromWindow.delete(k);
+      }
+      if (sizedNow) this.windowColumns += cols;
+      for (let l = 0; l < last; l++) for (let j = 0; j < cols; j++) (st.window[l] as number[])[j] = (st.window[l + 1] as number[])[j] as number;
+      for (let j = 0; j < cols; j++) (st.window[last] as number[])[j] = outs[j] as number;
       delete st.lastLayout;
     });
   }
@@ -219,4 +383,12 @@ export class LookaheadSpeculator implements Speculator {
   dispose(): void {
     this.states.clear();
   }
+}
+
+/** Window-harvested n-grams remembered per sequence for crediting the window. */
+const FROM_WINDOW_KEPT = 256;
+
+/** "first:t1,t2,...," (a path's key is a prefix of the keys of the n-grams that contain it). */
+function ngramKey(first: number, rest: readonly number[]): string {
+  return `${first}:${rest.map((t) => `${t},`).join('')}`;
 }

@@ -14,6 +14,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 
+import { forwardCost, RecentTimes, type ForwardCost } from '../cost_model';
 import { gatherRows } from '../step_helpers';
 import { addInplace, matmul, siluInplace } from '../layers';
 import type { CausalLM, ForwardOutput } from '../models/causal_lm';
@@ -21,7 +22,19 @@ import { native } from '../native';
 import { openSafetensors } from '../safetensors';
 import type { Device, Tensor } from '../tensor';
 import { MC_SIM_7B_63, MEDUSA_PRESETS, medusaTree, medusaTreeShape, pruneTree, type MedusaChoices, type MedusaTreeShape } from '../tree';
-import { codedError, type HeadsOnAccepted, type ProposalBatch, type SpecSequence, type Speculator, type StepReport } from './speculator';
+import { chooseSubtree, PROBE_AFTER_PLAIN_STEPS, RankRates, selectNodes, sizingCost, stepCost, treeProbabilities } from '../tree_sizing';
+import {
+  codedError,
+  type HeadsOnAccepted,
+  type ProposalBatch,
+  type ProposeContext,
+  type SpecSequence,
+  type Speculator,
+  type StepReport,
+} from './speculator';
+
+/** Uses of a sized Medusa choice before it is recomputed (two per step: update, then propose). */
+const PLAN_USES = 8;
 
 export interface MedusaConfig {
   readonly numHeads: number;
@@ -173,8 +186,10 @@ export class MedusaHeads {
 export interface MedusaOptions {
   readonly heads: MedusaHeads;
   /**
-   * A preset name (mc_sim_7b_63, small_16, small_8, chain_4) or any choices list. Default
-   * mc_sim_7b_63 without the choices deeper than the number of heads.
+   * A preset name (mc_sim_7b_63, small_16, small_8, chain_4) or any choices list: that tree, every
+   * step. Default: sized for the hardware — each step the best subtree of mc_sim_7b_63 (without the
+   * choices deeper than the number of heads) under the target's cost curve and the heads' online
+   * acceptance rates, down to plain decoding (the heads do not run then) when no tree pays.
    */
   readonly choices?: MedusaChoices | string;
   /** When sampling: 'exact' (tree rejection, lossless; default) or 'typical' (LOSSY). */
@@ -191,11 +206,21 @@ export class MedusaSpeculator implements Speculator {
   readonly heads: MedusaHeads;
   readonly shape: MedusaTreeShape;
   readonly samplingVerifyMode: 'rejection' | 'typical';
-  readonly headsOnAccepted: HeadsOnAccepted;
+  private readonly fusedHeads: HeadsOnAccepted;
   readonly typicalThreshold: number;
   readonly typicalAlpha: number;
   /** Per sequence: top-k candidate ids of each head for the next step ([head][rank]). */
   private readonly cands = new Map<number, Int32Array[]>();
+  /** The tree is chosen per step by the cost model (no explicit choices). */
+  readonly sized: boolean;
+  /** Hit rate of rank r of head d given the path to depth d was accepted (sized mode). */
+  readonly rates = new RankRates((_d, r) => 0.5 / ((r + 1) * (r + 1)));
+  /** Seconds the heads take per step and sequence (recent steps; sized mode). */
+  private readonly headsSeconds = new RecentTimes();
+  /** Per sequence: consecutive steps decoded plainly (sized mode). */
+  private readonly plainRun = new Map<number, number>();
+  private target: CausalLM | undefined;
+  private planned: { keep: Int32Array; speculate: boolean; batch: number; age: number } | undefined;
 
   constructor(opts: MedusaOptions) {
     this.heads = opts.heads;
@@ -206,12 +231,13 @@ export class MedusaSpeculator implements Speculator {
         : (opts.choices ?? MC_SIM_7B_63.filter((c) => c.length <= opts.heads.config.numHeads));
     if (!choices) throw codedError('E_ARG', `medusa: unknown choices preset '${String(opts.choices)}' (have ${Object.keys(MEDUSA_PRESETS).join(', ')})`);
     this.shape = medusaTreeShape(choices);
+    this.sized = opts.choices === undefined;
     if (this.shape.depth > this.heads.config.numHeads) {
       throw codedError('E_ARG', `medusa: the choices are ${this.shape.depth} deep but there are only ${this.heads.config.numHeads} heads`);
     }
     if (this.shape.topK > this.heads.config.vocabSize) throw codedError('E_ARG', `medusa: choices need top-${this.shape.topK} > vocabulary`);
     // The engine runs the heads at each last accepted node with the verification (one wait a step).
-    this.headsOnAccepted = { heads: this.heads.weights(this.shape.depth), k: this.shape.topK };
+    this.fusedHeads = { heads: this.heads.weights(this.shape.depth), k: this.shape.topK };
     this.samplingVerifyMode = opts.sampling === 'typical' ? 'typical' : 'rejection';
     this.typicalThreshold = opts.posteriorThreshold ?? 0.09;
     this.typicalAlpha = opts.posteriorAlpha ?? 0.3;
@@ -228,6 +254,7 @@ export class MedusaSpeculator implements Speculator {
     if (this.heads.device !== model.device) {
       throw codedError('E_ARG', `medusa: heads are on ${this.heads.device} but the target is on ${model.device}`);
     }
+    this.target = model;
   }
 
   /** Runs the heads on output rows `rows` (one per sequence) and stores the top-k candidates. */
@@ -236,15 +263,10 @@ export class MedusaSpeculator implements Speculator {
     const H = this.heads.config.hiddenSize;
     const x = gatherRows(rows.map((row) => ({ tensor: out.hidden as Tensor, row })), H, this.heads.device);
     const K = this.shape.topK;
-    const R = seqs.length;
+    const t0 = performance.now();
     try {
-      const ids = this.heads.topKIds(x, K, this.shape.depth);
-      seqs.forEach((s, b) =>
-        this.cands.set(
-          s.key,
-          Array.from({ length: this.shape.depth }, (_, h) => ids.slice((h * R + b) * K, (h * R + b + 1) * K)),
-        ),
-      );
+      this.setCands(seqs, seqs.keys(), this.heads.topKIds(x, K, this.shape.depth));
+      this.headsSeconds.add((performance.now() - t0) / 1000 / seqs.length);
     } finally {
       x.dispose();
     }
@@ -252,33 +274,106 @@ export class MedusaSpeculator implements Speculator {
 
   async prefill(seqs: readonly SpecSequence[], output: ForwardOutput, lastRows: Int32Array): Promise<void> {
     this.observe(seqs, output, Array.from(lastRows));
+    if (this.sized && this.target) await forwardCost(this.target);
   }
 
-  async propose(seqs: readonly SpecSequence[]): Promise<ProposalBatch> {
+  /** Node probabilities of the choice tree under the current rates. */
+  private nodeProbabilities(): Float64Array {
+    return treeProbabilities(this.shape.parents, (i) => this.rates.rate(this.shape.head[i] as number, this.shape.rank[i] as number));
+  }
+
+  /** The nodes of the choice tree to propose this step (sized mode; the heads already ran). */
+  /**
+   * The sized choice: the subtree to propose once the heads have run, and whether a tree pays for
+   * running the heads at all. Recomputed every PLAN_USES uses or when the batch size changes (the
+   * rates move by one step's counts at a time; a 63-node choice costs tens of microseconds, as much
+   * as a tiny target's forward).
+   */
+  private plan(cost: ForwardCost, batch: number): { keep: Int32Array; speculate: boolean } {
+    const p = this.planned;
+    if (p && p.batch === batch && p.age++ < PLAN_USES) return p;
+    const prob = this.nodeProbabilities();
+    const heads = this.headsSeconds.value();
+    const keep = chooseSubtree(this.shape.parents, prob, stepCost(cost, batch)).keep;
+    const speculate = chooseSubtree(this.shape.parents, prob, stepCost(cost, batch, (n) => (n > 1 ? heads : 0))).size > 0;
+    this.planned = { keep, speculate, batch, age: 1 };
+    return this.planned;
+  }
+
+  /** Sized mode: whether the next step should speculate, i.e. run the heads now. */
+  private wantsNextTree(s: SpecSequence, cost: ForwardCost, batch: number): boolean {
+    const run = this.plainRun.get(s.key) ?? 0;
+    return run >= PROBE_AFTER_PLAIN_STEPS || this.plan(cost, batch).speculate;
+  }
+
+  /** Sized mode: head d's candidates against the tokens this step emitted (known through depth emitted.length). */
+  private record(cands: Int32Array[], emitted: Int32Array): void {
+    for (let d = 0; d < Math.min(cands.length, emitted.length); d++) {
+      this.rates.record(d, (cands[d] as Int32Array).indexOf(emitted[d] as number));
+    }
+  }
+
+  async propose(seqs: readonly SpecSequence[], ctx: ProposeContext = {}): Promise<ProposalBatch> {
+    const cost = sizingCost(this.sized, this.target, ctx);
+    const keep = cost ? this.plan(cost, seqs.length).keep : undefined;
     return {
       proposals: seqs.map((s) => {
         const root = s.history[s.history.length - 1] as number;
         const c = this.cands.get(s.key);
         if (!c || s.maxDepth === 0) return { tokens: Int32Array.of(root), parents: Int32Array.of(-1) };
-        const tree = medusaTree(this.shape, root, (h, r) => c[h]![r] as number);
+        const full = medusaTree(this.shape, root, (h, r) => c[h]![r] as number);
+        const tree = keep ? selectNodes(full, keep) : full;
         return this.shape.depth > s.maxDepth ? pruneTree(tree, s.maxDepth).tree : tree;
       }),
     };
   }
 
-  async update(seqs: readonly SpecSequence[], report: StepReport): Promise<void> {
-    const ids = report.headsTopK;
-    if (ids) {
-      const K = this.shape.topK, B = seqs.length;
-      seqs.forEach((s, b) => this.cands.set(s.key, Array.from({ length: this.shape.depth }, (_, h) => ids.slice((h * B + b) * K, (h * B + b + 1) * K))));
+  /**
+   * Candidates of sequences `which` from ids[(h * seqs.length + b) * K + j] (the heads' top-K, as
+   * topKIds and the engine's headsOnAccepted lay them out).
+   */
+  private setCands(seqs: readonly SpecSequence[], which: Iterable<number>, ids: Int32Array): void {
+    const K = this.shape.topK, B = seqs.length;
+    for (const b of which) {
+      this.cands.set((seqs[b] as SpecSequence).key, Array.from({ length: this.shape.depth }, (_, h) => ids.slice((h * B + b) * K, (h * B + b + 1) * K)));
+    }
+  }
+
+  /**
+   * The heads the engine runs at each last accepted node with the verification (one wait a step):
+   * always, unless the cost model's current plan is to decode plainly (then update() runs them only
+   * for the sequences about to probe a tree again).
+   */
+  get headsOnAccepted(): HeadsOnAccepted | undefined {
+    return this.sized && this.planned && !this.planned.speculate ? undefined : this.fusedHeads;
+  }
+
+  async update(seqs: readonly SpecSequence[], report: StepReport, ctx: ProposeContext = {}): Promise<void> {
+    const cost = sizingCost(this.sized, this.target, ctx);
+    let next = seqs.map((_, b) => b);
+    if (cost) {
+      seqs.forEach((s, b) => {
+        const c = this.cands.get(s.key);
+        if (c) this.record(c, report.emitted[b] as Int32Array);
+        this.plainRun.set(s.key, c && (report.proposals[b] as { tokens: Int32Array }).tokens.length > 1 ? 0 : (this.plainRun.get(s.key) ?? 0) + 1);
+      });
+      // Heads only for sequences whose next step will speculate: a plain step skips them.
+      next = next.filter((b) => this.wantsNextTree(seqs[b] as SpecSequence, cost, seqs.length));
+      seqs.forEach((s, b) => {
+        if (!next.includes(b)) this.cands.delete(s.key);
+      });
+      if (next.length === 0) return;
+    }
+    if (report.headsTopK) {
+      this.setCands(seqs, next, report.headsTopK);
       return;
     }
     // The heads read the hidden state of the last accepted node (the one that produced the bonus).
-    const rows = seqs.map((_, b) => {
+    const rows = next.map((b) => {
       const acc = report.acceptedNodes[b] as Int32Array;
       return (report.output.indptr[b] as number) + (acc[acc.length - 1] as number);
     });
-    this.observe(seqs, report.output, rows);
+    this.observe(next.map((b) => seqs[b] as SpecSequence), report.output, rows);
   }
 
   rewind(seq: SpecSequence): void {
@@ -287,6 +382,7 @@ export class MedusaSpeculator implements Speculator {
 
   release(seq: SpecSequence): void {
     this.cands.delete(seq.key);
+    this.plainRun.delete(seq.key);
   }
 
   /** Frees the candidate state; the heads belong to the caller (dispose them separately). */

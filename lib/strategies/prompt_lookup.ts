@@ -1,14 +1,20 @@
 // Prompt lookup decoding: find the longest n-gram (maxNgram down to minNgram) ending the history
 // that occurred before in prompt + output (most recent occurrence), and propose the tokens that
 // followed it as a chain. No model; drafts are deterministic (one-hot rejection when sampling).
+import { forwardCost } from '../cost_model';
 import type { CausalLM } from '../models/causal_lm';
 import { chainTree } from '../tree';
-import { codedError, type ProposalBatch, type SpecSequence, type Speculator } from './speculator';
+import { chooseChainLength, PROBE_AFTER_PLAIN_STEPS, RankRates, sizingCost, stepCost } from '../tree_sizing';
+import { codedError, type ProposalBatch, type ProposeContext, type SpecSequence, type Speculator, type StepReport } from './speculator';
 
 export interface PromptLookupOptions {
   readonly maxNgram?: number;
   readonly minNgram?: number;
-  /** Tokens proposed per step (at most). */
+  /**
+   * Tokens proposed per step: exactly up to this many (what the match provides). Default: sized
+   * for the hardware, each step the length (at most 10) with the most expected tokens per second
+   * under the target's cost curve and the online acceptance rate per draft position.
+   */
   readonly numDraft?: number;
 }
 
@@ -40,31 +46,63 @@ export class PromptLookupSpeculator implements Speculator {
   readonly maxNgram: number;
   readonly minNgram: number;
   readonly numDraft: number;
+  /** The draft length is chosen per step by the cost model (numDraft not given). */
+  readonly sized: boolean;
+  /** P(draft i + 1 accepted | drafts 1..i accepted), online (sized mode). */
+  readonly rates = new RankRates(() => 0.5);
+  /** Sized mode, per sequence: matches not proposed in a row (a probe after PROBE_AFTER_PLAIN_STEPS). */
+  private readonly unproposed = new Map<number, number>();
+  private target: CausalLM | undefined;
 
   constructor(opts: PromptLookupOptions = {}) {
     this.maxNgram = opts.maxNgram ?? 3;
     this.minNgram = opts.minNgram ?? 1;
     this.numDraft = opts.numDraft ?? 10;
+    this.sized = opts.numDraft === undefined;
     if (!(Number.isInteger(this.minNgram) && this.minNgram >= 1 && Number.isInteger(this.maxNgram) && this.maxNgram >= this.minNgram)) {
       throw codedError('E_ARG', `prompt lookup: need 1 <= minNgram <= maxNgram, got ${this.minNgram}, ${this.maxNgram}`);
     }
     if (!(Number.isInteger(this.numDraft) && this.numDraft >= 1)) throw codedError('E_ARG', `prompt lookup: numDraft must be >= 1, got ${this.numDraft}`);
   }
 
-  attach(_model: CausalLM): void {}
-  async prefill(): Promise<void> {}
+  attach(model: CausalLM): void {
+    this.target = model;
+  }
 
-  async propose(seqs: readonly SpecSequence[]): Promise<ProposalBatch> {
+  async prefill(): Promise<void> {
+    if (this.sized && this.target) await forwardCost(this.target);
+  }
+
+  async propose(seqs: readonly SpecSequence[], ctx: ProposeContext = {}): Promise<ProposalBatch> {
+    const cost = sizingCost(this.sized, this.target, ctx);
     return {
       proposals: seqs.map((s) => {
         const root = s.history[s.history.length - 1] as number;
         const k = Math.min(this.numDraft, s.maxDepth);
-        return chainTree(root, k > 0 ? promptLookup(s.history, this.maxNgram, this.minNgram, k) : []);
+        let drafts = k > 0 ? promptLookup(s.history, this.maxNgram, this.minNgram, k) : [];
+        if (cost && drafts.length > 0) {
+          let n = chooseChainLength((i) => this.rates.rate(i), drafts.length, stepCost(cost, seqs.length)).size;
+          // Now and then one token anyway, so the rates can recover when the text starts repeating.
+          const run = n > 0 ? 0 : (this.unproposed.get(s.key) ?? 0) + 1;
+          if (run > PROBE_AFTER_PLAIN_STEPS) n = 1;
+          this.unproposed.set(s.key, n > 0 ? 0 : run);
+          drafts = drafts.slice(0, n);
+        }
+        return chainTree(root, drafts);
       }),
     };
   }
 
-  async update(): Promise<void> {}
-  release(_seq: SpecSequence): void {}
+  async update(seqs: readonly SpecSequence[], report: StepReport, ctx: ProposeContext = {}): Promise<void> {
+    if (!sizingCost(this.sized, this.target, ctx)) return;
+    seqs.forEach((_, b) => {
+      const drafted = (report.proposals[b] as { tokens: Int32Array }).tokens.length - 1;
+      const accepted = (report.acceptedNodes[b] as Int32Array).length - 1;
+      for (let i = 0; i < Math.min(accepted + 1, drafted); i++) this.rates.record(i, i < accepted ? 0 : -1);
+    });
+  }
+  release(seq: SpecSequence): void {
+    this.unproposed.delete(seq.key);
+  }
   dispose(): void {}
 }

@@ -105,7 +105,7 @@ export interface Speculator {
    * them run on the device right after verification and read with its result (one wait a step).
    * Needs wantsHidden.
    */
-  readonly headsOnAccepted?: HeadsOnAccepted;
+  readonly headsOnAccepted?: HeadsOnAccepted | undefined;
   /** Verification mode when sampling: 'rejection' (exact, default) or 'typical' (Medusa; LOSSY). */
   readonly samplingVerifyMode?: 'rejection' | 'typical';
   readonly typicalThreshold?: number;

@@ -1,0 +1,98 @@
+// Hardware-aware tree sizing before and after, on the embedded family and on the same family
+// widened K times (bench/wide_family.ts: a memory-bound target that computes the same function,
+// with its draft and Medusa heads widened alike). Per family, plain decoding against each strategy
+// twice: with the settings the CLI used before the cost model (draft k = 4, the 63-node Medusa
+// tree, lookahead W=7 N=4 G=7, prompt lookup of 10 drafts) and with today's defaults (sized per
+// step by the cost model; lookahead's W, N, G and prompt lookup's n-gram length as before).
+// Runs are bracketed by plain runs as in the speculative bench (its runScenario).
+// Run: node dist/bench/sizing.bench.js [--quick]   (or specdec bench --only sizing)
+import * as fs from 'fs';
+import * as path from 'path';
+import type { CausalLM } from '../lib/models/causal_lm';
+import { LlamaModel } from '../lib/models/llama';
+import { DraftModelSpeculator } from '../lib/strategies/draft_model';
+import { LookaheadSpeculator } from '../lib/strategies/lookahead';
+import { MedusaHeads, MedusaSpeculator } from '../lib/strategies/medusa';
+import { PromptLookupSpeculator } from '../lib/strategies/prompt_lookup';
+import { TextTokenizer } from '../lib/tokenizer';
+import { standalone, tempDir, type BenchModule, type BenchOptions, type BenchResult, type BenchRow } from './common';
+import { DEFAULT_MODELS, DEFAULT_PROMPT, runScenario, type Variant } from './speculative.bench';
+import { widenFamily } from './wide_family';
+
+/** Widening factor of the memory-bound family (0.87M -> 51M target at 8). */
+const WIDEN = Number(process.env['SPECDEC_BENCH_WIDEN'] ?? 8);
+const LOOKAHEAD: [number, number, number] = [7, 4, 7];
+
+function variants(draft: CausalLM, heads: MedusaHeads): Variant[] {
+  const [W, N, G] = LOOKAHEAD;
+  return [
+    { name: 'draft model, before (k=4)', setup: { k: 4 }, make: () => new DraftModelSpeculator({ draft, k: 4 }) },
+    { name: 'draft model, cost model', setup: { k: 'cost' }, make: () => new DraftModelSpeculator({ draft }) },
+    { name: 'medusa, before (mc_sim_7b_63)', setup: { choices: 'mc_sim_7b_63' }, make: () => new MedusaSpeculator({ heads, choices: 'mc_sim_7b_63' }) },
+    { name: 'medusa, cost model', setup: { choices: 'sized mc_sim_7b_63' }, make: () => new MedusaSpeculator({ heads }) },
+    { name: `lookahead ${W},${N},${G}, before (fixed)`, setup: { W, N, G, sizing: 'fixed' }, make: () => new LookaheadSpeculator({ W, N, G, sizing: 'fixed' }) },
+    { name: `lookahead ${W},${N},${G}, cost model`, setup: { W, N, G, sizing: 'cost' }, make: () => new LookaheadSpeculator({ W, N, G }) },
+    { name: 'prompt lookup 3, before (10 drafts)', setup: { maxNgram: 3, numDraft: 10 }, make: () => new PromptLookupSpeculator({ maxNgram: 3, minNgram: 1, numDraft: 10 }) },
+    { name: 'prompt lookup 3, cost model', setup: { maxNgram: 3, numDraft: 'cost' }, make: () => new PromptLookupSpeculator({ maxNgram: 3, minNgram: 1 }) },
+  ];
+}
+
+async function family(name: string, dir: string, newTokens: number, rounds: number, opts: BenchOptions, checks: Record<string, boolean>): Promise<BenchRow[]> {
+  const owned: { dispose(): void }[] = [];
+  try {
+    const load = async (d: string): Promise<LlamaModel> => {
+      const m = await LlamaModel.load(d, { device: opts.device, maxSequences: 2 });
+      owned.push(m);
+      return m;
+    };
+    const target = await load(path.join(dir, 'target'));
+    const draft = await load(path.join(dir, 'draft'));
+    const heads = MedusaHeads.load(path.join(dir, 'medusa'), { device: target.device });
+    owned.push(heads);
+    const tok = TextTokenizer.load(path.join(DEFAULT_MODELS, 'target'));
+    if (!tok) throw new Error(`sizing: no tokenizer in ${DEFAULT_MODELS}/target`);
+    const prompt = tok.encode(DEFAULT_PROMPT);
+    const rows = await runScenario({ name, target, prompt, promptDescription: JSON.stringify(DEFAULT_PROMPT), newTokens, variants: variants(draft, heads) }, rounds, opts, checks);
+    return rows;
+  } finally {
+    for (const o of owned.reverse()) o.dispose();
+  }
+}
+
+export const sizingBench: BenchModule = {
+  name: 'sizing',
+  description: `tree sizing by the cost model vs the former fixed settings: every strategy against plain decoding on the embedded family and on it widened ${WIDEN}x (memory-bound)`,
+  async run(opts: BenchOptions): Promise<BenchResult> {
+    const t0 = performance.now();
+    const checks: Record<string, boolean> = {};
+    const notes: string[] = [];
+    const rows: BenchRow[] = [];
+    if (!fs.existsSync(path.join(DEFAULT_MODELS, 'target', 'config.json'))) {
+      notes.push(`no embedded family at ${DEFAULT_MODELS}: skipped`);
+    } else {
+      const K = opts.quick ? 2 : WIDEN;
+      rows.push(...(await family('embedded', DEFAULT_MODELS, opts.quick ? 16 : 128, opts.quick ? 1 : 3, opts, checks)));
+      const tmp = tempDir('wide');
+      try {
+        opts.log(`sizing: widening the embedded family ${K}x`);
+        widenFamily(DEFAULT_MODELS, tmp.dir, K);
+        rows.push(...(await family(`widened ${K}x`, tmp.dir, opts.quick ? 8 : 64, opts.quick ? 1 : 3, opts, checks)));
+      } finally {
+        tmp.remove();
+      }
+      notes.push(`widened ${K}x: hidden, heads, KV heads and MLP tiled ${K} times, weights reading a tiled vector divided by ${K} (the same function, ${K * K}x the matmul weights)`);
+    }
+    return {
+      bench: 'sizing',
+      device: opts.device,
+      quick: opts.quick,
+      setup: { decoding: 'greedy', widen: opts.quick ? 2 : WIDEN, lookahead: LOOKAHEAD, method: 'runScenario of the speculative bench: each run bracketed by plain runs, median ratio over rounds' },
+      rows,
+      notes,
+      checks,
+      seconds: (performance.now() - t0) / 1000,
+    };
+  },
+};
+
+if (require.main === module) void standalone(sizingBench);

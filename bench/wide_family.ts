@@ -1,0 +1,152 @@
+// A memory-bound benchmark family built from the embedded one by a function-preserving widening:
+// hidden size, attention heads, KV heads and the MLP are tiled K times, and every weight that
+// reads a tiled vector is divided by K, so each layer computes K copies of the original
+// activations and the LM head sums them back (exact in bf16 for K a power of two: the division
+// only moves the exponent). RMSNorm of K copies equals RMSNorm of one; attention per head is
+// unchanged (head_dim is kept, query head i*nH + h groups with KV head i*nKV + h/g). A tied LM
+// head is untied (the embedding is tiled as is, the head divided by K).
+//
+// The wide target computes the same function (up to f32 summation order), so the draft and the
+// Medusa heads — widened alike — keep their acceptance while the target costs what a model of
+// its size costs: the embedded family at K = 8 is a 51M bf16 target, a 3.5M draft.
+import * as fs from 'fs';
+import * as path from 'path';
+import { argError } from '../lib/errors';
+import { bf16BitsToF32, f16BitsToF32, writeSafetensors, type SafetensorsEntry } from '../lib/safetensors';
+
+interface RawTensor {
+  readonly dtype: 'F32' | 'F16' | 'BF16';
+  readonly shape: number[];
+  /** Values as f32 (bf16/f16 widen exactly). */
+  readonly data: Float32Array;
+}
+
+/** Reads a .safetensors file's f32/f16/bf16 tensors (a small file: it is read whole). */
+function readTensors(file: string): Map<string, RawTensor> {
+  const buf = fs.readFileSync(file);
+  const headerLen = Number(buf.readBigUInt64LE(0));
+  const header = JSON.parse(buf.subarray(8, 8 + headerLen).toString('utf8')) as Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }>;
+  const base = 8 + headerLen;
+  const out = new Map<string, RawTensor>();
+  for (const [name, e] of Object.entries(header)) {
+    if (name === '__metadata__') continue;
+    const bytes = buf.subarray(base + e.data_offsets[0], base + e.data_offsets[1]);
+    const n = e.shape.reduce((a, b) => a * b, 1);
+    const data = new Float32Array(n);
+    if (e.dtype === 'F32') for (let i = 0; i < n; i++) data[i] = bytes.readFloatLE(4 * i);
+    else if (e.dtype === 'BF16') for (let i = 0; i < n; i++) data[i] = bf16BitsToF32(bytes.readUInt16LE(2 * i));
+    else if (e.dtype === 'F16') for (let i = 0; i < n; i++) data[i] = f16BitsToF32(bytes.readUInt16LE(2 * i));
+    else throw argError(`${file}: tensor '${name}' has dtype ${e.dtype}; widening handles F32, F16 and BF16`);
+    out.set(name, { dtype: e.dtype, shape: e.shape, data });
+  }
+  return out;
+}
+
+/**
+ * Tiles a tensor K times: `rows` tiles the first dimension (a 2-D weight's outputs, or a 1-D
+ * vector), `cols` the second (a weight's inputs: it then reads K copies, so it is divided by K;
+ * the embedding, a lookup, is tiled along its hidden dimension undivided: `divide` false).
+ */
+function tile(t: RawTensor, K: number, rows: boolean, cols: boolean, divide = cols): RawTensor {
+  const [O, I] = t.shape.length === 2 ? (t.shape as [number, number]) : [t.shape[0] as number, 1];
+  const kr = rows ? K : 1;
+  const kc = cols ? K : 1;
+  const scale = divide ? 1 / K : 1;
+  const data = new Float32Array(O * kr * I * kc);
+  const width = I * kc;
+  for (let br = 0; br < kr; br++) {
+    for (let o = 0; o < O; o++) {
+      for (let bc = 0; bc < kc; bc++) {
+        const dst = (br * O + o) * width + bc * I;
+        for (let i = 0; i < I; i++) data[dst + i] = (t.data[o * I + i] as number) * scale;
+      }
+    }
+  }
+  const shape = t.shape.length === 2 ? [O * kr, I * kc] : [O * kr];
+  return { dtype: t.dtype, shape, data };
+}
+
+function entry(t: RawTensor): SafetensorsEntry {
+  return { dtype: t.dtype, shape: t.shape, data: t.data };
+}
+
+function checkK(K: number): void {
+  if (!Number.isInteger(K) || K < 1 || (K & (K - 1)) !== 0) throw argError(`widening factor K must be a power of two >= 1 (exact in bf16), got ${K}`);
+}
+
+/** Widens a Llama checkpoint directory (config.json + model.safetensors) K times into `dst`. */
+export function widenLlama(src: string, dst: string, K: number): void {
+  checkK(K);
+  const cfg = JSON.parse(fs.readFileSync(path.join(src, 'config.json'), 'utf8')) as Record<string, unknown>;
+  const num = (k: string): number => {
+    const v = cfg[k];
+    if (typeof v !== 'number') throw argError(`${src}/config.json: '${k}' must be a number to widen`);
+    return v;
+  };
+  const H = num('hidden_size');
+  const heads = num('num_attention_heads');
+  const headDim = typeof cfg['head_dim'] === 'number' ? (cfg['head_dim'] as number) : H / heads;
+  const tensors = readTensors(path.join(src, 'model.safetensors'));
+  const out: Record<string, SafetensorsEntry> = {};
+  for (const [name, t] of tensors) {
+    if (name === 'model.embed_tokens.weight') out[name] = entry(tile(t, K, false, true, false));
+    else if (name === 'lm_head.weight') out[name] = entry(tile(t, K, false, true));
+    else if (t.shape.length === 1) out[name] = entry(tile(t, K, true, false));
+    else out[name] = entry(tile(t, K, true, true));
+  }
+  if (cfg['tie_word_embeddings'] === true || !tensors.has('lm_head.weight')) {
+    const e = tensors.get('model.embed_tokens.weight');
+    if (!e) throw argError(`${src}: no model.embed_tokens.weight`);
+    out['lm_head.weight'] = entry(tile(e, K, false, true));
+  }
+  const wide = {
+    ...cfg,
+    hidden_size: H * K,
+    intermediate_size: num('intermediate_size') * K,
+    num_attention_heads: heads * K,
+    num_key_value_heads: (typeof cfg['num_key_value_heads'] === 'number' ? (cfg['num_key_value_heads'] as number) : heads) * K,
+    head_dim: headDim,
+    tie_word_embeddings: false,
+  };
+  fs.mkdirSync(dst, { recursive: true });
+  fs.writeFileSync(path.join(dst, 'config.json'), JSON.stringify(wide, null, 2));
+  writeSafetensors(path.join(dst, 'model.safetensors'), out);
+  for (const f of ['tokenizer.json', 'tokenizer_config.json']) {
+    if (fs.existsSync(path.join(src, f))) fs.copyFileSync(path.join(src, f), path.join(dst, f));
+  }
+}
+
+/** Widens FasterDecoding-layout Medusa heads K times into `dst` (ResBlocks tiled, head LM heads divided). */
+export function widenMedusa(src: string, dst: string, K: number): void {
+  checkK(K);
+  const cfg = JSON.parse(fs.readFileSync(path.join(src, 'config.json'), 'utf8')) as Record<string, unknown>;
+  const tensors = readTensors(path.join(src, 'medusa_lm_head.safetensors'));
+  const out: Record<string, SafetensorsEntry> = {};
+  for (const [name, t] of tensors) {
+    if (/\.linear\.(weight|bias)$/.test(name)) out[name] = entry(tile(t, K, true, t.shape.length === 2));
+    else out[name] = entry(tile(t, K, false, true)); // `{h}.{L}.weight`: the head's LM head [V, H]
+  }
+  fs.mkdirSync(dst, { recursive: true });
+  const wide: Record<string, unknown> = { ...cfg };
+  if (typeof cfg['hidden_size'] === 'number') wide['hidden_size'] = (cfg['hidden_size'] as number) * K;
+  fs.writeFileSync(path.join(dst, 'config.json'), JSON.stringify(wide, null, 2));
+  writeSafetensors(path.join(dst, 'medusa_lm_head.safetensors'), out);
+}
+
+/**
+ * The embedded family (a directory with target/, draft/ and medusa/) widened K times into
+ * dst/{target,draft,medusa}; parts that are missing are skipped. Returns the directories written.
+ */
+export function widenFamily(src: string, dst: string, K: number): { target?: string; draft?: string; medusa?: string } {
+  const out: { target?: string; draft?: string; medusa?: string } = {};
+  for (const part of ['target', 'draft'] as const) {
+    if (!fs.existsSync(path.join(src, part, 'config.json'))) continue;
+    widenLlama(path.join(src, part), path.join(dst, part), K);
+    out[part] = path.join(dst, part);
+  }
+  if (fs.existsSync(path.join(src, 'medusa', 'config.json'))) {
+    widenMedusa(path.join(src, 'medusa'), path.join(dst, 'medusa'), K);
+    out.medusa = path.join(dst, 'medusa');
+  }
+  return out;
+}

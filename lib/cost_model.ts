@@ -1,0 +1,259 @@
+// The cost model of a model's forward on its device: c(n), seconds for a forward over n new tokens
+// at the current context, measured at first use (a short calibration on a scratch sequence) and
+// refined online from the step timings the engine reports. Speculators size their trees with it
+// (lib/tree_sizing.ts): a wide tree pays only where c(n) grows slower than the tokens it adds.
+//
+// One curve per model object (a model lives on one device), shared by every decoder and
+// speculator that uses the model; setForwardCost pins a curve (tests, or an engine that knows
+// its costs).
+import type { CausalLM } from './models/causal_lm';
+import { argError } from './errors';
+
+/** Forward sizes measured by the calibration (the curve interpolates between them). */
+export const CALIBRATION_SIZES: readonly number[] = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64];
+
+/**
+ * A robust running estimate of a time: the lower quartile of the last WINDOW samples. On a shared
+ * machine interference only ever adds time (another process, a GC pause, a forward that waited for
+ * a pool thread), so the low side of recent samples is the cost to plan with, and a burst of
+ * outliers moves it only once it fills most of the window.
+ */
+export class RecentTimes {
+  static readonly WINDOW = 16;
+  private readonly samples: number[] = [];
+  private next = 0;
+  private cached: number | undefined;
+
+  constructor(initial?: number) {
+    if (initial !== undefined) this.add(initial);
+  }
+
+  add(seconds: number): void {
+    if (!(seconds >= 0) || !Number.isFinite(seconds)) return;
+    if (this.samples.length < RecentTimes.WINDOW) this.samples.push(seconds);
+    else this.samples[this.next] = seconds;
+    this.next = (this.next + 1) % RecentTimes.WINDOW;
+    this.cached = undefined;
+  }
+
+  get count(): number {
+    return this.samples.length;
+  }
+
+  /** The lower quartile of the recent samples (0 when there are none). */
+  value(): number {
+    if (this.cached === undefined) {
+      const sorted = this.samples.slice().sort((a, b) => a - b);
+      this.cached = sorted.length === 0 ? 0 : (sorted[Math.floor((sorted.length - 1) / 4)] as number);
+    }
+    return this.cached;
+  }
+}
+
+/** A piecewise-linear, non-decreasing cost curve c(n) in seconds, refined by observations. */
+export class ForwardCost {
+  private readonly ns: number[];
+  private readonly ts: RecentTimes[];
+  private readonly overhead = new RecentTimes();
+  /** The non-decreasing point values predict() interpolates (recomputed after an observation). */
+  private monotone: number[] | undefined;
+  /** Observations taken in since construction (tests and statistics). */
+  observations = 0;
+
+  /**
+   * points: [n, seconds] pairs, n >= 1 distinct integers, seconds > 0 (any order). `frozen`: the
+   * curve ignores observations (a fixed synthetic curve).
+   */
+  constructor(
+    points: readonly (readonly [number, number])[],
+    readonly frozen = false,
+  ) {
+    const sorted = points.slice().sort((a, b) => a[0] - b[0]);
+    if (sorted.length === 0) throw argError('ForwardCost: no points');
+    sorted.forEach(([n, t], i) => {
+      if (!Number.isInteger(n) || n < 1 || (i > 0 && n === sorted[i - 1]![0])) throw argError(`ForwardCost: sizes must be distinct integers >= 1, got ${n}`);
+      if (!(t > 0) || !Number.isFinite(t)) throw argError(`ForwardCost: cost of ${n} tokens must be a positive number of seconds, got ${t}`);
+    });
+    this.ns = sorted.map((p) => p[0]);
+    this.ts = sorted.map((p) => new RecentTimes(p[1]));
+  }
+
+  /** A curve from a function of n sampled at the calibration sizes (synthetic curves in tests). */
+  static fromFunction(f: (n: number) => number, opts: { readonly sizes?: readonly number[]; readonly frozen?: boolean; readonly stepOverhead?: number } = {}): ForwardCost {
+    const c = new ForwardCost((opts.sizes ?? CALIBRATION_SIZES).map((n) => [n, f(n)] as const), opts.frozen ?? false);
+    if (opts.stepOverhead !== undefined) c.overhead.add(opts.stepOverhead);
+    return c;
+  }
+
+  /** Per-step time outside the forward and the speculator (verification, commit, glue), seconds. */
+  get stepOverhead(): number {
+    return this.overhead.value();
+  }
+
+  /** Predicted seconds of a forward over n >= 1 new tokens (linear beyond the last point). */
+  predict(n: number): number {
+    const { ns } = this;
+    // Non-decreasing by the minimum over wider points: a narrower forward never costs more than a
+    // wider one, and interference only adds time, so a point above a wider one is the noisy one.
+    let ts = this.monotone;
+    if (!ts) {
+      ts = this.ts.map((t) => t.value());
+      for (let i = ts.length - 2; i >= 0; i--) ts[i] = Math.min(ts[i] as number, ts[i + 1] as number);
+      this.monotone = ts;
+    }
+    for (let i = 0; i < ns.length; i++) {
+      const ni = ns[i] as number;
+      if (n <= ni) {
+        if (i === 0) return ts[0] as number;
+        const n0 = ns[i - 1] as number;
+        return (ts[i - 1] as number) + ((ts[i] as number) - (ts[i - 1] as number)) * ((n - n0) / (ni - n0));
+      }
+    }
+    const k = ns.length - 1;
+    if (k === 0) return ((ts[0] as number) * n) / (ns[0] as number);
+    const slope = ((ts[k] as number) - (ts[k - 1] as number)) / ((ns[k] as number) - (ns[k - 1] as number));
+    return (ts[k] as number) + slope * (n - (ns[k] as number));
+  }
+
+  /**
+   * Takes in a measured forward of n tokens: a sample of the nearest grid point, scaled by the
+   * curve's own ratio between the two sizes when n is not on the grid.
+   */
+  observe(n: number, seconds: number): void {
+    if (this.frozen || !(seconds > 0) || !Number.isFinite(seconds) || !(n >= 1)) return;
+    const { ns } = this;
+    let at = 0;
+    for (let i = 1; i < ns.length; i++) if (Math.abs((ns[i] as number) - n) < Math.abs((ns[at] as number) - n)) at = i;
+    const grid = ns[at] as number;
+    const scaled = grid === n ? seconds : (seconds * this.predict(grid)) / this.predict(n);
+    (this.ts[at] as RecentTimes).add(scaled);
+    this.monotone = undefined;
+    this.observations++;
+  }
+
+  /** Takes in the per-step overhead (seconds) measured by the engine. */
+  observeOverhead(seconds: number): void {
+    if (!this.frozen) this.overhead.add(seconds);
+  }
+
+  /** The curve's points (n, seconds). */
+  points(): [number, number][] {
+    return this.ns.map((n, i) => [n, (this.ts[i] as RecentTimes).value()]);
+  }
+}
+
+// ---- calibration ---------------------------------------------------------------------------------
+
+export interface CalibrationOptions {
+  /** Forward sizes to measure (default CALIBRATION_SIZES, cut to what the context holds). */
+  readonly sizes?: readonly number[];
+  /** Committed context of the scratch sequence (default 32 tokens, cut to the context). */
+  readonly prefix?: number;
+  /** Timed rounds over the sizes at most (default 5; at least one). */
+  readonly reps?: number;
+  /**
+   * Sizes stop at the first whose forward costs more than this many 1-token forwards (default 4):
+   * wider trees would need more accepted tokens than that to pay, and the curve extrapolates.
+   */
+  readonly maxRatio?: number;
+  /** Time for the timed rounds after the first, in 1-token forwards (default 20; at least 0.2 s). */
+  readonly budget?: number;
+}
+
+/**
+ * Measures c(n) on a scratch sequence of `model`: a committed prefix, then uncommitted chains of
+ * n tokens (a forward that is not committed leaves the cache as it was). The sequence is freed.
+ * Its cost is bounded for big models: a first pass finds the sizes worth measuring, then rounds
+ * over them repeat while the time budget lasts.
+ */
+export async function calibrateForwardCost(model: CausalLM, opts: CalibrationOptions = {}): Promise<ForwardCost> {
+  const V = model.config.vocabSize;
+  const maxPos = model.config.maxPositions;
+  const prefix = Math.max(1, Math.min(opts.prefix ?? 32, Math.floor(maxPos / 4)));
+  const candidates = (opts.sizes ?? CALIBRATION_SIZES).filter((n) => prefix + n <= maxPos);
+  const reps = Math.max(1, opts.reps ?? 5);
+  if (candidates.length === 0) throw argError(`calibrateForwardCost: a context of ${maxPos} positions leaves no room to measure`);
+  // Token ids spread over the vocabulary (the values do not change the cost).
+  const tokens = (n: number, from: number): Int32Array => Int32Array.from({ length: n }, (_, i) => ((from + i) * 7919) % V);
+  const seq = model.createSequence();
+  const time = async (n: number, from: number): Promise<number> => {
+    // A turn of the event loop first: each forward runs as a decode step's would (a tiny one on the
+    // calling thread, see LlamaLoadOptions.syncForwardMaxMacs), not pushed to the pool by the
+    // calibration's own run of calls.
+    await new Promise((r) => setImmediate(r));
+    const t0 = performance.now();
+    const out = await model.forward([{ seq, tokens: tokens(n, from) }]);
+    const dt = (performance.now() - t0) / 1000;
+    out.logits.dispose();
+    out.hidden?.dispose();
+    return dt;
+  };
+  try {
+    const pre = await model.forward([{ seq, tokens: tokens(prefix, 0) }]);
+    pre.logits.dispose();
+    pre.hidden?.dispose();
+    model.commit([seq], [Int32Array.from({ length: prefix }, (_, i) => i)]);
+    // Untimed pass (warm-up), which also finds where the sizes stop paying to measure.
+    const first = Math.min(await time(candidates[0] as number, prefix), await time(candidates[0] as number, prefix));
+    const sizes: number[] = [];
+    const limit = (opts.maxRatio ?? 4) * first;
+    for (const n of candidates) {
+      sizes.push(n);
+      // Measured twice before it ends the list: one slow sample is more often interference.
+      if ((await time(n, prefix)) > limit && (await time(n, prefix)) > limit) break;
+    }
+    // Timed rounds, sizes interleaved in a rotating order so that a burst of another process hits
+    // them alike (and no size always follows the widest one); every forward is a sample of its point.
+    const times = sizes.map((): number[] => []);
+    const budget = Math.max(0.2, (opts.budget ?? 20) * first);
+    const t0 = performance.now();
+    for (let r = 0; r < reps && (r === 0 || (performance.now() - t0) / 1000 < budget); r++) {
+      for (let i = 0; i < sizes.length; i++) {
+        const k = (i + r) % sizes.length;
+        (times[k] as number[]).push(await time(sizes[k] as number, prefix + r + 1));
+      }
+    }
+    const curve = new ForwardCost(sizes.map((n, k): [number, number] => [n, Math.max(1e-9, Math.min(...(times[k] as number[])))]));
+    sizes.forEach((n, k) => {
+      for (const t of times[k] as number[]) curve.observe(n, t);
+    });
+    return curve;
+  } finally {
+    model.freeSequence(seq);
+  }
+}
+
+const curves = new WeakMap<CausalLM, ForwardCost>();
+const pending = new WeakMap<CausalLM, Promise<ForwardCost>>();
+
+/** The model's cost curve, calibrating it at the first call (once per model, concurrent callers share it). */
+export async function forwardCost(model: CausalLM): Promise<ForwardCost> {
+  const known = curves.get(model);
+  if (known) return known;
+  let p = pending.get(model);
+  if (!p) {
+    p = calibrateForwardCost(model).then(
+      (c) => {
+        curves.set(model, c);
+        pending.delete(model);
+        return c;
+      },
+      (e: unknown) => {
+        pending.delete(model);
+        throw e;
+      },
+    );
+    pending.set(model, p);
+  }
+  return p;
+}
+
+/** The model's cost curve if it has one already (no calibration). */
+export function knownForwardCost(model: CausalLM): ForwardCost | undefined {
+  return curves.get(model);
+}
+
+/** Pins the cost curve of a model (synthetic curves in tests; an engine that knows its costs). */
+export function setForwardCost(model: CausalLM, cost: ForwardCost): void {
+  curves.set(model, cost);
+}

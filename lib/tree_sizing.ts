@@ -1,0 +1,193 @@
+// Tree sizing: online acceptance statistics per tree position, and the choice of the proposal
+// with the most expected tokens per second under a step cost (lib/cost_model.ts). Every choice
+// here is a pure function of its inputs (rates and a cost function), so it is deterministic and
+// testable with synthetic curves; plain decoding (the root alone) is always one of the options.
+//
+// Expected tokens of a tree = 1 (the bonus token) + the sum over its draft nodes of P(node on the
+// accepted path). With deterministic candidates (greedy, or one-hot drafts) siblings are exclusive
+// and a node's probability is its parent's times the conditional rate of its own position, so the
+// best tree of n nodes is grown greedily from the root, best frontier node first (Sequoia-style).
+import { knownForwardCost, type ForwardCost } from './cost_model';
+import type { CausalLM } from './models/causal_lm';
+import { isSampling } from './step_helpers';
+import type { ProposeContext } from './strategies/speculator';
+
+/**
+ * Hit rates of candidates by (depth, rank), conditional on the depth being reached: per depth,
+ * at most one rank hits per trial (the ranks are exclusive guesses for the same token). A Beta
+ * prior of `weight` trials with mean prior(depth, rank) keeps early estimates sane.
+ */
+export class RankRates {
+  private readonly trials: number[] = [];
+  private readonly hits: number[][] = [];
+
+  constructor(
+    private readonly prior: (depth: number, rank: number) => number,
+    private readonly weight = 2,
+  ) {}
+
+  /** One trial at `depth` (0-based): `rank` hit, or -1 when no candidate did. */
+  record(depth: number, rank: number): void {
+    while (this.trials.length <= depth) {
+      this.trials.push(0);
+      this.hits.push([]);
+    }
+    this.trials[depth] = (this.trials[depth] as number) + 1;
+    if (rank >= 0) {
+      const h = this.hits[depth] as number[];
+      while (h.length <= rank) h.push(0);
+      h[rank] = (h[rank] as number) + 1;
+    }
+  }
+
+  rate(depth: number, rank = 0): number {
+    const n = this.trials[depth] ?? 0;
+    const h = this.hits[depth]?.[rank] ?? 0;
+    return (h + this.weight * this.prior(depth, rank)) / (n + this.weight);
+  }
+
+  /** Trials recorded at each depth (statistics). */
+  trialCounts(): number[] {
+    return this.trials.slice();
+  }
+}
+
+/** What a choice is worth: its size, expected tokens per step and per second. */
+export interface SizeChoice {
+  /** Draft tokens (chain length, or tree nodes without the root). 0 = plain decoding. */
+  readonly size: number;
+  readonly expectedTokens: number;
+  readonly tokensPerSecond: number;
+}
+
+/**
+ * Seconds of one step that verifies `nodes` tokens (root included) for each of `batch` sequences:
+ * the batch's forward and per-step overhead shared by its sequences, plus the speculator's own
+ * cost of producing that proposal.
+ */
+export function stepCost(cost: ForwardCost, batch = 1, speculatorCost: (nodes: number) => number = () => 0): (nodes: number) => number {
+  const b = Math.max(1, batch);
+  return (nodes) => (cost.predict(b * nodes) + cost.stepOverhead) / b + speculatorCost(nodes);
+}
+
+/**
+ * The chain length k in [0, maxK] with the most expected tokens per second; alpha(i) = P(draft
+ * i + 1 accepted | drafts 1..i accepted); E(k) = 1 + sum_{j<=k} prod_{i<j} alpha(i); a step of k
+ * drafts costs cost(k + 1). Ties go to the shorter chain.
+ */
+export function chooseChainLength(alpha: (i: number) => number, maxK: number, cost: (nodes: number) => number): SizeChoice {
+  let best: SizeChoice = { size: 0, expectedTokens: 1, tokensPerSecond: 1 / cost(1) };
+  let expected = 1;
+  let reach = 1;
+  for (let k = 1; k <= maxK; k++) {
+    reach *= clamp01(alpha(k - 1));
+    expected += reach;
+    const tps = expected / cost(k + 1);
+    if (tps > best.tokensPerSecond) best = { size: k, expectedTokens: expected, tokensPerSecond: tps };
+  }
+  return best;
+}
+
+export interface SubtreeChoice extends SizeChoice {
+  /** Kept node indices, ascending, root (0) first: a prefix-closed subtree. */
+  readonly keep: Int32Array;
+}
+
+/**
+ * The prefix-closed subtree (root kept) with the most expected tokens per second. prob[i] = P(node
+ * i is on the accepted path), non-increasing from parent to child; parents[i] < i. The subtree of
+ * each size is grown from the root by adding the most probable frontier node (lowest index on
+ * ties); sizes up to maxNodes (root included) are compared, ties going to the smaller tree.
+ * `extraValue` adds expected tokens that do not come from the tree (lookahead's window).
+ */
+export function chooseSubtree(
+  parents: Int32Array,
+  prob: ArrayLike<number>,
+  cost: (nodes: number) => number,
+  opts: { readonly maxNodes?: number; readonly extraValue?: number } = {},
+): SubtreeChoice {
+  const n = parents.length;
+  const maxNodes = Math.min(n, opts.maxNodes ?? n);
+  const extra = opts.extraValue ?? 0;
+  const taken = new Uint8Array(n);
+  taken[0] = 1;
+  const order: number[] = [0];
+  let expected = 1 + extra;
+  let best = { count: 1, expectedTokens: expected, tokensPerSecond: expected / cost(1) };
+  // Most probable first, lower index on ties: since a child is never more probable than its parent
+  // (and comes after it), this order adds every node after its parent, i.e. it is the greedy
+  // frontier growth; a node whose parent is not in yet (a malformed prob) waits for the next pass.
+  let m = 0;
+  const ranked = new Int32Array(n - 1);
+  for (let i = 1; i < n; i++) if ((prob[i] as number) > 0) ranked[m++] = i;
+  // Insertion sort: tens of nodes, mostly in order already (choice trees list likely nodes first).
+  for (let i = 1; i < m; i++) {
+    const x = ranked[i] as number;
+    const px = prob[x] as number;
+    let j = i - 1;
+    for (; j >= 0; j--) {
+      const y = ranked[j] as number;
+      const py = prob[y] as number;
+      if (py > px || (py === px && y < x)) break;
+      ranked[j + 1] = y;
+    }
+    ranked[j + 1] = x;
+  }
+  for (let progress = true; progress && order.length < maxNodes; ) {
+    progress = false;
+    for (let r = 0; r < m; r++) {
+      const pick = ranked[r] as number;
+      if (order.length >= maxNodes) break;
+      if (taken[pick] || !taken[parents[pick] as number]) continue;
+      progress = true;
+      taken[pick] = 1;
+      order.push(pick);
+      expected += clamp01(prob[pick] as number);
+      const tps = expected / cost(order.length);
+      if (tps > best.tokensPerSecond) best = { count: order.length, expectedTokens: expected, tokensPerSecond: tps };
+    }
+  }
+  const keep = Int32Array.from(order.slice(0, best.count)).sort();
+  return { keep, size: best.count - 1, expectedTokens: best.expectedTokens, tokensPerSecond: best.tokensPerSecond };
+}
+
+/** Node probabilities of a tree whose node i guesses rank[i] at depth depth[i] (root: 1). */
+export function treeProbabilities(parents: Int32Array, rate: (node: number) => number): Float64Array {
+  const p = new Float64Array(parents.length);
+  p[0] = 1;
+  for (let i = 1; i < parents.length; i++) p[i] = (p[parents[i] as number] as number) * clamp01(rate(i));
+  return p;
+}
+
+function clamp01(x: number): number {
+  return x > 1 ? 1 : x > 0 ? x : 0;
+}
+
+/** The nodes `keep` (ascending, root first, prefix-closed) of a tree, parents renumbered. */
+export function selectNodes<T extends { readonly tokens: Int32Array; readonly parents: Int32Array }>(tree: T, keep: Int32Array): { tokens: Int32Array; parents: Int32Array } {
+  const at = new Int32Array(tree.parents.length).fill(-1);
+  keep.forEach((node, i) => (at[node] = i));
+  return {
+    tokens: Int32Array.from(keep, (node) => tree.tokens[node] as number),
+    parents: Int32Array.from(keep, (node) => {
+      const p = tree.parents[node] as number;
+      return p < 0 ? p : (at[p] as number);
+    }),
+  };
+}
+
+/**
+ * The cost curve a sized speculator goes by this step, or undefined: not sized, no curve yet, or
+ * sampling. Sampled runs keep the speculator's fixed shape, because the sampled tokens depend on
+ * the tree verified: a choice driven by timings would make a seed's output vary between runs and
+ * make a sequence's output depend on its batch.
+ */
+export function sizingCost(sized: boolean, target: CausalLM | undefined, ctx: ProposeContext): ForwardCost | undefined {
+  return sized && target && !isSampling(ctx.sampling) ? knownForwardCost(target) : undefined;
+}
+
+/**
+ * After this many consecutive plain steps a sized speculator proposes once more, so its
+ * acceptance statistics (and with them the choice) can recover when the text gets easier.
+ */
+export const PROBE_AFTER_PLAIN_STEPS = 32;

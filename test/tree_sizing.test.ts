@@ -1,0 +1,325 @@
+// Hardware-aware tree sizing: the cost curve, the choice functions (deterministic given synthetic
+// cost curves and acceptance rates: plain when trees cannot pay, the full tree when they are
+// free, the brute-force optimum in between), greedy losslessness whatever size the strategies
+// pick, lookahead's candidate trie (the loss of separate chains shown), and the widened
+// benchmark family (same greedy tokens, close logits).
+import * as assert from 'assert';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+
+import { widenFamily } from '../bench/wide_family';
+import { ForwardCost, calibrateForwardCost, setForwardCost } from '../lib/cost_model';
+import { SpeculativeDecoder } from '../lib/decoder';
+import { LlamaModel } from '../lib/models/llama';
+import { plainGenerate } from '../lib/plain';
+import { DraftModelSpeculator } from '../lib/strategies/draft_model';
+import { candidateTrie, LookaheadSpeculator } from '../lib/strategies/lookahead';
+import { MedusaHeads, MedusaSpeculator } from '../lib/strategies/medusa';
+import { PromptLookupSpeculator } from '../lib/strategies/prompt_lookup';
+import type { Speculator } from '../lib/strategies/speculator';
+import { Tensor } from '../lib/tensor';
+import { chainTree, flattenTrees, MC_SIM_7B_63, medusaTreeShape } from '../lib/tree';
+import { chooseChainLength, chooseSubtree, RankRates, stepCost, treeProbabilities } from '../lib/tree_sizing';
+import { verify } from '../lib/verify';
+import { writeMedusaHeads } from './fixtures/medusa_heads';
+import { ToyLM } from './fixtures/toy_lm';
+import { rng, testSeed } from './helpers';
+
+const V = 16;
+// Seconds per forward: large, so that the toy draft's real (measured) cost is negligible beside them.
+const flat = (): ForwardCost => ForwardCost.fromFunction(() => 1, { frozen: true });
+/** Every token costs a full forward: nothing with acceptance < 1 can pay. */
+const linear = (): ForwardCost => ForwardCost.fromFunction((n) => n, { frozen: true });
+/** Flat up to 8 tokens, then linear (a GPU-like knee). */
+const knee = (): ForwardCost => ForwardCost.fromFunction((n) => Math.max(1, n / 8), { frozen: true });
+
+describe('cost model: the curve', () => {
+  it('interpolates, stays non-decreasing (a point above a wider one is noise), extrapolates by the last slope', () => {
+    const c = new ForwardCost([
+      [1, 1],
+      [4, 2],
+      [8, 1.5], // noise: a wider forward measured cheaper
+      [16, 4],
+    ]);
+    // The 4-token point above the wider 8-token one is taken as noise: capped at 1.5.
+    assert.strictEqual(c.predict(1), 1);
+    assert.strictEqual(c.predict(2.5), 1.25);
+    assert.strictEqual(c.predict(6), 1.5, 'never above a wider point');
+    assert.strictEqual(c.predict(12), 2.75);
+    assert.strictEqual(c.predict(24), 4 + (8 * 2.5) / 8);
+    assert.throws(() => new ForwardCost([]), /no points/);
+    assert.throws(() => new ForwardCost([[0, 1]]), /integers >= 1/);
+    assert.throws(() => new ForwardCost([[2, -1]]), /positive number/);
+  });
+
+  it('follows the low side of recent observations (outliers ignored), and a frozen curve does not', () => {
+    const c = ForwardCost.fromFunction((n) => n, { sizes: [1, 2, 4, 8] });
+    for (let i = 0; i < 16; i++) c.observe(4, 3);
+    assert.strictEqual(c.predict(4), 3);
+    assert.strictEqual(c.predict(1), 1, 'other points untouched');
+    for (let i = 0; i < 3; i++) c.observe(4, 1e6); // a burst of interference
+    assert.strictEqual(c.predict(4), 3);
+    c.observe(7, 14); // off the grid: a sample of the nearest point, scaled (14 * 8 / 7)
+    for (let i = 0; i < 15; i++) c.observe(8, 16);
+    assert.strictEqual(c.predict(8), 16);
+    for (let i = 0; i < 16; i++) c.observe(1, 0.5);
+    assert.strictEqual(c.predict(1), 0.5);
+    const f = flat();
+    f.observe(1, 5);
+    f.observeOverhead(1);
+    assert.strictEqual(f.predict(1), 1);
+    assert.strictEqual(f.stepOverhead, 0);
+  });
+
+  it('calibrates a model on a scratch sequence it frees', async () => {
+    const m = new ToyLM({ vocabSize: V, seed: 1, maxPositions: 64 });
+    const c = await calibrateForwardCost(m, { reps: 1, maxRatio: 1e9 });
+    const ns = c.points().map((p) => p[0]);
+    assert.deepStrictEqual(ns, [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48], 'the sizes that fit after the 16-token prefix');
+    // The sizes stop at the first that costs more than maxRatio 1-token forwards (kept as the last
+    // point): with a ratio below 1, the very first.
+    const short = await calibrateForwardCost(m, { reps: 1, sizes: [1, 2, 48], maxRatio: 1e-9 });
+    assert.deepStrictEqual(short.points().map((p) => p[0]), [1]);
+    assert.ok(c.points().every(([, t]) => t > 0));
+    assert.strictEqual(m.liveSequences(), 0);
+  });
+});
+
+describe('tree sizing: the choice', () => {
+  it('chain: plain when drafts cannot pay, the longest chain when they are free, deterministic', () => {
+    const half = (): number => 0.5;
+    assert.strictEqual(chooseChainLength(half, 8, stepCost(linear())).size, 0);
+    assert.strictEqual(chooseChainLength(() => 0.9, 8, stepCost(flat())).size, 8);
+    assert.strictEqual(chooseChainLength(() => 0, 8, stepCost(flat())).size, 0, 'a useless draft never pays');
+    // Knee at 8 tokens, acceptance 0.9: beyond 7 drafts each token costs a forward's 1/8 more.
+    const a = chooseChainLength(() => 0.9, 16, stepCost(knee()));
+    assert.strictEqual(a.size, 7);
+    assert.deepStrictEqual(chooseChainLength(() => 0.9, 16, stepCost(knee())), a);
+    // The draft's own cost counts: 0.3 forwards per draft token makes long chains lose.
+    const withDraft = chooseChainLength(() => 0.9, 16, stepCost(knee(), 1, (nodes) => (nodes - 1) * 0.3));
+    assert.ok(withDraft.size > 0 && withDraft.size < 7, `${withDraft.size}`);
+  });
+
+  it('tree: plain on a linear curve, the full tree when free, and the brute-force optimum in between', () => {
+    const shape = medusaTreeShape(MC_SIM_7B_63);
+    const r = new RankRates((_d, k) => 0.6 / (k + 1) ** 2);
+    const prob = treeProbabilities(shape.parents, (i) => r.rate(shape.head[i]!, shape.rank[i]!));
+    assert.deepStrictEqual(Array.from(chooseSubtree(shape.parents, prob, stepCost(linear())).keep), [0]);
+    const free = chooseSubtree(shape.parents, prob, stepCost(flat()));
+    assert.strictEqual(free.keep.length, shape.parents.length, 'every node when the forward is free');
+
+    // A small tree: every prefix-closed subtree enumerated.
+    const parents = Int32Array.from([-1, 0, 0, 1, 1, 2, 3]);
+    const p = Float64Array.from([1, 0.7, 0.2, 0.5, 0.1, 0.15, 0.3]);
+    for (const cost of [knee(), ForwardCost.fromFunction((n) => 1 + 0.3 * n, { frozen: true }), ForwardCost.fromFunction((n) => 1 + 0.05 * n * n, { frozen: true })]) {
+      const f = stepCost(cost);
+      let best = 0;
+      for (let mask = 1; mask < 1 << parents.length; mask += 2) {
+        let ok = true;
+        let e = 0;
+        let n = 0;
+        for (let i = 0; i < parents.length; i++) {
+          if (!(mask & (1 << i))) continue;
+          if (i > 0 && !(mask & (1 << parents[i]!))) ok = false;
+          e += i === 0 ? 1 : p[i]!;
+          n++;
+        }
+        if (ok) best = Math.max(best, e / f(n));
+      }
+      const got = chooseSubtree(parents, p, f);
+      assert.ok(Math.abs(got.tokensPerSecond - best) < 1e-12 * best, `${got.tokensPerSecond} vs ${best}`);
+      for (const i of got.keep) assert.ok(i === 0 || got.keep.includes(parents[i]!), 'prefix-closed');
+    }
+  });
+
+  it('rank rates: the prior first, then the counts', () => {
+    const r = new RankRates(() => 0.5, 2);
+    assert.strictEqual(r.rate(0, 0), 0.5);
+    for (let i = 0; i < 8; i++) r.record(0, 0);
+    r.record(0, -1);
+    r.record(0, 1);
+    assert.strictEqual(r.rate(0, 0), (8 + 1) / (10 + 2));
+    assert.strictEqual(r.rate(0, 1), (1 + 1) / (10 + 2));
+    assert.strictEqual(r.rate(3, 0), 0.5, 'no trials at that depth yet');
+  });
+});
+
+describe('tree sizing: greedy output equals plain greedy whatever size is picked', () => {
+  const seed = testSeed;
+  const target = new ToyLM({ vocabSize: V, seed, positional: false, hidden: 'state' });
+  let heads: MedusaHeads;
+  before(() => {
+    heads = MedusaHeads.load(writeMedusaHeads({ numHeads: 4, numLayers: 1, hiddenSize: V * V, vocabSize: V, seed }));
+  });
+  after(() => heads.dispose());
+
+  const partial = (): ToyLM => new ToyLM({ vocabSize: V, seed, positional: false, hidden: 'state', mix: { seed: seed + 9, weight: 0.4 } });
+  const makers: [string, () => Speculator][] = [
+    ['draft model (cost k)', () => new DraftModelSpeculator({ draft: partial() })],
+    ['Medusa (sized mc_sim_7b_63)', () => new MedusaSpeculator({ heads })],
+    ['lookahead W=5 N=3 G=5 (sized)', () => new LookaheadSpeculator({ W: 5, N: 3, G: 5 })],
+    ['prompt lookup (sized)', () => new PromptLookupSpeculator({ maxNgram: 2 })],
+  ];
+  const curves: [string, () => ForwardCost][] = [
+    ['linear', linear],
+    ['flat', flat],
+    ['knee', knee],
+  ];
+  for (const [curveName, curve] of curves) {
+    for (const [name, make] of makers) {
+      it(`${name}, ${curveName} cost curve`, async () => {
+        setForwardCost(target, curve());
+        const ps = Array.from({ length: 3 }, (_, i) => {
+          const r = rng(seed + i);
+          return Int32Array.from({ length: 3 + 4 * i }, () => Math.floor(r() * V));
+        });
+        const plain = await plainGenerate(target, ps, { maxNewTokens: 30 });
+        const dec = new SpeculativeDecoder({ target, speculator: make() });
+        const res = await dec.generateBatch(ps, { maxNewTokens: 30 });
+        res.forEach((r, i) => assert.deepStrictEqual(Array.from(r.tokens), Array.from(plain.tokens[i]!), `sequence ${i}`));
+        const sizes = new Set<number>();
+        for (const r of res) for (const k of Object.keys(r.stats.nodesPerStep)) sizes.add(Number(k));
+        if (curveName === 'linear') assert.deepStrictEqual([...sizes], [1], `a linear curve decodes plainly (sizes ${[...sizes]})`);
+        if (curveName === 'flat' && name.startsWith('Medusa')) assert.ok(sizes.has(64), `the full 63-node tree when forwards are free (sizes ${[...sizes]})`);
+        if (curveName === 'flat' && name.startsWith('draft')) assert.ok(sizes.has(9), `k = maxK = 8 when forwards are free (sizes ${[...sizes]})`);
+        dec.dispose();
+        assert.strictEqual(target.liveSequences(), 0);
+      });
+    }
+  }
+});
+
+describe('lookahead: candidates as a trie', () => {
+  it('merges shared prefixes, best rank kept', () => {
+    const t = candidateTrie(9, [
+      [1, 2],
+      [1, 3, 4],
+      [5, 6],
+      [1, 3, 7],
+    ]);
+    assert.deepStrictEqual(Array.from(t.tokens), [9, 1, 2, 3, 4, 5, 6, 7]);
+    assert.deepStrictEqual(Array.from(t.parents), [-1, 0, 1, 1, 3, 0, 5, 3]);
+    assert.deepStrictEqual(Array.from(t.depth), [0, 1, 2, 2, 3, 1, 2, 3]);
+    assert.deepStrictEqual(Array.from(t.rank), [-1, 0, 0, 1, 1, 2, 2, 3]);
+  });
+
+  it('greedy verification keeps the longer match of a later chain that separate chains lose', () => {
+    // The target continues root 9 with 1, 3, 4, then 8. Chains [1, 2] and [1, 3, 4]: the walk takes
+    // the first child with token 1 (chain A) and stops at its 2, losing chain B's 3, 4.
+    const chains = [
+      [1, 2],
+      [1, 3, 4],
+    ];
+    const next = new Map<string, number>([
+      ['9', 1],
+      ['9,1', 3],
+      ['9,1,3', 4],
+      ['9,1,3,4', 8],
+    ]);
+    const run = (tree: { tokens: Int32Array; parents: Int32Array }): number[] => {
+      const n = tree.tokens.length;
+      const logits = new Float32Array(n * V);
+      for (let i = 0; i < n; i++) {
+        const pathTokens: number[] = [];
+        for (let k = i; k >= 0; k = tree.parents[k]!) pathTokens.unshift(tree.tokens[k]!);
+        logits[i * V + (next.get(pathTokens.join(',')) ?? 0)] = 1;
+      }
+      const target = Tensor.fromArray(logits, 'f32', [n, V]);
+      try {
+        const { nodeIndptr, parents, tokens } = flattenTrees([tree]);
+        return Array.from(verify({ mode: 'greedy', nodeIndptr, parents, tokens, target }).emitted[0]!);
+      } finally {
+        target.dispose();
+      }
+    };
+    const separate = { tokens: Int32Array.from([9, 1, 2, 1, 3, 4]), parents: Int32Array.from([-1, 0, 1, 0, 3, 4]) };
+    assert.deepStrictEqual(run(separate), [1, 3], 'separate chains: the longer match is lost');
+    assert.deepStrictEqual(run(candidateTrie(9, chains)), [1, 3, 4, 8], 'the trie keeps it');
+    assert.deepStrictEqual(run(chainTree(9, [1, 3, 4])), [1, 3, 4, 8]);
+  });
+});
+
+describe('widened benchmark family (bench/wide_family.ts)', function () {
+  const src = path.resolve(__dirname, '..', '..', 'models', 'default');
+  let dir: string;
+  before(function () {
+    if (!fs.existsSync(path.join(src, 'target', 'config.json'))) this.skip();
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'specdec-wide-'));
+  });
+  after(() => {
+    if (dir) fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('K = 4: the wide target gives the same greedy tokens and close logits; Medusa heads and draft alike', async () => {
+    const K = 4;
+    const wide = widenFamily(src, dir, K);
+    const cfg = JSON.parse(fs.readFileSync(path.join(wide.target!, 'config.json'), 'utf8')) as Record<string, number | boolean>;
+    assert.strictEqual(cfg['hidden_size'], 128 * K);
+    assert.strictEqual(cfg['num_key_value_heads'], 2 * K);
+    assert.strictEqual(cfg['head_dim'], 32);
+    const draftCfg = JSON.parse(fs.readFileSync(path.join(wide.draft!, 'config.json'), 'utf8')) as Record<string, unknown>;
+    assert.strictEqual(draftCfg['tie_word_embeddings'], false, 'the tied draft head is untied');
+    const models = {
+      a: await LlamaModel.load(path.join(src, 'target'), { device: 'cpu' }),
+      b: await LlamaModel.load(wide.target!, { device: 'cpu' }),
+      da: await LlamaModel.load(path.join(src, 'draft'), { device: 'cpu' }),
+      db: await LlamaModel.load(wide.draft!, { device: 'cpu' }),
+    };
+    const ha = MedusaHeads.load(path.join(src, 'medusa'));
+    const hb = MedusaHeads.load(wide.medusa!);
+    try {
+      const prompt = Int32Array.from([1, 4, 276, 306, 7, 322]);
+      for (const [x, y] of [
+        [models.a, models.b],
+        [models.da, models.db],
+      ] as const) {
+        const ra = await plainGenerate(x, [prompt], { maxNewTokens: 40 });
+        const rb = await plainGenerate(y, [prompt], { maxNewTokens: 40 });
+        assert.deepStrictEqual(Array.from(rb.tokens[0]!), Array.from(ra.tokens[0]!));
+      }
+      const forward = async (m: LlamaModel): Promise<{ logits: Float32Array; hidden: Tensor }> => {
+        const seq = m.createSequence();
+        try {
+          const out = await m.forward([{ seq, tokens: prompt }], { hidden: true });
+          const logits = out.logits.toFloat32();
+          out.logits.dispose();
+          return { logits, hidden: out.hidden! };
+        } finally {
+          m.freeSequence(seq);
+        }
+      };
+      const fa = await forward(models.a);
+      const fb = await forward(models.b);
+      let scale = 0;
+      let diff = 0;
+      fa.logits.forEach((v, i) => {
+        scale = Math.max(scale, Math.abs(v));
+        diff = Math.max(diff, Math.abs(v - fb.logits[i]!));
+      });
+      assert.ok(diff <= 1e-4 * scale, `logits differ by ${diff} (max |logit| ${scale})`);
+      // The heads on the wide hidden state (K copies of the original) give the original heads' logits.
+      const la = ha.apply(fa.hidden);
+      const lb = hb.apply(fb.hidden);
+      try {
+        la.forEach((t, h) => {
+          const x = t.toFloat32();
+          const y = lb[h]!.toFloat32();
+          let d = 0;
+          let s = 0;
+          x.forEach((v, i) => {
+            s = Math.max(s, Math.abs(v));
+            d = Math.max(d, Math.abs(v - y[i]!));
+          });
+          assert.ok(d <= 1e-4 * s, `head ${h}: ${d} of ${s}`);
+        });
+      } finally {
+        for (const t of [...la, ...lb, fa.hidden, fb.hidden]) t.dispose();
+      }
+    } finally {
+      for (const m of Object.values(models)) m.dispose();
+      ha.dispose();
+      hb.dispose();
+    }
+  });
+});

@@ -16,6 +16,7 @@ import { PromptLookupSpeculator } from '../lib/strategies/prompt_lookup';
 import { argmax, topK } from '../lib/sampling';
 import { gatherRows } from '../lib/step_helpers';
 import { Tensor } from '../lib/tensor';
+import { MC_SIM_7B_63 } from '../lib/tree';
 import { transferCounters, transfersSince, type TransferStats } from '../lib/transfers';
 import { verify } from '../lib/verify';
 import { specByName, writeCheckpoint } from './fixtures/checkpoints';
@@ -237,7 +238,9 @@ describe('transfers: whole decoding runs on the embedded family', function () {
       assert.deepStrictEqual(Array.from(c.value.headsTopK ?? []), Array.from(heads.topKIds(last, K)));
       for (const t of [hidden, lg, last]) t.dispose();
       const plain = await new SpeculativeDecoder({ target }).generate(prompt, { maxNewTokens: 40 }).result;
-      const res = await new SpeculativeDecoder({ target, speculator: new MedusaSpeculator({ heads }) }).generate(prompt, { maxNewTokens: 40 }).result;
+      // A fixed tree (the default sizes it per step by the cost model, which may decode plainly).
+      const choices = MC_SIM_7B_63.filter((c) => c.length <= heads.config.numHeads);
+      const res = await new SpeculativeDecoder({ target, speculator: new MedusaSpeculator({ heads, choices }) }).generate(prompt, { maxNewTokens: 40 }).result;
       assert.deepStrictEqual(Array.from(res.tokens), Array.from(plain.tokens), 'greedy output');
       const t = res.stats.transfers;
       const forwards = res.stats.targetForwards;
@@ -251,7 +254,7 @@ describe('transfers: whole decoding runs on the embedded family', function () {
 
   it('lookahead and prompt lookup steps: one wait each (lookahead gets its window argmax with the verify result)', async () => {
     const plain = await new SpeculativeDecoder({ target }).generate(prompt, { maxNewTokens: 40 }).result;
-    for (const speculator of [new LookaheadSpeculator({ W: 5, N: 3, G: 5 }), new PromptLookupSpeculator({ maxNgram: 3 })]) {
+    for (const speculator of [new LookaheadSpeculator({ W: 5, N: 3, G: 5, sizing: 'fixed' }), new PromptLookupSpeculator({ maxNgram: 3, numDraft: 10 })]) {
       const r = await new SpeculativeDecoder({ target, speculator }).generate(prompt, { maxNewTokens: 40 }).result;
       assert.deepStrictEqual(Array.from(r.tokens), Array.from(plain.tokens), `${speculator.name}: greedy output`);
       const t = r.stats.transfers;

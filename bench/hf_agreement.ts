@@ -485,6 +485,8 @@ export interface AgreementReport {
   readonly tolerances: { f32LogitRelTol: number; nearTie: string };
   readonly fixtures: FixtureResult[];
   readonly sideBySide?: SideBySide;
+  /** Parts that could not run (e.g. the side by side), as failed checks. */
+  readonly errors: Check[];
   readonly ok: boolean;
 }
 
@@ -500,19 +502,39 @@ export async function runAgreement(opts: AgreementOptions): Promise<AgreementRep
   if (opts.devices.length === 0) throw codedError('E_ARG', '--devices: empty list');
   const dirs = opts.fixtures !== undefined ? findFixtures(opts.fixtures) : [];
   const fixtures: FixtureResult[] = [];
+  // An error (a load that fails, a crash of one device) becomes a failed check, and the run goes on:
+  // on a rented GPU every other number is still worth having.
+  const failedRun = (what: string, e: unknown): Check => {
+    const err = e as Error & { code?: string };
+    log(`${what}: ${err.message}`);
+    return { name: `${what} ran`, ok: false, detail: `${err.message}${err.code ? ` [${err.code}]` : ''}` };
+  };
   for (const device of opts.devices) {
     for (const dir of dirs) {
       log(`agreement: ${path.basename(dir)} on ${device}`);
-      fixtures.push(await checkFixture(dir, device));
+      try {
+        fixtures.push(await checkFixture(dir, device));
+      } catch (e) {
+        fixtures.push({ fixture: path.basename(dir), dtype: '?', device, checks: [failedRun('agreement', e)], metrics: [], seconds: 0 });
+      }
     }
   }
-  const sbs = opts.throughput !== undefined ? await sideBySide(opts.throughput, opts.devices[0] as Device, log) : undefined;
-  const all = [...fixtures.flatMap((f) => f.checks), ...(sbs?.checks ?? [])];
+  let sbs: SideBySide | undefined;
+  const extra: Check[] = [];
+  if (opts.throughput !== undefined) {
+    try {
+      sbs = await sideBySide(opts.throughput, opts.devices[0] as Device, log);
+    } catch (e) {
+      extra.push(failedRun('side by side', e));
+    }
+  }
+  const all = [...fixtures.flatMap((f) => f.checks), ...(sbs?.checks ?? []), ...extra];
   return {
     header: machineHeader(opts.devices[0] as Device),
     tolerances: { f32LogitRelTol: F32_LOGIT_TOL, nearTie: '2 * (reference abs error vs float64 + specdec abs error vs float64), measured on the prompt logits' },
     fixtures,
     ...(sbs !== undefined ? { sideBySide: sbs } : {}),
+    errors: extra,
     ok: all.length > 0 && all.every((c) => c.ok),
   };
 }
@@ -533,6 +555,7 @@ export function formatReport(r: AgreementReport): string {
     for (const c of s.checks) if (!c.ok) lines.push(`FAIL  ${c.name}: ${c.detail}`);
     lines.push(`specdec plain greedy followed transformers' plain greedy for ${s.plainAgreementSteps.join(', ')} steps (per prompt; bf16 near-ties may part them)`);
   }
+  for (const c of r.errors) lines.push(`FAIL  ${c.name}: ${c.detail}`);
   lines.push(r.ok ? 'hf agreement: every check held' : 'hf agreement: SOME CHECKS FAILED');
   return lines.join('\n');
 }

@@ -6,7 +6,8 @@ import * as assert from 'assert';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { checkFixture, parseArgs, readReference, runAgreement, type FixtureResult, type Reference } from '../bench/hf_agreement';
+import { writeRandomLlama } from '../bench/common';
+import { checkFixture, hfLikeDraft, parseArgs, readReference, runAgreement, THROUGHPUT_FORMAT, type FixtureResult, type Reference } from '../bench/hf_agreement';
 import { writeSafetensors } from '../lib/safetensors';
 import { randomWeights, specByName, type CheckpointSpec } from './fixtures/checkpoints';
 import { writeHfStyleFixture } from './fixtures/hf_reference';
@@ -122,6 +123,33 @@ describe('hf agreement comparison (cpu)', function () {
       assert.strictEqual(c.ok, margin === 0, c.detail);
       assert.match(c.detail, margin === 0 ? /prompt 0: diverged at a near-tie, step 5/ : /prompt 0: step 5: .*near-tie threshold/);
     }
+  });
+
+  it('side by side: specdec plain and draft-model rows beside a transformers timing file, all lossless', async () => {
+    const dir = path.join(root, 'side-by-side');
+    writeRandomLlama(path.join(dir, 'target'), { vocab: 256, hidden: 64, intermediate: 128, layers: 2, heads: 4, kvHeads: 2 }, 7);
+    writeRandomLlama(path.join(dir, 'draft'), { vocab: 256, hidden: 32, intermediate: 64, layers: 1, heads: 2, kvHeads: 1 }, 8);
+    const file = path.join(dir, 'hf_throughput.json');
+    const assistantSettings = { num_assistant_tokens: 20, num_assistant_tokens_schedule: 'constant', assistant_confidence_threshold: 0.4 };
+    fs.writeFileSync(file, JSON.stringify({
+      format: THROUGHPUT_FORMAT, env: { transformers: 'stand-in' }, target: path.join(dir, 'target'), draft: path.join(dir, 'draft'),
+      prompts: [[3, 1, 4, 1, 5]], newTokens: 12, reps: 2, assistantSettings,
+      results: { plain: { tokensPerSecond: 100, tokensPerForward: 1, tokens: [[-1]] } },
+    }));
+    const report = await runAgreement({ throughput: file, devices: ['cpu'], log: () => undefined });
+    assert.deepStrictEqual(report.errors, []);
+    const s = report.sideBySide!;
+    assert.strictEqual(s.rows.length, 5);
+    for (const row of s.rows) {
+      assert.ok(row.lossless && row.specdecTokensPerSecond > 0 && row.tokensPerForward >= 1, JSON.stringify(row));
+      assert.strictEqual(row.transformersTokensPerSecond, row.transformers === 'plain' ? 100 : null);
+    }
+    // The target as its own draft accepts everything: more than one token per target forward.
+    assert.ok(s.rows.filter((r) => r.specdec.includes('target itself')).every((r) => r.tokensPerForward > 1.5));
+    assert.deepStrictEqual(s.plainAgreementSteps, [0]);
+    assert.strictEqual(report.ok, true);
+    assert.deepStrictEqual(hfLikeDraft(assistantSettings), { k: 1, maxK: 20, adaptive: 'confidence', confidenceThreshold: 0.4 });
+    assert.deepStrictEqual(hfLikeDraft({ num_assistant_tokens: 5, num_assistant_tokens_schedule: 'heuristic' }), { k: 5, adaptive: 'heuristic' });
   });
 
   it('bad input: malformed reference.json is E_FORMAT naming the field; bad flags are E_ARG', () => {

@@ -192,7 +192,7 @@ function judgeTokens(got: ArrayLike<number>, ref: ReferenceSide, tie: number | u
 }
 
 /** The config fields transformers computed with vs what specdec parsed; one line per mismatch. */
-export function configMismatches(ours: LlamaConfig, theirs: Record<string, unknown>): string[] {
+export function configMismatches(ours: LlamaConfig, theirs: Record<string, unknown>, dtype: string): string[] {
   const out: string[] = [];
   const eq = (field: string, mine: unknown, want: unknown): void => {
     const same = typeof mine === 'number' && typeof want === 'number' ? Math.abs(mine - want) <= 1e-9 * Math.max(1, Math.abs(want)) : mine === want;
@@ -208,6 +208,8 @@ export function configMismatches(ours: LlamaConfig, theirs: Record<string, unkno
   eq('rms_norm_eps', ours.rmsNormEps, theirs['rms_norm_eps']);
   eq('rope_theta', ours.ropeTheta, theirs['rope_theta']);
   eq('tie_word_embeddings', ours.tieWordEmbeddings, theirs['tie_word_embeddings']);
+  // specdec picks its default KV dtype on CUDA from this field (transformers >= 5 writes it as 'dtype').
+  eq('torch_dtype', ours.torchDtype, dtype);
   const type = String(theirs['rope_type'] ?? 'default');
   eq('rope_type', ours.ropeScaling?.type ?? 'default', type);
   const rope = (theirs['rope'] ?? {}) as Record<string, unknown>;
@@ -262,11 +264,6 @@ async function runPrompt(model: LlamaModel, ids: readonly number[], positions: n
   return { logits, tokens: gen.tokens[0] as Int32Array };
 }
 
-/** The KV dtype LlamaModel.load picks by default (f32 on the CPU, the checkpoint's half type on CUDA). */
-function defaultKv(device: Device, ref: Reference): KvDType {
-  return device === 'cuda' && ref.dtype === 'bfloat16' ? 'bf16' : 'f32';
-}
-
 /** Runs every prompt of one fixture on one device and judges it (see the file comment). */
 export async function checkFixture(dir: string, device: Device): Promise<FixtureResult> {
   const t0 = performance.now();
@@ -275,12 +272,15 @@ export async function checkFixture(dir: string, device: Device): Promise<Fixture
   const metrics: Record<string, unknown>[] = [];
   const add = (name: string, ok: boolean, detail: string): void => void checks.push({ name, ok, detail });
 
-  const mism = configMismatches(readLlamaConfig(dir), ref.config);
+  const mism = configMismatches(readLlamaConfig(dir), ref.config, ref.dtype);
   add('config: specdec reads the settings transformers computes with', mism.length === 0, mism.length === 0 ? 'all fields equal' : mism.join('; '));
 
-  // f32 KV first (the strict checks), then the default KV where it differs (bf16 on CUDA).
-  const kvs: KvDType[] = ['f32'];
-  if (defaultKv(device, ref) !== 'f32') kvs.push(defaultKv(device, ref));
+  // f32 KV first (the strict checks), then the KV dtype a plain load picks where that differs (bf16
+  // on CUDA for a bf16 checkpoint whose config.json says so): what users get.
+  const probe = await LlamaModel.load(dir, { device, maxSequences: 2 });
+  const defaultKv = probe.kvInfo().dtype as KvDType;
+  probe.dispose();
+  const kvs: KvDType[] = defaultKv === 'f32' ? ['f32'] : ['f32', defaultKv];
   for (const kv of kvs) {
     const model = await LlamaModel.load(dir, { device, kvDtype: kv, maxSequences: 2 });
     try {
@@ -314,7 +314,7 @@ export async function checkFixture(dir: string, device: Device): Promise<Fixture
           matchedTransformersTokens: vsHf.divergedAt < 0 ? ref.newTokens : vsHf.divergedAt,
         });
       }
-      const tag = `[kv ${kv}]`;
+      const tag = `[kv ${kv}${kv === defaultKv ? ', the default' : ''}]`;
       const list = (pick: (v: { vsHf: TokenVerdict; vsF64: TokenVerdict }) => TokenVerdict): string =>
         tokenVerdicts.map((v, i) => `prompt ${i}: ${pick(v).detail}`).join('; ');
       if (ref.dtype === 'float32') {
@@ -324,7 +324,7 @@ export async function checkFixture(dir: string, device: Device): Promise<Fixture
         add(`${tag} logits vs float64 (bf16 weights) <= ${F32_LOGIT_TOL}`, worst.relF64 <= F32_LOGIT_TOL, `max rel err ${worst.relF64.toPrecision(3)} (transformers bf16 vs float64: ${worst.hfRelF64.toPrecision(3)})`);
         add(`${tag} greedy tokens == float64, up to a float64 near-tie`, tokenVerdicts.every((v) => v.vsF64.ok), list((v) => v.vsF64));
       }
-      if (ref.dtype === 'bfloat16' && kv === kvs[kvs.length - 1]) {
+      if (ref.dtype === 'bfloat16' && kv === defaultKv) {
         // The configuration users get (default KV): judged against transformers bf16 itself.
         add(`${tag} logits no further from float64 than transformers bf16's`, worst.absF64 <= worst.hfAbsF64, `max abs err vs float64: specdec ${worst.absF64.toPrecision(3)}, transformers bf16 ${worst.hfAbsF64.toPrecision(3)}`);
         add(`${tag} greedy tokens == transformers bf16, up to a transformers near-tie`, tokenVerdicts.every((v) => v.vsHf.ok), list((v) => v.vsHf));

@@ -11,8 +11,9 @@
 #       unpacks .device/ when needed, runs the steps, and leaves at most 8 files in the folder given
 #       ($1, else $OUT): summary.txt, mocha.log, bench-cuda.json, matmul-simt.json, hf_agreement.json,
 #       hf_throughput.json, logs.tar.gz (every log, specdec info, nvidia-smi, the reference.json files).
-# Time boxes (seconds; override by environment): T_SUITE=210 T_BENCH=90 T_SIMT=20 T_HF=70 T_AGREE=70,
-# and T_FIXTURES=150 in the background beside the suite. Worst case ~7.8 min; typical less.
+# STEPS="suite bench hf" (default: all) picks step groups, for a rerun of what failed with the lease left.
+# Time boxes (seconds; override by environment): T_SUITE=210 T_BENCH=90 T_SIMT=20 T_HF=80 T_AGREE=70,
+# and T_FIXTURES=150 in the background beside the suite. Worst case ~8 min; typical less.
 # Exit 0 when every step passed, 1 otherwise, 2 when the machine is not prepared.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -64,6 +65,7 @@ summary=$out/summary.txt
 t_start=$(date +%s)
 failures=0
 say() { printf '%s\n' "$*" | tee -a "$summary"; }
+want() { [[ " ${STEPS:-suite bench hf} " == *" $1 "* ]]; }
 
 # step NAME LIMIT CMD...: CMD under `timeout`, its output in logs/NAME.log, one line in the summary.
 step() {
@@ -121,36 +123,42 @@ say "specdec: $(node -e 'const j = require(process.argv[1]); console.log(`compil
 # ---- 1. the suite, with transformers' agreement fixtures made beside it ---------------------------------
 # The fixtures need no timing, so they share the GPU with the suite; the timed steps below run alone.
 fixtures_t0=$(date +%s)
-(
+want hf && (
   timeout -k 10 "${T_FIXTURES:-150}" env PYTHONUNBUFFERED=1 python3 scripts/hf_fixtures.py agreement "$work/fixtures" > "$logs/hf-fixtures.log" 2>&1
   echo "$? $(date +%s)" > "$work/fixtures.done"
 ) &
 fixtures_pid=$!
-step suite "${T_SUITE:-210}" env SPECDEC_REQUIRE_CUDA=1 node node_modules/mocha/bin/mocha.js
-cp "$logs/suite.log" "$out/mocha.log"
-counts=$(grep -E '^ +[0-9]+ (passing|failing|pending)' "$logs/suite.log" | sed 's/ *(.*//; s/^ *//' | paste -sd, -)
-say "     suite: ${counts:-no mocha summary line (see mocha.log)}"
-grep -qE '^ +[0-9]+ pending' "$logs/suite.log" && say "     suite: some tests are pending: with SPECDEC_REQUIRE_CUDA=1 no [cuda] suite may skip (grep -n 'needs a GPU\|- ' mocha.log)"
+if want suite; then
+  step suite "${T_SUITE:-210}" env SPECDEC_REQUIRE_CUDA=1 node node_modules/mocha/bin/mocha.js
+  cp "$logs/suite.log" "$out/mocha.log"
+  counts=$(grep -E '^ +[0-9]+ (passing|failing|pending)' "$logs/suite.log" | sed 's/ *(.*//; s/^ *//' | paste -sd, -)
+  say "     suite: ${counts:-no mocha summary line (see mocha.log)}"
+  grep -qE '^ +[0-9]+ pending' "$logs/suite.log" && say "     suite: some tests are pending: with SPECDEC_REQUIRE_CUDA=1 no [cuda] suite may skip (grep -n 'needs a GPU\|- ' mocha.log)"
+fi
 
 # ---- 2. benchmarks on CUDA ------------------------------------------------------------------------------
-step bench "${T_BENCH:-90}" node dist/bench/run.js --device cuda --out "$res/bench-cuda.json"
-step matmul-simt "${T_SIMT:-20}" env SPECDEC_CUDA_MATMUL=simt node dist/bench/matmul.bench.js --device cuda --out "$res/matmul-simt.json"
+if want bench; then
+  step bench "${T_BENCH:-90}" node dist/bench/run.js --device cuda --out "$res/bench-cuda.json"
+  step matmul-simt "${T_SIMT:-20}" env SPECDEC_CUDA_MATMUL=simt node dist/bench/matmul.bench.js --device cuda --out "$res/matmul-simt.json"
+fi
 
 # ---- 3 + 4. transformers: fixtures (from the background), its generate() timings, then specdec ---------
-wait "$fixtures_pid"
-read -r rc fixtures_t1 < "$work/fixtures.done" || { rc=1; fixtures_t1=$(date +%s); }
-case $rc in 0) fstatus=ok ;; 124 | 137) fstatus="TIMED OUT" ;; *) fstatus="FAILED (rc $rc)" ;; esac
-[ "$rc" -eq 0 ] || failures=$((failures + 1))
-say "$(printf 'step %-11s %-15s %4d s (box %d s, beside the suite)' hf-fixtures "$fstatus" "$((fixtures_t1 - fixtures_t0))" "${T_FIXTURES:-150}")"
-step hf-generate "${T_HF:-70}" env PYTHONUNBUFFERED=1 python3 scripts/hf_fixtures.py throughput "$work/hf"
-agree_args=()
-ls "$work"/fixtures/*/reference.json > /dev/null 2>&1 && agree_args+=(--fixtures "$work/fixtures")
-[ -f "$work/hf/hf_throughput.json" ] && agree_args+=(--throughput "$work/hf/hf_throughput.json") && cp "$work/hf/hf_throughput.json" "$res/"
-if [ ${#agree_args[@]} -gt 0 ]; then
-  step agreement "${T_AGREE:-70}" node dist/bench/hf_agreement.js "${agree_args[@]}" --devices cuda,cpu --out "$res/hf_agreement.json"
-else
-  say "step agreement   SKIPPED         (no fixtures and no timings from transformers: see hf-fixtures.log, hf-generate.log)"
-  failures=$((failures + 1))
+if want hf; then
+  wait "$fixtures_pid"
+  read -r rc fixtures_t1 < "$work/fixtures.done" || { rc=1; fixtures_t1=$(date +%s); }
+  case $rc in 0) fstatus=ok ;; 124 | 137) fstatus="TIMED OUT" ;; *) fstatus="FAILED (rc $rc)" ;; esac
+  [ "$rc" -eq 0 ] || failures=$((failures + 1))
+  say "$(printf 'step %-11s %-15s %4d s (box %d s, beside the suite)' hf-fixtures "$fstatus" "$((fixtures_t1 - fixtures_t0))" "${T_FIXTURES:-150}")"
+  step hf-generate "${T_HF:-80}" env PYTHONUNBUFFERED=1 python3 scripts/hf_fixtures.py throughput "$work/hf" --reps 2
+  agree_args=()
+  ls "$work"/fixtures/*/reference.json > /dev/null 2>&1 && agree_args+=(--fixtures "$work/fixtures")
+  [ -f "$work/hf/hf_throughput.json" ] && agree_args+=(--throughput "$work/hf/hf_throughput.json") && cp "$work/hf/hf_throughput.json" "$res/"
+  if [ ${#agree_args[@]} -gt 0 ]; then
+    step agreement "${T_AGREE:-70}" node dist/bench/hf_agreement.js "${agree_args[@]}" --devices cuda,cpu --out "$res/hf_agreement.json"
+  else
+    say "step agreement   SKIPPED         (no fixtures and no timings from transformers: see hf-fixtures.log, hf-generate.log)"
+    failures=$((failures + 1))
+  fi
 fi
 
 # ---- results: at most 8 files ---------------------------------------------------------------------------

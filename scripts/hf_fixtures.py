@@ -146,10 +146,13 @@ def effective_config(cfg):
 
 @torch.no_grad()
 def randomize(model, seed, head_scale=3.0):
-    """Weights that make every part of the forward matter: unit-variance embeddings, linear weights
+    """Weights that make every part of the forward matter: unit-variance (untied) embeddings, linear weights
     of std 1/sqrt(fan_in) (activations stay O(1) through the layers; HF's 0.02 init would leave the
     layers almost without effect), norm weights in [0.5, 1.5), biases in [-0.5, 0.5), and a sharper
-    untied LM head (std 3/sqrt(hidden)) so greedy choices are rarely near ties."""
+    LM head (std 3/sqrt(hidden)) so greedy choices are rarely near ties. A tied embedding is that head:
+    at std 1 a token's own embedding would dominate the final state and greedy decoding would only
+    repeat the last token."""
+    tied = bool(model.config.tie_word_embeddings)
     gens = {}
     for name, p in model.named_parameters():  # a tied lm_head is the embedding: listed once
         dev = p.device
@@ -161,9 +164,9 @@ def randomize(model, seed, head_scale=3.0):
             v = 0.5 + torch.rand(shape, generator=g, device=dev)
         elif name.endswith(".bias"):
             v = torch.rand(shape, generator=g, device=dev) - 0.5
-        elif "embed_tokens" in name:
+        elif "embed_tokens" in name and not tied:
             v = torch.randn(shape, generator=g, device=dev)
-        elif name == "lm_head.weight":
+        elif "embed_tokens" in name or name == "lm_head.weight":
             v = torch.randn(shape, generator=g, device=dev) * (head_scale / math.sqrt(shape[1]))
         elif p.dim() == 2:
             v = torch.randn(shape, generator=g, device=dev) / math.sqrt(shape[1])

@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# The GPU session's one command (issue 9): the whole test suite with CUDA mandatory, the benchmarks on
+# CUDA (plus the matmul bench on the CUDA-core path for comparison), agreement with Hugging Face
+# transformers on checkpoints transformers made, and tokens/s side by side with transformers' own
+# generate() and assisted generation. Every step is time-boxed, so a hang costs its box, not the lease.
+#
+#   here, on the CPU machine (after the full CUDA build and tsc):  bash scripts/gpu-check.sh --pack
+#       packs the node binary, dist/, build/Release/specdec.node and the runtime node_modules into
+#       .device/ (git-ignored; carry it), and prints its size against the 64 MiB limit.
+#   there, on the GPU machine, from the repo root:                 bash scripts/gpu-check.sh "$OUT"
+#       unpacks .device/ when needed, runs the steps, and leaves at most 8 files in the folder given
+#       ($1, else $OUT): summary.txt, mocha.log, bench-cuda.json, matmul-simt.json, hf_agreement.json,
+#       hf_throughput.json, logs.tar.gz (every log, specdec info, nvidia-smi, the reference.json files).
+# The suite leaves out test/cuda_emu.test.ts (the kernels' host emulation: CPU only, run by CI).
+# STEPS="suite bench hf" (default: all) picks step groups, for a rerun of what failed with the lease left.
+# Time boxes (seconds; override by environment): T_SUITE=210 T_BENCH=90 T_SIMT=20 T_HF=80 T_AGREE=70,
+# and T_FIXTURES=150 in the background beside the suite. Worst case ~8 min; typical less.
+# Exit 0 when every step passed, 1 otherwise, 2 when the machine is not prepared.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+pack() {
+  set -e
+  command -v node >/dev/null || { echo "gpu-check --pack: node not found" >&2; return 2; }
+  node -e 'const j = JSON.parse(require("child_process").execFileSync(process.execPath, ["bin/specdec.js", "info", "--json"]));
+    if (!j.backends.compiled.includes("cuda")) { console.error("gpu-check --pack: build/Release/specdec.node has no CUDA backend: run npm run build:native (with nvcc) first"); process.exit(2); }'
+  echo "compiling TypeScript (dist/)..." >&2
+  npx tsc -p tsconfig.json
+  mkdir -p .device
+  local node_bin
+  node_bin=$(readlink -f "$(command -v node)")
+  if [ ! -s .device/node.xz ] || [ "$node_bin" -nt .device/node.xz ]; then
+    echo "compressing $(node --version) (about a minute)..." >&2
+    strip -o .device/node.tmp "$node_bin" 2>/dev/null || cp "$node_bin" .device/node.tmp
+    xz -T2 -6 -c .device/node.tmp > .device/node.xz
+    rm -f .device/node.tmp
+  fi
+  # The compiler, type packages and the build tools are not needed to run tests and benches.
+  local mods
+  mods=$(cd node_modules && ls -A | grep -vxE 'typescript|@types|cmake-js|node-addon-api|\.bin|\.package-lock\.json' | sed 's|^|node_modules/|')
+  # shellcheck disable=SC2086
+  # The device's copy of the tree may have no git: the commit travels in the payload.
+  echo "$(git rev-parse HEAD)$(git diff --quiet HEAD || echo ' +uncommitted changes')" > .device/commit.txt
+  tar -cf - dist build/Release/specdec.node $mods | xz -T2 -6 > .device/payload.tar.xz
+  local tracked
+  tracked=$(git ls-files -z | xargs -0 du -ck 2>/dev/null | tail -1 | awk '{print $1}')
+  du -k .device/node.xz .device/payload.tar.xz | awk -v t="$tracked" '{s += $1; printf "  %-26s %6.1f MiB\n", $2, $1 / 1024}
+    END {printf "  %-26s %6.1f MiB\n  %-26s %6.1f MiB (limit 64)\n", "tracked files", t / 1024, "total", (s + t) / 1024}'
+  echo "carry .device; on the GPU machine: bash scripts/gpu-check.sh \"\$OUT\"" >&2
+}
+
+if [ "${1:-}" = "--pack" ]; then
+  pack
+  exit $?
+fi
+
+out=${1:-${OUT:-}}
+[ -n "$out" ] || { echo "usage: bash scripts/gpu-check.sh OUTDIR (default \$OUT) | --pack" >&2; exit 2; }
+mkdir -p "$out" && out=$(cd "$out" && pwd)
+work=${SPECDEC_GPU_WORK:-/tmp/specdec-gpu-check}
+rm -rf "$work" && mkdir -p "$work/logs" "$work/results"
+logs=$work/logs
+res=$work/results
+summary=$out/summary.txt
+: > "$summary"
+t_start=$(date +%s)
+failures=0
+say() { printf '%s\n' "$*" | tee -a "$summary"; }
+want() { [[ " ${STEPS:-suite bench hf} " == *" $1 "* ]]; }
+
+# step NAME LIMIT CMD...: CMD under `timeout`, its output in logs/NAME.log, one line in the summary.
+step() {
+  local name=$1 limit=$2 t0 rc dt status
+  shift 2
+  t0=$(date +%s)
+  timeout -k 10 "$limit" "$@" > "$logs/$name.log" 2>&1
+  rc=$?
+  dt=$(( $(date +%s) - t0 ))
+  case $rc in 0) status=ok ;; 124 | 137) status="TIMED OUT" ;; *) status="FAILED (rc $rc)" ;; esac
+  [ "$rc" -eq 0 ] || failures=$((failures + 1))
+  say "$(printf 'step %-11s %-15s %4d s (box %d s)' "$name" "$status" "$dt" "$limit")"
+  return "$rc"
+}
+
+# ---- the carried payload and node ---------------------------------------------------------------
+untar() {
+  if command -v xz >/dev/null 2>&1; then tar -xJf "$1"
+  else python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(".")' "$1"
+  fi
+}
+# Always unpacked: build outputs left on the machine by an earlier call may be stale.
+if [ -f .device/payload.tar.xz ]; then untar .device/payload.tar.xz; fi
+if ! command -v node >/dev/null 2>&1; then
+  nodedir=/tmp/specdec-node/bin
+  if [ ! -x "$nodedir/node" ] && [ -f .device/node.xz ]; then
+    mkdir -p "$nodedir"
+    python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' .device/node.xz "$nodedir/node"
+    chmod +x "$nodedir/node"
+  fi
+  export PATH="$nodedir:$PATH"
+fi
+for f in dist/bench/run.js dist/bench/hf_agreement.js node_modules/mocha/bin/mocha.js build/Release/specdec.node; do
+  command -v node >/dev/null 2>&1 && [ -e "$f" ] && continue
+  say "not prepared: $( command -v node >/dev/null 2>&1 || echo 'no node; ')$f missing. On the CPU machine: bash scripts/gpu-check.sh --pack, then carry .device"
+  exit 2
+done
+
+# ---- what ran where ---------------------------------------------------------------------------------
+say "specdec gpu-check  $(date -u +%FT%TZ)  commit $(cat .device/commit.txt 2>/dev/null || git rev-parse HEAD 2>/dev/null || echo unknown)"
+if command -v nvidia-smi >/dev/null 2>&1; then
+  nvidia-smi > "$logs/nvidia-smi.txt" 2>&1
+  nvidia-smi -q > "$logs/nvidia-smi-q.txt" 2>&1
+  say "gpu: $(nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit --format=csv,noheader 2>&1 | head -1)"
+else
+  echo "nvidia-smi not found" > "$logs/nvidia-smi.txt"
+  say "gpu: none found (no nvidia-smi)"
+fi
+say "driver's CUDA: $(grep -o 'CUDA Version: [0-9.]*' "$logs/nvidia-smi.txt" | head -1)   nvcc: $(nvcc --version 2>/dev/null | grep -o 'release [0-9.]*' || echo none)"
+say "host: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 2^20}' /proc/meminfo), $(uname -r)"
+say "node $(node --version)   $(python3 -c 'import platform, torch, transformers; print(f"python {platform.python_version()}, torch {torch.__version__} (cuda {torch.version.cuda}), transformers {transformers.__version__}")' 2>&1 | tail -1)"
+node bin/specdec.js info --json > "$res/specdec-info.json" 2> "$logs/specdec-info.err"
+say "specdec: $(node -e 'const j = require(process.argv[1]); console.log(`compiled ${j.backends.compiled}, usable ${j.backends.available}, CUDA runtime ${j.cuda.runtimeVersion}, driver API ${j.cuda.driverVersion}, archs ${j.cuda.architectures}, gpus ${JSON.stringify(j.cuda.gpus)}${j.cuda.notUsedBecause ? `, CUDA NOT USED: ${j.cuda.notUsedBecause}` : ""}`)' "$res/specdec-info.json" 2>&1)"
+
+# ---- 1. the suite, with transformers' agreement fixtures made beside it ---------------------------------
+# The fixtures need no timing, so they share the GPU with the suite; the timed steps below run alone.
+fixtures_t0=$(date +%s)
+want hf && (
+  timeout -k 10 "${T_FIXTURES:-150}" env PYTHONUNBUFFERED=1 python3 scripts/hf_fixtures.py agreement "$work/fixtures" > "$logs/hf-fixtures.log" 2>&1
+  echo "$? $(date +%s)" > "$work/fixtures.done"
+) &
+fixtures_pid=$!
+if want suite; then
+  # The host emulation of the kernels (8 sanitizer builds; minutes of CPU, no GPU) runs in CI, not on
+  # the lease: SUITE_IGNORE='' brings it back.
+  ignore=()
+  for f in ${SUITE_IGNORE-dist/test/cuda_emu.test.js}; do ignore+=(--ignore "$f"); done
+  step suite "${T_SUITE:-210}" env SPECDEC_REQUIRE_CUDA=1 node node_modules/mocha/bin/mocha.js "${ignore[@]}"
+  cp "$logs/suite.log" "$out/mocha.log"
+  counts=$(grep -E '^ +[0-9]+ (passing|failing|pending)' "$logs/suite.log" | sed 's/ *(.*//; s/^ *//' | paste -sd, -)
+  say "     suite: ${counts:-no mocha summary line (see mocha.log)}"
+  grep -qE '^ +[0-9]+ pending' "$logs/suite.log" && say "     suite: some tests are pending: with SPECDEC_REQUIRE_CUDA=1 no [cuda] suite may skip (grep -n 'needs a GPU\|- ' mocha.log)"
+fi
+
+# ---- 2. benchmarks on CUDA ------------------------------------------------------------------------------
+if want bench; then
+  step bench "${T_BENCH:-90}" node dist/bench/run.js --device cuda --out "$res/bench-cuda.json"
+  step matmul-simt "${T_SIMT:-20}" env SPECDEC_CUDA_MATMUL=simt node dist/bench/matmul.bench.js --device cuda --out "$res/matmul-simt.json"
+fi
+
+# ---- 3 + 4. transformers: fixtures (from the background), its generate() timings, then specdec ---------
+if want hf; then
+  wait "$fixtures_pid"
+  read -r rc fixtures_t1 < "$work/fixtures.done" || { rc=1; fixtures_t1=$(date +%s); }
+  case $rc in 0) fstatus=ok ;; 124 | 137) fstatus="TIMED OUT" ;; *) fstatus="FAILED (rc $rc)" ;; esac
+  [ "$rc" -eq 0 ] || failures=$((failures + 1))
+  say "$(printf 'step %-11s %-15s %4d s (box %d s, beside the suite)' hf-fixtures "$fstatus" "$((fixtures_t1 - fixtures_t0))" "${T_FIXTURES:-150}")"
+  step hf-generate "${T_HF:-80}" env PYTHONUNBUFFERED=1 python3 scripts/hf_fixtures.py throughput "$work/hf" --reps 2
+  agree_args=()
+  ls "$work"/fixtures/*/reference.json > /dev/null 2>&1 && agree_args+=(--fixtures "$work/fixtures")
+  [ -f "$work/hf/hf_throughput.json" ] && agree_args+=(--throughput "$work/hf/hf_throughput.json") && cp "$work/hf/hf_throughput.json" "$res/"
+  if [ ${#agree_args[@]} -gt 0 ]; then
+    step agreement "${T_AGREE:-70}" node dist/bench/hf_agreement.js "${agree_args[@]}" --devices cuda,cpu --out "$res/hf_agreement.json"
+  else
+    say "step agreement   SKIPPED         (no fixtures and no timings from transformers: see hf-fixtures.log, hf-generate.log)"
+    failures=$((failures + 1))
+  fi
+fi
+
+# ---- results: at most 8 files ---------------------------------------------------------------------------
+for f in bench-cuda.json matmul-simt.json hf_agreement.json hf_throughput.json; do [ -f "$res/$f" ] && cp "$res/$f" "$out/"; done
+mkdir -p "$work/logs/references"
+for d in "$work"/fixtures/*/; do [ -f "$d/reference.json" ] && cp "$d/reference.json" "$work/logs/references/$(basename "$d").json"; done
+cp "$res/specdec-info.json" "$logs/"
+say "total $(( $(date +%s) - t_start )) s, $failures step(s) not ok"
+{
+  echo
+  echo "== bench (tail of logs/bench.log)"; tail -n 60 "$logs/bench.log"
+  echo; echo "== matmul, CUDA-core path (tail)"; tail -n 15 "$logs/matmul-simt.log"
+  echo; echo "== hf-generate (tail)"; tail -n 12 "$logs/hf-generate.log"
+  echo; echo "== hf agreement + side by side"; tail -n 60 "$logs/agreement.log" 2>/dev/null
+  echo; echo "== failing tests (mocha.log)"; grep -nE '^ +[0-9]+\) ' "$logs/suite.log" | head -40
+} >> "$summary" 2>/dev/null
+tar -czf "$out/logs.tar.gz" -C "$work" logs
+cat "$summary"
+[ "$failures" -eq 0 ]

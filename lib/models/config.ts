@@ -100,17 +100,22 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
   if (bool('mlp_bias', false)) bad("mlp_bias = true is not supported");
   const attentionBias = bool('attention_bias', false);
 
+  // Rotary settings: transformers 4 writes rope_theta and rope_scaling at the top level; transformers
+  // 5 writes one rope_parameters object (rope_type, rope_theta and the scaling fields).
+  const ropeKey = has('rope_parameters') ? 'rope_parameters' : 'rope_scaling';
   let ropeScaling: RopeScaling | undefined;
-  if (has('rope_scaling')) {
-    const rs = o['rope_scaling'];
-    if (typeof rs !== 'object' || rs === null || Array.isArray(rs)) bad("field 'rope_scaling' must be an object or null");
+  let ropeParamsTheta: number | undefined;
+  if (has(ropeKey)) {
+    const rs = o[ropeKey];
+    if (typeof rs !== 'object' || rs === null || Array.isArray(rs)) bad(`field '${ropeKey}' must be an object or null`);
     const r = rs as Record<string, unknown>;
-    const type = r['rope_type'] ?? r['type'];
+    const type = r['rope_type'] ?? r['type'] ?? (ropeKey === 'rope_parameters' ? 'default' : undefined);
     const rnum = (k: string): number => {
       const v = r[k];
-      if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) bad(`rope_scaling.${k} must be a positive number, got ${JSON.stringify(v)}`);
+      if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) bad(`${ropeKey}.${k} must be a positive number, got ${JSON.stringify(v)}`);
       return v as number;
     };
+    if (r['rope_theta'] !== undefined) ropeParamsTheta = rnum('rope_theta');
     if (type === 'linear') {
       ropeScaling = { type: 'linear', factor: rnum('factor') };
     } else if (type === 'llama3') {
@@ -121,11 +126,18 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
         highFreqFactor: rnum('high_freq_factor'),
         originalMaxPositions: rnum('original_max_position_embeddings'),
       };
-      if (ropeScaling.highFreqFactor <= ropeScaling.lowFreqFactor) bad('rope_scaling.high_freq_factor must exceed low_freq_factor');
+      if (ropeScaling.highFreqFactor <= ropeScaling.lowFreqFactor) bad(`${ropeKey}.high_freq_factor must exceed low_freq_factor`);
     } else if (type !== 'default') {
-      bad(`rope_scaling type ${JSON.stringify(type)} is not supported (supported: linear, llama3)`);
+      bad(`${ropeKey} type ${JSON.stringify(type)} is not supported (supported: default, linear, llama3)`);
     }
   }
+  const topTheta = has('rope_theta') ? num('rope_theta', 10000) : undefined;
+  if (ropeParamsTheta !== undefined && topTheta !== undefined && ropeParamsTheta !== topTheta) {
+    bad(`rope_theta ${topTheta} and rope_parameters.rope_theta ${ropeParamsTheta} disagree`);
+  }
+  const ropeTheta = ropeParamsTheta ?? topTheta ?? 10000;
+  // The checkpoint's precision: torch_dtype (transformers 4) or dtype (transformers 5).
+  const dtypeName = typeof o['torch_dtype'] === 'string' ? o['torch_dtype'] : typeof o['dtype'] === 'string' ? o['dtype'] : undefined;
 
   const eos = o['eos_token_id'];
   let eosTokenIds: number[] = [];
@@ -148,12 +160,12 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
     eosTokenIds,
     ...(bos !== undefined ? { bosTokenId: bos } : {}),
     rmsNormEps: num('rms_norm_eps', 1e-6),
-    ropeTheta: num('rope_theta', 10000),
+    ropeTheta,
     ...(ropeScaling !== undefined ? { ropeScaling } : {}),
     qkvBias: arch === 'Qwen2ForCausalLM' || attentionBias,
     oBias: arch === 'LlamaForCausalLM' && attentionBias,
     tieWordEmbeddings: bool('tie_word_embeddings', false),
-    ...(typeof o['torch_dtype'] === 'string' ? { torchDtype: o['torch_dtype'] } : {}),
+    ...(dtypeName !== undefined ? { torchDtype: dtypeName } : {}),
   };
   return cfg;
 }

@@ -8,6 +8,7 @@ commands:
   generate   generate tokens (plain, or speculative with --draft/--medusa/--lookahead/--prompt-lookup)
   info       backends, GPU, CUDA versions, and why a backend is not in use   [--json]
   bench      run the benchmarks in bench/ (see README)
+  serve      OpenAI-compatible HTTP server (/v1/completions, /v1/models, /health, /metrics)
 
 run 'specdec <command> --help' for a command's options`;
 
@@ -28,6 +29,7 @@ const commands: Record<string, Command> = {
   info: infoCommand,
   generate: lazy('./generate', 'generateCommand'),
   bench: lazy('./bench', 'benchCommand'),
+  serve: lazy('./serve', 'serveCommand'),
 };
 
 export async function main(argv: string[]): Promise<number> {

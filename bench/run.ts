@@ -11,11 +11,12 @@ import { machineHeader, round, type BenchModule, type BenchResult, type MachineH
 import { matmulBench } from './matmul.bench';
 import { plainDecodeBench } from './plain_decode.bench';
 import { samplingBench } from './sampling.bench';
+import { serveBench } from './serve.bench';
 import { speculativeBench } from './speculative.bench';
 import { verifyBench } from './verify.bench';
 
 /** Every bench, in the order a full run executes them (cheap kernels first). */
-export const BENCHES: readonly BenchModule[] = [attentionBench, matmulBench, verifyBench, samplingBench, plainDecodeBench, speculativeBench];
+export const BENCHES: readonly BenchModule[] = [attentionBench, matmulBench, verifyBench, samplingBench, plainDecodeBench, speculativeBench, serveBench];
 
 export interface RunOptions {
   /** Bench names to run (default: all). */

@@ -34,3 +34,9 @@ export * as tree from './tree';
 export * from './strategies';
 export { generateText } from './text';
 export type { TextCodec, TextGenerateOptions, TextChunk, TextResult, TextGeneration } from './text';
+
+// Serving: continuous batching over one model, and the OpenAI-compatible HTTP server.
+export { Engine } from './engine/engine';
+export type { EngineOptions, RequestOptions, KvPages } from './engine/engine';
+export { CompletionServer } from './server/server';
+export type { ServerOptions } from './server/server';

@@ -100,6 +100,23 @@ describe('engine: continuous batching', function () {
     await assert.rejects(wide.submit(new Int32Array(100).fill(1), { maxNewTokens: 4 }), (e: Error & { code?: string }) => e.code === 'E_KV_FULL' && /40 pages/.test(e.message));
   });
 
+  it("a draft model's cache running out mid-step recomputes the batch, smaller: same tokens, all pages free", async () => {
+    // Room in the draft for one sequence of these jobs (<= 12 + 33 tokens + 3 drafts), not for two.
+    const tight = await LlamaModel.load(makeCheckpoint(draftSpec, testSeed + 1), { device: 'cpu', pageSize: 4, kvPages: 14 });
+    try {
+      const js = jobs(testSeed + 19, 6);
+      const ref = await alone(new Engine({ model: target, speculator: new DraftModelSpeculator({ draft: tight, k: 3 }) }), js);
+      const engine = new Engine({ model: target, speculator: new DraftModelSpeculator({ draft: tight, k: 3 }) });
+      const got = await together(engine, js);
+      got.forEach((t, i) => assert.deepStrictEqual(t, ref[i], `request ${i}`));
+      assert.ok(engine.metrics.preemptions > 0, 'the draft cache ran out');
+      assert.strictEqual(tight.kvInfo().freePages, tight.kvInfo().totalPages);
+      assert.strictEqual(target.kvInfo().freePages, target.kvInfo().totalPages);
+    } finally {
+      tight.dispose();
+    }
+  });
+
   it('an aborted request leaves at once (queued or running); the others are unaffected', async () => {
     const js = jobs(testSeed + 13, 6).map((j) => ({ ...j, opts: { ...j.opts, maxNewTokens: 40 } }));
     const ref = await alone(new Engine({ model: target }), js);

@@ -39,13 +39,13 @@ async function alone(engine: Engine, js: readonly Job[]): Promise<number[][]> {
   return out;
 }
 
-/** All jobs, arriving a few at a time while earlier ones run. */
+/** All jobs: the first six at once (two per sampling setting), the rest a few at a time while earlier ones run. */
 async function together(engine: Engine, js: readonly Job[]): Promise<number[][]> {
   const pending: Promise<number[]>[] = [];
   for (let i = 0; i < js.length; i++) {
     const j = js[i] as Job;
     pending.push(engine.submit(j.prompt, j.opts).then((r) => Array.from(r.tokens)));
-    if (i % 3 === 2) await new Promise((r) => setTimeout(r, 1));
+    if (i >= 5 && i % 3 === 2) await new Promise((r) => setTimeout(r, 1));
   }
   return Promise.all(pending);
 }
@@ -60,7 +60,7 @@ describe('engine: continuous batching', function () {
     target = await LlamaModel.load(dir, { device: 'cpu', maxSequences: 16 });
     draft = await LlamaModel.load(makeCheckpoint(draftSpec, testSeed + 1), { device: 'cpu', maxSequences: 16 });
     // Room for about three sequences of the jobs below: the batch must preempt.
-    small = await LlamaModel.load(dir, { device: 'cpu', pageSize: 4, kvPages: 40 });
+    small = await LlamaModel.load(dir, { device: 'cpu', pageSize: 4, kvPages: 24 });
   });
   after(() => {
     target?.dispose();
@@ -88,26 +88,29 @@ describe('engine: continuous batching', function () {
   }
 
   it('a small KV cache preempts the youngest and recomputes it: same tokens, all pages free', async () => {
-    const js = jobs(testSeed + 11, 9);
+    // Nine sequences of up to 42 tokens (some stop early at EOS), all admitted at once, need far
+    // more than the cache's 96 tokens.
+    const js = jobs(testSeed + 11, 9).map((j) => ({ ...j, opts: { ...j.opts, maxNewTokens: 30, stopTokens: [] } }));
     const ref = await alone(new Engine({ model: target }), js);
     const engine = new Engine({ model: small, treeReserveTokens: 4 });
-    const got = await together(engine, js);
+    const got = await Promise.all(js.map((j) => engine.submit(j.prompt, j.opts).then((r) => Array.from(r.tokens))));
     got.forEach((t, i) => assert.deepStrictEqual(t, ref[i], `request ${i}`));
     assert.ok(engine.metrics.preemptions > 0, 'the cache was small enough to preempt');
     assert.strictEqual(small.kvInfo().freePages, small.kvInfo().totalPages);
     // A request that can never fit is refused, not queued forever.
     const wide = new Engine({ model: small, treeReserveTokens: 64 });
-    await assert.rejects(wide.submit(new Int32Array(100).fill(1), { maxNewTokens: 4 }), (e: Error & { code?: string }) => e.code === 'E_KV_FULL' && /40 pages/.test(e.message));
+    await assert.rejects(wide.submit(new Int32Array(100).fill(1), { maxNewTokens: 4 }), (e: Error & { code?: string }) => e.code === 'E_KV_FULL' && /24 pages/.test(e.message));
   });
 
   it("a draft model's cache running out mid-step recomputes the batch, smaller: same tokens, all pages free", async () => {
-    // Room in the draft for one sequence of these jobs (<= 12 + 33 tokens + 3 drafts), not for two.
-    const tight = await LlamaModel.load(makeCheckpoint(draftSpec, testSeed + 1), { device: 'cpu', pageSize: 4, kvPages: 14 });
+    // Room in the draft for one sequence of these jobs (<= 12 + 30 tokens + 3 drafts), not for six
+    // prompts with their drafts at once.
+    const tight = await LlamaModel.load(makeCheckpoint(draftSpec, testSeed + 1), { device: 'cpu', pageSize: 4, kvPages: 12 });
     try {
-      const js = jobs(testSeed + 19, 6);
+      const js = jobs(testSeed + 19, 6).map((j) => ({ ...j, opts: { ...j.opts, maxNewTokens: 30 } }));
       const ref = await alone(new Engine({ model: target, speculator: new DraftModelSpeculator({ draft: tight, k: 3 }) }), js);
       const engine = new Engine({ model: target, speculator: new DraftModelSpeculator({ draft: tight, k: 3 }) });
-      const got = await together(engine, js);
+      const got = await Promise.all(js.map((j) => engine.submit(j.prompt, j.opts).then((r) => Array.from(r.tokens))));
       got.forEach((t, i) => assert.deepStrictEqual(t, ref[i], `request ${i}`));
       assert.ok(engine.metrics.preemptions > 0, 'the draft cache ran out');
       assert.strictEqual(tight.kvInfo().freePages, tight.kvInfo().totalPages);

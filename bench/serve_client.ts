@@ -35,8 +35,11 @@ export interface StreamReply {
   readonly cancelled: boolean;
 }
 
-/** POSTs a streaming completion; with cancelAfter, destroys the connection after that many events. */
-export function postStream(url: string, obj: unknown, cancelAfter?: number): Promise<StreamReply> {
+/**
+ * POSTs a streaming completion; with cancelAfter, destroys the connection after that many events.
+ * onEvent sees each event as it arrives.
+ */
+export function postStream(url: string, obj: unknown, cancelAfter?: number, onEvent?: (e: Record<string, unknown>) => void): Promise<StreamReply> {
   return new Promise((resolve, reject) => {
     const events: Record<string, unknown>[] = [];
     let buf = '';
@@ -52,7 +55,10 @@ export function postStream(url: string, obj: unknown, cancelAfter?: number): Pro
           if (!ev.startsWith('data: ')) continue;
           const data = ev.slice(6);
           if (data === '[DONE]') done = true;
-          else events.push(JSON.parse(data) as Record<string, unknown>);
+          else {
+            events.push(JSON.parse(data) as Record<string, unknown>);
+            onEvent?.(events[events.length - 1] as Record<string, unknown>);
+          }
           if (cancelAfter !== undefined && events.length >= cancelAfter && !done) {
             req.destroy();
             resolve({ status: res.statusCode ?? 0, events, done, cancelled: true });

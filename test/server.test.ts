@@ -150,10 +150,12 @@ describe('specdec serve', function () {
       cli.on('exit', () => reject(new Error(`serve exited: ${stderr}`)));
     });
     try {
-      const stream = postStream(`${base}/v1/completions`, { prompt: 'once upon a time', max_tokens: 300, temperature: 0, stream: true });
-      await new Promise((r) => setTimeout(r, 30));
-      cli.kill('SIGTERM');
-      const s = await stream;
+      // SIGTERM once the stream has begun: it must still run to the end.
+      let signalled = false;
+      const s = await postStream(`${base}/v1/completions`, { prompt: 'once upon a time', max_tokens: 300, temperature: 0, stream: true }, undefined, () => {
+        if (!signalled) signalled = cli.kill('SIGTERM');
+      });
+      assert.ok(signalled);
       assert.ok(s.done, 'the stream ran to [DONE]');
       assert.ok(completionTokens(s).length > 0);
       assert.strictEqual(await exited, 0, stderr);

@@ -12,11 +12,12 @@ import { matmulBench } from './matmul.bench';
 import { plainDecodeBench } from './plain_decode.bench';
 import { samplingBench } from './sampling.bench';
 import { sizingBench } from './sizing.bench';
+import { serveBench } from './serve.bench';
 import { speculativeBench } from './speculative.bench';
 import { verifyBench } from './verify.bench';
 
 /** Every bench, in the order a full run executes them (cheap kernels first). */
-export const BENCHES: readonly BenchModule[] = [attentionBench, matmulBench, verifyBench, samplingBench, plainDecodeBench, speculativeBench, sizingBench];
+export const BENCHES: readonly BenchModule[] = [attentionBench, matmulBench, verifyBench, samplingBench, plainDecodeBench, speculativeBench, sizingBench, serveBench];
 
 export interface RunOptions {
   /** Bench names to run (default: all). */

@@ -1,5 +1,6 @@
 // SpeculativeDecoder: the public decoding API (streaming generate, generateBatch, statistics) over
 // SpecEngine (lib/spec_engine.ts), which runs the step loop.
+import { sharedEngine, withModelLock, type RequestOptions } from './engine/engine';
 import type { CausalLM } from './models/causal_lm';
 import { SpecEngine, type DecodeStats, type EngineSequence } from './spec_engine';
 import { isSampling, makeRng, throwIfAborted } from './step_helpers';
@@ -75,64 +76,12 @@ export class SpeculativeDecoder {
   /**
    * Decodes one prompt; iterate for the per-step chunks, await `.result` for tokens + stats.
    * Breaking out of the iteration early stops the run (`.result` then rejects with AbortError).
+   * Concurrent calls on one model join one running batch (lib/engine/engine.ts).
    */
   generate(prompt: Int32Array | readonly number[], opts: GenerateOptions): Generation {
-    const queue: Int32Array[] = [];
-    let wake: (() => void) | undefined;
-    let finished = false;
-    let failure: unknown;
-    // Leaving the for-await loop early stops the run (and frees its sequences), like an abort.
-    const stopper = new AbortController();
-    const user = opts.signal;
-    if (user) {
-      if (user.aborted) stopper.abort(user.reason);
-      else user.addEventListener('abort', () => stopper.abort(user.reason), { once: true });
-    }
-    const result = this.generateBatch([prompt], {
-      maxNewTokens: opts.maxNewTokens,
-      ...(opts.stopTokens ? { stopTokens: opts.stopTokens } : {}),
-      ...(opts.shouldStop ? { shouldStop: opts.shouldStop } : {}),
-      signal: stopper.signal,
-      onTokens: (_i, toks) => {
-        queue.push(toks);
-        wake?.();
-      },
-    }).then(
-      (r) => {
-        finished = true;
-        wake?.();
-        return r[0] as GenerateResult;
-      },
-      (e: unknown) => {
-        finished = true;
-        failure = e;
-        wake?.();
-        throw e;
-      },
-    );
-    result.catch(() => undefined); // the iterator or the caller observes it
-    return {
-      result,
-      async *[Symbol.asyncIterator](): AsyncGenerator<Int32Array> {
-        try {
-          for (;;) {
-            const chunk = queue.shift();
-            if (chunk) {
-              yield chunk;
-              continue;
-            }
-            if (finished) {
-              if (failure !== undefined) throw failure;
-              return;
-            }
-            await new Promise<void>((r) => (wake = r));
-            wake = undefined;
-          }
-        } finally {
-          if (!finished) stopper.abort();
-        }
-      },
-    };
+    const req: { -readonly [K in keyof RequestOptions]: RequestOptions[K] } = { ...opts, seed: this.sampling?.seed ?? 0 };
+    if (this.sampling) req.sampling = this.sampling;
+    return sharedEngine(this.target, this.speculator).generate(prompt, req);
   }
 
   /**
@@ -140,7 +89,12 @@ export class SpeculativeDecoder {
    * (ragged; no padding), each sequence accepting its own number of tokens; finished sequences
    * leave the batch. Sequence i samples from stream (seed, i). Results in input order.
    */
-  async generateBatch(prompts: readonly (Int32Array | readonly number[])[], opts: BatchOptions): Promise<GenerateResult[]> {
+  generateBatch(prompts: readonly (Int32Array | readonly number[])[], opts: BatchOptions): Promise<GenerateResult[]> {
+    // Takes its turn on the model with the engines of concurrent generate() calls.
+    return withModelLock(this.target, () => this.runBatch(prompts, opts));
+  }
+
+  private async runBatch(prompts: readonly (Int32Array | readonly number[])[], opts: BatchOptions): Promise<GenerateResult[]> {
     const { maxNewTokens, signal } = opts;
     if (!Number.isInteger(maxNewTokens) || maxNewTokens < 0) throw codedError('E_ARG', `maxNewTokens must be a non-negative integer, got ${maxNewTokens}`);
     // Like plainGenerate: the model's EOS ids stop a sequence too (the stop token is emitted).

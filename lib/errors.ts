@@ -14,6 +14,7 @@
  * - `E_UNSUPPORTED`: valid, but not implemented for this backend, dtype or build.
  * - `E_DISPOSED`: a tensor, model or cache used after dispose().
  * - `E_BUSY`: an operation started while another one on the same object is still running.
+ * - `E_CLOSED`: a request to an engine or server that is closed (or closing).
  * - `E_NUMERIC`: a computation produced non-finite values (e.g. training diverged).
  * - `E_INTERNAL`: a broken internal invariant (a bug: please report it).
  */
@@ -29,13 +30,14 @@ export type ErrorCode =
   | 'E_UNSUPPORTED'
   | 'E_DISPOSED'
   | 'E_BUSY'
+  | 'E_CLOSED'
   | 'E_NUMERIC'
   | 'E_INTERNAL';
 
 /** Every ErrorCode, for code that checks a value at run time. */
 export const ERROR_CODES: readonly ErrorCode[] = [
   'E_ARG', 'E_FORMAT', 'E_IO', 'E_KV_FULL', 'E_OOM', 'E_CUDA', 'E_NO_CUDA', 'E_LOAD',
-  'E_UNSUPPORTED', 'E_DISPOSED', 'E_BUSY', 'E_NUMERIC', 'E_INTERNAL',
+  'E_UNSUPPORTED', 'E_DISPOSED', 'E_BUSY', 'E_CLOSED', 'E_NUMERIC', 'E_INTERNAL',
 ];
 
 export type CodedError = Error & { code: ErrorCode };

@@ -44,3 +44,9 @@ export type { CalibrationOptions } from './cost_model';
 export * as treeSizing from './tree_sizing';
 export { generateText } from './text';
 export type { TextCodec, TextGenerateOptions, TextChunk, TextResult, TextGeneration } from './text';
+
+// Serving: continuous batching over one model, and the OpenAI-compatible HTTP server.
+export { Engine } from './engine/engine';
+export type { EngineOptions, RequestOptions, KvPages } from './engine/engine';
+export { CompletionServer } from './server/server';
+export type { ServerOptions } from './server/server';

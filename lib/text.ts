@@ -1,12 +1,17 @@
 // Text in, text out: tokenizes the prompt, streams decoded text chunks as the decoder emits tokens,
 // and stops at stop strings (the text is cut before the stop string; DESIGN §5 generate()).
-import type { GenerateResult, SpeculativeDecoder } from './decoder';
+import type { GenerateOptions, GenerateResult, Generation } from './decoder';
 import { codedError } from './errors';
 
 /** What text generation needs of a tokenizer (TextTokenizer fits). */
 export interface TextCodec {
   encode(text: string): Int32Array;
   decode(ids: ArrayLike<number>, options?: { skipSpecialTokens?: boolean }): string;
+}
+
+/** What generateText decodes with: a SpeculativeDecoder, or a request adapter over an Engine. */
+export interface TokenGenerator {
+  generate(prompt: Int32Array | readonly number[], opts: GenerateOptions): Generation;
 }
 
 export interface TextGenerateOptions {
@@ -53,7 +58,7 @@ function cutAtStop(text: string, stops: readonly string[]): { text: string; stop
  * Await `.result` for the tokens, the whole text and the statistics.
  */
 export function generateText(
-  decoder: SpeculativeDecoder,
+  decoder: TokenGenerator,
   codec: TextCodec,
   prompt: string | Int32Array,
   opts: TextGenerateOptions,

@@ -115,14 +115,14 @@ class CliError extends Error {
   }
 }
 
-function parseIntFlag(flag: string, v: string, min: number): number {
+export function parseIntFlag(flag: string, v: string, min: number): number {
   if (!/^-?\d+$/.test(v.trim())) throw new CliError(`${flag}: expected an integer, got '${v}'`);
   const n = Number(v);
   if (!Number.isSafeInteger(n) || n < min) throw new CliError(`${flag}: expected an integer >= ${min}, got '${v}'`);
   return n;
 }
 
-function parseNumberFlag(flag: string, v: string, ok: (n: number) => boolean, want: string): number {
+export function parseNumberFlag(flag: string, v: string, ok: (n: number) => boolean, want: string): number {
   const n = Number(v);
   if (v.trim() === '' || !Number.isFinite(n) || !ok(n)) throw new CliError(`${flag}: expected ${want}, got '${v}'`);
   return n;

@@ -9,6 +9,7 @@ commands:
   info       backends, GPU, CUDA versions, and why a backend is not in use   [--json]
   bench      run the benchmarks in bench/ (see README)
   train-medusa  train Medusa heads for a checkpoint (--model DIR --data FILE --heads N --out DIR)
+  serve      OpenAI-compatible HTTP server (/v1/completions, /v1/models, /health, /metrics)
 
 run 'specdec <command> --help' for a command's options`;
 
@@ -30,6 +31,7 @@ const commands: Record<string, Command> = {
   generate: lazy('./generate', 'generateCommand'),
   bench: lazy('./bench', 'benchCommand'),
   'train-medusa': lazy('./train_medusa', 'trainMedusaCommand'),
+  serve: lazy('./serve', 'serveCommand'),
 };
 
 export async function main(argv: string[]): Promise<number> {

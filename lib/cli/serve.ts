@@ -1,0 +1,152 @@
+// `specdec serve`: loads the target (and the strategy's draft or heads), builds one Engine and
+// serves it over HTTP (lib/server/server.ts) until SIGTERM/SIGINT, which drain in-flight requests.
+import * as fs from 'fs';
+import * as path from 'path';
+import { resolveDevice } from '../backend';
+import { Engine } from '../engine/engine';
+import { readLlamaConfig } from '../models/config';
+import { LlamaModel } from '../models/llama';
+import { CompletionServer } from '../server/server';
+import type { Device } from '../tensor';
+import { TextTokenizer } from '../tokenizer';
+import { codedError } from '../errors';
+import { EMBEDDED, parseIntFlag, parseNumberFlag } from './generate';
+import { parseStrategyFlags, speculatorFactory, type StrategyFlags } from './strategy_flags';
+
+export const SERVE_USAGE = `usage: specdec serve [--model DIR] [--draft DIR | --medusa DIR | --lookahead W,N,G | --prompt-lookup N]
+                    [--host 127.0.0.1] [--port 8000] [--max-batch N] [--kv-budget MB] [--device cpu|cuda|auto]
+
+  OpenAI-compatible HTTP server: POST /v1/completions (stream: true for server-sent events),
+  GET /v1/models, GET /health, GET /metrics (Prometheus). SIGTERM or SIGINT drains and exits.
+
+  --model DIR       checkpoint directory (default: the embedded model family)
+  --host H          address to listen on (default 127.0.0.1)
+  --port P          port (default 8000; 0 picks a free one, printed on stderr)
+  --max-batch N     sequences decoded together (default 32); more requests wait in a FIFO queue
+  --kv-budget MB    KV cache of the target (and of a draft model) in MiB; default room for
+                    --max-batch full contexts, capped at 2 GiB
+  --draft/--medusa/--lookahead/--prompt-lookup   the speculative strategy (as for generate)`;
+
+export interface ServeFlags {
+  readonly model?: string;
+  readonly strategy: StrategyFlags;
+  readonly host: string;
+  readonly port: number;
+  readonly maxBatch: number;
+  readonly kvBudgetMb?: number;
+  readonly device: Device | 'auto';
+}
+
+export function parseServeFlags(argv: readonly string[]): ServeFlags {
+  const { flags: strategy, rest } = parseStrategyFlags(argv);
+  const values = new Map<string, string>();
+  const known = new Set(['--model', '--host', '--port', '--max-batch', '--kv-budget', '--device']);
+  for (let i = 0; i < rest.length; i++) {
+    const arg = rest[i] as string;
+    const eq = arg.startsWith('--') ? arg.indexOf('=') : -1;
+    const name = eq > 0 ? arg.slice(0, eq) : arg;
+    if (!known.has(name)) throw codedError('E_ARG', arg.startsWith('-') ? `unknown flag '${name}'` : `unexpected argument '${arg}'`);
+    const value = eq > 0 ? arg.slice(eq + 1) : rest[++i];
+    if (value === undefined) throw codedError('E_ARG', `${name} needs a value`);
+    if (values.has(name)) throw codedError('E_ARG', `${name} given twice`);
+    values.set(name, value);
+  }
+  const device = values.get('--device') ?? 'auto';
+  if (device !== 'cpu' && device !== 'cuda' && device !== 'auto') throw codedError('E_ARG', `--device: expected cpu, cuda or auto, got '${device}'`);
+  const model = values.get('--model');
+  const kv = values.get('--kv-budget');
+  const port = values.get('--port');
+  const maxBatch = values.get('--max-batch');
+  const f: ServeFlags = {
+    strategy,
+    host: values.get('--host') ?? '127.0.0.1',
+    port: port !== undefined ? parseIntFlag('--port', port, 0) : 8000,
+    maxBatch: maxBatch !== undefined ? parseIntFlag('--max-batch', maxBatch, 1) : 32,
+    device,
+    ...(model !== undefined ? { model } : {}),
+    ...(kv !== undefined ? { kvBudgetMb: parseNumberFlag('--kv-budget', kv, (n) => n > 0, 'a number of MiB > 0') } : {}),
+  };
+  if (f.port > 65535) throw codedError('E_ARG', `--port: expected 0..65535, got ${f.port}`);
+  return f;
+}
+
+/** KV pages of `budgetMb` MiB for the checkpoint in `dir` (the KV dtype LlamaModel.load picks). */
+function pagesForBudget(dir: string, device: Device, budgetMb: number, pageSize: number): number {
+  const c = readLlamaConfig(dir);
+  const half = device !== 'cpu' && (c.torchDtype === 'bfloat16' || c.torchDtype === 'float16');
+  const pageBytes = c.numLayers * 2 * pageSize * c.numKvHeads * c.headDim * (half ? 2 : 4);
+  const pages = Math.floor((budgetMb * 2 ** 20) / pageBytes);
+  if (pages < 1) throw codedError('E_ARG', `--kv-budget: ${budgetMb} MiB holds no KV page of ${pageBytes} bytes for ${dir}`);
+  return pages;
+}
+
+export interface RunningServer {
+  readonly server: CompletionServer;
+  readonly url: string;
+  /** Drains, closes the server and frees the models. */
+  close(): Promise<void>;
+}
+
+/** Loads the models of `flags` and starts listening. */
+export async function startServe(flags: ServeFlags): Promise<RunningServer> {
+  const dir = flags.model === undefined || flags.model === 'default' ? EMBEDDED.target : flags.model;
+  if (!fs.existsSync(dir)) throw codedError('E_ARG', `--model: ${dir} does not exist`);
+  const device = resolveDevice(flags.device);
+  const pageSize = 16;
+  const sizing = (d: string): { kvPages: number } | { maxSequences: number } =>
+    flags.kvBudgetMb !== undefined ? { kvPages: pagesForBudget(d, device, flags.kvBudgetMb, pageSize) } : { maxSequences: flags.maxBatch };
+  const model = await LlamaModel.load(dir, { device, pageSize, ...sizing(dir) });
+  let dispose = (): void => model.dispose();
+  try {
+    const built = await speculatorFactory(flags.strategy, {
+      defaults: { draft: EMBEDDED.draft, medusa: EMBEDDED.medusa },
+      // A draft model holds the same tokens as the target: the same number of pages.
+      loadModel: (d) => LlamaModel.load(d, { device, pageSize, kvPages: model.kvInfo().totalPages }),
+    })(model);
+    dispose = () => {
+      built.dispose();
+      model.dispose();
+    };
+    const engine = new Engine({ model, maxBatch: flags.maxBatch, ...(built.speculator ? { speculator: built.speculator } : {}) });
+    const tokenizer = TextTokenizer.load(dir);
+    const name = dir === EMBEDDED.target ? 'specdec-default' : path.basename(path.resolve(dir));
+    const server = new CompletionServer({ engine, modelName: name, ...(tokenizer ? { tokenizer } : {}) });
+    const addr = await server.listen(flags.port, flags.host);
+    const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
+    const d = dispose;
+    return {
+      server,
+      url: `http://${host}:${addr.port}`,
+      close: async () => {
+        await server.close();
+        d();
+      },
+    };
+  } catch (e) {
+    dispose();
+    throw e;
+  }
+}
+
+export async function serveCommand(argv: string[]): Promise<number> {
+  if (argv.includes('--help') || argv.includes('-h')) {
+    process.stdout.write(SERVE_USAGE + '\n');
+    return 0;
+  }
+  const running = await startServe(parseServeFlags(argv));
+  process.stderr.write(`specdec serve: listening on ${running.url} (model ${running.server.engine.model.config.architecture}, max batch ${running.server.engine.maxBatch})\n`);
+  await new Promise<void>((resolve) => {
+    const stop = (sig: string): void => {
+      process.stderr.write(`specdec serve: ${sig}: draining ${running.server.engine.batchSize + running.server.engine.queued} request(s)\n`);
+      process.off('SIGTERM', onTerm);
+      process.off('SIGINT', onInt);
+      running.close().then(resolve, resolve);
+    };
+    const onTerm = (): void => stop('SIGTERM');
+    const onInt = (): void => stop('SIGINT');
+    process.on('SIGTERM', onTerm);
+    process.on('SIGINT', onInt);
+  });
+  process.stderr.write('specdec serve: stopped\n');
+  return 0;
+}

@@ -1,0 +1,488 @@
+// Engine: continuous batching of speculative decoding over one CausalLM + one speculator.
+// Requests wait in a FIFO queue, join the running batch at a step boundary when the KV cache has
+// room for them, and leave at once when finished or aborted. When the live sequences would not fit
+// their next speculative trees, the youngest is preempted (its pages freed) and recomputed later
+// from its history, as vLLM does, instead of failing mid-generation.
+//
+// Output does not depend on the batch: each request samples from its own stream (seed, stream),
+// the kernels are batch-invariant, and a step that fails for lack of pages restores the streams of
+// its sequences before they are recomputed. Requests with different sampling settings run in
+// separate step groups (verification takes one setting per call), one group after another.
+import type { GenerateOptions, GenerateResult, Generation } from '../decoder';
+import { codedError } from '../errors';
+import type { CausalLM } from '../models/causal_lm';
+import { SpecEngine, StatsAcc, type EngineSequence } from '../spec_engine';
+import { abortError, isSampling } from '../step_helpers';
+import type { SamplingConfig, SeqRng, Speculator } from '../strategies/speculator';
+import { streamGeneration } from './generation';
+import { EngineMetrics } from './metrics';
+
+export interface EngineOptions {
+  readonly model: CausalLM;
+  readonly speculator?: Speculator;
+  /** Most sequences decoded together; further requests wait in the queue. Default 64. */
+  readonly maxBatch?: number;
+  /**
+   * KV tokens kept free per live sequence for its next speculative tree: requests are admitted, and
+   * the youngest preempted, so that every live sequence has this room. Default 64.
+   */
+  readonly treeReserveTokens?: number;
+}
+
+export interface RequestOptions extends GenerateOptions {
+  /** Omitted or temperature 0: greedy. */
+  readonly sampling?: SamplingConfig;
+  readonly seed?: number | bigint;
+  /** The RNG stream (seed, stream) the request samples from. Default 0. */
+  readonly stream?: number;
+  /** Called with each step's new tokens. */
+  readonly onTokens?: (tokens: Int32Array) => void;
+}
+
+export interface KvPages {
+  readonly pageSize: number;
+  readonly totalPages: number;
+  readonly freePages: number;
+}
+
+/** Stream (seed, index) as makeRng (lib/step_helpers.ts), with a counter a failed step can restore. */
+class RequestRng implements SeqRng {
+  counter = 0n;
+  private readonly base: bigint;
+  constructor(
+    readonly seed: bigint,
+    index: number,
+  ) {
+    this.base = BigInt(index) << 32n;
+  }
+  next(): bigint {
+    return this.base | this.counter++;
+  }
+}
+
+class Request {
+  /** Prompt + emitted tokens while queued (a live request's history is its sequence's). */
+  history: number[];
+  readonly newTokens: number[] = [];
+  done: GenerateResult['finishReason'] | undefined;
+  seq: EngineSequence | undefined;
+  /** Statistics carried over preemptions. */
+  stats = new StatsAcc();
+  aborted = false;
+  readonly t0 = performance.now();
+
+  readonly promptLength: number;
+
+  constructor(
+    readonly id: number,
+    prompt: ArrayLike<number>,
+    readonly opts: RequestOptions,
+    readonly group: SpecEngine,
+    readonly rng: RequestRng,
+    readonly stop: ReadonlySet<number>,
+    readonly settle: { resolve(r: GenerateResult): void; reject(e: unknown): void },
+  ) {
+    this.history = Array.from(prompt);
+    this.promptLength = prompt.length;
+  }
+}
+
+/** One forward at a time per model: engines sharing a model take turns by whole steps. */
+const modelLocks = new WeakMap<CausalLM, Promise<void>>();
+
+export async function withModelLock<T>(model: CausalLM, fn: () => Promise<T>): Promise<T> {
+  const prev = modelLocks.get(model) ?? Promise.resolve();
+  let release = (): void => undefined;
+  const mine = new Promise<void>((r) => (release = r));
+  modelLocks.set(model, prev.then(() => mine));
+  await prev;
+  try {
+    return await fn();
+  } finally {
+    release();
+  }
+}
+
+const shared = new WeakMap<CausalLM, Map<Speculator | undefined, Engine>>();
+
+/** The engine that SpeculativeDecoder.generate() calls on `model` with `speculator` share. */
+export function sharedEngine(model: CausalLM, speculator: Speculator | undefined): Engine {
+  let byModel = shared.get(model);
+  if (!byModel) shared.set(model, (byModel = new Map()));
+  let e = byModel.get(speculator);
+  if (!e) byModel.set(speculator, (e = new Engine(speculator ? { model, speculator } : { model })));
+  return e;
+}
+
+export class Engine {
+  readonly model: CausalLM;
+  readonly speculator: Speculator | undefined;
+  readonly maxBatch: number;
+  readonly treeReserveTokens: number;
+  readonly metrics = new EngineMetrics();
+  private readonly queue: Request[] = [];
+  private readonly live: Request[] = [];
+  /** One SpecEngine per sampling setting. */
+  private readonly groups = new Map<string, SpecEngine>();
+  /** Lowered after a step ran out of pages despite the reserve; back to maxBatch when one finishes. */
+  private liveCap: number;
+  private nextId = 0;
+  private running = false;
+  private closed = false;
+  private idleWaiters: (() => void)[] = [];
+
+  constructor(opts: EngineOptions) {
+    this.model = opts.model;
+    this.speculator = opts.speculator;
+    this.maxBatch = opts.maxBatch ?? 64;
+    this.treeReserveTokens = opts.treeReserveTokens ?? 64;
+    if (!Number.isSafeInteger(this.maxBatch) || this.maxBatch < 1) throw codedError('E_ARG', `maxBatch: expected an integer >= 1, got ${this.maxBatch}`);
+    if (!Number.isSafeInteger(this.treeReserveTokens) || this.treeReserveTokens < 1) {
+      throw codedError('E_ARG', `treeReserveTokens: expected an integer >= 1, got ${this.treeReserveTokens}`);
+    }
+    this.liveCap = this.maxBatch;
+    this.speculator?.attach(this.model);
+  }
+
+  /** Requests waiting for admission. */
+  get queued(): number {
+    return this.queue.length;
+  }
+
+  /** Sequences in the running batch. */
+  get batchSize(): number {
+    return this.live.length;
+  }
+
+  /** The model's KV pages, when it reports them (the built-in LlamaModel does). */
+  kvPages(): KvPages | undefined {
+    const m = this.model as CausalLM & { kvInfo?: () => KvPages };
+    return typeof m.kvInfo === 'function' ? m.kvInfo() : undefined;
+  }
+
+  /** Decodes one prompt in the shared batch; resolves with its tokens and statistics. */
+  submit(prompt: Int32Array | readonly number[], opts: RequestOptions): Promise<GenerateResult> {
+    return new Promise<GenerateResult>((resolve, reject) => {
+      if (this.closed) throw codedError('E_CLOSED', 'the engine is closed and takes no new requests');
+      this.validate(prompt, opts);
+      if (opts.signal?.aborted) throw abortError(opts.signal);
+      const sampling = isSampling(opts.sampling) ? opts.sampling : undefined;
+      const rng = new RequestRng(BigInt(opts.seed ?? 0), opts.stream ?? 0);
+      const stop = new Set([...this.model.config.eosTokenIds, ...(opts.stopTokens ?? [])]);
+      const r = new Request(this.nextId++, prompt, opts, this.group(sampling), rng, stop, { resolve, reject });
+      this.metrics.submitted++;
+      this.metrics.promptTokens += prompt.length;
+      if (opts.maxNewTokens === 0) {
+        r.done = 'length';
+        this.finish(r);
+        return;
+      }
+      opts.signal?.addEventListener(
+        'abort',
+        () => {
+          r.aborted = true;
+          const i = this.queue.indexOf(r);
+          if (i >= 0) {
+            this.queue.splice(i, 1);
+            this.settleAbort(r);
+          }
+        },
+        { once: true },
+      );
+      this.queue.push(r);
+      this.kick();
+    });
+  }
+
+  /** submit() as a stream of per-step chunks (leaving the loop early cancels the request). */
+  generate(prompt: Int32Array | readonly number[], opts: RequestOptions): Generation {
+    return streamGeneration((onTokens, signal) => this.submit(prompt, { ...opts, signal, onTokens }), opts.signal);
+  }
+
+  /** Resolves once no request is queued or running. */
+  idle(): Promise<void> {
+    if (!this.running && this.queue.length === 0 && this.live.length === 0) return Promise.resolve();
+    return new Promise<void>((r) => this.idleWaiters.push(r));
+  }
+
+  /** Takes no new requests (E_CLOSED); those already submitted run to the end. */
+  close(): void {
+    this.closed = true;
+  }
+
+  private validate(prompt: Int32Array | readonly number[], opts: RequestOptions): void {
+    const c = this.model.config;
+    if (!Number.isSafeInteger(opts.maxNewTokens) || opts.maxNewTokens < 0) {
+      throw codedError('E_ARG', `maxNewTokens must be a non-negative integer, got ${opts.maxNewTokens}`);
+    }
+    if (prompt.length === 0) throw codedError('E_ARG', 'prompt is empty');
+    for (let i = 0; i < prompt.length; i++) {
+      const t = prompt[i] as number;
+      if (!Number.isInteger(t) || t < 0 || t >= c.vocabSize) throw codedError('E_ARG', `prompt[${i}] = ${t} is outside the vocabulary [0, ${c.vocabSize})`);
+    }
+    if (prompt.length >= c.maxPositions) {
+      throw codedError('E_ARG', `prompt: ${prompt.length} tokens leave no room to generate in the model's ${c.maxPositions} positions`);
+    }
+    if (opts.stream !== undefined && (!Number.isSafeInteger(opts.stream) || opts.stream < 0 || opts.stream >= 2 ** 32)) {
+      throw codedError('E_ARG', `stream must be an integer in [0, 2^32), got ${opts.stream}`);
+    }
+    const seed = opts.seed;
+    if (seed !== undefined && !(typeof seed === 'bigint' ? seed >= 0n && seed < 2n ** 64n : Number.isSafeInteger(seed) && seed >= 0)) {
+      throw codedError('E_ARG', `seed must be a non-negative integer below 2^64, got ${String(seed)}`);
+    }
+    const s = opts.sampling;
+    if (s) {
+      if (!(Number.isFinite(s.temperature) && s.temperature >= 0)) throw codedError('E_ARG', `temperature must be a finite number >= 0, got ${s.temperature}`);
+      if (s.topK !== undefined && !(Number.isSafeInteger(s.topK) && s.topK >= 1)) throw codedError('E_ARG', `topK must be an integer >= 1, got ${s.topK}`);
+      if (s.topP !== undefined && !(s.topP > 0 && s.topP <= 1)) throw codedError('E_ARG', `topP must be in (0, 1], got ${s.topP}`);
+      if (s.minP !== undefined && !(s.minP >= 0 && s.minP < 1)) throw codedError('E_ARG', `minP must be in [0, 1), got ${s.minP}`);
+    }
+  }
+
+  private group(sampling: SamplingConfig | undefined): SpecEngine {
+    const key = sampling ? `t${sampling.temperature} k${sampling.topK} p${sampling.topP} m${sampling.minP}` : 'greedy';
+    let g = this.groups.get(key);
+    if (!g) {
+      const o: { model: CausalLM; speculator?: Speculator; sampling?: SamplingConfig } = { model: this.model };
+      if (this.speculator) o.speculator = this.speculator;
+      if (sampling) o.sampling = sampling;
+      this.groups.set(key, (g = new SpecEngine(o)));
+    }
+    return g;
+  }
+
+  private kick(): void {
+    if (this.running) return;
+    this.running = true;
+    void this.loop();
+  }
+
+  private async loop(): Promise<void> {
+    try {
+      while (this.queue.length > 0 || this.live.length > 0) {
+        await withModelLock(this.model, () => this.tick());
+        // Let I/O, timers and new requests in between steps.
+        await new Promise<void>((r) => setImmediate(r));
+      }
+    } catch (e) {
+      // Not expected (tick handles request errors): fail everything rather than hang.
+      for (const r of [...this.live, ...this.queue.splice(0)]) this.fail(r, e);
+    } finally {
+      this.running = false;
+      if (this.queue.length > 0 || this.live.length > 0) this.kick();
+      else for (const w of this.idleWaiters.splice(0)) w();
+    }
+  }
+
+  /** Step boundary: drop finished/aborted, admit, make room, one step per sampling group. */
+  private async tick(): Promise<void> {
+    this.reap();
+    await this.admit();
+    this.makeRoom();
+    const byGroup = new Map<SpecEngine, Request[]>();
+    for (const r of this.live) {
+      if (r.done !== undefined || r.aborted) continue;
+      const list = byGroup.get(r.group);
+      if (list) list.push(r);
+      else byGroup.set(r.group, [r]);
+    }
+    for (const [group, reqs] of byGroup) await this.step(group, reqs.filter((r) => r.seq !== undefined));
+    this.reap();
+  }
+
+  private reap(): void {
+    for (const r of this.live.slice()) {
+      if (r.aborted) {
+        this.release(r);
+        this.settleAbort(r);
+      } else if (r.done !== undefined) {
+        this.finish(r);
+      }
+    }
+  }
+
+  private pagesFor(tokens: number, pageSize: number): number {
+    return Math.ceil(tokens / pageSize);
+  }
+
+  /** Pages a live sequence may still take for its next tree. */
+  private growth(r: Request, pageSize: number): number {
+    const committed = (r.seq as EngineSequence).committed;
+    return this.pagesFor(committed + this.treeReserveTokens, pageSize) - this.pagesFor(committed, pageSize);
+  }
+
+  private async admit(): Promise<void> {
+    const kv = this.kvPages();
+    let free = kv ? kv.freePages - this.live.reduce((n, r) => n + this.growth(r, kv.pageSize), 0) : Infinity;
+    const fresh: Request[] = [];
+    const resumed: Request[] = [];
+    while (this.queue.length > 0 && this.live.length < this.liveCap) {
+      const r = this.queue[0] as Request;
+      const need = kv ? this.pagesFor(r.history.length + this.treeReserveTokens, kv.pageSize) : 0;
+      if (kv && need > kv.totalPages) {
+        this.queue.shift();
+        this.fail(r, codedError('E_KV_FULL', `request needs ${need} KV pages for ${r.history.length} tokens + a ${this.treeReserveTokens}-token tree, but the cache has ${kv.totalPages} pages of ${kv.pageSize} tokens`));
+        continue;
+      }
+      // FIFO: the head waits for room (unless nothing runs, then it is tried and fails if it must).
+      if (need > free && this.live.length > 0) break;
+      this.queue.shift();
+      free -= need;
+      try {
+        r.seq = r.group.open(r.history, r.promptLength, r.rng);
+      } catch (e) {
+        this.fail(r, e);
+        continue;
+      }
+      this.live.push(r);
+      if (r.newTokens.length === 0) fresh.push(r);
+      else {
+        Object.assign(r.seq.stats, r.stats);
+        resumed.push(r);
+      }
+    }
+    for (const group of new Set([...fresh, ...resumed].map((r) => r.group))) {
+      await this.catchUp(group, fresh.filter((r) => r.group === group), true);
+      await this.catchUp(group, resumed.filter((r) => r.group === group), false);
+    }
+  }
+
+  /** Prefill of newly admitted sequences (pickRoot: the first token is picked) or recompute of preempted ones. */
+  private async catchUp(group: SpecEngine, reqs: Request[], pickRoot: boolean): Promise<void> {
+    if (reqs.length === 0) return;
+    const saved = reqs.map((r) => r.rng.counter);
+    try {
+      await group.catchUp(
+        reqs.map((r) => r.seq as EngineSequence),
+        pickRoot,
+      );
+      this.metrics.forwards++;
+    } catch (e) {
+      reqs.forEach((r, i) => (r.rng.counter = saved[i] as bigint));
+      this.recover(reqs, e);
+      return;
+    }
+    if (pickRoot) for (const r of reqs) this.emit(r, [r.seq!.history[r.seq!.history.length - 1] as number]);
+  }
+
+  /** Preempts the youngest live sequences until every one has room for its next tree. */
+  private makeRoom(): void {
+    const kv = this.kvPages();
+    if (!kv) return;
+    const active = (): Request[] => this.live.filter((r) => r.seq !== undefined && r.done === undefined && !r.aborted);
+    let need = active().reduce((n, r) => n + this.growth(r, kv.pageSize), 0);
+    while (need > kv.freePages && active().length > 1) {
+      const victim = active().reduce((a, b) => (b.id > a.id ? b : a));
+      need -= this.growth(victim, kv.pageSize);
+      this.preempt(victim);
+    }
+  }
+
+  private async step(group: SpecEngine, reqs: Request[]): Promise<void> {
+    if (reqs.length === 0) return;
+    for (const r of reqs) {
+      const s = r.seq as EngineSequence;
+      // Never draft past maxNewTokens or past the context (the history may reach maxPositions).
+      s.maxDepth = Math.max(0, Math.min(r.opts.maxNewTokens - r.newTokens.length - 1, s.maxPosition - s.committed - 1));
+    }
+    const saved = reqs.map((r) => r.rng.counter);
+    const t0 = performance.now();
+    let emitted: Int32Array[];
+    try {
+      emitted = await group.step(reqs.map((r) => r.seq as EngineSequence));
+    } catch (e) {
+      reqs.forEach((r, i) => (r.rng.counter = saved[i] as bigint));
+      this.recover(reqs, e);
+      return;
+    }
+    this.metrics.observeStep((performance.now() - t0) / 1000);
+    this.metrics.forwards++;
+    reqs.forEach((r, b) => this.emit(r, emitted[b] as Int32Array));
+  }
+
+  /**
+   * A batch call failed. Out of pages (a draft model's cache, or trees larger than the reserve): the
+   * sequences are recomputed later from their histories and the batch shrinks by one; a sequence
+   * that fails alone, or any other error, fails its requests.
+   */
+  private recover(reqs: Request[], e: unknown): void {
+    const kvFull = (e as { code?: unknown } | null)?.code === 'E_KV_FULL';
+    if (kvFull && this.live.length > 1) {
+      this.liveCap = Math.max(1, this.live.length - 1);
+      for (const r of reqs) this.preempt(r);
+      return;
+    }
+    for (const r of reqs) this.fail(r, e);
+  }
+
+  /** Frees a live sequence's pages and puts it back in the queue (in arrival order) for recompute. */
+  private preempt(r: Request): void {
+    const s = r.seq as EngineSequence;
+    r.history = s.history;
+    r.stats = s.stats;
+    this.release(r);
+    let i = 0;
+    while (i < this.queue.length && (this.queue[i] as Request).id < r.id) i++;
+    this.queue.splice(i, 0, r);
+    this.metrics.preemptions++;
+  }
+
+  private emit(r: Request, toks: ArrayLike<number>): void {
+    const s = r.seq as EngineSequence;
+    // Cut at a stop token or at maxNewTokens; the step may have emitted more.
+    const chunk: number[] = [];
+    for (let k = 0; k < toks.length && r.done === undefined; k++) {
+      const tok = toks[k] as number;
+      chunk.push(tok);
+      r.newTokens.push(tok);
+      if (r.stop.has(tok) || r.opts.shouldStop?.(r.newTokens) === true) r.done = 'stop';
+      else if (r.newTokens.length >= r.opts.maxNewTokens) r.done = 'length';
+    }
+    if (r.done === undefined && s.history.length > s.maxPosition) r.done = 'context';
+    this.metrics.generatedTokens += chunk.length;
+    if (chunk.length === 0) return;
+    try {
+      r.opts.onTokens?.(Int32Array.from(chunk));
+    } catch (e) {
+      this.fail(r, e);
+    }
+  }
+
+  /** Frees the request's sequence (model and speculator) and takes it out of the batch. */
+  private release(r: Request): void {
+    const i = this.live.indexOf(r);
+    if (i >= 0) this.live.splice(i, 1);
+    const s = r.seq;
+    r.seq = undefined;
+    if (s) r.group.close(s);
+  }
+
+  private finish(r: Request): void {
+    const s = r.seq;
+    const stats = (s ? s.stats : r.stats).finish(r.group.phases, (performance.now() - r.t0) / 1000);
+    try {
+      this.release(r);
+    } catch (e) {
+      this.fail(r, e);
+      return;
+    }
+    this.liveCap = this.maxBatch;
+    this.metrics.finished(r.done ?? 'length', stats);
+    r.settle.resolve({ tokens: Int32Array.from(r.newTokens), finishReason: r.done ?? 'length', stats });
+  }
+
+  private settleAbort(r: Request): void {
+    this.metrics.aborted++;
+    r.settle.reject(abortError(r.opts.signal));
+  }
+
+  private fail(r: Request, e: unknown): void {
+    try {
+      this.release(r);
+    } catch {
+      // The request fails with its first error.
+    }
+    this.metrics.failed++;
+    r.settle.reject(e);
+  }
+}

@@ -1,0 +1,323 @@
+// `specdec serve`: an OpenAI-compatible completions server on node:http over one Engine.
+// POST /v1/completions (JSON or server-sent events), GET /v1/models, /health, /metrics.
+// Bad requests get 400 with an OpenAI-style JSON error naming the field; bodies are size-limited;
+// a client that disconnects cancels its request; close() drains in-flight requests.
+import { randomBytes, randomInt } from 'crypto';
+import * as http from 'http';
+import type { AddressInfo } from 'net';
+import type { GenerateOptions } from '../decoder';
+import type { Engine, RequestOptions } from '../engine/engine';
+import type { SamplingConfig } from '../strategies/speculator';
+import { generateText, type TextCodec } from '../text';
+import { PROMETHEUS_CONTENT_TYPE, prometheusText } from './prometheus';
+
+export interface ServerOptions {
+  readonly engine: Engine;
+  /** Text prompts, text output and stop strings need it; without one, prompts are token ids. */
+  readonly tokenizer?: TextCodec;
+  /** The id /v1/models reports and requests may name. */
+  readonly modelName: string;
+  /** Largest accepted request body. Default 1 MiB. */
+  readonly maxBodyBytes?: number;
+}
+
+/** A request error: HTTP status, the offending field (OpenAI's `param`) and a message. */
+class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+    readonly param: string | null = null,
+    readonly code: string = status === 400 ? 'invalid_request_error' : 'server_error',
+  ) {
+    super(message);
+  }
+}
+
+interface Completion {
+  readonly prompt: Int32Array;
+  readonly maxTokens: number;
+  readonly sampling: SamplingConfig | undefined;
+  readonly seed: number;
+  readonly stop: string[];
+  readonly stopTokenIds: number[];
+  readonly stream: boolean;
+  readonly includeUsage: boolean;
+}
+
+const MAX_STOP_STRINGS = 4;
+
+export class CompletionServer {
+  readonly engine: Engine;
+  readonly http: http.Server;
+  private readonly tokenizer: TextCodec | undefined;
+  private readonly modelName: string;
+  private readonly maxBodyBytes: number;
+  private readonly created = Math.floor(Date.now() / 1000);
+  private draining = false;
+
+  constructor(opts: ServerOptions) {
+    this.engine = opts.engine;
+    this.tokenizer = opts.tokenizer;
+    this.modelName = opts.modelName;
+    this.maxBodyBytes = opts.maxBodyBytes ?? 1 << 20;
+    this.http = http.createServer((req, res) => {
+      this.route(req, res).catch((e: unknown) => this.sendError(res, e));
+    });
+  }
+
+  /** Starts listening; resolves with the bound address (port 0 picks a free port). */
+  listen(port: number, host = '127.0.0.1'): Promise<AddressInfo> {
+    return new Promise((resolve, reject) => {
+      this.http.once('error', reject);
+      this.http.listen(port, host, () => {
+        this.http.off('error', reject);
+        resolve(this.http.address() as AddressInfo);
+      });
+    });
+  }
+
+  /** Stops taking requests (503), lets the in-flight ones finish, then closes every connection. */
+  async close(): Promise<void> {
+    this.draining = true;
+    const closed = new Promise<void>((r) => this.http.close(() => r()));
+    this.http.closeIdleConnections();
+    await this.engine.idle();
+    this.http.closeAllConnections();
+    await closed;
+  }
+
+  private async route(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const url = new URL(req.url ?? '/', 'http://localhost');
+    const path = url.pathname.replace(/\/+$/, '') || '/';
+    const allow = (method: string): void => {
+      if (req.method !== method) throw new HttpError(405, `${path} takes ${method}, not ${req.method}`);
+    };
+    if (this.draining) {
+      res.setHeader('Connection', 'close');
+      if (path !== '/metrics') throw new HttpError(503, 'the server is shutting down', null, 'unavailable');
+    }
+    switch (path) {
+      case '/health':
+        allow('GET');
+        return this.sendJson(res, 200, { status: 'ok' });
+      case '/metrics':
+        allow('GET');
+        res.writeHead(200, { 'Content-Type': PROMETHEUS_CONTENT_TYPE });
+        res.end(prometheusText(this.engine));
+        return;
+      case '/v1/models':
+        allow('GET');
+        return this.sendJson(res, 200, { object: 'list', data: [{ id: this.modelName, object: 'model', created: this.created, owned_by: 'specdec' }] });
+      case '/v1/completions': {
+        allow('POST');
+        const body = await this.readJson(req);
+        return this.complete(res, this.parseCompletion(body));
+      }
+      default:
+        throw new HttpError(404, `no route ${path} (try POST /v1/completions, GET /v1/models, /health, /metrics)`, null, 'not_found');
+    }
+  }
+
+  private readJson(req: http.IncomingMessage): Promise<unknown> {
+    const declared = Number(req.headers['content-length']);
+    if (declared > this.maxBodyBytes) {
+      req.resume();
+      return Promise.reject(new HttpError(413, `request body of ${declared} bytes exceeds the limit of ${this.maxBodyBytes} bytes`));
+    }
+    return new Promise((resolve, reject) => {
+      const parts: Buffer[] = [];
+      let size = 0;
+      req.on('data', (b: Buffer) => {
+        size += b.length;
+        if (size > this.maxBodyBytes) {
+          reject(new HttpError(413, `request body exceeds the limit of ${this.maxBodyBytes} bytes`));
+          req.destroy();
+          return;
+        }
+        parts.push(b);
+      });
+      req.on('error', reject);
+      req.on('end', () => {
+        try {
+          resolve(JSON.parse(Buffer.concat(parts).toString('utf8')));
+        } catch (e) {
+          reject(new HttpError(400, `the body is not valid JSON (${(e as Error).message})`));
+        }
+      });
+    });
+  }
+
+  /** Validates an OpenAI completions body; every error names its field. */
+  private parseCompletion(body: unknown): Completion {
+    if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new HttpError(400, 'the body must be a JSON object');
+    const b = body as Record<string, unknown>;
+    const num = (name: string, ok: (n: number) => boolean, want: string): number | undefined => {
+      const v = b[name];
+      if (v === undefined || v === null) return undefined;
+      if (typeof v !== 'number' || !Number.isFinite(v) || !ok(v)) throw new HttpError(400, `${name}: expected ${want}, got ${JSON.stringify(v)}`, name);
+      return v;
+    };
+    const bool = (name: string): boolean => {
+      const v = b[name];
+      if (v === undefined || v === null) return false;
+      if (typeof v !== 'boolean') throw new HttpError(400, `${name}: expected true or false, got ${JSON.stringify(v)}`, name);
+      return v;
+    };
+    if (b['model'] !== undefined && b['model'] !== this.modelName) {
+      throw new HttpError(400, `model: this server serves '${this.modelName}', not ${JSON.stringify(b['model'])}`, 'model');
+    }
+    num('n', (x) => x === 1, '1 (one completion per request)');
+    if (bool('echo')) throw new HttpError(400, 'echo: not supported', 'echo');
+    if (b['logprobs'] !== undefined && b['logprobs'] !== null) throw new HttpError(400, 'logprobs: not supported', 'logprobs');
+    const prompt = this.parsePrompt(b['prompt']);
+    const maxTokens = num('max_tokens', (x) => Number.isSafeInteger(x) && x >= 0, 'an integer >= 0') ?? 16;
+    const temperature = num('temperature', (x) => x >= 0, 'a number >= 0') ?? 1;
+    const topP = num('top_p', (x) => x > 0 && x <= 1, 'a number in (0, 1]');
+    const topK = num('top_k', (x) => Number.isSafeInteger(x) && x >= -1, 'an integer >= -1 (-1 or 0: off)');
+    const seed = num('seed', (x) => Number.isSafeInteger(x) && x >= 0, 'a non-negative integer') ?? randomInt(2 ** 47);
+    const stop = b['stop'] === undefined || b['stop'] === null ? [] : typeof b['stop'] === 'string' ? [b['stop']] : b['stop'];
+    if (!Array.isArray(stop) || stop.length > MAX_STOP_STRINGS || !stop.every((s) => typeof s === 'string' && s.length > 0)) {
+      throw new HttpError(400, `stop: expected a non-empty string or up to ${MAX_STOP_STRINGS} of them`, 'stop');
+    }
+    if (stop.length > 0 && !this.tokenizer) throw new HttpError(400, 'stop: stop strings need a tokenizer; this model has none (use stop_token_ids)', 'stop');
+    const ids = b['stop_token_ids'] ?? [];
+    const V = this.engine.model.config.vocabSize;
+    if (!Array.isArray(ids) || !ids.every((t) => Number.isInteger(t) && t >= 0 && t < V)) {
+      throw new HttpError(400, `stop_token_ids: expected token ids in [0, ${V})`, 'stop_token_ids');
+    }
+    const so = b['stream_options'];
+    const includeUsage = typeof so === 'object' && so !== null && (so as Record<string, unknown>)['include_usage'] === true;
+    const sampling: SamplingConfig | undefined =
+      temperature > 0
+        ? { temperature, ...(topP !== undefined && topP < 1 ? { topP } : {}), ...(topK !== undefined && topK > 0 ? { topK } : {}) }
+        : undefined;
+    return { prompt, maxTokens, sampling, seed, stop: stop as string[], stopTokenIds: ids as number[], stream: bool('stream'), includeUsage };
+  }
+
+  private parsePrompt(p: unknown): Int32Array {
+    // A one-element list holds the prompt (OpenAI's batch form with one prompt).
+    if (Array.isArray(p) && p.length === 1 && (typeof p[0] === 'string' || Array.isArray(p[0]))) p = p[0];
+    const V = this.engine.model.config.vocabSize;
+    if (typeof p === 'string') {
+      if (!this.tokenizer) throw new HttpError(400, 'prompt: this model has no tokenizer; send token ids', 'prompt');
+      if (p.length === 0) throw new HttpError(400, 'prompt: empty', 'prompt');
+      return this.tokenizer.encode(p);
+    }
+    if (Array.isArray(p) && p.length > 0 && p.every((t) => typeof t === 'number')) {
+      const bad = p.findIndex((t) => !Number.isInteger(t) || t < 0 || t >= V);
+      if (bad >= 0) throw new HttpError(400, `prompt[${bad}] = ${String(p[bad])} is not a token id in [0, ${V})`, 'prompt');
+      return Int32Array.from(p as number[]);
+    }
+    if (Array.isArray(p) && p.length > 1) throw new HttpError(400, 'prompt: one prompt per request', 'prompt');
+    throw new HttpError(400, 'prompt: expected a non-empty string or a non-empty array of token ids', 'prompt');
+  }
+
+  private async complete(res: http.ServerResponse, c: Completion): Promise<void> {
+    // The client going away cancels the request (the socket closes before the response ended).
+    const cancel = new AbortController();
+    res.on('close', () => {
+      if (!res.writableEnded) cancel.abort();
+    });
+    const engine = this.engine;
+    const source = {
+      generate: (prompt: Int32Array | readonly number[], o: GenerateOptions) => {
+        const r: { -readonly [K in keyof RequestOptions]: RequestOptions[K] } = { ...o, seed: c.seed };
+        if (c.sampling) r.sampling = c.sampling;
+        return engine.generate(prompt, r);
+      },
+    };
+    const gen = generateText(source, this.tokenizer ?? NO_TEXT, c.prompt, {
+      maxNewTokens: c.maxTokens,
+      signal: cancel.signal,
+      ...(c.stop.length > 0 ? { stopStrings: c.stop } : {}),
+      ...(c.stopTokenIds.length > 0 ? { stopTokens: c.stopTokenIds } : {}),
+    });
+    const id = `cmpl-${randomBytes(12).toString('hex')}`;
+    const head = { id, object: 'text_completion', created: Math.floor(Date.now() / 1000), model: this.modelName };
+    const usage = (completion: number): Record<string, number> => ({
+      prompt_tokens: c.prompt.length,
+      completion_tokens: completion,
+      total_tokens: c.prompt.length + completion,
+    });
+    if (!c.stream) {
+      // Submission errors (E_ARG...) surface here, before any header is sent.
+      const r = await gen.result.catch((e: unknown) => {
+        throw toHttpError(e);
+      });
+      this.sendJson(res, 200, {
+        ...head,
+        choices: [{ index: 0, text: r.text, token_ids: Array.from(r.tokens), logprobs: null, finish_reason: finishReason(r.finishReason) }],
+        usage: usage(r.tokens.length),
+      });
+      return;
+    }
+    const send = (obj: unknown): void => {
+      if (!res.writableEnded && !res.destroyed) res.write(`data: ${JSON.stringify(obj)}\n\n`);
+    };
+    let started = false;
+    try {
+      for await (const chunk of gen) {
+        if (!started) {
+          res.writeHead(200, { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache', Connection: 'keep-alive' });
+          started = true;
+        }
+        send({ ...head, choices: [{ index: 0, text: chunk.text, token_ids: Array.from(chunk.tokens), logprobs: null, finish_reason: null }] });
+      }
+      const r = await gen.result;
+      if (!started) res.writeHead(200, { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache', Connection: 'keep-alive' });
+      send({ ...head, choices: [{ index: 0, text: '', token_ids: [], logprobs: null, finish_reason: finishReason(r.finishReason) }], usage: usage(r.tokens.length) });
+      if (c.includeUsage) send({ ...head, choices: [], usage: usage(r.tokens.length) });
+      res.end('data: [DONE]\n\n');
+    } catch (e) {
+      if (!started) throw toHttpError(e);
+      // Headers are out: report in the stream, then end it.
+      if ((e as Error).name !== 'AbortError') send({ error: errorBody(toHttpError(e)) });
+      res.end();
+    }
+  }
+
+  private sendJson(res: http.ServerResponse, status: number, obj: unknown): void {
+    const body = JSON.stringify(obj);
+    res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body) });
+    res.end(body);
+  }
+
+  private sendError(res: http.ServerResponse, e: unknown): void {
+    const err = toHttpError(e);
+    if (res.headersSent) {
+      res.destroy();
+      return;
+    }
+    if (err.status === 413) res.setHeader('Connection', 'close');
+    this.sendJson(res, err.status, { error: errorBody(err) });
+  }
+}
+
+/** Output text when the model has no tokenizer (prompts are ids; `token_ids` carries the output). */
+const NO_TEXT: TextCodec = {
+  encode: () => {
+    throw new HttpError(400, 'prompt: this model has no tokenizer; send token ids', 'prompt');
+  },
+  decode: () => '',
+};
+
+function finishReason(r: string): 'stop' | 'length' {
+  return r === 'stop' ? 'stop' : 'length';
+}
+
+function errorBody(e: HttpError): Record<string, unknown> {
+  return { message: e.message, type: e.code, param: e.param, code: e.code };
+}
+
+/** Engine errors as HTTP: bad input (E_ARG) and a request the cache can never hold (E_KV_FULL) are 400. */
+function toHttpError(e: unknown): HttpError {
+  if (e instanceof HttpError) return e;
+  const err = e as Error & { code?: string };
+  if (err?.code === 'E_ARG' || err?.code === 'E_KV_FULL') {
+    const param = /^(prompt|maxNewTokens|temperature|topP|topK|seed)/.exec(err.message)?.[1] ?? null;
+    const field = param === 'maxNewTokens' ? 'max_tokens' : param === 'topP' ? 'top_p' : param === 'topK' ? 'top_k' : param;
+    return new HttpError(400, err.message, field);
+  }
+  if (err?.code === 'E_CLOSED') return new HttpError(503, err.message, null, 'unavailable');
+  return new HttpError(500, err?.message ?? String(e));
+}

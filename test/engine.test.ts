@@ -1,0 +1,177 @@
+// The continuous-batching engine (lib/engine/engine.ts): a request's tokens are the same alone and
+// in any batch (greedy and sampled, with arrivals mid-run and preemption under a small KV cache),
+// aborted requests leave at once, KV pages all come back, concurrent decoder.generate() calls on one
+// model share a batch, and bad requests get coded errors.
+import * as assert from 'assert';
+import { SpeculativeDecoder } from '../lib/decoder';
+import { Engine, type RequestOptions } from '../lib/engine/engine';
+import { LlamaModel } from '../lib/models/llama';
+import { DraftModelSpeculator } from '../lib/strategies/draft_model';
+import type { Speculator } from '../lib/strategies/speculator';
+import { makeCheckpoint, specByName, type CheckpointSpec } from './fixtures/checkpoints';
+import { rng, testSeed } from './helpers';
+
+const targetSpec: CheckpointSpec = specByName('llama-gqa-f32');
+const draftSpec: CheckpointSpec = { ...targetSpec, name: 'draft-small', layers: 1, hidden: 16, intermediate: 32, heads: 2, kvHeads: 1 };
+const V = targetSpec.vocab;
+
+interface Job {
+  readonly prompt: Int32Array;
+  readonly opts: RequestOptions;
+}
+
+/** Mixed prompt lengths, output lengths and sampling settings (a third greedy). */
+function jobs(seed: number, n: number): Job[] {
+  const r = rng(seed);
+  return Array.from({ length: n }, (_, i) => {
+    const prompt = Int32Array.from({ length: 1 + Math.floor(r() * 12) }, () => Math.floor(r() * V));
+    const maxNewTokens = 4 + Math.floor(r() * 30);
+    const kind = i % 3;
+    const sampling = kind === 0 ? undefined : kind === 1 ? { temperature: 0.9 } : { temperature: 0.7, topP: 0.9, topK: 20 };
+    const opts: RequestOptions = sampling ? { maxNewTokens, sampling, seed: 1000 + i } : { maxNewTokens };
+    return { prompt, opts };
+  });
+}
+
+async function alone(engine: Engine, js: readonly Job[]): Promise<number[][]> {
+  const out: number[][] = [];
+  for (const j of js) out.push(Array.from((await engine.submit(j.prompt, j.opts)).tokens));
+  return out;
+}
+
+/** All jobs: the first six at once (two per sampling setting), the rest a few at a time while earlier ones run. */
+async function together(engine: Engine, js: readonly Job[]): Promise<number[][]> {
+  const pending: Promise<number[]>[] = [];
+  for (let i = 0; i < js.length; i++) {
+    const j = js[i] as Job;
+    pending.push(engine.submit(j.prompt, j.opts).then((r) => Array.from(r.tokens)));
+    if (i >= 5 && i % 3 === 2) await new Promise((r) => setTimeout(r, 1));
+  }
+  return Promise.all(pending);
+}
+
+describe('engine: continuous batching', function () {
+  this.timeout(120000);
+  let target: LlamaModel;
+  let draft: LlamaModel;
+  let small: LlamaModel;
+  before(async () => {
+    const dir = makeCheckpoint(targetSpec, testSeed);
+    target = await LlamaModel.load(dir, { device: 'cpu', maxSequences: 16 });
+    draft = await LlamaModel.load(makeCheckpoint(draftSpec, testSeed + 1), { device: 'cpu', maxSequences: 16 });
+    // Room for about three sequences of the jobs below: the batch must preempt.
+    small = await LlamaModel.load(dir, { device: 'cpu', pageSize: 4, kvPages: 24 });
+  });
+  after(() => {
+    target?.dispose();
+    draft?.dispose();
+    small?.dispose();
+  });
+
+  const speculators: [string, () => Speculator | undefined][] = [
+    ['no speculator', () => undefined],
+    ['draft model k=3', () => new DraftModelSpeculator({ draft, k: 3 })],
+  ];
+  for (const [name, make] of speculators) {
+    it(`${name}: each request's tokens are the same alone and in a batch (greedy and sampled)`, async () => {
+      const js = jobs(testSeed + 7, 12);
+      const spec = make();
+      const ref = await alone(new Engine(spec ? { model: target, speculator: spec } : { model: target }), js);
+      const engine = new Engine(spec ? { model: target, speculator: spec, maxBatch: 5 } : { model: target, maxBatch: 5 });
+      const got = await together(engine, js);
+      got.forEach((t, i) => assert.deepStrictEqual(t, ref[i], `request ${i}`));
+      // More sequence forwards than batched forwards: sequences shared forwards.
+      assert.ok(engine.metrics.sequenceForwards > engine.metrics.forwards, 'requests were batched');
+      assert.strictEqual(target.kvInfo().freePages, target.kvInfo().totalPages, 'target pages leaked');
+      assert.strictEqual(draft.kvInfo().freePages, draft.kvInfo().totalPages, 'draft pages leaked');
+    });
+  }
+
+  it('a small KV cache preempts the youngest and recomputes it: same tokens, all pages free', async () => {
+    // Nine sequences of up to 42 tokens (some stop early at EOS), all admitted at once, need far
+    // more than the cache's 96 tokens.
+    const js = jobs(testSeed + 11, 9).map((j) => ({ ...j, opts: { ...j.opts, maxNewTokens: 30, stopTokens: [] } }));
+    const ref = await alone(new Engine({ model: target }), js);
+    const engine = new Engine({ model: small, treeReserveTokens: 4 });
+    const got = await Promise.all(js.map((j) => engine.submit(j.prompt, j.opts).then((r) => Array.from(r.tokens))));
+    got.forEach((t, i) => assert.deepStrictEqual(t, ref[i], `request ${i}`));
+    assert.ok(engine.metrics.preemptions > 0, 'the cache was small enough to preempt');
+    assert.strictEqual(small.kvInfo().freePages, small.kvInfo().totalPages);
+    // A request that can never fit is refused, not queued forever.
+    const wide = new Engine({ model: small, treeReserveTokens: 64 });
+    await assert.rejects(wide.submit(new Int32Array(100).fill(1), { maxNewTokens: 4 }), (e: Error & { code?: string }) => e.code === 'E_KV_FULL' && /24 pages/.test(e.message));
+  });
+
+  it("a draft model's cache running out mid-step recomputes the batch, smaller: same tokens, all pages free", async () => {
+    // Room in the draft for one sequence of these jobs (<= 12 + 30 tokens + 3 drafts), not for six
+    // prompts with their drafts at once.
+    const tight = await LlamaModel.load(makeCheckpoint(draftSpec, testSeed + 1), { device: 'cpu', pageSize: 4, kvPages: 12 });
+    try {
+      const js = jobs(testSeed + 19, 6).map((j) => ({ ...j, opts: { ...j.opts, maxNewTokens: 30 } }));
+      const ref = await alone(new Engine({ model: target, speculator: new DraftModelSpeculator({ draft: tight, k: 3 }) }), js);
+      const engine = new Engine({ model: target, speculator: new DraftModelSpeculator({ draft: tight, k: 3 }) });
+      const got = await Promise.all(js.map((j) => engine.submit(j.prompt, j.opts).then((r) => Array.from(r.tokens))));
+      got.forEach((t, i) => assert.deepStrictEqual(t, ref[i], `request ${i}`));
+      assert.ok(engine.metrics.preemptions > 0, 'the draft cache ran out');
+      assert.strictEqual(tight.kvInfo().freePages, tight.kvInfo().totalPages);
+      assert.strictEqual(target.kvInfo().freePages, target.kvInfo().totalPages);
+    } finally {
+      tight.dispose();
+    }
+  });
+
+  it('an aborted request leaves at once (queued or running); the others are unaffected', async () => {
+    const js = jobs(testSeed + 13, 6).map((j) => ({ ...j, opts: { ...j.opts, maxNewTokens: 40 } }));
+    const ref = await alone(new Engine({ model: target }), js);
+    const engine = new Engine({ model: target, maxBatch: 3 });
+    const running = new AbortController();
+    const queued = new AbortController();
+    let seen = 0;
+    const runs = js.map((j, i) =>
+      engine.submit(j.prompt, {
+        ...j.opts,
+        ...(i === 1 ? { signal: running.signal, onTokens: () => ++seen === 2 && running.abort() } : {}),
+        ...(i === 5 ? { signal: queued.signal } : {}),
+      }),
+    );
+    queued.abort();
+    const settled = await Promise.allSettled(runs);
+    settled.forEach((s, i) => {
+      if (i === 1 || i === 5) assert.ok(s.status === 'rejected' && (s.reason as Error).name === 'AbortError', `request ${i} aborted`);
+      else assert.deepStrictEqual(s.status === 'fulfilled' ? Array.from(s.value.tokens) : s.reason, ref[i], `request ${i}`);
+    });
+    assert.strictEqual(engine.metrics.aborted, 2);
+    assert.strictEqual(target.kvInfo().freePages, target.kvInfo().totalPages);
+  });
+
+  it('concurrent decoder.generate() calls on one model share a batch (no E_BUSY), as do generateBatch calls', async () => {
+    const js = jobs(testSeed + 17, 6).map((j) => j.prompt);
+    const spec = new DraftModelSpeculator({ draft, k: 2 });
+    const dec = new SpeculativeDecoder({ target, speculator: spec });
+    const ref: number[][] = [];
+    for (const p of js) ref.push(Array.from((await dec.generate(p, { maxNewTokens: 20 }).result).tokens));
+    const other = new SpeculativeDecoder({ target });
+    const [a, b, c] = await Promise.all([
+      Promise.all(js.map((p) => dec.generate(p, { maxNewTokens: 20 }).result)),
+      other.generateBatch(js, { maxNewTokens: 20 }),
+      Promise.all(js.map((p) => other.generate(p, { maxNewTokens: 20 }).result)),
+    ]);
+    for (const res of [a, b, c]) res.forEach((r, i) => assert.deepStrictEqual(Array.from(r.tokens), ref[i], `prompt ${i}`));
+    assert.strictEqual(target.kvInfo().freePages, target.kvInfo().totalPages);
+  });
+
+  it('bad requests are coded errors naming the problem', async () => {
+    const engine = new Engine({ model: target });
+    const bad: [Int32Array | number[], RequestOptions, RegExp][] = [
+      [[], { maxNewTokens: 3 }, /prompt is empty/],
+      [[1, V], { maxNewTokens: 3 }, /prompt\[1\] = 96 is outside the vocabulary/],
+      [[1], { maxNewTokens: -1 }, /maxNewTokens/],
+      [[1], { maxNewTokens: 3, sampling: { temperature: 1, topP: 1.5 } }, /topP/],
+      [[1], { maxNewTokens: 3, seed: -2 }, /seed/],
+      [new Array<number>(targetSpec.maxPositions).fill(1), { maxNewTokens: 3 }, /no room to generate/],
+    ];
+    for (const [p, o, msg] of bad) await assert.rejects(engine.submit(p, o), (e: Error & { code?: string }) => e.code === 'E_ARG' && msg.test(e.message));
+    engine.close();
+    await assert.rejects(engine.submit([1], { maxNewTokens: 1 }), (e: Error & { code?: string }) => e.code === 'E_CLOSED');
+  });
+});

@@ -1,0 +1,167 @@
+// `specdec serve` (lib/server/server.ts, lib/cli/serve.ts) on loopback with the embedded models:
+// the OpenAI-shaped endpoints, 400s naming the field, the body limit, a small bounded load test
+// (concurrent clients, mixed settings, cancellations; each completion equal to the same request
+// alone; all KV pages free afterwards), and SIGTERM draining a running stream.
+import * as assert from 'assert';
+import { spawn } from 'child_process';
+import * as path from 'path';
+import { runLoad } from '../bench/serve_load';
+import { completionTokens, postJson, postStream, request } from '../bench/serve_client';
+import { EMBEDDED } from '../lib/cli/generate';
+import { Engine } from '../lib/engine/engine';
+import { LlamaModel } from '../lib/models/llama';
+import { CompletionServer } from '../lib/server/server';
+import { DraftModelSpeculator } from '../lib/strategies/draft_model';
+import { TextTokenizer } from '../lib/tokenizer';
+
+describe('specdec serve', function () {
+  this.timeout(120000);
+  let target: LlamaModel;
+  let draft: LlamaModel;
+  let server: CompletionServer;
+  let url: string;
+  before(async () => {
+    target = await LlamaModel.load(EMBEDDED.target, { device: 'cpu', maxSequences: 16 });
+    draft = await LlamaModel.load(EMBEDDED.draft, { device: 'cpu', kvPages: target.kvInfo().totalPages });
+    const engine = new Engine({ model: target, speculator: new DraftModelSpeculator({ draft, k: 3 }), maxBatch: 8 });
+    server = new CompletionServer({ engine, modelName: 'tiny', tokenizer: TextTokenizer.load(EMBEDDED.target)!, maxBodyBytes: 4096 });
+    const a = await server.listen(0, '127.0.0.1');
+    url = `http://127.0.0.1:${a.port}`;
+  });
+  after(async () => {
+    await server?.close();
+    draft?.dispose();
+    target?.dispose();
+  });
+
+  it('health, models, and a completion with text, token ids and usage (greedy equals the stream)', async () => {
+    assert.deepStrictEqual(JSON.parse((await request(`${url}/health`, 'GET')).body), { status: 'ok' });
+    const models = JSON.parse((await request(`${url}/v1/models`, 'GET')).body) as { data: { id: string }[] };
+    assert.strictEqual(models.data[0]?.id, 'tiny');
+    const body = { model: 'tiny', prompt: 'once upon a time', max_tokens: 12, temperature: 0 };
+    const r = await postJson(`${url}/v1/completions`, body);
+    assert.strictEqual(r.status, 200);
+    const choice = (r.json['choices'] as { text: string; finish_reason: string }[])[0]!;
+    const ids = completionTokens(r);
+    assert.strictEqual(ids.length, 12);
+    assert.strictEqual(choice.finish_reason, 'length');
+    assert.strictEqual(choice.text, TextTokenizer.load(EMBEDDED.target)!.decode(ids, { skipSpecialTokens: true }));
+    const prompt = TextTokenizer.load(EMBEDDED.target)!.encode('once upon a time').length;
+    assert.deepStrictEqual(r.json['usage'], { prompt_tokens: prompt, completion_tokens: 12, total_tokens: prompt + 12 });
+    const s = await postStream(`${url}/v1/completions`, { ...body, stream: true });
+    assert.ok(s.done && s.events.length >= 2, 'several events then [DONE]');
+    assert.deepStrictEqual(completionTokens(s), ids);
+    assert.strictEqual(s.events.map((e) => (e['choices'] as { text: string }[])[0]!.text).join(''), choice.text);
+    assert.deepStrictEqual(s.events[s.events.length - 1]!['usage'], r.json['usage']);
+    // A stop string ends the text before it.
+    const cut = await postJson(`${url}/v1/completions`, { ...body, max_tokens: 40, stop: [choice.text.split(' ')[3]!] });
+    const cutChoice = (cut.json['choices'] as { text: string; finish_reason: string }[])[0]!;
+    assert.strictEqual(cutChoice.finish_reason, 'stop');
+    assert.ok(choice.text.startsWith(cutChoice.text) && cutChoice.text.length < choice.text.length);
+  });
+
+  it('a client that hangs up mid-stream cancels its request', async () => {
+    const aborted0 = server.engine.metrics.aborted;
+    const tokens0 = server.engine.metrics.generatedTokens;
+    const s = await postStream(`${url}/v1/completions`, { prompt: 'once upon a time', max_tokens: 2000, temperature: 0, stream: true }, 2);
+    assert.ok(s.cancelled);
+    await server.engine.idle();
+    assert.strictEqual(server.engine.metrics.aborted, aborted0 + 1);
+    assert.ok(server.engine.metrics.generatedTokens - tokens0 < 200, 'stopped soon after the hang-up');
+    assert.strictEqual(target.kvInfo().freePages, target.kvInfo().totalPages);
+  });
+
+  it('bad requests: 400 with a JSON error naming the field; 404, 405, 413', async () => {
+    const cases: [unknown, string | null][] = [
+      [{ prompt: 'x', max_tokens: -1 }, 'max_tokens'],
+      [{ prompt: 'x', temperature: 'hot' }, 'temperature'],
+      [{ prompt: 'x', top_p: 0 }, 'top_p'],
+      [{ prompt: 'x', top_k: 1.5 }, 'top_k'],
+      [{ prompt: 'x', seed: -1 }, 'seed'],
+      [{ prompt: 'x', stop: [''] }, 'stop'],
+      [{ prompt: [1, 99999] }, 'prompt'],
+      [{ prompt: [] }, 'prompt'],
+      [{ max_tokens: 3 }, 'prompt'],
+      [{ prompt: 'x', model: 'gpt-4' }, 'model'],
+      [{ prompt: 'x', n: 2 }, 'n'],
+      [{ prompt: 'x', stream: 'yes' }, 'stream'],
+      [[1, 2], null],
+    ];
+    for (const [body, param] of cases) {
+      const r = await postJson(`${url}/v1/completions`, body);
+      assert.strictEqual(r.status, 400, JSON.stringify(body));
+      const err = r.json['error'] as { param: string | null; message: string };
+      assert.strictEqual(err.param, param, JSON.stringify(body));
+      if (param) assert.ok(err.message.includes(param), err.message);
+    }
+    const bad = await request(`${url}/v1/completions`, 'POST', '{"prompt": ');
+    assert.strictEqual(bad.status, 400);
+    assert.match(bad.body, /not valid JSON/);
+    assert.strictEqual((await request(`${url}/v2/nothing`, 'GET')).status, 404);
+    assert.strictEqual((await request(`${url}/v1/completions`, 'GET')).status, 405);
+    const big = await request(`${url}/v1/completions`, 'POST', JSON.stringify({ prompt: 'x'.repeat(5000) }));
+    assert.strictEqual(big.status, 413);
+    assert.match(big.body, /limit of 4096 bytes/);
+  });
+
+  it('load: 12 clients x 3 requests, mixed lengths and sampling, 10% cancelled: 0 errors, each equal to alone, pages free', async () => {
+    const before = (await request(`${url}/metrics`, 'GET')).body;
+    const aborted0 = Number(/specdec_requests_total\{outcome="aborted"\} (\d+)/.exec(before)?.[1]);
+    const rep = await runLoad({
+      url,
+      clients: 12,
+      requestsPerClient: 3,
+      vocab: target.config.vocabSize,
+      promptLen: [1, 24],
+      maxTokens: [1, 48],
+      cancelFraction: 0.1,
+      seed: 5,
+      deadlineMs: 60000,
+    });
+    assert.deepStrictEqual(rep.errors, []);
+    assert.strictEqual(rep.mismatches, 0);
+    assert.ok(rep.cancelled > 0 && rep.completed + rep.cancelled === rep.requests, JSON.stringify(rep));
+    // The server notices hang-ups at its next step; the pages come back when it has.
+    const t = Date.now();
+    while (server.engine.batchSize + server.engine.queued > 0 && Date.now() - t < 5000) await new Promise((r) => setTimeout(r, 10));
+    assert.strictEqual(target.kvInfo().freePages, target.kvInfo().totalPages, 'target pages');
+    assert.strictEqual(draft.kvInfo().freePages, draft.kvInfo().totalPages, 'draft pages');
+    const m = (await request(`${url}/metrics`, 'GET')).body;
+    // A hang-up can come after the request finished: at most the cancelled ones were aborted.
+    assert.ok(Number(/specdec_requests_total\{outcome="aborted"\} (\d+)/.exec(m)?.[1]) - aborted0 <= rep.cancelled);
+    assert.match(m, /specdec_kv_pages_used 0\n/);
+    assert.match(m, /specdec_step_seconds_bucket\{le="\+Inf"\} [1-9]/);
+    assert.match(m, /specdec_queue_depth 0\n/);
+  });
+
+  it('the CLI serves until SIGTERM, which lets a running stream finish and exits 0', async () => {
+    const cli = spawn(process.execPath, [path.join(__dirname, '..', '..', 'bin', 'specdec.js'), 'serve', '--port', '0', '--prompt-lookup', '3'], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let stderr = '';
+    cli.stderr.setEncoding('utf8');
+    const exited = new Promise<number | null>((r) => cli.on('exit', (code) => r(code)));
+    const base = await new Promise<string>((resolve, reject) => {
+      cli.stderr.on('data', (s: string) => {
+        stderr += s;
+        const m = /listening on (http:\/\/\S+)/.exec(stderr);
+        if (m) resolve(m[1] as string);
+      });
+      cli.on('exit', () => reject(new Error(`serve exited: ${stderr}`)));
+    });
+    try {
+      // SIGTERM once the stream has begun: it must still run to the end.
+      let signalled = false;
+      const s = await postStream(`${base}/v1/completions`, { prompt: 'once upon a time', max_tokens: 300, temperature: 0, stream: true }, undefined, () => {
+        if (!signalled) signalled = cli.kill('SIGTERM');
+      });
+      assert.ok(signalled);
+      assert.ok(s.done, 'the stream ran to [DONE]');
+      assert.ok(completionTokens(s).length > 0);
+      assert.strictEqual(await exited, 0, stderr);
+      assert.match(stderr, /SIGTERM: draining/);
+    } finally {
+      if (cli.exitCode === null) cli.kill('SIGKILL');
+    }
+  });
+});

@@ -160,6 +160,9 @@ export class Engine {
     return typeof m.kvInfo === 'function' ? m.kvInfo() : undefined;
   }
 
+  /** makeRoom's last answer from kvPages() and the pages steps may have taken since (an upper bound). */
+  private kvKnown: { kv: KvPages; spent: number } | undefined;
+
   /** Decodes one prompt in the shared batch; resolves with its tokens and statistics. */
   submit(prompt: Int32Array | readonly number[], opts: RequestOptions): Promise<GenerateResult> {
     return new Promise<GenerateResult>((resolve, reject) => {
@@ -312,6 +315,7 @@ export class Engine {
   }
 
   private async admit(): Promise<void> {
+    if (this.queue.length === 0 || this.live.length >= this.liveCap) return;  // nothing to admit: no KV query
     const kv = this.kvPages();
     let free = kv ? kv.freePages - this.live.reduce((n, r) => n + this.growth(r, kv.pageSize), 0) : Infinity;
     const fresh: Request[] = [];
@@ -335,6 +339,7 @@ export class Engine {
         continue;
       }
       this.live.push(r);
+      this.kvKnown = undefined;  // the admitted prefill takes pages makeRoom has not seen
       if (r.newTokens.length === 0) fresh.push(r);
       else {
         Object.assign(r.seq.stats, r.stats);
@@ -367,9 +372,21 @@ export class Engine {
 
   /** Preempts the youngest live sequences until every one has room for its next tree. */
   private makeRoom(): void {
+    const active = (): Request[] => this.live.filter((r) => r.seq !== undefined && r.done === undefined && !r.aborted);
+    // The model is asked for its free pages only when the room left at the last answer, less what
+    // the steps since may have taken (at most each one's reserve), might not cover the next step:
+    // a steady batch then makes no extra call into the addon per step.
+    const known = this.kvKnown;
+    if (known) {
+      const need = active().reduce((n, r) => n + this.growth(r, known.kv.pageSize), 0);
+      if (known.kv.freePages - known.spent >= 2 * need) {
+        known.spent += need;
+        return;
+      }
+    }
     const kv = this.kvPages();
     if (!kv) return;
-    const active = (): Request[] => this.live.filter((r) => r.seq !== undefined && r.done === undefined && !r.aborted);
+    this.kvKnown = { kv, spent: 0 };
     let need = active().reduce((n, r) => n + this.growth(r, kv.pageSize), 0);
     while (need > kv.freePages && active().length > 1) {
       const victim = active().reduce((a, b) => (b.id > a.id ? b : a));

@@ -27,7 +27,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const int B = static_cast<int>(r.range(0, 3));
   std::vector<int32_t> qo_indptr{0}, page_indptr{0}, pages, prefix;
   for (int b = 0; b < B; ++b) {
-    const int pre = static_cast<int>(r.range(0, 9)), qo = static_cast<int>(r.range(0, 70));
+    // Mostly short trees; sometimes more than 64 new tokens (two mask words per row).
+    const int pre = static_cast<int>(r.range(0, 9)), qo = static_cast<int>(r.u8() >= 240 ? r.range(0, 70) : r.range(0, 12));
     const int need = (pre + qo + S - 1) / S + static_cast<int>(r.range(0, 1));  // sometimes a spare page
     for (int k = 0; k < need; ++k) pages.push_back(static_cast<int32_t>(r.range(0, P - 1)));
     prefix.push_back(pre);
@@ -47,8 +48,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       case 1: hit(page_indptr, 8); break;
       case 2: hit(pages, P); break;
       case 3: hit(prefix, 8); break;
-      case 4: page_size = static_cast<int>(std::max<int64_t>(INT32_MIN, int64_t{r.i32_hostile(4)} - 2)); break;
-      case 5: num_pages = static_cast<int>(std::max<int64_t>(INT32_MIN, int64_t{r.i32_hostile(P)} - 1)); break;
+      case 4: page_size = fuzz::sat_sub(r.i32_hostile(4), 2); break;
+      case 5: num_pages = fuzz::sat_sub(r.i32_hostile(P), 1); break;
       case 6: sm_scale = r.flag() ? __builtin_nanf("") : __builtin_inff(); break;
       default: prefix.push_back(0); break;
     }

@@ -105,6 +105,12 @@ class Reader {
   const uint8_t* end_;
 };
 
+// a - b clamped to int32 (hostile values minus an offset must not overflow in the harness itself).
+inline int32_t sat_sub(int32_t a, int32_t b) {
+  const int64_t v = static_cast<int64_t>(a) - b;
+  return static_cast<int32_t>(v < INT32_MIN ? INT32_MIN : v > INT32_MAX ? INT32_MAX : v);
+}
+
 // A file in memory (memfd) whose /proc/self/fd path the loaders open like any file: no disk I/O per
 // execution, and the loaders' own open/fstat/mmap code runs unchanged.
 class MemFile {
@@ -145,4 +151,15 @@ namespace fuzz {
 // Valid (or deliberately edge-case) inputs a target starts from: `replay --write-seeds DIR` writes
 // them into the committed seed corpus (fuzz/corpus/<target>/).
 void seed_inputs(std::vector<std::string>& out);
+
+// n reproducible pseudo-random bytes: the structured targets decode any bytes, so such blobs are
+// valid programs that reach many operations.
+inline std::string pattern_bytes(size_t n, uint32_t seed) {
+  std::string s(n, '\0');
+  for (char& c : s) {
+    seed = seed * 1664525u + 1013904223u;
+    c = static_cast<char>(seed >> 24);
+  }
+  return s;
+}
 }  // namespace fuzz

@@ -47,8 +47,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   c.page_size = static_cast<int>(r.range(1, 5));
   c.num_pages = static_cast<int>(r.range(1, 24));
   if (r.u8() >= 248) {  // a hostile configuration must be refused
-    c.num_pages = static_cast<int>(std::max<int64_t>(INT32_MIN, int64_t{r.i32_hostile(4)} - 4));
-    c.page_size = static_cast<int>(std::max<int64_t>(INT32_MIN, int64_t{r.i32_hostile(4)} - 4));
+    c.num_pages = fuzz::sat_sub(r.i32_hostile(4), 4);
+    c.page_size = fuzz::sat_sub(r.i32_hostile(4), 4);
     c.dtype = static_cast<DType>(r.range(0, 7));
   }
   std::unique_ptr<KvCache> kv;
@@ -153,12 +153,5 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 }
 
 void fuzz::seed_inputs(std::vector<std::string>& out) {
-  // add, add, plan both, commit, fork, plan, commit, truncate ... as bytes of the program above.
-  const std::string base = std::string("\x01\x01\x02\x03\x10\x00", 6);
-  const char* programs[] = {
-      "\x00\x00\x04\x02\x00\x05\x01\x03\x05\x01\x01\x00\x01\x00\x00\x00\x00\x00\x01\x00\x01\x00\x04\x01\x02\x04\x05\x01\x01\x01\x00",
-      "\x00\x04\x01\x00\x08\x05\x01\x01\x01\x01\x01\x01\x01\x01\x00\x00\x01\x00\x04\x01\x00\x03\x03\x00\x02\x02\x01",
-      "\x00\x00\x00\x04\x03\x00\x02\x01\x02\x02\x03\x05\x01\x00\x01\x00\x01\x00\x01\x02\x00\x02\x01\x00",
-  };
-  for (const char* p : programs) out.push_back(base + p);
+  for (uint32_t seed = 1; seed <= 6; ++seed) out.push_back(fuzz::pattern_bytes(100 + 40 * seed, seed));
 }

@@ -16,7 +16,6 @@ const path = require('path');
 const root = path.resolve(__dirname, '..');
 const TARGETS = ['safetensors', 'llama_load', 'forward', 'attention', 'verify', 'kv_cache'];
 const LIB_DIRS = ['cpp/core', 'cpp/cpu', 'cpp/model'];
-const HEADER_DIRS = [...LIB_DIRS, 'fuzz'];
 const SAN = ['-fsanitize=address,undefined', '-fno-sanitize-recover=all'];
 
 function listFiles(dir, ext) {
@@ -49,9 +48,9 @@ function libFuzzerReason() {
   return undefined;
 }
 
-function newestHeader() {
+function newestHeader(dirs) {
   let t = 0;
-  for (const d of HEADER_DIRS) for (const f of listFiles(d, '.h')) t = Math.max(t, fs.statSync(f).mtimeMs);
+  for (const d of dirs) for (const f of listFiles(d, '.h')) t = Math.max(t, fs.statSync(f).mtimeMs);
   return t;
 }
 
@@ -74,18 +73,20 @@ async function build(kind, { targets = TARGETS, jobs = Math.max(1, Math.min(os.c
   const fl = flavour(kind);
   const dir = path.join(root, 'build-fuzz', kind);
   fs.mkdirSync(path.join(dir, 'obj'), { recursive: true });
-  const headers = newestHeader();
+  // An object is rebuilt when its source or a header it may include changed (library sources
+  // include cpp/ headers only; the targets include fuzz/ ones too).
+  const libHeaders = newestHeader(LIB_DIRS), fuzzHeaders = Math.max(libHeaders, newestHeader(['fuzz']));
   const common = ['-std=c++17', '-g', '-pthread', '-fno-strict-aliasing', '-Wno-unknown-pragmas'];
   const compileJobs = [];
-  const object = (src, flags) => {
+  const object = (src, flags, headers) => {
     const obj = path.join(dir, 'obj', path.relative(root, src).replace(/[\\/]/g, '_') + '.o');
     const stale = !fs.existsSync(obj) || fs.statSync(obj).mtimeMs < Math.max(headers, fs.statSync(src).mtimeMs);
     if (stale) compileJobs.push({ src, obj, args: [...common, ...flags, '-c', src, '-o', obj] });
     return obj;
   };
-  const libObjs = LIB_DIRS.flatMap((d) => listFiles(d, '.cc')).map((s) => object(s, fl.lib));
-  const mainObj = fl.main ? object(fl.main, fl.target) : undefined;
-  const targetObjs = Object.fromEntries(targets.map((t) => [t, object(path.join(root, 'fuzz', `${t}_fuzz.cc`), fl.target)]));
+  const libObjs = LIB_DIRS.flatMap((d) => listFiles(d, '.cc')).map((s) => object(s, fl.lib, libHeaders));
+  const mainObj = fl.main ? object(fl.main, fl.target, fuzzHeaders) : undefined;
+  const targetObjs = Object.fromEntries(targets.map((t) => [t, object(path.join(root, 'fuzz', `${t}_fuzz.cc`), fl.target, fuzzHeaders)]));
   if (compileJobs.length) log(`compiling ${compileJobs.length} files with ${fl.cxx} (${kind})`);
   const failures = [];
   const worker = async () => {

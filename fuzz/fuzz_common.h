@@ -31,6 +31,14 @@ namespace fuzz {
     if (!(cond)) ::fuzz::finding(::specdec::str(#cond, ": ", __VA_ARGS__));           \
   } while (0)
 
+// For the harness's own checking code (references, shadow models): libFuzzer's comparison tracing
+// there would cost most of the run time and guide nothing.
+#if defined(__clang__)
+#define FUZZ_NO_COVERAGE __attribute__((no_sanitize("coverage")))
+#else
+#define FUZZ_NO_COVERAGE
+#endif
+
 // Runs fn; a specdec::Error with one of `codes` is a clean rejection (returns false), success
 // returns true, and everything else is a finding.
 template <class F>

@@ -28,7 +28,7 @@ struct Planned {
 };
 
 // The tag at logical slot `slot` of sequence b in `batch` (K, head 0, dim 0 of layer `l`).
-float slot_tag(const KvCache& kv, int l, const PagedBatch& batch, int64_t b, int64_t slot) {
+FUZZ_NO_COVERAGE float slot_tag(const KvCache& kv, int l, const PagedBatch& batch, int64_t b, int64_t slot) {
   const KvCacheConfig& c = kv.config();
   const int32_t page = batch.h_page_indices[batch.h_page_indptr[b] + slot / c.page_size];
   const int64_t row = slot % c.page_size;

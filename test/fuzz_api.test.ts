@@ -9,7 +9,10 @@ import * as assert from 'assert';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { LlamaModel, parseLlamaConfig, readLlamaConfig, SpeculativeDecoder, sampling, Tensor, TextTokenizer } from '../lib';
+import {
+  DraftModelSpeculator, LlamaModel, LookaheadSpeculator, parseLlamaConfig, PromptLookupSpeculator, readLlamaConfig, SpeculativeDecoder, sampling,
+  Tensor, TextTokenizer, type Speculator,
+} from '../lib';
 import { findWeights } from '../lib/models/llama';
 import { encodeSafetensors, type SafetensorsEntry } from '../lib/safetensors';
 import { MedusaHeads } from '../lib/strategies/medusa';
@@ -257,6 +260,32 @@ describe(`fuzz: TypeScript inputs (seed ${testSeed})`, function () {
       }
     } finally {
       model.dispose();
+    }
+  });
+
+  it('strategy options (draft model, lookahead, prompt lookup): E_ARG, or a lossless greedy run', async () => {
+    const target = await LlamaModel.load(path.join(defaults, 'target'), { device: 'cpu' });
+    const draft = await LlamaModel.load(path.join(defaults, 'draft'), { device: 'cpu' });
+    try {
+      const prompt = [1, 5, 9, 1, 5];
+      const plain = (await new SpeculativeDecoder({ target }).generate(prompt, { maxNewTokens: 6 }).result).tokens;
+      const makers: [string, Record<string, unknown>, (o: never) => Speculator][] = [
+        ['draft', { draft, k: 3, adaptive: 'fixed', minK: 1, maxK: 4, confidenceThreshold: 0.5, treeBranching: [2, 1] }, (o) => new DraftModelSpeculator(o)],
+        ['lookahead', { W: 3, N: 3, G: 2, seedPoolFromPrompt: true }, (o) => new LookaheadSpeculator(o)],
+        ['prompt lookup', { maxNgram: 3, minNgram: 1, numDraft: 4 }, (o) => new PromptLookupSpeculator(o)],
+      ];
+      for (let i = 0; i < 45; i++) {
+        const [name, base, make] = makers[i % makers.length]!;
+        const opts = damageObject(base, r);
+        if (name === 'draft') opts['draft'] = draft; // the model itself is not an option to damage
+        await codedOrValidAsync(`${name} ${show({ ...opts, draft: undefined })}`, ['E_ARG'], async () => {
+          const dec = new SpeculativeDecoder({ target, speculator: make(opts as never) });
+          return (await dec.generate(prompt, { maxNewTokens: 6 }).result).tokens;
+        }, (tokens) => assert.deepStrictEqual(Array.from(tokens), Array.from(plain), 'greedy speculation must equal plain greedy decoding'));
+      }
+    } finally {
+      target.dispose();
+      draft.dispose();
     }
   });
 });

@@ -51,6 +51,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     c.page_size = fuzz::sat_sub(r.i32_hostile(4), 4);
     c.dtype = static_cast<DType>(r.range(0, 7));
   }
+  // A valid but huge cache is an allocation, not bad input: E_ARG when it fails, or out of memory
+  // before that (the harness keeps to 64 MiB).
+  if (c.num_pages > 0 && c.page_size > 0 &&
+      8.0 * c.num_layers * c.num_pages * c.page_size * c.num_kv_heads * c.head_dim > double(1 << 26))
+    return 0;
   std::unique_ptr<KvCache> kv;
   if (!fuzz::expect_ok_or({"E_ARG"}, [&] { kv.reset(new KvCache(c)); })) return 0;
   FUZZ_ASSERT(c.num_pages > 0 && c.page_size > 0 && c.dtype == DType::f32, "a bad config was accepted");

@@ -128,6 +128,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   LlamaSeqInput in;
   in.seq = m->create_sequence();
   in.tokens = {1, 2, 3};
+  in.tokens.resize(static_cast<size_t>(std::min(3, c.max_positions)));  // within a (damaged) small context
   LlamaForwardResult res;
   if (!fuzz::expect_ok_or({"E_KV_FULL"}, [&] { res = m->forward({in}, false); })) return 0;
   for (int64_t i = 0; i < res.logits.numel(); ++i)

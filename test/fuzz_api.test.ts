@@ -274,15 +274,17 @@ describe(`fuzz: TypeScript inputs (seed ${testSeed})`, function () {
         ['lookahead', { W: 3, N: 3, G: 2, seedPoolFromPrompt: true }, (o) => new LookaheadSpeculator(o)],
         ['prompt lookup', { maxNgram: 3, minNgram: 1, numDraft: 4 }, (o) => new PromptLookupSpeculator(o)],
       ];
+      const seen = { error: 0, ok: 0 };
       for (let i = 0; i < 45; i++) {
         const [name, base, make] = makers[i % makers.length]!;
         const opts = damageObject(base, r);
         if (name === 'draft') opts['draft'] = draft; // the model itself is not an option to damage
-        await codedOrValidAsync(`${name} ${show({ ...opts, draft: undefined })}`, ['E_ARG'], async () => {
+        seen[await codedOrValidAsync(`${name} ${show({ ...opts, draft: undefined })}`, ['E_ARG'], async () => {
           const dec = new SpeculativeDecoder({ target, speculator: make(opts as never) });
           return (await dec.generate(prompt, { maxNewTokens: 6 }).result).tokens;
-        }, (tokens) => assert.deepStrictEqual(Array.from(tokens), Array.from(plain), 'greedy speculation must equal plain greedy decoding'));
+        }, (tokens) => assert.deepStrictEqual(Array.from(tokens), Array.from(plain), 'greedy speculation must equal plain greedy decoding'))]++;
       }
+      assert.ok(seen.error > 5 && seen.ok > 5, JSON.stringify(seen));
     } finally {
       target.dispose();
       draft.dispose();

@@ -213,7 +213,8 @@ async function main() {
     fs.closeSync(fd);
     const out = fs.readFileSync(logFile, 'utf8');
     results[t] = { ...stats(out), status: r.status };
-    if (r.status !== 0) {
+    if (r.status === 72) results[t].interrupted = true;  // SIGINT: libFuzzer's -interrupted_exitcode
+    else if (r.status !== 0) {
       found++;
       process.stderr.write(out.split('\n').slice(-60).join('\n'));
       log(`${t}: FINDING (exit ${r.status}); the input is in ${path.relative(root, artifacts)}/ — add it to fuzz/regressions/${t}/ once fixed`);

@@ -124,10 +124,11 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const LlamaConfig& config, const Ll
   const int64_t V = c.vocab_size, H = c.hidden_size, I = c.intermediate_size;
   const int64_t QD = int64_t(c.num_heads) * c.head_dim, KD = int64_t(c.num_kv_heads) * c.head_dim;
   m->embed_ = weight("model.embed_tokens.weight", {V, H}, "vocab_size x hidden_size");
-  m->layers_.resize(c.num_layers);
+  // Layers grow as their weights are found: a config with absurd num_hidden_layers fails on the
+  // first missing layer instead of allocating them all up front.
   for (int l = 0; l < c.num_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
-    Layer& L = m->layers_[l];
+    Layer& L = m->layers_.emplace_back();
     L.attn_norm = weight(p + "input_layernorm.weight", {H}, "hidden_size");
     L.q = weight(p + "self_attn.q_proj.weight", {QD, H}, "num_attention_heads*head_dim x hidden_size");
     L.k = weight(p + "self_attn.k_proj.weight", {KD, H}, "num_key_value_heads*head_dim x hidden_size");

@@ -67,6 +67,9 @@ export class SpeculativeDecoder {
   readonly sampling: DecoderSampling | undefined;
 
   constructor(opts: SpeculativeDecoderOptions) {
+    const seed: unknown = opts.sampling?.seed;
+    if (seed !== undefined && !(typeof seed === 'bigint' ? seed >= 0n && seed < 2n ** 64n : Number.isSafeInteger(seed) && (seed as number) >= 0))
+      throw codedError('E_ARG', `sampling.seed: expected an integer in [0, 2^64), got ${String(seed)}`);
     this.target = opts.target;
     this.speculator = opts.speculator;
     this.sampling = isSampling(opts.sampling) ? opts.sampling : undefined;
@@ -98,7 +101,10 @@ export class SpeculativeDecoder {
     const { maxNewTokens, signal } = opts;
     if (!Number.isInteger(maxNewTokens) || maxNewTokens < 0) throw codedError('E_ARG', `maxNewTokens must be a non-negative integer, got ${maxNewTokens}`);
     // Like plainGenerate: the model's EOS ids stop a sequence too (the stop token is emitted).
-    const stop = new Set([...this.target.config.eosTokenIds, ...(opts.stopTokens ?? [])]);
+    const stopTokens = opts.stopTokens ?? [];
+    if (!(Array.isArray(stopTokens) || ArrayBuffer.isView(stopTokens)) || !Array.from(stopTokens as ArrayLike<unknown>).every((t) => Number.isInteger(t)))
+      throw codedError('E_ARG', `stopTokens must be an array of integer token ids, got ${String(stopTokens)}`);
+    const stop = new Set([...this.target.config.eosTokenIds, ...stopTokens]);
     const seed = this.sampling?.seed ?? 0;
     const engineOpts: { model: CausalLM; speculator?: Speculator; sampling?: SamplingConfig } = { model: this.target };
     if (this.speculator) engineOpts.speculator = this.speculator;

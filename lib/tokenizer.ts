@@ -38,11 +38,21 @@ export class TextTokenizer {
 
   /** Token ids of `text` (special tokens such as BOS added as the tokenizer's post-processor says). */
   encode(text: string, options: { addSpecialTokens?: boolean } = {}): Int32Array {
-    return Int32Array.from(this.tok.encode(text, { add_special_tokens: options.addSpecialTokens ?? true }).ids);
+    return this.guard(() => Int32Array.from(this.tok.encode(text, { add_special_tokens: options.addSpecialTokens ?? true }).ids));
   }
 
   decode(ids: ArrayLike<number>, options: { skipSpecialTokens?: boolean } = {}): string {
-    return this.tok.decode(Array.from(ids), { skip_special_tokens: options.skipSpecialTokens ?? false });
+    return this.guard(() => this.tok.decode(Array.from(ids), { skip_special_tokens: options.skipSpecialTokens ?? false }));
+  }
+
+  /** The library builds parts of a tokenizer lazily: a malformed tokenizer.json can fail on first use. */
+  private guard<T>(fn: () => T): T {
+    try {
+      return fn();
+    } catch (e) {
+      if (typeof (e as { code?: unknown }).code === 'string') throw e;
+      throw codedError('E_FORMAT', `${this.file}: unsupported or malformed tokenizer (${(e as Error).message.split('\n')[0]})`);
+    }
   }
 
   /** Id of a token string (e.g. '</s>'), or undefined. */

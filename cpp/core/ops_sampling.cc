@@ -144,6 +144,16 @@ void verify(const VerifyArgs& a, VerifyResult& out) {
     SPECDEC_CHECK(tokens[i] >= 0 && tokens[i] < V, "E_ARG", "tokens: token ", tokens[i], " at node ", i,
                   " is outside the vocabulary [0, ", V, ")");
   SPECDEC_SAMPLING_DISPATCH(a.target.device(), verify(a, out));
+  // A target row with no positive mass (all zero, negative or NaN) has nothing to draw from: the
+  // walk leaves -1 as the last emitted token. CPU results are on the host here; lib/verify.ts
+  // checks what the CUDA backend returns (reading it back here would add a sync per step).
+  if (a.target.device() == Device::cpu)
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t last = indptr[b] + out.accept_count.ptr<int32_t>()[b] - 1;
+      SPECDEC_CHECK(out.emitted.ptr<int32_t>()[last] >= 0, "E_ARG", "target: the row of node ",
+                    out.accepted_nodes.ptr<int32_t>()[last], " of sequence ", b,
+                    " has no positive probability mass (all entries zero, negative or NaN): no token can be drawn");
+    }
 }
 
 }  // namespace ops

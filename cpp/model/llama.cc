@@ -72,6 +72,19 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const LlamaConfig& config, const Ll
   SPECDEC_CHECK(c.head_dim % 2 == 0, "E_FORMAT", "config: head_dim (", c.head_dim, ") must be even for RoPE");
   SPECDEC_CHECK(c.rope_type.empty() || c.rope_type == "linear" || c.rope_type == "llama3", "E_FORMAT",
                 "config: unsupported rope_scaling type '", c.rope_type, "'");
+  SPECDEC_CHECK(std::isfinite(c.rms_norm_eps) && c.rms_norm_eps >= 0, "E_FORMAT",
+                "config: rms_norm_eps must be a finite number >= 0, got ", c.rms_norm_eps);
+  SPECDEC_CHECK(std::isfinite(c.rope_theta) && c.rope_theta > 0, "E_FORMAT", "config: rope_theta must be a positive number, got ",
+                c.rope_theta);
+  SPECDEC_CHECK(c.rope_type.empty() || (std::isfinite(c.rope_factor) && c.rope_factor > 0), "E_FORMAT",
+                "config: rope_scaling.factor must be a positive number, got ", c.rope_factor);
+  if (c.rope_type == "llama3")
+    SPECDEC_CHECK(std::isfinite(c.rope_original_max_positions) && c.rope_original_max_positions > 0 &&
+                      c.rope_low_freq_factor > 0 && std::isfinite(c.rope_high_freq_factor) &&
+                      c.rope_high_freq_factor > c.rope_low_freq_factor,
+                  "E_FORMAT", "config: llama3 rope_scaling needs original_max_position_embeddings > 0 and ",
+                  "0 < low_freq_factor < high_freq_factor, got ", c.rope_original_max_positions, ", ",
+                  c.rope_low_freq_factor, ", ", c.rope_high_freq_factor);
   SPECDEC_CHECK(options.page_size > 0 && options.num_pages > 0, "E_ARG", "kv: pageSize (", options.page_size,
                 ") and kvPages (", options.num_pages, ") must be positive");
   SPECDEC_CHECK(dtype_is_float(options.kv_dtype) && options.kv_dtype != DType::f64, "E_ARG",
@@ -112,10 +125,11 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const LlamaConfig& config, const Ll
   const int64_t V = c.vocab_size, H = c.hidden_size, I = c.intermediate_size;
   const int64_t QD = int64_t(c.num_heads) * c.head_dim, KD = int64_t(c.num_kv_heads) * c.head_dim;
   m->embed_ = weight("model.embed_tokens.weight", {V, H}, "vocab_size x hidden_size");
-  m->layers_.resize(c.num_layers);
+  // Layers grow as their weights are found: a config with absurd num_hidden_layers fails on the
+  // first missing layer instead of allocating them all up front.
   for (int l = 0; l < c.num_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
-    Layer& L = m->layers_[l];
+    Layer& L = m->layers_.emplace_back();
     L.attn_norm = weight(p + "input_layernorm.weight", {H}, "hidden_size");
     L.q = weight(p + "self_attn.q_proj.weight", {QD, H}, "num_attention_heads*head_dim x hidden_size");
     L.k = weight(p + "self_attn.k_proj.weight", {KD, H}, "num_key_value_heads*head_dim x hidden_size");
@@ -138,6 +152,9 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const LlamaConfig& config, const Ll
   if (!m->lm_head_.defined()) m->lm_head_ = m->embed_;
 
   std::vector<float> inv = rope_inv_freq(c);
+  for (float f : inv)  // e.g. a tiny rope_theta overflows f32
+    SPECDEC_CHECK(std::isfinite(f) && f > 0, "E_FORMAT", "config: rope_theta ", c.rope_theta,
+                  " and rope_scaling give a rotary frequency of ", f, " (not a finite positive number)");
   m->inv_freq_ = Tensor::from_host(DType::f32, {int64_t(inv.size())}, inv.data(), options.device);
 
   KvCacheConfig kc;

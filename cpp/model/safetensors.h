@@ -34,6 +34,10 @@ class SafetensorsFile {
   // A tensor on `device` holding a copy of `name` (dtype kept).
   Tensor load(const std::string& name, Device device) const;
 
+  // The whole mapped file, for checks that every data pointer lies inside it (fuzz/).
+  const void* mapping() const { return map_; }
+  size_t mapping_size() const { return map_size_; }
+
  private:
   SafetensorsFile() = default;
   std::string path_;

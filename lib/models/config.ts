@@ -35,6 +35,15 @@ export interface LlamaConfig extends ModelConfig {
 export const SUPPORTED_ARCHITECTURES = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM'] as const;
 const MODEL_TYPES: Record<string, string> = { llama: 'LlamaForCausalLM', mistral: 'MistralForCausalLM', qwen2: 'Qwen2ForCausalLM' };
 
+/** A value as an error message shows it (JSON when it has a JSON form: a BigInt has none). */
+function show(v: unknown): string {
+  try {
+    return JSON.stringify(v) ?? String(v);
+  } catch {
+    return String(v);
+  }
+}
+
 /** Parses and validates a config.json object. `file` names the source in errors. */
 export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConfig {
   const bad = (msg: string): never => {
@@ -49,18 +58,18 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
       return bad(`missing field '${k}'`);
     }
     const v = o[k];
-    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min) bad(`field '${k}' must be an integer >= ${min}, got ${JSON.stringify(v)}`);
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min) bad(`field '${k}' must be an integer >= ${min}, got ${show(v)}`);
     return v as number;
   };
   const num = (k: string, fallback: number, positive = true): number => {
     if (!has(k)) return fallback;
     const v = o[k];
-    if (typeof v !== 'number' || !Number.isFinite(v) || (positive && v <= 0)) bad(`field '${k}' must be a positive number, got ${JSON.stringify(v)}`);
+    if (typeof v !== 'number' || !Number.isFinite(v) || (positive && v <= 0)) bad(`field '${k}' must be a positive number, got ${show(v)}`);
     return v as number;
   };
   const bool = (k: string, fallback: boolean): boolean => {
     if (!has(k)) return fallback;
-    if (typeof o[k] !== 'boolean') bad(`field '${k}' must be a boolean, got ${JSON.stringify(o[k])}`);
+    if (typeof o[k] !== 'boolean') bad(`field '${k}' must be a boolean, got ${show(o[k])}`);
     return o[k] as boolean;
   };
 
@@ -71,7 +80,7 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
     if (!Array.isArray(archs) || archs.some((a) => typeof a !== 'string')) bad("field 'architectures' must be an array of strings");
     architecture = (archs as string[]).find((a) => (SUPPORTED_ARCHITECTURES as readonly string[]).includes(a));
     if (architecture === undefined) {
-      bad(`unsupported architecture ${JSON.stringify(archs)} (supported: ${SUPPORTED_ARCHITECTURES.join(', ')})`);
+      bad(`unsupported architecture ${show(archs)} (supported: ${SUPPORTED_ARCHITECTURES.join(', ')})`);
     }
   } else if (typeof o['model_type'] === 'string') {
     architecture = MODEL_TYPES[o['model_type']];
@@ -112,7 +121,7 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
     const type = r['rope_type'] ?? r['type'] ?? (ropeKey === 'rope_parameters' ? 'default' : undefined);
     const rnum = (k: string): number => {
       const v = r[k];
-      if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) bad(`${ropeKey}.${k} must be a positive number, got ${JSON.stringify(v)}`);
+      if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) bad(`${ropeKey}.${k} must be a positive number, got ${show(v)}`);
       return v as number;
     };
     if (r['rope_theta'] !== undefined) ropeParamsTheta = rnum('rope_theta');
@@ -128,7 +137,7 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
       };
       if (ropeScaling.highFreqFactor <= ropeScaling.lowFreqFactor) bad(`${ropeKey}.high_freq_factor must exceed low_freq_factor`);
     } else if (type !== 'default') {
-      bad(`${ropeKey} type ${JSON.stringify(type)} is not supported (supported: default, linear, llama3)`);
+      bad(`${ropeKey} type ${show(type)} is not supported (supported: default, linear, llama3)`);
     }
   }
   const topTheta = has('rope_theta') ? num('rope_theta', 10000) : undefined;
@@ -142,10 +151,11 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
   const eos = o['eos_token_id'];
   let eosTokenIds: number[] = [];
   if (typeof eos === 'number') eosTokenIds = [eos];
-  else if (Array.isArray(eos)) eosTokenIds = eos.filter((x): x is number => typeof x === 'number');
-  else if (eos !== undefined && eos !== null) bad("field 'eos_token_id' must be an integer or an array of integers");
+  else if (Array.isArray(eos) && eos.every((x) => typeof x === 'number')) eosTokenIds = eos as number[];
+  else if (eos !== undefined && eos !== null) bad(`field 'eos_token_id' must be an integer or an array of integers, got ${show(eos)}`);
   for (const id of eosTokenIds) if (!Number.isSafeInteger(id) || id < 0 || id >= vocabSize) bad(`eos_token_id ${id} is outside the vocabulary`);
   const bos = has('bos_token_id') ? int('bos_token_id', 0) : undefined;
+  if (bos !== undefined && bos >= vocabSize) bad(`bos_token_id ${bos} is outside the vocabulary [0, ${vocabSize})`);
 
   const cfg: LlamaConfig = {
     architecture: arch,

@@ -100,7 +100,7 @@ export class DraftModelSpeculator implements Speculator {
     if (!['fixed', 'heuristic', 'confidence', 'cost'].includes(this.adaptive)) throw codedError('E_ARG', `draft model: unknown adaptive mode '${this.adaptive}'`);
     if (!(this.confidenceThreshold >= 0 && this.confidenceThreshold <= 1)) throw codedError('E_ARG', `draft model: confidenceThreshold must be in [0, 1]`);
     if (this.treeBranching !== undefined) {
-      if (this.treeBranching.length === 0 || !this.treeBranching.every((b) => int(b, 1))) {
+      if (!Array.isArray(this.treeBranching) || this.treeBranching.length === 0 || !this.treeBranching.every((b) => int(b, 1))) {
         throw codedError('E_ARG', `draft model: treeBranching must be a non-empty list of integers >= 1`);
       }
     }

@@ -54,6 +54,9 @@ export interface LookaheadLayout {
   readonly windowStart: number;
 }
 
+/** Tokens of one sequence in a masked forward (kMaxTreeTokens of cpp/core/ops_attention.h). */
+const MAX_MASKED_TOKENS = 1024;
+
 /** The node layout of one lookahead step with candidate chains of the given lengths. */
 export function lookaheadLayout(W: number, N: number, candidateLengths: readonly number[], withWindow = true): LookaheadLayout {
   const parents = [-1];
@@ -208,6 +211,12 @@ export class LookaheadSpeculator implements Speculator {
       throw codedError('E_ARG', `lookahead: need W >= 1, N >= 2, G >= 1 (integers), got W=${this.W}, N=${this.N}, G=${this.G}`);
     }
     if (opts.sizing !== undefined && opts.sizing !== 'cost' && opts.sizing !== 'fixed') throw codedError('E_ARG', `lookahead: sizing must be 'cost' or 'fixed', got '${String(opts.sizing)}'`);
+    // One step is a masked forward of 1 + (W + G) * (N - 1) tokens; the native side takes at most
+    // MAX_MASKED_TOKENS (kMaxTreeTokens), and a huge W would exhaust memory before getting there.
+    const nodes = 1 + (this.W + this.G) * (this.N - 1);
+    if (nodes > MAX_MASKED_TOKENS) {
+      throw codedError('E_ARG', `lookahead: W=${this.W}, N=${this.N}, G=${this.G} make steps of ${nodes} tokens, more than the ${MAX_MASKED_TOKENS} of a masked forward (need 1 + (W + G) * (N - 1) <= ${MAX_MASKED_TOKENS})`);
+    }
   }
 
   attach(model: CausalLM): void {

@@ -1,0 +1,293 @@
+// Property-based fuzzing of what users hand the TypeScript layer: config.json (parsed and as text),
+// model.safetensors.index.json, tokenizer.json, Medusa head directories, and the option objects of
+// the public API (sampling options, LlamaModel.load options, SpeculativeDecoder / generate options).
+// Valid inputs are damaged by a seeded generator (hostile values: NaN, Infinity, negatives,
+// fractions, huge numbers, wrong types, deleted fields, byte-level text edits). The property for
+// every case: a coded error (err.code E_ARG / E_FORMAT / E_IO) naming the problem, or a result
+// that satisfies the contract. Never another exception, a hang or a silently wrong result.
+import * as assert from 'assert';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import {
+  DraftModelSpeculator, LlamaModel, LookaheadSpeculator, parseLlamaConfig, PromptLookupSpeculator, readLlamaConfig, SpeculativeDecoder, sampling,
+  Tensor, TextTokenizer, type Speculator,
+} from '../lib';
+import { findWeights } from '../lib/models/llama';
+import { encodeSafetensors, type SafetensorsEntry } from '../lib/safetensors';
+import { MedusaHeads } from '../lib/strategies/medusa';
+import { rng, testSeed } from './helpers';
+
+const root = path.resolve(__dirname, '..', '..');
+const defaults = path.join(root, 'models', 'default');
+
+type Rand = () => number;
+const pick = <T>(r: Rand, xs: readonly T[]): T => xs[Math.floor(r() * xs.length)] as T;
+
+/** A value a careless or hostile caller might pass where a number, string, flag or object goes. */
+function hostile(r: Rand): unknown {
+  return pick(r, [
+    undefined, null, NaN, Infinity, -Infinity, -1, 0, -0, 0.5, 1, 2, 3, 7, 1e9, 2 ** 31, 2 ** 53, -(2 ** 31), 1e308,
+    '', '1', 'x', 'llama3', true, false, [], [1], [1, 'x'], {}, { type: 'linear' }, 10n, Math.floor(r() * 600),
+  ]);
+}
+
+/** Byte-level damage of a text: flips, insertions, deletions, truncation. */
+function damageText(text: string, r: Rand): string {
+  let s = text;
+  for (let k = 1 + Math.floor(r() * 3); k > 0; k--) {
+    const at = Math.floor(r() * (s.length + 1));
+    const op = Math.floor(r() * 4);
+    if (op === 0) s = s.slice(0, at) + pick(r, ['{', '}', '[', ']', '"', ',', ':', '-', '0', '9', 'e', '\\', '\u0000', '\ud800']) + s.slice(at);
+    else if (op === 1) s = s.slice(0, at) + s.slice(at + 1 + Math.floor(r() * 8));
+    else if (op === 2) s = s.slice(0, at);
+    else s = s.slice(0, at) + String.fromCharCode(Math.floor(r() * 128)) + s.slice(at + 1);
+  }
+  return s;
+}
+
+/** Replaces, deletes or adds a few keys of a JSON object (recursively into objects sometimes). */
+function damageObject(o: Record<string, unknown>, r: Rand, extraKeys: readonly string[] = []): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...o };
+  for (let k = 1 + Math.floor(r() * 3); k > 0; k--) {
+    const keys = [...Object.keys(out), ...extraKeys];
+    const key = pick(r, keys);
+    const v = out[key];
+    if (r() < 0.15) delete out[key];
+    else if (v !== null && typeof v === 'object' && !Array.isArray(v) && r() < 0.5) out[key] = damageObject(v as Record<string, unknown>, r);
+    else out[key] = hostile(r);
+  }
+  return out;
+}
+
+/** Runs fn: a coded error with one of `codes` passes; success is checked by `valid`. */
+function codedOrValid<T>(what: string, codes: readonly string[], fn: () => T, valid: (v: T) => void): 'error' | 'ok' {
+  let v: T;
+  try {
+    v = fn();
+  } catch (e) {
+    const code = (e as { code?: unknown }).code;
+    assert.ok(typeof code === 'string' && codes.includes(code), `${what}: expected a coded error (${codes.join('/')}), got ${String(code)}: ${(e as Error).stack}`);
+    assert.ok((e as Error).message.length > 10, `${what}: error without a message`);
+    return 'error';
+  }
+  valid(v);
+  return 'ok';
+}
+
+async function codedOrValidAsync<T>(what: string, codes: readonly string[], fn: () => Promise<T>, valid: (v: T) => void | Promise<void>): Promise<'error' | 'ok'> {
+  let v: T;
+  try {
+    v = await fn();
+  } catch (e) {
+    const code = (e as { code?: unknown }).code;
+    assert.ok(typeof code === 'string' && codes.includes(code), `${what}: expected a coded error (${codes.join('/')}), got ${String(code)}: ${(e as Error).stack}`);
+    return 'error';
+  }
+  await valid(v);
+  return 'ok';
+}
+
+/** JSON for messages, BigInts included. */
+const show = (v: unknown): string => JSON.stringify(v, (_k, x: unknown) => (typeof x === 'bigint' ? `${x}n` : x));
+
+const safeInt = (x: unknown, min: number): boolean => typeof x === 'number' && Number.isSafeInteger(x) && x >= min;
+const positive = (x: unknown): boolean => typeof x === 'number' && Number.isFinite(x) && x > 0;
+
+describe(`fuzz: TypeScript inputs (seed ${testSeed})`, function () {
+  this.timeout(120000);
+  const r = rng(testSeed);
+  let tmp = '';
+  before(() => {
+    tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'specdec-fuzz-ts-'));
+  });
+  after(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+  const targetConfig = JSON.parse(fs.readFileSync(path.join(defaults, 'target', 'config.json'), 'utf8')) as Record<string, unknown>;
+  const configKeys = ['rope_scaling', 'sliding_window', 'use_sliding_window', 'head_dim', 'architectures', 'model_type', 'eos_token_id'];
+
+  it('config.json objects: E_FORMAT naming the file, or a config that keeps every invariant', () => {
+    const seen = { error: 0, ok: 0 };
+    for (let i = 0; i < 600; i++) {
+      const json = damageObject(targetConfig, r, configKeys);
+      if (r() < 0.2) json['rope_scaling'] = damageObject({ rope_type: pick(r, ['llama3', 'linear']), factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 64 }, r);
+      seen[codedOrValid(`case ${i} ${show(json)}`, ['E_FORMAT'], () => parseLlamaConfig(json, 'cfg.json'), (c) => {
+        for (const k of ['vocabSize', 'hiddenSize', 'intermediateSize', 'numLayers', 'numHeads', 'numKvHeads', 'headDim', 'maxPositions'] as const)
+          assert.ok(safeInt(c[k], 1), `${k} = ${c[k]}`);
+        assert.strictEqual(c.numHeads % c.numKvHeads, 0);
+        assert.strictEqual(c.headDim % 2, 0);
+        assert.ok(positive(c.rmsNormEps) && positive(c.ropeTheta), `eps ${c.rmsNormEps}, theta ${c.ropeTheta}`);
+        if (c.ropeScaling) for (const v of Object.values(c.ropeScaling)) if (typeof v === 'number') assert.ok(positive(v));
+        const eos = json['eos_token_id'];
+        const want = typeof eos === 'number' ? [eos] : Array.isArray(eos) ? eos : [];
+        assert.deepStrictEqual(c.eosTokenIds, want, 'eos_token_id entries must not be dropped silently');
+        for (const id of c.eosTokenIds) assert.ok(safeInt(id, 0) && id < c.vocabSize);
+        if (c.bosTokenId !== undefined) assert.ok(safeInt(c.bosTokenId, 0) && c.bosTokenId < c.vocabSize, `bos ${c.bosTokenId}`);
+      })]++;
+    }
+    assert.ok(seen.error > 50 && seen.ok > 50, JSON.stringify(seen));
+  });
+
+  it('config.json and model.safetensors.index.json as damaged text: E_FORMAT or a valid result', () => {
+    const dir = path.join(tmp, 'text');
+    fs.mkdirSync(dir);
+    const cfgText = JSON.stringify(targetConfig, null, 2);
+    const index = JSON.stringify({ metadata: { total_size: 8 }, weight_map: { 'model.embed_tokens.weight': 'model-00001.safetensors', 'lm_head.weight': 'model-00002.safetensors' } });
+    for (let i = 0; i < 300; i++) {
+      fs.writeFileSync(path.join(dir, 'config.json'), damageText(cfgText, r));
+      codedOrValid(`config text ${i}`, ['E_FORMAT'], () => readLlamaConfig(dir), (c) => assert.ok(safeInt(c.vocabSize, 1)));
+      const idx = r() < 0.5 ? damageText(index, r)
+        : show({ weight_map: damageObject({ a: 'x.safetensors', b: '../up.safetensors', c: '/abs', d: 'sub/ok.safetensors' }, r) });
+      fs.writeFileSync(path.join(dir, 'model.safetensors.index.json'), idx);
+      codedOrValid(`index ${i}: ${idx}`, ['E_FORMAT'], () => findWeights(dir), (src) => {
+        for (const f of Object.values(src.weightMap ?? {})) {
+          assert.ok(typeof f === 'string' && f.length > 0 && !path.isAbsolute(f) && !f.split(/[\\/]/).includes('..'), `shard name ${f}`);
+        }
+      });
+    }
+  });
+
+  it('tokenizer.json damaged as text and as JSON: E_FORMAT, or a tokenizer that encodes and decodes', () => {
+    const dir = path.join(tmp, 'tok');
+    fs.mkdirSync(dir);
+    const text = fs.readFileSync(path.join(defaults, 'target', 'tokenizer.json'), 'utf8');
+    const json = JSON.parse(text) as Record<string, unknown>;
+    const seen = { error: 0, ok: 0 };
+    for (let i = 0; i < 150; i++) {
+      const t = r() < 0.5 ? damageText(text, r) : JSON.stringify(damageObject(json, r), (_k, v: unknown) => (typeof v === 'bigint' ? Number(v) : v));
+      fs.writeFileSync(path.join(dir, 'tokenizer.json'), t);
+      seen[codedOrValid(`tokenizer ${i}`, ['E_FORMAT'], () => {
+        const tok = TextTokenizer.load(dir);
+        assert.ok(tok);
+        return { ids: tok.encode('once upon a time, the cat'), text: tok.decode([1, 2, 3]) };
+      }, ({ ids, text: out }) => {
+        for (const id of ids) assert.ok(Number.isInteger(id) && id >= 0, `id ${id}`);
+        assert.strictEqual(typeof out, 'string');
+      })]++;
+    }
+    assert.ok(seen.error > 10 && seen.ok > 10, JSON.stringify(seen));
+  });
+
+  it('Medusa head directories (config and weights damaged): E_FORMAT/E_IO, or float heads of the configured shape', () => {
+    const H = 4, V = 6;
+    const f32 = (shape: number[]): SafetensorsEntry => ({ dtype: 'F32', shape, data: new Float32Array(shape.reduce((a, b) => a * b, 1)).fill(0.1) });
+    for (let i = 0; i < 120; i++) {
+      const dir = path.join(tmp, `medusa${i}`);
+      fs.mkdirSync(dir);
+      const cfg = r() < 0.6 ? damageObject({ medusa_num_heads: 2, medusa_num_layers: 1, base_model_name_or_path: 'x' }, r) : { medusa_num_heads: 2, medusa_num_layers: 1 };
+      fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(cfg, (_k, v: unknown) => (typeof v === 'bigint' ? Number(v) : v)));
+      const tensors: Record<string, SafetensorsEntry> = {};
+      for (let h = 0; h < 2; h++) {
+        tensors[`${h}.0.linear.weight`] = f32([H, H]);
+        tensors[`${h}.0.linear.bias`] = f32([H]);
+        tensors[`${h}.1.weight`] = f32([V, H]);
+      }
+      const names = Object.keys(tensors);
+      const victim = pick(r, names);
+      const dmg = Math.floor(r() * 6);
+      if (dmg === 0) delete tensors[victim];
+      else if (dmg === 1) tensors[victim] = f32(pick(r, [[0, H], [H, 0], [H + 1, H], [H], [1, 1, 1], [0]]));
+      else if (dmg === 2) tensors[victim] = { dtype: 'I32', shape: tensors[victim]!.shape, data: new Int32Array(tensors[victim]!.data.length) };
+      else if (dmg === 3) for (const n of names) if (n.endsWith('.1.weight')) tensors[n] = f32([0, 0]);
+      fs.writeFileSync(path.join(dir, 'medusa_lm_head.safetensors'), encodeSafetensors(tensors));
+      codedOrValid(`medusa ${i} ${show(cfg)} damage ${dmg} ${victim}`, ['E_FORMAT', 'E_IO'], () => MedusaHeads.load(dir), (m) => {
+        try {
+          assert.ok(safeInt(m.config.numHeads, 1) && safeInt(m.config.hiddenSize, 1) && safeInt(m.config.vocabSize, 1), JSON.stringify(m.config));
+        } finally {
+          m.dispose();
+        }
+      });
+    }
+  });
+
+  it('sampling options: E_ARG naming the option, or probabilities that form a distribution', () => {
+    const logits = Tensor.fromArray(Float32Array.from({ length: 24 }, (_v, i) => Math.sin(i)), 'f32', [2, 12]);
+    try {
+      for (let i = 0; i < 300; i++) {
+        const opts = damageObject({ temperature: 0.8, topK: 5, topP: 0.9, minP: 0.05 }, r) as sampling.SamplingOptions;
+        codedOrValid(`sampling ${i} ${show(opts)}`, ['E_ARG'], () => sampling.processLogits(logits, opts), (p) => {
+          try {
+            const a = p.toFloat32();
+            for (let row = 0; row < 2; row++) {
+              let s = 0;
+              for (let j = 0; j < 12; j++) {
+                const x = a[row * 12 + j]!;
+                assert.ok(Number.isFinite(x) && x >= 0, `p = ${x}`);
+                s += x;
+              }
+              assert.ok(Math.abs(s - 1) < 1e-5, `row sums to ${s}`);
+            }
+          } finally {
+            p.dispose();
+          }
+        });
+      }
+    } finally {
+      logits.dispose();
+    }
+  });
+
+  it('LlamaModel.load options, decoder sampling and generate options: a coded error, or tokens in the vocabulary', async () => {
+    const dir = path.join(defaults, 'target');
+    let model: LlamaModel | undefined;
+    for (let i = 0; i < 40; i++) {
+      // kvPages stays small: a huge valid count is a real (if unwise) allocation, not bad input.
+      const opts = damageObject({ device: 'cpu', pageSize: 16, kvPages: 64, maxSequences: 2, kvDtype: 'f32', syncForwardMaxMacs: 0 }, r);
+      if (typeof opts['kvPages'] === 'number' && opts['kvPages'] > 4096) opts['kvPages'] = 4096;
+      if (typeof opts['pageSize'] === 'number' && opts['pageSize'] > 4096) opts['pageSize'] = 4096;
+      await codedOrValidAsync(`load options ${i} ${show(opts)}`, ['E_ARG', 'E_FORMAT', 'E_UNSUPPORTED'],
+        () => LlamaModel.load(dir, opts as Parameters<typeof LlamaModel.load>[1]), (m) => {
+          assert.strictEqual(m.config.vocabSize, 325);
+          if (model === undefined) model = m;
+          else m.dispose();
+        });
+    }
+    model ??= await LlamaModel.load(dir, { device: 'cpu' });
+    try {
+      const V = model.config.vocabSize;
+      for (let i = 0; i < 60; i++) {
+        const samp = r() < 0.5 ? undefined : damageObject({ temperature: 0.7, topK: 20, topP: 0.9, seed: 3 }, r);
+        const gen = damageObject({ maxNewTokens: 4 }, r, ['stopTokens']);
+        if (typeof gen['maxNewTokens'] === 'number' && gen['maxNewTokens'] > 8) gen['maxNewTokens'] = 8;
+        const prompt = r() < 0.8 ? [1, 5, 9] : (pick(r, [[], [V], [-1], [1.5], ['a'], [NaN]]) as number[]);
+        await codedOrValidAsync(`generate ${i} ${show({ samp, gen, prompt })}`, ['E_ARG'], async () => {
+          const dec = new SpeculativeDecoder({ target: model!, ...(samp ? { sampling: samp as never } : {}) });
+          return (await dec.generate(prompt, gen as never).result).tokens;
+        }, (tokens) => {
+          assert.ok(tokens.length <= Math.max(0, Number(gen['maxNewTokens'])), `${tokens.length} tokens`);
+          for (const t of tokens) assert.ok(t >= 0 && t < V, `token ${t}`);
+        });
+      }
+    } finally {
+      model.dispose();
+    }
+  });
+
+  it('strategy options (draft model, lookahead, prompt lookup): E_ARG, or a lossless greedy run', async () => {
+    const target = await LlamaModel.load(path.join(defaults, 'target'), { device: 'cpu' });
+    const draft = await LlamaModel.load(path.join(defaults, 'draft'), { device: 'cpu' });
+    try {
+      const prompt = [1, 5, 9, 1, 5];
+      const plain = (await new SpeculativeDecoder({ target }).generate(prompt, { maxNewTokens: 6 }).result).tokens;
+      const makers: [string, Record<string, unknown>, (o: never) => Speculator][] = [
+        ['draft', { draft, k: 3, adaptive: 'fixed', minK: 1, maxK: 4, confidenceThreshold: 0.5, treeBranching: [2, 1] }, (o) => new DraftModelSpeculator(o)],
+        ['lookahead', { W: 3, N: 3, G: 2, seedPoolFromPrompt: true }, (o) => new LookaheadSpeculator(o)],
+        ['prompt lookup', { maxNgram: 3, minNgram: 1, numDraft: 4 }, (o) => new PromptLookupSpeculator(o)],
+      ];
+      const seen = { error: 0, ok: 0 };
+      for (let i = 0; i < 45; i++) {
+        const [name, base, make] = makers[i % makers.length]!;
+        const opts = damageObject(base, r);
+        if (name === 'draft') opts['draft'] = draft; // the model itself is not an option to damage
+        seen[await codedOrValidAsync(`${name} ${show({ ...opts, draft: undefined })}`, ['E_ARG'], async () => {
+          const dec = new SpeculativeDecoder({ target, speculator: make(opts as never) });
+          return (await dec.generate(prompt, { maxNewTokens: 6 }).result).tokens;
+        }, (tokens) => assert.deepStrictEqual(Array.from(tokens), Array.from(plain), 'greedy speculation must equal plain greedy decoding'))]++;
+      }
+      assert.ok(seen.error > 5 && seen.ok > 5, JSON.stringify(seen));
+    } finally {
+      target.dispose();
+      draft.dispose();
+    }
+  });
+});

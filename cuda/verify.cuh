@@ -37,13 +37,11 @@ struct BlockOps {
     __syncthreads();
     return to_f32(trow(node)[tok]);
   }
-  __device__ double entropy(int node) {
+  __device__ double entropy(int node) {  // the order of sm::entropy_host, lane = thread
+    static_assert(kBlock == sm::kEntropyLanes, "the entropy order is defined for 512 lanes");
     const T* r = trow(node);
     double h = 0.0;
-    for (int i = threadIdx.x; i < V; i += kBlock) {
-      const double p = static_cast<double>(to_f32(r[i]));
-      if (p > 0.0) h -= p * log(p);
-    }
+    for (int i = threadIdx.x; i < V; i += kBlock) h = sm::entropy_add(h, to_f32(r[i]));
     return blk::block_reduce(h, blk::SumF64(), s->f64);
   }
   __device__ uint64_t load(const float* src, uint64_t* dst) {

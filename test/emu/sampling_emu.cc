@@ -3,7 +3,9 @@
 // with the CPU backend (cpp/cpu/sampling.cc, verify.cc, thread_pool.cc, linked in) on the same inputs:
 //   - argmax, top-k, sample and verify must agree exactly (the same tokens, nodes, counts: the two
 //     backends share spec_math.h's decisions and integer masses);
-//   - process_logits: the same kept set, values within f32 rounding (softmax sums differ in order).
+//   - process_logits: the same kept set, values within f32 rounding (softmax sums differ in order);
+//   - typical acceptance's entropy: the same bits (one summation order, a shared ln);
+//   - a row without mass: kNoMass on both.
 // Inputs are adversarial: tied logits, NaN, zero and one-hot rows, tiny masses, rows longer than one
 // block tile, trees with non-candidate nodes and repeated sibling tokens.
 // Usage: sampling_emu SEED [ROUNDS]. ROUNDS = 0: one reduced round over every kernel at small sizes
@@ -232,6 +234,62 @@ void check_verify(std::mt19937_64& rng, VerifyMode mode, bool with_draft, int B,
   report(same, what);
 }
 
+// Typical acceptance's entropy: the emulated CUDA block reduction gives exactly the CPU's bits
+// (sm::entropy_host), and both are the float64 entropy to ~1e-15; ln (sm::log_det) against libm.
+void check_entropy(std::mt19937_64& rng, int rows, int V) {
+  const auto lt = adversarial_logits(rng, rows, V);
+  Tensor probs = Tensor::empty(DType::f32, {rows, V});
+  cpu::process_logits(tensor(lt, {rows, V}, DType::f32), SamplingParams{}, probs);
+  const auto p = host<float>(probs);
+  std::vector<double> gpu(static_cast<size_t>(rows), -1.0);
+  emu::launch(Dim3{static_cast<unsigned>(rows), 1, 1}, kBlock, [&] {
+    __shared__ cuda::blk::Smem sm;
+    vk::BlockOps<float> ops{};
+    ops.target = p.data();
+    ops.V = V;
+    ops.row0 = blockIdx.x;
+    ops.s = &sm;
+    const double h = ops.entropy(0);
+    if (threadIdx.x == 0) gpu[blockIdx.x] = h;
+  });
+  bool same = true;
+  double worst = 0;
+  for (int r = 0; r < rows; ++r) {
+    const float* row = &p[static_cast<size_t>(r) * V];
+    const double cpu_h = sm::entropy_host(row, V);
+    same = same && std::memcmp(&cpu_h, &gpu[r], sizeof(double)) == 0;
+    double ref = 0;
+    for (int i = 0; i < V; ++i)
+      if (row[i] > 0) ref -= static_cast<double>(row[i]) * std::log(static_cast<double>(row[i]));
+    if (ref > 0) worst = std::max(worst, std::fabs(cpu_h - ref) / ref);
+  }
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "entropy rows=%d V=%d: CUDA block order == CPU bit for bit; relative error vs float64 %.1e", rows, V, worst);
+  report(same && worst < 1e-13, buf);
+  double ln_worst = 0;
+  std::uniform_real_distribution<double> e(-300.0, 0.0);
+  for (int i = 0; i < 20000; ++i) {
+    const double x = std::pow(2.0, e(rng)) * (1.0 + static_cast<double>(rng() % 1000) / 1000.0);
+    ln_worst = std::max(ln_worst, std::fabs(sm::log_det(x) - std::log(x)) / std::max(1e-300, std::fabs(std::log(x))));
+  }
+  std::snprintf(buf, sizeof buf, "log_det (fma + division only) vs libm log: max relative error %.1e", ln_worst);
+  report(ln_worst < 1e-15, buf);
+}
+
+// A row without probability mass samples to kNoMass on both backends (the binding makes it E_NUMERIC).
+void check_no_mass(int V) {
+  std::vector<float> p(static_cast<size_t>(2) * V, 0.f);
+  for (int i = 0; i < V; ++i) p[static_cast<size_t>(V) + i] = i % 2 ? NAN : 0.f;
+  std::vector<uint64_t> seeds{1, 2}, offsets{3, 4};
+  Tensor ct = Tensor::empty(DType::i32, {2});
+  cpu::sample(tensor(p, {2, V}, DType::f32), tensor(seeds, {2}, DType::u64), tensor(offsets, {2}, DType::u64), ct);
+  std::vector<int32_t> tok(2, 7);
+  emu::launch(Dim3{2, 1, 1}, kBlock, [&] { sk::sample_kernel(p.data(), seeds.data(), offsets.data(), tok.data(), V); });
+  const auto c = host<int32_t>(ct);
+  report(c[0] == sm::kNoMass && c[1] == sm::kNoMass && tok[0] == sm::kNoMass && tok[1] == sm::kNoMass,
+         "sample of an all-zero and an all-NaN row: kNoMass on both backends");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -244,6 +302,7 @@ int main(int argc, char** argv) {
     check_verify(rng, VerifyMode::greedy, false, 2, 8, 300, 1.f);
     check_verify(rng, VerifyMode::rejection, true, 2, 8, 300, 0.5f);
     check_verify(rng, VerifyMode::typical, false, 2, 8, 300, 0.5f);
+    check_entropy(rng, 2, 700);
   }
   for (int round = 0; round < rounds; ++round) {
     check_argmax_topk<float>(rng, 6, 1000, 7);
@@ -266,6 +325,8 @@ int main(int argc, char** argv) {
     check_verify(rng, VerifyMode::rejection, true, 3, 12, 500, 0.5f);
     check_verify(rng, VerifyMode::rejection, true, 2, 6, 4500, 1.f);
     check_verify(rng, VerifyMode::typical, false, 3, 12, 500, 0.5f);
+    check_entropy(rng, 6, 3000);
   }
+  if (rounds > 0) check_no_mass(1500);
   return emu::summary(seed);
 }

@@ -37,8 +37,8 @@ const programs: Program[] = [
   { source: 'attention_emu.cc', extra: [], kernel: 'tree attention + split-KV merge, tree = path (cuda/attention.cuh)', minChecks: 31,
     args: [], tsanArgs: ['2', '1'], tsanMinChecks: 12 },
   { source: 'sampling_emu.cc', extra: ['cpp/core/tensor.cc', 'cpp/core/backend.cc', 'cpp/cpu/thread_pool.cc', 'cpp/cpu/sampling.cc', 'cpp/cpu/verify.cc'],
-    kernel: 'sampling + verification (cuda/sampling.cuh, cuda/verify.cuh) vs the CPU backend', minChecks: 43, args: ['2'],
-    tsanArgs: ['0'], tsanMinChecks: 8 },
+    kernel: 'sampling + verification incl. vocabulary-parallel greedy (cuda/sampling.cuh, cuda/verify.cuh) vs the CPU backend', minChecks: 47, args: ['2'],
+    tsanArgs: ['0'], tsanMinChecks: 9 },
   { source: 'layers_kv_emu.cc', extra: [], kernel: 'model layers + paged KV movement (cuda/layers.cuh, cuda/kv.cuh)', minChecks: 59,
     args: [], tsanArgs: ['quick'], tsanMinChecks: 13 },
 ];

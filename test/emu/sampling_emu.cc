@@ -5,7 +5,8 @@
 //     backends share spec_math.h's decisions and integer masses);
 //   - process_logits: the same kept set, values within f32 rounding (softmax sums differ in order);
 //   - typical acceptance's entropy: the same bits (one summation order, a shared ln);
-//   - a row without mass: kNoMass on both.
+//   - a row without mass: kNoMass on both;
+//   - greedy verification's vocabulary-parallel path (argmax slices + a warp walk): == CPU.
 // Inputs are adversarial: tied logits, NaN, zero and one-hot rows, tiny masses, rows longer than one
 // block tile, trees with non-candidate nodes and repeated sibling tokens.
 // Usage: sampling_emu SEED [ROUNDS]. ROUNDS = 0: one reduced round over every kernel at small sizes
@@ -218,20 +219,42 @@ void check_verify(std::mt19937_64& rng, VerifyMode mode, bool with_draft, int B,
   });
   // Entries past accept_count are unspecified: compare the accepted prefix of each sequence.
   const auto cc = host<int32_t>(r.accept_count), ca = host<int32_t>(r.accepted_nodes), ce = host<int32_t>(r.emitted);
-  bool same = cc == counts && host<int32_t>(r.depth_accepts) == depth_acc;
-  int total = 0;
-  for (int b = 0; b < B && same; ++b) {
-    total += counts[b];
-    for (int k = 0; k < counts[b]; ++k) {
-      const int i = tr.indptr[b] + k;
-      same = same && ca[i] == acc[i] && ce[i] == emitted[i];
+  const auto cd = host<int32_t>(r.depth_accepts);
+  auto same_as_cpu = [&](const std::vector<int32_t>& g_acc, const std::vector<int32_t>& g_em, const std::vector<int32_t>& g_cnt,
+                         const std::vector<int32_t>& g_depth, int* total) {
+    bool same = cc == g_cnt && cd == g_depth;
+    *total = 0;
+    for (int b = 0; b < B && same; ++b) {
+      *total += g_cnt[b];
+      for (int k = 0; k < g_cnt[b]; ++k) {
+        const int i = tr.indptr[b] + k;
+        same = same && ca[i] == g_acc[i] && ce[i] == g_em[i];
+      }
     }
-  }
+    return same;
+  };
+  int total = 0;
+  const bool same = same_as_cpu(acc, emitted, counts, depth_acc, &total);
   const char* mname = mode == VerifyMode::greedy ? "greedy" : mode == VerifyMode::rejection ? "rejection" : "typical";
   char what[200];
   std::snprintf(what, sizeof what, "verify %s%s B=%d N=%d V=%d T=%g: accepted nodes, emitted tokens, counts == CPU (%d tokens)",
                 mname, with_draft ? " with draft" : "", B, N, V, temperature, total);
   report(same, what);
+  if (mode != VerifyMode::greedy) return;
+  // The vocabulary-parallel greedy path (argmax slices, then a warp per sequence walks).
+  const int S = vk::argmax_slices(V);
+  std::vector<float> part_v(static_cast<size_t>(N) * S, -1.f);
+  std::vector<int32_t> part_i(static_cast<size_t>(N) * S, -1), acc2(static_cast<size_t>(N), -9), em2(static_cast<size_t>(N), -9),
+      cnt2(static_cast<size_t>(B), -9), depth2(static_cast<size_t>(D), 0);
+  emu::launch(Dim3{static_cast<unsigned>(N), static_cast<unsigned>(S), 1}, vk::kSliceThreads,
+              [&] { vk::argmax_slices_kernel<float>(lt.data(), V, part_v.data(), part_i.data()); });
+  emu::launch(Dim3{static_cast<unsigned>(B), 1, 1}, 32, [&] {
+    vk::greedy_walk_kernel(tr.indptr.data(), tr.parents.data(), tr.tokens.data(), part_v.data(), part_i.data(), S, acc2.data(),
+                           em2.data(), cnt2.data(), depth2.data(), D);
+  });
+  std::snprintf(what, sizeof what, "verify greedy, vocabulary-parallel (%d slices per row) B=%d N=%d V=%d: == CPU (%d tokens)", S, B,
+                N, V, total);
+  report(same_as_cpu(acc2, em2, cnt2, depth2, &total), what);
 }
 
 // Typical acceptance's entropy: the emulated CUDA block reduction gives exactly the CPU's bits
@@ -321,6 +344,7 @@ int main(int argc, char** argv) {
     sp = SamplingParams{1.3f, 0, 1.f, 0.05f};
     check_process_and_sample<float>(rng, 6, 800, sp);
     check_verify(rng, VerifyMode::greedy, false, 3, 12, 500, 1.f);
+    check_verify(rng, VerifyMode::greedy, false, 3, 12, 9000, 1.f);
     check_verify(rng, VerifyMode::rejection, false, 3, 12, 500, 0.5f);
     check_verify(rng, VerifyMode::rejection, true, 3, 12, 500, 0.5f);
     check_verify(rng, VerifyMode::rejection, true, 2, 6, 4500, 1.f);

@@ -15,9 +15,9 @@
 // Keys are processed in chunks of kChunk list positions: each chunk gets its own online-softmax
 // state (m, l, acc) over 32-key tiles (one key per lane for the scores, dims per lane for the P.V
 // product), and chunk states are folded in chunk order with one fixed formula. A launch either
-// folds all chunks inside the CTA, or (few CTAs, long prefix: flash-decoding style split-KV) gives
-// each chunk its own CTA and folds the partials in a merge kernel with the same formula. Both
-// produce the same bits.
+// folds all chunks inside the CTA, or (flash-decoding style split-KV, sized by the planner in
+// plan_launch) gives each CTA a group of consecutive chunks, stores every chunk's partial, and folds
+// them in a merge kernel with the same formula. Both produce the same bits.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -50,8 +50,9 @@ struct Params {
   int mask_words;
   int Hq, Hkv, G, D, page_size;
   float scale_log2;  // sm_scale * log2(e): scores live in the exp2 domain
-  int max_chunks;    // chunks of the longest sequence (split: grid.x = tiles * max_chunks)
+  int max_chunks;    // chunks of the longest sequence
   int split;
+  int chunks_per_cta;  // split: consecutive chunks per CTA (grid.x = tiles * ceil(max_chunks / chunks_per_cta))
 };
 
 __device__ __forceinline__ float warp_max(float x) {
@@ -118,8 +119,8 @@ __global__ void __launch_bounds__(kWarps * 32, 2) tree_attention_kernel(const Pa
   float* Qs = Vs + kKeyTile * D;    // [kRowsPerCta][D], pre-scaled by scale_log2
 
   const int b = blockIdx.z, h_kv = blockIdx.y;
-  const int per_tile = p.split ? p.max_chunks : 1;
-  const int tile = blockIdx.x / per_tile, chunk_sel = blockIdx.x % per_tile;
+  const int per_tile = p.split ? (p.max_chunks + p.chunks_per_cta - 1) / p.chunks_per_cta : 1;
+  const int tile = blockIdx.x / per_tile, group = blockIdx.x % per_tile;
   const int q0 = p.qo_indptr[b], qo = p.qo_indptr[b + 1] - q0, prefix = p.prefix_len[b];
   const int rows = qo * p.G;
   const int row0 = tile * kRowsPerCta;
@@ -134,8 +135,9 @@ __global__ void __launch_bounds__(kWarps * 32, 2) tree_attention_kernel(const Pa
   int kv_end = 0;
   for (int i = row0 / p.G; i <= (row_end - 1) / p.G; ++i) kv_end = max(kv_end, list_len(i));
   const int n_chunks = (kv_end + kChunk - 1) / kChunk;
-  const int c_begin = p.split ? chunk_sel : 0;
-  const int c_end = p.split ? min(chunk_sel + 1, n_chunks) : n_chunks;
+  // Split: this CTA owns the partial slots of chunks c_begin .. c_end-1 (written even when empty).
+  const int c_begin = p.split ? group * p.chunks_per_cta : 0;
+  const int c_end = p.split ? min(c_begin + p.chunks_per_cta, p.max_chunks) : n_chunks;
 
   const QT* Q = static_cast<const QT*>(p.q);
   const KVT* KV = static_cast<const KVT*>(p.kv);
@@ -179,7 +181,7 @@ __global__ void __launch_bounds__(kWarps * 32, 2) tree_attention_kernel(const Pa
 #pragma unroll
       for (int e = 0; e < DPL; ++e) acc[k][e] = 0.f;
     }
-    const int t_end = min((c + 1) * kChunk, kv_end);
+    const int t_end = min((c + 1) * kChunk, kv_end);  // <= c * kChunk past the CTA's chunks: no tiles
     for (int t0 = c * kChunk; t0 < t_end; t0 += kKeyTile) {
       __syncthreads();  // the previous tile is consumed (and Qs is written before the first)
       for (int idx = threadIdx.x; idx < kKeyTile * D; idx += blockDim.x) {
@@ -265,12 +267,26 @@ __global__ void __launch_bounds__(kWarps * 32, 2) tree_attention_kernel(const Pa
         m[k] = mn;
       }
     }
-    if (!p.split) {
 #pragma unroll
-      for (int k = 0; k < R; ++k)
+    for (int k = 0; k < R; ++k) {
+      if (!p.split) {
         if (m[k] != -INFINITY) fold<DPL>(M[k], L[k], ACC[k], m[k], l[k], acc[k]);
+        continue;
+      }
+      const int row = row0 + warp + k * kWarps;
+      if (row >= row_end) continue;
+      // Every chunk's partial is stored on its own (an empty one has m = -inf): the merge folds
+      // them in chunk order, so the bits do not depend on how chunks were grouped into CTAs.
+      const size_t slot = (static_cast<size_t>(q0 + row / p.G) * p.Hq + h_kv * p.G + row % p.G) * p.max_chunks + c;
+      if (lane == 0) p.part_ml[slot * 2] = m[k], p.part_ml[slot * 2 + 1] = l[k];
+#pragma unroll
+      for (int e = 0; e < DPL; ++e) {
+        const int d = lane + 32 * e;
+        if (DT > 0 || d < D) p.part_acc[slot * D + d] = acc[k][e];
+      }
     }
   }
+  if (p.split) return;
 
 #pragma unroll
   for (int k = 0; k < R; ++k) {
@@ -278,22 +294,11 @@ __global__ void __launch_bounds__(kWarps * 32, 2) tree_attention_kernel(const Pa
     if (row >= row_end) continue;
     const int i = row / p.G, h = h_kv * p.G + row % p.G;
     const size_t orow = static_cast<size_t>(q0 + i) * p.Hq + h;
-    if (p.split) {
-      // Written even when empty (m = -inf), so the merge sees every chunk slot initialised.
-      const size_t slot = orow * p.max_chunks + chunk_sel;
-      if (lane == 0) p.part_ml[slot * 2] = m[k], p.part_ml[slot * 2 + 1] = l[k];
+    QT* O = static_cast<QT*>(p.out) + orow * D;
 #pragma unroll
-      for (int e = 0; e < DPL; ++e) {
-        const int d = lane + 32 * e;
-        if (DT > 0 || d < D) p.part_acc[slot * D + d] = acc[k][e];
-      }
-    } else {
-      QT* O = static_cast<QT*>(p.out) + orow * D;
-#pragma unroll
-      for (int e = 0; e < DPL; ++e) {
-        const int d = lane + 32 * e;
-        if (DT > 0 || d < D) O[d] = from_f32<QT>(finalize(ACC[k][e], L[k]));
-      }
+    for (int e = 0; e < DPL; ++e) {
+      const int d = lane + 32 * e;
+      if (DT > 0 || d < D) O[d] = from_f32<QT>(finalize(ACC[k][e], L[k]));
     }
   }
 }
@@ -330,25 +335,35 @@ __global__ void tree_attention_merge_kernel(const float* part_acc, const float* 
 }
 
 // The launch, decided on the host from the batch's host-side lengths; shared by attention.cu and
-// the host emulation (test/emu/) so both run exactly the same grid. Sets p.max_chunks and p.split
-// (p.G, p.Hkv, p.D must be set). Keys are split over CTAs only when the tiles alone cannot fill
-// the GPU (decode, small trees) and the partials stay under 512 MiB.
+// the host emulation (test/emu/) so both run exactly the same grid. Sets p.max_chunks, p.split and
+// p.chunks_per_cta (p.G, p.Hkv, p.Hq, p.D must be set).
+//
+// Split-KV planner: the work is counted in chunks over the ragged batch (each sequence's KV heads x
+// row tiles x its own chunks). A CTA takes chunks_per_cta consecutive chunks, as many as keep the
+// longest CTA within half the average work per SM: a long sequence in a batch of short ones is
+// spread over many CTAs, a batch that fills the GPU by itself is not split. The partials must stay
+// under 512 MiB. sm_count <= 0: never split.
 struct Plan {
   int64_t grid_x = 0, grid_y = 0, grid_z = 0;
   size_t smem = 0;  // dynamic shared memory, bytes
 };
-inline Plan plan_launch(Params& p, int64_t B, const int32_t* h_qo_indptr, int64_t max_qo_len, int64_t max_kv_len,
-                        int64_t sm_count) {
+inline Plan plan_launch(Params& p, int64_t B, const int32_t* h_qo_indptr, const int32_t* h_prefix_len, int64_t max_qo_len,
+                        int64_t max_kv_len, int64_t sm_count) {
   const int64_t N = h_qo_indptr[B] - h_qo_indptr[0];
   p.max_chunks = static_cast<int>(std::max<int64_t>(1, (max_kv_len + kChunk - 1) / kChunk));
   const int64_t max_tiles = (max_qo_len * p.G + kRowsPerCta - 1) / kRowsPerCta;
-  int64_t ctas = 0;
-  for (int64_t b = 0; b < B; ++b)
-    ctas += int64_t(p.Hkv) * ((int64_t(h_qo_indptr[b + 1] - h_qo_indptr[b]) * p.G + kRowsPerCta - 1) / kRowsPerCta);
+  int64_t work = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t qo = h_qo_indptr[b + 1] - h_qo_indptr[b];
+    const int64_t chunks = std::max<int64_t>(1, (h_prefix_len[b] + qo + kChunk - 1) / kChunk);
+    work += int64_t(p.Hkv) * ((qo * p.G + kRowsPerCta - 1) / kRowsPerCta) * chunks;
+  }
+  const int64_t cpc = sm_count > 0 ? std::min<int64_t>(p.max_chunks, std::max<int64_t>(1, work / (2 * sm_count))) : p.max_chunks;
   const int64_t part_floats = N * p.Hq * p.max_chunks * (p.D + 2);
-  p.split = p.max_chunks > 1 && ctas < 2 * sm_count && part_floats * 4 <= (int64_t(512) << 20);
+  p.split = cpc < p.max_chunks && part_floats * 4 <= (int64_t(512) << 20);
+  p.chunks_per_cta = static_cast<int>(p.split ? cpc : p.max_chunks);
   Plan plan;
-  plan.grid_x = max_tiles * (p.split ? p.max_chunks : 1);
+  plan.grid_x = max_tiles * (p.split ? (p.max_chunks + cpc - 1) / cpc : 1);
   plan.grid_y = p.Hkv;
   plan.grid_z = B;
   plan.smem = sizeof(float) * static_cast<size_t>(kKeyTile * (p.D + 1) + kKeyTile * p.D + kRowsPerCta * p.D);

@@ -118,8 +118,9 @@ Problem<QT, KVT> make_problem(std::mt19937_64& rng, int Hq, int Hkv, int D, cons
 constexpr int kGuard = 64;
 
 // Runs the kernels as attention.cu launches them (plan_launch with this SM count); returns out as f32.
+// *chunks_per_cta (optional) gets the plan's grouping.
 template <typename QT, typename KVT>
-std::vector<float> run(const Problem<QT, KVT>& pr, int64_t sm_count, bool* split_used, bool* guard_ok) {
+std::vector<float> run(const Problem<QT, KVT>& pr, int64_t sm_count, bool* split_used, bool* guard_ok, int* chunks_per_cta = nullptr) {
   const int64_t N = pr.N();
   const int B = static_cast<int>(pr.seqs.size());
   std::vector<QT> out(static_cast<size_t>(N) * pr.Hq * pr.D + 2 * kGuard, from_float<QT>(-777.f));
@@ -137,7 +138,8 @@ std::vector<float> run(const Problem<QT, KVT>& pr, int64_t sm_count, bool* split
   p.scale_log2 = pr.sm_scale * 1.4426950408889634f;
   int64_t max_qo = 0, max_kv = 0;
   for (const auto& s : pr.seqs) max_qo = std::max<int64_t>(max_qo, s.qo), max_kv = std::max<int64_t>(max_kv, s.prefix + s.qo);
-  const attn::Plan plan = attn::plan_launch(p, B, pr.qo_indptr.data(), max_qo, max_kv, sm_count);
+  const attn::Plan plan = attn::plan_launch(p, B, pr.qo_indptr.data(), pr.prefix.data(), max_qo, max_kv, sm_count);
+  if (chunks_per_cta) *chunks_per_cta = p.chunks_per_cta;
   std::vector<float> part_acc, part_ml;
   if (p.split) {
     part_acc.assign(static_cast<size_t>(N) * pr.Hq * p.max_chunks * pr.D, NAN);
@@ -235,6 +237,21 @@ void check(std::mt19937_64& rng, const char* label, int Hq, int Hkv, int D, cons
   for (const auto& s : seqs) max_kv = std::max<int64_t>(max_kv, s.prefix + s.qo);
   report(!split_a && split_b == (max_kv > attn::kChunk), what + ": the plan splits only when asked to (and 2+ chunks)");
   report(std::memcmp(fold.data(), split.data(), fold.size() * sizeof(float)) == 0, what + ": split-KV merge == in-CTA fold, bit for bit");
+  // The planner's grouping: an SM count for which CTAs take 2+ chunks each (when there are 3+ chunks).
+  for (int64_t sms = 1; sms <= 256; ++sms) {
+    bool sp = false, g = false;
+    int cpc = 0;
+    attn::Params probe{};
+    probe.G = Hq / Hkv, probe.Hkv = Hkv, probe.Hq = Hq, probe.D = D;
+    int64_t max_qo = 0, mkv = 0;
+    for (const auto& sq : seqs) max_qo = std::max<int64_t>(max_qo, sq.qo), mkv = std::max<int64_t>(mkv, sq.prefix + sq.qo);
+    attn::plan_launch(probe, static_cast<int64_t>(seqs.size()), pr.qo_indptr.data(), pr.prefix.data(), max_qo, mkv, sms);
+    if (!probe.split || probe.chunks_per_cta < 2) continue;
+    const auto grouped = run(pr, sms, &sp, &g, &cpc);
+    report(sp && g && std::memcmp(fold.data(), grouped.data(), fold.size() * sizeof(float)) == 0,
+           what + ": split-KV with " + std::to_string(cpc) + " chunks per CTA (" + std::to_string(sms) + " SMs) == in-CTA fold, bit for bit");
+    break;
+  }
   bool inv = true;
   for (size_t b = 0; b < seqs.size(); ++b) {
     bool sp = false, g = false;

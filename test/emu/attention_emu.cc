@@ -9,7 +9,8 @@
 //     token, or the whole path as a causal chain), f32/bf16/f16 caches, split and unsplit;
 //   - that nothing is written outside `out`, and (under AddressSanitizer) nothing read out of bounds.
 // Usage: attention_emu SEED [CONFIGS [TREES]]: CONFIGS and TREES limit how many of the problem
-// configurations and tree = path checks run (the ThreadSanitizer build runs 2 and 1: it is ~3x slower). Exit status 1 if a check failed.
+// configurations and tree = path checks run (the ThreadSanitizer build runs 2 and 0, whose tree-masked
+// rows already take the gather path: it is ~3x slower). Exit status 1 if a check failed.
 #include "cuda_emu.h"
 #include "emu_check.h"
 // clang-format off: the stand-ins must come first

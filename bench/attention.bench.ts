@@ -4,11 +4,15 @@
 // Also the shapes the CPU benches' models verify (f32 cache, 64-token prefix, 1 / 5 / 17 new tokens):
 // the embedded default target (4 query / 2 KV heads, d 32) and the random ~100M Llama (12 / 4, d 64),
 // where a call is microseconds and its fixed costs (allocation, gathering) show.
+// Each row carries its roofline (bench/roofline.ts: bytes / the measured copy bandwidth of the
+// device) and the fraction reached; off a GPU, predicted H100/H200 bounds for the issue's goal shapes
+// (decode batch 32 over 4k, a 64-token tree over 4k; 32/8 heads, d 128, bf16) follow, labelled.
 // Run: node dist/bench/attention.bench.js [--device cpu|cuda|auto] [--quick]   (or specdec bench --only attention)
 import { pagedBatch, treeAttention, treeMask } from '../lib/kv';
 import { Tensor } from '../lib/tensor';
 import type { Device } from '../lib/tensor';
 import { measureKernel, randomF32, round, standalone, syncOn, xorshift, type BenchModule, type BenchOptions, type BenchResult, type BenchRow } from './common';
+import { attentionCost, GOAL_ATTENTION, measureCopyBandwidth, predictionRows, treeVisible, withRoofline, type Cost } from './roofline';
 
 interface AttShape {
   readonly hq: number;
@@ -23,20 +27,26 @@ const MODEL_SHAPES: readonly (AttShape & { readonly name: string })[] = [
 ];
 const PAGE = 16;
 
-/** Median ms of one treeAttention call with `tree` new tokens over `prefix` cached tokens. */
-async function timeAttention(device: Device, prefix: number, tree: number, samples: number, calls: number, seed: number, shape: AttShape = BIG): Promise<number> {
+function randomParents(tree: number, rand: () => number): Int32Array {
+  return Int32Array.from({ length: tree }, (_, i) => (i === 0 ? -1 : Math.floor(rand() * i)));
+}
+
+/** Median ms of one treeAttention call with `tree` new tokens over `prefix` cached tokens, and its cost. */
+async function timeAttention(device: Device, prefix: number, tree: number, samples: number, calls: number, seed: number, shape: AttShape = BIG): Promise<{ ms: number; cost: Cost }> {
   const { hq: HQ, hkv: HKV, d: D, dtype } = shape;
   const rand = xorshift(seed);
   const pages = Math.ceil((prefix + tree) / PAGE);
   const layer = Tensor.fromArray(randomF32(pages * 2 * PAGE * HKV * D, rand, -0.5, 0.5), dtype, [pages, 2, PAGE, HKV, D], device);
   const q = Tensor.fromArray(randomF32(tree * HQ * D, rand, -0.5, 0.5), dtype, [tree, HQ, D], device);
-  const parents = Int32Array.from({ length: tree }, (_, i) => (i === 0 ? -1 : Math.floor(rand() * i)));
+  const parents = randomParents(tree, rand);
+  const bytes = dtype === 'f16' ? 2 : 4;
+  const cost = attentionCost({ hq: HQ, hkv: HKV, d: D, kvBytes: bytes, qBytes: bytes }, [prefix], [treeVisible(prefix, parents)]);
   const mask = Tensor.fromArray(treeMask(parents), 'u64', [tree, Math.ceil(tree / 64)], device);
   const batch = pagedBatch({ qoIndptr: [0, tree], pageIndptr: [0, pages], pageIndices: Array.from({ length: pages }, (_, i) => i), prefixLen: [prefix], pageSize: PAGE, numPages: pages, device });
   const out = Tensor.empty(dtype, [tree, HQ, D], device);
   try {
     const t = await measureKernel(() => treeAttention(q, layer, batch, mask, 1 / Math.sqrt(D), out), { warmup: 1, samples, calls, sync: syncOn(out), device });
-    return t.medianMs;
+    return { ms: t.medianMs, cost };
   } finally {
     for (const x of [layer, q, mask, out]) x.dispose();
   }
@@ -53,32 +63,50 @@ export const attentionBench: BenchModule = {
     const samples = opts.quick ? 2 : cuda ? 10 : 5;
     const calls = cuda ? 20 : 1;
     opts.log(`attention: tree ${tree} + decode 1 over prefix ${prefix} on ${opts.device}`);
-    const treeMs = await timeAttention(opts.device, prefix, tree, samples, calls, 11);
-    const oneMs = await timeAttention(opts.device, prefix, 1, samples, calls, 12);
+    const peaks = await measureCopyBandwidth(opts.device, opts.quick);
+    opts.log(`attention: measured copy bandwidth ${round(peaks.bandwidth / 1e9, 1)} GB/s`);
+    const treeRun = await timeAttention(opts.device, prefix, tree, samples, calls, 11);
+    const oneRun = await timeAttention(opts.device, prefix, 1, samples, calls, 12);
+    const treeMs = treeRun.ms;
+    const oneMs = oneRun.ms;
     const rows: BenchRow[] = [
-      { name: `tree ${tree} tokens / prefix ${prefix}`, value: round(treeMs, 4), unit: 'ms', note: `x${round(treeMs / oneMs, 2)} the 1-token query`, metrics: { ms: treeMs, tokens: tree, prefix, msPerToken: treeMs / tree } },
-      { name: `decode 1 token / prefix ${prefix}`, value: round(oneMs, 4), unit: 'ms', metrics: { ms: oneMs, tokens: 1, prefix } },
+      withRoofline({ name: `tree ${tree} tokens / prefix ${prefix}`, value: round(treeMs, 4), unit: 'ms', note: `x${round(treeMs / oneMs, 2)} the 1-token query`, metrics: { ms: treeMs, tokens: tree, prefix, msPerToken: treeMs / tree } }, treeRun.cost, treeMs * 1000, peaks),
+      withRoofline({ name: `decode 1 token / prefix ${prefix}`, value: round(oneMs, 4), unit: 'ms', metrics: { ms: oneMs, tokens: 1, prefix } }, oneRun.cost, oneMs * 1000, peaks),
     ];
     // Model shapes: many calls per sample (a call is microseconds).
     for (const m of MODEL_SHAPES) {
       let one = 0;
       for (const n of [1, 5, 17]) {
-        const ms = await timeAttention(opts.device, 64, n, samples, opts.quick ? 20 : cuda ? 200 : 2000, 13 + n, m);
+        const { ms, cost } = await timeAttention(opts.device, 64, n, samples, opts.quick ? 20 : cuda ? 200 : 2000, 13 + n, m);
         if (n === 1) one = ms;
-        rows.push({ name: `${m.name}: ${n} token${n > 1 ? 's (tree)' : ''} / prefix 64`, value: round(ms * 1000, 3), unit: 'us', note: n > 1 ? `x${round(ms / one, 2)} the 1-token query` : 'f32 cache', metrics: { ms, tokens: n, prefix: 64, ...m } });
+        rows.push(withRoofline({ name: `${m.name}: ${n} token${n > 1 ? 's (tree)' : ''} / prefix 64`, value: round(ms * 1000, 3), unit: 'us', note: n > 1 ? `x${round(ms / one, 2)} the 1-token query` : 'f32 cache', metrics: { ms, tokens: n, prefix: 64, ...m } }, cost, ms * 1000, peaks));
       }
     }
+    if (!cuda) rows.push(...predictionRows('attention', goalShapes()));
     return {
       bench: 'attention',
       device: opts.device,
       quick: opts.quick,
       setup: { qoHeads: BIG.hq, kvHeads: BIG.hkv, headDim: BIG.d, pageSize: PAGE, dtype: BIG.dtype, modelShapes: MODEL_SHAPES, prefix, treeTokens: tree, samples, callsPerSample: calls, tree: 'random parents' },
       rows,
-      notes: [],
+      notes: [`roofline: bytes / measured copy bandwidth (${round(peaks.bandwidth / 1e9, 1)} GB/s on this ${opts.device}); no compute peak is measured, so these are memory bounds; above 100% the working set was served from cache`, ...(cuda ? [] : ['PREDICTION rows: bounds on H100/H200 from spec-sheet bandwidth and bf16 tensor-core peak, not measurements'])],
       checks: {},
       seconds: (performance.now() - t0) / 1000,
     };
   },
 };
+
+/** The issue's goal shapes (32/8 heads, d 128, bf16 cache, 4k context). */
+function goalShapes(): { name: string; cost: Cost }[] {
+  const P = 4096;
+  const decode = attentionCost(GOAL_ATTENTION, Array.from({ length: 32 }, () => P), Array.from({ length: 32 }, () => [P + 1]));
+  const tree = attentionCost(GOAL_ATTENTION, [P], [treeVisible(P, randomParents(64, xorshift(11)))]);
+  const tree8 = attentionCost(GOAL_ATTENTION, Array.from({ length: 8 }, () => P), Array.from({ length: 8 }, (_, b) => treeVisible(P, randomParents(64, xorshift(20 + b)))));
+  return [
+    { name: 'decode batch 32 / prefix 4096', cost: decode },
+    { name: 'tree 64 tokens / prefix 4096', cost: tree },
+    { name: 'tree 64 tokens x batch 8 / prefix 4096', cost: tree8 },
+  ];
+}
 
 if (require.main === module) void standalone(attentionBench);

@@ -3,10 +3,21 @@
 // pipeline processLogits + sample, for 1, 8 and 64 rows (64 = a Medusa tree's rows when sampling).
 // A plain JavaScript implementation of argmax, softmax-sampling and top-p sampling runs on the same
 // rows in the same process as the reference the native ops are compared with.
+// Each row carries its roofline (bench/roofline.ts: bytes per element read + written -- argmax 4,
+// processLogits 8, sample 4, processLogits+sample 12 -- over the measured copy bandwidth) and the
+// fraction reached; off a GPU, predicted H100/H200 bounds for 32 and 288 rows (batch 32 x 9) follow.
 // Run: node dist/bench/sampling.bench.js [--device cpu|cuda|auto] [--quick]   (or specdec bench --only sampling)
 import { argmax, processLogits, sample, type SamplingOptions } from '../lib/sampling';
 import { Tensor } from '../lib/tensor';
 import { measureKernel, randomF32, round, standalone, syncTensor, xorshift, type BenchModule, type BenchOptions, type BenchResult, type BenchRow, type Timing } from './common';
+import { measureCopyBandwidth, predictionRows, rowOpCost, withRoofline } from './roofline';
+
+/** Bytes per element an op must read + write at least (f32 logits and probs). */
+function bytesPerElement(op: string): number {
+  if (op.startsWith('processLogits+sample')) return 12;
+  if (op.startsWith('processLogits')) return 8;
+  return 4; // argmax, sample
+}
 
 const VOCAB = 128256;
 
@@ -86,6 +97,7 @@ export const samplingBench: BenchModule = {
     ];
     const rows: BenchRow[] = [];
     const rand = xorshift(0xc0ffee);
+    const peaks = await measureCopyBandwidth(opts.device, opts.quick);
     for (const n of rowCounts) {
       opts.log(`sampling: ${n} rows x ${V}`);
       // Logits of a peaked shape (a few large values over noise), as an LM's are.
@@ -106,13 +118,13 @@ export const samplingBench: BenchModule = {
       const time = (fn: () => unknown): Promise<Timing> => measureKernel(fn, { warmup: 1, samples: nSamples, calls, sync, device: cuda ? 'cuda' : 'cpu' });
       const push = (name: string, t: Timing, ref?: Timing): void => {
         const us = t.medianMs * 1000;
-        rows.push({
+        rows.push(withRoofline({
           name: `${name}, ${n} rows`,
           value: round(us, 1),
           unit: 'us/call',
           ...(ref ? { note: `JS reference ${round(ref.medianMs * 1000, 1)} us (native x${round(ref.medianMs / t.medianMs, 2)})` } : {}),
           metrics: { op: name, rows: n, vocab: V, medianUs: us, minUs: t.minMs * 1000, samples: t.samples, ...(ref ? { jsReferenceUs: ref.medianMs * 1000, speedupVsJs: ref.medianMs / t.medianMs } : {}) },
-        });
+        }, rowOpCost(n, V, bytesPerElement(name)), us, peaks));
       };
       const jsRows = n <= 8; // the JS reference at 64 rows would only make the bench slow
       const u = xorshift(99);
@@ -151,13 +163,18 @@ export const samplingBench: BenchModule = {
         logits.dispose();
       }
     }
+    if (!cuda)
+      rows.push(...predictionRows('sampling', [32, 288].flatMap((n) => ['argmax', 'processLogits', 'processLogits+sample'].map((op) => ({ name: `${op}, ${n} rows x ${VOCAB}`, cost: rowOpCost(n, VOCAB, bytesPerElement(op)) })))));
     return {
       bench: 'sampling',
       device: opts.device,
       quick: opts.quick,
       setup: { vocab: V, rows: rowCounts, samples, callsPerSample: calls, logits: 'uniform [-2, 2] with 20 peaks in [6, 10] per row', jsReference: 'float64 softmax, inverse-CDF draw; top-p sorts the row (Uint32Array.sort)' },
       rows,
-      notes: [],
+      notes: [
+        `roofline: bytes read + written per element / measured copy bandwidth (${round(peaks.bandwidth / 1e9, 1)} GB/s on this ${opts.device})`,
+        ...(cuda ? [] : ['PREDICTION rows: bounds on H100/H200 from spec-sheet bandwidth, not measurements']),
+      ],
       checks: {},
       seconds: (performance.now() - t0) / 1000,
     };

@@ -6,12 +6,16 @@
 // Inputs are random logits in [-1, 1] with each node's FIRST child token planted at +8, so greedy
 // accepts the rank-0 path to the leaf (the longest walk, the most rows read) and sampling accepts
 // part of it. The target probabilities (and the draft's) are processLogits(logits, temperature 1).
+// Each row carries its roofline (bench/roofline.ts: one read of every row the walk visits -- target,
+// and draft when given -- over the measured copy bandwidth) and the fraction reached; off a GPU,
+// predicted H100/H200 bounds for the issue's goal shape (batch 32, 8 drafts, vocab 128256) follow.
 // Run: node dist/bench/verify.bench.js [--device cpu|cuda|auto] [--quick]   (or specdec bench --only verify)
 import { processLogits } from '../lib/sampling';
 import { Tensor } from '../lib/tensor';
 import { chainTree, flattenTrees, MC_SIM_7B_63, medusaTree, medusaTreeShape, type TokenTree } from '../lib/tree';
 import { verify, type VerifyInput, type VerifyMode } from '../lib/verify';
 import { measureKernel, round, standalone, xorshift, type BenchModule, type BenchOptions, type BenchResult, type BenchRow } from './common';
+import { measureCopyBandwidth, predictionRows, rowOpCost, verifyCost, withRoofline } from './roofline';
 
 const VOCAB = 128256;
 const PLANT = 8;
@@ -79,6 +83,7 @@ export const verifyBench: BenchModule = {
     ];
     const rows: BenchRow[] = [];
     const rand = xorshift(0x5eed);
+    const peaks = await measureCopyBandwidth(opts.device, opts.quick);
     for (const c of cases) {
       const trees = Array.from({ length: c.batch }, () => c.tree(rand, V));
       const { nodeIndptr, parents, tokens } = flattenTrees(trees);
@@ -115,17 +120,29 @@ export const verifyBench: BenchModule = {
             { warmup: 1, samples },
           );
           const us = t.medianMs * 1000;
-          rows.push({
+          // The walk visits as many rows as it emits tokens (one per accepted node and the root).
+          const cost = verifyCost(accepted / calls, V, 4, m.draft);
+          rows.push(withRoofline({
             name: `${m.name}, batch ${c.batch}, ${c.treeName}`,
             value: round(us, 1),
             unit: 'us/call',
             note: `emits ${round(accepted / calls / c.batch, 2)}/seq (max ${c.treeName === 'chain-5' ? 6 : 5})`,
             metrics: { mode: m.name, batch: c.batch, tree: c.treeName, nodesPerSequence: N / c.batch, vocab: V, medianUs: us, minUs: t.minMs * 1000, samples: t.samples, meanEmittedPerSequence: accepted / calls / c.batch },
-          });
+          }, cost, us, peaks));
         }
       } finally {
         for (const x of [logits, draftLogits, probs, draftProbs]) x.dispose();
       }
+    }
+    if (!cuda) {
+      // Goal: batch 32, a chain of 8 drafts (9 rows per sequence), all accepted (the most rows read).
+      const goalRows = 32 * 9;
+      rows.push(...predictionRows('verify', [
+        { name: 'greedy on f32 logits, batch 32 x 8 drafts, all accepted', cost: verifyCost(goalRows, VOCAB, 4, false) },
+        { name: 'greedy on bf16 logits, batch 32 x 8 drafts, all accepted', cost: verifyCost(goalRows, VOCAB, 2, false) },
+        { name: 'rejection + draft, batch 32 x 8 drafts, all accepted', cost: verifyCost(goalRows, VOCAB, 4, true) },
+        { name: 'processLogits of target + draft rows, then rejection (the sampled step)', cost: { bytes: 2 * rowOpCost(goalRows, VOCAB, 8).bytes + verifyCost(goalRows, VOCAB, 4, true).bytes, flops: 0 } },
+      ]));
     }
     return {
       bench: 'verify',
@@ -133,7 +150,11 @@ export const verifyBench: BenchModule = {
       quick: opts.quick,
       setup: { vocab: V, samples, plantedLogit: PLANT, inputs: 'random logits in [-1,1], first child planted; probs = processLogits(T=1)', medusaTree: 'mc_sim_7b_63 (64 nodes with the root)' },
       rows,
-      notes: ['"emits" = tokens emitted per sequence per call (accepted drafts + the bonus/correction token), averaged over the timed calls.'],
+      notes: [
+        '"emits" = tokens emitted per sequence per call (accepted drafts + the bonus/correction token), averaged over the timed calls.',
+        `roofline: one read of each visited row (f32 target, + f32 draft) / measured copy bandwidth (${round(peaks.bandwidth / 1e9, 1)} GB/s on this ${opts.device}); a lower bound (rejection also rewrites residual rows)`,
+        ...(cuda ? [] : ['PREDICTION rows: bounds on H100/H200 from spec-sheet bandwidth, not measurements']),
+      ],
       checks: {},
       seconds: (performance.now() - t0) / 1000,
     };

@@ -75,7 +75,7 @@ void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& b
   p.D = static_cast<int>(D);
   p.page_size = static_cast<int>(kv_layer.size(2));
   p.scale_log2 = sm_scale * 1.4426950408889634f;
-  const attn::Plan plan = attn::plan_launch(p, B, batch.h_qo_indptr.data(), batch.max_qo_len, batch.max_kv_len,
+  const attn::Plan plan = attn::plan_launch(p, B, batch.h_qo_indptr.data(), batch.h_prefix_len.data(), batch.max_qo_len, batch.max_kv_len,
                                            sm_count());
   SPECDEC_CHECK(plan.grid_x < (int64_t(1) << 31), "E_UNSUPPORTED", "tree_attention: grid too large");
 

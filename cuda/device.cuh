@@ -19,6 +19,22 @@ template <> __device__ __forceinline__ float from_f32<float>(float x) { return x
 template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half_rn(x); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
+// Bit counting on 64-bit words (the host emulation has no CUDA intrinsics).
+__device__ __forceinline__ int popc64(unsigned long long x) {
+#ifdef __CUDACC__
+  return __popcll(x);
+#else
+  return __builtin_popcountll(x);
+#endif
+}
+__device__ __forceinline__ int ctz64(unsigned long long x) {  // x != 0
+#ifdef __CUDACC__
+  return __ffsll(static_cast<long long>(x)) - 1;
+#else
+  return __builtin_ctzll(x);
+#endif
+}
+
 }  // namespace cuda
 }  // namespace specdec
 

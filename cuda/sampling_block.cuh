@@ -182,13 +182,13 @@ __device__ void trim_ties(int V, uint64_t keep, Tie tie, Drop drop, Smem* s) {
 }
 
 // Inverse-CDF selection over integer weights: the first i whose inclusive prefix exceeds
-// `threshold` (-1 when the total is <= threshold, i.e. no mass). Each thread owns kItems
+// `threshold` (sm::kNoMass when the total is <= threshold, i.e. no mass). Each thread owns kItems
 // consecutive elements of a tile, so a row of 128k takes 32 block scans.
 constexpr int kItems = 8;
 template <typename W>
 __device__ int sample_select(int V, uint64_t threshold, W weight, Smem* s) {
   __syncthreads();
-  if (threadIdx.x == 0) s->found = -1;
+  if (threadIdx.x == 0) s->found = sm::kNoMass;
   uint64_t carry = 0;
   for (int base = 0; base < V; base += kBlock * kItems) {
     const int i0 = base + threadIdx.x * kItems;
@@ -212,7 +212,7 @@ __device__ int sample_select(int V, uint64_t threshold, W weight, Smem* s) {
     if (f >= 0) return f;
     carry += tot;
   }
-  return -1;
+  return sm::kNoMass;
 }
 
 }  // namespace blk

@@ -11,10 +11,35 @@ namespace cuda {
 using blk::kBlock;
 using namespace verify_kernels;
 
+namespace {
+
+// Greedy: the argmax of every row, vocabulary slices in parallel, then a warp per sequence walks.
+void verify_greedy(const VerifyArgs& a, VerifyResult& out) {
+  const int64_t B = a.node_indptr.size(0) - 1, N = a.parents.size(0), V = a.target.size(1);
+  const int S = argmax_slices(static_cast<int>(V));
+  Tensor part_v = Tensor::empty(DType::f32, {N, S}, Device::cuda);
+  Tensor part_i = Tensor::empty(DType::i32, {N, S}, Device::cuda);
+  if (N > 0) {
+    SPECDEC_DISPATCH_FLOAT(a.target.dtype(), "target", [&] {
+      argmax_slices_kernel<scalar_t><<<dim3(static_cast<unsigned>(N), S), kSliceThreads, 0, stream()>>>(
+          a.target.ptr<scalar_t>(), static_cast<int>(V), part_v.ptr<float>(), part_i.ptr<int32_t>());
+      SPECDEC_CUDA_LAUNCH_CHECK("argmax_slices_kernel");
+    });
+  }
+  greedy_walk_kernel<<<static_cast<unsigned>(B), 32, 0, stream()>>>(
+      a.node_indptr.ptr<int32_t>(), a.parents.ptr<int32_t>(), a.tokens.ptr<int32_t>(), part_v.ptr<float>(),
+      part_i.ptr<int32_t>(), S, out.accepted_nodes.ptr<int32_t>(), out.emitted.ptr<int32_t>(), out.accept_count.ptr<int32_t>(),
+      out.depth_accepts.ptr<int32_t>(), static_cast<int>(out.depth_accepts.numel()));
+  SPECDEC_CUDA_LAUNCH_CHECK("greedy_walk_kernel");
+}
+
+}  // namespace
+
 void verify(const VerifyArgs& a, VerifyResult& out) {
   const int64_t B = a.node_indptr.size(0) - 1, N = a.parents.size(0), V = a.target.size(1);
   if (B == 0) return;
   SPECDEC_CHECK(V <= INT32_MAX, "E_ARG", "target: rows longer than 2^31 are not supported");
+  if (a.mode == VerifyMode::greedy) return verify_greedy(a, out);
   // Per-sequence scratch: residual rows (rejection, and typical's bonus draw) and per-node values.
   const bool need_p = a.mode != VerifyMode::greedy;
   Tensor P = need_p ? Tensor::empty(DType::u64, {B, V}, Device::cuda) : Tensor();

@@ -37,13 +37,11 @@ struct BlockOps {
     __syncthreads();
     return to_f32(trow(node)[tok]);
   }
-  __device__ double entropy(int node) {
+  __device__ double entropy(int node) {  // the order of sm::entropy_host, lane = thread
+    static_assert(kBlock == sm::kEntropyLanes, "the entropy order is defined for 512 lanes");
     const T* r = trow(node);
     double h = 0.0;
-    for (int i = threadIdx.x; i < V; i += kBlock) {
-      const double p = static_cast<double>(to_f32(r[i]));
-      if (p > 0.0) h -= p * log(p);
-    }
+    for (int i = threadIdx.x; i < V; i += kBlock) h = sm::entropy_add(h, to_f32(r[i]));
     return blk::block_reduce(h, blk::SumF64(), s->f64);
   }
   __device__ uint64_t load(const float* src, uint64_t* dst) {
@@ -151,6 +149,93 @@ __global__ void __launch_bounds__(kBlock) verify_kernel(VerifyMode mode, const i
   if (mode == VerifyMode::greedy) count = sm::walk_greedy(ops, parents + start, tokens + start, n);
   else if (mode == VerifyMode::rejection) count = sm::walk_rejection(ops, parents + start, tokens + start, n, w);
   else count = sm::walk_typical(ops, parents + start, tokens + start, n, w);
+  if (threadIdx.x == 0) {
+    counts[b] = count;
+    for (int d = 0; d < D && d < count - 1; ++d) atomicAdd(&depth_acc[d], 1);
+  }
+}
+
+// ---- greedy verification, vocabulary-parallel: a fused argmax-compare -----------------------------
+// Greedy needs only the argmax of the rows on the accepted path. Instead of one block walking the
+// tree and scanning each visited row alone (1 SM per sequence), every row's argmax is computed by
+// several blocks at once -- one per kSliceCols-wide slice of the vocabulary, a partial (value, index)
+// each -- and one warp per sequence then folds a node's partials and walks the tree. argmax_better is
+// a total order (value, then lower index; NaN never wins), so any reduction order gives the CPU's
+// token: the result is exact whatever the slicing.
+constexpr int kSliceCols = 4096;
+constexpr int kSliceThreads = 256;
+__host__ __device__ inline int argmax_slices(int V) { return (V + kSliceCols - 1) / kSliceCols; }
+
+template <typename T>
+__global__ void __launch_bounds__(kSliceThreads) argmax_slices_kernel(const T* __restrict__ target, int V,
+                                                                      float* __restrict__ part_v,
+                                                                      int32_t* __restrict__ part_i) {
+  __shared__ float sv[kSliceThreads / 32];
+  __shared__ int32_t si[kSliceThreads / 32];
+  const int S = argmax_slices(V), slice = blockIdx.y;
+  const int64_t row = blockIdx.x;
+  const T* x = target + row * V;
+  const int end = min(V, (slice + 1) * kSliceCols);
+  float bv = NAN;
+  int32_t bi = 0x7fffffff;
+  for (int i = slice * kSliceCols + static_cast<int>(threadIdx.x); i < end; i += kSliceThreads) {
+    const float v = to_f32(x[i]);
+    if (sm::argmax_better(v, i, bv, bi)) bv = v, bi = i;
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(blk::kFull, bv, o);
+    const int32_t oi = __shfl_xor_sync(blk::kFull, bi, o);
+    if (sm::argmax_better(ov, oi, bv, bi)) bv = ov, bi = oi;
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) sv[warp] = bv, si[warp] = bi;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < kSliceThreads / 32; ++w)
+      if (sm::argmax_better(sv[w], si[w], bv, bi)) bv = sv[w], bi = si[w];
+    part_v[row * S + slice] = bv;
+    part_i[row * S + slice] = bi;
+  }
+}
+
+// The walk's Ops over the partials, one warp per sequence (every lane holds the same values).
+struct SliceOps {
+  const float* part_v;
+  const int32_t* part_i;
+  int S;
+  int64_t row0;
+  int32_t* acc_nodes;
+  int32_t* emitted;
+  __device__ int argmax(int node) {
+    const int64_t r = (row0 + node) * S;
+    float bv = NAN;
+    int32_t bi = 0x7fffffff;
+    for (int s = threadIdx.x & 31; s < S; s += 32)
+      if (sm::argmax_better(part_v[r + s], part_i[r + s], bv, bi)) bv = part_v[r + s], bi = part_i[r + s];
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ov = __shfl_xor_sync(blk::kFull, bv, o);
+      const int32_t oi = __shfl_xor_sync(blk::kFull, bi, o);
+      if (sm::argmax_better(ov, oi, bv, bi)) bv = ov, bi = oi;
+    }
+    return bi == 0x7fffffff ? 0 : bi;  // all NaN: index 0, as on the CPU
+  }
+  __device__ void put(int k, int node, int token) {
+    if ((threadIdx.x & 31) != 0) return;
+    if (node >= 0) acc_nodes[k] = node;
+    else emitted[k] = token;
+  }
+};
+
+__global__ void __launch_bounds__(32) greedy_walk_kernel(const int32_t* __restrict__ indptr, const int32_t* __restrict__ parents,
+                                                         const int32_t* __restrict__ tokens, const float* part_v,
+                                                         const int32_t* part_i, int S, int32_t* acc_nodes, int32_t* emitted,
+                                                         int32_t* counts, int32_t* depth_acc, int D) {
+  const int b = blockIdx.x;
+  const int start = indptr[b], n = indptr[b + 1] - start;
+  SliceOps ops{part_v, part_i, S, start, acc_nodes + start, emitted + start};
+  for (int i = threadIdx.x; i < n; i += 32) ops.acc_nodes[i] = ops.emitted[i] = -1;
+  __syncwarp();
+  const int count = sm::walk_greedy(ops, parents + start, tokens + start, n);
   if (threadIdx.x == 0) {
     counts[b] = count;
     for (int d = 0; d < D && d < count - 1; ++d) atomicAdd(&depth_acc[d], 1);

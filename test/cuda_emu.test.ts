@@ -34,11 +34,11 @@ interface Program {
 const programs: Program[] = [
   { source: 'gemm_tc_emu.cc', extra: [], kernel: 'tensor-core matmul (cuda/gemm_tc.cuh)', minChecks: 100, args: [],
     tsanArgs: [], tsanMinChecks: 100 },
-  { source: 'attention_emu.cc', extra: [], kernel: 'tree attention + split-KV merge (cuda/attention.cuh)', minChecks: 25,
-    args: [], tsanArgs: ['2'], tsanMinChecks: 10 },
+  { source: 'attention_emu.cc', extra: [], kernel: 'tree attention + split-KV merge, tree = path (cuda/attention.cuh)', minChecks: 32,
+    args: [], tsanArgs: ['2', '0'], tsanMinChecks: 10 },
   { source: 'sampling_emu.cc', extra: ['cpp/core/tensor.cc', 'cpp/core/backend.cc', 'cpp/cpu/thread_pool.cc', 'cpp/cpu/sampling.cc', 'cpp/cpu/verify.cc'],
-    kernel: 'sampling + verification (cuda/sampling.cuh, cuda/verify.cuh) vs the CPU backend', minChecks: 40, args: ['2'],
-    tsanArgs: ['0'], tsanMinChecks: 7 },
+    kernel: 'sampling + verification incl. vocabulary-parallel greedy (cuda/sampling.cuh, cuda/verify.cuh) vs the CPU backend', minChecks: 47, args: ['2'],
+    tsanArgs: ['0'], tsanMinChecks: 9 },
   { source: 'layers_kv_emu.cc', extra: [], kernel: 'model layers + paged KV movement (cuda/layers.cuh, cuda/kv.cuh)', minChecks: 60,
     args: [], tsanArgs: ['quick'], tsanMinChecks: 14 },
 ];

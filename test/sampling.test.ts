@@ -334,7 +334,7 @@ describe('sampling: sample', () => {
     assert.strictEqual(sample(one, seeds.subarray(7, 8), offsets.subarray(7, 8))[0], a[7]);
   });
 
-  it('never returns a zero-probability token, even for u ~ 1 or u ~ 0; a row without mass gives -1', () => {
+  it('never returns a zero-probability token, even for u ~ 1 or u ~ 0; a row without mass is E_NUMERIC', () => {
     // Find the offsets whose uniforms are closest to 1 and to 0 among 20000.
     const seed = BigInt(testSeed);
     let hi = 0n;
@@ -347,12 +347,19 @@ describe('sampling: sample', () => {
       if (bits < loBits) [lo, loBits] = [o, bits];
     }
     assert.ok(Number(hiBits >> 11n) / 2 ** 53 > 0.999, 'search found a u close to 1');
-    using t = Tensor.fromArray([0, 0.3, 0.7 - 1e-7, 1e-7, 0, 0, 0, 0, 0.5, 0.5, 0, 0], 'f32', [3, 4]);
-    const seeds = new BigUint64Array(3).fill(seed);
-    const high = sample(t, seeds, new BigUint64Array(3).fill(hi));
-    assert.deepStrictEqual([high[1], high[2]], [-1, 1]);
+    using t = Tensor.fromArray([0, 0.3, 0.7 - 1e-7, 1e-7, 0.5, 0.5, 0, 0], 'f32', [2, 4]);
+    const seeds = new BigUint64Array(2).fill(seed);
+    const high = sample(t, seeds, new BigUint64Array(2).fill(hi));
+    assert.strictEqual(high[1], 1);
     assert.ok(high[0] === 2 || high[0] === 3, `u ~ 1 drew token ${high[0]}`);
-    assert.deepStrictEqual(Array.from(sample(t, seeds, new BigUint64Array(3).fill(lo))), [1, -1, 0]);
+    assert.deepStrictEqual(Array.from(sample(t, seeds, new BigUint64Array(2).fill(lo))), [1, 0]);
+    // No mass (all zero; all NaN, as from NaN logits): an error naming the row, never a token.
+    using z = Tensor.fromArray([0.5, 0.5, 0, 0, NaN, NaN], 'f32', [3, 2]);
+    for (const row of [[0, 0], [NaN, NaN]]) {
+      using r = Tensor.fromArray(row, 'f32', [1, 2]);
+      assertThrowsCode(() => sample(r, new BigUint64Array(1), new BigUint64Array(1)), 'E_NUMERIC', /row 0: no probability mass/);
+    }
+    assertThrowsCode(() => sample(z, new BigUint64Array(3), new BigUint64Array(3)), 'E_NUMERIC', /probs row 1: no probability mass/);
   });
 
   it('rejects bad seeds, offsets and probs', () => {

@@ -556,6 +556,14 @@ describe('verify: bad input gives coded errors naming the argument', () => {
     assertThrowsCode(() => verify({ ...common, mode: 'nope' as VerifyMode, target }), 'E_ARG', /mode: expected/);
     assertThrowsCode(() => verify({ ...common, mode: 'typical', target, seeds: b.seeds, offsets: b.offsets, typicalAlpha: -1 }), 'E_ARG', /typicalAlpha/);
   });
+  it('a target row without probability mass (NaN logits) is E_NUMERIC, never a token of -1', () => {
+    const b = base();
+    b.target.fill(NaN, 8, 12); // sequence 1's root row
+    using target = Tensor.fromArray(b.target, 'f32', [3, 4]);
+    const common = { nodeIndptr: b.nodeIndptr, parents: b.parents, tokens: b.tokens, seeds: b.seeds, offsets: b.offsets };
+    for (const mode of ['rejection', 'typical'] as const)
+      assertThrowsCode(() => verify({ ...common, mode, target }), 'E_NUMERIC', /verify: sequence 1, emitted token 0: no probability mass/);
+  });
 });
 
 // ---------------- CUDA parity ----------------

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "ops_sampling.h"
+#include "spec_math.h"
 
 namespace specdec {
 namespace ops {
@@ -145,14 +146,14 @@ void verify(const VerifyArgs& a, VerifyResult& out) {
                   " is outside the vocabulary [0, ", V, ")");
   SPECDEC_SAMPLING_DISPATCH(a.target.device(), verify(a, out));
   // A target row with no positive mass (all zero, negative or NaN) has nothing to draw from: the
-  // walk leaves -1 as the last emitted token. CPU results are on the host here; lib/verify.ts
-  // checks what the CUDA backend returns (reading it back here would add a sync per step).
+  // walk leaves sm::kNoMass as the last emitted token. CPU results are on the host here; the N-API
+  // glue checks CUDA results once they are read back (reading them here would add a wait per step).
   if (a.target.device() == Device::cpu)
     for (int64_t b = 0; b < B; ++b) {
-      const int64_t last = indptr[b] + out.accept_count.ptr<int32_t>()[b] - 1;
-      SPECDEC_CHECK(out.emitted.ptr<int32_t>()[last] >= 0, "E_ARG", "target: the row of node ",
-                    out.accepted_nodes.ptr<int32_t>()[last], " of sequence ", b,
-                    " has no positive probability mass (all entries zero, negative or NaN): no token can be drawn");
+      const int32_t k = out.accept_count.ptr<int32_t>()[b] - 1;
+      SPECDEC_CHECK(out.emitted.ptr<int32_t>()[indptr[b] + k] != sm::kNoMass, "E_NUMERIC", "verify: sequence ", b,
+                    ", emitted token ", k, ": no probability mass to sample from (every probability is 0 or NaN: NaN or",
+                    " infinite logits?)");
     }
 }
 

@@ -55,6 +55,17 @@
 //              index); the bonus is sampled from its target row with U(node, kDrawSample) (the
 //              argmax when the row is one-hot, e.g. T = 0).
 //   depth_accepts[d] += 1 for each sequence whose accepted path reaches depth d + 1.
+//
+// No mass: a row whose every probability is 0 or NaN (process_logits of a row with a NaN or of
+//   a row of -inf / +inf logits, or such a probs row passed in) cannot be sampled. sample and the
+//   walks then return kNoMass for that token on both backends, and the binding turns it into an
+//   E_NUMERIC error naming the row (cpp/napi/sampling_napi.cc): never a token outside the vocabulary.
+//
+// Entropy (typical acceptance): H = sum of -p ln p over the row, in ONE order on both backends:
+//   lane t (of kEntropyLanes) sums i = t, t + 512, ... ascending with an explicit fma; then the
+//   lanes combine as the CUDA block reduction does (a butterfly within each 32-lane warp, then the
+//   warps in order). ln is log_det below (fma and IEEE division only), not the platform's log, so
+//   the thresholds -- and the accepted nodes -- agree exactly.
 // ---------------------------------------------------------------------------------------------
 #pragma once
 #include <cmath>
@@ -173,6 +184,55 @@ SPECDEC_HD inline uint64_t residual_entry(uint64_t p, uint64_t q, double ratio) 
   double r = static_cast<double>(p) - mul_rn(static_cast<double>(q), ratio);
   return r > 0.0 ? static_cast<uint64_t>(ceil(r)) : 0;
 }
+
+// ---------------- entropy ----------------
+constexpr int32_t kNoMass = -1;  // the token of a row without probability mass (see above)
+constexpr int kEntropyLanes = 512;
+constexpr int kEntropyWarp = 32;
+
+// ln x for finite x > 0, from frexp, fma and IEEE division only: the same bits on host and device.
+// x = m 2^e with m in [sqrt(1/2), sqrt(2)); ln m = 2 atanh(f), f = (m - 1) / (m + 1), |f| < 0.172.
+SPECDEC_HD inline double log_det(double x) {
+  int e = 0;
+  double m = frexp(x, &e);
+  if (m < 0.70710678118654752) {
+    m *= 2.0;
+    --e;
+  }
+  const double f = (m - 1.0) / (m + 1.0), s = f * f;
+  // 2 atanh(f) = 2f (1 + s/3 + s^2/5 + ... + s^11/23); the dropped terms are < 2^-60 relative.
+  double t = 1.0 / 23.0;
+  for (int k = 21; k >= 3; k -= 2) t = fma(t, s, 1.0 / k);
+  const double ln_m = fma(2.0 * f, s * t, 2.0 * f);
+  const double ln2_hi = 6.93147180369123816490e-01, ln2_lo = 1.90821492927058770002e-10;  // hi has 21 zero low bits
+  return fma(static_cast<double>(e), ln2_hi, fma(static_cast<double>(e), ln2_lo, ln_m));
+}
+
+// One lane's running sum: h - p ln p (p <= 0 or NaN adds nothing).
+SPECDEC_HD inline double entropy_add(double h, float p) {
+  if (!(p > 0.0f)) return h;
+  const double pd = static_cast<double>(p);
+  return fma(-pd, log_det(pd), h);
+}
+
+// The host's side of the order: lanes, then the block reduction's butterfly and warp order.
+#ifndef __CUDACC__
+inline double entropy_host(const float* p, int64_t V) {
+  double lane[kEntropyLanes] = {};
+  for (int64_t i = 0; i < V; ++i) lane[i % kEntropyLanes] = entropy_add(lane[i % kEntropyLanes], p[i]);
+  double h = 0.0;
+  for (int w = 0; w < kEntropyLanes / kEntropyWarp; ++w) {
+    double* v = lane + w * kEntropyWarp;
+    for (int o = kEntropyWarp / 2; o > 0; o >>= 1) {
+      double n[kEntropyWarp];
+      for (int l = 0; l < kEntropyWarp; ++l) n[l] = v[l] + v[l ^ o];
+      for (int l = 0; l < kEntropyWarp; ++l) v[l] = n[l];
+    }
+    h = w == 0 ? v[0] : h + v[0];
+  }
+  return h;
+}
+#endif
 
 // Medusa typical-acceptance threshold from the entropy (nats) of the node's target row.
 SPECDEC_HD inline float typical_threshold(double entropy, float eps, float alpha) {

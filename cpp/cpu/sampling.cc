@@ -176,7 +176,7 @@ void sample(const Tensor& probs, const Tensor& seeds, const Tensor& offsets, Ten
     for (int64_t i = 0; i < V; ++i) mass += (w[i] = sm::quantize_prob(p[i]));
     const uint64_t bits = sm::random_u64(seeds.ptr<uint64_t>()[r], offsets.ptr<uint64_t>()[r], 0, sm::kDrawSampleOp);
     const uint64_t t = sm::sample_threshold(bits, mass);
-    int32_t tok = -1;  // a row without positive mass
+    int32_t tok = sm::kNoMass;
     uint64_t before = 0;
     for (int64_t i = 0; i < V; ++i) {
       if (sm::sample_hit(before, w[i], t)) { tok = static_cast<int32_t>(i); break; }

@@ -42,13 +42,7 @@ struct CpuOps {
     return bi;
   }
   float prob(int node, int tok) const { return target_f32(node)[tok]; }
-  double entropy(int node) const {
-    const float* p = target_f32(node);
-    double h = 0.0;
-    for (int64_t i = 0; i < V; ++i)
-      if (p[i] > 0.0f) h -= static_cast<double>(p[i]) * std::log(static_cast<double>(p[i]));
-    return h;
-  }
+  double entropy(int node) const { return sm::entropy_host(target_f32(node), V); }  // CUDA's order
   static uint64_t load(const float* src, int64_t V, std::vector<uint64_t>& dst) {
     dst.resize(static_cast<size_t>(V));
     uint64_t m = 0;
@@ -77,7 +71,7 @@ struct CpuOps {
       if (sm::sample_hit(before, P[i], t)) return static_cast<int>(i);
       before += P[i];
     }
-    return -1;  // no positive mass
+    return sm::kNoMass;
   }
   void put(int k, int node, int token) {
     if (node >= 0) acc_nodes[k] = node;

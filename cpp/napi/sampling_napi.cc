@@ -10,6 +10,13 @@ namespace specdec {
 namespace napi {
 namespace {
 
+// A token the kernels could not draw (spec_math.h: no probability mass) is an error, not a token.
+template <class... A>
+void check_mass(int32_t token, const A&... where) {
+  SPECDEC_CHECK(token != sm::kNoMass, "E_NUMERIC", where...,
+                ": no probability mass to sample from (every probability is 0 or NaN: NaN or infinite logits?)");
+}
+
 std::vector<uint32_t> get_u32_array(const Napi::Value& v, const char* name, size_t n) {
   SPECDEC_CHECK(v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == napi_uint32_array, "E_ARG", name,
                 ": expected a Uint32Array");
@@ -50,7 +57,7 @@ Napi::Value Argmax(const Napi::CallbackInfo& info) {
   });
 }
 
-// sample(probs, seeds, offsets) -> Int32Array (one token per row, -1 for a row without mass)
+// sample(probs, seeds, offsets) -> Int32Array (one token per row); a row without mass is E_NUMERIC
 Napi::Value Sample(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
     Tensor probs = tensor_arg(info[0], "probs");
@@ -65,7 +72,9 @@ Napi::Value Sample(const Napi::CallbackInfo& info) {
     const int a = pk.add(DType::u64, seeds), b = pk.add(DType::u64, offsets);
     pk.upload(probs.device());
     ops::sample(probs, pk.view(a), pk.view(b), out);
-    return to_js(info.Env(), out);
+    Napi::Int32Array toks = to_js(info.Env(), out);
+    for (size_t r = 0; r < toks.ElementLength(); ++r) check_mass(toks[r], "sample: probs row ", r);
+    return toks;
   });
 }
 
@@ -205,6 +214,9 @@ Napi::Value Verify(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     Napi::ArrayBuffer buf = Napi::ArrayBuffer::New(env, static_cast<size_t>(total) * 4);
     res_t.copy_to_host(buf.Data(), static_cast<size_t>(total) * 4);
+    const int32_t* host = static_cast<const int32_t*>(buf.Data());
+    for (int64_t b = 0; b < B; ++b)
+      for (int32_t k = 0; k < host[2 * N + b]; ++k) check_mass(host[N + indptr.data[b] + k], "verify: sequence ", b, ", emitted token ", k);
     auto view = [&](int64_t begin, int64_t n) { return Napi::Int32Array::New(env, static_cast<size_t>(n), buf, static_cast<size_t>(begin) * 4); };
     Napi::Object res = Napi::Object::New(env);
     res.Set("acceptedNodes", view(0, N));

@@ -5,9 +5,12 @@
 //     256-key chunks, a masked row that sees nothing (zeros);
 //   - that the split-KV path (partials + merge) gives the same bits as the in-CTA fold;
 //   - batch invariance: a sequence's rows are bit-identical alone and in the batch;
+//   - tree = path: a random tree's rows are bit-identical to its paths committed and decoded (one
+//     token, or the whole path as a causal chain), f32/bf16/f16 caches, split and unsplit;
 //   - that nothing is written outside `out`, and (under AddressSanitizer) nothing read out of bounds.
-// Usage: attention_emu SEED [CONFIGS]: CONFIGS limits how many of the problem configurations run
-// (the ThreadSanitizer build runs the first two: it is ~3x slower). Exit status 1 if a check failed.
+// Usage: attention_emu SEED [CONFIGS [TREES]]: CONFIGS and TREES limit how many of the problem
+// configurations and tree = path checks run (the ThreadSanitizer build runs 2 and 0, whose tree-masked
+// rows already take the gather path: it is ~3x slower). Exit status 1 if a check failed.
 #include "cuda_emu.h"
 #include "emu_check.h"
 // clang-format off: the stand-ins must come first
@@ -116,8 +119,9 @@ Problem<QT, KVT> make_problem(std::mt19937_64& rng, int Hq, int Hkv, int D, cons
 constexpr int kGuard = 64;
 
 // Runs the kernels as attention.cu launches them (plan_launch with this SM count); returns out as f32.
+// *chunks_per_cta (optional) gets the plan's grouping.
 template <typename QT, typename KVT>
-std::vector<float> run(const Problem<QT, KVT>& pr, int64_t sm_count, bool* split_used, bool* guard_ok) {
+std::vector<float> run(const Problem<QT, KVT>& pr, int64_t sm_count, bool* split_used, bool* guard_ok, int* chunks_per_cta = nullptr) {
   const int64_t N = pr.N();
   const int B = static_cast<int>(pr.seqs.size());
   std::vector<QT> out(static_cast<size_t>(N) * pr.Hq * pr.D + 2 * kGuard, from_float<QT>(-777.f));
@@ -135,7 +139,8 @@ std::vector<float> run(const Problem<QT, KVT>& pr, int64_t sm_count, bool* split
   p.scale_log2 = pr.sm_scale * 1.4426950408889634f;
   int64_t max_qo = 0, max_kv = 0;
   for (const auto& s : pr.seqs) max_qo = std::max<int64_t>(max_qo, s.qo), max_kv = std::max<int64_t>(max_kv, s.prefix + s.qo);
-  const attn::Plan plan = attn::plan_launch(p, B, pr.qo_indptr.data(), max_qo, max_kv, sm_count);
+  const attn::Plan plan = attn::plan_launch(p, B, pr.qo_indptr.data(), pr.prefix.data(), max_qo, max_kv, sm_count);
+  if (chunks_per_cta) *chunks_per_cta = p.chunks_per_cta;
   std::vector<float> part_acc, part_ml;
   if (p.split) {
     part_acc.assign(static_cast<size_t>(N) * pr.Hq * p.max_chunks * pr.D, NAN);
@@ -233,6 +238,21 @@ void check(std::mt19937_64& rng, const char* label, int Hq, int Hkv, int D, cons
   for (const auto& s : seqs) max_kv = std::max<int64_t>(max_kv, s.prefix + s.qo);
   report(!split_a && split_b == (max_kv > attn::kChunk), what + ": the plan splits only when asked to (and 2+ chunks)");
   report(std::memcmp(fold.data(), split.data(), fold.size() * sizeof(float)) == 0, what + ": split-KV merge == in-CTA fold, bit for bit");
+  // The planner's grouping: an SM count for which CTAs take 2+ chunks each (when there are 3+ chunks).
+  for (int64_t sms = 1; sms <= 256; ++sms) {
+    bool sp = false, g = false;
+    int cpc = 0;
+    attn::Params probe{};
+    probe.G = Hq / Hkv, probe.Hkv = Hkv, probe.Hq = Hq, probe.D = D;
+    int64_t max_qo = 0, mkv = 0;
+    for (const auto& sq : seqs) max_qo = std::max<int64_t>(max_qo, sq.qo), mkv = std::max<int64_t>(mkv, sq.prefix + sq.qo);
+    attn::plan_launch(probe, static_cast<int64_t>(seqs.size()), pr.qo_indptr.data(), pr.prefix.data(), max_qo, mkv, sms);
+    if (!probe.split || probe.chunks_per_cta < 2) continue;
+    const auto grouped = run(pr, sms, &sp, &g, &cpc);
+    report(sp && g && std::memcmp(fold.data(), grouped.data(), fold.size() * sizeof(float)) == 0,
+           what + ": split-KV with " + std::to_string(cpc) + " chunks per CTA (" + std::to_string(sms) + " SMs) == in-CTA fold, bit for bit");
+    break;
+  }
   bool inv = true;
   for (size_t b = 0; b < seqs.size(); ++b) {
     bool sp = false, g = false;
@@ -243,6 +263,86 @@ void check(std::mt19937_64& rng, const char* label, int Hq, int Hkv, int D, cons
   report(inv, what + ": each sequence alone == in the batch, bit for bit");
 }
 
+
+// Tree = path, bitwise. A random tree of new tokens over a paged prefix is attended in one masked
+// launch; then every node's path is laid out as it would be after commit: the prefix, its ancestors'
+// K/V copied to the slots right after it, and the node itself decoded as one new token (a batch of
+// such decode sequences), and each leaf's whole path as a causal chain of new tokens over the prefix.
+// Every row must carry the same bits as the node's tree row, split or not, in either batch.
+template <typename QT, typename KVT>
+void check_tree_vs_path(std::mt19937_64& rng, int Hq, int Hkv, int D, int prefix, int nodes) {
+  const auto tree = make_problem<QT, KVT>(rng, Hq, Hkv, D, {{prefix, nodes, true, -1}});
+  std::vector<std::vector<int>> anc(static_cast<size_t>(nodes));  // ancestors in index order (= depth order)
+  std::vector<bool> leaf(static_cast<size_t>(nodes), true);
+  for (int i = 0; i < nodes; ++i)
+    for (int j = 0; j < i; ++j)
+      if ((tree.mask[static_cast<size_t>(i) * tree.mask_words + (j >> 6)] >> (j & 63)) & 1ull) {
+        anc[i].push_back(j);
+        leaf[j] = false;
+      }
+  // The path batch: node i decoded alone (prefix + ancestors, then i), then each leaf as a chain.
+  Problem<QT, KVT> path;
+  path.Hq = Hq, path.Hkv = Hkv, path.D = D, path.page_size = tree.page_size, path.sm_scale = tree.sm_scale;
+  const size_t row = static_cast<size_t>(Hkv) * D, page_elems = 2 * static_cast<size_t>(tree.page_size) * row;
+  std::vector<int> rows_node;  // path row -> tree node
+  auto add_seq = [&](const std::vector<int>& slots_from_tree, int new_tokens) {
+    const int len = static_cast<int>(slots_from_tree.size());
+    const int pages = (len + path.page_size - 1) / path.page_size;
+    path.seqs.push_back({len - new_tokens, new_tokens, false, -1});
+    path.prefix.push_back(len - new_tokens);
+    path.qo_indptr.push_back(path.qo_indptr.back() + new_tokens);
+    // Fresh pages at the end of the pool, in reverse order (a different physical layout).
+    const int first = static_cast<int>(path.kv.size() / page_elems);
+    path.kv.resize(path.kv.size() + static_cast<size_t>(pages) * page_elems, from_float<KVT>(0.f));
+    for (int pg = pages - 1; pg >= 0; --pg) path.page_indices.push_back(first + pg);
+    path.page_indptr.push_back(static_cast<int32_t>(path.page_indices.size()));
+    const int b = static_cast<int>(path.seqs.size()) - 1;
+    for (int t = 0; t < len; ++t)
+      for (int sel = 0; sel < 2; ++sel)
+        for (int h = 0; h < Hkv; ++h)
+          for (int d = 0; d < D; ++d)
+            path.kv[path.kv_index(path.slot_page(b, t), sel, t % path.page_size, h, d)] =
+                tree.kv[tree.kv_index(tree.slot_page(0, slots_from_tree[t]), sel, slots_from_tree[t] % tree.page_size, h, d)];
+  };
+  auto q_of = [&](int node) {
+    const auto* q = &tree.q[static_cast<size_t>(node) * Hq * D];
+    path.q.insert(path.q.end(), q, q + static_cast<size_t>(Hq) * D);
+    rows_node.push_back(node);
+  };
+  std::vector<int> pre(static_cast<size_t>(prefix));
+  for (int t = 0; t < prefix; ++t) pre[t] = t;
+  for (int i = 0; i < nodes; ++i) {
+    std::vector<int> slots = pre;
+    for (int a : anc[i]) slots.push_back(prefix + a);
+    slots.push_back(prefix + i);
+    add_seq(slots, 1);
+    q_of(i);
+  }
+  for (int i = 0; i < nodes; ++i) {
+    if (!leaf[i] || anc[i].empty()) continue;
+    std::vector<int> slots = pre, chain = anc[i];
+    chain.push_back(i);
+    for (int a : chain) slots.push_back(prefix + a);
+    add_seq(slots, static_cast<int>(chain.size()));
+    for (int a : chain) q_of(a);
+    if (path.seqs.size() >= static_cast<size_t>(nodes) + 3) break;  // a few chains are enough
+  }
+  const std::string what = std::string("tree = path (q ") + emu::type_name<QT>() + ", kv " + emu::type_name<KVT>() +
+                           ", prefix " + std::to_string(prefix) + ", " + std::to_string(nodes) + " nodes, " +
+                           std::to_string(path.seqs.size()) + " path sequences)";
+  const size_t rl = static_cast<size_t>(Hq) * D;
+  for (int split = 0; split < 2; ++split) {
+    const int64_t sms = split ? int64_t(1) << 40 : 0;
+    bool s1 = false, s2 = false, g1 = false, g2 = false;
+    const auto t_out = run(tree, sms, &s1, &g1);
+    const auto p_out = run(path, sms, &s2, &g2);
+    int bad = 0;
+    for (size_t r = 0; r < rows_node.size(); ++r)
+      bad += std::memcmp(&p_out[r * rl], &t_out[static_cast<size_t>(rows_node[r]) * rl], rl * sizeof(float)) != 0;
+    report(g1 && g2 && bad == 0, what + (split ? ", split-KV" : ", in-CTA fold") + ": " + std::to_string(bad) + " of " +
+                                   std::to_string(rows_node.size()) + " path rows differ from their tree row");
+  }
+}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -261,5 +361,11 @@ int main(int argc, char** argv) {
   if (configs > 4)
     check<float, __half>(rng, "causal batch without a mask, 70 new tokens, 1 chunk", 2, 2, 64,
                          {{40, 70, false, -1}, {0, 3, false, -1}});
+  // Tree = path for every cache dtype (f32 queries and outputs, so no output rounding hides a
+  // difference), with prefixes across the 32-key tiles and the 256-key chunks.
+  const int tree_configs = argc > 3 ? std::atoi(argv[3]) : 3;
+  if (tree_configs > 0) check_tree_vs_path<float, float>(rng, 4, 2, 64, 262 + static_cast<int>(rng() % 20), 16);
+  if (tree_configs > 1) check_tree_vs_path<float, bf16>(rng, 2, 1, 64, 230 + static_cast<int>(rng() % 20), 16);
+  if (tree_configs > 2) check_tree_vs_path<float, __half>(rng, 2, 1, 128, 40 + static_cast<int>(rng() % 30), 16);
   return emu::summary(seed);
 }

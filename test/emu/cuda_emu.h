@@ -168,6 +168,17 @@ unsigned __match_any_sync(unsigned mask, T v) {
   __syncwarp();
   return peers;
 }
+// Whether any lane's predicate holds.
+inline bool __any_sync(unsigned mask, bool pred) {
+  if (mask != 0xffffffffu) emu::die("the emulation supports full-warp votes only");
+  const unsigned w = threadIdx.x / 32;
+  emu::warp_slots[w][threadIdx.x % 32] = pred ? 1 : 0;
+  __syncwarp();
+  bool any = false;
+  for (unsigned l = 0; l < 32; ++l) any = any || emu::warp_slots[w][l] != 0;
+  __syncwarp();
+  return any;
+}
 inline int __ffs(int x) { return __builtin_ffs(x); }
 // Atomics on shared or global memory (the emulated threads are real threads).
 inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {

@@ -3,7 +3,10 @@
 // with the CPU backend (cpp/cpu/sampling.cc, verify.cc, thread_pool.cc, linked in) on the same inputs:
 //   - argmax, top-k, sample and verify must agree exactly (the same tokens, nodes, counts: the two
 //     backends share spec_math.h's decisions and integer masses);
-//   - process_logits: the same kept set, values within f32 rounding (softmax sums differ in order).
+//   - process_logits: the same kept set, values within f32 rounding (softmax sums differ in order);
+//   - typical acceptance's entropy: the same bits (one summation order, a shared ln);
+//   - a row without mass: kNoMass on both;
+//   - greedy verification's vocabulary-parallel path (argmax slices + a warp walk): == CPU.
 // Inputs are adversarial: tied logits, NaN, zero and one-hot rows, tiny masses, rows longer than one
 // block tile, trees with non-candidate nodes and repeated sibling tokens.
 // Usage: sampling_emu SEED [ROUNDS]. ROUNDS = 0: one reduced round over every kernel at small sizes
@@ -216,20 +219,98 @@ void check_verify(std::mt19937_64& rng, VerifyMode mode, bool with_draft, int B,
   });
   // Entries past accept_count are unspecified: compare the accepted prefix of each sequence.
   const auto cc = host<int32_t>(r.accept_count), ca = host<int32_t>(r.accepted_nodes), ce = host<int32_t>(r.emitted);
-  bool same = cc == counts && host<int32_t>(r.depth_accepts) == depth_acc;
-  int total = 0;
-  for (int b = 0; b < B && same; ++b) {
-    total += counts[b];
-    for (int k = 0; k < counts[b]; ++k) {
-      const int i = tr.indptr[b] + k;
-      same = same && ca[i] == acc[i] && ce[i] == emitted[i];
+  const auto cd = host<int32_t>(r.depth_accepts);
+  auto same_as_cpu = [&](const std::vector<int32_t>& g_acc, const std::vector<int32_t>& g_em, const std::vector<int32_t>& g_cnt,
+                         const std::vector<int32_t>& g_depth, int* total) {
+    bool same = cc == g_cnt && cd == g_depth;
+    *total = 0;
+    for (int b = 0; b < B && same; ++b) {
+      *total += g_cnt[b];
+      for (int k = 0; k < g_cnt[b]; ++k) {
+        const int i = tr.indptr[b] + k;
+        same = same && ca[i] == g_acc[i] && ce[i] == g_em[i];
+      }
     }
-  }
+    return same;
+  };
+  int total = 0;
+  const bool same = same_as_cpu(acc, emitted, counts, depth_acc, &total);
   const char* mname = mode == VerifyMode::greedy ? "greedy" : mode == VerifyMode::rejection ? "rejection" : "typical";
   char what[200];
   std::snprintf(what, sizeof what, "verify %s%s B=%d N=%d V=%d T=%g: accepted nodes, emitted tokens, counts == CPU (%d tokens)",
                 mname, with_draft ? " with draft" : "", B, N, V, temperature, total);
   report(same, what);
+  if (mode != VerifyMode::greedy) return;
+  // The vocabulary-parallel greedy path (argmax slices, then a warp per sequence walks).
+  const int S = vk::argmax_slices(V);
+  std::vector<float> part_v(static_cast<size_t>(N) * S, -1.f);
+  std::vector<int32_t> part_i(static_cast<size_t>(N) * S, -1), acc2(static_cast<size_t>(N), -9), em2(static_cast<size_t>(N), -9),
+      cnt2(static_cast<size_t>(B), -9), depth2(static_cast<size_t>(D), 0);
+  emu::launch(Dim3{static_cast<unsigned>(N), static_cast<unsigned>(S), 1}, vk::kSliceThreads,
+              [&] { vk::argmax_slices_kernel<float>(lt.data(), V, part_v.data(), part_i.data()); });
+  emu::launch(Dim3{static_cast<unsigned>(B), 1, 1}, 32, [&] {
+    vk::greedy_walk_kernel(tr.indptr.data(), tr.parents.data(), tr.tokens.data(), part_v.data(), part_i.data(), S, acc2.data(),
+                           em2.data(), cnt2.data(), depth2.data(), D);
+  });
+  std::snprintf(what, sizeof what, "verify greedy, vocabulary-parallel (%d slices per row) B=%d N=%d V=%d: == CPU (%d tokens)", S, B,
+                N, V, total);
+  report(same_as_cpu(acc2, em2, cnt2, depth2, &total), what);
+}
+
+// Typical acceptance's entropy: the emulated CUDA block reduction gives exactly the CPU's bits
+// (sm::entropy_host), and both are the float64 entropy to ~1e-15; ln (sm::log_det) against libm.
+void check_entropy(std::mt19937_64& rng, int rows, int V) {
+  const auto lt = adversarial_logits(rng, rows, V);
+  Tensor probs = Tensor::empty(DType::f32, {rows, V});
+  cpu::process_logits(tensor(lt, {rows, V}, DType::f32), SamplingParams{}, probs);
+  const auto p = host<float>(probs);
+  std::vector<double> gpu(static_cast<size_t>(rows), -1.0);
+  emu::launch(Dim3{static_cast<unsigned>(rows), 1, 1}, kBlock, [&] {
+    __shared__ cuda::blk::Smem sm;
+    vk::BlockOps<float> ops{};
+    ops.target = p.data();
+    ops.V = V;
+    ops.row0 = blockIdx.x;
+    ops.s = &sm;
+    const double h = ops.entropy(0);
+    if (threadIdx.x == 0) gpu[blockIdx.x] = h;
+  });
+  bool same = true;
+  double worst = 0;
+  for (int r = 0; r < rows; ++r) {
+    const float* row = &p[static_cast<size_t>(r) * V];
+    const double cpu_h = sm::entropy_host(row, V);
+    same = same && std::memcmp(&cpu_h, &gpu[r], sizeof(double)) == 0;
+    double ref = 0;
+    for (int i = 0; i < V; ++i)
+      if (row[i] > 0) ref -= static_cast<double>(row[i]) * std::log(static_cast<double>(row[i]));
+    if (ref > 0) worst = std::max(worst, std::fabs(cpu_h - ref) / ref);
+  }
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "entropy rows=%d V=%d: CUDA block order == CPU bit for bit; relative error vs float64 %.1e", rows, V, worst);
+  report(same && worst < 1e-13, buf);
+  double ln_worst = 0;
+  std::uniform_real_distribution<double> e(-300.0, 0.0);
+  for (int i = 0; i < 20000; ++i) {
+    const double x = std::pow(2.0, e(rng)) * (1.0 + static_cast<double>(rng() % 1000) / 1000.0);
+    ln_worst = std::max(ln_worst, std::fabs(sm::log_det(x) - std::log(x)) / std::max(1e-300, std::fabs(std::log(x))));
+  }
+  std::snprintf(buf, sizeof buf, "log_det (fma + division only) vs libm log: max relative error %.1e", ln_worst);
+  report(ln_worst < 1e-15, buf);
+}
+
+// A row without probability mass samples to kNoMass on both backends (the binding makes it E_NUMERIC).
+void check_no_mass(int V) {
+  std::vector<float> p(static_cast<size_t>(2) * V, 0.f);
+  for (int i = 0; i < V; ++i) p[static_cast<size_t>(V) + i] = i % 2 ? NAN : 0.f;
+  std::vector<uint64_t> seeds{1, 2}, offsets{3, 4};
+  Tensor ct = Tensor::empty(DType::i32, {2});
+  cpu::sample(tensor(p, {2, V}, DType::f32), tensor(seeds, {2}, DType::u64), tensor(offsets, {2}, DType::u64), ct);
+  std::vector<int32_t> tok(2, 7);
+  emu::launch(Dim3{2, 1, 1}, kBlock, [&] { sk::sample_kernel(p.data(), seeds.data(), offsets.data(), tok.data(), V); });
+  const auto c = host<int32_t>(ct);
+  report(c[0] == sm::kNoMass && c[1] == sm::kNoMass && tok[0] == sm::kNoMass && tok[1] == sm::kNoMass,
+         "sample of an all-zero and an all-NaN row: kNoMass on both backends");
 }
 
 }  // namespace
@@ -244,6 +325,7 @@ int main(int argc, char** argv) {
     check_verify(rng, VerifyMode::greedy, false, 2, 8, 300, 1.f);
     check_verify(rng, VerifyMode::rejection, true, 2, 8, 300, 0.5f);
     check_verify(rng, VerifyMode::typical, false, 2, 8, 300, 0.5f);
+    check_entropy(rng, 2, 700);
   }
   for (int round = 0; round < rounds; ++round) {
     check_argmax_topk<float>(rng, 6, 1000, 7);
@@ -262,10 +344,13 @@ int main(int argc, char** argv) {
     sp = SamplingParams{1.3f, 0, 1.f, 0.05f};
     check_process_and_sample<float>(rng, 6, 800, sp);
     check_verify(rng, VerifyMode::greedy, false, 3, 12, 500, 1.f);
+    check_verify(rng, VerifyMode::greedy, false, 3, 12, 9000, 1.f);
     check_verify(rng, VerifyMode::rejection, false, 3, 12, 500, 0.5f);
     check_verify(rng, VerifyMode::rejection, true, 3, 12, 500, 0.5f);
     check_verify(rng, VerifyMode::rejection, true, 2, 6, 4500, 1.f);
     check_verify(rng, VerifyMode::typical, false, 3, 12, 500, 0.5f);
+    check_entropy(rng, 6, 3000);
   }
+  if (rounds > 0) check_no_mass(1500);
   return emu::summary(seed);
 }

@@ -45,7 +45,8 @@ describe('specdec train-medusa (cli)', function () {
       const cfg = JSON.parse(fs.readFileSync(path.join(out, 'config.json'), 'utf8')) as { base_model_name_or_path: string };
       assert.strictEqual(path.resolve(out, cfg.base_model_name_or_path), path.resolve(target));
       const plain = cli(['generate', '--prompt', 'once upon a time', '--max-new-tokens', '24', '--json']);
-      const medusa = cli(['generate', '--prompt', 'once upon a time', '--max-new-tokens', '24', '--medusa', out, '--json']);
+      // A fixed tree: the default sizes it by the cost model, which may well decode plainly on this CPU.
+      const medusa = cli(['generate', '--prompt', 'once upon a time', '--max-new-tokens', '24', '--medusa', out, '--medusa-tree', 'mc_sim_7b_63', '--json']);
       assert.strictEqual(medusa.code, 0, medusa.stderr);
       const [p, m] = [plain, medusa].map((x) => JSON.parse(x.stdout) as { tokens: number[]; stats: { tokensPerForward: number } });
       assert.deepStrictEqual(m!.tokens, p!.tokens);

@@ -9,6 +9,7 @@ import { DraftModelSpeculator } from '../strategies/draft_model';
 import { HybridSpeculator } from '../strategies/hybrid';
 import { LookaheadSpeculator } from '../strategies/lookahead';
 import { MedusaHeads, MedusaSpeculator } from '../strategies/medusa';
+import { MEDUSA_PRESETS } from '../tree';
 import { PromptLookupSpeculator } from '../strategies/prompt_lookup';
 import { codedError, type Speculator } from '../strategies/speculator';
 import type { GenerateRecord, StrategyHook } from './generate';
@@ -22,19 +23,23 @@ export interface StrategyFlags {
   readonly promptLookup?: number;
   /** Draft tokens per step for --draft (default: chosen per step by the cost model). */
   readonly draftK?: number;
+  /** A fixed Medusa tree (a preset, cut to the heads; default: sized per step by the cost model). */
+  readonly medusaTree?: string;
 }
 
 /** The strategy part of `specdec generate --help`. */
 export const STRATEGY_USAGE = `speculative strategies (without one: plain decoding, the baseline):
   --draft DIR         a smaller draft model ('default': the embedded draft)
   --draft-k K         draft tokens per step with --draft (default 4; 6 in a hybrid)
-  --medusa DIR        Medusa heads on the target ('default': the embedded heads; 63-node tree)
+  --medusa DIR        Medusa heads on the target ('default': the embedded heads); the tree is the
+                      subtree of the 63-node one that pays on this hardware, chosen per step
+  --medusa-tree NAME  a fixed Medusa tree instead: ${Object.keys(MEDUSA_PRESETS).join(', ')} (cut to the heads)
   --lookahead W,N,G   lookahead (Jacobi) decoding: window W, n-gram size N, G verified n-grams
   --prompt-lookup N   prompt lookup: match n-grams of up to N tokens in prompt + output
   --draft DIR with --medusa, --lookahead or --prompt-lookup is the hybrid: that strategy speeds up
                       the draft model, which drafts for the target`;
 
-export const STRATEGY_FLAGS = ['--draft', '--medusa', '--lookahead', '--prompt-lookup', '--draft-k'] as const;
+export const STRATEGY_FLAGS = ['--draft', '--medusa', '--lookahead', '--prompt-lookup', '--draft-k', '--medusa-tree'] as const;
 
 function int(flag: string, v: string, min: number): number {
   const n = Number(v);
@@ -69,6 +74,12 @@ export function parseStrategyFlags(argv: readonly string[]): { flags: StrategyFl
   const lookahead = got.get('--lookahead');
   const pl = got.get('--prompt-lookup');
   const k = got.get('--draft-k');
+  const tree = got.get('--medusa-tree');
+  if (tree !== undefined) {
+    if (medusa === undefined) throw codedError('E_ARG', '--medusa-tree needs --medusa');
+    if (!(tree in MEDUSA_PRESETS)) throw codedError('E_ARG', `--medusa-tree: unknown tree '${tree}' (have ${Object.keys(MEDUSA_PRESETS).join(', ')})`);
+    flags.medusaTree = tree;
+  }
   if (draft !== undefined) flags.draft = draft;
   if (medusa !== undefined) flags.medusa = medusa;
   if (lookahead !== undefined) {
@@ -136,7 +147,8 @@ export function speculatorFactory(flags: StrategyFlags, deps: SpeculatorDeps = {
         ] as const) {
           if (theirs !== ours) throw codedError('E_ARG', `--medusa ${flags.medusa}: the heads have ${what} ${theirs} but ${on} has ${ours}`);
         }
-        second = new MedusaSpeculator({ heads });
+        const preset = flags.medusaTree !== undefined ? MEDUSA_PRESETS[flags.medusaTree] : undefined;
+        second = new MedusaSpeculator(preset ? { heads, choices: preset.filter((c) => c.length <= heads.config.numHeads) } : { heads });
       } else if (flags.lookahead !== undefined) {
         const [W, N, G] = flags.lookahead;
         second = new LookaheadSpeculator({ W, N, G });

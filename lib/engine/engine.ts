@@ -229,6 +229,10 @@ export class Engine {
     if (opts.stream !== undefined && (!Number.isSafeInteger(opts.stream) || opts.stream < 0 || opts.stream >= 2 ** 32)) {
       throw codedError('E_ARG', `stream must be an integer in [0, 2^32), got ${opts.stream}`);
     }
+    const stopTokens: unknown = opts.stopTokens;
+    if (stopTokens !== undefined && (!(Array.isArray(stopTokens) || ArrayBuffer.isView(stopTokens)) || !Array.from(stopTokens as ArrayLike<unknown>).every((t) => Number.isInteger(t)))) {
+      throw codedError('E_ARG', `stopTokens must be an array of integer token ids, got ${String(stopTokens)}`);
+    }
     const seed = opts.seed;
     if (seed !== undefined && !(typeof seed === 'bigint' ? seed >= 0n && seed < 2n ** 64n : Number.isSafeInteger(seed) && seed >= 0)) {
       throw codedError('E_ARG', `seed must be a non-negative integer below 2^64, got ${String(seed)}`);

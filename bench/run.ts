@@ -10,13 +10,14 @@ import { attentionBench } from './attention.bench';
 import { machineHeader, round, type BenchModule, type BenchResult, type MachineHeader } from './common';
 import { forwardCostBench } from './forward_cost.bench';
 import { matmulBench } from './matmul.bench';
+import { memoryBench } from './memory.bench';
 import { plainDecodeBench } from './plain_decode.bench';
 import { samplingBench } from './sampling.bench';
 import { speculativeBench } from './speculative.bench';
 import { verifyBench } from './verify.bench';
 
 /** Every bench, in the order a full run executes them (cheap kernels first). */
-export const BENCHES: readonly BenchModule[] = [attentionBench, matmulBench, verifyBench, samplingBench, plainDecodeBench, forwardCostBench, speculativeBench];
+export const BENCHES: readonly BenchModule[] = [attentionBench, matmulBench, verifyBench, samplingBench, plainDecodeBench, forwardCostBench, memoryBench, speculativeBench];
 
 export interface RunOptions {
   /** Bench names to run (default: all). */

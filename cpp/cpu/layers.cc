@@ -16,6 +16,15 @@ namespace cpu {
 
 namespace {
 
+// Per-thread scratch rows for the small per-call buffers (norm weights as f32, RoPE angles): grown
+// once, so a forward allocates nothing here in the steady state. `slot` tells concurrent uses apart.
+float* scratch_floats(int slot, int64_t n) {
+  thread_local std::vector<float> buf[2];
+  std::vector<float>& b = buf[slot];
+  if (b.size() < static_cast<size_t>(n)) b.resize(static_cast<size_t>(n));
+  return b.data();
+}
+
 inline float silu(float v) { return v / (1.f + std::exp(-v)); }
 
 #ifdef SPECDEC_CPU_X86_SIMD
@@ -62,8 +71,8 @@ void embedding(const Tensor& table, const Tensor& ids, Tensor& out) {
 
 void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) {
   const int64_t N = x.size(0), H = x.size(1);
-  std::vector<float> wf(static_cast<size_t>(H));
-  to_f32_row(w.dtype(), w.data(), 0, H, wf.data());
+  float* wf = scratch_floats(0, H);
+  to_f32_row(w.dtype(), w.data(), 0, H, wf);
   const float* xp = x.ptr<float>();
   float* op = out.ptr<float>();
   for (int64_t n = 0; n < N; ++n) {
@@ -73,7 +82,7 @@ void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) {
     double ss = 0.0;
     for (int64_t h = 0; h < H; ++h) ss += static_cast<double>(xr[h]) * xr[h];
     float inv = static_cast<float>(1.0 / std::sqrt(ss / static_cast<double>(H) + static_cast<double>(eps)));
-    for (int64_t h = 0; h < H; ++h) orow[h] = xr[h] * inv * wf[static_cast<size_t>(h)];
+    for (int64_t h = 0; h < H; ++h) orow[h] = xr[h] * inv * wf[h];
   }
 }
 
@@ -82,18 +91,19 @@ void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq) {
   const int32_t* pos = positions.ptr<int32_t>();
   const float* f = inv_freq.ptr<float>();
   float* xp = x.ptr<float>();
-  std::vector<float> c(static_cast<size_t>(half)), s(static_cast<size_t>(half));
+  float* c = scratch_floats(0, half);
+  float* s = scratch_floats(1, half);
   for (int64_t n = 0; n < N; ++n) {
     for (int64_t i = 0; i < half; ++i) {
       float angle = static_cast<float>(pos[n]) * f[i];  // in f32, as HF does
-      c[static_cast<size_t>(i)] = std::cos(angle);
-      s[static_cast<size_t>(i)] = std::sin(angle);
+      c[i] = std::cos(angle);
+      s[i] = std::sin(angle);
     }
     for (int64_t h = 0; h < heads; ++h) {
       float* v = xp + (n * heads + h) * D;
       for (int64_t i = 0; i < half; ++i) {
         float a = v[i], b = v[i + half];
-        float ci = c[static_cast<size_t>(i)], si = s[static_cast<size_t>(i)];
+        float ci = c[i], si = s[i];
         v[i] = a * ci - b * si;         // x * cos + rotate_half(x) * sin, rotate_half = (-b, a)
         v[i + half] = b * ci + a * si;
       }

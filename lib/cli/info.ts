@@ -1,6 +1,7 @@
 // `specdec info [--json]`: version, binary loaded, backends compiled in, CUDA runtime/driver,
 // GPUs, and why CUDA is not in use when it is not.
 import { backends } from '../backend';
+import { native } from '../native';
 
 export async function infoCommand(argv: string[]): Promise<number> {
   for (const a of argv) {
@@ -12,12 +13,16 @@ export async function infoCommand(argv: string[]): Promise<number> {
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   const version = (require('../../../package.json') as { version: string }).version;
   const r = backends();
+  // The CPU kernels' instruction set (SPECDEC_CPU_SIMD caps it); older addons lack cpuInfo.
+  const binding = native();
+  const cpu = typeof binding.cpuInfo === 'function' ? binding.cpuInfo() : null;
   const report = {
     version,
     node: process.version,
     platform: `${process.platform}-${process.arch}`,
     binary: r.binary,
     backends: { compiled: r.compiled, available: r.available, default: r.default },
+    cpu,
     cuda: {
       runtimeVersion: r.cudaRuntimeVersion ?? null,
       driverVersion: r.cudaDriverVersion ?? null,
@@ -35,6 +40,7 @@ export async function infoCommand(argv: string[]): Promise<number> {
     `binary:            ${r.binary}`,
     `backends compiled: ${r.compiled.join(', ')}`,
     `backends usable:   ${r.available.join(', ')} (default: ${r.default})`,
+    `CPU kernels:       ${cpu ? `${cpu.simd} (best here: ${cpu.best}), ${cpu.threads} threads` : 'unknown (older addon)'}`,
     `CUDA runtime:      ${r.cudaRuntimeVersion ?? 'not compiled in'}`,
     `CUDA driver:       ${r.cudaDriverVersion ?? 'none found'}`,
     `CUDA archs:        ${r.cudaArchs.length ? r.cudaArchs.join(', ') : '-'}`,

@@ -2,6 +2,9 @@
 // ~300M bf16 Llama (hidden 1024, 24 layers, vocab 32000): what a speculative tree of k nodes costs
 // relative to a plain decode step (k = 1). Also the prefill of the context itself (512 tokens in
 // one forward). The ratio c(16) / c(1) is what decides whether verification can pay on a device.
+// Besides wall time, each row has the CPU time of the process per call (min over samples, all
+// threads): on a machine shared with other processes that is the stabler figure, and with
+// SPECDEC_CPU_THREADS=1 (no pool, no spinning) it is the work itself.
 // The checkpoint is generated into a temp dir and removed afterwards.
 // Run: node dist/bench/forward_cost.bench.js [--device cpu|cuda|auto] [--quick]   (or specdec bench --only forward_cost)
 import { LlamaModel } from '../lib/models/llama';
@@ -10,6 +13,18 @@ import { measure, round, standalone, tempDir, writeRandomLlama, type BenchModule
 /** ~304M parameters: 24 x 11.3M per layer + a tied 32.8M embedding. */
 export const LLAMA_300M: RandomLlamaSpec = { vocab: 32000, hidden: 1024, intermediate: 2816, layers: 24, heads: 16, kvHeads: 4, maxPositions: 1024 };
 const QUICK_MODEL: RandomLlamaSpec = { vocab: 512, hidden: 64, intermediate: 128, layers: 2, heads: 4, kvHeads: 2, maxPositions: 128 };
+
+/** Least process CPU time (user + system, all threads) of one call of `fn`, in ms, over `samples` calls. */
+async function cpuMs(fn: () => Promise<void>, samples: number): Promise<number> {
+  let best = Infinity;
+  for (let i = 0; i < samples; i++) {
+    const c0 = process.cpuUsage();
+    await fn();
+    const c = process.cpuUsage(c0);
+    best = Math.min(best, (c.user + c.system) / 1000);
+  }
+  return best;
+}
 
 export const forwardCostBench: BenchModule = {
   name: 'forward_cost',
@@ -32,20 +47,19 @@ export const forwardCostBench: BenchModule = {
         const prompt = Int32Array.from({ length: context }, (_, i) => (i * 7919 + 13) % spec.vocab);
         // Prefill: the whole context in one forward, from an empty sequence each time.
         opts.log(`forward_cost: prefill of ${context} tokens`);
-        const prefill = await measure(
-          async () => {
-            model.truncate(seq, 0);
-            const r = await model.forward([{ seq, tokens: prompt }]);
-            r.logits.dispose();
-          },
-          { warmup: 1, samples: opts.quick ? 2 : 3 },
-        );
+        const prefillCall = async (): Promise<void> => {
+          model.truncate(seq, 0);
+          const r = await model.forward([{ seq, tokens: prompt }]);
+          r.logits.dispose();
+        };
+        const prefill = await measure(prefillCall, { warmup: 1, samples: opts.quick ? 2 : 3 });
+        const prefillCpu = await cpuMs(prefillCall, opts.quick ? 1 : 2);
         rows.push({
           name: `prefill ${context} tokens`,
           value: round(prefill.medianMs, 2),
           unit: 'ms',
-          note: `${round((context * 1000) / prefill.medianMs, 1)} tok/s`,
-          metrics: { ...prefill, tokens: context, tokensPerSecond: (context * 1000) / prefill.medianMs },
+          note: `${round((context * 1000) / prefill.medianMs, 1)} tok/s; CPU ${round(prefillCpu, 1)} ms`,
+          metrics: { ...prefill, cpuMs: prefillCpu, tokens: context, tokensPerSecond: (context * 1000) / prefill.medianMs },
         });
         // The context stays committed; each k-token forward is speculative (never committed), so
         // every sample sees the same context.
@@ -53,24 +67,27 @@ export const forwardCostBench: BenchModule = {
         r0.logits.dispose();
         model.commit([seq], [Int32Array.from({ length: context }, (_, i) => i)]);
         let oneMs = NaN;
+        let oneCpu = NaN;
         for (const k of widths) {
           opts.log(`forward_cost: k = ${k}`);
           const tokens = Int32Array.from({ length: k }, (_, i) => (i * 31 + 5) % spec.vocab);
-          const t = await measure(
-            async () => {
-              const r = await model.forward([{ seq, tokens }]);
-              r.logits.dispose();
-            },
-            { warmup: 1, samples, calls: k === 1 ? 4 : 2 },
-          );
-          if (k === 1) oneMs = t.medianMs;
+          const call = async (): Promise<void> => {
+            const r = await model.forward([{ seq, tokens }]);
+            r.logits.dispose();
+          };
+          const t = await measure(call, { warmup: 1, samples, calls: k === 1 ? 4 : 2 });
+          const cpu = await cpuMs(call, samples);
+          if (k === 1) {
+            oneMs = t.medianMs;
+            oneCpu = cpu;
+          }
           const ratio = t.medianMs / oneMs;
           rows.push({
             name: `forward k=${k} over ${context}`,
             value: round(t.medianMs, 3),
             unit: 'ms',
-            note: `${round(ratio, 2)}x k=1`,
-            metrics: { ...t, k, context, relativeToOne: ratio },
+            note: `${round(ratio, 2)}x k=1 (best ${round(t.minMs, 1)} ms); CPU ${round(cpu, 1)} ms = ${round(cpu / oneCpu, 2)}x k=1`,
+            metrics: { ...t, k, context, relativeToOne: ratio, cpuMs: cpu, cpuRelativeToOne: cpu / oneCpu },
           });
         }
       } finally {
@@ -80,7 +97,7 @@ export const forwardCostBench: BenchModule = {
         bench: 'forward_cost',
         device: opts.device,
         quick: opts.quick,
-        setup: { model: { params, dtype: 'bf16', ...spec }, context, widths, weights: 'random', cpuSimd: process.env['SPECDEC_CPU_SIMD'] ?? 'auto' },
+        setup: { model: { params, dtype: 'bf16', ...spec }, context, widths, weights: 'random', cpuSimd: process.env['SPECDEC_CPU_SIMD'] ?? 'auto', cpuThreads: process.env['SPECDEC_CPU_THREADS'] ?? 'all' },
         rows,
         notes: ['k-token forwards are chains over the committed context, never committed (each sample sees the same context)'],
         checks: {},

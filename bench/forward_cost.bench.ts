@@ -8,23 +8,11 @@
 // The checkpoint is generated into a temp dir and removed afterwards.
 // Run: node dist/bench/forward_cost.bench.js [--device cpu|cuda|auto] [--quick]   (or specdec bench --only forward_cost)
 import { LlamaModel } from '../lib/models/llama';
-import { measure, round, standalone, tempDir, writeRandomLlama, type BenchModule, type BenchOptions, type BenchResult, type BenchRow, type RandomLlamaSpec } from './common';
+import { cpuMs, measure, round, standalone, tempDir, writeRandomLlama, type BenchModule, type BenchOptions, type BenchResult, type BenchRow, type RandomLlamaSpec } from './common';
 
 /** ~304M parameters: 24 x 11.3M per layer + a tied 32.8M embedding. */
 export const LLAMA_300M: RandomLlamaSpec = { vocab: 32000, hidden: 1024, intermediate: 2816, layers: 24, heads: 16, kvHeads: 4, maxPositions: 1024 };
 const QUICK_MODEL: RandomLlamaSpec = { vocab: 512, hidden: 64, intermediate: 128, layers: 2, heads: 4, kvHeads: 2, maxPositions: 128 };
-
-/** Least process CPU time (user + system, all threads) of one call of `fn`, in ms, over `samples` calls. */
-async function cpuMs(fn: () => Promise<void>, samples: number): Promise<number> {
-  let best = Infinity;
-  for (let i = 0; i < samples; i++) {
-    const c0 = process.cpuUsage();
-    await fn();
-    const c = process.cpuUsage(c0);
-    best = Math.min(best, (c.user + c.system) / 1000);
-  }
-  return best;
-}
 
 export const forwardCostBench: BenchModule = {
   name: 'forward_cost',

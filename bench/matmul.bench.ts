@@ -12,7 +12,7 @@
 import { matmul } from '../lib/layers';
 import { native } from '../lib/native';
 import { Tensor } from '../lib/tensor';
-import { measure, randomF32, round, standalone, syncTensor, xorshift, type BenchModule, type BenchOptions, type BenchResult, type BenchRow } from './common';
+import { cpuMs, measure, randomF32, round, standalone, syncTensor, xorshift, type BenchModule, type BenchOptions, type BenchResult, type BenchRow } from './common';
 
 interface Shape {
   readonly name: string;
@@ -78,18 +78,21 @@ export const matmulBench: BenchModule = {
               },
               { warmup: 2, samples, calls, sync: () => last && syncTensor(last) },
             );
+            // CPU time per call (CPU only): the stable figure on a shared machine.
+            const cpu = cuda ? undefined : await cpuMs(() => matmul(x, w).dispose(), samples);
             last?.dispose();
             x.dispose();
             const weightGBs = (s.M * s.K * 2) / (t.medianMs * 1e-3) / 1e9;
             const tflops = (2 * N * s.K * s.M) / (t.medianMs * 1e-3) / 1e12;
             const bestGflops = (2 * N * s.K * s.M) / (t.minMs * 1e-3) / 1e9;
+            const cpuGflops = cpu !== undefined ? (2 * N * s.K * s.M) / (cpu * 1e-3) / 1e9 : undefined;
             const ofPeak = peakGflops !== undefined ? bestGflops / peakGflops : undefined;
             rows.push({
               name: `${s.name}, N=${N}`,
               value: round(t.medianMs, 4),
               unit: 'ms',
-              note: `${round(weightGBs, 3)} GB/s of weights, ${round(tflops, 3)} TFLOP/s${ofPeak !== undefined && N >= 16 ? `, best ${round(bestGflops, 1)} GFLOP/s = ${round(100 * ofPeak, 1)}% of peak` : ''}`,
-              metrics: { ...t, N, K: s.K, M: s.M, weightGBs, tflops, bestGflops, ...(ofPeak !== undefined ? { fractionOfPeak: ofPeak } : {}) },
+              note: `${round(weightGBs, 3)} GB/s of weights, ${round(tflops, 3)} TFLOP/s${ofPeak !== undefined && N >= 16 ? `, best ${round(bestGflops, 1)} GFLOP/s = ${round(100 * ofPeak, 1)}% of peak` : ''}${cpuGflops !== undefined ? `, ${round(cpuGflops, 1)} GFLOP/s of CPU time` : ''}`,
+              metrics: { ...t, N, K: s.K, M: s.M, weightGBs, tflops, bestGflops, ...(cpu !== undefined ? { cpuMs: cpu, cpuGflops } : {}), ...(ofPeak !== undefined ? { fractionOfPeak: ofPeak } : {}) },
             });
           }
         } finally {

@@ -245,6 +245,23 @@ export async function measureKernel(fn: () => unknown, opts: MeasureOptions = {}
 
 
 /**
+ * Least process CPU time (user + system, all threads) of one call of `fn`, in ms, over `samples`
+ * calls: on a machine shared with other processes a stabler figure than wall time (with
+ * SPECDEC_CPU_THREADS=1, no pool and no spinning, it is the work itself).
+ */
+export async function cpuMs(fn: () => unknown, samples: number): Promise<number> {
+  let best = Infinity;
+  for (let i = 0; i < samples; i++) {
+    const c0 = process.cpuUsage();
+    const r = fn();
+    if (r instanceof Promise) await r;
+    const c = process.cpuUsage(c0);
+    best = Math.min(best, (c.user + c.system) / 1000);
+  }
+  return best;
+}
+
+/**
  * Waits for the work queued on t's device by reading one element back (the native ops have no
  * explicit sync; a copy on the same stream waits for every earlier kernel). No-op on the CPU.
  */

@@ -3,11 +3,16 @@
 // weight bytes streamed per second (what bounds decode) and the arithmetic rate (what bounds
 // prefill). On CUDA, bf16 weights take the tensor-core kernel (cuda/gemm_tc.cuh); run once more
 // with SPECDEC_CUDA_MATMUL=simt for the CUDA-core kernel, and compare the two in the same session.
-// Shapes: Llama-3-8B's projections on CUDA; the random ~100M model's (bench/common.ts) on the CPU.
+// Shapes: Llama-3-8B's projections on CUDA; the random ~100M and ~300M models' (bench/common.ts,
+// forward_cost.bench.ts) on the CPU. On the CPU it also measures the peak f32 FMA rate of the
+// instruction set the kernels use (native cpuPeakGflops: independent FMA chains on registers on
+// every pool thread, the best ~1 ms round over 1 s) and prints each row's fraction of it; both
+// that peak and the rows' `bestGflops` are best-of-N figures, which a shared machine distorts least.
 // Run: node dist/bench/matmul.bench.js [--device cpu|cuda|auto] [--quick]   (or specdec bench --only matmul)
 import { matmul } from '../lib/layers';
+import { native } from '../lib/native';
 import { Tensor } from '../lib/tensor';
-import { measureKernel, randomF32, round, standalone, syncTensor, xorshift, type BenchModule, type BenchOptions, type BenchResult, type BenchRow } from './common';
+import { cpuMs, measureKernel, randomF32, round, standalone, syncTensor, xorshift, type BenchModule, type BenchOptions, type BenchResult, type BenchRow } from './common';
 
 interface Shape {
   readonly name: string;
@@ -24,6 +29,9 @@ const CPU_SHAPES: Shape[] = [
   { name: 'q/o proj 768x768', K: 768, M: 768 },
   { name: 'gate/up 768->2048', K: 768, M: 2048 },
   { name: 'down 2048->768', K: 2048, M: 768 },
+  { name: 'q/o proj 1024x1024', K: 1024, M: 1024 },
+  { name: 'gate/up 1024->2816', K: 1024, M: 2816 },
+  { name: 'down 2816->1024', K: 2816, M: 1024 },
 ];
 const QUICK_SHAPES: Shape[] = [{ name: 'quick 256x384', K: 256, M: 384 }];
 
@@ -34,12 +42,16 @@ export const matmulBench: BenchModule = {
     const t0 = performance.now();
     const cuda = opts.device === 'cuda';
     const shapes = opts.quick ? QUICK_SHAPES : cuda ? CUDA_SHAPES : CPU_SHAPES;
-    const rowCounts = opts.quick ? [1, 16] : cuda ? [1, 16, 64, 512] : [1, 16, 64];
+    const rowCounts = opts.quick ? [1, 16] : cuda ? [1, 16, 64, 512] : [1, 16, 64, 512];
     const samples = opts.quick ? 2 : 7;
     const rand = xorshift(0x5eed);
     const rows: BenchRow[] = [];
     let invariant = true;
-    const path = cuda ? (process.env['SPECDEC_CUDA_MATMUL'] === 'simt' ? 'CUDA cores (SPECDEC_CUDA_MATMUL=simt)' : 'tensor cores') : 'CPU';
+    // The CPU's unit: the instruction set in use and its measured peak (absent from older addons).
+    const binding = native();
+    const cpu = !cuda && typeof binding.cpuInfo === 'function' ? binding.cpuInfo() : undefined;
+    const peakGflops = cpu ? binding.cpuPeakGflops(cpu.simd, opts.quick ? 0.05 : 1) : undefined;
+    const path = cuda ? (process.env['SPECDEC_CUDA_MATMUL'] === 'simt' ? 'CUDA cores (SPECDEC_CUDA_MATMUL=simt)' : 'tensor cores') : `CPU${cpu ? ` ${cpu.simd}, ${cpu.threads} threads` : ''}`;
     for (const s of shapes) {
       opts.log(`matmul ${s.name}`);
       const w = Tensor.fromArray(randomF32(s.M * s.K, rand, -0.05, 0.05), 'bf16', [s.M, s.K], opts.device);
@@ -57,7 +69,7 @@ export const matmulBench: BenchModule = {
           for (const t of [x0, oneT, wideT]) t.dispose();
           for (const N of rowCounts) {
             const x = xAll.rows(0, N);
-            const calls = cuda ? 20 : N === 1 ? 20 : 4;
+            const calls = cuda ? 20 : N === 1 ? 20 : N >= 512 ? 1 : 4;
             let last: Tensor | undefined;
             const t = await measureKernel(
               () => {
@@ -66,16 +78,21 @@ export const matmulBench: BenchModule = {
               },
               { warmup: 2, samples, calls, sync: () => last && syncTensor(last), device: cuda ? 'cuda' : 'cpu' },
             );
+            // CPU time per call (CPU only): the stable figure on a shared machine.
+            const cpu = cuda ? undefined : await cpuMs(() => matmul(x, w).dispose(), samples);
             last?.dispose();
             x.dispose();
             const weightGBs = (s.M * s.K * 2) / (t.medianMs * 1e-3) / 1e9;
             const tflops = (2 * N * s.K * s.M) / (t.medianMs * 1e-3) / 1e12;
+            const bestGflops = (2 * N * s.K * s.M) / (t.minMs * 1e-3) / 1e9;
+            const cpuGflops = cpu !== undefined ? (2 * N * s.K * s.M) / (cpu * 1e-3) / 1e9 : undefined;
+            const ofPeak = peakGflops !== undefined ? bestGflops / peakGflops : undefined;
             rows.push({
               name: `${s.name}, N=${N}`,
               value: round(t.medianMs, 4),
               unit: 'ms',
-              note: `${round(weightGBs, 3)} GB/s of weights, ${round(tflops, 3)} TFLOP/s`,
-              metrics: { ...t, N, K: s.K, M: s.M, weightGBs, tflops },
+              note: `${round(weightGBs, 3)} GB/s of weights, ${round(tflops, 3)} TFLOP/s${ofPeak !== undefined && N >= 16 ? `, best ${round(bestGflops, 1)} GFLOP/s = ${round(100 * ofPeak, 1)}% of peak` : ''}${cpuGflops !== undefined ? `, ${round(cpuGflops, 1)} GFLOP/s of CPU time` : ''}`,
+              metrics: { ...t, N, K: s.K, M: s.M, weightGBs, tflops, bestGflops, ...(cpu !== undefined ? { cpuMs: cpu, cpuGflops } : {}), ...(ofPeak !== undefined ? { fractionOfPeak: ofPeak } : {}) },
             });
           }
         } finally {
@@ -89,9 +106,9 @@ export const matmulBench: BenchModule = {
       bench: 'matmul',
       device: opts.device,
       quick: opts.quick,
-      setup: { shapes, rowCounts, samples, weights: 'bf16 uniform [-0.05, 0.05]', activations: 'f32 uniform [-1, 1]', path },
+      setup: { shapes, rowCounts, samples, weights: 'bf16 uniform [-0.05, 0.05]', activations: 'f32 uniform [-1, 1]', path, ...(cpu ? { cpu, peakGflops } : {}) },
       rows,
-      notes: [`path: ${path}`],
+      notes: [`path: ${path}`, ...(peakGflops !== undefined ? [`peak of ${cpu?.simd}: ${round(peakGflops, 1)} GFLOP/s (cpuPeakGflops: FMA chains on registers, every pool thread, best ~1 ms round over 1 s)`] : [])],
       checks: { batchInvariant: invariant },
       seconds: (performance.now() - t0) / 1000,
     };

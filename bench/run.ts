@@ -8,7 +8,9 @@ import { resolveDevice } from '../lib/backend';
 import type { Device } from '../lib/tensor';
 import { attentionBench } from './attention.bench';
 import { machineHeader, round, type BenchModule, type BenchResult, type MachineHeader } from './common';
+import { forwardCostBench } from './forward_cost.bench';
 import { matmulBench } from './matmul.bench';
+import { memoryBench } from './memory.bench';
 import { plainDecodeBench } from './plain_decode.bench';
 import { samplingBench } from './sampling.bench';
 import { sizingBench } from './sizing.bench';
@@ -17,7 +19,7 @@ import { speculativeBench } from './speculative.bench';
 import { verifyBench } from './verify.bench';
 
 /** Every bench, in the order a full run executes them (cheap kernels first). */
-export const BENCHES: readonly BenchModule[] = [attentionBench, matmulBench, verifyBench, samplingBench, plainDecodeBench, speculativeBench, sizingBench, serveBench];
+export const BENCHES: readonly BenchModule[] = [attentionBench, matmulBench, verifyBench, samplingBench, plainDecodeBench, forwardCostBench, memoryBench, speculativeBench, sizingBench, serveBench];
 
 export interface RunOptions {
   /** Bench names to run (default: all). */

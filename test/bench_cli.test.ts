@@ -8,7 +8,7 @@ import * as os from 'os';
 import * as path from 'path';
 
 const bin = path.resolve(__dirname, '..', '..', 'bin', 'specdec.js');
-const NAMES = ['attention', 'matmul', 'verify', 'sampling', 'plain_decode', 'speculative', 'sizing', 'serve'];
+const NAMES = ['attention', 'matmul', 'verify', 'sampling', 'plain_decode', 'forward_cost', 'memory', 'speculative', 'sizing', 'serve'];
 
 interface Run {
   code: number;

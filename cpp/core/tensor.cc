@@ -1,5 +1,7 @@
 #include "tensor.h"
 
+#include <sys/mman.h>
+
 #include <cstdlib>
 #include <cstring>
 
@@ -12,6 +14,10 @@
 namespace specdec {
 
 namespace {
+// CPU allocations from this size on are anonymous mappings: page aligned, and zero pages that
+// take no memory until written, so a zeroed KV cache costs only the pages in use.
+constexpr size_t kMapBytes = size_t(4) << 20;
+
 [[noreturn]] void no_cuda(const char* what) {
   fail("E_UNSUPPORTED", what, ": the CUDA backend is not available (", backend_info().cuda_reason, ")");
 }
@@ -20,6 +26,13 @@ namespace {
 Storage::Storage(size_t n, Device d) : bytes(n), device(d) {
   size_t alloc_bytes = n == 0 ? 64 : (n + 63) / 64 * 64;
   if (d == Device::cpu) {
+    if (alloc_bytes >= kMapBytes) {
+      void* p = mmap(nullptr, alloc_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      SPECDEC_CHECK(p != MAP_FAILED, "E_ARG", "out of host memory allocating ", n, " bytes");
+      ptr = p;
+      mapped = true;
+      return;
+    }
     ptr = std::aligned_alloc(64, alloc_bytes);
     SPECDEC_CHECK(ptr != nullptr, "E_ARG", "out of host memory allocating ", n, " bytes");
   } else {
@@ -32,9 +45,14 @@ Storage::Storage(size_t n, Device d) : bytes(n), device(d) {
   }
 }
 
+Storage::Storage(void* external, size_t n, std::shared_ptr<const void> keep)
+    : ptr(external), bytes(n), device(Device::cpu), owner(std::move(keep)) {}
+
 Storage::~Storage() {
-  if (!ptr) return;
-  if (device == Device::cpu) {
+  if (!ptr || owner) return;
+  if (mapped) {
+    munmap(ptr, bytes == 0 ? 64 : (bytes + 63) / 64 * 64);
+  } else if (device == Device::cpu) {
     std::free(ptr);
   } else {
 #ifdef SPECDEC_WITH_CUDA
@@ -62,13 +80,25 @@ Tensor Tensor::empty(DType dtype, std::vector<int64_t> shape, Device device) {
 
 Tensor Tensor::zeros(DType dtype, std::vector<int64_t> shape, Device device) {
   Tensor t = empty(dtype, std::move(shape), device);
-  t.fill_zero();
+  if (!t.storage_->mapped) t.fill_zero();  // fresh anonymous pages are zero already
   return t;
 }
 
 Tensor Tensor::from_host(DType dtype, std::vector<int64_t> shape, const void* data, Device device) {
   Tensor t = empty(dtype, std::move(shape), device);
   t.copy_from_host(data, t.nbytes());
+  return t;
+}
+
+Tensor Tensor::borrow_host(DType dtype, std::vector<int64_t> shape, const void* data, std::shared_ptr<const void> owner) {
+  for (int64_t s : shape) SPECDEC_CHECK(s >= 0, "E_ARG", "negative dimension in shape");
+  SPECDEC_CHECK(owner != nullptr, "E_ARG", "borrow_host: no owner keeps the memory alive");
+  Tensor t;
+  t.dtype_ = dtype;
+  t.device_ = Device::cpu;
+  t.shape_ = std::move(shape);
+  t.storage_ = std::make_shared<Storage>(const_cast<void*>(data), static_cast<size_t>(shape_numel(t.shape_)) * dtype_size(dtype),
+                                         std::move(owner));
   return t;
 }
 

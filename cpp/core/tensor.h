@@ -16,12 +16,16 @@ enum class Device : int32_t { cpu = 0, cuda = 1 };
 inline const char* device_name(Device d) { return d == Device::cpu ? "cpu" : "cuda"; }
 
 // An owned allocation. CPU memory is 64-byte aligned; CUDA memory comes from the caching
-// allocator in cuda/runtime.cu and goes back to it.
+// allocator in cuda/runtime.cu and goes back to it. Or host memory someone else owns (a
+// memory-mapped checkpoint): `owner` keeps it alive and the storage frees nothing itself.
 struct Storage {
   void* ptr = nullptr;
   size_t bytes = 0;
   Device device = Device::cpu;
+  std::shared_ptr<const void> owner;
+  bool mapped = false;  // large CPU allocations: fresh anonymous pages, zero until written
   Storage(size_t bytes, Device device);
+  Storage(void* external, size_t bytes, std::shared_ptr<const void> owner);
   ~Storage();
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
@@ -34,6 +38,9 @@ class Tensor {
   static Tensor zeros(DType dtype, std::vector<int64_t> shape, Device device = Device::cpu);
   // A CPU tensor holding a copy of host data (bytes must equal numel * dtype_size).
   static Tensor from_host(DType dtype, std::vector<int64_t> shape, const void* data, Device device = Device::cpu);
+  // A CPU tensor over `data` without a copy, kept valid by `owner` (e.g. the file mapping it lies
+  // in). The memory may be read-only: only for tensors nothing writes to, such as model weights.
+  static Tensor borrow_host(DType dtype, std::vector<int64_t> shape, const void* data, std::shared_ptr<const void> owner);
 
   bool defined() const { return storage_ != nullptr; }
   DType dtype() const { return dtype_; }

@@ -1,20 +1,29 @@
-// What the CPU kernels (layers.cc, attention.cc) share for their x86 fast paths: the build switch,
-// the target attribute, element loads of any float dtype as f32 (one, or eight with AVX2/F16C; all
-// conversions are exact), and the runtime choice. SPECDEC_CPU_NO_SIMD builds the portable kernels
-// only (what other architectures compile); SPECDEC_CPU_SIMD=portable selects them at run time, so
-// that path is tested on this machine too.
+// What the CPU kernels (layers.cc, matmul.cc, attention.cc) share for their x86 fast paths: the
+// build switch, the target attributes, element loads of any float dtype as f32 (one, eight with
+// AVX2/F16C, sixteen with AVX-512F; all conversions are exact), and the run-time choice of the
+// instruction set. SPECDEC_CPU_NO_SIMD builds the portable kernels only (what other architectures
+// compile). SPECDEC_CPU_SIMD=portable|avx2|avx512 caps the choice at run time (the best the CPU has
+// at or below it), so every path the binary ships is tested on one machine.
 #pragma once
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 
 #include "../core/dtype.h"
+#include "../core/error.h"
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__)) && \
     !defined(SPECDEC_CPU_NO_SIMD)
 #define SPECDEC_CPU_X86_SIMD 1
+// GCC 12's AVX-512 headers make "undefined" vectors by self-initialisation, which -Wall reports at
+// every inlined use (GCC bug 105593, fixed in GCC 13).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
+#pragma GCC diagnostic pop
 #define SPECDEC_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define SPECDEC_AVX512 __attribute__((target("avx512f,avx2,fma,f16c")))
 #endif
 
 namespace specdec {
@@ -29,6 +38,44 @@ inline float load1(const void* p, int64_t i) {
   return T == DType::f16 ? f16_to_f32(h) : bf16_to_f32(h);
 }
 
+// Element i of a float tensor's storage (f32|f16|bf16), as f32.
+inline float elem_f32(DType dt, const void* p, int64_t i) {
+  if (dt == DType::f16) return load1<DType::f16>(p, i);
+  if (dt == DType::bf16) return load1<DType::bf16>(p, i);
+  return load1<DType::f32>(p, i);
+}
+
+// f16 bits -> f32 without branches (so the loop vectorizes): the exponent/mantissa bits shifted
+// into f32 position and scaled by 2^112 give every normal and subnormal value exactly; inf/NaN
+// get the all-ones exponent. Bit-identical to f16_to_f32 in dtype.h.
+inline float f16_bits_to_f32_fast(uint16_t h) {
+  const uint32_t em = static_cast<uint32_t>(h & 0x7fffu) << 13;
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t scaled = f32_bits(bits_f32(em) * 5.192296858534828e+33f);  // 2^112
+  const uint32_t special = 0x7f800000u | em;                                // inf / NaN
+  return bits_f32(sign | ((h & 0x7c00u) == 0x7c00u ? special : scaled));
+}
+
+// Converts n elements of a float tensor's storage (f32|f16|bf16), from element `offset`, to f32.
+inline void to_f32_row(DType dt, const void* src, int64_t offset, int64_t n, float* dst) {
+  switch (dt) {
+    case DType::f32:
+      std::memcpy(dst, static_cast<const float*>(src) + offset, static_cast<size_t>(n) * sizeof(float));
+      break;
+    case DType::f16: {
+      const uint16_t* s = static_cast<const uint16_t*>(src) + offset;
+      for (int64_t i = 0; i < n; ++i) dst[i] = f16_bits_to_f32_fast(s[i]);
+      break;
+    }
+    case DType::bf16: {
+      const uint16_t* s = static_cast<const uint16_t*>(src) + offset;
+      for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(s[i]);
+      break;
+    }
+    default: fail("E_UNSUPPORTED", "cpu kernels: dtype ", dtype_name(dt), " is not a float type");
+  }
+}
+
 #ifdef SPECDEC_CPU_X86_SIMD
 // Elements i .. i+7 of a row of dtype T, as f32 lanes.
 template <DType T>
@@ -37,6 +84,15 @@ SPECDEC_AVX2 inline __m256 load8(const void* p, int64_t i) {
   const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(p) + i));
   if (T == DType::f16) return _mm256_cvtph_ps(h);
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));  // bf16 = high half of f32
+}
+
+// Elements i .. i+15 of a row of dtype T, as f32 lanes.
+template <DType T>
+SPECDEC_AVX512 inline __m512 load16(const void* p, int64_t i) {
+  if (T == DType::f32) return _mm512_loadu_ps(static_cast<const float*>(p) + i);
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(p) + i));
+  if (T == DType::f16) return _mm512_cvtph_ps(h);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));  // bf16 = high half of f32
 }
 
 // ((v0+v1)+(v2+v3))+((v4+v5)+(v6+v7)) of four vectors at once: the two hadd levels form exactly the
@@ -71,19 +127,45 @@ SPECDEC_AVX2 inline __m256 exp_nonpos(__m256 x) {
   return _mm256_andnot_ps(under, y);
 }
 
-// AVX2+FMA+F16C present, unless SPECDEC_CPU_SIMD=portable asks for the portable kernels. Read once.
-inline bool use_avx2() {
-  static const bool yes = [] {
-    const char* env = std::getenv("SPECDEC_CPU_SIMD");
-    if (env && std::strcmp(env, "portable") == 0) return false;
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-  }();
-  return yes;
-}
-#else
-inline bool use_avx2() { return false; }
+#endif  // SPECDEC_CPU_X86_SIMD
+
+// The instruction sets the kernels have paths for, in order of preference. (An AMX-BF16 matmul
+// would come after avx512: the CPU check plus the OS permission request, arch_prctl
+// ARCH_REQ_XCOMP_PERM, belong in detect_isa below.)
+enum class Isa : int { portable = 0, avx2 = 1, avx512 = 2 };
+
+inline const char* isa_name(Isa i) { return i == Isa::avx512 ? "avx512" : i == Isa::avx2 ? "avx2" : "portable"; }
+
+// The best instruction set this CPU runs, ignoring SPECDEC_CPU_SIMD.
+inline Isa detect_isa() {
+#ifdef SPECDEC_CPU_X86_SIMD
+  __builtin_cpu_init();
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  if (avx2 && __builtin_cpu_supports("avx512f")) return Isa::avx512;
+  if (avx2) return Isa::avx2;
 #endif
+  return Isa::portable;
+}
+
+// The instruction set the kernels use: detect_isa(), capped by SPECDEC_CPU_SIMD when set. Read once
+// per process, so every call (every row count) takes the same path. An unknown value is E_ARG.
+inline Isa isa() {
+  static const Isa chosen = [] {
+    const Isa best = detect_isa();
+    const char* env = std::getenv("SPECDEC_CPU_SIMD");
+    if (!env || !*env) return best;
+    Isa cap;
+    if (std::strcmp(env, "portable") == 0) cap = Isa::portable;
+    else if (std::strcmp(env, "avx2") == 0) cap = Isa::avx2;
+    else if (std::strcmp(env, "avx512") == 0) cap = Isa::avx512;
+    else fail("E_ARG", "SPECDEC_CPU_SIMD='", env, "': expected portable, avx2 or avx512");
+    return static_cast<int>(cap) < static_cast<int>(best) ? cap : best;
+  }();
+  return chosen;
+}
+
+// AVX2+FMA+F16C kernels are usable (also true when AVX-512 is chosen: those CPUs have AVX2).
+inline bool use_avx2() { return isa() != Isa::portable; }
 
 }  // namespace simd
 }  // namespace cpu

@@ -94,7 +94,8 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const LlamaConfig& config, const Ll
   m->config_ = config;
   m->options_ = options;
 
-  // Files are opened (memory-mapped) once each and released when loading ends.
+  // Files are opened (memory-mapped) once each; on the CPU the weights are views of the mappings
+  // (which they keep alive), on CUDA copies, and the mappings go when loading ends.
   std::map<std::string, std::shared_ptr<SafetensorsFile>> files;
   auto file_of = [&](const std::string& name) -> std::string {
     if (source.weight_map.empty()) return source.file;
@@ -119,7 +120,8 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const LlamaConfig& config, const Ll
                   fname, ": tensor '", name, "' has dtype ", dtype_name(info.dtype), ", expected F32, F16 or BF16");
     SPECDEC_CHECK(info.shape == shape, "E_FORMAT", fname, ": tensor '", name, "' has shape ", shape_string(info.shape),
                   ", expected ", shape_string(shape), " (", why, ")");
-    return f->load(name, options.device);
+    // On the CPU the kernels read every float dtype as stored: the weights stay in the mapping.
+    return options.device == Device::cpu ? f->view(name) : f->load(name, options.device);
   };
 
   const int64_t V = c.vocab_size, H = c.hidden_size, I = c.intermediate_size;

@@ -385,4 +385,10 @@ Tensor SafetensorsFile::load(const std::string& name, Device device) const {
   return Tensor::from_host(info.dtype, info.shape, info.data, device);
 }
 
+Tensor SafetensorsFile::view(const std::string& name) const {
+  const SafetensorInfo& info = get(name);
+  if (reinterpret_cast<uintptr_t>(info.data) % dtype_size(info.dtype) != 0) return load(name, Device::cpu);
+  return Tensor::borrow_host(info.dtype, info.shape, info.data, shared_from_this());
+}
+
 }  // namespace specdec

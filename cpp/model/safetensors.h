@@ -19,7 +19,7 @@ struct SafetensorInfo {
   size_t nbytes = 0;
 };
 
-class SafetensorsFile {
+class SafetensorsFile : public std::enable_shared_from_this<SafetensorsFile> {
  public:
   // Throws E_IO (cannot open/map) or E_FORMAT (invalid), naming the path and, where relevant, the tensor.
   static std::shared_ptr<SafetensorsFile> open(const std::string& path);
@@ -33,6 +33,10 @@ class SafetensorsFile {
 
   // A tensor on `device` holding a copy of `name` (dtype kept).
   Tensor load(const std::string& name, Device device) const;
+  // `name` as a CPU tensor over the mapping itself (no copy; the tensor keeps the file mapped).
+  // Read-only. A copy instead when the data is not aligned to its element size (a header length
+  // that is not a multiple of 8, which the format allows).
+  Tensor view(const std::string& name) const;
 
   // The whole mapped file, for checks that every data pointer lies inside it (fuzz/).
   const void* mapping() const { return map_; }

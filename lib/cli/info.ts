@@ -1,7 +1,7 @@
 // `specdec info [--json]`: version, binary loaded, backends compiled in, CUDA runtime/driver,
 // GPUs, and why CUDA is not in use when it is not.
 import { backends } from '../backend';
-import { formatCudaVersion, loadedBinding } from '../native';
+import { formatCudaVersion, loadedBinding, native } from '../native';
 
 export async function infoCommand(argv: string[]): Promise<number> {
   for (const a of argv) {
@@ -18,6 +18,9 @@ export async function infoCommand(argv: string[]): Promise<number> {
   // A CPU build does not start the CUDA runtime; it still asks libcuda what the driver supports.
   const probe = loadedBinding().binding.cudaDriverProbe?.();
   const driver = r.cudaDriverVersion ?? (probe && probe.version > 0 ? formatCudaVersion(probe.version) : undefined);
+  // The CPU kernels' instruction set (SPECDEC_CPU_SIMD caps it); older addons lack cpuInfo.
+  const binding = native();
+  const cpu = typeof binding.cpuInfo === 'function' ? binding.cpuInfo() : null;
   const report = {
     version,
     node: process.version,
@@ -25,6 +28,7 @@ export async function infoCommand(argv: string[]): Promise<number> {
     binary: r.binary,
     notLoaded: tried,
     backends: { compiled: r.compiled, available: r.available, default: r.default },
+    cpu,
     cuda: {
       runtimeVersion: r.cudaRuntimeVersion ?? null,
       driverVersion: driver ?? null,
@@ -43,6 +47,7 @@ export async function infoCommand(argv: string[]): Promise<number> {
     `binary:            ${r.binary}`,
     `backends compiled: ${r.compiled.join(', ')}`,
     `backends usable:   ${r.available.join(', ')} (default: ${r.default})`,
+    `CPU kernels:       ${cpu ? `${cpu.simd} (best here: ${cpu.best}), ${cpu.threads} threads` : 'unknown (older addon)'}`,
     `CUDA runtime:      ${r.cudaRuntimeVersion ?? 'not compiled in'}`,
     `CUDA driver:       ${driver ?? `none found${probe?.reason ? ` (${probe.reason})` : ''}`}`,
     `CUDA archs:        ${r.cudaArchs.length ? r.cudaArchs.join(', ') : '-'}`,

@@ -1,0 +1,306 @@
+// CPU matmul: out[N, M] = x[N, K] w[M, K]^T (+ bias), x f32, w and bias f32|f16|bf16: the model
+// runner's linear layers. Arguments were validated by the dispatcher (cpp/core/ops_layers.cc).
+//
+// One reduction order for every output, every row count and every instruction set, so a row's
+// result never depends on the batch (batch invariance) and every x86 CPU gives the same bits:
+//   1. sixteen partial sums: lane j accumulates fma(x[k], w[k], .) over k = j, j + 16, ... below
+//      K16 = K - K % 16, in increasing k, starting from +0;
+//   2. s = tree8(lanes 0..7) + tree8(lanes 8..15), tree8(a) = ((a0+a1)+(a2+a3))+((a4+a5)+(a6+a7));
+//   3. s = fma(x[k], w[k], s) for k = K16 .. K-1 in order; then s + bias[m].
+// The portable kernel (std::fma), AVX2 (two 8-lane registers per output) and AVX-512 (one 16-lane
+// register) implement exactly this; weights are converted to f32 exactly. Tiles, packing and
+// threads only decide who computes an output and from which copy of the weights.
+//
+// Work split: threads take blocks of kBlockM weight rows. Within a block, rows of x go in groups
+// that share every weight load (a tile: R rows of x by WR weight rows, as many accumulators as
+// the registers hold). When more than one group passes over a block (prefill, trees), the
+// block's weights are first converted to f32 into a per-thread buffer that stays in L2, so each
+// weight is converted once for all rows and x streams past cached weights; a single group
+// (decode, short chains) converts while it streams the weights from memory.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "../core/ops_layers.h"
+#include "simd.h"
+#include "thread_pool.h"
+
+namespace specdec {
+namespace cpu {
+
+namespace {
+
+constexpr int kLanes = 16;
+constexpr int64_t kBlockM = 48;  // a multiple of every tile width WR below
+
+inline float tree8(const float* a) { return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7])); }
+
+// A buffer per thread for a block's weights as f32 (grown once, never freed: no allocation per
+// call in the steady state).
+float* pack_buffer(size_t n) {
+  thread_local std::vector<float> buf;
+  if (buf.size() < n) buf.resize(n);
+  return buf.data();
+}
+
+// ---- portable --------------------------------------------------------------------------------
+
+float dot_portable(const float* x, const float* w, int64_t K) {
+  float acc[kLanes] = {};
+  const int64_t K16 = K - K % kLanes;
+  for (int64_t k = 0; k < K16; k += kLanes)
+    for (int j = 0; j < kLanes; ++j) acc[j] = std::fma(x[k + j], w[k + j], acc[j]);
+  float s = tree8(acc) + tree8(acc + 8);
+  for (int64_t k = K16; k < K; ++k) s = std::fma(x[k], w[k], s);
+  return s;
+}
+
+void block_portable(const float* x, int64_t N, int64_t K, DType wdt, const void* w, int64_t m0, int64_t m1,
+                    float* out, int64_t M) {
+  const float* wb = static_cast<const float*>(w) + m0 * K;
+  if (wdt != DType::f32) {
+    float* buf = pack_buffer(static_cast<size_t>((m1 - m0) * K));
+    simd::to_f32_row(wdt, w, m0 * K, (m1 - m0) * K, buf);
+    wb = buf;
+  }
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t m = m0; m < m1; ++m) out[n * M + m] = dot_portable(x + n * K, wb + (m - m0) * K, K);
+}
+
+#ifdef SPECDEC_CPU_X86_SIMD
+using simd::load1;
+using simd::load16;
+using simd::load8;
+
+// sums[i] = tree8(lo[i]) + tree8(hi[i]) for T outputs: hsum4 forms tree8 of four registers at once.
+template <int T>
+SPECDEC_AVX2 inline void lane_sums(const __m256* lo, const __m256* hi, float* sums) {
+  int i = 0;
+  for (; i + 4 <= T; i += 4)
+    _mm_storeu_ps(sums + i, _mm_add_ps(simd::hsum4(lo[i], lo[i + 1], lo[i + 2], lo[i + 3]),
+                                       simd::hsum4(hi[i], hi[i + 1], hi[i + 2], hi[i + 3])));
+  for (; i < T; ++i) {
+    alignas(32) float a[16];
+    _mm256_store_ps(a, lo[i]);
+    _mm256_store_ps(a + 8, hi[i]);
+    sums[i] = tree8(a) + tree8(a + 8);
+  }
+}
+
+// Step 3 of the order for the tile's outputs, and the store.
+template <int R, int WR, DType WT>
+inline void finish_tile(const float* x, const void* w, int64_t K, int64_t K16, const float* sums, float* out,
+                        int64_t ldo) {
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < WR; ++j) {
+      float s = sums[r * WR + j];
+      for (int64_t t = K16; t < K; ++t) s = std::fma(x[r * K + t], load1<WT>(w, j * K + t), s);
+      out[r * ldo + j] = s;
+    }
+}
+
+// Weights that stream from memory (not a packed block) are read only WR rows at a time: too few
+// streams to keep DRAM busy. So the tile also prefetches, a cache line at a time, the rows
+// kPrefetchRows further on (a later tile's), which doubled small-N throughput on a 56 MB bf16
+// matrix (2-core EPYC, AVX2 kernel).
+constexpr int64_t kPrefetchRows = 16;
+
+template <DType WT>
+inline void prefetch_rows(const void* w, int WR, int64_t K, int64_t k) {
+  constexpr int64_t esz = WT == DType::f32 ? 4 : 2, kLine = 64 / esz;
+  const char* ahead = static_cast<const char*>(w) + kPrefetchRows * K * esz;
+  // (An early return here instead of the `if` let GCC 12 drop the prefetches as dead code.)
+  if (k % kLine == 0)
+    for (int j = 0; j < WR; ++j) _mm_prefetch(ahead + (j * K + k) * esz, _MM_HINT_T0);
+}
+
+// R rows of x (stride K) against WR weight rows (stride K): out[r * ldo + j] = x[r] . w[j].
+// AVX2: each output's 16 lanes are two registers, lanes 0-7 and 8-15.
+template <int R, int WR, DType WT, bool kStream>
+SPECDEC_AVX2 void tile_avx2(const float* x, const void* w, int64_t K, float* out, int64_t ldo) {
+  __m256 lo[R * WR], hi[R * WR];
+  for (int i = 0; i < R * WR; ++i) lo[i] = hi[i] = _mm256_setzero_ps();
+  const int64_t K16 = K - K % kLanes;
+  for (int64_t k = 0; k < K16; k += kLanes) {
+    if (kStream) prefetch_rows<WT>(w, WR, K, k);
+    __m256 xv[R];
+    for (int r = 0; r < R; ++r) xv[r] = _mm256_loadu_ps(x + r * K + k);
+    for (int j = 0; j < WR; ++j) {
+      const __m256 wv = load8<WT>(w, j * K + k);
+      for (int r = 0; r < R; ++r) lo[r * WR + j] = _mm256_fmadd_ps(xv[r], wv, lo[r * WR + j]);
+    }
+    for (int r = 0; r < R; ++r) xv[r] = _mm256_loadu_ps(x + r * K + k + 8);
+    for (int j = 0; j < WR; ++j) {
+      const __m256 wv = load8<WT>(w, j * K + k + 8);
+      for (int r = 0; r < R; ++r) hi[r * WR + j] = _mm256_fmadd_ps(xv[r], wv, hi[r * WR + j]);
+    }
+  }
+  float sums[R * WR];
+  lane_sums<R * WR>(lo, hi, sums);
+  finish_tile<R, WR, WT>(x, w, K, K16, sums, out, ldo);
+}
+
+// AVX-512: one register per output.
+template <int R, int WR, DType WT, bool kStream>
+SPECDEC_AVX512 void tile_avx512(const float* x, const void* w, int64_t K, float* out, int64_t ldo) {
+  __m512 acc[R * WR];
+  for (int i = 0; i < R * WR; ++i) acc[i] = _mm512_setzero_ps();
+  const int64_t K16 = K - K % kLanes;
+  for (int64_t k = 0; k < K16; k += kLanes) {
+    if (kStream) prefetch_rows<WT>(w, WR, K, k);
+    __m512 xv[R];
+    for (int r = 0; r < R; ++r) xv[r] = _mm512_loadu_ps(x + r * K + k);
+    for (int j = 0; j < WR; ++j) {
+      const __m512 wv = load16<WT>(w, j * K + k);
+      for (int r = 0; r < R; ++r) acc[r * WR + j] = _mm512_fmadd_ps(xv[r], wv, acc[r * WR + j]);
+    }
+  }
+  __m256 lo[R * WR], hi[R * WR];
+  for (int i = 0; i < R * WR; ++i) {
+    lo[i] = _mm512_castps512_ps256(acc[i]);
+    hi[i] = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[i]), 1));
+  }
+  float sums[R * WR];
+  lane_sums<R * WR>(lo, hi, sums);
+  finish_tile<R, WR, WT>(x, w, K, K16, sums, out, ldo);
+}
+
+// n weights from element `offset` on, converted to f32 (exactly) into the thread's pack buffer.
+template <DType WT>
+SPECDEC_AVX2 const float* pack_avx2(const void* w, int64_t offset, int64_t n) {
+  float* dst = pack_buffer(static_cast<size_t>(n));
+  const uint16_t* src = static_cast<const uint16_t*>(w) + offset;
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load8<WT>(src, i));
+  for (; i < n; ++i) dst[i] = load1<WT>(src, i);
+  return dst;
+}
+
+template <DType WT>
+SPECDEC_AVX512 const float* pack_avx512(const void* w, int64_t offset, int64_t n) {
+  float* dst = pack_buffer(static_cast<size_t>(n));
+  const uint16_t* src = static_cast<const uint16_t*>(w) + offset;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, load16<WT>(src, i));
+  for (; i < n; ++i) dst[i] = load1<WT>(src, i);
+  return dst;
+}
+
+// Tile widths: as many weight rows as the registers hold next to R x vectors and one weight
+// vector (AVX2: 16 ymm, two per output; AVX-512: 32 zmm). All divide kBlockM.
+template <int R, bool kAvx512>
+constexpr int tile_width() {
+  if (kAvx512) return R == 1 ? 16 : R == 2 ? 12 : R == 3 ? 8 : R == 4 ? 6 : 4;
+  return R == 1 ? 6 : R == 2 ? 3 : 2;
+}
+
+// R rows of x against weight rows [0, rows) of w: full tiles, then the remaining weight rows one
+// at a time. (The drivers carry no target attribute: they only call the tiles, so the AVX2 path
+// holds no AVX-512 instruction.)
+template <int R, DType WT, bool kStream, bool kAvx512>
+void group_rows(const float* x, const void* w, int64_t K, int64_t rows, float* out, int64_t ldo) {
+  constexpr int WR = tile_width<R, kAvx512>();
+  constexpr size_t esz = WT == DType::f32 ? 4 : 2;
+  const char* wb = static_cast<const char*>(w);
+  int64_t m = 0;
+  for (; m + WR <= rows; m += WR) {
+    const char* wm = wb + static_cast<size_t>(m * K) * esz;
+    if constexpr (kAvx512) tile_avx512<R, WR, WT, kStream>(x, wm, K, out + m, ldo);
+    else tile_avx2<R, WR, WT, kStream>(x, wm, K, out + m, ldo);
+  }
+  for (; m < rows; ++m) {
+    const char* wm = wb + static_cast<size_t>(m * K) * esz;
+    if constexpr (kAvx512) tile_avx512<R, 1, WT, kStream>(x, wm, K, out + m, ldo);
+    else tile_avx2<R, 1, WT, kStream>(x, wm, K, out + m, ldo);
+  }
+}
+
+// Largest row group: all of N when N <= this (one pass over the weights), else groups of
+// kGroupRows and a last group of the rest.
+template <bool kAvx512>
+constexpr int64_t max_group() { return kAvx512 ? 6 : 3; }
+template <bool kAvx512>
+constexpr int64_t group_rows_n() { return kAvx512 ? 4 : 2; }
+
+// All N rows of x against `rows` weight rows.
+template <DType WT, bool kStream, bool kAvx512>
+void all_rows(const float* x, int64_t N, const void* w, int64_t K, int64_t rows, float* out, int64_t M) {
+  constexpr int64_t G = group_rows_n<kAvx512>();
+  int64_t n = 0;
+  for (; N - n > max_group<kAvx512>(); n += G) group_rows<G, WT, kStream, kAvx512>(x + n * K, w, K, rows, out + n * M, M);
+  const float* xr = x + n * K;
+  float* o = out + n * M;
+  switch (N - n) {
+    case 1: return group_rows<1, WT, kStream, kAvx512>(xr, w, K, rows, o, M);
+    case 2: return group_rows<2, WT, kStream, kAvx512>(xr, w, K, rows, o, M);
+    case 3: return group_rows<3, WT, kStream, kAvx512>(xr, w, K, rows, o, M);
+    default: break;
+  }
+  if constexpr (kAvx512) {
+    switch (N - n) {
+      case 4: return group_rows<4, WT, kStream, kAvx512>(xr, w, K, rows, o, M);
+      case 5: return group_rows<5, WT, kStream, kAvx512>(xr, w, K, rows, o, M);
+      case 6: return group_rows<6, WT, kStream, kAvx512>(xr, w, K, rows, o, M);
+      default: break;
+    }
+  }
+}
+
+// Weight rows [m0, m1) for all N rows of x: from the weights as they are when one group of rows
+// passes over them (or they are f32 already), else from the block converted once.
+template <bool kAvx512>
+void block_simd(const float* x, int64_t N, int64_t K, DType wdt, const void* w, int64_t m0, int64_t m1, float* out,
+                int64_t M) {
+  const int64_t rows = m1 - m0;
+  float* o = out + m0;
+  if (wdt == DType::f32)
+    return all_rows<DType::f32, true, kAvx512>(x, N, static_cast<const float*>(w) + m0 * K, K, rows, o, M);
+  if (N > max_group<kAvx512>()) {
+    const bool f16 = wdt == DType::f16;
+    const float* packed;
+    if constexpr (kAvx512)
+      packed = f16 ? pack_avx512<DType::f16>(w, m0 * K, rows * K) : pack_avx512<DType::bf16>(w, m0 * K, rows * K);
+    else
+      packed = f16 ? pack_avx2<DType::f16>(w, m0 * K, rows * K) : pack_avx2<DType::bf16>(w, m0 * K, rows * K);
+    return all_rows<DType::f32, false, kAvx512>(x, N, packed, K, rows, o, M);
+  }
+  const uint16_t* wh = static_cast<const uint16_t*>(w) + m0 * K;
+  if (wdt == DType::f16) return all_rows<DType::f16, true, kAvx512>(x, N, wh, K, rows, o, M);
+  return all_rows<DType::bf16, true, kAvx512>(x, N, wh, K, rows, o, M);
+}
+#endif  // SPECDEC_CPU_X86_SIMD
+
+}  // namespace
+
+void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out) {
+  const int64_t N = x.size(0), K = x.size(1), M = w.size(0);
+  if (N == 0 || M == 0) return;
+  const float* xp = x.ptr<float>();
+  float* op = out.ptr<float>();
+  const DType wdt = w.dtype();
+  const void* wp = w.data();
+  const simd::Isa isa = simd::isa();
+  const void* bp = bias.defined() ? bias.data() : nullptr;
+  const DType bdt = bias.defined() ? bias.dtype() : DType::f32;
+  const int64_t blocks = (M + kBlockM - 1) / kBlockM;
+  // A task of >= 32k multiply-adds (a few microseconds) outweighs handing it to a worker;
+  // measured on the default model's 5-token forward (2 cores), smaller or larger was no better.
+  const int64_t grain = grain_for(static_cast<double>(N) * static_cast<double>(K) * kBlockM, 32768.0);
+  parallel_for(blocks, grain, [&](int64_t b0, int64_t b1) {
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t m0 = blk * kBlockM, m1 = std::min(M, m0 + kBlockM);
+#ifdef SPECDEC_CPU_X86_SIMD
+      if (isa == simd::Isa::avx512) block_simd<true>(xp, N, K, wdt, wp, m0, m1, op, M);
+      else if (isa == simd::Isa::avx2) block_simd<false>(xp, N, K, wdt, wp, m0, m1, op, M);
+      else
+#endif
+        block_portable(xp, N, K, wdt, wp, m0, m1, op, M);
+      if (bp)
+        for (int64_t n = 0; n < N; ++n)
+          for (int64_t m = m0; m < m1; ++m) op[n * M + m] += simd::elem_f32(bdt, bp, m);
+    }
+  });
+}
+
+}  // namespace cpu
+}  // namespace specdec

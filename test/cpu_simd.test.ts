@@ -1,0 +1,184 @@
+// The CPU matmul has one reduction order for every row count and every instruction set
+// (cpp/cpu/matmul.cc): the portable kernel, AVX2 and AVX-512 must give the same bits, and on each
+// a row's result must not depend on how many rows share the call (batch invariance). Each path
+// runs in a child process with SPECDEC_CPU_SIMD set (the choice is made once per process); a path
+// this CPU lacks is skipped with the reason. The portable path is also checked against a float64
+// reference with the error bound of that summation order.
+import * as assert from 'assert';
+import { spawnSync } from 'child_process';
+import { matmul } from '../lib/layers';
+import { native } from '../lib/native';
+import { Tensor } from '../lib/tensor';
+import { randomArray, rng, testSeed } from './helpers';
+
+type Simd = 'portable' | 'avx2' | 'avx512';
+const ORDER: readonly Simd[] = ['portable', 'avx2', 'avx512'];
+
+interface Case {
+  readonly K: number;
+  readonly M: number;
+  readonly dtype: 'f32' | 'f16' | 'bf16';
+  readonly bias?: 'f32' | 'bf16';
+}
+
+// K: below one 16-lane step, with and without a tail; M: partial weight blocks (48) and tiles.
+const CASES: readonly Case[] = [
+  { K: 7, M: 5, dtype: 'f32' },
+  { K: 64, M: 53, dtype: 'bf16' },
+  { K: 101, M: 130, dtype: 'bf16', bias: 'bf16' },
+  { K: 96, M: 97, dtype: 'f16' },
+  { K: 250, M: 49, dtype: 'f32', bias: 'f32' },
+];
+// Row counts of decode, short chains, every group shape of both SIMD paths, trees and prefill.
+const ROWS: readonly number[] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 16, 33];
+const MAX_ROWS = Math.max(...ROWS);
+
+interface ChildResult {
+  readonly simd: string;
+  /** Per case: the outputs for all MAX_ROWS rows (f32 bits, base64). */
+  readonly outputs: string[];
+  /** Per case and row count: rows [0, N) of a call with N rows equal the first N rows of the widest call. */
+  readonly invariant: boolean[];
+}
+
+function inputs(c: Case, seed: number): { x: Float32Array; w: Float32Array; b?: Float32Array } {
+  const r = rng(seed);
+  const x = randomArray(MAX_ROWS * c.K, r);
+  const w = randomArray(c.M * c.K, r, -0.5, 0.5);
+  return c.bias ? { x, w, b: randomArray(c.M, r) } : { x, w };
+}
+
+function bits(a: Float32Array): Uint32Array {
+  return new Uint32Array(a.buffer, a.byteOffset, a.length);
+}
+
+function sameBits(a: Float32Array, b: Float32Array): boolean {
+  const ua = bits(a);
+  const ub = bits(b);
+  return ua.length === ub.length && ua.every((v, i) => v === ub[i]);
+}
+
+/** What a child computes: every case at every row count, with the path it ran on. */
+function childRun(seed: number): ChildResult {
+  const outputs: string[] = [];
+  const invariant: boolean[] = [];
+  CASES.forEach((c, ci) => {
+    const d = inputs(c, seed + ci);
+    const w = Tensor.fromArray(d.w, c.dtype, [c.M, c.K]);
+    const b = d.b && c.bias ? Tensor.fromArray(d.b, c.bias, [c.M]) : undefined;
+    const xAll = Tensor.fromArray(d.x, 'f32', [MAX_ROWS, c.K]);
+    const wide = matmul(xAll, w, b);
+    const all = wide.toFloat32();
+    outputs.push(Buffer.from(all.buffer, all.byteOffset, all.byteLength).toString('base64'));
+    for (const N of ROWS) {
+      const xN = xAll.rows(0, N);
+      const o = matmul(xN, w, b);
+      invariant.push(sameBits(o.toFloat32(), all.subarray(0, N * c.M)));
+      o.dispose();
+      xN.dispose();
+    }
+    for (const t of [w, b, xAll, wide]) t?.dispose();
+  });
+  return { simd: native().cpuInfo().simd, outputs, invariant };
+}
+
+function runChild(simd: string, seed: number): { status: number | null; stdout: string; stderr: string } {
+  return spawnSync(process.execPath, [__filename, '--child', String(seed)], {
+    encoding: 'utf8',
+    env: { ...process.env, SPECDEC_CPU_SIMD: simd },
+    timeout: 60000,
+  });
+}
+
+function decode(s: string): Float32Array {
+  const buf = Buffer.from(s, 'base64');
+  return new Float32Array(buf.buffer, buf.byteOffset, buf.length / 4);
+}
+
+if (process.argv[2] === '--child') {
+  process.stdout.write(JSON.stringify(childRun(Number(process.argv[3]))));
+} else {
+  describe(`cpu matmul: one reduction order on every instruction set (seed ${testSeed})`, function () {
+    this.timeout(120000);
+    const best = native().cpuInfo().best;
+    const results = new Map<Simd, ChildResult>();
+    const child = (simd: Simd): ChildResult => {
+      let r = results.get(simd);
+      if (!r) {
+        const out = runChild(simd, testSeed);
+        assert.strictEqual(out.status, 0, `child (SPECDEC_CPU_SIMD=${simd}) failed: ${out.stderr}`);
+        r = JSON.parse(out.stdout) as ChildResult;
+        results.set(simd, r);
+      }
+      return r;
+    };
+
+    for (const simd of ORDER) {
+      const supported = ORDER.indexOf(simd) <= ORDER.indexOf(best);
+      (supported ? it : it.skip)(`${simd}${supported ? '' : ` (skipped: this CPU's best is ${best})`}: runs that path, and every row count gives the rows of the widest call`, () => {
+        const r = child(simd);
+        assert.strictEqual(r.simd, simd, 'SPECDEC_CPU_SIMD did not select the path');
+        r.invariant.forEach((ok, i) => {
+          const c = CASES[Math.floor(i / ROWS.length)]!;
+          assert.ok(ok, `K=${c.K} M=${c.M} ${c.dtype}: ${ROWS[i % ROWS.length]} rows differ from the same rows in a ${MAX_ROWS}-row call`);
+        });
+      });
+      if (simd !== 'portable')
+        (supported ? it : it.skip)(`${simd}: the same bits as the portable kernel`, () => {
+          const a = child('portable');
+          const b = child(simd);
+          CASES.forEach((c, ci) => {
+            const pa = decode(a.outputs[ci]!);
+            const pb = decode(b.outputs[ci]!);
+            const ua = bits(pa);
+            const ub = bits(pb);
+            for (let i = 0; i < ua.length; i++)
+              if (ua[i] !== ub[i]) assert.fail(`K=${c.K} M=${c.M} ${c.dtype}: element ${i} is ${pb[i]} on ${simd}, ${pa[i]} portable`);
+          });
+        });
+    }
+
+    it('the portable kernel is within the error bound of its summation order (float64 reference)', () => {
+      const r = child('portable');
+      CASES.forEach((c, ci) => {
+        const got = decode(r.outputs[ci]!);
+        // The inputs as the kernel sees them (weights rounded to their dtype).
+        const d = inputs(c, testSeed + ci);
+        const wt = Tensor.fromArray(d.w, c.dtype, [c.M, c.K]);
+        const w = wt.toFloat32();
+        wt.dispose();
+        let b: Float32Array | undefined;
+        if (d.b && c.bias) {
+          const bt = Tensor.fromArray(d.b, c.bias, [c.M]);
+          b = bt.toFloat32();
+          bt.dispose();
+        }
+        // 16 lanes of K/16 terms each, a 4-level tree, a tail of < 16 terms, the bias: first-order
+        // bound (K/16 + 4 + 15 + 1) u sum|x w| (+ u |bias|), u = 2^-24.
+        const u = 2 ** -24;
+        const steps = Math.ceil(c.K / 16) + 20;
+        for (let n = 0; n < MAX_ROWS; n++)
+          for (let m = 0; m < c.M; m++) {
+            let ref = 0;
+            let mag = 0;
+            for (let k = 0; k < c.K; k++) {
+              const p = d.x[n * c.K + k]! * w[m * c.K + k]!;
+              ref += p;
+              mag += Math.abs(p);
+            }
+            const bias = b ? b[m]! : 0;
+            const tol = steps * u * mag + 2 * u * (Math.abs(ref) + Math.abs(bias));
+            const v = got[n * c.M + m]!;
+            if (!(Math.abs(v - (ref + bias)) <= tol)) assert.fail(`K=${c.K} M=${c.M} ${c.dtype} [${n}, ${m}]: got ${v}, want ${ref + bias} (tolerance ${tol})`);
+          }
+      });
+    });
+
+    it('an unknown SPECDEC_CPU_SIMD value is a coded error naming it', () => {
+      const out = runChild('sse9', testSeed);
+      assert.notStrictEqual(out.status, 0);
+      assert.match(out.stderr, /E_ARG/);
+      assert.match(out.stderr, /SPECDEC_CPU_SIMD='sse9'/);
+    });
+  });
+}

@@ -36,7 +36,7 @@ const programs: Program[] = [
     tsanArgs: [], tsanMinChecks: 100 },
   { source: 'attention_emu.cc', extra: [], kernel: 'tree attention + split-KV merge, tree = path (cuda/attention.cuh)', minChecks: 32,
     args: [], tsanArgs: ['2', '0'], tsanMinChecks: 10 },
-  { source: 'sampling_emu.cc', extra: ['cpp/core/tensor.cc', 'cpp/core/backend.cc', 'cpp/cpu/thread_pool.cc', 'cpp/cpu/sampling.cc', 'cpp/cpu/verify.cc'],
+  { source: 'sampling_emu.cc', extra: ['cpp/core/tensor.cc', 'cpp/core/transfers.cc', 'cpp/core/backend.cc', 'cpp/cpu/thread_pool.cc', 'cpp/cpu/sampling.cc', 'cpp/cpu/verify.cc'],
     kernel: 'sampling + verification incl. vocabulary-parallel greedy (cuda/sampling.cuh, cuda/verify.cuh) vs the CPU backend', minChecks: 47, args: ['2'],
     tsanArgs: ['0'], tsanMinChecks: 9 },
   { source: 'layers_kv_emu.cc', extra: [], kernel: 'model layers + paged KV movement (cuda/layers.cuh, cuda/kv.cuh)', minChecks: 60,

@@ -225,35 +225,30 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
     });
   }
 
-  // The model, inputs and steps of the chain drafting calls (info[0], info[1]).
+  // The model, inputs and steps of the chain drafting calls (info[0], info[1]), and whether to run
+  // on the calling thread (syncMaxMacs at info[limit]). Bound on the work: the first forward (the fed
+  // tokens) plus max_steps - 1 one-token forwards, each costed like the first (an over-estimate).
   struct ChainArgs {
     std::shared_ptr<LlamaModel> m;
     std::shared_ptr<std::vector<LlamaSeqInput>> inputs;
     std::shared_ptr<std::vector<int>> steps;
-    int max_steps;
+    bool sync;
   };
-  ChainArgs chain_args(const Napi::CallbackInfo& info) {
+  ChainArgs chain_args(const Napi::CallbackInfo& info, size_t limit) {
     SPECDEC_CHECK(model_ != nullptr, "E_DISPOSED", "model was disposed");
     auto inputs = std::make_shared<std::vector<LlamaSeqInput>>(inputs_arg(info[0], model_->config().vocab_size));
     auto steps = std::make_shared<std::vector<int>>(steps_arg(info[1], inputs->size()));
     const int max_steps = steps->empty() ? 0 : *std::max_element(steps->begin(), steps->end());
-    return {model_, inputs, steps, max_steps};
+    return {model_, inputs, steps, run_here(*model_, *inputs, info[limit], max_steps)};
   }
 
   // greedyChain(inputs, steps: Int32Array, syncMaxMacs?) -> Promise<Int32Array[]> (LlamaModel::greedy_chain)
   Napi::Value GreedyChain(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
-      const ChainArgs a = chain_args(info);
-      const auto m = a.m;
-      const auto inputs = a.inputs;
-      const auto steps = a.steps;
-      const int max_steps = a.max_steps;
-      // Bound: the first forward (the fed tokens) plus max_steps - 1 one-token forwards, each
-      // costed like the first (over-estimates: fewer tokens after the first).
-      const bool sync = run_here(*m, *inputs, info[2], max_steps);
+      const ChainArgs a = chain_args(info, 2);
       auto result = std::make_shared<std::vector<std::vector<int32_t>>>();
       return run_maybe_async(
-          info.Env(), sync, [=] { *result = m->greedy_chain(*inputs, *steps); },
+          info.Env(), a.sync, [=] { *result = a.m->greedy_chain(*a.inputs, *a.steps); },
           [=](Napi::Env env) -> Napi::Value { return int32_arrays(env, *result); },
           {Value()});
     });
@@ -263,15 +258,11 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
   // input by input, on the model's device; trusted ids: LlamaModel::greedy_chain_on_device)
   Napi::Value GreedyChainOnDevice(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
-      const ChainArgs a = chain_args(info);
-      const auto m = a.m;
-      const auto inputs = a.inputs;
-      const auto steps = a.steps;
-      const bool sync = run_here(*m, *inputs, info[2], a.max_steps);
+      const ChainArgs a = chain_args(info, 2);
       auto result = std::make_shared<Tensor>();
       return run_maybe_async(
-          info.Env(), sync, [=] { *result = m->greedy_chain_on_device(*inputs, *steps); },
-          [=](Napi::Env env) -> Napi::Value { return wrap_ids_tensor(env, *result, m->config().vocab_size); },
+          info.Env(), a.sync, [=] { *result = a.m->greedy_chain_on_device(*a.inputs, *a.steps); },
+          [=](Napi::Env env) -> Napi::Value { return wrap_ids_tensor(env, *result, a.m->config().vocab_size); },
           {Value()});
     });
   }
@@ -281,26 +272,21 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
   //   (LlamaModel::sampled_chain)
   Napi::Value SampledChain(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
-      const ChainArgs a = chain_args(info);
-      const auto m = a.m;
-      const auto inputs = a.inputs;
-      const auto steps = a.steps;
-      const int max_steps = a.max_steps;
+      const ChainArgs a = chain_args(info, 5);
       const SamplingParams params = sampling_params_arg(info[2]);
       const std::vector<uint64_t> seeds = get_u64_array(info[3], "seeds"), flat = get_u64_array(info[4], "offsets");
       auto offsets = std::make_shared<std::vector<std::vector<uint64_t>>>();
       size_t at = 0;
-      for (int n : *steps) {
+      for (int n : *a.steps) {
         SPECDEC_CHECK(at + size_t(n) <= flat.size(), "E_ARG", "offsets: ", flat.size(), " counters, fewer than the steps' total");
         offsets->emplace_back(flat.begin() + long(at), flat.begin() + long(at + size_t(n)));
         at += size_t(n);
       }
       SPECDEC_CHECK(at == flat.size(), "E_ARG", "offsets: ", flat.size(), " counters for ", at, " steps in all");
       auto sd = std::make_shared<std::vector<uint64_t>>(seeds);
-      const bool sync = run_here(*m, *inputs, info[5], max_steps);
       auto result = std::make_shared<LlamaModel::SampledChain>();
       return run_maybe_async(
-          info.Env(), sync, [=] { *result = m->sampled_chain(*inputs, *steps, params, *sd, *offsets); },
+          info.Env(), a.sync, [=] { *result = a.m->sampled_chain(*a.inputs, *a.steps, params, *sd, *offsets); },
           [=](Napi::Env env) -> Napi::Value {
             Napi::Object o = Napi::Object::New(env);
             o.Set("picks", int32_arrays(env, result->picks));

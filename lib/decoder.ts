@@ -1,9 +1,10 @@
 // SpeculativeDecoder: the public decoding API (streaming generate, generateBatch, statistics) over
 // SpecEngine (lib/spec_engine.ts), which runs the step loop.
-import { sharedEngine, withModelLock, type RequestOptions } from './engine/engine';
+import { setMaxListeners } from 'events';
+import { sharedEngine, type RequestOptions } from './engine/engine';
 import type { CausalLM } from './models/causal_lm';
-import { SpecEngine, type DecodeStats, type EngineSequence } from './spec_engine';
-import { isSampling, makeRng, throwIfAborted } from './step_helpers';
+import type { DecodeStats } from './spec_engine';
+import { isSampling, throwIfAborted } from './step_helpers';
 import type { SamplingConfig, Speculator } from './strategies/speculator';
 import { codedError } from './strategies/speculator';
 
@@ -51,15 +52,6 @@ export interface Generation extends AsyncIterable<Int32Array> {
   readonly result: Promise<GenerateResult>;
 }
 
-interface RunSeq {
-  seq: EngineSequence;
-  index: number;
-  maxNew: number;
-  newTokens: number[];
-  done: GenerateResult['finishReason'] | undefined;
-  t0: number;
-  result?: GenerateResult;
-}
 
 export class SpeculativeDecoder {
   readonly target: CausalLM;
@@ -88,92 +80,50 @@ export class SpeculativeDecoder {
   }
 
   /**
-   * Decodes several prompts together: one target forward per step over all live sequences' trees
-   * (ragged; no padding), each sequence accepting its own number of tokens; finished sequences
-   * leave the batch. Sequence i samples from stream (seed, i). Results in input order.
+   * Decodes several prompts together in the model's shared batch (the engine behind generate()):
+   * one target forward per step over all live sequences' trees (ragged; no padding), each sequence
+   * accepting its own number of tokens; finished sequences leave the batch, and concurrent
+   * generate() / generateBatch() calls on the model join the same steps. Sequence i samples from
+   * stream (seed, i). Results in input order; the first failure cancels the other prompts.
    */
-  generateBatch(prompts: readonly (Int32Array | readonly number[])[], opts: BatchOptions): Promise<GenerateResult[]> {
-    // Takes its turn on the model with the engines of concurrent generate() calls.
-    return withModelLock(this.target, () => this.runBatch(prompts, opts));
-  }
-
-  private async runBatch(prompts: readonly (Int32Array | readonly number[])[], opts: BatchOptions): Promise<GenerateResult[]> {
+  async generateBatch(prompts: readonly (Int32Array | readonly number[])[], opts: BatchOptions): Promise<GenerateResult[]> {
     const { maxNewTokens, signal } = opts;
     if (!Number.isInteger(maxNewTokens) || maxNewTokens < 0) throw codedError('E_ARG', `maxNewTokens must be a non-negative integer, got ${maxNewTokens}`);
-    // Like plainGenerate: the model's EOS ids stop a sequence too (the stop token is emitted).
-    const stopTokens = opts.stopTokens ?? [];
-    if (!(Array.isArray(stopTokens) || ArrayBuffer.isView(stopTokens)) || !Array.from(stopTokens as ArrayLike<unknown>).every((t) => Number.isInteger(t)))
-      throw codedError('E_ARG', `stopTokens must be an array of integer token ids, got ${String(stopTokens)}`);
-    const stop = new Set([...this.target.config.eosTokenIds, ...stopTokens]);
+    // Every prompt is checked before any is submitted: a bad one fails the call with no work done.
+    const c = this.target.config;
+    prompts.forEach((p, i) => {
+      if (p.length === 0) throw codedError('E_ARG', `prompts[${i}] is empty`);
+      if (p.length >= c.maxPositions) throw codedError('E_ARG', `prompts[${i}]: ${p.length} tokens leave no room to generate in the model's ${c.maxPositions} positions`);
+    });
+    throwIfAborted(signal);
+    const cancel = new AbortController();
+    // Every request of the batch listens on it.
+    setMaxListeners(prompts.length + 10, cancel.signal);
+    const onAbort = (): void => cancel.abort(signal?.reason);
+    signal?.addEventListener('abort', onAbort, { once: true });
+    const engine = sharedEngine(this.target, this.speculator);
     const seed = this.sampling?.seed ?? 0;
-    const engineOpts: { model: CausalLM; speculator?: Speculator; sampling?: SamplingConfig } = { model: this.target };
-    if (this.speculator) engineOpts.speculator = this.speculator;
-    if (this.sampling) engineOpts.sampling = this.sampling;
-    const engine = new SpecEngine(engineOpts);
-    const runs: RunSeq[] = [];
-    const tStart = performance.now();
+    let firstError: { e: unknown } | undefined;
     try {
-      throwIfAborted(signal);
-      prompts.forEach((p, i) => {
-        if (p.length === 0) throw codedError('E_ARG', `prompts[${i}] is empty`);
-        runs.push({
-          seq: engine.open(p, p.length, makeRng(seed, i)),
-          index: i,
-          maxNew: maxNewTokens,
-          newTokens: [],
-          done: maxNewTokens === 0 ? 'length' : undefined,
-          t0: tStart,
+      const runs = prompts.map((p, i) => {
+        const req: { -readonly [K in keyof RequestOptions]: RequestOptions[K] } = { maxNewTokens, seed, stream: i, signal: cancel.signal };
+        if (this.sampling) req.sampling = this.sampling;
+        if (opts.stopTokens !== undefined) req.stopTokens = opts.stopTokens;
+        if (opts.shouldStop) req.shouldStop = opts.shouldStop;
+        const onTokens = opts.onTokens;
+        if (onTokens) req.onTokens = (toks) => onTokens(i, toks);
+        return engine.submit(p, req).catch((e: unknown) => {
+          // The first failure (or the caller's abort) cancels the rest of the batch.
+          if (!firstError) firstError = { e: prefixed(e, i) };
+          cancel.abort(e);
+          return undefined;
         });
       });
-      const emit = (r: RunSeq, toks: ArrayLike<number>): void => {
-        // Cut at a stop token or at maxNewTokens; the step may have emitted more.
-        const chunk: number[] = [];
-        for (let k = 0; k < toks.length && r.done === undefined; k++) {
-          const tok = toks[k] as number;
-          chunk.push(tok);
-          r.newTokens.push(tok);
-          if (stop.has(tok) || opts.shouldStop?.(r.newTokens) === true) r.done = 'stop';
-          else if (r.newTokens.length >= r.maxNew) r.done = 'length';
-        }
-        // As plainGenerate: stop once prompt + output fill the context.
-        if (r.done === undefined && r.seq.history.length > r.seq.maxPosition) r.done = 'context';
-        if (chunk.length > 0) opts.onTokens?.(r.index, Int32Array.from(chunk));
-      };
-      const finish = (r: RunSeq): void => {
-        engine.close(r.seq);
-        r.result = {
-          tokens: Int32Array.from(r.newTokens),
-          finishReason: r.done ?? 'length',
-          stats: r.seq.stats.finish(engine.phases, (performance.now() - tStart) / 1000),
-        };
-      };
-
-      let live = runs.filter((r) => r.done === undefined);
-      for (const r of runs) if (r.done !== undefined) finish(r);
-      if (live.length > 0) {
-        for (const r of live) {
-          if (r.seq.history.length > r.seq.maxPosition) {
-            throw codedError('E_ARG', `prompts[${r.index}]: ${r.seq.history.length} tokens leave no room to generate in the model's ${r.seq.maxPosition + 1} positions`);
-          }
-        }
-        await engine.catchUp(live.map((r) => r.seq), true, signal);
-        for (const r of live) emit(r, [r.seq.history[r.seq.history.length - 1] as number]);
-      }
-      for (;;) {
-        for (const r of live) if (r.done !== undefined) finish(r);
-        live = live.filter((r) => r.done === undefined);
-        if (live.length === 0) break;
-        for (const r of live) {
-          // Never draft past maxNewTokens or past the context (the history may reach maxPositions).
-          r.seq.maxDepth = Math.max(0, Math.min(r.maxNew - r.newTokens.length - 1, r.seq.maxPosition - r.seq.committed - 1));
-        }
-        const emitted = await engine.step(live.map((r) => r.seq), signal);
-        live.forEach((r, b) => emit(r, emitted[b] as Int32Array));
-      }
-      return runs.map((r) => r.result as GenerateResult);
+      const results = await Promise.all(runs);
+      if (firstError) throw firstError.e;
+      return results as GenerateResult[];
     } finally {
-      // Abort or error: free every sequence still held (target and speculator KV pages).
-      for (const r of runs) engine.close(r.seq);
+      signal?.removeEventListener('abort', onAbort);
     }
   }
 
@@ -184,4 +134,12 @@ export class SpeculativeDecoder {
   [Symbol.dispose](): void {
     this.dispose();
   }
+}
+
+/** A batch member's coded error names the prompt it came from (an abort stays as it is). */
+function prefixed(e: unknown, i: number): unknown {
+  if (e instanceof Error && e.name !== 'AbortError' && typeof (e as { code?: unknown }).code === 'string' && !e.message.startsWith('prompts[')) {
+    e.message = `prompts[${i}]: ${e.message}`;
+  }
+  return e;
 }

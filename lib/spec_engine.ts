@@ -17,6 +17,7 @@ import { knownForwardCost } from './cost_model';
 import { argmax, processLogits } from './sampling';
 import { codedError } from './strategies/speculator';
 import { isSampling, pickTokens, samplingOptions, throwIfAborted } from './step_helpers';
+import { Tensor as TensorFactory } from './tensor';
 import type { Tensor } from './tensor';
 import { transferCounters, transfersSince, type TransferStats } from './transfers';
 import { chainTree, flattenTrees, pruneTree, treeDepths, validateTree } from './tree';
@@ -169,7 +170,7 @@ export class SpecEngine {
     this.sampling = isSampling(opts.sampling) ? opts.sampling : undefined;
   }
 
-  private ctx(signal?: AbortSignal): ProposeContext {
+  ctx(signal?: AbortSignal): ProposeContext {
     const c: { sampling?: SamplingConfig; signal?: AbortSignal } = {};
     if (this.sampling) c.sampling = this.sampling;
     if (signal) c.signal = signal;
@@ -249,94 +250,145 @@ export class SpecEngine {
    * last history token). Returns the emitted tokens per sequence (already appended to history).
    */
   async step(seqs: readonly EngineSequence[], signal?: AbortSignal): Promise<Int32Array[]> {
-    const ctx = this.ctx(signal);
+    return SpecEngine.stepShared([{ engine: this, seqs }], signal);
+  }
+
+  /**
+   * One speculative step over several engines' sequences with ONE target forward: engines that
+   * share the model and the speculator but differ in sampling settings (the continuous-batching
+   * engine's requests). Each part proposes with its own settings, is verified on its own rows of
+   * the shared forward (gathered into a tensor of their own when there is more than one part), and
+   * is committed in the same commit call. Returns the emitted tokens per part, per sequence.
+   */
+  static async stepShared(parts: readonly StepPart[], signal?: AbortSignal): Promise<Int32Array[]> {
+    const live = parts.filter((p) => p.seqs.length > 0);
+    const first = live[0];
+    if (!first) return [];
+    const { model, speculator } = first.engine;
+    for (const p of live) {
+      if (p.engine.model !== model || p.engine.speculator !== speculator) {
+        throw codedError('E_ARG', 'stepShared: every part must share the model and the speculator');
+      }
+    }
     let t = performance.now();
+    // Batch-wide phases count once per engine taking part (as the statistics of a batch do).
     const lap = (phase: keyof PhaseTimes): void => {
       const now = performance.now();
-      this.phases[phase] += (now - t) / 1000;
+      for (const p of live) p.engine.phases[phase] += (now - t) / 1000;
       t = now;
     };
     throwIfAborted(signal);
-    let batch: ProposalBatch;
-    if (this.speculator) batch = await this.speculator.propose(seqs, ctx);
-    else batch = { proposals: seqs.map((s) => chainTree(s.history[s.history.length - 1] as number)) };
-    let draftProbs = batch.draftProbs;
-    let probs: Tensor | undefined;
+    const batches: ProposalBatch[] = [];
+    const owned: Tensor[] = [];
     let out: ForwardOutput | undefined;
     try {
-      const proposals = this.checkProposals(seqs, batch);
-      if (proposals !== batch.proposals && draftProbs) {
-        // A pruned tree no longer lines up with the draft rows; q rows are not needed for the
-        // deterministic shapes speculators prune, but a mismatch must not pass silently.
-        throw codedError('E_ARG', `${this.speculator?.name}: proposal deeper than maxDepth together with draft probabilities`);
+      for (const p of live) {
+        const batch: ProposalBatch = speculator
+          ? await speculator.propose(p.seqs, p.engine.ctx(signal))
+          : { proposals: p.seqs.map((s) => chainTree(s.history[s.history.length - 1] as number)) };
+        batches.push(batch);
+        for (const o of batch.owned ?? []) owned.push(o);
+        if (batch.draftProbs) owned.push(batch.draftProbs);
       }
+      const proposals = live.map((p, i) => {
+        const batch = batches[i] as ProposalBatch;
+        const checked = p.engine.checkProposals(p.seqs, batch);
+        if (checked !== batch.proposals && batch.draftProbs) {
+          // A pruned tree no longer lines up with the draft rows; q rows are not needed for the
+          // deterministic shapes speculators prune, but a mismatch must not pass silently.
+          throw codedError('E_ARG', `${speculator?.name}: proposal deeper than maxDepth together with draft probabilities`);
+        }
+        return checked;
+      });
       lap('draft');
       throwIfAborted(signal);
-      const inputs: SequenceInput[] = proposals.map((p, b) => forwardInput((seqs[b] as EngineSequence).modelSeq, p));
+      const allSeqs = live.flatMap((p) => p.seqs);
+      const allProposals = proposals.flat();
+      const inputs: SequenceInput[] = allProposals.map((p, b) => forwardInput((allSeqs[b] as EngineSequence).modelSeq, p));
       const tForward = t;
-      out = await this.model.forward(inputs, this.speculator?.wantsHidden ? { hidden: true, ...sig(signal) } : sig(signal));
+      out = await model.forward(inputs, speculator?.wantsHidden ? { hidden: true, ...sig(signal) } : sig(signal));
       lap('target');
       // The measured forward refines the model's cost curve (tree sizing reads it).
-      const cost = knownForwardCost(this.model);
+      const cost = knownForwardCost(model);
       cost?.observe(out.indptr[inputs.length] as number, (t - tForward) / 1000);
       throwIfAborted(signal);
 
-      let accepted: readonly Int32Array[];
-      let emitted: readonly Int32Array[];
-      let rowArgmax: Int32Array | undefined;
-      let headsTopK: Int32Array | undefined;
-      if (!this.sampling && proposals.every((p) => p.tokens.length === 1)) {
-        // Greedy with nothing proposed (no speculator, or no n-gram match): greedy verification of a
-        // lone root emits its argmax (the same order: lowest index on ties, NaN never wins), so the
-        // argmax op alone gives the same tokens without the verify call's index arrays and outputs.
-        const ids = argmax(out.logits);
-        let top: Int32Array;
-        try {
-          top = ids.toInt32();
-        } finally {
-          ids.dispose();
-        }
-        accepted = proposals.map(() => Int32Array.of(0));
-        emitted = proposals.map((_, b) => top.subarray(b, b + 1));
-        rowArgmax = top;  // one row per sequence: these are every row's argmax
-      } else {
-        const v = this.verifyBatch(proposals, out.logits, out.hidden, seqs, draftProbs, (p) => (probs = p));
-        ({ acceptedNodes: accepted, emitted, argmax: rowArgmax, headsTopK } = v);
+      // Verification per part, on the part's rows of the forward.
+      const results: PartResult[] = [];
+      let seq0 = 0;
+      for (const [i, p] of live.entries()) {
+        const n = p.seqs.length;
+        const sub = live.length === 1 ? out : partOutput(out, seq0, n, owned);
+        const r = p.engine.verifyPart(proposals[i] as readonly Proposal[], sub, p.seqs, (batches[i] as ProposalBatch).draftProbs, owned);
+        results.push({ ...r, output: sub });
+        seq0 += n;
       }
       const tVerify = t;
       lap('verify');
 
-      this.model.commit(
-        seqs.map((s) => s.modelSeq),
-        accepted,
+      model.commit(
+        allSeqs.map((s) => s.modelSeq),
+        results.flatMap((r) => r.accepted),
       );
-      seqs.forEach((s, b) => {
-        const acc = accepted[b] as Int32Array;
-        const em = emitted[b] as Int32Array;
-        s.committed += acc.length;
-        for (const tok of em) s.history.push(tok);
-        s.stats.addStep(proposals[b] as Proposal, acc.length, em.length);
+      live.forEach((p, i) => {
+        const r = results[i] as PartResult;
+        p.seqs.forEach((s, b) => {
+          const acc = r.accepted[b] as Int32Array;
+          const em = r.emitted[b] as Int32Array;
+          s.committed += acc.length;
+          for (const tok of em) s.history.push(tok);
+          s.stats.addStep((proposals[i] as readonly Proposal[])[b] as Proposal, acc.length, em.length);
+        });
       });
       lap('commit');
       cost?.observeOverhead((t - tVerify) / 1000);
-      const report: StepReport = {
-        proposals,
-        output: out,
-        acceptedNodes: accepted,
-        emitted,
-        ...(rowArgmax && this.speculator?.wantsRowArgmax ? { rowArgmax } : {}),
-        ...(headsTopK ? { headsTopK } : {}),
-      };
-      await this.speculator?.update(seqs, report, ctx);
+      for (const [i, p] of live.entries()) {
+        const r = results[i] as PartResult;
+        const report: StepReport = {
+          proposals: proposals[i] as readonly Proposal[],
+          output: r.output,
+          acceptedNodes: r.accepted,
+          emitted: r.emitted,
+          ...(r.rowArgmax && speculator?.wantsRowArgmax ? { rowArgmax: r.rowArgmax } : {}),
+          ...(r.headsTopK ? { headsTopK: r.headsTopK } : {}),
+        };
+        await speculator?.update(p.seqs, report, p.engine.ctx(signal));
+      }
       lap('update');
-      return emitted as Int32Array[];
+      return results.flatMap((r) => r.emitted as Int32Array[]);
     } finally {
-      for (const t of batch.owned ?? []) t.dispose();
-      probs?.dispose();
-      draftProbs?.dispose();
-      draftProbs = undefined;
+      for (const o of owned) o.dispose();
       if (out) disposeOutput(out);
     }
+  }
+
+  /** Verifies one part's proposals against its rows (`out`); tensors it creates go to `owned`. */
+  private verifyPart(
+    proposals: readonly Proposal[],
+    out: ForwardOutput,
+    seqs: readonly EngineSequence[],
+    draftProbs: Tensor | undefined,
+    owned: Tensor[],
+  ): Omit<PartResult, 'output'> {
+    if (!this.sampling && proposals.every((p) => p.tokens.length === 1)) {
+      // Greedy with nothing proposed (no speculator, or no n-gram match): greedy verification of a
+      // lone root emits its argmax (the same order: lowest index on ties, NaN never wins), so the
+      // argmax op alone gives the same tokens without the verify call's index arrays and outputs.
+      const ids = argmax(out.logits);
+      let top: Int32Array;
+      try {
+        top = ids.toInt32();
+      } finally {
+        ids.dispose();
+      }
+      // One row per sequence: these are every row's argmax.
+      return { accepted: proposals.map(() => Int32Array.of(0)), emitted: proposals.map((_, b) => top.subarray(b, b + 1)), rowArgmax: top };
+    }
+    const v = this.verifyBatch(proposals, out.logits, out.hidden, seqs, draftProbs, (p) => owned.push(p));
+    const r: { -readonly [K in keyof Omit<PartResult, 'output'>]: Omit<PartResult, 'output'>[K] } = { accepted: v.acceptedNodes, emitted: v.emitted };
+    if (v.argmax) r.rowArgmax = v.argmax;
+    if (v.headsTopK) r.headsTopK = v.headsTopK;
+    return r;
   }
 
   /** Verification over the whole ragged batch in one native call; keep(probs) hands the processed target rows back for disposal. */
@@ -384,7 +436,7 @@ export class SpecEngine {
   }
 
   /** Validates the speculator's trees; prunes plain trees deeper than maxDepth. */
-  private checkProposals(seqs: readonly EngineSequence[], batch: ProposalBatch): readonly Proposal[] {
+  checkProposals(seqs: readonly EngineSequence[], batch: ProposalBatch): readonly Proposal[] {
     const name = this.speculator?.name ?? 'plain';
     if (batch.proposals.length !== seqs.length) {
       throw codedError('E_ARG', `${name}: ${batch.proposals.length} proposals for ${seqs.length} sequences`);
@@ -421,6 +473,38 @@ export class SpecEngine {
     });
     return changed ? out : batch.proposals;
   }
+}
+
+/** The sequences of one SpecEngine taking part in a shared step (SpecEngine.stepShared). */
+export interface StepPart {
+  readonly engine: SpecEngine;
+  readonly seqs: readonly EngineSequence[];
+}
+
+interface PartResult {
+  readonly accepted: readonly Int32Array[];
+  readonly emitted: readonly Int32Array[];
+  readonly rowArgmax?: Int32Array;
+  readonly headsTopK?: Int32Array;
+  /** The part's rows of the forward (the forward itself when it is the only part). */
+  readonly output: ForwardOutput;
+}
+
+/**
+ * Sequences [seq0, seq0 + n) of a forward as an output of their own: their logits (and hidden) rows
+ * gathered on the forward's device into tensors added to `owned`, indptr rebased to 0.
+ */
+function partOutput(out: ForwardOutput, seq0: number, n: number, owned: Tensor[]): ForwardOutput {
+  const r0 = out.indptr[seq0] as number;
+  const r1 = out.indptr[seq0 + n] as number;
+  const rows = Int32Array.from({ length: r1 - r0 }, (_, k) => r0 + k);
+  const gather = (x: Tensor): Tensor => {
+    const g = TensorFactory.gatherRows(Array.from({ length: rows.length }, () => x), rows);
+    owned.push(g);
+    return g;
+  };
+  const indptr = Int32Array.from({ length: n + 1 }, (_, b) => (out.indptr[seq0 + b] as number) - r0);
+  return out.hidden ? { logits: gather(out.logits), hidden: gather(out.hidden), indptr } : { logits: gather(out.logits), indptr };
 }
 
 function sig(signal?: AbortSignal): { signal?: AbortSignal } {

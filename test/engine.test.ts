@@ -7,8 +7,11 @@ import { SpeculativeDecoder } from '../lib/decoder';
 import { Engine, type RequestOptions } from '../lib/engine/engine';
 import { LlamaModel } from '../lib/models/llama';
 import { DraftModelSpeculator } from '../lib/strategies/draft_model';
+import { LookaheadSpeculator } from '../lib/strategies/lookahead';
+import { MedusaHeads, MedusaSpeculator } from '../lib/strategies/medusa';
 import type { Speculator } from '../lib/strategies/speculator';
 import { makeCheckpoint, specByName, type CheckpointSpec } from './fixtures/checkpoints';
+import { writeMedusaHeads } from './fixtures/medusa_heads';
 import { rng, testSeed } from './helpers';
 
 const targetSpec: CheckpointSpec = specByName('llama-gqa-f32');
@@ -71,6 +74,10 @@ describe('engine: continuous batching', function () {
   const speculators: [string, () => Speculator | undefined][] = [
     ['no speculator', () => undefined],
     ['draft model k=3', () => new DraftModelSpeculator({ draft, k: 3 })],
+    // Medusa verifies on gathered hidden rows and lookahead reads every row's argmax: both go
+    // through a mixed step's per-setting rows of the shared forward.
+    ['Medusa, fixed 2-head tree', () => new MedusaSpeculator({ heads: MedusaHeads.load(writeMedusaHeads({ numHeads: 2, numLayers: 1, hiddenSize: targetSpec.hidden, vocabSize: V, seed: testSeed })), choices: [[0], [1], [0, 0], [0, 1], [1, 0]] })],
+    ['lookahead W=3 N=3 G=3', () => new LookaheadSpeculator({ W: 3, N: 3, G: 3, sizing: 'fixed' })],
   ];
   for (const [name, make] of speculators) {
     it(`${name}: each request's tokens are the same alone and in a batch (greedy and sampled)`, async () => {
@@ -86,6 +93,20 @@ describe('engine: continuous batching', function () {
       assert.strictEqual(draft.kvInfo().freePages, draft.kvInfo().totalPages, 'draft pages leaked');
     });
   }
+
+  it('requests with different sampling settings share one target forward per step', async () => {
+    // Three settings, one request each, admitted together; no EOS stop, so each takes exactly
+    // maxNewTokens - 1 steps after its prefill (one prefill forward per setting at admission).
+    const N = 12;
+    const js = jobs(testSeed + 23, 3).map((j) => ({ ...j, opts: { ...j.opts, maxNewTokens: N, stopTokens: [] } }));
+    const ref = await alone(new Engine({ model: target }), js);
+    const engine = new Engine({ model: target });
+    const got = await Promise.all(js.map((j) => engine.submit(j.prompt, j.opts).then((r) => Array.from(r.tokens))));
+    got.forEach((t, i) => assert.deepStrictEqual(t, ref[i], `request ${i}`));
+    assert.strictEqual(engine.metrics.forwards, 3 + (N - 1), 'three prefills, then one forward per step for all three settings');
+    assert.strictEqual(engine.metrics.sequenceForwards, 3 * N);
+    assert.strictEqual(target.kvInfo().freePages, target.kvInfo().totalPages);
+  });
 
   it('a small KV cache preempts the youngest and recomputes it: same tokens, all pages free', async () => {
     // Nine sequences of up to 42 tokens (some stop early at EOS), all admitted at once, need far

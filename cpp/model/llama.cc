@@ -497,6 +497,12 @@ LlamaModel::SampledChain LlamaModel::draft_chain(const std::vector<LlamaSeqInput
     SPECDEC_CHECK(in.seq >= 0 && kv_->alive(in.seq), "E_ARG", "inputs[", b, "].seq: sequence ", in.seq,
                   " does not exist (never created or freed)");
     start[b] = kv_->length(in.seq);
+    // The chain's last pick feeds no forward, so the positions used are start + tokens + steps - 1.
+    // Checked before anything is sized by `steps` (a huge count must be an error, not an allocation).
+    const int64_t last = int64_t{start[b]} + static_cast<int64_t>(in.tokens.size()) + steps[b] - 2;
+    SPECDEC_CHECK(last < config_.max_positions, "E_ARG", "steps[", b, "] = ", steps[b], ": the chain would reach position ",
+                  last, ", outside the context of ", config_.max_positions, " positions (sequence at ", start[b], " + ",
+                  in.tokens.size(), " tokens)");
     max_steps = std::max(max_steps, steps[b]);
   }
   const Device dev = options_.device;

@@ -6,8 +6,8 @@
 //
 // Output does not depend on the batch: each request samples from its own stream (seed, stream),
 // the kernels are batch-invariant, and a step that fails for lack of pages restores the streams of
-// its sequences before they are recomputed. Requests with different sampling settings run in
-// separate step groups (verification takes one setting per call), one group after another.
+// its sequences before they are recomputed. Requests with different sampling settings share each
+// step's target forward; each setting's group proposes and is verified on its own rows.
 import type { GenerateOptions, GenerateResult, Generation } from '../decoder';
 import { codedError } from '../errors';
 import type { CausalLM } from '../models/causal_lm';
@@ -267,9 +267,12 @@ export class Engine {
   private async loop(): Promise<void> {
     try {
       while (this.queue.length > 0 || this.live.length > 0) {
+        const forwards = this.metrics.forwards;
         await withModelLock(this.model, () => this.tick());
-        // Let I/O, timers and new requests in between steps.
-        await new Promise<void>((r) => setImmediate(r));
+        // A tick that ran a forward let I/O, timers and new requests in while it awaited the addon;
+        // starting the next step at once lets the consumers' I/O (a server's SSE writes, its
+        // clients) overlap that step's forward. A tick without one yields here instead.
+        if (this.metrics.forwards === forwards) await new Promise<void>((r) => setImmediate(r));
       }
     } catch (e) {
       // Not expected (tick handles request errors): fail everything rather than hang.
@@ -293,7 +296,7 @@ export class Engine {
       if (list) list.push(r);
       else byGroup.set(r.group, [r]);
     }
-    for (const [group, reqs] of byGroup) await this.step(group, reqs.filter((r) => r.seq !== undefined));
+    await this.step([...byGroup.values()].map((reqs) => reqs.filter((r) => r.seq !== undefined)));
     this.reap();
   }
 
@@ -399,7 +402,10 @@ export class Engine {
     }
   }
 
-  private async step(group: SpecEngine, reqs: Request[]): Promise<void> {
+  /** One step of every live request: one target forward, verification per sampling group. */
+  private async step(groups: Request[][]): Promise<void> {
+    groups = groups.filter((g) => g.length > 0);
+    const reqs = groups.flat();
     if (reqs.length === 0) return;
     for (const r of reqs) {
       const s = r.seq as EngineSequence;
@@ -410,7 +416,7 @@ export class Engine {
     const t0 = performance.now();
     let emitted: Int32Array[];
     try {
-      emitted = await group.step(reqs.map((r) => r.seq as EngineSequence));
+      emitted = await SpecEngine.stepShared(groups.map((g) => ({ engine: (g[0] as Request).group, seqs: g.map((r) => r.seq as EngineSequence) })));
     } catch (e) {
       reqs.forEach((r, i) => (r.rng.counter = saved[i] as bigint));
       this.recover(reqs, e);

@@ -54,6 +54,8 @@ export class CompletionServer {
   private readonly maxBodyBytes: number;
   private readonly created = Math.floor(Date.now() / 1000);
   private draining = false;
+  /** Handlers still running: close() waits for them to write their last bytes. */
+  private readonly inFlight = new Set<Promise<void>>();
 
   constructor(opts: ServerOptions) {
     this.engine = opts.engine;
@@ -61,7 +63,10 @@ export class CompletionServer {
     this.modelName = opts.modelName;
     this.maxBodyBytes = opts.maxBodyBytes ?? 1 << 20;
     this.http = http.createServer((req, res) => {
-      this.route(req, res).catch((e: unknown) => this.sendError(res, e));
+      const handled = this.route(req, res)
+        .catch((e: unknown) => this.sendError(res, e))
+        .finally(() => this.inFlight.delete(handled));
+      this.inFlight.add(handled);
     });
   }
 
@@ -82,6 +87,9 @@ export class CompletionServer {
     const closed = new Promise<void>((r) => this.http.close(() => r()));
     this.http.closeIdleConnections();
     await this.engine.idle();
+    // The engine is idle once the last request resolved; its handler may still be writing the
+    // stream's end (finish reason, usage, [DONE]).
+    while (this.inFlight.size > 0) await Promise.all([...this.inFlight]);
     this.http.closeAllConnections();
     await closed;
   }

@@ -8,15 +8,18 @@
 //   2. s = tree8(lanes 0..7) + tree8(lanes 8..15), tree8(a) = ((a0+a1)+(a2+a3))+((a4+a5)+(a6+a7));
 //   3. s = fma(x[k], w[k], s) for k = K16 .. K-1 in order; then s + bias[m].
 // The portable kernel (std::fma), AVX2 (two 8-lane registers per output) and AVX-512 (one 16-lane
-// register) implement exactly this; weights are converted to f32 exactly. Tiles, packing and
+// register) implement exactly this; weights are converted to f32 exactly. Tiles, blocks and
 // threads only decide who computes an output and from which copy of the weights.
 //
 // Work split: threads take blocks of kBlockM weight rows. Within a block, rows of x go in groups
 // that share every weight load (a tile: R rows of x by WR weight rows, as many accumulators as
-// the registers hold). When more than one group passes over a block (prefill, trees), the
-// block's weights are first converted to f32 into a per-thread buffer that stays in L2, so each
-// weight is converted once for all rows and x streams past cached weights; a single group
-// (decode, short chains) converts while it streams the weights from memory.
+// the registers hold), converting bf16/f16 weights to f32 in registers as they are loaded. The
+// first group streams the block from memory (prefetching a later tile's rows into L2); further
+// groups (trees, prefill) read the same block again from L2. Measured on the 2-core EPYC (Zen 4,
+// one thread, 300M shapes): converting in registers for every group reached 73-88% of the FMA
+// peak at 8-16 rows where converting each block once into an f32 buffer reached 44-68%, and was
+// no slower at 64-256 rows; L1 prefetches (T0) of the streamed rows evicted the tile being read
+// and held a DRAM-resident matrix to 9.6 GB/s, L2 prefetches (T1) reach 14-16 GB/s.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -99,7 +102,7 @@ inline void finish_tile(const float* x, const void* w, int64_t K, int64_t K16, c
     }
 }
 
-// Weights that stream from memory (not a packed block) are read only WR rows at a time: too few
+// Weights that stream from memory are read only WR rows at a time: too few
 // streams to keep DRAM busy. So the tile also prefetches, a cache line at a time, the rows
 // kPrefetchRows further on (a later tile's), which doubled small-N throughput on a 56 MB bf16
 // matrix (2-core EPYC, AVX2 kernel).
@@ -111,7 +114,7 @@ inline void prefetch_rows(const void* w, int WR, int64_t K, int64_t k) {
   const char* ahead = static_cast<const char*>(w) + kPrefetchRows * K * esz;
   // (An early return here instead of the `if` let GCC 12 drop the prefetches as dead code.)
   if (k % kLine == 0)
-    for (int j = 0; j < WR; ++j) _mm_prefetch(ahead + (j * K + k) * esz, _MM_HINT_T0);
+    for (int j = 0; j < WR; ++j) _mm_prefetch(ahead + (j * K + k) * esz, _MM_HINT_T1);  // L2: see the top
 }
 
 // R rows of x (stride K) against WR weight rows (stride K): out[r * ldo + j] = x[r] . w[j].
@@ -163,27 +166,6 @@ SPECDEC_AVX512 void tile_avx512(const float* x, const void* w, int64_t K, float*
   float sums[R * WR];
   lane_sums<R * WR>(lo, hi, sums);
   finish_tile<R, WR, WT>(x, w, K, K16, sums, out, ldo);
-}
-
-// n weights from element `offset` on, converted to f32 (exactly) into the thread's pack buffer.
-template <DType WT>
-SPECDEC_AVX2 const float* pack_avx2(const void* w, int64_t offset, int64_t n) {
-  float* dst = pack_buffer(static_cast<size_t>(n));
-  const uint16_t* src = static_cast<const uint16_t*>(w) + offset;
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load8<WT>(src, i));
-  for (; i < n; ++i) dst[i] = load1<WT>(src, i);
-  return dst;
-}
-
-template <DType WT>
-SPECDEC_AVX512 const float* pack_avx512(const void* w, int64_t offset, int64_t n) {
-  float* dst = pack_buffer(static_cast<size_t>(n));
-  const uint16_t* src = static_cast<const uint16_t*>(w) + offset;
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, load16<WT>(src, i));
-  for (; i < n; ++i) dst[i] = load1<WT>(src, i);
-  return dst;
 }
 
 // Tile widths: as many weight rows as the registers hold next to R x vectors and one weight
@@ -246,27 +228,21 @@ void all_rows(const float* x, int64_t N, const void* w, int64_t K, int64_t rows,
   }
 }
 
-// Weight rows [m0, m1) for all N rows of x: from the weights as they are when one group of rows
-// passes over them (or they are f32 already), else from the block converted once.
+// Weight rows [m0, m1) for all N rows of x. When several row groups pass over the block and a
+// block of kBlockM rows would not stay in L2 (very long rows), it goes in halves (24 rows: a
+// multiple of every multi-row tile width).
 template <bool kAvx512>
 void block_simd(const float* x, int64_t N, int64_t K, DType wdt, const void* w, int64_t m0, int64_t m1, float* out,
                 int64_t M) {
-  const int64_t rows = m1 - m0;
-  float* o = out + m0;
-  if (wdt == DType::f32)
-    return all_rows<DType::f32, true, kAvx512>(x, N, static_cast<const float*>(w) + m0 * K, K, rows, o, M);
-  if (N > max_group<kAvx512>()) {
-    const bool f16 = wdt == DType::f16;
-    const float* packed;
-    if constexpr (kAvx512)
-      packed = f16 ? pack_avx512<DType::f16>(w, m0 * K, rows * K) : pack_avx512<DType::bf16>(w, m0 * K, rows * K);
-    else
-      packed = f16 ? pack_avx2<DType::f16>(w, m0 * K, rows * K) : pack_avx2<DType::bf16>(w, m0 * K, rows * K);
-    return all_rows<DType::f32, false, kAvx512>(x, N, packed, K, rows, o, M);
+  const int64_t esz = wdt == DType::f32 ? 4 : 2;
+  const int64_t step = N > max_group<kAvx512>() && kBlockM * K * esz > (int64_t{512} << 10) ? kBlockM / 2 : kBlockM;
+  for (int64_t a = m0; a < m1; a += step) {
+    const int64_t b = std::min(m1, a + step), rows = b - a;
+    float* o = out + a;
+    if (wdt == DType::f32) all_rows<DType::f32, true, kAvx512>(x, N, static_cast<const float*>(w) + a * K, K, rows, o, M);
+    else if (wdt == DType::f16) all_rows<DType::f16, true, kAvx512>(x, N, static_cast<const uint16_t*>(w) + a * K, K, rows, o, M);
+    else all_rows<DType::bf16, true, kAvx512>(x, N, static_cast<const uint16_t*>(w) + a * K, K, rows, o, M);
   }
-  const uint16_t* wh = static_cast<const uint16_t*>(w) + m0 * K;
-  if (wdt == DType::f16) return all_rows<DType::f16, true, kAvx512>(x, N, wh, K, rows, o, M);
-  return all_rows<DType::bf16, true, kAvx512>(x, N, wh, K, rows, o, M);
 }
 #endif  // SPECDEC_CPU_X86_SIMD
 

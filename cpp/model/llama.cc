@@ -2,8 +2,6 @@
 // against the config), forward (input validation -> masks/positions -> the layer stack), commit.
 #include "llama.h"
 
-#include <sys/stat.h>
-
 #include <algorithm>
 #include <cmath>
 #include <set>
@@ -96,9 +94,8 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const LlamaConfig& config, const Ll
   m->config_ = config;
   m->options_ = options;
 
-  // Files are opened once each; on the CPU the weights are views of the files' memory (which they
-  // keep alive): the mapping, or the file read into huge pages (resident_weights()); on CUDA
-  // copies, and the files go when loading ends.
+  // Files are opened (memory-mapped) once each; on the CPU the weights are views of the mappings
+  // (which they keep alive), on CUDA copies, and the mappings go when loading ends.
   std::map<std::string, std::shared_ptr<SafetensorsFile>> files;
   auto file_of = [&](const std::string& name) -> std::string {
     if (source.weight_map.empty()) return source.file;
@@ -113,16 +110,7 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const LlamaConfig& config, const Ll
       fail("E_FORMAT", "model.safetensors.index.json: weight_map has no entry for tensor '", name, "'");
     }
     auto& f = files[fname];
-    if (!f) {
-      const std::string path = source.dir.empty() ? fname : source.dir + "/" + fname;
-      // On the CPU every forward streams all weights: huge pages make that up to 1.3x faster.
-      bool resident = false;
-      if (options.device == Device::cpu) {
-        struct stat st;
-        resident = ::stat(path.c_str(), &st) == 0 && resident_weights(static_cast<uint64_t>(st.st_size));
-      }
-      f = SafetensorsFile::open(path, resident);
-    }
+    if (!f) f = SafetensorsFile::open(source.dir.empty() ? fname : source.dir + "/" + fname);
     if (!f->has(name)) {
       if (!required) return Tensor();
       fail("E_FORMAT", fname, ": missing tensor '", name, "'");

@@ -10,9 +10,7 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <set>
 #include <utility>
 
@@ -250,23 +248,7 @@ struct Mapping {  // closes the fd / unmaps on early exit during open()
 
 }  // namespace
 
-bool resident_weights(uint64_t bytes) {
-  const char* env = std::getenv("SPECDEC_WEIGHTS");
-  const std::string mode = env ? env : "auto";
-  if (mode == "map") return false;
-  if (mode == "resident") return true;
-  // auto: THP must be "always" or "madvise" ("[never]" would give 4 KiB pages: nothing gained).
-  std::ifstream thp("/sys/kernel/mm/transparent_hugepage/enabled");
-  std::string line;
-  if (!std::getline(thp, line) || line.find("[never]") != std::string::npos || line.find('[') == std::string::npos) return false;
-  std::ifstream meminfo("/proc/meminfo");
-  uint64_t avail_kb = 0;
-  while (std::getline(meminfo, line))
-    if (line.rfind("MemAvailable:", 0) == 0) avail_kb = std::strtoull(line.c_str() + 13, nullptr, 10);
-  return bytes / 1024 < avail_kb / 2;
-}
-
-std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path, bool resident) {
+std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) {
   Mapping m;
   m.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (m.fd < 0) fail("E_IO", "cannot open safetensors file '", path, "': ", std::strerror(errno));
@@ -278,15 +260,11 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path, 
     fail("E_FORMAT", path, ": file is ", size, " bytes, shorter than the 8-byte header length of a safetensors file");
 
   m.size = static_cast<size_t>(size);
-  m.ptr = resident ? MAP_FAILED : mmap(nullptr, m.size, PROT_READ, MAP_PRIVATE, m.fd, 0);
+  m.ptr = mmap(nullptr, m.size, PROT_READ, MAP_PRIVATE, m.fd, 0);
   if (m.ptr == MAP_FAILED) {
-    // Resident, or a file system without mmap: read into anonymous memory (munmap frees both),
-    // on huge pages where the kernel gives them (a hint: without them this is a plain copy).
+    // Fallback for file systems without mmap: read into anonymous memory (munmap frees both).
     m.ptr = mmap(nullptr, m.size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m.ptr == MAP_FAILED) { m.ptr = nullptr; fail("E_IO", "cannot map '", path, "': ", std::strerror(errno)); }
-#ifdef MADV_HUGEPAGE
-    if (resident) madvise(m.ptr, m.size, MADV_HUGEPAGE);
-#endif
     size_t got = 0;
     while (got < m.size) {
       ssize_t r = ::pread(m.fd, static_cast<char*>(m.ptr) + got, m.size - got, static_cast<off_t>(got));

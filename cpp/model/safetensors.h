@@ -22,10 +22,7 @@ struct SafetensorInfo {
 class SafetensorsFile : public std::enable_shared_from_this<SafetensorsFile> {
  public:
   // Throws E_IO (cannot open/map) or E_FORMAT (invalid), naming the path and, where relevant, the tensor.
-  // `resident`: read the file into anonymous memory backed by transparent huge pages (when the
-  // kernel allows them) instead of mapping it: weights streamed by the CPU kernels then cost one
-  // TLB entry per 2 MiB instead of per 4 KiB (see resident_weights()).
-  static std::shared_ptr<SafetensorsFile> open(const std::string& path, bool resident = false);
+  static std::shared_ptr<SafetensorsFile> open(const std::string& path);
   ~SafetensorsFile();
 
   const std::string& path() const { return path_; }
@@ -53,12 +50,5 @@ class SafetensorsFile : public std::enable_shared_from_this<SafetensorsFile> {
   std::map<std::string, SafetensorInfo> tensors_;
   std::map<std::string, std::string> metadata_;
 };
-
-// Whether a CPU model should read a checkpoint file of `bytes` into huge-page memory
-// (SafetensorsFile::open's `resident`) rather than map it: SPECDEC_WEIGHTS=resident or =map
-// decides; by default (auto) resident when transparent huge pages are available to madvise and
-// the file takes less than half of the memory available now, so a model that barely fits is still
-// mapped (its pages can be dropped and re-read under pressure).
-bool resident_weights(uint64_t bytes);
 
 }  // namespace specdec

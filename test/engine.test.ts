@@ -108,6 +108,16 @@ describe('engine: continuous batching', function () {
     assert.strictEqual(target.kvInfo().freePages, target.kvInfo().totalPages);
   });
 
+  it("a request's phase times cover its own lifetime, not the engine's earlier requests", async () => {
+    const engine = new Engine({ model: target });
+    const first = await engine.submit([1, 2, 3], { maxNewTokens: 40, stopTokens: [] });
+    const second = await engine.submit([4, 5], { maxNewTokens: 2, stopTokens: [] });
+    const sum = (p: object): number => (Object.values(p) as number[]).reduce((a, b) => a + b, 0);
+    assert.ok(sum(first.stats.phases) > 0);
+    assert.ok(sum(second.stats.phases) <= second.stats.seconds, `phases ${sum(second.stats.phases)} s in a request of ${second.stats.seconds} s`);
+    assert.ok(sum(second.stats.phases) < sum(first.stats.phases), 'the second, 2-token request spent less time than the 40-token one');
+  });
+
   it('a small KV cache preempts the youngest and recomputes it: same tokens, all pages free', async () => {
     // Nine sequences of up to 42 tokens (some stop early at EOS), all admitted at once, need far
     // more than the cache's 96 tokens.

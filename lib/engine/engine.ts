@@ -11,7 +11,7 @@
 import type { GenerateOptions, GenerateResult, Generation } from '../decoder';
 import { codedError } from '../errors';
 import type { CausalLM } from '../models/causal_lm';
-import { SpecEngine, StatsAcc, type EngineSequence } from '../spec_engine';
+import { SpecEngine, StatsAcc, type EngineSequence, type PhaseTimes } from '../spec_engine';
 import { abortError, isSampling } from '../step_helpers';
 import type { SamplingConfig, SeqRng, Speculator } from '../strategies/speculator';
 import { streamGeneration } from './generation';
@@ -70,6 +70,8 @@ class Request {
   stats = new StatsAcc();
   aborted = false;
   readonly t0 = performance.now();
+  /** The group's phase times when the request arrived: its statistics report the difference. */
+  readonly phases0: PhaseTimes;
 
   readonly promptLength: number;
 
@@ -84,6 +86,7 @@ class Request {
   ) {
     this.history = Array.from(prompt);
     this.promptLength = prompt.length;
+    this.phases0 = { ...group.phases };
   }
 }
 
@@ -486,7 +489,11 @@ export class Engine {
 
   private finish(r: Request): void {
     const s = r.seq;
-    const stats = (s ? s.stats : r.stats).finish(r.group.phases, (performance.now() - r.t0) / 1000);
+    // The group's phases accumulate over every request it served: report this request's lifetime.
+    const now = r.group.phases;
+    const phases: PhaseTimes = { prefill: 0, draft: 0, target: 0, verify: 0, commit: 0, update: 0 };
+    for (const k of Object.keys(phases) as (keyof PhaseTimes)[]) phases[k] = now[k] - r.phases0[k];
+    const stats = (s ? s.stats : r.stats).finish(phases, (performance.now() - r.t0) / 1000);
     try {
       this.release(r);
     } catch (e) {

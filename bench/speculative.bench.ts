@@ -184,7 +184,7 @@ export async function runScenario(sc: Scenario, roundsWanted: number, opts: Benc
         name: `${sc.name}: ${v.name}`,
         value: round(speedup, 3),
         unit: 'x plain',
-        note: `${round(tps, 1)} tok/s, decode-only x${round(decodeTps / plainDecodeTps, 2)}, tau ${round(st.tokensPerForward, 2)}, accept ${round(100 * st.acceptanceRate, 1)}%${lossless ? '' : ', OUTPUT != PLAIN'}`,
+        note: `${round(tps, 1)} tok/s, decode-only x${round(decodeTps / plainDecodeTps, 2)}, tau ${round(st.tokensPerForward, 2)}, accept ${round(100 * st.acceptanceRate, 1)}%, ${round((st.transfers.deviceOps ?? 0) / st.targetForwards, 0)} device ops and ${round(st.transfers.blockingWaits / st.targetForwards, 2)} waits per step${lossless ? '' : ', OUTPUT != PLAIN'}`,
         metrics: {
           strategy: v.name,
           ...v.setup,
@@ -207,6 +207,18 @@ export async function runScenario(sc: Scenario, roundsWanted: number, opts: Benc
           nodesPerStep: st.nodesPerStep,
           /** prefill: ms for the whole prompt; the others: ms per speculative step. */
           phaseMs: phaseMsPerStep,
+          /**
+           * Per target forward (the prefill's included): device ops (kernel launches on CUDA),
+           * blocking waits, calls into the addon; host ms per step = the step's wall time less the
+           * prefill, per step (on the CPU all of it is host time; on CUDA, what the host spends
+           * between a step's first launch and its result).
+           */
+          perStep: {
+            deviceOps: round((st.transfers.deviceOps ?? 0) / st.targetForwards, 1),
+            blockingWaits: round(st.transfers.blockingWaits / st.targetForwards, 2),
+            napiCalls: round(st.transfers.napiCalls / st.targetForwards, 1),
+            hostMs: round(((st.seconds - st.phases.prefill) * 1000) / steps, 3),
+          },
           seconds: st.seconds,
           lossless,
         },

@@ -14,11 +14,18 @@ export interface TransferStats {
   readonly readbackBytes: number;
   /** Calls from JavaScript into the addon. */
   readonly napiCalls: number;
+  /**
+   * Ops dispatched to a backend: on CUDA one kernel launch each (a split-KV attention adds its
+   * merge kernel), on the CPU one parallel loop each. Counted where both backends dispatch, so a
+   * CPU run shows the launches a CUDA step makes.
+   */
+  readonly deviceOps: number;
 }
 
 /** Process-wide totals since the addon loaded. */
 export function transferCounters(): TransferStats {
-  return native().transferCounters();
+  const c = native().transferCounters();
+  return { ...c, deviceOps: c.deviceOps ?? 0 };
 }
 
 /** What happened since `from` (a transferCounters() reading), not counting the reading calls. */
@@ -31,5 +38,6 @@ export function transfersSince(from: TransferStats): TransferStats {
     readbacks: now.readbacks - from.readbacks,
     readbackBytes: now.readbackBytes - from.readbackBytes,
     napiCalls: now.napiCalls - from.napiCalls - 1,
+    deviceOps: now.deviceOps - from.deviceOps,
   };
 }

@@ -123,6 +123,13 @@ describe('transfers: host <-> device traffic of a step', function () {
     assert.deepStrictEqual([t.uploads, t.readbacks], [0, 0], JSON.stringify(t));
     const ha = a.toFloat32(), hb = b.toFloat32();
     assert.deepStrictEqual(Array.from(g.toFloat32()), [...hb.subarray(7, 14), ...ha.subarray(14, 21), ...ha.subarray(0, 7)]);
+    // Device ops: one copy per run of consecutive rows of one tensor (b:1 | a:2 | a:0: three runs).
+    assert.strictEqual(t.deviceOps, 3, JSON.stringify(t));
+    const run = transferCounters();
+    const h = gatherRows([0, 1, 2].map((row) => ({ tensor: a, row })), 7, 'cpu');
+    assert.strictEqual(transfersSince(run).deviceOps, 1, 'rows 0, 1, 2 of one tensor: one copy');
+    assert.deepStrictEqual(Array.from(h.toFloat32()), Array.from(ha));
+    h.dispose();
     assertThrowsCode(() => gatherRows([{ tensor: a, row: 3 }], 7, 'cpu'), 'E_ARG', /outside the 3 rows/);
     assertThrowsCode(() => gatherRows([{ tensor: a, row: 0 }], 8, 'cpu'), 'E_ARG', /width 8/);
     for (const x of [a, b, g]) x.dispose();
@@ -151,6 +158,33 @@ describe('transfers: whole decoding runs on the embedded family', function () {
     assert.strictEqual(t.uploads, forwards, JSON.stringify(t));
     assert.strictEqual(t.blockingWaits, forwards, JSON.stringify(t));
     assert.ok(t.readbackBytes <= 8 * forwards, JSON.stringify(t));
+  });
+
+  it('device ops (kernel launches on CUDA): the same count every plain decode step, a bounded number per layer', async () => {
+    const seq = target.createSequence();
+    try {
+      const out = await target.forward([{ seq, tokens: prompt }]);
+      out.logits.dispose();
+      target.commit([seq], [Int32Array.from(prompt.keys())]);
+      const perStep: number[] = [];
+      for (let i = 0; i < 5; i++) {
+        const c0 = transferCounters();
+        const o = await target.forward([{ seq, tokens: Int32Array.of(7 + i) }]);
+        const ids = argmax(o.logits);
+        ids.toInt32();
+        ids.dispose();
+        o.logits.dispose();
+        target.commit([seq], [Int32Array.of(0)]);
+        perStep.push(transfersSince(c0).deviceOps);
+      }
+      const L = target.config.numLayers;
+      assert.ok(perStep.every((n) => n === perStep[0]), `ops per step: ${perStep}`);
+      // Per layer: 2 norms, 7 projections, rope, KV append, attention, SiLU-mul, 2 residual adds (+ a
+      // copy or two); around them the embedding, the final norm, the LM head and the argmax.
+      assert.ok((perStep[0] as number) >= 12 * L && (perStep[0] as number) <= 20 * L + 8, `ops per step: ${perStep[0]} for ${L} layers`);
+    } finally {
+      target.freeSequence(seq);
+    }
   });
 
   it('greedy draft-model steps: ONE wait each (the picks go from draft to target on the device) and at most six calls into the addon', async () => {

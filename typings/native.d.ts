@@ -62,6 +62,8 @@ declare namespace SpecdecNative {
     readbackBytes: number;
     blockingWaits: number;
     napiCalls: number;
+    /** Ops dispatched to a backend (a kernel launch each on CUDA); absent from older binaries. */
+    deviceOps?: number;
   }
 
   interface NativeBinding {

@@ -7,6 +7,7 @@
 
 #include "backend.h"
 #include "host_pack.h"
+#include "transfers.h"
 
 namespace specdec {
 
@@ -122,6 +123,7 @@ void kv_append(Tensor& kv_layer, const Tensor& k, const Tensor& v, const PagedBa
   check_same_device({&kv_layer, &k, &v}, "kv_append");
   check_batch_vs_layer(batch, kv_layer, "kv_append");
   if (N == 0) return;
+  note_op();  // one launch on CUDA
   if (kv_layer.device() == Device::cpu) return cpu::kv_append(kv_layer, k, v, batch);
 #ifdef SPECDEC_WITH_CUDA
   cuda::kv_append(kv_layer, k, v, batch);
@@ -151,6 +153,7 @@ void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& b
   check_same_device({&q, &kv_layer, &mask, &out}, "tree_attention");
   check_batch_vs_layer(batch, kv_layer, "tree_attention");
   if (N == 0) return;
+  note_op();  // one launch on CUDA
   if (q.device() == Device::cpu) return cpu::tree_attention(q, kv_layer, batch, mask, sm_scale, out);
 #ifdef SPECDEC_WITH_CUDA
   cuda::tree_attention(q, kv_layer, batch, mask, sm_scale, out);
@@ -201,6 +204,7 @@ void kv_commit(const std::vector<Tensor>& layers, const PagedBatch& batch, const
                     static_cast<int64_t>(h_acc_nodes->size()) == acc_nodes.numel(),
                 "E_ARG", "kv_commit: the host copies of the accepted indices differ in length from the tensors");
   if (check_commit(batch, *h_acc_indptr, *h_acc_nodes)) return;  // nothing moves
+  note_op();  // one launch on CUDA
   if (layers[0].device() == Device::cpu) return cpu::kv_commit(layers, batch, acc_indptr, acc_nodes);
 #ifdef SPECDEC_WITH_CUDA
   cuda::kv_commit(layers, batch, acc_indptr, acc_nodes);
@@ -233,6 +237,7 @@ void kv_copy_pages(const std::vector<Tensor>& layers, const Tensor& src_pages, c
     role[dst[i]] |= 2;
   }
   if (src.empty()) return;
+  note_op();  // one launch on CUDA
   if (layers[0].device() == Device::cpu) return cpu::kv_copy_pages(layers, src_pages, dst_pages);
 #ifdef SPECDEC_WITH_CUDA
   cuda::kv_copy_pages(layers, src_pages, dst_pages);

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "ops_layers.h"
+#include "transfers.h"
 
 namespace specdec {
 namespace ops {
@@ -56,6 +57,7 @@ void embedding(const Tensor& table, const Tensor& ids, Tensor& out, const int32_
     SPECDEC_CHECK(id >= 0 && id < V, "E_ARG", "ids[", n, "] = ", id, " is outside the vocabulary [0, ", V,
                   ") (vocabulary size ", V, ")");
   }
+  note_op();  // one launch on CUDA
   if (table.device() == Device::cpu) return cpu::embedding(table, ids, out);
 #ifdef SPECDEC_WITH_CUDA
   return cuda::embedding(table, ids, out);
@@ -75,6 +77,7 @@ void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) {
   check_alias(out, "out", x, "x", true);
   check_alias(out, "out", w, "w", false);
   if (N == 0) return;
+  note_op();  // one launch on CUDA
   if (x.device() == Device::cpu) return cpu::rmsnorm(x, w, eps, out);
 #ifdef SPECDEC_WITH_CUDA
   return cuda::rmsnorm(x, w, eps, out);
@@ -112,6 +115,7 @@ void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out) {
     for (int64_t n = 0; n < N; ++n) out.rows(n, n + 1).copy_from(b32.view({1, M}));
     return;
   }
+  note_op();  // one launch on CUDA
   if (x.device() == Device::cpu) return cpu::matmul(x, w, bias, out);
 #ifdef SPECDEC_WITH_CUDA
   return cuda::matmul(x, w, bias, out);
@@ -130,6 +134,7 @@ void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq) {
   check_alias(x, "x", positions, "positions", false);
   check_alias(x, "x", inv_freq, "inv_freq", false);
   if (x.numel() == 0) return;
+  note_op();  // one launch on CUDA
   if (x.device() == Device::cpu) return cpu::rope(x, positions, inv_freq);
 #ifdef SPECDEC_WITH_CUDA
   return cuda::rope(x, positions, inv_freq);
@@ -147,6 +152,7 @@ void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
   check_alias(out, "out", gate, "gate", true);
   check_alias(out, "out", up, "up", true);
   if (gate.numel() == 0) return;
+  note_op();  // one launch on CUDA
   if (gate.device() == Device::cpu) return cpu::silu_mul(gate, up, out);
 #ifdef SPECDEC_WITH_CUDA
   return cuda::silu_mul(gate, up, out);
@@ -163,6 +169,7 @@ void add_inplace(Tensor& x, const Tensor& y) {
   check_same_device({&x, &y}, "add_inplace");
   check_alias(x, "x", y, "y", true);
   if (x.numel() == 0) return;
+  note_op();  // one launch on CUDA
   if (x.device() == Device::cpu) return cpu::add_inplace(x, y);
 #ifdef SPECDEC_WITH_CUDA
   return cuda::add_inplace(x, y);
@@ -174,6 +181,7 @@ void add_inplace(Tensor& x, const Tensor& y) {
 void silu_inplace(Tensor& x) {
   check_arg_dim(x, "x", {DType::f32}, -1);
   if (x.numel() == 0) return;
+  note_op();  // one launch on CUDA
   if (x.device() == Device::cpu) return cpu::silu_inplace(x);
 #ifdef SPECDEC_WITH_CUDA
   return cuda::silu_inplace(x);
@@ -194,6 +202,7 @@ void gather_last_accepted(const Tensor& x, const Tensor& indptr, const Tensor& a
   check_same_device({&x, &indptr, &acc_nodes, &acc_count, &out}, "gather_last_accepted");
   check_alias(out, "out", x, "x", false);
   if (B == 0 || H == 0) return;
+  note_op();  // one launch on CUDA
   if (x.device() == Device::cpu) return cpu::gather_last_accepted(x, indptr, acc_nodes, acc_count, out);
 #ifdef SPECDEC_WITH_CUDA
   return cuda::gather_last_accepted(x, indptr, acc_nodes, acc_count, out);

@@ -5,6 +5,7 @@
 
 #include "ops_sampling.h"
 #include "spec_math.h"
+#include "transfers.h"
 
 namespace specdec {
 namespace ops {
@@ -14,12 +15,14 @@ namespace {
 #ifdef SPECDEC_WITH_CUDA
 #define SPECDEC_SAMPLING_DISPATCH(dev, call) \
   do {                                       \
+    note_op();                               \
     if ((dev) == Device::cpu) cpu::call;     \
     else cuda::call;                         \
   } while (0)
 #else
 #define SPECDEC_SAMPLING_DISPATCH(dev, call)                                                    \
   do {                                                                                          \
+    note_op();                                                                                  \
     if ((dev) == Device::cpu) cpu::call;                                                        \
     else fail("E_UNSUPPORTED", "sampling ops: this build has no CUDA backend");                 \
   } while (0)

@@ -157,11 +157,13 @@ void Tensor::copy_from(const Tensor& src) {
   size_t n = nbytes();
   if (n == 0) return;
   if (device_ == Device::cpu && src.device_ == Device::cpu) {
+    note_op();  // what a device-to-device copy is on CUDA
     std::memmove(data(), src.data(), n);
     return;
   }
 #ifdef SPECDEC_WITH_CUDA
   if (device_ == Device::cuda && src.device_ == Device::cuda) {
+    note_op();
     cuda::memcpy_d2d(data(), src.data(), n);
   } else if (device_ == Device::cuda) {
     note_upload(n, cuda::memcpy_h2d(data(), src.data(), n));
@@ -233,9 +235,13 @@ Tensor gather_rows(const std::vector<Tensor>& srcs, const std::vector<int64_t>& 
                   " is outside the ", t.size(0), " rows of tensors[", k, "]");
   }
   Tensor out = Tensor::empty(first.dtype(), {static_cast<int64_t>(rows.size()), first.size(1)}, first.device());
-  for (size_t k = 0; k < srcs.size(); ++k) {
-    const int64_t i = static_cast<int64_t>(k);
-    out.rows(i, i + 1).copy_from(srcs[k].rows(rows[k], rows[k] + 1));
+  // Runs of consecutive rows of one tensor go as one copy (on CUDA: one async copy, not one a row).
+  for (size_t k = 0; k < srcs.size();) {
+    size_t e = k + 1;
+    while (e < srcs.size() && srcs[e].data() == srcs[k].data() && rows[e] == rows[e - 1] + 1) ++e;
+    const int64_t i = static_cast<int64_t>(k), n = static_cast<int64_t>(e - k);
+    out.rows(i, i + n).copy_from(srcs[k].rows(rows[k], rows[k] + n));
+    k = e;
   }
   return out;
 }

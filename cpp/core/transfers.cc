@@ -5,7 +5,7 @@
 namespace specdec {
 
 namespace {
-std::atomic<uint64_t> g_uploads{0}, g_upload_bytes{0}, g_readbacks{0}, g_readback_bytes{0}, g_waits{0};
+std::atomic<uint64_t> g_uploads{0}, g_upload_bytes{0}, g_readbacks{0}, g_readback_bytes{0}, g_waits{0}, g_ops{0};
 }  // namespace
 
 void note_upload(size_t bytes, bool blocking) {
@@ -22,6 +22,8 @@ void note_readback(size_t bytes) {
 
 void note_wait() { g_waits.fetch_add(1, std::memory_order_relaxed); }
 
+void note_op() { g_ops.fetch_add(1, std::memory_order_relaxed); }
+
 TransferCounters transfer_counters() {
   TransferCounters c;
   c.uploads = g_uploads.load(std::memory_order_relaxed);
@@ -29,6 +31,7 @@ TransferCounters transfer_counters() {
   c.readbacks = g_readbacks.load(std::memory_order_relaxed);
   c.readback_bytes = g_readback_bytes.load(std::memory_order_relaxed);
   c.blocking_waits = g_waits.load(std::memory_order_relaxed);
+  c.device_ops = g_ops.load(std::memory_order_relaxed);
   return c;
 }
 

@@ -17,11 +17,14 @@ struct TransferCounters {
   uint64_t readbacks = 0;       // device -> host copies (each one waits for the device)
   uint64_t readback_bytes = 0;
   uint64_t blocking_waits = 0;  // readbacks + synchronous uploads + explicit stream syncs
+  uint64_t device_ops = 0;      // ops dispatched to a backend: on CUDA one kernel launch each (a
+                                // split-KV attention adds its merge), on the CPU one parallel loop
 };
 
 void note_upload(size_t bytes, bool blocking);
 void note_readback(size_t bytes);
 void note_wait();
+void note_op();
 TransferCounters transfer_counters();
 
 }  // namespace specdec

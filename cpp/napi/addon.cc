@@ -44,6 +44,7 @@ Napi::Value TransferCountersJs(const Napi::CallbackInfo& info) {
     o.Set("readbacks", double(c.readbacks));
     o.Set("readbackBytes", double(c.readback_bytes));
     o.Set("blockingWaits", double(c.blocking_waits));
+    o.Set("deviceOps", double(c.device_ops));
     o.Set("napiCalls", double(napi_call_count().load()));
     return o;
   });

@@ -270,12 +270,11 @@ export class Engine {
   private async loop(): Promise<void> {
     try {
       while (this.queue.length > 0 || this.live.length > 0) {
-        const forwards = this.metrics.forwards;
         await withModelLock(this.model, () => this.tick());
-        // A tick that ran a forward let I/O, timers and new requests in while it awaited the addon;
-        // starting the next step at once lets the consumers' I/O (a server's SSE writes, its
-        // clients) overlap that step's forward. A tick without one yields here instead.
-        if (this.metrics.forwards === forwards) await new Promise<void>((r) => setImmediate(r));
+        // Let I/O, timers and new requests in between steps. Always: a small model's forward runs
+        // on this thread (no event-loop turn while awaiting it), and the check phase follows the
+        // poll phase that delivered an asynchronous forward's result, so this costs no wait.
+        await new Promise<void>((r) => setImmediate(r));
       }
     } catch (e) {
       // Not expected (tick handles request errors): fail everything rather than hang.

@@ -4,6 +4,7 @@
 
 #include "../cpp/core/ops_attention.h"
 #include "attention.cuh"
+#include "attention_tc.cuh"
 #include "common.cuh"
 
 namespace specdec {
@@ -48,17 +49,9 @@ void launch_kv(DType kv, const attn::Params& p, dim3 grid, size_t smem) {
   }
 }
 
-}  // namespace
-
-void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& batch, const Tensor& mask,
-                    float sm_scale, Tensor& out) {
-  const int64_t B = batch.batch_size(), N = batch.total_new();
+attn::Params make_params(const Tensor& q, const Tensor& kv_layer, const PagedBatch& batch, const Tensor& mask,
+                         float sm_scale, Tensor& out) {
   const int64_t Hkv = kv_layer.size(3), D = kv_layer.size(4), Hq = q.size(1), G = Hq / Hkv;
-  SPECDEC_CHECK(D <= attn::kMaxHeadDim, "E_UNSUPPORTED", "tree_attention: head dim ", D,
-                " is larger than the CUDA kernel's maximum ", attn::kMaxHeadDim);
-  SPECDEC_CHECK(B <= 65535 && Hkv <= 65535, "E_UNSUPPORTED", "tree_attention: batch of ", B, " sequences with ", Hkv,
-                " KV heads exceeds the CUDA grid (65535)");
-
   attn::Params p{};
   p.q = q.data();
   p.kv = kv_layer.data();
@@ -75,6 +68,69 @@ void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& b
   p.D = static_cast<int>(D);
   p.page_size = static_cast<int>(kv_layer.size(2));
   p.scale_log2 = sm_scale * 1.4426950408889634f;
+  return p;
+}
+
+int max_optin_smem() {
+  static int n = [] {
+    int dev = 0, bytes = 0;
+    SPECDEC_CUDA_CHECK(cudaGetDevice(&dev));
+    SPECDEC_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    return bytes;
+  }();
+  return n;
+}
+
+template <typename QT, typename KVT>
+void launch_tc(const attn::Params& p, dim3 grid, size_t smem) {
+  auto kernel = attn_tc::tree_attention_tc_kernel<QT, KVT>;
+  if (smem > 48 * 1024)
+    SPECDEC_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  kernel<<<grid, attn_tc::kThreads, smem, stream()>>>(p);
+  SPECDEC_CUDA_LAUNCH_CHECK("tree_attention_tc_kernel");
+}
+
+}  // namespace
+
+// The tensor-core kernel (attention_tc.cuh): bf16/f16 caches, head dims that are multiples of 16 whose
+// tiles fit the opt-in shared memory, sm_80+. Returns false, launching nothing, when it does not serve
+// the problem. Not the default path yet (tree_attention below runs the CUDA-core kernel).
+bool launch_tree_attention_tc(const Tensor& q, const Tensor& kv_layer, const PagedBatch& batch, const Tensor& mask,
+                              float sm_scale, Tensor& out) {
+  const DType kv = kv_layer.dtype();
+  if (kv != DType::bf16 && kv != DType::f16) return false;
+  const int pieces = kv == DType::f16 ? 2 : 1;
+  const int64_t B = batch.batch_size(), Hkv = kv_layer.size(3), D = kv_layer.size(4);
+  if (!attn_tc::supported(static_cast<int>(D), pieces, static_cast<size_t>(max_optin_smem()))) return false;
+  if (B > 65535 || Hkv > 65535) return false;
+  const attn::Params p = make_params(q, kv_layer, batch, mask, sm_scale, out);
+  const attn_tc::Plan plan = attn_tc::plan_launch(p, B, batch.max_qo_len, pieces);
+  if (plan.grid_x >= (int64_t(1) << 31)) return false;
+  const dim3 grid(static_cast<unsigned>(plan.grid_x), static_cast<unsigned>(plan.grid_y), static_cast<unsigned>(plan.grid_z));
+  auto go = [&](auto qtag) {
+    using QT = decltype(qtag);
+    if (kv == DType::f16) launch_tc<QT, __half>(p, grid, plan.smem);
+    else launch_tc<QT, __nv_bfloat16>(p, grid, plan.smem);
+  };
+  switch (q.dtype()) {
+    case DType::f32: go(float{}); break;
+    case DType::f16: go(__half{}); break;
+    case DType::bf16: go(__nv_bfloat16{}); break;
+    default: return false;
+  }
+  return true;
+}
+
+void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& batch, const Tensor& mask,
+                    float sm_scale, Tensor& out) {
+  const int64_t B = batch.batch_size(), N = batch.total_new();
+  const int64_t Hkv = kv_layer.size(3), D = kv_layer.size(4), Hq = q.size(1);
+  SPECDEC_CHECK(D <= attn::kMaxHeadDim, "E_UNSUPPORTED", "tree_attention: head dim ", D,
+                " is larger than the CUDA kernel's maximum ", attn::kMaxHeadDim);
+  SPECDEC_CHECK(B <= 65535 && Hkv <= 65535, "E_UNSUPPORTED", "tree_attention: batch of ", B, " sequences with ", Hkv,
+                " KV heads exceeds the CUDA grid (65535)");
+
+  attn::Params p = make_params(q, kv_layer, batch, mask, sm_scale, out);
   const attn::Plan plan = attn::plan_launch(p, B, batch.h_qo_indptr.data(), batch.h_prefix_len.data(), batch.max_qo_len, batch.max_kv_len,
                                            sm_count());
   SPECDEC_CHECK(plan.grid_x < (int64_t(1) << 31), "E_UNSUPPORTED", "tree_attention: grid too large");

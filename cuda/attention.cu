@@ -81,6 +81,22 @@ int max_optin_smem() {
   return n;
 }
 
+// Split-KV merge (either kernel's partials): one warp per output row folds its chunks in order.
+void launch_merge(DType qdt, const attn::Params& p, int64_t rows) {
+  const unsigned blocks = ceil_div(rows, attn::kMergeWarps);
+  auto merge = [&](auto tag) {
+    using QT = decltype(tag);
+    attn::tree_attention_merge_kernel<QT><<<blocks, attn::kMergeWarps * 32, 0, stream()>>>(p.part_acc, p.part_ml, p.out, rows,
+                                                                                         p.max_chunks, p.D);
+    SPECDEC_CUDA_LAUNCH_CHECK("tree_attention_merge_kernel");
+  };
+  switch (qdt) {
+    case DType::f32: merge(float{}); break;
+    case DType::f16: merge(__half{}); break;
+    default: merge(__nv_bfloat16{}); break;
+  }
+}
+
 template <typename QT, typename KVT>
 void launch_tc(const attn::Params& p, dim3 grid, size_t smem) {
   auto kernel = attn_tc::tree_attention_tc_kernel<QT, KVT>;
@@ -100,12 +116,20 @@ bool launch_tree_attention_tc(const Tensor& q, const Tensor& kv_layer, const Pag
   const DType kv = kv_layer.dtype();
   if (kv != DType::bf16 && kv != DType::f16) return false;
   const int pieces = kv == DType::f16 ? 2 : 1;
-  const int64_t B = batch.batch_size(), Hkv = kv_layer.size(3), D = kv_layer.size(4);
+  const int64_t B = batch.batch_size(), N = batch.total_new(), Hkv = kv_layer.size(3), D = kv_layer.size(4), Hq = q.size(1);
   if (!attn_tc::supported(static_cast<int>(D), pieces, static_cast<size_t>(max_optin_smem()))) return false;
   if (B > 65535 || Hkv > 65535) return false;
-  const attn::Params p = make_params(q, kv_layer, batch, mask, sm_scale, out);
-  const attn_tc::Plan plan = attn_tc::plan_launch(p, B, batch.max_qo_len, pieces);
+  attn::Params p = make_params(q, kv_layer, batch, mask, sm_scale, out);
+  const attn_tc::Plan plan = attn_tc::plan_launch(p, B, batch.h_qo_indptr.data(), batch.h_prefix_len.data(), batch.max_qo_len,
+                                                  batch.max_kv_len, sm_count(), pieces);
   if (plan.grid_x >= (int64_t(1) << 31)) return false;
+  Tensor part_acc, part_ml;
+  if (p.split) {
+    part_acc = Tensor::empty(DType::f32, {N * Hq, p.max_chunks, D}, Device::cuda);
+    part_ml = Tensor::empty(DType::f32, {N * Hq, p.max_chunks, 2}, Device::cuda);
+    p.part_acc = part_acc.ptr<float>();
+    p.part_ml = part_ml.ptr<float>();
+  }
   const dim3 grid(static_cast<unsigned>(plan.grid_x), static_cast<unsigned>(plan.grid_y), static_cast<unsigned>(plan.grid_z));
   auto go = [&](auto qtag) {
     using QT = decltype(qtag);
@@ -116,8 +140,9 @@ bool launch_tree_attention_tc(const Tensor& q, const Tensor& kv_layer, const Pag
     case DType::f32: go(float{}); break;
     case DType::f16: go(__half{}); break;
     case DType::bf16: go(__nv_bfloat16{}); break;
-    default: return false;
+    default: fail("E_ARG", "q: unsupported dtype ", dtype_name(q.dtype()));
   }
+  if (p.split) launch_merge(q.dtype(), p, N * Hq);
   return true;
 }
 
@@ -150,21 +175,7 @@ void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& b
     case DType::bf16: launch_kv<__nv_bfloat16>(kv_layer.dtype(), p, grid, smem); break;
     default: fail("E_ARG", "q: unsupported dtype ", dtype_name(q.dtype()));
   }
-  if (p.split) {
-    const int64_t rows = N * Hq;
-    const unsigned blocks = ceil_div(rows, attn::kMergeWarps);
-    auto merge = [&](auto tag) {
-      using QT = decltype(tag);
-      attn::tree_attention_merge_kernel<QT><<<blocks, attn::kMergeWarps * 32, 0, stream()>>>(
-          p.part_acc, p.part_ml, p.out, rows, p.max_chunks, p.D);
-      SPECDEC_CUDA_LAUNCH_CHECK("tree_attention_merge_kernel");
-    };
-    switch (q.dtype()) {
-      case DType::f32: merge(float{}); break;
-      case DType::f16: merge(__half{}); break;
-      default: merge(__nv_bfloat16{}); break;
-    }
-  }
+  if (p.split) launch_merge(q.dtype(), p, N * Hq);
   // part_acc/part_ml go back to the caching allocator here; later users are ordered on our stream.
 }
 

@@ -35,8 +35,12 @@
 // Either way a row's tile t sees the same q row, the same K/V columns at its visible positions and the
 // same zeros elsewhere of P, so: a tree node's row == the same token decoded after its path is committed
 // (one new token, or the path as a causal chain), and a row alone == the row in any batch, bit for bit.
-// Rows with nothing visible in a tile skip it. There is no split-KV here: one CTA folds the whole list
-// (so no split == fold equality to check); long-context decode is therefore limited to B * Hkv CTAs.
+// Rows with nothing visible in a tile skip it.
+//
+// Split-KV, as in attention.cuh: list positions are grouped in chunks of attn::kChunk (4 tiles), each
+// chunk reduced from a fresh state, and chunk states folded in chunk order with attn::fold's formula,
+// either inside the CTA or (planner's choice, attn::plan_launch) by the merge kernel
+// attn::tree_attention_merge_kernel over per-chunk partials. Both give the same bits.
 //
 // K/V staging is plain loads (one slot lookup per key per pass); cp.async double buffering is not done.
 // The header only needs CUDA's bf16/f16 types and nvcuda::wmma, so test/emu/ compiles it on the host.
@@ -85,7 +89,7 @@ __device__ __forceinline__ void split_kv(__half v, bf16* pieces) {
 // Shared memory layout, bytes from the (128-byte aligned) dynamic base; every region 128-byte aligned.
 struct Layout {
   int ld = 0;  // Q/K/V (bf16) and O (f32) row stride, elements: D + 8 (a multiple of 8, as wmma needs)
-  size_t q = 0, k = 0, v = 0, p = 0, s = 0, o = 0, acc = 0, rowstate = 0, slots = 0, bytes = 0;
+  size_t q = 0, k = 0, v = 0, p = 0, s = 0, o = 0, acc = 0, acc_fold = 0, rowstate = 0, slots = 0, bytes = 0;
   __host__ __device__ Layout(int D, int kv_pieces) {
     ld = D + 8;
     auto take = [this](size_t& at, size_t n) {
@@ -99,7 +103,8 @@ struct Layout {
     take(s, static_cast<size_t>(kRows) * kLdP * 4);
     take(o, static_cast<size_t>(kRows) * ld * 4);
     take(acc, static_cast<size_t>(kRows) * D * 4);
-    take(rowstate, 5ull * kRows * 4);  // m, l, alpha (f32); len, ident (int)
+    take(acc_fold, static_cast<size_t>(kRows) * D * 4);
+    take(rowstate, 9ull * kRows * 4);  // m, l, alpha, M, L, sa, sb (f32); len, ident (int)
     take(slots, kKeys * 4);
   }
 };
@@ -138,17 +143,24 @@ __global__ void __launch_bounds__(kThreads) tree_attention_tc_kernel(const Param
   bf16* Ps = reinterpret_cast<bf16*>(base + lay.p);   // [2][16][kLdP]: ph, pl
   float* Ss = reinterpret_cast<float*>(base + lay.s);  // [16][kLdP]
   float* Os = reinterpret_cast<float*>(base + lay.o);  // [16][ld]
-  float* Acc = reinterpret_cast<float*>(base + lay.acc);  // [16][D]
+  float* Acc = reinterpret_cast<float*>(base + lay.acc);  // [16][D]: the current chunk
+  float* AccF = reinterpret_cast<float*>(base + lay.acc_fold);  // [16][D]: chunks folded so far
   float* Ms = reinterpret_cast<float*>(base + lay.rowstate);
   float* Ls = Ms + kRows;
   float* Alpha = Ls + kRows;
-  int* Len = reinterpret_cast<int*>(Alpha + kRows);
+  float* MF = Alpha + kRows;
+  float* LF = MF + kRows;
+  float* Sa = LF + kRows;
+  float* Sb = Sa + kRows;
+  int* Len = reinterpret_cast<int*>(Sb + kRows);
   int* Ident = Len + kRows;
   int* Slots = reinterpret_cast<int*>(base + lay.slots);
 
   const int b = blockIdx.z, h_kv = blockIdx.y, tid = threadIdx.x, warp = tid / 32;
   const int q0 = p.qo_indptr[b], qo = p.qo_indptr[b + 1] - q0, prefix = p.prefix_len[b];
-  const int G = p.G, rows = qo * G, row0 = blockIdx.x * kRows;
+  const int per_tile = p.split ? (p.max_chunks + p.chunks_per_cta - 1) / p.chunks_per_cta : 1;
+  const int tile = blockIdx.x / per_tile, group = blockIdx.x % per_tile;
+  const int G = p.G, rows = qo * G, row0 = tile * kRows;
   if (row0 >= rows) return;
   const int nrows = min(kRows, rows - row0);
   const int total = prefix + qo;  // slots of the sequence
@@ -170,7 +182,7 @@ __global__ void __launch_bounds__(kThreads) tree_attention_tc_kernel(const Param
       ident = p.mask ? prefix + mask_lead(mask_row(i), p.mask_words, qo) : len;
     }
     Len[r] = len, Ident[r] = ident < len ? ident : len;
-    Ms[r] = -INFINITY, Ls[r] = 0.f;
+    MF[r] = -INFINITY, LF[r] = 0.f;
   }
   for (int idx = tid; idx < kRows * D; idx += kThreads) {
     const int r = idx / D, d = idx % D;
@@ -180,7 +192,7 @@ __global__ void __launch_bounds__(kThreads) tree_attention_tc_kernel(const Param
       x = to_f32(Q[(static_cast<size_t>(q0 + i) * p.Hq + h) * D + d]);
     }
     split2(x, Qs + r * ld + d, Qs + kRows * ld + r * ld + d);
-    Acc[idx] = 0.f;
+    AccF[idx] = 0.f;
   }
   __syncthreads();
   int kv_end = 0;
@@ -292,37 +304,77 @@ __global__ void __launch_bounds__(kThreads) tree_attention_tc_kernel(const Param
   };
 
   const int tok_first = row0 / G, tok_last = (row0 + nrows - 1) / G;
-  for (int t0 = 0; t0 < kv_end; t0 += kKeys) {
-    unsigned shared_rows = 0;
-    for (int r = 0; r < nrows; ++r)
-      if (Len[r] > t0 && min(t0 + kKeys, Len[r]) <= Ident[r]) shared_rows |= 1u << r;
-    if (shared_rows) pass(t0, shared_rows, -1);
-    for (int i = tok_first; i <= tok_last; ++i) {
-      unsigned own = 0;
-      for (int r = max(0, i * G - row0); r < nrows && (row0 + r) / G == i; ++r)
-        if (Len[r] > t0 && min(t0 + kKeys, Len[r]) > Ident[r]) own |= 1u << r;
-      if (own) pass(t0, own, i);
+  const int n_chunks = (kv_end + attn::kChunk - 1) / attn::kChunk;
+  // Split: this CTA owns the partials of chunks c_begin .. c_end-1 (written even when empty).
+  const int c_begin = p.split ? group * p.chunks_per_cta : 0;
+  const int c_end = p.split ? min(c_begin + p.chunks_per_cta, p.max_chunks) : n_chunks;
+  for (int c = c_begin; c < c_end; ++c) {
+    __syncthreads();  // the previous chunk's fold has read Ms/Ls/Acc
+    if (tid < kRows) Ms[tid] = -INFINITY, Ls[tid] = 0.f;
+    for (int idx = tid; idx < kRows * D; idx += kThreads) Acc[idx] = 0.f;
+    // (the first pass's barriers order these writes before the softmax and the accumulator update)
+    const int t_end = min((c + 1) * attn::kChunk, kv_end);
+    for (int t0 = c * attn::kChunk; t0 < t_end; t0 += kKeys) {
+      unsigned shared_rows = 0;
+      for (int r = 0; r < nrows; ++r)
+        if (Len[r] > t0 && min(t0 + kKeys, Len[r]) <= Ident[r]) shared_rows |= 1u << r;
+      if (shared_rows) pass(t0, shared_rows, -1);
+      for (int i = tok_first; i <= tok_last; ++i) {
+        unsigned own = 0;
+        for (int r = max(0, i * G - row0); r < nrows && (row0 + r) / G == i; ++r)
+          if (Len[r] > t0 && min(t0 + kKeys, Len[r]) > Ident[r]) own |= 1u << r;
+        if (own) pass(t0, own, i);
+      }
+    }
+    __syncthreads();
+    if (p.split) {
+      // Every chunk's partial is stored on its own (m = -inf: empty); the merge kernel
+      // (attn::tree_attention_merge_kernel) folds them in chunk order with attn::fold.
+      for (int idx = tid; idx < nrows * D; idx += kThreads) {
+        const int r = idx / D, row = row0 + r;
+        const size_t slot = (static_cast<size_t>(q0 + row / G) * p.Hq + h_kv * G + row % G) * p.max_chunks + c;
+        p.part_acc[slot * D + idx % D] = Acc[idx];
+        if (idx % D == 0) p.part_ml[slot * 2] = Ms[r], p.part_ml[slot * 2 + 1] = Ls[r];
+      }
+      continue;
+    }
+    // In-CTA fold of this chunk: attn::fold's formula, operation for operation.
+    if (tid < kRows) {
+      const int r = tid;
+      const float M = MF[r], m = Ms[r];
+      if (m != -INFINITY) {
+        const float mn = fmaxf(M, m);
+        const float sa = M == mn ? 1.f : M == -INFINITY ? 0.f : exp2f(__fsub_rn(M, mn));
+        const float sb = m == mn ? 1.f : exp2f(__fsub_rn(m, mn));
+        LF[r] = __fadd_rn(__fmul_rn(LF[r], sa), __fmul_rn(Ls[r], sb));
+        MF[r] = mn;
+        Sa[r] = sa, Sb[r] = sb;
+      }
+    }
+    __syncthreads();
+    for (int idx = tid; idx < kRows * D; idx += kThreads) {
+      const int r = idx / D;
+      if (Ms[r] != -INFINITY) AccF[idx] = __fadd_rn(__fmul_rn(AccF[idx], Sa[r]), __fmul_rn(Acc[idx], Sb[r]));
     }
   }
+  if (p.split) return;
   __syncthreads();
   for (int idx = tid; idx < nrows * D; idx += kThreads) {
     const int r = idx / D, d = idx % D, row = row0 + r, i = row / G, h = h_kv * G + row % G;
     QT* O = static_cast<QT*>(p.out) + (static_cast<size_t>(q0 + i) * p.Hq + h) * D;
-    O[d] = from_f32<QT>(attn::finalize(Acc[idx], Ls[r]));
+    O[d] = from_f32<QT>(attn::finalize(AccF[idx], LF[r]));
   }
 }
 
-// The launch, decided on the host; shared by attention_tc.cu and the host emulation. p.G, p.Hkv, p.D
-// must be set. grid = (row tiles of the longest sequence, Hkv, B), block = kThreads.
-struct Plan {
-  int64_t grid_x = 0, grid_y = 0, grid_z = 0;
-  size_t smem = 0;  // dynamic shared memory, bytes
-};
-inline Plan plan_launch(const Params& p, int64_t B, int64_t max_qo_len, int kv_pieces) {
-  Plan plan;
-  plan.grid_x = (max_qo_len * p.G + kRows - 1) / kRows;
-  plan.grid_y = p.Hkv;
-  plan.grid_z = B;
+// The launch, decided on the host; shared by attention.cu and the host emulation. The grid and the
+// split-KV decision are attention.cuh's plan_launch (same 16-row tiles, same 256-position chunks, same
+// partial layout and merge kernel); only the shared memory differs. Sets p.max_chunks, p.split and
+// p.chunks_per_cta (p.G, p.Hkv, p.Hq, p.D must be set). grid = (grid_x, Hkv, B), block = kThreads.
+using attn::Plan;
+inline Plan plan_launch(Params& p, int64_t B, const int32_t* h_qo_indptr, const int32_t* h_prefix_len, int64_t max_qo_len,
+                        int64_t max_kv_len, int64_t sm_count, int kv_pieces) {
+  static_assert(kRows == attn::kRowsPerCta && attn::kChunk % kKeys == 0, "tiles and chunks must match attention.cuh's planner");
+  Plan plan = attn::plan_launch(p, B, h_qo_indptr, h_prefix_len, max_qo_len, max_kv_len, sm_count);
   plan.smem = Layout(p.D, kv_pieces).bytes;
   return plan;
 }

@@ -8,7 +8,8 @@
 //       as a causal chain of new tokens, bf16 and f16 caches;
 //   (3) batch invariance: each sequence's rows are bit-identical alone and in the batch;
 //   and that nothing is written outside `out` (AddressSanitizer: nothing read out of bounds).
-// There is no split-KV in this kernel, so no split == fold check.
+//   (4) split-KV (per-chunk partials + attention.cuh's merge kernel, the planner's grouping) == the
+//       in-CTA fold, bit for bit, and tree = path under both.
 // Usage: attention_tc_emu SEED [CONFIGS [TREES]] (limits for the slower ThreadSanitizer build).
 #include "cuda_emu.h"
 #include "emu_check.h"
@@ -122,10 +123,11 @@ template <typename QT> double tolerance() {
   return std::is_same<QT, float>::value ? 1e-5 : std::is_same<QT, __half>::value ? 1e-3 : 8e-3;
 }
 
-// Runs the kernel as attention_tc.cu launches it; returns out as f32; *guard_ok: nothing written
-// outside out.
+// Runs the kernels as attention.cu launches them (the plan with this SM count: 0 never splits, a huge
+// one splits whenever there are 2+ chunks); returns out as f32; *guard_ok: nothing written outside out.
 template <typename QT, typename KVT>
-std::vector<float> run(const Problem<QT, KVT>& pr, bool* guard_ok) {
+std::vector<float> run(const Problem<QT, KVT>& pr, bool* guard_ok, int64_t sm_count = 0, bool* split_used = nullptr,
+                       int* chunks_per_cta = nullptr) {
   const int64_t N = pr.N();
   const int B = static_cast<int>(pr.seqs.size());
   std::vector<QT> out(static_cast<size_t>(N) * pr.Hq * pr.D + 2 * kGuard, from_float<QT>(-777.f));
@@ -141,13 +143,29 @@ std::vector<float> run(const Problem<QT, KVT>& pr, bool* guard_ok) {
   p.mask_words = pr.mask.empty() ? 0 : pr.mask_words;
   p.Hq = pr.Hq, p.Hkv = pr.Hkv, p.G = pr.Hq / pr.Hkv, p.D = pr.D, p.page_size = pr.page_size;
   p.scale_log2 = pr.sm_scale * 1.4426950408889634f;
-  int64_t max_qo = 0;
-  for (const auto& s : pr.seqs) max_qo = std::max<int64_t>(max_qo, s.qo);
+  int64_t max_qo = 0, max_kv = 0;
+  for (const auto& s : pr.seqs) max_qo = std::max<int64_t>(max_qo, s.qo), max_kv = std::max<int64_t>(max_kv, s.prefix + s.qo);
   const int pieces = tc::KvPieces<KVT>::value;
   if (!tc::supported(pr.D, pieces, 227 * 1024)) emu::die("unsupported shape");
-  const tc::Plan plan = tc::plan_launch(p, B, max_qo, pieces);
+  const tc::Plan plan = tc::plan_launch(p, B, pr.qo_indptr.data(), pr.prefix.data(), max_qo, max_kv, sm_count, pieces);
+  if (split_used) *split_used = p.split;
+  if (chunks_per_cta) *chunks_per_cta = p.chunks_per_cta;
+  std::vector<float> part_acc, part_ml;
+  if (p.split) {
+    part_acc.assign(static_cast<size_t>(N) * pr.Hq * p.max_chunks * pr.D, NAN);
+    part_ml.assign(static_cast<size_t>(N) * pr.Hq * p.max_chunks * 2, NAN);
+    p.part_acc = part_acc.data();
+    p.part_ml = part_ml.data();
+  }
   const Dim3 grid{static_cast<unsigned>(plan.grid_x), static_cast<unsigned>(plan.grid_y), static_cast<unsigned>(plan.grid_z)};
   emu::launch(grid, tc::kThreads, plan.smem, [&] { tc::tree_attention_tc_kernel<QT, KVT>(p); });
+  if (p.split) {
+    const int64_t rows = N * pr.Hq;
+    const Dim3 mgrid{static_cast<unsigned>((rows + attn::kMergeWarps - 1) / attn::kMergeWarps), 1, 1};
+    emu::launch(mgrid, attn::kMergeWarps * 32, 0, [&] {
+      attn::tree_attention_merge_kernel<QT>(part_acc.data(), part_ml.data(), p.out, rows, p.max_chunks, p.D);
+    });
+  }
   bool ok = true;
   const float poison = to_float(from_float<QT>(-777.f));
   for (int i = 0; i < kGuard; ++i)
@@ -216,10 +234,33 @@ void check(std::mt19937_64& rng, const char* label, int Hq, int Hkv, int D, cons
   std::snprintf(buf, sizeof buf, ": max abs error %.2e (tolerance %.0e)", worst, tol);
   report(worst <= tol, what + buf);
   report(guard, what + ": writes exactly out");
+  // (4) split-KV == in-CTA fold: split whenever there are 2+ chunks, and a planner grouping of 2+
+  // chunks per CTA when there are 3+ chunks.
+  int64_t max_kv = 0;
+  for (const auto& s : seqs) max_kv = std::max<int64_t>(max_kv, s.prefix + s.qo);
+  if (max_kv > attn::kChunk) {
+    bool sp = false, g = false;
+    const auto split = run(pr, &g, int64_t(1) << 40, &sp);
+    report(sp && g && std::memcmp(got.data(), split.data(), got.size() * sizeof(float)) == 0,
+           what + ": split-KV merge == in-CTA fold, bit for bit");
+    for (int64_t sms = 1; sms <= 256; ++sms) {
+      attn::Params probe{};
+      probe.G = Hq / Hkv, probe.Hkv = Hkv, probe.Hq = Hq, probe.D = D;
+      int64_t max_qo = 0;
+      for (const auto& sq : seqs) max_qo = std::max<int64_t>(max_qo, sq.qo);
+      attn::plan_launch(probe, static_cast<int64_t>(seqs.size()), pr.qo_indptr.data(), pr.prefix.data(), max_qo, max_kv, sms);
+      if (!probe.split || probe.chunks_per_cta < 2) continue;
+      int cpc = 0;
+      const auto grouped = run(pr, &g, sms, &sp, &cpc);
+      report(sp && g && std::memcmp(got.data(), grouped.data(), got.size() * sizeof(float)) == 0,
+             what + ": split-KV with " + std::to_string(cpc) + " chunks per CTA (" + std::to_string(sms) + " SMs) == in-CTA fold, bit for bit");
+      break;
+    }
+  }
   bool inv = true;
   for (size_t b = 0; b < seqs.size(); ++b) {
     bool g = false;
-    const auto one = run(pr.alone(static_cast<int>(b)), &g);
+    const auto one = run(pr.alone(static_cast<int>(b)), &g, 132);
     const size_t off = static_cast<size_t>(pr.qo_indptr[b]) * Hq * D;
     inv = inv && g && std::memcmp(one.data(), got.data() + off, one.size() * sizeof(float)) == 0;
   }
@@ -293,14 +334,18 @@ void check_tree_vs_path(std::mt19937_64& rng, int Hq, int Hkv, int D, int prefix
                            ", prefix " + std::to_string(prefix) + ", " + std::to_string(nodes) + " nodes, " +
                            std::to_string(path.seqs.size()) + " path sequences)";
   const size_t rl = static_cast<size_t>(Hq) * D;
-  bool g1 = false, g2 = false;
-  const auto t_out = run(tree, &g1);
-  const auto p_out = run(path, &g2);
-  int bad = 0;
-  for (size_t r = 0; r < rows_node.size(); ++r)
-    bad += std::memcmp(&p_out[r * rl], &t_out[static_cast<size_t>(rows_node[r]) * rl], rl * sizeof(float)) != 0;
-  report(g1 && g2 && bad == 0, what + ": " + std::to_string(bad) + " of " + std::to_string(rows_node.size()) +
-                                   " path rows (decode rows and causal chains) differ from their tree row");
+  std::vector<float> t_out;
+  for (int split = 0; split < 2; ++split) {
+    const int64_t sms = split ? int64_t(1) << 40 : 0;
+    bool g1 = false, g2 = false;
+    t_out = run(tree, &g1, sms);
+    const auto p_out = run(path, &g2, sms);
+    int bad = 0;
+    for (size_t r = 0; r < rows_node.size(); ++r)
+      bad += std::memcmp(&p_out[r * rl], &t_out[static_cast<size_t>(rows_node[r]) * rl], rl * sizeof(float)) != 0;
+    report(g1 && g2 && bad == 0, what + (split ? ", split-KV" : ", in-CTA fold") + ": " + std::to_string(bad) + " of " +
+                                     std::to_string(rows_node.size()) + " path rows (decode rows and causal chains) differ from their tree row");
+  }
   // The tree's rows also within the f64 bound (the tree batch has masked rows below branches).
   const auto ref = reference(tree);
   double worst = 0;
@@ -320,21 +365,22 @@ int main(int argc, char** argv) {
   if (configs > 0)
     check<float, bf16>(rng, "GQA, causal + tree + empty row + decode row, prefixes across tiles", 4, 2, 64,
                        {{0, 5, false, -1}, {130 + jitter(20), 1, false, -1}, {60 + jitter(10), 6, true, -1}, {0, 4, true, 2}});
-  if (configs > 1) check<float, __half>(rng, "MQA, tree, 3 tiles", 2, 1, 128, {{150 + jitter(30), 9, true, -1}, {5, 2, false, -1}});
+  if (configs > 1) check<float, __half>(rng, "MQA, tree, 2 chunks", 2, 1, 128, {{280 + jitter(30), 9, true, -1}, {5, 2, false, -1}});
   if (configs > 2)
     check<__half, __half>(rng, "MHA, head dim 80, causal", 3, 3, 80, {{70 + jitter(40), 4, false, -1}, {0, 1, false, -1}});
   if (configs > 3)
-    check<bf16, bf16>(rng, "GQA 4, 3 query tiles, tree", 8, 2, 64, {{100 + jitter(30), 9, true, -1}, {200, 2, false, -1}});
+    check<bf16, bf16>(rng, "GQA 4, 3 query tiles, tree, 3 chunks", 8, 2, 64, {{500 + jitter(30), 9, true, -1}, {200, 2, false, -1}});
   if (configs > 4)
     check<float, bf16>(rng, "causal prefill without a mask, 70 new tokens", 2, 2, 64, {{40 + jitter(30), 70, false, -1}, {0, 3, false, -1}});
   if (configs > 5)
     check<float, __half>(rng, "wide tree, 2 mask words", 2, 1, 64, {{20 + jitter(60), 70, true, -1}});
   // Tree = path for both cache dtypes (f32 queries and outputs: no output rounding hides a
   // difference), prefixes placed so that paths cross the 64-key tile boundaries.
-  const int tree_configs = argc > 3 ? std::atoi(argv[3]) : 4;
+  const int tree_configs = argc > 3 ? std::atoi(argv[3]) : 5;
   if (tree_configs > 0) check_tree_vs_path<float, bf16>(rng, 4, 2, 64, 56 + jitter(8), 16);
   if (tree_configs > 1) check_tree_vs_path<float, __half>(rng, 2, 1, 128, 120 + jitter(8), 16);
-  if (tree_configs > 2) check_tree_vs_path<float, bf16>(rng, 2, 1, 64, jitter(64), 24);
-  if (tree_configs > 3) check_tree_vs_path<float, __half>(rng, 4, 1, 64, 180 + jitter(80), 16);
+  if (tree_configs > 2) check_tree_vs_path<float, bf16>(rng, 2, 1, 64, 500 + jitter(30), 24);
+  if (tree_configs > 3) check_tree_vs_path<float, __half>(rng, 4, 1, 64, 245 + jitter(10), 16);
+  if (tree_configs > 4) check_tree_vs_path<float, bf16>(rng, 2, 2, 64, jitter(64), 24);
   return emu::summary(seed);
 }

@@ -1,6 +1,10 @@
-// Host side of the CUDA tree attention: picks the head-dim specialisation and whether to split
-// the keys over CTAs (flash-decoding) or fold all chunks inside each CTA; both give the same bits.
+// Host side of the CUDA tree attention: the tensor-core kernel (attention_tc.cuh) for bf16/f16 caches
+// whose head dim is a multiple of 16, else (or with SPECDEC_CUDA_ATTENTION=simt) the CUDA-core kernel
+// (attention.cuh) with its head-dim specialisation. Either splits the keys over CTAs (flash-decoding)
+// or folds all chunks inside each CTA, as the shared planner decides; both give the same bits.
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 
 #include "../cpp/core/ops_attention.h"
 #include "attention.cuh"
@@ -81,6 +85,17 @@ int max_optin_smem() {
   return n;
 }
 
+// SPECDEC_CUDA_ATTENTION=simt keeps bf16/f16 caches on the CUDA-core kernel (to compare the two, or
+// to rule tensor cores out). Read once: decode and verification must run the same kernel for the whole
+// process, or a tree node's row would not match its path decoded token by token.
+bool tc_attention_enabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("SPECDEC_CUDA_ATTENTION");
+    return !(v && std::strcmp(v, "simt") == 0);
+  }();
+  return enabled;
+}
+
 // Split-KV merge (either kernel's partials): one warp per output row folds its chunks in order.
 void launch_merge(DType qdt, const attn::Params& p, int64_t rows) {
   const unsigned blocks = ceil_div(rows, attn::kMergeWarps);
@@ -110,7 +125,7 @@ void launch_tc(const attn::Params& p, dim3 grid, size_t smem) {
 
 // The tensor-core kernel (attention_tc.cuh): bf16/f16 caches, head dims that are multiples of 16 whose
 // tiles fit the opt-in shared memory, sm_80+. Returns false, launching nothing, when it does not serve
-// the problem. Not the default path yet (tree_attention below runs the CUDA-core kernel).
+// the problem. tree_attention below tries it first unless SPECDEC_CUDA_ATTENTION=simt.
 bool launch_tree_attention_tc(const Tensor& q, const Tensor& kv_layer, const PagedBatch& batch, const Tensor& mask,
                               float sm_scale, Tensor& out) {
   const DType kv = kv_layer.dtype();
@@ -154,6 +169,9 @@ void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& b
                 " is larger than the CUDA kernel's maximum ", attn::kMaxHeadDim);
   SPECDEC_CHECK(B <= 65535 && Hkv <= 65535, "E_UNSUPPORTED", "tree_attention: batch of ", B, " sequences with ", Hkv,
                 " KV heads exceeds the CUDA grid (65535)");
+  // bf16/f16 caches with head dims that are multiples of 16 run on tensor cores; prefill, decode and
+  // tree verification alike (the choice depends only on the cache dtype, head dim and device).
+  if (tc_attention_enabled() && launch_tree_attention_tc(q, kv_layer, batch, mask, sm_scale, out)) return;
 
   attn::Params p = make_params(q, kv_layer, batch, mask, sm_scale, out);
   const attn::Plan plan = attn::plan_launch(p, B, batch.h_qo_indptr.data(), batch.h_prefix_len.data(), batch.max_qo_len, batch.max_kv_len,

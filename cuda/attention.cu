@@ -1,9 +1,14 @@
-// Host side of the CUDA tree attention: picks the head-dim specialisation and whether to split
-// the keys over CTAs (flash-decoding) or fold all chunks inside each CTA; both give the same bits.
+// Host side of the CUDA tree attention: the tensor-core kernel (attention_tc.cuh) for bf16/f16 caches
+// whose head dim is a multiple of 16, else (or with SPECDEC_CUDA_ATTENTION=simt) the CUDA-core kernel
+// (attention.cuh) with its head-dim specialisation. Either splits the keys over CTAs (flash-decoding)
+// or folds all chunks inside each CTA, as the shared planner decides; both give the same bits.
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 
 #include "../cpp/core/ops_attention.h"
 #include "attention.cuh"
+#include "attention_tc.cuh"
 #include "common.cuh"
 
 namespace specdec {
@@ -48,17 +53,9 @@ void launch_kv(DType kv, const attn::Params& p, dim3 grid, size_t smem) {
   }
 }
 
-}  // namespace
-
-void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& batch, const Tensor& mask,
-                    float sm_scale, Tensor& out) {
-  const int64_t B = batch.batch_size(), N = batch.total_new();
+attn::Params make_params(const Tensor& q, const Tensor& kv_layer, const PagedBatch& batch, const Tensor& mask,
+                         float sm_scale, Tensor& out) {
   const int64_t Hkv = kv_layer.size(3), D = kv_layer.size(4), Hq = q.size(1), G = Hq / Hkv;
-  SPECDEC_CHECK(D <= attn::kMaxHeadDim, "E_UNSUPPORTED", "tree_attention: head dim ", D,
-                " is larger than the CUDA kernel's maximum ", attn::kMaxHeadDim);
-  SPECDEC_CHECK(B <= 65535 && Hkv <= 65535, "E_UNSUPPORTED", "tree_attention: batch of ", B, " sequences with ", Hkv,
-                " KV heads exceeds the CUDA grid (65535)");
-
   attn::Params p{};
   p.q = q.data();
   p.kv = kv_layer.data();
@@ -75,6 +72,108 @@ void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& b
   p.D = static_cast<int>(D);
   p.page_size = static_cast<int>(kv_layer.size(2));
   p.scale_log2 = sm_scale * 1.4426950408889634f;
+  return p;
+}
+
+int max_optin_smem() {
+  static int n = [] {
+    int dev = 0, bytes = 0;
+    SPECDEC_CUDA_CHECK(cudaGetDevice(&dev));
+    SPECDEC_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    return bytes;
+  }();
+  return n;
+}
+
+// SPECDEC_CUDA_ATTENTION=simt keeps bf16/f16 caches on the CUDA-core kernel (to compare the two, or
+// to rule tensor cores out). Read once: decode and verification must run the same kernel for the whole
+// process, or a tree node's row would not match its path decoded token by token.
+bool tc_attention_enabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("SPECDEC_CUDA_ATTENTION");
+    return !(v && std::strcmp(v, "simt") == 0);
+  }();
+  return enabled;
+}
+
+// Split-KV merge (either kernel's partials): one warp per output row folds its chunks in order.
+void launch_merge(DType qdt, const attn::Params& p, int64_t rows) {
+  const unsigned blocks = ceil_div(rows, attn::kMergeWarps);
+  auto merge = [&](auto tag) {
+    using QT = decltype(tag);
+    attn::tree_attention_merge_kernel<QT><<<blocks, attn::kMergeWarps * 32, 0, stream()>>>(p.part_acc, p.part_ml, p.out, rows,
+                                                                                         p.max_chunks, p.D);
+    SPECDEC_CUDA_LAUNCH_CHECK("tree_attention_merge_kernel");
+  };
+  switch (qdt) {
+    case DType::f32: merge(float{}); break;
+    case DType::f16: merge(__half{}); break;
+    default: merge(__nv_bfloat16{}); break;
+  }
+}
+
+template <typename QT, typename KVT>
+void launch_tc(const attn::Params& p, dim3 grid, size_t smem) {
+  auto kernel = attn_tc::tree_attention_tc_kernel<QT, KVT>;
+  if (smem > 48 * 1024)
+    SPECDEC_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  kernel<<<grid, attn_tc::kThreads, smem, stream()>>>(p);
+  SPECDEC_CUDA_LAUNCH_CHECK("tree_attention_tc_kernel");
+}
+
+}  // namespace
+
+// The tensor-core kernel (attention_tc.cuh): bf16/f16 caches, head dims that are multiples of 16 whose
+// tiles fit the opt-in shared memory, sm_80+. Returns false, launching nothing, when it does not serve
+// the problem. tree_attention below tries it first unless SPECDEC_CUDA_ATTENTION=simt.
+bool launch_tree_attention_tc(const Tensor& q, const Tensor& kv_layer, const PagedBatch& batch, const Tensor& mask,
+                              float sm_scale, Tensor& out) {
+  const DType kv = kv_layer.dtype();
+  if (kv != DType::bf16 && kv != DType::f16) return false;
+  const int pieces = kv == DType::f16 ? 2 : 1;
+  const int64_t B = batch.batch_size(), N = batch.total_new(), Hkv = kv_layer.size(3), D = kv_layer.size(4), Hq = q.size(1);
+  if (!attn_tc::supported(static_cast<int>(D), pieces, static_cast<size_t>(max_optin_smem()))) return false;
+  if (B > 65535 || Hkv > 65535) return false;
+  attn::Params p = make_params(q, kv_layer, batch, mask, sm_scale, out);
+  const attn_tc::Plan plan = attn_tc::plan_launch(p, B, batch.h_qo_indptr.data(), batch.h_prefix_len.data(), batch.max_qo_len,
+                                                  batch.max_kv_len, sm_count(), pieces);
+  if (plan.grid_x >= (int64_t(1) << 31)) return false;
+  Tensor part_acc, part_ml;
+  if (p.split) {
+    part_acc = Tensor::empty(DType::f32, {N * Hq, p.max_chunks, D}, Device::cuda);
+    part_ml = Tensor::empty(DType::f32, {N * Hq, p.max_chunks, 2}, Device::cuda);
+    p.part_acc = part_acc.ptr<float>();
+    p.part_ml = part_ml.ptr<float>();
+  }
+  const dim3 grid(static_cast<unsigned>(plan.grid_x), static_cast<unsigned>(plan.grid_y), static_cast<unsigned>(plan.grid_z));
+  auto go = [&](auto qtag) {
+    using QT = decltype(qtag);
+    if (kv == DType::f16) launch_tc<QT, __half>(p, grid, plan.smem);
+    else launch_tc<QT, __nv_bfloat16>(p, grid, plan.smem);
+  };
+  switch (q.dtype()) {
+    case DType::f32: go(float{}); break;
+    case DType::f16: go(__half{}); break;
+    case DType::bf16: go(__nv_bfloat16{}); break;
+    default: fail("E_ARG", "q: unsupported dtype ", dtype_name(q.dtype()));
+  }
+  if (p.split) launch_merge(q.dtype(), p, N * Hq);
+  return true;
+}
+
+void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& batch, const Tensor& mask,
+                    float sm_scale, Tensor& out) {
+  const int64_t B = batch.batch_size(), N = batch.total_new();
+  const int64_t Hkv = kv_layer.size(3), D = kv_layer.size(4), Hq = q.size(1);
+  SPECDEC_CHECK(D <= attn::kMaxHeadDim, "E_UNSUPPORTED", "tree_attention: head dim ", D,
+                " is larger than the CUDA kernel's maximum ", attn::kMaxHeadDim);
+  SPECDEC_CHECK(B <= 65535 && Hkv <= 65535, "E_UNSUPPORTED", "tree_attention: batch of ", B, " sequences with ", Hkv,
+                " KV heads exceeds the CUDA grid (65535)");
+  // bf16/f16 caches with head dims that are multiples of 16 run on tensor cores; prefill, decode and
+  // tree verification alike (the choice depends only on the cache dtype, head dim and device).
+  if (tc_attention_enabled() && launch_tree_attention_tc(q, kv_layer, batch, mask, sm_scale, out)) return;
+
+  attn::Params p = make_params(q, kv_layer, batch, mask, sm_scale, out);
   const attn::Plan plan = attn::plan_launch(p, B, batch.h_qo_indptr.data(), batch.h_prefix_len.data(), batch.max_qo_len, batch.max_kv_len,
                                            sm_count());
   SPECDEC_CHECK(plan.grid_x < (int64_t(1) << 31), "E_UNSUPPORTED", "tree_attention: grid too large");
@@ -94,21 +193,7 @@ void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& b
     case DType::bf16: launch_kv<__nv_bfloat16>(kv_layer.dtype(), p, grid, smem); break;
     default: fail("E_ARG", "q: unsupported dtype ", dtype_name(q.dtype()));
   }
-  if (p.split) {
-    const int64_t rows = N * Hq;
-    const unsigned blocks = ceil_div(rows, attn::kMergeWarps);
-    auto merge = [&](auto tag) {
-      using QT = decltype(tag);
-      attn::tree_attention_merge_kernel<QT><<<blocks, attn::kMergeWarps * 32, 0, stream()>>>(
-          p.part_acc, p.part_ml, p.out, rows, p.max_chunks, p.D);
-      SPECDEC_CUDA_LAUNCH_CHECK("tree_attention_merge_kernel");
-    };
-    switch (q.dtype()) {
-      case DType::f32: merge(float{}); break;
-      case DType::f16: merge(__half{}); break;
-      default: merge(__nv_bfloat16{}); break;
-    }
-  }
+  if (p.split) launch_merge(q.dtype(), p, N * Hq);
   // part_acc/part_ml go back to the caching allocator here; later users are ordered on our stream.
 }
 

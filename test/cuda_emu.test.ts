@@ -1,5 +1,5 @@
 // The CUDA kernels checked on the host, where CI has no GPU: test/emu/ compiles the kernel headers
-// (cuda/gemm_tc.cuh; cuda/attention.cuh with its launch plan; cuda/sampling.cuh and verify.cuh with
+// (cuda/gemm_tc.cuh; cuda/attention.cuh with its launch plan; cuda/attention_tc.cuh; cuda/sampling.cuh and verify.cuh with
 // their block primitives; cuda/layers.cuh; cuda/kv.cuh) against stand-ins for threads, barriers, shuffles, atomics, bf16/f16 and
 // wmma, runs them on random and adversarial inputs and checks them against float64 references or
 // the CPU backend (exact agreement where the design promises it), plus batch invariance and the
@@ -36,6 +36,8 @@ const programs: Program[] = [
     tsanArgs: [], tsanMinChecks: 100 },
   { source: 'attention_emu.cc', extra: [], kernel: 'tree attention + split-KV merge, tree = path (cuda/attention.cuh)', minChecks: 32,
     args: [], tsanArgs: ['2', '0'], tsanMinChecks: 10 },
+  { source: 'attention_tc_emu.cc', extra: [], kernel: 'tensor-core tree attention + split-KV merge, tree = path, decode rows (cuda/attention_tc.cuh)', minChecks: 36,
+    args: [], tsanArgs: ['4', '2'], tsanMinChecks: 21 },
   { source: 'sampling_emu.cc', extra: ['cpp/core/tensor.cc', 'cpp/core/transfers.cc', 'cpp/core/backend.cc', 'cpp/cpu/thread_pool.cc', 'cpp/cpu/sampling.cc', 'cpp/cpu/verify.cc'],
     kernel: 'sampling + verification incl. vocabulary-parallel greedy (cuda/sampling.cuh, cuda/verify.cuh) vs the CPU backend', minChecks: 47, args: ['2'],
     tsanArgs: ['0'], tsanMinChecks: 9 },

@@ -1,4 +1,4 @@
-// Host stand-ins for the CUDA pieces a kernel header uses (cuda/gemm_tc.cuh), so that its indexing,
+// Host stand-ins for the CUDA pieces a kernel header uses (cuda/gemm_tc.cuh, cuda/attention_tc.cuh, ...), so that its indexing,
 // staging, bounds and synchronisation can run and be checked on a machine without a GPU.
 //
 // A block's threads are std::threads running concurrently; blocks run one after another.
@@ -304,11 +304,22 @@ inline void load_matrix_sync(fragment<matrix_b, 16, 16, 16, __nv_bfloat16, col_m
     for (int j = 0; j < 16; ++j) f.x[k * 16 + j] = __bfloat162float(p[j * ldm + k]);
 }
 
+// B row major: element (k, j) at p[k * ldm + j].
+inline void load_matrix_sync(fragment<matrix_b, 16, 16, 16, __nv_bfloat16, row_major>& f, const __nv_bfloat16* p,
+                             unsigned ldm) {
+  check_ptr(p, ldm, "load_matrix_sync(matrix_b, row_major)");
+  if (emu::lane() != 0) return;
+  for (int k = 0; k < 16; ++k)
+    for (int j = 0; j < 16; ++j) f.x[k * 16 + j] = __bfloat162float(p[k * ldm + j]);
+}
+
 // d = a b + c. bf16 x bf16 products are exact in f32; the 16 products and c are summed exactly
 // and rounded once (the hardware's internal order and truncation differ; this is the contract).
-inline void mma_sync(fragment<accumulator, 16, 16, 16, float>& d,
+// (The fragment holds B as (k, j) whatever its memory layout.)
+template <typename BLayout>
+void mma_sync(fragment<accumulator, 16, 16, 16, float>& d,
                      const fragment<matrix_a, 16, 16, 16, __nv_bfloat16, row_major>& a,
-                     const fragment<matrix_b, 16, 16, 16, __nv_bfloat16, col_major>& b,
+                     const fragment<matrix_b, 16, 16, 16, __nv_bfloat16, BLayout>& b,
                      const fragment<accumulator, 16, 16, 16, float>& c) {
   if (emu::lane() != 0) return;
   float tmp[256];

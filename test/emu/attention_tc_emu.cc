@@ -1,0 +1,386 @@
+// Runs the tensor-core tree attention kernel (cuda/attention_tc.cuh, with its host launch plan) on
+// the host emulation (cuda_emu.h: wmma tiles with exact bf16 products and f32 accumulation) and checks
+//   (1) values against a float64 reference: paged prefix, causal and tree-masked new tokens (one and two
+//       mask words), GQA/MQA/MHA, head dims 64, 80 and 128, bf16 and f16 caches, f32/f16/bf16 queries
+//       and outputs, prefixes across the 64-key tiles, several query-row tiles, a row that sees nothing;
+//   (2) tree = path: a random tree's rows are bit-identical to its nodes decoded one token at a time
+//       after their paths are committed (decode rows go through the same kernel) and to each leaf's path
+//       as a causal chain of new tokens, bf16 and f16 caches;
+//   (3) batch invariance: each sequence's rows are bit-identical alone and in the batch;
+//   and that nothing is written outside `out` (AddressSanitizer: nothing read out of bounds).
+//   (4) split-KV (per-chunk partials + attention.cuh's merge kernel, the planner's grouping) == the
+//       in-CTA fold, bit for bit, and tree = path under both.
+// Usage: attention_tc_emu SEED [CONFIGS [TREES]] (limits for the slower ThreadSanitizer build).
+#include "cuda_emu.h"
+#include "emu_check.h"
+// clang-format off: the stand-ins must come first
+#include "../../cuda/attention_tc.cuh"
+
+#include <cinttypes>
+#include <random>
+#include <string>
+
+namespace attn = specdec::cuda::attn;
+namespace tc = specdec::cuda::attn_tc;
+using bf16 = __nv_bfloat16;
+
+namespace {
+
+using emu::from_float;
+using emu::report;
+using emu::to_float;
+
+struct SeqSpec {
+  int prefix, qo;
+  bool masked;      // random tree mask over the new tokens (ancestors + self); else causal
+  int empty_row;    // with prefix 0 and a mask: this row's mask is cleared (sees nothing), -1 none
+};
+
+// One batch: paged KV [pages, 2, page_size, Hkv, D], queries [N, Hq, D], indptrs, masks.
+template <typename QT, typename KVT>
+struct Problem {
+  int Hq = 0, Hkv = 0, D = 0, page_size = 16;
+  std::vector<SeqSpec> seqs;
+  std::vector<QT> q;
+  std::vector<KVT> kv;
+  std::vector<int32_t> qo_indptr{0}, page_indptr{0}, page_indices, prefix;
+  std::vector<uint64_t> mask;  // [N, mask_words]; empty = no mask
+  int mask_words = 0;
+  float sm_scale = 0.f;
+  int64_t N() const { return qo_indptr.back(); }
+
+  size_t kv_index(int page, int kvsel, int r, int h, int d) const {
+    return ((((static_cast<size_t>(page) * 2 + kvsel) * page_size + r) * Hkv + h) * D) + d;
+  }
+  int slot_page(int b, int t) const { return page_indices[page_indptr[b] + t / page_size]; }
+
+  // The sub-batch of sequence b alone (same pages, same values).
+  Problem alone(int b) const {
+    Problem p = *this;
+    p.seqs = {seqs[b]};
+    p.qo_indptr = {0, qo_indptr[b + 1] - qo_indptr[b]};
+    p.page_indptr = {0, page_indptr[b + 1] - page_indptr[b]};
+    p.page_indices.assign(page_indices.begin() + page_indptr[b], page_indices.begin() + page_indptr[b + 1]);
+    p.prefix = {prefix[b]};
+    p.q.assign(q.begin() + static_cast<size_t>(qo_indptr[b]) * Hq * D, q.begin() + static_cast<size_t>(qo_indptr[b + 1]) * Hq * D);
+    if (!mask.empty())
+      p.mask.assign(mask.begin() + static_cast<size_t>(qo_indptr[b]) * mask_words, mask.begin() + static_cast<size_t>(qo_indptr[b + 1]) * mask_words);
+    return p;
+  }
+};
+
+template <typename QT, typename KVT>
+Problem<QT, KVT> make_problem(std::mt19937_64& rng, int Hq, int Hkv, int D, const std::vector<SeqSpec>& seqs) {
+  Problem<QT, KVT> p;
+  p.Hq = Hq, p.Hkv = Hkv, p.D = D, p.seqs = seqs;
+  p.sm_scale = 1.f / std::sqrt(static_cast<float>(D));
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  int max_qo = 0;
+  int total_pages = 0;
+  for (const auto& s : seqs) {
+    p.qo_indptr.push_back(p.qo_indptr.back() + s.qo);
+    const int pages = (s.prefix + s.qo + p.page_size - 1) / p.page_size;
+    p.page_indptr.push_back(p.page_indptr.back() + pages);
+    p.prefix.push_back(s.prefix);
+    total_pages += pages;
+    max_qo = std::max(max_qo, s.qo);
+  }
+  // Pages scattered over a pool with spare pages (never referenced: their values must not matter).
+  const int pool = total_pages + 5;
+  std::vector<int32_t> perm(static_cast<size_t>(pool));
+  for (int i = 0; i < pool; ++i) perm[i] = i;
+  std::shuffle(perm.begin(), perm.end(), rng);
+  p.page_indices.assign(perm.begin(), perm.begin() + total_pages);
+  p.kv.resize(static_cast<size_t>(pool) * 2 * p.page_size * Hkv * D);
+  for (auto& v : p.kv) v = from_float<KVT>(u(rng));
+  p.q.resize(static_cast<size_t>(p.N()) * Hq * D);
+  for (auto& v : p.q) v = from_float<QT>(u(rng));
+  bool any_mask = false;
+  for (const auto& s : seqs) any_mask = any_mask || s.masked;
+  if (any_mask) {
+    p.mask_words = (max_qo + 63) / 64;
+    p.mask.assign(static_cast<size_t>(p.N()) * p.mask_words, 0);
+    for (size_t b = 0; b < seqs.size(); ++b) {
+      const auto& s = seqs[b];
+      std::vector<int> parent(static_cast<size_t>(s.qo), -1);
+      for (int i = 0; i < s.qo; ++i) {
+        if (s.masked && i > 0) parent[i] = static_cast<int>(rng() % static_cast<uint64_t>(i));
+        else if (!s.masked) parent[i] = i - 1;  // causal chain, written as a mask
+        uint64_t* row = &p.mask[static_cast<size_t>(p.qo_indptr[b] + i) * p.mask_words];
+        for (int j = i; j >= 0; j = parent[j]) row[j >> 6] |= 1ull << (j & 63);
+        if (i == s.empty_row) std::fill(row, row + p.mask_words, 0);
+      }
+    }
+  }
+  return p;
+}
+
+constexpr int kGuard = 64;
+
+// f64-reference bound per output type: f32 outputs carry the split-q / split-P error (2^-17 relative
+// per piece pair) and f32 accumulation; f16/bf16 outputs are dominated by their own rounding.
+template <typename QT> double tolerance() {
+  return std::is_same<QT, float>::value ? 1e-5 : std::is_same<QT, __half>::value ? 1e-3 : 8e-3;
+}
+
+// Runs the kernels as attention.cu launches them (the plan with this SM count: 0 never splits, a huge
+// one splits whenever there are 2+ chunks); returns out as f32; *guard_ok: nothing written outside out.
+template <typename QT, typename KVT>
+std::vector<float> run(const Problem<QT, KVT>& pr, bool* guard_ok, int64_t sm_count = 0, bool* split_used = nullptr,
+                       int* chunks_per_cta = nullptr) {
+  const int64_t N = pr.N();
+  const int B = static_cast<int>(pr.seqs.size());
+  std::vector<QT> out(static_cast<size_t>(N) * pr.Hq * pr.D + 2 * kGuard, from_float<QT>(-777.f));
+  attn::Params p{};
+  p.q = pr.q.data();
+  p.kv = pr.kv.data();
+  p.out = out.data() + kGuard;
+  p.qo_indptr = pr.qo_indptr.data();
+  p.page_indptr = pr.page_indptr.data();
+  p.page_indices = pr.page_indices.data();
+  p.prefix_len = pr.prefix.data();
+  p.mask = pr.mask.empty() ? nullptr : pr.mask.data();
+  p.mask_words = pr.mask.empty() ? 0 : pr.mask_words;
+  p.Hq = pr.Hq, p.Hkv = pr.Hkv, p.G = pr.Hq / pr.Hkv, p.D = pr.D, p.page_size = pr.page_size;
+  p.scale_log2 = pr.sm_scale * 1.4426950408889634f;
+  int64_t max_qo = 0, max_kv = 0;
+  for (const auto& s : pr.seqs) max_qo = std::max<int64_t>(max_qo, s.qo), max_kv = std::max<int64_t>(max_kv, s.prefix + s.qo);
+  const int pieces = tc::KvPieces<KVT>::value;
+  if (!tc::supported(pr.D, pieces, 227 * 1024)) emu::die("unsupported shape");
+  const tc::Plan plan = tc::plan_launch(p, B, pr.qo_indptr.data(), pr.prefix.data(), max_qo, max_kv, sm_count, pieces);
+  if (split_used) *split_used = p.split;
+  if (chunks_per_cta) *chunks_per_cta = p.chunks_per_cta;
+  std::vector<float> part_acc, part_ml;
+  if (p.split) {
+    part_acc.assign(static_cast<size_t>(N) * pr.Hq * p.max_chunks * pr.D, NAN);
+    part_ml.assign(static_cast<size_t>(N) * pr.Hq * p.max_chunks * 2, NAN);
+    p.part_acc = part_acc.data();
+    p.part_ml = part_ml.data();
+  }
+  const Dim3 grid{static_cast<unsigned>(plan.grid_x), static_cast<unsigned>(plan.grid_y), static_cast<unsigned>(plan.grid_z)};
+  emu::launch(grid, tc::kThreads, plan.smem, [&] { tc::tree_attention_tc_kernel<QT, KVT>(p); });
+  if (p.split) {
+    const int64_t rows = N * pr.Hq;
+    const Dim3 mgrid{static_cast<unsigned>((rows + attn::kMergeWarps - 1) / attn::kMergeWarps), 1, 1};
+    emu::launch(mgrid, attn::kMergeWarps * 32, 0, [&] {
+      attn::tree_attention_merge_kernel<QT>(part_acc.data(), part_ml.data(), p.out, rows, p.max_chunks, p.D);
+    });
+  }
+  bool ok = true;
+  const float poison = to_float(from_float<QT>(-777.f));
+  for (int i = 0; i < kGuard; ++i)
+    ok = ok && to_float(out[static_cast<size_t>(i)]) == poison && to_float(out[out.size() - 1 - static_cast<size_t>(i)]) == poison;
+  *guard_ok = ok;
+  std::vector<float> res(static_cast<size_t>(N) * pr.Hq * pr.D);
+  for (size_t i = 0; i < res.size(); ++i) res[i] = to_float(out[kGuard + i]);
+  return res;
+}
+
+// float64 attention on the stored (rounded) values.
+template <typename QT, typename KVT>
+std::vector<double> reference(const Problem<QT, KVT>& pr) {
+  const int G = pr.Hq / pr.Hkv, D = pr.D;
+  std::vector<double> out(static_cast<size_t>(pr.N()) * pr.Hq * D, 0.0);
+  for (size_t b = 0; b < pr.seqs.size(); ++b) {
+    const auto& s = pr.seqs[b];
+    for (int i = 0; i < s.qo; ++i) {
+      const int64_t n = pr.qo_indptr[b] + i;
+      for (int h = 0; h < pr.Hq; ++h) {
+        const int hk = h / G;
+        std::vector<double> score;
+        std::vector<int> slot;
+        for (int t = 0; t < s.prefix + s.qo; ++t) {
+          bool vis = t < s.prefix;
+          if (!vis) {
+            const int j = t - s.prefix;
+            vis = pr.mask.empty() ? j <= i : ((pr.mask[static_cast<size_t>(n) * pr.mask_words + (j >> 6)] >> (j & 63)) & 1ull);
+          }
+          if (!vis) continue;
+          double dot = 0;
+          for (int d = 0; d < D; ++d)
+            dot += static_cast<double>(to_float(pr.q[(static_cast<size_t>(n) * pr.Hq + h) * D + d])) *
+                   to_float(pr.kv[pr.kv_index(pr.slot_page(static_cast<int>(b), t), 0, t % pr.page_size, hk, d)]);
+          score.push_back(dot * pr.sm_scale);
+          slot.push_back(t);
+        }
+        if (score.empty()) continue;  // sees nothing: zeros
+        const double mx = *std::max_element(score.begin(), score.end());
+        double z = 0;
+        for (double& v : score) z += (v = std::exp(v - mx));
+        for (int d = 0; d < D; ++d) {
+          double acc = 0;
+          for (size_t e = 0; e < score.size(); ++e)
+            acc += score[e] * to_float(pr.kv[pr.kv_index(pr.slot_page(static_cast<int>(b), slot[e]), 1, slot[e] % pr.page_size, hk, d)]);
+          out[(static_cast<size_t>(n) * pr.Hq + h) * D + d] = acc / z;
+        }
+      }
+    }
+  }
+  return out;
+}
+
+template <typename QT, typename KVT>
+void check(std::mt19937_64& rng, const char* label, int Hq, int Hkv, int D, const std::vector<SeqSpec>& seqs) {
+  const auto pr = make_problem<QT, KVT>(rng, Hq, Hkv, D, seqs);
+  const std::string what = std::string(label) + " (q " + emu::type_name<QT>() + ", kv " + emu::type_name<KVT>() + ", D=" + std::to_string(D) +
+                           ", Hq=" + std::to_string(Hq) + ", Hkv=" + std::to_string(Hkv) + ")";
+  bool guard = false;
+  const auto got = run(pr, &guard);
+  const auto ref = reference(pr);
+  const double tol = tolerance<QT>();
+  double worst = 0;
+  for (size_t i = 0; i < ref.size(); ++i) worst = std::max(worst, std::fabs(got[i] - ref[i]));
+  char buf[96];
+  std::snprintf(buf, sizeof buf, ": max abs error %.2e (tolerance %.0e)", worst, tol);
+  report(worst <= tol, what + buf);
+  report(guard, what + ": writes exactly out");
+  // (4) split-KV == in-CTA fold: split whenever there are 2+ chunks, and a planner grouping of 2+
+  // chunks per CTA when there are 3+ chunks.
+  int64_t max_kv = 0;
+  for (const auto& s : seqs) max_kv = std::max<int64_t>(max_kv, s.prefix + s.qo);
+  if (max_kv > attn::kChunk) {
+    bool sp = false, g = false;
+    const auto split = run(pr, &g, int64_t(1) << 40, &sp);
+    report(sp && g && std::memcmp(got.data(), split.data(), got.size() * sizeof(float)) == 0,
+           what + ": split-KV merge == in-CTA fold, bit for bit");
+    for (int64_t sms = 1; sms <= 256; ++sms) {
+      attn::Params probe{};
+      probe.G = Hq / Hkv, probe.Hkv = Hkv, probe.Hq = Hq, probe.D = D;
+      int64_t max_qo = 0;
+      for (const auto& sq : seqs) max_qo = std::max<int64_t>(max_qo, sq.qo);
+      attn::plan_launch(probe, static_cast<int64_t>(seqs.size()), pr.qo_indptr.data(), pr.prefix.data(), max_qo, max_kv, sms);
+      if (!probe.split || probe.chunks_per_cta < 2) continue;
+      int cpc = 0;
+      const auto grouped = run(pr, &g, sms, &sp, &cpc);
+      report(sp && g && std::memcmp(got.data(), grouped.data(), got.size() * sizeof(float)) == 0,
+             what + ": split-KV with " + std::to_string(cpc) + " chunks per CTA (" + std::to_string(sms) + " SMs) == in-CTA fold, bit for bit");
+      break;
+    }
+  }
+  bool inv = true;
+  for (size_t b = 0; b < seqs.size(); ++b) {
+    bool g = false;
+    const auto one = run(pr.alone(static_cast<int>(b)), &g, 132);
+    const size_t off = static_cast<size_t>(pr.qo_indptr[b]) * Hq * D;
+    inv = inv && g && std::memcmp(one.data(), got.data() + off, one.size() * sizeof(float)) == 0;
+  }
+  report(inv, what + ": each sequence alone == in the batch, bit for bit");
+}
+
+// Tree = path, bitwise. A random tree of new tokens over a paged prefix is attended in one masked
+// launch; then every node's path is laid out as it would be after commit: the prefix, its ancestors'
+// K/V copied to the slots right after it, and the node itself decoded as one new token (a batch of
+// such decode sequences), and each leaf's whole path as a causal chain of new tokens over the prefix.
+// Every row must carry the same bits as the node's tree row, split or not, in either batch.
+template <typename QT, typename KVT>
+void check_tree_vs_path(std::mt19937_64& rng, int Hq, int Hkv, int D, int prefix, int nodes) {
+  const auto tree = make_problem<QT, KVT>(rng, Hq, Hkv, D, {{prefix, nodes, true, -1}});
+  std::vector<std::vector<int>> anc(static_cast<size_t>(nodes));  // ancestors in index order (= depth order)
+  std::vector<bool> leaf(static_cast<size_t>(nodes), true);
+  for (int i = 0; i < nodes; ++i)
+    for (int j = 0; j < i; ++j)
+      if ((tree.mask[static_cast<size_t>(i) * tree.mask_words + (j >> 6)] >> (j & 63)) & 1ull) {
+        anc[i].push_back(j);
+        leaf[j] = false;
+      }
+  // The path batch: node i decoded alone (prefix + ancestors, then i), then each leaf as a chain.
+  Problem<QT, KVT> path;
+  path.Hq = Hq, path.Hkv = Hkv, path.D = D, path.page_size = tree.page_size, path.sm_scale = tree.sm_scale;
+  const size_t row = static_cast<size_t>(Hkv) * D, page_elems = 2 * static_cast<size_t>(tree.page_size) * row;
+  std::vector<int> rows_node;  // path row -> tree node
+  auto add_seq = [&](const std::vector<int>& slots_from_tree, int new_tokens) {
+    const int len = static_cast<int>(slots_from_tree.size());
+    const int pages = (len + path.page_size - 1) / path.page_size;
+    path.seqs.push_back({len - new_tokens, new_tokens, false, -1});
+    path.prefix.push_back(len - new_tokens);
+    path.qo_indptr.push_back(path.qo_indptr.back() + new_tokens);
+    // Fresh pages at the end of the pool, in reverse order (a different physical layout).
+    const int first = static_cast<int>(path.kv.size() / page_elems);
+    path.kv.resize(path.kv.size() + static_cast<size_t>(pages) * page_elems, from_float<KVT>(0.f));
+    for (int pg = pages - 1; pg >= 0; --pg) path.page_indices.push_back(first + pg);
+    path.page_indptr.push_back(static_cast<int32_t>(path.page_indices.size()));
+    const int b = static_cast<int>(path.seqs.size()) - 1;
+    for (int t = 0; t < len; ++t)
+      for (int sel = 0; sel < 2; ++sel)
+        for (int h = 0; h < Hkv; ++h)
+          for (int d = 0; d < D; ++d)
+            path.kv[path.kv_index(path.slot_page(b, t), sel, t % path.page_size, h, d)] =
+                tree.kv[tree.kv_index(tree.slot_page(0, slots_from_tree[t]), sel, slots_from_tree[t] % tree.page_size, h, d)];
+  };
+  auto q_of = [&](int node) {
+    const auto* q = &tree.q[static_cast<size_t>(node) * Hq * D];
+    path.q.insert(path.q.end(), q, q + static_cast<size_t>(Hq) * D);
+    rows_node.push_back(node);
+  };
+  std::vector<int> pre(static_cast<size_t>(prefix));
+  for (int t = 0; t < prefix; ++t) pre[t] = t;
+  for (int i = 0; i < nodes; ++i) {
+    std::vector<int> slots = pre;
+    for (int a : anc[i]) slots.push_back(prefix + a);
+    slots.push_back(prefix + i);
+    add_seq(slots, 1);
+    q_of(i);
+  }
+  for (int i = 0; i < nodes; ++i) {
+    if (!leaf[i] || anc[i].empty()) continue;
+    std::vector<int> slots = pre, chain = anc[i];
+    chain.push_back(i);
+    for (int a : chain) slots.push_back(prefix + a);
+    add_seq(slots, static_cast<int>(chain.size()));
+    for (int a : chain) q_of(a);
+    if (path.seqs.size() >= static_cast<size_t>(nodes) + 3) break;  // a few chains are enough
+  }
+  const std::string what = std::string("tensor-core tree = path (q ") + emu::type_name<QT>() + ", kv " + emu::type_name<KVT>() +
+                           ", prefix " + std::to_string(prefix) + ", " + std::to_string(nodes) + " nodes, " +
+                           std::to_string(path.seqs.size()) + " path sequences)";
+  const size_t rl = static_cast<size_t>(Hq) * D;
+  std::vector<float> t_out;
+  for (int split = 0; split < 2; ++split) {
+    const int64_t sms = split ? int64_t(1) << 40 : 0;
+    bool g1 = false, g2 = false;
+    t_out = run(tree, &g1, sms);
+    const auto p_out = run(path, &g2, sms);
+    int bad = 0;
+    for (size_t r = 0; r < rows_node.size(); ++r)
+      bad += std::memcmp(&p_out[r * rl], &t_out[static_cast<size_t>(rows_node[r]) * rl], rl * sizeof(float)) != 0;
+    report(g1 && g2 && bad == 0, what + (split ? ", split-KV" : ", in-CTA fold") + ": " + std::to_string(bad) + " of " +
+                                     std::to_string(rows_node.size()) + " path rows (decode rows and causal chains) differ from their tree row");
+  }
+  // The tree's rows also within the f64 bound (the tree batch has masked rows below branches).
+  const auto ref = reference(tree);
+  double worst = 0;
+  for (size_t i = 0; i < ref.size(); ++i) worst = std::max(worst, std::fabs(t_out[i] - ref[i]));
+  char buf[96];
+  std::snprintf(buf, sizeof buf, ": tree rows max abs error %.2e (tolerance %.0e)", worst, tolerance<QT>());
+  report(worst <= tolerance<QT>(), what + buf);
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  const uint64_t seed = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 1;
+  const int configs = argc > 2 ? std::atoi(argv[2]) : 1000;
+  std::mt19937_64 rng(seed);
+  auto jitter = [&](int n) { return static_cast<int>(rng() % static_cast<uint64_t>(n)); };
+  // prefix, new tokens, tree mask?, empty row
+  if (configs > 0)
+    check<float, bf16>(rng, "GQA, causal + tree + empty row + decode row, prefixes across tiles", 4, 2, 64,
+                       {{0, 5, false, -1}, {130 + jitter(20), 1, false, -1}, {60 + jitter(10), 6, true, -1}, {0, 4, true, 2}});
+  if (configs > 1) check<float, __half>(rng, "MQA, tree, 2 chunks", 2, 1, 128, {{280 + jitter(30), 9, true, -1}, {5, 2, false, -1}});
+  if (configs > 2)
+    check<__half, __half>(rng, "MHA, head dim 80, causal", 3, 3, 80, {{70 + jitter(40), 4, false, -1}, {0, 1, false, -1}});
+  if (configs > 3)
+    check<bf16, bf16>(rng, "GQA 4, 3 query tiles, tree, 3 chunks", 8, 2, 64, {{500 + jitter(30), 9, true, -1}, {200, 2, false, -1}});
+  if (configs > 4)
+    check<float, bf16>(rng, "causal prefill without a mask, 70 new tokens", 2, 2, 64, {{40 + jitter(30), 70, false, -1}, {0, 3, false, -1}});
+  if (configs > 5)
+    check<float, __half>(rng, "wide tree, 2 mask words", 2, 1, 64, {{20 + jitter(60), 70, true, -1}});
+  // Tree = path for both cache dtypes (f32 queries and outputs: no output rounding hides a
+  // difference), prefixes placed so that paths cross the 64-key tile boundaries.
+  const int tree_configs = argc > 3 ? std::atoi(argv[3]) : 5;
+  if (tree_configs > 0) check_tree_vs_path<float, bf16>(rng, 4, 2, 64, 56 + jitter(8), 16);
+  if (tree_configs > 1) check_tree_vs_path<float, __half>(rng, 2, 1, 128, 120 + jitter(8), 16);
+  if (tree_configs > 2) check_tree_vs_path<float, bf16>(rng, 2, 1, 64, 500 + jitter(30), 24);
+  if (tree_configs > 3) check_tree_vs_path<float, __half>(rng, 4, 1, 64, 245 + jitter(10), 16);
+  if (tree_configs > 4) check_tree_vs_path<float, bf16>(rng, 2, 2, 64, jitter(64), 24);
+  return emu::summary(seed);
+}

@@ -1,5 +1,5 @@
-// Host side of the CUDA tree attention: the tensor-core kernel (attention_tc.cuh) for bf16/f16 caches
-// whose head dim is a multiple of 16, else (or with SPECDEC_CUDA_ATTENTION=simt) the CUDA-core kernel
+// Host side of the CUDA tree attention: with SPECDEC_CUDA_ATTENTION=tc, the tensor-core kernel
+// (attention_tc.cuh) for bf16/f16 caches whose head dim is a multiple of 16; else the CUDA-core kernel
 // (attention.cuh) with its head-dim specialisation. Either splits the keys over CTAs (flash-decoding)
 // or folds all chunks inside each CTA, as the shared planner decides; both give the same bits.
 #include <algorithm>
@@ -85,13 +85,15 @@ int max_optin_smem() {
   return n;
 }
 
-// SPECDEC_CUDA_ATTENTION=simt keeps bf16/f16 caches on the CUDA-core kernel (to compare the two, or
-// to rule tensor cores out). Read once: decode and verification must run the same kernel for the whole
-// process, or a tree node's row would not match its path decoded token by token.
+// SPECDEC_CUDA_ATTENTION=tc runs bf16/f16 caches on the tensor-core kernel. Opt-in until it has run
+// on a GPU: it is checked only on the host emulation so far (test/emu/attention_tc_emu.cc), and its
+// speed against the CUDA-core kernel is unmeasured. Read once: decode and verification must run the
+// same kernel for the whole process, or a tree node's row would not match its path decoded token by
+// token.
 bool tc_attention_enabled() {
   static const bool enabled = [] {
     const char* v = std::getenv("SPECDEC_CUDA_ATTENTION");
-    return !(v && std::strcmp(v, "simt") == 0);
+    return v && std::strcmp(v, "tc") == 0;
   }();
   return enabled;
 }
@@ -125,7 +127,7 @@ void launch_tc(const attn::Params& p, dim3 grid, size_t smem) {
 
 // The tensor-core kernel (attention_tc.cuh): bf16/f16 caches, head dims that are multiples of 16 whose
 // tiles fit the opt-in shared memory, sm_80+. Returns false, launching nothing, when it does not serve
-// the problem. tree_attention below tries it first unless SPECDEC_CUDA_ATTENTION=simt.
+// the problem. tree_attention below tries it first when SPECDEC_CUDA_ATTENTION=tc.
 bool launch_tree_attention_tc(const Tensor& q, const Tensor& kv_layer, const PagedBatch& batch, const Tensor& mask,
                               float sm_scale, Tensor& out) {
   const DType kv = kv_layer.dtype();
@@ -169,8 +171,8 @@ void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& b
                 " is larger than the CUDA kernel's maximum ", attn::kMaxHeadDim);
   SPECDEC_CHECK(B <= 65535 && Hkv <= 65535, "E_UNSUPPORTED", "tree_attention: batch of ", B, " sequences with ", Hkv,
                 " KV heads exceeds the CUDA grid (65535)");
-  // bf16/f16 caches with head dims that are multiples of 16 run on tensor cores; prefill, decode and
-  // tree verification alike (the choice depends only on the cache dtype, head dim and device).
+  // Opted in: bf16/f16 caches with head dims that are multiples of 16 run on tensor cores; prefill,
+  // decode and tree verification alike (the choice depends only on the cache dtype, head dim and device).
   if (tc_attention_enabled() && launch_tree_attention_tc(q, kv_layer, batch, mask, sm_scale, out)) return;
 
   attn::Params p = make_params(q, kv_layer, batch, mask, sm_scale, out);

@@ -145,6 +145,9 @@ fi
 if want bench; then
   step bench "${T_BENCH:-90}" node dist/bench/run.js --device cuda --out "$res/bench-cuda.json"
   step matmul-simt "${T_SIMT:-20}" env SPECDEC_CUDA_MATMUL=simt node dist/bench/matmul.bench.js --device cuda --out "$res/matmul-simt.json"
+  # The tensor-core attention (opt-in until this passes): its [cuda] tests, then its speed.
+  step attention-tc "${T_ATTN_TC:-30}" env SPECDEC_REQUIRE_CUDA=1 SPECDEC_CUDA_ATTENTION=tc node node_modules/mocha/bin/mocha.js --no-config --timeout 120000 dist/test/attention.test.js
+  step attn-tc-bench "${T_ATTN_TC_BENCH:-20}" env SPECDEC_CUDA_ATTENTION=tc node dist/bench/attention.bench.js --device cuda --out "$res/attention-tc.json"
 fi
 
 # ---- 3 + 4. transformers: fixtures (from the background), its generate() timings, then specdec ---------

@@ -98,6 +98,14 @@ bool tc_attention_enabled() {
   return enabled;
 }
 
+// Split-KV partials (either kernel's) for `rows` output rows, pointed to by p.
+void alloc_partials(attn::Params& p, int64_t rows, int64_t D, Tensor& part_acc, Tensor& part_ml) {
+  part_acc = Tensor::empty(DType::f32, {rows, p.max_chunks, D}, Device::cuda);
+  part_ml = Tensor::empty(DType::f32, {rows, p.max_chunks, 2}, Device::cuda);
+  p.part_acc = part_acc.ptr<float>();
+  p.part_ml = part_ml.ptr<float>();
+}
+
 // Split-KV merge (either kernel's partials): one warp per output row folds its chunks in order.
 void launch_merge(DType qdt, const attn::Params& p, int64_t rows) {
   const unsigned blocks = ceil_div(rows, attn::kMergeWarps);
@@ -140,13 +148,8 @@ bool launch_tree_attention_tc(const Tensor& q, const Tensor& kv_layer, const Pag
   const attn_tc::Plan plan = attn_tc::plan_launch(p, B, batch.h_qo_indptr.data(), batch.h_prefix_len.data(), batch.max_qo_len,
                                                   batch.max_kv_len, sm_count(), pieces);
   if (plan.grid_x >= (int64_t(1) << 31)) return false;
-  Tensor part_acc, part_ml;
-  if (p.split) {
-    part_acc = Tensor::empty(DType::f32, {N * Hq, p.max_chunks, D}, Device::cuda);
-    part_ml = Tensor::empty(DType::f32, {N * Hq, p.max_chunks, 2}, Device::cuda);
-    p.part_acc = part_acc.ptr<float>();
-    p.part_ml = part_ml.ptr<float>();
-  }
+  Tensor part_acc, part_ml;  // split: held until the merge is queued
+  if (p.split) alloc_partials(p, N * Hq, D, part_acc, part_ml);
   const dim3 grid(static_cast<unsigned>(plan.grid_x), static_cast<unsigned>(plan.grid_y), static_cast<unsigned>(plan.grid_z));
   auto go = [&](auto qtag) {
     using QT = decltype(qtag);
@@ -180,13 +183,8 @@ void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& b
                                            sm_count());
   SPECDEC_CHECK(plan.grid_x < (int64_t(1) << 31), "E_UNSUPPORTED", "tree_attention: grid too large");
 
-  Tensor part_acc, part_ml;
-  if (p.split) {
-    part_acc = Tensor::empty(DType::f32, {N * Hq, p.max_chunks, D}, Device::cuda);
-    part_ml = Tensor::empty(DType::f32, {N * Hq, p.max_chunks, 2}, Device::cuda);
-    p.part_acc = part_acc.ptr<float>();
-    p.part_ml = part_ml.ptr<float>();
-  }
+  Tensor part_acc, part_ml;  // split: held until the merge is queued
+  if (p.split) alloc_partials(p, N * Hq, D, part_acc, part_ml);
   const size_t smem = plan.smem;
   dim3 grid(static_cast<unsigned>(plan.grid_x), static_cast<unsigned>(plan.grid_y), static_cast<unsigned>(plan.grid_z));
   switch (q.dtype()) {

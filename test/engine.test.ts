@@ -177,6 +177,52 @@ describe('engine: continuous batching', function () {
     assert.strictEqual(target.kvInfo().freePages, target.kvInfo().totalPages);
   });
 
+  it("a step's tokens reach onTokens while the next forward runs (consumers overlap the compute); a throwing onTokens fails only its request", async () => {
+    const js = jobs(testSeed + 19, 4).map((j) => ({ ...j, opts: { ...j.opts, maxNewTokens: 12, stopTokens: [] } }));
+    const ref = await alone(new Engine({ model: target }), js);
+    // Every forward through the libuv pool (a real model's case), each one observed.
+    const pooled = await LlamaModel.load(makeCheckpoint(targetSpec, testSeed), { device: 'cpu', maxSequences: 16, syncForwardMaxMacs: 0 });
+    try {
+      let inFlight = 0;
+      const forward = pooled.forward.bind(pooled);
+      pooled.forward = async (...a: Parameters<LlamaModel['forward']>) => {
+        inFlight++;
+        try {
+          return await forward(...a);
+        } finally {
+          inFlight--;
+        }
+      };
+      const engine = new Engine({ model: pooled, maxBatch: 4 });
+      let during = 0;
+      let calls = 0;
+      const boom = new Error('consumer failed');
+      const runs = js.map((j, i) =>
+        engine.submit(j.prompt, {
+          ...j.opts,
+          onTokens: () => {
+            calls++;
+            if (inFlight > 0) during++;
+            if (i === 2) throw boom;
+          },
+        }),
+      );
+      const settled = await Promise.allSettled(runs);
+      settled.forEach((s, i) => {
+        if (i === 2) assert.ok(s.status === 'rejected' && s.reason === boom, 'the request whose onTokens threw fails with that error');
+        else assert.deepStrictEqual(s.status === 'fulfilled' ? Array.from(s.value.tokens) : s.reason, ref[i], `request ${i}`);
+      });
+      // Chunks delivered at a request's end (or after the last forward) see no forward running;
+      // all the others must. Delivering right after each forward (no overlap) gives 0.
+      assert.ok(calls >= 20, `${calls} deliveries`);
+      assert.ok(during >= calls - 2 * js.length, `${during} of ${calls} deliveries overlapped a forward`);
+      assert.strictEqual(engine.metrics.failed, 1);
+      assert.strictEqual(pooled.kvInfo().freePages, pooled.kvInfo().totalPages);
+    } finally {
+      pooled.dispose();
+    }
+  });
+
   it('concurrent decoder.generate() calls on one model share a batch (no E_BUSY), as do generateBatch calls', async () => {
     const js = jobs(testSeed + 17, 6).map((j) => j.prompt);
     const spec = new DraftModelSpeculator({ draft, k: 2 });

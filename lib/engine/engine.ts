@@ -69,6 +69,14 @@ class Request {
   /** Statistics carried over preemptions. */
   stats = new StatsAcc();
   aborted = false;
+  /** onTokens threw: the request fails at the next step boundary. */
+  failure: { readonly error: unknown } | undefined;
+  /**
+   * Chunks emitted but not yet handed to onTokens. They are delivered once the next forward is
+   * running (or when the request settles), so that what consumers do with them (an HTTP server's
+   * writes) overlaps the compute instead of sitting between two forwards.
+   */
+  readonly outbox: Int32Array[] = [];
   readonly t0 = performance.now();
   /** The group's phase times when the request arrived: its statistics report the difference. */
   readonly phases0: PhaseTimes;
@@ -293,7 +301,7 @@ export class Engine {
     this.makeRoom();
     const byGroup = new Map<SpecEngine, Request[]>();
     for (const r of this.live) {
-      if (r.done !== undefined || r.aborted) continue;
+      if (r.done !== undefined || r.aborted || r.failure) continue;
       const list = byGroup.get(r.group);
       if (list) list.push(r);
       else byGroup.set(r.group, [r]);
@@ -307,6 +315,8 @@ export class Engine {
       if (r.aborted) {
         this.release(r);
         this.settleAbort(r);
+      } else if (r.failure) {
+        this.fail(r, r.failure.error);
       } else if (r.done !== undefined) {
         this.finish(r);
       }
@@ -366,9 +376,11 @@ export class Engine {
     if (reqs.length === 0) return;
     const saved = reqs.map((r) => r.rng.counter);
     try {
-      await group.catchUp(
-        reqs.map((r) => r.seq as EngineSequence),
-        pickRoot,
+      await this.delivering(
+        group.catchUp(
+          reqs.map((r) => r.seq as EngineSequence),
+          pickRoot,
+        ),
       );
       this.metrics.forwards++;
     } catch (e) {
@@ -418,7 +430,7 @@ export class Engine {
     const t0 = performance.now();
     let emitted: Int32Array[];
     try {
-      emitted = await SpecEngine.stepShared(groups.map((g) => ({ engine: (g[0] as Request).group, seqs: g.map((r) => r.seq as EngineSequence) })));
+      emitted = await this.delivering(SpecEngine.stepShared(groups.map((g) => ({ engine: (g[0] as Request).group, seqs: g.map((r) => r.seq as EngineSequence) }))));
     } catch (e) {
       reqs.forEach((r, i) => (r.rng.counter = saved[i] as bigint));
       this.recover(reqs, e);
@@ -444,8 +456,31 @@ export class Engine {
     for (const r of reqs) this.fail(r, e);
   }
 
+  /**
+   * `forward` has just been started (its native work is queued, or a small model's forward has
+   * already run): hand every live request its pending chunks while it runs.
+   */
+  private delivering<T>(forward: Promise<T>): Promise<T> {
+    for (const r of this.live) this.deliver(r);
+    return forward;
+  }
+
+  /** Hands the request's pending chunks to onTokens, in order; a throw marks the request failed. */
+  private deliver(r: Request): void {
+    while (r.outbox.length > 0 && r.failure === undefined) {
+      const chunk = r.outbox.shift() as Int32Array;
+      try {
+        r.opts.onTokens?.(chunk);
+      } catch (e) {
+        r.failure = { error: e };
+      }
+    }
+  }
+
   /** Frees a live sequence's pages and puts it back in the queue (in arrival order) for recompute. */
   private preempt(r: Request): void {
+    this.deliver(r);
+    if (r.failure) return this.fail(r, r.failure.error);
     const s = r.seq as EngineSequence;
     r.history = s.history;
     r.stats = s.stats;
@@ -469,12 +504,7 @@ export class Engine {
     }
     if (r.done === undefined && s.history.length > s.maxPosition) r.done = 'context';
     this.metrics.generatedTokens += chunk.length;
-    if (chunk.length === 0) return;
-    try {
-      r.opts.onTokens?.(Int32Array.from(chunk));
-    } catch (e) {
-      this.fail(r, e);
-    }
+    if (chunk.length > 0) r.outbox.push(Int32Array.from(chunk));
   }
 
   /** Frees the request's sequence (model and speculator) and takes it out of the batch. */
@@ -487,6 +517,8 @@ export class Engine {
   }
 
   private finish(r: Request): void {
+    this.deliver(r);
+    if (r.failure) return this.fail(r, r.failure.error);
     const s = r.seq;
     // The group's phases accumulate over every request it served: report this request's lifetime.
     const now = r.group.phases;
@@ -505,11 +537,13 @@ export class Engine {
   }
 
   private settleAbort(r: Request): void {
+    this.deliver(r);
     this.metrics.aborted++;
     r.settle.reject(abortError(r.opts.signal));
   }
 
   private fail(r: Request, e: unknown): void {
+    this.deliver(r);
     try {
       this.release(r);
     } catch {

@@ -1,11 +1,16 @@
 // generateText: streaming text chunks and stop strings over the speculative decoder.
 import * as assert from 'assert';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
 
 import { SpeculativeDecoder } from '../lib/decoder';
 import { DraftModelSpeculator } from '../lib/strategies/draft_model';
-import { generateText, type TextCodec } from '../lib/text';
+import { streamGeneration } from '../lib/engine/generation';
+import { generateText, IncrementalText, type TextCodec } from '../lib/text';
+import { TextTokenizer } from '../lib/tokenizer';
 import { ToyLM, toyGreedy } from './fixtures/toy_lm';
-import { assertThrowsCode, testSeed } from './helpers';
+import { assertThrowsCode, rng, testSeed } from './helpers';
 
 // Token i <-> a two-letter word ("ab ", "ac ", ...): decoding is plain concatenation.
 const V = 26;
@@ -58,5 +63,125 @@ describe('generateText', () => {
     assert.ok(codec.decode(Array.from(r.tokens)).includes(stop));
     assert.ok(!codec.decode(Array.from(r.tokens).slice(0, -1)).includes(stop));
     assertThrowsCode(() => generateText(dec, codec, 'ab', { maxNewTokens: 1, stopStrings: [''] }), 'E_ARG', /stopStrings/);
+  });
+});
+
+// Two more tokenizer.json kinds beside the embedded models' WordPiece: GPT-2 style byte-level BPE
+// (a character split over byte tokens) and Llama style Metaspace + byte fallback (a stripped
+// leading space, fused bytes).
+function byteLevelTokenizer(): object {
+  const bs: number[] = [];
+  for (let i = 33; i <= 126; i++) bs.push(i);
+  for (let i = 161; i <= 172; i++) bs.push(i);
+  for (let i = 174; i <= 255; i++) bs.push(i);
+  const cs = bs.slice();
+  for (let b = 0, n = 0; b < 256; b++) if (!bs.includes(b)) (bs.push(b), cs.push(256 + n++));
+  const b2u = new Map(bs.map((b, i) => [b, String.fromCharCode(cs[i] as number)]));
+  const vocab: Record<string, number> = {};
+  for (let b = 0; b < 256; b++) vocab[b2u.get(b) as string] = b;
+  const merges: string[] = [];
+  for (const w of [' the', ' cat', 'é', '日本', ' 日本', 'ing']) {
+    const pieces = Array.from(Buffer.from(w, 'utf8'), (b) => b2u.get(b) as string);
+    let acc = pieces[0] as string;
+    for (const p of pieces.slice(1)) {
+      merges.push(`${acc} ${p}`);
+      acc += p;
+      vocab[acc] ??= Object.keys(vocab).length;
+    }
+  }
+  const special = { id: Object.keys(vocab).length, content: '<|end|>', special: true, single_word: false, lstrip: false, rstrip: false, normalized: false };
+  const level = { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: true };
+  return { version: '1.0', added_tokens: [special], normalizer: null, pre_tokenizer: level, post_processor: null, decoder: level, model: { type: 'BPE', dropout: null, unk_token: null, continuing_subword_prefix: null, end_of_word_suffix: null, fuse_unk: false, byte_fallback: false, vocab, merges } };
+}
+
+function metaspaceTokenizer(): object {
+  const vocab: Record<string, number> = { '<unk>': 0, '<s>': 1, '</s>': 2 };
+  for (let b = 0; b < 256; b++) vocab[`<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`] = 3 + b;
+  for (const w of ['\u2581the', '\u2581cat', '\u2581', 'ing', '\u2581日本', 'é', '.', ',', '\u2581.']) vocab[w] = Object.keys(vocab).length;
+  const special = (id: number, content: string): object => ({ id, content, special: true, single_word: false, lstrip: false, rstrip: false, normalized: false });
+  return {
+    version: '1.0',
+    added_tokens: [special(1, '<s>'), special(2, '</s>')],
+    normalizer: { type: 'Sequence', normalizers: [{ type: 'Prepend', prepend: '\u2581' }, { type: 'Replace', pattern: { String: ' ' }, content: '\u2581' }] },
+    pre_tokenizer: null,
+    post_processor: null,
+    decoder: { type: 'Sequence', decoders: [{ type: 'Replace', pattern: { String: '\u2581' }, content: ' ' }, { type: 'ByteFallback' }, { type: 'Fuse' }, { type: 'Strip', content: ' ', start: 1, stop: 0 }] },
+    model: { type: 'BPE', dropout: null, unk_token: '<unk>', continuing_subword_prefix: null, end_of_word_suffix: null, fuse_unk: true, byte_fallback: true, vocab, merges: [] },
+  };
+}
+
+function tokenizerFrom(json: object): TextTokenizer {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'specdec-tok-'));
+  try {
+    fs.writeFileSync(path.join(dir, 'tokenizer.json'), JSON.stringify(json));
+    return TextTokenizer.load(dir) as TextTokenizer;
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+describe('generateText: incremental decoding', () => {
+  const tokenizers: [string, () => TextTokenizer, number][] = [
+    ['embedded WordPiece', () => TextTokenizer.load(path.join(__dirname, '..', '..', 'models', 'default', 'target')) as TextTokenizer, 0],
+    ['byte-level BPE', () => tokenizerFrom(byteLevelTokenizer()), 0],
+    ['Metaspace + byte fallback', () => tokenizerFrom(metaspaceTokenizer()), 0],
+  ];
+  for (const [name, load] of tokenizers) {
+    it(`${name}: the text of every prefix equals decoding the whole prefix`, () => {
+      const tok = load();
+      const decode = (ids: readonly number[]): string => tok.decode(ids, { skipSpecialTokens: true });
+      const V = Math.max(...Array.from(tok.encode('the cat ing, é 日本 café.'))) + 1;
+      const r = rng(testSeed + 31);
+      let checked = 0;
+      for (let run = 0; run < 6; run++) {
+        // Runs 0-2 draw any id (bytes that break characters, special tokens); 3-5 the ids of text.
+        const pool = run < 3 ? Array.from({ length: V }, (_, i) => i) : Array.from(tok.encode(' the cat 日本 café, ing. é'));
+        const all: number[] = [];
+        const inc = new IncrementalText(decode);
+        while (all.length < 160) {
+          const n = 1 + Math.floor(r() * 5);
+          for (let k = 0; k < n; k++) all.push(pool[Math.floor(r() * pool.length)] as number);
+          assert.strictEqual(inc.of(all), decode(all), `${name}, run ${run}, ${all.length} tokens: ${JSON.stringify(all)}`);
+          checked++;
+        }
+      }
+      assert.ok(checked > 100);
+    });
+  }
+
+  it('a long stream decodes a bounded window per step, not the whole output (was quadratic)', async () => {
+    const tok = TextTokenizer.load(path.join(__dirname, '..', '..', 'models', 'default', 'target')) as TextTokenizer;
+    const ids = Array.from(tok.encode('once upon a time there was a little girl who liked to play in the park with her friends. '.repeat(20)));
+    let decoded = 0;
+    const counting: TextCodec = {
+      encode: (t) => tok.encode(t),
+      decode: (x, o) => ((decoded += x.length), tok.decode(x, o)),
+    };
+    const r = rng(testSeed + 37);
+    const source = {
+      generate: () =>
+        streamGeneration(async (onTokens) => {
+          let at = 0;
+          while (at < ids.length) {
+            const n = Math.min(ids.length - at, 1 + Math.floor(r() * 5));
+            onTokens(Int32Array.from(ids.slice(at, at + n)));
+            at += n;
+            await new Promise((res) => setImmediate(res));
+          }
+          return { tokens: Int32Array.from(ids), finishReason: 'length' as const, stats: undefined as never };
+        }),
+    };
+    const gen = generateText(source, counting, Int32Array.of(1), { maxNewTokens: ids.length });
+    let streamed = '';
+    let steps = 0;
+    for await (const c of gen) {
+      streamed += c.text;
+      steps++;
+    }
+    const whole = (await gen.result).text;
+    assert.strictEqual(streamed, whole);
+    const final = ids.length; // the result's one decode of everything
+    const perStep = (decoded - final) / steps;
+    assert.ok(perStep <= 2 * (IncrementalText.CONTEXT + 5) + 1, `${perStep.toFixed(1)} ids decoded per step over ${steps} steps of ${ids.length} tokens`);
   });
 });

@@ -292,7 +292,9 @@ describe('specdec generate (cli)', function () {
     assert.strictEqual(code2, 130);
     const rec = JSON.parse(out) as Record;
     assert.strictEqual(rec.finishReason, 'abort');
-    assert.strictEqual(rec.stats.targetForwards, 3);
+    // The third step's tokens reach onTokens once the fourth forward has started (the engine hands
+    // a step's tokens to consumers while the next forward runs), so that forward still counts.
+    assert.strictEqual(rec.stats.targetForwards, 4);
     assert.ok(rec.tokens.length >= 3 && rec.tokens.length < 100, `${rec.tokens.length} tokens`);
     assert.strictEqual(rec.stats.acceptanceRate, null);
   });

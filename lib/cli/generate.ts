@@ -7,6 +7,7 @@ import { readLlamaConfig } from '../models/config';
 import { LlamaModel } from '../models/llama';
 import { plainGenerate } from '../plain';
 import type { Device } from '../tensor';
+import { IncrementalText } from '../text';
 import { TextTokenizer } from '../tokenizer';
 import { defaultModelPaths } from '../default_models';
 import { codedError } from '../errors';
@@ -233,29 +234,29 @@ function resolvePrompts(flags: GenerateFlags, tokenizer: TextTokenizer | undefin
 }
 
 /**
- * Writes decoded text as tokens arrive. Each delta is the text of a window that starts a few tokens
- * back, minus the text of that window without the new tokens, so word boundaries (a tokenizer's
- * leading-space rules) come out as in one decode of the whole output, and the work stays linear.
- * An incomplete multi-byte character (U+FFFD at the end) waits for its next token.
+ * Writes decoded text as tokens arrive: the text of the whole output, decoded a window at a time
+ * (IncrementalText, lib/text.ts), less what was already written. An incomplete multi-byte
+ * character (U+FFFD at the end) waits for its next token, unless the output ends there.
  */
 class TextStream {
   private readonly ids: number[] = [];
-  private prefixStart = 0;
-  private readOffset = 0;
+  private readonly text: IncrementalText;
+  private shown = 0;
 
   constructor(
-    private readonly decode: (ids: ArrayLike<number>) => string,
+    decode: (ids: ArrayLike<number>) => string,
     private readonly write: (s: string) => void,
-  ) {}
+  ) {
+    this.text = new IncrementalText(decode);
+  }
 
   push(tokens: ArrayLike<number>, final = false): void {
     for (let k = 0; k < tokens.length; k++) this.ids.push(tokens[k] as number);
-    const prefix = this.readOffset > this.prefixStart ? this.decode(this.ids.slice(this.prefixStart, this.readOffset)) : '';
-    const text = this.decode(this.ids.slice(this.prefixStart));
-    if (text.length > prefix.length && (final || !text.endsWith('\uFFFD'))) {
-      this.write(text.slice(prefix.length));
-      this.prefixStart = this.readOffset;
-      this.readOffset = this.ids.length;
+    let t = this.text.of(this.ids);
+    if (!final) while (t.endsWith('\uFFFD')) t = t.slice(0, -1);
+    if (t.length > this.shown) {
+      this.write(t.slice(this.shown));
+      this.shown = t.length;
     }
   }
 }

@@ -43,7 +43,7 @@ export interface GenerateResult {
 }
 
 export interface BatchOptions extends GenerateOptions {
-  /** Called with each step's emitted tokens of sequence `index`. */
+  /** Called with each step's emitted tokens of sequence `index` (timing as RequestOptions.onTokens). */
   readonly onTokens?: (index: number, tokens: Int32Array) => void;
 }
 

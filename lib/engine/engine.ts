@@ -35,7 +35,12 @@ export interface RequestOptions extends GenerateOptions {
   readonly seed?: number | bigint;
   /** The RNG stream (seed, stream) the request samples from. Default 0. */
   readonly stream?: number;
-  /** Called with each step's new tokens. */
+  /**
+   * Called with each step's new tokens, in order. A step's tokens are handed over once the next
+   * step's forward has started (so what the callback does overlaps the compute), or when the
+   * request ends; aborting from here stops the request after that running step. A throw fails
+   * this request only.
+   */
   readonly onTokens?: (tokens: Int32Array) => void;
 }
 

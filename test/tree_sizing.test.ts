@@ -9,7 +9,7 @@ import * as os from 'os';
 import * as path from 'path';
 
 import { widenFamily } from '../bench/wide_family';
-import { ForwardCost, calibrateForwardCost, setForwardCost } from '../lib/cost_model';
+import { ChainCost, ForwardCost, calibrateForwardCost, setForwardCost } from '../lib/cost_model';
 import { SpeculativeDecoder } from '../lib/decoder';
 import { LlamaModel } from '../lib/models/llama';
 import { plainGenerate } from '../lib/plain';
@@ -99,6 +99,39 @@ describe('tree sizing: the choice', () => {
     // The draft's own cost counts: 0.3 forwards per draft token makes long chains lose.
     const withDraft = chooseChainLength(() => 0.9, 16, stepCost(knee(), 1, (nodes) => (nodes - 1) * 0.3));
     assert.ok(withDraft.size > 0 && withDraft.size < 7, `${withDraft.size}`);
+  });
+
+  it("drafting's cost is fixed + per token: recovered from mixed chain lengths, and the fixed part charged once", () => {
+    // Truth: 30 us per step + 20 us per drafted token, with some noise above it (interference only adds).
+    const r = rng(testSeed + 41);
+    const c = new ChainCost(50e-6);
+    assert.ok(Math.abs(c.cost(3) - 150e-6) < 1e-12, 'no samples: the one-token forward per token, nothing fixed');
+    for (let i = 0; i < 40; i++) {
+      const k = 1 + (i % 5);
+      c.add(k, 30e-6 + 20e-6 * k + (r() < 0.3 ? r() * 20e-6 : 0));
+    }
+    const p = c.parts();
+    assert.ok(Math.abs(p.perToken - 20e-6) < 4e-6 && Math.abs(p.fixed - 30e-6) < 8e-6, JSON.stringify(p));
+    assert.strictEqual(c.cost(0), 0);
+    // Only one chain length seen: the slope is the prior; the rest of the time is the fixed part.
+    const one = new ChainCost(20e-6);
+    for (let i = 0; i < 8; i++) one.add(1, 50e-6);
+    assert.ok(Math.abs(one.parts().fixed - 30e-6) < 1e-9 && one.parts().perToken === 20e-6, JSON.stringify(one.parts()));
+    // What the split changes: a costly fixed part, charged per token, made long chains look dear.
+    const rates = (): number => 0.8;
+    const target = stepCost(ForwardCost.fromFunction(() => 100e-6, { frozen: true }));
+    const split = chooseChainLength(rates, 8, (n) => target(n) + c.cost(n - 1));
+    const perTokenOnly = chooseChainLength(rates, 8, (n) => target(n) + (n - 1) * c.cost(1));
+    assert.ok(split.size > perTokenOnly.size, `${split.size} vs ${perTokenOnly.size}`);
+  });
+
+  it("the draft model's acceptance at a depth it has not tried yet is the depth before it's", () => {
+    const d = new DraftModelSpeculator({ draft: new ToyLM({ vocabSize: V, seed: testSeed }) });
+    for (let i = 0; i < 20; i++) d.rates.record(0, i < 18 ? 0 : -1);
+    assert.ok(Math.abs(d.rates.rate(0) - (18 + 2 * 0.6) / 22) < 1e-12);
+    assert.strictEqual(d.rates.rate(3), d.rates.rate(0), 'untried depths lean on depth 0');
+    for (let i = 0; i < 20; i++) d.rates.record(1, -1);
+    assert.ok(d.rates.rate(1) < 0.1 && d.rates.rate(2) < 0.1, 'and on a depth that was tried and failed');
   });
 
   it('tree: plain on a linear curve, the full tree when free, and the brute-force optimum in between', () => {

@@ -6,7 +6,7 @@
 // truncates the draft back to the accepted prefix. Tokens of the history the draft has not cached
 // yet (the prompt at first; the bonus token, which neither model has cached; accepted tree nodes)
 // are fed in front of the first draft step.
-import { forwardCost, RecentTimes } from '../cost_model';
+import { ChainCost, forwardCost } from '../cost_model';
 import { gatherRows, isSampling, samplingOptions } from '../step_helpers';
 import { chooseChainLength, PROBE_AFTER_PLAIN_STEPS, RankRates, sizingCost, stepCost } from '../tree_sizing';
 import type { CausalLM, ForwardOutput, SequenceInput } from '../models/causal_lm';
@@ -79,9 +79,12 @@ export class DraftModelSpeculator implements Speculator {
   /** Per sequence key, per step: k before the step, tokens drafted, drafts accepted. */
   readonly trace = new Map<number, { k: number; drafted: number; accepted: number }[]>();
   /** 'cost' mode: P(draft i + 1 accepted | drafts 1..i accepted), online. */
-  readonly rates = new RankRates(() => 0.6);
-  /** 'cost' mode: seconds of drafting per drafted token and sequence (recent steps). */
-  private readonly draftSecondsPerToken = new RecentTimes();
+  // A depth with few trials leans on the depth before it, not on a fixed prior: chained drafts
+  // that got this far are at least as likely to go on (acceptance is correlated), and a fixed 0.6
+  // kept the chain short after it had only ever tried short chains (deeper rates never observed).
+  readonly rates: RankRates = new RankRates((depth) => (depth === 0 ? 0.6 : this.rates.rate(depth - 1)));
+  /** 'cost' mode: seconds of a step's drafting per sequence, fixed + per drafted token (recent steps). */
+  private draftCost: ChainCost | undefined;
   private target: CausalLM | undefined;
 
   constructor(opts: DraftModelOptions) {
@@ -120,15 +123,16 @@ export class DraftModelSpeculator implements Speculator {
   async prefill(): Promise<void> {
     if (this.adaptive !== 'cost' || !this.target) return;
     await forwardCost(this.target);
-    if (this.draftSecondsPerToken.count === 0) this.draftSecondsPerToken.add((await forwardCost(this.draft)).predict(1));
+    this.draftCost ??= new ChainCost((await forwardCost(this.draft)).predict(1));
   }
 
   /** 'cost' mode: this step's draft length for every sequence (the choice depends only on shared statistics). */
   private chooseK(seqs: readonly SpecSequence[], states: DraftState[], ctx: ProposeContext): void {
     const cost = sizingCost(true, this.target, ctx);
     if (!cost) return;
-    const perToken = this.draftSecondsPerToken.value();
-    const choice = chooseChainLength((i) => this.rates.rate(i), this.maxK, stepCost(cost, seqs.length, (nodes) => (nodes - 1) * perToken));
+    const draft = this.draftCost;
+    if (!draft) return;
+    const choice = chooseChainLength((i) => this.rates.rate(i), this.maxK, stepCost(cost, seqs.length, (nodes) => draft.cost(nodes - 1)));
     for (const st of states) {
       let k = Math.max(this.minK, choice.size);
       // A probe now and then keeps the acceptance statistics alive while decoding plainly.
@@ -164,7 +168,8 @@ export class DraftModelSpeculator implements Speculator {
     const t0 = performance.now();
     const batch = await this.proposeChain(seqs, states, ctx);
     const drafted = states.reduce((a, st) => a + st.lastDrafted, 0);
-    if (drafted > 0 && steady) this.draftSecondsPerToken.add((performance.now() - t0) / 1000 / drafted);
+    // Per sequence: k drafts each, the step's time shared (one batched draft forward per token).
+    if (drafted > 0 && steady) this.draftCost?.add(drafted / seqs.length, (performance.now() - t0) / 1000 / seqs.length);
     return batch;
   }
 

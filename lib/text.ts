@@ -63,8 +63,10 @@ export class IncrementalText {
   of(all: readonly number[]): string {
     let c = Math.max(0, this.mark - IncrementalText.CONTEXT);
     let ctx = this.mark > c ? this.decode(all.slice(c, this.mark)) : '';
-    // Context tokens that decode to nothing (skipped special tokens) are no context: look further back.
-    while (ctx === '' && c > 0) {
+    // Context tokens that decode to nothing (skipped special tokens) are no context: look further
+    // back, unless nothing before the mark has any text (then there is no context to find, and an
+    // id-only codec would make every step decode everything).
+    while (ctx === '' && c > 0 && this.markText !== '') {
       c = Math.max(0, c - 4 * (this.mark - c));
       ctx = this.decode(all.slice(c, this.mark));
     }

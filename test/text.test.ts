@@ -183,5 +183,14 @@ describe('generateText: incremental decoding', () => {
     const final = ids.length; // the result's one decode of everything
     const perStep = (decoded - final) / steps;
     assert.ok(perStep <= 2 * (IncrementalText.CONTEXT + 5) + 1, `${perStep.toFixed(1)} ids decoded per step over ${steps} steps of ${ids.length} tokens`);
+    // A codec with no text at all (the server without a tokenizer): still a bounded window.
+    let silent = 0;
+    const none = new IncrementalText((x) => ((silent += x.length), ''));
+    const all: number[] = [];
+    for (let i = 0; i < 1000; i++) {
+      all.push(i % 7);
+      assert.strictEqual(none.of(all), '');
+    }
+    assert.ok(silent <= 1000 * (2 * IncrementalText.CONTEXT + 1), `${silent} ids decoded for 1000 one-token steps`);
   });
 });

@@ -56,8 +56,9 @@ export class RecentTimes {
  * its wait, the first step feeding the bonus token) was charged k times, so longer chains always
  * looked too dear and the choice stuck at short ones (embedded family: k = 1, 0.60x plain, where
  * k = 4 gave 0.82x). perToken is the least-squares slope over the recent (k, seconds) samples when
- * they hold at least two values of k (clamped to [0.2, 1.5] x the draft's one-token forward), else
- * that forward's cost; fixed is the lower quartile of the samples' seconds - perToken * k, >= 0.
+ * they hold at least two values of k (clamped to [0.2, 1.5] x the prior), else the prior: a chained
+ * token's measured cost (chainTokenCost) or the draft's one-token forward; fixed is the lower
+ * quartile of the samples' seconds - perToken * k, >= 0.
  */
 export class ChainCost {
   static readonly WINDOW = 32;
@@ -66,7 +67,7 @@ export class ChainCost {
   private next = 0;
   private fit: { fixed: number; perToken: number } | undefined;
 
-  /** oneToken: the draft's one-token forward (its cost curve), the per-token prior. */
+  /** oneToken: the per-token prior (chainTokenCost, else the draft's one-token forward). */
   constructor(private readonly oneToken: number) {}
 
   add(k: number, seconds: number): void {
@@ -297,6 +298,47 @@ export async function calibrateForwardCost(model: CausalLM, opts: CalibrationOpt
 
 const curves = new WeakMap<CausalLM, ForwardCost>();
 const pending = new WeakMap<CausalLM, Promise<ForwardCost>>();
+const chainSlopes = new WeakMap<CausalLM, Promise<number | undefined>>();
+
+/**
+ * Seconds per token of a draft chain (greedyChain) on `model`: the difference between chains of 1
+ * and 5 steps, over 4, the fastest of 3 tries each, on a scratch sequence (freed). A chained token
+ * costs less than a standalone one-token forward (no call, no wait, no result to hand over), which
+ * is what ChainCost must assume otherwise. Once per model; undefined when the model has no chain
+ * call or no room (then the standalone forward stands in).
+ */
+export function chainTokenCost(model: CausalLM): Promise<number | undefined> {
+  let p = chainSlopes.get(model);
+  if (!p) {
+    p = measureChainSlope(model);
+    chainSlopes.set(model, p);
+  }
+  return p;
+}
+
+async function measureChainSlope(model: CausalLM): Promise<number | undefined> {
+  const chain = model.greedyChain?.bind(model);
+  const tries = 3;
+  const [short, long] = [1, 5];
+  const V = model.config.vocabSize;
+  if (!chain || 2 + tries * (short + long) >= model.config.maxPositions) return undefined;
+  const seq = model.createSequence();
+  try {
+    const best = [Infinity, Infinity];
+    for (let r = 0; r < tries; r++) {
+      for (const [i, k] of [short, long].entries()) {
+        await new Promise((res) => setImmediate(res));
+        const t0 = performance.now();
+        await chain([{ seq, tokens: Int32Array.of((r * 7919 + k) % V) }], [k]);
+        best[i] = Math.min(best[i] as number, (performance.now() - t0) / 1000);
+      }
+    }
+    const slope = ((best[1] as number) - (best[0] as number)) / (long - short);
+    return slope > 0 && Number.isFinite(slope) ? slope : undefined;
+  } finally {
+    model.freeSequence(seq);
+  }
+}
 
 /** The model's cost curve, calibrating it at the first call (once per model, concurrent callers share it). */
 export async function forwardCost(model: CausalLM): Promise<ForwardCost> {

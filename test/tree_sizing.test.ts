@@ -9,7 +9,7 @@ import * as os from 'os';
 import * as path from 'path';
 
 import { widenFamily } from '../bench/wide_family';
-import { ChainCost, ForwardCost, calibrateForwardCost, setForwardCost } from '../lib/cost_model';
+import { ChainCost, chainTokenCost, ForwardCost, calibrateForwardCost, setForwardCost } from '../lib/cost_model';
 import { SpeculativeDecoder } from '../lib/decoder';
 import { LlamaModel } from '../lib/models/llama';
 import { plainGenerate } from '../lib/plain';
@@ -83,6 +83,19 @@ describe('cost model: the curve', () => {
     assert.deepStrictEqual(short.points().map((p) => p[0]), [1]);
     assert.ok(c.points().every(([, t]) => t > 0));
     assert.strictEqual(m.liveSequences(), 0);
+  });
+
+  it("measures a chained draft token on a scratch sequence it frees (none without a chain call)", async () => {
+    assert.strictEqual(await chainTokenCost(new ToyLM({ vocabSize: V, seed: 1, maxPositions: 64 })), undefined);
+    const m = await LlamaModel.load(path.join(__dirname, '..', '..', 'models', 'default', 'draft'), { device: 'cpu' });
+    try {
+      const t = await chainTokenCost(m);
+      assert.ok(t === undefined || (t > 0 && Number.isFinite(t)), String(t));
+      assert.strictEqual(await chainTokenCost(m), t, 'once per model');
+      assert.strictEqual(m.kvInfo().freePages, m.kvInfo().totalPages, 'the scratch sequence is freed');
+    } finally {
+      m.dispose();
+    }
   });
 });
 

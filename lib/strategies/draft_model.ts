@@ -6,7 +6,7 @@
 // truncates the draft back to the accepted prefix. Tokens of the history the draft has not cached
 // yet (the prompt at first; the bonus token, which neither model has cached; accepted tree nodes)
 // are fed in front of the first draft step.
-import { ChainCost, forwardCost } from '../cost_model';
+import { ChainCost, chainTokenCost, forwardCost } from '../cost_model';
 import { gatherRows, isSampling, samplingOptions } from '../step_helpers';
 import { chooseChainLength, PROBE_AFTER_PLAIN_STEPS, RankRates, sizingCost, stepCost } from '../tree_sizing';
 import type { CausalLM, ForwardOutput, SequenceInput } from '../models/causal_lm';
@@ -123,7 +123,10 @@ export class DraftModelSpeculator implements Speculator {
   async prefill(): Promise<void> {
     if (this.adaptive !== 'cost' || !this.target) return;
     await forwardCost(this.target);
-    this.draftCost ??= new ChainCost((await forwardCost(this.draft)).predict(1));
+    if (!this.draftCost) {
+      const chained = await chainTokenCost(this.draft);
+      this.draftCost ??= new ChainCost(chained ?? (await forwardCost(this.draft)).predict(1));
+    }
   }
 
   /** 'cost' mode: this step's draft length for every sequence (the choice depends only on shared statistics). */

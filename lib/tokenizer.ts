@@ -38,7 +38,14 @@ export class TextTokenizer {
 
   /** Token ids of `text` (special tokens such as BOS added as the tokenizer's post-processor says). */
   encode(text: string, options: { addSpecialTokens?: boolean } = {}): Int32Array {
-    return this.guard(() => Int32Array.from(this.tok.encode(text, { add_special_tokens: options.addSpecialTokens ?? true }).ids));
+    return this.guard(() => {
+      const ids = this.tok.encode(text, { add_special_tokens: options.addSpecialTokens ?? true }).ids;
+      // Ids come from the file's vocabulary: a damaged one (2^31, -1, 1.5) must not wrap in an Int32Array.
+      for (const id of ids) {
+        if (!Number.isInteger(id) || id < 0 || id > 0x7fffffff) throw codedError('E_FORMAT', `${this.file}: the vocabulary maps a token to ${String(id)}, not a token id`);
+      }
+      return Int32Array.from(ids);
+    });
   }
 
   decode(ids: ArrayLike<number>, options: { skipSpecialTokens?: boolean } = {}): string {

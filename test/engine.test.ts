@@ -116,8 +116,9 @@ describe('engine: continuous batching', function () {
     const second = await engine.submit([4, 5], { maxNewTokens: 2, stopTokens: [] });
     const sum = (p: object): number => (Object.values(p) as number[]).reduce((a, b) => a + b, 0);
     assert.ok(sum(first.stats.phases) > 0);
+    // Cumulative phases would hold the first request's 40 steps inside the second's lifetime. (No
+    // comparison of the two requests' times: a GC pause or a compile can land in either.)
     assert.ok(sum(second.stats.phases) <= second.stats.seconds, `phases ${sum(second.stats.phases)} s in a request of ${second.stats.seconds} s`);
-    assert.ok(sum(second.stats.phases) < sum(first.stats.phases), 'the second, 2-token request spent less time than the 40-token one');
   });
 
   it('a small KV cache preempts the youngest and recomputes it: same tokens, all pages free', async () => {

@@ -293,3 +293,44 @@ describe(`fuzz: TypeScript inputs (seed ${testSeed})`, function () {
     }
   });
 });
+
+// Inputs the randomized cases above once drew (seeds 223607817, 92915178, 263259671), fixed here.
+describe('fuzz findings, replayed', () => {
+  let tmp = '';
+  before(() => (tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'specdec-fuzz-found-'))));
+  after(() => fs.rmSync(tmp, { recursive: true, force: true }));
+  const codeOf = (fn: () => unknown): string | undefined => {
+    try {
+      fn();
+    } catch (e) {
+      return (e as { code?: string }).code;
+    }
+    return undefined;
+  };
+
+  it('Medusa heads whose LM head is [0, hidden]: E_FORMAT, not heads over an empty vocabulary', () => {
+    const f32 = (shape: number[]): SafetensorsEntry => ({ dtype: 'F32', shape, data: new Float32Array(shape.reduce((a, b) => a * b, 1)) });
+    fs.writeFileSync(path.join(tmp, 'config.json'), JSON.stringify({ medusa_num_heads: 1, medusa_num_layers: 1 }));
+    fs.writeFileSync(path.join(tmp, 'medusa_lm_head.safetensors'), encodeSafetensors({ '0.0.linear.weight': f32([4, 4]), '0.0.linear.bias': f32([4]), '0.1.weight': f32([0, 4]) }));
+    assert.strictEqual(codeOf(() => MedusaHeads.load(tmp)), 'E_FORMAT');
+  });
+
+  it('a tokenizer.json whose vocabulary maps a token to 2^31: E_FORMAT on encode, not a wrapped id', () => {
+    const json = JSON.parse(fs.readFileSync(path.join(defaults, 'target', 'tokenizer.json'), 'utf8')) as { model: { vocab: Record<string, number> } };
+    json.model.vocab['cat'] = 2 ** 31;
+    fs.writeFileSync(path.join(tmp, 'tokenizer.json'), JSON.stringify(json));
+    const tok = TextTokenizer.load(tmp) as TextTokenizer;
+    assert.strictEqual(codeOf(() => tok.encode('the cat')), 'E_FORMAT');
+  });
+
+  it('plain decoding on a 64-token cache of 1-token pages: a 3-token prompt generates (no 64-token tree reserve)', async () => {
+    const model = await LlamaModel.load(path.join(defaults, 'target'), { device: 'cpu', pageSize: 1, kvPages: 64 });
+    try {
+      const r = await new SpeculativeDecoder({ target: model }).generate([1, 5, 9], { maxNewTokens: 8, stopTokens: [] }).result;
+      assert.strictEqual(r.tokens.length, 8);
+      assert.strictEqual(model.kvInfo().freePages, 64);
+    } finally {
+      model.dispose();
+    }
+  });
+});

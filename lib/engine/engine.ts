@@ -24,7 +24,9 @@ export interface EngineOptions {
   readonly maxBatch?: number;
   /**
    * KV tokens kept free per live sequence for its next speculative tree: requests are admitted, and
-   * the youngest preempted, so that every live sequence has this room. Default 64.
+   * the youngest preempted, so that every live sequence has this room. Default 64 with a
+   * speculator, 1 without (a plain step adds one token; a reserve of 64 refused a 3-token prompt
+   * on a 64-token cache).
    */
   readonly treeReserveTokens?: number;
 }
@@ -154,7 +156,7 @@ export class Engine {
     this.model = opts.model;
     this.speculator = opts.speculator;
     this.maxBatch = opts.maxBatch ?? 64;
-    this.treeReserveTokens = opts.treeReserveTokens ?? 64;
+    this.treeReserveTokens = opts.treeReserveTokens ?? (opts.speculator ? 64 : 1);
     if (!Number.isSafeInteger(this.maxBatch) || this.maxBatch < 1) throw codedError('E_ARG', `maxBatch: expected an integer >= 1, got ${this.maxBatch}`);
     if (!Number.isSafeInteger(this.treeReserveTokens) || this.treeReserveTokens < 1) {
       throw codedError('E_ARG', `treeReserveTokens: expected an integer >= 1, got ${this.treeReserveTokens}`);

@@ -92,6 +92,8 @@ export class MedusaHeads {
       };
       const lm0 = need(`0.${numLayers}.weight`, 2);
       const [V, H] = lm0 as [number, number];
+      // A head over an empty vocabulary or hidden state is no head (and would draft nothing valid).
+      if (!(V >= 1 && H >= 1)) throw codedError('E_FORMAT', `Medusa heads: ${stPath}: '0.${numLayers}.weight' is [${lm0}]: expected [vocabulary >= 1, hidden >= 1]`);
       const heads: HeadWeights[] = [];
       for (let h = 0; h < numHeads; h++) {
         const blocks: { w: Tensor; b: Tensor }[] = [];

@@ -1,5 +1,5 @@
 // The batch both tree-attention emulations draw (test/emu/attention_emu.cc, attention_tc_emu.cc):
-// paged KV, queries, indptrs, causal or random tree masks, from a seed. Include after cuda_emu.h and
+// paged KV, queries, indptrs, causal or random tree masks, from a seed; and a tree's path batch. Include after cuda_emu.h and
 // the kernel header (it fills attn::Params); it lives in the includer's anonymous namespace.
 #pragma once
 
@@ -86,4 +86,77 @@ Problem<QT, KVT> make_problem(std::mt19937_64& rng, int Hq, int Hkv, int D, cons
     }
   }
   return p;
+}
+
+// Tree = path: for a tree batch (one masked sequence of `nodes` new tokens over `prefix` slots), the
+// batch of its paths as they would be after commit: each node decoded alone (the prefix, then its
+// ancestors' K/V copied right after it, then the node as one new token), then a few leaves' whole
+// paths as causal chains; fresh pages in reverse order (a different physical layout). rows_node maps
+// each path row to its tree node, whose row must carry the same bits.
+template <typename QT, typename KVT>
+struct PathBatch {
+  Problem<QT, KVT> path;
+  std::vector<int> rows_node;
+};
+
+template <typename QT, typename KVT>
+PathBatch<QT, KVT> make_path_batch(const Problem<QT, KVT>& tree, int prefix, int nodes) {
+  const int Hq = tree.Hq, Hkv = tree.Hkv, D = tree.D;
+  std::vector<std::vector<int>> anc(static_cast<size_t>(nodes));  // ancestors in index order (= depth order)
+  std::vector<bool> leaf(static_cast<size_t>(nodes), true);
+  for (int i = 0; i < nodes; ++i)
+    for (int j = 0; j < i; ++j)
+      if ((tree.mask[static_cast<size_t>(i) * tree.mask_words + (j >> 6)] >> (j & 63)) & 1ull) {
+        anc[i].push_back(j);
+        leaf[j] = false;
+      }
+  // The path batch: node i decoded alone (prefix + ancestors, then i), then each leaf as a chain.
+  PathBatch<QT, KVT> out;
+  Problem<QT, KVT>& path = out.path;
+  path.Hq = Hq, path.Hkv = Hkv, path.D = D, path.page_size = tree.page_size, path.sm_scale = tree.sm_scale;
+  const size_t row = static_cast<size_t>(Hkv) * D, page_elems = 2 * static_cast<size_t>(tree.page_size) * row;
+  std::vector<int>& rows_node = out.rows_node;
+  auto add_seq = [&](const std::vector<int>& slots_from_tree, int new_tokens) {
+    const int len = static_cast<int>(slots_from_tree.size());
+    const int pages = (len + path.page_size - 1) / path.page_size;
+    path.seqs.push_back({len - new_tokens, new_tokens, false, -1});
+    path.prefix.push_back(len - new_tokens);
+    path.qo_indptr.push_back(path.qo_indptr.back() + new_tokens);
+    // Fresh pages at the end of the pool, in reverse order (a different physical layout).
+    const int first = static_cast<int>(path.kv.size() / page_elems);
+    path.kv.resize(path.kv.size() + static_cast<size_t>(pages) * page_elems, from_float<KVT>(0.f));
+    for (int pg = pages - 1; pg >= 0; --pg) path.page_indices.push_back(first + pg);
+    path.page_indptr.push_back(static_cast<int32_t>(path.page_indices.size()));
+    const int b = static_cast<int>(path.seqs.size()) - 1;
+    for (int t = 0; t < len; ++t)
+      for (int sel = 0; sel < 2; ++sel)
+        for (int h = 0; h < Hkv; ++h)
+          for (int d = 0; d < D; ++d)
+            path.kv[path.kv_index(path.slot_page(b, t), sel, t % path.page_size, h, d)] =
+                tree.kv[tree.kv_index(tree.slot_page(0, slots_from_tree[t]), sel, slots_from_tree[t] % tree.page_size, h, d)];
+  };
+  auto q_of = [&](int node) {
+    const auto* q = &tree.q[static_cast<size_t>(node) * Hq * D];
+    path.q.insert(path.q.end(), q, q + static_cast<size_t>(Hq) * D);
+    rows_node.push_back(node);
+  };
+  std::vector<int> pre(static_cast<size_t>(prefix));
+  for (int t = 0; t < prefix; ++t) pre[t] = t;
+  for (int i = 0; i < nodes; ++i) {
+    std::vector<int> slots = pre;
+    for (int a : anc[i]) slots.push_back(prefix + a);
+    slots.push_back(prefix + i);
+    add_seq(slots, 1);
+    q_of(i);
+  }
+  for (int i = 0; i < nodes; ++i) {
+    if (!leaf[i] || anc[i].empty()) continue;
+    std::vector<int> slots = pre, chain = anc[i];
+    chain.push_back(i);
+    for (int a : chain) slots.push_back(prefix + a);
+    add_seq(slots, static_cast<int>(chain.size()));
+    for (int a : chain) q_of(a);
+    if (path.seqs.size() >= static_cast<size_t>(nodes) + 3) break;  // a few chains are enough
+  }
+  return out;
 }

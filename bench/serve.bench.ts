@@ -66,7 +66,7 @@ export const serveBench: BenchModule = {
           const firsts: number[] = [];
           const res = await Promise.all(
             prompts.slice(0, n).map((p, i) =>
-              postStream(`${url}/v1/completions`, { prompt: p, max_tokens: newTokens, temperature: 0, stream: true, stop_token_ids: [] }, undefined, () => void (firsts[i] ??= performance.now())),
+              postStream(`${url}/v1/completions`, { prompt: p, max_tokens: newTokens, temperature: 0, stream: true, stop_token_ids: [] }, { onData: () => void (firsts[i] ??= performance.now()) }),
             ),
           );
           return rate(t, firsts, res.reduce((s, r) => s + completionTokens(r).length, 0), n);

@@ -83,7 +83,7 @@ export async function runLoad(o: LoadOptions): Promise<LoadReport> {
         }
         try {
           if (job.body['stream'] === true) {
-            const s = await postStream(url, job.body, job.cancelAfter);
+            const s = await postStream(url, job.body, job.cancelAfter !== undefined ? { cancelAfter: job.cancelAfter } : {});
             if (s.cancelled) cancelled++;
             else if (s.status !== 200 || !s.done || s.events.some((e) => 'error' in e)) errors.push(`client ${c} request ${k}: status ${s.status}, done ${s.done}`);
             else done.push({ job, tokens: completionTokens(s) });

@@ -253,6 +253,39 @@ describe('sampling: argmax and topK', () => {
     }
   });
 
+  it('argmax: adversarial rows (NaN, -inf, signed zeros, ties across vector blocks, odd lengths)', () => {
+    // The CPU argmax runs in SIMD blocks of 16 with a scalar tail: lengths around the block size,
+    // the maximum in the tail, ties straddling blocks, rows with nothing but NaN / -inf.
+    const r = rng(testSeed + 21);
+    const cases: (readonly number[])[] = [];
+    for (const V of [1, 3, 15, 16, 17, 31, 33, 64, 100, 1001]) {
+      const fill = (f: (i: number) => number): number[] => Array.from({ length: V }, (_, i) => f(i));
+      cases.push(fill(() => NaN));
+      cases.push(fill((i) => (i % 3 === 0 ? NaN : -Infinity)));
+      cases.push(fill(() => -Infinity));
+      cases.push(fill((i) => (i % 2 === 0 ? -0 : 0)));
+      cases.push(fill((i) => (i === V - 1 ? 5 : 1)));  // the maximum in the last element (the tail)
+      cases.push(fill((i) => (i === 0 ? NaN : i === V - 1 ? Infinity : -i)));
+      cases.push(fill((i) => (i % 16 === 15 || i % 16 === 0 ? 7 : Math.floor(r() * 7))));  // ties at block edges
+      cases.push(fill(() => (r() < 0.2 ? NaN : Math.floor(r() * 4) - 2)));
+      // One maximum, then NaN in every later element of its vector lane: a max that let NaN in would lose it.
+      for (const at of [0, 2, 5]) cases.push(fill((i) => (i === at ? 9 : i % 4 === at % 4 && i > at ? NaN : -1)));
+    }
+    for (const row of cases) {
+      const V = row.length;
+      for (const dt of ['f32', 'bf16'] as const) {
+        using t = Tensor.fromArray(Float32Array.from(row), dt, [1, V]);
+        const xs = t.toFloat32();
+        using a = argmax(t);
+        const want = argmaxRef(xs);
+        assert.strictEqual(a.toInt32()[0], want, `${dt} V=${V} [${Array.from(xs.subarray(0, 8)).join(',')}...]`);
+        // Greedy processLogits is one-hot at the same index.
+        using p = processLogits(t, { temperature: 0 });
+        assert.strictEqual(p.toFloat32().indexOf(1), want, `processLogits ${dt} V=${V}`);
+      }
+    }
+  });
+
   it('topK returns the k largest, descending, ties by lower index', () => {
     const r = rng(testSeed + 3);
     for (const [V, k] of [[10, 1], [10, 10], [1000, 37], [5000, 300]] as const) {

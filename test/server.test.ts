@@ -63,7 +63,7 @@ describe('specdec serve', function () {
   it('a client that hangs up mid-stream cancels its request', async () => {
     const aborted0 = server.engine.metrics.aborted;
     const tokens0 = server.engine.metrics.generatedTokens;
-    const s = await postStream(`${url}/v1/completions`, { prompt: 'once upon a time', max_tokens: 2000, temperature: 0, stream: true }, 2);
+    const s = await postStream(`${url}/v1/completions`, { prompt: 'once upon a time', max_tokens: 2000, temperature: 0, stream: true }, { cancelAfter: 2 });
     assert.ok(s.cancelled);
     await server.engine.idle();
     assert.strictEqual(server.engine.metrics.aborted, aborted0 + 1);
@@ -152,8 +152,10 @@ describe('specdec serve', function () {
     try {
       // SIGTERM once the stream has begun: it must still run to the end.
       let signalled = false;
-      const s = await postStream(`${base}/v1/completions`, { prompt: 'once upon a time', max_tokens: 300, temperature: 0, stream: true }, undefined, () => {
-        if (!signalled) signalled = cli.kill('SIGTERM');
+      const s = await postStream(`${base}/v1/completions`, { prompt: 'once upon a time', max_tokens: 300, temperature: 0, stream: true }, {
+        onEvent: () => {
+          if (!signalled) signalled = cli.kill('SIGTERM');
+        },
       });
       assert.ok(signalled);
       assert.ok(s.done, 'the stream ran to [DONE]');

@@ -7,6 +7,7 @@
 
 #include "../core/ops_sampling.h"
 #include "../core/spec_math.h"
+#include "simd.h"
 #include "thread_pool.h"
 
 namespace specdec {
@@ -15,34 +16,7 @@ namespace cpu {
 namespace {
 
 // Row r of a float tensor [N, V] as f32.
-void load_row(const Tensor& t, int64_t r, int64_t V, float* out) {
-  switch (t.dtype()) {
-    case DType::f32: {
-      const float* p = t.ptr<float>() + r * V;
-      std::copy(p, p + V, out);
-      break;
-    }
-    case DType::f16: {
-      const uint16_t* p = t.ptr<uint16_t>() + r * V;
-      for (int64_t i = 0; i < V; ++i) out[i] = f16_to_f32(p[i]);
-      break;
-    }
-    case DType::bf16: {
-      const uint16_t* p = t.ptr<uint16_t>() + r * V;
-      for (int64_t i = 0; i < V; ++i) out[i] = bf16_to_f32(p[i]);
-      break;
-    }
-    default: fail("E_ARG", "expected a float tensor, got ", t.describe());
-  }
-}
-
-int32_t row_argmax(const float* x, int64_t V) {
-  float bv = x[0];
-  int32_t bi = 0;
-  for (int64_t i = 1; i < V; ++i)
-    if (sm::argmax_better(x[i], static_cast<int32_t>(i), bv, bi)) { bv = x[i]; bi = static_cast<int32_t>(i); }
-  return bi;
-}
+void load_row(const Tensor& t, int64_t r, int64_t V, float* out) { simd::to_f32_row(t.dtype(), t.data(), r * V, V, out); }
 
 // An element's place in the order top-k / top-p keep tokens (float key descending, then index
 // ascending) as one u64, larger = earlier; distinct for distinct indices, so selection runs on
@@ -108,7 +82,7 @@ void keep_top(const float* x, int64_t V, const SamplingParams& sp, float* out, s
 void process_row(const float* logits, int64_t V, const SamplingParams& sp, float* out, std::vector<float>& x,
                  std::vector<uint64_t>& ranks) {
   if (sp.temperature == 0.0f) {
-    int32_t a = row_argmax(logits, V);
+    int32_t a = simd::row_argmax(logits, V);
     std::fill(out, out + V, 0.0f);
     out[a] = 1.0f;
     return;
@@ -160,10 +134,14 @@ void process_logits(const Tensor& logits, const SamplingParams& params, Tensor& 
 
 void argmax(const Tensor& logits, Tensor& out) {
   const int64_t N = logits.size(0), V = logits.size(1);
-  std::vector<float> row(static_cast<size_t>(V));
+  std::vector<float> row(logits.dtype() == DType::f32 ? 0 : static_cast<size_t>(V));
   for (int64_t r = 0; r < N; ++r) {
+    if (logits.dtype() == DType::f32) {
+      out.ptr<int32_t>()[r] = simd::row_argmax(logits.ptr<float>() + r * V, V);
+      continue;
+    }
     load_row(logits, r, V, row.data());
-    out.ptr<int32_t>()[r] = row_argmax(row.data(), V);
+    out.ptr<int32_t>()[r] = simd::row_argmax(row.data(), V);
   }
 }
 

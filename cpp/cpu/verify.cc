@@ -5,6 +5,7 @@
 
 #include "../core/ops_sampling.h"
 #include "../core/spec_math.h"
+#include "simd.h"
 
 namespace specdec {
 namespace cpu {
@@ -26,20 +27,11 @@ struct CpuOps {
   const float* target_f32(int node) const { return target->ptr<float>() + (row0 + node) * V; }
 
   int argmax(int node) {
-    row.resize(static_cast<size_t>(V));
     const int64_t r = row0 + node;
-    for (int64_t i = 0; i < V; ++i) {
-      switch (target->dtype()) {
-        case DType::f16: row[i] = f16_to_f32(target->ptr<uint16_t>()[r * V + i]); break;
-        case DType::bf16: row[i] = bf16_to_f32(target->ptr<uint16_t>()[r * V + i]); break;
-        default: row[i] = target->ptr<float>()[r * V + i]; break;
-      }
-    }
-    float bv = row[0];
-    int32_t bi = 0;
-    for (int64_t i = 1; i < V; ++i)
-      if (sm::argmax_better(row[i], static_cast<int32_t>(i), bv, bi)) { bv = row[i]; bi = static_cast<int32_t>(i); }
-    return bi;
+    if (target->dtype() == DType::f32) return simd::row_argmax(target->ptr<float>() + r * V, V);
+    row.resize(static_cast<size_t>(V));
+    simd::to_f32_row(target->dtype(), target->data(), r * V, V, row.data());
+    return simd::row_argmax(row.data(), V);
   }
   float prob(int node, int tok) const { return target_f32(node)[tok]; }
   double entropy(int node) const { return sm::entropy_host(target_f32(node), V); }  // CUDA's order

@@ -262,6 +262,10 @@ export class CompletionServer {
     const send = (obj: unknown): void => {
       if (!res.writableEnded && !res.destroyed) res.write(`data: ${JSON.stringify(obj)}\n\n`);
     };
+    // A token chunk's event is the JSON of { ...head, choices: [{ index, text, token_ids, logprobs,
+    // finish_reason: null }] } with the constant parts rendered once: one event per request per
+    // step runs on the thread that also feeds the forward's workers.
+    const pre = `data: ${JSON.stringify({ ...head, choices: [{ index: 0, text: '' }] }).slice(0, -5)}`;
     let started = false;
     try {
       for await (const chunk of gen) {
@@ -269,7 +273,9 @@ export class CompletionServer {
           res.writeHead(200, { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache', Connection: 'keep-alive' });
           started = true;
         }
-        send({ ...head, choices: [{ index: 0, text: chunk.text, token_ids: Array.from(chunk.tokens), logprobs: null, finish_reason: null }] });
+        if (!res.writableEnded && !res.destroyed) {
+          res.write(`${pre}${JSON.stringify(chunk.text)},"token_ids":[${chunk.tokens.join(',')}],"logprobs":null,"finish_reason":null}]}\n\n`);
+        }
       }
       const r = await gen.result;
       if (!started) res.writeHead(200, { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache', Connection: 'keep-alive' });

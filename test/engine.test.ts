@@ -6,6 +6,7 @@ import * as assert from 'assert';
 import { SpeculativeDecoder } from '../lib/decoder';
 import { Engine, type RequestOptions } from '../lib/engine/engine';
 import { LlamaModel } from '../lib/models/llama';
+import { native } from '../lib/native';
 import { DraftModelSpeculator } from '../lib/strategies/draft_model';
 import { LookaheadSpeculator } from '../lib/strategies/lookahead';
 import { MedusaHeads, MedusaSpeculator } from '../lib/strategies/medusa';
@@ -219,6 +220,43 @@ describe('engine: continuous batching', function () {
       assert.ok(during >= calls - 2 * js.length, `${during} of ${calls} deliveries overlapped a forward`);
       assert.strictEqual(engine.metrics.failed, 1);
       assert.strictEqual(pooled.kvInfo().freePages, pooled.kvInfo().totalPages);
+    } finally {
+      pooled.dispose();
+    }
+  });
+
+  it('busy consumers get a core lent while they work (lendCore), and no output changes', async () => {
+    const js = jobs(testSeed + 23, 4).map((j) => ({ ...j, opts: { ...j.opts, maxNewTokens: 10, stopTokens: [] } }));
+    const ref = await alone(new Engine({ model: target }), js);
+    const pooled = await LlamaModel.load(makeCheckpoint(targetSpec, testSeed), { device: 'cpu', maxSequences: 16, syncForwardMaxMacs: 0 });
+    const cpu = (): SpecdecNative.CpuInfo => native().cpuInfo();
+    try {
+      for (const lendCore of [true, false]) {
+        const engine = new Engine({ model: pooled, maxBatch: 4, lendCore });
+        let lentSeen = 0;
+        let calls = 0;
+        const runs = js.map((j) =>
+          engine.submit(j.prompt, {
+            ...j.opts,
+            onTokens: () => {
+              calls++;
+              if (cpu().coreLent) lentSeen++;
+              const until = performance.now() + 0.3;  // a consumer that keeps this thread busy
+              while (performance.now() < until);
+            },
+          }),
+        );
+        const res = await Promise.all(runs);
+        res.forEach((r, i) => assert.deepStrictEqual(Array.from(r.tokens), ref[i], `lendCore ${lendCore}: request ${i}`));
+        // The first step's consumers are measured, later ones run with a core lent (from the second step on).
+        if (lendCore) assert.ok(lentSeen >= calls / 2, `${lentSeen} of ${calls} deliveries ran with a core lent`);
+        else assert.strictEqual(lentSeen, 0);
+        await new Promise((r) => setImmediate(() => setImmediate(r)));
+        assert.strictEqual(cpu().coreLent, false, 'the core is back once the consumers are done');
+      }
+      assert.strictEqual(pooled.kvInfo().freePages, pooled.kvInfo().totalPages);
+      assert.throws(() => native().cpuLendCore(-1), (e: Error & { code?: string }) => e.code === 'E_ARG' && /ms/.test(e.message));
+      assert.throws(() => native().cpuLendCore(NaN), (e: Error & { code?: string }) => e.code === 'E_ARG');
     } finally {
       pooled.dispose();
     }

@@ -11,6 +11,8 @@ declare namespace SpecdecNative {
     best: CpuSimd;
     /** Threads of the CPU backend's pool (SPECDEC_CPU_THREADS or the hardware's). */
     threads: number;
+    /** Whether the pool has lent a core (cpuLendCore) and runs its parallel work on one thread fewer. */
+    coreLent: boolean;
   }
 
   interface NativeBinding {
@@ -18,5 +20,7 @@ declare namespace SpecdecNative {
     cpuInfo(): CpuInfo;
     /** Measured peak f32 FMA rate of `simd` over the pool's threads (registers only, ~`seconds`). */
     cpuPeakGflops(simd: CpuSimd, seconds: number): number;
+    /** Lends one core for up to `ms` ms (0 takes it back): the pool's parallel work uses one thread fewer meanwhile. E_ARG outside [0, 60000]. */
+    cpuLendCore(ms: number): void;
   }
 }

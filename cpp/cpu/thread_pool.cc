@@ -37,6 +37,7 @@ struct Job {
   std::atomic<int64_t> next{0};
   std::atomic<bool> failed{false};
   std::atomic<int> active{0};  // workers inside this job (they join under Pool::mu)
+  int max_workers = 0;         // workers that may join (fewer while a core is lent)
   std::exception_ptr error;    // first failure; guarded by Pool::mu
 };
 
@@ -62,6 +63,15 @@ class Pool {
 
   int threads() const { return threads_; }
 
+  void lend(double ms) {
+    const int64_t until = ms > 0 ? now_ns() + static_cast<int64_t>(ms * 1e6) : 0;
+    lent_until_.store(until, std::memory_order_relaxed);
+  }
+  bool lent() const {
+    const int64_t until = lent_until_.load(std::memory_order_relaxed);
+    return until != 0 && now_ns() < until;
+  }
+
   void run(int64_t n, int64_t grain, const Fn& fn) {
     grain = std::max<int64_t>(grain, 1);
     if (threads_ <= 1 || t_in_job || n < 2 * grain) return fn(0, n);
@@ -70,9 +80,12 @@ class Pool {
 
     // A few chunks per thread so a thread slowed by the rest of the machine does not hold
     // everyone up; contiguous so each thread streams its own slice of the weights.
+    const int workers = threads_ - 1 - (lent() ? 1 : 0);
+    if (workers <= 0) return fn(0, n);
     constexpr int64_t kChunksPerThread = 4;
-    const int64_t tasks = std::max<int64_t>(1, std::min<int64_t>(n / grain, threads_ * kChunksPerThread));
+    const int64_t tasks = std::max<int64_t>(1, std::min<int64_t>(n / grain, (workers + 1) * kChunksPerThread));
     Job job;
+    job.max_workers = workers;
     job.fn = &fn;
     job.n = n;
     job.chunk = (n + tasks - 1) / tasks;
@@ -130,6 +143,7 @@ class Pool {
         seen = gen_.load(std::memory_order_relaxed);
         job = job_;
         if (!job) continue;  // woke after that job was already finished
+        if (job->active.load(std::memory_order_relaxed) >= job->max_workers) continue;
         job->active.fetch_add(1, std::memory_order_relaxed);
       }
       work(*job);
@@ -137,7 +151,12 @@ class Pool {
     }
   }
 
+  static int64_t now_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  }
+
   int threads_ = 1;
+  std::atomic<int64_t> lent_until_{0};  // steady-clock ns; 0: no core lent
   std::mutex dispatch_;  // held by the one caller whose job is running
   std::mutex mu_;        // guards job_, joining a job, Job::error and generation changes
   std::condition_variable work_cv_;
@@ -153,6 +172,10 @@ Pool& pool() {
 }  // namespace
 
 int pool_threads() { return pool().threads(); }
+
+void lend_core(double ms) { pool().lend(ms); }
+
+bool core_lent() { return pool().lent(); }
 
 void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
   if (n <= 0) return;

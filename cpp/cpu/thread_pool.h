@@ -21,6 +21,15 @@ namespace cpu {
 // Threads a parallel_for may use (workers + the caller), >= 1.
 int pool_threads();
 
+// Lends one core to other work for up to `ms` milliseconds (0: take it back now): parallel_for
+// calls started meanwhile use one thread fewer (on a 2-thread pool: run inline on the caller).
+// The engine lends while its JavaScript thread hands out a step's tokens: otherwise that thread
+// preempts a compute thread and every fork-join barrier of the forward waits for it.
+void lend_core(double ms);
+
+// Whether a core is lent now.
+bool core_lent();
+
 // Runs fn(begin, end) over contiguous chunks covering [0, n) and returns when all are done.
 // grain = fewest items worth a task of their own: when n < 2 * grain (or the pool has one thread,
 // or is busy) everything runs inline as fn(0, n). An exception thrown by fn is rethrown here

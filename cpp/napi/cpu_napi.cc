@@ -15,13 +15,14 @@ cpu::simd::Isa isa_arg(const Napi::Value& v) {
   fail("E_ARG", "simd: expected 'portable', 'avx2' or 'avx512'");
 }
 
-// cpuInfo() -> { simd, best, threads }
+// cpuInfo() -> { simd, best, threads, coreLent }
 Napi::Value CpuInfo(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
     Napi::Object o = Napi::Object::New(info.Env());
     o.Set("simd", cpu::simd::isa_name(cpu::simd::isa()));
     o.Set("best", cpu::simd::isa_name(cpu::simd::detect_isa()));
     o.Set("threads", cpu::pool_threads());
+    o.Set("coreLent", cpu::core_lent());
     return o;
   });
 }
@@ -34,7 +35,18 @@ Napi::Value CpuPeakGflops(const Napi::CallbackInfo& info) {
   });
 }
 
+// cpuLendCore(ms): see cpu::lend_core.
+Napi::Value CpuLendCore(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    const double ms = get_number(info[0], "ms");
+    if (!(ms >= 0) || ms > 60000) fail("E_ARG", "ms: expected a number of milliseconds in [0, 60000], got ", ms);
+    cpu::lend_core(ms);
+    return info.Env().Undefined();
+  });
+}
+
 void Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("cpuLendCore", Napi::Function::New(env, CpuLendCore, "cpuLendCore"));
   exports.Set("cpuInfo", Napi::Function::New(env, CpuInfo, "cpuInfo"));
   exports.Set("cpuPeakGflops", Napi::Function::New(env, CpuPeakGflops, "cpuPeakGflops"));
 }

@@ -8,8 +8,10 @@
 // the kernels are batch-invariant, and a step that fails for lack of pages restores the streams of
 // its sequences before they are recomputed. Requests with different sampling settings share each
 // step's target forward; each setting's group proposes and is verified on its own rows.
+import { availableParallelism } from 'os';
 import type { GenerateOptions, GenerateResult, Generation } from '../decoder';
 import { codedError } from '../errors';
+import { native } from '../native';
 import type { CausalLM } from '../models/causal_lm';
 import { SpecEngine, StatsAcc, type EngineSequence, type PhaseTimes } from '../spec_engine';
 import { abortError, isSampling } from '../step_helpers';
@@ -29,6 +31,11 @@ export interface EngineOptions {
    * on a 64-token cache).
    */
   readonly treeReserveTokens?: number;
+  /**
+   * Lend the CPU pool one core while onTokens consumers keep this thread busy (see README,
+   * Serving). Default: when the model runs on the CPU and the pool has a thread on every core.
+   */
+  readonly lendCore?: boolean;
 }
 
 export interface RequestOptions extends GenerateOptions {
@@ -107,6 +114,20 @@ class Request {
 
 /** The longest the engine runs steps without giving the event loop a turn. */
 const LOOP_SLICE_MS = 2;
+// Lending a core to this thread's consumers (see delivering): worth it from this much of their
+// work per step; never longer than this per step.
+const LEND_MIN_MS = 0.1;
+const LEND_MAX_MS = 5;
+
+/** Whether the CPU backend's pool has a thread on every core (no core is left for this thread). */
+function cpuPoolFillsCores(): boolean {
+  try {
+    const b = native();
+    return typeof b.cpuLendCore === 'function' && b.cpuInfo().threads >= availableParallelism();
+  } catch {
+    return false;  // no addon to lend from
+  }
+}
 
 /** One forward at a time per model: engines sharing a model take turns by whole steps. */
 const modelLocks = new WeakMap<CausalLM, Promise<void>>();
@@ -162,6 +183,7 @@ export class Engine {
       throw codedError('E_ARG', `treeReserveTokens: expected an integer >= 1, got ${this.treeReserveTokens}`);
     }
     this.liveCap = this.maxBatch;
+    this.lendCore = opts.lendCore ?? (this.model.device === 'cpu' && cpuPoolFillsCores());
     this.speculator?.attach(this.model);
   }
 
@@ -183,6 +205,11 @@ export class Engine {
 
   /** makeRoom's last answer from kvPages() and the pages steps may have taken since (an upper bound). */
   private kvKnown: { kv: KvPages; spent: number } | undefined;
+  /** Whether lending a core can help: the CPU pool has a thread on every core (see delivering). */
+  private readonly lendCore: boolean;
+  private lent = false;
+  /** How long the last step's consumers kept this thread busy (ms). */
+  private consumerMs = 0;
 
   /** Decodes one prompt in the shared batch; resolves with its tokens and statistics. */
   submit(prompt: Int32Array | readonly number[], opts: RequestOptions): Promise<GenerateResult> {
@@ -392,7 +419,7 @@ export class Engine {
     if (reqs.length === 0) return;
     const saved = reqs.map((r) => r.rng.counter);
     try {
-      await this.delivering(
+      await this.delivering(() =>
         group.catchUp(
           reqs.map((r) => r.seq as EngineSequence),
           pickRoot,
@@ -446,7 +473,7 @@ export class Engine {
     const t0 = performance.now();
     let emitted: Int32Array[];
     try {
-      emitted = await this.delivering(SpecEngine.stepShared(groups.map((g) => ({ engine: (g[0] as Request).group, seqs: g.map((r) => r.seq as EngineSequence) }))));
+      emitted = await this.delivering(() => SpecEngine.stepShared(groups.map((g) => ({ engine: (g[0] as Request).group, seqs: g.map((r) => r.seq as EngineSequence) }))));
     } catch (e) {
       reqs.forEach((r, i) => (r.rng.counter = saved[i] as bigint));
       this.recover(reqs, e);
@@ -473,12 +500,37 @@ export class Engine {
   }
 
   /**
-   * `forward` has just been started (its native work is queued, or a small model's forward has
-   * already run): hand every live request its pending chunks while it runs.
+   * Starts `forward` (its native work is queued, or a small model's forward has already run), then
+   * hands every live request its pending chunks while it runs.
+   *
+   * While consumers work on this thread (a server's writes, and what they wake up), a CPU forward
+   * whose threads fill every core would lose one of them to this thread, and each fork-join
+   * barrier of the forward would wait for the preempted one: 3x the consumers' own time, measured
+   * (bench/README.md, Serving). So when the last step's consumers kept this thread busy for
+   * LEND_MIN_MS or more, the pool is lent one core until they are done (two event-loop turns,
+   * at most LEND_MAX_MS) and runs the forward's ops on the others meanwhile.
    */
-  private delivering<T>(forward: Promise<T>): Promise<T> {
+  private delivering<T>(forward: () => Promise<T>): Promise<T> {
+    if (this.lent) {
+      native().cpuLendCore(0);  // a new forward: whatever the last consumers did is over
+      this.lent = false;
+    }
+    const started = forward();
+    if (!this.live.some((r) => r.outbox.length > 0)) return started;
+    const t = performance.now();
+    if (this.lendCore && this.consumerMs >= LEND_MIN_MS) {
+      native().cpuLendCore(LEND_MAX_MS);
+      this.lent = true;
+    }
     for (const r of this.live) this.deliver(r);
-    return forward;
+    setImmediate(() =>
+      setImmediate(() => {
+        this.consumerMs = performance.now() - t;
+        if (this.lent) native().cpuLendCore(0);
+        this.lent = false;
+      }),
+    );
+    return started;
   }
 
   /** Hands the request's pending chunks to onTokens, in order; a throw marks the request failed. */

@@ -65,6 +65,7 @@ class Pool {
 
   void lend(double ms) {
     const int64_t until = ms > 0 ? now_ns() + static_cast<int64_t>(ms * 1e6) : 0;
+    lender_.store(std::this_thread::get_id(), std::memory_order_relaxed);
     lent_until_.store(until, std::memory_order_relaxed);
   }
   bool lent() const {
@@ -80,7 +81,10 @@ class Pool {
 
     // A few chunks per thread so a thread slowed by the rest of the machine does not hold
     // everyone up; contiguous so each thread streams its own slice of the weights.
-    const int workers = threads_ - 1 - (lent() ? 1 : 0);
+    // The core is lent to the lending thread's other work; a job that thread runs itself (a small
+    // model's forward on the JavaScript thread) has it back.
+    const bool lent_away = lent() && lender_.load(std::memory_order_relaxed) != std::this_thread::get_id();
+    const int workers = threads_ - 1 - (lent_away ? 1 : 0);
     if (workers <= 0) return fn(0, n);
     constexpr int64_t kChunksPerThread = 4;
     const int64_t tasks = std::max<int64_t>(1, std::min<int64_t>(n / grain, (workers + 1) * kChunksPerThread));
@@ -157,6 +161,7 @@ class Pool {
 
   int threads_ = 1;
   std::atomic<int64_t> lent_until_{0};  // steady-clock ns; 0: no core lent
+  std::atomic<std::thread::id> lender_{};
   std::mutex dispatch_;  // held by the one caller whose job is running
   std::mutex mu_;        // guards job_, joining a job, Job::error and generation changes
   std::condition_variable work_cv_;

@@ -108,6 +108,30 @@ export const serveBench: BenchModule = {
           pairRatio.push(h.total / e.total);
           pairRatioDecode.push(h.decode / e.decode);
         }
+        // Busy consumers without sockets: onTokens burns 90 us per chunk (8 per step) on the
+        // JavaScript thread, with and without a core lent to it (EngineOptions.lendCore), against
+        // the same engine with idle consumers; paired rounds, alternating order.
+        const burnUs = 90;
+        const lendRounds = opts.quick ? 1 : 6;
+        const viaBurn = async (lendCore: boolean, us: number): Promise<number> => {
+          const e = new Engine({ model, maxBatch: 64, lendCore });
+          const burn = (): void => {
+            const until = performance.now() + us / 1000;
+            while (performance.now() < until);
+          };
+          const t = performance.now();
+          const res = await Promise.all(prompts.map((p) => e.submit(p, { maxNewTokens: newTokens, stopTokens: [], ...(us > 0 ? { onTokens: burn } : {}) })));
+          return res.reduce((n, r) => n + r.tokens.length, 0) / ((performance.now() - t) / 1000);
+        };
+        const burnLoss: { lend: number[]; noLend: number[] } = { lend: [], noLend: [] };
+        for (let r = 0; r < lendRounds; r++) {
+          opts.log(`serve: busy consumers, lend vs no lend, round ${r + 1}/${lendRounds}`);
+          for (const lend of r % 2 === 0 ? [false, true] : [true, false]) {
+            const idle = await viaBurn(lend, 0);
+            const busy = await viaBurn(lend, burnUs);
+            (lend ? burnLoss.lend : burnLoss.noLend).push(1 - busy / idle);
+          }
+        }
         const tot = (rs: Rate[]): number => median(rs.map((r) => r.total));
         const dec = (rs: Rate[]): number => median(rs.map((r) => r.decode));
         const scale = tot(eight) / tot(one);
@@ -129,6 +153,13 @@ export const serveBench: BenchModule = {
           unit: 'tok/s',
           note: `overhead ${round(100 * overhead, 1)}% vs engine (median of ${pairs} paired rounds; ${round(100 * (1 - tot(http8) / tot(eight)), 1)}% from the ${repeats} rounds above); decode phase ${round(dec(http8), 1)} tok/s, overhead ${round(100 * overheadDecode, 1)}%`,
           metrics: { ...runs(http8), overhead, overheadDecode, pairRatio, pairRatioDecode },
+        });
+        rows.push({
+          name: `engine, 8 streams, onTokens busy ${burnUs} us per chunk: throughput lost`,
+          value: round(100 * median(burnLoss.lend), 1),
+          unit: '%',
+          note: `with a core lent to the consumers (the default); ${round(100 * median(burnLoss.noLend), 1)}% without (lendCore: false); the consumers take ${8 * burnUs} us per step; medians of ${lendRounds} paired rounds`,
+          metrics: burnLoss,
         });
         rows.push({ name: 'plainGenerate, batch 1', value: round(median(plain1), 1), unit: 'tok/s', note: `engine 1 stream at x${round(tot(one) / median(plain1), 2)} of it`, metrics: { runs: plain1 } });
         rows.push({ name: 'plainGenerate, batch 8', value: round(median(plain8), 1), unit: 'tok/s', note: `x${round(median(plain8) / median(plain1), 2)} of batch 1 (the kernels' scaling)`, metrics: { runs: plain8 } });

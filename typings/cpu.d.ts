@@ -11,7 +11,7 @@ declare namespace SpecdecNative {
     best: CpuSimd;
     /** Threads of the CPU backend's pool (SPECDEC_CPU_THREADS or the hardware's). */
     threads: number;
-    /** Whether the pool has lent a core (cpuLendCore) and runs its parallel work on one thread fewer. */
+    /** Whether the pool has lent a core (cpuLendFlag) and runs other threads' parallel work on one thread fewer. */
     coreLent: boolean;
   }
 
@@ -20,7 +20,10 @@ declare namespace SpecdecNative {
     cpuInfo(): CpuInfo;
     /** Measured peak f32 FMA rate of `simd` over the pool's threads (registers only, ~`seconds`). */
     cpuPeakGflops(simd: CpuSimd, seconds: number): number;
-    /** Lends one core for up to `ms` ms (0 takes it back): the pool's parallel work uses one thread fewer meanwhile. E_ARG outside [0, 60000]. */
-    cpuLendCore(ms: number): void;
+    /**
+     * The pool's lend word: store 1 (Atomics.store) to lend one core to the calling thread's other
+     * work, so parallel work other threads start uses one thread fewer; 0 takes it back.
+     */
+    cpuLendFlag(): Int32Array;
   }
 }

@@ -63,15 +63,13 @@ class Pool {
 
   int threads() const { return threads_; }
 
-  void lend(double ms) {
-    const int64_t until = ms > 0 ? now_ns() + static_cast<int64_t>(ms * 1e6) : 0;
+  // The lend flag: JavaScript stores 1 / 0 into it (an Int32Array over this word, no call into
+  // the addon); the thread that asked for it is the lender.
+  int32_t* lend_flag() {
     lender_.store(std::this_thread::get_id(), std::memory_order_relaxed);
-    lent_until_.store(until, std::memory_order_relaxed);
+    return &lend_flag_;
   }
-  bool lent() const {
-    const int64_t until = lent_until_.load(std::memory_order_relaxed);
-    return until != 0 && now_ns() < until;
-  }
+  bool lent() const { return __atomic_load_n(&lend_flag_, __ATOMIC_RELAXED) != 0; }
 
   void run(int64_t n, int64_t grain, const Fn& fn) {
     grain = std::max<int64_t>(grain, 1);
@@ -155,12 +153,8 @@ class Pool {
     }
   }
 
-  static int64_t now_ns() {
-    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
-  }
-
   int threads_ = 1;
-  std::atomic<int64_t> lent_until_{0};  // steady-clock ns; 0: no core lent
+  alignas(64) int32_t lend_flag_ = 0;  // nonzero: a core is lent to lender_
   std::atomic<std::thread::id> lender_{};
   std::mutex dispatch_;  // held by the one caller whose job is running
   std::mutex mu_;        // guards job_, joining a job, Job::error and generation changes
@@ -178,7 +172,7 @@ Pool& pool() {
 
 int pool_threads() { return pool().threads(); }
 
-void lend_core(double ms) { pool().lend(ms); }
+int32_t* lend_flag() { return pool().lend_flag(); }
 
 bool core_lent() { return pool().lent(); }
 

@@ -21,12 +21,13 @@ namespace cpu {
 // Threads a parallel_for may use (workers + the caller), >= 1.
 int pool_threads();
 
-// Lends one core to the calling thread's other work for up to `ms` milliseconds (0: take it back
-// now): parallel_for calls that other threads start meanwhile use one thread fewer (on a 2-thread
-// pool: they run inline on their caller); the lending thread's own calls use every thread.
-// The engine lends while its JavaScript thread hands out a step's tokens: otherwise that thread
-// preempts a compute thread and every fork-join barrier of the forward waits for it.
-void lend_core(double ms);
+// A word that lends one core to the calling thread's other work while it is nonzero: parallel_for
+// calls that other threads start meanwhile use one thread fewer (on a 2-thread pool: they run
+// inline on their caller); the lending thread's own calls use every thread. JavaScript writes it
+// through an Int32Array (cpuLendFlag), so lending costs no call into the addon. The engine lends
+// while its JavaScript thread hands out a step's tokens: otherwise that thread preempts a compute
+// thread and every fork-join barrier of the forward waits for it.
+int32_t* lend_flag();
 
 // Whether a core is lent now.
 bool core_lent();

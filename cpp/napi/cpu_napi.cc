@@ -35,18 +35,17 @@ Napi::Value CpuPeakGflops(const Napi::CallbackInfo& info) {
   });
 }
 
-// cpuLendCore(ms): see cpu::lend_core.
-Napi::Value CpuLendCore(const Napi::CallbackInfo& info) {
+// cpuLendFlag() -> Int32Array [1] over cpu::lend_flag(): store 1 to lend a core to this thread's
+// other work, 0 to take it back. The word is static, so the external buffer never dangles.
+Napi::Value CpuLendFlag(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
-    const double ms = get_number(info[0], "ms");
-    if (!(ms >= 0) || ms > 60000) fail("E_ARG", "ms: expected a number of milliseconds in [0, 60000], got ", ms);
-    cpu::lend_core(ms);
-    return info.Env().Undefined();
+    auto buf = Napi::ArrayBuffer::New(info.Env(), cpu::lend_flag(), sizeof(int32_t));
+    return Napi::Int32Array::New(info.Env(), 1, buf, 0);
   });
 }
 
 void Init(Napi::Env env, Napi::Object exports) {
-  exports.Set("cpuLendCore", Napi::Function::New(env, CpuLendCore, "cpuLendCore"));
+  exports.Set("cpuLendFlag", Napi::Function::New(env, CpuLendFlag, "cpuLendFlag"));
   exports.Set("cpuInfo", Napi::Function::New(env, CpuInfo, "cpuInfo"));
   exports.Set("cpuPeakGflops", Napi::Function::New(env, CpuPeakGflops, "cpuPeakGflops"));
 }

@@ -114,18 +114,30 @@ class Request {
 
 /** The longest the engine runs steps without giving the event loop a turn. */
 const LOOP_SLICE_MS = 2;
-// Lending a core to this thread's consumers (see delivering): worth it from this much of their
-// work per step; never longer than this per step.
+// Lending a core to this thread's consumers (see delivering) is worth it from this much of their
+// work per step.
 const LEND_MIN_MS = 0.1;
-const LEND_MAX_MS = 5;
+
+/** The CPU pool's lend word (cpuLendFlag), fetched once; null without an addon that has one. */
+let lendWord: Int32Array | null | undefined;
+function lendFlag(): Int32Array | null {
+  if (lendWord === undefined) {
+    try {
+      const b = native();
+      lendWord = typeof b.cpuLendFlag === 'function' ? b.cpuLendFlag() : null;
+    } catch {
+      lendWord = null;  // no addon to lend from
+    }
+  }
+  return lendWord;
+}
 
 /** Whether the CPU backend's pool has a thread on every core (no core is left for this thread). */
 function cpuPoolFillsCores(): boolean {
   try {
-    const b = native();
-    return typeof b.cpuLendCore === 'function' && b.cpuInfo().threads >= availableParallelism();
+    return lendFlag() !== null && native().cpuInfo().threads >= availableParallelism();
   } catch {
-    return false;  // no addon to lend from
+    return false;
   }
 }
 
@@ -507,30 +519,35 @@ export class Engine {
    * whose threads fill every core would lose one of them to this thread, and each fork-join
    * barrier of the forward would wait for the preempted one: 3x the consumers' own time, measured
    * (bench/README.md, Serving). So when the last step's consumers kept this thread busy for
-   * LEND_MIN_MS or more, the pool is lent one core until they are done (two event-loop turns,
-   * at most LEND_MAX_MS) and runs the forward's ops on the others meanwhile.
+   * LEND_MIN_MS or more, the pool is lent one core until they are done (two event-loop turns, or
+   * the next forward) and runs the forward's ops on the others meanwhile.
    */
   private delivering<T>(forward: () => Promise<T>): Promise<T> {
-    if (this.lent) {
-      native().cpuLendCore(0);  // a new forward: whatever the last consumers did is over
-      this.lent = false;
-    }
+    this.returnCore();  // a new forward: whatever the last consumers did is over
     const started = forward();
     if (!this.live.some((r) => r.outbox.length > 0)) return started;
     const t = performance.now();
-    if (this.lendCore && this.consumerMs >= LEND_MIN_MS) {
-      native().cpuLendCore(LEND_MAX_MS);
+    const flag = this.lendCore && this.consumerMs >= LEND_MIN_MS ? lendFlag() : null;
+    if (flag) {
+      // A count, not a switch: engines lending at once each take theirs back.
+      Atomics.add(flag, 0, 1);
       this.lent = true;
     }
     for (const r of this.live) this.deliver(r);
     setImmediate(() =>
       setImmediate(() => {
         this.consumerMs = performance.now() - t;
-        if (this.lent) native().cpuLendCore(0);
-        this.lent = false;
+        this.returnCore();
       }),
     );
     return started;
+  }
+
+  private returnCore(): void {
+    if (!this.lent) return;
+    this.lent = false;
+    const flag = lendFlag();
+    if (flag) Atomics.sub(flag, 0, 1);
   }
 
   /** Hands the request's pending chunks to onTokens, in order; a throw marks the request failed. */

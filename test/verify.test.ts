@@ -202,6 +202,13 @@ function checkExact(sc: Scenario, out: VerifyOutput, label: string): void {
   if (!label.includes('disjoint')) assert.ok(tested >= 1, `${label}: no first token had enough continuations to test`);
 }
 
+/** The most second tokens emitted after any one first token. */
+function maxContinuations(out: VerifyOutput, V: number): number {
+  const m = new Array<number>(V).fill(0);
+  for (const em of out.emitted) if (em.length >= 2) m[em[0] as number] = (m[em[0] as number] as number) + 1;
+  return Math.max(...m);
+}
+
 /** Tables processed by the native logits processor (same options for target and draft). */
 function processedTable(logitsOf: (path: number[]) => Float32Array, opts: SamplingOptions): (path: number[]) => Float32Array {
   return memo((path) => {
@@ -236,8 +243,17 @@ describe('verify: statistical exactness of rejection sampling', function () {
   for (const [label, make] of scenarios) {
     it(`emits the target distribution: ${label}`, () => {
       const sc = make();
-      const b = buildScenario(sc, B, V, r, testSeed);
-      const out = run(b, 'rejection', 'cpu', { maxDepth: 4 });
+      // The second-token test needs some first token with >= 500 continuations. A p with little
+      // mass where q drafts (q(x) = 0 where p(x) > 0 with most of p there) accepts few first
+      // drafts: then the batch doubles (up to 8x) instead of the test having nothing to check.
+      let n = B;
+      let b = buildScenario(sc, n, V, r, testSeed);
+      let out = run(b, 'rejection', 'cpu', { maxDepth: 4 });
+      while (n < 8 * B && !label.includes('disjoint') && maxContinuations(out, V) < 500) {
+        n *= 2;
+        b = buildScenario(sc, n, V, r, testSeed + n);
+        out = run(b, 'rejection', 'cpu', { maxDepth: 4 });
+      }
       checkStructure(b, out, 4);
       checkExact(sc, out, label);
       if (label.includes('disjoint')) assert.ok(out.acceptCount.every((c) => c === 1), 'disjoint supports accept nothing');

@@ -63,8 +63,8 @@ class Pool {
 
   int threads() const { return threads_; }
 
-  // The lend flag: JavaScript stores 1 / 0 into it (an Int32Array over this word, no call into
-  // the addon); the thread that asked for it is the lender.
+  // The lend word: JavaScript adds and removes lends through an Int32Array over it (no call into
+  // the addon); the thread that asked for it last is the lender.
   int32_t* lend_flag() {
     lender_.store(std::this_thread::get_id(), std::memory_order_relaxed);
     return &lend_flag_;
@@ -77,13 +77,13 @@ class Pool {
     std::unique_lock<std::mutex> dispatch(dispatch_, std::try_to_lock);
     if (!dispatch.owns_lock()) return fn(0, n);  // another caller's job is running: don't wait
 
-    // A few chunks per thread so a thread slowed by the rest of the machine does not hold
-    // everyone up; contiguous so each thread streams its own slice of the weights.
-    // The core is lent to the lending thread's other work; a job that thread runs itself (a small
+    // A lent core serves the lending thread's other work; a job that thread runs itself (a small
     // model's forward on the JavaScript thread) has it back.
     const bool lent_away = lent() && lender_.load(std::memory_order_relaxed) != std::this_thread::get_id();
     const int workers = threads_ - 1 - (lent_away ? 1 : 0);
     if (workers <= 0) return fn(0, n);
+    // A few chunks per thread so a thread slowed by the rest of the machine does not hold
+    // everyone up; contiguous so each thread streams its own slice of the weights.
     constexpr int64_t kChunksPerThread = 4;
     const int64_t tasks = std::max<int64_t>(1, std::min<int64_t>(n / grain, (workers + 1) * kChunksPerThread));
     Job job;

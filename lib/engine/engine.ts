@@ -11,8 +11,8 @@
 import { availableParallelism } from 'os';
 import type { GenerateOptions, GenerateResult, Generation } from '../decoder';
 import { codedError } from '../errors';
-import { native } from '../native';
 import type { CausalLM } from '../models/causal_lm';
+import { native } from '../native';
 import { SpecEngine, StatsAcc, type EngineSequence, type PhaseTimes } from '../spec_engine';
 import { abortError, isSampling } from '../step_helpers';
 import type { SamplingConfig, SeqRng, Speculator } from '../strategies/speculator';
@@ -133,12 +133,16 @@ function lendFlag(): Int32Array | null {
 }
 
 /** Whether the CPU backend's pool has a thread on every core (no core is left for this thread). */
+let poolFillsCores: boolean | undefined;
 function cpuPoolFillsCores(): boolean {
-  try {
-    return lendFlag() !== null && native().cpuInfo().threads >= availableParallelism();
-  } catch {
-    return false;
+  if (poolFillsCores === undefined) {
+    try {
+      poolFillsCores = lendFlag() !== null && native().cpuInfo().threads >= availableParallelism();
+    } catch {
+      poolFillsCores = false;
+    }
   }
+  return poolFillsCores;
 }
 
 /** One forward at a time per model: engines sharing a model take turns by whole steps. */

@@ -224,6 +224,7 @@ export class Engine {
   /** Whether lending a core can help: the CPU pool has a thread on every core (see delivering). */
   private readonly lendCore: boolean;
   private lent = false;
+  private measuring = false;
   /** How long the last step's consumers kept this thread busy (ms). */
   private consumerMs = 0;
 
@@ -538,12 +539,18 @@ export class Engine {
       this.lent = true;
     }
     for (const r of this.live) this.deliver(r);
-    setImmediate(() =>
-      setImmediate(() => {
-        this.consumerMs = performance.now() - t;
-        this.returnCore();
-      }),
-    );
+    // One measurement at a time: a small model's steps run back to back on this thread, several
+    // per loop turn, and need not queue a pair of immediates each.
+    if (!this.measuring) {
+      this.measuring = true;
+      setImmediate(() =>
+        setImmediate(() => {
+          this.measuring = false;
+          this.consumerMs = performance.now() - t;
+          this.returnCore();
+        }),
+      );
+    }
     return started;
   }
 

@@ -21,8 +21,9 @@ declare namespace SpecdecNative {
     /** Measured peak f32 FMA rate of `simd` over the pool's threads (registers only, ~`seconds`). */
     cpuPeakGflops(simd: CpuSimd, seconds: number): number;
     /**
-     * The pool's lend word: store 1 (Atomics.store) to lend one core to the calling thread's other
-     * work, so parallel work other threads start uses one thread fewer; 0 takes it back.
+     * The pool's lend word, a count (Atomics.add / Atomics.sub): while it is nonzero one core is
+     * lent to the calling thread's other work, so parallel work other threads start uses one
+     * thread fewer.
      */
     cpuLendFlag(): Int32Array;
   }

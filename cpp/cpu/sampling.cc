@@ -134,15 +134,8 @@ void process_logits(const Tensor& logits, const SamplingParams& params, Tensor& 
 
 void argmax(const Tensor& logits, Tensor& out) {
   const int64_t N = logits.size(0), V = logits.size(1);
-  std::vector<float> row(logits.dtype() == DType::f32 ? 0 : static_cast<size_t>(V));
-  for (int64_t r = 0; r < N; ++r) {
-    if (logits.dtype() == DType::f32) {
-      out.ptr<int32_t>()[r] = simd::row_argmax(logits.ptr<float>() + r * V, V);
-      continue;
-    }
-    load_row(logits, r, V, row.data());
-    out.ptr<int32_t>()[r] = simd::row_argmax(row.data(), V);
-  }
+  std::vector<float> row;
+  for (int64_t r = 0; r < N; ++r) out.ptr<int32_t>()[r] = simd::row_argmax(logits.dtype(), logits.data(), r * V, V, row);
 }
 
 void sample(const Tensor& probs, const Tensor& seeds, const Tensor& offsets, Tensor& out) {

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include "../core/dtype.h"
 #include "../core/error.h"
@@ -112,6 +113,15 @@ inline int32_t row_argmax(const float* x, int64_t V) {
   for (; j < V; ++j)
     if (x[j] == m) return static_cast<int32_t>(j);
   return 0;  // every element NaN
+}
+
+// row_argmax of elements [offset, offset + V) of a float tensor's storage: f32 rows are read in
+// place, f16/bf16 ones converted into `scratch` first.
+inline int32_t row_argmax(DType dt, const void* src, int64_t offset, int64_t V, std::vector<float>& scratch) {
+  if (dt == DType::f32) return row_argmax(static_cast<const float*>(src) + offset, V);
+  scratch.resize(static_cast<size_t>(V));
+  to_f32_row(dt, src, offset, V, scratch.data());
+  return row_argmax(scratch.data(), V);
 }
 
 #ifdef SPECDEC_CPU_X86_SIMD

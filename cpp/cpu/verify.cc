@@ -27,11 +27,7 @@ struct CpuOps {
   const float* target_f32(int node) const { return target->ptr<float>() + (row0 + node) * V; }
 
   int argmax(int node) {
-    const int64_t r = row0 + node;
-    if (target->dtype() == DType::f32) return simd::row_argmax(target->ptr<float>() + r * V, V);
-    row.resize(static_cast<size_t>(V));
-    simd::to_f32_row(target->dtype(), target->data(), r * V, V, row.data());
-    return simd::row_argmax(row.data(), V);
+    return simd::row_argmax(target->dtype(), target->data(), (row0 + node) * V, V, row);
   }
   float prob(int node, int tok) const { return target_f32(node)[tok]; }
   double entropy(int node) const { return sm::entropy_host(target_f32(node), V); }  // CUDA's order

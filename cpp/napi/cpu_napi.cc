@@ -35,8 +35,9 @@ Napi::Value CpuPeakGflops(const Napi::CallbackInfo& info) {
   });
 }
 
-// cpuLendFlag() -> Int32Array [1] over cpu::lend_flag(): store 1 to lend a core to this thread's
-// other work, 0 to take it back. The word is static, so the external buffer never dangles.
+// cpuLendFlag() -> Int32Array [1] over cpu::lend_flag(), a count of lends (nonzero: one core is
+// lent to this thread's other work). The word lives as long as the pool, which is never freed,
+// so the external buffer never dangles.
 Napi::Value CpuLendFlag(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
     auto buf = Napi::ArrayBuffer::New(info.Env(), cpu::lend_flag(), sizeof(int32_t));

@@ -7,7 +7,7 @@
 // output whatever else is in the batch.
 import type { CausalLM } from './models/causal_lm';
 import { codedError } from './models/config';
-import { argmax, processLogits, sample } from './sampling';
+import { argmax, argmaxIds, processLogits, sample } from './sampling';
 import type { Tensor } from './tensor';
 
 export interface PlainOptions {
@@ -154,14 +154,7 @@ function pickTokens(
   const rowsOf = (b: number): Tensor => logits.rows(indptr[b + 1]! - 1, indptr[b + 1]!);
   const oneRowEach = indptr[B] === B;
   if (sampling.temperature === 0) {
-    if (oneRowEach) {
-      const ids = argmax(logits);
-      try {
-        return ids.toInt32();
-      } finally {
-        ids.dispose();
-      }
-    }
+    if (oneRowEach) return argmaxIds(logits);
     const out = new Int32Array(B);
     for (let b = 0; b < B; b++) {
       const row = rowsOf(b);

@@ -39,6 +39,18 @@ export function argmax(logits: Tensor): Tensor {
   return asTensor(native().samplingArgmax(logits));
 }
 
+/** argmax(logits) read back as an Int32Array, in one call into the addon where it can. */
+export function argmaxIds(logits: Tensor): Int32Array {
+  const b = native();
+  if (b.samplingArgmaxIds) return b.samplingArgmaxIds(logits);
+  const ids = argmax(logits);
+  try {
+    return ids.toInt32();
+  } finally {
+    ids.dispose();
+  }
+}
+
 /**
  * One token per row of probs f32 [N, V]: probabilities in [0, 1] (larger entries count as 1); a row
  * need not sum to 1 (e.g. a residual), it is renormalised exactly.

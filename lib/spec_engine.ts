@@ -14,7 +14,7 @@ import type {
   StepReport,
 } from './strategies/speculator';
 import { knownForwardCost } from './cost_model';
-import { argmax, processLogits } from './sampling';
+import { argmaxIds, processLogits } from './sampling';
 import { codedError } from './strategies/speculator';
 import { isSampling, pickTokens, samplingOptions, throwIfAborted } from './step_helpers';
 import { Tensor as TensorFactory } from './tensor';
@@ -85,6 +85,7 @@ export class StatsAcc {
     this.targetForwards++;
     this.nodesPerStep[proposal.tokens.length] = (this.nodesPerStep[proposal.tokens.length] ?? 0) + 1;
     this.newTokens += emitted;
+    if (proposal.tokens.length === 1) return;  // a lone root: nothing proposed, nothing accepted
     const depth = treeDepths(proposal.parents);
     let maxD = 0;
     for (const d of depth) {
@@ -292,6 +293,8 @@ export class SpecEngine {
       }
       const proposals = live.map((p, i) => {
         const batch = batches[i] as ProposalBatch;
+        // The engine's own lone roots (no speculator) need no checking.
+        if (!speculator) return batch.proposals;
         const checked = p.engine.checkProposals(p.seqs, batch);
         if (checked !== batch.proposals && batch.draftProbs) {
           // A pruned tree no longer lines up with the draft rows; q rows are not needed for the
@@ -302,9 +305,13 @@ export class SpecEngine {
       });
       lap('draft');
       throwIfAborted(signal);
-      const allSeqs = live.flatMap((p) => p.seqs);
-      const allProposals = proposals.flat();
-      const inputs: SequenceInput[] = allProposals.map((p, b) => forwardInput((allSeqs[b] as EngineSequence).modelSeq, p));
+      // (Loops rather than flat/flatMap/spreads: a small model's whole step is ~100 us, and this
+      // runs once per step.)
+      const single = live.length === 1;
+      const allSeqs: readonly EngineSequence[] = single ? first.seqs : live.flatMap((p) => p.seqs);
+      const allProposals: readonly Proposal[] = single ? (proposals[0] as readonly Proposal[]) : proposals.flat();
+      const inputs: SequenceInput[] = new Array<SequenceInput>(allProposals.length);
+      for (let b = 0; b < inputs.length; b++) inputs[b] = forwardInput((allSeqs[b] as EngineSequence).modelSeq, allProposals[b] as Proposal);
       const tForward = t;
       out = await model.forward(inputs, speculator?.wantsHidden ? { hidden: true, ...sig(signal) } : sig(signal));
       lap('target');
@@ -316,46 +323,54 @@ export class SpecEngine {
       // Verification per part, on the part's rows of the forward.
       const results: PartResult[] = [];
       let seq0 = 0;
-      for (const [i, p] of live.entries()) {
+      for (let i = 0; i < live.length; i++) {
+        const p = live[i] as StepPart;
         const n = p.seqs.length;
-        const sub = live.length === 1 ? out : partOutput(out, seq0, n, owned);
+        const sub = single ? out : partOutput(out, seq0, n, owned);
         const r = p.engine.verifyPart(proposals[i] as readonly Proposal[], sub, p.seqs, (batches[i] as ProposalBatch).draftProbs, owned);
-        results.push({ ...r, output: sub });
+        r.output = sub;
+        results.push(r as PartResult);
         seq0 += n;
       }
       const tVerify = t;
       lap('verify');
 
-      model.commit(
-        allSeqs.map((s) => s.modelSeq),
-        results.flatMap((r) => r.accepted),
-      );
-      live.forEach((p, i) => {
+      const accepted: readonly Int32Array[] = single ? (results[0] as PartResult).accepted : results.flatMap((r) => r.accepted);
+      const modelSeqs = new Array<number>(allSeqs.length);
+      for (let b = 0; b < allSeqs.length; b++) modelSeqs[b] = (allSeqs[b] as EngineSequence).modelSeq;
+      model.commit(modelSeqs, accepted);
+      for (let i = 0; i < live.length; i++) {
+        const p = live[i] as StepPart;
         const r = results[i] as PartResult;
-        p.seqs.forEach((s, b) => {
+        const props = proposals[i] as readonly Proposal[];
+        for (let b = 0; b < p.seqs.length; b++) {
+          const s = p.seqs[b] as EngineSequence;
           const acc = r.accepted[b] as Int32Array;
           const em = r.emitted[b] as Int32Array;
           s.committed += acc.length;
-          for (const tok of em) s.history.push(tok);
-          s.stats.addStep((proposals[i] as readonly Proposal[])[b] as Proposal, acc.length, em.length);
-        });
-      });
+          for (let k = 0; k < em.length; k++) s.history.push(em[k] as number);
+          s.stats.addStep(props[b] as Proposal, acc.length, em.length);
+        }
+      }
       lap('commit');
       cost?.observeOverhead((t - tVerify) / 1000);
-      for (const [i, p] of live.entries()) {
-        const r = results[i] as PartResult;
-        const report: StepReport = {
-          proposals: proposals[i] as readonly Proposal[],
-          output: r.output,
-          acceptedNodes: r.accepted,
-          emitted: r.emitted,
-          ...(r.rowArgmax && speculator?.wantsRowArgmax ? { rowArgmax: r.rowArgmax } : {}),
-          ...(r.headsTopK ? { headsTopK: r.headsTopK } : {}),
-        };
-        await speculator?.update(p.seqs, report, p.engine.ctx(signal));
+      if (speculator) {
+        for (let i = 0; i < live.length; i++) {
+          const p = live[i] as StepPart;
+          const r = results[i] as PartResult;
+          const report: { -readonly [K in keyof StepReport]: StepReport[K] } = {
+            proposals: proposals[i] as readonly Proposal[],
+            output: r.output,
+            acceptedNodes: r.accepted,
+            emitted: r.emitted,
+          };
+          if (r.rowArgmax && speculator.wantsRowArgmax) report.rowArgmax = r.rowArgmax;
+          if (r.headsTopK) report.headsTopK = r.headsTopK;
+          await speculator.update(p.seqs, report, p.engine.ctx(signal));
+        }
       }
       lap('update');
-      return results.flatMap((r) => r.emitted as Int32Array[]);
+      return single ? ((results[0] as PartResult).emitted as Int32Array[]) : results.flatMap((r) => r.emitted as Int32Array[]);
     } finally {
       for (const o of owned) o.dispose();
       if (out) disposeOutput(out);
@@ -369,23 +384,23 @@ export class SpecEngine {
     seqs: readonly EngineSequence[],
     draftProbs: Tensor | undefined,
     owned: Tensor[],
-  ): Omit<PartResult, 'output'> {
+  ): VerifiedPart {
     if (!this.sampling && proposals.every((p) => p.tokens.length === 1)) {
       // Greedy with nothing proposed (no speculator, or no n-gram match): greedy verification of a
       // lone root emits its argmax (the same order: lowest index on ties, NaN never wins), so the
       // argmax op alone gives the same tokens without the verify call's index arrays and outputs.
-      const ids = argmax(out.logits);
-      let top: Int32Array;
-      try {
-        top = ids.toInt32();
-      } finally {
-        ids.dispose();
-      }
+      const top = argmaxIds(out.logits);
       // One row per sequence: these are every row's argmax.
-      return { accepted: proposals.map(() => Int32Array.of(0)), emitted: proposals.map((_, b) => top.subarray(b, b + 1)), rowArgmax: top };
+      const accepted = new Array<Int32Array>(proposals.length);
+      const emitted = new Array<Int32Array>(proposals.length);
+      for (let b = 0; b < proposals.length; b++) {
+        accepted[b] = ROOT_ONLY;
+        emitted[b] = top.subarray(b, b + 1);
+      }
+      return { accepted, emitted, rowArgmax: top };
     }
     const v = this.verifyBatch(proposals, out.logits, out.hidden, seqs, draftProbs, (p) => owned.push(p));
-    const r: { -readonly [K in keyof Omit<PartResult, 'output'>]: Omit<PartResult, 'output'>[K] } = { accepted: v.acceptedNodes, emitted: v.emitted };
+    const r: VerifiedPart = { accepted: v.acceptedNodes, emitted: v.emitted };
     if (v.argmax) r.rowArgmax = v.argmax;
     if (v.headsTopK) r.headsTopK = v.headsTopK;
     return r;
@@ -444,6 +459,13 @@ export class SpecEngine {
     let changed = false;
     const out = batch.proposals.map((p, b) => {
       const s = seqs[b] as EngineSequence;
+      // A lone root (the speculator decodes plainly this step): only the root to check.
+      if (p.tokens.length === 1 && p.parents.length === 1 && p.parents[0] === -1 && !p.mask && !p.positions && !p.tail) {
+        if (p.tokens[0] !== s.history[s.history.length - 1]) {
+          throw codedError('E_ARG', `${name} proposal[${b}]: node 0 is ${p.tokens[0]}, not the root ${s.history[s.history.length - 1]}`);
+        }
+        return p;
+      }
       validateTree(p, `${name} proposal[${b}]`);
       if (p.tokens[0] !== s.history[s.history.length - 1]) {
         throw codedError('E_ARG', `${name} proposal[${b}]: node 0 is ${p.tokens[0]}, not the root ${s.history[s.history.length - 1]}`);
@@ -479,6 +501,18 @@ export class SpecEngine {
 export interface StepPart {
   readonly engine: SpecEngine;
   readonly seqs: readonly EngineSequence[];
+}
+
+/** A lone root's accepted path (read only: commit and the statistics never write it). */
+const ROOT_ONLY = Int32Array.of(0);
+
+/** verifyPart's result; stepShared adds the part's output. */
+interface VerifiedPart {
+  accepted: readonly Int32Array[];
+  emitted: readonly Int32Array[];
+  rowArgmax?: Int32Array;
+  headsTopK?: Int32Array;
+  output?: ForwardOutput;
 }
 
 interface PartResult {

@@ -166,14 +166,17 @@ function clamp01(x: number): number {
 /** The nodes `keep` (ascending, root first, prefix-closed) of a tree, parents renumbered. */
 export function selectNodes<T extends { readonly tokens: Int32Array; readonly parents: Int32Array }>(tree: T, keep: Int32Array): { tokens: Int32Array; parents: Int32Array } {
   const at = new Int32Array(tree.parents.length).fill(-1);
-  keep.forEach((node, i) => (at[node] = i));
-  return {
-    tokens: Int32Array.from(keep, (node) => tree.tokens[node] as number),
-    parents: Int32Array.from(keep, (node) => {
-      const p = tree.parents[node] as number;
-      return p < 0 ? p : (at[p] as number);
-    }),
-  };
+  const tokens = new Int32Array(keep.length);
+  const parents = new Int32Array(keep.length);
+  // (Plain loops: Int32Array.from with a map function iterates slowly, and this runs every step.)
+  for (let i = 0; i < keep.length; i++) {
+    const node = keep[i] as number;
+    at[node] = i;
+    tokens[i] = tree.tokens[node] as number;
+    const p = tree.parents[node] as number;
+    parents[i] = p < 0 ? p : (at[p] as number);
+  }
+  return { tokens, parents };
 }
 
 /**

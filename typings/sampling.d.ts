@@ -38,6 +38,8 @@ declare namespace SpecdecNative {
   interface NativeBinding {
     samplingProcessLogits(logits: Tensor, options: NativeSamplingOptions): Tensor;
     samplingArgmax(logits: Tensor): Tensor;
+    /** samplingArgmax's ids as an Int32Array (one call; optional: older builds lack it). */
+    samplingArgmaxIds?(logits: Tensor): Int32Array;
     samplingSample(probs: Tensor, seeds: BigUint64Array, offsets: BigUint64Array): Int32Array;
     samplingTopK(x: Tensor, k: number): { values: Tensor; ids: Tensor };
     verifyTree(input: NativeVerifyInput): NativeVerifyOutput;

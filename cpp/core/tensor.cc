@@ -18,6 +18,62 @@ namespace {
 // take no memory until written, so a zeroed KV cache costs only the pages in use.
 constexpr size_t kMapBytes = size_t(4) << 20;
 
+// Small CPU blocks freed recently, per thread and power-of-two size class (64 B .. 256 KiB), at most
+// kCachePerClass each: a small model's step allocates and frees the same few buffers every time
+// (logits, index uploads, verification results), and aligned_alloc/free of them (with malloc's
+// consolidation passes) was a visible part of its per-step cost. Cached blocks are reused only for
+// their class's size, so a block is always large enough; contents are never assumed zero.
+constexpr int kCacheClasses = 13;
+constexpr size_t kCacheMaxBytes = size_t(64) << (kCacheClasses - 1);  // 256 KiB
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr int kCachePerClass = 0;  // sanitizer builds: every block really freed, so misuse is caught
+#else
+constexpr int kCachePerClass = 8;
+#endif
+
+struct BlockCache {
+  void* blocks[kCacheClasses][kCachePerClass > 0 ? kCachePerClass : 1] = {};
+  int count[kCacheClasses] = {};
+  bool alive = true;  // false once this thread's cache is torn down (process or thread exit)
+  ~BlockCache() {
+    alive = false;
+    for (int c = 0; c < kCacheClasses; ++c)
+      for (int i = 0; i < count[c]; ++i) std::free(blocks[c][i]);
+  }
+};
+thread_local BlockCache t_blocks;
+
+// The class of a block of `bytes` (a multiple of 64, at most kCacheMaxBytes) and its size.
+int block_class(size_t bytes, size_t* class_bytes) {
+  int c = 0;
+  size_t b = 64;
+  while (b < bytes) b <<= 1, ++c;
+  *class_bytes = b;
+  return c;
+}
+
+void* cpu_alloc(size_t alloc_bytes) {
+  if (alloc_bytes > kCacheMaxBytes) return std::aligned_alloc(64, alloc_bytes);
+  size_t cb = 0;
+  const int c = block_class(alloc_bytes, &cb);
+  BlockCache& bc = t_blocks;
+  if (bc.alive && bc.count[c] > 0) return bc.blocks[c][--bc.count[c]];
+  return std::aligned_alloc(64, cb);
+}
+
+void cpu_free(void* p, size_t alloc_bytes) {
+  if (alloc_bytes <= kCacheMaxBytes) {
+    size_t cb = 0;
+    const int c = block_class(alloc_bytes, &cb);
+    BlockCache& bc = t_blocks;
+    if (bc.alive && bc.count[c] < kCachePerClass) {
+      bc.blocks[c][bc.count[c]++] = p;
+      return;
+    }
+  }
+  std::free(p);
+}
+
 [[noreturn]] void no_cuda(const char* what) {
   fail("E_UNSUPPORTED", what, ": the CUDA backend is not available (", backend_info().cuda_reason, ")");
 }
@@ -33,7 +89,7 @@ Storage::Storage(size_t n, Device d) : bytes(n), device(d) {
       mapped = true;
       return;
     }
-    ptr = std::aligned_alloc(64, alloc_bytes);
+    ptr = cpu_alloc(alloc_bytes);
     SPECDEC_CHECK(ptr != nullptr, "E_ARG", "out of host memory allocating ", n, " bytes");
   } else {
 #ifdef SPECDEC_WITH_CUDA
@@ -53,7 +109,7 @@ Storage::~Storage() {
   if (mapped) {
     munmap(ptr, bytes == 0 ? 64 : (bytes + 63) / 64 * 64);
   } else if (device == Device::cpu) {
-    std::free(ptr);
+    cpu_free(ptr, bytes == 0 ? 64 : (bytes + 63) / 64 * 64);
   } else {
 #ifdef SPECDEC_WITH_CUDA
     size_t alloc_bytes = bytes == 0 ? 64 : (bytes + 63) / 64 * 64;
@@ -274,13 +330,15 @@ void check_arg_dim(const Tensor& t, const char* name, std::initializer_list<DTyp
 void check_arg(const Tensor& t, const char* name, std::initializer_list<DType> dtypes, std::initializer_list<int64_t> shape) {
   check_arg_dim(t, name, dtypes, static_cast<int>(shape.size()));
   int i = 0;
-  std::string want = "[";
-  for (int64_t s : shape) want += (i++ ? ", " : "") + (s < 0 ? std::string("*") : std::to_string(s));
-  want += "]";
-  i = 0;
   for (int64_t s : shape) {
-    SPECDEC_CHECK(s < 0 || t.shape()[static_cast<size_t>(i)] == s, "E_ARG", name, ": expected shape ", want, ", got ",
-                  t.describe());
+    if (s >= 0 && t.shape()[static_cast<size_t>(i)] != s) {
+      // The message is built only on failure: every op checks its arguments, on every call.
+      std::string want = "[";
+      int j = 0;
+      for (int64_t w : shape) want += (j++ ? ", " : "") + (w < 0 ? std::string("*") : std::to_string(w));
+      want += "]";
+      SPECDEC_CHECK(false, "E_ARG", name, ": expected shape ", want, ", got ", t.describe());
+    }
     ++i;
   }
 }

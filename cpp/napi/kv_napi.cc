@@ -131,13 +131,13 @@ class KvCacheWrap : public Napi::ObjectWrap<KvCacheWrap> {
       SPECDEC_CHECK(info.Length() >= 1 && info[0].IsObject(), "E_ARG", "options: expected an object");
       Napi::Object o = info[0].As<Napi::Object>();
       KvCacheConfig c;
-      c.num_layers = static_cast<int>(get_int(o.Get("numLayers"), "numLayers"));
-      c.num_kv_heads = static_cast<int>(get_int(o.Get("numKvHeads"), "numKvHeads"));
-      c.head_dim = static_cast<int>(get_int(o.Get("headDim"), "headDim"));
-      c.page_size = has_field(o, "pageSize") ? static_cast<int>(get_int(o.Get("pageSize"), "pageSize")) : 16;
-      c.num_pages = static_cast<int>(get_int(o.Get("numPages"), "numPages"));
-      c.dtype = has_field(o, "dtype") ? get_dtype(o.Get("dtype"), "dtype") : DType::f16;
-      c.device = get_device(o.Get("device"), "device");
+      c.num_layers = static_cast<int>(get_int(get_field(o, "numLayers"), "numLayers"));
+      c.num_kv_heads = static_cast<int>(get_int(get_field(o, "numKvHeads"), "numKvHeads"));
+      c.head_dim = static_cast<int>(get_int(get_field(o, "headDim"), "headDim"));
+      c.page_size = has_field(o, "pageSize") ? static_cast<int>(get_int(get_field(o, "pageSize"), "pageSize")) : 16;
+      c.num_pages = static_cast<int>(get_int(get_field(o, "numPages"), "numPages"));
+      c.dtype = has_field(o, "dtype") ? get_dtype(get_field(o, "dtype"), "dtype") : DType::f16;
+      c.device = get_device(get_field(o, "device"), "device");
       cache_ = std::make_unique<KvCache>(c);
       if (c.device == Device::cpu) {
         tracked_ = static_cast<int64_t>(cache_->bytes());
@@ -262,11 +262,11 @@ Napi::Value MakePagedBatch(const Napi::CallbackInfo& info) {
     SPECDEC_CHECK(info.Length() >= 1 && info[0].IsObject(), "E_ARG", "options: expected an object");
     Napi::Object o = info[0].As<Napi::Object>();
     return PagedBatchWrap::wrap(
-        info.Env(), PagedBatch::make(get_i32_array(o.Get("qoIndptr"), "qoIndptr"), get_i32_array(o.Get("pageIndptr"), "pageIndptr"),
-                                     get_i32_array(o.Get("pageIndices"), "pageIndices"),
-                                     get_i32_array(o.Get("prefixLen"), "prefixLen"),
-                                     static_cast<int>(get_int(o.Get("pageSize"), "pageSize")),
-                                     static_cast<int>(get_int(o.Get("numPages"), "numPages")), get_device(o.Get("device"), "device")));
+        info.Env(), PagedBatch::make(get_i32_array(get_field(o, "qoIndptr"), "qoIndptr"), get_i32_array(get_field(o, "pageIndptr"), "pageIndptr"),
+                                     get_i32_array(get_field(o, "pageIndices"), "pageIndices"),
+                                     get_i32_array(get_field(o, "prefixLen"), "prefixLen"),
+                                     static_cast<int>(get_int(get_field(o, "pageSize"), "pageSize")),
+                                     static_cast<int>(get_int(get_field(o, "numPages"), "numPages")), get_device(get_field(o, "device"), "device")));
   });
 }
 

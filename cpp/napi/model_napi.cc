@@ -35,40 +35,40 @@ int get_int32(const Napi::Value& v, const char* name) {
 LlamaConfig config_arg(const Napi::Value& v) {
   Napi::Object o = get_object(v, "config");
   LlamaConfig c;
-  c.architecture = get_string(o.Get("architecture"), "config.architecture");
-  c.vocab_size = get_int32(o.Get("vocabSize"), "config.vocabSize");
-  c.hidden_size = get_int32(o.Get("hiddenSize"), "config.hiddenSize");
-  c.intermediate_size = get_int32(o.Get("intermediateSize"), "config.intermediateSize");
-  c.num_layers = get_int32(o.Get("numLayers"), "config.numLayers");
-  c.num_heads = get_int32(o.Get("numHeads"), "config.numHeads");
-  c.num_kv_heads = get_int32(o.Get("numKvHeads"), "config.numKvHeads");
-  c.head_dim = get_int32(o.Get("headDim"), "config.headDim");
-  c.max_positions = get_int32(o.Get("maxPositions"), "config.maxPositions");
-  c.rms_norm_eps = static_cast<float>(get_number(o.Get("rmsNormEps"), "config.rmsNormEps"));
-  c.rope_theta = get_number(o.Get("ropeTheta"), "config.ropeTheta");
+  c.architecture = get_string(get_field(o, "architecture"), "config.architecture");
+  c.vocab_size = get_int32(get_field(o, "vocabSize"), "config.vocabSize");
+  c.hidden_size = get_int32(get_field(o, "hiddenSize"), "config.hiddenSize");
+  c.intermediate_size = get_int32(get_field(o, "intermediateSize"), "config.intermediateSize");
+  c.num_layers = get_int32(get_field(o, "numLayers"), "config.numLayers");
+  c.num_heads = get_int32(get_field(o, "numHeads"), "config.numHeads");
+  c.num_kv_heads = get_int32(get_field(o, "numKvHeads"), "config.numKvHeads");
+  c.head_dim = get_int32(get_field(o, "headDim"), "config.headDim");
+  c.max_positions = get_int32(get_field(o, "maxPositions"), "config.maxPositions");
+  c.rms_norm_eps = static_cast<float>(get_number(get_field(o, "rmsNormEps"), "config.rmsNormEps"));
+  c.rope_theta = get_number(get_field(o, "ropeTheta"), "config.ropeTheta");
   if (has_field(o, "ropeScaling")) {
-    Napi::Object s = get_object(o.Get("ropeScaling"), "config.ropeScaling");
-    c.rope_type = get_string(s.Get("type"), "config.ropeScaling.type");
-    c.rope_factor = get_number(s.Get("factor"), "config.ropeScaling.factor");
+    Napi::Object s = get_object(get_field(o, "ropeScaling"), "config.ropeScaling");
+    c.rope_type = get_string(get_field(s, "type"), "config.ropeScaling.type");
+    c.rope_factor = get_number(get_field(s, "factor"), "config.ropeScaling.factor");
     if (c.rope_type == "llama3") {
-      c.rope_low_freq_factor = get_number(s.Get("lowFreqFactor"), "config.ropeScaling.lowFreqFactor");
-      c.rope_high_freq_factor = get_number(s.Get("highFreqFactor"), "config.ropeScaling.highFreqFactor");
+      c.rope_low_freq_factor = get_number(get_field(s, "lowFreqFactor"), "config.ropeScaling.lowFreqFactor");
+      c.rope_high_freq_factor = get_number(get_field(s, "highFreqFactor"), "config.ropeScaling.highFreqFactor");
       c.rope_original_max_positions =
-          get_number(s.Get("originalMaxPositions"), "config.ropeScaling.originalMaxPositions");
+          get_number(get_field(s, "originalMaxPositions"), "config.ropeScaling.originalMaxPositions");
     }
   }
-  c.qkv_bias = get_bool(o.Get("qkvBias"), "config.qkvBias");
-  c.o_bias = get_bool(o.Get("oBias"), "config.oBias");
-  c.tie_word_embeddings = get_bool(o.Get("tieWordEmbeddings"), "config.tieWordEmbeddings");
+  c.qkv_bias = get_bool(get_field(o, "qkvBias"), "config.qkvBias");
+  c.o_bias = get_bool(get_field(o, "oBias"), "config.oBias");
+  c.tie_word_embeddings = get_bool(get_field(o, "tieWordEmbeddings"), "config.tieWordEmbeddings");
   return c;
 }
 
 LlamaWeightSource source_arg(const Napi::Value& v) {
   Napi::Object o = get_object(v, "source");
   LlamaWeightSource s;
-  s.dir = get_string(o.Get("dir"), "source.dir");
+  s.dir = get_string(get_field(o, "dir"), "source.dir");
   if (has_field(o, "weightMap")) {
-    Napi::Object m = get_object(o.Get("weightMap"), "source.weightMap");
+    Napi::Object m = get_object(get_field(o, "weightMap"), "source.weightMap");
     Napi::Array keys = m.GetPropertyNames();
     for (uint32_t i = 0; i < keys.Length(); ++i) {
       std::string k = keys.Get(i).As<Napi::String>().Utf8Value();
@@ -76,7 +76,7 @@ LlamaWeightSource source_arg(const Napi::Value& v) {
     }
     SPECDEC_CHECK(!s.weight_map.empty(), "E_FORMAT", "model.safetensors.index.json: empty weight_map");
   } else {
-    s.file = get_string(o.Get("file"), "source.file");
+    s.file = get_string(get_field(o, "file"), "source.file");
   }
   return s;
 }
@@ -84,10 +84,10 @@ LlamaWeightSource source_arg(const Napi::Value& v) {
 LlamaLoadOptions options_arg(const Napi::Value& v) {
   Napi::Object o = get_object(v, "options");
   LlamaLoadOptions opt;
-  opt.device = get_device(o.Get("device"), "options.device");
-  opt.page_size = get_int32(o.Get("pageSize"), "options.pageSize");
-  opt.num_pages = get_int32(o.Get("kvPages"), "options.kvPages");
-  opt.kv_dtype = get_dtype(o.Get("kvDtype"), "options.kvDtype");
+  opt.device = get_device(get_field(o, "device"), "options.device");
+  opt.page_size = get_int32(get_field(o, "pageSize"), "options.pageSize");
+  opt.num_pages = get_int32(get_field(o, "kvPages"), "options.kvPages");
+  opt.kv_dtype = get_dtype(get_field(o, "kvDtype"), "options.kvDtype");
   return opt;
 }
 
@@ -99,19 +99,19 @@ std::vector<LlamaSeqInput> inputs_arg(const Napi::Value& v, int64_t vocab) {
   for (uint32_t b = 0; b < a.Length(); ++b) {
     Napi::Object o = get_object(a.Get(b), "inputs[b]");
     LlamaSeqInput& in = out[b];
-    in.seq = get_int32(o.Get("seq"), "inputs[b].seq");
-    in.tokens = get_i32_array(o.Get("tokens"), "inputs[b].tokens");
-    if (has_field(o, "parents")) in.parents = get_i32_array(o.Get("parents"), "inputs[b].parents");
-    if (has_field(o, "positions")) in.positions = get_i32_array(o.Get("positions"), "inputs[b].positions");
+    in.seq = get_int32(get_field(o, "seq"), "inputs[b].seq");
+    in.tokens = get_i32_array(get_field(o, "tokens"), "inputs[b].tokens");
+    if (has_field(o, "parents")) in.parents = get_i32_array(get_field(o, "parents"), "inputs[b].parents");
+    if (has_field(o, "positions")) in.positions = get_i32_array(get_field(o, "positions"), "inputs[b].positions");
     if (has_field(o, "mask")) {
-      Napi::Object m = get_object(o.Get("mask"), "inputs[b].mask");
-      in.mask = get_u64_array(m.Get("bits"), "inputs[b].mask.bits");
-      in.mask_words = get_int32(m.Get("words"), "inputs[b].mask.words");
+      Napi::Object m = get_object(get_field(o, "mask"), "inputs[b].mask");
+      in.mask = get_u64_array(get_field(m, "bits"), "inputs[b].mask.bits");
+      in.mask_words = get_int32(get_field(m, "words"), "inputs[b].mask.words");
     }
     if (has_field(o, "tail")) {
-      Napi::Object t = get_object(o.Get("tail"), "inputs[b].tail");
-      in.tail = trusted_ids_arg(t.Get("ids"), "inputs[b].tail.ids", vocab);
-      in.tail_offset = get_int(t.Get("offset"), "inputs[b].tail.offset");
+      Napi::Object t = get_object(get_field(o, "tail"), "inputs[b].tail");
+      in.tail = trusted_ids_arg(get_field(t, "ids"), "inputs[b].tail.ids", vocab);
+      in.tail_offset = get_int(get_field(t, "offset"), "inputs[b].tail.offset");
     }
   }
   return out;

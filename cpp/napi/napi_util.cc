@@ -1,5 +1,8 @@
 #include "napi_util.h"
 
+#include <map>
+#include <mutex>
+
 #include <cmath>
 #include <new>
 
@@ -176,11 +179,44 @@ DType get_dtype(const Napi::Value& v, const char* name) {
   return t;
 }
 
-Napi::Value get_field(const Napi::Object& o, const char* key) { return o.Get(key); }
+// Property keys as JS strings, made once per (env, literal) and kept for the process: looking a
+// property up by C string makes and internalizes a new JS string on every call, which was a
+// measurable part of a small model's per-step glue (a forward's inputs, a verification's fields).
+// The strings live in an array held by a reference (Node-API 8 references only objects); an
+// element read is cheap. Keyed by the literal's address (callers pass string literals).
+static napi_value key(napi_env env, const char* name) {
+  struct Keys {
+    napi_ref array = nullptr;
+    std::map<const char*, uint32_t> index;
+  };
+  static std::mutex mu;
+  static auto* by_env = new std::map<napi_env, Keys>();  // never freed: a few dozen keys
+  std::lock_guard<std::mutex> lk(mu);  // (one env per thread; different envs never share an entry)
+  Keys& k = (*by_env)[env];
+  napi_value arr = nullptr, v = nullptr;
+  if (k.array == nullptr) {
+    NAPI_THROW_IF_FAILED(env, napi_create_array(env, &arr), nullptr);
+    NAPI_THROW_IF_FAILED(env, napi_create_reference(env, arr, 1, &k.array), nullptr);
+  } else {
+    NAPI_THROW_IF_FAILED(env, napi_get_reference_value(env, k.array, &arr), nullptr);
+  }
+  auto it = k.index.find(name);
+  if (it != k.index.end()) {
+    NAPI_THROW_IF_FAILED(env, napi_get_element(env, arr, it->second, &v), nullptr);
+    return v;
+  }
+  const uint32_t i = static_cast<uint32_t>(k.index.size());
+  NAPI_THROW_IF_FAILED(env, napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &v), nullptr);
+  NAPI_THROW_IF_FAILED(env, napi_set_element(env, arr, i, v), nullptr);
+  k.index.emplace(name, i);
+  return v;
+}
 
-bool has_field(const Napi::Object& o, const char* key) {
-  if (!o.Has(key)) return false;
-  Napi::Value v = o.Get(key);
+Napi::Value get_field(const Napi::Object& o, const char* name) { return o.Get(Napi::Value(o.Env(), key(o.Env(), name))); }
+
+bool has_field(const Napi::Object& o, const char* name) {
+  // One lookup: a missing property reads as undefined.
+  Napi::Value v = get_field(o, name);
   return !v.IsUndefined() && !v.IsNull();
 }
 
@@ -200,14 +236,14 @@ SamplingParams sampling_params_arg(const Napi::Value& v) {
   SamplingParams p;
   if (!v.IsObject()) return p;
   Napi::Object o = v.As<Napi::Object>();
-  if (has_field(o, "temperature")) p.temperature = static_cast<float>(get_number(o.Get("temperature"), "temperature"));
+  if (has_field(o, "temperature")) p.temperature = static_cast<float>(get_number(get_field(o, "temperature"), "temperature"));
   if (has_field(o, "topK")) {
-    int64_t k = get_int(o.Get("topK"), "topK");
+    int64_t k = get_int(get_field(o, "topK"), "topK");
     SPECDEC_CHECK(k >= 0 && k <= INT32_MAX, "E_ARG", "topK: expected an integer >= 0, got ", k);
     p.top_k = static_cast<int32_t>(k);
   }
-  if (has_field(o, "topP")) p.top_p = static_cast<float>(get_number(o.Get("topP"), "topP"));
-  if (has_field(o, "minP")) p.min_p = static_cast<float>(get_number(o.Get("minP"), "minP"));
+  if (has_field(o, "topP")) p.top_p = static_cast<float>(get_number(get_field(o, "topP"), "topP"));
+  if (has_field(o, "minP")) p.min_p = static_cast<float>(get_number(get_field(o, "minP"), "minP"));
   return p;
 }
 
@@ -228,9 +264,9 @@ std::vector<MedusaHead> medusa_heads_arg(const Napi::Value& v) {
   for (uint32_t h = 0; h < hs.Length(); ++h) {
     SPECDEC_CHECK(hs.Get(h).IsObject(), "E_ARG", "heads[", h, "]: expected { w, b, lmHead }");
     Napi::Object o = hs.Get(h).As<Napi::Object>();
-    heads[h].w = tensor_list_arg(o.Get("w"), "heads[].w");
-    heads[h].b = tensor_list_arg(o.Get("b"), "heads[].b");
-    heads[h].lm_head = tensor_arg(o.Get("lmHead"), "heads[].lmHead");
+    heads[h].w = tensor_list_arg(get_field(o, "w"), "heads[].w");
+    heads[h].b = tensor_list_arg(get_field(o, "b"), "heads[].b");
+    heads[h].lm_head = tensor_arg(get_field(o, "lmHead"), "heads[].lmHead");
   }
   return heads;
 }

@@ -57,6 +57,18 @@ Napi::Value Argmax(const Napi::CallbackInfo& info) {
   });
 }
 
+// argmaxIds(logits) -> Int32Array: the same ids read back at once (one call where argmax, toInt32
+// and dispose made three: greedy decoding's per-step path).
+Napi::Value ArgmaxIds(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    Tensor logits = tensor_arg(info[0], "logits");
+    SPECDEC_CHECK(logits.dim() == 2, "E_ARG", "logits: expected [N, V], got ", logits.describe());
+    Tensor out = Tensor::empty(DType::i32, {logits.size(0)}, logits.device());
+    ops::argmax(logits, out);
+    return to_js(info.Env(), out);
+  });
+}
+
 // sample(probs, seeds, offsets) -> Int32Array (one token per row); a row without mass is E_NUMERIC
 Napi::Value Sample(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
@@ -120,25 +132,25 @@ Napi::Value Verify(const Napi::CallbackInfo& info) {
     SPECDEC_CHECK(info[0].IsObject(), "E_ARG", "input: expected an object");
     Napi::Object o = info[0].As<Napi::Object>();
     VerifyArgs a;
-    const std::string mode = get_string(o.Get("mode"), "mode");
+    const std::string mode = get_string(get_field(o, "mode"), "mode");
     if (mode == "greedy") a.mode = VerifyMode::greedy;
     else if (mode == "rejection") a.mode = VerifyMode::rejection;
     else if (mode == "typical") a.mode = VerifyMode::typical;
     else fail("E_ARG", "mode: expected 'greedy', 'rejection' or 'typical', got '", mode, "'");
-    a.target = tensor_arg(o.Get("target"), "target");
+    a.target = tensor_arg(get_field(o, "target"), "target");
     const Device dev = a.target.device();
     std::vector<int32_t> t0, t1, t2;  // only for number[] inputs
-    const I32Span indptr = i32_span(o.Get("nodeIndptr"), "nodeIndptr", t0);
-    const I32Span parents = i32_span(o.Get("parents"), "parents", t1);
-    const I32Span tokens = i32_span(o.Get("tokens"), "tokens", t2);
-    a.draft = optional_tensor_arg(o.Get("draft"), "draft");
+    const I32Span indptr = i32_span(get_field(o, "nodeIndptr"), "nodeIndptr", t0);
+    const I32Span parents = i32_span(get_field(o, "parents"), "parents", t1);
+    const I32Span tokens = i32_span(get_field(o, "tokens"), "tokens", t2);
+    a.draft = optional_tensor_arg(get_field(o, "draft"), "draft");
     const bool has_seeds = has_field(o, "seeds"), has_offsets = has_field(o, "offsets");
     std::vector<uint64_t> seeds, offsets;
-    if (has_seeds) seeds = get_u64_array(o.Get("seeds"), "seeds");
-    if (has_offsets) offsets = get_u64_array(o.Get("offsets"), "offsets");
+    if (has_seeds) seeds = get_u64_array(get_field(o, "seeds"), "seeds");
+    if (has_offsets) offsets = get_u64_array(get_field(o, "offsets"), "offsets");
     a.typical_threshold = opt_float(o, "typicalThreshold", a.typical_threshold);
     a.typical_alpha = opt_float(o, "typicalAlpha", a.typical_alpha);
-    const int64_t depth = get_int(o.Get("maxDepth"), "maxDepth");
+    const int64_t depth = get_int(get_field(o, "maxDepth"), "maxDepth");
     SPECDEC_CHECK(depth >= 0 && depth <= (1 << 20), "E_ARG", "maxDepth: expected an integer in [0, 2^20], got ", depth);
     const int64_t B = indptr.n - 1, N = parents.n;
     SPECDEC_CHECK(B >= 0, "E_ARG", "nodeIndptr: expected B + 1 >= 1 entries");
@@ -157,14 +169,14 @@ Napi::Value Verify(const Napi::CallbackInfo& info) {
     // tails[b] = { ids, offset }: nodes 1.. of sequence b take their tokens from a device chain's
     // picks (library-made ids, below the vocabulary); the JS tokens there are placeholders.
     if (has_field(o, "tails") && tokens.n == N && indptr.n == B + 1) {
-      SPECDEC_CHECK(o.Get("tails").IsArray(), "E_ARG", "tails: expected an array (one entry per sequence)");
-      Napi::Array tails = o.Get("tails").As<Napi::Array>();
+      SPECDEC_CHECK(get_field(o, "tails").IsArray(), "E_ARG", "tails: expected an array (one entry per sequence)");
+      Napi::Array tails = get_field(o, "tails").As<Napi::Array>();
       SPECDEC_CHECK(tails.Length() == static_cast<uint32_t>(B), "E_ARG", "tails: ", tails.Length(), " entries for ", B, " sequences");
       for (uint32_t b = 0; b < tails.Length(); ++b) {
         if (tails.Get(b).IsUndefined() || tails.Get(b).IsNull()) continue;
         Napi::Object t = tails.Get(b).As<Napi::Object>();
-        const Tensor ids = trusted_ids_arg(t.Get("ids"), "tails[b].ids", a.target.size(1));
-        const int64_t off = get_int(t.Get("offset"), "tails[b].offset");
+        const Tensor ids = trusted_ids_arg(get_field(t, "ids"), "tails[b].ids", a.target.size(1));
+        const int64_t off = get_int(get_field(t, "offset"), "tails[b].offset");
         const int64_t s0 = indptr.data[b] + 1, s1 = indptr.data[b + 1];
         SPECDEC_CHECK(s0 <= s1 && s1 <= N && ids.device() == dev && off >= 0 && off + (s1 - s0) <= ids.numel(), "E_ARG",
                       "tails[", b, "]: ", s1 - s0, " ids from offset ", off, " do not fit ", ids.describe(), " (target on ",
@@ -179,7 +191,7 @@ Napi::Value Verify(const Napi::CallbackInfo& info) {
       a.h_parents = parents.data;
       a.h_tokens = tokens.data;
     }
-    const Tensor argmax_of = optional_tensor_arg(o.Get("argmaxOf"), "argmaxOf");
+    const Tensor argmax_of = optional_tensor_arg(get_field(o, "argmaxOf"), "argmaxOf");
     const int64_t R = argmax_of.defined() ? argmax_of.size(0) : 0;
     // medusa: { hidden [N, H], heads, k }: the heads' top-k at each sequence's last accepted node,
     // computed on the device from the verification's outputs and read with them (Medusa's next tree).
@@ -187,10 +199,10 @@ Napi::Value Verify(const Napi::CallbackInfo& info) {
     Tensor hidden;
     int64_t mk = 0;
     if (has_field(o, "medusa")) {
-      Napi::Object m = o.Get("medusa").As<Napi::Object>();
-      hidden = tensor_arg(m.Get("hidden"), "medusa.hidden");
-      heads = medusa_heads_arg(m.Get("heads"));
-      mk = get_int(m.Get("k"), "medusa.k");
+      Napi::Object m = get_field(o, "medusa").As<Napi::Object>();
+      hidden = tensor_arg(get_field(m, "hidden"), "medusa.hidden");
+      heads = medusa_heads_arg(get_field(m, "heads"));
+      mk = get_int(get_field(m, "k"), "medusa.k");
       SPECDEC_CHECK(mk >= 1 && mk <= INT32_MAX && !heads.empty(), "E_ARG", "medusa: expected k >= 1 and at least one head");
     }
     const int64_t M = static_cast<int64_t>(heads.size()) * B * mk;
@@ -243,6 +255,7 @@ Napi::Value Philox(const Napi::CallbackInfo& info) {
 void Init(Napi::Env env, Napi::Object exports) {
   exports.Set("samplingProcessLogits", Napi::Function::New(env, ProcessLogits, "samplingProcessLogits"));
   exports.Set("samplingArgmax", Napi::Function::New(env, Argmax, "samplingArgmax"));
+  exports.Set("samplingArgmaxIds", Napi::Function::New(env, ArgmaxIds, "samplingArgmaxIds"));
   exports.Set("samplingSample", Napi::Function::New(env, Sample, "samplingSample"));
   exports.Set("samplingTopK", Napi::Function::New(env, TopK, "samplingTopK"));
   exports.Set("verifyTree", Napi::Function::New(env, Verify, "verifyTree"));

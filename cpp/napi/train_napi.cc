@@ -78,13 +78,13 @@ Napi::Array number_array(Napi::Env env, const std::vector<double>& v) {
 AdamWOptions adamw_arg(const Napi::Value& v) {
   Napi::Object o = object_arg(v, "options");
   AdamWOptions a;
-  a.lr = get_number(o.Get("lr"), "options.lr");
+  a.lr = get_number(get_field(o, "lr"), "options.lr");
   SPECDEC_CHECK(a.lr >= 0 && std::isfinite(a.lr), "E_ARG", "options.lr: expected a finite number >= 0");
-  if (has_field(o, "beta1")) a.beta1 = get_number(o.Get("beta1"), "options.beta1");
-  if (has_field(o, "beta2")) a.beta2 = get_number(o.Get("beta2"), "options.beta2");
-  if (has_field(o, "eps")) a.eps = get_number(o.Get("eps"), "options.eps");
-  if (has_field(o, "weightDecay")) a.weight_decay = get_number(o.Get("weightDecay"), "options.weightDecay");
-  if (has_field(o, "clip")) a.clip = get_number(o.Get("clip"), "options.clip");
+  if (has_field(o, "beta1")) a.beta1 = get_number(get_field(o, "beta1"), "options.beta1");
+  if (has_field(o, "beta2")) a.beta2 = get_number(get_field(o, "beta2"), "options.beta2");
+  if (has_field(o, "eps")) a.eps = get_number(get_field(o, "eps"), "options.eps");
+  if (has_field(o, "weightDecay")) a.weight_decay = get_number(get_field(o, "weightDecay"), "options.weightDecay");
+  if (has_field(o, "clip")) a.clip = get_number(get_field(o, "clip"), "options.clip");
   SPECDEC_CHECK(a.beta1 >= 0 && a.beta1 < 1 && a.beta2 >= 0 && a.beta2 < 1, "E_ARG",
                 "options.beta1/beta2: expected numbers in [0, 1)");
   SPECDEC_CHECK(a.eps > 0 && a.weight_decay >= 0, "E_ARG", "options.eps must be > 0 and options.weightDecay >= 0");
@@ -256,18 +256,18 @@ class TrainLlamaWrap : public Napi::ObjectWrap<TrainLlamaWrap>, public ParamAcce
     return guard(info.Env(), [&]() -> Napi::Value {
       Napi::Object c = object_arg(info[0], "config");
       LlamaShape s;
-      s.vocab = int_arg(c.Get("vocabSize"), "config.vocabSize", 1, 1 << 20);
-      s.hidden = int_arg(c.Get("hiddenSize"), "config.hiddenSize", 1, 1 << 14);
-      s.intermediate = int_arg(c.Get("intermediateSize"), "config.intermediateSize", 1, 1 << 16);
-      s.layers = int_arg(c.Get("numLayers"), "config.numLayers", 1, 256);
-      s.heads = int_arg(c.Get("numHeads"), "config.numHeads", 1, 256);
-      s.kv_heads = int_arg(c.Get("numKvHeads"), "config.numKvHeads", 1, 256);
-      s.head_dim = has_field(c, "headDim") ? int_arg(c.Get("headDim"), "config.headDim", 2, 1024) : s.hidden / s.heads;
+      s.vocab = int_arg(get_field(c, "vocabSize"), "config.vocabSize", 1, 1 << 20);
+      s.hidden = int_arg(get_field(c, "hiddenSize"), "config.hiddenSize", 1, 1 << 14);
+      s.intermediate = int_arg(get_field(c, "intermediateSize"), "config.intermediateSize", 1, 1 << 16);
+      s.layers = int_arg(get_field(c, "numLayers"), "config.numLayers", 1, 256);
+      s.heads = int_arg(get_field(c, "numHeads"), "config.numHeads", 1, 256);
+      s.kv_heads = int_arg(get_field(c, "numKvHeads"), "config.numKvHeads", 1, 256);
+      s.head_dim = has_field(c, "headDim") ? int_arg(get_field(c, "headDim"), "config.headDim", 2, 1024) : s.hidden / s.heads;
       SPECDEC_CHECK(has_field(c, "headDim") || s.hidden % s.heads == 0, "E_ARG",
                     "config.hiddenSize is not a multiple of config.numHeads and headDim is not given");
-      if (has_field(c, "rmsNormEps")) s.rms_eps = get_number(c.Get("rmsNormEps"), "config.rmsNormEps");
-      if (has_field(c, "ropeTheta")) s.rope_theta = get_number(c.Get("ropeTheta"), "config.ropeTheta");
-      if (has_field(c, "tieWordEmbeddings")) s.tie = get_bool(c.Get("tieWordEmbeddings"), "config.tieWordEmbeddings");
+      if (has_field(c, "rmsNormEps")) s.rms_eps = get_number(get_field(c, "rmsNormEps"), "config.rmsNormEps");
+      if (has_field(c, "ropeTheta")) s.rope_theta = get_number(get_field(c, "ropeTheta"), "config.ropeTheta");
+      if (has_field(c, "tieWordEmbeddings")) s.tie = get_bool(get_field(c, "tieWordEmbeddings"), "config.tieWordEmbeddings");
       const uint64_t seed = uint64_t(get_int(info[1], "seed"));
       const bool f64 = f64_precision(info[2]);
       Init_ init;
@@ -428,10 +428,10 @@ class TrainMedusaWrap : public Napi::ObjectWrap<TrainMedusaWrap>, public ParamAc
     return guard(info.Env(), [&]() -> Napi::Value {
       Napi::Object c = object_arg(info[0], "config");
       MedusaShape s;
-      s.heads = int_arg(c.Get("numHeads"), "config.numHeads", 1, 64);
-      s.layers = int_arg(c.Get("numLayers"), "config.numLayers", 0, 64);
-      s.hidden = int_arg(c.Get("hiddenSize"), "config.hiddenSize", 1, 1 << 14);
-      s.vocab = int_arg(c.Get("vocabSize"), "config.vocabSize", 1, 1 << 20);
+      s.heads = int_arg(get_field(c, "numHeads"), "config.numHeads", 1, 64);
+      s.layers = int_arg(get_field(c, "numLayers"), "config.numLayers", 0, 64);
+      s.hidden = int_arg(get_field(c, "hiddenSize"), "config.hiddenSize", 1, 1 << 14);
+      s.vocab = int_arg(get_field(c, "vocabSize"), "config.vocabSize", 1, 1 << 20);
       const uint64_t seed = uint64_t(get_int(info[1], "seed"));
       Init_ init;
       init.threads = info.Length() > 3 && !info[3].IsUndefined() ? int_arg(info[3], "threads", 1, 64) : 1;

@@ -145,19 +145,29 @@ function cpuPoolFillsCores(): boolean {
   return poolFillsCores;
 }
 
-/** One forward at a time per model: engines sharing a model take turns by whole steps. */
-const modelLocks = new WeakMap<CausalLM, Promise<void>>();
+/**
+ * One forward at a time per model: engines sharing a model take turns by whole steps, in arrival
+ * order. A free lock is taken at once (no promise to wait on: a small model's steps are ~100 us,
+ * and each await of a settled promise is a microtask turn); a held one is handed to the next waiter.
+ */
+interface ModelLock {
+  held: boolean;
+  readonly waiters: (() => void)[];
+}
+const modelLocks = new WeakMap<CausalLM, ModelLock>();
 
 export async function withModelLock<T>(model: CausalLM, fn: () => Promise<T>): Promise<T> {
-  const prev = modelLocks.get(model) ?? Promise.resolve();
-  let release = (): void => undefined;
-  const mine = new Promise<void>((r) => (release = r));
-  modelLocks.set(model, prev.then(() => mine));
-  await prev;
+  let lock = modelLocks.get(model);
+  if (!lock) modelLocks.set(model, (lock = { held: false, waiters: [] }));
+  if (lock.held) await new Promise<void>((r) => (lock as ModelLock).waiters.push(r));
+  else lock.held = true;
   try {
     return await fn();
   } finally {
-    release();
+    // Handed over held: nobody can slip in between this release and the waiter's resumption.
+    const next = lock.waiters.shift();
+    if (next) next();
+    else lock.held = false;
   }
 }
 
@@ -331,6 +341,9 @@ export class Engine {
 
   private async loop(): Promise<void> {
     try {
+      // Requests submitted in the same synchronous run as the one that started the loop are
+      // admitted together with it.
+      await Promise.resolve();
       let turned = performance.now();
       while (this.queue.length > 0 || this.live.length > 0) {
         await withModelLock(this.model, () => this.tick());
@@ -357,20 +370,22 @@ export class Engine {
   /** Step boundary: drop finished/aborted, admit, make room, one step per sampling group. */
   private async tick(): Promise<void> {
     this.reap();
-    await this.admit();
+    // (Only awaited when there is something to admit: most steps have nothing queued.)
+    if (this.queue.length > 0 && this.live.length < this.liveCap) await this.admit();
     this.makeRoom();
     const byGroup = new Map<SpecEngine, Request[]>();
     for (const r of this.live) {
-      if (r.done !== undefined || r.aborted || r.failure) continue;
+      if (r.done !== undefined || r.aborted || r.failure || r.seq === undefined) continue;
       const list = byGroup.get(r.group);
       if (list) list.push(r);
       else byGroup.set(r.group, [r]);
     }
-    await this.step([...byGroup.values()].map((reqs) => reqs.filter((r) => r.seq !== undefined)));
+    await this.step([...byGroup.values()]);
     this.reap();
   }
 
   private reap(): void {
+    if (!this.live.some((r) => r.aborted || r.failure !== undefined || r.done !== undefined)) return;
     for (const r of this.live.slice()) {
       if (r.aborted) {
         this.release(r);
@@ -479,7 +494,9 @@ export class Engine {
   /** One step of every live request: one target forward, verification per sampling group. */
   private async step(groups: Request[][]): Promise<void> {
     groups = groups.filter((g) => g.length > 0);
-    const reqs = groups.flat();
+    // (A loop, not flat(): flat costs microseconds, a sizeable part of a small model's step.)
+    const reqs: Request[] = groups.length === 1 ? (groups[0] as Request[]) : [];
+    if (groups.length > 1) for (const g of groups) for (const r of g) reqs.push(r);
     if (reqs.length === 0) return;
     for (const r of reqs) {
       const s = r.seq as EngineSequence;

@@ -23,7 +23,7 @@
 import { forwardCost, type ForwardCost } from '../cost_model';
 import { pickRowsArgmax } from './draft_model';
 import type { CausalLM } from '../models/causal_lm';
-import { emptyMask, setMaskBit, type PackedMask } from '../tree';
+import { chainTree, emptyMask, setMaskBit, type PackedMask } from '../tree';
 import { chooseSubtree, RankRates, selectNodes, sizingCost, stepCost } from '../tree_sizing';
 import { codedError, type Proposal, type ProposalBatch, type ProposeContext, type SpecSequence, type Speculator, type StepReport } from './speculator';
 
@@ -180,7 +180,12 @@ interface LookaheadState {
   lastTrie?: CandidateTrie;
   /** N-grams harvested from the window that are still unused (sized mode: credited when accepted). */
   fromWindow: Set<string>;
+  /** Sized mode: candidate-less steps left that decode plainly without weighing the window again. */
+  plainSteps: number;
 }
+
+/** Candidate-less steps decoded plainly after sizing chose a plain step, before it weighs again. */
+const PLAIN_RECHECK_STEPS = 7;
 
 export class LookaheadSpeculator implements Speculator {
   readonly name = 'lookahead';
@@ -245,7 +250,7 @@ export class LookaheadSpeculator implements Speculator {
         }
         window.push(row);
       }
-      st = { window, pool: new NgramPool(this.G), fromWindow: new Set() };
+      st = { window, pool: new NgramPool(this.G), fromWindow: new Set(), plainSteps: 0 };
       // The prompt's N-grams are free candidates (text often repeats its prompt).
       if (this.seedPoolFromPrompt) for (let i = 0; i + this.N <= prompt.length; i++) st.pool.add(prompt.slice(i, i + this.N));
       this.states.set(s.key, st);
@@ -286,13 +291,28 @@ export class LookaheadSpeculator implements Speculator {
       const st = this.state(s);
       const root = s.history[s.history.length - 1] as number;
       const chains = s.maxDepth > 0 ? st.pool.get(root).slice(0, this.G).map((c) => c.slice(0, s.maxDepth)) : [];
-      let trie = candidateTrie(root, chains);
       // Run the window only while its positions fit the model.
       let columns = s.committed + this.N + this.W - 2 <= s.maxPosition ? this.W : 0;
+      if (cost && chains.length === 0 && st.plainSteps > 0) {
+        // Nothing to verify, and the window did not pay when last weighed: a plain step, without
+        // weighing again (sizing costs ~10-20 us, a plain step of a small model ~100 us).
+        st.plainSteps--;
+        delete st.lastLayout;
+        return chainTree(root);
+      }
+      let trie = candidateTrie(root, chains);
       if (cost) {
         const choice = this.size(trie, columns, seqs.length, cost);
+        // Weighed to a plain step: the next few steps without candidates skip the weighing.
+        st.plainSteps = choice.columns === 0 && trie.tokens.length === 1 ? PLAIN_RECHECK_STEPS : 0;
         const kept = selectNodes(trie, choice.keep);
-        trie = { ...kept, depth: Int32Array.from(choice.keep, (i) => trie.depth[i] as number), rank: Int32Array.from(choice.keep, (i) => trie.rank[i] as number) };
+        const depth = new Int32Array(choice.keep.length);
+        const rank = new Int32Array(choice.keep.length);
+        for (let j = 0; j < depth.length; j++) {
+          depth[j] = trie.depth[choice.keep[j] as number] as number;
+          rank[j] = trie.rank[choice.keep[j] as number] as number;
+        }
+        trie = { tokens: kept.tokens, parents: kept.parents, depth, rank };
         columns = choice.columns;
         st.lastTrie = trie;
       }

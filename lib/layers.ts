@@ -21,6 +21,16 @@ export function matmul(x: Tensor, w: Tensor, bias?: Tensor, out?: Tensor): Tenso
   return asTensor(native().layerMatmul(x, w, bias ?? null, out));
 }
 
+/**
+ * Several matmuls of one x as one op: outs[i] = x @ ws[i]^T (+ biases[i]), the same bits as
+ * matmul() each (the CPU splits all their weight blocks over its threads at once). 1 to 3 parts.
+ */
+export function matmulGroup(x: Tensor, ws: readonly Tensor[], biases: readonly (Tensor | undefined)[]): Tensor[] {
+  const b = native();
+  if (!b.layerMatmulGroup) return ws.map((w, i) => matmul(x, w, biases[i]));
+  return b.layerMatmulGroup(x, [...ws], biases.map((t) => t ?? null)).map(asTensor);
+}
+
 /** Rotary embedding in place: x f32 [N, heads, D], positions i32 [N], invFreq f32 [D/2]. */
 export function rope(x: Tensor, positions: Tensor, invFreq: Tensor): void {
   native().layerRope(x, positions, invFreq);

@@ -1,7 +1,7 @@
 // Model layer ops against float64 references on fresh random inputs (outputs poisoned with NaN
 // first), on the CPU and, when a GPU is present, on CUDA (the same references).
 import * as assert from 'assert';
-import { addInplace, embedding, matmul, rmsnorm, rope, ropeInvFreq, siluInplace, siluMul } from '../lib/layers';
+import { addInplace, embedding, matmul, matmulGroup, rmsnorm, rope, ropeInvFreq, siluInplace, siluMul } from '../lib/layers';
 import { Tensor, type Device } from '../lib/tensor';
 import { assertThrowsCode, describeCuda, randomArray, rng, testSeed } from './helpers';
 
@@ -179,6 +179,26 @@ function layerSuite(device: Device, seed: number): void {
           const three = matmul(xt.rows(Math.max(0, n - 2), n + 1), wt, bt).toFloat32();
           const r = n - Math.max(0, n - 2);
           assertBitEqual(three.subarray(r * M, (r + 1) * M), all.subarray(n * M, (n + 1) * M), `row ${n} in a batch of 3`);
+        }
+      });
+    }
+
+    for (const dt of WDTYPES) {
+      it(`matmulGroup gives each part matmul's bits (${dt}; parts of uneven block counts, threaded and not)`, () => {
+        // q/k/v-like parts (M not a multiple of the 48-row block) and gate/up-like ones, for row
+        // counts below and above the threading grain.
+        for (const [N, K, Ms] of [
+          [1, 128, [128, 64, 64]],
+          [5, 128, [130, 40, 64]],
+          [7, 96, [384, 384]],
+          [33, 160, [200, 50, 97]],
+        ] as [number, number, number[]][]) {
+          const xt = t(randomArray(N * K, rand, -1, 1), 'f32', [N, K]);
+          const ws = Ms.map((M) => t(randomArray(M * K, rand, -1, 1), dt, [M, K]));
+          const bs = Ms.map((M, i) => (i % 2 === 0 ? t(randomArray(M, rand, -1, 1), dt, [M]) : undefined));
+          const got = matmulGroup(xt, ws, bs);
+          Ms.forEach((_, i) => assertBitEqual(got[i]!.toFloat32(), matmul(xt, ws[i]!, bs[i]).toFloat32(), `N=${N} part ${i}`));
+          for (const g of got) g.dispose();
         }
       });
     }

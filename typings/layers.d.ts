@@ -35,6 +35,8 @@ declare namespace SpecdecNative {
     layerRmsnorm(x: Tensor, w: Tensor, eps: number, out?: Tensor): Tensor;
     /** out = x @ w^T (+ bias); batch invariant per row. */
     layerMatmul(x: Tensor, w: Tensor, bias?: Tensor | null, out?: Tensor): Tensor;
+    /** Up to 3 matmuls of one x in one op (same bits as layerMatmul each); optional: older builds lack it. */
+    layerMatmulGroup?(x: Tensor, ws: Tensor[], biases: (Tensor | null)[]): Tensor[];
     /** Rotary embedding in place (HF rotate_half layout). */
     layerRope(x: Tensor, positions: Tensor, invFreq: Tensor): void;
     /** out = silu(gate) * up (out may be gate). */

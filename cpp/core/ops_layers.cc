@@ -86,6 +86,39 @@ void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) {
 #endif
 }
 
+namespace {
+// matmul's argument checks (shared with matmul_group).
+void check_matmul(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out) {
+  check_arg_dim(x, "x", {DType::f32}, 2);
+  const int64_t N = x.size(0), K = x.size(1);
+  check_arg_dim(w, "w", SPECDEC_FLOATS, 2);
+  const int64_t M = w.size(0);
+  SPECDEC_CHECK(w.size(1) == K, "E_ARG", "w: expected shape [*, ", K, "] (K from x ", x.describe(), "), got ",
+                w.describe());
+  if (bias.defined()) check_arg(bias, "bias", SPECDEC_FLOATS, {M});
+  check_arg(out, "out", {DType::f32}, {N, M});
+  check_same_device({&x, &w, &bias, &out}, "matmul");
+  check_alias(out, "out", x, "x", false);
+  check_alias(out, "out", w, "w", false);
+  check_alias(out, "out", bias, "bias", false);
+}
+}  // namespace
+
+void matmul_group(const Tensor& x, std::initializer_list<MatmulPart> parts) {
+  const bool cpu_path = x.defined() && x.device() == Device::cpu && x.dim() == 2 && x.size(0) > 0 && x.size(1) > 0;
+  if (!cpu_path) {
+    // Empty shapes, and CUDA: one matmul each.
+    for (const MatmulPart& p : parts) matmul(x, *p.w, *p.bias, *p.out);
+    return;
+  }
+  for (const MatmulPart& p : parts) check_matmul(x, *p.w, *p.bias, *p.out);
+  // Every output is written while the others are read by no one, but they must not overlap.
+  for (const MatmulPart* a = parts.begin(); a != parts.end(); ++a)
+    for (const MatmulPart* b = a + 1; b != parts.end(); ++b) check_alias(*a->out, "out", *b->out, "another out", false);
+  note_op();
+  cpu::matmul_group(x, parts);
+}
+
 void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out) {
   check_arg_dim(x, "x", {DType::f32}, 2);
   const int64_t N = x.size(0), K = x.size(1);

@@ -3,6 +3,7 @@
 // Batch invariance: every output row is computed in a fixed order that does not depend on how
 // many rows share the launch (so verifying 16 tokens at once equals feeding them one by one).
 #pragma once
+#include <initializer_list>
 #include <cstdint>
 
 #include "tensor.h"
@@ -24,6 +25,17 @@ void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out);
 // out = x @ w^T (+ bias). x f32 [N, K], w [M, K] f32|f16|bf16, bias [M] (optional, undefined = none),
 // out f32 [N, M]. Hand-written (tensor cores on CUDA); per-row results independent of N.
 void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out);
+
+// Several matmuls of one x: outs[i] = x @ ws[i]^T (+ biases[i]), each exactly as matmul computes
+// it (same bits). The CPU runs all their weight blocks in one parallel region: a layer's q/k/v or
+// gate/up projections over a few rows are too small to split well across threads one by one, and
+// each split is a fork-join. CUDA launches them one by one, as matmul.
+struct MatmulPart {
+  const Tensor* w;
+  const Tensor* bias;  // may be undefined
+  Tensor* out;
+};
+void matmul_group(const Tensor& x, std::initializer_list<MatmulPart> parts);
 
 // Rotary embedding in place, HF "rotate_half" layout: for i < D/2, (x[i], x[i + D/2]) rotated by
 // angle positions[n] * inv_freq[i] (angle computed in f32). x f32 [N, heads, D], positions i32 [N],
@@ -62,5 +74,9 @@ void gather_last_accepted(const Tensor& x, const Tensor& indptr, const Tensor& a
 SPECDEC_LAYER_OPS(cpu)
 SPECDEC_LAYER_OPS(cuda)
 #undef SPECDEC_LAYER_OPS
+
+namespace cpu {
+void matmul_group(const Tensor& x, std::initializer_list<ops::MatmulPart> parts);
+}
 
 }  // namespace specdec

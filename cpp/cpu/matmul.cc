@@ -248,32 +248,62 @@ void block_simd(const float* x, int64_t N, int64_t K, DType wdt, const void* w, 
 
 }  // namespace
 
+namespace {
+
+// Weight rows [m0, m1) of one matmul, bias included: the unit of work of matmul and matmul_group.
+void run_block(const float* xp, int64_t N, int64_t K, const Tensor& w, const Tensor& bias, float* op, int64_t M,
+               int64_t m0, int64_t m1) {
+  const DType wdt = w.dtype();
+  const void* wp = w.data();
+#ifdef SPECDEC_CPU_X86_SIMD
+  const simd::Isa isa = simd::isa();
+  if (isa == simd::Isa::avx512) block_simd<true>(xp, N, K, wdt, wp, m0, m1, op, M);
+  else if (isa == simd::Isa::avx2) block_simd<false>(xp, N, K, wdt, wp, m0, m1, op, M);
+  else
+#endif
+    block_portable(xp, N, K, wdt, wp, m0, m1, op, M);
+  if (bias.defined()) {
+    const void* bp = bias.data();
+    const DType bdt = bias.dtype();
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t m = m0; m < m1; ++m) op[n * M + m] += simd::elem_f32(bdt, bp, m);
+  }
+}
+
+// A task of >= 32k multiply-adds (a few microseconds) outweighs handing it to a worker;
+// measured on the default model's 5-token forward (2 cores), smaller or larger was no better.
+int64_t block_grain(int64_t N, int64_t K) { return grain_for(static_cast<double>(N) * static_cast<double>(K) * kBlockM, 32768.0); }
+
+}  // namespace
+
 void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out) {
   const int64_t N = x.size(0), K = x.size(1), M = w.size(0);
   if (N == 0 || M == 0) return;
   const float* xp = x.ptr<float>();
   float* op = out.ptr<float>();
-  const DType wdt = w.dtype();
-  const void* wp = w.data();
-  const simd::Isa isa = simd::isa();
-  const void* bp = bias.defined() ? bias.data() : nullptr;
-  const DType bdt = bias.defined() ? bias.dtype() : DType::f32;
   const int64_t blocks = (M + kBlockM - 1) / kBlockM;
-  // A task of >= 32k multiply-adds (a few microseconds) outweighs handing it to a worker;
-  // measured on the default model's 5-token forward (2 cores), smaller or larger was no better.
-  const int64_t grain = grain_for(static_cast<double>(N) * static_cast<double>(K) * kBlockM, 32768.0);
-  parallel_for(blocks, grain, [&](int64_t b0, int64_t b1) {
+  parallel_for(blocks, block_grain(N, K), [&](int64_t b0, int64_t b1) {
+    for (int64_t blk = b0; blk < b1; ++blk) run_block(xp, N, K, w, bias, op, M, blk * kBlockM, std::min(M, blk * kBlockM + kBlockM));
+  });
+}
+
+void matmul_group(const Tensor& x, std::initializer_list<ops::MatmulPart> parts) {
+  const int64_t N = x.size(0), K = x.size(1);
+  const float* xp = x.ptr<float>();
+  // Blocks of every part, numbered part after part: first[i] = part i's first block.
+  constexpr size_t kMaxParts = 8;
+  const size_t P = parts.size();
+  SPECDEC_CHECK(P <= kMaxParts, "E_ARG", "matmul_group: at most ", kMaxParts, " parts, got ", P);
+  int64_t first[kMaxParts + 1] = {0};
+  const ops::MatmulPart* ps = parts.begin();
+  for (size_t i = 0; i < P; ++i) first[i + 1] = first[i] + (ps[i].w->size(0) + kBlockM - 1) / kBlockM;
+  parallel_for(first[P], block_grain(N, K), [&](int64_t b0, int64_t b1) {
+    size_t i = 0;
     for (int64_t blk = b0; blk < b1; ++blk) {
-      const int64_t m0 = blk * kBlockM, m1 = std::min(M, m0 + kBlockM);
-#ifdef SPECDEC_CPU_X86_SIMD
-      if (isa == simd::Isa::avx512) block_simd<true>(xp, N, K, wdt, wp, m0, m1, op, M);
-      else if (isa == simd::Isa::avx2) block_simd<false>(xp, N, K, wdt, wp, m0, m1, op, M);
-      else
-#endif
-        block_portable(xp, N, K, wdt, wp, m0, m1, op, M);
-      if (bp)
-        for (int64_t n = 0; n < N; ++n)
-          for (int64_t m = m0; m < m1; ++m) op[n * M + m] += simd::elem_f32(bdt, bp, m);
+      while (blk >= first[i + 1]) ++i;
+      const ops::MatmulPart& p = ps[i];
+      const int64_t M = p.w->size(0), m0 = (blk - first[i]) * kBlockM;
+      run_block(xp, N, K, *p.w, *p.bias, p.out->ptr<float>(), M, m0, std::min(M, m0 + kBlockM));
     }
   });
 }

@@ -372,14 +372,13 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
   // 2-D views for the matmuls (same buffers).
   Tensor q2 = q.view({N, NH * D}), k2 = k.view({N, NKV * D}), v2 = v.view({N, NKV * D}), att2 = att.view({N, NH * D});
 
+  const Tensor no_bias;
   ops::embedding(embed_, ids, x, dev_ids ? nullptr : tokens.data(), dev_ids != nullptr);
   for (int l = 0; l < c.num_layers; ++l) {
     const Layer& L = layers_[l];
     // Attention block.
     ops::rmsnorm(x, L.attn_norm, c.rms_norm_eps, h);
-    ops::matmul(h, L.q, L.q_bias, q2);
-    ops::matmul(h, L.k, L.k_bias, k2);
-    ops::matmul(h, L.v, L.v_bias, v2);
+    ops::matmul_group(h, {{&L.q, &L.q_bias, &q2}, {&L.k, &L.k_bias, &k2}, {&L.v, &L.v_bias, &v2}});
     ops::rope(q, pos, inv_freq_);
     ops::rope(k, pos, inv_freq_);
     ops::kv_append(kv_->layer(l), k, v, batch);
@@ -388,8 +387,7 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
     ops::add_inplace(x, o);
     // MLP block (SwiGLU).
     ops::rmsnorm(x, L.mlp_norm, c.rms_norm_eps, h);
-    ops::matmul(h, L.gate, Tensor(), gate);
-    ops::matmul(h, L.up, Tensor(), up);
+    ops::matmul_group(h, {{&L.gate, &no_bias, &gate}, {&L.up, &no_bias, &up}});
     ops::silu_mul(gate, up, gate);
     ops::matmul(gate, L.down, Tensor(), o);
     ops::add_inplace(x, o);

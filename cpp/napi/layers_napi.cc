@@ -60,6 +60,29 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
   });
 }
 
+// layerMatmulGroup(x, ws: Tensor[], biases: (Tensor | null)[]) -> Tensor[] (new outs; up to 3 parts)
+Napi::Value MatmulGroup(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    Tensor x = tensor_arg(info[0], "x");
+    SPECDEC_CHECK(info[1].IsArray() && info[2].IsArray(), "E_ARG", "ws, biases: expected arrays");
+    Napi::Array wa = info[1].As<Napi::Array>(), ba = info[2].As<Napi::Array>();
+    const uint32_t P = wa.Length();
+    SPECDEC_CHECK(P >= 1 && P <= 3 && ba.Length() == P, "E_ARG", "ws: 1 to 3 weights with as many biases, got ", P, " and ", ba.Length());
+    Tensor w[3], b[3], out[3];
+    for (uint32_t i = 0; i < P; ++i) {
+      w[i] = tensor_arg(wa.Get(i), "ws[i]");
+      b[i] = optional_tensor_arg(ba.Get(i), "biases[i]");
+      out[i] = Tensor::empty(DType::f32, {dim_or0(x, 0), dim_or0(w[i], 0)}, x.device());
+    }
+    if (P == 1) ops::matmul_group(x, {{&w[0], &b[0], &out[0]}});
+    else if (P == 2) ops::matmul_group(x, {{&w[0], &b[0], &out[0]}, {&w[1], &b[1], &out[1]}});
+    else ops::matmul_group(x, {{&w[0], &b[0], &out[0]}, {&w[1], &b[1], &out[1]}, {&w[2], &b[2], &out[2]}});
+    Napi::Array r = Napi::Array::New(info.Env(), P);
+    for (uint32_t i = 0; i < P; ++i) r.Set(i, wrap_tensor(info.Env(), out[i]));
+    return r;
+  });
+}
+
 // layerRope(x, positions, invFreq): in place
 Napi::Value Rope(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
@@ -207,6 +230,7 @@ void Init(Napi::Env env, Napi::Object exports) {
   exports.Set("layerEmbedding", Napi::Function::New(env, Embedding, "layerEmbedding"));
   exports.Set("layerRmsnorm", Napi::Function::New(env, Rmsnorm, "layerRmsnorm"));
   exports.Set("layerMatmul", Napi::Function::New(env, Matmul, "layerMatmul"));
+  exports.Set("layerMatmulGroup", Napi::Function::New(env, MatmulGroup, "layerMatmulGroup"));
   exports.Set("layerRope", Napi::Function::New(env, Rope, "layerRope"));
   exports.Set("layerSiluMul", Napi::Function::New(env, SiluMul, "layerSiluMul"));
   exports.Set("layerAddInplace", Napi::Function::New(env, AddInplace, "layerAddInplace"));

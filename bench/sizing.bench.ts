@@ -16,7 +16,7 @@ import { MedusaHeads, MedusaSpeculator } from '../lib/strategies/medusa';
 import { PromptLookupSpeculator } from '../lib/strategies/prompt_lookup';
 import { TextTokenizer } from '../lib/tokenizer';
 import { standalone, tempDir, type BenchModule, type BenchOptions, type BenchResult, type BenchRow } from './common';
-import { DEFAULT_MODELS, DEFAULT_PROMPT, runScenario, type Variant } from './speculative.bench';
+import { DEFAULT_MODELS, DEFAULT_PROMPT, ENGINE_ONLY, runScenario, type Variant } from './speculative.bench';
 import { widenFamily } from './wide_family';
 
 /** Widening factor of the memory-bound family (0.87M -> 51M target at 8). */
@@ -26,6 +26,8 @@ const LOOKAHEAD: [number, number, number] = [7, 4, 7];
 function variants(draft: CausalLM, heads: MedusaHeads): Variant[] {
   const [W, N, G] = LOOKAHEAD;
   return [
+    // The engine's own per-step cost: what every sized strategy pays on a step it decodes plainly.
+    ENGINE_ONLY,
     { name: 'draft model, before (k=4)', setup: { k: 4 }, make: () => new DraftModelSpeculator({ draft, k: 4 }) },
     { name: 'draft model, cost model', setup: { k: 'cost' }, make: () => new DraftModelSpeculator({ draft }) },
     { name: 'medusa, before (mc_sim_7b_63)', setup: { choices: 'mc_sim_7b_63' }, make: () => new MedusaSpeculator({ heads, choices: 'mc_sim_7b_63' }) },

@@ -70,7 +70,7 @@ export interface Variant {
 }
 
 /** SpeculativeDecoder with no speculator: one token per step through the speculative engine. */
-const ENGINE_ONLY: Variant = { name: 'decoder, no speculator', setup: { speculator: null }, make: () => undefined };
+export const ENGINE_ONLY: Variant = { name: 'decoder, no speculator', setup: { speculator: null }, make: () => undefined };
 
 export interface Scenario {
   readonly name: string;

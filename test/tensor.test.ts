@@ -60,6 +60,10 @@ describe('Tensor', () => {
     assertThrowsCode(() => Tensor.empty('f32', [2], 'tpu' as never), 'E_ARG', /unknown device 'tpu'/);
     assertThrowsCode(() => Tensor.fromArray([1, 2], 'f32').view([3]), 'E_ARG', /different element count/);
     assertThrowsCode(() => Tensor.fromArray([1, 2], 'f32').rows(1, 3), 'E_ARG', /out of range/);
+    // Shapes are held inline (no allocation per view): eight dimensions at most, named in the error.
+    assert.deepStrictEqual(Tensor.fromArray(new Float32Array(6), 'f32', [1, 1, 1, 1, 1, 1, 2, 3]).shape, [1, 1, 1, 1, 1, 1, 2, 3]);
+    assertThrowsCode(() => Tensor.empty('f32', [1, 1, 1, 1, 1, 1, 1, 1, 2]), 'E_ARG', /at most 8 dimensions, got 9/);
+    assertThrowsCode(() => Tensor.fromArray([1, 2], 'f32').view([1, 1, 1, 1, 1, 1, 1, 1, 2]), 'E_ARG', /at most 8 dimensions, got 9/);
   });
 
   it('dispose() frees at once, is idempotent, and later use is a coded error', () => {

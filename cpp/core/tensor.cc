@@ -118,13 +118,13 @@ Storage::~Storage() {
   }
 }
 
-static int64_t shape_numel(const std::vector<int64_t>& shape) {
+static int64_t shape_numel(const Shape& shape) {
   int64_t n = 1;
   for (int64_t s : shape) n *= s;
   return n;
 }
 
-Tensor Tensor::empty(DType dtype, std::vector<int64_t> shape, Device device) {
+Tensor Tensor::empty(DType dtype, Shape shape, Device device) {
   for (int64_t s : shape) SPECDEC_CHECK(s >= 0, "E_ARG", "negative dimension in shape");
   Tensor t;
   t.dtype_ = dtype;
@@ -134,19 +134,19 @@ Tensor Tensor::empty(DType dtype, std::vector<int64_t> shape, Device device) {
   return t;
 }
 
-Tensor Tensor::zeros(DType dtype, std::vector<int64_t> shape, Device device) {
+Tensor Tensor::zeros(DType dtype, Shape shape, Device device) {
   Tensor t = empty(dtype, std::move(shape), device);
   if (!t.storage_->mapped) t.fill_zero();  // fresh anonymous pages are zero already
   return t;
 }
 
-Tensor Tensor::from_host(DType dtype, std::vector<int64_t> shape, const void* data, Device device) {
+Tensor Tensor::from_host(DType dtype, Shape shape, const void* data, Device device) {
   Tensor t = empty(dtype, std::move(shape), device);
   t.copy_from_host(data, t.nbytes());
   return t;
 }
 
-Tensor Tensor::borrow_host(DType dtype, std::vector<int64_t> shape, const void* data, std::shared_ptr<const void> owner) {
+Tensor Tensor::borrow_host(DType dtype, Shape shape, const void* data, std::shared_ptr<const void> owner) {
   for (int64_t s : shape) SPECDEC_CHECK(s >= 0, "E_ARG", "negative dimension in shape");
   SPECDEC_CHECK(owner != nullptr, "E_ARG", "borrow_host: no owner keeps the memory alive");
   Tensor t;
@@ -172,7 +172,7 @@ void* Tensor::data() const {
   return static_cast<char*>(storage_->ptr) + offset_;
 }
 
-Tensor Tensor::view(std::vector<int64_t> shape) const {
+Tensor Tensor::view(Shape shape) const {
   SPECDEC_CHECK(shape_numel(shape) == numel(), "E_ARG", "cannot view ", describe(), " with a different element count");
   Tensor t = *this;
   t.shape_ = std::move(shape);
@@ -189,7 +189,7 @@ Tensor Tensor::rows(int64_t begin, int64_t end) const {
   return t;
 }
 
-Tensor Tensor::reinterpret(size_t byte_offset, DType dtype, std::vector<int64_t> shape) const {
+Tensor Tensor::reinterpret(size_t byte_offset, DType dtype, Shape shape) const {
   SPECDEC_CHECK(defined(), "E_ARG", "reinterpret of an undefined tensor");
   const size_t want = static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype);
   SPECDEC_CHECK(byte_offset % dtype_size(dtype) == 0 && byte_offset + want <= nbytes(), "E_ARG", "reinterpret: ",

@@ -31,21 +31,57 @@ struct Storage {
   Storage& operator=(const Storage&) = delete;
 };
 
+// A tensor's shape: up to kMaxDims sizes held inline, so copying a Tensor (views, row slices,
+// arguments passed by value: several per op) allocates nothing. Reads like a std::vector<int64_t>
+// and converts to one where an API wants it.
+class Shape {
+ public:
+  static constexpr int kMaxDims = 8;
+  Shape() = default;
+  Shape(std::initializer_list<int64_t> dims) { assign(dims.begin(), dims.size()); }
+  Shape(const std::vector<int64_t>& dims) { assign(dims.data(), dims.size()); }  // NOLINT: implicit on purpose
+  size_t size() const { return n_; }
+  bool empty() const { return n_ == 0; }
+  int64_t& operator[](size_t i) { return d_[i]; }
+  int64_t operator[](size_t i) const { return d_[i]; }
+  const int64_t* begin() const { return d_; }
+  const int64_t* end() const { return d_ + n_; }
+  const int64_t* data() const { return d_; }
+  int64_t back() const { return d_[n_ - 1]; }
+  operator std::vector<int64_t>() const { return std::vector<int64_t>(begin(), end()); }  // NOLINT
+  friend bool operator==(const Shape& a, const Shape& b) {
+    if (a.n_ != b.n_) return false;
+    for (size_t i = 0; i < a.n_; ++i)
+      if (a.d_[i] != b.d_[i]) return false;
+    return true;
+  }
+  friend bool operator!=(const Shape& a, const Shape& b) { return !(a == b); }
+
+ private:
+  void assign(const int64_t* p, size_t n) {
+    SPECDEC_CHECK(n <= static_cast<size_t>(kMaxDims), "E_ARG", "a tensor has at most ", kMaxDims, " dimensions, got ", n);
+    for (size_t i = 0; i < n; ++i) d_[i] = p[i];
+    n_ = n;
+  }
+  int64_t d_[kMaxDims] = {};
+  size_t n_ = 0;
+};
+
 class Tensor {
  public:
   Tensor() = default;
-  static Tensor empty(DType dtype, std::vector<int64_t> shape, Device device = Device::cpu);
-  static Tensor zeros(DType dtype, std::vector<int64_t> shape, Device device = Device::cpu);
+  static Tensor empty(DType dtype, Shape shape, Device device = Device::cpu);
+  static Tensor zeros(DType dtype, Shape shape, Device device = Device::cpu);
   // A CPU tensor holding a copy of host data (bytes must equal numel * dtype_size).
-  static Tensor from_host(DType dtype, std::vector<int64_t> shape, const void* data, Device device = Device::cpu);
+  static Tensor from_host(DType dtype, Shape shape, const void* data, Device device = Device::cpu);
   // A CPU tensor over `data` without a copy, kept valid by `owner` (e.g. the file mapping it lies
   // in). The memory may be read-only: only for tensors nothing writes to, such as model weights.
-  static Tensor borrow_host(DType dtype, std::vector<int64_t> shape, const void* data, std::shared_ptr<const void> owner);
+  static Tensor borrow_host(DType dtype, Shape shape, const void* data, std::shared_ptr<const void> owner);
 
   bool defined() const { return storage_ != nullptr; }
   DType dtype() const { return dtype_; }
   Device device() const { return device_; }
-  const std::vector<int64_t>& shape() const { return shape_; }
+  const Shape& shape() const { return shape_; }
   int dim() const { return static_cast<int>(shape_.size()); }
   int64_t size(int i) const;  // negative i counts from the end
   int64_t numel() const;
@@ -56,12 +92,12 @@ class Tensor {
   T* ptr() const { return static_cast<T*>(data()); }
 
   // Same buffer, new shape (numel must match).
-  Tensor view(std::vector<int64_t> shape) const;
+  Tensor view(Shape shape) const;
   // Rows [begin, end) of dimension 0, sharing the buffer.
   Tensor rows(int64_t begin, int64_t end) const;
   // The same buffer read as another dtype/shape from a byte offset within this tensor (bounds and
   // alignment checked): views of one packed upload (HostPack).
-  Tensor reinterpret(size_t byte_offset, DType dtype, std::vector<int64_t> shape) const;
+  Tensor reinterpret(size_t byte_offset, DType dtype, Shape shape) const;
 
   // Copies across the host/device boundary are counted (cpp/core/transfers.h) on both backends.
   Tensor to(Device device) const;          // a copy on `device` (a copy even if already there)
@@ -76,7 +112,7 @@ class Tensor {
  private:
   DType dtype_ = DType::f32;
   Device device_ = Device::cpu;
-  std::vector<int64_t> shape_;
+  Shape shape_;
   std::shared_ptr<Storage> storage_;
   size_t offset_ = 0;  // bytes
 };

@@ -21,9 +21,11 @@ interface Case {
   readonly bias?: 'f32' | 'bf16';
 }
 
-// K: below one 16-lane step, with and without a tail; M: partial weight blocks (48) and tiles.
+// K: below one 16-lane step, with and without a tail; M: partial weight blocks and tiles (small
+// weights go in blocks of ~16 rows on AVX-512, from 384 rows in blocks of 48).
 const CASES: readonly Case[] = [
   { K: 7, M: 5, dtype: 'f32' },
+  { K: 48, M: 401, dtype: 'bf16' },
   { K: 64, M: 53, dtype: 'bf16' },
   { K: 101, M: 130, dtype: 'bf16', bias: 'bf16' },
   { K: 96, M: 97, dtype: 'f16' },

@@ -22,6 +22,7 @@
 // and held a DRAM-resident matrix to 9.6 GB/s, L2 prefetches (T1) reach 14-16 GB/s.
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <vector>
 
 #include "../core/ops_layers.h"
@@ -122,6 +123,7 @@ inline void prefetch_rows(const void* w, int WR, int64_t K, int64_t k) {
 template <int R, int WR, DType WT, bool kStream>
 SPECDEC_AVX2 void tile_avx2(const float* x, const void* w, int64_t K, float* out, int64_t ldo) {
   __m256 lo[R * WR], hi[R * WR];
+#pragma GCC unroll 16
   for (int i = 0; i < R * WR; ++i) lo[i] = hi[i] = _mm256_setzero_ps();
   const int64_t K16 = K - K % kLanes;
   for (int64_t k = 0; k < K16; k += kLanes) {
@@ -143,10 +145,41 @@ SPECDEC_AVX2 void tile_avx2(const float* x, const void* w, int64_t K, float* out
   finish_tile<R, WR, WT>(x, w, K, K16, sums, out, ldo);
 }
 
+// Step 2 for T registers of 16 lanes at once, in registers: four rounds each add the even lanes to
+// the odd lanes of a pair of registers (a, b) -> [a0+a1, a2+a3, .., a14+a15, b0+b1, .., b14+b15].
+// Lane pairs are always neighbours, so the rounds form tree8(lanes 0..7) + tree8(lanes 8..15) of
+// every register, and lane i of result register q is register 16 q + i's sum. (Storing 16 lanes
+// per output and adding them one register at a time cost about as much as the K loop itself at
+// K = 128: half of a small model's matmul time.)
+// One round on N registers, in place: v[i] = pair (v[2i], v[2i+1]) for i < ceil(N / 2) (a last
+// odd register is paired with zeros). Unrolled with constant indices so that the registers stay
+// registers.
+template <int N>
+SPECDEC_AVX512 inline void pair_round512(__m512* v, __m512i even, __m512i odd) {
+#pragma GCC unroll 32
+  for (int i = 0; i < (N + 1) / 2; ++i) {
+    const __m512 a = v[2 * i], b = 2 * i + 1 < N ? v[2 * i + 1] : _mm512_setzero_ps();
+    v[i] = _mm512_add_ps(_mm512_permutex2var_ps(a, even, b), _mm512_permutex2var_ps(a, odd, b));
+  }
+}
+
+template <int T>
+SPECDEC_AVX512 inline void lane_sums512(__m512* acc, float* sums) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  pair_round512<T>(acc, even, odd);
+  pair_round512<(T + 1) / 2>(acc, even, odd);
+  pair_round512<(T + 3) / 4>(acc, even, odd);
+  pair_round512<(T + 7) / 8>(acc, even, odd);
+#pragma GCC unroll 4
+  for (int q = 0; q < (T + 15) / 16; ++q) _mm512_store_ps(sums + 16 * q, acc[q]);
+}
+
 // AVX-512: one register per output.
 template <int R, int WR, DType WT, bool kStream>
 SPECDEC_AVX512 void tile_avx512(const float* x, const void* w, int64_t K, float* out, int64_t ldo) {
   __m512 acc[R * WR];
+#pragma GCC unroll 32  // (as a loop, GCC zeroes the array in memory with rep stos: ~20% of a small tile)
   for (int i = 0; i < R * WR; ++i) acc[i] = _mm512_setzero_ps();
   const int64_t K16 = K - K % kLanes;
   for (int64_t k = 0; k < K16; k += kLanes) {
@@ -158,13 +191,8 @@ SPECDEC_AVX512 void tile_avx512(const float* x, const void* w, int64_t K, float*
       for (int r = 0; r < R; ++r) acc[r * WR + j] = _mm512_fmadd_ps(xv[r], wv, acc[r * WR + j]);
     }
   }
-  __m256 lo[R * WR], hi[R * WR];
-  for (int i = 0; i < R * WR; ++i) {
-    lo[i] = _mm512_castps512_ps256(acc[i]);
-    hi[i] = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[i]), 1));
-  }
-  float sums[R * WR];
-  lane_sums<R * WR>(lo, hi, sums);
+  alignas(64) float sums[(R * WR + 15) / 16 * 16];
+  lane_sums512<R * WR>(acc, sums);
   finish_tile<R, WR, WT>(x, w, K, K16, sums, out, ldo);
 }
 
@@ -272,7 +300,31 @@ void run_block(const float* xp, int64_t N, int64_t K, const Tensor& w, const Ten
 
 // A task of >= 32k multiply-adds (a few microseconds) outweighs handing it to a worker;
 // measured on the default model's 5-token forward (2 cores), smaller or larger was no better.
-int64_t block_grain(int64_t N, int64_t K) { return grain_for(static_cast<double>(N) * static_cast<double>(K) * kBlockM, 32768.0); }
+int64_t block_grain(int64_t N, int64_t K, int64_t bm) {
+  return grain_for(static_cast<double>(N) * static_cast<double>(K) * static_cast<double>(bm), 32768.0);
+}
+
+// Weight rows per block. kBlockM when the weights make >= 8 such blocks; smaller weights (a small
+// model's projections: 64-384 rows) would split into 2-3 uneven blocks, e.g. 48 + 48 + 32 on two
+// threads, so they go in blocks of ~16 rows, a multiple of the tile widths that N rows use (rows
+// past the last full tile take one-row tiles, which cost more per weight). Blocks only decide
+// which thread computes a row: the bits do not depend on them.
+int64_t block_rows(int64_t N, int64_t M) {
+  if (M >= 8 * kBlockM) return kBlockM;
+#ifdef SPECDEC_CPU_X86_SIMD
+  if (simd::isa() == simd::Isa::avx512) {
+    // N <= 6: one group of N rows; else groups of 4 (tiles 6 wide) and a last group of 3-6.
+    constexpr int64_t kWidth[7] = {0, 16, 12, 8, 6, 4, 4};
+    int64_t unit = kWidth[std::min<int64_t>(N, 6)];
+    if (N > 6) {
+      const int64_t last = N - 4 * ((N - 3) / 4);
+      unit = std::lcm<int64_t>(6, kWidth[last]);
+    }
+    return (16 + unit - 1) / unit * unit;
+  }
+#endif
+  return kBlockM;  // AVX2 tiles (6/3/2 wide) and the portable kernel: measured only with 48
+}
 
 }  // namespace
 
@@ -281,9 +333,10 @@ void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out) {
   if (N == 0 || M == 0) return;
   const float* xp = x.ptr<float>();
   float* op = out.ptr<float>();
-  const int64_t blocks = (M + kBlockM - 1) / kBlockM;
-  parallel_for(blocks, block_grain(N, K), [&](int64_t b0, int64_t b1) {
-    for (int64_t blk = b0; blk < b1; ++blk) run_block(xp, N, K, w, bias, op, M, blk * kBlockM, std::min(M, blk * kBlockM + kBlockM));
+  const int64_t bm = block_rows(N, M);
+  const int64_t blocks = (M + bm - 1) / bm;
+  parallel_for(blocks, block_grain(N, K, bm), [&](int64_t b0, int64_t b1) {
+    for (int64_t blk = b0; blk < b1; ++blk) run_block(xp, N, K, w, bias, op, M, blk * bm, std::min(M, blk * bm + bm));
   });
 }
 
@@ -296,14 +349,17 @@ void matmul_group(const Tensor& x, std::initializer_list<ops::MatmulPart> parts)
   SPECDEC_CHECK(P <= kMaxParts, "E_ARG", "matmul_group: at most ", kMaxParts, " parts, got ", P);
   int64_t first[kMaxParts + 1] = {0};
   const ops::MatmulPart* ps = parts.begin();
-  for (size_t i = 0; i < P; ++i) first[i + 1] = first[i] + (ps[i].w->size(0) + kBlockM - 1) / kBlockM;
-  parallel_for(first[P], block_grain(N, K), [&](int64_t b0, int64_t b1) {
+  int64_t rows = 0;
+  for (size_t i = 0; i < P; ++i) rows += ps[i].w->size(0);
+  const int64_t bm = block_rows(N, rows);
+  for (size_t i = 0; i < P; ++i) first[i + 1] = first[i] + (ps[i].w->size(0) + bm - 1) / bm;
+  parallel_for(first[P], block_grain(N, K, bm), [&](int64_t b0, int64_t b1) {
     size_t i = 0;
     for (int64_t blk = b0; blk < b1; ++blk) {
       while (blk >= first[i + 1]) ++i;
       const ops::MatmulPart& p = ps[i];
-      const int64_t M = p.w->size(0), m0 = (blk - first[i]) * kBlockM;
-      run_block(xp, N, K, *p.w, *p.bias, p.out->ptr<float>(), M, m0, std::min(M, m0 + kBlockM));
+      const int64_t M = p.w->size(0), m0 = (blk - first[i]) * bm;
+      run_block(xp, N, K, *p.w, *p.bias, p.out->ptr<float>(), M, m0, std::min(M, m0 + bm));
     }
   });
 }

@@ -29,7 +29,7 @@ namespace cpu {
 
 namespace {
 
-using Fn = std::function<void(int64_t, int64_t)>;
+using Fn = RangeFn;
 
 struct Job {
   const Fn* fn = nullptr;
@@ -176,7 +176,7 @@ int32_t* lend_flag() { return pool().lend_flag(); }
 
 bool core_lent() { return pool().lent(); }
 
-void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
+void parallel_for(int64_t n, int64_t grain, RangeFn fn) {
   if (n <= 0) return;
   pool().run(n, grain, fn);
 }

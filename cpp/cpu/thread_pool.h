@@ -13,7 +13,7 @@
 // waiting, so it can neither deadlock nor stall behind someone else's job.
 #pragma once
 #include <cstdint>
-#include <functional>
+#include <type_traits>
 
 namespace specdec {
 namespace cpu {
@@ -32,11 +32,26 @@ int32_t* lend_flag();
 // Whether a core is lent now.
 bool core_lent();
 
+// A reference to a callable fn(begin, end) that parallel_for calls: it does not own or copy the
+// callable (a std::function made from a lambda with more than two captures allocates, and every
+// op of a forward makes one), so the callable must outlive the call, as a lambda argument does.
+class RangeFn {
+ public:
+  template <class F, class = std::enable_if_t<!std::is_same_v<std::decay_t<F>, RangeFn>>>
+  RangeFn(const F& f)  // NOLINT: implicit, so call sites pass a lambda
+      : obj_(&f), call_([](const void* o, int64_t b, int64_t e) { (*static_cast<const F*>(o))(b, e); }) {}
+  void operator()(int64_t b, int64_t e) const { call_(obj_, b, e); }
+
+ private:
+  const void* obj_;
+  void (*call_)(const void*, int64_t, int64_t);
+};
+
 // Runs fn(begin, end) over contiguous chunks covering [0, n) and returns when all are done.
 // grain = fewest items worth a task of their own: when n < 2 * grain (or the pool has one thread,
 // or is busy) everything runs inline as fn(0, n). An exception thrown by fn is rethrown here
 // (the first one; the remaining chunks are skipped).
-void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
+void parallel_for(int64_t n, int64_t grain, RangeFn fn);
 
 // grain for items of `work_per_item` units (e.g. multiply-adds) so that a task gets at least
 // min_work_per_task units: below that the wakeup costs more than the work.

@@ -145,12 +145,6 @@ SPECDEC_AVX2 void tile_avx2(const float* x, const void* w, int64_t K, float* out
   finish_tile<R, WR, WT>(x, w, K, K16, sums, out, ldo);
 }
 
-// Step 2 for T registers of 16 lanes at once, in registers: four rounds each add the even lanes to
-// the odd lanes of a pair of registers (a, b) -> [a0+a1, a2+a3, .., a14+a15, b0+b1, .., b14+b15].
-// Lane pairs are always neighbours, so the rounds form tree8(lanes 0..7) + tree8(lanes 8..15) of
-// every register, and lane i of result register q is register 16 q + i's sum. (Storing 16 lanes
-// per output and adding them one register at a time cost about as much as the K loop itself at
-// K = 128: half of a small model's matmul time.)
 // One round on N registers, in place: v[i] = pair (v[2i], v[2i+1]) for i < ceil(N / 2) (a last
 // odd register is paired with zeros). Unrolled with constant indices so that the registers stay
 // registers.
@@ -163,6 +157,12 @@ SPECDEC_AVX512 inline void pair_round512(__m512* v, __m512i even, __m512i odd) {
   }
 }
 
+// Step 2 for T registers of 16 lanes at once, in registers: four rounds each add the even lanes to
+// the odd lanes of a pair of registers (a, b) -> [a0+a1, a2+a3, .., a14+a15, b0+b1, .., b14+b15].
+// Lane pairs are always neighbours, so the rounds form tree8(lanes 0..7) + tree8(lanes 8..15) of
+// every register, and lane i of result register q is register 16 q + i's sum. (Storing 16 lanes
+// per output and adding them one register at a time cost about as much as the K loop itself at
+// K = 128: half of a small model's matmul time.)
 template <int T>
 SPECDEC_AVX512 inline void lane_sums512(__m512* acc, float* sums) {
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
@@ -313,13 +313,14 @@ int64_t block_rows(int64_t N, int64_t M) {
   if (M >= 8 * kBlockM) return kBlockM;
 #ifdef SPECDEC_CPU_X86_SIMD
   if (simd::isa() == simd::Isa::avx512) {
-    // N <= 6: one group of N rows; else groups of 4 (tiles 6 wide) and a last group of 3-6.
-    constexpr int64_t kWidth[7] = {0, 16, 12, 8, 6, 4, 4};
-    int64_t unit = kWidth[std::min<int64_t>(N, 6)];
-    if (N > 6) {
-      const int64_t last = N - 4 * ((N - 3) / 4);
-      unit = std::lcm<int64_t>(6, kWidth[last]);
-    }
+    // The row groups all_rows makes: all N rows when N <= max_group, else groups of G and a last
+    // group of the rest; each group's tiles are tile_width<rows> weight rows wide.
+    constexpr int64_t kMax = max_group<true>(), G = group_rows_n<true>();
+    static_assert(kMax == 6, "kWidth lists one width per group size up to max_group");
+    constexpr int64_t kWidth[kMax + 1] = {0, tile_width<1, true>(), tile_width<2, true>(), tile_width<3, true>(),
+                                          tile_width<4, true>(), tile_width<5, true>(), tile_width<6, true>()};
+    int64_t unit = kWidth[std::min(N, kMax)];
+    if (N > kMax) unit = std::lcm(kWidth[G], kWidth[N - G * ((N - kMax + G - 1) / G)]);
     return (16 + unit - 1) / unit * unit;
   }
 #endif

@@ -247,6 +247,11 @@ describe('specdec generate (cli)', function () {
   });
 
   it('text streams to stdout step by step, and equals the --json text', async () => {
+    // The same model without an EOS id: random weights whose greedy output starts with EOS (seed
+    // 279679588) would end the run after one token and leave nothing to stream.
+    const { eos: _eos, ...spec } = specByName('llama-gqa-f32');
+    const dir = path.join(root, 'llama-no-eos');
+    writeCheckpoint(dir, spec, testSeed + 1);
     const writes: string[] = [];
     let summary = '';
     const code = await generateCommand(['--model', dir, '--prompt', 'The big red cat', '--max-new-tokens', '12', '--device', 'cpu'], {

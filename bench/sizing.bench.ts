@@ -4,10 +4,13 @@
 // twice: with the settings the CLI used before the cost model (draft k = 4, the 63-node Medusa
 // tree, lookahead W=7 N=4 G=7, prompt lookup of 10 drafts) and with today's defaults (sized per
 // step by the cost model; lookahead's W, N, G and prompt lookup's n-gram length as before).
-// Runs are bracketed by plain runs as in the speculative bench (its runScenario).
+// Runs are bracketed by plain runs as in the speculative bench (its runScenario). A last pass pins
+// a linear cost curve on the embedded target (c(n) = n c(1): no tree can pay), so every sized
+// strategy decodes plainly: its ratio to the decoder without a speculator is what deciding costs.
 // Run: node dist/bench/sizing.bench.js [--quick]   (or specdec bench --only sizing)
 import * as fs from 'fs';
 import * as path from 'path';
+import { ForwardCost, forwardCost, setForwardCost } from '../lib/cost_model';
 import type { CausalLM } from '../lib/models/causal_lm';
 import { LlamaModel } from '../lib/models/llama';
 import { DraftModelSpeculator } from '../lib/strategies/draft_model';
@@ -39,7 +42,20 @@ function variants(draft: CausalLM, heads: MedusaHeads): Variant[] {
   ];
 }
 
-async function family(name: string, dir: string, newTokens: number, rounds: number, opts: BenchOptions, checks: Record<string, boolean>): Promise<BenchRow[]> {
+/** The sized strategies only (and the engine alone): the pass where nothing pays. */
+function sizedOnly(all: Variant[]): Variant[] {
+  return all.filter((v) => v === ENGINE_ONLY || v.name.endsWith('cost model'));
+}
+
+async function family(
+  name: string,
+  dir: string,
+  newTokens: number,
+  rounds: number,
+  opts: BenchOptions,
+  checks: Record<string, boolean>,
+  nothingPays = false,
+): Promise<BenchRow[]> {
   const owned: { dispose(): void }[] = [];
   try {
     const load = async (d: string): Promise<LlamaModel> => {
@@ -54,7 +70,14 @@ async function family(name: string, dir: string, newTokens: number, rounds: numb
     const tok = TextTokenizer.load(path.join(DEFAULT_MODELS, 'target'));
     if (!tok) throw new Error(`sizing: no tokenizer in ${DEFAULT_MODELS}/target`);
     const prompt = tok.encode(DEFAULT_PROMPT);
-    const rows = await runScenario({ name, target, prompt, promptDescription: JSON.stringify(DEFAULT_PROMPT), newTokens, variants: variants(draft, heads) }, rounds, opts, checks);
+    let vs = variants(draft, heads);
+    if (nothingPays) {
+      // c(n) = n c(1), with c(1) as measured: any tree costs as many plain steps as it has nodes.
+      const c1 = (await forwardCost(target)).predict(1);
+      setForwardCost(target, ForwardCost.fromFunction((n) => n * c1, { frozen: true }));
+      vs = sizedOnly(vs);
+    }
+    const rows = await runScenario({ name, target, prompt, promptDescription: JSON.stringify(DEFAULT_PROMPT), newTokens, variants: vs }, rounds, opts, checks);
     return rows;
   } finally {
     for (const o of owned.reverse()) o.dispose();
@@ -83,6 +106,8 @@ export const sizingBench: BenchModule = {
         tmp.remove();
       }
       notes.push(`widened ${K}x: hidden, heads, KV heads and MLP tiled ${K} times, weights reading a tiled vector divided by ${K} (the same function, ${K * K}x the matmul weights)`);
+      rows.push(...(await family('embedded, nothing pays', DEFAULT_MODELS, opts.quick ? 16 : 128, opts.quick ? 1 : 5, opts, checks, true)));
+      notes.push('embedded, nothing pays: a linear cost curve (c(n) = n c(1), c(1) measured) pinned on the target, so the sized strategies decode plainly; their ratios against the decoder without a speculator are the cost of deciding so');
     }
     return {
       bench: 'sizing',

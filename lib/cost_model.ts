@@ -21,8 +21,9 @@ export const CALIBRATION_SIZES: readonly number[] = [1, 2, 3, 4, 6, 8, 12, 16, 2
 export class RecentTimes {
   static readonly WINDOW = 16;
   private readonly samples: number[] = [];
+  /** The same samples, ascending (kept sorted as they come and go: read every step, no sort). */
+  private readonly sorted: number[] = [];
   private next = 0;
-  private cached: number | undefined;
 
   constructor(initial?: number) {
     if (initial !== undefined) this.add(initial);
@@ -30,10 +31,23 @@ export class RecentTimes {
 
   add(seconds: number): void {
     if (!(seconds >= 0) || !Number.isFinite(seconds)) return;
-    if (this.samples.length < RecentTimes.WINDOW) this.samples.push(seconds);
-    else this.samples[this.next] = seconds;
+    const { samples, sorted } = this;
+    if (samples.length < RecentTimes.WINDOW) {
+      samples.push(seconds);
+      sorted.push(seconds);
+    } else {
+      // Drop the oldest sample's copy from the sorted list, then put the new one in its place.
+      const old = samples[this.next] as number;
+      samples[this.next] = seconds;
+      let i = sorted.indexOf(old);
+      for (; i + 1 < sorted.length; i++) sorted[i] = sorted[i + 1] as number;
+      sorted[sorted.length - 1] = seconds;
+    }
+    // Insertion of the last element into the sorted rest.
+    let j = sorted.length - 1;
+    for (; j > 0 && (sorted[j - 1] as number) > seconds; j--) sorted[j] = sorted[j - 1] as number;
+    sorted[j] = seconds;
     this.next = (this.next + 1) % RecentTimes.WINDOW;
-    this.cached = undefined;
   }
 
   get count(): number {
@@ -42,12 +56,8 @@ export class RecentTimes {
 
   /** The lower quartile of the recent samples (0 when there are none). */
   value(): number {
-    if (this.cached === undefined) {
-      // (A typed array sorts numerically without a comparator call per pair: this runs every step.)
-      const sorted = Float64Array.from(this.samples).sort();
-      this.cached = sorted.length === 0 ? 0 : (sorted[Math.floor((sorted.length - 1) / 4)] as number);
-    }
-    return this.cached;
+    const n = this.sorted.length;
+    return n === 0 ? 0 : (this.sorted[Math.floor((n - 1) / 4)] as number);
   }
 }
 
@@ -130,7 +140,8 @@ export class ForwardCost {
   private readonly ts: RecentTimes[];
   private readonly overhead = new RecentTimes();
   /** The non-decreasing point values predict() interpolates (recomputed after an observation). */
-  private monotone: number[] | undefined;
+  private readonly monotone: number[];
+  private stale = true;
   /** Observations taken in since construction (tests and statistics). */
   observations = 0;
 
@@ -150,6 +161,7 @@ export class ForwardCost {
     });
     this.ns = sorted.map((p) => p[0]);
     this.ts = sorted.map((p) => new RecentTimes(p[1]));
+    this.monotone = new Array<number>(sorted.length).fill(0);
   }
 
   /** A curve from a function of n sampled at the calibration sizes (synthetic curves in tests). */
@@ -169,11 +181,14 @@ export class ForwardCost {
     const { ns } = this;
     // Non-decreasing by the minimum over wider points: a narrower forward never costs more than a
     // wider one, and interference only adds time, so a point above a wider one is the noisy one.
-    let ts = this.monotone;
-    if (!ts) {
-      ts = this.ts.map((t) => t.value());
-      for (let i = ts.length - 2; i >= 0; i--) ts[i] = Math.min(ts[i] as number, ts[i + 1] as number);
-      this.monotone = ts;
+    const ts = this.monotone;
+    if (this.stale) {
+      // (In place: an observation every step makes this run every step.)
+      for (let i = ts.length - 1; i >= 0; i--) {
+        const v = (this.ts[i] as RecentTimes).value();
+        ts[i] = i + 1 < ts.length ? Math.min(v, ts[i + 1] as number) : v;
+      }
+      this.stale = false;
     }
     for (let i = 0; i < ns.length; i++) {
       const ni = ns[i] as number;
@@ -201,7 +216,7 @@ export class ForwardCost {
     const grid = ns[at] as number;
     const scaled = grid === n ? seconds : (seconds * this.predict(grid)) / this.predict(n);
     (this.ts[at] as RecentTimes).add(scaled);
-    this.monotone = undefined;
+    this.stale = true;
     this.observations++;
   }
 

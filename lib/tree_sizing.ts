@@ -194,3 +194,11 @@ export function sizingCost(sized: boolean, target: CausalLM | undefined, ctx: Pr
  * acceptance statistics (and with them the choice) can recover when the text gets easier.
  */
 export const PROBE_AFTER_PLAIN_STEPS = 32;
+
+/**
+ * A speculator that weighs its proposal every step (a lookup, then the sizing) stops weighing for
+ * a few steps after choosing a plain step when a weighing costs more than this share of the
+ * target's one-token forward: a small model's step (~70 us on the embedded family) is then
+ * comparable to the ~10-20 us of weighing, a big model's never is.
+ */
+export const WEIGH_SHARE = 0.02;

@@ -9,7 +9,7 @@ import * as os from 'os';
 import * as path from 'path';
 
 import { widenFamily } from '../bench/wide_family';
-import { ChainCost, chainTokenCost, ForwardCost, calibrateForwardCost, setForwardCost } from '../lib/cost_model';
+import { ChainCost, chainTokenCost, ForwardCost, calibrateForwardCost, RecentTimes, setForwardCost } from '../lib/cost_model';
 import { SpeculativeDecoder } from '../lib/decoder';
 import { LlamaModel } from '../lib/models/llama';
 import { plainGenerate } from '../lib/plain';
@@ -70,6 +70,26 @@ describe('cost model: the curve', () => {
     f.observeOverhead(1);
     assert.strictEqual(f.predict(1), 1);
     assert.strictEqual(f.stepOverhead, 0);
+  });
+
+  it('a recent time is the lower quartile of the last WINDOW samples (kept sorted incrementally; brute force over random streams)', () => {
+    const r = rng(testSeed);
+    for (let trial = 0; trial < 20; trial++) {
+      const t = new RecentTimes();
+      const all: number[] = [];
+      assert.strictEqual(t.value(), 0, 'no samples');
+      const n = 1 + Math.floor(r() * 60);
+      for (let i = 0; i < n; i++) {
+        // Repeated values too (equal samples must leave one copy each).
+        const x = r() < 0.3 ? Math.floor(r() * 4) : r() * 10;
+        t.add(x);
+        all.push(x);
+        t.add(Number.NaN); // ignored
+        const recent = all.slice(-RecentTimes.WINDOW).sort((a, b) => a - b);
+        assert.strictEqual(t.value(), recent[Math.floor((recent.length - 1) / 4)], `trial ${trial}, sample ${i}`);
+        assert.strictEqual(t.count, recent.length);
+      }
+    }
   });
 
   it('calibrates a model on a scratch sequence it frees', async () => {
@@ -211,6 +231,9 @@ describe('tree sizing: greedy output equals plain greedy whatever size is picked
     ['linear', linear],
     ['flat', flat],
     ['knee', knee],
+    // Forwards of a nanosecond a token: weighing a proposal costs more than WEIGH_SHARE of a step,
+    // so lookahead and prompt lookup skip weighing after plain choices.
+    ['linear, weighing dear', () => ForwardCost.fromFunction((n) => n * 1e-9, { frozen: true })],
   ];
   for (const [curveName, curve] of curves) {
     for (const [name, make] of makers) {
@@ -226,7 +249,7 @@ describe('tree sizing: greedy output equals plain greedy whatever size is picked
         res.forEach((r, i) => assert.deepStrictEqual(Array.from(r.tokens), Array.from(plain.tokens[i]!), `sequence ${i}`));
         const sizes = new Set<number>();
         for (const r of res) for (const k of Object.keys(r.stats.nodesPerStep)) sizes.add(Number(k));
-        if (curveName === 'linear') assert.deepStrictEqual([...sizes], [1], `a linear curve decodes plainly (sizes ${[...sizes]})`);
+        if (curveName.startsWith('linear')) assert.deepStrictEqual([...sizes], [1], `a linear curve decodes plainly (sizes ${[...sizes]})`);
         if (curveName === 'flat' && name.startsWith('Medusa')) assert.ok(sizes.has(64), `the full 63-node tree when forwards are free (sizes ${[...sizes]})`);
         if (curveName === 'flat' && name.startsWith('draft')) assert.ok(sizes.has(9), `k = maxK = 8 when forwards are free (sizes ${[...sizes]})`);
         dec.dispose();
@@ -234,6 +257,64 @@ describe('tree sizing: greedy output equals plain greedy whatever size is picked
       });
     }
   }
+});
+
+describe('sized n-gram speculators: weighing skipped after plain choices when it is dear', () => {
+  const seed = testSeed;
+  const target = new ToyLM({ vocabSize: V, seed, positional: false, hidden: 'state' });
+  const prompts = Array.from({ length: 3 }, (_, i) => {
+    const r = rng(seed + 50 + i);
+    // A repetitive prompt: the n-gram pools have candidates at most steps.
+    const unit = Array.from({ length: 3 + i }, () => Math.floor(r() * V));
+    return Int32Array.from({ length: 24 }, (_, j) => unit[j % unit.length] as number);
+  });
+  const weighings = async (curve: ForwardCost): Promise<{ weighed: number; steps: number }> => {
+    setForwardCost(target, curve);
+    const sp = new LookaheadSpeculator({ W: 5, N: 3, G: 5 });
+    const self = sp as unknown as { size: (...a: unknown[]) => unknown };
+    const size = self.size.bind(sp);
+    let weighed = 0;
+    self.size = (...a: unknown[]): unknown => {
+      weighed++;
+      return size(...a);
+    };
+    const dec = new SpeculativeDecoder({ target, speculator: sp });
+    const plain = await plainGenerate(target, prompts, { maxNewTokens: 60 });
+    const res = await dec.generateBatch(prompts, { maxNewTokens: 60 });
+    res.forEach((r, i) => assert.deepStrictEqual(Array.from(r.tokens), Array.from(plain.tokens[i]!), `sequence ${i}`));
+    dec.dispose();
+    return { weighed, steps: res.reduce((n, r) => n + r.stats.targetForwards, 0) };
+  };
+
+  it('Medusa decoding plainly runs its heads for probes only (a probe that proposed nothing had them run after every step)', async () => {
+    setForwardCost(target, linear());
+    const heads = MedusaHeads.load(writeMedusaHeads({ numHeads: 4, numLayers: 1, hiddenSize: V * V, vocabSize: V, seed }));
+    try {
+      let calls = 0;
+      const topKIds = heads.topKIds.bind(heads);
+      heads.topKIds = (...a: Parameters<MedusaHeads['topKIds']>): Int32Array => {
+        calls++;
+        return topKIds(...a);
+      };
+      const dec = new SpeculativeDecoder({ target, speculator: new MedusaSpeculator({ heads }) });
+      const plain = await plainGenerate(target, [prompts[0]!], { maxNewTokens: 150 });
+      const res = await dec.generate(prompts[0]!, { maxNewTokens: 150 }).result;
+      assert.deepStrictEqual(Array.from(res.tokens), Array.from(plain.tokens[0]!));
+      // The prefill, then a probe after 32 plain steps, the next after 64 more (the plan still plain).
+      assert.ok(calls <= 4, `the heads ran ${calls} times in ${res.stats.targetForwards} steps`);
+      assert.ok(res.stats.proposedDraftTokens >= 1, 'a probe proposes a node');
+      dec.dispose();
+    } finally {
+      heads.dispose();
+    }
+  });
+
+  it('lookahead: weighs nearly every step when weighing is cheap beside a step, a fraction of them when it is dear', async () => {
+    const cheap = await weighings(linear());
+    const dear = await weighings(ForwardCost.fromFunction((n) => n * 1e-9, { frozen: true }));
+    assert.ok(cheap.weighed >= cheap.steps / 2, `cheap: ${cheap.weighed} weighings in ${cheap.steps} steps`);
+    assert.ok(dear.weighed * 3 <= cheap.weighed, `dear: ${dear.weighed} weighings, cheap: ${cheap.weighed}`);
+  });
 });
 
 describe('lookahead: candidates as a trie', () => {

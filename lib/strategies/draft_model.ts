@@ -59,7 +59,16 @@ interface DraftState {
   lastDrafted: number;
   /** Consecutive steps without drafts ('cost' mode). */
   plainRun: number;
+  /** 'cost' mode: the last step was a probe. */
+  probed: boolean;
 }
+
+/**
+ * A probe of a draft that decodes plainly costs a draft forward over the tokens it skipped (~30 on
+ * the embedded family: 3-4x a one-token draft step), so while the choice stays plain after probes
+ * they get rarer, up to this many plain steps apart.
+ */
+const MAX_PROBE_INTERVAL = 256;
 
 export class DraftModelSpeculator implements Speculator {
   readonly name = 'draft-model';
@@ -83,6 +92,8 @@ export class DraftModelSpeculator implements Speculator {
   // that got this far are at least as likely to go on (acceptance is correlated), and a fixed 0.6
   // kept the chain short after it had only ever tried short chains (deeper rates never observed).
   readonly rates: RankRates = new RankRates((depth) => (depth === 0 ? 0.6 : this.rates.rate(depth - 1)));
+  /** 'cost' mode: plain steps before a probe (shared by the sequences, like the rates; see MAX_PROBE_INTERVAL). */
+  private probeAfter = PROBE_AFTER_PLAIN_STEPS;
   /** 'cost' mode: seconds of a step's drafting per sequence, fixed + per drafted token (recent steps). */
   private draftCost: ChainCost | undefined;
   private target: CausalLM | undefined;
@@ -138,8 +149,15 @@ export class DraftModelSpeculator implements Speculator {
     const choice = chooseChainLength((i) => this.rates.rate(i), this.maxK, stepCost(cost, seqs.length, (nodes) => draft.cost(nodes - 1)));
     for (const st of states) {
       let k = Math.max(this.minK, choice.size);
-      // A probe now and then keeps the acceptance statistics alive while decoding plainly.
-      if (k === 0 && ++st.plainRun > PROBE_AFTER_PLAIN_STEPS) k = 1;
+      // A probe now and then keeps the acceptance statistics alive while decoding plainly; when the
+      // choice is still plain right after one, the next comes twice as late.
+      if (k === 0 && st.probed) this.probeAfter = Math.min(MAX_PROBE_INTERVAL, 2 * this.probeAfter);
+      else if (k > 0) this.probeAfter = PROBE_AFTER_PLAIN_STEPS;
+      st.probed = false;
+      if (k === 0 && ++st.plainRun > this.probeAfter) {
+        k = 1;
+        st.probed = true;
+      }
       if (k > 0) st.plainRun = 0;
       st.k = k;
     }
@@ -148,7 +166,7 @@ export class DraftModelSpeculator implements Speculator {
   private state(s: SpecSequence): DraftState {
     let st = this.states.get(s.key);
     if (!st) {
-      st = { draftSeq: this.draft.createSequence(), cached: 0, k: this.k, lastDrafted: 0, plainRun: 0 };
+      st = { draftSeq: this.draft.createSequence(), cached: 0, k: this.k, lastDrafted: 0, plainRun: 0, probed: false };
       this.states.set(s.key, st);
       this.kHistory.set(s.key, []);
     }
@@ -165,6 +183,18 @@ export class DraftModelSpeculator implements Speculator {
     if (this.treeBranching) return this.proposeTree(seqs, states, ctx);
     if (this.adaptive !== 'cost') return this.proposeChain(seqs, states, ctx);
     this.chooseK(seqs, states, ctx);
+    if (states.every((st) => st.k === 0)) {
+      // A plain step for every sequence: nothing for the draft to do (it catches up at the next
+      // step that drafts).
+      const proposals = new Array<Proposal>(seqs.length);
+      for (let b = 0; b < seqs.length; b++) {
+        const s = seqs[b] as SpecSequence;
+        (states[b] as DraftState).lastDrafted = 0;
+        this.kHistory.get(s.key)?.push(0);
+        proposals[b] = chainTree(s.history[s.history.length - 1] as number);
+      }
+      return { proposals };
+    }
     // A step that first feeds a long uncached history (after plain steps) says little about the
     // steady-state cost per draft token: only steps feeding at most the bonus and one more count.
     const steady = seqs.every((s, b) => s.history.length - (states[b] as DraftState).cached <= 2);

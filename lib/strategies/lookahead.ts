@@ -20,11 +20,11 @@
 // curve, from online rates (first-token hits by candidate rank, continuation rates by depth, and
 // the tokens window-harvested n-grams later yield per column run); N-grams of the emitted text also
 // enter the pool, so with the window off it still finds the text's repeats.
-import { forwardCost, type ForwardCost } from '../cost_model';
+import { forwardCost, RecentTimes, type ForwardCost } from '../cost_model';
 import { pickRowsArgmax } from './draft_model';
 import type { CausalLM } from '../models/causal_lm';
 import { chainTree, emptyMask, setMaskBit, type PackedMask } from '../tree';
-import { chooseSubtree, RankRates, selectNodes, sizingCost, stepCost } from '../tree_sizing';
+import { chooseSubtree, RankRates, selectNodes, sizingCost, stepCost, WEIGH_SHARE } from '../tree_sizing';
 import { codedError, type Proposal, type ProposalBatch, type ProposeContext, type SpecSequence, type Speculator, type StepReport } from './speculator';
 
 export interface LookaheadOptions {
@@ -180,12 +180,21 @@ interface LookaheadState {
   lastTrie?: CandidateTrie;
   /** N-grams harvested from the window that are still unused (sized mode: credited when accepted). */
   fromWindow: Set<string>;
-  /** Sized mode: candidate-less steps left that decode plainly without weighing the window again. */
+  /** Sized mode: steps left that decode plainly without weighing again (see PLAIN_RECHECK_STEPS). */
   plainSteps: number;
+  /** Sized mode: weighings in a row that chose a plain step. */
+  plainRun: number;
 }
 
-/** Candidate-less steps decoded plainly after sizing chose a plain step, before it weighs again. */
+/**
+ * After sizing chose a plain step, the next PLAIN_RECHECK_STEPS steps without candidates decode
+ * plainly without weighing again, twice as many after each further plain choice in a row (up to
+ * MAX_PLAIN_RECHECK_STEPS). Steps with candidates skip the weighing too when it costs more than
+ * WEIGH_SHARE of a one-token forward (the embedded family weighed three quarters of its steps, at
+ * ~10-20 us against a ~70 us step); on a big model they are always weighed.
+ */
 const PLAIN_RECHECK_STEPS = 7;
+const MAX_PLAIN_RECHECK_STEPS = 56;
 
 export class LookaheadSpeculator implements Speculator {
   readonly name = 'lookahead';
@@ -202,6 +211,8 @@ export class LookaheadSpeculator implements Speculator {
   /** Sized mode: accepted tokens that came from window-harvested n-grams, and window columns run. */
   private windowCredit = 0;
   private windowColumns = 0;
+  /** Sized mode: seconds a weighing (size()) takes, recent lower quartile. */
+  private readonly weighSeconds = new RecentTimes();
   private target: CausalLM | undefined;
   private readonly states = new Map<number, LookaheadState>();
 
@@ -250,7 +261,7 @@ export class LookaheadSpeculator implements Speculator {
         }
         window.push(row);
       }
-      st = { window, pool: new NgramPool(this.G), fromWindow: new Set(), plainSteps: 0 };
+      st = { window, pool: new NgramPool(this.G), fromWindow: new Set(), plainSteps: 0, plainRun: 0 };
       // The prompt's N-grams are free candidates (text often repeats its prompt).
       if (this.seedPoolFromPrompt) for (let i = 0; i + this.N <= prompt.length; i++) st.pool.add(prompt.slice(i, i + this.N));
       this.states.set(s.key, st);
@@ -290,21 +301,27 @@ export class LookaheadSpeculator implements Speculator {
     const proposals: Proposal[] = seqs.map((s) => {
       const st = this.state(s);
       const root = s.history[s.history.length - 1] as number;
-      const chains = s.maxDepth > 0 ? st.pool.get(root).slice(0, this.G).map((c) => c.slice(0, s.maxDepth)) : [];
+      // Weighing costs a sizeable part of a step: after a plain choice, skip it (and the lookup).
+      const skip = cost !== undefined && st.plainSteps > 0 && this.weighSeconds.value() > WEIGH_SHARE * cost.predict(1);
+      const chains = s.maxDepth > 0 && !skip ? st.pool.get(root).slice(0, this.G).map((c) => c.slice(0, s.maxDepth)) : [];
       // Run the window only while its positions fit the model.
       let columns = s.committed + this.N + this.W - 2 <= s.maxPosition ? this.W : 0;
-      if (cost && chains.length === 0 && st.plainSteps > 0) {
-        // Nothing to verify, and the window did not pay when last weighed: a plain step, without
-        // weighing again (sizing costs ~10-20 us, a plain step of a small model ~100 us).
+      if (cost && st.plainSteps > 0 && (skip || chains.length === 0)) {
+        // Nothing to verify (or not weighed, see above), and the window did not pay when last
+        // weighed: a plain step, without weighing again.
         st.plainSteps--;
         delete st.lastLayout;
         return chainTree(root);
       }
       let trie = candidateTrie(root, chains);
       if (cost) {
+        const t0 = performance.now();
         const choice = this.size(trie, columns, seqs.length, cost);
-        // Weighed to a plain step: the next few steps without candidates skip the weighing.
-        st.plainSteps = choice.columns === 0 && trie.tokens.length === 1 ? PLAIN_RECHECK_STEPS : 0;
+        this.weighSeconds.add((performance.now() - t0) / 1000);
+        // Weighed to a plain step: the next few steps skip the weighing (more after each plain choice in a row).
+        const plain = choice.columns === 0 && choice.keep.length === 1;
+        st.plainRun = plain ? st.plainRun + 1 : 0;
+        st.plainSteps = plain ? Math.min(MAX_PLAIN_RECHECK_STEPS, PLAIN_RECHECK_STEPS * 2 ** Math.min(3, st.plainRun - 1)) : 0;
         const kept = selectNodes(trie, choice.keep);
         const depth = new Int32Array(choice.keep.length);
         const rank = new Int32Array(choice.keep.length);

@@ -33,8 +33,10 @@ import {
   type StepReport,
 } from './speculator';
 
-/** Uses of a sized Medusa choice before it is recomputed (two per step: update, then propose). */
+/** Steps a sized Medusa choice is used for before it is recomputed. */
 const PLAN_USES = 8;
+/** The longest interval between probes (see MedusaSpeculator.probeAfter). */
+const MAX_PROBE_INTERVAL = 256;
 
 export interface MedusaConfig {
   readonly numHeads: number;
@@ -204,7 +206,17 @@ export interface MedusaOptions {
 
 export class MedusaSpeculator implements Speculator {
   readonly name = 'medusa';
-  readonly wantsHidden = true;
+  /**
+   * The forward's hidden states are needed for the heads; a sized step whose update will run none
+   * (the plan decodes plainly and no sequence probes next) leaves them out (propose() decides; true
+   * again after update(), so a prefill between steps always gets them).
+   */
+  get wantsHidden(): boolean {
+    return this.hiddenThisStep;
+  }
+  private hiddenThisStep = true;
+  /** A propose() of this step has set hiddenThisStep (the engine's parts each propose, then one forward). */
+  private hiddenDecided = false;
   readonly heads: MedusaHeads;
   readonly shape: MedusaTreeShape;
   readonly samplingVerifyMode: 'rejection' | 'typical';
@@ -221,8 +233,16 @@ export class MedusaSpeculator implements Speculator {
   private readonly headsSeconds = new RecentTimes();
   /** Per sequence: consecutive steps decoded plainly (sized mode). */
   private readonly plainRun = new Map<number, number>();
+  /**
+   * Sized mode: plain steps before a probe runs the heads (for every sequence, like the rates).
+   * Each probe after which the plan still decodes plainly doubles it, up to MAX_PROBE_INTERVAL: on
+   * a small model a probe's heads cost more than a plain step (~100 us, cold).
+   */
+  private probeAfter = PROBE_AFTER_PLAIN_STEPS;
   private target: CausalLM | undefined;
   private planned: { keep: Int32Array; speculate: boolean; batch: number; age: number } | undefined;
+  /** The root and the choice tree's first depth-1 node (a probe's tree). */
+  private readonly probeKeep: Int32Array;
 
   constructor(opts: MedusaOptions) {
     this.heads = opts.heads;
@@ -233,6 +253,8 @@ export class MedusaSpeculator implements Speculator {
         : (opts.choices ?? MC_SIM_7B_63.filter((c) => c.length <= opts.heads.config.numHeads));
     if (!choices) throw codedError('E_ARG', `medusa: unknown choices preset '${String(opts.choices)}' (have ${Object.keys(MEDUSA_PRESETS).join(', ')})`);
     this.shape = medusaTreeShape(choices);
+    const first = this.shape.parents.indexOf(0);
+    this.probeKeep = first > 0 ? Int32Array.of(0, first) : Int32Array.of(0);
     this.sized = opts.choices === undefined;
     if (this.shape.depth > this.heads.config.numHeads) {
       throw codedError('E_ARG', `medusa: the choices are ${this.shape.depth} deep but there are only ${this.heads.config.numHeads} heads`);
@@ -291,21 +313,23 @@ export class MedusaSpeculator implements Speculator {
    * rates move by one step's counts at a time; a 63-node choice costs tens of microseconds, as much
    * as a tiny target's forward).
    */
-  private plan(cost: ForwardCost, batch: number): { keep: Int32Array; speculate: boolean } {
+  private plan(cost: ForwardCost, batch: number, use = true): { keep: Int32Array; speculate: boolean } {
     const p = this.planned;
-    if (p && p.batch === batch && p.age++ < PLAN_USES) return p;
+    // (A use is a step's proposal: update() reads the same plan without aging it.)
+    if (p && p.batch === batch && (use ? p.age++ : p.age) < PLAN_USES) return p;
     const prob = this.nodeProbabilities();
     const heads = this.headsSeconds.value();
     const keep = chooseSubtree(this.shape.parents, prob, stepCost(cost, batch)).keep;
     const speculate = chooseSubtree(this.shape.parents, prob, stepCost(cost, batch, (n) => (n > 1 ? heads : 0))).size > 0;
     this.planned = { keep, speculate, batch, age: 1 };
+    if (speculate) this.probeAfter = PROBE_AFTER_PLAIN_STEPS;
     return this.planned;
   }
 
   /** Sized mode: whether the next step should speculate, i.e. run the heads now. */
   private wantsNextTree(s: SpecSequence, cost: ForwardCost, batch: number): boolean {
     const run = this.plainRun.get(s.key) ?? 0;
-    return run >= PROBE_AFTER_PLAIN_STEPS || this.plan(cost, batch).speculate;
+    return run >= this.probeAfter || this.plan(cost, batch, false).speculate;
   }
 
   /** Sized mode: head d's candidates against the tokens this step emitted (known through depth emitted.length). */
@@ -317,14 +341,23 @@ export class MedusaSpeculator implements Speculator {
 
   async propose(seqs: readonly SpecSequence[], ctx: ProposeContext = {}): Promise<ProposalBatch> {
     const cost = sizingCost(this.sized, this.target, ctx);
-    const keep = cost ? this.plan(cost, seqs.length).keep : undefined;
+    const plan = cost ? this.plan(cost, seqs.length) : undefined;
+    const keep = plan?.keep;
+    // The heads run after this step only for a plan that speculates or a sequence due to probe.
+    const need = !plan || plan.speculate || seqs.some((s) => (this.plainRun.get(s.key) ?? 0) + 1 >= this.probeAfter);
+    this.hiddenThisStep = need || (this.hiddenDecided && this.hiddenThisStep);
+    this.hiddenDecided = true;
     return {
       proposals: seqs.map((s) => {
         const root = s.history[s.history.length - 1] as number;
         const c = this.cands.get(s.key);
         if (!c || s.maxDepth === 0) return { tokens: Int32Array.of(root), parents: Int32Array.of(-1) };
         const full = medusaTree(this.shape, root, (h, r) => c[h]![r] as number);
-        const tree = keep ? selectNodes(full, keep) : full;
+        // A probe (the heads ran after probeAfter plain steps) proposes at least the
+        // first head's best guess, so that it is a trial of the rates and ends the plain run
+        // (with the root alone it ended nothing, and the heads then ran after every step).
+        const probe = keep !== undefined && keep.length === 1 && (this.plainRun.get(s.key) ?? 0) >= this.probeAfter;
+        const tree = probe ? selectNodes(full, this.probeKeep) : keep ? selectNodes(full, keep) : full;
         return this.shape.depth > s.maxDepth ? pruneTree(tree, s.maxDepth).tree : tree;
       }),
     };
@@ -335,9 +368,13 @@ export class MedusaSpeculator implements Speculator {
    * topKIds and the engine's headsOnAccepted lay them out).
    */
   private setCands(seqs: readonly SpecSequence[], which: Iterable<number>, ids: Int32Array): void {
-    const K = this.shape.topK, B = seqs.length;
+    const K = this.shape.topK, B = seqs.length, D = this.shape.depth;
     for (const b of which) {
-      this.cands.set((seqs[b] as SpecSequence).key, Array.from({ length: this.shape.depth }, (_, h) => ids.slice((h * B + b) * K, (h * B + b + 1) * K)));
+      // Views of the step's ids (a fresh array per call), in a plain loop: Array.from with a map
+      // function was most of update()'s time on a small model.
+      const c = new Array<Int32Array>(D);
+      for (let h = 0; h < D; h++) c[h] = ids.subarray((h * B + b) * K, (h * B + b + 1) * K);
+      this.cands.set((seqs[b] as SpecSequence).key, c);
     }
   }
 
@@ -351,13 +388,25 @@ export class MedusaSpeculator implements Speculator {
   }
 
   async update(seqs: readonly SpecSequence[], report: StepReport, ctx: ProposeContext = {}): Promise<void> {
+    try {
+      this.updateCands(seqs, report, ctx);
+    } finally {
+      this.hiddenThisStep = true;
+      this.hiddenDecided = false;
+    }
+  }
+
+  private updateCands(seqs: readonly SpecSequence[], report: StepReport, ctx: ProposeContext): void {
     const cost = sizingCost(this.sized, this.target, ctx);
     let next = seqs.map((_, b) => b);
     if (cost) {
       seqs.forEach((s, b) => {
         const c = this.cands.get(s.key);
         if (c) this.record(c, report.emitted[b] as Int32Array);
-        this.plainRun.set(s.key, c && (report.proposals[b] as { tokens: Int32Array }).tokens.length > 1 ? 0 : (this.plainRun.get(s.key) ?? 0) + 1);
+        const tree = c !== undefined && (report.proposals[b] as { tokens: Int32Array }).tokens.length > 1;
+        // A probe the plan still ignores: the next one comes twice as late.
+        if (tree && this.planned && !this.planned.speculate) this.probeAfter = Math.min(MAX_PROBE_INTERVAL, 2 * this.probeAfter);
+        this.plainRun.set(s.key, tree ? 0 : (this.plainRun.get(s.key) ?? 0) + 1);
       });
       // Heads only for sequences whose next step will speculate: a plain step skips them.
       next = next.filter((b) => this.wantsNextTree(seqs[b] as SpecSequence, cost, seqs.length));
@@ -370,6 +419,9 @@ export class MedusaSpeculator implements Speculator {
       this.setCands(seqs, next, report.headsTopK);
       return;
     }
+    // A plan recomputed since propose() may want heads this step left the hidden states out for:
+    // those sequences decode the next step plainly (no candidates) and get heads after it.
+    if (!report.output.hidden) return;
     // The heads read the hidden state of the last accepted node (the one that produced the bonus).
     const rows = next.map((b) => {
       const acc = report.acceptedNodes[b] as Int32Array;

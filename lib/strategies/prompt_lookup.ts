@@ -1,10 +1,10 @@
 // Prompt lookup decoding: find the longest n-gram (maxNgram down to minNgram) ending the history
 // that occurred before in prompt + output (most recent occurrence), and propose the tokens that
 // followed it as a chain. No model; drafts are deterministic (one-hot rejection when sampling).
-import { forwardCost } from '../cost_model';
+import { forwardCost, RecentTimes } from '../cost_model';
 import type { CausalLM } from '../models/causal_lm';
 import { chainTree } from '../tree';
-import { chooseChainLength, PROBE_AFTER_PLAIN_STEPS, RankRates, sizingCost, stepCost } from '../tree_sizing';
+import { chooseChainLength, PROBE_AFTER_PLAIN_STEPS, RankRates, sizingCost, stepCost, WEIGH_SHARE } from '../tree_sizing';
 import { codedError, type ProposalBatch, type ProposeContext, type SpecSequence, type Speculator, type StepReport } from './speculator';
 
 export interface PromptLookupOptions {
@@ -40,6 +40,9 @@ export function promptLookup(history: readonly number[], maxNgram: number, minNg
   return [];
 }
 
+/** Sized mode: lookups skipped after a plain choice when weighing is dear (WEIGH_SHARE). */
+const PLAIN_SKIP_STEPS = 7;
+
 export class PromptLookupSpeculator implements Speculator {
   readonly name = 'prompt-lookup';
   readonly wantsHidden = false;
@@ -52,6 +55,10 @@ export class PromptLookupSpeculator implements Speculator {
   readonly rates = new RankRates(() => 0.5);
   /** Sized mode, per sequence: matches not proposed in a row (a probe after PROBE_AFTER_PLAIN_STEPS). */
   private readonly unproposed = new Map<number, number>();
+  /** Sized mode, per sequence: steps left that decode plainly without a lookup (see WEIGH_SHARE). */
+  private readonly skipLeft = new Map<number, number>();
+  /** Sized mode: seconds of a lookup and its sizing, recent lower quartile. */
+  private readonly weighSeconds = new RecentTimes();
   private target: CausalLM | undefined;
 
   constructor(opts: PromptLookupOptions = {}) {
@@ -79,6 +86,17 @@ export class PromptLookupSpeculator implements Speculator {
       proposals: seqs.map((s) => {
         const root = s.history[s.history.length - 1] as number;
         const k = Math.min(this.numDraft, s.maxDepth);
+        const left = this.skipLeft.get(s.key) ?? 0;
+        if (cost && k > 0 && left > 0) {
+          // A plain step without a lookup; it counts towards the next probe, which does look.
+          this.skipLeft.set(s.key, left - 1);
+          const run = (this.unproposed.get(s.key) ?? 0) + 1;
+          if (run <= PROBE_AFTER_PLAIN_STEPS) {
+            this.unproposed.set(s.key, run);
+            return chainTree(root);
+          }
+        }
+        const t0 = performance.now();
         let drafts = k > 0 ? promptLookup(s.history, this.maxNgram, this.minNgram, k) : [];
         if (cost && drafts.length > 0) {
           let n = chooseChainLength((i) => this.rates.rate(i), drafts.length, stepCost(cost, seqs.length)).size;
@@ -87,6 +105,9 @@ export class PromptLookupSpeculator implements Speculator {
           if (run > PROBE_AFTER_PLAIN_STEPS) n = 1;
           this.unproposed.set(s.key, n > 0 ? 0 : run);
           drafts = drafts.slice(0, n);
+          this.weighSeconds.add((performance.now() - t0) / 1000);
+          // Plain by choice, and weighing is a sizeable part of a step: skip the next few lookups.
+          if (n === 0 && this.weighSeconds.value() > WEIGH_SHARE * cost.predict(1)) this.skipLeft.set(s.key, PLAIN_SKIP_STEPS);
         }
         return chainTree(root, drafts);
       }),
@@ -103,6 +124,7 @@ export class PromptLookupSpeculator implements Speculator {
   }
   release(seq: SpecSequence): void {
     this.unproposed.delete(seq.key);
+    this.skipLeft.delete(seq.key);
   }
   dispose(): void {}
 }

@@ -196,6 +196,15 @@ export function sizingCost(sized: boolean, target: CausalLM | undefined, ctx: Pr
 export const PROBE_AFTER_PLAIN_STEPS = 32;
 
 /**
+ * The interval after a probe the choice ignored: twice the last, up to 256 plain steps. (A probe
+ * costs more than a plain step: the draft catches up on the tokens it skipped, Medusa's heads run
+ * cold; while nothing pays, probes get rarer.)
+ */
+export function backedOffProbeInterval(interval: number): number {
+  return Math.min(256, 2 * interval);
+}
+
+/**
  * A speculator that weighs its proposal every step (a lookup, then the sizing) stops weighing for
  * a few steps after choosing a plain step when a weighing costs more than this share of the
  * target's one-token forward: a small model's step (~70 us on the embedded family) is then

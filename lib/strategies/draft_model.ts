@@ -8,7 +8,7 @@
 // are fed in front of the first draft step.
 import { ChainCost, chainTokenCost, forwardCost } from '../cost_model';
 import { gatherRows, isSampling, samplingOptions } from '../step_helpers';
-import { chooseChainLength, PROBE_AFTER_PLAIN_STEPS, RankRates, sizingCost, stepCost } from '../tree_sizing';
+import { backedOffProbeInterval, chooseChainLength, PROBE_AFTER_PLAIN_STEPS, RankRates, sizingCost, stepCost } from '../tree_sizing';
 import type { CausalLM, ForwardOutput, SequenceInput } from '../models/causal_lm';
 import { argmax, processLogits, sample, topK } from '../sampling';
 import type { Tensor } from '../tensor';
@@ -63,13 +63,6 @@ interface DraftState {
   probed: boolean;
 }
 
-/**
- * A probe of a draft that decodes plainly costs a draft forward over the tokens it skipped (~30 on
- * the embedded family: 3-4x a one-token draft step), so while the choice stays plain after probes
- * they get rarer, up to this many plain steps apart.
- */
-const MAX_PROBE_INTERVAL = 256;
-
 export class DraftModelSpeculator implements Speculator {
   readonly name = 'draft-model';
   readonly wantsHidden = false;
@@ -92,7 +85,11 @@ export class DraftModelSpeculator implements Speculator {
   // that got this far are at least as likely to go on (acceptance is correlated), and a fixed 0.6
   // kept the chain short after it had only ever tried short chains (deeper rates never observed).
   readonly rates: RankRates = new RankRates((depth) => (depth === 0 ? 0.6 : this.rates.rate(depth - 1)));
-  /** 'cost' mode: plain steps before a probe (shared by the sequences, like the rates; see MAX_PROBE_INTERVAL). */
+  /**
+   * 'cost' mode: plain steps before a probe (shared by the sequences, like the rates). A probe feeds
+   * the draft the tokens it skipped (~30 on the embedded family: 3-4x a one-token draft step), so it
+   * backs off (backedOffProbeInterval) while the choice stays plain after probes.
+   */
   private probeAfter = PROBE_AFTER_PLAIN_STEPS;
   /** 'cost' mode: seconds of a step's drafting per sequence, fixed + per drafted token (recent steps). */
   private draftCost: ChainCost | undefined;
@@ -151,7 +148,7 @@ export class DraftModelSpeculator implements Speculator {
       let k = Math.max(this.minK, choice.size);
       // A probe now and then keeps the acceptance statistics alive while decoding plainly; when the
       // choice is still plain right after one, the next comes twice as late.
-      if (k === 0 && st.probed) this.probeAfter = Math.min(MAX_PROBE_INTERVAL, 2 * this.probeAfter);
+      if (k === 0 && st.probed) this.probeAfter = backedOffProbeInterval(this.probeAfter);
       else if (k > 0) this.probeAfter = PROBE_AFTER_PLAIN_STEPS;
       st.probed = false;
       if (k === 0 && ++st.plainRun > this.probeAfter) {

@@ -321,7 +321,7 @@ export class LookaheadSpeculator implements Speculator {
         // Weighed to a plain step: the next few steps skip the weighing (more after each plain choice in a row).
         const plain = choice.columns === 0 && choice.keep.length === 1;
         st.plainRun = plain ? st.plainRun + 1 : 0;
-        st.plainSteps = plain ? Math.min(MAX_PLAIN_RECHECK_STEPS, PLAIN_RECHECK_STEPS * 2 ** Math.min(3, st.plainRun - 1)) : 0;
+        st.plainSteps = plain ? Math.min(MAX_PLAIN_RECHECK_STEPS, PLAIN_RECHECK_STEPS * 2 ** (st.plainRun - 1)) : 0;
         const kept = selectNodes(trie, choice.keep);
         const depth = new Int32Array(choice.keep.length);
         const rank = new Int32Array(choice.keep.length);

@@ -22,7 +22,7 @@ import { native } from '../native';
 import { openSafetensors } from '../safetensors';
 import type { Device, Tensor } from '../tensor';
 import { MC_SIM_7B_63, MEDUSA_PRESETS, medusaTree, medusaTreeShape, pruneTree, type MedusaChoices, type MedusaTreeShape } from '../tree';
-import { chooseSubtree, PROBE_AFTER_PLAIN_STEPS, RankRates, selectNodes, sizingCost, stepCost, treeProbabilities } from '../tree_sizing';
+import { backedOffProbeInterval, chooseSubtree, PROBE_AFTER_PLAIN_STEPS, RankRates, selectNodes, sizingCost, stepCost, treeProbabilities } from '../tree_sizing';
 import {
   codedError,
   type HeadsOnAccepted,
@@ -35,8 +35,6 @@ import {
 
 /** Steps a sized Medusa choice is used for before it is recomputed. */
 const PLAN_USES = 8;
-/** The longest interval between probes (see MedusaSpeculator.probeAfter). */
-const MAX_PROBE_INTERVAL = 256;
 
 export interface MedusaConfig {
   readonly numHeads: number;
@@ -235,7 +233,7 @@ export class MedusaSpeculator implements Speculator {
   private readonly plainRun = new Map<number, number>();
   /**
    * Sized mode: plain steps before a probe runs the heads (for every sequence, like the rates).
-   * Each probe after which the plan still decodes plainly doubles it, up to MAX_PROBE_INTERVAL: on
+   * Each probe after which the plan still decodes plainly backs it off (backedOffProbeInterval): on
    * a small model a probe's heads cost more than a plain step (~100 us, cold).
    */
   private probeAfter = PROBE_AFTER_PLAIN_STEPS;
@@ -405,7 +403,7 @@ export class MedusaSpeculator implements Speculator {
         if (c) this.record(c, report.emitted[b] as Int32Array);
         const tree = c !== undefined && (report.proposals[b] as { tokens: Int32Array }).tokens.length > 1;
         // A probe the plan still ignores: the next one comes twice as late.
-        if (tree && this.planned && !this.planned.speculate) this.probeAfter = Math.min(MAX_PROBE_INTERVAL, 2 * this.probeAfter);
+        if (tree && this.planned && !this.planned.speculate) this.probeAfter = backedOffProbeInterval(this.probeAfter);
         this.plainRun.set(s.key, tree ? 0 : (this.plainRun.get(s.key) ?? 0) + 1);
       });
       // Heads only for sequences whose next step will speculate: a plain step skips them.

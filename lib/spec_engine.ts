@@ -2,7 +2,7 @@
 // tree per sequence -> ONE model forward over all trees of the batch -> verify -> commit the
 // accepted nodes -> let the speculator sync -> emit -> statistics. It lives apart from the decoder
 // so that a hybrid speculator can run the same loop on its draft model ("Medusa as the draft").
-import type { CausalLM, ForwardOutput, SequenceInput } from './models/causal_lm';
+import type { CausalLM, ForwardOptions, ForwardOutput, SequenceInput } from './models/causal_lm';
 import type {
   Proposal,
   ProposalBatch,
@@ -20,7 +20,7 @@ import { isSampling, pickTokens, samplingOptions, throwIfAborted } from './step_
 import { Tensor as TensorFactory } from './tensor';
 import type { Tensor } from './tensor';
 import { transferCounters, transfersSince, type TransferStats } from './transfers';
-import { chainTree, flattenTrees, pruneTree, treeDepths, validateTree } from './tree';
+import { flattenTrees, pruneTree, treeDepths, validateTree } from './tree';
 import { verify, type VerifyInput, type VerifyMode, type VerifyOutput } from './verify';
 
 // ---- statistics --------------------------------------------------------------------------------
@@ -172,11 +172,15 @@ export class SpecEngine {
   }
 
   ctx(signal?: AbortSignal): ProposeContext {
+    // Without a signal the same (frozen) object every step: two allocations fewer per step.
+    if (!signal && this.ctx0) return this.ctx0;
     const c: { sampling?: SamplingConfig; signal?: AbortSignal } = {};
     if (this.sampling) c.sampling = this.sampling;
     if (signal) c.signal = signal;
+    else this.ctx0 = Object.freeze(c);
     return c;
   }
+  private ctx0: ProposeContext | undefined;
 
   /** A new sequence over `history` (nothing cached yet). */
   open(history: ArrayLike<number>, promptLength: number, rng: SeqRng): EngineSequence {
@@ -219,7 +223,7 @@ export class SpecEngine {
       if (last > s.maxPosition) throw codedError('E_ARG', `sequence of ${last + 1} tokens exceeds the model's ${s.maxPosition + 1} positions`);
     }
     throwIfAborted(signal);
-    const out = await this.model.forward(inputs, this.speculator?.wantsHidden ? { hidden: true, ...sig(signal) } : sig(signal));
+    const out = await this.model.forward(inputs, forwardOptions(this.speculator?.wantsHidden === true, signal));
     try {
       this.model.commit(
         todo.map((s) => s.modelSeq),
@@ -262,7 +266,8 @@ export class SpecEngine {
    * is committed in the same commit call. Returns the emitted tokens per part, per sequence.
    */
   static async stepShared(parts: readonly StepPart[], signal?: AbortSignal): Promise<Int32Array[]> {
-    const live = parts.filter((p) => p.seqs.length > 0);
+    let live = parts;
+    for (const p of parts) if (p.seqs.length === 0) live = parts.filter((q) => q.seqs.length > 0);
     const first = live[0];
     if (!first) return [];
     const { model, speculator } = first.engine;
@@ -275,7 +280,7 @@ export class SpecEngine {
     // Batch-wide phases count once per engine taking part (as the statistics of a batch do).
     const lap = (phase: keyof PhaseTimes): void => {
       const now = performance.now();
-      for (const p of live) p.engine.phases[phase] += (now - t) / 1000;
+      addPhase(live, phase, (now - t) / 1000);
       t = now;
     };
     throwIfAborted(signal);
@@ -284,25 +289,33 @@ export class SpecEngine {
     let out: ForwardOutput | undefined;
     try {
       for (const p of live) {
-        const batch: ProposalBatch = speculator
-          ? await speculator.propose(p.seqs, p.engine.ctx(signal))
-          : { proposals: p.seqs.map((s) => chainTree(s.history[s.history.length - 1] as number)) };
+        let batch: ProposalBatch;
+        if (speculator) {
+          // (Awaited only when it is a promise: a synchronous speculator costs no microtask turn.)
+          const r = speculator.propose(p.seqs, p.engine.ctx(signal));
+          batch = isThenable(r) ? await r : r;
+        } else batch = { proposals: loneRoots(p.seqs) };
         batches.push(batch);
-        for (const o of batch.owned ?? []) owned.push(o);
+        if (batch.owned) for (const o of batch.owned) owned.push(o);
         if (batch.draftProbs) owned.push(batch.draftProbs);
       }
-      const proposals = live.map((p, i) => {
+      const proposals = new Array<readonly Proposal[]>(live.length);
+      for (let i = 0; i < live.length; i++) {
+        const p = live[i] as StepPart;
         const batch = batches[i] as ProposalBatch;
         // The engine's own lone roots (no speculator) need no checking.
-        if (!speculator) return batch.proposals;
+        if (!speculator) {
+          proposals[i] = batch.proposals;
+          continue;
+        }
         const checked = p.engine.checkProposals(p.seqs, batch);
         if (checked !== batch.proposals && batch.draftProbs) {
           // A pruned tree no longer lines up with the draft rows; q rows are not needed for the
           // deterministic shapes speculators prune, but a mismatch must not pass silently.
-          throw codedError('E_ARG', `${speculator?.name}: proposal deeper than maxDepth together with draft probabilities`);
+          throw codedError('E_ARG', `${speculator.name}: proposal deeper than maxDepth together with draft probabilities`);
         }
-        return checked;
-      });
+        proposals[i] = checked;
+      }
       lap('draft');
       throwIfAborted(signal);
       // (Loops rather than flat/flatMap/spreads: a small model's whole step is ~100 us, and this
@@ -313,7 +326,7 @@ export class SpecEngine {
       const inputs: SequenceInput[] = new Array<SequenceInput>(allProposals.length);
       for (let b = 0; b < inputs.length; b++) inputs[b] = forwardInput((allSeqs[b] as EngineSequence).modelSeq, allProposals[b] as Proposal);
       const tForward = t;
-      out = await model.forward(inputs, speculator?.wantsHidden ? { hidden: true, ...sig(signal) } : sig(signal));
+      out = await model.forward(inputs, forwardOptions(speculator?.wantsHidden === true, signal));
       lap('target');
       // The measured forward refines the model's cost curve (tree sizing reads it).
       const cost = knownForwardCost(model);
@@ -366,7 +379,8 @@ export class SpecEngine {
           };
           if (r.rowArgmax && speculator.wantsRowArgmax) report.rowArgmax = r.rowArgmax;
           if (r.headsTopK) report.headsTopK = r.headsTopK;
-          await speculator.update(p.seqs, report, p.engine.ctx(signal));
+          const u = speculator.update(p.seqs, report, p.engine.ctx(signal));
+          if (isThenable(u)) await u;
         }
       }
       lap('update');
@@ -385,7 +399,7 @@ export class SpecEngine {
     draftProbs: Tensor | undefined,
     owned: Tensor[],
   ): VerifiedPart {
-    if (!this.sampling && proposals.every((p) => p.tokens.length === 1)) {
+    if (!this.sampling && allLoneRoots(proposals)) {
       // Greedy with nothing proposed (no speculator, or no n-gram match): greedy verification of a
       // lone root emits its argmax (the same order: lowest index on ties, NaN never wins), so the
       // argmax op alone gives the same tokens without the verify call's index arrays and outputs.
@@ -505,6 +519,8 @@ export interface StepPart {
 
 /** A lone root's accepted path (read only: commit and the statistics never write it). */
 const ROOT_ONLY = Int32Array.of(0);
+/** A lone root's parents (read only: the forward and checkProposals never write it). */
+const ROOT_PARENTS = Int32Array.of(-1);
 
 /** verifyPart's result; stepShared adds the part's output. */
 interface VerifiedPart {
@@ -541,8 +557,36 @@ function partOutput(out: ForwardOutput, seq0: number, n: number, owned: Tensor[]
   return out.hidden ? { logits: gather(out.logits), hidden: gather(out.hidden), indptr } : { logits: gather(out.logits), indptr };
 }
 
-function sig(signal?: AbortSignal): { signal?: AbortSignal } {
-  return signal ? { signal } : {};
+const NO_OPTIONS: ForwardOptions = {};
+const HIDDEN: ForwardOptions = { hidden: true };
+
+/** The forward's options (shared constant objects when there is no signal: one allocation fewer a step). */
+function forwardOptions(hidden: boolean, signal: AbortSignal | undefined): ForwardOptions {
+  if (signal) return hidden ? { hidden, signal } : { signal };
+  return hidden ? HIDDEN : NO_OPTIONS;
+}
+
+function isThenable<T>(x: T | PromiseLike<T>): x is PromiseLike<T> {
+  return typeof (x as { then?: unknown } | undefined)?.then === 'function';
+}
+
+function allLoneRoots(proposals: readonly Proposal[]): boolean {
+  for (const p of proposals) if (p.tokens.length !== 1) return false;
+  return true;
+}
+
+function addPhase(parts: readonly StepPart[], phase: keyof PhaseTimes, seconds: number): void {
+  for (const p of parts) p.engine.phases[phase] += seconds;
+}
+
+/** The lone-root proposal of each sequence (a plain step), sharing one parents array. */
+function loneRoots(seqs: readonly EngineSequence[]): Proposal[] {
+  const out = new Array<Proposal>(seqs.length);
+  for (let b = 0; b < seqs.length; b++) {
+    const h = (seqs[b] as EngineSequence).history;
+    out[b] = { tokens: Int32Array.of(h[h.length - 1] as number), parents: ROOT_PARENTS };
+  }
+  return out;
 }
 
 function forwardInput(seq: number, p: Proposal): SequenceInput {

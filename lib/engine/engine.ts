@@ -13,7 +13,7 @@ import type { GenerateOptions, GenerateResult, Generation } from '../decoder';
 import { codedError } from '../errors';
 import type { CausalLM } from '../models/causal_lm';
 import { native } from '../native';
-import { SpecEngine, StatsAcc, type EngineSequence, type PhaseTimes } from '../spec_engine';
+import { SpecEngine, StatsAcc, type EngineSequence, type PhaseTimes, type StepPart } from '../spec_engine';
 import { abortError, isSampling } from '../step_helpers';
 import type { SamplingConfig, SeqRng, Speculator } from '../strategies/speculator';
 import { streamGeneration } from './generation';
@@ -83,6 +83,8 @@ class Request {
   /** Statistics carried over preemptions. */
   stats = new StatsAcc();
   aborted = false;
+  /** The RNG counter before the running step (restored when the step fails). */
+  savedCounter = 0n;
   /** onTokens threw: the request fails at the next step boundary. */
   failure: { readonly error: unknown } | undefined;
   /**
@@ -110,6 +112,13 @@ class Request {
     this.promptLength = prompt.length;
     this.phases0 = { ...group.phases };
   }
+}
+
+/** A step between beginStep and endStep: its requests in stepShared's order, and its parts. */
+interface RunningStep {
+  readonly reqs: readonly Request[];
+  readonly parts: readonly StepPart[];
+  readonly t0: number;
 }
 
 /** The longest the engine runs steps without giving the event loop a turn. */
@@ -156,18 +165,36 @@ interface ModelLock {
 }
 const modelLocks = new WeakMap<CausalLM, ModelLock>();
 
-export async function withModelLock<T>(model: CausalLM, fn: () => Promise<T>): Promise<T> {
+function lockOf(model: CausalLM): ModelLock {
   let lock = modelLocks.get(model);
   if (!lock) modelLocks.set(model, (lock = { held: false, waiters: [] }));
-  if (lock.held) await new Promise<void>((r) => (lock as ModelLock).waiters.push(r));
-  else lock.held = true;
+  return lock;
+}
+
+/** Takes the lock: at once when free (undefined: nothing to await), else a promise of the hand-over. */
+function acquireLock(lock: ModelLock): Promise<void> | undefined {
+  if (!lock.held) {
+    lock.held = true;
+    return undefined;
+  }
+  return new Promise<void>((r) => lock.waiters.push(r));
+}
+
+function releaseLock(lock: ModelLock): void {
+  // Handed over held: nobody can slip in between this release and the waiter's resumption.
+  const next = lock.waiters.shift();
+  if (next) next();
+  else lock.held = false;
+}
+
+export async function withModelLock<T>(model: CausalLM, fn: () => Promise<T>): Promise<T> {
+  const lock = lockOf(model);
+  const wait = acquireLock(lock);
+  if (wait) await wait;
   try {
     return await fn();
   } finally {
-    // Handed over held: nobody can slip in between this release and the waiter's resumption.
-    const next = lock.waiters.shift();
-    if (next) next();
-    else lock.held = false;
+    releaseLock(lock);
   }
 }
 
@@ -345,8 +372,34 @@ export class Engine {
       // admitted together with it.
       await Promise.resolve();
       let turned = performance.now();
+      const lock = lockOf(this.model);
       while (this.queue.length > 0 || this.live.length > 0) {
-        await withModelLock(this.model, () => this.tick());
+        // A step boundary: drop finished/aborted, admit, make room, one step of every live request.
+        // (Inlined here rather than in async helpers: each async call is a promise and a microtask
+        // turn, and a small model's whole step is ~100 us.)
+        const wait = acquireLock(lock);
+        if (wait) await wait;
+        try {
+          this.reap();
+          // (Only awaited when there is something to admit: most steps have nothing queued.)
+          if (this.queue.length > 0 && this.live.length < this.liveCap) await this.admit();
+          this.makeRoom();
+          const groups = this.stepGroups();
+          if (groups.length > 0) {
+            const step = this.beginStep(groups);
+            let emitted: Int32Array[] | undefined;
+            try {
+              emitted = await this.delivering(() => SpecEngine.stepShared(step.parts));
+            } catch (e) {
+              for (const r of step.reqs) r.rng.counter = r.savedCounter;
+              this.recover(step.reqs, e);
+            }
+            if (emitted) this.endStep(step, emitted);
+          }
+          this.reap();
+        } finally {
+          releaseLock(lock);
+        }
         // Let I/O, timers, aborts and new requests in between steps, at least every
         // LOOP_SLICE_MS: a small model's forward runs on this thread, so awaiting it turns no
         // event loop. Not after every step: a turn costs ~10 us, a tenth of a tiny model's step.
@@ -367,25 +420,30 @@ export class Engine {
     }
   }
 
-  /** Step boundary: drop finished/aborted, admit, make room, one step per sampling group. */
-  private async tick(): Promise<void> {
-    this.reap();
-    // (Only awaited when there is something to admit: most steps have nothing queued.)
-    if (this.queue.length > 0 && this.live.length < this.liveCap) await this.admit();
-    this.makeRoom();
-    const byGroup = new Map<SpecEngine, Request[]>();
+  /** The requests that take part in the next step, by sampling group (non-empty groups only). */
+  private stepGroups(): Request[][] {
+    // Usually every request shares one sampling setting: then no map.
+    const ready: Request[] = [];
+    let mixed = false;
     for (const r of this.live) {
       if (r.done !== undefined || r.aborted || r.failure || r.seq === undefined) continue;
+      if (ready.length > 0 && r.group !== (ready[0] as Request).group) mixed = true;
+      ready.push(r);
+    }
+    if (!mixed) return ready.length > 0 ? [ready] : [];
+    const byGroup = new Map<SpecEngine, Request[]>();
+    for (const r of ready) {
       const list = byGroup.get(r.group);
       if (list) list.push(r);
       else byGroup.set(r.group, [r]);
     }
-    await this.step([...byGroup.values()]);
-    this.reap();
+    return [...byGroup.values()];
   }
 
   private reap(): void {
-    if (!this.live.some((r) => r.aborted || r.failure !== undefined || r.done !== undefined)) return;
+    let any = false;
+    for (const r of this.live) any ||= r.aborted || r.failure !== undefined || r.done !== undefined;
+    if (!any) return;
     for (const r of this.live.slice()) {
       if (r.aborted) {
         this.release(r);
@@ -474,7 +532,9 @@ export class Engine {
     // a steady batch then makes no extra call into the addon per step.
     const known = this.kvKnown;
     if (known) {
-      const need = active().reduce((n, r) => n + this.growth(r, known.kv.pageSize), 0);
+      // (A loop rather than active().reduce(): this runs every step.)
+      let need = 0;
+      for (const r of this.live) if (r.seq !== undefined && r.done === undefined && !r.aborted) need += this.growth(r, known.kv.pageSize);
       if (known.kv.freePages - known.spent >= 2 * need) {
         known.spent += need;
         return;
@@ -491,31 +551,38 @@ export class Engine {
     }
   }
 
-  /** One step of every live request: one target forward, verification per sampling group. */
-  private async step(groups: Request[][]): Promise<void> {
-    groups = groups.filter((g) => g.length > 0);
-    // (A loop, not flat(): flat costs microseconds, a sizeable part of a small model's step.)
+  /**
+   * A step of every live request (one target forward, verification per sampling group) as
+   * SpecEngine.stepShared's parts; the loop runs it and hands the result to endStep.
+   */
+  private beginStep(groups: readonly Request[][]): RunningStep {
+    // (Loops, not flat()/map(): a small model's whole step is ~100 us, and each allocation here
+    // adds to the minor collections between steps.)
     const reqs: Request[] = groups.length === 1 ? (groups[0] as Request[]) : [];
-    if (groups.length > 1) for (const g of groups) for (const r of g) reqs.push(r);
-    if (reqs.length === 0) return;
-    for (const r of reqs) {
-      const s = r.seq as EngineSequence;
-      // Never draft past maxNewTokens or past the context (the history may reach maxPositions).
-      s.maxDepth = Math.max(0, Math.min(r.opts.maxNewTokens - r.newTokens.length - 1, s.maxPosition - s.committed - 1));
+    const parts = new Array<StepPart>(groups.length);
+    for (let i = 0; i < groups.length; i++) {
+      const g = groups[i] as Request[];
+      const seqs = new Array<EngineSequence>(g.length);
+      for (let b = 0; b < g.length; b++) {
+        const r = g[b] as Request;
+        const s = r.seq as EngineSequence;
+        // Never draft past maxNewTokens or past the context (the history may reach maxPositions).
+        s.maxDepth = Math.max(0, Math.min(r.opts.maxNewTokens - r.newTokens.length - 1, s.maxPosition - s.committed - 1));
+        r.savedCounter = r.rng.counter;
+        seqs[b] = s;
+        if (groups.length > 1) reqs.push(r);
+      }
+      parts[i] = { engine: (g[0] as Request).group, seqs };
     }
-    const saved = reqs.map((r) => r.rng.counter);
-    const t0 = performance.now();
-    let emitted: Int32Array[];
-    try {
-      emitted = await this.delivering(() => SpecEngine.stepShared(groups.map((g) => ({ engine: (g[0] as Request).group, seqs: g.map((r) => r.seq as EngineSequence) }))));
-    } catch (e) {
-      reqs.forEach((r, i) => (r.rng.counter = saved[i] as bigint));
-      this.recover(reqs, e);
-      return;
-    }
-    this.metrics.observeStep((performance.now() - t0) / 1000);
+    return { reqs, parts, t0: performance.now() };
+  }
+
+  /** The step's emitted tokens go to their requests. */
+  private endStep(step: RunningStep, emitted: readonly Int32Array[]): void {
+    this.metrics.observeStep((performance.now() - step.t0) / 1000);
     this.metrics.forwards++;
-    reqs.forEach((r, b) => this.emit(r, emitted[b] as Int32Array));
+    const { reqs } = step;
+    for (let b = 0; b < reqs.length; b++) this.emit(reqs[b] as Request, emitted[b] as Int32Array);
   }
 
   /**
@@ -523,7 +590,7 @@ export class Engine {
    * sequences are recomputed later from their histories and the batch shrinks by one; a sequence
    * that fails alone, or any other error, fails its requests.
    */
-  private recover(reqs: Request[], e: unknown): void {
+  private recover(reqs: readonly Request[], e: unknown): void {
     const kvFull = (e as { code?: unknown } | null)?.code === 'E_KV_FULL';
     if (kvFull && this.live.length > 1) {
       this.liveCap = Math.max(1, this.live.length - 1);
@@ -547,7 +614,9 @@ export class Engine {
   private delivering<T>(forward: () => Promise<T>): Promise<T> {
     this.returnCore();  // a new forward: whatever the last consumers did is over
     const started = forward();
-    if (!this.live.some((r) => r.outbox.length > 0)) return started;
+    let pending = false;
+    for (const r of this.live) pending ||= r.outbox.length > 0;
+    if (!pending) return started;
     const t = performance.now();
     const flag = this.lendCore && this.consumerMs >= LEND_MIN_MS ? lendFlag() : null;
     if (flag) {
@@ -604,20 +673,20 @@ export class Engine {
     this.metrics.preemptions++;
   }
 
-  private emit(r: Request, toks: ArrayLike<number>): void {
+  private emit(r: Request, toks: Int32Array | readonly number[]): void {
     const s = r.seq as EngineSequence;
     // Cut at a stop token or at maxNewTokens; the step may have emitted more.
-    const chunk: number[] = [];
-    for (let k = 0; k < toks.length && r.done === undefined; k++) {
-      const tok = toks[k] as number;
-      chunk.push(tok);
+    let k = 0;
+    while (k < toks.length && r.done === undefined) {
+      const tok = toks[k++] as number;
       r.newTokens.push(tok);
       if (r.stop.has(tok) || r.opts.shouldStop?.(r.newTokens) === true) r.done = 'stop';
       else if (r.newTokens.length >= r.opts.maxNewTokens) r.done = 'length';
     }
     if (r.done === undefined && s.history.length > s.maxPosition) r.done = 'context';
-    this.metrics.generatedTokens += chunk.length;
-    if (chunk.length > 0) r.outbox.push(Int32Array.from(chunk));
+    this.metrics.generatedTokens += k;
+    // A step's emitted array is its own (nothing writes it afterwards): handed over as it is.
+    if (k > 0) r.outbox.push(k === toks.length && toks instanceof Int32Array ? toks : Int32Array.from(toks.slice(0, k)));
   }
 
   /** Frees the request's sequence (model and speculator) and takes it out of the batch. */

@@ -296,7 +296,7 @@ export class LookaheadSpeculator implements Speculator {
     return best as { keep: Int32Array; columns: number };
   }
 
-  async propose(seqs: readonly SpecSequence[], ctx: ProposeContext = {}): Promise<ProposalBatch> {
+  propose(seqs: readonly SpecSequence[], ctx: ProposeContext = {}): ProposalBatch {
     const cost = sizingCost(this.sized, this.target, ctx);
     const proposals: Proposal[] = seqs.map((s) => {
       const st = this.state(s);
@@ -384,7 +384,7 @@ export class LookaheadSpeculator implements Speculator {
     for (let e = h.length - emitted.length; e < h.length; e++) if (e - this.N + 1 >= 0) st.pool.add(h.slice(e - this.N + 1, e + 1));
   }
 
-  async update(seqs: readonly SpecSequence[], report: StepReport, ctx: ProposeContext = {}): Promise<void> {
+  update(seqs: readonly SpecSequence[], report: StepReport, ctx: ProposeContext = {}): void {
     const sizedNow = sizingCost(this.sized, this.target, ctx) !== undefined;
     if (sizedNow) {
       seqs.forEach((s, b) => {

@@ -337,7 +337,7 @@ export class MedusaSpeculator implements Speculator {
     }
   }
 
-  async propose(seqs: readonly SpecSequence[], ctx: ProposeContext = {}): Promise<ProposalBatch> {
+  propose(seqs: readonly SpecSequence[], ctx: ProposeContext = {}): ProposalBatch {
     const cost = sizingCost(this.sized, this.target, ctx);
     const plan = cost ? this.plan(cost, seqs.length) : undefined;
     const keep = plan?.keep;
@@ -385,7 +385,7 @@ export class MedusaSpeculator implements Speculator {
     return this.sized && this.planned && !this.planned.speculate ? undefined : this.fusedHeads;
   }
 
-  async update(seqs: readonly SpecSequence[], report: StepReport, ctx: ProposeContext = {}): Promise<void> {
+  update(seqs: readonly SpecSequence[], report: StepReport, ctx: ProposeContext = {}): void {
     try {
       this.updateCands(seqs, report, ctx);
     } finally {

@@ -80,7 +80,7 @@ export class PromptLookupSpeculator implements Speculator {
     if (this.sized && this.target) await forwardCost(this.target);
   }
 
-  async propose(seqs: readonly SpecSequence[], ctx: ProposeContext = {}): Promise<ProposalBatch> {
+  propose(seqs: readonly SpecSequence[], ctx: ProposeContext = {}): ProposalBatch {
     const cost = sizingCost(this.sized, this.target, ctx);
     return {
       proposals: seqs.map((s) => {
@@ -114,7 +114,7 @@ export class PromptLookupSpeculator implements Speculator {
     };
   }
 
-  async update(seqs: readonly SpecSequence[], report: StepReport, ctx: ProposeContext = {}): Promise<void> {
+  update(seqs: readonly SpecSequence[], report: StepReport, ctx: ProposeContext = {}): void {
     if (!sizingCost(this.sized, this.target, ctx)) return;
     seqs.forEach((_, b) => {
       const drafted = (report.proposals[b] as { tokens: Int32Array }).tokens.length - 1;

@@ -117,9 +117,16 @@ export interface Speculator {
    * output row lastRows[b] is the model's output at the token right before seqs[b]'s root.
    */
   prefill(seqs: readonly SpecSequence[], output: ForwardOutput, lastRows: Int32Array, ctx: ProposeContext): Promise<void>;
-  propose(seqs: readonly SpecSequence[], ctx: ProposeContext): Promise<ProposalBatch>;
-  /** After verification and the model's commit; seqs' histories already include the emitted tokens. */
-  update(seqs: readonly SpecSequence[], report: StepReport, ctx: ProposeContext): Promise<void>;
+  /**
+   * This step's trees. A speculator with nothing to await may return the batch itself rather than
+   * a promise (the engine then takes it without a microtask turn: a small model's step is ~100 us).
+   */
+  propose(seqs: readonly SpecSequence[], ctx: ProposeContext): ProposalBatch | Promise<ProposalBatch>;
+  /**
+   * After verification and the model's commit; seqs' histories already include the emitted tokens.
+   * May return nothing instead of a promise, as propose() may.
+   */
+  update(seqs: readonly SpecSequence[], report: StepReport, ctx: ProposeContext): void | Promise<void>;
   /**
    * The sequence's history was cut back (an outer verification rejected tokens this speculator's
    * model had already taken): drop any state past history.length.

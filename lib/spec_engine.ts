@@ -20,7 +20,7 @@ import { isSampling, pickTokens, samplingOptions, throwIfAborted } from './step_
 import { Tensor as TensorFactory } from './tensor';
 import type { Tensor } from './tensor';
 import { transferCounters, transfersSince, type TransferStats } from './transfers';
-import { flattenTrees, pruneTree, treeDepths, validateTree } from './tree';
+import { flattenTrees, loneRoot, pruneTree, treeDepths, validateTree } from './tree';
 import { verify, type VerifyInput, type VerifyMode, type VerifyOutput } from './verify';
 
 // ---- statistics --------------------------------------------------------------------------------
@@ -519,8 +519,7 @@ export interface StepPart {
 
 /** A lone root's accepted path (read only: commit and the statistics never write it). */
 const ROOT_ONLY = Int32Array.of(0);
-/** A lone root's parents (read only: the forward and checkProposals never write it). */
-const ROOT_PARENTS = Int32Array.of(-1);
+
 
 /** verifyPart's result; stepShared adds the part's output. */
 interface VerifiedPart {
@@ -579,12 +578,12 @@ function addPhase(parts: readonly StepPart[], phase: keyof PhaseTimes, seconds: 
   for (const p of parts) p.engine.phases[phase] += seconds;
 }
 
-/** The lone-root proposal of each sequence (a plain step), sharing one parents array. */
+/** The lone-root proposal of each sequence (a plain step). */
 function loneRoots(seqs: readonly EngineSequence[]): Proposal[] {
   const out = new Array<Proposal>(seqs.length);
   for (let b = 0; b < seqs.length; b++) {
     const h = (seqs[b] as EngineSequence).history;
-    out[b] = { tokens: Int32Array.of(h[h.length - 1] as number), parents: ROOT_PARENTS };
+    out[b] = loneRoot(h[h.length - 1] as number);
   }
   return out;
 }

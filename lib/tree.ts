@@ -19,6 +19,14 @@ export interface PackedMask {
 
 const treeError = argError;
 
+/** A lone root's parents, shared by every loneRoot() tree: read only (nothing in the library writes a proposal's arrays). */
+const LONE_PARENTS = Int32Array.of(-1);
+
+/** The root alone (a plain step): chainTree(root) without allocating its parents array. */
+export function loneRoot(root: number): TokenTree {
+  return { tokens: Int32Array.of(root), parents: LONE_PARENTS };
+}
+
 /** A chain root -> drafts[0] -> drafts[1] ... */
 export function chainTree(root: number, drafts: ArrayLike<number> = []): TokenTree {
   const n = drafts.length + 1;

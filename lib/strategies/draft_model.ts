@@ -12,7 +12,7 @@ import { backedOffProbeInterval, chooseChainLength, PROBE_AFTER_PLAIN_STEPS, Ran
 import type { CausalLM, ForwardOutput, SequenceInput } from '../models/causal_lm';
 import { argmax, processLogits, sample, topK } from '../sampling';
 import type { Tensor } from '../tensor';
-import { chainTree, type TokenTree } from '../tree';
+import { chainTree, loneRoot, type TokenTree } from '../tree';
 import {
   codedError,
   type Proposal,
@@ -188,7 +188,7 @@ export class DraftModelSpeculator implements Speculator {
         const s = seqs[b] as SpecSequence;
         (states[b] as DraftState).lastDrafted = 0;
         this.kHistory.get(s.key)?.push(0);
-        proposals[b] = chainTree(s.history[s.history.length - 1] as number);
+        proposals[b] = loneRoot(s.history[s.history.length - 1] as number);
       }
       return { proposals };
     }

@@ -23,7 +23,7 @@
 import { forwardCost, RecentTimes, type ForwardCost } from '../cost_model';
 import { pickRowsArgmax } from './draft_model';
 import type { CausalLM } from '../models/causal_lm';
-import { chainTree, emptyMask, setMaskBit, type PackedMask } from '../tree';
+import { chainTree, emptyMask, loneRoot, setMaskBit, type PackedMask } from '../tree';
 import { chooseSubtree, RankRates, selectNodes, sizingCost, stepCost, WEIGH_SHARE } from '../tree_sizing';
 import { codedError, type Proposal, type ProposalBatch, type ProposeContext, type SpecSequence, type Speculator, type StepReport } from './speculator';
 
@@ -173,11 +173,14 @@ interface LookaheadState {
   /** window[l][j]. */
   window: number[][];
   pool: NgramPool;
-  /** The last step's layout and window columns, when it ran the window. */
-  lastLayout?: LookaheadLayout;
-  lastColumns?: number;
+  /**
+   * The last step's layout and window columns, when it ran the window. (Cleared by assigning
+   * undefined, not `delete`: a deleted property turns the object into a slow dictionary-mode one.)
+   */
+  lastLayout?: LookaheadLayout | undefined;
+  lastColumns?: number | undefined;
   /** The last step's candidates (sized mode: their outcome feeds the rates). */
-  lastTrie?: CandidateTrie;
+  lastTrie?: CandidateTrie | undefined;
   /** N-grams harvested from the window that are still unused (sized mode: credited when accepted). */
   fromWindow: Set<string>;
   /** Sized mode: steps left that decode plainly without weighing again (see PLAIN_RECHECK_STEPS). */
@@ -261,7 +264,7 @@ export class LookaheadSpeculator implements Speculator {
         }
         window.push(row);
       }
-      st = { window, pool: new NgramPool(this.G), fromWindow: new Set(), plainSteps: 0, plainRun: 0 };
+      st = { window, pool: new NgramPool(this.G), fromWindow: new Set(), plainSteps: 0, plainRun: 0, lastLayout: undefined, lastColumns: undefined, lastTrie: undefined };
       // The prompt's N-grams are free candidates (text often repeats its prompt).
       if (this.seedPoolFromPrompt) for (let i = 0; i + this.N <= prompt.length; i++) st.pool.add(prompt.slice(i, i + this.N));
       this.states.set(s.key, st);
@@ -310,8 +313,8 @@ export class LookaheadSpeculator implements Speculator {
         // Nothing to verify (or not weighed, see above), and the window did not pay when last
         // weighed: a plain step, without weighing again.
         st.plainSteps--;
-        delete st.lastLayout;
-        return chainTree(root);
+        st.lastLayout = undefined;
+        return loneRoot(root);
       }
       let trie = candidateTrie(root, chains);
       if (cost) {
@@ -335,14 +338,14 @@ export class LookaheadSpeculator implements Speculator {
       }
       // Without the window the candidates are an ordinary tree (its ancestor mask and depth positions).
       if (columns === 0 && cost) {
-        delete st.lastLayout;
+        st.lastLayout = undefined;
         return { tokens: trie.tokens, parents: trie.parents };
       }
       const layout = lookaheadTreeLayout(this.N, trie.parents, columns);
       if (columns > 0) {
         st.lastLayout = layout;
         st.lastColumns = columns;
-      } else delete st.lastLayout;
+      } else st.lastLayout = undefined;
       const tokens = new Int32Array(layout.parents.length);
       tokens.set(trie.tokens);
       let i = trie.tokens.length;
@@ -356,7 +359,7 @@ export class LookaheadSpeculator implements Speculator {
   /** Sized mode: the outcome of the last step's candidates feeds the rates; the emitted text feeds the pool. */
   private learn(s: SpecSequence, st: LookaheadState, accepted: Int32Array, emitted: Int32Array): void {
     const trie = st.lastTrie;
-    delete st.lastTrie;
+    st.lastTrie = undefined;
     if (trie && trie.tokens.length > 1) {
       const firstHit = Array.from(trie.parents).findIndex((p, i) => p === 0 && trie.tokens[i] === emitted[0]);
       this.firstRates.record(0, firstHit >= 0 ? (trie.rank[firstHit] as number) : -1);
@@ -418,7 +421,7 @@ export class LookaheadSpeculator implements Speculator {
       if (sizedNow) this.windowColumns += cols;
       for (let l = 0; l < last; l++) for (let j = 0; j < cols; j++) (st.window[l] as number[])[j] = (st.window[l + 1] as number[])[j] as number;
       for (let j = 0; j < cols; j++) (st.window[last] as number[])[j] = outs[j] as number;
-      delete st.lastLayout;
+      st.lastLayout = undefined;
     });
   }
 

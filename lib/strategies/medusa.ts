@@ -21,7 +21,7 @@ import type { CausalLM, ForwardOutput } from '../models/causal_lm';
 import { native } from '../native';
 import { openSafetensors } from '../safetensors';
 import type { Device, Tensor } from '../tensor';
-import { MC_SIM_7B_63, MEDUSA_PRESETS, medusaTree, medusaTreeShape, pruneTree, type MedusaChoices, type MedusaTreeShape } from '../tree';
+import { loneRoot, MC_SIM_7B_63, MEDUSA_PRESETS, medusaTree, medusaTreeShape, pruneTree, type MedusaChoices, type MedusaTreeShape } from '../tree';
 import { backedOffProbeInterval, chooseSubtree, PROBE_AFTER_PLAIN_STEPS, RankRates, selectNodes, sizingCost, stepCost, treeProbabilities } from '../tree_sizing';
 import {
   codedError,
@@ -342,14 +342,15 @@ export class MedusaSpeculator implements Speculator {
     const plan = cost ? this.plan(cost, seqs.length) : undefined;
     const keep = plan?.keep;
     // The heads run after this step only for a plan that speculates or a sequence due to probe.
-    const need = !plan || plan.speculate || seqs.some((s) => (this.plainRun.get(s.key) ?? 0) + 1 >= this.probeAfter);
+    let need = !plan || plan.speculate;
+    for (let b = 0; b < seqs.length && !need; b++) need = (this.plainRun.get((seqs[b] as SpecSequence).key) ?? 0) + 1 >= this.probeAfter;
     this.hiddenThisStep = need || (this.hiddenDecided && this.hiddenThisStep);
     this.hiddenDecided = true;
     return {
       proposals: seqs.map((s) => {
         const root = s.history[s.history.length - 1] as number;
         const c = this.cands.get(s.key);
-        if (!c || s.maxDepth === 0) return { tokens: Int32Array.of(root), parents: Int32Array.of(-1) };
+        if (!c || s.maxDepth === 0) return loneRoot(root);
         const full = medusaTree(this.shape, root, (h, r) => c[h]![r] as number);
         // A probe (the heads ran after probeAfter plain steps) proposes at least the
         // first head's best guess, so that it is a trial of the rates and ends the plain run
@@ -396,21 +397,28 @@ export class MedusaSpeculator implements Speculator {
 
   private updateCands(seqs: readonly SpecSequence[], report: StepReport, ctx: ProposeContext): void {
     const cost = sizingCost(this.sized, this.target, ctx);
-    let next = seqs.map((_, b) => b);
+    // (Loops, not map/forEach/filter: this runs every step, also the plain ones.)
+    const next: number[] = [];
+    for (let b = 0; b < seqs.length; b++) {
+      const s = seqs[b] as SpecSequence;
+      if (!cost) {
+        next.push(b);
+        continue;
+      }
+      const c = this.cands.get(s.key);
+      if (c) this.record(c, report.emitted[b] as Int32Array);
+      const tree = c !== undefined && (report.proposals[b] as { tokens: Int32Array }).tokens.length > 1;
+      // A probe the plan still ignores: the next one comes twice as late.
+      if (tree && this.planned && !this.planned.speculate) this.probeAfter = backedOffProbeInterval(this.probeAfter);
+      this.plainRun.set(s.key, tree ? 0 : (this.plainRun.get(s.key) ?? 0) + 1);
+    }
     if (cost) {
-      seqs.forEach((s, b) => {
-        const c = this.cands.get(s.key);
-        if (c) this.record(c, report.emitted[b] as Int32Array);
-        const tree = c !== undefined && (report.proposals[b] as { tokens: Int32Array }).tokens.length > 1;
-        // A probe the plan still ignores: the next one comes twice as late.
-        if (tree && this.planned && !this.planned.speculate) this.probeAfter = backedOffProbeInterval(this.probeAfter);
-        this.plainRun.set(s.key, tree ? 0 : (this.plainRun.get(s.key) ?? 0) + 1);
-      });
       // Heads only for sequences whose next step will speculate: a plain step skips them.
-      next = next.filter((b) => this.wantsNextTree(seqs[b] as SpecSequence, cost, seqs.length));
-      seqs.forEach((s, b) => {
-        if (!next.includes(b)) this.cands.delete(s.key);
-      });
+      for (let b = 0; b < seqs.length; b++) {
+        const s = seqs[b] as SpecSequence;
+        if (this.wantsNextTree(s, cost, seqs.length)) next.push(b);
+        else this.cands.delete(s.key);
+      }
       if (next.length === 0) return;
     }
     if (report.headsTopK) {

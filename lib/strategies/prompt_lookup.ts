@@ -3,7 +3,7 @@
 // followed it as a chain. No model; drafts are deterministic (one-hot rejection when sampling).
 import { forwardCost, RecentTimes } from '../cost_model';
 import type { CausalLM } from '../models/causal_lm';
-import { chainTree } from '../tree';
+import { chainTree, loneRoot } from '../tree';
 import { chooseChainLength, PROBE_AFTER_PLAIN_STEPS, RankRates, sizingCost, stepCost, WEIGH_SHARE } from '../tree_sizing';
 import { codedError, type ProposalBatch, type ProposeContext, type SpecSequence, type Speculator, type StepReport } from './speculator';
 
@@ -93,7 +93,7 @@ export class PromptLookupSpeculator implements Speculator {
           const run = (this.unproposed.get(s.key) ?? 0) + 1;
           if (run <= PROBE_AFTER_PLAIN_STEPS) {
             this.unproposed.set(s.key, run);
-            return chainTree(root);
+            return loneRoot(root);
           }
         }
         const t0 = performance.now();

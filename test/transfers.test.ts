@@ -19,7 +19,8 @@ import { Tensor } from '../lib/tensor';
 import { MC_SIM_7B_63 } from '../lib/tree';
 import { transferCounters, transfersSince, type TransferStats } from '../lib/transfers';
 import { verify } from '../lib/verify';
-import { specByName, writeCheckpoint } from './fixtures/checkpoints';
+import { randomWeights, specByName, writeCheckpoint } from './fixtures/checkpoints';
+import { writeSafetensors } from '../lib/safetensors';
 import { withoutFastPaths } from './fixtures/without_fast_paths';
 import { assertThrowsCode, rng, testSeed } from './helpers';
 
@@ -224,7 +225,7 @@ describe('transfers: whole decoding runs on the embedded family', function () {
     draft.freeSequence(d);
   });
 
-  it('sampled draft-model steps: the native sampled chain draws exactly what step-by-step drafting draws, with two waits a step', async () => {
+  it('sampled draft-model steps: the native sampled chain draws exactly what step-by-step drafting draws, its picks stay on the device: one wait a step', async () => {
     const sampling = { temperature: 0.9, topP: 0.95, seed: testSeed % 1000 };
     const prompts = [prompt, prompt.subarray(0, 5)];
     const run = async (d: typeof draft | ReturnType<typeof withoutFastPaths>): Promise<{ tokens: number[][]; t: TransferStats; steps: number }> => {
@@ -235,8 +236,38 @@ describe('transfers: whole decoding runs on the embedded family', function () {
     const fast = await run(draft);
     const slow = await run(withoutFastPaths(draft));
     assert.deepStrictEqual(fast.tokens, slow.tokens, 'the same draws, the same verification, the same tokens');
-    assert.ok(fast.t.blockingWaits <= 2 * fast.steps + 2, `${fast.t.blockingWaits} waits for ${fast.steps} steps`);
+    // The prefill's wait, then one a step: the verification's result (the draft's picks are never read back).
+    assert.ok(fast.t.blockingWaits <= fast.steps + 2, `${fast.t.blockingWaits} waits for ${fast.steps} steps`);
     assert.ok(slow.t.blockingWaits > fast.t.blockingWaits, `step by step: ${slow.t.blockingWaits} waits, native chain ${fast.t.blockingWaits}`);
+  });
+
+  it('a sampled draw without mass left on the device is E_NUMERIC at verification, never a token or a stray read', async () => {
+    // A draft whose final norm is NaN: every logits row is NaN, so no row has mass and each draw is
+    // kNoMass. The picks never come back to the host; the verification reports them.
+    const spec = { ...specByName('llama-gqa-f32'), name: 'nan-draft', vocab: target.config.vocabSize, tokenizer: false };
+    const nanDir = fs.mkdtempSync(path.join(os.tmpdir(), 'specdec-nan-draft-'));
+    writeCheckpoint(nanDir, spec, testSeed + 9);
+    const w = randomWeights(spec, testSeed + 9);
+    (w['model.norm.weight'] as { data: Float32Array }).data.fill(NaN);
+    writeSafetensors(path.join(nanDir, 'model.safetensors'), w, { format: 'pt' });
+    const nanDraft = await LlamaModel.load(nanDir);
+    try {
+      const r = rng(testSeed + 9);
+      const p = Int32Array.from({ length: 9 }, () => 3 + Math.floor(r() * (target.config.vocabSize - 3)));
+      // The picks are kNoMass on the device, not read back.
+      const d = nanDraft.createSequence();
+      const chain = await counted(() => nanDraft.sampledChainOnDevice([{ seq: d, tokens: p }], [3], { temperature: 1 }, [1n], [[0n, 1n, 2n]]));
+      assert.strictEqual(chain.t.readbacks, 0, JSON.stringify(chain.t));
+      chain.value.ids.dispose();
+      chain.value.q.dispose();
+      nanDraft.freeSequence(d);
+      const dec = new SpeculativeDecoder({ target, speculator: new DraftModelSpeculator({ draft: nanDraft, k: 3 }), sampling: { temperature: 1, seed: 5 } });
+      await assert.rejects(dec.generate(p, { maxNewTokens: 8 }).result, (e: Error & { code?: string }) => e.code === 'E_NUMERIC' && /no probability mass/.test(e.message));
+      dec.dispose();
+    } finally {
+      nanDraft.dispose();
+      fs.rmSync(nanDir, { recursive: true, force: true });
+    }
   });
 
   it('Medusa heads fused and run with the verification: the same candidates as apply() + topK, one wait and four calls a step', async () => {

@@ -85,6 +85,14 @@ declare namespace SpecdecNative {
       offsets: BigUint64Array,
       syncMaxMacs?: number,
     ): Promise<{ picks: Int32Array[]; q: Tensor }>;
+    sampledChainOnDevice(
+      inputs: readonly LlamaNativeInput[],
+      steps: Int32Array,
+      sampling: NativeSamplingOptions,
+      seeds: BigUint64Array,
+      offsets: BigUint64Array,
+      syncMaxMacs?: number,
+    ): Promise<{ ids: Tensor; q: Tensor }>;
     commit(seqs: Int32Array, accepted: readonly Int32Array[]): void;
     createSequence(): number;
     forkSequence(seq: number): number;

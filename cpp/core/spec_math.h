@@ -60,6 +60,8 @@
 //   a row of -inf / +inf logits, or such a probs row passed in) cannot be sampled. sample and the
 //   walks then return kNoMass for that token on both backends, and the binding turns it into an
 //   E_NUMERIC error naming the row (cpp/napi/sampling_napi.cc): never a token outside the vocabulary.
+//   A draft token outside [0, V) (a device chain's kNoMass draw, never read back) is no mass too:
+//   the sampled walks stop there with kNoMass and read no row at it.
 //
 // Entropy (typical acceptance): H = sum of -p ln p over the row, in ONE order on both backends:
 //   lane t (of kEntropyLanes) sums i = t, t + 512, ... ascending with an explicit fma; then the
@@ -322,6 +324,12 @@ SPECDEC_HD int walk_rejection(Ops& ops, const int32_t* parents, const int32_t* t
     int next = -1;
     for (int c = next_child(parents, n, cur, cur); c >= 0; c = next_child(parents, n, cur, c)) {
       const int x = tokens[c];
+      // A draft pick that is no token (kNoMass: a device chain drew it from a row without mass)
+      // ends the walk with no mass: E_NUMERIC in the binding, never a read outside the rows.
+      if (x < 0 || x >= ops.V) {
+        ops.put(count - 1, -1, kNoMass);
+        return count;
+      }
       const double u = uniform_f64(random_u64(w.seed, w.offset, static_cast<uint32_t>(c), kDrawAccept));
       const uint64_t px = ops.p_at(x);
       if (w.has_draft) {
@@ -369,6 +377,11 @@ SPECDEC_HD int walk_typical(Ops& ops, const int32_t* parents, const int32_t* tok
     ops.set_depth(c, -1);
     const int par = parents[c];
     if (par < 0 || ops.get_depth(par) < 0) continue;
+    if (tokens[c] < 0 || tokens[c] >= ops.V) {  // no token (see walk_rejection): no mass
+      ops.put(0, 0, -1);
+      ops.put(0, -1, kNoMass);
+      return 1;
+    }
     float thr = ops.get_thr(par);
     if (thr < 0.0f) {
       thr = typical_threshold(ops.entropy(par), w.eps, w.alpha);

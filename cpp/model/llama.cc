@@ -474,9 +474,9 @@ Tensor LlamaModel::greedy_chain_on_device(const std::vector<LlamaSeqInput>& inpu
 
 LlamaModel::SampledChain LlamaModel::sampled_chain(const std::vector<LlamaSeqInput>& inputs, const std::vector<int>& steps,
                                                    const SamplingParams& params, const std::vector<uint64_t>& seeds,
-                                                   const std::vector<std::vector<uint64_t>>& offsets) {
+                                                   const std::vector<std::vector<uint64_t>>& offsets, bool keep_on_device) {
   std::lock_guard<std::mutex> lock(mu_);
-  return draft_chain(inputs, steps, &params, &seeds, &offsets);
+  return draft_chain(inputs, steps, &params, &seeds, &offsets, keep_on_device);
 }
 
 LlamaModel::SampledChain LlamaModel::draft_chain(const std::vector<LlamaSeqInput>& inputs, const std::vector<int>& steps,
@@ -617,6 +617,7 @@ LlamaModel::SampledChain LlamaModel::draft_chain(const std::vector<LlamaSeqInput
     }
     if (keep_on_device) {
       result.picks_on_device = gather_rows(std::vector<Tensor>(order.size(), picks.view({total, 1})), order).view({total});
+      if (params) result.q = gather_rows(std::vector<Tensor>(order.size(), q), order);
       return result;
     }
     std::vector<int32_t> host(static_cast<size_t>(total));

@@ -119,6 +119,9 @@ class LlamaModel {
   // the next step on the device and are read back once; q holds the probs row each pick was drawn
   // from, f32 [sum(steps), V] on the model's device, input by input (rows of input b start at the
   // sum of steps before b). Same error behaviour as greedy_chain.
+  // keep_on_device: the picks are not read back (picks_on_device instead of picks); a draw from a
+  // row without mass is kNoMass there, which the target's embedding skips and verification reports
+  // as E_NUMERIC (cpp/core/spec_math.h), instead of this call's own check.
   struct SampledChain {
     std::vector<std::vector<int32_t>> picks;
     Tensor q;
@@ -126,7 +129,7 @@ class LlamaModel {
   };
   SampledChain sampled_chain(const std::vector<LlamaSeqInput>& inputs, const std::vector<int>& steps,
                              const SamplingParams& params, const std::vector<uint64_t>& seeds,
-                             const std::vector<std::vector<uint64_t>>& offsets);
+                             const std::vector<std::vector<uint64_t>>& offsets, bool keep_on_device = false);
 
   // After forward(): accepted[i] (indices into that forward's input of seqs[i], strictly increasing,
   // a path from a root when the input was a tree) become committed. seqs must be a subset of the last

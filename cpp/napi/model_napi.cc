@@ -148,6 +148,7 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
                                        InstanceMethod<&LlamaWrap::GreedyChain>("greedyChain"),
                                        InstanceMethod<&LlamaWrap::SampledChain>("sampledChain"),
                                        InstanceMethod<&LlamaWrap::GreedyChainOnDevice>("greedyChainOnDevice"),
+                                       InstanceMethod<&LlamaWrap::SampledChainOnDevice>("sampledChainOnDevice"),
                                        InstanceMethod<&LlamaWrap::Commit>("commit"),
                                        InstanceMethod<&LlamaWrap::CreateSequence>("createSequence"),
                                        InstanceMethod<&LlamaWrap::ForkSequence>("forkSequence"),
@@ -270,7 +271,13 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
   // sampledChain(inputs, steps: Int32Array, sampling, seeds: BigUint64Array [B], offsets: BigUint64Array
   //   [sum steps, input by input], syncMaxMacs?) -> Promise<{ picks: Int32Array[], q: Tensor }>
   //   (LlamaModel::sampled_chain)
-  Napi::Value SampledChain(const Napi::CallbackInfo& info) {
+  Napi::Value SampledChain(const Napi::CallbackInfo& info) { return sampled_chain(info, false); }
+
+  // sampledChainOnDevice(the same arguments) -> Promise<{ ids: Tensor, q: Tensor }>: the picks stay on
+  // the device (i32 [sum steps], input by input; library-made ids, kNoMass for a draw without mass)
+  Napi::Value SampledChainOnDevice(const Napi::CallbackInfo& info) { return sampled_chain(info, true); }
+
+  Napi::Value sampled_chain(const Napi::CallbackInfo& info, bool on_device) {
     return guard(info.Env(), [&]() -> Napi::Value {
       const ChainArgs a = chain_args(info, 5);
       const SamplingParams params = sampling_params_arg(info[2]);
@@ -286,10 +293,11 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
       auto sd = std::make_shared<std::vector<uint64_t>>(seeds);
       auto result = std::make_shared<LlamaModel::SampledChain>();
       return run_maybe_async(
-          info.Env(), a.sync, [=] { *result = a.m->sampled_chain(*a.inputs, *a.steps, params, *sd, *offsets); },
+          info.Env(), a.sync, [=] { *result = a.m->sampled_chain(*a.inputs, *a.steps, params, *sd, *offsets, on_device); },
           [=](Napi::Env env) -> Napi::Value {
             Napi::Object o = Napi::Object::New(env);
-            o.Set("picks", int32_arrays(env, result->picks));
+            if (on_device) o.Set("ids", wrap_ids_tensor(env, result->picks_on_device, a.m->config().vocab_size));
+            else o.Set("picks", int32_arrays(env, result->picks));
             o.Set("q", wrap_tensor(env, result->q));
             return o;
           },

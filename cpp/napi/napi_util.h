@@ -84,8 +84,10 @@ SamplingParams sampling_params_arg(const Napi::Value& v);
 std::vector<MedusaHead> medusa_heads_arg(const Napi::Value& v);
 Tensor optional_tensor_arg(const Napi::Value& v, const char* name);  // undefined/null -> undefined tensor
 Napi::Object wrap_tensor(Napi::Env env, Tensor t);
-// i32 token ids made by the library, known to be in [0, ids_below): they may feed a forward or a
-// verification on the device without being read back (trusted_ids_arg checks that provenance).
+// i32 token ids made by the library, known to be in [0, ids_below) or kNoMass (a sampled draw from a
+// row without mass): they may feed a forward or a verification on the device without being read
+// back (trusted_ids_arg checks that provenance). The embedding skips kNoMass rows; verification
+// reports them as E_NUMERIC (cpp/core/spec_math.h).
 Napi::Object wrap_ids_tensor(Napi::Env env, Tensor t, int64_t ids_below);
 Tensor trusted_ids_arg(const Napi::Value& v, const char* name, int64_t vocab);
 

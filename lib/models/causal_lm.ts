@@ -41,8 +41,10 @@ export interface SequenceInput {
 }
 
 /**
- * Token ids that stay on the device: ids[offset ..] of a tensor made by greedyChainOnDevice (the
- * library vouches that they are in the vocabulary; other tensors are refused with E_ARG).
+ * Token ids that stay on the device: ids[offset ..] of a tensor made by greedyChainOnDevice or
+ * sampledChainOnDevice (the library vouches that they are in the vocabulary, or mark a sampled draw
+ * from a row without probability mass, which verification reports as E_NUMERIC; other tensors are
+ * refused with E_ARG).
  */
 export interface DeviceTail {
   readonly ids: Tensor;
@@ -114,5 +116,17 @@ export interface CausalLM {
     offsets: readonly (readonly bigint[])[],
     options?: { readonly signal?: AbortSignal },
   ): Promise<{ picks: Int32Array[]; q: Tensor }>;
+  /**
+   * sampledChain whose picks stay on the device (as greedyChainOnDevice's: i32 [sum(steps)], input
+   * by input, usable as a `tail`), with no read-back at all; the same draws. Caller disposes both.
+   */
+  sampledChainOnDevice?(
+    inputs: readonly SequenceInput[],
+    steps: readonly number[],
+    sampling: SamplingOptions,
+    seeds: readonly bigint[],
+    offsets: readonly (readonly bigint[])[],
+    options?: { readonly signal?: AbortSignal },
+  ): Promise<{ ids: Tensor; q: Tensor }>;
   dispose(): void;
 }

@@ -244,24 +244,49 @@ export class LlamaModel implements CausalLM {
     offsets: readonly (readonly bigint[])[],
     options: { readonly signal?: AbortSignal } = {},
   ): Promise<{ picks: Int32Array[]; q: Tensor }> {
-    const handle = this.h('sampledChain');
+    const r = await this.sampledChainCall('sampledChain', inputs, steps, sampling, seeds, offsets, options);
+    return { picks: r.picks, q: asTensor(r.q) };
+  }
+
+  async sampledChainOnDevice(
+    inputs: readonly SequenceInput[],
+    steps: readonly number[],
+    sampling: SamplingOptions,
+    seeds: readonly bigint[],
+    offsets: readonly (readonly bigint[])[],
+    options: { readonly signal?: AbortSignal } = {},
+  ): Promise<{ ids: Tensor; q: Tensor }> {
+    const r = await this.sampledChainCall('sampledChainOnDevice', inputs, steps, sampling, seeds, offsets, options);
+    return { ids: asTensor(r.ids), q: asTensor(r.q) };
+  }
+
+  private async sampledChainCall(
+    name: 'sampledChain' | 'sampledChainOnDevice',
+    inputs: readonly SequenceInput[],
+    steps: readonly number[],
+    sampling: SamplingOptions,
+    seeds: readonly bigint[],
+    offsets: readonly (readonly bigint[])[],
+    options: { readonly signal?: AbortSignal },
+  ): Promise<{ picks: Int32Array[]; ids: SpecdecNative.Tensor; q: SpecdecNative.Tensor }> {
+    const handle = this.h(name);
     options.signal?.throwIfAborted();
     checkSteps(steps, inputs.length);
     if (seeds.length !== inputs.length || offsets.length !== inputs.length) {
-      throw codedError('E_ARG', `sampledChain: ${inputs.length} inputs need as many seeds and offset lists (got ${seeds.length}, ${offsets.length})`);
+      throw codedError('E_ARG', `${name}: ${inputs.length} inputs need as many seeds and offset lists (got ${seeds.length}, ${offsets.length})`);
     }
     steps.forEach((n, b) => {
       if (offsets[b]?.length !== n) throw codedError('E_ARG', `offsets[${b}]: expected ${n} counters (one per step), got ${offsets[b]?.length}`);
     });
     const flat = BigUint64Array.from(offsets.flat());
     this.busy = true;
-    let r: { picks: Int32Array[]; q: SpecdecNative.Tensor };
     try {
-      r = await handle.sampledChain(inputs.map(nativeInput), Int32Array.from(steps), resolveSamplingOptions(sampling), BigUint64Array.from(seeds), flat, syncLimit(this.syncForwardMaxMacs));
+      const args = [inputs.map(nativeInput), Int32Array.from(steps), resolveSamplingOptions(sampling), BigUint64Array.from(seeds), flat, syncLimit(this.syncForwardMaxMacs)] as const;
+      // (One of the two shapes, per name: picks for sampledChain, ids for sampledChainOnDevice.)
+      return (await (name === 'sampledChain' ? handle.sampledChain(...args) : handle.sampledChainOnDevice(...args))) as { picks: Int32Array[]; ids: SpecdecNative.Tensor; q: SpecdecNative.Tensor };
     } finally {
       this.busy = false;
     }
-    return { picks: r.picks, q: asTensor(r.q) };
   }
 
   commit(seqs: readonly number[], accepted: readonly Int32Array[]): void {

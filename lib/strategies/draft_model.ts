@@ -311,9 +311,10 @@ export class DraftModelSpeculator implements Speculator {
     const active = seqs.map((_, b) => b).filter((b) => (budgets[b] as number) > 0);
     const drafts: Int32Array[] = seqs.map(() => new Int32Array(0));
     let q: Tensor | undefined;
-    // Greedy, with the target on the draft's device: the picks stay there and feed the target's
-    // forward and the verification directly (drafts then hold placeholders; no read-back at all).
+    // With the target on the draft's device the picks stay there (greedy or sampled) and feed the
+    // target's forward and the verification directly (drafts then hold placeholders; no read-back).
     let onDevice: Tensor | undefined;
+    const sameDevice = this.targetDevice === this.draft.device;
     try {
       if (active.length > 0) {
         const inputs: SequenceInput[] = active.map((b) => {
@@ -327,10 +328,17 @@ export class DraftModelSpeculator implements Speculator {
           // The counters the step-by-step loop would draw, in its order (one per pick of a sequence).
           const offsets = active.map((b, i) => Array.from({ length: steps[i] as number }, () => (seqs[b] as SpecSequence).rng.next()));
           const seeds = active.map((b) => (seqs[b] as SpecSequence).rng.seed);
-          const r = await (this.draft.sampledChain as NonNullable<CausalLM['sampledChain']>).call(this.draft, inputs, steps, samplingOptions(sampling), seeds, offsets, opts);
-          q = r.q;
-          picks = r.picks;
-        } else if (this.draft.greedyChainOnDevice && this.targetDevice === this.draft.device) {
+          if (this.draft.sampledChainOnDevice && sameDevice) {
+            const r = await this.draft.sampledChainOnDevice(inputs, steps, samplingOptions(sampling), seeds, offsets, opts);
+            q = r.q;
+            onDevice = r.ids;
+            picks = steps.map((n) => new Int32Array(n));
+          } else {
+            const r = await (this.draft.sampledChain as NonNullable<CausalLM['sampledChain']>).call(this.draft, inputs, steps, samplingOptions(sampling), seeds, offsets, opts);
+            q = r.q;
+            picks = r.picks;
+          }
+        } else if (this.draft.greedyChainOnDevice && sameDevice) {
           onDevice = await this.draft.greedyChainOnDevice(inputs, steps, opts);
           picks = steps.map((n) => new Int32Array(n));
         } else {
@@ -349,6 +357,7 @@ export class DraftModelSpeculator implements Speculator {
         this.kHistory.get(seqs[b]!.key)?.push(st.lastDrafted);
       });
       const proposals: Proposal[] = seqs.map((s, b) => chainTree(s.history[s.history.length - 1] as number, drafts[b] as Int32Array));
+      let owned: Tensor[] | undefined;
       if (onDevice) {
         const ids = onDevice;
         let offset = 0;
@@ -358,9 +367,9 @@ export class DraftModelSpeculator implements Speculator {
           offset += n;
         });
         onDevice = undefined;  // the decoder disposes it after the step
-        return { proposals, owned: [ids] };
+        owned = [ids];
       }
-      if (!q) return { proposals };
+      if (!q) return owned ? { proposals, owned } : { proposals };
       // One q row per node, as in proposeChain: node j's children were drawn from pick j's row (q is
       // input by input); a leaf repeats its parent's, a root-only tree borrows any row.
       const parts: { tensor: Tensor; row: number }[] = [];
@@ -370,7 +379,8 @@ export class DraftModelSpeculator implements Speculator {
         for (let j = 0; j < p.tokens.length; j++) parts.push({ tensor: q as Tensor, row: n > 0 ? first + Math.min(j, n - 1) : 0 });
         first += n;
       });
-      return { proposals, draftProbs: gatherRows(parts, this.draft.config.vocabSize, this.targetDevice ?? this.draft.device) };
+      const draftProbs = gatherRows(parts, this.draft.config.vocabSize, this.targetDevice ?? this.draft.device);
+      return owned ? { proposals, draftProbs, owned } : { proposals, draftProbs };
     } finally {
       q?.dispose();
       onDevice?.dispose();

@@ -159,8 +159,13 @@ Trees make_trees(std::mt19937_64& rng, int B, int max_nodes, int V) {
   return t;
 }
 
-void check_verify(std::mt19937_64& rng, VerifyMode mode, bool with_draft, int B, int max_nodes, int V, float temperature) {
+// bad_tokens: sequence 0's first-level draft tokens are no tokens (kNoMass, as a device chain's draw
+// from a row without mass, or V): the sampled walks report kNoMass there on both backends and read
+// no row outside [0, V) (the emulation runs under AddressSanitizer).
+void check_verify(std::mt19937_64& rng, VerifyMode mode, bool with_draft, int B, int max_nodes, int V, float temperature,
+                  bool bad_tokens = false) {
   Trees tr = make_trees(rng, B, max_nodes, V);
+  while (bad_tokens && (tr.indptr[1] < 2 || tr.parents[1] != 0)) tr = make_trees(rng, B, max_nodes, V);
   const int N = tr.indptr.back();
   // Peaked target distributions so that paths get long; drafts are other peaked distributions.
   const auto lt = adversarial_logits(rng, N, V);
@@ -179,6 +184,9 @@ void check_verify(std::mt19937_64& rng, VerifyMode mode, bool with_draft, int B,
       const int par = tr.parents[i];
       if (par >= 0 && rng() % 3 != 0) tr.tokens[i] = amh[tr.indptr[b] + par];
     }
+  if (bad_tokens)
+    for (int i = 1; i < tr.indptr[1]; ++i)
+      if (tr.parents[i] == 0) tr.tokens[i] = i % 2 ? sm::kNoMass : V;
   std::vector<float> draft;
   if (with_draft) {
     const auto ld = adversarial_logits(rng, N, V);
@@ -237,9 +245,21 @@ void check_verify(std::mt19937_64& rng, VerifyMode mode, bool with_draft, int B,
   const bool same = same_as_cpu(acc, emitted, counts, depth_acc, &total);
   const char* mname = mode == VerifyMode::greedy ? "greedy" : mode == VerifyMode::rejection ? "rejection" : "typical";
   char what[200];
-  std::snprintf(what, sizeof what, "verify %s%s B=%d N=%d V=%d T=%g: accepted nodes, emitted tokens, counts == CPU (%d tokens)",
-                mname, with_draft ? " with draft" : "", B, N, V, temperature, total);
+  std::snprintf(what, sizeof what, "verify %s%s%s B=%d N=%d V=%d T=%g: accepted nodes, emitted tokens, counts == CPU (%d tokens)",
+                mname, with_draft ? " with draft" : "", bad_tokens ? ", no-token drafts" : "", B, N, V, temperature, total);
   report(same, what);
+  if (bad_tokens) {
+    // Emitted tokens are tokens or kNoMass, never a draft's out-of-range id; sequence 0's walk met a
+    // no-token draft at its root and stopped there with kNoMass.
+    bool in_range = true;
+    for (int b = 0; b < B; ++b)
+      for (int k = 0; k < counts[b]; ++k) {
+        const int32_t t = emitted[tr.indptr[b] + k];
+        in_range = in_range && (t == sm::kNoMass || (t >= 0 && t < V));
+      }
+    report(in_range && counts[0] == 1 && emitted[0] == sm::kNoMass,
+           std::string("verify ") + mname + ": a no-token draft at the root is kNoMass (E_NUMERIC in the binding), nothing emitted out of range");
+  }
   if (mode != VerifyMode::greedy) return;
   // The vocabulary-parallel greedy path (argmax slices, then a warp per sequence walks).
   const int S = vk::argmax_slices(V);
@@ -349,6 +369,9 @@ int main(int argc, char** argv) {
     check_verify(rng, VerifyMode::rejection, true, 3, 12, 500, 0.5f);
     check_verify(rng, VerifyMode::rejection, true, 2, 6, 4500, 1.f);
     check_verify(rng, VerifyMode::typical, false, 3, 12, 500, 0.5f);
+    check_verify(rng, VerifyMode::rejection, true, 3, 12, 500, 0.5f, true);
+    check_verify(rng, VerifyMode::rejection, false, 3, 12, 500, 0.5f, true);
+    check_verify(rng, VerifyMode::typical, false, 3, 12, 500, 0.5f, true);
     check_entropy(rng, 6, 3000);
   }
   if (rounds > 0) check_no_mass(1500);

@@ -26,6 +26,9 @@ import {
 
 export type AdaptiveMode = 'fixed' | 'heuristic' | 'confidence' | 'cost';
 
+/** 'cost' mode: steps a plain choice of the draft length is reused before it is weighed again. */
+const PLAIN_CHOICE_USES = 8;
+
 export interface DraftModelOptions {
   readonly draft: CausalLM;
   /** Draft tokens per step (the starting value when adaptive). Default 4. */
@@ -143,9 +146,18 @@ export class DraftModelSpeculator implements Speculator {
     if (!cost) return;
     const draft = this.draftCost;
     if (!draft) return;
-    const choice = chooseChainLength((i) => this.rates.rate(i), this.maxK, stepCost(cost, seqs.length, (nodes) => draft.cost(nodes - 1)));
+    // A plain choice is kept for a few steps (plain steps record no acceptance, so only the cost
+    // curve moves meanwhile; weighing every step was a sizeable part of a small model's plain step);
+    // a choice to draft is made again every step.
+    const kept = this.plainChoice;
+    let size: number;
+    if (kept && kept.batch === seqs.length && kept.uses++ < PLAIN_CHOICE_USES) size = 0;
+    else {
+      size = chooseChainLength((i) => this.rates.rate(i), this.maxK, stepCost(cost, seqs.length, (nodes) => draft.cost(nodes - 1))).size;
+      this.plainChoice = size === 0 ? { batch: seqs.length, uses: 1 } : undefined;
+    }
     for (const st of states) {
-      let k = Math.max(this.minK, choice.size);
+      let k = Math.max(this.minK, size);
       // A probe now and then keeps the acceptance statistics alive while decoding plainly; when the
       // choice is still plain right after one, the next comes twice as late.
       if (k === 0 && st.probed) this.probeAfter = backedOffProbeInterval(this.probeAfter);
@@ -159,6 +171,9 @@ export class DraftModelSpeculator implements Speculator {
       st.k = k;
     }
   }
+
+  /** 'cost' mode: a plain choice still in use (see chooseK). */
+  private plainChoice: { readonly batch: number; uses: number } | undefined;
 
   private state(s: SpecSequence): DraftState {
     let st = this.states.get(s.key);
@@ -175,8 +190,9 @@ export class DraftModelSpeculator implements Speculator {
     return this.states.get(key)?.k;
   }
 
-  async propose(seqs: readonly SpecSequence[], ctx: ProposeContext): Promise<ProposalBatch> {
-    const states = seqs.map((s) => this.state(s));
+  propose(seqs: readonly SpecSequence[], ctx: ProposeContext): ProposalBatch | Promise<ProposalBatch> {
+    const states = new Array<DraftState>(seqs.length);
+    for (let b = 0; b < seqs.length; b++) states[b] = this.state(seqs[b] as SpecSequence);
     if (this.treeBranching) return this.proposeTree(seqs, states, ctx);
     if (this.adaptive !== 'cost') return this.proposeChain(seqs, states, ctx);
     this.chooseK(seqs, states, ctx);
@@ -190,8 +206,14 @@ export class DraftModelSpeculator implements Speculator {
         this.kHistory.get(s.key)?.push(0);
         proposals[b] = loneRoot(s.history[s.history.length - 1] as number);
       }
+      // (Returned as it is, not as a promise: a plain step costs the engine no microtask turn.)
       return { proposals };
     }
+    return this.proposeTimed(seqs, states, ctx);
+  }
+
+  /** 'cost' mode, a step that drafts: proposeChain, its time refining the draft's cost per token. */
+  private async proposeTimed(seqs: readonly SpecSequence[], states: DraftState[], ctx: ProposeContext): Promise<ProposalBatch> {
     // A step that first feeds a long uncached history (after plain steps) says little about the
     // steady-state cost per draft token: only steps feeding at most the bonus and one more count.
     const steady = seqs.every((s, b) => s.history.length - (states[b] as DraftState).cached <= 2);
@@ -452,10 +474,11 @@ export class DraftModelSpeculator implements Speculator {
     };
   }
 
-  async update(seqs: readonly SpecSequence[], report: StepReport, ctx: ProposeContext = {}): Promise<void> {
-    seqs.forEach((s, b) => {
+  update(seqs: readonly SpecSequence[], report: StepReport, ctx: ProposeContext = {}): void {
+    for (let b = 0; b < seqs.length; b++) {
+      const s = seqs[b] as SpecSequence;
       const st = this.states.get(s.key);
-      if (!st) return;
+      if (!st) continue;
       // The draft may hold drafted tokens past the accepted ones: keep only what matches the
       // history (everything but the bonus, which no model has cached).
       const valid = s.history.length - 1;
@@ -473,7 +496,7 @@ export class DraftModelSpeculator implements Speculator {
       if (this.adaptive === 'heuristic' && st.lastDrafted > 0) {
         st.k = acceptedDrafts >= st.lastDrafted ? Math.min(this.maxK, st.k + 2) : Math.max(this.minK, st.k - 1);
       }
-    });
+    }
   }
 
   rewind(seq: SpecSequence): void {

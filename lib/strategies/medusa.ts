@@ -33,8 +33,9 @@ import {
   type StepReport,
 } from './speculator';
 
-/** Steps a sized Medusa choice is used for before it is recomputed. */
+/** Steps a sized Medusa choice is used for before it is recomputed (a plain one: PLAIN_PLAN_USES). */
 const PLAN_USES = 8;
+const PLAIN_PLAN_USES = 32;
 
 export interface MedusaConfig {
   readonly numHeads: number;
@@ -294,8 +295,11 @@ export class MedusaSpeculator implements Speculator {
     }
   }
 
-  async prefill(seqs: readonly SpecSequence[], output: ForwardOutput, lastRows: Int32Array): Promise<void> {
-    this.observe(seqs, output, Array.from(lastRows));
+  async prefill(seqs: readonly SpecSequence[], output: ForwardOutput, lastRows: Int32Array, ctx: ProposeContext = {}): Promise<void> {
+    // While the sized plan decodes plainly the first step proposes the root alone: its candidates
+    // would go unused (the heads run again before a step that speculates or probes).
+    const cost = sizingCost(this.sized, this.target, ctx);
+    if (!(cost && this.planned && this.planned.batch === seqs.length && !this.planned.speculate)) this.observe(seqs, output, Array.from(lastRows));
     if (this.sized && this.target) await forwardCost(this.target);
   }
 
@@ -314,7 +318,8 @@ export class MedusaSpeculator implements Speculator {
   private plan(cost: ForwardCost, batch: number, use = true): { keep: Int32Array; speculate: boolean } {
     const p = this.planned;
     // (A use is a step's proposal: update() reads the same plan without aging it.)
-    if (p && p.batch === batch && (use ? p.age++ : p.age) < PLAN_USES) return p;
+    // (A plain plan is kept longer: plain steps record nothing, so only the cost curve moves.)
+    if (p && p.batch === batch && (use ? p.age++ : p.age) < (p.speculate ? PLAN_USES : PLAIN_PLAN_USES)) return p;
     const prob = this.nodeProbabilities();
     const heads = this.headsSeconds.value();
     const keep = chooseSubtree(this.shape.parents, prob, stepCost(cost, batch)).keep;

@@ -85,6 +85,8 @@ class Request {
   aborted = false;
   /** The RNG counter before the running step (restored when the step fails). */
   savedCounter = 0n;
+  /** The sequence's committed length before the running step (the pages it takes: endStep). */
+  committedAtStep = 0;
   /** onTokens threw: the request fails at the next step boundary. */
   failure: { readonly error: unknown } | undefined;
   /**
@@ -120,6 +122,9 @@ interface RunningStep {
   readonly parts: readonly StepPart[];
   readonly t0: number;
 }
+
+/** Steps makeRoom trusts its page accounting before it asks the model again (see kvKnown). */
+const KV_RECHECK_STEPS = 64;
 
 /** The longest the engine runs steps without giving the event loop a turn. */
 const LOOP_SLICE_MS = 2;
@@ -256,8 +261,12 @@ export class Engine {
     return typeof m.kvInfo === 'function' ? m.kvInfo() : undefined;
   }
 
-  /** makeRoom's last answer from kvPages() and the pages steps may have taken since (an upper bound). */
-  private kvKnown: { kv: KvPages; spent: number } | undefined;
+  /**
+   * makeRoom's last answer from kvPages(), the pages this engine's steps took since (their committed
+   * growth) and the steps since. Asked again at least every KV_RECHECK_STEPS steps, since other
+   * engines on the model take pages this one does not see.
+   */
+  private kvKnown: { kv: KvPages; spent: number; age: number } | undefined;
   /** Whether lending a core can help: the CPU pool has a thread on every core (see delivering). */
   private readonly lendCore: boolean;
   private lent = false;
@@ -531,18 +540,15 @@ export class Engine {
     // the steps since may have taken (at most each one's reserve), might not cover the next step:
     // a steady batch then makes no extra call into the addon per step.
     const known = this.kvKnown;
-    if (known) {
+    if (known && known.age++ < KV_RECHECK_STEPS) {
       // (A loop rather than active().reduce(): this runs every step.)
       let need = 0;
       for (const r of this.live) if (r.seq !== undefined && r.done === undefined && !r.aborted) need += this.growth(r, known.kv.pageSize);
-      if (known.kv.freePages - known.spent >= 2 * need) {
-        known.spent += need;
-        return;
-      }
+      if (known.kv.freePages - known.spent >= 2 * need) return;
     }
     const kv = this.kvPages();
     if (!kv) return;
-    this.kvKnown = { kv, spent: 0 };
+    this.kvKnown = { kv, spent: 0, age: 0 };
     let need = active().reduce((n, r) => n + this.growth(r, kv.pageSize), 0);
     while (need > kv.freePages && active().length > 1) {
       const victim = active().reduce((a, b) => (b.id > a.id ? b : a));
@@ -569,6 +575,7 @@ export class Engine {
         // Never draft past maxNewTokens or past the context (the history may reach maxPositions).
         s.maxDepth = Math.max(0, Math.min(r.opts.maxNewTokens - r.newTokens.length - 1, s.maxPosition - s.committed - 1));
         r.savedCounter = r.rng.counter;
+        r.committedAtStep = s.committed;
         seqs[b] = s;
         if (groups.length > 1) reqs.push(r);
       }
@@ -582,6 +589,12 @@ export class Engine {
     this.metrics.observeStep((performance.now() - step.t0) / 1000);
     this.metrics.forwards++;
     const { reqs } = step;
+    // The pages the step took: its sequences' committed growth.
+    const known = this.kvKnown;
+    if (known) {
+      const ps = known.kv.pageSize;
+      for (const r of reqs) if (r.seq) known.spent += this.pagesFor(r.seq.committed, ps) - this.pagesFor(r.committedAtStep, ps);
+    }
     for (let b = 0; b < reqs.length; b++) this.emit(reqs[b] as Request, emitted[b] as Int32Array);
   }
 
@@ -591,6 +604,7 @@ export class Engine {
    * that fails alone, or any other error, fails its requests.
    */
   private recover(reqs: readonly Request[], e: unknown): void {
+    this.kvKnown = undefined;  // a failed step's pages are not accounted for: ask again
     const kvFull = (e as { code?: unknown } | null)?.code === 'E_KV_FULL';
     if (kvFull && this.live.length > 1) {
       this.liveCap = Math.max(1, this.live.length - 1);

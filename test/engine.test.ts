@@ -198,12 +198,15 @@ describe('engine: continuous batching', function () {
       const engine = new Engine({ model: pooled, maxBatch: 4 });
       let during = 0;
       let calls = 0;
+      let shared = 0;
       const boom = new Error('consumer failed');
       const runs = js.map((j, i) =>
         engine.submit(j.prompt, {
           ...j.opts,
-          onTokens: () => {
+          onTokens: (chunk) => {
             calls++;
+            // A chunk is its own buffer: never a view into a batch result holding others' tokens.
+            if (chunk.byteOffset !== 0 || chunk.byteLength !== chunk.buffer.byteLength) shared++;
             if (inFlight > 0) during++;
             if (i === 2) throw boom;
           },
@@ -217,6 +220,7 @@ describe('engine: continuous batching', function () {
       // Chunks delivered at a request's end (or after the last forward) see no forward running;
       // all the others must. Delivering right after each forward (no overlap) gives 0.
       assert.ok(calls >= 20, `${calls} deliveries`);
+      assert.strictEqual(shared, 0, `${shared} chunks were views into a shared buffer`);
       assert.ok(during >= calls - 2 * js.length, `${during} of ${calls} deliveries overlapped a forward`);
       assert.strictEqual(engine.metrics.failed, 1);
       assert.strictEqual(pooled.kvInfo().freePages, pooled.kvInfo().totalPages);

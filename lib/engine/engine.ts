@@ -699,8 +699,11 @@ export class Engine {
     }
     if (r.done === undefined && s.history.length > s.maxPosition) r.done = 'context';
     this.metrics.generatedTokens += k;
-    // A step's emitted array is its own (nothing writes it afterwards): handed over as it is.
-    if (k > 0) r.outbox.push(k === toks.length && toks instanceof Int32Array ? toks : Int32Array.from(toks.slice(0, k)));
+    // A step's emitted array is fresh (nothing writes it afterwards): handed over as it is when it is
+    // the whole of its buffer; a view into a batch's shared result is copied (its buffer holds the
+    // other requests' tokens).
+    const whole = toks instanceof Int32Array && k === toks.length && toks.byteOffset === 0 && toks.byteLength === toks.buffer.byteLength;
+    if (k > 0) r.outbox.push(whole ? (toks as Int32Array) : Int32Array.from(toks.slice(0, k)));
   }
 
   /** Frees the request's sequence (model and speculator) and takes it out of the batch. */

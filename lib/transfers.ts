@@ -25,6 +25,9 @@ export interface TransferStats {
 /** Process-wide totals since the addon loaded. */
 export function transferCounters(): TransferStats {
   const c = native().transferCounters();
+  if (c instanceof Float64Array) {
+    return { uploads: c[0] as number, uploadBytes: c[1] as number, readbacks: c[2] as number, readbackBytes: c[3] as number, blockingWaits: c[4] as number, deviceOps: c[5] as number, napiCalls: c[6] as number };
+  }
   return { ...c, deviceOps: c.deviceOps ?? 0 };
 }
 

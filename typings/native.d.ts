@@ -70,7 +70,11 @@ declare namespace SpecdecNative {
     readonly abiVersion: number;
     readonly Tensor: TensorStatic;
     backendInfo(): BackendInfo;
-    transferCounters(): TransferCounters;
+    /**
+     * Float64Array [uploads, uploadBytes, readbacks, readbackBytes, blockingWaits, deviceOps,
+     * napiCalls] (older binaries: a TransferCounters object).
+     */
+    transferCounters(): TransferCounters | Float64Array;
     /** The CUDA version the installed driver supports (cuDriverGetVersion through a dlopen of
      *  libcuda; 0 and a reason without a driver). Absent in builds older than 0.2. */
     cudaDriverProbe?(): { version: number; reason?: string };

@@ -109,16 +109,29 @@ export class NgramPool {
   constructor(readonly G: number) {}
 
   add(ngram: readonly number[]): void {
-    const key = ngram[0] as number;
-    const rest = ngram.slice(1);
+    this.addSlice(ngram, 0, ngram.length);
+  }
+
+  /**
+   * add(src.slice(start, end)) without the copies: a continuation already in the pool moves to the
+   * most recent place as it is (the learning runs on every step, also the plain ones).
+   */
+  addSlice(src: readonly number[], start: number, end: number): void {
+    const key = src[start] as number;
+    const len = end - start - 1;
     let list = this.map.get(key);
     if (!list) {
       list = [];
       this.map.set(key, list);
     }
-    const at = list.findIndex((c) => c.length === rest.length && c.every((t, k) => t === rest[k]));
-    if (at >= 0) list.splice(at, 1);
-    list.push(rest);
+    let at = -1;
+    for (let i = 0; i < list.length && at < 0; i++) {
+      const c = list[i] as number[];
+      let same = c.length === len;
+      for (let k = 0; k < len && same; k++) same = c[k] === src[start + 1 + k];
+      if (same) at = i;
+    }
+    list.push(at >= 0 ? (list.splice(at, 1)[0] as number[]) : src.slice(start + 1, end));
     if (list.length > this.G) list.shift();
   }
 
@@ -384,18 +397,21 @@ export class LookaheadSpeculator implements Speculator {
     }
     // The N-grams the new tokens complete (the window-less pool grows from the text itself).
     const h = s.history;
-    for (let e = h.length - emitted.length; e < h.length; e++) if (e - this.N + 1 >= 0) st.pool.add(h.slice(e - this.N + 1, e + 1));
+    for (let e = h.length - emitted.length; e < h.length; e++) if (e - this.N + 1 >= 0) st.pool.addSlice(h, e - this.N + 1, e + 1);
   }
 
   update(seqs: readonly SpecSequence[], report: StepReport, ctx: ProposeContext = {}): void {
     const sizedNow = sizingCost(this.sized, this.target, ctx) !== undefined;
-    if (sizedNow) {
-      seqs.forEach((s, b) => {
-        const st = this.states.get(s.key);
-        if (st) this.learn(s, st, report.acceptedNodes[b] as Int32Array, report.emitted[b] as Int32Array);
-      });
+    // (Loops, not forEach/some: this runs every step, also the plain ones.)
+    let windows = false;
+    for (let b = 0; b < seqs.length; b++) {
+      const s = seqs[b] as SpecSequence;
+      const st = this.states.get(s.key);
+      if (!st) continue;
+      if (sizedNow) this.learn(s, st, report.acceptedNodes[b] as Int32Array, report.emitted[b] as Int32Array);
+      windows ||= st.lastLayout !== undefined;
     }
-    if (!seqs.some((s) => this.states.get(s.key)?.lastLayout)) return;
+    if (!windows) return;
     const rows = report.output.indptr[seqs.length] as number;
     // The engine reads the argmaxes with the verification result (wantsRowArgmax): no extra wait.
     const ids = report.rowArgmax ?? pickRowsArgmax(report.output, Int32Array.from({ length: rows }, (_, r) => r));

@@ -276,13 +276,9 @@ export class SpecEngine {
         throw codedError('E_ARG', 'stepShared: every part must share the model and the speculator');
       }
     }
-    let t = performance.now();
-    // Batch-wide phases count once per engine taking part (as the statistics of a batch do).
-    const lap = (phase: keyof PhaseTimes): void => {
-      const now = performance.now();
-      addPhase(live, phase, (now - t) / 1000);
-      t = now;
-    };
+    // Phase boundaries, added to the statistics once the step is done (batch-wide phases count once
+    // per engine taking part, as the statistics of a batch do; a failed step adds nothing).
+    const t0 = performance.now();
     throwIfAborted(signal);
     const batches: ProposalBatch[] = [];
     const owned: Tensor[] = [];
@@ -316,7 +312,7 @@ export class SpecEngine {
         }
         proposals[i] = checked;
       }
-      lap('draft');
+      const tDraft = performance.now();
       throwIfAborted(signal);
       // (Loops rather than flat/flatMap/spreads: a small model's whole step is ~100 us, and this
       // runs once per step.)
@@ -325,12 +321,11 @@ export class SpecEngine {
       const allProposals: readonly Proposal[] = single ? (proposals[0] as readonly Proposal[]) : proposals.flat();
       const inputs: SequenceInput[] = new Array<SequenceInput>(allProposals.length);
       for (let b = 0; b < inputs.length; b++) inputs[b] = forwardInput((allSeqs[b] as EngineSequence).modelSeq, allProposals[b] as Proposal);
-      const tForward = t;
       out = await model.forward(inputs, forwardOptions(speculator?.wantsHidden === true, signal));
-      lap('target');
+      const tTarget = performance.now();
       // The measured forward refines the model's cost curve (tree sizing reads it).
       const cost = knownForwardCost(model);
-      cost?.observe(out.indptr[inputs.length] as number, (t - tForward) / 1000);
+      cost?.observe(out.indptr[inputs.length] as number, (tTarget - tDraft) / 1000);
       throwIfAborted(signal);
 
       // Verification per part, on the part's rows of the forward.
@@ -345,8 +340,7 @@ export class SpecEngine {
         results.push(r as PartResult);
         seq0 += n;
       }
-      const tVerify = t;
-      lap('verify');
+      const tVerify = performance.now();
 
       const accepted: readonly Int32Array[] = single ? (results[0] as PartResult).accepted : results.flatMap((r) => r.accepted);
       const modelSeqs = new Array<number>(allSeqs.length);
@@ -365,8 +359,8 @@ export class SpecEngine {
           s.stats.addStep(props[b] as Proposal, acc.length, em.length);
         }
       }
-      lap('commit');
-      cost?.observeOverhead((t - tVerify) / 1000);
+      const tCommit = performance.now();
+      cost?.observeOverhead((tCommit - tVerify) / 1000);
       if (speculator) {
         for (let i = 0; i < live.length; i++) {
           const p = live[i] as StepPart;
@@ -383,7 +377,7 @@ export class SpecEngine {
           if (isThenable(u)) await u;
         }
       }
-      lap('update');
+      addPhases(live, t0, tDraft, tTarget, tVerify, tCommit, performance.now());
       return single ? ((results[0] as PartResult).emitted as Int32Array[]) : results.flatMap((r) => r.emitted as Int32Array[]);
     } finally {
       for (const o of owned) o.dispose();
@@ -574,8 +568,16 @@ function allLoneRoots(proposals: readonly Proposal[]): boolean {
   return true;
 }
 
-function addPhase(parts: readonly StepPart[], phase: keyof PhaseTimes, seconds: number): void {
-  for (const p of parts) p.engine.phases[phase] += seconds;
+/** A step's phases from its boundaries (ms): draft, target forward, verify, commit, update. */
+function addPhases(parts: readonly StepPart[], t0: number, draft: number, target: number, verify: number, commit: number, update: number): void {
+  for (const p of parts) {
+    const ph = p.engine.phases;
+    ph.draft += (draft - t0) / 1000;
+    ph.target += (target - draft) / 1000;
+    ph.verify += (verify - target) / 1000;
+    ph.commit += (commit - verify) / 1000;
+    ph.update += (update - commit) / 1000;
+  }
 }
 
 /** The lone-root proposal of each sequence (a plain step). */

@@ -266,8 +266,9 @@ export class SpecEngine {
    * is committed in the same commit call. Returns the emitted tokens per part, per sequence.
    */
   static async stepShared(parts: readonly StepPart[], signal?: AbortSignal): Promise<Int32Array[]> {
-    let live = parts;
-    for (const p of parts) if (p.seqs.length === 0) live = parts.filter((q) => q.seqs.length > 0);
+    let empty = false;
+    for (const p of parts) empty ||= p.seqs.length === 0;
+    const live = empty ? parts.filter((q) => q.seqs.length > 0) : parts;
     const first = live[0];
     if (!first) return [];
     const { model, speculator } = first.engine;
@@ -513,7 +514,6 @@ export interface StepPart {
 
 /** A lone root's accepted path (read only: commit and the statistics never write it). */
 const ROOT_ONLY = Int32Array.of(0);
-
 
 /** verifyPart's result; stepShared adds the part's output. */
 interface VerifiedPart {

@@ -63,6 +63,16 @@ declare namespace SpecdecNative {
     bytes: number;
   }
 
+  /** The arguments of sampledChain and sampledChainOnDevice (offsets: [sum steps], input by input). */
+  type NativeSampledChainArgs = [
+    inputs: readonly LlamaNativeInput[],
+    steps: Int32Array,
+    sampling: NativeSamplingOptions,
+    seeds: BigUint64Array,
+    offsets: BigUint64Array,
+    syncMaxMacs?: number,
+  ];
+
   interface LlamaNativeModel {
     /**
      * Runs on the libuv pool, or on the calling thread (the promise is then already settled) when
@@ -77,22 +87,8 @@ declare namespace SpecdecNative {
      */
     greedyChain(inputs: readonly LlamaNativeInput[], steps: Int32Array, syncMaxMacs?: number): Promise<Int32Array[]>;
     greedyChainOnDevice(inputs: readonly LlamaNativeInput[], steps: Int32Array, syncMaxMacs?: number): Promise<Tensor>;
-    sampledChain(
-      inputs: readonly LlamaNativeInput[],
-      steps: Int32Array,
-      sampling: NativeSamplingOptions,
-      seeds: BigUint64Array,
-      offsets: BigUint64Array,
-      syncMaxMacs?: number,
-    ): Promise<{ picks: Int32Array[]; q: Tensor }>;
-    sampledChainOnDevice(
-      inputs: readonly LlamaNativeInput[],
-      steps: Int32Array,
-      sampling: NativeSamplingOptions,
-      seeds: BigUint64Array,
-      offsets: BigUint64Array,
-      syncMaxMacs?: number,
-    ): Promise<{ ids: Tensor; q: Tensor }>;
+    sampledChain(...args: NativeSampledChainArgs): Promise<{ picks: Int32Array[]; q: Tensor }>;
+    sampledChainOnDevice(...args: NativeSampledChainArgs): Promise<{ ids: Tensor; q: Tensor }>;
     commit(seqs: Int32Array, accepted: readonly Int32Array[]): void;
     createSequence(): number;
     forkSequence(seq: number): number;

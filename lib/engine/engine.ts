@@ -537,8 +537,8 @@ export class Engine {
   private makeRoom(): void {
     const active = (): Request[] => this.live.filter((r) => r.seq !== undefined && r.done === undefined && !r.aborted);
     // The model is asked for its free pages only when the room left at the last answer, less what
-    // the steps since may have taken (at most each one's reserve), might not cover the next step:
-    // a steady batch then makes no extra call into the addon per step.
+    // this engine's steps have committed since (endStep), might not cover the next step, or every
+    // KV_RECHECK_STEPS steps: a steady batch then makes no extra call into the addon per step.
     const known = this.kvKnown;
     if (known && known.age++ < KV_RECHECK_STEPS) {
       // (A loop rather than active().reduce(): this runs every step.)

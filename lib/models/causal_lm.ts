@@ -40,6 +40,16 @@ export interface SequenceInput {
   readonly tail?: DeviceTail;
 }
 
+/** The arguments of sampledChain and sampledChainOnDevice. */
+export type SampledChainArgs = [
+  inputs: readonly SequenceInput[],
+  steps: readonly number[],
+  sampling: SamplingOptions,
+  seeds: readonly bigint[],
+  offsets: readonly (readonly bigint[])[],
+  options?: { readonly signal?: AbortSignal },
+];
+
 /**
  * Token ids that stay on the device: ids[offset ..] of a tensor made by greedyChainOnDevice or
  * sampledChainOnDevice (the library vouches that they are in the vocabulary, or mark a sampled draw
@@ -108,25 +118,11 @@ export interface CausalLM {
    * offsets[b][j]) for input b's j-th pick. Resolves with the picks and q, the probs rows they were
    * drawn from (f32 [sum(steps), V], input by input), which stay on the model's device.
    */
-  sampledChain?(
-    inputs: readonly SequenceInput[],
-    steps: readonly number[],
-    sampling: SamplingOptions,
-    seeds: readonly bigint[],
-    offsets: readonly (readonly bigint[])[],
-    options?: { readonly signal?: AbortSignal },
-  ): Promise<{ picks: Int32Array[]; q: Tensor }>;
+  sampledChain?(...args: SampledChainArgs): Promise<{ picks: Int32Array[]; q: Tensor }>;
   /**
    * sampledChain whose picks stay on the device (as greedyChainOnDevice's: i32 [sum(steps)], input
    * by input, usable as a `tail`), with no read-back at all; the same draws. Caller disposes both.
    */
-  sampledChainOnDevice?(
-    inputs: readonly SequenceInput[],
-    steps: readonly number[],
-    sampling: SamplingOptions,
-    seeds: readonly bigint[],
-    offsets: readonly (readonly bigint[])[],
-    options?: { readonly signal?: AbortSignal },
-  ): Promise<{ ids: Tensor; q: Tensor }>;
+  sampledChainOnDevice?(...args: SampledChainArgs): Promise<{ ids: Tensor; q: Tensor }>;
   dispose(): void;
 }

@@ -8,7 +8,7 @@ import { resolveDevice } from '../backend';
 import { native } from '../native';
 import { resolveSamplingOptions, type SamplingOptions } from '../sampling';
 import { asTensor, type Device, type Tensor } from '../tensor';
-import type { CausalLM, ForwardOptions, ForwardOutput, SequenceInput } from './causal_lm';
+import type { CausalLM, ForwardOptions, ForwardOutput, SampledChainArgs, SequenceInput } from './causal_lm';
 import { codedError, readLlamaConfig, toNativeConfig, type LlamaConfig } from './config';
 
 export type KvDType = 'f32' | 'f16' | 'bf16';
@@ -236,38 +236,19 @@ export class LlamaModel implements CausalLM {
     }
   }
 
-  async sampledChain(
-    inputs: readonly SequenceInput[],
-    steps: readonly number[],
-    sampling: SamplingOptions,
-    seeds: readonly bigint[],
-    offsets: readonly (readonly bigint[])[],
-    options: { readonly signal?: AbortSignal } = {},
-  ): Promise<{ picks: Int32Array[]; q: Tensor }> {
-    const r = await this.sampledChainCall('sampledChain', inputs, steps, sampling, seeds, offsets, options);
+  async sampledChain(...args: SampledChainArgs): Promise<{ picks: Int32Array[]; q: Tensor }> {
+    const r = await this.sampledChainCall('sampledChain', ...args);
     return { picks: r.picks, q: asTensor(r.q) };
   }
 
-  async sampledChainOnDevice(
-    inputs: readonly SequenceInput[],
-    steps: readonly number[],
-    sampling: SamplingOptions,
-    seeds: readonly bigint[],
-    offsets: readonly (readonly bigint[])[],
-    options: { readonly signal?: AbortSignal } = {},
-  ): Promise<{ ids: Tensor; q: Tensor }> {
-    const r = await this.sampledChainCall('sampledChainOnDevice', inputs, steps, sampling, seeds, offsets, options);
+  async sampledChainOnDevice(...args: SampledChainArgs): Promise<{ ids: Tensor; q: Tensor }> {
+    const r = await this.sampledChainCall('sampledChainOnDevice', ...args);
     return { ids: asTensor(r.ids), q: asTensor(r.q) };
   }
 
   private async sampledChainCall(
     name: 'sampledChain' | 'sampledChainOnDevice',
-    inputs: readonly SequenceInput[],
-    steps: readonly number[],
-    sampling: SamplingOptions,
-    seeds: readonly bigint[],
-    offsets: readonly (readonly bigint[])[],
-    options: { readonly signal?: AbortSignal },
+    ...[inputs, steps, sampling, seeds, offsets, options = {}]: SampledChainArgs
   ): Promise<{ picks: Int32Array[]; ids: SpecdecNative.Tensor; q: SpecdecNative.Tensor }> {
     const handle = this.h(name);
     options.signal?.throwIfAborted();

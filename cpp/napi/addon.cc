@@ -38,8 +38,8 @@ Napi::Value BackendInfoJs(const Napi::CallbackInfo& info) {
 Napi::Value TransferCountersJs(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
     // A Float64Array, not an object: seven named properties cost more than the rest of the call
-    // (the engine reads the counters at every request's start and end). Order: TransferCounterIndex
-    // in typings/native.d.ts.
+    // (the engine reads the counters at every request's start and end). The order is documented at
+    // transferCounters in typings/native.d.ts and read by lib/transfers.ts.
     const TransferCounters c = transfer_counters();
     auto a = Napi::Float64Array::New(info.Env(), 7);
     double* d = a.Data();

@@ -57,9 +57,10 @@ class TensorWrap : public Napi::ObjectWrap<TensorWrap> {
 
  private:
   Tensor tensor_;
-  // For i32 token ids made by the library (draft picks): every value is in [0, ids_below_) or kNoMass
-  // (see napi_util.h); -1 for any other tensor. Set only natively, never inherited by views or copies, and no op writes into
-  // an i32 tensor from JS: so the ids can feed a forward or a verification without being read back.
+  // For i32 token ids made by the library (draft picks): every value is in [0, ids_below_) or
+  // kNoMass (see napi_util.h); -1 for any other tensor. Set only natively, never inherited by views
+  // or copies, and no op writes into an i32 tensor from JS: so the ids can feed a forward or a
+  // verification without being read back.
   int64_t ids_below_ = -1;
   int64_t tracked_ = 0;
   napi_env env_ = nullptr;

@@ -7,9 +7,10 @@
 //      K16 = K - K % 16, in increasing k, starting from +0;
 //   2. s = tree8(lanes 0..7) + tree8(lanes 8..15), tree8(a) = ((a0+a1)+(a2+a3))+((a4+a5)+(a6+a7));
 //   3. s = fma(x[k], w[k], s) for k = K16 .. K-1 in order; then s + bias[m].
-// The portable kernel (std::fma), AVX2 (two 8-lane registers per output) and AVX-512 (one 16-lane
-// register) implement exactly this; weights are converted to f32 exactly. Tiles, blocks and
-// threads only decide who computes an output and from which copy of the weights.
+// The portable kernel (std::fma), AVX2 (two 8-lane registers per output, lanes in "pair order":
+// see tile_avx2) and AVX-512 (one 16-lane register) implement exactly this; weights are converted
+// to f32 exactly. Tiles, blocks and threads only decide who computes an output and from which copy
+// of the weights.
 //
 // Work split: threads take blocks of kBlockM weight rows. Within a block, rows of x go in groups
 // that share every weight load (a tile: R rows of x by WR weight rows, as many accumulators as
@@ -76,21 +77,6 @@ using simd::load1;
 using simd::load16;
 using simd::load8;
 
-// sums[i] = tree8(lo[i]) + tree8(hi[i]) for T outputs: hsum4 forms tree8 of four registers at once.
-template <int T>
-SPECDEC_AVX2 inline void lane_sums(const __m256* lo, const __m256* hi, float* sums) {
-  int i = 0;
-  for (; i + 4 <= T; i += 4)
-    _mm_storeu_ps(sums + i, _mm_add_ps(simd::hsum4(lo[i], lo[i + 1], lo[i + 2], lo[i + 3]),
-                                       simd::hsum4(hi[i], hi[i + 1], hi[i + 2], hi[i + 3])));
-  for (; i < T; ++i) {
-    alignas(32) float a[16];
-    _mm256_store_ps(a, lo[i]);
-    _mm256_store_ps(a + 8, hi[i]);
-    sums[i] = tree8(a) + tree8(a + 8);
-  }
-}
-
 // Step 3 of the order for the tile's outputs, and the store.
 template <int R, int WR, DType WT>
 inline void finish_tile(const float* x, const void* w, int64_t K, int64_t K16, const float* sums, float* out,
@@ -118,30 +104,105 @@ inline void prefetch_rows(const void* w, int WR, int64_t K, int64_t k) {
     for (int j = 0; j < WR; ++j) _mm_prefetch(ahead + (j * K + k) * esz, _MM_HINT_T1);  // L2: see the top
 }
 
-// R rows of x (stride K) against WR weight rows (stride K): out[r * ldo + j] = x[r] . w[j].
-// AVX2: each output's 16 lanes are two registers, lanes 0-7 and 8-15.
+// AVX2 in "pair order". Each output's 16 lanes are two registers: E holds lanes 0, 2, .., 14 and O
+// lanes 1, 3, .., 15 (register lane i is lane 2i, resp. 2i + 1). A 16-bit weight pair (k, k + 1)
+// is one 32-bit word, so 16 bf16 weights convert to E and O order with one shift and one mask, in
+// place, where widening 8 weights to 8 lanes in order (vpmovzxwd, then a shift) cost a
+// lane-crossing shuffle and a shift per 8 weights. x is given in the same order: every 16
+// elements below K16 as [x0 x2 .. x14 x1 x3 .. x15] (pair_order_x), the tail as it is. Each lane
+// still sums exactly the products of the contract, in the same order, and E + O is the first
+// level of both tree8s (lane 2i + lane 2i+1), so the bits are those of the portable kernel.
+// Measured on a 2-vCPU AMD EPYC (Zen 3, AVX2 only), one thread, bf16: 10-30% faster than in-order
+// lanes at 1-16 rows (bench/README.md, 2026-12-03).
+
+// Elements i, i+2, .., i+14 (kOdd: i+1, .., i+15) of a weight row as f32 lanes. The two halves are
+// loaded separately (the second load hits L1): holding both would take two more registers.
+template <DType WT, bool kOdd, bool kMask>
+SPECDEC_AVX2 inline __m256 load_half(const void* w, int64_t i) {
+  if constexpr (WT == DType::bf16) {
+    __m256i v;
+    asm volatile("vmovdqu %1, %0" : "=x"(v) : "m"(*reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(w) + i)));
+    if constexpr (!kOdd) return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+    if constexpr (kMask) return _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32(static_cast<int>(0xffff0000u))));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_srli_epi32(v, 16), 16));
+  } else {
+    // f32 and f16 weights (rare here): gather the even or odd elements.
+    const __m256 a = load8<WT>(w, i), b = load8<WT>(w, i + 8);
+    const __m256 h = kOdd ? _mm256_shuffle_ps(a, b, 0xdd) : _mm256_shuffle_ps(a, b, 0x88);
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(h), 0xd8));
+  }
+}
+
+// An x vector in a register. (Left to itself GCC folds the x loads into the FMAs, once per weight
+// row: up to 16 loads per 12 FMAs, and the loads, not the FMAs, bound the tile.)
+SPECDEC_AVX2 inline __m256 load_x(const float* p) {
+  __m256 v = _mm256_loadu_ps(p);
+  asm("" : "+x"(v));
+  return v;
+}
+
+// x rows [0, N) (stride K) into pair order (stride K): see above.
+SPECDEC_AVX2 void pair_order_x(const float* x, int64_t N, int64_t K, float* dst) {
+  const int64_t K16 = K - K % kLanes;
+  for (int64_t n = 0; n < N; ++n) {
+    const float* s = x + n * K;
+    float* d = dst + n * K;
+    for (int64_t k = 0; k < K16; k += kLanes) {
+      const __m256 a = _mm256_loadu_ps(s + k), b = _mm256_loadu_ps(s + k + 8);
+      // shuffle 0x88 / 0xdd: [a0 a2 b0 b2 | a4 a6 b4 b6] / odd; then 64-bit blocks 0 2 1 3.
+      _mm256_storeu_ps(d + k, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0x88)), 0xd8)));
+      _mm256_storeu_ps(d + k + 8, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0xdd)), 0xd8)));
+    }
+    for (int64_t k = K16; k < K; ++k) d[k] = s[k];
+  }
+}
+
+// sums[i] = tree8(lanes 0-7) + tree8(lanes 8-15) of output i from its E and O registers: P = E + O
+// is [l0+l1, l2+l3, .., l14+l15], and hsum4 of four P registers forms ((P0+P1)+(P2+P3)) +
+// ((P4+P5)+(P6+P7)) for each. Fewer than four are padded with zeros (their lanes are dropped).
+template <int T>
+SPECDEC_AVX2 inline void pair_sums(const __m256* e, const __m256* o, float* sums) {
+  constexpr int kFull = T / 4 * 4, kRest = T - kFull;
+#pragma GCC unroll 8
+  for (int i = 0; i < kFull; i += 4)
+    _mm_storeu_ps(sums + i, simd::hsum4(_mm256_add_ps(e[i], o[i]), _mm256_add_ps(e[i + 1], o[i + 1]),
+                                        _mm256_add_ps(e[i + 2], o[i + 2]), _mm256_add_ps(e[i + 3], o[i + 3])));
+  if constexpr (kRest > 0) {
+    __m256 p[4];
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; ++q) p[q] = q < kRest ? _mm256_add_ps(e[kFull + q], o[kFull + q]) : _mm256_setzero_ps();
+    alignas(16) float t[4];
+    _mm_store_ps(t, simd::hsum4(p[0], p[1], p[2], p[3]));
+#pragma GCC unroll 4
+    for (int q = 0; q < kRest; ++q) sums[kFull + q] = t[q];
+  }
+}
+
+// R rows of x (pair order, stride K) against WR weight rows (stride K): out[r * ldo + j] = x[r] . w[j].
 template <int R, int WR, DType WT, bool kStream>
 SPECDEC_AVX2 void tile_avx2(const float* x, const void* w, int64_t K, float* out, int64_t ldo) {
-  __m256 lo[R * WR], hi[R * WR];
+  // The odd half's mask takes a register where 16 are enough (else two shifts).
+  constexpr bool kMask = 2 * R * WR + R + 2 <= 16;
+  __m256 e[R * WR], o[R * WR];
 #pragma GCC unroll 16
-  for (int i = 0; i < R * WR; ++i) lo[i] = hi[i] = _mm256_setzero_ps();
+  for (int i = 0; i < R * WR; ++i) e[i] = o[i] = _mm256_setzero_ps();
   const int64_t K16 = K - K % kLanes;
   for (int64_t k = 0; k < K16; k += kLanes) {
     if (kStream) prefetch_rows<WT>(w, WR, K, k);
     __m256 xv[R];
-    for (int r = 0; r < R; ++r) xv[r] = _mm256_loadu_ps(x + r * K + k);
+    for (int r = 0; r < R; ++r) xv[r] = load_x(x + r * K + k);
     for (int j = 0; j < WR; ++j) {
-      const __m256 wv = load8<WT>(w, j * K + k);
-      for (int r = 0; r < R; ++r) lo[r * WR + j] = _mm256_fmadd_ps(xv[r], wv, lo[r * WR + j]);
+      const __m256 wv = load_half<WT, false, kMask>(w, j * K + k);
+      for (int r = 0; r < R; ++r) e[r * WR + j] = _mm256_fmadd_ps(xv[r], wv, e[r * WR + j]);
     }
-    for (int r = 0; r < R; ++r) xv[r] = _mm256_loadu_ps(x + r * K + k + 8);
+    for (int r = 0; r < R; ++r) xv[r] = load_x(x + r * K + k + 8);
     for (int j = 0; j < WR; ++j) {
-      const __m256 wv = load8<WT>(w, j * K + k + 8);
-      for (int r = 0; r < R; ++r) hi[r * WR + j] = _mm256_fmadd_ps(xv[r], wv, hi[r * WR + j]);
+      const __m256 wv = load_half<WT, true, kMask>(w, j * K + k);
+      for (int r = 0; r < R; ++r) o[r * WR + j] = _mm256_fmadd_ps(xv[r], wv, o[r * WR + j]);
     }
   }
   float sums[R * WR];
-  lane_sums<R * WR>(lo, hi, sums);
+  pair_sums<R * WR>(e, o, sums);
   finish_tile<R, WR, WT>(x, w, K, K16, sums, out, ldo);
 }
 
@@ -278,7 +339,40 @@ void block_simd(const float* x, int64_t N, int64_t K, DType wdt, const void* w, 
 
 namespace {
 
+// The x rows the kernels read: on AVX2 a copy in pair order (see tile_avx2; made once per call by
+// the calling thread, which waits for the workers), else x itself. The copy's buffer is kept per
+// thread up to kKeepFloats (decode and tree steps reuse it); a larger one (a long prefill) is freed
+// after the call, so it never holds a second copy of a big activation.
+class KernelX {
+ public:
+  explicit KernelX(const Tensor& x) : p_(x.ptr<float>()) {
+#ifdef SPECDEC_CPU_X86_SIMD
+    if (simd::isa() == simd::Isa::avx2) {
+      const size_t n = static_cast<size_t>(x.size(0) * x.size(1));
+      if (buf().size() < n) buf().resize(n);
+      pair_order_x(p_, x.size(0), x.size(1), buf().data());
+      p_ = buf().data();
+    }
+#endif
+  }
+  ~KernelX() {
+    if (buf().size() > kKeepFloats) std::vector<float>().swap(buf());
+  }
+  KernelX(const KernelX&) = delete;
+  KernelX& operator=(const KernelX&) = delete;
+  const float* get() const { return p_; }
+
+ private:
+  static constexpr size_t kKeepFloats = size_t{1} << 18;  // 1 MB
+  static std::vector<float>& buf() {
+    thread_local std::vector<float> b;
+    return b;
+  }
+  const float* p_;
+};
+
 // Weight rows [m0, m1) of one matmul, bias included: the unit of work of matmul and matmul_group.
+// xp is KernelX(x).get().
 void run_block(const float* xp, int64_t N, int64_t K, const Tensor& w, const Tensor& bias, float* op, int64_t M,
                int64_t m0, int64_t m1) {
   const DType wdt = w.dtype();
@@ -324,7 +418,9 @@ int64_t block_rows(int64_t N, int64_t M) {
     return (16 + unit - 1) / unit * unit;
   }
 #endif
-  return kBlockM;  // AVX2 tiles (6/3/2 wide) and the portable kernel: measured only with 48
+  // AVX2 tiles (6/3/2 wide) and the portable kernel. (AVX2 in blocks of ~16 rows, measured on a
+  // 2-vCPU Zen 3: 5 rows of K = M = 128 gained, 2-6 rows of K = 384, M = 128 lost as much.)
+  return kBlockM;
 }
 
 }  // namespace
@@ -332,7 +428,8 @@ int64_t block_rows(int64_t N, int64_t M) {
 void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out) {
   const int64_t N = x.size(0), K = x.size(1), M = w.size(0);
   if (N == 0 || M == 0) return;
-  const float* xp = x.ptr<float>();
+  const KernelX kx(x);
+  const float* xp = kx.get();
   float* op = out.ptr<float>();
   const int64_t bm = block_rows(N, M);
   const int64_t blocks = (M + bm - 1) / bm;
@@ -343,7 +440,9 @@ void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out) {
 
 void matmul_group(const Tensor& x, std::initializer_list<ops::MatmulPart> parts) {
   const int64_t N = x.size(0), K = x.size(1);
-  const float* xp = x.ptr<float>();
+  if (N == 0) return;
+  const KernelX kx(x);
+  const float* xp = kx.get();
   // Blocks of every part, numbered part after part: first[i] = part i's first block.
   constexpr size_t kMaxParts = 8;
   const size_t P = parts.size();

@@ -187,6 +187,26 @@ SPECDEC_AVX2 void tile_avx2(const float* x, const void* w, int64_t K, float* out
 #pragma GCC unroll 16
   for (int i = 0; i < R * WR; ++i) e[i] = o[i] = _mm256_setzero_ps();
   const int64_t K16 = K - K % kLanes;
+  if constexpr (R == 1 && WT == DType::bf16) {
+    // One row of x: both halves of x stay in registers, and each weight word is loaded once;
+    // the odd half's mask comes from memory (no register left for it).
+    alignas(32) static const uint32_t kHigh[8] = {0xffff0000u, 0xffff0000u, 0xffff0000u, 0xffff0000u,
+                                                 0xffff0000u, 0xffff0000u, 0xffff0000u, 0xffff0000u};
+    for (int64_t k = 0; k < K16; k += kLanes) {
+      if (kStream) prefetch_rows<WT>(w, WR, K, k);
+      const __m256 xe = load_x(x + k), xo = load_x(x + k + 8);
+      for (int j = 0; j < WR; ++j) {
+        __m256i v, odd;
+        asm volatile("vmovdqu %1, %0" : "=x"(v) : "m"(*reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(w) + j * K + k)));
+        asm("vpand %2, %1, %0" : "=x"(odd) : "x"(v), "m"(*reinterpret_cast<const __m256i*>(kHigh)));
+        e[j] = _mm256_fmadd_ps(xe, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)), e[j]);
+        o[j] = _mm256_fmadd_ps(xo, _mm256_castsi256_ps(odd), o[j]);
+      }
+    }
+    float sums[WR];
+    pair_sums<WR>(e, o, sums);
+    return finish_tile<R, WR, WT>(x, w, K, K16, sums, out, ldo);
+  }
   for (int64_t k = 0; k < K16; k += kLanes) {
     if (kStream) prefetch_rows<WT>(w, WR, K, k);
     __m256 xv[R];

@@ -374,8 +374,8 @@ void group_rows(const float* x, const void* w, int64_t K, int64_t rows, float* o
     const int64_t K16 = K - K % kLanes;
     if (again && K16 > kSpanK + kSpanK / 2) return group_rows_spans<R, WR, WT, false>(x, wb, K, K16, rows, out, ldo);
   }
-  if constexpr (kStream) {
-    // A group that reads the block again finds it in L2: no prefetches.
+  if constexpr (kStream && !kAvx512) {
+    // A group that reads the block again finds it in L2: no prefetches. (Measured on AVX2 only.)
     if (again) return group_rows<R, WT, false, kAvx512>(x, w, K, rows, out, ldo, true);
   }
   int64_t m = 0;

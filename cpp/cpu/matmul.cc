@@ -116,6 +116,14 @@ inline void prefetch_rows(const void* w, int WR, int64_t K, int64_t k) {
 // Measured on a 2-vCPU AMD EPYC (Zen 3, AVX2 only), one thread, bf16: 10-30% faster than in-order
 // lanes at 1-16 rows (bench/README.md, 2026-12-03).
 
+// The even (kOdd: odd) elements of [a | b] in order: shuffle 0x88 / 0xdd gives
+// [a0 a2 b0 b2 | a4 a6 b4 b6] (odd: a1 a3 ..), then 64-bit blocks 0 2 1 3.
+template <bool kOdd>
+SPECDEC_AVX2 inline __m256 pair_split(__m256 a, __m256 b) {
+  const __m256 h = kOdd ? _mm256_shuffle_ps(a, b, 0xdd) : _mm256_shuffle_ps(a, b, 0x88);
+  return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(h), 0xd8));
+}
+
 // Elements i, i+2, .., i+14 (kOdd: i+1, .., i+15) of a weight row as f32 lanes. The two halves are
 // loaded separately (the second load hits L1): holding both would take two more registers.
 template <DType WT, bool kOdd, bool kMask>
@@ -128,9 +136,7 @@ SPECDEC_AVX2 inline __m256 load_half(const void* w, int64_t i) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_srli_epi32(v, 16), 16));
   } else {
     // f32 and f16 weights (rare here): gather the even or odd elements.
-    const __m256 a = load8<WT>(w, i), b = load8<WT>(w, i + 8);
-    const __m256 h = kOdd ? _mm256_shuffle_ps(a, b, 0xdd) : _mm256_shuffle_ps(a, b, 0x88);
-    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(h), 0xd8));
+    return pair_split<kOdd>(load8<WT>(w, i), load8<WT>(w, i + 8));
   }
 }
 
@@ -150,9 +156,8 @@ SPECDEC_AVX2 void pair_order_x(const float* x, int64_t N, int64_t K, float* dst)
     float* d = dst + n * K;
     for (int64_t k = 0; k < K16; k += kLanes) {
       const __m256 a = _mm256_loadu_ps(s + k), b = _mm256_loadu_ps(s + k + 8);
-      // shuffle 0x88 / 0xdd: [a0 a2 b0 b2 | a4 a6 b4 b6] / odd; then 64-bit blocks 0 2 1 3.
-      _mm256_storeu_ps(d + k, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0x88)), 0xd8)));
-      _mm256_storeu_ps(d + k + 8, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0xdd)), 0xd8)));
+      _mm256_storeu_ps(d + k, pair_split<false>(a, b));
+      _mm256_storeu_ps(d + k + 8, pair_split<true>(a, b));
     }
     for (int64_t k = K16; k < K; ++k) d[k] = s[k];
   }
@@ -183,6 +188,24 @@ SPECDEC_AVX2 inline void pair_sums(const __m256* e, const __m256* o, float* sums
 template <int R, int WR, DType WT, bool kStream>
 SPECDEC_AVX2 inline __attribute__((always_inline)) void k_span(const float* x, const void* w, int64_t K, int64_t k0,
                                                                int64_t k1, __m256* e, __m256* o) {
+  if constexpr (R == 1 && WT == DType::bf16) {
+    // One row of x: both halves of x stay in registers, and each weight word is loaded once;
+    // the odd half's mask comes from memory (no register left for it).
+    alignas(32) static const uint32_t kHigh[8] = {0xffff0000u, 0xffff0000u, 0xffff0000u, 0xffff0000u,
+                                                 0xffff0000u, 0xffff0000u, 0xffff0000u, 0xffff0000u};
+    for (int64_t k = k0; k < k1; k += kLanes) {
+      if (kStream) prefetch_rows<WT>(w, WR, K, k);
+      const __m256 xe = load_x(x + k), xo = load_x(x + k + 8);
+      for (int j = 0; j < WR; ++j) {
+        __m256i v, odd;
+        asm volatile("vmovdqu %1, %0" : "=x"(v) : "m"(*reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(w) + j * K + k)));
+        asm("vpand %2, %1, %0" : "=x"(odd) : "x"(v), "m"(*reinterpret_cast<const __m256i*>(kHigh)));
+        e[j] = _mm256_fmadd_ps(xe, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)), e[j]);
+        o[j] = _mm256_fmadd_ps(xo, _mm256_castsi256_ps(odd), o[j]);
+      }
+    }
+    return;
+  }
   // The odd half's mask takes a register where 16 are enough (else two shifts).
   constexpr bool kMask = 2 * R * WR + R + 2 <= 16;
   for (int64_t k = k0; k < k1; k += kLanes) {
@@ -208,26 +231,6 @@ SPECDEC_AVX2 void tile_avx2(const float* x, const void* w, int64_t K, float* out
 #pragma GCC unroll 16
   for (int i = 0; i < R * WR; ++i) e[i] = o[i] = _mm256_setzero_ps();
   const int64_t K16 = K - K % kLanes;
-  if constexpr (R == 1 && WT == DType::bf16) {
-    // One row of x: both halves of x stay in registers, and each weight word is loaded once;
-    // the odd half's mask comes from memory (no register left for it).
-    alignas(32) static const uint32_t kHigh[8] = {0xffff0000u, 0xffff0000u, 0xffff0000u, 0xffff0000u,
-                                                 0xffff0000u, 0xffff0000u, 0xffff0000u, 0xffff0000u};
-    for (int64_t k = 0; k < K16; k += kLanes) {
-      if (kStream) prefetch_rows<WT>(w, WR, K, k);
-      const __m256 xe = load_x(x + k), xo = load_x(x + k + 8);
-      for (int j = 0; j < WR; ++j) {
-        __m256i v, odd;
-        asm volatile("vmovdqu %1, %0" : "=x"(v) : "m"(*reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(w) + j * K + k)));
-        asm("vpand %2, %1, %0" : "=x"(odd) : "x"(v), "m"(*reinterpret_cast<const __m256i*>(kHigh)));
-        e[j] = _mm256_fmadd_ps(xe, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)), e[j]);
-        o[j] = _mm256_fmadd_ps(xo, _mm256_castsi256_ps(odd), o[j]);
-      }
-    }
-    float sums[WR];
-    pair_sums<WR>(e, o, sums);
-    return finish_tile<R, WR, WT>(x, w, K, K16, sums, out, ldo);
-  }
   k_span<R, WR, WT, kStream>(x, w, K, 0, K16, e, o);
   float sums[R * WR];
   pair_sums<R * WR>(e, o, sums);

@@ -200,23 +200,62 @@ describe('draft model adaptivity', () => {
     }
   });
 
-  it('confidence mode drafts long runs from a peaked draft and single tokens from a flat one', async () => {
+  it('confidence mode drafts while the draft is sure: every step\'s length replayed from the draft\'s own probabilities', async () => {
+    // The rule: draft greedily up to maxK tokens; the first is always drafted, and drafting stops
+    // before a later token whose max probability is below the threshold (or after a first one that
+    // is). The replay recomputes each step's length from the draft's logits on the text so far, so
+    // it holds for any seed; a peaked draft's near-ties stop it early, and that is checked too.
     const target = new ToyLM({ vocabSize: V, seed, positional: false });
-    const peaked = new DraftModelSpeculator({ draft: new ToyLM({ vocabSize: V, seed, positional: false, scale: 30 }), adaptive: 'confidence', maxK: 6 });
-    const flat = new DraftModelSpeculator({ draft: new ToyLM({ vocabSize: V, seed, positional: false, scale: 0.05 }), adaptive: 'confidence', maxK: 6 });
-    for (const spec of [peaked, flat]) {
+    const maxK = 6;
+    const threshold = 0.4;
+    const softmaxMax = (l: Float32Array): { p: number; arg: number } => {
+      let arg = 0;
+      for (let v = 1; v < l.length; v++) if ((l[v] as number) > (l[arg] as number)) arg = v;
+      let z = 0;
+      for (let v = 0; v < l.length; v++) z += Math.exp((l[v] as number) - (l[arg] as number));
+      return { p: 1 / z, arg };
+    };
+    const means: number[] = [];
+    // Scale 3 (the toy's default) gives middling confidences: stops at every depth.
+    for (const scale of [30, 0.05, 3]) {
+      const draft = new ToyLM({ vocabSize: V, seed, positional: false, scale });
+      const spec = new DraftModelSpeculator({ draft, adaptive: 'confidence', maxK, confidenceThreshold: threshold });
       const dec = new SpeculativeDecoder({ target, speculator: spec });
       const p = prompts(seed + 3, [4])[0]!;
       const r = await dec.generate(p, { maxNewTokens: 60 }).result;
       const ref = await plainGenerate(target, [p], { maxNewTokens: 60 });
       assert.deepStrictEqual(Array.from(r.tokens), Array.from(ref.tokens[0]!));
       const ks = [...spec.kHistory.values()][0]!;
-      if (spec === flat) assert.ok(ks.slice(0, -1).every((k) => k === 1), `flat drafted ${ks}`);
-      else {
-        // Near-ties between the top logits still stop it sometimes; mostly it drafts the maximum.
-        assert.ok(ks.filter((k) => k === 6).length >= ks.length / 2, `peaked drafted ${ks}`);
+      const trace = [...spec.trace.values()][0]!;
+      assert.strictEqual(trace.length, ks.length);
+      let emitted = 1; // the prefill's token: the first step's root
+      let checked = 0;
+      for (let i = 0; i < ks.length; i++) {
+        const ctx = [...p, ...Array.from(r.tokens.subarray(0, emitted))];
+        let want = 0;
+        let nearTie = false;
+        for (let d = 0; d < maxK; d++) {
+          const { p: conf, arg } = softmaxMax(draft.logitsFor(ctx, ctx.length));
+          nearTie ||= Math.abs(conf - threshold) < 1e-5;
+          if (d > 0 && conf < threshold) break;
+          want++;
+          ctx.push(arg);
+          if (conf < threshold) break;
+        }
+        // The last step may be cut by the tokens left to generate; near-threshold rows may round
+        // either way in float32.
+        if (i + 1 < ks.length && !nearTie) {
+          assert.strictEqual(ks[i], want, `scale ${scale}, step ${i}: drafted ${ks[i]}, the rule gives ${want} (all: ${ks})`);
+          checked++;
+        } else assert.ok(ks[i]! <= want, `scale ${scale}, last step: drafted ${ks[i]} > ${want}`);
+        emitted += trace[i]!.accepted + 1;
       }
+      assert.ok(checked >= ks.length / 2, `scale ${scale}: only ${checked} of ${ks.length} steps checked`);
+      means.push(ks.slice(0, -1).reduce((a, k) => a + k, 0) / (ks.length - 1));
     }
+    // A flat draft (max probability ~1/16) drafts single tokens; a peaked one drafts several.
+    assert.strictEqual(means[1], 1, `flat draft: mean length ${means[1]}`);
+    assert.ok(means[0]! > 2, `peaked draft: mean length ${means[0]}`);
   });
 });
 

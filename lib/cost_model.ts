@@ -225,6 +225,26 @@ export class ForwardCost {
     if (!this.frozen) this.overhead.add(seconds);
   }
 
+  /** Per batch size: seconds of a plain step run in a native chain (lib/plain_chain.ts), all of it. */
+  private readonly chained = new Map<number, RecentTimes>();
+
+  /** Takes in a plain chain's seconds per step at this batch size. */
+  observeChainStep(batch: number, seconds: number): void {
+    if (this.frozen) return;
+    let t = this.chained.get(batch);
+    if (!t) this.chained.set(batch, (t = new RecentTimes()));
+    t.add(seconds);
+  }
+
+  /**
+   * Seconds of a plain step at this batch size when it runs in a chain (undefined until one ran):
+   * the cost of decoding plainly where chains are used, with no step overhead on top.
+   */
+  chainStep(batch: number): number | undefined {
+    const t = this.chained.get(batch);
+    return t && t.count > 0 ? t.value() : undefined;
+  }
+
   /** The curve's points (n, seconds). */
   points(): [number, number][] {
     return this.ns.map((n, i) => [n, (this.ts[i] as RecentTimes).value()]);

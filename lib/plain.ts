@@ -7,6 +7,7 @@
 // output whatever else is in the batch.
 import type { CausalLM } from './models/causal_lm';
 import { codedError } from './models/config';
+import { chainLength, observeChainStep } from './plain_chain';
 import { argmax, argmaxIds, processLogits, sample } from './sampling';
 import type { Tensor } from './tensor';
 
@@ -81,6 +82,46 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
     // feed[i]: tokens sequence i sends in the next forward (its prompt, then its last new token).
     const feed: Int32Array[] = prompts.map((p) => p);
     let active = maxNew > 0 ? prompts.map((_, i) => i) : [];
+    // Greedy: steps run as native chains (lib/plain_chain.ts), the same tokens as one at a time.
+    const chained = temperature === 0 && model.greedyChain !== undefined;
+    while (chained && active.length > 0) {
+      options.signal?.throwIfAborted();
+      const len = chainLength(model, active.length);
+      // k picks feed k - 1 of them: each fed token's position stays below maxPositions.
+      const steps = active.map((i) => Math.max(1, Math.min(len, maxNew - out[i]!.length, maxPositions - prompts[i]!.length - out[i]!.length)));
+      const t = performance.now();
+      const picks = await (model.greedyChain as NonNullable<CausalLM['greedyChain']>)(
+        active.map((i) => ({ seq: seqs[i]!, tokens: feed[i]! })),
+        steps,
+        options.signal !== undefined ? { signal: options.signal } : {},
+      );
+      const most = Math.max(...steps);
+      // (A chain that starts with a prompt says nothing about a step's cost.)
+      if (active.every((i) => feed[i]!.length === 1)) observeChainStep(model, active.length, (performance.now() - t) / 1000 / most);
+      targetForwards += most;
+      const still: number[] = [];
+      active.forEach((i, b) => {
+        const got = picks[b]!;
+        let done = false;
+        for (let k = 0; k < got.length && !done; k++) {
+          const tok = got[k]!;
+          // (The picks past a stop ran, but no statistic counts them: they are not output.)
+          forwards[i]!++;
+          out[i]!.push(tok);
+          options.onTokens?.(i, Int32Array.of(tok));
+          const length = prompts[i]!.length + out[i]!.length;
+          if (stops.has(tok) || out[i]!.length >= maxNew || length >= maxPositions) {
+            finishReasons[i] = stops.has(tok) ? 'stop' : out[i]!.length >= maxNew ? 'length' : 'context';
+            done = true;
+          }
+        }
+        if (!done) {
+          feed[i] = Int32Array.of(got[got.length - 1]!);
+          still.push(i);
+        }
+      });
+      active = still;
+    }
     while (active.length > 0) {
       options.signal?.throwIfAborted();
       const fw = await model.forward(

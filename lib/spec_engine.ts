@@ -14,6 +14,7 @@ import type {
   StepReport,
 } from './strategies/speculator';
 import { knownForwardCost } from './cost_model';
+import { chainLength, observeChainStep } from './plain_chain';
 import { argmaxIds, processLogits } from './sampling';
 import { codedError } from './strategies/speculator';
 import { isSampling, pickTokens, samplingOptions, throwIfAborted } from './step_helpers';
@@ -80,6 +81,24 @@ export class StatsAcc {
   proposedPerPosition: number[] = [];
   nodesPerStep: Record<number, number> = {};
   private readonly counters0: TransferStats = transferCounters();
+
+  /** `steps` plain steps run as one native chain: a forward and a token each. */
+  addPlainSteps(steps: number): void {
+    this.targetForwards += steps;
+    this.newTokens += steps;
+    this.nodesPerStep[1] = (this.nodesPerStep[1] ?? 0) + steps;
+  }
+
+  /**
+   * The last step's final n emitted tokens were cut (a stop, maxNewTokens): not counted as new
+   * tokens; after a plain chain (one forward a token) not as forwards or steps either.
+   */
+  dropTail(n: number, plainChain: boolean): void {
+    this.newTokens -= n;
+    if (!plainChain) return;
+    this.targetForwards -= n;
+    this.nodesPerStep[1] = (this.nodesPerStep[1] as number) - n;
+  }
 
   addStep(proposal: Proposal, acceptedLen: number, emitted: number): void {
     this.targetForwards++;
@@ -315,6 +334,8 @@ export class SpecEngine {
       }
       const tDraft = performance.now();
       throwIfAborted(signal);
+      const chain = plainChainSteps(live, batches, proposals, model, speculator);
+      if (chain) return await SpecEngine.plainChain(live, chain, t0, tDraft, signal);
       // (Loops rather than flat/flatMap/spreads: a small model's whole step is ~100 us, and this
       // runs once per step.)
       const single = live.length === 1;
@@ -384,6 +405,57 @@ export class SpecEngine {
       for (const o of owned) o.dispose();
       if (out) disposeOutput(out);
     }
+  }
+
+  /**
+   * Plain steps of every sequence in one native call (the model's greedyChain): steps[i] for the
+   * i-th sequence over the parts, each step a forward of the root, its argmax the next root, and
+   * the commit -- the same tokens and cache as that many plain steps, without a return to
+   * JavaScript between them. The speculator (if any) hears of them through updatePlain().
+   */
+  private static async plainChain(parts: readonly StepPart[], steps: number[], t0: number, tDraft: number, signal?: AbortSignal): Promise<Int32Array[]> {
+    const first = parts[0] as StepPart;
+    const { model, speculator } = first.engine;
+    const seqs: readonly EngineSequence[] = parts.length === 1 ? first.seqs : parts.flatMap((p) => p.seqs);
+    const inputs = new Array<SequenceInput>(seqs.length);
+    let most = 0;
+    for (let b = 0; b < seqs.length; b++) {
+      const s = seqs[b] as EngineSequence;
+      inputs[b] = { seq: s.modelSeq, tokens: Int32Array.of(s.history[s.history.length - 1] as number) };
+      most = Math.max(most, steps[b] as number);
+    }
+    const chain = model.greedyChain as NonNullable<CausalLM['greedyChain']>;
+    const opts = signal ? { signal } : {};
+    const tStart = performance.now();
+    let picks: Int32Array[];
+    try {
+      picks = await chain.call(model, inputs, steps, opts);
+    } catch (e) {
+      // Out of KV pages for the whole chain: the one step the engine made room for. (A failed chain
+      // leaves nothing committed.)
+      if (most === 1 || (e as { code?: unknown } | null)?.code !== 'E_KV_FULL') throw e;
+      steps.fill(1);
+      most = 1;
+      picks = await chain.call(model, inputs, steps, opts);
+    }
+    const tTarget = performance.now();
+    observeChainStep(model, seqs.length, (tTarget - tStart) / 1000 / most);
+    for (let b = 0; b < seqs.length; b++) {
+      const s = seqs[b] as EngineSequence;
+      const got = picks[b] as Int32Array;
+      s.committed += got.length;
+      for (let k = 0; k < got.length; k++) s.history.push(got[k] as number);
+      s.stats.addPlainSteps(got.length);
+    }
+    if (speculator?.updatePlain) {
+      let b0 = 0;
+      for (const p of parts) {
+        speculator.updatePlain(p.seqs, steps.slice(b0, b0 + p.seqs.length), p.engine.ctx(signal));
+        b0 += p.seqs.length;
+      }
+    }
+    addPhases(parts, t0, tDraft, tTarget, tTarget, tTarget, performance.now());
+    return picks;
   }
 
   /** Verifies one part's proposals against its rows (`out`); tensors it creates go to `owned`. */
@@ -561,6 +633,39 @@ function forwardOptions(hidden: boolean, signal: AbortSignal | undefined): Forwa
 
 function isThenable<T>(x: T | PromiseLike<T>): x is PromiseLike<T> {
   return typeof (x as { then?: unknown } | undefined)?.then === 'function';
+}
+
+/**
+ * The steps of a plain chain per sequence (parts in order), or undefined for an ordinary step: the
+ * decoding is greedy everywhere, every proposal is a lone root, the model has greedyChain, and the
+ * speculator (if any) offered plainSteps and takes updatePlain. Never past a sequence's maxDepth + 1
+ * tokens (maxNewTokens and the context).
+ */
+function plainChainSteps(
+  parts: readonly StepPart[],
+  batches: readonly ProposalBatch[],
+  proposals: readonly (readonly Proposal[])[],
+  model: CausalLM,
+  speculator: Speculator | undefined,
+): number[] | undefined {
+  if (!model.greedyChain) return undefined;
+  let offer = Infinity;
+  let n = 0;
+  for (let i = 0; i < parts.length; i++) {
+    if ((parts[i] as StepPart).engine.sampling) return undefined;
+    if (speculator) {
+      const k = (batches[i] as ProposalBatch).plainSteps;
+      if (!speculator.updatePlain || k === undefined || !(k >= 1)) return undefined;
+      offer = Math.min(offer, Math.floor(k));
+    }
+    for (const p of proposals[i] as readonly Proposal[]) if (p.tokens.length !== 1 || p.tail || p.positions || p.mask) return undefined;
+    n += (parts[i] as StepPart).seqs.length;
+  }
+  const len = Math.min(offer, chainLength(model, n));
+  const steps = new Array<number>(n);
+  let b = 0;
+  for (const p of parts) for (const s of p.seqs) steps[b++] = Math.max(1, Math.min(len, s.maxDepth + 1));
+  return steps;
 }
 
 function allLoneRoots(proposals: readonly Proposal[]): boolean {

@@ -67,7 +67,12 @@ export interface SizeChoice {
  */
 export function stepCost(cost: ForwardCost, batch = 1, speculatorCost: (nodes: number) => number = () => 0): (nodes: number) => number {
   const b = Math.max(1, batch);
-  return (nodes) => (cost.predict(b * nodes) + cost.stepOverhead) / b + speculatorCost(nodes);
+  // A plain step (one node) is a chained one where chains ran: no return to JavaScript per step.
+  const chain = cost.chainStep(b);
+  return (nodes) => {
+    const step = (cost.predict(b * nodes) + cost.stepOverhead) / b;
+    return (nodes === 1 && chain !== undefined ? Math.min(step, chain / b) : step) + speculatorCost(nodes);
+  };
 }
 
 /**

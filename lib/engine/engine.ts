@@ -87,6 +87,8 @@ class Request {
   savedCounter = 0n;
   /** The sequence's committed length before the running step (the pages it takes: endStep). */
   committedAtStep = 0;
+  /** Target forwards of the sequence when the step began (a step may run several: plain chains). */
+  forwardsAtStep = 0;
   /** onTokens threw: the request fails at the next step boundary. */
   failure: { readonly error: unknown } | undefined;
   /**
@@ -576,6 +578,7 @@ export class Engine {
         s.maxDepth = Math.max(0, Math.min(r.opts.maxNewTokens - r.newTokens.length - 1, s.maxPosition - s.committed - 1));
         r.savedCounter = r.rng.counter;
         r.committedAtStep = s.committed;
+        r.forwardsAtStep = s.stats.targetForwards;
         seqs[b] = s;
         if (groups.length > 1) reqs.push(r);
       }
@@ -587,8 +590,11 @@ export class Engine {
   /** The step's emitted tokens go to their requests. */
   private endStep(step: RunningStep, emitted: readonly Int32Array[]): void {
     this.metrics.observeStep((performance.now() - step.t0) / 1000);
-    this.metrics.forwards++;
     const { reqs } = step;
+    // One forward a step, or the steps of a plain chain (SpecEngine.stepShared).
+    let forwards = 1;
+    for (const r of reqs) if (r.seq) forwards = Math.max(forwards, r.seq.stats.targetForwards - r.forwardsAtStep);
+    this.metrics.forwards += forwards;
     // The pages the step took: its sequences' committed growth.
     const known = this.kvKnown;
     if (known) {
@@ -698,6 +704,9 @@ export class Engine {
       else if (r.newTokens.length >= r.opts.maxNewTokens) r.done = 'length';
     }
     if (r.done === undefined && s.history.length > s.maxPosition) r.done = 'context';
+    // Tokens past the cut are no output: the statistics drop them (and, after a plain chain, the
+    // forwards that made them: the chain could not know where the request stops).
+    if (k < toks.length) s.stats.dropTail(toks.length - k, s.stats.targetForwards - r.forwardsAtStep > 1);
     this.metrics.generatedTokens += k;
     // A step's emitted array is fresh (nothing writes it afterwards): handed over as it is when it is
     // the whole of its buffer; a view into a batch's shared result is copied (its buffer holds the

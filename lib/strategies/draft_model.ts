@@ -172,6 +172,40 @@ export class DraftModelSpeculator implements Speculator {
     }
   }
 
+  /**
+   * 'cost' mode, after a plain choice for every sequence: this step and the steps after it that are
+   * sure to be plain too -- the plain choice's remaining uses, and no sequence due to probe.
+   */
+  private plainStepsAhead(states: readonly DraftState[]): number {
+    const kept = this.plainChoice;
+    if (!kept || this.minK > 0) return 1;
+    let ahead = PLAIN_CHOICE_USES - kept.uses;
+    for (const st of states) ahead = Math.min(ahead, this.probeAfter - st.plainRun);
+    return 1 + Math.max(0, ahead);
+  }
+
+  /** The engine ran steps[b] plain steps of sequence b at once (after plainSteps): their bookkeeping. */
+  updatePlain(seqs: readonly SpecSequence[], steps: readonly number[]): void {
+    let most = 0;
+    for (let b = 0; b < seqs.length; b++) {
+      const m = steps[b] as number;
+      most = Math.max(most, m);
+      const s = seqs[b] as SpecSequence;
+      const st = this.states.get(s.key);
+      if (!st) continue;
+      // The propose() rounds after the first, then every round's update(): nothing drafted.
+      st.plainRun += m - 1;
+      const ks = this.kHistory.get(s.key);
+      let tr = this.trace.get(s.key);
+      if (!tr) this.trace.set(s.key, (tr = []));
+      for (let j = 0; j < m; j++) {
+        if (j > 0) ks?.push(0);
+        tr.push({ k: st.k, drafted: 0, accepted: 0 });
+      }
+    }
+    if (this.plainChoice) this.plainChoice.uses += most - 1;
+  }
+
   /** 'cost' mode: a plain choice still in use (see chooseK). */
   private plainChoice: { readonly batch: number; uses: number } | undefined;
 
@@ -207,7 +241,7 @@ export class DraftModelSpeculator implements Speculator {
         proposals[b] = loneRoot(s.history[s.history.length - 1] as number);
       }
       // (Returned as it is, not as a promise: a plain step costs the engine no microtask turn.)
-      return { proposals };
+      return { proposals, plainSteps: this.plainStepsAhead(states) };
     }
     return this.proposeTimed(seqs, states, ctx);
   }

@@ -366,7 +366,37 @@ export class LookaheadSpeculator implements Speculator {
       const positions = Int32Array.from(layout.relPositions, (r) => s.committed + r);
       return { tokens, parents: layout.parents, positions, mask: layout.mask };
     });
-    return { proposals };
+    return cost ? { proposals, plainSteps: this.plainStepsAhead(seqs, proposals, cost) } : { proposals };
+  }
+
+  /**
+   * This step and the next ones that are sure to be plain as well: every sequence proposed its root
+   * alone, and the weighing is dear enough to be skipped for its remaining plain steps (propose()'s
+   * `skip`: those steps then decode plainly whatever the pool holds).
+   */
+  private plainStepsAhead(seqs: readonly SpecSequence[], proposals: readonly Proposal[], cost: ForwardCost): number {
+    if (!(this.weighSeconds.value() > WEIGH_SHARE * cost.predict(1))) return 1;
+    let ahead = Infinity;
+    for (let b = 0; b < seqs.length; b++) {
+      if ((proposals[b] as Proposal).tokens.length !== 1) return 1;
+      ahead = Math.min(ahead, this.states.get((seqs[b] as SpecSequence).key)?.plainSteps ?? 0);
+    }
+    return 1 + (ahead === Infinity ? 0 : ahead);
+  }
+
+  /** The engine ran steps[b] plain steps of sequence b at once (after plainSteps): their bookkeeping and n-grams. */
+  updatePlain(seqs: readonly SpecSequence[], steps: readonly number[], ctx: ProposeContext = {}): void {
+    const sizedNow = sizingCost(this.sized, this.target, ctx) !== undefined;
+    for (let b = 0; b < seqs.length; b++) {
+      const s = seqs[b] as SpecSequence;
+      const st = this.states.get(s.key);
+      if (!st) continue;
+      const m = steps[b] as number;
+      st.plainSteps = Math.max(0, st.plainSteps - (m - 1));
+      st.lastLayout = undefined;
+      // As m updates of lone roots would: the pool learns the n-grams the m new tokens complete.
+      if (sizedNow) this.learn(s, st, ROOT_ONLY, Int32Array.from(s.history.slice(s.history.length - m)));
+    }
   }
 
   /** Sized mode: the outcome of the last step's candidates feeds the rates; the emitted text feeds the pool. */
@@ -449,6 +479,9 @@ export class LookaheadSpeculator implements Speculator {
     this.states.clear();
   }
 }
+
+/** A lone root's accepted path. */
+const ROOT_ONLY = Int32Array.of(0);
 
 /** Window-harvested n-grams remembered per sequence for crediting the window. */
 const FROM_WINDOW_KEPT = 256;

@@ -26,6 +26,7 @@ import { backedOffProbeInterval, chooseSubtree, PROBE_AFTER_PLAIN_STEPS, RankRat
 import {
   codedError,
   type HeadsOnAccepted,
+  type Proposal,
   type ProposalBatch,
   type ProposeContext,
   type SpecSequence,
@@ -351,7 +352,7 @@ export class MedusaSpeculator implements Speculator {
     for (let b = 0; b < seqs.length && !need; b++) need = (this.plainRun.get((seqs[b] as SpecSequence).key) ?? 0) + 1 >= this.probeAfter;
     this.hiddenThisStep = need || (this.hiddenDecided && this.hiddenThisStep);
     this.hiddenDecided = true;
-    return {
+    const batch: ProposalBatch = {
       proposals: seqs.map((s) => {
         const root = s.history[s.history.length - 1] as number;
         const c = this.cands.get(s.key);
@@ -365,6 +366,41 @@ export class MedusaSpeculator implements Speculator {
         return this.shape.depth > s.maxDepth ? pruneTree(tree, s.maxDepth).tree : tree;
       }),
     };
+    const ahead = need || !plan ? 0 : this.plainStepsAhead(seqs, batch.proposals);
+    return ahead > 0 ? { proposals: batch.proposals, plainSteps: ahead } : batch;
+  }
+
+  /**
+   * Sized mode, a plain plan: this step and the next ones that are sure to be plain and to run no
+   * heads after them -- every sequence proposed its root alone, the plan stays plain for that many
+   * uses, and no sequence comes due to probe (its heads run after the step before the probe, on
+   * that step's hidden states, which a chain does not return). 0: none.
+   */
+  private plainStepsAhead(seqs: readonly SpecSequence[], proposals: readonly Proposal[]): number {
+    const p = this.planned;
+    if (!p || p.speculate || p.batch !== seqs.length) return 0;
+    let steps = PLAIN_PLAN_USES - p.age;
+    for (let b = 0; b < seqs.length; b++) {
+      if ((proposals[b] as Proposal).tokens.length !== 1) return 0;
+      // After update j of the chain the run is run + j; the heads are wanted once it reaches probeAfter.
+      steps = Math.min(steps, this.probeAfter - (this.plainRun.get((seqs[b] as SpecSequence).key) ?? 0) - 1);
+    }
+    return steps;
+  }
+
+  /** The engine ran steps[b] plain steps of sequence b at once (after plainSteps): m plain runs, the plan's uses. */
+  updatePlain(seqs: readonly SpecSequence[], steps: readonly number[]): void {
+    let most = 0;
+    for (let b = 0; b < seqs.length; b++) {
+      const s = seqs[b] as SpecSequence;
+      const m = steps[b] as number;
+      most = Math.max(most, m);
+      this.plainRun.set(s.key, (this.plainRun.get(s.key) ?? 0) + m);
+      this.cands.delete(s.key);
+    }
+    if (this.planned) this.planned.age += most - 1;
+    this.hiddenThisStep = true;
+    this.hiddenDecided = false;
   }
 
   /**

@@ -82,8 +82,7 @@ export class PromptLookupSpeculator implements Speculator {
 
   propose(seqs: readonly SpecSequence[], ctx: ProposeContext = {}): ProposalBatch {
     const cost = sizingCost(this.sized, this.target, ctx);
-    return {
-      proposals: seqs.map((s) => {
+    const proposals = seqs.map((s) => {
         const root = s.history[s.history.length - 1] as number;
         const k = Math.min(this.numDraft, s.maxDepth);
         const left = this.skipLeft.get(s.key) ?? 0;
@@ -110,8 +109,33 @@ export class PromptLookupSpeculator implements Speculator {
           if (n === 0 && this.weighSeconds.value() > WEIGH_SHARE * cost.predict(1)) this.skipLeft.set(s.key, PLAIN_SKIP_STEPS);
         }
         return chainTree(root, drafts);
-      }),
-    };
+    });
+    return cost ? { proposals, plainSteps: this.plainStepsAhead(seqs, proposals) } : { proposals };
+  }
+
+  /**
+   * This step and the next ones that are sure to be plain as well: every sequence proposed its
+   * root alone and skips its lookups for that many more steps, with no probe due.
+   */
+  private plainStepsAhead(seqs: readonly SpecSequence[], proposals: readonly { tokens: Int32Array }[]): number {
+    let ahead = Infinity;
+    for (let b = 0; b < seqs.length; b++) {
+      if ((proposals[b] as { tokens: Int32Array }).tokens.length !== 1) return 1;
+      const key = (seqs[b] as SpecSequence).key;
+      ahead = Math.min(ahead, this.skipLeft.get(key) ?? 0, PROBE_AFTER_PLAIN_STEPS - (this.unproposed.get(key) ?? 0));
+    }
+    return 1 + Math.max(0, ahead === Infinity ? 0 : ahead);
+  }
+
+  /** The engine ran steps[b] plain steps of sequence b at once (after plainSteps): the skipped lookups. */
+  updatePlain(seqs: readonly SpecSequence[], steps: readonly number[]): void {
+    for (let b = 0; b < seqs.length; b++) {
+      const key = (seqs[b] as SpecSequence).key;
+      const extra = (steps[b] as number) - 1;
+      if (extra <= 0) continue;
+      this.skipLeft.set(key, Math.max(0, (this.skipLeft.get(key) ?? 0) - extra));
+      this.unproposed.set(key, (this.unproposed.get(key) ?? 0) + extra);
+    }
   }
 
   update(seqs: readonly SpecSequence[], report: StepReport, ctx: ProposeContext = {}): void {

@@ -60,6 +60,13 @@ export interface ProposalBatch {
   readonly draftProbs?: Tensor;
   /** Tensors the proposals refer to (their tails' ids); the decoder disposes them after the step. */
   readonly owned?: readonly Tensor[];
+  /**
+   * Every proposal is a lone root, and the speculator would propose lone roots for the next
+   * plainSteps - 1 steps as well, whatever tokens they emit. When decoding greedily on a model with
+   * greedyChain, the engine may then run up to plainSteps plain steps (this one included) in one
+   * native call and report them with updatePlain() instead of update(). Needs updatePlain.
+   */
+  readonly plainSteps?: number;
 }
 
 export interface ProposeContext {
@@ -127,6 +134,13 @@ export interface Speculator {
    * May return nothing instead of a promise, as propose() may.
    */
   update(seqs: readonly SpecSequence[], report: StepReport, ctx: ProposeContext): void | Promise<void>;
+  /**
+   * After a batch that offered plainSteps, when the engine ran steps[b] >= 1 plain steps of
+   * sequence b in one native call (the first is the step proposed): account for them as that many
+   * rounds of propose() and update() with lone roots. The histories include every emitted token.
+   * The steps had no forward output to report (no logits, hidden states or argmax rows).
+   */
+  updatePlain?(seqs: readonly SpecSequence[], steps: readonly number[], ctx: ProposeContext): void;
   /**
    * The sequence's history was cut back (an outer verification rejected tokens this speculator's
    * model had already taken): drop any state past history.length.

@@ -1,0 +1,32 @@
+// Plain decoding as native chains: a greedy model with greedyChain runs several plain steps (forward
+// of the last token, argmax, commit) in one call, the same tokens and cache as one step at a time
+// without a return to JavaScript between them. On a small model that return is a sizeable part of
+// a step (about 17 us of 97 on the embedded target, measured: bench/README.md). Used by
+// plainGenerate and by the engine's plain steps (lib/spec_engine.ts).
+import type { CausalLM } from './models/causal_lm';
+import { knownForwardCost } from './cost_model';
+
+/**
+ * A plain chain runs for at most about this long, so that an abort, a new request or a consumer
+ * waits little longer than for one step; a model whose forward takes longer than this runs chains
+ * of one step (where the return to JavaScript costs little beside the forward).
+ */
+export const CHAIN_SECONDS = 0.002;
+export const CHAIN_MAX_STEPS = 16;
+/** Per model and batch size: seconds per step of its last plain chain. */
+const chainStepSeconds = new WeakMap<CausalLM, Map<number, number>>();
+
+/** A chain's seconds per step: the next chain's length, and the cost model's price of a plain step. */
+export function observeChainStep(model: CausalLM, batch: number, seconds: number): void {
+  let m = chainStepSeconds.get(model);
+  if (!m) chainStepSeconds.set(model, (m = new Map()));
+  m.set(batch, seconds);
+  knownForwardCost(model)?.observeChainStep(batch, seconds);
+}
+
+/** Steps of a plain chain for this batch size: CHAIN_SECONDS' worth (1 before anything is known). */
+export function chainLength(model: CausalLM, batch: number): number {
+  const step = chainStepSeconds.get(model)?.get(batch) ?? knownForwardCost(model)?.predict(batch);
+  if (step === undefined) return 1;
+  return Math.max(1, Math.min(CHAIN_MAX_STEPS, Math.floor(CHAIN_SECONDS / Math.max(step, 1e-9))));
+}

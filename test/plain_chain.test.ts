@@ -1,0 +1,221 @@
+// Plain steps as native chains (lib/plain_chain.ts): plainGenerate and the engine's plain steps run
+// several greedy steps per greedyChain call. Checked against the same model with greedyChain hidden
+// (one forward per step from JavaScript): the same tokens, finish reasons and forward counts, with
+// stop tokens, maxNewTokens and a full context inside a chain; and for every sized speculator that
+// decides to decode plainly, the same tokens and the same per-step statistics and choices as when
+// every step goes through propose() and update().
+import * as assert from 'assert';
+
+import { ForwardCost, setForwardCost } from '../lib/cost_model';
+import { SpeculativeDecoder } from '../lib/decoder';
+import type { CausalLM } from '../lib/models/causal_lm';
+import { LlamaModel } from '../lib/models/llama';
+import { defaultModelPaths } from '../lib/default_models';
+import { plainGenerate } from '../lib/plain';
+import { DraftModelSpeculator } from '../lib/strategies/draft_model';
+import { LookaheadSpeculator } from '../lib/strategies/lookahead';
+import { MedusaHeads, MedusaSpeculator } from '../lib/strategies/medusa';
+import { PromptLookupSpeculator } from '../lib/strategies/prompt_lookup';
+import type { Speculator } from '../lib/strategies/speculator';
+import { TextTokenizer } from '../lib/tokenizer';
+import { rng, testSeed } from './helpers';
+
+/** The model with greedyChain hidden: every plain step is a forward from JavaScript. */
+function withoutChains(model: LlamaModel): CausalLM {
+  return new Proxy(model, {
+    get(t, k) {
+      if (k === 'greedyChain') return undefined;
+      const v: unknown = Reflect.get(t, k, t);
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(t) : v;
+    },
+  }) as unknown as CausalLM;
+}
+
+/** Counts the model's greedyChain calls (an own property over the prototype's method). */
+function countChains(model: LlamaModel): { calls: number; steps: number } {
+  const n = { calls: 0, steps: 0 };
+  const orig = model.greedyChain.bind(model);
+  (model as { greedyChain: LlamaModel['greedyChain'] }).greedyChain = (inputs, steps, opts) => {
+    n.calls++;
+    n.steps += Math.max(...steps);
+    return orig(inputs, steps, opts);
+  };
+  return n;
+}
+
+/** Forwards that cost next to nothing: no tree pays (linear), and weighing a proposal is dear. */
+const nothingPays = (): ForwardCost => ForwardCost.fromFunction((n) => n * 1e-7, { frozen: true });
+
+describe('plain steps as native chains', function () {
+  this.timeout(120_000);
+  const paths = defaultModelPaths();
+  let target: LlamaModel;
+  let draft: LlamaModel;
+  let heads: MedusaHeads;
+  let chains: { calls: number; steps: number };
+  const r = rng(testSeed);
+  // Random prompts, and a text prompt whose greedy output runs past 120 tokens (random ones often
+  // end at EOS within a few dozen, before a sized speculator's first probe).
+  const prompts: Int32Array[] = [3, 9, 5].map((n) => Int32Array.from({ length: n }, () => 4 + Math.floor(r() * 200)));
+
+  before(async () => {
+    target = await LlamaModel.load(paths.target, { device: 'cpu', maxSequences: 16 });
+    draft = await LlamaModel.load(paths.draft, { device: 'cpu', maxSequences: 16 });
+    heads = MedusaHeads.load(paths.medusa);
+    chains = countChains(target);
+    prompts.push(TextTokenizer.load(paths.target)!.encode('once upon a time'));
+  });
+  after(() => {
+    heads?.dispose();
+    draft?.dispose();
+    target?.dispose();
+  });
+  beforeEach(() => {
+    chains.calls = 0;
+    chains.steps = 0;
+  });
+
+  it('plainGenerate: the tokens, finish reasons and forwards of one step at a time; stop tokens cut a chain', async () => {
+    const plain = withoutChains(target);
+    const ref = await plainGenerate(plain, prompts, { maxNewTokens: 40 });
+    const got = await plainGenerate(target, prompts, { maxNewTokens: 40 });
+    assert.deepStrictEqual(got.tokens.map((t) => Array.from(t)), ref.tokens.map((t) => Array.from(t)));
+    assert.deepStrictEqual(got.finishReasons, ref.finishReasons);
+    assert.deepStrictEqual(got.stats.sequenceForwards, ref.stats.sequenceForwards);
+    assert.ok(chains.calls > 0 && chains.calls < 40, `${chains.calls} chain calls for 40 tokens`);
+    // A stop token in the middle of a chain: the tokens after it are dropped.
+    // (A random prompt may end at EOS early: the stop token comes from the longest output.)
+    const long = ref.tokens.reduce((a, t, i) => (t.length > ref.tokens[a]!.length ? i : a), 0);
+    const stop = ref.tokens[long]![ref.tokens[long]!.length >> 1]!;
+    const streamed: number[][] = prompts.map(() => []);
+    const opts = { maxNewTokens: 40, stopTokens: [stop], onTokens: (i: number, t: Int32Array) => streamed[i]!.push(...t) };
+    const refStop = await plainGenerate(plain, prompts, { maxNewTokens: 40, stopTokens: [stop] });
+    const gotStop = await plainGenerate(target, prompts, opts);
+    assert.deepStrictEqual(gotStop.tokens.map((t) => Array.from(t)), refStop.tokens.map((t) => Array.from(t)));
+    assert.deepStrictEqual(gotStop.finishReasons, refStop.finishReasons);
+    assert.strictEqual(gotStop.finishReasons[long], 'stop');
+    assert.deepStrictEqual(streamed, gotStop.tokens.map((t) => Array.from(t)), 'onTokens saw exactly the kept tokens');
+  });
+
+  it('plainGenerate: a context that fills inside a chain ends as one step at a time does', async () => {
+    const small = await LlamaModel.load(paths.target, { device: 'cpu', maxSequences: 4, maxContext: 23 });
+    try {
+      const ref = await plainGenerate(withoutChains(small), prompts, { maxNewTokens: 40 });
+      const got = await plainGenerate(small, prompts, { maxNewTokens: 40 });
+      assert.deepStrictEqual(got.tokens.map((t) => Array.from(t)), ref.tokens.map((t) => Array.from(t)));
+      assert.deepStrictEqual(got.finishReasons, ref.finishReasons);
+      assert.ok(got.finishReasons.includes('context'), `finish reasons ${got.finishReasons}`);
+      assert.strictEqual(small.kvInfo().freePages, small.kvInfo().totalPages, 'every sequence freed');
+    } finally {
+      small.dispose();
+    }
+  });
+
+  it('the decoder without a speculator: plain steps in chains, the tokens and statistics of plain decoding', async () => {
+    const ref = await plainGenerate(withoutChains(target), prompts, { maxNewTokens: 33 });
+    const dec = new SpeculativeDecoder({ target });
+    const res = await dec.generateBatch(prompts, { maxNewTokens: 33 });
+    res.forEach((x, i) => {
+      assert.deepStrictEqual(Array.from(x.tokens), Array.from(ref.tokens[i]!), `sequence ${i}`);
+      const n = x.tokens.length;
+      assert.strictEqual(x.stats.targetForwards, n, 'the prefill and one forward per further token');
+      assert.strictEqual(x.stats.newTokens, n);
+      assert.deepStrictEqual(x.stats.nodesPerStep, { 1: n - 1 });
+    });
+    assert.ok(chains.calls > 0 && chains.calls < 32, `${chains.calls} chain calls for 32 steps`);
+    // Stop tokens and shouldStop inside a chain.
+    const long = ref.tokens.reduce((a, t, i) => (t.length > ref.tokens[a]!.length ? i : a), 0);
+    const out = ref.tokens[long]!;
+    const stop = out[out.length >> 1]!;
+    const one = await dec.generate(prompts[long]!, { maxNewTokens: 33, stopTokens: [stop] }).result;
+    assert.deepStrictEqual(Array.from(one.tokens), Array.from(out.subarray(0, out.indexOf(stop) + 1)));
+    assert.strictEqual(one.finishReason, 'stop');
+    const cut = await dec.generate(prompts[long]!, { maxNewTokens: 33, shouldStop: (t) => t.length === 7 }).result;
+    assert.deepStrictEqual(Array.from(cut.tokens), Array.from(out.subarray(0, 7)));
+    assert.strictEqual(target.kvInfo().freePages, target.kvInfo().totalPages, 'every sequence freed');
+  });
+
+  it('a chain that runs out of KV pages falls back to one step: the same tokens and the same E_KV_FULL as one step at a time', async () => {
+    // 3 pages of 16 tokens: room for 48 tokens; the prompt and 60 new ones are asked for.
+    const small = await LlamaModel.load(paths.target, { device: 'cpu', maxSequences: 2, kvPages: 3, pageSize: 16 });
+    try {
+      const run = async (model: CausalLM): Promise<{ tokens: number[]; error: string }> => {
+        const tokens: number[] = [];
+        let error = '';
+        // The text prompt: its greedy output runs past the cache without an EOS.
+        const g = new SpeculativeDecoder({ target: model }).generate(prompts[3]!, { maxNewTokens: 60 });
+        try {
+          for await (const chunk of g) tokens.push(...chunk);
+          await g.result;
+        } catch (e) {
+          error = (e as { code?: string }).code ?? String(e);
+        }
+        return { tokens, error };
+      };
+      const ref = await run(withoutChains(small));
+      const n0 = chains.calls;
+      const got = await run(small);
+      assert.strictEqual(ref.error, 'E_KV_FULL');
+      assert.deepStrictEqual(got, ref);
+      assert.strictEqual(chains.calls, n0, 'the counted model is another one');
+      assert.strictEqual(small.kvInfo().freePages, small.kvInfo().totalPages, 'every sequence freed');
+    } finally {
+      small.dispose();
+    }
+  });
+
+  it('sampling never chains (a chain draws differently from the verification)', async () => {
+    const dec = new SpeculativeDecoder({ target, sampling: { temperature: 0.8, seed: 3 } });
+    await dec.generateBatch(prompts, { maxNewTokens: 12 });
+    await plainGenerate(target, prompts, { maxNewTokens: 12, temperature: 0.8, seed: 3 });
+    assert.strictEqual(chains.calls, 0);
+  });
+
+  const makers: [string, () => Speculator, (s: Speculator) => unknown][] = [
+    ['draft model', () => new DraftModelSpeculator({ draft }), (s) => [...(s as DraftModelSpeculator).kHistory.values()]],
+    ['Medusa', () => new MedusaSpeculator({ heads }), () => undefined],
+    ['lookahead', () => new LookaheadSpeculator({ W: 5, N: 3, G: 5 }), () => undefined],
+    ['prompt lookup', () => new PromptLookupSpeculator({ maxNgram: 2 }), () => undefined],
+  ];
+  for (const [name, make, trace] of makers) {
+    it(`${name}, sized, deciding to decode plainly: chains, and every step's choice as without them`, async () => {
+      const plain = withoutChains(target);
+      const run = async (model: CausalLM): Promise<{ tokens: number[][]; stats: unknown[]; trace: unknown }> => {
+        setForwardCost(model, nothingPays());
+        const spec = make();
+        const dec = new SpeculativeDecoder({ target: model, speculator: spec });
+        try {
+          const res = await dec.generateBatch(prompts, { maxNewTokens: 120 });
+          return {
+            tokens: res.map((x) => Array.from(x.tokens)),
+            // The per-step record: steps by size, drafts proposed and accepted per depth.
+            stats: res.map((x) => [x.stats.targetForwards, x.stats.nodesPerStep, x.stats.proposedPerPosition, x.stats.acceptedPerPosition]),
+            trace: trace(spec),
+          };
+        } finally {
+          dec.dispose();
+        }
+      };
+      const ref = await run(plain);
+      assert.strictEqual(chains.calls, 0);
+      const got = await run(target);
+      assert.deepStrictEqual(got.tokens, ref.tokens);
+      assert.deepStrictEqual(got.stats, ref.stats, 'the same choices step by step');
+      if (Array.isArray(ref.trace)) {
+        // The draft's per-step lengths; a chain that ran past a stop token adds plain steps (0) at the end.
+        (ref.trace as number[][]).forEach((ks, i) => {
+          const g = (got.trace as number[][])[i] as number[];
+          assert.deepStrictEqual(g.slice(0, ks.length), ks, `sequence ${i}: draft lengths`);
+          assert.ok(g.slice(ks.length).every((k) => k === 0), `sequence ${i}: ${g.slice(ks.length)} after the output`);
+        });
+      }
+      assert.ok(chains.calls > 0, 'plain steps ran as chains');
+      // Probes (a step that proposes) still happen between the chains (lookahead has none: it
+      // only weighs again, to a plain step on this curve).
+      if (name === 'lookahead') return;
+      const proposed = (ref.stats as [number, Record<number, number>][]).some(([, sizes]) => Object.keys(sizes).length > 1);
+      assert.ok(proposed, `some step proposed a tree (sizes ${JSON.stringify(ref.stats)})`);
+      assert.strictEqual(target.kvInfo().freePages, target.kvInfo().totalPages, 'every sequence freed');
+    });
+  }
+});

@@ -5,7 +5,7 @@
 //   Philox(key = seed, counter offset = (i << 32) | k),
 // so (seed, i, k) alone determine a draw: the same prompt at the same batch index gives the same
 // output whatever else is in the batch.
-import type { CausalLM } from './models/causal_lm';
+import type { CausalLM, SequenceInput } from './models/causal_lm';
 import { codedError } from './models/config';
 import { chainLength, observeChainStep } from './plain_chain';
 import { argmax, argmaxIds, processLogits, sample } from './sampling';
@@ -82,18 +82,20 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
     // feed[i]: tokens sequence i sends in the next forward (its prompt, then its last new token).
     const feed: Int32Array[] = prompts.map((p) => p);
     let active = maxNew > 0 ? prompts.map((_, i) => i) : [];
-    // Greedy: steps run as native chains (lib/plain_chain.ts), the same tokens as one at a time.
-    const chained = temperature === 0 && model.greedyChain !== undefined;
-    while (chained && active.length > 0) {
+    // Steps run as native chains (lib/plain_chain.ts): the same tokens as one at a time, sampled
+    // ones included (a chain draws step j of sequence i at streamOffset(i, k + j), as below).
+    const chain = chainCall(model, sampling, seed);
+    while (chain && active.length > 0) {
       options.signal?.throwIfAborted();
       const len = chainLength(model, active.length);
       // k picks feed k - 1 of them: each fed token's position stays below maxPositions.
       const steps = active.map((i) => Math.max(1, Math.min(len, maxNew - out[i]!.length, maxPositions - prompts[i]!.length - out[i]!.length)));
       const t = performance.now();
-      const picks = await (model.greedyChain as NonNullable<CausalLM['greedyChain']>)(
+      const picks = await chain(
         active.map((i) => ({ seq: seqs[i]!, tokens: feed[i]! })),
         steps,
-        options.signal !== undefined ? { signal: options.signal } : {},
+        temperature === 0 ? [] : active.map((i, b) => Array.from({ length: steps[b]! }, (_, j) => streamOffset(i, out[i]!.length + j))),
+        options.signal,
       );
       const most = Math.max(...steps);
       // (A chain that starts with a prompt says nothing about a step's cost.)
@@ -105,6 +107,7 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
         let done = false;
         for (let k = 0; k < got.length && !done; k++) {
           const tok = got[k]!;
+          if (tok < 0) throw codedError('E_INTERNAL', `sequence ${i}: no token has positive probability (non-finite logits?)`);
           // (The picks past a stop ran, but no statistic counts them: they are not output.)
           forwards[i]!++;
           out[i]!.push(tok);
@@ -177,6 +180,24 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
     tokens: out.map((t) => Int32Array.from(t)),
     finishReasons,
     stats: { targetForwards, seconds, tokensPerSecond: seconds > 0 ? total / seconds : 0, sequenceForwards: forwards },
+  };
+}
+
+type ChainFn = (inputs: readonly SequenceInput[], steps: readonly number[], offsets: readonly (readonly bigint[])[], signal: AbortSignal | undefined) => Promise<Int32Array[]>;
+
+/** The model's chain call for this sampling (greedyChain, or sampledChain with its q rows let go), if it has one. */
+function chainCall(model: CausalLM, sampling: { temperature: number; topK: number; topP: number; minP: number }, seed: number): ChainFn | undefined {
+  const opts = (signal: AbortSignal | undefined): { signal?: AbortSignal } => (signal ? { signal } : {});
+  if (sampling.temperature === 0) {
+    const greedy = model.greedyChain;
+    return greedy ? (inputs, steps, _offsets, signal) => greedy.call(model, inputs, steps, opts(signal)) : undefined;
+  }
+  const sampled = model.sampledChain;
+  if (!sampled) return undefined;
+  return async (inputs, steps, offsets, signal) => {
+    const r = await sampled.call(model, inputs, steps, sampling, inputs.map(() => BigInt(seed)), offsets, opts(signal));
+    r.q.dispose();
+    return r.picks;
   };
 }
 

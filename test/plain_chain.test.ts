@@ -20,11 +20,11 @@ import type { Speculator } from '../lib/strategies/speculator';
 import { TextTokenizer } from '../lib/tokenizer';
 import { rng, testSeed } from './helpers';
 
-/** The model with greedyChain hidden: every plain step is a forward from JavaScript. */
+/** The model with its chains hidden: every plain step is a forward from JavaScript. */
 function withoutChains(model: LlamaModel): CausalLM {
   return new Proxy(model, {
     get(t, k) {
-      if (k === 'greedyChain') return undefined;
+      if (k === 'greedyChain' || k === 'sampledChain') return undefined;
       const v: unknown = Reflect.get(t, k, t);
       return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(t) : v;
     },
@@ -164,11 +164,28 @@ describe('plain steps as native chains', function () {
     }
   });
 
-  it('sampling never chains (a chain draws differently from the verification)', async () => {
-    const dec = new SpeculativeDecoder({ target, sampling: { temperature: 0.8, seed: 3 } });
-    await dec.generateBatch(prompts, { maxNewTokens: 12 });
-    await plainGenerate(target, prompts, { maxNewTokens: 12, temperature: 0.8, seed: 3 });
-    assert.strictEqual(chains.calls, 0);
+  it('sampled plainGenerate chains with the draws of one step at a time; the sampled decoder does not chain', async () => {
+    const opts = { maxNewTokens: 40, temperature: 0.9, topK: 20, seed: testSeed % 1000 };
+    const ref = await plainGenerate(withoutChains(target), prompts, opts);
+    let sampledChains = 0;
+    const orig = target.sampledChain.bind(target);
+    (target as { sampledChain: LlamaModel['sampledChain'] }).sampledChain = (...args) => {
+      sampledChains++;
+      return orig(...args);
+    };
+    try {
+      const got = await plainGenerate(target, prompts, opts);
+      assert.deepStrictEqual(got.tokens.map((t) => Array.from(t)), ref.tokens.map((t) => Array.from(t)));
+      assert.deepStrictEqual(got.finishReasons, ref.finishReasons);
+      assert.ok(sampledChains > 0 && sampledChains < 40, `${sampledChains} sampled chains`);
+      // The decoder's plain sampled step draws from the verification's stream (not the sample
+      // op's a chain uses): it steps one token at a time.
+      sampledChains = 0;
+      await new SpeculativeDecoder({ target, sampling: { temperature: 0.8, seed: 3 } }).generateBatch(prompts, { maxNewTokens: 12 });
+      assert.strictEqual(chains.calls + sampledChains, 0);
+    } finally {
+      delete (target as { sampledChain?: unknown }).sampledChain;
+    }
   });
 
   const makers: [string, () => Speculator, (s: Speculator) => unknown][] = [

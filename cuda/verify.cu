@@ -33,6 +33,32 @@ void verify_greedy(const VerifyArgs& a, VerifyResult& out) {
   SPECDEC_CUDA_LAUNCH_CHECK("greedy_walk_kernel");
 }
 
+// Sampled, deterministic drafts (no draft rows), f32 probabilities: row statistics over vocabulary
+// slices, then a warp per sequence walks (verify.cuh, "vocabulary-parallel").
+void verify_sampled_slices(const VerifyArgs& a, VerifyResult& out) {
+  const int64_t B = a.node_indptr.size(0) - 1, N = a.parents.size(0), V = a.target.size(1);
+  const int S = mass_slices(static_cast<int>(V));
+  const bool typical = a.mode == VerifyMode::typical;
+  Tensor lanes = typical ? Tensor::empty(DType::f64, {N, sm::kEntropyLanes}, Device::cuda) : Tensor();
+  Tensor mass = Tensor::zeros(DType::u64, {N, S}, Device::cuda);
+  Tensor edits = Tensor::empty(DType::i32, {N}, Device::cuda);
+  Tensor thr = Tensor::empty(DType::f32, {N}, Device::cuda);
+  Tensor depth = Tensor::empty(DType::i32, {N}, Device::cuda);
+  if (N > 0) {
+    row_stats_kernel<float><<<dim3(static_cast<unsigned>(N), kStatGroups), kStatThreads, 0, stream()>>>(
+        a.target.ptr<float>(), static_cast<int>(V), typical ? lanes.ptr<double>() : nullptr,
+        reinterpret_cast<unsigned long long*>(mass.ptr<uint64_t>()));
+    SPECDEC_CUDA_LAUNCH_CHECK("row_stats_kernel");
+  }
+  sampled_walk_kernel<<<static_cast<unsigned>(B), 32, 0, stream()>>>(
+      a.mode, a.node_indptr.ptr<int32_t>(), a.parents.ptr<int32_t>(), a.tokens.ptr<int32_t>(), a.target.ptr<float>(),
+      typical ? lanes.ptr<double>() : nullptr, reinterpret_cast<const unsigned long long*>(mass.ptr<uint64_t>()),
+      a.seeds.ptr<uint64_t>(), a.offsets.ptr<uint64_t>(), a.typical_threshold, a.typical_alpha, static_cast<int>(V),
+      edits.ptr<int32_t>(), thr.ptr<float>(), depth.ptr<int>(), out.accepted_nodes.ptr<int32_t>(), out.emitted.ptr<int32_t>(),
+      out.accept_count.ptr<int32_t>(), out.depth_accepts.ptr<int32_t>(), static_cast<int>(out.depth_accepts.numel()));
+  SPECDEC_CUDA_LAUNCH_CHECK("sampled_walk_kernel");
+}
+
 }  // namespace
 
 void verify(const VerifyArgs& a, VerifyResult& out) {
@@ -40,6 +66,8 @@ void verify(const VerifyArgs& a, VerifyResult& out) {
   if (B == 0) return;
   SPECDEC_CHECK(V <= INT32_MAX, "E_ARG", "target: rows longer than 2^31 are not supported");
   if (a.mode == VerifyMode::greedy) return verify_greedy(a, out);
+  if (!a.draft.defined() && a.target.dtype() == DType::f32 && a.seeds.defined() && a.offsets.defined())
+    return verify_sampled_slices(a, out);
   // Per-sequence scratch: residual rows (rejection, and typical's bonus draw) and per-node values.
   const bool need_p = a.mode != VerifyMode::greedy;
   Tensor P = need_p ? Tensor::empty(DType::u64, {B, V}, Device::cuda) : Tensor();

@@ -242,6 +242,197 @@ __global__ void __launch_bounds__(32) greedy_walk_kernel(const int32_t* __restri
   }
 }
 
+// ---- sampled verification with deterministic drafts, vocabulary-parallel -------------------------
+// Rejection without draft rows (one-hot q: Medusa, lookahead, prompt lookup, tree drafts) and typical
+// acceptance read each visited row for a few numbers -- its quantised mass, its entropy, a token's
+// probability -- and sample once at the end. Those numbers come from one pass over every row by
+// several blocks each (row_stats_kernel), and one warp per sequence walks the tree on them
+// (sampled_walk_kernel): no block per sequence scanning whole rows in turn, no [B, V] scratch rows.
+// The results are the CPU's exactly: quantised masses are integers (any summation order), the
+// entropy keeps sm::entropy_host's order (lane t of 512 sums i = t, t + 512, ... in order, which one
+// thread of row_stats does; the walk combines the lanes with the same butterfly and warp order), and
+// the final draw finds sm::sample_hit's token through exact integer prefix sums.
+constexpr int kStatGroups = 8;                                 // blocks per row
+constexpr int kStatThreads = sm::kEntropyLanes / kStatGroups;  // 64: one entropy lane each
+constexpr int kMassSlice = 4096;                               // columns per mass slice (a multiple of 512)
+static_assert(kMassSlice % sm::kEntropyLanes == 0, "a slice is whole 512-column stripes");
+__host__ __device__ inline int mass_slices(int V) { return (V + kMassSlice - 1) / kMassSlice; }
+
+// Row blockIdx.x, lanes [64 blockIdx.y, 64 blockIdx.y + 64): the 512 entropy lanes (when `lanes`
+// is given) and the quantised mass of each kMassSlice-column slice, added into slice_mass (zeroed
+// by the caller). Every thread runs the same iterations (columns past V count as p = 0, which adds
+// nothing), so the slice is block-uniform and a warp adds one partial per slice.
+template <typename T>
+__global__ void __launch_bounds__(kStatThreads) row_stats_kernel(const T* __restrict__ target, int V, double* __restrict__ lanes,
+                                                                 unsigned long long* __restrict__ slice_mass) {
+  const int64_t row = blockIdx.x;
+  const int t = static_cast<int>(blockIdx.y) * kStatThreads + static_cast<int>(threadIdx.x);
+  const T* p = target + row * V;
+  const int S = mass_slices(V);
+  constexpr int kStripes = kMassSlice / sm::kEntropyLanes;  // 512-column stripes per slice
+  double h = 0.0;
+  unsigned long long m = 0;
+  const int stripes = (V + sm::kEntropyLanes - 1) / sm::kEntropyLanes;
+  for (int j = 0; j < stripes; ++j) {
+    const int i = t + j * sm::kEntropyLanes;
+    const float v = i < V ? to_f32(p[i]) : 0.0f;
+    if (lanes) h = sm::entropy_add(h, v);
+    m += sm::quantize_prob(v);
+    if (j % kStripes == kStripes - 1 || j == stripes - 1) {
+      for (int o = 16; o > 0; o >>= 1) m += __shfl_xor_sync(blk::kFull, m, o);
+      if ((threadIdx.x & 31) == 0 && m > 0) atomicAdd(&slice_mass[row * S + j / kStripes], m);
+      m = 0;
+    }
+  }
+  if (lanes) lanes[row * sm::kEntropyLanes + t] = h;
+}
+
+// The walks' Ops over row_stats' numbers, one warp per sequence (every lane holds the same values).
+// P is a row with the tokens set_p zeroed (the walk's rejected one-hot drafts at the current node),
+// kept as a list of those tokens (ragged scratch by indptr, at most a node's children).
+struct SampledSliceOps {
+  const float* target;  // [N, V] probabilities
+  int V, S;
+  int64_t row0;         // global row of the sequence's node 0
+  const double* lanes;  // [N, 512] entropy lanes (typical)
+  const unsigned long long* slice_mass;  // [N, S]
+  int32_t* edits;       // this sequence's zeroed tokens
+  int n_edits;
+  int cur;              // node whose row P is
+  float* thr;
+  int* depth;
+  int32_t* acc_nodes;
+  int32_t* emitted;
+
+  __device__ const float* row(int node) const { return target + (row0 + node) * V; }
+  __device__ bool zeroed(int tok) const {
+    for (int e = 0; e < n_edits; ++e)
+      if (edits[e] == tok) return true;
+    return false;
+  }
+  __device__ float prob(int node, int tok) { return row(node)[tok]; }
+  __device__ double entropy(int node) {  // sm::entropy_host's combination of the 512 lanes
+    const double* l = lanes + (row0 + node) * sm::kEntropyLanes;
+    double h = 0.0;
+    for (int w = 0; w < sm::kEntropyLanes / sm::kEntropyWarp; ++w) {
+      double v = l[w * sm::kEntropyWarp + (threadIdx.x & 31)];
+      for (int o = sm::kEntropyWarp / 2; o > 0; o >>= 1) v = v + __shfl_xor_sync(blk::kFull, v, o);
+      h = w == 0 ? v : h + v;
+    }
+    return h;
+  }
+  __device__ uint64_t load_p(int node) {
+    __syncwarp();
+    cur = node;
+    n_edits = 0;
+    uint64_t m = 0;
+    for (int s = 0; s < S; ++s) m += slice_mass[(row0 + node) * S + s];
+    return m;
+  }
+  __device__ uint64_t p_at(int tok) { return zeroed(tok) ? 0 : sm::quantize_prob(row(cur)[tok]); }
+  __device__ void set_p(int tok, uint64_t v) {  // the walk without draft rows only zeroes
+    __syncwarp();
+    if (v == 0 && !zeroed(tok)) {
+      if ((threadIdx.x & 31) == 0) edits[n_edits] = tok;
+      ++n_edits;
+    }
+    __syncwarp();
+  }
+  // The walk calls these only with draft rows (WalkParams::has_draft), which this path never has
+  // (cuda/verify.cu sends those to verify_kernel): no q here.
+  __device__ uint64_t load_q(int) { return 0; }
+  __device__ uint64_t q_at(int) { return 0; }
+  __device__ void set_q(int, uint64_t) {}
+  __device__ uint64_t residual_mass(uint64_t, uint64_t) { return 0; }
+  __device__ void apply_residual(uint64_t, uint64_t) {}
+  __device__ uint64_t weight(const float* r, int i) const { return zeroed(i) ? 0 : sm::quantize_prob(r[i]); }
+  // The first token whose prefix sum of P passes t: the slice from the slice masses (less the zeroed
+  // tokens in it), then the lane from the lanes' chunk sums, then the column within that lane's chunk.
+  __device__ int sample_p(uint64_t t) {
+    const float* r = row(cur);
+    const int lane = threadIdx.x & 31;
+    uint64_t before = 0;
+    for (int s = 0; s < S; ++s) {
+      uint64_t ms = slice_mass[(row0 + cur) * S + s];
+      for (int e = 0; e < n_edits; ++e)
+        if (edits[e] / kMassSlice == s) ms -= sm::quantize_prob(r[edits[e]]);
+      if (ms == 0 || t - before >= ms) {
+        before += ms;
+        continue;
+      }
+      // Slice s holds the draw: lane l takes columns [c0, c0 + kChunk).
+      constexpr int kChunk = kMassSlice / 32;
+      const int c0 = s * kMassSlice + lane * kChunk, c1 = min(V, c0 + kChunk);
+      uint64_t mine = 0;
+      for (int i = c0; i < c1; ++i) mine += weight(r, i);
+      uint64_t incl = mine;  // inclusive scan over the lanes
+      for (int o = 1; o < 32; o <<= 1) {
+        const uint64_t n = __shfl_up_sync(blk::kFull, incl, o);
+        if (lane >= o) incl += n;
+      }
+      uint64_t b = before + incl - mine;
+      int found = 0x7fffffff;
+      if (mine > 0 && b <= t && t - b < mine)
+        for (int i = c0; i < c1; ++i) {
+          const uint64_t w = weight(r, i);
+          if (sm::sample_hit(b, w, t)) {
+            found = i;
+            break;
+          }
+          b += w;
+        }
+      for (int o = 16; o > 0; o >>= 1) found = min(found, __shfl_xor_sync(blk::kFull, found, o));
+      return found == 0x7fffffff ? sm::kNoMass : found;
+    }
+    return sm::kNoMass;
+  }
+  __device__ void put(int k, int node, int token) {
+    if ((threadIdx.x & 31) != 0) return;
+    if (node >= 0) acc_nodes[k] = node;
+    else emitted[k] = token;
+  }
+  __device__ void set_thr(int v, float x) {
+    __syncwarp();
+    if ((threadIdx.x & 31) == 0) thr[v] = x;
+    __syncwarp();
+  }
+  __device__ float get_thr(int v) { return thr[v]; }
+  __device__ void set_depth(int v, int d) {
+    __syncwarp();
+    if ((threadIdx.x & 31) == 0) depth[v] = d;
+    __syncwarp();
+  }
+  __device__ int get_depth(int v) { return depth[v]; }
+};
+
+// One warp per sequence: rejection without draft rows, or typical acceptance, on row_stats' numbers.
+__global__ void __launch_bounds__(32) sampled_walk_kernel(VerifyMode mode, const int32_t* __restrict__ indptr,
+                                                          const int32_t* __restrict__ parents, const int32_t* __restrict__ tokens,
+                                                          const float* target, const double* lanes,
+                                                          const unsigned long long* slice_mass, const uint64_t* seeds,
+                                                          const uint64_t* offsets, float eps, float alpha, int V, int32_t* edits,
+                                                          float* thr, int* depth, int32_t* acc_nodes, int32_t* emitted,
+                                                          int32_t* counts, int32_t* depth_acc, int D) {
+  const int b = blockIdx.x;
+  const int start = indptr[b], n = indptr[b + 1] - start;
+  SampledSliceOps ops{target, V, mass_slices(V), start, lanes, slice_mass, edits + start, 0, 0, thr + start, depth + start,
+                      acc_nodes + start, emitted + start};
+  for (int i = threadIdx.x; i < n; i += 32) ops.acc_nodes[i] = ops.emitted[i] = -1;
+  __syncwarp();
+  sm::WalkParams w;
+  w.seed = seeds[b];
+  w.offset = offsets[b];
+  w.has_draft = false;
+  w.eps = eps;
+  w.alpha = alpha;
+  const int count = mode == VerifyMode::typical ? sm::walk_typical(ops, parents + start, tokens + start, n, w)
+                                                : sm::walk_rejection(ops, parents + start, tokens + start, n, w);
+  if (threadIdx.x == 0) {
+    counts[b] = count;
+    for (int d = 0; d < D && d < count - 1; ++d) atomicAdd(&depth_acc[d], 1);
+  }
+}
+
 }  // namespace verify_kernels
 }  // namespace cuda
 }  // namespace specdec

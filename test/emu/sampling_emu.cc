@@ -6,7 +6,10 @@
 //   - process_logits: the same kept set, values within f32 rounding (softmax sums differ in order);
 //   - typical acceptance's entropy: the same bits (one summation order, a shared ln);
 //   - a row without mass: kNoMass on both;
-//   - greedy verification's vocabulary-parallel path (argmax slices + a warp walk): == CPU.
+//   - greedy verification's vocabulary-parallel path (argmax slices + a warp walk): == CPU;
+//   - the vocabulary-parallel sampled path without draft rows (row statistics by slices + a warp
+//     walk: one-hot rejection and typical acceptance, rows over several slices): == CPU, and its
+//     entropy the same bits.
 // Inputs are adversarial: tied logits, NaN, zero and one-hot rows, tiny masses, rows longer than one
 // block tile, trees with non-candidate nodes and repeated sibling tokens.
 // Usage: sampling_emu SEED [ROUNDS]. ROUNDS = 0: one reduced round over every kernel at small sizes
@@ -260,7 +263,28 @@ void check_verify(std::mt19937_64& rng, VerifyMode mode, bool with_draft, int B,
     report(in_range && counts[0] == 1 && emitted[0] == sm::kNoMass,
            std::string("verify ") + mname + ": a no-token draft at the root is kNoMass (E_NUMERIC in the binding), nothing emitted out of range");
   }
-  if (mode != VerifyMode::greedy) return;
+  if (mode != VerifyMode::greedy) {
+    if (with_draft) return;
+    // The vocabulary-parallel sampled path (row statistics by slices, then a warp per sequence walks).
+    const int S = vk::mass_slices(V);
+    std::vector<double> lanes(mode == VerifyMode::typical ? static_cast<size_t>(N) * sm::kEntropyLanes : 0, -1.0);
+    std::vector<unsigned long long> mass(static_cast<size_t>(N) * S, 0);
+    std::vector<int32_t> acc2(static_cast<size_t>(N), -9), em2(static_cast<size_t>(N), -9), cnt2(static_cast<size_t>(B), -9),
+        depth2(static_cast<size_t>(D), 0), edits(static_cast<size_t>(N), -9), dep(static_cast<size_t>(N), -9);
+    std::vector<float> thr2(static_cast<size_t>(N), -9.f);
+    double* lp = lanes.empty() ? nullptr : lanes.data();
+    emu::launch(Dim3{static_cast<unsigned>(N), vk::kStatGroups, 1}, vk::kStatThreads,
+                [&] { vk::row_stats_kernel<float>(target_p.data(), V, lp, mass.data()); });
+    emu::launch(Dim3{static_cast<unsigned>(B), 1, 1}, 32, [&] {
+      vk::sampled_walk_kernel(mode, tr.indptr.data(), tr.parents.data(), tr.tokens.data(), target_p.data(), lp, mass.data(),
+                              seeds.data(), offsets.data(), a.typical_threshold, a.typical_alpha, V, edits.data(), thr2.data(),
+                              dep.data(), acc2.data(), em2.data(), cnt2.data(), depth2.data(), D);
+    });
+    std::snprintf(what, sizeof what, "verify %s%s, vocabulary-parallel (%d mass slices per row) B=%d N=%d V=%d T=%g: == CPU (%d tokens)",
+                  mname, bad_tokens ? ", no-token drafts" : "", S, B, N, V, temperature, total);
+    report(same_as_cpu(acc2, em2, cnt2, depth2, &total), what);
+    return;
+  }
   // The vocabulary-parallel greedy path (argmax slices, then a warp per sequence walks).
   const int S = vk::argmax_slices(V);
   std::vector<float> part_v(static_cast<size_t>(N) * S, -1.f);
@@ -295,12 +319,25 @@ void check_entropy(std::mt19937_64& rng, int rows, int V) {
     const double h = ops.entropy(0);
     if (threadIdx.x == 0) gpu[blockIdx.x] = h;
   });
-  bool same = true;
+  // The vocabulary-parallel path: row_stats' 512 lanes, combined by a warp (SampledSliceOps).
+  std::vector<double> lanes(static_cast<size_t>(rows) * sm::kEntropyLanes, -1.0), warp(static_cast<size_t>(rows), -1.0);
+  std::vector<unsigned long long> mass(static_cast<size_t>(rows) * vk::mass_slices(V), 0);
+  emu::launch(Dim3{static_cast<unsigned>(rows), vk::kStatGroups, 1}, vk::kStatThreads,
+              [&] { vk::row_stats_kernel<float>(p.data(), V, lanes.data(), mass.data()); });
+  emu::launch(Dim3{static_cast<unsigned>(rows), 1, 1}, 32, [&] {
+    vk::SampledSliceOps ops{};
+    ops.lanes = lanes.data();
+    ops.row0 = blockIdx.x;
+    const double h = ops.entropy(0);
+    if (threadIdx.x == 0) warp[blockIdx.x] = h;
+  });
+  bool same = true, same_warp = true;
   double worst = 0;
   for (int r = 0; r < rows; ++r) {
     const float* row = &p[static_cast<size_t>(r) * V];
     const double cpu_h = sm::entropy_host(row, V);
     same = same && std::memcmp(&cpu_h, &gpu[r], sizeof(double)) == 0;
+    same_warp = same_warp && std::memcmp(&cpu_h, &warp[r], sizeof(double)) == 0;
     double ref = 0;
     for (int i = 0; i < V; ++i)
       if (row[i] > 0) ref -= static_cast<double>(row[i]) * std::log(static_cast<double>(row[i]));
@@ -309,6 +346,8 @@ void check_entropy(std::mt19937_64& rng, int rows, int V) {
   char buf[160];
   std::snprintf(buf, sizeof buf, "entropy rows=%d V=%d: CUDA block order == CPU bit for bit; relative error vs float64 %.1e", rows, V, worst);
   report(same && worst < 1e-13, buf);
+  std::snprintf(buf, sizeof buf, "entropy rows=%d V=%d: vocabulary-parallel lanes + warp combination == CPU bit for bit", rows, V);
+  report(same_warp, buf);
   double ln_worst = 0;
   std::uniform_real_distribution<double> e(-300.0, 0.0);
   for (int i = 0; i < 20000; ++i) {
@@ -372,6 +411,9 @@ int main(int argc, char** argv) {
     check_verify(rng, VerifyMode::rejection, true, 3, 12, 500, 0.5f, true);
     check_verify(rng, VerifyMode::rejection, false, 3, 12, 500, 0.5f, true);
     check_verify(rng, VerifyMode::typical, false, 3, 12, 500, 0.5f, true);
+    // Rows over several mass slices (and not whole 512-column stripes).
+    check_verify(rng, VerifyMode::rejection, false, 3, 12, 9000, 1.f);
+    check_verify(rng, VerifyMode::typical, false, 3, 12, 9000, 1.f);
     check_entropy(rng, 6, 3000);
   }
   if (rounds > 0) check_no_mass(1500);

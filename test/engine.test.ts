@@ -195,6 +195,10 @@ describe('engine: continuous batching', function () {
           inFlight--;
         }
       };
+      // One forward per step (plain chains, lib/plain_chain.ts, would make the number of steps, and
+      // so of deliveries, depend on the machine's speed); the chained engine is checked below.
+      const chain = pooled.greedyChain.bind(pooled);
+      (pooled as { greedyChain?: unknown }).greedyChain = undefined;
       const engine = new Engine({ model: pooled, maxBatch: 4 });
       let during = 0;
       let calls = 0;
@@ -224,6 +228,31 @@ describe('engine: continuous batching', function () {
       assert.ok(during >= calls - 2 * js.length, `${during} of ${calls} deliveries overlapped a forward`);
       assert.strictEqual(engine.metrics.failed, 1);
       assert.strictEqual(pooled.kvInfo().freePages, pooled.kvInfo().totalPages);
+      // Plain chains: the same tokens, and a chain counts as the next forward the deliveries overlap.
+      pooled.greedyChain = async (...a: Parameters<LlamaModel['greedyChain']>) => {
+        inFlight++;
+        try {
+          return await chain(...a);
+        } finally {
+          inFlight--;
+        }
+      };
+      const chained = new Engine({ model: pooled, maxBatch: 4 });
+      calls = during = 0;
+      const got = await Promise.all(
+        js.map((j) =>
+          chained.submit(j.prompt, {
+            ...j.opts,
+            onTokens: () => {
+              calls++;
+              if (inFlight > 0) during++;
+            },
+          }),
+        ),
+      );
+      got.forEach((r, i) => assert.deepStrictEqual(Array.from(r.tokens), ref[i], `chained: request ${i}`));
+      assert.ok(during >= calls - 2 * js.length, `chained: ${during} of ${calls} deliveries overlapped a forward or a chain`);
+      assert.strictEqual(pooled.kvInfo().freePages, pooled.kvInfo().totalPages);
     } finally {
       pooled.dispose();
     }
@@ -233,6 +262,9 @@ describe('engine: continuous batching', function () {
     const js = jobs(testSeed + 23, 4).map((j) => ({ ...j, opts: { ...j.opts, maxNewTokens: 10, stopTokens: [] } }));
     const ref = await alone(new Engine({ model: target }), js);
     const pooled = await LlamaModel.load(makeCheckpoint(targetSpec, testSeed), { device: 'cpu', maxSequences: 16, syncForwardMaxMacs: 0 });
+    // One forward per step, so that every request has several steps' deliveries whatever the
+    // machine's speed (plain chains would make a few long ones).
+    (pooled as { greedyChain?: unknown }).greedyChain = undefined;
     const cpu = (): SpecdecNative.CpuInfo => native().cpuInfo();
     try {
       for (const lendCore of [true, false]) {

@@ -182,7 +182,9 @@ describe('draft model adaptivity', () => {
     const target = new ToyLM({ vocabSize: V, seed, positional: false });
     for (const [draft, dir] of [
       [new ToyLM({ vocabSize: V, seed, positional: false }), 'up'],
-      [new ToyLM({ vocabSize: V, seed: seed + 1, positional: false }), 'down'],
+      // Always the target's argmax + 1: never accepted, whatever the seed (another seed's draft
+      // agreed with the target often enough, in a repeating text, to climb back: seed 54712055).
+      [new ToyLM({ vocabSize: V, seed, positional: false, roll: 1 }), 'down'],
     ] as const) {
       const spec = new DraftModelSpeculator({ draft, k: 4, adaptive: 'heuristic', minK: 1, maxK: 10 });
       const dec = new SpeculativeDecoder({ target, speculator: spec });
@@ -196,7 +198,7 @@ describe('draft model adaptivity', () => {
       }
       const ks = trace.map((t) => t.k);
       if (dir === 'up') assert.deepStrictEqual(ks.slice(0, 4), [4, 6, 8, 10]);
-      else assert.ok(ks.includes(1) && Math.max(...ks.slice(4)) <= 3, `k ${ks}`);
+      else assert.deepStrictEqual(ks.slice(0, 6), [4, 3, 2, 1, 1, 1], `k ${ks}`);
     }
   });
 

@@ -591,10 +591,6 @@ export class Engine {
   private endStep(step: RunningStep, emitted: readonly Int32Array[]): void {
     this.metrics.observeStep((performance.now() - step.t0) / 1000);
     const { reqs } = step;
-    // One forward a step, or the steps of a plain chain (SpecEngine.stepShared).
-    let forwards = 1;
-    for (const r of reqs) if (r.seq) forwards = Math.max(forwards, r.seq.stats.targetForwards - r.forwardsAtStep);
-    this.metrics.forwards += forwards;
     // The pages the step took: its sequences' committed growth.
     const known = this.kvKnown;
     if (known) {
@@ -602,6 +598,11 @@ export class Engine {
       for (const r of reqs) if (r.seq) known.spent += this.pagesFor(r.seq.committed, ps) - this.pagesFor(r.committedAtStep, ps);
     }
     for (let b = 0; b < reqs.length; b++) this.emit(reqs[b] as Request, emitted[b] as Int32Array);
+    // One forward a step, or the steps of a plain chain (SpecEngine.stepShared) that made output
+    // (as the requests' statistics count them, after emit's cut).
+    let forwards = 1;
+    for (const r of reqs) if (r.seq) forwards = Math.max(forwards, r.seq.stats.targetForwards - r.forwardsAtStep);
+    this.metrics.forwards += forwards;
   }
 
   /**

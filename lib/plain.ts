@@ -100,15 +100,16 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
       const most = Math.max(...steps);
       // (A chain that starts with a prompt says nothing about a step's cost.)
       if (active.every((i) => feed[i]!.length === 1)) observeChainStep(model, active.length, (performance.now() - t) / 1000 / most);
-      targetForwards += most;
+      // (Picks past a stop ran, but no statistic counts them: they are not output.)
+      let made = 0;
       const still: number[] = [];
       active.forEach((i, b) => {
         const got = picks[b]!;
         let done = false;
-        for (let k = 0; k < got.length && !done; k++) {
+        let k = 0;
+        for (; k < got.length && !done; k++) {
           const tok = got[k]!;
           if (tok < 0) throw codedError('E_INTERNAL', `sequence ${i}: no token has positive probability (non-finite logits?)`);
-          // (The picks past a stop ran, but no statistic counts them: they are not output.)
           forwards[i]!++;
           out[i]!.push(tok);
           options.onTokens?.(i, Int32Array.of(tok));
@@ -118,11 +119,13 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
             done = true;
           }
         }
+        made = Math.max(made, k);
         if (!done) {
           feed[i] = Int32Array.of(got[got.length - 1]!);
           still.push(i);
         }
       });
+      targetForwards += made;
       active = still;
     }
     while (active.length > 0) {

@@ -82,6 +82,7 @@ describe('plain steps as native chains', function () {
     assert.deepStrictEqual(got.tokens.map((t) => Array.from(t)), ref.tokens.map((t) => Array.from(t)));
     assert.deepStrictEqual(got.finishReasons, ref.finishReasons);
     assert.deepStrictEqual(got.stats.sequenceForwards, ref.stats.sequenceForwards);
+    assert.strictEqual(got.stats.targetForwards, ref.stats.targetForwards);
     assert.ok(chains.calls > 0 && chains.calls < 40, `${chains.calls} chain calls for 40 tokens`);
     // A stop token in the middle of a chain: the tokens after it are dropped.
     // (A random prompt may end at EOS early: the stop token comes from the longest output.)
@@ -93,6 +94,8 @@ describe('plain steps as native chains', function () {
     const gotStop = await plainGenerate(target, prompts, opts);
     assert.deepStrictEqual(gotStop.tokens.map((t) => Array.from(t)), refStop.tokens.map((t) => Array.from(t)));
     assert.deepStrictEqual(gotStop.finishReasons, refStop.finishReasons);
+    assert.deepStrictEqual(gotStop.stats.sequenceForwards, refStop.stats.sequenceForwards);
+    assert.strictEqual(gotStop.stats.targetForwards, refStop.stats.targetForwards, 'forwards past the stop are not counted');
     assert.strictEqual(gotStop.finishReasons[long], 'stop');
     assert.deepStrictEqual(streamed, gotStop.tokens.map((t) => Array.from(t)), 'onTokens saw exactly the kept tokens');
   });

@@ -223,7 +223,10 @@ describe('engine: continuous batching', function () {
       });
       // Chunks delivered at a request's end (or after the last forward) see no forward running;
       // all the others must. Delivering right after each forward (no overlap) gives 0.
-      assert.ok(calls >= 20, `${calls} deliveries`);
+      // One chunk per step for each request (the model's EOS may end one early: seed 356035579);
+      // request 2 fails at its first.
+      const steps = ref.reduce((n, t, i) => n + (i === 2 ? 0 : t.length), 0);
+      assert.ok(calls >= steps && steps > 2 * js.length, `${calls} deliveries for ${steps} steps`);
       assert.strictEqual(shared, 0, `${shared} chunks were views into a shared buffer`);
       assert.ok(during >= calls - 2 * js.length, `${during} of ${calls} deliveries overlapped a forward`);
       assert.strictEqual(engine.metrics.failed, 1);

@@ -186,15 +186,18 @@ describe('engine: continuous batching', function () {
     const pooled = await LlamaModel.load(makeCheckpoint(targetSpec, testSeed), { device: 'cpu', maxSequences: 16, syncForwardMaxMacs: 0 });
     try {
       let inFlight = 0;
-      const forward = pooled.forward.bind(pooled);
-      pooled.forward = async (...a: Parameters<LlamaModel['forward']>) => {
-        inFlight++;
-        try {
-          return await forward(...a);
-        } finally {
-          inFlight--;
-        }
-      };
+      // The model call, counted in inFlight while it runs.
+      const inFlightWhile =
+        <A extends unknown[], R>(call: (...a: A) => Promise<R>) =>
+        async (...a: A): Promise<R> => {
+          inFlight++;
+          try {
+            return await call(...a);
+          } finally {
+            inFlight--;
+          }
+        };
+      pooled.forward = inFlightWhile(pooled.forward.bind(pooled));
       // One forward per step (plain chains, lib/plain_chain.ts, would make the number of steps, and
       // so of deliveries, depend on the machine's speed); the chained engine is checked below.
       const chain = pooled.greedyChain.bind(pooled);
@@ -232,14 +235,7 @@ describe('engine: continuous batching', function () {
       assert.strictEqual(engine.metrics.failed, 1);
       assert.strictEqual(pooled.kvInfo().freePages, pooled.kvInfo().totalPages);
       // Plain chains: the same tokens, and a chain counts as the next forward the deliveries overlap.
-      pooled.greedyChain = async (...a: Parameters<LlamaModel['greedyChain']>) => {
-        inFlight++;
-        try {
-          return await chain(...a);
-        } finally {
-          inFlight--;
-        }
-      };
+      pooled.greedyChain = inFlightWhile(chain);
       const chained = new Engine({ model: pooled, maxBatch: 4 });
       calls = during = 0;
       const got = await Promise.all(

@@ -1,6 +1,8 @@
-// CUDA: batched tree verification in one launch, a thread block per sequence. All threads run the
-// walk of spec_math.h in lockstep (its decisions depend only on block-uniform values); the
-// row-wise work (argmax, quantised loads, residuals, entropy, sampling) is shared over the block.
+// CUDA: batched tree verification. Greedy and most sampled verification run vocabulary-parallel
+// (several blocks per row, then a warp per sequence walks); the fallback -- rejection with draft rows
+// where a node has several candidate children -- is one launch, a block per
+// sequence, whose threads run the walk of spec_math.h in lockstep (its decisions depend only on
+// block-uniform values) and share the row-wise work.
 #include "../cpp/core/ops_sampling.h"
 #include "common.cuh"
 #include "verify.cuh"
@@ -33,30 +35,61 @@ void verify_greedy(const VerifyArgs& a, VerifyResult& out) {
   SPECDEC_CUDA_LAUNCH_CHECK("greedy_walk_kernel");
 }
 
-// Sampled, deterministic drafts (no draft rows), f32 probabilities: row statistics over vocabulary
-// slices, then a warp per sequence walks (verify.cuh, "vocabulary-parallel").
+unsigned long long* u64p(Tensor& t) { return reinterpret_cast<unsigned long long*>(t.ptr<uint64_t>()); }
+
+// Sampled verification over f32 probabilities with deterministic drafts, or with draft rows when no
+// node has two candidate children: row statistics over vocabulary slices, then a warp per sequence
+// walks (verify.cuh, "vocabulary-parallel"); with draft rows the walk runs twice around the one
+// residual it needs (4 launches in all, each reading what it needs once).
 void verify_sampled_slices(const VerifyArgs& a, VerifyResult& out) {
   const int64_t B = a.node_indptr.size(0) - 1, N = a.parents.size(0), V = a.target.size(1);
   const int S = mass_slices(static_cast<int>(V));
-  const bool typical = a.mode == VerifyMode::typical;
+  const bool typical = a.mode == VerifyMode::typical, has_draft = a.draft.defined();
   Tensor lanes = typical ? Tensor::empty(DType::f64, {N, sm::kEntropyLanes}, Device::cuda) : Tensor();
   Tensor mass = Tensor::zeros(DType::u64, {N, S}, Device::cuda);
   Tensor edits = Tensor::empty(DType::i32, {N}, Device::cuda);
   Tensor thr = Tensor::empty(DType::f32, {N}, Device::cuda);
   Tensor depth = Tensor::empty(DType::i32, {N}, Device::cuda);
-  if (N > 0) {
-    row_stats_kernel<float><<<dim3(static_cast<unsigned>(N), kStatGroups), kStatThreads, 0, stream()>>>(
-        a.target.ptr<float>(), static_cast<int>(V), typical ? lanes.ptr<double>() : nullptr,
-        reinterpret_cast<unsigned long long*>(mass.ptr<uint64_t>()));
-    SPECDEC_CUDA_LAUNCH_CHECK("row_stats_kernel");
+  Tensor qmass, rmass, rej_row, rej_m;
+  DraftRowsArgs dr;
+  if (has_draft) {
+    qmass = Tensor::zeros(DType::u64, {N, S}, Device::cuda);
+    rmass = Tensor::zeros(DType::u64, {B, S}, Device::cuda);
+    rej_row = Tensor::empty(DType::i32, {B}, Device::cuda);
+    rej_m = Tensor::empty(DType::u64, {2, B}, Device::cuda);
+    dr.draft = a.draft.ptr<float>();
+    dr.qslice_mass = u64p(qmass);
+    dr.rslice_mass = u64p(rmass);
+    dr.rej_row = rej_row.ptr<int32_t>();
+    dr.rej_mp = u64p(rej_m);
+    dr.rej_mq = u64p(rej_m) + B;
   }
-  sampled_walk_kernel<<<static_cast<unsigned>(B), 32, 0, stream()>>>(
-      a.mode, a.node_indptr.ptr<int32_t>(), a.parents.ptr<int32_t>(), a.tokens.ptr<int32_t>(), a.target.ptr<float>(),
-      typical ? lanes.ptr<double>() : nullptr, reinterpret_cast<const unsigned long long*>(mass.ptr<uint64_t>()),
-      a.seeds.ptr<uint64_t>(), a.offsets.ptr<uint64_t>(), a.typical_threshold, a.typical_alpha, static_cast<int>(V),
-      edits.ptr<int32_t>(), thr.ptr<float>(), depth.ptr<int>(), out.accepted_nodes.ptr<int32_t>(), out.emitted.ptr<int32_t>(),
-      out.accept_count.ptr<int32_t>(), out.depth_accepts.ptr<int32_t>(), static_cast<int>(out.depth_accepts.numel()));
-  SPECDEC_CUDA_LAUNCH_CHECK("sampled_walk_kernel");
+  const dim3 stats_grid(static_cast<unsigned>(N), kStatGroups);
+  if (N > 0) {
+    row_stats_kernel<float><<<stats_grid, kStatThreads, 0, stream()>>>(a.target.ptr<float>(), static_cast<int>(V),
+                                                                       typical ? lanes.ptr<double>() : nullptr, u64p(mass));
+    SPECDEC_CUDA_LAUNCH_CHECK("row_stats_kernel");
+    if (has_draft) {
+      row_stats_kernel<float><<<stats_grid, kStatThreads, 0, stream()>>>(dr.draft, static_cast<int>(V), nullptr, u64p(qmass));
+      SPECDEC_CUDA_LAUNCH_CHECK("row_stats_kernel (draft)");
+    }
+  }
+  auto walk = [&](int pass) {
+    dr.pass = pass;
+    sampled_walk_kernel<<<static_cast<unsigned>(B), 32, 0, stream()>>>(
+        a.mode, a.node_indptr.ptr<int32_t>(), a.parents.ptr<int32_t>(), a.tokens.ptr<int32_t>(), a.target.ptr<float>(),
+        typical ? lanes.ptr<double>() : nullptr, u64p(mass), a.seeds.ptr<uint64_t>(), a.offsets.ptr<uint64_t>(),
+        a.typical_threshold, a.typical_alpha, static_cast<int>(V), edits.ptr<int32_t>(), thr.ptr<float>(), depth.ptr<int>(),
+        out.accepted_nodes.ptr<int32_t>(), out.emitted.ptr<int32_t>(), out.accept_count.ptr<int32_t>(),
+        out.depth_accepts.ptr<int32_t>(), static_cast<int>(out.depth_accepts.numel()), dr);
+    SPECDEC_CUDA_LAUNCH_CHECK("sampled_walk_kernel");
+  };
+  if (!has_draft) return walk(0);
+  walk(1);
+  residual_slices_kernel<<<dim3(static_cast<unsigned>(B), kStatGroups), kStatThreads, 0, stream()>>>(
+      a.target.ptr<float>(), dr, static_cast<int>(V), u64p(rmass));
+  SPECDEC_CUDA_LAUNCH_CHECK("residual_slices_kernel");
+  walk(2);
 }
 
 }  // namespace
@@ -66,7 +99,7 @@ void verify(const VerifyArgs& a, VerifyResult& out) {
   if (B == 0) return;
   SPECDEC_CHECK(V <= INT32_MAX, "E_ARG", "target: rows longer than 2^31 are not supported");
   if (a.mode == VerifyMode::greedy) return verify_greedy(a, out);
-  if (!a.draft.defined() && a.target.dtype() == DType::f32 && a.seeds.defined() && a.offsets.defined())
+  if ((!a.draft.defined() || a.one_child_each) && a.target.dtype() == DType::f32 && a.seeds.defined() && a.offsets.defined())
     return verify_sampled_slices(a, out);
   // Per-sequence scratch: residual rows (rejection, and typical's bonus draw) and per-node values.
   const bool need_p = a.mode != VerifyMode::greedy;

@@ -252,6 +252,13 @@ __global__ void __launch_bounds__(32) greedy_walk_kernel(const int32_t* __restri
 // entropy keeps sm::entropy_host's order (lane t of 512 sums i = t, t + 512, ... in order, which one
 // thread of row_stats does; the walk combines the lanes with the same butterfly and warp order), and
 // the final draw finds sm::sample_hit's token through exact integer prefix sums.
+//
+// Rejection WITH draft rows (the draft model's sampled chains) also runs here when no node has two
+// candidate children (sm::one_child_each; the dispatcher checks it on the host). A walk then needs
+// at most one residual max(0, p/mp - q/mq), of the fresh row where it rejected, and the walk runs
+// twice: pass 1 only records where it rejected (row and masses), residual_slices_kernel sums that
+// one row's residual by slices, and pass 2 walks again, now with the residual's slice masses, and
+// draws. Both passes make the same decisions: they read the same numbers up to the rejection.
 constexpr int kStatGroups = 8;                                 // blocks per row
 constexpr int kStatThreads = sm::kEntropyLanes / kStatGroups;  // 64: one entropy lane each
 constexpr int kMassSlice = 4096;                               // columns per mass slice (a multiple of 512)
@@ -285,6 +292,43 @@ __global__ void __launch_bounds__(kStatThreads) row_stats_kernel(const T* __rest
     }
   }
   if (lanes) lanes[row * sm::kEntropyLanes + t] = h;
+}
+
+// Rejection with draft rows on the vocabulary-parallel path (see above). pass 0: no draft rows.
+struct DraftRowsArgs {
+  const float* draft = nullptr;                      // [N, V] draft probabilities
+  const unsigned long long* qslice_mass = nullptr;   // [N, S] row_stats of the draft rows
+  const unsigned long long* rslice_mass = nullptr;   // [B, S] residual_slices_kernel's sums
+  int32_t* rej_row = nullptr;                        // [B] global row of the rejection; -1 none, -2 unsupported
+  unsigned long long* rej_mp = nullptr;              // [B] the masses the residual is taken with
+  unsigned long long* rej_mq = nullptr;
+  int pass = 0;
+};
+
+// The residual max(0, P - Q mp/mq) of the row each sequence rejected at (pass 1's record), summed
+// by mass slices into rslice_mass (zeroed by the caller); grid (B, kStatGroups), row_stats' lanes.
+__global__ void __launch_bounds__(kStatThreads) residual_slices_kernel(const float* __restrict__ target, DraftRowsArgs dr, int V,
+                                                                       unsigned long long* __restrict__ rslice_mass) {
+  const int b = blockIdx.x;
+  const int64_t row = dr.rej_row[b];
+  if (row < 0) return;
+  const double ratio = static_cast<double>(dr.rej_mp[b]) / static_cast<double>(dr.rej_mq[b]);
+  const int t = static_cast<int>(blockIdx.y) * kStatThreads + static_cast<int>(threadIdx.x);
+  const float* p = target + row * V;
+  const float* q = dr.draft + row * V;
+  const int S = mass_slices(V);
+  constexpr int kStripes = kMassSlice / sm::kEntropyLanes;
+  unsigned long long m = 0;
+  const int stripes = (V + sm::kEntropyLanes - 1) / sm::kEntropyLanes;
+  for (int j = 0; j < stripes; ++j) {
+    const int i = t + j * sm::kEntropyLanes;
+    if (i < V) m += sm::residual_entry(sm::quantize_prob(p[i]), sm::quantize_prob(q[i]), ratio);
+    if (j % kStripes == kStripes - 1 || j == stripes - 1) {
+      for (int o = 16; o > 0; o >>= 1) m += __shfl_xor_sync(blk::kFull, m, o);
+      if ((threadIdx.x & 31) == 0 && m > 0) atomicAdd(&rslice_mass[static_cast<int64_t>(b) * S + j / kStripes], m);
+      m = 0;
+    }
+  }
 }
 
 // The walks' Ops over row_stats' numbers, one warp per sequence (every lane holds the same values).
@@ -325,11 +369,16 @@ struct SampledSliceOps {
     __syncwarp();
     cur = node;
     n_edits = 0;
+    resid = false;
+    n_residuals = 0;
     uint64_t m = 0;
     for (int s = 0; s < S; ++s) m += slice_mass[(row0 + node) * S + s];
     return m;
   }
-  __device__ uint64_t p_at(int tok) { return zeroed(tok) ? 0 : sm::quantize_prob(row(cur)[tok]); }
+  __device__ uint64_t p_at(int tok) {
+    if (resid) return resid_at(tok);
+    return zeroed(tok) ? 0 : sm::quantize_prob(row(cur)[tok]);
+  }
   __device__ void set_p(int tok, uint64_t v) {  // the walk without draft rows only zeroes
     __syncwarp();
     if (v == 0 && !zeroed(tok)) {
@@ -338,22 +387,78 @@ struct SampledSliceOps {
     }
     __syncwarp();
   }
-  // The walk calls these only with draft rows (WalkParams::has_draft), which this path never has
-  // (cuda/verify.cu sends those to verify_kernel): no q here.
-  __device__ uint64_t load_q(int) { return 0; }
-  __device__ uint64_t q_at(int) { return 0; }
+  // Draft rows (rejection with a draft model; dr.draft null otherwise). Q is the fresh draft row of
+  // `cur`: the walk zeroes a rejected token in Q only after its last read of this node's Q when no
+  // node has two candidate children, so set_q has nothing to keep (a second child would find the
+  // guard in residual_mass). After apply_residual, P is the residual of the fresh rows (resid): its
+  // entries are computed from p and q on the fly, its slice masses are residual_slices_kernel's.
+  DraftRowsArgs dr;
+  int b;                // this sequence
+  bool resid;
+  double ratio;
+  int n_residuals;      // residual_mass calls at this node
+
+  __device__ const float* qrow(int node) const { return dr.draft + (row0 + node) * V; }
+  __device__ uint64_t load_q(int node) {
+    uint64_t m = 0;
+    for (int s = 0; s < S; ++s) m += dr.qslice_mass[(row0 + node) * S + s];
+    return m;
+  }
+  __device__ uint64_t q_at(int tok) { return sm::quantize_prob(qrow(cur)[tok]); }
   __device__ void set_q(int, uint64_t) {}
-  __device__ uint64_t residual_mass(uint64_t, uint64_t) { return 0; }
-  __device__ void apply_residual(uint64_t, uint64_t) {}
-  __device__ uint64_t weight(const float* r, int i) const { return zeroed(i) ? 0 : sm::quantize_prob(r[i]); }
+  __device__ uint64_t resid_at(int tok) const {
+    return sm::residual_entry(sm::quantize_prob(row(cur)[tok]), sm::quantize_prob(qrow(cur)[tok]), ratio);
+  }
+  // Pass 1 records the rejection and reports no residual (its draw is not made); pass 2 reads the
+  // residual of the recorded rejection. With one candidate child per node (the dispatcher's
+  // condition) the walk asks once, for the fresh rows of the same node with the same masses; any
+  // other call would need a residual nobody computed: it reads as no mass left anywhere (kNoMass,
+  // E_NUMERIC in the binding), never as a wrong token.
+  __device__ uint64_t residual_mass(uint64_t mp, uint64_t mq) {
+    __syncwarp();
+    const bool first = n_residuals++ == 0;
+    const bool fresh = first && !resid && n_edits == 0;
+    if (dr.pass == 1) {
+      if ((threadIdx.x & 31) == 0) {
+        if (fresh && dr.rej_row[b] == -1) {
+          dr.rej_row[b] = static_cast<int32_t>(row0 + cur);
+          dr.rej_mp[b] = mp;
+          dr.rej_mq[b] = mq;
+        } else {
+          dr.rej_row[b] = -2;
+        }
+      }
+      __syncwarp();
+      return 0;
+    }
+    if (!fresh || dr.rej_row[b] != row0 + cur || dr.rej_mp[b] != mp || dr.rej_mq[b] != mq) {
+      broken = true;
+      return 0;
+    }
+    uint64_t m = 0;
+    for (int s = 0; s < S; ++s) m += dr.rslice_mass[static_cast<int64_t>(b) * S + s];
+    return m;
+  }
+  __device__ void apply_residual(uint64_t mp, uint64_t mq) {
+    __syncwarp();
+    resid = true;
+    ratio = static_cast<double>(mp) / static_cast<double>(mq);  // BlockOps' and the CPU's ratio
+  }
+  bool broken;  // pass 2 met a residual it has no numbers for
+
+  __device__ uint64_t weight(const float* r, int i) const {
+    if (resid) return resid_at(i);
+    return zeroed(i) ? 0 : sm::quantize_prob(r[i]);
+  }
   // The first token whose prefix sum of P passes t: the slice from the slice masses (less the zeroed
   // tokens in it), then the lane from the lanes' chunk sums, then the column within that lane's chunk.
   __device__ int sample_p(uint64_t t) {
+    if (dr.pass == 1 || broken) return sm::kNoMass;  // pass 1 draws nothing
     const float* r = row(cur);
     const int lane = threadIdx.x & 31;
     uint64_t before = 0;
     for (int s = 0; s < S; ++s) {
-      uint64_t ms = slice_mass[(row0 + cur) * S + s];
+      uint64_t ms = resid ? dr.rslice_mass[static_cast<int64_t>(b) * S + s] : slice_mass[(row0 + cur) * S + s];
       for (int e = 0; e < n_edits; ++e)
         if (edits[e] / kMassSlice == s) ms -= sm::quantize_prob(r[edits[e]]);
       if (ms == 0 || t - before >= ms) {
@@ -387,7 +492,7 @@ struct SampledSliceOps {
     return sm::kNoMass;
   }
   __device__ void put(int k, int node, int token) {
-    if ((threadIdx.x & 31) != 0) return;
+    if ((threadIdx.x & 31) != 0 || dr.pass == 1) return;
     if (node >= 0) acc_nodes[k] = node;
     else emitted[k] = token;
   }
@@ -405,29 +510,40 @@ struct SampledSliceOps {
   __device__ int get_depth(int v) { return depth[v]; }
 };
 
-// One warp per sequence: rejection without draft rows, or typical acceptance, on row_stats' numbers.
+// One warp per sequence: rejection (draft rows: pass 1 or 2, see above), or typical acceptance, on
+// row_stats' numbers.
 __global__ void __launch_bounds__(32) sampled_walk_kernel(VerifyMode mode, const int32_t* __restrict__ indptr,
                                                           const int32_t* __restrict__ parents, const int32_t* __restrict__ tokens,
                                                           const float* target, const double* lanes,
                                                           const unsigned long long* slice_mass, const uint64_t* seeds,
                                                           const uint64_t* offsets, float eps, float alpha, int V, int32_t* edits,
                                                           float* thr, int* depth, int32_t* acc_nodes, int32_t* emitted,
-                                                          int32_t* counts, int32_t* depth_acc, int D) {
+                                                          int32_t* counts, int32_t* depth_acc, int D, DraftRowsArgs dr) {
   const int b = blockIdx.x;
   const int start = indptr[b], n = indptr[b + 1] - start;
   SampledSliceOps ops{target, V, mass_slices(V), start, lanes, slice_mass, edits + start, 0, 0, thr + start, depth + start,
                       acc_nodes + start, emitted + start};
-  for (int i = threadIdx.x; i < n; i += 32) ops.acc_nodes[i] = ops.emitted[i] = -1;
+  ops.dr = dr;
+  ops.b = b;
+  ops.resid = false;
+  ops.n_residuals = 0;
+  ops.ratio = 0.0;
+  ops.broken = false;
+  if (dr.pass == 1) {
+    if (threadIdx.x == 0) dr.rej_row[b] = -1;
+  } else {
+    for (int i = threadIdx.x; i < n; i += 32) ops.acc_nodes[i] = ops.emitted[i] = -1;
+  }
   __syncwarp();
   sm::WalkParams w;
   w.seed = seeds[b];
   w.offset = offsets[b];
-  w.has_draft = false;
+  w.has_draft = dr.draft != nullptr;
   w.eps = eps;
   w.alpha = alpha;
   const int count = mode == VerifyMode::typical ? sm::walk_typical(ops, parents + start, tokens + start, n, w)
                                                 : sm::walk_rejection(ops, parents + start, tokens + start, n, w);
-  if (threadIdx.x == 0) {
+  if (threadIdx.x == 0 && dr.pass != 1) {
     counts[b] = count;
     for (int d = 0; d < D && d < count - 1; ++d) atomicAdd(&depth_acc[d], 1);
   }

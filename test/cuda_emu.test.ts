@@ -39,8 +39,8 @@ const programs: Program[] = [
   { source: 'attention_tc_emu.cc', extra: [], kernel: 'tensor-core tree attention + split-KV merge, tree = path, decode rows (cuda/attention_tc.cuh)', minChecks: 36,
     args: [], tsanArgs: ['4', '2'], tsanMinChecks: 21 },
   { source: 'sampling_emu.cc', extra: ['cpp/core/tensor.cc', 'cpp/core/transfers.cc', 'cpp/core/backend.cc', 'cpp/cpu/thread_pool.cc', 'cpp/cpu/sampling.cc', 'cpp/cpu/verify.cc'],
-    kernel: 'sampling + verification incl. vocabulary-parallel greedy, one-hot rejection and typical (cuda/sampling.cuh, cuda/verify.cuh) vs the CPU backend', minChecks: 87, args: ['2'],
-    tsanArgs: ['0'], tsanMinChecks: 12 },
+    kernel: 'sampling + verification incl. vocabulary-parallel greedy, rejection (one-hot, and draft rows on chains) and typical (cuda/sampling.cuh, cuda/verify.cuh) vs the CPU backend',
+    minChecks: 109, args: ['2'], tsanArgs: ['0'], tsanMinChecks: 14 },
   { source: 'layers_kv_emu.cc', extra: [], kernel: 'model layers + paged KV movement (cuda/layers.cuh, cuda/kv.cuh)', minChecks: 60,
     args: [], tsanArgs: ['quick'], tsanMinChecks: 14 },
 ];

@@ -147,7 +147,16 @@ void verify(const VerifyArgs& a, VerifyResult& out) {
   for (int64_t i = 0; i < N; ++i)
     SPECDEC_CHECK(tokens[i] >= 0 && tokens[i] < V, "E_ARG", "tokens: token ", tokens[i], " at node ", i,
                   " is outside the vocabulary [0, ", V, ")");
-  SPECDEC_SAMPLING_DISPATCH(a.target.device(), verify(a, out));
+  bool one_child = true;
+  for (int64_t b = 0; b < B && one_child; ++b)
+    one_child = sm::one_child_each(parents.data() + indptr[b], indptr[b + 1] - indptr[b]);
+  if (one_child != a.one_child_each) {
+    VerifyArgs shaped = a;
+    shaped.one_child_each = one_child;
+    SPECDEC_SAMPLING_DISPATCH(a.target.device(), verify(shaped, out));
+  } else {
+    SPECDEC_SAMPLING_DISPATCH(a.target.device(), verify(a, out));
+  }
   // A target row with no positive mass (all zero, negative or NaN) has nothing to draw from: the
   // walk leaves sm::kNoMass as the last emitted token. CPU results are on the host here; the N-API
   // glue checks CUDA results once they are read back (reading them here would add a wait per step).

@@ -72,6 +72,7 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 #ifdef __CUDACC__
 #define SPECDEC_HD __host__ __device__
@@ -268,6 +269,20 @@ SPECDEC_HD inline int next_child(const int32_t* parents, int n, int node, int af
   for (int c = (after > node ? after : node) + 1; c < n; ++c)
     if (parents[c] == node) return c;
   return -1;
+}
+
+// True when no node of the tree (parents [n], local; -2 = not a candidate) has two candidate
+// children. Rejection with draft rows then computes at most one residual per walk, and always of a
+// fresh row: CUDA's vocabulary-parallel path precomputes exactly that one (cuda/verify.cuh).
+inline bool one_child_each(const int32_t* parents, int n) {
+  std::vector<unsigned char> has(static_cast<size_t>(n > 0 ? n : 0), 0);
+  for (int c = 1; c < n; ++c) {
+    const int32_t p = parents[c];
+    if (p < 0) continue;
+    if (has[p]) return false;
+    has[p] = 1;
+  }
+  return true;
 }
 
 // ---------------- the tree walks ----------------

@@ -149,16 +149,33 @@ void check_process_and_sample(std::mt19937_64& rng, int rows, int V, const Sampl
 struct Trees {
   std::vector<int32_t> indptr{0}, parents, tokens;
 };
-Trees make_trees(std::mt19937_64& rng, int B, int max_nodes, int V) {
+// one_child: no node gets two candidate children (chains, and forests of chains hanging off
+// earlier nodes: sm::one_child_each), the draft model's sampled shape.
+Trees make_trees(std::mt19937_64& rng, int B, int max_nodes, int V, bool one_child = false) {
   Trees t;
   for (int b = 0; b < B; ++b) {
     const int n = 1 + static_cast<int>(rng() % static_cast<uint64_t>(max_nodes));
+    std::vector<int> free_nodes;  // nodes without a candidate child yet
     for (int i = 0; i < n; ++i) {
-      t.parents.push_back(i == 0 ? -1 : (rng() % 7 == 0 ? -2 : static_cast<int32_t>(rng() % static_cast<uint64_t>(i))));
+      int32_t par = i == 0 ? -1 : (rng() % 7 == 0 ? -2 : static_cast<int32_t>(rng() % static_cast<uint64_t>(i)));
+      if (one_child && par >= 0) {
+        if (free_nodes.empty()) par = -2;
+        else {
+          // Mostly the latest free node (a chain), sometimes an earlier one.
+          const size_t k = rng() % 3 ? free_nodes.size() - 1 : rng() % free_nodes.size();
+          par = free_nodes[k];
+          free_nodes.erase(free_nodes.begin() + static_cast<long>(k));
+        }
+      }
+      if (one_child && (i == 0 || par >= 0)) free_nodes.push_back(i);
+      t.parents.push_back(par);
       t.tokens.push_back(static_cast<int32_t>(rng() % static_cast<uint64_t>(V)));
     }
     t.indptr.push_back(t.indptr.back() + n);
   }
+  if (one_child)
+    for (int b = 0; b < B; ++b)
+      if (!sm::one_child_each(t.parents.data() + t.indptr[b], t.indptr[b + 1] - t.indptr[b])) std::abort();
   return t;
 }
 
@@ -166,9 +183,9 @@ Trees make_trees(std::mt19937_64& rng, int B, int max_nodes, int V) {
 // from a row without mass, or V): the sampled walks report kNoMass there on both backends and read
 // no row outside [0, V) (the emulation runs under AddressSanitizer).
 void check_verify(std::mt19937_64& rng, VerifyMode mode, bool with_draft, int B, int max_nodes, int V, float temperature,
-                  bool bad_tokens = false) {
-  Trees tr = make_trees(rng, B, max_nodes, V);
-  while (bad_tokens && (tr.indptr[1] < 2 || tr.parents[1] != 0)) tr = make_trees(rng, B, max_nodes, V);
+                  bool bad_tokens = false, bool one_child = false) {
+  Trees tr = make_trees(rng, B, max_nodes, V, one_child);
+  while (bad_tokens && (tr.indptr[1] < 2 || tr.parents[1] != 0)) tr = make_trees(rng, B, max_nodes, V, one_child);
   const int N = tr.indptr.back();
   // Peaked target distributions so that paths get long; drafts are other peaked distributions.
   const auto lt = adversarial_logits(rng, N, V);
@@ -196,6 +213,31 @@ void check_verify(std::mt19937_64& rng, VerifyMode mode, bool with_draft, int B,
     Tensor dp = Tensor::empty(DType::f32, {N, V});
     cpu::process_logits(tensor(ld, {N, V}, DType::f32), sp, dp);
     draft = host<float>(dp);
+    // Some draft rows are the target's (p = q: always accepted), some are the target's moved by one
+    // token of mass (a residual that is one token), some are all zero (q(x) = 0: accepted).
+    for (int r = 0; r < N; ++r) {
+      float* q = &draft[static_cast<size_t>(r) * V];
+      const float* p = &target_p[static_cast<size_t>(r) * V];
+      const int kind = static_cast<int>(rng() % 8);
+      if (kind == 0) std::copy(p, p + V, q);
+      if (kind == 1) {
+        std::copy(p, p + V, q);
+        const int from = static_cast<int>(rng() % V), to = static_cast<int>(rng() % V);
+        const float moved = q[from] * 0.5f;
+        q[from] -= moved, q[to] += moved;
+      }
+      if (kind == 2) std::fill(q, q + V, 0.0f);
+    }
+    // Chains: two thirds of the children take the draft's favourite (likely under q, often unlikely
+    // under p: rejections with a residual to draw from).
+    if (one_child)
+      for (int i = 0; i < N; ++i) {
+        const int b = static_cast<int>(std::upper_bound(tr.indptr.begin(), tr.indptr.end(), i) - tr.indptr.begin()) - 1;
+        const int par = tr.parents[i];
+        if (par < 0 || rng() % 3 == 0 || (bad_tokens && b == 0 && par == 0)) continue;
+        const float* q = &draft[static_cast<size_t>(tr.indptr[b] + par) * V];
+        tr.tokens[i] = static_cast<int32_t>(std::max_element(q, q + V) - q);
+      }
   }
   std::vector<uint64_t> seeds(static_cast<size_t>(B)), offsets(static_cast<size_t>(B));
   for (int b = 0; b < B; ++b) seeds[b] = rng(), offsets[b] = rng() % 100;
@@ -264,24 +306,53 @@ void check_verify(std::mt19937_64& rng, VerifyMode mode, bool with_draft, int B,
            std::string("verify ") + mname + ": a no-token draft at the root is kNoMass (E_NUMERIC in the binding), nothing emitted out of range");
   }
   if (mode != VerifyMode::greedy) {
-    if (with_draft) return;
-    // The vocabulary-parallel sampled path (row statistics by slices, then a warp per sequence walks).
+    if (with_draft && !one_child) return;  // draft rows with sibling candidates: verify_kernel only
+    // The vocabulary-parallel sampled path (row statistics by slices, then a warp per sequence walks;
+    // with draft rows: walk pass 1, the residual by slices, walk pass 2, as cuda/verify.cu runs it).
     const int S = vk::mass_slices(V);
     std::vector<double> lanes(mode == VerifyMode::typical ? static_cast<size_t>(N) * sm::kEntropyLanes : 0, -1.0);
-    std::vector<unsigned long long> mass(static_cast<size_t>(N) * S, 0);
+    std::vector<unsigned long long> mass(static_cast<size_t>(N) * S, 0), qmass(mass.size(), 0),
+        rmass(static_cast<size_t>(B) * S, 0), rej_m(2 * static_cast<size_t>(B), 7);
     std::vector<int32_t> acc2(static_cast<size_t>(N), -9), em2(static_cast<size_t>(N), -9), cnt2(static_cast<size_t>(B), -9),
-        depth2(static_cast<size_t>(D), 0), edits(static_cast<size_t>(N), -9), dep(static_cast<size_t>(N), -9);
+        depth2(static_cast<size_t>(D), 0), edits(static_cast<size_t>(N), -9), dep(static_cast<size_t>(N), -9),
+        rej_row(static_cast<size_t>(B), 7);
     std::vector<float> thr2(static_cast<size_t>(N), -9.f);
     double* lp = lanes.empty() ? nullptr : lanes.data();
     emu::launch(Dim3{static_cast<unsigned>(N), vk::kStatGroups, 1}, vk::kStatThreads,
                 [&] { vk::row_stats_kernel<float>(target_p.data(), V, lp, mass.data()); });
-    emu::launch(Dim3{static_cast<unsigned>(B), 1, 1}, 32, [&] {
-      vk::sampled_walk_kernel(mode, tr.indptr.data(), tr.parents.data(), tr.tokens.data(), target_p.data(), lp, mass.data(),
-                              seeds.data(), offsets.data(), a.typical_threshold, a.typical_alpha, V, edits.data(), thr2.data(),
-                              dep.data(), acc2.data(), em2.data(), cnt2.data(), depth2.data(), D);
-    });
-    std::snprintf(what, sizeof what, "verify %s%s, vocabulary-parallel (%d mass slices per row) B=%d N=%d V=%d T=%g: == CPU (%d tokens)",
-                  mname, bad_tokens ? ", no-token drafts" : "", S, B, N, V, temperature, total);
+    vk::DraftRowsArgs dr;
+    if (with_draft) {
+      emu::launch(Dim3{static_cast<unsigned>(N), vk::kStatGroups, 1}, vk::kStatThreads,
+                  [&] { vk::row_stats_kernel<float>(draft.data(), V, nullptr, qmass.data()); });
+      dr.draft = draft.data();
+      dr.qslice_mass = qmass.data();
+      dr.rslice_mass = rmass.data();
+      dr.rej_row = rej_row.data();
+      dr.rej_mp = rej_m.data();
+      dr.rej_mq = rej_m.data() + B;
+    }
+    auto walk = [&](int pass) {
+      dr.pass = pass;
+      emu::launch(Dim3{static_cast<unsigned>(B), 1, 1}, 32, [&] {
+        vk::sampled_walk_kernel(mode, tr.indptr.data(), tr.parents.data(), tr.tokens.data(), target_p.data(), lp, mass.data(),
+                                seeds.data(), offsets.data(), a.typical_threshold, a.typical_alpha, V, edits.data(), thr2.data(),
+                                dep.data(), acc2.data(), em2.data(), cnt2.data(), depth2.data(), D, dr);
+      });
+    };
+    int rejected = 0;
+    if (with_draft) {
+      walk(1);
+      for (int b = 0; b < B; ++b) rejected += rej_row[b] >= 0;
+      emu::launch(Dim3{static_cast<unsigned>(B), vk::kStatGroups, 1}, vk::kStatThreads,
+                  [&] { vk::residual_slices_kernel(target_p.data(), dr, V, rmass.data()); });
+      walk(2);
+    } else {
+      walk(0);
+    }
+    std::snprintf(what, sizeof what,
+                  "verify %s%s%s, vocabulary-parallel (%d mass slices per row) B=%d N=%d V=%d T=%g: == CPU (%d tokens, %d residuals)",
+                  mname, with_draft ? " with draft chains" : "", bad_tokens ? ", no-token drafts" : "", S, B, N, V, temperature, total,
+                  rejected);
     report(same_as_cpu(acc2, em2, cnt2, depth2, &total), what);
     return;
   }
@@ -384,6 +455,7 @@ int main(int argc, char** argv) {
     check_verify(rng, VerifyMode::greedy, false, 2, 8, 300, 1.f);
     check_verify(rng, VerifyMode::rejection, true, 2, 8, 300, 0.5f);
     check_verify(rng, VerifyMode::typical, false, 2, 8, 300, 0.5f);
+    check_verify(rng, VerifyMode::rejection, true, 6, 5, 4500, 1.f, false, true);
     check_entropy(rng, 2, 700);
   }
   for (int round = 0; round < rounds; ++round) {
@@ -414,6 +486,12 @@ int main(int argc, char** argv) {
     // Rows over several mass slices (and not whole 512-column stripes).
     check_verify(rng, VerifyMode::rejection, false, 3, 12, 9000, 1.f);
     check_verify(rng, VerifyMode::typical, false, 3, 12, 9000, 1.f);
+    // Draft rows on chains (one candidate child per node): the vocabulary-parallel rejection.
+    check_verify(rng, VerifyMode::rejection, true, 6, 10, 500, 0.5f, false, true);
+    check_verify(rng, VerifyMode::rejection, true, 3, 8, 9000, 1.f, false, true);
+    check_verify(rng, VerifyMode::rejection, true, 3, 8, 300, 2.f, true, true);
+    check_verify(rng, VerifyMode::rejection, true, 16, 5, 5000, 1.f, false, true);
+    check_verify(rng, VerifyMode::rejection, true, 32, 6, 20000, 1.f, false, true);
     check_entropy(rng, 6, 3000);
   }
   if (rounds > 0) check_no_mass(1500);

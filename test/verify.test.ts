@@ -607,6 +607,9 @@ describeCuda('verify', () => {
     const q = processedTable(logitsBig, { temperature: 1.2, topK: 50 });
     const b = buildScenario({ shape: [2, 2], draft: true, p, q }, 4, Vb, r, testSeed + 7);
     assert.deepStrictEqual(run(b, 'rejection', 'cuda'), run(b, 'rejection', 'cpu'));
+    // Chains with draft rows: the vocabulary-parallel path (32 mass slices a row), residual draws.
+    const c = buildScenario({ shape: [1, 1, 1, 1], draft: true, p, q }, 16, Vb, r, testSeed + 9);
+    assert.deepStrictEqual(run(c, 'rejection', 'cuda'), run(c, 'rejection', 'cpu'));
     const d = buildScenario({ shape: [2, 2], draft: false, p }, 4, Vb, r, testSeed + 8);
     assert.deepStrictEqual(run(d, 'rejection', 'cuda'), run(d, 'rejection', 'cpu'));
     assert.deepStrictEqual(run(d, 'greedy', 'cuda'), run(d, 'greedy', 'cpu'));

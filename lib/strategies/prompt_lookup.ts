@@ -4,7 +4,7 @@
 import { forwardCost, RecentTimes } from '../cost_model';
 import type { CausalLM } from '../models/causal_lm';
 import { chainTree, loneRoot } from '../tree';
-import { chooseChainLength, PROBE_AFTER_PLAIN_STEPS, RankRates, sizingCost, stepCost, WEIGH_SHARE } from '../tree_sizing';
+import { backedOffProbeInterval, chooseChainLength, PROBE_AFTER_PLAIN_STEPS, RankRates, sizingCost, stepCost, WEIGH_SHARE } from '../tree_sizing';
 import { codedError, type ProposalBatch, type ProposeContext, type SpecSequence, type Speculator, type StepReport } from './speculator';
 
 export interface PromptLookupOptions {
@@ -40,8 +40,13 @@ export function promptLookup(history: readonly number[], maxNgram: number, minNg
   return [];
 }
 
-/** Sized mode: lookups skipped after a plain choice when weighing is dear (WEIGH_SHARE). */
+/**
+ * Sized mode: lookups skipped after a plain choice when weighing is dear (WEIGH_SHARE), twice as
+ * many after each further plain choice in a row, up to MAX_PLAIN_SKIP_STEPS (lookahead's rule). A
+ * skipped step runs inside a native chain of plain steps; a weighing step cannot.
+ */
 const PLAIN_SKIP_STEPS = 7;
+const MAX_PLAIN_SKIP_STEPS = 56;
 
 export class PromptLookupSpeculator implements Speculator {
   readonly name = 'prompt-lookup';
@@ -57,6 +62,16 @@ export class PromptLookupSpeculator implements Speculator {
   private readonly unproposed = new Map<number, number>();
   /** Sized mode, per sequence: steps left that decode plainly without a lookup (see WEIGH_SHARE). */
   private readonly skipLeft = new Map<number, number>();
+  /** Sized mode, per sequence: weighings in a row that chose a plain step. */
+  private readonly plainRun = new Map<number, number>();
+  /** Sized mode: sequences whose last weighed step was a probe. */
+  private readonly probed = new Set<number>();
+  /**
+   * Sized mode: unproposed matches before a probe. While weighing is dear, probes that leave the
+   * choice plain back it off (each breaks a chain of plain steps and weighs twice); otherwise a
+   * probe only adds a token to a forward and the interval stays PROBE_AFTER_PLAIN_STEPS.
+   */
+  private probeAfter = PROBE_AFTER_PLAIN_STEPS;
   /** Sized mode: seconds of a lookup and its sizing, recent lower quartile. */
   private readonly weighSeconds = new RecentTimes();
   private target: CausalLM | undefined;
@@ -90,7 +105,7 @@ export class PromptLookupSpeculator implements Speculator {
           // A plain step without a lookup; it counts towards the next probe, which does look.
           this.skipLeft.set(s.key, left - 1);
           const run = (this.unproposed.get(s.key) ?? 0) + 1;
-          if (run <= PROBE_AFTER_PLAIN_STEPS) {
+          if (run <= this.probeAfter) {
             this.unproposed.set(s.key, run);
             return loneRoot(root);
           }
@@ -98,15 +113,23 @@ export class PromptLookupSpeculator implements Speculator {
         const t0 = performance.now();
         let drafts = k > 0 ? promptLookup(s.history, this.maxNgram, this.minNgram, k) : [];
         if (cost && drafts.length > 0) {
-          let n = chooseChainLength((i) => this.rates.rate(i), drafts.length, stepCost(cost, seqs.length)).size;
+          const chosen = chooseChainLength((i) => this.rates.rate(i), drafts.length, stepCost(cost, seqs.length)).size;
+          const dear = this.weighSeconds.value() > WEIGH_SHARE * cost.predict(1);
+          if (chosen > 0 || !dear) this.probeAfter = PROBE_AFTER_PLAIN_STEPS;
+          else if (this.probed.has(s.key)) this.probeAfter = backedOffProbeInterval(this.probeAfter);
           // Now and then one token anyway, so the rates can recover when the text starts repeating.
-          const run = n > 0 ? 0 : (this.unproposed.get(s.key) ?? 0) + 1;
-          if (run > PROBE_AFTER_PLAIN_STEPS) n = 1;
+          const run = chosen > 0 ? 0 : (this.unproposed.get(s.key) ?? 0) + 1;
+          const n = run > this.probeAfter ? 1 : chosen;
+          if (n > chosen) this.probed.add(s.key);
+          else this.probed.delete(s.key);
           this.unproposed.set(s.key, n > 0 ? 0 : run);
           drafts = drafts.slice(0, n);
           this.weighSeconds.add((performance.now() - t0) / 1000);
-          // Plain by choice, and weighing is a sizeable part of a step: skip the next few lookups.
-          if (n === 0 && this.weighSeconds.value() > WEIGH_SHARE * cost.predict(1)) this.skipLeft.set(s.key, PLAIN_SKIP_STEPS);
+          // Plain by choice, and weighing is a sizeable part of a step: skip the next lookups.
+          const plainRun = chosen > 0 ? 0 : (this.plainRun.get(s.key) ?? 0) + 1;
+          this.plainRun.set(s.key, plainRun);
+          if (n === 0 && this.weighSeconds.value() > WEIGH_SHARE * cost.predict(1))
+            this.skipLeft.set(s.key, Math.min(MAX_PLAIN_SKIP_STEPS, PLAIN_SKIP_STEPS * 2 ** (plainRun - 1)));
         }
         return chainTree(root, drafts);
     });
@@ -122,7 +145,7 @@ export class PromptLookupSpeculator implements Speculator {
     for (let b = 0; b < seqs.length; b++) {
       if ((proposals[b] as { tokens: Int32Array }).tokens.length !== 1) return 1;
       const key = (seqs[b] as SpecSequence).key;
-      ahead = Math.min(ahead, this.skipLeft.get(key) ?? 0, PROBE_AFTER_PLAIN_STEPS - (this.unproposed.get(key) ?? 0));
+      ahead = Math.min(ahead, this.skipLeft.get(key) ?? 0, this.probeAfter - (this.unproposed.get(key) ?? 0));
     }
     return 1 + Math.max(0, ahead === Infinity ? 0 : ahead);
   }
@@ -149,6 +172,8 @@ export class PromptLookupSpeculator implements Speculator {
   release(seq: SpecSequence): void {
     this.unproposed.delete(seq.key);
     this.skipLeft.delete(seq.key);
+    this.plainRun.delete(seq.key);
+    this.probed.delete(seq.key);
   }
   dispose(): void {}
 }

@@ -1,7 +1,8 @@
 // Verification timing at a Llama-3 vocabulary (128256): one verify() call over a ragged batch of 1 or
 // 8 sequences, each a chain of 5 drafts (6 nodes) or the 63-node Medusa tree (mc_sim_7b_63, 64 nodes
-// with the root), in every mode: greedy (logits), exact rejection with a real draft distribution,
-// one-hot tree rejection (deterministic drafts), Medusa typical acceptance.
+// with the root), and on CUDA also 32 chains of 8 drafts (the issue's goal shape), in every mode:
+// greedy (logits), exact rejection with a real draft distribution, one-hot tree rejection
+// (deterministic drafts), Medusa typical acceptance.
 //
 // Inputs are random logits in [-1, 1] with each node's FIRST child token planted at +8, so greedy
 // accepts the rank-0 path to the leaf (the longest walk, the most rows read) and sampling accepts
@@ -28,6 +29,10 @@ interface Case {
 
 function chain5(rand: () => number, V: number): TokenTree {
   return chainTree(Math.floor(rand() * V), Array.from({ length: 5 }, () => Math.floor(rand() * V)));
+}
+
+function chain8(rand: () => number, V: number): TokenTree {
+  return chainTree(Math.floor(rand() * V), Array.from({ length: 8 }, () => Math.floor(rand() * V)));
 }
 
 function medusa63(rand: () => number, V: number): TokenTree {
@@ -74,6 +79,8 @@ export const verifyBench: BenchModule = {
           { batch: 8, treeName: 'chain-5', tree: chain5 },
           { batch: 1, treeName: 'medusa-63', tree: medusa63 },
           { batch: 8, treeName: 'medusa-63', tree: medusa63 },
+          // The issue's goal shape (batch 32, 8 drafts), measured where it is predicted: on CUDA.
+          ...(cuda ? [{ batch: 32, treeName: 'chain-8', tree: chain8 }] : []),
         ];
     const modes: { name: string; mode: VerifyMode; draft: boolean }[] = [
       { name: 'greedy', mode: 'greedy', draft: false },
@@ -126,7 +133,7 @@ export const verifyBench: BenchModule = {
             name: `${m.name}, batch ${c.batch}, ${c.treeName}`,
             value: round(us, 1),
             unit: 'us/call',
-            note: `emits ${round(accepted / calls / c.batch, 2)}/seq (max ${c.treeName === 'chain-5' ? 6 : 5})`,
+            note: `emits ${round(accepted / calls / c.batch, 2)}/seq (max ${c.treeName === 'chain-5' ? 6 : c.treeName === 'chain-8' ? 9 : 5})`,
             metrics: { mode: m.name, batch: c.batch, tree: c.treeName, nodesPerSequence: N / c.batch, vocab: V, medianUs: us, minUs: t.minMs * 1000, samples: t.samples, meanEmittedPerSequence: accepted / calls / c.batch },
           }, cost, us, peaks));
         }

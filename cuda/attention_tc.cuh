@@ -10,9 +10,9 @@
 // ones. A bf16 cache value is one bf16 piece; an f16 one splits exactly into two (11 significant bits
 // into 8 + 3, as in gemm_tc.cuh). S = Q K^T is one f32 accumulator chain per 16x16 block over the head
 // dim in 16-wide steps, each step adding qh.k0, qh.k1, ql.k0, ql.k1 in that order. S is stored to shared
-// memory, scaled by sm_scale * log2(e) in f32, and one thread per row runs the online softmax over the
-// tile's 64 scores in index order (max, exp2, sum: a fixed sequential order). P is split into two bf16
-// pieces the same way; the tile's P V is a fresh f32 accumulator chain (key blocks 0..3, pieces
+// memory, scaled by sm_scale * log2(e) in f32, and a warp per row runs the online softmax over the
+// tile's 64 scores (max, exp2, then the sum in a fixed tree: lane pairs, xor butterfly). P is split
+// into two bf16 pieces the same way; the tile's P V is a fresh f32 accumulator chain (key blocks 0..3, pieces
 // ph.v0, ph.v1, pl.v0, pl.v1) stored to shared memory and folded into the row's running accumulator
 // as acc = acc * alpha + pv with explicitly rounded operations. Output = acc / l (zeros for a row that
 // sees nothing), stored as QT. The measured error against an f64 reference is in
@@ -251,29 +251,36 @@ __global__ void __launch_bounds__(kThreads) tree_attention_tc_kernel(const Param
       wmma::store_matrix_sync(Ss + 16 * warp, s, kLdP, wmma::mem_row_major);
     }
     __syncthreads();
-    // Online softmax, one thread per row, columns in index order.
-    if (tid < kRows) {
-      const int r = tid;
+    // Online softmax, a warp per row (rows w, w + 4, ...), lane l on columns l and l + 32. The max
+    // is exact in any order; the row sum is a fixed tree (each lane's two columns, then a xor
+    // butterfly, which leaves every lane the same bits), the same for every row whatever shares it.
+    for (int r = warp; r < kRows; r += kWarps) {
+      const int lane = tid & 31;
       bf16* ph = Ps + r * kLdP;
       bf16* pl = Ps + kRows * kLdP + r * kLdP;
       if ((rmask >> r) & 1u) {
         const int n = min(kKeys, Len[r] - t0);  // visible columns 0 .. n-1 (n >= 1)
         const float* sr = Ss + r * kLdP;
-        float mt = -INFINITY;
-        for (int j = 0; j < n; ++j) mt = fmaxf(mt, __fmul_rn(sr[j], p.scale_log2));
+        const float s0 = lane < n ? __fmul_rn(sr[lane], p.scale_log2) : -INFINITY;
+        const float s1 = lane + 32 < n ? __fmul_rn(sr[lane + 32], p.scale_log2) : -INFINITY;
+        float mt = fmaxf(s0, s1);
+        for (int o = 16; o > 0; o >>= 1) mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, o));
         const float m = Ms[r], mn = fmaxf(m, mt);
         const float alpha = m == mn ? 1.f : m == -INFINITY ? 0.f : exp2f(__fsub_rn(m, mn));
-        float sum = 0.f;
-        for (int j = 0; j < kKeys; ++j) {
-          const float pj = j < n ? exp2f(__fsub_rn(__fmul_rn(sr[j], p.scale_log2), mn)) : 0.f;
-          sum = __fadd_rn(sum, pj);
-          split2(pj, ph + j, pl + j);
+        const float p0 = lane < n ? exp2f(__fsub_rn(s0, mn)) : 0.f;
+        const float p1 = lane + 32 < n ? exp2f(__fsub_rn(s1, mn)) : 0.f;
+        split2(p0, ph + lane, pl + lane);
+        split2(p1, ph + lane + 32, pl + lane + 32);
+        float sum = __fadd_rn(p0, p1);
+        for (int o = 16; o > 0; o >>= 1) sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, o));
+        __syncwarp();  // every lane has read Ms[r] before lane 0 rewrites it
+        if (lane == 0) {
+          Ls[r] = __fadd_rn(__fmul_rn(Ls[r], alpha), sum);
+          Ms[r] = mn;
+          Alpha[r] = alpha;
         }
-        Ls[r] = __fadd_rn(__fmul_rn(Ls[r], alpha), sum);
-        Ms[r] = mn;
-        Alpha[r] = alpha;
       } else {
-        for (int j = 0; j < kKeys; ++j) ph[j] = pl[j] = __float2bfloat16_rn(0.f);
+        ph[lane] = pl[lane] = ph[lane + 32] = pl[lane + 32] = __float2bfloat16_rn(0.f);
       }
     }
     __syncthreads();

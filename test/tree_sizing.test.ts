@@ -316,8 +316,20 @@ describe('sized n-gram speculators: weighing skipped after plain choices when it
     assert.ok(dear.weighed * 3 <= cheap.weighed, `dear: ${dear.weighed} weighings, cheap: ${cheap.weighed}`);
   });
 
+  // 200 greedy tokens of prompts[0] with prompt lookup under `curve`: output == plain, enough steps to count.
+  const promptLookupRun = async (curve: ForwardCost, sp: PromptLookupSpeculator): Promise<{ tokens: number; probes: number }> => {
+    setForwardCost(target, curve);
+    const dec = new SpeculativeDecoder({ target, speculator: sp });
+    const plain = await plainGenerate(target, [prompts[0]!], { maxNewTokens: 200 });
+    const res = await dec.generate(prompts[0]!, { maxNewTokens: 200 }).result;
+    assert.deepStrictEqual(Array.from(res.tokens), Array.from(plain.tokens[0]!));
+    dec.dispose();
+    const tokens = res.tokens.length;
+    assert.ok(tokens >= 150, `${tokens} tokens (an early EOS leaves too few steps to count)`);
+    return { tokens, probes: res.stats.proposedDraftTokens };
+  };
+
   it('prompt lookup: plain choices in a row space its weighings out (7, 14, 28, 56 steps) and back its probes off', async () => {
-    setForwardCost(target, ForwardCost.fromFunction((n) => n * 1e-9, { frozen: true }));
     const sp = new PromptLookupSpeculator({ maxNgram: 2 });
     let weighed = 0;
     const ws = (sp as unknown as { weighSeconds: { add: (s: number) => void } }).weighSeconds;
@@ -326,30 +338,16 @@ describe('sized n-gram speculators: weighing skipped after plain choices when it
       weighed++;
       add(x);
     };
-    const dec = new SpeculativeDecoder({ target, speculator: sp });
-    const plain = await plainGenerate(target, [prompts[0]!], { maxNewTokens: 200 });
-    const res = await dec.generate(prompts[0]!, { maxNewTokens: 200 }).result;
-    assert.deepStrictEqual(Array.from(res.tokens), Array.from(plain.tokens[0]!));
-    dec.dispose();
+    const { tokens, probes } = await promptLookupRun(ForwardCost.fromFunction((n) => n * 1e-9, { frozen: true }), sp);
     // Weighed at steps 1, 9, 24, at a probe after 32 unproposed matches and the step after it, then
     // 64 matches later, and so on: 9 at most in 200 steps, where a skip that stayed at 7 weighed
     // every 8th step and probed every 33rd (29 weighings, 6 probes).
-    const tokens = res.tokens.length;
-    assert.ok(tokens >= 150, `${tokens} tokens (an early EOS leaves too few steps to count)`);
     assert.ok(weighed >= 4 && weighed <= 9, `${weighed} weighings in ${tokens} steps`);
-    assert.ok(res.stats.proposedDraftTokens >= 1 && res.stats.proposedDraftTokens <= 3, `${res.stats.proposedDraftTokens} probes`);
+    assert.ok(probes >= 1 && probes <= 3, `${probes} probes`);
   });
 
   it('prompt lookup: probes every 33 steps while weighing is cheap beside a step', async () => {
-    setForwardCost(target, linear());
-    const dec = new SpeculativeDecoder({ target, speculator: new PromptLookupSpeculator({ maxNgram: 2 }) });
-    const plain = await plainGenerate(target, [prompts[0]!], { maxNewTokens: 200 });
-    const res = await dec.generate(prompts[0]!, { maxNewTokens: 200 }).result;
-    assert.deepStrictEqual(Array.from(res.tokens), Array.from(plain.tokens[0]!));
-    dec.dispose();
-    const tokens = res.tokens.length;
-    assert.ok(tokens >= 150, `${tokens} tokens (an early EOS leaves too few steps to count)`);
-    const probes = res.stats.proposedDraftTokens;
+    const { tokens, probes } = await promptLookupRun(linear(), new PromptLookupSpeculator({ maxNgram: 2 }));
     assert.ok(probes >= Math.floor(tokens / 33) - 1 && probes <= Math.ceil(tokens / 33), `${probes} probes in ${tokens} steps`);
   });
 });

@@ -147,12 +147,12 @@ void verify(const VerifyArgs& a, VerifyResult& out) {
   for (int64_t i = 0; i < N; ++i)
     SPECDEC_CHECK(tokens[i] >= 0 && tokens[i] < V, "E_ARG", "tokens: token ", tokens[i], " at node ", i,
                   " is outside the vocabulary [0, ", V, ")");
-  bool one_child = true;
-  for (int64_t b = 0; b < B && one_child; ++b)
-    one_child = sm::one_child_each(parents.data() + indptr[b], indptr[b + 1] - indptr[b]);
-  if (one_child != a.one_child_each) {
+  if (a.draft.defined()) {
+    // The tree's shape picks CUDA's path for draft rows; it is found here, never taken from the caller.
     VerifyArgs shaped = a;
-    shaped.one_child_each = one_child;
+    shaped.one_child_each = true;
+    for (int64_t b = 0; b < B && shaped.one_child_each; ++b)
+      shaped.one_child_each = sm::one_child_each(parents.data() + indptr[b], indptr[b + 1] - indptr[b]);
     SPECDEC_SAMPLING_DISPATCH(a.target.device(), verify(shaped, out));
   } else {
     SPECDEC_SAMPLING_DISPATCH(a.target.device(), verify(a, out));

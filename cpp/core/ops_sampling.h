@@ -44,8 +44,8 @@ struct VerifyArgs {
   const int32_t* h_node_indptr = nullptr;
   const int32_t* h_parents = nullptr;
   const int32_t* h_tokens = nullptr;
-  // Set by ops::verify from the validated tree: no node has two candidate children
-  // (sm::one_child_each). CUDA verifies rejection with draft rows vocabulary-parallel then.
+  // Set by ops::verify from the validated tree when there are draft rows: no node has two candidate
+  // children (sm::one_child_each). CUDA verifies rejection with draft rows vocabulary-parallel then.
   bool one_child_each = false;
 };
 

@@ -60,7 +60,7 @@ void kv_append(Tensor& kv_layer, const Tensor& k, const Tensor& v, const PagedBa
 }
 
 void kv_commit(const std::vector<Tensor>& layers, const PagedBatch& batch, const Tensor& acc_indptr,
-               const Tensor& acc_nodes) {
+               const Tensor& acc_nodes, const Tensor& acc_count) {
   const int64_t B = batch.batch_size(), L = static_cast<int64_t>(layers.size());
   SPECDEC_CHECK(B <= INT32_MAX && L <= 65535, "E_UNSUPPORTED", "kv_commit: ", L, " layers exceed the CUDA grid");
   Tensor table = layer_table(layers);
@@ -71,7 +71,8 @@ void kv_commit(const std::vector<Tensor>& layers, const PagedBatch& batch, const
     using E = decltype(tag);
     kv_commit_kernel<E><<<grid, kThreads, 0, stream()>>>(
         table.ptr<E* const>(), batch.page_indptr.ptr<int32_t>(), batch.page_indices.ptr<int32_t>(),
-        batch.prefix_len.ptr<int32_t>(), acc_indptr.ptr<int32_t>(), acc_nodes.ptr<int32_t>(), page_size, row_elems);
+        batch.prefix_len.ptr<int32_t>(), acc_indptr.ptr<int32_t>(), acc_nodes.ptr<int32_t>(),
+        acc_count.defined() ? acc_count.ptr<int32_t>() : nullptr, page_size, row_elems);
     SPECDEC_CUDA_LAUNCH_CHECK("kv_commit_kernel");
   };
   // A pure move: only the element width matters.

@@ -58,11 +58,12 @@ __global__ void kv_append_kernel(KVT* kv, const void* k, int k_dtype, const void
 template <typename E>
 __global__ void kv_commit_kernel(E* const* layers, const int32_t* page_indptr, const int32_t* page_indices,
                                  const int32_t* prefix_len, const int32_t* acc_indptr, const int32_t* acc_nodes,
-                                 int page_size, int row_elems) {
+                                 const int32_t* acc_count, int page_size, int row_elems) {
   const int b = blockIdx.x;
   E* kv = layers[blockIdx.y];
   const int32_t* pages = page_indices + page_indptr[b];
-  const int prefix = prefix_len[b], a0 = acc_indptr[b], count = acc_indptr[b + 1] - a0;
+  // acc_count: a verification's ragged result (sequence b's nodes start at acc_indptr[b]).
+  const int prefix = prefix_len[b], a0 = acc_indptr[b], count = acc_count ? acc_count[b] : acc_indptr[b + 1] - a0;
   const size_t v_off = static_cast<size_t>(page_size) * row_elems;
   for (int j = 0; j < count; ++j) {
     const int src = prefix + acc_nodes[a0 + j], dst = prefix + j;

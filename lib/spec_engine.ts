@@ -2,7 +2,7 @@
 // tree per sequence -> ONE model forward over all trees of the batch -> verify -> commit the
 // accepted nodes -> let the speculator sync -> emit -> statistics. It lives apart from the decoder
 // so that a hybrid speculator can run the same loop on its draft model ("Medusa as the draft").
-import type { CausalLM, ForwardOptions, ForwardOutput, SequenceInput } from './models/causal_lm';
+import type { CausalLM, ForwardOptions, ForwardOutput, SequenceInput, VerifiedPaths, VerifyStaging } from './models/causal_lm';
 import type {
   Proposal,
   ProposalBatch,
@@ -18,7 +18,6 @@ import { chainLength, observeChainStep } from './plain_chain';
 import { argmaxIds, processLogits } from './sampling';
 import { codedError } from './strategies/speculator';
 import { isSampling, pickTokens, samplingOptions, throwIfAborted } from './step_helpers';
-import { Tensor as TensorFactory } from './tensor';
 import type { Tensor } from './tensor';
 import { transferCounters, transfersSince, type TransferStats } from './transfers';
 import { flattenTrees, loneRoot, pruneTree, treeDepths, validateTree } from './tree';
@@ -343,7 +342,9 @@ export class SpecEngine {
       const allProposals: readonly Proposal[] = single ? (proposals[0] as readonly Proposal[]) : proposals.flat();
       const inputs: SequenceInput[] = new Array<SequenceInput>(allProposals.length);
       for (let b = 0; b < inputs.length; b++) inputs[b] = forwardInput((allSeqs[b] as EngineSequence).modelSeq, allProposals[b] as Proposal);
-      out = await model.forward(inputs, forwardOptions(speculator?.wantsHidden === true, signal));
+      // One part: its verification's inputs go with the forward's upload (one upload a step).
+      const pre = single ? first.engine.verifyInputs(allProposals, allSeqs) : undefined;
+      out = await model.forward(inputs, forwardOptions(speculator?.wantsHidden === true, signal, pre));
       const tTarget = performance.now();
       // The measured forward refines the model's cost curve (tree sizing reads it).
       const cost = knownForwardCost(model);
@@ -357,7 +358,7 @@ export class SpecEngine {
         const p = live[i] as StepPart;
         const n = p.seqs.length;
         const sub = single ? out : partOutput(out, seq0, n, owned);
-        const r = p.engine.verifyPart(proposals[i] as readonly Proposal[], sub, p.seqs, (batches[i] as ProposalBatch).draftProbs, owned);
+        const r = p.engine.verifyPart(proposals[i] as readonly Proposal[], sub, p.seqs, (batches[i] as ProposalBatch).draftProbs, owned, pre);
         r.output = sub;
         results.push(r as PartResult);
         seq0 += n;
@@ -367,7 +368,10 @@ export class SpecEngine {
       const accepted: readonly Int32Array[] = single ? (results[0] as PartResult).accepted : results.flatMap((r) => r.accepted);
       const modelSeqs = new Array<number>(allSeqs.length);
       for (let b = 0; b < allSeqs.length; b++) modelSeqs[b] = (allSeqs[b] as EngineSequence).modelSeq;
-      model.commit(modelSeqs, accepted);
+      // (K/V of a verified step move from the verification's device result: no upload.)
+      const paths = single ? (results[0] as PartResult).paths : undefined;
+      if (paths) model.commit(modelSeqs, accepted, paths);
+      else model.commit(modelSeqs, accepted);
       for (let i = 0; i < live.length; i++) {
         const p = live[i] as StepPart;
         const r = results[i] as PartResult;
@@ -458,13 +462,29 @@ export class SpecEngine {
     return picks;
   }
 
-  /** Verifies one part's proposals against its rows (`out`); tensors it creates go to `owned`. */
+  /**
+   * The flattened trees (and the sampled verification's Philox keys and counters, drawn now) of a
+   * step whose proposals need verify(), so that the forward can stage them; undefined when greedy
+   * argmaxes alone decide (lone roots).
+   */
+  private verifyInputs(proposals: readonly Proposal[], seqs: readonly EngineSequence[]): VerifyStaging & FlatTrees | undefined {
+    if (!this.sampling && allLoneRoots(proposals)) return undefined;
+    const flat = flattenTrees(proposals);
+    if (!this.sampling) return flat;
+    return { ...flat, seeds: BigUint64Array.from(seqs, (s) => s.rng.seed), offsets: BigUint64Array.from(seqs, (s) => s.rng.next()) };
+  }
+
+  /**
+   * Verifies one part's proposals against its rows (`out`); tensors it creates go to `owned`. `pre`:
+   * verifyInputs() of these proposals, made before the forward (its counters are already drawn).
+   */
   private verifyPart(
     proposals: readonly Proposal[],
     out: ForwardOutput,
     seqs: readonly EngineSequence[],
     draftProbs: Tensor | undefined,
     owned: Tensor[],
+    pre?: VerifyStaging & FlatTrees,
   ): VerifiedPart {
     if (!this.sampling && allLoneRoots(proposals)) {
       // Greedy with nothing proposed (no speculator, or no n-gram match): greedy verification of a
@@ -480,8 +500,9 @@ export class SpecEngine {
       }
       return { accepted, emitted, rowArgmax: top };
     }
-    const v = this.verifyBatch(proposals, out.logits, out.hidden, seqs, draftProbs, (p) => owned.push(p));
+    const v = this.verifyBatch(proposals, out, seqs, draftProbs, (p) => owned.push(p), pre);
     const r: VerifiedPart = { accepted: v.acceptedNodes, emitted: v.emitted };
+    if (v.paths) r.paths = v.paths;
     if (v.argmax) r.rowArgmax = v.argmax;
     if (v.headsTopK) r.headsTopK = v.headsTopK;
     return r;
@@ -490,18 +511,20 @@ export class SpecEngine {
   /** Verification over the whole ragged batch in one native call; keep(probs) hands the processed target rows back for disposal. */
   private verifyBatch(
     proposals: readonly Proposal[],
-    logits: Tensor,
-    hidden: Tensor | undefined,
+    out: ForwardOutput,
     seqs: readonly EngineSequence[],
     draftProbs: Tensor | undefined,
     keep: (probs: Tensor) => void,
+    pre?: VerifyStaging & FlatTrees,
   ): VerifyOutput {
-    const { nodeIndptr, parents, tokens } = flattenTrees(proposals);
+    const { logits, hidden } = out;
+    const { nodeIndptr, parents, tokens } = pre ?? flattenTrees(proposals);
     const tails = proposals.some((p) => p.tail) ? proposals.map((p) => p.tail) : undefined;
     const heads = this.speculator?.headsOnAccepted && hidden ? { ...this.speculator.headsOnAccepted, hidden } : undefined;
     let vin: VerifyInput;
     if (!this.sampling) {
       vin = { mode: 'greedy', nodeIndptr, parents, tokens, target: logits };
+      if (pre && out.staged) vin.staged = out.staged;
       if (this.speculator?.wantsRowArgmax) vin.argmaxOf = logits;
       if (tails) vin.tails = tails;
       if (heads) vin.headsOnAccepted = heads;
@@ -515,9 +538,10 @@ export class SpecEngine {
         parents,
         tokens,
         target: probs,
-        seeds: BigUint64Array.from(seqs, (s) => s.rng.seed),
-        offsets: BigUint64Array.from(seqs, (s) => s.rng.next()),
+        seeds: pre?.seeds ?? BigUint64Array.from(seqs, (s) => s.rng.seed),
+        offsets: pre?.offsets ?? BigUint64Array.from(seqs, (s) => s.rng.next()),
       };
+      if (pre && out.staged) v.staged = out.staged;
       if (mode === 'rejection' && draftProbs) v.draft = draftProbs;
       if (this.speculator?.wantsRowArgmax) v.argmaxOf = logits;
       if (tails) v.tails = tails;
@@ -593,14 +617,18 @@ interface VerifiedPart {
   emitted: readonly Int32Array[];
   rowArgmax?: Int32Array;
   headsTopK?: Int32Array;
+  paths?: VerifiedPaths;
   output?: ForwardOutput;
 }
+
+type FlatTrees = ReturnType<typeof flattenTrees>;
 
 interface PartResult {
   readonly accepted: readonly Int32Array[];
   readonly emitted: readonly Int32Array[];
   readonly rowArgmax?: Int32Array;
   readonly headsTopK?: Int32Array;
+  readonly paths?: VerifiedPaths;
   /** The part's rows of the forward (the forward itself when it is the only part). */
   readonly output: ForwardOutput;
 }
@@ -612,21 +640,28 @@ interface PartResult {
 function partOutput(out: ForwardOutput, seq0: number, n: number, owned: Tensor[]): ForwardOutput {
   const r0 = out.indptr[seq0] as number;
   const r1 = out.indptr[seq0 + n] as number;
-  const rows = Int32Array.from({ length: r1 - r0 }, (_, k) => r0 + k);
-  const gather = (x: Tensor): Tensor => {
-    const g = TensorFactory.gatherRows(Array.from({ length: rows.length }, () => x), rows);
-    owned.push(g);
-    return g;
+  // A part's rows are contiguous: views, not copies (a copy of [rows, V] logits per part per step
+  // costs bandwidth on a GPU at a large vocabulary).
+  const rows = (x: Tensor): Tensor => {
+    const v = x.rows(r0, r1);
+    owned.push(v);
+    return v;
   };
   const indptr = Int32Array.from({ length: n + 1 }, (_, b) => (out.indptr[seq0 + b] as number) - r0);
-  return out.hidden ? { logits: gather(out.logits), hidden: gather(out.hidden), indptr } : { logits: gather(out.logits), indptr };
+  return out.hidden ? { logits: rows(out.logits), hidden: rows(out.hidden), indptr } : { logits: rows(out.logits), indptr };
 }
 
 const NO_OPTIONS: ForwardOptions = {};
 const HIDDEN: ForwardOptions = { hidden: true };
 
 /** The forward's options (shared constant objects when there is no signal: one allocation fewer a step). */
-function forwardOptions(hidden: boolean, signal: AbortSignal | undefined): ForwardOptions {
+function forwardOptions(hidden: boolean, signal: AbortSignal | undefined, stage?: VerifyStaging): ForwardOptions {
+  if (stage) {
+    const o: { -readonly [K in keyof ForwardOptions]: ForwardOptions[K] } = { stage };
+    if (hidden) o.hidden = hidden;
+    if (signal) o.signal = signal;
+    return o;
+  }
   if (signal) return hidden ? { hidden, signal } : { signal };
   return hidden ? HIDDEN : NO_OPTIONS;
 }

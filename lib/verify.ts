@@ -1,7 +1,7 @@
 // Batched verification of speculated token trees: one native launch per batch (CPU reference or
 // CUDA), semantics in cpp/core/spec_math.h.
 import { native } from './native';
-import type { DeviceTail } from './models/causal_lm';
+import type { DeviceTail, StagedVerify, VerifiedPaths } from './models/causal_lm';
 import type { HeadsOnAccepted } from './strategies/speculator';
 import type { Tensor } from './tensor';
 
@@ -57,6 +57,12 @@ export interface VerifyInput {
    * states [N, H]); their top-k ids come back in `headsTopK`, read with the result.
    */
   headsOnAccepted?: HeadsOnAccepted & { readonly hidden: Tensor };
+  /**
+   * The forward's staged copy of these trees (ForwardOutput.staged, from ForwardOptions.stage): the
+   * index arrays, seeds and offsets are not uploaded again. They must equal the arrays given here
+   * (E_ARG otherwise); device tails were applied by the forward.
+   */
+  staged?: StagedVerify;
 }
 
 export interface VerifyOutput {
@@ -72,6 +78,8 @@ export interface VerifyOutput {
   argmax?: Int32Array;
   /** ids[(h * B + b) * k + j] for headsOnAccepted. */
   headsTopK?: Int32Array;
+  /** The accepted paths where they lie on the device: the target's commit() can read them there. */
+  paths?: VerifiedPaths;
 }
 
 /** Verifies a ragged batch of trees in one native launch (index arrays go to target's device). */
@@ -101,6 +109,7 @@ export function verify(input: VerifyInput): VerifyOutput {
     const h = input.headsOnAccepted;
     args.medusa = { hidden: h.hidden, heads: h.heads.map((x) => ({ w: x.w, b: x.b, lmHead: x.lmHead })), k: h.k };
   }
+  if (input.staged !== undefined) args.staged = input.staged as unknown as SpecdecNative.StagedVerifyHandle;
   if (input.tails !== undefined) args.tails = input.tails.map((t) => (t ? { ids: t.ids, offset: t.offset } : undefined));
   const r = native().verifyTree(args);
   const acceptedNodes: Int32Array[] = [];
@@ -112,6 +121,7 @@ export function verify(input: VerifyInput): VerifyOutput {
     emitted.push(r.emitted.subarray(s, s + n));
   }
   const out: VerifyOutput = { acceptedNodes, emitted, acceptCount: r.acceptCount, depthAccepts: r.depthAccepts };
+  if (r.paths !== undefined) out.paths = r.paths as unknown as VerifiedPaths;
   if (r.argmax !== undefined) out.argmax = r.argmax;
   if (r.medusa !== undefined) out.headsTopK = r.medusa;
   return out;

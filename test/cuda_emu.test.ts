@@ -41,7 +41,7 @@ const programs: Program[] = [
   { source: 'sampling_emu.cc', extra: ['cpp/core/tensor.cc', 'cpp/core/transfers.cc', 'cpp/core/backend.cc', 'cpp/cpu/thread_pool.cc', 'cpp/cpu/sampling.cc', 'cpp/cpu/verify.cc'],
     kernel: 'sampling + verification incl. vocabulary-parallel greedy, rejection (one-hot, and draft rows on chains) and typical (cuda/sampling.cuh, cuda/verify.cuh) vs the CPU backend',
     minChecks: 109, args: ['2'], tsanArgs: ['0'], tsanMinChecks: 14 },
-  { source: 'layers_kv_emu.cc', extra: [], kernel: 'model layers + paged KV movement (cuda/layers.cuh, cuda/kv.cuh)', minChecks: 60,
+  { source: 'layers_kv_emu.cc', extra: [], kernel: 'model layers + paged KV movement incl. commit from a verification result (cuda/layers.cuh, cuda/kv.cuh)', minChecks: 64,
     args: [], tsanArgs: ['quick'], tsanMinChecks: 14 },
 ];
 const sanitizers = ['address,undefined', 'thread'];

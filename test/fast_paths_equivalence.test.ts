@@ -233,6 +233,41 @@ function suite(device: Device): void {
     }
   });
 
+  it('greedyChain on forked sequences (the shared last page is copied first) equals single steps and leaves the parent as it was', async () => {
+    // pageSize 4: the parent's 6 tokens end inside its second page, which both forks share. The
+    // chain plans every step's pages up front (one upload), so the copy-on-write must happen there.
+    const a = await LlamaModel.load(draftDir, { device, maxSequences: 4, pageSize: 4 });
+    const b = await LlamaModel.load(draftDir, { device, maxSequences: 4, pageSize: 4 });
+    try {
+      const pre = randomTokens(6, DRAFT.vocab);
+      const feeds = [randomTokens(2, DRAFT.vocab), randomTokens(1, DRAFT.vocab)];
+      const setup = async (m: LlamaModel): Promise<{ parent: number; kids: number[] }> => {
+        const parent = m.createSequence();
+        const f = await m.forward([{ seq: parent, tokens: pre }]);
+        f.logits.dispose();
+        m.commit([parent], [Int32Array.from(pre, (_, j) => j)]);
+        return { parent, kids: feeds.map(() => m.forkSequence(parent)) };
+      };
+      const sa = await setup(a), sb = await setup(b);
+      const steps = [5, 3];
+      const got = await a.greedyChain(feeds.map((t, i) => ({ seq: sa.kids[i]!, tokens: t })), steps);
+      const want = await stepwiseChain(b, feeds.map((t, i) => ({ seq: sb.kids[i]!, tokens: t })), steps);
+      assert.deepStrictEqual(got.map((t) => Array.from(t)), want.map((t) => Array.from(t)));
+      // The parent and both forks hold the same K/V in both models.
+      const probe = (s: { parent: number; kids: number[] }, picks: Int32Array[]) => [
+        { seq: s.parent, tokens: Int32Array.of(1) },
+        ...s.kids.map((k, i) => ({ seq: k, tokens: Int32Array.of(picks[i]![picks[i]!.length - 1]!) })),
+      ];
+      const la = await logitsOf(a, probe(sa, got));
+      const lb = await logitsOf(b, probe(sb, want));
+      sameBits(la.logits, lb.logits, 'logits of the parent and the forks');
+      assert.strictEqual(a.sequenceLength(sa.parent), 6);
+    } finally {
+      a.dispose();
+      b.dispose();
+    }
+  });
+
   it('greedyChain on the pool (syncForwardMaxMacs 0) equals greedyChain on the calling thread', async () => {
     const a = await load(draftDir, 0);
     const b = await load(draftDir, Number.MAX_VALUE);
@@ -256,8 +291,15 @@ function suite(device: Device): void {
       await expectCode(m.greedyChain([{ seq: s, tokens: Int32Array.of(1) }], [1, 2]), 'E_ARG', /steps/);
       await expectCode(m.greedyChain([{ seq: s, tokens: Int32Array.of(1, 2), parents: Int32Array.of(-1, 0) }], [2]), 'E_ARG', /chains/);
       await expectCode(m.greedyChain([{ seq: t, tokens: Int32Array.of(1) }], [2]), 'E_ARG', /does not exist/);
-      await expectCode(m.greedyChain([{ seq: s, tokens: Int32Array.of(DRAFT.vocab) }], [2]), 'E_ARG', /outside the vocabulary/);
+      // A bad token in the second input fails the chain's first forward, after its pages were reserved:
+      // they all come back.
+      const free = m.kvInfo().freePages;
+      const u = m.createSequence();
+      await expectCode(m.greedyChain([{ seq: u, tokens: randomTokens(40, DRAFT.vocab) }, { seq: s, tokens: Int32Array.of(DRAFT.vocab) }], [9, 2]), 'E_ARG', /outside the vocabulary/);
+      assert.strictEqual(m.kvInfo().freePages, free, 'the reserved pages are free again');
       assert.strictEqual(m.sequenceLength(s), 0);
+      assert.strictEqual(m.sequenceLength(u), 0);
+      m.freeSequence(u);
       // 120 committed tokens; 1 fed + 20 steps would need position 140 > maxPositions 128: the
       // chain fails at a later step, after earlier steps were committed, and rolls them back.
       const pre = randomTokens(120, DRAFT.vocab);

@@ -8,12 +8,13 @@ import * as os from 'os';
 import * as path from 'path';
 
 import { SpeculativeDecoder } from '../lib/decoder';
+import type { StagedVerify, VerifiedPaths } from '../lib/models/causal_lm';
 import { LlamaModel } from '../lib/models/llama';
 import { DraftModelSpeculator } from '../lib/strategies/draft_model';
 import { LookaheadSpeculator } from '../lib/strategies/lookahead';
 import { MedusaHeads, MedusaSpeculator } from '../lib/strategies/medusa';
 import { PromptLookupSpeculator } from '../lib/strategies/prompt_lookup';
-import { argmax, topK } from '../lib/sampling';
+import { argmax, argmaxIds, processLogits, topK } from '../lib/sampling';
 import { gatherRows } from '../lib/step_helpers';
 import { Tensor } from '../lib/tensor';
 import { MC_SIM_7B_63 } from '../lib/tree';
@@ -78,14 +79,17 @@ describe('transfers: host <-> device traffic of a step', function () {
     model.freeSequence(seq);
   });
 
-  it('a greedy draft chain of k steps makes k uploads and ONE read-back (picks stay on the device)', async () => {
+  it('a greedy draft chain of k steps makes ONE upload (all steps planned at once) and ONE read-back (picks stay on the device)', async () => {
     const seq = model.createSequence();
     const prompt = Int32Array.of(3, 1, 4, 1, 5, 9, 2, 6);
+    const free = model.kvInfo().freePages;
     for (const k of [1, 5]) {
       const a = await counted(() => model.greedyChain([{ seq, tokens: prompt }], [k]));
       assert.strictEqual(a.value[0]?.length, k);
-      assert.deepStrictEqual([a.t.uploads, a.t.readbacks, a.t.blockingWaits], [k, 1, 1], `k=${k}: ${JSON.stringify(a.t)}`);
+      assert.deepStrictEqual([a.t.uploads, a.t.readbacks, a.t.blockingWaits], [1, 1, 1], `k=${k}: ${JSON.stringify(a.t)}`);
+      assert.strictEqual(model.sequenceLength(seq), prompt.length + k - 1, 'the chain commits every token it fed');
       model.truncate(seq, 0);
+      assert.strictEqual(model.kvInfo().freePages, free, 'every page back');
     }
     // Two sequences whose chains end at different steps (the batch shrinks): still one read-back.
     const seq2 = model.createSequence();
@@ -112,6 +116,100 @@ describe('transfers: host <-> device traffic of a step', function () {
     assert.deepStrictEqual(b.value.emitted, a.value.emitted);
     ids.dispose();
     logits.dispose();
+  });
+
+  it('a verified tree step is ONE upload: the forward stages the verification inputs, the commit moves K/V from the verification result', async () => {
+    const r = rng(testSeed + 4);
+    const prompts = [Int32Array.from({ length: 9 }, () => Math.floor(r() * V)), Int32Array.from({ length: 4 }, () => Math.floor(r() * V))];
+    // Trees: sequence 0 a 5-node tree, sequence 1 a 4-node one; parents as verify() reads them.
+    const parents = [Int32Array.of(-1, 0, 0, 1, 2), Int32Array.of(-1, 0, 1, 0)];
+    const tokens = [Int32Array.of(prompts[0]?.[8] ?? 0, 0, 0, 0, 0), Int32Array.of(prompts[1]?.[3] ?? 0, 0, 0, 0)];
+    // Two pairs of sequences with the same prompts: one steps staged, the other as before.
+    const pairs = [0, 1].map(() =>
+      prompts.map((p) => {
+        const s = model.createSequence();
+        return { seq: s, prompt: p };
+      }),
+    );
+    for (const pair of pairs) {
+      const f = await model.forward(pair.map((x) => ({ seq: x.seq, tokens: x.prompt.subarray(0, x.prompt.length - 1) })));
+      f.logits.dispose();
+      model.commit(pair.map((x) => x.seq), pair.map((x) => Int32Array.from({ length: x.prompt.length - 1 }, (_, i) => i)));
+    }
+    const inputs = (pair: { seq: number }[]): { seq: number; tokens: Int32Array; parents: Int32Array }[] =>
+      pair.map((x, b) => ({ seq: x.seq, tokens: tokens[b] as Int32Array, parents: parents[b] as Int32Array }));
+    const seqsOf = (pair: { seq: number }[]): number[] => pair.map((x) => x.seq);
+    // Tokens that make greedy verification accept a path that must move: 0 -> 2 -> 4 in sequence 0
+    // (node 1 is not the argmax at the root), 0 -> 3 in sequence 1. A node's logits depend on its
+    // ancestors only, so each token is fixed from one forward before it is used.
+    const pin = async (b: number, node: number, from: number, miss?: number): Promise<void> => {
+      const f = await model.forward(inputs(pairs[0] as { seq: number }[]));
+      const top = argmaxIds(f.logits);
+      f.logits.dispose();
+      const best = top[(f.indptr[b] as number) + from] as number;
+      (tokens[b] as Int32Array)[node] = best;
+      if (miss !== undefined) (tokens[b] as Int32Array)[miss] = (best + 1) % V;
+    };
+    await pin(0, 2, 0, 1);
+    await pin(0, 4, 2);
+    await pin(1, 3, 0, 1);
+    const flatParents = Int32Array.from([...(parents[0] as Int32Array), ...(parents[1] as Int32Array)]);
+    const flatTokens = Int32Array.from([...(tokens[0] as Int32Array), ...(tokens[1] as Int32Array)]);
+    const nodeIndptr = Int32Array.of(0, 5, 9);
+
+    // Staged: one upload for the whole step, one read-back (the verification result).
+    const staged = await counted(async () => {
+      const f = await model.forward(inputs(pairs[0] as { seq: number }[]), { stage: { parents: flatParents } });
+      const st = f.staged;
+      assert.ok(st, 'the forward staged the verification inputs');
+      const v = verify({ mode: 'greedy', nodeIndptr, parents: flatParents, tokens: flatTokens, target: f.logits, staged: st });
+      // A staged copy that is not these trees is refused, never used.
+      const other = Int32Array.from(flatParents);
+      other[4] = 1;
+      assertThrowsCode(() => verify({ mode: 'greedy', nodeIndptr, parents: other, tokens: flatTokens, target: f.logits, staged: st }), 'E_ARG', /staged other trees/);
+      // A handle is only read as what it is.
+      assertThrowsCode(() => verify({ mode: 'greedy', nodeIndptr, parents: flatParents, tokens: flatTokens, target: f.logits, staged: v.paths as unknown as StagedVerify }), 'E_ARG', /another kind of handle/);
+      assertThrowsCode(() => model.commit(seqsOf(pairs[0] as { seq: number }[]), v.acceptedNodes, st as unknown as VerifiedPaths), 'E_ARG', /paths: .*another kind of handle/);
+      f.logits.dispose();
+      model.commit(seqsOf(pairs[0] as { seq: number }[]), v.acceptedNodes, v.paths);
+      return v;
+    });
+    assert.deepStrictEqual(staged.value.acceptedNodes.map((a) => Array.from(a)), [[0, 2, 4], [0, 3]]);
+    assert.deepStrictEqual([staged.t.uploads, staged.t.readbacks, staged.t.blockingWaits], [1, 1, 1], JSON.stringify(staged.t));
+    // As before: the forward, the verification and the commit upload one each.
+    const plain = await counted(async () => {
+      const f = await model.forward(inputs(pairs[1] as { seq: number }[]));
+      const v = verify({ mode: 'greedy', nodeIndptr, parents: flatParents, tokens: flatTokens, target: f.logits });
+      f.logits.dispose();
+      model.commit(seqsOf(pairs[1] as { seq: number }[]), v.acceptedNodes);
+      return v;
+    });
+    assert.deepStrictEqual([plain.t.uploads, plain.t.readbacks], [3, 1], JSON.stringify(plain.t));
+    assert.deepStrictEqual(staged.value.emitted, plain.value.emitted);
+    // The same caches: a probe token after each sequence gives the same logits bit for bit.
+    const probe = await model.forward([...(pairs[0] as { seq: number }[]), ...(pairs[1] as { seq: number }[])].map((x) => ({ seq: x.seq, tokens: Int32Array.of(7) })));
+    const rows = probe.logits.toFloat32();
+    probe.logits.dispose();
+    assert.deepStrictEqual(Array.from(rows.subarray(0, 2 * V)), Array.from(rows.subarray(2 * V, 4 * V)), 'caches after a staged and an unstaged step');
+
+    // Sampled: seeds and counters staged too; the same draws as unstaged. Paths that are not the
+    // accepted lists given to commit are not used (the indices are uploaded instead).
+    const seeds = BigUint64Array.of(11n, 12n), offsets = BigUint64Array.of(3n, 4n);
+    const draws: Int32Array[][] = [];
+    for (const [i, pair] of pairs.entries()) {
+      const f = await model.forward(inputs(pair), i === 0 ? { stage: { parents: flatParents, seeds, offsets } } : {});
+      const probs = processLogits(f.logits, { temperature: 1.5 });
+      const c = await counted(() => verify({ mode: 'rejection', nodeIndptr, parents: flatParents, tokens: flatTokens, target: probs, seeds, offsets, ...(f.staged ? { staged: f.staged } : {}) }));
+      assert.strictEqual(c.t.uploads, i === 0 ? 0 : 1, JSON.stringify(c.t));
+      draws.push(c.value.emitted);
+      f.logits.dispose();
+      probs.dispose();
+      const keep = c.value.acceptedNodes.map((a) => a.subarray(0, 1));
+      const m = await counted(() => model.commit(seqsOf(pair), keep, c.value.paths));
+      assert.strictEqual(m.t.uploads, 0, 'root only: nothing moves');
+    }
+    assert.deepStrictEqual(draws[0], draws[1]);
+    for (const pair of pairs) for (const x of pair) model.freeSequence(x.seq);
   });
 
   it('gatherRows copies rows natively (no read-back) and equals a copy made by hand', () => {
@@ -150,7 +248,7 @@ describe('transfers: whole decoding runs on the embedded family', function () {
   });
   const prompt = Int32Array.from({ length: 12 }, (_, i) => 5 + i);
 
-  it('plain greedy decoding: one upload per token, one wait per chain of plain steps, a few bytes to JS', async () => {
+  it('plain greedy decoding: one upload and one wait per chain of plain steps, a few bytes to JS', async () => {
     // The plain steps after the prefill run as native chains (lib/plain_chain.ts): counted here.
     let chains = 0;
     const orig = target.greedyChain.bind(target);
@@ -164,9 +262,9 @@ describe('transfers: whole decoding runs on the embedded family', function () {
       const forwards = r.stats.targetForwards;
       assert.strictEqual(forwards, 24, 'the prefill and a forward for each further token');
       assert.ok(chains >= 1 && chains < forwards - 1, `${chains} chains for ${forwards - 1} plain steps`);
-      // Each forward (the prefill included) is one upload; the prefill's pick and each chain's picks
-      // are one read-back after one wait.
-      assert.strictEqual(t.uploads, forwards, JSON.stringify(t));
+      // The prefill is one upload, and so is each chain, all its steps planned at once; the
+      // prefill's pick and each chain's picks are one read-back after one wait.
+      assert.strictEqual(t.uploads, 1 + chains, JSON.stringify(t));
       assert.strictEqual(t.blockingWaits, 1 + chains, JSON.stringify(t));
       assert.ok(t.readbackBytes <= 8 * forwards, JSON.stringify(t));
     } finally {
@@ -324,13 +422,16 @@ describe('transfers: whole decoding runs on the embedded family', function () {
       const forwards = res.stats.targetForwards;
       // One wait per forward, plus the heads' first run after the prefill.
       assert.strictEqual(t.blockingWaits, forwards + 1, `${t.blockingWaits} waits for ${forwards} forwards`);
+      // One upload per step: the verification's inputs go with the forward's, the commit reads the
+      // accepted path where the verification left it.
+      assert.strictEqual(t.uploads, forwards, `${t.uploads} uploads for ${forwards} forwards`);
       assert.ok(t.napiCalls <= 4 * forwards + 4, `${t.napiCalls} N-API calls for ${forwards} forwards`);
     } finally {
       heads.dispose();
     }
   });
 
-  it('lookahead and prompt lookup steps: one wait each (lookahead gets its window argmax with the verify result)', async () => {
+  it('lookahead and prompt lookup steps: one wait and one upload each (lookahead gets its window argmax with the verify result)', async () => {
     const plain = await new SpeculativeDecoder({ target }).generate(prompt, { maxNewTokens: 40 }).result;
     for (const speculator of [new LookaheadSpeculator({ W: 5, N: 3, G: 5, sizing: 'fixed' }), new PromptLookupSpeculator({ maxNgram: 3, numDraft: 10 })]) {
       const r = await new SpeculativeDecoder({ target, speculator }).generate(prompt, { maxNewTokens: 40 }).result;
@@ -338,7 +439,16 @@ describe('transfers: whole decoding runs on the embedded family', function () {
       const t = r.stats.transfers;
       // One wait per target forward (the prefill's included).
       assert.strictEqual(t.blockingWaits, r.stats.targetForwards, `${speculator.name}: ${JSON.stringify(t)} for ${r.stats.targetForwards} forwards`);
+      assert.strictEqual(t.uploads, r.stats.targetForwards, `${speculator.name}: ${JSON.stringify(t)} for ${r.stats.targetForwards} forwards`);
       assert.ok(t.napiCalls <= 6 * r.stats.targetForwards, `${speculator.name}: ${t.napiCalls} N-API calls`);
+    }
+    // Sampled: the Philox keys and counters go with the forward too. One more upload in all: the
+    // prefill's draw of the first root.
+    for (const speculator of [new LookaheadSpeculator({ W: 5, N: 3, G: 5, sizing: 'fixed' }), new PromptLookupSpeculator({ maxNgram: 3, numDraft: 10 })]) {
+      const r = await new SpeculativeDecoder({ target, speculator, sampling: { temperature: 0.8, seed: testSeed % 997 } }).generate(prompt, { maxNewTokens: 40 }).result;
+      const t = r.stats.transfers;
+      assert.strictEqual(t.uploads, r.stats.targetForwards + 1, `${speculator.name}, sampled: ${JSON.stringify(t)} for ${r.stats.targetForwards} forwards`);
+      assert.strictEqual(t.blockingWaits, r.stats.targetForwards, `${speculator.name}, sampled: ${JSON.stringify(t)}`);
     }
   });
 });

@@ -53,6 +53,14 @@ declare namespace SpecdecNative {
     logits: Tensor;
     hidden?: Tensor;
     indptr: Int32Array;
+    staged?: StagedVerifyHandle;
+  }
+
+  /** What the verification of a forward's own trees needs, sent with the forward's upload. */
+  interface LlamaNativeStage {
+    parents: Int32Array;
+    seeds?: BigUint64Array;
+    offsets?: BigUint64Array;
   }
 
   interface LlamaNativeKvInfo {
@@ -78,7 +86,7 @@ declare namespace SpecdecNative {
      * Runs on the libuv pool, or on the calling thread (the promise is then already settled) when
      * the estimated work is at most `syncMaxMacs` multiply-adds (absent or 0: always the pool).
      */
-    forward(inputs: readonly LlamaNativeInput[], hidden: boolean, syncMaxMacs?: number): Promise<LlamaNativeForward>;
+    forward(inputs: readonly LlamaNativeInput[], hidden: boolean, syncMaxMacs?: number, stage?: LlamaNativeStage): Promise<LlamaNativeForward>;
     /**
      * Greedy chain drafting in one call: feeds and commits inputs[b].tokens, then steps[b] times
      * takes the argmax of the last row, feeding and committing it while steps remain. Resolves with
@@ -89,7 +97,7 @@ declare namespace SpecdecNative {
     greedyChainOnDevice(inputs: readonly LlamaNativeInput[], steps: Int32Array, syncMaxMacs?: number): Promise<Tensor>;
     sampledChain(...args: NativeSampledChainArgs): Promise<{ picks: Int32Array[]; q: Tensor }>;
     sampledChainOnDevice(...args: NativeSampledChainArgs): Promise<{ ids: Tensor; q: Tensor }>;
-    commit(seqs: Int32Array, accepted: readonly Int32Array[]): void;
+    commit(seqs: Int32Array, accepted: readonly Int32Array[], paths?: VerifiedPathsHandle): void;
     createSequence(): number;
     forkSequence(seq: number): number;
     freeSequence(seq: number): void;

@@ -23,6 +23,17 @@ declare namespace SpecdecNative {
     argmaxOf?: Tensor;
     tails?: ({ ids: Tensor; offset: number } | undefined)[];
     medusa?: { hidden: Tensor; heads: NativeMedusaHead[]; k: number };
+    /** The forward's staged copy of nodeIndptr/parents/tokens (and seeds/offsets): no upload. */
+    staged?: StagedVerifyHandle;
+  }
+
+  /** Opaque: verification inputs a forward sent with its own upload (cpp/core/ops_sampling.h StagedTree). */
+  interface StagedVerifyHandle {
+    readonly __stagedVerify: never;
+  }
+  /** Opaque: a verification's accepted paths on the device (VerifiedPaths), for the KV commit. */
+  interface VerifiedPathsHandle {
+    readonly __verifiedPaths: never;
   }
 
   /** Flat results: acceptedNodes/emitted are ragged by nodeIndptr. */
@@ -33,6 +44,7 @@ declare namespace SpecdecNative {
     depthAccepts: Int32Array;
     argmax?: Int32Array;
     medusa?: Int32Array;
+    paths: VerifiedPathsHandle;
   }
 
   interface NativeBinding {

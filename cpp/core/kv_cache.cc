@@ -94,6 +94,12 @@ int KvCache::free_pages() const { return static_cast<int>(free_list_.size()); }
 size_t KvCache::bytes() const { return layers_.size() * layers_[0].nbytes(); }
 
 PagedBatch KvCache::plan(const std::vector<int>& seqs, const std::vector<int>& new_tokens, HostPack* pack) {
+  const HostBatch h = plan_host(seqs, new_tokens);
+  return PagedBatch::make(h.qo_indptr, h.page_indptr, h.page_indices, h.prefix_len, config_.page_size, config_.num_pages,
+                          config_.device, pack);
+}
+
+KvCache::HostBatch KvCache::plan_host(const std::vector<int>& seqs, const std::vector<int>& new_tokens) {
   const int S = config_.page_size;
   SPECDEC_CHECK(seqs.size() == new_tokens.size(), "E_ARG", "newTokens: ", new_tokens.size(), " entries for ", seqs.size(),
                 " sequences");
@@ -120,7 +126,11 @@ PagedBatch KvCache::plan(const std::vector<int>& seqs, const std::vector<int>& n
   }
   // Commit the plan: un-share written pages (copy-on-write), then append fresh pages.
   std::vector<int32_t> copy_src, copy_dst;
-  std::vector<int32_t> qo_indptr{0}, page_indptr{0}, page_indices, prefix_len;
+  HostBatch h;
+  std::vector<int32_t>&qo_indptr = h.qo_indptr, &page_indptr = h.page_indptr, &page_indices = h.page_indices,
+  &prefix_len = h.prefix_len;
+  qo_indptr.push_back(0);
+  page_indptr.push_back(0);
   for (size_t i = 0; i < seqs.size(); ++i) {
     Seq& s = seqs_[static_cast<size_t>(seqs[i])];
     const int n = new_tokens[i];
@@ -154,11 +164,26 @@ PagedBatch KvCache::plan(const std::vector<int>& seqs, const std::vector<int>& n
     pk.upload(config_.device);
     ops::kv_copy_pages(layers_, pk.view(a), pk.view(b), &copy_src, &copy_dst);
   }
-  return PagedBatch::make(qo_indptr, page_indptr, page_indices, prefix_len, S, config_.num_pages, config_.device, pack);
+  return h;
 }
 
+namespace {
+// Whether a verification's ragged paths are the compact acc_indptr / acc_nodes.
+bool same_paths(const VerifiedPaths& v, const std::vector<int32_t>& ip, const std::vector<int32_t>& nodes) {
+  const size_t B = ip.size() - 1;
+  if (v.h_node_indptr.size() != B + 1 || v.h_accept_count.size() != B) return false;
+  for (size_t b = 0; b < B; ++b) {
+    const int32_t s = v.h_node_indptr[b], n = v.h_accept_count[b];
+    if (n != ip[b + 1] - ip[b] || s < 0 || n < 0 || static_cast<size_t>(s) + n > v.h_accepted_nodes.size()) return false;
+    for (int32_t j = 0; j < n; ++j)
+      if (v.h_accepted_nodes[s + j] != nodes[ip[b] + j]) return false;
+  }
+  return true;
+}
+}  // namespace
+
 void KvCache::commit(const PagedBatch& batch, const std::vector<int>& seqs, const std::vector<int32_t>& acc_indptr,
-                     const std::vector<int32_t>& acc_nodes) {
+                     const std::vector<int32_t>& acc_nodes, const VerifiedPaths* verified) {
   const int S = config_.page_size;
   SPECDEC_CHECK(static_cast<int64_t>(seqs.size()) == batch.batch_size(), "E_ARG", "seqs: ", seqs.size(),
                 " sequences for a batch of ", batch.batch_size());
@@ -177,8 +202,11 @@ void KvCache::commit(const PagedBatch& batch, const std::vector<int>& seqs, cons
     SPECDEC_CHECK(same, "E_ARG", "batch: its pages for sequence ", seqs[i],
                   " are not the sequence's pages (the batch is not from this cache's last plan)");
   }
-  // Checked on the host; the indices go to the device (one upload, no wait) only when K/V must move.
-  if (!ops::check_commit(batch, acc_indptr, acc_nodes)) {
+  // Checked on the host; the indices go to the device (one upload, no wait) only when K/V must move,
+  // and not even then when a verification left them there.
+  if (verified && same_paths(*verified, acc_indptr, acc_nodes)) {
+    ops::kv_commit_verified(layers_, batch, *verified);
+  } else if (!ops::check_commit(batch, acc_indptr, acc_nodes)) {
     HostPack pk;
     const int a = pk.add(DType::i32, acc_indptr), b = pk.add(DType::i32, acc_nodes);
     pk.upload(config_.device);

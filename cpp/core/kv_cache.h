@@ -39,11 +39,21 @@ class KvCache {
   // With `pack`, the batch's arrays join the caller's segments in one upload (PagedBatch::make).
   PagedBatch plan(const std::vector<int>& seqs, const std::vector<int>& new_tokens, HostPack* pack = nullptr);
 
+  // plan() without the upload: the batch's arrays on the host (pages allocated, shared pages
+  // un-shared, E_KV_FULL as plan()). A chain plans all its tokens at once this way and gives each
+  // step a prefix of these pages; pages past the committed length go back at commit()/truncate().
+  struct HostBatch {
+    std::vector<int32_t> qo_indptr, page_indptr, page_indices, prefix_len;
+  };
+  HostBatch plan_host(const std::vector<int>& seqs, const std::vector<int>& new_tokens);
+
   // Keep accepted new tokens of the last plan(): for seqs[i], acc_nodes[acc_indptr[i]..acc_indptr[i+1])
   // (indices among its new tokens, strictly increasing) move right after the committed prefix,
   // the committed length grows by their count, pages past the new length are released.
+  // `verified`: a verification's paths on the device; when they are exactly these (same batch
+  // layout, same nodes), K/V that must move move from there, without an upload.
   void commit(const PagedBatch& batch, const std::vector<int>& seqs, const std::vector<int32_t>& acc_indptr,
-              const std::vector<int32_t>& acc_nodes);
+              const std::vector<int32_t>& acc_nodes, const VerifiedPaths* verified = nullptr);
 
   int free_pages() const;
   int total_pages() const { return config_.num_pages; }

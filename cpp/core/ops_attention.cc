@@ -75,6 +75,25 @@ void check_layers(const std::vector<Tensor>& layers, const char* op) {
 PagedBatch PagedBatch::make(const std::vector<int32_t>& qo_indptr, const std::vector<int32_t>& page_indptr,
                             const std::vector<int32_t>& page_indices, const std::vector<int32_t>& prefix_len,
                             int page_size, int num_pages, Device device, HostPack* pack) {
+  HostPack own;
+  HostPack& pk = pack ? *pack : own;
+  PagedBatch b = stage(qo_indptr, page_indptr, page_indices, prefix_len, page_size, num_pages, pk);
+  pk.upload(device);
+  b.bind(pk);
+  return b;
+}
+
+void PagedBatch::bind(const HostPack& pack) {
+  SPECDEC_CHECK(segs_[0] >= 0, "E_ARG", "PagedBatch::bind: the batch was not staged");
+  qo_indptr = pack.view(segs_[0]);
+  page_indptr = pack.view(segs_[1]);
+  page_indices = pack.view(segs_[2]);
+  prefix_len = pack.view(segs_[3]);
+}
+
+PagedBatch PagedBatch::stage(const std::vector<int32_t>& qo_indptr, const std::vector<int32_t>& page_indptr,
+                             const std::vector<int32_t>& page_indices, const std::vector<int32_t>& prefix_len,
+                             int page_size, int num_pages, HostPack& pk) {
   SPECDEC_CHECK(page_size > 0, "E_ARG", "page_size: must be positive, got ", page_size);
   SPECDEC_CHECK(num_pages >= 0, "E_ARG", "num_pages: must be >= 0, got ", num_pages);
   const size_t B = prefix_len.size();
@@ -101,15 +120,10 @@ PagedBatch PagedBatch::make(const std::vector<int32_t>& qo_indptr, const std::ve
   b.h_page_indptr = page_indptr;
   b.h_page_indices = page_indices;
   b.h_prefix_len = prefix_len;
-  HostPack own;
-  HostPack& pk = pack ? *pack : own;
-  const int a = pk.add(DType::i32, qo_indptr), c = pk.add(DType::i32, page_indptr);
-  const int d = pk.add(DType::i32, page_indices), e = pk.add(DType::i32, prefix_len);
-  pk.upload(device);
-  b.qo_indptr = pk.view(a);
-  b.page_indptr = pk.view(c);
-  b.page_indices = pk.view(d);
-  b.prefix_len = pk.view(e);
+  b.segs_[0] = pk.add(DType::i32, qo_indptr);
+  b.segs_[1] = pk.add(DType::i32, page_indptr);
+  b.segs_[2] = pk.add(DType::i32, page_indices);
+  b.segs_[3] = pk.add(DType::i32, prefix_len);
   return b;
 }
 
@@ -205,9 +219,40 @@ void kv_commit(const std::vector<Tensor>& layers, const PagedBatch& batch, const
                 "E_ARG", "kv_commit: the host copies of the accepted indices differ in length from the tensors");
   if (check_commit(batch, *h_acc_indptr, *h_acc_nodes)) return;  // nothing moves
   note_op();  // one launch on CUDA
-  if (layers[0].device() == Device::cpu) return cpu::kv_commit(layers, batch, acc_indptr, acc_nodes);
+  if (layers[0].device() == Device::cpu) return cpu::kv_commit(layers, batch, acc_indptr, acc_nodes, Tensor());
 #ifdef SPECDEC_WITH_CUDA
-  cuda::kv_commit(layers, batch, acc_indptr, acc_nodes);
+  cuda::kv_commit(layers, batch, acc_indptr, acc_nodes, Tensor());
+#else
+  no_cuda("kv_commit");
+#endif
+}
+
+void kv_commit_verified(const std::vector<Tensor>& layers, const PagedBatch& batch, const VerifiedPaths& v) {
+  check_layers(layers, "kv_commit");
+  const int64_t B = batch.batch_size();
+  check_arg(v.node_indptr, "paths.nodeIndptr", {DType::i32}, {B + 1});
+  check_arg_dim(v.accepted_nodes, "paths.acceptedNodes", {DType::i32}, 1);
+  check_arg(v.accept_count, "paths.acceptCount", {DType::i32}, {B});
+  check_same_device({&layers[0], &v.node_indptr, &v.accepted_nodes, &v.accept_count}, "kv_commit");
+  check_batch_vs_layer(batch, layers[0], "kv_commit");
+  const int64_t N = v.accepted_nodes.numel();
+  SPECDEC_CHECK(v.h_node_indptr == batch.h_qo_indptr && static_cast<int64_t>(v.h_accepted_nodes.size()) == N &&
+                    static_cast<int64_t>(v.h_accept_count.size()) == B,
+                "E_ARG", "kv_commit: the verified trees are not this batch's new tokens (their node offsets differ)");
+  // The compact form of the same paths, for the shared checks.
+  std::vector<int32_t> ip(static_cast<size_t>(B) + 1, 0), nodes;
+  for (int64_t b = 0; b < B; ++b) {
+    const int32_t s = v.h_node_indptr[b], n = v.h_accept_count[b];
+    SPECDEC_CHECK(n >= 0 && n <= v.h_node_indptr[b + 1] - s, "E_ARG", "paths.acceptCount[", b, "] = ", n,
+                  ": more than the sequence's ", v.h_node_indptr[b + 1] - s, " nodes");
+    nodes.insert(nodes.end(), v.h_accepted_nodes.begin() + s, v.h_accepted_nodes.begin() + s + n);
+    ip[b + 1] = static_cast<int32_t>(nodes.size());
+  }
+  if (check_commit(batch, ip, nodes)) return;  // nothing moves
+  note_op();  // one launch on CUDA
+  if (layers[0].device() == Device::cpu) return cpu::kv_commit(layers, batch, v.node_indptr, v.accepted_nodes, v.accept_count);
+#ifdef SPECDEC_WITH_CUDA
+  cuda::kv_commit(layers, batch, v.node_indptr, v.accepted_nodes, v.accept_count);
 #else
   no_cuda("kv_commit");
 #endif

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "ops_sampling.h"
 #include "tensor.h"
 
 namespace specdec {
@@ -33,6 +34,15 @@ struct PagedBatch {
   static PagedBatch make(const std::vector<int32_t>& qo_indptr, const std::vector<int32_t>& page_indptr,
                          const std::vector<int32_t>& page_indices, const std::vector<int32_t>& prefix_len,
                          int page_size, int num_pages, Device device, HostPack* pack = nullptr);
+  // make() in two halves, for several batches in one upload (a chain's steps): stage() validates
+  // and adds the arrays to `pack` without uploading; bind() takes the views once `pack` is uploaded.
+  static PagedBatch stage(const std::vector<int32_t>& qo_indptr, const std::vector<int32_t>& page_indptr,
+                          const std::vector<int32_t>& page_indices, const std::vector<int32_t>& prefix_len,
+                          int page_size, int num_pages, HostPack& pack);
+  void bind(const HostPack& pack);
+
+ private:
+  int segs_[4] = {-1, -1, -1, -1};  // stage(): the arrays' segments in the pack
 };
 
 // Largest number of new tokens of one sequence that a packed mask may describe.
@@ -63,6 +73,11 @@ void kv_commit(const std::vector<Tensor>& layers, const PagedBatch& batch, const
                const Tensor& acc_nodes, const std::vector<int32_t>* h_acc_indptr = nullptr,
                const std::vector<int32_t>* h_acc_nodes = nullptr);
 
+// kv_commit of a verification's accepted paths where they lie on the device (no upload): sequence
+// b keeps v.accepted_nodes[v.node_indptr[b] + j] for j < v.accept_count[b]. The trees verified must
+// be the batch's new tokens (v.node_indptr = the batch's qo_indptr); validation reads v's host copies.
+void kv_commit_verified(const std::vector<Tensor>& layers, const PagedBatch& batch, const VerifiedPaths& v);
+
 // The host-side checks of kv_commit (E_ARG naming the index). True when the commit moves nothing:
 // every sequence keeps new tokens 0..k-1, which already sit at their committed slots.
 bool check_commit(const PagedBatch& batch, const std::vector<int32_t>& acc_indptr, const std::vector<int32_t>& acc_nodes);
@@ -79,8 +94,10 @@ void kv_copy_pages(const std::vector<Tensor>& layers, const Tensor& src_pages, c
   void kv_append(Tensor& kv_layer, const Tensor& k, const Tensor& v, const PagedBatch& batch);             \
   void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& batch, const Tensor& mask, \
                       float sm_scale, Tensor& out);                                                        \
+  /* acc_count undefined: sequence b keeps acc_nodes[acc_indptr[b] .. acc_indptr[b + 1]); defined: */      \
+  /* acc_nodes[acc_indptr[b] ..][0 .. acc_count[b]) (a verification's ragged layout).            */      \
   void kv_commit(const std::vector<Tensor>& layers, const PagedBatch& batch, const Tensor& acc_indptr,     \
-                 const Tensor& acc_nodes);                                                                 \
+                 const Tensor& acc_nodes, const Tensor& acc_count);                                        \
   void kv_copy_pages(const std::vector<Tensor>& layers, const Tensor& src_pages, const Tensor& dst_pages);  \
   }
 SPECDEC_ATTENTION_OPS(cpu)

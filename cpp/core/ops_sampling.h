@@ -3,6 +3,7 @@
 // spec_math.h as __host__ __device__ functions compiled by both backends.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "tensor.h"
 
@@ -55,6 +56,24 @@ struct VerifyResult {
                           //   (accepted draft tokens, then one correction/bonus token)
   Tensor accept_count;    // i32 [B]: accepted nodes incl. the root = tokens emitted
   Tensor depth_accepts;   // i32 [D]: += 1 for each sequence whose accepted path reaches depth d+1 (not cleared)
+};
+
+// Verification inputs that went to the device with a forward's one upload (LlamaModel::forward with
+// a stage request): views of that upload, and the host copies the tree is validated from. A step
+// that verifies its forward's tree then uploads nothing more.
+struct StagedTree {
+  Tensor node_indptr, parents, tokens;  // i32 [B+1], [N], [N] (tokens with any device tails applied)
+  Tensor seeds, offsets;                // u64 [B] each, or undefined
+  std::vector<int32_t> h_node_indptr, h_parents, h_tokens;  // tokens: placeholders where tails are
+  std::vector<uint64_t> h_seeds, h_offsets;
+};
+
+// A verification's accepted paths, on the device where it ran and on the host (the same values:
+// the host copies are the read-back of the device ones). The KV commit of those paths reads the
+// device copy instead of uploading the indices again (LlamaModel::commit).
+struct VerifiedPaths {
+  Tensor node_indptr, accepted_nodes, accept_count;  // device: i32 [B+1], [N] ragged by node_indptr, [B]
+  std::vector<int32_t> h_node_indptr, h_accepted_nodes, h_accept_count;
 };
 
 namespace ops {

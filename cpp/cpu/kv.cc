@@ -68,10 +68,11 @@ void kv_append(Tensor& kv_layer, const Tensor& k, const Tensor& v, const PagedBa
 }
 
 void kv_commit(const std::vector<Tensor>& layers, const PagedBatch& batch, const Tensor& acc_indptr,
-               const Tensor& acc_nodes) {
+               const Tensor& acc_nodes, const Tensor& acc_count) {
   const Layout L = layout_of(layers[0]);
   const int32_t* ip = acc_indptr.ptr<int32_t>();
   const int32_t* nodes = acc_nodes.ptr<int32_t>();
+  const int32_t* counts = acc_count.defined() ? acc_count.ptr<int32_t>() : nullptr;
   const size_t row_bytes = static_cast<size_t>(L.row_elems * L.esize);
   for (const Tensor& layer : layers) {
     char* base = static_cast<char*>(layer.data());
@@ -79,7 +80,8 @@ void kv_commit(const std::vector<Tensor>& layers, const PagedBatch& batch, const
       const int64_t prefix = batch.h_prefix_len[b];
       // In order: the source slot of move j is never below its destination, nor below any earlier
       // destination, so moving in place front to back never overwrites a token still to be moved.
-      for (int32_t j = 0; j < ip[b + 1] - ip[b]; ++j) {
+      const int32_t n = counts ? counts[b] : ip[b + 1] - ip[b];
+      for (int32_t j = 0; j < n; ++j) {
         const int64_t src = prefix + nodes[ip[b] + j], dst = prefix + j;
         if (src == dst) continue;
         int64_t sp, sr, dp, dr;

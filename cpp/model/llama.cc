@@ -190,13 +190,15 @@ double LlamaModel::estimate_macs(const std::vector<LlamaSeqInput>& inputs) {
 // ---------------------------------------------------------------------------------------------
 // Forward
 
-LlamaForwardResult LlamaModel::forward(const std::vector<LlamaSeqInput>& inputs, bool want_hidden) {
+LlamaForwardResult LlamaModel::forward(const std::vector<LlamaSeqInput>& inputs, bool want_hidden,
+                                       const VerifyStaging* stage) {
   std::lock_guard<std::mutex> lock(mu_);
-  return forward_locked(inputs, want_hidden);
+  return forward_locked(inputs, want_hidden, nullptr, stage);
 }
 
 LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& inputs, bool want_hidden,
-                                              const Tensor* dev_ids) {
+                                              const Tensor* dev_ids, const VerifyStaging* stage,
+                                              const PlannedStep* planned) {
   const LlamaConfig& c = config_;
   const Device dev = options_.device;
   pending_ = false;  // a new forward replaces whatever the last one left uncommitted
@@ -271,6 +273,7 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
                     in.positions.size(), " != tokens length ", n);
     }
   }
+  SPECDEC_CHECK(!planned || !need_mask, "E_ARG", "inputs: a planned chain step takes plain chains");
   if (need_mask)
     SPECDEC_CHECK(max_n <= kMaxTreeTokens, "E_ARG", "inputs: a tree or masked input has at most ", kMaxTreeTokens,
                   " tokens per sequence, got ", max_n, " (send long chains without parents/mask, or split them)");
@@ -280,7 +283,7 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
   const int W = need_mask ? (max_n + 63) / 64 : 0;
   std::vector<int32_t> positions(N);
   std::vector<uint64_t> mask(size_t(N) * W, 0);
-  for (size_t b = 0; b < B; ++b) {
+  for (size_t b = 0; !planned && b < B; ++b) {
     const LlamaSeqInput& in = inputs[b];
     const int n = counts[b];
     const int64_t len = kv_->length(in.seq);
@@ -319,24 +322,39 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
 
   // 3. Room in the KV cache (E_KV_FULL changes nothing), then the layer stack. Token ids,
   //    positions, the mask and the batch's page tables go to the device as one upload.
+  //    A planned chain step brings all of that, uploaded with its chain (draft_chain).
   std::vector<int32_t> tokens;
   HostPack pack;
   int seg_ids = -1;
   if (!dev_ids) {
     tokens.reserve(N);
     for (const auto& in : inputs) tokens.insert(tokens.end(), in.tokens.begin(), in.tokens.end());
-    seg_ids = pack.add(DType::i32, tokens);
+    if (!planned) seg_ids = pack.add(DType::i32, tokens);
   }
-  const int seg_pos = pack.add(DType::i32, positions);
+  const int seg_pos = planned ? -1 : pack.add(DType::i32, positions);
   const int seg_mask = need_mask ? pack.add(DType::u64, mask) : -1;
-  PagedBatch batch = kv_->plan(seqs, counts, &pack);
-  Tensor ids = dev_ids ? *dev_ids : pack.view(seg_ids);
+  int seg_vpar = -1, seg_seed = -1, seg_off = -1;
+  if (stage) {
+    SPECDEC_CHECK(!dev_ids && !planned, "E_ARG", "stage: a chain's forward stages nothing");
+    SPECDEC_CHECK(static_cast<int64_t>(stage->parents.size()) == N, "E_ARG", "stage.parents: ", stage->parents.size(),
+                  " entries for the forward's ", N, " tokens");
+    SPECDEC_CHECK(stage->seeds.size() == stage->offsets.size() && (stage->seeds.empty() || stage->seeds.size() == B),
+                  "E_ARG", "stage: expected seeds and offsets with one entry per sequence (", B, ") or neither, got ",
+                  stage->seeds.size(), " and ", stage->offsets.size());
+    seg_vpar = pack.add(DType::i32, stage->parents);
+    if (!stage->seeds.empty()) {
+      seg_seed = pack.add(DType::u64, stage->seeds);
+      seg_off = pack.add(DType::u64, stage->offsets);
+    }
+  }
+  PagedBatch batch = planned ? planned->batch : kv_->plan(seqs, counts, &pack);
+  Tensor ids = dev_ids ? *dev_ids : planned ? planned->ids : pack.view(seg_ids);
   for (size_t b = 0; b < B; ++b) {
     const LlamaSeqInput& in = inputs[b];
     if (in.tail.defined() && counts[b] > 1)
       ids.rows(indptr[b] + 1, indptr[b] + counts[b]).copy_from(in.tail.rows(in.tail_offset, in.tail_offset + counts[b] - 1));
   }
-  Tensor pos = pack.view(seg_pos);
+  Tensor pos = planned ? planned->positions : pack.view(seg_pos);
   Tensor mask_t = need_mask ? pack.view(seg_mask).view({N, W}) : Tensor();
 
   const int64_t H = c.hidden_size, I = c.intermediate_size, D = c.head_dim;
@@ -399,6 +417,23 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
   ops::matmul(x, lm_head_, Tensor(), r.logits);
   if (want_hidden) r.hidden = x;
   r.indptr = indptr;
+  if (stage) {
+    // The verification reads the ids as the layers did (device tails included).
+    auto st = std::make_shared<StagedTree>();
+    st->node_indptr = batch.qo_indptr;
+    st->parents = pack.view(seg_vpar);
+    st->tokens = ids;
+    if (seg_seed >= 0) {
+      st->seeds = pack.view(seg_seed);
+      st->offsets = pack.view(seg_off);
+      st->h_seeds = stage->seeds;
+      st->h_offsets = stage->offsets;
+    }
+    st->h_node_indptr = indptr;
+    st->h_parents = stage->parents;
+    st->h_tokens = std::move(tokens);
+    r.staged = std::move(st);
+  }
 
   pending_ = true;
   pending_batch_ = std::move(batch);
@@ -421,12 +456,14 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
 // ---------------------------------------------------------------------------------------------
 // Commit and sequence management
 
-void LlamaModel::commit(const std::vector<int>& seqs, const std::vector<std::vector<int32_t>>& accepted) {
+void LlamaModel::commit(const std::vector<int>& seqs, const std::vector<std::vector<int32_t>>& accepted,
+                        const VerifiedPaths* verified) {
   std::lock_guard<std::mutex> lock(mu_);
-  commit_locked(seqs, accepted);
+  commit_locked(seqs, accepted, verified);
 }
 
-void LlamaModel::commit_locked(const std::vector<int>& seqs, const std::vector<std::vector<int32_t>>& accepted) {
+void LlamaModel::commit_locked(const std::vector<int>& seqs, const std::vector<std::vector<int32_t>>& accepted,
+                               const VerifiedPaths* verified) {
   SPECDEC_CHECK(pending_, "E_ARG", "commit: no uncommitted forward (commit once, after each forward)");
   SPECDEC_CHECK(seqs.size() == accepted.size(), "E_ARG", "commit: ", seqs.size(), " sequences but ",
                 accepted.size(), " accepted lists");
@@ -458,7 +495,7 @@ void LlamaModel::commit_locked(const std::vector<int>& seqs, const std::vector<s
     acc_indptr[b + 1] = static_cast<int32_t>(acc_nodes.size());
   }
   pending_ = false;
-  kv_->commit(pending_batch_, pending_seqs_, acc_indptr, acc_nodes);
+  kv_->commit(pending_batch_, pending_seqs_, acc_indptr, acc_nodes, verified);
 }
 
 std::vector<std::vector<int32_t>> LlamaModel::greedy_chain(const std::vector<LlamaSeqInput>& inputs,
@@ -507,9 +544,12 @@ LlamaModel::SampledChain LlamaModel::draft_chain(const std::vector<LlamaSeqInput
   const int64_t V = config_.vocab_size;
   int64_t total = 0;
   for (int st : steps) total += st;
-  // Sampling: the Philox keys and counters of every pick, in the loop's (step-major) pick order,
-  // go to the device in one upload.
+  // Everything the chain's steps read from the host goes to the device in ONE upload: every step's
+  // batch, positions and first ids, and (sampling) the Philox keys and counters of every pick in
+  // the loop's (step-major) pick order.
+  HostPack pk;
   Tensor rng_seeds, rng_offsets, q;
+  int seg_keys = -1, seg_ctrs = -1;
   if (params) {
     SPECDEC_CHECK(seeds->size() == B && offsets->size() == B, "E_ARG", "seeds/offsets: expected one entry per input (", B,
                   "), got ", seeds->size(), " and ", offsets->size());
@@ -522,16 +562,60 @@ LlamaModel::SampledChain LlamaModel::draft_chain(const std::vector<LlamaSeqInput
           sk.push_back((*seeds)[b]);
           so.push_back((*offsets)[b][static_cast<size_t>(s)]);
         }
-    HostPack pk;
-    const int a = pk.add(DType::u64, sk), c = pk.add(DType::u64, so);
-    pk.upload(dev);
-    rng_seeds = pk.view(a);
-    rng_offsets = pk.view(c);
+    seg_keys = pk.add(DType::u64, sk);
+    seg_ctrs = pk.add(DType::u64, so);
     q = Tensor::empty(DType::f32, {total, V}, dev);
   }
   SampledChain result;
   result.picks.resize(B);
+  std::vector<int> chain_seqs(B), fed(B);
+  for (size_t b = 0; b < B; ++b) {
+    chain_seqs[b] = inputs[b].seq;
+    fed[b] = static_cast<int>(inputs[b].tokens.size()) + steps[b] - 1;
+  }
   try {
+    // Pages for every token the chain feeds, reserved at once (E_KV_FULL here changes nothing). The
+    // steps commit nothing as they go: step s sees the tokens of steps < s as its prefix, on the
+    // first pages of the reservation; the chain commits them all at the end.
+    const KvCache::HostBatch whole = kv_->plan_host(chain_seqs, fed);
+    const int S = kv_->config().page_size, P = kv_->config().num_pages;
+    std::vector<PlannedStep> plan(static_cast<size_t>(max_steps));
+    int seg_first_ids = -1;
+    std::vector<int> seg_pos(static_cast<size_t>(max_steps));
+    for (int s = 0; s < max_steps; ++s) {
+      std::vector<int32_t> qo{0}, pind{0}, pidx, prefix, pos;
+      for (size_t b = 0; b < B; ++b) {
+        if (s >= steps[b]) continue;
+        const int n = s == 0 ? static_cast<int>(inputs[b].tokens.size()) : 1;
+        const int32_t at = s == 0 ? whole.prefix_len[b] : whole.prefix_len[b] + static_cast<int32_t>(inputs[b].tokens.size()) + s - 1;
+        const int32_t p0 = whole.page_indptr[b];
+        pidx.insert(pidx.end(), whole.page_indices.begin() + p0, whole.page_indices.begin() + p0 + (at + n + S - 1) / S);
+        pind.push_back(static_cast<int32_t>(pidx.size()));
+        qo.push_back(qo.back() + n);
+        prefix.push_back(at);
+        for (int i = 0; i < n; ++i) pos.push_back(at + i);
+      }
+      plan[s].batch = PagedBatch::stage(qo, pind, pidx, prefix, S, P, pk);
+      seg_pos[s] = pk.add(DType::i32, pos);
+    }
+    {
+      std::vector<int32_t> first;
+      for (const auto& in : inputs) first.insert(first.end(), in.tokens.begin(), in.tokens.end());
+      seg_first_ids = pk.add(DType::i32, first);
+    }
+    // The batch that commits the whole chain (host arrays only: nothing moves).
+    PagedBatch all = PagedBatch::stage(whole.qo_indptr, whole.page_indptr, whole.page_indices, whole.prefix_len, S, P, pk);
+    pk.upload(dev);
+    for (int s = 0; s < max_steps; ++s) {
+      plan[s].batch.bind(pk);
+      plan[s].positions = pk.view(seg_pos[s]);
+    }
+    plan[0].ids = pk.view(seg_first_ids);
+    all.bind(pk);
+    if (params) {
+      rng_seeds = pk.view(seg_keys);
+      rng_offsets = pk.view(seg_ctrs);
+    }
     // The picks stay on the device: step s's picks feed step s+1's embedding, and all picks are
     // read back once at the end (on CUDA: no wait per drafted token). picks (and q's rows) hold them
     // in step order; owner[k] is the input whose pick sits at row k.
@@ -542,7 +626,7 @@ LlamaModel::SampledChain LlamaModel::draft_chain(const std::vector<LlamaSeqInput
     std::vector<size_t> active(B);
     for (size_t b = 0; b < B; ++b) active[b] = b;
     Tensor next_ids;  // one id per active input, on the device; undefined before the first step
-    while (!active.empty()) {
+    for (int step = 0; !active.empty(); ++step) {
       std::vector<LlamaSeqInput> batch;
       batch.reserve(active.size());
       for (size_t b : active) {
@@ -555,15 +639,7 @@ LlamaModel::SampledChain LlamaModel::draft_chain(const std::vector<LlamaSeqInput
           batch.push_back(std::move(one));
         }
       }
-      LlamaForwardResult r = forward_locked(batch, false, next_ids.defined() ? &next_ids : nullptr);
-      std::vector<int> seqs(active.size());
-      std::vector<std::vector<int32_t>> acc(active.size());
-      for (size_t i = 0; i < active.size(); ++i) {
-        seqs[i] = batch[i].seq;
-        acc[i].resize(batch[i].tokens.size());
-        for (size_t j = 0; j < acc[i].size(); ++j) acc[i][j] = static_cast<int32_t>(j);
-      }
-      commit_locked(seqs, acc);  // a chain keeps every token where it is: no device work
+      LlamaForwardResult r = forward_locked(batch, false, next_ids.defined() ? &next_ids : nullptr, nullptr, &plan[step]);
       // Each input's pick comes from its last logits row (rows are independent: batch invariant).
       const int64_t N = r.logits.size(0), A = static_cast<int64_t>(active.size());
       const int64_t at = static_cast<int64_t>(owner.size());
@@ -608,6 +684,14 @@ LlamaModel::SampledChain LlamaModel::draft_chain(const std::vector<LlamaSeqInput
       }
       active.swap(next);
     }
+    // Every fed token already sits at its slot: committing them only moves the committed lengths.
+    pending_ = false;
+    std::vector<int32_t> acc_ip(B + 1, 0), acc_nodes;
+    for (size_t b = 0; b < B; ++b) {
+      for (int j = 0; j < fed[b]; ++j) acc_nodes.push_back(j);
+      acc_ip[b + 1] = static_cast<int32_t>(acc_nodes.size());
+    }
+    kv_->commit(all, chain_seqs, acc_ip, acc_nodes);
     // Picks and q rows from step order to input order.
     std::vector<int64_t> order;
     {
@@ -632,8 +716,9 @@ LlamaModel::SampledChain LlamaModel::draft_chain(const std::vector<LlamaSeqInput
   } catch (...) {
     // Nothing of this call stays: the caller's view of the committed lengths remains true.
     pending_ = false;
+    // (Truncating to the same length also returns the pages the chain reserved.)
     for (size_t b = 0; b < B; ++b)
-      if (kv_->alive(inputs[b].seq) && kv_->length(inputs[b].seq) > start[b]) kv_->truncate(inputs[b].seq, start[b]);
+      if (kv_->alive(inputs[b].seq) && kv_->length(inputs[b].seq) >= start[b]) kv_->truncate(inputs[b].seq, start[b]);
     throw;
   }
   return result;

@@ -72,10 +72,19 @@ struct LlamaSeqInput {
   int64_t tail_offset = 0;
 };
 
+// What the verification of a forward's own trees needs beyond the forward's inputs: the trees'
+// parents as verification reads them (-2 for non-candidates), and per-sequence Philox keys and
+// counters when it samples. They travel in the forward's one upload (LlamaForwardResult::staged).
+struct VerifyStaging {
+  std::vector<int32_t> parents;           // [N], inputs concatenated; local indices
+  std::vector<uint64_t> seeds, offsets;   // [B] each, or both empty
+};
+
 struct LlamaForwardResult {
   Tensor logits;  // f32 [N, V]
   Tensor hidden;  // f32 [N, H] after the final norm (only when asked)
   std::vector<int32_t> indptr;  // B + 1 row offsets
+  std::shared_ptr<StagedTree> staged;  // with a VerifyStaging: the verification's inputs on the device
 };
 
 class LlamaModel {
@@ -93,7 +102,9 @@ class LlamaModel {
   // Runs the ragged batch of token trees; K/V of the new tokens are written speculatively after
   // each sequence's committed prefix. Validation errors (E_ARG) and E_KV_FULL leave the committed
   // state unchanged. Thread-safe with respect to the other methods (one model-wide lock).
-  LlamaForwardResult forward(const std::vector<LlamaSeqInput>& inputs, bool want_hidden);
+  // With `stage`, the verification's inputs go in the same upload (result.staged).
+  LlamaForwardResult forward(const std::vector<LlamaSeqInput>& inputs, bool want_hidden,
+                             const VerifyStaging* stage = nullptr);
 
   // Estimated multiply-adds of forward(inputs): the weights' per-token work times the new tokens,
   // plus attention over each sequence's committed prefix and new tokens. The N-API glue uses it to
@@ -133,8 +144,11 @@ class LlamaModel {
 
   // After forward(): accepted[i] (indices into that forward's input of seqs[i], strictly increasing,
   // a path from a root when the input was a tree) become committed. seqs must be a subset of the last
-  // forward's sequences; the others keep nothing. One commit per forward.
-  void commit(const std::vector<int>& seqs, const std::vector<std::vector<int32_t>>& accepted);
+  // forward's sequences; the others keep nothing. One commit per forward. `verified`: the
+  // verification of that forward's trees; when its paths are exactly `accepted`, K/V move from its
+  // device result (no upload).
+  void commit(const std::vector<int>& seqs, const std::vector<std::vector<int32_t>>& accepted,
+              const VerifiedPaths* verified = nullptr);
 
   int create_sequence();
   int fork_sequence(int seq);
@@ -154,9 +168,19 @@ class LlamaModel {
   // forward() and commit() with mu_ held by the caller. With dev_ids (i32 [N] on the model's
   // device, in range by construction), the token ids come from there and inputs' tokens only
   // give the counts (greedy_chain feeds its argmax without a round trip).
+  // A chain step planned and uploaded ahead with the rest of its chain (draft_chain): the batch over
+  // pages the chain has reserved, the positions, and (the first step) the ids. The inputs are
+  // chains without positions; the forward then neither plans nor uploads.
+  struct PlannedStep {
+    PagedBatch batch;
+    Tensor positions;  // i32 [N]
+    Tensor ids;        // i32 [N] unless the step is fed from device ids
+  };
   LlamaForwardResult forward_locked(const std::vector<LlamaSeqInput>& inputs, bool want_hidden,
-                                    const Tensor* dev_ids = nullptr);
-  void commit_locked(const std::vector<int>& seqs, const std::vector<std::vector<int32_t>>& accepted);
+                                    const Tensor* dev_ids = nullptr, const VerifyStaging* stage = nullptr,
+                                    const PlannedStep* planned = nullptr);
+  void commit_locked(const std::vector<int>& seqs, const std::vector<std::vector<int32_t>>& accepted,
+                     const VerifiedPaths* verified = nullptr);
 
   struct Layer {
     Tensor attn_norm, q, k, v, q_bias, k_bias, v_bias, o, o_bias, mlp_norm, gate, up, down;

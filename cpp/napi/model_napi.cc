@@ -202,7 +202,8 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
     return max_macs > 0 && m.estimate_macs(inputs) * steps <= max_macs;
   }
 
-  // forward(inputs, hidden, syncMaxMacs?) -> Promise<{ logits, hidden?, indptr }>
+  // forward(inputs, hidden, syncMaxMacs?, stage?: { parents, seeds?, offsets? }) -> Promise<{ logits,
+  // hidden?, indptr, staged? }> (staged: the verification's inputs, sent with the forward's upload)
   Napi::Value Forward(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
       std::shared_ptr<LlamaModel> m = model_;
@@ -210,13 +211,23 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
       auto inputs = std::make_shared<std::vector<LlamaSeqInput>>(inputs_arg(info[0], m->config().vocab_size));
       bool hidden = info.Length() > 1 && !info[1].IsUndefined() && get_bool(info[1], "hidden");
       const bool sync = run_here(*m, *inputs, info[2]);
+      std::shared_ptr<VerifyStaging> stage;
+      if (info.Length() > 3 && !info[3].IsUndefined()) {
+        SPECDEC_CHECK(info[3].IsObject(), "E_ARG", "stage: expected an object");
+        Napi::Object s = info[3].As<Napi::Object>();
+        stage = std::make_shared<VerifyStaging>();
+        stage->parents = get_i32_array(get_field(s, "parents"), "stage.parents");
+        if (has_field(s, "seeds")) stage->seeds = get_u64_array(get_field(s, "seeds"), "stage.seeds");
+        if (has_field(s, "offsets")) stage->offsets = get_u64_array(get_field(s, "offsets"), "stage.offsets");
+      }
       auto result = std::make_shared<LlamaForwardResult>();
       return run_maybe_async(
-          info.Env(), sync, [=] { *result = m->forward(*inputs, hidden); },
+          info.Env(), sync, [=] { *result = m->forward(*inputs, hidden, stage.get()); },
           [=](Napi::Env env) -> Napi::Value {
             Napi::Object o = Napi::Object::New(env);
             o.Set("logits", wrap_tensor(env, result->logits));
             if (result->hidden.defined()) o.Set("hidden", wrap_tensor(env, result->hidden));
+            if (result->staged) o.Set("staged", wrap_handle(env, result->staged));
             auto ip = Napi::Int32Array::New(env, result->indptr.size());
             std::memcpy(ip.Data(), result->indptr.data(), result->indptr.size() * 4);
             o.Set("indptr", ip);
@@ -305,7 +316,7 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
     });
   }
 
-  // commit(seqs, accepted: Int32Array[])
+  // commit(seqs, accepted: Int32Array[], paths?) -- paths: the verification's handle (verifyTree)
   Napi::Value Commit(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
       std::vector<int32_t> s = get_i32_array(info[0], "seqs");
@@ -313,7 +324,8 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
       Napi::Array a = info[1].As<Napi::Array>();
       std::vector<std::vector<int32_t>> acc(a.Length());
       for (uint32_t i = 0; i < a.Length(); ++i) acc[i] = get_i32_array(a.Get(i), "accepted[i]");
-      model().commit(std::vector<int>(s.begin(), s.end()), acc);
+      const auto paths = handle_arg<VerifiedPaths>(info[2], "paths", "a verification's paths");
+      model().commit(std::vector<int>(s.begin(), s.end()), acc, paths.get());
       return info.Env().Undefined();
     });
   }

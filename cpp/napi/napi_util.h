@@ -5,6 +5,7 @@
 #include <napi.h>
 
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -90,6 +91,31 @@ Napi::Object wrap_tensor(Napi::Env env, Tensor t);
 // reports them as E_NUMERIC (cpp/core/spec_math.h).
 Napi::Object wrap_ids_tensor(Napi::Env env, Tensor t, int64_t ids_below);
 Tensor trusted_ids_arg(const Napi::Value& v, const char* name, int64_t vocab);
+
+// Opaque native state handed to JS and back (a forward's staged verification inputs, a
+// verification's paths): an External over a box tagged with its type, so that a handle is only
+// ever read as what it is. It lives until JS drops it.
+template <class T>
+struct HandleBox {
+  static inline const char tag = 0;  // its address is T's tag
+  const void* kind = &tag;
+  std::shared_ptr<T> value;
+};
+template <class T>
+Napi::Value wrap_handle(Napi::Env env, std::shared_ptr<T> value) {
+  auto* box = new HandleBox<T>{&HandleBox<T>::tag, std::move(value)};
+  return Napi::External<HandleBox<T>>::New(env, box, [](Napi::Env, HandleBox<T>* b) { delete b; });
+}
+// The handle's value, or null when v is undefined; E_ARG naming `name` for anything else.
+template <class T>
+std::shared_ptr<T> handle_arg(const Napi::Value& v, const char* name, const char* what) {
+  if (v.IsUndefined() || v.IsNull()) return nullptr;
+  SPECDEC_CHECK(v.IsExternal(), "E_ARG", name, ": expected ", what, " made by the library");
+  auto* box = v.As<Napi::External<HandleBox<T>>>().Data();
+  SPECDEC_CHECK(box != nullptr && box->kind == &HandleBox<T>::tag, "E_ARG", name, ": expected ", what,
+                " made by the library, got another kind of handle");
+  return box->value;
+}
 
 }  // namespace napi
 }  // namespace specdec

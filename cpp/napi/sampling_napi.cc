@@ -1,4 +1,5 @@
 // N-API glue for sampling and verification: converts JS values, calls specdec::ops, converts back.
+#include <algorithm>
 #include <cstring>
 
 #include "../core/host_pack.h"
@@ -155,20 +156,43 @@ Napi::Value Verify(const Napi::CallbackInfo& info) {
     const int64_t B = indptr.n - 1, N = parents.n;
     SPECDEC_CHECK(B >= 0, "E_ARG", "nodeIndptr: expected B + 1 >= 1 entries");
 
-    // Index arrays, seeds and offsets travel to the target's device as one upload.
-    HostPack pk;
-    const int s_ip = pk.add(DType::i32, indptr.data, indptr.n), s_par = pk.add(DType::i32, parents.data, N);
-    const int s_tok = pk.add(DType::i32, tokens.data, tokens.n);
-    const int s_seed = has_seeds ? pk.add(DType::u64, seeds) : -1, s_off = has_offsets ? pk.add(DType::u64, offsets) : -1;
-    pk.upload(dev);
-    a.node_indptr = pk.view(s_ip);
-    a.parents = pk.view(s_par);
-    a.tokens = pk.view(s_tok);
-    if (has_seeds) a.seeds = pk.view(s_seed);
-    if (has_offsets) a.offsets = pk.view(s_off);
+    // staged: the same arrays already sent with the forward's upload (LlamaModel::forward's stage).
+    // They must be what the caller describes; then nothing goes up again.
+    const auto staged = handle_arg<StagedTree>(get_field(o, "staged"), "staged", "a forward's staged verification inputs");
+    if (staged) {
+      auto same = [](const auto& v, const auto* p, int64_t n) {
+        return static_cast<int64_t>(v.size()) == n && std::equal(v.begin(), v.end(), p);
+      };
+      SPECDEC_CHECK(same(staged->h_node_indptr, indptr.data, indptr.n) && same(staged->h_parents, parents.data, N) &&
+                        same(staged->h_tokens, tokens.data, tokens.n),
+                    "E_ARG", "staged: the forward staged other trees than nodeIndptr/parents/tokens describe");
+      SPECDEC_CHECK((!has_seeds || same(staged->h_seeds, seeds.data(), static_cast<int64_t>(seeds.size()))) &&
+                        (!has_offsets || same(staged->h_offsets, offsets.data(), static_cast<int64_t>(offsets.size()))),
+                    "E_ARG", "staged: the forward staged other seeds or offsets than given");
+      SPECDEC_CHECK(staged->node_indptr.device() == dev, "E_ARG", "staged: the forward ran on ",
+                    device_name(staged->node_indptr.device()), ", the target is on ", device_name(dev));
+      a.node_indptr = staged->node_indptr;
+      a.parents = staged->parents;
+      a.tokens = staged->tokens;
+      a.seeds = staged->seeds;
+      a.offsets = staged->offsets;
+    } else {
+      // Index arrays, seeds and offsets travel to the target's device as one upload.
+      HostPack pk;
+      const int s_ip = pk.add(DType::i32, indptr.data, indptr.n), s_par = pk.add(DType::i32, parents.data, N);
+      const int s_tok = pk.add(DType::i32, tokens.data, tokens.n);
+      const int s_seed = has_seeds ? pk.add(DType::u64, seeds) : -1, s_off = has_offsets ? pk.add(DType::u64, offsets) : -1;
+      pk.upload(dev);
+      a.node_indptr = pk.view(s_ip);
+      a.parents = pk.view(s_par);
+      a.tokens = pk.view(s_tok);
+      if (has_seeds) a.seeds = pk.view(s_seed);
+      if (has_offsets) a.offsets = pk.view(s_off);
+    }
     // tails[b] = { ids, offset }: nodes 1.. of sequence b take their tokens from a device chain's
-    // picks (library-made ids, below the vocabulary); the JS tokens there are placeholders.
-    if (has_field(o, "tails") && tokens.n == N && indptr.n == B + 1) {
+    // picks (library-made ids, below the vocabulary); the JS tokens there are placeholders. (A
+    // staged forward has copied them already.)
+    if (!staged && has_field(o, "tails") && tokens.n == N && indptr.n == B + 1) {
       SPECDEC_CHECK(get_field(o, "tails").IsArray(), "E_ARG", "tails: expected an array (one entry per sequence)");
       Napi::Array tails = get_field(o, "tails").As<Napi::Array>();
       SPECDEC_CHECK(tails.Length() == static_cast<uint32_t>(B), "E_ARG", "tails: ", tails.Length(), " entries for ", B, " sequences");
@@ -230,6 +254,15 @@ Napi::Value Verify(const Napi::CallbackInfo& info) {
     for (int64_t b = 0; b < B; ++b)
       for (int32_t k = 0; k < host[2 * N + b]; ++k) check_mass(host[N + indptr.data[b] + k], "verify: sequence ", b, ", emitted token ", k);
     auto view = [&](int64_t begin, int64_t n) { return Napi::Int32Array::New(env, static_cast<size_t>(n), buf, static_cast<size_t>(begin) * 4); };
+    // The paths where they lie on the device, for the KV commit (LlamaModel::commit), with their
+    // host copies: the values just read.
+    auto paths = std::make_shared<VerifiedPaths>();
+    paths->node_indptr = a.node_indptr;
+    paths->accepted_nodes = r.accepted_nodes;
+    paths->accept_count = r.accept_count;
+    paths->h_node_indptr.assign(indptr.data, indptr.data + indptr.n);
+    paths->h_accepted_nodes.assign(host, host + N);
+    paths->h_accept_count.assign(host + 2 * N, host + 2 * N + B);
     Napi::Object res = Napi::Object::New(env);
     res.Set("acceptedNodes", view(0, N));
     res.Set("emitted", view(N, N));
@@ -237,6 +270,7 @@ Napi::Value Verify(const Napi::CallbackInfo& info) {
     res.Set("depthAccepts", view(2 * N + B, depth));
     if (argmax_of.defined()) res.Set("argmax", view(total - R - M, R));
     if (M > 0) res.Set("medusa", view(total - M, M));
+    res.Set("paths", wrap_handle(env, std::move(paths)));
     return res;
   });
 }

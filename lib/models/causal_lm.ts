@@ -61,10 +61,35 @@ export interface DeviceTail {
   readonly offset: number;
 }
 
+/**
+ * What verifying a forward's own trees needs beyond the forward's inputs, sent with the forward's
+ * one upload (ForwardOptions.stage): verify() then uploads nothing (one upload per step on CUDA).
+ * The trees are the inputs' tokens, sequence by sequence (verify's nodeIndptr = the forward's indptr).
+ */
+export interface VerifyStaging {
+  /** i32 [N]: the trees' parents as verify() reads them (local indices, -2 for a non-candidate). */
+  readonly parents: Int32Array;
+  /** u64 [B] each: the verification's Philox keys and counters, when it samples. */
+  readonly seeds?: BigUint64Array;
+  readonly offsets?: BigUint64Array;
+}
+
+/** Opaque: verification inputs a forward staged (ForwardOutput.staged, for VerifyInput.staged). */
+export interface StagedVerify {
+  readonly __specdecStagedVerify: never;
+}
+
+/** Opaque: a verification's accepted paths left on the device (VerifyOutput.paths, for commit()). */
+export interface VerifiedPaths {
+  readonly __specdecVerifiedPaths: never;
+}
+
 export interface ForwardOptions {
   /** Also return the final hidden states (after the last norm), e.g. for Medusa heads. */
   readonly hidden?: boolean;
   readonly signal?: AbortSignal;
+  /** Send the verification's inputs with this forward's upload (a model may ignore it). */
+  readonly stage?: VerifyStaging;
 }
 
 export interface ForwardOutput {
@@ -74,6 +99,8 @@ export interface ForwardOutput {
   readonly hidden?: Tensor;
   /** Row offsets per sequence: rows indptr[b] .. indptr[b+1] belong to inputs[b]. */
   readonly indptr: Int32Array;
+  /** With options.stage, when the model supports it: pass it to verify() as `staged`. */
+  readonly staged?: StagedVerify;
 }
 
 /**
@@ -96,8 +123,10 @@ export interface CausalLM {
   /**
    * After forward(inputs): accepted[b] lists the indices (into inputs[b].tokens, strictly increasing,
    * each the parent of the next) whose K/V become committed, in order, for the sequence inputs[b].seq.
+   * `paths`: the verification of this forward's trees (VerifyOutput.paths); when its accepted nodes
+   * are exactly `accepted`, K/V move from its result on the device (no upload). Optional to honour.
    */
-  commit(seqs: readonly number[], accepted: readonly Int32Array[]): void;
+  commit(seqs: readonly number[], accepted: readonly Int32Array[], paths?: VerifiedPaths): void;
   /**
    * Optional fast path for greedy chain drafting (DraftModelSpeculator uses it when present):
    * the same tokens and cache state as, for each input with steps[b] >= 1, forward + commit of its

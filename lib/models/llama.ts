@@ -8,7 +8,7 @@ import { resolveDevice } from '../backend';
 import { native } from '../native';
 import { resolveSamplingOptions, type SamplingOptions } from '../sampling';
 import { asTensor, type Device, type Tensor } from '../tensor';
-import type { CausalLM, ForwardOptions, ForwardOutput, SampledChainArgs, SequenceInput } from './causal_lm';
+import type { CausalLM, ForwardOptions, ForwardOutput, SampledChainArgs, SequenceInput, StagedVerify, VerifiedPaths } from './causal_lm';
 import { codedError, readLlamaConfig, toNativeConfig, type LlamaConfig } from './config';
 
 export type KvDType = 'f32' | 'f16' | 'bf16';
@@ -198,7 +198,7 @@ export class LlamaModel implements CausalLM {
     this.busy = true;
     let r: SpecdecNative.LlamaNativeForward;
     try {
-      r = await handle.forward(inputs.map(nativeInput), options.hidden === true, syncLimit(this.syncForwardMaxMacs));
+      r = await handle.forward(inputs.map(nativeInput), options.hidden === true, syncLimit(this.syncForwardMaxMacs), options.stage);
     } finally {
       this.busy = false;
     }
@@ -209,7 +209,10 @@ export class LlamaModel implements CausalLM {
       hidden?.dispose();
       options.signal.throwIfAborted();
     }
-    return { logits, indptr: r.indptr, ...(hidden !== undefined ? { hidden } : {}) };
+    const out: { -readonly [K in keyof ForwardOutput]: ForwardOutput[K] } = { logits, indptr: r.indptr };
+    if (hidden !== undefined) out.hidden = hidden;
+    if (r.staged !== undefined) out.staged = r.staged as unknown as StagedVerify;
+    return out;
   }
 
   async greedyChain(inputs: readonly SequenceInput[], steps: readonly number[], options: { readonly signal?: AbortSignal } = {}): Promise<Int32Array[]> {
@@ -270,8 +273,8 @@ export class LlamaModel implements CausalLM {
     }
   }
 
-  commit(seqs: readonly number[], accepted: readonly Int32Array[]): void {
-    this.h('commit').commit(Int32Array.from(seqs), accepted);
+  commit(seqs: readonly number[], accepted: readonly Int32Array[], paths?: VerifiedPaths): void {
+    this.h('commit').commit(Int32Array.from(seqs), accepted, paths as SpecdecNative.VerifiedPathsHandle | undefined);
   }
 
   dispose(): void {

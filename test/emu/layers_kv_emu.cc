@@ -278,7 +278,8 @@ void check_kv(std::mt19937_64& rng) {
   std::vector<E*> etable;
   for (auto* p : table) etable.push_back(reinterpret_cast<E*>(p));
   emu::launch(Dim3{static_cast<unsigned>(B), static_cast<unsigned>(L), 1}, kk::kThreads, [&] {
-    kk::kv_commit_kernel<E>(etable.data(), pind.data(), pages.data(), prefix.data(), acc_ptr.data(), acc.data(), page_size, row);
+    kk::kv_commit_kernel<E>(etable.data(), pind.data(), pages.data(), prefix.data(), acc_ptr.data(), acc.data(), nullptr,
+                            page_size, row);
   });
   ok = true;
   for (int l = 0; l < L; ++l) {
@@ -291,6 +292,25 @@ void check_kv(std::mt19937_64& rng) {
     ok = ok && std::memcmp(want.data(), layers[l].data(), layer_elems * sizeof(KVT)) == 0;
   }
   report(ok, "kv commit " + tag + ": accepted nodes compacted to prefix + j in every layer, in place");
+
+  // The same paths as a verification leaves them (LlamaModel::commit with VerifiedPaths): sequence
+  // b's nodes at qo[b] (the verified trees are the batch's new tokens), acc_count[b] of them, stale
+  // entries after them. The cache must come out the same.
+  const auto compacted = layers;
+  for (int l = 0; l < L; ++l) std::copy(snapshot[l].begin(), snapshot[l].end(), layers[l].begin());  // in place: etable stays valid
+  std::vector<int32_t> ragged(static_cast<size_t>(N)), count(static_cast<size_t>(B));
+  for (auto& x : ragged) x = static_cast<int32_t>(rng() % 1000);
+  for (int b = 0; b < B; ++b) {
+    count[b] = acc_ptr[b + 1] - acc_ptr[b];
+    for (int j = 0; j < count[b]; ++j) ragged[qo[b] + j] = acc[acc_ptr[b] + j];
+  }
+  emu::launch(Dim3{static_cast<unsigned>(B), static_cast<unsigned>(L), 1}, kk::kThreads, [&] {
+    kk::kv_commit_kernel<E>(etable.data(), pind.data(), pages.data(), prefix.data(), qo.data(), ragged.data(), count.data(),
+                            page_size, row);
+  });
+  ok = true;
+  for (int l = 0; l < L; ++l) ok = ok && std::memcmp(compacted[l].data(), layers[l].data(), layer_elems * sizeof(KVT)) == 0;
+  report(ok, "kv commit " + tag + ": from a verification's ragged result (offsets + counts), the same cache");
 
   // Copy pages (copy-on-write after fork), in the widest word kv.cu would pick here.
   const std::vector<int32_t> src = {pages[0], pages[2]}, dst = {perm[used], perm[used + 1]};

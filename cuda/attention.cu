@@ -144,6 +144,7 @@ bool launch_tree_attention_tc(const Tensor& q, const Tensor& kv_layer, const Pag
   const int64_t B = batch.batch_size(), N = batch.total_new(), Hkv = kv_layer.size(3), D = kv_layer.size(4), Hq = q.size(1);
   if (!attn_tc::supported(static_cast<int>(D), pieces, static_cast<size_t>(max_optin_smem()))) return false;
   if (B > 65535 || Hkv > 65535) return false;
+  if (reinterpret_cast<uintptr_t>(kv_layer.data()) % 16 != 0) return false;  // K/V are staged in 16-byte loads
   attn::Params p = make_params(q, kv_layer, batch, mask, sm_scale, out);
   const attn_tc::Plan plan = attn_tc::plan_launch(p, B, batch.h_qo_indptr.data(), batch.h_prefix_len.data(), batch.max_qo_len,
                                                   batch.max_kv_len, sm_count(), pieces);

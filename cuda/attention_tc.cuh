@@ -43,7 +43,7 @@
 // either inside the CTA or (planner's choice, attn::plan_launch) by the merge kernel
 // attn::tree_attention_merge_kernel over per-chunk partials. Both give the same bits.
 //
-// K/V staging is plain loads (one slot lookup per key per pass); cp.async double buffering is not done.
+// K/V staging: 16-byte loads, one page lookup per key per pass; cp.async double buffering is not done.
 // The header only needs CUDA's bf16/f16 types and nvcuda::wmma, so test/emu/ compiles it on the host.
 #pragma once
 #include <cstddef>
@@ -90,7 +90,7 @@ __device__ __forceinline__ void split_kv(__half v, bf16* pieces) {
 // Shared memory layout, bytes from the (128-byte aligned) dynamic base; every region 128-byte aligned.
 struct Layout {
   int ld = 0;  // Q/K/V (bf16) and O (f32) row stride, elements: D + 8 (a multiple of 8, as wmma needs)
-  size_t q = 0, k = 0, v = 0, p = 0, s = 0, o = 0, acc = 0, acc_fold = 0, rowstate = 0, slots = 0, bytes = 0;
+  size_t q = 0, k = 0, v = 0, p = 0, s = 0, o = 0, acc = 0, acc_fold = 0, rowstate = 0, slots = 0, offs = 0, bytes = 0;
   __host__ __device__ Layout(int D, int kv_pieces) {
     ld = D + 8;
     auto take = [this](size_t& at, size_t n) {
@@ -107,8 +107,35 @@ struct Layout {
     take(acc_fold, static_cast<size_t>(kRows) * D * 4);
     take(rowstate, 9ull * kRows * 4);  // m, l, alpha, M, L, sa, sb (f32); len, ident (int)
     take(slots, kKeys * 4);
+    take(offs, kKeys * 8);
   }
 };
+
+// K/V are staged 16 bytes at a time: 8 elements of a 2-byte cache. Head dims are multiples of 16,
+// so a key's row is whole vectors, 16-byte aligned in global memory (its offset is a multiple of D
+// elements from a 16-byte aligned layer; the launcher checks the base) and in shared memory (the
+// row stride ld * 2 bytes is a multiple of 16).
+constexpr int kVec = 8;
+constexpr size_t kNoKey = ~size_t{0};
+
+// One 16-byte vector of cache values into its bf16 pieces (piece c at dst + c * piece_stride): a bf16
+// cache's bits as they are; an f16 cache split element by element exactly as split_kv does.
+__device__ __forceinline__ void stage_vec(const uint4& raw, bf16* dst, size_t, const bf16*) {
+  *reinterpret_cast<uint4*>(dst) = raw;
+}
+__device__ __forceinline__ void stage_vec(const uint4& raw, bf16* dst, size_t piece_stride, const __half*) {
+  const __half* h = reinterpret_cast<const __half*>(&raw);
+  alignas(16) bf16 pieces[2][kVec];
+#pragma unroll
+  for (int e = 0; e < kVec; ++e) {
+    bf16 two[2];
+    split_kv(h[e], two);
+    pieces[0][e] = two[0];
+    pieces[1][e] = two[1];
+  }
+  *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(pieces[0]);
+  *reinterpret_cast<uint4*>(dst + piece_stride) = *reinterpret_cast<const uint4*>(pieces[1]);
+}
 
 // Length of a masked row's leading run of visible new tokens 0, 1, ..., k-1 (bits j < qo).
 __device__ __forceinline__ int mask_lead(const uint64_t* row, int words, int qo) {
@@ -156,6 +183,7 @@ __global__ void __launch_bounds__(kThreads) tree_attention_tc_kernel(const Param
   int* Len = reinterpret_cast<int*>(Sb + kRows);
   int* Ident = Len + kRows;
   int* Slots = reinterpret_cast<int*>(base + lay.slots);
+  size_t* Offs = reinterpret_cast<size_t*>(base + lay.offs);  // per staged key: its K's element offset, or kNoKey
 
   const int b = blockIdx.z, h_kv = blockIdx.y, tid = threadIdx.x, warp = tid / 32;
   const int q0 = p.qo_indptr[b], qo = p.qo_indptr[b + 1] - q0, prefix = p.prefix_len[b];
@@ -212,24 +240,21 @@ __global__ void __launch_bounds__(kThreads) tree_attention_tc_kernel(const Param
         if (pos < len) slot = pos < prefix ? pos : prefix + attn::mask_nth(mask_row(tok), pos - prefix);
       }
       Slots[tid] = slot;
+      Offs[tid] = slot >= 0 ? kv_at(slot) : kNoKey;  // the page lookup, once per key and pass
     }
     __syncthreads();
-    for (int idx = tid; idx < kKeys * D; idx += kThreads) {
-      const int kk = idx / D, d = idx % D, slot = Slots[kk];
-      bf16 kp[KP], vp[KP];
-      if (slot >= 0) {
-        const size_t off = kv_at(slot) + d;
-        split_kv(KV[off], kp);
-        split_kv(KV[off + v_off], vp);
-      } else {
-#pragma unroll
-        for (int c = 0; c < KP; ++c) kp[c] = vp[c] = __float2bfloat16_rn(0.f);
+    // 16-byte loads; keys the row does not see stage zeros (+0 in every piece).
+    const int dv = D / kVec;
+    for (int idx = tid; idx < kKeys * dv; idx += kThreads) {
+      const int kk = idx / dv, d = (idx % dv) * kVec;
+      const size_t off = Offs[kk];
+      uint4 kraw{0u, 0u, 0u, 0u}, vraw{0u, 0u, 0u, 0u};
+      if (off != kNoKey) {
+        kraw = *reinterpret_cast<const uint4*>(KV + off + d);
+        vraw = *reinterpret_cast<const uint4*>(KV + off + v_off + d);
       }
-#pragma unroll
-      for (int c = 0; c < KP; ++c) {
-        Ks[(c * kKeys + kk) * ld + d] = kp[c];
-        Vs[(c * kKeys + kk) * ld + d] = vp[c];
-      }
+      stage_vec(kraw, Ks + kk * ld + d, static_cast<size_t>(kKeys) * ld, KV);
+      stage_vec(vraw, Vs + kk * ld + d, static_cast<size_t>(kKeys) * ld, KV);
     }
     __syncthreads();
     // S = Q K^T: warp w owns keys 16w .. 16w+15.

@@ -524,9 +524,10 @@ export class SpecEngine {
     let vin: VerifyInput;
     if (!this.sampling) {
       vin = { mode: 'greedy', nodeIndptr, parents, tokens, target: logits };
+      // (A staged forward applied the tails itself.)
       if (pre && out.staged) vin.staged = out.staged;
+      else if (tails) vin.tails = tails;
       if (this.speculator?.wantsRowArgmax) vin.argmaxOf = logits;
-      if (tails) vin.tails = tails;
       if (heads) vin.headsOnAccepted = heads;
     } else {
       const probs = processLogits(logits, samplingOptions(this.sampling));
@@ -542,9 +543,9 @@ export class SpecEngine {
         offsets: pre?.offsets ?? BigUint64Array.from(seqs, (s) => s.rng.next()),
       };
       if (pre && out.staged) v.staged = out.staged;
+      else if (tails) v.tails = tails;
       if (mode === 'rejection' && draftProbs) v.draft = draftProbs;
       if (this.speculator?.wantsRowArgmax) v.argmaxOf = logits;
-      if (tails) v.tails = tails;
       if (heads) v.headsOnAccepted = heads;
       if (mode === 'typical') {
         if (this.speculator?.typicalThreshold !== undefined) v.typicalThreshold = this.speculator.typicalThreshold;

@@ -60,7 +60,7 @@ export interface VerifyInput {
   /**
    * The forward's staged copy of these trees (ForwardOutput.staged, from ForwardOptions.stage): the
    * index arrays, seeds and offsets are not uploaded again. They must equal the arrays given here
-   * (E_ARG otherwise); device tails were applied by the forward.
+   * (E_ARG otherwise). Device tails were applied by that forward: `tails` goes with `staged` never.
    */
   staged?: StagedVerify;
 }

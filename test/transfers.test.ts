@@ -167,6 +167,7 @@ describe('transfers: host <-> device traffic of a step', function () {
       const other = Int32Array.from(flatParents);
       other[4] = 1;
       assertThrowsCode(() => verify({ mode: 'greedy', nodeIndptr, parents: other, tokens: flatTokens, target: f.logits, staged: st }), 'E_ARG', /staged other trees/);
+      assertThrowsCode(() => verify({ mode: 'greedy', nodeIndptr, parents: flatParents, tokens: flatTokens, target: f.logits, staged: st, tails: [undefined, undefined] }), 'E_ARG', /tails: not with staged/);
       // A handle is only read as what it is.
       assertThrowsCode(() => verify({ mode: 'greedy', nodeIndptr, parents: flatParents, tokens: flatTokens, target: f.logits, staged: v.paths as unknown as StagedVerify }), 'E_ARG', /another kind of handle/);
       assertThrowsCode(() => model.commit(seqsOf(pairs[0] as { seq: number }[]), v.acceptedNodes, st as unknown as VerifiedPaths), 'E_ARG', /paths: .*another kind of handle/);

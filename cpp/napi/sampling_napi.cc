@@ -169,6 +169,8 @@ Napi::Value Verify(const Napi::CallbackInfo& info) {
       SPECDEC_CHECK((!has_seeds || same(staged->h_seeds, seeds.data(), static_cast<int64_t>(seeds.size()))) &&
                         (!has_offsets || same(staged->h_offsets, offsets.data(), static_cast<int64_t>(offsets.size()))),
                     "E_ARG", "staged: the forward staged other seeds or offsets than given");
+      SPECDEC_CHECK(!has_field(o, "tails"), "E_ARG",
+                    "tails: not with staged (the forward that staged the trees applied its own tails)");
       SPECDEC_CHECK(staged->node_indptr.device() == dev, "E_ARG", "staged: the forward ran on ",
                     device_name(staged->node_indptr.device()), ", the target is on ", device_name(dev));
       a.node_indptr = staged->node_indptr;
@@ -190,8 +192,7 @@ Napi::Value Verify(const Napi::CallbackInfo& info) {
       if (has_offsets) a.offsets = pk.view(s_off);
     }
     // tails[b] = { ids, offset }: nodes 1.. of sequence b take their tokens from a device chain's
-    // picks (library-made ids, below the vocabulary); the JS tokens there are placeholders. (A
-    // staged forward has copied them already.)
+    // picks (library-made ids, below the vocabulary); the JS tokens there are placeholders.
     if (!staged && has_field(o, "tails") && tokens.n == N && indptr.n == B + 1) {
       SPECDEC_CHECK(get_field(o, "tails").IsArray(), "E_ARG", "tails: expected an array (one entry per sequence)");
       Napi::Array tails = get_field(o, "tails").As<Napi::Array>();

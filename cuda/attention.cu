@@ -122,9 +122,9 @@ void launch_merge(DType qdt, const attn::Params& p, int64_t rows) {
   }
 }
 
-template <typename QT, typename KVT>
+template <typename QT, typename KVT, int Stages>
 void launch_tc(const attn::Params& p, dim3 grid, size_t smem) {
-  auto kernel = attn_tc::tree_attention_tc_kernel<QT, KVT>;
+  auto kernel = attn_tc::tree_attention_tc_kernel<QT, KVT, Stages>;
   if (smem > 48 * 1024)
     SPECDEC_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   kernel<<<grid, attn_tc::kThreads, smem, stream()>>>(p);
@@ -146,16 +146,18 @@ bool launch_tree_attention_tc(const Tensor& q, const Tensor& kv_layer, const Pag
   if (B > 65535 || Hkv > 65535) return false;
   if (reinterpret_cast<uintptr_t>(kv_layer.data()) % 16 != 0) return false;  // K/V are staged in 16-byte loads
   attn::Params p = make_params(q, kv_layer, batch, mask, sm_scale, out);
+  const int stages = attn_tc::stages_for(static_cast<int>(D), pieces, static_cast<size_t>(max_optin_smem()));
   const attn_tc::Plan plan = attn_tc::plan_launch(p, B, batch.h_qo_indptr.data(), batch.h_prefix_len.data(), batch.max_qo_len,
-                                                  batch.max_kv_len, sm_count(), pieces);
+                                                  batch.max_kv_len, sm_count(), pieces, stages);
   if (plan.grid_x >= (int64_t(1) << 31)) return false;
   Tensor part_acc, part_ml;  // split: held until the merge is queued
   if (p.split) alloc_partials(p, N * Hq, D, part_acc, part_ml);
   const dim3 grid(static_cast<unsigned>(plan.grid_x), static_cast<unsigned>(plan.grid_y), static_cast<unsigned>(plan.grid_z));
   auto go = [&](auto qtag) {
     using QT = decltype(qtag);
-    if (kv == DType::f16) launch_tc<QT, __half>(p, grid, plan.smem);
-    else launch_tc<QT, __nv_bfloat16>(p, grid, plan.smem);
+    if (kv == DType::f16) launch_tc<QT, __half, 1>(p, grid, plan.smem);
+    else if (stages == 2) launch_tc<QT, __nv_bfloat16, 2>(p, grid, plan.smem);
+    else launch_tc<QT, __nv_bfloat16, 1>(p, grid, plan.smem);
   };
   switch (q.dtype()) {
     case DType::f32: go(float{}); break;

@@ -43,7 +43,11 @@
 // either inside the CTA or (planner's choice, attn::plan_launch) by the merge kernel
 // attn::tree_attention_merge_kernel over per-chunk partials. Both give the same bits.
 //
-// K/V staging: 16-byte loads, one page lookup per key per pass; cp.async double buffering is not done.
+// K/V staging: 16-byte loads, one page lookup per key per pass. A bf16 cache is copied by cp.async
+// into two buffers, so the next pass's tile (the next tile's shared pass, or a token's own pass)
+// loads while this pass computes; an f16 cache is split into pieces as it is stored, one buffer. The
+// staged bits are the same either way, so the results are too (checked in the emulation, where a
+// cp.async lands only at its wait).
 // The header only needs CUDA's bf16/f16 types and nvcuda::wmma, so test/emu/ compiles it on the host.
 #pragma once
 #include <cstddef>
@@ -52,6 +56,7 @@
 #include "attention.cuh"
 
 #ifdef __CUDACC__
+#include <cuda_pipeline.h>
 #include <mma.h>
 #endif
 
@@ -73,6 +78,9 @@ constexpr int kLdP = kKeys + 8;  // P (bf16) and S (f32) row strides
 template <typename KVT> struct KvPieces;
 template <> struct KvPieces<bf16> { static constexpr int value = 1; };
 template <> struct KvPieces<__half> { static constexpr int value = 2; };
+// K/V tile buffers ("stages"): a bf16 cache is copied into shared memory as it is (cp.async), so with
+// two buffers the next pass's tile loads while this one computes; an f16 cache is split into pieces
+// as it is stored (through registers), with one buffer. One or two buffers give the same bits.
 
 __device__ __forceinline__ void split2(float v, bf16* hi, bf16* lo) {
   const bf16 h = __float2bfloat16_rn(v);
@@ -90,24 +98,23 @@ __device__ __forceinline__ void split_kv(__half v, bf16* pieces) {
 // Shared memory layout, bytes from the (128-byte aligned) dynamic base; every region 128-byte aligned.
 struct Layout {
   int ld = 0;  // Q/K/V (bf16) and O (f32) row stride, elements: D + 8 (a multiple of 8, as wmma needs)
-  size_t q = 0, k = 0, v = 0, p = 0, s = 0, o = 0, acc = 0, acc_fold = 0, rowstate = 0, slots = 0, offs = 0, bytes = 0;
-  __host__ __device__ Layout(int D, int kv_pieces) {
+  size_t q = 0, k = 0, v = 0, p = 0, s = 0, o = 0, acc = 0, acc_fold = 0, rowstate = 0, offs = 0, bytes = 0;
+  __host__ __device__ Layout(int D, int kv_pieces, int stages = 1) {
     ld = D + 8;
     auto take = [this](size_t& at, size_t n) {
       at = bytes;
       bytes += (n + 127) / 128 * 128;
     };
     take(q, 2ull * kRows * ld * 2);
-    take(k, static_cast<size_t>(kv_pieces) * kKeys * ld * 2);
-    take(v, static_cast<size_t>(kv_pieces) * kKeys * ld * 2);
+    take(k, static_cast<size_t>(stages) * kv_pieces * kKeys * ld * 2);
+    take(v, static_cast<size_t>(stages) * kv_pieces * kKeys * ld * 2);
     take(p, 2ull * kRows * kLdP * 2);
     take(s, static_cast<size_t>(kRows) * kLdP * 4);
     take(o, static_cast<size_t>(kRows) * ld * 4);
     take(acc, static_cast<size_t>(kRows) * D * 4);
     take(acc_fold, static_cast<size_t>(kRows) * D * 4);
     take(rowstate, 9ull * kRows * 4);  // m, l, alpha, M, L, sa, sb (f32); len, ident (int)
-    take(slots, kKeys * 4);
-    take(offs, kKeys * 8);
+    take(offs, 2ull * kKeys * 8);
   }
 };
 
@@ -118,12 +125,15 @@ struct Layout {
 constexpr int kVec = 8;
 constexpr size_t kNoKey = ~size_t{0};
 
-// One 16-byte vector of cache values into its bf16 pieces (piece c at dst + c * piece_stride): a bf16
-// cache's bits as they are; an f16 cache split element by element exactly as split_kv does.
-__device__ __forceinline__ void stage_vec(const uint4& raw, bf16* dst, size_t, const bf16*) {
-  *reinterpret_cast<uint4*>(dst) = raw;
+// One 16-byte vector of cache values (src; null: zeros) into its bf16 pieces (piece c at dst + c *
+// piece_stride): a bf16 cache's bits as they are, by cp.async (complete after async_wait); an f16
+// cache split element by element exactly as split_kv does, stored at once.
+__device__ __forceinline__ void stage_key(const bf16* src, bf16* dst, size_t) {
+  if (src) __pipeline_memcpy_async(dst, src, 16);
+  else *reinterpret_cast<uint4*>(dst) = uint4{0u, 0u, 0u, 0u};
 }
-__device__ __forceinline__ void stage_vec(const uint4& raw, bf16* dst, size_t piece_stride, const __half*) {
+__device__ __forceinline__ void stage_key(const __half* src, bf16* dst, size_t piece_stride) {
+  const uint4 raw = src ? *reinterpret_cast<const uint4*>(src) : uint4{0u, 0u, 0u, 0u};
   const __half* h = reinterpret_cast<const __half*>(&raw);
   alignas(16) bf16 pieces[2][kVec];
 #pragma unroll
@@ -136,6 +146,24 @@ __device__ __forceinline__ void stage_vec(const uint4& raw, bf16* dst, size_t pi
   *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(pieces[0]);
   *reinterpret_cast<uint4*>(dst + piece_stride) = *reinterpret_cast<const uint4*>(pieces[1]);
 }
+// The copies issued since the last commit form a group; async_wait(n) returns once all but the n
+// newest groups have landed (in this thread: a barrier then makes them everyone's).
+template <typename KVT> __device__ __forceinline__ void async_commit() {
+  if (KvPieces<KVT>::value == 1) __pipeline_commit();
+}
+template <typename KVT> __device__ __forceinline__ void async_wait(int n) {
+  if (KvPieces<KVT>::value == 1) {
+    if (n == 0) __pipeline_wait_prior(0);
+    else __pipeline_wait_prior(1);
+  }
+}
+
+// One pass of a CTA over a tile (see the kernel).
+struct PassDesc {
+  int t0;          // first list position of the tile
+  int tok;         // -1: the shared pass; else the token whose own positions it gathers
+  unsigned rmask;  // the rows it serves
+};
 
 // Length of a masked row's leading run of visible new tokens 0, 1, ..., k-1 (bits j < qo).
 __device__ __forceinline__ int mask_lead(const uint64_t* row, int words, int qo) {
@@ -153,11 +181,12 @@ __device__ __forceinline__ int mask_lead(const uint64_t* row, int words, int qo)
   return c;
 }
 
-template <typename QT, typename KVT>
+template <typename QT, typename KVT, int kStages>
 __global__ void __launch_bounds__(kThreads) tree_attention_tc_kernel(const Params p) {
   constexpr int KP = KvPieces<KVT>::value;
+  static_assert(kStages == 1 || (kStages == 2 && KP == 1), "two K/V buffers are for bf16 caches (cp.async)");
   const int D = p.D;
-  const Layout lay(D, KP);
+  const Layout lay(D, KP, kStages);
   const int ld = lay.ld;
 #ifdef __CUDACC__
   extern __shared__ __align__(128) unsigned char tc_smem[];
@@ -166,8 +195,8 @@ __global__ void __launch_bounds__(kThreads) tree_attention_tc_kernel(const Param
   unsigned char* base = ::emu::dynamic_smem<unsigned char>();
 #endif
   bf16* Qs = reinterpret_cast<bf16*>(base + lay.q);   // [2][16][ld]: qh, ql
-  bf16* Ks = reinterpret_cast<bf16*>(base + lay.k);   // [KP][64][ld]
-  bf16* Vs = reinterpret_cast<bf16*>(base + lay.v);   // [KP][64][ld]
+  bf16* Ks = reinterpret_cast<bf16*>(base + lay.k);   // [kStages][KP][64][ld]
+  bf16* Vs = reinterpret_cast<bf16*>(base + lay.v);   // [kStages][KP][64][ld]
   bf16* Ps = reinterpret_cast<bf16*>(base + lay.p);   // [2][16][kLdP]: ph, pl
   float* Ss = reinterpret_cast<float*>(base + lay.s);  // [16][kLdP]
   float* Os = reinterpret_cast<float*>(base + lay.o);  // [16][ld]
@@ -182,8 +211,7 @@ __global__ void __launch_bounds__(kThreads) tree_attention_tc_kernel(const Param
   float* Sb = Sa + kRows;
   int* Len = reinterpret_cast<int*>(Sb + kRows);
   int* Ident = Len + kRows;
-  int* Slots = reinterpret_cast<int*>(base + lay.slots);
-  size_t* Offs = reinterpret_cast<size_t*>(base + lay.offs);  // per staged key: its K's element offset, or kNoKey
+  size_t* Offs = reinterpret_cast<size_t*>(base + lay.offs);  // [2][64]: per staged key, its K's element offset, or kNoKey
 
   const int b = blockIdx.z, h_kv = blockIdx.y, tid = threadIdx.x, warp = tid / 32;
   const int q0 = p.qo_indptr[b], qo = p.qo_indptr[b + 1] - q0, prefix = p.prefix_len[b];
@@ -227,36 +255,65 @@ __global__ void __launch_bounds__(kThreads) tree_attention_tc_kernel(const Param
   int kv_end = 0;
   for (int r = 0; r < nrows; ++r) kv_end = max(kv_end, Len[r]);
 
-  // One pass over tile t0 for the rows in `rmask`: tok < 0 stages slots t0.. directly (shared pass),
-  // tok >= 0 gathers that token's slots at list positions t0.. (per-token pass).
-  auto pass = [&](int t0, unsigned rmask, int tok) {
+  // The first pass at or after (tile t0, step k) of a chunk ending at t_end: per tile, step -1 is the
+  // shared pass (rows whose positions in the tile are all identity-mapped), steps tok_first ..
+  // tok_last those tokens' own passes; a pass without rows is skipped. None left: rmask 0. (Returned
+  // by value: an out-pointer would put the descriptors on the stack.)
+  const int tok_first = row0 / G, tok_last = (row0 + nrows - 1) / G;
+  auto next_pass = [&](int t0, int k, int t_end) {
+    for (; t0 < t_end; t0 += kKeys, k = -1) {
+      for (; k <= tok_last; k = k < 0 ? tok_first : k + 1) {
+        unsigned rm = 0;
+        if (k < 0) {
+          for (int r = 0; r < nrows; ++r)
+            if (Len[r] > t0 && min(t0 + kKeys, Len[r]) <= Ident[r]) rm |= 1u << r;
+        } else {
+          for (int r = max(0, k * G - row0); r < nrows && (row0 + r) / G == k; ++r)
+            if (Len[r] > t0 && min(t0 + kKeys, Len[r]) > Ident[r]) rm |= 1u << r;
+        }
+        if (rm) return PassDesc{t0, k, rm};
+      }
+    }
+    return PassDesc{t_end, -1, 0u};
+  };
+
+  // A pass serves the rows in `rmask` over tile t0: tok < 0 stages slots t0.. directly (shared
+  // pass), tok >= 0 gathers that token's slots at list positions t0.. (per-token pass). It runs in
+  // three steps, so that a bf16 cache's next pass loads while this one computes (kStages buffers):
+  //   prepare: each key's K element offset (the page lookup, once per key and pass) into Offs[buf];
+  //   issue:   after a barrier, the 16-byte vectors into Ks/Vs[buf] (cp.async for bf16; f16 splits
+  //            into pieces as it stores), zeros (+0 in every piece) for keys the rows do not see;
+  //   compute: after the copies are waited for and a barrier, S, the softmax, P V and the update.
+  auto prepare = [&](const PassDesc& ps, int buf) {
     if (tid < kKeys) {
-      const int pos = t0 + tid;
+      const int pos = ps.t0 + tid;
       int slot = -1;
-      if (tok < 0) {
+      if (ps.tok < 0) {
         slot = pos < total ? pos : -1;
       } else {
-        const int len = prefix + attn::mask_count(mask_row(tok), p.mask_words, qo);
-        if (pos < len) slot = pos < prefix ? pos : prefix + attn::mask_nth(mask_row(tok), pos - prefix);
+        const int len = prefix + attn::mask_count(mask_row(ps.tok), p.mask_words, qo);
+        if (pos < len) slot = pos < prefix ? pos : prefix + attn::mask_nth(mask_row(ps.tok), pos - prefix);
       }
-      Slots[tid] = slot;
-      Offs[tid] = slot >= 0 ? kv_at(slot) : kNoKey;  // the page lookup, once per key and pass
+      Offs[buf * kKeys + tid] = slot >= 0 ? kv_at(slot) : kNoKey;
     }
-    __syncthreads();
-    // 16-byte loads; keys the row does not see stage zeros (+0 in every piece).
+  };
+  auto issue = [&](int buf) {
     const int dv = D / kVec;
+    bf16* Kb = Ks + static_cast<size_t>(buf) * KP * kKeys * ld;
+    bf16* Vb = Vs + static_cast<size_t>(buf) * KP * kKeys * ld;
     for (int idx = tid; idx < kKeys * dv; idx += kThreads) {
       const int kk = idx / dv, d = (idx % dv) * kVec;
-      const size_t off = Offs[kk];
-      uint4 kraw{0u, 0u, 0u, 0u}, vraw{0u, 0u, 0u, 0u};
-      if (off != kNoKey) {
-        kraw = *reinterpret_cast<const uint4*>(KV + off + d);
-        vraw = *reinterpret_cast<const uint4*>(KV + off + v_off + d);
-      }
-      stage_vec(kraw, Ks + kk * ld + d, static_cast<size_t>(kKeys) * ld, KV);
-      stage_vec(vraw, Vs + kk * ld + d, static_cast<size_t>(kKeys) * ld, KV);
+      const size_t off = Offs[buf * kKeys + kk];
+      stage_key(off == kNoKey ? nullptr : KV + off + d, Kb + kk * ld + d, static_cast<size_t>(kKeys) * ld);
+      stage_key(off == kNoKey ? nullptr : KV + off + v_off + d, Vb + kk * ld + d, static_cast<size_t>(kKeys) * ld);
     }
-    __syncthreads();
+    async_commit<KVT>();
+  };
+  auto compute = [&](const PassDesc& ps, int buf) {
+    const int t0 = ps.t0;
+    const unsigned rmask = ps.rmask;
+    const bf16* Kb = Ks + static_cast<size_t>(buf) * KP * kKeys * ld;
+    const bf16* Vb = Vs + static_cast<size_t>(buf) * KP * kKeys * ld;
     // S = Q K^T: warp w owns keys 16w .. 16w+15.
     {
       wmma::fragment<wmma::accumulator, 16, 16, 16, float> s;
@@ -264,7 +321,7 @@ __global__ void __launch_bounds__(kThreads) tree_attention_tc_kernel(const Param
       for (int kd = 0; kd < D; kd += 16) {
         wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> kb[KP];
 #pragma unroll
-        for (int c = 0; c < KP; ++c) wmma::load_matrix_sync(kb[c], Ks + (c * kKeys + 16 * warp) * ld + kd, ld);
+        for (int c = 0; c < KP; ++c) wmma::load_matrix_sync(kb[c], Kb + (c * kKeys + 16 * warp) * ld + kd, ld);
         wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> a;
 #pragma unroll
         for (int piece = 0; piece < 2; ++piece) {
@@ -316,7 +373,7 @@ __global__ void __launch_bounds__(kThreads) tree_attention_tc_kernel(const Param
       for (int kb = 0; kb < kKeys; kb += 16) {
         wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> vb[KP];
 #pragma unroll
-        for (int c = 0; c < KP; ++c) wmma::load_matrix_sync(vb[c], Vs + (c * kKeys + kb) * ld + c0, ld);
+        for (int c = 0; c < KP; ++c) wmma::load_matrix_sync(vb[c], Vb + (c * kKeys + kb) * ld + c0, ld);
         wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> a;
 #pragma unroll
         for (int piece = 0; piece < 2; ++piece) {
@@ -332,11 +389,10 @@ __global__ void __launch_bounds__(kThreads) tree_attention_tc_kernel(const Param
       const int r = idx / D;
       if ((rmask >> r) & 1u) Acc[idx] = __fadd_rn(__fmul_rn(Acc[idx], Alpha[r]), Os[r * ld + idx % D]);
     }
-    // The next pass's first writes (Slots, then K/V) touch nothing read here, and its softmax
-    // (which rewrites Alpha) comes after two more barriers.
+    // The next pass's writes (Offs, K/V) touch nothing read here, and its softmax (which rewrites
+    // Alpha) comes after two more barriers.
   };
 
-  const int tok_first = row0 / G, tok_last = (row0 + nrows - 1) / G;
   const int n_chunks = (kv_end + attn::kChunk - 1) / attn::kChunk;
   // Split: this CTA owns the partials of chunks c_begin .. c_end-1 (written even when empty).
   const int c_begin = p.split ? group * p.chunks_per_cta : 0;
@@ -347,17 +403,37 @@ __global__ void __launch_bounds__(kThreads) tree_attention_tc_kernel(const Param
     for (int idx = tid; idx < kRows * D; idx += kThreads) Acc[idx] = 0.f;
     // (the first pass's barriers order these writes before the softmax and the accumulator update)
     const int t_end = min((c + 1) * attn::kChunk, kv_end);
-    for (int t0 = c * attn::kChunk; t0 < t_end; t0 += kKeys) {
-      unsigned shared_rows = 0;
-      for (int r = 0; r < nrows; ++r)
-        if (Len[r] > t0 && min(t0 + kKeys, Len[r]) <= Ident[r]) shared_rows |= 1u << r;
-      if (shared_rows) pass(t0, shared_rows, -1);
-      for (int i = tok_first; i <= tok_last; ++i) {
-        unsigned own = 0;
-        for (int r = max(0, i * G - row0); r < nrows && (row0 + r) / G == i; ++r)
-          if (Len[r] > t0 && min(t0 + kKeys, Len[r]) > Ident[r]) own |= 1u << r;
-        if (own) pass(t0, own, i);
+    // The chunk's passes in order: per tile, the shared pass, then the tokens' own passes.
+    PassDesc cur = next_pass(c * attn::kChunk, -1, t_end);
+    bool more = cur.rmask != 0;
+    if (more) {
+      prepare(cur, 0);
+      __syncthreads();
+      issue(0);
+    }
+    for (int buf = 0; more;) {
+      const PassDesc nxt = next_pass(cur.t0, cur.tok < 0 ? tok_first : cur.tok + 1, t_end);
+      more = nxt.rmask != 0;
+      const bool ahead = kStages == 2 && more;  // the next pass loads while this one computes
+      if (ahead) {
+        prepare(nxt, buf ^ 1);
+        __syncthreads();
+        issue(buf ^ 1);
+        async_wait<KVT>(1);
+      } else {
+        async_wait<KVT>(0);
       }
+      __syncthreads();
+      compute(cur, buf);
+      if (!more) break;
+      if (ahead) {
+        buf ^= 1;
+      } else {
+        prepare(nxt, buf);
+        __syncthreads();
+        issue(buf);
+      }
+      cur = nxt;
     }
     __syncthreads();
     if (p.split) {
@@ -405,11 +481,16 @@ __global__ void __launch_bounds__(kThreads) tree_attention_tc_kernel(const Param
 // p.chunks_per_cta (p.G, p.Hkv, p.Hq, p.D must be set). grid = (grid_x, Hkv, B), block = kThreads.
 using attn::Plan;
 inline Plan plan_launch(Params& p, int64_t B, const int32_t* h_qo_indptr, const int32_t* h_prefix_len, int64_t max_qo_len,
-                        int64_t max_kv_len, int64_t sm_count, int kv_pieces) {
+                        int64_t max_kv_len, int64_t sm_count, int kv_pieces, int stages) {
   static_assert(kRows == attn::kRowsPerCta && attn::kChunk % kKeys == 0, "tiles and chunks must match attention.cuh's planner");
   Plan plan = attn::plan_launch(p, B, h_qo_indptr, h_prefix_len, max_qo_len, max_kv_len, sm_count);
-  plan.smem = Layout(p.D, kv_pieces).bytes;
+  plan.smem = Layout(p.D, kv_pieces, stages).bytes;
   return plan;
+}
+// K/V buffers for this head dim and opt-in shared memory: two (loads overlap the tile's math) for a
+// bf16 cache when they fit, else one.
+inline int stages_for(int D, int kv_pieces, size_t max_smem) {
+  return kv_pieces == 1 && Layout(D, 1, 2).bytes <= max_smem ? 2 : 1;
 }
 // Whether the kernel serves this head dim with this much opt-in shared memory per block.
 inline bool supported(int D, int kv_pieces, size_t max_smem) {

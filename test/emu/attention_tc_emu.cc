@@ -10,6 +10,8 @@
 //   and that nothing is written outside `out` (AddressSanitizer: nothing read out of bounds).
 //   (4) split-KV (per-chunk partials + attention.cuh's merge kernel, the planner's grouping) == the
 //       in-CTA fold, bit for bit, and tree = path under both.
+//   (5) bf16 caches: two K/V buffers (the next pass's tile loads by cp.async while this one computes;
+//       the emulated cp.async lands only at its wait) == one buffer, bit for bit.
 // Usage: attention_tc_emu SEED [CONFIGS [TREES]] (limits for the slower ThreadSanitizer build).
 #include "cuda_emu.h"
 #include "emu_check.h"
@@ -44,7 +46,7 @@ template <typename QT> double tolerance() {
 // one splits whenever there are 2+ chunks); returns out as f32; *guard_ok: nothing written outside out.
 template <typename QT, typename KVT>
 std::vector<float> run(const Problem<QT, KVT>& pr, bool* guard_ok, int64_t sm_count = 0, bool* split_used = nullptr,
-                       int* chunks_per_cta = nullptr) {
+                       int* chunks_per_cta = nullptr, int stages = 0) {
   const int64_t N = pr.N();
   const int B = static_cast<int>(pr.seqs.size());
   std::vector<QT> out(static_cast<size_t>(N) * pr.Hq * pr.D + 2 * kGuard, from_float<QT>(-777.f));
@@ -64,7 +66,9 @@ std::vector<float> run(const Problem<QT, KVT>& pr, bool* guard_ok, int64_t sm_co
   for (const auto& s : pr.seqs) max_qo = std::max<int64_t>(max_qo, s.qo), max_kv = std::max<int64_t>(max_kv, s.prefix + s.qo);
   const int pieces = tc::KvPieces<KVT>::value;
   if (!tc::supported(pr.D, pieces, 227 * 1024)) emu::die("unsupported shape");
-  const tc::Plan plan = tc::plan_launch(p, B, pr.qo_indptr.data(), pr.prefix.data(), max_qo, max_kv, sm_count, pieces);
+  // K/V buffers: as attention.cu picks them on an H100 (227 KiB), unless the caller says.
+  if (stages == 0) stages = tc::stages_for(pr.D, pieces, 227 * 1024);
+  const tc::Plan plan = tc::plan_launch(p, B, pr.qo_indptr.data(), pr.prefix.data(), max_qo, max_kv, sm_count, pieces, stages);
   if (split_used) *split_used = p.split;
   if (chunks_per_cta) *chunks_per_cta = p.chunks_per_cta;
   std::vector<float> part_acc, part_ml;
@@ -75,7 +79,12 @@ std::vector<float> run(const Problem<QT, KVT>& pr, bool* guard_ok, int64_t sm_co
     p.part_ml = part_ml.data();
   }
   const Dim3 grid{static_cast<unsigned>(plan.grid_x), static_cast<unsigned>(plan.grid_y), static_cast<unsigned>(plan.grid_z)};
-  emu::launch(grid, tc::kThreads, plan.smem, [&] { tc::tree_attention_tc_kernel<QT, KVT>(p); });
+  emu::launch(grid, tc::kThreads, plan.smem, [&] {
+    if constexpr (tc::KvPieces<KVT>::value == 1) {
+      if (stages == 2) return tc::tree_attention_tc_kernel<QT, KVT, 2>(p);
+    }
+    tc::tree_attention_tc_kernel<QT, KVT, 1>(p);
+  });
   if (p.split) {
     const int64_t rows = N * pr.Hq;
     const Dim3 mgrid{static_cast<unsigned>((rows + attn::kMergeWarps - 1) / attn::kMergeWarps), 1, 1};
@@ -151,6 +160,13 @@ void check(std::mt19937_64& rng, const char* label, int Hq, int Hkv, int D, cons
   std::snprintf(buf, sizeof buf, ": max abs error %.2e (tolerance %.0e)", worst, tol);
   report(worst <= tol, what + buf);
   report(guard, what + ": writes exactly out");
+  // (5) A bf16 cache's two K/V buffers (cp.async into one while the other computes) == one buffer.
+  if (tc::KvPieces<KVT>::value == 1) {
+    bool g1 = false;
+    const auto single = run(pr, &g1, 0, nullptr, nullptr, 1);
+    report(g1 && std::memcmp(single.data(), got.data(), got.size() * sizeof(float)) == 0,
+           what + ": one K/V buffer == two (cp.async overlapped), bit for bit");
+  }
   // (4) split-KV == in-CTA fold: split whenever there are 2+ chunks, and a planner grouping of 2+
   // chunks per CTA when there are 3+ chunks.
   int64_t max_kv = 0;

@@ -72,6 +72,18 @@ T* dynamic_smem() {
   return reinterpret_cast<T*>(dyn_smem);
 }
 
+// cp.async (cuda_pipeline.h's primitives): a thread's copies are queued and land only when
+// __pipeline_wait_prior lets their group complete. Reading a buffer before its wait therefore reads
+// what was there before (a wrong result), and reading another thread's copies without a barrier after
+// its wait is a data race (ThreadSanitizer).
+struct PendingCopy {
+  void* dst;
+  const void* src;
+  size_t bytes;
+};
+inline thread_local std::vector<PendingCopy> copies_open;                  // since the last commit
+inline thread_local std::vector<std::vector<PendingCopy>> copy_groups;    // committed, oldest first
+
 // Runs kernel() once per thread of every block of the grid: one std::thread per thread of a block,
 // which walks the blocks in order, with a barrier between blocks (shared memory is reused).
 // Dynamic shared memory (smem_bytes) is filled with 0xff bytes (NaN as floats) before each block,
@@ -100,6 +112,7 @@ void launch(Dim3 grid, unsigned threads, size_t smem_bytes, F kernel) {
             block.arrive_and_wait();
             blockIdx = Dim3{bx, by, bz};
             kernel();
+            if (!copies_open.empty() || !copy_groups.empty()) die("a block ended with cp.async copies not waited for");
             block.arrive_and_wait();
           }
     });
@@ -117,6 +130,23 @@ inline unsigned lane() { return threadIdx.x % 32; }
 }  // namespace emu
 
 inline void __syncthreads() { emu::block_barrier->arrive_and_wait(); }
+
+inline void __pipeline_memcpy_async(void* dst, const void* src, size_t bytes) {
+  if (bytes != 4 && bytes != 8 && bytes != 16) emu::die("cp.async copies 4, 8 or 16 bytes");
+  if (reinterpret_cast<uintptr_t>(dst) % bytes != 0 || reinterpret_cast<uintptr_t>(src) % bytes != 0)
+    emu::die("cp.async: a misaligned address");
+  emu::copies_open.push_back({dst, src, bytes});
+}
+inline void __pipeline_commit() {
+  emu::copy_groups.push_back(std::move(emu::copies_open));
+  emu::copies_open.clear();
+}
+inline void __pipeline_wait_prior(size_t newest_left) {
+  while (emu::copy_groups.size() > newest_left) {
+    for (const auto& c : emu::copy_groups.front()) std::memcpy(c.dst, c.src, c.bytes);
+    emu::copy_groups.erase(emu::copy_groups.begin());
+  }
+}
 inline void __syncwarp(unsigned = 0xffffffffu) { emu::warp_barriers[threadIdx.x / 32]->arrive_and_wait(); }
 
 // Warp shuffles, full warps only (every caller here passes 0xffffffff): each lane posts its value,

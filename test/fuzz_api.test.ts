@@ -17,6 +17,7 @@ import { findWeights } from '../lib/models/llama';
 import { encodeSafetensors, type SafetensorsEntry } from '../lib/safetensors';
 import { MedusaHeads } from '../lib/strategies/medusa';
 import { rng, testSeed } from './helpers';
+import { verify } from '../lib/verify';
 
 const root = path.resolve(__dirname, '..', '..');
 const defaults = path.join(root, 'models', 'default');
@@ -262,6 +263,93 @@ describe(`fuzz: TypeScript inputs (seed ${testSeed})`, function () {
           for (const t of tokens) assert.ok(t >= 0 && t < V, `token ${t}`);
         });
       }
+    } finally {
+      model.dispose();
+    }
+  });
+
+  it('staged verification and commit from its paths, damaged: E_ARG, or exactly the unstaged step (verification and cache)', async () => {
+    const model = await LlamaModel.load(path.join(defaults, 'target'), { device: 'cpu', maxSequences: 8 });
+    try {
+      const V = model.config.vocabSize;
+      // Two sequences off one committed prompt; each case steps a staged pair (damaged) and a plain
+      // pair (the reference) through forward, verify and commit, then compares the caches.
+      const root = model.createSequence();
+      const pre = Int32Array.from({ length: 13 }, () => Math.floor(r() * V));
+      const f0 = await model.forward([{ seq: root, tokens: pre }]);
+      f0.logits.dispose();
+      model.commit([root], [Int32Array.from(pre, (_, j) => j)]);
+      const randomTree = (n: number): { parents: Int32Array; tokens: Int32Array } => ({
+        parents: Int32Array.from({ length: n }, (_, i) => (i === 0 ? -1 : Math.floor(r() * i))),
+        tokens: Int32Array.from({ length: n }, () => Math.floor(r() * V)),
+      });
+      let stale: ReturnType<typeof verify>['paths'];
+      const seen = { error: 0, ok: 0 };
+      for (let i = 0; i < 40; i++) {
+        const trees = [randomTree(1 + Math.floor(r() * 6)), randomTree(1 + Math.floor(r() * 6))];
+        // Accept the greedy path often: tokens along the argmax where the tree allows it.
+        const nodeIndptr = Int32Array.of(0, trees[0]!.tokens.length, trees[0]!.tokens.length + trees[1]!.tokens.length);
+        const parents = Int32Array.from([...trees[0]!.parents, ...trees[1]!.parents]);
+        const tokens = Int32Array.from([...trees[0]!.tokens, ...trees[1]!.tokens]);
+        const seeds = BigUint64Array.of(BigInt(i), 7n), offsets = BigUint64Array.of(1n, BigInt(i));
+        const sampled = r() < 0.5;
+        const damage = Math.floor(r() * 8);
+        const stage: { parents: Int32Array; seeds?: BigUint64Array; offsets?: BigUint64Array } = { parents };
+        if (sampled) Object.assign(stage, { seeds, offsets });
+        if (damage === 1) stage.parents = parents.subarray(0, parents.length - 1);
+        if (damage === 2) stage.parents = Int32Array.from(parents, (p, j) => (j === parents.length - 1 ? pick(r, [-5, 2 ** 30, p + 1]) : p));
+        if (damage === 3) stage.seeds = BigUint64Array.of(1n);
+        const pairs = [0, 1].map(() => [model.forkSequence(root), model.forkSequence(root)]);
+        const inputs = (pair: number[]) => pair.map((seq, b) => ({ seq, tokens: trees[b]!.tokens, parents: trees[b]!.parents }));
+        // One step of `pair`: forward (staged or not), verify, commit; returns what it committed
+        // and the verification's emitted tokens.
+        const step = async (pair: number[], staged: boolean): Promise<{ accepted: Int32Array[]; emitted: number[][] }> => {
+          const f = await model.forward(inputs(pair), staged ? { stage } : {});
+          let probs: ReturnType<typeof sampling.processLogits> | undefined;
+          try {
+            const target = sampled ? (probs = sampling.processLogits(f.logits, { temperature: 1.3 })) : f.logits;
+            const vin: Parameters<typeof verify>[0] = { mode: sampled ? 'rejection' : 'greedy', nodeIndptr, parents, tokens, target };
+            if (sampled) Object.assign(vin, { seeds, offsets });
+            if (staged) {
+              const st = damage === 7 && stale ? (stale as unknown as typeof f.staged) : f.staged;
+              if (st) vin.staged = st;
+              if (damage === 4) vin.tokens = Int32Array.from(tokens, (t, j) => (j === 0 ? (t + 1) % V : t));
+            }
+            const v = verify(vin);
+            let accepted = v.acceptedNodes;
+            if (staged && damage === 5) accepted = accepted.map((a) => a.subarray(0, Math.max(1, a.length - 1)));
+            const paths = staged ? (damage === 6 ? stale : v.paths) : undefined;
+            if (staged) stale = v.paths;
+            model.commit(pair, accepted, paths);
+            return { accepted: accepted.map((a) => Int32Array.from(a)), emitted: v.emitted.map((e) => Array.from(e)) };
+          } finally {
+            f.logits.dispose();
+            probs?.dispose();
+          }
+        };
+        const [sp, rp] = pairs as [number[], number[]];
+        const outcome = await codedOrValidAsync(`staged step ${i}, damage ${damage}, ${sampled ? 'sampled' : 'greedy'}`, ['E_ARG'], () => step(sp, true), async (got) => {
+          // The reference: the same step unstaged; then it commits what the staged step committed.
+          const ref = await step(rp, false);
+          assert.deepStrictEqual(got.emitted, ref.emitted, 'the same verification');
+          if (damage === 5) {
+            for (const s of rp) model.truncate(s, pre.length);
+            const f = await model.forward(inputs(rp));
+            f.logits.dispose();
+            model.commit(rp, got.accepted);
+          } else {
+            assert.deepStrictEqual(got.accepted, ref.accepted);
+          }
+          // The same caches: a probe token after each sequence gives the same logits, bit for bit.
+          const probe = await model.forward([...sp, ...rp].map((seq) => ({ seq, tokens: Int32Array.of(1) })));
+          const rows = probe.logits.toFloat32();
+          probe.logits.dispose();
+          assert.deepStrictEqual(Array.from(rows.subarray(0, 2 * V)), Array.from(rows.subarray(2 * V)), 'caches after the staged and the plain step');
+        });
+        seen[outcome]++;
+        for (const s of [...sp, ...rp]) model.freeSequence(s);
+      }
+      assert.ok(seen.error > 3 && seen.ok > 3, JSON.stringify(seen));
     } finally {
       model.dispose();
     }

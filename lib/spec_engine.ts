@@ -2,7 +2,7 @@
 // tree per sequence -> ONE model forward over all trees of the batch -> verify -> commit the
 // accepted nodes -> let the speculator sync -> emit -> statistics. It lives apart from the decoder
 // so that a hybrid speculator can run the same loop on its draft model ("Medusa as the draft").
-import type { CausalLM, ForwardOptions, ForwardOutput, SequenceInput, VerifiedPaths, VerifyStaging } from './models/causal_lm';
+import type { CausalLM, ForwardOptions, ForwardOutput, SequenceInput, StagedVerify, VerifiedPaths, VerifyStaging } from './models/causal_lm';
 import type {
   Proposal,
   ProposalBatch,
@@ -342,9 +342,10 @@ export class SpecEngine {
       const allProposals: readonly Proposal[] = single ? (proposals[0] as readonly Proposal[]) : proposals.flat();
       const inputs: SequenceInput[] = new Array<SequenceInput>(allProposals.length);
       for (let b = 0; b < inputs.length; b++) inputs[b] = forwardInput((allSeqs[b] as EngineSequence).modelSeq, allProposals[b] as Proposal);
-      // One part: its verification's inputs go with the forward's upload (one upload a step).
-      const pre = single ? first.engine.verifyInputs(allProposals, allSeqs) : undefined;
-      out = await model.forward(inputs, forwardOptions(speculator?.wantsHidden === true, signal, pre));
+      // The verifications' inputs go with the forward's upload (one upload a step): one part's
+      // trees as they are, several parts' each verified on their own rows (stage.parts).
+      const staging = single ? oneStaging(first.engine.verifyInputs(allProposals, allSeqs)) : SpecEngine.stageParts(live, proposals);
+      out = await model.forward(inputs, forwardOptions(speculator?.wantsHidden === true, signal, staging.stage));
       const tTarget = performance.now();
       // The measured forward refines the model's cost curve (tree sizing reads it).
       const cost = knownForwardCost(model);
@@ -358,7 +359,9 @@ export class SpecEngine {
         const p = live[i] as StepPart;
         const n = p.seqs.length;
         const sub = single ? out : partOutput(out, seq0, n, owned);
-        const r = p.engine.verifyPart(proposals[i] as readonly Proposal[], sub, p.seqs, (batches[i] as ProposalBatch).draftProbs, owned, pre);
+        const pre = staging.pres[i];
+        const staged = pre && out.staged ? (single ? { handle: out.staged } : { handle: out.staged, part: i }) : undefined;
+        const r = p.engine.verifyPart(proposals[i] as readonly Proposal[], sub, p.seqs, (batches[i] as ProposalBatch).draftProbs, owned, pre, staged);
         r.output = sub;
         results.push(r as PartResult);
         seq0 += n;
@@ -368,8 +371,10 @@ export class SpecEngine {
       const accepted: readonly Int32Array[] = single ? (results[0] as PartResult).accepted : results.flatMap((r) => r.accepted);
       const modelSeqs = new Array<number>(allSeqs.length);
       for (let b = 0; b < allSeqs.length; b++) modelSeqs[b] = (allSeqs[b] as EngineSequence).modelSeq;
-      // (K/V of a verified step move from the verification's device result: no upload.)
-      const paths = single ? (results[0] as PartResult).paths : undefined;
+      // (K/V of a verified step move from the verifications' device results: no upload.)
+      let paths: VerifiedPaths | VerifiedPaths[] | undefined;
+      if (single) paths = (results[0] as PartResult).paths;
+      else for (const r of results) if (r.paths) (paths = (paths as VerifiedPaths[] | undefined) ?? []).push(r.paths);
       if (paths) model.commit(modelSeqs, accepted, paths);
       else model.commit(modelSeqs, accepted);
       for (let i = 0; i < live.length; i++) {
@@ -463,6 +468,39 @@ export class SpecEngine {
   }
 
   /**
+   * Several parts, each verified on its own rows: their trees' parents concatenated, their seeds and
+   * counters at their sequences (zeros for a greedy part, which reads none), and the parts' sequence
+   * offsets, so that the forward stages each part's node offsets too.
+   */
+  private static stageParts(parts: readonly StepPart[], proposals: readonly (readonly Proposal[])[]): Staging {
+    const pres = parts.map((p, i) => p.engine.verifyInputs(proposals[i] as readonly Proposal[], p.seqs));
+    if (pres.every((x) => x === undefined)) return { pres };
+    const flats = pres.map((x, i) => x ?? flattenTrees(proposals[i] as readonly Proposal[]));
+    const offs = new Int32Array(parts.length + 1);
+    let nodes = 0;
+    for (let i = 0; i < parts.length; i++) {
+      offs[i + 1] = (offs[i] as number) + (parts[i] as StepPart).seqs.length;
+      nodes += (flats[i] as FlatTrees).parents.length;
+    }
+    const parents = new Int32Array(nodes);
+    for (let i = 0, at = 0; i < flats.length; i++) {
+      parents.set((flats[i] as FlatTrees).parents, at);
+      at += (flats[i] as FlatTrees).parents.length;
+    }
+    const stage: { parents: Int32Array; parts: Int32Array; seeds?: BigUint64Array; offsets?: BigUint64Array } = { parents, parts: offs };
+    if (pres.some((x) => x?.seeds)) {
+      const B = offs[parts.length] as number;
+      stage.seeds = new BigUint64Array(B);
+      stage.offsets = new BigUint64Array(B);
+      pres.forEach((x, i) => {
+        if (x?.seeds) stage.seeds?.set(x.seeds, offs[i] as number);
+        if (x?.offsets) stage.offsets?.set(x.offsets, offs[i] as number);
+      });
+    }
+    return { pres, stage };
+  }
+
+  /**
    * The flattened trees (and the sampled verification's Philox keys and counters, drawn now) of a
    * step whose proposals need verify(), so that the forward can stage them; undefined when greedy
    * argmaxes alone decide (lone roots).
@@ -485,6 +523,7 @@ export class SpecEngine {
     draftProbs: Tensor | undefined,
     owned: Tensor[],
     pre?: VerifyStaging & FlatTrees,
+    staged?: StagedRef,
   ): VerifiedPart {
     if (!this.sampling && allLoneRoots(proposals)) {
       // Greedy with nothing proposed (no speculator, or no n-gram match): greedy verification of a
@@ -500,7 +539,7 @@ export class SpecEngine {
       }
       return { accepted, emitted, rowArgmax: top };
     }
-    const v = this.verifyBatch(proposals, out, seqs, draftProbs, (p) => owned.push(p), pre);
+    const v = this.verifyBatch(proposals, out, seqs, draftProbs, (p) => owned.push(p), pre, staged);
     const r: VerifiedPart = { accepted: v.acceptedNodes, emitted: v.emitted };
     if (v.paths) r.paths = v.paths;
     if (v.argmax) r.rowArgmax = v.argmax;
@@ -516,6 +555,7 @@ export class SpecEngine {
     draftProbs: Tensor | undefined,
     keep: (probs: Tensor) => void,
     pre?: VerifyStaging & FlatTrees,
+    staged?: StagedRef,
   ): VerifyOutput {
     const { logits, hidden } = out;
     const { nodeIndptr, parents, tokens } = pre ?? flattenTrees(proposals);
@@ -525,7 +565,7 @@ export class SpecEngine {
     if (!this.sampling) {
       vin = { mode: 'greedy', nodeIndptr, parents, tokens, target: logits };
       // (A staged forward applied the tails itself.)
-      if (pre && out.staged) vin.staged = out.staged;
+      if (staged) setStaged(vin, staged);
       else if (tails) vin.tails = tails;
       if (this.speculator?.wantsRowArgmax) vin.argmaxOf = logits;
       if (heads) vin.headsOnAccepted = heads;
@@ -542,7 +582,7 @@ export class SpecEngine {
         seeds: pre?.seeds ?? BigUint64Array.from(seqs, (s) => s.rng.seed),
         offsets: pre?.offsets ?? BigUint64Array.from(seqs, (s) => s.rng.next()),
       };
-      if (pre && out.staged) v.staged = out.staged;
+      if (staged) setStaged(v, staged);
       else if (tails) v.tails = tails;
       if (mode === 'rejection' && draftProbs) v.draft = draftProbs;
       if (this.speculator?.wantsRowArgmax) v.argmaxOf = logits;
@@ -623,6 +663,28 @@ interface VerifiedPart {
 }
 
 type FlatTrees = ReturnType<typeof flattenTrees>;
+
+/** A forward's staged verification inputs, and which of its parts a verification takes. */
+interface StagedRef {
+  readonly handle: StagedVerify;
+  readonly part?: number;
+}
+
+function setStaged(v: { staged?: StagedVerify; stagedPart?: number }, s: StagedRef): void {
+  v.staged = s.handle;
+  if (s.part !== undefined) v.stagedPart = s.part;
+}
+
+/** Per part: what verifyPart needs made before the forward; and what the forward stages. */
+interface Staging {
+  readonly pres: readonly ((VerifyStaging & FlatTrees) | undefined)[];
+  readonly stage?: VerifyStaging;
+}
+
+function oneStaging(pre: (VerifyStaging & FlatTrees) | undefined): Staging {
+  return pre ? { pres: [pre], stage: pre } : { pres: [undefined] };
+}
+
 
 interface PartResult {
   readonly accepted: readonly Int32Array[];

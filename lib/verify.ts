@@ -63,6 +63,8 @@ export interface VerifyInput {
    * (E_ARG otherwise). Device tails were applied by that forward: `tails` goes with `staged` never.
    */
   staged?: StagedVerify;
+  /** With `staged` from a forward that staged parts (VerifyStaging.parts): which part this is. */
+  stagedPart?: number;
 }
 
 export interface VerifyOutput {
@@ -110,6 +112,7 @@ export function verify(input: VerifyInput): VerifyOutput {
     args.medusa = { hidden: h.hidden, heads: h.heads.map((x) => ({ w: x.w, b: x.b, lmHead: x.lmHead })), k: h.k };
   }
   if (input.staged !== undefined) args.staged = input.staged as unknown as SpecdecNative.StagedVerifyHandle;
+  if (input.stagedPart !== undefined) args.stagedPart = input.stagedPart;
   if (input.tails !== undefined) args.tails = input.tails.map((t) => (t ? { ids: t.ids, offset: t.offset } : undefined));
   const r = native().verifyTree(args);
   const acceptedNodes: Int32Array[] = [];

@@ -8,6 +8,7 @@ import * as os from 'os';
 import * as path from 'path';
 
 import { SpeculativeDecoder } from '../lib/decoder';
+import { Engine } from '../lib/engine/engine';
 import type { StagedVerify, VerifiedPaths } from '../lib/models/causal_lm';
 import { LlamaModel } from '../lib/models/llama';
 import { DraftModelSpeculator } from '../lib/strategies/draft_model';
@@ -211,6 +212,72 @@ describe('transfers: host <-> device traffic of a step', function () {
     }
     assert.deepStrictEqual(draws[0], draws[1]);
     for (const pair of pairs) for (const x of pair) model.freeSequence(x.seq);
+  });
+
+  it('parts verified separately (an engine step with two sampling settings) take their staged arrays from the one upload, and commit from their results', async () => {
+    const r = rng(testSeed + 5);
+    // Two sets of three sequences with the same prompt: one steps staged, the other as before.
+    const sets = [0, 1].map(() => [0, 1, 2].map(() => model.createSequence()));
+    const pre = Int32Array.from({ length: 6 }, () => Math.floor(r() * V));
+    for (const seqs of sets) {
+      const f0 = await model.forward(seqs.map((seq) => ({ seq, tokens: pre })));
+      f0.logits.dispose();
+      model.commit(seqs, seqs.map(() => Int32Array.from(pre.keys())));
+    }
+    // Part 0: sequences 0 and 1, rejection sampling; part 1: sequence 2, greedy, whose tokens make
+    // it accept nodes 0 and 2 (node 1 is not the argmax at the root): a path that moves, committed
+    // from part 1's result (its sequences start at 2 in the forward).
+    const trees = [
+      { parents: Int32Array.of(-1, 0, 1, 1), tokens: Int32Array.of(7, 8, 9, 10) },
+      { parents: Int32Array.of(-1, 0), tokens: Int32Array.of(11, 12) },
+      { parents: Int32Array.of(-1, 0, 0), tokens: Int32Array.of(pre[5] as number, 0, 0) },
+    ];
+    const inputs = (seqs: number[]) => seqs.map((seq, b) => ({ seq, tokens: trees[b]!.tokens, parents: trees[b]!.parents }));
+    {
+      const f = await model.forward(inputs(sets[0]!));
+      const top = argmaxIds(f.logits);
+      f.logits.dispose();
+      const best = top[6] as number;  // sequence 2's root row
+      trees[2]!.tokens[1] = (best + 1) % V;
+      trees[2]!.tokens[2] = best;
+    }
+    const cat = (xs: Int32Array[]): Int32Array => Int32Array.from(xs.flatMap((x) => Array.from(x)));
+    const seeds = BigUint64Array.of(21n, 22n, 0n), offsets = BigUint64Array.of(5n, 6n, 0n);
+    const stage = { parents: cat(trees.map((t) => t.parents)), parts: Int32Array.of(0, 2, 3), seeds, offsets };
+    const part0 = { mode: 'rejection' as const, nodeIndptr: Int32Array.of(0, 4, 6), parents: cat([trees[0]!.parents, trees[1]!.parents]), tokens: cat([trees[0]!.tokens, trees[1]!.tokens]), seeds: seeds.subarray(0, 2), offsets: offsets.subarray(0, 2) };
+    const part1 = { mode: 'greedy' as const, nodeIndptr: Int32Array.of(0, 3), parents: trees[2]!.parents, tokens: trees[2]!.tokens };
+    const run = async (staged: boolean, seqs: number[]): Promise<{ t: TransferStats; emitted: number[][]; accepted: number[][] }> => {
+      const c0 = transferCounters();
+      const f = await model.forward(inputs(seqs), staged ? { stage } : {});
+      const l0 = f.logits.rows(0, 6), l1 = f.logits.rows(6, 9);
+      const probs = processLogits(l0, { temperature: 0.8 });
+      const st = staged ? f.staged : undefined;
+      if (st) {
+        // A part is named exactly when the forward staged parts.
+        assertThrowsCode(() => verify({ ...part1, target: l1, staged: st }), 'E_ARG', /stagedPart/);
+        assertThrowsCode(() => verify({ ...part1, target: l1, staged: st, stagedPart: 2 }), 'E_ARG', /stagedPart: 2/);
+        assertThrowsCode(() => verify({ ...part1, target: l1, staged: st, stagedPart: 0 }), 'E_ARG', /staged other trees/);
+      }
+      const v0 = verify({ ...part0, target: probs, ...(st ? { staged: st, stagedPart: 0 } : {}) });
+      const v1 = verify({ ...part1, target: l1, ...(st ? { staged: st, stagedPart: 1 } : {}) });
+      const accepted = [...v0.acceptedNodes, ...v1.acceptedNodes];
+      if (staged) model.commit(seqs, accepted, [v0.paths, v1.paths].filter((x) => x !== undefined));
+      else model.commit(seqs, accepted);
+      const t = transfersSince(c0);
+      for (const x of [f.logits, l0, l1, probs]) x.dispose();
+      return { t, emitted: [...v0.emitted, ...v1.emitted].map((e) => Array.from(e)), accepted: accepted.map((a) => Array.from(a)) };
+    };
+    const a = await run(true, sets[0]!), b = await run(false, sets[1]!);
+    assert.deepStrictEqual(a.emitted, b.emitted);
+    assert.deepStrictEqual(a.accepted[2], [0, 2], 'sequence 2 keeps a path that moves');
+    assert.strictEqual(a.t.uploads, 1, JSON.stringify(a.t));
+    assert.strictEqual(b.t.uploads, 4, JSON.stringify(b.t));
+    // The same caches: a probe token after each sequence, bit for bit.
+    const probe = await model.forward([...sets[0]!, ...sets[1]!].map((seq) => ({ seq, tokens: Int32Array.of(2) })));
+    const rows = probe.logits.toFloat32();
+    probe.logits.dispose();
+    assert.deepStrictEqual(Array.from(rows.subarray(0, 3 * V)), Array.from(rows.subarray(3 * V)));
+    for (const s of sets.flat()) model.freeSequence(s);
   });
 
   it('gatherRows copies rows natively (no read-back) and equals a copy made by hand', () => {
@@ -427,6 +494,29 @@ describe('transfers: whole decoding runs on the embedded family', function () {
       // accepted path where the verification left it.
       assert.strictEqual(t.uploads, forwards, `${t.uploads} uploads for ${forwards} forwards`);
       assert.ok(t.napiCalls <= 4 * forwards + 4, `${t.napiCalls} N-API calls for ${forwards} forwards`);
+    } finally {
+      heads.dispose();
+    }
+  });
+
+  it('an engine step with three sampling settings (three parts): one upload, the parts staged and committed from their results', async () => {
+    const heads = MedusaHeads.load(path.join(DEFAULT, 'medusa'));
+    try {
+      const choices = MC_SIM_7B_63.filter((c) => c.length <= heads.config.numHeads);
+      const engine = new Engine({ model: target, speculator: new MedusaSpeculator({ heads, choices }) });
+      const c0 = transferCounters();
+      const f0 = engine.metrics.forwards;
+      const runs = await Promise.all([
+        engine.generate(prompt, { maxNewTokens: 30, sampling: { temperature: 0.7 }, seed: 1 }).result,
+        engine.generate(prompt, { maxNewTokens: 30, sampling: { temperature: 1.1 }, seed: 2 }).result,
+        engine.generate(prompt, { maxNewTokens: 30 }).result,
+      ]);
+      const t = transfersSince(c0);
+      const forwards = engine.metrics.forwards - f0;
+      const plain = await new SpeculativeDecoder({ target }).generate(prompt, { maxNewTokens: 30 }).result;
+      assert.deepStrictEqual(Array.from(runs[2]!.tokens), Array.from(plain.tokens), 'the greedy request');
+      // One upload per forward, and the two sampled requests' first draws after their prefill.
+      assert.ok(forwards >= 4 && t.uploads <= forwards + 2, `${t.uploads} uploads for ${forwards} forwards`);
     } finally {
       heads.dispose();
     }

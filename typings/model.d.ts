@@ -61,6 +61,7 @@ declare namespace SpecdecNative {
     parents: Int32Array;
     seeds?: BigUint64Array;
     offsets?: BigUint64Array;
+    parts?: Int32Array;
   }
 
   interface LlamaNativeKvInfo {
@@ -97,7 +98,7 @@ declare namespace SpecdecNative {
     greedyChainOnDevice(inputs: readonly LlamaNativeInput[], steps: Int32Array, syncMaxMacs?: number): Promise<Tensor>;
     sampledChain(...args: NativeSampledChainArgs): Promise<{ picks: Int32Array[]; q: Tensor }>;
     sampledChainOnDevice(...args: NativeSampledChainArgs): Promise<{ ids: Tensor; q: Tensor }>;
-    commit(seqs: Int32Array, accepted: readonly Int32Array[], paths?: VerifiedPathsHandle): void;
+    commit(seqs: Int32Array, accepted: readonly Int32Array[], paths?: VerifiedPathsHandle | readonly VerifiedPathsHandle[]): void;
     createSequence(): number;
     forkSequence(seq: number): number;
     freeSequence(seq: number): void;

@@ -25,6 +25,7 @@ declare namespace SpecdecNative {
     medusa?: { hidden: Tensor; heads: NativeMedusaHead[]; k: number };
     /** The forward's staged copy of nodeIndptr/parents/tokens (and seeds/offsets): no upload. */
     staged?: StagedVerifyHandle;
+    stagedPart?: number;
   }
 
   /** Opaque: verification inputs a forward sent with its own upload (cpp/core/ops_sampling.h StagedTree). */

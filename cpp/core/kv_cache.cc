@@ -168,22 +168,23 @@ KvCache::HostBatch KvCache::plan_host(const std::vector<int>& seqs, const std::v
 }
 
 namespace {
-// Whether a verification's ragged paths are the compact acc_indptr / acc_nodes.
+// Whether a verification's ragged paths are the compact acc_indptr / acc_nodes of sequences
+// v.seq0 .. v.seq0 + (its count) - 1.
 bool same_paths(const VerifiedPaths& v, const std::vector<int32_t>& ip, const std::vector<int32_t>& nodes) {
-  const size_t B = ip.size() - 1;
-  if (v.h_node_indptr.size() != B + 1 || v.h_accept_count.size() != B) return false;
+  const size_t B = v.h_accept_count.size(), b0 = static_cast<size_t>(v.seq0);
+  if (v.seq0 < 0 || v.h_node_indptr.size() != B + 1 || b0 + B + 1 > ip.size()) return false;
   for (size_t b = 0; b < B; ++b) {
-    const int32_t s = v.h_node_indptr[b], n = v.h_accept_count[b];
-    if (n != ip[b + 1] - ip[b] || s < 0 || n < 0 || static_cast<size_t>(s) + n > v.h_accepted_nodes.size()) return false;
+    const int32_t s = v.h_node_indptr[b], n = v.h_accept_count[b], at = ip[b0 + b];
+    if (n != ip[b0 + b + 1] - at || s < 0 || n < 0 || static_cast<size_t>(s) + n > v.h_accepted_nodes.size()) return false;
     for (int32_t j = 0; j < n; ++j)
-      if (v.h_accepted_nodes[s + j] != nodes[ip[b] + j]) return false;
+      if (v.h_accepted_nodes[s + j] != nodes[at + j]) return false;
   }
   return true;
 }
 }  // namespace
 
 void KvCache::commit(const PagedBatch& batch, const std::vector<int>& seqs, const std::vector<int32_t>& acc_indptr,
-                     const std::vector<int32_t>& acc_nodes, const VerifiedPaths* verified) {
+                     const std::vector<int32_t>& acc_nodes, const std::vector<const VerifiedPaths*>& verified) {
   const int S = config_.page_size;
   SPECDEC_CHECK(static_cast<int64_t>(seqs.size()) == batch.batch_size(), "E_ARG", "seqs: ", seqs.size(),
                 " sequences for a batch of ", batch.batch_size());
@@ -203,14 +204,31 @@ void KvCache::commit(const PagedBatch& batch, const std::vector<int>& seqs, cons
                   " are not the sequence's pages (the batch is not from this cache's last plan)");
   }
   // Checked on the host; the indices go to the device (one upload, no wait) only when K/V must move,
-  // and not even then when a verification left them there.
-  if (verified && same_paths(*verified, acc_indptr, acc_nodes)) {
-    ops::kv_commit_verified(layers_, batch, *verified);
-  } else if (!ops::check_commit(batch, acc_indptr, acc_nodes)) {
-    HostPack pk;
-    const int a = pk.add(DType::i32, acc_indptr), b = pk.add(DType::i32, acc_nodes);
-    pk.upload(config_.device);
-    ops::kv_commit(layers_, batch, pk.view(a), pk.view(b), &acc_indptr, &acc_nodes);
+  // and not for the sequences whose verification left them there.
+  if (!ops::check_commit(batch, acc_indptr, acc_nodes)) {
+    const size_t B = seqs.size();
+    std::vector<char> done(B, 0);
+    for (const VerifiedPaths* v : verified) {
+      if (!v || !same_paths(*v, acc_indptr, acc_nodes)) continue;
+      const size_t s0 = static_cast<size_t>(v->seq0), s1 = s0 + v->h_accept_count.size();
+      bool fresh = true;
+      for (size_t b = s0; b < s1; ++b) fresh = fresh && !done[b];
+      if (!fresh) continue;
+      ops::kv_commit_verified(layers_, s0 == 0 && s1 == B ? batch : batch.sequences(s0, s1), *v);
+      for (size_t b = s0; b < s1; ++b) done[b] = 1;
+    }
+    // The rest (a sequence covered above keeps nothing here: nothing of it moves twice).
+    std::vector<int32_t> rest_ip(B + 1, 0), rest_nodes;
+    for (size_t b = 0; b < B; ++b) {
+      if (!done[b]) rest_nodes.insert(rest_nodes.end(), acc_nodes.begin() + acc_indptr[b], acc_nodes.begin() + acc_indptr[b + 1]);
+      rest_ip[b + 1] = static_cast<int32_t>(rest_nodes.size());
+    }
+    if (!ops::check_commit(batch, rest_ip, rest_nodes)) {
+      HostPack pk;
+      const int a = pk.add(DType::i32, rest_ip), b = pk.add(DType::i32, rest_nodes);
+      pk.upload(config_.device);
+      ops::kv_commit(layers_, batch, pk.view(a), pk.view(b), &rest_ip, &rest_nodes);
+    }
   }
   for (size_t i = 0; i < seqs.size(); ++i) {
     Seq& s = seqs_[static_cast<size_t>(seqs[i])];

@@ -50,10 +50,11 @@ class KvCache {
   // Keep accepted new tokens of the last plan(): for seqs[i], acc_nodes[acc_indptr[i]..acc_indptr[i+1])
   // (indices among its new tokens, strictly increasing) move right after the committed prefix,
   // the committed length grows by their count, pages past the new length are released.
-  // `verified`: a verification's paths on the device; when they are exactly these (same batch
-  // layout, same nodes), K/V that must move move from there, without an upload.
+  // `verified`: verifications' paths on the device, each of the sequences from its seq0 on; where
+  // they are exactly these (same layout, same nodes), K/V that must move move from there, and only
+  // the other sequences' indices are uploaded (if any of theirs move).
   void commit(const PagedBatch& batch, const std::vector<int>& seqs, const std::vector<int32_t>& acc_indptr,
-              const std::vector<int32_t>& acc_nodes, const VerifiedPaths* verified = nullptr);
+              const std::vector<int32_t>& acc_nodes, const std::vector<const VerifiedPaths*>& verified = {});
 
   int free_pages() const;
   int total_pages() const { return config_.num_pages; }

@@ -83,6 +83,19 @@ PagedBatch PagedBatch::make(const std::vector<int32_t>& qo_indptr, const std::ve
   return b;
 }
 
+PagedBatch PagedBatch::sequences(int64_t s0, int64_t s1) const {
+  SPECDEC_CHECK(0 <= s0 && s0 <= s1 && s1 <= batch_size(), "E_ARG", "PagedBatch::sequences: [", s0, ", ", s1,
+                ") outside the batch of ", batch_size());
+  PagedBatch b = *this;
+  b.qo_indptr = qo_indptr.rows(s0, s1 + 1);
+  b.page_indptr = page_indptr.rows(s0, s1 + 1);
+  b.prefix_len = prefix_len.rows(s0, s1);
+  b.h_qo_indptr.assign(h_qo_indptr.begin() + s0, h_qo_indptr.begin() + s1 + 1);
+  b.h_page_indptr.assign(h_page_indptr.begin() + s0, h_page_indptr.begin() + s1 + 1);
+  b.h_prefix_len.assign(h_prefix_len.begin() + s0, h_prefix_len.begin() + s1);
+  return b;
+}
+
 void PagedBatch::bind(const HostPack& pack) {
   SPECDEC_CHECK(segs_[0] >= 0, "E_ARG", "PagedBatch::bind: the batch was not staged");
   qo_indptr = pack.view(segs_[0]);
@@ -230,14 +243,15 @@ void kv_commit(const std::vector<Tensor>& layers, const PagedBatch& batch, const
 void kv_commit_verified(const std::vector<Tensor>& layers, const PagedBatch& batch, const VerifiedPaths& v) {
   check_layers(layers, "kv_commit");
   const int64_t B = batch.batch_size();
-  check_arg(v.node_indptr, "paths.nodeIndptr", {DType::i32}, {B + 1});
+  check_arg(v.node_indptr, "paths.nodeIndptr", {DType::i32}, {B + 1});  // from 0 (a part's own offsets)
   check_arg_dim(v.accepted_nodes, "paths.acceptedNodes", {DType::i32}, 1);
   check_arg(v.accept_count, "paths.acceptCount", {DType::i32}, {B});
   check_same_device({&layers[0], &v.node_indptr, &v.accepted_nodes, &v.accept_count}, "kv_commit");
   check_batch_vs_layer(batch, layers[0], "kv_commit");
   const int64_t N = v.accepted_nodes.numel();
-  SPECDEC_CHECK(v.h_node_indptr == batch.h_qo_indptr && static_cast<int64_t>(v.h_accepted_nodes.size()) == N &&
-                    static_cast<int64_t>(v.h_accept_count.size()) == B,
+  bool same_nodes = static_cast<int64_t>(v.h_node_indptr.size()) == B + 1;
+  for (int64_t b = 0; same_nodes && b <= B; ++b) same_nodes = v.h_node_indptr[b] == batch.h_qo_indptr[b] - batch.h_qo_indptr[0];
+  SPECDEC_CHECK(same_nodes && static_cast<int64_t>(v.h_accepted_nodes.size()) == N && static_cast<int64_t>(v.h_accept_count.size()) == B,
                 "E_ARG", "kv_commit: the verified trees are not this batch's new tokens (their node offsets differ)");
   // The compact form of the same paths, for the shared checks.
   std::vector<int32_t> ip(static_cast<size_t>(B) + 1, 0), nodes;

@@ -40,6 +40,10 @@ struct PagedBatch {
                           const std::vector<int32_t>& page_indices, const std::vector<int32_t>& prefix_len,
                           int page_size, int num_pages, HostPack& pack);
   void bind(const HostPack& pack);
+  // Sequences s0 .. s1-1 of this batch, for a commit of part of it: views of the same arrays (the
+  // indptr entries keep their values, so qo_indptr need not start at 0; commits read only its
+  // differences).
+  PagedBatch sequences(int64_t s0, int64_t s1) const;
 
  private:
   int segs_[4] = {-1, -1, -1, -1};  // stage(): the arrays' segments in the pack

@@ -66,14 +66,23 @@ struct StagedTree {
   Tensor seeds, offsets;                // u64 [B] each, or undefined
   std::vector<int32_t> h_node_indptr, h_parents, h_tokens;  // tokens: placeholders where tails are
   std::vector<uint64_t> h_seeds, h_offsets;
+  // Parts verified separately (sequences s0 .. s1-1 each, e.g. an engine's sampling groups): their
+  // node offsets counted from the part's first node, staged too. Empty: the batch is one part.
+  struct Part {
+    int32_t s0 = 0, s1 = 0;
+    Tensor node_indptr;                   // i32 [s1 - s0 + 1], from 0
+    std::vector<int32_t> h_node_indptr;
+  };
+  std::vector<Part> parts;
 };
 
 // A verification's accepted paths, on the device where it ran and on the host (the same values:
 // the host copies are the read-back of the device ones). The KV commit of those paths reads the
 // device copy instead of uploading the indices again (LlamaModel::commit).
 struct VerifiedPaths {
-  Tensor node_indptr, accepted_nodes, accept_count;  // device: i32 [B+1], [N] ragged by node_indptr, [B]
+  Tensor node_indptr, accepted_nodes, accept_count;  // device: i32 [B+1] from 0, [N] ragged by node_indptr, [B]
   std::vector<int32_t> h_node_indptr, h_accepted_nodes, h_accept_count;
+  int32_t seq0 = 0;  // its first sequence in the forward it verified (a staged part's s0)
 };
 
 namespace ops {

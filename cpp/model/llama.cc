@@ -346,7 +346,25 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
       seg_seed = pack.add(DType::u64, stage->seeds);
       seg_off = pack.add(DType::u64, stage->offsets);
     }
+    const std::vector<int32_t>& pp = stage->parts;
+    if (!pp.empty()) {
+      SPECDEC_CHECK(pp.size() >= 2 && pp.front() == 0 && pp.back() == static_cast<int32_t>(B), "E_ARG",
+                    "stage.parts: expected sequence offsets from 0 to ", B, ", got ", pp.size(), " entries");
+      for (size_t i = 0; i + 1 < pp.size(); ++i)
+        SPECDEC_CHECK(pp[i] < pp[i + 1], "E_ARG", "stage.parts: part ", i, " is empty or the offsets decrease");
+    }
   }
+  std::vector<StagedTree::Part> staged_parts;
+  std::vector<int> seg_part;
+  if (stage)
+    for (size_t i = 0; i + 1 < stage->parts.size(); ++i) {
+      StagedTree::Part part;
+      part.s0 = stage->parts[i];
+      part.s1 = stage->parts[i + 1];
+      for (int32_t s = part.s0; s <= part.s1; ++s) part.h_node_indptr.push_back(indptr[s] - indptr[part.s0]);
+      seg_part.push_back(pack.add(DType::i32, part.h_node_indptr));
+      staged_parts.push_back(std::move(part));
+    }
   PagedBatch batch = planned ? planned->batch : kv_->plan(seqs, counts, &pack);
   Tensor ids = dev_ids ? *dev_ids : planned ? planned->ids : pack.view(seg_ids);
   for (size_t b = 0; b < B; ++b) {
@@ -432,6 +450,8 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
     st->h_node_indptr = indptr;
     st->h_parents = stage->parents;
     st->h_tokens = std::move(tokens);
+    for (size_t i = 0; i < staged_parts.size(); ++i) staged_parts[i].node_indptr = pack.view(seg_part[i]);
+    st->parts = std::move(staged_parts);
     r.staged = std::move(st);
   }
 
@@ -457,13 +477,13 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
 // Commit and sequence management
 
 void LlamaModel::commit(const std::vector<int>& seqs, const std::vector<std::vector<int32_t>>& accepted,
-                        const VerifiedPaths* verified) {
+                        const std::vector<const VerifiedPaths*>& verified) {
   std::lock_guard<std::mutex> lock(mu_);
   commit_locked(seqs, accepted, verified);
 }
 
 void LlamaModel::commit_locked(const std::vector<int>& seqs, const std::vector<std::vector<int32_t>>& accepted,
-                               const VerifiedPaths* verified) {
+                               const std::vector<const VerifiedPaths*>& verified) {
   SPECDEC_CHECK(pending_, "E_ARG", "commit: no uncommitted forward (commit once, after each forward)");
   SPECDEC_CHECK(seqs.size() == accepted.size(), "E_ARG", "commit: ", seqs.size(), " sequences but ",
                 accepted.size(), " accepted lists");

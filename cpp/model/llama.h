@@ -78,6 +78,7 @@ struct LlamaSeqInput {
 struct VerifyStaging {
   std::vector<int32_t> parents;           // [N], inputs concatenated; local indices
   std::vector<uint64_t> seeds, offsets;   // [B] each, or both empty
+  std::vector<int32_t> parts;             // sequence offsets of parts verified separately (0 .. B), or empty
 };
 
 struct LlamaForwardResult {
@@ -145,10 +146,10 @@ class LlamaModel {
   // After forward(): accepted[i] (indices into that forward's input of seqs[i], strictly increasing,
   // a path from a root when the input was a tree) become committed. seqs must be a subset of the last
   // forward's sequences; the others keep nothing. One commit per forward. `verified`: the
-  // verification of that forward's trees; when its paths are exactly `accepted`, K/V move from its
-  // device result (no upload).
+  // verifications of that forward's trees (the whole batch, or parts of it); where their paths are
+  // exactly `accepted`, K/V move from their device results (no upload).
   void commit(const std::vector<int>& seqs, const std::vector<std::vector<int32_t>>& accepted,
-              const VerifiedPaths* verified = nullptr);
+              const std::vector<const VerifiedPaths*>& verified = {});
 
   int create_sequence();
   int fork_sequence(int seq);
@@ -180,7 +181,7 @@ class LlamaModel {
                                     const Tensor* dev_ids = nullptr, const VerifyStaging* stage = nullptr,
                                     const PlannedStep* planned = nullptr);
   void commit_locked(const std::vector<int>& seqs, const std::vector<std::vector<int32_t>>& accepted,
-                     const VerifiedPaths* verified = nullptr);
+                     const std::vector<const VerifiedPaths*>& verified = {});
 
   struct Layer {
     Tensor attn_norm, q, k, v, q_bias, k_bias, v_bias, o, o_bias, mlp_norm, gate, up, down;

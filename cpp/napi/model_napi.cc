@@ -219,6 +219,7 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
         stage->parents = get_i32_array(get_field(s, "parents"), "stage.parents");
         if (has_field(s, "seeds")) stage->seeds = get_u64_array(get_field(s, "seeds"), "stage.seeds");
         if (has_field(s, "offsets")) stage->offsets = get_u64_array(get_field(s, "offsets"), "stage.offsets");
+        if (has_field(s, "parts")) stage->parts = get_i32_array(get_field(s, "parts"), "stage.parts");
       }
       auto result = std::make_shared<LlamaForwardResult>();
       return run_maybe_async(
@@ -316,7 +317,8 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
     });
   }
 
-  // commit(seqs, accepted: Int32Array[], paths?) -- paths: the verification's handle (verifyTree)
+  // commit(seqs, accepted: Int32Array[], paths?) -- paths: a verification's handle (verifyTree), or an
+  // array of them (parts verified separately)
   Napi::Value Commit(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
       std::vector<int32_t> s = get_i32_array(info[0], "seqs");
@@ -324,8 +326,17 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
       Napi::Array a = info[1].As<Napi::Array>();
       std::vector<std::vector<int32_t>> acc(a.Length());
       for (uint32_t i = 0; i < a.Length(); ++i) acc[i] = get_i32_array(a.Get(i), "accepted[i]");
-      const auto paths = handle_arg<VerifiedPaths>(info[2], "paths", "a verification's paths");
-      model().commit(std::vector<int>(s.begin(), s.end()), acc, paths.get());
+      std::vector<std::shared_ptr<VerifiedPaths>> held;
+      if (info.Length() > 2 && info[2].IsArray()) {
+        Napi::Array ps = info[2].As<Napi::Array>();
+        for (uint32_t i = 0; i < ps.Length(); ++i) held.push_back(handle_arg<VerifiedPaths>(ps.Get(i), "paths[i]", "a verification's paths"));
+      } else {
+        held.push_back(handle_arg<VerifiedPaths>(info[2], "paths", "a verification's paths"));
+      }
+      std::vector<const VerifiedPaths*> paths;
+      for (const auto& h : held)
+        if (h) paths.push_back(h.get());
+      model().commit(std::vector<int>(s.begin(), s.end()), acc, paths);
       return info.Env().Undefined();
     });
   }

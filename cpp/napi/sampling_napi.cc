@@ -159,25 +159,38 @@ Napi::Value Verify(const Napi::CallbackInfo& info) {
     // staged: the same arrays already sent with the forward's upload (LlamaModel::forward's stage).
     // They must be what the caller describes; then nothing goes up again.
     const auto staged = handle_arg<StagedTree>(get_field(o, "staged"), "staged", "a forward's staged verification inputs");
+    int64_t seq0 = 0;  // the first verified sequence in the forward (a staged part's)
     if (staged) {
-      auto same = [](const auto& v, const auto* p, int64_t n) {
-        return static_cast<int64_t>(v.size()) == n && std::equal(v.begin(), v.end(), p);
-      };
-      SPECDEC_CHECK(same(staged->h_node_indptr, indptr.data, indptr.n) && same(staged->h_parents, parents.data, N) &&
-                        same(staged->h_tokens, tokens.data, tokens.n),
+      // stagedPart: one of the parts the forward staged separately (sequences s0 .. s1-1, nodes n0 .. n1-1).
+      const int64_t part = has_field(o, "stagedPart") ? get_int(get_field(o, "stagedPart"), "stagedPart") : -1;
+      SPECDEC_CHECK(part == -1 ? staged->parts.empty() : part >= 0 && part < static_cast<int64_t>(staged->parts.size()),
+                    "E_ARG", "stagedPart: ", part, " for a forward that staged ", staged->parts.size(),
+                    " parts (give one exactly when it staged parts)");
+      const StagedTree::Part* pt = part >= 0 ? &staged->parts[static_cast<size_t>(part)] : nullptr;
+      if (pt) seq0 = pt->s0;
+      const int64_t s0 = pt ? pt->s0 : 0, s1 = pt ? pt->s1 : static_cast<int64_t>(staged->h_node_indptr.size()) - 1;
+      const int64_t n0 = staged->h_node_indptr[s0], n1 = staged->h_node_indptr[s1];
+      auto same = [](const auto* a, int64_t na, const auto* b, int64_t nb) { return na == nb && std::equal(a, a + na, b); };
+      const std::vector<int32_t>& ip = pt ? pt->h_node_indptr : staged->h_node_indptr;
+      SPECDEC_CHECK(same(ip.data(), static_cast<int64_t>(ip.size()), indptr.data, indptr.n) &&
+                        same(staged->h_parents.data() + n0, n1 - n0, parents.data, N) &&
+                        same(staged->h_tokens.data() + n0, n1 - n0, tokens.data, tokens.n),
                     "E_ARG", "staged: the forward staged other trees than nodeIndptr/parents/tokens describe");
-      SPECDEC_CHECK((!has_seeds || same(staged->h_seeds, seeds.data(), static_cast<int64_t>(seeds.size()))) &&
-                        (!has_offsets || same(staged->h_offsets, offsets.data(), static_cast<int64_t>(offsets.size()))),
+      const bool st_rng = !staged->h_seeds.empty();
+      SPECDEC_CHECK((!has_seeds || (st_rng && same(staged->h_seeds.data() + s0, s1 - s0, seeds.data(), static_cast<int64_t>(seeds.size())))) &&
+                        (!has_offsets || (st_rng && same(staged->h_offsets.data() + s0, s1 - s0, offsets.data(), static_cast<int64_t>(offsets.size())))),
                     "E_ARG", "staged: the forward staged other seeds or offsets than given");
       SPECDEC_CHECK(!has_field(o, "tails"), "E_ARG",
                     "tails: not with staged (the forward that staged the trees applied its own tails)");
       SPECDEC_CHECK(staged->node_indptr.device() == dev, "E_ARG", "staged: the forward ran on ",
                     device_name(staged->node_indptr.device()), ", the target is on ", device_name(dev));
-      a.node_indptr = staged->node_indptr;
-      a.parents = staged->parents;
-      a.tokens = staged->tokens;
-      a.seeds = staged->seeds;
-      a.offsets = staged->offsets;
+      a.node_indptr = pt ? pt->node_indptr : staged->node_indptr;
+      a.parents = staged->parents.rows(n0, n1);
+      a.tokens = staged->tokens.rows(n0, n1);
+      if (st_rng) {
+        a.seeds = staged->seeds.rows(s0, s1);
+        a.offsets = staged->offsets.rows(s0, s1);
+      }
     } else {
       // Index arrays, seeds and offsets travel to the target's device as one upload.
       HostPack pk;
@@ -264,6 +277,7 @@ Napi::Value Verify(const Napi::CallbackInfo& info) {
     paths->h_node_indptr.assign(indptr.data, indptr.data + indptr.n);
     paths->h_accepted_nodes.assign(host, host + N);
     paths->h_accept_count.assign(host + 2 * N, host + 2 * N + B);
+    paths->seq0 = static_cast<int32_t>(seq0);
     Napi::Object res = Napi::Object::New(env);
     res.Set("acceptedNodes", view(0, N));
     res.Set("emitted", view(N, N));

@@ -72,6 +72,11 @@ export interface VerifyStaging {
   /** u64 [B] each: the verification's Philox keys and counters, when it samples. */
   readonly seeds?: BigUint64Array;
   readonly offsets?: BigUint64Array;
+  /**
+   * Sequence offsets [0, ..., B] of parts verified separately (each on its own rows, with its own
+   * settings): verify() then takes `stagedPart` and that part's arrays (nodeIndptr from 0).
+   */
+  readonly parts?: Int32Array;
 }
 
 /** Opaque: verification inputs a forward staged (ForwardOutput.staged, for VerifyInput.staged). */
@@ -123,10 +128,11 @@ export interface CausalLM {
   /**
    * After forward(inputs): accepted[b] lists the indices (into inputs[b].tokens, strictly increasing,
    * each the parent of the next) whose K/V become committed, in order, for the sequence inputs[b].seq.
-   * `paths`: the verification of this forward's trees (VerifyOutput.paths); when its accepted nodes
-   * are exactly `accepted`, K/V move from its result on the device (no upload). Optional to honour.
+   * `paths`: the verification of this forward's trees (VerifyOutput.paths), or one per part verified
+   * separately (VerifyStaging.parts); where their accepted nodes are exactly `accepted`, K/V move
+   * from their results on the device (no upload). Optional to honour.
    */
-  commit(seqs: readonly number[], accepted: readonly Int32Array[], paths?: VerifiedPaths): void;
+  commit(seqs: readonly number[], accepted: readonly Int32Array[], paths?: VerifiedPaths | readonly VerifiedPaths[]): void;
   /**
    * Optional fast path for greedy chain drafting (DraftModelSpeculator uses it when present):
    * the same tokens and cache state as, for each input with steps[b] >= 1, forward + commit of its

@@ -273,8 +273,8 @@ export class LlamaModel implements CausalLM {
     }
   }
 
-  commit(seqs: readonly number[], accepted: readonly Int32Array[], paths?: VerifiedPaths): void {
-    this.h('commit').commit(Int32Array.from(seqs), accepted, paths as SpecdecNative.VerifiedPathsHandle | undefined);
+  commit(seqs: readonly number[], accepted: readonly Int32Array[], paths?: VerifiedPaths | readonly VerifiedPaths[]): void {
+    this.h('commit').commit(Int32Array.from(seqs), accepted, paths as SpecdecNative.VerifiedPathsHandle | readonly SpecdecNative.VerifiedPathsHandle[] | undefined);
   }
 
   dispose(): void {

@@ -17,14 +17,14 @@ export * as kv from './kv';
 export { KvCache } from './kv';
 export * as sampling from './sampling';
 export type { SamplingOptions } from './sampling';
-export { verify } from './verify';
+export { verify, verifyMany } from './verify';
 export type { VerifyInput, VerifyOutput, VerifyMode } from './verify';
 export * as layers from './layers';
 export { openSafetensors, writeSafetensors, encodeSafetensors } from './safetensors';
 export type { SafetensorsEntry, SafetensorsReader } from './safetensors';
 
 // Models.
-export type { CausalLM, ModelConfig, SequenceInput, ForwardOptions, ForwardOutput } from './models/causal_lm';
+export type { CausalLM, ModelConfig, SequenceInput, ForwardOptions, ForwardOutput, VerifyStaging, StagedVerify, VerifiedPaths } from './models/causal_lm';
 export { LlamaModel } from './models/llama';
 export type { LlamaLoadOptions } from './models/llama';
 export { parseLlamaConfig, readLlamaConfig } from './models/config';

@@ -21,7 +21,7 @@ import { isSampling, pickTokens, samplingOptions, throwIfAborted } from './step_
 import type { Tensor } from './tensor';
 import { transferCounters, transfersSince, type TransferStats } from './transfers';
 import { flattenTrees, loneRoot, pruneTree, treeDepths, validateTree } from './tree';
-import { verify, type VerifyInput, type VerifyMode, type VerifyOutput } from './verify';
+import { verify, verifyMany, type VerifyInput, type VerifyMode, type VerifyOutput } from './verify';
 
 // ---- statistics --------------------------------------------------------------------------------
 
@@ -352,19 +352,35 @@ export class SpecEngine {
       cost?.observe(out.indptr[inputs.length] as number, (tTarget - tDraft) / 1000);
       throwIfAborted(signal);
 
-      // Verification per part, on the part's rows of the forward.
+      // Verification per part, on the part's rows of the forward; several parts in one native call
+      // whose results are read back together (one wait a step).
       const results: PartResult[] = [];
-      let seq0 = 0;
-      for (let i = 0; i < live.length; i++) {
-        const p = live[i] as StepPart;
-        const n = p.seqs.length;
-        const sub = single ? out : partOutput(out, seq0, n, owned);
-        const pre = staging.pres[i];
-        const staged = pre && out.staged ? (single ? { handle: out.staged } : { handle: out.staged, part: i }) : undefined;
-        const r = p.engine.verifyPart(proposals[i] as readonly Proposal[], sub, p.seqs, (batches[i] as ProposalBatch).draftProbs, owned, pre, staged);
-        r.output = sub;
+      if (single) {
+        const pre = staging.pres[0];
+        const staged = pre && out.staged ? { handle: out.staged } : undefined;
+        const r = first.engine.verifyPart(proposals[0] as readonly Proposal[], out, first.seqs, (batches[0] as ProposalBatch).draftProbs, owned, pre, staged);
+        r.output = out;
         results.push(r as PartResult);
-        seq0 += n;
+      } else {
+        const subs = new Array<ForwardOutput>(live.length);
+        const vins = new Array<VerifyInput>(live.length);
+        for (let i = 0, seq0 = 0; i < live.length; i++) {
+          const p = live[i] as StepPart;
+          const sub = (subs[i] = partOutput(out, seq0, p.seqs.length, owned));
+          const pre = staging.pres[i];
+          const staged = pre && out.staged ? { handle: out.staged, part: i } : undefined;
+          vins[i] = p.engine.verifyInput(proposals[i] as readonly Proposal[], sub, p.seqs, (batches[i] as ProposalBatch).draftProbs, (x) => owned.push(x), pre, staged);
+          seq0 += p.seqs.length;
+        }
+        const vs = verifyMany(vins);
+        for (let i = 0; i < vs.length; i++) {
+          const v = vs[i] as VerifyOutput;
+          const r: VerifiedPart = { accepted: v.acceptedNodes, emitted: v.emitted, output: subs[i] as ForwardOutput };
+          if (v.argmax) r.rowArgmax = v.argmax;
+          if (v.headsTopK) r.headsTopK = v.headsTopK;
+          if (v.paths) r.paths = v.paths;
+          results.push(r as PartResult);
+        }
       }
       const tVerify = performance.now();
 
@@ -497,7 +513,8 @@ export class SpecEngine {
         if (x?.offsets) stage.offsets?.set(x.offsets, offs[i] as number);
       });
     }
-    return { pres, stage };
+    // Every part verifies (several parts go through verifyMany, lone roots included): each takes its staged arrays.
+    return { pres: flats, stage };
   }
 
   /**
@@ -557,6 +574,19 @@ export class SpecEngine {
     pre?: VerifyStaging & FlatTrees,
     staged?: StagedRef,
   ): VerifyOutput {
+    return verify(this.verifyInput(proposals, out, seqs, draftProbs, keep, pre, staged));
+  }
+
+  /** verifyBatch's input (also for several parts verified in one call, verifyMany). */
+  private verifyInput(
+    proposals: readonly Proposal[],
+    out: ForwardOutput,
+    seqs: readonly EngineSequence[],
+    draftProbs: Tensor | undefined,
+    keep: (probs: Tensor) => void,
+    pre?: VerifyStaging & FlatTrees,
+    staged?: StagedRef,
+  ): VerifyInput {
     const { logits, hidden } = out;
     const { nodeIndptr, parents, tokens } = pre ?? flattenTrees(proposals);
     const tails = proposals.some((p) => p.tail) ? proposals.map((p) => p.tail) : undefined;
@@ -593,7 +623,7 @@ export class SpecEngine {
       }
       vin = v;
     }
-    return verify(vin);
+    return vin;
   }
 
   /** Validates the speculator's trees; prunes plain trees deeper than maxDepth. */

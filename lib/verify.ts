@@ -86,6 +86,19 @@ export interface VerifyOutput {
 
 /** Verifies a ragged batch of trees in one native launch (index arrays go to target's device). */
 export function verify(input: VerifyInput): VerifyOutput {
+  return toOutput(input, native().verifyTree(nativeInput(input)));
+}
+
+/**
+ * Several verifications (e.g. parts of one forward's batch with different settings) in one native
+ * call: their results come back in ONE read from the device (one wait on CUDA instead of one each).
+ */
+export function verifyMany(inputs: readonly VerifyInput[]): VerifyOutput[] {
+  const rs = native().verifyTree(inputs.map(nativeInput));
+  return inputs.map((input, i) => toOutput(input, rs[i] as SpecdecNative.NativeVerifyOutput));
+}
+
+function nativeInput(input: VerifyInput): SpecdecNative.NativeVerifyInput {
   const { nodeIndptr } = input;
   let maxDepth = input.maxDepth;
   if (maxDepth === undefined) {
@@ -114,7 +127,11 @@ export function verify(input: VerifyInput): VerifyOutput {
   if (input.staged !== undefined) args.staged = input.staged as unknown as SpecdecNative.StagedVerifyHandle;
   if (input.stagedPart !== undefined) args.stagedPart = input.stagedPart;
   if (input.tails !== undefined) args.tails = input.tails.map((t) => (t ? { ids: t.ids, offset: t.offset } : undefined));
-  const r = native().verifyTree(args);
+  return args;
+}
+
+function toOutput(input: VerifyInput, r: SpecdecNative.NativeVerifyOutput): VerifyOutput {
+  const { nodeIndptr } = input;
   const acceptedNodes: Int32Array[] = [];
   const emitted: Int32Array[] = [];
   for (let b = 0; b < r.acceptCount.length; b++) {
@@ -124,8 +141,8 @@ export function verify(input: VerifyInput): VerifyOutput {
     emitted.push(r.emitted.subarray(s, s + n));
   }
   const out: VerifyOutput = { acceptedNodes, emitted, acceptCount: r.acceptCount, depthAccepts: r.depthAccepts };
-  if (r.paths !== undefined) out.paths = r.paths as unknown as VerifiedPaths;
   if (r.argmax !== undefined) out.argmax = r.argmax;
   if (r.medusa !== undefined) out.headsTopK = r.medusa;
+  if (r.paths !== undefined) out.paths = r.paths as unknown as VerifiedPaths;
   return out;
 }

@@ -20,7 +20,7 @@ import { gatherRows } from '../lib/step_helpers';
 import { Tensor } from '../lib/tensor';
 import { MC_SIM_7B_63 } from '../lib/tree';
 import { transferCounters, transfersSince, type TransferStats } from '../lib/transfers';
-import { verify } from '../lib/verify';
+import { verify, verifyMany, type VerifyOutput } from '../lib/verify';
 import { randomWeights, specByName, writeCheckpoint } from './fixtures/checkpoints';
 import { writeSafetensors } from '../lib/safetensors';
 import { withoutFastPaths } from './fixtures/without_fast_paths';
@@ -258,8 +258,10 @@ describe('transfers: host <-> device traffic of a step', function () {
         assertThrowsCode(() => verify({ ...part1, target: l1, staged: st, stagedPart: 2 }), 'E_ARG', /stagedPart: 2/);
         assertThrowsCode(() => verify({ ...part1, target: l1, staged: st, stagedPart: 0 }), 'E_ARG', /staged other trees/);
       }
-      const v0 = verify({ ...part0, target: probs, ...(st ? { staged: st, stagedPart: 0 } : {}) });
-      const v1 = verify({ ...part1, target: l1, ...(st ? { staged: st, stagedPart: 1 } : {}) });
+      // Staged: both parts in one call, read back together; unstaged: one call each.
+      const in0 = { ...part0, target: probs, ...(st ? { staged: st, stagedPart: 0 } : {}) };
+      const in1 = { ...part1, target: l1, ...(st ? { staged: st, stagedPart: 1 } : {}) };
+      const [v0, v1] = staged ? (verifyMany([in0, in1]) as [VerifyOutput, VerifyOutput]) : [verify(in0), verify(in1)];
       const accepted = [...v0.acceptedNodes, ...v1.acceptedNodes];
       if (staged) model.commit(seqs, accepted, [v0.paths, v1.paths].filter((x) => x !== undefined));
       else model.commit(seqs, accepted);
@@ -270,8 +272,9 @@ describe('transfers: host <-> device traffic of a step', function () {
     const a = await run(true, sets[0]!), b = await run(false, sets[1]!);
     assert.deepStrictEqual(a.emitted, b.emitted);
     assert.deepStrictEqual(a.accepted[2], [0, 2], 'sequence 2 keeps a path that moves');
-    assert.strictEqual(a.t.uploads, 1, JSON.stringify(a.t));
-    assert.strictEqual(b.t.uploads, 4, JSON.stringify(b.t));
+    assert.deepStrictEqual([a.t.uploads, a.t.readbacks, a.t.blockingWaits], [1, 1, 1], JSON.stringify(a.t));
+    assert.deepStrictEqual([b.t.uploads, b.t.readbacks], [4, 2], JSON.stringify(b.t));
+    assertThrowsCode(() => verifyMany([]), 'E_ARG', /empty array/);
     // The same caches: a probe token after each sequence, bit for bit.
     const probe = await model.forward([...sets[0]!, ...sets[1]!].map((seq) => ({ seq, tokens: Int32Array.of(2) })));
     const rows = probe.logits.toFloat32();
@@ -499,7 +502,7 @@ describe('transfers: whole decoding runs on the embedded family', function () {
     }
   });
 
-  it('an engine step with three sampling settings (three parts): one upload, the parts staged and committed from their results', async () => {
+  it('an engine step with three sampling settings (three parts): one upload and one wait, the parts staged, verified in one call and committed from their results', async () => {
     const heads = MedusaHeads.load(path.join(DEFAULT, 'medusa'));
     try {
       const choices = MC_SIM_7B_63.filter((c) => c.length <= heads.config.numHeads);
@@ -517,6 +520,9 @@ describe('transfers: whole decoding runs on the embedded family', function () {
       assert.deepStrictEqual(Array.from(runs[2]!.tokens), Array.from(plain.tokens), 'the greedy request');
       // One upload per forward, and the two sampled requests' first draws after their prefill.
       assert.ok(forwards >= 4 && t.uploads <= forwards + 2, `${t.uploads} uploads for ${forwards} forwards`);
+      // One wait per forward (the parts' verifications read back together), and each group's
+      // first token after the prefill.
+      assert.ok(t.blockingWaits <= forwards + 3, `${t.blockingWaits} waits for ${forwards} forwards`);
     } finally {
       heads.dispose();
     }

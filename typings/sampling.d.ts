@@ -56,6 +56,8 @@ declare namespace SpecdecNative {
     samplingSample(probs: Tensor, seeds: BigUint64Array, offsets: BigUint64Array): Int32Array;
     samplingTopK(x: Tensor, k: number): { values: Tensor; ids: Tensor };
     verifyTree(input: NativeVerifyInput): NativeVerifyOutput;
+    /** Several inputs, their results read back together. */
+    verifyTree(inputs: NativeVerifyInput[]): NativeVerifyOutput[];
     /** Philox4x32-10 of one counter block (known-answer tests). */
     samplingPhilox4x32(counter: Uint32Array, key: Uint32Array): Uint32Array;
   }

@@ -374,11 +374,8 @@ export class SpecEngine {
         }
         const vs = verifyMany(vins);
         for (let i = 0; i < vs.length; i++) {
-          const v = vs[i] as VerifyOutput;
-          const r: VerifiedPart = { accepted: v.acceptedNodes, emitted: v.emitted, output: subs[i] as ForwardOutput };
-          if (v.argmax) r.rowArgmax = v.argmax;
-          if (v.headsTopK) r.headsTopK = v.headsTopK;
-          if (v.paths) r.paths = v.paths;
+          const r = partOf(vs[i] as VerifyOutput);
+          r.output = subs[i] as ForwardOutput;
           results.push(r as PartResult);
         }
       }
@@ -556,28 +553,13 @@ export class SpecEngine {
       }
       return { accepted, emitted, rowArgmax: top };
     }
-    const v = this.verifyBatch(proposals, out, seqs, draftProbs, (p) => owned.push(p), pre, staged);
-    const r: VerifiedPart = { accepted: v.acceptedNodes, emitted: v.emitted };
-    if (v.paths) r.paths = v.paths;
-    if (v.argmax) r.rowArgmax = v.argmax;
-    if (v.headsTopK) r.headsTopK = v.headsTopK;
-    return r;
+    return partOf(verify(this.verifyInput(proposals, out, seqs, draftProbs, (p) => owned.push(p), pre, staged)));
   }
 
-  /** Verification over the whole ragged batch in one native call; keep(probs) hands the processed target rows back for disposal. */
-  private verifyBatch(
-    proposals: readonly Proposal[],
-    out: ForwardOutput,
-    seqs: readonly EngineSequence[],
-    draftProbs: Tensor | undefined,
-    keep: (probs: Tensor) => void,
-    pre?: VerifyStaging & FlatTrees,
-    staged?: StagedRef,
-  ): VerifyOutput {
-    return verify(this.verifyInput(proposals, out, seqs, draftProbs, keep, pre, staged));
-  }
-
-  /** verifyBatch's input (also for several parts verified in one call, verifyMany). */
+  /**
+   * The verification of the whole ragged batch (one native call: verify, or verifyMany for several
+   * parts); keep(probs) hands the processed target rows back for disposal.
+   */
   private verifyInput(
     proposals: readonly Proposal[],
     out: ForwardOutput,
@@ -693,6 +675,14 @@ interface VerifiedPart {
 }
 
 type FlatTrees = ReturnType<typeof flattenTrees>;
+
+function partOf(v: VerifyOutput): VerifiedPart {
+  const r: VerifiedPart = { accepted: v.acceptedNodes, emitted: v.emitted };
+  if (v.paths) r.paths = v.paths;
+  if (v.argmax) r.rowArgmax = v.argmax;
+  if (v.headsTopK) r.headsTopK = v.headsTopK;
+  return r;
+}
 
 /** A forward's staged verification inputs, and which of its parts a verification takes. */
 interface StagedRef {

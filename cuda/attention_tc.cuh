@@ -146,15 +146,16 @@ __device__ __forceinline__ void stage_key(const __half* src, bf16* dst, size_t p
   *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(pieces[0]);
   *reinterpret_cast<uint4*>(dst + piece_stride) = *reinterpret_cast<const uint4*>(pieces[1]);
 }
-// The copies issued since the last commit form a group; async_wait(n) returns once all but the n
-// newest groups have landed (in this thread: a barrier then makes them everyone's).
+// The copies issued since the last commit form a group; async_wait returns once every group but
+// the newest (leave_newest) or every group has landed, in this thread (a barrier then makes them
+// everyone's). (cp.async.wait_group takes its count as an immediate: hence the two calls.)
 template <typename KVT> __device__ __forceinline__ void async_commit() {
   if (KvPieces<KVT>::value == 1) __pipeline_commit();
 }
-template <typename KVT> __device__ __forceinline__ void async_wait(int n) {
+template <typename KVT> __device__ __forceinline__ void async_wait(bool leave_newest) {
   if (KvPieces<KVT>::value == 1) {
-    if (n == 0) __pipeline_wait_prior(0);
-    else __pipeline_wait_prior(1);
+    if (leave_newest) __pipeline_wait_prior(1);
+    else __pipeline_wait_prior(0);
   }
 }
 
@@ -419,9 +420,9 @@ __global__ void __launch_bounds__(kThreads) tree_attention_tc_kernel(const Param
         prepare(nxt, buf ^ 1);
         __syncthreads();
         issue(buf ^ 1);
-        async_wait<KVT>(1);
+        async_wait<KVT>(true);
       } else {
-        async_wait<KVT>(0);
+        async_wait<KVT>(false);
       }
       __syncthreads();
       compute(cur, buf);

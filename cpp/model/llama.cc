@@ -334,6 +334,8 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
   const int seg_pos = planned ? -1 : pack.add(DType::i32, positions);
   const int seg_mask = need_mask ? pack.add(DType::u64, mask) : -1;
   int seg_vpar = -1, seg_seed = -1, seg_off = -1;
+  std::vector<StagedTree::Part> staged_parts;  // with their node offsets' segments
+  std::vector<int> seg_part;
   if (stage) {
     SPECDEC_CHECK(!dev_ids && !planned, "E_ARG", "stage: a chain's forward stages nothing");
     SPECDEC_CHECK(static_cast<int64_t>(stage->parents.size()) == N, "E_ARG", "stage.parents: ", stage->parents.size(),
@@ -353,18 +355,15 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
       for (size_t i = 0; i + 1 < pp.size(); ++i)
         SPECDEC_CHECK(pp[i] < pp[i + 1], "E_ARG", "stage.parts: part ", i, " is empty or the offsets decrease");
     }
-  }
-  std::vector<StagedTree::Part> staged_parts;
-  std::vector<int> seg_part;
-  if (stage)
-    for (size_t i = 0; i + 1 < stage->parts.size(); ++i) {
+    for (size_t i = 0; i + 1 < pp.size(); ++i) {
       StagedTree::Part part;
-      part.s0 = stage->parts[i];
-      part.s1 = stage->parts[i + 1];
+      part.s0 = pp[i];
+      part.s1 = pp[i + 1];
       for (int32_t s = part.s0; s <= part.s1; ++s) part.h_node_indptr.push_back(indptr[s] - indptr[part.s0]);
       seg_part.push_back(pack.add(DType::i32, part.h_node_indptr));
       staged_parts.push_back(std::move(part));
     }
+  }
   PagedBatch batch = planned ? planned->batch : kv_->plan(seqs, counts, &pack);
   Tensor ids = dev_ids ? *dev_ids : planned ? planned->ids : pack.view(seg_ids);
   for (size_t b = 0; b < B; ++b) {
@@ -623,15 +622,16 @@ LlamaModel::SampledChain LlamaModel::draft_chain(const std::vector<LlamaSeqInput
       for (const auto& in : inputs) first.insert(first.end(), in.tokens.begin(), in.tokens.end());
       seg_first_ids = pk.add(DType::i32, first);
     }
-    // The batch that commits the whole chain (host arrays only: nothing moves).
-    PagedBatch all = PagedBatch::stage(whole.qo_indptr, whole.page_indptr, whole.page_indices, whole.prefix_len, S, P, pk);
+    // The batch that commits the whole chain: its host arrays only (nothing moves, so its commit
+    // reads no device array), staged into a pack that is never uploaded.
+    HostPack host_only;
+    const PagedBatch all = PagedBatch::stage(whole.qo_indptr, whole.page_indptr, whole.page_indices, whole.prefix_len, S, P, host_only);
     pk.upload(dev);
     for (int s = 0; s < max_steps; ++s) {
       plan[s].batch.bind(pk);
       plan[s].positions = pk.view(seg_pos[s]);
     }
     plan[0].ids = pk.view(seg_first_ids);
-    all.bind(pk);
     if (params) {
       rng_seeds = pk.view(seg_keys);
       rng_offsets = pk.view(seg_ctrs);

@@ -26,9 +26,15 @@ int sm_count() {
   return n;
 }
 
+int max_optin_smem();
+
 template <typename QT, typename KVT, int DT>
-void launch(const attn::Params& p, dim3 grid, size_t smem) {
-  auto kernel = attn::tree_attention_kernel<QT, KVT, DT>;
+void launch(const attn::Params& p, dim3 grid) {
+  constexpr int kStages = attn::stages_for_dim(DT);
+  auto kernel = attn::tree_attention_kernel<QT, KVT, DT, kStages>;
+  const size_t smem = attn::smem_bytes(p.D, static_cast<int>(sizeof(KVT)), kStages);
+  SPECDEC_CHECK(smem <= static_cast<size_t>(max_optin_smem()), "E_UNSUPPORTED", "tree_attention: head dim ", p.D, " needs ",
+                smem, " bytes of shared memory per block; this device allows ", max_optin_smem());
   // Large head dims need more than the default 48 KiB of dynamic shared memory (opt-in).
   if (smem > 48 * 1024)
     SPECDEC_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
@@ -37,18 +43,18 @@ void launch(const attn::Params& p, dim3 grid, size_t smem) {
 }
 
 template <typename QT, typename KVT>
-void launch_dim(const attn::Params& p, dim3 grid, size_t smem) {
-  if (p.D == 64) return launch<QT, KVT, 64>(p, grid, smem);
-  if (p.D == 128) return launch<QT, KVT, 128>(p, grid, smem);
-  launch<QT, KVT, 0>(p, grid, smem);
+void launch_dim(const attn::Params& p, dim3 grid) {
+  if (p.D == 64) return launch<QT, KVT, 64>(p, grid);
+  if (p.D == 128) return launch<QT, KVT, 128>(p, grid);
+  launch<QT, KVT, 0>(p, grid);
 }
 
 template <typename QT>
-void launch_kv(DType kv, const attn::Params& p, dim3 grid, size_t smem) {
+void launch_kv(DType kv, const attn::Params& p, dim3 grid) {
   switch (kv) {
-    case DType::f32: return launch_dim<QT, float>(p, grid, smem);
-    case DType::f16: return launch_dim<QT, __half>(p, grid, smem);
-    case DType::bf16: return launch_dim<QT, __nv_bfloat16>(p, grid, smem);
+    case DType::f32: return launch_dim<QT, float>(p, grid);
+    case DType::f16: return launch_dim<QT, __half>(p, grid);
+    case DType::bf16: return launch_dim<QT, __nv_bfloat16>(p, grid);
     default: fail("E_ARG", "kv_layer: unsupported dtype ", dtype_name(kv));
   }
 }
@@ -72,6 +78,7 @@ attn::Params make_params(const Tensor& q, const Tensor& kv_layer, const PagedBat
   p.D = static_cast<int>(D);
   p.page_size = static_cast<int>(kv_layer.size(2));
   p.scale_log2 = sm_scale * 1.4426950408889634f;
+  p.kv_aligned16 = reinterpret_cast<uintptr_t>(kv_layer.data()) % 16 == 0;
   return p;
 }
 
@@ -183,17 +190,16 @@ void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& b
 
   attn::Params p = make_params(q, kv_layer, batch, mask, sm_scale, out);
   const attn::Plan plan = attn::plan_launch(p, B, batch.h_qo_indptr.data(), batch.h_prefix_len.data(), batch.max_qo_len, batch.max_kv_len,
-                                           sm_count());
+                                           sm_count(), static_cast<int>(dtype_size(kv_layer.dtype())));
   SPECDEC_CHECK(plan.grid_x < (int64_t(1) << 31), "E_UNSUPPORTED", "tree_attention: grid too large");
 
   Tensor part_acc, part_ml;  // split: held until the merge is queued
   if (p.split) alloc_partials(p, N * Hq, D, part_acc, part_ml);
-  const size_t smem = plan.smem;
   dim3 grid(static_cast<unsigned>(plan.grid_x), static_cast<unsigned>(plan.grid_y), static_cast<unsigned>(plan.grid_z));
   switch (q.dtype()) {
-    case DType::f32: launch_kv<float>(kv_layer.dtype(), p, grid, smem); break;
-    case DType::f16: launch_kv<__half>(kv_layer.dtype(), p, grid, smem); break;
-    case DType::bf16: launch_kv<__nv_bfloat16>(kv_layer.dtype(), p, grid, smem); break;
+    case DType::f32: launch_kv<float>(kv_layer.dtype(), p, grid); break;
+    case DType::f16: launch_kv<__half>(kv_layer.dtype(), p, grid); break;
+    case DType::bf16: launch_kv<__nv_bfloat16>(kv_layer.dtype(), p, grid); break;
     default: fail("E_ARG", "q: unsupported dtype ", dtype_name(q.dtype()));
   }
   if (p.split) launch_merge(q.dtype(), p, N * Hq);

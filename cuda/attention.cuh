@@ -12,6 +12,15 @@
 // the batch. For the prefix and for causal rows, list position = slot, read from the shared tile; a
 // masked row's new tokens are gathered from their own slots (a few per row).
 //
+// K/V staging (bandwidth): a tile's K and V rows are copied as they are stored (f32, f16 or bf16) into
+// shared memory, 16 bytes a thread at a time with one page lookup per key row and vector, by
+// cp.async; with two buffers (kStages = 2, the specialised head dims) the next tile is in flight
+// while this one computes. Scores read a K row 16 bytes at a time (the row stride is padded by one
+// vector, so the 8 lanes of a 16-byte phase hit 32 distinct banks). The conversion to f32 is exact
+// and the sums run in the order above, so staging changes no bit. Caches whose rows are not whole
+// 16-byte vectors, or a layer not 16-byte aligned, are staged element by element into the same
+// buffers (same bits).
+//
 // Keys are processed in chunks of kChunk list positions: each chunk gets its own online-softmax
 // state (m, l, acc) over 32-key tiles (one key per lane for the scores, dims per lane for the P.V
 // product), and chunk states are folded in chunk order with one fixed formula. A launch either
@@ -24,6 +33,10 @@
 #include <cstdint>
 
 #include "device.cuh"
+
+#ifdef __CUDACC__
+#include <cuda_pipeline.h>
+#endif
 
 namespace specdec {
 namespace cuda {
@@ -53,7 +66,18 @@ struct Params {
   int max_chunks;    // chunks of the longest sequence
   int split;
   int chunks_per_cta;  // split: consecutive chunks per CTA (grid.x = tiles * ceil(max_chunks / chunks_per_cta))
+  int kv_aligned16;    // the layer's base is 16-byte aligned: K/V rows may be staged 16 bytes at a time
 };
+
+// Shared memory of the CUDA-core kernel: Qs [kRowsPerCta][D] f32, then kStages K and V tiles
+// [kKeyTile][kv_ld] in the cache's dtype.
+__host__ __device__ inline int kv_ld(int D, int kv_bytes) {
+  return (D * kv_bytes) % 16 == 0 ? D + 16 / kv_bytes : D + 1;  // one vector of padding; scalar rows: odd
+}
+inline size_t smem_bytes(int D, int kv_bytes, int stages) {
+  return sizeof(float) * static_cast<size_t>(kRowsPerCta) * D +
+         static_cast<size_t>(stages) * 2 * kKeyTile * kv_ld(D, kv_bytes) * kv_bytes;
+}
 
 __device__ __forceinline__ float warp_max(float x) {
 #pragma unroll
@@ -105,18 +129,49 @@ __device__ __forceinline__ int mask_nth(const uint64_t* row, int n) {
   }
 }
 
+// One 16-byte vector of K or V (cp.async: complete after the thread's wait and a barrier).
+__device__ __forceinline__ void copy16_async(void* dst, const void* src) {
+  __pipeline_memcpy_async(dst, src, 16);
+}
+
+// q . k over d = 0 .. D-1 in order (the order is part of the bits): q in f32 shared memory, k a
+// staged row in the cache's dtype, read 16 bytes at a time when rows are whole vectors.
+template <typename KVT, int DT>
+__device__ __forceinline__ float dot_row(const float* qr, const KVT* kr, int D, bool vec_rows) {
+  constexpr int n = 16 / sizeof(KVT);
+  float dot = 0.f;
+  if (vec_rows) {
+    const int nv = (DT > 0 ? DT : D) / n;
+#pragma unroll 4
+    for (int v = 0; v < nv; ++v) {
+      const uint4 raw = reinterpret_cast<const uint4*>(kr)[v];
+      const KVT* e = reinterpret_cast<const KVT*>(&raw);
+#pragma unroll
+      for (int j = 0; j < n; ++j) dot = fmaf(qr[v * n + j], to_f32(e[j]), dot);
+    }
+  } else {
+    for (int d = 0; d < D; ++d) dot = fmaf(qr[d], to_f32(kr[d]), dot);
+  }
+  return dot;
+}
+
 // DT = 64 or 128: specialised (compile-time head dim); DT = 0: generic, runtime D <= kMaxHeadDim.
-template <typename QT, typename KVT, int DT>
+// kStages: K/V tile buffers (2: the next tile loads while this one computes).
+template <typename QT, typename KVT, int DT, int kStages>
 __global__ void __launch_bounds__(kWarps * 32, 2) tree_attention_kernel(const Params p) {
+  static_assert(kStages == 1 || kStages == 2, "one or two K/V buffers");
   constexpr int DPL = DT > 0 ? DT / 32 : kMaxHeadDim / 32;  // output dims per lane: d = lane + 32 k
   constexpr int R = kRowsPerWarp;
+  constexpr int kVecN = 16 / static_cast<int>(sizeof(KVT));  // cache elements per 16-byte vector
   const int D = DT > 0 ? DT : p.D;
-  const int KS = D + 1;  // padded K rows: lane l reading key l, dim d hits bank (l + d) % 32
+  const bool vec_rows = (D * static_cast<int>(sizeof(KVT))) % 16 == 0;  // staged rows are whole vectors
+  const bool vec_copy = vec_rows && p.kv_aligned16;                      // ... and so are the cache's
+  const int ld = kv_ld(D, static_cast<int>(sizeof(KVT)));                // staged row stride, elements
 
   SPECDEC_DYNAMIC_SMEM(float, smem);
-  float* Ks = smem;                 // [kKeyTile][D + 1]
-  float* Vs = Ks + kKeyTile * KS;   // [kKeyTile][D]
-  float* Qs = Vs + kKeyTile * D;    // [kRowsPerCta][D], pre-scaled by scale_log2
+  float* Qs = smem;                                   // [kRowsPerCta][D], pre-scaled by scale_log2
+  KVT* Kbuf = reinterpret_cast<KVT*>(Qs + kRowsPerCta * D);  // [kStages][kKeyTile][ld]
+  KVT* Vbuf = Kbuf + kStages * kKeyTile * ld;                // [kStages][kKeyTile][ld]
 
   const int b = blockIdx.z, h_kv = blockIdx.y;
   const int per_tile = p.split ? (p.max_chunks + p.chunks_per_cta - 1) / p.chunks_per_cta : 1;
@@ -138,6 +193,10 @@ __global__ void __launch_bounds__(kWarps * 32, 2) tree_attention_kernel(const Pa
   // Split: this CTA owns the partial slots of chunks c_begin .. c_end-1 (written even when empty).
   const int c_begin = p.split ? group * p.chunks_per_cta : 0;
   const int c_end = p.split ? min(c_begin + p.chunks_per_cta, p.max_chunks) : n_chunks;
+  // Its 32-key tiles: j covers list positions 32 j .. 32 j + 31 (a chunk is 8 whole tiles).
+  constexpr int kTilesPerChunk = kChunk / kKeyTile;
+  const int j_begin = c_begin * kTilesPerChunk;
+  const int j_end = min(c_end * kTilesPerChunk, (kv_end + kKeyTile - 1) / kKeyTile);
 
   const QT* Q = static_cast<const QT*>(p.q);
   const KVT* KV = static_cast<const KVT*>(p.kv);
@@ -158,6 +217,43 @@ __global__ void __launch_bounds__(kWarps * 32, 2) tree_attention_kernel(const Pa
   auto kv_at = [&](int t) {
     return ((static_cast<size_t>(pages[t / p.page_size]) * 2 * p.page_size + t % p.page_size) * p.Hkv + h_kv) * D;
   };
+  // Stage tile j's K and V rows into buffer j % kStages (list position = slot here: the prefix and
+  // causal rows; a masked row's other new tokens are gathered below). Vectors: async, complete after
+  // the thread's wait; element by element: plain stores. Slots past the end are zeros, never garbage.
+  auto stage_tile = [&](int j) {
+    KVT* kb = Kbuf + (j % kStages) * kKeyTile * ld;
+    KVT* vb = Vbuf + (j % kStages) * kKeyTile * ld;
+    const int t0 = j * kKeyTile;
+    if (vec_copy) {
+      const int vpr = D / kVecN;  // vectors per row
+      for (int idx = threadIdx.x; idx < kKeyTile * vpr; idx += blockDim.x) {
+        const int kk = idx / vpr, e = (idx % vpr) * kVecN, t = t0 + kk;
+        KVT* kd = kb + kk * ld + e;
+        KVT* vd = vb + kk * ld + e;
+        if (t < kv_end) {
+          const KVT* src = KV + kv_at(t) + e;
+          copy16_async(kd, src);
+          copy16_async(vd, src + v_off);
+        } else {
+          *reinterpret_cast<uint4*>(kd) = uint4{0u, 0u, 0u, 0u};
+          *reinterpret_cast<uint4*>(vd) = uint4{0u, 0u, 0u, 0u};
+        }
+      }
+    } else {
+      for (int idx = threadIdx.x; idx < kKeyTile * D; idx += blockDim.x) {
+        const int kk = idx / D, d = idx % D, t = t0 + kk;
+        KVT kx = from_f32<KVT>(0.f), vx = from_f32<KVT>(0.f);
+        if (t < kv_end) {
+          const size_t off = kv_at(t) + d;
+          kx = KV[off];
+          vx = KV[off + v_off];
+        }
+        kb[kk * ld + d] = kx;
+        vb[kk * ld + d] = vx;
+      }
+    }
+    __pipeline_commit();  // one group per tile in every thread (empty when staged by plain stores)
+  };
   int len[R];  // this warp's rows' list lengths
 #pragma unroll
   for (int k = 0; k < R; ++k) {
@@ -174,6 +270,7 @@ __global__ void __launch_bounds__(kWarps * 32, 2) tree_attention_kernel(const Pa
     for (int e = 0; e < DPL; ++e) ACC[k][e] = 0.f, acc[k][e] = 0.f;
   }
 
+  if (kStages == 2 && j_begin < j_end) stage_tile(j_begin);  // the first tile is in flight at once
   for (int c = c_begin; c < c_end; ++c) {
 #pragma unroll
     for (int k = 0; k < R; ++k) {
@@ -182,20 +279,24 @@ __global__ void __launch_bounds__(kWarps * 32, 2) tree_attention_kernel(const Pa
       for (int e = 0; e < DPL; ++e) acc[k][e] = 0.f;
     }
     const int t_end = min((c + 1) * kChunk, kv_end);  // <= c * kChunk past the CTA's chunks: no tiles
-    for (int t0 = c * kChunk; t0 < t_end; t0 += kKeyTile) {
-      __syncthreads();  // the previous tile is consumed (and Qs is written before the first)
-      for (int idx = threadIdx.x; idx < kKeyTile * D; idx += blockDim.x) {
-        const int kk = idx / D, d = idx % D, t = t0 + kk;
-        float kx = 0.f, vx = 0.f;  // slots past the end are zeros, never garbage (0 * NaN)
-        if (t < t_end) {
-          const size_t off = kv_at(t) + d;
-          kx = to_f32(KV[off]);
-          vx = to_f32(KV[off + v_off]);
-        }
-        Ks[kk * KS + d] = kx;
-        Vs[kk * D + d] = vx;
-      }
+    for (int j = c * kTilesPerChunk; j < min((c + 1) * kTilesPerChunk, j_end); ++j) {
+      const int t0 = j * kKeyTile;
+      // Everyone is done with tile j - 1, whose buffer the next tile reuses (and Qs is written).
       __syncthreads();
+      if (kStages == 2) {
+        if (j + 1 < j_end) {
+          stage_tile(j + 1);  // in flight while tile j computes
+          __pipeline_wait_prior(1);
+        } else {
+          __pipeline_wait_prior(0);
+        }
+      } else {
+        stage_tile(j);
+        __pipeline_wait_prior(0);
+      }
+      __syncthreads();  // tile j's copies, every thread's, have landed
+      const KVT* Ks = Kbuf + (j % kStages) * kKeyTile * ld;
+      const KVT* Vs = Vbuf + (j % kStages) * kKeyTile * ld;
 
       const int pos = t0 + lane;  // this lane's list position
 #pragma unroll
@@ -218,20 +319,14 @@ __global__ void __launch_bounds__(kWarps * 32, 2) tree_attention_kernel(const Pa
         float s = -INFINITY;
         if (vis) {
           const float* qr = Qs + r * D;
-          float dot = 0.f;
           if (slot >= 0) {
             const KVT* kg = KV + kv_at(slot);
+            float dot = 0.f;
             for (int d = 0; d < D; ++d) dot = fmaf(qr[d], to_f32(kg[d]), dot);
+            s = dot;
           } else {
-            const float* kr = Ks + lane * KS;
-            if (DT > 0) {
-#pragma unroll 16
-              for (int d = 0; d < (DT > 0 ? DT : 1); ++d) dot = fmaf(qr[d], kr[d], dot);
-            } else {
-              for (int d = 0; d < D; ++d) dot = fmaf(qr[d], kr[d], dot);
-            }
+            s = dot_row<KVT, DT>(qr, Ks + lane * ld, D, vec_rows);
           }
-          s = dot;
         }
         const float mt = warp_max(s);
         if (mt == -INFINITY) continue;  // nothing finite to add (warp-uniform)
@@ -245,11 +340,11 @@ __global__ void __launch_bounds__(kWarps * 32, 2) tree_attention_kernel(const Pa
 #pragma unroll 8
           for (int kk = 0; kk < n_vis; ++kk) {
             const float pk = __shfl_sync(0xffffffffu, pr, kk);
-            const float* vr = Vs + kk * D;
+            const KVT* vr = Vs + kk * ld;
 #pragma unroll
             for (int e = 0; e < DPL; ++e) {
               const int d = lane + 32 * e;
-              if (DT > 0 || d < D) acc[k][e] = fmaf(pk, vr[d], acc[k][e]);
+              if (DT > 0 || d < D) acc[k][e] = fmaf(pk, to_f32(vr[d]), acc[k][e]);
             }
           }
         } else {
@@ -260,7 +355,7 @@ __global__ void __launch_bounds__(kWarps * 32, 2) tree_attention_kernel(const Pa
             for (int e = 0; e < DPL; ++e) {
               const int d = lane + 32 * e;
               if (DT > 0 || d < D)
-                acc[k][e] = fmaf(pk, sk >= 0 ? to_f32(KV[kv_at(sk) + v_off + d]) : Vs[kk * D + d], acc[k][e]);
+                acc[k][e] = fmaf(pk, to_f32(sk >= 0 ? KV[kv_at(sk) + v_off + d] : Vs[kk * ld + d]), acc[k][e]);
             }
           }
         }
@@ -338,19 +433,32 @@ __global__ void tree_attention_merge_kernel(const float* part_acc, const float* 
 // the host emulation (test/emu/) so both run exactly the same grid. Sets p.max_chunks, p.split and
 // p.chunks_per_cta (p.G, p.Hkv, p.Hq, p.D must be set).
 //
-// Split-KV planner: the work is counted in chunks over the ragged batch (each sequence's KV heads x
-// row tiles x its own chunks). A CTA takes chunks_per_cta consecutive chunks, as many as keep the
-// longest CTA within half the average work per SM: a long sequence in a batch of short ones is
-// spread over many CTAs, a batch that fills the GPU by itself is not split. The partials must stay
-// under 512 MiB. sm_count <= 0: never split.
+// Split-KV planner. Work is counted in chunk-units: one CTA's pass over one 256-position chunk for
+// one KV head and one 16-row tile, W = sum over sequences of Hkv x tiles x chunks. With S = 2 x
+// sm_count resident CTAs (both kernels' occupancy), no schedule ends before max(longest CTA, W / S).
+// Unsplit, the longest CTA is the longest sequence's max_chunks. Split, a CTA takes cpc consecutive
+// chunks: as few groups as bring cpc down to W / S (at least 1 chunk), then equal groups
+// (ceil(max_chunks / groups)), so the longest sequence's CTAs finish together instead of, say,
+// 15 chunks and 1. A split pays for its partials (each row's max_chunks partials written and read
+// back, against the K/V bytes the CTAs read) and a merge launch (~1/4 chunk-unit: ~3 us against
+// ~10 us per chunk-unit at an H100 CTA's share of HBM bandwidth; a model, not a measurement); it is
+// taken only when its estimate is lower. So a batch that fills the GPU by itself is not split, a
+// long sequence among short ones is spread evenly. The partials stay under 512 MiB. sm_count <= 0:
+// never split.
 struct Plan {
   int64_t grid_x = 0, grid_y = 0, grid_z = 0;
-  size_t smem = 0;  // dynamic shared memory, bytes
+  size_t smem = 0;  // dynamic shared memory, bytes (set by the kernel's launcher)
 };
+// K/V buffers of the CUDA-core kernel for a head dim: two for the specialised head dims (the next tile
+// loads while this one computes; at most ~75 KB, within every sm_80+ opt-in), one for the generic
+// kernel (up to D = 256 with an f32 cache).
+constexpr int stages_for_dim(int DT) { return DT > 0 ? 2 : 1; }
+constexpr double kMergeLaunchUnits = 0.25;
 inline Plan plan_launch(Params& p, int64_t B, const int32_t* h_qo_indptr, const int32_t* h_prefix_len, int64_t max_qo_len,
-                        int64_t max_kv_len, int64_t sm_count) {
+                        int64_t max_kv_len, int64_t sm_count, int kv_bytes) {
   const int64_t N = h_qo_indptr[B] - h_qo_indptr[0];
-  p.max_chunks = static_cast<int>(std::max<int64_t>(1, (max_kv_len + kChunk - 1) / kChunk));
+  const int64_t mc = std::max<int64_t>(1, (max_kv_len + kChunk - 1) / kChunk);
+  p.max_chunks = static_cast<int>(mc);
   const int64_t max_tiles = (max_qo_len * p.G + kRowsPerCta - 1) / kRowsPerCta;
   int64_t work = 0;
   for (int64_t b = 0; b < B; ++b) {
@@ -358,15 +466,26 @@ inline Plan plan_launch(Params& p, int64_t B, const int32_t* h_qo_indptr, const 
     const int64_t chunks = std::max<int64_t>(1, (h_prefix_len[b] + qo + kChunk - 1) / kChunk);
     work += int64_t(p.Hkv) * ((qo * p.G + kRowsPerCta - 1) / kRowsPerCta) * chunks;
   }
-  const int64_t cpc = sm_count > 0 ? std::min<int64_t>(p.max_chunks, std::max<int64_t>(1, work / (2 * sm_count))) : p.max_chunks;
-  const int64_t part_floats = N * p.Hq * p.max_chunks * (p.D + 2);
-  p.split = cpc < p.max_chunks && part_floats * 4 <= (int64_t(512) << 20);
-  p.chunks_per_cta = static_cast<int>(p.split ? cpc : p.max_chunks);
+  int64_t cpc = mc;
+  if (sm_count > 0 && mc > 1) {
+    const double per_slot = static_cast<double>(work) / static_cast<double>(2 * sm_count);  // W / S
+    const int64_t target = std::max<int64_t>(1, static_cast<int64_t>(per_slot));
+    const int64_t groups = (mc + target - 1) / target;
+    const int64_t balanced = (mc + groups - 1) / groups;
+    const double kv_unit_bytes = static_cast<double>(kChunk) * 2 * p.D * kv_bytes;
+    const double part_bytes = 2.0 * 4 * static_cast<double>(N) * p.Hq * mc * (p.D + 2);  // written + read back
+    const double merge = part_bytes / (kv_unit_bytes * 2 * sm_count) + kMergeLaunchUnits;
+    const double unsplit = std::max(static_cast<double>(mc), per_slot);
+    const double split = std::max(static_cast<double>(balanced), per_slot) + merge;
+    if (balanced < mc && split < unsplit && part_bytes / 2 <= static_cast<double>(int64_t(512) << 20)) cpc = balanced;
+  }
+  p.split = cpc < mc;
+  p.chunks_per_cta = static_cast<int>(cpc);
   Plan plan;
-  plan.grid_x = max_tiles * (p.split ? (p.max_chunks + cpc - 1) / cpc : 1);
+  plan.grid_x = max_tiles * ((mc + cpc - 1) / cpc);
   plan.grid_y = p.Hkv;
   plan.grid_z = B;
-  plan.smem = sizeof(float) * static_cast<size_t>(kKeyTile * (p.D + 1) + kKeyTile * p.D + kRowsPerCta * p.D);
+  plan.smem = 0;  // the launcher's: smem_bytes(D, cache element bytes, its kStages)
   return plan;
 }
 

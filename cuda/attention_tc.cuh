@@ -484,7 +484,7 @@ using attn::Plan;
 inline Plan plan_launch(Params& p, int64_t B, const int32_t* h_qo_indptr, const int32_t* h_prefix_len, int64_t max_qo_len,
                         int64_t max_kv_len, int64_t sm_count, int kv_pieces, int stages) {
   static_assert(kRows == attn::kRowsPerCta && attn::kChunk % kKeys == 0, "tiles and chunks must match attention.cuh's planner");
-  Plan plan = attn::plan_launch(p, B, h_qo_indptr, h_prefix_len, max_qo_len, max_kv_len, sm_count);
+  Plan plan = attn::plan_launch(p, B, h_qo_indptr, h_prefix_len, max_qo_len, max_kv_len, sm_count, 2);  // bf16/f16 cache
   plan.smem = Layout(p.D, kv_pieces, stages).bytes;
   return plan;
 }

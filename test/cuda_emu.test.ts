@@ -34,8 +34,8 @@ interface Program {
 const programs: Program[] = [
   { source: 'gemm_tc_emu.cc', extra: [], kernel: 'tensor-core matmul (cuda/gemm_tc.cuh)', minChecks: 100, args: [],
     tsanArgs: [], tsanMinChecks: 100 },
-  { source: 'attention_emu.cc', extra: [], kernel: 'tree attention + split-KV merge, tree = path (cuda/attention.cuh)', minChecks: 32,
-    args: [], tsanArgs: ['2', '0'], tsanMinChecks: 10 },
+  { source: 'attention_emu.cc', extra: [], kernel: 'tree attention + split-KV merge + planner, tree = path, cp.async K/V staging (cuda/attention.cuh)', minChecks: 46,
+    args: [], tsanArgs: ['2', '0'], tsanMinChecks: 18 },
   { source: 'attention_tc_emu.cc', extra: [], kernel: 'tensor-core tree attention + split-KV merge, tree = path, decode rows, cp.async double buffering (cuda/attention_tc.cuh)', minChecks: 39,
     args: [], tsanArgs: ['4', '2'], tsanMinChecks: 23 },
   { source: 'sampling_emu.cc', extra: ['cpp/core/tensor.cc', 'cpp/core/transfers.cc', 'cpp/core/backend.cc', 'cpp/cpu/thread_pool.cc', 'cpp/cpu/sampling.cc', 'cpp/cpu/verify.cc'],

@@ -3,7 +3,9 @@
 //   - values against a float64 reference: paged prefix, causal and tree-masked new tokens, GQA/MQA,
 //     head dims 64 and 128 (specialised) and 80 (generic), f32/f16/bf16 queries and KV, several
 //     256-key chunks, a masked row that sees nothing (zeros);
-//   - that the split-KV path (partials + merge) gives the same bits as the in-CTA fold;
+//   - that the split-KV path (partials + merge) gives the same bits as the in-CTA fold, and so do one
+//     or two K/V buffers and element-by-element staging instead of 16-byte cp.async copies;
+//   - the split-KV planner's choices (balanced groups, no split when the batch fills the GPU);
 //   - batch invariance: a sequence's rows are bit-identical alone and in the batch;
 //   - tree = path: a random tree's rows are bit-identical to its paths committed and decoded (one
 //     token, or the whole path as a causal chain), f32/bf16/f16 caches, split and unsplit;
@@ -37,8 +39,17 @@ constexpr int kGuard = 64;
 
 // Runs the kernels as attention.cu launches them (plan_launch with this SM count); returns out as f32.
 // *chunks_per_cta (optional) gets the plan's grouping.
+// Staging as attention.cu does it (kAsLaunched: its K/V buffer count for the head dim, 16-byte copies
+// from an aligned cache), or varied: one or two buffers, element-by-element staging.
+struct Staging {
+  int stages = 0;  // 0: attn::stages_for_dim
+  bool elementwise = false;
+};
+constexpr Staging kAsLaunched{};
+
 template <typename QT, typename KVT>
-std::vector<float> run(const Problem<QT, KVT>& pr, int64_t sm_count, bool* split_used, bool* guard_ok, int* chunks_per_cta = nullptr) {
+std::vector<float> run(const Problem<QT, KVT>& pr, int64_t sm_count, bool* split_used, bool* guard_ok, int* chunks_per_cta = nullptr,
+                       Staging staging = kAsLaunched) {
   const int64_t N = pr.N();
   const int B = static_cast<int>(pr.seqs.size());
   std::vector<QT> out(static_cast<size_t>(N) * pr.Hq * pr.D + 2 * kGuard, from_float<QT>(-777.f));
@@ -54,9 +65,10 @@ std::vector<float> run(const Problem<QT, KVT>& pr, int64_t sm_count, bool* split
   p.mask_words = pr.mask.empty() ? 0 : pr.mask_words;
   p.Hq = pr.Hq, p.Hkv = pr.Hkv, p.G = pr.Hq / pr.Hkv, p.D = pr.D, p.page_size = pr.page_size;
   p.scale_log2 = pr.sm_scale * 1.4426950408889634f;
+  p.kv_aligned16 = !staging.elementwise && reinterpret_cast<uintptr_t>(pr.kv.data()) % 16 == 0;
   int64_t max_qo = 0, max_kv = 0;
   for (const auto& s : pr.seqs) max_qo = std::max<int64_t>(max_qo, s.qo), max_kv = std::max<int64_t>(max_kv, s.prefix + s.qo);
-  const attn::Plan plan = attn::plan_launch(p, B, pr.qo_indptr.data(), pr.prefix.data(), max_qo, max_kv, sm_count);
+  const attn::Plan plan = attn::plan_launch(p, B, pr.qo_indptr.data(), pr.prefix.data(), max_qo, max_kv, sm_count, static_cast<int>(sizeof(KVT)));
   if (chunks_per_cta) *chunks_per_cta = p.chunks_per_cta;
   std::vector<float> part_acc, part_ml;
   if (p.split) {
@@ -69,7 +81,10 @@ std::vector<float> run(const Problem<QT, KVT>& pr, int64_t sm_count, bool* split
   const Dim3 grid{static_cast<unsigned>(plan.grid_x), static_cast<unsigned>(plan.grid_y), static_cast<unsigned>(plan.grid_z)};
   auto go = [&](auto dt) {
     constexpr int DT = decltype(dt)::value;
-    emu::launch(grid, attn::kWarps * 32, plan.smem, [&] { attn::tree_attention_kernel<QT, KVT, DT>(p); });
+    const int stages = staging.stages ? staging.stages : attn::stages_for_dim(DT);
+    const size_t smem = attn::smem_bytes(pr.D, static_cast<int>(sizeof(KVT)), stages);
+    if (stages == 2) emu::launch(grid, attn::kWarps * 32, smem, [&] { attn::tree_attention_kernel<QT, KVT, DT, 2>(p); });
+    else emu::launch(grid, attn::kWarps * 32, smem, [&] { attn::tree_attention_kernel<QT, KVT, DT, 1>(p); });
   };
   if (pr.D == 64) go(std::integral_constant<int, 64>{});
   else if (pr.D == 128) go(std::integral_constant<int, 128>{});
@@ -155,6 +170,18 @@ void check(std::mt19937_64& rng, const char* label, int Hq, int Hkv, int D, cons
   for (const auto& s : seqs) max_kv = std::max<int64_t>(max_kv, s.prefix + s.qo);
   report(!split_a && split_b == (max_kv > attn::kChunk), what + ": the plan splits only when asked to (and 2+ chunks)");
   report(std::memcmp(fold.data(), split.data(), fold.size() * sizeof(float)) == 0, what + ": split-KV merge == in-CTA fold, bit for bit");
+  // K/V staging changes no bit: the other buffer count (the next tile in flight or not), and rows
+  // copied element by element (an unaligned cache) instead of 16 bytes at a time.
+  {
+    bool sp = false, g1 = false, g2 = false;
+    const int other = attn::stages_for_dim(D == 64 || D == 128 ? D : 0) == 2 ? 1 : 2;
+    const auto staged = run(pr, 0, &sp, &g1, nullptr, Staging{other, false});
+    const auto scalar = run(pr, int64_t(1) << 40, &sp, &g2, nullptr, Staging{0, true});
+    report(g1 && std::memcmp(fold.data(), staged.data(), fold.size() * sizeof(float)) == 0,
+           what + ": " + std::to_string(other) + " K/V buffer(s) == " + std::to_string(3 - other) + ", bit for bit");
+    report(g2 && std::memcmp(fold.data(), scalar.data(), fold.size() * sizeof(float)) == 0,
+           what + ": element-by-element staging (split) == 16-byte copies, bit for bit");
+  }
   // The planner's grouping: an SM count for which CTAs take 2+ chunks each (when there are 3+ chunks).
   for (int64_t sms = 1; sms <= 256; ++sms) {
     bool sp = false, g = false;
@@ -163,7 +190,7 @@ void check(std::mt19937_64& rng, const char* label, int Hq, int Hkv, int D, cons
     probe.G = Hq / Hkv, probe.Hkv = Hkv, probe.Hq = Hq, probe.D = D;
     int64_t max_qo = 0, mkv = 0;
     for (const auto& sq : seqs) max_qo = std::max<int64_t>(max_qo, sq.qo), mkv = std::max<int64_t>(mkv, sq.prefix + sq.qo);
-    attn::plan_launch(probe, static_cast<int64_t>(seqs.size()), pr.qo_indptr.data(), pr.prefix.data(), max_qo, mkv, sms);
+    attn::plan_launch(probe, static_cast<int64_t>(seqs.size()), pr.qo_indptr.data(), pr.prefix.data(), max_qo, mkv, sms, static_cast<int>(sizeof(KVT)));
     if (!probe.split || probe.chunks_per_cta < 2) continue;
     const auto grouped = run(pr, sms, &sp, &g, &cpc);
     report(sp && g && std::memcmp(fold.data(), grouped.data(), fold.size() * sizeof(float)) == 0,
@@ -208,12 +235,62 @@ void check_tree_vs_path(std::mt19937_64& rng, int Hq, int Hkv, int D, int prefix
                                    std::to_string(rows_node.size()) + " path rows differ from their tree row");
   }
 }
+// The split-KV planner's choices (host only): a batch that fills the GPU is not split; a lone long
+// sequence is spread one chunk per CTA; a long sequence among short ones is split into equal groups
+// no longer than the average work per resident CTA; and, for random ragged batches and SM counts,
+// every split is balanced (cpc = ceil(max_chunks / groups): no shorter longest CTA for as many groups).
+void check_planner(std::mt19937_64& rng) {
+  auto plan = [](const std::vector<int32_t>& prefix, const std::vector<int32_t>& qo, int64_t sms, attn::Params& p,
+                 int64_t* work) {
+    p = attn::Params{};
+    p.Hq = 32, p.Hkv = 8, p.G = 4, p.D = 128;
+    std::vector<int32_t> indptr{0};
+    int64_t max_qo = 0, max_kv = 0;
+    *work = 0;
+    for (size_t b = 0; b < qo.size(); ++b) {
+      indptr.push_back(indptr.back() + qo[b]);
+      max_qo = std::max<int64_t>(max_qo, qo[b]), max_kv = std::max<int64_t>(max_kv, prefix[b] + qo[b]);
+      *work += int64_t(p.Hkv) * ((qo[b] * p.G + attn::kRowsPerCta - 1) / attn::kRowsPerCta) *
+               std::max<int64_t>(1, (prefix[b] + qo[b] + attn::kChunk - 1) / attn::kChunk);
+    }
+    return attn::plan_launch(p, static_cast<int64_t>(qo.size()), indptr.data(), prefix.data(), max_qo, max_kv, sms, 2);
+  };
+  attn::Params p{};
+  int64_t work = 0;
+  plan(std::vector<int32_t>(32, 4095), std::vector<int32_t>(32, 1), 132, p, &work);
+  report(!p.split, "planner: 32 decode rows over 4k on 132 SMs (256 CTAs of 16 chunks fill the GPU): not split");
+  plan({4095}, {1}, 132, p, &work);
+  report(p.split && p.chunks_per_cta == 1, "planner: one decode row over 4k on 132 SMs: split, one chunk per CTA (got " +
+                                               std::to_string(p.chunks_per_cta) + ")");
+  std::vector<int32_t> pre(31, 511), q(31, 1);
+  pre.push_back(32767), q.push_back(1);
+  plan(pre, q, 132, p, &work);
+  const int64_t per_slot = std::max<int64_t>(1, work / 264);
+  report(p.split && p.chunks_per_cta <= per_slot,
+         "planner: one 32k sequence among 31 of 512 on 132 SMs: split, " + std::to_string(p.chunks_per_cta) +
+             " chunks per CTA <= " + std::to_string(per_slot) + " (the average work per resident CTA)");
+  int unbalanced = 0, splits = 0;
+  for (int t = 0; t < 400; ++t) {
+    const int B = 1 + static_cast<int>(rng() % 40);
+    std::vector<int32_t> pr(B), qq(B);
+    for (int b = 0; b < B; ++b) pr[b] = static_cast<int32_t>(rng() % (rng() % 4 == 0 ? 40000 : 3000)), qq[b] = 1 + static_cast<int32_t>(rng() % 64);
+    const int64_t sms = 1 + static_cast<int64_t>(rng() % 200);
+    plan(pr, qq, sms, p, &work);
+    if (!p.split) continue;
+    ++splits;
+    const int64_t mc = p.max_chunks, cpc = p.chunks_per_cta, groups = (mc + cpc - 1) / cpc;
+    unbalanced += cpc != (mc + groups - 1) / groups || cpc > std::max<int64_t>(1, work / (2 * sms));
+  }
+  report(splits >= 20 && unbalanced == 0, "planner: " + std::to_string(splits) + " random ragged splits, " +
+                                             std::to_string(unbalanced) + " unbalanced or longer than the average work per resident CTA");
+}
 }  // namespace
 
 int main(int argc, char** argv) {
   const uint64_t seed = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 1;
   const int configs = argc > 2 ? std::atoi(argv[2]) : 1000;
   std::mt19937_64 rng(seed);
+  check_planner(rng);
   // prefix, new tokens, tree mask?, empty row
   if (configs > 0)
     check<float, float>(rng, "GQA, causal + tree + empty row, 2 chunks", 4, 2, 64,

@@ -181,7 +181,7 @@ void check(std::mt19937_64& rng, const char* label, int Hq, int Hkv, int D, cons
       probe.G = Hq / Hkv, probe.Hkv = Hkv, probe.Hq = Hq, probe.D = D;
       int64_t max_qo = 0;
       for (const auto& sq : seqs) max_qo = std::max<int64_t>(max_qo, sq.qo);
-      attn::plan_launch(probe, static_cast<int64_t>(seqs.size()), pr.qo_indptr.data(), pr.prefix.data(), max_qo, max_kv, sms);
+      attn::plan_launch(probe, static_cast<int64_t>(seqs.size()), pr.qo_indptr.data(), pr.prefix.data(), max_qo, max_kv, sms, 2);
       if (!probe.split || probe.chunks_per_cta < 2) continue;
       int cpc = 0;
       const auto grouped = run(pr, &g, sms, &sp, &cpc);

@@ -434,7 +434,9 @@ describe('transfers: whole decoding runs on the embedded family', function () {
     writeSafetensors(path.join(nanDir, 'model.safetensors'), w, { format: 'pt' });
     const nanDraft = await LlamaModel.load(nanDir);
     try {
-      const r = rng(testSeed + 9);
+      // A fixed prompt: with a prompt drawn from the test seed, about 1 in 30,000 made the target's
+      // first sampled token (seed 5) EOS, which ends the run before any draft step (no rejection).
+      const r = rng(10);
       const p = Int32Array.from({ length: 9 }, () => 3 + Math.floor(r() * (target.config.vocabSize - 3)));
       // The picks are kNoMass on the device, not read back.
       const d = nanDraft.createSequence();

@@ -16,16 +16,6 @@ namespace cuda {
 
 namespace {
 
-int sm_count() {
-  static int n = [] {
-    int dev = 0, sms = 0;
-    SPECDEC_CUDA_CHECK(cudaGetDevice(&dev));
-    SPECDEC_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    return std::max(sms, 1);
-  }();
-  return n;
-}
-
 int max_optin_smem();
 
 template <typename QT, typename KVT, int DT>

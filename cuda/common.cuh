@@ -16,6 +16,8 @@ namespace cuda {
 
 // All kernels run on one non-blocking stream owned by the library.
 cudaStream_t stream();
+// The current device's SM count (read once), for launch planners.
+int sm_count();
 
 [[noreturn]] inline void throw_cuda(cudaError_t e, const char* call, const char* file, int line) {
   fail("E_CUDA", call, " failed: ", cudaGetErrorString(e), " (", cudaGetErrorName(e), ") at ", file, ":", line);

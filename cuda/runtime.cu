@@ -1,6 +1,7 @@
 // CUDA runtime services for the rest of the library: device query, a caching allocator,
 // copies on the library stream. Statically linked cudart: this file must behave on
 // machines with no driver at all (query reports the reason, nothing else is called).
+#include <algorithm>
 #include <cstring>
 #include <deque>
 #include <map>
@@ -25,6 +26,16 @@ cudaStream_t stream() {
   std::lock_guard<std::mutex> lock(g_mu);
   if (!g_stream) SPECDEC_CUDA_CHECK(cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking));
   return g_stream;
+}
+
+int sm_count() {
+  static const int n = [] {
+    int dev = 0, sms = 0;
+    SPECDEC_CUDA_CHECK(cudaGetDevice(&dev));
+    SPECDEC_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    return std::max(sms, 1);
+  }();
+  return n;
 }
 
 void query(BackendInfo& info) {

@@ -1,6 +1,7 @@
-// CUDA: logits processing, argmax, sampling and top-k, one thread block per row. No sort: top-k and
-// top-p thresholds come from a radix select over order-preserving float keys, ties are resolved by
-// index with a block scan, sampling is a block prefix scan over exact integer weights.
+// CUDA: logits processing, argmax, sampling and top-k, one thread block per row (argmax of a few
+// rows: by vocabulary slices). No sort: top-k and top-p thresholds come from a radix select over
+// order-preserving float keys, ties are resolved by index with a block scan, sampling is a block
+// prefix scan over exact integer weights.
 // Semantics (identical to the CPU reference) in cpp/core/spec_math.h.
 #include "../cpp/core/ops_sampling.h"
 #include "common.cuh"
@@ -23,9 +24,27 @@ void process_logits(const Tensor& logits, const SamplingParams& params, Tensor& 
   });
 }
 
+// One block per row, or -- when the rows alone would leave most SMs idle (decode: a few rows of a
+// large vocabulary) -- a block per 4096-column slice of each row and a warp per row folding the
+// partials. Both give the CPU's token (argmax_slices.cuh).
 void argmax(const Tensor& logits, Tensor& out) {
   const int64_t N = logits.size(0), V = logits.size(1);
   if (N == 0) return;
+  SPECDEC_CHECK(V <= INT32_MAX, "E_ARG", "logits: rows longer than 2^31 are not supported");
+  const int S = argmax_slices(static_cast<int>(V));
+  if (S >= 2 && S <= 65535 && N < sm_count()) {
+    Tensor part_v = Tensor::empty(DType::f32, {N, S}, Device::cuda);
+    Tensor part_i = Tensor::empty(DType::i32, {N, S}, Device::cuda);
+    SPECDEC_DISPATCH_FLOAT(logits.dtype(), "logits", [&] {
+      argmax_slices_kernel<scalar_t><<<dim3(static_cast<unsigned>(N), S), kSliceThreads, 0, stream()>>>(
+          logits.ptr<scalar_t>(), static_cast<int>(V), part_v.ptr<float>(), part_i.ptr<int32_t>());
+      SPECDEC_CUDA_LAUNCH_CHECK("argmax_slices_kernel");
+    });
+    argmax_combine_kernel<<<ceil_div(N, kCombineWarps), kCombineWarps * 32, 0, stream()>>>(part_v.ptr<float>(), part_i.ptr<int32_t>(),
+                                                                                         S, N, out.ptr<int32_t>());
+    SPECDEC_CUDA_LAUNCH_CHECK("argmax_combine_kernel");
+    return;  // the partials go back to the caching allocator; the stream orders their reuse
+  }
   SPECDEC_DISPATCH_FLOAT(logits.dtype(), "logits", [&] {
     argmax_kernel<scalar_t><<<static_cast<unsigned>(N), kBlock, 0, stream()>>>(logits.ptr<scalar_t>(), out.ptr<int32_t>(),
                                                                                static_cast<int>(V));

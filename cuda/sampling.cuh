@@ -1,7 +1,8 @@
-// CUDA kernels of logits processing, argmax, sampling and top-k (one thread block per row); the
-// launchers are in sampling.cu. A header so that test/emu/ can run them on the host.
+// CUDA kernels of logits processing, argmax, sampling and top-k (one thread block per row; argmax
+// also by vocabulary slices); the launchers are in sampling.cu. A header so that test/emu/ can run them on the host.
 #pragma once
 #include "../cpp/core/ops_sampling.h"
+#include "argmax_slices.cuh"
 #include "sampling_block.cuh"
 
 namespace specdec {
@@ -91,6 +92,26 @@ __global__ void __launch_bounds__(kBlock) argmax_kernel(const T* __restrict__ lo
   const T* x = logits + static_cast<int64_t>(blockIdx.x) * V;
   const int a = blk::block_argmax(V, [&](int i) { return to_f32(x[i]); }, &s);
   if (threadIdx.x == 0) out[blockIdx.x] = a;
+}
+
+// The argmax of each row from its slices' partials: a warp per row (4 rows a block); all NaN: 0, as
+// block_argmax and the CPU.
+constexpr int kCombineWarps = 4;
+__global__ void __launch_bounds__(kCombineWarps * 32) argmax_combine_kernel(const float* __restrict__ part_v,
+                                                                             const int32_t* __restrict__ part_i, int S,
+                                                                             int64_t rows, int32_t* __restrict__ out) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kCombineWarps + threadIdx.x / 32;
+  if (row >= rows) return;  // whole warps
+  float bv = NAN;
+  int32_t bi = 0x7fffffff;
+  for (int s = threadIdx.x & 31; s < S; s += 32)
+    if (sm::argmax_better(part_v[row * S + s], part_i[row * S + s], bv, bi)) bv = part_v[row * S + s], bi = part_i[row * S + s];
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(blk::kFull, bv, o);
+    const int32_t oi = __shfl_xor_sync(blk::kFull, bi, o);
+    if (sm::argmax_better(ov, oi, bv, bi)) bv = ov, bi = oi;
+  }
+  if ((threadIdx.x & 31) == 0) out[row] = bi == 0x7fffffff ? 0 : bi;
 }
 
 __global__ void __launch_bounds__(kBlock) sample_kernel(const float* __restrict__ probs, const uint64_t* __restrict__ seeds,

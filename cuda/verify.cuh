@@ -3,7 +3,7 @@
 // run it on the host.
 #pragma once
 #include "../cpp/core/ops_sampling.h"
-#include "sampling_block.cuh"
+#include "argmax_slices.cuh"
 
 namespace specdec {
 namespace cuda {
@@ -156,47 +156,13 @@ __global__ void __launch_bounds__(kBlock) verify_kernel(VerifyMode mode, const i
 }
 
 // ---- greedy verification, vocabulary-parallel: a fused argmax-compare -----------------------------
-// Greedy needs only the argmax of the rows on the accepted path. Instead of one block walking the
-// tree and scanning each visited row alone (1 SM per sequence), every row's argmax is computed by
-// several blocks at once -- one per kSliceCols-wide slice of the vocabulary, a partial (value, index)
-// each -- and one warp per sequence then folds a node's partials and walks the tree. argmax_better is
-// a total order (value, then lower index; NaN never wins), so any reduction order gives the CPU's
-// token: the result is exact whatever the slicing.
-constexpr int kSliceCols = 4096;
-constexpr int kSliceThreads = 256;
-__host__ __device__ inline int argmax_slices(int V) { return (V + kSliceCols - 1) / kSliceCols; }
-
-template <typename T>
-__global__ void __launch_bounds__(kSliceThreads) argmax_slices_kernel(const T* __restrict__ target, int V,
-                                                                      float* __restrict__ part_v,
-                                                                      int32_t* __restrict__ part_i) {
-  __shared__ float sv[kSliceThreads / 32];
-  __shared__ int32_t si[kSliceThreads / 32];
-  const int S = argmax_slices(V), slice = blockIdx.y;
-  const int64_t row = blockIdx.x;
-  const T* x = target + row * V;
-  const int end = min(V, (slice + 1) * kSliceCols);
-  float bv = NAN;
-  int32_t bi = 0x7fffffff;
-  for (int i = slice * kSliceCols + static_cast<int>(threadIdx.x); i < end; i += kSliceThreads) {
-    const float v = to_f32(x[i]);
-    if (sm::argmax_better(v, i, bv, bi)) bv = v, bi = i;
-  }
-  for (int o = 16; o > 0; o >>= 1) {
-    const float ov = __shfl_xor_sync(blk::kFull, bv, o);
-    const int32_t oi = __shfl_xor_sync(blk::kFull, bi, o);
-    if (sm::argmax_better(ov, oi, bv, bi)) bv = ov, bi = oi;
-  }
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) sv[warp] = bv, si[warp] = bi;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    for (int w = 1; w < kSliceThreads / 32; ++w)
-      if (sm::argmax_better(sv[w], si[w], bv, bi)) bv = sv[w], bi = si[w];
-    part_v[row * S + slice] = bv;
-    part_i[row * S + slice] = bi;
-  }
-}
+// Greedy needs only the argmax of the rows on the accepted path. Every row's argmax is computed by
+// several blocks at once (argmax_slices.cuh: a partial per kSliceCols-wide slice of
+// the vocabulary), and one warp per sequence then folds a node's partials and walks the tree.
+using sampling_kernels::argmax_slices;
+using sampling_kernels::argmax_slices_kernel;
+using sampling_kernels::kSliceCols;
+using sampling_kernels::kSliceThreads;
 
 // The walk's Ops over the partials, one warp per sequence (every lane holds the same values).
 struct SliceOps {

@@ -7,6 +7,7 @@
 //   - typical acceptance's entropy: the same bits (one summation order, a shared ln);
 //   - a row without mass: kNoMass on both;
 //   - greedy verification's vocabulary-parallel path (argmax slices + a warp walk): == CPU;
+//   - argmax by vocabulary slices + a warp per row (the launcher's path for a few rows): == CPU;
 //   - the vocabulary-parallel sampled path without draft rows (row statistics by slices + a warp
 //     walk: one-hot rejection and typical acceptance, rows over several slices): == CPU, and its
 //     entropy the same bits.
@@ -89,6 +90,30 @@ void check_argmax_topk(std::mt19937_64& rng, int rows, int V, int k) {
   emu::launch(Dim3{static_cast<unsigned>(rows), 1, 1}, kBlock, [&] { sk::argmax_kernel<T>(x.data(), gpu_am.data(), V); });
   const std::string what = std::string(emu::type_name<T>()) + " rows=" + std::to_string(rows) + " V=" + std::to_string(V);
   report(host<int32_t>(cpu_am) == gpu_am, what + ": argmax == CPU (ties -> lowest index, NaN never wins)");
+  // The sliced path (a few rows of a large vocabulary): a block per 4096-column slice, a warp per row.
+  const int S = sk::argmax_slices(V);
+  std::vector<float> part_v(static_cast<size_t>(rows) * S, -1.f);
+  std::vector<int32_t> part_i(static_cast<size_t>(rows) * S, -1), sliced(static_cast<size_t>(rows), -1);
+  emu::launch(Dim3{static_cast<unsigned>(rows), static_cast<unsigned>(S), 1}, sk::kSliceThreads,
+              [&] { sk::argmax_slices_kernel<T>(x.data(), V, part_v.data(), part_i.data()); });
+  emu::launch(Dim3{static_cast<unsigned>((rows + sk::kCombineWarps - 1) / sk::kCombineWarps), 1, 1}, sk::kCombineWarps * 32,
+              [&] { sk::argmax_combine_kernel(part_v.data(), part_i.data(), S, rows, sliced.data()); });
+  report(host<int32_t>(cpu_am) == sliced, what + ": argmax by " + std::to_string(S) + " vocabulary slice(s) == CPU");
+  {
+    // All NaN (index 0 on every path), and NaN but for one entry in the last slice.
+    std::vector<T> nan_rows(static_cast<size_t>(2) * V, from_float<T>(NAN));
+    nan_rows[static_cast<size_t>(2) * V - 1 - rng() % std::min(V, 100)] = from_float<T>(-3.f);
+    const Tensor nt = tensor(nan_rows, {2, V}, dtype_of<T>());
+    Tensor cpu_n = Tensor::empty(DType::i32, {2});
+    cpu::argmax(nt, cpu_n);
+    std::vector<float> pv(static_cast<size_t>(2) * S);
+    std::vector<int32_t> pi(static_cast<size_t>(2) * S), blockwise(2, -1), bysl(2, -1);
+    emu::launch(Dim3{2, 1, 1}, kBlock, [&] { sk::argmax_kernel<T>(nan_rows.data(), blockwise.data(), V); });
+    emu::launch(Dim3{2, static_cast<unsigned>(S), 1}, sk::kSliceThreads, [&] { sk::argmax_slices_kernel<T>(nan_rows.data(), V, pv.data(), pi.data()); });
+    emu::launch(Dim3{1, 1, 1}, sk::kCombineWarps * 32, [&] { sk::argmax_combine_kernel(pv.data(), pi.data(), S, 2, bysl.data()); });
+    const auto c = host<int32_t>(cpu_n);
+    report(c[0] == 0 && c == blockwise && c == bysl, what + ": argmax of NaN rows == CPU, block and sliced");
+  }
 
   if (k > V) return;
   Tensor cv = Tensor::empty(DType::f32, {rows, k}), ci = Tensor::empty(DType::i32, {rows, k});

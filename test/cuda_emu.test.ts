@@ -34,7 +34,7 @@ interface Program {
 const programs: Program[] = [
   { source: 'gemm_tc_emu.cc', extra: [], kernel: 'tensor-core matmul (cuda/gemm_tc.cuh)', minChecks: 100, args: [],
     tsanArgs: [], tsanMinChecks: 100 },
-  { source: 'attention_emu.cc', extra: [], kernel: 'tree attention + split-KV merge + planner, tree = path, cp.async K/V staging (cuda/attention.cuh)', minChecks: 46,
+  { source: 'attention_emu.cc', extra: [], kernel: 'tree attention + split-KV merge + planner, tree = path, cp.async K/V staging (cuda/attention.cuh)', minChecks: 42,
     args: [], tsanArgs: ['2', '0'], tsanMinChecks: 18 },
   { source: 'attention_tc_emu.cc', extra: [], kernel: 'tensor-core tree attention + split-KV merge, tree = path, decode rows, cp.async double buffering (cuda/attention_tc.cuh)', minChecks: 39,
     args: [], tsanArgs: ['4', '2'], tsanMinChecks: 23 },
@@ -95,7 +95,8 @@ describe(`CUDA kernels on the host emulation (seed ${testSeed})`, function () {
         const tsan = sanitizer === 'thread';
         const run = spawnSync(build.exe, [String(testSeed), ...(tsan ? prog.tsanArgs : prog.args)], {
           encoding: 'utf8',
-          timeout: 300000, // a lane missing at a barrier would hang: fail instead
+          timeout: 540000, // a lane missing at a barrier would hang: fail instead (a loaded 2-core machine ran the
+          // attention emulation under ASan 5x slower than a quiet one: over 300 s, against ~60 s)
           env: { ...process.env, TSAN_OPTIONS: 'halt_on_error=1', ASAN_OPTIONS: 'detect_leaks=0' },
         });
         const out = `${run.stdout}\n${run.stderr}`;

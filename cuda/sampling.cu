@@ -1,5 +1,5 @@
-// CUDA: logits processing, argmax, sampling and top-k, one thread block per row (argmax of a few
-// rows: by vocabulary slices). No sort: top-k and top-p thresholds come from a radix select over
+// CUDA: logits processing, argmax, sampling and top-k, one thread block per row (argmax and sampling
+// of a few rows: by vocabulary slices). No sort: top-k and top-p thresholds come from a radix select over
 // order-preserving float keys, ties are resolved by index with a block scan, sampling is a block
 // prefix scan over exact integer weights.
 // Semantics (identical to the CPU reference) in cpp/core/spec_math.h.
@@ -52,9 +52,22 @@ void argmax(const Tensor& logits, Tensor& out) {
   });
 }
 
+// One block per row, or by vocabulary slices when the rows alone would leave most SMs idle (as argmax).
 void sample(const Tensor& probs, const Tensor& seeds, const Tensor& offsets, Tensor& out) {
   const int64_t N = probs.size(0), V = probs.size(1);
   if (N == 0) return;
+  SPECDEC_CHECK(V <= INT32_MAX, "E_ARG", "probs: rows longer than 2^31 are not supported");
+  const int S = argmax_slices(static_cast<int>(V));
+  if (S >= 2 && S <= 65535 && N < sm_count()) {
+    Tensor mass = Tensor::empty(DType::u64, {N, S}, Device::cuda);
+    slice_mass_kernel<<<dim3(static_cast<unsigned>(N), S), kSliceThreads, 0, stream()>>>(probs.ptr<float>(), static_cast<int>(V),
+                                                                                        mass.ptr<uint64_t>());
+    SPECDEC_CUDA_LAUNCH_CHECK("slice_mass_kernel");
+    sample_slices_kernel<<<static_cast<unsigned>(N), kBlock, 0, stream()>>>(probs.ptr<float>(), mass.ptr<uint64_t>(), seeds.ptr<uint64_t>(),
+                                                                           offsets.ptr<uint64_t>(), out.ptr<int32_t>(), static_cast<int>(V));
+    SPECDEC_CUDA_LAUNCH_CHECK("sample_slices_kernel");
+    return;
+  }
   sample_kernel<<<static_cast<unsigned>(N), kBlock, 0, stream()>>>(probs.ptr<float>(), seeds.ptr<uint64_t>(),
                                                                    offsets.ptr<uint64_t>(), out.ptr<int32_t>(),
                                                                    static_cast<int>(V));

@@ -127,6 +127,55 @@ __global__ void __launch_bounds__(kBlock) sample_kernel(const float* __restrict_
   if (threadIdx.x == 0) out[blockIdx.x] = tok;
 }
 
+// sample by vocabulary slices (a few rows of a large vocabulary): the quantised mass of every
+// 4096-column slice of every row (exact integer sums: any order), then a block per row picks the slice
+// that holds the threshold from those sums and scans only that slice. The token is sample_kernel's:
+// the threshold is taken on the same total mass and the selection test is the same.
+__global__ void __launch_bounds__(kSliceThreads) slice_mass_kernel(const float* __restrict__ probs, int V,
+                                                                   uint64_t* __restrict__ slice_mass) {
+  __shared__ uint64_t sw[kSliceThreads / 32];
+  const int S = argmax_slices(V), slice = blockIdx.y;
+  const float* p = probs + static_cast<int64_t>(blockIdx.x) * V;
+  const int end = min(V, (slice + 1) * kSliceCols);
+  uint64_t m = 0;
+  for (int i = slice * kSliceCols + static_cast<int>(threadIdx.x); i < end; i += kSliceThreads) m += sm::quantize_prob(p[i]);
+  for (int o = 16; o > 0; o >>= 1) m += __shfl_xor_sync(blk::kFull, m, o);
+  if ((threadIdx.x & 31) == 0) sw[threadIdx.x >> 5] = m;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    uint64_t t = 0;
+    for (int w = 0; w < kSliceThreads / 32; ++w) t += sw[w];
+    slice_mass[static_cast<int64_t>(blockIdx.x) * S + slice] = t;
+  }
+}
+
+__global__ void __launch_bounds__(kBlock) sample_slices_kernel(const float* __restrict__ probs, const uint64_t* __restrict__ slice_mass,
+                                                               const uint64_t* __restrict__ seeds, const uint64_t* __restrict__ offsets,
+                                                               int32_t* __restrict__ out, int V) {
+  __shared__ blk::Smem s;
+  const int64_t row = blockIdx.x;
+  const int S = argmax_slices(V);
+  const uint64_t* m = slice_mass + row * S;
+  uint64_t total = 0;
+  for (int k = 0; k < S; ++k) total += m[k];
+  const uint64_t bits = sm::random_u64(seeds[row], offsets[row], 0, sm::kDrawSampleOp);
+  const uint64_t threshold = sm::sample_threshold(bits, total);
+  int hit = -1;  // the slice holding the threshold (block-uniform); none when the row has no mass
+  uint64_t before = 0;
+  for (int k = 0; k < S && hit < 0; ++k) {
+    if (sm::sample_hit(before, m[k], threshold)) hit = k;
+    else before += m[k];
+  }
+  int tok = sm::kNoMass;
+  if (hit >= 0) {
+    const int c0 = hit * kSliceCols;
+    const float* p = probs + row * V + c0;
+    const int local = blk::sample_select(min(kSliceCols, V - c0), threshold - before, [&](int i) { return sm::quantize_prob(p[i]); }, &s);
+    tok = local < 0 ? local : c0 + local;
+  }
+  if (threadIdx.x == 0) out[row] = tok;
+}
+
 // top-k: radix select the k-th key, gather the k winners (index order) into scratch, then place
 // each at its rank (key desc, index asc; keys are distinct pairs, so ranks are a permutation).
 template <typename T>

@@ -7,7 +7,8 @@
 //   - typical acceptance's entropy: the same bits (one summation order, a shared ln);
 //   - a row without mass: kNoMass on both;
 //   - greedy verification's vocabulary-parallel path (argmax slices + a warp walk): == CPU;
-//   - argmax by vocabulary slices + a warp per row (the launcher's path for a few rows): == CPU;
+//   - argmax by vocabulary slices + a warp per row, and sample by slice masses + a block per row (the
+//     launchers' paths for a few rows): == CPU;
 //   - the vocabulary-parallel sampled path without draft rows (row statistics by slices + a warp
 //     walk: one-hot rejection and typical acceptance, rows over several slices): == CPU, and its
 //     entropy the same bits.
@@ -167,6 +168,40 @@ void check_process_and_sample(std::mt19937_64& rng, int rows, int V, const Sampl
     sk::sample_kernel(cpu_p.data(), seeds.data(), offsets.data(), tok.data(), V);
   });
   report(host<int32_t>(ct) == tok, what + ": sample == CPU, token for token");
+}
+
+// sample by vocabulary slices == the block kernel == the CPU: random rows with zeros, a row without
+// mass (kNoMass), a row whose mass sits in its last slice, a one-hot row.
+void check_sample_slices(std::mt19937_64& rng, int rows, int V) {
+  std::uniform_real_distribution<float> u(0.f, 1.f);
+  std::vector<float> p(static_cast<size_t>(rows) * V);
+  for (int r = 0; r < rows; ++r) {
+    float* row = &p[static_cast<size_t>(r) * V];
+    const int kind = r % 5;
+    double z = 0;
+    for (int i = 0; i < V; ++i) z += (row[i] = (kind == 0 && rng() % 3 == 0) ? 0.f : u(rng));
+    for (int i = 0; i < V; ++i) row[i] = static_cast<float>(row[i] / z);
+    if (kind == 1) std::fill(row, row + V, 0.f);
+    if (kind == 2) std::fill(row, row + std::max(0, V - 50), 0.f);
+    if (kind == 3) std::fill(row, row + V, 0.f), row[rng() % V] = 1.f;
+  }
+  std::vector<uint64_t> seeds(static_cast<size_t>(rows)), offsets(static_cast<size_t>(rows));
+  for (int r = 0; r < rows; ++r) seeds[r] = rng(), offsets[r] = rng() % 1000;
+  Tensor ct = Tensor::empty(DType::i32, {rows});
+  cpu::sample(tensor(p, {rows, V}, DType::f32), tensor(seeds, {rows}, DType::u64), tensor(offsets, {rows}, DType::u64), ct);
+  const int S = sk::argmax_slices(V);
+  std::vector<uint64_t> mass(static_cast<size_t>(rows) * S, ~uint64_t{0});
+  std::vector<int32_t> sliced(static_cast<size_t>(rows), -7), blockwise(static_cast<size_t>(rows), -7);
+  emu::launch(Dim3{static_cast<unsigned>(rows), static_cast<unsigned>(S), 1}, sk::kSliceThreads,
+              [&] { sk::slice_mass_kernel(p.data(), V, mass.data()); });
+  emu::launch(Dim3{static_cast<unsigned>(rows), 1, 1}, kBlock,
+              [&] { sk::sample_slices_kernel(p.data(), mass.data(), seeds.data(), offsets.data(), sliced.data(), V); });
+  emu::launch(Dim3{static_cast<unsigned>(rows), 1, 1}, kBlock,
+              [&] { sk::sample_kernel(p.data(), seeds.data(), offsets.data(), blockwise.data(), V); });
+  const auto c = host<int32_t>(ct);
+  report(c == sliced && c == blockwise && c[1] == sm::kNoMass,
+         "sample by " + std::to_string(S) + " vocabulary slices, rows=" + std::to_string(rows) + " V=" + std::to_string(V) +
+             ": == block kernel == CPU (zeros, no mass -> kNoMass, mass in the last slice, one-hot)");
 }
 
 // A batch of B random trees; draft tokens mostly drawn from the target (long accepted paths),
@@ -476,6 +511,7 @@ int main(int argc, char** argv) {
   std::mt19937_64 rng(seed);
   if (rounds == 0) {
     check_argmax_topk<float>(rng, 3, 600, 7);
+    check_sample_slices(rng, 5, 4500);
     check_process_and_sample<float>(rng, 3, 600, SamplingParams{0.8f, 50, 0.8f, 0.f});
     check_verify(rng, VerifyMode::greedy, false, 2, 8, 300, 1.f);
     check_verify(rng, VerifyMode::rejection, true, 2, 8, 300, 0.5f);
@@ -484,6 +520,8 @@ int main(int argc, char** argv) {
     check_entropy(rng, 2, 700);
   }
   for (int round = 0; round < rounds; ++round) {
+    check_sample_slices(rng, 10, 9000 + static_cast<int>(rng() % 4000));
+    check_sample_slices(rng, 5, 300);
     check_argmax_topk<float>(rng, 6, 1000, 7);
     check_argmax_topk<bf16>(rng, 6, 4700, 64);
     check_argmax_topk<__half>(rng, 6, 37, 37);

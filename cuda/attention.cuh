@@ -437,7 +437,7 @@ __global__ void tree_attention_merge_kernel(const float* part_acc, const float* 
 // one KV head and one 16-row tile, W = sum over sequences of Hkv x tiles x chunks. With S = 2 x
 // sm_count resident CTAs (both kernels' occupancy), no schedule ends before max(longest CTA, W / S).
 // Unsplit, the longest CTA is the longest sequence's max_chunks. Split, a CTA takes cpc consecutive
-// chunks: as few groups as bring cpc down to W / S (at least 1 chunk), then equal groups
+// chunks: as few groups as bring cpc down to W / S (at least 1 chunk), then as equal as that count
 // (ceil(max_chunks / groups)), so the longest sequence's CTAs finish together instead of, say,
 // 15 chunks and 1. A split pays for its partials (each row's max_chunks partials written and read
 // back, against the K/V bytes the CTAs read) and a merge launch (~1/4 chunk-unit: ~3 us against

@@ -16,7 +16,15 @@ namespace cuda {
 
 namespace {
 
-int max_optin_smem();
+int max_optin_smem() {
+  static int n = [] {
+    int dev = 0, bytes = 0;
+    SPECDEC_CUDA_CHECK(cudaGetDevice(&dev));
+    SPECDEC_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    return bytes;
+  }();
+  return n;
+}
 
 template <typename QT, typename KVT, int DT>
 void launch(const attn::Params& p, dim3 grid) {
@@ -70,16 +78,6 @@ attn::Params make_params(const Tensor& q, const Tensor& kv_layer, const PagedBat
   p.scale_log2 = sm_scale * 1.4426950408889634f;
   p.kv_aligned16 = reinterpret_cast<uintptr_t>(kv_layer.data()) % 16 == 0;
   return p;
-}
-
-int max_optin_smem() {
-  static int n = [] {
-    int dev = 0, bytes = 0;
-    SPECDEC_CUDA_CHECK(cudaGetDevice(&dev));
-    SPECDEC_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    return bytes;
-  }();
-  return n;
 }
 
 // SPECDEC_CUDA_ATTENTION=tc runs bf16/f16 caches on the tensor-core kernel. Opt-in until it has run

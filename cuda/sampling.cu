@@ -1,7 +1,7 @@
 // CUDA: logits processing, argmax, sampling and top-k, one thread block per row (argmax and sampling
-// of a few rows: by vocabulary slices). No sort: top-k and top-p thresholds come from a radix select over
-// order-preserving float keys, ties are resolved by index with a block scan, sampling is a block
-// prefix scan over exact integer weights.
+// of a few rows: by vocabulary slices). No sort: top-k and top-p thresholds come from a radix select
+// over order-preserving float keys, ties are resolved by index with a block scan, sampling is a
+// block prefix scan over exact integer weights.
 // Semantics (identical to the CPU reference) in cpp/core/spec_math.h.
 #include "../cpp/core/ops_sampling.h"
 #include "common.cuh"
@@ -24,15 +24,22 @@ void process_logits(const Tensor& logits, const SamplingParams& params, Tensor& 
   });
 }
 
-// One block per row, or -- when the rows alone would leave most SMs idle (decode: a few rows of a
-// large vocabulary) -- a block per 4096-column slice of each row and a warp per row folding the
-// partials. Both give the CPU's token (argmax_slices.cuh).
+// argmax and sample run one block per row, or -- when the rows alone would leave most SMs idle
+// (decode: a few rows of a large vocabulary) -- a block per 4096-column slice of each row, then a
+// pass per row over the slices' results. Both give the CPU's token. Returns the slice count for the
+// sliced path, 0 for a block per row.
+namespace {
+int sliced_launch(int64_t N, int64_t V, const char* what) {
+  SPECDEC_CHECK(V <= INT32_MAX, "E_ARG", what, ": rows longer than 2^31 are not supported");
+  const int S = argmax_slices(static_cast<int>(V));
+  return S >= 2 && S <= 65535 && N < sm_count() ? S : 0;
+}
+}  // namespace
+
 void argmax(const Tensor& logits, Tensor& out) {
   const int64_t N = logits.size(0), V = logits.size(1);
   if (N == 0) return;
-  SPECDEC_CHECK(V <= INT32_MAX, "E_ARG", "logits: rows longer than 2^31 are not supported");
-  const int S = argmax_slices(static_cast<int>(V));
-  if (S >= 2 && S <= 65535 && N < sm_count()) {
+  if (const int S = sliced_launch(N, V, "logits")) {
     Tensor part_v = Tensor::empty(DType::f32, {N, S}, Device::cuda);
     Tensor part_i = Tensor::empty(DType::i32, {N, S}, Device::cuda);
     SPECDEC_DISPATCH_FLOAT(logits.dtype(), "logits", [&] {
@@ -52,13 +59,10 @@ void argmax(const Tensor& logits, Tensor& out) {
   });
 }
 
-// One block per row, or by vocabulary slices when the rows alone would leave most SMs idle (as argmax).
 void sample(const Tensor& probs, const Tensor& seeds, const Tensor& offsets, Tensor& out) {
   const int64_t N = probs.size(0), V = probs.size(1);
   if (N == 0) return;
-  SPECDEC_CHECK(V <= INT32_MAX, "E_ARG", "probs: rows longer than 2^31 are not supported");
-  const int S = argmax_slices(static_cast<int>(V));
-  if (S >= 2 && S <= 65535 && N < sm_count()) {
+  if (const int S = sliced_launch(N, V, "probs")) {
     Tensor mass = Tensor::empty(DType::u64, {N, S}, Device::cuda);
     slice_mass_kernel<<<dim3(static_cast<unsigned>(N), S), kSliceThreads, 0, stream()>>>(probs.ptr<float>(), static_cast<int>(V),
                                                                                         mass.ptr<uint64_t>());

@@ -1,10 +1,11 @@
-// CUDA: logits processing, argmax, sampling and top-k, one thread block per row (argmax and sampling
-// of a few rows: by vocabulary slices). No sort: top-k and top-p thresholds come from a radix select
-// over order-preserving float keys, ties are resolved by index with a block scan, sampling is a
-// block prefix scan over exact integer weights.
+// CUDA: logits processing, argmax, sampling and top-k, one thread block per row (logits processing,
+// argmax and sampling of a few rows: by vocabulary slices). No sort: top-k and top-p thresholds come
+// from a radix select over order-preserving float keys, ties are resolved by index with a block
+// scan, sampling is a block prefix scan over exact integer weights.
 // Semantics (identical to the CPU reference) in cpp/core/spec_math.h.
 #include "../cpp/core/ops_sampling.h"
 #include "common.cuh"
+#include "cuda_backend.h"
 #include "sampling.cuh"
 
 namespace specdec {
@@ -13,28 +14,64 @@ namespace cuda {
 using blk::kBlock;
 using namespace sampling_kernels;
 
-void process_logits(const Tensor& logits, const SamplingParams& params, Tensor& probs) {
-  const int64_t N = logits.size(0), V = logits.size(1);
-  if (N == 0) return;
-  SPECDEC_CHECK(V <= INT32_MAX, "E_ARG", "logits: rows longer than 2^31 are not supported");
-  SPECDEC_DISPATCH_FLOAT(logits.dtype(), "logits", [&] {
-    process_logits_kernel<scalar_t><<<static_cast<unsigned>(N), kBlock, 0, stream()>>>(
-        logits.ptr<scalar_t>(), probs.ptr<float>(), static_cast<int>(V), params);
-    SPECDEC_CUDA_LAUNCH_CHECK("process_logits_kernel");
-  });
-}
-
-// argmax and sample run one block per row, or -- when the rows alone would leave most SMs idle
-// (decode: a few rows of a large vocabulary) -- a block per 4096-column slice of each row, then a
-// pass per row over the slices' results. Both give the CPU's token. Returns the slice count for the
-// sliced path, 0 for a block per row.
+// processLogits, argmax and sample run one block per row, or -- when the rows alone would leave most
+// SMs idle (decode: a few rows of a large vocabulary) -- blocks per 4096-column slice of each row, with
+// passes per row over the slices' results. Both give the same bits (argmax and sample: the CPU's
+// token). Returns the slice count for the sliced path, 0 for a block per row.
 namespace {
 int sliced_launch(int64_t N, int64_t V, const char* what) {
   SPECDEC_CHECK(V <= INT32_MAX, "E_ARG", what, ": rows longer than 2^31 are not supported");
   const int S = argmax_slices(static_cast<int>(V));
   return S >= 2 && S <= 65535 && N < sm_count() ? S : 0;
 }
+
+// The sliced processLogits' scratch in one block: hist, total and wt first (zeroed together).
+struct SliceScratchBlock {
+  Tensor mem;
+  SliceScratch sc{};
+  SliceScratchBlock(int64_t N, int64_t S) {
+    const int64_t zeroed = N * 2 * 4 * 256 + 2 * N;  // u64 words
+    const int64_t words = zeroed + N * 2 * 5 * 2 + 3 * N * S + 2 * ((N * S + 1) / 2) + (N * S + 1) / 2 + (N + 1) / 2;
+    mem = Tensor::empty(DType::u64, {words}, Device::cuda);
+    auto* w = mem.ptr<uint64_t>();
+    auto take = [&](int64_t n) { uint64_t* p = w; w += n; return p; };
+    sc.hist = reinterpret_cast<unsigned long long*>(take(N * 2 * 4 * 256));
+    sc.total = reinterpret_cast<unsigned long long*>(take(N));
+    sc.wt = reinterpret_cast<unsigned long long*>(take(N));
+    sc.state = reinterpret_cast<unsigned long long*>(take(N * 2 * 5 * 2));
+    sc.part_z = reinterpret_cast<double*>(take(N * S));
+    sc.part_mass = reinterpret_cast<unsigned long long*>(take(N * S));
+    sc.ties = reinterpret_cast<unsigned long long*>(take(N * S));
+    sc.part_max = reinterpret_cast<float*>(take((N * S + 1) / 2));
+    sc.part_pmax = reinterpret_cast<float*>(take((N * S + 1) / 2));
+    sc.part_i = reinterpret_cast<int32_t*>(take((N * S + 1) / 2));
+    sc.am = reinterpret_cast<int32_t*>(take((N + 1) / 2));
+    memset_zero(mem.data(), static_cast<size_t>(zeroed) * sizeof(uint64_t));
+  }
+};
 }  // namespace
+
+void process_logits(const Tensor& logits, const SamplingParams& params, Tensor& probs) {
+  const int64_t N = logits.size(0), V = logits.size(1);
+  if (N == 0) return;
+  if (const int S = sliced_launch(N, V, "logits")) {
+    const SliceScratchBlock scratch(N, S);  // back to the caching allocator on return; the stream orders its reuse
+    SPECDEC_DISPATCH_FLOAT(logits.dtype(), "logits", [&] {
+      auto go = [&](auto kernel, unsigned gx, unsigned gy, unsigned threads, auto... args) {
+        kernel<<<dim3(gx, gy), threads, 0, stream()>>>(args...);
+        SPECDEC_CUDA_LAUNCH_CHECK("process_logits (vocabulary slices)");
+      };
+      process_logits_slices<scalar_t>(go, logits.ptr<scalar_t>(), probs.ptr<float>(), static_cast<int>(N), static_cast<int>(V), params,
+                                      scratch.sc);
+    });
+    return;
+  }
+  SPECDEC_DISPATCH_FLOAT(logits.dtype(), "logits", [&] {
+    process_logits_kernel<scalar_t><<<static_cast<unsigned>(N), kBlock, 0, stream()>>>(
+        logits.ptr<scalar_t>(), probs.ptr<float>(), static_cast<int>(V), params);
+    SPECDEC_CUDA_LAUNCH_CHECK("process_logits_kernel");
+  });
+}
 
 void argmax(const Tensor& logits, Tensor& out) {
   const int64_t N = logits.size(0), V = logits.size(1);

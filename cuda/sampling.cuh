@@ -1,8 +1,10 @@
-// CUDA kernels of logits processing, argmax, sampling and top-k (one thread block per row; argmax
-// also by vocabulary slices); the launchers are in sampling.cu. A header so that test/emu/ can run them on the host.
+// CUDA kernels of logits processing, argmax, sampling and top-k (one thread block per row; logits
+// processing, argmax and sampling also by vocabulary slices); the launchers are in sampling.cu. A
+// header so that test/emu/ can run them on the host.
 #pragma once
 #include "../cpp/core/ops_sampling.h"
 #include "argmax_slices.cuh"
+#include "process_slices.cuh"
 #include "sampling_block.cuh"
 
 namespace specdec {
@@ -27,10 +29,22 @@ __global__ void __launch_bounds__(kBlock) process_logits_kernel(const T* __restr
   float m = -INFINITY;
   for (int i = threadIdx.x; i < V; i += kBlock) m = fmaxf(m, xt(i));
   m = blk::block_reduce(m, blk::MaxF32(), s.f32);
-  float z = 0.0f;
-  for (int i = threadIdx.x; i < V; i += kBlock) z += expf(xt(i) - m);
-  z = blk::block_reduce(z, blk::SumF32(), s.f32);
-  const float inv_z = static_cast<float>(1.0 / static_cast<double>(z));
+  // The denominator in the order process_slices.cuh defines (two slices at a time, one per half of
+  // the block), so the sliced path gives these bits.
+  static_assert(kBlock == 2 * kSliceThreads, "a half block per slice");
+  __shared__ double zw[2 * kSliceWarps];
+  double z = 0.0;
+  for (int s0 = 0; s0 < argmax_slices(V); s0 += 2) {
+    const int half = static_cast<int>(threadIdx.x) / kSliceThreads, sl = s0 + half;
+    const bool in = sl < argmax_slices(V);
+    const double w = exp_sum_warp(xt, m, in ? slice_begin(sl) : V, in ? slice_end(V, sl) : V, static_cast<int>(threadIdx.x) % kSliceThreads);
+    if ((threadIdx.x & 31) == 0) zw[threadIdx.x >> 5] = w;
+    __syncthreads();
+    z += slice_sum_of_warps(zw);
+    if (s0 + 1 < argmax_slices(V)) z += slice_sum_of_warps(zw + kSliceWarps);
+    __syncthreads();
+  }
+  const float inv_z = static_cast<float>(1.0 / z);
   float pmax = 0.0f;
   for (int i = threadIdx.x; i < V; i += kBlock) {
     const float v = expf(xt(i) - m) * inv_z;
@@ -220,6 +234,42 @@ __global__ void __launch_bounds__(kBlock) top_k_kernel(const T* __restrict__ x_a
     vals[row * k + rank] = cv[j];
     ids[row * k + rank] = ij;
   }
+}
+
+// The sliced path's launches, written once for the launcher (sampling.cu) and the emulation:
+// go(kernel, grid_x, grid_y, threads, args...) launches kernel on a grid_x x grid_y grid. The
+// scratch's hist, total and wt must be zero.
+template <typename T, typename Go>
+void process_logits_slices(Go&& go, const T* logits, float* probs, int N, int V, const SamplingParams& sp, const SliceScratch& sc) {
+  const unsigned n = static_cast<unsigned>(N), S = static_cast<unsigned>(argmax_slices(V)), B = kSliceThreads;
+  const float T_ = sp.temperature;
+  if (T_ == 0.0f) {
+    go(argmax_slices_kernel<T>, n, S, B, logits, V, sc.part_max, sc.part_i);
+    go(argmax_combine_kernel, static_cast<unsigned>((N + kCombineWarps - 1) / kCombineWarps), 1u,
+       static_cast<unsigned>(kCombineWarps * 32), static_cast<const float*>(sc.part_max), static_cast<const int32_t*>(sc.part_i),
+       static_cast<int>(S), static_cast<int64_t>(N), sc.am);
+    go(one_hot_slices_kernel, n, S, B, probs, V, static_cast<const int32_t*>(sc.am));
+    return;
+  }
+  const bool top_k = sp.top_k > 0 && sp.top_k < V, top_p = sp.top_p < 1.0f, min_p = sp.min_p > 0.0f;
+  const bool mass_here = !top_k && !top_p && !min_p;
+  go(logits_max_slices_kernel<T>, n, S, B, logits, V, T_, sc);
+  go(logits_expsum_slices_kernel<T>, n, S, B, logits, V, T_, sc);
+  go(logits_probs_slices_kernel<T>, n, S, B, logits, probs, V, T_, mass_here, sc);
+  if (top_k) {
+    for (int pass = 0; pass < 4; ++pass)
+      go(logits_radix_slices_kernel<T, false>, n, S, B, logits, static_cast<const float*>(probs), V, T_, sp.top_k, sp.top_p, pass, sc);
+    go(logits_ties_slices_kernel<T, false>, n, S, B, logits, static_cast<const float*>(probs), V, T_, sp.top_k, sp.top_p, sc);
+    go(logits_trim_slices_kernel<T, false>, n, S, B, logits, probs, V, T_, sp.top_k, sp.top_p, sc);
+  }
+  if (top_p) {
+    for (int pass = 0; pass < 4; ++pass)
+      go(logits_radix_slices_kernel<T, true>, n, S, B, logits, static_cast<const float*>(probs), V, T_, sp.top_k, sp.top_p, pass, sc);
+    go(logits_ties_slices_kernel<T, true>, n, S, B, logits, static_cast<const float*>(probs), V, T_, sp.top_k, sp.top_p, sc);
+    go(logits_trim_slices_kernel<T, true>, n, S, B, logits, probs, V, T_, sp.top_k, sp.top_p, sc);
+  }
+  if (!mass_here) go(logits_mass_slices_kernel, n, S, B, probs, V, sp.min_p, sc);
+  go(logits_scale_slices_kernel, n, S, B, probs, V, sc);
 }
 
 }  // namespace sampling_kernels

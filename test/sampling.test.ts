@@ -414,6 +414,26 @@ describeCuda('sampling', () => {
     }
   });
 
+  it('processLogits is batch invariant: a few rows (vocabulary slices) give the bits they get among 300 (a block per row)', () => {
+    const r = rng(testSeed + 12);
+    const many = 300; // more rows than any GPU has SMs: the block-per-row path
+    for (const V of [32000, 128256]) {
+      const x = randomLogits(many, V, r, 12);
+      for (let i = 0; i < V; i += 3) x[i] = Math.round(x[i] as number); // ties across slices
+      using all = Tensor.fromArray(x, 'f32', [many, V], 'cuda');
+      using few = Tensor.fromArray(x.subarray(0, 3 * V), 'f32', [3, V], 'cuda');
+      const sets: SamplingOptions[] = [{}, { temperature: 0 }, { temperature: 0.7, topK: 5000 }, { temperature: 1.1, topK: 40, topP: 0.8, minP: 0.02 }, { topP: 0.5 }];
+      for (const o of sets) {
+        using pa = processLogits(all, o);
+        using pf = processLogits(few, o);
+        using head = pa.rows(0, 3);
+        const a = new Uint32Array(head.toFloat32().buffer);
+        const f = new Uint32Array(pf.toFloat32().buffer);
+        assert.ok(a.every((v, i) => v === f[i]), `V=${V} ${JSON.stringify(o)}: 3 rows alone differ from the same rows among ${many}`);
+      }
+    }
+  });
+
   it('argmax, topK and sample agree with the CPU bit for bit', () => {
     const r = rng(testSeed + 11);
     for (const V of [5, 4099, 128256]) {

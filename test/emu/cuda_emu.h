@@ -215,6 +215,13 @@ inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v)
   return std::atomic_ref<unsigned long long>(*p).fetch_add(v);
 }
 inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
+inline unsigned long long atomicMax(unsigned long long* p, unsigned long long v) {
+  std::atomic_ref<unsigned long long> a(*p);
+  unsigned long long cur = a.load();
+  while (cur < v && !a.compare_exchange_weak(cur, v)) {
+  }
+  return cur;
+}
 
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 

@@ -170,6 +170,79 @@ void check_process_and_sample(std::mt19937_64& rng, int rows, int V, const Sampl
   report(host<int32_t>(ct) == tok, what + ": sample == CPU, token for token");
 }
 
+// processLogits by vocabulary slices (the launcher's path for a few rows) == the block kernel, bit for
+// bit (batch invariance: the launcher picks the path by row count), and == the CPU's kept set. The
+// launches are the launcher's own sequence (process_logits_slices). Rows with ties across slice
+// boundaries (a coarse grid, a constant row: top-k and top-p boundaries whose ties span slices),
+// NaN, one-hot and all-but-one -inf rows; V with a short last slice.
+template <typename T>
+void check_process_slices(std::mt19937_64& rng, int rows, int V, const SamplingParams& sp) {
+  auto xf = adversarial_logits(rng, rows, V);
+  // The random rows spread over [-42, 42]: exp terms of every size, whose double sum is inexact (over
+  // a narrow range the sum of a few thousand floats is exact in double, and no order would show).
+  for (int r = 0; r < rows; r += 6)
+    for (int i = 0; i < V; ++i) xf[static_cast<size_t>(r) * V + i] *= 7.f;
+  std::vector<T> x(xf.size());
+  for (size_t i = 0; i < x.size(); ++i) x[i] = from_float<T>(xf[i]);
+  Tensor cp = Tensor::empty(DType::f32, {rows, V});
+  cpu::process_logits(tensor(x, {rows, V}, dtype_of<T>()), sp, cp);
+  const auto cpu_p = host<float>(cp);
+  std::vector<float> blockwise(cpu_p.size(), -1.f), sliced(cpu_p.size(), -2.f);
+  emu::launch(Dim3{static_cast<unsigned>(rows), 1, 1}, kBlock, [&] { sk::process_logits_kernel<T>(x.data(), blockwise.data(), V, sp); });
+  const int S = sk::argmax_slices(V);
+  const size_t NS = static_cast<size_t>(rows) * S;
+  std::vector<unsigned long long> hist(static_cast<size_t>(rows) * 2 * 4 * 256), state(static_cast<size_t>(rows) * 2 * 5 * 2, ~0ull),
+      total(rows), wt(rows), part_mass(NS, ~0ull), ties(NS, ~0ull);
+  std::vector<float> part_max(NS, NAN), part_pmax(NS, NAN);
+  std::vector<double> part_z(NS, NAN);
+  std::vector<int32_t> part_i(NS, -9), am(rows, -9);
+  const sk::SliceScratch sc{part_max.data(), part_pmax.data(), part_z.data(), part_mass.data(), ties.data(), hist.data(),
+                            state.data(),    total.data(),     wt.data(),     part_i.data(),    am.data()};
+  int launches = 0;
+  auto go = [&](auto kernel, unsigned gx, unsigned gy, unsigned threads, auto... args) {
+    ++launches;
+    emu::launch(Dim3{gx, gy, 1}, threads, [&] { kernel(args...); });
+  };
+  sk::process_logits_slices<T>(go, x.data(), sliced.data(), rows, V, sp, sc);
+  // The denominator's slice sums in the documented order (process_slices.cuh), computed here lane
+  // by lane: every lane's double sum, the xor butterfly as each lane sees it, the warps in order.
+  // (The block kernel's probabilities equal the sliced ones above; the order itself barely shows in
+  // them: a double sum's last bit rarely moves float(1 / z).)
+  bool z_order = true;
+  for (int r = 0; r < rows && sp.temperature != 0.0f; ++r) {
+    const T* xr = x.data() + static_cast<size_t>(r) * V;
+    float m = -INFINITY;
+    for (int i = 0; i < V; ++i) m = std::fmax(m, to_float(xr[i]) / sp.temperature);
+    for (int sl = 0; sl < S; ++sl) {
+      double lane[sk::kSliceThreads];
+      for (int t = 0; t < sk::kSliceThreads; ++t) {
+        lane[t] = 0.0;
+        for (int i = sk::slice_begin(sl) + t; i < sk::slice_end(V, sl); i += sk::kSliceThreads)
+          lane[t] += static_cast<double>(expf(to_float(xr[i]) / sp.temperature - m));
+      }
+      for (int o = 16; o > 0; o >>= 1) {
+        double next[sk::kSliceThreads];
+        for (int t = 0; t < sk::kSliceThreads; ++t) next[t] = lane[t] + lane[t ^ o];
+        std::copy(next, next + sk::kSliceThreads, lane);
+      }
+      double z = lane[0];
+      for (int w = 1; w < sk::kSliceWarps; ++w) z += lane[32 * w];
+      z_order = z_order && std::memcmp(&z, &part_z[static_cast<size_t>(r) * S + sl], sizeof z) == 0;
+    }
+  }
+  const bool same = std::memcmp(blockwise.data(), sliced.data(), sliced.size() * sizeof(float)) == 0;
+  int differ = 0, support = 0;
+  for (size_t i = 0; i < sliced.size(); ++i) {
+    if (std::memcmp(&blockwise[i], &sliced[i], sizeof(float)) != 0) ++differ;
+    if ((cpu_p[i] > 0) != (sliced[i] > 0) || std::isnan(cpu_p[i]) != std::isnan(sliced[i])) ++support;
+  }
+  char buf[200];
+  std::snprintf(buf, sizeof buf, " rows=%d V=%d (%d slices, %d launches) %s: sliced == block kernel bit for bit (%d differ), kept set == CPU (%d differ)",
+                rows, V, S, launches, params_str(sp).c_str(), differ, support);
+  report(same && support == 0 && z_order, std::string("processLogits by slices, ") + emu::type_name<T>() + buf +
+                                                 (z_order ? ", denominator in the documented order" : ", denominator NOT in the documented order"));
+}
+
 // sample by vocabulary slices == the block kernel == the CPU: random rows with zeros, a row without
 // mass (kNoMass), a row whose mass sits in its last slice, a one-hot row.
 void check_sample_slices(std::mt19937_64& rng, int rows, int V) {
@@ -510,6 +583,7 @@ int main(int argc, char** argv) {
   const int rounds = argc > 2 ? std::atoi(argv[2]) : 2;
   std::mt19937_64 rng(seed);
   if (rounds == 0) {
+    check_process_slices<float>(rng, 3, 4500, SamplingParams{0.8f, 50, 0.8f, 0.05f});
     check_argmax_topk<float>(rng, 3, 600, 7);
     check_sample_slices(rng, 5, 4500);
     check_process_and_sample<float>(rng, 3, 600, SamplingParams{0.8f, 50, 0.8f, 0.f});
@@ -556,6 +630,14 @@ int main(int argc, char** argv) {
     check_verify(rng, VerifyMode::rejection, true, 16, 5, 5000, 1.f, false, true);
     check_verify(rng, VerifyMode::rejection, true, 32, 6, 20000, 1.f, false, true);
     check_entropy(rng, 6, 3000);
+    // processLogits by slices: every filter, each alone and together, slices cut short, 2-byte logits.
+    check_process_slices<float>(rng, 6, 9000 + static_cast<int>(rng() % 4000), SamplingParams{0.8f, 50, 0.8f, 0.05f});
+    check_process_slices<float>(rng, 6, 8193, SamplingParams{});
+    check_process_slices<bf16>(rng, 6, 12288, SamplingParams{0.f, 0, 1.f, 0.f});
+    check_process_slices<float>(rng, 6, 9000, SamplingParams{0.7f, 5000, 1.f, 0.f});  // top-k past a slice
+    check_process_slices<__half>(rng, 6, 10000, SamplingParams{1.f, 0, 0.9f, 0.f});
+    check_process_slices<float>(rng, 6, 4097, SamplingParams{1.3f, 0, 1.f, 0.05f});
+    check_process_slices<float>(rng, 6, 20000, SamplingParams{1.f, 3, 0.5f, 0.f});
   }
   if (rounds > 0) check_no_mass(1500);
   return emu::summary(seed);

@@ -52,6 +52,10 @@ struct SliceScratch {
   unsigned long long* wt;         // [N] top-p: the boundary key's largest weight
   int32_t* part_i;                // [N, S] temperature 0: each slice's argmax (part_max: its value)
   int32_t* am;                    // [N] temperature 0: the argmax
+
+  // A row's histograms and radix states for one select.
+  __device__ unsigned long long* select_hist(int64_t row, bool top_p) const { return hist + (row * 2 + (top_p ? 1 : 0)) * 4 * 256; }
+  __device__ unsigned long long* select_state(int64_t row, bool top_p) const { return state + (row * 2 + (top_p ? 1 : 0)) * 5 * 2; }
 };
 
 namespace slices {
@@ -213,8 +217,8 @@ __global__ void __launch_bounds__(kSliceThreads) logits_radix_slices_kernel(cons
   const int64_t row = blockIdx.x;
   const T* x = logits + row * V;
   const float* p = probs + row * V;
-  unsigned long long* H = sc.hist + (row * 2 + (kTopP ? 1 : 0)) * 4 * 256;
-  unsigned long long* st = sc.state + (row * 2 + (kTopP ? 1 : 0)) * 5 * 2;
+  unsigned long long* H = sc.select_hist(row, kTopP);
+  unsigned long long* st = sc.select_state(row, kTopP);
   uint32_t prefix = 0, mask = 0;
   if (pass > 0) {
     unsigned long long need;
@@ -275,8 +279,8 @@ __global__ void __launch_bounds__(kSliceThreads) logits_ties_slices_kernel(const
   const int64_t row = blockIdx.x;
   const T* x = logits + row * V;
   const float* p = probs + row * V;
-  unsigned long long* H = sc.hist + (row * 2 + (kTopP ? 1 : 0)) * 4 * 256;
-  unsigned long long* st = sc.state + (row * 2 + (kTopP ? 1 : 0)) * 5 * 2;
+  unsigned long long* H = sc.select_hist(row, kTopP);
+  unsigned long long* st = sc.select_state(row, kTopP);
   unsigned long long need;
   if (!select_need<kTopP>(sc, row, top_k, top_p, &need)) return;
   uint32_t digit;
@@ -314,7 +318,7 @@ __global__ void __launch_bounds__(kSliceThreads) logits_trim_slices_kernel(const
   const int64_t row = blockIdx.x;
   const T* x = logits + row * V;
   float* p = probs + row * V;
-  const unsigned long long* st = sc.state + (row * 2 + (kTopP ? 1 : 0)) * 5 * 2;
+  const unsigned long long* st = sc.select_state(row, kTopP);
   unsigned long long need;
   if (!select_need<kTopP>(sc, row, top_k, top_p, &need)) return;
   const uint32_t key = static_cast<uint32_t>(st[4 * 2]);

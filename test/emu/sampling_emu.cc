@@ -631,13 +631,16 @@ int main(int argc, char** argv) {
     check_verify(rng, VerifyMode::rejection, true, 32, 6, 20000, 1.f, false, true);
     check_entropy(rng, 6, 3000);
     // processLogits by slices: every filter, each alone and together, slices cut short, 2-byte logits.
+    // (The first round only: an emulated launch spawns a thread per CUDA thread, and these make ~1400
+    // blocks of 256; the seed changes every run.)
+    if (round > 0) continue;
     check_process_slices<float>(rng, 6, 9000 + static_cast<int>(rng() % 4000), SamplingParams{0.8f, 50, 0.8f, 0.05f});
     check_process_slices<float>(rng, 6, 8193, SamplingParams{});
     check_process_slices<bf16>(rng, 6, 12288, SamplingParams{0.f, 0, 1.f, 0.f});
     check_process_slices<float>(rng, 6, 9000, SamplingParams{0.7f, 5000, 1.f, 0.f});  // top-k past a slice
     check_process_slices<__half>(rng, 6, 10000, SamplingParams{1.f, 0, 0.9f, 0.f});
     check_process_slices<float>(rng, 6, 4097, SamplingParams{1.3f, 0, 1.f, 0.05f});
-    check_process_slices<float>(rng, 6, 20000, SamplingParams{1.f, 3, 0.5f, 0.f});
+    check_process_slices<float>(rng, 6, 12289, SamplingParams{1.f, 3, 0.5f, 0.f});
   }
   if (rounds > 0) check_no_mass(1500);
   return emu::summary(seed);

@@ -427,8 +427,9 @@ describeCuda('sampling', () => {
         using pa = processLogits(all, o);
         using pf = processLogits(few, o);
         using head = pa.rows(0, 3);
-        const a = new Uint32Array(head.toFloat32().buffer);
-        const f = new Uint32Array(pf.toFloat32().buffer);
+        const bits = (v: Float32Array): Uint32Array => new Uint32Array(v.buffer, v.byteOffset, v.length);
+        const a = bits(head.toFloat32());
+        const f = bits(pf.toFloat32());
         assert.ok(a.every((v, i) => v === f[i]), `V=${V} ${JSON.stringify(o)}: 3 rows alone differ from the same rows among ${many}`);
       }
     }

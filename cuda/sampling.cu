@@ -3,6 +3,9 @@
 // from a radix select over order-preserving float keys, ties are resolved by index with a block
 // scan, sampling is a block prefix scan over exact integer weights.
 // Semantics (identical to the CPU reference) in cpp/core/spec_math.h.
+#include <cstdlib>
+#include <cstring>
+
 #include "../cpp/core/ops_sampling.h"
 #include "common.cuh"
 #include "cuda_backend.h"
@@ -18,11 +21,21 @@ using namespace sampling_kernels;
 // SMs idle (decode: a few rows of a large vocabulary) -- blocks per 4096-column slice of each row, with
 // passes per row over the slices' results. Both give the same bits (argmax and sample: the CPU's
 // token). Returns the slice count for the sliced path, 0 for a block per row.
+// SPECDEC_CUDA_SLICES=0 keeps one block per row (to compare the two paths on a GPU). Read once: the
+// path must not change within a process.
 namespace {
+bool slices_enabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("SPECDEC_CUDA_SLICES");
+    return !(v && std::strcmp(v, "0") == 0);
+  }();
+  return enabled;
+}
+
 int sliced_launch(int64_t N, int64_t V, const char* what) {
   SPECDEC_CHECK(V <= INT32_MAX, "E_ARG", what, ": rows longer than 2^31 are not supported");
   const int S = argmax_slices(static_cast<int>(V));
-  return S >= 2 && S <= 65535 && N < sm_count() ? S : 0;
+  return slices_enabled() && S >= 2 && S <= 65535 && N < sm_count() ? S : 0;
 }
 
 // The sliced processLogits' scratch in one block: hist, total and wt first (zeroed together).

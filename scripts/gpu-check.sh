@@ -10,11 +10,13 @@
 #   there, on the GPU machine, from the repo root:                 bash scripts/gpu-check.sh "$OUT"
 #       unpacks .device/ when needed, runs the steps, and leaves at most 8 files in the folder given
 #       ($1, else $OUT): summary.txt, mocha.log, bench-cuda.json, matmul-simt.json, hf_agreement.json,
-#       hf_throughput.json, logs.tar.gz (every log, specdec info, nvidia-smi, the reference.json files).
+#       hf_throughput.json, logs.tar.gz (every log, specdec info, nvidia-smi, the reference.json files,
+#       attention-tc.json and sampling-block.json).
 # The suite leaves out test/cuda_emu.test.ts (the kernels' host emulation: CPU only, run by CI).
 # STEPS="suite bench hf" (default: all) picks step groups, for a rerun of what failed with the lease left.
-# Time boxes (seconds; override by environment): T_SUITE=210 T_BENCH=90 T_SIMT=20 T_HF=80 T_AGREE=70,
-# and T_FIXTURES=150 in the background beside the suite. Worst case ~8 min; typical less.
+# Time boxes (seconds; override by environment): T_SUITE=210 T_BENCH=90 T_SIMT=20 T_ATTN_TC=30
+# T_ATTN_TC_BENCH=20 T_SAMPLING_BLOCK=20 T_HF=80 T_AGREE=70,
+# and T_FIXTURES=150 in the background beside the suite. Worst case ~9 min; typical less.
 # Exit 0 when every step passed, 1 otherwise, 2 when the machine is not prepared.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -148,6 +150,8 @@ if want bench; then
   # The tensor-core attention (opt-in until this passes): its [cuda] tests, then its speed.
   step attention-tc "${T_ATTN_TC:-30}" env SPECDEC_REQUIRE_CUDA=1 SPECDEC_CUDA_ATTENTION=tc node node_modules/mocha/bin/mocha.js --no-config --timeout 120000 dist/test/attention.test.js
   step attn-tc-bench "${T_ATTN_TC_BENCH:-20}" env SPECDEC_CUDA_ATTENTION=tc node dist/bench/attention.bench.js --device cuda --out "$res/attention-tc.json"
+  # processLogits / argmax / sample one block per row, against the sliced default in bench-cuda.json.
+  step sampling-block "${T_SAMPLING_BLOCK:-20}" env SPECDEC_CUDA_SLICES=0 node dist/bench/sampling.bench.js --device cuda --out "$res/sampling-block.json"
 fi
 
 # ---- 3 + 4. transformers: fixtures (from the background), its generate() timings, then specdec ---------
@@ -179,10 +183,12 @@ say "total $(( $(date +%s) - t_start )) s, $failures step(s) not ok"
   echo
   echo "== bench (tail of logs/bench.log)"; tail -n 60 "$logs/bench.log"
   echo; echo "== matmul, CUDA-core path (tail)"; tail -n 15 "$logs/matmul-simt.log"
+  echo; echo "== sampling, one block per row (SPECDEC_CUDA_SLICES=0; tail)"; tail -n 30 "$logs/sampling-block.log"
   echo; echo "== hf-generate (tail)"; tail -n 12 "$logs/hf-generate.log"
   echo; echo "== hf agreement + side by side"; tail -n 60 "$logs/agreement.log" 2>/dev/null
   echo; echo "== failing tests (mocha.log)"; grep -nE '^ +[0-9]+\) ' "$logs/suite.log" | head -40
 } >> "$summary" 2>/dev/null
+for f in attention-tc.json sampling-block.json; do [ -f "$res/$f" ] && cp "$res/$f" "$logs/"; done
 tar -czf "$out/logs.tar.gz" -C "$work" logs
 cat "$summary"
 [ "$failures" -eq 0 ]

@@ -86,10 +86,7 @@ attn::Params make_params(const Tensor& q, const Tensor& kv_layer, const PagedBat
 // same kernel for the whole process, or a tree node's row would not match its path decoded token by
 // token.
 bool tc_attention_enabled() {
-  static const bool enabled = [] {
-    const char* v = std::getenv("SPECDEC_CUDA_ATTENTION");
-    return v && std::strcmp(v, "tc") == 0;
-  }();
+  static const bool enabled = env_is("SPECDEC_CUDA_ATTENTION", "tc");
   return enabled;
 }
 

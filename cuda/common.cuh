@@ -18,6 +18,9 @@ namespace cuda {
 cudaStream_t stream();
 // The current device's SM count (read once), for launch planners.
 int sm_count();
+// Whether environment variable `name` is set to exactly `value` (the SPECDEC_CUDA_* switches; callers
+// read it once, so a kernel choice never changes within a process).
+bool env_is(const char* name, const char* value);
 
 [[noreturn]] inline void throw_cuda(cudaError_t e, const char* call, const char* file, int line) {
   fail("E_CUDA", call, " failed: ", cudaGetErrorString(e), " (", cudaGetErrorName(e), ") at ", file, ":", line);

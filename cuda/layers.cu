@@ -48,10 +48,7 @@ namespace {
 // SPECDEC_CUDA_MATMUL=simt keeps bf16/f16 weights on the CUDA-core kernel (to compare the two, or to
 // rule tensor cores out). Read once: the path must not change within a process (batch invariance).
 bool tensor_cores_enabled() {
-  static const bool enabled = [] {
-    const char* v = std::getenv("SPECDEC_CUDA_MATMUL");
-    return !(v && std::strcmp(v, "simt") == 0);
-  }();
+  static const bool enabled = !env_is("SPECDEC_CUDA_MATMUL", "simt");
   return enabled;
 }
 

@@ -2,6 +2,7 @@
 // copies on the library stream. Statically linked cudart: this file must behave on
 // machines with no driver at all (query reports the reason, nothing else is called).
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <map>
@@ -26,6 +27,11 @@ cudaStream_t stream() {
   std::lock_guard<std::mutex> lock(g_mu);
   if (!g_stream) SPECDEC_CUDA_CHECK(cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking));
   return g_stream;
+}
+
+bool env_is(const char* name, const char* value) {
+  const char* v = std::getenv(name);
+  return v && std::strcmp(v, value) == 0;
 }
 
 int sm_count() {

@@ -3,9 +3,6 @@
 // from a radix select over order-preserving float keys, ties are resolved by index with a block
 // scan, sampling is a block prefix scan over exact integer weights.
 // Semantics (identical to the CPU reference) in cpp/core/spec_math.h.
-#include <cstdlib>
-#include <cstring>
-
 #include "../cpp/core/ops_sampling.h"
 #include "common.cuh"
 #include "cuda_backend.h"
@@ -25,10 +22,7 @@ using namespace sampling_kernels;
 // path must not change within a process.
 namespace {
 bool slices_enabled() {
-  static const bool enabled = [] {
-    const char* v = std::getenv("SPECDEC_CUDA_SLICES");
-    return !(v && std::strcmp(v, "0") == 0);
-  }();
+  static const bool enabled = !env_is("SPECDEC_CUDA_SLICES", "0");
   return enabled;
 }
 

@@ -5,6 +5,8 @@
 // Run: node dist/bench/plain_decode.bench.js [--device cpu|cuda|auto] [--quick]   (or specdec bench --only plain_decode)
 import { LlamaModel } from '../lib/models/llama';
 import { plainGenerate } from '../lib/plain';
+import { transferCounters } from '../lib/transfers';
+import { LLAMA_1B } from './memory.bench';
 import { LLAMA_100M, median, round, standalone, tempDir, writeRandomLlama, type BenchModule, type BenchOptions, type BenchResult, type BenchRow, type RandomLlamaSpec } from './common';
 
 const QUICK_MODEL: RandomLlamaSpec = { vocab: 512, hidden: 64, intermediate: 128, layers: 2, heads: 4, kvHeads: 2 };
@@ -14,9 +16,12 @@ export const plainDecodeBench: BenchModule = {
   description: 'plain greedy decoding tokens/s of a random ~100M Llama (bf16), batch 1 and 8',
   async run(opts: BenchOptions): Promise<BenchResult> {
     const t0 = performance.now();
-    const spec = opts.quick ? QUICK_MODEL : LLAMA_100M;
+    // SPECDEC_BENCH_PLAIN_MODEL=1b: the random ~1B Llama, batch 1 only (scripts/gpu-check.sh's
+    // graphs step measures a decode step of it with and without CUDA graphs).
+    const big = !opts.quick && process.env['SPECDEC_BENCH_PLAIN_MODEL'] === '1b';
+    const spec = opts.quick ? QUICK_MODEL : big ? LLAMA_1B : LLAMA_100M;
     const promptLen = opts.quick ? 8 : 32;
-    const cases = opts.quick ? [{ batch: 1, newTokens: 4 }] : [{ batch: 1, newTokens: 32 }, { batch: 8, newTokens: 16 }];
+    const cases = opts.quick ? [{ batch: 1, newTokens: 4 }] : big ? [{ batch: 1, newTokens: 48 }] : [{ batch: 1, newTokens: 32 }, { batch: 8, newTokens: 16 }];
     const repeats = opts.quick ? 1 : 3;
     const tmp = tempDir('plain');
     try {
@@ -33,18 +38,28 @@ export const plainDecodeBench: BenchModule = {
           await plainGenerate(model, prompts, { maxNewTokens: 2, stopTokens: [] });
           const tps: number[] = [];
           const msStep: number[] = [];
+          let forwards = 0;
+          const c0 = transferCounters();
           for (let r = 0; r < repeats; r++) {
             opts.log(`plain_decode: batch ${batch}, run ${r + 1}/${repeats}`);
             const res = await plainGenerate(model, prompts, { maxNewTokens: newTokens, stopTokens: [] });
             tps.push(res.stats.tokensPerSecond);
             msStep.push((1000 * res.stats.seconds) / res.stats.targetForwards);
+            forwards += res.stats.targetForwards;
           }
+          // Launches per forward (a CUDA graph launch counts one) and graphs replayed per forward.
+          const c1 = transferCounters();
+          const opsPerForward = (c1.deviceOps - c0.deviceOps) / forwards;
+          const graphsPerForward = (c1.graphLaunches - c0.graphLaunches) / forwards;
           rows.push({
             name: `batch ${batch}`,
             value: round(median(tps), 2),
             unit: 'tok/s',
-            note: `${round(median(msStep), 1)} ms/step`,
-            metrics: { batch, promptTokens: promptLen, newTokensPerSequence: newTokens, tokensPerSecond: median(tps), msPerStep: median(msStep), runs: tps },
+            note: `${round(median(msStep), 3)} ms/step, ${round(opsPerForward, 1)} device ops/forward, ${round(graphsPerForward, 2)} graph launches/forward`,
+            metrics: {
+              batch, promptTokens: promptLen, newTokensPerSequence: newTokens, tokensPerSecond: median(tps), msPerStep: median(msStep), runs: tps,
+              deviceOpsPerForward: opsPerForward, graphLaunchesPerForward: graphsPerForward, cudaGraphs: process.env['SPECDEC_CUDA_GRAPHS'] === '1',
+            },
           });
         }
       } finally {
@@ -54,7 +69,7 @@ export const plainDecodeBench: BenchModule = {
         bench: 'plain_decode',
         device: opts.device,
         quick: opts.quick,
-        setup: { model: { params, dtype: 'bf16', ...spec }, weights: 'random', decoding: 'greedy', repeats },
+        setup: { model: { params, dtype: 'bf16', ...spec }, weights: 'random', decoding: 'greedy', repeats, cudaGraphs: process.env['SPECDEC_CUDA_GRAPHS'] === '1' },
         rows,
         notes: [],
         checks: {},

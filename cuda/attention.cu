@@ -36,7 +36,7 @@ void launch(const attn::Params& p, dim3 grid) {
   // Large head dims need more than the default 48 KiB of dynamic shared memory (opt-in).
   if (smem > 48 * 1024)
     SPECDEC_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  kernel<<<grid, attn::kWarps * 32, smem, stream()>>>(p);
+  launch_kernel(kernel, grid, attn::kWarps * 32, smem, p);
   SPECDEC_CUDA_LAUNCH_CHECK("tree_attention_kernel");
 }
 
@@ -103,7 +103,7 @@ void launch_merge(DType qdt, const attn::Params& p, int64_t rows) {
   const unsigned blocks = ceil_div(rows, attn::kMergeWarps);
   auto merge = [&](auto tag) {
     using QT = decltype(tag);
-    attn::tree_attention_merge_kernel<QT><<<blocks, attn::kMergeWarps * 32, 0, stream()>>>(p.part_acc, p.part_ml, p.out, rows,
+    launch_kernel(attn::tree_attention_merge_kernel<QT>, blocks, attn::kMergeWarps * 32, 0, p.part_acc, p.part_ml, p.out, rows,
                                                                                          p.max_chunks, p.D);
     SPECDEC_CUDA_LAUNCH_CHECK("tree_attention_merge_kernel");
   };
@@ -119,7 +119,7 @@ void launch_tc(const attn::Params& p, dim3 grid, size_t smem) {
   auto kernel = attn_tc::tree_attention_tc_kernel<QT, KVT, Stages>;
   if (smem > 48 * 1024)
     SPECDEC_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  kernel<<<grid, attn_tc::kThreads, smem, stream()>>>(p);
+  launch_kernel(kernel, grid, attn_tc::kThreads, smem, p);
   SPECDEC_CUDA_LAUNCH_CHECK("tree_attention_tc_kernel");
 }
 

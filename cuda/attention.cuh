@@ -67,6 +67,7 @@ struct Params {
   int split;
   int chunks_per_cta;  // split: consecutive chunks per CTA (grid.x = tiles * ceil(max_chunks / chunks_per_cta))
   int kv_aligned16;    // the layer's base is 16-byte aligned: K/V rows may be staged 16 bytes at a time
+  int reserved;        // 0: no tail padding, so equal launches have equal argument bytes (cuda/graph_cache.h)
 };
 
 // Shared memory of the CUDA-core kernel: Qs [kRowsPerCta][D] f32, then kStages K and V tiles

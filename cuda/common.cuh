@@ -6,10 +6,13 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <tuple>
+#include <type_traits>
 
 #include "../cpp/core/error.h"
 #include "../cpp/core/tensor.h"
 #include "device.cuh"
+#include "graph_cache.h"
 
 namespace specdec {
 namespace cuda {
@@ -46,6 +49,20 @@ namespace specdec {
 namespace cuda {
 
 inline unsigned ceil_div(int64_t a, int64_t b) { return static_cast<unsigned>((a + b - 1) / b); }
+
+// Every kernel launch goes through here: inside a CUDA graph body (cuda/graphs.cu) the launch is
+// recorded (the arguments as the kernel receives them) and, while the body is traced, not made.
+template <typename... P, typename... A>
+void launch_kernel(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, A&&... args) {
+  static_assert(sizeof...(P) == sizeof...(A), "launch_kernel: argument count differs from the kernel's");
+  std::tuple<std::decay_t<P>...> conv(static_cast<std::decay_t<P>>(std::forward<A>(args))...);
+  if (graphs::Record* r = graphs::t_body.record) {
+    const unsigned g[3] = {grid.x, grid.y, grid.z}, b[3] = {block.x, block.y, block.z};
+    graphs::record_launch(*r, reinterpret_cast<const void*>(kernel), g, b, smem, conv);
+    if (graphs::t_body.suppress) return;
+  }
+  std::apply([&](auto&... a) { kernel<<<grid, block, smem, stream()>>>(a...); }, conv);
+}
 
 }  // namespace cuda
 }  // namespace specdec

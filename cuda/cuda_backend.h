@@ -2,6 +2,8 @@
 // only linked when SPECDEC_WITH_CUDA is defined. Every failure throws specdec::Error("E_CUDA").
 #pragma once
 #include <cstddef>
+#include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -25,6 +27,31 @@ void memcpy_d2h(void* dst, const void* src, size_t bytes);
 void memcpy_d2d(void* dst, const void* src, size_t bytes);
 void memset_zero(void* dst, size_t bytes);
 void synchronize();  // waits for the library's stream; throws on a pending kernel error (counted)
+
+// CUDA graphs (cuda/graphs.cu, cuda/graph_cache.h), opt-in with SPECDEC_CUDA_GRAPHS=1 (read once).
+// run_graphed(body): `body` only enqueues work on the library stream (no waits, no reads to the
+// host, no uploads) and keeps no device memory it allocates. It runs eagerly, or as one graph launch
+// when a body with exactly the same launches (kernels, grids, argument bytes) ran before.
+bool graphs_enabled();
+void run_graphed(const std::function<void()>& body);
+// A body's device memory comes from the graphs' arena (null / false: not a body's, use the cache).
+void* graph_body_alloc(size_t bytes);
+bool graph_body_release(const void* ptr);
+struct GraphStatus {
+  bool enabled = false;
+  uint64_t replays = 0, captures = 0, eager = 0;  // bodies run as a graph (captures included) / kernel by kernel
+  size_t graphs = 0, arena_bytes = 0;
+  std::string disabled_reason;  // set when a failure turned graphs off for the process
+};
+GraphStatus graph_status();
+// Copies whole 4-byte words from device memory to dst + dst_offset, all segments (at most 8) in one
+// launch: a step's inputs, wherever they were uploaded, land at the addresses its graphs read.
+struct Segment {
+  const void* src;
+  size_t dst_offset;
+  size_t bytes;
+};
+void copy_segments(void* dst, const std::vector<Segment>& segs);
 
 }  // namespace cuda
 }  // namespace specdec

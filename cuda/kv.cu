@@ -44,7 +44,7 @@ void kv_append(Tensor& kv_layer, const Tensor& k, const Tensor& v, const PagedBa
   const int row_elems = static_cast<int>(kv_layer.size(3) * kv_layer.size(4));
   auto go = [&](auto tag) {
     using KVT = decltype(tag);
-    kv_append_kernel<KVT><<<static_cast<unsigned>(N), kThreads, 0, stream()>>>(
+    launch_kernel(kv_append_kernel<KVT>, static_cast<unsigned>(N), kThreads, 0,
         kv_layer.ptr<KVT>(), k.data(), static_cast<int>(k.dtype()), v.data(), static_cast<int>(v.dtype()),
         batch.qo_indptr.ptr<int32_t>(), batch.page_indptr.ptr<int32_t>(), batch.page_indices.ptr<int32_t>(),
         batch.prefix_len.ptr<int32_t>(), static_cast<int>(batch.batch_size()), static_cast<int>(kv_layer.size(2)),
@@ -69,7 +69,7 @@ void kv_commit(const std::vector<Tensor>& layers, const PagedBatch& batch, const
   dim3 grid(static_cast<unsigned>(B), static_cast<unsigned>(L));
   auto go = [&](auto tag) {
     using E = decltype(tag);
-    kv_commit_kernel<E><<<grid, kThreads, 0, stream()>>>(
+    launch_kernel(kv_commit_kernel<E>, grid, kThreads, 0,
         table.ptr<E* const>(), batch.page_indptr.ptr<int32_t>(), batch.page_indices.ptr<int32_t>(),
         batch.prefix_len.ptr<int32_t>(), acc_indptr.ptr<int32_t>(), acc_nodes.ptr<int32_t>(),
         acc_count.defined() ? acc_count.ptr<int32_t>() : nullptr, page_size, row_elems);
@@ -88,7 +88,7 @@ void kv_copy_pages(const std::vector<Tensor>& layers, const Tensor& src_pages, c
   dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(L));
   auto go = [&](auto tag) {
     using W = decltype(tag);
-    kv_copy_pages_kernel<W><<<grid, kThreads, 0, stream()>>>(table.ptr<W* const>(), src_pages.ptr<int32_t>(),
+    launch_kernel(kv_copy_pages_kernel<W>, grid, kThreads, 0, table.ptr<W* const>(), src_pages.ptr<int32_t>(),
                                                              dst_pages.ptr<int32_t>(), page_bytes / sizeof(W));
     SPECDEC_CUDA_LAUNCH_CHECK("kv_copy_pages_kernel");
   };

@@ -27,7 +27,7 @@ void embedding(const Tensor& table, const Tensor& ids, Tensor& out) {
   const int64_t N = ids.size(0), V = table.size(0), H = table.size(1);
   SPECDEC_CHECK(N <= INT32_MAX, "E_ARG", "ids: too many tokens for one launch (", N, ")");
   SPECDEC_DISPATCH_FLOAT(table.dtype(), "table", [&] {
-    embedding_kernel<scalar_t><<<static_cast<unsigned>(N), 256, 0, stream()>>>(table.ptr<scalar_t>(), ids.ptr<int32_t>(),
+    launch_kernel(embedding_kernel<scalar_t>, static_cast<unsigned>(N), 256, 0, table.ptr<scalar_t>(), ids.ptr<int32_t>(),
                                                                             out.ptr<float>(), V, H);
   });
   SPECDEC_CUDA_LAUNCH_CHECK("embedding_kernel");
@@ -37,7 +37,7 @@ void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) {
   const int64_t N = x.size(0), H = x.size(1);
   SPECDEC_CHECK(N <= INT32_MAX, "E_ARG", "x: too many rows for one launch (", N, ")");
   SPECDEC_DISPATCH_FLOAT(w.dtype(), "w", [&] {
-    rmsnorm_kernel<scalar_t><<<static_cast<unsigned>(N), 256, 0, stream()>>>(x.ptr<float>(), w.ptr<scalar_t>(), eps,
+    launch_kernel(rmsnorm_kernel<scalar_t>, static_cast<unsigned>(N), 256, 0, x.ptr<float>(), w.ptr<scalar_t>(), eps,
                                                                           out.ptr<float>(), H);
   });
   SPECDEC_CUDA_LAUNCH_CHECK("rmsnorm_kernel");
@@ -58,7 +58,7 @@ void launch_tc(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out
   const dim3 grid(ceil_div(M, gemm_tc::kTileM), ceil_div(N, 16 * NT));
   SPECDEC_CHECK(grid.x < (1u << 31) && grid.y <= 65535u, "E_ARG", "matmul: problem too large for one launch (N=", N,
                 ", M=", M, ")");
-  gemm_tc::matmul_tc_kernel<W, B, NT><<<grid, gemm_tc::kThreads, 0, stream()>>>(
+  launch_kernel(gemm_tc::matmul_tc_kernel<W, B, NT>, grid, gemm_tc::kThreads, 0,
       x.ptr<float>(), w.ptr<W>(), bias.defined() ? bias.ptr<B>() : nullptr, out.ptr<float>(), N, K, M, vec_w, vec_x);
   SPECDEC_CUDA_LAUNCH_CHECK("matmul_tc_kernel");
 }
@@ -93,7 +93,7 @@ void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out) {
   SPECDEC_DISPATCH_FLOAT(w.dtype(), "w", [&] {
     using w_t = scalar_t;
     SPECDEC_DISPATCH_FLOAT(bdt, "bias", [&] {
-      matmul_kernel<w_t, scalar_t><<<grid, kWarpsPerBlock * kWarp, 0, stream()>>>(
+      launch_kernel(matmul_kernel<w_t, scalar_t>, grid, kWarpsPerBlock * kWarp, 0,
           x.ptr<float>(), w.ptr<w_t>(), bias.defined() ? bias.ptr<scalar_t>() : nullptr, out.ptr<float>(), N, K, M,
           vec_ok);
     });
@@ -105,33 +105,33 @@ void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq) {
   const int64_t N = x.size(0), heads = x.size(1), D = x.size(2);
   SPECDEC_CHECK(N * heads <= INT32_MAX, "E_ARG", "x: too many rows for one launch (", x.describe(), ")");
   const int threads = static_cast<int>(std::min<int64_t>(256, ((D / 2 + 31) / 32) * 32));
-  rope_kernel<<<static_cast<unsigned>(N * heads), threads, 0, stream()>>>(x.ptr<float>(), positions.ptr<int32_t>(),
+  launch_kernel(rope_kernel, static_cast<unsigned>(N * heads), threads, 0, x.ptr<float>(), positions.ptr<int32_t>(),
                                                                          inv_freq.ptr<float>(), heads, D);
   SPECDEC_CUDA_LAUNCH_CHECK("rope_kernel");
 }
 
 void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
   const int64_t n = gate.numel();
-  silu_mul_kernel<<<elementwise_grid(n), 256, 0, stream()>>>(gate.ptr<float>(), up.ptr<float>(), out.ptr<float>(), n);
+  launch_kernel(silu_mul_kernel, elementwise_grid(n), 256, 0, gate.ptr<float>(), up.ptr<float>(), out.ptr<float>(), n);
   SPECDEC_CUDA_LAUNCH_CHECK("silu_mul_kernel");
 }
 
 void add_inplace(Tensor& x, const Tensor& y) {
   const int64_t n = x.numel();
-  add_kernel<<<elementwise_grid(n), 256, 0, stream()>>>(x.ptr<float>(), y.ptr<float>(), n);
+  launch_kernel(add_kernel, elementwise_grid(n), 256, 0, x.ptr<float>(), y.ptr<float>(), n);
   SPECDEC_CUDA_LAUNCH_CHECK("add_kernel");
 }
 
 void silu_inplace(Tensor& x) {
   const int64_t n = x.numel();
-  silu_kernel<<<elementwise_grid(n), 256, 0, stream()>>>(x.ptr<float>(), n);
+  launch_kernel(silu_kernel, elementwise_grid(n), 256, 0, x.ptr<float>(), n);
   SPECDEC_CUDA_LAUNCH_CHECK("silu_kernel");
 }
 
 void gather_last_accepted(const Tensor& x, const Tensor& indptr, const Tensor& acc_nodes, const Tensor& acc_count, Tensor& out) {
   const int64_t B = out.size(0);
   SPECDEC_CHECK(B <= INT32_MAX, "E_ARG", "gather_last_accepted: too many sequences for one launch (", B, ")");
-  gather_last_accepted_kernel<<<static_cast<unsigned>(B), 256, 0, stream()>>>(
+  launch_kernel(gather_last_accepted_kernel, static_cast<unsigned>(B), 256, 0,
       x.ptr<float>(), indptr.ptr<int32_t>(), acc_nodes.ptr<int32_t>(), acc_count.ptr<int32_t>(), out.ptr<float>(), out.size(1));
   SPECDEC_CUDA_LAUNCH_CHECK("gather_last_accepted_kernel");
 }

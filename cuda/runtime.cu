@@ -12,6 +12,7 @@
 #include "../cpp/core/transfers.h"
 #include "common.cuh"
 #include "cuda_backend.h"
+#include "graph_cache.h"
 
 namespace specdec {
 namespace cuda {
@@ -23,7 +24,10 @@ size_t g_cached = 0;
 cudaStream_t g_stream = nullptr;
 }  // namespace
 
+extern thread_local cudaStream_t t_stream_override;  // cuda/graphs.cu: a capture in progress on this thread
+
 cudaStream_t stream() {
+  if (t_stream_override) return t_stream_override;
   std::lock_guard<std::mutex> lock(g_mu);
   if (!g_stream) SPECDEC_CUDA_CHECK(cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking));
   return g_stream;
@@ -107,6 +111,7 @@ void query(BackendInfo& info) {
 }
 
 void* alloc(size_t bytes) {
+  if (void* p = graph_body_alloc(bytes)) return p;  // a graph body's memory: the same addresses every run
   {
     std::lock_guard<std::mutex> lock(g_mu);
     auto it = g_free.lower_bound(bytes);
@@ -133,6 +138,7 @@ void* alloc(size_t bytes) {
 }
 
 void release(void* ptr, size_t bytes) {
+  if (graph_body_release(ptr)) return;
   std::lock_guard<std::mutex> lock(g_mu);
   // Blocks may still be in use by queued kernels on our single stream; reuse is ordered on that
   // stream, so handing the block to the next allocation is safe.
@@ -245,7 +251,26 @@ StagingRing g_staging;
 
 }  // namespace
 
+namespace {
+
+// A graph body only enqueues work: a wait or an upload inside one (its source would be captured as
+// it is now) makes the body unfit for graphs; graph_cache.h's Runner then runs it kernel by kernel.
+void forbid_in_body(const char* what) {
+  if (graphs::t_body.record) throw graphs::BodyForbidden(what);
+}
+
+// A copy or fill inside a graph body is part of its record; while tracing it is not made.
+bool recorded_only(char tag, const void* dst, const void* src, size_t bytes) {
+  graphs::Record* r = graphs::t_body.record;
+  if (!r) return false;
+  r->add_op(tag, dst, src, bytes);
+  return graphs::t_body.suppress;
+}
+
+}  // namespace
+
 bool memcpy_h2d(void* dst, const void* src, size_t bytes) {
+  forbid_in_body("an upload");
   cudaStream_t s = stream();
   if (g_staging.upload(dst, src, bytes, s)) return false;
   SPECDEC_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, s));
@@ -255,18 +280,24 @@ bool memcpy_h2d(void* dst, const void* src, size_t bytes) {
 }
 
 void memcpy_d2h(void* dst, const void* src, size_t bytes) {
+  forbid_in_body("a read to the host");
   cudaStream_t s = stream();
   SPECDEC_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, s));
   SPECDEC_CUDA_CHECK(cudaStreamSynchronize(s));
 }
 
 void memcpy_d2d(void* dst, const void* src, size_t bytes) {
+  if (recorded_only('C', dst, src, bytes)) return;
   SPECDEC_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream()));
 }
 
-void memset_zero(void* dst, size_t bytes) { SPECDEC_CUDA_CHECK(cudaMemsetAsync(dst, 0, bytes, stream())); }
+void memset_zero(void* dst, size_t bytes) {
+  if (recorded_only('Z', dst, nullptr, bytes)) return;
+  SPECDEC_CUDA_CHECK(cudaMemsetAsync(dst, 0, bytes, stream()));
+}
 
 void synchronize() {
+  forbid_in_body("a stream synchronization");
   note_wait();
   SPECDEC_CUDA_CHECK(cudaStreamSynchronize(stream()));
 }

@@ -65,7 +65,7 @@ void process_logits(const Tensor& logits, const SamplingParams& params, Tensor& 
     const SliceScratchBlock scratch(N, S);  // back to the caching allocator on return; the stream orders its reuse
     SPECDEC_DISPATCH_FLOAT(logits.dtype(), "logits", [&] {
       auto go = [&](auto kernel, unsigned gx, unsigned gy, unsigned threads, auto... args) {
-        kernel<<<dim3(gx, gy), threads, 0, stream()>>>(args...);
+        launch_kernel(kernel, dim3(gx, gy), threads, 0, args...);
         SPECDEC_CUDA_LAUNCH_CHECK("process_logits (vocabulary slices)");
       };
       process_logits_slices<scalar_t>(go, logits.ptr<scalar_t>(), probs.ptr<float>(), static_cast<int>(N), static_cast<int>(V), params,
@@ -74,7 +74,7 @@ void process_logits(const Tensor& logits, const SamplingParams& params, Tensor& 
     return;
   }
   SPECDEC_DISPATCH_FLOAT(logits.dtype(), "logits", [&] {
-    process_logits_kernel<scalar_t><<<static_cast<unsigned>(N), kBlock, 0, stream()>>>(
+    launch_kernel(process_logits_kernel<scalar_t>, static_cast<unsigned>(N), kBlock, 0,
         logits.ptr<scalar_t>(), probs.ptr<float>(), static_cast<int>(V), params);
     SPECDEC_CUDA_LAUNCH_CHECK("process_logits_kernel");
   });
@@ -87,17 +87,17 @@ void argmax(const Tensor& logits, Tensor& out) {
     Tensor part_v = Tensor::empty(DType::f32, {N, S}, Device::cuda);
     Tensor part_i = Tensor::empty(DType::i32, {N, S}, Device::cuda);
     SPECDEC_DISPATCH_FLOAT(logits.dtype(), "logits", [&] {
-      argmax_slices_kernel<scalar_t><<<dim3(static_cast<unsigned>(N), S), kSliceThreads, 0, stream()>>>(
+      launch_kernel(argmax_slices_kernel<scalar_t>, dim3(static_cast<unsigned>(N), S), kSliceThreads, 0,
           logits.ptr<scalar_t>(), static_cast<int>(V), part_v.ptr<float>(), part_i.ptr<int32_t>());
       SPECDEC_CUDA_LAUNCH_CHECK("argmax_slices_kernel");
     });
-    argmax_combine_kernel<<<ceil_div(N, kCombineWarps), kCombineWarps * 32, 0, stream()>>>(part_v.ptr<float>(), part_i.ptr<int32_t>(),
+    launch_kernel(argmax_combine_kernel, ceil_div(N, kCombineWarps), kCombineWarps * 32, 0, part_v.ptr<float>(), part_i.ptr<int32_t>(),
                                                                                          S, N, out.ptr<int32_t>());
     SPECDEC_CUDA_LAUNCH_CHECK("argmax_combine_kernel");
     return;  // the partials go back to the caching allocator; the stream orders their reuse
   }
   SPECDEC_DISPATCH_FLOAT(logits.dtype(), "logits", [&] {
-    argmax_kernel<scalar_t><<<static_cast<unsigned>(N), kBlock, 0, stream()>>>(logits.ptr<scalar_t>(), out.ptr<int32_t>(),
+    launch_kernel(argmax_kernel<scalar_t>, static_cast<unsigned>(N), kBlock, 0, logits.ptr<scalar_t>(), out.ptr<int32_t>(),
                                                                                static_cast<int>(V));
     SPECDEC_CUDA_LAUNCH_CHECK("argmax_kernel");
   });
@@ -108,15 +108,15 @@ void sample(const Tensor& probs, const Tensor& seeds, const Tensor& offsets, Ten
   if (N == 0) return;
   if (const int S = sliced_launch(N, V, "probs")) {
     Tensor mass = Tensor::empty(DType::u64, {N, S}, Device::cuda);
-    slice_mass_kernel<<<dim3(static_cast<unsigned>(N), S), kSliceThreads, 0, stream()>>>(probs.ptr<float>(), static_cast<int>(V),
+    launch_kernel(slice_mass_kernel, dim3(static_cast<unsigned>(N), S), kSliceThreads, 0, probs.ptr<float>(), static_cast<int>(V),
                                                                                         mass.ptr<uint64_t>());
     SPECDEC_CUDA_LAUNCH_CHECK("slice_mass_kernel");
-    sample_slices_kernel<<<static_cast<unsigned>(N), kBlock, 0, stream()>>>(probs.ptr<float>(), mass.ptr<uint64_t>(), seeds.ptr<uint64_t>(),
+    launch_kernel(sample_slices_kernel, static_cast<unsigned>(N), kBlock, 0, probs.ptr<float>(), mass.ptr<uint64_t>(), seeds.ptr<uint64_t>(),
                                                                            offsets.ptr<uint64_t>(), out.ptr<int32_t>(), static_cast<int>(V));
     SPECDEC_CUDA_LAUNCH_CHECK("sample_slices_kernel");
     return;
   }
-  sample_kernel<<<static_cast<unsigned>(N), kBlock, 0, stream()>>>(probs.ptr<float>(), seeds.ptr<uint64_t>(),
+  launch_kernel(sample_kernel, static_cast<unsigned>(N), kBlock, 0, probs.ptr<float>(), seeds.ptr<uint64_t>(),
                                                                    offsets.ptr<uint64_t>(), out.ptr<int32_t>(),
                                                                    static_cast<int>(V));
   SPECDEC_CUDA_LAUNCH_CHECK("sample_kernel");
@@ -128,7 +128,7 @@ void top_k(const Tensor& x, int32_t k, Tensor& vals, Tensor& ids) {
   Tensor cand_v = Tensor::empty(DType::f32, {N, k}, Device::cuda);
   Tensor cand_i = Tensor::empty(DType::i32, {N, k}, Device::cuda);
   SPECDEC_DISPATCH_FLOAT(x.dtype(), "x", [&] {
-    top_k_kernel<scalar_t><<<static_cast<unsigned>(N), kBlock, 0, stream()>>>(
+    launch_kernel(top_k_kernel<scalar_t>, static_cast<unsigned>(N), kBlock, 0,
         x.ptr<scalar_t>(), static_cast<int>(V), k, cand_v.ptr<float>(), cand_i.ptr<int32_t>(), vals.ptr<float>(),
         ids.ptr<int32_t>());
     SPECDEC_CUDA_LAUNCH_CHECK("top_k_kernel");

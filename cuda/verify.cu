@@ -23,12 +23,12 @@ void verify_greedy(const VerifyArgs& a, VerifyResult& out) {
   Tensor part_i = Tensor::empty(DType::i32, {N, S}, Device::cuda);
   if (N > 0) {
     SPECDEC_DISPATCH_FLOAT(a.target.dtype(), "target", [&] {
-      argmax_slices_kernel<scalar_t><<<dim3(static_cast<unsigned>(N), S), kSliceThreads, 0, stream()>>>(
+      launch_kernel(argmax_slices_kernel<scalar_t>, dim3(static_cast<unsigned>(N), S), kSliceThreads, 0,
           a.target.ptr<scalar_t>(), static_cast<int>(V), part_v.ptr<float>(), part_i.ptr<int32_t>());
       SPECDEC_CUDA_LAUNCH_CHECK("argmax_slices_kernel");
     });
   }
-  greedy_walk_kernel<<<static_cast<unsigned>(B), 32, 0, stream()>>>(
+  launch_kernel(greedy_walk_kernel, static_cast<unsigned>(B), 32, 0,
       a.node_indptr.ptr<int32_t>(), a.parents.ptr<int32_t>(), a.tokens.ptr<int32_t>(), part_v.ptr<float>(),
       part_i.ptr<int32_t>(), S, out.accepted_nodes.ptr<int32_t>(), out.emitted.ptr<int32_t>(), out.accept_count.ptr<int32_t>(),
       out.depth_accepts.ptr<int32_t>(), static_cast<int>(out.depth_accepts.numel()));
@@ -66,17 +66,17 @@ void verify_sampled_slices(const VerifyArgs& a, VerifyResult& out) {
   }
   const dim3 stats_grid(static_cast<unsigned>(N), kStatGroups);
   if (N > 0) {
-    row_stats_kernel<float><<<stats_grid, kStatThreads, 0, stream()>>>(a.target.ptr<float>(), static_cast<int>(V),
+    launch_kernel(row_stats_kernel<float>, stats_grid, kStatThreads, 0, a.target.ptr<float>(), static_cast<int>(V),
                                                                        typical ? lanes.ptr<double>() : nullptr, u64p(mass));
     SPECDEC_CUDA_LAUNCH_CHECK("row_stats_kernel");
     if (has_draft) {
-      row_stats_kernel<float><<<stats_grid, kStatThreads, 0, stream()>>>(dr.draft, static_cast<int>(V), nullptr, u64p(qmass));
+      launch_kernel(row_stats_kernel<float>, stats_grid, kStatThreads, 0, dr.draft, static_cast<int>(V), nullptr, u64p(qmass));
       SPECDEC_CUDA_LAUNCH_CHECK("row_stats_kernel (draft)");
     }
   }
   auto walk = [&](int pass) {
     dr.pass = pass;
-    sampled_walk_kernel<<<static_cast<unsigned>(B), 32, 0, stream()>>>(
+    launch_kernel(sampled_walk_kernel, static_cast<unsigned>(B), 32, 0,
         a.mode, a.node_indptr.ptr<int32_t>(), a.parents.ptr<int32_t>(), a.tokens.ptr<int32_t>(), a.target.ptr<float>(),
         typical ? lanes.ptr<double>() : nullptr, u64p(mass), a.seeds.ptr<uint64_t>(), a.offsets.ptr<uint64_t>(),
         a.typical_threshold, a.typical_alpha, static_cast<int>(V), edits.ptr<int32_t>(), thr.ptr<float>(), depth.ptr<int>(),
@@ -86,7 +86,7 @@ void verify_sampled_slices(const VerifyArgs& a, VerifyResult& out) {
   };
   if (!has_draft) return walk(0);
   walk(1);
-  residual_slices_kernel<<<dim3(static_cast<unsigned>(B), kStatGroups), kStatThreads, 0, stream()>>>(
+  launch_kernel(residual_slices_kernel, dim3(static_cast<unsigned>(B), kStatGroups), kStatThreads, 0,
       a.target.ptr<float>(), dr, static_cast<int>(V), u64p(rmass));
   SPECDEC_CUDA_LAUNCH_CHECK("residual_slices_kernel");
   walk(2);
@@ -109,7 +109,7 @@ void verify(const VerifyArgs& a, VerifyResult& out) {
   Tensor depth = Tensor::empty(DType::i32, {N}, Device::cuda);
   auto launch = [&](auto* target) {
     using scalar_t = std::remove_const_t<std::remove_pointer_t<decltype(target)>>;
-    verify_kernel<scalar_t><<<static_cast<unsigned>(B), kBlock, 0, stream()>>>(
+    launch_kernel(verify_kernel<scalar_t>, static_cast<unsigned>(B), kBlock, 0,
         a.mode, a.node_indptr.ptr<int32_t>(), a.parents.ptr<int32_t>(), a.tokens.ptr<int32_t>(), target,
         a.draft.defined() ? a.draft.ptr<float>() : nullptr, a.seeds.defined() ? a.seeds.ptr<uint64_t>() : nullptr,
         a.offsets.defined() ? a.offsets.ptr<uint64_t>() : nullptr, a.typical_threshold, a.typical_alpha,

@@ -20,15 +20,26 @@ export interface TransferStats {
    * CPU run shows the launches a CUDA step makes.
    */
   readonly deviceOps: number;
+  /**
+   * CUDA graphs launched: each replays a forward's layer stack as one launch (counted once in
+   * `deviceOps`). Zero on the CPU and unless SPECDEC_CUDA_GRAPHS=1.
+   */
+  readonly graphLaunches: number;
+  /** CUDA graphs captured (a new shape or attention plan seen for the second time). */
+  readonly graphCaptures: number;
 }
 
 /** Process-wide totals since the addon loaded. */
 export function transferCounters(): TransferStats {
   const c = native().transferCounters();
   if (c instanceof Float64Array) {
-    return { uploads: c[0] as number, uploadBytes: c[1] as number, readbacks: c[2] as number, readbackBytes: c[3] as number, blockingWaits: c[4] as number, deviceOps: c[5] as number, napiCalls: c[6] as number };
+    return {
+      uploads: c[0] as number, uploadBytes: c[1] as number, readbacks: c[2] as number, readbackBytes: c[3] as number,
+      blockingWaits: c[4] as number, deviceOps: c[5] as number, napiCalls: c[6] as number,
+      graphLaunches: c[7] ?? 0, graphCaptures: c[8] ?? 0,
+    };
   }
-  return { ...c, deviceOps: c.deviceOps ?? 0 };
+  return { ...c, deviceOps: c.deviceOps ?? 0, graphLaunches: 0, graphCaptures: 0 };
 }
 
 /** What happened since `from` (a transferCounters() reading), not counting the reading calls. */
@@ -42,5 +53,7 @@ export function transfersSince(from: TransferStats): TransferStats {
     readbackBytes: now.readbackBytes - from.readbackBytes,
     napiCalls: now.napiCalls - from.napiCalls - 1,
     deviceOps: now.deviceOps - from.deviceOps,
+    graphLaunches: now.graphLaunches - from.graphLaunches,
+    graphCaptures: now.graphCaptures - from.graphCaptures,
   };
 }

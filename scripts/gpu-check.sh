@@ -11,12 +11,13 @@
 #       unpacks .device/ when needed, runs the steps, and leaves at most 8 files in the folder given
 #       ($1, else $OUT): summary.txt, mocha.log, bench-cuda.json, matmul-simt.json, hf_agreement.json,
 #       hf_throughput.json, logs.tar.gz (every log, specdec info, nvidia-smi, the reference.json files,
-#       attention-tc.json and sampling-block.json).
+#       attention-tc.json, sampling-block.json, decode-1b-graphs-{off,on}.json).
 # The suite leaves out test/cuda_emu.test.ts (the kernels' host emulation: CPU only, run by CI).
-# STEPS="suite bench hf" (default: all) picks step groups, for a rerun of what failed with the lease left.
+# STEPS="suite bench hf graphs" (default: all) picks step groups, for a rerun of what failed with the lease left.
 # Time boxes (seconds; override by environment): T_SUITE=210 T_BENCH=90 T_SIMT=20 T_ATTN_TC=30
-# T_ATTN_TC_BENCH=20 T_SAMPLING_BLOCK=20 T_HF=80 T_AGREE=70,
-# and T_FIXTURES=150 in the background beside the suite. Worst case ~9 min; typical less.
+# T_ATTN_TC_BENCH=20 T_SAMPLING_BLOCK=20 T_HF=80 T_AGREE=70 T_GRAPHS=60 T_GRAPHS_BENCH=50 (x2),
+# and T_FIXTURES=150 in the background beside the suite. Worst case ~12 min, over one call's 10:
+# with a cold machine run it as two calls, STEPS="suite bench" then STEPS="hf graphs"; typical less.
 # Exit 0 when every step passed, 1 otherwise, 2 when the machine is not prepared.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -68,7 +69,7 @@ summary=$out/summary.txt
 t_start=$(date +%s)
 failures=0
 say() { printf '%s\n' "$*" | tee -a "$summary"; }
-want() { [[ " ${STEPS:-suite bench hf} " == *" $1 "* ]]; }
+want() { [[ " ${STEPS:-suite bench hf graphs} " == *" $1 "* ]]; }
 
 # step NAME LIMIT CMD...: CMD under `timeout`, its output in logs/NAME.log, one line in the summary.
 step() {
@@ -154,6 +155,15 @@ if want bench; then
   step sampling-block "${T_SAMPLING_BLOCK:-20}" env SPECDEC_CUDA_SLICES=0 node dist/bench/sampling.bench.js --device cuda --out "$res/sampling-block.json"
 fi
 
+# ---- 2b. CUDA graphs (SPECDEC_CUDA_GRAPHS=1, opt-in until this passes) -------------------------------------
+# Graphs on == graphs off bit for bit (and really replayed), then a decode step of the random ~1B bf16
+# Llama without and with graphs (ms/step, device ops and graph launches per forward).
+if want graphs; then
+  step graphs-test "${T_GRAPHS:-60}" env SPECDEC_REQUIRE_CUDA=1 node node_modules/mocha/bin/mocha.js --no-config --timeout 300000 --require dist/test/root_hooks.js dist/test/cuda_graphs.test.js
+  step graphs-off "${T_GRAPHS_BENCH:-50}" env SPECDEC_BENCH_PLAIN_MODEL=1b SPECDEC_CUDA_GRAPHS=0 node dist/bench/plain_decode.bench.js --device cuda --out "$res/decode-1b-graphs-off.json"
+  step graphs-on "${T_GRAPHS_BENCH:-50}" env SPECDEC_BENCH_PLAIN_MODEL=1b SPECDEC_CUDA_GRAPHS=1 node dist/bench/plain_decode.bench.js --device cuda --out "$res/decode-1b-graphs-on.json"
+fi
+
 # ---- 3 + 4. transformers: fixtures (from the background), its generate() timings, then specdec ---------
 if want hf; then
   wait "$fixtures_pid"
@@ -184,11 +194,12 @@ say "total $(( $(date +%s) - t_start )) s, $failures step(s) not ok"
   echo "== bench (tail of logs/bench.log)"; tail -n 60 "$logs/bench.log"
   echo; echo "== matmul, CUDA-core path (tail)"; tail -n 15 "$logs/matmul-simt.log"
   echo; echo "== sampling, one block per row (SPECDEC_CUDA_SLICES=0; tail)"; tail -n 30 "$logs/sampling-block.log"
+  echo; echo "== CUDA graphs: tests (tail), ~1B decode off / on"; tail -n 12 "$logs/graphs-test.log"; grep -h 'batch 1' "$logs/graphs-off.log" "$logs/graphs-on.log"
   echo; echo "== hf-generate (tail)"; tail -n 12 "$logs/hf-generate.log"
   echo; echo "== hf agreement + side by side"; tail -n 60 "$logs/agreement.log" 2>/dev/null
   echo; echo "== failing tests (mocha.log)"; grep -nE '^ +[0-9]+\) ' "$logs/suite.log" | head -40
 } >> "$summary" 2>/dev/null
-for f in attention-tc.json sampling-block.json; do [ -f "$res/$f" ] && cp "$res/$f" "$logs/"; done
+for f in attention-tc.json sampling-block.json decode-1b-graphs-off.json decode-1b-graphs-on.json; do [ -f "$res/$f" ] && cp "$res/$f" "$logs/"; done
 tar -czf "$out/logs.tar.gz" -C "$work" logs
 cat "$summary"
 [ "$failures" -eq 0 ]

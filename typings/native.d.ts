@@ -72,7 +72,7 @@ declare namespace SpecdecNative {
     backendInfo(): BackendInfo;
     /**
      * Float64Array [uploads, uploadBytes, readbacks, readbackBytes, blockingWaits, deviceOps,
-     * napiCalls] (older binaries: a TransferCounters object).
+     * napiCalls, graphLaunches, graphCaptures] (older binaries: the first 7, or a TransferCounters object).
      */
     transferCounters(): TransferCounters | Float64Array;
     /** The CUDA version the installed driver supports (cuDriverGetVersion through a dlopen of

@@ -12,6 +12,10 @@
 #include "../core/ops_sampling.h"
 #include "safetensors.h"
 
+#ifdef SPECDEC_WITH_CUDA
+#include "../../cuda/cuda_backend.h"
+#endif
+
 namespace specdec {
 
 namespace {
@@ -400,39 +404,91 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
     ws->up = Tensor::empty(DType::f32, {ws_rows, I}, dev);
     ws->rows = ws_rows;
   }
-  // The hidden states go back to the caller: then the residual stream gets its own buffer.
-  Tensor x = want_hidden ? Tensor::empty(DType::f32, {N, H}, dev) : ws->x.rows(0, N);
+  // The layer stack reads its inputs through these: on CUDA with graphs on (SPECDEC_CUDA_GRAPHS=1)
+  // they are first copied, in one launch, to addresses that stay the same from step to step, and the
+  // stack runs as a graph body (cuda/graphs.cu): steps of the same shape and attention plan replay
+  // one captured graph instead of launching ~12 kernels per layer.
+  Tensor g_ids = ids, g_pos = pos, g_mask = mask_t;
+  const PagedBatch* g_batch = &batch;
+  bool graphed = false;
+#ifdef SPECDEC_WITH_CUDA
+  PagedBatch stable_batch;
+  if (dev == Device::cuda && cuda::graphs_enabled() && N <= kMaxScratchRows) {
+    graphed = true;
+    stable_batch = batch;
+    // Fixed-size arrays first and the page list last, so every offset depends on N, B and the mask
+    // width only.
+    Tensor* in[] = {&g_ids, &g_pos, &g_mask, &stable_batch.qo_indptr, &stable_batch.page_indptr,
+                    &stable_batch.prefix_len, &stable_batch.page_indices};
+    std::vector<cuda::Segment> segs;
+    size_t at = 0;
+    for (Tensor* t : in) {
+      if (!t->defined()) continue;
+      segs.push_back({t->data(), at, t->nbytes()});
+      at += (t->nbytes() + 15) / 16 * 16;
+    }
+    if (!graph_in_.defined() || graph_in_.nbytes() < at)
+      graph_in_ = Tensor::empty(DType::u32, {static_cast<int64_t>(std::max<size_t>(2 * at, 4096) / 4)}, dev);
+    cuda::copy_segments(graph_in_.data(), segs);
+    at = 0;
+    for (Tensor* t : in) {
+      if (!t->defined()) continue;
+      const size_t bytes = t->nbytes();
+      *t = graph_in_.reinterpret(at, t->dtype(), t->shape());
+      at += (bytes + 15) / 16 * 16;
+    }
+    g_batch = &stable_batch;
+  }
+#endif
+  // The hidden states go back to the caller: then the residual stream gets its own buffer (a graph
+  // body keeps the scratch one, copied out after).
+  Tensor x = want_hidden && !graphed ? Tensor::empty(DType::f32, {N, H}, dev) : ws->x.rows(0, N);
   Tensor h = ws->h.rows(0, N), q = ws->q.rows(0, N), k = ws->k.rows(0, N), v = ws->v.rows(0, N);
   Tensor att = ws->att.rows(0, N), o = ws->o.rows(0, N), gate = ws->gate.rows(0, N), up = ws->up.rows(0, N);
   // 2-D views for the matmuls (same buffers).
   Tensor q2 = q.view({N, NH * D}), k2 = k.view({N, NKV * D}), v2 = v.view({N, NKV * D}), att2 = att.view({N, NH * D});
 
   const Tensor no_bias;
-  ops::embedding(embed_, ids, x, dev_ids ? nullptr : tokens.data(), dev_ids != nullptr);
-  for (int l = 0; l < c.num_layers; ++l) {
-    const Layer& L = layers_[l];
-    // Attention block.
-    ops::rmsnorm(x, L.attn_norm, c.rms_norm_eps, h);
-    ops::matmul_group(h, {{&L.q, &L.q_bias, &q2}, {&L.k, &L.k_bias, &k2}, {&L.v, &L.v_bias, &v2}});
-    ops::rope(q, pos, inv_freq_);
-    ops::rope(k, pos, inv_freq_);
-    ops::kv_append(kv_->layer(l), k, v, batch);
-    ops::tree_attention(q, kv_->layer(l), batch, mask_t, sm_scale, att);
-    ops::matmul(att2, L.o, L.o_bias, o);
-    ops::add_inplace(x, o);
-    // MLP block (SwiGLU).
-    ops::rmsnorm(x, L.mlp_norm, c.rms_norm_eps, h);
-    ops::matmul_group(h, {{&L.gate, &no_bias, &gate}, {&L.up, &no_bias, &up}});
-    ops::silu_mul(gate, up, gate);
-    ops::matmul(gate, L.down, Tensor(), o);
-    ops::add_inplace(x, o);
-  }
-  ops::rmsnorm(x, final_norm_, c.rms_norm_eps, x);
+  auto layer_stack = [&] {
+    ops::embedding(embed_, g_ids, x, dev_ids ? nullptr : tokens.data(), dev_ids != nullptr);
+    for (int l = 0; l < c.num_layers; ++l) {
+      const Layer& L = layers_[l];
+      // Attention block.
+      ops::rmsnorm(x, L.attn_norm, c.rms_norm_eps, h);
+      ops::matmul_group(h, {{&L.q, &L.q_bias, &q2}, {&L.k, &L.k_bias, &k2}, {&L.v, &L.v_bias, &v2}});
+      ops::rope(q, g_pos, inv_freq_);
+      ops::rope(k, g_pos, inv_freq_);
+      ops::kv_append(kv_->layer(l), k, v, *g_batch);
+      ops::tree_attention(q, kv_->layer(l), *g_batch, g_mask, sm_scale, att);
+      ops::matmul(att2, L.o, L.o_bias, o);
+      ops::add_inplace(x, o);
+      // MLP block (SwiGLU).
+      ops::rmsnorm(x, L.mlp_norm, c.rms_norm_eps, h);
+      ops::matmul_group(h, {{&L.gate, &no_bias, &gate}, {&L.up, &no_bias, &up}});
+      ops::silu_mul(gate, up, gate);
+      ops::matmul(gate, L.down, Tensor(), o);
+      ops::add_inplace(x, o);
+    }
+    ops::rmsnorm(x, final_norm_, c.rms_norm_eps, x);
+  };
+#ifdef SPECDEC_WITH_CUDA
+  if (graphed) cuda::run_graphed(layer_stack);
+  else layer_stack();
+#else
+  layer_stack();
+#endif
 
   LlamaForwardResult r;
   r.logits = Tensor::empty(DType::f32, {N, int64_t(c.vocab_size)}, dev);
   ops::matmul(x, lm_head_, Tensor(), r.logits);
-  if (want_hidden) r.hidden = x;
+  if (want_hidden) {
+    if (graphed) {
+      r.hidden = Tensor::empty(DType::f32, {N, H}, dev);
+      r.hidden.copy_from(x);
+    } else {
+      r.hidden = x;
+    }
+  }
   r.indptr = indptr;
   if (stage) {
     // The verification reads the ids as the layers did (device tails included).

@@ -204,6 +204,9 @@ class LlamaModel {
     int64_t rows = 0;
     Tensor x, h, q, k, v, att, o, gate, up;
   } scratch_;
+  // CUDA graphs: where a forward's inputs are copied so that its graph body reads the same addresses
+  // at every step (forward_locked).
+  Tensor graph_in_;
 
   // The last forward, for commit(): its plan and, per sequence, the parents (empty when its
   // input was a chain or a mask).

@@ -41,7 +41,7 @@ Napi::Value TransferCountersJs(const Napi::CallbackInfo& info) {
     // (the engine reads the counters at every request's start and end). The order is documented at
     // transferCounters in typings/native.d.ts and read by lib/transfers.ts.
     const TransferCounters c = transfer_counters();
-    auto a = Napi::Float64Array::New(info.Env(), 7);
+    auto a = Napi::Float64Array::New(info.Env(), 9);
     double* d = a.Data();
     d[0] = double(c.uploads);
     d[1] = double(c.upload_bytes);
@@ -50,6 +50,8 @@ Napi::Value TransferCountersJs(const Napi::CallbackInfo& info) {
     d[4] = double(c.blocking_waits);
     d[5] = double(c.device_ops);
     d[6] = double(napi_call_count().load());
+    d[7] = double(c.graph_launches);
+    d[8] = double(c.graph_captures);
     return a;
   });
 }

@@ -1,0 +1,48 @@
+// CUDA graphs of the layer stack (SPECDEC_CUDA_GRAPHS=1, cuda/graphs.cu) change no bit: the same
+// forwards (1-token decode, chains, trees, native plain chains) in a process with graphs and in one
+// without give identical logits and tokens, and the graphs were really replayed. The bookkeeping
+// itself runs on every machine in test/emu/graphs_emu.cc (test/cuda_emu.test.ts).
+import * as assert from 'assert';
+import { spawnSync } from 'child_process';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { specByName, writeCheckpoint } from './fixtures/checkpoints';
+import { describeCuda, testSeed } from './helpers';
+
+interface ChildResult { logits: string; tokens: number[]; graphLaunches: number; graphCaptures: number; deviceOps: number }
+
+function runChild(dir: string, graphs: '0' | '1'): ChildResult {
+  const r = spawnSync(process.execPath, [path.join(__dirname, 'cuda_graphs', 'child.js'), dir], {
+    encoding: 'utf8',
+    timeout: 120000,
+    env: { ...process.env, SPECDEC_CUDA_GRAPHS: graphs },
+  });
+  assert.strictEqual(r.status, 0, `child (SPECDEC_CUDA_GRAPHS=${graphs}) failed:\n${r.stdout}\n${r.stderr}`);
+  // A disabled runner says why on stderr: that is a failure of this test, not a fallback to accept.
+  assert.doesNotMatch(r.stderr, /CUDA graphs disabled/, r.stderr);
+  return JSON.parse(r.stdout.trim().split('\n').pop() as string) as ChildResult;
+}
+
+describeCuda('CUDA graphs of the layer stack', function () {
+  this.timeout(300000);
+  for (const name of ['llama-gqa-f32', 'llama-sharded-bf16']) {
+    it(`${name}: graphs on == graphs off, bit for bit, and the graphs were replayed`, () => {
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'specdec-graphs-'));
+      try {
+        writeCheckpoint(dir, specByName(name), testSeed + 11);
+        const off = runChild(dir, '0');
+        const on = runChild(dir, '1');
+        assert.strictEqual(off.graphLaunches, 0);
+        assert.deepStrictEqual(on.tokens, off.tokens);
+        assert.strictEqual(on.logits, off.logits, 'logits differ with graphs on');
+        // 24 decode steps of one shape: at most a few eager steps per attention plan.
+        assert.ok(on.graphLaunches >= 30, `expected >= 30 graph launches, got ${on.graphLaunches}`);
+        assert.ok(on.graphCaptures >= 1 && on.graphCaptures < on.graphLaunches, `captures ${on.graphCaptures}`);
+        assert.ok(on.deviceOps < off.deviceOps, `deviceOps with graphs ${on.deviceOps}, without ${off.deviceOps}`);
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+    });
+  }
+});

@@ -15,6 +15,7 @@ namespace cuda {
 void query(BackendInfo& info);
 
 void* alloc(size_t bytes);              // caching allocator
+void* alloc_uncached(size_t bytes);     // cudaMalloc (after emptying the cache if memory is short)
 void release(void* ptr, size_t bytes);  // back to the cache
 void empty_cache();
 size_t cached_bytes();

@@ -23,20 +23,7 @@ struct CudaGraphDevice {
   using Exec = cudaGraphExec_t;
   cudaStream_t capture_stream = nullptr;
 
-  void* raw_alloc(size_t bytes) {
-    void* p = nullptr;
-    cudaError_t e = cudaMalloc(&p, bytes);
-    if (e == cudaErrorMemoryAllocation) {
-      cudaGetLastError();
-      empty_cache();
-      e = cudaMalloc(&p, bytes);
-    }
-    if (e != cudaSuccess) {
-      cudaGetLastError();
-      fail("E_CUDA", "cudaMalloc of ", bytes, " bytes for a graph body failed: ", cudaGetErrorString(e));
-    }
-    return p;
-  }
+  void* raw_alloc(size_t bytes) { return alloc_uncached(bytes); }
   void begin_capture() {
     if (!capture_stream) SPECDEC_CUDA_CHECK(cudaStreamCreateWithFlags(&capture_stream, cudaStreamNonBlocking));
     SPECDEC_CUDA_CHECK(cudaStreamBeginCapture(capture_stream, cudaStreamCaptureModeThreadLocal));

@@ -123,6 +123,10 @@ void* alloc(size_t bytes) {
       return p;
     }
   }
+  return alloc_uncached(bytes);
+}
+
+void* alloc_uncached(size_t bytes) {
   void* p = nullptr;
   cudaError_t e = cudaMalloc(&p, bytes);
   if (e == cudaErrorMemoryAllocation) {

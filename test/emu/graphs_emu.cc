@@ -138,10 +138,17 @@ struct Model {
   std::vector<float> x = std::vector<float>(16 * 24), out = std::vector<float>(16);
 };
 
+// How a forward misbehaves (or nests), for the fallback checks.
+struct Opts {
+  bool keep_leak = false, wait_inside = false, nested = false;
+  std::vector<void*>* leaked = nullptr;
+};
+
 // The forward: upload (outside the body), copy to the stable buffer, then the body.
 template <class R>
-void forward(R* runner, Model& m, const Step& s, bool keep_leak = false, bool wait_inside = false,
-             std::vector<void*>* leaked = nullptr, bool nested = false) {
+void forward(R* runner, Model& m, const Step& s, const Opts& o = {}) {
+  const bool keep_leak = o.keep_leak, wait_inside = o.wait_inside, nested = o.nested;
+  std::vector<void*>* leaked = o.leaked;
   const int n = static_cast<int>(s.ids.size());
   // "Uploaded" inputs at a fresh address every step, as a staging upload would be.
   auto* up = static_cast<int32_t*>(std::malloc(sizeof(int32_t) * 2 * n));
@@ -201,6 +208,14 @@ bool same(const std::vector<float>& a, const std::vector<float>& b, int n) {
   return std::memcmp(a.data(), b.data(), sizeof(float) * n) == 0;
 }
 
+// The step through the runner (model gm) and plainly (model em): the same bits?
+template <class R>
+bool both(R& runner, Model& gm, Model& em, const Step& s, const Opts& o = {}) {
+  forward(&runner, gm, s, o);
+  forward<R>(nullptr, em, s);
+  return same(gm.out, em.out, static_cast<int>(s.ids.size()));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -216,9 +231,7 @@ int main(int argc, char** argv) {
     bool all = true;
     for (int i = 0; i < steps; ++i) {
       const Step s = random_step(rng, 5, 3, 0.75f);
-      forward(&runner, gm, s);
-      forward<g::Runner<FakeDevice>>(nullptr, em, s);
-      all = all && same(gm.out, em.out, 5);
+      all = both(runner, gm, em, s) && all;
     }
     const g::Counters c = runner.counters();
     emu::report(all, "steady state: " + std::to_string(steps) + " steps replayed == eager, bit for bit");
@@ -242,9 +255,7 @@ int main(int argc, char** argv) {
     for (int rep = 0; rep < 3; ++rep)
       for (size_t i = 0; i < std::size(plans); ++i) {
         const Step s = random_step(rng, rows[i], plans[i], scales[i]);
-        forward(&runner, gm, s);
-        forward<g::Runner<FakeDevice>>(nullptr, em, s);
-        all = all && same(gm.out, em.out, rows[i]);
+        all = both(runner, gm, em, s) && all;
       }
     const g::Counters c = runner.counters();
     emu::report(all, "changing plan, rows and scalars: every step == eager (no stale replay)");
@@ -281,9 +292,7 @@ int main(int argc, char** argv) {
     bool all = true;
     for (int i = 0; i < 4; ++i) {
       const Step s = random_step(rng, 3, 2, 1.f);
-      forward(&runner, gm, s, /*keep_leak=*/i == 0, false, &leaked);
-      forward<g::Runner<FakeDevice>>(nullptr, em, s);
-      all = all && same(gm.out, em.out, 3);
+      all = both(runner, gm, em, s, Opts{/*keep_leak=*/i == 0, false, false, &leaked}) && all;
     }
     emu::report(all && !runner.disabled_reason().empty() && hs.warnings.size() == 1 && runner.graphs() == 0,
                 "a body keeping memory: graphs off with a reason (\"" + runner.disabled_reason() + "\"), results right");
@@ -297,9 +306,7 @@ int main(int argc, char** argv) {
     bool all = true;
     for (int i = 0; i < 3; ++i) {
       const Step s = random_step(rng, 3, 2, 1.f);
-      forward(&runner, gm, s, false, /*wait_inside=*/true);
-      forward<g::Runner<FakeDevice>>(nullptr, em, s);
-      all = all && same(gm.out, em.out, 3);
+      all = both(runner, gm, em, s, Opts{false, /*wait_inside=*/true}) && all;
     }
     emu::report(all && runner.disabled_reason().find("read to the host") != std::string::npos && hs.quiet == 0,
                 "a body that reads to the host: graphs off with a reason, results right, op counting resumed");
@@ -315,9 +322,7 @@ int main(int argc, char** argv) {
     bool all = true;
     for (int i = 0; i < 4; ++i) {
       const Step s = random_step(rng, 3, 2, 1.f);
-      forward(&runner, gm, s);
-      forward<g::Runner<FakeDevice>>(nullptr, em, s);
-      all = all && same(gm.out, em.out, 3);
+      all = both(runner, gm, em, s) && all;
     }
     emu::report(all && runner.disabled_reason().find("stand-in") != std::string::npos && hs.live == 0,
                 "a failed capture: graphs off with the reason, every step computed");
@@ -333,9 +338,7 @@ int main(int argc, char** argv) {
     for (int i = 0; i < distinct; ++i)
       for (int rep = 0; rep < 3; ++rep) {
         const Step s = random_step(rng, 2, 1 + i % 8, 1.0f + static_cast<float>(i / 8));
-        forward(&runner, gm, s);
-        forward<g::Runner<FakeDevice>>(nullptr, em, s);
-        all = all && same(gm.out, em.out, 2);
+        all = both(runner, gm, em, s) && all;
       }
     emu::report(all && runner.graphs() == g::Runner<FakeDevice>::kMaxGraphs && hs.live == static_cast<int>(runner.graphs()),
                 "eviction: at most kMaxGraphs graphs alive (" + std::to_string(hs.live) + "), results right");
@@ -349,9 +352,7 @@ int main(int argc, char** argv) {
     bool all = true;
     for (int i = 0; i < 5; ++i) {
       const Step s = random_step(rng, 4, 3, 2.f);
-      forward(&runner, gm, s, false, false, nullptr, /*nested=*/true);
-      forward<g::Runner<FakeDevice>>(nullptr, em, s);
-      all = all && same(gm.out, em.out, 4);
+      all = both(runner, gm, em, s, Opts{false, false, /*nested=*/true}) && all;
     }
     emu::report(all && runner.graphs() == 1 && hs.warnings.empty(), "nested body: part of the enclosing graph, results right");
   }
@@ -366,9 +367,7 @@ int main(int argc, char** argv) {
       Model gm, em;
       for (int i = 0; i < steps / 2 + 3; ++i) {
         const Step s = random_step(r, rows, chunks, 1.5f);
-        forward(&runner, gm, s);
-        forward<g::Runner<FakeDevice>>(nullptr, em, s);
-        if (!same(gm.out, em.out, rows)) ok = false;
+        if (!both(runner, gm, em, s)) ok = false;
       }
     };
     std::thread t1(worker, seed * 3 + 1, 3, 2), t2(worker, seed * 3 + 2, 5, 4);

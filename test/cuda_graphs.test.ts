@@ -12,8 +12,8 @@ import { describeCuda, testSeed } from './helpers';
 
 interface ChildResult { logits: string; tokens: number[]; graphLaunches: number; graphCaptures: number; deviceOps: number }
 
-function runChild(dir: string, graphs: '0' | '1'): ChildResult {
-  const r = spawnSync(process.execPath, [path.join(__dirname, 'cuda_graphs', 'child.js'), dir], {
+function runChild(dir: string, graphs: '0' | '1', device: 'cuda' | 'cpu' = 'cuda'): ChildResult {
+  const r = spawnSync(process.execPath, [path.join(__dirname, 'cuda_graphs', 'child.js'), dir, device], {
     encoding: 'utf8',
     timeout: 120000,
     env: { ...process.env, SPECDEC_CUDA_GRAPHS: graphs },
@@ -23,6 +23,24 @@ function runChild(dir: string, graphs: '0' | '1'): ChildResult {
   assert.doesNotMatch(r.stderr, /CUDA graphs disabled/, r.stderr);
   return JSON.parse(r.stdout.trim().split('\n').pop() as string) as ChildResult;
 }
+
+describe('CUDA graphs: the on/off comparison script', function () {
+  this.timeout(120000);
+  it('runs its forwards, commits and plain decoding on the CPU, the same twice, with no graph (CPU: graphs do not apply)', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'specdec-graphs-cpu-'));
+    try {
+      writeCheckpoint(dir, specByName('llama-gqa-f32'), testSeed + 11);
+      const a = runChild(dir, '1', 'cpu');
+      const b = runChild(dir, '0', 'cpu');
+      assert.strictEqual(a.tokens.length, 1 + 24 + 8 + 8 + 40);
+      assert.deepStrictEqual(a, b);
+      assert.strictEqual(a.graphLaunches, 0);
+      assert.ok(a.deviceOps > 0);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
 
 describeCuda('CUDA graphs of the layer stack', function () {
   this.timeout(300000);

@@ -8,7 +8,8 @@ import { transferCounters } from '../../lib/transfers';
 
 async function main(): Promise<void> {
   const dir = process.argv[2] as string;
-  const model = await LlamaModel.load(dir, { device: 'cuda', kvDtype: 'bf16', maxSequences: 4 });
+  const device = process.argv[3] === 'cpu' ? 'cpu' : 'cuda';
+  const model = await LlamaModel.load(dir, { device, kvDtype: 'bf16', maxSequences: 4 });
   const hash = createHash('sha256');
   const tokens: number[] = [];
   const before = transferCounters();

@@ -209,7 +209,7 @@ export async function runScenario(sc: Scenario, roundsWanted: number, opts: Benc
           phaseMs: phaseMsPerStep,
           /**
            * Per target forward (the prefill's included): device ops (kernel launches on CUDA),
-           * blocking waits, uploads, calls into the addon; host ms per step = the step's wall time less the
+           * blocking waits, uploads, calls into the addon, CUDA graph launches; host ms per step = the step's wall time less the
            * prefill, per step (on the CPU all of it is host time; on CUDA, what the host spends
            * between a step's first launch and its result).
            */
@@ -218,6 +218,7 @@ export async function runScenario(sc: Scenario, roundsWanted: number, opts: Benc
             blockingWaits: round(st.transfers.blockingWaits / st.targetForwards, 2),
             uploads: round(st.transfers.uploads / st.targetForwards, 2),
             napiCalls: round(st.transfers.napiCalls / st.targetForwards, 1),
+            graphLaunches: round((st.transfers.graphLaunches ?? 0) / st.targetForwards, 2),
             hostMs: round(((st.seconds - st.phases.prefill) * 1000) / steps, 3),
           },
           seconds: st.seconds,

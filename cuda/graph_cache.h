@@ -191,14 +191,10 @@ class Runner {
       Scope scope(this, &traced, true);
       body();
     } catch (const BodyForbidden& e) {
-      disable(std::string("a graph body may only enqueue work: ") + e.what());
-      lock.unlock();
-      return body();
+      return fallback(lock, body, std::string("a graph body may only enqueue work: ") + e.what());
     }
     if (!arena_.all_free()) {
-      disable("a graph body kept device memory it allocated beyond its end");
-      lock.unlock();
-      return body();
+      return fallback(lock, body, "a graph body kept device memory it allocated beyond its end");
     }
     auto it = graphs_.find(traced.bytes());
     if (it != graphs_.end()) {
@@ -218,7 +214,11 @@ class Runner {
     seen_.erase(traced.bytes());
     Record captured;
     std::string failure;
-    dev_.begin_capture();
+    try {
+      dev_.begin_capture();
+    } catch (const std::exception& e) {
+      return fallback(lock, body, std::string("capture failed to start: ") + e.what());
+    }
     try {
       Scope scope(this, &captured, false);
       body();
@@ -230,9 +230,7 @@ class Runner {
       failure = "a graph body enqueued different work when captured than when traced";
     if (!failure.empty()) {
       if (exec) dev_.destroy(exec);
-      disable("capture failed: " + failure);
-      lock.unlock();
-      return body();
+      return fallback(lock, body, "capture failed: " + failure);
     }
     if (graphs_.size() >= kMaxGraphs) evict_oldest();
     graphs_.emplace(traced.bytes(), Entry{exec, ++clock_});
@@ -285,6 +283,13 @@ class Runner {
     BodyState saved_;
   };
 
+  // Graphs off for the process (the first reason is kept and said once); this body runs eagerly.
+  void fallback(std::unique_lock<std::mutex>& lock, const std::function<void()>& body, const std::string& why) {
+    disable(why);
+    ++counters_.eager;
+    lock.unlock();
+    body();
+  }
   void disable(const std::string& why) {
     if (!reason_.empty()) return;
     reason_ = why;

@@ -33,12 +33,16 @@ thread_local Graph* t_capturing = nullptr;  // this thread's capture in progress
 struct FakeDevice {
   using Exec = Graph*;
   std::string fail_capture;  // non-empty: end_capture fails with it
+  bool fail_begin = false;   // begin_capture throws
   int* live = nullptr;       // executable graphs alive
   int* quiet_depth = nullptr;
   std::vector<std::string>* warnings = nullptr;
 
   void* raw_alloc(size_t bytes) { return std::calloc(1, bytes); }  // never freed: graphs point into it
-  void begin_capture() { t_capturing = new Graph; }
+  void begin_capture() {
+    if (fail_begin) throw std::runtime_error("cudaErrorIllegalState: stand-in for a capture that cannot start");
+    t_capturing = new Graph;
+  }
   Exec end_capture(std::string* failure) {
     Graph* gr = t_capturing;
     t_capturing = nullptr;
@@ -326,6 +330,18 @@ int main(int argc, char** argv) {
     }
     emu::report(all && runner.disabled_reason().find("stand-in") != std::string::npos && hs.live == 0,
                 "a failed capture: graphs off with the reason, every step computed");
+  }
+  {
+    Harness hs;
+    FakeDevice d = hs.dev();
+    d.fail_begin = true;
+    g::Runner<FakeDevice> runner(d);
+    Model gm, em;
+    bool all = true;
+    for (int i = 0; i < 4; ++i) all = both(runner, gm, em, random_step(rng, 3, 2, 1.f)) && all;
+    emu::report(all && runner.disabled_reason().find("failed to start") != std::string::npos && hs.live == 0 &&
+                    runner.counters().eager == 4,
+                "a capture that cannot start: graphs off with the reason, every step computed eagerly");
   }
 
   // 7. Eviction: more distinct records than the cache holds.

@@ -32,6 +32,10 @@ const CASES: readonly Case[] = [
   { K: 250, M: 49, dtype: 'f32', bias: 'f32' },
   // Long rows: 33 x 8200 floats of x outgrow the per-thread copy the AVX2 path keeps (freed after).
   { K: 8200, M: 3, dtype: 'bf16' },
+  // Rows over 1.5 spans of 1024: groups that re-read a block go over k in spans (both SIMD paths),
+  // with whole tiles of several weight rows, and with a tail past the last 16-lane step.
+  { K: 2816, M: 100, dtype: 'bf16' },
+  { K: 1601, M: 61, dtype: 'f16', bias: 'f32' },
 ];
 // Row counts of decode, short chains, every group shape of both SIMD paths, trees and prefill.
 const ROWS: readonly number[] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 16, 33];

@@ -12,15 +12,16 @@
 // to f32 exactly. Tiles, blocks and threads only decide who computes an output and from which copy
 // of the weights.
 //
-// Work split: threads take blocks of kBlockM weight rows. Within a block, rows of x go in groups
-// that share every weight load (a tile: R rows of x by WR weight rows, as many accumulators as
-// the registers hold), converting bf16/f16 weights to f32 in registers as they are loaded. The
-// first group streams the block from memory (prefetching a later tile's rows into L2); further
-// groups (trees, prefill) read the same block again from L2. Measured on the 2-core EPYC (Zen 4,
-// one thread, 300M shapes): converting in registers for every group reached 73-88% of the FMA
-// peak at 8-16 rows where converting each block once into an f32 buffer reached 44-68%, and was
-// no slower at 64-256 rows; L1 prefetches (T0) of the streamed rows evicted the tile being read
-// and held a DRAM-resident matrix to 9.6 GB/s, L2 prefetches (T1) reach 14-16 GB/s.
+// Work split: threads take equal ranges of weight rows (split_rows), in blocks of kBlockM rows.
+// Within a block, rows of x go in groups that share every weight load (a tile: R rows of x by WR
+// weight rows, as many accumulators as the registers hold), converting bf16/f16 weights to f32 in
+// registers as they are loaded. The first group streams the block from memory (prefetching a later
+// tile's rows into L2); further groups (trees, prefill) read the same block again from L2. Measured
+// on the 2-core EPYC (Zen 4, one thread, 300M shapes): converting in registers for every group
+// reached 73-88% of the FMA peak at 8-16 rows where converting each block once into an f32 buffer
+// reached 44-68%, and was no slower at 64-256 rows; L1 prefetches (T0) of the streamed rows evicted
+// the tile being read and held a DRAM-resident matrix to 9.6 GB/s, L2 prefetches (T1) reach 14-16
+// GB/s.
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -325,6 +326,34 @@ SPECDEC_AVX512 void tile_avx512(const float* x, const void* w, int64_t K, float*
   finish_tile<R, WR, WT>(x, w, K, K16, sums, out, ldo);
 }
 
+// tile_avx512 over k in [k0, k1) only, for long rows (see group_rows): as tile_avx2_part, the
+// accumulators come from acc (zeroed before the first span) and go back to it, or, when last, are
+// summed into out. Each lane still adds its products in increasing k from +0: the same bits.
+template <int R, int WR, DType WT, bool kStream>
+SPECDEC_AVX512 void tile_avx512_part(const float* x, const void* w, int64_t K, int64_t k0, int64_t k1, float* acc,
+                                     bool last, float* out, int64_t ldo) {
+  __m512 a[R * WR];
+#pragma GCC unroll 32
+  for (int i = 0; i < R * WR; ++i) a[i] = _mm512_loadu_ps(acc + 16 * i);
+  for (int64_t k = k0; k < k1; k += kLanes) {
+    if (kStream) prefetch_rows<WT>(w, WR, K, k);
+    __m512 xv[R];
+    for (int r = 0; r < R; ++r) xv[r] = _mm512_loadu_ps(x + r * K + k);
+    for (int j = 0; j < WR; ++j) {
+      const __m512 wv = load16<WT>(w, j * K + k);
+      for (int r = 0; r < R; ++r) a[r * WR + j] = _mm512_fmadd_ps(xv[r], wv, a[r * WR + j]);
+    }
+  }
+  if (!last) {
+#pragma GCC unroll 32
+    for (int i = 0; i < R * WR; ++i) _mm512_storeu_ps(acc + 16 * i, a[i]);
+    return;
+  }
+  alignas(64) float sums[(R * WR + 15) / 16 * 16];
+  lane_sums512<R * WR>(a, sums);
+  finish_tile<R, WR, WT>(x, w, K, k1, sums, out, ldo);
+}
+
 // Tile widths: as many weight rows as the registers hold next to R x vectors and one weight
 // vector (AVX2: 16 ymm, two per output; AVX-512: 32 zmm). All divide kBlockM.
 template <int R, bool kAvx512>
@@ -336,18 +365,20 @@ constexpr int tile_width() {
 // R rows of x against weight rows [0, rows) of w: full tiles, then the remaining weight rows one
 // at a time. (The drivers carry no target attribute: they only call the tiles, so the AVX2 path
 // holds no AVX-512 instruction.)
-// Long rows on AVX2 (K > 1.5 kSpanK): the group's x rows and a tile's weight rows together
-// outgrow L1, so each tile read its x rows from L2. A group that reads the block again (not the
-// first, which streams it from memory) goes over k in spans of kSpanK instead, every tile of the
-// block per span (the x span stays in L1), each tile's E and O registers kept in a per-thread
-// buffer between spans: each lane still accumulates its products in increasing k, so the bits do
-// not change. (The first group keeps whole rows: in spans, 48 strided row streams from DRAM ran
-// at half the speed, 2-8 rows of K = 5632 against 23 MB of weights.)
+// Long rows (K > 1.5 kSpanK), AVX2 and AVX-512: the group's x rows and a tile's weight rows
+// together outgrow L1, so each tile read its x rows from L2. A group that reads the block again
+// (not the first, which streams it from memory) goes over k in spans of kSpanK instead, every tile
+// of the block per span (the x span stays in L1), each tile's accumulators (AVX2: E and O
+// registers) kept in a per-thread buffer between spans: each lane still accumulates its products in
+// increasing k, so the bits do not change. (The first group keeps whole rows: in spans, 48 strided
+// row streams from DRAM ran at half the speed, 2-8 rows of K = 5632 against 23 MB of weights.)
 // Measured on the 2-vCPU Zen 3, one thread, 2-16 rows: K = 2816 and 5632 went from ~50 to 57-64
-// GFLOP/s with spans of 512 or 1024 alike.
+// GFLOP/s with spans of 512 or 1024 alike. On the 2-vCPU Zen 5 (AVX-512, 48 KB L1), one thread, K =
+// 2816: 147-150 -> 174-179 GFLOP/s at 16-512 rows; spans of 512 lost 10%, spans for the first group
+// too lost 10-30% at 4-16 rows, and prefetching in the spans halved the rate.
 constexpr int64_t kSpanK = 1024;
 
-template <int R, int WR, DType WT, bool kStream>
+template <int R, int WR, DType WT, bool kStream, bool kAvx512>
 void group_rows_spans(const float* x, const char* wb, int64_t K, int64_t K16, int64_t rows, float* out, int64_t ldo) {
   constexpr size_t esz = WT == DType::f32 ? 4 : 2;
   const int64_t full = rows / WR, rest = rows - full * WR;
@@ -361,10 +392,16 @@ void group_rows_spans(const float* x, const char* wb, int64_t K, int64_t K16, in
     const bool last = k1 == K16;
     float* a = acc;
     int64_t m = 0;
-    for (; m + WR <= rows; m += WR, a += 16 * R * WR)
-      tile_avx2_part<R, WR, WT, kStream>(x, wb + static_cast<size_t>(m * K) * esz, K, k0, k1, a, last, out + m, ldo);
-    for (; m < rows; ++m, a += 16 * R)
-      tile_avx2_part<R, 1, WT, kStream>(x, wb + static_cast<size_t>(m * K) * esz, K, k0, k1, a, last, out + m, ldo);
+    for (; m + WR <= rows; m += WR, a += 16 * R * WR) {
+      const char* wm = wb + static_cast<size_t>(m * K) * esz;
+      if constexpr (kAvx512) tile_avx512_part<R, WR, WT, kStream>(x, wm, K, k0, k1, a, last, out + m, ldo);
+      else tile_avx2_part<R, WR, WT, kStream>(x, wm, K, k0, k1, a, last, out + m, ldo);
+    }
+    for (; m < rows; ++m, a += 16 * R) {
+      const char* wm = wb + static_cast<size_t>(m * K) * esz;
+      if constexpr (kAvx512) tile_avx512_part<R, 1, WT, kStream>(x, wm, K, k0, k1, a, last, out + m, ldo);
+      else tile_avx2_part<R, 1, WT, kStream>(x, wm, K, k0, k1, a, last, out + m, ldo);
+    }
   }
 }
 
@@ -373,9 +410,10 @@ void group_rows(const float* x, const void* w, int64_t K, int64_t rows, float* o
   constexpr int WR = tile_width<R, kAvx512>();
   constexpr size_t esz = WT == DType::f32 ? 4 : 2;
   const char* wb = static_cast<const char*>(w);
-  if constexpr (!kAvx512 && R >= 2) {
+  if constexpr (R >= 2) {
     const int64_t K16 = K - K % kLanes;
-    if (again && K16 > kSpanK + kSpanK / 2) return group_rows_spans<R, WR, WT, false>(x, wb, K, K16, rows, out, ldo);
+    if (again && K16 > kSpanK + kSpanK / 2)
+      return group_rows_spans<R, WR, WT, false, kAvx512>(x, wb, K, K16, rows, out, ldo);
   }
   if constexpr (kStream && !kAvx512) {
     // A group that reads the block again finds it in L2: no prefetches. (Measured on AVX2 only.)
@@ -503,27 +541,37 @@ void run_block(const float* xp, int64_t N, int64_t K, const Tensor& w, const Ten
 
 // A task of >= 32k multiply-adds (a few microseconds) outweighs handing it to a worker;
 // measured on the default model's 5-token forward (2 cores), smaller or larger was no better.
-int64_t block_grain(int64_t N, int64_t K, int64_t bm) {
-  return grain_for(static_cast<double>(N) * static_cast<double>(K) * static_cast<double>(bm), 32768.0);
-}
+constexpr double kMinTaskMacs = 32768.0;
+constexpr size_t kMaxParts = 8;  // of matmul_group
 
-// Weight rows per block. kBlockM when the weights make >= 8 such blocks; smaller weights (a small
-// model's projections: 64-384 rows) would split into 2-3 uneven blocks, e.g. 48 + 48 + 32 on two
-// threads, so they go in blocks of ~16 rows, a multiple of the tile widths that N rows use (rows
-// past the last full tile take one-row tiles, which cost more per weight). Blocks only decide
-// which thread computes a row: the bits do not depend on them.
-int64_t block_rows(int64_t N, int64_t M) {
-  if (M >= 8 * kBlockM) return kBlockM;
+// Weight rows that N rows of x take as whole tiles: every tile width of the row groups all_rows
+// makes for N divides it, so a range of weight rows that starts at a multiple of it needs no
+// one-row tiles before its end.
+int64_t tile_unit(int64_t N) {
 #ifdef SPECDEC_CPU_X86_SIMD
   if (simd::isa() == simd::Isa::avx512) {
-    // The row groups all_rows makes: all N rows when N <= max_group, else groups of G and a last
-    // group of the rest; each group's tiles are tile_width<rows> weight rows wide.
+    // All N rows when N <= max_group, else groups of G and a last group of the rest.
     constexpr int64_t kMax = max_group<true>(), G = group_rows_n<true>();
     static_assert(kMax == 6, "kWidth lists one width per group size up to max_group");
     constexpr int64_t kWidth[kMax + 1] = {0, tile_width<1, true>(), tile_width<2, true>(), tile_width<3, true>(),
                                           tile_width<4, true>(), tile_width<5, true>(), tile_width<6, true>()};
-    int64_t unit = kWidth[std::min(N, kMax)];
-    if (N > kMax) unit = std::lcm(kWidth[G], kWidth[N - G * ((N - kMax + G - 1) / G)]);
+    if (N <= kMax) return kWidth[N];
+    return std::lcm(kWidth[G], kWidth[N - G * ((N - kMax + G - 1) / G)]);
+  }
+#endif
+  return 6;  // AVX2 tiles are 6, 3 or 2 rows wide; the portable kernel has no tiles
+}
+
+// Weight rows per block. kBlockM when the weights make >= 8 such blocks; smaller weights (a small
+// model's projections: 64-384 rows) go in blocks of ~16 rows, a multiple of tile_unit (rows past
+// the last full tile take one-row tiles, which cost more per weight). (Measured when threads took
+// whole blocks, which split such weights into 2-3 uneven blocks, e.g. 48 + 48 + 32 on two
+// threads.) Blocks only decide which thread computes a row: the bits do not depend on them.
+int64_t block_rows(int64_t N, int64_t M) {
+  if (M >= 8 * kBlockM) return kBlockM;
+#ifdef SPECDEC_CPU_X86_SIMD
+  if (simd::isa() == simd::Isa::avx512) {
+    const int64_t unit = tile_unit(N);
     return (16 + unit - 1) / unit * unit;
   }
 #endif
@@ -534,43 +582,60 @@ int64_t block_rows(int64_t N, int64_t M) {
 
 }  // namespace
 
-void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out) {
-  const int64_t N = x.size(0), K = x.size(1), M = w.size(0);
-  if (N == 0 || M == 0) return;
-  const KernelX kx(x);
-  const float* xp = kx.get();
-  float* op = out.ptr<float>();
-  const int64_t bm = block_rows(N, M);
-  const int64_t blocks = (M + bm - 1) / bm;
-  parallel_for(blocks, block_grain(N, K, bm), [&](int64_t b0, int64_t b1) {
-    for (int64_t blk = b0; blk < b1; ++blk) run_block(xp, N, K, w, bias, op, M, blk * bm, std::min(M, blk * bm + bm));
+namespace {
+
+// The work split of a matmul of P parts (weights stacked part after part, rows [0, total)): up
+// to 4 contiguous ranges of rows per pool thread, of equal size as far as tile units allow (each
+// boundary a multiple of tile_unit from its part's first row) and of >= kMinTaskMacs each; a
+// thread claims a range and computes it in blocks of bm rows (run_block). (Ranges of whole blocks
+// left a thread with up to a range's worth more than the other: M = 1024 is 22 blocks of 48, 8
+// ranges of 3 blocks but the last of 1, so one thread took 12 blocks and the other 10.)
+// The split decides only who computes a row: the bits do not depend on it.
+void split_rows(const float* xp, int64_t N, int64_t K, const ops::MatmulPart* ps, size_t P) {
+  int64_t first[kMaxParts + 1] = {0};  // part i's rows are [first[i], first[i + 1])
+  for (size_t i = 0; i < P; ++i) first[i + 1] = first[i] + ps[i].w->size(0);
+  const int64_t total = first[P];
+  const int64_t unit = tile_unit(N), bm = block_rows(N, total);
+  const double macs = static_cast<double>(N) * static_cast<double>(K) * static_cast<double>(total);
+  const int64_t ranges = std::max<int64_t>(
+      1, std::min<int64_t>({int64_t{4} * pool_threads(), static_cast<int64_t>(macs / kMinTaskMacs), total / unit}));
+  // Range r's first row: r / ranges of the way, rounded down to a unit of its part.
+  auto boundary = [&](int64_t r) -> int64_t {
+    if (r >= ranges) return total;
+    const int64_t t = total * r / ranges;
+    size_t i = 0;
+    while (t >= first[i + 1]) ++i;
+    return first[i] + (t - first[i]) / unit * unit;
+  };
+  parallel_for(ranges, 1, [&](int64_t r0, int64_t r1) {
+    const int64_t a = boundary(r0), b = boundary(r1);
+    for (size_t i = 0; i < P; ++i) {
+      const int64_t m0 = std::max(a, first[i]) - first[i], m1 = std::min(b, first[i + 1]) - first[i];
+      const ops::MatmulPart& p = ps[i];
+      const int64_t M = p.w->size(0);
+      for (int64_t m = m0; m < m1; m += bm)
+        run_block(xp, N, K, *p.w, *p.bias, p.out->ptr<float>(), M, m, std::min(m1, m + bm));
+    }
   });
 }
 
-void matmul_group(const Tensor& x, std::initializer_list<ops::MatmulPart> parts) {
-  const int64_t N = x.size(0), K = x.size(1);
-  if (N == 0) return;
+}  // namespace
+
+void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out) {
+  const int64_t N = x.size(0), M = w.size(0);
+  if (N == 0 || M == 0) return;
   const KernelX kx(x);
-  const float* xp = kx.get();
-  // Blocks of every part, numbered part after part: first[i] = part i's first block.
-  constexpr size_t kMaxParts = 8;
-  const size_t P = parts.size();
-  SPECDEC_CHECK(P <= kMaxParts, "E_ARG", "matmul_group: at most ", kMaxParts, " parts, got ", P);
-  int64_t first[kMaxParts + 1] = {0};
-  const ops::MatmulPart* ps = parts.begin();
-  int64_t rows = 0;
-  for (size_t i = 0; i < P; ++i) rows += ps[i].w->size(0);
-  const int64_t bm = block_rows(N, rows);
-  for (size_t i = 0; i < P; ++i) first[i + 1] = first[i] + (ps[i].w->size(0) + bm - 1) / bm;
-  parallel_for(first[P], block_grain(N, K, bm), [&](int64_t b0, int64_t b1) {
-    size_t i = 0;
-    for (int64_t blk = b0; blk < b1; ++blk) {
-      while (blk >= first[i + 1]) ++i;
-      const ops::MatmulPart& p = ps[i];
-      const int64_t M = p.w->size(0), m0 = (blk - first[i]) * bm;
-      run_block(xp, N, K, *p.w, *p.bias, p.out->ptr<float>(), M, m0, std::min(M, m0 + bm));
-    }
-  });
+  const ops::MatmulPart part{&w, &bias, &out};
+  split_rows(kx.get(), N, x.size(1), &part, 1);
+}
+
+void matmul_group(const Tensor& x, std::initializer_list<ops::MatmulPart> parts) {
+  const int64_t N = x.size(0);
+  if (N == 0) return;
+  SPECDEC_CHECK(parts.size() <= kMaxParts, "E_ARG", "matmul_group: at most ", kMaxParts, " parts, got ",
+                parts.size());
+  const KernelX kx(x);
+  split_rows(kx.get(), N, x.size(1), parts.begin(), parts.size());
 }
 
 }  // namespace cpu

@@ -241,7 +241,8 @@ export class SpecEngine {
       if (last > s.maxPosition) throw codedError('E_ARG', `sequence of ${last + 1} tokens exceeds the model's ${s.maxPosition + 1} positions`);
     }
     throwIfAborted(signal);
-    const out = await this.model.forward(inputs, forwardOptions(this.speculator?.wantsHidden === true, signal));
+    // Only the last row's logits are read (the root's pick): the model may skip the LM head elsewhere.
+    const out = await this.model.forward(inputs, { ...forwardOptions(this.speculator?.wantsHidden === true, signal), lastLogitsOnly: true });
     try {
       this.model.commit(
         todo.map((s) => s.modelSeq),
@@ -253,7 +254,8 @@ export class SpecEngine {
         s.stats.targetForwards++;
       });
       if (pickRoot) {
-        const roots = pickTokens(out.logits, lastRows, this.sampling, todo.map((s) => s.rng));
+        const logitRows = out.logitsRows === 'last' ? Int32Array.from(todo, (_, b) => b) : lastRows;
+        const roots = pickTokens(out.logits, logitRows, this.sampling, todo.map((s) => s.rng));
         todo.forEach((s, b) => {
           s.history.push(roots[b] as number);
           s.stats.newTokens++;

@@ -160,6 +160,34 @@ describe('Llama runner (cpu)', function () {
       }
     });
 
+    it('lastLogitsOnly: each sequence\'s last row, the same bits as in the full logits; hidden states unchanged', async () => {
+      const model = await load('llama-gqa-f32');
+      try {
+        const V = model.config.vocabSize;
+        const seqs = [model.createSequence(), model.createSequence(), model.createSequence()];
+        const inputs = [5, 1, 12].map((n, b) => ({ seq: seqs[b]!, tokens: randomTokens(n, V, r) }));
+        // Neither forward is committed: both see the same (empty) context.
+        const full = await model.forward(inputs, { hidden: true });
+        const last = await model.forward(inputs, { hidden: true, lastLogitsOnly: true });
+        assert.strictEqual(last.logitsRows, 'last');
+        assert.strictEqual(full.logitsRows, undefined);
+        assert.deepStrictEqual(last.logits.shape, [3, V]);
+        assert.deepStrictEqual(Array.from(last.indptr), [0, 5, 6, 18]);
+        const all = readLogits(full.logits);
+        const got = readLogits(last.logits);
+        [5, 6, 18].forEach((end, b) => assert.deepStrictEqual(got.subarray(b * V, (b + 1) * V), all.subarray((end - 1) * V, end * V), `sequence ${b}`));
+        assert.deepStrictEqual(last.hidden!.toFloat32(), full.hidden!.toFloat32());
+        last.hidden!.dispose();
+        full.hidden!.dispose();
+        // One token each: every row is a last row.
+        const one = await model.forward(inputs.map((x) => ({ ...x, tokens: x.tokens.subarray(0, 1) })), { lastLogitsOnly: true });
+        assert.deepStrictEqual(one.logits.shape, [3, V]);
+        one.logits.dispose();
+      } finally {
+        model.dispose();
+      }
+    });
+
     it('a 16-token chain verified at once equals feeding it one token at a time', async () => {
       const model = await load('qwen2-bias-f16');
       try {

@@ -87,7 +87,8 @@ declare namespace SpecdecNative {
      * Runs on the libuv pool, or on the calling thread (the promise is then already settled) when
      * the estimated work is at most `syncMaxMacs` multiply-adds (absent or 0: always the pool).
      */
-    forward(inputs: readonly LlamaNativeInput[], hidden: boolean, syncMaxMacs?: number, stage?: LlamaNativeStage): Promise<LlamaNativeForward>;
+    /** lastOnly: logits of each input's last row only ([B, vocab]). */
+    forward(inputs: readonly LlamaNativeInput[], hidden: boolean, syncMaxMacs?: number, stage?: LlamaNativeStage, lastOnly?: boolean): Promise<LlamaNativeForward>;
     /**
      * Greedy chain drafting in one call: feeds and commits inputs[b].tokens, then steps[b] times
      * takes the argmax of the last row, feeding and committing it while steps remain. Resolves with

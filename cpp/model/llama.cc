@@ -195,14 +195,14 @@ double LlamaModel::estimate_macs(const std::vector<LlamaSeqInput>& inputs) {
 // Forward
 
 LlamaForwardResult LlamaModel::forward(const std::vector<LlamaSeqInput>& inputs, bool want_hidden,
-                                       const VerifyStaging* stage) {
+                                       const VerifyStaging* stage, bool last_only) {
   std::lock_guard<std::mutex> lock(mu_);
-  return forward_locked(inputs, want_hidden, nullptr, stage);
+  return forward_locked(inputs, want_hidden, nullptr, stage, nullptr, last_only);
 }
 
 LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& inputs, bool want_hidden,
                                               const Tensor* dev_ids, const VerifyStaging* stage,
-                                              const PlannedStep* planned) {
+                                              const PlannedStep* planned, bool last_only) {
   const LlamaConfig& c = config_;
   const Device dev = options_.device;
   pending_ = false;  // a new forward replaces whatever the last one left uncommitted
@@ -479,8 +479,16 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
 #endif
 
   LlamaForwardResult r;
-  r.logits = Tensor::empty(DType::f32, {N, int64_t(c.vocab_size)}, dev);
-  ops::matmul(x, lm_head_, Tensor(), r.logits);
+  // The LM head over every row, or (last_only) over each sequence's last row: rows are independent
+  // in the matmul, so a row's logits have the same bits either way.
+  Tensor head_in = x;
+  if (last_only && N > static_cast<int64_t>(B)) {
+    std::vector<int64_t> last(B);
+    for (size_t b = 0; b < B; ++b) last[b] = indptr[b + 1] - 1;
+    head_in = gather_rows(std::vector<Tensor>(B, x), last);
+  }
+  r.logits = Tensor::empty(DType::f32, {head_in.size(0), int64_t(c.vocab_size)}, dev);
+  ops::matmul(head_in, lm_head_, Tensor(), r.logits);
   if (want_hidden) {
     if (graphed) {
       r.hidden = Tensor::empty(DType::f32, {N, H}, dev);
@@ -715,33 +723,19 @@ LlamaModel::SampledChain LlamaModel::draft_chain(const std::vector<LlamaSeqInput
           batch.push_back(std::move(one));
         }
       }
-      LlamaForwardResult r = forward_locked(batch, false, next_ids.defined() ? &next_ids : nullptr, nullptr, &plan[step]);
-      // Each input's pick comes from its last logits row (rows are independent: batch invariant).
-      const int64_t N = r.logits.size(0), A = static_cast<int64_t>(active.size());
+      // Only each input's last row is used: the first step's prompts skip the LM head elsewhere.
+      LlamaForwardResult r = forward_locked(batch, false, next_ids.defined() ? &next_ids : nullptr, nullptr, &plan[step], true);
+      // Each input's pick comes from its last logits row, the only one computed (last_only).
+      const int64_t A = static_cast<int64_t>(active.size());
       const int64_t at = static_cast<int64_t>(owner.size());
-      const bool one_row_each = N == A;
+      SPECDEC_CHECK(r.logits.size(0) == A, "E_INTERNAL", "chain step: ", r.logits.size(0), " logits rows for ", A, " inputs");
       Tensor out_picks = picks.rows(at, at + A);
       if (params) {
-        Tensor last = r.logits;
-        if (!one_row_each) {
-          std::vector<int64_t> rows(active.size());
-          for (size_t i = 0; i < active.size(); ++i) rows[i] = r.indptr[i + 1] - 1;
-          last = gather_rows(std::vector<Tensor>(active.size(), r.logits), rows);
-        }
         Tensor probs = q.rows(at, at + A);
-        ops::process_logits(last, *params, probs);
+        ops::process_logits(r.logits, *params, probs);
         ops::sample(probs, rng_seeds.rows(at, at + A), rng_offsets.rows(at, at + A), out_picks);
       } else {
-        Tensor ids = Tensor::empty(DType::i32, {N}, dev);
-        ops::argmax(r.logits, ids);
-        if (one_row_each) {
-          out_picks.copy_from(ids);
-        } else {
-          for (size_t i = 0; i < active.size(); ++i) {
-            const int64_t row = r.indptr[i + 1] - 1, k = static_cast<int64_t>(i);
-            out_picks.rows(k, k + 1).copy_from(ids.rows(row, row + 1));
-          }
-        }
+        ops::argmax(r.logits, out_picks);
       }
       std::vector<size_t> next;
       for (size_t b : active) {

@@ -82,7 +82,7 @@ struct VerifyStaging {
 };
 
 struct LlamaForwardResult {
-  Tensor logits;  // f32 [N, V]
+  Tensor logits;  // f32 [N, V]; with last_only, [B, V]: row b is sequence b's last row
   Tensor hidden;  // f32 [N, H] after the final norm (only when asked)
   std::vector<int32_t> indptr;  // B + 1 row offsets
   std::shared_ptr<StagedTree> staged;  // with a VerifyStaging: the verification's inputs on the device
@@ -104,8 +104,10 @@ class LlamaModel {
   // each sequence's committed prefix. Validation errors (E_ARG) and E_KV_FULL leave the committed
   // state unchanged. Thread-safe with respect to the other methods (one model-wide lock).
   // With `stage`, the verification's inputs go in the same upload (result.staged).
+  // last_only: logits of each sequence's last row only ([B, V], the same bits as those rows of the
+  // full logits): a prompt's other rows would cost the LM head's work and N x V floats for nothing.
   LlamaForwardResult forward(const std::vector<LlamaSeqInput>& inputs, bool want_hidden,
-                             const VerifyStaging* stage = nullptr);
+                             const VerifyStaging* stage = nullptr, bool last_only = false);
 
   // Estimated multiply-adds of forward(inputs): the weights' per-token work times the new tokens,
   // plus attention over each sequence's committed prefix and new tokens. The N-API glue uses it to
@@ -179,7 +181,7 @@ class LlamaModel {
   };
   LlamaForwardResult forward_locked(const std::vector<LlamaSeqInput>& inputs, bool want_hidden,
                                     const Tensor* dev_ids = nullptr, const VerifyStaging* stage = nullptr,
-                                    const PlannedStep* planned = nullptr);
+                                    const PlannedStep* planned = nullptr, bool last_only = false);
   void commit_locked(const std::vector<int>& seqs, const std::vector<std::vector<int32_t>>& accepted,
                      const std::vector<const VerifiedPaths*>& verified = {});
 

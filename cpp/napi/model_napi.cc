@@ -202,8 +202,9 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
     return max_macs > 0 && m.estimate_macs(inputs) * steps <= max_macs;
   }
 
-  // forward(inputs, hidden, syncMaxMacs?, stage?: { parents, seeds?, offsets? }) -> Promise<{ logits,
-  // hidden?, indptr, staged? }> (staged: the verification's inputs, sent with the forward's upload)
+  // forward(inputs, hidden, syncMaxMacs?, stage?: { parents, seeds?, offsets? }, lastOnly?) ->
+  // Promise<{ logits, hidden?, indptr, staged? }> (staged: the verification's inputs, sent with the
+  // forward's upload; lastOnly: logits of each input's last row only)
   Napi::Value Forward(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
       std::shared_ptr<LlamaModel> m = model_;
@@ -221,9 +222,10 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
         if (has_field(s, "offsets")) stage->offsets = get_u64_array(get_field(s, "offsets"), "stage.offsets");
         if (has_field(s, "parts")) stage->parts = get_i32_array(get_field(s, "parts"), "stage.parts");
       }
+      const bool last_only = info.Length() > 4 && !info[4].IsUndefined() && get_bool(info[4], "lastOnly");
       auto result = std::make_shared<LlamaForwardResult>();
       return run_maybe_async(
-          info.Env(), sync, [=] { *result = m->forward(*inputs, hidden, stage.get()); },
+          info.Env(), sync, [=] { *result = m->forward(*inputs, hidden, stage.get(), last_only); },
           [=](Napi::Env env) -> Napi::Value {
             Napi::Object o = Napi::Object::New(env);
             o.Set("logits", wrap_tensor(env, result->logits));

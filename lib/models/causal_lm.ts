@@ -95,11 +95,22 @@ export interface ForwardOptions {
   readonly signal?: AbortSignal;
   /** Send the verification's inputs with this forward's upload (a model may ignore it). */
   readonly stage?: VerifyStaging;
+  /**
+   * Only each sequence's last logits row is wanted (a prompt's prefill): a model that honours it
+   * returns logits [B, vocab] and sets `logitsRows: 'last'`, and skips the LM head on the other rows
+   * (the same bits for the rows it computes). Default false.
+   */
+  readonly lastLogitsOnly?: boolean;
 }
 
 export interface ForwardOutput {
-  /** f32 [N, vocab], rows in input order (sequences concatenated). Caller disposes. */
+  /**
+   * f32 [N, vocab], rows in input order (sequences concatenated); with `logitsRows: 'last'`,
+   * [B, vocab]: row b is sequence b's last row. Caller disposes.
+   */
   readonly logits: Tensor;
+  /** 'last' when the logits hold each sequence's last row only (ForwardOptions.lastLogitsOnly). */
+  readonly logitsRows?: 'last';
   /** f32 [N, hidden] when requested. Caller disposes. */
   readonly hidden?: Tensor;
   /** Row offsets per sequence: rows indptr[b] .. indptr[b+1] belong to inputs[b]. */

@@ -198,7 +198,7 @@ export class LlamaModel implements CausalLM {
     this.busy = true;
     let r: SpecdecNative.LlamaNativeForward;
     try {
-      r = await handle.forward(inputs.map(nativeInput), options.hidden === true, syncLimit(this.syncForwardMaxMacs), options.stage);
+      r = await handle.forward(inputs.map(nativeInput), options.hidden === true, syncLimit(this.syncForwardMaxMacs), options.stage, options.lastLogitsOnly === true);
     } finally {
       this.busy = false;
     }
@@ -212,6 +212,7 @@ export class LlamaModel implements CausalLM {
     const out: { -readonly [K in keyof ForwardOutput]: ForwardOutput[K] } = { logits, indptr: r.indptr };
     if (hidden !== undefined) out.hidden = hidden;
     if (r.staged !== undefined) out.staged = r.staged as unknown as StagedVerify;
+    if (options.lastLogitsOnly === true) out.logitsRows = 'last';
     return out;
   }
 

@@ -121,7 +121,8 @@ export interface Speculator {
   attach(model: CausalLM): void;
   /**
    * The model consumed a chain of tokens for these sequences (prompt prefill, or a catch-up):
-   * output row lastRows[b] is the model's output at the token right before seqs[b]'s root.
+   * output row lastRows[b] is the model's output at the token right before seqs[b]'s root (hidden
+   * states; the logits hold only those rows, row b for sequence b, when output.logitsRows is 'last').
    */
   prefill(seqs: readonly SpecSequence[], output: ForwardOutput, lastRows: Int32Array, ctx: ProposeContext): Promise<void>;
   /**

@@ -9,6 +9,7 @@ import * as assert from 'assert';
 import { spawnSync } from 'child_process';
 import { pagedBatch, treeAttention, treeMask } from '../lib/kv';
 import type { KvDType } from '../lib/kv';
+import { native } from '../lib/native';
 import { Tensor } from '../lib/tensor';
 import { randomArray, rng, testSeed } from './helpers';
 
@@ -135,7 +136,20 @@ const GEOMETRIES: readonly (Geometry & { readonly title: string })[] = [
   { title: 'f32 cache, GQA 8/2, d 64', hq: 8, hkv: 2, d: 64, pageSize: 16, dtype: 'f32' },
   { title: 'f16 cache, MQA 4/1, d 128', hq: 4, hkv: 1, d: 128, pageSize: 16, dtype: 'f16' },
   { title: 'bf16 cache, MHA 3/3, odd d 20 (tail lanes)', hq: 3, hkv: 3, d: 20, pageSize: 16, dtype: 'bf16' },
+  { title: 'f32 cache, GQA 6/2, d 76 (AVX-512: 16-lane blocks, an 8-lane rest and tail lanes), pages of 8', hq: 6, hkv: 2, d: 76, pageSize: 8, dtype: 'f32' },
 ];
+
+/** Every geometry's ragged batch, concatenated: what the instruction-set comparison computes. */
+function childAll(seed: number): Float32Array {
+  const parts = GEOMETRIES.map((g, k) => batchVsAlone(g, [{ prefix: 3, qo: 1 }, { prefix: 90, qo: 23 }, { prefix: 0, qo: 7 }, { prefix: 600, qo: 12 }], seed + k).batch);
+  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
 
 /** What the thread-count and portable checks compute (also run in child processes). */
 function childCase(seed: number): Float32Array {
@@ -192,15 +206,15 @@ function childCaseReference(seed: number): Float64Array {
   return out;
 }
 
-function runChild(env: Record<string, string>, seed: number): Float32Array {
-  const r = spawnSync(process.execPath, [__filename, '--child', String(seed)], { encoding: 'utf8', env: { ...process.env, ...env }, timeout: 60000 });
+function runChild(env: Record<string, string>, seed: number, mode = '--child'): Float32Array {
+  const r = spawnSync(process.execPath, [__filename, mode, String(seed)], { encoding: 'utf8', env: { ...process.env, ...env }, timeout: 60000 });
   assert.strictEqual(r.status, 0, `child failed: ${r.stderr}`);
   const buf = Buffer.from(r.stdout.trim(), 'base64');
   return new Float32Array(buf.buffer, buf.byteOffset, buf.length / 4);
 }
 
-if (process.argv[2] === '--child') {
-  const out = childCase(Number(process.argv[3]));
+if (process.argv[2] === '--child' || process.argv[2] === '--child-all') {
+  const out = (process.argv[2] === '--child' ? childCase : childAll)(Number(process.argv[3]));
   process.stdout.write(Buffer.from(out.buffer, out.byteOffset, out.byteLength).toString('base64'));
 } else {
   describe(`tree attention (cpu): bits independent of layout, batch and threads (seed ${testSeed})`, function () {
@@ -220,6 +234,13 @@ if (process.argv[2] === '--child') {
     it('one thread (SPECDEC_CPU_THREADS=1) gives the bits of the pool', () => {
       const seed = testSeed + 99;
       sameBits(runChild({ SPECDEC_CPU_THREADS: '1' }, seed), childCase(seed), 'threads 1 vs pool');
+    });
+    const best = native().cpuInfo().best;
+    (best === 'avx512' ? it : it.skip)(`the AVX-512 kernels give the AVX2 kernels' bits, every geometry${best === 'avx512' ? '' : ` (skipped: this CPU's best is ${best})`}`, () => {
+      const seed = testSeed + 97;
+      const a = runChild({ SPECDEC_CPU_SIMD: 'avx2' }, seed, '--child-all');
+      const b = runChild({ SPECDEC_CPU_SIMD: 'avx512' }, seed, '--child-all');
+      sameBits(b, a, 'avx512 vs avx2');
     });
     it('the portable kernel (SPECDEC_CPU_SIMD=portable) matches a float64 reference', () => {
       const seed = testSeed + 98;

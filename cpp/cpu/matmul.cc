@@ -539,9 +539,11 @@ void run_block(const float* xp, int64_t N, int64_t K, const Tensor& w, const Ten
   }
 }
 
-// A task of >= 32k multiply-adds (a few microseconds) outweighs handing it to a worker;
-// measured on the default model's 5-token forward (2 cores), smaller or larger was no better.
-constexpr double kMinTaskMacs = 32768.0;
+// A task of >= 128k multiply-adds outweighs handing it to a worker (the pool's own default grain).
+// Was 32k, measured on a Zen 3/Zen 4 (where smaller or larger was no better); on a Zen 5, whose
+// AVX-512 FMAs do a 32k task in well under a wakeup, the default target's 5-token forward took
+// 156 us on the pool against 116 us on one thread; at 128k, 121 us (256k: 119 us).
+constexpr double kMinTaskMacs = 131072.0;
 constexpr size_t kMaxParts = 8;  // of matmul_group
 
 // Weight rows that N rows of x take as whole tiles: every tile width of the row groups all_rows

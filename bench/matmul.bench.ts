@@ -70,17 +70,18 @@ export const matmulBench: BenchModule = {
           for (const N of rowCounts) {
             const x = xAll.rows(0, N);
             const calls = cuda ? 20 : N === 1 ? 20 : N >= 512 ? 1 : 4;
-            let last: Tensor | undefined;
+            // Into one output, as the runner's forwards write their scratch: a fresh output per call
+            // would time the allocator too (from 4 MiB on the CPU, a new mapping faulting page by page).
+            const out = matmul(x, w);
             const t = await measureKernel(
               () => {
-                last?.dispose();
-                last = matmul(x, w);
+                matmul(x, w, undefined, out);
               },
-              { warmup: 2, samples, calls, sync: () => last && syncTensor(last), device: cuda ? 'cuda' : 'cpu' },
+              { warmup: 2, samples, calls, sync: () => syncTensor(out), device: cuda ? 'cuda' : 'cpu' },
             );
             // CPU time per call (CPU only): the stable figure on a shared machine.
-            const cpu = cuda ? undefined : await cpuMs(() => matmul(x, w).dispose(), samples);
-            last?.dispose();
+            const cpu = cuda ? undefined : await cpuMs(() => void matmul(x, w, undefined, out), samples);
+            out.dispose();
             x.dispose();
             const weightGBs = (s.M * s.K * 2) / (t.medianMs * 1e-3) / 1e9;
             const tflops = (2 * N * s.K * s.M) / (t.medianMs * 1e-3) / 1e12;

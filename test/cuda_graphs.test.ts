@@ -32,7 +32,8 @@ describe('CUDA graphs: the on/off comparison script', function () {
       writeCheckpoint(dir, specByName('llama-gqa-f32'), testSeed + 11);
       const a = runChild(dir, '1', 'cpu');
       const b = runChild(dir, '0', 'cpu');
-      assert.strictEqual(a.tokens.length, 1 + 24 + 8 + 8 + 40);
+      // 41 hand-driven forwards' picks, then plain decoding's (up to 2 x 20: the model's EOS may stop it).
+      assert.ok(a.tokens.length > 41 && a.tokens.length <= 81, `${a.tokens.length} tokens`);
       assert.deepStrictEqual(a, b);
       assert.strictEqual(a.graphLaunches, 0);
       assert.ok(a.deviceOps > 0);

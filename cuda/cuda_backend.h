@@ -38,13 +38,6 @@ void run_graphed(const std::function<void()>& body);
 // A body's device memory comes from the graphs' arena (null / false: not a body's, use the cache).
 void* graph_body_alloc(size_t bytes);
 bool graph_body_release(const void* ptr);
-struct GraphStatus {
-  bool enabled = false;
-  uint64_t replays = 0, captures = 0, eager = 0;  // bodies run as a graph (captures included) / kernel by kernel
-  size_t graphs = 0, arena_bytes = 0;
-  std::string disabled_reason;  // set when a failure turned graphs off for the process
-};
-GraphStatus graph_status();
 // Copies whole 4-byte words from device memory to dst + dst_offset, all segments (at most 8) in one
 // launch: a step's inputs, wherever they were uploaded, land at the addresses its graphs read.
 struct Segment {

@@ -120,12 +120,6 @@ class Arena {
       if (b.used) return false;
     return true;
   }
-  size_t bytes() const {
-    std::lock_guard<std::mutex> lock(mu_);
-    size_t n = 0;
-    for (const Block& b : blocks_) n += b.bytes;
-    return n;
-  }
 
  private:
   struct Block {
@@ -259,7 +253,6 @@ class Runner {
     std::lock_guard<std::mutex> lock(mu_);
     return graphs_.size();
   }
-  size_t arena_bytes() const { return arena_.bytes(); }
   Dev& device() { return dev_; }
 
  private:

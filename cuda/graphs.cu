@@ -91,20 +91,6 @@ void run_graphed(const std::function<void()>& body) {
 void* graph_body_alloc(size_t bytes) { return graphs_enabled() ? runner().body_alloc(bytes) : nullptr; }
 bool graph_body_release(const void* ptr) { return graphs_enabled() && runner().body_release(ptr); }
 
-GraphStatus graph_status() {
-  GraphStatus s;
-  s.enabled = graphs_enabled();
-  if (!s.enabled) return s;
-  const graphs::Counters c = runner().counters();
-  s.replays = c.replays;
-  s.captures = c.captures;
-  s.eager = c.eager;
-  s.graphs = runner().graphs();
-  s.arena_bytes = runner().arena_bytes();
-  s.disabled_reason = runner().disabled_reason();
-  return s;
-}
-
 void copy_segments(void* dst, const std::vector<Segment>& segs) {
   SPECDEC_CHECK(segs.size() <= static_cast<size_t>(kMaxSegments), "E_ARG", "copy_segments: ", segs.size(),
                 " segments, at most ", kMaxSegments);

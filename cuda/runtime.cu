@@ -253,10 +253,6 @@ class StagingRing {
 
 StagingRing g_staging;
 
-}  // namespace
-
-namespace {
-
 // A graph body only enqueues work: a wait or an upload inside one (its source would be captured as
 // it is now) makes the body unfit for graphs; graph_cache.h's Runner then runs it kernel by kernel.
 void forbid_in_body(const char* what) {

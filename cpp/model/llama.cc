@@ -430,13 +430,9 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
     if (!graph_in_.defined() || graph_in_.nbytes() < at)
       graph_in_ = Tensor::empty(DType::u32, {static_cast<int64_t>(std::max<size_t>(2 * at, 4096) / 4)}, dev);
     cuda::copy_segments(graph_in_.data(), segs);
-    at = 0;
-    for (Tensor* t : in) {
-      if (!t->defined()) continue;
-      const size_t bytes = t->nbytes();
-      *t = graph_in_.reinterpret(at, t->dtype(), t->shape());
-      at += (bytes + 15) / 16 * 16;
-    }
+    size_t k = 0;
+    for (Tensor* t : in)
+      if (t->defined()) *t = graph_in_.reinterpret(segs[k++].dst_offset, t->dtype(), t->shape());
     g_batch = &stable_batch;
   }
 #endif

@@ -5,7 +5,10 @@
 // (f16/bf16 converted on load, exactly) and every per-call buffer is reused thread-local scratch,
 // so a call allocates nothing once warm. Per block: the rows' scores against the prefix, tiled so
 // a tile of K stays in L1 across the rows, then against each row's visible new tokens; a two-pass
-// softmax per row; then P.V, tiled the same way.
+// softmax per row; then P.V, tiled the same way. Up to four rows that read the same slots (any rows
+// for the prefix; the query heads of one new token for the new tokens) go through the kernels
+// together, sharing every K and V load: 1.5-2.3x on GQA trees and decode at d >= 64 (bench/README.md,
+// 2026-12-04), the bits unchanged.
 //
 // Batch invariance: a row's arithmetic depends only on the ORDERED LIST of the slots it sees (the
 // prefix, then its visible new tokens in index order), never on other rows, on the block, on the
@@ -54,11 +57,31 @@ void to_f32(float* dst, const void* src, DType t, int64_t n) {
 //   softmax: in place over s[0, n) (s padded with room up to pad8(n)): m = max, p = exp(s - m),
 //           returns l = sum of p by lane c % 8 then the same tree; 0 when nothing is visible;
 //   axpy: acc[d] += p[t] * v[t][d] for t in order.
+// The _rows forms do the same for R <= kRowsMax rows that read the same slots (row r: q + r ldq,
+// out + r ldo; acc + r lda, p + r ldp), each row exactly as the one-row kernel: they share each K / V
+// load (and its conversion) between the rows, and change no bits.
+constexpr int kRowsMax = 4;
 struct Kernels {
   void (*scores)(const float* q, const char* const* k, int64_t n, int64_t D, float scale, float* out);
   float (*softmax)(float* s, int64_t n);
   void (*axpy)(float* acc, const float* p, const char* const* v, int64_t n, int64_t D);
+  void (*scores_rows)(const float* q, int64_t ldq, int R, const char* const* k, int64_t n, int64_t D, float scale,
+                      float* out, int64_t ldo);
+  void (*axpy_rows)(float* acc, int64_t lda, const float* p, int64_t ldp, int R, const char* const* v, int64_t n,
+                    int64_t D);
 };
+
+// The _rows forms as a loop over the one-row kernel (the portable kernels: the reference).
+template <auto kScores>
+void scores_rows_each(const float* q, int64_t ldq, int R, const char* const* k, int64_t n, int64_t D, float scale,
+                      float* out, int64_t ldo) {
+  for (int r = 0; r < R; ++r) kScores(q + r * ldq, k, n, D, scale, out + r * ldo);
+}
+template <auto kAxpy>
+void axpy_rows_each(float* acc, int64_t lda, const float* p, int64_t ldp, int R, const char* const* v, int64_t n,
+                    int64_t D) {
+  for (int r = 0; r < R; ++r) kAxpy(acc + r * lda, p + r * ldp, v, n, D);
+}
 
 // ---- portable ------------------------------------------------------------------------------
 
@@ -93,7 +116,8 @@ void axpy_portable(float* acc, const float* p, const char* const* v, int64_t n, 
 
 template <DType KT>
 Kernels portable_kernels() {
-  return {&scores_portable<KT>, &softmax_portable, &axpy_portable<KT>};
+  return {&scores_portable<KT>, &softmax_portable, &axpy_portable<KT>, &scores_rows_each<&scores_portable<KT>>,
+          &axpy_rows_each<&axpy_portable<KT>>};
 }
 
 // ---- AVX2 + FMA + F16C -----------------------------------------------------------------------
@@ -141,6 +165,61 @@ SPECDEC_AVX2 void scores_avx2(const float* q, const char* const* k, int64_t n, i
     if (rem) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + D8), load8_tail<KT>(k[t], D8, rem), a0);
     out[t] = _mm_cvtss_f32(_mm_mul_ps(hsum4(a0, a0, a0, a0), sc));
   }
+}
+
+// scores_avx2 for two rows at once: the four-slot groups share their K loads; the rest of the
+// slots go row by row through scores_avx2 (its one-slot loop: the same operations).
+template <DType KT>
+SPECDEC_AVX2 void scores2_avx2(const float* q0, const float* q1, const char* const* k, int64_t n, int64_t D,
+                                float scale, float* out0, float* out1) {
+  const int64_t D8 = D & ~(kLanes - 1), rem = D - D8;
+  const __m128 sc = _mm_set1_ps(scale);
+  int64_t t = 0;
+  for (; t + 4 <= n; t += 4) {
+    __m256 a[2][4];
+    for (int r = 0; r < 2; ++r)
+      for (int i = 0; i < 4; ++i) a[r][i] = _mm256_setzero_ps();
+    for (int64_t d = 0; d < D8; d += kLanes) {
+      const __m256 k0 = load8<KT>(k[t], d), k1 = load8<KT>(k[t + 1], d), k2 = load8<KT>(k[t + 2], d),
+                   k3 = load8<KT>(k[t + 3], d);
+      const __m256 qa = _mm256_loadu_ps(q0 + d), qb = _mm256_loadu_ps(q1 + d);
+      a[0][0] = _mm256_fmadd_ps(qa, k0, a[0][0]);
+      a[0][1] = _mm256_fmadd_ps(qa, k1, a[0][1]);
+      a[0][2] = _mm256_fmadd_ps(qa, k2, a[0][2]);
+      a[0][3] = _mm256_fmadd_ps(qa, k3, a[0][3]);
+      a[1][0] = _mm256_fmadd_ps(qb, k0, a[1][0]);
+      a[1][1] = _mm256_fmadd_ps(qb, k1, a[1][1]);
+      a[1][2] = _mm256_fmadd_ps(qb, k2, a[1][2]);
+      a[1][3] = _mm256_fmadd_ps(qb, k3, a[1][3]);
+    }
+    if (rem) {
+      const __m256 k0 = load8_tail<KT>(k[t], D8, rem), k1 = load8_tail<KT>(k[t + 1], D8, rem),
+                   k2 = load8_tail<KT>(k[t + 2], D8, rem), k3 = load8_tail<KT>(k[t + 3], D8, rem);
+      const __m256 qa = _mm256_loadu_ps(q0 + D8), qb = _mm256_loadu_ps(q1 + D8);
+      a[0][0] = _mm256_fmadd_ps(qa, k0, a[0][0]);
+      a[0][1] = _mm256_fmadd_ps(qa, k1, a[0][1]);
+      a[0][2] = _mm256_fmadd_ps(qa, k2, a[0][2]);
+      a[0][3] = _mm256_fmadd_ps(qa, k3, a[0][3]);
+      a[1][0] = _mm256_fmadd_ps(qb, k0, a[1][0]);
+      a[1][1] = _mm256_fmadd_ps(qb, k1, a[1][1]);
+      a[1][2] = _mm256_fmadd_ps(qb, k2, a[1][2]);
+      a[1][3] = _mm256_fmadd_ps(qb, k3, a[1][3]);
+    }
+    _mm_storeu_ps(out0 + t, _mm_mul_ps(hsum4(a[0][0], a[0][1], a[0][2], a[0][3]), sc));
+    _mm_storeu_ps(out1 + t, _mm_mul_ps(hsum4(a[1][0], a[1][1], a[1][2], a[1][3]), sc));
+  }
+  if (t < n) {
+    scores_avx2<KT>(q0, k + t, n - t, D, scale, out0 + t);
+    scores_avx2<KT>(q1, k + t, n - t, D, scale, out1 + t);
+  }
+}
+
+template <DType KT>
+SPECDEC_AVX2 void scores_rows_avx2(const float* q, int64_t ldq, int R, const char* const* k, int64_t n, int64_t D,
+                                   float scale, float* out, int64_t ldo) {
+  int r = 0;
+  for (; r + 2 <= R; r += 2) scores2_avx2<KT>(q + r * ldq, q + (r + 1) * ldq, k, n, D, scale, out + r * ldo, out + (r + 1) * ldo);
+  if (r < R) scores_avx2<KT>(q + r * ldq, k, n, D, scale, out + r * ldo);
 }
 
 using simd::exp_nonpos;
@@ -207,9 +286,53 @@ SPECDEC_AVX2 void axpy_avx2(float* acc, const float* p, const char* const* v, in
   axpy_avx2_from<KT>(acc, p, v, n, D, 0);
 }
 
+// axpy_avx2 for two rows at once over the 32-dim chunks (V loads shared), then row by row from
+// where the chunks end (each dim's sums are independent of the others).
+template <DType KT>
+SPECDEC_AVX2 void axpy_rows_avx2(float* acc, int64_t lda, const float* p, int64_t ldp, int R, const char* const* v,
+                                 int64_t n, int64_t D) {
+  const int64_t D32 = (D & ~(kLanes - 1)) / (4 * kLanes) * (4 * kLanes);
+  int r = 0;
+  for (; r + 2 <= R; r += 2) {
+    float* c0 = acc + r * lda;
+    float* c1 = c0 + lda;
+    const float* p0 = p + r * ldp;
+    const float* p1 = p0 + ldp;
+    for (int64_t d0 = 0; d0 < D32; d0 += 4 * kLanes) {
+      __m256 a[2][4];
+      for (int i = 0; i < 4; ++i) {
+        a[0][i] = _mm256_loadu_ps(c0 + d0 + i * kLanes);
+        a[1][i] = _mm256_loadu_ps(c1 + d0 + i * kLanes);
+      }
+      for (int64_t t = 0; t < n; ++t) {
+        const __m256 v0 = load8<KT>(v[t], d0), v1 = load8<KT>(v[t], d0 + 8), v2 = load8<KT>(v[t], d0 + 16),
+                     v3 = load8<KT>(v[t], d0 + 24);
+        const __m256 pa = _mm256_broadcast_ss(p0 + t), pb = _mm256_broadcast_ss(p1 + t);
+        a[0][0] = _mm256_fmadd_ps(pa, v0, a[0][0]);
+        a[0][1] = _mm256_fmadd_ps(pa, v1, a[0][1]);
+        a[0][2] = _mm256_fmadd_ps(pa, v2, a[0][2]);
+        a[0][3] = _mm256_fmadd_ps(pa, v3, a[0][3]);
+        a[1][0] = _mm256_fmadd_ps(pb, v0, a[1][0]);
+        a[1][1] = _mm256_fmadd_ps(pb, v1, a[1][1]);
+        a[1][2] = _mm256_fmadd_ps(pb, v2, a[1][2]);
+        a[1][3] = _mm256_fmadd_ps(pb, v3, a[1][3]);
+      }
+      for (int i = 0; i < 4; ++i) {
+        _mm256_storeu_ps(c0 + d0 + i * kLanes, a[0][i]);
+        _mm256_storeu_ps(c1 + d0 + i * kLanes, a[1][i]);
+      }
+    }
+    if (D32 < D) {
+      axpy_avx2_from<KT>(c0, p0, v, n, D, D32);
+      axpy_avx2_from<KT>(c1, p1, v, n, D, D32);
+    }
+  }
+  if (r < R) axpy_avx2<KT>(acc + r * lda, p + r * ldp, v, n, D);
+}
+
 template <DType KT>
 Kernels avx2_kernels() {
-  return {&scores_avx2<KT>, &softmax_avx2, &axpy_avx2<KT>};
+  return {&scores_avx2<KT>, &softmax_avx2, &axpy_avx2<KT>, &scores_rows_avx2<KT>, &axpy_rows_avx2<KT>};
 }
 
 // ---- AVX-512F: the AVX2 kernels' arithmetic, twice as wide ------------------------------------
@@ -253,11 +376,11 @@ SPECDEC_AVX512 void scores_avx512(const float* q, const char* const* k, int64_t 
   if (t < n) scores_avx2<KT>(q, k + t, n - t, D, scale, out + t);
 }
 
+// axpy over dims [d0, D), d0 a multiple of 16.
 template <DType KT>
-SPECDEC_AVX512 void axpy_avx512(float* acc, const float* p, const char* const* v, int64_t n, int64_t D) {
+SPECDEC_AVX512 void axpy_avx512_from(float* acc, const float* p, const char* const* v, int64_t n, int64_t D, int64_t d0) {
   constexpr int64_t W = 16;
   const int64_t D16 = D & ~(W - 1);
-  int64_t d0 = 0;
   // 64 accumulator floats in registers over all n slots.
   for (; d0 + 4 * W <= D16; d0 += 4 * W) {
     __m512 a0 = _mm512_loadu_ps(acc + d0), a1 = _mm512_loadu_ps(acc + d0 + 16), a2 = _mm512_loadu_ps(acc + d0 + 32),
@@ -283,8 +406,106 @@ SPECDEC_AVX512 void axpy_avx512(float* acc, const float* p, const char* const* v
 }
 
 template <DType KT>
+SPECDEC_AVX512 void axpy_avx512(float* acc, const float* p, const char* const* v, int64_t n, int64_t D) {
+  axpy_avx512_from<KT>(acc, p, v, n, D, 0);
+}
+
+// [q8 | q8] from memory: the q operand of scores_avx512's registers, one load, no shuffle.
+SPECDEC_AVX512 inline __m512 dup8(const float* q) {
+  return _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(_mm256_loadu_ps(q))));
+}
+
+// scores_avx512 for RB rows at once: each eight-slot group's joined K registers serve every row.
+template <DType KT, int RB>
+SPECDEC_AVX512 void scores_rb_avx512(const float* q, int64_t ldq, const char* const* k, int64_t n, int64_t D,
+                                     float scale, float* out, int64_t ldo) {
+  const int64_t D8 = D & ~(kLanes - 1), rem = D - D8;
+  const __m128 sc = _mm_set1_ps(scale);
+  int64_t t = 0;
+  for (; t + 8 <= n; t += 8) {
+    __m512 a[RB][4];
+    for (int r = 0; r < RB; ++r)
+      for (int i = 0; i < 4; ++i) a[r][i] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < D8; d += kLanes) {
+      __m512 kv[4];
+      for (int i = 0; i < 4; ++i) kv[i] = join8(load8<KT>(k[t + 2 * i], d), load8<KT>(k[t + 2 * i + 1], d));
+      for (int r = 0; r < RB; ++r) {
+        const __m512 qv = dup8(q + r * ldq + d);
+        for (int i = 0; i < 4; ++i) a[r][i] = _mm512_fmadd_ps(qv, kv[i], a[r][i]);
+      }
+    }
+    if (rem) {
+      __m512 kv[4];
+      for (int i = 0; i < 4; ++i)
+        kv[i] = join8(load8_tail<KT>(k[t + 2 * i], D8, rem), load8_tail<KT>(k[t + 2 * i + 1], D8, rem));
+      for (int r = 0; r < RB; ++r) {
+        const __m512 qv = dup8(q + r * ldq + D8);
+        for (int i = 0; i < 4; ++i) a[r][i] = _mm512_fmadd_ps(qv, kv[i], a[r][i]);
+      }
+    }
+    for (int r = 0; r < RB; ++r) {
+      float* o = out + r * ldo + t;
+      _mm_storeu_ps(o, _mm_mul_ps(hsum4(half_lo(a[r][0]), half_hi(a[r][0]), half_lo(a[r][1]), half_hi(a[r][1])), sc));
+      _mm_storeu_ps(o + 4, _mm_mul_ps(hsum4(half_lo(a[r][2]), half_hi(a[r][2]), half_lo(a[r][3]), half_hi(a[r][3])), sc));
+    }
+  }
+  if (t < n)
+    for (int r = 0; r < RB; ++r) scores_avx2<KT>(q + r * ldq, k + t, n - t, D, scale, out + r * ldo + t);
+}
+
+template <DType KT>
+SPECDEC_AVX512 void scores_rows_avx512(const float* q, int64_t ldq, int R, const char* const* k, int64_t n, int64_t D,
+                                       float scale, float* out, int64_t ldo) {
+  switch (R) {
+    case 4: return scores_rb_avx512<KT, 4>(q, ldq, k, n, D, scale, out, ldo);
+    case 3: return scores_rb_avx512<KT, 3>(q, ldq, k, n, D, scale, out, ldo);
+    case 2: return scores_rb_avx512<KT, 2>(q, ldq, k, n, D, scale, out, ldo);
+    default:
+      for (int r = 0; r < R; ++r) scores_avx512<KT>(q + r * ldq, k, n, D, scale, out + r * ldo);
+  }
+}
+
+// axpy_avx512 for RB rows at once over the 64-dim chunks (V loads shared), then row by row from
+// where the chunks end.
+template <DType KT, int RB>
+SPECDEC_AVX512 void axpy_rb_avx512(float* acc, int64_t lda, const float* p, int64_t ldp, const char* const* v,
+                                   int64_t n, int64_t D) {
+  constexpr int64_t W = 16;
+  const int64_t D64 = (D & ~(W - 1)) / (4 * W) * (4 * W);
+  for (int64_t d0 = 0; d0 < D64; d0 += 4 * W) {
+    __m512 a[RB][4];
+    for (int r = 0; r < RB; ++r)
+      for (int i = 0; i < 4; ++i) a[r][i] = _mm512_loadu_ps(acc + r * lda + d0 + i * W);
+    for (int64_t t = 0; t < n; ++t) {
+      __m512 vv[4];
+      for (int i = 0; i < 4; ++i) vv[i] = simd::load16<KT>(v[t], d0 + i * W);
+      for (int r = 0; r < RB; ++r) {
+        const __m512 pv = _mm512_set1_ps(p[r * ldp + t]);
+        for (int i = 0; i < 4; ++i) a[r][i] = _mm512_fmadd_ps(pv, vv[i], a[r][i]);
+      }
+    }
+    for (int r = 0; r < RB; ++r)
+      for (int i = 0; i < 4; ++i) _mm512_storeu_ps(acc + r * lda + d0 + i * W, a[r][i]);
+  }
+  if (D64 < D)
+    for (int r = 0; r < RB; ++r) axpy_avx512_from<KT>(acc + r * lda, p + r * ldp, v, n, D, D64);
+}
+
+template <DType KT>
+SPECDEC_AVX512 void axpy_rows_avx512(float* acc, int64_t lda, const float* p, int64_t ldp, int R, const char* const* v,
+                                     int64_t n, int64_t D) {
+  switch (R) {
+    case 4: return axpy_rb_avx512<KT, 4>(acc, lda, p, ldp, v, n, D);
+    case 3: return axpy_rb_avx512<KT, 3>(acc, lda, p, ldp, v, n, D);
+    case 2: return axpy_rb_avx512<KT, 2>(acc, lda, p, ldp, v, n, D);
+    default:
+      for (int r = 0; r < R; ++r) axpy_avx512<KT>(acc + r * lda, p + r * ldp, v, n, D);
+  }
+}
+
+template <DType KT>
 Kernels avx512_kernels() {
-  return {&scores_avx512<KT>, &softmax_avx2, &axpy_avx512<KT>};
+  return {&scores_avx512<KT>, &softmax_avx2, &axpy_avx512<KT>, &scores_rows_avx512<KT>, &axpy_rows_avx512<KT>};
 }
 
 using simd::use_avx2;
@@ -411,30 +632,56 @@ void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& b
         }
       nn[r] = c;
     }
+    // Rows go through the kernels kRowsMax at a time where they read the same slots: any rows for
+    // the prefix, the rows of one new token (its query heads) for the new tokens.
+    auto same_token_end = [&](int64_t r) {
+      int64_t e = r + 1;
+      while (e < R && e - r < kRowsMax && (r0 + e) / G == (r0 + r) / G) ++e;
+      return e;
+    };
     // Scores: the prefix tile by tile (a tile of K serves every row), then each row's new tokens.
     for (int64_t t0 = 0; t0 < P; t0 += kTile) {
       const int64_t n = std::min(kTile, P - t0);
-      for (int64_t r = 0; r < R; ++r) kern.scores(qb + r * DP, K + t0, n, D, sm_scale, s + r * SS + t0);
+      for (int64_t r = 0; r < R; r += kRowsMax)
+        kern.scores_rows(qb + r * DP, DP, static_cast<int>(std::min<int64_t>(kRowsMax, R - r)), K + t0, n, D, sm_scale,
+                         s + r * SS + t0, SS);
+    }
+    for (int64_t r = 0, e; r < R; r = e) {
+      e = same_token_end(r);
+      kern.scores_rows(qb + r * DP, DP, static_cast<int>(e - r), NK + r * qo, nn[r], D, sm_scale, s + r * SS + P, SS);
     }
     float l[kRowBlock];  // per row: the softmax denominator, 0 when the row sees nothing
-    for (int64_t r = 0; r < R; ++r) {
-      float* sr = s + r * SS;
-      kern.scores(qb + r * DP, NK + r * qo, nn[r], D, sm_scale, sr + P);
-      l[r] = kern.softmax(sr, P + nn[r]);
-    }
-    // P.V in the same slot order.
+    for (int64_t r = 0; r < R; ++r) l[r] = kern.softmax(s + r * SS, P + nn[r]);
+    // P.V in the same slot order (rows that see nothing take no part).
     std::fill(acc, acc + R * DP, 0.f);
+    auto seeing_end = [&](int64_t r, int64_t limit) {
+      int64_t e = r + 1;
+      while (e < limit && l[e] != 0.f) ++e;
+      return e;
+    };
     for (int64_t t0 = 0; t0 < P; t0 += kTile) {
       const int64_t n = std::min(kTile, P - t0);
-      for (int64_t r = 0; r < R; ++r)
-        if (l[r] != 0.f) kern.axpy(acc + r * DP, s + r * SS + t0, V + t0, n, D);
+      for (int64_t r = 0, e; r < R; r = e) {
+        if (l[r] == 0.f) {
+          e = r + 1;
+          continue;
+        }
+        e = seeing_end(r, std::min<int64_t>(R, r + kRowsMax));
+        kern.axpy_rows(acc + r * DP, DP, s + r * SS + t0, SS, static_cast<int>(e - r), V + t0, n, D);
+      }
+    }
+    for (int64_t r = 0, e; r < R; r = e) {
+      if (l[r] == 0.f) {
+        e = r + 1;
+        continue;
+      }
+      e = seeing_end(r, same_token_end(r));
+      kern.axpy_rows(acc + r * DP, DP, s + r * SS + P, SS, static_cast<int>(e - r), NV + r * qo, nn[r], D);
     }
     for (int64_t r = 0; r < R; ++r) {
       float* ar = acc + r * DP;
-      if (l[r] != 0.f) {
-        kern.axpy(ar, s + r * SS + P, NV + r * qo, nn[r], D);
+      if (l[r] != 0.f)
         for (int64_t d = 0; d < D; ++d) ar[d] /= l[r];
-      }
       // A row that sees nothing at all (empty mask row, empty prefix) is defined as zeros.
       const int64_t i = (r0 + r) / G, g = (r0 + r) % G, n = q0 + i, h = h_kv * G + g;
       char* o = op + static_cast<size_t>((n * Hq + h) * D) * qsz;

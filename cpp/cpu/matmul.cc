@@ -279,7 +279,7 @@ SPECDEC_AVX2 void tile_avx2_part(const float* x, const void* w, int64_t K, int64
 // odd register is paired with zeros). Unrolled with constant indices so that the registers stay
 // registers.
 template <int N>
-SPECDEC_AVX512 inline void pair_round512(__m512* v, __m512i even, __m512i odd) {
+SPECDEC_AVX512 inline __attribute__((always_inline)) void pair_round512(__m512* v, __m512i even, __m512i odd) {
 #pragma GCC unroll 32
   for (int i = 0; i < (N + 1) / 2; ++i) {
     const __m512 a = v[2 * i], b = 2 * i + 1 < N ? v[2 * i + 1] : _mm512_setzero_ps();
@@ -292,9 +292,11 @@ SPECDEC_AVX512 inline void pair_round512(__m512* v, __m512i even, __m512i odd) {
 // Lane pairs are always neighbours, so the rounds form tree8(lanes 0..7) + tree8(lanes 8..15) of
 // every register, and lane i of result register q is register 16 q + i's sum. (Storing 16 lanes
 // per output and adding them one register at a time cost about as much as the K loop itself at
-// K = 128: half of a small model's matmul time.)
+// K = 128: half of a small model's matmul time.) Always inlined: as a call, the tile's accumulators
+// must live in memory, and GCC stopped inlining it once a second tile shape used it (a trial
+// f32-weight tile made the bf16 tiles 2.2x slower).
 template <int T>
-SPECDEC_AVX512 inline void lane_sums512(__m512* acc, float* sums) {
+SPECDEC_AVX512 inline __attribute__((always_inline)) void lane_sums512(__m512* acc, float* sums) {
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
   pair_round512<T>(acc, even, odd);

@@ -102,7 +102,18 @@ async function main(): Promise<void> {
     summary['prefill as decoding runs it (last row where the build can): old / new'] = of(a, bestPrefill) / of(b, bestPrefill);
     for (const k of WIDTHS) summary[`forward k=${k}: old / new`] = of(a, (r) => r.forwardMs[`k${k}`] as number) / of(b, (r) => r.forwardMs[`k${k}`] as number);
     for (const root of roots) summary[`k=16 / k=1, ${path.basename(root)}`] = of(root, (r) => r.forwardMs['k16'] as number) / of(root, (r) => r.forwardMs['k1'] as number);
-    const report = { header: machineHeader('cpu'), model: LLAMA_300M, context: CONTEXT, order: 'A B B A per round', roots, runs, summary };
+    // Which code each root held (a checkout's commit, and whether its tracked files differ from it).
+    const commits = roots.map((r) => {
+      const git = (args: string[]): string => {
+        try {
+          return execFileSync('git', args, { cwd: r, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+        } catch {
+          return '';
+        }
+      };
+      return { root: r, commit: git(['rev-parse', 'HEAD']) || 'unknown', dirty: git(['status', '--porcelain', '--untracked-files=no']) !== '' };
+    });
+    const report = { header: machineHeader('cpu'), model: LLAMA_300M, context: CONTEXT, order: 'A B B A per round', roots: commits, runs, summary };
     const outFile = arg('--out');
     if (outFile) fs.writeFileSync(outFile, JSON.stringify(report, null, 2) + '\n');
     process.stdout.write(JSON.stringify(summary, null, 2) + '\n');

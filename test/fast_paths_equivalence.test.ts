@@ -142,6 +142,42 @@ function suite(device: Device): void {
     }
   });
 
+  it('an abort from the event loop stops a long run of calling-thread forwards and greedy chains at their next turn', async () => {
+    const here = await load(targetDir, Number.MAX_VALUE);
+    try {
+      const seq = here.createSequence();
+      const tok = Int32Array.of(1);
+      for (const chains of [false, true]) {
+        const ac = new AbortController();
+        setImmediate(() => ac.abort());
+        let n = 0;
+        const t0 = performance.now();
+        await assert.rejects(
+          (async () => {
+            // Each call is committed and cut back, so the context never fills.
+            for (; n < 200000; n++) {
+              if (chains) {
+                await here.greedyChain([{ seq, tokens: tok }], [2], { signal: ac.signal });
+              } else {
+                const out = await here.forward([{ seq, tokens: tok }], { signal: ac.signal });
+                out.logits.dispose();
+                here.commit([seq], [Int32Array.of(0)]);
+              }
+              here.truncate(seq, 0);
+            }
+          })(),
+          (e: Error) => e.name === 'AbortError',
+        );
+        // The abort lands at the first turn, a few ms of forwards in (not after the loop's end).
+        assert.ok(n > 1 && n < 200000, `${chains ? 'chains' : 'forwards'}: stopped after ${n} calls`);
+        assert.ok(performance.now() - t0 < 5000, `${chains ? 'chains' : 'forwards'}: ${performance.now() - t0} ms to stop`);
+        assert.strictEqual(here.sequenceLength(seq), 0, 'nothing of an aborted call stays committed');
+      }
+    } finally {
+      here.dispose();
+    }
+  });
+
   it('rejects a bad syncForwardMaxMacs', async () => {
     await expectCode(LlamaModel.load(targetDir, { device, syncForwardMaxMacs: -1 }), 'E_ARG', /syncForwardMaxMacs/);
   });

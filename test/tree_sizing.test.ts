@@ -346,6 +346,33 @@ describe('sized n-gram speculators: weighing skipped after plain choices when it
     assert.ok(probes >= 1 && probes <= 3, `${probes} probes`);
   });
 
+  it('draft model: plain choices in a row keep the choice longer (8, 16, 32, 64 steps), so plain chains run long; a probe is weighed at once', async () => {
+    setForwardCost(target, linear());
+    const draft = new ToyLM({ vocabSize: V, seed, positional: false, hidden: 'state', mix: { seed: seed + 9, weight: 0.4 } });
+    const sp = new DraftModelSpeculator({ draft });
+    const self = sp as unknown as { weighK: (...a: unknown[]) => number };
+    const weighK = self.weighK.bind(sp);
+    const sizes: number[] = [];
+    self.weighK = (...a: unknown[]): number => {
+      const k = weighK(...a);
+      sizes.push(k);
+      return k;
+    };
+    const dec = new SpeculativeDecoder({ target, speculator: sp });
+    const plain = await plainGenerate(target, [prompts[0]!], { maxNewTokens: 300 });
+    const res = await dec.generate(prompts[0]!, { maxNewTokens: 300 }).result;
+    assert.deepStrictEqual(Array.from(res.tokens), Array.from(plain.tokens[0]!));
+    dec.dispose();
+    const tokens = res.tokens.length;
+    assert.ok(tokens >= 250, `${tokens} tokens (an early EOS leaves too few steps to count)`);
+    // A linear curve never pays: every weighing chooses plain. Kept 8, 16, 32, 64, 64, ... steps,
+    // plus one weighing after each probe (every 33, 65, 129, 257 plain steps): about 10 in 300
+    // steps, where a choice kept 8 steps weighed 37 times.
+    assert.ok(sizes.every((k) => k === 0), `sizes weighed: ${sizes}`);
+    assert.ok(sizes.length >= 4 && sizes.length <= 12, `${sizes.length} weighings in ${tokens} steps`);
+    assert.ok(res.stats.proposedDraftTokens >= 1, 'probes still run');
+  });
+
   it('prompt lookup: probes every 33 steps while weighing is cheap beside a step', async () => {
     const { tokens, probes } = await promptLookupRun(linear(), new PromptLookupSpeculator({ maxNgram: 2 }));
     assert.ok(probes >= Math.floor(tokens / 33) - 1 && probes <= Math.ceil(tokens / 33), `${probes} probes in ${tokens} steps`);

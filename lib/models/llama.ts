@@ -99,23 +99,39 @@ function positiveInt(v: number | undefined, name: string, fallback: number): num
 /**
  * Calling-thread forwards resolve without entering the event loop, so a long run of them would
  * starve timers, I/O and abort signals. Once they have held the loop for SYNC_SLICE_MS (all
- * models together), the next call goes through the pool; the loop turns while it runs.
+ * models together), the next call first gives the event loop a turn (setImmediate), then runs on
+ * the calling thread as before. (It used to go through the libuv pool instead, the loop turning
+ * while it ran: on a 2-vCPU VM the pool thread's wakeup took ~1 ms against a 0.2 ms forward of the
+ * embedded target, so a speculative run that started after a plain one often paid 1 ms for its
+ * 7-token prefill: bench/README.md, 2026-12-04.)
  */
 const SYNC_SLICE_MS = 4;
 let sliceStart = 0;
 let loopTurned = true;
 
-/** The syncMaxMacs to pass to a native call now (0 = through the pool). */
+/** The syncMaxMacs to pass to a native call now (0 = through the pool); starts a slice. */
 function syncLimit(max: number): number {
   if (max === 0) return 0;
-  const now = performance.now();
   if (loopTurned) {
     loopTurned = false;
-    sliceStart = now;
+    sliceStart = performance.now();
     setImmediate(() => (loopTurned = true));
-    return max;
   }
-  return now - sliceStart < SYNC_SLICE_MS ? max : 0;
+  return max;
+}
+
+/**
+ * Whether calling-thread forwards have held the event loop for a whole slice: the caller then
+ * awaits loopTurn() before its call. (A function of its own, not awaited on every call: most calls
+ * find time left and pay no microtask turn.)
+ */
+function sliceSpent(max: number): boolean {
+  return max !== 0 && !loopTurned && performance.now() - sliceStart >= SYNC_SLICE_MS;
+}
+
+/** One event-loop turn; the slice's own setImmediate, queued before this one, has run by then. */
+function loopTurn(): Promise<void> {
+  return new Promise<void>((resolve) => setImmediate(resolve));
 }
 
 export class LlamaModel implements CausalLM {
@@ -198,6 +214,10 @@ export class LlamaModel implements CausalLM {
     this.busy = true;
     let r: SpecdecNative.LlamaNativeForward;
     try {
+      if (sliceSpent(this.syncForwardMaxMacs)) {
+        await loopTurn();
+        options.signal?.throwIfAborted();
+      }
       r = await handle.forward(inputs.map(nativeInput), options.hidden === true, syncLimit(this.syncForwardMaxMacs), options.stage, options.lastLogitsOnly === true);
     } finally {
       this.busy = false;
@@ -222,6 +242,10 @@ export class LlamaModel implements CausalLM {
     checkSteps(steps, inputs.length);
     this.busy = true;
     try {
+      if (sliceSpent(this.syncForwardMaxMacs)) {
+        await loopTurn();
+        options.signal?.throwIfAborted();
+      }
       return await handle.greedyChain(inputs.map(nativeInput), Int32Array.from(steps), syncLimit(this.syncForwardMaxMacs));
     } finally {
       this.busy = false;
@@ -234,6 +258,10 @@ export class LlamaModel implements CausalLM {
     checkSteps(steps, inputs.length);
     this.busy = true;
     try {
+      if (sliceSpent(this.syncForwardMaxMacs)) {
+        await loopTurn();
+        options.signal?.throwIfAborted();
+      }
       return asTensor(await handle.greedyChainOnDevice(inputs.map(nativeInput), Int32Array.from(steps), syncLimit(this.syncForwardMaxMacs)));
     } finally {
       this.busy = false;
@@ -266,6 +294,10 @@ export class LlamaModel implements CausalLM {
     const flat = BigUint64Array.from(offsets.flat());
     this.busy = true;
     try {
+      if (sliceSpent(this.syncForwardMaxMacs)) {
+        await loopTurn();
+        options.signal?.throwIfAborted();
+      }
       const args = [inputs.map(nativeInput), Int32Array.from(steps), resolveSamplingOptions(sampling), BigUint64Array.from(seeds), flat, syncLimit(this.syncForwardMaxMacs)] as const;
       // (One of the two shapes, per name: picks for sampledChain, ids for sampledChainOnDevice.)
       return (await (name === 'sampledChain' ? handle.sampledChain(...args) : handle.sampledChainOnDevice(...args))) as { picks: Int32Array[]; ids: SpecdecNative.Tensor; q: SpecdecNative.Tensor };

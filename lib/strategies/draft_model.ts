@@ -6,7 +6,7 @@
 // truncates the draft back to the accepted prefix. Tokens of the history the draft has not cached
 // yet (the prompt at first; the bonus token, which neither model has cached; accepted tree nodes)
 // are fed in front of the first draft step.
-import { ChainCost, chainTokenCost, forwardCost } from '../cost_model';
+import { ChainCost, chainTokenCost, forwardCost, type ForwardCost } from '../cost_model';
 import { gatherRows, isSampling, samplingOptions } from '../step_helpers';
 import { backedOffProbeInterval, chooseChainLength, PROBE_AFTER_PLAIN_STEPS, RankRates, sizingCost, stepCost } from '../tree_sizing';
 import type { CausalLM, ForwardOutput, SequenceInput } from '../models/causal_lm';
@@ -26,8 +26,13 @@ import {
 
 export type AdaptiveMode = 'fixed' | 'heuristic' | 'confidence' | 'cost';
 
-/** 'cost' mode: steps a plain choice of the draft length is reused before it is weighed again. */
+/**
+ * 'cost' mode: steps a plain choice of the draft length is reused before it is weighed again; each
+ * weighing that chooses plain again keeps it twice as long, up to MAX_PLAIN_CHOICE_USES (between
+ * probes nothing but the cost curve moves, and each weighing ends the engine's plain chain early).
+ */
 const PLAIN_CHOICE_USES = 8;
+const MAX_PLAIN_CHOICE_USES = 64;
 
 export interface DraftModelOptions {
   readonly draft: CausalLM;
@@ -151,10 +156,15 @@ export class DraftModelSpeculator implements Speculator {
     // a choice to draft is made again every step.
     const kept = this.plainChoice;
     let size: number;
-    if (kept && kept.batch === seqs.length && kept.uses++ < PLAIN_CHOICE_USES) size = 0;
+    // A probe's acceptance is weighed at once.
+    let probed = false;
+    for (const st of states) probed ||= st.probed;
+    if (kept && kept.batch === seqs.length && !probed && kept.uses++ < kept.limit) size = 0;
     else {
-      size = chooseChainLength((i) => this.rates.rate(i), this.maxK, stepCost(cost, seqs.length, (nodes) => draft.cost(nodes - 1))).size;
-      this.plainChoice = size === 0 ? { batch: seqs.length, uses: 1 } : undefined;
+      size = this.weighK(cost, draft, seqs.length);
+      // Plain again for the same batch: kept twice as long.
+      const again = kept !== undefined && kept.batch === seqs.length;
+      this.plainChoice = size === 0 ? { batch: seqs.length, uses: 1, limit: again ? Math.min(MAX_PLAIN_CHOICE_USES, 2 * kept.limit) : PLAIN_CHOICE_USES } : undefined;
     }
     for (const st of states) {
       let k = Math.max(this.minK, size);
@@ -172,6 +182,11 @@ export class DraftModelSpeculator implements Speculator {
     }
   }
 
+  /** 'cost' mode: the draft length that maximises expected tokens per second now (0: plain). */
+  private weighK(cost: ForwardCost, draft: ChainCost, batch: number): number {
+    return chooseChainLength((i) => this.rates.rate(i), this.maxK, stepCost(cost, batch, (nodes) => draft.cost(nodes - 1))).size;
+  }
+
   /**
    * 'cost' mode, after a plain choice for every sequence: this step and the steps after it that are
    * sure to be plain too -- the plain choice's remaining uses, and no sequence due to probe.
@@ -179,7 +194,7 @@ export class DraftModelSpeculator implements Speculator {
   private plainStepsAhead(states: readonly DraftState[]): number {
     const kept = this.plainChoice;
     if (!kept || this.minK > 0) return 1;
-    let ahead = PLAIN_CHOICE_USES - kept.uses;
+    let ahead = kept.limit - kept.uses;
     for (const st of states) ahead = Math.min(ahead, this.probeAfter - st.plainRun);
     return 1 + Math.max(0, ahead);
   }
@@ -207,7 +222,7 @@ export class DraftModelSpeculator implements Speculator {
   }
 
   /** 'cost' mode: a plain choice still in use (see chooseK). */
-  private plainChoice: { readonly batch: number; uses: number } | undefined;
+  private plainChoice: { readonly batch: number; uses: number; readonly limit: number } | undefined;
 
   private state(s: SpecSequence): DraftState {
     let st = this.states.get(s.key);

@@ -167,6 +167,12 @@ SPECDEC_AVX2 void scores_avx2(const float* q, const char* const* k, int64_t n, i
   }
 }
 
+// a[r][i] += q[r] * k[i] for two rows and four slots: one d step of scores2_avx2.
+SPECDEC_AVX2 inline void fma_2x4(__m256 (&a)[2][4], const __m256 (&q)[2], const __m256 (&k)[4]) {
+  for (int r = 0; r < 2; ++r)
+    for (int i = 0; i < 4; ++i) a[r][i] = _mm256_fmadd_ps(q[r], k[i], a[r][i]);
+}
+
 // scores_avx2 for two rows at once: the four-slot groups share their K loads; the rest of the
 // slots go row by row through scores_avx2 (its one-slot loop: the same operations).
 template <DType KT>
@@ -180,30 +186,15 @@ SPECDEC_AVX2 void scores2_avx2(const float* q0, const float* q1, const char* con
     for (int r = 0; r < 2; ++r)
       for (int i = 0; i < 4; ++i) a[r][i] = _mm256_setzero_ps();
     for (int64_t d = 0; d < D8; d += kLanes) {
-      const __m256 k0 = load8<KT>(k[t], d), k1 = load8<KT>(k[t + 1], d), k2 = load8<KT>(k[t + 2], d),
-                   k3 = load8<KT>(k[t + 3], d);
-      const __m256 qa = _mm256_loadu_ps(q0 + d), qb = _mm256_loadu_ps(q1 + d);
-      a[0][0] = _mm256_fmadd_ps(qa, k0, a[0][0]);
-      a[0][1] = _mm256_fmadd_ps(qa, k1, a[0][1]);
-      a[0][2] = _mm256_fmadd_ps(qa, k2, a[0][2]);
-      a[0][3] = _mm256_fmadd_ps(qa, k3, a[0][3]);
-      a[1][0] = _mm256_fmadd_ps(qb, k0, a[1][0]);
-      a[1][1] = _mm256_fmadd_ps(qb, k1, a[1][1]);
-      a[1][2] = _mm256_fmadd_ps(qb, k2, a[1][2]);
-      a[1][3] = _mm256_fmadd_ps(qb, k3, a[1][3]);
+      const __m256 kv[4] = {load8<KT>(k[t], d), load8<KT>(k[t + 1], d), load8<KT>(k[t + 2], d), load8<KT>(k[t + 3], d)};
+      const __m256 qv[2] = {_mm256_loadu_ps(q0 + d), _mm256_loadu_ps(q1 + d)};
+      fma_2x4(a, qv, kv);
     }
     if (rem) {
-      const __m256 k0 = load8_tail<KT>(k[t], D8, rem), k1 = load8_tail<KT>(k[t + 1], D8, rem),
-                   k2 = load8_tail<KT>(k[t + 2], D8, rem), k3 = load8_tail<KT>(k[t + 3], D8, rem);
-      const __m256 qa = _mm256_loadu_ps(q0 + D8), qb = _mm256_loadu_ps(q1 + D8);
-      a[0][0] = _mm256_fmadd_ps(qa, k0, a[0][0]);
-      a[0][1] = _mm256_fmadd_ps(qa, k1, a[0][1]);
-      a[0][2] = _mm256_fmadd_ps(qa, k2, a[0][2]);
-      a[0][3] = _mm256_fmadd_ps(qa, k3, a[0][3]);
-      a[1][0] = _mm256_fmadd_ps(qb, k0, a[1][0]);
-      a[1][1] = _mm256_fmadd_ps(qb, k1, a[1][1]);
-      a[1][2] = _mm256_fmadd_ps(qb, k2, a[1][2]);
-      a[1][3] = _mm256_fmadd_ps(qb, k3, a[1][3]);
+      const __m256 kv[4] = {load8_tail<KT>(k[t], D8, rem), load8_tail<KT>(k[t + 1], D8, rem),
+                            load8_tail<KT>(k[t + 2], D8, rem), load8_tail<KT>(k[t + 3], D8, rem)};
+      const __m256 qv[2] = {_mm256_loadu_ps(q0 + D8), _mm256_loadu_ps(q1 + D8)};
+      fma_2x4(a, qv, kv);
     }
     _mm_storeu_ps(out0 + t, _mm_mul_ps(hsum4(a[0][0], a[0][1], a[0][2], a[0][3]), sc));
     _mm_storeu_ps(out1 + t, _mm_mul_ps(hsum4(a[1][0], a[1][1], a[1][2], a[1][3]), sc));

@@ -129,9 +129,13 @@ function sliceSpent(max: number): boolean {
   return max !== 0 && !loopTurned && performance.now() - sliceStart >= SYNC_SLICE_MS;
 }
 
-/** One event-loop turn; the slice's own setImmediate, queued before this one, has run by then. */
-function loopTurn(): Promise<void> {
-  return new Promise<void>((resolve) => setImmediate(resolve));
+/**
+ * One event-loop turn (the slice's own setImmediate, queued before this one, has run by then),
+ * then the call's abort signal again: an abort may have come in during the turn.
+ */
+async function loopTurn(signal: AbortSignal | undefined): Promise<void> {
+  await new Promise<void>((resolve) => setImmediate(resolve));
+  signal?.throwIfAborted();
 }
 
 export class LlamaModel implements CausalLM {
@@ -214,10 +218,7 @@ export class LlamaModel implements CausalLM {
     this.busy = true;
     let r: SpecdecNative.LlamaNativeForward;
     try {
-      if (sliceSpent(this.syncForwardMaxMacs)) {
-        await loopTurn();
-        options.signal?.throwIfAborted();
-      }
+      if (sliceSpent(this.syncForwardMaxMacs)) await loopTurn(options.signal);
       r = await handle.forward(inputs.map(nativeInput), options.hidden === true, syncLimit(this.syncForwardMaxMacs), options.stage, options.lastLogitsOnly === true);
     } finally {
       this.busy = false;
@@ -242,10 +243,7 @@ export class LlamaModel implements CausalLM {
     checkSteps(steps, inputs.length);
     this.busy = true;
     try {
-      if (sliceSpent(this.syncForwardMaxMacs)) {
-        await loopTurn();
-        options.signal?.throwIfAborted();
-      }
+      if (sliceSpent(this.syncForwardMaxMacs)) await loopTurn(options.signal);
       return await handle.greedyChain(inputs.map(nativeInput), Int32Array.from(steps), syncLimit(this.syncForwardMaxMacs));
     } finally {
       this.busy = false;
@@ -258,10 +256,7 @@ export class LlamaModel implements CausalLM {
     checkSteps(steps, inputs.length);
     this.busy = true;
     try {
-      if (sliceSpent(this.syncForwardMaxMacs)) {
-        await loopTurn();
-        options.signal?.throwIfAborted();
-      }
+      if (sliceSpent(this.syncForwardMaxMacs)) await loopTurn(options.signal);
       return asTensor(await handle.greedyChainOnDevice(inputs.map(nativeInput), Int32Array.from(steps), syncLimit(this.syncForwardMaxMacs)));
     } finally {
       this.busy = false;
@@ -294,10 +289,7 @@ export class LlamaModel implements CausalLM {
     const flat = BigUint64Array.from(offsets.flat());
     this.busy = true;
     try {
-      if (sliceSpent(this.syncForwardMaxMacs)) {
-        await loopTurn();
-        options.signal?.throwIfAborted();
-      }
+      if (sliceSpent(this.syncForwardMaxMacs)) await loopTurn(options.signal);
       const args = [inputs.map(nativeInput), Int32Array.from(steps), resolveSamplingOptions(sampling), BigUint64Array.from(seeds), flat, syncLimit(this.syncForwardMaxMacs)] as const;
       // (One of the two shapes, per name: picks for sampledChain, ids for sampledChainOnDevice.)
       return (await (name === 'sampledChain' ? handle.sampledChain(...args) : handle.sampledChainOnDevice(...args))) as { picks: Int32Array[]; ids: SpecdecNative.Tensor; q: SpecdecNative.Tensor };

@@ -135,81 +135,61 @@ SPECDEC_AVX2 inline __m256 load8_tail(const char* p, int64_t d, int64_t rem) {
 
 using simd::hsum4;
 
-template <DType KT>
-SPECDEC_AVX2 void scores_avx2(const float* q, const char* const* k, int64_t n, int64_t D, float scale, float* out) {
-  const int64_t D8 = D & ~(kLanes - 1), rem = D - D8;
-  const __m128 sc = _mm_set1_ps(scale);
-  int64_t t = 0;
-  // Four slots at a time for ILP; each slot's lanes see exactly the operations of the 1-slot loop.
-  for (; t + 4 <= n; t += 4) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    for (int64_t d = 0; d < D8; d += kLanes) {
-      const __m256 qv = _mm256_loadu_ps(q + d);
-      a0 = _mm256_fmadd_ps(qv, load8<KT>(k[t], d), a0);
-      a1 = _mm256_fmadd_ps(qv, load8<KT>(k[t + 1], d), a1);
-      a2 = _mm256_fmadd_ps(qv, load8<KT>(k[t + 2], d), a2);
-      a3 = _mm256_fmadd_ps(qv, load8<KT>(k[t + 3], d), a3);
-    }
-    if (rem) {
-      const __m256 qv = _mm256_loadu_ps(q + D8);
-      a0 = _mm256_fmadd_ps(qv, load8_tail<KT>(k[t], D8, rem), a0);
-      a1 = _mm256_fmadd_ps(qv, load8_tail<KT>(k[t + 1], D8, rem), a1);
-      a2 = _mm256_fmadd_ps(qv, load8_tail<KT>(k[t + 2], D8, rem), a2);
-      a3 = _mm256_fmadd_ps(qv, load8_tail<KT>(k[t + 3], D8, rem), a3);
-    }
-    _mm_storeu_ps(out + t, _mm_mul_ps(hsum4(a0, a1, a2, a3), sc));
-  }
-  for (; t < n; ++t) {
-    __m256 a0 = _mm256_setzero_ps();
-    for (int64_t d = 0; d < D8; d += kLanes) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), load8<KT>(k[t], d), a0);
-    if (rem) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + D8), load8_tail<KT>(k[t], D8, rem), a0);
-    out[t] = _mm_cvtss_f32(_mm_mul_ps(hsum4(a0, a0, a0, a0), sc));
+// a[r][i] += q_r[d..d+8) * k[i] for RB rows (q + r ldq) and four slots: one d step.
+template <int RB>
+SPECDEC_AVX2 inline __attribute__((always_inline)) void fma_rows4(__m256 (&a)[RB][4], const float* q, int64_t ldq,
+                                                                 int64_t d, const __m256 (&k)[4]) {
+  for (int r = 0; r < RB; ++r) {
+    const __m256 qv = _mm256_loadu_ps(q + r * ldq + d);
+    for (int i = 0; i < 4; ++i) a[r][i] = _mm256_fmadd_ps(qv, k[i], a[r][i]);
   }
 }
 
-// a[r][i] += q[r] * k[i] for two rows and four slots: one d step of scores2_avx2.
-SPECDEC_AVX2 inline void fma_2x4(__m256 (&a)[2][4], const __m256 (&q)[2], const __m256 (&k)[4]) {
-  for (int r = 0; r < 2; ++r)
-    for (int i = 0; i < 4; ++i) a[r][i] = _mm256_fmadd_ps(q[r], k[i], a[r][i]);
-}
-
-// scores_avx2 for two rows at once: the four-slot groups share their K loads; the rest of the
-// slots go row by row through scores_avx2 (its one-slot loop: the same operations).
-template <DType KT>
-SPECDEC_AVX2 void scores2_avx2(const float* q0, const float* q1, const char* const* k, int64_t n, int64_t D,
-                                float scale, float* out0, float* out1) {
+// RB rows (q + r ldq, out + r ldo) against the same slots: four slots at a time for ILP, their K
+// loads shared by the rows, then the rest one slot at a time; each slot's lanes see exactly the
+// operations of the one-slot loop.
+template <DType KT, int RB>
+SPECDEC_AVX2 void scores_rb_avx2(const float* q, int64_t ldq, const char* const* k, int64_t n, int64_t D, float scale,
+                                 float* out, int64_t ldo) {
   const int64_t D8 = D & ~(kLanes - 1), rem = D - D8;
   const __m128 sc = _mm_set1_ps(scale);
   int64_t t = 0;
   for (; t + 4 <= n; t += 4) {
-    __m256 a[2][4];
-    for (int r = 0; r < 2; ++r)
+    __m256 a[RB][4];
+    for (int r = 0; r < RB; ++r)
       for (int i = 0; i < 4; ++i) a[r][i] = _mm256_setzero_ps();
     for (int64_t d = 0; d < D8; d += kLanes) {
       const __m256 kv[4] = {load8<KT>(k[t], d), load8<KT>(k[t + 1], d), load8<KT>(k[t + 2], d), load8<KT>(k[t + 3], d)};
-      const __m256 qv[2] = {_mm256_loadu_ps(q0 + d), _mm256_loadu_ps(q1 + d)};
-      fma_2x4(a, qv, kv);
+      fma_rows4<RB>(a, q, ldq, d, kv);
     }
     if (rem) {
       const __m256 kv[4] = {load8_tail<KT>(k[t], D8, rem), load8_tail<KT>(k[t + 1], D8, rem),
                             load8_tail<KT>(k[t + 2], D8, rem), load8_tail<KT>(k[t + 3], D8, rem)};
-      const __m256 qv[2] = {_mm256_loadu_ps(q0 + D8), _mm256_loadu_ps(q1 + D8)};
-      fma_2x4(a, qv, kv);
+      fma_rows4<RB>(a, q, ldq, D8, kv);
     }
-    _mm_storeu_ps(out0 + t, _mm_mul_ps(hsum4(a[0][0], a[0][1], a[0][2], a[0][3]), sc));
-    _mm_storeu_ps(out1 + t, _mm_mul_ps(hsum4(a[1][0], a[1][1], a[1][2], a[1][3]), sc));
+    for (int r = 0; r < RB; ++r) _mm_storeu_ps(out + r * ldo + t, _mm_mul_ps(hsum4(a[r][0], a[r][1], a[r][2], a[r][3]), sc));
   }
-  if (t < n) {
-    scores_avx2<KT>(q0, k + t, n - t, D, scale, out0 + t);
-    scores_avx2<KT>(q1, k + t, n - t, D, scale, out1 + t);
+  for (int r = 0; r < RB; ++r) {
+    const float* qr = q + r * ldq;
+    for (int64_t u = t; u < n; ++u) {
+      __m256 a0 = _mm256_setzero_ps();
+      for (int64_t d = 0; d < D8; d += kLanes) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qr + d), load8<KT>(k[u], d), a0);
+      if (rem) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qr + D8), load8_tail<KT>(k[u], D8, rem), a0);
+      out[r * ldo + u] = _mm_cvtss_f32(_mm_mul_ps(hsum4(a0, a0, a0, a0), sc));
+    }
   }
+}
+
+template <DType KT>
+SPECDEC_AVX2 void scores_avx2(const float* q, const char* const* k, int64_t n, int64_t D, float scale, float* out) {
+  scores_rb_avx2<KT, 1>(q, 0, k, n, D, scale, out, 0);
 }
 
 template <DType KT>
 SPECDEC_AVX2 void scores_rows_avx2(const float* q, int64_t ldq, int R, const char* const* k, int64_t n, int64_t D,
                                    float scale, float* out, int64_t ldo) {
   int r = 0;
-  for (; r + 2 <= R; r += 2) scores2_avx2<KT>(q + r * ldq, q + (r + 1) * ldq, k, n, D, scale, out + r * ldo, out + (r + 1) * ldo);
+  for (; r + 2 <= R; r += 2) scores_rb_avx2<KT, 2>(q + r * ldq, ldq, k, n, D, scale, out + r * ldo, ldo);
   if (r < R) scores_avx2<KT>(q + r * ldq, k, n, D, scale, out + r * ldo);
 }
 
@@ -240,26 +220,10 @@ SPECDEC_AVX2 float softmax_avx2(float* s, int64_t n) {
   return _mm_cvtss_f32(hsum4(l, l, l, l));
 }
 
-// axpy over dims [d0, D).
+// axpy over dims [d0, D) eight at a time (d0 a multiple of 8): the dims past the wide chunks.
 template <DType KT>
 SPECDEC_AVX2 void axpy_avx2_from(float* acc, const float* p, const char* const* v, int64_t n, int64_t D, int64_t d0) {
   const int64_t D8 = D & ~(kLanes - 1), rem = D - D8;
-  // 32 accumulator floats stay in registers over all n slots.
-  for (; d0 + 4 * kLanes <= D8; d0 += 4 * kLanes) {
-    __m256 a0 = _mm256_loadu_ps(acc + d0), a1 = _mm256_loadu_ps(acc + d0 + 8), a2 = _mm256_loadu_ps(acc + d0 + 16),
-           a3 = _mm256_loadu_ps(acc + d0 + 24);
-    for (int64_t t = 0; t < n; ++t) {
-      const __m256 pv = _mm256_broadcast_ss(p + t);
-      a0 = _mm256_fmadd_ps(pv, load8<KT>(v[t], d0), a0);
-      a1 = _mm256_fmadd_ps(pv, load8<KT>(v[t], d0 + 8), a1);
-      a2 = _mm256_fmadd_ps(pv, load8<KT>(v[t], d0 + 16), a2);
-      a3 = _mm256_fmadd_ps(pv, load8<KT>(v[t], d0 + 24), a3);
-    }
-    _mm256_storeu_ps(acc + d0, a0);
-    _mm256_storeu_ps(acc + d0 + 8, a1);
-    _mm256_storeu_ps(acc + d0 + 16, a2);
-    _mm256_storeu_ps(acc + d0 + 24, a3);
-  }
   for (; d0 < D8; d0 += kLanes) {
     __m256 a0 = _mm256_loadu_ps(acc + d0);
     for (int64_t t = 0; t < n; ++t) a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p + t), load8<KT>(v[t], d0), a0);
@@ -272,52 +236,42 @@ SPECDEC_AVX2 void axpy_avx2_from(float* acc, const float* p, const char* const* 
   }
 }
 
-template <DType KT>
-SPECDEC_AVX2 void axpy_avx2(float* acc, const float* p, const char* const* v, int64_t n, int64_t D) {
-  axpy_avx2_from<KT>(acc, p, v, n, D, 0);
+// RB rows (acc + r lda, p + r ldp) against the same slots: 32-dim chunks whose accumulators stay in
+// registers over all n slots, each V load shared by the rows; then each row's remaining dims (each
+// dim's sum is independent of the others).
+template <DType KT, int RB>
+SPECDEC_AVX2 void axpy_rb_avx2(float* acc, int64_t lda, const float* p, int64_t ldp, const char* const* v, int64_t n,
+                               int64_t D) {
+  const int64_t D32 = (D & ~(kLanes - 1)) / (4 * kLanes) * (4 * kLanes);
+  for (int64_t d0 = 0; d0 < D32; d0 += 4 * kLanes) {
+    __m256 a[RB][4];
+    for (int r = 0; r < RB; ++r)
+      for (int i = 0; i < 4; ++i) a[r][i] = _mm256_loadu_ps(acc + r * lda + d0 + i * kLanes);
+    for (int64_t t = 0; t < n; ++t) {
+      __m256 vv[4];
+      for (int i = 0; i < 4; ++i) vv[i] = load8<KT>(v[t], d0 + i * kLanes);
+      for (int r = 0; r < RB; ++r) {
+        const __m256 pv = _mm256_broadcast_ss(p + r * ldp + t);
+        for (int i = 0; i < 4; ++i) a[r][i] = _mm256_fmadd_ps(pv, vv[i], a[r][i]);
+      }
+    }
+    for (int r = 0; r < RB; ++r)
+      for (int i = 0; i < 4; ++i) _mm256_storeu_ps(acc + r * lda + d0 + i * kLanes, a[r][i]);
+  }
+  if (D32 < D)
+    for (int r = 0; r < RB; ++r) axpy_avx2_from<KT>(acc + r * lda, p + r * ldp, v, n, D, D32);
 }
 
-// axpy_avx2 for two rows at once over the 32-dim chunks (V loads shared), then row by row from
-// where the chunks end (each dim's sums are independent of the others).
+template <DType KT>
+SPECDEC_AVX2 void axpy_avx2(float* acc, const float* p, const char* const* v, int64_t n, int64_t D) {
+  axpy_rb_avx2<KT, 1>(acc, 0, p, 0, v, n, D);
+}
+
 template <DType KT>
 SPECDEC_AVX2 void axpy_rows_avx2(float* acc, int64_t lda, const float* p, int64_t ldp, int R, const char* const* v,
                                  int64_t n, int64_t D) {
-  const int64_t D32 = (D & ~(kLanes - 1)) / (4 * kLanes) * (4 * kLanes);
   int r = 0;
-  for (; r + 2 <= R; r += 2) {
-    float* c0 = acc + r * lda;
-    float* c1 = c0 + lda;
-    const float* p0 = p + r * ldp;
-    const float* p1 = p0 + ldp;
-    for (int64_t d0 = 0; d0 < D32; d0 += 4 * kLanes) {
-      __m256 a[2][4];
-      for (int i = 0; i < 4; ++i) {
-        a[0][i] = _mm256_loadu_ps(c0 + d0 + i * kLanes);
-        a[1][i] = _mm256_loadu_ps(c1 + d0 + i * kLanes);
-      }
-      for (int64_t t = 0; t < n; ++t) {
-        const __m256 v0 = load8<KT>(v[t], d0), v1 = load8<KT>(v[t], d0 + 8), v2 = load8<KT>(v[t], d0 + 16),
-                     v3 = load8<KT>(v[t], d0 + 24);
-        const __m256 pa = _mm256_broadcast_ss(p0 + t), pb = _mm256_broadcast_ss(p1 + t);
-        a[0][0] = _mm256_fmadd_ps(pa, v0, a[0][0]);
-        a[0][1] = _mm256_fmadd_ps(pa, v1, a[0][1]);
-        a[0][2] = _mm256_fmadd_ps(pa, v2, a[0][2]);
-        a[0][3] = _mm256_fmadd_ps(pa, v3, a[0][3]);
-        a[1][0] = _mm256_fmadd_ps(pb, v0, a[1][0]);
-        a[1][1] = _mm256_fmadd_ps(pb, v1, a[1][1]);
-        a[1][2] = _mm256_fmadd_ps(pb, v2, a[1][2]);
-        a[1][3] = _mm256_fmadd_ps(pb, v3, a[1][3]);
-      }
-      for (int i = 0; i < 4; ++i) {
-        _mm256_storeu_ps(c0 + d0 + i * kLanes, a[0][i]);
-        _mm256_storeu_ps(c1 + d0 + i * kLanes, a[1][i]);
-      }
-    }
-    if (D32 < D) {
-      axpy_avx2_from<KT>(c0, p0, v, n, D, D32);
-      axpy_avx2_from<KT>(c1, p1, v, n, D, D32);
-    }
-  }
+  for (; r + 2 <= R; r += 2) axpy_rb_avx2<KT, 2>(acc + r * lda, lda, p + r * ldp, ldp, v, n, D);
   if (r < R) axpy_avx2<KT>(acc + r * lda, p + r * ldp, v, n, D);
 }
 
@@ -341,72 +295,23 @@ SPECDEC_AVX512 inline __m512 join8(__m256 lo, __m256 hi) {
 SPECDEC_AVX512 inline __m256 half_lo(__m512 v) { return _mm512_castps512_ps256(v); }
 SPECDEC_AVX512 inline __m256 half_hi(__m512 v) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)); }
 
-template <DType KT>
-SPECDEC_AVX512 void scores_avx512(const float* q, const char* const* k, int64_t n, int64_t D, float scale, float* out) {
-  const int64_t D8 = D & ~(kLanes - 1), rem = D - D8;
-  const __m128 sc = _mm_set1_ps(scale);
-  int64_t t = 0;
-  // Eight slots at a time: register i holds slots t + 2i (low half) and t + 2i + 1 (high half).
-  for (; t + 8 <= n; t += 8) {
-    __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-    for (int64_t d = 0; d < D8; d += kLanes) {
-      const __m256 q8 = _mm256_loadu_ps(q + d);
-      const __m512 qv = join8(q8, q8);
-      for (int i = 0; i < 4; ++i)
-        a[i] = _mm512_fmadd_ps(qv, join8(load8<KT>(k[t + 2 * i], d), load8<KT>(k[t + 2 * i + 1], d)), a[i]);
-    }
-    if (rem) {
-      const __m256 q8 = _mm256_loadu_ps(q + D8);
-      const __m512 qv = join8(q8, q8);
-      for (int i = 0; i < 4; ++i)
-        a[i] = _mm512_fmadd_ps(qv, join8(load8_tail<KT>(k[t + 2 * i], D8, rem), load8_tail<KT>(k[t + 2 * i + 1], D8, rem)), a[i]);
-    }
-    _mm_storeu_ps(out + t, _mm_mul_ps(hsum4(half_lo(a[0]), half_hi(a[0]), half_lo(a[1]), half_hi(a[1])), sc));
-    _mm_storeu_ps(out + t + 4, _mm_mul_ps(hsum4(half_lo(a[2]), half_hi(a[2]), half_lo(a[3]), half_hi(a[3])), sc));
-  }
-  if (t < n) scores_avx2<KT>(q, k + t, n - t, D, scale, out + t);
-}
-
-// axpy over dims [d0, D), d0 a multiple of 16.
-template <DType KT>
-SPECDEC_AVX512 void axpy_avx512_from(float* acc, const float* p, const char* const* v, int64_t n, int64_t D, int64_t d0) {
-  constexpr int64_t W = 16;
-  const int64_t D16 = D & ~(W - 1);
-  // 64 accumulator floats in registers over all n slots.
-  for (; d0 + 4 * W <= D16; d0 += 4 * W) {
-    __m512 a0 = _mm512_loadu_ps(acc + d0), a1 = _mm512_loadu_ps(acc + d0 + 16), a2 = _mm512_loadu_ps(acc + d0 + 32),
-           a3 = _mm512_loadu_ps(acc + d0 + 48);
-    for (int64_t t = 0; t < n; ++t) {
-      const __m512 pv = _mm512_set1_ps(p[t]);
-      a0 = _mm512_fmadd_ps(pv, simd::load16<KT>(v[t], d0), a0);
-      a1 = _mm512_fmadd_ps(pv, simd::load16<KT>(v[t], d0 + 16), a1);
-      a2 = _mm512_fmadd_ps(pv, simd::load16<KT>(v[t], d0 + 32), a2);
-      a3 = _mm512_fmadd_ps(pv, simd::load16<KT>(v[t], d0 + 48), a3);
-    }
-    _mm512_storeu_ps(acc + d0, a0);
-    _mm512_storeu_ps(acc + d0 + 16, a1);
-    _mm512_storeu_ps(acc + d0 + 32, a2);
-    _mm512_storeu_ps(acc + d0 + 48, a3);
-  }
-  for (; d0 < D16; d0 += W) {
-    __m512 a0 = _mm512_loadu_ps(acc + d0);
-    for (int64_t t = 0; t < n; ++t) a0 = _mm512_fmadd_ps(_mm512_set1_ps(p[t]), simd::load16<KT>(v[t], d0), a0);
-    _mm512_storeu_ps(acc + d0, a0);
-  }
-  if (d0 < D) axpy_avx2_from<KT>(acc, p, v, n, D, d0);
-}
-
-template <DType KT>
-SPECDEC_AVX512 void axpy_avx512(float* acc, const float* p, const char* const* v, int64_t n, int64_t D) {
-  axpy_avx512_from<KT>(acc, p, v, n, D, 0);
-}
-
-// [q8 | q8] from memory: the q operand of scores_avx512's registers, one load, no shuffle.
+// [q8 | q8] from memory: a row's q operand against two slots, one load, no shuffle.
 SPECDEC_AVX512 inline __m512 dup8(const float* q) {
   return _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(_mm256_loadu_ps(q))));
 }
 
-// scores_avx512 for RB rows at once: each eight-slot group's joined K registers serve every row.
+// a[r][i] += [q_r | q_r] * k[i] for RB rows (q + r ldq, dims [d, d + 8)) and four slot pairs.
+template <int RB>
+SPECDEC_AVX512 inline __attribute__((always_inline)) void fma_rows4_512(__m512 (&a)[RB][4], const float* q, int64_t ldq,
+                                                                       int64_t d, const __m512 (&k)[4]) {
+  for (int r = 0; r < RB; ++r) {
+    const __m512 qv = dup8(q + r * ldq + d);
+    for (int i = 0; i < 4; ++i) a[r][i] = _mm512_fmadd_ps(qv, k[i], a[r][i]);
+  }
+}
+
+// RB rows against the same slots, eight at a time: register i holds slots t + 2i (low half) and
+// t + 2i + 1 (high half), each joined K register serving every row; the rest through the AVX2 kernel.
 template <DType KT, int RB>
 SPECDEC_AVX512 void scores_rb_avx512(const float* q, int64_t ldq, const char* const* k, int64_t n, int64_t D,
                                      float scale, float* out, int64_t ldo) {
@@ -420,19 +325,13 @@ SPECDEC_AVX512 void scores_rb_avx512(const float* q, int64_t ldq, const char* co
     for (int64_t d = 0; d < D8; d += kLanes) {
       __m512 kv[4];
       for (int i = 0; i < 4; ++i) kv[i] = join8(load8<KT>(k[t + 2 * i], d), load8<KT>(k[t + 2 * i + 1], d));
-      for (int r = 0; r < RB; ++r) {
-        const __m512 qv = dup8(q + r * ldq + d);
-        for (int i = 0; i < 4; ++i) a[r][i] = _mm512_fmadd_ps(qv, kv[i], a[r][i]);
-      }
+      fma_rows4_512<RB>(a, q, ldq, d, kv);
     }
     if (rem) {
       __m512 kv[4];
       for (int i = 0; i < 4; ++i)
         kv[i] = join8(load8_tail<KT>(k[t + 2 * i], D8, rem), load8_tail<KT>(k[t + 2 * i + 1], D8, rem));
-      for (int r = 0; r < RB; ++r) {
-        const __m512 qv = dup8(q + r * ldq + D8);
-        for (int i = 0; i < 4; ++i) a[r][i] = _mm512_fmadd_ps(qv, kv[i], a[r][i]);
-      }
+      fma_rows4_512<RB>(a, q, ldq, D8, kv);
     }
     for (int r = 0; r < RB; ++r) {
       float* o = out + r * ldo + t;
@@ -440,8 +339,14 @@ SPECDEC_AVX512 void scores_rb_avx512(const float* q, int64_t ldq, const char* co
       _mm_storeu_ps(o + 4, _mm_mul_ps(hsum4(half_lo(a[r][2]), half_hi(a[r][2]), half_lo(a[r][3]), half_hi(a[r][3])), sc));
     }
   }
+  // (Row by row: four rows' AVX2 accumulators would not fit the 16 ymm registers.)
   if (t < n)
     for (int r = 0; r < RB; ++r) scores_avx2<KT>(q + r * ldq, k + t, n - t, D, scale, out + r * ldo + t);
+}
+
+template <DType KT>
+SPECDEC_AVX512 void scores_avx512(const float* q, const char* const* k, int64_t n, int64_t D, float scale, float* out) {
+  scores_rb_avx512<KT, 1>(q, 0, k, n, D, scale, out, 0);
 }
 
 template <DType KT>
@@ -456,13 +361,14 @@ SPECDEC_AVX512 void scores_rows_avx512(const float* q, int64_t ldq, int R, const
   }
 }
 
-// axpy_avx512 for RB rows at once over the 64-dim chunks (V loads shared), then row by row from
-// where the chunks end.
+// RB rows against the same slots: 64-dim chunks whose accumulators stay in registers over all n
+// slots, each V load shared by the rows; then each row's remaining dims 16 at a time, and the
+// last 8-lane rest through the AVX2 kernel.
 template <DType KT, int RB>
 SPECDEC_AVX512 void axpy_rb_avx512(float* acc, int64_t lda, const float* p, int64_t ldp, const char* const* v,
                                    int64_t n, int64_t D) {
   constexpr int64_t W = 16;
-  const int64_t D64 = (D & ~(W - 1)) / (4 * W) * (4 * W);
+  const int64_t D16 = D & ~(W - 1), D64 = D16 / (4 * W) * (4 * W);
   for (int64_t d0 = 0; d0 < D64; d0 += 4 * W) {
     __m512 a[RB][4];
     for (int r = 0; r < RB; ++r)
@@ -478,8 +384,21 @@ SPECDEC_AVX512 void axpy_rb_avx512(float* acc, int64_t lda, const float* p, int6
     for (int r = 0; r < RB; ++r)
       for (int i = 0; i < 4; ++i) _mm512_storeu_ps(acc + r * lda + d0 + i * W, a[r][i]);
   }
-  if (D64 < D)
-    for (int r = 0; r < RB; ++r) axpy_avx512_from<KT>(acc + r * lda, p + r * ldp, v, n, D, D64);
+  for (int r = 0; r < RB; ++r) {
+    float* ar = acc + r * lda;
+    const float* pr = p + r * ldp;
+    for (int64_t d0 = D64; d0 < D16; d0 += W) {
+      __m512 a0 = _mm512_loadu_ps(ar + d0);
+      for (int64_t t = 0; t < n; ++t) a0 = _mm512_fmadd_ps(_mm512_set1_ps(pr[t]), simd::load16<KT>(v[t], d0), a0);
+      _mm512_storeu_ps(ar + d0, a0);
+    }
+    if (D16 < D) axpy_avx2_from<KT>(ar, pr, v, n, D, D16);
+  }
+}
+
+template <DType KT>
+SPECDEC_AVX512 void axpy_avx512(float* acc, const float* p, const char* const* v, int64_t n, int64_t D) {
+  axpy_rb_avx512<KT, 1>(acc, 0, p, 0, v, n, D);
 }
 
 template <DType KT>

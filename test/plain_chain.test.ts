@@ -218,7 +218,21 @@ describe('plain steps as native chains', function () {
       };
       const ref = await run(plain);
       assert.strictEqual(chains.calls, 0);
-      const got = await run(target);
+      // Plain steps taken one at a time with chains at hand: every sequence's root alone, no hidden
+      // states asked for (a step whose heads run after it needs them, and a chain returns none).
+      const lone: number[] = [];
+      const forward = target.forward.bind(target);
+      (target as { forward: LlamaModel['forward'] }).forward = (inputs, opts) => {
+        if (opts?.hidden !== true && inputs.every((x) => x.tokens.length === 1)) lone.push(inputs.length);
+        return forward(inputs, opts);
+      };
+      let got: Awaited<ReturnType<typeof run>>;
+      try {
+        got = await run(target);
+      } finally {
+        delete (target as { forward?: unknown }).forward;
+      }
+      assert.deepStrictEqual(lone, [], 'plain steps outside the chains (batch sizes)');
       assert.deepStrictEqual(got.tokens, ref.tokens);
       assert.deepStrictEqual(got.stats, ref.stats, 'the same choices step by step');
       if (Array.isArray(ref.trace)) {

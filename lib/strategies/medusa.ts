@@ -379,7 +379,10 @@ export class MedusaSpeculator implements Speculator {
   private plainStepsAhead(seqs: readonly SpecSequence[], proposals: readonly Proposal[]): number {
     const p = this.planned;
     if (!p || p.speculate || p.batch !== seqs.length) return 0;
-    let steps = PLAIN_PLAN_USES - p.age;
+    // This step is the plan's use p.age; it has PLAIN_PLAN_USES - p.age uses left after it. (Without
+    // the step itself, the plan's last use came back as 0: a step out of the chain, forward and
+    // commit apart, every PLAIN_PLAN_USES plain steps.)
+    let steps = 1 + PLAIN_PLAN_USES - p.age;
     for (let b = 0; b < seqs.length; b++) {
       if ((proposals[b] as Proposal).tokens.length !== 1) return 0;
       // After update j of the chain the run is run + j; the heads are wanted once it reaches probeAfter.

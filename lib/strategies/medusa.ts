@@ -217,10 +217,13 @@ export class MedusaSpeculator implements Speculator {
   private hiddenThisStep = true;
   /** A propose() of this step has set hiddenThisStep (the engine's parts each propose, then one forward). */
   private hiddenDecided = false;
+  /** A part of this step proposed without a sized plan (sampling): it reads every head's candidates. */
+  private unsizedThisStep = false;
   readonly heads: MedusaHeads;
   readonly shape: MedusaTreeShape;
   readonly samplingVerifyMode: 'rejection' | 'typical';
-  private readonly fusedHeads: HeadsOnAccepted;
+  /** The heads the engine runs with the verification: fusedHeads[D - 1] = the first D heads. */
+  private readonly fusedHeads: HeadsOnAccepted[] = [];
   readonly typicalThreshold: number;
   readonly typicalAlpha: number;
   /** Per sequence: top-k candidate ids of each head for the next step ([head][rank]). */
@@ -240,7 +243,8 @@ export class MedusaSpeculator implements Speculator {
    */
   private probeAfter = PROBE_AFTER_PLAIN_STEPS;
   private target: CausalLM | undefined;
-  private planned: { keep: Int32Array; speculate: boolean; batch: number; age: number } | undefined;
+  /** depth: heads the kept subtree reads (its deepest node's depth). */
+  private planned: { keep: Int32Array; speculate: boolean; batch: number; age: number; depth: number } | undefined;
   /** The root and the choice tree's first depth-1 node (a probe's tree). */
   private readonly probeKeep: Int32Array;
 
@@ -261,7 +265,7 @@ export class MedusaSpeculator implements Speculator {
     }
     if (this.shape.topK > this.heads.config.vocabSize) throw codedError('E_ARG', `medusa: choices need top-${this.shape.topK} > vocabulary`);
     // The engine runs the heads at each last accepted node with the verification (one wait a step).
-    this.fusedHeads = { heads: this.heads.weights(this.shape.depth), k: this.shape.topK };
+    for (let d = 1; d <= this.shape.depth; d++) this.fusedHeads.push({ heads: this.heads.weights(d), k: this.shape.topK });
     this.samplingVerifyMode = opts.sampling === 'typical' ? 'typical' : 'rejection';
     this.typicalThreshold = opts.posteriorThreshold ?? 0.09;
     this.typicalAlpha = opts.posteriorAlpha ?? 0.3;
@@ -325,7 +329,9 @@ export class MedusaSpeculator implements Speculator {
     const heads = this.headsSeconds.value();
     const keep = chooseSubtree(this.shape.parents, prob, stepCost(cost, batch)).keep;
     const speculate = chooseSubtree(this.shape.parents, prob, stepCost(cost, batch, (n) => (n > 1 ? heads : 0))).size > 0;
-    this.planned = { keep, speculate, batch, age: 1 };
+    let depth = 1;
+    for (const i of keep) depth = Math.max(depth, (this.shape.head[i] as number) + 1);
+    this.planned = { keep, speculate, batch, age: 1, depth };
     if (speculate) this.probeAfter = PROBE_AFTER_PLAIN_STEPS;
     return this.planned;
   }
@@ -347,6 +353,7 @@ export class MedusaSpeculator implements Speculator {
     const cost = sizingCost(this.sized, this.target, ctx);
     const plan = cost ? this.plan(cost, seqs.length) : undefined;
     const keep = plan?.keep;
+    if (!plan) this.unsizedThisStep = true;
     // The heads run after this step only for a plan that speculates or a sequence due to probe.
     let need = !plan || plan.speculate;
     for (let b = 0; b < seqs.length && !need; b++) need = (this.plainRun.get((seqs[b] as SpecSequence).key) ?? 0) + 1 >= this.probeAfter;
@@ -357,17 +364,24 @@ export class MedusaSpeculator implements Speculator {
         const root = s.history[s.history.length - 1] as number;
         const c = this.cands.get(s.key);
         if (!c || s.maxDepth === 0) return loneRoot(root);
-        const full = medusaTree(this.shape, root, (h, r) => c[h]![r] as number);
+        // Heads past the candidates' (a plan recomputed deeper since they ran) stand in with the root:
+        // their nodes are cut below.
+        const full = medusaTree(this.shape, root, (h, r) => (h < c.length ? (c[h] as Int32Array)[r] as number : root));
         // A probe (the heads ran after probeAfter plain steps) proposes at least the
         // first head's best guess, so that it is a trial of the rates and ends the plain run
         // (with the root alone it ended nothing, and the heads then ran after every step).
         const probe = keep !== undefined && keep.length === 1 && (this.plainRun.get(s.key) ?? 0) >= this.probeAfter;
-        const tree = probe ? selectNodes(full, this.probeKeep) : keep ? selectNodes(full, keep) : full;
+        const tree = probe ? selectNodes(full, this.probeKeep) : keep ? selectNodes(full, c.length >= this.shape.depth ? keep : this.within(keep, c.length)) : full;
         return this.shape.depth > s.maxDepth ? pruneTree(tree, s.maxDepth).tree : tree;
       }),
     };
     const ahead = need || !plan ? 0 : this.plainStepsAhead(seqs, batch.proposals);
     return ahead > 0 ? { proposals: batch.proposals, plainSteps: ahead } : batch;
+  }
+
+  /** The nodes of `keep` that read heads 0..depth-1 only (prefix-closed, as keep is). */
+  private within(keep: Int32Array, depth: number): Int32Array {
+    return keep.filter((i) => (this.shape.head[i] as number) < depth);
   }
 
   /**
@@ -404,6 +418,7 @@ export class MedusaSpeculator implements Speculator {
     if (this.planned) this.planned.age += most - 1;
     this.hiddenThisStep = true;
     this.hiddenDecided = false;
+    this.unsizedThisStep = false;
   }
 
   /**
@@ -411,7 +426,7 @@ export class MedusaSpeculator implements Speculator {
    * topKIds and the engine's headsOnAccepted lay them out).
    */
   private setCands(seqs: readonly SpecSequence[], which: Iterable<number>, ids: Int32Array): void {
-    const K = this.shape.topK, B = seqs.length, D = this.shape.depth;
+    const K = this.shape.topK, B = seqs.length, D = ids.length / (B * K);
     for (const b of which) {
       // Views of the step's ids (a fresh array per call), in a plain loop: Array.from with a map
       // function was most of update()'s time on a small model.
@@ -427,7 +442,14 @@ export class MedusaSpeculator implements Speculator {
    * for the sequences about to probe a tree again).
    */
   get headsOnAccepted(): HeadsOnAccepted | undefined {
-    return this.sized && this.planned && !this.planned.speculate ? undefined : this.fusedHeads;
+    const all = this.fusedHeads[this.shape.depth - 1];
+    const p = this.planned;
+    if (!this.sized || !p || this.unsizedThisStep) return all;
+    if (!p.speculate) return undefined;
+    // Sized: only the heads the plan's subtree reads (a head is a ResBlock and an LM head: on the
+    // widened family 0.12 ms each, beside a 3-4 ms step), and all of them on the plan's last use, so
+    // that the next plan has every head's candidates and every depth's rates stay fed.
+    return p.age >= PLAN_USES ? all : this.fusedHeads[p.depth - 1];
   }
 
   update(seqs: readonly SpecSequence[], report: StepReport, ctx: ProposeContext = {}): void {
@@ -436,6 +458,7 @@ export class MedusaSpeculator implements Speculator {
     } finally {
       this.hiddenThisStep = true;
       this.hiddenDecided = false;
+      this.unsizedThisStep = false;
     }
   }
 

@@ -309,6 +309,36 @@ describe('sized n-gram speculators: weighing skipped after plain choices when it
     }
   });
 
+  it('Medusa (sized) runs only the heads its subtree reads, all of them on the plan\'s last use; greedy output as plain', async () => {
+    // Free up to 3 tokens, dear beyond: one sequence's subtree of at most 3 nodes (<= 2 heads deep).
+    setForwardCost(target, ForwardCost.fromFunction((n) => (n <= 3 ? 1 : 100 * n), { frozen: true }));
+    const heads = MedusaHeads.load(writeMedusaHeads({ numHeads: 4, numLayers: 1, hiddenSize: V * V, vocabSize: V, seed }));
+    try {
+      const sp = new MedusaSpeculator({ heads });
+      const getter = Object.getOwnPropertyDescriptor(MedusaSpeculator.prototype, 'headsOnAccepted')?.get as () => unknown;
+      const ran: number[] = [];
+      Object.defineProperty(sp, 'headsOnAccepted', {
+        get(): unknown {
+          const h = getter.call(sp) as { heads: unknown[] } | undefined;
+          if (h) ran.push(h.heads.length);
+          return h;
+        },
+      });
+      const dec = new SpeculativeDecoder({ target, speculator: sp });
+      const plain = await plainGenerate(target, [prompts[0]!], { maxNewTokens: 80 });
+      const res = await dec.generate(prompts[0]!, { maxNewTokens: 80 }).result;
+      assert.deepStrictEqual(Array.from(res.tokens), Array.from(plain.tokens[0]!));
+      const nodes = Object.keys(res.stats.nodesPerStep).map(Number);
+      assert.ok(nodes.some((n) => n > 1) && Math.max(...nodes) <= 3, `small trees on this curve (sizes ${nodes})`);
+      assert.ok(ran.some((d) => d < 4), `fewer heads than the four while the plan is shallow (${ran})`);
+      assert.ok(ran.includes(4), `all four heads on a plan's last use (${ran})`);
+      assert.ok(ran.filter((d) => d === 4).length <= Math.ceil(ran.length / 4), `all heads on about one step in eight (${ran})`);
+      dec.dispose();
+    } finally {
+      heads.dispose();
+    }
+  });
+
   it('lookahead: weighs nearly every step when weighing is cheap beside a step, a fraction of them when it is dear', async () => {
     const cheap = await weighings(linear());
     const dear = await weighings(ForwardCost.fromFunction((n) => n * 1e-9, { frozen: true }));

@@ -97,9 +97,9 @@ inline void finish_tile(const float* x, const void* w, int64_t K, int64_t K16, c
 constexpr int64_t kPrefetchRows = 16;
 
 template <DType WT>
-inline void prefetch_rows(const void* w, int WR, int64_t K, int64_t k) {
+inline void prefetch_rows(const void* w, int WR, int64_t K, int64_t k, int64_t pf) {
   constexpr int64_t esz = WT == DType::f32 ? 4 : 2, kLine = 64 / esz;
-  const char* ahead = static_cast<const char*>(w) + kPrefetchRows * K * esz;
+  const char* ahead = static_cast<const char*>(w) + pf * K * esz;
   // prefetcht1: L2, see the top. As an asm statement: GCC 12 dropped _mm_prefetch here as dead
   // code, once with an early return instead of the `if`, once inlined into k_span.
   if (k % kLine == 0)
@@ -188,14 +188,14 @@ SPECDEC_AVX2 inline void pair_sums(const __m256* e, const __m256* o, float* sums
 // The K loop of an AVX2 tile over [k0, k1) (multiples of 16), on its E and O registers.
 template <int R, int WR, DType WT, bool kStream>
 SPECDEC_AVX2 inline __attribute__((always_inline)) void k_span(const float* x, const void* w, int64_t K, int64_t k0,
-                                                               int64_t k1, __m256* e, __m256* o) {
+                                                               int64_t k1, __m256* e, __m256* o, int64_t pf) {
   if constexpr (R == 1 && WT == DType::bf16) {
     // One row of x: both halves of x stay in registers, and each weight word is loaded once;
     // the odd half's mask comes from memory (no register left for it).
     alignas(32) static const uint32_t kHigh[8] = {0xffff0000u, 0xffff0000u, 0xffff0000u, 0xffff0000u,
                                                  0xffff0000u, 0xffff0000u, 0xffff0000u, 0xffff0000u};
     for (int64_t k = k0; k < k1; k += kLanes) {
-      if (kStream) prefetch_rows<WT>(w, WR, K, k);
+      if (kStream) prefetch_rows<WT>(w, WR, K, k, pf);
       const __m256 xe = load_x(x + k), xo = load_x(x + k + 8);
       for (int j = 0; j < WR; ++j) {
         __m256i v, odd;
@@ -210,7 +210,7 @@ SPECDEC_AVX2 inline __attribute__((always_inline)) void k_span(const float* x, c
   // The odd half's mask takes a register where 16 are enough (else two shifts).
   constexpr bool kMask = 2 * R * WR + R + 2 <= 16;
   for (int64_t k = k0; k < k1; k += kLanes) {
-    if (kStream) prefetch_rows<WT>(w, WR, K, k);
+    if (kStream) prefetch_rows<WT>(w, WR, K, k, pf);
     __m256 xv[R];
     for (int r = 0; r < R; ++r) xv[r] = load_x(x + r * K + k);
     for (int j = 0; j < WR; ++j) {
@@ -227,12 +227,12 @@ SPECDEC_AVX2 inline __attribute__((always_inline)) void k_span(const float* x, c
 
 // R rows of x (pair order, stride K) against WR weight rows (stride K): out[r * ldo + j] = x[r] . w[j].
 template <int R, int WR, DType WT, bool kStream>
-SPECDEC_AVX2 void tile_avx2(const float* x, const void* w, int64_t K, float* out, int64_t ldo) {
+SPECDEC_AVX2 void tile_avx2(const float* x, const void* w, int64_t K, float* out, int64_t ldo, int64_t pf) {
   __m256 e[R * WR], o[R * WR];
 #pragma GCC unroll 16
   for (int i = 0; i < R * WR; ++i) e[i] = o[i] = _mm256_setzero_ps();
   const int64_t K16 = K - K % kLanes;
-  k_span<R, WR, WT, kStream>(x, w, K, 0, K16, e, o);
+  k_span<R, WR, WT, kStream>(x, w, K, 0, K16, e, o, pf);
   float sums[R * WR];
   pair_sums<R * WR>(e, o, sums);
   finish_tile<R, WR, WT>(x, w, K, K16, sums, out, ldo);
@@ -259,14 +259,14 @@ SPECDEC_AVX2 void finish_part(const float* x, const void* w, int64_t K, int64_t 
 // loop, made GCC keep a copy of every accumulator on the stack inside the K loop.)
 template <int R, int WR, DType WT, bool kStream>
 SPECDEC_AVX2 void tile_avx2_part(const float* x, const void* w, int64_t K, int64_t k0, int64_t k1, float* acc,
-                                 bool last, float* out, int64_t ldo) {
+                                 bool last, float* out, int64_t ldo, int64_t pf) {
   __m256 e[R * WR], o[R * WR];
 #pragma GCC unroll 16
   for (int i = 0; i < R * WR; ++i) {
     e[i] = _mm256_loadu_ps(acc + 16 * i);
     o[i] = _mm256_loadu_ps(acc + 16 * i + 8);
   }
-  k_span<R, WR, WT, kStream>(x, w, K, k0, k1, e, o);
+  k_span<R, WR, WT, kStream>(x, w, K, k0, k1, e, o, pf);
 #pragma GCC unroll 16
   for (int i = 0; i < R * WR; ++i) {
     _mm256_storeu_ps(acc + 16 * i, e[i]);
@@ -309,13 +309,13 @@ SPECDEC_AVX512 inline __attribute__((always_inline)) void lane_sums512(__m512* a
 
 // AVX-512: one register per output.
 template <int R, int WR, DType WT, bool kStream>
-SPECDEC_AVX512 void tile_avx512(const float* x, const void* w, int64_t K, float* out, int64_t ldo) {
+SPECDEC_AVX512 void tile_avx512(const float* x, const void* w, int64_t K, float* out, int64_t ldo, int64_t pf) {
   __m512 acc[R * WR];
 #pragma GCC unroll 32  // (as a loop, GCC zeroes the array in memory with rep stos: ~20% of a small tile)
   for (int i = 0; i < R * WR; ++i) acc[i] = _mm512_setzero_ps();
   const int64_t K16 = K - K % kLanes;
   for (int64_t k = 0; k < K16; k += kLanes) {
-    if (kStream) prefetch_rows<WT>(w, WR, K, k);
+    if (kStream) prefetch_rows<WT>(w, WR, K, k, pf);
     __m512 xv[R];
     for (int r = 0; r < R; ++r) xv[r] = _mm512_loadu_ps(x + r * K + k);
     for (int j = 0; j < WR; ++j) {
@@ -333,12 +333,12 @@ SPECDEC_AVX512 void tile_avx512(const float* x, const void* w, int64_t K, float*
 // summed into out. Each lane still adds its products in increasing k from +0: the same bits.
 template <int R, int WR, DType WT, bool kStream>
 SPECDEC_AVX512 void tile_avx512_part(const float* x, const void* w, int64_t K, int64_t k0, int64_t k1, float* acc,
-                                     bool last, float* out, int64_t ldo) {
+                                     bool last, float* out, int64_t ldo, int64_t pf) {
   __m512 a[R * WR];
 #pragma GCC unroll 32
   for (int i = 0; i < R * WR; ++i) a[i] = _mm512_loadu_ps(acc + 16 * i);
   for (int64_t k = k0; k < k1; k += kLanes) {
-    if (kStream) prefetch_rows<WT>(w, WR, K, k);
+    if (kStream) prefetch_rows<WT>(w, WR, K, k, pf);
     __m512 xv[R];
     for (int r = 0; r < R; ++r) xv[r] = _mm512_loadu_ps(x + r * K + k);
     for (int j = 0; j < WR; ++j) {
@@ -396,41 +396,47 @@ void group_rows_spans(const float* x, const char* wb, int64_t K, int64_t K16, in
     int64_t m = 0;
     for (; m + WR <= rows; m += WR, a += 16 * R * WR) {
       const char* wm = wb + static_cast<size_t>(m * K) * esz;
-      if constexpr (kAvx512) tile_avx512_part<R, WR, WT, kStream>(x, wm, K, k0, k1, a, last, out + m, ldo);
-      else tile_avx2_part<R, WR, WT, kStream>(x, wm, K, k0, k1, a, last, out + m, ldo);
+      if constexpr (kAvx512) tile_avx512_part<R, WR, WT, kStream>(x, wm, K, k0, k1, a, last, out + m, ldo, 0);
+      else tile_avx2_part<R, WR, WT, kStream>(x, wm, K, k0, k1, a, last, out + m, ldo, 0);
     }
     for (; m < rows; ++m, a += 16 * R) {
       const char* wm = wb + static_cast<size_t>(m * K) * esz;
-      if constexpr (kAvx512) tile_avx512_part<R, 1, WT, kStream>(x, wm, K, k0, k1, a, last, out + m, ldo);
-      else tile_avx2_part<R, 1, WT, kStream>(x, wm, K, k0, k1, a, last, out + m, ldo);
+      if constexpr (kAvx512) tile_avx512_part<R, 1, WT, kStream>(x, wm, K, k0, k1, a, last, out + m, ldo, 0);
+      else tile_avx2_part<R, 1, WT, kStream>(x, wm, K, k0, k1, a, last, out + m, ldo, 0);
     }
   }
 }
 
+// Row group `pass` over the block (0: the first, which streams it from memory). The first prefetches
+// kPrefetchRows ahead within the block; the second, which reads the block from L2, prefetches the
+// next block (`next` rows on) at the same pace, so that the stream of the weights goes on while the
+// later groups compute instead of waiting for the next block's first group; the others prefetch
+// nothing.
 template <int R, DType WT, bool kStream, bool kAvx512>
-void group_rows(const float* x, const void* w, int64_t K, int64_t rows, float* out, int64_t ldo, bool again) {
+void group_rows(const float* x, const void* w, int64_t K, int64_t rows, float* out, int64_t ldo, int pass,
+                int64_t next) {
   constexpr int WR = tile_width<R, kAvx512>();
   constexpr size_t esz = WT == DType::f32 ? 4 : 2;
   const char* wb = static_cast<const char*>(w);
   if constexpr (R >= 2) {
     const int64_t K16 = K - K % kLanes;
-    if (again && K16 > kSpanK + kSpanK / 2)
+    if (pass > 0 && K16 > kSpanK + kSpanK / 2)
       return group_rows_spans<R, WR, WT, false, kAvx512>(x, wb, K, K16, rows, out, ldo);
   }
-  if constexpr (kStream && !kAvx512) {
-    // A group that reads the block again finds it in L2: no prefetches. (Measured on AVX2 only.)
-    if (again) return group_rows<R, WT, false, kAvx512>(x, w, K, rows, out, ldo, true);
+  if constexpr (kStream) {
+    if (pass > 1 || (pass == 1 && next <= 0)) return group_rows<R, WT, false, kAvx512>(x, w, K, rows, out, ldo, pass, next);
   }
+  const int64_t pf = pass == 0 ? kPrefetchRows : next;
   int64_t m = 0;
   for (; m + WR <= rows; m += WR) {
     const char* wm = wb + static_cast<size_t>(m * K) * esz;
-    if constexpr (kAvx512) tile_avx512<R, WR, WT, kStream>(x, wm, K, out + m, ldo);
-    else tile_avx2<R, WR, WT, kStream>(x, wm, K, out + m, ldo);
+    if constexpr (kAvx512) tile_avx512<R, WR, WT, kStream>(x, wm, K, out + m, ldo, pf);
+    else tile_avx2<R, WR, WT, kStream>(x, wm, K, out + m, ldo, pf);
   }
   for (; m < rows; ++m) {
     const char* wm = wb + static_cast<size_t>(m * K) * esz;
-    if constexpr (kAvx512) tile_avx512<R, 1, WT, kStream>(x, wm, K, out + m, ldo);
-    else tile_avx2<R, 1, WT, kStream>(x, wm, K, out + m, ldo);
+    if constexpr (kAvx512) tile_avx512<R, 1, WT, kStream>(x, wm, K, out + m, ldo, pf);
+    else tile_avx2<R, 1, WT, kStream>(x, wm, K, out + m, ldo, pf);
   }
 }
 
@@ -441,26 +447,27 @@ constexpr int64_t max_group() { return kAvx512 ? 6 : 3; }
 template <bool kAvx512>
 constexpr int64_t group_rows_n() { return kAvx512 ? 4 : 2; }
 
-// All N rows of x against `rows` weight rows.
+// All N rows of x against `rows` weight rows; the next block starts `next` rows on (0: none).
 template <DType WT, bool kStream, bool kAvx512>
-void all_rows(const float* x, int64_t N, const void* w, int64_t K, int64_t rows, float* out, int64_t M) {
+void all_rows(const float* x, int64_t N, const void* w, int64_t K, int64_t rows, float* out, int64_t M, int64_t next) {
   constexpr int64_t G = group_rows_n<kAvx512>();
   int64_t n = 0;
-  for (; N - n > max_group<kAvx512>(); n += G) group_rows<G, WT, kStream, kAvx512>(x + n * K, w, K, rows, out + n * M, M, n > 0);
+  int pass = 0;
+  for (; N - n > max_group<kAvx512>(); n += G, ++pass)
+    group_rows<G, WT, kStream, kAvx512>(x + n * K, w, K, rows, out + n * M, M, pass, next);
   const float* xr = x + n * K;
   float* o = out + n * M;
-  const bool again = n > 0;
   switch (N - n) {
-    case 1: return group_rows<1, WT, kStream, kAvx512>(xr, w, K, rows, o, M, again);
-    case 2: return group_rows<2, WT, kStream, kAvx512>(xr, w, K, rows, o, M, again);
-    case 3: return group_rows<3, WT, kStream, kAvx512>(xr, w, K, rows, o, M, again);
+    case 1: return group_rows<1, WT, kStream, kAvx512>(xr, w, K, rows, o, M, pass, next);
+    case 2: return group_rows<2, WT, kStream, kAvx512>(xr, w, K, rows, o, M, pass, next);
+    case 3: return group_rows<3, WT, kStream, kAvx512>(xr, w, K, rows, o, M, pass, next);
     default: break;
   }
   if constexpr (kAvx512) {
     switch (N - n) {
-      case 4: return group_rows<4, WT, kStream, kAvx512>(xr, w, K, rows, o, M, again);
-      case 5: return group_rows<5, WT, kStream, kAvx512>(xr, w, K, rows, o, M, again);
-      case 6: return group_rows<6, WT, kStream, kAvx512>(xr, w, K, rows, o, M, again);
+      case 4: return group_rows<4, WT, kStream, kAvx512>(xr, w, K, rows, o, M, pass, next);
+      case 5: return group_rows<5, WT, kStream, kAvx512>(xr, w, K, rows, o, M, pass, next);
+      case 6: return group_rows<6, WT, kStream, kAvx512>(xr, w, K, rows, o, M, pass, next);
       default: break;
     }
   }
@@ -471,15 +478,17 @@ void all_rows(const float* x, int64_t N, const void* w, int64_t K, int64_t rows,
 // multiple of every multi-row tile width).
 template <bool kAvx512>
 void block_simd(const float* x, int64_t N, int64_t K, DType wdt, const void* w, int64_t m0, int64_t m1, float* out,
-                int64_t M) {
+                int64_t M, bool more) {
   const int64_t esz = wdt == DType::f32 ? 4 : 2;
   const int64_t step = N > max_group<kAvx512>() && kBlockM * K * esz > (int64_t{512} << 10) ? kBlockM / 2 : kBlockM;
   for (int64_t a = m0; a < m1; a += step) {
     const int64_t b = std::min(m1, a + step), rows = b - a;
+    // The next block of this thread's rows, if any (it starts `rows` on).
+    const int64_t next = b < m1 || more ? rows : 0;
     float* o = out + a;
-    if (wdt == DType::f32) all_rows<DType::f32, true, kAvx512>(x, N, static_cast<const float*>(w) + a * K, K, rows, o, M);
-    else if (wdt == DType::f16) all_rows<DType::f16, true, kAvx512>(x, N, static_cast<const uint16_t*>(w) + a * K, K, rows, o, M);
-    else all_rows<DType::bf16, true, kAvx512>(x, N, static_cast<const uint16_t*>(w) + a * K, K, rows, o, M);
+    if (wdt == DType::f32) all_rows<DType::f32, true, kAvx512>(x, N, static_cast<const float*>(w) + a * K, K, rows, o, M, next);
+    else if (wdt == DType::f16) all_rows<DType::f16, true, kAvx512>(x, N, static_cast<const uint16_t*>(w) + a * K, K, rows, o, M, next);
+    else all_rows<DType::bf16, true, kAvx512>(x, N, static_cast<const uint16_t*>(w) + a * K, K, rows, o, M, next);
   }
 }
 #endif  // SPECDEC_CPU_X86_SIMD
@@ -521,15 +530,15 @@ class KernelX {
 };
 
 // Weight rows [m0, m1) of one matmul, bias included: the unit of work of matmul and matmul_group.
-// xp is KernelX(x).get().
+// xp is KernelX(x).get(). `more`: the same thread goes on with the rows after m1.
 void run_block(const float* xp, int64_t N, int64_t K, const Tensor& w, const Tensor& bias, float* op, int64_t M,
-               int64_t m0, int64_t m1) {
+               int64_t m0, int64_t m1, bool more) {
   const DType wdt = w.dtype();
   const void* wp = w.data();
 #ifdef SPECDEC_CPU_X86_SIMD
   const simd::Isa isa = simd::isa();
-  if (isa == simd::Isa::avx512) block_simd<true>(xp, N, K, wdt, wp, m0, m1, op, M);
-  else if (isa == simd::Isa::avx2) block_simd<false>(xp, N, K, wdt, wp, m0, m1, op, M);
+  if (isa == simd::Isa::avx512) block_simd<true>(xp, N, K, wdt, wp, m0, m1, op, M, more);
+  else if (isa == simd::Isa::avx2) block_simd<false>(xp, N, K, wdt, wp, m0, m1, op, M, more);
   else
 #endif
     block_portable(xp, N, K, wdt, wp, m0, m1, op, M);
@@ -618,7 +627,7 @@ void split_rows(const float* xp, int64_t N, int64_t K, const ops::MatmulPart* ps
       const ops::MatmulPart& p = ps[i];
       const int64_t M = p.w->size(0);
       for (int64_t m = m0; m < m1; m += bm)
-        run_block(xp, N, K, *p.w, *p.bias, p.out->ptr<float>(), M, m, std::min(m1, m + bm));
+        run_block(xp, N, K, *p.w, *p.bias, p.out->ptr<float>(), M, m, std::min(m1, m + bm), m + bm < m1);
     }
   });
 }

@@ -13,6 +13,10 @@ declare namespace SpecdecNative {
     threads: number;
     /** Whether the pool has lent a core (cpuLendFlag) and runs other threads' parallel work on one thread fewer. */
     coreLent: boolean;
+    /** Parallel jobs handed to the pool's workers since it started. */
+    poolJobs: number;
+    /** Parallel jobs run on their caller instead: smaller than a wakeup is worth while every worker slept. */
+    poolSmallInline: number;
   }
 
   interface NativeBinding {

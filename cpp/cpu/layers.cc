@@ -53,12 +53,16 @@ using simd::use_avx2;
 // o = silu(g) * u, or silu(g) when u is null (o may be g), on the thread pool; element-wise, so
 // the result does not depend on the split.
 void silu_rows(const float* g, const float* u, float* o, int64_t n) {
-  parallel_for(n, grain_for(24.0), [&](int64_t b, int64_t e) {
+  constexpr double kPerItem = 24.0;
+  parallel_for(
+      n, grain_for(kPerItem),
+      [&](int64_t b, int64_t e) {
 #ifdef SPECDEC_CPU_X86_SIMD
-    if (use_avx2()) return silu_avx2(g + b, u ? u + b : nullptr, o + b, e - b);
+        if (use_avx2()) return silu_avx2(g + b, u ? u + b : nullptr, o + b, e - b);
 #endif
-    for (int64_t i = b; i < e; ++i) o[i] = u ? silu(g[i]) * u[i] : silu(g[i]);
-  });
+        for (int64_t i = b; i < e; ++i) o[i] = u ? silu(g[i]) * u[i] : silu(g[i]);
+      },
+      kPerItem * static_cast<double>(n));
 }
 
 }  // namespace

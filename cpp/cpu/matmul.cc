@@ -620,7 +620,7 @@ void split_rows(const float* xp, int64_t N, int64_t K, const ops::MatmulPart* ps
     while (t >= first[i + 1]) ++i;
     return first[i] + (t - first[i]) / unit * unit;
   };
-  parallel_for(ranges, 1, [&](int64_t r0, int64_t r1) {
+  const auto ranges_from = [&](int64_t r0, int64_t r1) {
     const int64_t a = boundary(r0), b = boundary(r1);
     for (size_t i = 0; i < P; ++i) {
       const int64_t m0 = std::max(a, first[i]) - first[i], m1 = std::min(b, first[i + 1]) - first[i];
@@ -629,7 +629,8 @@ void split_rows(const float* xp, int64_t N, int64_t K, const ops::MatmulPart* ps
       for (int64_t m = m0; m < m1; m += bm)
         run_block(xp, N, K, *p.w, *p.bias, p.out->ptr<float>(), M, m, std::min(m1, m + bm), m + bm < m1);
     }
-  });
+  };
+  parallel_for(ranges, 1, ranges_from, macs);
 }
 
 }  // namespace

@@ -62,6 +62,9 @@ class Pool {
   }
 
   int threads() const { return threads_; }
+  PoolStats stats() const {
+    return {stats_.dispatched.load(std::memory_order_relaxed), stats_.small_inline.load(std::memory_order_relaxed)};
+  }
 
   // The lend word: JavaScript adds and removes lends through an Int32Array over it (no call into
   // the addon); the thread that asked for it last is the lender.
@@ -71,9 +74,14 @@ class Pool {
   }
   bool lent() const { return __atomic_load_n(&lend_flag_, __ATOMIC_RELAXED) != 0; }
 
-  void run(int64_t n, int64_t grain, const Fn& fn) {
+  void run(int64_t n, int64_t grain, const Fn& fn, double job_work) {
     grain = std::max<int64_t>(grain, 1);
     if (threads_ <= 1 || t_in_job || n < 2 * grain) return fn(0, n);
+    // A small job does not wake sleeping workers (see kWakeWork); a spinning one takes it.
+    if (job_work >= 0.0 && job_work < kWakeWork && sleeping_.load(std::memory_order_relaxed) >= threads_ - 1) {
+      stats_.small_inline.fetch_add(1, std::memory_order_relaxed);
+      return fn(0, n);
+    }
     std::unique_lock<std::mutex> dispatch(dispatch_, std::try_to_lock);
     if (!dispatch.owns_lock()) return fn(0, n);  // another caller's job is running: don't wait
 
@@ -86,6 +94,7 @@ class Pool {
     // everyone up; contiguous so each thread streams its own slice of the weights.
     constexpr int64_t kChunksPerThread = 4;
     const int64_t tasks = std::max<int64_t>(1, std::min<int64_t>(n / grain, (workers + 1) * kChunksPerThread));
+    stats_.dispatched.fetch_add(1, std::memory_order_relaxed);
     Job job;
     job.max_workers = workers;
     job.fn = &fn;
@@ -141,7 +150,9 @@ class Pool {
       Job* job;
       {
         std::unique_lock<std::mutex> lk(mu_);
+        sleeping_.fetch_add(1, std::memory_order_relaxed);
         work_cv_.wait(lk, [&] { return gen_.load(std::memory_order_relaxed) != seen; });
+        sleeping_.fetch_sub(1, std::memory_order_relaxed);
         seen = gen_.load(std::memory_order_relaxed);
         job = job_;
         if (!job) continue;  // woke after that job was already finished
@@ -160,6 +171,10 @@ class Pool {
   std::mutex mu_;        // guards job_, joining a job, Job::error and generation changes
   std::condition_variable work_cv_;
   std::atomic<uint64_t> gen_{0};
+  std::atomic<int> sleeping_{0};  // workers past their spin, waiting on work_cv_ (or about to)
+  struct {
+    std::atomic<uint64_t> dispatched{0}, small_inline{0};
+  } stats_;
   Job* job_ = nullptr;
 };
 
@@ -172,13 +187,15 @@ Pool& pool() {
 
 int pool_threads() { return pool().threads(); }
 
+PoolStats pool_stats() { return pool().stats(); }
+
 int32_t* lend_flag() { return pool().lend_flag(); }
 
 bool core_lent() { return pool().lent(); }
 
-void parallel_for(int64_t n, int64_t grain, RangeFn fn) {
+void parallel_for(int64_t n, int64_t grain, RangeFn fn, double work) {
   if (n <= 0) return;
-  pool().run(n, grain, fn);
+  pool().run(n, grain, fn, work);
 }
 
 }  // namespace cpu

@@ -21,6 +21,13 @@ namespace cpu {
 // Threads a parallel_for may use (workers + the caller), >= 1.
 int pool_threads();
 
+// Jobs since the pool started: handed to the workers, and run inline because they were smaller
+// than kWakeWork while every worker slept.
+struct PoolStats {
+  uint64_t dispatched = 0, small_inline = 0;
+};
+PoolStats pool_stats();
+
 // A word that lends one core to the calling thread's other work while it is nonzero: parallel_for
 // calls that other threads start meanwhile use one thread fewer (on a 2-thread pool: they run
 // inline on their caller); the lending thread's own calls use every thread. JavaScript writes it
@@ -49,9 +56,18 @@ class RangeFn {
 
 // Runs fn(begin, end) over contiguous chunks covering [0, n) and returns when all are done.
 // grain = fewest items worth a task of their own: when n < 2 * grain (or the pool has one thread,
-// or is busy) everything runs inline as fn(0, n). An exception thrown by fn is rethrown here
+// or is busy) everything runs inline as fn(0, n). `work`: the whole job's work in grain_for's
+// units (multiply-adds), when the caller knows it; a job of less than kWakeWork runs inline too
+// when every worker sleeps (it would wait for a wakeup longer than it runs), and on the workers
+// when one is still spinning after the previous job. An exception thrown by fn is rethrown here
 // (the first one; the remaining chunks are skipped).
-void parallel_for(int64_t n, int64_t grain, RangeFn fn);
+void parallel_for(int64_t n, int64_t grain, RangeFn fn, double work = -1.0);
+
+// Work below which a job does not wake sleeping workers: ~10-20 us on one core. Waking a worker
+// is a futex call and, on a VM, an interrupt to an idle virtual CPU: measured on a 2-vCPU Zen 5,
+// the embedded draft model's k = 4 steps took 9.9-10.2 ms a run with the worker woken for its
+// 0.1-0.5M multiply-add matmuls, 9.1-9.2 ms with one thread (bench/README.md, 2026-12-04).
+constexpr double kWakeWork = 1048576.0;
 
 // grain for items of `work_per_item` units (e.g. multiply-adds) so that a task gets at least
 // min_work_per_task units: below that the wakeup costs more than the work.

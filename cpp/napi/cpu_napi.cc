@@ -15,7 +15,7 @@ cpu::simd::Isa isa_arg(const Napi::Value& v) {
   fail("E_ARG", "simd: expected 'portable', 'avx2' or 'avx512'");
 }
 
-// cpuInfo() -> { simd, best, threads, coreLent }
+// cpuInfo() -> { simd, best, threads, coreLent, poolJobs, poolSmallInline }
 Napi::Value CpuInfo(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
     Napi::Object o = Napi::Object::New(info.Env());
@@ -23,6 +23,9 @@ Napi::Value CpuInfo(const Napi::CallbackInfo& info) {
     o.Set("best", cpu::simd::isa_name(cpu::simd::detect_isa()));
     o.Set("threads", cpu::pool_threads());
     o.Set("coreLent", cpu::core_lent());
+    const cpu::PoolStats st = cpu::pool_stats();
+    o.Set("poolJobs", static_cast<double>(st.dispatched));
+    o.Set("poolSmallInline", static_cast<double>(st.small_inline));
     return o;
   });
 }

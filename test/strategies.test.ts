@@ -11,7 +11,7 @@ import { SpeculativeDecoder } from '../lib/decoder';
 import type { CausalLM } from '../lib/models/causal_lm';
 import { LlamaModel } from '../lib/models/llama';
 import { plainGenerate } from '../lib/plain';
-import { DraftModelSpeculator } from '../lib/strategies/draft_model';
+import { DraftModelSpeculator, KEPT_TRACES } from '../lib/strategies/draft_model';
 import { HybridSpeculator } from '../lib/strategies/hybrid';
 import { LookaheadSpeculator, lookaheadLayout, lookaheadMask, NgramPool } from '../lib/strategies/lookahead';
 import { MedusaHeads, MedusaSpeculator } from '../lib/strategies/medusa';
@@ -177,6 +177,22 @@ describe('strategies: greedy output equals plain greedy decoding (toy model)', f
 
 describe('draft model adaptivity', () => {
   const seed = testSeed + 17;
+
+  it(`keeps the per-step records of live sequences and of the ${KEPT_TRACES} last released ones only (a server's speculator sees every request)`, async () => {
+    const target = new ToyLM({ vocabSize: V, seed, positional: false });
+    const spec = new DraftModelSpeculator({ draft: new ToyLM({ vocabSize: V, seed, positional: false }), k: 2 });
+    const dec = new SpeculativeDecoder({ target, speculator: spec });
+    const p = prompts(seed, [3])[0]!;
+    const n = KEPT_TRACES + 20;
+    for (let i = 0; i < n; i++) await dec.generate(p, { maxNewTokens: 3 }).result;
+    assert.strictEqual(spec.kHistory.size, KEPT_TRACES);
+    assert.strictEqual(spec.trace.size, KEPT_TRACES);
+    // The most recent runs' records are the ones kept, whole.
+    const last = [...spec.trace.values()].at(-1)!;
+    assert.ok(last.length >= 1 && last.every((t) => t.k === 2), JSON.stringify(last));
+    assert.strictEqual([...spec.kHistory.values()].at(-1)!.length, last.length);
+    dec.dispose();
+  });
 
   it("heuristic k follows HF's rule: +2 after a full accept, -1 otherwise, within bounds", async () => {
     const target = new ToyLM({ vocabSize: V, seed, positional: false });

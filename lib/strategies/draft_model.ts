@@ -32,6 +32,8 @@ export type AdaptiveMode = 'fixed' | 'heuristic' | 'confidence' | 'cost';
  * probes nothing but the cost curve moves, and each weighing ends the engine's plain chain early).
  */
 const PLAIN_CHOICE_USES = 8;
+/** Released sequences whose per-step records (kHistory, trace) are kept. */
+export const KEPT_TRACES = 64;
 const MAX_PLAIN_CHOICE_USES = 64;
 
 export interface DraftModelOptions {
@@ -84,10 +86,16 @@ export class DraftModelSpeculator implements Speculator {
   private readonly states = new Map<number, DraftState>();
   /** q rows go to the verifier, on the target's device. */
   private targetDevice: CausalLM['device'] | undefined;
-  /** Per sequence key: the draft length used at each step (tests and stats read it). */
+  /**
+   * Per sequence key: the draft length used at each step (tests and stats read it). Kept for live
+   * sequences and the KEPT_TRACES most recently released ones (a server's speculator sees every
+   * request: kept for all, they grew by a record a step without end).
+   */
   readonly kHistory = new Map<number, number[]>();
-  /** Per sequence key, per step: k before the step, tokens drafted, drafts accepted. */
+  /** Per sequence key, per step: k before the step, tokens drafted, drafts accepted (kept as kHistory). */
   readonly trace = new Map<number, { k: number; drafted: number; accepted: number }[]>();
+  /** Released sequence keys whose kHistory and trace are still kept, oldest first. */
+  private readonly releasedKeys: number[] = [];
   /** 'cost' mode: P(draft i + 1 accepted | drafts 1..i accepted), online. */
   // A depth with few trials leans on the depth before it, not on a fixed prior: chained drafts
   // that got this far are at least as likely to go on (acceptance is correlated), and a fixed 0.6
@@ -557,6 +565,14 @@ export class DraftModelSpeculator implements Speculator {
   }
 
   release(seq: SpecSequence): void {
+    if (this.kHistory.has(seq.key) || this.trace.has(seq.key)) {
+      this.releasedKeys.push(seq.key);
+      while (this.releasedKeys.length > KEPT_TRACES) {
+        const old = this.releasedKeys.shift() as number;
+        this.kHistory.delete(old);
+        this.trace.delete(old);
+      }
+    }
     const st = this.states.get(seq.key);
     if (!st) return;
     this.states.delete(seq.key);

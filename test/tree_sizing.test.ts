@@ -10,7 +10,7 @@ import * as path from 'path';
 
 import { widenFamily } from '../bench/wide_family';
 import { ChainCost, chainTokenCost, ForwardCost, calibrateForwardCost, RecentTimes, setForwardCost } from '../lib/cost_model';
-import { SpeculativeDecoder } from '../lib/decoder';
+import { SpeculativeDecoder, type GenerateResult } from '../lib/decoder';
 import { LlamaModel } from '../lib/models/llama';
 import { plainGenerate } from '../lib/plain';
 import { DraftModelSpeculator } from '../lib/strategies/draft_model';
@@ -286,8 +286,23 @@ describe('sized n-gram speculators: weighing skipped after plain choices when it
     return { weighed, steps: res.reduce((n, r) => n + r.stats.targetForwards, 0) };
   };
 
+  // n greedy tokens of prompts[0] with `sp` under `curve`: the output of plain decoding, and at least
+  // minTokens of them (an early EOS leaves too few steps to count).
+  const runAsPlain = async (curve: ForwardCost, sp: Speculator, n: number, minTokens = 0): Promise<GenerateResult> => {
+    setForwardCost(target, curve);
+    const dec = new SpeculativeDecoder({ target, speculator: sp });
+    try {
+      const plain = await plainGenerate(target, [prompts[0]!], { maxNewTokens: n });
+      const res = await dec.generate(prompts[0]!, { maxNewTokens: n }).result;
+      assert.deepStrictEqual(Array.from(res.tokens), Array.from(plain.tokens[0]!));
+      assert.ok(res.tokens.length >= minTokens, `${res.tokens.length} tokens (an early EOS leaves too few steps to count)`);
+      return res;
+    } finally {
+      dec.dispose();
+    }
+  };
+
   it('Medusa decoding plainly runs its heads for probes only (a probe that proposed nothing had them run after every step)', async () => {
-    setForwardCost(target, linear());
     const heads = MedusaHeads.load(writeMedusaHeads({ numHeads: 4, numLayers: 1, hiddenSize: V * V, vocabSize: V, seed }));
     try {
       let calls = 0;
@@ -296,22 +311,16 @@ describe('sized n-gram speculators: weighing skipped after plain choices when it
         calls++;
         return topKIds(...a);
       };
-      const dec = new SpeculativeDecoder({ target, speculator: new MedusaSpeculator({ heads }) });
-      const plain = await plainGenerate(target, [prompts[0]!], { maxNewTokens: 150 });
-      const res = await dec.generate(prompts[0]!, { maxNewTokens: 150 }).result;
-      assert.deepStrictEqual(Array.from(res.tokens), Array.from(plain.tokens[0]!));
+      const res = await runAsPlain(linear(), new MedusaSpeculator({ heads }), 150);
       // The prefill, then a probe after 32 plain steps, the next after 64 more (the plan still plain).
       assert.ok(calls <= 4, `the heads ran ${calls} times in ${res.stats.targetForwards} steps`);
       assert.ok(res.stats.proposedDraftTokens >= 1, 'a probe proposes a node');
-      dec.dispose();
     } finally {
       heads.dispose();
     }
   });
 
   it('Medusa (sized) runs only the heads its subtree reads, all of them on the plan\'s last use; greedy output as plain', async () => {
-    // Free up to 3 tokens, dear beyond: one sequence's subtree of at most 3 nodes (<= 2 heads deep).
-    setForwardCost(target, ForwardCost.fromFunction((n) => (n <= 3 ? 1 : 100 * n), { frozen: true }));
     const heads = MedusaHeads.load(writeMedusaHeads({ numHeads: 4, numLayers: 1, hiddenSize: V * V, vocabSize: V, seed }));
     try {
       const sp = new MedusaSpeculator({ heads });
@@ -324,16 +333,13 @@ describe('sized n-gram speculators: weighing skipped after plain choices when it
           return h;
         },
       });
-      const dec = new SpeculativeDecoder({ target, speculator: sp });
-      const plain = await plainGenerate(target, [prompts[0]!], { maxNewTokens: 80 });
-      const res = await dec.generate(prompts[0]!, { maxNewTokens: 80 }).result;
-      assert.deepStrictEqual(Array.from(res.tokens), Array.from(plain.tokens[0]!));
+      // Free up to 3 tokens, dear beyond: one sequence's subtree of at most 3 nodes (<= 2 heads deep).
+      const res = await runAsPlain(ForwardCost.fromFunction((n) => (n <= 3 ? 1 : 100 * n), { frozen: true }), sp, 80);
       const nodes = Object.keys(res.stats.nodesPerStep).map(Number);
       assert.ok(nodes.some((n) => n > 1) && Math.max(...nodes) <= 3, `small trees on this curve (sizes ${nodes})`);
       assert.ok(ran.some((d) => d < 4), `fewer heads than the four while the plan is shallow (${ran})`);
       assert.ok(ran.includes(4), `all four heads on a plan's last use (${ran})`);
       assert.ok(ran.filter((d) => d === 4).length <= Math.ceil(ran.length / 4), `all heads on about one step in eight (${ran})`);
-      dec.dispose();
     } finally {
       heads.dispose();
     }
@@ -346,19 +352,6 @@ describe('sized n-gram speculators: weighing skipped after plain choices when it
     assert.ok(dear.weighed * 3 <= cheap.weighed, `dear: ${dear.weighed} weighings, cheap: ${cheap.weighed}`);
   });
 
-  // 200 greedy tokens of prompts[0] with prompt lookup under `curve`: output == plain, enough steps to count.
-  const promptLookupRun = async (curve: ForwardCost, sp: PromptLookupSpeculator): Promise<{ tokens: number; probes: number }> => {
-    setForwardCost(target, curve);
-    const dec = new SpeculativeDecoder({ target, speculator: sp });
-    const plain = await plainGenerate(target, [prompts[0]!], { maxNewTokens: 200 });
-    const res = await dec.generate(prompts[0]!, { maxNewTokens: 200 }).result;
-    assert.deepStrictEqual(Array.from(res.tokens), Array.from(plain.tokens[0]!));
-    dec.dispose();
-    const tokens = res.tokens.length;
-    assert.ok(tokens >= 150, `${tokens} tokens (an early EOS leaves too few steps to count)`);
-    return { tokens, probes: res.stats.proposedDraftTokens };
-  };
-
   it('prompt lookup: plain choices in a row space its weighings out (7, 14, 28, 56 steps) and back its probes off', async () => {
     const sp = new PromptLookupSpeculator({ maxNgram: 2 });
     let weighed = 0;
@@ -368,7 +361,9 @@ describe('sized n-gram speculators: weighing skipped after plain choices when it
       weighed++;
       add(x);
     };
-    const { tokens, probes } = await promptLookupRun(ForwardCost.fromFunction((n) => n * 1e-9, { frozen: true }), sp);
+    const res = await runAsPlain(ForwardCost.fromFunction((n) => n * 1e-9, { frozen: true }), sp, 200, 150);
+    const tokens = res.tokens.length;
+    const probes = res.stats.proposedDraftTokens;
     // Weighed at steps 1, 9, 24, at a probe after 32 unproposed matches and the step after it, then
     // 64 matches later, and so on: 9 at most in 200 steps, where a skip that stayed at 7 weighed
     // every 8th step and probed every 33rd (29 weighings, 6 probes).
@@ -377,7 +372,6 @@ describe('sized n-gram speculators: weighing skipped after plain choices when it
   });
 
   it('draft model: plain choices in a row keep the choice longer (8, 16, 32, 64 steps), so plain chains run long; a probe is weighed at once', async () => {
-    setForwardCost(target, linear());
     const draft = new ToyLM({ vocabSize: V, seed, positional: false, hidden: 'state', mix: { seed: seed + 9, weight: 0.4 } });
     const sp = new DraftModelSpeculator({ draft });
     const self = sp as unknown as { weighK: (...a: unknown[]) => number };
@@ -388,13 +382,8 @@ describe('sized n-gram speculators: weighing skipped after plain choices when it
       sizes.push(k);
       return k;
     };
-    const dec = new SpeculativeDecoder({ target, speculator: sp });
-    const plain = await plainGenerate(target, [prompts[0]!], { maxNewTokens: 300 });
-    const res = await dec.generate(prompts[0]!, { maxNewTokens: 300 }).result;
-    assert.deepStrictEqual(Array.from(res.tokens), Array.from(plain.tokens[0]!));
-    dec.dispose();
+    const res = await runAsPlain(linear(), sp, 300, 250);
     const tokens = res.tokens.length;
-    assert.ok(tokens >= 250, `${tokens} tokens (an early EOS leaves too few steps to count)`);
     // A linear curve never pays: every weighing chooses plain. Kept 8, 16, 32, 64, 64, ... steps,
     // plus one weighing after each probe (every 33, 65, 129, 257 plain steps): about 10 in 300
     // steps, where a choice kept 8 steps weighed 37 times.
@@ -404,7 +393,9 @@ describe('sized n-gram speculators: weighing skipped after plain choices when it
   });
 
   it('prompt lookup: probes every 33 steps while weighing is cheap beside a step', async () => {
-    const { tokens, probes } = await promptLookupRun(linear(), new PromptLookupSpeculator({ maxNgram: 2 }));
+    const res = await runAsPlain(linear(), new PromptLookupSpeculator({ maxNgram: 2 }), 200, 150);
+    const tokens = res.tokens.length;
+    const probes = res.stats.proposedDraftTokens;
     assert.ok(probes >= Math.floor(tokens / 33) - 1 && probes <= Math.ceil(tokens / 33), `${probes} probes in ${tokens} steps`);
   });
 });

@@ -265,7 +265,7 @@ async function runPrompt(model: LlamaModel, ids: readonly number[], positions: n
 }
 
 /** Runs every prompt of one fixture on one device and judges it (see the file comment). */
-export async function checkFixture(dir: string, device: Device): Promise<FixtureResult> {
+export async function checkFixture(dir: string, device: Device, opts: { kvDtypes?: readonly KvDType[] } = {}): Promise<FixtureResult> {
   const t0 = performance.now();
   const ref = readReference(dir);
   const checks: Check[] = [];
@@ -280,7 +280,9 @@ export async function checkFixture(dir: string, device: Device): Promise<Fixture
   const probe = await LlamaModel.load(dir, { device, maxSequences: 2 });
   const defaultKv = probe.kvInfo().dtype as KvDType;
   probe.dispose();
-  const kvs: KvDType[] = defaultKv === 'f32' ? ['f32'] : ['f32', defaultKv];
+  // opts.kvDtypes (tests): these instead, the last judged as the default is (e.g. bf16 on the CPU).
+  const kvs: readonly KvDType[] = opts.kvDtypes ?? (defaultKv === 'f32' ? ['f32'] : ['f32', defaultKv]);
+  const judgedKv = kvs[kvs.length - 1];
   for (const kv of kvs) {
     const model = await LlamaModel.load(dir, { device, kvDtype: kv, maxSequences: 2 });
     try {
@@ -324,7 +326,7 @@ export async function checkFixture(dir: string, device: Device): Promise<Fixture
         add(`${tag} logits vs float64 (bf16 weights) <= ${F32_LOGIT_TOL}`, worst.relF64 <= F32_LOGIT_TOL, `max rel err ${worst.relF64.toPrecision(3)} (transformers bf16 vs float64: ${worst.hfRelF64.toPrecision(3)})`);
         add(`${tag} greedy tokens == float64, up to a float64 near-tie`, tokenVerdicts.every((v) => v.vsF64.ok), list((v) => v.vsF64));
       }
-      if (ref.dtype === 'bfloat16' && kv === defaultKv) {
+      if (ref.dtype === 'bfloat16' && kv === judgedKv) {
         // The configuration users get (default KV): judged against transformers bf16 itself.
         add(`${tag} logits no further from float64 than transformers bf16's`, worst.absF64 <= worst.hfAbsF64, `max abs err vs float64: specdec ${worst.absF64.toPrecision(3)}, transformers bf16 ${worst.hfAbsF64.toPrecision(3)}`);
         add(`${tag} greedy tokens == transformers bf16, up to a transformers near-tie`, tokenVerdicts.every((v) => v.vsHf.ok), list((v) => v.vsHf));

@@ -14,6 +14,27 @@ namespace cuda {
 __device__ __forceinline__ float to_f32(float x) { return x; }
 __device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
 __device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+// f16 -> f32 keeping a NaN's sign and payload, as the CPU backend and the host do: the hardware
+// conversion (and __half2float) gives every NaN as the canonical 0x7fffffff. For the copy-like ops
+// (embedding), whose output must equal the table bit for bit; the arithmetic paths need no payloads.
+__device__ __forceinline__ float to_f32_exact(float x) { return x; }
+__device__ __forceinline__ float to_f32_exact(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_f32_exact(__half x) {
+#ifdef __CUDACC__
+  const unsigned h = __half_as_ushort(x);
+#else
+  const unsigned h = x.bits;
+#endif
+  if ((h & 0x7c00u) != 0x7c00u || (h & 0x3ffu) == 0) return __half2float(x);
+  const unsigned u = ((h & 0x8000u) << 16) | 0x7f800000u | ((h & 0x3ffu) << 13);
+#ifdef __CUDACC__
+  return __uint_as_float(u);
+#else
+  float f;
+  __builtin_memcpy(&f, &u, sizeof f);
+  return f;
+#endif
+}
 template <typename T> __device__ __forceinline__ T from_f32(float x);
 template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
 template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half_rn(x); }

@@ -37,6 +37,20 @@ Tensor layer_table(const std::vector<Tensor>& layers) {
   return t;
 }
 
+// The kernels' view of the layers: strided (no device table) when each layer starts a fixed
+// distance after the one before, as a KV cache's do; else the uploaded-once table.
+template <typename E>
+LayerBases<E> layer_bases(const std::vector<Tensor>& layers, Tensor* table_keep) {
+  auto* base = static_cast<unsigned char*>(layers[0].data());
+  const ptrdiff_t stride = layers.size() > 1 ? static_cast<unsigned char*>(layers[1].data()) - base : 0;
+  bool strided = stride >= 0;
+  for (size_t l = 1; strided && l < layers.size(); ++l)
+    strided = static_cast<unsigned char*>(layers[l].data()) == base + static_cast<ptrdiff_t>(l) * stride;
+  if (strided) return LayerBases<E>{nullptr, base, static_cast<size_t>(stride)};
+  *table_keep = layer_table(layers);
+  return LayerBases<E>{table_keep->ptr<E* const>(), nullptr, 0};
+}
+
 }  // namespace
 
 void kv_append(Tensor& kv_layer, const Tensor& k, const Tensor& v, const PagedBatch& batch) {
@@ -63,14 +77,14 @@ void kv_commit(const std::vector<Tensor>& layers, const PagedBatch& batch, const
                const Tensor& acc_nodes, const Tensor& acc_count) {
   const int64_t B = batch.batch_size(), L = static_cast<int64_t>(layers.size());
   SPECDEC_CHECK(B <= INT32_MAX && L <= 65535, "E_UNSUPPORTED", "kv_commit: ", L, " layers exceed the CUDA grid");
-  Tensor table = layer_table(layers);
+  Tensor table;
   const int row_elems = static_cast<int>(layers[0].size(3) * layers[0].size(4));
   const int page_size = static_cast<int>(layers[0].size(2));
   dim3 grid(static_cast<unsigned>(B), static_cast<unsigned>(L));
   auto go = [&](auto tag) {
     using E = decltype(tag);
     launch_kernel(kv_commit_kernel<E>, grid, kThreads, 0,
-        table.ptr<E* const>(), batch.page_indptr.ptr<int32_t>(), batch.page_indices.ptr<int32_t>(),
+        layer_bases<E>(layers, &table), batch.page_indptr.ptr<int32_t>(), batch.page_indices.ptr<int32_t>(),
         batch.prefix_len.ptr<int32_t>(), acc_indptr.ptr<int32_t>(), acc_nodes.ptr<int32_t>(),
         acc_count.defined() ? acc_count.ptr<int32_t>() : nullptr, page_size, row_elems);
     SPECDEC_CUDA_LAUNCH_CHECK("kv_commit_kernel");
@@ -83,12 +97,12 @@ void kv_commit(const std::vector<Tensor>& layers, const PagedBatch& batch, const
 void kv_copy_pages(const std::vector<Tensor>& layers, const Tensor& src_pages, const Tensor& dst_pages) {
   const int64_t n = src_pages.numel(), L = static_cast<int64_t>(layers.size());
   SPECDEC_CHECK(n <= INT32_MAX && L <= 65535, "E_UNSUPPORTED", "kv_copy_pages: ", L, " layers exceed the CUDA grid");
-  Tensor table = layer_table(layers);
+  Tensor table;
   const size_t page_bytes = layers[0].nbytes() / static_cast<size_t>(layers[0].size(0));
   dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(L));
   auto go = [&](auto tag) {
     using W = decltype(tag);
-    launch_kernel(kv_copy_pages_kernel<W>, grid, kThreads, 0, table.ptr<W* const>(), src_pages.ptr<int32_t>(),
+    launch_kernel(kv_copy_pages_kernel<W>, grid, kThreads, 0, layer_bases<W>(layers, &table), src_pages.ptr<int32_t>(),
                                                              dst_pages.ptr<int32_t>(), page_bytes / sizeof(W));
     SPECDEC_CUDA_LAUNCH_CHECK("kv_copy_pages_kernel");
   };

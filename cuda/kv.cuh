@@ -52,11 +52,23 @@ __global__ void kv_append_kernel(KVT* kv, const void* k, int k_dtype, const void
   }
 }
 
+// The layers' base pointers: a device table, or (a KV cache's layers, views of one allocation)
+// base + l * stride_bytes, which needs no table on the device and so no upload.
+template <typename E>
+struct LayerBases {
+  E* const* table;  // null: strided
+  unsigned char* base;
+  size_t stride_bytes;
+  __device__ __forceinline__ E* operator[](int l) const {
+    return table ? table[l] : reinterpret_cast<E*>(base + static_cast<size_t>(l) * stride_bytes);
+  }
+};
+
 // grid (sequence, layer); threads over heads x dims. Each thread moves its own elements for
 // j = 0, 1, ... in order: source slot prefix + node_j >= prefix + j and > every earlier
 // destination, so the in-place moves never clobber a token that is still to be moved.
 template <typename E>
-__global__ void kv_commit_kernel(E* const* layers, const int32_t* page_indptr, const int32_t* page_indices,
+__global__ void kv_commit_kernel(LayerBases<E> layers, const int32_t* page_indptr, const int32_t* page_indices,
                                  const int32_t* prefix_len, const int32_t* acc_indptr, const int32_t* acc_nodes,
                                  const int32_t* acc_count, int page_size, int row_elems) {
   const int b = blockIdx.x;
@@ -79,7 +91,7 @@ __global__ void kv_commit_kernel(E* const* layers, const int32_t* page_indptr, c
 
 // grid (pair, layer): page src[i] -> dst[i], copied in words of W bytes.
 template <typename W>
-__global__ void kv_copy_pages_kernel(W* const* layers, const int32_t* src, const int32_t* dst, size_t page_words) {
+__global__ void kv_copy_pages_kernel(LayerBases<W> layers, const int32_t* src, const int32_t* dst, size_t page_words) {
   W* base = layers[blockIdx.y];
   const W* s = base + static_cast<size_t>(src[blockIdx.x]) * page_words;
   W* d = base + static_cast<size_t>(dst[blockIdx.x]) * page_words;

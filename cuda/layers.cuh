@@ -124,7 +124,7 @@ __global__ void embedding_kernel(const T* __restrict__ table, const int32_t* __r
   const int32_t id = ids[n];
   if (id < 0 || id >= V) return;  // validated on the host; never read out of bounds regardless
   const T* row = table + static_cast<int64_t>(id) * H;
-  for (int64_t h = threadIdx.x; h < H; h += blockDim.x) out[n * H + h] = to_f32(row[h]);
+  for (int64_t h = threadIdx.x; h < H; h += blockDim.x) out[n * H + h] = to_f32_exact(row[h]);
 }
 
 // Block-wide sum (blockDim.x a multiple of 32, <= 1024), fixed order; result broadcast to all threads.

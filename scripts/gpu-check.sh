@@ -12,7 +12,8 @@
 #       ($1, else $OUT): summary.txt, mocha.log, bench-cuda.json, matmul-simt.json, hf_agreement.json,
 #       hf_throughput.json, logs.tar.gz (every log, specdec info, nvidia-smi, the reference.json files,
 #       attention-tc.json, sampling-block.json, decode-1b-graphs-{off,on}.json).
-# The suite leaves out test/cuda_emu.test.ts (the kernels' host emulation: CPU only, run by CI).
+# The suite leaves out test/cuda_emu.test.ts (the kernels' host emulation: CPU only, run by CI) and
+# test/package_tarball.test.ts (needs npm; CI runs it).
 # STEPS="suite bench hf graphs" (default: all) picks step groups, for a rerun of what failed with the lease left.
 # Time boxes (seconds; override by environment): T_SUITE=210 T_BENCH=90 T_SIMT=20 T_ATTN_TC=30
 # T_ATTN_TC_BENCH=20 T_SAMPLING_BLOCK=20 T_HF=80 T_AGREE=70 T_GRAPHS=60 T_GRAPHS_BENCH=50 (x2),
@@ -134,9 +135,10 @@ want hf && (
 fixtures_pid=$!
 if want suite; then
   # The host emulation of the kernels (8 sanitizer builds; minutes of CPU, no GPU) runs in CI, not on
-  # the lease: SUITE_IGNORE='' brings it back.
+  # the lease, and so does the tarball test (it needs npm, which the GPU machine lacks): SUITE_IGNORE=''
+  # brings them back.
   ignore=()
-  for f in ${SUITE_IGNORE-dist/test/cuda_emu.test.js}; do ignore+=(--ignore "$f"); done
+  for f in ${SUITE_IGNORE-dist/test/cuda_emu.test.js dist/test/package_tarball.test.js}; do ignore+=(--ignore "$f"); done
   step suite "${T_SUITE:-210}" env SPECDEC_REQUIRE_CUDA=1 node node_modules/mocha/bin/mocha.js "${ignore[@]}"
   cp "$logs/suite.log" "$out/mocha.log"
   counts=$(grep -E '^ +[0-9]+ (passing|failing|pending)' "$logs/suite.log" | sed 's/ *(.*//; s/^ *//' | paste -sd, -)

@@ -77,7 +77,7 @@ describe('engine: continuous batching', function () {
     ['draft model k=3', () => new DraftModelSpeculator({ draft, k: 3 })],
     // Medusa verifies on gathered hidden rows and lookahead reads every row's argmax: both go
     // through a mixed step's per-setting rows of the shared forward.
-    ['Medusa, fixed 2-head tree', () => new MedusaSpeculator({ heads: MedusaHeads.load(writeMedusaHeads({ numHeads: 2, numLayers: 1, hiddenSize: targetSpec.hidden, vocabSize: V, seed: testSeed })), choices: [[0], [1], [0, 0], [0, 1], [1, 0]] })],
+    ['Medusa, fixed 2-head tree', () => new MedusaSpeculator({ heads: MedusaHeads.load(writeMedusaHeads({ numHeads: 2, numLayers: 1, hiddenSize: targetSpec.hidden, vocabSize: V, seed: testSeed }), { device: 'cpu' }), choices: [[0], [1], [0, 0], [0, 1], [1, 0]] })],
     ['lookahead W=3 N=3 G=3', () => new LookaheadSpeculator({ W: 3, N: 3, G: 3, sizing: 'fixed' })],
   ];
   for (const [name, make] of speculators) {

@@ -61,7 +61,7 @@ describe('plain steps as native chains', function () {
   before(async () => {
     target = await LlamaModel.load(paths.target, { device: 'cpu', maxSequences: 16 });
     draft = await LlamaModel.load(paths.draft, { device: 'cpu', maxSequences: 16 });
-    heads = MedusaHeads.load(paths.medusa);
+    heads = MedusaHeads.load(paths.medusa, { device: 'cpu' });
     chains = countChains(target);
     prompts.push(TextTokenizer.load(paths.target)!.encode('once upon a time'));
   });

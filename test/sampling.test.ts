@@ -32,7 +32,8 @@ function processRef(logits: ArrayLike<number>, o: Required<SamplingOptions>): Fl
     return out;
   }
   const x = Array.from(logits, (l) => l / o.temperature);
-  const m = Math.max(...x);
+  let m = -Infinity;
+  for (const v of x) m = Math.max(m, v); // not Math.max(...x): V = 128k overflows the stack
   let z = 0;
   for (let i = 0; i < V; i++) z += (out[i] = Math.exp((x[i] as number) - m));
   let pmax = 0;

@@ -84,7 +84,7 @@ describe('speculative sampling is exact (toy model, chi-square)', function () {
   const partial = (): ToyLM => new ToyLM({ vocabSize: V, seed, scale: 0.7, mix: { seed: seed + 50, weight: 0.7 } });
   let heads: MedusaHeads;
   before(() => {
-    heads = MedusaHeads.load(writeMedusaHeads({ numHeads: 2, numLayers: 1, hiddenSize: 8, vocabSize: V, seed }));
+    heads = MedusaHeads.load(writeMedusaHeads({ numHeads: 2, numLayers: 1, hiddenSize: 8, vocabSize: V, seed }), { device: 'cpu' });
   });
   after(() => heads.dispose());
 

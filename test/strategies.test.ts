@@ -79,8 +79,8 @@ describe('strategies: greedy output equals plain greedy decoding (toy model)', f
   let perfectHeads: MedusaHeads;
   let randomHeads: MedusaHeads;
   before(() => {
-    perfectHeads = MedusaHeads.load(perfectMedusaHeads(target, 4));
-    randomHeads = MedusaHeads.load(writeMedusaHeads({ numHeads: 4, numLayers: 1, hiddenSize: V * V, vocabSize: V, seed }));
+    perfectHeads = MedusaHeads.load(perfectMedusaHeads(target, 4), { device: 'cpu' });
+    randomHeads = MedusaHeads.load(writeMedusaHeads({ numHeads: 4, numLayers: 1, hiddenSize: V * V, vocabSize: V, seed }), { device: 'cpu' });
   });
   after(() => {
     perfectHeads.dispose();
@@ -330,7 +330,7 @@ describe('prompt lookup', () => {
 describe('Medusa heads (FasterDecoding layout)', () => {
   it('load, report their sizes, and reject mismatched or broken heads', () => {
     const dir = writeMedusaHeads({ numHeads: 3, numLayers: 2, hiddenSize: 8, vocabSize: 12, seed: 4, dtype: 'BF16', baseModel: 'base/x' });
-    const heads = MedusaHeads.load(dir);
+    const heads = MedusaHeads.load(dir, { device: 'cpu' });
     assert.deepStrictEqual(heads.config, { numHeads: 3, numLayers: 2, baseModel: 'base/x', hiddenSize: 8, vocabSize: 12 });
     const target = new ToyLM({ vocabSize: 12, seed: 1, hiddenSize: 8 });
     const ok = new MedusaSpeculator({ heads, choices: [[0], [1], [0, 0], [0, 0, 0]] });
@@ -345,18 +345,18 @@ describe('Medusa heads (FasterDecoding layout)', () => {
     );
     assertThrowsCode(() => ok.attach(new ToyLM({ vocabSize: 13, seed: 1, hiddenSize: 8 })), 'E_ARG', /vocabulary 12 but the target has 13/);
     heads.dispose();
-    assertThrowsCode(() => MedusaHeads.load(writeMedusaHeads({ numHeads: 2, numLayers: 1, hiddenSize: 8, vocabSize: 12, omit: '1.0.linear.bias' })), 'E_FORMAT', /no tensor '1.0.linear.bias'/);
-    assertThrowsCode(() => MedusaHeads.load('/nonexistent/medusa'), 'E_IO', /config.json/);
+    assertThrowsCode(() => MedusaHeads.load(writeMedusaHeads({ numHeads: 2, numLayers: 1, hiddenSize: 8, vocabSize: 12, omit: '1.0.linear.bias' }), { device: 'cpu' }), 'E_FORMAT', /no tensor '1.0.linear.bias'/);
+    assertThrowsCode(() => MedusaHeads.load('/nonexistent/medusa', { device: 'cpu' }), 'E_IO', /config.json/);
     const bad = writeMedusaHeads({ numHeads: 2, numLayers: 1, hiddenSize: 8, vocabSize: 12 });
     fs.writeFileSync(`${bad}/config.json`, JSON.stringify({ medusa_num_heads: 0, medusa_num_layers: 1 }));
-    assertThrowsCode(() => MedusaHeads.load(bad), 'E_FORMAT', /medusa_num_heads/);
+    assertThrowsCode(() => MedusaHeads.load(bad, { device: 'cpu' }), 'E_FORMAT', /medusa_num_heads/);
   });
 
   it('compute x + SiLU(W x + b) per layer, then the head LM head (float64 reference)', () => {
     const H = 6;
     const Vh = 5;
     const dir = writeMedusaHeads({ numHeads: 2, numLayers: 2, hiddenSize: H, vocabSize: Vh, seed: testSeed });
-    const heads = MedusaHeads.load(dir);
+    const heads = MedusaHeads.load(dir, { device: 'cpu' });
     const { openSafetensors } = require('../lib/safetensors') as typeof import('../lib/safetensors');
     const f = openSafetensors(`${dir}/medusa_lm_head.safetensors`);
     const w = (n: string): Float32Array => {
@@ -462,7 +462,7 @@ describe('strategies on random Llama checkpoints (CPU)', function () {
     const maxNew = 24;
     const plain = await plainGenerate(target, ps, { maxNewTokens: maxNew });
     const free0 = target.kvInfo().freePages;
-    const heads = MedusaHeads.load(writeMedusaHeads({ numHeads: 3, numLayers: 1, hiddenSize: targetSpec.hidden, vocabSize: targetSpec.vocab, seed: 3 }));
+    const heads = MedusaHeads.load(writeMedusaHeads({ numHeads: 3, numLayers: 1, hiddenSize: targetSpec.hidden, vocabSize: targetSpec.vocab, seed: 3 }), { device: 'cpu' });
     const self = await LlamaModel.load(target.dir, { device: 'cpu', maxSequences: 8 });
     const specs: [string, Speculator, number?][] = [
       ['smaller draft k=4', new DraftModelSpeculator({ draft, k: 4 })],
@@ -540,7 +540,18 @@ describeCuda('strategies on random Llama checkpoints', function () {
       }
       const sdec = new SpeculativeDecoder({ target, speculator: new DraftModelSpeculator({ draft, k: 3 }), sampling: { temperature: 0.8, topP: 0.9, seed: 1 } });
       const sres = await sdec.generateBatch(ps, { maxNewTokens: 16 });
-      for (const r of sres) assert.ok(r.tokens.length === 16 && r.tokens.every((t) => t >= 0 && t < targetSpec.vocab));
+      // A sampled run may draw the checkpoint's EOS (then it ends there, EOS included): 'length' means
+      // all 16 tokens, 'stop' means an EOS last and nowhere before it.
+      const eos = new Set(target.config.eosTokenIds);
+      for (const r of sres) {
+        const t = Array.from(r.tokens);
+        assert.ok(t.every((x) => x >= 0 && x < targetSpec.vocab), `sampled ids outside the vocabulary: ${t}`);
+        if (r.finishReason === 'length') assert.strictEqual(t.length, 16);
+        else {
+          assert.strictEqual(r.finishReason, 'stop');
+          assert.ok(t.length <= 16 && eos.has(t[t.length - 1] as number) && !t.slice(0, -1).some((x) => eos.has(x)), `stop without EOS last: ${t}`);
+        }
+      }
       assert.strictEqual(draft.kvInfo().freePages, draft.kvInfo().totalPages, 'draft KV pages leaked');
     } finally {
       heads.dispose();

@@ -362,7 +362,7 @@ describe(`trainer (seed ${testSeed})`, function () {
 
       const dir = tmpDir('medusa');
       heads.save(dir, { dtype: 'F32', baseModel: '../target' });
-      const loaded = MedusaHeads.load(dir);
+      const loaded = MedusaHeads.load(dir, { device: 'cpu' });
       try {
         assert.strictEqual(loaded.config.numHeads, 2);
         assert.strictEqual(loaded.config.numLayers, 1);
@@ -401,7 +401,7 @@ describe(`trainer (seed ${testSeed})`, function () {
         const model = await LlamaModel.load(path.join(dir, 'draft'), { device: 'cpu', maxSequences: 1 });
         assert.strictEqual(model.weightDtype, 'bf16');
         model.dispose();
-        const heads = MedusaHeads.load(path.join(dir, 'medusa'));
+        const heads = MedusaHeads.load(path.join(dir, 'medusa'), { device: 'cpu' });
         assert.strictEqual(heads.config.numHeads, MEDUSA_HEADS);
         assert.strictEqual(heads.config.hiddenSize, target.hiddenSize);
         assert.strictEqual(heads.config.baseModel, '../target');

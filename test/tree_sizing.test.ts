@@ -216,7 +216,7 @@ describe('tree sizing: greedy output equals plain greedy whatever size is picked
   const target = new ToyLM({ vocabSize: V, seed, positional: false, hidden: 'state' });
   let heads: MedusaHeads;
   before(() => {
-    heads = MedusaHeads.load(writeMedusaHeads({ numHeads: 4, numLayers: 1, hiddenSize: V * V, vocabSize: V, seed }));
+    heads = MedusaHeads.load(writeMedusaHeads({ numHeads: 4, numLayers: 1, hiddenSize: V * V, vocabSize: V, seed }), { device: 'cpu' });
   });
   after(() => heads.dispose());
 
@@ -303,7 +303,7 @@ describe('sized n-gram speculators: weighing skipped after plain choices when it
   };
 
   it('Medusa decoding plainly runs its heads for probes only (a probe that proposed nothing had them run after every step)', async () => {
-    const heads = MedusaHeads.load(writeMedusaHeads({ numHeads: 4, numLayers: 1, hiddenSize: V * V, vocabSize: V, seed }));
+    const heads = MedusaHeads.load(writeMedusaHeads({ numHeads: 4, numLayers: 1, hiddenSize: V * V, vocabSize: V, seed }), { device: 'cpu' });
     try {
       let calls = 0;
       const topKIds = heads.topKIds.bind(heads);
@@ -321,7 +321,7 @@ describe('sized n-gram speculators: weighing skipped after plain choices when it
   });
 
   it('Medusa (sized) runs only the heads its subtree reads, all of them on the plan\'s last use; greedy output as plain', async () => {
-    const heads = MedusaHeads.load(writeMedusaHeads({ numHeads: 4, numLayers: 1, hiddenSize: V * V, vocabSize: V, seed }));
+    const heads = MedusaHeads.load(writeMedusaHeads({ numHeads: 4, numLayers: 1, hiddenSize: V * V, vocabSize: V, seed }), { device: 'cpu' });
     try {
       const sp = new MedusaSpeculator({ heads });
       const getter = Object.getOwnPropertyDescriptor(MedusaSpeculator.prototype, 'headsOnAccepted')?.get as () => unknown;
@@ -476,8 +476,8 @@ describe('widened benchmark family (bench/wide_family.ts)', function () {
       da: await LlamaModel.load(path.join(src, 'draft'), { device: 'cpu' }),
       db: await LlamaModel.load(wide.draft!, { device: 'cpu' }),
     };
-    const ha = MedusaHeads.load(path.join(src, 'medusa'));
-    const hb = MedusaHeads.load(wide.medusa!);
+    const ha = MedusaHeads.load(path.join(src, 'medusa'), { device: 'cpu' });
+    const hb = MedusaHeads.load(wide.medusa!, { device: 'cpu' });
     try {
       const prompt = Int32Array.from([1, 4, 276, 306, 7, 322]);
       for (const [x, y] of [

@@ -14,6 +14,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 
+import { resolveDevice } from '../backend';
 import { forwardCost, RecentTimes, type ForwardCost } from '../cost_model';
 import { gatherRows } from '../step_helpers';
 import { addInplace, matmul, siluInplace } from '../layers';
@@ -61,9 +62,13 @@ export class MedusaHeads {
     readonly device: Device,
   ) {}
 
-  /** Loads a FasterDecoding-layout directory; E_IO / E_FORMAT naming the file on problems. */
-  static load(dir: string, opts: { device?: Device } = {}): MedusaHeads {
-    const device = opts.device ?? 'cpu';
+  /**
+   * Loads a FasterDecoding-layout directory; E_IO / E_FORMAT naming the file on problems.
+   * `device` defaults to 'auto', as `LlamaModel.load`'s does, so that heads and target loaded with
+   * defaults are on the same device (CUDA when usable, else the CPU).
+   */
+  static load(dir: string, opts: { device?: Device | 'auto' } = {}): MedusaHeads {
+    const device = resolveDevice(opts.device ?? 'auto');
     const cfgPath = path.join(dir, 'config.json');
     let cfg: Record<string, unknown>;
     try {

@@ -122,6 +122,28 @@ void check_norm_embed(std::mt19937_64& rng, int64_t N, int64_t H) {
   report(ok, "embedding " + tag + ": exact rows of the table");
 }
 
+// Every f16 bit pattern through the embedding: the output is the table's value bit for bit, NaN
+// payloads and signs included (the device's own f16 conversion gives one canonical NaN).
+void check_embed_f16_bits() {
+  const int64_t V = 4096, H = 16;
+  std::vector<__half> table(static_cast<size_t>(V * H));
+  for (size_t i = 0; i < table.size(); ++i) table[i] = __half::from_bits(static_cast<uint16_t>(i));
+  std::vector<int32_t> ids(static_cast<size_t>(V));
+  for (int64_t n = 0; n < V; ++n) ids[n] = static_cast<int32_t>(V - 1 - n);
+  std::vector<float> e(static_cast<size_t>(V * H));
+  emu::launch(Dim3{static_cast<unsigned>(V), 1, 1}, 256, [&] { lk::embedding_kernel<__half>(table.data(), ids.data(), e.data(), V, H); });
+  bool ok = true;
+  for (int64_t n = 0; n < V; ++n)
+    for (int64_t h = 0; h < H; ++h) {
+      const uint32_t b = table[ids[n] * H + h].bits, sign = (b & 0x8000u) << 16, exp = (b >> 10) & 0x1fu, man = b & 0x3ffu;
+      uint32_t want;
+      if (exp == 0x1f) want = sign | 0x7f800000u | (man << 13);  // inf, NaN with its payload
+      else want = emu::f32_bits(__half2float(table[ids[n] * H + h]));  // normal, subnormal, zero: exact
+      ok = ok && emu::f32_bits(e[n * H + h]) == want;
+    }
+  report(ok, "embedding f16: all 65536 bit patterns exact (subnormals, inf, NaN payloads)");
+}
+
 void check_rope_elementwise(std::mt19937_64& rng) {
   const int64_t N = 7, heads = 3;
   for (int64_t D : {64, 128, 80, 256}) {
@@ -278,7 +300,7 @@ void check_kv(std::mt19937_64& rng) {
   std::vector<E*> etable;
   for (auto* p : table) etable.push_back(reinterpret_cast<E*>(p));
   emu::launch(Dim3{static_cast<unsigned>(B), static_cast<unsigned>(L), 1}, kk::kThreads, [&] {
-    kk::kv_commit_kernel<E>(etable.data(), pind.data(), pages.data(), prefix.data(), acc_ptr.data(), acc.data(), nullptr,
+    kk::kv_commit_kernel<E>(kk::LayerBases<E>{etable.data(), nullptr, 0}, pind.data(), pages.data(), prefix.data(), acc_ptr.data(), acc.data(), nullptr,
                             page_size, row);
   });
   ok = true;
@@ -305,12 +327,27 @@ void check_kv(std::mt19937_64& rng) {
     for (int j = 0; j < count[b]; ++j) ragged[qo[b] + j] = acc[acc_ptr[b] + j];
   }
   emu::launch(Dim3{static_cast<unsigned>(B), static_cast<unsigned>(L), 1}, kk::kThreads, [&] {
-    kk::kv_commit_kernel<E>(etable.data(), pind.data(), pages.data(), prefix.data(), qo.data(), ragged.data(), count.data(),
+    kk::kv_commit_kernel<E>(kk::LayerBases<E>{etable.data(), nullptr, 0}, pind.data(), pages.data(), prefix.data(), qo.data(), ragged.data(), count.data(),
                             page_size, row);
   });
   ok = true;
   for (int l = 0; l < L; ++l) ok = ok && std::memcmp(compacted[l].data(), layers[l].data(), layer_elems * sizeof(KVT)) == 0;
   report(ok, "kv commit " + tag + ": from a verification's ragged result (offsets + counts), the same cache");
+
+  // The same commit with the layers as one allocation, addressed by base + stride (no device table:
+  // how kv.cu sees a KV cache's layers).
+  {
+    std::vector<KVT> whole(static_cast<size_t>(L) * layer_elems);
+    for (int l = 0; l < L; ++l) std::copy(snapshot[l].begin(), snapshot[l].end(), whole.begin() + static_cast<ptrdiff_t>(l) * layer_elems);
+    const kk::LayerBases<E> strided{nullptr, reinterpret_cast<unsigned char*>(whole.data()), layer_elems * sizeof(KVT)};
+    emu::launch(Dim3{static_cast<unsigned>(B), static_cast<unsigned>(L), 1}, kk::kThreads, [&] {
+      kk::kv_commit_kernel<E>(strided, pind.data(), pages.data(), prefix.data(), qo.data(), ragged.data(), count.data(), page_size, row);
+    });
+    ok = true;
+    for (int l = 0; l < L; ++l)
+      ok = ok && std::memcmp(compacted[l].data(), whole.data() + static_cast<size_t>(l) * layer_elems, layer_elems * sizeof(KVT)) == 0;
+    report(ok, "kv commit " + tag + ": layers as one allocation (base + stride, no table), the same cache");
+  }
 
   // Copy pages (copy-on-write after fork), in the widest word kv.cu would pick here.
   const std::vector<int32_t> src = {pages[0], pages[2]}, dst = {perm[used], perm[used + 1]};
@@ -321,7 +358,7 @@ void check_kv(std::mt19937_64& rng) {
     std::vector<Wd*> wt;
     for (auto* p : table) wt.push_back(reinterpret_cast<Wd*>(p));
     emu::launch(Dim3{2, static_cast<unsigned>(L), 1}, kk::kThreads,
-                [&] { kk::kv_copy_pages_kernel<Wd>(wt.data(), src.data(), dst.data(), page_bytes / sizeof(Wd)); });
+                [&] { kk::kv_copy_pages_kernel<Wd>(kk::LayerBases<Wd>{wt.data(), nullptr, 0}, src.data(), dst.data(), page_bytes / sizeof(Wd)); });
   };
   if (page_bytes % 16 == 0) go(uint4{});
   else go(uint32_t{});
@@ -358,6 +395,7 @@ int main(int argc, char** argv) {
   check_norm_embed<float>(rng, 5, 64);
   check_norm_embed<bf16>(rng, 3, 1000);
   check_norm_embed<__half>(rng, 2, 4099);
+  check_embed_f16_bits();
   check_rope_elementwise(rng);
   check_gather_last_accepted(rng);
   check_kv<float, float>(rng);

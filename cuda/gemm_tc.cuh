@@ -83,6 +83,112 @@ template <> __device__ __forceinline__ float bias_f32<float>(float v) { return v
 template <> __device__ __forceinline__ float bias_f32<__half>(__half v) { return __half2float(v); }
 template <> __device__ __forceinline__ float bias_f32<bf16>(bf16 v) { return __bfloat162float(v); }
 
+// Steps of w a warp loads ahead (a step: 16 rows x 32 k, 1 KiB in bf16): 8 for NT = 1 (decode and
+// small trees, where M / 16 blocks are all the parallelism there is); 4 for NT = 2 (wide batches
+// have N / 32 times the blocks to hide latency with, and registers bound their occupancy).
+template <int NT> constexpr int kDepth = NT == 1 ? 8 : 4;
+// Steps of x loaded ahead (x comes from L2, a shorter latency; NT = 2 holds twice the items).
+template <int NT> constexpr int kXDepth = NT == 1 ? 2 : 1;
+static_assert(kDepth<1> % kXDepth<1> == 0 && kDepth<2> % kXDepth<2> == 0, "a step's x slot is its index mod kXDepth");
+
+// One step of w: 16 rows x 32 k, lane -> row lane / 2, k half (lane % 2) * 16, as two groups of 8
+// (raw, 16 bytes each; zeros outside the matrix).
+template <typename W>
+__device__ __forceinline__ void load_w(const W* __restrict__ w, uint4 (&raw)[2], int64_t m0, int64_t kb, int64_t K,
+                                       int64_t M, bool vec_w, int lane) {
+  const int64_t m = m0 + (lane >> 1);
+#pragma unroll
+  for (int g = 0; g < 2; ++g) {
+    const int64_t k = kb + (lane & 1) * 16 + g * 8;
+    if (m < M && vec_w && k + 8 <= K) {
+      raw[g] = *reinterpret_cast<const uint4*>(w + m * K + k);
+    } else {
+      W v[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[j] = (m < M && k + j < K) ? w[m * K + k + j] : W(0.f);
+      static_assert(sizeof(v) == sizeof(uint4), "8 weights are 16 bytes");
+      memcpy(&raw[g], v, sizeof v);
+    }
+  }
+}
+
+// 8 bf16 as one 16-byte word (element 0 in the low bits, as in memory).
+__device__ __forceinline__ uint4 pack8(const bf16 (&h)[8]) {
+  unsigned u[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+    u[i] = static_cast<unsigned>(__bfloat16_as_ushort(h[2 * i])) | (static_cast<unsigned>(__bfloat16_as_ushort(h[2 * i + 1])) << 16);
+  return uint4{u[0], u[1], u[2], u[3]};
+}
+
+// Splits a step of w (as load_w left it) into the warp's staging. Each group of 8 lands on a
+// 16-byte boundary (row stride kLd * 2 = 80 bytes, groups at 16-byte offsets): one store per group.
+template <typename W>
+__device__ __forceinline__ void stage_w(const uint4 (&raw)[2], bf16* sw, int lane) {
+  constexpr int WP = WeightPieces<W>::value, kWPiece = kTileM * kLd;
+  const int r = lane >> 1;
+#pragma unroll
+  for (int g = 0; g < 2; ++g) {
+    const int c = (lane & 1) * 16 + g * 8;
+    if constexpr (WP == 1) {  // bf16 weights are their own piece
+      *reinterpret_cast<uint4*>(sw + r * kLd + c) = raw[g];
+      continue;
+    }
+    W v[8];
+    memcpy(v, &raw[g], sizeof v);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      bf16 pieces[WP];
+      split_w(v[j], pieces);
+#pragma unroll
+      for (int p = 0; p < WP; ++p) sw[p * kWPiece + r * kLd + c + j] = pieces[p];
+    }
+  }
+}
+
+// x: 16 NT rows x 32 k as (row, group of 8) items, item = lane + 32 i; only rows < rows_valid.
+template <int NT> constexpr int kXItemsFor = NT * 16 * 4 / 32;
+constexpr int kXItems = 4;  // the most items a lane holds (NT = 2)
+
+template <int NT>
+__device__ __forceinline__ void load_x(const float* __restrict__ x, float4 (&raw)[kXItems][2], int64_t n0, int64_t kb,
+                                       int64_t N, int64_t K, bool vec_x, int rows_valid, int lane) {
+#pragma unroll
+  for (int i = 0; i < kXItemsFor<NT>; ++i) {
+    const int item = lane + 32 * i, r = item >> 2;
+    if (r >= rows_valid) continue;
+    const int64_t n = n0 + r, k = kb + (item & 3) * 8;
+    if (vec_x && k + 8 <= K) {
+      raw[i][0] = reinterpret_cast<const float4*>(x + n * K + k)[0];
+      raw[i][1] = reinterpret_cast<const float4*>(x + n * K + k)[1];
+    } else {
+      float v[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[j] = k + j < K ? x[n * K + k + j] : 0.f;
+      raw[i][0] = make_float4(v[0], v[1], v[2], v[3]);
+      raw[i][1] = make_float4(v[4], v[5], v[6], v[7]);
+    }
+  }
+}
+
+template <int NT>
+__device__ __forceinline__ void stage_x(const float4 (&raw)[kXItems][2], bf16* sx, int rows_valid, int lane) {
+  constexpr int kXPiece = NT * 16 * kLd;
+#pragma unroll
+  for (int i = 0; i < kXItemsFor<NT>; ++i) {
+    const int item = lane + 32 * i, r = item >> 2;
+    if (r >= rows_valid) continue;
+    const float v[8] = {raw[i][0].x, raw[i][0].y, raw[i][0].z, raw[i][0].w, raw[i][1].x, raw[i][1].y, raw[i][1].z, raw[i][1].w};
+    bf16 p0[8], p1[8], p2[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) split_x(v[j], &p0[j], &p1[j], &p2[j]);
+    const int at = r * kLd + (item & 3) * 8;  // a 16-byte boundary, as in stage_w
+    *reinterpret_cast<uint4*>(sx + at) = pack8(p0);
+    *reinterpret_cast<uint4*>(sx + kXPiece + at) = pack8(p1);
+    *reinterpret_cast<uint4*>(sx + 2 * kXPiece + at) = pack8(p2);
+  }
+}
+
 // grid = (ceil(M / 16), ceil(N / (16 NT))), block = kThreads. `vec_w`: K % 8 == 0 and w 16-byte
 // aligned (8-element vector loads); `vec_x`: K % 4 == 0 and x 16-byte aligned. The loads change
 // nothing in the arithmetic, only how the same values arrive.
@@ -109,76 +215,63 @@ __global__ void __launch_bounds__(kThreads)
     wmma::fill_fragment(small[t], 0.f);
   }
 
-  for (int64_t kb = static_cast<int64_t>(warp) * kKStep; kb < K; kb += static_cast<int64_t>(kWarps) * kKStep) {
-    __syncwarp();  // the previous step's fragment loads are done before the staging is overwritten
+  // This warp's K steps: s = 0, 1, ... at k = (warp + s * kWarps) * kKStep.
+  const int64_t kstride = static_cast<int64_t>(kWarps) * kKStep;
+  const int64_t kfirst = static_cast<int64_t>(warp) * kKStep;
+  const int64_t nsteps = kfirst < K ? (K - kfirst + kstride - 1) / kstride : 0;
+  const int rows_valid = static_cast<int>(N - n0 < 16 * NT ? N - n0 : 16 * NT);
 
-    // w: 16 rows x 32 k; lane -> row lane / 2, k half (lane % 2) * 16, as two groups of 8.
-    {
-      const int r = lane >> 1;
-      const int64_t m = m0 + r;
+  // x rows past the batch (all but one in decode) stay zero: staged once here, never rewritten, so
+  // each step splits only the rows that exist.
+  for (int i = lane; i < kXPieces * kXPiece; i += 32) sx[i] = __float2bfloat16_rn(0.f);
+
+  // The loads run ahead of the arithmetic: a ring of D steps of w and XD of x in
+  // registers, refilled as each step is staged, so a warp keeps ~D KiB of weights in flight
+  // instead of waiting a memory latency per 32-wide step (decode is a chain of such steps: the
+  // first GPU run measured ~6% of the H200's bandwidth without this). The staged values, and so
+  // the arithmetic, are exactly those of loading each step when it is used.
+  constexpr int D = kDepth<NT>, XD = kXDepth<NT>;
+  uint4 wr[D][2];
+  float4 xr[XD][kXItems][2];
 #pragma unroll
-      for (int g = 0; g < 2; ++g) {
-        const int c = (lane & 1) * 16 + g * 8;
-        const int64_t k = kb + c;
-        W v[8];
-        if (m < M && vec_w && k + 8 <= K) {
-          const uint4 raw = *reinterpret_cast<const uint4*>(w + m * K + k);
-          const W* h = reinterpret_cast<const W*>(&raw);
+  for (int d = 0; d < D; ++d)
+    if (d < nsteps) load_w(w, wr[d], m0, kfirst + d * kstride, K, M, vec_w, lane);
 #pragma unroll
-          for (int j = 0; j < 8; ++j) v[j] = h[j];
-        } else {
+  for (int d = 0; d < XD; ++d)
+    if (d < nsteps) load_x<NT>(x, xr[d], n0, kfirst + d * kstride, N, K, vec_x, rows_valid, lane);
+
+  for (int64_t s0 = 0; s0 < nsteps; s0 += D) {
 #pragma unroll
-          for (int j = 0; j < 8; ++j) v[j] = (m < M && k + j < K) ? w[m * K + k + j] : W(0.f);
+    for (int d = 0; d < D; ++d) {
+      const int64_t s = s0 + d;
+      if (s >= nsteps) break;  // warp-uniform
+      __syncwarp();  // the previous step's fragment loads are done before the staging is overwritten
+      stage_w<W>(wr[d], sw, lane);
+      if (s + D < nsteps) load_w(w, wr[d], m0, kfirst + (s + D) * kstride, K, M, vec_w, lane);
+      const int xd = d % XD;  // D is a multiple of XD: step s's x is in slot s % XD
+      stage_x<NT>(xr[xd], sx, rows_valid, lane);
+      if (s + XD < nsteps) load_x<NT>(x, xr[xd], n0, kfirst + (s + XD) * kstride, N, K, vec_x, rows_valid, lane);
+      __syncwarp();  // staging visible to the whole warp
+
+#pragma unroll
+      for (int kk = 0; kk < kKStep; kk += 16) {
+        // B = w^T as a col-major K x 16 tile: element (k, j) is sw[j * kLd + k].
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> b[WP];
+#pragma unroll
+        for (int p = 0; p < WP; ++p) wmma::load_matrix_sync(b[p], sw + p * kWPiece + kk, kLd);
+#pragma unroll
+        for (int t = 0; t < NT; ++t) {
+          wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> a;
+          const bf16* rows = sx + t * 16 * kLd + kk;
+          wmma::load_matrix_sync(a, rows, kLd);  // x0
+          wmma::mma_sync(lead[t], a, b[0], lead[t]);
+          if (WP > 1) wmma::mma_sync(small[t], a, b[WP - 1], small[t]);
+          wmma::load_matrix_sync(a, rows + kXPiece, kLd);  // x1
+          wmma::mma_sync(small[t], a, b[0], small[t]);
+          if (WP > 1) wmma::mma_sync(small[t], a, b[WP - 1], small[t]);
+          wmma::load_matrix_sync(a, rows + 2 * kXPiece, kLd);  // x2
+          wmma::mma_sync(small[t], a, b[0], small[t]);
         }
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          bf16 pieces[WP];
-          split_w(v[j], pieces);
-#pragma unroll
-          for (int p = 0; p < WP; ++p) sw[p * kWPiece + r * kLd + c + j] = pieces[p];
-        }
-      }
-    }
-
-    // x: 16 NT rows x 32 k as (row, group of 8) items, lane-strided.
-    for (int item = lane; item < NT * 16 * 4; item += 32) {
-      const int r = item >> 2, c = (item & 3) * 8;
-      const int64_t n = n0 + r, k = kb + c;
-      float v[8];
-      if (n < N && vec_x && k + 8 <= K) {
-        const float4 a = reinterpret_cast<const float4*>(x + n * K + k)[0];
-        const float4 b = reinterpret_cast<const float4*>(x + n * K + k)[1];
-        v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w; v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
-      } else {
-#pragma unroll
-        for (int j = 0; j < 8; ++j) v[j] = (n < N && k + j < K) ? x[n * K + k + j] : 0.f;
-      }
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const int at = r * kLd + c + j;
-        split_x(v[j], sx + at, sx + kXPiece + at, sx + 2 * kXPiece + at);
-      }
-    }
-    __syncwarp();  // staging visible to the whole warp
-
-#pragma unroll
-    for (int kk = 0; kk < kKStep; kk += 16) {
-      // B = w^T as a col-major K x 16 tile: element (k, j) is sw[j * kLd + k].
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> b[WP];
-#pragma unroll
-      for (int p = 0; p < WP; ++p) wmma::load_matrix_sync(b[p], sw + p * kWPiece + kk, kLd);
-#pragma unroll
-      for (int t = 0; t < NT; ++t) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> a;
-        const bf16* rows = sx + t * 16 * kLd + kk;
-        wmma::load_matrix_sync(a, rows, kLd);  // x0
-        wmma::mma_sync(lead[t], a, b[0], lead[t]);
-        if (WP > 1) wmma::mma_sync(small[t], a, b[WP - 1], small[t]);
-        wmma::load_matrix_sync(a, rows + kXPiece, kLd);  // x1
-        wmma::mma_sync(small[t], a, b[0], small[t]);
-        if (WP > 1) wmma::mma_sync(small[t], a, b[WP - 1], small[t]);
-        wmma::load_matrix_sync(a, rows + 2 * kXPiece, kLd);  // x2
-        wmma::mma_sync(small[t], a, b[0], small[t]);
       }
     }
   }

@@ -8,17 +8,19 @@
 #       packs the node binary, dist/, build/Release/specdec.node and the runtime node_modules into
 #       .device/ (git-ignored; carry it), and prints its size against the 64 MiB limit.
 #   there, on the GPU machine, from the repo root:                 bash scripts/gpu-check.sh "$OUT"
-#       unpacks .device/ when needed, runs the steps, and leaves at most 8 files in the folder given
-#       ($1, else $OUT): summary.txt, mocha.log, bench-cuda.json, matmul-simt.json, hf_agreement.json,
-#       hf_throughput.json, logs.tar.gz (every log, specdec info, nvidia-smi, the reference.json files,
-#       attention-tc.json, sampling-block.json, decode-1b-graphs-{off,on}.json).
+#       unpacks .device/ when needed, runs the steps, and leaves in the folder given ($1, else $OUT):
+#       summary.txt (each step's status and the lines that matter), mocha.log, results/ (each bench's
+#       JSON as soon as it is written), hf_agreement.json, hf_throughput.json, logs.tar.gz (every log,
+#       specdec info, nvidia-smi, the reference.json files).
 # The suite leaves out test/cuda_emu.test.ts (the kernels' host emulation: CPU only, run by CI) and
-# test/package_tarball.test.ts (needs npm; CI runs it).
-# STEPS="suite bench hf graphs" (default: all) picks step groups, for a rerun of what failed with the lease left.
-# Time boxes (seconds; override by environment): T_SUITE=210 T_BENCH=90 T_SIMT=20 T_ATTN_TC=30
-# T_ATTN_TC_BENCH=20 T_SAMPLING_BLOCK=20 T_HF=80 T_AGREE=70 T_GRAPHS=60 T_GRAPHS_BENCH=50 (x2),
-# and T_FIXTURES=150 in the background beside the suite. Worst case ~12 min, over one call's 10:
-# with a cold machine run it as two calls, STEPS="suite bench" then STEPS="hf graphs"; typical less.
+# test/package_tarball.test.ts (needs npm; CI runs it), and runs its files in parallel (SUITE_JOBS=6).
+# STEPS names the step groups in the order to run them (default "suite bench hf graphs"; also matmul,
+# the tensor-core matmul bench alone, and extras, the opt-in paths' runs). With a lease running out,
+# order them by value and set DEADLINE_S (seconds from the start): later boxes shrink to fit it.
+# Time boxes (seconds; override by environment): T_SUITE=210, T_BENCH_EACH=40 per bench (BENCHES=
+# "attention verify sampling plain_decode speculative"), T_SIMT=40 T_ATTN_TC=30 T_ATTN_TC_BENCH=20
+# T_SAMPLING_BLOCK=40, T_HF=80 (HF_REPS=2) T_AGREE=70, T_GRAPHS=60 T_GRAPHS_BENCH=50 (x2), and
+# T_FIXTURES=150 in the background. Worst case over one call's 10 minutes: split it into two calls.
 # Exit 0 when every step passed, 1 otherwise, 2 when the machine is not prepared.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -77,6 +79,13 @@ step() {
   local name=$1 limit=$2 t0 rc dt status
   shift 2
   t0=$(date +%s)
+  # DEADLINE_S (seconds from the start; default none): a box is cut to what is left of it, less 20 s
+  # for the wrap-up, so the summary and logs come back even when the lease would end first.
+  if [ -n "${DEADLINE_S:-}" ]; then
+    local left=$(( t_start + DEADLINE_S - 20 - t0 ))
+    if [ "$left" -lt 5 ]; then say "$(printf 'step %-11s SKIPPED         (DEADLINE_S=%d reached)' "$name" "$DEADLINE_S")"; failures=$((failures + 1)); return 1; fi
+    [ "$left" -lt "$limit" ] && limit=$left
+  fi
   timeout -k 10 "$limit" "$@" > "$logs/$name.log" 2>&1
   rc=$?
   dt=$(( $(date +%s) - t0 ))
@@ -125,83 +134,110 @@ say "node $(node --version)   $(python3 -c 'import platform, torch, transformers
 node bin/specdec.js info --json > "$res/specdec-info.json" 2> "$logs/specdec-info.err"
 say "specdec: $(node -e 'const j = require(process.argv[1]); console.log(`compiled ${j.backends.compiled}, usable ${j.backends.available}, CUDA runtime ${j.cuda.runtimeVersion}, driver API ${j.cuda.driverVersion}, archs ${j.cuda.architectures}, gpus ${JSON.stringify(j.cuda.gpus)}${j.cuda.notUsedBecause ? `, CUDA NOT USED: ${j.cuda.notUsedBecause}` : ""}`)' "$res/specdec-info.json" 2>&1)"
 
-# ---- 1. the suite, with transformers' agreement fixtures made beside it ---------------------------------
-# The fixtures need no timing, so they share the GPU with the suite; the timed steps below run alone.
+# ---- the step groups, run in the order STEPS names them ------------------------------------------------
+# The fixtures need no timing, so they are made in the background from the start, sharing the GPU with
+# the suite; the timed steps run alone.
 fixtures_t0=$(date +%s)
-want hf && (
-  timeout -k 10 "${T_FIXTURES:-150}" env PYTHONUNBUFFERED=1 python3 scripts/hf_fixtures.py agreement "$work/fixtures" > "$logs/hf-fixtures.log" 2>&1
-  echo "$? $(date +%s)" > "$work/fixtures.done"
-) &
-fixtures_pid=$!
-if want suite; then
+fixtures_pid=
+if want hf; then
+  (
+    timeout -k 10 "${T_FIXTURES:-150}" env PYTHONUNBUFFERED=1 python3 scripts/hf_fixtures.py agreement "$work/fixtures" > "$logs/hf-fixtures.log" 2>&1
+    echo "$? $(date +%s)" > "$work/fixtures.done"
+  ) &
+  fixtures_pid=$!
+fi
+
+run_suite() {
   # The host emulation of the kernels (8 sanitizer builds; minutes of CPU, no GPU) runs in CI, not on
   # the lease, and so does the tarball test (it needs npm, which the GPU machine lacks): SUITE_IGNORE=''
   # brings them back.
-  ignore=()
+  local ignore=() par=() counts
   for f in ${SUITE_IGNORE-dist/test/cuda_emu.test.js dist/test/package_tarball.test.js}; do ignore+=(--ignore "$f"); done
-  step suite "${T_SUITE:-210}" env SPECDEC_REQUIRE_CUDA=1 node node_modules/mocha/bin/mocha.js "${ignore[@]}"
+  # In parallel files (SUITE_JOBS, default 6; 1 = serially): the GPU machine has 16 cores, and the
+  # serial suite took 134 s of the first run's lease.
+  [ "${SUITE_JOBS:-6}" -gt 1 ] && par=(--parallel --jobs "${SUITE_JOBS:-6}")
+  step suite "${T_SUITE:-210}" env SPECDEC_REQUIRE_CUDA=1 node node_modules/mocha/bin/mocha.js "${par[@]}" "${ignore[@]}"
   cp "$logs/suite.log" "$out/mocha.log"
   counts=$(grep -E '^ +[0-9]+ (passing|failing|pending)' "$logs/suite.log" | sed 's/ *(.*//; s/^ *//' | paste -sd, -)
   say "     suite: ${counts:-no mocha summary line (see mocha.log)}"
-  grep -qE '^ +[0-9]+ pending' "$logs/suite.log" && say "     suite: some tests are pending: with SPECDEC_REQUIRE_CUDA=1 no [cuda] suite may skip (grep -n 'needs a GPU\|- ' mocha.log)"
-fi
+  grep -qE '^ +[0-9]+ pending' "$logs/suite.log" && say "     suite: pending tests (with SPECDEC_REQUIRE_CUDA=1 no [cuda] suite may skip; the no-GPU checks may): $(grep -E '^ +- ' "$logs/suite.log" | sed 's/^ *- //' | paste -sd '|' -)"
+  grep -E '^ +[0-9]+\) ' "$logs/suite.log" | head -20 | sed 's/^/     failing: /' | tee -a "$summary"
+}
 
-# ---- 2. benchmarks on CUDA ------------------------------------------------------------------------------
-if want bench; then
-  step bench "${T_BENCH:-90}" node dist/bench/run.js --device cuda --out "$res/bench-cuda.json"
-  step matmul-simt "${T_SIMT:-20}" env SPECDEC_CUDA_MATMUL=simt node dist/bench/matmul.bench.js --device cuda --out "$res/matmul-simt.json"
-  # The tensor-core attention (opt-in until this passes): its [cuda] tests, then its speed.
+# One step per bench, each in its own box with its own results file, copied out at once: a bench past
+# its box costs only itself (the first run lost four to one 90 s box).
+bench_one() {
+  step "bench-$1" "${T_BENCH_EACH:-40}" node dist/bench/run.js --device cuda --only "$1" --out "$res/bench-$1.json"
+  if [ -f "$res/bench-$1.json" ]; then mkdir -p "$out/results" && cp "$res/bench-$1.json" "$out/results/"; fi
+}
+run_matmul() { bench_one matmul; }
+run_bench() {
+  local b
+  for b in ${BENCHES:-attention verify sampling plain_decode speculative}; do bench_one "$b"; done
+}
+# The opt-in paths against their defaults: CUDA-core matmul, tensor-core attention (its tests, then
+# its speed), one block per row for the logits ops.
+run_extras() {
+  step matmul-simt "${T_SIMT:-40}" env SPECDEC_CUDA_MATMUL=simt node dist/bench/matmul.bench.js --device cuda --out "$res/matmul-simt.json"
   step attention-tc "${T_ATTN_TC:-30}" env SPECDEC_REQUIRE_CUDA=1 SPECDEC_CUDA_ATTENTION=tc node node_modules/mocha/bin/mocha.js --no-config --timeout 120000 dist/test/attention.test.js
   step attn-tc-bench "${T_ATTN_TC_BENCH:-20}" env SPECDEC_CUDA_ATTENTION=tc node dist/bench/attention.bench.js --device cuda --out "$res/attention-tc.json"
-  # processLogits / argmax / sample one block per row, against the sliced default in bench-cuda.json.
-  step sampling-block "${T_SAMPLING_BLOCK:-20}" env SPECDEC_CUDA_SLICES=0 node dist/bench/sampling.bench.js --device cuda --out "$res/sampling-block.json"
-fi
+  step sampling-block "${T_SAMPLING_BLOCK:-40}" env SPECDEC_CUDA_SLICES=0 node dist/bench/sampling.bench.js --device cuda --out "$res/sampling-block.json"
+  mkdir -p "$out/results"
+  for f in matmul-simt.json attention-tc.json sampling-block.json; do [ -f "$res/$f" ] && cp "$res/$f" "$out/results/"; done
+}
 
-# ---- 2b. CUDA graphs (SPECDEC_CUDA_GRAPHS=1, opt-in until this passes) -------------------------------------
-# Graphs on == graphs off bit for bit (and really replayed), then a decode step of the random ~1B bf16
-# Llama without and with graphs (ms/step, device ops and graph launches per forward).
-if want graphs; then
+# CUDA graphs (SPECDEC_CUDA_GRAPHS=1, opt-in until this passes): graphs on == graphs off bit for bit
+# (and really replayed), then a decode step of the random ~1B bf16 Llama without and with graphs
+# (ms/step, device ops and graph launches per forward).
+run_graphs() {
   step graphs-test "${T_GRAPHS:-60}" env SPECDEC_REQUIRE_CUDA=1 node node_modules/mocha/bin/mocha.js --no-config --timeout 300000 --require dist/test/root_hooks.js dist/test/cuda_graphs.test.js
   step graphs-off "${T_GRAPHS_BENCH:-50}" env SPECDEC_BENCH_PLAIN_MODEL=1b SPECDEC_CUDA_GRAPHS=0 node dist/bench/plain_decode.bench.js --device cuda --out "$res/decode-1b-graphs-off.json"
   step graphs-on "${T_GRAPHS_BENCH:-50}" env SPECDEC_BENCH_PLAIN_MODEL=1b SPECDEC_CUDA_GRAPHS=1 node dist/bench/plain_decode.bench.js --device cuda --out "$res/decode-1b-graphs-on.json"
-fi
+  mkdir -p "$out/results"
+  for f in decode-1b-graphs-off.json decode-1b-graphs-on.json; do [ -f "$res/$f" ] && cp "$res/$f" "$out/results/"; done
+  grep -h 'batch 1' "$logs/graphs-off.log" "$logs/graphs-on.log" 2>/dev/null | sed 's/^/     /' | tee -a "$summary"
+}
 
-# ---- 3 + 4. transformers: fixtures (from the background), its generate() timings, then specdec ---------
-if want hf; then
-  wait "$fixtures_pid"
+# transformers: the fixtures (from the background), its generate() timings, then specdec against both.
+run_hf() {
+  local rc fixtures_t1 fstatus agree_args=()
+  if [ -n "$fixtures_pid" ]; then wait "$fixtures_pid"; fi
   read -r rc fixtures_t1 < "$work/fixtures.done" || { rc=1; fixtures_t1=$(date +%s); }
   case $rc in 0) fstatus=ok ;; 124 | 137) fstatus="TIMED OUT" ;; *) fstatus="FAILED (rc $rc)" ;; esac
   [ "$rc" -eq 0 ] || failures=$((failures + 1))
-  say "$(printf 'step %-11s %-15s %4d s (box %d s, beside the suite)' hf-fixtures "$fstatus" "$((fixtures_t1 - fixtures_t0))" "${T_FIXTURES:-150}")"
-  step hf-generate "${T_HF:-80}" env PYTHONUNBUFFERED=1 python3 scripts/hf_fixtures.py throughput "$work/hf" --reps 2
-  agree_args=()
+  say "$(printf 'step %-11s %-15s %4d s (box %d s, in the background)' hf-fixtures "$fstatus" "$((fixtures_t1 - fixtures_t0))" "${T_FIXTURES:-150}")"
+  step hf-generate "${T_HF:-80}" env PYTHONUNBUFFERED=1 python3 scripts/hf_fixtures.py throughput "$work/hf" --reps "${HF_REPS:-2}"
   ls "$work"/fixtures/*/reference.json > /dev/null 2>&1 && agree_args+=(--fixtures "$work/fixtures")
-  [ -f "$work/hf/hf_throughput.json" ] && agree_args+=(--throughput "$work/hf/hf_throughput.json") && cp "$work/hf/hf_throughput.json" "$res/"
+  [ -f "$work/hf/hf_throughput.json" ] && agree_args+=(--throughput "$work/hf/hf_throughput.json") && cp "$work/hf/hf_throughput.json" "$res/" && cp "$work/hf/hf_throughput.json" "$out/"
   if [ ${#agree_args[@]} -gt 0 ]; then
     step agreement "${T_AGREE:-70}" node dist/bench/hf_agreement.js "${agree_args[@]}" --devices cuda,cpu --out "$res/hf_agreement.json"
+    [ -f "$res/hf_agreement.json" ] && cp "$res/hf_agreement.json" "$out/"
+    grep -E '^(FAIL|ok) |side by side|tok/s|hf agreement' "$logs/agreement.log" 2>/dev/null | grep -vE '^ok ' | head -30 | sed 's/^/     /' | tee -a "$summary"
   else
     say "step agreement   SKIPPED         (no fixtures and no timings from transformers: see hf-fixtures.log, hf-generate.log)"
     failures=$((failures + 1))
   fi
-fi
+}
 
-# ---- results: at most 8 files ---------------------------------------------------------------------------
-for f in bench-cuda.json matmul-simt.json hf_agreement.json hf_throughput.json; do [ -f "$res/$f" ] && cp "$res/$f" "$out/"; done
+for g in ${STEPS:-suite bench hf graphs}; do
+  case $g in
+    suite | matmul | bench | extras | graphs | hf) "run_$g" ;;
+    *) say "unknown step group '$g' (have: suite matmul bench extras graphs hf)"; failures=$((failures + 1)) ;;
+  esac
+done
+
+# ---- results -------------------------------------------------------------------------------------------
 mkdir -p "$work/logs/references"
 for d in "$work"/fixtures/*/; do [ -f "$d/reference.json" ] && cp "$d/reference.json" "$work/logs/references/$(basename "$d").json"; done
 cp "$res/specdec-info.json" "$logs/"
+cp "$res"/*.json "$logs/" 2>/dev/null
 say "total $(( $(date +%s) - t_start )) s, $failures step(s) not ok"
 {
   echo
-  echo "== bench (tail of logs/bench.log)"; tail -n 60 "$logs/bench.log"
-  echo; echo "== matmul, CUDA-core path (tail)"; tail -n 15 "$logs/matmul-simt.log"
-  echo; echo "== sampling, one block per row (SPECDEC_CUDA_SLICES=0; tail)"; tail -n 30 "$logs/sampling-block.log"
-  echo; echo "== CUDA graphs: tests (tail), ~1B decode off / on"; tail -n 12 "$logs/graphs-test.log"; grep -h 'batch 1' "$logs/graphs-off.log" "$logs/graphs-on.log"
-  echo; echo "== hf-generate (tail)"; tail -n 12 "$logs/hf-generate.log"
+  for f in "$logs"/bench-*.log; do [ -f "$f" ] && { echo "== $(basename "$f") (tail)"; tail -n 25 "$f"; echo; }; done
+  echo "== hf-generate (tail)"; tail -n 12 "$logs/hf-generate.log" 2>/dev/null
   echo; echo "== hf agreement + side by side"; tail -n 60 "$logs/agreement.log" 2>/dev/null
-  echo; echo "== failing tests (mocha.log)"; grep -nE '^ +[0-9]+\) ' "$logs/suite.log" | head -40
 } >> "$summary" 2>/dev/null
-for f in attention-tc.json sampling-block.json decode-1b-graphs-off.json decode-1b-graphs-on.json; do [ -f "$res/$f" ] && cp "$res/$f" "$logs/"; done
 tar -czf "$out/logs.tar.gz" -C "$work" logs
 cat "$summary"
 [ "$failures" -eq 0 ]

@@ -43,6 +43,7 @@ struct alignas(16) uint4 {
 struct alignas(16) float4 {
   float x, y, z, w;
 };
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 
 namespace emu {
 
@@ -260,6 +261,7 @@ struct __half {
   }
 };
 
+inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 v) { return v.bits; }
 inline float __bfloat162float(__nv_bfloat16 v) { return emu::bits_f32(static_cast<uint32_t>(v.bits) << 16); }
 inline __nv_bfloat16 __float2bfloat16_rn(float f) {
   uint32_t u = emu::f32_bits(f);

@@ -34,9 +34,14 @@ describe('CUDA graphs: the on/off comparison script', function () {
       const b = runChild(dir, '0', 'cpu');
       // 41 hand-driven forwards' picks, then plain decoding's (up to 2 x 20: the model's EOS may stop it).
       assert.ok(a.tokens.length > 41 && a.tokens.length <= 81, `${a.tokens.length} tokens`);
-      assert.deepStrictEqual(a, b);
+      // Everything but the op count, which follows the native plain chains' lengths: those are sized
+      // by measured step times (lib/plain_chain.ts), so they vary with the machine's load (the GPU
+      // machine's parallel suite: 1731 vs 1791 ops).
+      const { deviceOps: opsA, ...restA } = a;
+      const { deviceOps: opsB, ...restB } = b;
+      assert.deepStrictEqual(restA, restB);
       assert.strictEqual(a.graphLaunches, 0);
-      assert.ok(a.deviceOps > 0);
+      assert.ok(opsA > 0 && opsB > 0);
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }

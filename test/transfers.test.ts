@@ -456,10 +456,12 @@ describe('transfers: whole decoding runs on the embedded family', function () {
 
   it('Medusa heads fused and run with the verification: the same candidates as apply() + topK, one wait and four calls a step', async () => {
     const heads = MedusaHeads.load(path.join(DEFAULT, 'medusa'));
+    const dev = heads.device;
     try {
+      assert.strictEqual(dev, target.device, 'heads and target loaded with the default device are on the same one');
       const r = rng(testSeed + 3);
       const H = heads.config.hiddenSize, R = 3, K = 5;
-      const x = Tensor.fromArray(Float32Array.from({ length: R * H }, () => 2 * r() - 1), 'f32', [R, H]);
+      const x = Tensor.fromArray(Float32Array.from({ length: R * H }, () => 2 * r() - 1), 'f32', [R, H], dev);
       const ids = heads.topKIds(x, K);
       const logits = heads.apply(x);
       logits.forEach((l, h) => {
@@ -473,8 +475,8 @@ describe('transfers: whole decoding runs on the embedded family', function () {
       // Run with a verification: the candidates at each sequence's last accepted node, in the same read.
       const V = heads.config.vocabSize;
       const nodeIndptr = Int32Array.of(0, 4, 7), parents = Int32Array.of(-1, 0, 1, 0, -1, 0, 1);
-      const hidden = Tensor.fromArray(Float32Array.from({ length: 7 * H }, () => 2 * r() - 1), 'f32', [7, H]);
-      const lg = Tensor.fromArray(Float32Array.from({ length: 7 * V }, () => r()), 'f32', [7, V]);
+      const hidden = Tensor.fromArray(Float32Array.from({ length: 7 * H }, () => 2 * r() - 1), 'f32', [7, H], dev);
+      const lg = Tensor.fromArray(Float32Array.from({ length: 7 * V }, () => r()), 'f32', [7, V], dev);
       const am = argmax(lg);
       const top = am.toInt32();
       am.dispose();
@@ -483,7 +485,7 @@ describe('transfers: whole decoding runs on the embedded family', function () {
       const c = await counted(() => verify({ mode: 'greedy', nodeIndptr, parents, tokens, target: lg, headsOnAccepted: { heads: heads.weights(), k: K, hidden } }));
       assert.deepStrictEqual(c.value.acceptedNodes.map((a) => Array.from(a)), [[0, 1, 2], [0, 1]]);
       assert.deepStrictEqual([c.t.readbacks, c.t.blockingWaits], [1, 1], JSON.stringify(c.t));
-      const last = gatherRows([{ tensor: hidden, row: 2 }, { tensor: hidden, row: 5 }], H, 'cpu');
+      const last = gatherRows([{ tensor: hidden, row: 2 }, { tensor: hidden, row: 5 }], H, dev);
       assert.deepStrictEqual(Array.from(c.value.headsTopK ?? []), Array.from(heads.topKIds(last, K)));
       for (const t of [hidden, lg, last]) t.dispose();
       const plain = await new SpeculativeDecoder({ target }).generate(prompt, { maxNewTokens: 40 }).result;

@@ -9,9 +9,9 @@
 #       .device/ (git-ignored; carry it), and prints its size against the 64 MiB limit.
 #   there, on the GPU machine, from the repo root:                 bash scripts/gpu-check.sh "$OUT"
 #       unpacks .device/ when needed, runs the steps, and leaves in the folder given ($1, else $OUT):
-#       summary.txt (each step's status and the lines that matter), mocha.log, results/ (each bench's
-#       JSON as soon as it is written), hf_agreement.json, hf_throughput.json, logs.tar.gz (every log,
-#       specdec info, nvidia-smi, the reference.json files).
+#       summary.txt (each step's status and the lines that matter), mocha.log, results.tar (every
+#       results JSON, rewritten after each step), hf_agreement.json, hf_throughput.json, logs.tar.gz
+#       (every log, specdec info, nvidia-smi, the reference.json files): 6 files (a call brings back 8).
 # The suite leaves out test/cuda_emu.test.ts (the kernels' host emulation: CPU only, run by CI) and
 # test/package_tarball.test.ts (needs npm; CI runs it), and runs its files in parallel (SUITE_JOBS=6).
 # STEPS names the step groups in the order to run them (default "suite bench hf graphs"; also matmul,
@@ -164,11 +164,15 @@ run_suite() {
   grep -E '^ +[0-9]+\) ' "$logs/suite.log" | head -20 | sed 's/^/     failing: /' | tee -a "$summary"
 }
 
-# One step per bench, each in its own box with its own results file, copied out at once: a bench past
-# its box costs only itself (the first run lost four to one 90 s box).
+# Every results file so far, as one file in the output folder (a call brings back at most 8 files; the
+# third run lost two JSON files to that), rewritten after each step so a cut-off run keeps them.
+save_results() { tar -cf "$out/results.tar" -C "$res" . 2>/dev/null; }
+
+# One step per bench, each in its own box with its own results file, saved at once: a bench past its
+# box costs only itself (the first run lost four to one 90 s box).
 bench_one() {
   step "bench-$1" "${T_BENCH_EACH:-40}" node dist/bench/run.js --device cuda --only "$1" --out "$res/bench-$1.json"
-  if [ -f "$res/bench-$1.json" ]; then mkdir -p "$out/results" && cp "$res/bench-$1.json" "$out/results/"; fi
+  save_results
 }
 run_matmul() { bench_one matmul; }
 run_bench() {
@@ -182,8 +186,7 @@ run_extras() {
   step attention-tc "${T_ATTN_TC:-30}" env SPECDEC_REQUIRE_CUDA=1 SPECDEC_CUDA_ATTENTION=tc node node_modules/mocha/bin/mocha.js --no-config --timeout 120000 dist/test/attention.test.js
   step attn-tc-bench "${T_ATTN_TC_BENCH:-20}" env SPECDEC_CUDA_ATTENTION=tc node dist/bench/attention.bench.js --device cuda --out "$res/attention-tc.json"
   step sampling-block "${T_SAMPLING_BLOCK:-40}" env SPECDEC_CUDA_SLICES=0 node dist/bench/sampling.bench.js --device cuda --out "$res/sampling-block.json"
-  mkdir -p "$out/results"
-  for f in matmul-simt.json attention-tc.json sampling-block.json; do [ -f "$res/$f" ] && cp "$res/$f" "$out/results/"; done
+  save_results
 }
 
 # CUDA graphs (SPECDEC_CUDA_GRAPHS=1, opt-in until this passes): graphs on == graphs off bit for bit
@@ -193,8 +196,7 @@ run_graphs() {
   step graphs-test "${T_GRAPHS:-60}" env SPECDEC_REQUIRE_CUDA=1 node node_modules/mocha/bin/mocha.js --no-config --timeout 300000 --require dist/test/root_hooks.js dist/test/cuda_graphs.test.js
   step graphs-off "${T_GRAPHS_BENCH:-50}" env SPECDEC_BENCH_PLAIN_MODEL=1b SPECDEC_CUDA_GRAPHS=0 node dist/bench/plain_decode.bench.js --device cuda --out "$res/decode-1b-graphs-off.json"
   step graphs-on "${T_GRAPHS_BENCH:-50}" env SPECDEC_BENCH_PLAIN_MODEL=1b SPECDEC_CUDA_GRAPHS=1 node dist/bench/plain_decode.bench.js --device cuda --out "$res/decode-1b-graphs-on.json"
-  mkdir -p "$out/results"
-  for f in decode-1b-graphs-off.json decode-1b-graphs-on.json; do [ -f "$res/$f" ] && cp "$res/$f" "$out/results/"; done
+  save_results
   grep -h 'batch 1' "$logs/graphs-off.log" "$logs/graphs-on.log" 2>/dev/null | sed 's/^/     /' | tee -a "$summary"
 }
 

@@ -5,7 +5,7 @@
 // Run: node dist/bench/plain_decode.bench.js [--device cpu|cuda|auto] [--quick]   (or specdec bench --only plain_decode)
 import { LlamaModel } from '../lib/models/llama';
 import { plainGenerate } from '../lib/plain';
-import { transferCounters } from '../lib/transfers';
+import { cudaKernelProfile, transferCounters, type KernelProfile } from '../lib/transfers';
 import { LLAMA_1B } from './memory.bench';
 import { LLAMA_100M, median, round, standalone, tempDir, writeRandomLlama, type BenchModule, type BenchOptions, type BenchResult, type BenchRow, type RandomLlamaSpec } from './common';
 
@@ -30,6 +30,8 @@ export const plainDecodeBench: BenchModule = {
       const maxBatch = Math.max(...cases.map((c) => c.batch));
       const model = await LlamaModel.load(tmp.dir, { device: opts.device, maxSequences: maxBatch });
       const rows: BenchRow[] = [];
+      const profiling = cudaKernelProfile().enabled;
+      const profileNotes: string[] = [];
       try {
         for (const { batch, newTokens } of cases) {
           const prompts = Array.from({ length: batch }, (_, b) => Int32Array.from({ length: promptLen }, (_, i) => (i * 7919 + b * 104729) % spec.vocab));
@@ -39,10 +41,14 @@ export const plainDecodeBench: BenchModule = {
           const tps: number[] = [];
           const msStep: number[] = [];
           let forwards = 0;
+          let lastForwards = 0;
           const c0 = transferCounters();
           for (let r = 0; r < repeats; r++) {
             opts.log(`plain_decode: batch ${batch}, run ${r + 1}/${repeats}`);
+            // SPECDEC_CUDA_PROFILE=1: the last run's kernels are timed (the others' dropped).
+            if (profiling && r === repeats - 1) cudaKernelProfile({ reset: true });
             const res = await plainGenerate(model, prompts, { maxNewTokens: newTokens, stopTokens: [] });
+            lastForwards = res.stats.targetForwards;
             tps.push(res.stats.tokensPerSecond);
             msStep.push((1000 * res.stats.seconds) / res.stats.targetForwards);
             forwards += res.stats.targetForwards;
@@ -51,6 +57,7 @@ export const plainDecodeBench: BenchModule = {
           const c1 = transferCounters();
           const opsPerForward = (c1.deviceOps - c0.deviceOps) / forwards;
           const graphsPerForward = (c1.graphLaunches - c0.graphLaunches) / forwards;
+          if (profiling) profileNotes.push(...profileLines(`batch ${batch}`, cudaKernelProfile({ reset: true }), lastForwards));
           rows.push({
             name: `batch ${batch}`,
             value: round(median(tps), 2),
@@ -71,7 +78,7 @@ export const plainDecodeBench: BenchModule = {
         quick: opts.quick,
         setup: { model: { params, dtype: 'bf16', ...spec }, weights: 'random', decoding: 'greedy', repeats, cudaGraphs: process.env['SPECDEC_CUDA_GRAPHS'] === '1' },
         rows,
-        notes: [],
+        notes: profileNotes,
         checks: {},
         seconds: (performance.now() - t0) / 1000,
       };
@@ -80,5 +87,15 @@ export const plainDecodeBench: BenchModule = {
     }
   },
 };
+
+/** The profile of one run as note lines: per step, the GPU's busy and idle time and the top kernels. */
+function profileLines(label: string, p: KernelProfile, forwards: number): string[] {
+  const f = Math.max(1, forwards);
+  const lines = [
+    `profile (${label}, SPECDEC_CUDA_PROFILE=1, per forward of the last run): span ${round(p.spanUs / f, 1)} us, kernels ${round(p.busyUs / f, 1)} us, idle ${round((p.spanUs - p.busyUs) / f, 1)} us, ${round(p.launches / f, 1)} launches${p.truncated ? ' (truncated)' : ''}`,
+  ];
+  for (const r of p.rows.slice(0, 12)) lines.push(`  ${round(r.totalUs / f, 1)} us  ${round(r.calls / f, 1)}x  ${r.name}`);
+  return lines;
+}
 
 if (require.main === module) void standalone(plainDecodeBench);

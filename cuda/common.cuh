@@ -50,6 +50,12 @@ namespace cuda {
 
 inline unsigned ceil_div(int64_t a, int64_t b) { return static_cast<unsigned>((a + b - 1) / b); }
 
+// Kernel timing (cuda/profile.cu, SPECDEC_CUDA_PROFILE=1): a slot bracketing one eager launch, or -1.
+bool profile_enabled();
+int profile_begin(const void* fn);
+int profile_begin_graph();
+void profile_end(int slot);
+
 // Every kernel launch goes through here: inside a CUDA graph body (cuda/graphs.cu) the launch is
 // recorded (the arguments as the kernel receives them) and, while the body is traced, not made.
 template <typename... P, typename... A>
@@ -61,7 +67,9 @@ void launch_kernel(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, A&&
     graphs::record_launch(*r, reinterpret_cast<const void*>(kernel), g, b, smem, conv);
     if (graphs::t_body.suppress) return;
   }
+  const int slot = profile_enabled() ? profile_begin(reinterpret_cast<const void*>(kernel)) : -1;
   std::apply([&](auto&... a) { kernel<<<grid, block, smem, stream()>>>(a...); }, conv);
+  profile_end(slot);
 }
 
 }  // namespace cuda

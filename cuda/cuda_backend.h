@@ -47,5 +47,22 @@ struct Segment {
 };
 void copy_segments(void* dst, const std::vector<Segment>& segs);
 
+// Kernel timing (cuda/profile.cu), on with SPECDEC_CUDA_PROFILE=1 (read once): per kernel name, the
+// launches and their summed GPU time since the last reset; span = first event to last, busy = the
+// sum of the kernels' intervals. A diagnostic: the events cost host time per launch.
+struct ProfileRow {
+  std::string name;
+  uint64_t calls = 0;
+  double total_us = 0;
+};
+struct ProfileReport {
+  bool enabled = false;
+  std::vector<ProfileRow> rows;  // the most time first
+  double span_us = 0, busy_us = 0;
+  uint64_t launches = 0;
+  bool truncated = false;  // more launches than the profiler keeps: timing stopped
+};
+ProfileReport profile_report(bool reset);
+
 }  // namespace cuda
 }  // namespace specdec

@@ -44,7 +44,11 @@ struct CudaGraphDevice {
     }
     return exec;
   }
-  void launch(Exec exec) { SPECDEC_CUDA_CHECK(cudaGraphLaunch(exec, stream())); }
+  void launch(Exec exec) {
+    const int slot = profile_enabled() ? profile_begin_graph() : -1;
+    SPECDEC_CUDA_CHECK(cudaGraphLaunch(exec, stream()));
+    profile_end(slot);
+  }
   // An executable graph still in flight is freed when it completes (cudaGraphExecDestroy).
   void destroy(Exec exec) { cudaGraphExecDestroy(exec); }
   void quiet_ops(bool quiet) { set_ops_quiet(quiet); }

@@ -9,8 +9,8 @@ export type { ErrorCode, CodedError } from './errors';
 export { defaultModelPaths } from './default_models';
 export type { DefaultModelPaths } from './default_models';
 export type { BackendReport } from './backend';
-export { transferCounters, transfersSince } from './transfers';
-export type { TransferStats } from './transfers';
+export { cudaKernelProfile, transferCounters, transfersSince } from './transfers';
+export type { KernelProfile, TransferStats } from './transfers';
 
 // Kernels: paged KV cache + tree attention, sampling, verification, model layers.
 export * as kv from './kv';

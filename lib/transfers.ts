@@ -57,3 +57,34 @@ export function transfersSince(from: TransferStats): TransferStats {
     graphCaptures: now.graphCaptures - from.graphCaptures,
   };
 }
+
+/** GPU time per kernel (see cudaKernelProfile). */
+export interface KernelProfile {
+  /** False unless the process started with SPECDEC_CUDA_PROFILE=1 (and the binary has CUDA); `reason` says why. */
+  readonly enabled: boolean;
+  readonly reason?: string;
+  /** Per kernel name, the most time first: launches and their summed GPU time in microseconds. */
+  readonly rows: readonly { readonly name: string; readonly calls: number; readonly totalUs: number }[];
+  /** From the first timed launch's start to the last one's end, and the kernels' time within it. */
+  readonly spanUs: number;
+  readonly busyUs: number;
+  readonly launches: number;
+  /** More launches than the profiler keeps (262144) since the last reset: later ones were not timed. */
+  readonly truncated: boolean;
+}
+
+/**
+ * Where a CUDA step's time goes: with SPECDEC_CUDA_PROFILE=1 in the environment at start, every
+ * eager kernel launch on the library stream is bracketed by CUDA events (a graph replay counts as
+ * one "cuda graph: layer stack" launch). This waits for the stream, then sums the intervals per
+ * kernel since the last reset; `spanUs - busyUs` is the time the GPU sat idle between kernels. A
+ * diagnostic: the events cost host time per launch, so time tokens/s without it.
+ */
+export function cudaKernelProfile(options: { readonly reset?: boolean } = {}): KernelProfile {
+  const b = native();
+  if (typeof b.cudaProfile !== 'function') {
+    return { enabled: false, reason: 'this binary predates cudaProfile', rows: [], spanUs: 0, busyUs: 0, launches: 0, truncated: false };
+  }
+  const r = b.cudaProfile(options.reset === true);
+  return { ...r, ...(r.reason !== undefined ? { reason: r.reason } : {}) };
+}

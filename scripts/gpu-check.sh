@@ -20,7 +20,7 @@
 # Time boxes (seconds; override by environment): T_SUITE=210, T_BENCH_EACH=40 per bench (BENCHES=
 # "attention verify sampling plain_decode speculative"), T_SIMT=40 T_ATTN_TC=30 T_ATTN_TC_BENCH=20
 # T_SAMPLING_BLOCK=40, T_HF=80 (HF_REPS=2) T_AGREE=70, T_GRAPHS=60 T_GRAPHS_BENCH=50 (x2), and
-# T_FIXTURES=150 in the background. Worst case over one call's 10 minutes: split it into two calls.
+# T_PROFILE=50, T_FIXTURES=150 in the background. Worst case over one call's 10 minutes: split it into two calls.
 # Exit 0 when every step passed, 1 otherwise, 2 when the machine is not prepared.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -191,13 +191,16 @@ run_extras() {
 
 # CUDA graphs (SPECDEC_CUDA_GRAPHS=1, opt-in until this passes): graphs on == graphs off bit for bit
 # (and really replayed), then a decode step of the random ~1B bf16 Llama without and with graphs
-# (ms/step, device ops and graph launches per forward).
+# (ms/step, device ops and graph launches per forward), then once more with its kernels timed.
 run_graphs() {
   step graphs-test "${T_GRAPHS:-60}" env SPECDEC_REQUIRE_CUDA=1 node node_modules/mocha/bin/mocha.js --no-config --timeout 300000 --require dist/test/root_hooks.js dist/test/cuda_graphs.test.js
   step graphs-off "${T_GRAPHS_BENCH:-50}" env SPECDEC_BENCH_PLAIN_MODEL=1b SPECDEC_CUDA_GRAPHS=0 node dist/bench/plain_decode.bench.js --device cuda --out "$res/decode-1b-graphs-off.json"
   step graphs-on "${T_GRAPHS_BENCH:-50}" env SPECDEC_BENCH_PLAIN_MODEL=1b SPECDEC_CUDA_GRAPHS=1 node dist/bench/plain_decode.bench.js --device cuda --out "$res/decode-1b-graphs-on.json"
+  # The same decode step with every kernel timed (SPECDEC_CUDA_PROFILE=1, graphs off): where its time goes.
+  step profile "${T_PROFILE:-50}" env SPECDEC_BENCH_PLAIN_MODEL=1b SPECDEC_CUDA_GRAPHS=0 SPECDEC_CUDA_PROFILE=1 node dist/bench/plain_decode.bench.js --device cuda --out "$res/decode-1b-profile.json"
   save_results
   grep -h 'batch 1' "$logs/graphs-off.log" "$logs/graphs-on.log" 2>/dev/null | sed 's/^/     /' | tee -a "$summary"
+  grep -h -A13 'profile (batch' "$logs/profile.log" 2>/dev/null | sed 's/^/     /' | tee -a "$summary"
 }
 
 # transformers: the fixtures (from the background), its generate() timings, then specdec against both.

@@ -75,8 +75,19 @@ declare namespace SpecdecNative {
      * napiCalls, graphLaunches, graphCaptures] (older binaries: the first 7, or a TransferCounters object).
      */
     transferCounters(): TransferCounters | Float64Array;
+    /** Kernel timing since the last reset (SPECDEC_CUDA_PROFILE=1; cuda/profile.cu). Absent in older builds. */
+    cudaProfile?(reset: boolean): CudaProfile;
     /** The CUDA version the installed driver supports (cuDriverGetVersion through a dlopen of
      *  libcuda; 0 and a reason without a driver). Absent in builds older than 0.2. */
     cudaDriverProbe?(): { version: number; reason?: string };
+  }
+  interface CudaProfile {
+    enabled: boolean;
+    reason?: string;
+    rows: { name: string; calls: number; totalUs: number }[];
+    spanUs: number;
+    busyUs: number;
+    launches: number;
+    truncated: boolean;
   }
 }

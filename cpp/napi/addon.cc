@@ -2,6 +2,9 @@
 #include "../core/backend.h"
 #include "../core/transfers.h"
 #include "napi_util.h"
+#ifdef SPECDEC_WITH_CUDA
+#include "../../cuda/cuda_backend.h"
+#endif
 
 namespace specdec {
 namespace napi {
@@ -56,11 +59,52 @@ Napi::Value TransferCountersJs(const Napi::CallbackInfo& info) {
   });
 }
 
+// cudaProfile(reset) -> kernel timing since the last reset (cuda/profile.cu; SPECDEC_CUDA_PROFILE=1).
+Napi::Value CudaProfileJs(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    Napi::Env env = info.Env();
+    const bool reset = info.Length() > 0 && info[0].IsBoolean() && info[0].As<Napi::Boolean>().Value();
+    Napi::Object o = Napi::Object::New(env);
+#ifdef SPECDEC_WITH_CUDA
+    const BackendInfo& b = backend_info();
+    // Without a usable GPU there is nothing to time (and no stream to wait for).
+    const cuda::ProfileReport r = b.cuda_available ? cuda::profile_report(reset) : cuda::ProfileReport{};
+    o.Set("enabled", r.enabled);
+    if (!b.cuda_available) o.Set("reason", "CUDA is not usable here: " + b.cuda_reason);
+    else if (!r.enabled) o.Set("reason", "SPECDEC_CUDA_PROFILE is not 1 in this process");
+    Napi::Array rows = Napi::Array::New(env, r.rows.size());
+    for (size_t i = 0; i < r.rows.size(); ++i) {
+      Napi::Object row = Napi::Object::New(env);
+      row.Set("name", r.rows[i].name);
+      row.Set("calls", double(r.rows[i].calls));
+      row.Set("totalUs", r.rows[i].total_us);
+      rows.Set(uint32_t(i), row);
+    }
+    o.Set("rows", rows);
+    o.Set("spanUs", r.span_us);
+    o.Set("busyUs", r.busy_us);
+    o.Set("launches", double(r.launches));
+    o.Set("truncated", r.truncated);
+#else
+    (void)reset;
+    o.Set("enabled", false);
+    o.Set("reason", "this binary has no CUDA backend");
+    o.Set("rows", Napi::Array::New(env, 0));
+    o.Set("spanUs", 0.0);
+    o.Set("busyUs", 0.0);
+    o.Set("launches", 0.0);
+    o.Set("truncated", false);
+#endif
+    return o;
+  });
+}
+
 }  // namespace
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("backendInfo", Napi::Function::New(env, BackendInfoJs, "backendInfo"));
   exports.Set("transferCounters", Napi::Function::New(env, TransferCountersJs, "transferCounters"));
+  exports.Set("cudaProfile", Napi::Function::New(env, CudaProfileJs, "cudaProfile"));
   exports.Set("abiVersion", Napi::Number::New(env, 1));
   for (InitFn f : registry()) f(env, exports);
   return exports;

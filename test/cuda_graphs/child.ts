@@ -1,10 +1,11 @@
 // One process of test/cuda_graphs.test.ts: SPECDEC_CUDA_GRAPHS is read once per process, so graphs
 // on and off are compared across two runs of this script on the same checkpoint and inputs.
-// Prints one JSON line: an FNV-1a hash of every logits bit, the greedy tokens, and the counters.
+// Prints one JSON line: an FNV-1a hash of every logits bit, the greedy tokens, the counters and the
+// kernel profile (timed when SPECDEC_CUDA_PROFILE=1).
 import { createHash } from 'crypto';
 import { LlamaModel } from '../../lib/models/llama';
 import { plainGenerate } from '../../lib/plain';
-import { transferCounters } from '../../lib/transfers';
+import { cudaKernelProfile, transferCounters } from '../../lib/transfers';
 
 async function main(): Promise<void> {
   const dir = process.argv[2] as string;
@@ -52,6 +53,7 @@ async function main(): Promise<void> {
     graphLaunches: after.graphLaunches - before.graphLaunches,
     graphCaptures: after.graphCaptures - before.graphCaptures,
     deviceOps: after.deviceOps - before.deviceOps,
+    profile: cudaKernelProfile(),
   })}\n`);
 }
 

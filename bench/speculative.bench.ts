@@ -121,6 +121,9 @@ export async function runScenario(sc: Scenario, roundsWanted: number, opts: Benc
     // effect: more rounds there (the median needs them), the requested count otherwise.
     const probe = await plain(sc.newTokens);
     if (!opts.quick && probe.seconds < 0.3) rounds = Math.max(rounds, 9);
+    // SPECDEC_BENCH_ROUNDS=n: exactly n rounds (a time-boxed GPU step; fewer rounds, wider medians).
+    const fixed = Number(process.env['SPECDEC_BENCH_ROUNDS']);
+    if (Number.isInteger(fixed) && fixed > 0) rounds = fixed;
     const perVariant = new Map<string, { runs: Run[]; ratios: number[]; plainAround: number[] }>(sc.variants.map((v) => [v.name, { runs: [], ratios: [], plainAround: [] }]));
     for (let r = 0; r < rounds; r++) {
       prefillMs.push((await plain(1)).seconds * 1000);

@@ -91,15 +91,17 @@ template <int NT> constexpr int kDepth = NT == 1 ? 8 : 4;
 template <int NT> constexpr int kXDepth = NT == 1 ? 2 : 1;
 static_assert(kDepth<1> % kXDepth<1> == 0 && kDepth<2> % kXDepth<2> == 0, "a step's x slot is its index mod kXDepth");
 
-// One step of w: 16 rows x 32 k, lane -> row lane / 2, k half (lane % 2) * 16, as two groups of 8
-// (raw, 16 bytes each; zeros outside the matrix).
+// One step of w: 16 rows x 32 k, lane -> row lane / 2; group g of 8 at k = g * 16 + (lane % 2) * 8
+// (raw, 16 bytes each; zeros outside the matrix). So each load instruction (one g) reads whole 32-byte
+// sectors, a lane pair one sector of its row, and the two instructions the row's other sector:
+// no sector is fetched half-used by one instruction and again by the next.
 template <typename W>
 __device__ __forceinline__ void load_w(const W* __restrict__ w, uint4 (&raw)[2], int64_t m0, int64_t kb, int64_t K,
                                        int64_t M, bool vec_w, int lane) {
   const int64_t m = m0 + (lane >> 1);
 #pragma unroll
   for (int g = 0; g < 2; ++g) {
-    const int64_t k = kb + (lane & 1) * 16 + g * 8;
+    const int64_t k = kb + g * 16 + (lane & 1) * 8;
     if (m < M && vec_w && k + 8 <= K) {
       raw[g] = *reinterpret_cast<const uint4*>(w + m * K + k);
     } else {
@@ -129,7 +131,7 @@ __device__ __forceinline__ void stage_w(const uint4 (&raw)[2], bf16* sw, int lan
   const int r = lane >> 1;
 #pragma unroll
   for (int g = 0; g < 2; ++g) {
-    const int c = (lane & 1) * 16 + g * 8;
+    const int c = g * 16 + (lane & 1) * 8;
     if constexpr (WP == 1) {  // bf16 weights are their own piece
       *reinterpret_cast<uint4*>(sw + r * kLd + c) = raw[g];
       continue;

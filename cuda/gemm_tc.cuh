@@ -225,7 +225,8 @@ __global__ void __launch_bounds__(kThreads)
 
   // x rows past the batch (all but one in decode) stay zero: staged once here, never rewritten, so
   // each step splits only the rows that exist.
-  for (int i = lane; i < kXPieces * kXPiece; i += 32) sx[i] = __float2bfloat16_rn(0.f);
+  static_assert((kXPieces * kXPiece) % 8 == 0, "the x staging is whole 16-byte words");
+  for (int i = lane; i < kXPieces * kXPiece / 8; i += 32) reinterpret_cast<uint4*>(sx)[i] = uint4{0u, 0u, 0u, 0u};
 
   // The loads run ahead of the arithmetic: a ring of D steps of w and XD of x in
   // registers, refilled as each step is staged, so a warp keeps ~D KiB of weights in flight

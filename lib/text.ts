@@ -23,9 +23,12 @@ export interface TextGenerateOptions {
 }
 
 export interface TextChunk {
-  /** Tokens emitted by this step. */
+  /** Tokens emitted by this step (none in the last chunk when it only releases held-back text). */
   readonly tokens: Int32Array;
-  /** Text they completed (may be empty while a multi-byte character is incomplete). */
+  /**
+   * Text they completed: may be empty while a multi-byte character is incomplete or the text's end
+   * could still begin a stop string. The chunks' texts add up to the result's `text`.
+   */
   readonly text: string;
 }
 
@@ -78,6 +81,18 @@ export class IncrementalText {
     }
     return full;
   }
+}
+
+/** The length of the longest end of `text` that some stop string begins with (less than it whole). */
+function stopPrefixAtEnd(text: string, stops: readonly string[]): number {
+  let best = 0;
+  for (const s of stops)
+    for (let n = Math.min(s.length - 1, text.length); n > best; n--)
+      if (text.endsWith(s.slice(0, n))) {
+        best = n;
+        break;
+      }
+  return best;
 }
 
 /** Cuts `text` at the first stop string; returns the cut text and the string found. */
@@ -136,12 +151,22 @@ export function generateText(
     async *[Symbol.asyncIterator](): AsyncGenerator<TextChunk> {
       for await (const toks of gen) {
         for (const t of toks) all.push(t);
-        let cut = cutAtStop(text.of(all), stops).text;
-        // Hold back an incomplete multi-byte character (decoded as U+FFFD) until it completes.
+        const found = cutAtStop(text.of(all), stops);
+        let cut = found.text;
+        // Hold back text a stop string may still begin with (the next tokens may complete it,
+        // and the stop string is never shown) ...
+        if (found.stop === undefined) cut = cut.slice(0, cut.length - stopPrefixAtEnd(cut, stops));
+        // ... and an incomplete multi-byte character (decoded as U+FFFD) until it completes.
         while (cut.endsWith('\uFFFD')) cut = cut.slice(0, -1);
         const delta = cut.length > shown ? cut.slice(shown) : '';
         shown = Math.max(shown, cut.length);
         yield { tokens: toks, text: delta };
+      }
+      // The end: what was held back and stayed text (the streamed chunks add up to result.text).
+      const rest = cutAtStop(text.of(all), stops).text;
+      if (rest.length > shown) {
+        yield { tokens: new Int32Array(0), text: rest.slice(shown) };
+        shown = rest.length;
       }
     },
   };

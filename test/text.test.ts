@@ -64,6 +64,33 @@ describe('generateText', () => {
     assert.ok(!codec.decode(Array.from(r.tokens).slice(0, -1)).includes(stop));
     assertThrowsCode(() => generateText(dec, codec, 'ab', { maxNewTokens: 1, stopStrings: [''] }), 'E_ARG', /stopStrings/);
   });
+
+  it('never streams text a stop string may still begin with, and releases it when none completes', async () => {
+    // A seed drew a stop string that also matched the output's first two words: the first chunk
+    // streamed the first word, which then turned out to be part of the stop string.
+    const target = new ToyLM({ vocabSize: V, seed: testSeed + 2 });
+    const prompt = Int32Array.of(4, 5);
+    const full = toyGreedy(target, Array.from(prompt), 12);
+    const run = async (stop: string): Promise<{ chunks: string[]; text: string; tokens: number }> => {
+      const dec = new SpeculativeDecoder({ target, speculator: new DraftModelSpeculator({ draft: target, k: 4 }) });
+      const gen = generateText(dec, codec, prompt, { maxNewTokens: 12, stopStrings: [stop] });
+      const chunks: string[] = [];
+      for await (const c of gen) chunks.push(c.text);
+      const r = await gen.result;
+      return { chunks, text: r.text, tokens: r.tokens.length };
+    };
+    // The stop string is the output's first two words: nothing is ever shown.
+    const first = await run(word(full[0]!) + word(full[1]!).trim());
+    assert.strictEqual(first.text, '');
+    assert.deepStrictEqual(first.chunks.filter((c) => c !== ''), []);
+    assert.strictEqual(first.tokens, 2);
+    // A stop string that starts like the first word but never completes ('{' is no word's letter):
+    // the word is held back while it might, and every chunk adds up to the whole text at the end.
+    const never = await run(word(full[0]!) + '{');
+    assert.strictEqual(never.text, codec.decode(full));
+    assert.strictEqual(never.chunks.join(''), never.text);
+    assert.strictEqual(never.tokens, 12);
+  });
 });
 
 // Two more tokenizer.json kinds beside the embedded models' WordPiece: GPT-2 style byte-level BPE

@@ -64,9 +64,8 @@ std::string kernel_name(const void* fn) {
   const size_t paren = s.find('(');
   if (paren != std::string::npos) s.resize(paren);
   if (s.rfind("void ", 0) == 0) s.erase(0, 5);
-  for (const char* prefix : {"specdec::cuda::"}) {
-    for (size_t at; (at = s.find(prefix)) != std::string::npos;) s.erase(at, std::char_traits<char>::length(prefix));
-  }
+  const std::string ns = "specdec::cuda::";
+  for (size_t at; (at = s.find(ns)) != std::string::npos;) s.erase(at, ns.size());
   return s;
 }
 

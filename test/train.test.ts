@@ -82,11 +82,14 @@ function gradCheck(
 ): void {
   const eps = 1e-5;
   const at = (p: Float64Array): number => loss(p);
-  // Directional derivative over every parameter at once.
+  // Directional derivative over every parameter at once. Along a direction that moves every
+  // parameter the central difference's own error (eps^2 f'''/6) reached 1.3e-6 for one seed
+  // (413417339), so the reference is Richardson-extrapolated: (4 D(eps/2) - D(eps)) / 3 cancels the
+  // eps^2 term, leaving O(eps^4).
   const d = Float64Array.from({ length: params.length }, () => 2 * r() - 1);
-  const plus = Float64Array.from(params, (x, i) => x + eps * d[i]!);
-  const minus = Float64Array.from(params, (x, i) => x - eps * d[i]!);
-  const numeric = (at(plus) - at(minus)) / (2 * eps);
+  const central = (h: number): number =>
+    (at(Float64Array.from(params, (x, i) => x + h * d[i]!)) - at(Float64Array.from(params, (x, i) => x - h * d[i]!))) / (2 * h);
+  const numeric = (4 * central(eps / 2) - central(eps)) / 3;
   let analytic = 0;
   for (let i = 0; i < params.length; i++) analytic += grads[i]! * d[i]!;
   assert.ok(Math.abs(numeric - analytic) <= 1e-6 * Math.max(1, Math.abs(numeric)), `${name}: directional derivative ${analytic} vs numeric ${numeric}`);

@@ -18,9 +18,11 @@ interface AttShape {
   readonly hq: number;
   readonly hkv: number;
   readonly d: number;
-  readonly dtype: 'f16' | 'f32';
+  readonly dtype: 'bf16' | 'f16' | 'f32';
 }
 const BIG: AttShape = { hq: 32, hkv: 8, d: 128, dtype: 'f16' };
+/** The issue's goal shapes: bf16 cache and queries (the runner's default KV dtype). */
+const GOAL: AttShape = { hq: 32, hkv: 8, d: 128, dtype: 'bf16' };
 const MODEL_SHAPES: readonly (AttShape & { readonly name: string })[] = [
   { name: 'default target (4/2 heads, d 32)', hq: 4, hkv: 2, d: 32, dtype: 'f32' },
   { name: '100M (12/4 heads, d 64)', hq: 12, hkv: 4, d: 64, dtype: 'f32' },
@@ -31,21 +33,39 @@ function randomParents(tree: number, rand: () => number): Int32Array {
   return Int32Array.from({ length: tree }, (_, i) => (i === 0 ? -1 : Math.floor(rand() * i)));
 }
 
-/** Median ms of one treeAttention call with `tree` new tokens over `prefix` cached tokens, and its cost. */
-async function timeAttention(device: Device, prefix: number, tree: number, samples: number, calls: number, seed: number, shape: AttShape = BIG): Promise<{ ms: number; cost: Cost }> {
+/** Random values in [-0.5, 0.5): a 1M-value random block tiled (a batch-32 cache is 269M values). */
+function randomBig(n: number, rand: () => number): Float32Array {
+  const block = randomF32(Math.min(n, 1 << 20), rand, -0.5, 0.5);
+  const out = new Float32Array(n);
+  for (let at = 0; at < n; at += block.length) out.set(block.subarray(0, Math.min(block.length, n - at)), at);
+  return out;
+}
+
+/**
+ * Median ms of one treeAttention call over `batch` sequences, each with `tree` new tokens (a random
+ * tree; one token: a decode row) over `prefix` cached tokens on pages of its own, and its cost.
+ */
+async function timeAttention(device: Device, prefix: number, tree: number, samples: number, calls: number, seed: number, shape: AttShape = BIG, batch = 1): Promise<{ ms: number; cost: Cost }> {
   const { hq: HQ, hkv: HKV, d: D, dtype } = shape;
   const rand = xorshift(seed);
-  const pages = Math.ceil((prefix + tree) / PAGE);
-  const layer = Tensor.fromArray(randomF32(pages * 2 * PAGE * HKV * D, rand, -0.5, 0.5), dtype, [pages, 2, PAGE, HKV, D], device);
-  const q = Tensor.fromArray(randomF32(tree * HQ * D, rand, -0.5, 0.5), dtype, [tree, HQ, D], device);
-  const parents = randomParents(tree, rand);
-  const bytes = dtype === 'f16' ? 2 : 4;
-  const cost = attentionCost({ hq: HQ, hkv: HKV, d: D, kvBytes: bytes, qBytes: bytes }, [prefix], [treeVisible(prefix, parents)]);
-  const mask = Tensor.fromArray(treeMask(parents), 'u64', [tree, Math.ceil(tree / 64)], device);
-  const batch = pagedBatch({ qoIndptr: [0, tree], pageIndptr: [0, pages], pageIndices: Array.from({ length: pages }, (_, i) => i), prefixLen: [prefix], pageSize: PAGE, numPages: pages, device });
-  const out = Tensor.empty(dtype, [tree, HQ, D], device);
+  const per = Math.ceil((prefix + tree) / PAGE);
+  const pages = per * batch;
+  const layer = Tensor.fromArray(randomBig(pages * 2 * PAGE * HKV * D, rand), dtype, [pages, 2, PAGE, HKV, D], device);
+  const q = Tensor.fromArray(randomF32(batch * tree * HQ * D, rand, -0.5, 0.5), dtype, [batch * tree, HQ, D], device);
+  const parents = Array.from({ length: batch }, () => randomParents(tree, rand));
+  const bytes = dtype === 'f32' ? 4 : 2;
+  const cost = attentionCost({ hq: HQ, hkv: HKV, d: D, kvBytes: bytes, qBytes: bytes }, parents.map(() => prefix), parents.map((p) => treeVisible(prefix, p)));
+  const words = Math.ceil(tree / 64);
+  const maskWords = new BigUint64Array(batch * tree * words);
+  parents.forEach((p, b) => maskWords.set(treeMask(p), b * tree * words));
+  const mask = Tensor.fromArray(maskWords, 'u64', [batch * tree, words], device);
+  const pb = pagedBatch({
+    qoIndptr: Array.from({ length: batch + 1 }, (_, b) => b * tree), pageIndptr: Array.from({ length: batch + 1 }, (_, b) => b * per),
+    pageIndices: Array.from({ length: pages }, (_, i) => i), prefixLen: parents.map(() => prefix), pageSize: PAGE, numPages: pages, device,
+  });
+  const out = Tensor.empty(dtype, [batch * tree, HQ, D], device);
   try {
-    const t = await measureKernel(() => treeAttention(q, layer, batch, mask, 1 / Math.sqrt(D), out), { warmup: 1, samples, calls, sync: syncOn(out), device });
+    const t = await measureKernel(() => treeAttention(q, layer, pb, mask, 1 / Math.sqrt(D), out), { warmup: 1, samples, calls, sync: syncOn(out), device });
     return { ms: t.medianMs, cost };
   } finally {
     for (const x of [layer, q, mask, out]) x.dispose();
@@ -73,6 +93,14 @@ export const attentionBench: BenchModule = {
       withRoofline({ name: `tree ${tree} tokens / prefix ${prefix}`, value: round(treeMs, 4), unit: 'ms', note: `x${round(treeMs / oneMs, 2)} the 1-token query`, metrics: { ms: treeMs, tokens: tree, prefix, msPerToken: treeMs / tree } }, treeRun.cost, treeMs * 1000, peaks),
       withRoofline({ name: `decode 1 token / prefix ${prefix}`, value: round(oneMs, 4), unit: 'ms', metrics: { ms: oneMs, tokens: 1, prefix } }, oneRun.cost, oneMs * 1000, peaks),
     ];
+    // The issue's goal shapes on a bf16 cache (CUDA only: the batch-32 cache is 538 MB).
+    if (cuda && !opts.quick) {
+      const goals: [string, number, number, number][] = [['tree 64 tokens', 64, 1, 21], ['decode 1 token', 1, 1, 22], ['decode batch 32', 1, 32, 23], ['tree 64 tokens x batch 8', 64, 8, 24]];
+      for (const [name, n, b, seed] of goals) {
+        const r = await timeAttention(opts.device, 4096, n, samples, calls, seed, GOAL, b);
+        rows.push(withRoofline({ name: `bf16 goal shape: ${name} / prefix 4096`, value: round(r.ms * 1000, 2), unit: 'us', metrics: { ms: r.ms, tokens: n, batch: b, prefix: 4096 } }, r.cost, r.ms * 1000, peaks));
+      }
+    }
     // Model shapes: many calls per sample (a call is microseconds).
     for (const m of MODEL_SHAPES) {
       let one = 0;

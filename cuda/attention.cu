@@ -1,6 +1,7 @@
-// Host side of the CUDA tree attention: with SPECDEC_CUDA_ATTENTION=tc, the tensor-core kernel
-// (attention_tc.cuh) for bf16/f16 caches whose head dim is a multiple of 16; else the CUDA-core kernel
-// (attention.cuh) with its head-dim specialisation. Either splits the keys over CTAs (flash-decoding)
+// Host side of the CUDA tree attention: with SPECDEC_CUDA_ATTENTION=tc, the tensor-core kernels for
+// bf16/f16 caches whose head dim is a multiple of 16 (attention_mma.cuh for bf16 caches with head dims
+// 64 / 128, attention_tc.cuh for the rest; the same bits); else the CUDA-core kernel (attention.cuh)
+// with its head-dim specialisation. Either splits the keys over CTAs (flash-decoding)
 // or folds all chunks inside each CTA, as the shared planner decides; both give the same bits.
 #include <algorithm>
 #include <cstdlib>
@@ -8,6 +9,7 @@
 
 #include "../cpp/core/ops_attention.h"
 #include "attention.cuh"
+#include "attention_mma.cuh"
 #include "attention_tc.cuh"
 #include "common.cuh"
 
@@ -80,9 +82,9 @@ attn::Params make_params(const Tensor& q, const Tensor& kv_layer, const PagedBat
   return p;
 }
 
-// SPECDEC_CUDA_ATTENTION=tc runs bf16/f16 caches on the tensor-core kernel. Opt-in until it has run
-// on a GPU: it is checked only on the host emulation so far (test/emu/attention_tc_emu.cc), and its
-// speed against the CUDA-core kernel is unmeasured. Read once: decode and verification must run the
+// SPECDEC_CUDA_ATTENTION=tc runs bf16/f16 caches on the tensor-core kernels. Opt-in: attention_tc.cuh
+// passed its tests on an H200 but was slower than the CUDA-core kernel there (2026-12-04, f16 cache);
+// attention_mma.cuh (bf16, head dims 64 / 128) is checked on the host emulation only, its speed unmeasured. Read once: decode and verification must run the
 // same kernel for the whole process, or a tree node's row would not match its path decoded token by
 // token.
 bool tc_attention_enabled() {
@@ -123,9 +125,45 @@ void launch_tc(const attn::Params& p, dim3 grid, size_t smem) {
   SPECDEC_CUDA_LAUNCH_CHECK("tree_attention_tc_kernel");
 }
 
+template <typename QT, int DT, int W>
+void launch_mma(const attn::Params& p, dim3 grid, size_t smem) {
+  auto kernel = attn_mma::tree_attention_mma_kernel<QT, DT, W>;
+  if (smem > 48 * 1024)
+    SPECDEC_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  launch_kernel(kernel, grid, W * 32, smem, p);
+  SPECDEC_CUDA_LAUNCH_CHECK("tree_attention_mma_kernel");
+}
+
+// attention_mma.cuh: the same bits as attention_tc.cuh, on mma.sync with S, P and O in registers, for
+// bf16 caches with head dims 64 / 128. Returns false, launching nothing, when it does not serve the problem.
+bool launch_tree_attention_mma(const Tensor& q, const PagedBatch& batch, attn::Params& p, int64_t B, int64_t N) {
+  const int warps = attn_mma::warps_for(batch.max_qo_len, p.G);
+  if (!attn_mma::supported(p.D, warps, static_cast<size_t>(max_optin_smem()))) return false;
+  const attn::Plan plan = attn_mma::plan_launch(p, B, batch.h_qo_indptr.data(), batch.h_prefix_len.data(), batch.max_qo_len,
+                                                batch.max_kv_len, sm_count(), warps);
+  if (plan.grid_x >= (int64_t(1) << 31)) return false;
+  Tensor part_acc, part_ml;  // split: held until the merge is queued
+  if (p.split) alloc_partials(p, N * p.Hq, p.D, part_acc, part_ml);
+  const dim3 grid(static_cast<unsigned>(plan.grid_x), static_cast<unsigned>(plan.grid_y), static_cast<unsigned>(plan.grid_z));
+  auto go = [&](auto qtag) {
+    using QT = decltype(qtag);
+    if (p.D == 64) warps == 1 ? launch_mma<QT, 64, 1>(p, grid, plan.smem) : launch_mma<QT, 64, 4>(p, grid, plan.smem);
+    else warps == 1 ? launch_mma<QT, 128, 1>(p, grid, plan.smem) : launch_mma<QT, 128, 4>(p, grid, plan.smem);
+  };
+  switch (q.dtype()) {
+    case DType::f32: go(float{}); break;
+    case DType::f16: go(__half{}); break;
+    case DType::bf16: go(__nv_bfloat16{}); break;
+    default: fail("E_ARG", "q: unsupported dtype ", dtype_name(q.dtype()));
+  }
+  if (p.split) launch_merge(q.dtype(), p, N * p.Hq);
+  return true;
+}
+
 }  // namespace
 
-// The tensor-core kernel (attention_tc.cuh): bf16/f16 caches, head dims that are multiples of 16 whose
+// The tensor-core kernels: attention_mma.cuh for bf16 caches with head dims 64 / 128, else
+// attention_tc.cuh (bf16/f16 caches): bf16/f16 caches, head dims that are multiples of 16 whose
 // tiles fit the opt-in shared memory, sm_80+. Returns false, launching nothing, when it does not serve
 // the problem. tree_attention below tries it first when SPECDEC_CUDA_ATTENTION=tc.
 bool launch_tree_attention_tc(const Tensor& q, const Tensor& kv_layer, const PagedBatch& batch, const Tensor& mask,
@@ -138,6 +176,7 @@ bool launch_tree_attention_tc(const Tensor& q, const Tensor& kv_layer, const Pag
   if (B > 65535 || Hkv > 65535) return false;
   if (reinterpret_cast<uintptr_t>(kv_layer.data()) % 16 != 0) return false;  // K/V are staged in 16-byte loads
   attn::Params p = make_params(q, kv_layer, batch, mask, sm_scale, out);
+  if (kv == DType::bf16 && launch_tree_attention_mma(q, batch, p, B, N)) return true;
   const int stages = attn_tc::stages_for(static_cast<int>(D), pieces, static_cast<size_t>(max_optin_smem()));
   const attn_tc::Plan plan = attn_tc::plan_launch(p, B, batch.h_qo_indptr.data(), batch.h_prefix_len.data(), batch.max_qo_len,
                                                   batch.max_kv_len, sm_count(), pieces, stages);

@@ -435,7 +435,8 @@ __global__ void tree_attention_merge_kernel(const float* part_acc, const float* 
 // p.chunks_per_cta (p.G, p.Hkv, p.Hq, p.D must be set).
 //
 // Split-KV planner. Work is counted in chunk-units: one CTA's pass over one 256-position chunk for
-// one KV head and one 16-row tile, W = sum over sequences of Hkv x tiles x chunks. With S = 2 x
+// one KV head and one tile of query rows (16, or rows_per_cta for attention_mma.cuh's wider CTAs),
+// W = sum over sequences of Hkv x tiles x chunks. With S = 2 x
 // sm_count resident CTAs (both kernels' occupancy), no schedule ends before max(longest CTA, W / S).
 // Unsplit, the longest CTA is the longest sequence's max_chunks. Split, a CTA takes cpc consecutive
 // chunks: as few groups as bring cpc down to W / S (at least 1 chunk), then as equal as that count
@@ -456,16 +457,16 @@ struct Plan {
 constexpr int stages_for_dim(int DT) { return DT > 0 ? 2 : 1; }
 constexpr double kMergeLaunchUnits = 0.25;
 inline Plan plan_launch(Params& p, int64_t B, const int32_t* h_qo_indptr, const int32_t* h_prefix_len, int64_t max_qo_len,
-                        int64_t max_kv_len, int64_t sm_count, int kv_bytes) {
+                        int64_t max_kv_len, int64_t sm_count, int kv_bytes, int rows_per_cta = kRowsPerCta) {
   const int64_t N = h_qo_indptr[B] - h_qo_indptr[0];
   const int64_t mc = std::max<int64_t>(1, (max_kv_len + kChunk - 1) / kChunk);
   p.max_chunks = static_cast<int>(mc);
-  const int64_t max_tiles = (max_qo_len * p.G + kRowsPerCta - 1) / kRowsPerCta;
+  const int64_t max_tiles = (max_qo_len * p.G + rows_per_cta - 1) / rows_per_cta;
   int64_t work = 0;
   for (int64_t b = 0; b < B; ++b) {
     const int64_t qo = h_qo_indptr[b + 1] - h_qo_indptr[b];
     const int64_t chunks = std::max<int64_t>(1, (h_prefix_len[b] + qo + kChunk - 1) / kChunk);
-    work += int64_t(p.Hkv) * ((qo * p.G + kRowsPerCta - 1) / kRowsPerCta) * chunks;
+    work += int64_t(p.Hkv) * ((qo * p.G + rows_per_cta - 1) / rows_per_cta) * chunks;
   }
   int64_t cpc = mc;
   if (sm_count > 0 && mc > 1) {

@@ -224,6 +224,7 @@ const cases: [string, Case][] = [
   ['long prefix (3000 tokens) with a tree', { ...base, hq: 4, hkv: 2, d: 64, seqs: [{ prefix: 3000, qo: 8 }] }],
   ['f16 cache, f16 q', { ...base, kvDtype: 'f16', qDtype: 'f16', seqs: [{ prefix: 45, qo: 10 }, { prefix: 0, qo: 3 }] }],
   ['bf16 cache, bf16 q, d=128', { ...base, d: 128, kvDtype: 'bf16', qDtype: 'bf16', seqs: [{ prefix: 20, qo: 9 }] }],
+  ['bf16 cache, f32 q, d=64: decode rows, a tree over a long prefix', { ...base, kvDtype: 'bf16', seqs: [{ prefix: 1000, qo: 1 }, { prefix: 700, qo: 20 }, { prefix: 3, qo: 1 }] }],
   ['f16 cache, f32 q (mixed dtypes)', { ...base, kvDtype: 'f16', qDtype: 'f32', seqs: [{ prefix: 64, qo: 5 }] }],
   ['f32 cache, bf16 q (mixed dtypes), causal', { ...base, kvDtype: 'f32', qDtype: 'bf16', mask: 'none', seqs: [{ prefix: 7, qo: 12 }] }],
 ];
@@ -282,6 +283,92 @@ describe('treeAttention (cpu)', () => {
       const o = treeAttention(q1, x.layer, single, undefined, 0.1).toFloat32();
       assert.deepStrictEqual(o, all.subarray(i * row, (i + 1) * row), `token ${i}`);
     }
+  });
+});
+
+/**
+ * Tree = path, bit for bit: a random tree's rows against each node decoded as the one new token of a
+ * sequence whose cache holds the prefix, then the node's ancestors (its path committed), in one batch
+ * of such decode sequences. Rows with several query heads per KV head, prefixes that put the paths
+ * across the kernels' key tiles, and a long prefix (split-KV on CUDA) in the same check.
+ */
+function treeEqualsPath(device: Device, kvDtype: KvDType, qDtype: KvDType, d: number, prefix: number, nodes: number, seed: number): void {
+  const rand = rng(seed);
+  const hq = 8, hkv = 2, S = 16, scale = 1 / Math.sqrt(d);
+  const parents = randomParents(nodes, rand);
+  const path: number[][] = [];
+  for (let i = 0; i < nodes; i++) path.push([...(parents[i] as number) < 0 ? [] : (path[parents[i] as number] as number[]), i]);
+  // The tree's cache: prefix slots then the nodes, one sequence on pages 0 .. tp-1.
+  const slot = hkv * d;
+  const tp = Math.ceil((prefix + nodes) / S);
+  const pre = randomArray(2 * prefix * slot, rand);  // K then V per prefix slot
+  const node = randomArray(2 * nodes * slot, rand);
+  const layerOf = (pages: number, rows: { k: Float32Array; v: Float32Array }[], pageOf: (seq: number, t: number) => number, lens: number[]): Tensor => {
+    const host = new Float32Array(pages * 2 * S * slot);
+    lens.forEach((len, b) => {
+      for (let t = 0; t < len; t++) {
+        const pg = pageOf(b, t), at = ((pg * 2) * S + (t % S)) * slot;
+        host.set((rows[b] as { k: Float32Array }).k.subarray(t * slot, (t + 1) * slot), at);
+        host.set((rows[b] as { v: Float32Array }).v.subarray(t * slot, (t + 1) * slot), at + S * slot);
+      }
+    });
+    return Tensor.fromArray(host, kvDtype, [pages, 2, S, hkv, d], device);
+  };
+  const kvOf = (slots: number[]): { k: Float32Array; v: Float32Array } => {
+    const k = new Float32Array(slots.length * slot), v = new Float32Array(slots.length * slot);
+    slots.forEach((t, j) => {
+      const src = t < prefix ? pre : node, at = (t < prefix ? t : t - prefix) * 2 * slot;
+      k.set(src.subarray(at, at + slot), j * slot);
+      v.set(src.subarray(at + slot, at + 2 * slot), j * slot);
+    });
+    return { k, v };
+  };
+  const all = Array.from({ length: prefix + nodes }, (_, t) => t);
+  const treeLayer = layerOf(tp, [kvOf(all)], (_, t) => Math.floor(t / S), [prefix + nodes]);
+  const q = Tensor.fromArray(randomArray(nodes * hq * d, rand), qDtype, [nodes, hq, d], device);
+  const mask = Tensor.fromArray(treeMask(parents), 'u64', [nodes, maskWords(nodes)], device);
+  const tb = pagedBatch({ qoIndptr: [0, nodes], pageIndptr: [0, tp], pageIndices: Array.from({ length: tp }, (_, i) => i), prefixLen: [prefix], pageSize: S, numPages: tp, device });
+  const treeOut = treeAttention(q, treeLayer, tb, mask, scale).toFloat32();
+  // The paths: sequence i holds the prefix, node i's ancestors, then node i itself as its new token.
+  const per = path.map((pt) => Math.ceil((prefix + pt.length) / S));
+  const starts = per.reduce<number[]>((acc, n) => [...acc, (acc[acc.length - 1] as number) + n], [0]);
+  const pathLayer = layerOf(starts[nodes] as number, path.map((pt) => kvOf([...all.slice(0, prefix), ...pt.map((i) => prefix + i)])),
+    (b, t) => (starts[b] as number) + Math.floor(t / S), path.map((pt) => prefix + pt.length));
+  const pb = pagedBatch({
+    qoIndptr: Array.from({ length: nodes + 1 }, (_, i) => i), pageIndptr: starts, pageIndices: Array.from({ length: starts[nodes] as number }, (_, i) => i),
+    prefixLen: path.map((pt) => prefix + pt.length - 1), pageSize: S, numPages: starts[nodes] as number, device,
+  });
+  const pathOut = treeAttention(q, pathLayer, pb, undefined, scale).toFloat32();
+  const row = hq * d;
+  let bad = 0;
+  for (let i = 0; i < nodes; i++) {
+    const a = treeOut.subarray(i * row, (i + 1) * row), b = pathOut.subarray(i * row, (i + 1) * row);
+    if (a.some((x, k) => !Object.is(x, b[k]))) bad++;
+  }
+  assert.ok(treeOut.some((x) => x !== 0), 'the tree rows are not trivially zero');
+  assert.strictEqual(bad, 0, `${bad} of ${nodes} nodes' rows differ from their path decoded token by token (${device}, ${kvDtype} cache, ${qDtype} q, d ${d}, prefix ${prefix}, seed ${seed})`);
+  for (const t of [treeLayer, pathLayer, q, mask]) t.dispose();
+  tb.dispose();
+  pb.dispose();
+}
+
+describe('tree = path, bit for bit (cpu)', () => {
+  it('bf16 and f32 caches, head dims 64 and 128, paths across key tiles', () => {
+    treeEqualsPath('cpu', 'bf16', 'f32', 64, 55 + (testSeed % 16), 24, testSeed + 600);
+    treeEqualsPath('cpu', 'f32', 'f32', 128, 120 + (testSeed % 16), 16, testSeed + 601);
+  });
+});
+
+describeCuda('tree = path, bit for bit (cuda)', () => {
+  // bf16 caches with head dims 64 / 128 take the mma.sync kernel under SPECDEC_CUDA_ATTENTION=tc.
+  it('bf16 caches, f32 / bf16 q, head dims 64 and 128, paths across key tiles, split-KV', () => {
+    treeEqualsPath('cuda', 'bf16', 'f32', 64, 55 + (testSeed % 16), 24, testSeed + 602);
+    treeEqualsPath('cuda', 'bf16', 'bf16', 128, 250 + (testSeed % 16), 20, testSeed + 603);
+    treeEqualsPath('cuda', 'bf16', 'f32', 128, 3000 + (testSeed % 100), 24, testSeed + 604);
+  });
+  it('f16 and f32 caches', () => {
+    treeEqualsPath('cuda', 'f16', 'f32', 64, 120 + (testSeed % 16), 16, testSeed + 605);
+    treeEqualsPath('cuda', 'f32', 'f32', 128, 60, 16, testSeed + 606);
   });
 });
 

@@ -12,11 +12,15 @@
 //       in-CTA fold, bit for bit, and tree = path under both.
 //   (5) bf16 caches: two K/V buffers (the next pass's tile loads by cp.async while this one computes;
 //       the emulated cp.async lands only at its wait) == one buffer, bit for bit.
+//   (6) the mma.sync kernel (cuda/attention_mma.cuh: bf16 caches, head dims 64 and 128; per-lane
+//       fragments through the emulated ldmatrix / mma.sync) == the wmma kernel, bit for bit, with one
+//       and four warps per CTA, folded and split, on the trees and their paths.
 // Usage: attention_tc_emu SEED [CONFIGS [TREES]] (limits for the slower ThreadSanitizer build).
 #include "cuda_emu.h"
 #include "emu_check.h"
 // clang-format off: the stand-ins must come first
 #include "../../cuda/attention_tc.cuh"
+#include "../../cuda/attention_mma.cuh"
 
 #include <cinttypes>
 #include <random>
@@ -24,6 +28,7 @@
 
 namespace attn = specdec::cuda::attn;
 namespace tc = specdec::cuda::attn_tc;
+namespace mk = specdec::cuda::attn_mma;
 using bf16 = __nv_bfloat16;
 
 namespace {
@@ -44,9 +49,12 @@ template <typename QT> double tolerance() {
 
 // Runs the kernels as attention.cu launches them (the plan with this SM count: 0 never splits, a huge
 // one splits whenever there are 2+ chunks); returns out as f32; *guard_ok: nothing written outside out.
+// mma_warps: 0 runs the wmma kernel (attention_tc.cuh); 1, 2 or 4 the mma.sync kernel
+// (attention_mma.cuh, bf16 caches, head dims 64 and 128) with that many warps per CTA; -1 the mma.sync
+// kernel with the warps attention.cu picks.
 template <typename QT, typename KVT>
 std::vector<float> run(const Problem<QT, KVT>& pr, bool* guard_ok, int64_t sm_count = 0, bool* split_used = nullptr,
-                       int* chunks_per_cta = nullptr, int stages = 0) {
+                       int* chunks_per_cta = nullptr, int stages = 0, int mma_warps = 0) {
   const int64_t N = pr.N();
   const int B = static_cast<int>(pr.seqs.size());
   std::vector<QT> out(static_cast<size_t>(N) * pr.Hq * pr.D + 2 * kGuard, from_float<QT>(-777.f));
@@ -68,7 +76,11 @@ std::vector<float> run(const Problem<QT, KVT>& pr, bool* guard_ok, int64_t sm_co
   if (!tc::supported(pr.D, pieces, 227 * 1024)) emu::die("unsupported shape");
   // K/V buffers: as attention.cu picks them on an H100 (227 KiB), unless the caller says.
   if (stages == 0) stages = tc::stages_for(pr.D, pieces, 227 * 1024);
-  const tc::Plan plan = tc::plan_launch(p, B, pr.qo_indptr.data(), pr.prefix.data(), max_qo, max_kv, sm_count, pieces, stages);
+  if (mma_warps < 0) mma_warps = mk::warps_for(max_qo, p.G);
+  if (mma_warps > 0 && (pieces != 1 || !mk::supported(pr.D, mma_warps, 227 * 1024))) emu::die("unsupported shape (mma)");
+  const tc::Plan plan = mma_warps > 0
+      ? mk::plan_launch(p, B, pr.qo_indptr.data(), pr.prefix.data(), max_qo, max_kv, sm_count, mma_warps)
+      : tc::plan_launch(p, B, pr.qo_indptr.data(), pr.prefix.data(), max_qo, max_kv, sm_count, pieces, stages);
   if (split_used) *split_used = p.split;
   if (chunks_per_cta) *chunks_per_cta = p.chunks_per_cta;
   std::vector<float> part_acc, part_ml;
@@ -79,12 +91,27 @@ std::vector<float> run(const Problem<QT, KVT>& pr, bool* guard_ok, int64_t sm_co
     p.part_ml = part_ml.data();
   }
   const Dim3 grid{static_cast<unsigned>(plan.grid_x), static_cast<unsigned>(plan.grid_y), static_cast<unsigned>(plan.grid_z)};
-  emu::launch(grid, tc::kThreads, plan.smem, [&] {
-    if constexpr (tc::KvPieces<KVT>::value == 1) {
-      if (stages == 2) return tc::tree_attention_tc_kernel<QT, KVT, 2>(p);
+  if constexpr (tc::KvPieces<KVT>::value == 1) {
+    if (mma_warps > 0) {
+      emu::launch(grid, 32 * mma_warps, plan.smem, [&] {
+        auto go = [&](auto dt) {
+          constexpr int DT = decltype(dt)::value;
+          if (mma_warps == 1) mk::tree_attention_mma_kernel<QT, DT, 1>(p);
+          else if (mma_warps == 2) mk::tree_attention_mma_kernel<QT, DT, 2>(p);
+          else mk::tree_attention_mma_kernel<QT, DT, 4>(p);
+        };
+        if (pr.D == 64) go(std::integral_constant<int, 64>{});
+        else go(std::integral_constant<int, 128>{});
+      });
     }
-    tc::tree_attention_tc_kernel<QT, KVT, 1>(p);
-  });
+  }
+  if (mma_warps == 0)
+    emu::launch(grid, tc::kThreads, plan.smem, [&] {
+      if constexpr (tc::KvPieces<KVT>::value == 1) {
+        if (stages == 2) return tc::tree_attention_tc_kernel<QT, KVT, 2>(p);
+      }
+      tc::tree_attention_tc_kernel<QT, KVT, 1>(p);
+    });
   if (p.split) {
     const int64_t rows = N * pr.Hq;
     const Dim3 mgrid{static_cast<unsigned>((rows + attn::kMergeWarps - 1) / attn::kMergeWarps), 1, 1};
@@ -167,6 +194,20 @@ void check(std::mt19937_64& rng, const char* label, int Hq, int Hkv, int D, cons
     report(g1 && std::memcmp(single.data(), got.data(), got.size() * sizeof(float)) == 0,
            what + ": one K/V buffer == two (cp.async overlapped), bit for bit");
   }
+  // (6) The mma.sync kernel (bf16 caches, head dims 64 / 128) == the wmma kernel, bit for bit: with
+  // 1 and 4 warps per CTA (the two attention.cu launches), folded, and split with the planned warps.
+  if (tc::KvPieces<KVT>::value == 1 && (D == 64 || D == 128)) {
+    for (int w : {1, 4}) {
+      bool gm = false;
+      const auto fast = run(pr, &gm, 0, nullptr, nullptr, 0, w);
+      report(gm && std::memcmp(fast.data(), got.data(), got.size() * sizeof(float)) == 0,
+             what + ": mma.sync kernel (" + std::to_string(w) + " warps per CTA) == wmma kernel, bit for bit");
+    }
+    bool gm = false, sp = false;
+    const auto fast = run(pr, &gm, int64_t(1) << 40, &sp, nullptr, 0, -1);
+    report(gm && std::memcmp(fast.data(), got.data(), got.size() * sizeof(float)) == 0,
+           what + ": mma.sync kernel, split-KV" + (sp ? "" : " (one chunk: not split)") + " == wmma kernel, bit for bit");
+  }
   // (4) split-KV == in-CTA fold: split whenever there are 2+ chunks, and a planner grouping of 2+
   // chunks per CTA when there are 3+ chunks.
   int64_t max_kv = 0;
@@ -226,6 +267,16 @@ void check_tree_vs_path(std::mt19937_64& rng, int Hq, int Hkv, int D, int prefix
       bad += std::memcmp(&p_out[r * rl], &t_out[static_cast<size_t>(rows_node[r]) * rl], rl * sizeof(float)) != 0;
     report(g1 && g2 && bad == 0, what + (split ? ", split-KV" : ", in-CTA fold") + ": " + std::to_string(bad) + " of " +
                                      std::to_string(rows_node.size()) + " path rows (decode rows and causal chains) differ from their tree row");
+    // The mma.sync kernel gives the wmma kernel's bits for the tree and for the paths (so tree = path
+    // holds for it too), each with the warps attention.cu picks.
+    if (tc::KvPieces<KVT>::value == 1 && (D == 64 || D == 128) && (!split || prefix + nodes > attn::kChunk)) {
+      bool g3 = false, g4 = false;
+      const auto tm = run(tree, &g3, sms, nullptr, nullptr, 0, -1);
+      const auto pm = run(path, &g4, sms, nullptr, nullptr, 0, -1);
+      report(g3 && g4 && std::memcmp(tm.data(), t_out.data(), tm.size() * sizeof(float)) == 0 &&
+                 std::memcmp(pm.data(), p_out.data(), pm.size() * sizeof(float)) == 0,
+             what + (split ? ", split-KV" : ", in-CTA fold") + ": mma.sync kernel == wmma kernel on the tree and the paths, bit for bit");
+    }
   }
   // The tree's rows also within the f64 bound (the tree batch has masked rows below branches).
   const auto ref = reference(tree);
@@ -257,6 +308,9 @@ int main(int argc, char** argv) {
     check<float, bf16>(rng, "causal prefill without a mask, 70 new tokens", 2, 2, 64, {{40 + jitter(30), 70, false, -1}, {0, 3, false, -1}});
   if (configs > 5)
     check<float, __half>(rng, "wide tree, 2 mask words", 2, 1, 64, {{20 + jitter(60), 70, true, -1}});
+  if (configs > 6)
+    check<bf16, bf16>(rng, "head dim 128, GQA 4, tree of 20 over 2 chunks + decode rows", 8, 2, 128,
+                      {{250 + jitter(20), 20, true, -1}, {64 + jitter(64), 1, false, -1}, {0, 1, false, -1}});
   // Tree = path for both cache dtypes (f32 queries and outputs: no output rounding hides a
   // difference), prefixes placed so that paths cross the 64-key tile boundaries.
   const int tree_configs = argc > 3 ? std::atoi(argv[3]) : 5;

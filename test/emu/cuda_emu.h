@@ -66,6 +66,12 @@ inline float bits_f32(uint32_t u) {
 inline std::barrier<>* block_barrier = nullptr;
 inline std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
 inline std::vector<std::array<uint64_t, 32>> warp_slots;  // shuffle exchange, one slot per lane
+// ldmatrix / mma.sync exchange: a lane's fragments, in two sets used alternately (each lane counts its
+// calls; a warp's lanes make the same calls), so one barrier per call keeps a set from being refilled
+// before every lane has read it: refilling needs the next call's barrier, which every reader reaches
+// only after reading.
+inline std::vector<std::array<std::array<std::array<uint32_t, 10>, 32>, 2>> warp_regs;
+inline thread_local unsigned warp_regs_calls = 0;
 inline unsigned char* dyn_smem = nullptr;
 
 template <typename T>
@@ -102,6 +108,7 @@ void launch(Dim3 grid, unsigned threads, size_t smem_bytes, F kernel) {
   warp_barriers.clear();
   for (unsigned w = 0; w < threads / 32; ++w) warp_barriers.push_back(std::make_unique<std::barrier<>>(32));
   warp_slots.assign(threads / 32, {});
+  warp_regs.assign(threads / 32, {});
   std::vector<std::thread> pool;
   for (unsigned t = 0; t < threads; ++t)
     pool.emplace_back([&, t] {
@@ -211,6 +218,7 @@ inline bool __any_sync(unsigned mask, bool pred) {
   return any;
 }
 inline int __ffs(int x) { return __builtin_ffs(x); }
+
 // Atomics on shared or global memory (the emulated threads are real threads).
 inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
   return std::atomic_ref<unsigned long long>(*p).fetch_add(v);
@@ -292,6 +300,63 @@ inline __half __float2half_rn(float f) {
   u -= 112u << 23;  // exponent bias 127 -> 15
   return __half::from_bits(static_cast<uint16_t>(sign | (u >> 13)));
 }
+
+// ldmatrix and mma.sync (cuda/mma.cuh), as warp collectives over per-lane registers in the PTX
+// fragment layouts, so a kernel's fragment indexing is checked as written. Lane L: g = L / 4, q = L % 4.
+namespace emu {
+inline uint16_t bits16(const void* p) {
+  uint16_t v;
+  std::memcpy(&v, p, 2);
+  return v;
+}
+// ldmatrix.sync.aligned.m8n8.x{n}[.trans].shared.b16: lanes 8i .. 8i+7 give the row addresses of
+// matrix i (16-byte aligned rows of 8 elements); register i of lane L holds matrix i's elements
+// (g, 2q) and (g, 2q + 1), or with .trans (2q, g) and (2q + 1, g); the first in the low half.
+inline void ldmatrix(int n, bool trans, uint32_t* r, const void* addr) {
+  const unsigned w = threadIdx.x / 32, l = threadIdx.x % 32;
+  if (l < 8u * static_cast<unsigned>(n) && reinterpret_cast<uintptr_t>(addr) % 16 != 0) die("ldmatrix: a row address is not 16-byte aligned");
+  auto& set = warp_regs[w][warp_regs_calls++ % 2];
+  const uintptr_t a = reinterpret_cast<uintptr_t>(addr);
+  set[l][0] = static_cast<uint32_t>(a), set[l][1] = static_cast<uint32_t>(static_cast<uint64_t>(a) >> 32);
+  __syncwarp();
+  const unsigned g = l / 4, q = l % 4;
+  for (int i = 0; i < n; ++i) {
+    auto row = [&](unsigned k) {
+      const auto& s = set[8u * i + k];
+      return reinterpret_cast<const unsigned char*>(static_cast<uintptr_t>(s[0] | static_cast<uint64_t>(s[1]) << 32));
+    };
+    const uint16_t lo = trans ? bits16(row(2 * q) + 2 * g) : bits16(row(g) + 4 * q);
+    const uint16_t hi = trans ? bits16(row(2 * q + 1) + 2 * g) : bits16(row(g) + 4 * q + 2);
+    r[i] = static_cast<uint32_t>(lo) | static_cast<uint32_t>(hi) << 16;
+  }
+}
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32, d = a b + c. Fragments: a0 (g, 2q..), a1
+// (g + 8, 2q..), a2 (g, 8 + 2q..), a3 (g + 8, 8 + 2q..); b0 (k 2q.., n g), b1 (k 8 + 2q.., n g); c/d
+// (g, 2q), (g, 2q + 1), (g + 8, 2q), (g + 8, 2q + 1). The sum is formed as the wmma stand-in forms it
+// (c, then the 16 exact products in k order, in double, rounded once), so a kernel on mma.sync and one
+// on wmma with the same chains give the same bits here.
+inline void mma_bf16_16816(float* d, const uint32_t* a, uint32_t b0, uint32_t b1, const float* c) {
+  const unsigned w = threadIdx.x / 32, l = threadIdx.x % 32;
+  auto& set = warp_regs[w][warp_regs_calls++ % 2];
+  auto& mine = set[l];
+  for (int i = 0; i < 4; ++i) mine[i] = a[i];
+  mine[4] = b0, mine[5] = b1;
+  for (int i = 0; i < 4; ++i) std::memcpy(&mine[6 + i], &c[i], 4);
+  __syncwarp();
+  auto half = [](uint32_t v, unsigned k) { return __bfloat162float(__nv_bfloat16::from_bits(static_cast<uint16_t>(k % 2 ? v >> 16 : v))); };
+  auto A = [&](unsigned i, unsigned k) { return half(set[(i % 8) * 4 + (k % 8) / 2][(i >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)], k); };
+  auto B = [&](unsigned k, unsigned j) { return half(set[j * 4 + (k % 8) / 2][4 + (k >= 8 ? 1 : 0)], k); };
+  const unsigned g = l / 4, q = l % 4;
+  float out[4];
+  for (int e = 0; e < 4; ++e) {
+    const unsigned i = g + (e >= 2 ? 8 : 0), j = 2 * q + e % 2;
+    double s = c[e];
+    for (unsigned k = 0; k < 16; ++k) s += static_cast<double>(A(i, k)) * B(k, j);
+    out[e] = static_cast<float>(s);
+  }
+  for (int e = 0; e < 4; ++e) d[e] = out[e];
+}
+}  // namespace emu
 
 namespace nvcuda {
 namespace wmma {

@@ -15,11 +15,11 @@
 # The suite leaves out test/cuda_emu.test.ts (the kernels' host emulation: CPU only, run by CI) and
 # test/package_tarball.test.ts (needs npm; CI runs it), and runs its files in parallel (SUITE_JOBS=6).
 # STEPS names the step groups in the order to run them (default "suite bench hf graphs"; also matmul,
-# the tensor-core matmul bench alone, suitegraphs, the suite with SPECDEC_CUDA_GRAPHS=1, and extras,
-# the opt-in paths' runs). With a lease running out,
+# the tensor-core matmul bench alone, suitegraphs, the suite with SPECDEC_CUDA_GRAPHS=1, attn, the
+# tensor-core attention tests and the attention bench with both kernels, and extras, the opt-in paths' runs). With a lease running out,
 # order them by value and set DEADLINE_S (seconds from the start): later boxes shrink to fit it.
 # Time boxes (seconds; override by environment): T_SUITE=210, T_BENCH_EACH=40 per bench or T_BENCH_<name> (BENCHES=
-# "attention verify sampling plain_decode speculative"), T_SIMT=40 T_ATTN_TC=30 T_ATTN_TC_BENCH=20
+# "attention verify sampling plain_decode speculative"), T_SIMT=40 T_ATTN_TC=30 T_ATTN_BENCH=45 T_ATTN_TC_BENCH=45
 # T_SAMPLING_BLOCK=40, T_HF=80 (HF_REPS=2) T_AGREE=70, T_GRAPHS=60 T_GRAPHS_BENCH=50 (x2), and
 # T_PROFILE=50, T_FIXTURES=150 in the background. Worst case over one call's 10 minutes: split it into two calls.
 # Exit 0 when every step passed, 1 otherwise, 2 when the machine is not prepared.
@@ -195,9 +195,21 @@ run_bench() {
 run_extras() {
   step matmul-simt "${T_SIMT:-40}" env SPECDEC_CUDA_MATMUL=simt node dist/bench/matmul.bench.js --device cuda --out "$res/matmul-simt.json"
   step attention-tc "${T_ATTN_TC:-30}" env SPECDEC_REQUIRE_CUDA=1 SPECDEC_CUDA_ATTENTION=tc node node_modules/mocha/bin/mocha.js --no-config --timeout 120000 dist/test/attention.test.js
-  step attn-tc-bench "${T_ATTN_TC_BENCH:-20}" env SPECDEC_CUDA_ATTENTION=tc node dist/bench/attention.bench.js --device cuda --out "$res/attention-tc.json"
+  step attn-tc-bench "${T_ATTN_TC_BENCH:-45}" env SPECDEC_CUDA_ATTENTION=tc node dist/bench/attention.bench.js --device cuda --out "$res/attention-tc.json"
   step sampling-block "${T_SAMPLING_BLOCK:-40}" env SPECDEC_CUDA_SLICES=0 node dist/bench/sampling.bench.js --device cuda --out "$res/sampling-block.json"
   save_results
+}
+
+# Attention (issue 10): the tensor-core kernels' tests (attention_mma.cuh for bf16 caches with head
+# dims 64 / 128, attention_tc.cuh for the rest; SPECDEC_CUDA_ATTENTION=tc), then the attention bench
+# with the default CUDA-core kernel and with them (f16 rows, and the bf16 goal shapes: tree 64, decode
+# 1, decode batch 32, tree 64 x 8, over 4096 slots).
+run_attn() {
+  step attention-tc "${T_ATTN_TC:-30}" env SPECDEC_REQUIRE_CUDA=1 SPECDEC_CUDA_ATTENTION=tc node node_modules/mocha/bin/mocha.js --no-config --timeout 120000 dist/test/attention.test.js
+  step attn-bench "${T_ATTN_BENCH:-45}" node dist/bench/attention.bench.js --device cuda --out "$res/attention.json"
+  step attn-tc-bench "${T_ATTN_TC_BENCH:-45}" env SPECDEC_CUDA_ATTENTION=tc node dist/bench/attention.bench.js --device cuda --out "$res/attention-tc.json"
+  save_results
+  grep -h -E 'tree|decode|goal' "$logs/attn-bench.log" "$logs/attn-tc-bench.log" 2>/dev/null | head -24 | sed 's/^/     /' | tee -a "$summary"
 }
 
 # CUDA graphs (SPECDEC_CUDA_GRAPHS=1, opt-in until this passes): graphs on == graphs off bit for bit
@@ -237,7 +249,7 @@ run_hf() {
 
 for g in ${STEPS:-suite bench hf graphs}; do
   case $g in
-    suite | suitegraphs | matmul | bench | extras | graphs | hf) "run_$g" ;;
+    suite | suitegraphs | matmul | bench | extras | graphs | hf | attn) "run_$g" ;;
     *) say "unknown step group '$g' (have: suite suitegraphs matmul bench extras graphs hf)"; failures=$((failures + 1)) ;;
   esac
 done

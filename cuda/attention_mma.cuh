@@ -16,7 +16,9 @@
 //     one computes), read by ldmatrix; the only CTA barriers are the two per pass around the staging;
 //   - one warp per CTA when a sequence has at most 16 query rows (decode), so many small CTAs stream
 //     the cache; chunk closes (fold, or split-KV partials) are warp-local, and the next chunk's first
-//     tile is already in flight.
+//     tile is already in flight;
+//   - a tree's tile (rows below a branch read their own gathered list) is one pass, not one per token:
+//     each warp runs its tokens' rows on keys addressed row by row through ldmatrix (see `gather`).
 // An m16n8k16 output element depends only on its A row and B column, and its k-sum is the same 16
 // products as wmma's 16x16x16 (which is two such mma), so a row's result equals attention_tc.cuh's bit
 // for bit (test/emu/attention_tc_emu.cc checks it, with the tree = path and batch checks).
@@ -45,7 +47,7 @@ static_assert(kKeys == 64, "the softmax sum tree below is written for 64-key til
 // stride D + 8 elements: 16-byte aligned rows whose 8 ldmatrix rows fall in distinct bank groups.
 struct Layout {
   int ld = 0;
-  size_t q = 0, k = 0, v = 0, offs = 0, len = 0, bytes = 0;
+  size_t q = 0, k = 0, v = 0, zero = 0, offs = 0, len = 0, bytes = 0;
   __host__ __device__ Layout(int D, int warps) {
     ld = D + 8;
     const size_t rows = 16 * static_cast<size_t>(warps);
@@ -56,17 +58,35 @@ struct Layout {
     take(q, 2 * rows * ld * 2);         // qh, ql
     take(k, 2ull * kKeys * ld * 2);     // two buffers
     take(v, 2ull * kKeys * ld * 2);
+    take(zero, static_cast<size_t>(ld) * 2);  // a row of zeros: K and V past a gathered list's end
     take(offs, 2ull * kKeys * 8);
     take(len, 2 * rows * 4);            // list length, identity-mapped length
   }
 };
 
-// One pass over a tile (attention_tc.cuh's PassDesc, with up to 64 rows).
+// One pass over a tile (attention_tc.cuh's PassDesc, with up to 64 rows). mixed: some rows gather
+// their keys (see the kernel).
 struct Pass {
   int t0;
   int tok;
   uint64_t rmask;
+  bool mixed;
 };
+
+// Index of the n-th set bit of x (x has more than n set bits).
+__device__ __forceinline__ int select64(uint64_t x, int n) {
+  int pos = 0;
+#pragma unroll
+  for (int w = 32; w >= 1; w >>= 1) {
+    const int c = popc64(x & ((1ull << w) - 1));
+    if (n >= c) {
+      n -= c;
+      x >>= w;
+      pos += w;
+    }
+  }
+  return pos;
+}
 
 template <typename QT, int DT, int kW>
 __global__ void __launch_bounds__(kW * 32) tree_attention_mma_kernel(const Params p) {
@@ -82,6 +102,7 @@ __global__ void __launch_bounds__(kW * 32) tree_attention_mma_kernel(const Param
   bf16* Qs = reinterpret_cast<bf16*>(base + lay.q);  // [2][R][LD]
   bf16* Ks = reinterpret_cast<bf16*>(base + lay.k);  // [2][64][LD]
   bf16* Vs = reinterpret_cast<bf16*>(base + lay.v);  // [2][64][LD]
+  const bf16* Zero = reinterpret_cast<const bf16*>(base + lay.zero);  // [LD] zeros
   size_t* Offs = reinterpret_cast<size_t*>(base + lay.offs);  // [2][64]
   int* Len = reinterpret_cast<int*>(base + lay.len);          // [R]
   int* Ident = Len + R;                                       // [R]
@@ -122,15 +143,35 @@ __global__ void __launch_bounds__(kW * 32) tree_attention_mma_kernel(const Param
     }
     attn_tc::split2(x, Qs + r * LD + d, Qs + R * LD + r * LD + d);
   }
+  for (int d = tid; d < LD; d += T) reinterpret_cast<bf16*>(base + lay.zero)[d] = __float2bfloat16_rn(0.f);
   __syncthreads();
   int kv_end = 0;
   for (int r = 0; r < nrows; ++r) kv_end = max(kv_end, Len[r]);
 
-  // The passes, in attention_tc.cuh's order: per tile, the shared pass (rows whose positions in the
-  // tile are all identity-mapped), then each token's own pass; passes without rows are skipped.
+  // The passes. attention_tc.cuh runs, per tile, the shared pass (rows whose positions in the tile are
+  // all identity-mapped) and then each token's own pass, which stages that token's gathered keys with
+  // CTA barriers around it: 16 passes in a 4-warp CTA's tree tile. Here, when the sequence has at most
+  // 64 new tokens (a tree, a lookahead window: `gather`), a tile is ONE pass: the shared tile in one
+  // buffer and all the new tokens in the other (a "mixed" pass, no prefetch), and
+  // each warp runs its rows in sets -- the identity-mapped rows on the shared tile, then per token its
+  // rows on that token's keys, addressed row by row through ldmatrix: list position t0 + kk is shared
+  // row kk below the prefix, new-token row mask_nth(...) above it, the zero row past the list. The
+  // operands, and so the bits, are those of the token's own pass. Otherwise the per-token passes.
   const int tok_first = row0 / G, tok_last = (row0 + nrows - 1) / G;
+  const bool gather = p.mask != nullptr && qo <= kKeys;  // every visible new token in mask word 0 and a region row
   auto next_pass = [&](int t0, int k, int t_end) {
     for (; t0 < t_end; t0 += kKeys, k = -1) {
+      if (gather) {
+        uint64_t rm = 0;
+        bool mixed = false;
+        for (int r = 0; r < nrows; ++r)
+          if (Len[r] > t0) {
+            rm |= 1ull << r;
+            mixed = mixed || min(t0 + kKeys, Len[r]) > Ident[r];
+          }
+        if (rm) return Pass{t0, -1, rm, mixed};
+        continue;
+      }
       for (; k <= tok_last; k = k < 0 ? tok_first : k + 1) {
         uint64_t rm = 0;
         if (k < 0) {
@@ -140,10 +181,10 @@ __global__ void __launch_bounds__(kW * 32) tree_attention_mma_kernel(const Param
           for (int r = max(0, k * G - row0); r < nrows && (row0 + r) / G == k; ++r)
             if (Len[r] > t0 && min(t0 + kKeys, Len[r]) > Ident[r]) rm |= 1ull << r;
         }
-        if (rm) return Pass{t0, k, rm};
+        if (rm) return Pass{t0, k, rm, false};
       }
     }
-    return Pass{t_end, -1, 0ull};
+    return Pass{t_end, -1, 0ull, false};
   };
   auto prepare = [&](const Pass& ps, int buf) {
     for (int kk = tid; kk < kKeys; kk += T) {
@@ -170,6 +211,19 @@ __global__ void __launch_bounds__(kW * 32) tree_attention_mma_kernel(const Param
     }
     __pipeline_commit();
   };
+  // The new tokens 0 .. qo-1 (slots prefix + i) into rows i of buffer buf (a mixed pass's other buffer).
+  auto issue_region = [&](int buf) {
+    constexpr int dv = DT / attn_tc::kVec;
+    bf16* Kb = Ks + buf * kKeys * LD;
+    bf16* Vb = Vs + buf * kKeys * LD;
+    for (int idx = tid; idx < qo * dv; idx += T) {
+      const int i = idx / dv, d = (idx % dv) * attn_tc::kVec;
+      const size_t off = kv_at(prefix + i) + d;
+      attn_tc::stage_key(KV + off, Kb + i * LD + d, 0);
+      attn_tc::stage_key(KV + off + v_off, Vb + i * LD + d, 0);
+    }
+    __pipeline_commit();
+  };
 
   // This lane's two rows (CTA rows 16 warp + g and + 8): the chunk's state (m, l, acc) and the folded
   // state (M, L, accf), in the mma accumulator layout: acc[nd][e] is dim 8 nd + 2 q4 + e % 2 of row
@@ -190,13 +244,25 @@ __global__ void __launch_bounds__(kW * 32) tree_attention_mma_kernel(const Param
       for (int e = 0; e < 4; ++e) acc[nd][e] = 0.f;
   };
 
-  auto compute = [&](const Pass& ps, int buf) {
-    const unsigned wmask = static_cast<unsigned>(ps.rmask >> (16 * warp)) & 0xffffu;
-    if (wmask == 0) return;  // warp-uniform: none of this warp's rows in this pass
-    const bool serve[2] = {((wmask >> g) & 1u) != 0, ((wmask >> (g + 8)) & 1u) != 0};
-    const int n[2] = {serve[0] ? min(kKeys, len_a - ps.t0) : 0, serve[1] ? min(kKeys, len_b - ps.t0) : 0};
+  // The warp's rows in `smask` (bit r: CTA row 16 warp + r) over tile t0, their keys at list positions
+  // t0 .. t0+63 read from: tok < 0, rows 0..63 of buffer buf (staged for these rows); tok >= 0, token
+  // tok's gathered list (shared rows of buf below the prefix, new-token rows of buf ^ 1 above it).
+  auto run_set = [&](int t0, unsigned smask, int tok, int buf) {
+    const bool serve[2] = {((smask >> g) & 1u) != 0, ((smask >> (g + 8)) & 1u) != 0};
+    const int n[2] = {serve[0] ? min(kKeys, len_a - t0) : 0, serve[1] ? min(kKeys, len_b - t0) : 0};
     const bf16* Kb = Ks + buf * kKeys * LD;
     const bf16* Vb = Vs + buf * kKeys * LD;
+    // Where key kk's K row sits (its V row: the same offset in Vs; the zero row serves both).
+    const uint64_t* mrow = tok >= 0 ? mask_row(tok) : nullptr;
+    const int len_t = tok >= 0 ? Len[16 * warp + __ffs(static_cast<int>(smask)) - 1] : 0;
+    auto key_row = [&](int kk, const bf16* Sb, int region_buf_off) -> const bf16* {
+      if (tok < 0) return Sb + kk * LD;
+      const int pos = t0 + kk;
+      if (pos >= len_t) return Zero;
+      if (pos < prefix) return Sb + kk * LD;
+      return Sb + region_buf_off + select64(mrow[0], pos - prefix) * LD;
+    };
+    const int region_off = ((buf ^ 1) - buf) * kKeys * LD;  // from buffer buf to buffer buf ^ 1
     // S = Q K^T: per 8-key block nb, one chain over the head dim, qh then ql at each 16-wide step.
     float s[8][4];
 #pragma unroll
@@ -212,7 +278,7 @@ __global__ void __launch_bounds__(kW * 32) tree_attention_mma_kernel(const Param
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         uint32_t kf[4];  // b0, b1 of key blocks 2j and 2j + 1
-        mma::ldmatrix_x4(kf, Kb + (16 * j + (lane & 7) + 8 * (lane >> 4)) * LD + kd * 16 + 8 * ((lane >> 3) & 1));
+        mma::ldmatrix_x4(kf, key_row(16 * j + (lane & 7) + 8 * (lane >> 4), Kb, region_off) + kd * 16 + 8 * ((lane >> 3) & 1));
         mma::mma_bf16(s[2 * j], qa[0], kf[0], kf[1]);
         mma::mma_bf16(s[2 * j], qa[1], kf[0], kf[1]);
         mma::mma_bf16(s[2 * j + 1], qa[0], kf[2], kf[3]);
@@ -291,7 +357,7 @@ __global__ void __launch_bounds__(kW * 32) tree_attention_mma_kernel(const Param
 #pragma unroll
       for (int kb = 0; kb < 4; ++kb) {
         uint32_t vf[4];  // b0, b1 of dim blocks 2j and 2j + 1
-        mma::ldmatrix_x4_trans(vf, Vb + (16 * kb + (lane & 7) + 8 * ((lane >> 3) & 1)) * LD + 16 * j + 8 * (lane >> 4));
+        mma::ldmatrix_x4_trans(vf, key_row(16 * kb + (lane & 7) + 8 * ((lane >> 3) & 1), Vb, region_off) + 16 * j + 8 * (lane >> 4));
         mma::mma_bf16(o[0], ph[kb], vf[0], vf[1]);
         mma::mma_bf16(o[0], pl[kb], vf[0], vf[1]);
         mma::mma_bf16(o[1], ph[kb], vf[2], vf[3]);
@@ -302,6 +368,29 @@ __global__ void __launch_bounds__(kW * 32) tree_attention_mma_kernel(const Param
 #pragma unroll
         for (int e = 0; e < 4; ++e)
           if (serve[e / 2]) acc[2 * j + t][e] = __fadd_rn(__fmul_rn(acc[2 * j + t][e], alpha[e / 2]), o[t][e]);
+    }
+  };
+  auto compute = [&](const Pass& ps, int buf) {
+    const unsigned wmask = static_cast<unsigned>(ps.rmask >> (16 * warp)) & 0xffffu;
+    if (wmask == 0) return;  // warp-uniform: none of this warp's rows in this pass
+    unsigned gathered = 0;   // rows whose positions in this tile are not all identity-mapped
+    if (ps.mixed)
+      for (int r = 0; r < 16; ++r) {
+        const int cr = 16 * warp + r;
+        if (((wmask >> r) & 1u) && min(ps.t0 + kKeys, Len[cr]) > Ident[cr]) gathered |= 1u << r;
+      }
+    // The sets: the identity-mapped rows (tok = -1), then each of the warp's tokens with gathered rows
+    // (one call site, so the set's code is emitted once).
+    const int k_first = (row0 + 16 * warp) / G, k_last = gathered ? min(tok_last, (row0 + 16 * warp + 15) / G) : k_first - 1;
+    for (int k = k_first - 1; k <= k_last; ++k) {
+      unsigned smask = wmask & ~gathered;
+      if (k >= k_first) {
+        smask = 0;  // the token's gathered rows in this warp
+        for (int r = 0; r < 16; ++r)
+          if ((row0 + 16 * warp + r) / G == k) smask |= 1u << r;
+        smask &= gathered;
+      }
+      if (smask) run_set(ps.t0, smask, k >= k_first ? k : -1, buf);
     }
   };
 
@@ -345,20 +434,23 @@ __global__ void __launch_bounds__(kW * 32) tree_attention_mma_kernel(const Param
   const int t_stop = min(c_end * attn::kChunk, kv_end);
   reset();
   int c = c_begin;
+  // A pass stages into buffer buf (a mixed pass also into buf ^ 1, its new tokens); the next pass loads
+  // into the other buffer while this one computes unless either is mixed.
+  auto stage = [&](const Pass& ps, int buf) {
+    prepare(ps, buf);
+    __syncthreads();  // every warp is done with both buffers' previous contents
+    issue(buf);
+    if (ps.mixed) issue_region(buf ^ 1);
+  };
   Pass cur = next_pass(c_begin * attn::kChunk, -1, t_stop);
   bool more = cur.rmask != 0;
-  if (more) {
-    prepare(cur, 0);
-    __syncthreads();
-    issue(0);
-  }
-  for (int buf = 0; more; buf ^= 1) {
-    const Pass nxt = next_pass(cur.t0, cur.tok < 0 ? tok_first : cur.tok + 1, t_stop);
+  if (more) stage(cur, 0);
+  for (int buf = 0; more;) {
+    const Pass nxt = gather ? next_pass(cur.t0 + kKeys, -1, t_stop) : next_pass(cur.t0, cur.tok < 0 ? tok_first : cur.tok + 1, t_stop);
     more = nxt.rmask != 0;
-    if (more) {
-      prepare(nxt, buf ^ 1);
-      __syncthreads();  // every warp is done with buffer buf ^ 1 (the pass before cur)
-      issue(buf ^ 1);
+    const bool ahead = more && !cur.mixed && !nxt.mixed;
+    if (ahead) {
+      stage(nxt, buf ^ 1);
       __pipeline_wait_prior(1);
     } else {
       __pipeline_wait_prior(0);
@@ -369,6 +461,13 @@ __global__ void __launch_bounds__(kW * 32) tree_attention_mma_kernel(const Param
       reset();
     }
     compute(cur, buf);
+    if (!more) break;
+    if (ahead) {
+      buf ^= 1;
+    } else {
+      buf = 0;
+      stage(nxt, 0);
+    }
     cur = nxt;
   }
   for (; c < c_end; ++c) {

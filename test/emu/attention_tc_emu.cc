@@ -311,6 +311,11 @@ int main(int argc, char** argv) {
   if (configs > 6)
     check<bf16, bf16>(rng, "head dim 128, GQA 4, tree of 20 over 2 chunks + decode rows", 8, 2, 128,
                       {{250 + jitter(20), 20, true, -1}, {64 + jitter(64), 1, false, -1}, {0, 1, false, -1}});
+  if (configs > 7)
+    // 70 masked tokens: the mma.sync kernel's per-token passes (more than 64 new tokens), beside a
+    // 40-token tree that gathers, and an empty mask row.
+    check<float, bf16>(rng, "MHA, a 70-token tree (per-token passes) and a 40-token one (gathered)", 2, 2, 64,
+                       {{30 + jitter(40), 70, true, -1}, {60 + jitter(10), 40, true, 3}});
   // Tree = path for both cache dtypes (f32 queries and outputs: no output rounding hides a
   // difference), prefixes placed so that paths cross the 64-key tile boundaries.
   const int tree_configs = argc > 3 ? std::atoi(argv[3]) : 5;

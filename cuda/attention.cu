@@ -125,13 +125,34 @@ void launch_tc(const attn::Params& p, dim3 grid, size_t smem) {
   SPECDEC_CUDA_LAUNCH_CHECK("tree_attention_tc_kernel");
 }
 
+// One instantiation of attention_mma.cuh's kernel: its shared-memory opt-in (set once) and how many
+// of its CTAs an SM holds (the occupancy calculator, once), which the split planner counts on.
 template <typename QT, int DT, int W>
-void launch_mma(const attn::Params& p, dim3 grid, size_t smem) {
-  auto kernel = attn_mma::tree_attention_mma_kernel<QT, DT, W>;
-  if (smem > 48 * 1024)
-    SPECDEC_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  launch_kernel(kernel, grid, W * 32, smem, p);
+int mma_kernel_resident() {
+  static const int resident = [] {
+    auto kernel = attn_mma::tree_attention_mma_kernel<QT, DT, W>;
+    const size_t smem = attn_mma::Layout(DT, W).bytes;
+    if (smem > 48 * 1024)
+      SPECDEC_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    int n = 0;
+    SPECDEC_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, W * 32, smem));
+    return n > 0 ? n : 1;
+  }();
+  return resident;
+}
+
+template <typename QT, int DT, int W>
+void launch_mma(const Tensor& q, const PagedBatch& batch, attn::Params& p, int64_t B, int64_t N) {
+  const int resident = mma_kernel_resident<QT, DT, W>();
+  const attn::Plan plan = attn_mma::plan_launch(p, B, batch.h_qo_indptr.data(), batch.h_prefix_len.data(), batch.max_qo_len,
+                                                batch.max_kv_len, sm_count(), W, resident);
+  SPECDEC_CHECK(plan.grid_x < (int64_t(1) << 31), "E_UNSUPPORTED", "tree_attention: grid too large");
+  Tensor part_acc, part_ml;  // split: held until the merge is queued
+  if (p.split) alloc_partials(p, N * p.Hq, p.D, part_acc, part_ml);
+  const dim3 grid(static_cast<unsigned>(plan.grid_x), static_cast<unsigned>(plan.grid_y), static_cast<unsigned>(plan.grid_z));
+  launch_kernel(attn_mma::tree_attention_mma_kernel<QT, DT, W>, grid, W * 32, plan.smem, p);
   SPECDEC_CUDA_LAUNCH_CHECK("tree_attention_mma_kernel");
+  if (p.split) launch_merge(q.dtype(), p, N * p.Hq);
 }
 
 // attention_mma.cuh: the same bits as attention_tc.cuh, on mma.sync with S, P and O in registers, for
@@ -139,16 +160,10 @@ void launch_mma(const attn::Params& p, dim3 grid, size_t smem) {
 bool launch_tree_attention_mma(const Tensor& q, const PagedBatch& batch, attn::Params& p, int64_t B, int64_t N) {
   const int warps = attn_mma::warps_for(batch.max_qo_len, p.G);
   if (!attn_mma::supported(p.D, warps, static_cast<size_t>(max_optin_smem()))) return false;
-  const attn::Plan plan = attn_mma::plan_launch(p, B, batch.h_qo_indptr.data(), batch.h_prefix_len.data(), batch.max_qo_len,
-                                                batch.max_kv_len, sm_count(), warps);
-  if (plan.grid_x >= (int64_t(1) << 31)) return false;
-  Tensor part_acc, part_ml;  // split: held until the merge is queued
-  if (p.split) alloc_partials(p, N * p.Hq, p.D, part_acc, part_ml);
-  const dim3 grid(static_cast<unsigned>(plan.grid_x), static_cast<unsigned>(plan.grid_y), static_cast<unsigned>(plan.grid_z));
   auto go = [&](auto qtag) {
     using QT = decltype(qtag);
-    if (p.D == 64) warps == 1 ? launch_mma<QT, 64, 1>(p, grid, plan.smem) : launch_mma<QT, 64, 4>(p, grid, plan.smem);
-    else warps == 1 ? launch_mma<QT, 128, 1>(p, grid, plan.smem) : launch_mma<QT, 128, 4>(p, grid, plan.smem);
+    if (p.D == 64) warps == 1 ? launch_mma<QT, 64, 1>(q, batch, p, B, N) : launch_mma<QT, 64, 4>(q, batch, p, B, N);
+    else warps == 1 ? launch_mma<QT, 128, 1>(q, batch, p, B, N) : launch_mma<QT, 128, 4>(q, batch, p, B, N);
   };
   switch (q.dtype()) {
     case DType::f32: go(float{}); break;
@@ -156,7 +171,6 @@ bool launch_tree_attention_mma(const Tensor& q, const PagedBatch& batch, attn::P
     case DType::bf16: go(__nv_bfloat16{}); break;
     default: fail("E_ARG", "q: unsupported dtype ", dtype_name(q.dtype()));
   }
-  if (p.split) launch_merge(q.dtype(), p, N * p.Hq);
   return true;
 }
 

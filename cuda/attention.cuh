@@ -436,8 +436,9 @@ __global__ void tree_attention_merge_kernel(const float* part_acc, const float* 
 //
 // Split-KV planner. Work is counted in chunk-units: one CTA's pass over one 256-position chunk for
 // one KV head and one tile of query rows (16, or rows_per_cta for attention_mma.cuh's wider CTAs),
-// W = sum over sequences of Hkv x tiles x chunks. With S = 2 x
-// sm_count resident CTAs (both kernels' occupancy), no schedule ends before max(longest CTA, W / S).
+// W = sum over sequences of Hkv x tiles x chunks. With S = resident_per_sm x sm_count resident CTAs
+// (2 for attention.cuh's and attention_tc.cuh's kernels; attention_mma.cuh's launcher asks the
+// occupancy calculator), no schedule ends before max(longest CTA, W / S).
 // Unsplit, the longest CTA is the longest sequence's max_chunks. Split, a CTA takes cpc consecutive
 // chunks: as few groups as bring cpc down to W / S (at least 1 chunk), then as equal as that count
 // (ceil(max_chunks / groups)), so the longest sequence's CTAs finish together instead of, say,
@@ -457,7 +458,8 @@ struct Plan {
 constexpr int stages_for_dim(int DT) { return DT > 0 ? 2 : 1; }
 constexpr double kMergeLaunchUnits = 0.25;
 inline Plan plan_launch(Params& p, int64_t B, const int32_t* h_qo_indptr, const int32_t* h_prefix_len, int64_t max_qo_len,
-                        int64_t max_kv_len, int64_t sm_count, int kv_bytes, int rows_per_cta = kRowsPerCta) {
+                        int64_t max_kv_len, int64_t sm_count, int kv_bytes, int rows_per_cta = kRowsPerCta,
+                        int resident_per_sm = 2) {
   const int64_t N = h_qo_indptr[B] - h_qo_indptr[0];
   const int64_t mc = std::max<int64_t>(1, (max_kv_len + kChunk - 1) / kChunk);
   p.max_chunks = static_cast<int>(mc);
@@ -470,13 +472,14 @@ inline Plan plan_launch(Params& p, int64_t B, const int32_t* h_qo_indptr, const 
   }
   int64_t cpc = mc;
   if (sm_count > 0 && mc > 1) {
-    const double per_slot = static_cast<double>(work) / static_cast<double>(2 * sm_count);  // W / S
+    const double slots = static_cast<double>(resident_per_sm) * static_cast<double>(sm_count);  // S
+    const double per_slot = static_cast<double>(work) / slots;  // W / S
     const int64_t target = std::max<int64_t>(1, static_cast<int64_t>(per_slot));
     const int64_t groups = (mc + target - 1) / target;
     const int64_t balanced = (mc + groups - 1) / groups;
     const double kv_unit_bytes = static_cast<double>(kChunk) * 2 * p.D * kv_bytes;
     const double part_bytes = 2.0 * 4 * static_cast<double>(N) * p.Hq * mc * (p.D + 2);  // written + read back
-    const double merge = part_bytes / (kv_unit_bytes * 2 * sm_count) + kMergeLaunchUnits;
+    const double merge = part_bytes / (kv_unit_bytes * slots) + kMergeLaunchUnits;
     const double unsplit = std::max(static_cast<double>(mc), per_slot);
     const double split = std::max(static_cast<double>(balanced), per_slot) + merge;
     if (balanced < mc && split < unsplit && part_bytes / 2 <= static_cast<double>(int64_t(512) << 20)) cpc = balanced;

@@ -497,10 +497,11 @@ inline int warps_for(int64_t max_qo_len, int G) { return max_qo_len * G > 16 ? 4
 inline bool supported(int D, int warps, size_t max_smem) { return (D == 64 || D == 128) && Layout(D, warps).bytes <= max_smem; }
 
 // The launch, decided on the host (attention.cu and the host emulation): attention.cuh's planner over
-// CTAs of 16 * warps rows. grid = (grid_x, Hkv, B), block = 32 * warps.
+// CTAs of 16 * warps rows, resident_per_sm of them per SM (the occupancy calculator's answer on a
+// GPU: small decode CTAs fit several to an SM). grid = (grid_x, Hkv, B), block = 32 * warps.
 inline attn::Plan plan_launch(Params& p, int64_t B, const int32_t* h_qo_indptr, const int32_t* h_prefix_len, int64_t max_qo_len,
-                              int64_t max_kv_len, int64_t sm_count, int warps) {
-  attn::Plan plan = attn::plan_launch(p, B, h_qo_indptr, h_prefix_len, max_qo_len, max_kv_len, sm_count, 2, 16 * warps);
+                              int64_t max_kv_len, int64_t sm_count, int warps, int resident_per_sm = 2) {
+  attn::Plan plan = attn::plan_launch(p, B, h_qo_indptr, h_prefix_len, max_qo_len, max_kv_len, sm_count, 2, 16 * warps, resident_per_sm);
   plan.smem = Layout(p.D, warps).bytes;
   return plan;
 }

@@ -199,31 +199,24 @@ __global__ void __launch_bounds__(kW * 32) tree_attention_mma_kernel(const Param
       Offs[buf * kKeys + kk] = slot >= 0 ? kv_at(slot) : attn_tc::kNoKey;
     }
   };
-  auto issue = [&](int buf) {
+  // Rows 0 .. n-1 of buffer buf by cp.async, row i from the K element offset off_of(i) (kNoKey: zeros),
+  // as one group.
+  auto issue_rows = [&](int buf, int n, auto off_of) {
     constexpr int dv = DT / attn_tc::kVec;
     bf16* Kb = Ks + buf * kKeys * LD;
     bf16* Vb = Vs + buf * kKeys * LD;
-    for (int idx = tid; idx < kKeys * dv; idx += T) {
-      const int kk = idx / dv, d = (idx % dv) * attn_tc::kVec;
-      const size_t off = Offs[buf * kKeys + kk];
-      attn_tc::stage_key(off == attn_tc::kNoKey ? nullptr : KV + off + d, Kb + kk * LD + d, 0);
-      attn_tc::stage_key(off == attn_tc::kNoKey ? nullptr : KV + off + v_off + d, Vb + kk * LD + d, 0);
-    }
-    __pipeline_commit();
-  };
-  // The new tokens 0 .. qo-1 (slots prefix + i) into rows i of buffer buf (a mixed pass's other buffer).
-  auto issue_region = [&](int buf) {
-    constexpr int dv = DT / attn_tc::kVec;
-    bf16* Kb = Ks + buf * kKeys * LD;
-    bf16* Vb = Vs + buf * kKeys * LD;
-    for (int idx = tid; idx < qo * dv; idx += T) {
+    for (int idx = tid; idx < n * dv; idx += T) {
       const int i = idx / dv, d = (idx % dv) * attn_tc::kVec;
-      const size_t off = kv_at(prefix + i) + d;
-      attn_tc::stage_key(KV + off, Kb + i * LD + d, 0);
-      attn_tc::stage_key(KV + off + v_off, Vb + i * LD + d, 0);
+      const size_t off = off_of(i);
+      attn_tc::stage_key(off == attn_tc::kNoKey ? nullptr : KV + off + d, Kb + i * LD + d, 0);
+      attn_tc::stage_key(off == attn_tc::kNoKey ? nullptr : KV + off + v_off + d, Vb + i * LD + d, 0);
     }
     __pipeline_commit();
   };
+  // A pass's keys, as prepare() located them.
+  auto issue = [&](int buf) { issue_rows(buf, kKeys, [&](int kk) { return Offs[buf * kKeys + kk]; }); };
+  // The new tokens 0 .. qo-1 (slots prefix + i) into rows i of buffer buf (a mixed pass's other buffer).
+  auto issue_region = [&](int buf) { issue_rows(buf, qo, [&](int i) { return kv_at(prefix + i); }); };
 
   // This lane's two rows (CTA rows 16 warp + g and + 8): the chunk's state (m, l, acc) and the folded
   // state (M, L, accf), in the mma accumulator layout: acc[nd][e] is dim 8 nd + 2 q4 + e % 2 of row

@@ -8,7 +8,7 @@
 // device) and the fraction reached; off a GPU, predicted H100/H200 bounds for the issue's goal shapes
 // (decode batch 32 over 4k, a 64-token tree over 4k; 32/8 heads, d 128, bf16) follow, labelled.
 // Run: node dist/bench/attention.bench.js [--device cpu|cuda|auto] [--quick]   (or specdec bench --only attention)
-import { pagedBatch, treeAttention, treeMask } from '../lib/kv';
+import { kvCommit, pagedBatch, treeAttention, treeMask } from '../lib/kv';
 import { Tensor } from '../lib/tensor';
 import type { Device } from '../lib/tensor';
 import { measureKernel, randomF32, round, standalone, syncOn, xorshift, type BenchModule, type BenchOptions, type BenchResult, type BenchRow } from './common';
@@ -72,6 +72,34 @@ async function timeAttention(device: Device, prefix: number, tree: number, sampl
   }
 }
 
+/**
+ * Median ms of one kvCommit over `layers` layers (bf16, 8 KV heads, d 128) for `batch` sequences that
+ * each verified a 9-node tree and accept the path 0, 2, 5, 8 (three rows move per sequence and layer):
+ * the issue's "batch 32 x 32 layers" commit. The call's accepted indices are device tensors without
+ * host copies, so on CUDA it includes their read-back (the decoder's commit takes them from the
+ * verification on the device and reads nothing back): an upper bound of the kernel's time.
+ */
+async function timeCommit(device: Device, layers: number, batch: number, samples: number, calls: number): Promise<{ ms: number; cost: Cost }> {
+  const nodes = 9, path = [0, 2, 5, 8], HKV = 8, D = 128;
+  const ls = Array.from({ length: layers }, () => Tensor.zeros('bf16', [batch, 2, PAGE, HKV, D], device));
+  const pb = pagedBatch({
+    qoIndptr: Array.from({ length: batch + 1 }, (_, b) => b * nodes), pageIndptr: Array.from({ length: batch + 1 }, (_, b) => b),
+    pageIndices: Array.from({ length: batch }, (_, b) => b), prefixLen: Array.from({ length: batch }, () => 0), pageSize: PAGE, numPages: batch, device,
+  });
+  const ip = Tensor.fromArray(Int32Array.from({ length: batch + 1 }, (_, b) => b * path.length), 'i32', [batch + 1], device);
+  const acc = Tensor.fromArray(Int32Array.from({ length: batch * path.length }, (_, k) => path[k % path.length] as number), 'i32', [batch * path.length], device);
+  // Bytes: each moved row's K and V read and written, every layer.
+  const moved = path.filter((n, j) => n !== j).length;
+  const cost: Cost = { bytes: layers * batch * moved * 2 * 2 * HKV * D * 2, flops: 0 };
+  try {
+    const t = await measureKernel(() => kvCommit(ls, pb, ip, acc), { warmup: 1, samples, calls, sync: syncOn(ls[layers - 1] as Tensor), device });
+    return { ms: t.medianMs, cost };
+  } finally {
+    for (const x of [...ls, ip, acc]) x.dispose();
+    pb.dispose();
+  }
+}
+
 export const attentionBench: BenchModule = {
   name: 'attention',
   description: 'fused tree attention: 64-node tree and 1-token decode over a 4k paged prefix (32/8 heads, d 128, f16)',
@@ -100,6 +128,11 @@ export const attentionBench: BenchModule = {
         const r = await timeAttention(opts.device, 4096, n, samples, calls, seed, GOAL, b);
         rows.push(withRoofline({ name: `bf16 goal shape: ${name} / prefix 4096`, value: round(r.ms * 1000, 2), unit: 'us', metrics: { ms: r.ms, tokens: n, batch: b, prefix: 4096 } }, r.cost, r.ms * 1000, peaks));
       }
+    }
+    // The issue's commit goal (batch 32 x 32 layers: one launch, < 20 us), on every device.
+    {
+      const { ms, cost } = await timeCommit(opts.device, opts.quick ? 4 : 32, opts.quick ? 4 : 32, samples, cuda ? 50 : 5);
+      rows.push(withRoofline({ name: `kvCommit, batch ${opts.quick ? 4 : 32} x ${opts.quick ? 4 : 32} layers, 3 of 4 accepted rows moved`, value: round(ms * 1000, 2), unit: 'us', note: cuda ? 'includes the read-back of the accepted indices (an upper bound)' : 'bf16 cache, 8 KV heads, d 128', metrics: { ms } }, cost, ms * 1000, peaks));
     }
     // Model shapes: many calls per sample (a call is microseconds).
     for (const m of MODEL_SHAPES) {

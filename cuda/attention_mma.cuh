@@ -152,10 +152,10 @@ __global__ void __launch_bounds__(kW * 32) tree_attention_mma_kernel(const Param
   // all identity-mapped) and then each token's own pass, which stages that token's gathered keys with
   // CTA barriers around it: 16 passes in a 4-warp CTA's tree tile. Here, when the sequence has at most
   // 64 new tokens (a tree, a lookahead window: `gather`), a tile is ONE pass: the shared tile in one
-  // buffer and all the new tokens in the other (a "mixed" pass, no prefetch), and
-  // each warp runs its rows in sets -- the identity-mapped rows on the shared tile, then per token its
-  // rows on that token's keys, addressed row by row through ldmatrix: list position t0 + kk is shared
-  // row kk below the prefix, new-token row mask_nth(...) above it, the zero row past the list. The
+  // buffer, all the new tokens in the other (a "mixed" pass, loaded without prefetch), and each warp
+  // runs its rows in sets -- the identity-mapped rows on the shared tile, then per token its rows on
+  // that token's keys, addressed row by row through ldmatrix: list position t0 + kk is shared row kk
+  // below the prefix, new-token row select64(mask, ...) above it, the zero row past the list. The
   // operands, and so the bits, are those of the token's own pass. Otherwise the per-token passes.
   const int tok_first = row0 / G, tok_last = (row0 + nrows - 1) / G;
   const bool gather = p.mask != nullptr && qo <= kKeys;  // every visible new token in mask word 0 and a region row

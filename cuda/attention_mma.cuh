@@ -73,6 +73,15 @@ struct Pass {
   bool mixed;
 };
 
+// Zeroes an array of mma accumulator fragments.
+template <int N>
+__device__ __forceinline__ void zero_frags(float (&f)[N][4]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) f[i][e] = 0.f;
+}
+
 // Index of the n-th set bit of x (x has more than n set bits).
 __device__ __forceinline__ int select64(uint64_t x, int n) {
   int pos = 0;
@@ -225,16 +234,10 @@ __global__ void __launch_bounds__(kW * 32) tree_attention_mma_kernel(const Param
   const int len_a = Len[ra], len_b = Len[rb];
   float m[2], l[2], acc[ND][4];
   float M[2] = {-INFINITY, -INFINITY}, L[2] = {0.f, 0.f}, accf[ND][4];
-#pragma unroll
-  for (int nd = 0; nd < ND; ++nd)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) accf[nd][e] = 0.f;
+  zero_frags(accf);
   auto reset = [&] {
     m[0] = m[1] = -INFINITY, l[0] = l[1] = 0.f;
-#pragma unroll
-    for (int nd = 0; nd < ND; ++nd)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[nd][e] = 0.f;
+    zero_frags(acc);
   };
 
   // The warp's rows in `smask` (bit r: CTA row 16 warp + r) over tile t0, their keys at list positions
@@ -258,10 +261,7 @@ __global__ void __launch_bounds__(kW * 32) tree_attention_mma_kernel(const Param
     const int region_off = ((buf ^ 1) - buf) * kKeys * LD;  // from buffer buf to buffer buf ^ 1
     // S = Q K^T: per 8-key block nb, one chain over the head dim, qh then ql at each 16-wide step.
     float s[8][4];
-#pragma unroll
-    for (int nb = 0; nb < 8; ++nb)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[nb][e] = 0.f;
+    zero_frags(s);
 #pragma unroll
     for (int kd = 0; kd < KD; ++kd) {
       uint32_t qa[2][4];
@@ -343,10 +343,7 @@ __global__ void __launch_bounds__(kW * 32) tree_attention_mma_kernel(const Param
 #pragma unroll
     for (int j = 0; j < ND / 2; ++j) {
       float o[2][4];
-#pragma unroll
-      for (int t = 0; t < 2; ++t)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) o[t][e] = 0.f;
+      zero_frags(o);
 #pragma unroll
       for (int kb = 0; kb < 4; ++kb) {
         uint32_t vf[4];  // b0, b1 of dim blocks 2j and 2j + 1

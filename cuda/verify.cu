@@ -1,8 +1,8 @@
-// CUDA: batched tree verification. Greedy and most sampled verification run vocabulary-parallel
-// (several blocks per row, then a warp per sequence walks); the fallback -- rejection with draft rows
-// where a node has several candidate children -- is one launch, a block per
-// sequence, whose threads run the walk of spec_math.h in lockstep (its decisions depend only on
-// block-uniform values) and share the row-wise work.
+// CUDA: batched tree verification. Greedy and sampled verification run vocabulary-parallel (several
+// blocks per row, then a warp per sequence walks). The fallback -- rejection with draft rows where a
+// node has more than verify_kernels::kMaxSiblings candidate children, or a caller that did not count
+// them -- is one launch, a block per sequence, whose threads run the walk of spec_math.h in lockstep
+// (its decisions depend only on block-uniform values) and share the row-wise work.
 #include "../cpp/core/ops_sampling.h"
 #include "common.cuh"
 #include "verify.cuh"
@@ -37,24 +37,30 @@ void verify_greedy(const VerifyArgs& a, VerifyResult& out) {
 
 unsigned long long* u64p(Tensor& t) { return reinterpret_cast<unsigned long long*>(t.ptr<uint64_t>()); }
 
-// Sampled verification over f32 probabilities with deterministic drafts, or with draft rows when no
-// node has two candidate children: row statistics over vocabulary slices, then a warp per sequence
-// walks (verify.cuh, "vocabulary-parallel"); with draft rows the walk runs twice around the one
-// residual it needs (4 launches in all, each reading what it needs once).
+// Sampled verification over f32 probabilities: row statistics over vocabulary slices, then a warp per
+// sequence walks (verify.cuh, "vocabulary-parallel"). With draft rows on chains (no node has two
+// candidate children) the walk runs twice around the one residual it needs (4 launches in all, each
+// reading what it needs once); on trees the residuals of rejecting each child come first, one launch
+// per sibling rank ("Sibling candidates"), then one walk (3 + max_children launches).
 void verify_sampled_slices(const VerifyArgs& a, VerifyResult& out) {
   const int64_t B = a.node_indptr.size(0) - 1, N = a.parents.size(0), V = a.target.size(1);
   const int S = mass_slices(static_cast<int>(V));
   const bool typical = a.mode == VerifyMode::typical, has_draft = a.draft.defined();
+  const bool tree = has_draft && a.max_children > 1;
   Tensor lanes = typical ? Tensor::empty(DType::f64, {N, sm::kEntropyLanes}, Device::cuda) : Tensor();
   Tensor mass = Tensor::zeros(DType::u64, {N, S}, Device::cuda);
   Tensor edits = Tensor::empty(DType::i32, {N}, Device::cuda);
   Tensor thr = Tensor::empty(DType::f32, {N}, Device::cuda);
   Tensor depth = Tensor::empty(DType::i32, {N}, Device::cuda);
-  Tensor qmass, rmass, rej_row, rej_m;
+  Tensor qmass, rmass, rej_row, rej_m, pre;
   DraftRowsArgs dr;
   if (has_draft) {
     qmass = Tensor::zeros(DType::u64, {N, S}, Device::cuda);
-    rmass = Tensor::zeros(DType::u64, {B, S}, Device::cuda);
+    rmass = Tensor::zeros(DType::u64, {tree ? N : B, S}, Device::cuda);
+    if (tree) {
+      pre = Tensor::empty(DType::u64, {3, N}, Device::cuda);
+      dr.pre = u64p(pre);
+    }
     rej_row = Tensor::empty(DType::i32, {B}, Device::cuda);
     rej_m = Tensor::empty(DType::u64, {2, B}, Device::cuda);
     dr.draft = a.draft.ptr<float>();
@@ -85,6 +91,15 @@ void verify_sampled_slices(const VerifyArgs& a, VerifyResult& out) {
     SPECDEC_CUDA_LAUNCH_CHECK("sampled_walk_kernel");
   };
   if (!has_draft) return walk(0);
+  if (tree) {
+    for (int rank = 0; rank < a.max_children; ++rank) {
+      launch_kernel(sibling_residual_kernel, dim3(static_cast<unsigned>(N), kStatGroups), kStatThreads, 0, a.target.ptr<float>(), dr,
+                    a.node_indptr.ptr<int32_t>(), static_cast<int>(B), a.parents.ptr<int32_t>(), a.tokens.ptr<int32_t>(), u64p(mass),
+                    static_cast<int>(V), rank, u64p(rmass));
+      SPECDEC_CUDA_LAUNCH_CHECK("sibling_residual_kernel");
+    }
+    return walk(3);
+  }
   walk(1);
   launch_kernel(residual_slices_kernel, dim3(static_cast<unsigned>(B), kStatGroups), kStatThreads, 0,
       a.target.ptr<float>(), dr, static_cast<int>(V), u64p(rmass));
@@ -99,7 +114,8 @@ void verify(const VerifyArgs& a, VerifyResult& out) {
   if (B == 0) return;
   SPECDEC_CHECK(V <= INT32_MAX, "E_ARG", "target: rows longer than 2^31 are not supported");
   if (a.mode == VerifyMode::greedy) return verify_greedy(a, out);
-  if ((!a.draft.defined() || a.one_child_each) && a.target.dtype() == DType::f32 && a.seeds.defined() && a.offsets.defined())
+  const bool slices_draft = !a.draft.defined() || (a.max_children >= 0 && a.max_children <= kMaxSiblings);
+  if (slices_draft && a.target.dtype() == DType::f32 && a.seeds.defined() && a.offsets.defined())
     return verify_sampled_slices(a, out);
   // Per-sequence scratch: residual rows (rejection, and typical's bonus draw) and per-node values.
   const bool need_p = a.mode != VerifyMode::greedy;

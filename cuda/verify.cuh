@@ -260,14 +260,17 @@ __global__ void __launch_bounds__(kStatThreads) row_stats_kernel(const T* __rest
   if (lanes) lanes[row * sm::kEntropyLanes + t] = h;
 }
 
-// Rejection with draft rows on the vocabulary-parallel path (see above). pass 0: no draft rows.
+// Rejection with draft rows on the vocabulary-parallel path (see above). pass 0: no draft rows;
+// 1 and 2: chains; 3: trees whose nodes have several candidate children (see "Sibling candidates").
 struct DraftRowsArgs {
   const float* draft = nullptr;                      // [N, V] draft probabilities
   const unsigned long long* qslice_mass = nullptr;   // [N, S] row_stats of the draft rows
-  const unsigned long long* rslice_mass = nullptr;   // [B, S] residual_slices_kernel's sums
+  const unsigned long long* rslice_mass = nullptr;   // chains: [B, S] residual_slices_kernel's sums;
+                                                     // trees: [N, S] sibling_residual_kernel's, by child
   int32_t* rej_row = nullptr;                        // [B] global row of the rejection; -1 none, -2 unsupported
   unsigned long long* rej_mp = nullptr;              // [B] the masses the residual is taken with
   unsigned long long* rej_mq = nullptr;
+  unsigned long long* pre = nullptr;                 // trees: [3, N] per child: mp, mq, live before its test
   int pass = 0;
 };
 
@@ -292,6 +295,133 @@ __global__ void __launch_bounds__(kStatThreads) residual_slices_kernel(const flo
     if (j % kStripes == kStripes - 1 || j == stripes - 1) {
       for (int o = 16; o > 0; o >>= 1) m += __shfl_xor_sync(blk::kFull, m, o);
       if ((threadIdx.x & 31) == 0 && m > 0) atomicAdd(&rslice_mass[static_cast<int64_t>(b) * S + j / kStripes], m);
+      m = 0;
+    }
+  }
+}
+
+// ---- Sibling candidates: rejection with draft rows on trees --------------------------------------
+// Where a node has several candidate children (a draft model's sampled tree), walk_rejection tests
+// them in order, and each rejection takes the residual P <- max(0, P - Q mp/mq) of the P and Q the
+// earlier rejections left (Q loses each rejected token after its residual). That chain depends on
+// the node's rows and its children's tokens only, never on a draw, so the residual of rejecting
+// each child can be computed before the walk: one launch per sibling rank r (the r-th candidate
+// child of every node at once, sibling_residual_kernel), since rank r needs the masses of ranks
+// below it. The walk (pass 3) then reads the numbers it needs: no block per sequence, no [B, V]
+// scratch rows. Each child costs one pass over its parent's two rows; a walk reads the same rows
+// once per child it rejects.
+constexpr int kMaxSiblings = 64;  // candidate children per node on this path (more: verify_kernel)
+
+// P and Q at column i of a node's rows (p, q) after the walk rejected k of its candidate children,
+// with tokens xs[0..k) and residual ratios rs[0..k) (< 0: that rejection left P as it was).
+__host__ __device__ inline void rejected_pq(float p, float q, int i, const int32_t* xs, const double* rs, int k, uint64_t& P,
+                                            uint64_t& Q) {
+  uint64_t pv = sm::quantize_prob(p);
+  const uint64_t q0 = sm::quantize_prob(q);
+  bool zero = false;
+  for (int j = 0; j < k; ++j) {
+    if (rs[j] >= 0.0) pv = sm::residual_entry(pv, zero ? 0 : q0, rs[j]);
+    zero = zero || xs[j] == i;
+  }
+  P = pv;
+  Q = zero ? 0 : q0;
+}
+
+__device__ inline unsigned long long slice_sum(const unsigned long long* slices, int64_t row, int S) {
+  unsigned long long m = 0;
+  for (int s = 0; s < S; ++s) m += slices[row * S + s];
+  return m;
+}
+
+// Round `rank`: for every child c that is its parent's rank-th candidate child, the walk's masses just
+// before it tests c (dr.pre: mp, mq, and live = 0 when an earlier sibling was no token, so the walk
+// never gets here), and the residual of rejecting c by mass slices (dr.rslice_mass, row c, zeroed by
+// the caller; rslice_out is dr.rslice_mass, written). Grid (N, kStatGroups), row_stats' lanes.
+__global__ void __launch_bounds__(kStatThreads) sibling_residual_kernel(const float* __restrict__ target, DraftRowsArgs dr,
+                                                                        const int32_t* __restrict__ indptr, int B,
+                                                                        const int32_t* __restrict__ parents,
+                                                                        const int32_t* __restrict__ tokens,
+                                                                        const unsigned long long* __restrict__ slice_mass, int V,
+                                                                        int rank, unsigned long long* rslice_out) {
+  __shared__ int32_t sib[kMaxSiblings], xs[kMaxSiblings];
+  __shared__ double rs[kMaxSiblings];
+  __shared__ int s_go, s_live;
+  __shared__ int64_t s_par;
+  __shared__ unsigned long long s_mp, s_mq;
+  const int64_t c = blockIdx.x;
+  const int64_t N = indptr[B];
+  unsigned long long* pre_mp = dr.pre;
+  unsigned long long* pre_mq = dr.pre + N;
+  unsigned long long* pre_live = dr.pre + 2 * N;
+  const int S = mass_slices(V);
+  if (threadIdx.x == 0) {
+    int lo = 0, hi = B;  // the sequence b with indptr[b] <= c < indptr[b + 1]
+    while (hi - lo > 1) {
+      const int mid = (lo + hi) / 2;
+      if (indptr[mid] <= c) lo = mid;
+      else hi = mid;
+    }
+    const int64_t start = indptr[lo];
+    const int v = parents[c];
+    int r = 0;
+    if (v >= 0)
+      for (int64_t k = start + v + 1; k < c && r <= rank; ++k)
+        if (parents[k] == v) {
+          if (r < kMaxSiblings) sib[r] = static_cast<int32_t>(k), xs[r] = tokens[k];
+          ++r;
+        }
+    s_go = v >= 0 && r == rank && rank < kMaxSiblings;
+    s_par = start + v;
+  }
+  __syncthreads();
+  if (!s_go) return;
+  const int64_t par = s_par;
+  const float* p = target + par * V;
+  const float* q = dr.draft + par * V;
+  if (threadIdx.x < rank) {  // the earlier siblings' residual ratios, from their rounds
+    const int32_t s = sib[threadIdx.x];
+    rs[threadIdx.x] = pre_mq[s] > 0 && slice_sum(dr.rslice_mass, s, S) > 0
+                          ? static_cast<double>(pre_mp[s]) / static_cast<double>(pre_mq[s])
+                          : -1.0;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    unsigned long long mp, mq;
+    int live = 1;
+    if (rank == 0) {
+      mp = slice_sum(slice_mass, par, S);
+      mq = slice_sum(dr.qslice_mass, par, S);
+    } else {  // walk_rejection's update for the previous sibling's rejection
+      const int32_t s = sib[rank - 1], x = xs[rank - 1];
+      live = pre_live[s] != 0 && x >= 0 && x < V;
+      mp = rs[rank - 1] >= 0.0 ? slice_sum(dr.rslice_mass, s, S) : pre_mp[s];
+      mq = pre_mq[s];
+      if (live) {
+        uint64_t px, qx;
+        rejected_pq(p[x], q[x], x, xs, rs, rank - 1, px, qx);
+        mq -= qx;
+      }
+    }
+    s_mp = mp, s_mq = mq, s_live = live;
+    if (blockIdx.y == 0) pre_mp[c] = mp, pre_mq[c] = mq, pre_live[c] = static_cast<unsigned long long>(live);
+  }
+  __syncthreads();
+  if (!s_live || s_mq == 0) return;  // the walk takes no residual here
+  const double ratio = static_cast<double>(s_mp) / static_cast<double>(s_mq);
+  const int t = static_cast<int>(blockIdx.y) * kStatThreads + static_cast<int>(threadIdx.x);
+  constexpr int kStripes = kMassSlice / sm::kEntropyLanes;
+  unsigned long long m = 0;
+  const int stripes = (V + sm::kEntropyLanes - 1) / sm::kEntropyLanes;
+  for (int j = 0; j < stripes; ++j) {
+    const int i = t + j * sm::kEntropyLanes;
+    if (i < V) {
+      uint64_t P, Q;
+      rejected_pq(p[i], q[i], i, xs, rs, rank, P, Q);
+      m += sm::residual_entry(P, Q, ratio);
+    }
+    if (j % kStripes == kStripes - 1 || j == stripes - 1) {
+      for (int o = 16; o > 0; o >>= 1) m += __shfl_xor_sync(blk::kFull, m, o);
+      if ((threadIdx.x & 31) == 0 && m > 0) atomicAdd(&rslice_out[c * S + j / kStripes], m);
       m = 0;
     }
   }
@@ -337,11 +467,15 @@ struct SampledSliceOps {
     n_edits = 0;
     resid = false;
     n_residuals = 0;
+    nrej = 0;
+    pending = -1.0;
+    last_rs = -1;
     uint64_t m = 0;
     for (int s = 0; s < S; ++s) m += slice_mass[(row0 + node) * S + s];
     return m;
   }
   __device__ uint64_t p_at(int tok) {
+    if (dr.pass == 3) return tree_pq(tok, true);
     if (resid) return resid_at(tok);
     return zeroed(tok) ? 0 : sm::quantize_prob(row(cur)[tok]);
   }
@@ -370,8 +504,46 @@ struct SampledSliceOps {
     for (int s = 0; s < S; ++s) m += dr.qslice_mass[(row0 + node) * S + s];
     return m;
   }
-  __device__ uint64_t q_at(int tok) { return sm::quantize_prob(qrow(cur)[tok]); }
-  __device__ void set_q(int, uint64_t) {}
+  __device__ uint64_t q_at(int tok) {
+    if (dr.pass == 3) return tree_pq(tok, false);
+    return sm::quantize_prob(qrow(cur)[tok]);
+  }
+  __device__ void set_q(int tok, uint64_t) {  // the walk only zeroes
+    if (dr.pass != 3) return;
+    __syncwarp();
+    if ((threadIdx.x & 31) == 0) t_xs[nrej] = tok, t_rs[nrej] = pending;
+    __syncwarp();
+    ++nrej;
+    pending = -1.0;
+  }
+  // Trees (pass 3): P and Q of `cur` after nrej rejected candidate children (t_xs, t_rs in shared
+  // memory, at most kMaxSiblings: the dispatcher's bound); the residual of rejecting the next child
+  // is sibling_residual_kernel's, and the last one applied gives the slice masses of the draw.
+  const int32_t* parents;  // this sequence's, local
+  int n;
+  int32_t* t_xs;
+  double* t_rs;
+  int nrej;
+  double pending;    // the ratio apply_residual took for the child under test; -1: none
+  int64_t last_rs;   // global row of the child whose residual P is; -1: P is cur's row
+  int64_t testing;   // global row of the child residual_mass was asked for
+  __device__ uint64_t tree_pq(int tok, bool want_p) const {
+    uint64_t P, Q;
+    rejected_pq(row(cur)[tok], qrow(cur)[tok], tok, t_xs, t_rs, nrej, P, Q);
+    return want_p ? P : Q;
+  }
+  __device__ uint64_t tree_residual_mass(uint64_t mp, uint64_t mq) {
+    int c = -1;
+    for (int k = 0, x = cur; k <= nrej && (k == 0 || c >= 0); ++k) c = x = sm::next_child(parents, n, cur, x);
+    const int64_t N = dr_n;
+    if (c < 0 || dr.pre[row0 + c] != mp || dr.pre[N + row0 + c] != mq || dr.pre[2 * N + row0 + c] == 0) {
+      broken = true;  // numbers nobody computed: no mass (E_NUMERIC), never a wrong token
+      return 0;
+    }
+    testing = row0 + c;
+    return slice_sum(dr.rslice_mass, testing, S);
+  }
+  int64_t dr_n;      // N, the rows of the batch (dr.pre's stride)
   __device__ uint64_t resid_at(int tok) const {
     return sm::residual_entry(sm::quantize_prob(row(cur)[tok]), sm::quantize_prob(qrow(cur)[tok]), ratio);
   }
@@ -382,6 +554,7 @@ struct SampledSliceOps {
   // E_NUMERIC in the binding), never as a wrong token.
   __device__ uint64_t residual_mass(uint64_t mp, uint64_t mq) {
     __syncwarp();
+    if (dr.pass == 3) return tree_residual_mass(mp, mq);
     const bool first = n_residuals++ == 0;
     const bool fresh = first && !resid && n_edits == 0;
     if (dr.pass == 1) {
@@ -407,12 +580,18 @@ struct SampledSliceOps {
   }
   __device__ void apply_residual(uint64_t mp, uint64_t mq) {
     __syncwarp();
+    if (dr.pass == 3) {
+      pending = static_cast<double>(mp) / static_cast<double>(mq);  // sibling_residual_kernel's ratio
+      last_rs = testing;
+      return;
+    }
     resid = true;
     ratio = static_cast<double>(mp) / static_cast<double>(mq);  // BlockOps' and the CPU's ratio
   }
   bool broken;  // pass 2 met a residual it has no numbers for
 
   __device__ uint64_t weight(const float* r, int i) const {
+    if (dr.pass == 3) return tree_pq(i, true);
     if (resid) return resid_at(i);
     return zeroed(i) ? 0 : sm::quantize_prob(r[i]);
   }
@@ -424,7 +603,9 @@ struct SampledSliceOps {
     const int lane = threadIdx.x & 31;
     uint64_t before = 0;
     for (int s = 0; s < S; ++s) {
-      uint64_t ms = resid ? dr.rslice_mass[static_cast<int64_t>(b) * S + s] : slice_mass[(row0 + cur) * S + s];
+      uint64_t ms = resid            ? dr.rslice_mass[static_cast<int64_t>(b) * S + s]
+                    : last_rs >= 0 ? dr.rslice_mass[last_rs * S + s]
+                                   : slice_mass[(row0 + cur) * S + s];
       for (int e = 0; e < n_edits; ++e)
         if (edits[e] / kMassSlice == s) ms -= sm::quantize_prob(r[edits[e]]);
       if (ms == 0 || t - before >= ms) {
@@ -487,8 +668,18 @@ __global__ void __launch_bounds__(32) sampled_walk_kernel(VerifyMode mode, const
                                                           int32_t* counts, int32_t* depth_acc, int D, DraftRowsArgs dr) {
   const int b = blockIdx.x;
   const int start = indptr[b], n = indptr[b + 1] - start;
+  __shared__ int32_t t_xs[kMaxSiblings];
+  __shared__ double t_rs[kMaxSiblings];
   SampledSliceOps ops{target, V, mass_slices(V), start, lanes, slice_mass, edits + start, 0, 0, thr + start, depth + start,
                       acc_nodes + start, emitted + start};
+  ops.parents = parents + start;
+  ops.n = n;
+  ops.t_xs = t_xs;
+  ops.t_rs = t_rs;
+  ops.nrej = 0;
+  ops.pending = -1.0;
+  ops.last_rs = ops.testing = -1;
+  ops.dr_n = indptr[gridDim.x];
   ops.dr = dr;
   ops.b = b;
   ops.resid = false;

@@ -1,5 +1,6 @@
 // Validating dispatchers for sampling and verification: every check happens here, so the CPU and
 // CUDA backends report the same E_ARG errors, naming the argument.
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -150,9 +151,10 @@ void verify(const VerifyArgs& a, VerifyResult& out) {
   if (a.draft.defined()) {
     // The tree's shape picks CUDA's path for draft rows; it is found here, never taken from the caller.
     VerifyArgs shaped = a;
-    shaped.one_child_each = true;
-    for (int64_t b = 0; b < B && shaped.one_child_each; ++b)
-      shaped.one_child_each = sm::one_child_each(parents.data() + indptr[b], indptr[b + 1] - indptr[b]);
+    shaped.max_children = 0;
+    for (int64_t b = 0; b < B; ++b)
+      shaped.max_children = std::max(shaped.max_children,
+                                     sm::max_candidate_children(parents.data() + indptr[b], indptr[b + 1] - indptr[b]));
     SPECDEC_SAMPLING_DISPATCH(a.target.device(), verify(shaped, out));
   } else {
     SPECDEC_SAMPLING_DISPATCH(a.target.device(), verify(a, out));

@@ -45,9 +45,10 @@ struct VerifyArgs {
   const int32_t* h_node_indptr = nullptr;
   const int32_t* h_parents = nullptr;
   const int32_t* h_tokens = nullptr;
-  // Set by ops::verify from the validated tree when there are draft rows: no node has two candidate
-  // children (sm::one_child_each). CUDA verifies rejection with draft rows vocabulary-parallel then.
-  bool one_child_each = false;
+  // Set by ops::verify from the validated tree when there are draft rows: the most candidate children
+  // any node has (sm::max_candidate_children; -1 = not known). CUDA's rejection with draft rows runs
+  // vocabulary-parallel when it is known and at most verify_kernels::kMaxSiblings.
+  int max_children = -1;
 };
 
 struct VerifyResult {

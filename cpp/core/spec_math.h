@@ -70,6 +70,7 @@
 //   the thresholds -- and the accepted nodes -- agree exactly.
 // ---------------------------------------------------------------------------------------------
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -271,19 +272,22 @@ SPECDEC_HD inline int next_child(const int32_t* parents, int n, int node, int af
   return -1;
 }
 
-// True when no node of the tree (parents [n], local; -2 = not a candidate) has two candidate
-// children. Rejection with draft rows then computes at most one residual per walk, and always of a
-// fresh row: CUDA's vocabulary-parallel path precomputes exactly that one (cuda/verify.cuh).
-inline bool one_child_each(const int32_t* parents, int n) {
-  std::vector<unsigned char> has(static_cast<size_t>(n > 0 ? n : 0), 0);
+// The largest number of candidate children of one node of the tree (parents [n], local; -2 = not a
+// candidate). At most 1: rejection with draft rows computes at most one residual per walk, always of
+// a fresh row. More: a node's k-th rejected child takes a residual of the residual its earlier
+// siblings left. CUDA's vocabulary-parallel path precomputes those residuals, one launch per sibling
+// rank (cuda/verify.cuh), so the count is found on the host.
+inline int max_candidate_children(const int32_t* parents, int n) {
+  std::vector<int> count(static_cast<size_t>(n > 0 ? n : 0), 0);
+  int most = 0;
   for (int c = 1; c < n; ++c) {
     const int32_t p = parents[c];
-    if (p < 0) continue;
-    if (has[p]) return false;
-    has[p] = 1;
+    if (p < 0 || p >= n) continue;
+    most = std::max(most, ++count[static_cast<size_t>(p)]);
   }
-  return true;
+  return most;
 }
+inline bool one_child_each(const int32_t* parents, int n) { return max_candidate_children(parents, n) <= 1; }
 
 // ---------------- the tree walks ----------------
 // `Ops` gives the row-wise work over the vocabulary (loops on CPU, block-cooperative on CUDA,

@@ -11,7 +11,11 @@
 //     launchers' paths for a few rows): == CPU;
 //   - the vocabulary-parallel sampled path without draft rows (row statistics by slices + a warp
 //     walk: one-hot rejection and typical acceptance, rows over several slices): == CPU, and its
-//     entropy the same bits.
+//     entropy the same bits;
+//   - rejection with draft rows vocabulary-parallel: on chains (walk, one residual, walk) and on
+//     trees with sibling candidates (the residual of rejecting every child, one launch per sibling
+//     rank, then one walk): == CPU, and every child's precomputed masses and residual == the walk's
+//     chain run on whole rows (stars whose children all get rejected, repeated sibling tokens).
 // Inputs are adversarial: tied logits, NaN, zero and one-hot rows, tiny masses, rows longer than one
 // block tile, trees with non-candidate nodes and repeated sibling tokens.
 // Usage: sampling_emu SEED [ROUNDS]. ROUNDS = 0: one reduced round over every kernel at small sizes
@@ -284,13 +288,14 @@ struct Trees {
 };
 // one_child: no node gets two candidate children (chains, and forests of chains hanging off
 // earlier nodes: sm::one_child_each), the draft model's sampled shape.
-Trees make_trees(std::mt19937_64& rng, int B, int max_nodes, int V, bool one_child = false) {
+// star: every node is a candidate child of the root (wide sibling chains).
+Trees make_trees(std::mt19937_64& rng, int B, int max_nodes, int V, bool one_child = false, bool star = false) {
   Trees t;
   for (int b = 0; b < B; ++b) {
     const int n = 1 + static_cast<int>(rng() % static_cast<uint64_t>(max_nodes));
     std::vector<int> free_nodes;  // nodes without a candidate child yet
     for (int i = 0; i < n; ++i) {
-      int32_t par = i == 0 ? -1 : (rng() % 7 == 0 ? -2 : static_cast<int32_t>(rng() % static_cast<uint64_t>(i)));
+      int32_t par = i == 0 ? -1 : star ? 0 : (rng() % 7 == 0 ? -2 : static_cast<int32_t>(rng() % static_cast<uint64_t>(i)));
       if (one_child && par >= 0) {
         if (free_nodes.empty()) par = -2;
         else {
@@ -316,9 +321,9 @@ Trees make_trees(std::mt19937_64& rng, int B, int max_nodes, int V, bool one_chi
 // from a row without mass, or V): the sampled walks report kNoMass there on both backends and read
 // no row outside [0, V) (the emulation runs under AddressSanitizer).
 void check_verify(std::mt19937_64& rng, VerifyMode mode, bool with_draft, int B, int max_nodes, int V, float temperature,
-                  bool bad_tokens = false, bool one_child = false) {
-  Trees tr = make_trees(rng, B, max_nodes, V, one_child);
-  while (bad_tokens && (tr.indptr[1] < 2 || tr.parents[1] != 0)) tr = make_trees(rng, B, max_nodes, V, one_child);
+                  bool bad_tokens = false, bool one_child = false, bool star = false) {
+  Trees tr = make_trees(rng, B, max_nodes, V, one_child, star);
+  while (bad_tokens && (tr.indptr[1] < 2 || tr.parents[1] != 0)) tr = make_trees(rng, B, max_nodes, V, one_child, star);
   const int N = tr.indptr.back();
   // Peaked target distributions so that paths get long; drafts are other peaked distributions.
   const auto lt = adversarial_logits(rng, N, V);
@@ -327,7 +332,7 @@ void check_verify(std::mt19937_64& rng, VerifyMode mode, bool with_draft, int B,
   sp.temperature = temperature;
   Tensor probs = Tensor::empty(DType::f32, {N, V});
   cpu::process_logits(logits, sp, probs);
-  const auto target_p = host<float>(probs);
+  auto target_p = host<float>(probs);
   // Make children's tokens the parent's argmax or a likely token often, so acceptance happens.
   Tensor am = Tensor::empty(DType::i32, {N});
   cpu::argmax(logits, am);
@@ -361,16 +366,53 @@ void check_verify(std::mt19937_64& rng, VerifyMode mode, bool with_draft, int B,
       }
       if (kind == 2) std::fill(q, q + V, 0.0f);
     }
-    // Chains: two thirds of the children take the draft's favourite (likely under q, often unlikely
-    // under p: rejections with a residual to draw from).
-    if (one_child)
-      for (int i = 0; i < N; ++i) {
-        const int b = static_cast<int>(std::upper_bound(tr.indptr.begin(), tr.indptr.end(), i) - tr.indptr.begin()) - 1;
-        const int par = tr.parents[i];
-        if (par < 0 || rng() % 3 == 0 || (bad_tokens && b == 0 && par == 0)) continue;
-        const float* q = &draft[static_cast<size_t>(tr.indptr[b] + par) * V];
-        tr.tokens[i] = static_cast<int32_t>(std::max_element(q, q + V) - q);
+    // Two thirds of the children take the draft's favourites (likely under q, often unlikely under
+    // p: rejections with a residual to draw from): on chains the favourite, on trees the k-th
+    // candidate child the k-th favourite (drawn without replacement), now and then a repeat.
+    std::vector<int> rank(static_cast<size_t>(N), 0);
+    for (int i = 0; i < N; ++i) {
+      const int b = static_cast<int>(std::upper_bound(tr.indptr.begin(), tr.indptr.end(), i) - tr.indptr.begin()) - 1;
+      const int par = tr.parents[i];
+      if (par < 0) continue;
+      const int k = rank[static_cast<size_t>(tr.indptr[b] + par)]++;
+      if (rng() % 3 == 0 || (bad_tokens && b == 0 && par == 0)) continue;
+      const float* q = &draft[static_cast<size_t>(tr.indptr[b] + par) * V];
+      std::vector<int> order(static_cast<size_t>(V));
+      for (int j = 0; j < V; ++j) order[static_cast<size_t>(j)] = j;
+      const int kth = std::min(rng() % 5 == 0 ? 0 : k, V - 1);
+      std::nth_element(order.begin(), order.begin() + kth, order.end(), [&](int x, int y) { return q[x] > q[y] || (q[x] == q[y] && x < y); });
+      tr.tokens[i] = order[static_cast<size_t>(kth)];
+      // A repeat of an earlier sibling's token: its q is gone (drawn without replacement), and the
+      // walk's mq loses nothing more when it is rejected again.
+      if (k > 0 && rng() % 4 == 0)
+        for (int j = i - 1; j > tr.indptr[b] + par; --j)
+          if (tr.parents[j] == par && rng() % 2 == 0) {
+            tr.tokens[i] = tr.tokens[j];
+            break;
+          }
+    }
+    // Stars: the root's draft row puts most of its mass on its children's tokens, so that every
+    // rejection moves mq and the residual's ratio a long way (a repeat included: it must move nothing).
+    if (star)
+      for (int b = 0; b < B; ++b) {
+        float* q = &draft[static_cast<size_t>(tr.indptr[b]) * V];
+        for (int c = tr.indptr[b] + 1; c < tr.indptr[b + 1]; ++c) q[tr.tokens[c]] += 1.0f;
+        float sum = 0.0f;
+        for (int i = 0; i < V; ++i) sum += q[i];
+        for (int i = 0; i < V; ++i) q[i] /= sum;
       }
+    // On half the nodes with sibling candidates the target gives none of them any mass: every one is
+    // rejected, and the draw comes from the residual that the whole chain of rejections left.
+    if (!one_child) {
+      for (int b = 0; b < B; ++b)
+        for (int v = tr.indptr[b]; v < tr.indptr[b + 1]; ++v) {
+          if (rank[static_cast<size_t>(v)] < 2 || rng() % 2) continue;
+          float* p = &target_p[static_cast<size_t>(v) * V];
+          for (int c = v + 1; c < tr.indptr[b + 1]; ++c)
+            if (tr.parents[c] == v - tr.indptr[b] && tr.tokens[c] >= 0 && tr.tokens[c] < V) p[tr.tokens[c]] = 0.0f;
+        }
+      probs = tensor(target_p, {N, V}, DType::f32);
+    }
   }
   std::vector<uint64_t> seeds(static_cast<size_t>(B)), offsets(static_cast<size_t>(B));
   for (int b = 0; b < B; ++b) seeds[b] = rng(), offsets[b] = rng() % 100;
@@ -439,13 +481,18 @@ void check_verify(std::mt19937_64& rng, VerifyMode mode, bool with_draft, int B,
            std::string("verify ") + mname + ": a no-token draft at the root is kNoMass (E_NUMERIC in the binding), nothing emitted out of range");
   }
   if (mode != VerifyMode::greedy) {
-    if (with_draft && !one_child) return;  // draft rows with sibling candidates: verify_kernel only
     // The vocabulary-parallel sampled path (row statistics by slices, then a warp per sequence walks;
-    // with draft rows: walk pass 1, the residual by slices, walk pass 2, as cuda/verify.cu runs it).
+    // with draft rows on chains: walk pass 1, the residual by slices, walk pass 2; on trees: the
+    // residuals one sibling rank per launch, then walk pass 3; as cuda/verify.cu runs them).
+    int max_children = 0;
+    for (int b = 0; b < B; ++b)
+      max_children = std::max(max_children, sm::max_candidate_children(tr.parents.data() + tr.indptr[b], tr.indptr[b + 1] - tr.indptr[b]));
+    const bool tree = with_draft && max_children > 1;
+    if (one_child && max_children > 1) std::abort();
     const int S = vk::mass_slices(V);
     std::vector<double> lanes(mode == VerifyMode::typical ? static_cast<size_t>(N) * sm::kEntropyLanes : 0, -1.0);
     std::vector<unsigned long long> mass(static_cast<size_t>(N) * S, 0), qmass(mass.size(), 0),
-        rmass(static_cast<size_t>(B) * S, 0), rej_m(2 * static_cast<size_t>(B), 7);
+        rmass(static_cast<size_t>(tree ? N : B) * S, 0), rej_m(2 * static_cast<size_t>(B), 7), pre(3 * static_cast<size_t>(N), 7);
     std::vector<int32_t> acc2(static_cast<size_t>(N), -9), em2(static_cast<size_t>(N), -9), cnt2(static_cast<size_t>(B), -9),
         depth2(static_cast<size_t>(D), 0), edits(static_cast<size_t>(N), -9), dep(static_cast<size_t>(N), -9),
         rej_row(static_cast<size_t>(B), 7);
@@ -463,6 +510,7 @@ void check_verify(std::mt19937_64& rng, VerifyMode mode, bool with_draft, int B,
       dr.rej_row = rej_row.data();
       dr.rej_mp = rej_m.data();
       dr.rej_mq = rej_m.data() + B;
+      if (tree) dr.pre = pre.data();
     }
     auto walk = [&](int pass) {
       dr.pass = pass;
@@ -473,7 +521,50 @@ void check_verify(std::mt19937_64& rng, VerifyMode mode, bool with_draft, int B,
       });
     };
     int rejected = 0;
-    if (with_draft) {
+    if (tree) {
+      for (int k = 0; k < max_children; ++k)
+        emu::launch(Dim3{static_cast<unsigned>(N), vk::kStatGroups, 1}, vk::kStatThreads, [&] {
+          vk::sibling_residual_kernel(target_p.data(), dr, tr.indptr.data(), B, tr.parents.data(), tr.tokens.data(), mass.data(), V,
+                                      k, rmass.data());
+        });
+      for (int i = 0; i < N; ++i) rejected += tr.parents[i] >= 0 && pre[2 * static_cast<size_t>(N) + i] == 1 && pre[N + i] > 0;
+      // The rounds' numbers against walk_rejection's chain on whole rows (as the CPU runs it): at
+      // every node, for each candidate child in turn until a no-token, the masses before its test
+      // and the residual mass of rejecting it -- every child, not only those a walk reaches.
+      bool rounds_ok = true;
+      for (int b = 0; b < B && rounds_ok; ++b)
+        for (int v = tr.indptr[b]; v < tr.indptr[b + 1] && rounds_ok; ++v) {
+          std::vector<uint64_t> P(static_cast<size_t>(V)), Q(static_cast<size_t>(V));
+          uint64_t mp = 0, mq = 0;
+          for (int i = 0; i < V; ++i) {
+            mp += P[i] = sm::quantize_prob(target_p[static_cast<size_t>(v) * V + i]);
+            mq += Q[i] = sm::quantize_prob(draft[static_cast<size_t>(v) * V + i]);
+          }
+          for (int c = v + 1; c < tr.indptr[b + 1] && rounds_ok; ++c) {
+            if (tr.parents[c] != v - tr.indptr[b]) continue;
+            rounds_ok = pre[2 * static_cast<size_t>(N) + c] == 1 && pre[c] == mp && pre[N + c] == mq;
+            const int x = tr.tokens[c];
+            if (x < 0 || x >= V) break;
+            uint64_t rsum = 0, r = 0;
+            for (int s2 = 0; s2 < S; ++s2) rsum += rmass[static_cast<size_t>(c) * S + s2];
+            if (mq > 0) {
+              const double ratio = static_cast<double>(mp) / static_cast<double>(mq);
+              for (int i = 0; i < V; ++i) r += sm::residual_entry(P[i], Q[i], ratio);
+              if (r > 0) {
+                for (int i = 0; i < V; ++i) P[i] = sm::residual_entry(P[i], Q[i], ratio);
+                mp = r;
+              }
+            }
+            rounds_ok = rounds_ok && rsum == r;
+            mq -= Q[x];
+            Q[x] = 0;
+          }
+        }
+      std::snprintf(what, sizeof what, "sibling rounds B=%d N=%d V=%d: every child's masses and residual == the walk's chain on whole rows",
+                    B, N, V);
+      report(rounds_ok, what);
+      walk(3);
+    } else if (with_draft) {
       walk(1);
       for (int b = 0; b < B; ++b) rejected += rej_row[b] >= 0;
       emu::launch(Dim3{static_cast<unsigned>(B), vk::kStatGroups, 1}, vk::kStatThreads,
@@ -484,8 +575,8 @@ void check_verify(std::mt19937_64& rng, VerifyMode mode, bool with_draft, int B,
     }
     std::snprintf(what, sizeof what,
                   "verify %s%s%s, vocabulary-parallel (%d mass slices per row) B=%d N=%d V=%d T=%g: == CPU (%d tokens, %d residuals)",
-                  mname, with_draft ? " with draft chains" : "", bad_tokens ? ", no-token drafts" : "", S, B, N, V, temperature, total,
-                  rejected);
+                  mname, tree ? " with draft trees" : with_draft ? " with draft chains" : "", bad_tokens ? ", no-token drafts" : "", S, B,
+                  N, V, temperature, total, rejected);
     report(same_as_cpu(acc2, em2, cnt2, depth2, &total), what);
     return;
   }
@@ -591,6 +682,7 @@ int main(int argc, char** argv) {
     check_verify(rng, VerifyMode::rejection, true, 2, 8, 300, 0.5f);
     check_verify(rng, VerifyMode::typical, false, 2, 8, 300, 0.5f);
     check_verify(rng, VerifyMode::rejection, true, 6, 5, 4500, 1.f, false, true);
+    check_verify(rng, VerifyMode::rejection, true, 2, 10, 4500, 1.f);
     check_entropy(rng, 2, 700);
   }
   for (int round = 0; round < rounds; ++round) {
@@ -629,6 +721,12 @@ int main(int argc, char** argv) {
     check_verify(rng, VerifyMode::rejection, true, 3, 8, 300, 2.f, true, true);
     check_verify(rng, VerifyMode::rejection, true, 16, 5, 5000, 1.f, false, true);
     check_verify(rng, VerifyMode::rejection, true, 32, 6, 20000, 1.f, false, true);
+    // Draft rows on trees (sibling candidates: a residual of a residual): the sibling rounds + walk 3.
+    check_verify(rng, VerifyMode::rejection, true, 3, 12, 9000, 1.f);
+    check_verify(rng, VerifyMode::rejection, true, 4, 24, 300, 0.7f);
+    check_verify(rng, VerifyMode::rejection, true, 2, 16, 40, 1.5f);
+    check_verify(rng, VerifyMode::rejection, true, 3, 12, 5000, 1.f, true);
+    check_verify(rng, VerifyMode::rejection, true, 6, 9, 200, 1.f, false, false, true);
     check_entropy(rng, 6, 3000);
     // processLogits by slices: every filter, each alone and together, slices cut short, 2-byte logits.
     // (The first round only: an emulated launch spawns a thread per CUDA thread, and these make ~1400

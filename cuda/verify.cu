@@ -73,10 +73,12 @@ void verify_sampled_slices(const VerifyArgs& a, VerifyResult& out) {
   const dim3 stats_grid(static_cast<unsigned>(N), kStatGroups);
   if (N > 0) {
     launch_kernel(row_stats_kernel<float>, stats_grid, kStatThreads, 0, a.target.ptr<float>(), static_cast<int>(V),
-                                                                       typical ? lanes.ptr<double>() : nullptr, u64p(mass));
+                                                                       typical ? lanes.ptr<double>() : nullptr, u64p(mass),
+                  nullptr, 0, nullptr);
     SPECDEC_CUDA_LAUNCH_CHECK("row_stats_kernel");
     if (has_draft) {
-      launch_kernel(row_stats_kernel<float>, stats_grid, kStatThreads, 0, dr.draft, static_cast<int>(V), nullptr, u64p(qmass));
+      launch_kernel(row_stats_kernel<float>, stats_grid, kStatThreads, 0, dr.draft, static_cast<int>(V), nullptr, u64p(qmass),
+                    a.node_indptr.ptr<int32_t>(), static_cast<int>(B), a.parents.ptr<int32_t>());
       SPECDEC_CUDA_LAUNCH_CHECK("row_stats_kernel (draft)");
     }
   }

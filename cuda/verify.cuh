@@ -235,10 +235,31 @@ __host__ __device__ inline int mass_slices(int V) { return (V + kMassSlice - 1) 
 // is given) and the quantised mass of each kMassSlice-column slice, added into slice_mass (zeroed
 // by the caller). Every thread runs the same iterations (columns past V count as p = 0, which adds
 // nothing), so the slice is block-uniform and a warp adds one partial per slice.
+// With a tree (indptr [B+1], local parents), rows without a candidate child are skipped (their slice
+// masses stay 0): a draft row is read only where a child was drawn from it, so leaves cost nothing.
 template <typename T>
 __global__ void __launch_bounds__(kStatThreads) row_stats_kernel(const T* __restrict__ target, int V, double* __restrict__ lanes,
-                                                                 unsigned long long* __restrict__ slice_mass) {
+                                                                 unsigned long long* __restrict__ slice_mass,
+                                                                 const int32_t* indptr = nullptr, int B = 0,
+                                                                 const int32_t* parents = nullptr) {
   const int64_t row = blockIdx.x;
+  if (parents) {
+    __shared__ int s_parent;
+    if (threadIdx.x == 0) {
+      int lo = 0, hi = B;  // the sequence b with indptr[b] <= row < indptr[b + 1]
+      while (hi - lo > 1) {
+        const int mid = (lo + hi) / 2;
+        if (indptr[mid] <= row) lo = mid;
+        else hi = mid;
+      }
+      const int64_t local = row - indptr[lo];
+      int has = 0;
+      for (int64_t k = row + 1; k < indptr[lo + 1] && !has; ++k) has = parents[k] == local;
+      s_parent = has;
+    }
+    __syncthreads();
+    if (!s_parent) return;
+  }
   const int t = static_cast<int>(blockIdx.y) * kStatThreads + static_cast<int>(threadIdx.x);
   const T* p = target + row * V;
   const int S = mass_slices(V);

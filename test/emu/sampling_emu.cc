@@ -503,7 +503,7 @@ void check_verify(std::mt19937_64& rng, VerifyMode mode, bool with_draft, int B,
     vk::DraftRowsArgs dr;
     if (with_draft) {
       emu::launch(Dim3{static_cast<unsigned>(N), vk::kStatGroups, 1}, vk::kStatThreads,
-                  [&] { vk::row_stats_kernel<float>(draft.data(), V, nullptr, qmass.data()); });
+                  [&] { vk::row_stats_kernel<float>(draft.data(), V, nullptr, qmass.data(), tr.indptr.data(), B, tr.parents.data()); });
       dr.draft = draft.data();
       dr.qslice_mass = qmass.data();
       dr.rslice_mass = rmass.data();

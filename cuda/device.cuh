@@ -1,7 +1,9 @@
-// Device-side helpers shared by the kernel headers: float dtype conversions and dynamic shared
-// memory. Kernel headers include this, not common.cuh (which adds the runtime: stream, error
-// checks, dispatch), so that test/emu/ can compile them on a host with stand-ins for CUDA's types.
+// Device-side helpers shared by the kernel headers: float dtype conversions, dynamic shared memory,
+// the row-to-sequence lookup of ragged batches. Kernel headers include this, not common.cuh (which
+// adds the runtime: stream, error checks, dispatch), so that test/emu/ can compile them on a host
+// with stand-ins for CUDA's types.
 #pragma once
+#include <cstdint>
 #ifdef __CUDACC__
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -54,6 +56,17 @@ __device__ __forceinline__ int ctz64(unsigned long long x) {  // x != 0
 #else
   return __builtin_ctzll(x);
 #endif
+}
+
+// Sequence b of a ragged batch holding flattened row n: indptr[b] <= n < indptr[b + 1].
+__device__ __forceinline__ int find_seq(const int32_t* indptr, int B, int n) {
+  int lo = 0, hi = B;
+  while (hi - lo > 1) {
+    const int mid = (lo + hi) / 2;
+    if (indptr[mid] <= n) lo = mid;
+    else hi = mid;
+  }
+  return lo;
 }
 
 }  // namespace cuda

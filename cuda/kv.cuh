@@ -23,17 +23,6 @@ __device__ __forceinline__ float load_f32(const void* p, int dtype, size_t i) {
   }
 }
 
-// Sequence b of a ragged batch holding flattened row n: indptr[b] <= n < indptr[b + 1].
-__device__ __forceinline__ int find_seq(const int32_t* indptr, int B, int n) {
-  int lo = 0, hi = B;
-  while (hi - lo > 1) {
-    const int mid = (lo + hi) / 2;
-    if (indptr[mid] <= n) lo = mid;
-    else hi = mid;
-  }
-  return lo;
-}
-
 // One block per new token: its K and V rows (numKvHeads * headDim elements) go to its slot.
 template <typename KVT>
 __global__ void kv_append_kernel(KVT* kv, const void* k, int k_dtype, const void* v, int v_dtype,

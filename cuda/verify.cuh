@@ -246,12 +246,7 @@ __global__ void __launch_bounds__(kStatThreads) row_stats_kernel(const T* __rest
   if (parents) {
     __shared__ int s_parent;
     if (threadIdx.x == 0) {
-      int lo = 0, hi = B;  // the sequence b with indptr[b] <= row < indptr[b + 1]
-      while (hi - lo > 1) {
-        const int mid = (lo + hi) / 2;
-        if (indptr[mid] <= row) lo = mid;
-        else hi = mid;
-      }
+      const int lo = find_seq(indptr, B, static_cast<int>(row));
       const int64_t local = row - indptr[lo];
       int has = 0;
       for (int64_t k = row + 1; k < indptr[lo + 1] && !has; ++k) has = parents[k] == local;
@@ -376,13 +371,7 @@ __global__ void __launch_bounds__(kStatThreads) sibling_residual_kernel(const fl
   unsigned long long* pre_live = dr.pre + 2 * N;
   const int S = mass_slices(V);
   if (threadIdx.x == 0) {
-    int lo = 0, hi = B;  // the sequence b with indptr[b] <= c < indptr[b + 1]
-    while (hi - lo > 1) {
-      const int mid = (lo + hi) / 2;
-      if (indptr[mid] <= c) lo = mid;
-      else hi = mid;
-    }
-    const int64_t start = indptr[lo];
+    const int64_t start = indptr[find_seq(indptr, B, static_cast<int>(c))];
     const int v = parents[c];
     int r = 0;
     if (v >= 0)
@@ -554,8 +543,8 @@ struct SampledSliceOps {
     return want_p ? P : Q;
   }
   __device__ uint64_t tree_residual_mass(uint64_t mp, uint64_t mq) {
-    int c = -1;
-    for (int k = 0, x = cur; k <= nrej && (k == 0 || c >= 0); ++k) c = x = sm::next_child(parents, n, cur, x);
+    int c = cur;  // the nrej-th candidate child of cur (counting from 0)
+    for (int k = 0; k <= nrej && c >= 0; ++k) c = sm::next_child(parents, n, cur, c);
     const int64_t N = dr_n;
     if (c < 0 || dr.pre[row0 + c] != mp || dr.pre[N + row0 + c] != mq || dr.pre[2 * N + row0 + c] == 0) {
       broken = true;  // numbers nobody computed: no mass (E_NUMERIC), never a wrong token

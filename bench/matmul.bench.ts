@@ -1,15 +1,17 @@
 // The model runner's matmul (layers.matmul: out = x @ w^T, x f32, w bf16) at model shapes, for the
 // row counts of decode (1), verification of a tree (16, 64) and prefill (512): ms per call, the
 // weight bytes streamed per second (what bounds decode) and the arithmetic rate (what bounds
-// prefill). On CUDA, bf16 weights take the tensor-core kernel (cuda/gemm_tc.cuh); run once more
-// with SPECDEC_CUDA_MATMUL=simt for the CUDA-core kernel, and compare the two in the same session.
+// prefill). On CUDA, bf16 weights take the tensor cores: up to 16 rows the streaming kernel
+// (cuda/gemm_tc_stream.cuh; several weights of one x in one launch: the "group" rows, as the model's
+// q/k/v and gate/up), more rows cuda/gemm_tc.cuh; run once more with SPECDEC_CUDA_MATMUL=tc-warp (the
+// earlier kernel for every row count: the same bits) or =simt (CUDA cores) to compare in one session.
 // Shapes: Llama-3-8B's projections on CUDA; the random ~100M and ~300M models' (bench/common.ts,
 // forward_cost.bench.ts) on the CPU. On the CPU it also measures the peak f32 FMA rate of the
 // instruction set the kernels use (native cpuPeakGflops: independent FMA chains on registers on
 // every pool thread, the best ~1 ms round over 1 s) and prints each row's fraction of it; both
 // that peak and the rows' `bestGflops` are best-of-N figures, which a shared machine distorts least.
 // Run: node dist/bench/matmul.bench.js [--device cpu|cuda|auto] [--quick]   (or specdec bench --only matmul)
-import { matmul } from '../lib/layers';
+import { matmul, matmulGroup } from '../lib/layers';
 import { native } from '../lib/native';
 import { Tensor } from '../lib/tensor';
 import { cpuMs, measureKernel, randomF32, round, standalone, syncTensor, xorshift, type BenchModule, type BenchOptions, type BenchResult, type BenchRow } from './common';
@@ -18,12 +20,16 @@ interface Shape {
   readonly name: string;
   readonly K: number;
   readonly M: number;
+  /** Several weights of one x through matmulGroup (their rows sum to M). */
+  readonly parts?: readonly number[];
 }
 
 const CUDA_SHAPES: Shape[] = [
   { name: 'q/o proj 4096x4096', K: 4096, M: 4096 },
   { name: 'gate/up 4096->14336', K: 4096, M: 14336 },
   { name: 'down 14336->4096', K: 14336, M: 4096 },
+  { name: 'q/k/v group 4096->4096+1024+1024', K: 4096, M: 6144, parts: [4096, 1024, 1024] },
+  { name: 'gate/up group 4096->2x14336', K: 4096, M: 28672, parts: [14336, 14336] },
 ];
 const CPU_SHAPES: Shape[] = [
   { name: 'q/o proj 768x768', K: 768, M: 768 },
@@ -51,10 +57,13 @@ export const matmulBench: BenchModule = {
     const binding = native();
     const cpu = !cuda && typeof binding.cpuInfo === 'function' ? binding.cpuInfo() : undefined;
     const peakGflops = cpu ? binding.cpuPeakGflops(cpu.simd, opts.quick ? 0.05 : 1) : undefined;
-    const path = cuda ? (process.env['SPECDEC_CUDA_MATMUL'] === 'simt' ? 'CUDA cores (SPECDEC_CUDA_MATMUL=simt)' : 'tensor cores') : `CPU${cpu ? ` ${cpu.simd}, ${cpu.threads} threads` : ''}`;
+    const mode = process.env['SPECDEC_CUDA_MATMUL'];
+    const path = cuda ? (mode === 'simt' ? 'CUDA cores (SPECDEC_CUDA_MATMUL=simt)' : mode === 'tc-warp' ? 'tensor cores, warp-loaded for every row count (SPECDEC_CUDA_MATMUL=tc-warp)' : 'tensor cores (streaming up to 16 rows)') : `CPU${cpu ? ` ${cpu.simd}, ${cpu.threads} threads` : ''}`;
     for (const s of shapes) {
       opts.log(`matmul ${s.name}`);
-      const w = Tensor.fromArray(randomF32(s.M * s.K, rand, -0.05, 0.05), 'bf16', [s.M, s.K], opts.device);
+      const ws = (s.parts ?? [s.M]).map((M) => Tensor.fromArray(randomF32(M * s.K, rand, -0.05, 0.05), 'bf16', [M, s.K], opts.device));
+      const w = ws[0]!;
+      const none = ws.map(() => undefined);
       try {
         const maxN = Math.max(...rowCounts);
         const xAll = Tensor.fromArray(randomF32(maxN * s.K, rand), 'f32', [maxN, s.K], opts.device);
@@ -75,7 +84,8 @@ export const matmulBench: BenchModule = {
             const out = matmul(x, w);
             const t = await measureKernel(
               () => {
-                matmul(x, w, undefined, out);
+                if (s.parts) for (const o of matmulGroup(x, ws, none)) o.dispose();
+                else matmul(x, w, undefined, out);
               },
               { warmup: 2, samples, calls, sync: () => syncTensor(out), device: cuda ? 'cuda' : 'cpu' },
             );
@@ -100,7 +110,7 @@ export const matmulBench: BenchModule = {
           xAll.dispose();
         }
       } finally {
-        w.dispose();
+        for (const t of ws) t.dispose();
       }
     }
     return {

@@ -18,16 +18,6 @@ namespace cuda {
 
 namespace {
 
-int max_optin_smem() {
-  static int n = [] {
-    int dev = 0, bytes = 0;
-    SPECDEC_CUDA_CHECK(cudaGetDevice(&dev));
-    SPECDEC_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    return bytes;
-  }();
-  return n;
-}
-
 template <typename QT, typename KVT, int DT>
 void launch(const attn::Params& p, dim3 grid) {
   constexpr int kStages = attn::stages_for_dim(DT);

@@ -21,6 +21,8 @@ namespace cuda {
 cudaStream_t stream();
 // The current device's SM count (read once), for launch planners.
 int sm_count();
+// The most dynamic shared memory a block may opt in to on the current device (read once).
+int max_optin_smem();
 // Whether environment variable `name` is set to exactly `value` (the SPECDEC_CUDA_* switches; callers
 // read it once, so a kernel choice never changes within a process).
 bool env_is(const char* name, const char* value);

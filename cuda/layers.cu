@@ -1,6 +1,6 @@
 // CUDA backend for the model layer ops (cpp/core/ops_layers.h): launchers only (kernels in
-// layers.cuh and gemm_tc.cuh). Arguments were validated by the dispatcher (cpp/core/ops_layers.cc);
-// these functions only launch kernels on cuda::stream().
+// layers.cuh, gemm_tc.cuh and gemm_tc_stream.cuh). Arguments were validated by the dispatcher
+// (cpp/core/ops_layers.cc); these functions only launch kernels on cuda::stream().
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -8,6 +8,7 @@
 #include "../cpp/core/ops_layers.h"
 #include "common.cuh"
 #include "gemm_tc.cuh"
+#include "gemm_tc_stream.cuh"
 #include "layers.cuh"
 
 namespace specdec {
@@ -16,6 +17,7 @@ namespace cuda {
 namespace {
 
 using namespace layer_kernels;
+using ops::MatmulPart;
 
 unsigned elementwise_grid(int64_t n) { return static_cast<unsigned>(std::min<int64_t>(ceil_div(n, 256), 65535 * 8)); }
 
@@ -51,6 +53,71 @@ bool tensor_cores_enabled() {
   static const bool enabled = !env_is("SPECDEC_CUDA_MATMUL", "simt");
   return enabled;
 }
+// SPECDEC_CUDA_MATMUL=tc-warp keeps up to 16 rows on matmul_tc_kernel, whose warps load their own
+// weights, instead of the streaming kernel (the same bits either way; for comparing their speed).
+bool streaming_enabled() {
+  static const bool enabled = tensor_cores_enabled() && !env_is("SPECDEC_CUDA_MATMUL", "tc-warp");
+  return enabled;
+}
+
+// The streaming kernel over every part, when it applies (bf16/f16 weights of one dtype, biases of one
+// dtype, 1-16 rows, K % 8 == 0, 16-byte aligned x and w, enough shared memory): one launch, true.
+template <typename W, typename B>
+bool launch_stream(const Tensor& x, const MatmulPart* parts, size_t n, bool aligned) {
+  using namespace gemm_tc;
+  const int64_t N = x.size(0), K = x.size(1);
+  const int stages = stream_stages<W>(N, K, max_optin_smem(), aligned);
+  if (stages == 0) return false;
+  StreamParams<W, B> p{};
+  p.x = x.ptr<float>();
+  p.N = N;
+  p.K = K;
+  p.stages = stages;
+  int64_t tiles = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const int64_t M = parts[i].w->size(0);
+    if (M == 0) continue;  // no blocks (a later part's tile0 would coincide)
+    StreamPart<W, B>& q = p.part[p.parts++];
+    q.w = parts[i].w->ptr<W>();
+    q.bias = parts[i].bias->defined() ? parts[i].bias->ptr<B>() : nullptr;
+    q.out = parts[i].out->ptr<float>();
+    q.M = M;
+    q.tile0 = tiles;
+    tiles += ceil_div(M, kTileM);
+  }
+  if (p.parts == 0) return true;
+  SPECDEC_CHECK(tiles < (int64_t{1} << 31), "E_ARG", "matmul: problem too large for one launch (", tiles, " tiles)");
+  auto kernel = matmul_tc_stream_kernel<W, B>;
+  static const bool opted_in = [&] {  // once per instantiation: the device's whole opt-in
+    SPECDEC_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, max_optin_smem()));
+    return true;
+  }();
+  (void)opted_in;
+  launch_kernel(kernel, static_cast<unsigned>(tiles), kThreads, static_cast<size_t>(stream_smem_bytes<W>(N, stages)), p);
+  SPECDEC_CUDA_LAUNCH_CHECK("matmul_tc_stream_kernel");
+  return true;
+}
+
+bool try_stream(const Tensor& x, const MatmulPart* parts, size_t n) {
+  if (n == 0 || n > static_cast<size_t>(gemm_tc::kStreamMaxParts) || !streaming_enabled()) return false;
+  const DType wdt = parts[0].w->dtype();
+  if (wdt != DType::bf16 && wdt != DType::f16) return false;
+  bool aligned = aligned16(x.data()), any_bias = false;
+  DType bdt = wdt;  // without biases the B type is irrelevant (null pointers): reuse w's
+  for (size_t i = 0; i < n; ++i) {
+    if (parts[i].w->dtype() != wdt) return false;
+    aligned = aligned && aligned16(parts[i].w->data());
+    if (!parts[i].bias->defined()) continue;
+    if (any_bias && parts[i].bias->dtype() != bdt) return false;
+    bdt = parts[i].bias->dtype();
+    any_bias = true;
+  }
+  auto go = [&](auto w_tag) {
+    using w_t = decltype(w_tag);
+    return SPECDEC_DISPATCH_FLOAT(bdt, "bias", [&] { return launch_stream<w_t, scalar_t>(x, parts, n, aligned); });
+  };
+  return wdt == DType::bf16 ? go(__nv_bfloat16{}) : go(__half{});
+}
 
 template <typename W, typename B, int NT>
 void launch_tc(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out, bool vec_w, bool vec_x) {
@@ -68,6 +135,8 @@ void launch_tc(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out
 void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out) {
   const int64_t N = x.size(0), K = x.size(1), M = w.size(0);
   if (N == 0 || M == 0) return;
+  const MatmulPart part{&w, &bias, &out};
+  if (try_stream(x, &part, 1)) return;
   // Without a bias the B type is irrelevant (null pointer): reuse w's type.
   const DType bdt = bias.defined() ? bias.dtype() : w.dtype();
   if (w.dtype() != DType::f32 && tensor_cores_enabled()) {
@@ -99,6 +168,12 @@ void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out) {
     });
   });
   SPECDEC_CUDA_LAUNCH_CHECK("matmul_kernel");
+}
+
+int matmul_group(const Tensor& x, const MatmulPart* parts, size_t n) {
+  if (try_stream(x, parts, n)) return 1;
+  for (size_t i = 0; i < n; ++i) matmul(x, *parts[i].w, *parts[i].bias, *parts[i].out);
+  return static_cast<int>(n);
 }
 
 void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq) {

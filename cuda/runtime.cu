@@ -48,6 +48,16 @@ int sm_count() {
   return n;
 }
 
+int max_optin_smem() {
+  static const int n = [] {
+    int dev = 0, bytes = 0;
+    SPECDEC_CUDA_CHECK(cudaGetDevice(&dev));
+    SPECDEC_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    return bytes;
+  }();
+  return n;
+}
+
 void query(BackendInfo& info) {
 #ifdef SPECDEC_CUDA_ARCHS
   {

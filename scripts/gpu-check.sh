@@ -185,7 +185,13 @@ bench_one() {
   step "bench-$1" "${!box_var:-${T_BENCH_EACH:-40}}" env SPECDEC_BENCH_ROUNDS="${SPECDEC_BENCH_ROUNDS:-3}" node dist/bench/run.js --device cuda --only "$1" --out "$res/bench-$1.json"
   save_results
 }
-run_matmul() { bench_one matmul; }
+run_matmul() {
+  bench_one matmul
+  # The same shapes on the warp-loaded tensor-core kernel for every row count (the same bits): the
+  # streaming kernel's gain at 1-16 rows, in one lease.
+  step matmul-tc-warp "${T_TC_WARP:-40}" env SPECDEC_CUDA_MATMUL=tc-warp node dist/bench/matmul.bench.js --device cuda --out "$res/matmul-tc-warp.json"
+  save_results
+}
 run_bench() {
   local b
   for b in ${BENCHES:-attention verify sampling plain_decode speculative}; do bench_one "$b"; done
@@ -218,15 +224,18 @@ run_attn() {
 
 # CUDA graphs (SPECDEC_CUDA_GRAPHS=1, opt-in until this passes): graphs on == graphs off bit for bit
 # (and really replayed), then a decode step of the random ~1B bf16 Llama without and with graphs
-# (ms/step, device ops and graph launches per forward), then once more with its kernels timed.
+# (ms/step, device ops and graph launches per forward), with graphs and the warp-loaded matmul, then
+# once more with its kernels timed.
 run_graphs() {
   step graphs-test "${T_GRAPHS:-60}" env SPECDEC_REQUIRE_CUDA=1 node node_modules/mocha/bin/mocha.js --no-config --timeout 300000 --require dist/test/root_hooks.js dist/test/cuda_graphs.test.js
   step graphs-off "${T_GRAPHS_BENCH:-50}" env SPECDEC_BENCH_PLAIN_MODEL=1b SPECDEC_CUDA_GRAPHS=0 node dist/bench/plain_decode.bench.js --device cuda --out "$res/decode-1b-graphs-off.json"
   step graphs-on "${T_GRAPHS_BENCH:-50}" env SPECDEC_BENCH_PLAIN_MODEL=1b SPECDEC_CUDA_GRAPHS=1 node dist/bench/plain_decode.bench.js --device cuda --out "$res/decode-1b-graphs-on.json"
+  # The same with the warp-loaded matmul for every row count (before the streaming kernel; same bits).
+  step graphs-on-tc-warp "${T_GRAPHS_BENCH:-50}" env SPECDEC_BENCH_PLAIN_MODEL=1b SPECDEC_CUDA_GRAPHS=1 SPECDEC_CUDA_MATMUL=tc-warp node dist/bench/plain_decode.bench.js --device cuda --out "$res/decode-1b-graphs-on-tc-warp.json"
   # The same decode step with every kernel timed (SPECDEC_CUDA_PROFILE=1, graphs off): where its time goes.
   step profile "${T_PROFILE:-50}" env SPECDEC_BENCH_PLAIN_MODEL=1b SPECDEC_CUDA_GRAPHS=0 SPECDEC_CUDA_PROFILE=1 node dist/bench/plain_decode.bench.js --device cuda --out "$res/decode-1b-profile.json"
   save_results
-  grep -h 'batch 1' "$logs/graphs-off.log" "$logs/graphs-on.log" 2>/dev/null | sed 's/^/     /' | tee -a "$summary"
+  grep -h 'batch 1' "$logs/graphs-off.log" "$logs/graphs-on.log" "$logs/graphs-on-tc-warp.log" 2>/dev/null | sed 's/^/     /' | tee -a "$summary"
   grep -h -A13 'profile (batch' "$logs/profile.log" 2>/dev/null | sed 's/^/     /' | tee -a "$summary"
 }
 

@@ -299,4 +299,34 @@ describeCuda(`layers (seed ${testSeed})`, () => {
       for (const n of [0, 13, 39]) assertBitEqual(matmul(xc.rows(n, n + 1), wc).toFloat32(), gpu.subarray(n * M, (n + 1) * M), `cuda row ${n}`);
     }
   });
+
+  it('the streaming kernel (1-16 rows, grouped parts) gives the wide kernel\'s bits (cuda/gemm_tc_stream.cuh)', () => {
+    // K = 2056: 9 slices of 256, more than the ring's stages, the last one partial. Rows 1-16 stream
+    // (K % 8 == 0, aligned); the 24-row batch runs matmul_tc_kernel; an x view one float off alignment
+    // falls back to it too. All must agree bit for bit, alone and as a q/k/v-like group.
+    const rand = rng(testSeed + 3);
+    const N = 24, K = 2056, Ms = [272, 40, 40];
+    for (const dt of ['bf16', 'f16'] as WDType[]) {
+      const xh = randomArray((N + 1) * K + 1, rand, -1, 1);
+      const x = Tensor.fromArray(xh.subarray(0, N * K), 'f32', [N, K], 'cuda');
+      const ws = Ms.map((M) => Tensor.fromArray(randomArray(M * K, rand, -1, 1), dt, [M, K], 'cuda'));
+      const bs = Ms.map((M, i) => (i === 1 ? undefined : Tensor.fromArray(randomArray(M, rand, -1, 1), dt, [M], 'cuda')));
+      const wide = ws.map((w, i) => matmul(x, w, bs[i]).toFloat32());
+      for (const [lo, hi] of [[0, 1], [3, 8], [8, 24], [5, 21]] as [number, number][]) {
+        const got = matmulGroup(x.rows(lo, hi), ws, bs);
+        got.forEach((g, i) => {
+          const M = Ms[i]!;
+          assertBitEqual(g.toFloat32(), wide[i]!.subarray(lo * M, hi * M), `${dt} rows ${lo}..${hi} part ${i} (group)`);
+          assertBitEqual(matmul(x.rows(lo, hi), ws[i]!, bs[i]).toFloat32(), wide[i]!.subarray(lo * M, hi * M), `${dt} rows ${lo}..${hi} part ${i}`);
+          g.dispose();
+        });
+      }
+      // The same rows one float off 16-byte alignment: matmul_tc_kernel's scalar loads.
+      const flat = Tensor.fromArray(xh, 'f32', [xh.length, 1], 'cuda');
+      const x1 = flat.rows(1, 1 + N * K).view([N, K]);
+      const x1h = xh.subarray(1, 1 + N * K);
+      const wide1 = matmul(Tensor.fromArray(x1h, 'f32', [N, K], 'cuda'), ws[0]!, bs[0]).toFloat32();
+      assertBitEqual(matmul(x1.rows(2, 6), ws[0]!, bs[0]).toFloat32(), wide1.subarray(2 * Ms[0]!, 6 * Ms[0]!), `${dt} misaligned x`);
+    }
+  });
 });

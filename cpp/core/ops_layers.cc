@@ -105,9 +105,9 @@ void check_matmul(const Tensor& x, const Tensor& w, const Tensor& bias, const Te
 }  // namespace
 
 void matmul_group(const Tensor& x, std::initializer_list<MatmulPart> parts) {
-  const bool cpu_path = x.defined() && x.device() == Device::cpu && x.dim() == 2 && x.size(0) > 0 && x.size(1) > 0;
-  if (!cpu_path) {
-    // Empty shapes, and CUDA: one matmul each.
+  const bool whole = x.defined() && x.dim() == 2 && x.size(0) > 0 && x.size(1) > 0;
+  if (!whole) {
+    // Empty shapes: one matmul each (their checks and early returns).
     for (const MatmulPart& p : parts) matmul(x, *p.w, *p.bias, *p.out);
     return;
   }
@@ -115,8 +115,16 @@ void matmul_group(const Tensor& x, std::initializer_list<MatmulPart> parts) {
   // Every output is written while the others are read by no one, but they must not overlap.
   for (const MatmulPart* a = parts.begin(); a != parts.end(); ++a)
     for (const MatmulPart* b = a + 1; b != parts.end(); ++b) check_alias(*a->out, "out", *b->out, "another out", false);
-  note_op();
-  cpu::matmul_group(x, parts);
+  if (x.device() == Device::cpu) {
+    note_op();
+    return cpu::matmul_group(x, parts);
+  }
+#ifdef SPECDEC_WITH_CUDA
+  const int launches = cuda::matmul_group(x, parts.begin(), parts.size());
+  for (int i = 0; i < launches; ++i) note_op();
+#else
+  fail("E_UNSUPPORTED", "matmul: CUDA backend not compiled");
+#endif
 }
 
 void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out) {

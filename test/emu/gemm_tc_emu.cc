@@ -1,14 +1,18 @@
-// Runs the tensor-core matmul kernel (cuda/gemm_tc.cuh) on the host emulation (cuda_emu.h) and checks
+// Runs the tensor-core matmul kernels (cuda/gemm_tc.cuh, cuda/gemm_tc_stream.cuh) on the host emulation
+// (cuda_emu.h) and checks
 //   - values against a float64 reference (random inputs, every weight dtype, ragged M, N and K),
 //   - exactness of the f32 activation split (one-hot weights: each output is a single product),
 //   - batch invariance (rows alone, in small and large batches, at both tile heights NT = 1 and 2),
-//   - that vector and scalar load paths give identical bits, and nothing is written outside `out`.
+//   - that vector and scalar load paths give identical bits, and nothing is written outside `out`,
+//   - the streaming kernel (up to 16 rows, up to 3 weights in one launch, 2-6 cp.async stages) gives
+//     matmul_tc_kernel's bits for every part, and when it applies.
 // Built with AddressSanitizer by test/gemm_tc_emu.test.ts, so an out-of-bounds read also fails.
 // Usage: gemm_tc_emu SEED. Prints one line per check; exit status 1 if any failed.
 #include "cuda_emu.h"
 #include "emu_check.h"
 // clang-format off: the stand-ins must come first
 #include "../../cuda/gemm_tc.cuh"
+#include "../../cuda/gemm_tc_stream.cuh"
 
 #include <cinttypes>
 #include <random>
@@ -168,6 +172,101 @@ void check_load_paths(std::mt19937_64& rng) {
          std::string(emu::type_name<W>()) + " vector and scalar loads give identical bits");
 }
 
+// The streaming kernel over parts (w_i [M_i, K], optional bias_i) sharing x [N, K], `stages` slices.
+// Each part's out has guards on both sides; returns the outs.
+template <typename W>
+std::vector<std::vector<float>> run_stream(const std::vector<float>& x, const std::vector<std::vector<W>>& ws,
+                                          const std::vector<const std::vector<float>*>& biases, int64_t N, int64_t K,
+                                          int stages, bool* guard_ok) {
+  const size_t parts = ws.size();
+  std::vector<std::vector<float>> outs(parts);
+  tc::StreamParams<W, float> p{};
+  p.x = x.data();
+  p.N = N;
+  p.K = K;
+  p.stages = stages;
+  int64_t tiles = 0;
+  for (size_t i = 0; i < parts; ++i) {
+    const int64_t M = static_cast<int64_t>(ws[i].size()) / K;
+    outs[i].assign(static_cast<size_t>(N * M) + 2 * kGuard, kPoison);
+    auto& q = p.part[p.parts++];
+    q.w = ws[i].data();
+    q.bias = biases[i] ? biases[i]->data() : nullptr;
+    q.out = outs[i].data() + kGuard;
+    q.M = M;
+    q.tile0 = tiles;
+    tiles += (M + tc::kTileM - 1) / tc::kTileM;
+  }
+  emu::launch(Dim3{static_cast<unsigned>(tiles), 1, 1}, tc::kThreads, static_cast<size_t>(tc::stream_smem_bytes<W>(N, stages)),
+              [&] { tc::matmul_tc_stream_kernel<W, float>(p); });
+  bool ok = true;
+  std::vector<std::vector<float>> res(parts);
+  for (size_t i = 0; i < parts; ++i) {
+    const auto& o = outs[i];
+    for (int g = 0; g < kGuard; ++g) ok = ok && o[static_cast<size_t>(g)] == kPoison && o[o.size() - 1 - static_cast<size_t>(g)] == kPoison;
+    res[i].assign(o.begin() + kGuard, o.end() - kGuard);
+    for (float v : res[i]) ok = ok && v != kPoison;
+  }
+  *guard_ok = ok;
+  return res;
+}
+
+// Up to three parts through the streaming kernel == each part alone through matmul_tc_kernel (NT = 1),
+// bit for bit, at several stage counts.
+template <typename W>
+void check_stream(std::mt19937_64& rng, int64_t N, int64_t K, std::vector<int64_t> Ms, std::vector<bool> with_bias,
+                  std::vector<int> stage_counts) {
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  std::vector<float> x(static_cast<size_t>(N * K));
+  for (auto& v : x) v = u(rng);
+  std::vector<std::vector<W>> ws;
+  std::vector<std::vector<float>> bs;
+  for (int64_t M : Ms) {
+    ws.emplace_back(static_cast<size_t>(M * K));
+    for (auto& v : ws.back()) v = random_weight<W>(rng);
+    bs.emplace_back(static_cast<size_t>(M));
+    for (auto& v : bs.back()) v = u(rng);
+  }
+  std::vector<const std::vector<float>*> biases;
+  std::vector<std::vector<float>> want;
+  bool ok = true, guard = false;
+  for (size_t i = 0; i < Ms.size(); ++i) {
+    biases.push_back(with_bias[i] ? &bs[i] : nullptr);
+    want.push_back(run<W, 1>(x, ws[i], biases.back(), N, K, Ms[i], false, false, &guard));
+    ok = ok && guard;
+  }
+  std::string what = std::string(emu::type_name<W>()) + " streaming N=" + std::to_string(N) + " K=" + std::to_string(K) + " M=";
+  for (size_t i = 0; i < Ms.size(); ++i) what += (i ? "+" : "") + std::to_string(Ms[i]) + (with_bias[i] ? "(bias)" : "");
+  what += " stages";
+  for (int st : stage_counts) {
+    const auto got = run_stream<W>(x, ws, biases, N, K, st, &guard);
+    ok = ok && guard;
+    for (size_t i = 0; i < Ms.size(); ++i) ok = ok && bits_equal(got[i].data(), want[i].data(), want[i].size());
+    what += " " + std::to_string(st);
+  }
+  report(ok, what + ": == matmul_tc_kernel bit for bit, writes exactly out");
+}
+
+// When the streaming kernel applies (the dispatcher in cuda/layers.cu asks stream_stages).
+template <typename W>
+void check_stream_applies() {
+  const int64_t h200 = 232448;  // sm_90's opt-in per block
+  const int64_t a100 = 166912, ampere_86 = 101376;
+  bool ok = tc::stream_stages<W>(1, 2048, h200, true) == tc::kStreamMaxStages &&
+            tc::stream_stages<W>(16, 8192, h200, true) == tc::kStreamMaxStages &&
+            tc::stream_stages<W>(17, 2048, h200, true) == 0 && tc::stream_stages<W>(0, 2048, h200, true) == 0 &&
+            tc::stream_stages<W>(1, 2044, h200, true) == 0 && tc::stream_stages<W>(1, 2048, h200, false) == 0 &&
+            tc::stream_stages<W>(1, 2048, 1024, true) == 0;
+  for (int64_t optin : {a100, ampere_86, int64_t{48 * 1024}})
+    for (int64_t n : {1, 8, 16}) {
+      const int st = tc::stream_stages<W>(n, 4096, optin, true);
+      ok = ok && (st == 0 || (st >= 2 && tc::stream_smem_bytes<W>(n, st) <= optin &&
+                              (st == tc::kStreamMaxStages || tc::stream_smem_bytes<W>(n, st + 1) > optin)));
+    }
+  ok = ok && tc::stream_stages<W>(16, 4096, ampere_86, true) >= 2;
+  report(ok, std::string(emu::type_name<W>()) + " streaming applies to 1-16 rows, K % 8 == 0, aligned, with the most stages that fit");
+}
+
 template <typename W>
 void suite(std::mt19937_64& rng) {
   const int64_t sizes[][3] = {{1, 67, 33}, {3, 129, 70}, {17, 200, 45}, {5, 515, 301}, {1, 1, 1}, {16, 16, 16},
@@ -177,6 +276,16 @@ void suite(std::mt19937_64& rng) {
   check_split_exactness<W>(rng);
   check_batch_invariance<W>(rng);
   check_load_paths<W>(rng);
+  // Streaming: K below, at and past one 256-wide slice and not a multiple of it; more slices than
+  // stages; rows 1-16; ragged M; grouped parts with and without bias.
+  check_stream<W>(rng, 1, 8, {1}, {false}, {2, 6});
+  check_stream<W>(rng, 1, 64, {33}, {true}, {2, 3});
+  check_stream<W>(rng, 3, 256, {16, 70}, {false, true}, {2, 6});
+  check_stream<W>(rng, 16, 264, {45}, {true}, {2, 4});
+  check_stream<W>(rng, 5, 1000, {20, 17, 3}, {true, false, true}, {2, 3, 6});
+  check_stream<W>(rng, 2, 2048, {48}, {false}, {6});
+  check_stream<W>(rng, 9, 520, {64, 16, 16}, {false, false, false}, {3, 6});
+  check_stream_applies<W>();
 }
 
 }  // namespace

@@ -173,21 +173,24 @@ __device__ __forceinline__ void load_x(const float* __restrict__ x, float4 (&raw
   }
 }
 
+// One item (row item / 4, 8 columns from (item % 4) * 8) split into its three pieces; kXPiece elements per piece.
+__device__ __forceinline__ void stage_x_item(const float4 (&raw)[2], bf16* sx, int item, int kXPiece) {
+  const float v[8] = {raw[0].x, raw[0].y, raw[0].z, raw[0].w, raw[1].x, raw[1].y, raw[1].z, raw[1].w};
+  bf16 p0[8], p1[8], p2[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) split_x(v[j], &p0[j], &p1[j], &p2[j]);
+  const int at = (item >> 2) * kLd + (item & 3) * 8;  // a 16-byte boundary, as in stage_w
+  *reinterpret_cast<uint4*>(sx + at) = pack8(p0);
+  *reinterpret_cast<uint4*>(sx + kXPiece + at) = pack8(p1);
+  *reinterpret_cast<uint4*>(sx + 2 * kXPiece + at) = pack8(p2);
+}
+
 template <int NT>
 __device__ __forceinline__ void stage_x(const float4 (&raw)[kXItems][2], bf16* sx, int rows_valid, int lane) {
-  constexpr int kXPiece = NT * 16 * kLd;
 #pragma unroll
   for (int i = 0; i < kXItemsFor<NT>; ++i) {
-    const int item = lane + 32 * i, r = item >> 2;
-    if (r >= rows_valid) continue;
-    const float v[8] = {raw[i][0].x, raw[i][0].y, raw[i][0].z, raw[i][0].w, raw[i][1].x, raw[i][1].y, raw[i][1].z, raw[i][1].w};
-    bf16 p0[8], p1[8], p2[8];
-#pragma unroll
-    for (int j = 0; j < 8; ++j) split_x(v[j], &p0[j], &p1[j], &p2[j]);
-    const int at = r * kLd + (item & 3) * 8;  // a 16-byte boundary, as in stage_w
-    *reinterpret_cast<uint4*>(sx + at) = pack8(p0);
-    *reinterpret_cast<uint4*>(sx + kXPiece + at) = pack8(p1);
-    *reinterpret_cast<uint4*>(sx + 2 * kXPiece + at) = pack8(p2);
+    const int item = lane + 32 * i;
+    if ((item >> 2) < rows_valid) stage_x_item(raw[i], sx, item, NT * 16 * kLd);
   }
 }
 

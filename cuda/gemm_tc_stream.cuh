@@ -1,4 +1,4 @@
-// Tensor-core matmul for a few x rows (decode, short chains, batches up to 16) that streams the
+// Tensor-core matmul for up to 64 x rows (decode, chains, trees, small batches) that streams the
 // weights: out_p[n, m] = sum_k x[n, k] * w_p[m, k] (+ bias_p[m]) for up to kStreamMaxParts weights
 // sharing one x (a layer's q/k/v, its gate/up) in one launch.
 //
@@ -11,15 +11,20 @@
 // (17-22% of the bandwidth). Here the block stages 256-wide K slices of its 16 weight rows with
 // cp.async, each warp instruction one row's 512 contiguous bytes, `stages - 1` slices in flight
 // (40 KiB at 6 stages), and the warps take their B fragments straight from the staged slice (f16
-// weights are split into their two bf16 pieces first, as before). x (at most 16 rows, read from L2)
-// rides in the same slices.
+// weights are split into their two bf16 pieces first, as before). x (at most 64 rows, read from L2)
+// rides in the same slices; each warp holds NT = 1, 2 or 4 tiles of 16 rows (N <= 16, 32, 64), and the
+// ring has as many stages as the shared memory holds (6 at 16 rows, 2 at 64 on sm_90).
 //
 // Performance model (H200: 4.8 TB/s, 132 SMs, ~1 us loaded DRAM latency): a block keeps 40 KiB of
 // weights in flight, so one block per SM (the 1B model's o and down projections: 128 blocks) can pull
 // ~40 GB/s, and the 132 SMs ~5 TB/s: bound by HBM, not by the kernel. The arithmetic per 8 KiB slice
 // (per warp: two steps of 6 mma and one split of x's rows) takes ~300 cycles against ~450 cycles for
 // the slice's bytes at an SM's share of the bandwidth. Grouping q/k/v (M = 2048 + 512 + 512 for the
-// 1B model) gives the k and v projections all SMs instead of 32 of them, and saves launches.
+// 1B model) gives the k and v projections all SMs instead of 32 of them, and saves launches. Past 16
+// rows each block still reads all of x (N x K f32 from L2) for its 16 weight rows, N / 8 times the
+// weight bytes: at 64 rows L2 carries 8x the weights, which bounds this kernel there (matmul_tc_kernel
+// reads the same x and its weights twice); a larger weight tile would need more accumulators than the
+// 4-chain order leaves registers for.
 #pragma once
 #include <cstdint>
 
@@ -34,7 +39,7 @@ namespace specdec {
 namespace cuda {
 namespace gemm_tc {
 
-constexpr int kStreamMaxRows = 16;               // x rows: one wmma tile height (NT = 1)
+constexpr int kStreamMaxRows = 64;               // x rows: up to four wmma tiles (NT = 4)
 constexpr int kStreamMaxParts = 3;
 constexpr int kStreamMaxStages = 6;
 constexpr int kSliceK = 2 * kWarps * kKStep;      // 256: two steps per warp per slice
@@ -59,10 +64,12 @@ struct StreamParams {
 };
 
 __host__ __device__ constexpr int64_t round_up128(int64_t bytes) { return (bytes + 127) / 128 * 128; }
+// Row tiles of 16 per warp for N rows: 1, 2 or 4.
+__host__ __device__ constexpr int stream_nt(int64_t N) { return N <= 16 ? 1 : N <= 32 ? 2 : 4; }
 
 // Dynamic shared memory: `stages` slices (weights [16][kLdS], then x [N][kLdSX] f32), then each warp's
-// staging (x pieces [3][16][kLd] bf16; f16 weights also their pieces [2][16][kLd]). The final
-// cross-warp reduction (4 x 16 x 16 f32) reuses the first slices.
+// staging (x pieces [3][16 NT][kLd] bf16; f16 weights also their pieces [2][16][kLd]). The final
+// cross-warp reduction (4 x 16 NT x 16 f32) reuses the first slices.
 template <typename W>
 __host__ __device__ constexpr int64_t stream_w_bytes() {
   return round_up128(static_cast<int64_t>(kTileM) * kLdS * static_cast<int64_t>(sizeof(W)));
@@ -72,18 +79,21 @@ __host__ __device__ constexpr int64_t stream_slice_bytes(int64_t N) {
   return stream_w_bytes<W>() + round_up128(N * kLdSX * 4);
 }
 template <typename W>
-__host__ __device__ constexpr int64_t stream_warp_bytes() {
-  return static_cast<int64_t>(kXPieces) * 16 * kLd * 2 +
+__host__ __device__ constexpr int64_t stream_warp_bytes(int nt) {
+  return static_cast<int64_t>(kXPieces) * 16 * nt * kLd * 2 +
          (WeightPieces<W>::value > 1 ? static_cast<int64_t>(WeightPieces<W>::value) * kTileM * kLd * 2 : 0);
 }
 template <typename W>
 __host__ __device__ constexpr int64_t stream_smem_bytes(int64_t N, int stages) {
-  return stages * stream_slice_bytes<W>(N) + kWarps * stream_warp_bytes<W>();
+  return stages * stream_slice_bytes<W>(N) + kWarps * stream_warp_bytes<W>(stream_nt(N));
 }
+// The reduction (kWarps x 16 NT x 16 f32) fits in the slices: NT = 1 in one slice's weights, NT = 2
+// and 4 in two slices (N > 16 rows of x each).
 static_assert(stream_w_bytes<bf16>() >= kWarps * 16 * kTileM * 4, "the reduction fits in the first slice");
+static_assert(2 * (stream_w_bytes<bf16>() + 17 * kLdSX * 4) >= kWarps * 64 * kTileM * 4, "the reduction fits in two slices");
 
 // The most stages (2..kStreamMaxStages) whose shared memory fits `optin_bytes`, or 0: then this kernel
-// does not apply. Also 0 unless 1 <= N <= 16, K % 8 == 0 (whole 16-byte weight chunks) and x and every
+// does not apply. Also 0 unless 1 <= N <= 64, K % 8 == 0 (whole 16-byte weight chunks) and x and every
 // w are 16-byte aligned (cp.async's sources).
 template <typename W>
 inline int stream_stages(int64_t N, int64_t K, int64_t optin_bytes, bool aligned) {
@@ -93,11 +103,12 @@ inline int stream_stages(int64_t N, int64_t K, int64_t optin_bytes, bool aligned
   return 0;
 }
 
-// grid = (total tiles of the parts), block = kThreads, dynamic smem = stream_smem_bytes<W>(N, stages).
-template <typename W, typename B>
+// grid = (total tiles of the parts), block = kThreads, dynamic smem = stream_smem_bytes<W>(N, stages),
+// NT = stream_nt(N).
+template <typename W, typename B, int NT>
 __global__ void __launch_bounds__(kThreads) matmul_tc_stream_kernel(const StreamParams<W, B> p) {
   constexpr int WP = WeightPieces<W>::value;
-  constexpr int kXPiece = 16 * kLd, kWPiece = kTileM * kLd;  // elements per staged piece (NT = 1)
+  constexpr int kXPiece = NT * 16 * kLd, kWPiece = kTileM * kLd;  // elements per staged piece
 #ifdef __CUDACC__
   extern __shared__ __align__(128) unsigned char stream_smem[];
   unsigned char* base = stream_smem;
@@ -118,7 +129,7 @@ __global__ void __launch_bounds__(kThreads) matmul_tc_stream_kernel(const Stream
   const int stages = p.stages;
   const int64_t slice_bytes = stream_slice_bytes<W>(N);
   unsigned char* ring = base;
-  bf16* sx = reinterpret_cast<bf16*>(base + stages * slice_bytes + warp * stream_warp_bytes<W>());
+  bf16* sx = reinterpret_cast<bf16*>(base + stages * slice_bytes + warp * stream_warp_bytes<W>(NT));
   bf16* sw = sx + kXPieces * kXPiece;  // f16 weights' pieces
 
   // x rows past N stay zero: written once, never again (as in matmul_tc_kernel).
@@ -149,9 +160,12 @@ __global__ void __launch_bounds__(kThreads) matmul_tc_stream_kernel(const Stream
     }
   };
 
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> lead, small;
-  wmma::fill_fragment(lead, 0.f);
-  wmma::fill_fragment(small, 0.f);
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> lead[NT], small[NT];
+#pragma unroll
+  for (int t = 0; t < NT; ++t) {
+    wmma::fill_fragment(lead[t], 0.f);
+    wmma::fill_fragment(small[t], 0.f);
+  }
 
   const int64_t nslices = (K + kSliceK - 1) / kSliceK;
   // One commit per slot and per iteration, empty or not, so that "slice s has landed" is always
@@ -177,16 +191,14 @@ __global__ void __launch_bounds__(kThreads) matmul_tc_stream_kernel(const Stream
       if (s * kSliceK + kl >= K) break;             // warp-uniform: matmul_tc_kernel's warp has no such step
       __syncwarp();  // the previous step's fragment loads are done before the staging is rewritten
       // x's rows of this step, split into 3 bf16 pieces (stage_x's items: row item / 4, 8 columns each).
-      float4 xraw[kXItems][2];
 #pragma unroll
-      for (int i = 0; i < kXItemsFor<1>; ++i) {
+      for (int i = 0; i < kXItemsFor<NT>; ++i) {
         const int item = lane + 32 * i, r = item >> 2;
         if (r >= rows_valid) continue;
         const float* src = rx + r * kLdSX + kl + (item & 3) * 8;
-        xraw[i][0] = make_float4(src[0], src[1], src[2], src[3]);
-        xraw[i][1] = make_float4(src[4], src[5], src[6], src[7]);
+        const float4 raw[2] = {make_float4(src[0], src[1], src[2], src[3]), make_float4(src[4], src[5], src[6], src[7])};
+        stage_x_item(raw, sx, item, kXPiece);
       }
-      stage_x<1>(xraw, sx, rows_valid, lane);
       if constexpr (WP > 1) {  // f16 weights: their two pieces into the warp's staging (load_w's items)
         uint4 wraw[2];
 #pragma unroll
@@ -206,15 +218,19 @@ __global__ void __launch_bounds__(kThreads) matmul_tc_stream_kernel(const Stream
 #pragma unroll
           for (int q = 0; q < WP; ++q) wmma::load_matrix_sync(b[q], sw + q * kWPiece + kk, kLd);
         }
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> a;
-        wmma::load_matrix_sync(a, sx + kk, kLd);  // x0
-        wmma::mma_sync(lead, a, b[0], lead);
-        if (WP > 1) wmma::mma_sync(small, a, b[WP - 1], small);
-        wmma::load_matrix_sync(a, sx + kXPiece + kk, kLd);  // x1
-        wmma::mma_sync(small, a, b[0], small);
-        if (WP > 1) wmma::mma_sync(small, a, b[WP - 1], small);
-        wmma::load_matrix_sync(a, sx + 2 * kXPiece + kk, kLd);  // x2
-        wmma::mma_sync(small, a, b[0], small);
+#pragma unroll
+        for (int t = 0; t < NT; ++t) {
+          wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> a;
+          const bf16* rows = sx + t * 16 * kLd + kk;
+          wmma::load_matrix_sync(a, rows, kLd);  // x0
+          wmma::mma_sync(lead[t], a, b[0], lead[t]);
+          if (WP > 1) wmma::mma_sync(small[t], a, b[WP - 1], small[t]);
+          wmma::load_matrix_sync(a, rows + kXPiece, kLd);  // x1
+          wmma::mma_sync(small[t], a, b[0], small[t]);
+          if (WP > 1) wmma::mma_sync(small[t], a, b[WP - 1], small[t]);
+          wmma::load_matrix_sync(a, rows + 2 * kXPiece, kLd);  // x2
+          wmma::mma_sync(small[t], a, b[0], small[t]);
+        }
       }
     }
   }
@@ -222,12 +238,15 @@ __global__ void __launch_bounds__(kThreads) matmul_tc_stream_kernel(const Stream
 
   // Cross-warp reduction in warp order, as matmul_tc_kernel's, through the first slice.
   __syncthreads();
-  float* red = reinterpret_cast<float*>(ring);  // [warp][16 rows][16 cols]
+  float* red = reinterpret_cast<float*>(ring);  // [warp][16 NT rows][16 cols]
 #pragma unroll
-  for (int i = 0; i < lead.num_elements; ++i) lead.x[i] += small.x[i];
-  wmma::store_matrix_sync(red + warp * 16 * kTileM, lead, kTileM, wmma::mem_row_major);
+  for (int t = 0; t < NT; ++t) {
+#pragma unroll
+    for (int i = 0; i < lead[t].num_elements; ++i) lead[t].x[i] += small[t].x[i];
+    wmma::store_matrix_sync(red + (warp * NT + t) * 16 * kTileM, lead[t], kTileM, wmma::mem_row_major);
+  }
   __syncthreads();
-  constexpr int kTile = 16 * kTileM;
+  constexpr int kTile = NT * 16 * kTileM;
   for (int e = tid; e < kTile; e += kThreads) {
     const int64_t n = e / kTileM, m = m0 + e % kTileM;
     if (n >= N || m >= M) continue;

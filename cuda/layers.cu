@@ -53,7 +53,7 @@ bool tensor_cores_enabled() {
   static const bool enabled = !env_is("SPECDEC_CUDA_MATMUL", "simt");
   return enabled;
 }
-// SPECDEC_CUDA_MATMUL=tc-warp keeps up to 16 rows on matmul_tc_kernel, whose warps load their own
+// SPECDEC_CUDA_MATMUL=tc-warp keeps up to 64 rows on matmul_tc_kernel, whose warps load their own
 // weights, instead of the streaming kernel (the same bits either way; for comparing their speed).
 bool streaming_enabled() {
   static const bool enabled = tensor_cores_enabled() && !env_is("SPECDEC_CUDA_MATMUL", "tc-warp");
@@ -61,7 +61,7 @@ bool streaming_enabled() {
 }
 
 // The streaming kernel over every part, when it applies (bf16/f16 weights of one dtype, biases of one
-// dtype, 1-16 rows, K % 8 == 0, 16-byte aligned x and w, enough shared memory): one launch, true.
+// dtype, 1-64 rows, K % 8 == 0, 16-byte aligned x and w, enough shared memory): one launch, true.
 template <typename W, typename B>
 bool launch_stream(const Tensor& x, const MatmulPart* parts, size_t n, bool aligned) {
   using namespace gemm_tc;
@@ -87,9 +87,11 @@ bool launch_stream(const Tensor& x, const MatmulPart* parts, size_t n, bool alig
   }
   if (p.parts == 0) return true;
   SPECDEC_CHECK(tiles < (int64_t{1} << 31), "E_ARG", "matmul: problem too large for one launch (", tiles, " tiles)");
-  auto kernel = matmul_tc_stream_kernel<W, B>;
-  static const bool opted_in = [&] {  // once per instantiation: the device's whole opt-in
-    SPECDEC_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, max_optin_smem()));
+  const int nt = stream_nt(N);
+  auto kernel = nt == 1 ? matmul_tc_stream_kernel<W, B, 1> : nt == 2 ? matmul_tc_stream_kernel<W, B, 2> : matmul_tc_stream_kernel<W, B, 4>;
+  static const bool opted_in = [] {  // once per instantiation: the device's whole opt-in, for each NT
+    for (auto k : {matmul_tc_stream_kernel<W, B, 1>, matmul_tc_stream_kernel<W, B, 2>, matmul_tc_stream_kernel<W, B, 4>})
+      SPECDEC_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, max_optin_smem()));
     return true;
   }();
   (void)opted_in;

@@ -300,19 +300,20 @@ describeCuda(`layers (seed ${testSeed})`, () => {
     }
   });
 
-  it('the streaming kernel (1-16 rows, grouped parts) gives the wide kernel\'s bits (cuda/gemm_tc_stream.cuh)', () => {
-    // K = 2056: 9 slices of 256, more than the ring's stages, the last one partial. Rows 1-16 stream
-    // (K % 8 == 0, aligned); the 24-row batch runs matmul_tc_kernel; an x view one float off alignment
-    // falls back to it too. All must agree bit for bit, alone and as a q/k/v-like group.
+  it('the streaming kernel (1-64 rows, grouped parts) gives the wide kernel\'s bits (cuda/gemm_tc_stream.cuh)', () => {
+    // K = 2056: 9 slices of 256, more than the ring's stages, the last one partial. Rows 1-64 stream
+    // (K % 8 == 0, aligned; 1, 2 and 4 row tiles a warp); the 72-row batch runs matmul_tc_kernel; an x
+    // view one float off alignment falls back to it too. All must agree bit for bit, alone and as a
+    // q/k/v-like group.
     const rand = rng(testSeed + 3);
-    const N = 24, K = 2056, Ms = [272, 40, 40];
+    const N = 72, K = 2056, Ms = [272, 40, 40];
     for (const dt of ['bf16', 'f16'] as WDType[]) {
       const xh = randomArray((N + 1) * K + 1, rand, -1, 1);
       const x = Tensor.fromArray(xh.subarray(0, N * K), 'f32', [N, K], 'cuda');
       const ws = Ms.map((M) => Tensor.fromArray(randomArray(M * K, rand, -1, 1), dt, [M, K], 'cuda'));
       const bs = Ms.map((M, i) => (i === 1 ? undefined : Tensor.fromArray(randomArray(M, rand, -1, 1), dt, [M], 'cuda')));
       const wide = ws.map((w, i) => matmul(x, w, bs[i]).toFloat32());
-      for (const [lo, hi] of [[0, 1], [3, 8], [8, 24], [5, 21]] as [number, number][]) {
+      for (const [lo, hi] of [[0, 1], [3, 8], [8, 24], [5, 27], [30, 63], [6, 70]] as [number, number][]) {
         const got = matmulGroup(x.rows(lo, hi), ws, bs);
         got.forEach((g, i) => {
           const M = Ms[i]!;

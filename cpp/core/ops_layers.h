@@ -29,7 +29,7 @@ void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out);
 // Several matmuls of one x: outs[i] = x @ ws[i]^T (+ biases[i]), each exactly as matmul computes
 // it (same bits). The CPU runs all their weight blocks in one parallel region: a layer's q/k/v or
 // gate/up projections over a few rows are too small to split well across threads one by one, and
-// each split is a fork-join. CUDA runs up to 3 parts over up to 16 rows as one launch (the streaming
+// each split is a fork-join. CUDA runs up to 3 parts over up to 64 rows as one launch (the streaming
 // kernel, cuda/gemm_tc_stream.cuh), else one launch each.
 struct MatmulPart {
   const Tensor* w;
@@ -80,7 +80,7 @@ namespace cpu {
 void matmul_group(const Tensor& x, std::initializer_list<ops::MatmulPart> parts);
 }
 namespace cuda {
-// One launch for all parts when the streaming tensor-core kernel applies (up to 16 rows), else one
+// One launch for all parts when the streaming tensor-core kernel applies (up to 64 rows), else one
 // matmul each; returns the launches made.
 int matmul_group(const Tensor& x, const ops::MatmulPart* parts, size_t n);
 }

@@ -1,10 +1,10 @@
 // The model runner's matmul (layers.matmul: out = x @ w^T, x f32, w bf16) at model shapes, for the
 // row counts of decode (1), verification of a tree (16, 64) and prefill (512): ms per call, the
 // weight bytes streamed per second (what bounds decode) and the arithmetic rate (what bounds
-// prefill). On CUDA, bf16 weights take the tensor cores: up to 64 rows the streaming kernel
-// (cuda/gemm_tc_stream.cuh; several weights of one x in one launch: the "group" rows, as the model's
-// q/k/v and gate/up), more rows cuda/gemm_tc.cuh; run once more with SPECDEC_CUDA_MATMUL=tc-warp (the
-// earlier kernel for every row count: the same bits) or =simt (CUDA cores) to compare in one session.
+// prefill). On CUDA, bf16 weights take the tensor cores: the streaming kernel (cuda/gemm_tc_stream.cuh;
+// several weights of one x in one launch: the "group" rows, as the model's q/k/v and gate/up); run once
+// more with SPECDEC_CUDA_MATMUL=tc-warp (the earlier kernel, cuda/gemm_tc.cuh: the same bits) or =simt
+// (CUDA cores) to compare in one session.
 // Shapes: Llama-3-8B's projections on CUDA; the random ~100M and ~300M models' (bench/common.ts,
 // forward_cost.bench.ts) on the CPU. On the CPU it also measures the peak f32 FMA rate of the
 // instruction set the kernels use (native cpuPeakGflops: independent FMA chains on registers on
@@ -58,7 +58,7 @@ export const matmulBench: BenchModule = {
     const cpu = !cuda && typeof binding.cpuInfo === 'function' ? binding.cpuInfo() : undefined;
     const peakGflops = cpu ? binding.cpuPeakGflops(cpu.simd, opts.quick ? 0.05 : 1) : undefined;
     const mode = process.env['SPECDEC_CUDA_MATMUL'];
-    const path = cuda ? (mode === 'simt' ? 'CUDA cores (SPECDEC_CUDA_MATMUL=simt)' : mode === 'tc-warp' ? 'tensor cores, warp-loaded for every row count (SPECDEC_CUDA_MATMUL=tc-warp)' : 'tensor cores (streaming up to 64 rows)') : `CPU${cpu ? ` ${cpu.simd}, ${cpu.threads} threads` : ''}`;
+    const path = cuda ? (mode === 'simt' ? 'CUDA cores (SPECDEC_CUDA_MATMUL=simt)' : mode === 'tc-warp' ? 'tensor cores, warp-loaded for every row count (SPECDEC_CUDA_MATMUL=tc-warp)' : 'tensor cores (streaming)') : `CPU${cpu ? ` ${cpu.simd}, ${cpu.threads} threads` : ''}`;
     for (const s of shapes) {
       opts.log(`matmul ${s.name}`);
       const ws = (s.parts ?? [s.M]).map((M) => Tensor.fromArray(randomF32(M * s.K, rand, -0.05, 0.05), 'bf16', [M, s.K], opts.device));

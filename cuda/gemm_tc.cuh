@@ -1,5 +1,7 @@
 // Tensor-core matmul for the model runner: out[n, m] = sum_k x[n, k] * w[m, k] (+ bias[m]), x f32,
-// w bf16 or f16, on 16x16x16 bf16 wmma tiles with f32 accumulation (sm_80+).
+// w bf16 or f16, on 16x16x16 bf16 wmma tiles with f32 accumulation (sm_80+). This file defines the
+// arithmetic (the split, the order); gemm_tc_stream.cuh computes the same bits faster where its
+// conditions hold (aligned data, K % 8 == 0, enough shared memory), and this kernel runs the rest.
 //
 // f32 activations on bf16 tensor cores. Each x is split into three bf16 pieces, each the bf16
 // rounding of what the previous ones left: x = x0 + x1 + x2 + r with |x1| <= 2^-9 |x|,

@@ -1,30 +1,33 @@
-// Tensor-core matmul for up to 64 x rows (decode, chains, trees, small batches) that streams the
-// weights: out_p[n, m] = sum_k x[n, k] * w_p[m, k] (+ bias_p[m]) for up to kStreamMaxParts weights
-// sharing one x (a layer's q/k/v, its gate/up) in one launch.
+// Tensor-core matmul that streams the weights through shared memory, for every row count (decode,
+// chains, trees, batches, prefill): out_p[n, m] = sum_k x[n, k] * w_p[m, k] (+ bias_p[m]) for up to
+// kStreamMaxParts weights sharing one x (a layer's q/k/v, its gate/up) in one launch.
 //
 // The same arithmetic as matmul_tc_kernel (gemm_tc.cuh), bit for bit: every output element is made by
 // the same wmma calls on the same operands in the same order (warp j takes the 32-wide K steps j,
 // j + 4, j + 8, ... in increasing k, into its lead and small accumulators; the 4 partials are added in
 // warp order), so a row's result does not depend on which kernel ran it or on N. What differs is how
-// the weights arrive. matmul_tc_kernel's warps each load their own 16 x 32 steps: one load instruction
+// the data arrive. matmul_tc_kernel's warps each load their own 16 x 32 steps: one load instruction
 // touches 16 weight rows, 32 bytes of each, and the first H200 run read decode weights at 0.8-1.0 TB/s
-// (17-22% of the bandwidth). Here the block stages 256-wide K slices of its 16 weight rows with
-// cp.async, each warp instruction one row's 512 contiguous bytes, `stages - 1` slices in flight
-// (40 KiB at 6 stages), and the warps take their B fragments straight from the staged slice (f16
-// weights are split into their two bf16 pieces first, as before). x (at most 64 rows, read from L2)
-// rides in the same slices; each warp holds NT = 1, 2 or 4 tiles of 16 rows (N <= 16, 32, 64), and the
-// ring has as many stages as the shared memory holds (6 at 16 rows, 2 at 64 on sm_90).
+// (17-22% of the bandwidth). Here the block stages 256-wide K slices of its weight rows with cp.async,
+// each warp instruction one row's 512 contiguous bytes, `stages - 1` slices in flight (40 KiB at 6
+// stages), and the warps take their B fragments straight from the staged slice (f16 weights are split
+// into their two bf16 pieces first, as before). The block's x rows (up to 64, from L2) ride in the same
+// slices; each warp splits one 16-row tile at a time into bf16 pieces. A block is NT row tiles (1, 2, 4:
+// up to 16, 32, 64 rows) by MT weight tiles (1 up to 64 rows, 2 past them, with N / 64 row groups in
+// the grid); the ring has as many stages as the shared memory holds (sm_90: 6 up to 16 rows, 5 at 32,
+// 2 at 64 and past). matmul_tc_kernel remains for what this does not take (K % 8 != 0, unaligned
+// data, too little shared memory, e.g. past 64 rows on an A100).
 //
 // Performance model (H200: 4.8 TB/s, 132 SMs, ~1 us loaded DRAM latency): a block keeps 40 KiB of
 // weights in flight, so one block per SM (the 1B model's o and down projections: 128 blocks) can pull
 // ~40 GB/s, and the 132 SMs ~5 TB/s: bound by HBM, not by the kernel. The arithmetic per 8 KiB slice
 // (per warp: two steps of 6 mma and one split of x's rows) takes ~300 cycles against ~450 cycles for
 // the slice's bytes at an SM's share of the bandwidth. Grouping q/k/v (M = 2048 + 512 + 512 for the
-// 1B model) gives the k and v projections all SMs instead of 32 of them, and saves launches. Past 16
-// rows each block still reads all of x (N x K f32 from L2) for its 16 weight rows, N / 8 times the
-// weight bytes: at 64 rows L2 carries 8x the weights, which bounds this kernel there (matmul_tc_kernel
-// reads the same x and its weights twice); a larger weight tile would need more accumulators than the
-// 4-chain order leaves registers for.
+// 1B model) gives the k and v projections all SMs instead of 32 of them, and saves launches. With more
+// rows every block reads its rows of x (f32, from L2) for its 16 MT weight rows: N / (8 MT) times the
+// weight bytes per row group, so at 64 rows L2 carries 8x the weights, and prefill is bound by L2 and
+// the x splits, not by the tensor cores (a larger weight tile needs more accumulators than the 4-chain
+// order leaves registers for: 128 per lane at 64 x 32 already).
 #pragma once
 #include <cstdint>
 
@@ -39,7 +42,7 @@ namespace specdec {
 namespace cuda {
 namespace gemm_tc {
 
-constexpr int kStreamMaxRows = 64;               // x rows: up to four wmma tiles (NT = 4)
+constexpr int kStreamMaxRows = 64;               // x rows per block: up to four wmma tiles (NT = 4)
 constexpr int kStreamMaxParts = 3;
 constexpr int kStreamMaxStages = 6;
 constexpr int kSliceK = 2 * kWarps * kKStep;      // 256: two steps per warp per slice
@@ -52,7 +55,7 @@ struct StreamPart {
   const B* bias;   // [M] or null
   float* out;      // [N, M]
   int64_t M;
-  int64_t tile0;   // the part's first block (16 weight rows each)
+  int64_t tile0;   // the part's first block column (16 MT weight rows each)
 };
 
 template <typename W, typename B>
@@ -64,51 +67,58 @@ struct StreamParams {
 };
 
 __host__ __device__ constexpr int64_t round_up128(int64_t bytes) { return (bytes + 127) / 128 * 128; }
-// Row tiles of 16 per warp for N rows: 1, 2 or 4.
-__host__ __device__ constexpr int stream_nt(int64_t N) { return N <= 16 ? 1 : N <= 32 ? 2 : 4; }
 
-// Dynamic shared memory: `stages` slices (weights [16][kLdS], then x [N][kLdSX] f32), then each warp's
-// staging (x pieces [3][16 NT][kLd] bf16; f16 weights also their pieces [2][16][kLd]). The final
-// cross-warp reduction (4 x 16 NT x 16 f32) reuses the first slices.
+// A block's shape for N rows: up to 64 x rows (NT row tiles of 16, a row group per grid row) and MT
+// weight tiles of 16. Up to 64 rows one weight tile (M / 16 blocks: decode's parallelism); past 64 rows
+// two, which halves how often x is read (every block reads its rows of x for its weight rows).
+struct StreamShape {
+  int nt, mt;
+  int64_t rows;  // x rows a slice holds: min(N, 64)
+  __host__ __device__ constexpr explicit StreamShape(int64_t N)
+      : nt(N <= 16 ? 1 : N <= 32 ? 2 : 4), mt(N > kStreamMaxRows ? 2 : 1), rows(N < kStreamMaxRows ? N : kStreamMaxRows) {}
+};
+
+// Dynamic shared memory: `stages` slices (weights [16 MT][kLdS], then x [min(N, 64)][kLdSX] f32), then each
+// warp's staging (one row tile's x pieces [3][16][kLd] bf16; f16 weights also their pieces
+// [MT][2][16][kLd]). The cross-warp reduction (4 x 16 NT x 16 MT f32) reuses the slices.
 template <typename W>
-__host__ __device__ constexpr int64_t stream_w_bytes() {
-  return round_up128(static_cast<int64_t>(kTileM) * kLdS * static_cast<int64_t>(sizeof(W)));
+__host__ __device__ constexpr int64_t stream_w_bytes(int mt) {
+  return round_up128(static_cast<int64_t>(kTileM) * mt * kLdS * static_cast<int64_t>(sizeof(W)));
 }
 template <typename W>
-__host__ __device__ constexpr int64_t stream_slice_bytes(int64_t N) {
-  return stream_w_bytes<W>() + round_up128(N * kLdSX * 4);
+__host__ __device__ constexpr int64_t stream_slice_bytes(const StreamShape& sh) {
+  return stream_w_bytes<W>(sh.mt) + round_up128(sh.rows * kLdSX * 4);
 }
 template <typename W>
-__host__ __device__ constexpr int64_t stream_warp_bytes(int nt) {
-  return static_cast<int64_t>(kXPieces) * 16 * nt * kLd * 2 +
-         (WeightPieces<W>::value > 1 ? static_cast<int64_t>(WeightPieces<W>::value) * kTileM * kLd * 2 : 0);
+__host__ __device__ constexpr int64_t stream_warp_bytes(int mt) {
+  return static_cast<int64_t>(kXPieces) * 16 * kLd * 2 +
+         (WeightPieces<W>::value > 1 ? static_cast<int64_t>(WeightPieces<W>::value) * kTileM * mt * kLd * 2 : 0);
 }
 template <typename W>
 __host__ __device__ constexpr int64_t stream_smem_bytes(int64_t N, int stages) {
-  return stages * stream_slice_bytes<W>(N) + kWarps * stream_warp_bytes<W>(stream_nt(N));
+  return stages * stream_slice_bytes<W>(StreamShape(N)) + kWarps * stream_warp_bytes<W>(StreamShape(N).mt);
 }
-// The reduction (kWarps x 16 NT x 16 f32) fits in the slices: NT = 1 in one slice's weights, NT = 2
-// and 4 in two slices (N > 16 rows of x each).
-static_assert(stream_w_bytes<bf16>() >= kWarps * 16 * kTileM * 4, "the reduction fits in the first slice");
-static_assert(2 * (stream_w_bytes<bf16>() + 17 * kLdSX * 4) >= kWarps * 64 * kTileM * 4, "the reduction fits in two slices");
+__host__ __device__ constexpr int64_t stream_reduce_bytes(const StreamShape& sh) { return int64_t{kWarps} * 16 * sh.nt * 16 * sh.mt * 4; }
 
 // The most stages (2..kStreamMaxStages) whose shared memory fits `optin_bytes`, or 0: then this kernel
-// does not apply. Also 0 unless 1 <= N <= 64, K % 8 == 0 (whole 16-byte weight chunks) and x and every
-// w are 16-byte aligned (cp.async's sources).
+// does not apply. Also 0 unless N >= 1, K % 8 == 0 (whole 16-byte weight chunks) and x and every w are
+// 16-byte aligned (cp.async's sources).
 template <typename W>
 inline int stream_stages(int64_t N, int64_t K, int64_t optin_bytes, bool aligned) {
-  if (N < 1 || N > kStreamMaxRows || K < 1 || K % 8 != 0 || !aligned) return 0;
+  if (N < 1 || K < 1 || K % 8 != 0 || !aligned) return 0;
+  const StreamShape sh(N);
   for (int s = kStreamMaxStages; s >= 2; --s)
-    if (stream_smem_bytes<W>(N, s) <= optin_bytes) return s;
+    if (stream_smem_bytes<W>(N, s) <= optin_bytes && s * stream_slice_bytes<W>(sh) >= stream_reduce_bytes(sh)) return s;
   return 0;
 }
 
-// grid = (total tiles of the parts), block = kThreads, dynamic smem = stream_smem_bytes<W>(N, stages),
-// NT = stream_nt(N).
-template <typename W, typename B, int NT>
+// grid = (total block columns of the parts, ceil(N / 64)), block = kThreads, dynamic smem =
+// stream_smem_bytes<W>(N, stages), NT and MT = StreamShape(N)'s.
+template <typename W, typename B, int NT, int MT>
 __global__ void __launch_bounds__(kThreads) matmul_tc_stream_kernel(const StreamParams<W, B> p) {
   constexpr int WP = WeightPieces<W>::value;
-  constexpr int kXPiece = NT * 16 * kLd, kWPiece = kTileM * kLd;  // elements per staged piece
+  constexpr int kXPiece = 16 * kLd, kWPiece = kTileM * kLd;  // elements per staged piece
+  constexpr int kCols = 16 * MT, kRows = 16 * NT;           // the block's outputs: kRows x kCols
 #ifdef __CUDACC__
   extern __shared__ __align__(128) unsigned char stream_smem[];
   unsigned char* base = stream_smem;
@@ -122,29 +132,28 @@ __global__ void __launch_bounds__(kThreads) matmul_tc_stream_kernel(const Stream
   for (int i = 1; i < kStreamMaxParts; ++i)
     if (i < p.parts && static_cast<int64_t>(blockIdx.x) >= p.part[i].tile0) part = p.part[i];
   const int64_t N = p.N, K = p.K, M = part.M;
-  const int64_t m0 = (static_cast<int64_t>(blockIdx.x) - part.tile0) * kTileM;
+  const int64_t m0 = (static_cast<int64_t>(blockIdx.x) - part.tile0) * kCols;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * kRows;
   const W* __restrict__ w = part.w;
-  const float* __restrict__ x = p.x;
-  const int rows_valid = static_cast<int>(N);
+  const float* __restrict__ x = p.x + n0 * K;
+  const int rows_valid = static_cast<int>(N - n0 < kRows ? N - n0 : kRows);
   const int stages = p.stages;
-  const int64_t slice_bytes = stream_slice_bytes<W>(N);
+  const StreamShape shape(N);
+  const int64_t slice_bytes = stream_slice_bytes<W>(shape), w_bytes = stream_w_bytes<W>(MT);
   unsigned char* ring = base;
-  bf16* sx = reinterpret_cast<bf16*>(base + stages * slice_bytes + warp * stream_warp_bytes<W>(NT));
-  bf16* sw = sx + kXPieces * kXPiece;  // f16 weights' pieces
-
-  // x rows past N stay zero: written once, never again (as in matmul_tc_kernel).
-  for (int i = lane; i < kXPieces * kXPiece / 8; i += 32) reinterpret_cast<uint4*>(sx)[i] = uint4{0u, 0u, 0u, 0u};
+  bf16* sx = reinterpret_cast<bf16*>(base + stages * slice_bytes + warp * stream_warp_bytes<W>(MT));
+  bf16* sw = sx + kXPieces * kXPiece;  // f16 weights' pieces, [MT][WP][16][kLd]
 
   // Slice s (k in [256 s, 256 s + 256)) into its ring slot: weight chunk c of 8 (row c / 32, so each
-  // warp instruction is one row's 512 bytes) and x chunk c of 4; past M or K, zeros by plain stores
-  // (visible after the barrier that precedes the slice's use, like the copies).
+  // warp instruction is one row's 512 bytes) and x chunk c of 4 (the block's rows only); past M or K,
+  // zeros by plain stores (visible after the barrier that precedes the slice's use, like the copies).
   auto load_slice = [&](int64_t s) {
     unsigned char* slot = ring + (s % stages) * slice_bytes;
     W* dw = reinterpret_cast<W*>(slot);
-    float* dx = reinterpret_cast<float*>(slot + stream_w_bytes<W>());
+    float* dx = reinterpret_cast<float*>(slot + w_bytes);
     const int64_t k0 = s * kSliceK;
     constexpr int kWChunks = kSliceK / 8, kXChunks = kSliceK / 4;
-    for (int c = tid; c < kTileM * kWChunks; c += kThreads) {
+    for (int c = tid; c < kCols * kWChunks; c += kThreads) {
       const int r = c / kWChunks, ch = c % kWChunks;
       const int64_t m = m0 + r, k = k0 + ch * 8;
       W* dst = dw + r * kLdS + ch * 8;
@@ -160,12 +169,14 @@ __global__ void __launch_bounds__(kThreads) matmul_tc_stream_kernel(const Stream
     }
   };
 
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> lead[NT], small[NT];
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> lead[NT][MT], small[NT][MT];
 #pragma unroll
-  for (int t = 0; t < NT; ++t) {
-    wmma::fill_fragment(lead[t], 0.f);
-    wmma::fill_fragment(small[t], 0.f);
-  }
+  for (int t = 0; t < NT; ++t)
+#pragma unroll
+    for (int u = 0; u < MT; ++u) {
+      wmma::fill_fragment(lead[t][u], 0.f);
+      wmma::fill_fragment(small[t][u], 0.f);
+    }
 
   const int64_t nslices = (K + kSliceK - 1) / kSliceK;
   // One commit per slot and per iteration, empty or not, so that "slice s has landed" is always
@@ -184,71 +195,98 @@ __global__ void __launch_bounds__(kThreads) matmul_tc_stream_kernel(const Stream
 
     const unsigned char* slot = ring + (s % stages) * slice_bytes;
     const W* rw = reinterpret_cast<const W*>(slot);
-    const float* rx = reinterpret_cast<const float*>(slot + stream_w_bytes<W>());
+    const float* rx = reinterpret_cast<const float*>(slot + w_bytes);
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int kl = (h * kWarps + warp) * kKStep;  // this warp's step in the slice
       if (s * kSliceK + kl >= K) break;             // warp-uniform: matmul_tc_kernel's warp has no such step
-      __syncwarp();  // the previous step's fragment loads are done before the staging is rewritten
-      // x's rows of this step, split into 3 bf16 pieces (stage_x's items: row item / 4, 8 columns each).
+      // B = w^T as col-major K x 16 tiles, both 16-deep halves of the step: element (k, j) at row j,
+      // column k of the slice (bf16), or of the warp's staging (f16 weights, split into two pieces).
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> b[2][MT][WP];
+      if constexpr (WP == 1) {
 #pragma unroll
-      for (int i = 0; i < kXItemsFor<NT>; ++i) {
-        const int item = lane + 32 * i, r = item >> 2;
-        if (r >= rows_valid) continue;
-        const float* src = rx + r * kLdSX + kl + (item & 3) * 8;
-        const float4 raw[2] = {make_float4(src[0], src[1], src[2], src[3]), make_float4(src[4], src[5], src[6], src[7])};
-        stage_x_item(raw, sx, item, kXPiece);
-      }
-      if constexpr (WP > 1) {  // f16 weights: their two pieces into the warp's staging (load_w's items)
-        uint4 wraw[2];
+        for (int kk = 0; kk < 2; ++kk)
 #pragma unroll
-        for (int g = 0; g < 2; ++g)
-          wraw[g] = *reinterpret_cast<const uint4*>(rw + (lane >> 1) * kLdS + kl + g * 16 + (lane & 1) * 8);
-        stage_w<W>(wraw, sw, lane);
-      }
-      __syncwarp();  // staging visible to the whole warp
-
+          for (int u = 0; u < MT; ++u)
+            wmma::load_matrix_sync(b[kk][u][0], reinterpret_cast<const bf16*>(rw) + u * 16 * kLdS + kl + kk * 16, kLdS);
+      } else {
+        __syncwarp();  // the previous step's fragment loads are done before the staging is rewritten
 #pragma unroll
-      for (int kk = 0; kk < kKStep; kk += 16) {
-        // B = w^T as a col-major K x 16 tile: element (k, j) at row j, column k of the slice (or staging).
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> b[WP];
-        if constexpr (WP == 1) {
-          wmma::load_matrix_sync(b[0], reinterpret_cast<const bf16*>(rw) + kl + kk, kLdS);
-        } else {
+        for (int u = 0; u < MT; ++u) {  // load_w's items of weight tile u, split as stage_w does
+          uint4 wraw[2];
 #pragma unroll
-          for (int q = 0; q < WP; ++q) wmma::load_matrix_sync(b[q], sw + q * kWPiece + kk, kLd);
+          for (int g = 0; g < 2; ++g)
+            wraw[g] = *reinterpret_cast<const uint4*>(rw + (u * 16 + (lane >> 1)) * kLdS + kl + g * 16 + (lane & 1) * 8);
+          stage_w<W>(wraw, sw + u * WP * kWPiece, lane);
         }
+        __syncwarp();
 #pragma unroll
-        for (int t = 0; t < NT; ++t) {
+        for (int kk = 0; kk < 2; ++kk)
+#pragma unroll
+          for (int u = 0; u < MT; ++u)
+#pragma unroll
+            for (int q = 0; q < WP; ++q) wmma::load_matrix_sync(b[kk][u][q], sw + (u * WP + q) * kWPiece + kk * 16, kLd);
+      }
+#pragma unroll
+      for (int t = 0; t < NT; ++t) {
+        if (t * 16 >= rows_valid) break;  // warp-uniform: rows past N, whose outputs are not stored
+        __syncwarp();  // the previous tile's fragment loads are done before the staging is rewritten
+        // Row tile t of this step, split into 3 bf16 pieces (stage_x's items: row item / 4, 8 columns
+        // each); rows past N as zeros (an earlier tile's rows may be in the staging).
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          const int item = lane + 32 * i, r = t * 16 + (item >> 2);
+          float4 raw[2] = {make_float4(0.f, 0.f, 0.f, 0.f), make_float4(0.f, 0.f, 0.f, 0.f)};
+          if (r < rows_valid) {
+            const float* src = rx + r * kLdSX + kl + (item & 3) * 8;
+            raw[0] = make_float4(src[0], src[1], src[2], src[3]);
+            raw[1] = make_float4(src[4], src[5], src[6], src[7]);
+          }
+          stage_x_item(raw, sx, item, kXPiece);
+        }
+        __syncwarp();  // staging visible to the whole warp
+        // Per output element the mma order of matmul_tc_kernel: per 16-deep half, lead += x0 w0,
+        // (f16: small += x0 w1), small += x1 w0, (f16: small += x1 w1), small += x2 w0.
+#pragma unroll
+        for (int kk = 0; kk < 2; ++kk) {
           wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> a;
-          const bf16* rows = sx + t * 16 * kLd + kk;
-          wmma::load_matrix_sync(a, rows, kLd);  // x0
-          wmma::mma_sync(lead[t], a, b[0], lead[t]);
-          if (WP > 1) wmma::mma_sync(small[t], a, b[WP - 1], small[t]);
-          wmma::load_matrix_sync(a, rows + kXPiece, kLd);  // x1
-          wmma::mma_sync(small[t], a, b[0], small[t]);
-          if (WP > 1) wmma::mma_sync(small[t], a, b[WP - 1], small[t]);
-          wmma::load_matrix_sync(a, rows + 2 * kXPiece, kLd);  // x2
-          wmma::mma_sync(small[t], a, b[0], small[t]);
+          wmma::load_matrix_sync(a, sx + kk * 16, kLd);  // x0
+#pragma unroll
+          for (int u = 0; u < MT; ++u) {
+            wmma::mma_sync(lead[t][u], a, b[kk][u][0], lead[t][u]);
+            if (WP > 1) wmma::mma_sync(small[t][u], a, b[kk][u][WP - 1], small[t][u]);
+          }
+          wmma::load_matrix_sync(a, sx + kXPiece + kk * 16, kLd);  // x1
+#pragma unroll
+          for (int u = 0; u < MT; ++u) {
+            wmma::mma_sync(small[t][u], a, b[kk][u][0], small[t][u]);
+            if (WP > 1) wmma::mma_sync(small[t][u], a, b[kk][u][WP - 1], small[t][u]);
+          }
+          wmma::load_matrix_sync(a, sx + 2 * kXPiece + kk * 16, kLd);  // x2
+#pragma unroll
+          for (int u = 0; u < MT; ++u) wmma::mma_sync(small[t][u], a, b[kk][u][0], small[t][u]);
         }
       }
     }
   }
   __pipeline_wait_prior(0);  // only empty groups are left; the emulation wants every group waited for
 
-  // Cross-warp reduction in warp order, as matmul_tc_kernel's, through the first slice.
+  // Cross-warp reduction in warp order, as matmul_tc_kernel's, through the slices (stream_stages
+  // checked that they hold it).
   __syncthreads();
-  float* red = reinterpret_cast<float*>(ring);  // [warp][16 NT rows][16 cols]
+  float* red = reinterpret_cast<float*>(ring);  // [warp][kRows][kCols]
 #pragma unroll
-  for (int t = 0; t < NT; ++t) {
+  for (int t = 0; t < NT; ++t)
 #pragma unroll
-    for (int i = 0; i < lead[t].num_elements; ++i) lead[t].x[i] += small[t].x[i];
-    wmma::store_matrix_sync(red + (warp * NT + t) * 16 * kTileM, lead[t], kTileM, wmma::mem_row_major);
-  }
+    for (int u = 0; u < MT; ++u) {
+#pragma unroll
+      for (int i = 0; i < lead[t][u].num_elements; ++i) lead[t][u].x[i] += small[t][u].x[i];
+      wmma::store_matrix_sync(red + (warp * kRows + t * 16) * kCols + u * 16, lead[t][u], kCols, wmma::mem_row_major);
+    }
   __syncthreads();
-  constexpr int kTile = NT * 16 * kTileM;
+  constexpr int kTile = kRows * kCols;
   for (int e = tid; e < kTile; e += kThreads) {
-    const int64_t n = e / kTileM, m = m0 + e % kTileM;
+    const int64_t n = n0 + e / kCols, m = m0 + e % kCols;
     if (n >= N || m >= M) continue;
     float s = red[e];
 #pragma unroll

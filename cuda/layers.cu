@@ -53,7 +53,7 @@ bool tensor_cores_enabled() {
   static const bool enabled = !env_is("SPECDEC_CUDA_MATMUL", "simt");
   return enabled;
 }
-// SPECDEC_CUDA_MATMUL=tc-warp keeps up to 64 rows on matmul_tc_kernel, whose warps load their own
+// SPECDEC_CUDA_MATMUL=tc-warp keeps every row count on matmul_tc_kernel, whose warps load their own
 // weights, instead of the streaming kernel (the same bits either way; for comparing their speed).
 bool streaming_enabled() {
   static const bool enabled = tensor_cores_enabled() && !env_is("SPECDEC_CUDA_MATMUL", "tc-warp");
@@ -61,13 +61,14 @@ bool streaming_enabled() {
 }
 
 // The streaming kernel over every part, when it applies (bf16/f16 weights of one dtype, biases of one
-// dtype, 1-64 rows, K % 8 == 0, 16-byte aligned x and w, enough shared memory): one launch, true.
+// dtype, K % 8 == 0, 16-byte aligned x and w, enough shared memory): one launch, true.
 template <typename W, typename B>
 bool launch_stream(const Tensor& x, const MatmulPart* parts, size_t n, bool aligned) {
   using namespace gemm_tc;
   const int64_t N = x.size(0), K = x.size(1);
   const int stages = stream_stages<W>(N, K, max_optin_smem(), aligned);
   if (stages == 0) return false;
+  const StreamShape shape(N);
   StreamParams<W, B> p{};
   p.x = x.ptr<float>();
   p.N = N;
@@ -83,19 +84,24 @@ bool launch_stream(const Tensor& x, const MatmulPart* parts, size_t n, bool alig
     q.out = parts[i].out->ptr<float>();
     q.M = M;
     q.tile0 = tiles;
-    tiles += ceil_div(M, kTileM);
+    tiles += ceil_div(M, kTileM * shape.mt);
   }
   if (p.parts == 0) return true;
-  SPECDEC_CHECK(tiles < (int64_t{1} << 31), "E_ARG", "matmul: problem too large for one launch (", tiles, " tiles)");
-  const int nt = stream_nt(N);
-  auto kernel = nt == 1 ? matmul_tc_stream_kernel<W, B, 1> : nt == 2 ? matmul_tc_stream_kernel<W, B, 2> : matmul_tc_stream_kernel<W, B, 4>;
-  static const bool opted_in = [] {  // once per instantiation: the device's whole opt-in, for each NT
-    for (auto k : {matmul_tc_stream_kernel<W, B, 1>, matmul_tc_stream_kernel<W, B, 2>, matmul_tc_stream_kernel<W, B, 4>})
+  const int64_t row_groups = (N + kStreamMaxRows - 1) / kStreamMaxRows;
+  SPECDEC_CHECK(tiles < (int64_t{1} << 31) && row_groups <= 65535, "E_ARG", "matmul: problem too large for one launch (N=", N,
+                ", ", tiles, " column blocks)");
+  using Kernel = void (*)(StreamParams<W, B>);
+  const Kernel kernels[4] = {matmul_tc_stream_kernel<W, B, 1, 1>, matmul_tc_stream_kernel<W, B, 2, 1>,
+                             matmul_tc_stream_kernel<W, B, 4, 1>, matmul_tc_stream_kernel<W, B, 4, 2>};
+  static const bool opted_in = [&] {  // once per instantiation: the device's whole opt-in, every shape
+    for (Kernel k : kernels)
       SPECDEC_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, max_optin_smem()));
     return true;
   }();
   (void)opted_in;
-  launch_kernel(kernel, static_cast<unsigned>(tiles), kThreads, static_cast<size_t>(stream_smem_bytes<W>(N, stages)), p);
+  const Kernel kernel = shape.mt == 2 ? kernels[3] : shape.nt == 4 ? kernels[2] : shape.nt == 2 ? kernels[1] : kernels[0];
+  launch_kernel(kernel, dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(row_groups)), kThreads,
+                static_cast<size_t>(stream_smem_bytes<W>(N, stages)), p);
   SPECDEC_CUDA_LAUNCH_CHECK("matmul_tc_stream_kernel");
   return true;
 }
@@ -176,6 +182,16 @@ int matmul_group(const Tensor& x, const MatmulPart* parts, size_t n) {
   if (try_stream(x, parts, n)) return 1;
   for (size_t i = 0; i < n; ++i) matmul(x, *parts[i].w, *parts[i].bias, *parts[i].out);
   return static_cast<int>(n);
+}
+
+void add_rmsnorm(Tensor& x, const Tensor& y, const Tensor& w, float eps, Tensor& out) {
+  const int64_t N = x.size(0), H = x.size(1);
+  SPECDEC_CHECK(N <= INT32_MAX, "E_ARG", "x: too many rows for one launch (", N, ")");
+  SPECDEC_DISPATCH_FLOAT(w.dtype(), "w", [&] {
+    launch_kernel(add_rmsnorm_kernel<scalar_t>, static_cast<unsigned>(N), 256, 0, x.ptr<float>(), y.ptr<float>(),
+                  w.ptr<scalar_t>(), eps, out.ptr<float>(), H);
+  });
+  SPECDEC_CUDA_LAUNCH_CHECK("add_rmsnorm_kernel");
 }
 
 void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq) {

@@ -153,6 +153,24 @@ __global__ void rmsnorm_kernel(const float* x, const T* __restrict__ w, float ep
   for (int64_t h = threadIdx.x; h < H; h += blockDim.x) orow[h] = xr[h] * inv * to_f32(w[h]);
 }
 
+// x += y, then out = rmsnorm(x) (the residual add and the next block's norm in one launch): the same
+// bits as add_kernel then rmsnorm_kernel, since every thread sums the squares of the same elements in
+// the same order (each thread reads back only what it wrote). out may alias x, not y.
+template <typename T>
+__global__ void add_rmsnorm_kernel(float* x, const float* y, const T* __restrict__ w, float eps, float* out, int64_t H) {
+  float* xr = x + static_cast<int64_t>(blockIdx.x) * H;
+  const float* yr = y + static_cast<int64_t>(blockIdx.x) * H;
+  float* orow = out + static_cast<int64_t>(blockIdx.x) * H;
+  float ss = 0.f;
+  for (int64_t h = threadIdx.x; h < H; h += blockDim.x) {
+    xr[h] += yr[h];
+    ss += xr[h] * xr[h];
+  }
+  ss = block_sum(ss);
+  const float inv = rsqrtf(ss / static_cast<float>(H) + eps);
+  for (int64_t h = threadIdx.x; h < H; h += blockDim.x) orow[h] = xr[h] * inv * to_f32(w[h]);
+}
+
 // One block per (token, head); thread i rotates the pair (i, i + D/2).
 __global__ void rope_kernel(float* __restrict__ x, const int32_t* __restrict__ pos, const float* __restrict__ inv_freq,
                             int64_t heads, int64_t D) {

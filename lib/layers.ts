@@ -15,6 +15,19 @@ export function rmsnorm(x: Tensor, w: Tensor, eps: number, out?: Tensor): Tensor
   return asTensor(native().layerRmsnorm(x, w, eps, out));
 }
 
+/**
+ * x += y, then out = rmsnorm(x, w, eps): a residual add and the next norm as one op (one launch on
+ * CUDA), the same bits as addInplace then rmsnorm. Pass `out = x` to normalise in place.
+ */
+export function addRmsnorm(x: Tensor, y: Tensor, w: Tensor, eps: number, out?: Tensor): Tensor {
+  const b = native();
+  if (!b.layerAddRmsnorm) {
+    addInplace(x, y);
+    return rmsnorm(x, w, eps, out);
+  }
+  return asTensor(b.layerAddRmsnorm(x, y, w, eps, out));
+}
+
 /** out = x @ w^T (+ bias). x f32 [N, K], w f32|f16|bf16 [M, K], bias [M]; out f32 [N, M].
  *  A row's result does not depend on N (batch invariance). */
 export function matmul(x: Tensor, w: Tensor, bias?: Tensor, out?: Tensor): Tensor {

@@ -1,7 +1,7 @@
 // Model layer ops against float64 references on fresh random inputs (outputs poisoned with NaN
 // first), on the CPU and, when a GPU is present, on CUDA (the same references).
 import * as assert from 'assert';
-import { addInplace, embedding, matmul, matmulGroup, rmsnorm, rope, ropeInvFreq, siluInplace, siluMul } from '../lib/layers';
+import { addInplace, addRmsnorm, embedding, matmul, matmulGroup, rmsnorm, rope, ropeInvFreq, siluInplace, siluMul } from '../lib/layers';
 import { Tensor, type Device } from '../lib/tensor';
 import { assertThrowsCode, describeCuda, randomArray, rng, testSeed } from './helpers';
 
@@ -113,6 +113,38 @@ function layerSuite(device: Device, seed: number): void {
       const x = t(randomArray(6, rand), 'f32', [2, 3]);
       assertThrowsCode(() => rmsnorm(x, t(randomArray(4, rand), 'f32', [4]), 1e-5), 'E_ARG', /w: expected shape \[3\]/);
       assertThrowsCode(() => rmsnorm(x, t(randomArray(3, rand), 'f32', [3]), -1), 'E_ARG', /eps/);
+    });
+
+    for (const dt of WDTYPES) {
+      it(`addRmsnorm (residual add + next norm as one op) gives addInplace then rmsnorm's bits (${dt}; into out and in place)`, () => {
+        for (const [N, H] of [[1, 64], [5, 2048], [3, 100], [2, 1000]] as [number, number][]) {
+          const x = randomArray(N * H, rand, -3, 3);
+          const y = randomArray(N * H, rand, -3, 3);
+          const wt = t(randomArray(H, rand, 0.5, 1.5), dt, [H]);
+          const eps = 1e-5;
+          const xa = t(x, 'f32', [N, H]);
+          addInplace(xa, t(y, 'f32', [N, H]));
+          const want = rmsnorm(xa, wt, eps).toFloat32();
+          const wantX = xa.toFloat32();
+          const xb = t(x, 'f32', [N, H]);
+          const out = addRmsnorm(xb, t(y, 'f32', [N, H]), wt, eps, poisoned([N, H], device));
+          assertBitEqual(out.toFloat32(), want, `out N=${N} H=${H}`);
+          assertBitEqual(xb.toFloat32(), wantX, `x += y N=${N} H=${H}`);
+          const xc = t(x, 'f32', [N, H]);
+          assert.strictEqual(addRmsnorm(xc, t(y, 'f32', [N, H]), wt, eps, xc), xc, 'returns the given out tensor');
+          assertBitEqual(xc.toFloat32(), want, `in place N=${N} H=${H}`);
+        }
+      });
+    }
+    it('addRmsnorm rejects a mismatched y, weight or out, an out that aliases y, and a bad eps', () => {
+      const x = t(randomArray(6, rand), 'f32', [2, 3]);
+      const y = t(randomArray(6, rand), 'f32', [2, 3]);
+      const w = t(randomArray(3, rand), 'f32', [3]);
+      assertThrowsCode(() => addRmsnorm(x, t(randomArray(4, rand), 'f32', [2, 2]), w, 1e-5), 'E_ARG', /y: expected shape \[2, 3\]/);
+      assertThrowsCode(() => addRmsnorm(x, y, t(randomArray(4, rand), 'f32', [4]), 1e-5), 'E_ARG', /w: expected shape \[3\]/);
+      assertThrowsCode(() => addRmsnorm(x, y, w, 1e-5, poisoned([3, 3], device)), 'E_ARG', /out: expected shape \[2, 3\]/);
+      assertThrowsCode(() => addRmsnorm(x, y, w, 1e-5, y), 'E_ARG', /out/);
+      assertThrowsCode(() => addRmsnorm(x, y, w, Number.NaN), 'E_ARG', /eps/);
     });
   });
 
@@ -300,34 +332,31 @@ describeCuda(`layers (seed ${testSeed})`, () => {
     }
   });
 
-  it('the streaming kernel (1-64 rows, grouped parts) gives the wide kernel\'s bits (cuda/gemm_tc_stream.cuh)', () => {
-    // K = 2056: 9 slices of 256, more than the ring's stages, the last one partial. Rows 1-64 stream
-    // (K % 8 == 0, aligned; 1, 2 and 4 row tiles a warp); the 72-row batch runs matmul_tc_kernel; an x
-    // view one float off alignment falls back to it too. All must agree bit for bit, alone and as a
-    // q/k/v-like group.
+  it('the streaming kernel (any row count, grouped parts) gives matmul_tc_kernel\'s bits (cuda/gemm_tc_stream.cuh)', () => {
+    // K = 2056: 9 slices of 256, more than the ring's stages, the last one partial. Aligned x with
+    // K % 8 == 0 streams (1, 2 or 4 row tiles a warp; past 64 rows two weight tiles a block and two
+    // row groups); the same rows one float off 16-byte alignment run matmul_tc_kernel, the reference.
+    // All must agree bit for bit, alone and as a q/k/v-like group.
     const rand = rng(testSeed + 3);
     const N = 72, K = 2056, Ms = [272, 40, 40];
     for (const dt of ['bf16', 'f16'] as WDType[]) {
-      const xh = randomArray((N + 1) * K + 1, rand, -1, 1);
-      const x = Tensor.fromArray(xh.subarray(0, N * K), 'f32', [N, K], 'cuda');
+      const xh = randomArray(N * K, rand, -1, 1);
+      const x = Tensor.fromArray(xh, 'f32', [N, K], 'cuda');
+      const padded = new Float32Array(N * K + 1);
+      padded.set(xh, 1);
+      const xOff = Tensor.fromArray(padded, 'f32', [N * K + 1, 1], 'cuda').rows(1, 1 + N * K).view([N, K]);
       const ws = Ms.map((M) => Tensor.fromArray(randomArray(M * K, rand, -1, 1), dt, [M, K], 'cuda'));
       const bs = Ms.map((M, i) => (i === 1 ? undefined : Tensor.fromArray(randomArray(M, rand, -1, 1), dt, [M], 'cuda')));
-      const wide = ws.map((w, i) => matmul(x, w, bs[i]).toFloat32());
-      for (const [lo, hi] of [[0, 1], [3, 8], [8, 24], [5, 27], [30, 63], [6, 70]] as [number, number][]) {
+      const ref = ws.map((w, i) => matmul(xOff, w, bs[i]).toFloat32());
+      for (const [lo, hi] of [[0, 1], [3, 8], [8, 24], [5, 27], [30, 63], [6, 70], [0, 72]] as [number, number][]) {
         const got = matmulGroup(x.rows(lo, hi), ws, bs);
         got.forEach((g, i) => {
           const M = Ms[i]!;
-          assertBitEqual(g.toFloat32(), wide[i]!.subarray(lo * M, hi * M), `${dt} rows ${lo}..${hi} part ${i} (group)`);
-          assertBitEqual(matmul(x.rows(lo, hi), ws[i]!, bs[i]).toFloat32(), wide[i]!.subarray(lo * M, hi * M), `${dt} rows ${lo}..${hi} part ${i}`);
+          assertBitEqual(g.toFloat32(), ref[i]!.subarray(lo * M, hi * M), `${dt} rows ${lo}..${hi} part ${i} (group)`);
+          assertBitEqual(matmul(x.rows(lo, hi), ws[i]!, bs[i]).toFloat32(), ref[i]!.subarray(lo * M, hi * M), `${dt} rows ${lo}..${hi} part ${i}`);
           g.dispose();
         });
       }
-      // The same rows one float off 16-byte alignment: matmul_tc_kernel's scalar loads.
-      const flat = Tensor.fromArray(xh, 'f32', [xh.length, 1], 'cuda');
-      const x1 = flat.rows(1, 1 + N * K).view([N, K]);
-      const x1h = xh.subarray(1, 1 + N * K);
-      const wide1 = matmul(Tensor.fromArray(x1h, 'f32', [N, K], 'cuda'), ws[0]!, bs[0]).toFloat32();
-      assertBitEqual(matmul(x1.rows(2, 6), ws[0]!, bs[0]).toFloat32(), wide1.subarray(2 * Ms[0]!, 6 * Ms[0]!), `${dt} misaligned x`);
     }
   });
 });

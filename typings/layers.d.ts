@@ -33,6 +33,7 @@ declare namespace SpecdecNative {
     layerEmbedding(table: Tensor, ids: Tensor, out?: Tensor): Tensor;
     /** out = x / sqrt(mean(x^2) + eps) * w (out may be x). */
     layerRmsnorm(x: Tensor, w: Tensor, eps: number, out?: Tensor): Tensor;
+    layerAddRmsnorm?(x: Tensor, y: Tensor, w: Tensor, eps: number, out?: Tensor): Tensor;
     /** out = x @ w^T (+ bias); batch invariant per row. */
     layerMatmul(x: Tensor, w: Tensor, bias?: Tensor | null, out?: Tensor): Tensor;
     /** Up to 3 matmuls of one x in one op (same bits as layerMatmul each); optional: older builds lack it. */

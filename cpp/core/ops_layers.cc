@@ -219,6 +219,30 @@ void add_inplace(Tensor& x, const Tensor& y) {
 #endif
 }
 
+void add_rmsnorm(Tensor& x, const Tensor& y, const Tensor& w, float eps, Tensor& out) {
+  check_arg_dim(x, "x", {DType::f32}, 2);
+  const int64_t N = x.size(0), H = x.size(1);
+  check_arg(y, "y", {DType::f32}, {N, H});
+  check_arg(w, "w", SPECDEC_FLOATS, {H});
+  check_arg(out, "out", {DType::f32}, {N, H});
+  check_same_device({&x, &y, &w, &out}, "add_rmsnorm");
+  SPECDEC_CHECK(std::isfinite(eps) && eps >= 0.f, "E_ARG", "eps: expected a finite number >= 0, got ", eps);
+  SPECDEC_CHECK(H > 0 || N == 0, "E_ARG", "x: hidden size must be > 0, got ", x.describe());
+  check_alias(x, "x", y, "y", true);
+  check_alias(out, "out", x, "x", true);
+  check_alias(out, "out", y, "y", false);
+  check_alias(out, "out", w, "w", false);
+  check_alias(x, "x", w, "w", false);
+  if (N == 0) return;
+  note_op();  // one launch on CUDA
+  if (x.device() == Device::cpu) return cpu::add_rmsnorm(x, y, w, eps, out);
+#ifdef SPECDEC_WITH_CUDA
+  return cuda::add_rmsnorm(x, y, w, eps, out);
+#else
+  fail("E_UNSUPPORTED", "add_rmsnorm: CUDA backend not compiled");
+#endif
+}
+
 void silu_inplace(Tensor& x) {
   check_arg_dim(x, "x", {DType::f32}, -1);
   if (x.numel() == 0) return;

@@ -29,8 +29,8 @@ void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out);
 // Several matmuls of one x: outs[i] = x @ ws[i]^T (+ biases[i]), each exactly as matmul computes
 // it (same bits). The CPU runs all their weight blocks in one parallel region: a layer's q/k/v or
 // gate/up projections over a few rows are too small to split well across threads one by one, and
-// each split is a fork-join. CUDA runs up to 3 parts over up to 64 rows as one launch (the streaming
-// kernel, cuda/gemm_tc_stream.cuh), else one launch each.
+// each split is a fork-join. CUDA runs up to 3 parts as one launch (the streaming kernel,
+// cuda/gemm_tc_stream.cuh, where it applies), else one launch each.
 struct MatmulPart {
   const Tensor* w;
   const Tensor* bias;  // may be undefined
@@ -48,6 +48,11 @@ void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out);
 
 // x += y (f32, same shape).
 void add_inplace(Tensor& x, const Tensor& y);
+
+// x += y, then out = rmsnorm(x, w, eps): a block's residual add and the next block's norm as one op
+// (one launch on CUDA), with the bits of add_inplace then rmsnorm. x, y, out f32 [N, H], w [H]; out
+// may be x itself (not y).
+void add_rmsnorm(Tensor& x, const Tensor& y, const Tensor& w, float eps, Tensor& out);
 
 // x = silu(x) in place (f32). Medusa ResBlock: h + silu(W h + b).
 void silu_inplace(Tensor& x);
@@ -68,6 +73,7 @@ void gather_last_accepted(const Tensor& x, const Tensor& indptr, const Tensor& a
   void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq);             \
   void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out);                  \
   void add_inplace(Tensor& x, const Tensor& y);                                      \
+  void add_rmsnorm(Tensor& x, const Tensor& y, const Tensor& w, float eps, Tensor& out); \
   void silu_inplace(Tensor& x);                                                      \
   void gather_last_accepted(const Tensor& x, const Tensor& indptr, const Tensor& acc_nodes, \
                             const Tensor& acc_count, Tensor& out);                   \
@@ -80,7 +86,7 @@ namespace cpu {
 void matmul_group(const Tensor& x, std::initializer_list<ops::MatmulPart> parts);
 }
 namespace cuda {
-// One launch for all parts when the streaming tensor-core kernel applies (up to 64 rows), else one
+// One launch for all parts when the streaming tensor-core kernel applies, else one
 // matmul each; returns the launches made.
 int matmul_group(const Tensor& x, const ops::MatmulPart* parts, size_t n);
 }

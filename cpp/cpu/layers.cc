@@ -132,6 +132,13 @@ void add_inplace(Tensor& x, const Tensor& y) {
   for (int64_t i = 0; i < n; ++i) a[i] += b[i];
 }
 
+// The residual add, then the norm: exactly the two ops' arithmetic (one op for the caller, who
+// counts launches on CUDA, where it is one kernel).
+void add_rmsnorm(Tensor& x, const Tensor& y, const Tensor& w, float eps, Tensor& out) {
+  add_inplace(x, y);
+  rmsnorm(x, w, eps, out);
+}
+
 void silu_inplace(Tensor& x) {
   const int64_t n = x.numel();
   silu_rows(x.ptr<float>(), nullptr, x.ptr<float>(), n);

@@ -447,25 +447,26 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
   const Tensor no_bias;
   auto layer_stack = [&] {
     ops::embedding(embed_, g_ids, x, dev_ids ? nullptr : tokens.data(), dev_ids != nullptr);
+    // Each block's residual add runs with the next norm as one op (add_rmsnorm: the same bits).
+    ops::rmsnorm(x, layers_[0].attn_norm, c.rms_norm_eps, h);
     for (int l = 0; l < c.num_layers; ++l) {
       const Layer& L = layers_[l];
-      // Attention block.
-      ops::rmsnorm(x, L.attn_norm, c.rms_norm_eps, h);
+      // Attention block (h: its normed input).
       ops::matmul_group(h, {{&L.q, &L.q_bias, &q2}, {&L.k, &L.k_bias, &k2}, {&L.v, &L.v_bias, &v2}});
       ops::rope(q, g_pos, inv_freq_);
       ops::rope(k, g_pos, inv_freq_);
       ops::kv_append(kv_->layer(l), k, v, *g_batch);
       ops::tree_attention(q, kv_->layer(l), *g_batch, g_mask, sm_scale, att);
       ops::matmul(att2, L.o, L.o_bias, o);
-      ops::add_inplace(x, o);
       // MLP block (SwiGLU).
-      ops::rmsnorm(x, L.mlp_norm, c.rms_norm_eps, h);
+      ops::add_rmsnorm(x, o, L.mlp_norm, c.rms_norm_eps, h);
       ops::matmul_group(h, {{&L.gate, &no_bias, &gate}, {&L.up, &no_bias, &up}});
       ops::silu_mul(gate, up, gate);
       ops::matmul(gate, L.down, Tensor(), o);
-      ops::add_inplace(x, o);
+      // The next layer's normed input, or (after the last) the final norm in place.
+      if (l + 1 < c.num_layers) ops::add_rmsnorm(x, o, layers_[l + 1].attn_norm, c.rms_norm_eps, h);
+      else ops::add_rmsnorm(x, o, final_norm_, c.rms_norm_eps, x);
     }
-    ops::rmsnorm(x, final_norm_, c.rms_norm_eps, x);
   };
 #ifdef SPECDEC_WITH_CUDA
   if (graphed) cuda::run_graphed(layer_stack);

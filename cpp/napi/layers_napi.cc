@@ -113,6 +113,20 @@ Napi::Value AddInplace(const Napi::CallbackInfo& info) {
   });
 }
 
+// layerAddRmsnorm(x, y, w, eps, out?) -> out (x += y first)
+Napi::Value AddRmsnorm(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    Tensor x = tensor_arg(info[0], "x");
+    Tensor y = tensor_arg(info[1], "y");
+    Tensor w = tensor_arg(info[2], "w");
+    float eps = static_cast<float>(get_number(info[3], "eps"));
+    Tensor out;
+    Napi::Value r = out_or_new(info.Env(), info[4], x.shape(), x.device(), &out);
+    ops::add_rmsnorm(x, y, w, eps, out);
+    return r;
+  });
+}
+
 // layerSiluInplace(x)
 Napi::Value SiluInplace(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
@@ -229,6 +243,7 @@ Napi::FunctionReference* SafetensorsWrap::ctor = nullptr;
 void Init(Napi::Env env, Napi::Object exports) {
   exports.Set("layerEmbedding", Napi::Function::New(env, Embedding, "layerEmbedding"));
   exports.Set("layerRmsnorm", Napi::Function::New(env, Rmsnorm, "layerRmsnorm"));
+  exports.Set("layerAddRmsnorm", Napi::Function::New(env, AddRmsnorm, "layerAddRmsnorm"));
   exports.Set("layerMatmul", Napi::Function::New(env, Matmul, "layerMatmul"));
   exports.Set("layerMatmulGroup", Napi::Function::New(env, MatmulGroup, "layerMatmulGroup"));
   exports.Set("layerRope", Napi::Function::New(env, Rope, "layerRope"));

@@ -4,7 +4,8 @@
 //   - exactness of the f32 activation split (one-hot weights: each output is a single product),
 //   - batch invariance (rows alone, in small and large batches, at both tile heights NT = 1 and 2),
 //   - that vector and scalar load paths give identical bits, and nothing is written outside `out`,
-//   - the streaming kernel (up to 64 rows, up to 3 weights in one launch, 2-6 cp.async stages) gives
+//   - the streaming kernel (any row count: 1, 2 or 4 row tiles a warp, two weight tiles a block past 64
+//     rows; up to 3 weights in one launch; 2-6 cp.async stages) gives
 //     matmul_tc_kernel's bits for every part, and when it applies.
 // Built with AddressSanitizer by test/gemm_tc_emu.test.ts, so an out-of-bounds read also fails.
 // Usage: gemm_tc_emu SEED. Prints one line per check; exit status 1 if any failed.
@@ -180,6 +181,7 @@ std::vector<std::vector<float>> run_stream(const std::vector<float>& x, const st
                                           int stages, bool* guard_ok) {
   const size_t parts = ws.size();
   std::vector<std::vector<float>> outs(parts);
+  const tc::StreamShape sh(N);
   tc::StreamParams<W, float> p{};
   p.x = x.data();
   p.N = N;
@@ -195,13 +197,14 @@ std::vector<std::vector<float>> run_stream(const std::vector<float>& x, const st
     q.out = outs[i].data() + kGuard;
     q.M = M;
     q.tile0 = tiles;
-    tiles += (M + tc::kTileM - 1) / tc::kTileM;
+    tiles += (M + tc::kTileM * sh.mt - 1) / (tc::kTileM * sh.mt);
   }
-  const int nt = tc::stream_nt(N);
-  emu::launch(Dim3{static_cast<unsigned>(tiles), 1, 1}, tc::kThreads, static_cast<size_t>(tc::stream_smem_bytes<W>(N, stages)), [&] {
-    if (nt == 1) tc::matmul_tc_stream_kernel<W, float, 1>(p);
-    else if (nt == 2) tc::matmul_tc_stream_kernel<W, float, 2>(p);
-    else tc::matmul_tc_stream_kernel<W, float, 4>(p);
+  const unsigned groups = static_cast<unsigned>((N + tc::kStreamMaxRows - 1) / tc::kStreamMaxRows);
+  emu::launch(Dim3{static_cast<unsigned>(tiles), groups, 1}, tc::kThreads, static_cast<size_t>(tc::stream_smem_bytes<W>(N, stages)), [&] {
+    if (sh.mt == 2) tc::matmul_tc_stream_kernel<W, float, 4, 2>(p);
+    else if (sh.nt == 1) tc::matmul_tc_stream_kernel<W, float, 1, 1>(p);
+    else if (sh.nt == 2) tc::matmul_tc_stream_kernel<W, float, 2, 1>(p);
+    else tc::matmul_tc_stream_kernel<W, float, 4, 1>(p);
   });
   bool ok = true;
   std::vector<std::vector<float>> res(parts);
@@ -259,17 +262,21 @@ void check_stream_applies() {
   bool ok = tc::stream_stages<W>(1, 2048, h200, true) == tc::kStreamMaxStages &&
             tc::stream_stages<W>(16, 8192, h200, true) == tc::kStreamMaxStages &&
             tc::stream_stages<W>(64, 8192, h200, true) == 2 && tc::stream_stages<W>(32, 8192, h200, true) >= 3 &&
-            tc::stream_stages<W>(65, 2048, h200, true) == 0 && tc::stream_stages<W>(0, 2048, h200, true) == 0 &&
+            tc::stream_stages<W>(16, 4096, h200, true) == tc::kStreamMaxStages && tc::stream_stages<W>(65, 2048, h200, true) == 2 &&
+            tc::stream_stages<W>(4096, 2048, h200, true) == 2 && tc::stream_stages<W>(65, 2048, a100, true) == 0 &&
+            tc::stream_stages<W>(0, 2048, h200, true) == 0 &&
             tc::stream_stages<W>(1, 2044, h200, true) == 0 && tc::stream_stages<W>(1, 2048, h200, false) == 0 &&
             tc::stream_stages<W>(1, 2048, 1024, true) == 0;
   for (int64_t optin : {a100, ampere_86, int64_t{48 * 1024}})
-    for (int64_t n : {1, 8, 16, 17, 32, 33, 64}) {
+    for (int64_t n : {1, 8, 16, 17, 32, 33, 64, 65, 1000}) {
       const int st = tc::stream_stages<W>(n, 4096, optin, true);
+      const tc::StreamShape sh(n);
       ok = ok && (st == 0 || (st >= 2 && tc::stream_smem_bytes<W>(n, st) <= optin &&
+                              st * tc::stream_slice_bytes<W>(sh) >= tc::stream_reduce_bytes(sh) &&
                               (st == tc::kStreamMaxStages || tc::stream_smem_bytes<W>(n, st + 1) > optin)));
     }
   ok = ok && tc::stream_stages<W>(16, 4096, ampere_86, true) >= 2;
-  report(ok, std::string(emu::type_name<W>()) + " streaming applies to 1-64 rows, K % 8 == 0, aligned, with the most stages that fit");
+  report(ok, std::string(emu::type_name<W>()) + " streaming applies to K % 8 == 0, aligned, with the most stages that fit (none past 64 rows on an A100)");
 }
 
 template <typename W>
@@ -282,7 +289,8 @@ void suite(std::mt19937_64& rng) {
   check_batch_invariance<W>(rng);
   check_load_paths<W>(rng);
   // Streaming: K below, at and past one 256-wide slice and not a multiple of it; more slices than
-  // stages; rows 1-64 (one, two and four row tiles a warp); ragged M; grouped parts with and without bias.
+  // stages; rows 1-150 (one, two and four row tiles a warp; past 64 rows two weight tiles a block and
+  // several row groups); ragged M; grouped parts with and without bias.
   check_stream<W>(rng, 1, 8, {1}, {false}, {2, 6});
   check_stream<W>(rng, 1, 64, {33}, {true}, {2, 3});
   check_stream<W>(rng, 3, 256, {16, 70}, {false, true}, {2, 6});
@@ -294,6 +302,8 @@ void suite(std::mt19937_64& rng) {
   check_stream<W>(rng, 32, 520, {20, 17}, {false, true}, {2});
   check_stream<W>(rng, 33, 256, {16}, {true}, {2});
   check_stream<W>(rng, 64, 1000, {33}, {true}, {2, 3});
+  check_stream<W>(rng, 65, 264, {40, 17}, {true, false}, {2});
+  check_stream<W>(rng, 150, 520, {70}, {true}, {2, 3});
   check_stream_applies<W>();
 }
 

@@ -109,6 +109,21 @@ void check_norm_embed(std::mt19937_64& rng, int64_t N, int64_t H) {
   char buf[80];
   std::snprintf(buf, sizeof buf, ": max relative error %.1e", worst);
   report(worst < 2e-6, "rmsnorm in place " + tag + buf);
+  // The residual add and the norm as one kernel == add_kernel then rmsnorm_kernel, bit for bit; into
+  // another buffer and in place.
+  {
+    const auto r = random_vec<float>(rng, static_cast<size_t>(N * H), -3.f, 3.f);
+    std::vector<float> xs = x, ys(static_cast<size_t>(N * H), NAN), xf = x, yf(static_cast<size_t>(N * H), NAN), xi = x;
+    const int64_t n = N * H;
+    emu::launch(Dim3{static_cast<unsigned>((n + 255) / 256), 1, 1}, 256, [&] { lk::add_kernel(xs.data(), r.data(), n); });
+    emu::launch(Dim3{static_cast<unsigned>(N), 1, 1}, 256, [&] { lk::rmsnorm_kernel<T>(xs.data(), w.data(), eps, ys.data(), H); });
+    emu::launch(Dim3{static_cast<unsigned>(N), 1, 1}, 256, [&] { lk::add_rmsnorm_kernel<T>(xf.data(), r.data(), w.data(), eps, yf.data(), H); });
+    emu::launch(Dim3{static_cast<unsigned>(N), 1, 1}, 256, [&] { lk::add_rmsnorm_kernel<T>(xi.data(), r.data(), w.data(), eps, xi.data(), H); });
+    const size_t bytes = static_cast<size_t>(n) * 4;
+    report(std::memcmp(xs.data(), xf.data(), bytes) == 0 && std::memcmp(ys.data(), yf.data(), bytes) == 0 &&
+               std::memcmp(ys.data(), xi.data(), bytes) == 0,
+           "add_rmsnorm " + tag + ": == add then rmsnorm bit for bit (x and out; in place)");
+  }
   // Embedding: exact gathers, ids anywhere in the table.
   const int64_t V = 97;
   const auto table = random_vec<T>(rng, static_cast<size_t>(V * H));

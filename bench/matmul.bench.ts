@@ -15,6 +15,12 @@ import { matmul, matmulGroup } from '../lib/layers';
 import { native } from '../lib/native';
 import { Tensor } from '../lib/tensor';
 import { cpuMs, measureKernel, randomF32, round, standalone, syncTensor, xorshift, type BenchModule, type BenchOptions, type BenchResult, type BenchRow } from './common';
+import { measureCopyBandwidth, predictionRows, withRoofline, type Cost } from './roofline';
+
+/** What one call must move (weights once, x once, out once) and its tensor-core work (x in 3 bf16 pieces: 3 mma per product). */
+function matmulCost(N: number, K: number, M: number): Cost {
+  return { bytes: M * K * 2 + N * K * 4 + N * M * 4, flops: 3 * 2 * N * K * M };
+}
 
 interface Shape {
   readonly name: string;
@@ -58,6 +64,8 @@ export const matmulBench: BenchModule = {
     const cpu = !cuda && typeof binding.cpuInfo === 'function' ? binding.cpuInfo() : undefined;
     const peakGflops = cpu ? binding.cpuPeakGflops(cpu.simd, opts.quick ? 0.05 : 1) : undefined;
     const mode = process.env['SPECDEC_CUDA_MATMUL'];
+    // On CUDA each row's roofline: bytes / the measured copy bandwidth (a memory bound; no compute peak is measured).
+    const peaks = cuda ? await measureCopyBandwidth('cuda', opts.quick) : undefined;
     const path = cuda ? (mode === 'simt' ? 'CUDA cores (SPECDEC_CUDA_MATMUL=simt)' : mode === 'tc-warp' ? 'tensor cores, warp-loaded for every row count (SPECDEC_CUDA_MATMUL=tc-warp)' : 'tensor cores (streaming)') : `CPU${cpu ? ` ${cpu.simd}, ${cpu.threads} threads` : ''}`;
     for (const s of shapes) {
       opts.log(`matmul ${s.name}`);
@@ -98,13 +106,14 @@ export const matmulBench: BenchModule = {
             const bestGflops = (2 * N * s.K * s.M) / (t.minMs * 1e-3) / 1e9;
             const cpuGflops = cpu !== undefined ? (2 * N * s.K * s.M) / (cpu * 1e-3) / 1e9 : undefined;
             const ofPeak = peakGflops !== undefined ? bestGflops / peakGflops : undefined;
-            rows.push({
+            const row: BenchRow = {
               name: `${s.name}, N=${N}`,
               value: round(t.medianMs, 4),
               unit: 'ms',
               note: `${round(weightGBs, 3)} GB/s of weights, ${round(tflops, 3)} TFLOP/s${ofPeak !== undefined && N >= 16 ? `, best ${round(bestGflops, 1)} GFLOP/s = ${round(100 * ofPeak, 1)}% of peak` : ''}${cpuGflops !== undefined ? `, ${round(cpuGflops, 1)} GFLOP/s of CPU time` : ''}`,
               metrics: { ...t, N, K: s.K, M: s.M, weightGBs, tflops, bestGflops, ...(cpu !== undefined ? { cpuMs: cpu, cpuGflops } : {}), ...(ofPeak !== undefined ? { fractionOfPeak: ofPeak } : {}) },
-            });
+            };
+            rows.push(peaks ? withRoofline(row, matmulCost(N, s.K, s.M), t.medianMs * 1000, peaks) : row);
           }
         } finally {
           xAll.dispose();
@@ -113,13 +122,16 @@ export const matmulBench: BenchModule = {
         for (const t of ws) t.dispose();
       }
     }
+    // Without a GPU: the bounds of Llama-3-8B's shapes on an H100 / H200 (spec sheets; never measured).
+    if (!cuda && !opts.quick)
+      rows.push(...predictionRows('matmul (x f32 in 3 bf16 pieces)', CUDA_SHAPES.flatMap((s) => [1, 16, 64, 512].map((N) => ({ name: `${s.name}, N=${N}`, cost: matmulCost(N, s.K, s.M) })))));
     return {
       bench: 'matmul',
       device: opts.device,
       quick: opts.quick,
       setup: { shapes, rowCounts, samples, weights: 'bf16 uniform [-0.05, 0.05]', activations: 'f32 uniform [-1, 1]', path, ...(cpu ? { cpu, peakGflops } : {}) },
       rows,
-      notes: [`path: ${path}`, ...(peakGflops !== undefined ? [`peak of ${cpu?.simd}: ${round(peakGflops, 1)} GFLOP/s (cpuPeakGflops: FMA chains on registers, every pool thread, best ~1 ms round over 1 s)`] : [])],
+      notes: [`path: ${path}`, ...(peaks ? [`roofline: bytes / measured copy bandwidth (${round(peaks.bandwidth / 1e9, 1)} GB/s); a memory bound`] : []), ...(peakGflops !== undefined ? [`peak of ${cpu?.simd}: ${round(peakGflops, 1)} GFLOP/s (cpuPeakGflops: FMA chains on registers, every pool thread, best ~1 ms round over 1 s)`] : [])],
       checks: { batchInvariant: invariant },
       seconds: (performance.now() - t0) / 1000,
     };

@@ -144,6 +144,10 @@ __global__ void __launch_bounds__(kThreads) matmul_tc_stream_kernel(const Stream
   bf16* sx = reinterpret_cast<bf16*>(base + stages * slice_bytes + warp * stream_warp_bytes<W>(MT));
   bf16* sw = sx + kXPieces * kXPiece;  // f16 weights' pieces, [MT][WP][16][kLd]
 
+  // Staged x rows past N are never written: they hold these zeros, or (NT > 1) an earlier tile's rows.
+  // Either way harmless: an mma output row depends only on its own A row, and rows past N are not stored.
+  for (int i = lane; i < kXPieces * kXPiece / 8; i += 32) reinterpret_cast<uint4*>(sx)[i] = uint4{0u, 0u, 0u, 0u};
+
   // Slice s (k in [256 s, 256 s + 256)) into its ring slot: weight chunk c of 8 (row c / 32, so each
   // warp instruction is one row's 512 bytes) and x chunk c of 4 (the block's rows only); past M or K,
   // zeros by plain stores (visible after the barrier that precedes the slice's use, like the copies).
@@ -232,16 +236,13 @@ __global__ void __launch_bounds__(kThreads) matmul_tc_stream_kernel(const Stream
         if (t * 16 >= rows_valid) break;  // warp-uniform: rows past N, whose outputs are not stored
         __syncwarp();  // the previous tile's fragment loads are done before the staging is rewritten
         // Row tile t of this step, split into 3 bf16 pieces (stage_x's items: row item / 4, 8 columns
-        // each); rows past N as zeros (an earlier tile's rows may be in the staging).
+        // each); only the rows that exist (decode: one of 16).
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
           const int item = lane + 32 * i, r = t * 16 + (item >> 2);
-          float4 raw[2] = {make_float4(0.f, 0.f, 0.f, 0.f), make_float4(0.f, 0.f, 0.f, 0.f)};
-          if (r < rows_valid) {
-            const float* src = rx + r * kLdSX + kl + (item & 3) * 8;
-            raw[0] = make_float4(src[0], src[1], src[2], src[3]);
-            raw[1] = make_float4(src[4], src[5], src[6], src[7]);
-          }
+          if (r >= rows_valid) continue;
+          const float* src = rx + r * kLdSX + kl + (item & 3) * 8;
+          const float4 raw[2] = {make_float4(src[0], src[1], src[2], src[3]), make_float4(src[4], src[5], src[6], src[7])};
           stage_x_item(raw, sx, item, kXPiece);
         }
         __syncwarp();  // staging visible to the whole warp

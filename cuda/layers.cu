@@ -203,6 +203,15 @@ void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq) {
   SPECDEC_CUDA_LAUNCH_CHECK("rope_kernel");
 }
 
+void rope_qk(Tensor& q, Tensor& k, const Tensor& positions, const Tensor& inv_freq) {
+  const int64_t N = q.size(0), hq = q.size(1), hk = k.size(1), D = q.size(2);
+  SPECDEC_CHECK(N * (hq + hk) <= INT32_MAX, "E_ARG", "q, k: too many rows for one launch (", q.describe(), ", ", k.describe(), ")");
+  const int threads = static_cast<int>(std::min<int64_t>(256, ((D / 2 + 31) / 32) * 32));
+  launch_kernel(rope_qk_kernel, static_cast<unsigned>(N * (hq + hk)), threads, 0, q.ptr<float>(), k.ptr<float>(),
+                positions.ptr<int32_t>(), inv_freq.ptr<float>(), N, hq, hk, D);
+  SPECDEC_CUDA_LAUNCH_CHECK("rope_qk_kernel");
+}
+
 void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
   const int64_t n = gate.numel();
   launch_kernel(silu_mul_kernel, elementwise_grid(n), 256, 0, gate.ptr<float>(), up.ptr<float>(), out.ptr<float>(), n);

@@ -171,20 +171,32 @@ __global__ void add_rmsnorm_kernel(float* x, const float* y, const T* __restrict
   for (int64_t h = threadIdx.x; h < H; h += blockDim.x) orow[h] = xr[h] * inv * to_f32(w[h]);
 }
 
-// One block per (token, head); thread i rotates the pair (i, i + D/2).
-__global__ void rope_kernel(float* __restrict__ x, const int32_t* __restrict__ pos, const float* __restrict__ inv_freq,
-                            int64_t heads, int64_t D) {
-  const int64_t n = blockIdx.x / heads;
-  float* v = x + static_cast<int64_t>(blockIdx.x) * D;
+// Rotates one head's vector v of token position p; thread i the pair (i, i + D/2).
+__device__ __forceinline__ void rope_head(float* __restrict__ v, int32_t p, const float* __restrict__ inv_freq, int64_t D) {
   const int64_t half = D / 2;
   for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
-    const float angle = static_cast<float>(pos[n]) * inv_freq[i];  // f32, as HF
+    const float angle = static_cast<float>(p) * inv_freq[i];  // f32, as HF
     float s, c;
     sincosf(angle, &s, &c);  // full-precision range reduction (positions reach 1e5+)
     const float a = v[i], b = v[i + half];
     v[i] = a * c - b * s;
     v[i + half] = b * c + a * s;
   }
+}
+
+// One block per (token, head).
+__global__ void rope_kernel(float* __restrict__ x, const int32_t* __restrict__ pos, const float* __restrict__ inv_freq,
+                            int64_t heads, int64_t D) {
+  rope_head(x + static_cast<int64_t>(blockIdx.x) * D, pos[blockIdx.x / heads], inv_freq, D);
+}
+
+// q [N, hq, D] and k [N, hk, D] in one launch (a layer's two rotations): blocks 0 .. N hq - 1 take q's
+// heads, the rest k's; each head exactly as rope_kernel rotates it.
+__global__ void rope_qk_kernel(float* __restrict__ q, float* __restrict__ k, const int32_t* __restrict__ pos,
+                               const float* __restrict__ inv_freq, int64_t N, int64_t hq, int64_t hk, int64_t D) {
+  const int64_t b = blockIdx.x;
+  if (b < N * hq) rope_head(q + b * D, pos[b / hq], inv_freq, D);
+  else rope_head(k + (b - N * hq) * D, pos[(b - N * hq) / hk], inv_freq, D);
 }
 
 __device__ __forceinline__ float silu(float v) { return v / (1.f + expf(-v)); }

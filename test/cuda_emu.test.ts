@@ -36,15 +36,15 @@ const programs: Program[] = [
     tsanArgs: [], tsanMinChecks: 130 },
   { source: 'attention_emu.cc', extra: [], kernel: 'tree attention + split-KV merge + planner, tree = path, cp.async K/V staging (cuda/attention.cuh)', minChecks: 42,
     args: [], tsanArgs: ['2', '0'], tsanMinChecks: 18 },
-  { source: 'attention_tc_emu.cc', extra: [], kernel: 'tensor-core tree attention + split-KV merge, tree = path, decode rows, cp.async double buffering (cuda/attention_tc.cuh); the mma.sync kernel == it bit for bit, gathered tree tiles included (cuda/attention_mma.cuh)', minChecks: 67,
+  { source: 'attention_tc_emu.cc', extra: [], kernel: 'tensor-core tree attention + split-KV merge, tree = path, decode rows, cp.async double buffering (cuda/attention_tc.cuh); the mma.sync kernel == it bit for bit, gathered tree tiles included (cuda/attention_mma.cuh)', minChecks: 71,
     args: [], tsanArgs: ['4', '2'], tsanMinChecks: 30 },
   { source: 'sampling_emu.cc', extra: ['cpp/core/tensor.cc', 'cpp/core/transfers.cc', 'cpp/core/backend.cc', 'cpp/cpu/thread_pool.cc', 'cpp/cpu/sampling.cc', 'cpp/cpu/verify.cc'],
     kernel: 'sampling + verification incl. processLogits, argmax and sample by vocabulary slices, vocabulary-parallel greedy, rejection (one-hot, and draft rows on chains and on trees with sibling candidates) and typical (cuda/sampling.cuh, cuda/process_slices.cuh, cuda/argmax_slices.cuh, cuda/verify.cuh) vs the CPU backend',
     minChecks: 160, args: ['2'], tsanArgs: ['0'], tsanMinChecks: 21 },
   { source: 'graphs_emu.cc', extra: [], kernel: 'CUDA graphs of the layer stack: launch records, the body arena, replay == eager, no stale replay, fallbacks (cuda/graph_cache.h)', minChecks: 13,
     args: [], tsanArgs: ['20'], tsanMinChecks: 13 },
-  { source: 'layers_kv_emu.cc', extra: [], kernel: 'model layers (the fused residual add + norm == the two ops) + paged KV movement incl. commit from a verification result (cuda/layers.cuh, cuda/kv.cuh)', minChecks: 67,
-    args: [], tsanArgs: ['quick'], tsanMinChecks: 15 },
+  { source: 'layers_kv_emu.cc', extra: [], kernel: 'model layers (the fused residual add + norm and the q+k rotation == the separate ops) + paged KV movement incl. commit from a verification result (cuda/layers.cuh, cuda/kv.cuh)', minChecks: 71,
+    args: [], tsanArgs: ['quick'], tsanMinChecks: 19 },
 ];
 const sanitizers = ['address,undefined', 'thread'];
 

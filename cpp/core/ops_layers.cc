@@ -184,6 +184,31 @@ void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq) {
 #endif
 }
 
+void rope_qk(Tensor& q, Tensor& k, const Tensor& positions, const Tensor& inv_freq) {
+  check_arg_dim(q, "q", {DType::f32}, 3);
+  const int64_t N = q.size(0), D = q.size(2);
+  check_arg_dim(k, "k", {DType::f32}, 3);
+  SPECDEC_CHECK(k.size(0) == N && k.size(2) == D, "E_ARG", "k: expected shape [", N, ", *, ", D, "] (as q ", q.describe(),
+                "), got ", k.describe());
+  SPECDEC_CHECK(D % 2 == 0 && D > 0, "E_ARG", "q: head dim must be even and > 0, got ", q.describe());
+  check_arg(positions, "positions", {DType::i32}, {N});
+  check_arg(inv_freq, "inv_freq", {DType::f32}, {D / 2});
+  check_same_device({&q, &k, &positions, &inv_freq}, "rope_qk");
+  check_alias(q, "q", k, "k", false);
+  for (const Tensor* t : {&q, &k}) {
+    check_alias(*t, "q/k", positions, "positions", false);
+    check_alias(*t, "q/k", inv_freq, "inv_freq", false);
+  }
+  if (q.numel() + k.numel() == 0) return;
+  note_op();  // one launch on CUDA
+  if (q.device() == Device::cpu) return cpu::rope_qk(q, k, positions, inv_freq);
+#ifdef SPECDEC_WITH_CUDA
+  return cuda::rope_qk(q, k, positions, inv_freq);
+#else
+  fail("E_UNSUPPORTED", "rope_qk: CUDA backend not compiled");
+#endif
+}
+
 void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
   check_arg_dim(gate, "gate", {DType::f32}, 2);
   const int64_t N = gate.size(0), I = gate.size(1);

@@ -42,6 +42,9 @@ void matmul_group(const Tensor& x, std::initializer_list<MatmulPart> parts);
 // angle positions[n] * inv_freq[i] (angle computed in f32). x f32 [N, heads, D], positions i32 [N],
 // inv_freq f32 [D/2] (the model computes it once from rope_theta and any rope scaling).
 void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq);
+// rope of a layer's q [N, Hq, D] and k [N, Hk, D] as one op (one launch on CUDA), the bits of two
+// rope calls.
+void rope_qk(Tensor& q, Tensor& k, const Tensor& positions, const Tensor& inv_freq);
 
 // out = silu(gate) * up. gate, up, out f32 [N, I] (out may alias gate).
 void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out);
@@ -71,6 +74,7 @@ void gather_last_accepted(const Tensor& x, const Tensor& indptr, const Tensor& a
   void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out);            \
   void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out);    \
   void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq);             \
+  void rope_qk(Tensor& q, Tensor& k, const Tensor& positions, const Tensor& inv_freq); \
   void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out);                  \
   void add_inplace(Tensor& x, const Tensor& y);                                      \
   void add_rmsnorm(Tensor& x, const Tensor& y, const Tensor& w, float eps, Tensor& out); \

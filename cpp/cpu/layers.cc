@@ -132,6 +132,12 @@ void add_inplace(Tensor& x, const Tensor& y) {
   for (int64_t i = 0; i < n; ++i) a[i] += b[i];
 }
 
+// q's rotation, then k's (one op for the caller; one kernel on CUDA).
+void rope_qk(Tensor& q, Tensor& k, const Tensor& positions, const Tensor& inv_freq) {
+  rope(q, positions, inv_freq);
+  rope(k, positions, inv_freq);
+}
+
 // The residual add, then the norm: exactly the two ops' arithmetic (one op for the caller, who
 // counts launches on CUDA, where it is one kernel).
 void add_rmsnorm(Tensor& x, const Tensor& y, const Tensor& w, float eps, Tensor& out) {

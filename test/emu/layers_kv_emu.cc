@@ -184,6 +184,16 @@ void check_rope_elementwise(std::mt19937_64& rng) {
     char buf[100];
     std::snprintf(buf, sizeof buf, "rope D=%lld, positions up to 2e5: max abs error %.1e", static_cast<long long>(D), worst);
     report(worst < 1e-6, buf);
+    // q and k in one launch (rope_qk_kernel) == rope_kernel on each, bit for bit (GQA: fewer k heads).
+    const int64_t hk = 2;
+    auto k = random_vec<float>(rng, static_cast<size_t>(N * hk * D));
+    std::vector<float> q2 = x0, k2 = k;
+    emu::launch(Dim3{static_cast<unsigned>(N * hk), 1, 1}, static_cast<unsigned>(threads),
+                [&] { lk::rope_kernel(k.data(), pos.data(), inv_freq.data(), hk, D); });
+    emu::launch(Dim3{static_cast<unsigned>(N * (heads + hk)), 1, 1}, static_cast<unsigned>(threads),
+                [&] { lk::rope_qk_kernel(q2.data(), k2.data(), pos.data(), inv_freq.data(), N, heads, hk, D); });
+    std::snprintf(buf, sizeof buf, "rope_qk D=%lld: q and k in one launch == rope_kernel on each, bit for bit", static_cast<long long>(D));
+    report(std::memcmp(q2.data(), x.data(), x.size() * 4) == 0 && std::memcmp(k2.data(), k.data(), k.size() * 4) == 0, buf);
   }
   const int64_t n = 3000;
   const auto g = random_vec<float>(rng, n, -8.f, 8.f), u = random_vec<float>(rng, n);

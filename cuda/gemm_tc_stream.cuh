@@ -100,14 +100,17 @@ __host__ __device__ constexpr int64_t stream_smem_bytes(int64_t N, int stages) {
 }
 __host__ __device__ constexpr int64_t stream_reduce_bytes(const StreamShape& sh) { return int64_t{kWarps} * 16 * sh.nt * 16 * sh.mt * 4; }
 
-// The most stages (2..kStreamMaxStages) whose shared memory fits `optin_bytes`, or 0: then this kernel
+// The most stages (2..kStreamMaxStages, at most K's slices + 1) whose shared memory fits `optin_bytes`, or 0: then this kernel
 // does not apply. Also 0 unless N >= 1, K % 8 == 0 (whole 16-byte weight chunks) and x and every w are
 // 16-byte aligned (cp.async's sources).
+// More stages than K has slices plus one would stay empty: a short K takes fewer (less shared memory,
+// more blocks per SM).
 template <typename W>
 inline int stream_stages(int64_t N, int64_t K, int64_t optin_bytes, bool aligned) {
   if (N < 1 || K < 1 || K % 8 != 0 || !aligned) return 0;
   const StreamShape sh(N);
-  for (int s = kStreamMaxStages; s >= 2; --s)
+  const int64_t useful = (K + kSliceK - 1) / kSliceK + 1;
+  for (int s = useful < kStreamMaxStages ? static_cast<int>(useful < 2 ? 2 : useful) : kStreamMaxStages; s >= 2; --s)
     if (stream_smem_bytes<W>(N, s) <= optin_bytes && s * stream_slice_bytes<W>(sh) >= stream_reduce_bytes(sh)) return s;
   return 0;
 }
@@ -241,8 +244,8 @@ __global__ void __launch_bounds__(kThreads) matmul_tc_stream_kernel(const Stream
         for (int i = 0; i < 2; ++i) {
           const int item = lane + 32 * i, r = t * 16 + (item >> 2);
           if (r >= rows_valid) continue;
-          const float* src = rx + r * kLdSX + kl + (item & 3) * 8;
-          const float4 raw[2] = {make_float4(src[0], src[1], src[2], src[3]), make_float4(src[4], src[5], src[6], src[7])};
+          const float4* src = reinterpret_cast<const float4*>(rx + r * kLdSX + kl + (item & 3) * 8);  // 16-byte aligned
+          const float4 raw[2] = {src[0], src[1]};
           stage_x_item(raw, sx, item, kXPiece);
         }
         __syncwarp();  // staging visible to the whole warp

@@ -36,7 +36,7 @@ const programs: Program[] = [
     tsanArgs: [], tsanMinChecks: 130 },
   { source: 'attention_emu.cc', extra: [], kernel: 'tree attention + split-KV merge + planner, tree = path, cp.async K/V staging (cuda/attention.cuh)', minChecks: 42,
     args: [], tsanArgs: ['2', '0'], tsanMinChecks: 18 },
-  { source: 'attention_tc_emu.cc', extra: [], kernel: 'tensor-core tree attention + split-KV merge, tree = path, decode rows, cp.async double buffering (cuda/attention_tc.cuh); the mma.sync kernel == it bit for bit, gathered tree tiles included (cuda/attention_mma.cuh)', minChecks: 71,
+  { source: 'attention_tc_emu.cc', extra: [], kernel: 'tensor-core tree attention + split-KV merge, tree = path, decode rows, cp.async double buffering (cuda/attention_tc.cuh); the mma.sync kernel == it bit for bit, gathered tree tiles included (cuda/attention_mma.cuh)', minChecks: 67,
     args: [], tsanArgs: ['4', '2'], tsanMinChecks: 30 },
   { source: 'sampling_emu.cc', extra: ['cpp/core/tensor.cc', 'cpp/core/transfers.cc', 'cpp/core/backend.cc', 'cpp/cpu/thread_pool.cc', 'cpp/cpu/sampling.cc', 'cpp/cpu/verify.cc'],
     kernel: 'sampling + verification incl. processLogits, argmax and sample by vocabulary slices, vocabulary-parallel greedy, rejection (one-hot, and draft rows on chains and on trees with sibling candidates) and typical (cuda/sampling.cuh, cuda/process_slices.cuh, cuda/argmax_slices.cuh, cuda/verify.cuh) vs the CPU backend',

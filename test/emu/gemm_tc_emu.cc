@@ -264,7 +264,8 @@ void check_stream_applies() {
             tc::stream_stages<W>(64, 8192, h200, true) == 2 && tc::stream_stages<W>(32, 8192, h200, true) >= 3 &&
             tc::stream_stages<W>(16, 4096, h200, true) == tc::kStreamMaxStages && tc::stream_stages<W>(65, 2048, h200, true) == 2 &&
             tc::stream_stages<W>(4096, 2048, h200, true) == 2 && tc::stream_stages<W>(65, 2048, a100, true) == 0 &&
-            tc::stream_stages<W>(0, 2048, h200, true) == 0 &&
+            tc::stream_stages<W>(0, 2048, h200, true) == 0 && tc::stream_stages<W>(1, 64, h200, true) == 2 &&
+            tc::stream_stages<W>(1, 512, h200, true) == 3 && tc::stream_stages<W>(1, 1280, h200, true) == 6 &&
             tc::stream_stages<W>(1, 2044, h200, true) == 0 && tc::stream_stages<W>(1, 2048, h200, false) == 0 &&
             tc::stream_stages<W>(1, 2048, 1024, true) == 0;
   for (int64_t optin : {a100, ampere_86, int64_t{48 * 1024}})

@@ -100,17 +100,16 @@ __host__ __device__ constexpr int64_t stream_smem_bytes(int64_t N, int stages) {
 }
 __host__ __device__ constexpr int64_t stream_reduce_bytes(const StreamShape& sh) { return int64_t{kWarps} * 16 * sh.nt * 16 * sh.mt * 4; }
 
-// The most stages (2..kStreamMaxStages, at most K's slices + 1) whose shared memory fits `optin_bytes`, or 0: then this kernel
+// The most stages (2..kStreamMaxStages) whose shared memory fits `optin_bytes`, or 0: then this kernel
 // does not apply. Also 0 unless N >= 1, K % 8 == 0 (whole 16-byte weight chunks) and x and every w are
-// 16-byte aligned (cp.async's sources).
-// More stages than K has slices plus one would stay empty: a short K takes fewer (less shared memory,
-// more blocks per SM).
+// 16-byte aligned (cp.async's sources). Stages past K's slices + 1 would stay empty, so a short K takes
+// fewer (less shared memory, more blocks per SM).
 template <typename W>
 inline int stream_stages(int64_t N, int64_t K, int64_t optin_bytes, bool aligned) {
   if (N < 1 || K < 1 || K % 8 != 0 || !aligned) return 0;
   const StreamShape sh(N);
-  const int64_t useful = (K + kSliceK - 1) / kSliceK + 1;
-  for (int s = useful < kStreamMaxStages ? static_cast<int>(useful < 2 ? 2 : useful) : kStreamMaxStages; s >= 2; --s)
+  const int64_t useful = (K + kSliceK - 1) / kSliceK + 1;  // >= 2
+  for (int s = static_cast<int>(useful < kStreamMaxStages ? useful : kStreamMaxStages); s >= 2; --s)
     if (stream_smem_bytes<W>(N, s) <= optin_bytes && s * stream_slice_bytes<W>(sh) >= stream_reduce_bytes(sh)) return s;
   return 0;
 }

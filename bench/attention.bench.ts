@@ -11,7 +11,7 @@
 import { kvCommit, pagedBatch, treeAttention, treeMask } from '../lib/kv';
 import { Tensor } from '../lib/tensor';
 import type { Device } from '../lib/tensor';
-import { measureKernel, randomF32, round, standalone, syncOn, xorshift, type BenchModule, type BenchOptions, type BenchResult, type BenchRow } from './common';
+import { logRow, measureKernel, randomF32, round, standalone, syncOn, xorshift, type BenchModule, type BenchOptions, type BenchResult, type BenchRow, type KernelTime } from './common';
 import { attentionCost, GOAL_ATTENTION, measureCopyBandwidth, predictionRows, treeVisible, withRoofline, type Cost } from './roofline';
 
 interface AttShape {
@@ -45,7 +45,7 @@ function randomBig(n: number, rand: () => number): Float32Array {
  * Median ms of one treeAttention call over `batch` sequences, each with `tree` new tokens (a random
  * tree; one token: a decode row) over `prefix` cached tokens on pages of its own, and its cost.
  */
-async function timeAttention(device: Device, prefix: number, tree: number, samples: number, calls: number, seed: number, shape: AttShape = BIG, batch = 1): Promise<{ ms: number; cost: Cost }> {
+async function timeAttention(device: Device, prefix: number, tree: number, samples: number, calls: number, seed: number, shape: AttShape = BIG, batch = 1): Promise<{ ms: number; cost: Cost; kernel?: KernelTime }> {
   const { hq: HQ, hkv: HKV, d: D, dtype } = shape;
   const rand = xorshift(seed);
   const per = Math.ceil((prefix + tree) / PAGE);
@@ -66,7 +66,7 @@ async function timeAttention(device: Device, prefix: number, tree: number, sampl
   const out = Tensor.empty(dtype, [batch * tree, HQ, D], device);
   try {
     const t = await measureKernel(() => treeAttention(q, layer, pb, mask, 1 / Math.sqrt(D), out), { warmup: 1, samples, calls, sync: syncOn(out), device });
-    return { ms: t.medianMs, cost };
+    return { ms: t.medianMs, cost, ...(t.kernel ? { kernel: t.kernel } : {}) };
   } finally {
     for (const x of [layer, q, mask, out]) x.dispose();
   }
@@ -79,7 +79,7 @@ async function timeAttention(device: Device, prefix: number, tree: number, sampl
  * host copies, so on CUDA it includes their read-back (the decoder's commit takes them from the
  * verification on the device and reads nothing back): an upper bound of the kernel's time.
  */
-async function timeCommit(device: Device, layers: number, batch: number, samples: number, calls: number): Promise<{ ms: number; cost: Cost }> {
+async function timeCommit(device: Device, layers: number, batch: number, samples: number, calls: number): Promise<{ ms: number; cost: Cost; kernel?: KernelTime }> {
   const nodes = 9, path = [0, 2, 5, 8], HKV = 8, D = 128;
   const ls = Array.from({ length: layers }, () => Tensor.zeros('bf16', [batch, 2, PAGE, HKV, D], device));
   const pb = pagedBatch({
@@ -93,7 +93,7 @@ async function timeCommit(device: Device, layers: number, batch: number, samples
   const cost: Cost = { bytes: layers * batch * moved * 2 * 2 * HKV * D * 2, flops: 0 };
   try {
     const t = await measureKernel(() => kvCommit(ls, pb, ip, acc), { warmup: 1, samples, calls, sync: syncOn(ls[layers - 1] as Tensor), device });
-    return { ms: t.medianMs, cost };
+    return { ms: t.medianMs, cost, ...(t.kernel ? { kernel: t.kernel } : {}) };
   } finally {
     for (const x of [...ls, ip, acc]) x.dispose();
     pb.dispose();
@@ -118,29 +118,29 @@ export const attentionBench: BenchModule = {
     const treeMs = treeRun.ms;
     const oneMs = oneRun.ms;
     const rows: BenchRow[] = [
-      withRoofline({ name: `tree ${tree} tokens / prefix ${prefix}`, value: round(treeMs, 4), unit: 'ms', note: `x${round(treeMs / oneMs, 2)} the 1-token query`, metrics: { ms: treeMs, tokens: tree, prefix, msPerToken: treeMs / tree } }, treeRun.cost, treeMs * 1000, peaks),
-      withRoofline({ name: `decode 1 token / prefix ${prefix}`, value: round(oneMs, 4), unit: 'ms', metrics: { ms: oneMs, tokens: 1, prefix } }, oneRun.cost, oneMs * 1000, peaks),
+      logRow(opts, withRoofline({ name: `tree ${tree} tokens / prefix ${prefix}`, value: round(treeMs, 4), unit: 'ms', note: `x${round(treeMs / oneMs, 2)} the 1-token query`, metrics: { ms: treeMs, tokens: tree, prefix, msPerToken: treeMs / tree } }, treeRun.cost, treeMs * 1000, peaks, treeRun.kernel)),
+      logRow(opts, withRoofline({ name: `decode 1 token / prefix ${prefix}`, value: round(oneMs, 4), unit: 'ms', metrics: { ms: oneMs, tokens: 1, prefix } }, oneRun.cost, oneMs * 1000, peaks, oneRun.kernel)),
     ];
     // The issue's goal shapes on a bf16 cache (CUDA only: the batch-32 cache is 538 MB).
     if (cuda && !opts.quick) {
       const goals: [string, number, number, number][] = [['tree 64 tokens', 64, 1, 21], ['decode 1 token', 1, 1, 22], ['decode batch 32', 1, 32, 23], ['tree 64 tokens x batch 8', 64, 8, 24]];
       for (const [name, n, b, seed] of goals) {
         const r = await timeAttention(opts.device, 4096, n, samples, calls, seed, GOAL, b);
-        rows.push(withRoofline({ name: `bf16 goal shape: ${name} / prefix 4096`, value: round(r.ms * 1000, 2), unit: 'us', metrics: { ms: r.ms, tokens: n, batch: b, prefix: 4096 } }, r.cost, r.ms * 1000, peaks));
+        rows.push(logRow(opts, withRoofline({ name: `bf16 goal shape: ${name} / prefix 4096`, value: round(r.ms * 1000, 2), unit: 'us', metrics: { ms: r.ms, tokens: n, batch: b, prefix: 4096 } }, r.cost, r.ms * 1000, peaks, r.kernel)));
       }
     }
     // The issue's commit goal (batch 32 x 32 layers: one launch, < 20 us), on every device.
     {
-      const { ms, cost } = await timeCommit(opts.device, opts.quick ? 4 : 32, opts.quick ? 4 : 32, samples, cuda ? 50 : 5);
-      rows.push(withRoofline({ name: `kvCommit, batch ${opts.quick ? 4 : 32} x ${opts.quick ? 4 : 32} layers, 3 of 4 accepted rows moved`, value: round(ms * 1000, 2), unit: 'us', note: cuda ? 'includes the read-back of the accepted indices (an upper bound)' : 'bf16 cache, 8 KV heads, d 128', metrics: { ms } }, cost, ms * 1000, peaks));
+      const { ms, cost, kernel } = await timeCommit(opts.device, opts.quick ? 4 : 32, opts.quick ? 4 : 32, samples, cuda ? 50 : 5);
+      rows.push(logRow(opts, withRoofline({ name: `kvCommit, batch ${opts.quick ? 4 : 32} x ${opts.quick ? 4 : 32} layers, 3 of 4 accepted rows moved`, value: round(ms * 1000, 2), unit: 'us', note: cuda ? 'includes the read-back of the accepted indices (an upper bound)' : 'bf16 cache, 8 KV heads, d 128', metrics: { ms } }, cost, ms * 1000, peaks, kernel)));
     }
     // Model shapes: many calls per sample (a call is microseconds).
     for (const m of MODEL_SHAPES) {
       let one = 0;
       for (const n of [1, 5, 17]) {
-        const { ms, cost } = await timeAttention(opts.device, 64, n, samples, opts.quick ? 20 : cuda ? 200 : 2000, 13 + n, m);
+        const { ms, cost, kernel } = await timeAttention(opts.device, 64, n, samples, opts.quick ? 20 : cuda ? 200 : 2000, 13 + n, m);
         if (n === 1) one = ms;
-        rows.push(withRoofline({ name: `${m.name}: ${n} token${n > 1 ? 's (tree)' : ''} / prefix 64`, value: round(ms * 1000, 3), unit: 'us', note: n > 1 ? `x${round(ms / one, 2)} the 1-token query` : 'f32 cache', metrics: { ms, tokens: n, prefix: 64, ...m } }, cost, ms * 1000, peaks));
+        rows.push(logRow(opts, withRoofline({ name: `${m.name}: ${n} token${n > 1 ? 's (tree)' : ''} / prefix 64`, value: round(ms * 1000, 3), unit: 'us', note: n > 1 ? `x${round(ms / one, 2)} the 1-token query` : 'f32 cache', metrics: { ms, tokens: n, prefix: 64, ...m } }, cost, ms * 1000, peaks, kernel)));
       }
     }
     if (!cuda) rows.push(...predictionRows('attention', goalShapes()));

@@ -9,6 +9,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { backends } from '../lib/backend';
+import { cudaKernelProfile, setCudaKernelProfiling } from '../lib/transfers';
 import { f32ToBf16Bits, writeSafetensors, type SafetensorsEntry } from '../lib/safetensors';
 import type { Device, Tensor } from '../lib/tensor';
 
@@ -51,6 +52,15 @@ export interface BenchModule {
   readonly name: string;
   readonly description: string;
   run(opts: BenchOptions): Promise<BenchResult>;
+}
+
+/**
+ * Logs a finished row as a progress line and returns it: a bench stopped by a time box (the GPU
+ * check's steps) still leaves the rows it measured in its log.
+ */
+export function logRow(opts: BenchOptions, row: BenchRow): BenchRow {
+  opts.log(`  = ${row.name}: ${row.value ?? '-'} ${row.unit}${row.note ? ` (${row.note})` : ''}`);
+  return row;
 }
 
 // ---- the machine header -------------------------------------------------------------------------
@@ -144,6 +154,25 @@ export interface Timing {
   readonly samples: number;
   /** Calls per sample (their mean is one sample; amortises the device sync). */
   readonly callsPerSample: number;
+  /** measureKernel on CUDA: the GPU time of the kernels themselves, from a separate timed pass. */
+  readonly kernel?: KernelTime;
+}
+
+/**
+ * GPU time per call of the kernels a call launched, from CUDA events around each launch (one extra
+ * pass of the calls with cudaKernelProfile's timing switched on): what the kernels cost apart from
+ * the host's time to call them. Wall time per call minus this is host overhead the GPU waited out
+ * (when wall > span) or overlapped. Copies (uploads, read-backs) are not kernels and not included.
+ */
+export interface KernelTime {
+  /** Sum of the kernels' intervals, microseconds per call. */
+  readonly usPerCall: number;
+  /** First launch's start to last launch's end, per call: kernels plus the gaps between them. */
+  readonly spanUsPerCall: number;
+  readonly launchesPerCall: number;
+  readonly calls: number;
+  /** Per kernel (the most time first, at most 4): microseconds and launches per call. */
+  readonly kernels: readonly { readonly name: string; readonly usPerCall: number; readonly launchesPerCall: number }[];
 }
 
 export function median(xs: readonly number[]): number {
@@ -162,6 +191,8 @@ export interface MeasureOptions {
   readonly sync?: () => void;
   /** measureKernel: where the kernel runs; on the CPU the calls are synchronous, sync is skipped. */
   readonly device?: Device;
+  /** measureKernel on CUDA: also time the kernels with CUDA events in a separate pass (default true). */
+  readonly kernelTime?: boolean;
 }
 
 /** Times `fn`: `warmup` untimed calls, then `samples` samples of `calls` calls each; median per call. */
@@ -240,7 +271,36 @@ export async function measureKernel(fn: () => unknown, opts: MeasureOptions = {}
   });
   // stats.sample: seconds per op (op = `calls` calls).
   const ms = bench.stats.sample.map((sec) => (sec * 1000) / calls);
-  return { medianMs: median(ms), minMs: Math.min(...ms), maxMs: Math.max(...ms), samples: ms.length, callsPerSample: calls };
+  const timing: Timing = { medianMs: median(ms), minMs: Math.min(...ms), maxMs: Math.max(...ms), samples: ms.length, callsPerSample: calls };
+  const kernel = opts.device === 'cuda' && opts.kernelTime !== false ? await timeKernels(fn, Math.max(3, calls)) : undefined;
+  return kernel ? { ...timing, kernel } : timing;
+}
+
+/**
+ * The kernels' GPU time over `calls` calls of fn (KernelTime), with the profiler's timing switched
+ * on for this pass only; undefined where it cannot be on (no usable GPU, an older binary) or the
+ * calls launched nothing.
+ */
+export async function timeKernels(fn: () => unknown, calls: number): Promise<KernelTime | undefined> {
+  const was = setCudaKernelProfiling(true);
+  try {
+    if (!cudaKernelProfile({ reset: true }).enabled) return undefined;  // also drops earlier entries
+    for (let c = 0; c < calls; c++) {
+      const r = fn();
+      if (r instanceof Promise) await r;
+    }
+    const p = cudaKernelProfile({ reset: true });  // waits for the stream
+    if (p.launches === 0 || p.truncated) return undefined;
+    return {
+      usPerCall: p.busyUs / calls,
+      spanUsPerCall: p.spanUs / calls,
+      launchesPerCall: p.launches / calls,
+      calls,
+      kernels: p.rows.slice(0, 4).map((k) => ({ name: k.name, usPerCall: k.totalUs / calls, launchesPerCall: k.calls / calls })),
+    };
+  } finally {
+    setCudaKernelProfiling(was);
+  }
 }
 
 

@@ -8,7 +8,7 @@
 // sheets (HBM bandwidth, dense bf16 tensor-core peak), for the issue's goal shapes, and are labelled so.
 import { Tensor } from '../lib/tensor';
 import type { Device } from '../lib/tensor';
-import { measure, round, syncTensor, type BenchRow } from './common';
+import { measure, round, syncTensor, type BenchRow, type KernelTime } from './common';
 
 /** What a kernel call must at least move and compute. */
 export interface Cost {
@@ -84,9 +84,20 @@ export function rooflineOf(c: Cost, measuredUs: number, p: Peaks): { metrics: Re
 }
 
 /** Adds the roofline (on the measured copy bandwidth) to a measured row. */
-export function withRoofline(row: BenchRow, c: Cost, measuredUs: number, p: Peaks): BenchRow {
+export function withRoofline(row: BenchRow, c: Cost, measuredUs: number, p: Peaks, kernel?: KernelTime): BenchRow {
   const r = rooflineOf(c, measuredUs, p);
-  return { ...row, note: row.note ? `${row.note}; ${r.note}` : r.note, metrics: { ...row.metrics, roofline: r.metrics } };
+  const withWall: BenchRow = { ...row, note: row.note ? `${row.note}; ${r.note}` : r.note, metrics: { ...row.metrics, roofline: r.metrics } };
+  return kernel ? withKernelTime(withWall, c, kernel, p) : withWall;
+}
+
+/**
+ * Adds the GPU time of the row's kernels (CUDA events; common.ts KernelTime) and their own roofline
+ * fraction: the wall time per call includes the host's calls, this is what the kernels reached.
+ */
+export function withKernelTime(row: BenchRow, c: Cost, k: KernelTime, p: Peaks): BenchRow {
+  const r = rooflineOf(c, k.usPerCall, p);
+  const note = `GPU kernels ${round(k.usPerCall, 2)} us/call in ${round(k.launchesPerCall, 1)} launches (${round(100 * (r.metrics.fraction as number), 1)}% of the roofline)`;
+  return { ...row, note: row.note ? `${row.note}; ${note}` : note, metrics: { ...row.metrics, kernel: { ...k, roofline: r.metrics } } };
 }
 
 /** Rows of predicted bounds (never measured) for each prediction device. */

@@ -9,7 +9,7 @@
 // Run: node dist/bench/sampling.bench.js [--device cpu|cuda|auto] [--quick]   (or specdec bench --only sampling)
 import { argmax, processLogits, sample, type SamplingOptions } from '../lib/sampling';
 import { Tensor } from '../lib/tensor';
-import { measureKernel, randomF32, round, standalone, syncTensor, xorshift, type BenchModule, type BenchOptions, type BenchResult, type BenchRow, type Timing } from './common';
+import { logRow, measureKernel, randomF32, round, standalone, syncTensor, xorshift, type BenchModule, type BenchOptions, type BenchResult, type BenchRow, type Timing } from './common';
 import { measureCopyBandwidth, predictionRows, rowOpCost, withRoofline } from './roofline';
 
 /** Bytes per element an op must read + write at least (f32 logits and probs). */
@@ -118,13 +118,13 @@ export const samplingBench: BenchModule = {
       const time = (fn: () => unknown): Promise<Timing> => measureKernel(fn, { warmup: 1, samples: nSamples, calls, sync, device: cuda ? 'cuda' : 'cpu' });
       const push = (name: string, t: Timing, ref?: Timing): void => {
         const us = t.medianMs * 1000;
-        rows.push(withRoofline({
+        rows.push(logRow(opts, withRoofline({
           name: `${name}, ${n} rows`,
           value: round(us, 1),
           unit: 'us/call',
           ...(ref ? { note: `JS reference ${round(ref.medianMs * 1000, 1)} us (native x${round(ref.medianMs / t.medianMs, 2)})` } : {}),
           metrics: { op: name, rows: n, vocab: V, medianUs: us, minUs: t.minMs * 1000, samples: t.samples, ...(ref ? { jsReferenceUs: ref.medianMs * 1000, speedupVsJs: ref.medianMs / t.medianMs } : {}) },
-        }, rowOpCost(n, V, bytesPerElement(name)), us, peaks));
+        }, rowOpCost(n, V, bytesPerElement(name)), us, peaks, t.kernel)));
       };
       const jsRows = n <= 8; // the JS reference at 64 rows would only make the bench slow
       // The JS reference's top-p sorts the vocabulary per row (~40 ms a row): a few samples are
@@ -157,7 +157,7 @@ export const samplingBench: BenchModule = {
         try {
           let offset = 0n;
           const seeds = new BigUint64Array(n).fill(1n);
-          push('sample (probs given)', await measureKernel(() => sample(probs, seeds, new BigUint64Array(n).fill(offset++)), { warmup: 1, samples: nSamples, calls }));
+          push('sample (probs given)', await measureKernel(() => sample(probs, seeds, new BigUint64Array(n).fill(offset++)), { warmup: 1, samples: nSamples, calls, device: cuda ? 'cuda' : 'cpu' }));
         } finally {
           probs.dispose();
         }

@@ -15,7 +15,7 @@ import { processLogits } from '../lib/sampling';
 import { Tensor } from '../lib/tensor';
 import { chainTree, flattenTrees, MC_SIM_7B_63, medusaTree, medusaTreeShape, type TokenTree } from '../lib/tree';
 import { verify, type VerifyInput, type VerifyMode } from '../lib/verify';
-import { measureKernel, round, standalone, xorshift, type BenchModule, type BenchOptions, type BenchResult, type BenchRow } from './common';
+import { logRow, measureKernel, round, standalone, xorshift, type BenchModule, type BenchOptions, type BenchResult, type BenchRow } from './common';
 import { measureCopyBandwidth, predictionRows, rowOpCost, verifyCost, withRoofline } from './roofline';
 
 const VOCAB = 128256;
@@ -124,18 +124,18 @@ export const verifyBench: BenchModule = {
               for (const n of r.acceptCount) accepted += n;
               calls++;
             },
-            { warmup: 1, samples },
+            { warmup: 1, samples, device: opts.device },
           );
           const us = t.medianMs * 1000;
           // The walk visits as many rows as it emits tokens (one per accepted node and the root).
           const cost = verifyCost(accepted / calls, V, 4, m.draft);
-          rows.push(withRoofline({
+          rows.push(logRow(opts, withRoofline({
             name: `${m.name}, batch ${c.batch}, ${c.treeName}`,
             value: round(us, 1),
             unit: 'us/call',
             note: `emits ${round(accepted / calls / c.batch, 2)}/seq (max ${c.treeName === 'chain-5' ? 6 : c.treeName === 'chain-8' ? 9 : 5})`,
             metrics: { mode: m.name, batch: c.batch, tree: c.treeName, nodesPerSequence: N / c.batch, vocab: V, medianUs: us, minUs: t.minMs * 1000, samples: t.samples, meanEmittedPerSequence: accepted / calls / c.batch },
-          }, cost, us, peaks));
+          }, cost, us, peaks, t.kernel)));
         }
       } finally {
         for (const x of [logits, draftLogits, probs, draftProbs]) x.dispose();

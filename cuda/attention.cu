@@ -18,18 +18,39 @@ namespace cuda {
 
 namespace {
 
-template <typename QT, typename KVT, int DT>
-void launch(const attn::Params& p, dim3 grid) {
-  constexpr int kStages = attn::stages_for_dim(DT);
+// The CUDA-core kernel's K/V buffer count: attn::stages_for, or SPECDEC_CUDA_ATTENTION_STAGES=2 (the
+// former two, for an A/B of the deeper pipeline in one process; read once). No bit depends on it.
+int core_stages(int DT, int D, int kv_bytes) {
+  static const bool two = env_is("SPECDEC_CUDA_ATTENTION_STAGES", "2");
+  const int s = attn::stages_for(DT, D, kv_bytes, static_cast<size_t>(smem_per_sm()), static_cast<size_t>(max_optin_smem()));
+  return two ? std::min(s, 2) : s;
+}
+
+template <typename QT, typename KVT, int DT, int kStages>
+void launch_staged(const attn::Params& p, dim3 grid) {
   auto kernel = attn::tree_attention_kernel<QT, KVT, DT, kStages>;
   const size_t smem = attn::smem_bytes(p.D, static_cast<int>(sizeof(KVT)), kStages);
   SPECDEC_CHECK(smem <= static_cast<size_t>(max_optin_smem()), "E_UNSUPPORTED", "tree_attention: head dim ", p.D, " needs ",
                 smem, " bytes of shared memory per block; this device allows ", max_optin_smem());
-  // Large head dims need more than the default 48 KiB of dynamic shared memory (opt-in).
-  if (smem > 48 * 1024)
-    SPECDEC_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  // Large head dims and deep pipelines need more than the default 48 KiB of dynamic shared memory:
+  // the opt-in, set once per instantiation to the device's limit (not a host call per launch).
+  static const bool opted_in = [&] {
+    SPECDEC_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, max_optin_smem()));
+    return true;
+  }();
+  (void)opted_in;
   launch_kernel(kernel, grid, attn::kWarps * 32, smem, p);
   SPECDEC_CUDA_LAUNCH_CHECK("tree_attention_kernel");
+}
+
+template <typename QT, typename KVT, int DT>
+void launch(const attn::Params& p, dim3 grid) {
+  if constexpr (DT == 0) {
+    launch_staged<QT, KVT, 0, attn::stages_for_dim(0)>(p, grid);
+  } else {
+    if (core_stages(DT, p.D, static_cast<int>(sizeof(KVT))) == 4) launch_staged<QT, KVT, DT, 4>(p, grid);
+    else launch_staged<QT, KVT, DT, attn::stages_for_dim(DT)>(p, grid);
+  }
 }
 
 template <typename QT, typename KVT>

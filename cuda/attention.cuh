@@ -14,8 +14,8 @@
 //
 // K/V staging (bandwidth): a tile's K and V rows are copied as they are stored (f32, f16 or bf16) into
 // shared memory, 16 bytes a thread at a time with one page lookup per key row and vector, by
-// cp.async; with two buffers (kStages = 2, the specialised head dims) the next tile is in flight
-// while this one computes. Scores read a K row 16 bytes at a time (the row stride is padded by one
+// cp.async; with kStages buffers (2 or 4 for the specialised head dims, stages_for) the next
+// kStages - 1 tiles are in flight while this one computes. Scores read a K row 16 bytes at a time (the row stride is padded by one
 // vector, so the 8 lanes of a 16-byte phase hit 32 distinct banks). The conversion to f32 is exact
 // and the sums run in the order above, so staging changes no bit. Caches whose rows are not whole
 // 16-byte vectors, or a layer not 16-byte aligned, are staged element by element into the same
@@ -160,7 +160,7 @@ __device__ __forceinline__ float dot_row(const float* qr, const KVT* kr, int D, 
 // kStages: K/V tile buffers (2: the next tile loads while this one computes).
 template <typename QT, typename KVT, int DT, int kStages>
 __global__ void __launch_bounds__(kWarps * 32, 2) tree_attention_kernel(const Params p) {
-  static_assert(kStages == 1 || kStages == 2, "one or two K/V buffers");
+  static_assert(kStages >= 1 && kStages <= 4, "one to four K/V buffers");
   constexpr int DPL = DT > 0 ? DT / 32 : kMaxHeadDim / 32;  // output dims per lane: d = lane + 32 k
   constexpr int R = kRowsPerWarp;
   constexpr int kVecN = 16 / static_cast<int>(sizeof(KVT));  // cache elements per 16-byte vector
@@ -271,7 +271,14 @@ __global__ void __launch_bounds__(kWarps * 32, 2) tree_attention_kernel(const Pa
     for (int e = 0; e < DPL; ++e) ACC[k][e] = 0.f, acc[k][e] = 0.f;
   }
 
-  if (kStages == 2 && j_begin < j_end) stage_tile(j_begin);  // the first tile is in flight at once
+  // The first kStages - 1 tiles are in flight at once. Every thread commits one group per tile slot
+  // (an empty one past the CTA's last tile), so "all but the newest kStages - 1 groups" is always
+  // tile j's group and those before it.
+  if (kStages > 1)
+    for (int s = 0; s < kStages - 1; ++s) {
+      if (j_begin + s < j_end) stage_tile(j_begin + s);
+      else __pipeline_commit();
+    }
   for (int c = c_begin; c < c_end; ++c) {
 #pragma unroll
     for (int k = 0; k < R; ++k) {
@@ -284,13 +291,11 @@ __global__ void __launch_bounds__(kWarps * 32, 2) tree_attention_kernel(const Pa
       const int t0 = j * kKeyTile;
       // Everyone is done with tile j - 1, whose buffer the next tile reuses (and Qs is written).
       __syncthreads();
-      if (kStages == 2) {
-        if (j + 1 < j_end) {
-          stage_tile(j + 1);  // in flight while tile j computes
-          __pipeline_wait_prior(1);
-        } else {
-          __pipeline_wait_prior(0);
-        }
+      if (kStages > 1) {
+        // Into tile j - 1's buffer; in flight while tiles j .. j + kStages - 2 compute.
+        if (j + kStages - 1 < j_end) stage_tile(j + kStages - 1);
+        else __pipeline_commit();
+        __pipeline_wait_prior(kStages - 1);
       } else {
         stage_tile(j);
         __pipeline_wait_prior(0);
@@ -382,6 +387,7 @@ __global__ void __launch_bounds__(kWarps * 32, 2) tree_attention_kernel(const Pa
       }
     }
   }
+  if (kStages > 1) __pipeline_wait_prior(0);  // the empty groups past the last tile: none left pending
   if (p.split) return;
 
 #pragma unroll
@@ -452,10 +458,20 @@ struct Plan {
   int64_t grid_x = 0, grid_y = 0, grid_z = 0;
   size_t smem = 0;  // dynamic shared memory, bytes (set by the kernel's launcher)
 };
-// K/V buffers of the CUDA-core kernel for a head dim: two for the specialised head dims (the next tile
-// loads while this one computes; at most ~75 KB, within every sm_80+ opt-in), one for the generic
-// kernel (up to D = 256 with an f32 cache).
+// K/V buffers of the CUDA-core kernel for a head dim: at least two for the specialised head dims (the
+// next tile loads while this one computes; at most ~75 KB, within every sm_80+ opt-in), one for the
+// generic kernel (up to D = 256 with an f32 cache).
 constexpr int stages_for_dim(int DT) { return DT > 0 ? 2 : 1; }
+// As launched: four buffers for the specialised head dims where two CTAs still fit an SM's shared
+// memory (bf16/f16 caches on sm_80 / sm_90: 41 KB at d 64, 78 KB at d 128), else stages_for_dim.
+// Why: a decode CTA's 256-slot chunk is 8 tiles of 17 KB (d 128, bf16); with one tile ahead it
+// waits out most of each tile's load (at batch 1 there is ~one CTA per SM), with three ahead the
+// loads overlap. The buffer count changes no bit (test/emu/attention_emu.cc compares 1, 2 and 4).
+inline int stages_for(int DT, int D, int kv_bytes, size_t smem_per_sm, size_t optin) {
+  if (DT == 0) return stages_for_dim(DT);
+  const size_t four = smem_bytes(D, kv_bytes, 4);
+  return four <= optin && 2 * (four + 1024) <= smem_per_sm ? 4 : stages_for_dim(DT);  // 1 KB: the SM's reserve per CTA
+}
 constexpr double kMergeLaunchUnits = 0.25;
 inline Plan plan_launch(Params& p, int64_t B, const int32_t* h_qo_indptr, const int32_t* h_prefix_len, int64_t max_qo_len,
                         int64_t max_kv_len, int64_t sm_count, int kv_bytes, int rows_per_cta = kRowsPerCta,

@@ -23,6 +23,8 @@ cudaStream_t stream();
 int sm_count();
 // The most dynamic shared memory a block may opt in to on the current device (read once).
 int max_optin_smem();
+// The shared memory of one SM, all its resident blocks together (read once).
+int smem_per_sm();
 // Whether environment variable `name` is set to exactly `value` (the SPECDEC_CUDA_* switches; callers
 // read it once, so a kernel choice never changes within a process).
 bool env_is(const char* name, const char* value);

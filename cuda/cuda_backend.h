@@ -47,7 +47,7 @@ struct Segment {
 };
 void copy_segments(void* dst, const std::vector<Segment>& segs);
 
-// Kernel timing (cuda/profile.cu), on with SPECDEC_CUDA_PROFILE=1 (read once): per kernel name, the
+// Kernel timing (cuda/profile.cu), on with SPECDEC_CUDA_PROFILE=1 or profile_set_enabled: per kernel name, the
 // launches and their summed GPU time since the last reset; span = first event to last, busy = the
 // sum of the kernels' intervals. A diagnostic: the events cost host time per launch.
 struct ProfileRow {
@@ -63,6 +63,8 @@ struct ProfileReport {
   bool truncated = false;  // more launches than the profiler keeps: timing stopped
 };
 ProfileReport profile_report(bool reset);
+// Switches the timing of later launches on or off; returns the previous state.
+bool profile_set_enabled(bool on);
 
 }  // namespace cuda
 }  // namespace specdec

@@ -1,4 +1,5 @@
-// Kernel timing for finding where a step's time goes (SPECDEC_CUDA_PROFILE=1, read once): every
+// Kernel timing for finding where a step's time goes (SPECDEC_CUDA_PROFILE=1 at start, or switched
+// at run time by profile_set_enabled, as the kernel benches do around a timed pass): every
 // eager launch on the library stream is bracketed by two CUDA events, and profile_report() adds the
 // intervals up per kernel, beside the span from the first event to the last. span - busy is the
 // time the GPU sat idle between kernels (launch latency, host work, waits). A graph replay counts as
@@ -8,6 +9,7 @@
 #include <cxxabi.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -71,10 +73,13 @@ std::string kernel_name(const void* fn) {
 
 }  // namespace
 
-bool profile_enabled() {
-  static const bool on = env_is("SPECDEC_CUDA_PROFILE", "1");
-  return on;
-}
+namespace {
+std::atomic<bool> g_on{env_is("SPECDEC_CUDA_PROFILE", "1")};
+}  // namespace
+
+bool profile_enabled() { return g_on.load(std::memory_order_relaxed); }
+
+bool profile_set_enabled(bool on) { return g_on.exchange(on); }
 
 int profile_begin(const void* fn) {
   if (!profile_enabled() || t_stream_override || graphs::t_body.record) return -1;
@@ -100,8 +105,8 @@ int profile_begin_graph() { return profile_begin(&kGraphTag); }
 ProfileReport profile_report(bool reset) {
   ProfileReport r;
   r.enabled = profile_enabled();
-  if (!r.enabled) return r;
   std::lock_guard<std::mutex> lock(g_mu);
+  if (!r.enabled && g_entries.empty()) return r;  // launches timed before a switch-off still report
   SPECDEC_CUDA_CHECK(cudaStreamSynchronize(stream()));  // a diagnostic: not counted as a step's wait
   std::map<const void*, ProfileRow> by_fn;
   for (const Entry& e : g_entries) {

@@ -58,6 +58,16 @@ int max_optin_smem() {
   return n;
 }
 
+int smem_per_sm() {
+  static const int n = [] {
+    int dev = 0, bytes = 0;
+    SPECDEC_CUDA_CHECK(cudaGetDevice(&dev));
+    SPECDEC_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev));
+    return bytes;
+  }();
+  return n;
+}
+
 void query(BackendInfo& info) {
 #ifdef SPECDEC_CUDA_ARCHS
   {

@@ -9,7 +9,7 @@ export type { ErrorCode, CodedError } from './errors';
 export { defaultModelPaths } from './default_models';
 export type { DefaultModelPaths } from './default_models';
 export type { BackendReport } from './backend';
-export { cudaKernelProfile, transferCounters, transfersSince } from './transfers';
+export { cudaKernelProfile, setCudaKernelProfiling, transferCounters, transfersSince } from './transfers';
 export type { KernelProfile, TransferStats } from './transfers';
 
 // Kernels: paged KV cache + tree attention, sampling, verification, model layers.

@@ -60,7 +60,7 @@ export function transfersSince(from: TransferStats): TransferStats {
 
 /** GPU time per kernel (see cudaKernelProfile). */
 export interface KernelProfile {
-  /** False unless the process started with SPECDEC_CUDA_PROFILE=1 (and the binary has CUDA); `reason` says why. */
+  /** False unless timing is on (SPECDEC_CUDA_PROFILE=1 at start, or setCudaKernelProfiling(true)) on a usable GPU; `reason` says why. */
   readonly enabled: boolean;
   readonly reason?: string;
   /** Per kernel name, the most time first: launches and their summed GPU time in microseconds. */
@@ -74,9 +74,9 @@ export interface KernelProfile {
 }
 
 /**
- * Where a CUDA step's time goes: with SPECDEC_CUDA_PROFILE=1 in the environment at start, every
- * eager kernel launch on the library stream is bracketed by CUDA events (a graph replay counts as
- * one "cuda graph: layer stack" launch). This waits for the stream, then sums the intervals per
+ * Where a CUDA step's time goes: with SPECDEC_CUDA_PROFILE=1 in the environment at start (or after
+ * setCudaKernelProfiling(true)), every eager kernel launch on the library stream is bracketed by
+ * CUDA events (a graph replay counts as one "cuda graph: layer stack" launch). This waits for the stream, then sums the intervals per
  * kernel since the last reset; `spanUs - busyUs` is the time the GPU sat idle between kernels. A
  * diagnostic: the events cost host time per launch, so time tokens/s without it.
  */
@@ -87,4 +87,14 @@ export function cudaKernelProfile(options: { readonly reset?: boolean } = {}): K
   }
   const r = b.cudaProfile(options.reset === true);
   return { ...r, ...(r.reason !== undefined ? { reason: r.reason } : {}) };
+}
+
+/**
+ * Switches the kernel timing of cudaKernelProfile on or off for later launches and returns the
+ * previous state; false (and no effect) without a usable GPU or in a binary that predates it. The
+ * kernel benches time one extra pass of each case this way, so their wall-clock passes run untimed.
+ */
+export function setCudaKernelProfiling(on: boolean): boolean {
+  const b = native();
+  return typeof b.cudaProfileEnable === 'function' ? b.cudaProfileEnable(on) : false;
 }

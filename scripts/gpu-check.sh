@@ -19,7 +19,7 @@
 # tensor-core attention tests and the attention bench with both kernels, and extras, the opt-in paths' runs). With a lease running out,
 # order them by value and set DEADLINE_S (seconds from the start): later boxes shrink to fit it.
 # Time boxes (seconds; override by environment): T_SUITE=210, T_BENCH_EACH=40 per bench or T_BENCH_<name> (BENCHES=
-# "attention verify sampling plain_decode speculative"), T_SIMT=40 T_ATTN_TC=45 T_ATTN_BENCH=45 T_ATTN_TC_BENCH=45 T_TORCH_REF=60
+# "attention verify sampling plain_decode speculative"), T_SIMT=40 T_ATTN_TC=45 T_ATTN_BENCH=45 (x2) T_ATTN_TC_BENCH=45 T_TORCH_REF=60
 # T_SAMPLING_BLOCK=40, T_HF=80 (HF_REPS=2) T_AGREE=70, T_GRAPHS=60 T_GRAPHS_BENCH=50 (x2), and
 # T_PROFILE=50, T_FIXTURES=150 in the background. Worst case over one call's 10 minutes: split it into two calls.
 # Exit 0 when every step passed, 1 otherwise, 2 when the machine is not prepared.
@@ -191,6 +191,10 @@ run_matmul() {
   # streaming kernel's gain at 1-16 rows, in one lease.
   step matmul-tc-warp "${T_TC_WARP:-40}" env SPECDEC_CUDA_MATMUL=tc-warp node dist/bench/matmul.bench.js --device cuda --out "$res/matmul-tc-warp.json"
   save_results
+  local f
+  for f in bench-matmul matmul-tc-warp; do
+    grep -h -E '^  = .*N=(1|16|64|512):' "$logs/$f.log" 2>/dev/null | head -20 | sed "s/^  = /     $f: /" | tee -a "$summary"
+  done
 }
 run_bench() {
   local b
@@ -213,12 +217,19 @@ run_extras() {
 run_attn() {
   step attention-tc "${T_ATTN_TC:-45}" env SPECDEC_REQUIRE_CUDA=1 SPECDEC_CUDA_ATTENTION=tc node node_modules/mocha/bin/mocha.js --no-config --timeout 120000 dist/test/attention.test.js
   step attn-bench "${T_ATTN_BENCH:-45}" node dist/bench/attention.bench.js --device cuda --out "$res/attention.json"
+  # The CUDA-core kernel with its former two K/V buffers (four is the default where two CTAs fit an
+  # SM; the same bits): the deeper pipeline's gain, in one lease.
+  step attn-bench-2st "${T_ATTN_BENCH:-45}" env SPECDEC_CUDA_ATTENTION_STAGES=2 node dist/bench/attention.bench.js --device cuda --out "$res/attention-2stages.json"
   step attn-tc-bench "${T_ATTN_TC_BENCH:-45}" env SPECDEC_CUDA_ATTENTION=tc node dist/bench/attention.bench.js --device cuda --out "$res/attention-tc.json"
   # PyTorch's eager references for the same goal shapes (SDPA on gathered K/V; the verify bench's
   # batch 32 x chain-8 verification), the issue's ">= 3x PyTorch" comparisons, in the same lease.
   step torch-ref "${T_TORCH_REF:-60}" python3 scripts/torch_reference.py "$res/torch_reference.json"
   save_results
-  grep -h -E 'tree|decode|goal' "$logs/attn-bench.log" "$logs/attn-tc-bench.log" 2>/dev/null | head -24 | sed 's/^/     /' | tee -a "$summary"
+  # Each row as the bench logged it (wall time per call, then the GPU kernels' own time and roofline).
+  local f
+  for f in attn-bench attn-bench-2st attn-tc-bench; do
+    grep -h -E '^  = .*(tree|decode|goal|kvCommit)' "$logs/$f.log" 2>/dev/null | head -12 | sed "s/^  = /     $f: /" | tee -a "$summary"
+  done
   grep -h 'torch_reference:' "$logs/torch-ref.log" 2>/dev/null | sed 's/^/     /' | tee -a "$summary"
 }
 

@@ -7,6 +7,12 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 
+import { timeKernels } from '../bench/common';
+import { matmul } from '../lib/layers';
+import { Tensor } from '../lib/tensor';
+import { cudaKernelProfile, setCudaKernelProfiling } from '../lib/transfers';
+import { cudaSkipReason, describeCuda, randomArray, rng, testSeed } from './helpers';
+
 const bin = path.resolve(__dirname, '..', '..', 'bin', 'specdec.js');
 const NAMES = ['attention', 'matmul', 'verify', 'sampling', 'plain_decode', 'forward_cost', 'memory', 'speculative', 'sizing', 'serve'];
 
@@ -133,6 +139,15 @@ describe('specdec bench (cli)', function () {
     }
   });
 
+  it('each row is logged when measured (a bench stopped by a time box keeps what it measured)', () => {
+    const r = bench(['--quick', '--only', 'verify', '--device', 'cpu', '--json']);
+    assert.strictEqual(r.code, 0, r.stderr);
+    const rows = (JSON.parse(r.stdout) as Report).results[0]!.rows.filter((x) => !x.name.startsWith('PREDICTION'));
+    const logged = r.stderr.split('\n').filter((l) => l.startsWith('  = '));
+    assert.strictEqual(logged.length, rows.length, r.stderr);
+    rows.forEach((row, i) => assert.ok((logged[i] as string).startsWith(`  = ${row.name}: ${row.value} ${row.unit}`), `${logged[i]} vs ${row.name}`));
+  });
+
   it('the table is the default output and bad flags fail with one line', () => {
     const t = bench(['--quick', '--only', 'verify', '--device', 'cpu']);
     assert.strictEqual(t.code, 0, t.stderr);
@@ -142,5 +157,51 @@ describe('specdec bench (cli)', function () {
     assertOneLineError(bench(['--device', 'tpu']), /--device: expected cpu, cuda or auto/);
     assertOneLineError(bench(['--frobnicate']), /unknown option '--frobnicate'/);
     assertOneLineError(bench(['--only']), /--only: missing value/);
+  });
+});
+
+// The kernel benches time each case's kernels in one extra pass with the profiler switched on at run
+// time (bench/common.ts timeKernels); the switch must time that pass only and restore the state.
+describeCuda('kernel timing switched on for one pass', () => {
+  it('times the launches of the pass (names, counts, GPU time) and none before or after it', async () => {
+    const was = setCudaKernelProfiling(false);
+    try {
+      if (was) return;  // SPECDEC_CUDA_PROFILE=1 in this process: everything is timed anyway
+      const rand = rng(testSeed);
+      const x = Tensor.fromArray(randomArray(4 * 256, rand), 'f32', [4, 256], 'cuda');
+      const w = Tensor.fromArray(randomArray(128 * 256, rand), 'bf16', [128, 256], 'cuda');
+      try {
+        cudaKernelProfile({ reset: true });
+        matmul(x, w).dispose();
+        assert.strictEqual(cudaKernelProfile({ reset: true }).launches, 0, 'timing off: nothing recorded');
+        const k = await timeKernels(() => matmul(x, w).dispose(), 5);
+        assert.ok(k, 'the pass was timed');
+        assert.strictEqual(k.calls, 5);
+        assert.ok(k.launchesPerCall >= 1 && k.usPerCall > 0 && k.spanUsPerCall >= k.usPerCall * 0.999, JSON.stringify(k));
+        assert.match(k.kernels[0]!.name, /matmul/, JSON.stringify(k.kernels));
+        assert.strictEqual(setCudaKernelProfiling(false), false, 'the previous state (off) is restored');
+        matmul(x, w).dispose();
+        assert.strictEqual(cudaKernelProfile({ reset: true }).launches, 0, 'off again after the pass');
+      } finally {
+        x.dispose();
+        w.dispose();
+      }
+    } finally {
+      setCudaKernelProfiling(was);
+    }
+  });
+});
+
+describe('kernel timing without a usable GPU', () => {
+  it('cannot be switched on, and the bench timing pass gives nothing', async function () {
+    if (cudaSkipReason() === undefined) this.skip();
+    assert.strictEqual(setCudaKernelProfiling(true), false);
+    assert.strictEqual(setCudaKernelProfiling(false), false, 'stays off');
+    const p = cudaKernelProfile();
+    assert.strictEqual(p.enabled, false);
+    assert.ok(p.reason && p.reason.length > 0, 'says why');
+    let calls = 0;
+    assert.strictEqual(await timeKernels(() => calls++, 3), undefined);
+    assert.strictEqual(calls, 0, 'no pass is run when nothing can be timed');
   });
 });

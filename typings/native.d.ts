@@ -77,6 +77,8 @@ declare namespace SpecdecNative {
     transferCounters(): TransferCounters | Float64Array;
     /** Kernel timing since the last reset (SPECDEC_CUDA_PROFILE=1; cuda/profile.cu). Absent in older builds. */
     cudaProfile?(reset: boolean): CudaProfile;
+    /** Switches kernel timing for later launches; returns the previous state (false without CUDA). Absent in older builds. */
+    cudaProfileEnable?(on: boolean): boolean;
     /** The CUDA version the installed driver supports (cuDriverGetVersion through a dlopen of
      *  libcuda; 0 and a reason without a driver). Absent in builds older than 0.2. */
     cudaDriverProbe?(): { version: number; reason?: string };

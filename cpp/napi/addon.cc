@@ -71,7 +71,7 @@ Napi::Value CudaProfileJs(const Napi::CallbackInfo& info) {
     const cuda::ProfileReport r = b.cuda_available ? cuda::profile_report(reset) : cuda::ProfileReport{};
     o.Set("enabled", r.enabled);
     if (!b.cuda_available) o.Set("reason", "CUDA is not usable here: " + b.cuda_reason);
-    else if (!r.enabled) o.Set("reason", "SPECDEC_CUDA_PROFILE is not 1 in this process");
+    else if (!r.enabled) o.Set("reason", "kernel timing is off (SPECDEC_CUDA_PROFILE=1 at start, or cudaProfileEnable(true))");
     Napi::Array rows = Napi::Array::New(env, r.rows.size());
     for (size_t i = 0; i < r.rows.size(); ++i) {
       Napi::Object row = Napi::Object::New(env);
@@ -99,12 +99,28 @@ Napi::Value CudaProfileJs(const Napi::CallbackInfo& info) {
   });
 }
 
+// cudaProfileEnable(on) -> the previous state: switches the kernel timing of later launches (a bench
+// times one pass of a kernel this way, leaving its other passes untouched). False without CUDA.
+Napi::Value CudaProfileEnableJs(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsBoolean()) fail("E_ARG", "cudaProfileEnable: expected a boolean");
+#ifdef SPECDEC_WITH_CUDA
+    if (!backend_info().cuda_available) return Napi::Boolean::New(env, false);
+    return Napi::Boolean::New(env, cuda::profile_set_enabled(info[0].As<Napi::Boolean>().Value()));
+#else
+    return Napi::Boolean::New(env, false);
+#endif
+  });
+}
+
 }  // namespace
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("backendInfo", Napi::Function::New(env, BackendInfoJs, "backendInfo"));
   exports.Set("transferCounters", Napi::Function::New(env, TransferCountersJs, "transferCounters"));
   exports.Set("cudaProfile", Napi::Function::New(env, CudaProfileJs, "cudaProfile"));
+  exports.Set("cudaProfileEnable", Napi::Function::New(env, CudaProfileEnableJs, "cudaProfileEnable"));
   exports.Set("abiVersion", Napi::Number::New(env, 1));
   for (InitFn f : registry()) f(env, exports);
   return exports;

@@ -219,11 +219,10 @@ SPECDEC_HD inline double entropy_add(double h, float p) {
   return fma(-pd, log_det(pd), h);
 }
 
-// The host's side of the order: lanes, then the block reduction's butterfly and warp order.
 #ifndef __CUDACC__
-inline double entropy_host(const float* p, int64_t V) {
-  double lane[kEntropyLanes] = {};
-  for (int64_t i = 0; i < V; ++i) lane[i % kEntropyLanes] = entropy_add(lane[i % kEntropyLanes], p[i]);
+// The lanes' sums (kEntropyLanes of them, overwritten) combined as the CUDA block reduction does:
+// a butterfly within each 32-lane warp, then the warps in order.
+inline double entropy_combine(double* lane) {
   double h = 0.0;
   for (int w = 0; w < kEntropyLanes / kEntropyWarp; ++w) {
     double* v = lane + w * kEntropyWarp;
@@ -235,6 +234,12 @@ inline double entropy_host(const float* p, int64_t V) {
     h = w == 0 ? v[0] : h + v[0];
   }
   return h;
+}
+// The host's side of the order, plainly (cpp/cpu/entropy_simd.h has the same on AVX2 / AVX-512).
+inline double entropy_host(const float* p, int64_t V) {
+  double lane[kEntropyLanes] = {};
+  for (int64_t i = 0; i < V; ++i) lane[i % kEntropyLanes] = entropy_add(lane[i % kEntropyLanes], p[i]);
+  return entropy_combine(lane);
 }
 #endif
 

@@ -5,6 +5,7 @@
 
 #include "../core/ops_sampling.h"
 #include "../core/spec_math.h"
+#include "entropy_simd.h"
 #include "simd.h"
 
 namespace specdec {
@@ -30,7 +31,7 @@ struct CpuOps {
     return simd::row_argmax(target->dtype(), target->data(), (row0 + node) * V, V, row);
   }
   float prob(int node, int tok) const { return target_f32(node)[tok]; }
-  double entropy(int node) const { return sm::entropy_host(target_f32(node), V); }  // CUDA's order
+  double entropy(int node) const { return simd::entropy(target_f32(node), V); }  // CUDA's order (entropy_simd.h)
   static uint64_t load(const float* src, int64_t V, std::vector<uint64_t>& dst) {
     dst.resize(static_cast<size_t>(V));
     uint64_t m = 0;

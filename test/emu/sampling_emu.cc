@@ -25,6 +25,7 @@
 // clang-format off: the stand-ins must come first
 #include "../../cuda/sampling.cuh"
 #include "../../cuda/verify.cuh"
+#include "../../cpp/cpu/entropy_simd.h"
 
 #include <cinttypes>
 #include <random>
@@ -653,6 +654,49 @@ void check_entropy(std::mt19937_64& rng, int rows, int V) {
   report(ln_worst < 1e-15, buf);
 }
 
+// The CPU's vectorized entropy (cpp/cpu/entropy_simd.h, what cpu/verify.cc runs) == the plain order
+// (sm::entropy_host, which the CUDA reduction above matches), bit for bit, on every path this CPU
+// has: random rows of many lengths (tails past the last whole vector, rows shorter than one) and
+// rows with zeros, NaN, subnormal floats, ones and +inf (NaN in both).
+void check_entropy_simd(std::mt19937_64& rng) {
+#ifdef SPECDEC_CPU_X86_SIMD
+  const cpu::simd::Isa best = cpu::simd::detect_isa();
+  auto same = [](double a, double b) { return std::memcmp(&a, &b, sizeof a) == 0 || (std::isnan(a) && std::isnan(b)); };
+  std::vector<std::vector<float>> rows;
+  for (int V : {1, 3, 4, 7, 8, 9, 511, 512, 513, 700, 3000, 4500}) {
+    const auto lt = adversarial_logits(rng, 2, V);
+    Tensor probs = Tensor::empty(DType::f32, {2, V});
+    cpu::process_logits(tensor(lt, {2, V}, DType::f32), SamplingParams{}, probs);
+    const auto p = host<float>(probs);
+    rows.emplace_back(p.begin(), p.begin() + V);
+    rows.emplace_back(p.begin() + V, p.end());
+  }
+  std::vector<float> odd(1037);
+  for (size_t i = 0; i < odd.size(); ++i) {
+    const float u = static_cast<float>(rng() % 1000000) / 1e6f;
+    const int kind = static_cast<int>(rng() % 8);
+    odd[i] = kind == 0 ? 0.f : kind == 1 ? NAN : kind == 2 ? 1e-45f * static_cast<float>(1 + rng() % 100) : kind == 3 ? 1.f : kind == 4 ? -u : u;
+  }
+  rows.push_back(odd);
+  odd[17] = INFINITY;
+  rows.push_back(odd);
+  int bad2 = 0, bad512 = 0;
+  for (const auto& r : rows) {
+    const double ref = sm::entropy_host(r.data(), static_cast<int64_t>(r.size()));
+    if (best >= cpu::simd::Isa::avx2) bad2 += !same(ref, cpu::simd::entropy_avx2(r.data(), static_cast<int64_t>(r.size())));
+    if (best >= cpu::simd::Isa::avx512) bad512 += !same(ref, cpu::simd::entropy_avx512(r.data(), static_cast<int64_t>(r.size())));
+  }
+  const std::string n = std::to_string(rows.size());
+  if (best >= cpu::simd::Isa::avx2) report(bad2 == 0, "entropy on AVX2 == the plain order, bit for bit: " + std::to_string(bad2) + " of " + n + " rows differ");
+  else std::printf("skip entropy on AVX2: this CPU lacks it\n");
+  if (best >= cpu::simd::Isa::avx512) report(bad512 == 0, "entropy on AVX-512 == the plain order, bit for bit: " + std::to_string(bad512) + " of " + n + " rows differ");
+  else std::printf("skip entropy on AVX-512: this CPU lacks it\n");
+#else
+  (void)rng;
+  std::printf("skip entropy SIMD paths: not an x86 build\n");
+#endif
+}
+
 // A row without probability mass samples to kNoMass on both backends (the binding makes it E_NUMERIC).
 void check_no_mass(int V) {
   std::vector<float> p(static_cast<size_t>(2) * V, 0.f);
@@ -684,6 +728,7 @@ int main(int argc, char** argv) {
     check_verify(rng, VerifyMode::rejection, true, 6, 5, 4500, 1.f, false, true);
     check_verify(rng, VerifyMode::rejection, true, 2, 10, 4500, 1.f);
     check_entropy(rng, 2, 700);
+    check_entropy_simd(rng);
   }
   for (int round = 0; round < rounds; ++round) {
     check_sample_slices(rng, 10, 9000 + static_cast<int>(rng() % 4000));
@@ -728,6 +773,7 @@ int main(int argc, char** argv) {
     check_verify(rng, VerifyMode::rejection, true, 3, 12, 5000, 1.f, true);
     check_verify(rng, VerifyMode::rejection, true, 6, 9, 200, 1.f, false, false, true);
     check_entropy(rng, 6, 3000);
+    check_entropy_simd(rng);
     // processLogits by slices: every filter, each alone and together, slices cut short, 2-byte logits.
     // (The first round only: an emulated launch spawns a thread per CUDA thread, and these make ~1400
     // blocks of 256; the seed changes every run.)

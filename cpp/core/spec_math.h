@@ -235,7 +235,7 @@ inline double entropy_combine(double* lane) {
   }
   return h;
 }
-// The host's side of the order, plainly (cpp/cpu/entropy_simd.h has the same on AVX2 / AVX-512).
+// The host's side of the order, plainly (cpp/cpu/verify_simd.h has the same on AVX2 / AVX-512).
 inline double entropy_host(const float* p, int64_t V) {
   double lane[kEntropyLanes] = {};
   for (int64_t i = 0; i < V; ++i) lane[i % kEntropyLanes] = entropy_add(lane[i % kEntropyLanes], p[i]);

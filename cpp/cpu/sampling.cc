@@ -9,6 +9,7 @@
 #include "../core/spec_math.h"
 #include "simd.h"
 #include "thread_pool.h"
+#include "verify_simd.h"
 
 namespace specdec {
 namespace cpu {
@@ -143,17 +144,9 @@ void sample(const Tensor& probs, const Tensor& seeds, const Tensor& offsets, Ten
   std::vector<uint64_t> w(static_cast<size_t>(V));
   for (int64_t r = 0; r < N; ++r) {
     const float* p = probs.ptr<float>() + r * V;
-    uint64_t mass = 0;
-    for (int64_t i = 0; i < V; ++i) mass += (w[i] = sm::quantize_prob(p[i]));
+    const uint64_t mass = simd::quantize_row(p, V, w.data());
     const uint64_t bits = sm::random_u64(seeds.ptr<uint64_t>()[r], offsets.ptr<uint64_t>()[r], 0, sm::kDrawSampleOp);
-    const uint64_t t = sm::sample_threshold(bits, mass);
-    int32_t tok = sm::kNoMass;
-    uint64_t before = 0;
-    for (int64_t i = 0; i < V; ++i) {
-      if (sm::sample_hit(before, w[i], t)) { tok = static_cast<int32_t>(i); break; }
-      before += w[i];
-    }
-    out.ptr<int32_t>()[r] = tok;
+    out.ptr<int32_t>()[r] = simd::sample_index(w.data(), V, sm::sample_threshold(bits, mass));
   }
 }
 

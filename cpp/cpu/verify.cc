@@ -5,7 +5,7 @@
 
 #include "../core/ops_sampling.h"
 #include "../core/spec_math.h"
-#include "entropy_simd.h"
+#include "verify_simd.h"
 #include "simd.h"
 
 namespace specdec {
@@ -31,12 +31,10 @@ struct CpuOps {
     return simd::row_argmax(target->dtype(), target->data(), (row0 + node) * V, V, row);
   }
   float prob(int node, int tok) const { return target_f32(node)[tok]; }
-  double entropy(int node) const { return simd::entropy(target_f32(node), V); }  // CUDA's order (entropy_simd.h)
+  double entropy(int node) const { return simd::entropy(target_f32(node), V); }  // CUDA's order (verify_simd.h)
   static uint64_t load(const float* src, int64_t V, std::vector<uint64_t>& dst) {
     dst.resize(static_cast<size_t>(V));
-    uint64_t m = 0;
-    for (int64_t i = 0; i < V; ++i) m += (dst[i] = sm::quantize_prob(src[i]));
-    return m;
+    return simd::quantize_row(src, V, dst.data());
   }
   uint64_t load_p(int node) { return load(target_f32(node), V, P); }
   uint64_t load_q(int node) { return load(draft + (row0 + node) * V, V, Q); }
@@ -45,23 +43,12 @@ struct CpuOps {
   void set_p(int tok, uint64_t v) { P[tok] = v; }
   void set_q(int tok, uint64_t v) { Q[tok] = v; }
   uint64_t residual_mass(uint64_t mp, uint64_t mq) const {
-    const double ratio = static_cast<double>(mp) / static_cast<double>(mq);
-    uint64_t m = 0;
-    for (int64_t i = 0; i < V; ++i) m += sm::residual_entry(P[i], Q[i], ratio);
-    return m;
+    return simd::residual_mass(P.data(), Q.data(), V, static_cast<double>(mp) / static_cast<double>(mq));
   }
   void apply_residual(uint64_t mp, uint64_t mq) {
-    const double ratio = static_cast<double>(mp) / static_cast<double>(mq);
-    for (int64_t i = 0; i < V; ++i) P[i] = sm::residual_entry(P[i], Q[i], ratio);
+    simd::apply_residual(P.data(), Q.data(), V, static_cast<double>(mp) / static_cast<double>(mq));
   }
-  int sample_p(uint64_t t) const {
-    uint64_t before = 0;
-    for (int64_t i = 0; i < V; ++i) {
-      if (sm::sample_hit(before, P[i], t)) return static_cast<int>(i);
-      before += P[i];
-    }
-    return sm::kNoMass;
-  }
+  int sample_p(uint64_t t) const { return simd::sample_index(P.data(), V, t); }
   void put(int k, int node, int token) {
     if (node >= 0) acc_nodes[k] = node;
     else emitted[k] = token;

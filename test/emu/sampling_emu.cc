@@ -25,7 +25,7 @@
 // clang-format off: the stand-ins must come first
 #include "../../cuda/sampling.cuh"
 #include "../../cuda/verify.cuh"
-#include "../../cpp/cpu/entropy_simd.h"
+#include "../../cpp/cpu/verify_simd.h"
 
 #include <cinttypes>
 #include <random>
@@ -654,7 +654,7 @@ void check_entropy(std::mt19937_64& rng, int rows, int V) {
   report(ln_worst < 1e-15, buf);
 }
 
-// The CPU's vectorized entropy (cpp/cpu/entropy_simd.h, what cpu/verify.cc runs) == the plain order
+// The CPU's vectorized entropy (cpp/cpu/verify_simd.h, what cpu/verify.cc runs) == the plain order
 // (sm::entropy_host, which the CUDA reduction above matches), bit for bit, on every path this CPU
 // has: random rows of many lengths (tails past the last whole vector, rows shorter than one) and
 // rows with zeros, NaN, subnormal floats, ones and +inf (NaN in both).
@@ -697,6 +697,100 @@ void check_entropy_simd(std::mt19937_64& rng) {
 #endif
 }
 
+// The CPU's vectorized mass passes of exact rejection and sampling (cpp/cpu/verify_simd.h: quantise a
+// row, the residual's mass and the residual itself, the draw) == spec_math.h's element-by-element
+// code, bit for bit, on every path this CPU has: rows of many lengths with zeros, NaN, negatives,
+// values >= 1, +inf and subnormals, ratios either side of 1, thresholds at every edge.
+void check_mass_simd(std::mt19937_64& rng) {
+  using namespace cpu::simd;
+  std::vector<std::pair<std::vector<float>, std::vector<float>>> rows;
+  for (int V : {1, 5, 8, 13, 64, 65, 127, 700, 3000, 4500}) {
+    const auto lt = adversarial_logits(rng, 2, V);
+    Tensor probs = Tensor::empty(DType::f32, {2, V});
+    cpu::process_logits(tensor(lt, {2, V}, DType::f32), SamplingParams{}, probs);
+    const auto p = host<float>(probs);
+    rows.emplace_back(std::vector<float>(p.begin(), p.begin() + V), std::vector<float>(p.begin() + V, p.end()));
+  }
+  std::vector<float> a(1029), b(1029);
+  for (size_t i = 0; i < a.size(); ++i) {
+    auto odd = [&] {
+      const float u = static_cast<float>(rng() % 1000000) / 1e6f;
+      const int kind = static_cast<int>(rng() % 10);
+      return kind == 0 ? 0.f : kind == 1 ? NAN : kind == 2 ? 1e-45f * static_cast<float>(1 + rng() % 100) : kind == 3 ? 1.f
+           : kind == 4 ? -u : kind == 5 ? 1.5f : kind == 6 ? INFINITY : kind == 7 ? 1e-9f * u : u;
+    };
+    a[i] = odd(), b[i] = odd();
+  }
+  rows.emplace_back(a, b);
+  // Small integer weights (k 2^-40 quantises to k) with ratios like 1/3: where q * ratio rounds onto
+  // p, a fused p - q * ratio would leave a tiny remainder and ceil it to 1.
+  std::vector<float> c(515), d(515);
+  for (size_t i = 0; i < c.size(); ++i)
+    c[i] = std::ldexp(static_cast<float>(1 + rng() % 3), -40), d[i] = std::ldexp(static_cast<float>(1 + rng() % 9), -40);
+  rows.emplace_back(c, d);
+  int bad[3] = {0, 0, 0}, checked[3] = {0, 0, 0};
+  const Isa best = detect_isa();
+  for (const auto& [pr, qr] : rows) {
+    const int64_t V = static_cast<int64_t>(pr.size());
+    std::vector<uint64_t> P0(V), Q0(V);
+    const uint64_t mp = quantize_row_plain(pr.data(), V, P0.data()), mq = quantize_row_plain(qr.data(), V, Q0.data());
+    std::vector<uint64_t> thresholds{0, mp / 3, mp / 2};
+    if (mp > 0) thresholds.push_back(mp - 1);
+    thresholds.push_back(mp);  // past the mass: kNoMass
+    for (int k = 0; k < 6; ++k) thresholds.push_back(mp > 0 ? rng() % mp : 0);
+    for (int path = 0; path < 3; ++path) {
+#ifdef SPECDEC_CPU_X86_SIMD
+      if (path == 1 && best < Isa::avx2) continue;
+      if (path == 2 && best < Isa::avx512) continue;
+#else
+      if (path > 0) continue;
+#endif
+      ++checked[path];
+      std::vector<uint64_t> P(V), Q(V);
+      uint64_t m1 = 0, m2 = 0;
+#ifdef SPECDEC_CPU_X86_SIMD
+      m1 = path == 2 ? quantize_row_avx512(pr.data(), V, P.data()) : path == 1 ? quantize_row_avx2(pr.data(), V, P.data()) : quantize_row_plain(pr.data(), V, P.data());
+      m2 = path == 2 ? quantize_row_avx512(qr.data(), V, Q.data()) : path == 1 ? quantize_row_avx2(qr.data(), V, Q.data()) : quantize_row_plain(qr.data(), V, Q.data());
+#else
+      m1 = quantize_row_plain(pr.data(), V, P.data()), m2 = quantize_row_plain(qr.data(), V, Q.data());
+#endif
+      bool ok = m1 == mp && m2 == mq && P == P0 && Q == Q0;
+      // The draw: the block-skipping scan == the element-by-element one (any path: plain C++).
+      for (uint64_t t : thresholds) {
+        int tok = sm::kNoMass;
+        uint64_t before = 0;
+        for (int64_t i = 0; i < V; ++i) {
+          if (sm::sample_hit(before, P0[i], t)) { tok = static_cast<int>(i); break; }
+          before += P0[i];
+        }
+        ok = ok && sample_index(P.data(), V, t) == tok;
+      }
+      if (mq > 0) {
+        for (double ratio : {static_cast<double>(mp) / static_cast<double>(mq), 0.37, 1.0, 3.1, 1.0 / 3.0, 2.0 / 3.0, 0.1, 1.0 / 7.0}) {
+          std::vector<uint64_t> R0 = P0, R = P;
+          const uint64_t r0 = residual_mass_plain(P0.data(), Q0.data(), V, ratio);
+          apply_residual_plain(R0.data(), Q0.data(), V, ratio);
+          uint64_t r1 = 0;
+#ifdef SPECDEC_CPU_X86_SIMD
+          if (path == 2) r1 = residual_mass_avx512(P.data(), Q.data(), V, ratio), apply_residual_avx512(R.data(), Q.data(), V, ratio);
+          else if (path == 1) r1 = residual_mass_avx2(P.data(), Q.data(), V, ratio), apply_residual_avx2(R.data(), Q.data(), V, ratio);
+          else
+#endif
+            r1 = residual_mass_plain(P.data(), Q.data(), V, ratio), apply_residual_plain(R.data(), Q.data(), V, ratio);
+          ok = ok && r1 == r0 && R == R0;
+        }
+      }
+      bad[path] += !ok;
+    }
+  }
+  const char* names[3] = {"plain C++ (the draw's block scan)", "AVX2", "AVX-512"};
+  for (int path = 0; path < 3; ++path) {
+    if (checked[path] == 0) { std::printf("skip mass passes on %s: this CPU lacks it\n", names[path]); continue; }
+    report(bad[path] == 0, std::string("quantise, residual mass, residual and draw on ") + names[path] +
+                               " == spec_math.h element by element: " + std::to_string(bad[path]) + " of " + std::to_string(checked[path]) + " rows differ");
+  }
+}
+
 // A row without probability mass samples to kNoMass on both backends (the binding makes it E_NUMERIC).
 void check_no_mass(int V) {
   std::vector<float> p(static_cast<size_t>(2) * V, 0.f);
@@ -729,6 +823,7 @@ int main(int argc, char** argv) {
     check_verify(rng, VerifyMode::rejection, true, 2, 10, 4500, 1.f);
     check_entropy(rng, 2, 700);
     check_entropy_simd(rng);
+    check_mass_simd(rng);
   }
   for (int round = 0; round < rounds; ++round) {
     check_sample_slices(rng, 10, 9000 + static_cast<int>(rng() % 4000));
@@ -774,6 +869,7 @@ int main(int argc, char** argv) {
     check_verify(rng, VerifyMode::rejection, true, 6, 9, 200, 1.f, false, false, true);
     check_entropy(rng, 6, 3000);
     check_entropy_simd(rng);
+    check_mass_simd(rng);
     // processLogits by slices: every filter, each alone and together, slices cut short, 2-byte logits.
     // (The first round only: an emulated launch spawns a thread per CUDA thread, and these make ~1400
     // blocks of 256; the seed changes every run.)

@@ -111,8 +111,7 @@ void process_row(const float* logits, int64_t V, const SamplingParams& sp, float
     for (int64_t i = 0; i < V; ++i)
       if (out[i] < thr) out[i] = 0.0f;
   }
-  uint64_t mass = 0;
-  for (int64_t i = 0; i < V; ++i) mass += sm::quantize_prob(out[i]);
+  const uint64_t mass = simd::quantize_row(out, V, nullptr);
   const double scale = sm::kMassOne / static_cast<double>(mass);
   for (int64_t i = 0; i < V; ++i) out[i] = static_cast<float>(static_cast<double>(out[i]) * scale);
 }

@@ -110,9 +110,14 @@ SPECDEC_AVX512 inline double entropy_avx512(const float* p, int64_t V) {
 
 // ---- quantised masses (exact rejection) -------------------------------------------------------------
 // Plain: what spec_math.h's functions do element by element (the reference of the SIMD paths).
+// quantize_row*: dst may be null (the mass only).
 inline uint64_t quantize_row_plain(const float* src, int64_t V, uint64_t* dst) {
   uint64_t m = 0;
-  for (int64_t i = 0; i < V; ++i) m += (dst[i] = sm::quantize_prob(src[i]));
+  for (int64_t i = 0; i < V; ++i) {
+    const uint64_t w = sm::quantize_prob(src[i]);
+    if (dst) dst[i] = w;
+    m += w;
+  }
   return m;
 }
 inline uint64_t residual_mass_plain(const uint64_t* P, const uint64_t* Q, int64_t V, double ratio) {
@@ -180,12 +185,10 @@ SPECDEC_AVX2 inline uint64_t quantize_row_avx2(const float* src, int64_t V, uint
   int64_t i = 0;
   for (; i + 4 <= V; i += 4) {
     const __m256i w = u64_from_f64_avx2(quantize4_avx2(_mm_loadu_ps(src + i)));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), w);
+    if (dst) _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), w);
     m = _mm256_add_epi64(m, w);
   }
-  uint64_t mass = hsum_avx2(m);
-  for (; i < V; ++i) mass += (dst[i] = sm::quantize_prob(src[i]));
-  return mass;
+  return hsum_avx2(m) + quantize_row_plain(src + i, V - i, dst ? dst + i : nullptr);
 }
 
 // sm::residual_entry on 4 weights: r = p - (q * ratio) (two roundings, never fused), ceil(r) if r > 0.
@@ -237,12 +240,10 @@ SPECDEC_AVX512 inline uint64_t quantize_row_avx512(const float* src, int64_t V, 
     const __m256 pos = _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GT_OQ);
     const __m256 w = _mm256_and_ps(pos, _mm256_blendv_ps(q, scale, one));
     const __m512i u = u64_from_f64_avx512(_mm512_cvtps_pd(w));
-    _mm512_storeu_si512(dst + i, u);
+    if (dst) _mm512_storeu_si512(dst + i, u);
     m = _mm512_add_epi64(m, u);
   }
-  uint64_t mass = static_cast<uint64_t>(_mm512_reduce_add_epi64(m));
-  for (; i < V; ++i) mass += (dst[i] = sm::quantize_prob(src[i]));
-  return mass;
+  return static_cast<uint64_t>(_mm512_reduce_add_epi64(m)) + quantize_row_plain(src + i, V - i, dst ? dst + i : nullptr);
 }
 
 SPECDEC_AVX512 inline __m512i residual8_avx512(__m512i p, __m512i q, __m512d ratio) {

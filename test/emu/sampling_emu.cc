@@ -755,6 +755,12 @@ void check_mass_simd(std::mt19937_64& rng) {
       m1 = quantize_row_plain(pr.data(), V, P.data()), m2 = quantize_row_plain(qr.data(), V, Q.data());
 #endif
       bool ok = m1 == mp && m2 == mq && P == P0 && Q == Q0;
+      // The mass alone (no row written), as processLogits normalises.
+#ifdef SPECDEC_CPU_X86_SIMD
+      ok = ok && (path == 2 ? quantize_row_avx512(pr.data(), V, nullptr) : path == 1 ? quantize_row_avx2(pr.data(), V, nullptr) : quantize_row_plain(pr.data(), V, nullptr)) == mp;
+#else
+      ok = ok && quantize_row_plain(pr.data(), V, nullptr) == mp;
+#endif
       // The draw: the block-skipping scan == the element-by-element one (any path: plain C++).
       for (uint64_t t : thresholds) {
         int tok = sm::kNoMass;

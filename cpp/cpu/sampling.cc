@@ -56,8 +56,11 @@ void keep_top(const float* x, int64_t V, const SamplingParams& sp, float* out, s
   }
   int64_t keep = limit;
   if (use_p) {
+    // The candidates' mass: every element's without top-k (an integer sum: any order, vectorized).
     uint64_t total = 0;
-    for (int64_t j = 0; j < limit; ++j) total += sm::quantize_prob(out[rank_index(ranks[j])]);
+    if (!use_k) total = simd::quantize_row(out, V, nullptr);
+    else
+      for (int64_t j = 0; j < limit; ++j) total += sm::quantize_prob(out[rank_index(ranks[j])]);
     const uint64_t need = static_cast<uint64_t>(std::ceil(static_cast<double>(total) * static_cast<double>(sp.top_p)));
     uint64_t cum = 0;
     int64_t scanned = 0, end = std::min<int64_t>(limit, 256);

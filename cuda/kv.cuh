@@ -23,12 +23,12 @@ __device__ __forceinline__ float load_f32(const void* p, int dtype, size_t i) {
   }
 }
 
-// One block per new token: its K and V rows (numKvHeads * headDim elements) go to its slot.
+// New token n's K and V rows (numKvHeads * headDim elements) to its slot, by the block's threads.
 template <typename KVT>
-__global__ void kv_append_kernel(KVT* kv, const void* k, int k_dtype, const void* v, int v_dtype,
-                                 const int32_t* qo_indptr, const int32_t* page_indptr, const int32_t* page_indices,
-                                 const int32_t* prefix_len, int B, int page_size, int row_elems) {
-  const int n = blockIdx.x;
+__device__ __forceinline__ void append_token(int n, KVT* kv, const void* k, int k_dtype, const void* v, int v_dtype,
+                                             const int32_t* qo_indptr, const int32_t* page_indptr,
+                                             const int32_t* page_indices, const int32_t* prefix_len, int B, int page_size,
+                                             int row_elems) {
   const int b = find_seq(qo_indptr, B, n);
   const int slot = prefix_len[b] + (n - qo_indptr[b]);
   const int page = page_indices[page_indptr[b] + slot / page_size];
@@ -39,6 +39,15 @@ __global__ void kv_append_kernel(KVT* kv, const void* k, int k_dtype, const void
     dst_k[e] = from_f32<KVT>(load_f32(k, k_dtype, src + e));
     dst_v[e] = from_f32<KVT>(load_f32(v, v_dtype, src + e));
   }
+}
+
+// One block per new token.
+template <typename KVT>
+__global__ void kv_append_kernel(KVT* kv, const void* k, int k_dtype, const void* v, int v_dtype,
+                                 const int32_t* qo_indptr, const int32_t* page_indptr, const int32_t* page_indices,
+                                 const int32_t* prefix_len, int B, int page_size, int row_elems) {
+  append_token(static_cast<int>(blockIdx.x), kv, k, k_dtype, v, v_dtype, qo_indptr, page_indptr, page_indices, prefix_len,
+               B, page_size, row_elems);
 }
 
 // The layers' base pointers: a device table, or (a KV cache's layers, views of one allocation)

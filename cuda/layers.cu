@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "../cpp/core/ops_attention.h"
 #include "../cpp/core/ops_layers.h"
 #include "common.cuh"
 #include "gemm_tc.cuh"
@@ -210,6 +211,30 @@ void rope_qk(Tensor& q, Tensor& k, const Tensor& positions, const Tensor& inv_fr
   launch_kernel(rope_qk_kernel, static_cast<unsigned>(N * (hq + hk)), threads, 0, q.ptr<float>(), k.ptr<float>(),
                 positions.ptr<int32_t>(), inv_freq.ptr<float>(), N, hq, hk, D);
   SPECDEC_CUDA_LAUNCH_CHECK("rope_qk_kernel");
+}
+
+void rope_qk_append(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positions, const Tensor& inv_freq,
+                    Tensor& kv_layer, const PagedBatch& batch) {
+  const int64_t N = q.size(0), hq = q.size(1), hk = k.size(1), D = q.size(2);
+  SPECDEC_CHECK(N * (hq + 1) <= INT32_MAX, "E_ARG", "q: too many rows for one launch (", q.describe(), ")");
+  // 128 threads: q's blocks rotate D / 2 pairs (a warp or two), k's blocks hk x D / 2 pairs and then
+  // append hk x D elements of K and of V.
+  constexpr int kRopeAppendThreads = 128;
+  auto go = [&](auto tag) {
+    using KVT = decltype(tag);
+    launch_kernel(rope_qk_append_kernel<KVT>, static_cast<unsigned>(N * (hq + 1)), kRopeAppendThreads, 0,
+                  q.ptr<float>(), k.ptr<float>(), v.data(), static_cast<int>(v.dtype()), positions.ptr<int32_t>(),
+                  inv_freq.ptr<float>(), N, hq, hk, D, kv_layer.ptr<KVT>(), batch.qo_indptr.ptr<int32_t>(),
+                  batch.page_indptr.ptr<int32_t>(), batch.page_indices.ptr<int32_t>(), batch.prefix_len.ptr<int32_t>(),
+                  static_cast<int>(batch.batch_size()), static_cast<int>(kv_layer.size(2)));
+    SPECDEC_CUDA_LAUNCH_CHECK("rope_qk_append_kernel");
+  };
+  switch (kv_layer.dtype()) {
+    case DType::f32: go(float{}); break;
+    case DType::f16: go(__half{}); break;
+    case DType::bf16: go(__nv_bfloat16{}); break;
+    default: fail("E_ARG", "kv_layer: unsupported dtype ", dtype_name(kv_layer.dtype()));
+  }
 }
 
 void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {

@@ -22,6 +22,7 @@
 
 #include "../cpp/core/spec_math.h"
 #include "device.cuh"
+#include "kv.cuh"
 
 namespace specdec {
 namespace cuda {
@@ -171,17 +172,21 @@ __global__ void add_rmsnorm_kernel(float* x, const float* y, const T* __restrict
   for (int64_t h = threadIdx.x; h < H; h += blockDim.x) orow[h] = xr[h] * inv * to_f32(w[h]);
 }
 
+// Rotates the pair (i, i + half) of one head's vector v of token position p.
+__device__ __forceinline__ void rope_pair(float* __restrict__ v, int32_t p, const float* __restrict__ inv_freq, int64_t half,
+                                          int64_t i) {
+  const float angle = static_cast<float>(p) * inv_freq[i];  // f32, as HF
+  float s, c;
+  sincosf(angle, &s, &c);  // full-precision range reduction (positions reach 1e5+)
+  const float a = v[i], b = v[i + half];
+  v[i] = a * c - b * s;
+  v[i + half] = b * c + a * s;
+}
+
 // Rotates one head's vector v of token position p; thread i the pair (i, i + D/2).
 __device__ __forceinline__ void rope_head(float* __restrict__ v, int32_t p, const float* __restrict__ inv_freq, int64_t D) {
   const int64_t half = D / 2;
-  for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
-    const float angle = static_cast<float>(p) * inv_freq[i];  // f32, as HF
-    float s, c;
-    sincosf(angle, &s, &c);  // full-precision range reduction (positions reach 1e5+)
-    const float a = v[i], b = v[i + half];
-    v[i] = a * c - b * s;
-    v[i + half] = b * c + a * s;
-  }
+  for (int64_t i = threadIdx.x; i < half; i += blockDim.x) rope_pair(v, p, inv_freq, half, i);
 }
 
 // One block per (token, head).
@@ -197,6 +202,30 @@ __global__ void rope_qk_kernel(float* __restrict__ q, float* __restrict__ k, con
   const int64_t b = blockIdx.x;
   if (b < N * hq) rope_head(q + b * D, pos[b / hq], inv_freq, D);
   else rope_head(k + (b - N * hq) * D, pos[(b - N * hq) / hk], inv_freq, D);
+}
+
+// A layer's q and k rotations and its K/V append in one launch (the bits of rope_qk_kernel, then
+// kv_kernels::kv_append_kernel): blocks 0 .. N hq - 1 rotate q's heads; block N hq + n rotates token
+// n's k heads (every pair by rope_pair, as rope_head does) and then, after a barrier, writes its
+// rotated K row and its V row to the token's slot.
+template <typename KVT>
+__global__ void rope_qk_append_kernel(float* __restrict__ q, float* __restrict__ k, const void* v, int v_dtype,
+                                      const int32_t* __restrict__ pos, const float* __restrict__ inv_freq, int64_t N,
+                                      int64_t hq, int64_t hk, int64_t D, KVT* kv, const int32_t* qo_indptr,
+                                      const int32_t* page_indptr, const int32_t* page_indices, const int32_t* prefix_len,
+                                      int B, int page_size) {
+  const int64_t b = blockIdx.x;
+  if (b < N * hq) {
+    rope_head(q + b * D, pos[b / hq], inv_freq, D);
+    return;
+  }
+  const int64_t n = b - N * hq, half = D / 2;
+  float* kn = k + n * hk * D;
+  const int32_t p = pos[n];
+  for (int64_t t = threadIdx.x; t < hk * half; t += blockDim.x) rope_pair(kn + (t / half) * D, p, inv_freq, half, t % half);
+  __syncthreads();  // the rotated row, written by the block's threads, is what the append reads
+  kv_kernels::append_token(static_cast<int>(n), kv, k, static_cast<int>(DType::f32), v, v_dtype, qo_indptr, page_indptr,
+                           page_indices, prefix_len, B, page_size, static_cast<int>(hk * D));
 }
 
 __device__ __forceinline__ float silu(float v) { return v / (1.f + expf(-v)); }

@@ -362,10 +362,10 @@ describe('transfers: whole decoding runs on the embedded family', function () {
       }
       const L = target.config.numLayers;
       assert.ok(perStep.every((n) => n === perStep[0]), `ops per step: ${perStep}`);
-      // Per layer: 4 projection ops (q/k/v and gate/up grouped), rope of q and k (one op), KV append,
-      // attention, SiLU-mul, 2 residual adds each with the next norm (+ a copy or two); around them
-      // the embedding, the first norm, the LM head and the argmax.
-      assert.ok((perStep[0] as number) >= 10 * L && (perStep[0] as number) <= 20 * L + 8, `ops per step: ${perStep[0]} for ${L} layers`);
+      // Per layer: 4 projection ops (q/k/v and gate/up grouped), rope of q and k with the KV append
+      // (one op), attention, SiLU-mul, 2 residual adds each with the next norm (+ a copy or two);
+      // around them the embedding, the first norm, the LM head and the argmax.
+      assert.ok((perStep[0] as number) >= 9 * L && (perStep[0] as number) <= 20 * L + 8, `ops per step: ${perStep[0]} for ${L} layers`);
     } finally {
       target.freeSequence(seq);
     }

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "backend.h"
+#include "ops_layers.h"
 #include "host_pack.h"
 #include "transfers.h"
 
@@ -142,13 +143,20 @@ PagedBatch PagedBatch::stage(const std::vector<int32_t>& qo_indptr, const std::v
 
 namespace ops {
 
-void kv_append(Tensor& kv_layer, const Tensor& k, const Tensor& v, const PagedBatch& batch) {
+namespace {
+void check_kv_append(const Tensor& kv_layer, const Tensor& k, const Tensor& v, const PagedBatch& batch, const char* op) {
   check_layer(kv_layer, "kv_layer");
   const int64_t H = kv_layer.size(3), D = kv_layer.size(4), N = batch.total_new();
   check_arg(k, "k", {DType::f32, DType::f16, DType::bf16}, {N, H, D});
   check_arg(v, "v", {DType::f32, DType::f16, DType::bf16}, {N, H, D});
-  check_same_device({&kv_layer, &k, &v}, "kv_append");
-  check_batch_vs_layer(batch, kv_layer, "kv_append");
+  check_same_device({&kv_layer, &k, &v}, op);
+  check_batch_vs_layer(batch, kv_layer, op);
+}
+}  // namespace
+
+void kv_append(Tensor& kv_layer, const Tensor& k, const Tensor& v, const PagedBatch& batch) {
+  check_kv_append(kv_layer, k, v, batch, "kv_append");
+  const int64_t N = batch.total_new();
   if (N == 0) return;
   note_op();  // one launch on CUDA
   if (kv_layer.device() == Device::cpu) return cpu::kv_append(kv_layer, k, v, batch);
@@ -156,6 +164,24 @@ void kv_append(Tensor& kv_layer, const Tensor& k, const Tensor& v, const PagedBa
   cuda::kv_append(kv_layer, k, v, batch);
 #else
   no_cuda("kv_append");
+#endif
+}
+
+void rope_qk_append(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positions, const Tensor& inv_freq,
+                    Tensor& kv_layer, const PagedBatch& batch) {
+  check_rope_qk(q, k, positions, inv_freq);
+  check_kv_append(kv_layer, k, v, batch, "rope_qk_append");
+  check_same_device({&q, &k, &kv_layer}, "rope_qk_append");
+  if (batch.total_new() == 0) return;
+  note_op();  // one launch on CUDA
+  if (q.device() == Device::cpu) {
+    cpu::rope_qk(q, k, positions, inv_freq);
+    return cpu::kv_append(kv_layer, k, v, batch);
+  }
+#ifdef SPECDEC_WITH_CUDA
+  cuda::rope_qk_append(q, k, v, positions, inv_freq, kv_layer, batch);
+#else
+  no_cuda("rope_qk_append");
 #endif
 }
 

@@ -58,6 +58,12 @@ namespace ops {
 // kv_layer: [numPages, 2, pageSize, numKvHeads, headDim] (f32|f16|bf16); k, v: [N, numKvHeads, headDim] f32|f16|bf16.
 void kv_append(Tensor& kv_layer, const Tensor& k, const Tensor& v, const PagedBatch& batch);
 
+// A layer's q and k rotations (ops::rope_qk: positions i32 [N], inv_freq f32 [headDim / 2]) and then
+// kv_append of the rotated k and of v, as one op with the same bits: one launch on CUDA instead of
+// two. q [N, numQoHeads, headDim] and k [N, numKvHeads, headDim] f32, rotated in place.
+void rope_qk_append(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positions, const Tensor& inv_freq,
+                    Tensor& kv_layer, const PagedBatch& batch);
+
 // Fused tree attention over a paged prefix plus the new tokens.
 // q: [N, numQoHeads, headDim] (N = batch.total_new(); numQoHeads % numKvHeads == 0: GQA/MQA).
 // mask: u64 [N, W] packed, or undefined for causal among the new tokens. Bit j of row i
@@ -107,5 +113,10 @@ void kv_copy_pages(const std::vector<Tensor>& layers, const Tensor& src_pages, c
 SPECDEC_ATTENTION_OPS(cpu)
 SPECDEC_ATTENTION_OPS(cuda)
 #undef SPECDEC_ATTENTION_OPS
+
+namespace cuda {
+void rope_qk_append(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positions, const Tensor& inv_freq,
+                    Tensor& kv_layer, const PagedBatch& batch);
+}  // namespace cuda
 
 }  // namespace specdec

@@ -184,7 +184,7 @@ void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq) {
 #endif
 }
 
-void rope_qk(Tensor& q, Tensor& k, const Tensor& positions, const Tensor& inv_freq) {
+void check_rope_qk(const Tensor& q, const Tensor& k, const Tensor& positions, const Tensor& inv_freq) {
   check_arg_dim(q, "q", {DType::f32}, 3);
   const int64_t N = q.size(0), D = q.size(2);
   check_arg_dim(k, "k", {DType::f32}, 3);
@@ -199,6 +199,10 @@ void rope_qk(Tensor& q, Tensor& k, const Tensor& positions, const Tensor& inv_fr
     check_alias(*t, "q/k", positions, "positions", false);
     check_alias(*t, "q/k", inv_freq, "inv_freq", false);
   }
+}
+
+void rope_qk(Tensor& q, Tensor& k, const Tensor& positions, const Tensor& inv_freq) {
+  check_rope_qk(q, k, positions, inv_freq);
   if (q.numel() + k.numel() == 0) return;
   note_op();  // one launch on CUDA
   if (q.device() == Device::cpu) return cpu::rope_qk(q, k, positions, inv_freq);

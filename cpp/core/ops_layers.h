@@ -45,6 +45,8 @@ void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq);
 // rope of a layer's q [N, Hq, D] and k [N, Hk, D] as one op (one launch on CUDA), the bits of two
 // rope calls.
 void rope_qk(Tensor& q, Tensor& k, const Tensor& positions, const Tensor& inv_freq);
+// rope_qk's argument checks alone (E_ARG naming the argument), for ops that rotate as part of more.
+void check_rope_qk(const Tensor& q, const Tensor& k, const Tensor& positions, const Tensor& inv_freq);
 
 // out = silu(gate) * up. gate, up, out f32 [N, I] (out may alias gate).
 void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out);

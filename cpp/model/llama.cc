@@ -453,8 +453,7 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
       const Layer& L = layers_[l];
       // Attention block (h: its normed input).
       ops::matmul_group(h, {{&L.q, &L.q_bias, &q2}, {&L.k, &L.k_bias, &k2}, {&L.v, &L.v_bias, &v2}});
-      ops::rope_qk(q, k, g_pos, inv_freq_);
-      ops::kv_append(kv_->layer(l), k, v, *g_batch);
+      ops::rope_qk_append(q, k, v, g_pos, inv_freq_, kv_->layer(l), *g_batch);
       ops::tree_attention(q, kv_->layer(l), *g_batch, g_mask, sm_scale, att);
       ops::matmul(att2, L.o, L.o_bias, o);
       // MLP block (SwiGLU).

@@ -310,6 +310,31 @@ void check_kv(std::mt19937_64& rng) {
     if (!touched[i]) ok = ok && std::memcmp(&layers[0][i], &before[i], sizeof(KVT)) == 0;
   report(ok, "kv append " + tag + ": new tokens at their slots (rounded as the CPU rounds), nothing else written");
 
+  // A layer's rotations and its append in one launch (rope_qk_append_kernel) == rope_qk_kernel then
+  // kv_append_kernel: q, k and the whole layer bit for bit (k is f32: the rotation writes it).
+  if constexpr (std::is_same_v<IT, float>) {
+    const int hq = 2 * Hkv;
+    const auto q0 = random_vec<float>(rng, static_cast<size_t>(N) * hq * D, -4.f, 4.f);
+    std::vector<int32_t> pos(static_cast<size_t>(N));
+    for (auto& p : pos) p = static_cast<int32_t>(rng() % 200000);
+    std::vector<float> inv_freq(D / 2);
+    for (int i = 0; i < D / 2; ++i) inv_freq[i] = static_cast<float>(1.0 / std::pow(10000.0, 2.0 * i / D));
+    std::vector<float> qr = q0, kr = k, qf = q0, kf = k;
+    auto lr = before, lf = before;
+    emu::launch(Dim3{static_cast<unsigned>(N * (hq + Hkv)), 1, 1}, 32,
+                [&] { lk::rope_qk_kernel(qr.data(), kr.data(), pos.data(), inv_freq.data(), N, hq, Hkv, D); });
+    emu::launch(Dim3{static_cast<unsigned>(N), 1, 1}, kk::kThreads, [&] {
+      kk::kv_append_kernel<KVT>(lr.data(), kr.data(), static_cast<int>(DType::f32), v.data(), static_cast<int>(DType::f32),
+                                qo.data(), pind.data(), pages.data(), prefix.data(), B, page_size, row);
+    });
+    emu::launch(Dim3{static_cast<unsigned>(N * (hq + 1)), 1, 1}, 32, [&] {
+      lk::rope_qk_append_kernel<KVT>(qf.data(), kf.data(), v.data(), static_cast<int>(DType::f32), pos.data(), inv_freq.data(), N,
+                                     hq, Hkv, D, lf.data(), qo.data(), pind.data(), pages.data(), prefix.data(), B, page_size);
+    });
+    report(std::memcmp(qf.data(), qr.data(), qf.size() * 4) == 0 && std::memcmp(kf.data(), kr.data(), kf.size() * 4) == 0 && std::memcmp(lf.data(), lr.data(), lf.size() * sizeof(KVT)) == 0,
+           "rope_qk_append " + tag + ": q, k and the layer == rope_qk then kv_append, bit for bit");
+  }
+
   // Commit: per sequence an accepted path = node 0 then strictly increasing nodes (a tree path).
   std::vector<int32_t> acc_ptr{0}, acc;
   for (int b = 0; b < B; ++b) {
@@ -425,6 +450,7 @@ int main(int argc, char** argv) {
   check_gather_last_accepted(rng);
   check_kv<float, float>(rng);
   check_kv<bf16, float>(rng);
+  check_kv<__half, float>(rng);
   check_kv<__half, bf16>(rng);
   check_kv<bf16, __half>(rng);
   return emu::summary(seed);

@@ -179,8 +179,10 @@ __device__ __forceinline__ void rope_pair(float* __restrict__ v, int32_t p, cons
   float s, c;
   sincosf(angle, &s, &c);  // full-precision range reduction (positions reach 1e5+)
   const float a = v[i], b = v[i + half];
-  v[i] = a * c - b * s;
-  v[i + half] = b * c + a * s;
+  // Each product rounded, then the sum (as the CPU computes it): _rn stops nvcc from contracting
+  // either side into an FMA, which it might do differently in each kernel that inlines this.
+  v[i] = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
+  v[i + half] = __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s));
 }
 
 // Rotates one head's vector v of token position p; thread i the pair (i, i + D/2).

@@ -38,33 +38,28 @@ bool env_is(const char* name, const char* value) {
   return v && std::strcmp(v, value) == 0;
 }
 
+namespace {
+// An attribute of the current device (callers keep it: one query per process).
+int device_attribute(cudaDeviceAttr attr) {
+  int dev = 0, value = 0;
+  SPECDEC_CUDA_CHECK(cudaGetDevice(&dev));
+  SPECDEC_CUDA_CHECK(cudaDeviceGetAttribute(&value, attr, dev));
+  return value;
+}
+}  // namespace
+
 int sm_count() {
-  static const int n = [] {
-    int dev = 0, sms = 0;
-    SPECDEC_CUDA_CHECK(cudaGetDevice(&dev));
-    SPECDEC_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    return std::max(sms, 1);
-  }();
+  static const int n = std::max(device_attribute(cudaDevAttrMultiProcessorCount), 1);
   return n;
 }
 
 int max_optin_smem() {
-  static const int n = [] {
-    int dev = 0, bytes = 0;
-    SPECDEC_CUDA_CHECK(cudaGetDevice(&dev));
-    SPECDEC_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    return bytes;
-  }();
+  static const int n = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
   return n;
 }
 
 int smem_per_sm() {
-  static const int n = [] {
-    int dev = 0, bytes = 0;
-    SPECDEC_CUDA_CHECK(cudaGetDevice(&dev));
-    SPECDEC_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev));
-    return bytes;
-  }();
+  static const int n = device_attribute(cudaDevAttrMaxSharedMemoryPerMultiprocessor);
   return n;
 }
 

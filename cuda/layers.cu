@@ -204,15 +204,6 @@ void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq) {
   SPECDEC_CUDA_LAUNCH_CHECK("rope_kernel");
 }
 
-void rope_qk(Tensor& q, Tensor& k, const Tensor& positions, const Tensor& inv_freq) {
-  const int64_t N = q.size(0), hq = q.size(1), hk = k.size(1), D = q.size(2);
-  SPECDEC_CHECK(N * (hq + hk) <= INT32_MAX, "E_ARG", "q, k: too many rows for one launch (", q.describe(), ", ", k.describe(), ")");
-  const int threads = static_cast<int>(std::min<int64_t>(256, ((D / 2 + 31) / 32) * 32));
-  launch_kernel(rope_qk_kernel, static_cast<unsigned>(N * (hq + hk)), threads, 0, q.ptr<float>(), k.ptr<float>(),
-                positions.ptr<int32_t>(), inv_freq.ptr<float>(), N, hq, hk, D);
-  SPECDEC_CUDA_LAUNCH_CHECK("rope_qk_kernel");
-}
-
 void rope_qk_append(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positions, const Tensor& inv_freq,
                     Tensor& kv_layer, const PagedBatch& batch) {
   const int64_t N = q.size(0), hq = q.size(1), hk = k.size(1), D = q.size(2);

@@ -201,18 +201,6 @@ void check_rope_qk(const Tensor& q, const Tensor& k, const Tensor& positions, co
   }
 }
 
-void rope_qk(Tensor& q, Tensor& k, const Tensor& positions, const Tensor& inv_freq) {
-  check_rope_qk(q, k, positions, inv_freq);
-  if (q.numel() + k.numel() == 0) return;
-  note_op();  // one launch on CUDA
-  if (q.device() == Device::cpu) return cpu::rope_qk(q, k, positions, inv_freq);
-#ifdef SPECDEC_WITH_CUDA
-  return cuda::rope_qk(q, k, positions, inv_freq);
-#else
-  fail("E_UNSUPPORTED", "rope_qk: CUDA backend not compiled");
-#endif
-}
-
 void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
   check_arg_dim(gate, "gate", {DType::f32}, 2);
   const int64_t N = gate.size(0), I = gate.size(1);

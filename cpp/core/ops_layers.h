@@ -42,10 +42,8 @@ void matmul_group(const Tensor& x, std::initializer_list<MatmulPart> parts);
 // angle positions[n] * inv_freq[i] (angle computed in f32). x f32 [N, heads, D], positions i32 [N],
 // inv_freq f32 [D/2] (the model computes it once from rope_theta and any rope scaling).
 void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq);
-// rope of a layer's q [N, Hq, D] and k [N, Hk, D] as one op (one launch on CUDA), the bits of two
-// rope calls.
-void rope_qk(Tensor& q, Tensor& k, const Tensor& positions, const Tensor& inv_freq);
-// rope_qk's argument checks alone (E_ARG naming the argument), for ops that rotate as part of more.
+// The argument checks of a layer's q and k rotations (rope_qk_append in ops_attention.h; E_ARG
+// naming the argument): q [N, *, D] and k [N, *, D] f32, D even, positions i32 [N], inv_freq f32 [D/2].
 void check_rope_qk(const Tensor& q, const Tensor& k, const Tensor& positions, const Tensor& inv_freq);
 
 // out = silu(gate) * up. gate, up, out f32 [N, I] (out may alias gate).

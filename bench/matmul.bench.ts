@@ -62,11 +62,16 @@ export const matmulBench: BenchModule = {
     // The CPU's unit: the instruction set in use and its measured peak (absent from older addons).
     const binding = native();
     const cpu = !cuda && typeof binding.cpuInfo === 'function' ? binding.cpuInfo() : undefined;
-    const peakGflops = cpu ? binding.cpuPeakGflops(cpu.simd, opts.quick ? 0.05 : 1) : undefined;
+    // bf16 weights on AMX tiles: their unit's peak is TDPBF16PS's, three bf16 products per f32-accurate
+    // multiply-add (x in 3 pieces); emulated tiles have no peak to quote.
+    const onTiles = cpu !== undefined && (cpu.matmul === 'amx' || cpu.matmul === 'amx-emulated');
+    const seconds = opts.quick ? 0.05 : 1;
+    const peakGflops = !cpu ? undefined : !onTiles ? binding.cpuPeakGflops(cpu.simd, seconds) : cpu.matmul === 'amx' ? binding.cpuPeakGflops('amx', seconds) / 3 : undefined;
+    const peakUnit = onTiles ? 'AMX-BF16 (TDPBF16PS chains on tiles, every pool thread, divided by the 3 products per multiply-add)' : `${cpu?.simd} (cpuPeakGflops: FMA chains on registers, every pool thread, best ~1 ms round over 1 s)`;
     const mode = process.env['SPECDEC_CUDA_MATMUL'];
     // On CUDA each row's roofline: bytes / the measured copy bandwidth (a memory bound; no compute peak is measured).
     const peaks = cuda ? await measureCopyBandwidth('cuda', opts.quick) : undefined;
-    const path = cuda ? (mode === 'simt' ? 'CUDA cores (SPECDEC_CUDA_MATMUL=simt)' : mode === 'tc-warp' ? 'tensor cores, warp-loaded for every row count (SPECDEC_CUDA_MATMUL=tc-warp)' : 'tensor cores (streaming)') : `CPU${cpu ? ` ${cpu.simd}, ${cpu.threads} threads` : ''}`;
+    const path = cuda ? (mode === 'simt' ? 'CUDA cores (SPECDEC_CUDA_MATMUL=simt)' : mode === 'tc-warp' ? 'tensor cores, warp-loaded for every row count (SPECDEC_CUDA_MATMUL=tc-warp)' : 'tensor cores (streaming)') : `CPU${cpu ? ` ${onTiles ? `${cpu.matmul} (AMX-BF16 tiles, x in 3 bf16 pieces; vector path ${cpu.simd})` : cpu.simd}, ${cpu.threads} threads` : ''}`;
     for (const s of shapes) {
       opts.log(`matmul ${s.name}`);
       const ws = (s.parts ?? [s.M]).map((M) => Tensor.fromArray(randomF32(M * s.K, rand, -0.05, 0.05), 'bf16', [M, s.K], opts.device));
@@ -132,7 +137,7 @@ export const matmulBench: BenchModule = {
       quick: opts.quick,
       setup: { shapes, rowCounts, samples, weights: 'bf16 uniform [-0.05, 0.05]', activations: 'f32 uniform [-1, 1]', path, ...(cpu ? { cpu, peakGflops } : {}) },
       rows,
-      notes: [`path: ${path}`, ...(peaks ? [`roofline: bytes / measured copy bandwidth (${round(peaks.bandwidth / 1e9, 1)} GB/s); a memory bound`] : []), ...(peakGflops !== undefined ? [`peak of ${cpu?.simd}: ${round(peakGflops, 1)} GFLOP/s (cpuPeakGflops: FMA chains on registers, every pool thread, best ~1 ms round over 1 s)`] : [])],
+      notes: [`path: ${path}`, ...(peaks ? [`roofline: bytes / measured copy bandwidth (${round(peaks.bandwidth / 1e9, 1)} GB/s); a memory bound`] : []), ...(peakGflops !== undefined ? [`peak of ${peakUnit}: ${round(peakGflops, 1)} GFLOP/s`] : [])],
       checks: { batchInvariant: invariant },
       seconds: (performance.now() - t0) / 1000,
     };

@@ -1,8 +1,9 @@
 // CPU matmul: out[N, M] = x[N, K] w[M, K]^T (+ bias), x f32, w and bias f32|f16|bf16: the model
 // runner's linear layers. Arguments were validated by the dispatcher (cpp/core/ops_layers.cc).
 //
-// One reduction order for every output, every row count and every instruction set, so a row's
-// result never depends on the batch (batch invariance) and every x86 CPU gives the same bits:
+// One reduction order for every output, every row count and every vector instruction set, so a
+// row's result never depends on the batch (batch invariance) and every x86 CPU gives the same bits
+// (bf16 weights on AMX tiles excepted: they have their own order, matmul_amx.h, batch invariant too):
 //   1. sixteen partial sums: lane j accumulates fma(x[k], w[k], .) over k = j, j + 16, ... below
 //      K16 = K - K % 16, in increasing k, starting from +0;
 //   2. s = tree8(lanes 0..7) + tree8(lanes 8..15), tree8(a) = ((a0+a1)+(a2+a3))+((a4+a5)+(a6+a7));
@@ -28,6 +29,7 @@
 #include <vector>
 
 #include "../core/ops_layers.h"
+#include "matmul_amx.h"
 #include "simd.h"
 #include "thread_pool.h"
 
@@ -498,12 +500,13 @@ void block_simd(const float* x, int64_t N, int64_t K, DType wdt, const void* w, 
 namespace {
 
 // The x rows the kernels read: on AVX2 a copy in pair order (see tile_avx2; made once per call by
-// the calling thread, which waits for the workers), else x itself. The copy's buffer is kept per
-// thread up to kKeepFloats (decode and tree steps reuse it); a larger one (a long prefill) is freed
+// the calling thread, which waits for the workers), else x itself; and, when bf16 weights go to the
+// AMX tiles (matmul_amx.h), x's pieces packed as their B operand. The buffers are kept per thread
+// up to kKeepFloats (decode and tree steps reuse them); a larger one (a long prefill) is freed
 // after the call, so it never holds a second copy of a big activation.
 class KernelX {
  public:
-  explicit KernelX(const Tensor& x) : p_(x.ptr<float>()) {
+  KernelX(const Tensor& x, bool amx) : p_(x.ptr<float>()) {
 #ifdef SPECDEC_CPU_X86_SIMD
     if (simd::isa() == simd::Isa::avx2) {
       const size_t n = static_cast<size_t>(x.size(0) * x.size(1));
@@ -512,13 +515,20 @@ class KernelX {
       p_ = buf().data();
     }
 #endif
+    if (amx) {
+      amx_ = amx::pack_x(x.ptr<float>(), x.size(0), x.size(1));
+      has_amx_ = true;
+    }
   }
   ~KernelX() {
     if (buf().size() > kKeepFloats) std::vector<float>().swap(buf());
+    if (has_amx_) amx::trim_pack(2 * kKeepFloats);
   }
   KernelX(const KernelX&) = delete;
   KernelX& operator=(const KernelX&) = delete;
   const float* get() const { return p_; }
+  // The packed pieces, or null when no weight of the call goes to the tiles.
+  const amx::PackedX* tiles() const { return has_amx_ ? &amx_ : nullptr; }
 
  private:
   static constexpr size_t kKeepFloats = size_t{1} << 18;  // 1 MB
@@ -527,21 +537,31 @@ class KernelX {
     return b;
   }
   const float* p_;
+  amx::PackedX amx_;
+  bool has_amx_ = false;
 };
 
+// bf16 weights go to the AMX tiles when they are on (hardware, or emulated on request).
+inline bool uses_amx(const Tensor& w) { return w.dtype() == DType::bf16 && amx::active(); }
+
 // Weight rows [m0, m1) of one matmul, bias included: the unit of work of matmul and matmul_group.
-// xp is KernelX(x).get(). `more`: the same thread goes on with the rows after m1.
-void run_block(const float* xp, int64_t N, int64_t K, const Tensor& w, const Tensor& bias, float* op, int64_t M,
+// `more`: the same thread goes on with the rows after m1.
+void run_block(const KernelX& kx, int64_t N, int64_t K, const Tensor& w, const Tensor& bias, float* op, int64_t M,
                int64_t m0, int64_t m1, bool more) {
   const DType wdt = w.dtype();
   const void* wp = w.data();
+  const float* xp = kx.get();
+  if (wdt == DType::bf16 && kx.tiles()) {
+    amx::block(*kx.tiles(), static_cast<const uint16_t*>(wp), M, m0, m1, op, M);
+  } else {
 #ifdef SPECDEC_CPU_X86_SIMD
-  const simd::Isa isa = simd::isa();
-  if (isa == simd::Isa::avx512) block_simd<true>(xp, N, K, wdt, wp, m0, m1, op, M, more);
-  else if (isa == simd::Isa::avx2) block_simd<false>(xp, N, K, wdt, wp, m0, m1, op, M, more);
-  else
+    const simd::Isa isa = simd::isa();
+    if (isa == simd::Isa::avx512) block_simd<true>(xp, N, K, wdt, wp, m0, m1, op, M, more);
+    else if (isa == simd::Isa::avx2) block_simd<false>(xp, N, K, wdt, wp, m0, m1, op, M, more);
+    else
 #endif
-    block_portable(xp, N, K, wdt, wp, m0, m1, op, M);
+      block_portable(xp, N, K, wdt, wp, m0, m1, op, M);
+  }
   if (bias.defined()) {
     const void* bp = bias.data();
     const DType bdt = bias.dtype();
@@ -604,11 +624,13 @@ namespace {
 // left a thread with up to a range's worth more than the other: M = 1024 is 22 blocks of 48, 8
 // ranges of 3 blocks but the last of 1, so one thread took 12 blocks and the other 10.)
 // The split decides only who computes a row: the bits do not depend on it.
-void split_rows(const float* xp, int64_t N, int64_t K, const ops::MatmulPart* ps, size_t P) {
+void split_rows(const KernelX& kx, int64_t N, int64_t K, const ops::MatmulPart* ps, size_t P) {
   int64_t first[kMaxParts + 1] = {0};  // part i's rows are [first[i], first[i + 1])
   for (size_t i = 0; i < P; ++i) first[i + 1] = first[i] + ps[i].w->size(0);
   const int64_t total = first[P];
-  const int64_t unit = tile_unit(N), bm = block_rows(N, total);
+  // On the AMX tiles, rows go in pairs of 16-row weight tiles.
+  const bool tiles = kx.tiles() != nullptr;
+  const int64_t unit = tiles ? 16 : tile_unit(N), bm = tiles ? 64 : block_rows(N, total);
   const double macs = static_cast<double>(N) * static_cast<double>(K) * static_cast<double>(total);
   const int64_t ranges = std::max<int64_t>(
       1, std::min<int64_t>({int64_t{4} * pool_threads(), static_cast<int64_t>(macs / kMinTaskMacs), total / unit}));
@@ -627,7 +649,7 @@ void split_rows(const float* xp, int64_t N, int64_t K, const ops::MatmulPart* ps
       const ops::MatmulPart& p = ps[i];
       const int64_t M = p.w->size(0);
       for (int64_t m = m0; m < m1; m += bm)
-        run_block(xp, N, K, *p.w, *p.bias, p.out->ptr<float>(), M, m, std::min(m1, m + bm), m + bm < m1);
+        run_block(kx, N, K, *p.w, *p.bias, p.out->ptr<float>(), M, m, std::min(m1, m + bm), m + bm < m1);
     }
   };
   parallel_for(ranges, 1, ranges_from, macs);
@@ -638,9 +660,9 @@ void split_rows(const float* xp, int64_t N, int64_t K, const ops::MatmulPart* ps
 void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out) {
   const int64_t N = x.size(0), M = w.size(0);
   if (N == 0 || M == 0) return;
-  const KernelX kx(x);
+  const KernelX kx(x, uses_amx(w));
   const ops::MatmulPart part{&w, &bias, &out};
-  split_rows(kx.get(), N, x.size(1), &part, 1);
+  split_rows(kx, N, x.size(1), &part, 1);
 }
 
 void matmul_group(const Tensor& x, std::initializer_list<ops::MatmulPart> parts) {
@@ -648,8 +670,10 @@ void matmul_group(const Tensor& x, std::initializer_list<ops::MatmulPart> parts)
   if (N == 0) return;
   SPECDEC_CHECK(parts.size() <= kMaxParts, "E_ARG", "matmul_group: at most ", kMaxParts, " parts, got ",
                 parts.size());
-  const KernelX kx(x);
-  split_rows(kx.get(), N, x.size(1), parts.begin(), parts.size());
+  bool amx = false;
+  for (const ops::MatmulPart& p : parts) amx = amx || uses_amx(*p.w);
+  const KernelX kx(x, amx);
+  split_rows(kx, N, x.size(1), parts.begin(), parts.size());
 }
 
 }  // namespace cpu

@@ -2,7 +2,7 @@
 // build switch, the target attributes, element loads of any float dtype as f32 (one, eight with
 // AVX2/F16C, sixteen with AVX-512F; all conversions are exact), and the run-time choice of the
 // instruction set. SPECDEC_CPU_NO_SIMD builds the portable kernels only (what other architectures
-// compile). SPECDEC_CPU_SIMD=portable|avx2|avx512 caps the choice at run time (the best the CPU has
+// compile). SPECDEC_CPU_SIMD=portable|avx2|avx512|amx caps the choice at run time (the best the CPU has
 // at or below it), so every path the binary ships is tested on one machine.
 #pragma once
 #include <cmath>
@@ -177,9 +177,9 @@ SPECDEC_AVX2 inline __m256 exp_nonpos(__m256 x) {
 
 #endif  // SPECDEC_CPU_X86_SIMD
 
-// The instruction sets the kernels have paths for, in order of preference. (An AMX-BF16 matmul
-// would come after avx512: the CPU check plus the OS permission request, arch_prctl
-// ARCH_REQ_XCOMP_PERM, belong in detect_isa below.)
+// The vector instruction sets the kernels have paths for, in order of preference. The AMX-BF16
+// matmul (matmul_amx.h) sits above avx512: SPECDEC_CPU_SIMD=amx (or unset) allows it, any lower
+// cap rules it out; it has its own check, OS permission request and switch (SPECDEC_CPU_AMX).
 enum class Isa : int { portable = 0, avx2 = 1, avx512 = 2 };
 
 inline const char* isa_name(Isa i) { return i == Isa::avx512 ? "avx512" : i == Isa::avx2 ? "avx2" : "portable"; }
@@ -205,8 +205,8 @@ inline Isa isa() {
     Isa cap;
     if (std::strcmp(env, "portable") == 0) cap = Isa::portable;
     else if (std::strcmp(env, "avx2") == 0) cap = Isa::avx2;
-    else if (std::strcmp(env, "avx512") == 0) cap = Isa::avx512;
-    else fail("E_ARG", "SPECDEC_CPU_SIMD='", env, "': expected portable, avx2 or avx512");
+    else if (std::strcmp(env, "avx512") == 0 || std::strcmp(env, "amx") == 0) cap = Isa::avx512;
+    else fail("E_ARG", "SPECDEC_CPU_SIMD='", env, "': expected portable, avx2, avx512 or amx");
     return static_cast<int>(cap) < static_cast<int>(best) ? cap : best;
   }();
   return chosen;

@@ -48,6 +48,7 @@ export async function infoCommand(argv: string[]): Promise<number> {
     `backends compiled: ${r.compiled.join(', ')}`,
     `backends usable:   ${r.available.join(', ')} (default: ${r.default})`,
     `CPU kernels:       ${cpu ? `${cpu.simd} (best here: ${cpu.best}), ${cpu.threads} threads` : 'unknown (older addon)'}`,
+    `CPU bf16 matmul:   ${cpu?.amx ? `${cpu.matmul}${cpu.amx.reason ? ` (no AMX: ${cpu.amx.reason})` : ''}` : 'unknown (older addon)'}`,
     `CUDA runtime:      ${r.cudaRuntimeVersion ?? 'not compiled in'}`,
     `CUDA driver:       ${driver ?? `none found${probe?.reason ? ` (${probe.reason})` : ''}`}`,
     `CUDA archs:        ${r.cudaArchs.length ? r.cudaArchs.join(', ') : '-'}`,

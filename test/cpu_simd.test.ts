@@ -224,7 +224,11 @@ if (process.argv[2] === '--child') {
       }
       return r;
     };
-    const checkAmxRun = (r: ChildResult, what: string): void => {
+    // The hardware is held to the bound of any order the Intel documents allow (the SDM's pairs of
+    // even and odd sums, or the intrinsics guide's one running sum of every product): a sequential
+    // sum of K products.
+    const hardwareSteps = (K: number): number => K + 20;
+    const checkAmxRun = (r: ChildResult, what: string, steps: (K: number) => number): void => {
       const portable = amxChild('portable', 'portable');
       r.invariant.forEach((ok, i) => {
         const c = CASES[Math.floor(i / ROWS.length)]!;
@@ -233,7 +237,7 @@ if (process.argv[2] === '--child') {
       CASES.forEach((c, ci) => {
         const got = decode(r.outputs[ci]!);
         if (c.dtype === 'bf16') {
-          assertWithinBound(got, c, ci, amxSteps(c.K), what);
+          assertWithinBound(got, c, ci, steps(c.K), what);
         } else {
           // Only bf16 weights go to the tiles.
           assert.ok(sameBits(got, decode(portable.outputs[ci]!)), `${what}: K=${c.K} M=${c.M} ${c.dtype}: not the vector path's bits`);
@@ -244,7 +248,7 @@ if (process.argv[2] === '--child') {
     it('emulated (SPECDEC_CPU_AMX=emulate, any CPU): batch invariant, within the float64 bound of its order; f32/f16 weights keep the vector bits', () => {
       const r = amxChild('emulated', '', 'emulate');
       assert.strictEqual(r.matmul, 'amx-emulated');
-      checkAmxRun(r, 'amx-emulated');
+      checkAmxRun(r, 'amx-emulated', amxSteps);
       // The order is not the vector one: some bf16 output differs from the portable bits.
       const portable = amxChild('portable', 'portable');
       const differs = CASES.some((c, ci) => c.dtype === 'bf16' && !sameBits(decode(r.outputs[ci]!), decode(portable.outputs[ci]!)));
@@ -257,7 +261,7 @@ if (process.argv[2] === '--child') {
         const r = amxChild('hardware', 'amx');
         assert.strictEqual(r.matmul, 'amx');
         assert.ok(r.amx.selfTested && r.amx.selfTestError < 1, JSON.stringify(r.amx));
-        checkAmxRun(r, 'amx');
+        checkAmxRun(r, 'amx', hardwareSteps);
         const emu = amxChild('emulated', '', 'emulate');
         let same = 0;
         let total = 0;

@@ -245,7 +245,7 @@ if (process.argv[2] === '--child') {
       });
     };
 
-    it('emulated (SPECDEC_CPU_AMX=emulate, any CPU): batch invariant, within the float64 bound of its order; f32/f16 weights keep the vector bits', () => {
+    it('emulated (SPECDEC_CPU_AMX=emulate, any CPU): batch invariant, within the float64 bound of its order; f32/f16 weights keep the vector bits; x packed with or without AVX-512 alike', () => {
       const r = amxChild('emulated', '', 'emulate');
       assert.strictEqual(r.matmul, 'amx-emulated');
       checkAmxRun(r, 'amx-emulated', amxSteps);
@@ -253,6 +253,14 @@ if (process.argv[2] === '--child') {
       const portable = amxChild('portable', 'portable');
       const differs = CASES.some((c, ci) => c.dtype === 'bf16' && !sameBits(decode(r.outputs[ci]!), decode(portable.outputs[ci]!)));
       assert.ok(differs, 'the emulated AMX order gave the vector bits everywhere: is the tile path running?');
+      // x is packed with AVX-512 where the vector path is AVX-512, else element by element: the same tiles.
+      if (here.best === 'avx512') {
+        const scalar = amxChild('emulated-avx2', 'avx2', 'emulate');
+        assert.strictEqual(scalar.matmul, 'amx-emulated');
+        CASES.forEach((c, ci) => {
+          assert.ok(sameBits(decode(scalar.outputs[ci]!), decode(r.outputs[ci]!)), `K=${c.K} M=${c.M} ${c.dtype}: packing with AVX-512 changed the outputs`);
+        });
+      }
     });
 
     (hardware ? it : it.skip)(

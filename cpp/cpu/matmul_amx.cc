@@ -276,9 +276,79 @@ void run(Mode mode, const PackedX& px, const uint16_t* w, int64_t M, int64_t m0,
 // x's pieces: first each row's three pieces as rows of their own (column col = 3r + q of the tiles
 // is pieces[col]: one vectorizable pass over x), then every B tile row from them, written in
 // order: 16 columns of one (32-bit) pair each. Both passes split over the pool for wide x (a
-// prefill's). Measured on the 2-vCPU Zen 5 (x of 1-512 rows, K 1024-2816): 2.4 ns an element
-// packing straight into the tiles' scattered pairs, 0.8-1.2 ns this way on one thread, 0.4-0.8 on
-// two (a 512-row x: ~0.45).
+// prefill's). Measured on the 2-vCPU Zen 5 (x of 1-512 rows, K 1024-2816, one thread): 2.4 ns an
+// element packing straight into the tiles' scattered pairs, 0.7-1.2 ns this way element by element,
+// 0.2-0.55 ns with AVX-512 (where the vector path is AVX-512, as it is wherever AMX runs).
+// Pairs of bf16 read and written as one 32-bit word (may_alias: the buffers hold uint16_t).
+using pair_t = uint32_t __attribute__((may_alias));
+
+// One row's pieces, K32 values (a multiple of 32).
+void pieces_row(const float* xr, int64_t K32, uint16_t* hi, uint16_t* mid, uint16_t* lo) {
+  for (int64_t k = 0; k < K32; ++k) {
+    // x = hi + mid + lo exactly: each piece is the top 16 bits of what the previous left.
+    const uint32_t u0 = f32_bits(xr[k]);
+    const float r1 = xr[k] - bits_f32(u0 & 0xffff0000u);
+    const uint32_t u1 = f32_bits(r1);
+    const float r2 = r1 - bits_f32(u1 & 0xffff0000u);
+    hi[k] = static_cast<uint16_t>(u0 >> 16);
+    mid[k] = static_cast<uint16_t>(u1 >> 16);
+    lo[k] = static_cast<uint16_t>(f32_bits(r2) >> 16);
+  }
+}
+
+// One B tile: row kk holds the kk-th pair of each column's 16 (src[c]: 64 contiguous bytes).
+void transpose_tile(const pair_t* const* src, int64_t cols, pair_t* tile) {
+  for (int64_t kk = 0; kk < 16; ++kk)
+    for (int64_t c = 0; c < cols; ++c) tile[kk * cols + c] = src[c][kk];
+}
+
+#ifdef SPECDEC_CPU_X86_SIMD
+// The same bits with AVX-512: the same operations on 16 values at a time.
+SPECDEC_AVX512 void pieces_row_avx512(const float* xr, int64_t K32, uint16_t* hi, uint16_t* mid, uint16_t* lo) {
+  const __m512i top = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
+  for (int64_t k = 0; k < K32; k += 16) {
+    const __m512 x = _mm512_loadu_ps(xr + k);
+    const __m512i u0 = _mm512_castps_si512(x);
+    const __m512 r1 = _mm512_sub_ps(x, _mm512_castsi512_ps(_mm512_and_si512(u0, top)));
+    const __m512i u1 = _mm512_castps_si512(r1);
+    const __m512 r2 = _mm512_sub_ps(r1, _mm512_castsi512_ps(_mm512_and_si512(u1, top)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(hi + k), _mm512_cvtepi32_epi16(_mm512_srli_epi32(u0, 16)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(mid + k), _mm512_cvtepi32_epi16(_mm512_srli_epi32(u1, 16)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(lo + k),
+                        _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(r2), 16)));
+  }
+}
+
+// A full-width (16-column) tile as a 16 x 16 transpose of 32-bit words in registers.
+SPECDEC_AVX512 void transpose_tile16_avx512(const pair_t* const* src, pair_t* tile) {
+  __m512i r[16], t[16];
+  for (int c = 0; c < 16; ++c) r[c] = _mm512_loadu_si512(src[c]);
+  // Pairs of rows interleaved by 32 bits, then by 64 bits: 4 x 4 blocks of 128-bit lanes.
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  // Then the 128-bit lanes: lane j of group g goes to output rows 4j .. 4j + 3.
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
+    t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xdd);
+    t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xdd);
+  }
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
+  }
+  for (int kk = 0; kk < 16; ++kk) _mm512_storeu_si512(tile + 16 * kk, r[kk]);
+}
+#endif
+
 PackedX pack_into(const float* x, int64_t N, int64_t K, std::vector<uint16_t>& buf, std::vector<uint16_t>& pieces) {
   PackedX p;
   p.x = x;
@@ -294,24 +364,21 @@ PackedX pack_into(const float* x, int64_t N, int64_t K, std::vector<uint16_t>& b
   if (pieces.size() < np) pieces.resize(np);
   uint16_t* pc = pieces.data();
   uint16_t* out = buf.data();
+#ifdef SPECDEC_CPU_X86_SIMD
+  const bool avx512 = simd::isa() == simd::Isa::avx512;
+#endif
   // Work in grain_for's units (roughly one multiply-add an element and piece).
   const double work = 3.0 * static_cast<double>(N) * static_cast<double>(K32);
   parallel_for(N, grain_for(3.0 * static_cast<double>(K32)), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      const float* xr = x + r * K;
       uint16_t* hi = pc + (3 * r) * K32;
-      uint16_t* mid = hi + K32;
-      uint16_t* lo = mid + K32;
-      for (int64_t k = 0; k < K32; ++k) {
-        // x = hi + mid + lo exactly: each piece is the top 16 bits of what the previous left.
-        const uint32_t u0 = f32_bits(xr[k]);
-        const float r1f = xr[k] - bits_f32(u0 & 0xffff0000u);
-        const uint32_t u1 = f32_bits(r1f);
-        const float r2f = r1f - bits_f32(u1 & 0xffff0000u);
-        hi[k] = static_cast<uint16_t>(u0 >> 16);
-        mid[k] = static_cast<uint16_t>(u1 >> 16);
-        lo[k] = static_cast<uint16_t>(f32_bits(r2f) >> 16);
+#ifdef SPECDEC_CPU_X86_SIMD
+      if (avx512) {
+        pieces_row_avx512(x + r * K, K32, hi, hi + K32, hi + 2 * K32);
+        continue;
       }
+#endif
+      pieces_row(x + r * K, K32, hi, hi + K32, hi + 2 * K32);
     }
   }, work);
   const int64_t cols_per_row = row_elems / 2;
@@ -319,17 +386,20 @@ PackedX pack_into(const float* x, int64_t N, int64_t K, std::vector<uint16_t>& b
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t ncols = std::min<int64_t>(cols_per_row, P - 16 * t);
       // A tile is a 16 x cols transpose of 32-bit pairs: column c's 16 pairs are 64 contiguous bytes
-      // of pieces[16t + c].
-      // Pairs of bf16 read and written as one 32-bit word (may_alias: the buffers hold uint16_t).
-      using pair_t = uint32_t __attribute__((may_alias));
+      // of pieces[16t + c] (zeros past the last column).
       static const pair_t zeros[16] = {};
       for (int64_t kc = 0; kc < KC; ++kc) {
         pair_t* tile = reinterpret_cast<pair_t*>(out + static_cast<size_t>((t * KC + kc) * 16 * row_elems));
         const pair_t* src[16];
         for (int64_t c = 0; c < cols_per_row; ++c)
           src[c] = c < ncols ? reinterpret_cast<const pair_t*>(pc + (16 * t + c) * K32 + 32 * kc) : zeros;
-        for (int64_t kk = 0; kk < 16; ++kk)
-          for (int64_t c = 0; c < cols_per_row; ++c) tile[kk * cols_per_row + c] = src[c][kk];
+#ifdef SPECDEC_CPU_X86_SIMD
+        if (avx512 && cols_per_row == 16) {
+          transpose_tile16_avx512(src, tile);
+          continue;
+        }
+#endif
+        transpose_tile(src, cols_per_row, tile);
       }
     }
   }, work);

@@ -286,6 +286,8 @@ if (process.argv[2] === '--child') {
     );
 
     it('cpuInfo says what bf16 weights run on, and why not on the tiles', () => {
+      // In the log, so a CI run says which unit its machine used.
+      console.log(`      bf16 matmul here: ${here.matmul}${here.amx.reason ? ` (no AMX: ${here.amx.reason})` : ''}`);
       if (hardware) {
         assert.strictEqual(here.matmul, 'amx');
         assert.ok(here.amx.selfTested && here.amx.selfTestError < 1 && here.amx.reason === '', JSON.stringify(here.amx));

@@ -522,7 +522,7 @@ class KernelX {
   }
   ~KernelX() {
     if (buf().size() > kKeepFloats) std::vector<float>().swap(buf());
-    if (has_amx_) amx::trim_pack(2 * kKeepFloats);
+    if (has_amx_) amx::trim_pack(kKeepPackBytes);
   }
   KernelX(const KernelX&) = delete;
   KernelX& operator=(const KernelX&) = delete;
@@ -532,6 +532,9 @@ class KernelX {
 
  private:
   static constexpr size_t kKeepFloats = size_t{1} << 18;  // 1 MB
+  // The packed pieces take 6 bytes an x value, twice over (pieces, then tiles): 8 MB keeps a 64-row
+  // tree's at K = 8192 (a 1B model's down projection), so trees never allocate them per call.
+  static constexpr size_t kKeepPackBytes = size_t{8} << 20;
   static std::vector<float>& buf() {
     thread_local std::vector<float> b;
     return b;

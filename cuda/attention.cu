@@ -176,12 +176,7 @@ bool launch_tree_attention_mma(const Tensor& q, const PagedBatch& batch, attn::P
     if (p.D == 64) warps == 1 ? launch_mma<QT, 64, 1>(q, batch, p, B, N) : launch_mma<QT, 64, 4>(q, batch, p, B, N);
     else warps == 1 ? launch_mma<QT, 128, 1>(q, batch, p, B, N) : launch_mma<QT, 128, 4>(q, batch, p, B, N);
   };
-  switch (q.dtype()) {
-    case DType::f32: go(float{}); break;
-    case DType::f16: go(__half{}); break;
-    case DType::bf16: go(__nv_bfloat16{}); break;
-    default: fail("E_ARG", "q: unsupported dtype ", dtype_name(q.dtype()));
-  }
+  with_float_type(q.dtype(), "q", go);
   return true;
 }
 
@@ -215,12 +210,7 @@ bool launch_tree_attention_tc(const Tensor& q, const Tensor& kv_layer, const Pag
     else if (stages == 2) launch_tc<QT, __nv_bfloat16, 2>(p, grid, plan.smem);
     else launch_tc<QT, __nv_bfloat16, 1>(p, grid, plan.smem);
   };
-  switch (q.dtype()) {
-    case DType::f32: go(float{}); break;
-    case DType::f16: go(__half{}); break;
-    case DType::bf16: go(__nv_bfloat16{}); break;
-    default: fail("E_ARG", "q: unsupported dtype ", dtype_name(q.dtype()));
-  }
+  with_float_type(q.dtype(), "q", go);
   if (p.split) launch_merge(q.dtype(), p, N * Hq);
   return true;
 }

@@ -54,6 +54,18 @@ namespace cuda {
 
 inline unsigned ceil_div(int64_t a, int64_t b) { return static_cast<unsigned>((a + b - 1) / b); }
 
+// go(T{}) with the CUDA element type of a float tensor's dtype (f32 / f16 / bf16); E_ARG naming
+// `what` for any other dtype.
+template <typename F>
+void with_float_type(DType dt, const char* what, F&& go) {
+  switch (dt) {
+    case DType::f32: go(float{}); break;
+    case DType::f16: go(__half{}); break;
+    case DType::bf16: go(__nv_bfloat16{}); break;
+    default: fail("E_ARG", what, ": unsupported dtype ", dtype_name(dt));
+  }
+}
+
 // Kernel timing (cuda/profile.cu, SPECDEC_CUDA_PROFILE=1): a slot bracketing one eager launch, or -1.
 bool profile_enabled();
 int profile_begin(const void* fn);

@@ -65,12 +65,7 @@ void kv_append(Tensor& kv_layer, const Tensor& k, const Tensor& v, const PagedBa
         row_elems);
     SPECDEC_CUDA_LAUNCH_CHECK("kv_append_kernel");
   };
-  switch (kv_layer.dtype()) {
-    case DType::f32: go(float{}); break;
-    case DType::f16: go(__half{}); break;
-    case DType::bf16: go(__nv_bfloat16{}); break;
-    default: fail("E_ARG", "kv_layer: unsupported dtype ", dtype_name(kv_layer.dtype()));
-  }
+  with_float_type(kv_layer.dtype(), "kv_layer", go);
 }
 
 void kv_commit(const std::vector<Tensor>& layers, const PagedBatch& batch, const Tensor& acc_indptr,

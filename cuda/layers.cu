@@ -220,12 +220,7 @@ void rope_qk_append(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positio
                   static_cast<int>(batch.batch_size()), static_cast<int>(kv_layer.size(2)));
     SPECDEC_CUDA_LAUNCH_CHECK("rope_qk_append_kernel");
   };
-  switch (kv_layer.dtype()) {
-    case DType::f32: go(float{}); break;
-    case DType::f16: go(__half{}); break;
-    case DType::bf16: go(__nv_bfloat16{}); break;
-    default: fail("E_ARG", "kv_layer: unsupported dtype ", dtype_name(kv_layer.dtype()));
-  }
+  with_float_type(kv_layer.dtype(), "kv_layer", go);
 }
 
 void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Reference data from Hugging Face transformers for bench/hf_agreement.ts (runs on the GPU machine).
 
-  python3 scripts/hf_fixtures.py agreement OUT   small random LlamaForCausalLM / Qwen2ForCausalLM
-        checkpoints (GQA, Qwen2 qkv biases, tied and untied embeddings, llama3 rope scaling, f32 and
-        bf16), each saved by transformers itself into OUT/<name>/ with a reference.json: prompts
+  python3 scripts/hf_fixtures.py agreement OUT   small random LlamaForCausalLM / Qwen2ForCausalLM /
+        Qwen3ForCausalLM checkpoints (GQA, Qwen2 qkv biases, Qwen3 q/k norms with head_dim apart from
+        hidden / heads, tied and untied embeddings, llama3 rope scaling, f32 and bf16; Qwen3 only where
+        this transformers has it), each saved by transformers itself into OUT/<name>/ with a reference.json: prompts
         (token ids), transformers' logits of the prompt's last positions, its greedy continuation
         (generate(do_sample=False)) and the top-2 logit margin at each generated step, and the same
         computed in float64 on the CPU from the saved weights (the ground truth both sides are
@@ -52,12 +53,22 @@ torch.set_float32_matmul_precision("highest")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 CLASSES = {"LlamaForCausalLM": (LlamaConfig, LlamaForCausalLM), "Qwen2ForCausalLM": (Qwen2Config, Qwen2ForCausalLM)}
+try:  # transformers >= 4.51
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+    CLASSES["Qwen3ForCausalLM"] = (Qwen3Config, Qwen3ForCausalLM)
+except ImportError:
+    pass
 
 # Small enough to run in seconds on either side, shaped like real models: head_dim 64, GQA 4:1 / 3:1.
 LLAMA = dict(vocab_size=1024, hidden_size=512, intermediate_size=1376, num_hidden_layers=4,
              num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-5)
 QWEN2 = dict(vocab_size=1024, hidden_size=384, intermediate_size=1024, num_hidden_layers=3,
              num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-6)
+# Qwen3-0.6B's proportions: head_dim 64 with 8 heads over a hidden size of 384 (q is wider than the
+# hidden state), q_norm / k_norm per head, tied embeddings.
+QWEN3 = dict(vocab_size=1024, hidden_size=384, intermediate_size=1024, num_hidden_layers=3,
+             num_attention_heads=8, num_key_value_heads=2, head_dim=64, max_position_embeddings=4096,
+             rms_norm_eps=1e-6)
 LLAMA3_ROPE = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
                    original_max_position_embeddings=256)
 
@@ -70,6 +81,10 @@ FIXTURES = [
          theta=1000000.0, rope=None, tied=True, seed=13),
     dict(name="qwen2-bias-tied-bf16", arch="Qwen2ForCausalLM", dtype="bfloat16", shape=QWEN2,
          theta=1000000.0, rope=None, tied=True, seed=14),
+    dict(name="qwen3-qknorm-tied-f32", arch="Qwen3ForCausalLM", dtype="float32", shape=QWEN3,
+         theta=1000000.0, rope=None, tied=True, seed=15),
+    dict(name="qwen3-qknorm-tied-bf16", arch="Qwen3ForCausalLM", dtype="bfloat16", shape=QWEN3,
+         theta=1000000.0, rope=None, tied=True, seed=16),
 ]
 PROMPT_LENGTHS = [5, 16, 33, 60]
 NEW_TOKENS = 64
@@ -100,6 +115,8 @@ def make_config(arch, shape, theta, rope, tied):
               pad_token_id=None, use_cache=True)
     if arch == "LlamaForCausalLM":
         kw.update(attention_bias=False, mlp_bias=False)
+    elif arch == "Qwen3ForCausalLM":
+        kw.update(attention_bias=False, use_sliding_window=False)
     else:
         kw.update(use_sliding_window=False)
     want_type = (rope or {}).get("rope_type", "default")
@@ -233,6 +250,9 @@ def agreement(out_root):
     print(json.dumps(env), flush=True)
     for fx in FIXTURES:
         t0 = time.time()
+        if fx["arch"] not in CLASSES:
+            print(f"{fx['name']}: skipped: transformers {transformers.__version__} has no {fx['arch']}", flush=True)
+            continue
         config_cls, model_cls = CLASSES[fx["arch"]]
         dtype = DTYPES[fx["dtype"]]
         cfg = make_config(fx["arch"], fx["shape"], fx["theta"], fx["rope"], fx["tied"])

@@ -17,12 +17,14 @@ import { describeCuda } from './helpers';
 // time-based seed that could land on an f32 near-tie.
 const LLAMA_F32: CheckpointSpec = { ...specByName('llama3-rope-f32'), name: 'hf-llama3-rope-f32' };
 const QWEN2_BF16: CheckpointSpec = { ...specByName('qwen2-bias-f16'), name: 'hf-qwen2-bias-tied-bf16', dtype: 'BF16' };
+const { eos: _q3eos, ...QWEN3_SPEC } = specByName('qwen3-qknorm-bf16');
+const QWEN3_F32: CheckpointSpec = { ...QWEN3_SPEC, name: 'hf-qwen3-qknorm-tied-f32', dtype: 'F32' };
 const OPTS = { promptLengths: [5, 17], newTokens: 64, logitPositions: 4 } as const;
-const SEEDS = { [LLAMA_F32.name]: 101, [QWEN2_BF16.name]: 202 };
+const SEEDS = { [LLAMA_F32.name]: 101, [QWEN2_BF16.name]: 202, [QWEN3_F32.name]: 303 };
 
 function makeFixtures(root: string): Map<string, string> {
   const dirs = new Map<string, string>();
-  for (const spec of [LLAMA_F32, QWEN2_BF16]) {
+  for (const spec of [LLAMA_F32, QWEN2_BF16, QWEN3_F32]) {
     const dir = path.join(root, spec.name);
     writeHfStyleFixture(dir, spec, SEEDS[spec.name] as number, OPTS);
     dirs.set(spec.name, dir);
@@ -62,12 +64,15 @@ describe('hf agreement comparison (cpu)', function () {
 
   it('every check holds on faithful fixtures (f32: exact tokens; bf16: float64 and near-tie rules)', async () => {
     const report = await runAgreement({ fixtures: path.join(root, 'fixtures'), devices: ['cpu'], log: () => undefined });
-    assert.deepStrictEqual(report.fixtures.map((f) => f.fixture).sort(), [LLAMA_F32.name, QWEN2_BF16.name].sort());
+    assert.deepStrictEqual(report.fixtures.map((f) => f.fixture).sort(), [LLAMA_F32.name, QWEN2_BF16.name, QWEN3_F32.name].sort());
     for (const f of report.fixtures) {
       const failed = f.checks.filter((c) => !c.ok);
       assert.deepStrictEqual(failed, [], `${f.fixture}: ${JSON.stringify(failed)}`);
     }
-    const f32 = report.fixtures.find((f) => f.dtype === 'float32') as FixtureResult;
+    const f32 = report.fixtures.find((f) => f.fixture === LLAMA_F32.name) as FixtureResult;
+    const q3 = report.fixtures.find((f) => f.fixture === QWEN3_F32.name) as FixtureResult;
+    assert.match(check(q3, 'greedy tokens == transformers f32').detail, /prompt 0: 64\/64 identical; prompt 1: 64\/64 identical/);
+    assert.strictEqual(check(q3, 'config').detail, 'all fields equal');
     assert.match(check(f32, 'greedy tokens == transformers f32').detail, /prompt 0: 64\/64 identical; prompt 1: 64\/64 identical/);
     // 3 checks for f32 (config, logits, tokens); 5 for bf16 on the CPU (config, logits and tokens vs
     // float64, accuracy and tokens vs the transformers stand-in).

@@ -495,6 +495,38 @@ describe('Llama runner (cpu)', function () {
       assert.deepStrictEqual(eos.eosTokenIds, [2, 5]);
       const byType = parseLlamaConfig({ ...configJson(specByName('llama-gqa-f32')), architectures: undefined, model_type: 'qwen2' });
       assert.strictEqual(byType.architecture, 'Qwen2ForCausalLM');
+      assert.strictEqual(byType.qkNorm, false);
+    });
+
+    it('config parsing, Qwen3: q/k norms, head_dim apart from hidden / heads, attention_bias on all four projections, no window unless used', () => {
+      const q3 = parseLlamaConfig(configJson(specByName('qwen3-qknorm-bf16')));
+      assert.strictEqual(q3.architecture, 'Qwen3ForCausalLM');
+      assert.deepStrictEqual([q3.qkNorm, q3.qkvBias, q3.oBias, q3.headDim, q3.tieWordEmbeddings], [true, false, false, 16, true]);
+      assert.strictEqual(q3.maxPositions, 128, 'sliding_window null, use_sliding_window false: the whole context');
+      const biased = parseLlamaConfig({ ...configJson(specByName('qwen3-qknorm-bf16')), attention_bias: true });
+      assert.deepStrictEqual([biased.qkvBias, biased.oBias], [true, true]);
+      // Qwen3 writes a sliding_window that applies only with use_sliding_window (as Qwen2).
+      assert.strictEqual(parseLlamaConfig({ ...configJson(specByName('qwen3-qknorm-bf16')), sliding_window: 32 }).maxPositions, 128);
+      assert.strictEqual(parseLlamaConfig({ ...configJson(specByName('qwen3-qknorm-bf16')), sliding_window: 32, use_sliding_window: true }).maxPositions, 32);
+      const byType = parseLlamaConfig({ ...configJson(specByName('qwen3-qknorm-bf16')), architectures: undefined, model_type: 'qwen3' });
+      assert.strictEqual(byType.architecture, 'Qwen3ForCausalLM');
+      assert.strictEqual(byType.qkNorm, true);
+      assert.throws(() => parseLlamaConfig({ ...configJson(specByName('qwen3-qknorm-bf16')), architectures: ['Qwen3MoeForCausalLM'] }), /unsupported architecture \["Qwen3MoeForCausalLM"\] \(supported: .*Qwen3ForCausalLM/);
+    });
+
+    it('weights, Qwen3: a missing or misshapen q_norm / k_norm is E_FORMAT naming the tensor and head_dim', async () => {
+      const { writeSafetensors } = await import('../lib/safetensors');
+      const { randomWeights } = await import('./fixtures/checkpoints');
+      const spec = specByName('qwen3-qknorm-bf16');
+      const dir = copyOf(spec.name);
+      const file = path.join(dir, 'model.safetensors');
+      const weights = randomWeights(spec, 5);
+      const { ['model.layers.1.self_attn.k_norm.weight']: _k, ...missing } = weights;
+      writeSafetensors(file, missing);
+      await loadErr(dir, /model\.safetensors: missing tensor 'model\.layers\.1\.self_attn\.k_norm\.weight'/);
+      // A norm over the whole q row (hidden_size wide) instead of one head's values.
+      writeSafetensors(file, { ...weights, 'model.layers.0.self_attn.q_norm.weight': { dtype: 'BF16', shape: [64], data: new Float32Array(64).fill(1) } });
+      await loadErr(dir, /tensor 'model\.layers\.0\.self_attn\.q_norm\.weight' has shape \[64\], expected \[16\] \(head_dim\)/);
     });
   });
 
@@ -606,7 +638,7 @@ describeCuda('Llama runner', function () {
   });
   after(() => fs.rmSync(root, { recursive: true, force: true }));
 
-  for (const name of ['llama-gqa-f32', 'qwen2-bias-f16', 'llama-sharded-bf16', 'llama3-rope-f32']) {
+  for (const name of ['llama-gqa-f32', 'qwen2-bias-f16', 'llama-sharded-bf16', 'llama3-rope-f32', 'qwen3-qknorm-bf16']) {
     it(`${name}: CUDA logits match the float64 reference, batch invariance holds, greedy matches`, async () => {
       const spec = specByName(name);
       const dir = path.join(root, name);

@@ -9,6 +9,7 @@ import * as path from 'path';
 import { defaultModelPaths } from '../lib/default_models';
 import { MedusaHeads } from '../lib/strategies/medusa';
 import { progressLine } from '../lib/cli/train_medusa';
+import { specByName, writeCheckpoint } from './fixtures/checkpoints';
 
 const bin = path.resolve(__dirname, '..', '..', 'bin', 'specdec.js');
 
@@ -73,6 +74,10 @@ describe('specdec train-medusa (cli)', function () {
     one(['--model', target, '--data', path.join(dir, 'none.txt'), '--heads', '2', '--out', dir], /none\.txt.*\[E_IO\]/);
     one(['--model', target, '--data', data, '--heads', '2', '--out', dir, '--seq-len', '300'], /--seq-len 300: the model has 256 positions/);
     one(['--model', target, '--data', '--heads', '2'], /--data needs a value/);
+    // The trainer's own forward has no q/k norms: a Qwen3 target is refused by name, not mistrained.
+    const qwen3 = path.join(dir, 'qwen3');
+    writeCheckpoint(qwen3, { ...specByName('qwen3-qknorm-bf16'), tokenizer: true }, 7);
+    one(['--model', qwen3, '--data', data, '--heads', '2', '--out', path.join(dir, 'q3-heads')], /q\/k norms \(Qwen3\).*\[E_UNSUPPORTED\]|\[E_UNSUPPORTED\].*q\/k norms \(Qwen3\)/);
     const help = cli(['train-medusa', '--help']);
     assert.strictEqual(help.code, 0);
     for (const f of ['--model', '--data', '--heads', '--out', '--layers', '--steps', '--batch', '--seq-len', '--lr', '--self-distill', '--seed', '--threads', '--dtype']) {

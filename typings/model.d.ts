@@ -23,6 +23,8 @@ declare namespace SpecdecNative {
     };
     qkvBias: boolean;
     oBias: boolean;
+    /** q and k RMS-normalized per head before RoPE (Qwen3). Default false. */
+    qkNorm?: boolean;
     tieWordEmbeddings: boolean;
   }
 

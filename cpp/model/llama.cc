@@ -145,6 +145,10 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const LlamaConfig& config, const Ll
       L.k_bias = weight(p + "self_attn.k_proj.bias", {KD}, "num_key_value_heads*head_dim");
       L.v_bias = weight(p + "self_attn.v_proj.bias", {KD}, "num_key_value_heads*head_dim");
     }
+    if (c.qk_norm) {
+      L.q_norm = weight(p + "self_attn.q_norm.weight", {c.head_dim}, "head_dim");
+      L.k_norm = weight(p + "self_attn.k_norm.weight", {c.head_dim}, "head_dim");
+    }
     L.o = weight(p + "self_attn.o_proj.weight", {H, QD}, "hidden_size x num_attention_heads*head_dim");
     if (c.o_bias) L.o_bias = weight(p + "self_attn.o_proj.bias", {H}, "hidden_size");
     L.mlp_norm = weight(p + "post_attention_layernorm.weight", {H}, "hidden_size");
@@ -443,6 +447,8 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
   Tensor att = ws->att.rows(0, N), o = ws->o.rows(0, N), gate = ws->gate.rows(0, N), up = ws->up.rows(0, N);
   // 2-D views for the matmuls (same buffers).
   Tensor q2 = q.view({N, NH * D}), k2 = k.view({N, NKV * D}), v2 = v.view({N, NKV * D}), att2 = att.view({N, NH * D});
+  // One row per head (qk_norm).
+  Tensor qh = q.view({N * NH, D}), kh = k.view({N * NKV, D});
 
   const Tensor no_bias;
   auto layer_stack = [&] {
@@ -453,6 +459,10 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
       const Layer& L = layers_[l];
       // Attention block (h: its normed input).
       ops::matmul_group(h, {{&L.q, &L.q_bias, &q2}, {&L.k, &L.k_bias, &k2}, {&L.v, &L.v_bias, &v2}});
+      if (c.qk_norm) {  // Qwen3: each head's q and k RMS-normalized (in place), then rotated
+        ops::rmsnorm(qh, L.q_norm, c.rms_norm_eps, qh);
+        ops::rmsnorm(kh, L.k_norm, c.rms_norm_eps, kh);
+      }
       ops::rope_qk_append(q, k, v, g_pos, inv_freq_, kv_->layer(l), *g_batch);
       ops::tree_attention(q, kv_->layer(l), *g_batch, g_mask, sm_scale, att);
       ops::matmul(att2, L.o, L.o_bias, o);

@@ -1,4 +1,4 @@
-// Llama-family model runner (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM) on the op
+// Llama-family model runner (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM) on the op
 // contracts of ops_layers.h / ops_attention.h and the paged KvCache. Device agnostic: the same code
 // runs on the CPU and CUDA backends, the ops dispatch on the tensors' device.
 //
@@ -19,7 +19,7 @@
 namespace specdec {
 
 struct LlamaConfig {
-  std::string architecture;  // LlamaForCausalLM | MistralForCausalLM | Qwen2ForCausalLM
+  std::string architecture;  // LlamaForCausalLM | MistralForCausalLM | Qwen2ForCausalLM | Qwen3ForCausalLM
   int vocab_size = 0;
   int hidden_size = 0;
   int intermediate_size = 0;
@@ -36,8 +36,9 @@ struct LlamaConfig {
   double rope_low_freq_factor = 1.0;
   double rope_high_freq_factor = 4.0;
   double rope_original_max_positions = 8192.0;
-  bool qkv_bias = false;             // q/k/v projections carry biases (Qwen2; Llama attention_bias)
-  bool o_bias = false;               // o_proj carries a bias (Llama attention_bias)
+  bool qkv_bias = false;             // q/k/v projections carry biases (Qwen2; Llama / Qwen3 attention_bias)
+  bool o_bias = false;               // o_proj carries a bias (Llama / Qwen3 attention_bias)
+  bool qk_norm = false;              // q, k RMS-normalized per head before RoPE (Qwen3 q_norm, k_norm)
   bool tie_word_embeddings = false;  // lm_head = embed_tokens (also when lm_head.weight is absent)
 };
 
@@ -186,7 +187,7 @@ class LlamaModel {
                      const std::vector<const VerifiedPaths*>& verified = {});
 
   struct Layer {
-    Tensor attn_norm, q, k, v, q_bias, k_bias, v_bias, o, o_bias, mlp_norm, gate, up, down;
+    Tensor attn_norm, q, k, v, q_bias, k_bias, v_bias, q_norm, k_norm, o, o_bias, mlp_norm, gate, up, down;
   };
 
   LlamaConfig config_;

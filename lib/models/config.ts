@@ -1,4 +1,5 @@
-// config.json of Llama-family checkpoints (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM):
+// config.json of Llama-family checkpoints (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM,
+// Qwen3ForCausalLM):
 // parsing, defaults as in the HF config classes, and validation with errors that name the file and field.
 import * as fs from 'fs';
 import * as path from 'path';
@@ -23,17 +24,22 @@ export interface LlamaConfig extends ModelConfig {
   readonly rmsNormEps: number;
   readonly ropeTheta: number;
   readonly ropeScaling?: RopeScaling;
-  /** q/k/v projections have biases (Qwen2, or Llama with attention_bias). */
+  /** q/k/v projections have biases (Qwen2, or Llama / Qwen3 with attention_bias). */
   readonly qkvBias: boolean;
-  /** o_proj has a bias (Llama with attention_bias). */
+  /** o_proj has a bias (Llama or Qwen3 with attention_bias). */
   readonly oBias: boolean;
+  /**
+   * q and k are RMS-normalized per head (weights [head_dim], `self_attn.q_norm` / `k_norm`) after
+   * their projections and before RoPE (Qwen3).
+   */
+  readonly qkNorm: boolean;
   readonly tieWordEmbeddings: boolean;
   /** torch_dtype as written in config.json (informational; the weights' own dtype is used). */
   readonly torchDtype?: string;
 }
 
-export const SUPPORTED_ARCHITECTURES = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM'] as const;
-const MODEL_TYPES: Record<string, string> = { llama: 'LlamaForCausalLM', mistral: 'MistralForCausalLM', qwen2: 'Qwen2ForCausalLM' };
+export const SUPPORTED_ARCHITECTURES = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM', 'Qwen3ForCausalLM'] as const;
+const MODEL_TYPES: Record<string, string> = { llama: 'LlamaForCausalLM', mistral: 'MistralForCausalLM', qwen2: 'Qwen2ForCausalLM', qwen3: 'Qwen3ForCausalLM' };
 
 /** A value as an error message shows it (JSON when it has a JSON form: a BigInt has none). */
 function show(v: unknown): string {
@@ -102,7 +108,9 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
   if (headDim % 2 !== 0) bad(`head_dim (${headDim}) must be even (rotary embeddings rotate pairs)`);
   let maxPositions = int('max_position_embeddings');
   // Sliding-window attention is not implemented: cap the context at the window so results stay exact.
-  const window = arch === 'Qwen2ForCausalLM' && !bool('use_sliding_window', false) ? 0 : int('sliding_window', 1, 0);
+  // Qwen2 and Qwen3 write a sliding_window that applies only with use_sliding_window.
+  const qwen = arch === 'Qwen2ForCausalLM' || arch === 'Qwen3ForCausalLM';
+  const window = qwen && !bool('use_sliding_window', false) ? 0 : int('sliding_window', 1, 0);
   if (window > 0 && window < maxPositions) maxPositions = window;
 
   if (has('hidden_act') && o['hidden_act'] !== 'silu') bad(`hidden_act '${String(o['hidden_act'])}' is not supported (only 'silu')`);
@@ -172,8 +180,10 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
     rmsNormEps: num('rms_norm_eps', 1e-6),
     ropeTheta,
     ...(ropeScaling !== undefined ? { ropeScaling } : {}),
+    // HF: Qwen2 always has q/k/v biases and none on o_proj; Llama and Qwen3 put attention_bias on all four.
     qkvBias: arch === 'Qwen2ForCausalLM' || attentionBias,
-    oBias: arch === 'LlamaForCausalLM' && attentionBias,
+    oBias: (arch === 'LlamaForCausalLM' || arch === 'Qwen3ForCausalLM') && attentionBias,
+    qkNorm: arch === 'Qwen3ForCausalLM',
     tieWordEmbeddings: bool('tie_word_embeddings', false),
     ...(dtypeName !== undefined ? { torchDtype: dtypeName } : {}),
   };
@@ -216,6 +226,7 @@ export function toNativeConfig(c: LlamaConfig): SpecdecNative.LlamaNativeConfig 
     ...(c.ropeScaling !== undefined ? { ropeScaling: { ...c.ropeScaling } } : {}),
     qkvBias: c.qkvBias,
     oBias: c.oBias,
+    qkNorm: c.qkNorm,
     tieWordEmbeddings: c.tieWordEmbeddings,
   };
 }

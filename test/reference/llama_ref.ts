@@ -1,5 +1,5 @@
 // Float64 reference of the Llama-family forward, written from the HF modeling code (LlamaModel,
-// Qwen2Model, MistralModel): full causal attention over the whole token list, no KV cache. It reads
+// Qwen2Model, Qwen3Model, MistralModel): full causal attention over the whole token list, no KV cache. It reads
 // config.json and the safetensors files itself (its own parser), so it shares no code with the runner.
 import * as fs from 'fs';
 import * as path from 'path';
@@ -61,6 +61,8 @@ export class LlamaReference {
   readonly NKV: number;
   readonly D: number;
   readonly eps: number;
+  /** Qwen3: per-head RMSNorm of q and k (from the architecture, not from which tensors exist). */
+  readonly qkNorm: boolean;
   readonly invFreq: Float64Array;
   private readonly w: Map<string, Mat>;
 
@@ -75,6 +77,8 @@ export class LlamaReference {
     this.NKV = (c['num_key_value_heads'] as number | undefined) ?? this.NH;
     this.D = (c['head_dim'] as number | undefined) ?? this.H / this.NH;
     this.eps = (c['rms_norm_eps'] as number | undefined) ?? 1e-6;
+    const archs = (c['architectures'] as string[] | undefined) ?? [];
+    this.qkNorm = archs.includes('Qwen3ForCausalLM') || c['model_type'] === 'qwen3';
     this.w = new Map();
     const index = path.join(dir, 'model.safetensors.index.json');
     const files = fs.existsSync(index)
@@ -136,8 +140,8 @@ export class LlamaReference {
     return y;
   }
 
-  private rmsnorm(x: Float64Array, N: number, w: Mat): Float64Array {
-    const H = this.H;
+  /** RMSNorm of N rows of width H (default hidden_size; head_dim for Qwen3's q_norm / k_norm). */
+  private rmsnorm(x: Float64Array, N: number, w: Mat, H = this.H): Float64Array {
     const y = new Float64Array(N * H);
     for (let n = 0; n < N; n++) {
       let ss = 0;
@@ -187,6 +191,11 @@ export class LlamaReference {
       const q = this.linear(h, N, H, this.get(p + 'self_attn.q_proj.weight'), this.opt(p + 'self_attn.q_proj.bias'));
       const k = this.linear(h, N, H, this.get(p + 'self_attn.k_proj.weight'), this.opt(p + 'self_attn.k_proj.bias'));
       const v = this.linear(h, N, H, this.get(p + 'self_attn.v_proj.weight'), this.opt(p + 'self_attn.v_proj.bias'));
+      if (this.qkNorm) {
+        // Qwen3Attention: q_norm / k_norm over each head's head_dim values, before RoPE.
+        q.set(this.rmsnorm(q, N * NH, this.get(p + 'self_attn.q_norm.weight'), D));
+        k.set(this.rmsnorm(k, N * NKV, this.get(p + 'self_attn.k_norm.weight'), D));
+      }
       this.rope(q, N, NH, positions);
       this.rope(k, N, NKV, positions);
       if (round) {

@@ -205,7 +205,7 @@ void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq) {
 }
 
 void rope_qk_append(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positions, const Tensor& inv_freq,
-                    Tensor& kv_layer, const PagedBatch& batch) {
+                    Tensor& kv_layer, const PagedBatch& batch, const ops::QkNorm* norm) {
   const int64_t N = q.size(0), hq = q.size(1), hk = k.size(1), D = q.size(2);
   SPECDEC_CHECK(N * (hq + 1) <= INT32_MAX, "E_ARG", "q: too many rows for one launch (", q.describe(), ")");
   // 128 threads: q's blocks rotate D / 2 pairs (a warp or two), k's blocks hk x D / 2 pairs and then
@@ -215,7 +215,8 @@ void rope_qk_append(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positio
     using KVT = decltype(tag);
     launch_kernel(rope_qk_append_kernel<KVT>, static_cast<unsigned>(N * (hq + 1)), kRopeAppendThreads, 0,
                   q.ptr<float>(), k.ptr<float>(), v.data(), static_cast<int>(v.dtype()), positions.ptr<int32_t>(),
-                  inv_freq.ptr<float>(), N, hq, hk, D, kv_layer.ptr<KVT>(), batch.qo_indptr.ptr<int32_t>(),
+                  inv_freq.ptr<float>(), norm ? norm->q_w.ptr<float>() : nullptr, norm ? norm->k_w.ptr<float>() : nullptr,
+                  norm ? norm->eps : 0.f, N, hq, hk, D, kv_layer.ptr<KVT>(), batch.qo_indptr.ptr<int32_t>(),
                   batch.page_indptr.ptr<int32_t>(), batch.page_indices.ptr<int32_t>(), batch.prefix_len.ptr<int32_t>(),
                   static_cast<int>(batch.batch_size()), static_cast<int>(kv_layer.size(2)));
     SPECDEC_CUDA_LAUNCH_CHECK("rope_qk_append_kernel");

@@ -143,15 +143,21 @@ __device__ float block_sum(float v) {
 }
 
 // One block per row. out may alias x: each thread reads x[h] before writing out[h] for the same h.
+// One row of H values normalized by the whole block (out may be xr: each thread rewrites only the
+// values it read). rmsnorm_kernel's body, and Qwen3's per-head norms inside rope_qk_append_kernel:
+// the same bits for the same row and block size.
 template <typename T>
-__global__ void rmsnorm_kernel(const float* x, const T* __restrict__ w, float eps, float* out, int64_t H) {
-  const float* xr = x + static_cast<int64_t>(blockIdx.x) * H;
-  float* orow = out + static_cast<int64_t>(blockIdx.x) * H;
+__device__ __forceinline__ void rmsnorm_row(const float* xr, const T* __restrict__ w, float eps, float* orow, int64_t H) {
   float ss = 0.f;
   for (int64_t h = threadIdx.x; h < H; h += blockDim.x) ss += xr[h] * xr[h];
   ss = block_sum(ss);
   const float inv = rsqrtf(ss / static_cast<float>(H) + eps);
   for (int64_t h = threadIdx.x; h < H; h += blockDim.x) orow[h] = xr[h] * inv * to_f32(w[h]);
+}
+
+template <typename T>
+__global__ void rmsnorm_kernel(const float* x, const T* __restrict__ w, float eps, float* out, int64_t H) {
+  rmsnorm_row(x + static_cast<int64_t>(blockIdx.x) * H, w, eps, out + static_cast<int64_t>(blockIdx.x) * H, H);
 }
 
 // x += y, then out = rmsnorm(x) (the residual add and the next block's norm in one launch): the same
@@ -212,18 +218,27 @@ __global__ void rope_qk_kernel(float* __restrict__ q, float* __restrict__ k, con
 // rotated K row and its V row to the token's slot.
 template <typename KVT>
 __global__ void rope_qk_append_kernel(float* __restrict__ q, float* __restrict__ k, const void* v, int v_dtype,
-                                      const int32_t* __restrict__ pos, const float* __restrict__ inv_freq, int64_t N,
-                                      int64_t hq, int64_t hk, int64_t D, KVT* kv, const int32_t* qo_indptr,
+                                      const int32_t* __restrict__ pos, const float* __restrict__ inv_freq,
+                                      const float* __restrict__ q_norm, const float* __restrict__ k_norm, float eps,
+                                      int64_t N, int64_t hq, int64_t hk, int64_t D, KVT* kv, const int32_t* qo_indptr,
                                       const int32_t* page_indptr, const int32_t* page_indices, const int32_t* prefix_len,
                                       int B, int page_size) {
   const int64_t b = blockIdx.x;
   if (b < N * hq) {
+    if (q_norm) {
+      rmsnorm_row(q + b * D, q_norm, eps, q + b * D, D);
+      __syncthreads();  // a rotation pairs values that other threads normalized
+    }
     rope_head(q + b * D, pos[b / hq], inv_freq, D);
     return;
   }
   const int64_t n = b - N * hq, half = D / 2;
   float* kn = k + n * hk * D;
   const int32_t p = pos[n];
+  if (k_norm) {
+    for (int64_t h = 0; h < hk; ++h) rmsnorm_row(kn + h * D, k_norm, eps, kn + h * D, D);
+    __syncthreads();
+  }
   for (int64_t t = threadIdx.x; t < hk * half; t += blockDim.x) rope_pair(kn + (t / half) * D, p, inv_freq, half, t % half);
   __syncthreads();  // the rotated row, written by the block's threads, is what the append reads
   kv_kernels::append_token(static_cast<int>(n), kv, k, static_cast<int>(DType::f32), v, v_dtype, qo_indptr, page_indptr,

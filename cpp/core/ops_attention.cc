@@ -168,18 +168,32 @@ void kv_append(Tensor& kv_layer, const Tensor& k, const Tensor& v, const PagedBa
 }
 
 void rope_qk_append(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positions, const Tensor& inv_freq,
-                    Tensor& kv_layer, const PagedBatch& batch) {
+                    Tensor& kv_layer, const PagedBatch& batch, const QkNorm* norm) {
   check_rope_qk(q, k, positions, inv_freq);
   check_kv_append(kv_layer, k, v, batch, "rope_qk_append");
   check_same_device({&q, &k, &kv_layer}, "rope_qk_append");
+  if (norm) {
+    const int64_t D = q.size(2);
+    check_arg(norm->q_w, "q_norm", {DType::f32}, {D});
+    check_arg(norm->k_w, "k_norm", {DType::f32}, {D});
+    SPECDEC_CHECK(std::isfinite(norm->eps) && norm->eps >= 0.f, "E_ARG", "qk norm eps: expected a finite number >= 0, got ",
+                  norm->eps);
+    check_same_device({&q, &norm->q_w, &norm->k_w}, "rope_qk_append");
+  }
   if (batch.total_new() == 0) return;
   note_op();  // one launch on CUDA
   if (q.device() == Device::cpu) {
+    if (norm) {
+      const int64_t N = q.size(0), D = q.size(2);
+      Tensor qh = q.view({N * q.size(1), D}), kh = k.view({N * k.size(1), D});
+      cpu::rmsnorm(qh, norm->q_w, norm->eps, qh);
+      cpu::rmsnorm(kh, norm->k_w, norm->eps, kh);
+    }
     cpu::rope_qk(q, k, positions, inv_freq);
     return cpu::kv_append(kv_layer, k, v, batch);
   }
 #ifdef SPECDEC_WITH_CUDA
-  cuda::rope_qk_append(q, k, v, positions, inv_freq, kv_layer, batch);
+  cuda::rope_qk_append(q, k, v, positions, inv_freq, kv_layer, batch, norm);
 #else
   no_cuda("rope_qk_append");
 #endif

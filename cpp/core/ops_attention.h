@@ -58,11 +58,19 @@ namespace ops {
 // kv_layer: [numPages, 2, pageSize, numKvHeads, headDim] (f32|f16|bf16); k, v: [N, numKvHeads, headDim] f32|f16|bf16.
 void kv_append(Tensor& kv_layer, const Tensor& k, const Tensor& v, const PagedBatch& batch);
 
+// Per-head RMS norms of q and k before their rotation (Qwen3's q_norm / k_norm): each head's
+// headDim values x become x * rsqrt(mean(x^2) + eps) * w, w f32 [headDim].
+struct QkNorm {
+  Tensor q_w, k_w;
+  float eps = 1e-6f;
+};
+
 // A layer's q and k rotations (ops::rope_qk: positions i32 [N], inv_freq f32 [headDim / 2]) and then
 // kv_append of the rotated k and of v, as one op with the same bits: one launch on CUDA instead of
-// two. q [N, numQoHeads, headDim] and k [N, numKvHeads, headDim] f32, rotated in place.
+// two. q [N, numQoHeads, headDim] and k [N, numKvHeads, headDim] f32, rotated in place. With `norm`,
+// each head is first RMS-normalized in place (same launch on CUDA; on the CPU ops::rmsnorm's bits).
 void rope_qk_append(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positions, const Tensor& inv_freq,
-                    Tensor& kv_layer, const PagedBatch& batch);
+                    Tensor& kv_layer, const PagedBatch& batch, const QkNorm* norm = nullptr);
 
 // Fused tree attention over a paged prefix plus the new tokens.
 // q: [N, numQoHeads, headDim] (N = batch.total_new(); numQoHeads % numKvHeads == 0: GQA/MQA).
@@ -116,7 +124,7 @@ SPECDEC_ATTENTION_OPS(cuda)
 
 namespace cuda {
 void rope_qk_append(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positions, const Tensor& inv_freq,
-                    Tensor& kv_layer, const PagedBatch& batch);
+                    Tensor& kv_layer, const PagedBatch& batch, const ops::QkNorm* norm);
 }  // namespace cuda
 
 }  // namespace specdec

@@ -26,6 +26,19 @@ std::string shape_string(const std::vector<int64_t>& s) {
   return out + "]";
 }
 
+// A host weight (f32, f16 or bf16) as an f32 tensor on `device`.
+Tensor f32_copy(const Tensor& host, Device device) {
+  std::vector<float> v(static_cast<size_t>(host.numel()));
+  for (size_t i = 0; i < v.size(); ++i) {
+    switch (host.dtype()) {
+      case DType::f32: v[i] = host.ptr<float>()[i]; break;
+      case DType::f16: v[i] = f16_to_f32(host.ptr<uint16_t>()[i]); break;
+      default: v[i] = bf16_to_f32(host.ptr<uint16_t>()[i]); break;  // the loader admits f32, f16, bf16
+    }
+  }
+  return Tensor::from_host(DType::f32, host.shape(), v.data(), device);
+}
+
 int popcount64(uint64_t x) {
   int n = 0;
   for (; x; x &= x - 1) ++n;
@@ -107,7 +120,9 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const LlamaConfig& config, const Ll
     return it == source.weight_map.end() ? std::string() : it->second;
   };
   // A weight of the expected shape, or an undefined tensor when optional and absent.
-  auto weight = [&](const std::string& name, std::vector<int64_t> shape, const char* why, bool required = true) {
+  // host: a view of the mapping on any device (for weights converted at load).
+  auto weight = [&](const std::string& name, std::vector<int64_t> shape, const char* why, bool required = true,
+                    bool host = false) {
     std::string fname = file_of(name);
     if (fname.empty()) {
       if (!required) return Tensor();
@@ -125,7 +140,7 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const LlamaConfig& config, const Ll
     SPECDEC_CHECK(info.shape == shape, "E_FORMAT", fname, ": tensor '", name, "' has shape ", shape_string(info.shape),
                   ", expected ", shape_string(shape), " (", why, ")");
     // On the CPU the kernels read every float dtype as stored: the weights stay in the mapping.
-    return options.device == Device::cpu ? f->view(name) : f->load(name, options.device);
+    return options.device == Device::cpu || host ? f->view(name) : f->load(name, options.device);
   };
 
   const int64_t V = c.vocab_size, H = c.hidden_size, I = c.intermediate_size;
@@ -146,8 +161,10 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const LlamaConfig& config, const Ll
       L.v_bias = weight(p + "self_attn.v_proj.bias", {KD}, "num_key_value_heads*head_dim");
     }
     if (c.qk_norm) {
-      L.q_norm = weight(p + "self_attn.q_norm.weight", {c.head_dim}, "head_dim");
-      L.k_norm = weight(p + "self_attn.k_norm.weight", {c.head_dim}, "head_dim");
+      // f32 copies (2 x head_dim floats a layer), so the fused kernel reads one type.
+      L.qk_norm.q_w = f32_copy(weight(p + "self_attn.q_norm.weight", {c.head_dim}, "head_dim", true, true), options.device);
+      L.qk_norm.k_w = f32_copy(weight(p + "self_attn.k_norm.weight", {c.head_dim}, "head_dim", true, true), options.device);
+      L.qk_norm.eps = c.rms_norm_eps;
     }
     L.o = weight(p + "self_attn.o_proj.weight", {H, QD}, "hidden_size x num_attention_heads*head_dim");
     if (c.o_bias) L.o_bias = weight(p + "self_attn.o_proj.bias", {H}, "hidden_size");
@@ -447,8 +464,6 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
   Tensor att = ws->att.rows(0, N), o = ws->o.rows(0, N), gate = ws->gate.rows(0, N), up = ws->up.rows(0, N);
   // 2-D views for the matmuls (same buffers).
   Tensor q2 = q.view({N, NH * D}), k2 = k.view({N, NKV * D}), v2 = v.view({N, NKV * D}), att2 = att.view({N, NH * D});
-  // One row per head (qk_norm).
-  Tensor qh = q.view({N * NH, D}), kh = k.view({N * NKV, D});
 
   const Tensor no_bias;
   auto layer_stack = [&] {
@@ -459,11 +474,8 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
       const Layer& L = layers_[l];
       // Attention block (h: its normed input).
       ops::matmul_group(h, {{&L.q, &L.q_bias, &q2}, {&L.k, &L.k_bias, &k2}, {&L.v, &L.v_bias, &v2}});
-      if (c.qk_norm) {  // Qwen3: each head's q and k RMS-normalized (in place), then rotated
-        ops::rmsnorm(qh, L.q_norm, c.rms_norm_eps, qh);
-        ops::rmsnorm(kh, L.k_norm, c.rms_norm_eps, kh);
-      }
-      ops::rope_qk_append(q, k, v, g_pos, inv_freq_, kv_->layer(l), *g_batch);
+      // (Qwen3: each head's q and k RMS-normalized first, in the same op.)
+      ops::rope_qk_append(q, k, v, g_pos, inv_freq_, kv_->layer(l), *g_batch, c.qk_norm ? &L.qk_norm : nullptr);
       ops::tree_attention(q, kv_->layer(l), *g_batch, g_mask, sm_scale, att);
       ops::matmul(att2, L.o, L.o_bias, o);
       // MLP block (SwiGLU).

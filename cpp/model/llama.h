@@ -187,7 +187,8 @@ class LlamaModel {
                      const std::vector<const VerifiedPaths*>& verified = {});
 
   struct Layer {
-    Tensor attn_norm, q, k, v, q_bias, k_bias, v_bias, q_norm, k_norm, o, o_bias, mlp_norm, gate, up, down;
+    Tensor attn_norm, q, k, v, q_bias, k_bias, v_bias, o, o_bias, mlp_norm, gate, up, down;
+    ops::QkNorm qk_norm;  // Qwen3 (config.qk_norm): f32 copies of q_norm / k_norm
   };
 
   LlamaConfig config_;

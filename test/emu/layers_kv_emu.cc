@@ -328,11 +328,47 @@ void check_kv(std::mt19937_64& rng) {
                                 qo.data(), pind.data(), pages.data(), prefix.data(), B, page_size, row);
     });
     emu::launch(Dim3{static_cast<unsigned>(N * (hq + 1)), 1, 1}, 32, [&] {
-      lk::rope_qk_append_kernel<KVT>(qf.data(), kf.data(), v.data(), static_cast<int>(DType::f32), pos.data(), inv_freq.data(), N,
-                                     hq, Hkv, D, lf.data(), qo.data(), pind.data(), pages.data(), prefix.data(), B, page_size);
+      lk::rope_qk_append_kernel<KVT>(qf.data(), kf.data(), v.data(), static_cast<int>(DType::f32), pos.data(), inv_freq.data(),
+                                     nullptr, nullptr, 0.f, N, hq, Hkv, D, lf.data(), qo.data(), pind.data(), pages.data(),
+                                     prefix.data(), B, page_size);
     });
     report(std::memcmp(qf.data(), qr.data(), qf.size() * 4) == 0 && std::memcmp(kf.data(), kr.data(), kf.size() * 4) == 0 && std::memcmp(lf.data(), lr.data(), lf.size() * sizeof(KVT)) == 0,
            "rope_qk_append " + tag + ": q, k and the layer == rope_qk then kv_append, bit for bit");
+
+    // With Qwen3's per-head norms: == rmsnorm_kernel over each head's row (at the fused kernel's
+    // block size) then the kernels above, bit for bit; and the norm itself within float64's bound.
+    const auto qw = random_vec<float>(rng, static_cast<size_t>(D), 0.25f, 2.f), kw = random_vec<float>(rng, static_cast<size_t>(D), 0.25f, 2.f);
+    const float eps = 1e-6f;
+    std::vector<float> qn = q0, kn = k, qg = q0, kg = k;
+    auto ln = before, lg = before;
+    emu::launch(Dim3{static_cast<unsigned>(N * hq), 1, 1}, 32, [&] { lk::rmsnorm_kernel<float>(qn.data(), qw.data(), eps, qn.data(), D); });
+    emu::launch(Dim3{static_cast<unsigned>(N * Hkv), 1, 1}, 32, [&] { lk::rmsnorm_kernel<float>(kn.data(), kw.data(), eps, kn.data(), D); });
+    double worst = 0;
+    for (int64_t r = 0; r < N * hq; ++r) {
+      double ss = 0;
+      for (int i = 0; i < D; ++i) ss += static_cast<double>(q0[r * D + i]) * q0[r * D + i];
+      const double inv = 1.0 / std::sqrt(ss / D + eps);
+      for (int i = 0; i < D; ++i) {
+        const double want = q0[r * D + i] * inv * qw[i];
+        worst = std::max(worst, std::fabs(qn[r * D + i] - want) / (std::fabs(want) + 1e-3));
+      }
+    }
+    emu::launch(Dim3{static_cast<unsigned>(N * (hq + Hkv)), 1, 1}, 32,
+                [&] { lk::rope_qk_kernel(qn.data(), kn.data(), pos.data(), inv_freq.data(), N, hq, Hkv, D); });
+    emu::launch(Dim3{static_cast<unsigned>(N), 1, 1}, kk::kThreads, [&] {
+      kk::kv_append_kernel<KVT>(ln.data(), kn.data(), static_cast<int>(DType::f32), v.data(), static_cast<int>(DType::f32),
+                                qo.data(), pind.data(), pages.data(), prefix.data(), B, page_size, row);
+    });
+    emu::launch(Dim3{static_cast<unsigned>(N * (hq + 1)), 1, 1}, 32, [&] {
+      lk::rope_qk_append_kernel<KVT>(qg.data(), kg.data(), v.data(), static_cast<int>(DType::f32), pos.data(), inv_freq.data(),
+                                     qw.data(), kw.data(), eps, N, hq, Hkv, D, lg.data(), qo.data(), pind.data(), pages.data(),
+                                     prefix.data(), B, page_size);
+    });
+    char buf[96];
+    std::snprintf(buf, sizeof buf, " (the q norm's max relative error vs float64 %.1e)", worst);
+    report(worst < 2e-6 && std::memcmp(qg.data(), qn.data(), qg.size() * 4) == 0 && std::memcmp(kg.data(), kn.data(), kg.size() * 4) == 0 &&
+               std::memcmp(lg.data(), ln.data(), lg.size() * sizeof(KVT)) == 0 && std::memcmp(qg.data(), qf.data(), qg.size() * 4) != 0,
+           "rope_qk_append " + tag + " with q/k norms: == rmsnorm per head, rope_qk, kv_append, bit for bit" + buf);
   }
 
   // Commit: per sequence an accepted path = node 0 then strictly increasing nodes (a tree path).

@@ -2,9 +2,9 @@
 """Reference data from Hugging Face transformers for bench/hf_agreement.ts (runs on the GPU machine).
 
   python3 scripts/hf_fixtures.py agreement OUT   small random LlamaForCausalLM / Qwen2ForCausalLM /
-        Qwen3ForCausalLM checkpoints (GQA, Qwen2 qkv biases, Qwen3 q/k norms with head_dim apart from
-        hidden / heads, tied and untied embeddings, llama3 rope scaling, f32 and bf16; Qwen3 only where
-        this transformers has it), each saved by transformers itself into OUT/<name>/ with a reference.json: prompts
+        Qwen3ForCausalLM / Phi3ForCausalLM checkpoints (GQA, Qwen2 qkv biases, Qwen3 q/k norms with
+        head_dim apart from hidden / heads, Phi-3's fused qkv_proj and gate_up_proj, tied and untied
+        embeddings, llama3 rope scaling, f32 and bf16; Qwen3 and Phi-3 only where this transformers has them), each saved by transformers itself into OUT/<name>/ with a reference.json: prompts
         (token ids), transformers' logits of the prompt's last positions, its greedy continuation
         (generate(do_sample=False)) and the top-2 logit margin at each generated step, and the same
         computed in float64 on the CPU from the saved weights (the ground truth both sides are
@@ -58,6 +58,11 @@ try:  # transformers >= 4.51
     CLASSES["Qwen3ForCausalLM"] = (Qwen3Config, Qwen3ForCausalLM)
 except ImportError:
     pass
+try:  # transformers >= 4.40
+    from transformers import Phi3Config, Phi3ForCausalLM
+    CLASSES["Phi3ForCausalLM"] = (Phi3Config, Phi3ForCausalLM)
+except ImportError:
+    pass
 
 # Small enough to run in seconds on either side, shaped like real models: head_dim 64, GQA 4:1 / 3:1.
 LLAMA = dict(vocab_size=1024, hidden_size=512, intermediate_size=1376, num_hidden_layers=4,
@@ -69,6 +74,9 @@ QWEN2 = dict(vocab_size=1024, hidden_size=384, intermediate_size=1024, num_hidde
 QWEN3 = dict(vocab_size=1024, hidden_size=384, intermediate_size=1024, num_hidden_layers=3,
              num_attention_heads=8, num_key_value_heads=2, head_dim=64, max_position_embeddings=4096,
              rms_norm_eps=1e-6)
+# Phi-3-mini's layout at a small size: fused projections, 8 heads of 64 with GQA 4:1 (Phi-4's kind).
+PHI3 = dict(vocab_size=1024, hidden_size=512, intermediate_size=1024, num_hidden_layers=3,
+            num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-5)
 LLAMA3_ROPE = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
                    original_max_position_embeddings=256)
 
@@ -85,6 +93,10 @@ FIXTURES = [
          theta=1000000.0, rope=None, tied=True, seed=15),
     dict(name="qwen3-qknorm-tied-bf16", arch="Qwen3ForCausalLM", dtype="bfloat16", shape=QWEN3,
          theta=1000000.0, rope=None, tied=True, seed=16),
+    dict(name="phi3-fused-f32", arch="Phi3ForCausalLM", dtype="float32", shape=PHI3,
+         theta=250000.0, rope=None, tied=False, seed=17),
+    dict(name="phi3-fused-bf16", arch="Phi3ForCausalLM", dtype="bfloat16", shape=PHI3,
+         theta=250000.0, rope=None, tied=False, seed=18),
 ]
 PROMPT_LENGTHS = [5, 16, 33, 60]
 NEW_TOKENS = 64
@@ -117,6 +129,8 @@ def make_config(arch, shape, theta, rope, tied):
         kw.update(attention_bias=False, mlp_bias=False)
     elif arch == "Qwen3ForCausalLM":
         kw.update(attention_bias=False, use_sliding_window=False)
+    elif arch == "Phi3ForCausalLM":
+        kw.update(sliding_window=None, resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0)
     else:
         kw.update(use_sliding_window=False)
     want_type = (rope or {}).get("rope_type", "default")

@@ -514,6 +514,35 @@ describe('Llama runner (cpu)', function () {
       assert.throws(() => parseLlamaConfig({ ...configJson(specByName('qwen3-qknorm-bf16')), architectures: ['Qwen3MoeForCausalLM'] }), /unsupported architecture \["Qwen3MoeForCausalLM"\] \(supported: .*Qwen3ForCausalLM/);
     });
 
+    it('config parsing, Phi-3: fused projections, no biases whatever attention_bias says, partial rotation and longrope refused by name, its window cap', () => {
+      const phi = parseLlamaConfig(configJson(specByName('phi3-fused-f16')));
+      assert.deepStrictEqual([phi.architecture, phi.fusedProjections, phi.qkvBias, phi.oBias, phi.qkNorm, phi.ropeTheta], ['Phi3ForCausalLM', true, false, false, false, 250000]);
+      assert.strictEqual(parseLlamaConfig({ ...configJson(specByName('phi3-fused-f16')), architectures: undefined, model_type: 'phi3' }).architecture, 'Phi3ForCausalLM');
+      assert.deepStrictEqual([parseLlamaConfig({ ...configJson(specByName('phi3-fused-f16')), attention_bias: true }).qkvBias], [false]);
+      // Phi-3-mini-4k's window (2047) caps the context, so every position stays inside it.
+      assert.strictEqual(parseLlamaConfig({ ...configJson(specByName('phi3-fused-f16')), sliding_window: 47 }).maxPositions, 47);
+      assert.strictEqual(parseLlamaConfig({ ...configJson(specByName('phi3-fused-f16')), partial_rotary_factor: 1 }).fusedProjections, true);
+      assert.throws(() => parseLlamaConfig({ ...configJson(specByName('phi3-fused-f16')), partial_rotary_factor: 0.75 }), /partial_rotary_factor 0\.75 is not supported/);
+      const longrope = { type: 'longrope', short_factor: [1], long_factor: [2] };
+      assert.throws(() => parseLlamaConfig({ ...configJson(specByName('phi3-fused-f16')), rope_scaling: longrope }), /rope_scaling type "longrope" is not supported/);
+      assert.strictEqual(parseLlamaConfig(configJson(specByName('llama-gqa-f32'))).fusedProjections, false);
+    });
+
+    it('weights, Phi-3: a fused projection of the wrong height is E_FORMAT naming it and how it is made up', async () => {
+      const { writeSafetensors } = await import('../lib/safetensors');
+      const { randomWeights } = await import('./fixtures/checkpoints');
+      const spec = specByName('phi3-fused-f16');
+      const dir = copyOf(spec.name);
+      const file = path.join(dir, 'model.safetensors');
+      const weights = randomWeights(spec, 5);
+      // q and k only (a checkpoint whose v went missing): 64 rows where q + k + v make 96.
+      writeSafetensors(file, { ...weights, 'model.layers.1.self_attn.qkv_proj.weight': { dtype: 'F16', shape: [64, 32], data: new Float32Array(64 * 32).fill(0.1) } });
+      await loadErr(dir, /tensor 'model\.layers\.1\.self_attn\.qkv_proj\.weight' has shape \[64, 32\], expected \[96, 32\] \(\(num_attention_heads \+ 2\*num_key_value_heads\)\*head_dim x hidden_size\)/);
+      const { ['model.layers.0.mlp.gate_up_proj.weight']: _gu, ...missing } = weights;
+      writeSafetensors(file, missing);
+      await loadErr(dir, /missing tensor 'model\.layers\.0\.mlp\.gate_up_proj\.weight'/);
+    });
+
     it('weights, Qwen3: a missing or misshapen q_norm / k_norm is E_FORMAT naming the tensor and head_dim', async () => {
       const { writeSafetensors } = await import('../lib/safetensors');
       const { randomWeights } = await import('./fixtures/checkpoints');
@@ -638,7 +667,7 @@ describeCuda('Llama runner', function () {
   });
   after(() => fs.rmSync(root, { recursive: true, force: true }));
 
-  for (const name of ['llama-gqa-f32', 'qwen2-bias-f16', 'llama-sharded-bf16', 'llama3-rope-f32', 'qwen3-qknorm-bf16']) {
+  for (const name of ['llama-gqa-f32', 'qwen2-bias-f16', 'llama-sharded-bf16', 'llama3-rope-f32', 'qwen3-qknorm-bf16', 'phi3-fused-f16']) {
     it(`${name}: CUDA logits match the float64 reference, batch invariance holds, greedy matches`, async () => {
       const spec = specByName(name);
       const dir = path.join(root, name);

@@ -25,6 +25,8 @@ declare namespace SpecdecNative {
     oBias: boolean;
     /** q and k RMS-normalized per head before RoPE (Qwen3). Default false. */
     qkNorm?: boolean;
+    /** q/k/v as one qkv_proj and gate/up as one gate_up_proj (Phi-3). Default false. */
+    fusedProjections?: boolean;
     tieWordEmbeddings: boolean;
   }
 

@@ -152,9 +152,18 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const LlamaConfig& config, const Ll
     const std::string p = "model.layers." + std::to_string(l) + ".";
     Layer& L = m->layers_.emplace_back();
     L.attn_norm = weight(p + "input_layernorm.weight", {H}, "hidden_size");
-    L.q = weight(p + "self_attn.q_proj.weight", {QD, H}, "num_attention_heads*head_dim x hidden_size");
-    L.k = weight(p + "self_attn.k_proj.weight", {KD, H}, "num_key_value_heads*head_dim x hidden_size");
-    L.v = weight(p + "self_attn.v_proj.weight", {KD, H}, "num_key_value_heads*head_dim x hidden_size");
+    if (c.fused_projections) {
+      // Row ranges of the fused weights (views: no copy, and the matmuls read them in place).
+      const Tensor qkv = weight(p + "self_attn.qkv_proj.weight", {QD + 2 * KD, H},
+                                "(num_attention_heads + 2*num_key_value_heads)*head_dim x hidden_size");
+      L.q = qkv.rows(0, QD);
+      L.k = qkv.rows(QD, QD + KD);
+      L.v = qkv.rows(QD + KD, QD + 2 * KD);
+    } else {
+      L.q = weight(p + "self_attn.q_proj.weight", {QD, H}, "num_attention_heads*head_dim x hidden_size");
+      L.k = weight(p + "self_attn.k_proj.weight", {KD, H}, "num_key_value_heads*head_dim x hidden_size");
+      L.v = weight(p + "self_attn.v_proj.weight", {KD, H}, "num_key_value_heads*head_dim x hidden_size");
+    }
     if (c.qkv_bias) {
       L.q_bias = weight(p + "self_attn.q_proj.bias", {QD}, "num_attention_heads*head_dim");
       L.k_bias = weight(p + "self_attn.k_proj.bias", {KD}, "num_key_value_heads*head_dim");
@@ -169,8 +178,14 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const LlamaConfig& config, const Ll
     L.o = weight(p + "self_attn.o_proj.weight", {H, QD}, "hidden_size x num_attention_heads*head_dim");
     if (c.o_bias) L.o_bias = weight(p + "self_attn.o_proj.bias", {H}, "hidden_size");
     L.mlp_norm = weight(p + "post_attention_layernorm.weight", {H}, "hidden_size");
-    L.gate = weight(p + "mlp.gate_proj.weight", {I, H}, "intermediate_size x hidden_size");
-    L.up = weight(p + "mlp.up_proj.weight", {I, H}, "intermediate_size x hidden_size");
+    if (c.fused_projections) {
+      const Tensor gate_up = weight(p + "mlp.gate_up_proj.weight", {2 * I, H}, "2*intermediate_size x hidden_size");
+      L.gate = gate_up.rows(0, I);
+      L.up = gate_up.rows(I, 2 * I);
+    } else {
+      L.gate = weight(p + "mlp.gate_proj.weight", {I, H}, "intermediate_size x hidden_size");
+      L.up = weight(p + "mlp.up_proj.weight", {I, H}, "intermediate_size x hidden_size");
+    }
     L.down = weight(p + "mlp.down_proj.weight", {H, I}, "hidden_size x intermediate_size");
   }
   m->final_norm_ = weight("model.norm.weight", {H}, "hidden_size");

@@ -1,4 +1,5 @@
-// Llama-family model runner (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM) on the op
+// Llama-family model runner (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM,
+// Phi3ForCausalLM) on the op
 // contracts of ops_layers.h / ops_attention.h and the paged KvCache. Device agnostic: the same code
 // runs on the CPU and CUDA backends, the ops dispatch on the tensors' device.
 //
@@ -19,7 +20,7 @@
 namespace specdec {
 
 struct LlamaConfig {
-  std::string architecture;  // LlamaForCausalLM | MistralForCausalLM | Qwen2ForCausalLM | Qwen3ForCausalLM
+  std::string architecture;  // LlamaForCausalLM | MistralForCausalLM | Qwen2ForCausalLM | Qwen3ForCausalLM | Phi3ForCausalLM
   int vocab_size = 0;
   int hidden_size = 0;
   int intermediate_size = 0;
@@ -39,6 +40,7 @@ struct LlamaConfig {
   bool qkv_bias = false;             // q/k/v projections carry biases (Qwen2; Llama / Qwen3 attention_bias)
   bool o_bias = false;               // o_proj carries a bias (Llama / Qwen3 attention_bias)
   bool qk_norm = false;              // q, k RMS-normalized per head before RoPE (Qwen3 q_norm, k_norm)
+  bool fused_projections = false;    // qkv_proj = [q; k; v] and gate_up_proj = [gate; up] rows (Phi-3)
   bool tie_word_embeddings = false;  // lm_head = embed_tokens (also when lm_head.weight is absent)
 };
 

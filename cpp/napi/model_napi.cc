@@ -60,6 +60,7 @@ LlamaConfig config_arg(const Napi::Value& v) {
   c.qkv_bias = get_bool(get_field(o, "qkvBias"), "config.qkvBias");
   c.o_bias = get_bool(get_field(o, "oBias"), "config.oBias");
   c.qk_norm = has_field(o, "qkNorm") && get_bool(get_field(o, "qkNorm"), "config.qkNorm");
+  c.fused_projections = has_field(o, "fusedProjections") && get_bool(get_field(o, "fusedProjections"), "config.fusedProjections");
   c.tie_word_embeddings = get_bool(get_field(o, "tieWordEmbeddings"), "config.tieWordEmbeddings");
   return c;
 }

@@ -1,5 +1,5 @@
 // config.json of Llama-family checkpoints (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM,
-// Qwen3ForCausalLM):
+// Qwen3ForCausalLM, Phi3ForCausalLM):
 // parsing, defaults as in the HF config classes, and validation with errors that name the file and field.
 import * as fs from 'fs';
 import * as path from 'path';
@@ -33,13 +33,24 @@ export interface LlamaConfig extends ModelConfig {
    * their projections and before RoPE (Qwen3).
    */
   readonly qkNorm: boolean;
+  /**
+   * q, k, v in one `self_attn.qkv_proj` and gate, up in one `mlp.gate_up_proj` (Phi-3: rows in that
+   * order); the runner reads them as row ranges of the fused weights, without a copy.
+   */
+  readonly fusedProjections: boolean;
   readonly tieWordEmbeddings: boolean;
   /** torch_dtype as written in config.json (informational; the weights' own dtype is used). */
   readonly torchDtype?: string;
 }
 
-export const SUPPORTED_ARCHITECTURES = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM', 'Qwen3ForCausalLM'] as const;
-const MODEL_TYPES: Record<string, string> = { llama: 'LlamaForCausalLM', mistral: 'MistralForCausalLM', qwen2: 'Qwen2ForCausalLM', qwen3: 'Qwen3ForCausalLM' };
+export const SUPPORTED_ARCHITECTURES = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM', 'Qwen3ForCausalLM', 'Phi3ForCausalLM'] as const;
+const MODEL_TYPES: Record<string, string> = {
+  llama: 'LlamaForCausalLM',
+  mistral: 'MistralForCausalLM',
+  qwen2: 'Qwen2ForCausalLM',
+  qwen3: 'Qwen3ForCausalLM',
+  phi3: 'Phi3ForCausalLM',
+};
 
 /** A value as an error message shows it (JSON when it has a JSON form: a BigInt has none). */
 function show(v: unknown): string {
@@ -115,7 +126,12 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
 
   if (has('hidden_act') && o['hidden_act'] !== 'silu') bad(`hidden_act '${String(o['hidden_act'])}' is not supported (only 'silu')`);
   if (bool('mlp_bias', false)) bad("mlp_bias = true is not supported");
-  const attentionBias = bool('attention_bias', false);
+  // Phi-3's projections carry no biases whatever the config says (transformers' Phi3Attention).
+  const attentionBias = arch !== 'Phi3ForCausalLM' && bool('attention_bias', false);
+  // Rotation of part of each head (Phi-4-mini: 0.75) is not implemented: refused, never run wrong.
+  if (has('partial_rotary_factor') && o['partial_rotary_factor'] !== 1) {
+    bad(`partial_rotary_factor ${show(o['partial_rotary_factor'])} is not supported (rotary embeddings over the whole head only)`);
+  }
 
   // Rotary settings: transformers 4 writes rope_theta and rope_scaling at the top level; transformers
   // 5 writes one rope_parameters object (rope_type, rope_theta and the scaling fields).
@@ -184,6 +200,7 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
     qkvBias: arch === 'Qwen2ForCausalLM' || attentionBias,
     oBias: (arch === 'LlamaForCausalLM' || arch === 'Qwen3ForCausalLM') && attentionBias,
     qkNorm: arch === 'Qwen3ForCausalLM',
+    fusedProjections: arch === 'Phi3ForCausalLM',
     tieWordEmbeddings: bool('tie_word_embeddings', false),
     ...(dtypeName !== undefined ? { torchDtype: dtypeName } : {}),
   };
@@ -227,6 +244,7 @@ export function toNativeConfig(c: LlamaConfig): SpecdecNative.LlamaNativeConfig 
     qkvBias: c.qkvBias,
     oBias: c.oBias,
     qkNorm: c.qkNorm,
+    fusedProjections: c.fusedProjections,
     tieWordEmbeddings: c.tieWordEmbeddings,
   };
 }

@@ -1,5 +1,5 @@
 // Float64 reference of the Llama-family forward, written from the HF modeling code (LlamaModel,
-// Qwen2Model, Qwen3Model, MistralModel): full causal attention over the whole token list, no KV cache. It reads
+// Qwen2Model, Qwen3Model, MistralModel, Phi3Model): full causal attention over the whole token list, no KV cache. It reads
 // config.json and the safetensors files itself (its own parser), so it shares no code with the runner.
 import * as fs from 'fs';
 import * as path from 'path';
@@ -85,6 +85,7 @@ export class LlamaReference {
       ? [...new Set(Object.values((JSON.parse(fs.readFileSync(index, 'utf8')) as { weight_map: Record<string, string> }).weight_map))]
       : ['model.safetensors'];
     for (const f of files) for (const [k, v] of readSafetensorsF64(path.join(dir, f))) this.w.set(k, v);
+    if (archs.includes('Phi3ForCausalLM') || c['model_type'] === 'phi3') this.splitPhi3();
     this.invFreq = this.ropeInvFreq();
   }
 
@@ -116,6 +117,29 @@ export class LlamaReference {
       }
     }
     return inv;
+  }
+
+  /**
+   * Phi3Attention / Phi3MLP: q, k, v are the rows of qkv_proj in that order (query_pos = heads x
+   * head_dim, then the KV heads' k, then v); gate_up_proj's first half is the gate.
+   */
+  private splitPhi3(): void {
+    const rows = (m: Mat, from: number, to: number): Mat => {
+      const K = m.shape[1]!;
+      return { data: m.data.slice(from * K, to * K), shape: [to - from, K] };
+    };
+    const QD = this.NH * this.D;
+    const KD = this.NKV * this.D;
+    for (let l = 0; l < this.L; l++) {
+      const p = `model.layers.${l}.`;
+      const qkv = this.get(p + 'self_attn.qkv_proj.weight');
+      this.w.set(p + 'self_attn.q_proj.weight', rows(qkv, 0, QD));
+      this.w.set(p + 'self_attn.k_proj.weight', rows(qkv, QD, QD + KD));
+      this.w.set(p + 'self_attn.v_proj.weight', rows(qkv, QD + KD, QD + 2 * KD));
+      const gu = this.get(p + 'mlp.gate_up_proj.weight');
+      this.w.set(p + 'mlp.gate_proj.weight', rows(gu, 0, this.I));
+      this.w.set(p + 'mlp.up_proj.weight', rows(gu, this.I, 2 * this.I));
+    }
   }
 
   private get(name: string): Mat {

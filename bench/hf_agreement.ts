@@ -215,11 +215,17 @@ export function configMismatches(ours: LlamaConfig, theirs: Record<string, unkno
   const rope = (theirs['rope'] ?? {}) as Record<string, unknown>;
   const s = ours.ropeScaling;
   if (s !== undefined && s.type === type) {
-    eq('rope factor', s.factor, rope['factor']);
-    if (s.type === 'llama3') {
-      eq('rope low_freq_factor', s.lowFreqFactor, rope['low_freq_factor']);
-      eq('rope high_freq_factor', s.highFreqFactor, rope['high_freq_factor']);
-      eq('rope original_max_position_embeddings', s.originalMaxPositions, rope['original_max_position_embeddings']);
+    if (s.type === 'longrope') {
+      const list = (v: unknown): string => (Array.isArray(v) ? v.map((x) => Number(x)).join(',') : JSON.stringify(v));
+      eq('rope short_factor', list(s.shortFactor), list(rope['short_factor']));
+      eq('rope long_factor', list(s.longFactor), list(rope['long_factor']));
+    } else {
+      eq('rope factor', s.factor, rope['factor']);
+      if (s.type === 'llama3') {
+        eq('rope low_freq_factor', s.lowFreqFactor, rope['low_freq_factor']);
+        eq('rope high_freq_factor', s.highFreqFactor, rope['high_freq_factor']);
+        eq('rope original_max_position_embeddings', s.originalMaxPositions, rope['original_max_position_embeddings']);
+      }
     }
   }
   return out;

@@ -514,7 +514,7 @@ describe('Llama runner (cpu)', function () {
       assert.throws(() => parseLlamaConfig({ ...configJson(specByName('qwen3-qknorm-bf16')), architectures: ['Qwen3MoeForCausalLM'] }), /unsupported architecture \["Qwen3MoeForCausalLM"\] \(supported: .*Qwen3ForCausalLM/);
     });
 
-    it('config parsing, Phi-3: fused projections, no biases whatever attention_bias says, partial rotation and longrope refused by name, its window cap', () => {
+    it('config parsing, Phi-3: fused projections, no biases whatever attention_bias says, partial rotation refused by name, its window cap, LongRoPE', () => {
       const phi = parseLlamaConfig(configJson(specByName('phi3-fused-f16')));
       assert.deepStrictEqual([phi.architecture, phi.fusedProjections, phi.qkvBias, phi.oBias, phi.qkNorm, phi.ropeTheta], ['Phi3ForCausalLM', true, false, false, false, 250000]);
       assert.strictEqual(parseLlamaConfig({ ...configJson(specByName('phi3-fused-f16')), architectures: undefined, model_type: 'phi3' }).architecture, 'Phi3ForCausalLM');
@@ -523,8 +523,19 @@ describe('Llama runner (cpu)', function () {
       assert.strictEqual(parseLlamaConfig({ ...configJson(specByName('phi3-fused-f16')), sliding_window: 47 }).maxPositions, 47);
       assert.strictEqual(parseLlamaConfig({ ...configJson(specByName('phi3-fused-f16')), partial_rotary_factor: 1 }).fusedProjections, true);
       assert.throws(() => parseLlamaConfig({ ...configJson(specByName('phi3-fused-f16')), partial_rotary_factor: 0.75 }), /partial_rotary_factor 0\.75 is not supported/);
-      const longrope = { type: 'longrope', short_factor: [1], long_factor: [2] };
-      assert.throws(() => parseLlamaConfig({ ...configJson(specByName('phi3-fused-f16')), rope_scaling: longrope }), /rope_scaling type "longrope" is not supported/);
+      // LongRoPE: the short factors, the attention factor from max / original positions, the context
+      // capped where transformers would switch to the long factors.
+      const lr = parseLlamaConfig(configJson(specByName('phi3-longrope-bf16')));
+      assert.strictEqual(lr.maxPositions, 32);
+      assert.ok(lr.ropeScaling?.type === 'longrope');
+      assert.deepStrictEqual(lr.ropeScaling.shortFactor, [1, 1.25, 2.5, 6]);
+      assert.strictEqual(lr.ropeScaling.originalMaxPositions, 32);
+      assert.ok(Math.abs(lr.ropeScaling.attentionFactor - Math.sqrt(1 + Math.log(4) / Math.log(32))) < 1e-12);
+      const given = parseLlamaConfig({ ...configJson(specByName('phi3-longrope-bf16')), rope_scaling: { ...specByName('phi3-longrope-bf16').ropeScaling, attention_factor: 1.5 } });
+      assert.strictEqual(given.ropeScaling?.type === 'longrope' && given.ropeScaling.attentionFactor, 1.5);
+      const short = { type: 'longrope', short_factor: [1], long_factor: [2, 2, 2, 2] };
+      assert.throws(() => parseLlamaConfig({ ...configJson(specByName('phi3-fused-f16')), rope_scaling: short }), /rope_scaling\.short_factor must be 4 positive numbers \(one per rotated pair of head_dim 8\)/);
+      assert.throws(() => parseLlamaConfig({ ...configJson(specByName('phi3-fused-f16')), rope_scaling: { type: 'yarn', factor: 4 } }), /rope_scaling type "yarn" is not supported \(supported: default, linear, llama3, longrope\)/);
       assert.strictEqual(parseLlamaConfig(configJson(specByName('llama-gqa-f32'))).fusedProjections, false);
     });
 

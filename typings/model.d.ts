@@ -14,13 +14,20 @@ declare namespace SpecdecNative {
     maxPositions: number;
     rmsNormEps: number;
     ropeTheta: number;
-    ropeScaling?: {
-      type: 'linear' | 'llama3';
-      factor: number;
-      lowFreqFactor?: number;
-      highFreqFactor?: number;
-      originalMaxPositions?: number;
-    };
+    ropeScaling?:
+      | {
+          type: 'linear' | 'llama3';
+          factor: number;
+          lowFreqFactor?: number;
+          highFreqFactor?: number;
+          originalMaxPositions?: number;
+        }
+      | {
+          /** Phi-3: frequency i divided by shortFactor[i]; rotated q and k scaled by attentionFactor. */
+          type: 'longrope';
+          shortFactor: number[];
+          attentionFactor: number;
+        };
     qkvBias: boolean;
     oBias: boolean;
     /** q and k RMS-normalized per head before RoPE (Qwen3). Default false. */

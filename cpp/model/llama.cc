@@ -53,7 +53,9 @@ std::vector<float> rope_inv_freq(const LlamaConfig& c) {
   const double pi = 3.14159265358979323846;
   for (int i = 0; i < half; ++i) {
     double f = 1.0 / std::pow(c.rope_theta, (2.0 * i) / c.head_dim);
-    if (c.rope_type == "linear") {
+    if (c.rope_type == "longrope") {
+      f /= c.rope_ext_factors[static_cast<size_t>(i)];  // HF: 1 / (ext_factors * base^(2i/d))
+    } else if (c.rope_type == "linear") {
       f /= c.rope_factor;
     } else if (c.rope_type == "llama3") {
       // Llama 3.1: long wavelengths are slowed by `factor`, short ones kept, the band between
@@ -87,8 +89,16 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const LlamaConfig& config, const Ll
   SPECDEC_CHECK(c.num_heads % c.num_kv_heads == 0, "E_FORMAT", "config: num_attention_heads (", c.num_heads,
                 ") is not a multiple of num_key_value_heads (", c.num_kv_heads, ")");
   SPECDEC_CHECK(c.head_dim % 2 == 0, "E_FORMAT", "config: head_dim (", c.head_dim, ") must be even for RoPE");
-  SPECDEC_CHECK(c.rope_type.empty() || c.rope_type == "linear" || c.rope_type == "llama3", "E_FORMAT",
-                "config: unsupported rope_scaling type '", c.rope_type, "'");
+  SPECDEC_CHECK(c.rope_type.empty() || c.rope_type == "linear" || c.rope_type == "llama3" || c.rope_type == "longrope",
+                "E_FORMAT", "config: unsupported rope_scaling type '", c.rope_type, "'");
+  if (c.rope_type == "longrope") {
+    SPECDEC_CHECK(c.rope_ext_factors.size() == static_cast<size_t>(c.head_dim / 2), "E_FORMAT", "config: longrope needs ",
+                  c.head_dim / 2, " factors (head_dim / 2), got ", c.rope_ext_factors.size());
+    for (double f : c.rope_ext_factors)
+      SPECDEC_CHECK(std::isfinite(f) && f > 0, "E_FORMAT", "config: longrope factors must be positive numbers, got ", f);
+    SPECDEC_CHECK(std::isfinite(c.rope_attention_factor) && c.rope_attention_factor > 0, "E_FORMAT",
+                  "config: longrope attention factor must be a positive number, got ", c.rope_attention_factor);
+  }
   SPECDEC_CHECK(std::isfinite(c.rms_norm_eps) && c.rms_norm_eps >= 0, "E_FORMAT",
                 "config: rms_norm_eps must be a finite number >= 0, got ", c.rms_norm_eps);
   SPECDEC_CHECK(std::isfinite(c.rope_theta) && c.rope_theta > 0, "E_FORMAT", "config: rope_theta must be a positive number, got ",
@@ -416,7 +426,9 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
 
   const int64_t H = c.hidden_size, I = c.intermediate_size, D = c.head_dim;
   const int64_t NH = c.num_heads, NKV = c.num_kv_heads;
-  const float sm_scale = 1.0f / std::sqrt(static_cast<float>(D));
+  // longrope scales rotated q and k by m (HF: cos and sin times m): the same as m^2 on the scores,
+  // with the cache holding k unscaled.
+  const float sm_scale = static_cast<float>(c.rope_attention_factor * c.rope_attention_factor / std::sqrt(static_cast<double>(D)));
   // Activation buffers: rows [0, N) of the reusable scratch when N fits it, else temporaries.
   // Every buffer is fully written before it is read, so stale scratch contents never leak in.
   Scratch tmp;

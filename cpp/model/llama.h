@@ -31,12 +31,16 @@ struct LlamaConfig {
   int max_positions = 0;
   float rms_norm_eps = 1e-6f;
   double rope_theta = 10000.0;
-  // rope_scaling: "" (none), "linear" (factor) or "llama3" (all four fields).
+  // rope_scaling: "" (none), "linear" (factor), "llama3" (all four fields) or "longrope" (below).
   std::string rope_type;
   double rope_factor = 1.0;
   double rope_low_freq_factor = 1.0;
   double rope_high_freq_factor = 4.0;
   double rope_original_max_positions = 8192.0;
+  // "longrope" (Phi-3): frequency i divided by rope_ext_factors[i] (head_dim / 2 of them), and the
+  // rotated q and k scaled by rope_attention_factor (applied as its square on the attention scale).
+  std::vector<double> rope_ext_factors;
+  double rope_attention_factor = 1.0;
   bool qkv_bias = false;             // q/k/v projections carry biases (Qwen2; Llama / Qwen3 attention_bias)
   bool o_bias = false;               // o_proj carries a bias (Llama / Qwen3 attention_bias)
   bool qk_norm = false;              // q, k RMS-normalized per head before RoPE (Qwen3 q_norm, k_norm)

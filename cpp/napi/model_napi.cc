@@ -49,7 +49,16 @@ LlamaConfig config_arg(const Napi::Value& v) {
   if (has_field(o, "ropeScaling")) {
     Napi::Object s = get_object(get_field(o, "ropeScaling"), "config.ropeScaling");
     c.rope_type = get_string(get_field(s, "type"), "config.ropeScaling.type");
-    c.rope_factor = get_number(get_field(s, "factor"), "config.ropeScaling.factor");
+    if (c.rope_type == "longrope") {
+      const Napi::Value f = get_field(s, "shortFactor");
+      SPECDEC_CHECK(f.IsArray(), "E_ARG", "config.ropeScaling.shortFactor: expected an array of numbers");
+      const Napi::Array a = f.As<Napi::Array>();
+      for (uint32_t i = 0; i < a.Length(); ++i)
+        c.rope_ext_factors.push_back(get_number(a.Get(i), "config.ropeScaling.shortFactor[i]"));
+      c.rope_attention_factor = get_number(get_field(s, "attentionFactor"), "config.ropeScaling.attentionFactor");
+    } else {
+      c.rope_factor = get_number(get_field(s, "factor"), "config.ropeScaling.factor");
+    }
     if (c.rope_type == "llama3") {
       c.rope_low_freq_factor = get_number(get_field(s, "lowFreqFactor"), "config.ropeScaling.lowFreqFactor");
       c.rope_high_freq_factor = get_number(get_field(s, "highFreqFactor"), "config.ropeScaling.highFreqFactor");

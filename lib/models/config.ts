@@ -12,6 +12,19 @@ export { codedError } from '../errors';
 export type RopeScaling =
   | { readonly type: 'linear'; readonly factor: number }
   | {
+      /**
+       * Phi-3's LongRoPE: frequency i divided by shortFactor[i], and rotated q and k scaled by
+       * attentionFactor. transformers switches to longFactor once a forward's positions pass
+       * originalMaxPositions (and keeps the cache rotated the short way); specdec caps the context at
+       * originalMaxPositions instead, where the short factors are exact.
+       */
+      readonly type: 'longrope';
+      readonly shortFactor: readonly number[];
+      readonly longFactor: readonly number[];
+      readonly originalMaxPositions: number;
+      readonly attentionFactor: number;
+    }
+  | {
       readonly type: 'llama3';
       readonly factor: number;
       readonly lowFreqFactor: number;
@@ -118,6 +131,7 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
   const headDim = int('head_dim', 1, hiddenSize / numHeads);
   if (headDim % 2 !== 0) bad(`head_dim (${headDim}) must be even (rotary embeddings rotate pairs)`);
   let maxPositions = int('max_position_embeddings');
+  const declaredMaxPositions = maxPositions;
   // Sliding-window attention is not implemented: cap the context at the window so results stay exact.
   // Qwen2 and Qwen3 write a sliding_window that applies only with use_sliding_window.
   const qwen = arch === 'Qwen2ForCausalLM' || arch === 'Qwen3ForCausalLM';
@@ -160,8 +174,25 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
         originalMaxPositions: rnum('original_max_position_embeddings'),
       };
       if (ropeScaling.highFreqFactor <= ropeScaling.lowFreqFactor) bad(`${ropeKey}.high_freq_factor must exceed low_freq_factor`);
+    } else if (type === 'longrope') {
+      const factors = (k: string): number[] => {
+        const v = r[k];
+        if (!Array.isArray(v) || v.length !== headDim / 2 || !v.every((x) => typeof x === 'number' && Number.isFinite(x) && x > 0)) {
+          bad(`${ropeKey}.${k} must be ${headDim / 2} positive numbers (one per rotated pair of head_dim ${headDim}), got ${show(v)}`);
+        }
+        return v as number[];
+      };
+      // transformers (_compute_longrope_parameters): with original_max_position_embeddings (Phi-3
+      // writes it at the top level), factor = max_position_embeddings / it; else the scaling's factor.
+      const origField = r['original_max_position_embeddings'] !== undefined ? rnum('original_max_position_embeddings') : has('original_max_position_embeddings') ? int('original_max_position_embeddings') : undefined;
+      const originalMaxPositions = origField ?? declaredMaxPositions;
+      const factor = origField !== undefined ? declaredMaxPositions / origField : r['factor'] !== undefined ? rnum('factor') : 1;
+      const attentionFactor = r['attention_factor'] !== undefined ? rnum('attention_factor') : factor <= 1 ? 1 : Math.sqrt(1 + Math.log(factor) / Math.log(originalMaxPositions));
+      ropeScaling = { type: 'longrope', shortFactor: factors('short_factor'), longFactor: factors('long_factor'), originalMaxPositions, attentionFactor };
+      // Only the short factors are exact for every position transformers gives them to.
+      if (originalMaxPositions < maxPositions) maxPositions = originalMaxPositions;
     } else if (type !== 'default') {
-      bad(`${ropeKey} type ${show(type)} is not supported (supported: default, linear, llama3)`);
+      bad(`${ropeKey} type ${show(type)} is not supported (supported: default, linear, llama3, longrope)`);
     }
   }
   const topTheta = has('rope_theta') ? num('rope_theta', 10000) : undefined;
@@ -240,7 +271,11 @@ export function toNativeConfig(c: LlamaConfig): SpecdecNative.LlamaNativeConfig 
     maxPositions: c.maxPositions,
     rmsNormEps: c.rmsNormEps,
     ropeTheta: c.ropeTheta,
-    ...(c.ropeScaling !== undefined ? { ropeScaling: { ...c.ropeScaling } } : {}),
+    ...(c.ropeScaling === undefined
+      ? {}
+      : c.ropeScaling.type === 'longrope'
+        ? { ropeScaling: { type: 'longrope' as const, shortFactor: [...c.ropeScaling.shortFactor], attentionFactor: c.ropeScaling.attentionFactor } }
+        : { ropeScaling: { ...c.ropeScaling } }),
     qkvBias: c.qkvBias,
     oBias: c.oBias,
     qkNorm: c.qkNorm,

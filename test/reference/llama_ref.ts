@@ -64,6 +64,8 @@ export class LlamaReference {
   /** Qwen3: per-head RMSNorm of q and k (from the architecture, not from which tensors exist). */
   readonly qkNorm: boolean;
   readonly invFreq: Float64Array;
+  /** LongRoPE's attention factor: cos and sin are multiplied by it (1 otherwise). */
+  private ropeScale = 1;
   private readonly w: Map<string, Mat>;
 
   constructor(dir: string) {
@@ -96,7 +98,15 @@ export class LlamaReference {
     for (let i = 0; i < this.D / 2; i++) inv[i] = 1 / Math.pow(theta, (2 * i) / this.D);
     const rs = this.cfg['rope_scaling'] as Record<string, number | string> | null | undefined;
     const type = rs ? (rs['rope_type'] ?? rs['type']) : undefined;
-    if (rs && type === 'linear') {
+    if (rs && type === 'longrope') {
+      // HF _compute_longrope_parameters for sequences within original_max_position_embeddings: the
+      // short factors; cos and sin scaled by the attention factor (applied in rope()).
+      const short = rs['short_factor'] as unknown as number[];
+      for (let i = 0; i < inv.length; i++) inv[i] = 1 / (short[i]! * Math.pow(theta, (2 * i) / this.D));
+      const orig = this.cfg['original_max_position_embeddings'] as number;
+      const factor = (this.cfg['max_position_embeddings'] as number) / orig;
+      this.ropeScale = factor <= 1 ? 1 : Math.sqrt(1 + Math.log(factor) / Math.log(orig));
+    } else if (rs && type === 'linear') {
       for (let i = 0; i < inv.length; i++) inv[i] = inv[i]! / (rs['factor'] as number);
     } else if (rs && type === 'llama3') {
       const factor = rs['factor'] as number;
@@ -187,8 +197,10 @@ export class LlamaReference {
           const a = positions[n]! * this.invFreq[i]!;
           const x1 = x[o + i]!;
           const x2 = x[o + i + half]!;
-          x[o + i] = x1 * Math.cos(a) - x2 * Math.sin(a);
-          x[o + i + half] = x2 * Math.cos(a) + x1 * Math.sin(a);
+          const c = Math.cos(a) * this.ropeScale;
+          const s = Math.sin(a) * this.ropeScale;
+          x[o + i] = x1 * c - x2 * s;
+          x[o + i + half] = x2 * c + x1 * s;
         }
       }
   }

@@ -205,6 +205,10 @@ export function configMismatches(ours: LlamaConfig, theirs: Record<string, unkno
   eq('num_attention_heads', ours.numHeads, theirs['num_attention_heads']);
   eq('num_key_value_heads', ours.numKvHeads, theirs['num_key_value_heads']);
   eq('head_dim', ours.headDim, theirs['head_dim']);
+  // Rotated values per head (transformers: int(head_dim x partial_rotary_factor)); older references lack it.
+  if (typeof theirs['partial_rotary_factor'] === 'number' && typeof theirs['head_dim'] === 'number') {
+    eq('rotary dims', ours.ropeDim, Math.floor(theirs['head_dim'] * theirs['partial_rotary_factor']));
+  }
   eq('rms_norm_eps', ours.rmsNormEps, theirs['rms_norm_eps']);
   eq('rope_theta', ours.ropeTheta, theirs['rope_theta']);
   eq('tie_word_embeddings', ours.tieWordEmbeddings, theirs['tie_word_embeddings']);

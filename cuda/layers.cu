@@ -195,17 +195,18 @@ void add_rmsnorm(Tensor& x, const Tensor& y, const Tensor& w, float eps, Tensor&
   SPECDEC_CUDA_LAUNCH_CHECK("add_rmsnorm_kernel");
 }
 
-void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq) {
+void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq, float scale) {
   const int64_t N = x.size(0), heads = x.size(1), D = x.size(2);
   SPECDEC_CHECK(N * heads <= INT32_MAX, "E_ARG", "x: too many rows for one launch (", x.describe(), ")");
-  const int threads = static_cast<int>(std::min<int64_t>(256, ((D / 2 + 31) / 32) * 32));
+  const int64_t half = inv_freq.size(0);  // rotary dims / 2 (<= D / 2)
+  const int threads = static_cast<int>(std::min<int64_t>(256, ((half + 31) / 32) * 32));
   launch_kernel(rope_kernel, static_cast<unsigned>(N * heads), threads, 0, x.ptr<float>(), positions.ptr<int32_t>(),
-                                                                         inv_freq.ptr<float>(), heads, D);
+                inv_freq.ptr<float>(), heads, D, half, scale);
   SPECDEC_CUDA_LAUNCH_CHECK("rope_kernel");
 }
 
 void rope_qk_append(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positions, const Tensor& inv_freq,
-                    Tensor& kv_layer, const PagedBatch& batch, const ops::QkNorm* norm) {
+                    Tensor& kv_layer, const PagedBatch& batch, const ops::QkNorm* norm, float rope_scale) {
   const int64_t N = q.size(0), hq = q.size(1), hk = k.size(1), D = q.size(2);
   SPECDEC_CHECK(N * (hq + 1) <= INT32_MAX, "E_ARG", "q: too many rows for one launch (", q.describe(), ")");
   // 128 threads: q's blocks rotate D / 2 pairs (a warp or two), k's blocks hk x D / 2 pairs and then
@@ -216,7 +217,7 @@ void rope_qk_append(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positio
     launch_kernel(rope_qk_append_kernel<KVT>, static_cast<unsigned>(N * (hq + 1)), kRopeAppendThreads, 0,
                   q.ptr<float>(), k.ptr<float>(), v.data(), static_cast<int>(v.dtype()), positions.ptr<int32_t>(),
                   inv_freq.ptr<float>(), norm ? norm->q_w.ptr<float>() : nullptr, norm ? norm->k_w.ptr<float>() : nullptr,
-                  norm ? norm->eps : 0.f, N, hq, hk, D, kv_layer.ptr<KVT>(), batch.qo_indptr.ptr<int32_t>(),
+                  norm ? norm->eps : 0.f, N, hq, hk, D, inv_freq.size(0), rope_scale, kv_layer.ptr<KVT>(), batch.qo_indptr.ptr<int32_t>(),
                   batch.page_indptr.ptr<int32_t>(), batch.page_indices.ptr<int32_t>(), batch.prefix_len.ptr<int32_t>(),
                   static_cast<int>(batch.batch_size()), static_cast<int>(kv_layer.size(2)));
     SPECDEC_CUDA_LAUNCH_CHECK("rope_qk_append_kernel");

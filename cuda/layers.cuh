@@ -180,10 +180,12 @@ __global__ void add_rmsnorm_kernel(float* x, const float* y, const T* __restrict
 
 // Rotates the pair (i, i + half) of one head's vector v of token position p.
 __device__ __forceinline__ void rope_pair(float* __restrict__ v, int32_t p, const float* __restrict__ inv_freq, int64_t half,
-                                          int64_t i) {
+                                          int64_t i, float scale) {
   const float angle = static_cast<float>(p) * inv_freq[i];  // f32, as HF
   float s, c;
   sincosf(angle, &s, &c);  // full-precision range reduction (positions reach 1e5+)
+  c = __fmul_rn(c, scale);  // HF: cos and sin times LongRoPE's attention factor (1: exact)
+  s = __fmul_rn(s, scale);
   const float a = v[i], b = v[i + half];
   // Each product rounded, then the sum (as the CPU computes it): _rn stops nvcc from contracting
   // either side into an FMA, which it might do differently in each kernel that inlines this.
@@ -192,24 +194,27 @@ __device__ __forceinline__ void rope_pair(float* __restrict__ v, int32_t p, cons
 }
 
 // Rotates one head's vector v of token position p; thread i the pair (i, i + D/2).
-__device__ __forceinline__ void rope_head(float* __restrict__ v, int32_t p, const float* __restrict__ inv_freq, int64_t D) {
-  const int64_t half = D / 2;
-  for (int64_t i = threadIdx.x; i < half; i += blockDim.x) rope_pair(v, p, inv_freq, half, i);
+// The pairs (i, i + half) of one head, i < half (half = rotary dims / 2: head dim / 2, or fewer for a
+// partial rotation, whose other values stay as they are).
+__device__ __forceinline__ void rope_head(float* __restrict__ v, int32_t p, const float* __restrict__ inv_freq, int64_t half,
+                                          float scale) {
+  for (int64_t i = threadIdx.x; i < half; i += blockDim.x) rope_pair(v, p, inv_freq, half, i, scale);
 }
 
-// One block per (token, head).
+// One block per (token, head); half = inv_freq's length.
 __global__ void rope_kernel(float* __restrict__ x, const int32_t* __restrict__ pos, const float* __restrict__ inv_freq,
-                            int64_t heads, int64_t D) {
-  rope_head(x + static_cast<int64_t>(blockIdx.x) * D, pos[blockIdx.x / heads], inv_freq, D);
+                            int64_t heads, int64_t D, int64_t half, float scale) {
+  rope_head(x + static_cast<int64_t>(blockIdx.x) * D, pos[blockIdx.x / heads], inv_freq, half, scale);
 }
 
 // q [N, hq, D] and k [N, hk, D] in one launch (a layer's two rotations): blocks 0 .. N hq - 1 take q's
 // heads, the rest k's; each head exactly as rope_kernel rotates it.
 __global__ void rope_qk_kernel(float* __restrict__ q, float* __restrict__ k, const int32_t* __restrict__ pos,
-                               const float* __restrict__ inv_freq, int64_t N, int64_t hq, int64_t hk, int64_t D) {
+                               const float* __restrict__ inv_freq, int64_t N, int64_t hq, int64_t hk, int64_t D,
+                               int64_t half, float scale) {
   const int64_t b = blockIdx.x;
-  if (b < N * hq) rope_head(q + b * D, pos[b / hq], inv_freq, D);
-  else rope_head(k + (b - N * hq) * D, pos[(b - N * hq) / hk], inv_freq, D);
+  if (b < N * hq) rope_head(q + b * D, pos[b / hq], inv_freq, half, scale);
+  else rope_head(k + (b - N * hq) * D, pos[(b - N * hq) / hk], inv_freq, half, scale);
 }
 
 // A layer's q and k rotations and its K/V append in one launch (the bits of rope_qk_kernel, then
@@ -220,7 +225,8 @@ template <typename KVT>
 __global__ void rope_qk_append_kernel(float* __restrict__ q, float* __restrict__ k, const void* v, int v_dtype,
                                       const int32_t* __restrict__ pos, const float* __restrict__ inv_freq,
                                       const float* __restrict__ q_norm, const float* __restrict__ k_norm, float eps,
-                                      int64_t N, int64_t hq, int64_t hk, int64_t D, KVT* kv, const int32_t* qo_indptr,
+                                      int64_t N, int64_t hq, int64_t hk, int64_t D, int64_t half, float rope_scale, KVT* kv,
+                                      const int32_t* qo_indptr,
                                       const int32_t* page_indptr, const int32_t* page_indices, const int32_t* prefix_len,
                                       int B, int page_size) {
   const int64_t b = blockIdx.x;
@@ -229,17 +235,17 @@ __global__ void rope_qk_append_kernel(float* __restrict__ q, float* __restrict__
       rmsnorm_row(q + b * D, q_norm, eps, q + b * D, D);
       __syncthreads();  // a rotation pairs values that other threads normalized
     }
-    rope_head(q + b * D, pos[b / hq], inv_freq, D);
+    rope_head(q + b * D, pos[b / hq], inv_freq, half, rope_scale);
     return;
   }
-  const int64_t n = b - N * hq, half = D / 2;
+  const int64_t n = b - N * hq;
   float* kn = k + n * hk * D;
   const int32_t p = pos[n];
   if (k_norm) {
     for (int64_t h = 0; h < hk; ++h) rmsnorm_row(kn + h * D, k_norm, eps, kn + h * D, D);
     __syncthreads();
   }
-  for (int64_t t = threadIdx.x; t < hk * half; t += blockDim.x) rope_pair(kn + (t / half) * D, p, inv_freq, half, t % half);
+  for (int64_t t = threadIdx.x; t < hk * half; t += blockDim.x) rope_pair(kn + (t / half) * D, p, inv_freq, half, t % half, rope_scale);
   __syncthreads();  // the rotated row, written by the block's threads, is what the append reads
   kv_kernels::append_token(static_cast<int>(n), kv, k, static_cast<int>(DType::f32), v, v_dtype, qo_indptr, page_indptr,
                            page_indices, prefix_len, B, page_size, static_cast<int>(hk * D));

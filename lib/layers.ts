@@ -44,7 +44,11 @@ export function matmulGroup(x: Tensor, ws: readonly Tensor[], biases: readonly (
   return b.layerMatmulGroup(x, [...ws], biases.map((t) => t ?? null)).map(asTensor);
 }
 
-/** Rotary embedding in place: x f32 [N, heads, D], positions i32 [N], invFreq f32 [D/2]. */
+/**
+ * Rotary embedding in place (HF rotate_half): x f32 [N, heads, D], positions i32 [N], invFreq f32
+ * [R/2] with R <= D: the pairs (i, i + R/2) of each head's first R values rotate (R < D: a partial
+ * rotation, the rest unchanged).
+ */
 export function rope(x: Tensor, positions: Tensor, invFreq: Tensor): void {
   native().layerRope(x, positions, invFreq);
 }

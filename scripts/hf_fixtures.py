@@ -3,8 +3,9 @@
 
   python3 scripts/hf_fixtures.py agreement OUT   small random LlamaForCausalLM / Qwen2ForCausalLM /
         Qwen3ForCausalLM / Phi3ForCausalLM checkpoints (GQA, Qwen2 qkv biases, Qwen3 q/k norms with
-        head_dim apart from hidden / heads, Phi-3's fused qkv_proj and gate_up_proj, tied and untied
-        embeddings, llama3 rope scaling, f32 and bf16; Qwen3 and Phi-3 only where this transformers has them), each saved by transformers itself into OUT/<name>/ with a reference.json: prompts
+        head_dim apart from hidden / heads, Phi-3's fused qkv_proj and gate_up_proj, LongRoPE, a partial
+        rotation, tied and untied embeddings, llama3 rope scaling, f32 and bf16; Qwen3 and Phi-3 only
+        where this transformers has them), each saved by transformers itself into OUT/<name>/ with a reference.json: prompts
         (token ids), transformers' logits of the prompt's last positions, its greedy continuation
         (generate(do_sample=False)) and the top-2 logit margin at each generated step, and the same
         computed in float64 on the CPU from the saved weights (the ground truth both sides are
@@ -79,6 +80,8 @@ PHI3 = dict(vocab_size=1024, hidden_size=512, intermediate_size=1024, num_hidden
             num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-5)
 PHI3_LONGROPE = dict(rope_type="longrope", short_factor=[1.0 + 0.05 * i for i in range(32)],
                      long_factor=[1.0 + 0.75 * i for i in range(32)])
+PHI4MINI_LONGROPE = dict(rope_type="longrope", short_factor=[1.0 + 0.1 * i for i in range(24)],
+                         long_factor=[1.0 + 1.5 * i for i in range(24)])
 LLAMA3_ROPE = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
                    original_max_position_embeddings=256)
 
@@ -104,6 +107,10 @@ FIXTURES = [
     dict(name="phi3-longrope-f32", arch="Phi3ForCausalLM", dtype="float32",
          shape=dict(PHI3, max_position_embeddings=16384, original_max_position_embeddings=4096),
          theta=10000.0, rope=PHI3_LONGROPE, tied=False, seed=19, optional=True),
+    # Phi-4-mini's: 3/4 of each head rotates (48 of 64), LongRoPE over those 24 pairs, tied embeddings.
+    dict(name="phi4mini-partial-longrope-f32", arch="Phi3ForCausalLM", dtype="float32",
+         shape=dict(PHI3, max_position_embeddings=16384, original_max_position_embeddings=4096, partial_rotary_factor=0.75),
+         theta=10000.0, rope=PHI4MINI_LONGROPE, tied=True, seed=20, optional=True),
 ]
 PROMPT_LENGTHS = [5, 16, 33, 60]
 NEW_TOKENS = 64
@@ -186,6 +193,7 @@ def effective_config(cfg):
         rope_type=rope.get("rope_type", rope.get("type", "default")),
         rope=rope, tie_word_embeddings=bool(cfg.tie_word_embeddings),
         max_position_embeddings=cfg.max_position_embeddings,
+        partial_rotary_factor=float(rope.get("partial_rotary_factor", getattr(cfg, "partial_rotary_factor", None) or 1.0)),
     )
 
 

@@ -277,7 +277,28 @@ function layerSuite(device: Device, seed: number): void {
       assertThrowsCode(() => rope(t(randomArray(9, rand), 'f32', [1, 1, 9]), t(Int32Array.from([0]), 'i32', [1]), t(randomArray(4, rand), 'f32', [4])), 'E_ARG', /head dim must be even/);
       const x = t(randomArray(2 * 8, rand), 'f32', [2, 1, 8]);
       assertThrowsCode(() => rope(x, t(Int32Array.from([0]), 'i32', [1]), t(randomArray(4, rand), 'f32', [4])), 'E_ARG', /positions: expected shape \[2\]/);
-      assertThrowsCode(() => rope(x, t(Int32Array.from([0, 1]), 'i32', [2]), t(randomArray(3, rand), 'f32', [3])), 'E_ARG', /inv_freq: expected shape \[4\]/);
+      assertThrowsCode(() => rope(x, t(Int32Array.from([0, 1]), 'i32', [2]), t(randomArray(5, rand), 'f32', [5])), 'E_ARG', /inv_freq: expected 1 \.\. 4 frequencies \(head dim 8: rotary dims \/ 2\)/);
+      assertThrowsCode(() => rope(x, t(Int32Array.from([0, 1]), 'i32', [2]), t(randomArray(4, rand), 'f32', [2, 2])), 'E_ARG', /inv_freq/);
+    });
+    it('a partial rotation (inv_freq shorter than head dim / 2): pairs (i, i + R/2) of the first R values, the rest untouched', () => {
+      const N = 4, heads = 2, D = 16, half = 6; // R = 12 of 16, as Phi-4-mini's 3/4
+      const x = randomArray(N * heads * D, rand, -2, 2);
+      const pos = ints(N, 0, 5000);
+      const invFreq = ropeInvFreq(2 * half, 10000);
+      const want = Float64Array.from(x);
+      for (let n = 0; n < N; n++)
+        for (let h = 0; h < heads; h++)
+          for (let i = 0; i < half; i++) {
+            const o = (n * heads + h) * D;
+            const a = Math.fround(pos[n]! * invFreq[i]!);
+            want[o + i] = x[o + i]! * Math.cos(a) - x[o + i + half]! * Math.sin(a);
+            want[o + i + half] = x[o + i + half]! * Math.cos(a) + x[o + i]! * Math.sin(a);
+          }
+      const xt = t(x, 'f32', [N, heads, D]);
+      rope(xt, t(pos, 'i32', [N]), t(invFreq, 'f32', [half]));
+      const got = xt.toFloat32();
+      assertClose(got, want, () => 2e-6, 'partial rope');
+      for (let r = 0; r < N * heads; r++) for (let d = 2 * half; d < D; d++) assert.strictEqual(got[r * D + d], x[r * D + d], 'pass-through values are exact');
     });
   });
 

@@ -514,15 +514,21 @@ describe('Llama runner (cpu)', function () {
       assert.throws(() => parseLlamaConfig({ ...configJson(specByName('qwen3-qknorm-bf16')), architectures: ['Qwen3MoeForCausalLM'] }), /unsupported architecture \["Qwen3MoeForCausalLM"\] \(supported: .*Qwen3ForCausalLM/);
     });
 
-    it('config parsing, Phi-3: fused projections, no biases whatever attention_bias says, partial rotation refused by name, its window cap, LongRoPE', () => {
+    it('config parsing, Phi-3: fused projections, no biases whatever attention_bias says, its window cap, LongRoPE, partial rotation', () => {
       const phi = parseLlamaConfig(configJson(specByName('phi3-fused-f16')));
       assert.deepStrictEqual([phi.architecture, phi.fusedProjections, phi.qkvBias, phi.oBias, phi.qkNorm, phi.ropeTheta], ['Phi3ForCausalLM', true, false, false, false, 250000]);
       assert.strictEqual(parseLlamaConfig({ ...configJson(specByName('phi3-fused-f16')), architectures: undefined, model_type: 'phi3' }).architecture, 'Phi3ForCausalLM');
       assert.deepStrictEqual([parseLlamaConfig({ ...configJson(specByName('phi3-fused-f16')), attention_bias: true }).qkvBias], [false]);
       // Phi-3-mini-4k's window (2047) caps the context, so every position stays inside it.
       assert.strictEqual(parseLlamaConfig({ ...configJson(specByName('phi3-fused-f16')), sliding_window: 47 }).maxPositions, 47);
-      assert.strictEqual(parseLlamaConfig({ ...configJson(specByName('phi3-fused-f16')), partial_rotary_factor: 1 }).fusedProjections, true);
-      assert.throws(() => parseLlamaConfig({ ...configJson(specByName('phi3-fused-f16')), partial_rotary_factor: 0.75 }), /partial_rotary_factor 0\.75 is not supported/);
+      assert.strictEqual(parseLlamaConfig({ ...configJson(specByName('phi3-fused-f16')), partial_rotary_factor: 1 }).ropeDim, 8);
+      // Phi-4-mini: int(head_dim x 0.75) values rotate; LongRoPE's factors are per rotated pair.
+      const p4 = parseLlamaConfig(configJson(specByName('phi4mini-partial-f32')));
+      assert.deepStrictEqual([p4.headDim, p4.ropeDim, p4.maxPositions, p4.tieWordEmbeddings], [16, 12, 64, true]);
+      assert.strictEqual(parseLlamaConfig({ ...configJson(specByName('phi3-fused-f16')), partial_rotary_factor: 0.25 }).ropeDim, 2);
+      assert.throws(() => parseLlamaConfig({ ...configJson(specByName('phi3-fused-f16')), partial_rotary_factor: 0.4 }), /partial_rotary_factor 0\.4 rotates 3 of head_dim 8 values: must be an even number >= 2/);
+      assert.throws(() => parseLlamaConfig({ ...configJson(specByName('phi3-fused-f16')), partial_rotary_factor: 1.5 }), /'partial_rotary_factor' must be a number in \(0, 1\], got 1\.5/);
+      assert.throws(() => parseLlamaConfig({ ...configJson(specByName('phi4mini-partial-f32')), rope_scaling: { type: 'longrope', short_factor: [1, 1, 1, 1, 1, 1, 1, 1], long_factor: [1, 1, 1, 1, 1, 1, 1, 1] } }), /short_factor must be 6 positive numbers \(one per rotated pair: 12 rotary dims\)/);
       // LongRoPE: the short factors, the attention factor from max / original positions, the context
       // capped where transformers would switch to the long factors.
       const lr = parseLlamaConfig(configJson(specByName('phi3-longrope-bf16')));
@@ -534,7 +540,7 @@ describe('Llama runner (cpu)', function () {
       const given = parseLlamaConfig({ ...configJson(specByName('phi3-longrope-bf16')), rope_scaling: { ...specByName('phi3-longrope-bf16').ropeScaling, attention_factor: 1.5 } });
       assert.strictEqual(given.ropeScaling?.type === 'longrope' && given.ropeScaling.attentionFactor, 1.5);
       const short = { type: 'longrope', short_factor: [1], long_factor: [2, 2, 2, 2] };
-      assert.throws(() => parseLlamaConfig({ ...configJson(specByName('phi3-fused-f16')), rope_scaling: short }), /rope_scaling\.short_factor must be 4 positive numbers \(one per rotated pair of head_dim 8\)/);
+      assert.throws(() => parseLlamaConfig({ ...configJson(specByName('phi3-fused-f16')), rope_scaling: short }), /rope_scaling\.short_factor must be 4 positive numbers \(one per rotated pair: 8 rotary dims\)/);
       assert.throws(() => parseLlamaConfig({ ...configJson(specByName('phi3-fused-f16')), rope_scaling: { type: 'yarn', factor: 4 } }), /rope_scaling type "yarn" is not supported \(supported: default, linear, llama3, longrope\)/);
       assert.strictEqual(parseLlamaConfig(configJson(specByName('llama-gqa-f32'))).fusedProjections, false);
     });
@@ -678,7 +684,7 @@ describeCuda('Llama runner', function () {
   });
   after(() => fs.rmSync(root, { recursive: true, force: true }));
 
-  for (const name of ['llama-gqa-f32', 'qwen2-bias-f16', 'llama-sharded-bf16', 'llama3-rope-f32', 'qwen3-qknorm-bf16', 'phi3-fused-f16']) {
+  for (const name of ['llama-gqa-f32', 'qwen2-bias-f16', 'llama-sharded-bf16', 'llama3-rope-f32', 'qwen3-qknorm-bf16', 'phi3-fused-f16', 'phi4mini-partial-f32']) {
     it(`${name}: CUDA logits match the float64 reference, batch invariance holds, greedy matches`, async () => {
       const spec = specByName(name);
       const dir = path.join(root, name);

@@ -491,35 +491,40 @@ describe('strategies on random Llama checkpoints (CPU)', function () {
     }
   });
 
-  it('Qwen3 (q/k norms per head): a Qwen3 draft, its tree, the target as its own draft, Medusa and lookahead give plain greedy output', async () => {
-    const q3Spec = specByName('qwen3-qknorm-bf16');
-    const q3Draft: CheckpointSpec = { ...q3Spec, name: 'qwen3-draft', layers: 1, hidden: 16, intermediate: 32, heads: 2, kvHeads: 1, headDim: 8 };
-    const q3 = await LlamaModel.load(makeCheckpoint(q3Spec, testSeed + 21), { device: 'cpu', maxSequences: 8 });
-    const small = await LlamaModel.load(makeCheckpoint(q3Draft, testSeed + 22), { device: 'cpu', maxSequences: 8 });
-    const self = await LlamaModel.load(q3.dir, { device: 'cpu', maxSequences: 8 });
-    const heads = MedusaHeads.load(writeMedusaHeads({ numHeads: 4, numLayers: 1, hiddenSize: q3Spec.hidden, vocabSize: q3Spec.vocab, seed: 4 }), { device: 'cpu' });
-    try {
-      const ps = prompts(testSeed + 23, [4, 9], q3Spec.vocab);
-      const plain = await plainGenerate(q3, ps, { maxNewTokens: 20 });
-      const specs: [string, Speculator, number?][] = [
-        ['qwen3 draft k=4', new DraftModelSpeculator({ draft: small, k: 4 })],
-        ['qwen3 tree draft', new DraftModelSpeculator({ draft: small, treeBranching: [2, 2, 1] })],
-        ['qwen3 target as its own draft', new DraftModelSpeculator({ draft: self, k: 5 }), 0.99],
-        ['qwen3 medusa, 63 nodes', new MedusaSpeculator({ heads, choices: 'mc_sim_7b_63' })],
-        ['qwen3 lookahead', new LookaheadSpeculator({ W: 4, N: 3, G: 3, sizing: 'fixed' })],
-      ];
-      for (const [name, spec, minRate] of specs) {
-        const res = await new SpeculativeDecoder({ target: q3, speculator: spec }).generateBatch(ps, { maxNewTokens: 20 });
-        res.forEach((r, i) => assert.deepStrictEqual(Array.from(r.tokens), Array.from(plain.tokens[i]!), `${name}: sequence ${i}`));
-        if (minRate !== undefined) {
-          const rate = res.reduce((a, r) => a + r.stats.acceptedDraftTokens, 0) / res.reduce((a, r) => a + r.stats.proposedDraftTokens, 0);
-          assert.ok(rate >= minRate, `${name}: acceptance ${rate}`);
+  const families: [string, CheckpointSpec, CheckpointSpec][] = [
+    ['Qwen3 (q/k norms per head)', specByName('qwen3-qknorm-bf16'), { ...specByName('qwen3-qknorm-bf16'), name: 'qwen3-draft', layers: 1, hidden: 16, intermediate: 32, heads: 2, kvHeads: 1, headDim: 8 }],
+    // The draft keeps head_dim 16 so that LongRoPE's 6 factors fit its 12 rotated values too.
+    ['Phi-4-mini (fused projections, partial rotation, LongRoPE)', specByName('phi4mini-partial-f32'), { ...specByName('phi4mini-partial-f32'), name: 'phi4mini-draft', layers: 1, hidden: 16, intermediate: 32, heads: 2, kvHeads: 1 }],
+  ];
+  for (const [family, tSpec, dSpec] of families) {
+    it(`${family}: a draft of the family, its tree, the target as its own draft, Medusa and lookahead give plain greedy output`, async () => {
+      const tgt = await LlamaModel.load(makeCheckpoint(tSpec, testSeed + 21), { device: 'cpu', maxSequences: 8 });
+      const small = await LlamaModel.load(makeCheckpoint(dSpec, testSeed + 22), { device: 'cpu', maxSequences: 8 });
+      const self = await LlamaModel.load(tgt.dir, { device: 'cpu', maxSequences: 8 });
+      const heads = MedusaHeads.load(writeMedusaHeads({ numHeads: 4, numLayers: 1, hiddenSize: tSpec.hidden, vocabSize: tSpec.vocab, seed: 4 }), { device: 'cpu' });
+      try {
+        const ps = prompts(testSeed + 23, [4, 9], tSpec.vocab);
+        const plain = await plainGenerate(tgt, ps, { maxNewTokens: 20 });
+        const specs: [string, Speculator, number?][] = [
+          ['draft k=4', new DraftModelSpeculator({ draft: small, k: 4 })],
+          ['tree draft', new DraftModelSpeculator({ draft: small, treeBranching: [2, 2, 1] })],
+          ['target as its own draft', new DraftModelSpeculator({ draft: self, k: 5 }), 0.99],
+          ['medusa, 63 nodes', new MedusaSpeculator({ heads, choices: 'mc_sim_7b_63' })],
+          ['lookahead', new LookaheadSpeculator({ W: 4, N: 3, G: 3, sizing: 'fixed' })],
+        ];
+        for (const [name, spec, minRate] of specs) {
+          const res = await new SpeculativeDecoder({ target: tgt, speculator: spec }).generateBatch(ps, { maxNewTokens: 20 });
+          res.forEach((r, i) => assert.deepStrictEqual(Array.from(r.tokens), Array.from(plain.tokens[i]!), `${family}, ${name}: sequence ${i}`));
+          if (minRate !== undefined) {
+            const rate = res.reduce((a, r) => a + r.stats.acceptedDraftTokens, 0) / res.reduce((a, r) => a + r.stats.proposedDraftTokens, 0);
+            assert.ok(rate >= minRate, `${family}, ${name}: acceptance ${rate}`);
+          }
         }
+      } finally {
+        for (const x of [heads, self, small, tgt]) x.dispose();
       }
-    } finally {
-      for (const x of [heads, self, small, q3]) x.dispose();
-    }
-  });
+    });
+  }
 
   it('abort frees the KV pages of target and draft', async () => {
     const free0 = target.kvInfo().freePages;

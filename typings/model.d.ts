@@ -14,6 +14,8 @@ declare namespace SpecdecNative {
     maxPositions: number;
     rmsNormEps: number;
     ropeTheta: number;
+    /** Values of each head that rotate (default headDim; fewer for a partial rotation). */
+    ropeDim?: number;
     ropeScaling?:
       | {
           type: 'linear' | 'llama3';

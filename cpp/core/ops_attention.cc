@@ -168,7 +168,7 @@ void kv_append(Tensor& kv_layer, const Tensor& k, const Tensor& v, const PagedBa
 }
 
 void rope_qk_append(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positions, const Tensor& inv_freq,
-                    Tensor& kv_layer, const PagedBatch& batch, const QkNorm* norm) {
+                    Tensor& kv_layer, const PagedBatch& batch, const QkNorm* norm, float rope_scale) {
   check_rope_qk(q, k, positions, inv_freq);
   check_kv_append(kv_layer, k, v, batch, "rope_qk_append");
   check_same_device({&q, &k, &kv_layer}, "rope_qk_append");
@@ -180,6 +180,7 @@ void rope_qk_append(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positio
                   norm->eps);
     check_same_device({&q, &norm->q_w, &norm->k_w}, "rope_qk_append");
   }
+  SPECDEC_CHECK(std::isfinite(rope_scale) && rope_scale > 0.f, "E_ARG", "rope_scale: expected a positive number, got ", rope_scale);
   if (batch.total_new() == 0) return;
   note_op();  // one launch on CUDA
   if (q.device() == Device::cpu) {
@@ -189,11 +190,11 @@ void rope_qk_append(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positio
       cpu::rmsnorm(qh, norm->q_w, norm->eps, qh);
       cpu::rmsnorm(kh, norm->k_w, norm->eps, kh);
     }
-    cpu::rope_qk(q, k, positions, inv_freq);
+    cpu::rope_qk(q, k, positions, inv_freq, rope_scale);
     return cpu::kv_append(kv_layer, k, v, batch);
   }
 #ifdef SPECDEC_WITH_CUDA
-  cuda::rope_qk_append(q, k, v, positions, inv_freq, kv_layer, batch, norm);
+  cuda::rope_qk_append(q, k, v, positions, inv_freq, kv_layer, batch, norm, rope_scale);
 #else
   no_cuda("rope_qk_append");
 #endif

@@ -69,8 +69,9 @@ struct QkNorm {
 // kv_append of the rotated k and of v, as one op with the same bits: one launch on CUDA instead of
 // two. q [N, numQoHeads, headDim] and k [N, numKvHeads, headDim] f32, rotated in place. With `norm`,
 // each head is first RMS-normalized in place (same launch on CUDA; on the CPU ops::rmsnorm's bits).
+// rope_scale multiplies cos and sin (LongRoPE's attention factor: the rotated values only).
 void rope_qk_append(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positions, const Tensor& inv_freq,
-                    Tensor& kv_layer, const PagedBatch& batch, const QkNorm* norm = nullptr);
+                    Tensor& kv_layer, const PagedBatch& batch, const QkNorm* norm = nullptr, float rope_scale = 1.f);
 
 // Fused tree attention over a paged prefix plus the new tokens.
 // q: [N, numQoHeads, headDim] (N = batch.total_new(); numQoHeads % numKvHeads == 0: GQA/MQA).
@@ -124,7 +125,7 @@ SPECDEC_ATTENTION_OPS(cuda)
 
 namespace cuda {
 void rope_qk_append(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positions, const Tensor& inv_freq,
-                    Tensor& kv_layer, const PagedBatch& batch, const ops::QkNorm* norm);
+                    Tensor& kv_layer, const PagedBatch& batch, const ops::QkNorm* norm, float rope_scale);
 }  // namespace cuda
 
 }  // namespace specdec

@@ -165,12 +165,20 @@ void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out) {
 #endif
 }
 
+// inv_freq: f32 [R / 2] for a rotation of each head's first R values (R <= head dim; the rest pass
+// through): pairs (i, i + R / 2).
+static void check_inv_freq(const Tensor& inv_freq, int64_t D) {
+  check_arg_dim(inv_freq, "inv_freq", {DType::f32}, 1);
+  SPECDEC_CHECK(inv_freq.size(0) >= 1 && inv_freq.size(0) <= D / 2, "E_ARG", "inv_freq: expected 1 .. ", D / 2,
+                " frequencies (head dim ", D, ": rotary dims / 2), got ", inv_freq.describe());
+}
+
 void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq) {
   check_arg_dim(x, "x", {DType::f32}, 3);
   const int64_t N = x.size(0), D = x.size(2);
   SPECDEC_CHECK(D % 2 == 0 && D > 0, "E_ARG", "x: head dim must be even and > 0, got ", x.describe());
   check_arg(positions, "positions", {DType::i32}, {N});
-  check_arg(inv_freq, "inv_freq", {DType::f32}, {D / 2});
+  check_inv_freq(inv_freq, D);
   check_same_device({&x, &positions, &inv_freq}, "rope");
   check_alias(x, "x", positions, "positions", false);
   check_alias(x, "x", inv_freq, "inv_freq", false);
@@ -192,7 +200,7 @@ void check_rope_qk(const Tensor& q, const Tensor& k, const Tensor& positions, co
                 "), got ", k.describe());
   SPECDEC_CHECK(D % 2 == 0 && D > 0, "E_ARG", "q: head dim must be even and > 0, got ", q.describe());
   check_arg(positions, "positions", {DType::i32}, {N});
-  check_arg(inv_freq, "inv_freq", {DType::f32}, {D / 2});
+  check_inv_freq(inv_freq, D);
   check_same_device({&q, &k, &positions, &inv_freq}, "rope_qk");
   check_alias(q, "q", k, "k", false);
   for (const Tensor* t : {&q, &k}) {

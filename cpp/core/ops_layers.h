@@ -38,9 +38,10 @@ struct MatmulPart {
 };
 void matmul_group(const Tensor& x, std::initializer_list<MatmulPart> parts);
 
-// Rotary embedding in place, HF "rotate_half" layout: for i < D/2, (x[i], x[i + D/2]) rotated by
-// angle positions[n] * inv_freq[i] (angle computed in f32). x f32 [N, heads, D], positions i32 [N],
-// inv_freq f32 [D/2] (the model computes it once from rope_theta and any rope scaling).
+// Rotary embedding in place, HF "rotate_half" layout: with R / 2 = inv_freq's length (R = D, or less
+// for a partial rotation), for i < R/2, (x[i], x[i + R/2]) rotated by angle positions[n] * inv_freq[i]
+// (angle computed in f32); x[R ..] unchanged. x f32 [N, heads, D], positions i32 [N], inv_freq f32
+// [R/2], 1 <= R/2 <= D/2 (the model computes it once from rope_theta and any rope scaling).
 void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq);
 // The argument checks of a layer's q and k rotations (rope_qk_append in ops_attention.h; E_ARG
 // naming the argument): q [N, *, D] and k [N, *, D] f32, D even, positions i32 [N], inv_freq f32 [D/2].
@@ -73,8 +74,9 @@ void gather_last_accepted(const Tensor& x, const Tensor& indptr, const Tensor& a
   void embedding(const Tensor& table, const Tensor& ids, Tensor& out);               \
   void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out);            \
   void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out);    \
-  void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq);             \
-  void rope_qk(Tensor& q, Tensor& k, const Tensor& positions, const Tensor& inv_freq); \
+  /* scale: cos and sin multiplied by it (LongRoPE's attention factor; 1 is exact) */  \
+  void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq, float scale = 1.f);             \
+  void rope_qk(Tensor& q, Tensor& k, const Tensor& positions, const Tensor& inv_freq, float scale = 1.f); \
   void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out);                  \
   void add_inplace(Tensor& x, const Tensor& y);                                      \
   void add_rmsnorm(Tensor& x, const Tensor& y, const Tensor& w, float eps, Tensor& out); \

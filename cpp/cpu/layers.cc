@@ -93,8 +93,9 @@ void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) {
   }
 }
 
-void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq) {
-  const int64_t N = x.size(0), heads = x.size(1), D = x.size(2), half = D / 2;
+void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq, float scale) {
+  // The first 2 x half values of each head rotate (partial rotary: half < D / 2), the rest stay.
+  const int64_t N = x.size(0), heads = x.size(1), D = x.size(2), half = inv_freq.size(0);
   const int32_t* pos = positions.ptr<int32_t>();
   const float* f = inv_freq.ptr<float>();
   float* xp = x.ptr<float>();
@@ -103,8 +104,8 @@ void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq) {
   for (int64_t n = 0; n < N; ++n) {
     for (int64_t i = 0; i < half; ++i) {
       float angle = static_cast<float>(pos[n]) * f[i];  // in f32, as HF does
-      c[i] = std::cos(angle);
-      s[i] = std::sin(angle);
+      c[i] = std::cos(angle) * scale;  // HF: cos and sin times the attention factor (exact for 1)
+      s[i] = std::sin(angle) * scale;
     }
     for (int64_t h = 0; h < heads; ++h) {
       float* v = xp + (n * heads + h) * D;
@@ -133,9 +134,9 @@ void add_inplace(Tensor& x, const Tensor& y) {
 }
 
 // q's rotation, then k's (one op for the caller; one kernel on CUDA).
-void rope_qk(Tensor& q, Tensor& k, const Tensor& positions, const Tensor& inv_freq) {
-  rope(q, positions, inv_freq);
-  rope(k, positions, inv_freq);
+void rope_qk(Tensor& q, Tensor& k, const Tensor& positions, const Tensor& inv_freq, float scale) {
+  rope(q, positions, inv_freq, scale);
+  rope(k, positions, inv_freq, scale);
 }
 
 // The residual add, then the norm: exactly the two ops' arithmetic (one op for the caller, who

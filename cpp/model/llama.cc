@@ -48,11 +48,12 @@ int popcount64(uint64_t x) {
 }  // namespace
 
 std::vector<float> rope_inv_freq(const LlamaConfig& c) {
-  const int half = c.head_dim / 2;
+  // A partial rotation's frequencies are spread over its own width (HF: dim = head_dim x factor).
+  const int dim = c.rope_dim > 0 ? c.rope_dim : c.head_dim, half = dim / 2;
   std::vector<float> out(half);
   const double pi = 3.14159265358979323846;
   for (int i = 0; i < half; ++i) {
-    double f = 1.0 / std::pow(c.rope_theta, (2.0 * i) / c.head_dim);
+    double f = 1.0 / std::pow(c.rope_theta, (2.0 * i) / dim);
     if (c.rope_type == "longrope") {
       f /= c.rope_ext_factors[static_cast<size_t>(i)];  // HF: 1 / (ext_factors * base^(2i/d))
     } else if (c.rope_type == "linear") {
@@ -91,9 +92,12 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const LlamaConfig& config, const Ll
   SPECDEC_CHECK(c.head_dim % 2 == 0, "E_FORMAT", "config: head_dim (", c.head_dim, ") must be even for RoPE");
   SPECDEC_CHECK(c.rope_type.empty() || c.rope_type == "linear" || c.rope_type == "llama3" || c.rope_type == "longrope",
                 "E_FORMAT", "config: unsupported rope_scaling type '", c.rope_type, "'");
+  const int rope_dim = c.rope_dim > 0 ? c.rope_dim : c.head_dim;
+  SPECDEC_CHECK(rope_dim % 2 == 0 && rope_dim <= c.head_dim, "E_FORMAT", "config: rotary dims (", rope_dim,
+                ") must be even and at most head_dim (", c.head_dim, ")");
   if (c.rope_type == "longrope") {
-    SPECDEC_CHECK(c.rope_ext_factors.size() == static_cast<size_t>(c.head_dim / 2), "E_FORMAT", "config: longrope needs ",
-                  c.head_dim / 2, " factors (head_dim / 2), got ", c.rope_ext_factors.size());
+    SPECDEC_CHECK(c.rope_ext_factors.size() == static_cast<size_t>(rope_dim / 2), "E_FORMAT", "config: longrope needs ",
+                  rope_dim / 2, " factors (rotary dims / 2), got ", c.rope_ext_factors.size());
     for (double f : c.rope_ext_factors)
       SPECDEC_CHECK(std::isfinite(f) && f > 0, "E_FORMAT", "config: longrope factors must be positive numbers, got ", f);
     SPECDEC_CHECK(std::isfinite(c.rope_attention_factor) && c.rope_attention_factor > 0, "E_FORMAT",
@@ -426,9 +430,10 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
 
   const int64_t H = c.hidden_size, I = c.intermediate_size, D = c.head_dim;
   const int64_t NH = c.num_heads, NKV = c.num_kv_heads;
-  // longrope scales rotated q and k by m (HF: cos and sin times m): the same as m^2 on the scores,
-  // with the cache holding k unscaled.
-  const float sm_scale = static_cast<float>(c.rope_attention_factor * c.rope_attention_factor / std::sqrt(static_cast<double>(D)));
+  const float sm_scale = 1.0f / std::sqrt(static_cast<float>(D));
+  // LongRoPE scales the rotated values of q and k (HF: cos and sin times the attention factor); with a
+  // partial rotation the rest of the head is not scaled, so it cannot move to the scores' scale.
+  const float rope_scale = static_cast<float>(c.rope_attention_factor);
   // Activation buffers: rows [0, N) of the reusable scratch when N fits it, else temporaries.
   // Every buffer is fully written before it is read, so stale scratch contents never leak in.
   Scratch tmp;
@@ -502,7 +507,7 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
       // Attention block (h: its normed input).
       ops::matmul_group(h, {{&L.q, &L.q_bias, &q2}, {&L.k, &L.k_bias, &k2}, {&L.v, &L.v_bias, &v2}});
       // (Qwen3: each head's q and k RMS-normalized first, in the same op.)
-      ops::rope_qk_append(q, k, v, g_pos, inv_freq_, kv_->layer(l), *g_batch, c.qk_norm ? &L.qk_norm : nullptr);
+      ops::rope_qk_append(q, k, v, g_pos, inv_freq_, kv_->layer(l), *g_batch, c.qk_norm ? &L.qk_norm : nullptr, rope_scale);
       ops::tree_attention(q, kv_->layer(l), *g_batch, g_mask, sm_scale, att);
       ops::matmul(att2, L.o, L.o_bias, o);
       // MLP block (SwiGLU).

@@ -31,6 +31,7 @@ struct LlamaConfig {
   int max_positions = 0;
   float rms_norm_eps = 1e-6f;
   double rope_theta = 10000.0;
+  int rope_dim = 0;  // values of each head that rotate (head_dim; fewer: partial_rotary_factor); 0 = head_dim
   // rope_scaling: "" (none), "linear" (factor), "llama3" (all four fields) or "longrope" (below).
   std::string rope_type;
   double rope_factor = 1.0;
@@ -38,7 +39,7 @@ struct LlamaConfig {
   double rope_high_freq_factor = 4.0;
   double rope_original_max_positions = 8192.0;
   // "longrope" (Phi-3): frequency i divided by rope_ext_factors[i] (head_dim / 2 of them), and the
-  // rotated q and k scaled by rope_attention_factor (applied as its square on the attention scale).
+  // rotated values of q and k scaled by rope_attention_factor (cos and sin times it, as HF).
   std::vector<double> rope_ext_factors;
   double rope_attention_factor = 1.0;
   bool qkv_bias = false;             // q/k/v projections carry biases (Qwen2; Llama / Qwen3 attention_bias)

@@ -46,6 +46,7 @@ LlamaConfig config_arg(const Napi::Value& v) {
   c.max_positions = get_int32(get_field(o, "maxPositions"), "config.maxPositions");
   c.rms_norm_eps = static_cast<float>(get_number(get_field(o, "rmsNormEps"), "config.rmsNormEps"));
   c.rope_theta = get_number(get_field(o, "ropeTheta"), "config.ropeTheta");
+  c.rope_dim = has_field(o, "ropeDim") ? get_int32(get_field(o, "ropeDim"), "config.ropeDim") : c.head_dim;
   if (has_field(o, "ropeScaling")) {
     Napi::Object s = get_object(get_field(o, "ropeScaling"), "config.ropeScaling");
     c.rope_type = get_string(get_field(s, "type"), "config.ropeScaling.type");

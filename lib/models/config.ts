@@ -37,6 +37,8 @@ export interface LlamaConfig extends ModelConfig {
   readonly rmsNormEps: number;
   readonly ropeTheta: number;
   readonly ropeScaling?: RopeScaling;
+  /** Values of each head that rotate (head_dim x partial_rotary_factor; head_dim by default). */
+  readonly ropeDim: number;
   /** q/k/v projections have biases (Qwen2, or Llama / Qwen3 with attention_bias). */
   readonly qkvBias: boolean;
   /** o_proj has a bias (Llama or Qwen3 with attention_bias). */
@@ -142,9 +144,14 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
   if (bool('mlp_bias', false)) bad("mlp_bias = true is not supported");
   // Phi-3's projections carry no biases whatever the config says (transformers' Phi3Attention).
   const attentionBias = arch !== 'Phi3ForCausalLM' && bool('attention_bias', false);
-  // Rotation of part of each head (Phi-4-mini: 0.75) is not implemented: refused, never run wrong.
-  if (has('partial_rotary_factor') && o['partial_rotary_factor'] !== 1) {
-    bad(`partial_rotary_factor ${show(o['partial_rotary_factor'])} is not supported (rotary embeddings over the whole head only)`);
+  // Rotation of the first part of each head only (Phi-4-mini: 0.75): transformers rotates
+  // int(head_dim x factor) values, with frequencies computed over that width.
+  let ropeDim = headDim;
+  if (has('partial_rotary_factor')) {
+    const f = o['partial_rotary_factor'];
+    if (typeof f !== 'number' || !(f > 0 && f <= 1)) bad(`field 'partial_rotary_factor' must be a number in (0, 1], got ${show(f)}`);
+    ropeDim = Math.floor(headDim * (f as number));
+    if (ropeDim < 2 || ropeDim % 2 !== 0) bad(`partial_rotary_factor ${show(f)} rotates ${ropeDim} of head_dim ${headDim} values: must be an even number >= 2`);
   }
 
   // Rotary settings: transformers 4 writes rope_theta and rope_scaling at the top level; transformers
@@ -177,8 +184,8 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
     } else if (type === 'longrope') {
       const factors = (k: string): number[] => {
         const v = r[k];
-        if (!Array.isArray(v) || v.length !== headDim / 2 || !v.every((x) => typeof x === 'number' && Number.isFinite(x) && x > 0)) {
-          bad(`${ropeKey}.${k} must be ${headDim / 2} positive numbers (one per rotated pair of head_dim ${headDim}), got ${show(v)}`);
+        if (!Array.isArray(v) || v.length !== ropeDim / 2 || !v.every((x) => typeof x === 'number' && Number.isFinite(x) && x > 0)) {
+          bad(`${ropeKey}.${k} must be ${ropeDim / 2} positive numbers (one per rotated pair: ${ropeDim} rotary dims), got ${show(v)}`);
         }
         return v as number[];
       };
@@ -227,6 +234,7 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
     rmsNormEps: num('rms_norm_eps', 1e-6),
     ropeTheta,
     ...(ropeScaling !== undefined ? { ropeScaling } : {}),
+    ropeDim,
     // HF: Qwen2 always has q/k/v biases and none on o_proj; Llama and Qwen3 put attention_bias on all four.
     qkvBias: arch === 'Qwen2ForCausalLM' || attentionBias,
     oBias: (arch === 'LlamaForCausalLM' || arch === 'Qwen3ForCausalLM') && attentionBias,
@@ -271,6 +279,7 @@ export function toNativeConfig(c: LlamaConfig): SpecdecNative.LlamaNativeConfig 
     maxPositions: c.maxPositions,
     rmsNormEps: c.rmsNormEps,
     ropeTheta: c.ropeTheta,
+    ropeDim: c.ropeDim,
     ...(c.ropeScaling === undefined
       ? {}
       : c.ropeScaling.type === 'longrope'

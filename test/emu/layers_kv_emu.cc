@@ -170,7 +170,7 @@ void check_rope_elementwise(std::mt19937_64& rng) {
     for (int64_t i = 0; i < D / 2; ++i) inv_freq[i] = static_cast<float>(1.0 / std::pow(500000.0, 2.0 * i / D));
     const int threads = static_cast<int>(std::min<int64_t>(256, ((D / 2 + 31) / 32) * 32));
     emu::launch(Dim3{static_cast<unsigned>(N * heads), 1, 1}, static_cast<unsigned>(threads),
-                [&] { lk::rope_kernel(x.data(), pos.data(), inv_freq.data(), heads, D); });
+                [&] { lk::rope_kernel(x.data(), pos.data(), inv_freq.data(), heads, D, D / 2, 1.f); });
     double worst = 0;
     for (int64_t r = 0; r < N * heads; ++r) {
       const int64_t n = r / heads;
@@ -189,11 +189,45 @@ void check_rope_elementwise(std::mt19937_64& rng) {
     auto k = random_vec<float>(rng, static_cast<size_t>(N * hk * D));
     std::vector<float> q2 = x0, k2 = k;
     emu::launch(Dim3{static_cast<unsigned>(N * hk), 1, 1}, static_cast<unsigned>(threads),
-                [&] { lk::rope_kernel(k.data(), pos.data(), inv_freq.data(), hk, D); });
+                [&] { lk::rope_kernel(k.data(), pos.data(), inv_freq.data(), hk, D, D / 2, 1.f); });
     emu::launch(Dim3{static_cast<unsigned>(N * (heads + hk)), 1, 1}, static_cast<unsigned>(threads),
-                [&] { lk::rope_qk_kernel(q2.data(), k2.data(), pos.data(), inv_freq.data(), N, heads, hk, D); });
+                [&] { lk::rope_qk_kernel(q2.data(), k2.data(), pos.data(), inv_freq.data(), N, heads, hk, D, D / 2, 1.f); });
     std::snprintf(buf, sizeof buf, "rope_qk D=%lld: q and k in one launch == rope_kernel on each, bit for bit", static_cast<long long>(D));
     report(std::memcmp(q2.data(), x.data(), x.size() * 4) == 0 && std::memcmp(k2.data(), k.data(), k.size() * 4) == 0, buf);
+  }
+  // A partial rotation (Phi-4-mini: 0.75 of a 128-wide head): the first 2 x 48 values rotate in pairs
+  // (i, i + 48), the last 32 pass through untouched; rope_qk_kernel == rope_kernel on each.
+  {
+    // With LongRoPE's attention factor (cos and sin times 1.19: Phi-4-mini's), the rotated values only.
+    const int64_t D = 128, half = 48;
+    const float scale = 1.19f;
+    auto x = random_vec<float>(rng, static_cast<size_t>(N * heads * D));
+    const auto x0 = x;
+    std::vector<int32_t> pos(static_cast<size_t>(N));
+    for (auto& p : pos) p = static_cast<int32_t>(rng() % 200000);
+    std::vector<float> inv_freq(static_cast<size_t>(half));
+    for (int64_t i = 0; i < half; ++i) inv_freq[i] = static_cast<float>(1.0 / std::pow(10000.0, 2.0 * i / (2 * half)));
+    emu::launch(Dim3{static_cast<unsigned>(N * heads), 1, 1}, 64u, [&] { lk::rope_kernel(x.data(), pos.data(), inv_freq.data(), heads, D, half, scale); });
+    double worst = 0;
+    bool pass_through = true;
+    for (int64_t r = 0; r < N * heads; ++r) {
+      for (int64_t i = 0; i < half; ++i) {
+        const float angle = static_cast<float>(pos[r / heads]) * inv_freq[i];
+        const double c = std::cos(static_cast<double>(angle)) * scale, sn = std::sin(static_cast<double>(angle)) * scale;
+        const double a = x0[r * D + i], b = x0[r * D + i + half];
+        worst = std::max({worst, std::fabs(x[r * D + i] - (a * c - b * sn)), std::fabs(x[r * D + i + half] - (b * c + a * sn))});
+      }
+      for (int64_t i = 2 * half; i < D; ++i) pass_through = pass_through && emu::f32_bits(x[r * D + i]) == emu::f32_bits(x0[r * D + i]);
+    }
+    const int64_t hk = 1;
+    auto k = random_vec<float>(rng, static_cast<size_t>(N * hk * D));
+    std::vector<float> q2 = x0, k2 = k;
+    emu::launch(Dim3{static_cast<unsigned>(N * hk), 1, 1}, 64u, [&] { lk::rope_kernel(k.data(), pos.data(), inv_freq.data(), hk, D, half, scale); });
+    emu::launch(Dim3{static_cast<unsigned>(N * (heads + hk)), 1, 1}, 64u,
+                [&] { lk::rope_qk_kernel(q2.data(), k2.data(), pos.data(), inv_freq.data(), N, heads, hk, D, half, scale); });
+    char buf[140];
+    std::snprintf(buf, sizeof buf, "rope, partial (96 of 128 rotated), scaled 1.19: max abs error %.1e, the last 32 values untouched, rope_qk == rope on each", worst);
+    report(worst < 1e-6 && pass_through && std::memcmp(q2.data(), x.data(), x.size() * 4) == 0 && std::memcmp(k2.data(), k.data(), k.size() * 4) == 0, buf);
   }
   const int64_t n = 3000;
   const auto g = random_vec<float>(rng, n, -8.f, 8.f), u = random_vec<float>(rng, n);
@@ -322,14 +356,14 @@ void check_kv(std::mt19937_64& rng) {
     std::vector<float> qr = q0, kr = k, qf = q0, kf = k;
     auto lr = before, lf = before;
     emu::launch(Dim3{static_cast<unsigned>(N * (hq + Hkv)), 1, 1}, 32,
-                [&] { lk::rope_qk_kernel(qr.data(), kr.data(), pos.data(), inv_freq.data(), N, hq, Hkv, D); });
+                [&] { lk::rope_qk_kernel(qr.data(), kr.data(), pos.data(), inv_freq.data(), N, hq, Hkv, D, D / 2, 1.f); });
     emu::launch(Dim3{static_cast<unsigned>(N), 1, 1}, kk::kThreads, [&] {
       kk::kv_append_kernel<KVT>(lr.data(), kr.data(), static_cast<int>(DType::f32), v.data(), static_cast<int>(DType::f32),
                                 qo.data(), pind.data(), pages.data(), prefix.data(), B, page_size, row);
     });
     emu::launch(Dim3{static_cast<unsigned>(N * (hq + 1)), 1, 1}, 32, [&] {
       lk::rope_qk_append_kernel<KVT>(qf.data(), kf.data(), v.data(), static_cast<int>(DType::f32), pos.data(), inv_freq.data(),
-                                     nullptr, nullptr, 0.f, N, hq, Hkv, D, lf.data(), qo.data(), pind.data(), pages.data(),
+                                     nullptr, nullptr, 0.f, N, hq, Hkv, D, D / 2, 1.f, lf.data(), qo.data(), pind.data(), pages.data(),
                                      prefix.data(), B, page_size);
     });
     report(std::memcmp(qf.data(), qr.data(), qf.size() * 4) == 0 && std::memcmp(kf.data(), kr.data(), kf.size() * 4) == 0 && std::memcmp(lf.data(), lr.data(), lf.size() * sizeof(KVT)) == 0,
@@ -337,6 +371,8 @@ void check_kv(std::mt19937_64& rng) {
 
     // With Qwen3's per-head norms: == rmsnorm_kernel over each head's row (at the fused kernel's
     // block size) then the kernels above, bit for bit; and the norm itself within float64's bound.
+    // Here the rotation is also partial (ph pairs of D / 2; the fused kernel's k loop strides by D).
+    const int64_t ph = D / 2 - 1;
     const auto qw = random_vec<float>(rng, static_cast<size_t>(D), 0.25f, 2.f), kw = random_vec<float>(rng, static_cast<size_t>(D), 0.25f, 2.f);
     const float eps = 1e-6f;
     std::vector<float> qn = q0, kn = k, qg = q0, kg = k;
@@ -354,21 +390,21 @@ void check_kv(std::mt19937_64& rng) {
       }
     }
     emu::launch(Dim3{static_cast<unsigned>(N * (hq + Hkv)), 1, 1}, 32,
-                [&] { lk::rope_qk_kernel(qn.data(), kn.data(), pos.data(), inv_freq.data(), N, hq, Hkv, D); });
+                [&] { lk::rope_qk_kernel(qn.data(), kn.data(), pos.data(), inv_freq.data(), N, hq, Hkv, D, ph, 1.19f); });
     emu::launch(Dim3{static_cast<unsigned>(N), 1, 1}, kk::kThreads, [&] {
       kk::kv_append_kernel<KVT>(ln.data(), kn.data(), static_cast<int>(DType::f32), v.data(), static_cast<int>(DType::f32),
                                 qo.data(), pind.data(), pages.data(), prefix.data(), B, page_size, row);
     });
     emu::launch(Dim3{static_cast<unsigned>(N * (hq + 1)), 1, 1}, 32, [&] {
       lk::rope_qk_append_kernel<KVT>(qg.data(), kg.data(), v.data(), static_cast<int>(DType::f32), pos.data(), inv_freq.data(),
-                                     qw.data(), kw.data(), eps, N, hq, Hkv, D, lg.data(), qo.data(), pind.data(), pages.data(),
+                                     qw.data(), kw.data(), eps, N, hq, Hkv, D, ph, 1.19f, lg.data(), qo.data(), pind.data(), pages.data(),
                                      prefix.data(), B, page_size);
     });
     char buf[96];
     std::snprintf(buf, sizeof buf, " (the q norm's max relative error vs float64 %.1e)", worst);
     report(worst < 2e-6 && std::memcmp(qg.data(), qn.data(), qg.size() * 4) == 0 && std::memcmp(kg.data(), kn.data(), kg.size() * 4) == 0 &&
                std::memcmp(lg.data(), ln.data(), lg.size() * sizeof(KVT)) == 0 && std::memcmp(qg.data(), qf.data(), qg.size() * 4) != 0,
-           "rope_qk_append " + tag + " with q/k norms: == rmsnorm per head, rope_qk, kv_append, bit for bit" + buf);
+           "rope_qk_append " + tag + " with q/k norms, rotation partial and scaled: == rmsnorm per head, rope_qk, kv_append, bit for bit" + buf);
   }
 
   // Commit: per sequence an accepted path = node 0 then strictly increasing nodes (a tree path).

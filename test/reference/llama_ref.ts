@@ -64,6 +64,10 @@ export class LlamaReference {
   /** Qwen3: per-head RMSNorm of q and k (from the architecture, not from which tensors exist). */
   readonly qkNorm: boolean;
   readonly invFreq: Float64Array;
+  /** Rotated values per head: head_dim x partial_rotary_factor (HF Phi3), else head_dim. */
+  get R(): number {
+    return Math.floor(this.D * ((this.cfg['partial_rotary_factor'] as number | undefined) ?? 1));
+  }
   /** LongRoPE's attention factor: cos and sin are multiplied by it (1 otherwise). */
   private ropeScale = 1;
   private readonly w: Map<string, Mat>;
@@ -94,15 +98,17 @@ export class LlamaReference {
   /** HF _compute_default / _linear / _llama3 rope parameters, in float64. */
   private ropeInvFreq(): Float64Array {
     const theta = (this.cfg['rope_theta'] as number | undefined) ?? 10000;
-    const inv = new Float64Array(this.D / 2);
-    for (let i = 0; i < this.D / 2; i++) inv[i] = 1 / Math.pow(theta, (2 * i) / this.D);
+    // HF: a partial rotation rotates int(head_dim x partial_rotary_factor) values, frequencies over that width.
+    const R = this.R;
+    const inv = new Float64Array(R / 2);
+    for (let i = 0; i < R / 2; i++) inv[i] = 1 / Math.pow(theta, (2 * i) / R);
     const rs = this.cfg['rope_scaling'] as Record<string, number | string> | null | undefined;
     const type = rs ? (rs['rope_type'] ?? rs['type']) : undefined;
     if (rs && type === 'longrope') {
       // HF _compute_longrope_parameters for sequences within original_max_position_embeddings: the
       // short factors; cos and sin scaled by the attention factor (applied in rope()).
       const short = rs['short_factor'] as unknown as number[];
-      for (let i = 0; i < inv.length; i++) inv[i] = 1 / (short[i]! * Math.pow(theta, (2 * i) / this.D));
+      for (let i = 0; i < inv.length; i++) inv[i] = 1 / (short[i]! * Math.pow(theta, (2 * i) / R));
       const orig = this.cfg['original_max_position_embeddings'] as number;
       const factor = (this.cfg['max_position_embeddings'] as number) / orig;
       this.ropeScale = factor <= 1 ? 1 : Math.sqrt(1 + Math.log(factor) / Math.log(orig));
@@ -186,10 +192,10 @@ export class LlamaReference {
     return y;
   }
 
-  /** rotate_half RoPE in place on [N, heads, D]. */
+  /** rotate_half RoPE in place on [N, heads, D], over each head's first R values (the rest pass through). */
   private rope(x: Float64Array, N: number, heads: number, positions: readonly number[]): void {
     const D = this.D;
-    const half = D / 2;
+    const half = this.R / 2;
     for (let n = 0; n < N; n++)
       for (let h = 0; h < heads; h++) {
         const o = (n * heads + h) * D;

@@ -526,6 +526,10 @@ describe('Llama runner (cpu)', function () {
       const p4 = parseLlamaConfig(configJson(specByName('phi4mini-partial-f32')));
       assert.deepStrictEqual([p4.headDim, p4.ropeDim, p4.maxPositions, p4.tieWordEmbeddings], [16, 12, 64, true]);
       assert.strictEqual(parseLlamaConfig({ ...configJson(specByName('phi3-fused-f16')), partial_rotary_factor: 0.25 }).ropeDim, 2);
+      // transformers 5 may write it inside rope_parameters.
+      const v5 = { ...configJson(specByName('phi3-fused-f16')), rope_theta: undefined, rope_parameters: { rope_type: 'default', rope_theta: 250000, partial_rotary_factor: 0.5 } };
+      assert.strictEqual(parseLlamaConfig(v5).ropeDim, 4);
+      assert.throws(() => parseLlamaConfig({ ...v5, partial_rotary_factor: 0.75 }), /partial_rotary_factor 0\.75 and rope_parameters\.partial_rotary_factor 0\.5 disagree/);
       assert.throws(() => parseLlamaConfig({ ...configJson(specByName('phi3-fused-f16')), partial_rotary_factor: 0.4 }), /partial_rotary_factor 0\.4 rotates 3 of head_dim 8 values: must be an even number >= 2/);
       assert.throws(() => parseLlamaConfig({ ...configJson(specByName('phi3-fused-f16')), partial_rotary_factor: 1.5 }), /'partial_rotary_factor' must be a number in \(0, 1\], got 1\.5/);
       assert.throws(() => parseLlamaConfig({ ...configJson(specByName('phi4mini-partial-f32')), rope_scaling: { type: 'longrope', short_factor: [1, 1, 1, 1, 1, 1, 1, 1], long_factor: [1, 1, 1, 1, 1, 1, 1, 1] } }), /short_factor must be 6 positive numbers \(one per rotated pair: 12 rotary dims\)/);

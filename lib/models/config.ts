@@ -145,10 +145,16 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
   // Phi-3's projections carry no biases whatever the config says (transformers' Phi3Attention).
   const attentionBias = arch !== 'Phi3ForCausalLM' && bool('attention_bias', false);
   // Rotation of the first part of each head only (Phi-4-mini: 0.75): transformers rotates
-  // int(head_dim x factor) values, with frequencies computed over that width.
+  // int(head_dim x factor) values, with frequencies computed over that width. transformers 4 writes
+  // the factor at the top level, 5 may write it inside rope_parameters.
   let ropeDim = headDim;
-  if (has('partial_rotary_factor')) {
-    const f = o['partial_rotary_factor'];
+  const rp = o['rope_parameters'];
+  const inRope = typeof rp === 'object' && rp !== null && !Array.isArray(rp) ? (rp as Record<string, unknown>)['partial_rotary_factor'] : undefined;
+  if (has('partial_rotary_factor') && inRope !== undefined && inRope !== o['partial_rotary_factor']) {
+    bad(`partial_rotary_factor ${show(o['partial_rotary_factor'])} and rope_parameters.partial_rotary_factor ${show(inRope)} disagree`);
+  }
+  if (has('partial_rotary_factor') || (inRope !== undefined && inRope !== null)) {
+    const f = has('partial_rotary_factor') ? o['partial_rotary_factor'] : inRope;
     if (typeof f !== 'number' || !(f > 0 && f <= 1)) bad(`field 'partial_rotary_factor' must be a number in (0, 1], got ${show(f)}`);
     ropeDim = Math.floor(headDim * (f as number));
     if (ropeDim < 2 || ropeDim % 2 !== 0) bad(`partial_rotary_factor ${show(f)} rotates ${ropeDim} of head_dim ${headDim} values: must be an even number >= 2`);

@@ -20,8 +20,8 @@
 # order them by value and set DEADLINE_S (seconds from the start): later boxes shrink to fit it.
 # Time boxes (seconds; override by environment): T_SUITE=210, T_BENCH_EACH=40 per bench or T_BENCH_<name> (BENCHES=
 # "attention verify sampling plain_decode speculative"), T_SIMT=40 T_ATTN_TC=45 T_ATTN_BENCH=45 (x2) T_ATTN_TC_BENCH=45 T_TORCH_REF=60
-# T_SAMPLING_BLOCK=40, T_HF=80 (HF_REPS=2) T_AGREE=70, T_GRAPHS=60 T_GRAPHS_BENCH=50 (x2), and
-# T_PROFILE=50, T_FIXTURES=150 in the background. Worst case over one call's 10 minutes: split it into two calls.
+# T_SAMPLING_BLOCK=40, T_HF=80 (HF_REPS=2) T_AGREE=140 (ten fixtures on two devices), T_GRAPHS=60 T_GRAPHS_BENCH=50 (x2), and
+# T_PROFILE=50, T_FIXTURES=300 in the background (ten fixtures; four took 111 s on the H200 host). Worst case over one call's 10 minutes: split it into two calls.
 # Exit 0 when every step passed, 1 otherwise, 2 when the machine is not prepared.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -142,7 +142,7 @@ fixtures_t0=$(date +%s)
 fixtures_pid=
 if want hf; then
   (
-    timeout -k 10 "${T_FIXTURES:-150}" env PYTHONUNBUFFERED=1 python3 scripts/hf_fixtures.py agreement "$work/fixtures" > "$logs/hf-fixtures.log" 2>&1
+    timeout -k 10 "${T_FIXTURES:-300}" env PYTHONUNBUFFERED=1 python3 scripts/hf_fixtures.py agreement "$work/fixtures" > "$logs/hf-fixtures.log" 2>&1
     echo "$? $(date +%s)" > "$work/fixtures.done"
   ) &
   fixtures_pid=$!
@@ -257,12 +257,12 @@ run_hf() {
   read -r rc fixtures_t1 < "$work/fixtures.done" || { rc=1; fixtures_t1=$(date +%s); }
   case $rc in 0) fstatus=ok ;; 124 | 137) fstatus="TIMED OUT" ;; *) fstatus="FAILED (rc $rc)" ;; esac
   [ "$rc" -eq 0 ] || failures=$((failures + 1))
-  say "$(printf 'step %-11s %-15s %4d s (box %d s, in the background)' hf-fixtures "$fstatus" "$((fixtures_t1 - fixtures_t0))" "${T_FIXTURES:-150}")"
+  say "$(printf 'step %-11s %-15s %4d s (box %d s, in the background)' hf-fixtures "$fstatus" "$((fixtures_t1 - fixtures_t0))" "${T_FIXTURES:-300}")"
   step hf-generate "${T_HF:-80}" env PYTHONUNBUFFERED=1 python3 scripts/hf_fixtures.py throughput "$work/hf" --reps "${HF_REPS:-2}"
   ls "$work"/fixtures/*/reference.json > /dev/null 2>&1 && agree_args+=(--fixtures "$work/fixtures")
   [ -f "$work/hf/hf_throughput.json" ] && agree_args+=(--throughput "$work/hf/hf_throughput.json") && cp "$work/hf/hf_throughput.json" "$res/" && cp "$work/hf/hf_throughput.json" "$out/"
   if [ ${#agree_args[@]} -gt 0 ]; then
-    step agreement "${T_AGREE:-70}" node dist/bench/hf_agreement.js "${agree_args[@]}" --devices cuda,cpu --out "$res/hf_agreement.json"
+    step agreement "${T_AGREE:-140}" node dist/bench/hf_agreement.js "${agree_args[@]}" --devices cuda,cpu --out "$res/hf_agreement.json"
     [ -f "$res/hf_agreement.json" ] && cp "$res/hf_agreement.json" "$out/"
     grep -E '^(FAIL|ok) |side by side|tok/s|hf agreement' "$logs/agreement.log" 2>/dev/null | grep -vE '^ok ' | head -30 | sed 's/^/     /' | tee -a "$summary"
   else

@@ -39,4 +39,36 @@ describe('config.json from transformers 4 and 5', () => {
     assertThrowsCode(() => parseLlamaConfig({ ...base, rope_theta: 1e4, rope_parameters: { rope_theta: 1e6 } }), 'E_FORMAT', /disagree/);
     assertThrowsCode(() => parseLlamaConfig({ ...base, rope_parameters: [1] }), 'E_FORMAT', /'rope_parameters' must be an object/);
   });
+
+  // The published configs of the families users pair for speculation (as on the Hub, long factor
+  // lists shortened to the head's width where they are synthetic here).
+  it('Qwen3-0.6B and Phi-4-mini as their config.json is published: every setting transformers computes with', () => {
+    const qwen3 = parseLlamaConfig({
+      architectures: ['Qwen3ForCausalLM'], attention_bias: false, attention_dropout: 0.0, bos_token_id: 151643, eos_token_id: 151645,
+      head_dim: 128, hidden_act: 'silu', hidden_size: 1024, initializer_range: 0.02, intermediate_size: 3072, max_position_embeddings: 40960,
+      max_window_layers: 28, model_type: 'qwen3', num_attention_heads: 16, num_hidden_layers: 28, num_key_value_heads: 8, rms_norm_eps: 1e-6,
+      rope_scaling: null, rope_theta: 1000000, sliding_window: null, tie_word_embeddings: true, torch_dtype: 'bfloat16',
+      transformers_version: '4.51.0', use_cache: true, use_sliding_window: false, vocab_size: 151936,
+    });
+    assert.deepStrictEqual(
+      [qwen3.architecture, qwen3.headDim, qwen3.ropeDim, qwen3.numHeads * qwen3.headDim, qwen3.qkNorm, qwen3.qkvBias, qwen3.oBias, qwen3.maxPositions, qwen3.tieWordEmbeddings, qwen3.ropeTheta, qwen3.ropeScaling],
+      ['Qwen3ForCausalLM', 128, 128, 2048, true, false, false, 40960, true, 1000000, undefined],
+    );
+    const factors = (a: number, b: number): number[] => Array.from({ length: 48 }, (_, i) => a + b * i);
+    const phi4mini = parseLlamaConfig({
+      architectures: ['Phi3ForCausalLM'], attention_bias: false, attention_dropout: 0.0, bos_token_id: 199999, embd_pdrop: 0.0, eos_token_id: 199999,
+      full_attn_mod: 1, hidden_act: 'silu', hidden_size: 3072, initializer_range: 0.02, intermediate_size: 8192, interpolate_factor: 1,
+      lm_head_bias: false, max_position_embeddings: 131072, mlp_bias: false, model_type: 'phi3', num_attention_heads: 24, num_hidden_layers: 32,
+      num_key_value_heads: 8, original_max_position_embeddings: 4096, pad_token_id: 199999, partial_rotary_factor: 0.75, resid_pdrop: 0.0,
+      rms_norm_eps: 1e-5, rope_scaling: { long_factor: factors(1, 0.8), short_factor: factors(1, 0.05), type: 'longrope' }, rope_theta: 10000.0,
+      sliding_window: 262144, tie_word_embeddings: true, torch_dtype: 'bfloat16', use_cache: true, vocab_size: 200064,
+    });
+    assert.deepStrictEqual(
+      [phi4mini.architecture, phi4mini.headDim, phi4mini.ropeDim, phi4mini.fusedProjections, phi4mini.maxPositions, phi4mini.tieWordEmbeddings, phi4mini.ropeScaling?.type],
+      ['Phi3ForCausalLM', 128, 96, true, 4096, true, 'longrope'],
+    );
+    assert.ok(phi4mini.ropeScaling?.type === 'longrope');
+    // transformers: sqrt(1 + ln(131072 / 4096) / ln(4096))
+    assert.ok(Math.abs(phi4mini.ropeScaling.attentionFactor - Math.sqrt(1 + Math.log(32) / Math.log(4096))) < 1e-12);
+  });
 });

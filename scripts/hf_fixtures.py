@@ -2,10 +2,10 @@
 """Reference data from Hugging Face transformers for bench/hf_agreement.ts (runs on the GPU machine).
 
   python3 scripts/hf_fixtures.py agreement OUT   small random LlamaForCausalLM / Qwen2ForCausalLM /
-        Qwen3ForCausalLM / Phi3ForCausalLM checkpoints (GQA, Qwen2 qkv biases, Qwen3 q/k norms with
-        head_dim apart from hidden / heads, Phi-3's fused qkv_proj and gate_up_proj, LongRoPE, a partial
-        rotation, tied and untied embeddings, llama3 rope scaling, f32 and bf16; Qwen3 and Phi-3 only
-        where this transformers has them), each saved by transformers itself into OUT/<name>/ with a reference.json: prompts
+        Qwen3ForCausalLM / Phi3ForCausalLM / SmolLM3ForCausalLM checkpoints (GQA, Qwen2 qkv biases,
+        Qwen3 q/k norms with head_dim apart from hidden / heads, Phi-3's fused qkv_proj and gate_up_proj,
+        LongRoPE, a partial rotation, SmolLM3's layers without RoPE, tied and untied embeddings, llama3
+        rope scaling, f32 and bf16; the newer architectures only where this transformers has them), each saved by transformers itself into OUT/<name>/ with a reference.json: prompts
         (token ids), transformers' logits of the prompt's last positions, its greedy continuation
         (generate(do_sample=False)) and the top-2 logit margin at each generated step, and the same
         computed in float64 on the CPU from the saved weights (the ground truth both sides are
@@ -64,6 +64,11 @@ try:  # transformers >= 4.40
     CLASSES["Phi3ForCausalLM"] = (Phi3Config, Phi3ForCausalLM)
 except ImportError:
     pass
+try:  # transformers >= 4.53
+    from transformers import SmolLM3Config, SmolLM3ForCausalLM
+    CLASSES["SmolLM3ForCausalLM"] = (SmolLM3Config, SmolLM3ForCausalLM)
+except ImportError:
+    pass
 
 # Small enough to run in seconds on either side, shaped like real models: head_dim 64, GQA 4:1 / 3:1.
 LLAMA = dict(vocab_size=1024, hidden_size=512, intermediate_size=1376, num_hidden_layers=4,
@@ -96,6 +101,9 @@ FIXTURES = [
          theta=10000.0, rope=PHI4MINI_LONGROPE, tied=True, seed=20, optional=True),
     dict(name="phi3-fused-bf16", arch="Phi3ForCausalLM", dtype="bfloat16", shape=PHI3,
          theta=250000.0, rope=None, tied=False, seed=18),
+    # SmolLM3's NoPE: every fourth layer without RoPE (its config class's default), 4 layers.
+    dict(name="smollm3-nope-tied-bf16", arch="SmolLM3ForCausalLM", dtype="bfloat16", shape=dict(LLAMA, num_hidden_layers=4),
+         theta=5000000.0, rope=None, tied=True, seed=21),
     dict(name="qwen3-qknorm-tied-f32", arch="Qwen3ForCausalLM", dtype="float32", shape=QWEN3,
          theta=1000000.0, rope=None, tied=True, seed=15),
     # Phi-3.5-mini's LongRoPE at a small size (prompts stay within original_max_position_embeddings,
@@ -146,6 +154,8 @@ def make_config(arch, shape, theta, rope, tied, optional=False):
         kw.update(attention_bias=False, mlp_bias=False)
     elif arch == "Qwen3ForCausalLM":
         kw.update(attention_bias=False, use_sliding_window=False)
+    elif arch == "SmolLM3ForCausalLM":
+        kw.update(attention_bias=False, mlp_bias=False, use_sliding_window=False)
     elif arch == "Phi3ForCausalLM":
         kw.update(sliding_window=None, resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0)
         if "original_max_position_embeddings" in shape:
@@ -288,7 +298,7 @@ def agreement(out_root):
     print(json.dumps(env), flush=True)
     for fx in FIXTURES:
         t0 = time.time()
-        if fx["arch"] not in CLASSES:
+        if fx["arch"] not in CLASSES:  # an architecture newer than this transformers
             print(f"{fx['name']}: skipped: transformers {transformers.__version__} has no {fx['arch']}", flush=True)
             continue
         config_cls, model_cls = CLASSES[fx["arch"]]

@@ -549,6 +549,19 @@ describe('Llama runner (cpu)', function () {
       assert.strictEqual(parseLlamaConfig(configJson(specByName('llama-gqa-f32'))).fusedProjections, false);
     });
 
+    it('config parsing, SmolLM3: no_rope_layers as written, or every fourth layer without RoPE by default; the window only when used', () => {
+      const s = parseLlamaConfig(configJson(specByName('smollm3-nope-bf16')));
+      assert.deepStrictEqual([s.architecture, s.ropeLayers, s.maxPositions, s.oBias], ['SmolLM3ForCausalLM', [true, false, true, false], 128, false]);
+      const { no_rope_layers: _n, ...derived } = configJson({ ...specByName('smollm3-nope-bf16'), layers: 8 });
+      assert.deepStrictEqual(parseLlamaConfig(derived).ropeLayers, [true, true, true, false, true, true, true, false]);
+      assert.deepStrictEqual(parseLlamaConfig({ ...derived, no_rope_layer_interval: 2 }).ropeLayers, [true, false, true, false, true, false, true, false]);
+      assert.throws(() => parseLlamaConfig({ ...configJson(specByName('smollm3-nope-bf16')), no_rope_layers: [1, 0, 1] }), /'no_rope_layers' must list 0 or 1 for each of the 4 layers/);
+      assert.strictEqual(parseLlamaConfig({ ...configJson(specByName('smollm3-nope-bf16')), sliding_window: 64 }).maxPositions, 128);
+      assert.strictEqual(parseLlamaConfig({ ...configJson(specByName('smollm3-nope-bf16')), attention_bias: true }).oBias, true);
+      assert.strictEqual(parseLlamaConfig({ ...configJson(specByName('smollm3-nope-bf16')), architectures: undefined, model_type: 'smollm3' }).architecture, 'SmolLM3ForCausalLM');
+      assert.strictEqual(parseLlamaConfig(configJson(specByName('llama-gqa-f32'))).ropeLayers, undefined);
+    });
+
     it('weights, Phi-3: a fused projection of the wrong height is E_FORMAT naming it and how it is made up', async () => {
       const { writeSafetensors } = await import('../lib/safetensors');
       const { randomWeights } = await import('./fixtures/checkpoints');
@@ -688,7 +701,7 @@ describeCuda('Llama runner', function () {
   });
   after(() => fs.rmSync(root, { recursive: true, force: true }));
 
-  for (const name of ['llama-gqa-f32', 'qwen2-bias-f16', 'llama-sharded-bf16', 'llama3-rope-f32', 'qwen3-qknorm-bf16', 'phi3-fused-f16', 'phi4mini-partial-f32']) {
+  for (const name of ['llama-gqa-f32', 'qwen2-bias-f16', 'llama-sharded-bf16', 'llama3-rope-f32', 'qwen3-qknorm-bf16', 'phi3-fused-f16', 'phi4mini-partial-f32', 'smollm3-nope-bf16']) {
     it(`${name}: CUDA logits match the float64 reference, batch invariance holds, greedy matches`, async () => {
       const spec = specByName(name);
       const dir = path.join(root, name);

@@ -16,6 +16,8 @@ declare namespace SpecdecNative {
     ropeTheta: number;
     /** Values of each head that rotate (default headDim; fewer for a partial rotation). */
     ropeDim?: number;
+    /** Per layer: rotate q and k (SmolLM3's no_rope_layers). Default: every layer. */
+    ropeLayers?: boolean[];
     ropeScaling?:
       | {
           type: 'linear' | 'llama3';

@@ -92,6 +92,8 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const LlamaConfig& config, const Ll
   SPECDEC_CHECK(c.head_dim % 2 == 0, "E_FORMAT", "config: head_dim (", c.head_dim, ") must be even for RoPE");
   SPECDEC_CHECK(c.rope_type.empty() || c.rope_type == "linear" || c.rope_type == "llama3" || c.rope_type == "longrope",
                 "E_FORMAT", "config: unsupported rope_scaling type '", c.rope_type, "'");
+  SPECDEC_CHECK(c.rope_layers.empty() || c.rope_layers.size() == static_cast<size_t>(c.num_layers), "E_FORMAT",
+                "config: ", c.rope_layers.size(), " per-layer RoPE flags for ", c.num_layers, " layers");
   const int rope_dim = c.rope_dim > 0 ? c.rope_dim : c.head_dim;
   SPECDEC_CHECK(rope_dim % 2 == 0 && rope_dim <= c.head_dim, "E_FORMAT", "config: rotary dims (", rope_dim,
                 ") must be even and at most head_dim (", c.head_dim, ")");
@@ -506,8 +508,12 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
       const Layer& L = layers_[l];
       // Attention block (h: its normed input).
       ops::matmul_group(h, {{&L.q, &L.q_bias, &q2}, {&L.k, &L.k_bias, &k2}, {&L.v, &L.v_bias, &v2}});
-      // (Qwen3: each head's q and k RMS-normalized first, in the same op.)
-      ops::rope_qk_append(q, k, v, g_pos, inv_freq_, kv_->layer(l), *g_batch, c.qk_norm ? &L.qk_norm : nullptr, rope_scale);
+      // (Qwen3: each head's q and k RMS-normalized first, in the same op.) SmolLM3's NoPE layers
+      // store K and V as they are.
+      if (c.rope_layers.empty() || c.rope_layers[static_cast<size_t>(l)])
+        ops::rope_qk_append(q, k, v, g_pos, inv_freq_, kv_->layer(l), *g_batch, c.qk_norm ? &L.qk_norm : nullptr, rope_scale);
+      else
+        ops::kv_append(kv_->layer(l), k, v, *g_batch);
       ops::tree_attention(q, kv_->layer(l), *g_batch, g_mask, sm_scale, att);
       ops::matmul(att2, L.o, L.o_bias, o);
       // MLP block (SwiGLU).

@@ -1,5 +1,5 @@
 // Llama-family model runner (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM,
-// Phi3ForCausalLM) on the op
+// Phi3ForCausalLM, SmolLM3ForCausalLM) on the op
 // contracts of ops_layers.h / ops_attention.h and the paged KvCache. Device agnostic: the same code
 // runs on the CPU and CUDA backends, the ops dispatch on the tensors' device.
 //
@@ -32,6 +32,7 @@ struct LlamaConfig {
   float rms_norm_eps = 1e-6f;
   double rope_theta = 10000.0;
   int rope_dim = 0;  // values of each head that rotate (head_dim; fewer: partial_rotary_factor); 0 = head_dim
+  std::vector<uint8_t> rope_layers;  // per layer 1 = rotate q and k, 0 = no position encoding (SmolLM3); empty = all
   // rope_scaling: "" (none), "linear" (factor), "llama3" (all four fields) or "longrope" (below).
   std::string rope_type;
   double rope_factor = 1.0;

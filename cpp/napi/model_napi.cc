@@ -47,6 +47,12 @@ LlamaConfig config_arg(const Napi::Value& v) {
   c.rms_norm_eps = static_cast<float>(get_number(get_field(o, "rmsNormEps"), "config.rmsNormEps"));
   c.rope_theta = get_number(get_field(o, "ropeTheta"), "config.ropeTheta");
   c.rope_dim = has_field(o, "ropeDim") ? get_int32(get_field(o, "ropeDim"), "config.ropeDim") : c.head_dim;
+  if (has_field(o, "ropeLayers")) {
+    const Napi::Value f = get_field(o, "ropeLayers");
+    SPECDEC_CHECK(f.IsArray(), "E_ARG", "config.ropeLayers: expected an array of booleans");
+    const Napi::Array a = f.As<Napi::Array>();
+    for (uint32_t i = 0; i < a.Length(); ++i) c.rope_layers.push_back(get_bool(a.Get(i), "config.ropeLayers[i]") ? 1 : 0);
+  }
   if (has_field(o, "ropeScaling")) {
     Napi::Object s = get_object(get_field(o, "ropeScaling"), "config.ropeScaling");
     c.rope_type = get_string(get_field(s, "type"), "config.ropeScaling.type");

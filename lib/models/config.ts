@@ -1,5 +1,5 @@
 // config.json of Llama-family checkpoints (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM,
-// Qwen3ForCausalLM, Phi3ForCausalLM):
+// Qwen3ForCausalLM, Phi3ForCausalLM, SmolLM3ForCausalLM):
 // parsing, defaults as in the HF config classes, and validation with errors that name the file and field.
 import * as fs from 'fs';
 import * as path from 'path';
@@ -39,6 +39,11 @@ export interface LlamaConfig extends ModelConfig {
   readonly ropeScaling?: RopeScaling;
   /** Values of each head that rotate (head_dim x partial_rotary_factor; head_dim by default). */
   readonly ropeDim: number;
+  /**
+   * Per layer, whether q and k rotate (SmolLM3's `no_rope_layers`: 1 = RoPE, 0 = none, "NoPE");
+   * undefined when every layer does.
+   */
+  readonly ropeLayers?: readonly boolean[];
   /** q/k/v projections have biases (Qwen2, or Llama / Qwen3 with attention_bias). */
   readonly qkvBias: boolean;
   /** o_proj has a bias (Llama or Qwen3 with attention_bias). */
@@ -58,13 +63,14 @@ export interface LlamaConfig extends ModelConfig {
   readonly torchDtype?: string;
 }
 
-export const SUPPORTED_ARCHITECTURES = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM', 'Qwen3ForCausalLM', 'Phi3ForCausalLM'] as const;
+export const SUPPORTED_ARCHITECTURES = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM', 'Qwen3ForCausalLM', 'Phi3ForCausalLM', 'SmolLM3ForCausalLM'] as const;
 const MODEL_TYPES: Record<string, string> = {
   llama: 'LlamaForCausalLM',
   mistral: 'MistralForCausalLM',
   qwen2: 'Qwen2ForCausalLM',
   qwen3: 'Qwen3ForCausalLM',
   phi3: 'Phi3ForCausalLM',
+  smollm3: 'SmolLM3ForCausalLM',
 };
 
 /** A value as an error message shows it (JSON when it has a JSON form: a BigInt has none). */
@@ -135,9 +141,9 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
   let maxPositions = int('max_position_embeddings');
   const declaredMaxPositions = maxPositions;
   // Sliding-window attention is not implemented: cap the context at the window so results stay exact.
-  // Qwen2 and Qwen3 write a sliding_window that applies only with use_sliding_window.
-  const qwen = arch === 'Qwen2ForCausalLM' || arch === 'Qwen3ForCausalLM';
-  const window = qwen && !bool('use_sliding_window', false) ? 0 : int('sliding_window', 1, 0);
+  // Qwen2, Qwen3 and SmolLM3 write a sliding_window that applies only with use_sliding_window.
+  const gated = arch === 'Qwen2ForCausalLM' || arch === 'Qwen3ForCausalLM' || arch === 'SmolLM3ForCausalLM';
+  const window = gated && !bool('use_sliding_window', false) ? 0 : int('sliding_window', 1, 0);
   if (window > 0 && window < maxPositions) maxPositions = window;
 
   if (has('hidden_act') && o['hidden_act'] !== 'silu') bad(`hidden_act '${String(o['hidden_act'])}' is not supported (only 'silu')`);
@@ -213,6 +219,21 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
     bad(`rope_theta ${topTheta} and rope_parameters.rope_theta ${ropeParamsTheta} disagree`);
   }
   const ropeTheta = ropeParamsTheta ?? topTheta ?? 10000;
+  // SmolLM3: no_rope_layers[l] = 1 where layer l rotates q and k; written out by transformers, else
+  // (its config class) every no_rope_layer_interval-th layer (default 4) goes without.
+  let ropeLayers: boolean[] | undefined;
+  if (arch === 'SmolLM3ForCausalLM') {
+    if (has('no_rope_layers')) {
+      const v = o['no_rope_layers'];
+      if (!Array.isArray(v) || v.length !== numLayers || !v.every((x) => x === 0 || x === 1)) {
+        bad(`field 'no_rope_layers' must list 0 or 1 for each of the ${numLayers} layers, got ${show(v)}`);
+      }
+      ropeLayers = (v as number[]).map((x) => x === 1);
+    } else {
+      const every = int('no_rope_layer_interval', 1, 4);
+      ropeLayers = Array.from({ length: numLayers }, (_, l) => (l + 1) % every !== 0);
+    }
+  }
   // The checkpoint's precision: torch_dtype (transformers 4) or dtype (transformers 5).
   const dtypeName = typeof o['torch_dtype'] === 'string' ? o['torch_dtype'] : typeof o['dtype'] === 'string' ? o['dtype'] : undefined;
 
@@ -241,9 +262,10 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
     ropeTheta,
     ...(ropeScaling !== undefined ? { ropeScaling } : {}),
     ropeDim,
+    ...(ropeLayers !== undefined ? { ropeLayers } : {}),
     // HF: Qwen2 always has q/k/v biases and none on o_proj; Llama and Qwen3 put attention_bias on all four.
     qkvBias: arch === 'Qwen2ForCausalLM' || attentionBias,
-    oBias: (arch === 'LlamaForCausalLM' || arch === 'Qwen3ForCausalLM') && attentionBias,
+    oBias: (arch === 'LlamaForCausalLM' || arch === 'Qwen3ForCausalLM' || arch === 'SmolLM3ForCausalLM') && attentionBias,
     qkNorm: arch === 'Qwen3ForCausalLM',
     fusedProjections: arch === 'Phi3ForCausalLM',
     tieWordEmbeddings: bool('tie_word_embeddings', false),
@@ -286,6 +308,7 @@ export function toNativeConfig(c: LlamaConfig): SpecdecNative.LlamaNativeConfig 
     rmsNormEps: c.rmsNormEps,
     ropeTheta: c.ropeTheta,
     ropeDim: c.ropeDim,
+    ...(c.ropeLayers !== undefined ? { ropeLayers: [...c.ropeLayers] } : {}),
     ...(c.ropeScaling === undefined
       ? {}
       : c.ropeScaling.type === 'longrope'

@@ -1,5 +1,5 @@
 // Float64 reference of the Llama-family forward, written from the HF modeling code (LlamaModel,
-// Qwen2Model, Qwen3Model, MistralModel, Phi3Model): full causal attention over the whole token list, no KV cache. It reads
+// Qwen2Model, Qwen3Model, MistralModel, Phi3Model, SmolLM3Model): full causal attention over the whole token list, no KV cache. It reads
 // config.json and the safetensors files itself (its own parser), so it shares no code with the runner.
 import * as fs from 'fs';
 import * as path from 'path';
@@ -64,6 +64,16 @@ export class LlamaReference {
   /** Qwen3: per-head RMSNorm of q and k (from the architecture, not from which tensors exist). */
   readonly qkNorm: boolean;
   readonly invFreq: Float64Array;
+  /** Whether layer l applies RoPE (SmolLM3Config: no_rope_layers, default from no_rope_layer_interval). */
+  private ropeAt(l: number): boolean {
+    const archs = (this.cfg['architectures'] as string[] | undefined) ?? [];
+    if (!archs.includes('SmolLM3ForCausalLM') && this.cfg['model_type'] !== 'smollm3') return true;
+    const list = this.cfg['no_rope_layers'] as number[] | undefined;
+    if (list) return list[l] === 1;
+    const every = (this.cfg['no_rope_layer_interval'] as number | undefined) ?? 4;
+    return (l + 1) % every !== 0;
+  }
+
   /** Rotated values per head: head_dim x partial_rotary_factor (HF Phi3), else head_dim. */
   get R(): number {
     return Math.floor(this.D * ((this.cfg['partial_rotary_factor'] as number | undefined) ?? 1));
@@ -238,8 +248,11 @@ export class LlamaReference {
         q.set(this.rmsnorm(q, N * NH, this.get(p + 'self_attn.q_norm.weight'), D));
         k.set(this.rmsnorm(k, N * NKV, this.get(p + 'self_attn.k_norm.weight'), D));
       }
-      this.rope(q, N, NH, positions);
-      this.rope(k, N, NKV, positions);
+      // SmolLM3Attention: q and k rotate only where no_rope_layers[layer] is 1.
+      if (this.ropeAt(l)) {
+        this.rope(q, N, NH, positions);
+        this.rope(k, N, NKV, positions);
+      }
       if (round) {
         for (let i = 0; i < k.length; i++) k[i] = round(Math.fround(k[i]!));
         for (let i = 0; i < v.length; i++) v[i] = round(Math.fround(v[i]!));

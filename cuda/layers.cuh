@@ -142,10 +142,9 @@ __device__ float block_sum(float v) {
   return t;
 }
 
-// One block per row. out may alias x: each thread reads x[h] before writing out[h] for the same h.
-// One row of H values normalized by the whole block (out may be xr: each thread rewrites only the
-// values it read). rmsnorm_kernel's body, and Qwen3's per-head norms inside rope_qk_append_kernel:
-// the same bits for the same row and block size.
+// One row of H values normalized by the whole block (out may be xr: each thread reads x[h] before
+// writing out[h] for the same h). rmsnorm_kernel's body, and Qwen3's per-head norms inside
+// rope_qk_append_kernel: the same bits for the same row and block size.
 template <typename T>
 __device__ __forceinline__ void rmsnorm_row(const float* xr, const T* __restrict__ w, float eps, float* orow, int64_t H) {
   float ss = 0.f;
@@ -193,9 +192,9 @@ __device__ __forceinline__ void rope_pair(float* __restrict__ v, int32_t p, cons
   v[i + half] = __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s));
 }
 
-// Rotates one head's vector v of token position p; thread i the pair (i, i + D/2).
-// The pairs (i, i + half) of one head, i < half (half = rotary dims / 2: head dim / 2, or fewer for a
-// partial rotation, whose other values stay as they are).
+// Rotates one head's vector v of token position p: the pairs (i, i + half), i < half, one per thread
+// in turn (half = rotary dims / 2: head dim / 2, or fewer for a partial rotation, whose other values
+// stay as they are).
 __device__ __forceinline__ void rope_head(float* __restrict__ v, int32_t p, const float* __restrict__ inv_freq, int64_t half,
                                           float scale) {
   for (int64_t i = threadIdx.x; i < half; i += blockDim.x) rope_pair(v, p, inv_freq, half, i, scale);

@@ -65,7 +65,7 @@ struct QkNorm {
   float eps = 1e-6f;
 };
 
-// A layer's q and k rotations (ops::rope_qk: positions i32 [N], inv_freq f32 [headDim / 2]) and then
+// A layer's q and k rotations (as ops::rope: positions i32 [N], inv_freq f32 [rotary dims / 2]) and then
 // kv_append of the rotated k and of v, as one op with the same bits: one launch on CUDA instead of
 // two. q [N, numQoHeads, headDim] and k [N, numKvHeads, headDim] f32, rotated in place. With `norm`,
 // each head is first RMS-normalized in place (same launch on CUDA; on the CPU ops::rmsnorm's bits).

@@ -44,7 +44,8 @@ void matmul_group(const Tensor& x, std::initializer_list<MatmulPart> parts);
 // [R/2], 1 <= R/2 <= D/2 (the model computes it once from rope_theta and any rope scaling).
 void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq);
 // The argument checks of a layer's q and k rotations (rope_qk_append in ops_attention.h; E_ARG
-// naming the argument): q [N, *, D] and k [N, *, D] f32, D even, positions i32 [N], inv_freq f32 [D/2].
+// naming the argument): q [N, *, D] and k [N, *, D] f32, D even, positions i32 [N], inv_freq f32 [R/2]
+// (1 <= R/2 <= D/2, as rope).
 void check_rope_qk(const Tensor& q, const Tensor& k, const Tensor& positions, const Tensor& inv_freq);
 
 // out = silu(gate) * up. gate, up, out f32 [N, I] (out may alias gate).

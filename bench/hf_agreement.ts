@@ -209,6 +209,14 @@ export function configMismatches(ours: LlamaConfig, theirs: Record<string, unkno
   if (typeof theirs['partial_rotary_factor'] === 'number' && typeof theirs['head_dim'] === 'number') {
     eq('rotary dims', ours.ropeDim, Math.floor(theirs['head_dim'] * theirs['partial_rotary_factor']));
   }
+  // Sliding windows per layer, as transformers' attention modules hold them (newer versions); a window
+  // as long as the context is none on both sides.
+  if (Array.isArray(theirs['attention_windows'])) {
+    const max = ours.maxPositions;
+    const norm = (w: unknown): number => (typeof w === 'number' && w > 0 && w < max ? w : 0);
+    const mine = Array.from({ length: ours.numLayers }, (_, l) => norm(ours.attentionWindows?.[l] ?? 0));
+    eq('sliding windows per layer', mine.join(','), (theirs['attention_windows'] as unknown[]).map(norm).join(','));
+  }
   eq('rms_norm_eps', ours.rmsNormEps, theirs['rms_norm_eps']);
   eq('rope_theta', ours.ropeTheta, theirs['rope_theta']);
   eq('tie_word_embeddings', ours.tieWordEmbeddings, theirs['tie_word_embeddings']);

@@ -12,6 +12,12 @@
 // the batch. For the prefix and for causal rows, list position = slot, read from the shared tile; a
 // masked row's new tokens are gathered from their own slots (a few per row).
 //
+// Sliding window (p.window = W > 0): a row sees only the last W positions of its list, lo = len - W
+// .. len - 1. With a tree mask (ancestors and self) list position = token position, so that is
+// transformers' rule (key position > query position - W). The positions below lo take no part at all
+// (no lane, no term of the P.V sums), and lo is a function of the list, so tree = path still holds;
+// tiles entirely below every row's lo are neither loaded nor visited.
+//
 // K/V staging (bandwidth): a tile's K and V rows are copied as they are stored (f32, f16 or bf16) into
 // shared memory, 16 bytes a thread at a time with one page lookup per key row and vector, by
 // cp.async; with kStages buffers (2 or 4 for the specialised head dims, stages_for) the next
@@ -29,6 +35,7 @@
 // them in a merge kernel with the same formula. Both produce the same bits.
 #pragma once
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstdint>
 
@@ -67,7 +74,8 @@ struct Params {
   int split;
   int chunks_per_cta;  // split: consecutive chunks per CTA (grid.x = tiles * ceil(max_chunks / chunks_per_cta))
   int kv_aligned16;    // the layer's base is 16-byte aligned: K/V rows may be staged 16 bytes at a time
-  int reserved;        // 0: no tail padding, so equal launches have equal argument bytes (cuda/graph_cache.h)
+  int window;          // > 0: a row sees only the last `window` positions of its list (sliding window); 0: all
+                       // (also no tail padding, so equal launches have equal argument bytes: cuda/graph_cache.h)
 };
 
 // Shared memory of the CUDA-core kernel: Qs [kRowsPerCta][D] f32, then kStages K and V tiles
@@ -188,15 +196,20 @@ __global__ void __launch_bounds__(kWarps * 32, 2) tree_attention_kernel(const Pa
   auto list_len = [&](int i) {
     return prefix + (p.mask ? mask_count(p.mask + static_cast<size_t>(q0 + i) * p.mask_words, p.mask_words, qo) : i + 1);
   };
-  int kv_end = 0;
-  for (int i = row0 / p.G; i <= (row_end - 1) / p.G; ++i) kv_end = max(kv_end, list_len(i));
+  int kv_end = 0, kv_lo = INT_MAX;  // the CTA's rows' longest list, and their lowest visible position
+  for (int i = row0 / p.G; i <= (row_end - 1) / p.G; ++i) {
+    const int n = list_len(i);
+    kv_end = max(kv_end, n);
+    kv_lo = min(kv_lo, p.window > 0 ? max(0, n - p.window) : 0);
+  }
   const int n_chunks = (kv_end + kChunk - 1) / kChunk;
   // Split: this CTA owns the partial slots of chunks c_begin .. c_end-1 (written even when empty).
   const int c_begin = p.split ? group * p.chunks_per_cta : 0;
   const int c_end = p.split ? min(c_begin + p.chunks_per_cta, p.max_chunks) : n_chunks;
   // Its 32-key tiles: j covers list positions 32 j .. 32 j + 31 (a chunk is 8 whole tiles).
   constexpr int kTilesPerChunk = kChunk / kKeyTile;
-  const int j_begin = c_begin * kTilesPerChunk;
+  // (Tiles wholly below kv_lo hold nothing any row sees: they are not loaded.)
+  const int j_begin = max(c_begin * kTilesPerChunk, kv_lo / kKeyTile);
   const int j_end = min(c_end * kTilesPerChunk, (kv_end + kKeyTile - 1) / kKeyTile);
 
   const QT* Q = static_cast<const QT*>(p.q);
@@ -255,11 +268,12 @@ __global__ void __launch_bounds__(kWarps * 32, 2) tree_attention_kernel(const Pa
     }
     __pipeline_commit();  // one group per tile in every thread (empty when staged by plain stores)
   };
-  int len[R];  // this warp's rows' list lengths
+  int len[R], lo[R];  // this warp's rows' list lengths and first visible positions (the window)
 #pragma unroll
   for (int k = 0; k < R; ++k) {
     const int row = row0 + warp + k * kWarps;
     len[k] = row < row_end ? list_len(row / p.G) : 0;
+    lo[k] = p.window > 0 ? max(0, len[k] - p.window) : 0;
   }
 
   float M[R], L[R], ACC[R][DPL];  // folded over chunks (in-CTA path)
@@ -287,7 +301,7 @@ __global__ void __launch_bounds__(kWarps * 32, 2) tree_attention_kernel(const Pa
       for (int e = 0; e < DPL; ++e) acc[k][e] = 0.f;
     }
     const int t_end = min((c + 1) * kChunk, kv_end);  // <= c * kChunk past the CTA's chunks: no tiles
-    for (int j = c * kTilesPerChunk; j < min((c + 1) * kTilesPerChunk, j_end); ++j) {
+    for (int j = max(c * kTilesPerChunk, j_begin); j < min((c + 1) * kTilesPerChunk, j_end); ++j) {
       const int t0 = j * kKeyTile;
       // Everyone is done with tile j - 1, whose buffer the next tile reuses (and Qs is written).
       __syncthreads();
@@ -309,11 +323,12 @@ __global__ void __launch_bounds__(kWarps * 32, 2) tree_attention_kernel(const Pa
       for (int k = 0; k < R; ++k) {
         const int r = warp + k * kWarps, row = row0 + r;
         if (row >= row_end) continue;  // warp-uniform
-        const int n_vis = min(kKeyTile, min(t_end, len[k]) - t0);  // the visible lanes: 0 .. n_vis-1
+        const int n_vis = min(kKeyTile, min(t_end, len[k]) - t0);  // the visible lanes: v0 .. n_vis-1
+        const int v0 = max(0, lo[k] - t0);                          // (lanes below v0: outside the window)
         // A tile with nothing visible for this row is skipped outright (warp-uniform), so extra
-        // tiles or chunks past a row's list can never perturb its bits.
-        if (n_vis <= 0) continue;
-        const bool vis = lane < n_vis;
+        // tiles or chunks past (or before) a row's visible list can never perturb its bits.
+        if (n_vis <= v0) continue;
+        const bool vis = lane >= v0 && lane < n_vis;
         // The slot at list position pos: the staged one (prefix, causal rows), or a masked row's
         // n-th visible new token, gathered (-1: staged).
         int slot = -1;
@@ -344,7 +359,7 @@ __global__ void __launch_bounds__(kWarps * 32, 2) tree_attention_kernel(const Pa
         for (int e = 0; e < DPL; ++e) acc[k][e] *= alpha;
         if (!gather) {
 #pragma unroll 8
-          for (int kk = 0; kk < n_vis; ++kk) {
+          for (int kk = v0; kk < n_vis; ++kk) {
             const float pk = __shfl_sync(0xffffffffu, pr, kk);
             const KVT* vr = Vs + kk * ld;
 #pragma unroll
@@ -354,7 +369,7 @@ __global__ void __launch_bounds__(kWarps * 32, 2) tree_attention_kernel(const Pa
             }
           }
         } else {
-          for (int kk = 0; kk < n_vis; ++kk) {
+          for (int kk = v0; kk < n_vis; ++kk) {
             const float pk = __shfl_sync(0xffffffffu, pr, kk);
             const int sk = __shfl_sync(0xffffffffu, slot, kk);
 #pragma unroll
@@ -380,6 +395,7 @@ __global__ void __launch_bounds__(kWarps * 32, 2) tree_attention_kernel(const Pa
       // them in chunk order, so the bits do not depend on how chunks were grouped into CTAs.
       const size_t slot = (static_cast<size_t>(q0 + row / p.G) * p.Hq + h_kv * p.G + row % p.G) * p.max_chunks + c;
       if (lane == 0) p.part_ml[slot * 2] = m[k], p.part_ml[slot * 2 + 1] = l[k];
+      if (m[k] == -INFINITY) continue;  // the merge reads no acc of an empty partial
 #pragma unroll
       for (int e = 0; e < DPL; ++e) {
         const int d = lane + 32 * e;
@@ -445,7 +461,8 @@ __global__ void tree_attention_merge_kernel(const float* part_acc, const float* 
 // W = sum over sequences of Hkv x tiles x chunks. With S = resident_per_sm x sm_count resident CTAs
 // (2 for attention.cuh's and attention_tc.cuh's kernels; attention_mma.cuh's launcher asks the
 // occupancy calculator), no schedule ends before max(longest CTA, W / S).
-// Unsplit, the longest CTA is the longest sequence's max_chunks. Split, a CTA takes cpc consecutive
+// Unsplit, the longest CTA is the longest sequence's max_chunks (with a sliding window: the most
+// chunks a sequence's window spans, its `span`; chunks below it are skipped). Split, a CTA takes cpc consecutive
 // chunks: as few groups as bring cpc down to W / S (at least 1 chunk), then as equal as that count
 // (ceil(max_chunks / groups)), so the longest sequence's CTAs finish together instead of, say,
 // 15 chunks and 1. A split pays for its partials (each row's max_chunks partials written and read
@@ -480,25 +497,28 @@ inline Plan plan_launch(Params& p, int64_t B, const int32_t* h_qo_indptr, const 
   const int64_t mc = std::max<int64_t>(1, (max_kv_len + kChunk - 1) / kChunk);
   p.max_chunks = static_cast<int>(mc);
   const int64_t max_tiles = (max_qo_len * p.G + rows_per_cta - 1) / rows_per_cta;
-  int64_t work = 0;
+  int64_t work = 0, span = 1;  // span: most chunks one sequence's rows see (all of them without a window)
   for (int64_t b = 0; b < B; ++b) {
     const int64_t qo = h_qo_indptr[b + 1] - h_qo_indptr[b];
     const int64_t chunks = std::max<int64_t>(1, (h_prefix_len[b] + qo + kChunk - 1) / kChunk);
-    work += int64_t(p.Hkv) * ((qo * p.G + rows_per_cta - 1) / rows_per_cta) * chunks;
+    // A sliding window: chunks wholly below the shortest row's window (prefix + 1 - window) are skipped.
+    const int64_t first = p.window > 0 ? std::min(chunks - 1, std::max<int64_t>(0, h_prefix_len[b] + 1 - p.window) / kChunk) : 0;
+    work += int64_t(p.Hkv) * ((qo * p.G + rows_per_cta - 1) / rows_per_cta) * (chunks - first);
+    span = std::max(span, chunks - first);
   }
   int64_t cpc = mc;
-  if (sm_count > 0 && mc > 1) {
+  if (sm_count > 0 && span > 1) {
     const double slots = static_cast<double>(resident_per_sm) * static_cast<double>(sm_count);  // S
     const double per_slot = static_cast<double>(work) / slots;  // W / S
     const int64_t target = std::max<int64_t>(1, static_cast<int64_t>(per_slot));
-    const int64_t groups = (mc + target - 1) / target;
-    const int64_t balanced = (mc + groups - 1) / groups;
+    const int64_t groups = (span + target - 1) / target;
+    const int64_t balanced = (span + groups - 1) / groups;
     const double kv_unit_bytes = static_cast<double>(kChunk) * 2 * p.D * kv_bytes;
     const double part_bytes = 2.0 * 4 * static_cast<double>(N) * p.Hq * mc * (p.D + 2);  // written + read back
     const double merge = part_bytes / (kv_unit_bytes * slots) + kMergeLaunchUnits;
-    const double unsplit = std::max(static_cast<double>(mc), per_slot);
+    const double unsplit = std::max(static_cast<double>(span), per_slot);
     const double split = std::max(static_cast<double>(balanced), per_slot) + merge;
-    if (balanced < mc && split < unsplit && part_bytes / 2 <= static_cast<double>(int64_t(512) << 20)) cpc = balanced;
+    if (balanced < span && split < unsplit && part_bytes / 2 <= static_cast<double>(int64_t(512) << 20)) cpc = balanced;
   }
   p.split = cpc < mc;
   p.chunks_per_cta = static_cast<int>(cpc);

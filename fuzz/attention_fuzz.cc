@@ -22,7 +22,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 
 void check_reference(const PagedBatch& batch, const std::vector<float>& kvh, const std::vector<float>& qh,
                      const std::vector<uint64_t>& bits, bool masked, int W, int Hkv, int G, int D, int Sl, float sm_scale,
-                     const Tensor& out);
+                     int window, const Tensor& out);
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   fuzz::Reader r(data, size);
@@ -94,11 +94,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       default: kv = Tensor::zeros(DType::f32, {Pl, 3, Sl, Hkv, D}); break;
     }
   }
-  if (!fuzz::expect_ok_or({"E_ARG"}, [&] { ops::tree_attention(q, kv, batch, mask, sm_scale, out); })) return 0;
+  // A sliding window now and then (read last, so older inputs keep their meaning): 1 .. 16, or -1.
+  const uint8_t wb = r.u8();
+  const int window = wb < 192 ? 0 : wb == 255 ? -1 : 1 + wb % 16;
+  if (!fuzz::expect_ok_or({"E_ARG"}, [&] { ops::tree_attention(q, kv, batch, mask, sm_scale, out, window); })) return 0;
   FUZZ_ASSERT(shape_damage < 246, "shape damage ", shape_damage % 4, " was accepted");
   FUZZ_ASSERT(std::isfinite(sm_scale), "sm_scale ", sm_scale, " was accepted");
+  FUZZ_ASSERT(window >= 0, "window ", window, " was accepted");
 
-  check_reference(batch, kvh, qh, bits, mask.defined(), W, Hkv, G, D, Sl, sm_scale, out);
+  check_reference(batch, kvh, qh, bits, mask.defined(), W, Hkv, G, D, Sl, sm_scale, window, out);
   return 0;
 }
 
@@ -112,7 +116,7 @@ FUZZ_NO_COVERAGE inline size_t slot_index(const PagedBatch& batch, int64_t b, in
 // The output against a float64 evaluation of the contract.
 FUZZ_NO_COVERAGE void check_reference(const PagedBatch& batch, const std::vector<float>& kvh, const std::vector<float>& qh,
                                       const std::vector<uint64_t>& bits, bool masked, int W, int Hkv, int G, int D, int Sl,
-                                      float sm_scale, const Tensor& out) {
+                                      float sm_scale, int window, const Tensor& out) {
   const int Hq = Hkv * G;
   for (int64_t b = 0; b < batch.batch_size(); ++b) {
     const int64_t q0 = batch.h_qo_indptr[b], qo = batch.h_qo_indptr[b + 1] - q0, pre = batch.h_prefix_len[b];
@@ -123,6 +127,8 @@ FUZZ_NO_COVERAGE void check_reference(const PagedBatch& batch, const std::vector
         for (int64_t t = 0; t < pre; ++t) seen.push_back(t);
         for (int64_t j = 0; j < qo; ++j)
           if (masked ? (bits[static_cast<size_t>(q0 + i) * W + j / 64] >> (j % 64)) & 1u : j <= i) seen.push_back(pre + j);
+        // A window keeps the last `window` of them.
+        if (window > 0 && seen.size() > static_cast<size_t>(window)) seen.erase(seen.begin(), seen.end() - window);
         std::vector<double> s(seen.size());
         double m = -INFINITY, z = 0;
         for (size_t k = 0; k < seen.size(); ++k) {

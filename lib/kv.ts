@@ -138,10 +138,12 @@ export function kvAppend(kvLayer: Tensor, k: Tensor, v: Tensor, batch: PagedBatc
  * Fused tree attention: q [N, numQoHeads, headDim] over each sequence's committed prefix (always
  * visible) and its new tokens (visible per `mask`, a u64 [N, words] tensor of packed rows; undefined
  * = causal). Returns [N, numQoHeads, headDim] in q's dtype (written into `out` when given). A row
- * that sees nothing at all (empty mask row and no prefix) is zeros.
+ * that sees nothing at all (empty mask row and no prefix) is zeros. `window` > 0: sliding-window
+ * attention, each row sees only the last `window` slots of its list (the prefix, then its visible new
+ * tokens in order): under a tree mask, the keys at positions > its own - window (0, the default: all).
  */
-export function treeAttention(q: Tensor, kvLayer: Tensor, batch: PagedBatch, mask: Tensor | undefined, smScale: number, out?: Tensor): Tensor {
-  return asTensor(native().treeAttention(q, kvLayer, batch, mask, smScale, out));
+export function treeAttention(q: Tensor, kvLayer: Tensor, batch: PagedBatch, mask: Tensor | undefined, smScale: number, out?: Tensor, window = 0): Tensor {
+  return asTensor(native().treeAttention(q, kvLayer, batch, mask, smScale, out, window));
 }
 
 /** The raw commit op (KvCache.commit does the bookkeeping around it). */

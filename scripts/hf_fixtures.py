@@ -64,6 +64,11 @@ try:  # transformers >= 4.40
     CLASSES["Phi3ForCausalLM"] = (Phi3Config, Phi3ForCausalLM)
 except ImportError:
     pass
+try:
+    from transformers import MistralConfig, MistralForCausalLM
+    CLASSES["MistralForCausalLM"] = (MistralConfig, MistralForCausalLM)
+except ImportError:
+    pass
 try:  # transformers >= 4.53
     from transformers import SmolLM3Config, SmolLM3ForCausalLM
     CLASSES["SmolLM3ForCausalLM"] = (SmolLM3Config, SmolLM3ForCausalLM)
@@ -93,6 +98,15 @@ LLAMA3_ROPE = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_fre
 FIXTURES = [
     # The architectures not yet checked against transformers on a GPU first: if the time box cuts
     # the list, the fixtures a GPU run has already passed (2026-12-04) are the ones left out.
+    # Sliding windows shorter than the longer prompts + 64 new tokens: Mistral v0.1's (every layer),
+    # Phi-3-mini-4k's (every layer), Qwen2's use_sliding_window from max_window_layers on.
+    dict(name="mistral-swa-bf16", arch="MistralForCausalLM", dtype="bfloat16", shape=dict(LLAMA, sliding_window=24),
+         theta=10000.0, rope=None, tied=False, seed=22),
+    dict(name="phi3-swa-f32", arch="Phi3ForCausalLM", dtype="float32", shape=dict(PHI3, sliding_window=31),
+         theta=10000.0, rope=None, tied=False, seed=23),
+    dict(name="qwen2-swa-bias-f32", arch="Qwen2ForCausalLM", dtype="float32",
+         shape=dict(QWEN2, use_sliding_window=True, sliding_window=20, max_window_layers=1),
+         theta=1000000.0, rope=None, tied=True, seed=24),
     dict(name="qwen3-qknorm-tied-bf16", arch="Qwen3ForCausalLM", dtype="bfloat16", shape=QWEN3,
          theta=1000000.0, rope=None, tied=True, seed=16),
     # Phi-4-mini's: 3/4 of each head rotates (48 of 64), LongRoPE over those 24 pairs, tied embeddings.
@@ -157,11 +171,14 @@ def make_config(arch, shape, theta, rope, tied, optional=False):
     elif arch == "SmolLM3ForCausalLM":
         kw.update(attention_bias=False, mlp_bias=False, use_sliding_window=False)
     elif arch == "Phi3ForCausalLM":
-        kw.update(sliding_window=None, resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0)
+        kw.update(resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0)
+        kw.setdefault("sliding_window", None)
         if "original_max_position_embeddings" in shape:
             kw["original_max_position_embeddings"] = shape["original_max_position_embeddings"]
+    elif arch == "MistralForCausalLM":
+        kw.setdefault("sliding_window", None)
     else:
-        kw.update(use_sliding_window=False)
+        kw.setdefault("use_sliding_window", False)
     want_type = (rope or {}).get("rope_type", "default")
     # transformers >= 5 takes rope_parameters (theta inside); older versions rope_theta + rope_scaling.
     styles = [dict(rope_parameters=dict(rope or {"rope_type": "default"}, rope_theta=theta)),
@@ -207,6 +224,15 @@ def effective_config(cfg):
         max_position_embeddings=cfg.max_position_embeddings,
         partial_rotary_factor=float(rope.get("partial_rotary_factor", getattr(cfg, "partial_rotary_factor", None) or 1.0)),
     )
+
+
+def layer_windows(model):
+    """Each decoder layer's sliding window as its attention module holds it (0: full attention), where
+    every layer's module has the attribute (transformers >= 4.53 sets it per layer); else nothing."""
+    attns = [layer.self_attn for layer in model.model.layers]
+    if not all(hasattr(a, "sliding_window") for a in attns):
+        return {}
+    return dict(attention_windows=[int(a.sliding_window or 0) for a in attns])
 
 
 @torch.no_grad()
@@ -332,7 +358,7 @@ def agreement(out_root):
             format=FORMAT, name=fx["name"], architecture=fx["arch"], dtype=fx["dtype"],
             generator=dict(tool="transformers", device=env.get("gpu", "cuda"), reference="float64 on the CPU",
                            attn_implementation="eager", **env),
-            config=effective_config(hf.config), newTokens=NEW_TOKENS, logitPositions=LOGIT_POSITIONS, prompts=prompts,
+            config=dict(effective_config(hf.config), **layer_windows(hf)), newTokens=NEW_TOKENS, logitPositions=LOGIT_POSITIONS, prompts=prompts,
         )
         with open(os.path.join(out_dir, "reference.json"), "w") as f:
             json.dump(ref, f)

@@ -21,6 +21,8 @@ interface Case {
   readonly kvDtype: KvDType;
   readonly qDtype: KvDType;
   readonly mask: MaskKind;
+  /** Sliding window: each row sees the last `window` slots of its visible list (0 / undefined: all). */
+  readonly window?: number;
 }
 
 interface Built {
@@ -130,12 +132,16 @@ function reference(c: Case, x: Built, smScale: number): Float64Array {
         if (!x.bits) return j <= i;
         return ((((x.bits[n * x.words + (j >> 6)] as bigint) >> BigInt(j & 63)) & 1n) === 1n);
       };
+      // The window keeps the last c.window visible slots, written independently of the kernels' lists.
+      const seen: number[] = [];
+      for (let t = 0; t < kvLen; t++) if (visible(t)) seen.push(t);
+      const kept = new Set(c.window ? seen.slice(Math.max(0, seen.length - c.window)) : seen);
       for (let h = 0; h < hq; h++) {
         const hk = Math.floor(h / G);
         const scores: number[] = [];
         let m = -Infinity;
         for (let t = 0; t < kvLen; t++) {
-          if (!visible(t)) {
+          if (!kept.has(t)) {
             scores.push(-Infinity);
             continue;
           }
@@ -195,7 +201,7 @@ function runCase(c: Case, seed: number, device: Device): void {
   });
   const smScale = 1 / Math.sqrt(c.d);
   const out = poisoned(c.qDtype, [N, c.hq, c.d], device);
-  const ret = treeAttention(x.q, x.layer, x.batch, x.mask, smScale, out);
+  const ret = treeAttention(x.q, x.layer, x.batch, x.mask, smScale, out, c.window);
   assert.strictEqual(ret, out, 'treeAttention returns the out tensor it was given');
   const got = out.toFloat32();
   const want = reference(c, x, smScale);
@@ -227,11 +233,26 @@ const cases: [string, Case][] = [
   ['bf16 cache, f32 q, d=64: decode rows, a tree over a long prefix', { ...base, kvDtype: 'bf16', seqs: [{ prefix: 1000, qo: 1 }, { prefix: 700, qo: 20 }, { prefix: 3, qo: 1 }] }],
   ['f16 cache, f32 q (mixed dtypes)', { ...base, kvDtype: 'f16', qDtype: 'f32', seqs: [{ prefix: 64, qo: 5 }] }],
   ['f32 cache, bf16 q (mixed dtypes), causal', { ...base, kvDtype: 'f32', qDtype: 'bf16', mask: 'none', seqs: [{ prefix: 7, qo: 12 }] }],
+  ['sliding window 5: random trees deeper than it, chains, a prefill, GQA 8/2', { ...base, hq: 8, hkv: 2, window: 5, seqs: [{ prefix: 0, qo: 12 }, { prefix: 17, qo: 9 }, { prefix: 3, qo: 1 }] }],
+  ['sliding window 70: causal prefill and decode rows over long prefixes (tiles below it skipped), bf16', { ...base, kvDtype: 'bf16', qDtype: 'bf16', mask: 'none', window: 70, seqs: [{ prefix: 1000, qo: 1 }, { prefix: 0, qo: 150 }, { prefix: 200, qo: 3 }] }],
+  ['sliding window 1 (a row sees its last visible slot) under arbitrary bit masks', { ...base, mask: 'random', window: 1, seqs: [{ prefix: 0, qo: 70 }, { prefix: 9, qo: 6 }] }],
+  ['sliding window 61 over a tree on a 3000-token prefix, f16, d=128, MQA', { ...base, hq: 4, hkv: 1, d: 128, kvDtype: 'f16', qDtype: 'f32', window: 61, seqs: [{ prefix: 3000, qo: 16 }] }],
 ];
 
 describe('treeAttention (cpu)', () => {
   cases.forEach(([title, c], k) => {
     it(title, () => runCase(c, testSeed + k, 'cpu'));
+  });
+
+  it('a sliding window no shorter than any list gives the bits of no window; a shorter one changes them', () => {
+    const c: Case = { ...base, hq: 8, hkv: 2, seqs: [{ prefix: 90, qo: 12 }, { prefix: 0, qo: 7 }] };
+    const x = buildCase(c, rng(testSeed + 150), 'cpu');
+    const full = treeAttention(x.q, x.layer, x.batch, x.mask, 0.125).toFloat32();
+    assert.deepStrictEqual(treeAttention(x.q, x.layer, x.batch, x.mask, 0.125, undefined, 102).toFloat32(), full);
+    const cut = treeAttention(x.q, x.layer, x.batch, x.mask, 0.125, undefined, 50).toFloat32();
+    assert.ok(cut.some((v, k) => v !== full[k]), 'a window of 50 over 90+ slots changes the output');
+    for (const t of [x.layer, x.q, x.mask]) t?.dispose();
+    x.batch.dispose();
   });
 
   it('treeMask: ancestor closure; causalMask is the chain', () => {
@@ -292,7 +313,7 @@ describe('treeAttention (cpu)', () => {
  * of such decode sequences. Rows with several query heads per KV head, prefixes that put the paths
  * across the kernels' key tiles, and a long prefix (split-KV on CUDA) in the same check.
  */
-function treeEqualsPath(device: Device, kvDtype: KvDType, qDtype: KvDType, d: number, prefix: number, nodes: number, seed: number): void {
+function treeEqualsPath(device: Device, kvDtype: KvDType, qDtype: KvDType, d: number, prefix: number, nodes: number, seed: number, window = 0): void {
   const rand = rng(seed);
   const hq = 8, hkv = 2, S = 16, scale = 1 / Math.sqrt(d);
   const parents = randomParents(nodes, rand);
@@ -328,7 +349,7 @@ function treeEqualsPath(device: Device, kvDtype: KvDType, qDtype: KvDType, d: nu
   const q = Tensor.fromArray(randomArray(nodes * hq * d, rand), qDtype, [nodes, hq, d], device);
   const mask = Tensor.fromArray(treeMask(parents), 'u64', [nodes, maskWords(nodes)], device);
   const tb = pagedBatch({ qoIndptr: [0, nodes], pageIndptr: [0, tp], pageIndices: Array.from({ length: tp }, (_, i) => i), prefixLen: [prefix], pageSize: S, numPages: tp, device });
-  const treeOut = treeAttention(q, treeLayer, tb, mask, scale).toFloat32();
+  const treeOut = treeAttention(q, treeLayer, tb, mask, scale, undefined, window).toFloat32();
   // The paths: sequence i holds the prefix, node i's ancestors, then node i itself as its new token.
   const per = path.map((pt) => Math.ceil((prefix + pt.length) / S));
   const starts = per.reduce<number[]>((acc, n) => [...acc, (acc[acc.length - 1] as number) + n], [0]);
@@ -338,7 +359,7 @@ function treeEqualsPath(device: Device, kvDtype: KvDType, qDtype: KvDType, d: nu
     qoIndptr: Array.from({ length: nodes + 1 }, (_, i) => i), pageIndptr: starts, pageIndices: Array.from({ length: starts[nodes] as number }, (_, i) => i),
     prefixLen: path.map((pt) => prefix + pt.length - 1), pageSize: S, numPages: starts[nodes] as number, device,
   });
-  const pathOut = treeAttention(q, pathLayer, pb, undefined, scale).toFloat32();
+  const pathOut = treeAttention(q, pathLayer, pb, undefined, scale, undefined, window).toFloat32();
   const row = hq * d;
   let bad = 0;
   for (let i = 0; i < nodes; i++) {
@@ -346,7 +367,7 @@ function treeEqualsPath(device: Device, kvDtype: KvDType, qDtype: KvDType, d: nu
     if (a.some((x, k) => !Object.is(x, b[k]))) bad++;
   }
   assert.ok(treeOut.some((x) => x !== 0), 'the tree rows are not trivially zero');
-  assert.strictEqual(bad, 0, `${bad} of ${nodes} nodes' rows differ from their path decoded token by token (${device}, ${kvDtype} cache, ${qDtype} q, d ${d}, prefix ${prefix}, seed ${seed})`);
+  assert.strictEqual(bad, 0, `${bad} of ${nodes} nodes' rows differ from their path decoded token by token (${device}, ${kvDtype} cache, ${qDtype} q, d ${d}, prefix ${prefix}, window ${window}, seed ${seed})`);
   for (const t of [treeLayer, pathLayer, q, mask]) t.dispose();
   tb.dispose();
   pb.dispose();
@@ -356,6 +377,10 @@ describe('tree = path, bit for bit (cpu)', () => {
   it('bf16 and f32 caches, head dims 64 and 128, paths across key tiles', () => {
     treeEqualsPath('cpu', 'bf16', 'f32', 64, 55 + (testSeed % 16), 24, testSeed + 600);
     treeEqualsPath('cpu', 'f32', 'f32', 128, 120 + (testSeed % 16), 16, testSeed + 601);
+  });
+  it('under sliding windows: shorter than the tree is deep, and cutting into the prefix across key tiles', () => {
+    treeEqualsPath('cpu', 'bf16', 'f32', 64, 55 + (testSeed % 16), 24, testSeed + 607, 3);
+    treeEqualsPath('cpu', 'f32', 'f32', 64, 150 + (testSeed % 16), 24, testSeed + 608, 70 + (testSeed % 9));
   });
 });
 
@@ -369,6 +394,10 @@ describeCuda('tree = path, bit for bit (cuda)', () => {
   it('f16 and f32 caches', () => {
     treeEqualsPath('cuda', 'f16', 'f32', 64, 120 + (testSeed % 16), 16, testSeed + 605);
     treeEqualsPath('cuda', 'f32', 'f32', 128, 60, 16, testSeed + 606);
+  });
+  it('under sliding windows (the CUDA-core kernel serves them): shorter than the tree, and across chunks with split-KV', () => {
+    treeEqualsPath('cuda', 'bf16', 'f32', 64, 55 + (testSeed % 16), 24, testSeed + 609, 3);
+    treeEqualsPath('cuda', 'bf16', 'bf16', 128, 3000 + (testSeed % 100), 24, testSeed + 610, 300 + (testSeed % 40));
   });
 });
 
@@ -406,6 +435,8 @@ describe('tree attention validation', () => {
     assertThrowsCode(() => treeAttention(q, layer, b, Tensor.zeros('u64', [4, 1]), 1), 'E_ARG', /mask: expected shape \[5, \*\]/);
     assertThrowsCode(() => treeAttention(q, layer, b, Tensor.zeros('u64', [5, 0]), 1), 'E_ARG', /mask: 0 words per row \(0 bits\) cannot cover a sequence with 3 new tokens/);
     assertThrowsCode(() => treeAttention(q, layer, b, undefined, NaN), 'E_ARG', /smScale/);
+    assertThrowsCode(() => treeAttention(q, layer, b, undefined, 1, undefined, -1), 'E_ARG', /window: expected an integer >= 0/);
+    assertThrowsCode(() => treeAttention(q, layer, b, undefined, 1, undefined, 2.5), 'E_ARG', /window: expected an integer >= 0/);
     assertThrowsCode(() => treeAttention(q, Tensor.zeros('f32', [6, 2, S, 64]), b, undefined, 1), 'E_ARG', /kv_layer: expected 5 dimensions/);
     assertThrowsCode(() => treeAttention(q, Tensor.zeros('f32', [6, 3, S, 2, 32]), b, undefined, 1), 'E_ARG', /kv_layer: expected shape \[numPages, 2/);
     assertThrowsCode(() => treeAttention(q, Tensor.zeros('i32', [6, 2, S, 2, 32]), b, undefined, 1), 'E_ARG', /kv_layer: expected dtype/);

@@ -5,6 +5,7 @@
 // layout speculative decoding relies on), a sequence alone equals itself inside a ragged batch, and
 // one thread equals the pool (child process with SPECDEC_CPU_THREADS=1). The portable kernel (used
 // without AVX2) is checked against a float64 reference in a child with SPECDEC_CPU_SIMD=portable.
+// Each holds under sliding windows too (a row sees the last `window` slots of its list).
 import * as assert from 'assert';
 import { spawnSync } from 'child_process';
 import { pagedBatch, treeAttention, treeMask } from '../lib/kv';
@@ -53,7 +54,7 @@ function sameBits(a: Float32Array, b: Float32Array, what: string): void {
  * Tree of `n` nodes over `prefix` slots, all nodes in one call, then every node alone over its
  * path laid out as a committed prefix (other pages, other page size). Returns both outputs.
  */
-function treeVsPaths(g: Geometry, prefix: number, n: number, seed: number): { tree: Float32Array; paths: Float32Array } {
+function treeVsPaths(g: Geometry, prefix: number, n: number, seed: number, window = 0): { tree: Float32Array; paths: Float32Array } {
   const rand = rng(seed);
   const row = g.hkv * g.d;
   const slot = (): { k: Float32Array; v: Float32Array } => ({ k: randomArray(row, rand), v: randomArray(row, rand) });
@@ -68,7 +69,7 @@ function treeVsPaths(g: Geometry, prefix: number, n: number, seed: number): { tr
   const mask = Tensor.fromArray(treeMask(parents), 'u64', [n, words]);
   const q = Tensor.fromArray(qAll, 'f32', [n, g.hq, g.d]);
   const batch = pagedBatch({ qoIndptr: [0, n], pageIndptr: [0, a.pages.length], pageIndices: a.pages, prefixLen: [prefix], pageSize: g.pageSize, numPages: a.layer.shape[0] as number });
-  const tree = treeAttention(q, a.layer, batch, mask, scale).toFloat32();
+  const tree = treeAttention(q, a.layer, batch, mask, scale, undefined, window).toFloat32();
 
   const paths = new Float32Array(n * g.hq * g.d);
   const gp: Geometry = { ...g, pageSize: g.pageSize === 16 ? 5 : 16 };
@@ -78,7 +79,7 @@ function treeVsPaths(g: Geometry, prefix: number, n: number, seed: number): { tr
     const b = layerWith(gp, [...pre, ...path.map((x) => nodes[x] as { k: Float32Array; v: Float32Array })], rand);
     const q1 = Tensor.fromArray(qAll.subarray(j * g.hq * g.d, (j + 1) * g.hq * g.d), 'f32', [1, g.hq, g.d]);
     const b1 = pagedBatch({ qoIndptr: [0, 1], pageIndptr: [0, b.pages.length], pageIndices: b.pages, prefixLen: [prefix + path.length - 1], pageSize: gp.pageSize, numPages: b.layer.shape[0] as number });
-    paths.set(treeAttention(q1, b.layer, b1, undefined, scale).toFloat32(), j * g.hq * g.d);
+    paths.set(treeAttention(q1, b.layer, b1, undefined, scale, undefined, window).toFloat32(), j * g.hq * g.d);
     for (const t of [b.layer, q1]) t.dispose();
     b1.dispose();
   }
@@ -88,7 +89,7 @@ function treeVsPaths(g: Geometry, prefix: number, n: number, seed: number): { tr
 }
 
 /** A ragged batch of chains/trees in one call; returns the batch output and each sequence alone. */
-function batchVsAlone(g: Geometry, seqs: readonly { prefix: number; qo: number }[], seed: number): { batch: Float32Array; alone: Float32Array } {
+function batchVsAlone(g: Geometry, seqs: readonly { prefix: number; qo: number }[], seed: number, window = 0): { batch: Float32Array; alone: Float32Array } {
   const rand = rng(seed);
   const row = g.hkv * g.d;
   const S = g.pageSize;
@@ -115,7 +116,7 @@ function batchVsAlone(g: Geometry, seqs: readonly { prefix: number; qo: number }
   const pageIndices = order.slice(0, pageIndptr[seqs.length] as number);
   const scale = 1 / Math.sqrt(g.d);
   const all = pagedBatch({ qoIndptr, pageIndptr, pageIndices, prefixLen: seqs.map((s) => s.prefix), pageSize: S, numPages });
-  const batch = treeAttention(q, layer, all, mask, scale).toFloat32();
+  const batch = treeAttention(q, layer, all, mask, scale, undefined, window).toFloat32();
   const alone = new Float32Array(batch.length);
   seqs.forEach((s, b) => {
     const n0 = qoIndptr[b] as number;
@@ -123,7 +124,7 @@ function batchVsAlone(g: Geometry, seqs: readonly { prefix: number; qo: number }
     const one = pagedBatch({ qoIndptr: [0, s.qo], pageIndptr: [0, pagesPer[b] as number], pageIndices: pageIndices.slice(p0, p0 + (pagesPer[b] as number)), prefixLen: [s.prefix], pageSize: S, numPages });
     const qs = q.rows(n0, n0 + s.qo);
     const ms = mask.rows(n0, n0 + s.qo);
-    alone.set(treeAttention(qs, layer, one, ms, scale).toFloat32(), n0 * g.hq * g.d);
+    alone.set(treeAttention(qs, layer, one, ms, scale, undefined, window).toFloat32(), n0 * g.hq * g.d);
     for (const t of [qs, ms]) t.dispose();
     one.dispose();
   });
@@ -141,7 +142,8 @@ const GEOMETRIES: readonly (Geometry & { readonly title: string })[] = [
 
 /** Every geometry's ragged batch, concatenated: what the instruction-set comparison computes. */
 function childAll(seed: number): Float32Array {
-  const parts = GEOMETRIES.map((g, k) => batchVsAlone(g, [{ prefix: 3, qo: 1 }, { prefix: 90, qo: 23 }, { prefix: 0, qo: 7 }, { prefix: 600, qo: 12 }], seed + k).batch);
+  const seqs = [{ prefix: 3, qo: 1 }, { prefix: 90, qo: 23 }, { prefix: 0, qo: 7 }, { prefix: 600, qo: 12 }];
+  const parts = GEOMETRIES.flatMap((g, k) => [batchVsAlone(g, seqs, seed + k).batch, batchVsAlone(g, seqs, seed + 50 + k, 45).batch]);
   const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
   let at = 0;
   for (const p of parts) {
@@ -154,12 +156,28 @@ function childAll(seed: number): Float32Array {
 /** What the thread-count and portable checks compute (also run in child processes). */
 function childCase(seed: number): Float32Array {
   const g: Geometry = { hq: 8, hkv: 2, d: 64, pageSize: 16, dtype: 'f16' };
-  // Big enough to go to the pool: 2 sequences x 2 KV heads x 4 blocks of 16 rows over ~700 slots.
-  return batchVsAlone(g, [{ prefix: 700, qo: 30 }, { prefix: 333, qo: 17 }], seed).batch;
+  // Big enough to go to the pool: 2 sequences x 2 KV heads x 4 blocks of 16 rows over ~700 slots;
+  // then the same shapes under a sliding window of 100 (seed + 1).
+  const seqs = [{ prefix: 700, qo: 30 }, { prefix: 333, qo: 17 }];
+  const a = batchVsAlone(g, seqs, seed).batch, b = batchVsAlone(g, seqs, seed + 1, CHILD_WINDOW).batch;
+  const out = new Float32Array(a.length + b.length);
+  out.set(a);
+  out.set(b, a.length);
+  return out;
+}
+const CHILD_WINDOW = 100;
+
+/** childCase's reference: both halves. */
+function childCaseReference(seed: number): Float64Array {
+  const a = childBatchReference(seed, 0), b = childBatchReference(seed + 1, CHILD_WINDOW);
+  const out = new Float64Array(a.length + b.length);
+  out.set(a);
+  out.set(b, a.length);
+  return out;
 }
 
 /** float64 reference of childCase's batch, recomputed from the same seed (tree masks as built there). */
-function childCaseReference(seed: number): Float64Array {
+function childBatchReference(seed: number, window: number): Float64Array {
   const g = { hq: 8, hkv: 2, d: 64, S: 16 };
   const seqs = [{ prefix: 700, qo: 30 }, { prefix: 333, qo: 17 }];
   const rand = rng(seed);
@@ -185,6 +203,7 @@ function childCaseReference(seed: number): Float64Array {
         const hk = Math.floor(h / (g.hq / g.hkv));
         const vis: number[] = [];
         for (let t = 0; t < s.prefix + s.qo; t++) if (t < s.prefix || anc(i, t - s.prefix)) vis.push(t);
+        if (window > 0) vis.splice(0, Math.max(0, vis.length - window));
         const sc = vis.map((t) => {
           let dot = 0;
           for (let e = 0; e < g.d; e++) dot += (q[((n0 + i) * g.hq + h) * g.d + e] as number) * (kv[at(t, 0, hk) + e] as number);
@@ -221,14 +240,17 @@ if (process.argv[2] === '--child' || process.argv[2] === '--child-all') {
     this.timeout(120000);
     GEOMETRIES.forEach((g, k) => {
       it(`${g.title}: a tree node equals its path decoded one token at a time`, () => {
-        for (const [prefix, n] of [[0, 9], [37, 40], [130, 21]] as const) {
-          const r = treeVsPaths(g, prefix, n, testSeed + 10 * k + prefix);
-          sameBits(r.tree, r.paths, `prefix ${prefix}, ${n} nodes`);
+        for (const [prefix, n, window] of [[0, 9, 0], [37, 40, 0], [130, 21, 0], [37, 40, 9], [130, 21, 50], [0, 9, 2]] as const) {
+          const r = treeVsPaths(g, prefix, n, testSeed + 10 * k + prefix + window, window);
+          sameBits(r.tree, r.paths, `prefix ${prefix}, ${n} nodes, window ${window}`);
         }
       });
       it(`${g.title}: a sequence alone equals itself inside a ragged batch`, () => {
-        const r = batchVsAlone(g, [{ prefix: 3, qo: 1 }, { prefix: 90, qo: 23 }, { prefix: 0, qo: 7 }, { prefix: 600, qo: 12 }, { prefix: 17, qo: 70 }], testSeed + 50 + k);
+        const seqs = [{ prefix: 3, qo: 1 }, { prefix: 90, qo: 23 }, { prefix: 0, qo: 7 }, { prefix: 600, qo: 12 }, { prefix: 17, qo: 70 }];
+        const r = batchVsAlone(g, seqs, testSeed + 50 + k);
         sameBits(r.batch, r.alone, 'batch vs alone');
+        const w = batchVsAlone(g, seqs, testSeed + 60 + k, 33);
+        sameBits(w.batch, w.alone, 'batch vs alone, window 33');
       });
     });
     it('one thread (SPECDEC_CPU_THREADS=1) gives the bits of the pool', () => {

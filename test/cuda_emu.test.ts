@@ -34,7 +34,7 @@ interface Program {
 const programs: Program[] = [
   { source: 'gemm_tc_emu.cc', extra: [], kernel: 'tensor-core matmul, and the streaming kernel == it bit for bit (cuda/gemm_tc.cuh, cuda/gemm_tc_stream.cuh)', minChecks: 130, args: [],
     tsanArgs: [], tsanMinChecks: 130 },
-  { source: 'attention_emu.cc', extra: [], kernel: 'tree attention + split-KV merge + planner, tree = path, cp.async K/V staging with 1-4 buffers (cuda/attention.cuh)', minChecks: 42,
+  { source: 'attention_emu.cc', extra: [], kernel: 'tree attention + split-KV merge + planner, tree = path, cp.async K/V staging with 1-4 buffers, sliding windows (cuda/attention.cuh)', minChecks: 66,
     args: [], tsanArgs: ['2', '0'], tsanMinChecks: 18 },
   { source: 'attention_tc_emu.cc', extra: [], kernel: 'tensor-core tree attention + split-KV merge, tree = path, decode rows, cp.async double buffering (cuda/attention_tc.cuh); the mma.sync kernel == it bit for bit, gathered tree tiles included (cuda/attention_mma.cuh)', minChecks: 67,
     args: [], tsanArgs: ['4', '2'], tsanMinChecks: 30 },

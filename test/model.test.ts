@@ -479,16 +479,16 @@ describe('Llama runner (cpu)', function () {
       await loadErr(dir, /no model\.safetensors or model\.safetensors\.index\.json/);
     });
 
-    it('config parsing: defaults, head_dim, tied embeddings, rope scaling, Qwen2 biases, sliding window cap', () => {
+    it('config parsing: defaults, head_dim, tied embeddings, rope scaling, Qwen2 biases', () => {
       const c = parseLlamaConfig(configJson(specByName('qwen2-bias-f16')));
       assert.strictEqual(c.qkvBias, true);
       assert.strictEqual(c.oBias, false);
       assert.strictEqual(c.tieWordEmbeddings, true);
       assert.strictEqual(c.headDim, 8);
       assert.strictEqual(c.rmsNormEps, 1e-5);
-      const m = parseLlamaConfig({ ...configJson(specByName('mistral-bf16')), sliding_window: 64 });
+      const m = parseLlamaConfig(configJson(specByName('mistral-bf16')));
       assert.strictEqual(m.headDim, 16);
-      assert.strictEqual(m.maxPositions, 64);
+      assert.strictEqual(m.attentionWindows, undefined);
       const l3 = parseLlamaConfig(configJson(specByName('llama3-rope-f32')));
       assert.deepStrictEqual(l3.ropeScaling, { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositions: 16 });
       const eos = parseLlamaConfig({ ...configJson(specByName('llama-gqa-f32')), eos_token_id: [2, 5] });
@@ -506,8 +506,9 @@ describe('Llama runner (cpu)', function () {
       const biased = parseLlamaConfig({ ...configJson(specByName('qwen3-qknorm-bf16')), attention_bias: true });
       assert.deepStrictEqual([biased.qkvBias, biased.oBias], [true, true]);
       // Qwen3 writes a sliding_window that applies only with use_sliding_window (as Qwen2).
-      assert.strictEqual(parseLlamaConfig({ ...configJson(specByName('qwen3-qknorm-bf16')), sliding_window: 32 }).maxPositions, 128);
-      assert.strictEqual(parseLlamaConfig({ ...configJson(specByName('qwen3-qknorm-bf16')), sliding_window: 32, use_sliding_window: true }).maxPositions, 32);
+      assert.strictEqual(parseLlamaConfig({ ...configJson(specByName('qwen3-qknorm-bf16')), sliding_window: 32 }).attentionWindows, undefined);
+      const slid = parseLlamaConfig({ ...configJson(specByName('qwen3-qknorm-bf16')), sliding_window: 32, use_sliding_window: true, max_window_layers: 1 });
+      assert.deepStrictEqual([slid.attentionWindows, slid.maxPositions], [[0, 32], 128]);
       const byType = parseLlamaConfig({ ...configJson(specByName('qwen3-qknorm-bf16')), architectures: undefined, model_type: 'qwen3' });
       assert.strictEqual(byType.architecture, 'Qwen3ForCausalLM');
       assert.strictEqual(byType.qkNorm, true);
@@ -519,8 +520,9 @@ describe('Llama runner (cpu)', function () {
       assert.deepStrictEqual([phi.architecture, phi.fusedProjections, phi.qkvBias, phi.oBias, phi.qkNorm, phi.ropeTheta], ['Phi3ForCausalLM', true, false, false, false, 250000]);
       assert.strictEqual(parseLlamaConfig({ ...configJson(specByName('phi3-fused-f16')), architectures: undefined, model_type: 'phi3' }).architecture, 'Phi3ForCausalLM');
       assert.deepStrictEqual([parseLlamaConfig({ ...configJson(specByName('phi3-fused-f16')), attention_bias: true }).qkvBias], [false]);
-      // Phi-3-mini-4k's window (2047) caps the context, so every position stays inside it.
-      assert.strictEqual(parseLlamaConfig({ ...configJson(specByName('phi3-fused-f16')), sliding_window: 47 }).maxPositions, 47);
+      // Phi-3-mini-4k's window (2047): every layer slides, over the whole context.
+      const win = parseLlamaConfig({ ...configJson(specByName('phi3-fused-f16')), sliding_window: 47 });
+      assert.deepStrictEqual([win.attentionWindows, win.maxPositions], [[47, 47], 128]);
       assert.strictEqual(parseLlamaConfig({ ...configJson(specByName('phi3-fused-f16')), partial_rotary_factor: 1 }).ropeDim, 8);
       // Phi-4-mini: int(head_dim x 0.75) values rotate; LongRoPE's factors are per rotated pair.
       const p4 = parseLlamaConfig(configJson(specByName('phi4mini-partial-f32')));
@@ -549,6 +551,26 @@ describe('Llama runner (cpu)', function () {
       assert.strictEqual(parseLlamaConfig(configJson(specByName('llama-gqa-f32'))).fusedProjections, false);
     });
 
+    it('config parsing, sliding windows: per layer as transformers sets them, no context cap, bad layer_types named', () => {
+      // Mistral v0.1: every layer; no cap on the context any more.
+      const m = parseLlamaConfig({ ...configJson(specByName('mistral-bf16')), sliding_window: 64 });
+      assert.deepStrictEqual([m.attentionWindows, m.maxPositions], [[64, 64], 128]);
+      // A window as long as the context is no window (Phi-4-mini writes 262144 over 131072 positions).
+      assert.strictEqual(parseLlamaConfig({ ...configJson(specByName('mistral-bf16')), sliding_window: 128 }).attentionWindows, undefined);
+      assert.strictEqual(parseLlamaConfig({ ...configJson(specByName('phi4mini-partial-f32')), sliding_window: 262144 }).attentionWindows, undefined);
+      // Llama's config class has no window: a stray sliding_window changes nothing (as in transformers).
+      assert.strictEqual(parseLlamaConfig({ ...configJson(specByName('llama-gqa-f32')), sliding_window: 16 }).attentionWindows, undefined);
+      // Qwen2: use_sliding_window from max_window_layers on (28 by default), or as layer_types lists them.
+      const q2 = configJson(specByName('qwen2-swa-f32'));
+      assert.deepStrictEqual(parseLlamaConfig(q2).attentionWindows, [0, 5]);
+      assert.deepStrictEqual(parseLlamaConfig({ ...q2, max_window_layers: undefined, num_hidden_layers: 30 }).attentionWindows, [...Array<number>(28).fill(0), 5, 5]);
+      assert.deepStrictEqual(parseLlamaConfig({ ...q2, layer_types: ['sliding_attention', 'full_attention'] }).attentionWindows, [5, 0]);
+      assert.strictEqual(parseLlamaConfig({ ...q2, use_sliding_window: false }).attentionWindows, undefined);
+      assert.throws(() => parseLlamaConfig({ ...q2, layer_types: ['sliding_attention'] }), /'layer_types' must give 'sliding_attention' or 'full_attention' for each of the 2 layers/);
+      assert.throws(() => parseLlamaConfig({ ...q2, layer_types: ['sliding', 'full_attention'] }), /'layer_types' must give/);
+      assert.throws(() => parseLlamaConfig({ ...q2, sliding_window: 0 }), /'sliding_window' must be an integer >= 1, got 0/);
+    });
+
     it('config parsing, SmolLM3: no_rope_layers as written, or every fourth layer without RoPE by default; the window only when used', () => {
       const s = parseLlamaConfig(configJson(specByName('smollm3-nope-bf16')));
       assert.deepStrictEqual([s.architecture, s.ropeLayers, s.maxPositions, s.oBias], ['SmolLM3ForCausalLM', [true, false, true, false], 128, false]);
@@ -556,7 +578,7 @@ describe('Llama runner (cpu)', function () {
       assert.deepStrictEqual(parseLlamaConfig(derived).ropeLayers, [true, true, true, false, true, true, true, false]);
       assert.deepStrictEqual(parseLlamaConfig({ ...derived, no_rope_layer_interval: 2 }).ropeLayers, [true, false, true, false, true, false, true, false]);
       assert.throws(() => parseLlamaConfig({ ...configJson(specByName('smollm3-nope-bf16')), no_rope_layers: [1, 0, 1] }), /'no_rope_layers' must list 0 or 1 for each of the 4 layers/);
-      assert.strictEqual(parseLlamaConfig({ ...configJson(specByName('smollm3-nope-bf16')), sliding_window: 64 }).maxPositions, 128);
+      assert.strictEqual(parseLlamaConfig({ ...configJson(specByName('smollm3-nope-bf16')), sliding_window: 64 }).attentionWindows, undefined);
       assert.strictEqual(parseLlamaConfig({ ...configJson(specByName('smollm3-nope-bf16')), attention_bias: true }).oBias, true);
       assert.strictEqual(parseLlamaConfig({ ...configJson(specByName('smollm3-nope-bf16')), architectures: undefined, model_type: 'smollm3' }).architecture, 'SmolLM3ForCausalLM');
       assert.strictEqual(parseLlamaConfig(configJson(specByName('llama-gqa-f32'))).ropeLayers, undefined);
@@ -701,7 +723,7 @@ describeCuda('Llama runner', function () {
   });
   after(() => fs.rmSync(root, { recursive: true, force: true }));
 
-  for (const name of ['llama-gqa-f32', 'qwen2-bias-f16', 'llama-sharded-bf16', 'llama3-rope-f32', 'qwen3-qknorm-bf16', 'phi3-fused-f16', 'phi4mini-partial-f32', 'smollm3-nope-bf16']) {
+  for (const name of ['llama-gqa-f32', 'qwen2-bias-f16', 'llama-sharded-bf16', 'llama3-rope-f32', 'qwen3-qknorm-bf16', 'phi3-fused-f16', 'phi4mini-partial-f32', 'smollm3-nope-bf16', 'mistral-swa-bf16', 'qwen2-swa-f32']) {
     it(`${name}: CUDA logits match the float64 reference, batch invariance holds, greedy matches`, async () => {
       const spec = specByName(name);
       const dir = path.join(root, name);

@@ -495,6 +495,9 @@ describe('strategies on random Llama checkpoints (CPU)', function () {
     ['Qwen3 (q/k norms per head)', specByName('qwen3-qknorm-bf16'), { ...specByName('qwen3-qknorm-bf16'), name: 'qwen3-draft', layers: 1, hidden: 16, intermediate: 32, heads: 2, kvHeads: 1, headDim: 8 }],
     // The draft keeps head_dim 16 so that LongRoPE's 6 factors fit its 12 rotated values too.
     ['Phi-4-mini (fused projections, partial rotation, LongRoPE)', specByName('phi4mini-partial-f32'), { ...specByName('phi4mini-partial-f32'), name: 'phi4mini-draft', layers: 1, hidden: 16, intermediate: 32, heads: 2, kvHeads: 1 }],
+    // Trees deeper than the draft's window and paths longer than the target's: the window is a rule on
+    // positions, so every node still sees what its path decoded token by token sees.
+    ['Mistral v0.1 (sliding-window attention)', specByName('mistral-swa-bf16'), { ...specByName('mistral-swa-bf16'), name: 'mistral-swa-draft', layers: 1, hidden: 16, intermediate: 32, heads: 2, kvHeads: 1, slidingWindow: 3 }],
     ['SmolLM3 (layers without RoPE)', specByName('smollm3-nope-bf16'), { ...specByName('smollm3-nope-bf16'), name: 'smollm3-draft', layers: 2, hidden: 16, intermediate: 32, heads: 2, kvHeads: 1, noRopeLayers: [0, 1] }],
   ];
   for (const [family, tSpec, dSpec] of families) {

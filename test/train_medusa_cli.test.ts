@@ -78,6 +78,10 @@ describe('specdec train-medusa (cli)', function () {
     const qwen3 = path.join(dir, 'qwen3');
     writeCheckpoint(qwen3, { ...specByName('qwen3-qknorm-bf16'), tokenizer: true }, 7);
     one(['--model', qwen3, '--data', data, '--heads', '2', '--out', path.join(dir, 'q3-heads')], /q\/k norms \(Qwen3\).*\[E_UNSUPPORTED\]|\[E_UNSUPPORTED\].*q\/k norms \(Qwen3\)/);
+    // Its forward attends over whole sequences: a sliding-window model only while --seq-len fits the window.
+    const swa = path.join(dir, 'mistral-swa');
+    writeCheckpoint(swa, { ...specByName('mistral-swa-bf16'), tokenizer: true }, 8);
+    one(['--model', swa, '--data', data, '--heads', '2', '--out', path.join(dir, 'swa-heads'), '--seq-len', '16'], /--seq-len 16: the model's attention slides over 6 positions .*use --seq-len <= 6/);
     const help = cli(['train-medusa', '--help']);
     assert.strictEqual(help.code, 0);
     for (const f of ['--model', '--data', '--heads', '--out', '--layers', '--steps', '--batch', '--seq-len', '--lr', '--self-distill', '--seed', '--threads', '--dtype']) {

@@ -18,6 +18,8 @@ declare namespace SpecdecNative {
     ropeDim?: number;
     /** Per layer: rotate q and k (SmolLM3's no_rope_layers). Default: every layer. */
     ropeLayers?: boolean[];
+    /** Per layer: its sliding attention window (the keys at positions > the query's - window), 0 = all. Default: none. */
+    attentionWindows?: number[];
     ropeScaling?:
       | {
           type: 'linear' | 'llama3';

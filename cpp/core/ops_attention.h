@@ -79,8 +79,12 @@ void rope_qk_append(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positio
 //   (word j / 64, bit j % 64) set <=> new token i sees new token j of the same sequence.
 //   The committed prefix is always visible. W * 64 >= max new tokens of a sequence.
 // out: [N, numQoHeads, headDim], dtype of q. Accumulation in f32.
+// window > 0 (sliding-window attention): a row sees only the last `window` entries of its ordered
+//   list of visible slots (the prefix, then its visible new tokens in index order). Under a tree mask
+//   (ancestors and self) list position = token position, so this is key position > query position -
+//   window, transformers' rule; the reduction order stays a function of the row's list (tree = path).
 void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& batch, const Tensor& mask,
-                    float sm_scale, Tensor& out);
+                    float sm_scale, Tensor& out, int window = 0);
 
 // Commit accepted tree nodes: for each sequence b and j < acc_indptr[b+1] - acc_indptr[b], the
 // K/V of new token acc_nodes[acc_indptr[b] + j] moves to slot prefix_len[b] + j, in every layer,
@@ -112,7 +116,7 @@ void kv_copy_pages(const std::vector<Tensor>& layers, const Tensor& src_pages, c
   namespace NS {                                                                                           \
   void kv_append(Tensor& kv_layer, const Tensor& k, const Tensor& v, const PagedBatch& batch);             \
   void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& batch, const Tensor& mask, \
-                      float sm_scale, Tensor& out);                                                        \
+                      float sm_scale, Tensor& out, int window);                                            \
   /* acc_count undefined: sequence b keeps acc_nodes[acc_indptr[b] .. acc_indptr[b + 1]); defined: */      \
   /* acc_nodes[acc_indptr[b] ..][0 .. acc_count[b]) (a verification's ragged layout).            */      \
   void kv_commit(const std::vector<Tensor>& layers, const PagedBatch& batch, const Tensor& acc_indptr,     \

@@ -19,6 +19,11 @@
 // in any batch. Implementations of that order, as for matmul (cpu/layers.cc): AVX-512F and
 // AVX2+FMA+F16C (chosen at run time; the same bits) and a portable one; a process uses one for every
 // call (SPECDEC_CPU_SIMD caps the choice).
+//
+// A sliding window (window > 0) keeps a row's last `window` list positions, lo .. len - 1: its
+// softmax runs over the list from lo rounded down to a lane boundary, the positions below lo scored
+// -inf there (weight exactly 0), and the P.V terms below lo are exact zeros. So a row's bits are
+// still a function of its list and the window alone; tiles below every row's lo are skipped.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -467,7 +472,7 @@ thread_local Scratch t_scratch;
 }  // namespace
 
 void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& batch, const Tensor& mask,
-                    float sm_scale, Tensor& out) {
+                    float sm_scale, Tensor& out, int window) {
   const int64_t S = kv_layer.size(2), Hkv = kv_layer.size(3), D = kv_layer.size(4);
   const int64_t Hq = q.size(1), G = Hq / Hkv, B = batch.batch_size();
   const int64_t W = mask.defined() ? mask.size(1) : 0;
@@ -488,7 +493,8 @@ void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& b
   for (int64_t b = 0; b < B; ++b) {
     const int64_t qo = batch.h_qo_indptr[b + 1] - batch.h_qo_indptr[b];
     items += Hkv * ((qo * G + kRowBlock - 1) / kRowBlock);
-    flops += static_cast<double>(qo) * (batch.h_prefix_len[b] + qo) * Hq * D * 4.0;
+    const int64_t seen = batch.h_prefix_len[b] + qo;  // (a window: at most window + qo of them per block)
+    flops += static_cast<double>(qo) * (window > 0 ? std::min<int64_t>(seen, window + qo) : seen) * Hq * D * 4.0;
   }
   const int64_t grain = grain_for(items > 0 ? flops / static_cast<double>(items) : 0.0, 1e6);
 
@@ -542,6 +548,12 @@ void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& b
         }
       nn[r] = c;
     }
+    // The window: row r sees list positions lo(r) .. P + nn[r] - 1; no row of the block sees a slot
+    // below t_lo (a multiple of kTile, so the prefix tiles stay where they are without a window).
+    auto lo_of = [&](int64_t r) { return window > 0 ? std::max<int64_t>(0, P + nn[r] - window) : int64_t(0); };
+    int64_t t_lo = P;
+    for (int64_t r = 0; r < R; ++r) t_lo = std::min(t_lo, lo_of(r));
+    t_lo -= t_lo % kTile;
     // Rows go through the kernels kRowsMax at a time where they read the same slots: any rows for
     // the prefix, the rows of one new token (its query heads) for the new tokens.
     auto same_token_end = [&](int64_t r) {
@@ -550,7 +562,7 @@ void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& b
       return e;
     };
     // Scores: the prefix tile by tile (a tile of K serves every row), then each row's new tokens.
-    for (int64_t t0 = 0; t0 < P; t0 += kTile) {
+    for (int64_t t0 = t_lo; t0 < P; t0 += kTile) {
       const int64_t n = std::min(kTile, P - t0);
       for (int64_t r = 0; r < R; r += kRowsMax)
         kern.scores_rows(qb + r * DP, DP, static_cast<int>(std::min<int64_t>(kRowsMax, R - r)), K + t0, n, D, sm_scale,
@@ -561,7 +573,19 @@ void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& b
       kern.scores_rows(qb + r * DP, DP, static_cast<int>(e - r), NK + r * qo, nn[r], D, sm_scale, s + r * SS + P, SS);
     }
     float l[kRowBlock];  // per row: the softmax denominator, 0 when the row sees nothing
-    for (int64_t r = 0; r < R; ++r) l[r] = kern.softmax(s + r * SS, P + nn[r]);
+    for (int64_t r = 0; r < R; ++r) {
+      if (window == 0) {
+        l[r] = kern.softmax(s + r * SS, P + nn[r]);
+        continue;
+      }
+      // From lo8 (lanes keep their list positions, rows their alignment); lo8 .. lo - 1 weigh 0, and
+      // so do the entries from the first tile read below up to lo8.
+      float* sr = s + r * SS;
+      const int64_t lo = lo_of(r), lo8 = lo & ~(kLanes - 1);
+      std::fill(sr + lo8, sr + lo, -INFINITY);
+      l[r] = kern.softmax(sr + lo8, P + nn[r] - lo8);
+      std::fill(sr + std::min(t_lo, P), sr + lo8, 0.f);
+    }
     // P.V in the same slot order (rows that see nothing take no part).
     std::fill(acc, acc + R * DP, 0.f);
     auto seeing_end = [&](int64_t r, int64_t limit) {
@@ -569,7 +593,7 @@ void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& b
       while (e < limit && l[e] != 0.f) ++e;
       return e;
     };
-    for (int64_t t0 = 0; t0 < P; t0 += kTile) {
+    for (int64_t t0 = t_lo; t0 < P; t0 += kTile) {
       const int64_t n = std::min(kTile, P - t0);
       for (int64_t r = 0, e; r < R; r = e) {
         if (l[r] == 0.f) {

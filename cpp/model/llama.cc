@@ -94,6 +94,10 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const LlamaConfig& config, const Ll
                 "E_FORMAT", "config: unsupported rope_scaling type '", c.rope_type, "'");
   SPECDEC_CHECK(c.rope_layers.empty() || c.rope_layers.size() == static_cast<size_t>(c.num_layers), "E_FORMAT",
                 "config: ", c.rope_layers.size(), " per-layer RoPE flags for ", c.num_layers, " layers");
+  SPECDEC_CHECK(c.attention_windows.empty() || c.attention_windows.size() == static_cast<size_t>(c.num_layers), "E_FORMAT",
+                "config: ", c.attention_windows.size(), " per-layer attention windows for ", c.num_layers, " layers");
+  for (int32_t w : c.attention_windows)
+    SPECDEC_CHECK(w >= 0, "E_FORMAT", "config: an attention window of ", w, " positions (0 = full attention, else >= 1)");
   const int rope_dim = c.rope_dim > 0 ? c.rope_dim : c.head_dim;
   SPECDEC_CHECK(rope_dim % 2 == 0 && rope_dim <= c.head_dim, "E_FORMAT", "config: rotary dims (", rope_dim,
                 ") must be even and at most head_dim (", c.head_dim, ")");
@@ -514,7 +518,8 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
         ops::rope_qk_append(q, k, v, g_pos, inv_freq_, kv_->layer(l), *g_batch, c.qk_norm ? &L.qk_norm : nullptr, rope_scale);
       else
         ops::kv_append(kv_->layer(l), k, v, *g_batch);
-      ops::tree_attention(q, kv_->layer(l), *g_batch, g_mask, sm_scale, att);
+      ops::tree_attention(q, kv_->layer(l), *g_batch, g_mask, sm_scale, att,
+                          c.attention_windows.empty() ? 0 : c.attention_windows[static_cast<size_t>(l)]);
       ops::matmul(att2, L.o, L.o_bias, o);
       // MLP block (SwiGLU).
       ops::add_rmsnorm(x, o, L.mlp_norm, c.rms_norm_eps, h);

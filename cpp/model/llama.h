@@ -33,6 +33,9 @@ struct LlamaConfig {
   double rope_theta = 10000.0;
   int rope_dim = 0;  // values of each head that rotate (head_dim; fewer: partial_rotary_factor); 0 = head_dim
   std::vector<uint8_t> rope_layers;  // per layer 1 = rotate q and k, 0 = no position encoding (SmolLM3); empty = all
+  // Per layer, its sliding attention window (ops::tree_attention's window: the last N positions), 0 =
+  // full attention; empty = full everywhere (Mistral v0.1 / Phi-3: every layer; Qwen: layer_types).
+  std::vector<int32_t> attention_windows;
   // rope_scaling: "" (none), "linear" (factor), "llama3" (all four fields) or "longrope" (below).
   std::string rope_type;
   double rope_factor = 1.0;

@@ -279,7 +279,7 @@ Napi::Value KvAppend(const Napi::CallbackInfo& info) {
   });
 }
 
-// treeAttention(q, kvLayer, batch, mask | undefined, smScale, out?) -> out
+// treeAttention(q, kvLayer, batch, mask | undefined, smScale, out?, window?) -> out
 Napi::Value TreeAttention(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
     Tensor q = tensor_arg(info[0], "q");
@@ -289,7 +289,14 @@ Napi::Value TreeAttention(const Napi::CallbackInfo& info) {
     float scale = static_cast<float>(get_number(info[4], "smScale"));
     bool given = info.Length() > 5 && !info[5].IsUndefined() && !info[5].IsNull();
     Tensor out = given ? tensor_arg(info[5], "out") : Tensor::empty(q.dtype(), q.shape(), q.device());
-    ops::tree_attention(q, kv, batch, mask, scale, out);
+    int window = 0;
+    if (info.Length() > 6 && !info[6].IsUndefined()) {
+      const double w = get_number(info[6], "window");
+      SPECDEC_CHECK(w >= 0 && w <= 2147483647.0 && w == static_cast<double>(static_cast<int64_t>(w)), "E_ARG",
+                    "window: expected an integer >= 0 (0: no sliding window), got ", w);
+      window = static_cast<int>(w);
+    }
+    ops::tree_attention(q, kv, batch, mask, scale, out, window);
     return given ? info[5] : Napi::Value(wrap_tensor(info.Env(), out));
   });
 }

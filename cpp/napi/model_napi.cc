@@ -53,6 +53,12 @@ LlamaConfig config_arg(const Napi::Value& v) {
     const Napi::Array a = f.As<Napi::Array>();
     for (uint32_t i = 0; i < a.Length(); ++i) c.rope_layers.push_back(get_bool(a.Get(i), "config.ropeLayers[i]") ? 1 : 0);
   }
+  if (has_field(o, "attentionWindows")) {
+    const Napi::Value f = get_field(o, "attentionWindows");
+    SPECDEC_CHECK(f.IsArray(), "E_ARG", "config.attentionWindows: expected an array of integers");
+    const Napi::Array a = f.As<Napi::Array>();
+    for (uint32_t i = 0; i < a.Length(); ++i) c.attention_windows.push_back(get_int32(a.Get(i), "config.attentionWindows[i]"));
+  }
   if (has_field(o, "ropeScaling")) {
     Napi::Object s = get_object(get_field(o, "ropeScaling"), "config.ropeScaling");
     c.rope_type = get_string(get_field(s, "type"), "config.ropeScaling.type");

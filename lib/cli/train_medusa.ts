@@ -215,6 +215,12 @@ export async function trainMedusaCommand(argv: string[]): Promise<number> {
   if (f.seqLen + f.heads + 1 > config.maxPositions) {
     throw codedError('E_ARG', `--seq-len ${f.seqLen}: the model has ${config.maxPositions} positions (seq-len + heads + 1 must fit)`);
   }
+  // The trainer's forward attends over the whole sequence: exact for a sliding-window model while
+  // the sequence fits in its shortest window.
+  const window = Math.min(...(config.attentionWindows ?? []).filter((w) => w > 0));
+  if (f.seqLen > window) {
+    throw codedError('E_ARG', `--seq-len ${f.seqLen}: the model's attention slides over ${window} positions and the trainer attends over whole sequences; use --seq-len <= ${window}`);
+  }
   const tokenizer = TextTokenizer.load(f.model);
   let docs = readData(f.data, tokenizer, config.vocabSize);
   if (f.selfDistill) docs = await selfDistill(f.model, docs, f.seqLen, config.maxPositions);

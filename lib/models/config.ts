@@ -44,6 +44,14 @@ export interface LlamaConfig extends ModelConfig {
    * undefined when every layer does.
    */
   readonly ropeLayers?: readonly boolean[];
+  /**
+   * Per layer, its sliding attention window: a token attends to the keys at positions > its own -
+   * window (transformers' rule), 0 = the whole context; undefined when no layer slides. Mistral v0.1
+   * and Phi-3 (`sliding_window`): every layer; Qwen2 / Qwen3 / SmolLM3 with `use_sliding_window`: the
+   * layers `layer_types` marks `sliding_attention`, else those from `max_window_layers` on. Windows
+   * no shorter than the context are dropped (the same function).
+   */
+  readonly attentionWindows?: readonly number[];
   /** q/k/v projections have biases (Qwen2, or Llama / Qwen3 with attention_bias). */
   readonly qkvBias: boolean;
   /** o_proj has a bias (Llama or Qwen3 with attention_bias). */
@@ -140,11 +148,28 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
   if (headDim % 2 !== 0) bad(`head_dim (${headDim}) must be even (rotary embeddings rotate pairs)`);
   let maxPositions = int('max_position_embeddings');
   const declaredMaxPositions = maxPositions;
-  // Sliding-window attention is not implemented: cap the context at the window so results stay exact.
-  // Qwen2, Qwen3 and SmolLM3 write a sliding_window that applies only with use_sliding_window.
+  // Sliding-window attention, per layer (as transformers' attention classes read it): Mistral and
+  // Phi-3 slide every layer by sliding_window; Qwen2, Qwen3 and SmolLM3 write a sliding_window that
+  // applies only with use_sliding_window, and then only to the layers layer_types marks (by default
+  // those from max_window_layers on). Llama's config class has no window.
   const gated = arch === 'Qwen2ForCausalLM' || arch === 'Qwen3ForCausalLM' || arch === 'SmolLM3ForCausalLM';
-  const window = gated && !bool('use_sliding_window', false) ? 0 : int('sliding_window', 1, 0);
-  if (window > 0 && window < maxPositions) maxPositions = window;
+  const slides = arch === 'MistralForCausalLM' || arch === 'Phi3ForCausalLM' || (gated && bool('use_sliding_window', false));
+  const window = slides ? int('sliding_window', 1, 0) : 0;
+  let attentionWindows: number[] | undefined;
+  if (window > 0) {
+    let sliding: boolean[] = Array.from({ length: numLayers }, () => true);
+    if (gated && has('layer_types')) {
+      const v = o['layer_types'];
+      if (!Array.isArray(v) || v.length !== numLayers || !v.every((x) => x === 'sliding_attention' || x === 'full_attention')) {
+        bad(`field 'layer_types' must give 'sliding_attention' or 'full_attention' for each of the ${numLayers} layers, got ${show(v)}`);
+      }
+      sliding = (v as string[]).map((x) => x === 'sliding_attention');
+    } else if (gated) {
+      const first = int('max_window_layers', 0, 28);
+      sliding = sliding.map((_, l) => l >= first);
+    }
+    attentionWindows = sliding.map((s) => (s ? window : 0));
+  }
 
   if (has('hidden_act') && o['hidden_act'] !== 'silu') bad(`hidden_act '${String(o['hidden_act'])}' is not supported (only 'silu')`);
   if (bool('mlp_bias', false)) bad("mlp_bias = true is not supported");
@@ -234,6 +259,11 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
       ropeLayers = Array.from({ length: numLayers }, (_, l) => (l + 1) % every !== 0);
     }
   }
+  // A window as long as the context changes nothing: dropped, so those layers keep every fast path.
+  if (attentionWindows !== undefined) {
+    attentionWindows = attentionWindows.map((w) => (w >= maxPositions ? 0 : w));
+    if (attentionWindows.every((w) => w === 0)) attentionWindows = undefined;
+  }
   // The checkpoint's precision: torch_dtype (transformers 4) or dtype (transformers 5).
   const dtypeName = typeof o['torch_dtype'] === 'string' ? o['torch_dtype'] : typeof o['dtype'] === 'string' ? o['dtype'] : undefined;
 
@@ -263,6 +293,7 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
     ...(ropeScaling !== undefined ? { ropeScaling } : {}),
     ropeDim,
     ...(ropeLayers !== undefined ? { ropeLayers } : {}),
+    ...(attentionWindows !== undefined ? { attentionWindows } : {}),
     // HF: Qwen2 always has q/k/v biases and none on o_proj; Llama and Qwen3 put attention_bias on all four.
     qkvBias: arch === 'Qwen2ForCausalLM' || attentionBias,
     oBias: (arch === 'LlamaForCausalLM' || arch === 'Qwen3ForCausalLM' || arch === 'SmolLM3ForCausalLM') && attentionBias,
@@ -309,6 +340,7 @@ export function toNativeConfig(c: LlamaConfig): SpecdecNative.LlamaNativeConfig 
     ropeTheta: c.ropeTheta,
     ropeDim: c.ropeDim,
     ...(c.ropeLayers !== undefined ? { ropeLayers: [...c.ropeLayers] } : {}),
+    ...(c.attentionWindows !== undefined ? { attentionWindows: [...c.attentionWindows] } : {}),
     ...(c.ropeScaling === undefined
       ? {}
       : c.ropeScaling.type === 'longrope'

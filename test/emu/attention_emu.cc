@@ -9,6 +9,9 @@
 //   - batch invariance: a sequence's rows are bit-identical alone and in the batch;
 //   - tree = path: a random tree's rows are bit-identical to its paths committed and decoded (one
 //     token, or the whole path as a causal chain), f32/bf16/f16 caches, split and unsplit;
+//   - sliding windows (a row sees the last W positions of its list): values against the reference,
+//     split == fold, alone == in the batch, tree = path, windows shorter than a tile and longer than a
+//     chunk; the planner skips the chunks below every window;
 //   - that nothing is written outside `out`, and (under AddressSanitizer) nothing read out of bounds.
 // Usage: attention_emu SEED [CONFIGS [TREES]]: CONFIGS and TREES limit how many of the problem
 // configurations and tree = path checks run (the ThreadSanitizer build runs 2 and 0, whose tree-masked
@@ -67,6 +70,7 @@ std::vector<float> run(const Problem<QT, KVT>& pr, int64_t sm_count, bool* split
   p.mask_words = pr.mask.empty() ? 0 : pr.mask_words;
   p.Hq = pr.Hq, p.Hkv = pr.Hkv, p.G = pr.Hq / pr.Hkv, p.D = pr.D, p.page_size = pr.page_size;
   p.scale_log2 = pr.sm_scale * 1.4426950408889634f;
+  p.window = pr.window;
   p.kv_aligned16 = !staging.elementwise && reinterpret_cast<uintptr_t>(pr.kv.data()) % 16 == 0;
   int64_t max_qo = 0, max_kv = 0;
   for (const auto& s : pr.seqs) max_qo = std::max<int64_t>(max_qo, s.qo), max_kv = std::max<int64_t>(max_kv, s.prefix + s.qo);
@@ -130,12 +134,16 @@ std::vector<double> reference(const Problem<QT, KVT>& pr) {
             vis = pr.mask.empty() ? j <= i : ((pr.mask[static_cast<size_t>(n) * pr.mask_words + (j >> 6)] >> (j & 63)) & 1ull);
           }
           if (!vis) continue;
+          slot.push_back(t);
+        }
+        // The window: the last `window` slots of the row's list.
+        if (pr.window > 0 && slot.size() > static_cast<size_t>(pr.window)) slot.erase(slot.begin(), slot.end() - pr.window);
+        for (const int t : slot) {
           double dot = 0;
           for (int d = 0; d < D; ++d)
             dot += static_cast<double>(to_float(pr.q[(static_cast<size_t>(n) * pr.Hq + h) * D + d])) *
                    to_float(pr.kv[pr.kv_index(pr.slot_page(static_cast<int>(b), t), 0, t % pr.page_size, hk, d)]);
           score.push_back(dot * pr.sm_scale);
-          slot.push_back(t);
         }
         if (score.empty()) continue;  // sees nothing: zeros
         const double mx = *std::max_element(score.begin(), score.end());
@@ -154,9 +162,11 @@ std::vector<double> reference(const Problem<QT, KVT>& pr) {
 }
 
 template <typename QT, typename KVT>
-void check(std::mt19937_64& rng, const char* label, int Hq, int Hkv, int D, const std::vector<SeqSpec>& seqs, bool staging_variants) {
-  const auto pr = make_problem<QT, KVT>(rng, Hq, Hkv, D, seqs);
-  const std::string what = std::string(label) + " (q " + emu::type_name<QT>() + ", kv " + emu::type_name<KVT>() + ", D=" + std::to_string(D) +
+void check(std::mt19937_64& rng, const char* label, int Hq, int Hkv, int D, const std::vector<SeqSpec>& seqs, bool staging_variants,
+           int window = 0) {
+  auto pr = make_problem<QT, KVT>(rng, Hq, Hkv, D, seqs);
+  pr.window = window;
+  const std::string what = std::string(label) + (window ? ", window " + std::to_string(window) : std::string()) + " (q " + emu::type_name<QT>() + ", kv " + emu::type_name<KVT>() + ", D=" + std::to_string(D) +
                            ", Hq=" + std::to_string(Hq) + ", Hkv=" + std::to_string(Hkv) + ")";
   bool split_a = false, split_b = false, guard_a = false, guard_b = false;
   const auto fold = run(pr, 0, &split_a, &guard_a);               // never split
@@ -170,9 +180,14 @@ void check(std::mt19937_64& rng, const char* label, int Hq, int Hkv, int D, cons
   std::snprintf(buf, sizeof buf, ": max abs error %.2e (tolerance %.0e)", worst, tol);
   report(worst <= tol, what + buf);
   report(guard_a && guard_b, what + ": writes exactly out");
-  int64_t max_kv = 0;
-  for (const auto& s : seqs) max_kv = std::max<int64_t>(max_kv, s.prefix + s.qo);
-  report(!split_a && split_b == (max_kv > attn::kChunk), what + ": the plan splits only when asked to (and 2+ chunks)");
+  // Chunks a sequence's rows see (with a window: from the chunk of its shortest row's first position).
+  int64_t span = 0;
+  for (const auto& s : seqs) {
+    const int64_t chunks = std::max(1, (s.prefix + s.qo + attn::kChunk - 1) / attn::kChunk);
+    const int64_t first = window > 0 ? std::min<int64_t>(chunks - 1, std::max(0, s.prefix + 1 - window) / attn::kChunk) : 0;
+    span = std::max(span, chunks - first);
+  }
+  report(!split_a && split_b == (span > 1), what + ": the plan splits only when asked to (and 2+ chunks in a window)");
   report(std::memcmp(fold.data(), split.data(), fold.size() * sizeof(float)) == 0, what + ": split-KV merge == in-CTA fold, bit for bit");
   // K/V staging changes no bit: every other buffer count (1 to 4: no tile ahead, or up to three in
   // flight), and rows copied element by element (an unaligned cache) instead of 16 bytes at a time.
@@ -201,7 +216,7 @@ void check(std::mt19937_64& rng, const char* label, int Hq, int Hkv, int D, cons
     bool sp = false, g = false;
     int cpc = 0;
     attn::Params probe{};
-    probe.G = Hq / Hkv, probe.Hkv = Hkv, probe.Hq = Hq, probe.D = D;
+    probe.G = Hq / Hkv, probe.Hkv = Hkv, probe.Hq = Hq, probe.D = D, probe.window = window;
     int64_t max_qo = 0, mkv = 0;
     for (const auto& sq : seqs) max_qo = std::max<int64_t>(max_qo, sq.qo), mkv = std::max<int64_t>(mkv, sq.prefix + sq.qo);
     attn::plan_launch(probe, static_cast<int64_t>(seqs.size()), pr.qo_indptr.data(), pr.prefix.data(), max_qo, mkv, sms, static_cast<int>(sizeof(KVT)));
@@ -228,14 +243,16 @@ void check(std::mt19937_64& rng, const char* label, int Hq, int Hkv, int D, cons
 // such decode sequences), and each leaf's whole path as a causal chain of new tokens over the prefix.
 // Every row must carry the same bits as the node's tree row, split or not, in either batch.
 template <typename QT, typename KVT>
-void check_tree_vs_path(std::mt19937_64& rng, int Hq, int Hkv, int D, int prefix, int nodes) {
-  const auto tree = make_problem<QT, KVT>(rng, Hq, Hkv, D, {{prefix, nodes, true, -1}});
+void check_tree_vs_path(std::mt19937_64& rng, int Hq, int Hkv, int D, int prefix, int nodes, int window = 0) {
+  auto tree = make_problem<QT, KVT>(rng, Hq, Hkv, D, {{prefix, nodes, true, -1}});
+  tree.window = window;
   const auto pb = make_path_batch(tree, prefix, nodes);
   const auto& path = pb.path;
   const auto& rows_node = pb.rows_node;
   const std::string what = std::string("tree = path (q ") + emu::type_name<QT>() + ", kv " + emu::type_name<KVT>() +
                            ", prefix " + std::to_string(prefix) + ", " + std::to_string(nodes) + " nodes, " +
-                           std::to_string(path.seqs.size()) + " path sequences)";
+                           std::to_string(path.seqs.size()) + " path sequences" +
+                           (window ? ", window " + std::to_string(window) : std::string()) + ")";
   const size_t rl = static_cast<size_t>(Hq) * D;
   for (int split = 0; split < 2; ++split) {
     const int64_t sms = split ? int64_t(1) << 40 : 0;
@@ -319,9 +336,18 @@ int main(int argc, char** argv) {
                          {{40, 70, false, -1}, {0, 3, false, -1}}, false);
   // Tree = path for every cache dtype (f32 queries and outputs, so no output rounding hides a
   // difference), with prefixes across the 32-key tiles and the 256-key chunks.
-  const int tree_configs = argc > 3 ? std::atoi(argv[3]) : 3;
+  // Sliding windows: shorter than a lane tile, across tiles, longer than a chunk (split), in new tokens only.
+  if (configs > 5)
+    check<float, float>(rng, "GQA, causal + tree", 4, 2, 64, {{0, 5, false, -1}, {270, 1, false, -1}, {290, 6, true, -1}, {600, 3, false, -1}}, false, 37);
+  if (configs > 6) check<float, bf16>(rng, "MQA, tree + decode, 3 chunks", 2, 1, 128, {{700, 9, true, -1}, {517, 1, false, -1}}, false, 300);
+  if (configs > 7) check<bf16, bf16>(rng, "GQA 4, causal prefill", 8, 2, 64, {{3, 40, false, -1}, {250, 20, true, -1}}, false, 5);
+  if (configs > 8) check<__half, __half>(rng, "MHA, generic head dim", 3, 3, 80, {{290, 4, true, -1}, {0, 30, false, -1}}, false, 3);
+  const int tree_configs = argc > 3 ? std::atoi(argv[3]) : 5;
   if (tree_configs > 0) check_tree_vs_path<float, float>(rng, 4, 2, 64, 262 + static_cast<int>(rng() % 20), 16);
   if (tree_configs > 1) check_tree_vs_path<float, bf16>(rng, 2, 1, 64, 230 + static_cast<int>(rng() % 20), 16);
   if (tree_configs > 2) check_tree_vs_path<float, __half>(rng, 2, 1, 128, 40 + static_cast<int>(rng() % 30), 16);
+  // ... under sliding windows: shorter than the tree's depth, and across a chunk boundary (split).
+  if (tree_configs > 3) check_tree_vs_path<float, bf16>(rng, 2, 1, 64, 300 + static_cast<int>(rng() % 20), 24, 3 + static_cast<int>(rng() % 5));
+  if (tree_configs > 4) check_tree_vs_path<float, float>(rng, 4, 2, 64, 500 + static_cast<int>(rng() % 40), 16, 270 + static_cast<int>(rng() % 20));
   return emu::summary(seed);
 }

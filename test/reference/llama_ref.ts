@@ -1,6 +1,7 @@
 // Float64 reference of the Llama-family forward, written from the HF modeling code (LlamaModel,
-// Qwen2Model, Qwen3Model, MistralModel, Phi3Model, SmolLM3Model): full causal attention over the whole token list, no KV cache. It reads
-// config.json and the safetensors files itself (its own parser), so it shares no code with the runner.
+// Qwen2Model, Qwen3Model, MistralModel, Phi3Model, SmolLM3Model): causal attention over the whole
+// token list (sliding where the config says), no KV cache. It reads config.json and the safetensors
+// files itself (its own parser), so it shares no code with the runner.
 import * as fs from 'fs';
 import * as path from 'path';
 
@@ -72,6 +73,23 @@ export class LlamaReference {
     if (list) return list[l] === 1;
     const every = (this.cfg['no_rope_layer_interval'] as number | undefined) ?? 4;
     return (l + 1) % every !== 0;
+  }
+
+  /**
+   * Layer l's sliding window, or 0 (full attention), as transformers' attention classes set it:
+   * MistralAttention / Phi3Attention take config.sliding_window in every layer; Qwen2, Qwen3 and
+   * SmolLM3 only with use_sliding_window, and only in the layers layer_types marks
+   * "sliding_attention" (by default from max_window_layers on, 28 unless given); Llama has none.
+   */
+  private windowAt(l: number): number {
+    const c = this.cfg;
+    const arch = ((c['architectures'] as string[] | undefined) ?? [])[0] ?? '';
+    const w = (c['sliding_window'] as number | null | undefined) ?? 0;
+    if (arch === 'MistralForCausalLM' || arch === 'Phi3ForCausalLM') return w;
+    if (!['Qwen2ForCausalLM', 'Qwen3ForCausalLM', 'SmolLM3ForCausalLM'].includes(arch) || c['use_sliding_window'] !== true) return 0;
+    const types = c['layer_types'] as string[] | undefined;
+    const sliding = types ? types[l] === 'sliding_attention' : l >= ((c['max_window_layers'] as number | undefined) ?? 28);
+    return sliding ? w : 0;
   }
 
   /** Rotated values per head: head_dim x partial_rotary_factor (HF Phi3), else head_dim. */
@@ -222,8 +240,8 @@ export class LlamaReference {
   }
 
   /**
-   * Logits [N, V] (and final hidden [N, H]) of a token list with full causal attention
-   * (token n sees tokens 0..n). positions default to 0..N-1.
+   * Logits [N, V] (and final hidden [N, H]) of a token list with causal attention (token n sees
+   * tokens 0..n, or the last `window` of them in a sliding layer). positions default to 0..N-1.
    */
   forward(tokens: readonly number[], options: RefOptions & { positions?: readonly number[] } = {}): { logits: Float64Array; hidden: Float64Array } {
     const { H, I, NH, NKV, D, V } = this;
@@ -259,22 +277,25 @@ export class LlamaReference {
       }
       const att = new Float64Array(N * NH * D);
       const scale = 1 / Math.sqrt(D);
+      // transformers' sliding mask: key j visible to query n when j > n - window.
+      const window = this.windowAt(l);
       for (let n = 0; n < N; n++)
         for (let hh = 0; hh < NH; hh++) {
           const kh = Math.floor(hh / group);
           const s = new Float64Array(n + 1);
+          const j0 = window > 0 ? Math.max(0, n - window + 1) : 0;
           let mx = -Infinity;
-          for (let j = 0; j <= n; j++) {
+          for (let j = j0; j <= n; j++) {
             let d = 0;
             for (let i = 0; i < D; i++) d += q[(n * NH + hh) * D + i]! * k[(j * NKV + kh) * D + i]!;
             s[j] = d * scale;
             mx = Math.max(mx, s[j]!);
           }
           let z = 0;
-          for (let j = 0; j <= n; j++) z += s[j] = Math.exp(s[j]! - mx);
+          for (let j = j0; j <= n; j++) z += s[j] = Math.exp(s[j]! - mx);
           for (let i = 0; i < D; i++) {
             let acc = 0;
-            for (let j = 0; j <= n; j++) acc += s[j]! * v[(j * NKV + kh) * D + i]!;
+            for (let j = j0; j <= n; j++) acc += s[j]! * v[(j * NKV + kh) * D + i]!;
             att[(n * NH + hh) * D + i] = acc / z;
           }
         }

@@ -45,7 +45,7 @@ function randomBig(n: number, rand: () => number): Float32Array {
  * Median ms of one treeAttention call over `batch` sequences, each with `tree` new tokens (a random
  * tree; one token: a decode row) over `prefix` cached tokens on pages of its own, and its cost.
  */
-async function timeAttention(device: Device, prefix: number, tree: number, samples: number, calls: number, seed: number, shape: AttShape = BIG, batch = 1): Promise<{ ms: number; cost: Cost; kernel?: KernelTime }> {
+async function timeAttention(device: Device, prefix: number, tree: number, samples: number, calls: number, seed: number, shape: AttShape = BIG, batch = 1, window = 0): Promise<{ ms: number; cost: Cost; kernel?: KernelTime }> {
   const { hq: HQ, hkv: HKV, d: D, dtype } = shape;
   const rand = xorshift(seed);
   const per = Math.ceil((prefix + tree) / PAGE);
@@ -54,7 +54,9 @@ async function timeAttention(device: Device, prefix: number, tree: number, sampl
   const q = Tensor.fromArray(randomF32(batch * tree * HQ * D, rand, -0.5, 0.5), dtype, [batch * tree, HQ, D], device);
   const parents = Array.from({ length: batch }, () => randomParents(tree, rand));
   const bytes = dtype === 'f32' ? 4 : 2;
-  const cost = attentionCost({ hq: HQ, hkv: HKV, d: D, kvBytes: bytes, qBytes: bytes }, parents.map(() => prefix), parents.map((p) => treeVisible(prefix, p)));
+  // (A sliding window: about `window` prefix slots read, as if the prefix were that long.)
+  const seen = window > 0 ? Math.min(prefix, window) : prefix;
+  const cost = attentionCost({ hq: HQ, hkv: HKV, d: D, kvBytes: bytes, qBytes: bytes }, parents.map(() => seen), parents.map((p) => treeVisible(seen, p)));
   const words = Math.ceil(tree / 64);
   const maskWords = new BigUint64Array(batch * tree * words);
   parents.forEach((p, b) => maskWords.set(treeMask(p), b * tree * words));
@@ -65,7 +67,7 @@ async function timeAttention(device: Device, prefix: number, tree: number, sampl
   });
   const out = Tensor.empty(dtype, [batch * tree, HQ, D], device);
   try {
-    const t = await measureKernel(() => treeAttention(q, layer, pb, mask, 1 / Math.sqrt(D), out), { warmup: 1, samples, calls, sync: syncOn(out), device });
+    const t = await measureKernel(() => treeAttention(q, layer, pb, mask, 1 / Math.sqrt(D), out, window), { warmup: 1, samples, calls, sync: syncOn(out), device });
     return { ms: t.medianMs, cost, ...(t.kernel ? { kernel: t.kernel } : {}) };
   } finally {
     for (const x of [layer, q, mask, out]) x.dispose();
@@ -121,6 +123,12 @@ export const attentionBench: BenchModule = {
       logRow(opts, withRoofline({ name: `tree ${tree} tokens / prefix ${prefix}`, value: round(treeMs, 4), unit: 'ms', note: `x${round(treeMs / oneMs, 2)} the 1-token query`, metrics: { ms: treeMs, tokens: tree, prefix, msPerToken: treeMs / tree } }, treeRun.cost, treeMs * 1000, peaks, treeRun.kernel)),
       logRow(opts, withRoofline({ name: `decode 1 token / prefix ${prefix}`, value: round(oneMs, 4), unit: 'ms', metrics: { ms: oneMs, tokens: 1, prefix } }, oneRun.cost, oneMs * 1000, peaks, oneRun.kernel)),
     ];
+    // Sliding windows (Mistral v0.1, Phi-3, Gemma 3): the same calls over a quarter of the prefix's keys.
+    const window = prefix / 4;
+    for (const [n, full, seed] of [[tree, treeMs, 13], [1, oneMs, 14]] as const) {
+      const r = await timeAttention(opts.device, prefix, n, samples, calls, seed, BIG, 1, window);
+      rows.push(logRow(opts, withRoofline({ name: `${n > 1 ? `tree ${n} tokens` : 'decode 1 token'} / prefix ${prefix}, sliding window ${window}`, value: round(r.ms, 4), unit: 'ms', note: `x${round(r.ms / full, 2)} the same call without a window`, metrics: { ms: r.ms, tokens: n, prefix, window } }, r.cost, r.ms * 1000, peaks, r.kernel)));
+    }
     // The issue's goal shapes on a bf16 cache (CUDA only: the batch-32 cache is 538 MB).
     if (cuda && !opts.quick) {
       const goals: [string, number, number, number][] = [['tree 64 tokens', 64, 1, 21], ['decode 1 token', 1, 1, 22], ['decode batch 32', 1, 32, 23], ['tree 64 tokens x batch 8', 64, 8, 24]];

@@ -26,12 +26,12 @@ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) ==
 
 }  // namespace
 
-void embedding(const Tensor& table, const Tensor& ids, Tensor& out) {
+void embedding(const Tensor& table, const Tensor& ids, Tensor& out, float scale) {
   const int64_t N = ids.size(0), V = table.size(0), H = table.size(1);
   SPECDEC_CHECK(N <= INT32_MAX, "E_ARG", "ids: too many tokens for one launch (", N, ")");
   SPECDEC_DISPATCH_FLOAT(table.dtype(), "table", [&] {
     launch_kernel(embedding_kernel<scalar_t>, static_cast<unsigned>(N), 256, 0, table.ptr<scalar_t>(), ids.ptr<int32_t>(),
-                                                                            out.ptr<float>(), V, H);
+                                                                            out.ptr<float>(), V, H, scale);
   });
   SPECDEC_CUDA_LAUNCH_CHECK("embedding_kernel");
 }
@@ -229,6 +229,12 @@ void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
   const int64_t n = gate.numel();
   launch_kernel(silu_mul_kernel, elementwise_grid(n), 256, 0, gate.ptr<float>(), up.ptr<float>(), out.ptr<float>(), n);
   SPECDEC_CUDA_LAUNCH_CHECK("silu_mul_kernel");
+}
+
+void gelu_tanh_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
+  const int64_t n = gate.numel();
+  launch_kernel(gelu_tanh_mul_kernel, elementwise_grid(n), 256, 0, gate.ptr<float>(), up.ptr<float>(), out.ptr<float>(), n);
+  SPECDEC_CUDA_LAUNCH_CHECK("gelu_tanh_mul_kernel");
 }
 
 void add_inplace(Tensor& x, const Tensor& y) {

@@ -117,15 +117,18 @@ __global__ void matmul_kernel(const float* __restrict__ x, const W* __restrict__
   }
 }
 
-// One block per token: out[n, :] = table[ids[n], :].
+// One block per token: out[n, :] = table[ids[n], :] (times scale unless it is 1: Gemma's sqrt(hidden)).
 template <typename T>
 __global__ void embedding_kernel(const T* __restrict__ table, const int32_t* __restrict__ ids, float* __restrict__ out,
-                                 int64_t V, int64_t H) {
+                                 int64_t V, int64_t H, float scale) {
   const int64_t n = blockIdx.x;
   const int32_t id = ids[n];
   if (id < 0 || id >= V) return;  // validated on the host; never read out of bounds regardless
   const T* row = table + static_cast<int64_t>(id) * H;
-  for (int64_t h = threadIdx.x; h < H; h += blockDim.x) out[n * H + h] = to_f32_exact(row[h]);
+  for (int64_t h = threadIdx.x; h < H; h += blockDim.x) {
+    const float v = to_f32_exact(row[h]);
+    out[n * H + h] = scale == 1.f ? v : v * scale;
+  }
 }
 
 // Block-wide sum (blockDim.x a multiple of 32, <= 1024), fixed order; result broadcast to all threads.
@@ -255,6 +258,15 @@ __device__ __forceinline__ float silu(float v) { return v / (1.f + expf(-v)); }
 __global__ void silu_mul_kernel(const float* gate, const float* up, float* out, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * blockDim.x)
     out[i] = silu(gate[i]) * up[i];
+}
+
+// transformers' gelu_pytorch_tanh (Gemma's GeGLU), as the CPU computes it.
+__global__ void gelu_tanh_mul_kernel(const float* gate, const float* up, float* out, int64_t n) {
+  constexpr float kSqrt2OverPi = 0.7978845608028654f;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float g = gate[i];
+    out[i] = 0.5f * g * (1.f + tanhf(kSqrt2OverPi * (g + 0.044715f * g * g * g))) * up[i];
+  }
 }
 
 __global__ void add_kernel(float* x, const float* y, int64_t n) {

@@ -58,6 +58,11 @@ export function siluMul(gate: Tensor, up: Tensor, out?: Tensor): Tensor {
   return asTensor(native().layerSiluMul(gate, up, out));
 }
 
+/** out = gelu_tanh(gate) * up (GeGLU with transformers' gelu_pytorch_tanh: Gemma). gate, up f32 [N, I]. */
+export function geluTanhMul(gate: Tensor, up: Tensor, out?: Tensor): Tensor {
+  return asTensor(native().layerGeluTanhMul(gate, up, out));
+}
+
 /** x += y (f32, same shape). */
 export function addInplace(x: Tensor, y: Tensor): void {
   native().layerAddInplace(x, y);

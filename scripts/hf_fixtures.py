@@ -69,6 +69,11 @@ try:
     CLASSES["MistralForCausalLM"] = (MistralConfig, MistralForCausalLM)
 except ImportError:
     pass
+try:  # transformers >= 4.50
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+    CLASSES["Gemma3ForCausalLM"] = (Gemma3TextConfig, Gemma3ForCausalLM)
+except ImportError:
+    pass
 try:  # transformers >= 4.53
     from transformers import SmolLM3Config, SmolLM3ForCausalLM
     CLASSES["SmolLM3ForCausalLM"] = (SmolLM3Config, SmolLM3ForCausalLM)
@@ -88,6 +93,12 @@ QWEN3 = dict(vocab_size=1024, hidden_size=384, intermediate_size=1024, num_hidde
 # Phi-3-mini's layout at a small size: fused projections, 8 heads of 64 with GQA 4:1 (Phi-4's kind).
 PHI3 = dict(vocab_size=1024, hidden_size=512, intermediate_size=1024, num_hidden_layers=3,
             num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-5)
+# Gemma 3's layer at a small size: head_dim 256 (as gemma-3-270m / 1b), one KV head, every third layer
+# global (rope 1e6 with linear x8, as the 4B+ configs), the others sliding over 24 with the local base.
+GEMMA3 = dict(vocab_size=1024, hidden_size=256, intermediate_size=768, num_hidden_layers=6,
+              num_attention_heads=4, num_key_value_heads=1, head_dim=256, max_position_embeddings=4096,
+              rms_norm_eps=1e-6, query_pre_attn_scalar=256, sliding_window=24, sliding_window_pattern=3,
+              rope_local_base_freq=10000.0)
 PHI3_LONGROPE = dict(rope_type="longrope", short_factor=[1.0 + 0.05 * i for i in range(32)],
                      long_factor=[1.0 + 0.75 * i for i in range(32)])
 PHI4MINI_LONGROPE = dict(rope_type="longrope", short_factor=[1.0 + 0.1 * i for i in range(24)],
@@ -100,6 +111,9 @@ FIXTURES = [
     # the list, the fixtures a GPU run has already passed (2026-12-04) are the ones left out.
     # Sliding windows shorter than the longer prompts + 64 new tokens: Mistral v0.1's (every layer),
     # Phi-3-mini-4k's (every layer), Qwen2's use_sliding_window from max_window_layers on.
+    # Optional: Gemma 3's rope settings moved to per-layer-type rope_parameters in transformers 5.
+    dict(name="gemma3-bf16", arch="Gemma3ForCausalLM", dtype="bfloat16", shape=GEMMA3,
+         theta=1000000.0, rope=dict(rope_type="linear", factor=8.0), tied=True, seed=25, optional=True),
     dict(name="mistral-swa-bf16", arch="MistralForCausalLM", dtype="bfloat16", shape=dict(LLAMA, sliding_window=24),
          theta=10000.0, rope=None, tied=False, seed=22),
     dict(name="phi3-swa-f32", arch="Phi3ForCausalLM", dtype="float32", shape=dict(PHI3, sliding_window=31),
@@ -164,6 +178,10 @@ def make_config(arch, shape, theta, rope, tied, optional=False):
     config_cls = CLASSES[arch][0]
     kw = dict(shape, tie_word_embeddings=tied, hidden_act="silu", eos_token_id=None, bos_token_id=None,
               pad_token_id=None, use_cache=True)
+    if arch == "Gemma3ForCausalLM":
+        del kw["hidden_act"]
+        kw.update(hidden_activation="gelu_pytorch_tanh", attention_bias=False, attn_logit_softcapping=None,
+                  final_logit_softcapping=None)
     if arch == "LlamaForCausalLM":
         kw.update(attention_bias=False, mlp_bias=False)
     elif arch == "Qwen3ForCausalLM":
@@ -177,6 +195,8 @@ def make_config(arch, shape, theta, rope, tied, optional=False):
             kw["original_max_position_embeddings"] = shape["original_max_position_embeddings"]
     elif arch == "MistralForCausalLM":
         kw.setdefault("sliding_window", None)
+    elif arch == "Gemma3ForCausalLM":
+        pass
     else:
         kw.setdefault("use_sliding_window", False)
     want_type = (rope or {}).get("rope_type", "default")

@@ -1,7 +1,7 @@
 // Model layer ops against float64 references on fresh random inputs (outputs poisoned with NaN
 // first), on the CPU and, when a GPU is present, on CUDA (the same references).
 import * as assert from 'assert';
-import { addInplace, addRmsnorm, embedding, matmul, matmulGroup, rmsnorm, rope, ropeInvFreq, siluInplace, siluMul } from '../lib/layers';
+import { addInplace, addRmsnorm, embedding, geluTanhMul, matmul, matmulGroup, rmsnorm, rope, ropeInvFreq, siluInplace, siluMul } from '../lib/layers';
 import { Tensor, type Device } from '../lib/tensor';
 import { assertThrowsCode, describeCuda, randomArray, rng, testSeed } from './helpers';
 
@@ -315,6 +315,21 @@ function layerSuite(device: Device, seed: number): void {
       siluMul(gt, t(u, 'f32', [N, I]), gt);
       assertClose(gt.toFloat32(), want, tol, 'siluMul in place');
       assertThrowsCode(() => siluMul(gt, t(u.subarray(0, I), 'f32', [1, I])), 'E_ARG', /up: expected shape/);
+    });
+    it('geluTanhMul matches float64 gelu_pytorch_tanh (and may write into gate)', () => {
+      const N = 3, I = 77;
+      const g = randomArray(N * I, rand, -12, 12);
+      const u = randomArray(N * I, rand, -2, 2);
+      const gelu = (x: number): number => 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x ** 3)));
+      const want = Array.from(g, (v, i) => gelu(v) * u[i]!);
+      // Relative, plus ~ulp(1) |g u| where tanh nears -1 and 1 + tanh cancels (as in torch's f32 kernel).
+      const tol = (i: number): number => 4e-6 * Math.abs(want[i]!) + 2e-7 * Math.abs(g[i]! * u[i]!);
+      const out = geluTanhMul(t(g, 'f32', [N, I]), t(u, 'f32', [N, I]), poisoned([N, I], device));
+      assertClose(out.toFloat32(), want, tol, 'geluTanhMul');
+      const gt = t(g, 'f32', [N, I]);
+      geluTanhMul(gt, t(u, 'f32', [N, I]), gt);
+      assertClose(gt.toFloat32(), want, tol, 'geluTanhMul in place');
+      assertThrowsCode(() => geluTanhMul(gt, t(u.subarray(0, I), 'f32', [1, I])), 'E_ARG', /up: expected shape/);
     });
     it('addInplace and siluInplace match float64', () => {
       const a = randomArray(3 * 41, rand, -5, 5);

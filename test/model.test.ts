@@ -515,7 +515,7 @@ describe('Llama runner (cpu)', function () {
       assert.throws(() => parseLlamaConfig({ ...configJson(specByName('qwen3-qknorm-bf16')), architectures: ['Qwen3MoeForCausalLM'] }), /unsupported architecture \["Qwen3MoeForCausalLM"\] \(supported: .*Qwen3ForCausalLM/);
     });
 
-    it('config parsing, Phi-3: fused projections, no biases whatever attention_bias says, its window cap, LongRoPE, partial rotation', () => {
+    it('config parsing, Phi-3: fused projections, no biases whatever attention_bias says, its window, LongRoPE, partial rotation', () => {
       const phi = parseLlamaConfig(configJson(specByName('phi3-fused-f16')));
       assert.deepStrictEqual([phi.architecture, phi.fusedProjections, phi.qkvBias, phi.oBias, phi.qkNorm, phi.ropeTheta], ['Phi3ForCausalLM', true, false, false, false, 250000]);
       assert.strictEqual(parseLlamaConfig({ ...configJson(specByName('phi3-fused-f16')), architectures: undefined, model_type: 'phi3' }).architecture, 'Phi3ForCausalLM');
@@ -569,6 +569,34 @@ describe('Llama runner (cpu)', function () {
       assert.throws(() => parseLlamaConfig({ ...q2, layer_types: ['sliding_attention'] }), /'layer_types' must give 'sliding_attention' or 'full_attention' for each of the 2 layers/);
       assert.throws(() => parseLlamaConfig({ ...q2, layer_types: ['sliding', 'full_attention'] }), /'layer_types' must give/);
       assert.throws(() => parseLlamaConfig({ ...q2, sliding_window: 0 }), /'sliding_window' must be an integer >= 1, got 0/);
+    });
+
+    it('config parsing, Gemma 3: its layer, sliding and local-RoPE layers by pattern or layer_types, transformers 5 rope_parameters, refusals named', () => {
+      const g = parseLlamaConfig(configJson(specByName('gemma3-bf16')));
+      assert.deepStrictEqual([g.architecture, g.gemma, g.qkNorm, g.tieWordEmbeddings, g.ropeTheta, g.ropeLocalTheta], ['Gemma3ForCausalLM', true, true, true, 1000000, 10000]);
+      assert.deepStrictEqual([g.attentionWindows, g.ropeLocalLayers], [[5, 5, 0], [true, true, false]]);
+      assert.ok(Math.abs(g.attnScale! - 1 / Math.sqrt(24)) < 1e-15);
+      assert.deepStrictEqual(g.ropeScaling, { type: 'linear', factor: 8 });
+      const cfg = configJson(specByName('gemma3-bf16'));
+      assert.strictEqual(parseLlamaConfig({ ...cfg, architectures: undefined, model_type: 'gemma3_text' }).architecture, 'Gemma3ForCausalLM');
+      // Defaults of Gemma3TextConfig: every sixth layer global, window 4096, rope 1e6 / 1e4, scalar 256.
+      const bare: Record<string, unknown> = { ...cfg, num_hidden_layers: 7, max_position_embeddings: 8192 };
+      for (const k of ['sliding_window_pattern', 'sliding_window', 'rope_theta', 'rope_local_base_freq', 'query_pre_attn_scalar']) delete bare[k];
+      const d = parseLlamaConfig(bare);
+      assert.deepStrictEqual([d.attentionWindows, d.ropeTheta, d.ropeLocalTheta, d.attnScale], [[4096, 4096, 4096, 4096, 4096, 0, 4096], 1000000, 10000, 1 / 16]);
+      // A window as long as the context drops the window, not the local rotation.
+      const long = parseLlamaConfig({ ...cfg, sliding_window: 128 });
+      assert.deepStrictEqual([long.attentionWindows, long.ropeLocalLayers], [undefined, [true, true, false]]);
+      const typed = parseLlamaConfig({ ...cfg, layer_types: ['full_attention', 'sliding_attention', 'full_attention'] });
+      assert.deepStrictEqual([typed.attentionWindows, typed.ropeLocalLayers], [[0, 5, 0], [false, true, false]]);
+      // transformers 5: rope_parameters per layer type.
+      const { rope_theta: _rt, rope_scaling: _rs, rope_local_base_freq: _rl, ...noRope } = cfg;
+      const v5 = parseLlamaConfig({ ...noRope, rope_parameters: { full_attention: { rope_type: 'linear', factor: 8, rope_theta: 1000000 }, sliding_attention: { rope_type: 'default', rope_theta: 10000 } } });
+      assert.deepStrictEqual([v5.ropeTheta, v5.ropeScaling, v5.ropeLocalTheta], [1000000, { type: 'linear', factor: 8 }, 10000]);
+      assert.throws(() => parseLlamaConfig({ ...cfg, final_logit_softcapping: 30 }), /final_logit_softcapping = 30: logit soft-capping is not supported/);
+      assert.throws(() => parseLlamaConfig({ ...cfg, hidden_activation: 'gelu' }), /hidden_activation "gelu" is not supported for Gemma 3/);
+      assert.throws(() => parseLlamaConfig({ ...cfg, architectures: ['Gemma2ForCausalLM'] }), /unsupported architecture Gemma2ForCausalLM: Gemma 2's attention and final-logit soft-capping are not implemented/);
+      assert.throws(() => parseLlamaConfig({ ...cfg, architectures: ['Gemma3ForConditionalGeneration'] }), /the multimodal Gemma 3 checkpoints .* not supported/);
     });
 
     it('config parsing, SmolLM3: no_rope_layers as written, or every fourth layer without RoPE by default; the window only when used', () => {
@@ -723,7 +751,7 @@ describeCuda('Llama runner', function () {
   });
   after(() => fs.rmSync(root, { recursive: true, force: true }));
 
-  for (const name of ['llama-gqa-f32', 'qwen2-bias-f16', 'llama-sharded-bf16', 'llama3-rope-f32', 'qwen3-qknorm-bf16', 'phi3-fused-f16', 'phi4mini-partial-f32', 'smollm3-nope-bf16', 'mistral-swa-bf16', 'qwen2-swa-f32']) {
+  for (const name of ['llama-gqa-f32', 'qwen2-bias-f16', 'llama-sharded-bf16', 'llama3-rope-f32', 'qwen3-qknorm-bf16', 'phi3-fused-f16', 'phi4mini-partial-f32', 'smollm3-nope-bf16', 'mistral-swa-bf16', 'qwen2-swa-f32', 'gemma3-bf16']) {
     it(`${name}: CUDA logits match the float64 reference, batch invariance holds, greedy matches`, async () => {
       const spec = specByName(name);
       const dir = path.join(root, name);

@@ -42,6 +42,7 @@ declare namespace SpecdecNative {
     layerRope(x: Tensor, positions: Tensor, invFreq: Tensor): void;
     /** out = silu(gate) * up (out may be gate). */
     layerSiluMul(gate: Tensor, up: Tensor, out?: Tensor): Tensor;
+    layerGeluTanhMul(gate: Tensor, up: Tensor, out?: Tensor): Tensor;
     layerAddInplace(x: Tensor, y: Tensor): void;
     layerSiluInplace(x: Tensor): void;
     /** Opens and validates a safetensors file: E_IO (missing/unreadable) or E_FORMAT (invalid). */

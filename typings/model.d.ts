@@ -20,6 +20,16 @@ declare namespace SpecdecNative {
     ropeLayers?: boolean[];
     /** Per layer: its sliding attention window (the keys at positions > the query's - window), 0 = all. Default: none. */
     attentionWindows?: number[];
+    /** Gemma 3: layers that rotate with ropeLocalTheta (unscaled) instead of ropeTheta. */
+    ropeLocalLayers?: boolean[];
+    ropeLocalTheta?: number;
+    /** Softmax scale of q.k (default 1 / sqrt(headDim)). */
+    attnScale?: number;
+    /** Gemma: GeGLU (gelu_pytorch_tanh), RMSNorm weights as normOffset + w, sandwich norms, embeddings times sqrt(hidden). */
+    geluMlp?: boolean;
+    normOffset?: number;
+    sandwichNorms?: boolean;
+    scaleEmbeddings?: boolean;
     ropeScaling?:
       | {
           type: 'linear' | 'llama3';

@@ -36,7 +36,7 @@ void check_alias(const Tensor& out, const char* out_name, const Tensor& in, cons
 
 void embedding(const Tensor& table, const Tensor& ids, Tensor& out) { embedding(table, ids, out, nullptr, false); }
 
-void embedding(const Tensor& table, const Tensor& ids, Tensor& out, const int32_t* host_ids, bool ids_in_range) {
+void embedding(const Tensor& table, const Tensor& ids, Tensor& out, const int32_t* host_ids, bool ids_in_range, float scale) {
   check_arg_dim(table, "table", SPECDEC_FLOATS, 2);
   check_arg_dim(ids, "ids", {DType::i32}, 1);
   const int64_t N = ids.size(0), V = table.size(0), H = table.size(1);
@@ -57,10 +57,11 @@ void embedding(const Tensor& table, const Tensor& ids, Tensor& out, const int32_
     SPECDEC_CHECK(id >= 0 && id < V, "E_ARG", "ids[", n, "] = ", id, " is outside the vocabulary [0, ", V,
                   ") (vocabulary size ", V, ")");
   }
+  SPECDEC_CHECK(std::isfinite(scale), "E_ARG", "embedding: scale must be finite, got ", scale);
   note_op();  // one launch on CUDA
-  if (table.device() == Device::cpu) return cpu::embedding(table, ids, out);
+  if (table.device() == Device::cpu) return cpu::embedding(table, ids, out, scale);
 #ifdef SPECDEC_WITH_CUDA
-  return cuda::embedding(table, ids, out);
+  return cuda::embedding(table, ids, out, scale);
 #else
   fail("E_UNSUPPORTED", "embedding: CUDA backend not compiled");
 #endif
@@ -209,21 +210,40 @@ void check_rope_qk(const Tensor& q, const Tensor& k, const Tensor& positions, co
   }
 }
 
-void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
+namespace {
+// The checks of a gated activation (silu_mul, gelu_tanh_mul): gate, up, out f32 [N, I], out may be
+// gate or up. False when there is nothing to do.
+bool check_gated(const Tensor& gate, const Tensor& up, const Tensor& out, const char* op) {
   check_arg_dim(gate, "gate", {DType::f32}, 2);
   const int64_t N = gate.size(0), I = gate.size(1);
   check_arg(up, "up", {DType::f32}, {N, I});
   check_arg(out, "out", {DType::f32}, {N, I});
-  check_same_device({&gate, &up, &out}, "silu_mul");
+  check_same_device({&gate, &up, &out}, op);
   check_alias(out, "out", gate, "gate", true);
   check_alias(out, "out", up, "up", true);
-  if (gate.numel() == 0) return;
+  if (gate.numel() == 0) return false;
   note_op();  // one launch on CUDA
+  return true;
+}
+}  // namespace
+
+void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
+  if (!check_gated(gate, up, out, "silu_mul")) return;
   if (gate.device() == Device::cpu) return cpu::silu_mul(gate, up, out);
 #ifdef SPECDEC_WITH_CUDA
   return cuda::silu_mul(gate, up, out);
 #else
   fail("E_UNSUPPORTED", "silu_mul: CUDA backend not compiled");
+#endif
+}
+
+void gelu_tanh_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
+  if (!check_gated(gate, up, out, "gelu_tanh_mul")) return;
+  if (gate.device() == Device::cpu) return cpu::gelu_tanh_mul(gate, up, out);
+#ifdef SPECDEC_WITH_CUDA
+  return cuda::gelu_tanh_mul(gate, up, out);
+#else
+  fail("E_UNSUPPORTED", "gelu_tanh_mul: CUDA backend not compiled");
 #endif
 }
 

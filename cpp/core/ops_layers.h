@@ -17,7 +17,9 @@ void embedding(const Tensor& table, const Tensor& ids, Tensor& out);
 // The same with the ids' host copy (validated from it: no wait on CUDA), or, with host_ids null
 // and ids_in_range, ids the caller knows are in range by construction (an argmax over rows of
 // table.size(0) logits, still on the device); the kernels never read outside the table anyway.
-void embedding(const Tensor& table, const Tensor& ids, Tensor& out, const int32_t* host_ids, bool ids_in_range);
+// scale != 1 multiplies each value (Gemma's sqrt(hidden_size), in f32).
+void embedding(const Tensor& table, const Tensor& ids, Tensor& out, const int32_t* host_ids, bool ids_in_range,
+               float scale = 1.f);
 
 // out = x / sqrt(mean(x^2) + eps) * w. x f32 [N, H], w [H] f32|f16|bf16, out f32 [N, H] (may alias x).
 void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out);
@@ -51,6 +53,10 @@ void check_rope_qk(const Tensor& q, const Tensor& k, const Tensor& positions, co
 // out = silu(gate) * up. gate, up, out f32 [N, I] (out may alias gate).
 void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out);
 
+// out = gelu_tanh(gate) * up (GeGLU with transformers' gelu_pytorch_tanh: 0.5 g (1 + tanh(sqrt(2/pi)
+// (g + 0.044715 g^3))), Gemma). gate, up, out f32 [N, I] (out may alias gate).
+void gelu_tanh_mul(const Tensor& gate, const Tensor& up, Tensor& out);
+
 // x += y (f32, same shape).
 void add_inplace(Tensor& x, const Tensor& y);
 
@@ -72,13 +78,14 @@ void gather_last_accepted(const Tensor& x, const Tensor& indptr, const Tensor& a
 
 #define SPECDEC_LAYER_OPS(NS)                                                        \
   namespace NS {                                                                     \
-  void embedding(const Tensor& table, const Tensor& ids, Tensor& out);               \
+  void embedding(const Tensor& table, const Tensor& ids, Tensor& out, float scale);  \
   void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out);            \
   void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out);    \
   /* scale: cos and sin multiplied by it (LongRoPE's attention factor; 1 is exact) */  \
   void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq, float scale = 1.f);             \
   void rope_qk(Tensor& q, Tensor& k, const Tensor& positions, const Tensor& inv_freq, float scale = 1.f); \
   void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out);                  \
+  void gelu_tanh_mul(const Tensor& gate, const Tensor& up, Tensor& out);             \
   void add_inplace(Tensor& x, const Tensor& y);                                      \
   void add_rmsnorm(Tensor& x, const Tensor& y, const Tensor& w, float eps, Tensor& out); \
   void silu_inplace(Tensor& x);                                                      \

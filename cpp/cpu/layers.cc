@@ -67,13 +67,17 @@ void silu_rows(const float* g, const float* u, float* o, int64_t n) {
 
 }  // namespace
 
-void embedding(const Tensor& table, const Tensor& ids, Tensor& out) {
+void embedding(const Tensor& table, const Tensor& ids, Tensor& out, float scale) {
   const int64_t N = ids.size(0), H = table.size(1);
   const int32_t* id = ids.ptr<int32_t>();
   float* o = out.ptr<float>();
   const int64_t V = table.size(0);
-  for (int64_t n = 0; n < N; ++n)  // validated by the dispatcher; never read out of bounds regardless
-    if (id[n] >= 0 && id[n] < V) to_f32_row(table.dtype(), table.data(), int64_t{id[n]} * H, H, o + n * H);
+  for (int64_t n = 0; n < N; ++n) {  // validated by the dispatcher; never read out of bounds regardless
+    if (id[n] < 0 || id[n] >= V) continue;
+    to_f32_row(table.dtype(), table.data(), int64_t{id[n]} * H, H, o + n * H);
+    if (scale != 1.f)
+      for (int64_t h = 0; h < H; ++h) o[n * H + h] *= scale;
+  }
 }
 
 void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) {
@@ -124,6 +128,26 @@ void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
   const float* g = gate.ptr<float>();
   const float* u = up.ptr<float>();
   silu_rows(g, u, out.ptr<float>(), n);
+}
+
+// transformers' gelu_pytorch_tanh, in f32.
+inline float gelu_tanh(float g) {
+  constexpr float kSqrt2OverPi = 0.7978845608028654f;
+  return 0.5f * g * (1.f + std::tanh(kSqrt2OverPi * (g + 0.044715f * g * g * g)));
+}
+
+void gelu_tanh_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
+  const int64_t n = gate.numel();
+  const float* g = gate.ptr<float>();
+  const float* u = up.ptr<float>();
+  float* o = out.ptr<float>();
+  constexpr double kPerItem = 30.0;
+  parallel_for(
+      n, grain_for(kPerItem),
+      [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) o[i] = gelu_tanh(g[i]) * u[i];
+      },
+      kPerItem * static_cast<double>(n));
 }
 
 void add_inplace(Tensor& x, const Tensor& y) {

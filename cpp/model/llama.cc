@@ -26,8 +26,8 @@ std::string shape_string(const std::vector<int64_t>& s) {
   return out + "]";
 }
 
-// A host weight (f32, f16 or bf16) as an f32 tensor on `device`.
-Tensor f32_copy(const Tensor& host, Device device) {
+// A host weight (f32, f16 or bf16) as an f32 tensor on `device`, plus `offset` (Gemma's 1 + w, added in f32).
+Tensor f32_copy(const Tensor& host, Device device, float offset = 0.f) {
   std::vector<float> v(static_cast<size_t>(host.numel()));
   for (size_t i = 0; i < v.size(); ++i) {
     switch (host.dtype()) {
@@ -35,6 +35,7 @@ Tensor f32_copy(const Tensor& host, Device device) {
       case DType::f16: v[i] = f16_to_f32(host.ptr<uint16_t>()[i]); break;
       default: v[i] = bf16_to_f32(host.ptr<uint16_t>()[i]); break;  // the loader admits f32, f16, bf16
     }
+    if (offset != 0.f) v[i] += offset;
   }
   return Tensor::from_host(DType::f32, host.shape(), v.data(), device);
 }
@@ -98,6 +99,12 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const LlamaConfig& config, const Ll
                 "config: ", c.attention_windows.size(), " per-layer attention windows for ", c.num_layers, " layers");
   for (int32_t w : c.attention_windows)
     SPECDEC_CHECK(w >= 0, "E_FORMAT", "config: an attention window of ", w, " positions (0 = full attention, else >= 1)");
+  SPECDEC_CHECK(c.rope_local_layers.empty() || c.rope_local_layers.size() == static_cast<size_t>(c.num_layers), "E_FORMAT",
+                "config: ", c.rope_local_layers.size(), " per-layer local-RoPE flags for ", c.num_layers, " layers");
+  SPECDEC_CHECK(c.rope_local_layers.empty() || (std::isfinite(c.rope_local_theta) && c.rope_local_theta > 0), "E_FORMAT",
+                "config: rope_local_base_freq must be a positive number, got ", c.rope_local_theta);
+  SPECDEC_CHECK(std::isfinite(c.attn_scale) && c.attn_scale >= 0, "E_FORMAT", "config: attention scale must be a finite number >= 0, got ",
+                c.attn_scale);
   const int rope_dim = c.rope_dim > 0 ? c.rope_dim : c.head_dim;
   SPECDEC_CHECK(rope_dim % 2 == 0 && rope_dim <= c.head_dim, "E_FORMAT", "config: rotary dims (", rope_dim,
                 ") must be even and at most head_dim (", c.head_dim, ")");
@@ -166,12 +173,24 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const LlamaConfig& config, const Ll
   const int64_t V = c.vocab_size, H = c.hidden_size, I = c.intermediate_size;
   const int64_t QD = int64_t(c.num_heads) * c.head_dim, KD = int64_t(c.num_kv_heads) * c.head_dim;
   m->embed_ = weight("model.embed_tokens.weight", {V, H}, "vocab_size x hidden_size");
+  if (c.scale_embeddings) {
+    // transformers: hidden_states * torch.tensor(hidden_size ** 0.5, dtype=hidden_states.dtype).
+    const float s = static_cast<float>(std::sqrt(static_cast<double>(H)));
+    m->embed_scale_ = m->embed_.dtype() == DType::bf16 ? bf16_to_f32(f32_to_bf16(s))
+                      : m->embed_.dtype() == DType::f16 ? f16_to_f32(f32_to_f16(s))
+                                                        : s;
+  }
+  // An RMSNorm weight: as stored, or (Gemma) an f32 copy of norm_offset + w.
+  auto norm = [&](const std::string& name, int64_t n, const char* why) {
+    if (c.norm_offset == 0.f) return weight(name, {n}, why);
+    return f32_copy(weight(name, {n}, why, true, true), options.device, c.norm_offset);
+  };
   // Layers grow as their weights are found: a config with absurd num_hidden_layers fails on the
   // first missing layer instead of allocating them all up front.
   for (int l = 0; l < c.num_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     Layer& L = m->layers_.emplace_back();
-    L.attn_norm = weight(p + "input_layernorm.weight", {H}, "hidden_size");
+    L.attn_norm = norm(p + "input_layernorm.weight", H, "hidden_size");
     if (c.fused_projections) {
       // Row ranges of the fused weights (views: no copy, and the matmuls read them in place).
       const Tensor qkv = weight(p + "self_attn.qkv_proj.weight", {QD + 2 * KD, H},
@@ -191,13 +210,21 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const LlamaConfig& config, const Ll
     }
     if (c.qk_norm) {
       // f32 copies (2 x head_dim floats a layer), so the fused kernel reads one type.
-      L.qk_norm.q_w = f32_copy(weight(p + "self_attn.q_norm.weight", {c.head_dim}, "head_dim", true, true), options.device);
-      L.qk_norm.k_w = f32_copy(weight(p + "self_attn.k_norm.weight", {c.head_dim}, "head_dim", true, true), options.device);
+      L.qk_norm.q_w = f32_copy(weight(p + "self_attn.q_norm.weight", {c.head_dim}, "head_dim", true, true), options.device, c.norm_offset);
+      L.qk_norm.k_w = f32_copy(weight(p + "self_attn.k_norm.weight", {c.head_dim}, "head_dim", true, true), options.device, c.norm_offset);
       L.qk_norm.eps = c.rms_norm_eps;
     }
     L.o = weight(p + "self_attn.o_proj.weight", {H, QD}, "hidden_size x num_attention_heads*head_dim");
     if (c.o_bias) L.o_bias = weight(p + "self_attn.o_proj.bias", {H}, "hidden_size");
-    L.mlp_norm = weight(p + "post_attention_layernorm.weight", {H}, "hidden_size");
+    if (c.sandwich_norms) {
+      // Gemma: post_attention_layernorm normalizes the attention output; the MLP sits between
+      // pre_feedforward_layernorm and post_feedforward_layernorm.
+      L.post_attn_norm = norm(p + "post_attention_layernorm.weight", H, "hidden_size");
+      L.mlp_norm = norm(p + "pre_feedforward_layernorm.weight", H, "hidden_size");
+      L.post_mlp_norm = norm(p + "post_feedforward_layernorm.weight", H, "hidden_size");
+    } else {
+      L.mlp_norm = norm(p + "post_attention_layernorm.weight", H, "hidden_size");
+    }
     if (c.fused_projections) {
       const Tensor gate_up = weight(p + "mlp.gate_up_proj.weight", {2 * I, H}, "2*intermediate_size x hidden_size");
       L.gate = gate_up.rows(0, I);
@@ -208,7 +235,7 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const LlamaConfig& config, const Ll
     }
     L.down = weight(p + "mlp.down_proj.weight", {H, I}, "hidden_size x intermediate_size");
   }
-  m->final_norm_ = weight("model.norm.weight", {H}, "hidden_size");
+  m->final_norm_ = norm("model.norm.weight", H, "hidden_size");
   // Tied embeddings: configured, or no lm_head in the checkpoint (HF ties when it is absent).
   if (!c.tie_word_embeddings) m->lm_head_ = weight("lm_head.weight", {V, H}, "vocab_size x hidden_size", false);
   if (!m->lm_head_.defined()) m->lm_head_ = m->embed_;
@@ -218,6 +245,14 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const LlamaConfig& config, const Ll
     SPECDEC_CHECK(std::isfinite(f) && f > 0, "E_FORMAT", "config: rope_theta ", c.rope_theta,
                   " and rope_scaling give a rotary frequency of ", f, " (not a finite positive number)");
   m->inv_freq_ = Tensor::from_host(DType::f32, {int64_t(inv.size())}, inv.data(), options.device);
+  if (!c.rope_local_layers.empty()) {
+    // Gemma 3's sliding layers: their own base, no scaling (transformers' local rotary embedding).
+    LlamaConfig local = c;
+    local.rope_theta = c.rope_local_theta;
+    local.rope_type.clear();
+    const std::vector<float> li = rope_inv_freq(local);
+    m->inv_freq_local_ = Tensor::from_host(DType::f32, {int64_t(li.size())}, li.data(), options.device);
+  }
 
   KvCacheConfig kc;
   kc.num_layers = c.num_layers;
@@ -436,7 +471,7 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
 
   const int64_t H = c.hidden_size, I = c.intermediate_size, D = c.head_dim;
   const int64_t NH = c.num_heads, NKV = c.num_kv_heads;
-  const float sm_scale = 1.0f / std::sqrt(static_cast<float>(D));
+  const float sm_scale = c.attn_scale > 0 ? static_cast<float>(c.attn_scale) : 1.0f / std::sqrt(static_cast<float>(D));
   // LongRoPE scales the rotated values of q and k (HF: cos and sin times the attention factor); with a
   // partial rotation the rest of the head is not scaled, so it cannot move to the scores' scale.
   const float rope_scale = static_cast<float>(c.rope_attention_factor);
@@ -505,7 +540,7 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
 
   const Tensor no_bias;
   auto layer_stack = [&] {
-    ops::embedding(embed_, g_ids, x, dev_ids ? nullptr : tokens.data(), dev_ids != nullptr);
+    ops::embedding(embed_, g_ids, x, dev_ids ? nullptr : tokens.data(), dev_ids != nullptr, embed_scale_);
     // Each block's residual add runs with the next norm as one op (add_rmsnorm: the same bits).
     ops::rmsnorm(x, layers_[0].attn_norm, c.rms_norm_eps, h);
     for (int l = 0; l < c.num_layers; ++l) {
@@ -515,17 +550,21 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
       // (Qwen3: each head's q and k RMS-normalized first, in the same op.) SmolLM3's NoPE layers
       // store K and V as they are.
       if (c.rope_layers.empty() || c.rope_layers[static_cast<size_t>(l)])
-        ops::rope_qk_append(q, k, v, g_pos, inv_freq_, kv_->layer(l), *g_batch, c.qk_norm ? &L.qk_norm : nullptr, rope_scale);
+        ops::rope_qk_append(q, k, v, g_pos, c.rope_local_layers.empty() || !c.rope_local_layers[static_cast<size_t>(l)] ? inv_freq_ : inv_freq_local_,
+                            kv_->layer(l), *g_batch, c.qk_norm ? &L.qk_norm : nullptr, rope_scale);
       else
         ops::kv_append(kv_->layer(l), k, v, *g_batch);
       ops::tree_attention(q, kv_->layer(l), *g_batch, g_mask, sm_scale, att,
                           c.attention_windows.empty() ? 0 : c.attention_windows[static_cast<size_t>(l)]);
       ops::matmul(att2, L.o, L.o_bias, o);
       // MLP block (SwiGLU).
+      if (c.sandwich_norms) ops::rmsnorm(o, L.post_attn_norm, c.rms_norm_eps, o);
       ops::add_rmsnorm(x, o, L.mlp_norm, c.rms_norm_eps, h);
       ops::matmul_group(h, {{&L.gate, &no_bias, &gate}, {&L.up, &no_bias, &up}});
-      ops::silu_mul(gate, up, gate);
+      if (c.gelu_mlp) ops::gelu_tanh_mul(gate, up, gate);
+      else ops::silu_mul(gate, up, gate);
       ops::matmul(gate, L.down, Tensor(), o);
+      if (c.sandwich_norms) ops::rmsnorm(o, L.post_mlp_norm, c.rms_norm_eps, o);
       // The next layer's normed input, or (after the last) the final norm in place.
       if (l + 1 < c.num_layers) ops::add_rmsnorm(x, o, layers_[l + 1].attn_norm, c.rms_norm_eps, h);
       else ops::add_rmsnorm(x, o, final_norm_, c.rms_norm_eps, x);

@@ -36,6 +36,15 @@ struct LlamaConfig {
   // Per layer, its sliding attention window (ops::tree_attention's window: the last N positions), 0 =
   // full attention; empty = full everywhere (Mistral v0.1 / Phi-3: every layer; Qwen: layer_types).
   std::vector<int32_t> attention_windows;
+  // Gemma 3: layers flagged 1 here rotate with base rope_local_theta and no scaling (its sliding
+  // layers' rope_local_base_freq), the others with rope_theta and rope_scaling; empty = all global.
+  double rope_local_theta = 0.0;
+  std::vector<uint8_t> rope_local_layers;
+  double attn_scale = 0.0;         // softmax scale of q.k; 0 = 1/sqrt(head_dim) (Gemma: query_pre_attn_scalar^-1/2)
+  bool gelu_mlp = false;           // GeGLU with gelu_pytorch_tanh (Gemma) instead of SwiGLU
+  float norm_offset = 0.f;         // every RMSNorm multiplies by offset + w, in f32 (Gemma: 1)
+  bool sandwich_norms = false;     // Gemma: post_attention_layernorm on the attention output, pre_ / post_feedforward_layernorm around the MLP
+  bool scale_embeddings = false;   // Gemma: embeddings times sqrt(hidden_size), rounded to the table's dtype
   // rope_scaling: "" (none), "linear" (factor), "llama3" (all four fields) or "longrope" (below).
   std::string rope_type;
   double rope_factor = 1.0;
@@ -199,12 +208,14 @@ class LlamaModel {
 
   struct Layer {
     Tensor attn_norm, q, k, v, q_bias, k_bias, v_bias, o, o_bias, mlp_norm, gate, up, down;
+    Tensor post_attn_norm, post_mlp_norm;  // sandwich_norms (Gemma)
     ops::QkNorm qk_norm;  // Qwen3 (config.qk_norm): f32 copies of q_norm / k_norm
   };
 
   LlamaConfig config_;
   LlamaLoadOptions options_;
-  Tensor embed_, final_norm_, lm_head_, inv_freq_;
+  Tensor embed_, final_norm_, lm_head_, inv_freq_, inv_freq_local_;
+  float embed_scale_ = 1.f;
   std::vector<Layer> layers_;
   std::unique_ptr<KvCache> kv_;
   std::mutex mu_;

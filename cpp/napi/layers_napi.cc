@@ -104,6 +104,18 @@ Napi::Value SiluMul(const Napi::CallbackInfo& info) {
   });
 }
 
+// layerGeluTanhMul(gate, up, out?) -> out
+Napi::Value GeluTanhMul(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    Tensor gate = tensor_arg(info[0], "gate");
+    Tensor up = tensor_arg(info[1], "up");
+    Tensor out;
+    Napi::Value r = out_or_new(info.Env(), info[2], gate.shape(), gate.device(), &out);
+    ops::gelu_tanh_mul(gate, up, out);
+    return r;
+  });
+}
+
 // layerAddInplace(x, y)
 Napi::Value AddInplace(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
@@ -248,6 +260,7 @@ void Init(Napi::Env env, Napi::Object exports) {
   exports.Set("layerMatmulGroup", Napi::Function::New(env, MatmulGroup, "layerMatmulGroup"));
   exports.Set("layerRope", Napi::Function::New(env, Rope, "layerRope"));
   exports.Set("layerSiluMul", Napi::Function::New(env, SiluMul, "layerSiluMul"));
+  exports.Set("layerGeluTanhMul", Napi::Function::New(env, GeluTanhMul, "layerGeluTanhMul"));
   exports.Set("layerAddInplace", Napi::Function::New(env, AddInplace, "layerAddInplace"));
   exports.Set("layerSiluInplace", Napi::Function::New(env, SiluInplace, "layerSiluInplace"));
   SafetensorsWrap::Init(env, exports);

@@ -47,12 +47,22 @@ LlamaConfig config_arg(const Napi::Value& v) {
   c.rms_norm_eps = static_cast<float>(get_number(get_field(o, "rmsNormEps"), "config.rmsNormEps"));
   c.rope_theta = get_number(get_field(o, "ropeTheta"), "config.ropeTheta");
   c.rope_dim = has_field(o, "ropeDim") ? get_int32(get_field(o, "ropeDim"), "config.ropeDim") : c.head_dim;
-  if (has_field(o, "ropeLayers")) {
-    const Napi::Value f = get_field(o, "ropeLayers");
-    SPECDEC_CHECK(f.IsArray(), "E_ARG", "config.ropeLayers: expected an array of booleans");
+  // Per-layer flags (an optional array of booleans) as 0 / 1.
+  auto flags = [&](const char* key, std::vector<uint8_t>& out) {
+    if (!has_field(o, key)) return;
+    const Napi::Value f = get_field(o, key);
+    SPECDEC_CHECK(f.IsArray(), "E_ARG", "config.", key, ": expected an array of booleans");
     const Napi::Array a = f.As<Napi::Array>();
-    for (uint32_t i = 0; i < a.Length(); ++i) c.rope_layers.push_back(get_bool(a.Get(i), "config.ropeLayers[i]") ? 1 : 0);
-  }
+    for (uint32_t i = 0; i < a.Length(); ++i) out.push_back(get_bool(a.Get(i), "config flag") ? 1 : 0);
+  };
+  flags("ropeLayers", c.rope_layers);
+  flags("ropeLocalLayers", c.rope_local_layers);
+  if (has_field(o, "ropeLocalTheta")) c.rope_local_theta = get_number(get_field(o, "ropeLocalTheta"), "config.ropeLocalTheta");
+  if (has_field(o, "attnScale")) c.attn_scale = get_number(get_field(o, "attnScale"), "config.attnScale");
+  if (has_field(o, "normOffset")) c.norm_offset = static_cast<float>(get_number(get_field(o, "normOffset"), "config.normOffset"));
+  c.gelu_mlp = has_field(o, "geluMlp") && get_bool(get_field(o, "geluMlp"), "config.geluMlp");
+  c.sandwich_norms = has_field(o, "sandwichNorms") && get_bool(get_field(o, "sandwichNorms"), "config.sandwichNorms");
+  c.scale_embeddings = has_field(o, "scaleEmbeddings") && get_bool(get_field(o, "scaleEmbeddings"), "config.scaleEmbeddings");
   if (has_field(o, "attentionWindows")) {
     const Napi::Value f = get_field(o, "attentionWindows");
     SPECDEC_CHECK(f.IsArray(), "E_ARG", "config.attentionWindows: expected an array of integers");

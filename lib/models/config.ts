@@ -1,5 +1,5 @@
 // config.json of Llama-family checkpoints (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM,
-// Qwen3ForCausalLM, Phi3ForCausalLM, SmolLM3ForCausalLM):
+// Qwen3ForCausalLM, Phi3ForCausalLM, SmolLM3ForCausalLM, Gemma3ForCausalLM):
 // parsing, defaults as in the HF config classes, and validation with errors that name the file and field.
 import * as fs from 'fs';
 import * as path from 'path';
@@ -52,6 +52,21 @@ export interface LlamaConfig extends ModelConfig {
    * no shorter than the context are dropped (the same function).
    */
   readonly attentionWindows?: readonly number[];
+  /**
+   * Gemma 3: the layers that rotate with `ropeLocalTheta` (rope_local_base_freq, unscaled: its
+   * sliding layers) instead of ropeTheta and ropeScaling.
+   */
+  readonly ropeLocalLayers?: readonly boolean[];
+  readonly ropeLocalTheta?: number;
+  /** Softmax scale of q.k when not 1 / sqrt(head_dim) (Gemma: query_pre_attn_scalar^-1/2). */
+  readonly attnScale?: number;
+  /**
+   * Gemma: GeGLU with gelu_pytorch_tanh, every RMSNorm times (1 + w), the attention output and the
+   * MLP output normalized before their residual adds (post_attention_layernorm,
+   * post_feedforward_layernorm; pre_feedforward_layernorm before the MLP), embeddings times
+   * sqrt(hidden_size).
+   */
+  readonly gemma?: boolean;
   /** q/k/v projections have biases (Qwen2, or Llama / Qwen3 with attention_bias). */
   readonly qkvBias: boolean;
   /** o_proj has a bias (Llama or Qwen3 with attention_bias). */
@@ -71,7 +86,7 @@ export interface LlamaConfig extends ModelConfig {
   readonly torchDtype?: string;
 }
 
-export const SUPPORTED_ARCHITECTURES = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM', 'Qwen3ForCausalLM', 'Phi3ForCausalLM', 'SmolLM3ForCausalLM'] as const;
+export const SUPPORTED_ARCHITECTURES = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM', 'Qwen3ForCausalLM', 'Phi3ForCausalLM', 'SmolLM3ForCausalLM', 'Gemma3ForCausalLM'] as const;
 const MODEL_TYPES: Record<string, string> = {
   llama: 'LlamaForCausalLM',
   mistral: 'MistralForCausalLM',
@@ -79,6 +94,12 @@ const MODEL_TYPES: Record<string, string> = {
   qwen3: 'Qwen3ForCausalLM',
   phi3: 'Phi3ForCausalLM',
   smollm3: 'SmolLM3ForCausalLM',
+  gemma3_text: 'Gemma3ForCausalLM',
+};
+/** Architectures users will try that are refused with the reason, rather than run approximately. */
+const REFUSED: Record<string, string> = {
+  Gemma2ForCausalLM: "Gemma 2's attention and final-logit soft-capping are not implemented",
+  Gemma3ForConditionalGeneration: 'the multimodal Gemma 3 checkpoints (4B, 12B, 27B) are not supported; the text-only Gemma3ForCausalLM ones are (gemma-3-270m, gemma-3-1b)',
 };
 
 /** A value as an error message shows it (JSON when it has a JSON form: a BigInt has none). */
@@ -96,7 +117,7 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
     throw codedError('E_FORMAT', `${file}: ${msg}`);
   };
   if (typeof json !== 'object' || json === null || Array.isArray(json)) bad('expected a JSON object');
-  const o = json as Record<string, unknown>;
+  let o = json as Record<string, unknown>;
   const has = (k: string): boolean => o[k] !== undefined && o[k] !== null;
   const int = (k: string, min = 1, fallback?: number): number => {
     if (!has(k)) {
@@ -125,6 +146,8 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
     const archs = o['architectures'];
     if (!Array.isArray(archs) || archs.some((a) => typeof a !== 'string')) bad("field 'architectures' must be an array of strings");
     architecture = (archs as string[]).find((a) => (SUPPORTED_ARCHITECTURES as readonly string[]).includes(a));
+    const refused = (archs as string[]).find((a) => REFUSED[a] !== undefined);
+    if (architecture === undefined && refused !== undefined) bad(`unsupported architecture ${refused}: ${REFUSED[refused]}`);
     if (architecture === undefined) {
       bad(`unsupported architecture ${show(archs)} (supported: ${SUPPORTED_ARCHITECTURES.join(', ')})`);
     }
@@ -135,6 +158,21 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
     bad("missing field 'architectures'");
   }
   const arch = architecture as string;
+  const gemma3 = arch === 'Gemma3ForCausalLM';
+  // transformers 5 writes Gemma 3's rotary settings per layer type: the global ones are read as
+  // rope_parameters, the sliding layers' base as rope_local_base_freq.
+  const rp0 = o['rope_parameters'];
+  if (gemma3 && typeof rp0 === 'object' && rp0 !== null && 'full_attention' in rp0) {
+    const byType = rp0 as Record<string, unknown>;
+    const local = byType['sliding_attention'];
+    o = {
+      ...o,
+      rope_parameters: byType['full_attention'],
+      ...(typeof local === 'object' && local !== null && (local as Record<string, unknown>)['rope_theta'] !== undefined
+        ? { rope_local_base_freq: (local as Record<string, unknown>)['rope_theta'] }
+        : {}),
+    };
+  }
 
   const vocabSize = int('vocab_size');
   const hiddenSize = int('hidden_size');
@@ -152,18 +190,27 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
   // Phi-3 slide every layer by sliding_window; Qwen2, Qwen3 and SmolLM3 write a sliding_window that
   // applies only with use_sliding_window, and then only to the layers layer_types marks (by default
   // those from max_window_layers on). Llama's config class has no window.
+  // Gemma 3 slides every layer but each sliding_window_pattern-th (default 6) by sliding_window
+  // (default 4096), or as layer_types says.
   const gated = arch === 'Qwen2ForCausalLM' || arch === 'Qwen3ForCausalLM' || arch === 'SmolLM3ForCausalLM';
-  const slides = arch === 'MistralForCausalLM' || arch === 'Phi3ForCausalLM' || (gated && bool('use_sliding_window', false));
-  const window = slides ? int('sliding_window', 1, 0) : 0;
+  const slides = arch === 'MistralForCausalLM' || arch === 'Phi3ForCausalLM' || gemma3 || (gated && bool('use_sliding_window', false));
+  const window = slides ? int('sliding_window', 1, gemma3 ? 4096 : 0) : 0;
   let attentionWindows: number[] | undefined;
-  if (window > 0) {
-    let sliding: boolean[] = Array.from({ length: numLayers }, () => true);
-    if (gated && has('layer_types')) {
+  // Gemma 3's sliding layers (window or not): they also rotate with the local base.
+  let gemmaSliding: boolean[] | undefined;
+  if (gemma3 && !has('layer_types')) {
+    const pattern = int('sliding_window_pattern', 1, 6);
+    gemmaSliding = Array.from({ length: numLayers }, (_, l) => (l + 1) % pattern !== 0);
+  }
+  if (window > 0 || gemma3) {
+    let sliding: boolean[] = gemmaSliding ?? Array.from({ length: numLayers }, () => true);
+    if ((gated || gemma3) && has('layer_types')) {
       const v = o['layer_types'];
       if (!Array.isArray(v) || v.length !== numLayers || !v.every((x) => x === 'sliding_attention' || x === 'full_attention')) {
         bad(`field 'layer_types' must give 'sliding_attention' or 'full_attention' for each of the ${numLayers} layers, got ${show(v)}`);
       }
       sliding = (v as string[]).map((x) => x === 'sliding_attention');
+      if (gemma3) gemmaSliding = sliding;
     } else if (gated) {
       const first = int('max_window_layers', 0, 28);
       sliding = sliding.map((_, l) => l >= first);
@@ -171,7 +218,14 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
     attentionWindows = sliding.map((s) => (s ? window : 0));
   }
 
-  if (has('hidden_act') && o['hidden_act'] !== 'silu') bad(`hidden_act '${String(o['hidden_act'])}' is not supported (only 'silu')`);
+  if (gemma3) {
+    // Gemma3MLP: ACT2FN[hidden_activation]; its config class defaults to gelu_pytorch_tanh.
+    const act = o['hidden_activation'] ?? o['hidden_act'] ?? 'gelu_pytorch_tanh';
+    if (act !== 'gelu_pytorch_tanh') bad(`hidden_activation ${show(act)} is not supported for Gemma 3 (only 'gelu_pytorch_tanh')`);
+    for (const k of ['attn_logit_softcapping', 'final_logit_softcapping']) if (has(k)) bad(`${k} = ${show(o[k])}: logit soft-capping is not supported`);
+  } else if (has('hidden_act') && o['hidden_act'] !== 'silu') {
+    bad(`hidden_act '${String(o['hidden_act'])}' is not supported (only 'silu')`);
+  }
   if (bool('mlp_bias', false)) bad("mlp_bias = true is not supported");
   // Phi-3's projections carry no biases whatever the config says (transformers' Phi3Attention).
   const attentionBias = arch !== 'Phi3ForCausalLM' && bool('attention_bias', false);
@@ -243,7 +297,11 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
   if (ropeParamsTheta !== undefined && topTheta !== undefined && ropeParamsTheta !== topTheta) {
     bad(`rope_theta ${topTheta} and rope_parameters.rope_theta ${ropeParamsTheta} disagree`);
   }
-  const ropeTheta = ropeParamsTheta ?? topTheta ?? 10000;
+  const ropeTheta = ropeParamsTheta ?? topTheta ?? (gemma3 ? 1000000 : 10000);
+  // Gemma 3: query_pre_attn_scalar (default 256) sets the softmax scale; its sliding layers rotate
+  // with rope_local_base_freq (default 10000) and no scaling.
+  const attnScale = gemma3 ? 1 / Math.sqrt(num('query_pre_attn_scalar', 256)) : undefined;
+  const ropeLocalTheta = gemma3 ? num('rope_local_base_freq', 10000) : undefined;
   // SmolLM3: no_rope_layers[l] = 1 where layer l rotates q and k; written out by transformers, else
   // (its config class) every no_rope_layer_interval-th layer (default 4) goes without.
   let ropeLayers: boolean[] | undefined;
@@ -295,11 +353,12 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
     ...(ropeLayers !== undefined ? { ropeLayers } : {}),
     ...(attentionWindows !== undefined ? { attentionWindows } : {}),
     // HF: Qwen2 always has q/k/v biases and none on o_proj; Llama and Qwen3 put attention_bias on all four.
+    ...(gemma3 ? { ropeLocalLayers: gemmaSliding ?? [], ropeLocalTheta: ropeLocalTheta as number, attnScale: attnScale as number, gemma: true } : {}),
     qkvBias: arch === 'Qwen2ForCausalLM' || attentionBias,
-    oBias: (arch === 'LlamaForCausalLM' || arch === 'Qwen3ForCausalLM' || arch === 'SmolLM3ForCausalLM') && attentionBias,
-    qkNorm: arch === 'Qwen3ForCausalLM',
+    oBias: (arch === 'LlamaForCausalLM' || arch === 'Qwen3ForCausalLM' || arch === 'SmolLM3ForCausalLM' || gemma3) && attentionBias,
+    qkNorm: arch === 'Qwen3ForCausalLM' || gemma3,
     fusedProjections: arch === 'Phi3ForCausalLM',
-    tieWordEmbeddings: bool('tie_word_embeddings', false),
+    tieWordEmbeddings: bool('tie_word_embeddings', gemma3),
     ...(dtypeName !== undefined ? { torchDtype: dtypeName } : {}),
   };
   return cfg;
@@ -341,6 +400,9 @@ export function toNativeConfig(c: LlamaConfig): SpecdecNative.LlamaNativeConfig 
     ropeDim: c.ropeDim,
     ...(c.ropeLayers !== undefined ? { ropeLayers: [...c.ropeLayers] } : {}),
     ...(c.attentionWindows !== undefined ? { attentionWindows: [...c.attentionWindows] } : {}),
+    ...(c.ropeLocalLayers !== undefined ? { ropeLocalLayers: [...c.ropeLocalLayers], ropeLocalTheta: c.ropeLocalTheta ?? 10000 } : {}),
+    ...(c.attnScale !== undefined ? { attnScale: c.attnScale } : {}),
+    ...(c.gemma ? { geluMlp: true, normOffset: 1, sandwichNorms: true, scaleEmbeddings: true } : {}),
     ...(c.ropeScaling === undefined
       ? {}
       : c.ropeScaling.type === 'longrope'

@@ -130,7 +130,7 @@ void check_norm_embed(std::mt19937_64& rng, int64_t N, int64_t H) {
   std::vector<int32_t> ids(static_cast<size_t>(N));
   for (auto& id : ids) id = static_cast<int32_t>(rng() % V);
   std::vector<float> e(static_cast<size_t>(N * H), NAN);
-  emu::launch(Dim3{static_cast<unsigned>(N), 1, 1}, 256, [&] { lk::embedding_kernel<T>(table.data(), ids.data(), e.data(), V, H); });
+  emu::launch(Dim3{static_cast<unsigned>(N), 1, 1}, 256, [&] { lk::embedding_kernel<T>(table.data(), ids.data(), e.data(), V, H, 1.f); });
   bool ok = true;
   for (int64_t n = 0; n < N; ++n)
     for (int64_t h = 0; h < H; ++h) ok = ok && e[n * H + h] == to_float(table[ids[n] * H + h]);
@@ -146,7 +146,7 @@ void check_embed_f16_bits() {
   std::vector<int32_t> ids(static_cast<size_t>(V));
   for (int64_t n = 0; n < V; ++n) ids[n] = static_cast<int32_t>(V - 1 - n);
   std::vector<float> e(static_cast<size_t>(V * H));
-  emu::launch(Dim3{static_cast<unsigned>(V), 1, 1}, 256, [&] { lk::embedding_kernel<__half>(table.data(), ids.data(), e.data(), V, H); });
+  emu::launch(Dim3{static_cast<unsigned>(V), 1, 1}, 256, [&] { lk::embedding_kernel<__half>(table.data(), ids.data(), e.data(), V, H, 1.f); });
   bool ok = true;
   for (int64_t n = 0; n < V; ++n)
     for (int64_t h = 0; h < H; ++h) {
@@ -245,6 +245,17 @@ void check_rope_elementwise(std::mt19937_64& rng) {
   char buf[100];
   std::snprintf(buf, sizeof buf, "silu_mul, silu: max relative error %.1e; add exact", worst);
   report(worst < 1e-6 && add_ok, buf);
+  // GeGLU (Gemma): gelu_pytorch_tanh(g) * u against float64. Where tanh nears -1, 1 + tanh cancels (as
+  // in torch's f32 kernel): an error up to ~ulp(1) |g u| there, so that term joins the bound.
+  std::vector<float> gl(n, NAN);
+  emu::launch(Dim3{elementwise_grid(n), 1, 1}, 256, [&] { lk::gelu_tanh_mul_kernel(g.data(), u.data(), gl.data(), n); });
+  double gworst = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double x = g[i], want = 0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x))) * u[i];
+    gworst = std::max(gworst, std::fabs(gl[i] - want) / (2e-6 * std::fabs(want) + 2e-7 * std::fabs(x * u[i]) + 1e-30));
+  }
+  std::snprintf(buf, sizeof buf, "gelu_tanh_mul: max error %.2f of the bound 2e-6 |want| + 2e-7 |g u|", gworst);
+  report(gworst <= 1, buf);
 }
 
 // gather_last_accepted: the row of each sequence's last accepted node; counts or nodes verification

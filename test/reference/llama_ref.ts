@@ -1,5 +1,5 @@
 // Float64 reference of the Llama-family forward, written from the HF modeling code (LlamaModel,
-// Qwen2Model, Qwen3Model, MistralModel, Phi3Model, SmolLM3Model): causal attention over the whole
+// Qwen2Model, Qwen3Model, MistralModel, Phi3Model, SmolLM3Model, Gemma3TextModel): causal attention over the whole
 // token list (sliding where the config says), no KV cache. It reads config.json and the safetensors
 // files itself (its own parser), so it shares no code with the runner.
 import * as fs from 'fs';
@@ -84,6 +84,7 @@ export class LlamaReference {
   private windowAt(l: number): number {
     const c = this.cfg;
     const arch = ((c['architectures'] as string[] | undefined) ?? [])[0] ?? '';
+    if (this.gemma) return this.gemmaSliding(l) ? ((c['sliding_window'] as number | undefined) ?? 4096) : 0;
     const w = (c['sliding_window'] as number | null | undefined) ?? 0;
     if (arch === 'MistralForCausalLM' || arch === 'Phi3ForCausalLM') return w;
     if (!['Qwen2ForCausalLM', 'Qwen3ForCausalLM', 'SmolLM3ForCausalLM'].includes(arch) || c['use_sliding_window'] !== true) return 0;
@@ -92,12 +93,22 @@ export class LlamaReference {
     return sliding ? w : 0;
   }
 
+  /** Gemma3TextConfig: layer_types, else every layer but each sliding_window_pattern-th (6) slides. */
+  private gemmaSliding(l: number): boolean {
+    const types = this.cfg['layer_types'] as string[] | undefined;
+    if (types) return types[l] === 'sliding_attention';
+    return (l + 1) % ((this.cfg['sliding_window_pattern'] as number | undefined) ?? 6) !== 0;
+  }
+
   /** Rotated values per head: head_dim x partial_rotary_factor (HF Phi3), else head_dim. */
   get R(): number {
     return Math.floor(this.D * ((this.cfg['partial_rotary_factor'] as number | undefined) ?? 1));
   }
   /** LongRoPE's attention factor: cos and sin are multiplied by it (1 otherwise). */
   private ropeScale = 1;
+  /** Gemma 3 (Gemma3TextModel): see forward(). */
+  private gemma = false;
+  private invFreqLocal = new Float64Array(0);
   private readonly w: Map<string, Mat>;
 
   constructor(dir: string) {
@@ -112,7 +123,8 @@ export class LlamaReference {
     this.D = (c['head_dim'] as number | undefined) ?? this.H / this.NH;
     this.eps = (c['rms_norm_eps'] as number | undefined) ?? 1e-6;
     const archs = (c['architectures'] as string[] | undefined) ?? [];
-    this.qkNorm = archs.includes('Qwen3ForCausalLM') || c['model_type'] === 'qwen3';
+    this.gemma = archs.includes('Gemma3ForCausalLM') || c['model_type'] === 'gemma3_text';
+    this.qkNorm = archs.includes('Qwen3ForCausalLM') || c['model_type'] === 'qwen3' || this.gemma;
     this.w = new Map();
     const index = path.join(dir, 'model.safetensors.index.json');
     const files = fs.existsSync(index)
@@ -121,11 +133,16 @@ export class LlamaReference {
     for (const f of files) for (const [k, v] of readSafetensorsF64(path.join(dir, f))) this.w.set(k, v);
     if (archs.includes('Phi3ForCausalLM') || c['model_type'] === 'phi3') this.splitPhi3();
     this.invFreq = this.ropeInvFreq();
+    if (this.gemma) {
+      // Gemma3RotaryEmbedding of the sliding layers: rope_local_base_freq, default rope (no scaling).
+      const base = (c['rope_local_base_freq'] as number | undefined) ?? 10000;
+      this.invFreqLocal = Float64Array.from({ length: this.R / 2 }, (_, i) => 1 / Math.pow(base, (2 * i) / this.R));
+    }
   }
 
   /** HF _compute_default / _linear / _llama3 rope parameters, in float64. */
   private ropeInvFreq(): Float64Array {
-    const theta = (this.cfg['rope_theta'] as number | undefined) ?? 10000;
+    const theta = (this.cfg['rope_theta'] as number | undefined) ?? (this.gemma ? 1000000 : 10000);
     // HF: a partial rotation rotates int(head_dim x partial_rotary_factor) values, frequencies over that width.
     const R = this.R;
     const inv = new Float64Array(R / 2);
@@ -215,20 +232,21 @@ export class LlamaReference {
       let ss = 0;
       for (let i = 0; i < H; i++) ss += x[n * H + i]! ** 2;
       const r = 1 / Math.sqrt(ss / H + this.eps);
-      for (let i = 0; i < H; i++) y[n * H + i] = x[n * H + i]! * r * w.data[i]!;
+      // Gemma3RMSNorm: times (1 + w).
+      for (let i = 0; i < H; i++) y[n * H + i] = x[n * H + i]! * r * (this.gemma ? 1 + w.data[i]! : w.data[i]!);
     }
     return y;
   }
 
   /** rotate_half RoPE in place on [N, heads, D], over each head's first R values (the rest pass through). */
-  private rope(x: Float64Array, N: number, heads: number, positions: readonly number[]): void {
+  private rope(x: Float64Array, N: number, heads: number, positions: readonly number[], invFreq = this.invFreq): void {
     const D = this.D;
     const half = this.R / 2;
     for (let n = 0; n < N; n++)
       for (let h = 0; h < heads; h++) {
         const o = (n * heads + h) * D;
         for (let i = 0; i < half; i++) {
-          const a = positions[n]! * this.invFreq[i]!;
+          const a = positions[n]! * invFreq[i]!;
           const x1 = x[o + i]!;
           const x2 = x[o + i + half]!;
           const c = Math.cos(a) * this.ropeScale;
@@ -253,6 +271,12 @@ export class LlamaReference {
       if (t < 0 || t >= V) throw new Error(`reference: token ${t} outside vocab`);
       for (let i = 0; i < H; i++) x[n * H + i] = emb.data[t * H + i]!;
     });
+    if (this.gemma) {
+      // Gemma3TextScaledWordEmbedding: times sqrt(hidden_size) as a tensor of the weights' dtype.
+      const dt = this.cfg['torch_dtype'];
+      const norm = dt === 'bfloat16' ? bf16(bf16Bits(Math.sqrt(H))) : dt === 'float16' ? f16(f16Bits(Math.sqrt(H))) : Math.fround(Math.sqrt(H));
+      for (let i = 0; i < x.length; i++) x[i] = x[i]! * norm;
+    }
     const round = options.kvRound === 'f16' ? (v: number) => f16(f16Bits(v)) : options.kvRound === 'bf16' ? (v: number) => bf16(bf16Bits(v)) : undefined;
     const group = NH / NKV;
     for (let l = 0; l < this.L; l++) {
@@ -268,15 +292,18 @@ export class LlamaReference {
       }
       // SmolLM3Attention: q and k rotate only where no_rope_layers[layer] is 1.
       if (this.ropeAt(l)) {
-        this.rope(q, N, NH, positions);
-        this.rope(k, N, NKV, positions);
+        // Gemma 3: the sliding layers use the local rotary embedding.
+        const inv = this.gemma && this.gemmaSliding(l) ? this.invFreqLocal : this.invFreq;
+        this.rope(q, N, NH, positions, inv);
+        this.rope(k, N, NKV, positions, inv);
       }
       if (round) {
         for (let i = 0; i < k.length; i++) k[i] = round(Math.fround(k[i]!));
         for (let i = 0; i < v.length; i++) v[i] = round(Math.fround(v[i]!));
       }
       const att = new Float64Array(N * NH * D);
-      const scale = 1 / Math.sqrt(D);
+      // Gemma3Attention: scaling = query_pre_attn_scalar ** -0.5.
+      const scale = this.gemma ? Math.pow((this.cfg['query_pre_attn_scalar'] as number | undefined) ?? 256, -0.5) : 1 / Math.sqrt(D);
       // transformers' sliding mask: key j visible to query n when j > n - window.
       const window = this.windowAt(l);
       for (let n = 0; n < N; n++)
@@ -299,13 +326,22 @@ export class LlamaReference {
             att[(n * NH + hh) * D + i] = acc / z;
           }
         }
-      const o = this.linear(att, N, NH * D, this.get(p + 'self_attn.o_proj.weight'), this.opt(p + 'self_attn.o_proj.bias'));
+      let o = this.linear(att, N, NH * D, this.get(p + 'self_attn.o_proj.weight'), this.opt(p + 'self_attn.o_proj.bias'));
+      // Gemma3DecoderLayer: post_attention_layernorm on the attention output, then the residual;
+      // pre_feedforward_layernorm before the MLP, post_feedforward_layernorm after it.
+      if (this.gemma) o = this.rmsnorm(o, N, this.get(p + 'post_attention_layernorm.weight'));
       for (let i = 0; i < x.length; i++) x[i] = x[i]! + o[i]!;
-      const h2 = this.rmsnorm(x, N, this.get(p + 'post_attention_layernorm.weight'));
+      const h2 = this.rmsnorm(x, N, this.get(p + (this.gemma ? 'pre_feedforward_layernorm.weight' : 'post_attention_layernorm.weight')));
       const g = this.linear(h2, N, H, this.get(p + 'mlp.gate_proj.weight'));
       const u = this.linear(h2, N, H, this.get(p + 'mlp.up_proj.weight'));
-      for (let i = 0; i < g.length; i++) g[i] = (g[i]! / (1 + Math.exp(-g[i]!))) * u[i]!;
-      const dn = this.linear(g, N, I, this.get(p + 'mlp.down_proj.weight'));
+      for (let i = 0; i < g.length; i++) {
+        const a = g[i]!;
+        // Gemma: gelu_pytorch_tanh; else SiLU.
+        const act = this.gemma ? 0.5 * a * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (a + 0.044715 * a ** 3))) : a / (1 + Math.exp(-a));
+        g[i] = act * u[i]!;
+      }
+      let dn = this.linear(g, N, I, this.get(p + 'mlp.down_proj.weight'));
+      if (this.gemma) dn = this.rmsnorm(dn, N, this.get(p + 'post_feedforward_layernorm.weight'));
       for (let i = 0; i < x.length; i++) x[i] = x[i]! + dn[i]!;
     }
     x = this.rmsnorm(x, N, this.get('model.norm.weight'));

@@ -216,7 +216,7 @@ bool launch_tree_attention_tc(const Tensor& q, const Tensor& kv_layer, const Pag
 }
 
 void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& batch, const Tensor& mask,
-                    float sm_scale, Tensor& out, int window) {
+                    float sm_scale, Tensor& out, int window, float softcap) {
   const int64_t B = batch.batch_size(), N = batch.total_new();
   const int64_t Hkv = kv_layer.size(3), D = kv_layer.size(4), Hq = q.size(1);
   SPECDEC_CHECK(D <= attn::kMaxHeadDim, "E_UNSUPPORTED", "tree_attention: head dim ", D,
@@ -225,11 +225,13 @@ void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& b
                 " KV heads exceeds the CUDA grid (65535)");
   // Opted in: bf16/f16 caches with head dims that are multiples of 16 run on tensor cores; prefill,
   // decode and tree verification alike (the choice depends only on the cache dtype, head dim, device
-  // and window). Sliding-window layers stay on the CUDA-core kernel, the one that implements windows.
-  if (window == 0 && tc_attention_enabled() && launch_tree_attention_tc(q, kv_layer, batch, mask, sm_scale, out)) return;
+  // and window). Sliding-window and soft-capped layers stay on the CUDA-core kernel, the one that
+  // implements them.
+  if (window == 0 && softcap == 0.f && tc_attention_enabled() && launch_tree_attention_tc(q, kv_layer, batch, mask, sm_scale, out)) return;
 
   attn::Params p = make_params(q, kv_layer, batch, mask, sm_scale, out);
   p.window = window;
+  p.softcap = softcap;
   const attn::Plan plan = attn::plan_launch(p, B, batch.h_qo_indptr.data(), batch.h_prefix_len.data(), batch.max_qo_len, batch.max_kv_len,
                                            sm_count(), static_cast<int>(dtype_size(kv_layer.dtype())));
   SPECDEC_CHECK(plan.grid_x < (int64_t(1) << 31), "E_UNSUPPORTED", "tree_attention: grid too large");

@@ -18,6 +18,9 @@
 // (no lane, no term of the P.V sums), and lo is a function of the list, so tree = path still holds;
 // tiles entirely below every row's lo are neither loaded nor visited.
 //
+// Soft-capping (p.softcap = c > 0, Gemma 2): a score s (q.k times sm_scale) becomes c tanh(s / c),
+// per score, before the softmax; computed from the exp2-domain score and back, the same for every row.
+//
 // K/V staging (bandwidth): a tile's K and V rows are copied as they are stored (f32, f16 or bf16) into
 // shared memory, 16 bytes a thread at a time with one page lookup per key row and vector, by
 // cp.async; with kStages buffers (2 or 4 for the specialised head dims, stages_for) the next
@@ -75,7 +78,8 @@ struct Params {
   int chunks_per_cta;  // split: consecutive chunks per CTA (grid.x = tiles * ceil(max_chunks / chunks_per_cta))
   int kv_aligned16;    // the layer's base is 16-byte aligned: K/V rows may be staged 16 bytes at a time
   int window;          // > 0: a row sees only the last `window` positions of its list (sliding window); 0: all
-                       // (also no tail padding, so equal launches have equal argument bytes: cuda/graph_cache.h)
+  float softcap;       // > 0: scores become softcap * tanh(score / softcap) before the softmax (Gemma 2)
+  int reserved;        // 0: no tail padding, so equal launches have equal argument bytes (cuda/graph_cache.h)
 };
 
 // Shared memory of the CUDA-core kernel: Qs [kRowsPerCta][D] f32, then kStages K and V tiles
@@ -136,6 +140,12 @@ __device__ __forceinline__ int mask_nth(const uint64_t* row, int n) {
     }
     n -= c;
   }
+}
+
+// Gemma 2's soft-capping of an exp2-domain score t = s log2(e): c tanh(s / c) log2(e).
+__device__ __forceinline__ float softcap_log2(float t, float c) {
+  constexpr float kLn2 = 0.6931471805599453f, kLog2e = 1.4426950408889634f;
+  return c * tanhf(t * kLn2 / c) * kLog2e;
 }
 
 // One 16-byte vector of K or V (cp.async: complete after the thread's wait and a barrier).
@@ -348,6 +358,7 @@ __global__ void __launch_bounds__(kWarps * 32, 2) tree_attention_kernel(const Pa
           } else {
             s = dot_row<KVT, DT>(qr, Ks + lane * ld, D, vec_rows);
           }
+          if (p.softcap > 0.f) s = softcap_log2(s, p.softcap);
         }
         const float mt = warp_max(s);
         if (mt == -INFINITY) continue;  // nothing finite to add (warp-uniform)

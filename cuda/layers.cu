@@ -231,6 +231,12 @@ void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
   SPECDEC_CUDA_LAUNCH_CHECK("silu_mul_kernel");
 }
 
+void softcap(Tensor& x, float cap) {
+  const int64_t n = x.numel();
+  launch_kernel(softcap_kernel, elementwise_grid(n), 256, 0, x.ptr<float>(), cap, n);
+  SPECDEC_CUDA_LAUNCH_CHECK("softcap_kernel");
+}
+
 void gelu_tanh_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
   const int64_t n = gate.numel();
   launch_kernel(gelu_tanh_mul_kernel, elementwise_grid(n), 256, 0, gate.ptr<float>(), up.ptr<float>(), out.ptr<float>(), n);

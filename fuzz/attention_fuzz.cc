@@ -22,7 +22,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 
 void check_reference(const PagedBatch& batch, const std::vector<float>& kvh, const std::vector<float>& qh,
                      const std::vector<uint64_t>& bits, bool masked, int W, int Hkv, int G, int D, int Sl, float sm_scale,
-                     int window, const Tensor& out);
+                     int window, float softcap, const Tensor& out);
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   fuzz::Reader r(data, size);
@@ -97,12 +97,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // A sliding window now and then (read last, so older inputs keep their meaning): 1 .. 16, or -1.
   const uint8_t wb = r.u8();
   const int window = wb < 192 ? 0 : wb == 255 ? -1 : 1 + wb % 16;
-  if (!fuzz::expect_ok_or({"E_ARG"}, [&] { ops::tree_attention(q, kv, batch, mask, sm_scale, out, window); })) return 0;
+  // Soft-capping now and then: 0.25 .. 4, or a bad value (negative, NaN).
+  const uint8_t cb = r.u8();
+  const float softcap = cb < 192 ? 0.f : cb == 255 ? -1.f : cb == 254 ? NAN : 0.25f * static_cast<float>(1 + cb % 16);
+  if (!fuzz::expect_ok_or({"E_ARG"}, [&] { ops::tree_attention(q, kv, batch, mask, sm_scale, out, window, softcap); })) return 0;
   FUZZ_ASSERT(shape_damage < 246, "shape damage ", shape_damage % 4, " was accepted");
   FUZZ_ASSERT(std::isfinite(sm_scale), "sm_scale ", sm_scale, " was accepted");
   FUZZ_ASSERT(window >= 0, "window ", window, " was accepted");
+  FUZZ_ASSERT(softcap >= 0, "softcap ", softcap, " was accepted");
 
-  check_reference(batch, kvh, qh, bits, mask.defined(), W, Hkv, G, D, Sl, sm_scale, window, out);
+  check_reference(batch, kvh, qh, bits, mask.defined(), W, Hkv, G, D, Sl, sm_scale, window, softcap, out);
   return 0;
 }
 
@@ -116,7 +120,7 @@ FUZZ_NO_COVERAGE inline size_t slot_index(const PagedBatch& batch, int64_t b, in
 // The output against a float64 evaluation of the contract.
 FUZZ_NO_COVERAGE void check_reference(const PagedBatch& batch, const std::vector<float>& kvh, const std::vector<float>& qh,
                                       const std::vector<uint64_t>& bits, bool masked, int W, int Hkv, int G, int D, int Sl,
-                                      float sm_scale, int window, const Tensor& out) {
+                                      float sm_scale, int window, float softcap, const Tensor& out) {
   const int Hq = Hkv * G;
   for (int64_t b = 0; b < batch.batch_size(); ++b) {
     const int64_t q0 = batch.h_qo_indptr[b], qo = batch.h_qo_indptr[b + 1] - q0, pre = batch.h_prefix_len[b];
@@ -135,6 +139,7 @@ FUZZ_NO_COVERAGE void check_reference(const PagedBatch& batch, const std::vector
           double dot = 0;
           for (int d = 0; d < D; ++d) dot += qh[((q0 + i) * Hq + h) * D + d] * kvh[slot_index(batch, b, seen[k], 0, hk, d, Sl, Hkv, D)];
           s[k] = dot * sm_scale;
+          if (softcap > 0) s[k] = softcap * std::tanh(s[k] / softcap);
           m = std::max(m, s[k]);
         }
         for (double& x : s) z += (x = std::exp(x - m));

@@ -141,9 +141,10 @@ export function kvAppend(kvLayer: Tensor, k: Tensor, v: Tensor, batch: PagedBatc
  * that sees nothing at all (empty mask row and no prefix) is zeros. `window` > 0: sliding-window
  * attention, each row sees only the last `window` slots of its list (the prefix, then its visible new
  * tokens in order): under a tree mask, the keys at positions > its own - window (0, the default: all).
+ * `softcap` > 0 (Gemma 2): each score s = q.k smScale becomes softcap tanh(s / softcap) first.
  */
-export function treeAttention(q: Tensor, kvLayer: Tensor, batch: PagedBatch, mask: Tensor | undefined, smScale: number, out?: Tensor, window = 0): Tensor {
-  return asTensor(native().treeAttention(q, kvLayer, batch, mask, smScale, out, window));
+export function treeAttention(q: Tensor, kvLayer: Tensor, batch: PagedBatch, mask: Tensor | undefined, smScale: number, out?: Tensor, window = 0, softcap = 0): Tensor {
+  return asTensor(native().treeAttention(q, kvLayer, batch, mask, smScale, out, window, softcap));
 }
 
 /** The raw commit op (KvCache.commit does the bookkeeping around it). */

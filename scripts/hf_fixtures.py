@@ -69,6 +69,11 @@ try:
     CLASSES["MistralForCausalLM"] = (MistralConfig, MistralForCausalLM)
 except ImportError:
     pass
+try:  # transformers >= 4.42
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+    CLASSES["Gemma2ForCausalLM"] = (Gemma2Config, Gemma2ForCausalLM)
+except ImportError:
+    pass
 try:  # transformers >= 4.50
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
     CLASSES["Gemma3ForCausalLM"] = (Gemma3TextConfig, Gemma3ForCausalLM)
@@ -99,6 +104,11 @@ GEMMA3 = dict(vocab_size=1024, hidden_size=256, intermediate_size=768, num_hidde
               num_attention_heads=4, num_key_value_heads=1, head_dim=256, max_position_embeddings=4096,
               rms_norm_eps=1e-6, query_pre_attn_scalar=256, sliding_window=24, sliding_window_pattern=3,
               rope_local_base_freq=10000.0)
+# Gemma 2's layer: even layers sliding over 24, soft-capping at its defaults (attention 50, logits 30).
+GEMMA2 = dict(vocab_size=1024, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+              num_attention_heads=4, num_key_value_heads=2, head_dim=128, max_position_embeddings=4096,
+              rms_norm_eps=1e-6, query_pre_attn_scalar=128, sliding_window=24, attn_logit_softcapping=50.0,
+              final_logit_softcapping=30.0)
 PHI3_LONGROPE = dict(rope_type="longrope", short_factor=[1.0 + 0.05 * i for i in range(32)],
                      long_factor=[1.0 + 0.75 * i for i in range(32)])
 PHI4MINI_LONGROPE = dict(rope_type="longrope", short_factor=[1.0 + 0.1 * i for i in range(24)],
@@ -112,6 +122,8 @@ FIXTURES = [
     # Sliding windows shorter than the longer prompts + 64 new tokens: Mistral v0.1's (every layer),
     # Phi-3-mini-4k's (every layer), Qwen2's use_sliding_window from max_window_layers on.
     # Optional: Gemma 3's rope settings moved to per-layer-type rope_parameters in transformers 5.
+    dict(name="gemma2-softcap-f32", arch="Gemma2ForCausalLM", dtype="float32", shape=GEMMA2,
+         theta=10000.0, rope=None, tied=True, seed=26, optional=True),
     dict(name="gemma3-bf16", arch="Gemma3ForCausalLM", dtype="bfloat16", shape=GEMMA3,
          theta=1000000.0, rope=dict(rope_type="linear", factor=8.0), tied=True, seed=25, optional=True),
     dict(name="mistral-swa-bf16", arch="MistralForCausalLM", dtype="bfloat16", shape=dict(LLAMA, sliding_window=24),
@@ -178,10 +190,11 @@ def make_config(arch, shape, theta, rope, tied, optional=False):
     config_cls = CLASSES[arch][0]
     kw = dict(shape, tie_word_embeddings=tied, hidden_act="silu", eos_token_id=None, bos_token_id=None,
               pad_token_id=None, use_cache=True)
-    if arch == "Gemma3ForCausalLM":
+    if arch in ("Gemma2ForCausalLM", "Gemma3ForCausalLM"):
         del kw["hidden_act"]
-        kw.update(hidden_activation="gelu_pytorch_tanh", attention_bias=False, attn_logit_softcapping=None,
-                  final_logit_softcapping=None)
+        kw.update(hidden_activation="gelu_pytorch_tanh", attention_bias=False)
+        if arch == "Gemma3ForCausalLM":
+            kw.update(attn_logit_softcapping=None, final_logit_softcapping=None)
     if arch == "LlamaForCausalLM":
         kw.update(attention_bias=False, mlp_bias=False)
     elif arch == "Qwen3ForCausalLM":
@@ -195,7 +208,7 @@ def make_config(arch, shape, theta, rope, tied, optional=False):
             kw["original_max_position_embeddings"] = shape["original_max_position_embeddings"]
     elif arch == "MistralForCausalLM":
         kw.setdefault("sliding_window", None)
-    elif arch == "Gemma3ForCausalLM":
+    elif arch in ("Gemma2ForCausalLM", "Gemma3ForCausalLM"):
         pass
     else:
         kw.setdefault("use_sliding_window", False)

@@ -23,6 +23,8 @@ interface Case {
   readonly mask: MaskKind;
   /** Sliding window: each row sees the last `window` slots of its visible list (0 / undefined: all). */
   readonly window?: number;
+  /** Gemma 2's soft-capping of the scores (0 / undefined: none). */
+  readonly softcap?: number;
 }
 
 interface Built {
@@ -148,8 +150,9 @@ function reference(c: Case, x: Built, smScale: number): Float64Array {
           const ko = at(t, 0, hk);
           let dot = 0;
           for (let e = 0; e < d; e++) dot += (x.qHost[(n * hq + h) * d + e] as number) * (x.kv[ko + e] as number);
-          scores.push(dot * smScale);
-          m = Math.max(m, dot * smScale);
+          const sc = c.softcap ? c.softcap * Math.tanh((dot * smScale) / c.softcap) : dot * smScale;
+          scores.push(sc);
+          m = Math.max(m, sc);
         }
         if (m === -Infinity) continue; // sees nothing: zeros
         let l = 0;
@@ -201,7 +204,7 @@ function runCase(c: Case, seed: number, device: Device): void {
   });
   const smScale = 1 / Math.sqrt(c.d);
   const out = poisoned(c.qDtype, [N, c.hq, c.d], device);
-  const ret = treeAttention(x.q, x.layer, x.batch, x.mask, smScale, out, c.window);
+  const ret = treeAttention(x.q, x.layer, x.batch, x.mask, smScale, out, c.window, c.softcap);
   assert.strictEqual(ret, out, 'treeAttention returns the out tensor it was given');
   const got = out.toFloat32();
   const want = reference(c, x, smScale);
@@ -236,6 +239,8 @@ const cases: [string, Case][] = [
   ['sliding window 5: random trees deeper than it, chains, a prefill, GQA 8/2', { ...base, hq: 8, hkv: 2, window: 5, seqs: [{ prefix: 0, qo: 12 }, { prefix: 17, qo: 9 }, { prefix: 3, qo: 1 }] }],
   ['sliding window 70: causal prefill and decode rows over long prefixes (tiles below it skipped), bf16', { ...base, kvDtype: 'bf16', qDtype: 'bf16', mask: 'none', window: 70, seqs: [{ prefix: 1000, qo: 1 }, { prefix: 0, qo: 150 }, { prefix: 200, qo: 3 }] }],
   ['sliding window 1 (a row sees its last visible slot) under arbitrary bit masks', { ...base, mask: 'random', window: 1, seqs: [{ prefix: 0, qo: 70 }, { prefix: 9, qo: 6 }] }],
+  ['soft-capped scores (Gemma 2), trees and chains', { ...base, hq: 8, hkv: 2, softcap: 0.5, seqs: [{ prefix: 40, qo: 9 }, { prefix: 0, qo: 6 }] }],
+  ['soft-capped scores under a sliding window, bf16', { ...base, kvDtype: 'bf16', qDtype: 'bf16', softcap: 1, window: 20, seqs: [{ prefix: 300, qo: 12 }, { prefix: 5, qo: 1 }] }],
   ['sliding window 61 over a tree on a 3000-token prefix, f16, d=128, MQA', { ...base, hq: 4, hkv: 1, d: 128, kvDtype: 'f16', qDtype: 'f32', window: 61, seqs: [{ prefix: 3000, qo: 16 }] }],
 ];
 
@@ -313,7 +318,7 @@ describe('treeAttention (cpu)', () => {
  * of such decode sequences. Rows with several query heads per KV head, prefixes that put the paths
  * across the kernels' key tiles, and a long prefix (split-KV on CUDA) in the same check.
  */
-function treeEqualsPath(device: Device, kvDtype: KvDType, qDtype: KvDType, d: number, prefix: number, nodes: number, seed: number, window = 0): void {
+function treeEqualsPath(device: Device, kvDtype: KvDType, qDtype: KvDType, d: number, prefix: number, nodes: number, seed: number, window = 0, softcap = 0): void {
   const rand = rng(seed);
   const hq = 8, hkv = 2, S = 16, scale = 1 / Math.sqrt(d);
   const parents = randomParents(nodes, rand);
@@ -349,7 +354,7 @@ function treeEqualsPath(device: Device, kvDtype: KvDType, qDtype: KvDType, d: nu
   const q = Tensor.fromArray(randomArray(nodes * hq * d, rand), qDtype, [nodes, hq, d], device);
   const mask = Tensor.fromArray(treeMask(parents), 'u64', [nodes, maskWords(nodes)], device);
   const tb = pagedBatch({ qoIndptr: [0, nodes], pageIndptr: [0, tp], pageIndices: Array.from({ length: tp }, (_, i) => i), prefixLen: [prefix], pageSize: S, numPages: tp, device });
-  const treeOut = treeAttention(q, treeLayer, tb, mask, scale, undefined, window).toFloat32();
+  const treeOut = treeAttention(q, treeLayer, tb, mask, scale, undefined, window, softcap).toFloat32();
   // The paths: sequence i holds the prefix, node i's ancestors, then node i itself as its new token.
   const per = path.map((pt) => Math.ceil((prefix + pt.length) / S));
   const starts = per.reduce<number[]>((acc, n) => [...acc, (acc[acc.length - 1] as number) + n], [0]);
@@ -359,7 +364,7 @@ function treeEqualsPath(device: Device, kvDtype: KvDType, qDtype: KvDType, d: nu
     qoIndptr: Array.from({ length: nodes + 1 }, (_, i) => i), pageIndptr: starts, pageIndices: Array.from({ length: starts[nodes] as number }, (_, i) => i),
     prefixLen: path.map((pt) => prefix + pt.length - 1), pageSize: S, numPages: starts[nodes] as number, device,
   });
-  const pathOut = treeAttention(q, pathLayer, pb, undefined, scale, undefined, window).toFloat32();
+  const pathOut = treeAttention(q, pathLayer, pb, undefined, scale, undefined, window, softcap).toFloat32();
   const row = hq * d;
   let bad = 0;
   for (let i = 0; i < nodes; i++) {
@@ -382,6 +387,10 @@ describe('tree = path, bit for bit (cpu)', () => {
     treeEqualsPath('cpu', 'bf16', 'f32', 64, 55 + (testSeed % 16), 24, testSeed + 607, 3);
     treeEqualsPath('cpu', 'f32', 'f32', 64, 150 + (testSeed % 16), 24, testSeed + 608, 70 + (testSeed % 9));
   });
+  it('with soft-capped scores (Gemma 2), with and without a window', () => {
+    treeEqualsPath('cpu', 'bf16', 'f32', 64, 70 + (testSeed % 16), 20, testSeed + 611, 0, 0.5);
+    treeEqualsPath('cpu', 'f32', 'f32', 128, 90 + (testSeed % 16), 20, testSeed + 612, 40, 2);
+  });
 });
 
 describeCuda('tree = path, bit for bit (cuda)', () => {
@@ -398,6 +407,10 @@ describeCuda('tree = path, bit for bit (cuda)', () => {
   it('under sliding windows (the CUDA-core kernel serves them): shorter than the tree, and across chunks with split-KV', () => {
     treeEqualsPath('cuda', 'bf16', 'f32', 64, 55 + (testSeed % 16), 24, testSeed + 609, 3);
     treeEqualsPath('cuda', 'bf16', 'bf16', 128, 3000 + (testSeed % 100), 24, testSeed + 610, 300 + (testSeed % 40));
+  });
+  it('with soft-capped scores (Gemma 2), split-KV included', () => {
+    treeEqualsPath('cuda', 'bf16', 'f32', 64, 70 + (testSeed % 16), 20, testSeed + 613, 0, 0.5);
+    treeEqualsPath('cuda', 'bf16', 'f32', 128, 3000 + (testSeed % 100), 20, testSeed + 614, 0, 2);
   });
 });
 
@@ -437,6 +450,8 @@ describe('tree attention validation', () => {
     assertThrowsCode(() => treeAttention(q, layer, b, undefined, NaN), 'E_ARG', /smScale/);
     assertThrowsCode(() => treeAttention(q, layer, b, undefined, 1, undefined, -1), 'E_ARG', /window: expected an integer >= 0/);
     assertThrowsCode(() => treeAttention(q, layer, b, undefined, 1, undefined, 2.5), 'E_ARG', /window: expected an integer >= 0/);
+    assertThrowsCode(() => treeAttention(q, layer, b, undefined, 1, undefined, 0, -1), 'E_ARG', /softcap: expected 0 \(none\) or a positive number, got -1/);
+    assertThrowsCode(() => treeAttention(q, layer, b, undefined, 1, undefined, 0, NaN), 'E_ARG', /softcap: expected a number, got NaN/);
     assertThrowsCode(() => treeAttention(q, Tensor.zeros('f32', [6, 2, S, 64]), b, undefined, 1), 'E_ARG', /kv_layer: expected 5 dimensions/);
     assertThrowsCode(() => treeAttention(q, Tensor.zeros('f32', [6, 3, S, 2, 32]), b, undefined, 1), 'E_ARG', /kv_layer: expected shape \[numPages, 2/);
     assertThrowsCode(() => treeAttention(q, Tensor.zeros('i32', [6, 2, S, 2, 32]), b, undefined, 1), 'E_ARG', /kv_layer: expected dtype/);

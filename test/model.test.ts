@@ -593,10 +593,26 @@ describe('Llama runner (cpu)', function () {
       const { rope_theta: _rt, rope_scaling: _rs, rope_local_base_freq: _rl, ...noRope } = cfg;
       const v5 = parseLlamaConfig({ ...noRope, rope_parameters: { full_attention: { rope_type: 'linear', factor: 8, rope_theta: 1000000 }, sliding_attention: { rope_type: 'default', rope_theta: 10000 } } });
       assert.deepStrictEqual([v5.ropeTheta, v5.ropeScaling, v5.ropeLocalTheta], [1000000, { type: 'linear', factor: 8 }, 10000]);
-      assert.throws(() => parseLlamaConfig({ ...cfg, final_logit_softcapping: 30 }), /final_logit_softcapping = 30: logit soft-capping is not supported/);
+      assert.throws(() => parseLlamaConfig({ ...cfg, final_logit_softcapping: 30 }), /final_logit_softcapping = 30: Gemma 3 has no logit soft-capping/);
       assert.throws(() => parseLlamaConfig({ ...cfg, hidden_activation: 'gelu' }), /hidden_activation "gelu" is not supported for Gemma 3/);
-      assert.throws(() => parseLlamaConfig({ ...cfg, architectures: ['Gemma2ForCausalLM'] }), /unsupported architecture Gemma2ForCausalLM: Gemma 2's attention and final-logit soft-capping are not implemented/);
       assert.throws(() => parseLlamaConfig({ ...cfg, architectures: ['Gemma3ForConditionalGeneration'] }), /the multimodal Gemma 3 checkpoints .* not supported/);
+    });
+
+    it('config parsing, Gemma 2: its layer, soft-capping (defaults 50 / 30, null turns one off), even layers sliding, no q/k norms', () => {
+      const cfg = configJson(specByName('gemma2-f32'));
+      const g = parseLlamaConfig(cfg);
+      assert.deepStrictEqual([g.architecture, g.gemma, g.qkNorm, g.tieWordEmbeddings, g.ropeTheta, g.ropeLocalLayers], ['Gemma2ForCausalLM', true, false, true, 10000, undefined]);
+      assert.deepStrictEqual([g.attentionWindows, g.attnSoftcap, g.finalSoftcap], [[5, 0, 5], 1.5, 4]);
+      assert.ok(Math.abs(g.attnScale! - 1 / Math.sqrt(20)) < 1e-15);
+      assert.strictEqual(parseLlamaConfig({ ...cfg, architectures: undefined, model_type: 'gemma2' }).architecture, 'Gemma2ForCausalLM');
+      const bare: Record<string, unknown> = { ...cfg };
+      for (const k of ['attn_logit_softcapping', 'final_logit_softcapping', 'query_pre_attn_scalar']) delete bare[k];
+      const d = parseLlamaConfig(bare);
+      assert.deepStrictEqual([d.attnSoftcap, d.finalSoftcap, d.attnScale], [50, 30, 1 / 16]);
+      const off = parseLlamaConfig({ ...cfg, attn_logit_softcapping: null });
+      assert.deepStrictEqual([off.attnSoftcap, off.finalSoftcap], [undefined, 4]);
+      assert.throws(() => parseLlamaConfig({ ...cfg, final_logit_softcapping: -1 }), /'final_logit_softcapping' must be a positive number, got -1/);
+      assert.deepStrictEqual(parseLlamaConfig({ ...cfg, layer_types: ['full_attention', 'sliding_attention', 'sliding_attention'] }).attentionWindows, [0, 5, 5]);
     });
 
     it('config parsing, SmolLM3: no_rope_layers as written, or every fourth layer without RoPE by default; the window only when used', () => {
@@ -751,7 +767,7 @@ describeCuda('Llama runner', function () {
   });
   after(() => fs.rmSync(root, { recursive: true, force: true }));
 
-  for (const name of ['llama-gqa-f32', 'qwen2-bias-f16', 'llama-sharded-bf16', 'llama3-rope-f32', 'qwen3-qknorm-bf16', 'phi3-fused-f16', 'phi4mini-partial-f32', 'smollm3-nope-bf16', 'mistral-swa-bf16', 'qwen2-swa-f32', 'gemma3-bf16']) {
+  for (const name of ['llama-gqa-f32', 'qwen2-bias-f16', 'llama-sharded-bf16', 'llama3-rope-f32', 'qwen3-qknorm-bf16', 'phi3-fused-f16', 'phi4mini-partial-f32', 'smollm3-nope-bf16', 'mistral-swa-bf16', 'qwen2-swa-f32', 'gemma3-bf16', 'gemma2-f32']) {
     it(`${name}: CUDA logits match the float64 reference, batch invariance holds, greedy matches`, async () => {
       const spec = specByName(name);
       const dir = path.join(root, name);

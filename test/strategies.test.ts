@@ -499,6 +499,7 @@ describe('strategies on random Llama checkpoints (CPU)', function () {
     // positions, so every node still sees what its path decoded token by token sees.
     ['Mistral v0.1 (sliding-window attention)', specByName('mistral-swa-bf16'), { ...specByName('mistral-swa-bf16'), name: 'mistral-swa-draft', layers: 1, hidden: 16, intermediate: 32, heads: 2, kvHeads: 1, slidingWindow: 3 }],
     ['Gemma 3 (sandwich norms, GeGLU, local and global RoPE, sliding layers)', specByName('gemma3-bf16'), { ...specByName('gemma3-bf16'), name: 'gemma3-draft', layers: 2, hidden: 16, intermediate: 32, heads: 2, kvHeads: 1, slidingWindow: 4 }],
+    ['Gemma 2 (soft-capped attention and logits, sliding even layers)', specByName('gemma2-f32'), { ...specByName('gemma2-f32'), name: 'gemma2-draft', layers: 2, hidden: 16, intermediate: 32, heads: 2, kvHeads: 1, slidingWindow: 3 }],
     ['SmolLM3 (layers without RoPE)', specByName('smollm3-nope-bf16'), { ...specByName('smollm3-nope-bf16'), name: 'smollm3-draft', layers: 2, hidden: 16, intermediate: 32, heads: 2, kvHeads: 1, noRopeLayers: [0, 1] }],
   ];
   for (const [family, tSpec, dSpec] of families) {

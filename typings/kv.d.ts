@@ -57,7 +57,7 @@ declare namespace SpecdecNative {
     readonly KvCache: new (options: KvCacheOptions) => KvCacheNative;
     pagedBatch(options: PagedBatchOptions): PagedBatch;
     kvAppend(kvLayer: Tensor, k: Tensor, v: Tensor, batch: PagedBatch): void;
-    treeAttention(q: Tensor, kvLayer: Tensor, batch: PagedBatch, mask: Tensor | undefined, smScale: number, out?: Tensor, window?: number): Tensor;
+    treeAttention(q: Tensor, kvLayer: Tensor, batch: PagedBatch, mask: Tensor | undefined, smScale: number, out?: Tensor, window?: number, softcap?: number): Tensor;
     kvCommit(layers: readonly Tensor[], batch: PagedBatch, accIndptr: Tensor, accNodes: Tensor): void;
     kvCopyPages(layers: readonly Tensor[], srcPages: Tensor, dstPages: Tensor): void;
   }

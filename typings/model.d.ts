@@ -30,6 +30,9 @@ declare namespace SpecdecNative {
     normOffset?: number;
     sandwichNorms?: boolean;
     scaleEmbeddings?: boolean;
+    /** Gemma 2: soft-capping of the attention scores and of the logits (0 / absent: none). */
+    attnSoftcap?: number;
+    finalSoftcap?: number;
     ropeScaling?:
       | {
           type: 'linear' | 'llama3';

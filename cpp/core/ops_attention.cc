@@ -201,7 +201,7 @@ void rope_qk_append(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positio
 }
 
 void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& batch, const Tensor& mask, float sm_scale,
-                    Tensor& out, int window) {
+                    Tensor& out, int window, float softcap) {
   check_layer(kv_layer, "kv_layer");
   const int64_t Hkv = kv_layer.size(3), D = kv_layer.size(4), N = batch.total_new();
   check_arg(q, "q", {DType::f32, DType::f16, DType::bf16}, {N, -1, D});
@@ -211,6 +211,7 @@ void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& b
   check_arg(out, "out", {q.dtype()}, {N, Hq, D});
   SPECDEC_CHECK(std::isfinite(sm_scale), "E_ARG", "sm_scale: must be finite, got ", sm_scale);
   SPECDEC_CHECK(window >= 0, "E_ARG", "window: expected 0 (none) or a sliding window of >= 1 positions, got ", window);
+  SPECDEC_CHECK(std::isfinite(softcap) && softcap >= 0, "E_ARG", "softcap: expected 0 (none) or a positive number, got ", softcap);
   if (mask.defined()) {
     check_arg(mask, "mask", {DType::u64}, {N, -1});
     const int64_t W = mask.size(1);
@@ -223,9 +224,9 @@ void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& b
   check_batch_vs_layer(batch, kv_layer, "tree_attention");
   if (N == 0) return;
   note_op();  // one launch on CUDA
-  if (q.device() == Device::cpu) return cpu::tree_attention(q, kv_layer, batch, mask, sm_scale, out, window);
+  if (q.device() == Device::cpu) return cpu::tree_attention(q, kv_layer, batch, mask, sm_scale, out, window, softcap);
 #ifdef SPECDEC_WITH_CUDA
-  cuda::tree_attention(q, kv_layer, batch, mask, sm_scale, out, window);
+  cuda::tree_attention(q, kv_layer, batch, mask, sm_scale, out, window, softcap);
 #else
   no_cuda("tree_attention");
 #endif

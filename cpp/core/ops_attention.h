@@ -83,8 +83,10 @@ void rope_qk_append(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positio
 //   list of visible slots (the prefix, then its visible new tokens in index order). Under a tree mask
 //   (ancestors and self) list position = token position, so this is key position > query position -
 //   window, transformers' rule; the reduction order stays a function of the row's list (tree = path).
+// softcap > 0 (Gemma 2's attn_logit_softcapping): each score s = q.k sm_scale becomes
+//   softcap tanh(s / softcap) before the softmax; 0 = none.
 void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& batch, const Tensor& mask,
-                    float sm_scale, Tensor& out, int window = 0);
+                    float sm_scale, Tensor& out, int window = 0, float softcap = 0.f);
 
 // Commit accepted tree nodes: for each sequence b and j < acc_indptr[b+1] - acc_indptr[b], the
 // K/V of new token acc_nodes[acc_indptr[b] + j] moves to slot prefix_len[b] + j, in every layer,
@@ -116,7 +118,7 @@ void kv_copy_pages(const std::vector<Tensor>& layers, const Tensor& src_pages, c
   namespace NS {                                                                                           \
   void kv_append(Tensor& kv_layer, const Tensor& k, const Tensor& v, const PagedBatch& batch);             \
   void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& batch, const Tensor& mask, \
-                      float sm_scale, Tensor& out, int window);                                            \
+                      float sm_scale, Tensor& out, int window, float softcap);                             \
   /* acc_count undefined: sequence b keeps acc_nodes[acc_indptr[b] .. acc_indptr[b + 1]); defined: */      \
   /* acc_nodes[acc_indptr[b] ..][0 .. acc_count[b]) (a verification's ragged layout).            */      \
   void kv_commit(const std::vector<Tensor>& layers, const PagedBatch& batch, const Tensor& acc_indptr,     \

@@ -247,6 +247,19 @@ void gelu_tanh_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
 #endif
 }
 
+void softcap(Tensor& x, float cap) {
+  check_arg_dim(x, "x", {DType::f32}, 2);
+  SPECDEC_CHECK(std::isfinite(cap) && cap > 0, "E_ARG", "softcap: cap must be a positive number, got ", cap);
+  if (x.numel() == 0) return;
+  note_op();  // one launch on CUDA
+  if (x.device() == Device::cpu) return cpu::softcap(x, cap);
+#ifdef SPECDEC_WITH_CUDA
+  return cuda::softcap(x, cap);
+#else
+  fail("E_UNSUPPORTED", "softcap: CUDA backend not compiled");
+#endif
+}
+
 void add_inplace(Tensor& x, const Tensor& y) {
   check_arg_dim(x, "x", {DType::f32}, -1);
   check_arg_dim(y, "y", {DType::f32}, -1);

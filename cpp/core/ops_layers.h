@@ -57,6 +57,9 @@ void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out);
 // (g + 0.044715 g^3))), Gemma). gate, up, out f32 [N, I] (out may alias gate).
 void gelu_tanh_mul(const Tensor& gate, const Tensor& up, Tensor& out);
 
+// x = cap * tanh(x / cap) in place, f32 (Gemma 2's final_logit_softcapping on the logits); cap > 0.
+void softcap(Tensor& x, float cap);
+
 // x += y (f32, same shape).
 void add_inplace(Tensor& x, const Tensor& y);
 
@@ -86,6 +89,7 @@ void gather_last_accepted(const Tensor& x, const Tensor& indptr, const Tensor& a
   void rope_qk(Tensor& q, Tensor& k, const Tensor& positions, const Tensor& inv_freq, float scale = 1.f); \
   void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out);                  \
   void gelu_tanh_mul(const Tensor& gate, const Tensor& up, Tensor& out);             \
+  void softcap(Tensor& x, float cap);                                                \
   void add_inplace(Tensor& x, const Tensor& y);                                      \
   void add_rmsnorm(Tensor& x, const Tensor& y, const Tensor& w, float eps, Tensor& out); \
   void silu_inplace(Tensor& x);                                                      \

@@ -24,6 +24,7 @@
 // softmax runs over the list from lo rounded down to a lane boundary, the positions below lo scored
 // -inf there (weight exactly 0), and the P.V terms below lo are exact zeros. So a row's bits are
 // still a function of its list and the window alone; tiles below every row's lo are skipped.
+// Soft-capping (softcap = c > 0, Gemma 2) replaces each score s by c tanh(s / c) before the softmax.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -472,7 +473,7 @@ thread_local Scratch t_scratch;
 }  // namespace
 
 void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& batch, const Tensor& mask,
-                    float sm_scale, Tensor& out, int window) {
+                    float sm_scale, Tensor& out, int window, float softcap) {
   const int64_t S = kv_layer.size(2), Hkv = kv_layer.size(3), D = kv_layer.size(4);
   const int64_t Hq = q.size(1), G = Hq / Hkv, B = batch.batch_size();
   const int64_t W = mask.defined() ? mask.size(1) : 0;
@@ -573,6 +574,11 @@ void tree_attention(const Tensor& q, const Tensor& kv_layer, const PagedBatch& b
       kern.scores_rows(qb + r * DP, DP, static_cast<int>(e - r), NK + r * qo, nn[r], D, sm_scale, s + r * SS + P, SS);
     }
     float l[kRowBlock];  // per row: the softmax denominator, 0 when the row sees nothing
+    if (softcap > 0.f)
+      for (int64_t r = 0; r < R; ++r) {
+        float* sr = s + r * SS;
+        for (int64_t c = std::min(t_lo, P); c < P + nn[r]; ++c) sr[c] = softcap * std::tanh(sr[c] / softcap);
+      }
     for (int64_t r = 0; r < R; ++r) {
       if (window == 0) {
         l[r] = kern.softmax(s + r * SS, P + nn[r]);

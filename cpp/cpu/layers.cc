@@ -150,6 +150,18 @@ void gelu_tanh_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
       kPerItem * static_cast<double>(n));
 }
 
+void softcap(Tensor& x, float cap) {
+  const int64_t n = x.numel();
+  float* a = x.ptr<float>();
+  constexpr double kPerItem = 20.0;
+  parallel_for(
+      n, grain_for(kPerItem),
+      [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) a[i] = cap * std::tanh(a[i] / cap);
+      },
+      kPerItem * static_cast<double>(n));
+}
+
 void add_inplace(Tensor& x, const Tensor& y) {
   const int64_t n = x.numel();
   float* a = x.ptr<float>();

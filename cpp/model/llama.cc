@@ -105,6 +105,9 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const LlamaConfig& config, const Ll
                 "config: rope_local_base_freq must be a positive number, got ", c.rope_local_theta);
   SPECDEC_CHECK(std::isfinite(c.attn_scale) && c.attn_scale >= 0, "E_FORMAT", "config: attention scale must be a finite number >= 0, got ",
                 c.attn_scale);
+  SPECDEC_CHECK(std::isfinite(c.attn_softcap) && c.attn_softcap >= 0 && std::isfinite(c.final_softcap) && c.final_softcap >= 0,
+                "E_FORMAT", "config: soft-capping values must be finite numbers >= 0 (0 = none), got ", c.attn_softcap, " and ",
+                c.final_softcap);
   const int rope_dim = c.rope_dim > 0 ? c.rope_dim : c.head_dim;
   SPECDEC_CHECK(rope_dim % 2 == 0 && rope_dim <= c.head_dim, "E_FORMAT", "config: rotary dims (", rope_dim,
                 ") must be even and at most head_dim (", c.head_dim, ")");
@@ -555,7 +558,8 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
       else
         ops::kv_append(kv_->layer(l), k, v, *g_batch);
       ops::tree_attention(q, kv_->layer(l), *g_batch, g_mask, sm_scale, att,
-                          c.attention_windows.empty() ? 0 : c.attention_windows[static_cast<size_t>(l)]);
+                          c.attention_windows.empty() ? 0 : c.attention_windows[static_cast<size_t>(l)],
+                          static_cast<float>(c.attn_softcap));
       ops::matmul(att2, L.o, L.o_bias, o);
       // MLP block (SwiGLU).
       if (c.sandwich_norms) ops::rmsnorm(o, L.post_attn_norm, c.rms_norm_eps, o);
@@ -588,6 +592,7 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
   }
   r.logits = Tensor::empty(DType::f32, {head_in.size(0), int64_t(c.vocab_size)}, dev);
   ops::matmul(head_in, lm_head_, Tensor(), r.logits);
+  if (c.final_softcap > 0) ops::softcap(r.logits, static_cast<float>(c.final_softcap));
   if (want_hidden) {
     if (graphed) {
       r.hidden = Tensor::empty(DType::f32, {N, H}, dev);

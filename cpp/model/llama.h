@@ -45,6 +45,8 @@ struct LlamaConfig {
   float norm_offset = 0.f;         // every RMSNorm multiplies by offset + w, in f32 (Gemma: 1)
   bool sandwich_norms = false;     // Gemma: post_attention_layernorm on the attention output, pre_ / post_feedforward_layernorm around the MLP
   bool scale_embeddings = false;   // Gemma: embeddings times sqrt(hidden_size), rounded to the table's dtype
+  double attn_softcap = 0.0;       // Gemma 2: attention scores softcap tanh(s / softcap); 0 = none
+  double final_softcap = 0.0;      // Gemma 2: logits softcap tanh(z / softcap); 0 = none
   // rope_scaling: "" (none), "linear" (factor), "llama3" (all four fields) or "longrope" (below).
   std::string rope_type;
   double rope_factor = 1.0;

@@ -279,7 +279,7 @@ Napi::Value KvAppend(const Napi::CallbackInfo& info) {
   });
 }
 
-// treeAttention(q, kvLayer, batch, mask | undefined, smScale, out?, window?) -> out
+// treeAttention(q, kvLayer, batch, mask | undefined, smScale, out?, window?, softcap?) -> out
 Napi::Value TreeAttention(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
     Tensor q = tensor_arg(info[0], "q");
@@ -296,7 +296,8 @@ Napi::Value TreeAttention(const Napi::CallbackInfo& info) {
                     "window: expected an integer >= 0 (0: no sliding window), got ", w);
       window = static_cast<int>(w);
     }
-    ops::tree_attention(q, kv, batch, mask, scale, out, window);
+    const float softcap = info.Length() > 7 && !info[7].IsUndefined() ? static_cast<float>(get_number(info[7], "softcap")) : 0.f;
+    ops::tree_attention(q, kv, batch, mask, scale, out, window, softcap);
     return given ? info[5] : Napi::Value(wrap_tensor(info.Env(), out));
   });
 }

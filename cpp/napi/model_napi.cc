@@ -59,6 +59,8 @@ LlamaConfig config_arg(const Napi::Value& v) {
   flags("ropeLocalLayers", c.rope_local_layers);
   if (has_field(o, "ropeLocalTheta")) c.rope_local_theta = get_number(get_field(o, "ropeLocalTheta"), "config.ropeLocalTheta");
   if (has_field(o, "attnScale")) c.attn_scale = get_number(get_field(o, "attnScale"), "config.attnScale");
+  if (has_field(o, "attnSoftcap")) c.attn_softcap = get_number(get_field(o, "attnSoftcap"), "config.attnSoftcap");
+  if (has_field(o, "finalSoftcap")) c.final_softcap = get_number(get_field(o, "finalSoftcap"), "config.finalSoftcap");
   if (has_field(o, "normOffset")) c.norm_offset = static_cast<float>(get_number(get_field(o, "normOffset"), "config.normOffset"));
   c.gelu_mlp = has_field(o, "geluMlp") && get_bool(get_field(o, "geluMlp"), "config.geluMlp");
   c.sandwich_norms = has_field(o, "sandwichNorms") && get_bool(get_field(o, "sandwichNorms"), "config.sandwichNorms");

@@ -1,5 +1,5 @@
 // config.json of Llama-family checkpoints (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM,
-// Qwen3ForCausalLM, Phi3ForCausalLM, SmolLM3ForCausalLM, Gemma3ForCausalLM):
+// Qwen3ForCausalLM, Phi3ForCausalLM, SmolLM3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM):
 // parsing, defaults as in the HF config classes, and validation with errors that name the file and field.
 import * as fs from 'fs';
 import * as path from 'path';
@@ -67,6 +67,9 @@ export interface LlamaConfig extends ModelConfig {
    * sqrt(hidden_size).
    */
   readonly gemma?: boolean;
+  /** Gemma 2: attention scores and logits soft-capped, c tanh(x / c) (absent: none). */
+  readonly attnSoftcap?: number;
+  readonly finalSoftcap?: number;
   /** q/k/v projections have biases (Qwen2, or Llama / Qwen3 with attention_bias). */
   readonly qkvBias: boolean;
   /** o_proj has a bias (Llama or Qwen3 with attention_bias). */
@@ -86,7 +89,7 @@ export interface LlamaConfig extends ModelConfig {
   readonly torchDtype?: string;
 }
 
-export const SUPPORTED_ARCHITECTURES = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM', 'Qwen3ForCausalLM', 'Phi3ForCausalLM', 'SmolLM3ForCausalLM', 'Gemma3ForCausalLM'] as const;
+export const SUPPORTED_ARCHITECTURES = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM', 'Qwen3ForCausalLM', 'Phi3ForCausalLM', 'SmolLM3ForCausalLM', 'Gemma2ForCausalLM', 'Gemma3ForCausalLM'] as const;
 const MODEL_TYPES: Record<string, string> = {
   llama: 'LlamaForCausalLM',
   mistral: 'MistralForCausalLM',
@@ -94,11 +97,11 @@ const MODEL_TYPES: Record<string, string> = {
   qwen3: 'Qwen3ForCausalLM',
   phi3: 'Phi3ForCausalLM',
   smollm3: 'SmolLM3ForCausalLM',
+  gemma2: 'Gemma2ForCausalLM',
   gemma3_text: 'Gemma3ForCausalLM',
 };
 /** Architectures users will try that are refused with the reason, rather than run approximately. */
 const REFUSED: Record<string, string> = {
-  Gemma2ForCausalLM: "Gemma 2's attention and final-logit soft-capping are not implemented",
   Gemma3ForConditionalGeneration: 'the multimodal Gemma 3 checkpoints (4B, 12B, 27B) are not supported; the text-only Gemma3ForCausalLM ones are (gemma-3-270m, gemma-3-1b)',
 };
 
@@ -159,6 +162,8 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
   }
   const arch = architecture as string;
   const gemma3 = arch === 'Gemma3ForCausalLM';
+  const gemma2 = arch === 'Gemma2ForCausalLM';
+  const gemma = gemma2 || gemma3;
   // transformers 5 writes Gemma 3's rotary settings per layer type: the global ones are read as
   // rope_parameters, the sliding layers' base as rope_local_base_freq.
   const rp0 = o['rope_parameters'];
@@ -191,26 +196,26 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
   // applies only with use_sliding_window, and then only to the layers layer_types marks (by default
   // those from max_window_layers on). Llama's config class has no window.
   // Gemma 3 slides every layer but each sliding_window_pattern-th (default 6) by sliding_window
-  // (default 4096), or as layer_types says.
+  // (default 4096), Gemma 2 every other layer from layer 0, or as layer_types says.
   const gated = arch === 'Qwen2ForCausalLM' || arch === 'Qwen3ForCausalLM' || arch === 'SmolLM3ForCausalLM';
-  const slides = arch === 'MistralForCausalLM' || arch === 'Phi3ForCausalLM' || gemma3 || (gated && bool('use_sliding_window', false));
-  const window = slides ? int('sliding_window', 1, gemma3 ? 4096 : 0) : 0;
+  const slides = arch === 'MistralForCausalLM' || arch === 'Phi3ForCausalLM' || gemma || (gated && bool('use_sliding_window', false));
+  const window = slides ? int('sliding_window', 1, gemma ? 4096 : 0) : 0;
   let attentionWindows: number[] | undefined;
   // Gemma 3's sliding layers (window or not): they also rotate with the local base.
   let gemmaSliding: boolean[] | undefined;
-  if (gemma3 && !has('layer_types')) {
-    const pattern = int('sliding_window_pattern', 1, 6);
+  if (gemma && !has('layer_types')) {
+    const pattern = gemma2 ? 2 : int('sliding_window_pattern', 1, 6);
     gemmaSliding = Array.from({ length: numLayers }, (_, l) => (l + 1) % pattern !== 0);
   }
-  if (window > 0 || gemma3) {
+  if (window > 0 || gemma) {
     let sliding: boolean[] = gemmaSliding ?? Array.from({ length: numLayers }, () => true);
-    if ((gated || gemma3) && has('layer_types')) {
+    if ((gated || gemma) && has('layer_types')) {
       const v = o['layer_types'];
       if (!Array.isArray(v) || v.length !== numLayers || !v.every((x) => x === 'sliding_attention' || x === 'full_attention')) {
         bad(`field 'layer_types' must give 'sliding_attention' or 'full_attention' for each of the ${numLayers} layers, got ${show(v)}`);
       }
       sliding = (v as string[]).map((x) => x === 'sliding_attention');
-      if (gemma3) gemmaSliding = sliding;
+      if (gemma) gemmaSliding = sliding;
     } else if (gated) {
       const first = int('max_window_layers', 0, 28);
       sliding = sliding.map((_, l) => l >= first);
@@ -218,11 +223,20 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
     attentionWindows = sliding.map((s) => (s ? window : 0));
   }
 
-  if (gemma3) {
-    // Gemma3MLP: ACT2FN[hidden_activation]; its config class defaults to gelu_pytorch_tanh.
+  let attnSoftcap: number | undefined;
+  let finalSoftcap: number | undefined;
+  if (gemma) {
+    // Gemma2MLP / Gemma3MLP: ACT2FN[hidden_activation]; the config classes default to gelu_pytorch_tanh.
     const act = o['hidden_activation'] ?? o['hidden_act'] ?? 'gelu_pytorch_tanh';
-    if (act !== 'gelu_pytorch_tanh') bad(`hidden_activation ${show(act)} is not supported for Gemma 3 (only 'gelu_pytorch_tanh')`);
-    for (const k of ['attn_logit_softcapping', 'final_logit_softcapping']) if (has(k)) bad(`${k} = ${show(o[k])}: logit soft-capping is not supported`);
+    if (act !== 'gelu_pytorch_tanh') bad(`hidden_activation ${show(act)} is not supported for ${gemma2 ? 'Gemma 2' : 'Gemma 3'} (only 'gelu_pytorch_tanh')`);
+    // Soft-capping: Gemma 2 (defaults 50 and 30; null turns one off); Gemma 3 has none.
+    if (gemma2) {
+      const cap = (k: string, fallback: number): number | undefined => (o[k] === null ? undefined : num(k, fallback));
+      attnSoftcap = cap('attn_logit_softcapping', 50);
+      finalSoftcap = cap('final_logit_softcapping', 30);
+    } else {
+      for (const k of ['attn_logit_softcapping', 'final_logit_softcapping']) if (has(k)) bad(`${k} = ${show(o[k])}: Gemma 3 has no logit soft-capping`);
+    }
   } else if (has('hidden_act') && o['hidden_act'] !== 'silu') {
     bad(`hidden_act '${String(o['hidden_act'])}' is not supported (only 'silu')`);
   }
@@ -298,9 +312,9 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
     bad(`rope_theta ${topTheta} and rope_parameters.rope_theta ${ropeParamsTheta} disagree`);
   }
   const ropeTheta = ropeParamsTheta ?? topTheta ?? (gemma3 ? 1000000 : 10000);
-  // Gemma 3: query_pre_attn_scalar (default 256) sets the softmax scale; its sliding layers rotate
+  // Gemma: query_pre_attn_scalar (default 256) sets the softmax scale; Gemma 3's sliding layers rotate
   // with rope_local_base_freq (default 10000) and no scaling.
-  const attnScale = gemma3 ? 1 / Math.sqrt(num('query_pre_attn_scalar', 256)) : undefined;
+  const attnScale = gemma ? 1 / Math.sqrt(num('query_pre_attn_scalar', 256)) : undefined;
   const ropeLocalTheta = gemma3 ? num('rope_local_base_freq', 10000) : undefined;
   // SmolLM3: no_rope_layers[l] = 1 where layer l rotates q and k; written out by transformers, else
   // (its config class) every no_rope_layer_interval-th layer (default 4) goes without.
@@ -353,12 +367,15 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
     ...(ropeLayers !== undefined ? { ropeLayers } : {}),
     ...(attentionWindows !== undefined ? { attentionWindows } : {}),
     // HF: Qwen2 always has q/k/v biases and none on o_proj; Llama and Qwen3 put attention_bias on all four.
-    ...(gemma3 ? { ropeLocalLayers: gemmaSliding ?? [], ropeLocalTheta: ropeLocalTheta as number, attnScale: attnScale as number, gemma: true } : {}),
+    ...(gemma3 ? { ropeLocalLayers: gemmaSliding ?? [], ropeLocalTheta: ropeLocalTheta as number } : {}),
+    ...(gemma ? { attnScale: attnScale as number, gemma: true } : {}),
+    ...(attnSoftcap !== undefined ? { attnSoftcap } : {}),
+    ...(finalSoftcap !== undefined ? { finalSoftcap } : {}),
     qkvBias: arch === 'Qwen2ForCausalLM' || attentionBias,
-    oBias: (arch === 'LlamaForCausalLM' || arch === 'Qwen3ForCausalLM' || arch === 'SmolLM3ForCausalLM' || gemma3) && attentionBias,
+    oBias: (arch === 'LlamaForCausalLM' || arch === 'Qwen3ForCausalLM' || arch === 'SmolLM3ForCausalLM' || gemma) && attentionBias,
     qkNorm: arch === 'Qwen3ForCausalLM' || gemma3,
     fusedProjections: arch === 'Phi3ForCausalLM',
-    tieWordEmbeddings: bool('tie_word_embeddings', gemma3),
+    tieWordEmbeddings: bool('tie_word_embeddings', gemma),
     ...(dtypeName !== undefined ? { torchDtype: dtypeName } : {}),
   };
   return cfg;
@@ -403,6 +420,8 @@ export function toNativeConfig(c: LlamaConfig): SpecdecNative.LlamaNativeConfig 
     ...(c.ropeLocalLayers !== undefined ? { ropeLocalLayers: [...c.ropeLocalLayers], ropeLocalTheta: c.ropeLocalTheta ?? 10000 } : {}),
     ...(c.attnScale !== undefined ? { attnScale: c.attnScale } : {}),
     ...(c.gemma ? { geluMlp: true, normOffset: 1, sandwichNorms: true, scaleEmbeddings: true } : {}),
+    ...(c.attnSoftcap !== undefined ? { attnSoftcap: c.attnSoftcap } : {}),
+    ...(c.finalSoftcap !== undefined ? { finalSoftcap: c.finalSoftcap } : {}),
     ...(c.ropeScaling === undefined
       ? {}
       : c.ropeScaling.type === 'longrope'

@@ -21,6 +21,7 @@ struct Problem {
   int mask_words = 0;
   float sm_scale = 0.f;
   int window = 0;  // sliding window (attn::Params::window): a row sees the last `window` of its list
+  float softcap = 0.f;  // scores softcap tanh(s / softcap) (attn::Params::softcap), 0: none
   int64_t N() const { return qo_indptr.back(); }
 
   size_t kv_index(int page, int kvsel, int r, int h, int d) const {
@@ -116,6 +117,7 @@ PathBatch<QT, KVT> make_path_batch(const Problem<QT, KVT>& tree, int prefix, int
   Problem<QT, KVT>& path = out.path;
   path.Hq = Hq, path.Hkv = Hkv, path.D = D, path.page_size = tree.page_size, path.sm_scale = tree.sm_scale;
   path.window = tree.window;
+  path.softcap = tree.softcap;
   const size_t row = static_cast<size_t>(Hkv) * D, page_elems = 2 * static_cast<size_t>(tree.page_size) * row;
   std::vector<int>& rows_node = out.rows_node;
   auto add_seq = [&](const std::vector<int>& slots_from_tree, int new_tokens) {

@@ -256,6 +256,13 @@ void check_rope_elementwise(std::mt19937_64& rng) {
   }
   std::snprintf(buf, sizeof buf, "gelu_tanh_mul: max error %.2f of the bound 2e-6 |want| + 2e-7 |g u|", gworst);
   report(gworst <= 1, buf);
+  // Gemma 2's logit soft-capping: cap tanh(x / cap), in place, against float64.
+  std::vector<float> sc(g.begin(), g.end());
+  emu::launch(Dim3{elementwise_grid(n), 1, 1}, 256, [&] { lk::softcap_kernel(sc.data(), 3.f, n); });
+  double cworst = 0;
+  for (int64_t i = 0; i < n; ++i) cworst = std::max(cworst, std::fabs(sc[i] - 3.0 * std::tanh(g[i] / 3.0)));
+  std::snprintf(buf, sizeof buf, "softcap (cap 3): max abs error %.1e", cworst);
+  report(cworst < 1e-6, buf);
 }
 
 // gather_last_accepted: the row of each sequence's last accepted node; counts or nodes verification

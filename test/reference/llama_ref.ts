@@ -1,5 +1,5 @@
 // Float64 reference of the Llama-family forward, written from the HF modeling code (LlamaModel,
-// Qwen2Model, Qwen3Model, MistralModel, Phi3Model, SmolLM3Model, Gemma3TextModel): causal attention over the whole
+// Qwen2Model, Qwen3Model, MistralModel, Phi3Model, SmolLM3Model, Gemma2Model, Gemma3TextModel): causal attention over the whole
 // token list (sliding where the config says), no KV cache. It reads config.json and the safetensors
 // files itself (its own parser), so it shares no code with the runner.
 import * as fs from 'fs';
@@ -93,11 +93,21 @@ export class LlamaReference {
     return sliding ? w : 0;
   }
 
-  /** Gemma3TextConfig: layer_types, else every layer but each sliding_window_pattern-th (6) slides. */
+  /**
+   * Gemma3TextConfig: layer_types, else every layer but each sliding_window_pattern-th (6) slides;
+   * Gemma2Config: layer_types, else the even layers.
+   */
   private gemmaSliding(l: number): boolean {
     const types = this.cfg['layer_types'] as string[] | undefined;
     if (types) return types[l] === 'sliding_attention';
-    return (l + 1) % ((this.cfg['sliding_window_pattern'] as number | undefined) ?? 6) !== 0;
+    return (l + 1) % (this.gemma2 ? 2 : (this.cfg['sliding_window_pattern'] as number | undefined) ?? 6) !== 0;
+  }
+
+  /** Gemma2Config's soft-capping (defaults 50 and 30; null: none); 0 = none. */
+  private softcap(key: string, fallback: number): number {
+    if (!this.gemma2) return 0;
+    const v = this.cfg[key];
+    return v === null ? 0 : ((v as number | undefined) ?? fallback);
   }
 
   /** Rotated values per head: head_dim x partial_rotary_factor (HF Phi3), else head_dim. */
@@ -108,6 +118,8 @@ export class LlamaReference {
   private ropeScale = 1;
   /** Gemma 3 (Gemma3TextModel): see forward(). */
   private gemma = false;
+  private gemma2 = false;
+  private gemma3 = false;
   private invFreqLocal = new Float64Array(0);
   private readonly w: Map<string, Mat>;
 
@@ -123,8 +135,10 @@ export class LlamaReference {
     this.D = (c['head_dim'] as number | undefined) ?? this.H / this.NH;
     this.eps = (c['rms_norm_eps'] as number | undefined) ?? 1e-6;
     const archs = (c['architectures'] as string[] | undefined) ?? [];
-    this.gemma = archs.includes('Gemma3ForCausalLM') || c['model_type'] === 'gemma3_text';
-    this.qkNorm = archs.includes('Qwen3ForCausalLM') || c['model_type'] === 'qwen3' || this.gemma;
+    this.gemma3 = archs.includes('Gemma3ForCausalLM') || c['model_type'] === 'gemma3_text';
+    this.gemma2 = archs.includes('Gemma2ForCausalLM') || c['model_type'] === 'gemma2';
+    this.gemma = this.gemma2 || this.gemma3;
+    this.qkNorm = archs.includes('Qwen3ForCausalLM') || c['model_type'] === 'qwen3' || this.gemma3;
     this.w = new Map();
     const index = path.join(dir, 'model.safetensors.index.json');
     const files = fs.existsSync(index)
@@ -133,7 +147,7 @@ export class LlamaReference {
     for (const f of files) for (const [k, v] of readSafetensorsF64(path.join(dir, f))) this.w.set(k, v);
     if (archs.includes('Phi3ForCausalLM') || c['model_type'] === 'phi3') this.splitPhi3();
     this.invFreq = this.ropeInvFreq();
-    if (this.gemma) {
+    if (this.gemma3) {
       // Gemma3RotaryEmbedding of the sliding layers: rope_local_base_freq, default rope (no scaling).
       const base = (c['rope_local_base_freq'] as number | undefined) ?? 10000;
       this.invFreqLocal = Float64Array.from({ length: this.R / 2 }, (_, i) => 1 / Math.pow(base, (2 * i) / this.R));
@@ -142,7 +156,7 @@ export class LlamaReference {
 
   /** HF _compute_default / _linear / _llama3 rope parameters, in float64. */
   private ropeInvFreq(): Float64Array {
-    const theta = (this.cfg['rope_theta'] as number | undefined) ?? (this.gemma ? 1000000 : 10000);
+    const theta = (this.cfg['rope_theta'] as number | undefined) ?? (this.gemma3 ? 1000000 : 10000);
     // HF: a partial rotation rotates int(head_dim x partial_rotary_factor) values, frequencies over that width.
     const R = this.R;
     const inv = new Float64Array(R / 2);
@@ -293,7 +307,7 @@ export class LlamaReference {
       // SmolLM3Attention: q and k rotate only where no_rope_layers[layer] is 1.
       if (this.ropeAt(l)) {
         // Gemma 3: the sliding layers use the local rotary embedding.
-        const inv = this.gemma && this.gemmaSliding(l) ? this.invFreqLocal : this.invFreq;
+        const inv = this.gemma3 && this.gemmaSliding(l) ? this.invFreqLocal : this.invFreq;
         this.rope(q, N, NH, positions, inv);
         this.rope(k, N, NKV, positions, inv);
       }
@@ -306,6 +320,8 @@ export class LlamaReference {
       const scale = this.gemma ? Math.pow((this.cfg['query_pre_attn_scalar'] as number | undefined) ?? 256, -0.5) : 1 / Math.sqrt(D);
       // transformers' sliding mask: key j visible to query n when j > n - window.
       const window = this.windowAt(l);
+      // Gemma2Attention: scores soft-capped, c tanh(s / c), after the scaling.
+      const cap = this.softcap('attn_logit_softcapping', 50);
       for (let n = 0; n < N; n++)
         for (let hh = 0; hh < NH; hh++) {
           const kh = Math.floor(hh / group);
@@ -315,7 +331,7 @@ export class LlamaReference {
           for (let j = j0; j <= n; j++) {
             let d = 0;
             for (let i = 0; i < D; i++) d += q[(n * NH + hh) * D + i]! * k[(j * NKV + kh) * D + i]!;
-            s[j] = d * scale;
+            s[j] = cap > 0 ? cap * Math.tanh((d * scale) / cap) : d * scale;
             mx = Math.max(mx, s[j]!);
           }
           let z = 0;
@@ -347,6 +363,9 @@ export class LlamaReference {
     x = this.rmsnorm(x, N, this.get('model.norm.weight'));
     const tied = this.cfg['tie_word_embeddings'] === true || !this.w.has('lm_head.weight');
     const logits = this.linear(x, N, H, tied ? emb : this.get('lm_head.weight'));
+    // Gemma2ForCausalLM: final_logit_softcapping.
+    const fcap = this.softcap('final_logit_softcapping', 30);
+    if (fcap > 0) for (let i = 0; i < logits.length; i++) logits[i] = fcap * Math.tanh(logits[i]! / fcap);
     return { logits, hidden: x };
   }
 

@@ -5,7 +5,8 @@
 // layout speculative decoding relies on), a sequence alone equals itself inside a ragged batch, and
 // one thread equals the pool (child process with SPECDEC_CPU_THREADS=1). The portable kernel (used
 // without AVX2) is checked against a float64 reference in a child with SPECDEC_CPU_SIMD=portable.
-// Each holds under sliding windows too (a row sees the last `window` slots of its list).
+// Each holds under sliding windows too (a row sees the last `window` slots of its list), and with
+// soft-capped scores (Gemma 2).
 import * as assert from 'assert';
 import { spawnSync } from 'child_process';
 import { pagedBatch, treeAttention, treeMask } from '../lib/kv';
@@ -89,7 +90,7 @@ function treeVsPaths(g: Geometry, prefix: number, n: number, seed: number, windo
 }
 
 /** A ragged batch of chains/trees in one call; returns the batch output and each sequence alone. */
-function batchVsAlone(g: Geometry, seqs: readonly { prefix: number; qo: number }[], seed: number, window = 0): { batch: Float32Array; alone: Float32Array } {
+function batchVsAlone(g: Geometry, seqs: readonly { prefix: number; qo: number }[], seed: number, window = 0, softcap = 0): { batch: Float32Array; alone: Float32Array } {
   const rand = rng(seed);
   const row = g.hkv * g.d;
   const S = g.pageSize;
@@ -116,7 +117,7 @@ function batchVsAlone(g: Geometry, seqs: readonly { prefix: number; qo: number }
   const pageIndices = order.slice(0, pageIndptr[seqs.length] as number);
   const scale = 1 / Math.sqrt(g.d);
   const all = pagedBatch({ qoIndptr, pageIndptr, pageIndices, prefixLen: seqs.map((s) => s.prefix), pageSize: S, numPages });
-  const batch = treeAttention(q, layer, all, mask, scale, undefined, window).toFloat32();
+  const batch = treeAttention(q, layer, all, mask, scale, undefined, window, softcap).toFloat32();
   const alone = new Float32Array(batch.length);
   seqs.forEach((s, b) => {
     const n0 = qoIndptr[b] as number;
@@ -124,7 +125,7 @@ function batchVsAlone(g: Geometry, seqs: readonly { prefix: number; qo: number }
     const one = pagedBatch({ qoIndptr: [0, s.qo], pageIndptr: [0, pagesPer[b] as number], pageIndices: pageIndices.slice(p0, p0 + (pagesPer[b] as number)), prefixLen: [s.prefix], pageSize: S, numPages });
     const qs = q.rows(n0, n0 + s.qo);
     const ms = mask.rows(n0, n0 + s.qo);
-    alone.set(treeAttention(qs, layer, one, ms, scale, undefined, window).toFloat32(), n0 * g.hq * g.d);
+    alone.set(treeAttention(qs, layer, one, ms, scale, undefined, window, softcap).toFloat32(), n0 * g.hq * g.d);
     for (const t of [qs, ms]) t.dispose();
     one.dispose();
   });
@@ -143,7 +144,7 @@ const GEOMETRIES: readonly (Geometry & { readonly title: string })[] = [
 /** Every geometry's ragged batch, concatenated: what the instruction-set comparison computes. */
 function childAll(seed: number): Float32Array {
   const seqs = [{ prefix: 3, qo: 1 }, { prefix: 90, qo: 23 }, { prefix: 0, qo: 7 }, { prefix: 600, qo: 12 }];
-  const parts = GEOMETRIES.flatMap((g, k) => [batchVsAlone(g, seqs, seed + k).batch, batchVsAlone(g, seqs, seed + 50 + k, 45).batch]);
+  const parts = GEOMETRIES.flatMap((g, k) => [batchVsAlone(g, seqs, seed + k).batch, batchVsAlone(g, seqs, seed + 50 + k, 45).batch, batchVsAlone(g, seqs, seed + 70 + k, 0, 0.5).batch]);
   const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
   let at = 0;
   for (const p of parts) {
@@ -226,7 +227,7 @@ function childBatchReference(seed: number, window: number): Float64Array {
 }
 
 function runChild(env: Record<string, string>, seed: number, mode = '--child'): Float32Array {
-  const r = spawnSync(process.execPath, [__filename, mode, String(seed)], { encoding: 'utf8', env: { ...process.env, ...env }, timeout: 60000 });
+  const r = spawnSync(process.execPath, [__filename, mode, String(seed)], { encoding: 'utf8', env: { ...process.env, ...env }, timeout: 60000, maxBuffer: 64 << 20 });
   assert.strictEqual(r.status, 0, `child failed: ${r.stderr}`);
   const buf = Buffer.from(r.stdout.trim(), 'base64');
   return new Float32Array(buf.buffer, buf.byteOffset, buf.length / 4);
@@ -251,6 +252,8 @@ if (process.argv[2] === '--child' || process.argv[2] === '--child-all') {
         sameBits(r.batch, r.alone, 'batch vs alone');
         const w = batchVsAlone(g, seqs, testSeed + 60 + k, 33);
         sameBits(w.batch, w.alone, 'batch vs alone, window 33');
+        const c = batchVsAlone(g, seqs, testSeed + 70 + k, 0, 0.5);
+        sameBits(c.batch, c.alone, 'batch vs alone, soft-capped scores');
       });
     });
     it('one thread (SPECDEC_CPU_THREADS=1) gives the bits of the pool', () => {

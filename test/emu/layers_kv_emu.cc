@@ -135,6 +135,13 @@ void check_norm_embed(std::mt19937_64& rng, int64_t N, int64_t H) {
   for (int64_t n = 0; n < N; ++n)
     for (int64_t h = 0; h < H; ++h) ok = ok && e[n * H + h] == to_float(table[ids[n] * H + h]);
   report(ok, "embedding " + tag + ": exact rows of the table");
+  // Gemma's scaled embedding: each value times the scale, one f32 product.
+  const float scale = 33.9411255f;
+  emu::launch(Dim3{static_cast<unsigned>(N), 1, 1}, 256, [&] { lk::embedding_kernel<T>(table.data(), ids.data(), e.data(), V, H, scale); });
+  ok = true;
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t h = 0; h < H; ++h) ok = ok && e[n * H + h] == to_float(table[ids[n] * H + h]) * scale;
+  report(ok, "embedding " + tag + ", scaled (Gemma): rows times the scale, one f32 product each");
 }
 
 // Every f16 bit pattern through the embedding: the output is the table's value bit for bit, NaN

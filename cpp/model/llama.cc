@@ -561,7 +561,7 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
                           c.attention_windows.empty() ? 0 : c.attention_windows[static_cast<size_t>(l)],
                           static_cast<float>(c.attn_softcap));
       ops::matmul(att2, L.o, L.o_bias, o);
-      // MLP block (SwiGLU).
+      // MLP block (SwiGLU; Gemma: GeGLU between its own norms).
       if (c.sandwich_norms) ops::rmsnorm(o, L.post_attn_norm, c.rms_norm_eps, o);
       ops::add_rmsnorm(x, o, L.mlp_norm, c.rms_norm_eps, h);
       ops::matmul_group(h, {{&L.gate, &no_bias, &gate}, {&L.up, &no_bias, &up}});

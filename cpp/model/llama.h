@@ -1,5 +1,5 @@
 // Llama-family model runner (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM,
-// Phi3ForCausalLM, SmolLM3ForCausalLM) on the op
+// Phi3ForCausalLM, SmolLM3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM) on the op
 // contracts of ops_layers.h / ops_attention.h and the paged KvCache. Device agnostic: the same code
 // runs on the CPU and CUDA backends, the ops dispatch on the tensors' device.
 //
@@ -211,7 +211,7 @@ class LlamaModel {
   struct Layer {
     Tensor attn_norm, q, k, v, q_bias, k_bias, v_bias, o, o_bias, mlp_norm, gate, up, down;
     Tensor post_attn_norm, post_mlp_norm;  // sandwich_norms (Gemma)
-    ops::QkNorm qk_norm;  // Qwen3 (config.qk_norm): f32 copies of q_norm / k_norm
+    ops::QkNorm qk_norm;  // Qwen3, Gemma 3 (config.qk_norm): f32 copies of q_norm / k_norm (+ norm_offset)
   };
 
   LlamaConfig config_;

@@ -48,8 +48,9 @@ export interface LlamaConfig extends ModelConfig {
    * Per layer, its sliding attention window: a token attends to the keys at positions > its own -
    * window (transformers' rule), 0 = the whole context; undefined when no layer slides. Mistral v0.1
    * and Phi-3 (`sliding_window`): every layer; Qwen2 / Qwen3 / SmolLM3 with `use_sliding_window`: the
-   * layers `layer_types` marks `sliding_attention`, else those from `max_window_layers` on. Windows
-   * no shorter than the context are dropped (the same function).
+   * layers `layer_types` marks `sliding_attention`, else those from `max_window_layers` on; Gemma 2:
+   * the even layers, Gemma 3: all but every `sliding_window_pattern`-th (or as `layer_types` says).
+   * Windows no shorter than the context are dropped (the same function).
    */
   readonly attentionWindows?: readonly number[];
   /**
@@ -72,7 +73,7 @@ export interface LlamaConfig extends ModelConfig {
   readonly finalSoftcap?: number;
   /** q/k/v projections have biases (Qwen2, or Llama / Qwen3 with attention_bias). */
   readonly qkvBias: boolean;
-  /** o_proj has a bias (Llama or Qwen3 with attention_bias). */
+  /** o_proj has a bias (Llama, Qwen3, SmolLM3 or Gemma with attention_bias). */
   readonly oBias: boolean;
   /**
    * q and k are RMS-normalized per head (weights [head_dim], `self_attn.q_norm` / `k_norm`) after
@@ -200,28 +201,26 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
   const gated = arch === 'Qwen2ForCausalLM' || arch === 'Qwen3ForCausalLM' || arch === 'SmolLM3ForCausalLM';
   const slides = arch === 'MistralForCausalLM' || arch === 'Phi3ForCausalLM' || gemma || (gated && bool('use_sliding_window', false));
   const window = slides ? int('sliding_window', 1, gemma ? 4096 : 0) : 0;
-  let attentionWindows: number[] | undefined;
-  // Gemma 3's sliding layers (window or not): they also rotate with the local base.
-  let gemmaSliding: boolean[] | undefined;
-  if (gemma && !has('layer_types')) {
-    const pattern = gemma2 ? 2 : int('sliding_window_pattern', 1, 6);
-    gemmaSliding = Array.from({ length: numLayers }, (_, l) => (l + 1) % pattern !== 0);
-  }
-  if (window > 0 || gemma) {
-    let sliding: boolean[] = gemmaSliding ?? Array.from({ length: numLayers }, () => true);
+  // The sliding layers (Gemma 3's also rotate with the local base, whatever the window).
+  let sliding: boolean[] | undefined;
+  if (window > 0) {
     if ((gated || gemma) && has('layer_types')) {
       const v = o['layer_types'];
       if (!Array.isArray(v) || v.length !== numLayers || !v.every((x) => x === 'sliding_attention' || x === 'full_attention')) {
         bad(`field 'layer_types' must give 'sliding_attention' or 'full_attention' for each of the ${numLayers} layers, got ${show(v)}`);
       }
       sliding = (v as string[]).map((x) => x === 'sliding_attention');
-      if (gemma) gemmaSliding = sliding;
     } else if (gated) {
       const first = int('max_window_layers', 0, 28);
-      sliding = sliding.map((_, l) => l >= first);
+      sliding = Array.from({ length: numLayers }, (_, l) => l >= first);
+    } else if (gemma) {
+      const pattern = gemma2 ? 2 : int('sliding_window_pattern', 1, 6);
+      sliding = Array.from({ length: numLayers }, (_, l) => (l + 1) % pattern !== 0);
+    } else {
+      sliding = Array.from({ length: numLayers }, () => true);
     }
-    attentionWindows = sliding.map((s) => (s ? window : 0));
   }
+  let attentionWindows = sliding?.map((s) => (s ? window : 0));
 
   let attnSoftcap: number | undefined;
   let finalSoftcap: number | undefined;
@@ -366,11 +365,11 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
     ropeDim,
     ...(ropeLayers !== undefined ? { ropeLayers } : {}),
     ...(attentionWindows !== undefined ? { attentionWindows } : {}),
-    // HF: Qwen2 always has q/k/v biases and none on o_proj; Llama and Qwen3 put attention_bias on all four.
-    ...(gemma3 ? { ropeLocalLayers: gemmaSliding ?? [], ropeLocalTheta: ropeLocalTheta as number } : {}),
+    ...(gemma3 ? { ropeLocalLayers: sliding as boolean[], ropeLocalTheta: ropeLocalTheta as number } : {}),
     ...(gemma ? { attnScale: attnScale as number, gemma: true } : {}),
     ...(attnSoftcap !== undefined ? { attnSoftcap } : {}),
     ...(finalSoftcap !== undefined ? { finalSoftcap } : {}),
+    // HF: Qwen2 always has q/k/v biases and none on o_proj; Llama, Qwen3 and Gemma put attention_bias on all four.
     qkvBias: arch === 'Qwen2ForCausalLM' || attentionBias,
     oBias: (arch === 'LlamaForCausalLM' || arch === 'Qwen3ForCausalLM' || arch === 'SmolLM3ForCausalLM' || gemma) && attentionBias,
     qkNorm: arch === 'Qwen3ForCausalLM' || gemma3,

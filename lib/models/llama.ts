@@ -1,8 +1,8 @@
 // The built-in Llama-family runner (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM,
-// Qwen3ForCausalLM, Phi3ForCausalLM, SmolLM3ForCausalLM) as a CausalLM: config.json parsed here,
-// weights memory-mapped and validated by the native loader (cpp/model/llama.cc), forward on the libuv
-// pool (tiny forwards on the calling thread, see syncForwardMaxMacs), KV cache bookkeeping delegated
-// to C++.
+// Qwen3ForCausalLM, Phi3ForCausalLM, SmolLM3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM) as a
+// CausalLM: config.json parsed here, weights memory-mapped and validated by the native loader
+// (cpp/model/llama.cc), forward on the libuv pool (tiny forwards on the calling thread, see
+// syncForwardMaxMacs), KV cache bookkeeping delegated to C++.
 import * as fs from 'fs';
 import * as path from 'path';
 import { resolveDevice } from '../backend';

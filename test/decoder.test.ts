@@ -5,6 +5,8 @@ import * as assert from 'assert';
 import { SpeculativeDecoder } from '../lib/decoder';
 import { plainGenerate } from '../lib/plain';
 import { DraftModelSpeculator } from '../lib/strategies/draft_model';
+import { HybridSpeculator } from '../lib/strategies/hybrid';
+import { PromptLookupSpeculator } from '../lib/strategies/prompt_lookup';
 import type { Tensor } from '../lib/tensor';
 import { ancestorMask, chainTree, maskBit, medusaTreeShape, MC_SIM_7B_63, pruneTree, treeDepths, treePositions, validateTree } from '../lib/tree';
 import { ToyLM, toyGreedy } from './fixtures/toy_lm';
@@ -124,7 +126,12 @@ describe('SpeculativeDecoder (toy model)', () => {
     assertThrowsCode(
       () => new SpeculativeDecoder({ target, speculator: new DraftModelSpeculator({ draft: new ToyLM({ vocabSize: V + 1, seed: 1 }) }) }),
       'E_ARG',
-      /vocabulary size 41 differs from the target's 40/,
+      /draft's vocabulary \(41 ids\) is larger than the target's \(40\)/,
+    );
+    assertThrowsCode(
+      () => new SpeculativeDecoder({ target, speculator: new HybridSpeculator({ draft: new ToyLM({ vocabSize: V + 3, seed: 1 }), draftSpeculator: new PromptLookupSpeculator() }) }),
+      'E_ARG',
+      /hybrid: the draft's vocabulary \(43 ids\) is larger than the target's \(40\)/,
     );
     assertThrowsCode(() => new DraftModelSpeculator({ draft: target, k: 0 }), 'E_ARG', /k must be/);
   });

@@ -82,6 +82,10 @@ describe('speculative sampling is exact (toy model, chi-square)', function () {
   const prompt = [0, 1, 2, 3, 4, 5, 2, 3, 1, 2];
   const target = new ToyLM({ vocabSize: V, seed, scale: 0.7, hiddenSize: 8 });
   const partial = (): ToyLM => new ToyLM({ vocabSize: V, seed, scale: 0.7, mix: { seed: seed + 50, weight: 0.7 } });
+  // A draft whose vocabulary is a prefix of the target's (ids 4 and 5 missing, as a padded target
+  // vocabulary): q is zero there, so the target's mass on them comes only from the residual; the
+  // prompt holds them, so the draft is fed their stand-in.
+  const shorter = (): ToyLM => new ToyLM({ vocabSize: V - 2, seed, scale: 0.7, mix: { seed: seed + 50, weight: 0.3 } });
   let heads: MedusaHeads;
   before(() => {
     heads = MedusaHeads.load(writeMedusaHeads({ numHeads: 2, numLayers: 1, hiddenSize: 8, vocabSize: V, seed }), { device: 'cpu' });
@@ -97,6 +101,9 @@ describe('speculative sampling is exact (toy model, chi-square)', function () {
       make: () => new DraftModelSpeculator({ draft: new ToyLM({ vocabSize: V, seed, scale: 0.7 }), k: 2 }),
       minAccept: 0.999,
     },
+    { name: 'draft model with a shorter vocabulary, chain k=3', make: () => new DraftModelSpeculator({ draft: shorter(), k: 3 }) },
+    { name: 'draft model with a shorter vocabulary, tree [3,2]', make: () => new DraftModelSpeculator({ draft: shorter(), treeBranching: [3, 2] }) },
+    { name: 'hybrid with a shorter-vocabulary draft (+ prompt lookup)', make: () => new HybridSpeculator({ draft: shorter(), draftSpeculator: new PromptLookupSpeculator(), k: 3 }) },
     { name: 'draft model, heuristic k', make: () => new DraftModelSpeculator({ draft: partial(), adaptive: 'heuristic', k: 2 }) },
     { name: 'draft model tree [3,2] (deterministic, one-hot)', make: () => new DraftModelSpeculator({ draft: partial(), treeBranching: [3, 2] }) },
     { name: 'Medusa exact (tree rejection)', make: () => new MedusaSpeculator({ heads, choices: [[0], [1], [2], [0, 0], [0, 1], [1, 0]] }) },

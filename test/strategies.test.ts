@@ -18,7 +18,7 @@ import { MedusaHeads, MedusaSpeculator } from '../lib/strategies/medusa';
 import { PromptLookupSpeculator, promptLookup } from '../lib/strategies/prompt_lookup';
 import type { Speculator } from '../lib/strategies/speculator';
 import { maskBit, medusaChain } from '../lib/tree';
-import { makeCheckpoint, specByName, type CheckpointSpec } from './fixtures/checkpoints';
+import { makeCheckpoint, makePaddedVocabPair, specByName, type CheckpointSpec } from './fixtures/checkpoints';
 import { writeMedusaHeads } from './fixtures/medusa_heads';
 import { ToyLM } from './fixtures/toy_lm';
 import { assertThrowsCode, describeCuda, rng, testSeed } from './helpers';
@@ -95,6 +95,11 @@ describe('strategies: greedy output equals plain greedy decoding (toy model)', f
     { name: 'draft model, confidence-stopped, perfect', make: () => new DraftModelSpeculator({ draft: same(), adaptive: 'confidence', confidenceThreshold: 0.3 }), acceptance: 'high' },
     { name: 'draft model, tree [3,2,1], perfect', make: () => new DraftModelSpeculator({ draft: same(), treeBranching: [3, 2, 1] }) },
     { name: 'draft model, tree [2,2], useless', make: () => new DraftModelSpeculator({ draft: useless(), treeBranching: [2, 2] }), acceptance: 'low' },
+    // The target's ids 12-15 missing in the draft (a padded target vocabulary): it drafts the
+    // target's choice whenever that is one of its ids; the others reach it as id 0.
+    { name: 'draft model with a prefix of the target\'s vocabulary, k=4', make: () => new DraftModelSpeculator({ draft: new ToyLM({ vocabSize: V - 4, seed, positional: false }), k: 4 }) },
+    { name: 'draft model with a prefix of the target\'s vocabulary, tree [2,2]', make: () => new DraftModelSpeculator({ draft: new ToyLM({ vocabSize: V - 4, seed, positional: false }), treeBranching: [2, 2] }) },
+    { name: 'hybrid with a prefix of the target\'s vocabulary + lookahead', make: () => new HybridSpeculator({ draft: new ToyLM({ vocabSize: V - 4, seed, positional: false }), draftSpeculator: new LookaheadSpeculator({ W: 4, N: 3, G: 3, sizing: 'fixed' }), k: 4 }) },
     { name: 'draft model, partially right draft', make: () => new DraftModelSpeculator({ draft: same({ mix: { seed: 77, weight: 0.5 } }), k: 3 }) },
     { name: 'Medusa, perfect heads, chain', make: () => new MedusaSpeculator({ heads: perfectHeads, choices: medusaChain(4) }), acceptance: 'high' },
     { name: 'Medusa, perfect heads, mc_sim_7b_63', make: () => new MedusaSpeculator({ heads: perfectHeads, choices: 'mc_sim_7b_63' }) },
@@ -488,6 +493,52 @@ describe('strategies on random Llama checkpoints (CPU)', function () {
     } finally {
       heads.dispose();
       self.dispose();
+    }
+  });
+
+  it('a draft over a prefix of the target\'s vocabulary (a padded target): greedy equals plain, sampling runs, a wider draft is refused', async () => {
+    // The target's last 24 ids are padding (zero LM head rows); the draft is the target cut to the
+    // other 72, so it drafts exactly the target's greedy choices. The last prompt holds padding ids,
+    // which reach the draft as a stand-in: that sequence's drafts go astray, its output must not.
+    const Vd = targetSpec.vocab - 24;
+    const pair = makePaddedVocabPair(targetSpec, testSeed + 30, Vd);
+    const padded = await LlamaModel.load(pair.target, { device: 'cpu', maxSequences: 8 });
+    const short = await LlamaModel.load(pair.draft, { device: 'cpu', maxSequences: 8 });
+    try {
+      const ps = prompts(testSeed + 31, [6, 10, 3], Vd);
+      ps[2] = Int32Array.from([...ps[2]!, Vd + 5, Vd, ...ps[0]!]);
+      const maxNew = 24;
+      const plain = await plainGenerate(padded, ps, { maxNewTokens: maxNew });
+      for (const [name, spec] of [
+        ['chain k=4', new DraftModelSpeculator({ draft: short, k: 4 })],
+        ['tree [2,2,1]', new DraftModelSpeculator({ draft: short, treeBranching: [2, 2, 1] })],
+        ['hybrid + prompt lookup', new HybridSpeculator({ draft: short, draftSpeculator: new PromptLookupSpeculator({ numDraft: 10 }), k: 4 })],
+      ] as const) {
+        const res = await new SpeculativeDecoder({ target: padded, speculator: spec }).generateBatch(ps, { maxNewTokens: maxNew });
+        res.forEach((r, i) => assert.deepStrictEqual(Array.from(r.tokens), Array.from(plain.tokens[i]!), `${name}: sequence ${i}`));
+        // Sequences 0 and 1 never show the draft a padding id: every draft is the target's choice.
+        if (name !== 'tree [2,2,1]') {
+          for (const i of [0, 1]) {
+            const st = res[i]!.stats;
+            if (st.proposedDraftTokens > 0) assert.ok(st.acceptedDraftTokens / st.proposedDraftTokens >= 0.99, `${name}, sequence ${i}: ${st.acceptedDraftTokens}/${st.proposedDraftTokens} accepted`);
+          }
+        }
+        spec.dispose?.();
+      }
+      // Sampling: the draft's q rows are zero-padded to the target's width for the verifier.
+      const sampled = await new SpeculativeDecoder({ target: padded, speculator: new DraftModelSpeculator({ draft: short, k: 3 }), sampling: { temperature: 1, seed: 5 } }).generateBatch(ps, { maxNewTokens: maxNew });
+      let proposed = 0;
+      for (const r of sampled) {
+        assert.ok(r.tokens.length === maxNew || (r.finishReason === 'stop' && r.tokens[r.tokens.length - 1] === 2), `${r.tokens.length} tokens, ${r.finishReason}`);
+        assert.ok(Array.from(r.tokens).every((t) => t >= 0 && t < targetSpec.vocab));
+        proposed += r.stats.proposedDraftTokens;
+      }
+      assert.ok(proposed > 0, 'the draft proposed');
+      assertThrowsCode(() => new SpeculativeDecoder({ target: short, speculator: new DraftModelSpeculator({ draft: padded, k: 2 }) }), 'E_ARG', /draft's vocabulary \(96 ids\) is larger than the target's \(72\)/);
+      assert.strictEqual(short.kvInfo().freePages, short.kvInfo().totalPages, 'draft KV pages leaked');
+    } finally {
+      short.dispose();
+      padded.dispose();
     }
   });
 

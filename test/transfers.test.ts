@@ -301,8 +301,13 @@ describe('transfers: host <-> device traffic of a step', function () {
     assert.deepStrictEqual(Array.from(h.toFloat32()), Array.from(ha));
     h.dispose();
     assertThrowsCode(() => gatherRows([{ tensor: a, row: 3 }], 7, 'cpu'), 'E_ARG', /outside the 3 rows/);
-    assertThrowsCode(() => gatherRows([{ tensor: a, row: 0 }], 8, 'cpu'), 'E_ARG', /width 8/);
-    for (const x of [a, b, g]) x.dispose();
+    assertThrowsCode(() => gatherRows([{ tensor: a, row: 0 }], 6, 'cpu'), 'E_ARG', /expected rows of width 6 or narrower/);
+    // Wider: each row zero-padded (a draft whose vocabulary is a prefix of the target's).
+    const p = gatherRows([{ tensor: b, row: 1 }, { tensor: a, row: 2 }, { tensor: a, row: 0 }], 10, 'cpu');
+    assert.deepStrictEqual(p.shape, [3, 10]);
+    const z = [0, 0, 0];
+    assert.deepStrictEqual(Array.from(p.toFloat32()), [...hb.subarray(7, 14), ...z, ...ha.subarray(14, 21), ...z, ...ha.subarray(0, 7), ...z]);
+    for (const x of [a, b, g, p]) x.dispose();
   });
 });
 

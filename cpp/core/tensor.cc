@@ -276,7 +276,7 @@ void Tensor::fill_zero() {
 #endif
 }
 
-Tensor gather_rows(const std::vector<Tensor>& srcs, const std::vector<int64_t>& rows) {
+Tensor gather_rows(const std::vector<Tensor>& srcs, const std::vector<int64_t>& rows, int64_t width) {
   SPECDEC_CHECK(!srcs.empty() && srcs.size() == rows.size(), "E_ARG", "gatherRows: ", srcs.size(), " tensors for ",
                 rows.size(), " rows (expected as many, at least one)");
   const Tensor& first = srcs[0];
@@ -290,7 +290,21 @@ Tensor gather_rows(const std::vector<Tensor>& srcs, const std::vector<int64_t>& 
     SPECDEC_CHECK(rows[k] >= 0 && rows[k] < t.size(0), "E_ARG", "gatherRows: rows[", k, "] = ", rows[k],
                   " is outside the ", t.size(0), " rows of tensors[", k, "]");
   }
-  Tensor out = Tensor::empty(first.dtype(), {static_cast<int64_t>(rows.size()), first.size(1)}, first.device());
+  const int64_t w = first.size(1);
+  SPECDEC_CHECK(width < 0 || width >= w, "E_ARG", "gatherRows: rows of width ", w, " do not fit width ", width,
+                " (rows are zero-padded to a larger width, never cut)");
+  if (width > w) {
+    // Zero-padded: one copy a row into the front of its padded row (views at byte offsets).
+    const int64_t n = static_cast<int64_t>(rows.size());
+    Tensor out = Tensor::zeros(first.dtype(), {n, width}, first.device());
+    const size_t es = dtype_size(first.dtype());
+    for (int64_t k = 0; k < n; ++k) {
+      out.reinterpret(static_cast<size_t>(k * width) * es, first.dtype(), {w})
+          .copy_from(srcs[static_cast<size_t>(k)].rows(rows[static_cast<size_t>(k)], rows[static_cast<size_t>(k)] + 1).view({w}));
+    }
+    return out;
+  }
+  Tensor out = Tensor::empty(first.dtype(), {static_cast<int64_t>(rows.size()), w}, first.device());
   // Runs of consecutive rows of one tensor go as one copy (on CUDA: one async copy, not one a row).
   for (size_t k = 0; k < srcs.size();) {
     size_t e = k + 1;

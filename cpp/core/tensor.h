@@ -119,8 +119,9 @@ class Tensor {
 
 // Row k of the result = row rows[k] of srcs[k] (2-D tensors of one dtype, width and device), copied
 // on that device: the draft distributions and hidden states a step hands between models never go
-// through the host.
-Tensor gather_rows(const std::vector<Tensor>& srcs, const std::vector<int64_t>& rows);
+// through the host. width > the rows' width: each row is zero-padded to it (a draft whose vocabulary
+// is a prefix of the target's gives distributions with zeros on the ids it lacks).
+Tensor gather_rows(const std::vector<Tensor>& srcs, const std::vector<int64_t>& rows, int64_t width = -1);
 
 // Argument validation shared by every op (so CPU and CUDA report the same errors).
 // `shape` entries of -1 match any size. Throws E_ARG naming `name`.

@@ -97,7 +97,8 @@ class TensorWrap : public Napi::ObjectWrap<TensorWrap> {
   }
 
   // gatherRows(tensors: Tensor[], rows: Int32Array | number[], width?, device?) -> [rows.length, width]
-  // on their device, or moved to `device` in one copy; width, when given, must be the tensors'.
+  // on their device, or moved to `device` in one copy; width, when given, is at least the tensors' (wider:
+  // zero-padded).
   static Napi::Value GatherRows(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
       SPECDEC_CHECK(info[0].IsArray(), "E_ARG", "tensors: expected an array of tensors");
@@ -106,12 +107,13 @@ class TensorWrap : public Napi::ObjectWrap<TensorWrap> {
       srcs.reserve(a.Length());
       for (uint32_t i = 0; i < a.Length(); ++i) srcs.push_back(tensor_arg(a.Get(i), "tensors[i]"));
       const std::vector<int32_t> r = get_i32_array(info[1], "rows");
+      int64_t width = -1;
       if (info.Length() > 2 && !info[2].IsUndefined() && !srcs.empty()) {
-        const int64_t width = get_int(info[2], "width");
-        SPECDEC_CHECK(srcs[0].dim() == 2 && srcs[0].size(1) == width, "E_ARG", "gatherRows: the rows are ",
-                      srcs[0].describe(), ", expected rows of width ", width);
+        width = get_int(info[2], "width");
+        SPECDEC_CHECK(srcs[0].dim() == 2 && srcs[0].size(1) <= width, "E_ARG", "gatherRows: the rows are ",
+                      srcs[0].describe(), ", expected rows of width ", width, " or narrower (zero-padded)");
       }
-      Tensor g = gather_rows(srcs, std::vector<int64_t>(r.begin(), r.end()));
+      Tensor g = gather_rows(srcs, std::vector<int64_t>(r.begin(), r.end()), width);
       if (info.Length() > 3 && !info[3].IsUndefined()) {
         const Device d = get_device(info[3], "device");
         if (d != g.device()) g = g.to(d);

@@ -1,5 +1,8 @@
 // Draft-model speculation: a smaller CausalLM with the same vocabulary drafts k tokens (a chain),
-// or a tree of its top-k branches; the target verifies them in one forward.
+// or a tree of its top-k branches; the target verifies them in one forward. The draft's vocabulary
+// may be a prefix of the target's (padded vocabularies: Qwen2.5-0.5B's 151936 ids under
+// Qwen2.5-7B's 152064, Gemma 3 1B's 262144 under 4B's 262208): its distributions are zero on the
+// ids it lacks, and those ids reach it as id 0 (see draftInput).
 //
 // The draft's KV cache is kept in sync with the decoded history. Chain drafting commits each
 // drafted token in the draft right away (so the next draft step sees it) and, after verification,
@@ -110,6 +113,8 @@ export class DraftModelSpeculator implements Speculator {
   /** 'cost' mode: seconds of a step's drafting per sequence, fixed + per drafted token (recent steps). */
   private draftCost: ChainCost | undefined;
   private target: CausalLM | undefined;
+  /** Width of the q rows the verifier reads: the target's vocabulary (the draft's may be shorter). */
+  private targetVocab: number | undefined;
 
   constructor(opts: DraftModelOptions) {
     this.draft = opts.draft;
@@ -134,14 +139,10 @@ export class DraftModelSpeculator implements Speculator {
   }
 
   attach(model: CausalLM): void {
+    checkDraftVocab('draft model', this.draft, model);
     this.targetDevice = model.device;
     this.target = model;
-    if (model.config.vocabSize !== this.draft.config.vocabSize) {
-      throw codedError(
-        'E_ARG',
-        `draft model: vocabulary size ${this.draft.config.vocabSize} differs from the target's ${model.config.vocabSize}; the draft must share the target's vocabulary`,
-      );
-    }
+    this.targetVocab = model.config.vocabSize;
   }
 
   async prefill(): Promise<void> {
@@ -309,7 +310,7 @@ export class DraftModelSpeculator implements Speculator {
           const s = seqs[b] as SpecSequence;
           const st = states[b] as DraftState;
           const toks = first ? s.history.slice(st.cached) : [drafts[b]![drafts[b]!.length - 1] as number];
-          return { seq: st.draftSeq, tokens: Int32Array.from(toks) };
+          return { seq: st.draftSeq, tokens: draftInput(toks, this.draft.config.vocabSize) };
         });
         first = false;
         const out = await this.draft.forward(inputs, ctx.signal ? { signal: ctx.signal } : {});
@@ -369,7 +370,7 @@ export class DraftModelSpeculator implements Speculator {
         const q = qRows[b] as { tensor: Tensor; row: number }[];
         for (let j = 0; j < p.tokens.length; j++) parts.push(q[Math.min(j, q.length - 1)] ?? anyRow);
       });
-      return { proposals, draftProbs: gatherRows(parts, this.draft.config.vocabSize, this.targetDevice ?? this.draft.device) };
+      return { proposals, draftProbs: gatherRows(parts, this.targetVocab ?? this.draft.config.vocabSize, this.targetDevice ?? this.draft.device) };
     } finally {
       for (const t of keep) t.dispose();
     }
@@ -398,7 +399,7 @@ export class DraftModelSpeculator implements Speculator {
       if (active.length > 0) {
         const inputs: SequenceInput[] = active.map((b) => {
           const st = states[b] as DraftState;
-          return { seq: st.draftSeq, tokens: Int32Array.from((seqs[b] as SpecSequence).history.slice(st.cached)) };
+          return { seq: st.draftSeq, tokens: draftInput((seqs[b] as SpecSequence).history.slice(st.cached), this.draft.config.vocabSize) };
         });
         const steps = active.map((b) => budgets[b] as number);
         const opts = ctx.signal ? { signal: ctx.signal } : {};
@@ -458,7 +459,7 @@ export class DraftModelSpeculator implements Speculator {
         for (let j = 0; j < p.tokens.length; j++) parts.push({ tensor: q as Tensor, row: n > 0 ? first + Math.min(j, n - 1) : 0 });
         first += n;
       });
-      const draftProbs = gatherRows(parts, this.draft.config.vocabSize, this.targetDevice ?? this.draft.device);
+      const draftProbs = gatherRows(parts, this.targetVocab ?? this.draft.config.vocabSize, this.targetDevice ?? this.draft.device);
       return owned ? { proposals, draftProbs, owned } : { proposals, draftProbs };
     } finally {
       q?.dispose();
@@ -482,7 +483,7 @@ export class DraftModelSpeculator implements Speculator {
       const inputs: SequenceInput[] = active.map((b) => {
         const st = states[b] as DraftState;
         const s = seqs[b] as SpecSequence;
-        if (depth === 0) return { seq: st.draftSeq, tokens: Int32Array.from(s.history.slice(st.cached)) };
+        if (depth === 0) return { seq: st.draftSeq, tokens: draftInput(s.history.slice(st.cached), this.draft.config.vocabSize) };
         const t = trees[b]!;
         return { seq: st.draftSeq, tokens: Int32Array.from(t.tokens.slice(1)), parents: Int32Array.from(t.parents.slice(1), (p) => p - 1) };
       });
@@ -582,6 +583,30 @@ export class DraftModelSpeculator implements Speculator {
   dispose(): void {
     for (const st of this.states.values()) this.draft.freeSequence(st.draftSeq);
     this.states.clear();
+  }
+}
+
+/**
+ * Target tokens as a draft's input. A draft whose vocabulary is a prefix of the target's has no
+ * embedding for the target's extra ids (padding rows, or Gemma 3's image tokens): they reach it as
+ * id 0. Only the acceptance can suffer (the target verifies every draft), never the output.
+ */
+export function draftInput(tokens: ArrayLike<number>, draftVocab: number): Int32Array {
+  return Int32Array.from(tokens, (t) => (t < draftVocab ? t : 0));
+}
+
+/**
+ * A draft fits a target when its vocabulary is the target's or a prefix of it (the same tokenizer,
+ * the target's embedding padded further: Qwen2.5 0.5B-3B under 7B-72B, Gemma 3 1B under 4B-27B).
+ */
+export function checkDraftVocab(who: string, draft: CausalLM, target: CausalLM): void {
+  const vd = draft.config.vocabSize;
+  const vt = target.config.vocabSize;
+  if (vd > vt) {
+    throw codedError(
+      'E_ARG',
+      `${who}: the draft's vocabulary (${vd} ids) is larger than the target's (${vt}); a draft must share the target's tokenizer, with at most the target's ids (fewer is fine: a padded target vocabulary)`,
+    );
   }
 }
 

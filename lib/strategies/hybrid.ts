@@ -7,10 +7,11 @@ import { SpecEngine, type EngineSequence } from '../spec_engine';
 import { makeRng } from '../step_helpers';
 import type { CausalLM } from '../models/causal_lm';
 import { chainTree } from '../tree';
+import { checkDraftVocab, draftInput } from './draft_model';
 import { codedError, type ProposalBatch, type ProposeContext, type SpecSequence, type Speculator } from './speculator';
 
 export interface HybridOptions {
-  /** The draft model (same vocabulary as the target). */
+  /** The draft model (the target's vocabulary, or a prefix of it: see draftInput). */
   readonly draft: CausalLM;
   /** The speculator that speeds up the draft (it drafts for the draft model). */
   readonly draftSpeculator: Speculator;
@@ -44,12 +45,13 @@ export class HybridSpeculator implements Speculator {
   }
 
   attach(model: CausalLM): void {
-    if (model.config.vocabSize !== this.draft.config.vocabSize) {
-      throw codedError(
-        'E_ARG',
-        `hybrid: the draft's vocabulary size ${this.draft.config.vocabSize} differs from the target's ${model.config.vocabSize}`,
-      );
-    }
+    checkDraftVocab('hybrid', this.draft, model);
+  }
+
+  /** The outer history as the draft sees it (ids it lacks as 0: draftInput). */
+  private draftHistory(history: readonly number[]): number[] {
+    const V = this.draft.config.vocabSize;
+    return history.every((t) => t < V) ? history.slice() : Array.from(draftInput(history, V));
   }
 
   async prefill(): Promise<void> {}
@@ -57,7 +59,7 @@ export class HybridSpeculator implements Speculator {
   private state(s: SpecSequence): InnerState {
     let st = this.states.get(s.key);
     if (!st) {
-      st = { seq: this.engine.open(s.history, s.promptLength, makeRng(0, 0)), synced: s.history.length };
+      st = { seq: this.engine.open(this.draftHistory(s.history), s.promptLength, makeRng(0, 0)), synced: s.history.length };
       this.states.set(s.key, st);
     }
     return st;
@@ -94,7 +96,7 @@ export class HybridSpeculator implements Speculator {
       const st = this.states.get(s.key);
       if (!st) continue;
       const h = st.seq.history;
-      const outer = s.history;
+      const outer = this.draftHistory(s.history);
       // Agreeing prefix of the draft's history and the outer one (the outer may have rejected
       // drafts and appended a different bonus).
       let common = Math.min(st.synced, h.length, outer.length);
@@ -105,7 +107,7 @@ export class HybridSpeculator implements Speculator {
         this.draft.truncate(st.seq.modelSeq, keep);
         st.seq.committed = keep;
       }
-      st.seq.history = outer.slice();
+      st.seq.history = outer;
       st.synced = outer.length;
       if (diverged) this.inner.rewind?.(st.seq);
     }

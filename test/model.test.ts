@@ -595,7 +595,41 @@ describe('Llama runner (cpu)', function () {
       assert.deepStrictEqual([v5.ropeTheta, v5.ropeScaling, v5.ropeLocalTheta], [1000000, { type: 'linear', factor: 8 }, 10000]);
       assert.throws(() => parseLlamaConfig({ ...cfg, final_logit_softcapping: 30 }), /final_logit_softcapping = 30: Gemma 3 has no logit soft-capping/);
       assert.throws(() => parseLlamaConfig({ ...cfg, hidden_activation: 'gelu' }), /hidden_activation "gelu" is not supported for Gemma 3/);
-      assert.throws(() => parseLlamaConfig({ ...cfg, architectures: ['Gemma3ForConditionalGeneration'] }), /the multimodal Gemma 3 checkpoints .* not supported/);
+    });
+
+    it('config parsing, Gemma3ForConditionalGeneration: its text_config over Gemma3TextConfig\'s defaults, the top level\'s eos, errors named', () => {
+      // The form of gemma-3-4b-it's config.json: the text config as a diff against the defaults.
+      const g4b = {
+        architectures: ['Gemma3ForConditionalGeneration'],
+        boi_token_index: 255999,
+        eoi_token_index: 256000,
+        eos_token_id: [1, 106],
+        image_token_index: 262144,
+        mm_tokens_per_image: 256,
+        model_type: 'gemma3',
+        text_config: { hidden_size: 2560, intermediate_size: 10240, model_type: 'gemma3_text', num_hidden_layers: 34, rope_scaling: { factor: 8.0, rope_type: 'linear' }, sliding_window: 1024 },
+        torch_dtype: 'bfloat16',
+        vision_config: { hidden_size: 1152, image_size: 896, model_type: 'siglip_vision_model', num_hidden_layers: 27, patch_size: 14 },
+      };
+      const c = parseLlamaConfig(g4b);
+      assert.deepStrictEqual(
+        [c.architecture, c.textOf, c.vocabSize, c.hiddenSize, c.intermediateSize, c.numLayers, c.numHeads, c.numKvHeads, c.headDim, c.maxPositions, c.eosTokenIds, c.bosTokenId, c.torchDtype],
+        ['Gemma3ForCausalLM', 'Gemma3ForConditionalGeneration', 262208, 2560, 10240, 34, 8, 4, 256, 131072, [1, 106], 2, 'bfloat16'],
+      );
+      assert.deepStrictEqual([c.ropeTheta, c.ropeScaling, c.ropeLocalTheta, c.attnScale, c.tieWordEmbeddings, c.qkNorm, c.gemma], [1000000, { type: 'linear', factor: 8 }, 10000, 1 / 16, true, true, true]);
+      // Every sixth layer global, the others sliding over 1024 positions.
+      assert.deepStrictEqual(c.attentionWindows, Array.from({ length: 34 }, (_, l) => ((l + 1) % 6 === 0 ? 0 : 1024)));
+      // model_type alone; no text_config at all is Gemma3TextConfig() itself.
+      const { architectures: _a, ...byType } = g4b;
+      assert.strictEqual(parseLlamaConfig(byType).textOf, 'Gemma3ForConditionalGeneration');
+      const bare = parseLlamaConfig({ architectures: ['Gemma3ForConditionalGeneration'] });
+      assert.deepStrictEqual([bare.hiddenSize, bare.numLayers, bare.eosTokenIds, bare.attentionWindows?.[0]], [2304, 26, [1], 4096]);
+      // A text checkpoint listed beside it wins (its config is the text config).
+      assert.strictEqual(parseLlamaConfig({ ...configJson(specByName('gemma3-bf16')), architectures: ['Gemma3ForConditionalGeneration', 'Gemma3ForCausalLM'] }).textOf, undefined);
+      assert.throws(() => parseLlamaConfig({ ...g4b, text_config: { ...g4b.text_config, model_type: 'llama' } }), /Gemma3ForConditionalGeneration: text_config\.model_type is "llama", expected 'gemma3_text'/);
+      assert.throws(() => parseLlamaConfig({ ...g4b, text_config: [] }), /field 'text_config' must be an object/);
+      assert.throws(() => parseLlamaConfig({ ...g4b, text_config: { ...g4b.text_config, num_hidden_layers: 0 } }), /config\.json: text_config: field 'num_hidden_layers' must be an integer >= 1/);
+      assert.throws(() => parseLlamaConfig({ ...g4b, architectures: ['Mistral3ForConditionalGeneration'] }), /unsupported architecture Mistral3ForConditionalGeneration: the text model of multimodal Mistral 3/);
     });
 
     it('config parsing, Gemma 2: its layer, soft-capping (defaults 50 / 30, null turns one off), even layers sliding, no q/k norms', () => {
@@ -641,6 +675,39 @@ describe('Llama runner (cpu)', function () {
       const { ['model.layers.0.mlp.gate_up_proj.weight']: _gu, ...missing } = weights;
       writeSafetensors(file, missing);
       await loadErr(dir, /missing tensor 'model\.layers\.0\.mlp\.gate_up_proj\.weight'/);
+    });
+
+    it('weights, Gemma3ForConditionalGeneration: the text model from either layout, logits bit for bit the text checkpoint\'s; no text model is E_FORMAT naming the names tried', async () => {
+      const { writeGemma3Multimodal } = await import('./fixtures/checkpoints');
+      const spec = specByName('gemma3-bf16');
+      const seed = testSeed + 17 * CHECKPOINTS.indexOf(spec);
+      const prompts = [Int32Array.from([1, 9, 4, 33, 2, 60, 7, 7]), Int32Array.from([5, 90])];
+      const logitsOf = async (dir: string): Promise<Float32Array> => {
+        const m = await LlamaModel.load(dir, { device: 'cpu', kvDtype: 'f32' });
+        try {
+          const out = await m.forward(prompts.map((tokens) => ({ seq: m.createSequence(), tokens })));
+          const l = out.logits.toFloat32();
+          out.logits.dispose();
+          return l;
+        } finally {
+          m.dispose();
+        }
+      };
+      const want = await logitsOf(dirs.get(spec.name)!);
+      for (const layout of [0, 1] as const) {
+        const dir = fs.mkdtempSync(path.join(root, `gemma3-multimodal-${layout}-`));
+        writeGemma3Multimodal(dir, spec, seed, layout);
+        const m = await LlamaModel.load(dir, { device: 'cpu' });
+        assert.deepStrictEqual([m.config.textOf, m.config.eosTokenIds, m.config.attentionWindows], ['Gemma3ForConditionalGeneration', [2, 7], [5, 5, 0]]);
+        m.dispose();
+        const got = await logitsOf(dir);
+        assert.ok(got.length === want.length && got.every((v, i) => Object.is(v, want[i])), `layout ${layout}: logits differ from the text checkpoint's`);
+      }
+      const dir = fs.mkdtempSync(path.join(root, 'gemma3-multimodal-none-'));
+      writeGemma3Multimodal(dir, spec, seed, 0);
+      const { writeSafetensors } = await import('../lib/safetensors');
+      writeSafetensors(path.join(dir, 'model.safetensors'), { 'vision_tower.x': { dtype: 'F32', shape: [1], data: new Float32Array(1) } });
+      await loadErr(dir, /model\.safetensors: the text model's embedding is not there \(tried 'language_model\.model\.embed_tokens\.weight', 'model\.language_model\.embed_tokens\.weight'\)/);
     });
 
     it('weights, Qwen3: a missing or misshapen q_norm / k_norm is E_FORMAT naming the tensor and head_dim', async () => {

@@ -61,6 +61,8 @@ declare namespace SpecdecNative {
     dir: string;
     file?: string;
     weightMap?: Record<string, string>;
+    /** [prefix of embed_tokens / layers / norm, LM head name], tried in order; default [['model.', 'lm_head.weight']]. */
+    layouts?: [string, string][];
   }
 
   interface LlamaNativeOptions {

@@ -173,9 +173,33 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const LlamaConfig& config, const Ll
     return options.device == Device::cpu || host ? f->view(name) : f->load(name, options.device);
   };
 
+  // The layout: the first whose embedding is in the checkpoint (one error naming every one tried).
+  std::string prefix = "model.", lm_head_name = "lm_head.weight";
+  if (!source.layouts.empty()) {
+    auto has_tensor = [&](const std::string& name) {
+      const std::string fname = file_of(name);
+      if (fname.empty()) return false;
+      auto& f = files[fname];
+      if (!f) f = SafetensorsFile::open(source.dir.empty() ? fname : source.dir + "/" + fname);
+      return f->has(name);
+    };
+    std::string tried;
+    bool found = false;
+    for (const auto& [p, head] : source.layouts) {
+      if (has_tensor(p + "embed_tokens.weight")) {
+        prefix = p;
+        lm_head_name = head;
+        found = true;
+        break;
+      }
+      tried += (tried.empty() ? "'" : ", '") + p + "embed_tokens.weight'";
+    }
+    SPECDEC_CHECK(found, "E_FORMAT", source.weight_map.empty() ? source.file : std::string("model.safetensors.index.json"),
+                  ": the text model's embedding is not there (tried ", tried, ")");
+  }
   const int64_t V = c.vocab_size, H = c.hidden_size, I = c.intermediate_size;
   const int64_t QD = int64_t(c.num_heads) * c.head_dim, KD = int64_t(c.num_kv_heads) * c.head_dim;
-  m->embed_ = weight("model.embed_tokens.weight", {V, H}, "vocab_size x hidden_size");
+  m->embed_ = weight(prefix + "embed_tokens.weight", {V, H}, "vocab_size x hidden_size");
   if (c.scale_embeddings) {
     // transformers: hidden_states * torch.tensor(hidden_size ** 0.5, dtype=hidden_states.dtype).
     const float s = static_cast<float>(std::sqrt(static_cast<double>(H)));
@@ -191,7 +215,7 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const LlamaConfig& config, const Ll
   // Layers grow as their weights are found: a config with absurd num_hidden_layers fails on the
   // first missing layer instead of allocating them all up front.
   for (int l = 0; l < c.num_layers; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
+    const std::string p = prefix + "layers." + std::to_string(l) + ".";
     Layer& L = m->layers_.emplace_back();
     L.attn_norm = norm(p + "input_layernorm.weight", H, "hidden_size");
     if (c.fused_projections) {
@@ -238,9 +262,9 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const LlamaConfig& config, const Ll
     }
     L.down = weight(p + "mlp.down_proj.weight", {H, I}, "hidden_size x intermediate_size");
   }
-  m->final_norm_ = norm("model.norm.weight", H, "hidden_size");
+  m->final_norm_ = norm(prefix + "norm.weight", H, "hidden_size");
   // Tied embeddings: configured, or no lm_head in the checkpoint (HF ties when it is absent).
-  if (!c.tie_word_embeddings) m->lm_head_ = weight("lm_head.weight", {V, H}, "vocab_size x hidden_size", false);
+  if (!c.tie_word_embeddings) m->lm_head_ = weight(lm_head_name, {V, H}, "vocab_size x hidden_size", false);
   if (!m->lm_head_.defined()) m->lm_head_ = m->embed_;
 
   std::vector<float> inv = rope_inv_freq(c);

@@ -70,6 +70,10 @@ struct LlamaWeightSource {
   std::string dir;
   std::string file;                               // single-file checkpoint (when weight_map is empty)
   std::map<std::string, std::string> weight_map;  // sharded checkpoint
+  // Names of the decoder's tensors: {prefix of embed_tokens / layers / norm, the LM head's name},
+  // tried in order (the first whose embed_tokens exists). Empty: {"model.", "lm_head.weight"}. A
+  // multimodal checkpoint's text model: "language_model.model." or "model.language_model.".
+  std::vector<std::pair<std::string, std::string>> layouts;
 };
 
 struct LlamaLoadOptions {

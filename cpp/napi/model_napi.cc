@@ -114,6 +114,18 @@ LlamaWeightSource source_arg(const Napi::Value& v) {
   } else {
     s.file = get_string(get_field(o, "file"), "source.file");
   }
+  if (has_field(o, "layouts")) {
+    // [[prefix, lmHead], ...]
+    Napi::Value lv = get_field(o, "layouts");
+    SPECDEC_CHECK(lv.IsArray(), "E_ARG", "source.layouts: expected an array of [prefix, lmHead] pairs");
+    Napi::Array a = lv.As<Napi::Array>();
+    for (uint32_t i = 0; i < a.Length(); ++i) {
+      Napi::Value e = a.Get(i);
+      SPECDEC_CHECK(e.IsArray() && e.As<Napi::Array>().Length() == 2, "E_ARG", "source.layouts[", i, "]: expected [prefix, lmHead]");
+      Napi::Array pr = e.As<Napi::Array>();
+      s.layouts.emplace_back(get_string(pr.Get(0u), "source.layouts[i][0]"), get_string(pr.Get(1u), "source.layouts[i][1]"));
+    }
+  }
   return s;
 }
 

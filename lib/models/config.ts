@@ -33,6 +33,11 @@ export type RopeScaling =
     };
 
 export interface LlamaConfig extends ModelConfig {
+  /**
+   * The multimodal architecture whose text model this is (Gemma3ForConditionalGeneration: its
+   * `text_config`, weights under TEXT_MODEL_LAYOUTS); undefined for a text checkpoint.
+   */
+  readonly textOf?: string;
   readonly intermediateSize: number;
   readonly rmsNormEps: number;
   readonly ropeTheta: number;
@@ -103,8 +108,55 @@ const MODEL_TYPES: Record<string, string> = {
 };
 /** Architectures users will try that are refused with the reason, rather than run approximately. */
 const REFUSED: Record<string, string> = {
-  Gemma3ForConditionalGeneration: 'the multimodal Gemma 3 checkpoints (4B, 12B, 27B) are not supported; the text-only Gemma3ForCausalLM ones are (gemma-3-270m, gemma-3-1b)',
+  Mistral3ForConditionalGeneration: "the text model of multimodal Mistral 3 checkpoints is not wired up (text-only MistralForCausalLM checkpoints and Gemma3ForConditionalGeneration's text model are)",
+  LlavaForConditionalGeneration: 'the text model of LLaVA checkpoints is not wired up (its text-only base checkpoint loads)',
 };
+
+/**
+ * Multimodal checkpoints whose text model runs (text in, text out: the vision tower is not loaded).
+ * transformers writes their `text_config` as a diff against the text config class's defaults (the
+ * gemma-3-4b config gives 6 fields), so those defaults are here; the weights are found under either
+ * of the layouts in TEXT_MODEL_LAYOUTS.
+ */
+const TEXT_OF: Record<string, { readonly text: string; readonly modelType: string; readonly defaults: Readonly<Record<string, unknown>> }> = {
+  Gemma3ForConditionalGeneration: {
+    text: 'Gemma3ForCausalLM',
+    modelType: 'gemma3_text',
+    // transformers' Gemma3TextConfig.__init__ defaults (those this parser reads).
+    defaults: {
+      vocab_size: 262208,
+      hidden_size: 2304,
+      intermediate_size: 9216,
+      num_hidden_layers: 26,
+      num_attention_heads: 8,
+      num_key_value_heads: 4,
+      head_dim: 256,
+      hidden_activation: 'gelu_pytorch_tanh',
+      max_position_embeddings: 131072,
+      rms_norm_eps: 1e-6,
+      eos_token_id: 1,
+      bos_token_id: 2,
+      tie_word_embeddings: true,
+      rope_theta: 1000000,
+      attention_bias: false,
+      query_pre_attn_scalar: 256,
+      sliding_window: 4096,
+      rope_local_base_freq: 10000,
+      sliding_window_pattern: 6,
+    },
+  },
+};
+const WRAPPER_MODEL_TYPES: Record<string, string> = { gemma3: 'Gemma3ForConditionalGeneration' };
+
+/**
+ * Where a multimodal checkpoint keeps its text model: [prefix of embed_tokens / layers / norm, name
+ * of the LM head], tried in order. The checkpoints as published (transformers < 4.52) use the first;
+ * transformers >= 4.52 saves the second.
+ */
+export const TEXT_MODEL_LAYOUTS: readonly (readonly [string, string])[] = [
+  ['language_model.model.', 'language_model.lm_head.weight'],
+  ['model.language_model.', 'lm_head.weight'],
+];
 
 /** A value as an error message shows it (JSON when it has a JSON form: a BigInt has none). */
 function show(v: unknown): string {
@@ -117,11 +169,30 @@ function show(v: unknown): string {
 
 /** Parses and validates a config.json object. `file` names the source in errors. */
 export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConfig {
+  let within = '';
   const bad = (msg: string): never => {
-    throw codedError('E_FORMAT', `${file}: ${msg}`);
+    throw codedError('E_FORMAT', `${file}: ${within}${msg}`);
   };
   if (typeof json !== 'object' || json === null || Array.isArray(json)) bad('expected a JSON object');
   let o = json as Record<string, unknown>;
+  // A multimodal wrapper of a supported text model (and no text architecture listed beside it): its
+  // text_config, over the text config class's defaults; eos / bos as the wrapper's top level gives
+  // them (what generation uses: gemma-3-4b-it ends turns with 106), the dtype from either.
+  const archs0 = o['architectures'];
+  const listed = Array.isArray(archs0) ? archs0.filter((a): a is string => typeof a === 'string') : [];
+  const textOf = listed.some((a) => (SUPPORTED_ARCHITECTURES as readonly string[]).includes(a))
+    ? undefined
+    : (listed.find((a) => TEXT_OF[a] !== undefined) ?? (archs0 === undefined && typeof o['model_type'] === 'string' ? WRAPPER_MODEL_TYPES[o['model_type']] : undefined));
+  if (textOf !== undefined) {
+    const w = TEXT_OF[textOf]!;
+    const tc = o['text_config'] ?? {};
+    if (typeof tc !== 'object' || tc === null || Array.isArray(tc)) bad(`${textOf}: field 'text_config' must be an object, got ${show(tc)}`);
+    const t = tc as Record<string, unknown>;
+    if (t['model_type'] !== undefined && t['model_type'] !== w.modelType) bad(`${textOf}: text_config.model_type is ${show(t['model_type'])}, expected '${w.modelType}'`);
+    const top = (keys: string[]): Record<string, unknown> => Object.fromEntries(keys.filter((k) => o[k] !== undefined && o[k] !== null).map((k) => [k, o[k]]));
+    o = { ...w.defaults, ...top(['torch_dtype', 'dtype']), ...t, ...top(['eos_token_id', 'bos_token_id']), architectures: [w.text] };
+    within = 'text_config: ';
+  }
   const has = (k: string): boolean => o[k] !== undefined && o[k] !== null;
   const int = (k: string, min = 1, fallback?: number): number => {
     if (!has(k)) {
@@ -376,6 +447,7 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
     fusedProjections: arch === 'Phi3ForCausalLM',
     tieWordEmbeddings: bool('tie_word_embeddings', gemma),
     ...(dtypeName !== undefined ? { torchDtype: dtypeName } : {}),
+    ...(textOf !== undefined ? { textOf } : {}),
   };
   return cfg;
 }

@@ -10,7 +10,7 @@ import { native } from '../native';
 import { resolveSamplingOptions, type SamplingOptions } from '../sampling';
 import { asTensor, type Device, type Tensor } from '../tensor';
 import type { CausalLM, ForwardOptions, ForwardOutput, SampledChainArgs, SequenceInput, StagedVerify, VerifiedPaths } from './causal_lm';
-import { codedError, readLlamaConfig, toNativeConfig, type LlamaConfig } from './config';
+import { codedError, readLlamaConfig, TEXT_MODEL_LAYOUTS, toNativeConfig, type LlamaConfig } from './config';
 
 export type KvDType = 'f32' | 'f16' | 'bf16';
 
@@ -158,7 +158,9 @@ export class LlamaModel implements CausalLM {
   static async load(dir: string, options: LlamaLoadOptions = {}): Promise<LlamaModel> {
     if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw codedError('E_FORMAT', `${dir}: not a model directory`);
     const config = withMaxContext(readLlamaConfig(dir), options.maxContext);
-    const source = findWeights(dir);
+    const found = findWeights(dir);
+    // A multimodal checkpoint: its text model's tensors, under either layout.
+    const source = config.textOf !== undefined ? { ...found, layouts: TEXT_MODEL_LAYOUTS.map(([p, h]) => [p, h] as [string, string]) } : found;
     const device = resolveDevice(options.device ?? 'auto');
     const pageSize = positiveInt(options.pageSize, 'pageSize', 16);
     const maxSequences = positiveInt(options.maxSequences, 'maxSequences', 4);

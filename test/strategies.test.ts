@@ -447,6 +447,54 @@ describe('strategy flags (CLI)', () => {
   });
 });
 
+/** A draft over a prefix of a padded target's vocabulary, on `device`. */
+async function paddedVocabCase(device: 'cpu' | 'cuda'): Promise<void> {
+  const targetSpec = specByName('llama-gqa-f32');
+  // The target's last 24 ids are padding (zero LM head rows); the draft is the target cut to the
+  // other 72, so it drafts exactly the target's greedy choices. The last prompt holds padding ids,
+  // which reach the draft as a stand-in: that sequence's drafts go astray, its output must not.
+  const Vd = targetSpec.vocab - 24;
+  const pair = makePaddedVocabPair(targetSpec, testSeed + 30, Vd);
+  const padded = await LlamaModel.load(pair.target, { device, maxSequences: 8 });
+  const short = await LlamaModel.load(pair.draft, { device, maxSequences: 8 });
+  try {
+    const ps = prompts(testSeed + 31, [6, 10, 3], Vd);
+    ps[2] = Int32Array.from([...ps[2]!, Vd + 5, Vd, ...ps[0]!]);
+    const maxNew = 24;
+    const plain = await plainGenerate(padded, ps, { maxNewTokens: maxNew });
+    for (const [name, spec] of [
+      ['chain k=4', new DraftModelSpeculator({ draft: short, k: 4 })],
+      ['tree [2,2,1]', new DraftModelSpeculator({ draft: short, treeBranching: [2, 2, 1] })],
+      ['hybrid + prompt lookup', new HybridSpeculator({ draft: short, draftSpeculator: new PromptLookupSpeculator({ numDraft: 10 }), k: 4 })],
+    ] as const) {
+      const res = await new SpeculativeDecoder({ target: padded, speculator: spec }).generateBatch(ps, { maxNewTokens: maxNew });
+      res.forEach((r, i) => assert.deepStrictEqual(Array.from(r.tokens), Array.from(plain.tokens[i]!), `${name}: sequence ${i}`));
+      // Sequences 0 and 1 never show the draft a padding id: every draft is the target's choice.
+      if (name !== 'tree [2,2,1]') {
+        for (const i of [0, 1]) {
+          const st = res[i]!.stats;
+          if (st.proposedDraftTokens > 0) assert.ok(st.acceptedDraftTokens / st.proposedDraftTokens >= 0.99, `${name}, sequence ${i}: ${st.acceptedDraftTokens}/${st.proposedDraftTokens} accepted`);
+        }
+      }
+      spec.dispose?.();
+    }
+    // Sampling: the draft's q rows are zero-padded to the target's width for the verifier.
+    const sampled = await new SpeculativeDecoder({ target: padded, speculator: new DraftModelSpeculator({ draft: short, k: 3 }), sampling: { temperature: 1, seed: 5 } }).generateBatch(ps, { maxNewTokens: maxNew });
+    let proposed = 0;
+    for (const r of sampled) {
+      assert.ok(r.tokens.length === maxNew || (r.finishReason === 'stop' && r.tokens[r.tokens.length - 1] === 2), `${r.tokens.length} tokens, ${r.finishReason}`);
+      assert.ok(Array.from(r.tokens).every((t) => t >= 0 && t < targetSpec.vocab));
+      proposed += r.stats.proposedDraftTokens;
+    }
+    assert.ok(proposed > 0, 'the draft proposed');
+    assertThrowsCode(() => new SpeculativeDecoder({ target: short, speculator: new DraftModelSpeculator({ draft: padded, k: 2 }) }), 'E_ARG', /draft's vocabulary \(96 ids\) is larger than the target's \(72\)/);
+    assert.strictEqual(short.kvInfo().freePages, short.kvInfo().totalPages, 'draft KV pages leaked');
+  } finally {
+    short.dispose();
+    padded.dispose();
+  }
+}
+
 describe('strategies on random Llama checkpoints (CPU)', function () {
   this.timeout(120000);
   const targetSpec = specByName('llama-gqa-f32');
@@ -496,51 +544,7 @@ describe('strategies on random Llama checkpoints (CPU)', function () {
     }
   });
 
-  it('a draft over a prefix of the target\'s vocabulary (a padded target): greedy equals plain, sampling runs, a wider draft is refused', async () => {
-    // The target's last 24 ids are padding (zero LM head rows); the draft is the target cut to the
-    // other 72, so it drafts exactly the target's greedy choices. The last prompt holds padding ids,
-    // which reach the draft as a stand-in: that sequence's drafts go astray, its output must not.
-    const Vd = targetSpec.vocab - 24;
-    const pair = makePaddedVocabPair(targetSpec, testSeed + 30, Vd);
-    const padded = await LlamaModel.load(pair.target, { device: 'cpu', maxSequences: 8 });
-    const short = await LlamaModel.load(pair.draft, { device: 'cpu', maxSequences: 8 });
-    try {
-      const ps = prompts(testSeed + 31, [6, 10, 3], Vd);
-      ps[2] = Int32Array.from([...ps[2]!, Vd + 5, Vd, ...ps[0]!]);
-      const maxNew = 24;
-      const plain = await plainGenerate(padded, ps, { maxNewTokens: maxNew });
-      for (const [name, spec] of [
-        ['chain k=4', new DraftModelSpeculator({ draft: short, k: 4 })],
-        ['tree [2,2,1]', new DraftModelSpeculator({ draft: short, treeBranching: [2, 2, 1] })],
-        ['hybrid + prompt lookup', new HybridSpeculator({ draft: short, draftSpeculator: new PromptLookupSpeculator({ numDraft: 10 }), k: 4 })],
-      ] as const) {
-        const res = await new SpeculativeDecoder({ target: padded, speculator: spec }).generateBatch(ps, { maxNewTokens: maxNew });
-        res.forEach((r, i) => assert.deepStrictEqual(Array.from(r.tokens), Array.from(plain.tokens[i]!), `${name}: sequence ${i}`));
-        // Sequences 0 and 1 never show the draft a padding id: every draft is the target's choice.
-        if (name !== 'tree [2,2,1]') {
-          for (const i of [0, 1]) {
-            const st = res[i]!.stats;
-            if (st.proposedDraftTokens > 0) assert.ok(st.acceptedDraftTokens / st.proposedDraftTokens >= 0.99, `${name}, sequence ${i}: ${st.acceptedDraftTokens}/${st.proposedDraftTokens} accepted`);
-          }
-        }
-        spec.dispose?.();
-      }
-      // Sampling: the draft's q rows are zero-padded to the target's width for the verifier.
-      const sampled = await new SpeculativeDecoder({ target: padded, speculator: new DraftModelSpeculator({ draft: short, k: 3 }), sampling: { temperature: 1, seed: 5 } }).generateBatch(ps, { maxNewTokens: maxNew });
-      let proposed = 0;
-      for (const r of sampled) {
-        assert.ok(r.tokens.length === maxNew || (r.finishReason === 'stop' && r.tokens[r.tokens.length - 1] === 2), `${r.tokens.length} tokens, ${r.finishReason}`);
-        assert.ok(Array.from(r.tokens).every((t) => t >= 0 && t < targetSpec.vocab));
-        proposed += r.stats.proposedDraftTokens;
-      }
-      assert.ok(proposed > 0, 'the draft proposed');
-      assertThrowsCode(() => new SpeculativeDecoder({ target: short, speculator: new DraftModelSpeculator({ draft: padded, k: 2 }) }), 'E_ARG', /draft's vocabulary \(96 ids\) is larger than the target's \(72\)/);
-      assert.strictEqual(short.kvInfo().freePages, short.kvInfo().totalPages, 'draft KV pages leaked');
-    } finally {
-      short.dispose();
-      padded.dispose();
-    }
-  });
+  it('a draft over a prefix of the target\'s vocabulary (a padded target): greedy equals plain, sampling runs, a wider draft is refused', () => paddedVocabCase('cpu'));
 
   const families: [string, CheckpointSpec, CheckpointSpec][] = [
     ['Qwen3 (q/k norms per head)', specByName('qwen3-qknorm-bf16'), { ...specByName('qwen3-qknorm-bf16'), name: 'qwen3-draft', layers: 1, hidden: 16, intermediate: 32, heads: 2, kvHeads: 1, headDim: 8 }],
@@ -651,6 +655,8 @@ describeCuda('strategies on random Llama checkpoints', function () {
       target.dispose();
     }
   });
+
+  it('a draft over a prefix of the target\'s vocabulary (a padded target) on the GPU: greedy equals plain, sampled q rows padded on the device', () => paddedVocabCase('cuda'));
 });
 
 // Keep the CausalLM import used for type-only checks of the fixtures.

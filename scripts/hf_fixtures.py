@@ -79,6 +79,11 @@ try:  # transformers >= 4.50
     CLASSES["Gemma3ForCausalLM"] = (Gemma3TextConfig, Gemma3ForCausalLM)
 except ImportError:
     pass
+try:  # transformers >= 4.47
+    from transformers import Olmo2Config, Olmo2ForCausalLM
+    CLASSES["Olmo2ForCausalLM"] = (Olmo2Config, Olmo2ForCausalLM)
+except ImportError:
+    pass
 try:  # transformers >= 4.53
     from transformers import SmolLM3Config, SmolLM3ForCausalLM
     CLASSES["SmolLM3ForCausalLM"] = (SmolLM3Config, SmolLM3ForCausalLM)
@@ -109,6 +114,9 @@ GEMMA2 = dict(vocab_size=1024, hidden_size=256, intermediate_size=768, num_hidde
               num_attention_heads=4, num_key_value_heads=2, head_dim=128, max_position_embeddings=4096,
               rms_norm_eps=1e-6, query_pre_attn_scalar=128, sliding_window=24, attn_logit_softcapping=50.0,
               final_logit_softcapping=30.0)
+# OLMo 2's layer: no pre-norms, post-norms on both blocks, q/k norms over the whole projections (GQA 3:1).
+OLMO2 = dict(vocab_size=1024, hidden_size=384, intermediate_size=1024, num_hidden_layers=3,
+             num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-6)
 PHI3_LONGROPE = dict(rope_type="longrope", short_factor=[1.0 + 0.05 * i for i in range(32)],
                      long_factor=[1.0 + 0.75 * i for i in range(32)])
 PHI4MINI_LONGROPE = dict(rope_type="longrope", short_factor=[1.0 + 0.1 * i for i in range(24)],
@@ -122,6 +130,8 @@ FIXTURES = [
     # Sliding windows shorter than the longer prompts + 64 new tokens: Mistral v0.1's (every layer),
     # Phi-3-mini-4k's (every layer), Qwen2's use_sliding_window from max_window_layers on.
     # Optional: Gemma 3's rope settings moved to per-layer-type rope_parameters in transformers 5.
+    dict(name="olmo2-postnorm-bf16", arch="Olmo2ForCausalLM", dtype="bfloat16", shape=OLMO2,
+         theta=500000.0, rope=None, tied=False, seed=27, optional=True),
     dict(name="gemma2-softcap-f32", arch="Gemma2ForCausalLM", dtype="float32", shape=GEMMA2,
          theta=10000.0, rope=None, tied=True, seed=26, optional=True),
     dict(name="gemma3-bf16", arch="Gemma3ForCausalLM", dtype="bfloat16", shape=GEMMA3,
@@ -208,6 +218,8 @@ def make_config(arch, shape, theta, rope, tied, optional=False):
             kw["original_max_position_embeddings"] = shape["original_max_position_embeddings"]
     elif arch == "MistralForCausalLM":
         kw.setdefault("sliding_window", None)
+    elif arch == "Olmo2ForCausalLM":
+        kw.update(attention_bias=False)
     elif arch in ("Gemma2ForCausalLM", "Gemma3ForCausalLM"):
         pass
     else:

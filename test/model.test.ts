@@ -632,6 +632,29 @@ describe('Llama runner (cpu)', function () {
       assert.throws(() => parseLlamaConfig({ ...g4b, architectures: ['Mistral3ForConditionalGeneration'] }), /unsupported architecture Mistral3ForConditionalGeneration: the text model of multimodal Mistral 3/);
     });
 
+    it('config parsing, OLMo 2: post-norms and whole-projection q/k norms, attention_bias on all four, rms_norm_eps 1e-5 by default', () => {
+      const cfg = configJson(specByName('olmo2-bf16'));
+      const c = parseLlamaConfig(cfg);
+      assert.deepStrictEqual([c.architecture, c.olmo2, c.qkNorm, c.qkvBias, c.oBias, c.gemma, c.rmsNormEps, c.ropeTheta], ['Olmo2ForCausalLM', true, false, true, true, undefined, 1e-5, 500000]);
+      const { rms_norm_eps: _e, architectures: _a, ...byType } = cfg;
+      const d = parseLlamaConfig({ ...byType, attention_bias: false });
+      assert.deepStrictEqual([d.architecture, d.rmsNormEps, d.qkvBias, d.oBias], ['Olmo2ForCausalLM', 1e-5, false, false]);
+      assert.throws(() => parseLlamaConfig({ ...cfg, hidden_act: 'gelu' }), /hidden_act 'gelu' is not supported/);
+    });
+
+    it('weights, OLMo 2: a q_norm of one head\'s width (Qwen3\'s layout) is E_FORMAT naming the whole projection\'s width', async () => {
+      const { writeSafetensors } = await import('../lib/safetensors');
+      const { randomWeights } = await import('./fixtures/checkpoints');
+      const spec = specByName('olmo2-bf16');
+      const dir = copyOf(spec.name);
+      const weights = randomWeights(spec, 5);
+      writeSafetensors(path.join(dir, 'model.safetensors'), { ...weights, 'model.layers.1.self_attn.q_norm.weight': { dtype: 'BF16', shape: [8], data: new Float32Array(8).fill(1) } });
+      await loadErr(dir, /tensor 'model\.layers\.1\.self_attn\.q_norm\.weight' has shape \[8\], expected \[32\] \(num_attention_heads\*head_dim\)/);
+      const { ['model.layers.0.post_feedforward_layernorm.weight']: _p, ...missing } = weights;
+      writeSafetensors(path.join(dir, 'model.safetensors'), missing);
+      await loadErr(dir, /missing tensor 'model\.layers\.0\.post_feedforward_layernorm\.weight'/);
+    });
+
     it('config parsing, Gemma 2: its layer, soft-capping (defaults 50 / 30, null turns one off), even layers sliding, no q/k norms', () => {
       const cfg = configJson(specByName('gemma2-f32'));
       const g = parseLlamaConfig(cfg);
@@ -834,7 +857,7 @@ describeCuda('Llama runner', function () {
   });
   after(() => fs.rmSync(root, { recursive: true, force: true }));
 
-  for (const name of ['llama-gqa-f32', 'qwen2-bias-f16', 'llama-sharded-bf16', 'llama3-rope-f32', 'qwen3-qknorm-bf16', 'phi3-fused-f16', 'phi4mini-partial-f32', 'smollm3-nope-bf16', 'mistral-swa-bf16', 'qwen2-swa-f32', 'gemma3-bf16', 'gemma2-f32']) {
+  for (const name of ['llama-gqa-f32', 'qwen2-bias-f16', 'llama-sharded-bf16', 'llama3-rope-f32', 'qwen3-qknorm-bf16', 'phi3-fused-f16', 'phi4mini-partial-f32', 'smollm3-nope-bf16', 'mistral-swa-bf16', 'qwen2-swa-f32', 'gemma3-bf16', 'gemma2-f32', 'olmo2-bf16']) {
     it(`${name}: CUDA logits match the float64 reference, batch invariance holds, greedy matches`, async () => {
       const spec = specByName(name);
       const dir = path.join(root, name);

@@ -29,6 +29,8 @@ declare namespace SpecdecNative {
     geluMlp?: boolean;
     normOffset?: number;
     sandwichNorms?: boolean;
+    /** OLMo 2: no pre-norms; post_attention_layernorm / post_feedforward_layernorm on block outputs; q_norm / k_norm over whole projections. */
+    postNorms?: boolean;
     scaleEmbeddings?: boolean;
     /** Gemma 2: soft-capping of the attention scores and of the logits (0 / absent: none). */
     attnSoftcap?: number;

@@ -105,6 +105,8 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const LlamaConfig& config, const Ll
                 "config: rope_local_base_freq must be a positive number, got ", c.rope_local_theta);
   SPECDEC_CHECK(std::isfinite(c.attn_scale) && c.attn_scale >= 0, "E_FORMAT", "config: attention scale must be a finite number >= 0, got ",
                 c.attn_scale);
+  SPECDEC_CHECK(!c.post_norms || (!c.sandwich_norms && !c.qk_norm), "E_FORMAT",
+                "config: post-norms only (OLMo 2) exclude sandwich norms and per-head q/k norms");
   SPECDEC_CHECK(std::isfinite(c.attn_softcap) && c.attn_softcap >= 0 && std::isfinite(c.final_softcap) && c.final_softcap >= 0,
                 "E_FORMAT", "config: soft-capping values must be finite numbers >= 0 (0 = none), got ", c.attn_softcap, " and ",
                 c.final_softcap);
@@ -217,7 +219,7 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const LlamaConfig& config, const Ll
   for (int l = 0; l < c.num_layers; ++l) {
     const std::string p = prefix + "layers." + std::to_string(l) + ".";
     Layer& L = m->layers_.emplace_back();
-    L.attn_norm = norm(p + "input_layernorm.weight", H, "hidden_size");
+    if (!c.post_norms) L.attn_norm = norm(p + "input_layernorm.weight", H, "hidden_size");
     if (c.fused_projections) {
       // Row ranges of the fused weights (views: no copy, and the matmuls read them in place).
       const Tensor qkv = weight(p + "self_attn.qkv_proj.weight", {QD + 2 * KD, H},
@@ -235,7 +237,11 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const LlamaConfig& config, const Ll
       L.k_bias = weight(p + "self_attn.k_proj.bias", {KD}, "num_key_value_heads*head_dim");
       L.v_bias = weight(p + "self_attn.v_proj.bias", {KD}, "num_key_value_heads*head_dim");
     }
-    if (c.qk_norm) {
+    if (c.post_norms) {
+      // OLMo 2: one RMSNorm over each whole projection (all heads together), before RoPE.
+      L.q_norm_full = norm(p + "self_attn.q_norm.weight", QD, "num_attention_heads*head_dim");
+      L.k_norm_full = norm(p + "self_attn.k_norm.weight", KD, "num_key_value_heads*head_dim");
+    } else if (c.qk_norm) {
       // f32 copies (2 x head_dim floats a layer), so the fused kernel reads one type.
       L.qk_norm.q_w = f32_copy(weight(p + "self_attn.q_norm.weight", {c.head_dim}, "head_dim", true, true), options.device, c.norm_offset);
       L.qk_norm.k_w = f32_copy(weight(p + "self_attn.k_norm.weight", {c.head_dim}, "head_dim", true, true), options.device, c.norm_offset);
@@ -248,6 +254,9 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const LlamaConfig& config, const Ll
       // pre_feedforward_layernorm and post_feedforward_layernorm.
       L.post_attn_norm = norm(p + "post_attention_layernorm.weight", H, "hidden_size");
       L.mlp_norm = norm(p + "pre_feedforward_layernorm.weight", H, "hidden_size");
+      L.post_mlp_norm = norm(p + "post_feedforward_layernorm.weight", H, "hidden_size");
+    } else if (c.post_norms) {
+      L.post_attn_norm = norm(p + "post_attention_layernorm.weight", H, "hidden_size");
       L.post_mlp_norm = norm(p + "post_feedforward_layernorm.weight", H, "hidden_size");
     } else {
       L.mlp_norm = norm(p + "post_attention_layernorm.weight", H, "hidden_size");
@@ -569,11 +578,18 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
   auto layer_stack = [&] {
     ops::embedding(embed_, g_ids, x, dev_ids ? nullptr : tokens.data(), dev_ids != nullptr, embed_scale_);
     // Each block's residual add runs with the next norm as one op (add_rmsnorm: the same bits).
-    ops::rmsnorm(x, layers_[0].attn_norm, c.rms_norm_eps, h);
+    // OLMo 2 normalizes block outputs only: its blocks read the residual stream itself.
+    const bool post = c.post_norms;
+    Tensor& in = post ? x : h;
+    if (!post) ops::rmsnorm(x, layers_[0].attn_norm, c.rms_norm_eps, h);
     for (int l = 0; l < c.num_layers; ++l) {
       const Layer& L = layers_[l];
-      // Attention block (h: its normed input).
-      ops::matmul_group(h, {{&L.q, &L.q_bias, &q2}, {&L.k, &L.k_bias, &k2}, {&L.v, &L.v_bias, &v2}});
+      // Attention block (in: its normed input, or OLMo 2's residual stream).
+      ops::matmul_group(in, {{&L.q, &L.q_bias, &q2}, {&L.k, &L.k_bias, &k2}, {&L.v, &L.v_bias, &v2}});
+      if (post) {
+        ops::rmsnorm(q2, L.q_norm_full, c.rms_norm_eps, q2);
+        ops::rmsnorm(k2, L.k_norm_full, c.rms_norm_eps, k2);
+      }
       // (Qwen3: each head's q and k RMS-normalized first, in the same op.) SmolLM3's NoPE layers
       // store K and V as they are.
       if (c.rope_layers.empty() || c.rope_layers[static_cast<size_t>(l)])
@@ -586,15 +602,17 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
                           static_cast<float>(c.attn_softcap));
       ops::matmul(att2, L.o, L.o_bias, o);
       // MLP block (SwiGLU; Gemma: GeGLU between its own norms).
-      if (c.sandwich_norms) ops::rmsnorm(o, L.post_attn_norm, c.rms_norm_eps, o);
-      ops::add_rmsnorm(x, o, L.mlp_norm, c.rms_norm_eps, h);
-      ops::matmul_group(h, {{&L.gate, &no_bias, &gate}, {&L.up, &no_bias, &up}});
+      if (c.sandwich_norms || post) ops::rmsnorm(o, L.post_attn_norm, c.rms_norm_eps, o);
+      if (post) ops::add_inplace(x, o);
+      else ops::add_rmsnorm(x, o, L.mlp_norm, c.rms_norm_eps, h);
+      ops::matmul_group(in, {{&L.gate, &no_bias, &gate}, {&L.up, &no_bias, &up}});
       if (c.gelu_mlp) ops::gelu_tanh_mul(gate, up, gate);
       else ops::silu_mul(gate, up, gate);
       ops::matmul(gate, L.down, Tensor(), o);
-      if (c.sandwich_norms) ops::rmsnorm(o, L.post_mlp_norm, c.rms_norm_eps, o);
+      if (c.sandwich_norms || post) ops::rmsnorm(o, L.post_mlp_norm, c.rms_norm_eps, o);
       // The next layer's normed input, or (after the last) the final norm in place.
-      if (l + 1 < c.num_layers) ops::add_rmsnorm(x, o, layers_[l + 1].attn_norm, c.rms_norm_eps, h);
+      if (post && l + 1 < c.num_layers) ops::add_inplace(x, o);
+      else if (l + 1 < c.num_layers) ops::add_rmsnorm(x, o, layers_[l + 1].attn_norm, c.rms_norm_eps, h);
       else ops::add_rmsnorm(x, o, final_norm_, c.rms_norm_eps, x);
     }
   };

@@ -64,6 +64,7 @@ LlamaConfig config_arg(const Napi::Value& v) {
   if (has_field(o, "normOffset")) c.norm_offset = static_cast<float>(get_number(get_field(o, "normOffset"), "config.normOffset"));
   c.gelu_mlp = has_field(o, "geluMlp") && get_bool(get_field(o, "geluMlp"), "config.geluMlp");
   c.sandwich_norms = has_field(o, "sandwichNorms") && get_bool(get_field(o, "sandwichNorms"), "config.sandwichNorms");
+  c.post_norms = has_field(o, "postNorms") && get_bool(get_field(o, "postNorms"), "config.postNorms");
   c.scale_embeddings = has_field(o, "scaleEmbeddings") && get_bool(get_field(o, "scaleEmbeddings"), "config.scaleEmbeddings");
   if (has_field(o, "attentionWindows")) {
     const Napi::Value f = get_field(o, "attentionWindows");

@@ -1,5 +1,6 @@
 // config.json of Llama-family checkpoints (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM,
-// Qwen3ForCausalLM, Phi3ForCausalLM, SmolLM3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM):
+// Qwen3ForCausalLM, Phi3ForCausalLM, SmolLM3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM,
+// Olmo2ForCausalLM; the text model of Gemma3ForConditionalGeneration):
 // parsing, defaults as in the HF config classes, and validation with errors that name the file and field.
 import * as fs from 'fs';
 import * as path from 'path';
@@ -73,6 +74,12 @@ export interface LlamaConfig extends ModelConfig {
    * sqrt(hidden_size).
    */
   readonly gemma?: boolean;
+  /**
+   * OLMo 2: no norm before the attention or the MLP; post_attention_layernorm and
+   * post_feedforward_layernorm normalize their outputs before the residual adds, and q_norm / k_norm
+   * normalize the whole q and k projections (weights [heads x head_dim]) before RoPE.
+   */
+  readonly olmo2?: boolean;
   /** Gemma 2: attention scores and logits soft-capped, c tanh(x / c) (absent: none). */
   readonly attnSoftcap?: number;
   readonly finalSoftcap?: number;
@@ -95,7 +102,7 @@ export interface LlamaConfig extends ModelConfig {
   readonly torchDtype?: string;
 }
 
-export const SUPPORTED_ARCHITECTURES = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM', 'Qwen3ForCausalLM', 'Phi3ForCausalLM', 'SmolLM3ForCausalLM', 'Gemma2ForCausalLM', 'Gemma3ForCausalLM'] as const;
+export const SUPPORTED_ARCHITECTURES = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM', 'Qwen3ForCausalLM', 'Phi3ForCausalLM', 'SmolLM3ForCausalLM', 'Gemma2ForCausalLM', 'Gemma3ForCausalLM', 'Olmo2ForCausalLM'] as const;
 const MODEL_TYPES: Record<string, string> = {
   llama: 'LlamaForCausalLM',
   mistral: 'MistralForCausalLM',
@@ -105,6 +112,7 @@ const MODEL_TYPES: Record<string, string> = {
   smollm3: 'SmolLM3ForCausalLM',
   gemma2: 'Gemma2ForCausalLM',
   gemma3_text: 'Gemma3ForCausalLM',
+  olmo2: 'Olmo2ForCausalLM',
 };
 /** Architectures users will try that are refused with the reason, rather than run approximately. */
 const REFUSED: Record<string, string> = {
@@ -236,6 +244,7 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
   const gemma3 = arch === 'Gemma3ForCausalLM';
   const gemma2 = arch === 'Gemma2ForCausalLM';
   const gemma = gemma2 || gemma3;
+  const olmo2 = arch === 'Olmo2ForCausalLM';
   // transformers 5 writes Gemma 3's rotary settings per layer type: the global ones are read as
   // rope_parameters, the sliding layers' base as rope_local_base_freq.
   const rp0 = o['rope_parameters'];
@@ -430,7 +439,7 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
     maxPositions,
     eosTokenIds,
     ...(bos !== undefined ? { bosTokenId: bos } : {}),
-    rmsNormEps: num('rms_norm_eps', 1e-6),
+    rmsNormEps: num('rms_norm_eps', olmo2 ? 1e-5 : 1e-6),
     ropeTheta,
     ...(ropeScaling !== undefined ? { ropeScaling } : {}),
     ropeDim,
@@ -440,10 +449,11 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
     ...(gemma ? { attnScale: attnScale as number, gemma: true } : {}),
     ...(attnSoftcap !== undefined ? { attnSoftcap } : {}),
     ...(finalSoftcap !== undefined ? { finalSoftcap } : {}),
-    // HF: Qwen2 always has q/k/v biases and none on o_proj; Llama, Qwen3 and Gemma put attention_bias on all four.
+    // HF: Qwen2 always has q/k/v biases and none on o_proj; Llama, Qwen3, Gemma and OLMo 2 put attention_bias on all four.
     qkvBias: arch === 'Qwen2ForCausalLM' || attentionBias,
-    oBias: (arch === 'LlamaForCausalLM' || arch === 'Qwen3ForCausalLM' || arch === 'SmolLM3ForCausalLM' || gemma) && attentionBias,
+    oBias: (arch === 'LlamaForCausalLM' || arch === 'Qwen3ForCausalLM' || arch === 'SmolLM3ForCausalLM' || gemma || olmo2) && attentionBias,
     qkNorm: arch === 'Qwen3ForCausalLM' || gemma3,
+    ...(olmo2 ? { olmo2: true } : {}),
     fusedProjections: arch === 'Phi3ForCausalLM',
     tieWordEmbeddings: bool('tie_word_embeddings', gemma),
     ...(dtypeName !== undefined ? { torchDtype: dtypeName } : {}),
@@ -491,6 +501,7 @@ export function toNativeConfig(c: LlamaConfig): SpecdecNative.LlamaNativeConfig 
     ...(c.ropeLocalLayers !== undefined ? { ropeLocalLayers: [...c.ropeLocalLayers], ropeLocalTheta: c.ropeLocalTheta ?? 10000 } : {}),
     ...(c.attnScale !== undefined ? { attnScale: c.attnScale } : {}),
     ...(c.gemma ? { geluMlp: true, normOffset: 1, sandwichNorms: true, scaleEmbeddings: true } : {}),
+    ...(c.olmo2 ? { postNorms: true } : {}),
     ...(c.attnSoftcap !== undefined ? { attnSoftcap: c.attnSoftcap } : {}),
     ...(c.finalSoftcap !== undefined ? { finalSoftcap: c.finalSoftcap } : {}),
     ...(c.ropeScaling === undefined

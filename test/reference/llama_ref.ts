@@ -120,6 +120,8 @@ export class LlamaReference {
   private gemma = false;
   private gemma2 = false;
   private gemma3 = false;
+  /** OLMo 2 (Olmo2Model): norms on the block outputs only, q/k norms over whole projections. */
+  private olmo2 = false;
   private invFreqLocal = new Float64Array(0);
   private readonly w: Map<string, Mat>;
 
@@ -133,8 +135,9 @@ export class LlamaReference {
     this.NH = c['num_attention_heads'] as number;
     this.NKV = (c['num_key_value_heads'] as number | undefined) ?? this.NH;
     this.D = (c['head_dim'] as number | undefined) ?? this.H / this.NH;
-    this.eps = (c['rms_norm_eps'] as number | undefined) ?? 1e-6;
     const archs = (c['architectures'] as string[] | undefined) ?? [];
+    this.olmo2 = archs.includes('Olmo2ForCausalLM') || c['model_type'] === 'olmo2';
+    this.eps = (c['rms_norm_eps'] as number | undefined) ?? (this.olmo2 ? 1e-5 : 1e-6);
     this.gemma3 = archs.includes('Gemma3ForCausalLM') || c['model_type'] === 'gemma3_text';
     this.gemma2 = archs.includes('Gemma2ForCausalLM') || c['model_type'] === 'gemma2';
     this.gemma = this.gemma2 || this.gemma3;
@@ -295,11 +298,16 @@ export class LlamaReference {
     const group = NH / NKV;
     for (let l = 0; l < this.L; l++) {
       const p = `model.layers.${l}.`;
-      const h = this.rmsnorm(x, N, this.get(p + 'input_layernorm.weight'));
+      // Olmo2DecoderLayer: no input_layernorm (the block reads the residual stream).
+      const h = this.olmo2 ? x.slice() : this.rmsnorm(x, N, this.get(p + 'input_layernorm.weight'));
       const q = this.linear(h, N, H, this.get(p + 'self_attn.q_proj.weight'), this.opt(p + 'self_attn.q_proj.bias'));
       const k = this.linear(h, N, H, this.get(p + 'self_attn.k_proj.weight'), this.opt(p + 'self_attn.k_proj.bias'));
       const v = this.linear(h, N, H, this.get(p + 'self_attn.v_proj.weight'), this.opt(p + 'self_attn.v_proj.bias'));
-      if (this.qkNorm) {
+      if (this.olmo2) {
+        // Olmo2Attention: q_norm / k_norm over the whole projections, before RoPE.
+        q.set(this.rmsnorm(q, N, this.get(p + 'self_attn.q_norm.weight'), NH * D));
+        k.set(this.rmsnorm(k, N, this.get(p + 'self_attn.k_norm.weight'), NKV * D));
+      } else if (this.qkNorm) {
         // Qwen3Attention: q_norm / k_norm over each head's head_dim values, before RoPE.
         q.set(this.rmsnorm(q, N * NH, this.get(p + 'self_attn.q_norm.weight'), D));
         k.set(this.rmsnorm(k, N * NKV, this.get(p + 'self_attn.k_norm.weight'), D));
@@ -345,9 +353,10 @@ export class LlamaReference {
       let o = this.linear(att, N, NH * D, this.get(p + 'self_attn.o_proj.weight'), this.opt(p + 'self_attn.o_proj.bias'));
       // Gemma3DecoderLayer: post_attention_layernorm on the attention output, then the residual;
       // pre_feedforward_layernorm before the MLP, post_feedforward_layernorm after it.
-      if (this.gemma) o = this.rmsnorm(o, N, this.get(p + 'post_attention_layernorm.weight'));
+      // Olmo2DecoderLayer: the same post-norms, and no norm before the MLP.
+      if (this.gemma || this.olmo2) o = this.rmsnorm(o, N, this.get(p + 'post_attention_layernorm.weight'));
       for (let i = 0; i < x.length; i++) x[i] = x[i]! + o[i]!;
-      const h2 = this.rmsnorm(x, N, this.get(p + (this.gemma ? 'pre_feedforward_layernorm.weight' : 'post_attention_layernorm.weight')));
+      const h2 = this.olmo2 ? x.slice() : this.rmsnorm(x, N, this.get(p + (this.gemma ? 'pre_feedforward_layernorm.weight' : 'post_attention_layernorm.weight')));
       const g = this.linear(h2, N, H, this.get(p + 'mlp.gate_proj.weight'));
       const u = this.linear(h2, N, H, this.get(p + 'mlp.up_proj.weight'));
       for (let i = 0; i < g.length; i++) {
@@ -357,7 +366,7 @@ export class LlamaReference {
         g[i] = act * u[i]!;
       }
       let dn = this.linear(g, N, I, this.get(p + 'mlp.down_proj.weight'));
-      if (this.gemma) dn = this.rmsnorm(dn, N, this.get(p + 'post_feedforward_layernorm.weight'));
+      if (this.gemma || this.olmo2) dn = this.rmsnorm(dn, N, this.get(p + 'post_feedforward_layernorm.weight'));
       for (let i = 0; i < x.length; i++) x[i] = x[i]! + dn[i]!;
     }
     x = this.rmsnorm(x, N, this.get('model.norm.weight'));

@@ -237,6 +237,12 @@ void softcap(Tensor& x, float cap) {
   SPECDEC_CUDA_LAUNCH_CHECK("softcap_kernel");
 }
 
+void scale(Tensor& x, float s) {
+  const int64_t n = x.numel();
+  launch_kernel(scale_kernel, elementwise_grid(n), 256, 0, x.ptr<float>(), s, n);
+  SPECDEC_CUDA_LAUNCH_CHECK("scale_kernel");
+}
+
 void gelu_tanh_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
   const int64_t n = gate.numel();
   launch_kernel(gelu_tanh_mul_kernel, elementwise_grid(n), 256, 0, gate.ptr<float>(), up.ptr<float>(), out.ptr<float>(), n);

@@ -275,6 +275,12 @@ __global__ void softcap_kernel(float* x, float cap, int64_t n) {
     x[i] = cap * tanhf(x[i] / cap);
 }
 
+// x *= s in place (Granite's residual and logit multipliers).
+__global__ void scale_kernel(float* x, float s, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    x[i] *= s;
+}
+
 __global__ void add_kernel(float* x, const float* y, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * blockDim.x)
     x[i] += y[i];

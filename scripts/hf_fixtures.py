@@ -84,6 +84,11 @@ try:  # transformers >= 4.47
     CLASSES["Olmo2ForCausalLM"] = (Olmo2Config, Olmo2ForCausalLM)
 except ImportError:
     pass
+try:  # transformers >= 4.45
+    from transformers import GraniteConfig, GraniteForCausalLM
+    CLASSES["GraniteForCausalLM"] = (GraniteConfig, GraniteForCausalLM)
+except ImportError:
+    pass
 try:  # transformers >= 4.53
     from transformers import SmolLM3Config, SmolLM3ForCausalLM
     CLASSES["SmolLM3ForCausalLM"] = (SmolLM3Config, SmolLM3ForCausalLM)
@@ -117,6 +122,10 @@ GEMMA2 = dict(vocab_size=1024, hidden_size=256, intermediate_size=768, num_hidde
 # OLMo 2's layer: no pre-norms, post-norms on both blocks, q/k norms over the whole projections (GQA 3:1).
 OLMO2 = dict(vocab_size=1024, hidden_size=384, intermediate_size=1024, num_hidden_layers=3,
              num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-6)
+# Granite 3's multipliers (granite-3.x-2b's values), each far from 1.
+GRANITE = dict(vocab_size=1024, hidden_size=512, intermediate_size=1376, num_hidden_layers=3,
+               num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-5,
+               embedding_multiplier=12.0, residual_multiplier=0.22, attention_multiplier=0.015625, logits_scaling=8.0)
 PHI3_LONGROPE = dict(rope_type="longrope", short_factor=[1.0 + 0.05 * i for i in range(32)],
                      long_factor=[1.0 + 0.75 * i for i in range(32)])
 PHI4MINI_LONGROPE = dict(rope_type="longrope", short_factor=[1.0 + 0.1 * i for i in range(24)],
@@ -130,6 +139,8 @@ FIXTURES = [
     # Sliding windows shorter than the longer prompts + 64 new tokens: Mistral v0.1's (every layer),
     # Phi-3-mini-4k's (every layer), Qwen2's use_sliding_window from max_window_layers on.
     # Optional: Gemma 3's rope settings moved to per-layer-type rope_parameters in transformers 5.
+    dict(name="granite-multipliers-bf16", arch="GraniteForCausalLM", dtype="bfloat16", shape=GRANITE,
+         theta=10000.0, rope=None, tied=True, seed=28, optional=True),
     dict(name="olmo2-postnorm-bf16", arch="Olmo2ForCausalLM", dtype="bfloat16", shape=OLMO2,
          theta=500000.0, rope=None, tied=False, seed=27, optional=True),
     dict(name="gemma2-softcap-f32", arch="Gemma2ForCausalLM", dtype="float32", shape=GEMMA2,
@@ -220,6 +231,8 @@ def make_config(arch, shape, theta, rope, tied, optional=False):
         kw.setdefault("sliding_window", None)
     elif arch == "Olmo2ForCausalLM":
         kw.update(attention_bias=False)
+    elif arch == "GraniteForCausalLM":
+        kw.update(attention_bias=False, mlp_bias=False)
     elif arch in ("Gemma2ForCausalLM", "Gemma3ForCausalLM"):
         pass
     else:

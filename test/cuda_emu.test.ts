@@ -43,7 +43,7 @@ const programs: Program[] = [
     minChecks: 166, args: ['2'], tsanArgs: ['0'], tsanMinChecks: 24 },
   { source: 'graphs_emu.cc', extra: [], kernel: 'CUDA graphs of the layer stack: launch records, the body arena, replay == eager, no stale replay, fallbacks (cuda/graph_cache.h)', minChecks: 13,
     args: [], tsanArgs: ['20'], tsanMinChecks: 13 },
-  { source: 'layers_kv_emu.cc', extra: [], kernel: 'model layers (the fused residual add + norm and the q+k rotation, and the rotation with the K/V append, with and without the Qwen3 q/k norms, whole and partial rotations, == the separate ops; GeGLU, logit soft-capping, scaled embeddings) + paged KV movement incl. commit from a verification result (cuda/layers.cuh, cuda/kv.cuh)', minChecks: 88,
+  { source: 'layers_kv_emu.cc', extra: [], kernel: 'model layers (the fused residual add + norm and the q+k rotation, and the rotation with the K/V append, with and without the Qwen3 q/k norms, whole and partial rotations, == the separate ops; GeGLU, logit soft-capping, scaled embeddings, Granite\'s scale) + paged KV movement incl. commit from a verification result (cuda/layers.cuh, cuda/kv.cuh)', minChecks: 94,
     args: [], tsanArgs: ['quick'], tsanMinChecks: 20 },
 ];
 const sanitizers = ['address,undefined', 'thread'];

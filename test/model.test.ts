@@ -642,6 +642,19 @@ describe('Llama runner (cpu)', function () {
       assert.throws(() => parseLlamaConfig({ ...cfg, hidden_act: 'gelu' }), /hidden_act 'gelu' is not supported/);
     });
 
+    it('config parsing, Granite: its four multipliers (GraniteConfig\'s defaults 1; attention_multiplier is the softmax scale), errors named', () => {
+      const cfg = configJson(specByName('granite-bf16'));
+      const g = parseLlamaConfig(cfg);
+      assert.deepStrictEqual([g.architecture, g.attnScale, g.embeddingMultiplier, g.residualMultiplier, g.logitsScaling, g.tieWordEmbeddings], ['GraniteForCausalLM', 0.0625, 12, 0.22, 8, true]);
+      const { embedding_multiplier: _e, residual_multiplier: _r, attention_multiplier: _a, logits_scaling: _l, architectures: _x, ...bare } = cfg;
+      const d = parseLlamaConfig(bare);
+      assert.deepStrictEqual([d.architecture, d.attnScale, d.embeddingMultiplier, d.residualMultiplier, d.logitsScaling], ['GraniteForCausalLM', 1, 1, 1, 1]);
+      assert.throws(() => parseLlamaConfig({ ...cfg, logits_scaling: 0 }), /field 'logits_scaling' must be a positive number, got 0/);
+      assert.throws(() => parseLlamaConfig({ ...cfg, residual_multiplier: 'x' }), /field 'residual_multiplier' must be a positive number/);
+      // Not read for other architectures.
+      assert.strictEqual(parseLlamaConfig({ ...configJson(specByName('llama-gqa-f32')), residual_multiplier: 0.5 }).residualMultiplier, undefined);
+    });
+
     it('weights, OLMo 2: a q_norm of one head\'s width (Qwen3\'s layout) is E_FORMAT naming the whole projection\'s width', async () => {
       const { writeSafetensors } = await import('../lib/safetensors');
       const { randomWeights } = await import('./fixtures/checkpoints');
@@ -857,7 +870,7 @@ describeCuda('Llama runner', function () {
   });
   after(() => fs.rmSync(root, { recursive: true, force: true }));
 
-  for (const name of ['llama-gqa-f32', 'qwen2-bias-f16', 'llama-sharded-bf16', 'llama3-rope-f32', 'qwen3-qknorm-bf16', 'phi3-fused-f16', 'phi4mini-partial-f32', 'smollm3-nope-bf16', 'mistral-swa-bf16', 'qwen2-swa-f32', 'gemma3-bf16', 'gemma2-f32', 'olmo2-bf16']) {
+  for (const name of ['llama-gqa-f32', 'qwen2-bias-f16', 'llama-sharded-bf16', 'llama3-rope-f32', 'qwen3-qknorm-bf16', 'phi3-fused-f16', 'phi4mini-partial-f32', 'smollm3-nope-bf16', 'mistral-swa-bf16', 'qwen2-swa-f32', 'gemma3-bf16', 'gemma2-f32', 'olmo2-bf16', 'granite-bf16']) {
     it(`${name}: CUDA logits match the float64 reference, batch invariance holds, greedy matches`, async () => {
       const spec = specByName(name);
       const dir = path.join(root, name);

@@ -31,6 +31,10 @@ declare namespace SpecdecNative {
     sandwichNorms?: boolean;
     /** OLMo 2: no pre-norms; post_attention_layernorm / post_feedforward_layernorm on block outputs; q_norm / k_norm over whole projections. */
     postNorms?: boolean;
+    /** Granite: embedding, residual and logit multipliers (default 1: none). */
+    embeddingMultiplier?: number;
+    residualMultiplier?: number;
+    logitsScaling?: number;
     scaleEmbeddings?: boolean;
     /** Gemma 2: soft-capping of the attention scores and of the logits (0 / absent: none). */
     attnSoftcap?: number;

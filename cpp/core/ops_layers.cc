@@ -260,6 +260,19 @@ void softcap(Tensor& x, float cap) {
 #endif
 }
 
+void scale(Tensor& x, float s) {
+  check_arg_dim(x, "x", {DType::f32}, -1);
+  SPECDEC_CHECK(std::isfinite(s), "E_ARG", "scale: s must be a finite number, got ", s);
+  if (x.numel() == 0) return;
+  note_op();  // one launch on CUDA
+  if (x.device() == Device::cpu) return cpu::scale(x, s);
+#ifdef SPECDEC_WITH_CUDA
+  return cuda::scale(x, s);
+#else
+  fail("E_UNSUPPORTED", "scale: CUDA backend not compiled");
+#endif
+}
+
 void add_inplace(Tensor& x, const Tensor& y) {
   check_arg_dim(x, "x", {DType::f32}, -1);
   check_arg_dim(y, "y", {DType::f32}, -1);

@@ -60,6 +60,9 @@ void gelu_tanh_mul(const Tensor& gate, const Tensor& up, Tensor& out);
 // x = cap * tanh(x / cap) in place, f32 (Gemma 2's final_logit_softcapping on the logits); cap > 0.
 void softcap(Tensor& x, float cap);
 
+// x *= s in place, f32 (Granite: residual_multiplier on block outputs, 1 / logits_scaling on the logits).
+void scale(Tensor& x, float s);
+
 // x += y (f32, same shape).
 void add_inplace(Tensor& x, const Tensor& y);
 
@@ -90,6 +93,7 @@ void gather_last_accepted(const Tensor& x, const Tensor& indptr, const Tensor& a
   void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out);                  \
   void gelu_tanh_mul(const Tensor& gate, const Tensor& up, Tensor& out);             \
   void softcap(Tensor& x, float cap);                                                \
+  void scale(Tensor& x, float s);                                                    \
   void add_inplace(Tensor& x, const Tensor& y);                                      \
   void add_rmsnorm(Tensor& x, const Tensor& y, const Tensor& w, float eps, Tensor& out); \
   void silu_inplace(Tensor& x);                                                      \

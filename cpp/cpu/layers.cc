@@ -162,6 +162,18 @@ void softcap(Tensor& x, float cap) {
       kPerItem * static_cast<double>(n));
 }
 
+void scale(Tensor& x, float s) {
+  const int64_t n = x.numel();
+  float* a = x.ptr<float>();
+  constexpr double kPerItem = 1.0;
+  parallel_for(
+      n, grain_for(kPerItem),
+      [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) a[i] *= s;
+      },
+      kPerItem * static_cast<double>(n));
+}
+
 void add_inplace(Tensor& x, const Tensor& y) {
   const int64_t n = x.numel();
   float* a = x.ptr<float>();

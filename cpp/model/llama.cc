@@ -105,6 +105,11 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const LlamaConfig& config, const Ll
                 "config: rope_local_base_freq must be a positive number, got ", c.rope_local_theta);
   SPECDEC_CHECK(std::isfinite(c.attn_scale) && c.attn_scale >= 0, "E_FORMAT", "config: attention scale must be a finite number >= 0, got ",
                 c.attn_scale);
+  for (double v : {c.embedding_multiplier, c.residual_multiplier, c.logits_scaling})
+    SPECDEC_CHECK(std::isfinite(v) && v > 0 && std::isfinite(1.0 / v), "E_FORMAT",
+                  "config: embedding_multiplier, residual_multiplier and logits_scaling must be positive numbers, got ", v);
+  SPECDEC_CHECK(!(c.scale_embeddings && c.embedding_multiplier != 1.0), "E_FORMAT",
+                "config: scaled embeddings (Gemma) and an embedding_multiplier (Granite) exclude each other");
   SPECDEC_CHECK(!c.post_norms || (!c.sandwich_norms && !c.qk_norm), "E_FORMAT",
                 "config: post-norms only (OLMo 2) exclude sandwich norms and per-head q/k norms");
   SPECDEC_CHECK(std::isfinite(c.attn_softcap) && c.attn_softcap >= 0 && std::isfinite(c.final_softcap) && c.final_softcap >= 0,
@@ -209,6 +214,8 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const LlamaConfig& config, const Ll
                       : m->embed_.dtype() == DType::f16 ? f16_to_f32(f32_to_f16(s))
                                                         : s;
   }
+  // Granite: the product in f32 (transformers rounds it to the weights' dtype).
+  if (c.embedding_multiplier != 1.0) m->embed_scale_ = static_cast<float>(c.embedding_multiplier);
   // An RMSNorm weight: as stored, or (Gemma) an f32 copy of norm_offset + w.
   auto norm = [&](const std::string& name, int64_t n, const char* why) {
     if (c.norm_offset == 0.f) return weight(name, {n}, why);
@@ -601,6 +608,7 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
                           c.attention_windows.empty() ? 0 : c.attention_windows[static_cast<size_t>(l)],
                           static_cast<float>(c.attn_softcap));
       ops::matmul(att2, L.o, L.o_bias, o);
+      if (c.residual_multiplier != 1.0) ops::scale(o, static_cast<float>(c.residual_multiplier));
       // MLP block (SwiGLU; Gemma: GeGLU between its own norms).
       if (c.sandwich_norms || post) ops::rmsnorm(o, L.post_attn_norm, c.rms_norm_eps, o);
       if (post) ops::add_inplace(x, o);
@@ -609,6 +617,7 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
       if (c.gelu_mlp) ops::gelu_tanh_mul(gate, up, gate);
       else ops::silu_mul(gate, up, gate);
       ops::matmul(gate, L.down, Tensor(), o);
+      if (c.residual_multiplier != 1.0) ops::scale(o, static_cast<float>(c.residual_multiplier));
       if (c.sandwich_norms || post) ops::rmsnorm(o, L.post_mlp_norm, c.rms_norm_eps, o);
       // The next layer's normed input, or (after the last) the final norm in place.
       if (post && l + 1 < c.num_layers) ops::add_inplace(x, o);
@@ -635,6 +644,8 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
   r.logits = Tensor::empty(DType::f32, {head_in.size(0), int64_t(c.vocab_size)}, dev);
   ops::matmul(head_in, lm_head_, Tensor(), r.logits);
   if (c.final_softcap > 0) ops::softcap(r.logits, static_cast<float>(c.final_softcap));
+  // Granite: logits / logits_scaling, as a product with the f32 reciprocal (at most an ulp apart).
+  if (c.logits_scaling != 1.0) ops::scale(r.logits, static_cast<float>(1.0 / c.logits_scaling));
   if (want_hidden) {
     if (graphed) {
       r.hidden = Tensor::empty(DType::f32, {N, H}, dev);

@@ -50,6 +50,11 @@ struct LlamaConfig {
   bool scale_embeddings = false;   // Gemma: embeddings times sqrt(hidden_size), rounded to the table's dtype
   double attn_softcap = 0.0;       // Gemma 2: attention scores softcap tanh(s / softcap); 0 = none
   double final_softcap = 0.0;      // Gemma 2: logits softcap tanh(z / softcap); 0 = none
+  // Granite: embeddings times embedding_multiplier, each block's output times residual_multiplier
+  // before its residual add, the logits divided by logits_scaling (1 = none).
+  double embedding_multiplier = 1.0;
+  double residual_multiplier = 1.0;
+  double logits_scaling = 1.0;
   // rope_scaling: "" (none), "linear" (factor), "llama3" (all four fields) or "longrope" (below).
   std::string rope_type;
   double rope_factor = 1.0;

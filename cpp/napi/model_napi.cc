@@ -61,6 +61,9 @@ LlamaConfig config_arg(const Napi::Value& v) {
   if (has_field(o, "attnScale")) c.attn_scale = get_number(get_field(o, "attnScale"), "config.attnScale");
   if (has_field(o, "attnSoftcap")) c.attn_softcap = get_number(get_field(o, "attnSoftcap"), "config.attnSoftcap");
   if (has_field(o, "finalSoftcap")) c.final_softcap = get_number(get_field(o, "finalSoftcap"), "config.finalSoftcap");
+  if (has_field(o, "embeddingMultiplier")) c.embedding_multiplier = get_number(get_field(o, "embeddingMultiplier"), "config.embeddingMultiplier");
+  if (has_field(o, "residualMultiplier")) c.residual_multiplier = get_number(get_field(o, "residualMultiplier"), "config.residualMultiplier");
+  if (has_field(o, "logitsScaling")) c.logits_scaling = get_number(get_field(o, "logitsScaling"), "config.logitsScaling");
   if (has_field(o, "normOffset")) c.norm_offset = static_cast<float>(get_number(get_field(o, "normOffset"), "config.normOffset"));
   c.gelu_mlp = has_field(o, "geluMlp") && get_bool(get_field(o, "geluMlp"), "config.geluMlp");
   c.sandwich_norms = has_field(o, "sandwichNorms") && get_bool(get_field(o, "sandwichNorms"), "config.sandwichNorms");

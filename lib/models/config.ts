@@ -1,6 +1,6 @@
 // config.json of Llama-family checkpoints (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM,
 // Qwen3ForCausalLM, Phi3ForCausalLM, SmolLM3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM,
-// Olmo2ForCausalLM; the text model of Gemma3ForConditionalGeneration):
+// Olmo2ForCausalLM, GraniteForCausalLM; the text model of Gemma3ForConditionalGeneration):
 // parsing, defaults as in the HF config classes, and validation with errors that name the file and field.
 import * as fs from 'fs';
 import * as path from 'path';
@@ -80,6 +80,14 @@ export interface LlamaConfig extends ModelConfig {
    * normalize the whole q and k projections (weights [heads x head_dim]) before RoPE.
    */
   readonly olmo2?: boolean;
+  /**
+   * Granite: embeddings times embeddingMultiplier, each attention / MLP output times
+   * residualMultiplier before its residual add, logits divided by logitsScaling (softmax scale
+   * attention_multiplier: attnScale). Absent: 1.
+   */
+  readonly embeddingMultiplier?: number;
+  readonly residualMultiplier?: number;
+  readonly logitsScaling?: number;
   /** Gemma 2: attention scores and logits soft-capped, c tanh(x / c) (absent: none). */
   readonly attnSoftcap?: number;
   readonly finalSoftcap?: number;
@@ -102,7 +110,7 @@ export interface LlamaConfig extends ModelConfig {
   readonly torchDtype?: string;
 }
 
-export const SUPPORTED_ARCHITECTURES = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM', 'Qwen3ForCausalLM', 'Phi3ForCausalLM', 'SmolLM3ForCausalLM', 'Gemma2ForCausalLM', 'Gemma3ForCausalLM', 'Olmo2ForCausalLM'] as const;
+export const SUPPORTED_ARCHITECTURES = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM', 'Qwen3ForCausalLM', 'Phi3ForCausalLM', 'SmolLM3ForCausalLM', 'Gemma2ForCausalLM', 'Gemma3ForCausalLM', 'Olmo2ForCausalLM', 'GraniteForCausalLM'] as const;
 const MODEL_TYPES: Record<string, string> = {
   llama: 'LlamaForCausalLM',
   mistral: 'MistralForCausalLM',
@@ -113,6 +121,7 @@ const MODEL_TYPES: Record<string, string> = {
   gemma2: 'Gemma2ForCausalLM',
   gemma3_text: 'Gemma3ForCausalLM',
   olmo2: 'Olmo2ForCausalLM',
+  granite: 'GraniteForCausalLM',
 };
 /** Architectures users will try that are refused with the reason, rather than run approximately. */
 const REFUSED: Record<string, string> = {
@@ -245,6 +254,7 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
   const gemma2 = arch === 'Gemma2ForCausalLM';
   const gemma = gemma2 || gemma3;
   const olmo2 = arch === 'Olmo2ForCausalLM';
+  const granite = arch === 'GraniteForCausalLM';
   // transformers 5 writes Gemma 3's rotary settings per layer type: the global ones are read as
   // rope_parameters, the sliding layers' base as rope_local_base_freq.
   const rp0 = o['rope_parameters'];
@@ -393,7 +403,12 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
   const ropeTheta = ropeParamsTheta ?? topTheta ?? (gemma3 ? 1000000 : 10000);
   // Gemma: query_pre_attn_scalar (default 256) sets the softmax scale; Gemma 3's sliding layers rotate
   // with rope_local_base_freq (default 10000) and no scaling.
-  const attnScale = gemma ? 1 / Math.sqrt(num('query_pre_attn_scalar', 256)) : undefined;
+  // Granite: attention_multiplier is the softmax scale itself (GraniteConfig's default 1).
+  const attnScale = gemma ? 1 / Math.sqrt(num('query_pre_attn_scalar', 256)) : granite ? num('attention_multiplier', 1) : undefined;
+  // Granite's other multipliers (GraniteConfig's defaults 1).
+  const graniteScales = granite
+    ? { embeddingMultiplier: num('embedding_multiplier', 1), residualMultiplier: num('residual_multiplier', 1), logitsScaling: num('logits_scaling', 1) }
+    : undefined;
   const ropeLocalTheta = gemma3 ? num('rope_local_base_freq', 10000) : undefined;
   // SmolLM3: no_rope_layers[l] = 1 where layer l rotates q and k; written out by transformers, else
   // (its config class) every no_rope_layer_interval-th layer (default 4) goes without.
@@ -447,11 +462,12 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
     ...(attentionWindows !== undefined ? { attentionWindows } : {}),
     ...(gemma3 ? { ropeLocalLayers: sliding as boolean[], ropeLocalTheta: ropeLocalTheta as number } : {}),
     ...(gemma ? { attnScale: attnScale as number, gemma: true } : {}),
+    ...(granite ? { attnScale: attnScale as number, ...graniteScales } : {}),
     ...(attnSoftcap !== undefined ? { attnSoftcap } : {}),
     ...(finalSoftcap !== undefined ? { finalSoftcap } : {}),
     // HF: Qwen2 always has q/k/v biases and none on o_proj; Llama, Qwen3, Gemma and OLMo 2 put attention_bias on all four.
     qkvBias: arch === 'Qwen2ForCausalLM' || attentionBias,
-    oBias: (arch === 'LlamaForCausalLM' || arch === 'Qwen3ForCausalLM' || arch === 'SmolLM3ForCausalLM' || gemma || olmo2) && attentionBias,
+    oBias: (arch === 'LlamaForCausalLM' || arch === 'Qwen3ForCausalLM' || arch === 'SmolLM3ForCausalLM' || gemma || olmo2 || granite) && attentionBias,
     qkNorm: arch === 'Qwen3ForCausalLM' || gemma3,
     ...(olmo2 ? { olmo2: true } : {}),
     fusedProjections: arch === 'Phi3ForCausalLM',
@@ -502,6 +518,9 @@ export function toNativeConfig(c: LlamaConfig): SpecdecNative.LlamaNativeConfig 
     ...(c.attnScale !== undefined ? { attnScale: c.attnScale } : {}),
     ...(c.gemma ? { geluMlp: true, normOffset: 1, sandwichNorms: true, scaleEmbeddings: true } : {}),
     ...(c.olmo2 ? { postNorms: true } : {}),
+    ...(c.embeddingMultiplier !== undefined ? { embeddingMultiplier: c.embeddingMultiplier } : {}),
+    ...(c.residualMultiplier !== undefined ? { residualMultiplier: c.residualMultiplier } : {}),
+    ...(c.logitsScaling !== undefined ? { logitsScaling: c.logitsScaling } : {}),
     ...(c.attnSoftcap !== undefined ? { attnSoftcap: c.attnSoftcap } : {}),
     ...(c.finalSoftcap !== undefined ? { finalSoftcap: c.finalSoftcap } : {}),
     ...(c.ropeScaling === undefined

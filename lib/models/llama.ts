@@ -1,9 +1,9 @@
 // The built-in Llama-family runner (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM,
 // Qwen3ForCausalLM, Phi3ForCausalLM, SmolLM3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM,
-// Olmo2ForCausalLM; the text model of Gemma3ForConditionalGeneration) as a CausalLM: config.json
-// parsed here, weights memory-mapped and validated by the native loader (cpp/model/llama.cc),
-// forward on the libuv pool (tiny forwards on the calling thread, see syncForwardMaxMacs), KV cache
-// bookkeeping delegated to C++.
+// Olmo2ForCausalLM, GraniteForCausalLM; the text model of Gemma3ForConditionalGeneration) as a
+// CausalLM: config.json parsed here, weights memory-mapped and validated by the native loader
+// (cpp/model/llama.cc), forward on the libuv pool (tiny forwards on the calling thread, see
+// syncForwardMaxMacs), KV cache bookkeeping delegated to C++.
 import * as fs from 'fs';
 import * as path from 'path';
 import { resolveDevice } from '../backend';

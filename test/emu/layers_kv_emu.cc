@@ -270,6 +270,13 @@ void check_rope_elementwise(std::mt19937_64& rng) {
   for (int64_t i = 0; i < n; ++i) cworst = std::max(cworst, std::fabs(sc[i] - 3.0 * std::tanh(g[i] / 3.0)));
   std::snprintf(buf, sizeof buf, "softcap (cap 3): max abs error %.1e", cworst);
   report(cworst < 1e-6, buf);
+  // Granite's multipliers: x * s in place, the f32 product exactly (one rounding of the exact product).
+  std::vector<float> sx(g.begin(), g.end());
+  emu::launch(Dim3{elementwise_grid(n), 1, 1}, 256, [&] { lk::scale_kernel(sx.data(), 0.22f, n); });
+  int64_t sbad = 0;
+  for (int64_t i = 0; i < n; ++i) sbad += sx[i] != static_cast<float>(static_cast<double>(g[i]) * 0.22f);
+  std::snprintf(buf, sizeof buf, "scale (0.22): %lld of %lld values differ from the rounded exact product", static_cast<long long>(sbad), static_cast<long long>(n));
+  report(sbad == 0, buf);
 }
 
 // gather_last_accepted: the row of each sequence's last accepted node; counts or nodes verification

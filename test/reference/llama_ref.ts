@@ -122,6 +122,11 @@ export class LlamaReference {
   private gemma3 = false;
   /** OLMo 2 (Olmo2Model): norms on the block outputs only, q/k norms over whole projections. */
   private olmo2 = false;
+  /** Granite (GraniteModel): embedding, residual and logit multipliers; attention_multiplier as the scale. */
+  private granite = false;
+  private mult(k: string): number {
+    return this.granite ? ((this.cfg[k] as number | undefined) ?? 1) : 1;
+  }
   private invFreqLocal = new Float64Array(0);
   private readonly w: Map<string, Mat>;
 
@@ -137,6 +142,7 @@ export class LlamaReference {
     this.D = (c['head_dim'] as number | undefined) ?? this.H / this.NH;
     const archs = (c['architectures'] as string[] | undefined) ?? [];
     this.olmo2 = archs.includes('Olmo2ForCausalLM') || c['model_type'] === 'olmo2';
+    this.granite = archs.includes('GraniteForCausalLM') || c['model_type'] === 'granite';
     this.eps = (c['rms_norm_eps'] as number | undefined) ?? (this.olmo2 ? 1e-5 : 1e-6);
     this.gemma3 = archs.includes('Gemma3ForCausalLM') || c['model_type'] === 'gemma3_text';
     this.gemma2 = archs.includes('Gemma2ForCausalLM') || c['model_type'] === 'gemma2';
@@ -294,6 +300,10 @@ export class LlamaReference {
       const norm = dt === 'bfloat16' ? bf16(bf16Bits(Math.sqrt(H))) : dt === 'float16' ? f16(f16Bits(Math.sqrt(H))) : Math.fround(Math.sqrt(H));
       for (let i = 0; i < x.length; i++) x[i] = x[i]! * norm;
     }
+    // GraniteModel: inputs_embeds * embedding_multiplier.
+    const em = this.mult('embedding_multiplier');
+    if (em !== 1) for (let i = 0; i < x.length; i++) x[i] = x[i]! * em;
+    const rm = this.mult('residual_multiplier');
     const round = options.kvRound === 'f16' ? (v: number) => f16(f16Bits(v)) : options.kvRound === 'bf16' ? (v: number) => bf16(bf16Bits(v)) : undefined;
     const group = NH / NKV;
     for (let l = 0; l < this.L; l++) {
@@ -325,7 +335,8 @@ export class LlamaReference {
       }
       const att = new Float64Array(N * NH * D);
       // Gemma3Attention: scaling = query_pre_attn_scalar ** -0.5.
-      const scale = this.gemma ? Math.pow((this.cfg['query_pre_attn_scalar'] as number | undefined) ?? 256, -0.5) : 1 / Math.sqrt(D);
+      // GraniteAttention: scaling = attention_multiplier.
+      const scale = this.gemma ? Math.pow((this.cfg['query_pre_attn_scalar'] as number | undefined) ?? 256, -0.5) : this.granite ? this.mult('attention_multiplier') : 1 / Math.sqrt(D);
       // transformers' sliding mask: key j visible to query n when j > n - window.
       const window = this.windowAt(l);
       // Gemma2Attention: scores soft-capped, c tanh(s / c), after the scaling.
@@ -355,7 +366,8 @@ export class LlamaReference {
       // pre_feedforward_layernorm before the MLP, post_feedforward_layernorm after it.
       // Olmo2DecoderLayer: the same post-norms, and no norm before the MLP.
       if (this.gemma || this.olmo2) o = this.rmsnorm(o, N, this.get(p + 'post_attention_layernorm.weight'));
-      for (let i = 0; i < x.length; i++) x[i] = x[i]! + o[i]!;
+      // GraniteDecoderLayer: residual + hidden * residual_multiplier.
+      for (let i = 0; i < x.length; i++) x[i] = x[i]! + o[i]! * rm;
       const h2 = this.olmo2 ? x.slice() : this.rmsnorm(x, N, this.get(p + (this.gemma ? 'pre_feedforward_layernorm.weight' : 'post_attention_layernorm.weight')));
       const g = this.linear(h2, N, H, this.get(p + 'mlp.gate_proj.weight'));
       const u = this.linear(h2, N, H, this.get(p + 'mlp.up_proj.weight'));
@@ -367,7 +379,7 @@ export class LlamaReference {
       }
       let dn = this.linear(g, N, I, this.get(p + 'mlp.down_proj.weight'));
       if (this.gemma || this.olmo2) dn = this.rmsnorm(dn, N, this.get(p + 'post_feedforward_layernorm.weight'));
-      for (let i = 0; i < x.length; i++) x[i] = x[i]! + dn[i]!;
+      for (let i = 0; i < x.length; i++) x[i] = x[i]! + dn[i]! * rm;
     }
     x = this.rmsnorm(x, N, this.get('model.norm.weight'));
     const tied = this.cfg['tie_word_embeddings'] === true || !this.w.has('lm_head.weight');
@@ -375,6 +387,9 @@ export class LlamaReference {
     // Gemma2ForCausalLM: final_logit_softcapping.
     const fcap = this.softcap('final_logit_softcapping', 30);
     if (fcap > 0) for (let i = 0; i < logits.length; i++) logits[i] = fcap * Math.tanh(logits[i]! / fcap);
+    // GraniteForCausalLM: logits / logits_scaling.
+    const ls = this.mult('logits_scaling');
+    if (ls !== 1) for (let i = 0; i < logits.length; i++) logits[i] = logits[i]! / ls;
     return { logits, hidden: x };
   }
 

@@ -67,3 +67,47 @@ export class TextTokenizer {
     return this.tok.token_to_id(token);
   }
 }
+
+/** id -> token string of a tokenizer.json's vocabulary (BPE / WordPiece maps, Unigram lists) and added tokens. */
+function idToToken(json: unknown): Map<number, string> {
+  const out = new Map<number, string>();
+  const o = json as { model?: { vocab?: unknown }; added_tokens?: unknown } | null;
+  const vocab = o?.model?.vocab;
+  if (Array.isArray(vocab)) {
+    vocab.forEach((e, id) => {
+      if (Array.isArray(e) && typeof e[0] === 'string') out.set(id, e[0]);
+    });
+  } else if (typeof vocab === 'object' && vocab !== null) {
+    for (const [tok, id] of Object.entries(vocab as Record<string, unknown>)) if (typeof id === 'number') out.set(id, tok);
+  }
+  if (Array.isArray(o?.added_tokens)) {
+    for (const t of o.added_tokens as { id?: unknown; content?: unknown }[]) if (typeof t.id === 'number' && typeof t.content === 'string') out.set(t.id, t.content);
+  }
+  return out;
+}
+
+/**
+ * Where a draft's tokenizer disagrees with its target's on the draft's ids (ids below draftVocab that
+ * both tokenizer.json files name, mapped to different tokens): a sentence naming how many and the
+ * first, or undefined when they agree or either directory has no tokenizer.json. Speculation stays
+ * lossless with any draft; one that speaks another vocabulary only wastes its drafts.
+ */
+export function tokenizerMismatch(targetDir: string, draftDir: string, draftVocab: number): string | undefined {
+  const files = [targetDir, draftDir].map((d) => path.join(d, 'tokenizer.json'));
+  if (!files.every((f) => fs.existsSync(f))) return undefined;
+  const [t, d] = files.map((f) => idToToken(readJson(f))) as [Map<number, string>, Map<number, string>];
+  let differ = 0;
+  let shared = 0;
+  let first: string | undefined;
+  for (let id = 0; id < draftVocab; id++) {
+    const tok = d.get(id);
+    const other = t.get(id);
+    if (tok === undefined || other === undefined) continue;
+    shared++;
+    if (other !== tok) {
+      differ++;
+      first ??= `id ${id} is ${JSON.stringify(tok)} for the draft, ${JSON.stringify(other)} for the target`;
+    }
+  }
+  return differ === 0 ? undefined : `the draft's tokenizer differs from the target's at ${differ} of ${shared} ids (${first})`;
+}

@@ -418,6 +418,44 @@ describe('strategy flags (CLI)', () => {
     assertThrowsCode(() => parseStrategyFlags(['--draft-k', '2']), 'E_ARG', /needs --draft/);
   });
 
+  it('a draft whose tokenizer.json maps ids to other tokens than the target\'s is named in a warning (not refused: lossless anyway)', async () => {
+    const { tokenizerJson } = await import('./fixtures/checkpoints');
+    const { tokenizerMismatch } = await import('../lib/tokenizer');
+    const os = await import('os');
+    const path = await import('path');
+    const dirOf = (json: unknown): string => {
+      const d = fs.mkdtempSync(path.join(os.tmpdir(), 'specdec-tok-'));
+      fs.writeFileSync(path.join(d, 'tokenizer.json'), JSON.stringify(json));
+      return d;
+    };
+    const base = tokenizerJson(40);
+    const same = dirOf(base);
+    const target = dirOf(base);
+    // The draft's ids 3 and 4 ('the', 'cat') swapped; the target's vocabulary padded further.
+    const swapped = JSON.parse(JSON.stringify(base)) as { model: { vocab: Record<string, number> } };
+    swapped.model.vocab['the'] = 4;
+    swapped.model.vocab['cat'] = 3;
+    const other = dirOf(swapped);
+    assert.strictEqual(tokenizerMismatch(target, same, 40), undefined);
+    assert.strictEqual(tokenizerMismatch(target, other, 40), `the draft's tokenizer differs from the target's at 2 of 40 ids (id 3 is "cat" for the draft, "the" for the target)`);
+    // Only the draft's ids count (a draft over a prefix), and a missing tokenizer.json says nothing.
+    assert.strictEqual(tokenizerMismatch(target, other, 3), undefined);
+    assert.strictEqual(tokenizerMismatch(target, fs.mkdtempSync(path.join(os.tmpdir(), 'specdec-tok-')), 40), undefined);
+    // Unigram vocabularies are lists of [token, score]: the id is the index.
+    const uni = (toks: string[]): string => dirOf({ model: { type: 'Unigram', vocab: toks.map((t) => [t, -1]) } });
+    assert.match(tokenizerMismatch(uni(['a', 'b', 'c']), uni(['a', 'c', 'b']), 3) ?? '', /at 2 of 3 ids \(id 1 is "c" for the draft, "b" for the target\)/);
+    // Through the CLI factory: a warning naming the flag, and the speculator still built.
+    const warnings: string[] = [];
+    const toy = Object.assign(new ToyLM({ vocabSize: 40, seed: 3 }), { dir: target });
+    const loadModel = async (): Promise<CausalLM> => new ToyLM({ vocabSize: 40, seed: 3 });
+    for (const d of [same, other]) {
+      const built = await speculatorFactory(parseStrategyFlags(['--draft', d]).flags, { loadModel, warn: (m) => warnings.push(m) })(toy);
+      assert.strictEqual(built.speculator?.name, 'draft-model');
+      built.dispose();
+    }
+    assert.deepStrictEqual(warnings, [`--draft ${other}: the draft's tokenizer differs from the target's at 2 of 40 ids (id 3 is "cat" for the draft, "the" for the target); its drafts will rarely be accepted (the output is unaffected)`]);
+  });
+
   it('the factory builds draft, hybrid and n-gram speculators; the hook decodes losslessly', async () => {
     const target = new ToyLM({ vocabSize: V, seed: 3, positional: false });
     const loadModel = async (): Promise<CausalLM> => new ToyLM({ vocabSize: V, seed: 3, positional: false });

@@ -11,6 +11,7 @@ import { LookaheadSpeculator } from '../strategies/lookahead';
 import { MedusaHeads, MedusaSpeculator } from '../strategies/medusa';
 import { MEDUSA_PRESETS } from '../tree';
 import { PromptLookupSpeculator } from '../strategies/prompt_lookup';
+import { tokenizerMismatch } from '../tokenizer';
 import { codedError, type Speculator } from '../strategies/speculator';
 import type { GenerateRecord, StrategyHook } from './generate';
 
@@ -102,6 +103,8 @@ export interface SpeculatorDeps {
   readonly loadModel?: (dir: string) => Promise<CausalLM>;
   /** Directories that `--draft default` / `--medusa default` stand for (the embedded models). */
   readonly defaults?: { readonly draft?: string; readonly medusa?: string };
+  /** Where warnings go (default: stderr, prefixed 'specdec: warning: '). */
+  readonly warn?: (message: string) => void;
 }
 
 /** What a factory built: the speculator and what must be freed with it. */
@@ -130,8 +133,16 @@ export function speculatorFactory(flags: StrategyFlags, deps: SpeculatorDeps = {
       const load = deps.loadModel ?? ((dir: string) => LlamaModel.load(dir, { device: target.device }));
       let draft: CausalLM | undefined;
       if (flags.draft !== undefined) {
-        draft = await load(resolve('draft', flags.draft));
+        const dir = resolve('draft', flags.draft);
+        draft = await load(dir);
         owned.push(draft);
+        // A draft of another tokenizer is lossless but useless: said, not refused.
+        const targetDir = (target as { dir?: unknown }).dir;
+        const mismatch = typeof targetDir === 'string' ? tokenizerMismatch(targetDir, dir, draft.config.vocabSize) : undefined;
+        if (mismatch !== undefined) {
+          const warn = deps.warn ?? ((m: string) => process.stderr.write(`specdec: warning: ${m}\n`));
+          warn(`--draft ${flags.draft}: ${mismatch}; its drafts will rarely be accepted (the output is unaffected)`);
+        }
       }
       const base = draft ?? target;
       let second: Speculator | undefined;

@@ -40,6 +40,10 @@ export const KEPT_TRACES = 64;
 const MAX_PLAIN_CHOICE_USES = 64;
 
 export interface DraftModelOptions {
+  /**
+   * The draft model: the target's tokenizer, with the target's vocabulary or a prefix of it (a padded
+   * target vocabulary); never more ids than the target.
+   */
   readonly draft: CausalLM;
   /** Draft tokens per step (the starting value when adaptive). Default 4. */
   readonly k?: number;

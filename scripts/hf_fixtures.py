@@ -84,6 +84,11 @@ try:  # transformers >= 4.47
     CLASSES["Olmo2ForCausalLM"] = (Olmo2Config, Olmo2ForCausalLM)
 except ImportError:
     pass
+try:  # transformers >= 4.54
+    from transformers import Exaone4Config, Exaone4ForCausalLM
+    CLASSES["Exaone4ForCausalLM"] = (Exaone4Config, Exaone4ForCausalLM)
+except ImportError:
+    pass
 try:  # transformers >= 4.45
     from transformers import GraniteConfig, GraniteForCausalLM
     CLASSES["GraniteForCausalLM"] = (GraniteConfig, GraniteForCausalLM)
@@ -122,6 +127,11 @@ GEMMA2 = dict(vocab_size=1024, hidden_size=256, intermediate_size=768, num_hidde
 # OLMo 2's layer: no pre-norms, post-norms on both blocks, q/k norms over the whole projections (GQA 3:1).
 OLMO2 = dict(vocab_size=1024, hidden_size=384, intermediate_size=1024, num_hidden_layers=3,
              num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-6)
+# EXAONE 4's layer: OLMo 2's post-norms with per-head q/k norms, every fourth layer global and without
+# RoPE, the others sliding over 24.
+EXAONE4 = dict(vocab_size=1024, hidden_size=384, intermediate_size=1024, num_hidden_layers=4,
+               num_attention_heads=6, num_key_value_heads=2, head_dim=64, max_position_embeddings=4096,
+               rms_norm_eps=1e-5, sliding_window=24, sliding_window_pattern=4)
 # Granite 3's multipliers (granite-3.x-2b's values), each far from 1.
 GRANITE = dict(vocab_size=1024, hidden_size=512, intermediate_size=1376, num_hidden_layers=3,
                num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-5,
@@ -139,6 +149,8 @@ FIXTURES = [
     # Sliding windows shorter than the longer prompts + 64 new tokens: Mistral v0.1's (every layer),
     # Phi-3-mini-4k's (every layer), Qwen2's use_sliding_window from max_window_layers on.
     # Optional: Gemma 3's rope settings moved to per-layer-type rope_parameters in transformers 5.
+    dict(name="exaone4-hybrid-bf16", arch="Exaone4ForCausalLM", dtype="bfloat16", shape=EXAONE4,
+         theta=1000000.0, rope=None, tied=False, seed=29, optional=True),
     dict(name="granite-multipliers-bf16", arch="GraniteForCausalLM", dtype="bfloat16", shape=GRANITE,
          theta=10000.0, rope=None, tied=True, seed=28, optional=True),
     dict(name="olmo2-postnorm-bf16", arch="Olmo2ForCausalLM", dtype="bfloat16", shape=OLMO2,
@@ -233,6 +245,8 @@ def make_config(arch, shape, theta, rope, tied, optional=False):
         kw.update(attention_bias=False)
     elif arch == "GraniteForCausalLM":
         kw.update(attention_bias=False, mlp_bias=False)
+    elif arch == "Exaone4ForCausalLM":
+        pass  # its window settings come with the shape
     elif arch in ("Gemma2ForCausalLM", "Gemma3ForCausalLM"):
         pass
     else:
@@ -290,7 +304,8 @@ def layer_windows(model):
     attns = [layer.self_attn for layer in model.model.layers]
     if not all(hasattr(a, "sliding_window") for a in attns):
         return {}
-    return dict(attention_windows=[int(a.sliding_window or 0) for a in attns])
+    # EXAONE 4's attention keeps config.sliding_window in every layer and is_sliding says where it applies.
+    return dict(attention_windows=[int(a.sliding_window or 0) if getattr(a, "is_sliding", True) else 0 for a in attns])
 
 
 @torch.no_grad()

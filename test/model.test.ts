@@ -635,11 +635,33 @@ describe('Llama runner (cpu)', function () {
     it('config parsing, OLMo 2: post-norms and whole-projection q/k norms, attention_bias on all four, rms_norm_eps 1e-5 by default', () => {
       const cfg = configJson(specByName('olmo2-bf16'));
       const c = parseLlamaConfig(cfg);
-      assert.deepStrictEqual([c.architecture, c.olmo2, c.qkNorm, c.qkvBias, c.oBias, c.gemma, c.rmsNormEps, c.ropeTheta], ['Olmo2ForCausalLM', true, false, true, true, undefined, 1e-5, 500000]);
+      assert.deepStrictEqual([c.architecture, c.postNorms, c.qkNorm, c.qkvBias, c.oBias, c.gemma, c.rmsNormEps, c.ropeTheta], ['Olmo2ForCausalLM', true, false, true, true, undefined, 1e-5, 500000]);
       const { rms_norm_eps: _e, architectures: _a, ...byType } = cfg;
       const d = parseLlamaConfig({ ...byType, attention_bias: false });
       assert.deepStrictEqual([d.architecture, d.rmsNormEps, d.qkvBias, d.oBias], ['Olmo2ForCausalLM', 1e-5, false, false]);
       assert.throws(() => parseLlamaConfig({ ...cfg, hidden_act: 'gelu' }), /hidden_act 'gelu' is not supported/);
+    });
+
+    it('config parsing, EXAONE 4: post-norms with per-head q/k norms; sliding layers by layer_types or sliding_window_pattern, global layers without RoPE', () => {
+      const cfg = configJson(specByName('exaone4-bf16'));
+      const c = parseLlamaConfig(cfg);
+      assert.deepStrictEqual([c.architecture, c.postNorms, c.qkNorm, c.qkvBias, c.rmsNormEps], ['Exaone4ForCausalLM', true, true, false, 1e-5]);
+      assert.deepStrictEqual([c.attentionWindows, c.ropeLayers], [[5, 5, 5, 0], [true, true, true, false]]);
+      // A string pattern repeats from layer 0 with the last layer global; an integer p globalizes every p-th.
+      const six = parseLlamaConfig({ ...cfg, num_hidden_layers: 6, sliding_window_pattern: 'LG' });
+      assert.deepStrictEqual([six.attentionWindows, six.ropeLayers], [[5, 0, 5, 0, 5, 0], [true, false, true, false, true, false]]);
+      const odd = parseLlamaConfig({ ...cfg, num_hidden_layers: 3, sliding_window_pattern: 'LLLG' });
+      assert.deepStrictEqual(odd.ropeLayers, [true, true, false]);
+      assert.deepStrictEqual(parseLlamaConfig({ ...cfg, sliding_window_pattern: 2 }).attentionWindows, [5, 0, 5, 0]);
+      assert.deepStrictEqual(parseLlamaConfig({ ...cfg, layer_types: ['full_attention', 'sliding_attention', 'sliding_attention', 'full_attention'] }).ropeLayers, [false, true, true, false]);
+      // No window at all (sliding_window null, EXAONE-4.0-1.2B): every layer full and rotating.
+      const none = parseLlamaConfig({ ...cfg, sliding_window: null });
+      assert.deepStrictEqual([none.attentionWindows, none.ropeLayers], [undefined, undefined]);
+      // Absent: Exaone4Config's 4096 -- longer than this context, so no window, but the global layers stay NoPE.
+      const { sliding_window: _w, sliding_window_pattern: _p, ...bare } = cfg;
+      const d = parseLlamaConfig(bare);
+      assert.deepStrictEqual([d.attentionWindows, d.ropeLayers], [undefined, [true, true, true, false]]);
+      assert.throws(() => parseLlamaConfig({ ...cfg, sliding_window_pattern: 'LXG' }), /field 'sliding_window_pattern' must be an integer >= 1, got "LXG"/);
     });
 
     it('config parsing, Granite: its four multipliers (GraniteConfig\'s defaults 1; attention_multiplier is the softmax scale), errors named', () => {
@@ -870,7 +892,7 @@ describeCuda('Llama runner', function () {
   });
   after(() => fs.rmSync(root, { recursive: true, force: true }));
 
-  for (const name of ['llama-gqa-f32', 'qwen2-bias-f16', 'llama-sharded-bf16', 'llama3-rope-f32', 'qwen3-qknorm-bf16', 'phi3-fused-f16', 'phi4mini-partial-f32', 'smollm3-nope-bf16', 'mistral-swa-bf16', 'qwen2-swa-f32', 'gemma3-bf16', 'gemma2-f32', 'olmo2-bf16', 'granite-bf16']) {
+  for (const name of ['llama-gqa-f32', 'qwen2-bias-f16', 'llama-sharded-bf16', 'llama3-rope-f32', 'qwen3-qknorm-bf16', 'phi3-fused-f16', 'phi4mini-partial-f32', 'smollm3-nope-bf16', 'mistral-swa-bf16', 'qwen2-swa-f32', 'gemma3-bf16', 'gemma2-f32', 'olmo2-bf16', 'exaone4-bf16', 'granite-bf16']) {
     it(`${name}: CUDA logits match the float64 reference, batch invariance holds, greedy matches`, async () => {
       const spec = specByName(name);
       const dir = path.join(root, name);

@@ -594,6 +594,7 @@ describe('strategies on random Llama checkpoints (CPU)', function () {
     ['Gemma 3 (sandwich norms, GeGLU, local and global RoPE, sliding layers)', specByName('gemma3-bf16'), { ...specByName('gemma3-bf16'), name: 'gemma3-draft', layers: 2, hidden: 16, intermediate: 32, heads: 2, kvHeads: 1, slidingWindow: 4 }],
     ['Gemma 2 (soft-capped attention and logits, sliding even layers)', specByName('gemma2-f32'), { ...specByName('gemma2-f32'), name: 'gemma2-draft', layers: 2, hidden: 16, intermediate: 32, heads: 2, kvHeads: 1, slidingWindow: 3 }],
     ['OLMo 2 (post-norms, q/k norms over whole projections)', specByName('olmo2-bf16'), { ...specByName('olmo2-bf16'), name: 'olmo2-draft', layers: 1, hidden: 16, intermediate: 32, heads: 2, kvHeads: 1 }],
+    ['EXAONE 4 (post-norms, per-head q/k norms, sliding layers, global layers without RoPE)', specByName('exaone4-bf16'), { ...specByName('exaone4-bf16'), name: 'exaone4-draft', layers: 2, hidden: 16, intermediate: 32, heads: 2, kvHeads: 1, slidingWindow: 3 }],
     ['Granite (embedding, residual and logit multipliers)', specByName('granite-bf16'), { ...specByName('granite-bf16'), name: 'granite-draft', layers: 1, hidden: 16, intermediate: 32, heads: 2, kvHeads: 1 }],
     ['SmolLM3 (layers without RoPE)', specByName('smollm3-nope-bf16'), { ...specByName('smollm3-nope-bf16'), name: 'smollm3-draft', layers: 2, hidden: 16, intermediate: 32, heads: 2, kvHeads: 1, noRopeLayers: [0, 1] }],
   ];

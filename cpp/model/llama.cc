@@ -110,8 +110,8 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const LlamaConfig& config, const Ll
                   "config: embedding_multiplier, residual_multiplier and logits_scaling must be positive numbers, got ", v);
   SPECDEC_CHECK(!(c.scale_embeddings && c.embedding_multiplier != 1.0), "E_FORMAT",
                 "config: scaled embeddings (Gemma) and an embedding_multiplier (Granite) exclude each other");
-  SPECDEC_CHECK(!c.post_norms || (!c.sandwich_norms && !c.qk_norm), "E_FORMAT",
-                "config: post-norms only (OLMo 2) exclude sandwich norms and per-head q/k norms");
+  SPECDEC_CHECK(!c.post_norms || !c.sandwich_norms, "E_FORMAT",
+                "config: post-norms only (OLMo 2, EXAONE 4) and sandwich norms (Gemma) exclude each other");
   SPECDEC_CHECK(std::isfinite(c.attn_softcap) && c.attn_softcap >= 0 && std::isfinite(c.final_softcap) && c.final_softcap >= 0,
                 "E_FORMAT", "config: soft-capping values must be finite numbers >= 0 (0 = none), got ", c.attn_softcap, " and ",
                 c.final_softcap);
@@ -244,7 +244,7 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const LlamaConfig& config, const Ll
       L.k_bias = weight(p + "self_attn.k_proj.bias", {KD}, "num_key_value_heads*head_dim");
       L.v_bias = weight(p + "self_attn.v_proj.bias", {KD}, "num_key_value_heads*head_dim");
     }
-    if (c.post_norms) {
+    if (c.post_norms && !c.qk_norm) {
       // OLMo 2: one RMSNorm over each whole projection (all heads together), before RoPE.
       L.q_norm_full = norm(p + "self_attn.q_norm.weight", QD, "num_attention_heads*head_dim");
       L.k_norm_full = norm(p + "self_attn.k_norm.weight", KD, "num_key_value_heads*head_dim");
@@ -593,7 +593,7 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
       const Layer& L = layers_[l];
       // Attention block (in: its normed input, or OLMo 2's residual stream).
       ops::matmul_group(in, {{&L.q, &L.q_bias, &q2}, {&L.k, &L.k_bias, &k2}, {&L.v, &L.v_bias, &v2}});
-      if (post) {
+      if (post && !c.qk_norm) {
         ops::rmsnorm(q2, L.q_norm_full, c.rms_norm_eps, q2);
         ops::rmsnorm(k2, L.k_norm_full, c.rms_norm_eps, k2);
       }
@@ -602,8 +602,16 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
       if (c.rope_layers.empty() || c.rope_layers[static_cast<size_t>(l)])
         ops::rope_qk_append(q, k, v, g_pos, c.rope_local_layers.empty() || !c.rope_local_layers[static_cast<size_t>(l)] ? inv_freq_ : inv_freq_local_,
                             kv_->layer(l), *g_batch, c.qk_norm ? &L.qk_norm : nullptr, rope_scale);
-      else
+      else {
+        // NoPE layers: SmolLM3's store K and V as they are; EXAONE 4's global layers normalize each
+        // head of q and k first.
+        if (c.qk_norm) {
+          Tensor qh = q.view({N * NH, D}), kh = k.view({N * NKV, D});
+          ops::rmsnorm(qh, L.qk_norm.q_w, L.qk_norm.eps, qh);
+          ops::rmsnorm(kh, L.qk_norm.k_w, L.qk_norm.eps, kh);
+        }
         ops::kv_append(kv_->layer(l), k, v, *g_batch);
+      }
       ops::tree_attention(q, kv_->layer(l), *g_batch, g_mask, sm_scale, att,
                           c.attention_windows.empty() ? 0 : c.attention_windows[static_cast<size_t>(l)],
                           static_cast<float>(c.attn_softcap));

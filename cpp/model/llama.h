@@ -44,8 +44,9 @@ struct LlamaConfig {
   bool gelu_mlp = false;           // GeGLU with gelu_pytorch_tanh (Gemma) instead of SwiGLU
   float norm_offset = 0.f;         // every RMSNorm multiplies by offset + w, in f32 (Gemma: 1)
   bool sandwich_norms = false;     // Gemma: post_attention_layernorm on the attention output, pre_ / post_feedforward_layernorm around the MLP
-  // OLMo 2: no norm before a block; post_attention_layernorm / post_feedforward_layernorm on the block
-  // outputs before their residual adds, and q_norm / k_norm over the whole q / k projections.
+  // OLMo 2 / EXAONE 4: no norm before a block; post_attention_layernorm / post_feedforward_layernorm
+  // on the block outputs before their residual adds. q_norm / k_norm over the whole q / k projections
+  // (OLMo 2), or per head with qk_norm (EXAONE 4).
   bool post_norms = false;
   bool scale_embeddings = false;   // Gemma: embeddings times sqrt(hidden_size), rounded to the table's dtype
   double attn_softcap = 0.0;       // Gemma 2: attention scores softcap tanh(s / softcap); 0 = none
@@ -223,7 +224,7 @@ class LlamaModel {
   struct Layer {
     Tensor attn_norm, q, k, v, q_bias, k_bias, v_bias, o, o_bias, mlp_norm, gate, up, down;
     Tensor post_attn_norm, post_mlp_norm;  // sandwich_norms (Gemma), post_norms (OLMo 2)
-    Tensor q_norm_full, k_norm_full;       // post_norms (OLMo 2): RMSNorm weights over q ([heads*head_dim]) and k
+    Tensor q_norm_full, k_norm_full;       // post_norms without qk_norm (OLMo 2): RMSNorm weights over q ([heads*head_dim]) and k
     ops::QkNorm qk_norm;  // Qwen3, Gemma 3 (config.qk_norm): f32 copies of q_norm / k_norm (+ norm_offset)
   };
 

@@ -106,8 +106,8 @@ export function parseTrainMedusaFlags(argv: readonly string[]): TrainMedusaFlags
 
 /** The checkpoint's weights in a trainer (f32); the trainer covers Llama without biases, q/k norms, fused projections or RoPE scaling. */
 function loadTrainer(dir: string, config: LlamaConfig, seed: number, threads: number): LlamaTrainer {
-  if (config.qkvBias || config.oBias || config.qkNorm || config.fusedProjections || config.ropeScaling !== undefined || config.ropeDim !== config.headDim || config.ropeLayers !== undefined || config.gemma === true || config.olmo2 === true || config.residualMultiplier !== undefined) {
-    throw codedError('E_UNSUPPORTED', `${dir}: the trainer covers Llama without attention biases, q/k norms (Qwen3), fused projections (Phi-3), rope_scaling, a partial rotation, layers without RoPE (SmolLM3), Gemma's layer, OLMo 2's post-norms or Granite's multipliers`);
+  if (config.qkvBias || config.oBias || config.qkNorm || config.fusedProjections || config.ropeScaling !== undefined || config.ropeDim !== config.headDim || config.ropeLayers !== undefined || config.gemma === true || config.postNorms === true || config.residualMultiplier !== undefined) {
+    throw codedError('E_UNSUPPORTED', `${dir}: the trainer covers Llama without attention biases, q/k norms (Qwen3), fused projections (Phi-3), rope_scaling, a partial rotation, layers without RoPE (SmolLM3), Gemma's layer, post-norms (OLMo 2, EXAONE 4) or Granite's multipliers`);
   }
   // A LlamaConfig is a LlamaTrainConfig (same field names; the extra ones are ignored).
   const trainer = LlamaTrainer.create(config, { seed, threads });

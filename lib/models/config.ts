@@ -1,6 +1,7 @@
 // config.json of Llama-family checkpoints (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM,
 // Qwen3ForCausalLM, Phi3ForCausalLM, SmolLM3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM,
-// Olmo2ForCausalLM, GraniteForCausalLM; the text model of Gemma3ForConditionalGeneration):
+// Olmo2ForCausalLM, Exaone4ForCausalLM, GraniteForCausalLM; the text model of
+// Gemma3ForConditionalGeneration):
 // parsing, defaults as in the HF config classes, and validation with errors that name the file and field.
 import * as fs from 'fs';
 import * as path from 'path';
@@ -75,11 +76,12 @@ export interface LlamaConfig extends ModelConfig {
    */
   readonly gemma?: boolean;
   /**
-   * OLMo 2: no norm before the attention or the MLP; post_attention_layernorm and
-   * post_feedforward_layernorm normalize their outputs before the residual adds, and q_norm / k_norm
-   * normalize the whole q and k projections (weights [heads x head_dim]) before RoPE.
+   * OLMo 2 and EXAONE 4: no norm before the attention or the MLP; post_attention_layernorm and
+   * post_feedforward_layernorm normalize their outputs before the residual adds. q_norm / k_norm
+   * normalize the whole q and k projections (weights [heads x head_dim], OLMo 2), or each head
+   * (qkNorm, EXAONE 4), before RoPE.
    */
-  readonly olmo2?: boolean;
+  readonly postNorms?: boolean;
   /**
    * Granite: embeddings times embeddingMultiplier, each attention / MLP output times
    * residualMultiplier before its residual add, logits divided by logitsScaling (softmax scale
@@ -110,7 +112,7 @@ export interface LlamaConfig extends ModelConfig {
   readonly torchDtype?: string;
 }
 
-export const SUPPORTED_ARCHITECTURES = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM', 'Qwen3ForCausalLM', 'Phi3ForCausalLM', 'SmolLM3ForCausalLM', 'Gemma2ForCausalLM', 'Gemma3ForCausalLM', 'Olmo2ForCausalLM', 'GraniteForCausalLM'] as const;
+export const SUPPORTED_ARCHITECTURES = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM', 'Qwen3ForCausalLM', 'Phi3ForCausalLM', 'SmolLM3ForCausalLM', 'Gemma2ForCausalLM', 'Gemma3ForCausalLM', 'Olmo2ForCausalLM', 'Exaone4ForCausalLM', 'GraniteForCausalLM'] as const;
 const MODEL_TYPES: Record<string, string> = {
   llama: 'LlamaForCausalLM',
   mistral: 'MistralForCausalLM',
@@ -121,6 +123,7 @@ const MODEL_TYPES: Record<string, string> = {
   gemma2: 'Gemma2ForCausalLM',
   gemma3_text: 'Gemma3ForCausalLM',
   olmo2: 'Olmo2ForCausalLM',
+  exaone4: 'Exaone4ForCausalLM',
   granite: 'GraniteForCausalLM',
 };
 /** Architectures users will try that are refused with the reason, rather than run approximately. */
@@ -254,6 +257,7 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
   const gemma2 = arch === 'Gemma2ForCausalLM';
   const gemma = gemma2 || gemma3;
   const olmo2 = arch === 'Olmo2ForCausalLM';
+  const exaone4 = arch === 'Exaone4ForCausalLM';
   const granite = arch === 'GraniteForCausalLM';
   // transformers 5 writes Gemma 3's rotary settings per layer type: the global ones are read as
   // rope_parameters, the sliding layers' base as rope_local_base_freq.
@@ -287,14 +291,15 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
   // applies only with use_sliding_window, and then only to the layers layer_types marks (by default
   // those from max_window_layers on). Llama's config class has no window.
   // Gemma 3 slides every layer but each sliding_window_pattern-th (default 6) by sliding_window
-  // (default 4096), Gemma 2 every other layer from layer 0, or as layer_types says.
+  // (default 4096), Gemma 2 every other layer from layer 0, or as layer_types says. EXAONE 4 slides by
+  // sliding_window (default 4096; null: no layer) as layer_types or sliding_window_pattern say.
   const gated = arch === 'Qwen2ForCausalLM' || arch === 'Qwen3ForCausalLM' || arch === 'SmolLM3ForCausalLM';
-  const slides = arch === 'MistralForCausalLM' || arch === 'Phi3ForCausalLM' || gemma || (gated && bool('use_sliding_window', false));
-  const window = slides ? int('sliding_window', 1, gemma ? 4096 : 0) : 0;
+  const slides = arch === 'MistralForCausalLM' || arch === 'Phi3ForCausalLM' || gemma || (gated && bool('use_sliding_window', false)) || (exaone4 && o['sliding_window'] !== null);
+  const window = slides ? int('sliding_window', 1, gemma || exaone4 ? 4096 : 0) : 0;
   // The sliding layers (Gemma 3's also rotate with the local base, whatever the window).
   let sliding: boolean[] | undefined;
   if (window > 0) {
-    if ((gated || gemma) && has('layer_types')) {
+    if ((gated || gemma || exaone4) && has('layer_types')) {
       const v = o['layer_types'];
       if (!Array.isArray(v) || v.length !== numLayers || !v.every((x) => x === 'sliding_attention' || x === 'full_attention')) {
         bad(`field 'layer_types' must give 'sliding_attention' or 'full_attention' for each of the ${numLayers} layers, got ${show(v)}`);
@@ -306,6 +311,16 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
     } else if (gemma) {
       const pattern = gemma2 ? 2 : int('sliding_window_pattern', 1, 6);
       sliding = Array.from({ length: numLayers }, (_, l) => (l + 1) % pattern !== 0);
+    } else if (exaone4) {
+      // Exaone4Config: an integer p slides all but every p-th layer (default 4); a string of L (local)
+      // and G (global) repeats from layer 0, the last layer global whatever it says.
+      const p = o['sliding_window_pattern'] ?? 4;
+      if (typeof p === 'string' && /^[LG]+$/.test(p)) {
+        sliding = Array.from({ length: numLayers }, (_, l) => l < numLayers - 1 && p[l % p.length] === 'L');
+      } else {
+        const every = int('sliding_window_pattern', 1, 4);
+        sliding = Array.from({ length: numLayers }, (_, l) => (l + 1) % every !== 0);
+      }
     } else {
       sliding = Array.from({ length: numLayers }, () => true);
     }
@@ -413,6 +428,8 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
   // SmolLM3: no_rope_layers[l] = 1 where layer l rotates q and k; written out by transformers, else
   // (its config class) every no_rope_layer_interval-th layer (default 4) goes without.
   let ropeLayers: boolean[] | undefined;
+  // Exaone4Attention: with a sliding window the global layers go without RoPE ("global NoPE").
+  if (exaone4 && sliding !== undefined) ropeLayers = sliding.slice();
   if (arch === 'SmolLM3ForCausalLM') {
     if (has('no_rope_layers')) {
       const v = o['no_rope_layers'];
@@ -454,7 +471,7 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
     maxPositions,
     eosTokenIds,
     ...(bos !== undefined ? { bosTokenId: bos } : {}),
-    rmsNormEps: num('rms_norm_eps', olmo2 ? 1e-5 : 1e-6),
+    rmsNormEps: num('rms_norm_eps', olmo2 || exaone4 ? 1e-5 : 1e-6),
     ropeTheta,
     ...(ropeScaling !== undefined ? { ropeScaling } : {}),
     ropeDim,
@@ -468,8 +485,8 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
     // HF: Qwen2 always has q/k/v biases and none on o_proj; Llama, Qwen3, Gemma and OLMo 2 put attention_bias on all four.
     qkvBias: arch === 'Qwen2ForCausalLM' || attentionBias,
     oBias: (arch === 'LlamaForCausalLM' || arch === 'Qwen3ForCausalLM' || arch === 'SmolLM3ForCausalLM' || gemma || olmo2 || granite) && attentionBias,
-    qkNorm: arch === 'Qwen3ForCausalLM' || gemma3,
-    ...(olmo2 ? { olmo2: true } : {}),
+    qkNorm: arch === 'Qwen3ForCausalLM' || gemma3 || exaone4,
+    ...(olmo2 || exaone4 ? { postNorms: true } : {}),
     fusedProjections: arch === 'Phi3ForCausalLM',
     tieWordEmbeddings: bool('tie_word_embeddings', gemma),
     ...(dtypeName !== undefined ? { torchDtype: dtypeName } : {}),
@@ -517,7 +534,7 @@ export function toNativeConfig(c: LlamaConfig): SpecdecNative.LlamaNativeConfig 
     ...(c.ropeLocalLayers !== undefined ? { ropeLocalLayers: [...c.ropeLocalLayers], ropeLocalTheta: c.ropeLocalTheta ?? 10000 } : {}),
     ...(c.attnScale !== undefined ? { attnScale: c.attnScale } : {}),
     ...(c.gemma ? { geluMlp: true, normOffset: 1, sandwichNorms: true, scaleEmbeddings: true } : {}),
-    ...(c.olmo2 ? { postNorms: true } : {}),
+    ...(c.postNorms ? { postNorms: true } : {}),
     ...(c.embeddingMultiplier !== undefined ? { embeddingMultiplier: c.embeddingMultiplier } : {}),
     ...(c.residualMultiplier !== undefined ? { residualMultiplier: c.residualMultiplier } : {}),
     ...(c.logitsScaling !== undefined ? { logitsScaling: c.logitsScaling } : {}),

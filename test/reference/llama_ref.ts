@@ -67,6 +67,8 @@ export class LlamaReference {
   readonly invFreq: Float64Array;
   /** Whether layer l applies RoPE (SmolLM3Config: no_rope_layers, default from no_rope_layer_interval). */
   private ropeAt(l: number): boolean {
+    // Exaone4Attention: RoPE where there is no sliding window at all, or in the sliding layers.
+    if (this.exaone4) return this.cfg['sliding_window'] === null || this.exaoneSliding(l);
     const archs = (this.cfg['architectures'] as string[] | undefined) ?? [];
     if (!archs.includes('SmolLM3ForCausalLM') && this.cfg['model_type'] !== 'smollm3') return true;
     const list = this.cfg['no_rope_layers'] as number[] | undefined;
@@ -83,6 +85,7 @@ export class LlamaReference {
    */
   private windowAt(l: number): number {
     const c = this.cfg;
+    if (this.exaone4) return c['sliding_window'] !== null && this.exaoneSliding(l) ? ((c['sliding_window'] as number | undefined) ?? 4096) : 0;
     const arch = ((c['architectures'] as string[] | undefined) ?? [])[0] ?? '';
     if (this.gemma) return this.gemmaSliding(l) ? ((c['sliding_window'] as number | undefined) ?? 4096) : 0;
     const w = (c['sliding_window'] as number | null | undefined) ?? 0;
@@ -101,6 +104,18 @@ export class LlamaReference {
     const types = this.cfg['layer_types'] as string[] | undefined;
     if (types) return types[l] === 'sliding_attention';
     return (l + 1) % (this.gemma2 ? 2 : (this.cfg['sliding_window_pattern'] as number | undefined) ?? 6) !== 0;
+  }
+
+  /**
+   * Exaone4Config: layer_types, else sliding_window_pattern: an integer p (default 4) makes every
+   * p-th layer global; a string of L / G repeats from layer 0, the last layer global.
+   */
+  private exaoneSliding(l: number): boolean {
+    const types = this.cfg['layer_types'] as string[] | undefined;
+    if (types) return types[l] === 'sliding_attention';
+    const p = (this.cfg['sliding_window_pattern'] as number | string | undefined) ?? 4;
+    if (typeof p === 'string') return l < this.L - 1 && p[l % p.length] === 'L';
+    return (l + 1) % p !== 0;
   }
 
   /** Gemma2Config's soft-capping (defaults 50 and 30; null: none); 0 = none. */
@@ -122,6 +137,12 @@ export class LlamaReference {
   private gemma3 = false;
   /** OLMo 2 (Olmo2Model): norms on the block outputs only, q/k norms over whole projections. */
   private olmo2 = false;
+  /** EXAONE 4 (Exaone4Model): OLMo 2's post-norms, per-head q/k norms, global layers without RoPE. */
+  private exaone4 = false;
+  /** Norms on the block outputs only (OLMo 2, EXAONE 4). */
+  private get postNorms(): boolean {
+    return this.olmo2 || this.exaone4;
+  }
   /** Granite (GraniteModel): embedding, residual and logit multipliers; attention_multiplier as the scale. */
   private granite = false;
   private mult(k: string): number {
@@ -142,12 +163,13 @@ export class LlamaReference {
     this.D = (c['head_dim'] as number | undefined) ?? this.H / this.NH;
     const archs = (c['architectures'] as string[] | undefined) ?? [];
     this.olmo2 = archs.includes('Olmo2ForCausalLM') || c['model_type'] === 'olmo2';
+    this.exaone4 = archs.includes('Exaone4ForCausalLM') || c['model_type'] === 'exaone4';
     this.granite = archs.includes('GraniteForCausalLM') || c['model_type'] === 'granite';
-    this.eps = (c['rms_norm_eps'] as number | undefined) ?? (this.olmo2 ? 1e-5 : 1e-6);
+    this.eps = (c['rms_norm_eps'] as number | undefined) ?? (this.postNorms ? 1e-5 : 1e-6);
     this.gemma3 = archs.includes('Gemma3ForCausalLM') || c['model_type'] === 'gemma3_text';
     this.gemma2 = archs.includes('Gemma2ForCausalLM') || c['model_type'] === 'gemma2';
     this.gemma = this.gemma2 || this.gemma3;
-    this.qkNorm = archs.includes('Qwen3ForCausalLM') || c['model_type'] === 'qwen3' || this.gemma3;
+    this.qkNorm = archs.includes('Qwen3ForCausalLM') || c['model_type'] === 'qwen3' || this.gemma3 || this.exaone4;
     this.w = new Map();
     const index = path.join(dir, 'model.safetensors.index.json');
     const files = fs.existsSync(index)
@@ -309,7 +331,7 @@ export class LlamaReference {
     for (let l = 0; l < this.L; l++) {
       const p = `model.layers.${l}.`;
       // Olmo2DecoderLayer: no input_layernorm (the block reads the residual stream).
-      const h = this.olmo2 ? x.slice() : this.rmsnorm(x, N, this.get(p + 'input_layernorm.weight'));
+      const h = this.postNorms ? x.slice() : this.rmsnorm(x, N, this.get(p + 'input_layernorm.weight'));
       const q = this.linear(h, N, H, this.get(p + 'self_attn.q_proj.weight'), this.opt(p + 'self_attn.q_proj.bias'));
       const k = this.linear(h, N, H, this.get(p + 'self_attn.k_proj.weight'), this.opt(p + 'self_attn.k_proj.bias'));
       const v = this.linear(h, N, H, this.get(p + 'self_attn.v_proj.weight'), this.opt(p + 'self_attn.v_proj.bias'));
@@ -365,10 +387,10 @@ export class LlamaReference {
       // Gemma3DecoderLayer: post_attention_layernorm on the attention output, then the residual;
       // pre_feedforward_layernorm before the MLP, post_feedforward_layernorm after it.
       // Olmo2DecoderLayer: the same post-norms, and no norm before the MLP.
-      if (this.gemma || this.olmo2) o = this.rmsnorm(o, N, this.get(p + 'post_attention_layernorm.weight'));
+      if (this.gemma || this.postNorms) o = this.rmsnorm(o, N, this.get(p + 'post_attention_layernorm.weight'));
       // GraniteDecoderLayer: residual + hidden * residual_multiplier.
       for (let i = 0; i < x.length; i++) x[i] = x[i]! + o[i]! * rm;
-      const h2 = this.olmo2 ? x.slice() : this.rmsnorm(x, N, this.get(p + (this.gemma ? 'pre_feedforward_layernorm.weight' : 'post_attention_layernorm.weight')));
+      const h2 = this.postNorms ? x.slice() : this.rmsnorm(x, N, this.get(p + (this.gemma ? 'pre_feedforward_layernorm.weight' : 'post_attention_layernorm.weight')));
       const g = this.linear(h2, N, H, this.get(p + 'mlp.gate_proj.weight'));
       const u = this.linear(h2, N, H, this.get(p + 'mlp.up_proj.weight'));
       for (let i = 0; i < g.length; i++) {
@@ -378,7 +400,7 @@ export class LlamaReference {
         g[i] = act * u[i]!;
       }
       let dn = this.linear(g, N, I, this.get(p + 'mlp.down_proj.weight'));
-      if (this.gemma || this.olmo2) dn = this.rmsnorm(dn, N, this.get(p + 'post_feedforward_layernorm.weight'));
+      if (this.gemma || this.postNorms) dn = this.rmsnorm(dn, N, this.get(p + 'post_feedforward_layernorm.weight'));
       for (let i = 0; i < x.length; i++) x[i] = x[i]! + dn[i]! * rm;
     }
     x = this.rmsnorm(x, N, this.get('model.norm.weight'));

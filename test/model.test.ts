@@ -436,6 +436,28 @@ describe('Llama runner (cpu)', function () {
       await loadErr(path.join(root, 'no-such-dir'), /not a model directory/);
     });
 
+    it('generation_config.json: its eos_token_id joins config.json\'s stop tokens (a list, a number, null); a bad one is named', async () => {
+      const { readLlamaConfig } = await import('../lib/models/config');
+      const dir = copyOf('llama-gqa-f32');
+      assert.deepStrictEqual(readLlamaConfig(dir).eosTokenIds, [2]);
+      const gen = (v: unknown): void => fs.writeFileSync(path.join(dir, 'generation_config.json'), typeof v === 'string' ? v : JSON.stringify(v));
+      gen({ bos_token_id: 1, eos_token_id: [2, 7, 9], do_sample: true });
+      assert.deepStrictEqual(readLlamaConfig(dir).eosTokenIds, [2, 7, 9]);
+      gen({ eos_token_id: 5 });
+      assert.deepStrictEqual(readLlamaConfig(dir).eosTokenIds, [2, 5]);
+      gen({ eos_token_id: null });
+      assert.deepStrictEqual(readLlamaConfig(dir).eosTokenIds, [2]);
+      // The runner stops there: plain decoding ends at a generation_config-only stop token.
+      gen({ eos_token_id: [2, 7] });
+      const m = await LlamaModel.load(dir, { device: 'cpu' });
+      assert.deepStrictEqual(m.config.eosTokenIds, [2, 7]);
+      m.dispose();
+      gen({ eos_token_id: [2, 96] });
+      assert.throws(() => readLlamaConfig(dir), /generation_config\.json: field 'eos_token_id' must be a token id or a list of token ids in \[0, 96\), got \[2,96\]/);
+      gen('{ "eos_token_id": ');
+      assert.throws(() => readLlamaConfig(dir), /generation_config\.json: invalid JSON/);
+    });
+
     it('weights: missing tensor, wrong shape, wrong dtype, corrupt file, broken shard index — naming file and tensor', async () => {
       const { writeSafetensors } = await import('../lib/safetensors');
       const { randomWeights } = await import('./fixtures/checkpoints');

@@ -495,8 +495,39 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
   return cfg;
 }
 
-/** Reads `dir/config.json` (E_FORMAT when missing or malformed). */
+/**
+ * Reads `dir/config.json` (E_FORMAT when missing or malformed). The stop tokens also take
+ * generation_config.json's eos_token_id where there is one (what transformers' generate stops at:
+ * Llama-3-8B-Instruct's config.json names only <|end_of_text|>, its generation_config.json
+ * <|eot_id|> too).
+ */
 export function readLlamaConfig(dir: string): LlamaConfig {
+  const config = readConfigJson(dir);
+  const gen = readGenerationEos(dir, config.vocabSize);
+  const eos = [...config.eosTokenIds, ...gen.filter((id) => !config.eosTokenIds.includes(id))];
+  return eos.length === config.eosTokenIds.length ? config : { ...config, eosTokenIds: eos };
+}
+
+/** eos_token_id of `dir/generation_config.json` ([] without the file or the field). */
+function readGenerationEos(dir: string, vocabSize: number): number[] {
+  const file = path.join(dir, 'generation_config.json');
+  if (!fs.existsSync(file)) return [];
+  let json: unknown;
+  try {
+    json = JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (e) {
+    throw codedError('E_FORMAT', `${file}: invalid JSON (${(e as Error).message})`);
+  }
+  const eos = typeof json === 'object' && json !== null ? (json as Record<string, unknown>)['eos_token_id'] : undefined;
+  if (eos === undefined || eos === null) return [];
+  const ids = typeof eos === 'number' ? [eos] : Array.isArray(eos) ? eos : undefined;
+  if (!ids || !ids.every((id) => Number.isSafeInteger(id) && (id as number) >= 0 && (id as number) < vocabSize)) {
+    throw codedError('E_FORMAT', `${file}: field 'eos_token_id' must be a token id or a list of token ids in [0, ${vocabSize}), got ${show(eos)}`);
+  }
+  return ids as number[];
+}
+
+function readConfigJson(dir: string): LlamaConfig {
   const file = path.join(dir, 'config.json');
   let text: string;
   try {

@@ -1,5 +1,7 @@
 // Text <-> token ids through the model directory's tokenizer.json (HF tokenizers format), using the
-// maintained @huggingface/tokenizers library. A model without tokenizer.json works with ids only.
+// maintained @huggingface/tokenizers library, and chat templates (Jinja, as transformers'
+// apply_chat_template renders them) through @huggingface/jinja. A model without tokenizer.json works
+// with ids only.
 import * as fs from 'fs';
 import * as path from 'path';
 import type { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
@@ -13,11 +15,105 @@ function readJson(file: string): unknown {
   }
 }
 
+/** One message of a chat (role 'system', 'user', 'assistant', ... as the model's template knows them). */
+export interface ChatMessage {
+  readonly role: string;
+  readonly content: string;
+}
+
+export interface ChatTemplateOptions {
+  /** End with the header of the assistant's turn, so that generation writes its reply. Default true. */
+  readonly addGenerationPrompt?: boolean;
+}
+
+/** A special token of tokenizer_config.json (a string, or an AddedToken object with its content). */
+function specialToken(v: unknown): string | undefined {
+  if (typeof v === 'string') return v;
+  if (typeof v === 'object' && v !== null && typeof (v as { content?: unknown }).content === 'string') return (v as { content: string }).content;
+  return undefined;
+}
+
+/**
+ * The chat template of a model directory, where transformers keeps it: chat_template.jinja (saved so
+ * since transformers 4.5x), chat_template.json, or tokenizer_config.json's chat_template (a string,
+ * or named templates of which 'default' is used).
+ */
+function readChatTemplate(dir: string, config: unknown): { template: string; file: string } | undefined {
+  const jinja = path.join(dir, 'chat_template.jinja');
+  if (fs.existsSync(jinja)) return { template: fs.readFileSync(jinja, 'utf8'), file: jinja };
+  const json = path.join(dir, 'chat_template.json');
+  if (fs.existsSync(json)) {
+    const t = (readJson(json) as { chat_template?: unknown } | null)?.chat_template;
+    if (typeof t !== 'string') throw codedError('E_FORMAT', `${json}: expected a string 'chat_template'`);
+    return { template: t, file: json };
+  }
+  const t = (config as { chat_template?: unknown } | null)?.chat_template;
+  const file = path.join(dir, 'tokenizer_config.json');
+  if (typeof t === 'string') return { template: t, file };
+  if (Array.isArray(t)) {
+    const named = t.find((e) => (e as { name?: unknown })?.name === 'default') as { template?: unknown } | undefined;
+    if (typeof named?.template === 'string') return { template: named.template, file };
+    throw codedError('E_FORMAT', `${file}: chat_template lists named templates but none named 'default'`);
+  }
+  if (t !== undefined && t !== null) throw codedError('E_FORMAT', `${file}: chat_template must be a string or a list of named templates`);
+  return undefined;
+}
+
 export class TextTokenizer {
   private constructor(
     private readonly tok: HfTokenizer,
     readonly file: string,
+    private readonly config: Record<string, unknown> = {},
+    private readonly chat?: { readonly template: string; readonly file: string },
   ) {}
+
+  /** Whether the directory has a chat template (applyChatTemplate needs one). */
+  get hasChatTemplate(): boolean {
+    return this.chat !== undefined;
+  }
+
+  /**
+   * The text of a chat as the model's template writes it (transformers' apply_chat_template with
+   * tokenize=False): messages, add_generation_prompt and the special tokens of
+   * tokenizer_config.json (bos_token, eos_token, ...) are the template's variables. E_UNSUPPORTED
+   * without a template; E_ARG for malformed messages or a template's raise_exception.
+   */
+  applyChatTemplate(messages: readonly ChatMessage[], options: ChatTemplateOptions = {}): string {
+    if (!this.chat) throw codedError('E_UNSUPPORTED', `${path.dirname(this.file)}: no chat template (no chat_template.jinja, chat_template.json or chat_template in tokenizer_config.json)`);
+    if (!Array.isArray(messages) || messages.length === 0) throw codedError('E_ARG', 'messages: expected a non-empty array of { role, content }');
+    messages.forEach((m, i) => {
+      if (typeof m !== 'object' || m === null || typeof m.role !== 'string' || typeof m.content !== 'string') {
+        throw codedError('E_ARG', `messages[${i}]: expected { role: string, content: string }`);
+      }
+    });
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const { Template } = require('@huggingface/jinja') as typeof import('@huggingface/jinja');
+    let template: InstanceType<typeof Template>;
+    try {
+      template = new Template(this.chat.template);
+    } catch (e) {
+      throw codedError('E_FORMAT', `${this.chat.file}: the chat template does not parse (${(e as Error).message.split('\n')[0]})`);
+    }
+    const specials: Record<string, string> = {};
+    for (const k of ['bos_token', 'eos_token', 'unk_token', 'pad_token', 'sep_token', 'cls_token', 'mask_token']) {
+      const v = specialToken(this.config[k]);
+      if (v !== undefined) specials[k] = v;
+    }
+    try {
+      return template.render({
+        ...specials,
+        messages: messages.map((m) => ({ role: m.role, content: m.content })),
+        add_generation_prompt: options.addGenerationPrompt ?? true,
+      });
+    } catch (e) {
+      throw codedError('E_ARG', `${this.chat.file}: the chat template refused these messages (${(e as Error).message.split('\n')[0]})`);
+    }
+  }
+
+  /** Token ids of a chat (the template writes any BOS itself, so none is added on top). */
+  encodeChat(messages: readonly ChatMessage[], options: ChatTemplateOptions = {}): Int32Array {
+    return this.encode(this.applyChatTemplate(messages, options), { addSpecialTokens: false });
+  }
 
   /** The tokenizer of a model directory, or undefined when it has no tokenizer.json. */
   static load(dir: string): TextTokenizer | undefined {
@@ -29,8 +125,9 @@ export class TextTokenizer {
     // Loaded on demand: a model used with ids only never pays for it.
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     const { Tokenizer } = require('@huggingface/tokenizers') as typeof import('@huggingface/tokenizers');
+    const chat = readChatTemplate(dir, config);
     try {
-      return new TextTokenizer(new Tokenizer(json as object, config as object), file);
+      return new TextTokenizer(new Tokenizer(json as object, config as object), file, (config ?? {}) as Record<string, unknown>, chat);
     } catch (e) {
       throw codedError('E_FORMAT', `${file}: unsupported or malformed tokenizer (${(e as Error).message.split('\n')[0]})`);
     }

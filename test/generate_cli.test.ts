@@ -154,7 +154,44 @@ describe('specdec generate (cli)', function () {
     assertOneLineError(cli(['--model', bare, '--prompt-ids', '1', '--draft-k', '3']), /--draft-k needs --draft/);
     const badBatch = path.join(root, 'bad-batch.json');
     fs.writeFileSync(badBatch, JSON.stringify([[1, 2], { text: 'x' }]));
-    assertOneLineError(cli(['--model', bare, '--batch-file', badBatch]), /item 1 must be a string or a non-empty array of token ids/);
+    assertOneLineError(cli(['--model', bare, '--batch-file', badBatch]), /item 1 must be a string, a non-empty array of token ids or a chat/);
+  });
+
+  it('--chat [--system]: the prompt is written through the chat template (the same run as its ids); chats in a batch file; errors named', async () => {
+    // A copy of the checkpoint whose tokenizer_config.json carries a chat template.
+    const chatDir = path.join(root, 'llama-chat');
+    fs.mkdirSync(chatDir);
+    for (const f of fs.readdirSync(dir)) fs.copyFileSync(path.join(dir, f), path.join(chatDir, f));
+    const template = "{{ bos_token }}{% for m in messages %}{{ m.role }} {{ m.content }} {% endfor %}{% if add_generation_prompt %}assistant{% endif %}";
+    fs.writeFileSync(path.join(chatDir, 'tokenizer_config.json'), JSON.stringify({ bos_token: '<s>', chat_template: template }));
+    const run = async (args: string[]): Promise<{ code: number; out: string; err: string }> => {
+      let out = '';
+      let err = '';
+      const code = await generateCommand([...args, '--json', '--device', 'cpu', '--max-new-tokens', '6'], { stdout: (s) => (out += s), stderr: (s) => (err += s) });
+      return { code, out, err };
+    };
+    const tok = TextTokenizer.load(chatDir)!;
+    const ids = tok.encodeChat([{ role: 'system', content: 'be brief' }, { role: 'user', content: 'the cat' }]);
+    assert.strictEqual(tok.applyChatTemplate([{ role: 'system', content: 'be brief' }, { role: 'user', content: 'the cat' }]), '<s>system be brief user the cat assistant');
+    const viaChat = await run(['--model', chatDir, '--chat', '--system', 'be brief', '--prompt', 'the cat']);
+    assert.strictEqual(viaChat.code, 0, viaChat.err);
+    const viaIds = await run(['--model', chatDir, '--prompt-ids', Array.from(ids).join(',')]);
+    assert.deepStrictEqual((JSON.parse(viaChat.out) as Record).tokens, (JSON.parse(viaIds.out) as Record).tokens);
+    // A batch: a chat item (whatever --chat says) beside a text item written as a user message.
+    const batch = path.join(root, 'chat-batch.json');
+    fs.writeFileSync(batch, JSON.stringify([[{ role: 'system', content: 'be brief' }, { role: 'user', content: 'the cat' }], 'the cat']));
+    const b = await run(['--model', chatDir, '--chat', '--system', 'be brief', '--batch-file', batch]);
+    assert.strictEqual(b.code, 0, b.err);
+    const recs = JSON.parse(b.out) as Record[];
+    assert.deepStrictEqual(recs[0]!.tokens, recs[1]!.tokens);
+    assert.deepStrictEqual(recs[0]!.tokens, (JSON.parse(viaIds.out) as Record).tokens);
+    // Errors.
+    assert.throws(() => parseGenerateFlags(['--prompt', 'x', '--system', 's']), /--system needs --chat/);
+    assert.throws(() => parseGenerateFlags(['--prompt-ids', '1', '--chat']), /--chat .* not --prompt-ids/);
+    assert.throws(() => parseGenerateFlags(['--prompt', 'x', '--chat=yes']), /--chat takes no value/);
+    assertOneLineError(cli(['--model', dir, '--chat', '--prompt', 'the cat']), /has no chat template .*drop --chat/);
+    fs.writeFileSync(batch, JSON.stringify([[{ role: 'user' }]]));
+    assertOneLineError(cli(['--model', chatDir, '--batch-file', batch]), /item 0: a chat's messages are \{ role: string, content: string \}/);
   });
 
   it('in process: parses every DESIGN §6 flag; a strategy hook receives the flags and the target', async () => {

@@ -8,7 +8,7 @@ import { LlamaModel } from '../models/llama';
 import { plainGenerate } from '../plain';
 import type { Device } from '../tensor';
 import { IncrementalText } from '../text';
-import { TextTokenizer } from '../tokenizer';
+import { TextTokenizer, type ChatMessage } from '../tokenizer';
 import { defaultModelPaths } from '../default_models';
 import { codedError } from '../errors';
 import { parseStrategyFlags, strategyHook, STRATEGY_FLAGS, STRATEGY_USAGE, type StrategyFlags } from './strategy_flags';
@@ -24,6 +24,10 @@ export interface GenerateFlags {
   readonly prompt?: string;
   readonly promptIds?: Int32Array;
   readonly batchFile?: string;
+  /** Text prompts are user messages, written through the model's chat template (--chat). */
+  readonly chat?: boolean;
+  /** A system message before each chat (--system; needs --chat). */
+  readonly system?: string;
   readonly maxNewTokens: number;
   /** Positions per sequence the KV cache is sized for (prompt + output); default: the longest
    *  prompt + maxNewTokens, at most max_position_embeddings. */
@@ -78,7 +82,8 @@ export interface GenerateIo {
 }
 
 export const GENERATE_USAGE = `usage: specdec generate [--model DIR] [--draft DIR [--draft-k K]] [--medusa DIR | --lookahead W,N,G | --prompt-lookup N]
-                       (--prompt TEXT | --prompt-ids 1,2,3 | --batch-file F) [--max-new-tokens N] [--max-context N]
+                       (--prompt TEXT | --prompt-ids 1,2,3 | --batch-file F) [--chat [--system TEXT]]
+                       [--max-new-tokens N] [--max-context N]
                        [--temperature T --top-k K --top-p P --seed S] [--device cpu|cuda|auto] [--json]
 
   --model DIR         Hugging Face checkpoint directory (config.json + model.safetensors[.index.json]);
@@ -86,8 +91,11 @@ export const GENERATE_USAGE = `usage: specdec generate [--model DIR] [--draft DI
                       --medusa default select its draft and Medusa heads
   --prompt TEXT       prompt text (needs tokenizer.json in the model directory)
   --prompt-ids IDS    prompt token ids, comma-separated (bypasses the tokenizer)
-  --batch-file F      JSON array of prompts (strings or id arrays), run together as one batch;
-                      sequence i samples from RNG stream (seed, i)
+  --batch-file F      JSON array of prompts (strings, id arrays, or chats: arrays of { role, content }),
+                      run together as one batch; sequence i samples from RNG stream (seed, i)
+  --chat              text prompts are user messages: written through the model's chat template
+                      (chat_template.jinja or tokenizer_config.json), ending with the assistant's turn
+  --system TEXT       a system message before each chat (with --chat)
   --max-new-tokens N  new tokens per prompt (default 64)
   --max-context N     positions per sequence (prompt + output) the KV cache is sized for; a run that
                       fills them ends with finishReason 'context' (default: the longest prompt +
@@ -144,11 +152,11 @@ export function parseIdList(flag: string, v: string): Int32Array {
 /** The flags of `generate` that take a value (the strategy flags are STRATEGY_FLAGS). */
 const VALUE_FLAGS: readonly string[] = [
   '--model', '--prompt', '--prompt-ids', '--max-new-tokens', '--max-context',
-  '--temperature', '--top-k', '--top-p', '--seed', '--device', '--batch-file',
+  '--temperature', '--top-k', '--top-p', '--seed', '--device', '--batch-file', '--system',
 ];
 
 /** Every flag `generate` accepts (each is described in GENERATE_USAGE). */
-export const GENERATE_FLAGS: readonly string[] = [...VALUE_FLAGS, '--json', ...STRATEGY_FLAGS];
+export const GENERATE_FLAGS: readonly string[] = [...VALUE_FLAGS, '--json', '--chat', ...STRATEGY_FLAGS];
 
 /**
  * Parses argv (after `generate`). The strategy flags are picked out first by parseStrategyFlags
@@ -160,13 +168,15 @@ export function parseGenerateFlags(argv: readonly string[]): GenerateFlags {
   argv = picked.rest;
   const values = new Map<string, string>();
   let json = false;
+  let chat = false;
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
     const eq = arg.startsWith('--') ? arg.indexOf('=') : -1;
     const name = eq > 0 ? arg.slice(0, eq) : arg;
-    if (name === '--json') {
-      if (eq > 0) throw new CliError('--json takes no value');
-      json = true;
+    if (name === '--json' || name === '--chat') {
+      if (eq > 0) throw new CliError(`${name} takes no value`);
+      if (name === '--json') json = true;
+      else chat = true;
       continue;
     }
     if (!VALUE_FLAGS.includes(name)) throw new CliError(arg.startsWith('-') ? `unknown flag '${name}'` : `unexpected argument '${arg}'`);
@@ -185,6 +195,9 @@ export function parseGenerateFlags(argv: readonly string[]): GenerateFlags {
   const batchFile = get('--batch-file');
   const sources = [prompt, promptIds, batchFile].filter((x) => x !== undefined).length;
   if (sources !== 1) throw new CliError('give exactly one of --prompt, --prompt-ids or --batch-file');
+  const system = get('--system');
+  if (system !== undefined && !chat) throw new CliError('--system needs --chat');
+  if (chat && promptIds !== undefined) throw new CliError('--chat writes text prompts through the chat template: it takes --prompt or --batch-file, not --prompt-ids');
 
   const device = get('--device') ?? 'auto';
   if (device !== 'cpu' && device !== 'cuda' && device !== 'auto') throw new CliError(`--device: expected cpu, cuda or auto, got '${device}'`);
@@ -197,6 +210,8 @@ export function parseGenerateFlags(argv: readonly string[]): GenerateFlags {
     ...(prompt !== undefined ? { prompt } : {}),
     ...(promptIds !== undefined ? { promptIds: parseIdList('--prompt-ids', promptIds) } : {}),
     ...(batchFile !== undefined ? { batchFile } : {}),
+    ...(chat ? { chat } : {}),
+    ...(system !== undefined ? { system } : {}),
     maxNewTokens: get('--max-new-tokens') !== undefined ? parseIntFlag('--max-new-tokens', get('--max-new-tokens')!, 1) : 64,
     ...(maxContext !== undefined ? { maxContext: parseIntFlag('--max-context', maxContext, 2) } : {}),
     temperature: get('--temperature') !== undefined ? parseNumberFlag('--temperature', get('--temperature')!, (n) => n >= 0, 'a number >= 0') : 0,
@@ -210,10 +225,18 @@ export function parseGenerateFlags(argv: readonly string[]): GenerateFlags {
 
 /** The prompts of a run as token ids (text through the tokenizer). */
 function resolvePrompts(flags: GenerateFlags, tokenizer: TextTokenizer | undefined, modelDir: string): Int32Array[] {
-  const encode = (text: string, where: string): Int32Array => {
+  const needTokenizer = (where: string): TextTokenizer => {
     if (!tokenizer) throw new CliError(`${where}: ${modelDir} has no tokenizer.json; pass token ids (--prompt-ids, or id arrays in the batch file)`, 1);
-    return tokenizer.encode(text);
+    return tokenizer;
   };
+  const encodeChat = (messages: ChatMessage[], where: string): Int32Array => {
+    const t = needTokenizer(where);
+    if (!t.hasChatTemplate) throw new CliError(`${where}: ${modelDir} has no chat template (chat_template.jinja, chat_template.json or tokenizer_config.json's chat_template); drop --chat to send the text as it is`, 1);
+    return t.encodeChat(messages);
+  };
+  // --chat: a text prompt is the user's message (after --system's, if any).
+  const encode = (text: string, where: string): Int32Array =>
+    flags.chat ? encodeChat([...(flags.system !== undefined ? [{ role: 'system', content: flags.system }] : []), { role: 'user', content: text }], where) : needTokenizer(where).encode(text);
   if (flags.promptIds) return [flags.promptIds];
   if (flags.prompt !== undefined) return [encode(flags.prompt, '--prompt')];
   const file = flags.batchFile!;
@@ -226,10 +249,16 @@ function resolvePrompts(flags: GenerateFlags, tokenizer: TextTokenizer | undefin
   if (!Array.isArray(items) || items.length === 0) throw new CliError(`--batch-file ${file}: expected a non-empty JSON array of prompts`, 1);
   return items.map((item, i) => {
     if (typeof item === 'string') return encode(item, `--batch-file ${file}: item ${i}`);
+    // A chat: an array of { role, content } (whatever --chat says: it cannot be anything else).
+    if (Array.isArray(item) && item.length > 0 && item.every((m) => typeof m === 'object' && m !== null && !Array.isArray(m))) {
+      const ok = item.every((m) => typeof (m as ChatMessage).role === 'string' && typeof (m as ChatMessage).content === 'string');
+      if (!ok) throw new CliError(`--batch-file ${file}: item ${i}: a chat's messages are { role: string, content: string }`, 1);
+      return encodeChat(item as ChatMessage[], `--batch-file ${file}: item ${i}`);
+    }
     if (Array.isArray(item) && item.length > 0 && item.every((x) => Number.isSafeInteger(x) && (x as number) >= 0 && (x as number) <= 0x7fffffff)) {
       return Int32Array.from(item as number[]);
     }
-    throw new CliError(`--batch-file ${file}: item ${i} must be a string or a non-empty array of token ids`, 1);
+    throw new CliError(`--batch-file ${file}: item ${i} must be a string, a non-empty array of token ids or a chat (an array of { role, content })`, 1);
   });
 }
 

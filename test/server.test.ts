@@ -4,6 +4,8 @@
 // alone; all KV pages free afterwards), and SIGTERM draining a running stream.
 import * as assert from 'assert';
 import { spawn } from 'child_process';
+import * as fs from 'fs';
+import * as os from 'os';
 import * as path from 'path';
 import { runLoad } from '../bench/serve_load';
 import { completionTokens, postJson, postStream, request } from '../bench/serve_client';
@@ -102,6 +104,55 @@ describe('specdec serve', function () {
     const big = await request(`${url}/v1/completions`, 'POST', JSON.stringify({ prompt: 'x'.repeat(5000) }));
     assert.strictEqual(big.status, 413);
     assert.match(big.body, /limit of 4096 bytes/);
+  });
+
+  it('/v1/chat/completions: the chat through the template, the same tokens as its ids sent to /v1/completions; streamed deltas; errors name messages', async () => {
+    // The embedded tokenizer with a chat template beside it.
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'specdec-serve-chat-'));
+    fs.copyFileSync(path.join(EMBEDDED.target, 'tokenizer.json'), path.join(dir, 'tokenizer.json'));
+    fs.writeFileSync(path.join(dir, 'tokenizer_config.json'), JSON.stringify({ chat_template: '{% for m in messages %}{{ m.content }} {% endfor %}{% if add_generation_prompt %}once{% endif %}' }));
+    const tok = TextTokenizer.load(dir)!;
+    const chatServer = new CompletionServer({ engine: server.engine, modelName: 'tiny', tokenizer: tok, chat: tok });
+    const a = await chatServer.listen(0, '127.0.0.1');
+    const curl = `http://127.0.0.1:${a.port}`;
+    try {
+      const messages = [{ role: 'system', content: 'the cat' }, { role: 'user', content: 'upon a time' }];
+      const ids = Array.from(tok.encodeChat(messages));
+      const r = await postJson(`${curl}/v1/chat/completions`, { model: 'tiny', messages, max_completion_tokens: 10, temperature: 0 });
+      assert.strictEqual(r.status, 200, JSON.stringify(r.json));
+      assert.strictEqual(r.json['object'], 'chat.completion');
+      assert.match(String(r.json['id']), /^chatcmpl-/);
+      const choice = (r.json['choices'] as { message: { role: string; content: string }; finish_reason: string }[])[0]!;
+      assert.strictEqual(choice.message.role, 'assistant');
+      assert.ok(choice.message.content.length > 0, 'a reply was written');
+      const plain = await postJson(`${curl}/v1/completions`, { prompt: ids, max_tokens: 10, temperature: 0 });
+      assert.strictEqual(choice.message.content, (plain.json['choices'] as { text: string }[])[0]!.text);
+      assert.deepStrictEqual(r.json['usage'], plain.json['usage']);
+      // Text parts join into one content.
+      const parts = await postJson(`${curl}/v1/chat/completions`, { messages: [messages[0], { role: 'user', content: [{ type: 'text', text: 'upon a ' }, { type: 'text', text: 'time' }] }], max_tokens: 10, temperature: 0 });
+      assert.strictEqual((parts.json['choices'] as { message: { content: string } }[])[0]!.message.content, choice.message.content);
+      // Streamed: a role delta first, content deltas, a last chunk with the finish reason, [DONE].
+      const s = await postStream(`${curl}/v1/chat/completions`, { messages, max_tokens: 10, temperature: 0, stream: true });
+      assert.ok(s.done && s.events.length >= 3, 'role, content and finish chunks');
+      type Chunk = { object: string; choices: { delta: { role?: string; content?: string }; finish_reason: string | null }[] };
+      const ev = s.events as unknown as Chunk[];
+      assert.ok(ev.every((e) => e.object === 'chat.completion.chunk'));
+      assert.deepStrictEqual(ev[0]!.choices[0]!.delta, { role: 'assistant', content: '' });
+      assert.strictEqual(ev.map((e) => e.choices[0]!.delta.content ?? '').join(''), choice.message.content);
+      assert.strictEqual(ev[ev.length - 1]!.choices[0]!.finish_reason, choice.finish_reason);
+      // Errors.
+      const noTemplate = await postJson(`${url}/v1/chat/completions`, { messages });
+      assert.strictEqual(noTemplate.status, 400);
+      assert.match((noTemplate.json['error'] as { message: string }).message, /no chat template/);
+      for (const bad of [{ messages: [] }, { messages: [{ role: 'user' }] }, { messages: [{ role: 'user', content: [{ type: 'image_url', image_url: 'x' }] }] }, { messages, max_completion_tokens: -2 }]) {
+        const e = await postJson(`${curl}/v1/chat/completions`, bad);
+        assert.strictEqual(e.status, 400, JSON.stringify(bad));
+        const param = (e.json['error'] as { param: string }).param;
+        assert.ok(param === 'messages' || param === 'max_completion_tokens', `${JSON.stringify(bad)}: ${param}`);
+      }
+    } finally {
+      await chatServer.close();
+    }
   });
 
   it('load: 12 clients x 3 requests, mixed lengths and sampling, 10% cancelled: 0 errors, each equal to alone, pages free', async () => {

@@ -110,7 +110,7 @@ export async function startServe(flags: ServeFlags): Promise<RunningServer> {
     const engine = new Engine({ model, maxBatch: flags.maxBatch, ...(built.speculator ? { speculator: built.speculator } : {}) });
     const tokenizer = TextTokenizer.load(dir);
     const name = dir === EMBEDDED.target ? 'specdec-default' : path.basename(path.resolve(dir));
-    const server = new CompletionServer({ engine, modelName: name, ...(tokenizer ? { tokenizer } : {}) });
+    const server = new CompletionServer({ engine, modelName: name, ...(tokenizer ? { tokenizer } : {}), ...(tokenizer?.hasChatTemplate ? { chat: tokenizer } : {}) });
     const addr = await server.listen(flags.port, flags.host);
     const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
     const d = dispose;

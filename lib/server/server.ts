@@ -1,5 +1,6 @@
 // `specdec serve`: an OpenAI-compatible completions server on node:http over one Engine.
-// POST /v1/completions (JSON or server-sent events), GET /v1/models, /health, /metrics.
+// POST /v1/completions and /v1/chat/completions (JSON or server-sent events), GET /v1/models,
+// /health, /metrics.
 // Bad requests get 400 with an OpenAI-style JSON error naming the field; bodies are size-limited;
 // a client that disconnects cancels its request; close() drains in-flight requests.
 import { randomBytes, randomInt } from 'crypto';
@@ -9,12 +10,15 @@ import type { GenerateOptions } from '../decoder';
 import type { Engine, RequestOptions } from '../engine/engine';
 import type { SamplingConfig } from '../strategies/speculator';
 import { generateText, type TextCodec } from '../text';
+import type { ChatMessage } from '../tokenizer';
 import { PROMETHEUS_CONTENT_TYPE, prometheusText } from './prometheus';
 
 export interface ServerOptions {
   readonly engine: Engine;
   /** Text prompts, text output and stop strings need it; without one, prompts are token ids. */
   readonly tokenizer?: TextCodec;
+  /** /v1/chat/completions needs it: a chat's prompt ids through the model's chat template. */
+  readonly chat?: { encodeChat(messages: readonly ChatMessage[]): Int32Array };
   /** The id /v1/models reports and requests may name. */
   readonly modelName: string;
   /** Largest accepted request body. Default 1 MiB. */
@@ -50,6 +54,7 @@ export class CompletionServer {
   readonly engine: Engine;
   readonly http: http.Server;
   private readonly tokenizer: TextCodec | undefined;
+  private readonly chat: ServerOptions['chat'];
   private readonly modelName: string;
   private readonly maxBodyBytes: number;
   private readonly created = Math.floor(Date.now() / 1000);
@@ -60,6 +65,7 @@ export class CompletionServer {
   constructor(opts: ServerOptions) {
     this.engine = opts.engine;
     this.tokenizer = opts.tokenizer;
+    this.chat = opts.chat;
     this.modelName = opts.modelName;
     this.maxBodyBytes = opts.maxBodyBytes ?? 1 << 20;
     this.http = http.createServer((req, res) => {
@@ -119,10 +125,15 @@ export class CompletionServer {
       case '/v1/completions': {
         allow('POST');
         const body = await this.readJson(req);
-        return this.complete(res, this.parseCompletion(body));
+        return this.complete(res, this.parseCompletion(body, (b) => this.parsePrompt(b['prompt'])), false);
+      }
+      case '/v1/chat/completions': {
+        allow('POST');
+        const body = await this.readJson(req);
+        return this.complete(res, this.parseCompletion(body, (b) => this.parseMessages(b['messages'])), true);
       }
       default:
-        throw new HttpError(404, `no route ${path} (try POST /v1/completions, GET /v1/models, /health, /metrics)`, null, 'not_found');
+        throw new HttpError(404, `no route ${path} (try POST /v1/completions, POST /v1/chat/completions, GET /v1/models, /health, /metrics)`, null, 'not_found');
     }
   }
 
@@ -155,8 +166,8 @@ export class CompletionServer {
     });
   }
 
-  /** Validates an OpenAI completions body; every error names its field. */
-  private parseCompletion(body: unknown): Completion {
+  /** Validates an OpenAI completions (or chat completions) body; every error names its field. */
+  private parseCompletion(body: unknown, promptOf: (b: Record<string, unknown>) => Int32Array): Completion {
     if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new HttpError(400, 'the body must be a JSON object');
     const b = body as Record<string, unknown>;
     const num = (name: string, ok: (n: number) => boolean, want: string): number | undefined => {
@@ -177,8 +188,12 @@ export class CompletionServer {
     num('n', (x) => x === 1, '1 (one completion per request)');
     if (bool('echo')) throw new HttpError(400, 'echo: not supported', 'echo');
     if (b['logprobs'] !== undefined && b['logprobs'] !== null) throw new HttpError(400, 'logprobs: not supported', 'logprobs');
-    const prompt = this.parsePrompt(b['prompt']);
-    const maxTokens = num('max_tokens', (x) => Number.isSafeInteger(x) && x >= 0, 'an integer >= 0') ?? 16;
+    const prompt = promptOf(b);
+    // Chat clients send max_completion_tokens (OpenAI's newer name); a chat gets room by default.
+    const maxTokens =
+      num('max_completion_tokens', (x) => Number.isSafeInteger(x) && x >= 0, 'an integer >= 0') ??
+      num('max_tokens', (x) => Number.isSafeInteger(x) && x >= 0, 'an integer >= 0') ??
+      ('messages' in b ? Math.max(0, this.engine.model.config.maxPositions - prompt.length) : 16);
     const temperature = num('temperature', (x) => x >= 0, 'a number >= 0') ?? 1;
     const topP = num('top_p', (x) => x > 0 && x <= 1, 'a number in (0, 1]');
     const topK = num('top_k', (x) => Number.isSafeInteger(x) && x >= -1, 'an integer >= -1 (-1 or 0: off)');
@@ -220,7 +235,37 @@ export class CompletionServer {
     throw new HttpError(400, 'prompt: expected a non-empty string or a non-empty array of token ids', 'prompt');
   }
 
-  private async complete(res: http.ServerResponse, c: Completion): Promise<void> {
+  /** A chat's messages (content a string, or OpenAI's text parts) as prompt ids through the chat template. */
+  private parseMessages(m: unknown): Int32Array {
+    if (!this.chat) throw new HttpError(400, 'messages: this model has no chat template; use /v1/completions with a prompt', 'messages');
+    if (!Array.isArray(m) || m.length === 0) throw new HttpError(400, 'messages: expected a non-empty array of { role, content }', 'messages');
+    const messages: ChatMessage[] = m.map((x, i) => {
+      const o = x as { role?: unknown; content?: unknown } | null;
+      if (typeof o !== 'object' || o === null || typeof o.role !== 'string') throw new HttpError(400, `messages[${i}]: expected { role: string, content }`, 'messages');
+      let content = o.content;
+      if (Array.isArray(content)) {
+        // OpenAI's content parts: text only.
+        content = content
+          .map((part, j) => {
+            const p = part as { type?: unknown; text?: unknown } | null;
+            if (p?.type !== 'text' || typeof p.text !== 'string') throw new HttpError(400, `messages[${i}].content[${j}]: only { type: 'text', text } parts are supported`, 'messages');
+            return p.text;
+          })
+          .join('');
+      }
+      if (typeof content !== 'string') throw new HttpError(400, `messages[${i}].content: expected a string or text parts`, 'messages');
+      return { role: o.role, content };
+    });
+    try {
+      return this.chat.encodeChat(messages);
+    } catch (e) {
+      const err = e as Error & { code?: string };
+      if (err.code === 'E_ARG') throw new HttpError(400, `messages: ${err.message}`, 'messages');
+      throw e;
+    }
+  }
+
+  private async complete(res: http.ServerResponse, c: Completion, chat: boolean): Promise<void> {
     // The client going away cancels the request (the socket closes before the response ended).
     const cancel = new AbortController();
     res.on('close', () => {
@@ -240,8 +285,9 @@ export class CompletionServer {
       ...(c.stop.length > 0 ? { stopStrings: c.stop } : {}),
       ...(c.stopTokenIds.length > 0 ? { stopTokens: c.stopTokenIds } : {}),
     });
-    const id = `cmpl-${randomBytes(12).toString('hex')}`;
-    const head = { id, object: 'text_completion', created: Math.floor(Date.now() / 1000), model: this.modelName };
+    const id = `${chat ? 'chatcmpl' : 'cmpl'}-${randomBytes(12).toString('hex')}`;
+    const head = { id, object: chat ? 'chat.completion' : 'text_completion', created: Math.floor(Date.now() / 1000), model: this.modelName };
+    const chunkHead = chat ? { ...head, object: 'chat.completion.chunk' } : head;
     const usage = (completion: number): Record<string, number> => ({
       prompt_tokens: c.prompt.length,
       completion_tokens: completion,
@@ -252,11 +298,10 @@ export class CompletionServer {
       const r = await gen.result.catch((e: unknown) => {
         throw toHttpError(e);
       });
-      this.sendJson(res, 200, {
-        ...head,
-        choices: [{ index: 0, text: r.text, token_ids: Array.from(r.tokens), logprobs: null, finish_reason: finishReason(r.finishReason) }],
-        usage: usage(r.tokens.length),
-      });
+      const choice = chat
+        ? { index: 0, message: { role: 'assistant', content: r.text }, logprobs: null, finish_reason: finishReason(r.finishReason) }
+        : { index: 0, text: r.text, token_ids: Array.from(r.tokens), logprobs: null, finish_reason: finishReason(r.finishReason) };
+      this.sendJson(res, 200, { ...head, choices: [choice], usage: usage(r.tokens.length) });
       return;
     }
     const send = (obj: unknown): void => {
@@ -265,22 +310,30 @@ export class CompletionServer {
     // A token chunk's event is the JSON of { ...head, choices: [{ index, text, token_ids, logprobs,
     // finish_reason: null }] } with the constant parts rendered once: one event per request per
     // step runs on the thread that also feeds the forward's workers.
-    const pre = `data: ${JSON.stringify({ ...head, choices: [{ index: 0, text: '' }] }).slice(0, -5)}`;
+    // A chat chunk is { ...head, choices: [{ index, delta: { content }, logprobs, finish_reason: null }] },
+    // the first one also carrying the role (OpenAI's chat.completion.chunk).
+    const pre = chat
+      ? `data: ${JSON.stringify({ ...chunkHead, choices: [{ index: 0, delta: { content: '' } }] }).slice(0, -6)}`
+      : `data: ${JSON.stringify({ ...head, choices: [{ index: 0, text: '' }] }).slice(0, -5)}`;
+    const post = (tokens: Int32Array | readonly number[]): string => (chat ? '},"logprobs":null,"finish_reason":null}]}\n\n' : `,"token_ids":[${tokens.join(',')}],"logprobs":null,"finish_reason":null}]}\n\n`);
     let started = false;
+    const start = (): void => {
+      res.writeHead(200, { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache', Connection: 'keep-alive' });
+      started = true;
+      if (chat) send({ ...chunkHead, choices: [{ index: 0, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }] });
+    };
     try {
       for await (const chunk of gen) {
-        if (!started) {
-          res.writeHead(200, { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache', Connection: 'keep-alive' });
-          started = true;
-        }
-        if (!res.writableEnded && !res.destroyed) {
-          res.write(`${pre}${JSON.stringify(chunk.text)},"token_ids":[${chunk.tokens.join(',')}],"logprobs":null,"finish_reason":null}]}\n\n`);
-        }
+        if (!started) start();
+        if (!res.writableEnded && !res.destroyed) res.write(`${pre}${JSON.stringify(chunk.text)}${post(chunk.tokens)}`);
       }
       const r = await gen.result;
-      if (!started) res.writeHead(200, { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache', Connection: 'keep-alive' });
-      send({ ...head, choices: [{ index: 0, text: '', token_ids: [], logprobs: null, finish_reason: finishReason(r.finishReason) }], usage: usage(r.tokens.length) });
-      if (c.includeUsage) send({ ...head, choices: [], usage: usage(r.tokens.length) });
+      if (!started) start();
+      const last = chat
+        ? { index: 0, delta: {}, logprobs: null, finish_reason: finishReason(r.finishReason) }
+        : { index: 0, text: '', token_ids: [], logprobs: null, finish_reason: finishReason(r.finishReason) };
+      send({ ...chunkHead, choices: [last], usage: usage(r.tokens.length) });
+      if (c.includeUsage) send({ ...chunkHead, choices: [], usage: usage(r.tokens.length) });
       res.end('data: [DONE]\n\n');
     } catch (e) {
       if (!started) throw toHttpError(e);

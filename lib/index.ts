@@ -29,7 +29,7 @@ export { LlamaModel } from './models/llama';
 export type { LlamaLoadOptions } from './models/llama';
 export { parseLlamaConfig, readLlamaConfig } from './models/config';
 export type { LlamaConfig } from './models/config';
-export { TextTokenizer } from './tokenizer';
+export { TextTokenizer, tokenizerMismatch, type ChatMessage, type ChatTemplateOptions } from './tokenizer';
 
 // Decoding: the plain baseline, the speculative decoder, token trees and the strategies.
 export { plainGenerate } from './plain';

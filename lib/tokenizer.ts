@@ -24,6 +24,11 @@ export interface ChatMessage {
 export interface ChatTemplateOptions {
   /** End with the header of the assistant's turn, so that generation writes its reply. Default true. */
   readonly addGenerationPrompt?: boolean;
+  /**
+   * More variables for the template (transformers' apply_chat_template **kwargs), e.g. Qwen3's
+   * `{ enable_thinking: false }`. They cannot replace messages or add_generation_prompt.
+   */
+  readonly variables?: Readonly<Record<string, unknown>>;
 }
 
 /** A special token of tokenizer_config.json (a string, or an AddedToken object with its content). */
@@ -102,6 +107,7 @@ export class TextTokenizer {
     try {
       return template.render({
         ...specials,
+        ...(options.variables ?? {}),
         messages: messages.map((m) => ({ role: m.role, content: m.content })),
         add_generation_prompt: options.addGenerationPrompt ?? true,
       });
@@ -139,6 +145,8 @@ export class TextTokenizer {
       const ids = this.tok.encode(text, { add_special_tokens: options.addSpecialTokens ?? true }).ids;
       // Ids come from the file's vocabulary: a damaged one (2^31, -1, 1.5) must not wrap in an Int32Array.
       for (const id of ids) {
+        // A word-level vocabulary without the word and without an unk_token leaves a hole.
+        if (id === undefined || id === null) throw codedError('E_ARG', `${this.file}: a piece of the text has no token id (not in the vocabulary, and no unk_token to stand for it)`);
         if (!Number.isInteger(id) || id < 0 || id > 0x7fffffff) throw codedError('E_FORMAT', `${this.file}: the vocabulary maps a token to ${String(id)}, not a token id`);
       }
       return Int32Array.from(ids);

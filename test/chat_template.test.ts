@@ -56,12 +56,31 @@ describe('chat templates', () => {
     assert.strictEqual(named.applyChatTemplate([{ role: 'user', content: 'z' }]), '[user]z');
   });
 
+  it('more template variables (Qwen3\'s enable_thinking) reach the template; they cannot replace messages or the generation prompt', () => {
+    const qwen3 = "{% for m in messages %}{{ m.content }}{% endfor %}{% if add_generation_prompt %}<a>{% if enable_thinking is defined and enable_thinking is false %}<think></think>{% endif %}{% endif %}";
+    const t = TextTokenizer.load(tokenizerDir({ 'tokenizer_config.json': { chat_template: qwen3 } }))!;
+    const m = [{ role: 'user', content: 'x' }];
+    assert.strictEqual(t.applyChatTemplate(m), 'x<a>');
+    assert.strictEqual(t.applyChatTemplate(m, { variables: { enable_thinking: false } }), 'x<a><think></think>');
+    assert.strictEqual(t.applyChatTemplate(m, { variables: { enable_thinking: true } }), 'x<a>');
+    assert.strictEqual(t.applyChatTemplate(m, { addGenerationPrompt: false, variables: { messages: [{ role: 'user', content: 'y' }], add_generation_prompt: true } }), 'x');
+  });
+
   it('a chat encodes as its rendered text with no special tokens added on top (the template writes the BOS)', () => {
     const t = TextTokenizer.load(tokenizerDir({ 'tokenizer_config.json': { bos_token: '<s>', chat_template: '{{ bos_token }}{% for m in messages %}{{ m.content }} {% endfor %}' } }))!;
     const ids = t.encodeChat([{ role: 'user', content: 'the cat' }, { role: 'user', content: 'sat' }]);
     assert.deepStrictEqual(Array.from(ids), Array.from(t.encode('<s>the cat sat ', { addSpecialTokens: false })));
     assert.strictEqual(ids[0], 1, 'one BOS, from the template');
     assert.strictEqual(Array.from(ids).filter((x) => x === 1).length, 1);
+  });
+
+  it('text with a word a word-level vocabulary lacks, and no unk_token: E_ARG saying so (not a wrapped or undefined id)', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'specdec-chat-'));
+    const json = { version: '1.0', truncation: null, padding: null, added_tokens: [], normalizer: null, pre_tokenizer: { type: 'Whitespace' }, post_processor: null, decoder: null, model: { type: 'WordLevel', vocab: { a: 0, b: 1 } } };
+    fs.writeFileSync(path.join(dir, 'tokenizer.json'), JSON.stringify(json));
+    const t = TextTokenizer.load(dir)!;
+    assert.deepStrictEqual(Array.from(t.encode('a b a')), [0, 1, 0]);
+    assertThrowsCode(() => t.encode('a zz b'), 'E_ARG', /no token id \(not in the vocabulary, and no unk_token/);
   });
 
   it('errors: no template (E_UNSUPPORTED), malformed messages (E_ARG), the template\'s raise_exception (E_ARG, its message), a template that does not parse (E_FORMAT)', () => {

@@ -110,7 +110,9 @@ describe('specdec serve', function () {
     // The embedded tokenizer with a chat template beside it.
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'specdec-serve-chat-'));
     fs.copyFileSync(path.join(EMBEDDED.target, 'tokenizer.json'), path.join(dir, 'tokenizer.json'));
-    fs.writeFileSync(path.join(dir, 'tokenizer_config.json'), JSON.stringify({ chat_template: '{% for m in messages %}{{ m.content }} {% endfor %}{% if add_generation_prompt %}once{% endif %}' }));
+    const cfgFile = path.join(EMBEDDED.target, 'tokenizer_config.json');
+    const base = fs.existsSync(cfgFile) ? (JSON.parse(fs.readFileSync(cfgFile, 'utf8')) as Record<string, unknown>) : {};
+    fs.writeFileSync(path.join(dir, 'tokenizer_config.json'), JSON.stringify({ ...base, chat_template: '{% if greeting is defined %}{{ greeting }} {% endif %}{% for m in messages %}{{ m.content }} {% endfor %}{% if add_generation_prompt %}once{% endif %}' }));
     const tok = TextTokenizer.load(dir)!;
     const chatServer = new CompletionServer({ engine: server.engine, modelName: 'tiny', tokenizer: tok, chat: tok });
     const a = await chatServer.listen(0, '127.0.0.1');
@@ -131,6 +133,13 @@ describe('specdec serve', function () {
       // Text parts join into one content.
       const parts = await postJson(`${curl}/v1/chat/completions`, { messages: [messages[0], { role: 'user', content: [{ type: 'text', text: 'upon a ' }, { type: 'text', text: 'time' }] }], max_tokens: 10, temperature: 0 });
       assert.strictEqual((parts.json['choices'] as { message: { content: string } }[])[0]!.message.content, choice.message.content);
+      // chat_template_kwargs are template variables (this template greets when given one); then a bad one.
+      const kw = await postJson(`${curl}/v1/chat/completions`, { messages, max_tokens: 10, temperature: 0, chat_template_kwargs: { greeting: 'hello' } });
+      const greeted = tok.encodeChat(messages, { variables: { greeting: 'hello' } });
+      assert.ok(greeted.length > ids.length);
+      assert.strictEqual((kw.json['usage'] as { prompt_tokens: number }).prompt_tokens, greeted.length);
+      const badKw = await postJson(`${curl}/v1/chat/completions`, { messages, chat_template_kwargs: [1] });
+      assert.strictEqual((badKw.json['error'] as { param: string }).param, 'chat_template_kwargs');
       // Streamed: a role delta first, content deltas, a last chunk with the finish reason, [DONE].
       const s = await postStream(`${curl}/v1/chat/completions`, { messages, max_tokens: 10, temperature: 0, stream: true });
       assert.ok(s.done && s.events.length >= 3, 'role, content and finish chunks');

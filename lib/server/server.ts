@@ -10,7 +10,7 @@ import type { GenerateOptions } from '../decoder';
 import type { Engine, RequestOptions } from '../engine/engine';
 import type { SamplingConfig } from '../strategies/speculator';
 import { generateText, type TextCodec } from '../text';
-import type { ChatMessage } from '../tokenizer';
+import type { ChatMessage, ChatTemplateOptions } from '../tokenizer';
 import { PROMETHEUS_CONTENT_TYPE, prometheusText } from './prometheus';
 
 export interface ServerOptions {
@@ -18,7 +18,7 @@ export interface ServerOptions {
   /** Text prompts, text output and stop strings need it; without one, prompts are token ids. */
   readonly tokenizer?: TextCodec;
   /** /v1/chat/completions needs it: a chat's prompt ids through the model's chat template. */
-  readonly chat?: { encodeChat(messages: readonly ChatMessage[]): Int32Array };
+  readonly chat?: { encodeChat(messages: readonly ChatMessage[], options?: ChatTemplateOptions): Int32Array };
   /** The id /v1/models reports and requests may name. */
   readonly modelName: string;
   /** Largest accepted request body. Default 1 MiB. */
@@ -130,7 +130,7 @@ export class CompletionServer {
       case '/v1/chat/completions': {
         allow('POST');
         const body = await this.readJson(req);
-        return this.complete(res, this.parseCompletion(body, (b) => this.parseMessages(b['messages'])), true);
+        return this.complete(res, this.parseCompletion(body, (b) => this.parseMessages(b['messages'], b['chat_template_kwargs'])), true);
       }
       default:
         throw new HttpError(404, `no route ${path} (try POST /v1/completions, POST /v1/chat/completions, GET /v1/models, /health, /metrics)`, null, 'not_found');
@@ -235,8 +235,15 @@ export class CompletionServer {
     throw new HttpError(400, 'prompt: expected a non-empty string or a non-empty array of token ids', 'prompt');
   }
 
-  /** A chat's messages (content a string, or OpenAI's text parts) as prompt ids through the chat template. */
-  private parseMessages(m: unknown): Int32Array {
+  /**
+   * A chat's messages (content a string, or OpenAI's text parts) as prompt ids through the chat
+   * template; `chat_template_kwargs` (vLLM's extension, e.g. { "enable_thinking": false }) become
+   * template variables.
+   */
+  private parseMessages(m: unknown, kwargs: unknown): Int32Array {
+    if (kwargs !== undefined && kwargs !== null && (typeof kwargs !== 'object' || Array.isArray(kwargs))) {
+      throw new HttpError(400, 'chat_template_kwargs: expected an object of template variables', 'chat_template_kwargs');
+    }
     if (!this.chat) throw new HttpError(400, 'messages: this model has no chat template; use /v1/completions with a prompt', 'messages');
     if (!Array.isArray(m) || m.length === 0) throw new HttpError(400, 'messages: expected a non-empty array of { role, content }', 'messages');
     const messages: ChatMessage[] = m.map((x, i) => {
@@ -257,7 +264,7 @@ export class CompletionServer {
       return { role: o.role, content };
     });
     try {
-      return this.chat.encodeChat(messages);
+      return this.chat.encodeChat(messages, kwargs ? { variables: kwargs as Record<string, unknown> } : {});
     } catch (e) {
       const err = e as Error & { code?: string };
       if (err.code === 'E_ARG') throw new HttpError(400, `messages: ${err.message}`, 'messages');

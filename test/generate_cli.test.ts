@@ -162,7 +162,7 @@ describe('specdec generate (cli)', function () {
     const chatDir = path.join(root, 'llama-chat');
     fs.mkdirSync(chatDir);
     for (const f of fs.readdirSync(dir)) fs.copyFileSync(path.join(dir, f), path.join(chatDir, f));
-    const template = "{{ bos_token }}{% for m in messages %}{{ m.role }} {{ m.content }} {% endfor %}{% if add_generation_prompt %}assistant{% endif %}";
+    const template = "{{ bos_token }}{% if greeting is defined %}{{ greeting }} {% endif %}{% for m in messages %}{{ m.role }} {{ m.content }} {% endfor %}{% if add_generation_prompt %}assistant{% endif %}";
     fs.writeFileSync(path.join(chatDir, 'tokenizer_config.json'), JSON.stringify({ bos_token: '<s>', chat_template: template }));
     const run = async (args: string[]): Promise<{ code: number; out: string; err: string }> => {
       let out = '';
@@ -177,6 +177,12 @@ describe('specdec generate (cli)', function () {
     assert.strictEqual(viaChat.code, 0, viaChat.err);
     const viaIds = await run(['--model', chatDir, '--prompt-ids', Array.from(ids).join(',')]);
     assert.deepStrictEqual((JSON.parse(viaChat.out) as Record).tokens, (JSON.parse(viaIds.out) as Record).tokens);
+    // --chat-vars: template variables (this template greets when given one).
+    const greeted = tok.encodeChat([{ role: 'user', content: 'the cat' }], { variables: { greeting: 'hello' } });
+    assert.ok(greeted.length > tok.encodeChat([{ role: 'user', content: 'the cat' }]).length);
+    const viaVars = await run(['--model', chatDir, '--chat', '--chat-vars', '{"greeting":"hello"}', '--prompt', 'the cat']);
+    const viaGreetedIds = await run(['--model', chatDir, '--prompt-ids', Array.from(greeted).join(',')]);
+    assert.deepStrictEqual((JSON.parse(viaVars.out) as Record).tokens, (JSON.parse(viaGreetedIds.out) as Record).tokens);
     // A batch: a chat item (whatever --chat says) beside a text item written as a user message.
     const batch = path.join(root, 'chat-batch.json');
     fs.writeFileSync(batch, JSON.stringify([[{ role: 'system', content: 'be brief' }, { role: 'user', content: 'the cat' }], 'the cat']));
@@ -189,6 +195,10 @@ describe('specdec generate (cli)', function () {
     assert.throws(() => parseGenerateFlags(['--prompt', 'x', '--system', 's']), /--system needs --chat/);
     assert.throws(() => parseGenerateFlags(['--prompt-ids', '1', '--chat']), /--chat .* not --prompt-ids/);
     assert.throws(() => parseGenerateFlags(['--prompt', 'x', '--chat=yes']), /--chat takes no value/);
+    assert.throws(() => parseGenerateFlags(['--prompt', 'x', '--chat-vars', '{}']), /--chat-vars needs --chat/);
+    assert.throws(() => parseGenerateFlags(['--prompt', 'x', '--chat', '--chat-vars', '[1]']), /--chat-vars: expected a JSON object/);
+    assert.throws(() => parseGenerateFlags(['--prompt', 'x', '--chat', '--chat-vars', '{x']), /--chat-vars: not valid JSON/);
+    assert.deepStrictEqual(parseGenerateFlags(['--prompt', 'x', '--chat', '--chat-vars', '{"enable_thinking":false}']).chatVars, { enable_thinking: false });
     assertOneLineError(cli(['--model', dir, '--chat', '--prompt', 'the cat']), /has no chat template .*drop --chat/);
     fs.writeFileSync(batch, JSON.stringify([[{ role: 'user' }]]));
     assertOneLineError(cli(['--model', chatDir, '--batch-file', batch]), /item 0: a chat's messages are \{ role: string, content: string \}/);

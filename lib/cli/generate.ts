@@ -28,6 +28,8 @@ export interface GenerateFlags {
   readonly chat?: boolean;
   /** A system message before each chat (--system; needs --chat). */
   readonly system?: string;
+  /** More chat template variables (--chat-vars, a JSON object; needs --chat). */
+  readonly chatVars?: Readonly<Record<string, unknown>>;
   readonly maxNewTokens: number;
   /** Positions per sequence the KV cache is sized for (prompt + output); default: the longest
    *  prompt + maxNewTokens, at most max_position_embeddings. */
@@ -82,7 +84,7 @@ export interface GenerateIo {
 }
 
 export const GENERATE_USAGE = `usage: specdec generate [--model DIR] [--draft DIR [--draft-k K]] [--medusa DIR | --lookahead W,N,G | --prompt-lookup N]
-                       (--prompt TEXT | --prompt-ids 1,2,3 | --batch-file F) [--chat [--system TEXT]]
+                       (--prompt TEXT | --prompt-ids 1,2,3 | --batch-file F) [--chat [--system TEXT] [--chat-vars JSON]]
                        [--max-new-tokens N] [--max-context N]
                        [--temperature T --top-k K --top-p P --seed S] [--device cpu|cuda|auto] [--json]
 
@@ -96,6 +98,7 @@ export const GENERATE_USAGE = `usage: specdec generate [--model DIR] [--draft DI
   --chat              text prompts are user messages: written through the model's chat template
                       (chat_template.jinja or tokenizer_config.json), ending with the assistant's turn
   --system TEXT       a system message before each chat (with --chat)
+  --chat-vars JSON    more chat template variables, e.g. '{"enable_thinking": false}' (Qwen3; with --chat)
   --max-new-tokens N  new tokens per prompt (default 64)
   --max-context N     positions per sequence (prompt + output) the KV cache is sized for; a run that
                       fills them ends with finishReason 'context' (default: the longest prompt +
@@ -152,7 +155,7 @@ export function parseIdList(flag: string, v: string): Int32Array {
 /** The flags of `generate` that take a value (the strategy flags are STRATEGY_FLAGS). */
 const VALUE_FLAGS: readonly string[] = [
   '--model', '--prompt', '--prompt-ids', '--max-new-tokens', '--max-context',
-  '--temperature', '--top-k', '--top-p', '--seed', '--device', '--batch-file', '--system',
+  '--temperature', '--top-k', '--top-p', '--seed', '--device', '--batch-file', '--system', '--chat-vars',
 ];
 
 /** Every flag `generate` accepts (each is described in GENERATE_USAGE). */
@@ -197,6 +200,17 @@ export function parseGenerateFlags(argv: readonly string[]): GenerateFlags {
   if (sources !== 1) throw new CliError('give exactly one of --prompt, --prompt-ids or --batch-file');
   const system = get('--system');
   if (system !== undefined && !chat) throw new CliError('--system needs --chat');
+  const varsText = get('--chat-vars');
+  if (varsText !== undefined && !chat) throw new CliError('--chat-vars needs --chat');
+  let chatVars: Record<string, unknown> | undefined;
+  if (varsText !== undefined) {
+    try {
+      chatVars = JSON.parse(varsText) as Record<string, unknown>;
+    } catch (e) {
+      throw new CliError(`--chat-vars: not valid JSON (${(e as Error).message})`);
+    }
+    if (typeof chatVars !== 'object' || chatVars === null || Array.isArray(chatVars)) throw new CliError(`--chat-vars: expected a JSON object of template variables, got '${varsText}'`);
+  }
   if (chat && promptIds !== undefined) throw new CliError('--chat writes text prompts through the chat template: it takes --prompt or --batch-file, not --prompt-ids');
 
   const device = get('--device') ?? 'auto';
@@ -212,6 +226,7 @@ export function parseGenerateFlags(argv: readonly string[]): GenerateFlags {
     ...(batchFile !== undefined ? { batchFile } : {}),
     ...(chat ? { chat } : {}),
     ...(system !== undefined ? { system } : {}),
+    ...(chatVars !== undefined ? { chatVars } : {}),
     maxNewTokens: get('--max-new-tokens') !== undefined ? parseIntFlag('--max-new-tokens', get('--max-new-tokens')!, 1) : 64,
     ...(maxContext !== undefined ? { maxContext: parseIntFlag('--max-context', maxContext, 2) } : {}),
     temperature: get('--temperature') !== undefined ? parseNumberFlag('--temperature', get('--temperature')!, (n) => n >= 0, 'a number >= 0') : 0,
@@ -232,7 +247,7 @@ function resolvePrompts(flags: GenerateFlags, tokenizer: TextTokenizer | undefin
   const encodeChat = (messages: ChatMessage[], where: string): Int32Array => {
     const t = needTokenizer(where);
     if (!t.hasChatTemplate) throw new CliError(`${where}: ${modelDir} has no chat template (chat_template.jinja, chat_template.json or tokenizer_config.json's chat_template); drop --chat to send the text as it is`, 1);
-    return t.encodeChat(messages);
+    return t.encodeChat(messages, flags.chatVars ? { variables: flags.chatVars } : {});
   };
   // --chat: a text prompt is the user's message (after --system's, if any).
   const encode = (text: string, where: string): Int32Array =>

@@ -145,8 +145,9 @@ export class TextTokenizer {
       const ids = this.tok.encode(text, { add_special_tokens: options.addSpecialTokens ?? true }).ids;
       // Ids come from the file's vocabulary: a damaged one (2^31, -1, 1.5) must not wrap in an Int32Array.
       for (const id of ids) {
-        // A word-level vocabulary without the word and without an unk_token leaves a hole.
-        if (id === undefined || id === null) throw codedError('E_ARG', `${this.file}: a piece of the text has no token id (not in the vocabulary, and no unk_token to stand for it)`);
+        // A word-level vocabulary without the word and without an unk_token leaves a hole (HF's
+        // tokenizers refuse such a vocabulary outright: a format problem).
+        if (id === undefined || id === null) throw codedError('E_FORMAT', `${this.file}: a piece of the text has no token id (not in the vocabulary, and no unk_token to stand for it)`);
         if (!Number.isInteger(id) || id < 0 || id > 0x7fffffff) throw codedError('E_FORMAT', `${this.file}: the vocabulary maps a token to ${String(id)}, not a token id`);
       }
       return Int32Array.from(ids);

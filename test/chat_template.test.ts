@@ -74,13 +74,13 @@ describe('chat templates', () => {
     assert.strictEqual(Array.from(ids).filter((x) => x === 1).length, 1);
   });
 
-  it('text with a word a word-level vocabulary lacks, and no unk_token: E_ARG saying so (not a wrapped or undefined id)', () => {
+  it('text with a word a word-level vocabulary lacks, and no unk_token: E_FORMAT saying so (not a wrapped or undefined id)', () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'specdec-chat-'));
     const json = { version: '1.0', truncation: null, padding: null, added_tokens: [], normalizer: null, pre_tokenizer: { type: 'Whitespace' }, post_processor: null, decoder: null, model: { type: 'WordLevel', vocab: { a: 0, b: 1 } } };
     fs.writeFileSync(path.join(dir, 'tokenizer.json'), JSON.stringify(json));
     const t = TextTokenizer.load(dir)!;
     assert.deepStrictEqual(Array.from(t.encode('a b a')), [0, 1, 0]);
-    assertThrowsCode(() => t.encode('a zz b'), 'E_ARG', /no token id \(not in the vocabulary, and no unk_token/);
+    assertThrowsCode(() => t.encode('a zz b'), 'E_FORMAT', /no token id \(not in the vocabulary, and no unk_token/);
   });
 
   it('errors: no template (E_UNSUPPORTED), malformed messages (E_ARG), the template\'s raise_exception (E_ARG, its message), a template that does not parse (E_FORMAT)', () => {

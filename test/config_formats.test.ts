@@ -34,7 +34,10 @@ describe('config.json from transformers 4 and 5', () => {
   });
 
   it('names a bad or contradictory rope_parameters', () => {
-    assertThrowsCode(() => parseLlamaConfig({ ...base, rope_parameters: { rope_type: 'yarn', rope_theta: 1e4, factor: 4 } }), 'E_FORMAT', /rope_parameters type "yarn" is not supported/);
+    assertThrowsCode(() => parseLlamaConfig({ ...base, rope_parameters: { rope_type: 'dynamic', rope_theta: 1e4, factor: 4 } }), 'E_FORMAT', /rope_parameters type "dynamic" is not supported/);
+    // transformers 5 writes YaRN inside rope_parameters too.
+    const y = parseLlamaConfig({ ...base, rope_parameters: { rope_type: 'yarn', rope_theta: 1e4, factor: 4 } });
+    assert.deepStrictEqual([y.ropeTheta, (y.ropeScaling as { type: string }).type, (y.ropeScaling as { factor: number }).factor], [1e4, 'yarn', 4]);
     assertThrowsCode(() => parseLlamaConfig({ ...base, rope_parameters: { rope_theta: -1 } }), 'E_FORMAT', /rope_parameters.rope_theta must be a positive number/);
     assertThrowsCode(() => parseLlamaConfig({ ...base, rope_theta: 1e4, rope_parameters: { rope_theta: 1e6 } }), 'E_FORMAT', /disagree/);
     assertThrowsCode(() => parseLlamaConfig({ ...base, rope_parameters: [1] }), 'E_FORMAT', /'rope_parameters' must be an object/);

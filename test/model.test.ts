@@ -429,9 +429,9 @@ describe('Llama runner (cpu)', function () {
       await loadErr(dir, /not a multiple of num_key_value_heads/);
       rewriteConfig(dir, (c) => {
         c['num_key_value_heads'] = 2;
-        c['rope_scaling'] = { rope_type: 'yarn', factor: 4 };
+        c['rope_scaling'] = { rope_type: 'dynamic', factor: 4 };
       });
-      await loadErr(dir, /rope_scaling type "yarn" is not supported/);
+      await loadErr(dir, /rope_scaling type "dynamic" is not supported/);
       assert.throws(() => parseLlamaConfig({ ...configJson(specByName('llama-gqa-f32')), vocab_size: -3 }), /'vocab_size' must be an integer >= 1/);
       await loadErr(path.join(root, 'no-such-dir'), /not a model directory/);
     });
@@ -569,7 +569,7 @@ describe('Llama runner (cpu)', function () {
       assert.strictEqual(given.ropeScaling?.type === 'longrope' && given.ropeScaling.attentionFactor, 1.5);
       const short = { type: 'longrope', short_factor: [1], long_factor: [2, 2, 2, 2] };
       assert.throws(() => parseLlamaConfig({ ...configJson(specByName('phi3-fused-f16')), rope_scaling: short }), /rope_scaling\.short_factor must be 4 positive numbers \(one per rotated pair: 8 rotary dims\)/);
-      assert.throws(() => parseLlamaConfig({ ...configJson(specByName('phi3-fused-f16')), rope_scaling: { type: 'yarn', factor: 4 } }), /rope_scaling type "yarn" is not supported \(supported: default, linear, llama3, longrope\)/);
+      assert.throws(() => parseLlamaConfig({ ...configJson(specByName('phi3-fused-f16')), rope_scaling: { type: 'dynamic', factor: 4 } }), /rope_scaling type "dynamic" is not supported \(supported: default, linear, llama3, longrope, yarn\)/);
       assert.strictEqual(parseLlamaConfig(configJson(specByName('llama-gqa-f32'))).fusedProjections, false);
     });
 
@@ -662,6 +662,27 @@ describe('Llama runner (cpu)', function () {
       const d = parseLlamaConfig({ ...byType, attention_bias: false });
       assert.deepStrictEqual([d.architecture, d.rmsNormEps, d.qkvBias, d.oBias], ['Olmo2ForCausalLM', 1e-5, false, false]);
       assert.throws(() => parseLlamaConfig({ ...cfg, hidden_act: 'gelu' }), /hidden_act 'gelu' is not supported/);
+    });
+
+    it('config parsing, YaRN: factor, ramp bounds and the attention factor as transformers computes them; a factor the two transformers conventions disagree on is refused', () => {
+      const cfg = configJson(specByName('qwen2-yarn-f32'));
+      const c = parseLlamaConfig(cfg);
+      assert.deepStrictEqual(c.ropeScaling, { type: 'yarn', factor: 4, originalMaxPositions: 32, attentionFactor: 0.1 * Math.log(4) + 1, betaFast: 32, betaSlow: 1, truncate: true });
+      // Explicit attention_factor, betas, truncate; mscale over mscale_all_dim (DeepSeek's).
+      const rs = cfg['rope_scaling'] as Record<string, unknown>;
+      const e = parseLlamaConfig({ ...cfg, rope_scaling: { ...rs, attention_factor: 1.5, beta_fast: 16, beta_slow: 2, truncate: false } });
+      assert.deepStrictEqual(e.ropeScaling, { type: 'yarn', factor: 4, originalMaxPositions: 32, attentionFactor: 1.5, betaFast: 16, betaSlow: 2, truncate: false });
+      const m = parseLlamaConfig({ ...cfg, rope_scaling: { ...rs, mscale: 0.707, mscale_all_dim: 1 } });
+      assert.ok(Math.abs((m.ropeScaling as { attentionFactor: number }).attentionFactor - (0.1 * 0.707 * Math.log(4) + 1) / (0.1 * Math.log(4) + 1)) < 1e-15);
+      // Without original_max_position_embeddings both conventions take factor (and the context as the original).
+      const { original_max_position_embeddings: _o, ...noOrig } = rs;
+      assert.strictEqual((parseLlamaConfig({ ...cfg, rope_scaling: noOrig }).ropeScaling as { originalMaxPositions: number }).originalMaxPositions, 128);
+      // Qwen's documented edit (factor 4 over 32768, max_position_embeddings left at 32768): refused with the fix.
+      assert.throws(
+        () => parseLlamaConfig({ ...cfg, max_position_embeddings: 32768, rope_scaling: { rope_type: 'yarn', factor: 4, original_max_position_embeddings: 32768 } }),
+        /yarn factor 4 disagrees with max_position_embeddings \/ original_max_position_embeddings = 32768 \/ 32768: .*set max_position_embeddings to 131072/,
+      );
+      assert.throws(() => parseLlamaConfig({ ...cfg, rope_scaling: { ...rs, truncate: 'no' } }), /rope_scaling\.truncate must be a boolean/);
     });
 
     it('config parsing, EXAONE 4: post-norms with per-head q/k norms; sliding layers by layer_types or sliding_window_pattern, global layers without RoPE', () => {
@@ -914,7 +935,7 @@ describeCuda('Llama runner', function () {
   });
   after(() => fs.rmSync(root, { recursive: true, force: true }));
 
-  for (const name of ['llama-gqa-f32', 'qwen2-bias-f16', 'llama-sharded-bf16', 'llama3-rope-f32', 'qwen3-qknorm-bf16', 'phi3-fused-f16', 'phi4mini-partial-f32', 'smollm3-nope-bf16', 'mistral-swa-bf16', 'qwen2-swa-f32', 'gemma3-bf16', 'gemma2-f32', 'olmo2-bf16', 'exaone4-bf16', 'granite-bf16']) {
+  for (const name of ['llama-gqa-f32', 'qwen2-bias-f16', 'llama-sharded-bf16', 'llama3-rope-f32', 'qwen3-qknorm-bf16', 'phi3-fused-f16', 'phi4mini-partial-f32', 'smollm3-nope-bf16', 'mistral-swa-bf16', 'qwen2-swa-f32', 'gemma3-bf16', 'gemma2-f32', 'olmo2-bf16', 'exaone4-bf16', 'granite-bf16', 'qwen2-yarn-f32']) {
     it(`${name}: CUDA logits match the float64 reference, batch invariance holds, greedy matches`, async () => {
       const spec = specByName(name);
       const dir = path.join(root, name);

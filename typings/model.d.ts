@@ -48,6 +48,16 @@ declare namespace SpecdecNative {
           originalMaxPositions?: number;
         }
       | {
+          /** YaRN: frequencies blended between factor-interpolated and unscaled by a ramp; cos and sin times attentionFactor. */
+          type: 'yarn';
+          factor: number;
+          originalMaxPositions: number;
+          attentionFactor: number;
+          betaFast: number;
+          betaSlow: number;
+          truncate: boolean;
+        }
+      | {
           /** Phi-3: frequency i divided by shortFactor[i]; rotated q and k scaled by attentionFactor. */
           type: 'longrope';
           shortFactor: number[];

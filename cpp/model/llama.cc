@@ -59,6 +59,20 @@ std::vector<float> rope_inv_freq(const LlamaConfig& c) {
       f /= c.rope_ext_factors[static_cast<size_t>(i)];  // HF: 1 / (ext_factors * base^(2i/d))
     } else if (c.rope_type == "linear") {
       f /= c.rope_factor;
+    } else if (c.rope_type == "yarn") {
+      // HF _compute_yarn_parameters: the dimension that turns `rot` times over the original context.
+      const auto corr = [&](double rot) { return dim * std::log(c.rope_original_max_positions / (rot * 2.0 * pi)) / (2.0 * std::log(c.rope_theta)); };
+      double lo = corr(c.rope_beta_fast), hi = corr(c.rope_beta_slow);
+      if (c.rope_yarn_truncate) {
+        lo = std::floor(lo);
+        hi = std::ceil(hi);
+      }
+      lo = std::max(lo, 0.0);
+      hi = std::min(hi, dim - 1.0);
+      if (lo == hi) hi += 0.001;
+      const double ramp = std::min(1.0, std::max(0.0, (i - lo) / (hi - lo)));
+      // ramp 0: the unscaled frequency (extrapolation), 1: divided by the factor (interpolation).
+      f = (f / c.rope_factor) * ramp + f * (1.0 - ramp);
     } else if (c.rope_type == "llama3") {
       // Llama 3.1: long wavelengths are slowed by `factor`, short ones kept, the band between
       // them interpolated (HF _compute_llama3_parameters).
@@ -91,7 +105,7 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const LlamaConfig& config, const Ll
   SPECDEC_CHECK(c.num_heads % c.num_kv_heads == 0, "E_FORMAT", "config: num_attention_heads (", c.num_heads,
                 ") is not a multiple of num_key_value_heads (", c.num_kv_heads, ")");
   SPECDEC_CHECK(c.head_dim % 2 == 0, "E_FORMAT", "config: head_dim (", c.head_dim, ") must be even for RoPE");
-  SPECDEC_CHECK(c.rope_type.empty() || c.rope_type == "linear" || c.rope_type == "llama3" || c.rope_type == "longrope",
+  SPECDEC_CHECK(c.rope_type.empty() || c.rope_type == "linear" || c.rope_type == "llama3" || c.rope_type == "longrope" || c.rope_type == "yarn",
                 "E_FORMAT", "config: unsupported rope_scaling type '", c.rope_type, "'");
   SPECDEC_CHECK(c.rope_layers.empty() || c.rope_layers.size() == static_cast<size_t>(c.num_layers), "E_FORMAT",
                 "config: ", c.rope_layers.size(), " per-layer RoPE flags for ", c.num_layers, " layers");
@@ -126,6 +140,13 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const LlamaConfig& config, const Ll
     SPECDEC_CHECK(std::isfinite(c.rope_attention_factor) && c.rope_attention_factor > 0, "E_FORMAT",
                   "config: longrope attention factor must be a positive number, got ", c.rope_attention_factor);
   }
+  if (c.rope_type == "yarn")
+    SPECDEC_CHECK(std::isfinite(c.rope_original_max_positions) && c.rope_original_max_positions > 0 &&
+                      std::isfinite(c.rope_beta_fast) && c.rope_beta_fast > 0 && std::isfinite(c.rope_beta_slow) &&
+                      c.rope_beta_slow > 0 && std::isfinite(c.rope_attention_factor) && c.rope_attention_factor > 0,
+                  "E_FORMAT", "config: yarn rope_scaling needs original_max_position_embeddings, beta_fast, beta_slow and ",
+                  "attention_factor > 0, got ", c.rope_original_max_positions, ", ", c.rope_beta_fast, ", ", c.rope_beta_slow,
+                  ", ", c.rope_attention_factor);
   SPECDEC_CHECK(std::isfinite(c.rms_norm_eps) && c.rms_norm_eps >= 0, "E_FORMAT",
                 "config: rms_norm_eps must be a finite number >= 0, got ", c.rms_norm_eps);
   SPECDEC_CHECK(std::isfinite(c.rope_theta) && c.rope_theta > 0, "E_FORMAT", "config: rope_theta must be a positive number, got ",

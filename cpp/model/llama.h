@@ -66,6 +66,13 @@ struct LlamaConfig {
   // rotated values of q and k scaled by rope_attention_factor (cos and sin times it, as HF).
   std::vector<double> rope_ext_factors;
   double rope_attention_factor = 1.0;
+  // "yarn": frequencies between the factor-interpolated and the unscaled ones by a linear ramp over
+  // the dimensions from beta_fast to beta_slow rotations in rope_original_max_positions (HF
+  // _compute_yarn_parameters; truncate: the ramp's ends rounded out), cos and sin times
+  // rope_attention_factor.
+  double rope_beta_fast = 32.0;
+  double rope_beta_slow = 1.0;
+  bool rope_yarn_truncate = true;
   bool qkv_bias = false;             // q/k/v projections carry biases (Qwen2; Llama / Qwen3 attention_bias)
   bool o_bias = false;               // o_proj carries a bias (Llama / Qwen3 attention_bias)
   bool qk_norm = false;              // q, k RMS-normalized per head before RoPE (Qwen3 q_norm, k_norm)

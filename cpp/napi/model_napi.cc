@@ -88,6 +88,14 @@ LlamaConfig config_arg(const Napi::Value& v) {
     } else {
       c.rope_factor = get_number(get_field(s, "factor"), "config.ropeScaling.factor");
     }
+    if (c.rope_type == "yarn") {
+      c.rope_original_max_positions =
+          get_number(get_field(s, "originalMaxPositions"), "config.ropeScaling.originalMaxPositions");
+      c.rope_attention_factor = get_number(get_field(s, "attentionFactor"), "config.ropeScaling.attentionFactor");
+      c.rope_beta_fast = get_number(get_field(s, "betaFast"), "config.ropeScaling.betaFast");
+      c.rope_beta_slow = get_number(get_field(s, "betaSlow"), "config.ropeScaling.betaSlow");
+      c.rope_yarn_truncate = get_bool(get_field(s, "truncate"), "config.ropeScaling.truncate");
+    }
     if (c.rope_type == "llama3") {
       c.rope_low_freq_factor = get_number(get_field(s, "lowFreqFactor"), "config.ropeScaling.lowFreqFactor");
       c.rope_high_freq_factor = get_number(get_field(s, "highFreqFactor"), "config.ropeScaling.highFreqFactor");

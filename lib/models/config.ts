@@ -32,6 +32,20 @@ export type RopeScaling =
       readonly lowFreqFactor: number;
       readonly highFreqFactor: number;
       readonly originalMaxPositions: number;
+    }
+  | {
+      /**
+       * YaRN (transformers' _compute_yarn_parameters): each frequency between f / factor and f by a
+       * linear ramp over the dimensions that turn betaFast to betaSlow times in originalMaxPositions
+       * (truncate: the ramp's ends rounded out); rotated q and k scaled by attentionFactor.
+       */
+      readonly type: 'yarn';
+      readonly factor: number;
+      readonly originalMaxPositions: number;
+      readonly attentionFactor: number;
+      readonly betaFast: number;
+      readonly betaSlow: number;
+      readonly truncate: boolean;
     };
 
 export interface LlamaConfig extends ModelConfig {
@@ -407,8 +421,29 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
       ropeScaling = { type: 'longrope', shortFactor: factors('short_factor'), longFactor: factors('long_factor'), originalMaxPositions, attentionFactor };
       // Only the short factors are exact for every position transformers gives them to.
       if (originalMaxPositions < maxPositions) maxPositions = originalMaxPositions;
+    } else if (type === 'yarn') {
+      const factor = rnum('factor');
+      // With original_max_position_embeddings, recent transformers scale by max_position_embeddings /
+      // it (DeepSeek-V3's convention) and older ones by `factor`: run only where both agree.
+      const origWritten = r['original_max_position_embeddings'] !== undefined && r['original_max_position_embeddings'] !== null ? rnum('original_max_position_embeddings') : undefined;
+      if (origWritten !== undefined && Math.abs(declaredMaxPositions / origWritten - factor) > 1e-9 * factor) {
+        bad(
+          `${ropeKey}: yarn factor ${factor} disagrees with max_position_embeddings / original_max_position_embeddings = ${declaredMaxPositions} / ${origWritten}: ` +
+            `recent transformers versions scale by the ratio, older ones by factor; set max_position_embeddings to ${factor * origWritten} (factor x original) so that both agree`,
+        );
+      }
+      const opt = (k: string): number | undefined => (r[k] === undefined || r[k] === null ? undefined : rnum(k));
+      // get_mscale of transformers: 0.1 m ln(s) + 1 above a scale of 1.
+      const mscale = (s: number, m = 1): number => (s <= 1 ? 1 : 0.1 * m * Math.log(s) + 1);
+      const ms = opt('mscale');
+      const msAll = opt('mscale_all_dim');
+      const attentionFactor = opt('attention_factor') ?? (ms && msAll ? mscale(factor, ms) / mscale(factor, msAll) : mscale(factor));
+      const truncate = r['truncate'] ?? true;
+      if (typeof truncate !== 'boolean') bad(`${ropeKey}.truncate must be a boolean, got ${show(truncate)}`);
+      // HF: beta_fast / beta_slow `or` their defaults (a 0 is the default too).
+      ropeScaling = { type: 'yarn', factor, originalMaxPositions: origWritten ?? declaredMaxPositions, attentionFactor, betaFast: opt('beta_fast') || 32, betaSlow: opt('beta_slow') || 1, truncate: truncate as boolean };
     } else if (type !== 'default') {
-      bad(`${ropeKey} type ${show(type)} is not supported (supported: default, linear, llama3, longrope)`);
+      bad(`${ropeKey} type ${show(type)} is not supported (supported: default, linear, llama3, longrope, yarn)`);
     }
   }
   const topTheta = has('rope_theta') ? num('rope_theta', 10000) : undefined;

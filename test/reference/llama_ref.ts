@@ -204,6 +204,29 @@ export class LlamaReference {
       this.ropeScale = factor <= 1 ? 1 : Math.sqrt(1 + Math.log(factor) / Math.log(orig));
     } else if (rs && type === 'linear') {
       for (let i = 0; i < inv.length; i++) inv[i] = inv[i]! / (rs['factor'] as number);
+    } else if (rs && type === 'yarn') {
+      // HF _compute_yarn_parameters (original_max_position_embeddings, where given, agreeing with
+      // max_position_embeddings / factor: both of transformers' conventions).
+      const factor = rs['factor'] as number;
+      const orig = (rs['original_max_position_embeddings'] as number | undefined) ?? (this.cfg['max_position_embeddings'] as number);
+      const betaFast = (rs['beta_fast'] as number | undefined) || 32;
+      const betaSlow = (rs['beta_slow'] as number | undefined) || 1;
+      const dimOf = (rot: number): number => (R * Math.log(orig / (rot * 2 * Math.PI))) / (2 * Math.log(theta));
+      let lo = dimOf(betaFast);
+      let hi = dimOf(betaSlow);
+      if ((rs['truncate'] as unknown) !== false) {
+        lo = Math.floor(lo);
+        hi = Math.ceil(hi);
+      }
+      lo = Math.max(lo, 0);
+      hi = Math.min(hi, R - 1);
+      if (lo === hi) hi += 0.001;
+      for (let i = 0; i < inv.length; i++) {
+        const extrapolation = 1 - Math.min(1, Math.max(0, (i - lo) / (hi - lo)));
+        inv[i] = (inv[i]! / factor) * (1 - extrapolation) + inv[i]! * extrapolation;
+      }
+      const att = rs['attention_factor'] as number | undefined;
+      this.ropeScale = att ?? (factor <= 1 ? 1 : 0.1 * Math.log(factor) + 1);
     } else if (rs && type === 'llama3') {
       const factor = rs['factor'] as number;
       const lo = rs['low_freq_factor'] as number;

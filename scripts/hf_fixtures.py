@@ -149,6 +149,10 @@ FIXTURES = [
     # Sliding windows shorter than the longer prompts + 64 new tokens: Mistral v0.1's (every layer),
     # Phi-3-mini-4k's (every layer), Qwen2's use_sliding_window from max_window_layers on.
     # Optional: Gemma 3's rope settings moved to per-layer-type rope_parameters in transformers 5.
+    # YaRN as Qwen's long-context setting writes it (factor x original = max_position_embeddings).
+    dict(name="qwen2-yarn-f32", arch="Qwen2ForCausalLM", dtype="float32", shape=QWEN2,
+         theta=1000000.0, rope=dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=1024),
+         tied=False, seed=30, optional=True),
     dict(name="exaone4-hybrid-bf16", arch="Exaone4ForCausalLM", dtype="bfloat16", shape=EXAONE4,
          theta=1000000.0, rope=None, tied=False, seed=29, optional=True),
     dict(name="granite-multipliers-bf16", arch="GraniteForCausalLM", dtype="bfloat16", shape=GRANITE,

@@ -111,7 +111,7 @@ describe(`fuzz: TypeScript inputs (seed ${testSeed})`, function () {
     const seen = { error: 0, ok: 0 };
     for (let i = 0; i < 600; i++) {
       const json = damageObject(targetConfig, r, configKeys);
-      if (r() < 0.2) json['rope_scaling'] = damageObject({ rope_type: pick(r, ['llama3', 'linear']), factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 64 }, r);
+      if (r() < 0.2) json['rope_scaling'] = damageObject({ rope_type: pick(r, ['llama3', 'linear', 'yarn']), factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 64 }, r);
       seen[codedOrValid(`case ${i} ${show(json)}`, ['E_FORMAT'], () => parseLlamaConfig(json, 'cfg.json'), (c) => {
         for (const k of ['vocabSize', 'hiddenSize', 'intermediateSize', 'numLayers', 'numHeads', 'numKvHeads', 'headDim', 'maxPositions'] as const)
           assert.ok(safeInt(c[k], 1), `${k} = ${c[k]}`);
@@ -127,6 +127,30 @@ describe(`fuzz: TypeScript inputs (seed ${testSeed})`, function () {
       })]++;
     }
     assert.ok(seen.error > 50 && seen.ok > 50, JSON.stringify(seen));
+  });
+
+  it('multimodal wrapper configs (Gemma3ForConditionalGeneration, its text_config damaged): E_FORMAT, or a text config that keeps every invariant', () => {
+    const wrapper = {
+      architectures: ['Gemma3ForConditionalGeneration'],
+      model_type: 'gemma3',
+      eos_token_id: [1, 106],
+      torch_dtype: 'bfloat16',
+      text_config: { hidden_size: 2560, intermediate_size: 10240, model_type: 'gemma3_text', num_hidden_layers: 34, rope_scaling: { factor: 8.0, rope_type: 'linear' }, sliding_window: 1024 },
+      vision_config: { model_type: 'siglip_vision_model' },
+    };
+    const seen = { error: 0, ok: 0 };
+    for (let i = 0; i < 300; i++) {
+      const json = r() < 0.5 ? damageObject(wrapper, r, ['text_config', 'architectures', 'model_type', 'eos_token_id']) : { ...wrapper, text_config: damageObject(wrapper.text_config, r, ['model_type', 'sliding_window', 'rope_scaling', 'num_hidden_layers']) };
+      seen[codedOrValid(`wrapper ${i} ${show(json)}`, ['E_FORMAT'], () => parseLlamaConfig(json, 'cfg.json'), (c) => {
+        for (const k of ['vocabSize', 'hiddenSize', 'intermediateSize', 'numLayers', 'numHeads', 'numKvHeads', 'headDim', 'maxPositions'] as const)
+          assert.ok(safeInt(c[k], 1), `${k} = ${c[k]}`);
+        assert.strictEqual(c.numHeads % c.numKvHeads, 0);
+        if (c.textOf !== undefined) assert.strictEqual(c.architecture, 'Gemma3ForCausalLM');
+        for (const list of [c.attentionWindows, c.ropeLocalLayers]) if (list) assert.strictEqual(list.length, c.numLayers);
+        for (const id of c.eosTokenIds) assert.ok(safeInt(id, 0) && id < c.vocabSize);
+      })]++;
+    }
+    assert.ok(seen.error > 20 && seen.ok > 20, JSON.stringify(seen));
   });
 
   it('config.json and model.safetensors.index.json as damaged text: E_FORMAT or a valid result', () => {

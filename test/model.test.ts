@@ -650,6 +650,8 @@ describe('Llama runner (cpu)', function () {
       assert.strictEqual(parseLlamaConfig({ ...configJson(specByName('gemma3-bf16')), architectures: ['Gemma3ForConditionalGeneration', 'Gemma3ForCausalLM'] }).textOf, undefined);
       assert.throws(() => parseLlamaConfig({ ...g4b, text_config: { ...g4b.text_config, model_type: 'llama' } }), /Gemma3ForConditionalGeneration: text_config\.model_type is "llama", expected 'gemma3_text'/);
       assert.throws(() => parseLlamaConfig({ ...g4b, text_config: [] }), /field 'text_config' must be an object/);
+      // Found by the fuzzer: per-layer lists of an absurd layer count ran the heap out.
+      assert.throws(() => parseLlamaConfig({ ...g4b, text_config: { ...g4b.text_config, num_hidden_layers: 2 ** 31 - 1 } }), /'num_hidden_layers' is 2147483647; no checkpoint has more than 4096 layers/);
       assert.throws(() => parseLlamaConfig({ ...g4b, text_config: { ...g4b.text_config, num_hidden_layers: 0 } }), /config\.json: text_config: field 'num_hidden_layers' must be an integer >= 1/);
       assert.throws(() => parseLlamaConfig({ ...g4b, architectures: ['Mistral3ForConditionalGeneration'] }), /unsupported architecture Mistral3ForConditionalGeneration: the text model of multimodal Mistral 3/);
     });

@@ -140,6 +140,9 @@ const MODEL_TYPES: Record<string, string> = {
   exaone4: 'Exaone4ForCausalLM',
   granite: 'GraniteForCausalLM',
 };
+/** More decoder layers than any checkpoint has (the largest have ~130). */
+const MAX_LAYERS = 4096;
+
 /** Architectures users will try that are refused with the reason, rather than run approximately. */
 const REFUSED: Record<string, string> = {
   Mistral3ForConditionalGeneration: "the text model of multimodal Mistral 3 checkpoints is not wired up (text-only MistralForCausalLM checkpoints and Gemma3ForConditionalGeneration's text model are)",
@@ -292,6 +295,8 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
   const hiddenSize = int('hidden_size');
   const intermediateSize = int('intermediate_size');
   const numLayers = int('num_hidden_layers');
+  // Per-layer lists (windows, RoPE flags) are built from it: an absurd count must not exhaust memory.
+  if (numLayers > MAX_LAYERS) bad(`field 'num_hidden_layers' is ${numLayers}; no checkpoint has more than ${MAX_LAYERS} layers`);
   const numHeads = int('num_attention_heads');
   const numKvHeads = int('num_key_value_heads', 1, numHeads);
   if (numHeads % numKvHeads !== 0) bad(`num_attention_heads (${numHeads}) is not a multiple of num_key_value_heads (${numKvHeads})`);

@@ -72,6 +72,8 @@ export class TextTokenizer {
     private readonly chat?: { readonly template: string; readonly file: string },
   ) {}
 
+  private parsed: import('@huggingface/jinja').Template | undefined;
+
   /** Whether the directory has a chat template (applyChatTemplate needs one). */
   get hasChatTemplate(): boolean {
     return this.chat !== undefined;
@@ -91,14 +93,17 @@ export class TextTokenizer {
         throw codedError('E_ARG', `messages[${i}]: expected { role: string, content: string }`);
       }
     });
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const { Template } = require('@huggingface/jinja') as typeof import('@huggingface/jinja');
-    let template: InstanceType<typeof Template>;
-    try {
-      template = new Template(this.chat.template);
-    } catch (e) {
-      throw codedError('E_FORMAT', `${this.chat.file}: the chat template does not parse (${(e as Error).message.split('\n')[0]})`);
+    // Parsed once per tokenizer (a server renders one per chat request).
+    if (!this.parsed) {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      const { Template } = require('@huggingface/jinja') as typeof import('@huggingface/jinja');
+      try {
+        this.parsed = new Template(this.chat.template);
+      } catch (e) {
+        throw codedError('E_FORMAT', `${this.chat.file}: the chat template does not parse (${(e as Error).message.split('\n')[0]})`);
+      }
     }
+    const template = this.parsed;
     const specials: Record<string, string> = {};
     for (const k of ['bos_token', 'eos_token', 'unk_token', 'pad_token', 'sep_token', 'cls_token', 'mask_token']) {
       const v = specialToken(this.config[k]);

@@ -178,7 +178,9 @@ describe(`fuzz: TypeScript inputs (seed ${testSeed})`, function () {
     const text = fs.readFileSync(path.join(defaults, 'target', 'tokenizer.json'), 'utf8');
     const json = JSON.parse(text) as Record<string, unknown>;
     const seen = { error: 0, ok: 0 };
-    for (let i = 0; i < 150; i++) {
+    // At least 150 damaged files, and on until both outcomes were seen more than 10 times: about one
+    // in five stays a valid tokenizer, and 150 alone left 10 for one seed in ~100 (CI, seed 502917728).
+    for (let i = 0; i < 150 || (i < 600 && !(seen.error > 10 && seen.ok > 10)); i++) {
       const t = r() < 0.5 ? damageText(text, r) : JSON.stringify(damageObject(json, r), (_k, v: unknown) => (typeof v === 'bigint' ? Number(v) : v));
       fs.writeFileSync(path.join(dir, 'tokenizer.json'), t);
       seen[codedOrValid(`tokenizer ${i}`, ['E_FORMAT'], () => {

@@ -12,7 +12,7 @@ import { processLogits } from '../lib/sampling';
 import { TextTokenizer } from '../lib/tokenizer';
 import type { Tensor } from '../lib/tensor';
 import { CHECKPOINTS, configJson, specByName, writeCheckpoint, type CheckpointSpec } from './fixtures/checkpoints';
-import { chiSquare, chiSquareCritical, describeCuda, rng, testSeed } from './helpers';
+import { assertThrowsCode, chiSquare, chiSquareCritical, describeCuda, rng, testSeed } from './helpers';
 import { LlamaReference } from './reference/llama_ref';
 
 // f32 activations vs float64 over 2 layers of width <= 128: rounding stays far below 3e-5 relative;
@@ -535,6 +535,14 @@ describe('Llama runner (cpu)', function () {
       assert.strictEqual(byType.architecture, 'Qwen3ForCausalLM');
       assert.strictEqual(byType.qkNorm, true);
       assert.throws(() => parseLlamaConfig({ ...configJson(specByName('qwen3-qknorm-bf16')), architectures: ['Qwen3MoeForCausalLM'] }), /unsupported architecture \["Qwen3MoeForCausalLM"\] \(supported: .*Qwen3ForCausalLM/);
+      // Quantized checkpoints are refused by their method (their packed weights have other names).
+      const q3c = configJson(specByName('qwen3-qknorm-bf16'));
+      for (const [qc, re] of [
+        [{ quant_method: 'gptq', bits: 4, group_size: 128 }, /config\.json: quantized checkpoint \(quantization_config, quant_method 'gptq'\): specdec runs f32 \/ f16 \/ bf16 weights/],
+        [{ quant_method: 'fp8', weight_block_size: [128, 128] }, /quant_method 'fp8'/],
+        ['awq', /quantized checkpoint \(quantization_config\): /],
+      ] as const) assertThrowsCode(() => parseLlamaConfig({ ...q3c, quantization_config: qc }), 'E_FORMAT', re);
+      assert.strictEqual(parseLlamaConfig({ ...q3c, quantization_config: null }).architecture, 'Qwen3ForCausalLM');
     });
 
     it('config parsing, Phi-3: fused projections, no biases whatever attention_bias says, its window, LongRoPE, partial rotation', () => {

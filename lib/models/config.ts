@@ -212,6 +212,13 @@ export function parseLlamaConfig(json: unknown, file = 'config.json'): LlamaConf
   };
   if (typeof json !== 'object' || json === null || Array.isArray(json)) bad('expected a JSON object');
   let o = json as Record<string, unknown>;
+  // Quantized checkpoints (GPTQ, AWQ, bitsandbytes, FP8, compressed-tensors...) store packed weights
+  // under other names and dtypes: refused here by their method, not later as a missing tensor.
+  const quant = o['quantization_config'];
+  if (quant !== undefined && quant !== null) {
+    const method = typeof quant === 'object' && !Array.isArray(quant) ? (quant as Record<string, unknown>)['quant_method'] : undefined;
+    bad(`quantized checkpoint (quantization_config${typeof method === 'string' ? `, quant_method '${method}'` : ''}): specdec runs f32 / f16 / bf16 weights; use the unquantized checkpoint`);
+  }
   // A multimodal wrapper of a supported text model (and no text architecture listed beside it): its
   // text_config, over the text config class's defaults; eos / bos as the wrapper's top level gives
   // them (what generation uses: gemma-3-4b-it ends turns with 106), the dtype from either.

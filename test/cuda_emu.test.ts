@@ -5,7 +5,9 @@
 // the CPU backend (exact agreement where the design promises it), plus batch invariance and the
 // kernels' own bit-identity claims. Each program is built twice: AddressSanitizer + UBSan (an
 // out-of-bounds read or write fails) and ThreadSanitizer (a missing __syncwarp/__syncthreads is a
-// data race between emulated lanes). On a GPU, the [cuda] suites run the real kernels.
+// data race between emulated lanes: they are fibers whose switches carry no happens-before edge, only
+// the barriers do). The emulator's own program checks that both kinds of bug are seen. On a GPU, the
+// [cuda] suites run the real kernels.
 import * as assert from 'assert';
 import { spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
@@ -32,6 +34,8 @@ interface Program {
 }
 
 const programs: Program[] = [
+  { source: 'emulator_emu.cc', extra: [], kernel: 'the emulator (test/emu/cuda_emu.h): barriers, warp collectives, cp.async, grid walks', minChecks: 6,
+    args: [], tsanArgs: [], tsanMinChecks: 6 },
   { source: 'gemm_tc_emu.cc', extra: [], kernel: 'tensor-core matmul, and the streaming kernel == it bit for bit (cuda/gemm_tc.cuh, cuda/gemm_tc_stream.cuh)', minChecks: 130, args: [],
     tsanArgs: [], tsanMinChecks: 130 },
   { source: 'attention_emu.cc', extra: [], kernel: 'tree attention + split-KV merge + planner, tree = path, cp.async K/V staging with 1-4 buffers, sliding windows, soft-capped scores (cuda/attention.cuh)', minChecks: 68,
@@ -97,9 +101,10 @@ describe(`CUDA kernels on the host emulation (seed ${testSeed})`, function () {
         const tsan = sanitizer === 'thread';
         const run = spawnSync(build.exe, [String(testSeed), ...(tsan ? prog.tsanArgs : prog.args)], {
           encoding: 'utf8',
-          timeout: 900000, // a lane missing at a barrier would hang: fail instead (a loaded 2-core machine ran the
-          // attention emulation under ASan 5x slower than a quiet one: over 300 s, against ~60 s; with the
-          // sliding-window and soft-capping checks ~90 s quiet, and 540 s ran out on a loaded machine)
+          // Generous: a loaded 2-core machine once ran these 5x slower than a quiet one. (A lane missing at
+          // a barrier no longer hangs: the emulator reports the deadlock.) With the lanes as fibers the
+          // slowest program takes ~50 s quiet, against ~190 s with one OS thread per lane.
+          timeout: 900000,
           env: { ...process.env, TSAN_OPTIONS: 'halt_on_error=1', ASAN_OPTIONS: 'detect_leaks=0' },
         });
         const out = `${run.stdout}\n${run.stderr}`;
@@ -111,4 +116,25 @@ describe(`CUDA kernels on the host emulation (seed ${testSeed})`, function () {
         assert.ok(summary && Number(summary[1]) >= min, `expected at least ${min} checks:\n${run.stdout.slice(-2000)}`);
       });
     }
+
+  // The emulator must see the bugs it exists to catch, or every check above proves less than it says.
+  for (const sanitizer of sanitizers)
+    it(`the emulator catches a missing __syncthreads (${sanitizer === 'thread' ? 'a data race' : 'wrong values'}) and a divergent one (a deadlock, reported) under -fsanitize=${sanitizer}`, function () {
+      const build = builds.get(`emulator_emu.cc ${sanitizer}`)!;
+      if (build.status !== 0 && /lib[at]san|cannot find -l|unsupported/i.test(build.stderr)) this.skip();
+      assert.strictEqual(build.status, 0, build.stderr.slice(-6000));
+      const run = (mode: string): { status: number | null; out: string } => {
+        const r = spawnSync(build.exe, [String(testSeed), mode], {
+          encoding: 'utf8', timeout: 120000, env: { ...process.env, TSAN_OPTIONS: 'halt_on_error=1', ASAN_OPTIONS: 'detect_leaks=0' },
+        });
+        assert.ok(!r.error, `${mode}: ${r.error?.message}`);
+        return { status: r.status, out: `${r.stdout}\n${r.stderr}` };
+      };
+      const race = run('race');
+      assert.notStrictEqual(race.status, 0, race.out.slice(-3000));
+      assert.match(race.out, sanitizer === 'thread' ? /ThreadSanitizer: data race/ : /FAIL race: [1-9]\d* cells wrong/, race.out.slice(-3000));
+      const deadlock = run('deadlock');
+      assert.notStrictEqual(deadlock.status, 0, deadlock.out.slice(-3000));
+      assert.match(deadlock.out, sanitizer === 'thread' ? /ThreadSanitizer: data race|emulation: deadlock/ : /emulation: deadlock: every unfinished thread waits at a barrier/, deadlock.out.slice(-3000));
+    });
 });

@@ -1,12 +1,13 @@
 // Host stand-ins for the CUDA pieces a kernel header uses (cuda/gemm_tc.cuh, cuda/attention_tc.cuh, ...), so that its indexing,
 // staging, bounds and synchronisation can run and be checked on a machine without a GPU.
 //
-// A block's threads are fibers (ucontext) on the calling thread, switched at barriers in an order
-// shuffled per phase; blocks run one after another. __syncthreads / __syncwarp are barriers, so a
-// missing one shows up as a wrong result, or as a data race under ThreadSanitizer: fiber switches
-// carry no happens-before edge, only a barrier does (annotated). One OS thread per emulated thread
-// cost 3x the run time in context switches on a 2-core machine (hundreds of threads per block). A wmma fragment holds a whole 16x16 tile and lane 0 of the warp does the work of the
-// warp-wide operations (the other lanes' fragments are never read); loads and stores check the
+// A block's threads are fibers on the calling thread, resumed at barriers in an order shuffled per
+// sweep; blocks run one after another. __syncthreads / __syncwarp are barriers, so a missing one shows
+// up as a wrong result, or as a data race under ThreadSanitizer: fiber switches carry no
+// happens-before edge, only a barrier does (annotated). One OS thread per emulated thread cost 3x
+// the run time in context switches on a 2-core machine (hundreds of threads per block).
+// A wmma fragment holds a whole 16x16 tile and lane 0 of the warp does the work of the warp-wide
+// operations (the other lanes' fragments are never read); loads and stores check the
 // alignment and leading-dimension rules the real ones have. The arithmetic (bf16 rounding, f32
 // accumulation of exact bf16 products) follows the hardware's contract, not its exact adder.
 #pragma once
@@ -21,11 +22,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
-#include <thread>
+#include <vector>
 
 #include <sys/mman.h>
 #include <ucontext.h>
-#include <vector>
 
 #define __global__
 #define __device__
@@ -88,7 +88,6 @@ struct PendingCopy {
   const void* src;
   size_t bytes;
 };
-
 
 #if defined(__SANITIZE_ADDRESS__)
 #define EMU_ASAN 1

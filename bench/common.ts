@@ -377,7 +377,7 @@ export const LLAMA_100M: RandomLlamaSpec = { vocab: 32000, hidden: 768, intermed
  * Writes a random bf16 Llama checkpoint (uniform weights scaled by 1/sqrt(fan-in), unit norms, tied
  * embeddings), one shard per layer to keep peak memory low. Returns the parameter count.
  */
-export function writeRandomLlama(dir: string, spec: RandomLlamaSpec, seed: number): number {
+export function writeRandomLlama(dir: string, spec: RandomLlamaSpec, seed: number, opts: { readonly zeroBlockOutputs?: boolean; readonly untied?: boolean } = {}): number {
   fs.mkdirSync(dir, { recursive: true });
   const H = spec.hidden;
   const D = H / spec.heads;
@@ -391,6 +391,7 @@ export function writeRandomLlama(dir: string, spec: RandomLlamaSpec, seed: numbe
       const n = shape.reduce((x, y) => x * y, 1);
       const data = new Uint16Array(n);
       if (shape.length === 1) data.fill(f32ToBf16Bits(1));
+      else if (opts.zeroBlockOutputs === true && /o_proj|down_proj/.test(name)) data.fill(0);
       else {
         const a = Math.sqrt(3 / (shape[shape.length - 1] as number));
         for (let i = 0; i < n; i++) data[i] = f32ToBf16Bits((rand() * 2 - 1) * a);
@@ -401,7 +402,7 @@ export function writeRandomLlama(dir: string, spec: RandomLlamaSpec, seed: numbe
     }
     writeSafetensors(path.join(dir, file), entries);
   };
-  shard('embed.safetensors', { 'model.embed_tokens.weight': [spec.vocab, H], 'model.norm.weight': [H] });
+  shard('embed.safetensors', { 'model.embed_tokens.weight': [spec.vocab, H], 'model.norm.weight': [H], ...(opts.untied === true ? { 'lm_head.weight': [spec.vocab, H] } : {}) });
   for (let l = 0; l < spec.layers; l++) {
     const p = `model.layers.${l}.`;
     shard(`layer-${l}.safetensors`, {
@@ -427,12 +428,53 @@ export function writeRandomLlama(dir: string, spec: RandomLlamaSpec, seed: numbe
     max_position_embeddings: spec.maxPositions ?? 2048,
     rms_norm_eps: 1e-5,
     rope_theta: 10000,
-    tie_word_embeddings: true,
+    tie_word_embeddings: opts.untied !== true,
     torch_dtype: 'bfloat16',
   };
   fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(config));
   fs.writeFileSync(path.join(dir, 'model.safetensors.index.json'), JSON.stringify({ metadata: {}, weight_map: weightMap }));
   return params;
+}
+
+/**
+ * An EAGLE-1/2 head (SafeAILab's layout, bf16, one layer) for a model of `spec`'s shapes: random, or
+ * (echo) fc = [s I | 0] with o_proj and down_proj zero, so that it drafts s embed(token) -- the next
+ * token exactly, for a target whose blocks add nothing (writeRandomLlama's zeroBlockOutputs). s =
+ * 64 sqrt(H) makes the draft confident (writeRandomLlama's embeddings have an RMS of 1 / sqrt(H)).
+ */
+export function writeRandomEagle(dir: string, spec: RandomLlamaSpec, seed: number, echo: boolean): void {
+  fs.mkdirSync(dir, { recursive: true });
+  const H = spec.hidden;
+  const D = H / spec.heads;
+  const KV = spec.kvHeads * D;
+  const rand = xorshift(seed);
+  const entries: Record<string, SafetensorsEntry> = {};
+  const put = (name: string, shape: number[], f: (i: number) => number): void => {
+    const n = shape.reduce((x, y) => x * y, 1);
+    const data = new Uint16Array(n);
+    for (let i = 0; i < n; i++) data[i] = f32ToBf16Bits(f(i));
+    entries[name] = { dtype: 'BF16', shape, data };
+  };
+  const uni = (k: number) => (): number => (rand() * 2 - 1) * Math.sqrt(3 / k);
+  const zero = (): number => 0;
+  const s = 64 * Math.sqrt(H);
+  put('fc.weight', [H, 2 * H], echo ? (i) => (i % (2 * H) === Math.floor(i / (2 * H)) ? s : 0) : uni(2 * H));
+  put('fc.bias', [H], zero);
+  put('layers.0.self_attn.q_proj.weight', [H, H], uni(H));
+  put('layers.0.self_attn.k_proj.weight', [KV, H], uni(H));
+  put('layers.0.self_attn.v_proj.weight', [KV, H], uni(H));
+  put('layers.0.self_attn.o_proj.weight', [H, H], echo ? zero : uni(H));
+  put('layers.0.post_attention_layernorm.weight', [H], () => 1);
+  put('layers.0.mlp.gate_proj.weight', [spec.intermediate, H], uni(H));
+  put('layers.0.mlp.up_proj.weight', [spec.intermediate, H], uni(H));
+  put('layers.0.mlp.down_proj.weight', [H, spec.intermediate], echo ? zero : uni(spec.intermediate));
+  writeSafetensors(path.join(dir, 'model.safetensors'), entries);
+  const config = {
+    architectures: ['LlamaForCausalLM'], vocab_size: spec.vocab, hidden_size: H, intermediate_size: spec.intermediate,
+    num_hidden_layers: 1, num_attention_heads: spec.heads, num_key_value_heads: spec.kvHeads,
+    max_position_embeddings: spec.maxPositions ?? 2048, rms_norm_eps: 1e-5, rope_theta: 10000, bias: true, torch_dtype: 'bfloat16',
+  };
+  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(config));
 }
 
 /** Random Medusa heads (FasterDecoding layout, bf16) for a model of hidden size H and vocabulary V. */

@@ -7,6 +7,7 @@ import * as path from 'path';
 import { resolveDevice } from '../lib/backend';
 import type { Device } from '../lib/tensor';
 import { attentionBench } from './attention.bench';
+import { eagleBench } from './eagle.bench';
 import { machineHeader, round, type BenchModule, type BenchResult, type MachineHeader } from './common';
 import { forwardCostBench } from './forward_cost.bench';
 import { matmulBench } from './matmul.bench';
@@ -19,7 +20,7 @@ import { speculativeBench } from './speculative.bench';
 import { verifyBench } from './verify.bench';
 
 /** Every bench, in the order a full run executes them (cheap kernels first). */
-export const BENCHES: readonly BenchModule[] = [attentionBench, matmulBench, verifyBench, samplingBench, plainDecodeBench, forwardCostBench, memoryBench, speculativeBench, sizingBench, serveBench];
+export const BENCHES: readonly BenchModule[] = [attentionBench, matmulBench, verifyBench, samplingBench, plainDecodeBench, forwardCostBench, memoryBench, speculativeBench, sizingBench, eagleBench, serveBench];
 
 export interface RunOptions {
   /** Bench names to run (default: all). */

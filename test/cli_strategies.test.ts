@@ -8,6 +8,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { makeCheckpoint, specByName } from './fixtures/checkpoints';
 import { writeMedusaHeads } from './fixtures/medusa_heads';
+import { writeEagleHead } from './fixtures/eagle_head';
 import { testSeed } from './helpers';
 
 const bin = path.resolve(__dirname, '..', '..', 'bin', 'specdec.js');
@@ -40,6 +41,7 @@ describe('specdec generate: strategies end to end', function () {
   let target: string;
   let draft: string;
   let medusa: string;
+  let eagle: string;
   let batchFile: string;
   // A repetitive prompt so that prompt lookup and lookahead find n-grams.
   const prompt = '5,6,7,8,9,5,6,7,8,9,5,6,7';
@@ -48,6 +50,7 @@ describe('specdec generate: strategies end to end', function () {
     target = makeCheckpoint(spec, testSeed);
     draft = makeCheckpoint({ ...spec, name: 'draft', layers: 1, hidden: 32, intermediate: 32 }, testSeed + 1);
     medusa = writeMedusaHeads({ numHeads: 3, numLayers: 1, hiddenSize: spec.hidden, vocabSize: spec.vocab, seed: testSeed });
+    eagle = writeEagleHead({ hidden: spec.hidden, heads: 4, kvHeads: 2, intermediate: 48, vocab: spec.vocab, seed: testSeed });
     batchFile = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'specdec-cli-')), 'batch.json');
     fs.writeFileSync(batchFile, JSON.stringify([[3, 4, 5, 3, 4, 5, 3], [10, 11], [7, 7, 7, 7, 7, 7, 7, 7, 7]]));
   });
@@ -60,6 +63,8 @@ describe('specdec generate: strategies end to end', function () {
       ['--draft', draft],
       ['--draft', target, '--draft-k', '5'],
       ['--medusa', medusa],
+      ['--eagle', eagle],
+      ['--eagle', eagle, '--eagle-tree', '3,2,5'],
       ['--lookahead', '4,3,4'],
       ['--prompt-lookup', '3'],
       ['--draft', draft, '--prompt-lookup', '2'],

@@ -6,12 +6,14 @@ import * as assert from 'assert';
 
 import { SpeculativeDecoder } from '../lib/decoder';
 import { DraftModelSpeculator } from '../lib/strategies/draft_model';
+import { EagleHead, EagleSpeculator } from '../lib/strategies/eagle';
 import { HybridSpeculator } from '../lib/strategies/hybrid';
 import { LookaheadSpeculator } from '../lib/strategies/lookahead';
 import { MedusaHeads, MedusaSpeculator } from '../lib/strategies/medusa';
 import { PromptLookupSpeculator } from '../lib/strategies/prompt_lookup';
 import type { Speculator } from '../lib/strategies/speculator';
 import { Tensor } from '../lib/tensor';
+import { writeEagleHead } from './fixtures/eagle_head';
 import { writeMedusaHeads } from './fixtures/medusa_heads';
 import { ToyLM } from './fixtures/toy_lm';
 import { chiSquare, chiSquareCritical, testSeed } from './helpers';
@@ -90,7 +92,14 @@ describe('speculative sampling is exact (toy model, chi-square)', function () {
   before(() => {
     heads = MedusaHeads.load(writeMedusaHeads({ numHeads: 2, numLayers: 1, hiddenSize: 8, vocabSize: V, seed }), { device: 'cpu' });
   });
-  after(() => heads.dispose());
+  let eagle: EagleHead;
+  before(() => {
+    eagle = EagleHead.load(writeEagleHead({ hidden: 8, heads: 2, kvHeads: 1, intermediate: 12, vocab: V, seed }), { device: 'cpu' });
+  });
+  after(() => {
+    heads.dispose();
+    eagle.dispose();
+  });
 
   const cases: { name: string; make: () => Speculator | undefined; topK?: number; minAccept?: number }[] = [
     { name: 'plain (no speculator)', make: () => undefined },
@@ -107,6 +116,8 @@ describe('speculative sampling is exact (toy model, chi-square)', function () {
     { name: 'draft model, heuristic k', make: () => new DraftModelSpeculator({ draft: partial(), adaptive: 'heuristic', k: 2 }) },
     { name: 'draft model tree [3,2] (deterministic, one-hot)', make: () => new DraftModelSpeculator({ draft: partial(), treeBranching: [3, 2] }) },
     { name: 'Medusa exact (tree rejection)', make: () => new MedusaSpeculator({ heads, choices: [[0], [1], [2], [0, 0], [0, 1], [1, 0]] }) },
+    { name: 'EAGLE-2 tree (deterministic, one-hot; top-3, depth 2, 6 nodes)', make: () => new EagleSpeculator({ head: eagle, topK: 3, depth: 2, totalTokens: 6 }) },
+    { name: 'EAGLE-2 tree, top-k 4 on p', make: () => new EagleSpeculator({ head: eagle, topK: 2, depth: 3, totalTokens: 5 }), topK: 4 },
     { name: 'lookahead W=3 N=3 G=3', make: () => new LookaheadSpeculator({ W: 3, N: 3, G: 3 }) },
     { name: 'prompt lookup', make: () => new PromptLookupSpeculator({ maxNgram: 2, numDraft: 3 }) },
     { name: 'hybrid (draft + prompt lookup)', make: () => new HybridSpeculator({ draft: partial(), draftSpeculator: new PromptLookupSpeculator(), k: 3 }) },

@@ -416,6 +416,13 @@ describe('strategy flags (CLI)', () => {
     assertThrowsCode(() => parseStrategyFlags(['--medusa', 'a', '--lookahead', '1,2,3']), 'E_ARG', /exclusive/);
     assertThrowsCode(() => parseStrategyFlags(['--draft']), 'E_ARG', /missing value/);
     assertThrowsCode(() => parseStrategyFlags(['--draft-k', '2']), 'E_ARG', /needs --draft/);
+    assert.deepStrictEqual(parseStrategyFlags(['--eagle', 'e', '--eagle-tree', '4,3']).flags, { eagle: 'e', eagleTree: [4, 3, undefined] });
+    assert.deepStrictEqual(parseStrategyFlags(['--eagle=e', '--eagle-tree=10,5,59']).flags, { eagle: 'e', eagleTree: [10, 5, 59] });
+    assertThrowsCode(() => parseStrategyFlags(['--eagle-tree', '4,3']), 'E_ARG', /needs --eagle/);
+    assertThrowsCode(() => parseStrategyFlags(['--eagle', 'e', '--eagle-tree', '4']), 'E_ARG', /K,D/);
+    assertThrowsCode(() => parseStrategyFlags(['--eagle', 'e', '--eagle-tree', '0,3']), 'E_ARG', /--eagle-tree K: expected an integer >= 1/);
+    assertThrowsCode(() => parseStrategyFlags(['--eagle', 'e', '--draft', 'd']), 'E_ARG', /does not combine with --draft/);
+    assertThrowsCode(() => parseStrategyFlags(['--eagle', 'e', '--medusa', 'm']), 'E_ARG', /exclusive/);
   });
 
   it('a draft whose tokenizer.json maps ids to other tokens than the target\'s is named in a warning (not refused: lossless anyway)', async () => {

@@ -155,11 +155,15 @@ declare namespace SpecdecNative {
     sequenceLength(seq: number): number;
     kvInfo(): LlamaNativeKvInfo;
     weightDtype(): DType;
+    /** The embedding table and LM head, sharing the model's storage (EAGLE heads read them). */
+    sharedWeights(): { embedTokens: Tensor; lmHead: Tensor };
     dispose(): void;
   }
 
   interface NativeBinding {
     /** Loads (memory-maps, validates, copies to the device) on the libuv pool. */
     llamaLoad(config: LlamaNativeConfig, source: LlamaNativeSource, options: LlamaNativeOptions): Promise<LlamaNativeModel>;
+    /** The rotary inverse frequencies the runner computes for a config (theta and rope_scaling). */
+    llamaRopeInvFreq?(config: LlamaNativeConfig): Float32Array;
   }
 }

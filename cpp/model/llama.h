@@ -142,6 +142,10 @@ class LlamaModel {
   Device device() const { return options_.device; }
   DType weight_dtype() const { return embed_.dtype(); }
   const KvCache& kv() const { return *kv_; }
+  // The input embedding table [V, H] and the LM head [V, H] (the same tensor when tied), as stored:
+  // EAGLE drafts read both (shared storage, not copies).
+  const Tensor& embed_tokens() const { return embed_; }
+  const Tensor& lm_head() const { return lm_head_; }
 
   // Runs the ragged batch of token trees; K/V of the new tokens are written speculatively after
   // each sequence's committed prefix. Validation errors (E_ARG) and E_KV_FULL leave the committed

@@ -217,10 +217,12 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
                                        InstanceMethod<&LlamaWrap::SequenceLength>("sequenceLength"),
                                        InstanceMethod<&LlamaWrap::KvInfo>("kvInfo"),
                                        InstanceMethod<&LlamaWrap::WeightDtype>("weightDtype"),
+                                       InstanceMethod<&LlamaWrap::SharedWeights>("sharedWeights"),
                                        InstanceMethod<&LlamaWrap::Dispose>("dispose"),
                                    });
     ctor = new Napi::FunctionReference(Napi::Persistent(f));
     exports.Set("llamaLoad", Napi::Function::New(env, Load, "llamaLoad"));
+    exports.Set("llamaRopeInvFreq", Napi::Function::New(env, RopeInvFreq, "llamaRopeInvFreq"));
   }
 
   explicit LlamaWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<LlamaWrap>(info) {
@@ -443,6 +445,27 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
   }
   Napi::Value WeightDtype(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value { return Napi::String::New(info.Env(), dtype_name(model().weight_dtype())); });
+  }
+  // { embedTokens, lmHead }: tensors sharing the model's storage (EAGLE heads read them).
+  Napi::Value SharedWeights(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      Napi::Object o = Napi::Object::New(info.Env());
+      o.Set("embedTokens", wrap_tensor(info.Env(), model().embed_tokens()));
+      o.Set("lmHead", wrap_tensor(info.Env(), model().lm_head()));
+      return o;
+    });
+  }
+  // llamaRopeInvFreq(config) -> Float32Array: the rotary inverse frequencies the runner uses for this
+  // config (rope_theta and any rope_scaling), for layers built outside it (EAGLE heads).
+  static Napi::Value RopeInvFreq(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      const LlamaConfig c = config_arg(info[0]);
+      SPECDEC_CHECK(c.head_dim > 0 && c.head_dim % 2 == 0, "E_ARG", "llamaRopeInvFreq: head_dim ", c.head_dim, " must be even");
+      const std::vector<float> inv = rope_inv_freq(c);
+      Napi::Float32Array a = Napi::Float32Array::New(info.Env(), inv.size());
+      std::copy(inv.begin(), inv.end(), a.Data());
+      return a;
+    });
   }
   Napi::Value Dispose(const Napi::CallbackInfo& info) {
     model_.reset();

@@ -77,13 +77,13 @@ export type StrategyHook = (ctx: {
 export interface GenerateIo {
   readonly stdout?: (s: string) => void;
   readonly stderr?: (s: string) => void;
-  /** Runs --draft/--medusa/--lookahead/--prompt-lookup (default: strategyHook() of strategy_flags.ts). */
+  /** Runs --draft/--medusa/--eagle/--lookahead/--prompt-lookup (default: strategyHook() of strategy_flags.ts). */
   readonly strategyHook?: StrategyHook;
   /** Stops the run (finishReason 'abort'); default: the first SIGINT. */
   readonly signal?: AbortSignal;
 }
 
-export const GENERATE_USAGE = `usage: specdec generate [--model DIR] [--draft DIR [--draft-k K]] [--medusa DIR | --lookahead W,N,G | --prompt-lookup N]
+export const GENERATE_USAGE = `usage: specdec generate [--model DIR] [--draft DIR [--draft-k K]] [--medusa DIR | --eagle DIR | --lookahead W,N,G | --prompt-lookup N]
                        (--prompt TEXT | --prompt-ids 1,2,3 | --batch-file F) [--chat [--system TEXT] [--chat-vars JSON]]
                        [--max-new-tokens N] [--max-context N]
                        [--temperature T --top-k K --top-p P --seed S] [--device cpu|cuda|auto] [--json]

@@ -13,7 +13,7 @@ import { codedError } from '../errors';
 import { EMBEDDED, parseIntFlag, parseNumberFlag } from './generate';
 import { parseStrategyFlags, speculatorFactory, type StrategyFlags } from './strategy_flags';
 
-export const SERVE_USAGE = `usage: specdec serve [--model DIR] [--draft DIR | --medusa DIR | --lookahead W,N,G | --prompt-lookup N]
+export const SERVE_USAGE = `usage: specdec serve [--model DIR] [--draft DIR | --medusa DIR | --eagle DIR | --lookahead W,N,G | --prompt-lookup N]
                     [--host 127.0.0.1] [--port 8000] [--max-batch N] [--kv-budget MB] [--device cpu|cuda|auto]
 
   OpenAI-compatible HTTP server: POST /v1/completions (stream: true for server-sent events),
@@ -25,7 +25,7 @@ export const SERVE_USAGE = `usage: specdec serve [--model DIR] [--draft DIR | --
   --max-batch N     sequences decoded together (default 32); more requests wait in a FIFO queue
   --kv-budget MB    KV cache of the target (and of a draft model) in MiB; default room for
                     --max-batch full contexts, capped at 2 GiB
-  --draft/--medusa/--lookahead/--prompt-lookup   the speculative strategy (as for generate)`;
+  --draft/--medusa/--eagle/--lookahead/--prompt-lookup   the speculative strategy (as for generate)`;
 
 export interface ServeFlags {
   readonly model?: string;

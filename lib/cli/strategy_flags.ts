@@ -1,11 +1,12 @@
-// Strategy flags of `specdec generate` (DESIGN §6): --draft DIR | --medusa DIR | --lookahead W,N,G |
-// --prompt-lookup N, turned into a speculator factory and a StrategyHook for lib/cli/generate.ts.
+// Strategy flags of `specdec generate` (DESIGN §6): --draft DIR | --medusa DIR | --eagle DIR |
+// --lookahead W,N,G | --prompt-lookup N, turned into a speculator factory and a StrategyHook for lib/cli/generate.ts.
 // One strategy at a time; `--draft DIR` together with --medusa/--lookahead/--prompt-lookup is the
 // hybrid (the second strategy speeds up the draft model). Bad values are one-line E_ARG errors.
 import type { CausalLM } from '../models/causal_lm';
 import { LlamaModel } from '../models/llama';
 import { SpeculativeDecoder } from '../decoder';
 import { DraftModelSpeculator } from '../strategies/draft_model';
+import { EagleHead, EagleSpeculator } from '../strategies/eagle';
 import { HybridSpeculator } from '../strategies/hybrid';
 import { LookaheadSpeculator } from '../strategies/lookahead';
 import { MedusaHeads, MedusaSpeculator } from '../strategies/medusa';
@@ -18,6 +19,10 @@ import type { GenerateRecord, StrategyHook } from './generate';
 export interface StrategyFlags {
   readonly draft?: string;
   readonly medusa?: string;
+  /** An EAGLE-1/2 head directory. */
+  readonly eagle?: string;
+  /** --eagle-tree K,D,N: EAGLE-2's top_k, depth and most draft nodes (default: 8, 5, sized per step). */
+  readonly eagleTree?: readonly [number, number, number | undefined];
   /** W, N, G */
   readonly lookahead?: readonly [number, number, number];
   /** Longest n-gram matched (prompt lookup's maxNgram). */
@@ -35,12 +40,15 @@ export const STRATEGY_USAGE = `speculative strategies (without one: plain decodi
   --medusa DIR        Medusa heads on the target ('default': the embedded heads); the tree is the
                       subtree of the 63-node one that pays on this hardware, chosen per step
   --medusa-tree NAME  a fixed Medusa tree instead: ${Object.keys(MEDUSA_PRESETS).join(', ')} (cut to the heads)
+  --eagle DIR         an EAGLE-1/2 head for the target (config.json + model.safetensors); its tree
+                      is EAGLE-2's dynamic one, as large as pays on this hardware, chosen per step
+  --eagle-tree K,D[,N] the tree's top-k per node, expansion depth and (fixed) most draft nodes
   --lookahead W,N,G   lookahead (Jacobi) decoding: window W, n-gram size N, G verified n-grams
   --prompt-lookup N   prompt lookup: match n-grams of up to N tokens in prompt + output
   --draft DIR with --medusa, --lookahead or --prompt-lookup is the hybrid: that strategy speeds up
                       the draft model, which drafts for the target`;
 
-export const STRATEGY_FLAGS = ['--draft', '--medusa', '--lookahead', '--prompt-lookup', '--draft-k', '--medusa-tree'] as const;
+export const STRATEGY_FLAGS = ['--draft', '--medusa', '--eagle', '--lookahead', '--prompt-lookup', '--draft-k', '--medusa-tree', '--eagle-tree'] as const;
 
 function int(flag: string, v: string, min: number): number {
   const n = Number(v);
@@ -76,6 +84,18 @@ export function parseStrategyFlags(argv: readonly string[]): { flags: StrategyFl
   const pl = got.get('--prompt-lookup');
   const k = got.get('--draft-k');
   const tree = got.get('--medusa-tree');
+  const eagle = got.get('--eagle');
+  const eagleTree = got.get('--eagle-tree');
+  if (eagleTree !== undefined) {
+    if (eagle === undefined) throw codedError('E_ARG', '--eagle-tree needs --eagle');
+    const p = eagleTree.split(',');
+    if (p.length !== 2 && p.length !== 3) throw codedError('E_ARG', `--eagle-tree: expected K,D or K,D,N (integers), got '${eagleTree}'`);
+    flags.eagleTree = [int('--eagle-tree K', p[0] as string, 1), int('--eagle-tree D', p[1] as string, 0), p[2] !== undefined ? int('--eagle-tree N', p[2], 1) : undefined];
+  }
+  if (eagle !== undefined) {
+    if (draft !== undefined) throw codedError('E_ARG', '--eagle drafts for the target itself: it does not combine with --draft');
+    flags.eagle = eagle;
+  }
   if (tree !== undefined) {
     if (medusa === undefined) throw codedError('E_ARG', '--medusa-tree needs --medusa');
     if (!(tree in MEDUSA_PRESETS)) throw codedError('E_ARG', `--medusa-tree: unknown tree '${tree}' (have ${Object.keys(MEDUSA_PRESETS).join(', ')})`);
@@ -93,8 +113,8 @@ export function parseStrategyFlags(argv: readonly string[]): { flags: StrategyFl
     if (draft === undefined) throw codedError('E_ARG', '--draft-k needs --draft');
     flags.draftK = int('--draft-k', k, 1);
   }
-  const others = [medusa, lookahead, pl].filter((x) => x !== undefined).length;
-  if (others > 1) throw codedError('E_ARG', '--medusa, --lookahead and --prompt-lookup are exclusive (with --draft, one of them speeds up the draft)');
+  const others = [medusa, lookahead, pl, eagle].filter((x) => x !== undefined).length;
+  if (others > 1) throw codedError('E_ARG', '--medusa, --eagle, --lookahead and --prompt-lookup are exclusive (with --draft, one of them but --eagle speeds up the draft)');
   return { flags, rest };
 }
 
@@ -160,6 +180,11 @@ export function speculatorFactory(flags: StrategyFlags, deps: SpeculatorDeps = {
         }
         const preset = flags.medusaTree !== undefined ? MEDUSA_PRESETS[flags.medusaTree] : undefined;
         second = new MedusaSpeculator(preset ? { heads, choices: preset.filter((c) => c.length <= heads.config.numHeads) } : { heads });
+      } else if (flags.eagle !== undefined) {
+        const head = EagleHead.load(flags.eagle, { device: target.device });
+        owned.push(head);
+        const [topK, depth, totalTokens] = flags.eagleTree ?? [undefined, undefined, undefined];
+        second = new EagleSpeculator({ head, ...(topK !== undefined ? { topK } : {}), ...(depth !== undefined ? { depth } : {}), ...(totalTokens !== undefined ? { totalTokens } : {}) });
       } else if (flags.lookahead !== undefined) {
         const [W, N, G] = flags.lookahead;
         second = new LookaheadSpeculator({ W, N, G });

@@ -170,5 +170,11 @@ export interface CausalLM {
    * by input, usable as a `tail`), with no read-back at all; the same draws. Caller disposes both.
    */
   sampledChainOnDevice?(...args: SampledChainArgs): Promise<{ ids: Tensor; q: Tensor }>;
+  /**
+   * Optional: the input embedding table and the LM head, f32|f16|bf16 [vocab, hidden] each on the
+   * model's device, sharing its storage (the same tensor when tied). EAGLE heads draft with them.
+   * The caller disposes the handles (the storage lives while either the model or a handle does).
+   */
+  sharedWeights?(): { readonly embedTokens: Tensor; readonly lmHead: Tensor };
   dispose(): void;
 }

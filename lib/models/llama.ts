@@ -196,6 +196,12 @@ export class LlamaModel implements CausalLM {
     return this.h('weightDtype', true).weightDtype();
   }
 
+  /** The embedding table and LM head as stored, sharing the model's storage (CausalLM.sharedWeights). */
+  sharedWeights(): { readonly embedTokens: Tensor; readonly lmHead: Tensor } {
+    const w = this.h('sharedWeights', true).sharedWeights();
+    return { embedTokens: asTensor(w.embedTokens), lmHead: asTensor(w.lmHead) };
+  }
+
   kvInfo(): KvInfo {
     return this.h('kvInfo', true).kvInfo();
   }

@@ -14,6 +14,8 @@ export { DraftModelSpeculator } from './draft_model';
 export type { DraftModelOptions, AdaptiveMode } from './draft_model';
 export { MedusaHeads, MedusaSpeculator } from './medusa';
 export type { MedusaConfig, MedusaOptions } from './medusa';
+export { EagleHead, EagleSpeculator } from './eagle';
+export type { EagleHeadConfig, EagleOptions } from './eagle';
 export { LookaheadSpeculator, NgramPool, candidateTrie, lookaheadLayout, lookaheadMask, lookaheadTreeLayout } from './lookahead';
 export type { CandidateTrie, LookaheadOptions, LookaheadLayout } from './lookahead';
 export { PromptLookupSpeculator, promptLookup } from './prompt_lookup';

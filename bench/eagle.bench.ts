@@ -1,0 +1,106 @@
+// EAGLE heads on a random ~100M bf16 Llama (hidden 768, 12 layers, vocab 32000, untied LM head) whose
+// blocks add nothing (o_proj, down_proj zero: the next token is a function of the last one), so that
+// an "echo" head (bench/common.ts writeRandomEagle) predicts it exactly: the pipeline's ceiling --
+// the draft's and the wide verification's costs against a perfect head -- beside a random head (the
+// cost model should decode plainly) and plain decoding, alternating in one run. The target still
+// costs a full forward (dense matmuls of zeros cost what any weights cost). Not a trained head:
+// acceptance here says nothing about real EAGLE heads.
+// Run: node dist/bench/eagle.bench.js [--device cpu|cuda|auto] [--quick]   (or specdec bench --only eagle)
+import * as path from 'path';
+
+import { SpeculativeDecoder } from '../lib/decoder';
+import { LlamaModel } from '../lib/models/llama';
+import { EagleHead, EagleSpeculator, type EagleOptions } from '../lib/strategies/eagle';
+import { LLAMA_100M, median, round, standalone, tempDir, writeRandomEagle, writeRandomLlama, type BenchModule, type BenchOptions, type BenchResult, type BenchRow, type RandomLlamaSpec } from './common';
+
+const QUICK_MODEL: RandomLlamaSpec = { vocab: 512, hidden: 64, intermediate: 128, layers: 2, heads: 4, kvHeads: 2 };
+
+export const eagleBench: BenchModule = {
+  name: 'eagle',
+  description: 'EAGLE-2 trees over plain decoding: a perfect (echo) head and a random one on a random ~100M Llama',
+  async run(opts: BenchOptions): Promise<BenchResult> {
+    const t0 = performance.now();
+    const spec = opts.quick ? QUICK_MODEL : LLAMA_100M;
+    const promptLen = opts.quick ? 8 : 32;
+    const newTokens = opts.quick ? 8 : 96;
+    const repeats = opts.quick ? 1 : 3;
+    const tmp = tempDir('eagle');
+    const rows: BenchRow[] = [];
+    const checks: Record<string, boolean> = {};
+    try {
+      opts.log(`eagle: writing a random ${spec.hidden}x${spec.layers} model and two heads`);
+      const params = writeRandomLlama(path.join(tmp.dir, 'target'), spec, 0x51f15e, { zeroBlockOutputs: true, untied: true });
+      writeRandomEagle(path.join(tmp.dir, 'echo'), spec, 7, true);
+      writeRandomEagle(path.join(tmp.dir, 'random'), spec, 7, false);
+      const target = await LlamaModel.load(path.join(tmp.dir, 'target'), { device: opts.device, maxSequences: 1 });
+      const echo = EagleHead.load(path.join(tmp.dir, 'echo'), { device: opts.device });
+      const random = EagleHead.load(path.join(tmp.dir, 'random'), { device: opts.device });
+      try {
+        const prompt = Int32Array.from({ length: promptLen }, (_, i) => (i * 7919 + 13) % spec.vocab);
+        const cases: { name: string; make?: () => EagleSpeculator }[] = [
+          { name: 'plain' },
+          { name: 'echo head, sized', make: () => new EagleSpeculator({ head: echo }) },
+          { name: 'echo head, fixed 8,5,59', make: () => new EagleSpeculator({ head: echo, topK: 8, depth: 5, totalTokens: 59 }) },
+          { name: 'random head, sized', make: () => new EagleSpeculator({ head: random }) },
+        ];
+        const tps = new Map<string, number[]>();
+        const tau = new Map<string, number[]>();
+        const draftMs = new Map<string, number[]>();
+        const targetMs = new Map<string, number[]>();
+        let plainTokens: number[] | undefined;
+        for (let r = 0; r < repeats + 1; r++) {
+          for (const c of cases) {
+            const speculator = c.make?.();
+            try {
+              const dec = new SpeculativeDecoder({ target, ...(speculator ? { speculator } : {}) });
+              // Run 0 warms up (the cost model's calibration, allocators) and is not counted.
+              const res = (await dec.generateBatch([prompt], { maxNewTokens: newTokens }))[0]!;
+              if (c.name === 'plain') plainTokens ??= Array.from(res.tokens);
+              else checks[`${c.name}: output == plain`] = (checks[`${c.name}: output == plain`] ?? true) && JSON.stringify(Array.from(res.tokens)) === JSON.stringify(plainTokens);
+              if (r > 0) {
+                opts.log(`eagle: ${c.name}, run ${r}/${repeats}: ${round(res.stats.tokensPerSecond, 1)} tok/s, tau ${round(res.stats.tokensPerForward, 2)}`);
+                tps.set(c.name, [...(tps.get(c.name) ?? []), res.stats.tokensPerSecond]);
+                tau.set(c.name, [...(tau.get(c.name) ?? []), res.stats.tokensPerForward]);
+                const steps = Math.max(1, res.stats.targetForwards - 1);
+                draftMs.set(c.name, [...(draftMs.get(c.name) ?? []), (1000 * (res.stats.phases.draft + res.stats.phases.update)) / steps]);
+                targetMs.set(c.name, [...(targetMs.get(c.name) ?? []), (1000 * res.stats.phases.target) / steps]);
+              }
+            } finally {
+              speculator?.dispose();
+            }
+          }
+        }
+        const plain = median(tps.get('plain') ?? [NaN]);
+        for (const c of cases) {
+          const v = median(tps.get(c.name) ?? [NaN]);
+          const t = median(tau.get(c.name) ?? [NaN]);
+          rows.push({
+            name: c.name,
+            value: round(v, 2),
+            unit: 'tok/s',
+            note: c.name === 'plain' ? 'the baseline' : `x${round(v / plain, 2)} vs plain, tau ${round(t, 2)}, draft ${round(median(draftMs.get(c.name) ?? [NaN]), 2)} ms + target ${round(median(targetMs.get(c.name) ?? [NaN]), 2)} ms a step`,
+            metrics: { tokensPerSecond: v, overPlain: v / plain, tokensPerForward: t, runs: tps.get(c.name), draftAndUpdateMsPerStep: draftMs.get(c.name), targetForwardMsPerStep: targetMs.get(c.name) },
+          });
+        }
+      } finally {
+        echo.dispose();
+        random.dispose();
+        target.dispose();
+      }
+      return {
+        bench: 'eagle',
+        device: opts.device,
+        quick: opts.quick,
+        setup: { model: { params, dtype: 'bf16', ...spec, blocks: 'o_proj and down_proj zero', lmHead: 'untied' }, promptTokens: promptLen, newTokens, repeats, decoding: 'greedy, batch 1' },
+        rows,
+        notes: ['The echo head is perfect by construction (the ceiling of the pipeline on this device); the random head shows what the cost model does with a useless one. Neither is a trained EAGLE head.'],
+        checks,
+        seconds: (performance.now() - t0) / 1000,
+      };
+    } finally {
+      tmp.remove();
+    }
+  },
+};
+
+if (require.main === module) void standalone(eagleBench);

@@ -112,6 +112,19 @@ function writeTarget(spec: CheckpointSpec, seed: number, edit?: (w: ReturnType<t
   return dir;
 }
 
+/**
+ * A target whose blocks add nothing (o_proj, down_proj zero) and whose final norm weights are 1: its
+ * logits are lm_head(e / rms(e)) for the last token's embedding e, which an echo head drafts exactly.
+ */
+function writeEchoTarget(spec: CheckpointSpec, seed: number): string {
+  return writeTarget(spec, seed, (w) => {
+    for (const [name, e] of Object.entries(w)) {
+      if (/o_proj\.weight|down_proj\.weight/.test(name)) (e.data as Float32Array).fill(0);
+      if (name === 'model.norm.weight') (e.data as Float32Array).fill(1);
+    }
+  });
+}
+
 describe('EAGLE heads', function () {
   this.timeout(120000);
   const seed = testSeed;
@@ -182,18 +195,9 @@ describe('EAGLE heads', function () {
   });
 
   it('a head that predicts its target: deep trees accepted, output still plain', async () => {
-    // Target layers that add nothing (o_proj, down_proj zero) and final norm weights 1: the logits
-    // are lm_head(e / rms(e)) for the last token's embedding e. The echo head gives h = 8 embed(t[j+1]),
-    // the same vector up to a positive factor: the same greedy token, drafted with confidence (deep trees).
-    const target = await LlamaModel.load(
-      writeTarget(spec, seed, (w) => {
-        for (const [name, e] of Object.entries(w)) {
-          if (/o_proj\.weight|down_proj\.weight/.test(name)) (e.data as Float32Array).fill(0);
-          if (name === 'model.norm.weight') (e.data as Float32Array).fill(1);
-        }
-      }),
-      { device: 'cpu', maxSequences: 2 },
-    );
+    // The echo head gives h = 8 embed(t[j+1]): the echo target's vector up to a positive factor, so
+    // the same greedy token, drafted with confidence (deep trees).
+    const target = await LlamaModel.load(writeEchoTarget(spec, seed), { device: 'cpu', maxSequences: 2 });
     const head = EagleHead.load(writeEagleHead({ ...headSpec, echo: 8, fcBias: false, qkvBias: false, layers: 1 }), { device: 'cpu' });
     const speculator = new EagleSpeculator({ head, topK: 4, depth: 5, totalTokens: 24 });
     try {
@@ -213,15 +217,7 @@ describe('EAGLE heads', function () {
   });
 
   it('sized: deep, wide trees where the forward cost is flat; plain (with rare probes) where each node costs a forward', async () => {
-    const target = await LlamaModel.load(
-      writeTarget(spec, seed, (w) => {
-        for (const [name, e] of Object.entries(w)) {
-          if (/o_proj\.weight|down_proj\.weight/.test(name)) (e.data as Float32Array).fill(0);
-          if (name === 'model.norm.weight') (e.data as Float32Array).fill(1);
-        }
-      }),
-      { device: 'cpu', maxSequences: 1 },
-    );
+    const target = await LlamaModel.load(writeEchoTarget(spec, seed), { device: 'cpu', maxSequences: 1 });
     const head = EagleHead.load(writeEagleHead({ ...headSpec, echo: 8, fcBias: false, qkvBias: false, layers: 1 }), { device: 'cpu' });
     const prompt = [Int32Array.of(7, 8, 9)];
     try {

@@ -11,14 +11,14 @@ import { asTensor, type Device, type Tensor } from './tensor';
 
 /// <reference path="../typings/layers.d.ts" />
 
-export type SafetensorsDType = 'F32' | 'F16' | 'BF16' | 'I32';
+export type SafetensorsDType = 'F32' | 'F16' | 'BF16' | 'I32' | 'I64' | 'BOOL';
 
 export interface SafetensorsEntry {
   dtype: SafetensorsDType;
   shape: number[];
   /** F32: Float32Array. I32: Int32Array. F16/BF16: a Float32Array (converted, round to nearest
-   *  even) or a Uint16Array of raw bits. */
-  data: Float32Array | Int32Array | Uint16Array;
+   *  even) or a Uint16Array of raw bits. I64: BigInt64Array. BOOL: Uint8Array of 0 / 1. */
+  data: Float32Array | Int32Array | Uint16Array | BigInt64Array | Uint8Array;
 }
 
 const f32Scratch = new Float32Array(1);
@@ -91,7 +91,7 @@ function entryBytes(name: string, e: SafetensorsEntry): Buffer {
   if (e.data.length !== n) {
     throw new Error(`safetensors: tensor '${name}': data has ${e.data.length} elements, shape [${e.shape.join(', ')}] needs ${n}`);
   }
-  const buf = Buffer.alloc(n * (e.dtype === 'F16' || e.dtype === 'BF16' ? 2 : 4));
+  const buf = Buffer.alloc(n * (e.dtype === 'F16' || e.dtype === 'BF16' ? 2 : e.dtype === 'I64' ? 8 : e.dtype === 'BOOL' ? 1 : 4));
   switch (e.dtype) {
     case 'F32':
       if (!(e.data instanceof Float32Array)) throw new Error(`safetensors: tensor '${name}': F32 needs a Float32Array`);
@@ -100,6 +100,14 @@ function entryBytes(name: string, e: SafetensorsEntry): Buffer {
     case 'I32':
       if (!(e.data instanceof Int32Array)) throw new Error(`safetensors: tensor '${name}': I32 needs an Int32Array`);
       for (let i = 0; i < n; i++) buf.writeInt32LE(e.data[i]!, 4 * i);
+      break;
+    case 'I64':
+      if (!(e.data instanceof BigInt64Array)) throw new Error(`safetensors: tensor '${name}': I64 needs a BigInt64Array`);
+      for (let i = 0; i < n; i++) buf.writeBigInt64LE(e.data[i]!, 8 * i);
+      break;
+    case 'BOOL':
+      if (!(e.data instanceof Uint8Array) || e.data.some((b) => b > 1)) throw new Error(`safetensors: tensor '${name}': BOOL needs a Uint8Array of 0 / 1`);
+      buf.set(e.data);
       break;
     case 'F16':
     case 'BF16': {
@@ -153,7 +161,7 @@ export function writeSafetensors(path: string, tensors: Record<string, Safetenso
 // ---- Reader (native, memory-mapped) ---------------------------------------------------------
 
 export interface SafetensorsTensorInfo {
-  dtype: SpecdecNative.SafetensorsNativeDType;
+  dtype: SpecdecNative.SafetensorsNativeDType | SpecdecNative.SafetensorsRawDType;
   shape: number[];
 }
 
@@ -166,8 +174,10 @@ export interface SafetensorsReader {
   has(name: string): boolean;
   /** dtype and shape (E_FORMAT naming the file if there is no such tensor). */
   info(name: string): SafetensorsTensorInfo;
-  /** A copy of the tensor on `device` (default cpu), dtype kept. */
+  /** A copy of the tensor on `device` (default cpu), dtype kept (E_UNSUPPORTED for raw-only dtypes: I64, BOOL, U8, F8 ...). */
   load(name: string, device?: Device): Tensor;
+  /** The stored bytes of any tensor (little-endian), with its dtype and shape. */
+  raw(name: string): { dtype: string; shape: number[]; bytes: Uint8Array };
   /** Unmaps the file (loaded tensors stay valid). */
   close(): void;
   [Symbol.dispose](): void;
@@ -190,6 +200,7 @@ export function openSafetensors(path: string): SafetensorsReader {
     has: (name: string) => set.has(name),
     info: (name: string) => f.info(name),
     load: (name: string, device: Device = 'cpu') => asTensor(f.load(name, device)),
+    raw: (name: string) => f.raw(name),
     close: () => f.close(),
     [Symbol.dispose]: () => f.close(),
   };

@@ -242,7 +242,7 @@ export class SpecEngine {
     }
     throwIfAborted(signal);
     // Only the last row's logits are read (the root's pick): the model may skip the LM head elsewhere.
-    const out = await this.model.forward(inputs, { ...forwardOptions(this.speculator?.wantsHidden === true, signal), lastLogitsOnly: true });
+    const out = await this.model.forward(inputs, { ...forwardOptions(this.speculator?.wantsHidden === true, signal, undefined, this.speculator?.auxLayers), lastLogitsOnly: true });
     try {
       this.model.commit(
         todo.map((s) => s.modelSeq),
@@ -347,7 +347,7 @@ export class SpecEngine {
       // The verifications' inputs go with the forward's upload (one upload a step): one part's
       // trees as they are, several parts' each verified on their own rows (stage.parts).
       const staging = single ? oneStaging(first.engine.verifyInputs(allProposals, allSeqs)) : SpecEngine.stageParts(live, proposals);
-      out = await model.forward(inputs, forwardOptions(speculator?.wantsHidden === true, signal, staging.stage));
+      out = await model.forward(inputs, forwardOptions(speculator?.wantsHidden === true, signal, staging.stage, speculator?.auxLayers));
       const tTarget = performance.now();
       // The measured forward refines the model's cost curve (tree sizing reads it).
       const cost = knownForwardCost(model);
@@ -740,7 +740,8 @@ const NO_OPTIONS: ForwardOptions = {};
 const HIDDEN: ForwardOptions = { hidden: true };
 
 /** The forward's options (shared constant objects when there is no signal: one allocation fewer a step). */
-function forwardOptions(hidden: boolean, signal: AbortSignal | undefined, stage?: VerifyStaging): ForwardOptions {
+function forwardOptions(hidden: boolean, signal: AbortSignal | undefined, stage?: VerifyStaging, auxLayers?: readonly number[]): ForwardOptions {
+  if (auxLayers !== undefined && auxLayers.length > 0) return { ...forwardOptions(hidden, signal, stage), auxLayers };
   if (stage) {
     const o: { -readonly [K in keyof ForwardOptions]: ForwardOptions[K] } = { stage };
     if (hidden) o.hidden = hidden;
@@ -830,4 +831,5 @@ function forwardInput(seq: number, p: Proposal): SequenceInput {
 export function disposeOutput(out: ForwardOutput): void {
   out.logits.dispose();
   out.hidden?.dispose();
+  out.aux?.dispose();
 }

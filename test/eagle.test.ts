@@ -14,7 +14,8 @@ import { writeSafetensors } from '../lib/safetensors';
 import { EagleHead, EagleSpeculator } from '../lib/strategies/eagle';
 import { Tensor } from '../lib/tensor';
 import { configJson, randomWeights, specByName, type CheckpointSpec } from './fixtures/checkpoints';
-import { eagleHeadTensors, writeEagleHead, type EagleHeadSpec } from './fixtures/eagle_head';
+import { eagle3DraftIds, eagle3HeadTensors, eagleHeadTensors, writeEagle3Head, writeEagleHead, type Eagle3HeadSpec, type EagleHeadSpec } from './fixtures/eagle_head';
+import { LlamaReference } from './reference/llama_ref';
 import { assertThrowsCode, rng, testSeed } from './helpers';
 
 const f64 = (e: { data: unknown }): Float64Array => Float64Array.from(e.data as Float32Array);
@@ -102,6 +103,92 @@ function referenceDraft(spec: EagleHeadSpec, embed: Float64Array, tokens: number
   return xs;
 }
 
+/**
+ * float64 EAGLE-3 draft rows of one sequence: h[j] for tokens[j] with either the three target
+ * features of row j (fc over their concatenation) or, where `own[j]` is given, the draft's own h
+ * (a deeper row); causal attention over all rows. Also the draft logits lm_head(norm(h)).
+ */
+function referenceDraft3(spec: Eagle3HeadSpec, embed: Float64Array, tokens: number[], inputs: (Float64Array[] | Float64Array)[], positions: number[]): { h: Float64Array[]; logits: Float64Array[] } {
+  const w = eagle3HeadTensors(spec);
+  const H = spec.hidden;
+  const Ht = spec.targetHidden ?? H;
+  const D = H / spec.heads;
+  const KD = spec.kvHeads * D;
+  const I = spec.intermediate;
+  const get = (n: string): Float64Array => f64(w[n] as { data: unknown });
+  const lin = (x: Float64Array, W: Float64Array, m: number, k: number): Float64Array => {
+    const y = new Float64Array(m);
+    for (let i = 0; i < m; i++) {
+      let acc = 0;
+      for (let j = 0; j < k; j++) acc += (W[i * k + j] as number) * (x[j] as number);
+      y[i] = acc;
+    }
+    return y;
+  };
+  const norm = (x: Float64Array, g: Float64Array): Float64Array => {
+    let ss = 0;
+    for (const v of x) ss += v * v;
+    const r = 1 / Math.sqrt(ss / x.length + 1e-5);
+    return x.map((v, i) => v * r * (g[i] as number));
+  };
+  const rot = (x: Float64Array, heads: number, pos: number): void => {
+    for (let h = 0; h < heads; h++) {
+      for (let i = 0; i < D / 2; i++) {
+        const f = pos * Math.pow(10000, (-2 * i) / D);
+        const a = x[h * D + i] as number, b = x[h * D + i + D / 2] as number;
+        x[h * D + i] = a * Math.cos(f) - b * Math.sin(f);
+        x[h * D + i + D / 2] = b * Math.cos(f) + a * Math.sin(f);
+      }
+    }
+  };
+  const cat = (...xs: Float64Array[]): Float64Array => {
+    const out = new Float64Array(xs.reduce((a, x) => a + x.length, 0));
+    let at = 0;
+    for (const x of xs) {
+      out.set(x, at);
+      at += x.length;
+    }
+    return out;
+  };
+  const xs = inputs.map((inp) => (Array.isArray(inp) ? lin(cat(...inp), get('fc.weight'), H, 3 * Ht) : inp.slice()));
+  const ins = xs.map((x, j) => cat(norm(embed.subarray(tokens[j]! * H, (tokens[j]! + 1) * H) as Float64Array, get('midlayer.input_layernorm.weight')), norm(x, get('midlayer.hidden_norm.weight'))));
+  const qs = ins.map((v, j) => {
+    const q = lin(v, get('midlayer.self_attn.q_proj.weight'), H, 2 * H);
+    rot(q, spec.heads, positions[j]!);
+    return q;
+  });
+  const ks = ins.map((v, j) => {
+    const k = lin(v, get('midlayer.self_attn.k_proj.weight'), KD, 2 * H);
+    rot(k, spec.kvHeads, positions[j]!);
+    return k;
+  });
+  const vs = ins.map((v) => lin(v, get('midlayer.self_attn.v_proj.weight'), KD, 2 * H));
+  const hs = xs.map((x, j) => {
+    const att = new Float64Array(H);
+    for (let h = 0; h < spec.heads; h++) {
+      const g = Math.floor(h / (spec.heads / spec.kvHeads));
+      const sc = Array.from({ length: j + 1 }, (_, t) => {
+        let acc = 0;
+        for (let d = 0; d < D; d++) acc += qs[j]![h * D + d]! * ks[t]![g * D + d]!;
+        return acc / Math.sqrt(D);
+      });
+      const m = Math.max(...sc);
+      const e = sc.map((v) => Math.exp(v - m));
+      const z = e.reduce((a, v) => a + v, 0);
+      for (let t = 0; t <= j; t++) for (let d = 0; d < D; d++) att[h * D + d]! += (e[t]! / z) * vs[t]![g * D + d]!;
+    }
+    const o = lin(att, get('midlayer.self_attn.o_proj.weight'), H, H);
+    const y = x.map((v, i) => v + o[i]!);
+    const h2 = norm(y, get('midlayer.post_attention_layernorm.weight'));
+    const gate = lin(h2, get('midlayer.mlp.gate_proj.weight'), I, H);
+    const up = lin(h2, get('midlayer.mlp.up_proj.weight'), I, H);
+    const act = gate.map((gv, i) => (gv / (1 + Math.exp(-gv))) * up[i]!);
+    const down = lin(act, get('midlayer.mlp.down_proj.weight'), H, I);
+    return y.map((v, i) => v + down[i]!);
+  });
+  return { h: hs, logits: hs.map((h) => lin(norm(h, get('norm.weight')), get('lm_head.weight'), spec.draftVocab, H)) };
+}
+
 /** A target checkpoint of `spec` with custom weights. */
 function writeTarget(spec: CheckpointSpec, seed: number, edit?: (w: ReturnType<typeof randomWeights>) => void): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'specdec-eagle-target-'));
@@ -151,7 +238,7 @@ describe('EAGLE heads', function () {
       for (const [a, b] of [[0, 5], [5, n]] as const) {
         const batch = cache.plan([seq], [b - a]);
         const feats = Tensor.fromArray(Float32Array.from(features.slice(a, b).flatMap((f) => Array.from(f))), 'f32', [b - a, H]);
-        const h = head.forward(embedT, cache, batch, Int32Array.from(tokens.slice(a, b)), feats, Int32Array.from(positions.slice(a, b)));
+        const h = head.forward(embedT, cache, batch, Int32Array.from(tokens.slice(a, b)), [feats], Int32Array.from(positions.slice(a, b)));
         cache.commit(batch, [seq], [Int32Array.from({ length: b - a }, (_, i) => i)]);
         const got = h.toFloat32();
         for (let j = a; j < b; j++) {
@@ -247,10 +334,138 @@ describe('EAGLE heads', function () {
     }
   });
 
+  it('the runner returns the inputs of chosen layers (auxLayers) as the float64 reference computes them', async () => {
+    const deep = { ...spec, layers: 8 };
+    const dir = writeTarget(deep, seed + 3);
+    const model = await LlamaModel.load(dir, { device: 'cpu', maxSequences: 1 });
+    try {
+      const tokens = [5, 17, 3, 88, 41, 9];
+      const ref = new LlamaReference(dir).forward(tokens);
+      const seq = model.createSequence();
+      const layers = [0, 2, 4, 5];
+      const out = await model.forward([{ seq, tokens: Int32Array.from(tokens) }], { auxLayers: layers, hidden: true });
+      try {
+        assert.deepStrictEqual(out.aux?.shape, [layers.length, tokens.length, deep.hidden]);
+        const got = out.aux!.toFloat32();
+        let worst = 0;
+        layers.forEach((l, k) => {
+          const want = ref.layerInputs[l] as Float64Array;
+          const scale = Math.max(...Array.from(want, Math.abs));
+          for (let i = 0; i < want.length; i++) worst = Math.max(worst, Math.abs(got[k * want.length + i]! - want[i]!) / scale);
+        });
+        assert.ok(worst < 1e-4, `largest error relative to the block's scale: ${worst}`);
+      } finally {
+        out.logits.dispose();
+        out.hidden?.dispose();
+        out.aux?.dispose();
+      }
+      await assert.rejects(model.forward([{ seq, tokens: Int32Array.of(1) }], { auxLayers: [8] }), /auxLayers\[0\] = 8 is not a layer/);
+    } finally {
+      model.dispose();
+    }
+  });
+
+  const head3: Eagle3HeadSpec = { hidden: spec.hidden, heads: 4, kvHeads: 2, intermediate: 48, vocab: spec.vocab, draftVocab: 40, seed: seed + 5 };
+
+  it('EAGLE-3: the midlayer, its logits and d2t match a float64 reference (own embedding, wider target features)', () => {
+    const s3: Eagle3HeadSpec = { ...head3, targetHidden: 48, ownEmbed: true };
+    const head = EagleHead.load(writeEagle3Head(s3), { device: 'cpu' });
+    assert.strictEqual(head.config.version, 3);
+    const r = rng(seed + 11);
+    const H = s3.hidden;
+    const embed = f64(eagle3HeadTensors(s3)['embed_tokens.weight'] as { data: unknown });
+    const cache = new KvCache({ numLayers: 1, numKvHeads: 2, headDim: H / 4, pageSize: 4, numPages: 16, dtype: 'f32' });
+    const seq = cache.addSequence();
+    const unused = Tensor.zeros('f32', [spec.vocab, H]);
+    const n1 = 5;
+    const tokens = Array.from({ length: n1 + 2 }, () => Math.floor(r() * spec.vocab));
+    const positions = tokens.map((_, j) => 2 + j);
+    const feats = Array.from({ length: n1 }, () => [0, 1, 2].map(() => Float64Array.from({ length: 48 }, () => 2 * r() - 1)));
+    let worst = 0;
+    const compare = (got: Float32Array, want: Float64Array[], width: number, from: number): void => {
+      want.forEach((row, j) => {
+        const scale = Math.max(...Array.from(row, Math.abs));
+        for (let i = 0; i < width; i++) worst = Math.max(worst, Math.abs(got[j * width + i]! - row[i]!) / scale);
+      });
+      void from;
+    };
+    try {
+      // Rows with target features, then two deeper rows fed the draft's own h of rows 3 and 4.
+      let batch = cache.plan([seq], [n1]);
+      const blocks = [0, 1, 2].map((k) => Tensor.fromArray(Float32Array.from(feats.flatMap((f) => Array.from(f[k]!))), 'f32', [n1, 48]));
+      const h1 = head.forward(unused, cache, batch, Int32Array.from(tokens.slice(0, n1)), blocks, Int32Array.from(positions.slice(0, n1)), true);
+      cache.commit(batch, [seq], [Int32Array.from({ length: n1 }, (_, i) => i)]);
+      batch.dispose();
+      const h1v = h1.toFloat32();
+      const own = [3, 4].map((j) => Float64Array.from(h1v.subarray(j * H, (j + 1) * H)));
+      const ref = referenceDraft3(s3, embed, tokens, [...feats, ...own], positions);
+      compare(h1v, ref.h.slice(0, n1), H, 0);
+      batch = cache.plan([seq], [2]);
+      const ownT = Tensor.fromArray(Float32Array.from([...own[0]!, ...own[1]!]), 'f32', [2, H]);
+      const h2 = head.forward(unused, cache, batch, Int32Array.from(tokens.slice(n1)), [ownT], Int32Array.from(positions.slice(n1)), false);
+      batch.dispose();
+      compare(h2.toFloat32(), ref.h.slice(n1), H, n1);
+      const logits = head.logits(h1, unused);
+      assert.deepStrictEqual(logits.shape, [n1, s3.draftVocab]);
+      compare(logits.toFloat32(), ref.logits.slice(0, n1), s3.draftVocab, 0);
+      const ids = eagle3DraftIds(s3);
+      assert.deepStrictEqual(Array.from(head.toTargetIds(Int32Array.of(0, 7, 39))), [ids[0], ids[7], ids[39]]);
+      for (const t of [...blocks, ownT, h1, h2, logits]) t.dispose();
+    } finally {
+      cache.dispose();
+      unused.dispose();
+      head.dispose();
+    }
+    assert.ok(worst < 2e-5, `largest error relative to the row's scale: ${worst}`);
+  });
+
+  it('EAGLE-3: greedy output equals plain decoding (8-layer target; sized, fixed, narrow trees; layers from the config)', async () => {
+    const deep = { ...spec, layers: 8 };
+    const target = await LlamaModel.load(writeTarget(deep, seed + 4), { device: 'cpu', maxSequences: 3 });
+    const heads = [EagleHead.load(writeEagle3Head(head3), { device: 'cpu' }), EagleHead.load(writeEagle3Head({ ...head3, auxLayers: [1, 6, 3] }), { device: 'cpu' })];
+    try {
+      const r = rng(seed + 9);
+      const prompts = [6, 2, 9].map((n) => Int32Array.from({ length: n }, () => 3 + Math.floor(r() * (spec.vocab - 3))));
+      const plain = await new SpeculativeDecoder({ target }).generateBatch(prompts, { maxNewTokens: 20 });
+      for (const [i, opts] of [[0, {}], [0, { totalTokens: 12 }], [0, { topK: 2, depth: 3, totalTokens: 5 }], [1, { totalTokens: 8 }]] as const) {
+        const speculator = new EagleSpeculator({ head: heads[i]!, ...opts });
+        try {
+          const got = await new SpeculativeDecoder({ target, speculator }).generateBatch(prompts, { maxNewTokens: 20 });
+          got.forEach((g, b) => assert.deepStrictEqual(Array.from(g.tokens), Array.from(plain[b]!.tokens), `${JSON.stringify(opts)} prompt ${b}`));
+          assert.deepStrictEqual(speculator.auxLayers, i === 0 ? [2, 4, 5] : [1, 6, 3]);
+          if (opts.totalTokens !== undefined) assert.ok(got.some((g) => g.stats.proposedDraftTokens > 0), `${JSON.stringify(opts)}: nothing proposed`);
+        } finally {
+          speculator.dispose();
+        }
+      }
+    } finally {
+      for (const h of heads) h.dispose();
+      target.dispose();
+    }
+  });
+
+  it('EAGLE-3: load and attach errors name the problem', async () => {
+    assertThrowsCode(() => EagleHead.load(writeEagle3Head({ ...head3, omit: 'd2t' }), { device: 'cpu' }), 'E_FORMAT', /'d2t'/);
+    assertThrowsCode(() => EagleHead.load(writeEagle3Head({ ...head3, omit: 'midlayer.hidden_norm.weight' }), { device: 'cpu' }), 'E_FORMAT', /midlayer\.hidden_norm\.weight/);
+    const head = EagleHead.load(writeEagle3Head(head3), { device: 'cpu' });
+    const shallow = await LlamaModel.load(writeTarget({ ...spec, layers: 4 }, seed), { device: 'cpu', maxSequences: 1 });
+    const wideHead = EagleHead.load(writeEagle3Head({ ...head3, targetHidden: 48 }), { device: 'cpu' });
+    try {
+      // Layers 2, 2 and 1 of a 4-layer target: not three distinct ones.
+      assertThrowsCode(() => new EagleSpeculator({ head }).attach(shallow), 'E_UNSUPPORTED', /three distinct/);
+      assertThrowsCode(() => new EagleSpeculator({ head: wideHead }).attach(shallow), 'E_ARG', /features of size 48/);
+    } finally {
+      head.dispose();
+      wideHead.dispose();
+      shallow.dispose();
+    }
+  });
+
   it('load and attach errors name the problem', async () => {
     assertThrowsCode(() => EagleHead.load(path.join(os.tmpdir(), 'specdec-no-such-eagle')), 'E_IO');
-    const eagle3 = writeEagleHead({ ...headSpec, config: { draft_vocab_size: 32 } });
-    assertThrowsCode(() => EagleHead.load(eagle3, { device: 'cpu' }), 'E_UNSUPPORTED', /EAGLE-3/);
+    // An EAGLE-3 config over EAGLE-1 weights: fc reads [embedding; hidden], not three features.
+    const mixed = writeEagleHead({ ...headSpec, layers: 1, config: { draft_vocab_size: 32 } });
+    assertThrowsCode(() => EagleHead.load(mixed, { device: 'cpu' }), 'E_FORMAT', /'fc\.weight' has shape \[32,64\], expected \[32,96\]/);
     const missing = writeEagleHead({ ...headSpec, omit: 'layers.1.mlp.up_proj.weight' });
     assertThrowsCode(() => EagleHead.load(missing, { device: 'cpu' }), 'E_FORMAT', /layers\.1\.mlp\.up_proj\.weight/);
     const bin = fs.mkdtempSync(path.join(os.tmpdir(), 'specdec-eagle-bin-'));
@@ -263,7 +478,7 @@ describe('EAGLE heads', function () {
     const wide = EagleHead.load(writeEagleHead({ ...headSpec, hidden: 48, heads: 4, kvHeads: 2 }), { device: 'cpu' });
     const target = await LlamaModel.load(writeTarget(spec, seed), { device: 'cpu', maxSequences: 1 });
     try {
-      assertThrowsCode(() => new EagleSpeculator({ head: wide }).attach(target), 'E_ARG', /hidden size 48/);
+      assertThrowsCode(() => new EagleSpeculator({ head: wide }).attach(target), 'E_ARG', /features of size 48/);
       assertThrowsCode(() => new EagleSpeculator({ head: wide, topK: 0 }), 'E_ARG', /topK/);
     } finally {
       wide.dispose();

@@ -100,6 +100,33 @@ describe(`safetensors (seed ${testSeed})`, () => {
     assertThrowsCode(() => f.load('model.w'), 'E_DISPOSED', /closed/);
   });
 
+  it('keeps tensors of other valid dtypes (I64, BOOL) as raw bytes: listed, readable with raw(), load() names the dtype', () => {
+    const data = Buffer.alloc(24);
+    data.writeBigInt64LE(-3n, 0);
+    data.writeBigInt64LE(1234567890123n, 8);
+    data.writeFloatLE(1.5, 16);
+    data.writeUInt8(1, 20);
+    data.writeUInt8(0, 21);
+    const p = rawFile('{"d2t":{"dtype":"I64","shape":[2],"data_offsets":[0,16]},"w":{"dtype":"F32","shape":[1],"data_offsets":[16,20]},"t2d":{"dtype":"BOOL","shape":[2],"data_offsets":[20,22]}}', data);
+    const f = openSafetensors(p);
+    try {
+      assert.deepStrictEqual(f.names(), ['d2t', 't2d', 'w']);
+      assert.ok(f.has('d2t'));
+      assert.deepStrictEqual(f.info('d2t'), { dtype: 'I64', shape: [2] });
+      const r = f.raw('d2t');
+      assert.strictEqual(r.dtype, 'I64');
+      assert.deepStrictEqual(Array.from(new BigInt64Array(r.bytes.buffer, r.bytes.byteOffset, 2)), [-3n, 1234567890123n]);
+      assert.deepStrictEqual(Array.from(f.raw('t2d').bytes), [1, 0]);
+      assert.deepStrictEqual(Array.from(f.raw('w').bytes), Array.from(data.subarray(16, 20)));
+      assertThrowsCode(() => f.load('d2t'), 'E_UNSUPPORTED', /tensor 'd2t' has dtype I64/);
+      const w = f.load('w');
+      assert.deepStrictEqual(Array.from(w.toFloat32()), [1.5]);
+      w.dispose();
+    } finally {
+      f.close();
+    }
+  });
+
   it('writes a header the format expects (8-byte aligned, offsets contiguous)', () => {
     const buf = encodeSafetensors({ a: { dtype: 'F16', shape: [3], data: Float32Array.from([1, 2, 3]) }, b: { dtype: 'I32', shape: [1], data: Int32Array.from([7]) } });
     const n = Number(buf.readBigUInt64LE(0));
@@ -153,7 +180,8 @@ describe(`safetensors (seed ${testSeed})`, () => {
     }
     const badTensor: [string, string, Buffer, RegExp][] = [
       ['an unknown dtype', '{"w":{"dtype":"Q7","shape":[2],"data_offsets":[0,8]}}', data8, /unknown dtype 'Q7'/],
-      ['an unsupported dtype', '{"w":{"dtype":"I64","shape":[1],"data_offsets":[0,8]}}', data8, /I64 is not supported/],
+      ['an unsupported dtype', '{"w":{"dtype":"F4","shape":[1],"data_offsets":[0,8]}}', data8, /F4 is not supported/],
+      ['a raw-only dtype of the wrong size', '{"w":{"dtype":"I64","shape":[2],"data_offsets":[0,8]}}', data8, /8 bytes but I64 shape \[2\] needs 16/],
       ['a negative shape', '{"w":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}}', data8, /non-negative integers/],
       ['a non-integer shape', '{"w":{"dtype":"F32","shape":["2"],"data_offsets":[0,8]}}', data8, /non-negative integers/],
       ['a shape product overflow', '{"w":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,8]}}', data8, /overflows/],

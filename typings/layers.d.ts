@@ -4,15 +4,19 @@
 declare namespace SpecdecNative {
   /** Dtype names as they appear in safetensors headers (those the native reader loads). */
   type SafetensorsNativeDType = 'F32' | 'F16' | 'BF16' | 'I32' | 'F64' | 'U32' | 'U64';
+  /** Valid dtypes the reader keeps as bytes only (raw()): load() names them. */
+  type SafetensorsRawDType = 'I64' | 'I16' | 'I8' | 'U16' | 'U8' | 'BOOL' | 'F8_E4M3' | 'F8_E5M2' | 'F8_E8M0' | 'C64';
 
   /** An open, memory-mapped, validated safetensors file. */
   interface SafetensorsFile {
     /** Tensor names, sorted. */
     names(): string[];
     /** dtype and shape of `name` (E_FORMAT if there is no such tensor). */
-    info(name: string): { dtype: SafetensorsNativeDType; shape: number[] };
-    /** A copy of `name` as a tensor on `device` (dtype kept). */
+    info(name: string): { dtype: SafetensorsNativeDType | SafetensorsRawDType; shape: number[] };
+    /** A copy of `name` as a tensor on `device` (dtype kept; E_UNSUPPORTED for the raw-only dtypes). */
     load(name: string, device?: Device): Tensor;
+    /** A copy of the stored bytes of any tensor, I64 / BOOL / U8 / F8 ... included. */
+    raw(name: string): { dtype: SafetensorsNativeDType | SafetensorsRawDType; shape: number[]; bytes: Uint8Array };
     /** The "__metadata__" strings. */
     metadata(): Record<string, string>;
     path(): string;

@@ -100,6 +100,8 @@ declare namespace SpecdecNative {
   interface LlamaNativeForward {
     logits: Tensor;
     hidden?: Tensor;
+    /** f32 [A, N, hidden]: the residual stream entering each of auxLayers. */
+    aux?: Tensor;
     indptr: Int32Array;
     staged?: StagedVerifyHandle;
   }
@@ -136,7 +138,7 @@ declare namespace SpecdecNative {
      * the estimated work is at most `syncMaxMacs` multiply-adds (absent or 0: always the pool).
      */
     /** lastOnly: logits of each input's last row only ([B, vocab]). */
-    forward(inputs: readonly LlamaNativeInput[], hidden: boolean, syncMaxMacs?: number, stage?: LlamaNativeStage, lastOnly?: boolean): Promise<LlamaNativeForward>;
+    forward(inputs: readonly LlamaNativeInput[], hidden: boolean, syncMaxMacs?: number, stage?: LlamaNativeStage, lastOnly?: boolean, auxLayers?: Int32Array): Promise<LlamaNativeForward>;
     /**
      * Greedy chain drafting in one call: feeds and commits inputs[b].tokens, then steps[b] times
      * takes the argmax of the last row, feeding and committing it while steps remain. Resolves with

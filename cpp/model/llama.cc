@@ -350,14 +350,17 @@ double LlamaModel::estimate_macs(const std::vector<LlamaSeqInput>& inputs) {
 // Forward
 
 LlamaForwardResult LlamaModel::forward(const std::vector<LlamaSeqInput>& inputs, bool want_hidden,
-                                       const VerifyStaging* stage, bool last_only) {
+                                       const VerifyStaging* stage, bool last_only, const std::vector<int>& aux_layers) {
+  for (size_t k = 0; k < aux_layers.size(); ++k)
+    SPECDEC_CHECK(aux_layers[k] >= 0 && aux_layers[k] < config_.num_layers, "E_ARG", "auxLayers[", k, "] = ", aux_layers[k],
+                  " is not a layer of this model (0 .. ", config_.num_layers - 1, ")");
   std::lock_guard<std::mutex> lock(mu_);
-  return forward_locked(inputs, want_hidden, nullptr, stage, nullptr, last_only);
+  return forward_locked(inputs, want_hidden, nullptr, stage, nullptr, last_only, aux_layers);
 }
 
 LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& inputs, bool want_hidden,
                                               const Tensor* dev_ids, const VerifyStaging* stage,
-                                              const PlannedStep* planned, bool last_only) {
+                                              const PlannedStep* planned, bool last_only, const std::vector<int>& aux_layers) {
   const LlamaConfig& c = config_;
   const Device dev = options_.device;
   pending_ = false;  // a new forward replaces whatever the last one left uncommitted
@@ -571,7 +574,7 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
   bool graphed = false;
 #ifdef SPECDEC_WITH_CUDA
   PagedBatch stable_batch;
-  if (dev == Device::cuda && cuda::graphs_enabled() && N <= kMaxScratchRows) {
+  if (dev == Device::cuda && cuda::graphs_enabled() && N <= kMaxScratchRows && aux_layers.empty()) {
     graphed = true;
     stable_batch = batch;
     // Fixed-size arrays first and the page list last, so every offset depends on N, B and the mask
@@ -603,6 +606,13 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
   Tensor q2 = q.view({N, NH * D}), k2 = k.view({N, NKV * D}), v2 = v.view({N, NKV * D}), att2 = att.view({N, NH * D});
 
   const Tensor no_bias;
+  const int64_t A = static_cast<int64_t>(aux_layers.size());
+  Tensor aux = A > 0 ? Tensor::empty(DType::f32, {A * N, H}, dev) : Tensor();
+  // The residual stream entering layer l, into each aux block that asks for it.
+  auto capture = [&](int l) {
+    for (int64_t k = 0; k < A; ++k)
+      if (aux_layers[static_cast<size_t>(k)] == l) aux.rows(k * N, (k + 1) * N).copy_from(x);
+  };
   auto layer_stack = [&] {
     ops::embedding(embed_, g_ids, x, dev_ids ? nullptr : tokens.data(), dev_ids != nullptr, embed_scale_);
     // Each block's residual add runs with the next norm as one op (add_rmsnorm: the same bits).
@@ -612,6 +622,7 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
     if (!post) ops::rmsnorm(x, layers_[0].attn_norm, c.rms_norm_eps, h);
     for (int l = 0; l < c.num_layers; ++l) {
       const Layer& L = layers_[l];
+      if (A > 0) capture(l);
       // Attention block (in: its normed input, or OLMo 2's residual stream).
       ops::matmul_group(in, {{&L.q, &L.q_bias, &q2}, {&L.k, &L.k_bias, &k2}, {&L.v, &L.v_bias, &v2}});
       if (post && !c.qk_norm) {
@@ -683,6 +694,7 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
       r.hidden = x;
     }
   }
+  if (A > 0) r.aux = aux.view({A, N, H});
   r.indptr = indptr;
   if (stage) {
     // The verification reads the ids as the layers did (device tails included).

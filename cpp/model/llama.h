@@ -127,6 +127,9 @@ struct VerifyStaging {
 struct LlamaForwardResult {
   Tensor logits;  // f32 [N, V]; with last_only, [B, V]: row b is sequence b's last row
   Tensor hidden;  // f32 [N, H] after the final norm (only when asked)
+  // With aux_layers (A of them): f32 [A, N, H], block k = the residual stream entering layer
+  // aux_layers[k] (layer 0: the embeddings), e.g. EAGLE-3's features.
+  Tensor aux;
   std::vector<int32_t> indptr;  // B + 1 row offsets
   std::shared_ptr<StagedTree> staged;  // with a VerifyStaging: the verification's inputs on the device
 };
@@ -153,8 +156,11 @@ class LlamaModel {
   // With `stage`, the verification's inputs go in the same upload (result.staged).
   // last_only: logits of each sequence's last row only ([B, V], the same bits as those rows of the
   // full logits): a prompt's other rows would cost the LM head's work and N x V floats for nothing.
+  // aux_layers: layer indices whose input rows are returned (result.aux); such a forward runs
+  // without CUDA graphs.
   LlamaForwardResult forward(const std::vector<LlamaSeqInput>& inputs, bool want_hidden,
-                             const VerifyStaging* stage = nullptr, bool last_only = false);
+                             const VerifyStaging* stage = nullptr, bool last_only = false,
+                             const std::vector<int>& aux_layers = {});
 
   // Estimated multiply-adds of forward(inputs): the weights' per-token work times the new tokens,
   // plus attention over each sequence's committed prefix and new tokens. The N-API glue uses it to
@@ -228,7 +234,8 @@ class LlamaModel {
   };
   LlamaForwardResult forward_locked(const std::vector<LlamaSeqInput>& inputs, bool want_hidden,
                                     const Tensor* dev_ids = nullptr, const VerifyStaging* stage = nullptr,
-                                    const PlannedStep* planned = nullptr, bool last_only = false);
+                                    const PlannedStep* planned = nullptr, bool last_only = false,
+                                    const std::vector<int>& aux_layers = {});
   void commit_locked(const std::vector<int>& seqs, const std::vector<std::vector<int32_t>>& accepted,
                      const std::vector<const VerifiedPaths*>& verified = {});
 

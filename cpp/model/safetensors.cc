@@ -208,6 +208,23 @@ class JsonParser {
 
 // ---- Header interpretation --------------------------------------------------------------------
 
+}  // namespace
+
+const char* safetensors_dtype_name(DType d) {
+  switch (d) {
+    case DType::f32: return "F32";
+    case DType::f16: return "F16";
+    case DType::bf16: return "BF16";
+    case DType::i32: return "I32";
+    case DType::u32: return "U32";
+    case DType::u64: return "U64";
+    case DType::f64: return "F64";
+  }
+  return "?";
+}
+
+namespace {
+
 // Safetensors dtype names we load, and their core dtypes.
 bool parse_dtype(const std::string& s, DType* out) {
   if (s == "F32") *out = DType::f32;
@@ -221,14 +238,18 @@ bool parse_dtype(const std::string& s, DType* out) {
   return true;
 }
 
-// Valid safetensors dtypes that have no core dtype: named in the error instead of "unknown".
-bool known_unsupported(const std::string& s) {
-  static const char* names[] = {"I64", "I16", "I8", "U16", "U8", "BOOL", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F6_E2M3",
-                                "F6_E3M2", "F4", "C64"};
-  for (const char* n : names)
-    if (s == n) return true;
-  return false;
+// Valid safetensors dtypes that have no core dtype, with their element sizes in bytes: such
+// tensors are validated and kept as raw bytes (SafetensorsFile::raw); loading one names its dtype.
+// The sub-byte ones (F6_*, F4) are packed, so their byte counts are not checked element-wise: refused.
+size_t raw_dtype_size(const std::string& s) {
+  static const std::pair<const char*, size_t> sizes[] = {{"I64", 8}, {"I16", 2}, {"I8", 1}, {"U16", 2}, {"U8", 1}, {"BOOL", 1},
+                                                         {"F8_E4M3", 1}, {"F8_E5M2", 1}, {"F8_E8M0", 1}, {"C64", 8}};
+  for (const auto& p : sizes)
+    if (s == p.first) return p.second;
+  return 0;
 }
+
+bool known_unsupported(const std::string& s) { return s == "F6_E2M3" || s == "F6_E3M2" || s == "F4"; }
 
 const Json* field(const Json& obj, const char* key) {
   for (const auto& kv : obj.fields)
@@ -311,9 +332,10 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
     if (!jd || jd->kind != Json::kString) bad("missing or non-string \"dtype\"");
     SafetensorInfo info;
     info.name = name;
-    if (!parse_dtype(jd->s, &info.dtype)) {
+    const size_t raw_size = raw_dtype_size(jd->s);
+    if (raw_size == 0 && !parse_dtype(jd->s, &info.dtype)) {
       if (known_unsupported(jd->s))
-        bad("dtype " + jd->s + " is not supported (supported: F32, F16, BF16, I32, F64, U32, U64)");
+        bad("dtype " + jd->s + " is not supported (supported: F32, F16, BF16, I32, F64, U32, U64; I64, I16, I8, U16, U8, BOOL, F8, C64 as raw bytes)");
       bad("unknown dtype '" + jd->s + "'");
     }
 
@@ -333,7 +355,7 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
       bad("\"data_offsets\" must be [begin, end] integers");
     int64_t b = jo->items[0].i, e = jo->items[1].i;
     if (b < 0 || e < b) bad(str("data_offsets [", b, ", ", e, "] are not 0 <= begin <= end"));
-    const uint64_t nbytes = numel * dtype_size(info.dtype);
+    const uint64_t nbytes = numel * (raw_size ? raw_size : dtype_size(info.dtype));
     if (static_cast<uint64_t>(e - b) != nbytes)
       bad(str("data_offsets [", b, ", ", e, "] hold ", e - b, " bytes but ", jd->s, " shape [",
               [&] { std::string s; for (size_t k = 0; k < info.shape.size(); ++k) s += (k ? ", " : "") + std::to_string(info.shape[k]); return s; }(),
@@ -343,7 +365,9 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
     info.data = data + b;
     info.nbytes = static_cast<size_t>(nbytes);
     spans.push_back({static_cast<uint64_t>(b), static_cast<uint64_t>(e), &kv.first});
-    f->tensors_.emplace(name, std::move(info));  // names are unique: the parser rejects duplicate keys
+    // Names are unique: the parser rejects duplicate keys.
+    if (raw_size) f->raw_.emplace(name, Raw{jd->s, info.shape, info.data, info.nbytes});
+    else f->tensors_.emplace(name, std::move(info));
   }
 
   // No two tensors may share bytes (empty tensors occupy nothing).
@@ -369,14 +393,29 @@ SafetensorsFile::~SafetensorsFile() {
 
 const SafetensorInfo& SafetensorsFile::get(const std::string& name) const {
   auto it = tensors_.find(name);
-  if (it == tensors_.end()) fail("E_FORMAT", path_, ": no tensor named '", name, "'");
+  if (it == tensors_.end()) {
+    auto r = raw_.find(name);
+    if (r != raw_.end())
+      fail("E_UNSUPPORTED", path_, ": tensor '", name, "' has dtype ", r->second.dtype,
+           ", which specdec does not load (supported: F32, F16, BF16, I32, F64, U32, U64)");
+    fail("E_FORMAT", path_, ": no tensor named '", name, "'");
+  }
   return it->second;
+}
+
+SafetensorsFile::Raw SafetensorsFile::raw(const std::string& name) const {
+  auto r = raw_.find(name);
+  if (r != raw_.end()) return r->second;
+  const SafetensorInfo& t = get(name);
+  return Raw{safetensors_dtype_name(t.dtype), t.shape, t.data, t.nbytes};
 }
 
 std::vector<std::string> SafetensorsFile::names() const {
   std::vector<std::string> out;
-  out.reserve(tensors_.size());
+  out.reserve(tensors_.size() + raw_.size());
   for (const auto& kv : tensors_) out.push_back(kv.first);
+  for (const auto& kv : raw_) out.push_back(kv.first);
+  std::sort(out.begin(), out.end());
   return out;
 }
 

@@ -1,5 +1,7 @@
 // N-API glue for the model layer ops (cpp/core/ops_layers.h) and the safetensors reader
 // (cpp/model/safetensors.h). Conversion only: the ops validate their own arguments.
+#include <cstring>
+
 #include "../core/ops_layers.h"
 #include "../model/safetensors.h"
 #include "napi_util.h"
@@ -148,19 +150,6 @@ Napi::Value SiluInplace(const Napi::CallbackInfo& info) {
   });
 }
 
-const char* safetensors_dtype_name(DType d) {
-  switch (d) {
-    case DType::f32: return "F32";
-    case DType::f16: return "F16";
-    case DType::bf16: return "BF16";
-    case DType::i32: return "I32";
-    case DType::u32: return "U32";
-    case DType::u64: return "U64";
-    case DType::f64: return "F64";
-  }
-  return "?";
-}
-
 // An open safetensors file. close() unmaps at once; the GC finalizer is the fallback.
 class SafetensorsWrap : public Napi::ObjectWrap<SafetensorsWrap> {
  public:
@@ -172,6 +161,7 @@ class SafetensorsWrap : public Napi::ObjectWrap<SafetensorsWrap> {
                                        InstanceMethod<&SafetensorsWrap::Names>("names"),
                                        InstanceMethod<&SafetensorsWrap::Info>("info"),
                                        InstanceMethod<&SafetensorsWrap::Load>("load"),
+                                       InstanceMethod<&SafetensorsWrap::Raw>("raw"),
                                        InstanceMethod<&SafetensorsWrap::Metadata>("metadata"),
                                        InstanceMethod<&SafetensorsWrap::Path>("path"),
                                        InstanceMethod<&SafetensorsWrap::Close>("close"),
@@ -211,15 +201,31 @@ class SafetensorsWrap : public Napi::ObjectWrap<SafetensorsWrap> {
     });
   }
 
-  // info(name) -> { dtype: 'F32'|..., shape: number[] }
+  // info(name) -> { dtype: 'F32'|...|'I64'|..., shape: number[] }
   Napi::Value Info(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
-      const SafetensorInfo& t = file("info").get(get_string(info[0], "name"));
+      const SafetensorsFile::Raw t = file("info").raw(get_string(info[0], "name"));
       Napi::Object o = Napi::Object::New(info.Env());
-      o.Set("dtype", safetensors_dtype_name(t.dtype));
+      o.Set("dtype", t.dtype);
       Napi::Array s = Napi::Array::New(info.Env(), t.shape.size());
       for (size_t i = 0; i < t.shape.size(); ++i) s.Set(static_cast<uint32_t>(i), Napi::Number::New(info.Env(), double(t.shape[i])));
       o.Set("shape", s);
+      return o;
+    });
+  }
+
+  // raw(name) -> { dtype, shape, bytes: Uint8Array } (a copy of the stored bytes, any dtype)
+  Napi::Value Raw(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      const SafetensorsFile::Raw t = file("raw").raw(get_string(info[0], "name"));
+      Napi::Object o = Napi::Object::New(info.Env());
+      o.Set("dtype", t.dtype);
+      Napi::Array s = Napi::Array::New(info.Env(), t.shape.size());
+      for (size_t i = 0; i < t.shape.size(); ++i) s.Set(static_cast<uint32_t>(i), Napi::Number::New(info.Env(), double(t.shape[i])));
+      o.Set("shape", s);
+      Napi::ArrayBuffer buf = Napi::ArrayBuffer::New(info.Env(), t.nbytes);
+      if (t.nbytes > 0) std::memcpy(buf.Data(), t.data, t.nbytes);
+      o.Set("bytes", Napi::Uint8Array::New(info.Env(), t.nbytes, buf, 0));
       return o;
     });
   }

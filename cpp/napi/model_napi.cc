@@ -285,13 +285,19 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
         if (has_field(s, "parts")) stage->parts = get_i32_array(get_field(s, "parts"), "stage.parts");
       }
       const bool last_only = info.Length() > 4 && !info[4].IsUndefined() && get_bool(info[4], "lastOnly");
+      std::vector<int> aux;
+      if (info.Length() > 5 && !info[5].IsUndefined()) {
+        const std::vector<int32_t> a = get_i32_array(info[5], "auxLayers");
+        aux.assign(a.begin(), a.end());
+      }
       auto result = std::make_shared<LlamaForwardResult>();
       return run_maybe_async(
-          info.Env(), sync, [=] { *result = m->forward(*inputs, hidden, stage.get(), last_only); },
+          info.Env(), sync, [=] { *result = m->forward(*inputs, hidden, stage.get(), last_only, aux); },
           [=](Napi::Env env) -> Napi::Value {
             Napi::Object o = Napi::Object::New(env);
             o.Set("logits", wrap_tensor(env, result->logits));
             if (result->hidden.defined()) o.Set("hidden", wrap_tensor(env, result->hidden));
+            if (result->aux.defined()) o.Set("aux", wrap_tensor(env, result->aux));
             if (result->staged) o.Set("staged", wrap_handle(env, result->staged));
             auto ip = Napi::Int32Array::New(env, result->indptr.size());
             std::memcpy(ip.Data(), result->indptr.data(), result->indptr.size() * 4);

@@ -19,7 +19,7 @@ import type { GenerateRecord, StrategyHook } from './generate';
 export interface StrategyFlags {
   readonly draft?: string;
   readonly medusa?: string;
-  /** An EAGLE-1/2 head directory. */
+  /** An EAGLE-1/2 or EAGLE-3 head directory. */
   readonly eagle?: string;
   /** --eagle-tree K,D,N: EAGLE-2's top_k, depth and most draft nodes (default: 8, 5, sized per step). */
   readonly eagleTree?: readonly [number, number, number | undefined];
@@ -40,8 +40,8 @@ export const STRATEGY_USAGE = `speculative strategies (without one: plain decodi
   --medusa DIR        Medusa heads on the target ('default': the embedded heads); the tree is the
                       subtree of the 63-node one that pays on this hardware, chosen per step
   --medusa-tree NAME  a fixed Medusa tree instead: ${Object.keys(MEDUSA_PRESETS).join(', ')} (cut to the heads)
-  --eagle DIR         an EAGLE-1/2 head for the target (config.json + model.safetensors); its tree
-                      is EAGLE-2's dynamic one, as large as pays on this hardware, chosen per step
+  --eagle DIR         an EAGLE-1/2 or EAGLE-3 head for the target (model.safetensors); its tree is
+                      EAGLE-2's dynamic one, as large as pays on this hardware, chosen per step
   --eagle-tree K,D[,N] the tree's top-k per node, expansion depth and (fixed) most draft nodes
   --lookahead W,N,G   lookahead (Jacobi) decoding: window W, n-gram size N, G verified n-grams
   --prompt-lookup N   prompt lookup: match n-grams of up to N tokens in prompt + output

@@ -92,6 +92,12 @@ export interface VerifiedPaths {
 export interface ForwardOptions {
   /** Also return the final hidden states (after the last norm), e.g. for Medusa heads. */
   readonly hidden?: boolean;
+  /**
+   * Also return the residual stream entering these layers (layer 0: the embeddings), as
+   * ForwardOutput.aux, e.g. for EAGLE-3 heads (layers 2, L/2 and L - 3). A model that cannot leaves
+   * aux undefined.
+   */
+  readonly auxLayers?: readonly number[];
   readonly signal?: AbortSignal;
   /** Send the verification's inputs with this forward's upload (a model may ignore it). */
   readonly stage?: VerifyStaging;
@@ -113,6 +119,8 @@ export interface ForwardOutput {
   readonly logitsRows?: 'last';
   /** f32 [N, hidden] when requested. Caller disposes. */
   readonly hidden?: Tensor;
+  /** With auxLayers (A of them): f32 [A, N, hidden], block k for auxLayers[k]. Caller disposes. */
+  readonly aux?: Tensor;
   /** Row offsets per sequence: rows indptr[b] .. indptr[b+1] belong to inputs[b]. */
   readonly indptr: Int32Array;
   /** With options.stage, when the model supports it: pass it to verify() as `staged`. */

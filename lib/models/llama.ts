@@ -229,19 +229,23 @@ export class LlamaModel implements CausalLM {
     let r: SpecdecNative.LlamaNativeForward;
     try {
       if (sliceSpent(this.syncForwardMaxMacs)) await loopTurn(options.signal);
-      r = await handle.forward(inputs.map(nativeInput), options.hidden === true, syncLimit(this.syncForwardMaxMacs), options.stage, options.lastLogitsOnly === true);
+      const aux = options.auxLayers !== undefined && options.auxLayers.length > 0 ? Int32Array.from(options.auxLayers) : undefined;
+      r = await handle.forward(inputs.map(nativeInput), options.hidden === true, syncLimit(this.syncForwardMaxMacs), options.stage, options.lastLogitsOnly === true, aux);
     } finally {
       this.busy = false;
     }
     const logits = asTensor(r.logits);
     const hidden = r.hidden !== undefined ? asTensor(r.hidden) : undefined;
+    const aux = r.aux !== undefined ? asTensor(r.aux) : undefined;
     if (options.signal?.aborted) {
       logits.dispose();
       hidden?.dispose();
+      aux?.dispose();
       options.signal.throwIfAborted();
     }
     const out: { -readonly [K in keyof ForwardOutput]: ForwardOutput[K] } = { logits, indptr: r.indptr };
     if (hidden !== undefined) out.hidden = hidden;
+    if (aux !== undefined) out.aux = aux;
     if (r.staged !== undefined) out.staged = r.staged as unknown as StagedVerify;
     if (options.lastLogitsOnly === true) out.logitsRows = 'last';
     return out;

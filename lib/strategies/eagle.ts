@@ -1,31 +1,39 @@
-// EAGLE (EAGLE-1 / EAGLE-2 heads): a one-layer draft that reads the target's own features. Draft row
-// j takes the embedding of token t[j+1] and the target's final hidden state f[j] (after its last
-// norm: the vector its LM head reads), x = fc([embed(t[j+1]); f[j]]), runs it through Llama decoder
-// layers (layer 0 without its input norm) and returns h[j], its guess of f[j+1]; the TARGET's LM
-// head on h[j] (no norm) gives the draft distribution of t[j+2]. Deeper guesses feed h back as the
-// feature. Reference: SafeAILab/EAGLE, eagle/model/cnets1.py (Model.forward, topK_genrate).
+// EAGLE heads: a one-layer draft that reads the target's own features. EAGLE-1/2: draft row j
+// takes the embedding of token t[j+1] and the target's final hidden state f[j] (after its last norm),
+// x = fc([embed(t[j+1]); f[j]]), runs Llama decoder layers (layer 0 without its input norm) and
+// returns h[j], its guess of f[j+1]; the TARGET's LM head on h[j] (no norm) gives the draft
+// distribution of t[j+2]. EAGLE-3: f[j] is the residual stream entering three target layers (2,
+// L/2, L - 3), x = fc([f2; f_mid; f_last]); the one layer ("midlayer") attends over
+// [input_layernorm(embed); hidden_norm(x)] (q/k/v 2H wide), and its own norm and LM head give logits
+// over a draft vocabulary that d2t maps to target ids. Deeper guesses feed h back instead of f (in
+// place of fc's output for EAGLE-3). Reference: SafeAILab/EAGLE, eagle/model/cnets1.py (EAGLE-1/2),
+// cnets.py (EAGLE-3) and modeling_llama_kv.py (which layers).
 //
-// The tree is EAGLE-2's dynamic one: the root's top-k children, then `depth` times the top-k of the
-// newest level (by cumulative draft log-probability) are expanded, each into its top-k children;
-// from all the nodes made, the best prefix-closed subtree is proposed -- at most `totalTokens`
-// nodes, and, unless fixed by the caller, as many as the target's measured cost curve says pay
-// (tree_sizing.chooseSubtree, with the draft's probabilities as the acceptance estimates, which is
-// EAGLE-2's premise). Greedy output equals plain decoding; when sampling, the tree is deterministic
-// (one-hot drafts) and verified by exact tree rejection: lossless either way.
+// The tree is EAGLE-2's dynamic one: the root's top-k children, then `depth` times the `width` most
+// probable nodes of the newest level (by cumulative draft log-probability) are expanded, each into
+// its top-k children; from all the nodes made, the best prefix-closed subtree is proposed -- at most
+// `totalTokens` nodes, and, unless fixed by the caller, as many as the target's measured cost curve
+// says pay (tree_sizing.chooseSubtree, with the draft's probabilities as the acceptance estimates,
+// which is EAGLE-2's premise). Greedy output equals plain decoding; when sampling, the tree is
+// deterministic (one-hot drafts) and verified by exact tree rejection: lossless either way.
 //
-// Checkpoint: a directory with config.json (a Llama config: hidden_size, num_hidden_layers,
+// Checkpoints: a directory with config.json (a Llama config: hidden_size, num_hidden_layers,
 // num_attention_heads, num_key_value_heads, intermediate_size, rms_norm_eps, rope_theta,
-// rope_scaling; `bias`: fc has a bias, default true; `qkv_bias`) and model.safetensors holding
-// fc.weight [H, 2H] (+ fc.bias), layers.{i}.self_attn.{q,k,v,o}_proj.weight,
-// layers.{i}.input_layernorm.weight (i > 0), layers.{i}.post_attention_layernorm.weight and
-// layers.{i}.mlp.{gate,up,down}_proj.weight (an optional "model." prefix). The embedding table and
-// LM head are the target's (CausalLM.sharedWeights). EAGLE-3 heads (fc over three target layers, a
-// draft vocabulary) are not read yet.
+// rope_scaling; EAGLE-1/2: `bias` (fc has a bias, default true), `qkv_bias`; EAGLE-3:
+// draft_vocab_size, target_hidden_size, eagle_config.eagle_aux_hidden_state_layer_ids) and
+// model.safetensors (an optional "model." prefix). EAGLE-1/2: fc.weight [H, 2H] (+ fc.bias),
+// layers.{i}.self_attn.{q,k,v,o}_proj.weight, layers.{i}.input_layernorm.weight (i > 0),
+// layers.{i}.post_attention_layernorm.weight, layers.{i}.mlp.{gate,up,down}_proj.weight. EAGLE-3:
+// fc.weight [H, 3 Ht], midlayer.{hidden_norm,input_layernorm,post_attention_layernorm}.weight,
+// midlayer.self_attn.{q,k,v}_proj.weight [*, 2H], midlayer.self_attn.o_proj.weight,
+// midlayer.mlp.*, norm.weight, lm_head.weight [Vd, H], d2t (I64 [Vd]: target id = d + d2t[d]),
+// embed_tokens.weight when it has its own. The target's embedding table and LM head come from
+// CausalLM.sharedWeights.
 //
 // The draft's KV cache is its own (lib/kv.ts). Rows with real target features are committed there;
-// a tree level runs as one batch of single-token forks of its parents' sequences (copy-on-write
-// pages), so every node attends to exactly its ancestors, as EAGLE's tree mask does; the forks are
-// freed after the step.
+// a tree level runs as one batch of single-token forks of its parents' draft sequences
+// (copy-on-write pages), so every node attends to exactly its ancestors, as EAGLE's tree mask does;
+// the forks are freed after the step.
 import * as fs from 'fs';
 import * as path from 'path';
 
@@ -46,7 +54,12 @@ import type { ForwardCost } from '../cost_model';
 import { codedError, type Proposal, type ProposalBatch, type ProposeContext, type SpecSequence, type Speculator, type StepReport } from './speculator';
 
 export interface EagleHeadConfig {
+  /** 1: EAGLE-1/2 (fc over [embedding; final hidden state], the target's LM head); 3: EAGLE-3. */
+  readonly version: 1 | 3;
+  /** The draft's hidden size (EAGLE-1/2: the target's). */
   readonly hiddenSize: number;
+  /** The target's hidden size the features have (EAGLE-3's target_hidden_size; else hiddenSize). */
+  readonly targetHiddenSize: number;
   readonly intermediateSize: number;
   readonly numLayers: number;
   readonly numHeads: number;
@@ -55,15 +68,24 @@ export interface EagleHeadConfig {
   readonly rmsNormEps: number;
   /** config.json's vocab_size (checked against the target's). */
   readonly vocabSize: number;
+  /** EAGLE-3: the draft's own LM head's vocabulary (draft_vocab_size; d2t maps it to target ids). */
+  readonly draftVocabSize: number;
+  /** EAGLE-3: the target layers whose inputs are the features, if config.json names them (else 2, L/2, L - 3). */
+  readonly auxLayers: readonly number[] | undefined;
   readonly fcBias: boolean;
   readonly qkvBias: boolean;
 }
 
 interface LayerWeights {
   readonly inNorm: Tensor | undefined;
+  /** EAGLE-3: q/k/v's columns that read the normed embedding (q/k/v) and the normed hidden state (qH/kH/vH). */
   readonly q: Tensor;
   readonly k: Tensor;
   readonly v: Tensor;
+  readonly qH: Tensor | undefined;
+  readonly kH: Tensor | undefined;
+  readonly vH: Tensor | undefined;
+  readonly hiddenNorm: Tensor | undefined;
   readonly qb: Tensor | undefined;
   readonly kb: Tensor | undefined;
   readonly vb: Tensor | undefined;
@@ -74,22 +96,57 @@ interface LayerWeights {
   readonly down: Tensor;
 }
 
-/** Loaded EAGLE-1/2 head weights (on one device). */
+interface HeadWeights {
+  /** EAGLE-1/2: fc's columns that read the embedding (fc.weight[:, :H]); EAGLE-3: none. */
+  readonly fcEmbed: Tensor | undefined;
+  /** fc's column blocks that read the features: one (EAGLE-1/2: fc.weight[:, H:]) or three (EAGLE-3). */
+  readonly fcFeature: readonly Tensor[];
+  readonly fcBias: Tensor | undefined;
+  readonly layers: readonly LayerWeights[];
+  readonly invFreq: Tensor;
+  /** EAGLE-3: the final norm, its own LM head, its own embedding table (when stored), d2t as target ids. */
+  readonly norm: Tensor | undefined;
+  readonly lmHead: Tensor | undefined;
+  readonly embed: Tensor | undefined;
+  readonly draftToTarget: Int32Array | undefined;
+}
+
+/** The column blocks of a [rows, cols] weight as separate tensors (one conversion on the host; dtype kept). */
+function splitColumns(w: Tensor, widths: readonly number[], device: Device): Tensor[] {
+  const [rows, cols] = w.shape as [number, number];
+  const host = w.device === 'cpu' ? w : w.to('cpu');
+  const all = host.toFloat32();
+  if (host !== w) host.dispose();
+  const out: Tensor[] = [];
+  try {
+    let at = 0;
+    for (const width of widths) {
+      const part = new Float32Array(rows * width);
+      for (let r = 0; r < rows; r++) part.set(all.subarray(r * cols + at, r * cols + at + width), r * width);
+      out.push(Tensor.fromArray(part, w.dtype, [rows, width], device));
+      at += width;
+    }
+    return out;
+  } catch (e) {
+    for (const t of out) t.dispose();
+    throw e;
+  }
+}
+
+/** Loaded EAGLE-1/2 or EAGLE-3 head weights (on one device). */
 export class EagleHead {
   private disposed = false;
 
   private constructor(
     readonly config: EagleHeadConfig,
     readonly device: Device,
-    /** fc's columns that read the embedding and the feature: fc.weight[:, :H] and fc.weight[:, H:]. */
-    private readonly fcEmbed: Tensor,
-    private readonly fcFeature: Tensor,
-    private readonly fcBias: Tensor | undefined,
-    private readonly layers: readonly LayerWeights[],
-    private readonly invFreq: Tensor,
+    private readonly w: HeadWeights,
   ) {}
 
-  /** Loads an EAGLE-1/2 directory; E_IO / E_FORMAT / E_UNSUPPORTED naming the file and the problem. */
+  /**
+   * Loads an EAGLE-1/2 or EAGLE-3 directory (SafeAILab's layouts); E_IO / E_FORMAT / E_UNSUPPORTED
+   * naming the file and the problem.
+   */
   static load(dir: string, opts: { device?: Device | 'auto' } = {}): EagleHead {
     const device = resolveDevice(opts.device ?? 'auto');
     const cfgPath = path.join(dir, 'config.json');
@@ -101,20 +158,21 @@ export class EagleHead {
       throw codedError(err.code === 'ENOENT' ? 'E_IO' : 'E_FORMAT', `EAGLE head: cannot read ${cfgPath}: ${err.message}`);
     }
     if (json === null || typeof json !== 'object' || Array.isArray(json)) throw codedError('E_FORMAT', `EAGLE head: ${cfgPath}: expected a JSON object`);
-    if (json['draft_vocab_size'] !== undefined || json['target_hidden_size'] !== undefined) {
-      throw codedError('E_UNSUPPORTED', `EAGLE head: ${cfgPath} describes an EAGLE-3 head (draft_vocab_size / target_hidden_size): only EAGLE-1/2 heads are read`);
-    }
-    // EAGLE configs are Llama configs; some carry neither architectures nor model_type.
-    const withArch = json['architectures'] === undefined && json['model_type'] === undefined ? { ...json, architectures: ['LlamaForCausalLM'] } : json;
-    const c = parseLlamaConfig(withArch, cfgPath);
+    // EAGLE configs are Llama configs under their own architecture names (LlamaForCausalLMEagle3), or none.
+    const archs = json['architectures'];
+    const known = Array.isArray(archs) && archs.some((a) => a === 'LlamaForCausalLM' || a === 'Qwen2ForCausalLM' || a === 'MistralForCausalLM');
+    const c = parseLlamaConfig(known ? json : { ...json, architectures: ['LlamaForCausalLM'] }, cfgPath);
     const unsupported =
       c.gemma ? 'Gemma layers' : c.postNorms ? 'post-norm layers' : c.qkNorm ? 'q/k norms' : c.fusedProjections ? 'fused projections'
       : c.attentionWindows ? 'sliding windows' : c.ropeLayers ? 'layers without RoPE' : c.ropeDim !== c.headDim ? 'a partial rotation'
       : c.oBias ? 'an o_proj bias' : c.ropeScaling && c.ropeScaling.type !== 'linear' && c.ropeScaling.type !== 'llama3' ? `rope_scaling '${c.ropeScaling.type}'`
       : c.embeddingMultiplier !== undefined || c.residualMultiplier !== undefined || c.logitsScaling !== undefined ? 'Granite multipliers' : undefined;
     if (unsupported) throw codedError('E_UNSUPPORTED', `EAGLE head: ${cfgPath}: ${unsupported} are not supported in an EAGLE head (Llama decoder layers only)`);
+    const posInt = (key: string, v: unknown): number => {
+      if (typeof v !== 'number' || !Number.isInteger(v) || v < 1) throw codedError('E_FORMAT', `EAGLE head: ${cfgPath}: '${key}' must be a positive integer, got ${JSON.stringify(v)}`);
+      return v;
+    };
     const H = c.hiddenSize;
-    const fcBias = json['bias'] === undefined ? true : json['bias'] === true;
     if (json['bias'] !== undefined && typeof json['bias'] !== 'boolean') throw codedError('E_FORMAT', `EAGLE head: ${cfgPath}: 'bias' must be a boolean`);
     const qkvBias = json['qkv_bias'] === true || c.qkvBias;
 
@@ -131,17 +189,13 @@ export class EagleHead {
     const loaded: Tensor[] = [];
     try {
       const names = new Set(f.names());
-      if ([...names].some((n) => n.startsWith('midlayer.'))) {
-        throw codedError('E_UNSUPPORTED', `EAGLE head: ${stPath} holds an EAGLE-3 head (midlayer.*): only EAGLE-1/2 heads are read`);
-      }
       const prefix = names.has('fc.weight') ? '' : names.has('model.fc.weight') ? 'model.' : undefined;
       if (prefix === undefined) throw codedError('E_FORMAT', `EAGLE head: ${stPath} has no tensor 'fc.weight' (is this an EAGLE head?)`);
-      const load = (name: string, shape: readonly number[], optional = false): Tensor | undefined => {
+      const v3 = names.has(prefix + 'midlayer.self_attn.q_proj.weight') || json['draft_vocab_size'] !== undefined;
+      const has = (name: string): boolean => names.has(prefix + name);
+      const load = (name: string, shape: readonly number[]): Tensor => {
         const full = prefix + name;
-        if (!names.has(full)) {
-          if (optional) return undefined;
-          throw codedError('E_FORMAT', `EAGLE head: ${stPath} has no tensor '${full}'`);
-        }
+        if (!names.has(full)) throw codedError('E_FORMAT', `EAGLE head: ${stPath} has no tensor '${full}'`);
         const got = f.info(full).shape;
         if (got.length !== shape.length || got.some((d, i) => d !== shape[i])) {
           throw codedError('E_FORMAT', `EAGLE head: ${stPath}: '${full}' has shape [${got}], expected [${shape}]`);
@@ -150,52 +204,106 @@ export class EagleHead {
         loaded.push(t);
         return t;
       };
-      const need = (name: string, shape: readonly number[]): Tensor => load(name, shape) as Tensor;
-      // fc [H, 2H] split into its two column blocks (one conversion on the host, the weights' dtype kept).
-      const fc = need('fc.weight', [H, 2 * H]);
-      const fcHost = fc.to('cpu');
-      const all = fcHost.toFloat32();
-      if (fcHost !== fc) fcHost.dispose();
-      const halves = [new Float32Array(H * H), new Float32Array(H * H)];
-      for (let r = 0; r < H; r++) {
-        (halves[0] as Float32Array).set(all.subarray(r * 2 * H, r * 2 * H + H), r * H);
-        (halves[1] as Float32Array).set(all.subarray(r * 2 * H + H, (r + 1) * 2 * H), r * H);
-      }
-      const fcEmbed = Tensor.fromArray(halves[0] as Float32Array, fc.dtype, [H, H], device);
-      loaded.push(fcEmbed);
-      const fcFeature = Tensor.fromArray(halves[1] as Float32Array, fc.dtype, [H, H], device);
-      loaded.push(fcFeature);
-      const fcB = fcBias ? need('fc.bias', [H]) : undefined;
+      const split = (t: Tensor, widths: number[]): Tensor[] => {
+        const parts = splitColumns(t, widths, device);
+        loaded.push(...parts);
+        loaded.splice(loaded.indexOf(t), 1);
+        t.dispose();
+        return parts;
+      };
       const QD = c.numHeads * c.headDim;
       const KD = c.numKvHeads * c.headDim;
       const I = c.intermediateSize;
-      const layers: LayerWeights[] = [];
-      for (let l = 0; l < c.numLayers; l++) {
-        const p = `layers.${l}.`;
-        layers.push({
-          // EAGLE's layer 0 has no input norm (fc's output goes straight in); a stored one is unused.
-          inNorm: l === 0 ? undefined : need(`${p}input_layernorm.weight`, [H]),
-          q: need(`${p}self_attn.q_proj.weight`, [QD, H]),
-          k: need(`${p}self_attn.k_proj.weight`, [KD, H]),
-          v: need(`${p}self_attn.v_proj.weight`, [KD, H]),
-          qb: qkvBias ? need(`${p}self_attn.q_proj.bias`, [QD]) : undefined,
-          kb: qkvBias ? need(`${p}self_attn.k_proj.bias`, [KD]) : undefined,
-          vb: qkvBias ? need(`${p}self_attn.v_proj.bias`, [KD]) : undefined,
-          o: need(`${p}self_attn.o_proj.weight`, [H, QD]),
-          postNorm: need(`${p}post_attention_layernorm.weight`, [H]),
-          gate: need(`${p}mlp.gate_proj.weight`, [I, H]),
-          up: need(`${p}mlp.up_proj.weight`, [I, H]),
-          down: need(`${p}mlp.down_proj.weight`, [H, I]),
-        });
+      const Ht = v3 && json['target_hidden_size'] !== undefined ? posInt('target_hidden_size', json['target_hidden_size']) : H;
+      const Vd = v3 && json['draft_vocab_size'] !== undefined ? posInt('draft_vocab_size', json['draft_vocab_size']) : c.vocabSize;
+      let auxLayers: number[] | undefined;
+      const ec = json['eagle_config'];
+      if (v3 && ec !== null && typeof ec === 'object' && (ec as Record<string, unknown>)['eagle_aux_hidden_state_layer_ids'] !== undefined) {
+        const ids = (ec as Record<string, unknown>)['eagle_aux_hidden_state_layer_ids'];
+        if (!Array.isArray(ids) || ids.length !== 3 || ids.some((x) => typeof x !== 'number' || !Number.isInteger(x) || x < 0)) {
+          throw codedError('E_FORMAT', `EAGLE head: ${cfgPath}: eagle_config.eagle_aux_hidden_state_layer_ids must be three layer indices, got ${JSON.stringify(ids)}`);
+        }
+        auxLayers = ids as number[];
       }
-      fc.dispose();
-      loaded.splice(loaded.indexOf(fc), 1);
+      const layer = (p: string, first: boolean): LayerWeights => {
+        const inW = v3 ? 2 * H : H;
+        const [q, qH] = v3 ? split(load(`${p}self_attn.q_proj.weight`, [QD, inW]), [H, H]) : [load(`${p}self_attn.q_proj.weight`, [QD, H])];
+        const [k, kH] = v3 ? split(load(`${p}self_attn.k_proj.weight`, [KD, inW]), [H, H]) : [load(`${p}self_attn.k_proj.weight`, [KD, H])];
+        const [v, vH] = v3 ? split(load(`${p}self_attn.v_proj.weight`, [KD, inW]), [H, H]) : [load(`${p}self_attn.v_proj.weight`, [KD, H])];
+        return {
+          // EAGLE-1/2's layer 0 has no input norm (fc's output goes straight in); a stored one is unused.
+          // EAGLE-3's normalizes the embedding with it (and the hidden state with hidden_norm).
+          inNorm: first && !v3 ? undefined : load(`${p}input_layernorm.weight`, [H]),
+          q: q as Tensor,
+          k: k as Tensor,
+          v: v as Tensor,
+          qH,
+          kH,
+          vH,
+          hiddenNorm: v3 ? load(`${p}hidden_norm.weight`, [H]) : undefined,
+          qb: qkvBias ? load(`${p}self_attn.q_proj.bias`, [QD]) : undefined,
+          kb: qkvBias ? load(`${p}self_attn.k_proj.bias`, [KD]) : undefined,
+          vb: qkvBias ? load(`${p}self_attn.v_proj.bias`, [KD]) : undefined,
+          o: load(`${p}self_attn.o_proj.weight`, [H, QD]),
+          postNorm: load(`${p}post_attention_layernorm.weight`, [H]),
+          gate: load(`${p}mlp.gate_proj.weight`, [I, H]),
+          up: load(`${p}mlp.up_proj.weight`, [I, H]),
+          down: load(`${p}mlp.down_proj.weight`, [H, I]),
+        };
+      };
+      let weights: Omit<HeadWeights, 'invFreq'>;
+      let fcBias = false;
+      if (v3) {
+        if (c.numLayers !== 1) throw codedError('E_UNSUPPORTED', `EAGLE head: ${cfgPath}: an EAGLE-3 head has one layer (midlayer), config says ${c.numLayers}`);
+        const fcFeature = split(load('fc.weight', [H, 3 * Ht]), [Ht, Ht, Ht]);
+        let draftToTarget: Int32Array | undefined;
+        if (Vd !== c.vocabSize) {
+          if (!has('d2t')) throw codedError('E_FORMAT', `EAGLE head: ${stPath} has no tensor '${prefix}d2t' (draft_vocab_size ${Vd} < vocab_size ${c.vocabSize} needs it)`);
+          const r = f.raw(prefix + 'd2t');
+          if ((r.dtype !== 'I64' && r.dtype !== 'I32') || r.shape.length !== 1 || r.shape[0] !== Vd) {
+            throw codedError('E_FORMAT', `EAGLE head: ${stPath}: '${prefix}d2t' is ${r.dtype} [${r.shape}], expected I64 [${Vd}]`);
+          }
+          const bytes = r.bytes.slice();
+          const off = r.dtype === 'I64' ? new BigInt64Array(bytes.buffer, 0, Vd) : new Int32Array(bytes.buffer, 0, Vd);
+          draftToTarget = new Int32Array(Vd);
+          for (let d = 0; d < Vd; d++) {
+            const t = d + Number(off[d]);
+            if (!(t >= 0 && t < c.vocabSize)) throw codedError('E_FORMAT', `EAGLE head: ${stPath}: d2t maps draft id ${d} to ${t}, outside the vocabulary of ${c.vocabSize}`);
+            draftToTarget[d] = t;
+          }
+        }
+        weights = {
+          fcEmbed: undefined,
+          fcFeature,
+          fcBias: undefined,
+          layers: [layer('midlayer.', true)],
+          norm: load('norm.weight', [H]),
+          lmHead: load('lm_head.weight', [Vd, H]),
+          embed: has('embed_tokens.weight') ? load('embed_tokens.weight', [c.vocabSize, H]) : undefined,
+          draftToTarget,
+        };
+      } else {
+        fcBias = json['bias'] === undefined ? true : json['bias'] === true;
+        const [fcEmbed, fcFeat] = split(load('fc.weight', [H, 2 * H]), [H, H]);
+        weights = {
+          fcEmbed,
+          fcFeature: [fcFeat as Tensor],
+          fcBias: fcBias ? load('fc.bias', [H]) : undefined,
+          layers: Array.from({ length: c.numLayers }, (_, l) => layer(`layers.${l}.`, l === 0)),
+          norm: undefined,
+          lmHead: undefined,
+          embed: undefined,
+          draftToTarget: undefined,
+        };
+      }
       const ropeInvFreq = native().llamaRopeInvFreq;
       if (!ropeInvFreq) throw codedError('E_UNSUPPORTED', 'the loaded native addon cannot compute rotary frequencies (an older build?): run `npm run build:native`');
       const invFreq = Tensor.fromArray(ropeInvFreq(toNativeConfig(c)), 'f32', undefined, device);
       loaded.push(invFreq);
       const config: EagleHeadConfig = {
+        version: v3 ? 3 : 1,
         hiddenSize: H,
+        targetHiddenSize: Ht,
         intermediateSize: I,
         numLayers: c.numLayers,
         numHeads: c.numHeads,
@@ -203,10 +311,12 @@ export class EagleHead {
         headDim: c.headDim,
         rmsNormEps: c.rmsNormEps,
         vocabSize: c.vocabSize,
+        draftVocabSize: Vd,
+        auxLayers,
         fcBias,
         qkvBias,
       };
-      return new EagleHead(config, device, fcEmbed, fcFeature, fcB, layers, invFreq);
+      return new EagleHead(config, device, { ...weights, invFreq });
     } catch (e) {
       for (const t of loaded) t.dispose();
       throw e;
@@ -215,14 +325,22 @@ export class EagleHead {
     }
   }
 
+  /** EAGLE-3: the head's own embedding table, when its checkpoint stores one. */
+  get ownEmbedding(): Tensor | undefined {
+    return this.w.embed;
+  }
+
   /**
-   * The draft layers over one planned batch of `cache` (tokens i32 [N] with features f32 [N, H] and
-   * position ids; causal among each sequence's new rows): the K/V of the rows are written at their
-   * slots (the caller commits them or not); returns h f32 [N, H], the layers' output without a norm.
+   * The draft layers over one planned batch of `cache`: tokens i32 [N] at `positions`, causal among
+   * each sequence's new rows; the K/V of the rows are written at their slots (the caller commits them
+   * or not). `features`: the rows' feature blocks f32 [N, targetHidden] (from the target: one for
+   * EAGLE-1/2, three for EAGLE-3) or, with fromTarget false, the draft's own h [N, hidden] for
+   * deeper rows. Returns h f32 [N, hidden], the layers' output before any norm.
    */
-  forward(embed: Tensor, cache: KvCache, batch: PagedBatch, tokens: Int32Array, features: Tensor, positions: Int32Array): Tensor {
+  forward(embed: Tensor, cache: KvCache, batch: PagedBatch, tokens: Int32Array, features: readonly Tensor[], positions: Int32Array, fromTarget = true): Tensor {
     if (this.disposed) throw codedError('E_DISPOSED', 'EAGLE head was disposed');
     const c = this.config;
+    const w = this.w;
     const N = tokens.length;
     const H = c.hiddenSize;
     const dev = this.device;
@@ -231,29 +349,50 @@ export class EagleHead {
       temps.push(x);
       return x;
     };
+    const sum = (parts: Tensor[]): Tensor => {
+      const [first, ...rest] = parts as [Tensor, ...Tensor[]];
+      for (const p of rest) addInplace(first, t(p));
+      return first;
+    };
     let x: Tensor | undefined;
     try {
       const ids = t(Tensor.fromArray(tokens, 'i32', [N], dev));
       const pos = t(Tensor.fromArray(positions, 'i32', [N], dev));
-      const e = t(embedding(embed, ids));
-      x = matmul(e, this.fcEmbed);
-      addInplace(x, t(matmul(features, this.fcFeature, this.fcBias)));
+      const e = t(embedding(w.embed ?? embed, ids));
+      if (c.version === 1) {
+        // x = fc([e; f]) as its two column blocks.
+        x = sum([matmul(e, w.fcEmbed as Tensor), matmul(features[0] as Tensor, w.fcFeature[0] as Tensor, w.fcBias)]);
+      } else if (fromTarget) {
+        if (features.length !== 3) throw codedError('E_ARG', `EAGLE-3 head: ${features.length} feature blocks, expected 3`);
+        x = sum(features.map((fk, k) => matmul(fk, w.fcFeature[k] as Tensor)));
+      } else {
+        x = gatherRows(Array.from({ length: N }, (_, row) => ({ tensor: features[0] as Tensor, row })), H, dev);
+      }
       const scale = 1 / Math.sqrt(c.headDim);
-      for (let l = 0; l < this.layers.length; l++) {
-        const L = this.layers[l] as LayerWeights;
-        const h = L.inNorm ? t(rmsnorm(x, L.inNorm, c.rmsNormEps)) : x;
-        const q = t(matmul(h, L.q, L.qb)).view([N, c.numHeads, c.headDim]);
-        temps.push(q);
-        const k = t(matmul(h, L.k, L.kb)).view([N, c.numKvHeads, c.headDim]);
-        temps.push(k);
-        const v = t(matmul(h, L.v, L.vb)).view([N, c.numKvHeads, c.headDim]);
-        temps.push(v);
-        rope(q, pos, this.invFreq);
-        rope(k, pos, this.invFreq);
+      for (let l = 0; l < w.layers.length; l++) {
+        const L = w.layers[l] as LayerWeights;
+        let q: Tensor, k: Tensor, v: Tensor;
+        if (c.version === 3) {
+          // EAGLE-3's midlayer: attention over [input_layernorm(e); hidden_norm(x)], as column blocks.
+          const en = t(rmsnorm(e, L.inNorm as Tensor, c.rmsNormEps));
+          const hn = t(rmsnorm(x, L.hiddenNorm as Tensor, c.rmsNormEps));
+          q = t(sum([matmul(en, L.q, L.qb), matmul(hn, L.qH as Tensor)]));
+          k = t(sum([matmul(en, L.k, L.kb), matmul(hn, L.kH as Tensor)]));
+          v = t(sum([matmul(en, L.v, L.vb), matmul(hn, L.vH as Tensor)]));
+        } else {
+          const h = L.inNorm ? t(rmsnorm(x, L.inNorm, c.rmsNormEps)) : x;
+          q = t(matmul(h, L.q, L.qb));
+          k = t(matmul(h, L.k, L.kb));
+          v = t(matmul(h, L.v, L.vb));
+        }
+        const q3 = t(q.view([N, c.numHeads, c.headDim]));
+        const k3 = t(k.view([N, c.numKvHeads, c.headDim]));
+        const v3 = t(v.view([N, c.numKvHeads, c.headDim]));
+        rope(q3, pos, w.invFreq);
+        rope(k3, pos, w.invFreq);
         const layer = t(cache.layer(l));
-        kvAppend(layer, k, v, batch);
-        const att = t(treeAttention(q, layer, batch, undefined, scale)).view([N, c.numHeads * c.headDim]);
-        temps.push(att);
+        kvAppend(layer, k3, v3, batch);
+        const att = t(t(treeAttention(q3, layer, batch, undefined, scale)).view([N, c.numHeads * c.headDim]));
         addInplace(x, t(matmul(att, L.o)));
         const h2 = t(rmsnorm(x, L.postNorm, c.rmsNormEps));
         const g = t(matmul(h2, L.gate));
@@ -270,11 +409,34 @@ export class EagleHead {
     }
   }
 
+  /**
+   * Draft logits of h f32 [N, hidden]: EAGLE-1/2 the target's LM head on h (no norm), EAGLE-3 its own
+   * LM head on norm(h), over the draft vocabulary (ids mapped by toTargetIds).
+   */
+  logits(h: Tensor, targetLmHead: Tensor): Tensor {
+    if (this.disposed) throw codedError('E_DISPOSED', 'EAGLE head was disposed');
+    if (this.config.version === 1) return matmul(h, targetLmHead);
+    const n = rmsnorm(h, this.w.norm as Tensor, this.config.rmsNormEps);
+    try {
+      return matmul(n, this.w.lmHead as Tensor);
+    } finally {
+      n.dispose();
+    }
+  }
+
+  /** Draft-vocabulary ids as target ids, in place (EAGLE-3's d2t; the identity otherwise). */
+  toTargetIds(ids: Int32Array): Int32Array {
+    const m = this.w.draftToTarget;
+    if (m) for (let i = 0; i < ids.length; i++) ids[i] = m[ids[i] as number] as number;
+    return ids;
+  }
+
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
-    const all = [this.fcEmbed, this.fcFeature, this.fcBias, this.invFreq];
-    for (const L of this.layers) all.push(L.inNorm, L.q, L.k, L.v, L.qb, L.kb, L.vb, L.o, L.postNorm, L.gate, L.up, L.down);
+    const w = this.w;
+    const all = [w.fcEmbed, ...w.fcFeature, w.fcBias, w.invFreq, w.norm, w.lmHead, w.embed];
+    for (const L of w.layers) all.push(L.inNorm, L.q, L.k, L.v, L.qH, L.kH, L.vH, L.hiddenNorm, L.qb, L.kb, L.vb, L.o, L.postNorm, L.gate, L.up, L.down);
     for (const z of all) z?.dispose();
   }
 }
@@ -301,13 +463,19 @@ interface EagleState {
   cached: number;
   /** The first row the draft's cache holds (> 0 after a gap in the features). */
   base: number;
-  /** The waiting features, in order, as the chunks they came in (f32 [rows, H] each; not concatenated while plain steps pile them up). */
-  features: Tensor[];
+  /** The waiting features, in order, as the chunks they came in (not concatenated while plain steps pile them up). */
+  features: FeatureChunk[];
   waiting: number;
   /** Consecutive steps proposed without drafting (sized mode). */
   plainRun: number;
   /** This step's proposal was drafted. */
   drafted: boolean;
+}
+
+/** Feature rows of consecutive positions: one block per feature (EAGLE-1/2: the final hidden state; EAGLE-3: three layers' inputs), f32 [rows, targetHidden] each. */
+interface FeatureChunk {
+  readonly blocks: Tensor[];
+  readonly rows: number;
 }
 
 interface Node {
@@ -322,7 +490,12 @@ const DEFAULT_MAX_NODES = 59;
 
 export class EagleSpeculator implements Speculator {
   readonly name = 'eagle';
-  readonly wantsHidden = true;
+  /** EAGLE-1/2 read the final hidden states; EAGLE-3 the inputs of three layers (auxLayers). */
+  get wantsHidden(): boolean {
+    return this.head.config.version === 1;
+  }
+  /** EAGLE-3: the target layers whose inputs are its features (set by attach()). */
+  auxLayers: readonly number[] | undefined;
   readonly head: EagleHead;
   readonly topK: number;
   readonly depth: number;
@@ -363,8 +536,18 @@ export class EagleSpeculator implements Speculator {
 
   attach(model: CausalLM): void {
     const c = this.head.config;
-    if (c.hiddenSize !== model.config.hiddenSize) {
-      throw codedError('E_ARG', `eagle: the head has hidden size ${c.hiddenSize} but the target has ${model.config.hiddenSize}`);
+    if (c.targetHiddenSize !== model.config.hiddenSize) {
+      throw codedError('E_ARG', `eagle: the head reads features of size ${c.targetHiddenSize} but the target's hidden size is ${model.config.hiddenSize}`);
+    }
+    if (c.version === 3) {
+      // EAGLE-3's features: the residual stream entering layers 2, L/2 and L - 3 (SafeAILab's
+      // modeling_llama_kv), unless the head's config names them.
+      const L = model.config.numLayers;
+      const layers = c.auxLayers ?? [2, Math.floor(L / 2), L - 3];
+      if (new Set(layers).size !== 3 || layers.some((l) => l < 0 || l >= L)) {
+        throw codedError('E_UNSUPPORTED', `eagle: an EAGLE-3 head reads three distinct layers' inputs; layers ${layers.join(', ')} of a ${L}-layer target are not`);
+      }
+      this.auxLayers = c.auxLayers ? layers : layers.slice().sort((a, b) => a - b);
     }
     if (c.vocabSize !== model.config.vocabSize) {
       throw codedError('E_ARG', `eagle: the head was made for a vocabulary of ${c.vocabSize} but the target has ${model.config.vocabSize}`);
@@ -373,9 +556,15 @@ export class EagleSpeculator implements Speculator {
     if (!model.sharedWeights) throw codedError('E_UNSUPPORTED', 'eagle: the target does not share its embedding table and LM head (CausalLM.sharedWeights)');
     const w = model.sharedWeights();
     const V = model.config.vocabSize;
-    for (const [name, t] of [['embedding table', w.embedTokens], ['LM head', w.lmHead]] as const) {
+    // The target's embedding table serves unless the head has its own (EAGLE-3 with another hidden size).
+    const checks: (readonly [string, Tensor])[] = [];
+    if (c.version === 1) checks.push(['LM head', w.lmHead]);
+    if (!this.head.ownEmbedding) checks.push(['embedding table', w.embedTokens]);
+    for (const [name, t] of checks) {
       if (t.shape.length !== 2 || t.shape[0] !== V || t.shape[1] !== c.hiddenSize) {
-        throw codedError('E_ARG', `eagle: the target's ${name} is [${t.shape}], expected [${V}, ${c.hiddenSize}]`);
+        w.embedTokens.dispose();
+        w.lmHead.dispose();
+        throw codedError('E_ARG', `eagle: the target's ${name} is [${t.shape}], expected [${V}, ${c.hiddenSize}] for this head`);
       }
     }
     this.releaseWeights();
@@ -413,8 +602,8 @@ export class EagleSpeculator implements Speculator {
     return st;
   }
 
-  /** Rows of the features of positions [from, from + rows.length) join the sequence's waiting ones. */
-  private addFeatures(st: EagleState, from: number, parts: { tensor: Tensor; row: number }[]): void {
+  /** The features of output rows `rows` (positions [from, from + rows.length)) join the sequence's waiting ones. */
+  private addFeatures(st: EagleState, from: number, out: ForwardOutput, rows: number[]): void {
     if (from > st.cached + st.waiting) {
       // A gap (features the target never returned): start the draft's cache over at `from`.
       this.need().cache.truncate(st.seq, 0);
@@ -422,25 +611,45 @@ export class EagleSpeculator implements Speculator {
       st.cached = st.base = from;
     } else if (from < st.cached + st.waiting) {
       // Rows already known (a catch-up over them): keep the newest only.
-      parts = parts.slice(st.cached + st.waiting - from);
-      if (parts.length === 0) return;
+      rows = rows.slice(st.cached + st.waiting - from);
+      if (rows.length === 0) return;
     }
-    st.features.push(gatherRows(parts, this.head.config.hiddenSize, this.head.device));
-    st.waiting += parts.length;
+    st.features.push({ blocks: this.featureRows(out, rows), rows: rows.length });
+    st.waiting += rows.length;
+  }
+
+  /** The feature blocks of output rows `rows`: the hidden states (EAGLE-1/2) or the three layer inputs (EAGLE-3). */
+  private featureRows(out: ForwardOutput, rows: readonly number[]): Tensor[] {
+    const Ht = this.head.config.targetHiddenSize;
+    if (this.head.config.version === 1) {
+      if (!out.hidden) throw codedError('E_ARG', 'eagle: the forward returned no hidden states');
+      return [gatherRows(rows.map((row) => ({ tensor: out.hidden as Tensor, row })), Ht, this.head.device)];
+    }
+    const aux = out.aux;
+    const A = this.auxLayers?.length ?? 0;
+    if (!aux || aux.shape.length !== 3 || aux.shape[0] !== A) {
+      throw codedError('E_UNSUPPORTED', `eagle: the target's forward returned no inputs of layers ${this.auxLayers?.join(', ')} (ForwardOptions.auxLayers), which an EAGLE-3 head reads`);
+    }
+    const N = aux.shape[1] as number;
+    const flat = aux.view([A * N, Ht]);
+    try {
+      const blocks: Tensor[] = [];
+      for (let k = 0; k < A; k++) blocks.push(gatherRows(rows.map((row) => ({ tensor: flat, row: k * N + row })), Ht, this.head.device));
+      return blocks;
+    } finally {
+      flat.dispose();
+    }
   }
 
   async prefill(seqs: readonly SpecSequence[], output: ForwardOutput, lastRows: Int32Array, ctx: ProposeContext = {}): Promise<void> {
-    if (!output.hidden) throw codedError('E_ARG', 'eagle: the forward returned no hidden states');
-    const hidden = output.hidden;
     seqs.forEach((s, b) => {
       const st = this.state(s);
       const first = output.indptr[b] as number;
       const last = lastRows[b] as number;
       // Row `last` is the target's output at position committed - 1; the rows before it precede it.
-      const from = s.committed - 1 - (last - first);
-      const parts: { tensor: Tensor; row: number }[] = [];
-      for (let r = first; r <= last; r++) parts.push({ tensor: hidden, row: r });
-      this.addFeatures(st, from, parts);
+      const rows: number[] = [];
+      for (let r = first; r <= last; r++) rows.push(r);
+      this.addFeatures(st, s.committed - 1 - (last - first), output, rows);
     });
     if (this.sized && this.target && !isSampling(ctx.sampling)) await forwardCost(this.target);
   }
@@ -459,31 +668,32 @@ export class EagleSpeculator implements Speculator {
     });
     const tokens = new Int32Array(counts.reduce((a, n) => a + n, 0));
     const positions = new Int32Array(tokens.length);
-    const parts: { tensor: Tensor; row: number }[] = [];
+    const nBlocks = this.head.config.version === 1 ? 1 : 3;
+    const parts: { tensor: Tensor; row: number }[][] = Array.from({ length: nBlocks }, () => []);
     let i = 0;
     sts.forEach((st, b) => {
       const s = seqs[b] as SpecSequence;
       let j = st.cached;
       for (const chunk of st.features) {
-        for (let r = 0; r < (chunk.shape[0] as number); r++, i++, j++) {
+        for (let r = 0; r < chunk.rows; r++, i++, j++) {
           tokens[i] = s.history[j + 1] as number;
           positions[i] = j;
-          parts.push({ tensor: chunk, row: r });
+          for (let k = 0; k < nBlocks; k++) (parts[k] as { tensor: Tensor; row: number }[]).push({ tensor: chunk.blocks[k] as Tensor, row: r });
         }
       }
     });
-    const feats = gatherRows(parts, H, this.head.device);
+    const feats = parts.map((p) => gatherRows(p, this.head.config.targetHiddenSize, this.head.device));
     const seqIds = sts.map((st) => st.seq);
     const batch = cache.plan(seqIds, counts);
     let h: Tensor | undefined;
     try {
-      h = this.head.forward(embed, cache, batch, tokens, feats, positions);
+      h = this.head.forward(embed, cache, batch, tokens, feats, positions, true);
       cache.commit(batch, seqIds, counts.map((n) => Int32Array.from({ length: n }, (_, r) => r)));
     } catch (e) {
       h?.dispose();
       throw e;
     } finally {
-      feats.dispose();
+      for (const t of feats) t.dispose();
       batch.dispose();
     }
     let end = 0;
@@ -499,20 +709,20 @@ export class EagleSpeculator implements Speculator {
     }
   }
 
-  /** Top-k children (log-probabilities) of each row of h: the target's LM head, softmax, top-k. */
+  /** Top-k children (target ids, log-probabilities) of each row of h: the head's logits, softmax, top-k. */
   private children(h: Tensor): { ids: Int32Array; logp: Float32Array } {
     const { lmHead } = this.need();
-    const logits = matmul(h, lmHead);
+    const logits = this.head.logits(h, lmHead);
     try {
       const probs = processLogits(logits, { temperature: 1 });
       try {
-        const k = Math.min(this.topK, this.head.config.vocabSize);
+        const k = Math.min(this.topK, this.head.config.draftVocabSize);
         const top = topK(probs, k);
         try {
           const p = top.values.toFloat32();
           const logp = new Float32Array(p.length);
           for (let i = 0; i < p.length; i++) logp[i] = Math.log(p[i] as number);
-          return { ids: top.ids.toInt32(), logp };
+          return { ids: this.head.toTargetIds(top.ids.toInt32()), logp };
         } finally {
           top.values.dispose();
           top.ids.dispose();
@@ -629,7 +839,7 @@ export class EagleSpeculator implements Speculator {
         const batch = cache.plan(seqIds, ones);
         let h: Tensor;
         try {
-          h = this.head.forward(embed, cache, batch, tokens, feats, positions);
+          h = this.head.forward(embed, cache, batch, tokens, [feats], positions, false);
           cache.commit(batch, seqIds, rows.map(() => Int32Array.of(0)));
         } finally {
           feats.dispose();
@@ -680,8 +890,6 @@ export class EagleSpeculator implements Speculator {
   }
 
   update(seqs: readonly SpecSequence[], report: StepReport, ctx: ProposeContext = {}): void {
-    const hidden = report.output.hidden;
-    if (!hidden) throw codedError('E_ARG', 'eagle: the forward returned no hidden states');
     const sized = sizingCost(this.sized, this.target, ctx) !== undefined;
     seqs.forEach((s, b) => {
       const st = this.state(s);
@@ -689,7 +897,7 @@ export class EagleSpeculator implements Speculator {
       const base = report.output.indptr[b] as number;
       const proposed = (report.proposals[b] as Proposal).tokens.length - 1;
       // The accepted nodes (root first) sat at positions committed - acc.length .. committed - 1.
-      this.addFeatures(st, s.committed - acc.length, Array.from(acc, (node) => ({ tensor: hidden, row: base + node })));
+      this.addFeatures(st, s.committed - acc.length, report.output, Array.from(acc, (node) => base + node));
       const depth = this.proposedDepth.get(s.key) ?? 0;
       this.proposedDepth.delete(s.key);
       if (sized) for (let d = 0; d < depth; d++) {
@@ -726,13 +934,17 @@ export class EagleSpeculator implements Speculator {
       dropFeatures(st);
     } else if (st.cached + st.waiting > c) {
       // Keep the features of positions < c (f[j] depends on tokens <= j only).
-      const parts: { tensor: Tensor; row: number }[] = [];
-      for (const chunk of st.features) for (let r = 0; r < (chunk.shape[0] as number) && st.cached + parts.length < c; r++) parts.push({ tensor: chunk, row: r });
-      const kept = parts.length > 0 ? gatherRows(parts, this.head.config.hiddenSize, this.head.device) : undefined;
+      const keep = c - st.cached;
+      const blocks = (st.features[0]?.blocks ?? []).map((_, k) => {
+        const parts: { tensor: Tensor; row: number }[] = [];
+        for (const chunk of st.features) for (let r = 0; r < chunk.rows && parts.length < keep; r++) parts.push({ tensor: chunk.blocks[k] as Tensor, row: r });
+        return parts;
+      });
+      const kept = keep > 0 ? blocks.map((p) => gatherRows(p, this.head.config.targetHiddenSize, this.head.device)) : undefined;
       dropFeatures(st);
       if (kept) {
-        st.features.push(kept);
-        st.waiting = parts.length;
+        st.features.push({ blocks: kept, rows: keep });
+        st.waiting = keep;
       }
     }
   }
@@ -762,7 +974,7 @@ export class EagleSpeculator implements Speculator {
 }
 
 function dropFeatures(st: EagleState): void {
-  for (const t of st.features) t.dispose();
+  for (const chunk of st.features) for (const t of chunk.blocks) t.dispose();
   st.features = [];
   st.waiting = 0;
 }

@@ -102,6 +102,8 @@ export interface Speculator {
   readonly name: string;
   /** The verifying forward must return hidden states (Medusa heads). */
   readonly wantsHidden: boolean;
+  /** The forwards (prefill and verifying) must return the residual stream entering these layers (EAGLE-3). */
+  readonly auxLayers?: readonly number[] | undefined;
   /**
    * update() reads the argmax of every row of the forward (lookahead's window): the engine then
    * gets it in the same native read as the verification result.

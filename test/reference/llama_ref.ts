@@ -329,7 +329,8 @@ export class LlamaReference {
    * Logits [N, V] (and final hidden [N, H]) of a token list with causal attention (token n sees
    * tokens 0..n, or the last `window` of them in a sliding layer). positions default to 0..N-1.
    */
-  forward(tokens: readonly number[], options: RefOptions & { positions?: readonly number[] } = {}): { logits: Float64Array; hidden: Float64Array } {
+  /** layerInputs[l]: the residual stream entering layer l, [N, H] (EAGLE-3's features read three of them). */
+  forward(tokens: readonly number[], options: RefOptions & { positions?: readonly number[] } = {}): { logits: Float64Array; hidden: Float64Array; layerInputs: Float64Array[] } {
     const { H, I, NH, NKV, D, V } = this;
     const N = tokens.length;
     const positions = options.positions ?? tokens.map((_, i) => i);
@@ -351,8 +352,10 @@ export class LlamaReference {
     const rm = this.mult('residual_multiplier');
     const round = options.kvRound === 'f16' ? (v: number) => f16(f16Bits(v)) : options.kvRound === 'bf16' ? (v: number) => bf16(bf16Bits(v)) : undefined;
     const group = NH / NKV;
+    const layerInputs: Float64Array[] = [];
     for (let l = 0; l < this.L; l++) {
       const p = `model.layers.${l}.`;
+      layerInputs.push(x.slice());
       // Olmo2DecoderLayer: no input_layernorm (the block reads the residual stream).
       const h = this.postNorms ? x.slice() : this.rmsnorm(x, N, this.get(p + 'input_layernorm.weight'));
       const q = this.linear(h, N, H, this.get(p + 'self_attn.q_proj.weight'), this.opt(p + 'self_attn.q_proj.bias'));
@@ -435,7 +438,7 @@ export class LlamaReference {
     // GraniteForCausalLM: logits / logits_scaling.
     const ls = this.mult('logits_scaling');
     if (ls !== 1) for (let i = 0; i < logits.length; i++) logits[i] = logits[i]! / ls;
-    return { logits, hidden: x };
+    return { logits, hidden: x, layerInputs };
   }
 
   /** Greedy continuation (argmax, lowest index on ties) and the top-2 logit gap at each step. */

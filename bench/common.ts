@@ -477,6 +477,46 @@ export function writeRandomEagle(dir: string, spec: RandomLlamaSpec, seed: numbe
   fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(config));
 }
 
+/**
+ * A random EAGLE-3 head (SafeAILab's layout, bf16) for a model of `spec`'s shapes, with a draft
+ * vocabulary of the first `draftVocab` ids (d2t zero).
+ */
+export function writeRandomEagle3(dir: string, spec: RandomLlamaSpec, seed: number, draftVocab: number): void {
+  fs.mkdirSync(dir, { recursive: true });
+  const H = spec.hidden;
+  const D = H / spec.heads;
+  const KV = spec.kvHeads * D;
+  const rand = xorshift(seed);
+  const entries: Record<string, SafetensorsEntry> = {};
+  const put = (name: string, shape: number[], f: () => number): void => {
+    const n = shape.reduce((x, y) => x * y, 1);
+    const data = new Uint16Array(n);
+    for (let i = 0; i < n; i++) data[i] = f32ToBf16Bits(f());
+    entries[name] = { dtype: 'BF16', shape, data };
+  };
+  const uni = (k: number) => (): number => (rand() * 2 - 1) * Math.sqrt(3 / k);
+  const one = (): number => 1;
+  put('fc.weight', [H, 3 * H], uni(3 * H));
+  for (const n of ['hidden_norm', 'input_layernorm', 'post_attention_layernorm']) put(`midlayer.${n}.weight`, [H], one);
+  put('midlayer.self_attn.q_proj.weight', [H, 2 * H], uni(2 * H));
+  put('midlayer.self_attn.k_proj.weight', [KV, 2 * H], uni(2 * H));
+  put('midlayer.self_attn.v_proj.weight', [KV, 2 * H], uni(2 * H));
+  put('midlayer.self_attn.o_proj.weight', [H, H], uni(H));
+  put('midlayer.mlp.gate_proj.weight', [spec.intermediate, H], uni(H));
+  put('midlayer.mlp.up_proj.weight', [spec.intermediate, H], uni(H));
+  put('midlayer.mlp.down_proj.weight', [H, spec.intermediate], uni(spec.intermediate));
+  put('norm.weight', [H], one);
+  put('lm_head.weight', [draftVocab, H], uni(H));
+  entries['d2t'] = { dtype: 'I64', shape: [draftVocab], data: new BigInt64Array(draftVocab) };
+  writeSafetensors(path.join(dir, 'model.safetensors'), entries);
+  const config = {
+    architectures: ['LlamaForCausalLMEagle3'], vocab_size: spec.vocab, draft_vocab_size: draftVocab, hidden_size: H,
+    intermediate_size: spec.intermediate, num_hidden_layers: 1, num_attention_heads: spec.heads, num_key_value_heads: spec.kvHeads,
+    max_position_embeddings: spec.maxPositions ?? 2048, rms_norm_eps: 1e-5, rope_theta: 10000, torch_dtype: 'bfloat16',
+  };
+  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(config));
+}
+
 /** Random Medusa heads (FasterDecoding layout, bf16) for a model of hidden size H and vocabulary V. */
 export function writeRandomMedusa(dir: string, numHeads: number, numLayers: number, H: number, V: number, seed: number): void {
   fs.mkdirSync(dir, { recursive: true });

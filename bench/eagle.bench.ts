@@ -11,9 +11,10 @@ import * as path from 'path';
 import { SpeculativeDecoder } from '../lib/decoder';
 import { LlamaModel } from '../lib/models/llama';
 import { EagleHead, EagleSpeculator, type EagleOptions } from '../lib/strategies/eagle';
-import { LLAMA_100M, median, round, standalone, tempDir, writeRandomEagle, writeRandomLlama, type BenchModule, type BenchOptions, type BenchResult, type BenchRow, type RandomLlamaSpec } from './common';
+import { LLAMA_100M, median, round, standalone, tempDir, writeRandomEagle, writeRandomEagle3, writeRandomLlama, type BenchModule, type BenchOptions, type BenchResult, type BenchRow, type RandomLlamaSpec } from './common';
 
-const QUICK_MODEL: RandomLlamaSpec = { vocab: 512, hidden: 64, intermediate: 128, layers: 2, heads: 4, kvHeads: 2 };
+// Eight layers: EAGLE-3 reads the inputs of layers 2, L / 2 and L - 3, which must differ (L >= 7).
+const QUICK_MODEL: RandomLlamaSpec = { vocab: 512, hidden: 64, intermediate: 128, layers: 8, heads: 4, kvHeads: 2 };
 
 export const eagleBench: BenchModule = {
   name: 'eagle',
@@ -32,9 +33,13 @@ export const eagleBench: BenchModule = {
       const params = writeRandomLlama(path.join(tmp.dir, 'target'), spec, 0x51f15e, { zeroBlockOutputs: true, untied: true });
       writeRandomEagle(path.join(tmp.dir, 'echo'), spec, 7, true);
       writeRandomEagle(path.join(tmp.dir, 'random'), spec, 7, false);
+      // EAGLE-3's draft vocabulary: the draft's LM head reads 1/8 of the target's.
+      const draftVocab = Math.max(16, Math.floor(spec.vocab / 8));
+      writeRandomEagle3(path.join(tmp.dir, 'eagle3'), spec, 7, draftVocab);
       const target = await LlamaModel.load(path.join(tmp.dir, 'target'), { device: opts.device, maxSequences: 1 });
       const echo = EagleHead.load(path.join(tmp.dir, 'echo'), { device: opts.device });
       const random = EagleHead.load(path.join(tmp.dir, 'random'), { device: opts.device });
+      const eagle3 = EagleHead.load(path.join(tmp.dir, 'eagle3'), { device: opts.device });
       try {
         const prompt = Int32Array.from({ length: promptLen }, (_, i) => (i * 7919 + 13) % spec.vocab);
         const cases: { name: string; make?: () => EagleSpeculator }[] = [
@@ -42,6 +47,9 @@ export const eagleBench: BenchModule = {
           { name: 'echo head, sized', make: () => new EagleSpeculator({ head: echo }) },
           { name: 'echo head, fixed 8,5,59', make: () => new EagleSpeculator({ head: echo, topK: 8, depth: 5, totalTokens: 59 }) },
           { name: 'random head, sized', make: () => new EagleSpeculator({ head: random }) },
+          // The draft's cost of a fixed 5-deep chain: the full vocabulary against EAGLE-3's draft vocabulary.
+          { name: 'random head, fixed chain 1,4,5', make: () => new EagleSpeculator({ head: random, topK: 1, depth: 4, totalTokens: 5 }) },
+          { name: `random EAGLE-3 head (draft vocabulary ${draftVocab}), fixed chain 1,4,5`, make: () => new EagleSpeculator({ head: eagle3, topK: 1, depth: 4, totalTokens: 5 }) },
         ];
         const tps = new Map<string, number[]>();
         const tau = new Map<string, number[]>();
@@ -85,6 +93,7 @@ export const eagleBench: BenchModule = {
       } finally {
         echo.dispose();
         random.dispose();
+        eagle3.dispose();
         target.dispose();
       }
       return {

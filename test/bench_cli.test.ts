@@ -14,7 +14,7 @@ import { cudaKernelProfile, setCudaKernelProfiling } from '../lib/transfers';
 import { cudaSkipReason, describeCuda, randomArray, rng, testSeed } from './helpers';
 
 const bin = path.resolve(__dirname, '..', '..', 'bin', 'specdec.js');
-const NAMES = ['attention', 'matmul', 'verify', 'sampling', 'plain_decode', 'forward_cost', 'memory', 'speculative', 'sizing', 'serve'];
+const NAMES = ['attention', 'matmul', 'verify', 'sampling', 'plain_decode', 'forward_cost', 'memory', 'speculative', 'sizing', 'eagle', 'serve'];
 
 interface Run {
   code: number;

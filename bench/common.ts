@@ -436,6 +436,23 @@ export function writeRandomLlama(dir: string, spec: RandomLlamaSpec, seed: numbe
   return params;
 }
 
+/** bf16 tensors filled by a function of the index, and uniform weights scaled by 1/sqrt(fan-in). */
+function bf16Tensors(seed: number): {
+  entries: Record<string, SafetensorsEntry>;
+  put: (name: string, shape: number[], f: (i: number) => number) => void;
+  uni: (fanIn: number) => () => number;
+} {
+  const rand = xorshift(seed);
+  const entries: Record<string, SafetensorsEntry> = {};
+  const put = (name: string, shape: number[], f: (i: number) => number): void => {
+    const n = shape.reduce((x, y) => x * y, 1);
+    const data = new Uint16Array(n);
+    for (let i = 0; i < n; i++) data[i] = f32ToBf16Bits(f(i));
+    entries[name] = { dtype: 'BF16', shape, data };
+  };
+  return { entries, put, uni: (k) => () => (rand() * 2 - 1) * Math.sqrt(3 / k) };
+}
+
 /**
  * An EAGLE-1/2 head (SafeAILab's layout, bf16, one layer) for a model of `spec`'s shapes: random, or
  * (echo) fc = [s I | 0] with o_proj and down_proj zero, so that it drafts s embed(token) -- the next
@@ -447,15 +464,7 @@ export function writeRandomEagle(dir: string, spec: RandomLlamaSpec, seed: numbe
   const H = spec.hidden;
   const D = H / spec.heads;
   const KV = spec.kvHeads * D;
-  const rand = xorshift(seed);
-  const entries: Record<string, SafetensorsEntry> = {};
-  const put = (name: string, shape: number[], f: (i: number) => number): void => {
-    const n = shape.reduce((x, y) => x * y, 1);
-    const data = new Uint16Array(n);
-    for (let i = 0; i < n; i++) data[i] = f32ToBf16Bits(f(i));
-    entries[name] = { dtype: 'BF16', shape, data };
-  };
-  const uni = (k: number) => (): number => (rand() * 2 - 1) * Math.sqrt(3 / k);
+  const { entries, put, uni } = bf16Tensors(seed);
   const zero = (): number => 0;
   const s = 64 * Math.sqrt(H);
   put('fc.weight', [H, 2 * H], echo ? (i) => (i % (2 * H) === Math.floor(i / (2 * H)) ? s : 0) : uni(2 * H));
@@ -486,15 +495,7 @@ export function writeRandomEagle3(dir: string, spec: RandomLlamaSpec, seed: numb
   const H = spec.hidden;
   const D = H / spec.heads;
   const KV = spec.kvHeads * D;
-  const rand = xorshift(seed);
-  const entries: Record<string, SafetensorsEntry> = {};
-  const put = (name: string, shape: number[], f: () => number): void => {
-    const n = shape.reduce((x, y) => x * y, 1);
-    const data = new Uint16Array(n);
-    for (let i = 0; i < n; i++) data[i] = f32ToBf16Bits(f());
-    entries[name] = { dtype: 'BF16', shape, data };
-  };
-  const uni = (k: number) => (): number => (rand() * 2 - 1) * Math.sqrt(3 / k);
+  const { entries, put, uni } = bf16Tensors(seed);
   const one = (): number => 1;
   put('fc.weight', [H, 3 * H], uni(3 * H));
   for (const n of ['hidden_norm', 'input_layernorm', 'post_attention_layernorm']) put(`midlayer.${n}.weight`, [H], one);

@@ -20,84 +20,103 @@ import { assertThrowsCode, rng, testSeed } from './helpers';
 
 const f64 = (e: { data: unknown }): Float64Array => Float64Array.from(e.data as Float32Array);
 
-/** float64 EAGLE draft rows 0..n-1 of one sequence: h[j] for (tokens[j], features[j]) at position positions[j], causal. */
+// ---- float64 references ------------------------------------------------------------------------
+
+/** y = W x (+ b), W [m, k] row-major. */
+function lin(x: Float64Array, W: Float64Array, m: number, k: number, b?: Float64Array): Float64Array {
+  const y = new Float64Array(m);
+  for (let i = 0; i < m; i++) {
+    let acc = b ? (b[i] as number) : 0;
+    for (let j = 0; j < k; j++) acc += (W[i * k + j] as number) * (x[j] as number);
+    y[i] = acc;
+  }
+  return y;
+}
+
+/** RMSNorm with eps 1e-5 (the fixtures' configs). */
+function rmsNorm(x: Float64Array, g: Float64Array): Float64Array {
+  let ss = 0;
+  for (const v of x) ss += v * v;
+  const r = 1 / Math.sqrt(ss / x.length + 1e-5);
+  return x.map((v, i) => v * r * (g[i] as number));
+}
+
+/** HF rotate_half RoPE of each head of x in place. */
+function rotate(x: Float64Array, heads: number, D: number, pos: number, theta = 10000): void {
+  const half = D / 2;
+  for (let h = 0; h < heads; h++) {
+    for (let i = 0; i < half; i++) {
+      const f = pos * Math.pow(theta, (-2 * i) / D);
+      const a = x[h * D + i] as number, b = x[h * D + i + half] as number;
+      x[h * D + i] = a * Math.cos(f) - b * Math.sin(f);
+      x[h * D + i + half] = b * Math.cos(f) + a * Math.sin(f);
+    }
+  }
+}
+
+/** Causal GQA attention of row j over rows 0..j. */
+function attend(qs: Float64Array[], ks: Float64Array[], vs: Float64Array[], j: number, heads: number, kvHeads: number, D: number): Float64Array {
+  const att = new Float64Array(heads * D);
+  for (let h = 0; h < heads; h++) {
+    const g = Math.floor(h / (heads / kvHeads));
+    const sc = Array.from({ length: j + 1 }, (_, t) => {
+      let acc = 0;
+      for (let d = 0; d < D; d++) acc += (qs[j]![h * D + d] as number) * (ks[t]![g * D + d] as number);
+      return acc / Math.sqrt(D);
+    });
+    const m = Math.max(...sc);
+    const e = sc.map((v) => Math.exp(v - m));
+    const z = e.reduce((acc, v) => acc + v, 0);
+    for (let t = 0; t <= j; t++) for (let d = 0; d < D; d++) att[h * D + d]! += ((e[t] as number) / z) * (vs[t]![g * D + d] as number);
+  }
+  return att;
+}
+
+/** y + down(silu(gate(n)) * up(n)) for n = post_attention_layernorm(y). */
+function mlpBlock(y: Float64Array, get: (n: string) => Float64Array, p: string, H: number, I: number): Float64Array {
+  const h2 = rmsNorm(y, get(p + 'post_attention_layernorm.weight'));
+  const gate = lin(h2, get(p + 'mlp.gate_proj.weight'), I, H);
+  const up = lin(h2, get(p + 'mlp.up_proj.weight'), I, H);
+  const act = gate.map((gv, i) => (gv / (1 + Math.exp(-gv))) * (up[i] as number));
+  const down = lin(act, get(p + 'mlp.down_proj.weight'), H, I);
+  return y.map((v, i) => v + (down[i] as number));
+}
+
+const cat = (...xs: Float64Array[]): Float64Array => {
+  const out = new Float64Array(xs.reduce((acc, x) => acc + x.length, 0));
+  let at = 0;
+  for (const x of xs) {
+    out.set(x, at);
+    at += x.length;
+  }
+  return out;
+};
+
+/** float64 EAGLE-1/2 draft rows 0..n-1 of one sequence: h[j] for (tokens[j], features[j]) at position positions[j], causal. */
 function referenceDraft(spec: EagleHeadSpec, embed: Float64Array, tokens: number[], features: Float64Array[], positions: number[]): Float64Array[] {
   const w = eagleHeadTensors(spec);
   const H = spec.hidden;
   const D = H / spec.heads;
   const KD = spec.kvHeads * D;
-  const I = spec.intermediate;
   const get = (n: string): Float64Array => f64(w[n] as { data: unknown });
-  const lin = (x: Float64Array, W: Float64Array, m: number, k: number, b?: Float64Array): Float64Array => {
-    const y = new Float64Array(m);
-    for (let i = 0; i < m; i++) {
-      let s = b ? (b[i] as number) : 0;
-      for (let j = 0; j < k; j++) s += (W[i * k + j] as number) * (x[j] as number);
-      y[i] = s;
-    }
-    return y;
-  };
-  const norm = (x: Float64Array, g: Float64Array): Float64Array => {
-    let ss = 0;
-    for (const v of x) ss += v * v;
-    const r = 1 / Math.sqrt(ss / x.length + 1e-5);
-    return x.map((v, i) => v * r * (g[i] as number));
-  };
-  const rot = (x: Float64Array, heads: number, pos: number): void => {
-    const half = D / 2;
-    for (let h = 0; h < heads; h++) {
-      for (let i = 0; i < half; i++) {
-        const f = pos * Math.pow(spec.ropeTheta ?? 10000, (-2 * i) / D);
-        const a = x[h * D + i] as number, b = x[h * D + i + half] as number;
-        x[h * D + i] = a * Math.cos(f) - b * Math.sin(f);
-        x[h * D + i + half] = b * Math.cos(f) + a * Math.sin(f);
-      }
-    }
-  };
-  const fcW = get('fc.weight');
   const fcB = spec.fcBias === false ? undefined : get('fc.bias');
-  let xs = tokens.map((t, j) => {
-    const cat = new Float64Array(2 * H);
-    cat.set(embed.subarray(t * H, (t + 1) * H), 0);
-    cat.set(features[j] as Float64Array, H);
-    return lin(cat, fcW, H, 2 * H, fcB);
-  });
+  let xs = tokens.map((t, j) => lin(cat(embed.subarray(t * H, (t + 1) * H), features[j] as Float64Array), get('fc.weight'), H, 2 * H, fcB));
   for (let l = 0; l < (spec.layers ?? 1); l++) {
     const p = `layers.${l}.`;
-    const hs = xs.map((x) => (l === 0 ? x : norm(x, get(p + 'input_layernorm.weight'))));
+    const hs = xs.map((x) => (l === 0 ? x : rmsNorm(x, get(p + 'input_layernorm.weight'))));
     const b = (n: string): Float64Array | undefined => (spec.qkvBias ? get(p + `self_attn.${n}_proj.bias`) : undefined);
-    const qs = hs.map((h, j) => {
-      const q = lin(h, get(p + 'self_attn.q_proj.weight'), H, H, b('q'));
-      rot(q, spec.heads, positions[j] as number);
-      return q;
-    });
-    const ks = hs.map((h, j) => {
-      const k = lin(h, get(p + 'self_attn.k_proj.weight'), KD, H, b('k'));
-      rot(k, spec.kvHeads, positions[j] as number);
-      return k;
-    });
-    const vs = hs.map((h) => lin(h, get(p + 'self_attn.v_proj.weight'), KD, H, b('v')));
+    const proj = (n: string, m: number, heads: number): Float64Array[] =>
+      hs.map((h, j) => {
+        const y = lin(h, get(p + `self_attn.${n}_proj.weight`), m, H, b(n));
+        if (heads > 0) rotate(y, heads, D, positions[j] as number, spec.ropeTheta ?? 10000);
+        return y;
+      });
+    const qs = proj('q', H, spec.heads);
+    const ks = proj('k', KD, spec.kvHeads);
+    const vs = proj('v', KD, 0);
     xs = xs.map((x, j) => {
-      const att = new Float64Array(H);
-      for (let h = 0; h < spec.heads; h++) {
-        const g = Math.floor(h / (spec.heads / spec.kvHeads));
-        const sc = Array.from({ length: j + 1 }, (_, t) => {
-          let s = 0;
-          for (let d = 0; d < D; d++) s += (qs[j]![h * D + d] as number) * (ks[t]![g * D + d] as number);
-          return s / Math.sqrt(D);
-        });
-        const m = Math.max(...sc);
-        const e = sc.map((s) => Math.exp(s - m));
-        const z = e.reduce((a, v) => a + v, 0);
-        for (let t = 0; t <= j; t++) for (let d = 0; d < D; d++) att[h * D + d]! += ((e[t] as number) / z) * (vs[t]![g * D + d] as number);
-      }
-      const y = x.map((v, i) => v + (lin(att, get(p + 'self_attn.o_proj.weight'), H, H)[i] as number));
-      const h2 = norm(y, get(p + 'post_attention_layernorm.weight'));
-      const gate = lin(h2, get(p + 'mlp.gate_proj.weight'), I, H);
-      const up = lin(h2, get(p + 'mlp.up_proj.weight'), I, H);
-      const act = gate.map((gv, i) => (gv / (1 + Math.exp(-gv))) * (up[i] as number));
-      const down = lin(act, get(p + 'mlp.down_proj.weight'), H, I);
-      return y.map((v, i) => v + (down[i] as number));
+      const o = lin(attend(qs, ks, vs, j, spec.heads, spec.kvHeads, D), get(p + 'self_attn.o_proj.weight'), H, H);
+      return mlpBlock(x.map((v, i) => v + (o[i] as number)), get, p, H, spec.intermediate);
     });
   }
   return xs;
@@ -105,8 +124,8 @@ function referenceDraft(spec: EagleHeadSpec, embed: Float64Array, tokens: number
 
 /**
  * float64 EAGLE-3 draft rows of one sequence: h[j] for tokens[j] with either the three target
- * features of row j (fc over their concatenation) or, where `own[j]` is given, the draft's own h
- * (a deeper row); causal attention over all rows. Also the draft logits lm_head(norm(h)).
+ * features of row j (fc over their concatenation) or a Float64Array, the draft's own h (a deeper
+ * row); causal attention over all rows. Also the draft logits lm_head(norm(h)).
  */
 function referenceDraft3(spec: Eagle3HeadSpec, embed: Float64Array, tokens: number[], inputs: (Float64Array[] | Float64Array)[], positions: number[]): { h: Float64Array[]; logits: Float64Array[] } {
   const w = eagle3HeadTensors(spec);
@@ -114,79 +133,25 @@ function referenceDraft3(spec: Eagle3HeadSpec, embed: Float64Array, tokens: numb
   const Ht = spec.targetHidden ?? H;
   const D = H / spec.heads;
   const KD = spec.kvHeads * D;
-  const I = spec.intermediate;
   const get = (n: string): Float64Array => f64(w[n] as { data: unknown });
-  const lin = (x: Float64Array, W: Float64Array, m: number, k: number): Float64Array => {
-    const y = new Float64Array(m);
-    for (let i = 0; i < m; i++) {
-      let acc = 0;
-      for (let j = 0; j < k; j++) acc += (W[i * k + j] as number) * (x[j] as number);
-      y[i] = acc;
-    }
-    return y;
-  };
-  const norm = (x: Float64Array, g: Float64Array): Float64Array => {
-    let ss = 0;
-    for (const v of x) ss += v * v;
-    const r = 1 / Math.sqrt(ss / x.length + 1e-5);
-    return x.map((v, i) => v * r * (g[i] as number));
-  };
-  const rot = (x: Float64Array, heads: number, pos: number): void => {
-    for (let h = 0; h < heads; h++) {
-      for (let i = 0; i < D / 2; i++) {
-        const f = pos * Math.pow(10000, (-2 * i) / D);
-        const a = x[h * D + i] as number, b = x[h * D + i + D / 2] as number;
-        x[h * D + i] = a * Math.cos(f) - b * Math.sin(f);
-        x[h * D + i + D / 2] = b * Math.cos(f) + a * Math.sin(f);
-      }
-    }
-  };
-  const cat = (...xs: Float64Array[]): Float64Array => {
-    const out = new Float64Array(xs.reduce((a, x) => a + x.length, 0));
-    let at = 0;
-    for (const x of xs) {
-      out.set(x, at);
-      at += x.length;
-    }
-    return out;
-  };
   const xs = inputs.map((inp) => (Array.isArray(inp) ? lin(cat(...inp), get('fc.weight'), H, 3 * Ht) : inp.slice()));
-  const ins = xs.map((x, j) => cat(norm(embed.subarray(tokens[j]! * H, (tokens[j]! + 1) * H) as Float64Array, get('midlayer.input_layernorm.weight')), norm(x, get('midlayer.hidden_norm.weight'))));
-  const qs = ins.map((v, j) => {
-    const q = lin(v, get('midlayer.self_attn.q_proj.weight'), H, 2 * H);
-    rot(q, spec.heads, positions[j]!);
-    return q;
-  });
-  const ks = ins.map((v, j) => {
-    const k = lin(v, get('midlayer.self_attn.k_proj.weight'), KD, 2 * H);
-    rot(k, spec.kvHeads, positions[j]!);
-    return k;
-  });
-  const vs = ins.map((v) => lin(v, get('midlayer.self_attn.v_proj.weight'), KD, 2 * H));
+  const ins = xs.map((x, j) =>
+    cat(rmsNorm(embed.subarray(tokens[j]! * H, (tokens[j]! + 1) * H), get('midlayer.input_layernorm.weight')), rmsNorm(x, get('midlayer.hidden_norm.weight'))),
+  );
+  const proj = (n: string, m: number, heads: number): Float64Array[] =>
+    ins.map((v, j) => {
+      const y = lin(v, get(`midlayer.self_attn.${n}_proj.weight`), m, 2 * H);
+      if (heads > 0) rotate(y, heads, D, positions[j] as number);
+      return y;
+    });
+  const qs = proj('q', H, spec.heads);
+  const ks = proj('k', KD, spec.kvHeads);
+  const vs = proj('v', KD, 0);
   const hs = xs.map((x, j) => {
-    const att = new Float64Array(H);
-    for (let h = 0; h < spec.heads; h++) {
-      const g = Math.floor(h / (spec.heads / spec.kvHeads));
-      const sc = Array.from({ length: j + 1 }, (_, t) => {
-        let acc = 0;
-        for (let d = 0; d < D; d++) acc += qs[j]![h * D + d]! * ks[t]![g * D + d]!;
-        return acc / Math.sqrt(D);
-      });
-      const m = Math.max(...sc);
-      const e = sc.map((v) => Math.exp(v - m));
-      const z = e.reduce((a, v) => a + v, 0);
-      for (let t = 0; t <= j; t++) for (let d = 0; d < D; d++) att[h * D + d]! += (e[t]! / z) * vs[t]![g * D + d]!;
-    }
-    const o = lin(att, get('midlayer.self_attn.o_proj.weight'), H, H);
-    const y = x.map((v, i) => v + o[i]!);
-    const h2 = norm(y, get('midlayer.post_attention_layernorm.weight'));
-    const gate = lin(h2, get('midlayer.mlp.gate_proj.weight'), I, H);
-    const up = lin(h2, get('midlayer.mlp.up_proj.weight'), I, H);
-    const act = gate.map((gv, i) => (gv / (1 + Math.exp(-gv))) * up[i]!);
-    const down = lin(act, get('midlayer.mlp.down_proj.weight'), H, I);
-    return y.map((v, i) => v + down[i]!);
+    const o = lin(attend(qs, ks, vs, j, spec.heads, spec.kvHeads, D), get('midlayer.self_attn.o_proj.weight'), H, H);
+    return mlpBlock(x.map((v, i) => v + (o[i] as number)), get, 'midlayer.', H, spec.intermediate);
   });
-  return { h: hs, logits: hs.map((h) => lin(norm(h, get('norm.weight')), get('lm_head.weight'), spec.draftVocab, H)) };
+  return { h: hs, logits: hs.map((h) => lin(rmsNorm(h, get('norm.weight')), get('lm_head.weight'), spec.draftVocab, H)) };
 }
 
 /** A target checkpoint of `spec` with custom weights. */

@@ -8,7 +8,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { makeCheckpoint, specByName } from './fixtures/checkpoints';
 import { writeMedusaHeads } from './fixtures/medusa_heads';
-import { writeEagleHead } from './fixtures/eagle_head';
+import { writeEagle3Head, writeEagleHead } from './fixtures/eagle_head';
 import { testSeed } from './helpers';
 
 const bin = path.resolve(__dirname, '..', '..', 'bin', 'specdec.js');
@@ -83,6 +83,16 @@ describe('specdec generate: strategies end to end', function () {
     assert.ok(self.stats.acceptanceRate > 0.9, `self-draft acceptance ${self.stats.acceptanceRate}`);
     assert.ok(self.stats.tokensPerForward > 2, `self-draft tokens per forward ${self.stats.tokensPerForward}`);
     assert.ok(self.stats.acceptedPerPosition.length > 0);
+  });
+
+  it('--eagle with an EAGLE-3 head (8-layer target) reproduces plain greedy decoding, fixed tree and sized', () => {
+    const deep = makeCheckpoint({ ...spec, name: 'deep', layers: 8 }, testSeed + 2);
+    const head = writeEagle3Head({ hidden: spec.hidden, heads: 4, kvHeads: 2, intermediate: 48, vocab: spec.vocab, draftVocab: 40, seed: testSeed });
+    const plain = generate(['--model', deep, '--prompt-ids', prompt, '--max-new-tokens', '16']) as Rec;
+    for (const extra of [['--eagle-tree', '3,2,5'], []]) {
+      const r = generate(['--model', deep, '--prompt-ids', prompt, '--max-new-tokens', '16', '--eagle', head, ...extra]) as Rec;
+      assert.deepStrictEqual(r.tokens, plain.tokens, `--eagle ${extra.join(' ')}`);
+    }
   });
 
   it('sampled speculative runs are reproducible and sequence i does not depend on the rest of the batch', () => {

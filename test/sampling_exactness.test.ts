@@ -13,7 +13,7 @@ import { MedusaHeads, MedusaSpeculator } from '../lib/strategies/medusa';
 import { PromptLookupSpeculator } from '../lib/strategies/prompt_lookup';
 import type { Speculator } from '../lib/strategies/speculator';
 import { Tensor } from '../lib/tensor';
-import { writeEagleHead } from './fixtures/eagle_head';
+import { writeEagle3Head, writeEagleHead } from './fixtures/eagle_head';
 import { writeMedusaHeads } from './fixtures/medusa_heads';
 import { ToyLM } from './fixtures/toy_lm';
 import { chiSquare, chiSquareCritical, testSeed } from './helpers';
@@ -82,7 +82,8 @@ describe('speculative sampling is exact (toy model, chi-square)', function () {
   const T = 0.9;
   // Every token occurs in the prompt, so n-gram strategies always find a candidate.
   const prompt = [0, 1, 2, 3, 4, 5, 2, 3, 1, 2];
-  const target = new ToyLM({ vocabSize: V, seed, scale: 0.7, hiddenSize: 8 });
+  // Eight "layers": an EAGLE-3 head reads the inputs of three of them (ToyLM makes them up).
+  const target = new ToyLM({ vocabSize: V, seed, scale: 0.7, hiddenSize: 8, layers: 8 });
   const partial = (): ToyLM => new ToyLM({ vocabSize: V, seed, scale: 0.7, mix: { seed: seed + 50, weight: 0.7 } });
   // A draft whose vocabulary is a prefix of the target's (ids 4 and 5 missing, as a padded target
   // vocabulary): q is zero there, so the target's mass on them comes only from the residual; the
@@ -93,12 +94,16 @@ describe('speculative sampling is exact (toy model, chi-square)', function () {
     heads = MedusaHeads.load(writeMedusaHeads({ numHeads: 2, numLayers: 1, hiddenSize: 8, vocabSize: V, seed }), { device: 'cpu' });
   });
   let eagle: EagleHead;
+  let eagle3: EagleHead;
   before(() => {
     eagle = EagleHead.load(writeEagleHead({ hidden: 8, heads: 2, kvHeads: 1, intermediate: 12, vocab: V, seed }), { device: 'cpu' });
+    // A draft vocabulary of 4 of the 6 ids (d2t): the target's mass on the other two comes from the residual only.
+    eagle3 = EagleHead.load(writeEagle3Head({ hidden: 8, heads: 2, kvHeads: 1, intermediate: 12, vocab: V, draftVocab: 4, seed }), { device: 'cpu' });
   });
   after(() => {
     heads.dispose();
     eagle.dispose();
+    eagle3.dispose();
   });
 
   const cases: { name: string; make: () => Speculator | undefined; topK?: number; minAccept?: number }[] = [
@@ -118,6 +123,7 @@ describe('speculative sampling is exact (toy model, chi-square)', function () {
     { name: 'Medusa exact (tree rejection)', make: () => new MedusaSpeculator({ heads, choices: [[0], [1], [2], [0, 0], [0, 1], [1, 0]] }) },
     { name: 'EAGLE-2 tree (deterministic, one-hot; top-3, depth 2, 6 nodes)', make: () => new EagleSpeculator({ head: eagle, topK: 3, depth: 2, totalTokens: 6 }) },
     { name: 'EAGLE-2 tree, top-k 4 on p', make: () => new EagleSpeculator({ head: eagle, topK: 2, depth: 3, totalTokens: 5 }), topK: 4 },
+    { name: 'EAGLE-3 head with a draft vocabulary of 4 ids (d2t), tree top-2, depth 2, 5 nodes', make: () => new EagleSpeculator({ head: eagle3, topK: 2, depth: 2, totalTokens: 5 }) },
     { name: 'lookahead W=3 N=3 G=3', make: () => new LookaheadSpeculator({ W: 3, N: 3, G: 3 }) },
     { name: 'prompt lookup', make: () => new PromptLookupSpeculator({ maxNgram: 2, numDraft: 3 }) },
     { name: 'hybrid (draft + prompt lookup)', make: () => new HybridSpeculator({ draft: partial(), draftSpeculator: new PromptLookupSpeculator(), k: 3 }) },

@@ -201,28 +201,26 @@ class SafetensorsWrap : public Napi::ObjectWrap<SafetensorsWrap> {
     });
   }
 
+  // { dtype, shape } of a tensor.
+  static Napi::Object describe(Napi::Env env, const SafetensorsFile::Raw& t) {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("dtype", t.dtype);
+    Napi::Array s = Napi::Array::New(env, t.shape.size());
+    for (size_t i = 0; i < t.shape.size(); ++i) s.Set(static_cast<uint32_t>(i), Napi::Number::New(env, double(t.shape[i])));
+    o.Set("shape", s);
+    return o;
+  }
+
   // info(name) -> { dtype: 'F32'|...|'I64'|..., shape: number[] }
   Napi::Value Info(const Napi::CallbackInfo& info) {
-    return guard(info.Env(), [&]() -> Napi::Value {
-      const SafetensorsFile::Raw t = file("info").raw(get_string(info[0], "name"));
-      Napi::Object o = Napi::Object::New(info.Env());
-      o.Set("dtype", t.dtype);
-      Napi::Array s = Napi::Array::New(info.Env(), t.shape.size());
-      for (size_t i = 0; i < t.shape.size(); ++i) s.Set(static_cast<uint32_t>(i), Napi::Number::New(info.Env(), double(t.shape[i])));
-      o.Set("shape", s);
-      return o;
-    });
+    return guard(info.Env(), [&]() -> Napi::Value { return describe(info.Env(), file("info").raw(get_string(info[0], "name"))); });
   }
 
   // raw(name) -> { dtype, shape, bytes: Uint8Array } (a copy of the stored bytes, any dtype)
   Napi::Value Raw(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
       const SafetensorsFile::Raw t = file("raw").raw(get_string(info[0], "name"));
-      Napi::Object o = Napi::Object::New(info.Env());
-      o.Set("dtype", t.dtype);
-      Napi::Array s = Napi::Array::New(info.Env(), t.shape.size());
-      for (size_t i = 0; i < t.shape.size(); ++i) s.Set(static_cast<uint32_t>(i), Napi::Number::New(info.Env(), double(t.shape[i])));
-      o.Set("shape", s);
+      Napi::Object o = describe(info.Env(), t);
       Napi::ArrayBuffer buf = Napi::ArrayBuffer::New(info.Env(), t.nbytes);
       if (t.nbytes > 0) std::memcpy(buf.Data(), t.data, t.nbytes);
       o.Set("bytes", Napi::Uint8Array::New(info.Env(), t.nbytes, buf, 0));

@@ -111,12 +111,10 @@ interface HeadWeights {
   readonly draftToTarget: Int32Array | undefined;
 }
 
-/** The column blocks of a [rows, cols] weight as separate tensors (one conversion on the host; dtype kept). */
+/** The column blocks of a host [rows, cols] weight as separate tensors on `device` (dtype kept). */
 function splitColumns(w: Tensor, widths: readonly number[], device: Device): Tensor[] {
   const [rows, cols] = w.shape as [number, number];
-  const host = w.device === 'cpu' ? w : w.to('cpu');
-  const all = host.toFloat32();
-  if (host !== w) host.dispose();
+  const all = w.toFloat32();
   const out: Tensor[] = [];
   try {
     let at = 0;
@@ -193,14 +191,15 @@ export class EagleHead {
       if (prefix === undefined) throw codedError('E_FORMAT', `EAGLE head: ${stPath} has no tensor 'fc.weight' (is this an EAGLE head?)`);
       const v3 = names.has(prefix + 'midlayer.self_attn.q_proj.weight') || json['draft_vocab_size'] !== undefined;
       const has = (name: string): boolean => names.has(prefix + name);
-      const load = (name: string, shape: readonly number[]): Tensor => {
+      // Weights that are split into column blocks load on the host (split once, then uploaded).
+      const load = (name: string, shape: readonly number[], on: Device = device): Tensor => {
         const full = prefix + name;
         if (!names.has(full)) throw codedError('E_FORMAT', `EAGLE head: ${stPath} has no tensor '${full}'`);
         const got = f.info(full).shape;
         if (got.length !== shape.length || got.some((d, i) => d !== shape[i])) {
           throw codedError('E_FORMAT', `EAGLE head: ${stPath}: '${full}' has shape [${got}], expected [${shape}]`);
         }
-        const t = f.load(full, device);
+        const t = f.load(full, on);
         loaded.push(t);
         return t;
       };
@@ -227,9 +226,9 @@ export class EagleHead {
       }
       const layer = (p: string, first: boolean): LayerWeights => {
         const inW = v3 ? 2 * H : H;
-        const [q, qH] = v3 ? split(load(`${p}self_attn.q_proj.weight`, [QD, inW]), [H, H]) : [load(`${p}self_attn.q_proj.weight`, [QD, H])];
-        const [k, kH] = v3 ? split(load(`${p}self_attn.k_proj.weight`, [KD, inW]), [H, H]) : [load(`${p}self_attn.k_proj.weight`, [KD, H])];
-        const [v, vH] = v3 ? split(load(`${p}self_attn.v_proj.weight`, [KD, inW]), [H, H]) : [load(`${p}self_attn.v_proj.weight`, [KD, H])];
+        const [q, qH] = v3 ? split(load(`${p}self_attn.q_proj.weight`, [QD, inW], 'cpu'), [H, H]) : [load(`${p}self_attn.q_proj.weight`, [QD, H])];
+        const [k, kH] = v3 ? split(load(`${p}self_attn.k_proj.weight`, [KD, inW], 'cpu'), [H, H]) : [load(`${p}self_attn.k_proj.weight`, [KD, H])];
+        const [v, vH] = v3 ? split(load(`${p}self_attn.v_proj.weight`, [KD, inW], 'cpu'), [H, H]) : [load(`${p}self_attn.v_proj.weight`, [KD, H])];
         return {
           // EAGLE-1/2's layer 0 has no input norm (fc's output goes straight in); a stored one is unused.
           // EAGLE-3's normalizes the embedding with it (and the hidden state with hidden_norm).
@@ -255,7 +254,7 @@ export class EagleHead {
       let fcBias = false;
       if (v3) {
         if (c.numLayers !== 1) throw codedError('E_UNSUPPORTED', `EAGLE head: ${cfgPath}: an EAGLE-3 head has one layer (midlayer), config says ${c.numLayers}`);
-        const fcFeature = split(load('fc.weight', [H, 3 * Ht]), [Ht, Ht, Ht]);
+        const fcFeature = split(load('fc.weight', [H, 3 * Ht], 'cpu'), [Ht, Ht, Ht]);
         let draftToTarget: Int32Array | undefined;
         if (Vd !== c.vocabSize) {
           if (!has('d2t')) throw codedError('E_FORMAT', `EAGLE head: ${stPath} has no tensor '${prefix}d2t' (draft_vocab_size ${Vd} < vocab_size ${c.vocabSize} needs it)`);
@@ -284,7 +283,7 @@ export class EagleHead {
         };
       } else {
         fcBias = json['bias'] === undefined ? true : json['bias'] === true;
-        const [fcEmbed, fcFeat] = split(load('fc.weight', [H, 2 * H]), [H, H]);
+        const [fcEmbed, fcFeat] = split(load('fc.weight', [H, 2 * H], 'cpu'), [H, H]);
         weights = {
           fcEmbed,
           fcFeature: [fcFeat as Tensor],

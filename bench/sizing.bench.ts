@@ -1,9 +1,10 @@
 // Hardware-aware tree sizing before and after, on the embedded family and on the same family
 // widened K times (bench/wide_family.ts: a memory-bound target that computes the same function,
-// with its draft and Medusa heads widened alike). Per family, plain decoding against each strategy
-// twice: with the settings the CLI used before the cost model (draft k = 4, the 63-node Medusa
-// tree, lookahead W=7 N=4 G=7, prompt lookup of 10 drafts) and with today's defaults (sized per
-// step by the cost model; lookahead's W, N, G and prompt lookup's n-gram length as before).
+// with its draft, Medusa and EAGLE heads widened alike). Per family, plain decoding against each
+// strategy twice: with the settings the CLI used before the cost model (draft k = 4, the 63-node
+// Medusa tree, lookahead W=7 N=4 G=7, prompt lookup of 10 drafts; EAGLE-2's own 8,5,59) and with
+// today's defaults (sized per step by the cost model; lookahead's W, N, G and prompt lookup's
+// n-gram length as before).
 // Runs are bracketed by plain runs as in the speculative bench (its runScenario). A last pass pins
 // a linear cost curve on the embedded target (c(n) = n c(1): no tree can pay), so every sized
 // strategy decodes plainly: its ratio to the decoder without a speculator is what deciding costs.
@@ -14,6 +15,7 @@ import { ForwardCost, forwardCost, setForwardCost } from '../lib/cost_model';
 import type { CausalLM } from '../lib/models/causal_lm';
 import { LlamaModel } from '../lib/models/llama';
 import { DraftModelSpeculator } from '../lib/strategies/draft_model';
+import { EagleHead, EagleSpeculator } from '../lib/strategies/eagle';
 import { LookaheadSpeculator } from '../lib/strategies/lookahead';
 import { MedusaHeads, MedusaSpeculator } from '../lib/strategies/medusa';
 import { PromptLookupSpeculator } from '../lib/strategies/prompt_lookup';
@@ -26,8 +28,14 @@ import { widenFamily } from './wide_family';
 const WIDEN = Number(process.env['SPECDEC_BENCH_WIDEN'] ?? 8);
 const LOOKAHEAD: [number, number, number] = [7, 4, 7];
 
-function variants(draft: CausalLM, heads: MedusaHeads): Variant[] {
+function variants(draft: CausalLM, heads: MedusaHeads, eagle: EagleHead | undefined): Variant[] {
   const [W, N, G] = LOOKAHEAD;
+  const eagleVariants: Variant[] = eagle
+    ? [
+        { name: 'eagle, EAGLE-2 fixed (8,5,59)', setup: { topK: 8, depth: 5, totalTokens: 59 }, make: () => new EagleSpeculator({ head: eagle, topK: 8, depth: 5, totalTokens: 59 }) },
+        { name: 'eagle, cost model', setup: { topK: 8, depth: 5, totalTokens: 'cost' }, make: () => new EagleSpeculator({ head: eagle }) },
+      ]
+    : [];
   return [
     // The engine's own per-step cost: what every sized strategy pays on a step it decodes plainly.
     ENGINE_ONLY,
@@ -39,6 +47,7 @@ function variants(draft: CausalLM, heads: MedusaHeads): Variant[] {
     { name: `lookahead ${W},${N},${G}, cost model`, setup: { W, N, G, sizing: 'cost' }, make: () => new LookaheadSpeculator({ W, N, G }) },
     { name: 'prompt lookup 3, before (10 drafts)', setup: { maxNgram: 3, numDraft: 10 }, make: () => new PromptLookupSpeculator({ maxNgram: 3, minNgram: 1, numDraft: 10 }) },
     { name: 'prompt lookup 3, cost model', setup: { maxNgram: 3, numDraft: 'cost' }, make: () => new PromptLookupSpeculator({ maxNgram: 3, minNgram: 1 }) },
+    ...eagleVariants,
   ];
 }
 
@@ -67,10 +76,13 @@ async function family(
     const draft = await load(path.join(dir, 'draft'));
     const heads = MedusaHeads.load(path.join(dir, 'medusa'), { device: target.device });
     owned.push(heads);
+    // The EAGLE head (models/default/eagle) when the family has one.
+    const eagle = fs.existsSync(path.join(dir, 'eagle', 'config.json')) ? EagleHead.load(path.join(dir, 'eagle'), { device: target.device }) : undefined;
+    if (eagle) owned.push(eagle);
     const tok = TextTokenizer.load(path.join(DEFAULT_MODELS, 'target'));
     if (!tok) throw new Error(`sizing: no tokenizer in ${DEFAULT_MODELS}/target`);
     const prompt = tok.encode(DEFAULT_PROMPT);
-    let vs = variants(draft, heads);
+    let vs = variants(draft, heads, eagle);
     if (nothingPays) {
       // c(n) = n c(1), with c(1) as measured: any tree costs as many plain steps as it has nodes.
       const c1 = (await forwardCost(target)).predict(1);

@@ -6,8 +6,8 @@
 // unchanged (head_dim is kept, query head i*nH + h groups with KV head i*nKV + h/g). A tied LM
 // head is untied (the embedding is tiled as is, the head divided by K).
 //
-// The wide target computes the same function (up to f32 summation order), so the draft and the
-// Medusa heads — widened alike — keep their acceptance while the target costs what a model of
+// The wide target computes the same function (up to f32 summation order), so the draft, the
+// Medusa heads and the EAGLE head — widened alike — keep their acceptance while the target costs what a model of
 // its size costs: the embedded family at K = 8 is a 51M bf16 target, a 3.5M draft.
 import * as fs from 'fs';
 import * as path from 'path';
@@ -134,11 +134,59 @@ export function widenMedusa(src: string, dst: string, K: number): void {
 }
 
 /**
- * The embedded family (a directory with target/, draft/ and medusa/) widened K times into
- * dst/{target,draft,medusa}; parts that are missing are skipped. Returns the directories written.
+ * Widens an EAGLE-1/2 head (SafeAILab layout) K times into `dst`: its layers as a Llama layer's;
+ * fc's two input blocks (token embedding, target feature) each read a tiled vector, so each block
+ * is tiled and divided by K on its own and the blocks stay side by side.
  */
-export function widenFamily(src: string, dst: string, K: number): { target?: string; draft?: string; medusa?: string } {
-  const out: { target?: string; draft?: string; medusa?: string } = {};
+export function widenEagle(src: string, dst: string, K: number): void {
+  checkK(K);
+  const cfg = JSON.parse(fs.readFileSync(path.join(src, 'config.json'), 'utf8')) as Record<string, unknown>;
+  const tensors = readTensors(path.join(src, 'model.safetensors'));
+  const out: Record<string, SafetensorsEntry> = {};
+  for (const [name, t] of tensors) {
+    if (name === 'fc.weight') {
+      const [H, twoH] = t.shape as [number, number];
+      const block = (b: number): RawTensor => ({
+        dtype: t.dtype,
+        shape: [H, twoH / 2],
+        data: Float32Array.from({ length: (H * twoH) / 2 }, (_, i) => t.data[Math.floor(i / (twoH / 2)) * twoH + b * (twoH / 2) + (i % (twoH / 2))] as number),
+      });
+      const [e, f] = [tile(block(0), K, true, true), tile(block(1), K, true, true)];
+      const W = K * H;
+      const data = new Float32Array(W * 2 * W);
+      for (let o = 0; o < W; o++) {
+        data.set(e.data.subarray(o * W, (o + 1) * W), o * 2 * W);
+        data.set(f.data.subarray(o * W, (o + 1) * W), o * 2 * W + W);
+      }
+      out[name] = entry({ dtype: t.dtype, shape: [W, 2 * W], data });
+    } else if (t.shape.length === 1) out[name] = entry(tile(t, K, true, false));
+    else out[name] = entry(tile(t, K, true, true));
+  }
+  const num = (k: string): number => {
+    const v = cfg[k];
+    if (typeof v !== 'number') throw argError(`${src}/config.json: '${k}' must be a number to widen`);
+    return v;
+  };
+  const heads = num('num_attention_heads');
+  const wide = {
+    ...cfg,
+    hidden_size: num('hidden_size') * K,
+    intermediate_size: num('intermediate_size') * K,
+    num_attention_heads: heads * K,
+    num_key_value_heads: (typeof cfg['num_key_value_heads'] === 'number' ? (cfg['num_key_value_heads'] as number) : heads) * K,
+    head_dim: typeof cfg['head_dim'] === 'number' ? (cfg['head_dim'] as number) : num('hidden_size') / heads,
+  };
+  fs.mkdirSync(dst, { recursive: true });
+  fs.writeFileSync(path.join(dst, 'config.json'), JSON.stringify(wide, null, 2));
+  writeSafetensors(path.join(dst, 'model.safetensors'), out);
+}
+
+/**
+ * The embedded family (a directory with target/, draft/, medusa/ and eagle/) widened K times into
+ * dst/{target,draft,medusa,eagle}; parts that are missing are skipped. Returns the directories written.
+ */
+export function widenFamily(src: string, dst: string, K: number): { target?: string; draft?: string; medusa?: string; eagle?: string } {
+  const out: { target?: string; draft?: string; medusa?: string; eagle?: string } = {};
   for (const part of ['target', 'draft'] as const) {
     if (!fs.existsSync(path.join(src, part, 'config.json'))) continue;
     widenLlama(path.join(src, part), path.join(dst, part), K);
@@ -147,6 +195,10 @@ export function widenFamily(src: string, dst: string, K: number): { target?: str
   if (fs.existsSync(path.join(src, 'medusa', 'config.json'))) {
     widenMedusa(path.join(src, 'medusa'), path.join(dst, 'medusa'), K);
     out.medusa = path.join(dst, 'medusa');
+  }
+  if (fs.existsSync(path.join(src, 'eagle', 'config.json'))) {
+    widenEagle(path.join(src, 'eagle'), path.join(dst, 'eagle'), K);
+    out.eagle = path.join(dst, 'eagle');
   }
   return out;
 }

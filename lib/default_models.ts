@@ -10,10 +10,12 @@ export interface DefaultModelPaths {
   readonly draft: string;
   /** Medusa heads for the target (FasterDecoding layout). */
   readonly medusa: string;
+  /** An EAGLE-1/2 head for the target (SafeAILab layout). */
+  readonly eagle: string;
 }
 
 /** Absolute paths of the embedded default family: `LlamaModel.load(defaultModelPaths().target)`. */
 export function defaultModelPaths(): DefaultModelPaths {
   const dir = path.join(packageRoot, 'models', 'default');
-  return { target: path.join(dir, 'target'), draft: path.join(dir, 'draft'), medusa: path.join(dir, 'medusa') };
+  return { target: path.join(dir, 'target'), draft: path.join(dir, 'draft'), medusa: path.join(dir, 'medusa'), eagle: path.join(dir, 'eagle') };
 }

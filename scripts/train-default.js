@@ -3,7 +3,8 @@
 // tokenizer) into models/default/ with the project's own trainer. Uses the compiled dist/ code
 // (run `npx tsc -p tsconfig.json` first) and the native addon (`npm run build:native`).
 // Options: --out DIR (default models/default), --threads N (default 2; the run is reproducible for
-// a given thread count), --scale X (multiply every step count, e.g. 0.05 for a smoke run).
+// a given thread count), --scale X (multiply every step count, e.g. 0.05 for a smoke run),
+// --only eagle (train the EAGLE head alone on the family already in --out).
 'use strict';
 const path = require('path');
 
@@ -29,11 +30,22 @@ if (!Number.isInteger(threads) || threads < 1 || !(stepScale > 0)) {
   process.exit(2);
 }
 
-train
-  .trainDefaultFamily({ outDir, threads, stepScale, log: (line) => process.stderr.write(`[train] ${line}\n`) })
-  .then((r) => {
-    process.stderr.write(`train-default: wrote ${outDir} (target held-out loss ${r.target.heldoutLoss.toFixed(4)}, draft ${r.draft.heldoutLoss.toFixed(4)})\n`);
-  })
+const only = flag('--only', undefined);
+if (only !== undefined && only !== 'eagle') {
+  process.stderr.write(`train-default: --only takes 'eagle', got '${only}'\n`);
+  process.exit(2);
+}
+const log = (line) => process.stderr.write(`[train] ${line}\n`);
+const job =
+  only === 'eagle'
+    ? train
+        .trainDefaultEagleOnly({ outDir, threads, stepScale, log })
+        .then((r) => `wrote ${path.join(outDir, 'eagle')} (held-out top-1 agreement ${r.heldoutAgreement.toFixed(3)})`)
+    : train
+        .trainDefaultFamily({ outDir, threads, stepScale, log })
+        .then((r) => `wrote ${outDir} (target held-out loss ${r.target.heldoutLoss.toFixed(4)}, draft ${r.draft.heldoutLoss.toFixed(4)})`);
+job
+  .then((line) => process.stderr.write(`train-default: ${line}\n`))
   .catch((e) => {
     process.stderr.write(`train-default: ${e && e.message ? e.message : String(e)}${e && e.code ? ` [${e.code}]` : ''}\n`);
     process.exit(1);

@@ -1,7 +1,7 @@
 // The trainer (cpp/train/ via lib/train/): finite-difference gradient checks of the full Llama
-// backward and of the Medusa heads (in float64), training actually lowers the loss, and the
-// checkpoints it writes load in the runner (LlamaModel, MedusaHeads) with the same outputs as the
-// trainer's own forward. Plus the corpus/tokenizer contract and argument errors.
+// backward, of the Medusa heads and of the EAGLE head (in float64), training actually lowers the
+// loss, and the checkpoints it writes load in the runner (LlamaModel, MedusaHeads, EagleHead) with
+// the same outputs as the trainer's own forward. Plus the corpus/tokenizer contract and argument errors.
 import * as assert from 'assert';
 import * as fs from 'fs';
 import * as os from 'os';
@@ -9,6 +9,8 @@ import * as path from 'path';
 
 import { readLlamaConfig } from '../lib/models/config';
 import { LlamaModel } from '../lib/models/llama';
+import { KvCache } from '../lib/kv';
+import { EagleHead } from '../lib/strategies/eagle';
 import { MedusaHeads } from '../lib/strategies/medusa';
 import { Tensor } from '../lib/tensor';
 import { TextTokenizer } from '../lib/tokenizer';
@@ -16,6 +18,7 @@ import {
   BatchSampler,
   buildVocab,
   corpusWords,
+  EagleTrainer,
   EOS_ID,
   generateCorpus,
   learningRate,
@@ -386,6 +389,143 @@ describe(`trainer (seed ${testSeed})`, function () {
     });
   });
 
+  describe('EAGLE head', () => {
+    const H = 16,
+      V = 19,
+      cfg = { vocabSize: V, hiddenSize: H, intermediateSize: 20, numLayers: 2, numHeads: 4, numKvHeads: 2, rmsNormEps: 1e-5, ropeTheta: 10000, maxPositions: 64 };
+
+    it("the trainer's head is the runtime's (EagleHead.load of what it saves: h at positions 0..T-1)", () => {
+      const r = rng(testSeed + 41);
+      using head = EagleTrainer.create(cfg, { seed: testSeed, precision: 'f64' });
+      randomizeParams(head, r);
+      const T = 7;
+      const tokens = randomTokens(T + 1, V, r);
+      const features = Float64Array.from({ length: (T + 1) * H }, () => 2 * r() - 1);
+      const embed = Float64Array.from({ length: V * H }, () => 2 * r() - 1);
+      const lm = Float64Array.from({ length: V * H }, () => 2 * r() - 1);
+      const want = head.forward(tokens, features, embed, lm, 1, T).h;
+      const dir = tmpDir('eagle');
+      try {
+        head.save(dir, { dtype: 'F32' });
+        const loaded = EagleHead.load(dir, { device: 'cpu' });
+        const cache = new KvCache({ numLayers: 2, numKvHeads: 2, headDim: H / 4, pageSize: 4, numPages: 8, dtype: 'f32' });
+        try {
+          assert.strictEqual(loaded.config.version, 1);
+          assert.strictEqual(loaded.config.fcBias, true);
+          const seq = cache.addSequence();
+          const batch = cache.plan([seq], [T]);
+          using embedT = Tensor.fromArray(Float32Array.from(embed), 'f32', [V, H]);
+          using feats = Tensor.fromArray(Float32Array.from(features.subarray(0, T * H)), 'f32', [T, H]);
+          // Row j: token t[j + 1] with f[j] at position j, as the speculator feeds it.
+          using h = loaded.forward(embedT, cache, batch, tokens.subarray(1), [feats], Int32Array.from({ length: T }, (_, j) => j));
+          batch.dispose();
+          const got = h.toFloat32();
+          let worst = 0;
+          for (let i = 0; i < T * H; i++) worst = Math.max(worst, Math.abs(got[i]! - want[i]!) / (1 + Math.abs(want[i]!)));
+          assert.ok(worst < 2e-5, `runtime vs trainer: ${worst}`);
+        } finally {
+          cache.dispose();
+          loaded.dispose();
+        }
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+    });
+
+    it('losses match a float64 reference (SmoothL1 + soft cross-entropy) and the backward matches finite differences', () => {
+      const r = rng(testSeed + 43);
+      using head = EagleTrainer.create({ ...cfg, fcBias: true }, { seed: testSeed, precision: 'f64', threads: 2 });
+      randomizeParams(head, r);
+      const B = 2,
+        T = 5;
+      const tokens = randomTokens(B * (T + 1), V, r);
+      // Features of unit scale and some beyond +-1 from h, so both branches of SmoothL1 are taken.
+      const features = Float64Array.from({ length: B * (T + 1) * H }, () => 3 * (2 * r() - 1));
+      const logits = Float64Array.from({ length: B * (T + 1) * V }, () => 3 * (2 * r() - 1));
+      const embed = Float64Array.from({ length: V * H }, () => 2 * r() - 1);
+      const lm = Float64Array.from({ length: V * H }, () => (2 * r() - 1) / 2);
+      const opts = { vWeight: 0.7, pWeight: 0.3 };
+      const res = head.lossAndGrad(tokens, features, logits, embed, lm, B, T, opts);
+      const out = head.forward(tokens, features, embed, lm, B, T);
+      let v = 0,
+        p = 0,
+        hits = 0,
+        big = 0;
+      for (let b = 0; b < B; b++) {
+        for (let j = 0; j < T; j++) {
+          const row = b * T + j;
+          const next = b * (T + 1) + j + 1;
+          let sl = 0;
+          for (let i = 0; i < H; i++) {
+            // h = lm-independent; its logits are lm h.
+            const d = out.h[row * H + i]! - features[next * H + i]!;
+            sl += Math.abs(d) < 1 ? 0.5 * d * d : Math.abs(d) - 0.5;
+            if (Math.abs(d) >= 1) big++;
+          }
+          v += sl / H;
+          const z = Array.from({ length: V }, (_, k) => {
+            let acc = 0;
+            for (let i = 0; i < H; i++) acc += lm[k * H + i]! * out.h[row * H + i]!;
+            return acc;
+          });
+          z.forEach((zk, k) => assert.ok(Math.abs(zk - out.logits[row * V + k]!) < 1e-9));
+          const tz = Array.from(logits.subarray(next * V, (next + 1) * V));
+          const lse = (a: number[]): number => {
+            const m = Math.max(...a);
+            return m + Math.log(a.reduce((s, x) => s + Math.exp(x - m), 0));
+          };
+          const zl = lse(z),
+            tl = lse(tz);
+          p -= tz.reduce((s, x, k) => s + Math.exp(x - tl) * (z[k]! - zl), 0);
+          if (z.indexOf(Math.max(...z)) === tz.indexOf(Math.max(...tz))) hits++;
+        }
+      }
+      assert.ok(big > 0 && big < B * T * H, `both SmoothL1 branches taken (${big} of ${B * T * H} beyond 1)`);
+      const n = B * T;
+      assert.ok(Math.abs(res.vLoss - v / n) < 1e-10, `feature loss ${res.vLoss} vs ${v / n}`);
+      assert.ok(Math.abs(res.pLoss - p / n) < 1e-10, `token loss ${res.pLoss} vs ${p / n}`);
+      assert.ok(Math.abs(res.loss - (0.7 * v + 0.3 * p) / n) < 1e-10);
+      assert.ok(Math.abs(res.accuracy - hits / n) < 1e-12, `accuracy ${res.accuracy} vs ${hits / n}`);
+      const p0 = head.getParams() as Float64Array;
+      const g = Float64Array.from(head.getGrads());
+      const info = head.paramInfo().map((q) => ({ name: q.name, shape: [...q.shape] }));
+      assert.ok(!info.some((q) => q.name === 'layers.0.input_layernorm.weight'), 'layer 0 has no input norm');
+      assert.ok(info.some((q) => q.name === 'layers.1.input_layernorm.weight'));
+      gradCheck('eagle', p0, g, info, (q) => {
+        head.setParams(q);
+        return head.lossAndGrad(tokens, features, logits, embed, lm, B, T, opts).loss;
+      }, r);
+      // Noise changes the loss, reproducibly for a seed.
+      head.setParams(p0);
+      const n1 = head.lossAndGrad(tokens, features, logits, embed, lm, B, T, { ...opts, noise: 0.5, noiseSeed: 3 }).loss;
+      const n2 = head.lossAndGrad(tokens, features, logits, embed, lm, B, T, { ...opts, noise: 0.5, noiseSeed: 3 }).loss;
+      const n3 = head.lossAndGrad(tokens, features, logits, embed, lm, B, T, { ...opts, noise: 0.5, noiseSeed: 4 }).loss;
+      assert.strictEqual(n1, n2);
+      assert.ok(n1 !== res.loss && n1 !== n3, `noise: ${res.loss}, ${n1}, ${n3}`);
+    });
+
+    it('trainStep reads the frozen target (features, logits, embedding, LM head) and learns', async () => {
+      const r = rng(testSeed + 47);
+      using target = LlamaTrainer.create(tiny({ hiddenSize: H, vocabSize: V }), { seed: testSeed, threads: 2 });
+      randomizeParams(target, r);
+      using head = EagleTrainer.create(EagleTrainer.configFor(tiny({ hiddenSize: H, vocabSize: V }), 1), { seed: testSeed, threads: 2 });
+      const B = 4,
+        T = 20;
+      const tokens = Int32Array.from({ length: B * (T + 1) }, (_, i) => ((i % (T + 1)) * 7 + Math.floor(i / (T + 1))) % V);
+      const { logits, hidden } = target.forward(tokens, B, T + 1);
+      const embed = target.getParam('model.embed_tokens.weight');
+      const lm = target.getParam('lm_head.weight');
+      const expect = head.lossAndGrad(tokens, hidden, logits, embed, lm, B, T);
+      const first = await head.trainStep(target, tokens, B, T, { lr: 3e-3 });
+      assert.ok(Math.abs(first.loss - expect.loss) < 1e-5 * expect.loss, `trainStep loss ${first.loss} vs lossAndGrad on the target's outputs ${expect.loss}`);
+      let last = first;
+      for (let s = 0; s < 150; s++) last = await head.trainStep(target, tokens, B, T, { lr: 3e-3, noise: 0.05, noiseSeed: s });
+      assert.ok(last.loss < first.loss * 0.5, `eagle loss ${first.loss} -> ${last.loss}`);
+      assert.ok(last.accuracy > first.accuracy, `agreement ${first.accuracy} -> ${last.accuracy}`);
+      assert.deepStrictEqual(target.getParam('lm_head.weight'), lm, 'the target is frozen');
+    });
+  });
+
   describe('default family recipe', () => {
     it('a scaled-down run writes loadable target, draft, Medusa heads, tokenizers and a README', async function () {
       this.timeout(60000);
@@ -409,6 +549,10 @@ describe(`trainer (seed ${testSeed})`, function () {
         assert.strictEqual(heads.config.hiddenSize, target.hiddenSize);
         assert.strictEqual(heads.config.baseModel, '../target');
         heads.dispose();
+        const eagle = EagleHead.load(path.join(dir, 'eagle'), { device: 'cpu' });
+        assert.strictEqual(eagle.config.hiddenSize, target.hiddenSize);
+        eagle.dispose();
+        assert.ok(r.eagle.heldoutAgreement >= 0 && r.eagle.heldoutAgreement <= 1);
         for (const d of ['target', 'draft']) assert.ok(TextTokenizer.load(path.join(dir, d)));
         assert.ok(fs.readFileSync(path.join(dir, 'README.md'), 'utf8').includes('MIT'));
         assert.ok(r.sample.startsWith(SAMPLE_PROMPT));

@@ -14,6 +14,7 @@ import { SpeculativeDecoder, type GenerateResult } from '../lib/decoder';
 import { LlamaModel } from '../lib/models/llama';
 import { plainGenerate } from '../lib/plain';
 import { DraftModelSpeculator } from '../lib/strategies/draft_model';
+import { EagleHead, EagleSpeculator } from '../lib/strategies/eagle';
 import { candidateTrie, LookaheadSpeculator } from '../lib/strategies/lookahead';
 import { MedusaHeads, MedusaSpeculator } from '../lib/strategies/medusa';
 import { PromptLookupSpeculator } from '../lib/strategies/prompt_lookup';
@@ -531,5 +532,37 @@ describe('widened benchmark family (bench/wide_family.ts)', function () {
       ha.dispose();
       hb.dispose();
     }
+  });
+
+  it('K = 2: the widened EAGLE head drafts as the original does (same tokens, same acceptance)', async function () {
+    if (!fs.existsSync(path.join(src, 'eagle', 'config.json'))) this.skip();
+    const K = 2;
+    const wide = widenFamily(src, path.join(dir, 'k2'), K);
+    const cfg = JSON.parse(fs.readFileSync(path.join(wide.eagle!, 'config.json'), 'utf8')) as Record<string, number>;
+    assert.strictEqual(cfg['hidden_size'], 128 * K);
+    const runs: { tokens: number[]; tpf: number }[] = [];
+    for (const [t, e] of [
+      [path.join(src, 'target'), path.join(src, 'eagle')],
+      [wide.target!, wide.eagle!],
+    ] as const) {
+      const target = await LlamaModel.load(t, { device: 'cpu' });
+      const head = EagleHead.load(e, { device: 'cpu' });
+      const sp = new EagleSpeculator({ head, topK: 4, depth: 4, totalTokens: 16 });
+      try {
+        const prompt = Int32Array.from([1, 4, 276, 306, 7, 322]);
+        const plain = await plainGenerate(target, [prompt], { maxNewTokens: 48 });
+        const [r] = await new SpeculativeDecoder({ target, speculator: sp }).generateBatch([prompt], { maxNewTokens: 48 });
+        assert.deepStrictEqual(Array.from(r!.tokens), Array.from(plain.tokens[0]!));
+        runs.push({ tokens: Array.from(r!.tokens), tpf: r!.stats.tokensPerForward });
+      } finally {
+        sp.dispose();
+        head.dispose();
+        target.dispose();
+      }
+    }
+    assert.deepStrictEqual(runs[1]!.tokens, runs[0]!.tokens);
+    // The trained head accepts deep trees; widened, it computes the same draft (up to summation order).
+    assert.ok(runs[0]!.tpf > 3, `tokens per forward ${runs[0]!.tpf}`);
+    assert.ok(Math.abs(runs[1]!.tpf - runs[0]!.tpf) <= 0.1 * runs[0]!.tpf, `tokens per forward ${runs[0]!.tpf} -> ${runs[1]!.tpf} widened`);
   });
 });

@@ -88,8 +88,78 @@ declare namespace SpecdecNative {
     ): Promise<MedusaLossNative & { gradNorm: number }>;
   }
 
+  interface TrainEagleConfig {
+    vocabSize: number;
+    hiddenSize: number;
+    intermediateSize: number;
+    numLayers: number;
+    numHeads: number;
+    numKvHeads: number;
+    /** Default hiddenSize / numHeads. */
+    headDim?: number;
+    rmsNormEps?: number;
+    ropeTheta?: number;
+    /** fc.bias (SafeAILab's `bias`); default true. */
+    fcBias?: boolean;
+  }
+
+  /** EAGLE-1/2 loss weights (SafeAILab's v_w, p_w) and the input features' uniform noise width. */
+  interface EagleLossNativeOptions {
+    /** SmoothL1 on the next feature; default 1. */
+    vWeight?: number;
+    /** Cross-entropy against the target's next distribution; default 0.1. */
+    pWeight?: number;
+    /** Features get + (u - 1/2) * noise, u uniform in (0, 1); default 0. */
+    noise?: number;
+    noiseSeed?: number;
+  }
+
+  interface EagleLossNative {
+    loss: number;
+    vLoss: number;
+    pLoss: number;
+    /** Rows whose argmax equals the target's next argmax. */
+    accuracy: number;
+  }
+
+  interface TrainEagle extends TrainParams {
+    /**
+     * tokens [batch, seqLen + 1], the target's features [batch, seqLen + 1, H] and logits
+     * [batch, seqLen + 1, V] at those positions, its embedding table and LM head [V, H]: the loss
+     * over the batch * seqLen rows; sets the gradients.
+     */
+    lossAndGrad(
+      tokens: Int32Array,
+      features: Float32Array | Float64Array,
+      targetLogits: Float32Array | Float64Array,
+      embed: Float32Array | Float64Array,
+      lmHead: Float32Array | Float64Array,
+      batch: number,
+      seqLen: number,
+      options?: EagleLossNativeOptions,
+    ): EagleLossNative;
+    /** The head's output h [batch*seqLen, H] and its logits [batch*seqLen, V] (no noise). */
+    forward(
+      tokens: Int32Array,
+      features: Float32Array | Float64Array,
+      embed: Float32Array | Float64Array,
+      lmHead: Float32Array | Float64Array,
+      batch: number,
+      seqLen: number,
+    ): { h: TrainValues; logits: TrainValues };
+    /** One AdamW step on what the (frozen, f32) target computes for tokens [batch, seqLen + 1]. */
+    trainStep(
+      target: TrainLlama,
+      tokens: Int32Array,
+      batch: number,
+      seqLen: number,
+      options: AdamWNativeOptions & EagleLossNativeOptions,
+    ): Promise<EagleLossNative & { gradNorm: number }>;
+  }
+
   interface NativeBinding {
     trainLlamaCreate(config: TrainLlamaConfig, seed: number, precision?: TrainPrecision, threads?: number): TrainLlama;
     trainMedusaCreate(config: TrainMedusaConfig, seed: number, precision?: TrainPrecision, threads?: number): TrainMedusa;
+    trainEagleCreate(config: TrainEagleConfig, seed: number, precision?: TrainPrecision, threads?: number): TrainEagle;
   }
 }

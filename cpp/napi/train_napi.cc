@@ -1,5 +1,6 @@
-// JS glue of the trainer (cpp/train/): trainLlamaCreate(config, seed, precision, threads) and
-// trainMedusaCreate(...) return handles whose trainStep()/evalLoss() run on the libuv pool.
+// JS glue of the trainer (cpp/train/): trainLlamaCreate(config, seed, precision, threads),
+// trainMedusaCreate(...) and trainEagleCreate(...) return handles whose trainStep()/evalLoss() run
+// on the libuv pool.
 // Conversions only; the math is in cpp/train/.
 #include <atomic>
 #include <cmath>
@@ -16,6 +17,10 @@ namespace napi {
 namespace {
 
 using train::AdamWOptions;
+using train::EagleLossOptions;
+using train::EagleShape;
+using train::EagleStats;
+using train::EagleTrainer;
 using train::LlamaShape;
 using train::LlamaTrainer;
 using train::MedusaShape;
@@ -538,9 +543,223 @@ class TrainMedusaWrap : public Napi::ObjectWrap<TrainMedusaWrap>, public ParamAc
 };
 Napi::FunctionReference* TrainMedusaWrap::ctor = nullptr;
 
+// ---- TrainEagle -----------------------------------------------------------------------------
+
+class TrainEagleWrap : public Napi::ObjectWrap<TrainEagleWrap>, public ParamAccess<TrainEagleWrap> {
+ public:
+  static Napi::FunctionReference* ctor;
+
+  static void Init(Napi::Env env, Napi::Object exports) {
+    std::vector<PropertyDescriptor> methods = param_methods();
+    methods.insert(methods.end(), {
+        InstanceMethod<&TrainEagleWrap::LossAndGrad>("lossAndGrad"),
+        InstanceMethod<&TrainEagleWrap::Forward>("forward"),
+        InstanceMethod<&TrainEagleWrap::TrainStep>("trainStep"),
+        InstanceMethod<&TrainEagleWrap::Dispose>("dispose"),
+    });
+    Napi::Function f = DefineClass(env, "TrainEagle", methods);
+    ctor = new Napi::FunctionReference(Napi::Persistent(f));
+    exports.Set("trainEagleCreate", Napi::Function::New(env, Create, "trainEagleCreate"));
+  }
+
+  explicit TrainEagleWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TrainEagleWrap>(info) {
+    if (info.Length() != 1 || !info[0].IsExternal())
+      throw make_error(info.Env(), "E_ARG", "use trainEagleCreate() to create a trainer");
+    auto* src = info[0].As<Napi::External<Init_>>().Data();
+    f32_ = std::move(src->f32);
+    f64_ = std::move(src->f64);
+    threads_ = src->threads;
+  }
+
+ private:
+  friend class ParamAccess<TrainEagleWrap>;
+  struct Init_ {
+    std::shared_ptr<EagleTrainer<float>> f32;
+    std::shared_ptr<EagleTrainer<double>> f64;
+    int threads = 1;
+  };
+  std::shared_ptr<EagleTrainer<float>> f32_;
+  std::shared_ptr<EagleTrainer<double>> f64_;
+  int threads_ = 1;
+  std::shared_ptr<std::atomic<bool>> busy_ = std::make_shared<std::atomic<bool>>(false);
+
+  template <typename Fn>
+  Napi::Value visit(Fn&& fn) {
+    SPECDEC_CHECK(f32_ || f64_, "E_DISPOSED", "trainer was disposed");
+    SPECDEC_CHECK(!busy_->load(), "E_BUSY", "a training step of this head is still running");
+    if (f32_) return fn(f32_);
+    return fn(f64_);
+  }
+
+  static Napi::Value Create(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      Napi::Object c = object_arg(info[0], "config");
+      EagleShape s;
+      s.vocab = int_arg(get_field(c, "vocabSize"), "config.vocabSize", 1, 1 << 20);
+      s.hidden = int_arg(get_field(c, "hiddenSize"), "config.hiddenSize", 1, 1 << 14);
+      s.intermediate = int_arg(get_field(c, "intermediateSize"), "config.intermediateSize", 1, 1 << 16);
+      s.layers = int_arg(get_field(c, "numLayers"), "config.numLayers", 1, 64);
+      s.heads = int_arg(get_field(c, "numHeads"), "config.numHeads", 1, 256);
+      s.kv_heads = int_arg(get_field(c, "numKvHeads"), "config.numKvHeads", 1, 256);
+      s.head_dim = has_field(c, "headDim") ? int_arg(get_field(c, "headDim"), "config.headDim", 2, 1024) : s.hidden / s.heads;
+      SPECDEC_CHECK(has_field(c, "headDim") || s.hidden % s.heads == 0, "E_ARG",
+                    "config.hiddenSize is not a multiple of config.numHeads and headDim is not given");
+      if (has_field(c, "rmsNormEps")) s.rms_eps = get_number(get_field(c, "rmsNormEps"), "config.rmsNormEps");
+      if (has_field(c, "ropeTheta")) s.rope_theta = get_number(get_field(c, "ropeTheta"), "config.ropeTheta");
+      if (has_field(c, "fcBias")) s.fc_bias = get_bool(get_field(c, "fcBias"), "config.fcBias");
+      const uint64_t seed = uint64_t(get_int(info[1], "seed"));
+      Init_ init;
+      init.threads = info.Length() > 3 && !info[3].IsUndefined() ? int_arg(info[3], "threads", 1, 64) : 1;
+      if (f64_precision(info[2]))
+        init.f64 = std::make_shared<EagleTrainer<double>>(s, seed);
+      else
+        init.f32 = std::make_shared<EagleTrainer<float>>(s, seed);
+      return ctor->New({Napi::External<Init_>::New(info.Env(), &init)});
+    });
+  }
+
+  // The loss options in `o` (fields absent: SafeAILab's defaults, no noise).
+  static EagleLossOptions loss_options(const Napi::Value& v) {
+    EagleLossOptions e;
+    if (v.IsUndefined()) return e;
+    Napi::Object o = object_arg(v, "options");
+    if (has_field(o, "vWeight")) e.v_weight = get_number(get_field(o, "vWeight"), "options.vWeight");
+    if (has_field(o, "pWeight")) e.p_weight = get_number(get_field(o, "pWeight"), "options.pWeight");
+    if (has_field(o, "noise")) e.noise = get_number(get_field(o, "noise"), "options.noise");
+    if (has_field(o, "noiseSeed")) e.noise_seed = uint64_t(get_int(get_field(o, "noiseSeed"), "options.noiseSeed"));
+    SPECDEC_CHECK(e.v_weight >= 0 && e.p_weight >= 0 && e.noise >= 0 && std::isfinite(e.v_weight + e.p_weight + e.noise),
+                  "E_ARG", "options.vWeight, pWeight and noise must be finite numbers >= 0");
+    return e;
+  }
+
+  static Napi::Object stats(Napi::Env env, const EagleStats& s) {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("loss", s.loss);
+    o.Set("vLoss", s.v_loss);
+    o.Set("pLoss", s.p_loss);
+    o.Set("accuracy", s.accuracy);
+    return o;
+  }
+
+  // The arrays of lossAndGrad / forward, checked against the shape.
+  template <typename F>
+  struct Inputs {
+    std::vector<int32_t> tokens;
+    std::vector<F> features, logits, embed, lm;
+    int B = 0, T = 0;
+  };
+  template <typename F>
+  static Inputs<F> inputs(const Napi::CallbackInfo& info, const EagleShape& s, bool with_logits) {
+    Inputs<F> in;
+    const int at = with_logits ? 5 : 4;
+    in.B = int_arg(info[size_t(at)], "batch", 1, 1 << 20);
+    in.T = int_arg(info[size_t(at + 1)], "seqLen", 1, 1 << 16);
+    const size_t R = size_t(in.B) * (size_t(in.T) + 1), H = size_t(s.hidden), V = size_t(s.vocab);
+    in.tokens = get_i32_array(info[0], "tokens");
+    SPECDEC_CHECK(in.tokens.size() == R, "E_ARG", "tokens: expected ", R, " ids (", in.B, " x ", in.T + 1, "), got ", in.tokens.size());
+    auto take = [&](const Napi::Value& v, const char* name, size_t n, const char* what) {
+      std::vector<double> d = float_values(v, name);
+      SPECDEC_CHECK(d.size() == n, "E_ARG", name, ": expected ", n, " values (", what, "), got ", d.size());
+      return std::vector<F>(d.begin(), d.end());
+    };
+    in.features = take(info[1], "features", R * H, "batch x (seqLen + 1) x hiddenSize");
+    if (with_logits) in.logits = take(info[2], "targetLogits", R * V, "batch x (seqLen + 1) x vocabSize");
+    in.embed = take(info[with_logits ? 3 : 2], "embed", V * H, "vocabSize x hiddenSize");
+    in.lm = take(info[with_logits ? 4 : 3], "lmHead", V * H, "vocabSize x hiddenSize");
+    return in;
+  }
+
+  // lossAndGrad(tokens [B, T+1], features [B, T+1, H], targetLogits [B, T+1, V], embed [V, H],
+  //             lmHead [V, H], B, T, options?) -> { loss, vLoss, pLoss, accuracy }
+  Napi::Value LossAndGrad(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&] {
+      return visit([&](auto& m) -> Napi::Value {
+        using F = typename std::decay_t<decltype(*m)>::Scalar;
+        Inputs<F> in = inputs<F>(info, m->shape(), true);
+        const EagleLossOptions opts = loss_options(info[7]);
+        return stats(info.Env(), m->forward_backward(in.tokens.data(), in.features.data(), in.logits.data(), in.embed.data(),
+                                                     in.lm.data(), in.B, in.T, opts, threads_));
+      });
+    });
+  }
+
+  // forward(tokens [B, T+1], features [B, T+1, H], embed, lmHead, B, T) -> { h [B*T, H], logits [B*T, V] }
+  Napi::Value Forward(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&] {
+      return visit([&](auto& m) -> Napi::Value {
+        using F = typename std::decay_t<decltype(*m)>::Scalar;
+        Inputs<F> in = inputs<F>(info, m->shape(), false);
+        const size_t N = size_t(in.B) * in.T;
+        std::vector<F> h(N * m->shape().hidden), logits(N * m->shape().vocab);
+        m->forward(in.tokens.data(), in.features.data(), in.embed.data(), in.lm.data(), in.B, in.T, h.data(), logits.data(),
+                   threads_);
+        Napi::Object o = Napi::Object::New(info.Env());
+        o.Set("h", float_array(info.Env(), h.data(), h.size()));
+        o.Set("logits", float_array(info.Env(), logits.data(), logits.size()));
+        return o;
+      });
+    });
+  }
+
+  // trainStep(target: TrainLlama, tokens [B, T+1], B, T, adamw & loss options) -> Promise<stats & { gradNorm }>
+  // The frozen target computes the features and logits of the batch; the head takes one AdamW step.
+  Napi::Value TrainStep(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      SPECDEC_CHECK(f32_ || f64_, "E_DISPOSED", "trainer was disposed");
+      SPECDEC_CHECK(!busy_->load(), "E_BUSY", "a training step of this head is still running");
+      SPECDEC_CHECK(f32_ != nullptr, "E_ARG", "trainStep needs an f32 head");
+      TrainLlamaWrap* tw = TrainLlamaWrap::f32_of(info[0], "target");
+      std::shared_ptr<LlamaTrainer<float>> target = tw->f32_;
+      auto m = f32_;
+      SPECDEC_CHECK(target->shape().hidden == m->shape().hidden && target->shape().vocab == m->shape().vocab, "E_ARG",
+                    "target: hidden/vocab sizes (", target->shape().hidden, ", ", target->shape().vocab,
+                    ") do not match the head's (", m->shape().hidden, ", ", m->shape().vocab, ")");
+      auto t = std::make_shared<std::vector<int32_t>>(get_i32_array(info[1], "tokens"));
+      const int B = int_arg(info[2], "batch", 1, 1 << 20), T = int_arg(info[3], "seqLen", 1, 1 << 16);
+      target->check_tokens(t->data(), t->size(), B, T + 1, "tokens");
+      const AdamWOptions opts = adamw_arg(info[4]);
+      const EagleLossOptions lopts = loss_options(info[4]);
+      struct Out {
+        EagleStats s;
+        double norm = 0;
+      };
+      auto out = std::make_shared<Out>();
+      const int threads = threads_;
+      auto guard = std::make_shared<BusyGuard>(busy_), target_guard = std::make_shared<BusyGuard>(tw->busy_);
+      return run_async(
+          info.Env(),
+          [=, guard = std::move(guard), target_guard = std::move(target_guard)] {
+            (void)guard, (void)target_guard;  // released with this closure, on the main thread
+            const size_t R = size_t(B) * (size_t(T) + 1);
+            std::vector<float> features(R * target->shape().hidden), logits(R * target->shape().vocab);
+            target->forward(t->data(), B, T + 1, logits.data(), features.data(), threads);
+            const auto& tp = target->params();
+            const float* embed = tp.w.data() + tp.find("model.embed_tokens.weight").offset;
+            const float* lm = target->shape().tie ? embed : tp.w.data() + tp.find("lm_head.weight").offset;
+            out->s = m->forward_backward(t->data(), features.data(), logits.data(), embed, lm, B, T, lopts, threads);
+            out->norm = m->params().adamw_step(opts);
+          },
+          [=](Napi::Env env) -> Napi::Value {
+            Napi::Object o = stats(env, out->s);
+            o.Set("gradNorm", out->norm);
+            return o;
+          },
+          {Value(), info[0]});
+    });
+  }
+
+  Napi::Value Dispose(const Napi::CallbackInfo& info) {
+    f32_.reset();
+    f64_.reset();
+    return info.Env().Undefined();
+  }
+};
+Napi::FunctionReference* TrainEagleWrap::ctor = nullptr;
+
 void Init(Napi::Env env, Napi::Object exports) {
   TrainLlamaWrap::Init(env, exports);
   TrainMedusaWrap::Init(env, exports);
+  TrainEagleWrap::Init(env, exports);
 }
 
 static Registrar reg(&Init);

@@ -56,7 +56,7 @@ void linear_forward(F* out, const F* x, const F* W, const F* b, int N, int K, in
     for (int m = 0; m < M; ++m) out[int64_t(n) * M + m] = dot(x + int64_t(n) * K, W + int64_t(m) * K, K) + (b ? b[m] : F(0));
 }
 
-// dx += dout W, dW += dout^T x, db += colsum(dout). dx or db may be null.
+// dx += dout W, dW += dout^T x, db += colsum(dout). Any of dx, dW, db may be null (a frozen W).
 template <typename F>
 void linear_backward(F* dx, F* dW, F* db, const F* dout, const F* x, const F* W, int N, int K, int M) {
   if (dx)
@@ -66,13 +66,14 @@ void linear_backward(F* dx, F* dW, F* db, const F* dout, const F* x, const F* W,
       for (int m = 0; m < M; ++m)
         if (g[m] != F(0)) axpy(dxr, W + int64_t(m) * K, g[m], K);
     }
+  if (!dW && !db) return;
   for (int m = 0; m < M; ++m) {
-    F* dw = dW + int64_t(m) * K;
+    F* dw = dW ? dW + int64_t(m) * K : nullptr;
     F bsum = 0;
     for (int n = 0; n < N; ++n) {
       const F g = dout[int64_t(n) * M + m];
       bsum += g;
-      if (g != F(0)) axpy(dw, x + int64_t(n) * K, g, K);
+      if (dw && g != F(0)) axpy(dw, x + int64_t(n) * K, g, K);
     }
     if (db) db[m] += bsum;
   }

@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "../core/error.h"
+#include "decoder_layer.h"
 #include "kernels.h"
 #include "train.h"
 
@@ -81,8 +82,9 @@ struct LlamaTrainer<F>::Acts {
   std::vector<F> probs;  // [L][NH, T, T]
   std::vector<F> gate, up, act;  // [L][T, I]
   std::vector<F> hn, invf, logits, dlogits;  // final norm output, its scales, LM head
-  // Gradient scratch (one layer at a time).
-  std::vector<F> dx, dh, dq, dk, dv, datt, dact, dgate, dup, dp, dhn;
+  // Gradient scratch: the residual stream's gradient, the final norm's, one layer's.
+  std::vector<F> dx, dhn;
+  LayerScratch<F> scratch;
 
   void resize(const LlamaShape& s, int T_) {
     if (T_ == T) return;
@@ -108,16 +110,21 @@ struct LlamaTrainer<F>::Acts {
     logits.assign(t * V, 0);
     dlogits.assign(t * V, 0);
     dx.assign(t * H, 0);
-    dh.assign(t * H, 0);
     dhn.assign(t * H, 0);
-    dq.assign(t * QD, 0);
-    datt.assign(t * QD, 0);
-    dk.assign(t * KD, 0);
-    dv.assign(t * KD, 0);
-    dact.assign(t * I, 0);
-    dgate.assign(t * I, 0);
-    dup.assign(t * I, 0);
-    dp.assign(t, 0);
+    scratch.resize(dims(s, T));
+  }
+
+  static LayerDims dims(const LlamaShape& s, int T) {
+    return {T, s.hidden, s.intermediate, s.heads, s.kv_heads, s.head_dim, s.rms_eps};
+  }
+
+  // Layer l's slices of the activations.
+  LayerActs<F> layer(const LlamaShape& s, int l) {
+    const size_t L = size_t(l), t = size_t(T), H = size_t(s.hidden), I = size_t(s.intermediate);
+    const size_t TH = t * H, TQ = t * s.heads * s.head_dim, TK = t * s.kv_heads * s.head_dim, TI = t * I;
+    return {&xs[L * TH], &xmid[L * TH], &xs[(L + 1) * TH], &h1[L * TH], &h2[L * TH], &inv1[L * t], &inv2[L * t],
+            &q[L * TQ], &k[L * TK], &v[L * TK], &att[L * TQ], &probs[L * s.heads * t * t], &gate[L * TI], &up[L * TI],
+            &act[L * TI]};
   }
 };
 
@@ -164,24 +171,6 @@ LlamaTrainer<F>::LlamaTrainer(const LlamaShape& s, uint64_t seed) : s_(s) {
 }
 
 template <typename F>
-void LlamaTrainer<F>::ensure_rope(int T) {
-  if (T <= rope_T_) return;
-  const int half = s_.head_dim / 2;
-  cos_.assign(size_t(T) * half, 0);
-  sin_.assign(size_t(T) * half, 0);
-  for (int i = 0; i < half; ++i) {
-    // As the runner: inverse frequency computed in double, stored in F; angle = pos * f in F.
-    const F f = F(1.0 / std::pow(s_.rope_theta, (2.0 * i) / s_.head_dim));
-    for (int t = 0; t < T; ++t) {
-      const F angle = F(t) * f;
-      cos_[size_t(t) * half + i] = std::cos(angle);
-      sin_[size_t(t) * half + i] = std::sin(angle);
-    }
-  }
-  rope_T_ = T;
-}
-
-template <typename F>
 void LlamaTrainer<F>::check_tokens(const int32_t* tokens, size_t count, int B, int T, const char* name) const {
   SPECDEC_CHECK(B > 0 && T > 0, "E_ARG", "batch and seqLen must be positive, got ", B, " and ", T);
   SPECDEC_CHECK(count == size_t(B) * size_t(T), "E_ARG", name, ": expected ", size_t(B) * size_t(T), " ids (", B, " x ",
@@ -194,41 +183,15 @@ void LlamaTrainer<F>::check_tokens(const int32_t* tokens, size_t count, int B, i
 template <typename F>
 double LlamaTrainer<F>::run_sequence(Acts& a, const int32_t* ids, const int32_t* targets, int T, F* G, F dscale,
                                      F* logits_out, F* hidden_out) {
-  const int H = s_.hidden, I = s_.intermediate, V = s_.vocab, NH = s_.heads, NKV = s_.kv_heads, D = s_.head_dim,
-            L = s_.layers;
-  const int QD = NH * D, KD = NKV * D;
-  const size_t TH = size_t(T) * H, TQ = size_t(T) * QD, TK = size_t(T) * KD, TI = size_t(T) * I;
+  const int H = s_.hidden, V = s_.vocab, L = s_.layers;
+  const size_t TH = size_t(T) * H;
   const F* W = p_.w.data();
   a.resize(s_, T);
+  const LayerDims dims = Acts::dims(s_, T);
 
   // ---- Forward.
   for (int t = 0; t < T; ++t) std::memcpy(&a.xs[size_t(t) * H], W + embed_ + size_t(ids[t]) * H, sizeof(F) * H);
-  for (int l = 0; l < L; ++l) {
-    const LayerOff& o = lo_[size_t(l)];
-    const F* x = &a.xs[l * TH];
-    F* xm = &a.xmid[l * TH];
-    F* xn = &a.xs[(l + 1) * TH];
-    F *h1 = &a.h1[l * TH], *h2 = &a.h2[l * TH], *q = &a.q[l * TQ], *k = &a.k[l * TK], *v = &a.v[l * TK];
-    F *att = &a.att[l * TQ], *probs = &a.probs[size_t(l) * NH * T * T];
-    F *gate = &a.gate[l * TI], *up = &a.up[l * TI], *act = &a.act[l * TI];
-    // Attention block: xm = x + o_proj(attention(rope(q), rope(k), v)) of rmsnorm(x).
-    rmsnorm_forward(h1, &a.inv1[size_t(l) * T], x, W + o.attn_norm, T, H, s_.rms_eps);
-    linear_forward(q, h1, W + o.q, (const F*)nullptr, T, H, QD);
-    linear_forward(k, h1, W + o.k, (const F*)nullptr, T, H, KD);
-    linear_forward(v, h1, W + o.v, (const F*)nullptr, T, H, KD);
-    rope_forward(q, cos_.data(), sin_.data(), T, NH, D);
-    rope_forward(k, cos_.data(), sin_.data(), T, NKV, D);
-    attention_forward(att, probs, q, k, v, T, NH, NKV, D);
-    linear_forward(xm, att, W + o.o, (const F*)nullptr, T, QD, H);
-    for (size_t i = 0; i < TH; ++i) xm[i] += x[i];
-    // MLP block: xn = xm + down(silu(gate(h2)) * up(h2)), h2 = rmsnorm(xm).
-    rmsnorm_forward(h2, &a.inv2[size_t(l) * T], xm, W + o.mlp_norm, T, H, s_.rms_eps);
-    linear_forward(gate, h2, W + o.gate, (const F*)nullptr, T, H, I);
-    linear_forward(up, h2, W + o.up, (const F*)nullptr, T, H, I);
-    swiglu_forward(act, gate, up, int64_t(TI));
-    linear_forward(xn, act, W + o.down, (const F*)nullptr, T, I, H);
-    for (size_t i = 0; i < TH; ++i) xn[i] += xm[i];
-  }
+  for (int l = 0; l < L; ++l) layer_forward(a.layer(s_, l), W, lo_[size_t(l)], rope_, dims);
   const F* xf = &a.xs[L * TH];
   rmsnorm_forward(a.hn.data(), a.invf.data(), xf, W + norm_, T, H, s_.rms_eps);
   if (hidden_out) std::memcpy(hidden_out, a.hn.data(), sizeof(F) * TH);
@@ -244,44 +207,14 @@ double LlamaTrainer<F>::run_sequence(Acts& a, const int32_t* ids, const int32_t*
   linear_backward(a.dhn.data(), G + lm_head_, (F*)nullptr, a.dlogits.data(), a.hn.data(), W + lm_head_, T, H, V);
   std::fill(a.dx.begin(), a.dx.end(), F(0));
   rmsnorm_backward(a.dx.data(), G + norm_, a.dhn.data(), xf, W + norm_, a.invf.data(), T, H);
-  for (int l = L - 1; l >= 0; --l) {
-    const LayerOff& o = lo_[size_t(l)];
-    const F* x = &a.xs[l * TH];
-    const F* xm = &a.xmid[l * TH];
-    const F *h1 = &a.h1[l * TH], *h2 = &a.h2[l * TH], *q = &a.q[l * TQ], *k = &a.k[l * TK], *v = &a.v[l * TK];
-    const F *att = &a.att[l * TQ], *probs = &a.probs[size_t(l) * NH * T * T];
-    const F *gate = &a.gate[l * TI], *up = &a.up[l * TI], *act = &a.act[l * TI];
-    F* dx = a.dx.data();
-    // MLP block (the residual passes dx through unchanged; the branch adds to it).
-    std::fill(a.dact.begin(), a.dact.end(), F(0));
-    linear_backward(a.dact.data(), G + o.down, (F*)nullptr, dx, act, W + o.down, T, I, H);
-    swiglu_backward(a.dgate.data(), a.dup.data(), a.dact.data(), gate, up, int64_t(TI));
-    std::fill(a.dh.begin(), a.dh.end(), F(0));
-    linear_backward(a.dh.data(), G + o.gate, (F*)nullptr, a.dgate.data(), h2, W + o.gate, T, H, I);
-    linear_backward(a.dh.data(), G + o.up, (F*)nullptr, a.dup.data(), h2, W + o.up, T, H, I);
-    rmsnorm_backward(dx, G + o.mlp_norm, a.dh.data(), xm, W + o.mlp_norm, &a.inv2[size_t(l) * T], T, H);
-    // Attention block.
-    std::fill(a.datt.begin(), a.datt.end(), F(0));
-    linear_backward(a.datt.data(), G + o.o, (F*)nullptr, dx, att, W + o.o, T, QD, H);
-    std::fill(a.dq.begin(), a.dq.end(), F(0));
-    std::fill(a.dk.begin(), a.dk.end(), F(0));
-    std::fill(a.dv.begin(), a.dv.end(), F(0));
-    attention_backward(a.dq.data(), a.dk.data(), a.dv.data(), a.dp.data(), a.datt.data(), probs, q, k, v, T, NH, NKV, D);
-    rope_backward(a.dq.data(), cos_.data(), sin_.data(), T, NH, D);
-    rope_backward(a.dk.data(), cos_.data(), sin_.data(), T, NKV, D);
-    std::fill(a.dh.begin(), a.dh.end(), F(0));
-    linear_backward(a.dh.data(), G + o.q, (F*)nullptr, a.dq.data(), h1, W + o.q, T, H, QD);
-    linear_backward(a.dh.data(), G + o.k, (F*)nullptr, a.dk.data(), h1, W + o.k, T, H, KD);
-    linear_backward(a.dh.data(), G + o.v, (F*)nullptr, a.dv.data(), h1, W + o.v, T, H, KD);
-    rmsnorm_backward(dx, G + o.attn_norm, a.dh.data(), x, W + o.attn_norm, &a.inv1[size_t(l) * T], T, H);
-  }
+  for (int l = L - 1; l >= 0; --l) layer_backward(a.dx.data(), a.layer(s_, l), W, G, lo_[size_t(l)], rope_, dims, a.scratch);
   for (int t = 0; t < T; ++t) axpy(G + embed_ + size_t(ids[t]) * H, &a.dx[size_t(t) * H], F(1), H);
   return loss;
 }
 
 template <typename F>
 double LlamaTrainer<F>::forward_backward(const int32_t* tokens, int B, int T, int threads) {
-  ensure_rope(T);
+  rope_.ensure(T, s_.head_dim, s_.rope_theta);
   threads = std::max(1, std::min(threads, B));
   // Per-thread activations and gradients; the gradients are summed in thread order afterwards.
   std::vector<Acts> acts(static_cast<size_t>(threads));
@@ -305,7 +238,7 @@ double LlamaTrainer<F>::forward_backward(const int32_t* tokens, int B, int T, in
 
 template <typename F>
 double LlamaTrainer<F>::eval_loss(const int32_t* tokens, int B, int T, int threads) {
-  ensure_rope(T);
+  rope_.ensure(T, s_.head_dim, s_.rope_theta);
   threads = std::max(1, std::min(threads, B));
   std::vector<Acts> acts(static_cast<size_t>(threads));
   std::vector<double> losses(size_t(B), 0.0);
@@ -322,7 +255,7 @@ double LlamaTrainer<F>::eval_loss(const int32_t* tokens, int B, int T, int threa
 
 template <typename F>
 void LlamaTrainer<F>::forward(const int32_t* tokens, int B, int T, F* logits, F* hidden, int threads) {
-  ensure_rope(T);
+  rope_.ensure(T, s_.head_dim, s_.rope_theta);
   threads = std::max(1, std::min(threads, B));
   std::vector<Acts> acts(static_cast<size_t>(threads));
   parallel_chunks(B, threads, [&](int tid, int b0, int b1) {

@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "decoder_layer.h"
+
 namespace specdec {
 namespace train {
 
@@ -80,16 +82,9 @@ class LlamaTrainer {
   struct Acts;  // one sequence's activations, reused per thread
   LlamaShape s_;
   ParamSet<F> p_;
-  // Offsets of each layer's tensors in p_.w (and p_.g).
-  struct LayerOff {
-    size_t attn_norm, q, k, v, o, mlp_norm, gate, up, down;
-  };
-  std::vector<LayerOff> lo_;
+  std::vector<LayerOff> lo_;  // each layer's tensors in p_.w (and p_.g)
   size_t embed_ = 0, norm_ = 0, lm_head_ = 0;
-  std::vector<F> cos_, sin_;  // RoPE tables [max_T, D/2], grown on demand
-  int rope_T_ = 0;
-
-  void ensure_rope(int T);
+  RopeTable<F> rope_;
   // One sequence: forward into `a`; if targets != null also the loss and (if grad != null) backward.
   double run_sequence(Acts& a, const int32_t* ids, const int32_t* targets, int T, F* grad, F dscale, F* logits_out,
                       F* hidden_out);
@@ -123,6 +118,67 @@ class MedusaTrainer {
   ParamSet<F> p_;
   std::vector<std::vector<size_t>> w_, b_;  // [head][layer] offsets
   std::vector<size_t> lm_;                  // [head] offsets
+};
+
+struct EagleShape {
+  int hidden = 0, intermediate = 0, layers = 1, heads = 0, kv_heads = 0, head_dim = 0, vocab = 0;
+  double rms_eps = 1e-6;
+  double rope_theta = 10000.0;
+  bool fc_bias = true;
+};
+
+// EAGLE-1/2 losses (SafeAILab's eagle/train/main.py): v_weight * SmoothL1(h_j, f_{j+1}) averaged
+// over rows and features + p_weight * cross-entropy of the head's logits against the target's
+// softmax at the next position, averaged over rows.
+struct EagleLossOptions {
+  double v_weight = 1.0;
+  double p_weight = 0.1;
+  double noise = 0.0;      // uniform noise on the input features: + (u - 1/2) * noise
+  uint64_t noise_seed = 0;
+};
+
+struct EagleStats {
+  double loss = 0, v_loss = 0, p_loss = 0;
+  double accuracy = 0;  // argmax of the head's logits == argmax of the target's, over rows
+};
+
+// An EAGLE-1/2 head (SafeAILab's layout: fc [H, 2H] (+ bias) over [embed(token); feature], Llama
+// decoder layers, the first without its input norm) trained on a frozen target: row j reads token
+// t[j + 1] and the target's final hidden state f[j] (after its norm) at position j, and learns
+// f[j + 1]; its logits are the target's LM head applied to the layers' output (no norm). The
+// target's embedding table and LM head are inputs, never trained.
+template <typename F>
+class EagleTrainer {
+ public:
+  using Scalar = F;
+  EagleTrainer(const EagleShape& shape, uint64_t seed);
+
+  const EagleShape& shape() const { return s_; }
+  ParamSet<F>& params() { return p_; }
+
+  // tokens [B, T + 1], features [B, T + 1, H] and target logits [B, T + 1, V] of the same
+  // positions; embed and lm_head [V, H]. Sets params().g to the gradient of the loss over the
+  // B * T rows and returns it with its parts.
+  EagleStats forward_backward(const int32_t* tokens, const F* features, const F* target_logits, const F* embed,
+                              const F* lm_head, int B, int T, const EagleLossOptions& opts, int threads);
+  // The layers' output h [B * T, H] and/or its logits [B * T, V] (either may be null); no noise.
+  void forward(const int32_t* tokens, const F* features, const F* embed, const F* lm_head, int B, int T, F* h, F* logits,
+               int threads);
+
+ private:
+  struct Acts;
+  EagleShape s_;
+  ParamSet<F> p_;
+  size_t fc_ = 0, fc_bias_ = kNoParam;
+  std::vector<LayerOff> lo_;
+  RopeTable<F> rope_;
+
+  // Checks tokens [B, T + 1] (E_ARG naming the bad id) and grows the RoPE table.
+  void prepare(const int32_t* tokens, int B, int T);
+  // One sequence (T rows); targets != null: losses into *stats and (if G) the backward.
+  void run_sequence(Acts& a, const int32_t* tokens, const F* features, const F* target_logits, const F* embed,
+                    const F* lm_head, int T, F* G, double scale, const EagleLossOptions& opts, uint64_t noise_stream,
+                    EagleStats* stats, F* h_out, F* logits_out);
 };
 
 }  // namespace train

@@ -89,8 +89,8 @@ export const GENERATE_USAGE = `usage: specdec generate [--model DIR] [--draft DI
                        [--temperature T --top-k K --top-p P --seed S] [--device cpu|cuda|auto] [--json]
 
   --model DIR         Hugging Face checkpoint directory (config.json + model.safetensors[.index.json]);
-                      default: the embedded model family (models/default); --draft default and
-                      --medusa default select its draft and Medusa heads
+                      default: the embedded model family (models/default); --draft default,
+                      --medusa default and --eagle default select its draft, Medusa and EAGLE heads
   --prompt TEXT       prompt text (needs tokenizer.json in the model directory)
   --prompt-ids IDS    prompt token ids, comma-separated (bypasses the tokenizer)
   --batch-file F      JSON array of prompts (strings, id arrays, or chats: arrays of { role, content }),
@@ -391,7 +391,7 @@ export async function generateCommand(argv: string[], io: GenerateIo = {}): Prom
     let records: GenerateRecord[];
     try {
       if (speculative) {
-        const hook = io.strategyHook ?? strategyHook({ defaults: { draft: EMBEDDED.draft, medusa: EMBEDDED.medusa } });
+        const hook = io.strategyHook ?? strategyHook({ defaults: { draft: EMBEDDED.draft, medusa: EMBEDDED.medusa, eagle: EMBEDDED.eagle } });
         records = await hook({ flags, target: model, prompts, decode, onTokens, signal });
       } else {
         const res = await plainGenerate(model, prompts, {

@@ -5,10 +5,11 @@ import { infoCommand } from './info';
 const USAGE = `usage: specdec <command> [options]
 
 commands:
-  generate   generate tokens (plain, or speculative with --draft/--medusa/--lookahead/--prompt-lookup)
+  generate   generate tokens (plain, or speculative with --draft/--medusa/--eagle/--lookahead/--prompt-lookup)
   info       backends, GPU, CUDA versions, and why a backend is not in use   [--json]
   bench      run the benchmarks in bench/ (see README)
   train-medusa  train Medusa heads for a checkpoint (--model DIR --data FILE --heads N --out DIR)
+  train-eagle   train an EAGLE head for a checkpoint (--model DIR --data FILE --out DIR)
   serve      OpenAI-compatible HTTP server (/v1/completions, /v1/models, /health, /metrics)
 
 run 'specdec <command> --help' for a command's options`;
@@ -31,6 +32,7 @@ const commands: Record<string, Command> = {
   generate: lazy('./generate', 'generateCommand'),
   bench: lazy('./bench', 'benchCommand'),
   'train-medusa': lazy('./train_medusa', 'trainMedusaCommand'),
+  'train-eagle': lazy('./train_eagle', 'trainEagleCommand'),
   serve: lazy('./serve', 'serveCommand'),
 };
 

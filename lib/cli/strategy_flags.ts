@@ -40,8 +40,9 @@ export const STRATEGY_USAGE = `speculative strategies (without one: plain decodi
   --medusa DIR        Medusa heads on the target ('default': the embedded heads); the tree is the
                       subtree of the 63-node one that pays on this hardware, chosen per step
   --medusa-tree NAME  a fixed Medusa tree instead: ${Object.keys(MEDUSA_PRESETS).join(', ')} (cut to the heads)
-  --eagle DIR         an EAGLE-1/2 or EAGLE-3 head for the target (model.safetensors); its tree is
-                      EAGLE-2's dynamic one, as large as pays on this hardware, chosen per step
+  --eagle DIR         an EAGLE-1/2 or EAGLE-3 head for the target (model.safetensors; 'default': the
+                      embedded head); its tree is EAGLE-2's dynamic one, as large as pays on this
+                      hardware, chosen per step
   --eagle-tree K,D[,N] the tree's top-k per node, expansion depth and (fixed) most draft nodes
   --lookahead W,N,G   lookahead (Jacobi) decoding: window W, n-gram size N, G verified n-grams
   --prompt-lookup N   prompt lookup: match n-grams of up to N tokens in prompt + output
@@ -121,8 +122,8 @@ export function parseStrategyFlags(argv: readonly string[]): { flags: StrategyFl
 export interface SpeculatorDeps {
   /** Loads a draft model directory (default: LlamaModel.load on the target's device). */
   readonly loadModel?: (dir: string) => Promise<CausalLM>;
-  /** Directories that `--draft default` / `--medusa default` stand for (the embedded models). */
-  readonly defaults?: { readonly draft?: string; readonly medusa?: string };
+  /** Directories that `--draft default` / `--medusa default` / `--eagle default` stand for (the embedded models). */
+  readonly defaults?: { readonly draft?: string; readonly medusa?: string; readonly eagle?: string };
   /** Where warnings go (default: stderr, prefixed 'specdec: warning: '). */
   readonly warn?: (message: string) => void;
 }
@@ -138,7 +139,7 @@ export interface BuiltSpeculator {
  * heads must match the model they run on (the target, or the draft in a hybrid).
  */
 export function speculatorFactory(flags: StrategyFlags, deps: SpeculatorDeps = {}): (target: CausalLM) => Promise<BuiltSpeculator> {
-  const resolve = (what: 'draft' | 'medusa', dir: string): string => {
+  const resolve = (what: 'draft' | 'medusa' | 'eagle', dir: string): string => {
     if (dir !== 'default') return dir;
     const d = deps.defaults?.[what];
     if (d === undefined) throw codedError('E_ARG', `--${what} default: no embedded ${what} is available`);
@@ -181,7 +182,7 @@ export function speculatorFactory(flags: StrategyFlags, deps: SpeculatorDeps = {
         const preset = flags.medusaTree !== undefined ? MEDUSA_PRESETS[flags.medusaTree] : undefined;
         second = new MedusaSpeculator(preset ? { heads, choices: preset.filter((c) => c.length <= heads.config.numHeads) } : { heads });
       } else if (flags.eagle !== undefined) {
-        const head = EagleHead.load(flags.eagle, { device: target.device });
+        const head = EagleHead.load(resolve('eagle', flags.eagle), { device: target.device });
         owned.push(head);
         const [topK, depth, totalTokens] = flags.eagleTree ?? [undefined, undefined, undefined];
         second = new EagleSpeculator({ head, ...(topK !== undefined ? { topK } : {}), ...(depth !== undefined ? { depth } : {}), ...(totalTokens !== undefined ? { totalTokens } : {}) });

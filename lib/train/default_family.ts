@@ -9,8 +9,10 @@ import { plainGenerate } from '../plain';
 import { TextTokenizer } from '../tokenizer';
 import { BOS_ID, corpusWords, EOS_ID, generateCorpus, storyText } from './corpus';
 import { buildVocab, writeTokenizerFiles } from './tokenizer_builder';
+import { readLlamaConfig } from '../models/config';
 import {
   BatchSampler,
+  EagleTrainer,
   evalWindows,
   learningRate,
   LlamaTrainer,
@@ -87,6 +89,11 @@ export const DRAFT_RUN: RunSpec = { steps: 800, batch: 8, seqLen: CONTEXT, lr: 5
 export const MEDUSA_RUN: RunSpec = { steps: 300, batch: 8, seqLen: CONTEXT, lr: 4e-3, minLr: 2e-4, warmupSteps: 20, weightDecay: 0.0 };
 export const MEDUSA_HEADS = 4;
 export const MEDUSA_LAYERS = 1;
+/** Windows of 256 tokens: 255 rows, each with the next position's feature as its target. */
+export const EAGLE_RUN: RunSpec = { steps: 300, batch: 8, seqLen: CONTEXT - 1, lr: 3e-3, minLr: 1.5e-4, warmupSteps: 20, weightDecay: 0.0 };
+export const EAGLE_LAYERS = 1;
+/** Width of the uniform noise on the input features (SafeAILab: 0.2 * 512 / sequence length). */
+export const EAGLE_NOISE = 0.2;
 
 export interface RunResult {
   readonly steps: number;
@@ -96,11 +103,23 @@ export interface RunResult {
   readonly heldoutLoss: number;
 }
 
+export interface EagleRunResult {
+  readonly steps: number;
+  readonly seconds: number;
+  readonly params: number;
+  /** The last batch's feature (SmoothL1) and token (cross-entropy) losses. */
+  readonly vLoss: number;
+  readonly pLoss: number;
+  /** Held-out rows whose argmax is the target's next argmax (real features, no noise). */
+  readonly heldoutAgreement: number;
+}
+
 export interface DefaultFamilyResult {
   readonly vocabSize: number;
   readonly target: RunResult & { readonly params: number };
   readonly draft: RunResult & { readonly params: number };
   readonly medusa: { readonly steps: number; readonly seconds: number; readonly params: number; readonly headLoss: number[]; readonly headAccuracy: number[] };
+  readonly eagle: EagleRunResult;
   readonly bytes: Record<string, number>;
   readonly sample: string;
 }
@@ -212,21 +231,124 @@ export async function trainDefaultFamily(options: DefaultFamilyOptions): Promise
   draft.save(draftDir, { dtype, metadata: meta });
   writeTokenizerFiles(draftDir, vocab, CONTEXT);
   heads.save(medusaDir, { dtype, baseModel: '../target' });
+
+  // 6. The EAGLE head, on the target as saved (the weights --eagle default runs beside).
+  const eagle = await trainDefaultEagleHead(options.outDir, ids, heldout, scaled(EAGLE_RUN, scale), threads, dtype, log);
   const result: DefaultFamilyResult = {
     vocabSize: vocab.size,
     target: { ...targetResult, params: target.numParams() },
     draft: { ...draftResult, params: draft.numParams() },
     medusa: { steps: mRun.steps, seconds: medusaSeconds, params: heads.numParams(), ...last },
-    bytes: { target: fileBytes(targetDir), draft: fileBytes(draftDir), medusa: fileBytes(medusaDir) },
+    eagle,
+    bytes: { target: fileBytes(targetDir), draft: fileBytes(draftDir), medusa: fileBytes(medusaDir), eagle: fileBytes(path.join(options.outDir, 'eagle')) },
     sample: await greedySample(targetDir, SAMPLE_PROMPT, 64),
   };
   target.dispose();
   draft.dispose();
   heads.dispose();
   log(`sample (greedy, runner): ${result.sample}`);
-  writeReadme(options.outDir, result, tRun, dRun, mRun, (Date.now() - t0) / 1000, options.corpusTokens ?? 2_000_000);
+  writeReadme(options.outDir, result, tRun, dRun, mRun, scaled(EAGLE_RUN, scale), (Date.now() - t0) / 1000, options.corpusTokens ?? 2_000_000);
   log(`all done in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
   return result;
+}
+
+/**
+ * Trains the EAGLE head on the saved target in outDir/target and writes it to outDir/eagle
+ * (SafeAILab's layout, baseModel ../target).
+ */
+export async function trainDefaultEagleHead(
+  outDir: string,
+  ids: Int32Array,
+  heldout: Int32Array,
+  run: RunSpec,
+  threads: number,
+  dtype: SaveDType,
+  log: (line: string) => void,
+): Promise<EagleRunResult> {
+  const targetDir = path.join(outDir, 'target');
+  const config = readLlamaConfig(targetDir);
+  using target = LlamaTrainer.fromCheckpoint(targetDir, config, { seed: 1, threads });
+  using head = EagleTrainer.create(EagleTrainer.configFor(config, EAGLE_LAYERS), { seed: 4, threads });
+  log(`eagle: ${head.numParams()} parameters`);
+  const sampler = new BatchSampler(ids, run.seqLen + 1, run.batch, 404);
+  const sched: LrSchedule = { lr: run.lr, minLr: run.minLr, warmupSteps: run.warmupSteps, totalSteps: run.steps };
+  const t0 = Date.now();
+  let last = { vLoss: NaN, pLoss: NaN };
+  const every = Math.max(1, Math.floor(run.steps / 10));
+  for (let step = 0; step < run.steps; step++) {
+    const lr = learningRate(step, sched);
+    const r = await head.trainStep(target, sampler.next(), run.batch, run.seqLen, { lr, weightDecay: run.weightDecay, clip: 0.5, noise: EAGLE_NOISE, noiseSeed: 4000 + step });
+    last = r;
+    if (step % every === 0 || step === run.steps - 1) {
+      log(`eagle: step ${step + 1}/${run.steps} loss ${r.loss.toFixed(4)} (feature ${r.vLoss.toFixed(4)}, token ${r.pLoss.toFixed(4)}) top-1 ${r.accuracy.toFixed(3)} lr ${lr.toExponential(2)}`);
+    }
+  }
+  const seconds = (Date.now() - t0) / 1000;
+  const heldoutAgreement = eagleAgreement(head, target, evalWindows(heldout, run.seqLen + 1, 16), run.seqLen);
+  log(`eagle: done in ${seconds.toFixed(1)} s, held-out top-1 agreement with the target ${heldoutAgreement.toFixed(3)}`);
+  head.save(path.join(outDir, 'eagle'), { dtype, metadata: { trainer: 'specdec (cpp/train)', recipe: 'npm run train:default', base_model: '../target' } });
+  return { steps: run.steps, seconds, params: head.numParams(), vLoss: last.vLoss, pLoss: last.pLoss, heldoutAgreement };
+}
+
+/** Rows of `windows` [n, seqLen + 1] where the head's argmax equals the target's next argmax. */
+export function eagleAgreement(head: EagleTrainer, target: LlamaTrainer, windows: Int32Array, seqLen: number): number {
+  const B = windows.length / (seqLen + 1);
+  const V = target.config.vocabSize;
+  const t = target.forward(windows, B, seqLen + 1);
+  const embed = target.getParam('model.embed_tokens.weight');
+  const lm = target.config.tieWordEmbeddings ? embed : target.getParam('lm_head.weight');
+  const { logits } = head.forward(windows, t.hidden, embed, lm, B, seqLen);
+  const argmax = (a: ArrayLike<number>, at: number): number => {
+    let best = 0;
+    for (let i = 1; i < V; i++) if ((a[at + i] as number) > (a[at + best] as number)) best = i;
+    return best;
+  };
+  let hits = 0;
+  for (let b = 0; b < B; b++) {
+    for (let j = 0; j < seqLen; j++) {
+      if (argmax(logits, (b * seqLen + j) * V) === argmax(t.logits, (b * (seqLen + 1) + j + 1) * V)) hits++;
+    }
+  }
+  return hits / (B * seqLen);
+}
+
+/**
+ * `npm run train:default -- --only eagle`: the EAGLE head alone, on the family already in outDir
+ * (its README's EAGLE lines are rewritten; the rest is kept).
+ */
+export async function trainDefaultEagleOnly(options: DefaultFamilyOptions): Promise<EagleRunResult> {
+  const log = options.log ?? ((line: string) => void process.stderr.write(line + '\n'));
+  const vocab = buildVocab(corpusWords());
+  const ids = generateCorpus({ seed: CORPUS_SEED, tokens: options.corpusTokens ?? 2_000_000 }, vocab);
+  const heldout = generateCorpus({ seed: HELDOUT_SEED, tokens: 20_000 }, vocab);
+  const run = scaled(EAGLE_RUN, options.stepScale ?? 1);
+  const r = await trainDefaultEagleHead(options.outDir, ids, heldout, run, options.threads ?? 2, options.dtype ?? 'BF16', log);
+  const readme = path.join(options.outDir, 'README.md');
+  if (fs.existsSync(readme)) {
+    const lines = fs.readFileSync(readme, 'utf8').split('\n');
+    const row = eagleTableRow(r, fileBytes(path.join(options.outDir, 'eagle')));
+    const result = eagleResultLine(r, run);
+    const put = (prefix: string, text: string, after: string): void => {
+      const at = lines.findIndex((l) => l.startsWith(prefix));
+      if (at >= 0) lines[at] = text;
+      else lines.splice(lines.findIndex((l) => l.startsWith(after)) + 1, 0, text);
+    };
+    put('| `eagle/`', row, '| `medusa/`');
+    put('- eagle (', result, '- medusa (');
+    put('npx specdec generate --prompt "once upon a time" --eagle default', 'npx specdec generate --prompt "once upon a time" --eagle default    # + the embedded EAGLE head', 'npx specdec generate --prompt "once upon a time" --medusa default');
+    const intro = lines.findIndex((l) => l.startsWith('Three small checkpoints'));
+    if (intro >= 0) lines[intro] = (lines[intro] as string).replace('Three small checkpoints', 'Small checkpoints');
+    fs.writeFileSync(readme, lines.join('\n'));
+  }
+  return r;
+}
+
+function eagleTableRow(r: EagleRunResult, bytes: number): string {
+  return `| \`eagle/\` | An EAGLE-1/2 head for the target (SafeAILab layout: fc over [token embedding; target feature], ${EAGLE_LAYERS} Llama layer of the target's sizes, the target's LM head) | ${r.params} | ${(bytes / 1024).toFixed(0)} KiB |`;
+}
+
+function eagleResultLine(r: EagleRunResult, run: RunSpec): string {
+  return `- eagle (target frozen, SafeAILab's losses: SmoothL1 on the next feature + 0.1 x cross-entropy against the target's next distribution, uniform feature noise of width ${EAGLE_NOISE}): ${run.steps} steps x ${run.batch} x ${run.seqLen} rows, AdamW lr ${run.lr} (warmup ${run.warmupSteps}, cosine to ${run.minLr}), clip 0.5. Last batch feature loss ${r.vLoss.toFixed(4)}, token loss ${r.pLoss.toFixed(4)}; held-out top-1 agreement with the target ${r.heldoutAgreement.toFixed(3)}, ${r.seconds.toFixed(0)} s.`;
 }
 
 /** Greedy continuation of `prompt` by the saved checkpoint, through the runner (a load check too). */
@@ -248,6 +370,7 @@ function writeReadme(
   tRun: RunSpec,
   dRun: RunSpec,
   mRun: RunSpec,
+  eRun: RunSpec,
   seconds: number,
   corpusTokens: number,
 ): void {
@@ -257,7 +380,7 @@ function writeReadme(
   const run = (x: RunSpec): string => `${x.steps} steps x ${x.batch} x ${x.seqLen} tokens, AdamW lr ${x.lr} (warmup ${x.warmupSteps}, cosine to ${x.minLr}), weight decay ${x.weightDecay}, clip 1.0`;
   const text = `# The embedded default model family
 
-Three small checkpoints trained by specdec's own trainer (\`cpp/train/\`, hand-written forward and
+Small checkpoints trained by specdec's own trainer (\`cpp/train/\`, hand-written forward and
 backward in C++) so that \`specdec generate\` works out of the box, without downloading anything:
 
 | dir | what | parameters | size |
@@ -265,6 +388,7 @@ backward in C++) so that \`specdec generate\` works out of the box, without down
 | \`target/\` | LlamaForCausalLM: hidden ${tc.hiddenSize}, ${tc.numLayers} layers, ${tc.numHeads} heads / ${tc.numKvHeads} KV heads (GQA), SwiGLU ${tc.intermediateSize}, RoPE theta ${tc.ropeTheta}, untied LM head | ${r.target.params} | ${kb(r.bytes['target'] ?? 0)} |
 | \`draft/\` | LlamaForCausalLM: hidden ${dc.hiddenSize}, ${dc.numLayers} layer, ${dc.numHeads} heads / ${dc.numKvHeads} KV head, SwiGLU ${dc.intermediateSize}, tied embeddings; same tokenizer | ${r.draft.params} | ${kb(r.bytes['draft'] ?? 0)} |
 | \`medusa/\` | ${MEDUSA_HEADS} Medusa heads for the target (FasterDecoding layout, ${MEDUSA_LAYERS} ResBlock each; head h predicts the token h + 2 ahead) | ${r.medusa.params} | ${kb(r.bytes['medusa'] ?? 0)} |
+${eagleTableRow(r.eagle, r.bytes['eagle'] ?? 0)}
 
 Weights are stored as bfloat16 (\`model.safetensors\`, \`medusa_lm_head.safetensors\`); the context
 is ${tc.maxPositions} positions (the training window). \`tokenizer.json\` is a word-level tokenizer
@@ -301,6 +425,7 @@ summation order is fixed; different compilers or CPUs may differ in the last bit
 - target: ${run(tRun)}. Final training loss ${r.target.finalTrainLoss.toFixed(4)}, held-out loss ${r.target.heldoutLoss.toFixed(4)} (perplexity ${Math.exp(r.target.heldoutLoss).toFixed(3)}), ${r.target.seconds.toFixed(0)} s.
 - draft: ${run(dRun)}. Final training loss ${r.draft.finalTrainLoss.toFixed(4)}, held-out loss ${r.draft.heldoutLoss.toFixed(4)} (perplexity ${Math.exp(r.draft.heldoutLoss).toFixed(3)}), ${r.draft.seconds.toFixed(0)} s.
 - medusa (target frozen, LM heads initialised from the target's, ResBlocks from zero): ${run(mRun)}. Last batch per-head loss [${r.medusa.headLoss.map((x) => x.toFixed(3)).join(', ')}], top-1 accuracy [${r.medusa.headAccuracy.map((x) => x.toFixed(3)).join(', ')}], ${r.medusa.seconds.toFixed(0)} s.
+${eagleResultLine(r.eagle, eRun)}
 
 Greedy sample of the target (through the runner, prompt "${SAMPLE_PROMPT}"):
 
@@ -312,6 +437,7 @@ Greedy sample of the target (through the runner, prompt "${SAMPLE_PROMPT}"):
 npx specdec generate --prompt "once upon a time"                    # the embedded target
 npx specdec generate --prompt "once upon a time" --draft default    # + the embedded draft
 npx specdec generate --prompt "once upon a time" --medusa default   # + the embedded Medusa heads
+npx specdec generate --prompt "once upon a time" --eagle default    # + the embedded EAGLE head
 npx specdec generate --model models/default/target --draft models/default/draft --prompt "the cat"
 \`\`\`
 `;

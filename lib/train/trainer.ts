@@ -1,12 +1,15 @@
 /// <reference path="../../typings/train.d.ts" />
 // The training driver: typed wrappers of the native trainer (cpp/train/), the learning-rate
 // schedule, batch sampling from a token stream, and checkpoint writers in the layouts the runner
-// loads (HF LlamaForCausalLM; FasterDecoding Medusa heads). All math runs natively.
+// loads (HF LlamaForCausalLM; FasterDecoding Medusa heads; SafeAILab EAGLE-1/2 heads). All math
+// runs natively.
 import * as fs from 'fs';
 import * as path from 'path';
 
+import type { LlamaConfig } from '../models/config';
+import { findWeights } from '../models/llama';
 import { native } from '../native';
-import { writeSafetensors, type SafetensorsEntry } from '../safetensors';
+import { openSafetensors, writeSafetensors, type SafetensorsEntry } from '../safetensors';
 import { seededRandom } from './corpus';
 
 export type TrainPrecision = SpecdecNative.TrainPrecision;
@@ -132,6 +135,45 @@ export class LlamaTrainer extends ParamOwner<SpecdecNative.TrainLlama> {
     return new LlamaTrainer(config, binding().trainLlamaCreate(c, options.seed, options.precision ?? 'f32', options.threads ?? 1));
   }
 
+  /**
+   * A checkpoint's weights (any dtype, sharded or not) in an f32 trainer, e.g. the frozen base
+   * model of train-medusa / train-eagle. The trainer's layer is plain Llama: checkpoints with
+   * biases, q/k norms, fused projections, RoPE scaling and the like are refused by name.
+   */
+  static fromCheckpoint(dir: string, config: LlamaConfig, options: TrainerOptions): LlamaTrainer {
+    if (config.qkvBias || config.oBias || config.qkNorm || config.fusedProjections || config.ropeScaling !== undefined || config.ropeDim !== config.headDim || config.ropeLayers !== undefined || config.gemma === true || config.postNorms === true || config.residualMultiplier !== undefined) {
+      throw codedError('E_UNSUPPORTED', `${dir}: the trainer covers Llama without attention biases, q/k norms (Qwen3), fused projections (Phi-3), rope_scaling, a partial rotation, layers without RoPE (SmolLM3), Gemma's layer, post-norms (OLMo 2, EXAONE 4) or Granite's multipliers`);
+    }
+    // A LlamaConfig is a LlamaTrainConfig (same field names; the extra ones are ignored).
+    const trainer = LlamaTrainer.create(config, options);
+    try {
+      const source = findWeights(dir);
+      const fileOf = (name: string): string => path.join(dir, source.file ?? source.weightMap?.[name] ?? '');
+      const readers = new Map<string, ReturnType<typeof openSafetensors>>();
+      try {
+        for (const p of trainer.paramInfo()) {
+          const file = fileOf(p.name);
+          let r = readers.get(file);
+          if (!r) readers.set(file, (r = openSafetensors(file)));
+          if (!r.has(p.name)) throw codedError('E_FORMAT', `${file}: missing tensor '${p.name}'`);
+          const t = r.load(p.name);
+          try {
+            if (t.shape.join(',') !== p.shape.join(',')) throw codedError('E_FORMAT', `${file}: '${p.name}' is [${t.shape}], expected [${p.shape}]`);
+            trainer.setParam(p.name, t.toFloat32());
+          } finally {
+            t.dispose();
+          }
+        }
+      } finally {
+        for (const r of readers.values()) r.close();
+      }
+      return trainer;
+    } catch (e) {
+      trainer.dispose();
+      throw e;
+    }
+  }
+
   /** Mean next-token cross-entropy of tokens [batch, seqLen + 1]; gradients via getGrads(). */
   lossAndGrad(tokens: Int32Array, batch: number, seqLen: number): number {
     return this.h.lossAndGrad(tokens, batch, seqLen);
@@ -243,6 +285,119 @@ export class MedusaTrainer extends ParamOwner<SpecdecNative.TrainMedusa> {
     };
     fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(cfg, null, 2) + '\n');
     writeSafetensors(path.join(dir, 'medusa_lm_head.safetensors'), this.tensors(options.dtype ?? 'F32'), { format: 'pt' });
+  }
+}
+
+export interface EagleTrainConfig {
+  readonly vocabSize: number;
+  readonly hiddenSize: number;
+  readonly intermediateSize: number;
+  readonly numLayers: number;
+  readonly numHeads: number;
+  readonly numKvHeads: number;
+  readonly headDim?: number;
+  readonly rmsNormEps: number;
+  readonly ropeTheta: number;
+  /** Written as max_position_embeddings. */
+  readonly maxPositions: number;
+  /** fc.bias (default true, as SafeAILab's heads). */
+  readonly fcBias?: boolean;
+}
+
+export type EagleLossOptions = SpecdecNative.EagleLossNativeOptions;
+export type EagleStepResult = SpecdecNative.EagleLossNative & { gradNorm: number };
+
+/**
+ * An EAGLE-1/2 head under training on a frozen target (SafeAILab's layout and losses): row j reads
+ * token t[j + 1] with the target's final hidden state f[j] and learns f[j + 1] (SmoothL1) and the
+ * target's next distribution (cross-entropy through the target's LM head). Loads with --eagle.
+ */
+export class EagleTrainer extends ParamOwner<SpecdecNative.TrainEagle> {
+  private constructor(
+    readonly config: EagleTrainConfig,
+    handle: SpecdecNative.TrainEagle,
+  ) {
+    super(handle);
+  }
+
+  static create(config: EagleTrainConfig, options: TrainerOptions): EagleTrainer {
+    const c: SpecdecNative.TrainEagleConfig = {
+      vocabSize: config.vocabSize,
+      hiddenSize: config.hiddenSize,
+      intermediateSize: config.intermediateSize,
+      numLayers: config.numLayers,
+      numHeads: config.numHeads,
+      numKvHeads: config.numKvHeads,
+      rmsNormEps: config.rmsNormEps,
+      ropeTheta: config.ropeTheta,
+      fcBias: config.fcBias ?? true,
+      ...(config.headDim !== undefined ? { headDim: config.headDim } : {}),
+    };
+    return new EagleTrainer(config, binding().trainEagleCreate(c, options.seed, options.precision ?? 'f32', options.threads ?? 1));
+  }
+
+  /** A head shaped like one layer of `target` (SafeAILab's choice: the target's layer sizes). */
+  static configFor(target: LlamaTrainConfig, numLayers = 1): EagleTrainConfig {
+    const { vocabSize, hiddenSize, intermediateSize, numHeads, numKvHeads, headDim, rmsNormEps, ropeTheta, maxPositions } = target;
+    return { vocabSize, hiddenSize, intermediateSize, numLayers, numHeads, numKvHeads, rmsNormEps, ropeTheta, maxPositions, ...(headDim !== undefined ? { headDim } : {}) };
+  }
+
+  lossAndGrad(
+    tokens: Int32Array,
+    features: Float32Array | Float64Array,
+    targetLogits: Float32Array | Float64Array,
+    embed: Float32Array | Float64Array,
+    lmHead: Float32Array | Float64Array,
+    batch: number,
+    seqLen: number,
+    options?: EagleLossOptions,
+  ): SpecdecNative.EagleLossNative {
+    return this.h.lossAndGrad(tokens, features, targetLogits, embed, lmHead, batch, seqLen, options);
+  }
+  /** h [batch*seqLen, H] and its logits through lmHead, for tokens [batch, seqLen + 1] and features [batch, seqLen + 1, H]. */
+  forward(
+    tokens: Int32Array,
+    features: Float32Array | Float64Array,
+    embed: Float32Array | Float64Array,
+    lmHead: Float32Array | Float64Array,
+    batch: number,
+    seqLen: number,
+  ): { h: SpecdecNative.TrainValues; logits: SpecdecNative.TrainValues } {
+    return this.h.forward(tokens, features, embed, lmHead, batch, seqLen);
+  }
+  /** One step on what the frozen target computes for tokens [batch, seqLen + 1]. */
+  trainStep(target: LlamaTrainer, tokens: Int32Array, batch: number, seqLen: number, options: AdamWOptions & EagleLossOptions): Promise<EagleStepResult> {
+    return this.h.trainStep(target.native, tokens, batch, seqLen, options);
+  }
+
+  /** SafeAILab's EAGLE-1 config.json (a Llama config of the head's layers, plus `bias`). */
+  configJson(dtype: SaveDType): Record<string, unknown> {
+    const c = this.config;
+    return {
+      architectures: ['LlamaForCausalLM'],
+      model_type: 'llama',
+      vocab_size: c.vocabSize,
+      hidden_size: c.hiddenSize,
+      intermediate_size: c.intermediateSize,
+      num_hidden_layers: c.numLayers,
+      num_attention_heads: c.numHeads,
+      num_key_value_heads: c.numKvHeads,
+      head_dim: c.headDim ?? c.hiddenSize / c.numHeads,
+      max_position_embeddings: c.maxPositions,
+      rms_norm_eps: c.rmsNormEps,
+      rope_theta: c.ropeTheta,
+      hidden_act: 'silu',
+      bias: c.fcBias ?? true,
+      torch_dtype: dtype === 'BF16' ? 'bfloat16' : 'float32',
+    };
+  }
+
+  /** Writes config.json and model.safetensors (SafeAILab's key names) into dir. */
+  save(dir: string, options: { dtype?: SaveDType; metadata?: Record<string, string> } = {}): void {
+    const dtype = options.dtype ?? 'F32';
+    fs.mkdirSync(dir, { recursive: true });
+    fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(this.configJson(dtype), null, 2) + '\n');
+    writeSafetensors(path.join(dir, 'model.safetensors'), this.tensors(dtype), { format: 'pt', ...(options.metadata ?? {}) });
   }
 }
 

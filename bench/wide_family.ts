@@ -182,14 +182,52 @@ export function widenEagle(src: string, dst: string, K: number): void {
 }
 
 /**
- * The embedded family (a directory with target/, draft/, medusa/ and eagle/) widened K times into
- * dst/{target,draft,medusa,eagle}; parts that are missing are skipped. Returns the directories written.
+ * Deepens a Llama checkpoint to `layers` layers by appending identity layers: every weight zero and
+ * every norm one, so each adds exactly nothing to the residual stream (x + 0) while its forward
+ * costs what a layer of that size costs. The model computes the same function bit for bit; its
+ * draft, Medusa and EAGLE heads keep their acceptance, and their cost beside the target's becomes
+ * that of a deep model's (an EAGLE head is one layer of the target's sizes).
  */
-export function widenFamily(src: string, dst: string, K: number): { target?: string; draft?: string; medusa?: string; eagle?: string } {
+export function deepenLlama(src: string, dst: string, layers: number): void {
+  const cfg = JSON.parse(fs.readFileSync(path.join(src, 'config.json'), 'utf8')) as Record<string, unknown>;
+  const L = cfg['num_hidden_layers'];
+  if (typeof L !== 'number' || !Number.isInteger(layers) || layers < L) throw argError(`deepen: ${src} has ${String(L)} layers; asked for ${layers}`);
+  const tensors = readTensors(path.join(src, 'model.safetensors'));
+  const out: Record<string, SafetensorsEntry> = {};
+  for (const [name, t] of tensors) out[name] = entry(t);
+  const prefix = 'model.layers.0.';
+  for (let l = L; l < layers; l++) {
+    for (const [name, t] of tensors) {
+      if (!name.startsWith(prefix)) continue;
+      const n = t.data.length;
+      out[`model.layers.${l}.${name.slice(prefix.length)}`] = { dtype: t.dtype, shape: [...t.shape], data: new Float32Array(n).fill(t.shape.length === 1 && name.endsWith('norm.weight') ? 1 : 0) };
+    }
+  }
+  fs.mkdirSync(dst, { recursive: true });
+  fs.writeFileSync(path.join(dst, 'config.json'), JSON.stringify({ ...cfg, num_hidden_layers: layers }, null, 2));
+  writeSafetensors(path.join(dst, 'model.safetensors'), out);
+  for (const f of ['tokenizer.json', 'tokenizer_config.json']) {
+    if (fs.existsSync(path.join(src, f))) fs.copyFileSync(path.join(src, f), path.join(dst, f));
+  }
+}
+
+/**
+ * The embedded family (a directory with target/, draft/, medusa/ and eagle/) widened K times into
+ * dst/{target,draft,medusa,eagle}; parts that are missing are skipped; `targetLayers` also deepens
+ * the target (deepenLlama). Returns the directories written.
+ */
+export function widenFamily(src: string, dst: string, K: number, opts: { readonly targetLayers?: number } = {}): { target?: string; draft?: string; medusa?: string; eagle?: string } {
   const out: { target?: string; draft?: string; medusa?: string; eagle?: string } = {};
   for (const part of ['target', 'draft'] as const) {
     if (!fs.existsSync(path.join(src, part, 'config.json'))) continue;
-    widenLlama(path.join(src, part), path.join(dst, part), K);
+    let from = path.join(src, part);
+    if (part === 'target' && opts.targetLayers !== undefined) {
+      // Deepened first (small), then widened: identity layers tile to identity layers.
+      from = path.join(dst, 'target-deep');
+      deepenLlama(path.join(src, part), from, opts.targetLayers);
+    }
+    widenLlama(from, path.join(dst, part), K);
+    if (from !== path.join(src, part)) fs.rmSync(from, { recursive: true, force: true });
     out[part] = path.join(dst, part);
   }
   if (fs.existsSync(path.join(src, 'medusa', 'config.json'))) {

@@ -21,7 +21,7 @@ import { PromptLookupSpeculator } from '../lib/strategies/prompt_lookup';
 import type { Speculator } from '../lib/strategies/speculator';
 import { Tensor } from '../lib/tensor';
 import { chainTree, flattenTrees, MC_SIM_7B_63, medusaTreeShape } from '../lib/tree';
-import { chooseChainLength, chooseSubtree, RankRates, stepCost, treeProbabilities } from '../lib/tree_sizing';
+import { chooseChainLength, chooseSubtree, ConfidenceCalibration, RankRates, RowsCost, stepCost, treeProbabilities } from '../lib/tree_sizing';
 import { verify } from '../lib/verify';
 import { writeMedusaHeads } from './fixtures/medusa_heads';
 import { ToyLM } from './fixtures/toy_lm';
@@ -209,6 +209,33 @@ describe('tree sizing: the choice', () => {
     assert.strictEqual(r.rate(0, 0), (8 + 1) / (10 + 2));
     assert.strictEqual(r.rate(0, 1), (1 + 1) / (10 + 2));
     assert.strictEqual(r.rate(3, 0), 0.5, 'no trials at that depth yet');
+  });
+
+  it('confidence calibration: the raw confidence first, then what was accepted, per bin and sibling rank', () => {
+    const c = new ConfidenceCalibration(4);
+    assert.strictEqual(c.estimate(0.35, 0), 0.35);
+    // A top choice at 0.35 that the target always takes (its argmax under a spread distribution).
+    for (let i = 0; i < 36; i++) c.record(0.31 + i / 1000, 0, true);
+    assert.ok(Math.abs(c.estimate(0.35, 0) - (36 + 4 * 0.35) / 40) < 1e-12);
+    // A second choice at the same confidence that it never takes.
+    for (let i = 0; i < 36; i++) c.record(0.35, 1, false);
+    assert.ok(Math.abs(c.estimate(0.35, 1) - (4 * 0.35) / 40) < 1e-12);
+    assert.strictEqual(c.estimate(0.75, 0), 0.75, 'another bin keeps its prior');
+    assert.strictEqual(c.estimate(0.35, 2), 0.35, 'rank 2 and beyond share a bin of their own');
+    assert.strictEqual(c.estimate(1.5, 0), 1, 'clamped');
+  });
+
+  it('rows cost: per power-of-two bucket, interpolated between, proportional above, flat below', () => {
+    const c = new RowsCost();
+    assert.strictEqual(c.predict(4), 0);
+    c.add(8, 6e-4);
+    assert.strictEqual(c.predict(8), 6e-4);
+    assert.strictEqual(c.predict(16), 12e-4);
+    assert.strictEqual(c.predict(1), 6e-4);
+    c.add(1, 3e-4);
+    assert.strictEqual(c.predict(1), 3e-4);
+    assert.ok(Math.abs(c.predict(4) - (3e-4 + (3e-4 * 3) / 7)) < 1e-15);
+    assert.ok(c.predict(6) > c.predict(4) && c.predict(6) < c.predict(8));
   });
 });
 
@@ -534,12 +561,14 @@ describe('widened benchmark family (bench/wide_family.ts)', function () {
     }
   });
 
-  it('K = 2: the widened EAGLE head drafts as the original does (same tokens, same acceptance)', async function () {
+  it('K = 2, target deepened to 8 layers: same tokens; the widened EAGLE head drafts as the original does', async function () {
     if (!fs.existsSync(path.join(src, 'eagle', 'config.json'))) this.skip();
     const K = 2;
-    const wide = widenFamily(src, path.join(dir, 'k2'), K);
+    const wide = widenFamily(src, path.join(dir, 'k2'), K, { targetLayers: 8 });
     const cfg = JSON.parse(fs.readFileSync(path.join(wide.eagle!, 'config.json'), 'utf8')) as Record<string, number>;
     assert.strictEqual(cfg['hidden_size'], 128 * K);
+    const targetCfg = JSON.parse(fs.readFileSync(path.join(wide.target!, 'config.json'), 'utf8')) as Record<string, number>;
+    assert.strictEqual(targetCfg['num_hidden_layers'], 8);
     const runs: { tokens: number[]; tpf: number }[] = [];
     for (const [t, e] of [
       [path.join(src, 'target'), path.join(src, 'eagle')],

@@ -38,7 +38,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 
 import { resolveDevice } from '../backend';
-import { forwardCost, RecentTimes } from '../cost_model';
+import { forwardCost } from '../cost_model';
 import { KvCache, treeAttention, kvAppend, type KvDType, type PagedBatch } from '../kv';
 import { addInplace, embedding, matmul, rmsnorm, rope, siluMul } from '../layers';
 import type { CausalLM, ForwardOutput } from '../models/causal_lm';
@@ -49,7 +49,7 @@ import { processLogits, topK } from '../sampling';
 import { gatherRows, isSampling } from '../step_helpers';
 import { Tensor, type Device } from '../tensor';
 import { loneRoot, type TokenTree } from '../tree';
-import { backedOffProbeInterval, chooseChainLength, chooseSubtree, PROBE_AFTER_PLAIN_STEPS, RankRates, selectNodes, sizingCost, stepCost } from '../tree_sizing';
+import { backedOffProbeInterval, chooseChainLength, chooseSubtree, ConfidenceCalibration, PROBE_AFTER_PLAIN_STEPS, RankRates, RowsCost, selectNodes, sizingCost, stepCost } from '../tree_sizing';
 import type { ForwardCost } from '../cost_model';
 import { codedError, type Proposal, type ProposalBatch, type ProposeContext, type SpecSequence, type Speculator, type StepReport } from './speculator';
 
@@ -469,6 +469,10 @@ interface EagleState {
   plainRun: number;
   /** This step's proposal was drafted. */
   drafted: boolean;
+  /** This step drafted a tree (the plan chose one, not plain). */
+  treeDrafted: boolean;
+  /** Consecutive drafted trees cut to the root by the draft's own confidence. */
+  rootOnly: number;
 }
 
 /** Feature rows of consecutive positions: one block per feature (EAGLE-1/2: the final hidden state; EAGLE-3: three layers' inputs), f32 [rows, targetHidden] each. */
@@ -507,7 +511,8 @@ export class EagleSpeculator implements Speculator {
   private cache: KvCache | undefined;
   private readonly states = new Map<number, EagleState>();
   /** Seconds per draft row (catch-up and tree rows with their LM head rows; recent steps). */
-  private readonly rowSeconds = new RecentTimes();
+  /** Seconds of a draft call (catch-up, or one level of the expansion) by its rows. */
+  private readonly levelCost = new RowsCost();
   /**
    * Sized mode: P(the accepted path reaches depth d + 1 | it reached depth d), online (the tree's
    * depth is what the plan chooses; its width only adds the siblings the draft found likely).
@@ -516,6 +521,10 @@ export class EagleSpeculator implements Speculator {
   /** Per sequence: the depth of the tree proposed (rates are recorded against it). */
   private readonly proposedDepth = new Map<number, number>();
   private probeAfter = PROBE_AFTER_PLAIN_STEPS;
+  /** Sized mode: the draft's conditional confidences as acceptance estimates, calibrated online. */
+  private readonly calibration = new ConfidenceCalibration();
+  /** Per sequence: the proposed tree's parents and each node's conditional draft confidence (for the calibration). */
+  private readonly proposedCond = new Map<number, { parents: Int32Array; cond: Float64Array; rank: Int32Array }>();
   /** Per sequence key, per step: nodes proposed and drafts accepted (tests and stats read it). */
   readonly trace = new Map<number, { proposed: number; accepted: number }[]>();
 
@@ -595,7 +604,7 @@ export class EagleSpeculator implements Speculator {
   private state(s: SpecSequence): EagleState {
     let st = this.states.get(s.key);
     if (!st) {
-      st = { seq: this.need().cache.addSequence(), cached: 0, base: 0, features: [], waiting: 0, plainRun: 0, drafted: false };
+      st = { seq: this.need().cache.addSequence(), cached: 0, base: 0, features: [], waiting: 0, plainRun: 0, drafted: false, treeDrafted: false, rootOnly: 0 };
       this.states.set(s.key, st);
     }
     return st;
@@ -756,15 +765,14 @@ export class EagleSpeculator implements Speculator {
       // Sized: no tree pays now; the sequences count it as a step that drafted and chose plain.
       return { proposals };
     }
-    const t0 = performance.now();
+    for (const b of drafting) this.state(seqs[b] as SpecSequence).treeDrafted = true;
     const draftSeqs = drafting.map((b) => seqs[b] as SpecSequence);
-    const { trees, rows } = this.draftTrees(draftSeqs, plan.levels, plan.width, cost ? stepCost(cost, seqs.length) : undefined, probing);
+    const { trees } = this.draftTrees(draftSeqs, plan.levels, plan.width, cost ? stepCost(cost, seqs.length) : undefined, probing);
     drafting.forEach((b, i) => {
       const tree = trees[i] as TokenTree;
       proposals[b] = tree;
       this.proposedDepth.set((seqs[b] as SpecSequence).key, treeDepth(tree.parents));
     });
-    this.rowSeconds.add((performance.now() - t0) / 1000 / Math.max(1, rows));
     return { proposals };
   }
 
@@ -776,14 +784,21 @@ export class EagleSpeculator implements Speculator {
    * forward; a chain of top-1 expansions on a CPU, where each row pays for a full LM head row).
    */
   private plan(cost: ForwardCost, batch: number): { levels: number; width: number } {
-    const row = this.rowSeconds.value();
-    const plainStep = stepCost(cost, batch)(1);
+    const call = (rows: number): number => this.levelCost.predict(rows);
+    // A tree of depth k (k + 1 nodes at least): the catch-up call (whose last rows give the root's
+    // children), then k - 1 expansion calls of `width` rows per sequence.
+    const draft = (w: number) => (n: number): number => (n > 1 ? call(batch) + (n - 2) * call(batch * w) : 0);
+    const k = chooseChainLength((i) => this.rates.rate(i), this.depth + 1, stepCost(cost, batch, draft(1))).size;
+    if (k <= 1) return { levels: -1, width: 1 };
+    // Wider expansions only where they are nearly free: the step with every node of a w-wide
+    // expansion verified (the most the subtree choice can keep) costs at most a tenth more than the
+    // chain's. On a GPU the target verifies tens of nodes for the price of one (wide trees); on a
+    // CPU each node costs (top-1 chains).
+    const full = (w: number): number => stepCost(cost, batch, draft(w))(Math.min(this.maxNodes, (k - 1) * w + 1) + 1);
+    const chain = full(1);
     let width = 1;
-    while (width * 2 <= this.topK && row * width * 2 <= 0.1 * plainStep) width *= 2;
-    if (row * this.topK <= 0.1 * plainStep) width = this.topK;
-    // A tree of depth k: 1 + (k - 1) * width draft rows (the root's, then each expansion), k + 1 nodes at least.
-    const step = stepCost(cost, batch, (n) => (n > 1 ? row * (1 + (n - 2) * width) : 0));
-    const k = chooseChainLength((i) => this.rates.rate(i), this.depth + 1, step).size;
+    while (width * 2 <= this.topK && full(width * 2) <= 1.1 * chain) width *= 2;
+    if (full(this.topK) <= 1.1 * chain) width = this.topK;
     return { levels: k - 1, width };
   }
 
@@ -801,10 +816,13 @@ export class EagleSpeculator implements Speculator {
     let hLevel: Tensor | undefined;
     let rowCount = 0;
     try {
-      rowCount += sts.reduce((a, st) => a + st.waiting, 0);
+      const waiting = sts.reduce((a, st) => a + st.waiting, 0);
+      rowCount += waiting;
+      let t0 = performance.now();
       hRoot = this.catchUp(seqs, sts);
       // Level 1: the root's children.
       const first = this.children(hRoot);
+      this.levelCost.add(waiting, (performance.now() - t0) / 1000);
       const k1 = first.ids.length / seqs.length;
       seqs.forEach((_, b) => {
         for (let r = 0; r < k1; r++) pools[b]?.push({ token: first.ids[b * k1 + r] as number, parent: -1, level: 1, logProb: first.logp[b * k1 + r] as number });
@@ -826,6 +844,7 @@ export class EagleSpeculator implements Speculator {
         });
         if (rows.length === 0) break;
         rowCount += rows.length;
+        t0 = performance.now();
         const seqIds = rows.map((r) => {
           const f = cache.fork(r.open.parentSeq);
           forks.push(f);
@@ -847,6 +866,7 @@ export class EagleSpeculator implements Speculator {
         hLevel?.dispose();
         hLevel = h;
         const kids = this.children(h);
+        this.levelCost.add(rows.length, (performance.now() - t0) / 1000);
         const k = kids.ids.length / rows.length;
         const next: Open[][] = seqs.map(() => []);
         rows.forEach((r, i) => {
@@ -877,15 +897,26 @@ export class EagleSpeculator implements Speculator {
     parents[0] = -1;
     tokens[0] = root;
     prob[0] = 1;
+    const cond = new Float64Array(n);
+    const rank = new Int32Array(n);
+    const children = new Int32Array(n);
     pool.forEach((node, i) => {
       parents[i + 1] = node.parent + 1;
       tokens[i + 1] = node.token;
-      prob[i + 1] = node.level <= s.maxDepth ? Math.exp(node.logProb) : 0;
+      const c = Math.exp(node.logProb - (node.parent < 0 ? 0 : (pool[node.parent] as Node).logProb));
+      cond[i + 1] = c;
+      // Siblings come in descending order (top-k): the count so far is the node's rank.
+      rank[i + 1] = (children[node.parent + 1] as number)++;
+      // Sized: acceptance estimates from the calibrated confidences; fixed: EAGLE-2's own ranking.
+      const p = cost ? (prob[node.parent + 1] as number) * this.calibration.estimate(c, rank[i + 1] as number) : Math.exp(node.logProb);
+      prob[i + 1] = node.level <= s.maxDepth ? p : 0;
     });
     const choice = chooseSubtree(parents, prob, cost ?? (() => 1), { maxNodes: Math.min(n, this.maxNodes + 1) });
     // A probe proposes the root's most probable child at least (pool node 0: top-k is descending).
     const keep = probe && choice.keep.length === 1 && n > 1 && s.maxDepth > 0 ? Int32Array.of(0, 1) : choice.keep;
-    return selectNodes({ tokens, parents }, keep);
+    const tree = selectNodes({ tokens, parents }, keep);
+    if (cost) this.proposedCond.set(s.key, { parents: tree.parents, cond: Float64Array.from(keep, (i) => cond[i] as number), rank: Int32Array.from(keep, (i) => rank[i] as number) });
+    return tree;
   }
 
   update(seqs: readonly SpecSequence[], report: StepReport, ctx: ProposeContext = {}): void {
@@ -899,6 +930,15 @@ export class EagleSpeculator implements Speculator {
       this.addFeatures(st, s.committed - acc.length, report.output, Array.from(acc, (node) => base + node));
       const depth = this.proposedDepth.get(s.key) ?? 0;
       this.proposedDepth.delete(s.key);
+      const tried = this.proposedCond.get(s.key);
+      this.proposedCond.delete(s.key);
+      if (sized && tried) {
+        // Every node whose parent was accepted was tried: accepted or not, at its confidence.
+        const onPath = new Set(Array.from(acc));
+        for (let i = 1; i < tried.parents.length; i++) {
+          if (onPath.has(tried.parents[i] as number)) this.calibration.record(tried.cond[i] as number, tried.rank[i] as number, onPath.has(i));
+        }
+      }
       if (sized) for (let d = 0; d < depth; d++) {
         this.rates.record(d, d < acc.length - 1 ? 0 : -1);
         if (d >= acc.length - 1) break;
@@ -908,13 +948,19 @@ export class EagleSpeculator implements Speculator {
       tr.push({ proposed, accepted: acc.length - 1 });
       if (sized && st.drafted) {
         // The next step drafts again only if this one chose a tree; a probe that chose none backs off.
+        // One tree cut to its root by the draft's own confidence (the plan chose a tree: an
+        // unpredictable position, such as a name) drafts again at the next step; a second in a row
+        // counts as plain.
+        const unsure = proposed === 0 && st.treeDrafted && st.plainRun === 0 && st.rootOnly === 0;
+        st.rootOnly = proposed === 0 && st.treeDrafted ? st.rootOnly + 1 : 0;
         if (proposed > 0) this.probeAfter = PROBE_AFTER_PLAIN_STEPS;
         else if (st.plainRun >= this.probeAfter) this.probeAfter = backedOffProbeInterval(this.probeAfter);
-        st.plainRun = proposed > 0 ? 0 : 1;
+        st.plainRun = proposed > 0 || unsure ? 0 : 1;
       } else if (sized) {
         st.plainRun++;
       }
       st.drafted = false;
+      st.treeDrafted = false;
     });
   }
 

@@ -74,10 +74,8 @@ function checkK(K: number): void {
   if (!Number.isInteger(K) || K < 1 || (K & (K - 1)) !== 0) throw argError(`widening factor K must be a power of two >= 1 (exact in bf16), got ${K}`);
 }
 
-/** Widens a Llama checkpoint directory (config.json + model.safetensors) K times into `dst`. */
-export function widenLlama(src: string, dst: string, K: number): void {
-  checkK(K);
-  const cfg = JSON.parse(fs.readFileSync(path.join(src, 'config.json'), 'utf8')) as Record<string, unknown>;
+/** A Llama config.json widened K times: hidden size, MLP, heads and KV heads; head_dim kept. */
+function widenedConfig(cfg: Record<string, unknown>, K: number, src: string): Record<string, unknown> {
   const num = (k: string): number => {
     const v = cfg[k];
     if (typeof v !== 'number') throw argError(`${src}/config.json: '${k}' must be a number to widen`);
@@ -85,7 +83,20 @@ export function widenLlama(src: string, dst: string, K: number): void {
   };
   const H = num('hidden_size');
   const heads = num('num_attention_heads');
-  const headDim = typeof cfg['head_dim'] === 'number' ? (cfg['head_dim'] as number) : H / heads;
+  return {
+    ...cfg,
+    hidden_size: H * K,
+    intermediate_size: num('intermediate_size') * K,
+    num_attention_heads: heads * K,
+    num_key_value_heads: (typeof cfg['num_key_value_heads'] === 'number' ? (cfg['num_key_value_heads'] as number) : heads) * K,
+    head_dim: typeof cfg['head_dim'] === 'number' ? (cfg['head_dim'] as number) : H / heads,
+  };
+}
+
+/** Widens a Llama checkpoint directory (config.json + model.safetensors) K times into `dst`. */
+export function widenLlama(src: string, dst: string, K: number): void {
+  checkK(K);
+  const cfg = JSON.parse(fs.readFileSync(path.join(src, 'config.json'), 'utf8')) as Record<string, unknown>;
   const tensors = readTensors(path.join(src, 'model.safetensors'));
   const out: Record<string, SafetensorsEntry> = {};
   for (const [name, t] of tensors) {
@@ -99,15 +110,7 @@ export function widenLlama(src: string, dst: string, K: number): void {
     if (!e) throw argError(`${src}: no model.embed_tokens.weight`);
     out['lm_head.weight'] = entry(tile(e, K, false, true));
   }
-  const wide = {
-    ...cfg,
-    hidden_size: H * K,
-    intermediate_size: num('intermediate_size') * K,
-    num_attention_heads: heads * K,
-    num_key_value_heads: (typeof cfg['num_key_value_heads'] === 'number' ? (cfg['num_key_value_heads'] as number) : heads) * K,
-    head_dim: headDim,
-    tie_word_embeddings: false,
-  };
+  const wide = { ...widenedConfig(cfg, K, src), tie_word_embeddings: false };
   fs.mkdirSync(dst, { recursive: true });
   fs.writeFileSync(path.join(dst, 'config.json'), JSON.stringify(wide, null, 2));
   writeSafetensors(path.join(dst, 'model.safetensors'), out);
@@ -162,22 +165,8 @@ export function widenEagle(src: string, dst: string, K: number): void {
     } else if (t.shape.length === 1) out[name] = entry(tile(t, K, true, false));
     else out[name] = entry(tile(t, K, true, true));
   }
-  const num = (k: string): number => {
-    const v = cfg[k];
-    if (typeof v !== 'number') throw argError(`${src}/config.json: '${k}' must be a number to widen`);
-    return v;
-  };
-  const heads = num('num_attention_heads');
-  const wide = {
-    ...cfg,
-    hidden_size: num('hidden_size') * K,
-    intermediate_size: num('intermediate_size') * K,
-    num_attention_heads: heads * K,
-    num_key_value_heads: (typeof cfg['num_key_value_heads'] === 'number' ? (cfg['num_key_value_heads'] as number) : heads) * K,
-    head_dim: typeof cfg['head_dim'] === 'number' ? (cfg['head_dim'] as number) : num('hidden_size') / heads,
-  };
   fs.mkdirSync(dst, { recursive: true });
-  fs.writeFileSync(path.join(dst, 'config.json'), JSON.stringify(wide, null, 2));
+  fs.writeFileSync(path.join(dst, 'config.json'), JSON.stringify(widenedConfig(cfg, K, src), null, 2));
   writeSafetensors(path.join(dst, 'model.safetensors'), out);
 }
 

@@ -195,9 +195,70 @@ class ParamAccess {
   Derived& self() { return static_cast<Derived&>(*this); }
 };
 
+// ---- The state of every trainer handle ------------------------------------------------------
+
+// A trainer T<float> or T<double> (f64: gradient checks), the threads its steps use, and a flag
+// that is set while a step runs on the pool. Handles are made by make() (their JS create function)
+// and built from the External it passes.
+template <template <typename> class T>
+class TrainerHandle {
+ public:
+  struct Init {
+    std::shared_ptr<T<float>> f32;
+    std::shared_ptr<T<double>> f64;
+    int threads = 1;
+  };
+
+  std::shared_ptr<T<float>> f32_;
+  std::shared_ptr<T<double>> f64_;
+  int threads_ = 1;
+  std::shared_ptr<std::atomic<bool>> busy_ = std::make_shared<std::atomic<bool>>(false);
+
+  // Runs fn on whichever precision this handle has (checks disposed / busy first).
+  template <typename Fn>
+  Napi::Value visit(Fn&& fn) {
+    SPECDEC_CHECK(f32_ || f64_, "E_DISPOSED", "trainer was disposed");
+    SPECDEC_CHECK(!busy_->load(), "E_BUSY", "a training step of ", what_, " is still running");
+    if (f32_) return fn(f32_);
+    return fn(f64_);
+  }
+
+ protected:
+  TrainerHandle(const Napi::CallbackInfo& info, const char* create, const char* what) : what_(what) {
+    if (info.Length() != 1 || !info[0].IsExternal())
+      throw make_error(info.Env(), "E_ARG", std::string("use ") + create + "() to create a trainer");
+    auto* src = info[0].As<Napi::External<Init>>().Data();
+    f32_ = std::move(src->f32);
+    f64_ = std::move(src->f64);
+    threads_ = src->threads;
+  }
+
+  // create(config, seed, precision?, threads?): a new handle of `ctor` with a trainer of `shape`.
+  template <typename Shape>
+  static Napi::Value make(Napi::FunctionReference* ctor, const Napi::CallbackInfo& info, const Shape& shape) {
+    const uint64_t seed = uint64_t(get_int(info[1], "seed"));
+    Init init;
+    init.threads = info.Length() > 3 && !info[3].IsUndefined() ? int_arg(info[3], "threads", 1, 64) : 1;
+    if (f64_precision(info[2]))
+      init.f64 = std::make_shared<T<double>>(shape, seed);
+    else
+      init.f32 = std::make_shared<T<float>>(shape, seed);
+    return ctor->New({Napi::External<Init>::New(info.Env(), &init)});
+  }
+
+  // Running work holds its own reference to the trainer.
+  void release() {
+    f32_.reset();
+    f64_.reset();
+  }
+
+ private:
+  const char* what_;
+};
+
 // ---- TrainLlama -----------------------------------------------------------------------------
 
-class TrainLlamaWrap : public Napi::ObjectWrap<TrainLlamaWrap>, public ParamAccess<TrainLlamaWrap> {
+class TrainLlamaWrap : public Napi::ObjectWrap<TrainLlamaWrap>, public ParamAccess<TrainLlamaWrap>, public TrainerHandle<LlamaTrainer> {
  public:
   static Napi::FunctionReference* ctor;
 
@@ -215,14 +276,8 @@ class TrainLlamaWrap : public Napi::ObjectWrap<TrainLlamaWrap>, public ParamAcce
     exports.Set("trainLlamaCreate", Napi::Function::New(env, Create, "trainLlamaCreate"));
   }
 
-  explicit TrainLlamaWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TrainLlamaWrap>(info) {
-    if (info.Length() != 1 || !info[0].IsExternal())
-      throw make_error(info.Env(), "E_ARG", "use trainLlamaCreate() to create a trainer");
-    auto* src = info[0].As<Napi::External<Init_>>().Data();
-    f32_ = std::move(src->f32);
-    f64_ = std::move(src->f64);
-    threads_ = src->threads;
-  }
+  explicit TrainLlamaWrap(const Napi::CallbackInfo& info)
+      : Napi::ObjectWrap<TrainLlamaWrap>(info), TrainerHandle<LlamaTrainer>(info, "trainLlamaCreate", "this model") {}
 
   // The target for Medusa training (E_ARG unless `v` is an f32 TrainLlama handle).
   static TrainLlamaWrap* f32_of(const Napi::Value& v, const char* name) {
@@ -235,27 +290,8 @@ class TrainLlamaWrap : public Napi::ObjectWrap<TrainLlamaWrap>, public ParamAcce
     return w;
   }
 
-  std::shared_ptr<LlamaTrainer<float>> f32_;
-  std::shared_ptr<std::atomic<bool>> busy_ = std::make_shared<std::atomic<bool>>(false);
-
  private:
   friend class ParamAccess<TrainLlamaWrap>;
-  struct Init_ {
-    std::shared_ptr<LlamaTrainer<float>> f32;
-    std::shared_ptr<LlamaTrainer<double>> f64;
-    int threads = 1;
-  };
-  std::shared_ptr<LlamaTrainer<double>> f64_;
-  int threads_ = 1;
-
-  // Runs fn on whichever precision this handle has (checks disposed / busy first).
-  template <typename Fn>
-  Napi::Value visit(Fn&& fn) {
-    SPECDEC_CHECK(f32_ || f64_, "E_DISPOSED", "trainer was disposed");
-    SPECDEC_CHECK(!busy_->load(), "E_BUSY", "a training step of this model is still running");
-    if (f32_) return fn(f32_);
-    return fn(f64_);
-  }
 
   static Napi::Value Create(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
@@ -273,15 +309,7 @@ class TrainLlamaWrap : public Napi::ObjectWrap<TrainLlamaWrap>, public ParamAcce
       if (has_field(c, "rmsNormEps")) s.rms_eps = get_number(get_field(c, "rmsNormEps"), "config.rmsNormEps");
       if (has_field(c, "ropeTheta")) s.rope_theta = get_number(get_field(c, "ropeTheta"), "config.ropeTheta");
       if (has_field(c, "tieWordEmbeddings")) s.tie = get_bool(get_field(c, "tieWordEmbeddings"), "config.tieWordEmbeddings");
-      const uint64_t seed = uint64_t(get_int(info[1], "seed"));
-      const bool f64 = f64_precision(info[2]);
-      Init_ init;
-      init.threads = info.Length() > 3 && !info[3].IsUndefined() ? int_arg(info[3], "threads", 1, 64) : 1;
-      if (f64)
-        init.f64 = std::make_shared<LlamaTrainer<double>>(s, seed);
-      else
-        init.f32 = std::make_shared<LlamaTrainer<float>>(s, seed);
-      return ctor->New({Napi::External<Init_>::New(info.Env(), &init)});
+      return make(ctor, info, s);
     });
   }
 
@@ -373,9 +401,7 @@ class TrainLlamaWrap : public Napi::ObjectWrap<TrainLlamaWrap>, public ParamAcce
   }
 
   Napi::Value Dispose(const Napi::CallbackInfo& info) {
-    // Running work holds its own reference to the trainer.
-    f32_.reset();
-    f64_.reset();
+    release();
     return info.Env().Undefined();
   }
 };
@@ -383,7 +409,7 @@ Napi::FunctionReference* TrainLlamaWrap::ctor = nullptr;
 
 // ---- TrainMedusa ----------------------------------------------------------------------------
 
-class TrainMedusaWrap : public Napi::ObjectWrap<TrainMedusaWrap>, public ParamAccess<TrainMedusaWrap> {
+class TrainMedusaWrap : public Napi::ObjectWrap<TrainMedusaWrap>, public ParamAccess<TrainMedusaWrap>, public TrainerHandle<MedusaTrainer> {
  public:
   static Napi::FunctionReference* ctor;
 
@@ -400,35 +426,11 @@ class TrainMedusaWrap : public Napi::ObjectWrap<TrainMedusaWrap>, public ParamAc
     exports.Set("trainMedusaCreate", Napi::Function::New(env, Create, "trainMedusaCreate"));
   }
 
-  explicit TrainMedusaWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TrainMedusaWrap>(info) {
-    if (info.Length() != 1 || !info[0].IsExternal())
-      throw make_error(info.Env(), "E_ARG", "use trainMedusaCreate() to create a trainer");
-    auto* src = info[0].As<Napi::External<Init_>>().Data();
-    f32_ = std::move(src->f32);
-    f64_ = std::move(src->f64);
-    threads_ = src->threads;
-  }
+  explicit TrainMedusaWrap(const Napi::CallbackInfo& info)
+      : Napi::ObjectWrap<TrainMedusaWrap>(info), TrainerHandle<MedusaTrainer>(info, "trainMedusaCreate", "these heads") {}
 
  private:
   friend class ParamAccess<TrainMedusaWrap>;
-  struct Init_ {
-    std::shared_ptr<MedusaTrainer<float>> f32;
-    std::shared_ptr<MedusaTrainer<double>> f64;
-    int threads = 1;
-  };
-  std::shared_ptr<MedusaTrainer<float>> f32_;
-  std::shared_ptr<MedusaTrainer<double>> f64_;
-  int threads_ = 1;
-  std::shared_ptr<std::atomic<bool>> busy_ = std::make_shared<std::atomic<bool>>(false);
-
-  template <typename Fn>
-  Napi::Value visit(Fn&& fn) {
-    SPECDEC_CHECK(f32_ || f64_, "E_DISPOSED", "trainer was disposed");
-    SPECDEC_CHECK(!busy_->load(), "E_BUSY", "a training step of these heads is still running");
-    if (f32_) return fn(f32_);
-    return fn(f64_);
-  }
-
   static Napi::Value Create(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
       Napi::Object c = object_arg(info[0], "config");
@@ -437,14 +439,7 @@ class TrainMedusaWrap : public Napi::ObjectWrap<TrainMedusaWrap>, public ParamAc
       s.layers = int_arg(get_field(c, "numLayers"), "config.numLayers", 0, 64);
       s.hidden = int_arg(get_field(c, "hiddenSize"), "config.hiddenSize", 1, 1 << 14);
       s.vocab = int_arg(get_field(c, "vocabSize"), "config.vocabSize", 1, 1 << 20);
-      const uint64_t seed = uint64_t(get_int(info[1], "seed"));
-      Init_ init;
-      init.threads = info.Length() > 3 && !info[3].IsUndefined() ? int_arg(info[3], "threads", 1, 64) : 1;
-      if (f64_precision(info[2]))
-        init.f64 = std::make_shared<MedusaTrainer<double>>(s, seed);
-      else
-        init.f32 = std::make_shared<MedusaTrainer<float>>(s, seed);
-      return ctor->New({Napi::External<Init_>::New(info.Env(), &init)});
+      return make(ctor, info, s);
     });
   }
 
@@ -536,8 +531,7 @@ class TrainMedusaWrap : public Napi::ObjectWrap<TrainMedusaWrap>, public ParamAc
   }
 
   Napi::Value Dispose(const Napi::CallbackInfo& info) {
-    f32_.reset();
-    f64_.reset();
+    release();
     return info.Env().Undefined();
   }
 };
@@ -545,7 +539,7 @@ Napi::FunctionReference* TrainMedusaWrap::ctor = nullptr;
 
 // ---- TrainEagle -----------------------------------------------------------------------------
 
-class TrainEagleWrap : public Napi::ObjectWrap<TrainEagleWrap>, public ParamAccess<TrainEagleWrap> {
+class TrainEagleWrap : public Napi::ObjectWrap<TrainEagleWrap>, public ParamAccess<TrainEagleWrap>, public TrainerHandle<EagleTrainer> {
  public:
   static Napi::FunctionReference* ctor;
 
@@ -562,35 +556,11 @@ class TrainEagleWrap : public Napi::ObjectWrap<TrainEagleWrap>, public ParamAcce
     exports.Set("trainEagleCreate", Napi::Function::New(env, Create, "trainEagleCreate"));
   }
 
-  explicit TrainEagleWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TrainEagleWrap>(info) {
-    if (info.Length() != 1 || !info[0].IsExternal())
-      throw make_error(info.Env(), "E_ARG", "use trainEagleCreate() to create a trainer");
-    auto* src = info[0].As<Napi::External<Init_>>().Data();
-    f32_ = std::move(src->f32);
-    f64_ = std::move(src->f64);
-    threads_ = src->threads;
-  }
+  explicit TrainEagleWrap(const Napi::CallbackInfo& info)
+      : Napi::ObjectWrap<TrainEagleWrap>(info), TrainerHandle<EagleTrainer>(info, "trainEagleCreate", "this head") {}
 
  private:
   friend class ParamAccess<TrainEagleWrap>;
-  struct Init_ {
-    std::shared_ptr<EagleTrainer<float>> f32;
-    std::shared_ptr<EagleTrainer<double>> f64;
-    int threads = 1;
-  };
-  std::shared_ptr<EagleTrainer<float>> f32_;
-  std::shared_ptr<EagleTrainer<double>> f64_;
-  int threads_ = 1;
-  std::shared_ptr<std::atomic<bool>> busy_ = std::make_shared<std::atomic<bool>>(false);
-
-  template <typename Fn>
-  Napi::Value visit(Fn&& fn) {
-    SPECDEC_CHECK(f32_ || f64_, "E_DISPOSED", "trainer was disposed");
-    SPECDEC_CHECK(!busy_->load(), "E_BUSY", "a training step of this head is still running");
-    if (f32_) return fn(f32_);
-    return fn(f64_);
-  }
-
   static Napi::Value Create(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
       Napi::Object c = object_arg(info[0], "config");
@@ -607,14 +577,7 @@ class TrainEagleWrap : public Napi::ObjectWrap<TrainEagleWrap>, public ParamAcce
       if (has_field(c, "rmsNormEps")) s.rms_eps = get_number(get_field(c, "rmsNormEps"), "config.rmsNormEps");
       if (has_field(c, "ropeTheta")) s.rope_theta = get_number(get_field(c, "ropeTheta"), "config.ropeTheta");
       if (has_field(c, "fcBias")) s.fc_bias = get_bool(get_field(c, "fcBias"), "config.fcBias");
-      const uint64_t seed = uint64_t(get_int(info[1], "seed"));
-      Init_ init;
-      init.threads = info.Length() > 3 && !info[3].IsUndefined() ? int_arg(info[3], "threads", 1, 64) : 1;
-      if (f64_precision(info[2]))
-        init.f64 = std::make_shared<EagleTrainer<double>>(s, seed);
-      else
-        init.f32 = std::make_shared<EagleTrainer<float>>(s, seed);
-      return ctor->New({Napi::External<Init_>::New(info.Env(), &init)});
+      return make(ctor, info, s);
     });
   }
 
@@ -749,8 +712,7 @@ class TrainEagleWrap : public Napi::ObjectWrap<TrainEagleWrap>, public ParamAcce
   }
 
   Napi::Value Dispose(const Napi::CallbackInfo& info) {
-    f32_.reset();
-    f64_.reset();
+    release();
     return info.Env().Undefined();
   }
 };

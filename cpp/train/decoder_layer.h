@@ -56,6 +56,41 @@ struct LayerScratch {
   }
 };
 
+// Every layer's activations of one sequence of T positions, in one block per kind ([L][...]), and
+// its slices per layer: the storage both trainers keep for the backward pass.
+template <typename F>
+struct LayerStack {
+  std::vector<F> xs;  // [L+1][T, H] residual stream entering each layer (xs[L]: after the last)
+  std::vector<F> xmid, h1, h2, inv1, inv2, q, k, v, att, probs, gate, up, act;
+
+  void resize(const LayerDims& d, int L) {
+    const size_t l = size_t(L), t = size_t(d.T), H = size_t(d.H), I = size_t(d.I);
+    const size_t QD = size_t(d.NH) * d.D, KD = size_t(d.NKV) * d.D;
+    xs.assign((l + 1) * t * H, 0);
+    xmid.assign(l * t * H, 0);
+    h1.assign(l * t * H, 0);
+    h2.assign(l * t * H, 0);
+    inv1.assign(l * t, 0);
+    inv2.assign(l * t, 0);
+    q.assign(l * t * QD, 0);
+    att.assign(l * t * QD, 0);
+    k.assign(l * t * KD, 0);
+    v.assign(l * t * KD, 0);
+    probs.assign(l * size_t(d.NH) * t * t, 0);
+    gate.assign(l * t * I, 0);
+    up.assign(l * t * I, 0);
+    act.assign(l * t * I, 0);
+  }
+
+  // Layer l's slices (input xs[l], output xs[l + 1]).
+  LayerActs<F> layer(const LayerDims& d, int l) {
+    const size_t L = size_t(l), t = size_t(d.T), TH = t * d.H, TQ = t * d.NH * d.D, TK = t * d.NKV * d.D, TI = t * d.I;
+    return {&xs[L * TH], &xmid[L * TH], &xs[(L + 1) * TH], &h1[L * TH], &h2[L * TH], &inv1[L * t], &inv2[L * t],
+            &q[L * TQ], &k[L * TK], &v[L * TK], &att[L * TQ], &probs[L * d.NH * t * t], &gate[L * TI], &up[L * TI],
+            &act[L * TI]};
+  }
+};
+
 // RoPE tables [T, D/2] (HF rotate_half), position = row; grown on demand.
 template <typename F>
 struct RopeTable {

@@ -19,7 +19,7 @@ template <typename F>
 struct EagleTrainer<F>::Acts {
   int T = 0;
   std::vector<F> cat;  // [T, 2H] the fc's input rows
-  std::vector<F> xs, xmid, h1, h2, inv1, inv2, q, k, v, att, probs, gate, up, act;  // as LlamaTrainer's
+  LayerStack<F> layers;  // layers.xs[0] is the fc's output
   std::vector<F> logits, dlogits, dx;
   LayerScratch<F> scratch;
 
@@ -30,35 +30,13 @@ struct EagleTrainer<F>::Acts {
   void resize(const EagleShape& s, int T_) {
     if (T_ == T) return;
     T = T_;
-    const size_t L = size_t(s.layers), t = size_t(T), H = size_t(s.hidden), I = size_t(s.intermediate);
-    const size_t QD = size_t(s.heads) * s.head_dim, KD = size_t(s.kv_heads) * s.head_dim;
+    const size_t t = size_t(T), H = size_t(s.hidden);
     cat.assign(t * 2 * H, 0);
-    xs.assign((L + 1) * t * H, 0);
-    xmid.assign(L * t * H, 0);
-    h1.assign(L * t * H, 0);
-    h2.assign(L * t * H, 0);
-    inv1.assign(L * t, 0);
-    inv2.assign(L * t, 0);
-    q.assign(L * t * QD, 0);
-    att.assign(L * t * QD, 0);
-    k.assign(L * t * KD, 0);
-    v.assign(L * t * KD, 0);
-    probs.assign(L * size_t(s.heads) * t * t, 0);
-    gate.assign(L * t * I, 0);
-    up.assign(L * t * I, 0);
-    act.assign(L * t * I, 0);
+    layers.resize(dims(s, T), s.layers);
     logits.assign(t * size_t(s.vocab), 0);
     dlogits.assign(t * size_t(s.vocab), 0);
     dx.assign(t * H, 0);
     scratch.resize(dims(s, T));
-  }
-
-  LayerActs<F> layer(const EagleShape& s, int l) {
-    const size_t L = size_t(l), t = size_t(T), H = size_t(s.hidden), I = size_t(s.intermediate);
-    const size_t TH = t * H, TQ = t * s.heads * s.head_dim, TK = t * s.kv_heads * s.head_dim, TI = t * I;
-    return {&xs[L * TH], &xmid[L * TH], &xs[(L + 1) * TH], &h1[L * TH], &h2[L * TH], &inv1[L * t], &inv2[L * t],
-            &q[L * TQ], &k[L * TK], &v[L * TK], &att[L * TQ], &probs[L * s.heads * t * t], &gate[L * TI], &up[L * TI],
-            &act[L * TI]};
   }
 };
 
@@ -123,9 +101,9 @@ void EagleTrainer<F>::run_sequence(Acts& a, const int32_t* tokens, const F* feat
     const F* f = features + size_t(j) * H;
     for (int i = 0; i < H; ++i) row[H + i] = opts.noise > 0 ? f[i] + F((noise.uniform() - 0.5) * opts.noise) : f[i];
   }
-  linear_forward(a.xs.data(), a.cat.data(), W + fc_, fc_bias_ == kNoParam ? (const F*)nullptr : W + fc_bias_, T, 2 * H, H);
-  for (int l = 0; l < L; ++l) layer_forward(a.layer(s_, l), W, lo_[size_t(l)], rope_, dims);
-  const F* h = &a.xs[size_t(L) * TH];
+  linear_forward(a.layers.xs.data(), a.cat.data(), W + fc_, fc_bias_ == kNoParam ? (const F*)nullptr : W + fc_bias_, T, 2 * H, H);
+  for (int l = 0; l < L; ++l) layer_forward(a.layers.layer(dims, l), W, lo_[size_t(l)], rope_, dims);
+  const F* h = &a.layers.xs[size_t(L) * TH];
   if (h_out) std::memcpy(h_out, h, sizeof(F) * TH);
   if (!logits_out && !target_logits) return;
   linear_forward(a.logits.data(), h, lm_head, (const F*)nullptr, T, H, V);
@@ -175,7 +153,7 @@ void EagleTrainer<F>::run_sequence(Acts& a, const int32_t* tokens, const F* feat
 
   // ---- Backward: h -> layers -> fc (the embedding, features and LM head are frozen).
   linear_backward(a.dx.data(), (F*)nullptr, (F*)nullptr, a.dlogits.data(), h, lm_head, T, H, V);
-  for (int l = L - 1; l >= 0; --l) layer_backward(a.dx.data(), a.layer(s_, l), W, G, lo_[size_t(l)], rope_, dims, a.scratch);
+  for (int l = L - 1; l >= 0; --l) layer_backward(a.dx.data(), a.layers.layer(dims, l), W, G, lo_[size_t(l)], rope_, dims, a.scratch);
   linear_backward((F*)nullptr, G + fc_, fc_bias_ == kNoParam ? (F*)nullptr : G + fc_bias_, a.dx.data(), a.cat.data(),
                   W + fc_, T, 2 * H, H);
 }

@@ -74,37 +74,21 @@ double ParamSet<F>::adamw_step(const AdamWOptions& o) {
 template <typename F>
 struct LlamaTrainer<F>::Acts {
   int T = 0;
-  std::vector<F> xs;     // [L+1][T, H] residual stream entering each layer (xs[L]: after the last)
-  std::vector<F> xmid;   // [L][T, H] residual after the attention block
-  std::vector<F> h1, h2; // [L][T, H] normed inputs of the attention / MLP blocks
-  std::vector<F> inv1, inv2;  // [L][T] rmsnorm scales
-  std::vector<F> q, k, v, att;  // [L][T, NH*D] / [L][T, NKV*D] (q, k after RoPE)
-  std::vector<F> probs;  // [L][NH, T, T]
-  std::vector<F> gate, up, act;  // [L][T, I]
+  LayerStack<F> layers;
   std::vector<F> hn, invf, logits, dlogits;  // final norm output, its scales, LM head
   // Gradient scratch: the residual stream's gradient, the final norm's, one layer's.
   std::vector<F> dx, dhn;
   LayerScratch<F> scratch;
 
+  static LayerDims dims(const LlamaShape& s, int T) {
+    return {T, s.hidden, s.intermediate, s.heads, s.kv_heads, s.head_dim, s.rms_eps};
+  }
+
   void resize(const LlamaShape& s, int T_) {
     if (T_ == T) return;
     T = T_;
-    const size_t L = size_t(s.layers), H = size_t(s.hidden), I = size_t(s.intermediate), V = size_t(s.vocab);
-    const size_t QD = size_t(s.heads) * s.head_dim, KD = size_t(s.kv_heads) * s.head_dim, t = size_t(T);
-    xs.assign((L + 1) * t * H, 0);
-    xmid.assign(L * t * H, 0);
-    h1.assign(L * t * H, 0);
-    h2.assign(L * t * H, 0);
-    inv1.assign(L * t, 0);
-    inv2.assign(L * t, 0);
-    q.assign(L * t * QD, 0);
-    att.assign(L * t * QD, 0);
-    k.assign(L * t * KD, 0);
-    v.assign(L * t * KD, 0);
-    probs.assign(L * size_t(s.heads) * t * t, 0);
-    gate.assign(L * t * I, 0);
-    up.assign(L * t * I, 0);
-    act.assign(L * t * I, 0);
+    const size_t t = size_t(T), H = size_t(s.hidden), V = size_t(s.vocab);
+    layers.resize(dims(s, T), s.layers);
     hn.assign(t * H, 0);
     invf.assign(t, 0);
     logits.assign(t * V, 0);
@@ -112,19 +96,6 @@ struct LlamaTrainer<F>::Acts {
     dx.assign(t * H, 0);
     dhn.assign(t * H, 0);
     scratch.resize(dims(s, T));
-  }
-
-  static LayerDims dims(const LlamaShape& s, int T) {
-    return {T, s.hidden, s.intermediate, s.heads, s.kv_heads, s.head_dim, s.rms_eps};
-  }
-
-  // Layer l's slices of the activations.
-  LayerActs<F> layer(const LlamaShape& s, int l) {
-    const size_t L = size_t(l), t = size_t(T), H = size_t(s.hidden), I = size_t(s.intermediate);
-    const size_t TH = t * H, TQ = t * s.heads * s.head_dim, TK = t * s.kv_heads * s.head_dim, TI = t * I;
-    return {&xs[L * TH], &xmid[L * TH], &xs[(L + 1) * TH], &h1[L * TH], &h2[L * TH], &inv1[L * t], &inv2[L * t],
-            &q[L * TQ], &k[L * TK], &v[L * TK], &att[L * TQ], &probs[L * s.heads * t * t], &gate[L * TI], &up[L * TI],
-            &act[L * TI]};
   }
 };
 
@@ -190,9 +161,9 @@ double LlamaTrainer<F>::run_sequence(Acts& a, const int32_t* ids, const int32_t*
   const LayerDims dims = Acts::dims(s_, T);
 
   // ---- Forward.
-  for (int t = 0; t < T; ++t) std::memcpy(&a.xs[size_t(t) * H], W + embed_ + size_t(ids[t]) * H, sizeof(F) * H);
-  for (int l = 0; l < L; ++l) layer_forward(a.layer(s_, l), W, lo_[size_t(l)], rope_, dims);
-  const F* xf = &a.xs[L * TH];
+  for (int t = 0; t < T; ++t) std::memcpy(&a.layers.xs[size_t(t) * H], W + embed_ + size_t(ids[t]) * H, sizeof(F) * H);
+  for (int l = 0; l < L; ++l) layer_forward(a.layers.layer(dims, l), W, lo_[size_t(l)], rope_, dims);
+  const F* xf = &a.layers.xs[L * TH];
   rmsnorm_forward(a.hn.data(), a.invf.data(), xf, W + norm_, T, H, s_.rms_eps);
   if (hidden_out) std::memcpy(hidden_out, a.hn.data(), sizeof(F) * TH);
   if (!logits_out && !targets) return 0;
@@ -207,7 +178,7 @@ double LlamaTrainer<F>::run_sequence(Acts& a, const int32_t* ids, const int32_t*
   linear_backward(a.dhn.data(), G + lm_head_, (F*)nullptr, a.dlogits.data(), a.hn.data(), W + lm_head_, T, H, V);
   std::fill(a.dx.begin(), a.dx.end(), F(0));
   rmsnorm_backward(a.dx.data(), G + norm_, a.dhn.data(), xf, W + norm_, a.invf.data(), T, H);
-  for (int l = L - 1; l >= 0; --l) layer_backward(a.dx.data(), a.layer(s_, l), W, G, lo_[size_t(l)], rope_, dims, a.scratch);
+  for (int l = L - 1; l >= 0; --l) layer_backward(a.dx.data(), a.layers.layer(dims, l), W, G, lo_[size_t(l)], rope_, dims, a.scratch);
   for (int t = 0; t < T; ++t) axpy(G + embed_ + size_t(ids[t]) * H, &a.dx[size_t(t) * H], F(1), H);
   return loss;
 }

@@ -755,7 +755,10 @@ export class EagleSpeculator implements Speculator {
       if (st.drafted) drafting.push(b);
       return loneRoot(root);
     });
-    if (drafting.length === 0) return { proposals };
+    if (drafting.length === 0) {
+      const ahead = cost ? this.plainStepsAhead(seqs) : 0;
+      return ahead > 0 ? { proposals, plainSteps: ahead } : { proposals };
+    }
     let plan = cost ? this.plan(cost, seqs.length) : { levels: this.depth, width: this.topK };
     // A probe (plainRun steps after the plan chose plain) proposes at least the root's top child, so
     // that the rates see a trial and the choice can come back when the text gets easier.
@@ -917,6 +920,32 @@ export class EagleSpeculator implements Speculator {
     const tree = selectNodes({ tokens, parents }, keep);
     if (cost) this.proposedCond.set(s.key, { parents: tree.parents, cond: Float64Array.from(keep, (i) => cond[i] as number), rank: Int32Array.from(keep, (i) => rank[i] as number) });
     return tree;
+  }
+
+  /**
+   * Sized mode, in a plain run: this step and the next ones sure to be plain (no sequence drafts
+   * now, none comes due to probe within them), for the engine to run as one native chain. The step
+   * before a probe stays out of the chain: its forward returns the features the probe drafts from
+   * (a chain returns none; the draft's cache starts over after such a gap). 0: none.
+   */
+  private plainStepsAhead(seqs: readonly SpecSequence[]): number {
+    let steps = Infinity;
+    for (const s of seqs) {
+      const st = this.state(s);
+      if (st.drafted || st.plainRun === 0) return 0;
+      steps = Math.min(steps, this.probeAfter - st.plainRun - 1);
+    }
+    return steps >= 1 && Number.isFinite(steps) ? steps : 0;
+  }
+
+  /** The engine ran steps[b] plain steps of sequence b at once (after plainSteps): their features never came. */
+  updatePlain(seqs: readonly SpecSequence[], steps: readonly number[]): void {
+    seqs.forEach((s, b) => {
+      const st = this.state(s);
+      st.plainRun += steps[b] as number;
+      st.drafted = false;
+      st.treeDrafted = false;
+    });
   }
 
   update(seqs: readonly SpecSequence[], report: StepReport, ctx: ProposeContext = {}): void {

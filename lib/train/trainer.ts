@@ -60,7 +60,22 @@ function binding(): SpecdecNative.NativeBinding {
   return b;
 }
 
-/** Shared parameter access of both trainers. */
+/** The native trainers' Llama-layer sizes of a config (the fields they share). */
+function layerShape(c: Omit<LlamaTrainConfig, 'tieWordEmbeddings'>): Omit<SpecdecNative.TrainLlamaConfig, 'tieWordEmbeddings'> {
+  return {
+    vocabSize: c.vocabSize,
+    hiddenSize: c.hiddenSize,
+    intermediateSize: c.intermediateSize,
+    numLayers: c.numLayers,
+    numHeads: c.numHeads,
+    numKvHeads: c.numKvHeads,
+    rmsNormEps: c.rmsNormEps,
+    ropeTheta: c.ropeTheta,
+    ...(c.headDim !== undefined ? { headDim: c.headDim } : {}),
+  };
+}
+
+/** Shared parameter access of the trainers. */
 abstract class ParamOwner<N extends SpecdecNative.TrainParams> {
   protected handle: N | undefined;
   constructor(handle: N) {
@@ -120,18 +135,7 @@ export class LlamaTrainer extends ParamOwner<SpecdecNative.TrainLlama> {
   }
 
   static create(config: LlamaTrainConfig, options: TrainerOptions): LlamaTrainer {
-    const c: SpecdecNative.TrainLlamaConfig = {
-      vocabSize: config.vocabSize,
-      hiddenSize: config.hiddenSize,
-      intermediateSize: config.intermediateSize,
-      numLayers: config.numLayers,
-      numHeads: config.numHeads,
-      numKvHeads: config.numKvHeads,
-      rmsNormEps: config.rmsNormEps,
-      ropeTheta: config.ropeTheta,
-      tieWordEmbeddings: config.tieWordEmbeddings,
-      ...(config.headDim !== undefined ? { headDim: config.headDim } : {}),
-    };
+    const c: SpecdecNative.TrainLlamaConfig = { ...layerShape(config), tieWordEmbeddings: config.tieWordEmbeddings };
     return new LlamaTrainer(config, binding().trainLlamaCreate(c, options.seed, options.precision ?? 'f32', options.threads ?? 1));
   }
 
@@ -321,18 +325,7 @@ export class EagleTrainer extends ParamOwner<SpecdecNative.TrainEagle> {
   }
 
   static create(config: EagleTrainConfig, options: TrainerOptions): EagleTrainer {
-    const c: SpecdecNative.TrainEagleConfig = {
-      vocabSize: config.vocabSize,
-      hiddenSize: config.hiddenSize,
-      intermediateSize: config.intermediateSize,
-      numLayers: config.numLayers,
-      numHeads: config.numHeads,
-      numKvHeads: config.numKvHeads,
-      rmsNormEps: config.rmsNormEps,
-      ropeTheta: config.ropeTheta,
-      fcBias: config.fcBias ?? true,
-      ...(config.headDim !== undefined ? { headDim: config.headDim } : {}),
-    };
+    const c: SpecdecNative.TrainEagleConfig = { ...layerShape(config), fcBias: config.fcBias ?? true };
     return new EagleTrainer(config, binding().trainEagleCreate(c, options.seed, options.precision ?? 'f32', options.threads ?? 1));
   }
 

@@ -11,7 +11,9 @@ import { SpeculativeDecoder } from '../lib/decoder';
 import { KvCache } from '../lib/kv';
 import { LlamaModel } from '../lib/models/llama';
 import { writeSafetensors } from '../lib/safetensors';
+import { KEPT_TRACES } from '../lib/strategies/draft_model';
 import { EagleHead, EagleSpeculator } from '../lib/strategies/eagle';
+import { native } from '../lib/native';
 import { Tensor } from '../lib/tensor';
 import { configJson, randomWeights, specByName, type CheckpointSpec } from './fixtures/checkpoints';
 import { eagle3DraftIds, eagle3HeadTensors, eagleHeadTensors, writeEagle3Head, writeEagleHead, type Eagle3HeadSpec, type EagleHeadSpec } from './fixtures/eagle_head';
@@ -268,6 +270,22 @@ describe('EAGLE heads', function () {
     }
   });
 
+  it(`keeps the traces of live sequences and of the ${KEPT_TRACES} last released ones only (a server sees every request)`, async () => {
+    const target = await LlamaModel.load(writeEchoTarget(spec, seed), { device: 'cpu', maxSequences: 1 });
+    const head = EagleHead.load(writeEagleHead({ ...headSpec, echo: 8, fcBias: false, qkvBias: false, layers: 1 }), { device: 'cpu' });
+    const speculator = new EagleSpeculator({ head, topK: 2, depth: 2, totalTokens: 4 });
+    try {
+      const dec = new SpeculativeDecoder({ target, speculator });
+      for (let i = 0; i < KEPT_TRACES + 10; i++) await dec.generate(Int32Array.of(7, 8, 9), { maxNewTokens: 3 }).result;
+      assert.strictEqual(speculator.trace.size, KEPT_TRACES);
+      assert.ok([...speculator.trace.values()].at(-1)!.length >= 1);
+    } finally {
+      speculator.dispose();
+      head.dispose();
+      target.dispose();
+    }
+  });
+
   it('sized: deep, wide trees where the forward cost is flat; plain (with rare probes) where each node costs a forward', async () => {
     const target = await LlamaModel.load(writeEchoTarget(spec, seed), { device: 'cpu', maxSequences: 1 });
     const head = EagleHead.load(writeEagleHead({ ...headSpec, echo: 8, fcBias: false, qkvBias: false, layers: 1 }), { device: 'cpu' });
@@ -382,6 +400,58 @@ describe('EAGLE heads', function () {
       head.dispose();
     }
     assert.ok(worst < 2e-5, `largest error relative to the row's scale: ${worst}`);
+  });
+
+  it('the native draft layers (eagleForward) give the bits of the op-by-op composition (both versions, two calls, deeper rows)', function () {
+    if (!native().eagleForward) this.skip();
+    const r = rng(seed + 13);
+    for (const v3 of [false, true]) {
+      const head = EagleHead.load(v3 ? writeEagle3Head({ ...head3, targetHidden: 48, ownEmbed: true }) : writeEagleHead(headSpec), { device: 'cpu' });
+      const H = spec.hidden;
+      const Ht = v3 ? 48 : H;
+      const layers = v3 ? 1 : 2;
+      const table = Tensor.fromArray(Float32Array.from({ length: spec.vocab * H }, () => 2 * r() - 1), 'f32', [spec.vocab, H]);
+      const caches = [0, 1].map(() => new KvCache({ numLayers: layers, numKvHeads: 2, headDim: H / 4, pageSize: 4, numPages: 16, dtype: 'f32' }));
+      const seqs = caches.map((c) => c.addSequence());
+      try {
+        const n = 6;
+        const tokens = Int32Array.from({ length: n + 3 }, () => Math.floor(r() * spec.vocab));
+        const positions = Int32Array.from(tokens, (_, j) => 4 + j);
+        const blocks = Array.from({ length: v3 ? 3 : 1 }, () => Tensor.fromArray(Float32Array.from({ length: n * Ht }, () => 2 * r() - 1), 'f32', [n, Ht]));
+        const own = Tensor.fromArray(Float32Array.from({ length: 3 * H }, () => 2 * r() - 1), 'f32', [3, H]);
+        const outs = caches.map((cache, i) => {
+          const run = i === 0 ? head.forward.bind(head) : head.composedForward.bind(head);
+          let batch = cache.plan([seqs[i]!], [n]);
+          const h1 = run(table, cache, batch, tokens.subarray(0, n), blocks, positions.subarray(0, n), true);
+          cache.commit(batch, [seqs[i]!], [Int32Array.from({ length: n }, (_, j) => j)]);
+          batch.dispose();
+          // The second call: EAGLE-3's deeper rows read the draft's own h; EAGLE-1/2 reads features again.
+          batch = cache.plan([seqs[i]!], [3]);
+          const second = v3 ? [own] : [Tensor.fromArray(Float32Array.from({ length: 3 * H }, () => 0.5), 'f32', [3, H])];
+          const h2 = run(table, cache, batch, tokens.subarray(n), second, positions.subarray(n), !v3);
+          batch.dispose();
+          const out = [h1.toFloat32(), h2.toFloat32()];
+          for (const t of [h1, h2, ...(v3 ? [] : second)]) t.dispose();
+          return out;
+        });
+        assert.deepStrictEqual(outs[0]![0], outs[1]![0], `EAGLE-${v3 ? 3 : 1}: first call`);
+        assert.deepStrictEqual(outs[0]![1], outs[1]![1], `EAGLE-${v3 ? 3 : 1}: second call`);
+        for (const t of [...blocks, own]) t.dispose();
+      } finally {
+        for (const c of caches) c.dispose();
+        table.dispose();
+        head.dispose();
+      }
+      // A disposed head's native weights are released: its forward is an error, not a read of freed memory.
+      const cache = new KvCache({ numLayers: layers, numKvHeads: 2, headDim: H / 4, pageSize: 4, numPages: 4, dtype: 'f32' });
+      try {
+        const batch = cache.plan([cache.addSequence()], [1]);
+        assertThrowsCode(() => head.forward(Tensor.zeros('f32', [spec.vocab, H]), cache, batch, Int32Array.of(1), [Tensor.zeros('f32', [1, Ht])], Int32Array.of(0)), 'E_DISPOSED');
+        batch.dispose();
+      } finally {
+        cache.dispose();
+      }
+    }
   });
 
   it('EAGLE-3: greedy output equals plain decoding (8-layer target; sized, fixed, narrow trees; layers from the config)', async () => {

@@ -30,7 +30,48 @@ declare namespace SpecdecNative {
     lmHead: Tensor;
   }
 
+  /** An EAGLE head's tensors for eagleWeights (cpp/model/eagle.h); optional ones undefined. */
+  interface NativeEagleSpec {
+    version: 1 | 3;
+    heads: number;
+    kvHeads: number;
+    headDim: number;
+    eps: number;
+    embed?: Tensor;
+    fcEmbed?: Tensor;
+    fcFeature: readonly Tensor[];
+    fcBias?: Tensor;
+    invFreq: Tensor;
+    layers: readonly {
+      inNorm?: Tensor;
+      hiddenNorm?: Tensor;
+      q: Tensor;
+      k: Tensor;
+      v: Tensor;
+      qH?: Tensor;
+      kH?: Tensor;
+      vH?: Tensor;
+      qb?: Tensor;
+      kb?: Tensor;
+      vb?: Tensor;
+      o: Tensor;
+      postNorm: Tensor;
+      gate: Tensor;
+      up: Tensor;
+      down: Tensor;
+    }[];
+  }
+
+  /** Opaque: an EAGLE head's weights held natively (eagleWeights). */
+  type NativeEagleWeights = { readonly __eagleWeights: unique symbol };
+
   interface NativeBinding {
+    /** An EAGLE head's weights as one native handle (optional: older builds lack it). */
+    eagleWeights?(spec: NativeEagleSpec): NativeEagleWeights;
+    /** Drops the handle's references to the tensors (a later eagleForward with it is an E_DISPOSED). */
+    eagleWeightsRelease?(weights: NativeEagleWeights): void;
+    /** The EAGLE draft layers in one call: h f32 [N, H] (cpp/model/eagle.h). */
+    eagleForward?(weights: NativeEagleWeights, embed: Tensor, kvLayers: Tensor[], batch: unknown, ids: Int32Array, positions: Int32Array, features: Tensor[], fromTarget: boolean): Tensor;
     /** Fused Medusa heads: ResBlocks + LM head + top-k per head; ids [heads * R * k] (cpp/model/medusa.h). */
     medusaTopK(x: Tensor, heads: readonly NativeMedusaHead[], k: number): Int32Array;
     /** out[n] = table[ids[n]] as f32. E_ARG names a bad id and the vocabulary size. */

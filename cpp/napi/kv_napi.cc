@@ -331,5 +331,8 @@ void Init(Napi::Env env, Napi::Object exports) {
 Registrar reg(&Init);
 
 }  // namespace
+
+const PagedBatch& paged_batch_arg(const Napi::Value& v, const char* name) { return PagedBatchWrap::arg(v, name); }
+
 }  // namespace napi
 }  // namespace specdec

@@ -15,6 +15,7 @@
 #include "../model/medusa.h"
 
 namespace specdec {
+struct PagedBatch;
 namespace napi {
 
 // Each glue file registers an init function: static Registrar r(&InitFoo);
@@ -84,6 +85,8 @@ SamplingParams sampling_params_arg(const Napi::Value& v);
 // [{ w: Tensor[], b: Tensor[], lmHead }] (the fused Medusa heads, cpp/model/medusa.h).
 std::vector<MedusaHead> medusa_heads_arg(const Napi::Value& v);
 Tensor optional_tensor_arg(const Napi::Value& v, const char* name);  // undefined/null -> undefined tensor
+// A PagedBatch handle (KvCache.plan / pagedBatch; cpp/napi/kv_napi.cc). E_ARG / E_DISPOSED.
+const PagedBatch& paged_batch_arg(const Napi::Value& v, const char* name);
 Napi::Object wrap_tensor(Napi::Env env, Tensor t);
 // i32 token ids made by the library, known to be in [0, ids_below) or kNoMass (a sampled draw from a
 // row without mass): they may feed a forward or a verification on the device without being read

@@ -47,10 +47,11 @@ import { native } from '../native';
 import { openSafetensors } from '../safetensors';
 import { processLogits, topK } from '../sampling';
 import { gatherRows, isSampling } from '../step_helpers';
-import { Tensor, type Device } from '../tensor';
+import { asTensor, Tensor, type Device } from '../tensor';
 import { loneRoot, type TokenTree } from '../tree';
 import { backedOffProbeInterval, chooseChainLength, chooseSubtree, ConfidenceCalibration, PROBE_AFTER_PLAIN_STEPS, RankRates, RowsCost, selectNodes, sizingCost, stepCost } from '../tree_sizing';
 import type { ForwardCost } from '../cost_model';
+import { KEPT_TRACES } from './draft_model';
 import { codedError, type Proposal, type ProposalBatch, type ProposeContext, type SpecSequence, type Speculator, type StepReport } from './speculator';
 
 export interface EagleHeadConfig {
@@ -134,6 +135,8 @@ function splitColumns(w: Tensor, widths: readonly number[], device: Device): Ten
 /** Loaded EAGLE-1/2 or EAGLE-3 head weights (on one device). */
 export class EagleHead {
   private disposed = false;
+  /** The weights as one native handle (eagleForward), made at the first forward. */
+  private nativeWeights: SpecdecNative.NativeEagleWeights | undefined;
 
   private constructor(
     readonly config: EagleHeadConfig,
@@ -338,6 +341,60 @@ export class EagleHead {
    */
   forward(embed: Tensor, cache: KvCache, batch: PagedBatch, tokens: Int32Array, features: readonly Tensor[], positions: Int32Array, fromTarget = true): Tensor {
     if (this.disposed) throw codedError('E_DISPOSED', 'EAGLE head was disposed');
+    const b = native();
+    if (!b.eagleForward || !b.eagleWeights) return this.composedForward(embed, cache, batch, tokens, features, positions, fromTarget);
+    this.nativeWeights ??= b.eagleWeights(this.nativeSpec());
+    const layers = this.w.layers.map((_, l) => cache.layer(l));
+    try {
+      return asTensor(b.eagleForward(this.nativeWeights, embed, layers, batch, tokens, positions, [...features], fromTarget));
+    } finally {
+      for (const t of layers) t.dispose();
+    }
+  }
+
+  /** The weights as eagleWeights takes them. */
+  private nativeSpec(): SpecdecNative.NativeEagleSpec {
+    const c = this.config;
+    const w = this.w;
+    const opt = <K extends string>(key: K, t: Tensor | undefined): { [P in K]?: Tensor } => (t ? ({ [key]: t } as { [P in K]?: Tensor }) : {});
+    return {
+      version: c.version === 3 ? 3 : 1,
+      heads: c.numHeads,
+      kvHeads: c.numKvHeads,
+      headDim: c.headDim,
+      eps: c.rmsNormEps,
+      ...opt('embed', w.embed),
+      ...opt('fcEmbed', w.fcEmbed),
+      fcFeature: w.fcFeature,
+      ...opt('fcBias', w.fcBias),
+      invFreq: w.invFreq,
+      layers: w.layers.map((L) => ({
+        ...opt('inNorm', L.inNorm),
+        ...opt('hiddenNorm', L.hiddenNorm),
+        q: L.q,
+        k: L.k,
+        v: L.v,
+        ...opt('qH', L.qH),
+        ...opt('kH', L.kH),
+        ...opt('vH', L.vH),
+        ...opt('qb', L.qb),
+        ...opt('kb', L.kb),
+        ...opt('vb', L.vb),
+        o: L.o,
+        postNorm: L.postNorm,
+        gate: L.gate,
+        up: L.up,
+        down: L.down,
+      })),
+    };
+  }
+
+  /**
+   * forward() composed op by op from JavaScript: what the native eagleForward does in one call
+   * (tests check the two agree bit for bit), and the path of a build without it.
+   */
+  composedForward(embed: Tensor, cache: KvCache, batch: PagedBatch, tokens: Int32Array, features: readonly Tensor[], positions: Int32Array, fromTarget = true): Tensor {
+    if (this.disposed) throw codedError('E_DISPOSED', 'EAGLE head was disposed');
     const c = this.config;
     const w = this.w;
     const N = tokens.length;
@@ -433,6 +490,9 @@ export class EagleHead {
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
+    // The native handle's references to the tensors go now, not when the handle is collected.
+    if (this.nativeWeights) native().eagleWeightsRelease?.(this.nativeWeights);
+    this.nativeWeights = undefined;
     const w = this.w;
     const all = [w.fcEmbed, ...w.fcFeature, w.fcBias, w.invFreq, w.norm, w.lmHead, w.embed];
     for (const L of w.layers) all.push(L.inNorm, L.q, L.k, L.v, L.qH, L.kH, L.vH, L.hiddenNorm, L.qb, L.kb, L.vb, L.o, L.postNorm, L.gate, L.up, L.down);
@@ -525,8 +585,9 @@ export class EagleSpeculator implements Speculator {
   private readonly calibration = new ConfidenceCalibration();
   /** Per sequence: the proposed tree's parents and each node's conditional draft confidence (for the calibration). */
   private readonly proposedCond = new Map<number, { parents: Int32Array; cond: Float64Array; rank: Int32Array }>();
-  /** Per sequence key, per step: nodes proposed and drafts accepted (tests and stats read it). */
+  /** Per sequence key, per step: nodes proposed and drafts accepted (tests and stats read it): live sequences and the KEPT_TRACES most recently released. */
   readonly trace = new Map<number, { proposed: number; accepted: number }[]>();
+  private readonly releasedKeys: number[] = [];
 
   constructor(opts: EagleOptions) {
     this.head = opts.head;
@@ -1024,6 +1085,13 @@ export class EagleSpeculator implements Speculator {
   }
 
   release(seq: SpecSequence): void {
+    this.proposedDepth.delete(seq.key);
+    this.proposedCond.delete(seq.key);
+    // The traces of the KEPT_TRACES most recently released sequences stay (a server sees every request).
+    if (this.trace.has(seq.key)) {
+      this.releasedKeys.push(seq.key);
+      while (this.releasedKeys.length > KEPT_TRACES) this.trace.delete(this.releasedKeys.shift() as number);
+    }
     const st = this.states.get(seq.key);
     if (!st) return;
     dropFeatures(st);

@@ -1,0 +1,119 @@
+// N-API glue for the EAGLE draft layers as one call (cpp/model/eagle.h): eagleWeights(spec) makes a
+// handle of the head's tensors once; eagleForward(handle, ...) runs the layers over a planned batch.
+#include <cstring>
+
+#include "../core/kv_cache.h"
+#include "../model/eagle.h"
+#include "napi_util.h"
+
+namespace specdec {
+namespace napi {
+namespace {
+
+Tensor opt(const Napi::Object& o, const char* key) {
+  return has_field(o, key) ? optional_tensor_arg(get_field(o, key), key) : Tensor();
+}
+
+std::vector<Tensor> tensors(const Napi::Value& v, const char* name) {
+  SPECDEC_CHECK(v.IsArray(), "E_ARG", name, ": expected an array of tensors");
+  Napi::Array a = v.As<Napi::Array>();
+  std::vector<Tensor> out;
+  for (uint32_t i = 0; i < a.Length(); ++i) out.push_back(tensor_arg(a.Get(i), name));
+  return out;
+}
+
+// eagleWeights({ version, heads, kvHeads, headDim, eps, embed?, fcEmbed?, fcFeature: Tensor[], fcBias?,
+//   invFreq, layers: { inNorm?, hiddenNorm?, q, k, v, qH?, kH?, vH?, qb?, kb?, vb?, o, postNorm, gate, up, down }[] })
+Napi::Value EagleWeightsCreate(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    SPECDEC_CHECK(info[0].IsObject(), "E_ARG", "spec: expected an object");
+    Napi::Object o = info[0].As<Napi::Object>();
+    auto w = std::make_shared<EagleWeights>();
+    w->version = static_cast<int>(get_int(get_field(o, "version"), "version"));
+    SPECDEC_CHECK(w->version == 1 || w->version == 3, "E_ARG", "version: expected 1 or 3, got ", w->version);
+    w->heads = static_cast<int>(get_int(get_field(o, "heads"), "heads"));
+    w->kv_heads = static_cast<int>(get_int(get_field(o, "kvHeads"), "kvHeads"));
+    w->head_dim = static_cast<int>(get_int(get_field(o, "headDim"), "headDim"));
+    SPECDEC_CHECK(w->heads > 0 && w->kv_heads > 0 && w->head_dim > 0, "E_ARG", "heads, kvHeads, headDim: expected positive integers");
+    w->eps = static_cast<float>(get_number(get_field(o, "eps"), "eps"));
+    w->embed = opt(o, "embed");
+    w->fc_embed = opt(o, "fcEmbed");
+    w->fc_feature = tensors(get_field(o, "fcFeature"), "fcFeature");
+    w->fc_bias = opt(o, "fcBias");
+    w->inv_freq = tensor_arg(get_field(o, "invFreq"), "invFreq");
+    SPECDEC_CHECK(w->version == 3 ? w->fc_feature.size() == 3 : w->fc_feature.size() == 1 && w->fc_embed.defined(), "E_ARG",
+                  "fcFeature / fcEmbed: an EAGLE-1/2 head has fcEmbed and one feature block, an EAGLE-3 head three blocks");
+    Napi::Value lv = get_field(o, "layers");
+    SPECDEC_CHECK(lv.IsArray(), "E_ARG", "layers: expected an array");
+    Napi::Array la = lv.As<Napi::Array>();
+    for (uint32_t i = 0; i < la.Length(); ++i) {
+      SPECDEC_CHECK(la.Get(i).IsObject(), "E_ARG", "layers[", i, "]: expected an object");
+      Napi::Object L = la.Get(i).As<Napi::Object>();
+      EagleLayer l;
+      l.in_norm = opt(L, "inNorm");
+      l.hidden_norm = opt(L, "hiddenNorm");
+      l.q = tensor_arg(get_field(L, "q"), "q");
+      l.k = tensor_arg(get_field(L, "k"), "k");
+      l.v = tensor_arg(get_field(L, "v"), "v");
+      l.q_h = opt(L, "qH");
+      l.k_h = opt(L, "kH");
+      l.v_h = opt(L, "vH");
+      l.qb = opt(L, "qb");
+      l.kb = opt(L, "kb");
+      l.vb = opt(L, "vb");
+      l.o = tensor_arg(get_field(L, "o"), "o");
+      l.post_norm = tensor_arg(get_field(L, "postNorm"), "postNorm");
+      l.gate = tensor_arg(get_field(L, "gate"), "gate");
+      l.up = tensor_arg(get_field(L, "up"), "up");
+      l.down = tensor_arg(get_field(L, "down"), "down");
+      SPECDEC_CHECK(w->version != 3 || (l.in_norm.defined() && l.hidden_norm.defined() && l.q_h.defined() && l.k_h.defined() && l.v_h.defined()),
+                    "E_ARG", "layers[", i, "]: an EAGLE-3 layer has inNorm, hiddenNorm and the hidden-state halves qH, kH, vH");
+      w->layers.push_back(std::move(l));
+    }
+    return wrap_handle(info.Env(), std::move(w));
+  });
+}
+
+// eagleForward(weights, embed, kvLayers: Tensor[], batch, ids: Int32Array, positions: Int32Array,
+//              features: Tensor[], fromTarget: boolean) -> h f32 [N, H]
+Napi::Value EagleForward(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    const auto w = handle_arg<EagleWeights>(info[0], "weights", "EAGLE weights (eagleWeights)");
+    SPECDEC_CHECK(w != nullptr, "E_ARG", "weights: expected EAGLE weights (eagleWeights)");
+    SPECDEC_CHECK(w->inv_freq.defined(), "E_DISPOSED", "weights: the EAGLE head was disposed");
+    const Tensor embed = tensor_arg(info[1], "embed");
+    const std::vector<Tensor> layers = tensors(info[2], "kvLayers");
+    const PagedBatch& batch = paged_batch_arg(info[3], "batch");
+    const std::vector<int32_t> ids = get_i32_array(info[4], "ids");
+    const std::vector<int32_t> pos = get_i32_array(info[5], "positions");
+    SPECDEC_CHECK(ids.size() == pos.size(), "E_ARG", "ids and positions: ", ids.size(), " and ", pos.size(), " entries");
+    const std::vector<Tensor> features = tensors(info[6], "features");
+    const bool from_target = get_bool(info[7], "fromTarget");
+    const Device dev = w->inv_freq.device();
+    const int64_t N = static_cast<int64_t>(ids.size());
+    const Tensor ids_t = Tensor::from_host(DType::i32, {N}, ids.data(), dev);
+    const Tensor pos_t = Tensor::from_host(DType::i32, {N}, pos.data(), dev);
+    return wrap_tensor(info.Env(), eagle_forward(*w, embed, layers, batch, ids_t, ids.data(), pos_t, features, from_target));
+  });
+}
+
+// eagleWeightsRelease(weights): the tensors go now rather than when the handle is collected.
+Napi::Value EagleWeightsRelease(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    const auto w = handle_arg<EagleWeights>(info[0], "weights", "EAGLE weights (eagleWeights)");
+    if (w) *w = EagleWeights();
+    return info.Env().Undefined();
+  });
+}
+
+void Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("eagleWeights", Napi::Function::New(env, EagleWeightsCreate, "eagleWeights"));
+  exports.Set("eagleWeightsRelease", Napi::Function::New(env, EagleWeightsRelease, "eagleWeightsRelease"));
+  exports.Set("eagleForward", Napi::Function::New(env, EagleForward, "eagleForward"));
+}
+
+static Registrar reg(&Init);
+
+}  // namespace
+}  // namespace napi
+}  // namespace specdec

@@ -96,7 +96,23 @@ AdamWOptions adamw_arg(const Napi::Value& v) {
   return a;
 }
 
-// Parameter access shared by both handles.
+// The Llama layer sizes of a trainer config (vocabSize ... ropeTheta; headDim defaults to
+// hiddenSize / numHeads), E_ARG naming the field.
+void layer_shape_arg(const Napi::Object& c, int max_layers, LlamaShape* s) {
+  s->vocab = int_arg(get_field(c, "vocabSize"), "config.vocabSize", 1, 1 << 20);
+  s->hidden = int_arg(get_field(c, "hiddenSize"), "config.hiddenSize", 1, 1 << 14);
+  s->intermediate = int_arg(get_field(c, "intermediateSize"), "config.intermediateSize", 1, 1 << 16);
+  s->layers = int_arg(get_field(c, "numLayers"), "config.numLayers", 1, max_layers);
+  s->heads = int_arg(get_field(c, "numHeads"), "config.numHeads", 1, 256);
+  s->kv_heads = int_arg(get_field(c, "numKvHeads"), "config.numKvHeads", 1, 256);
+  s->head_dim = has_field(c, "headDim") ? int_arg(get_field(c, "headDim"), "config.headDim", 2, 1024) : s->hidden / s->heads;
+  SPECDEC_CHECK(has_field(c, "headDim") || s->hidden % s->heads == 0, "E_ARG",
+                "config.hiddenSize is not a multiple of config.numHeads and headDim is not given");
+  if (has_field(c, "rmsNormEps")) s->rms_eps = get_number(get_field(c, "rmsNormEps"), "config.rmsNormEps");
+  if (has_field(c, "ropeTheta")) s->rope_theta = get_number(get_field(c, "ropeTheta"), "config.ropeTheta");
+}
+
+// Parameter access shared by the trainer handles.
 template <typename F>
 Napi::Value param_info(Napi::Env env, const ParamSet<F>& p) {
   Napi::Array a = Napi::Array::New(env, p.info.size());
@@ -297,17 +313,7 @@ class TrainLlamaWrap : public Napi::ObjectWrap<TrainLlamaWrap>, public ParamAcce
     return guard(info.Env(), [&]() -> Napi::Value {
       Napi::Object c = object_arg(info[0], "config");
       LlamaShape s;
-      s.vocab = int_arg(get_field(c, "vocabSize"), "config.vocabSize", 1, 1 << 20);
-      s.hidden = int_arg(get_field(c, "hiddenSize"), "config.hiddenSize", 1, 1 << 14);
-      s.intermediate = int_arg(get_field(c, "intermediateSize"), "config.intermediateSize", 1, 1 << 16);
-      s.layers = int_arg(get_field(c, "numLayers"), "config.numLayers", 1, 256);
-      s.heads = int_arg(get_field(c, "numHeads"), "config.numHeads", 1, 256);
-      s.kv_heads = int_arg(get_field(c, "numKvHeads"), "config.numKvHeads", 1, 256);
-      s.head_dim = has_field(c, "headDim") ? int_arg(get_field(c, "headDim"), "config.headDim", 2, 1024) : s.hidden / s.heads;
-      SPECDEC_CHECK(has_field(c, "headDim") || s.hidden % s.heads == 0, "E_ARG",
-                    "config.hiddenSize is not a multiple of config.numHeads and headDim is not given");
-      if (has_field(c, "rmsNormEps")) s.rms_eps = get_number(get_field(c, "rmsNormEps"), "config.rmsNormEps");
-      if (has_field(c, "ropeTheta")) s.rope_theta = get_number(get_field(c, "ropeTheta"), "config.ropeTheta");
+      layer_shape_arg(c, 256, &s);
       if (has_field(c, "tieWordEmbeddings")) s.tie = get_bool(get_field(c, "tieWordEmbeddings"), "config.tieWordEmbeddings");
       return make(ctor, info, s);
     });
@@ -565,17 +571,7 @@ class TrainEagleWrap : public Napi::ObjectWrap<TrainEagleWrap>, public ParamAcce
     return guard(info.Env(), [&]() -> Napi::Value {
       Napi::Object c = object_arg(info[0], "config");
       EagleShape s;
-      s.vocab = int_arg(get_field(c, "vocabSize"), "config.vocabSize", 1, 1 << 20);
-      s.hidden = int_arg(get_field(c, "hiddenSize"), "config.hiddenSize", 1, 1 << 14);
-      s.intermediate = int_arg(get_field(c, "intermediateSize"), "config.intermediateSize", 1, 1 << 16);
-      s.layers = int_arg(get_field(c, "numLayers"), "config.numLayers", 1, 64);
-      s.heads = int_arg(get_field(c, "numHeads"), "config.numHeads", 1, 256);
-      s.kv_heads = int_arg(get_field(c, "numKvHeads"), "config.numKvHeads", 1, 256);
-      s.head_dim = has_field(c, "headDim") ? int_arg(get_field(c, "headDim"), "config.headDim", 2, 1024) : s.hidden / s.heads;
-      SPECDEC_CHECK(has_field(c, "headDim") || s.hidden % s.heads == 0, "E_ARG",
-                    "config.hiddenSize is not a multiple of config.numHeads and headDim is not given");
-      if (has_field(c, "rmsNormEps")) s.rms_eps = get_number(get_field(c, "rmsNormEps"), "config.rmsNormEps");
-      if (has_field(c, "ropeTheta")) s.rope_theta = get_number(get_field(c, "ropeTheta"), "config.ropeTheta");
+      layer_shape_arg(c, 64, &s);
       if (has_field(c, "fcBias")) s.fc_bias = get_bool(get_field(c, "fcBias"), "config.fcBias");
       return make(ctor, info, s);
     });

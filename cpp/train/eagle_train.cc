@@ -42,31 +42,12 @@ struct EagleTrainer<F>::Acts {
 
 template <typename F>
 EagleTrainer<F>::EagleTrainer(const EagleShape& s, uint64_t seed) : s_(s) {
-  SPECDEC_CHECK(s.vocab > 0 && s.hidden > 0 && s.intermediate > 0 && s.layers > 0 && s.heads > 0 && s.kv_heads > 0 &&
-                    s.head_dim > 0,
-                "E_ARG", "config: sizes must be positive");
-  SPECDEC_CHECK(s.heads % s.kv_heads == 0, "E_ARG", "config: numHeads (", s.heads, ") is not a multiple of numKvHeads (",
-                s.kv_heads, ")");
-  SPECDEC_CHECK(s.head_dim % 2 == 0, "E_ARG", "config: headDim (", s.head_dim, ") must be even");
-  SPECDEC_CHECK(s.rms_eps > 0 && s.rope_theta > 0, "E_ARG", "config: rmsNormEps and ropeTheta must be positive");
-  const int64_t H = s.hidden, I = s.intermediate, QD = int64_t(s.heads) * s.head_dim, KD = int64_t(s.kv_heads) * s.head_dim;
+  check_layer_shape(s);
+  const int64_t H = s.hidden;
   // SafeAILab's key names (cnets1.py), the order a checkpoint is written in.
   fc_ = p_.add("fc.weight", {H, 2 * H}, true);
   if (s.fc_bias) fc_bias_ = p_.add("fc.bias", {H}, false);
-  for (int l = 0; l < s.layers; ++l) {
-    const std::string pre = "layers." + std::to_string(l) + ".";
-    LayerOff o;
-    o.attn_norm = l == 0 ? kNoParam : p_.add(pre + "input_layernorm.weight", {H}, false);
-    o.q = p_.add(pre + "self_attn.q_proj.weight", {QD, H}, true);
-    o.k = p_.add(pre + "self_attn.k_proj.weight", {KD, H}, true);
-    o.v = p_.add(pre + "self_attn.v_proj.weight", {KD, H}, true);
-    o.o = p_.add(pre + "self_attn.o_proj.weight", {H, QD}, true);
-    o.mlp_norm = p_.add(pre + "post_attention_layernorm.weight", {H}, false);
-    o.gate = p_.add(pre + "mlp.gate_proj.weight", {I, H}, true);
-    o.up = p_.add(pre + "mlp.up_proj.weight", {I, H}, true);
-    o.down = p_.add(pre + "mlp.down_proj.weight", {H, I}, true);
-    lo_.push_back(o);
-  }
+  for (int l = 0; l < s.layers; ++l) lo_.push_back(add_layer(p_, "layers." + std::to_string(l) + ".", s, l > 0));
   // fc as nn.Linear's default (uniform, bound 1 / sqrt(fan_in)); the layers as LlamaTrainer's.
   Rng rng(seed);
   const double fc_bound = 1.0 / std::sqrt(2.0 * H);

@@ -68,6 +68,37 @@ double ParamSet<F>::adamw_step(const AdamWOptions& o) {
   return norm;
 }
 
+// ---- Layer tables --------------------------------------------------------------------------
+
+void check_layer_shape(const LlamaShape& s) {
+  SPECDEC_CHECK(s.vocab > 0 && s.hidden > 0 && s.intermediate > 0 && s.layers > 0 && s.heads > 0 && s.kv_heads > 0 &&
+                    s.head_dim > 0,
+                "E_ARG", "config: sizes must be positive");
+  SPECDEC_CHECK(s.heads % s.kv_heads == 0, "E_ARG", "config: numHeads (", s.heads, ") is not a multiple of numKvHeads (",
+                s.kv_heads, ")");
+  SPECDEC_CHECK(s.head_dim % 2 == 0, "E_ARG", "config: headDim (", s.head_dim, ") must be even");
+  SPECDEC_CHECK(s.rms_eps > 0 && s.rope_theta > 0, "E_ARG", "config: rmsNormEps and ropeTheta must be positive");
+}
+
+template <typename F>
+LayerOff add_layer(ParamSet<F>& p, const std::string& pre, const LlamaShape& s, bool attn_norm) {
+  const int64_t H = s.hidden, I = s.intermediate, QD = int64_t(s.heads) * s.head_dim, KD = int64_t(s.kv_heads) * s.head_dim;
+  LayerOff o;
+  o.attn_norm = attn_norm ? p.add(pre + "input_layernorm.weight", {H}, false) : kNoParam;
+  o.q = p.add(pre + "self_attn.q_proj.weight", {QD, H}, true);
+  o.k = p.add(pre + "self_attn.k_proj.weight", {KD, H}, true);
+  o.v = p.add(pre + "self_attn.v_proj.weight", {KD, H}, true);
+  o.o = p.add(pre + "self_attn.o_proj.weight", {H, QD}, true);
+  o.mlp_norm = p.add(pre + "post_attention_layernorm.weight", {H}, false);
+  o.gate = p.add(pre + "mlp.gate_proj.weight", {I, H}, true);
+  o.up = p.add(pre + "mlp.up_proj.weight", {I, H}, true);
+  o.down = p.add(pre + "mlp.down_proj.weight", {H, I}, true);
+  return o;
+}
+
+template LayerOff add_layer(ParamSet<float>&, const std::string&, const LlamaShape&, bool);
+template LayerOff add_layer(ParamSet<double>&, const std::string&, const LlamaShape&, bool);
+
 // ---- LlamaTrainer ---------------------------------------------------------------------------
 
 // One sequence's activations (what the backward pass needs) and gradient scratch.
@@ -101,31 +132,11 @@ struct LlamaTrainer<F>::Acts {
 
 template <typename F>
 LlamaTrainer<F>::LlamaTrainer(const LlamaShape& s, uint64_t seed) : s_(s) {
-  SPECDEC_CHECK(s.vocab > 0 && s.hidden > 0 && s.intermediate > 0 && s.layers > 0 && s.heads > 0 && s.kv_heads > 0 &&
-                    s.head_dim > 0,
-                "E_ARG", "config: sizes must be positive");
-  SPECDEC_CHECK(s.heads % s.kv_heads == 0, "E_ARG", "config: numHeads (", s.heads, ") is not a multiple of numKvHeads (",
-                s.kv_heads, ")");
-  SPECDEC_CHECK(s.head_dim % 2 == 0, "E_ARG", "config: headDim (", s.head_dim, ") must be even");
-  SPECDEC_CHECK(s.rms_eps > 0 && s.rope_theta > 0, "E_ARG", "config: rmsNormEps and ropeTheta must be positive");
-  const int64_t H = s.hidden, I = s.intermediate, V = s.vocab, QD = int64_t(s.heads) * s.head_dim,
-                KD = int64_t(s.kv_heads) * s.head_dim;
+  check_layer_shape(s);
+  const int64_t H = s.hidden, V = s.vocab;
   // Parameter table in HF names (the order a checkpoint is written in).
   embed_ = p_.add("model.embed_tokens.weight", {V, H}, true);
-  for (int l = 0; l < s.layers; ++l) {
-    const std::string pre = "model.layers." + std::to_string(l) + ".";
-    LayerOff o;
-    o.attn_norm = p_.add(pre + "input_layernorm.weight", {H}, false);
-    o.q = p_.add(pre + "self_attn.q_proj.weight", {QD, H}, true);
-    o.k = p_.add(pre + "self_attn.k_proj.weight", {KD, H}, true);
-    o.v = p_.add(pre + "self_attn.v_proj.weight", {KD, H}, true);
-    o.o = p_.add(pre + "self_attn.o_proj.weight", {H, QD}, true);
-    o.mlp_norm = p_.add(pre + "post_attention_layernorm.weight", {H}, false);
-    o.gate = p_.add(pre + "mlp.gate_proj.weight", {I, H}, true);
-    o.up = p_.add(pre + "mlp.up_proj.weight", {I, H}, true);
-    o.down = p_.add(pre + "mlp.down_proj.weight", {H, I}, true);
-    lo_.push_back(o);
-  }
+  for (int l = 0; l < s.layers; ++l) lo_.push_back(add_layer(p_, "model.layers." + std::to_string(l) + ".", s, true));
   norm_ = p_.add("model.norm.weight", {H}, false);
   lm_head_ = s.tie ? embed_ : p_.add("lm_head.weight", {V, H}, true);
 

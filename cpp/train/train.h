@@ -120,12 +120,17 @@ class MedusaTrainer {
   std::vector<size_t> lm_;                  // [head] offsets
 };
 
-struct EagleShape {
-  int hidden = 0, intermediate = 0, layers = 1, heads = 0, kv_heads = 0, head_dim = 0, vocab = 0;
-  double rms_eps = 1e-6;
-  double rope_theta = 10000.0;
+// An EAGLE head's layers have a Llama layer's sizes (`tie` unused: the LM head is the target's).
+struct EagleShape : LlamaShape {
   bool fc_bias = true;
 };
+
+// The checks both trainers make of their layer sizes (E_ARG naming the bad one).
+void check_layer_shape(const LlamaShape& s);
+// Adds one decoder layer's tensors (HF names under `prefix`; without input_layernorm when
+// attn_norm is false) to p and returns their offsets.
+template <typename F>
+LayerOff add_layer(ParamSet<F>& p, const std::string& prefix, const LlamaShape& s, bool attn_norm);
 
 // EAGLE-1/2 losses (SafeAILab's eagle/train/main.py): v_weight * SmoothL1(h_j, f_{j+1}) averaged
 // over rows and features + p_weight * cross-entropy of the head's logits against the target's

@@ -14,7 +14,10 @@
 // its top-k children; from all the nodes made, the best prefix-closed subtree is proposed -- at most
 // `totalTokens` nodes, and, unless fixed by the caller, as many as the target's measured cost curve
 // says pay (tree_sizing.chooseSubtree, with the draft's probabilities as the acceptance estimates,
-// which is EAGLE-2's premise). Greedy output equals plain decoding; when sampling, the tree is
+// which is EAGLE-2's premise, calibrated online against what was accepted). Sized, the depth comes
+// from the online rates and the measured cost of the draft's calls, and the expansion is wide only
+// where the target verifies a wider tree nearly for free (a GPU; top-1 chains on a CPU); plain runs
+// go to native chains between probes. Greedy output equals plain decoding; when sampling, the tree is
 // deterministic (one-hot drafts) and verified by exact tree rejection: lossless either way.
 //
 // Checkpoints: a directory with config.json (a Llama config: hidden_size, num_hidden_layers,
@@ -33,7 +36,8 @@
 // The draft's KV cache is its own (lib/kv.ts). Rows with real target features are committed there;
 // a tree level runs as one batch of single-token forks of its parents' draft sequences
 // (copy-on-write pages), so every node attends to exactly its ancestors, as EAGLE's tree mask does;
-// the forks are freed after the step.
+// the forks are freed after the step. The draft layers run as one native call (cpp/model/eagle.cc)
+// where the addon has it, else composed op by op here (composedForward: the same bits).
 import * as fs from 'fs';
 import * as path from 'path';
 

@@ -42,9 +42,10 @@ describe('specdec train-eagle (cli) and the embedded EAGLE head', function () {
   });
   after(() => fs.rmSync(dir, { recursive: true, force: true }));
 
-  it('trains a head that loads and decodes losslessly; the loss falls', () => {
-    const out = path.join(dir, 'head');
-    const r = cli(['train-eagle', '--model', target, '--data', data, '--out', out, '--steps', '80', '--seq-len', '32', '--batch', '4']);
+  for (const distill of [false, true]) {
+  it(`trains a head that loads and decodes losslessly${distill ? ' (--self-distill)' : ''}; the loss falls`, () => {
+    const out = path.join(dir, distill ? 'head-distill' : 'head');
+    const r = cli(['train-eagle', '--model', target, '--data', data, '--out', out, '--steps', '80', '--seq-len', '32', '--batch', '4', ...(distill ? ['--self-distill'] : [])]);
     assert.strictEqual(r.code, 0, r.stderr);
     const steps = [...r.stderr.matchAll(/^train-eagle: step (\d+)\/80 loss ([\d.]+) +\d+ tok\/s +ETA \d+ s$/gm)];
     assert.ok(steps.length >= 10, `progress lines:\n${r.stderr}`);
@@ -58,8 +59,10 @@ describe('specdec train-eagle (cli) and the embedded EAGLE head', function () {
     assert.strictEqual(spec.code, 0, spec.stderr);
     const s = JSON.parse(spec.stdout) as Rec;
     assert.deepStrictEqual(s.tokens, plain.tokens);
-    assert.ok(s.stats.tokensPerForward > 1.5, `tokens per forward ${s.stats.tokensPerForward}`);
+    // Measured: 2.35 on the data's stories, 4.0 on the model's own continuations of them.
+    assert.ok(s.stats.tokensPerForward > (distill ? 3 : 1.5), `tokens per forward ${s.stats.tokensPerForward}`);
   });
+  }
 
   it('--eagle default: the embedded head reproduces plain output and accepts deep trees', function () {
     if (!fs.existsSync(path.join(defaultModelPaths().eagle, 'config.json'))) this.skip();

@@ -43,25 +43,25 @@ describe('specdec train-eagle (cli) and the embedded EAGLE head', function () {
   after(() => fs.rmSync(dir, { recursive: true, force: true }));
 
   for (const distill of [false, true]) {
-  it(`trains a head that loads and decodes losslessly${distill ? ' (--self-distill)' : ''}; the loss falls`, () => {
-    const out = path.join(dir, distill ? 'head-distill' : 'head');
-    const r = cli(['train-eagle', '--model', target, '--data', data, '--out', out, '--steps', '80', '--seq-len', '32', '--batch', '4', ...(distill ? ['--self-distill'] : [])]);
-    assert.strictEqual(r.code, 0, r.stderr);
-    const steps = [...r.stderr.matchAll(/^train-eagle: step (\d+)\/80 loss ([\d.]+) +\d+ tok\/s +ETA \d+ s$/gm)];
-    assert.ok(steps.length >= 10, `progress lines:\n${r.stderr}`);
-    assert.ok(Number(steps.at(-1)![2]) < 0.5 * Number(steps[0]![2]), `loss ${steps[0]![2]} -> ${steps.at(-1)![2]}`);
-    assert.match(r.stderr, /train-eagle: wrote .* top-1 agreement with the model 0\.\d+\)/);
-    const head = EagleHead.load(out, { device: 'cpu' });
-    assert.strictEqual(head.config.version, 1);
-    assert.strictEqual(head.config.hiddenSize, 128);
-    head.dispose();
-    const spec = cli(['generate', '--prompt', prompt, '--max-new-tokens', '40', '--eagle', out, '--eagle-tree', '4,4,12', '--json']);
-    assert.strictEqual(spec.code, 0, spec.stderr);
-    const s = JSON.parse(spec.stdout) as Rec;
-    assert.deepStrictEqual(s.tokens, plain.tokens);
-    // Measured: 2.35 on the data's stories, 4.0 on the model's own continuations of them.
-    assert.ok(s.stats.tokensPerForward > (distill ? 3 : 1.5), `tokens per forward ${s.stats.tokensPerForward}`);
-  });
+    it(`trains a head that loads and decodes losslessly${distill ? ' (--self-distill)' : ''}; the loss falls`, () => {
+      const out = path.join(dir, distill ? 'head-distill' : 'head');
+      const r = cli(['train-eagle', '--model', target, '--data', data, '--out', out, '--steps', '80', '--seq-len', '32', '--batch', '4', ...(distill ? ['--self-distill'] : [])]);
+      assert.strictEqual(r.code, 0, r.stderr);
+      const steps = [...r.stderr.matchAll(/^train-eagle: step (\d+)\/80 loss ([\d.]+) +\d+ tok\/s +ETA \d+ s$/gm)];
+      assert.ok(steps.length >= 10, `progress lines:\n${r.stderr}`);
+      assert.ok(Number(steps.at(-1)![2]) < 0.5 * Number(steps[0]![2]), `loss ${steps[0]![2]} -> ${steps.at(-1)![2]}`);
+      assert.match(r.stderr, /train-eagle: wrote .* top-1 agreement with the model 0\.\d+\)/);
+      const head = EagleHead.load(out, { device: 'cpu' });
+      assert.strictEqual(head.config.version, 1);
+      assert.strictEqual(head.config.hiddenSize, 128);
+      head.dispose();
+      const spec = cli(['generate', '--prompt', prompt, '--max-new-tokens', '40', '--eagle', out, '--eagle-tree', '4,4,12', '--json']);
+      assert.strictEqual(spec.code, 0, spec.stderr);
+      const s = JSON.parse(spec.stdout) as Rec;
+      assert.deepStrictEqual(s.tokens, plain.tokens);
+      // Measured: 2.35 on the data's stories, 4.0 on the model's own continuations of them.
+      assert.ok(s.stats.tokensPerForward > (distill ? 3 : 1.5), `tokens per forward ${s.stats.tokensPerForward}`);
+    });
   }
 
   it('--eagle default: the embedded head reproduces plain output and accepts deep trees', function () {

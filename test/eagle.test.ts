@@ -311,6 +311,8 @@ describe('EAGLE heads', function () {
       const linear = await run(ForwardCost.fromFunction((n) => n, { frozen: true }));
       assert.ok(linear.nodes.every((n) => n <= 1), `linear cost: trees of ${linear.nodes.filter((n) => n > 1).join(', ')} nodes`);
       assert.ok(linear.tau < 1.5, `linear cost: tokens per forward ${linear.tau}`);
+      // Plain runs go to native chains (plainSteps): most of the 48 steps never reach update().
+      assert.ok(linear.nodes.length < 16, `linear cost: ${linear.nodes.length} steps went through update (chains expected)`);
     } finally {
       head.dispose();
       target.dispose();

@@ -8,10 +8,12 @@ import { Engine, type RequestOptions } from '../lib/engine/engine';
 import { LlamaModel } from '../lib/models/llama';
 import { native } from '../lib/native';
 import { DraftModelSpeculator } from '../lib/strategies/draft_model';
+import { EagleHead, EagleSpeculator } from '../lib/strategies/eagle';
 import { LookaheadSpeculator } from '../lib/strategies/lookahead';
 import { MedusaHeads, MedusaSpeculator } from '../lib/strategies/medusa';
 import type { Speculator } from '../lib/strategies/speculator';
 import { makeCheckpoint, specByName, type CheckpointSpec } from './fixtures/checkpoints';
+import { writeEagleHead } from './fixtures/eagle_head';
 import { writeMedusaHeads } from './fixtures/medusa_heads';
 import { rng, testSeed } from './helpers';
 
@@ -79,6 +81,8 @@ describe('engine: continuous batching', function () {
     // through a mixed step's per-setting rows of the shared forward.
     ['Medusa, fixed 2-head tree', () => new MedusaSpeculator({ heads: MedusaHeads.load(writeMedusaHeads({ numHeads: 2, numLayers: 1, hiddenSize: targetSpec.hidden, vocabSize: V, seed: testSeed }), { device: 'cpu' }), choices: [[0], [1], [0, 0], [0, 1], [1, 0]] })],
     ['lookahead W=3 N=3 G=3', () => new LookaheadSpeculator({ W: 3, N: 3, G: 3, sizing: 'fixed' })],
+    // EAGLE keeps per-sequence features and a draft cache of its own across the joins and leaves.
+    ['EAGLE-1/2, fixed 3,2,6', () => new EagleSpeculator({ head: EagleHead.load(writeEagleHead({ hidden: targetSpec.hidden, heads: 4, kvHeads: 2, intermediate: 48, vocab: V, seed: testSeed }), { device: 'cpu' }), topK: 3, depth: 2, totalTokens: 6 })],
   ];
   for (const [name, make] of speculators) {
     it(`${name}: each request's tokens are the same alone and in a batch (greedy and sampled)`, async () => {
@@ -92,6 +96,8 @@ describe('engine: continuous batching', function () {
       assert.ok(engine.metrics.sequenceForwards > engine.metrics.forwards, 'requests were batched');
       assert.strictEqual(target.kvInfo().freePages, target.kvInfo().totalPages, 'target pages leaked');
       assert.strictEqual(draft.kvInfo().freePages, draft.kvInfo().totalPages, 'draft pages leaked');
+      const own = (spec as { cache?: { freePages: number; totalPages: number } } | undefined)?.cache;
+      if (own) assert.strictEqual(own.freePages, own.totalPages, "the speculator's own cache leaked pages");
     });
   }
 

@@ -5,6 +5,8 @@
 // code import from 'specdec' instead of '../lib').
 import {
   DraftModelSpeculator,
+  EagleHead,
+  EagleSpeculator,
   HybridSpeculator,
   LlamaModel,
   LookaheadSpeculator,
@@ -25,11 +27,14 @@ export async function main(maxNewTokens = 48, log: (s: string) => void = console
   const draft = await LlamaModel.load(models.draft);
   const tokenizer = TextTokenizer.load(models.target)!;
   const medusa = MedusaHeads.load(models.medusa, { device: target.device });
+  const eagle = EagleHead.load(models.eagle, { device: target.device });
 
   const strategies: Record<string, () => Speculator | undefined> = {
     plain: () => undefined,
     draft: () => new DraftModelSpeculator({ draft, k: 4, adaptive: 'heuristic' }),
     medusa: () => new MedusaSpeculator({ heads: medusa, choices: 'mc_sim_7b_63' }),
+    // EAGLE-2's dynamic tree (8 children a node, 5 levels, 59 nodes); without them: sized per step.
+    eagle: () => new EagleSpeculator({ head: eagle, topK: 8, depth: 5, totalTokens: 59 }),
     lookahead: () => new LookaheadSpeculator({ W: 5, N: 3, G: 5 }),
     promptLookup: () => new PromptLookupSpeculator({ maxNgram: 3 }),
     // Lookahead speeds up the draft model, which drafts for the target.
@@ -56,6 +61,7 @@ export async function main(maxNewTokens = 48, log: (s: string) => void = console
   const [a, b] = await sampled.generateBatch([tokenizer.encode('the dog'), tokenizer.encode('one day')], { maxNewTokens });
   log(`sampled:     ${tokenizer.decode(a!.tokens)} | ${tokenizer.decode(b!.tokens)}`);
 
+  eagle.dispose();
   medusa.dispose();
   draft.dispose();
   target.dispose();

@@ -14,14 +14,6 @@ Tensor opt(const Napi::Object& o, const char* key) {
   return has_field(o, key) ? optional_tensor_arg(get_field(o, key), key) : Tensor();
 }
 
-std::vector<Tensor> tensors(const Napi::Value& v, const char* name) {
-  SPECDEC_CHECK(v.IsArray(), "E_ARG", name, ": expected an array of tensors");
-  Napi::Array a = v.As<Napi::Array>();
-  std::vector<Tensor> out;
-  for (uint32_t i = 0; i < a.Length(); ++i) out.push_back(tensor_arg(a.Get(i), name));
-  return out;
-}
-
 // eagleWeights({ version, heads, kvHeads, headDim, eps, embed?, fcEmbed?, fcFeature: Tensor[], fcBias?,
 //   invFreq, layers: { inNorm?, hiddenNorm?, q, k, v, qH?, kH?, vH?, qb?, kb?, vb?, o, postNorm, gate, up, down }[] })
 Napi::Value EagleWeightsCreate(const Napi::CallbackInfo& info) {
@@ -38,7 +30,7 @@ Napi::Value EagleWeightsCreate(const Napi::CallbackInfo& info) {
     w->eps = static_cast<float>(get_number(get_field(o, "eps"), "eps"));
     w->embed = opt(o, "embed");
     w->fc_embed = opt(o, "fcEmbed");
-    w->fc_feature = tensors(get_field(o, "fcFeature"), "fcFeature");
+    w->fc_feature = tensor_list_arg(get_field(o, "fcFeature"), "fcFeature");
     w->fc_bias = opt(o, "fcBias");
     w->inv_freq = tensor_arg(get_field(o, "invFreq"), "invFreq");
     SPECDEC_CHECK(w->version == 3 ? w->fc_feature.size() == 3 : w->fc_feature.size() == 1 && w->fc_embed.defined(), "E_ARG",
@@ -82,12 +74,12 @@ Napi::Value EagleForward(const Napi::CallbackInfo& info) {
     SPECDEC_CHECK(w != nullptr, "E_ARG", "weights: expected EAGLE weights (eagleWeights)");
     SPECDEC_CHECK(w->inv_freq.defined(), "E_DISPOSED", "weights: the EAGLE head was disposed");
     const Tensor embed = tensor_arg(info[1], "embed");
-    const std::vector<Tensor> layers = tensors(info[2], "kvLayers");
+    const std::vector<Tensor> layers = tensor_list_arg(info[2], "kvLayers");
     const PagedBatch& batch = paged_batch_arg(info[3], "batch");
     const std::vector<int32_t> ids = get_i32_array(info[4], "ids");
     const std::vector<int32_t> pos = get_i32_array(info[5], "positions");
     SPECDEC_CHECK(ids.size() == pos.size(), "E_ARG", "ids and positions: ", ids.size(), " and ", pos.size(), " entries");
-    const std::vector<Tensor> features = tensors(info[6], "features");
+    const std::vector<Tensor> features = tensor_list_arg(info[6], "features");
     const bool from_target = get_bool(info[7], "fromTarget");
     const Device dev = w->inv_freq.device();
     const int64_t N = static_cast<int64_t>(ids.size());

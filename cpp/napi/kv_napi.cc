@@ -245,16 +245,6 @@ class KvCacheWrap : public Napi::ObjectWrap<KvCacheWrap> {
   Napi::Value Disposed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), cache_ == nullptr); }
 };
 
-std::vector<Tensor> tensor_list(const Napi::Value& v, const char* name) {
-  SPECDEC_CHECK(v.IsArray(), "E_ARG", name, ": expected an array of Tensors");
-  Napi::Array a = v.As<Napi::Array>();
-  std::vector<Tensor> out;
-  for (uint32_t i = 0; i < a.Length(); ++i) {
-    std::string n = str(name, "[", i, "]");
-    out.push_back(tensor_arg(a.Get(i), n.c_str()));
-  }
-  return out;
-}
 
 // pagedBatch({ qoIndptr, pageIndptr, pageIndices, prefixLen, pageSize, numPages, device })
 Napi::Value MakePagedBatch(const Napi::CallbackInfo& info) {
@@ -305,7 +295,7 @@ Napi::Value TreeAttention(const Napi::CallbackInfo& info) {
 // kvCommit(layers, batch, accIndptr, accNodes): the raw op (KvCache.commit does the bookkeeping).
 Napi::Value KvCommit(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
-    ops::kv_commit(tensor_list(info[0], "layers"), PagedBatchWrap::arg(info[1], "batch"), tensor_arg(info[2], "accIndptr"),
+    ops::kv_commit(tensor_list_arg(info[0], "layers"), PagedBatchWrap::arg(info[1], "batch"), tensor_arg(info[2], "accIndptr"),
                    tensor_arg(info[3], "accNodes"));
     return info.Env().Undefined();
   });
@@ -314,7 +304,7 @@ Napi::Value KvCommit(const Napi::CallbackInfo& info) {
 // kvCopyPages(layers, srcPages, dstPages)
 Napi::Value KvCopyPages(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
-    ops::kv_copy_pages(tensor_list(info[0], "layers"), tensor_arg(info[1], "srcPages"), tensor_arg(info[2], "dstPages"));
+    ops::kv_copy_pages(tensor_list_arg(info[0], "layers"), tensor_arg(info[1], "srcPages"), tensor_arg(info[2], "dstPages"));
     return info.Env().Undefined();
   });
 }

@@ -247,15 +247,16 @@ SamplingParams sampling_params_arg(const Napi::Value& v) {
   return p;
 }
 
-namespace {
 std::vector<Tensor> tensor_list_arg(const Napi::Value& v, const char* name) {
-  SPECDEC_CHECK(v.IsArray(), "E_ARG", name, ": expected an array of tensors");
+  SPECDEC_CHECK(v.IsArray(), "E_ARG", name, ": expected an array of Tensors");
   Napi::Array a = v.As<Napi::Array>();
   std::vector<Tensor> out;
-  for (uint32_t i = 0; i < a.Length(); ++i) out.push_back(tensor_arg(a.Get(i), name));
+  for (uint32_t i = 0; i < a.Length(); ++i) {
+    const std::string n = str(name, "[", i, "]");
+    out.push_back(tensor_arg(a.Get(i), n.c_str()));
+  }
   return out;
 }
-}  // namespace
 
 std::vector<MedusaHead> medusa_heads_arg(const Napi::Value& v) {
   SPECDEC_CHECK(v.IsArray(), "E_ARG", "heads: expected an array");

@@ -85,6 +85,7 @@ SamplingParams sampling_params_arg(const Napi::Value& v);
 // [{ w: Tensor[], b: Tensor[], lmHead }] (the fused Medusa heads, cpp/model/medusa.h).
 std::vector<MedusaHead> medusa_heads_arg(const Napi::Value& v);
 Tensor optional_tensor_arg(const Napi::Value& v, const char* name);  // undefined/null -> undefined tensor
+std::vector<Tensor> tensor_list_arg(const Napi::Value& v, const char* name);  // Tensor[]; E_ARG names name[i]
 // A PagedBatch handle (KvCache.plan / pagedBatch; cpp/napi/kv_napi.cc). E_ARG / E_DISPOSED.
 const PagedBatch& paged_batch_arg(const Napi::Value& v, const char* name);
 Napi::Object wrap_tensor(Napi::Env env, Tensor t);

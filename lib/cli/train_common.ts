@@ -1,6 +1,6 @@
-// What `specdec train-medusa` and `specdec train-eagle` share: flag parsing, the frozen base model
-// in the project's trainer, the data (text or token ids, optionally self-distilled), the progress
-// line and the training loop's schedule.
+// What `specdec train-medusa` and `specdec train-eagle` share: flag parsing, the base model's config
+// checks, the data (text or token ids, optionally self-distilled), the progress line and the
+// training loop's schedule. (The frozen base model itself: LlamaTrainer.fromCheckpoint.)
 import * as fs from 'fs';
 import * as path from 'path';
 import { codedError } from '../errors';
@@ -8,7 +8,7 @@ import { readLlamaConfig, type LlamaConfig } from '../models/config';
 import { LlamaModel } from '../models/llama';
 import { plainGenerate } from '../plain';
 import { TextTokenizer } from '../tokenizer';
-import { LlamaTrainer, type LrSchedule, type SaveDType } from '../train/trainer';
+import type { LrSchedule, SaveDType } from '../train/trainer';
 
 /** The flags both training commands take. */
 export interface TrainFlags {
@@ -90,11 +90,6 @@ export function parseTrainFlags(
     dtype: dtype === 'bf16' ? 'BF16' : 'F32',
   };
   return { flags, values };
-}
-
-/** The checkpoint's weights in a trainer (f32): LlamaTrainer.fromCheckpoint. */
-export function loadTrainer(dir: string, config: LlamaConfig, seed: number, threads: number): LlamaTrainer {
-  return LlamaTrainer.fromCheckpoint(dir, config, { seed, threads });
 }
 
 /** The data file as one token stream: JSON id arrays as they are, text line by line through the tokenizer. */

@@ -4,9 +4,9 @@
 // model's next distribution (cross-entropy through its LM head), as SafeAILab's trainer does,
 // with uniform noise on the input features. Written in SafeAILab's layout (config.json +
 // model.safetensors), ready for --eagle DIR.
-import { BatchSampler, EagleTrainer, learningRate } from '../train/trainer';
+import { BatchSampler, EagleTrainer, learningRate, LlamaTrainer } from '../train/trainer';
 import { codedError } from '../errors';
-import { loadTrainer, parseTrainFlags, prepareTraining, relativeBase, trainLoop, trainSchedule, type TrainFlags } from './train_common';
+import { parseTrainFlags, prepareTraining, relativeBase, trainLoop, trainSchedule, type TrainFlags } from './train_common';
 
 export const TRAIN_EAGLE_USAGE = `usage: specdec train-eagle --model DIR --data FILE --out DIR [options]
 
@@ -49,7 +49,7 @@ export async function trainEagleCommand(argv: string[]): Promise<number> {
   }
   const f = parseTrainEagleFlags(argv);
   const { config, stream } = await prepareTraining(f, { positions: f.seqLen + 1, positionsText: 'seq-len + 1', forwardTokens: f.seqLen + 1 });
-  using target = loadTrainer(f.model, config, f.seed, f.threads);
+  using target = LlamaTrainer.fromCheckpoint(f.model, config, { seed: f.seed, threads: f.threads });
   using head = EagleTrainer.create(EagleTrainer.configFor(config, f.layers), { seed: f.seed, threads: f.threads });
   const sampler = new BatchSampler(stream, f.seqLen + 1, f.batch, f.seed + 1);
   const schedule = trainSchedule(f);

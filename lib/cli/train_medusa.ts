@@ -5,8 +5,8 @@
 // learn from text the model itself generates from the data's lines (Medusa-1 self-distillation),
 // so they match the model's distribution rather than the data's.
 // Progress: a bar on a terminal (loss, tokens/s, ETA), plain lines otherwise.
-import { BatchSampler, learningRate, MedusaTrainer } from '../train/trainer';
-import { intFlag, loadTrainer, parseTrainFlags, prepareTraining, progressLine as commonProgressLine, relativeBase, requireFlag, trainLoop, trainSchedule, type TrainFlags } from './train_common';
+import { BatchSampler, learningRate, LlamaTrainer, MedusaTrainer } from '../train/trainer';
+import { intFlag, parseTrainFlags, prepareTraining, progressLine as commonProgressLine, relativeBase, requireFlag, trainLoop, trainSchedule, type TrainFlags } from './train_common';
 
 export const TRAIN_MEDUSA_USAGE = `usage: specdec train-medusa --model DIR --data FILE --heads N --out DIR [options]
 
@@ -49,7 +49,7 @@ export async function trainMedusaCommand(argv: string[]): Promise<number> {
   }
   const f = parseTrainMedusaFlags(argv);
   const { config, stream } = await prepareTraining(f, { positions: f.seqLen + f.heads + 1, positionsText: 'seq-len + heads + 1', forwardTokens: f.seqLen });
-  using target = loadTrainer(f.model, config, f.seed, f.threads);
+  using target = LlamaTrainer.fromCheckpoint(f.model, config, { seed: f.seed, threads: f.threads });
   using heads = MedusaTrainer.create({ numHeads: f.heads, numLayers: f.layers, hiddenSize: config.hiddenSize, vocabSize: config.vocabSize }, { seed: f.seed, threads: f.threads });
   heads.initFromTarget(target);
   const sampler = new BatchSampler(stream, f.seqLen, f.batch, f.seed + 1);

@@ -901,11 +901,14 @@ export class EagleSpeculator implements Speculator {
         const st = sts[b] as EagleState;
         return Array.from({ length: k1 }, (_, r) => ({ node: r, parentSeq: st.seq, hTensor: hRoot as Tensor, hRow: b }));
       });
-      const depth = Math.min(levels, ...seqs.map((s) => s.maxDepth - 1));
+      // Each sequence expands to its own depth limit (a batch-wide one would make a sequence's tree,
+      // and so a sampled sequence's output, depend on the sequences beside it).
+      const depth = Math.min(levels, Math.max(...seqs.map((s) => s.maxDepth - 1)));
       for (let level = 1; level <= depth; level++) {
         // Expand the best topK nodes of the newest level (all of level 1).
         const rows: { b: number; open: Open }[] = [];
-        seqs.forEach((_, b) => {
+        seqs.forEach((s, b) => {
+          if (level > s.maxDepth - 1) return;
           const pool = pools[b] as Node[];
           const best = (open[b] as Open[]).slice().sort((x, y) => (pool[y.node] as Node).logProb - (pool[x.node] as Node).logProb || x.node - y.node);
           for (const o of best.slice(0, width)) rows.push({ b, open: o });

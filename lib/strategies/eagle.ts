@@ -857,7 +857,7 @@ export class EagleSpeculator implements Speculator {
     // children), then k - 1 expansion calls of `width` rows per sequence.
     const draft = (w: number) => (n: number): number => (n > 1 ? call(batch) + (n - 2) * call(batch * w) : 0);
     const k = chooseChainLength((i) => this.rates.rate(i), this.depth + 1, stepCost(cost, batch, draft(1))).size;
-    if (k <= 1) return { levels: -1, width: 1 };
+    if (k < 1) return { levels: -1, width: 1 };
     // Wider expansions only where they are nearly free: the step with every node of a w-wide
     // expansion verified (the most the subtree choice can keep) costs at most a tenth more than the
     // chain's. On a GPU the target verifies tens of nodes for the price of one (wide trees); on a

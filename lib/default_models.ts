@@ -12,10 +12,12 @@ export interface DefaultModelPaths {
   readonly medusa: string;
   /** An EAGLE-1/2 head for the target (SafeAILab layout). */
   readonly eagle: string;
+  /** An EAGLE-3 head for the target (SafeAILab layout, a draft vocabulary of the corpus's 256 most frequent tokens). */
+  readonly eagle3: string;
 }
 
 /** Absolute paths of the embedded default family: `LlamaModel.load(defaultModelPaths().target)`. */
 export function defaultModelPaths(): DefaultModelPaths {
   const dir = path.join(packageRoot, 'models', 'default');
-  return { target: path.join(dir, 'target'), draft: path.join(dir, 'draft'), medusa: path.join(dir, 'medusa'), eagle: path.join(dir, 'eagle') };
+  return { target: path.join(dir, 'target'), draft: path.join(dir, 'draft'), medusa: path.join(dir, 'medusa'), eagle: path.join(dir, 'eagle'), eagle3: path.join(dir, 'eagle3') };
 }

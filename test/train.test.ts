@@ -18,8 +18,11 @@ import {
   BatchSampler,
   buildVocab,
   corpusWords,
+  defaultAuxLayers,
+  Eagle3Trainer,
   EagleTrainer,
   EOS_ID,
+  frequentIds,
   generateCorpus,
   learningRate,
   LlamaTrainer,
@@ -526,6 +529,198 @@ describe(`trainer (seed ${testSeed})`, function () {
     });
   });
 
+  describe('EAGLE-3 head', () => {
+    const H = 16,
+      V = 21,
+      base = { vocabSize: V, hiddenSize: H, intermediateSize: 20, numHeads: 4, numKvHeads: 2, rmsNormEps: 1e-5, ropeTheta: 10000, maxPositions: 64 };
+    // A draft vocabulary of 13 of the 21 ids (so d2t maps and some target choices are not draftable).
+    const draftIds = Int32Array.of(0, 1, 3, 4, 6, 8, 9, 11, 12, 15, 17, 18, 20);
+    const cfg = { ...base, draftIds, auxLayers: [1, 2, 3] as [number, number, number] };
+
+    it("the trainer's head is the runtime's: catch-up rows from the target's features, then deeper steps from its own outputs", () => {
+      const r = rng(testSeed + 61);
+      using head = Eagle3Trainer.create(cfg, { seed: testSeed, precision: 'f64' });
+      randomizeParams(head, r);
+      const T = 7,
+        S = 3;
+      const tokens = randomTokens(T + 1, V, r);
+      const features = Float64Array.from({ length: (T + 1) * 3 * H }, () => 2 * r() - 1);
+      const embed = Float64Array.from({ length: V * H }, () => 2 * r() - 1);
+      const want = head.forward(tokens, features, embed, 1, T, S);
+      const Vd = draftIds.length;
+      const dir = tmpDir('eagle3');
+      try {
+        head.save(dir, { dtype: 'F32' });
+        const loaded = EagleHead.load(dir, { device: 'cpu' });
+        const cache = new KvCache({ numLayers: 1, numKvHeads: 2, headDim: H / 4, pageSize: 4, numPages: 8, dtype: 'f32' });
+        try {
+          assert.strictEqual(loaded.config.version, 3);
+          assert.strictEqual(loaded.config.draftVocabSize, Vd);
+          assert.deepStrictEqual(loaded.config.auxLayers, [1, 2, 3]);
+          assert.deepStrictEqual(loaded.toTargetIds(Int32Array.from({ length: Vd }, (_, d) => d)), draftIds, 'd2t maps draft ids to the draft vocabulary');
+          using embedT = Tensor.fromArray(Float32Array.from(embed), 'f32', [V, H]);
+          let worst = 0;
+          const compare = (h: Tensor, step: number, rows: number[]): void => {
+            const got = h.toFloat32();
+            using lg = loaded.logits(h, embedT);
+            const gotLogits = lg.toFloat32();
+            rows.forEach((j, i) => {
+              for (let c = 0; c < H; c++) {
+                const w = want.h[(step * T + j) * H + c]!;
+                worst = Math.max(worst, Math.abs(got[i * H + c]! - w) / (1 + Math.abs(w)));
+              }
+              for (let d = 0; d < Vd; d++) {
+                const w = want.logits[(step * T + j) * Vd + d]!;
+                worst = Math.max(worst, Math.abs(gotLogits[i * Vd + d]! - w) / (1 + Math.abs(w)));
+              }
+            });
+          };
+          // Row j = T - S: the catch-up of rows 0..j (token t[i + 1], features of position i, at i),
+          // then steps 1 and 2 of row j (token t[j + s + 1], the previous step's h, at j + s).
+          const j = T - S;
+          const seq = cache.addSequence();
+          const blocks = [0, 1, 2].map((k) =>
+            Tensor.fromArray(Float32Array.from({ length: (j + 1) * H }, (_, i) => features[(Math.floor(i / H) * 3 + k) * H + (i % H)]!), 'f32', [j + 1, H]),
+          );
+          let batch = cache.plan([seq], [j + 1]);
+          let h = loaded.forward(embedT, cache, batch, tokens.subarray(1, j + 2), blocks, Int32Array.from({ length: j + 1 }, (_, i) => i));
+          cache.commit(batch, [seq], [Int32Array.from({ length: j + 1 }, (_, i) => i)]);
+          batch.dispose();
+          for (const b of blocks) b.dispose();
+          compare(h, 0, Array.from({ length: j + 1 }, (_, i) => i));
+          let rowAt = j; // row j's place in the last output
+          for (let step = 1; step < S; step++) {
+            const hj = Tensor.fromArray(h.toFloat32().slice(rowAt * H, rowAt * H + H), 'f32', [1, H]);
+            h.dispose();
+            batch = cache.plan([seq], [1]);
+            h = loaded.forward(embedT, cache, batch, Int32Array.of(tokens[j + step + 1]!), [hj], Int32Array.of(j + step), false);
+            cache.commit(batch, [seq], [Int32Array.of(0)]);
+            batch.dispose();
+            hj.dispose();
+            rowAt = 0;
+            compare(h, step, [j]);
+          }
+          h.dispose();
+          assert.ok(worst < 2e-5, `runtime vs trainer: ${worst}`);
+        } finally {
+          cache.dispose();
+          loaded.dispose();
+        }
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+    });
+
+    it('the loss matches a float64 reference (masked where the target picks an undraftable token) and the backward matches finite differences', () => {
+      const r = rng(testSeed + 67);
+      using head = Eagle3Trainer.create(cfg, { seed: testSeed, precision: 'f64', threads: 2 });
+      randomizeParams(head, r);
+      const B = 2,
+        T = 5,
+        steps = 3,
+        decay = 0.7;
+      const Vd = draftIds.length;
+      const tokens = randomTokens(B * (T + 1), V, r);
+      const features = Float64Array.from({ length: B * (T + 1) * 3 * H }, () => 2 * r() - 1);
+      const logits = Float64Array.from({ length: B * (T + 1) * V }, () => 3 * (2 * r() - 1));
+      const embed = Float64Array.from({ length: V * H }, () => 2 * r() - 1);
+      const res = head.lossAndGrad(tokens, features, logits, embed, B, T, { steps, decay });
+      const out = head.forward(tokens, features, embed, B, T, steps);
+      const inDraft = new Set(draftIds);
+      const lse = (a: number[]): number => {
+        const m = Math.max(...a);
+        return m + Math.log(a.reduce((s, x) => s + Math.exp(x - m), 0));
+      };
+      let total = 0,
+        masked = 0,
+        rows = 0;
+      for (let s = 0; s < steps; s++) {
+        let loss = 0,
+          hits = 0;
+        for (let b = 0; b < B; b++) {
+          for (let j = 0; j < T - s; j++) {
+            rows++;
+            const tz = Array.from(logits.subarray((b * (T + 1) + j + s + 1) * V, (b * (T + 1) + j + s + 2) * V));
+            if (!inDraft.has(tz.indexOf(Math.max(...tz)))) {
+              masked++;
+              continue;
+            }
+            const z = Array.from(out.logits.subarray(((b * steps + s) * T + j) * Vd, ((b * steps + s) * T + j + 1) * Vd));
+            const td = Array.from(draftIds, (t) => tz[t]!);
+            const zl = lse(z),
+              tl = lse(td);
+            loss -= td.reduce((acc, x, d) => acc + Math.exp(x - tl) * (z[d]! - zl), 0);
+            if (z.indexOf(Math.max(...z)) === td.indexOf(Math.max(...td))) hits++;
+          }
+        }
+        assert.ok(Math.abs(res.stepLoss[s]! - loss / (B * T)) < 1e-10, `step ${s} loss ${res.stepLoss[s]} vs ${loss / (B * T)}`);
+        assert.ok(Math.abs(res.stepAccuracy[s]! - hits / (B * (T - s))) < 1e-12, `step ${s} accuracy ${res.stepAccuracy[s]} vs ${hits / (B * (T - s))}`);
+        total += decay ** s * (loss / (B * T));
+      }
+      assert.ok(masked > 0 && masked < rows, `some rows masked (${masked} of ${rows})`);
+      assert.ok(Math.abs(res.loss - total) < 1e-10, `loss ${res.loss} vs ${total}`);
+      assert.strictEqual(res.stepLoss.length, steps);
+      const p0 = head.getParams() as Float64Array;
+      const g = Float64Array.from(head.getGrads());
+      const info = head.paramInfo().map((q) => ({ name: q.name, shape: [...q.shape] }));
+      assert.deepStrictEqual(info.find((q) => q.name === 'midlayer.self_attn.q_proj.weight')?.shape, [16, 2 * H]);
+      assert.deepStrictEqual(info.find((q) => q.name === 'lm_head.weight')?.shape, [Vd, H]);
+      gradCheck('eagle3', p0, g, info, (q) => {
+        head.setParams(q);
+        return head.lossAndGrad(tokens, features, logits, embed, B, T, { steps, decay }).loss;
+      }, r);
+      // One step alone: step 0's rows are an ordinary causal layer; the later steps change the gradient.
+      head.setParams(p0);
+      const one = head.lossAndGrad(tokens, features, logits, embed, B, T, { steps: 1 });
+      assert.ok(Math.abs(one.loss - res.stepLoss[0]!) < 1e-12 && one.stepLoss.length === 1);
+    });
+
+    it('trainStep reads the frozen target (three residual streams, logits, embedding) and learns', async () => {
+      const r = rng(testSeed + 71);
+      const targetCfg = tiny({ hiddenSize: H, vocabSize: V, numLayers: 4 });
+      using target = LlamaTrainer.create(targetCfg, { seed: testSeed, threads: 2 });
+      randomizeParams(target, r);
+      assert.deepStrictEqual(defaultAuxLayers(4), [1, 2, 3]);
+      assert.deepStrictEqual(defaultAuxLayers(32), [2, 16, 29]);
+      const B = 4,
+        T = 20;
+      const tokens = Int32Array.from({ length: B * (T + 1) }, (_, i) => ((i % (T + 1)) * 7 + Math.floor(i / (T + 1))) % V);
+      const ids = frequentIds(tokens, V, 15);
+      assert.strictEqual(ids.length, 15);
+      assert.ok(ids.every((t, i) => i === 0 || t > ids[i - 1]!), 'ascending');
+      using head = Eagle3Trainer.create(Eagle3Trainer.configFor(targetCfg, ids), { seed: testSeed, threads: 2 });
+      const { logits, aux } = target.forward(tokens, B, T + 1, [1, 2, 3]);
+      assert.ok(aux !== undefined && aux.length === B * (T + 1) * 3 * H);
+      const embed = target.getParam('model.embed_tokens.weight');
+      const lm = target.getParam('lm_head.weight');
+      const expect = head.lossAndGrad(tokens, aux, logits, embed, B, T, { steps: 4 });
+      const first = await head.trainStep(target, tokens, B, T, { lr: 3e-3, steps: 4 });
+      assert.ok(Math.abs(first.loss - expect.loss) < 1e-5 * expect.loss, `trainStep loss ${first.loss} vs lossAndGrad on the target's outputs ${expect.loss}`);
+      // The soft cross-entropy's floor: the entropy of the target's draft-vocabulary distributions (KL above it is what can be learnt).
+      const inDraft = new Set(ids);
+      let floor = 0;
+      for (let s = 0; s < 4; s++) {
+        for (let b = 0; b < B; b++) {
+          for (let j = 0; j < T - s; j++) {
+            const z = Array.from(logits.subarray((b * (T + 1) + j + s + 1) * V, (b * (T + 1) + j + s + 2) * V));
+            if (!inDraft.has(z.indexOf(Math.max(...z)))) continue;
+            const zd = Array.from(ids, (t) => z[t]!);
+            const m = Math.max(...zd);
+            const ls = m + Math.log(zd.reduce((a, x) => a + Math.exp(x - m), 0));
+            floor -= (0.8 ** s * zd.reduce((a, x) => a + Math.exp(x - ls) * (x - ls), 0)) / (B * T);
+          }
+        }
+      }
+      let last = first;
+      for (let s = 0; s < 150; s++) last = await head.trainStep(target, tokens, B, T, { lr: 3e-3, steps: 4 });
+      assert.ok(first.loss > floor && last.loss > floor - 1e-6, `losses ${first.loss}, ${last.loss} above the entropy ${floor}`);
+      assert.ok(last.loss - floor < (first.loss - floor) * 0.5, `eagle-3 loss above its floor ${floor}: ${first.loss} -> ${last.loss}`);
+      assert.ok(last.stepAccuracy[3]! > first.stepAccuracy[3]!, `step-3 agreement ${first.stepAccuracy[3]} -> ${last.stepAccuracy[3]}`);
+      assert.deepStrictEqual(target.getParam('lm_head.weight'), lm, 'the target is frozen');
+      assert.deepStrictEqual(target.getParam('model.embed_tokens.weight'), embed, 'the target is frozen');
+    });
+  });
+
   describe('default family recipe', () => {
     it('a scaled-down run writes loadable target, draft, Medusa heads, tokenizers and a README', async function () {
       this.timeout(60000);
@@ -553,6 +748,13 @@ describe(`trainer (seed ${testSeed})`, function () {
         assert.strictEqual(eagle.config.hiddenSize, target.hiddenSize);
         eagle.dispose();
         assert.ok(r.eagle.heldoutAgreement >= 0 && r.eagle.heldoutAgreement <= 1);
+        const eagle3 = EagleHead.load(path.join(dir, 'eagle3'), { device: 'cpu' });
+        assert.strictEqual(eagle3.config.version, 3);
+        assert.deepStrictEqual(eagle3.config.auxLayers, [1, 2, 3]);
+        assert.strictEqual(eagle3.config.draftVocabSize, Math.min(256, r.vocabSize));
+        eagle3.dispose();
+        assert.strictEqual(r.eagle3.heldoutAgreement.length, 7);
+        assert.ok(r.eagle3.heldoutAgreement.every((a) => a >= 0 && a <= 1));
         for (const d of ['target', 'draft']) assert.ok(TextTokenizer.load(path.join(dir, d)));
         assert.ok(fs.readFileSync(path.join(dir, 'README.md'), 'utf8').includes('MIT'));
         assert.ok(r.sample.startsWith(SAMPLE_PROMPT));

@@ -59,7 +59,8 @@ declare namespace SpecdecNative {
     /** tokens [batch, seqLen + 1] (targets are the next ids): mean cross-entropy; sets the gradients. */
     lossAndGrad(tokens: Int32Array, batch: number, seqLen: number): number;
     /** tokens [batch, seqLen]: logits [batch*seqLen, V] and final-norm hidden states [batch*seqLen, H]. */
-    forward(tokens: Int32Array, batch: number, seqLen: number): { logits: TrainValues; hidden: TrainValues };
+    /** auxLayers: also `aux` [batch*seqLen, A*H], the residual streams entering those layers (EAGLE-3's features). */
+    forward(tokens: Int32Array, batch: number, seqLen: number, auxLayers?: Int32Array): { logits: TrainValues; hidden: TrainValues; aux?: TrainValues };
     /** One AdamW step on tokens [batch, seqLen + 1] (libuv pool). */
     trainStep(tokens: Int32Array, batch: number, seqLen: number, options: AdamWNativeOptions): Promise<{ loss: number; gradNorm: number }>;
     evalLoss(tokens: Int32Array, batch: number, seqLen: number): Promise<number>;
@@ -157,9 +158,80 @@ declare namespace SpecdecNative {
     ): Promise<EagleLossNative & { gradNorm: number }>;
   }
 
+
+  interface TrainEagle3Config {
+    vocabSize: number;
+    hiddenSize: number;
+    intermediateSize: number;
+    /** Must be 1 (the midlayer). */
+    numLayers: number;
+    numHeads: number;
+    numKvHeads: number;
+    headDim?: number;
+    rmsNormEps?: number;
+    ropeTheta?: number;
+    /** The head's LM head rows: the target ids it can draft (draftIds). */
+    draftVocabSize: number;
+  }
+
+  /** Training-time test (SafeAILab's traineagle3): unrolled steps and their loss weights decay^s. */
+  interface Eagle3LossNativeOptions {
+    /** Default 7. */
+    steps?: number;
+    /** Default 0.8. */
+    decay?: number;
+  }
+
+  interface Eagle3LossNative {
+    /** sum over steps s of decay^s * stepLoss[s]. */
+    loss: number;
+    /** Soft cross-entropy per step over the draft vocabulary, summed over rows whose target argmax is draftable, / (batch * seqLen). */
+    stepLoss: number[];
+    /** Per step: rows whose argmax (mapped to target ids) is the target's argmax, over the rows with a target. */
+    stepAccuracy: number[];
+  }
+
+  interface TrainEagle3 extends TrainParams {
+    /**
+     * tokens [batch, seqLen + 1], the target's three residual streams per position side by side
+     * [batch, seqLen + 1, 3H], its logits [batch, seqLen + 1, V], its embedding table [V, H], the
+     * draft vocabulary (ascending target ids): the training-time-test loss; sets the gradients.
+     */
+    lossAndGrad(
+      tokens: Int32Array,
+      features: Float32Array | Float64Array,
+      targetLogits: Float32Array | Float64Array,
+      embed: Float32Array | Float64Array,
+      draftIds: Int32Array,
+      batch: number,
+      seqLen: number,
+      options?: Eagle3LossNativeOptions,
+    ): Eagle3LossNative;
+    /** Each step's h [batch, steps, seqLen, H] and logits [batch, steps, seqLen, Vd]; rows j >= seqLen - s of step s are zeros. */
+    forward(
+      tokens: Int32Array,
+      features: Float32Array | Float64Array,
+      embed: Float32Array | Float64Array,
+      batch: number,
+      seqLen: number,
+      steps: number,
+    ): { h: TrainValues; logits: TrainValues };
+    /** One AdamW step on what the (frozen, f32) target computes for tokens [batch, seqLen + 1]. */
+    trainStep(
+      target: TrainLlama,
+      tokens: Int32Array,
+      batch: number,
+      seqLen: number,
+      auxLayers: Int32Array,
+      draftIds: Int32Array,
+      options: AdamWNativeOptions & Eagle3LossNativeOptions,
+    ): Promise<Eagle3LossNative & { gradNorm: number }>;
+  }
+
   interface NativeBinding {
     trainLlamaCreate(config: TrainLlamaConfig, seed: number, precision?: TrainPrecision, threads?: number): TrainLlama;
     trainMedusaCreate(config: TrainMedusaConfig, seed: number, precision?: TrainPrecision, threads?: number): TrainMedusa;
     trainEagleCreate(config: TrainEagleConfig, seed: number, precision?: TrainPrecision, threads?: number): TrainEagle;
+    trainEagle3Create(config: TrainEagle3Config, seed: number, precision?: TrainPrecision, threads?: number): TrainEagle3;
   }
 }

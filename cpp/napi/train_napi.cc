@@ -17,6 +17,10 @@ namespace napi {
 namespace {
 
 using train::AdamWOptions;
+using train::Eagle3LossOptions;
+using train::Eagle3Shape;
+using train::Eagle3Stats;
+using train::Eagle3Trainer;
 using train::EagleLossOptions;
 using train::EagleShape;
 using train::EagleStats;
@@ -349,10 +353,18 @@ class TrainLlamaWrap : public Napi::ObjectWrap<TrainLlamaWrap>, public ParamAcce
         using F = typename std::decay_t<decltype(*m)>::Scalar;
         const size_t N = size_t(B) * T;
         std::vector<F> logits(N * m->shape().vocab), hidden(N * m->shape().hidden);
-        m->forward(t.data(), B, T, logits.data(), hidden.data(), threads_);
+        // auxLayers (optional Int32Array): also the residual streams entering those layers.
+        std::vector<int> aux;
+        if (info.Length() > 3 && !info[3].IsUndefined()) {
+          const std::vector<int32_t> a = get_i32_array(info[3], "auxLayers");
+          aux.assign(a.begin(), a.end());
+        }
+        std::vector<F> auxv(aux.empty() ? 0 : N * aux.size() * m->shape().hidden);
+        m->forward(t.data(), B, T, logits.data(), hidden.data(), threads_, aux, aux.empty() ? nullptr : auxv.data());
         Napi::Object o = Napi::Object::New(info.Env());
         o.Set("logits", float_array(info.Env(), logits.data(), logits.size()));
         o.Set("hidden", float_array(info.Env(), hidden.data(), hidden.size()));
+        if (!aux.empty()) o.Set("aux", float_array(info.Env(), auxv.data(), auxv.size()));
         return o;
       });
     });
@@ -714,10 +726,184 @@ class TrainEagleWrap : public Napi::ObjectWrap<TrainEagleWrap>, public ParamAcce
 };
 Napi::FunctionReference* TrainEagleWrap::ctor = nullptr;
 
+// ---- TrainEagle3 ----------------------------------------------------------------------------
+
+class TrainEagle3Wrap : public Napi::ObjectWrap<TrainEagle3Wrap>, public ParamAccess<TrainEagle3Wrap>, public TrainerHandle<Eagle3Trainer> {
+ public:
+  static Napi::FunctionReference* ctor;
+
+  static void Init(Napi::Env env, Napi::Object exports) {
+    std::vector<PropertyDescriptor> methods = param_methods();
+    methods.insert(methods.end(), {
+        InstanceMethod<&TrainEagle3Wrap::LossAndGrad>("lossAndGrad"),
+        InstanceMethod<&TrainEagle3Wrap::Forward>("forward"),
+        InstanceMethod<&TrainEagle3Wrap::TrainStep>("trainStep"),
+        InstanceMethod<&TrainEagle3Wrap::Dispose>("dispose"),
+    });
+    Napi::Function f = DefineClass(env, "TrainEagle3", methods);
+    ctor = new Napi::FunctionReference(Napi::Persistent(f));
+    exports.Set("trainEagle3Create", Napi::Function::New(env, Create, "trainEagle3Create"));
+  }
+
+  explicit TrainEagle3Wrap(const Napi::CallbackInfo& info)
+      : Napi::ObjectWrap<TrainEagle3Wrap>(info), TrainerHandle<Eagle3Trainer>(info, "trainEagle3Create", "this head") {}
+
+ private:
+  friend class ParamAccess<TrainEagle3Wrap>;
+  static Napi::Value Create(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      Napi::Object c = object_arg(info[0], "config");
+      Eagle3Shape s;
+      layer_shape_arg(c, 1, &s);
+      s.draft_vocab = int_arg(get_field(c, "draftVocabSize"), "config.draftVocabSize", 1, s.vocab);
+      return make(ctor, info, s);
+    });
+  }
+
+  // { steps?, decay? } (absent: SafeAILab's 7 steps, 0.8).
+  static Eagle3LossOptions loss_options(const Napi::Value& v) {
+    Eagle3LossOptions e;
+    if (v.IsUndefined()) return e;
+    Napi::Object o = object_arg(v, "options");
+    if (has_field(o, "steps")) e.steps = int_arg(get_field(o, "steps"), "options.steps", 1, 64);
+    if (has_field(o, "decay")) e.decay = get_number(get_field(o, "decay"), "options.decay");
+    SPECDEC_CHECK(e.decay > 0 && std::isfinite(e.decay), "E_ARG", "options.decay: expected a finite number > 0");
+    return e;
+  }
+
+  static Napi::Object stats(Napi::Env env, const Eagle3Stats& s) {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("loss", s.loss);
+    o.Set("stepLoss", number_array(env, s.step_loss));
+    o.Set("stepAccuracy", number_array(env, s.step_acc));
+    return o;
+  }
+
+  template <typename F>
+  static std::vector<F> take(const Napi::Value& v, const char* name, size_t n, const char* what) {
+    std::vector<double> d = float_values(v, name);
+    SPECDEC_CHECK(d.size() == n, "E_ARG", name, ": expected ", n, " values (", what, "), got ", d.size());
+    return std::vector<F>(d.begin(), d.end());
+  }
+
+  static std::vector<int32_t> tokens_arg(const Napi::Value& v, int B, int T) {
+    std::vector<int32_t> t = get_i32_array(v, "tokens");
+    SPECDEC_CHECK(t.size() == size_t(B) * (size_t(T) + 1), "E_ARG", "tokens: expected ", size_t(B) * (size_t(T) + 1), " ids (", B,
+                  " x ", T + 1, "), got ", t.size());
+    return t;
+  }
+
+  // lossAndGrad(tokens [B, T+1], features [B, T+1, 3H], targetLogits [B, T+1, V], embed [V, H],
+  //             draftIds [Vd], B, T, options?) -> { loss, stepLoss, stepAccuracy }
+  Napi::Value LossAndGrad(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&] {
+      return visit([&](auto& m) -> Napi::Value {
+        using F = typename std::decay_t<decltype(*m)>::Scalar;
+        const Eagle3Shape& s = m->shape();
+        const int B = int_arg(info[5], "batch", 1, 1 << 20), T = int_arg(info[6], "seqLen", 1, 1 << 16);
+        const size_t R = size_t(B) * (size_t(T) + 1), H = size_t(s.hidden), V = size_t(s.vocab);
+        const std::vector<int32_t> tokens = tokens_arg(info[0], B, T);
+        const std::vector<F> feats = take<F>(info[1], "features", R * 3 * H, "batch x (seqLen + 1) x 3 hiddenSize");
+        const std::vector<F> logits = take<F>(info[2], "targetLogits", R * V, "batch x (seqLen + 1) x vocabSize");
+        const std::vector<F> embed = take<F>(info[3], "embed", V * H, "vocabSize x hiddenSize");
+        const std::vector<int32_t> ids = get_i32_array(info[4], "draftIds");
+        return stats(info.Env(), m->forward_backward(tokens.data(), feats.data(), logits.data(), embed.data(), ids.data(), B, T,
+                                                     loss_options(info[7]), threads_));
+      });
+    });
+  }
+
+  // forward(tokens [B, T+1], features [B, T+1, 3H], embed [V, H], B, T, steps) ->
+  //   { h [B, steps, T, H], logits [B, steps, T, Vd] } (rows j >= T - s of step s: zeros)
+  Napi::Value Forward(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&] {
+      return visit([&](auto& m) -> Napi::Value {
+        using F = typename std::decay_t<decltype(*m)>::Scalar;
+        const Eagle3Shape& s = m->shape();
+        const int B = int_arg(info[3], "batch", 1, 1 << 20), T = int_arg(info[4], "seqLen", 1, 1 << 16);
+        const int steps = int_arg(info[5], "steps", 1, 64);
+        const size_t R = size_t(B) * (size_t(T) + 1), H = size_t(s.hidden), V = size_t(s.vocab);
+        const std::vector<int32_t> tokens = tokens_arg(info[0], B, T);
+        const std::vector<F> feats = take<F>(info[1], "features", R * 3 * H, "batch x (seqLen + 1) x 3 hiddenSize");
+        const std::vector<F> embed = take<F>(info[2], "embed", V * H, "vocabSize x hiddenSize");
+        const size_t N = size_t(B) * steps * T;
+        std::vector<F> h(N * H), logits(N * size_t(s.draft_vocab));
+        m->forward(tokens.data(), feats.data(), embed.data(), B, T, steps, h.data(), logits.data(), threads_);
+        Napi::Object o = Napi::Object::New(info.Env());
+        o.Set("h", float_array(info.Env(), h.data(), h.size()));
+        o.Set("logits", float_array(info.Env(), logits.data(), logits.size()));
+        return o;
+      });
+    });
+  }
+
+  // trainStep(target: TrainLlama, tokens [B, T+1], B, T, auxLayers: Int32Array(3), draftIds: Int32Array,
+  //           adamw & loss options) -> Promise<stats & { gradNorm }>. The frozen target computes the
+  // three residual streams and the logits of the batch; the head takes one AdamW step.
+  Napi::Value TrainStep(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      SPECDEC_CHECK(f32_ || f64_, "E_DISPOSED", "trainer was disposed");
+      SPECDEC_CHECK(!busy_->load(), "E_BUSY", "a training step of this head is still running");
+      SPECDEC_CHECK(f32_ != nullptr, "E_ARG", "trainStep needs an f32 head");
+      TrainLlamaWrap* tw = TrainLlamaWrap::f32_of(info[0], "target");
+      std::shared_ptr<LlamaTrainer<float>> target = tw->f32_;
+      auto m = f32_;
+      SPECDEC_CHECK(target->shape().hidden == m->shape().hidden && target->shape().vocab == m->shape().vocab, "E_ARG",
+                    "target: hidden/vocab sizes (", target->shape().hidden, ", ", target->shape().vocab,
+                    ") do not match the head's (", m->shape().hidden, ", ", m->shape().vocab, ")");
+      auto t = std::make_shared<std::vector<int32_t>>(get_i32_array(info[1], "tokens"));
+      const int B = int_arg(info[2], "batch", 1, 1 << 20), T = int_arg(info[3], "seqLen", 1, 1 << 16);
+      target->check_tokens(t->data(), t->size(), B, T + 1, "tokens");
+      const std::vector<int32_t> aux32 = get_i32_array(info[4], "auxLayers");
+      SPECDEC_CHECK(aux32.size() == 3, "E_ARG", "auxLayers: expected three layer indices, got ", aux32.size());
+      const std::vector<int> aux(aux32.begin(), aux32.end());
+      for (int l : aux)
+        SPECDEC_CHECK(l >= 0 && l < target->shape().layers, "E_ARG", "auxLayers: layer ", l, " is outside the target's [0, ",
+                      target->shape().layers, ")");
+      auto ids = std::make_shared<std::vector<int32_t>>(get_i32_array(info[5], "draftIds"));
+      m->check_draft_ids(ids->data(), ids->size());
+      const AdamWOptions opts = adamw_arg(info[6]);
+      const Eagle3LossOptions lopts = loss_options(info[6]);
+      struct Out {
+        Eagle3Stats s;
+        double norm = 0;
+      };
+      auto out = std::make_shared<Out>();
+      const int threads = threads_;
+      auto guard = std::make_shared<BusyGuard>(busy_), target_guard = std::make_shared<BusyGuard>(tw->busy_);
+      return run_async(
+          info.Env(),
+          [=, guard = std::move(guard), target_guard = std::move(target_guard)] {
+            (void)guard, (void)target_guard;  // released with this closure, on the main thread
+            const size_t R = size_t(B) * (size_t(T) + 1);
+            std::vector<float> features(R * 3 * target->shape().hidden), logits(R * target->shape().vocab);
+            target->forward(t->data(), B, T + 1, logits.data(), nullptr, threads, aux, features.data());
+            const auto& tp = target->params();
+            const float* embed = tp.w.data() + tp.find("model.embed_tokens.weight").offset;
+            out->s = m->forward_backward(t->data(), features.data(), logits.data(), embed, ids->data(), B, T, lopts, threads);
+            out->norm = m->params().adamw_step(opts);
+          },
+          [=](Napi::Env env) -> Napi::Value {
+            Napi::Object o = stats(env, out->s);
+            o.Set("gradNorm", out->norm);
+            return o;
+          },
+          {Value(), info[0]});
+    });
+  }
+
+  Napi::Value Dispose(const Napi::CallbackInfo& info) {
+    release();
+    return info.Env().Undefined();
+  }
+};
+Napi::FunctionReference* TrainEagle3Wrap::ctor = nullptr;
+
 void Init(Napi::Env env, Napi::Object exports) {
   TrainLlamaWrap::Init(env, exports);
   TrainMedusaWrap::Init(env, exports);
   TrainEagleWrap::Init(env, exports);
+  TrainEagle3Wrap::Init(env, exports);
 }
 
 static Registrar reg(&Init);

@@ -236,14 +236,24 @@ double LlamaTrainer<F>::eval_loss(const int32_t* tokens, int B, int T, int threa
 }
 
 template <typename F>
-void LlamaTrainer<F>::forward(const int32_t* tokens, int B, int T, F* logits, F* hidden, int threads) {
+void LlamaTrainer<F>::forward(const int32_t* tokens, int B, int T, F* logits, F* hidden, int threads,
+                              const std::vector<int>& aux_layers, F* aux) {
+  for (int l : aux_layers)
+    SPECDEC_CHECK(l >= 0 && l < s_.layers, "E_ARG", "auxLayers: layer ", l, " is outside [0, ", s_.layers, ")");
   rope_.ensure(T, s_.head_dim, s_.rope_theta);
   threads = std::max(1, std::min(threads, B));
   std::vector<Acts> acts(static_cast<size_t>(threads));
+  const size_t H = size_t(s_.hidden), A = aux_layers.size();
   parallel_chunks(B, threads, [&](int tid, int b0, int b1) {
-    for (int b = b0; b < b1; ++b)
-      run_sequence(acts[size_t(tid)], tokens + size_t(b) * T, nullptr, T, nullptr, F(0),
+    for (int b = b0; b < b1; ++b) {
+      Acts& a = acts[size_t(tid)];
+      run_sequence(a, tokens + size_t(b) * T, nullptr, T, nullptr, F(0),
                    logits ? logits + size_t(b) * T * s_.vocab : nullptr, hidden ? hidden + size_t(b) * T * s_.hidden : nullptr);
+      if (!aux) continue;
+      for (int t = 0; t < T; ++t)
+        for (size_t k = 0; k < A; ++k)
+          std::memcpy(aux + ((size_t(b) * T + t) * A + k) * H, &a.layers.xs[(size_t(aux_layers[k]) * T + t) * H], sizeof(F) * H);
+    }
   });
 }
 

@@ -72,8 +72,10 @@ class LlamaTrainer {
   // Mean cross-entropy only (no gradient).
   double eval_loss(const int32_t* tokens, int B, int T, int threads);
   // tokens [B, T]: logits [B*T, V] and/or final hidden states after the last norm [B*T, H]
-  // (either may be null).
-  void forward(const int32_t* tokens, int B, int T, F* logits, F* hidden, int threads);
+  // (either may be null). With aux_layers (A of them, each in [0, layers)): aux [B*T, A*H], row t the
+  // residual streams entering those layers (layer 0: the embeddings), side by side (EAGLE-3's features).
+  void forward(const int32_t* tokens, int B, int T, F* logits, F* hidden, int threads,
+               const std::vector<int>& aux_layers = {}, F* aux = nullptr);
 
   // Validates token ids and sizes (E_ARG naming the argument).
   void check_tokens(const int32_t* tokens, size_t count, int B, int T, const char* name) const;
@@ -184,6 +186,66 @@ class EagleTrainer {
   void run_sequence(Acts& a, const int32_t* tokens, const F* features, const F* target_logits, const F* embed,
                     const F* lm_head, int T, F* G, double scale, const EagleLossOptions& opts, uint64_t noise_stream,
                     EagleStats* stats, F* h_out, F* logits_out);
+};
+
+// An EAGLE-3 head (SafeAILab's eagle/traineagle3 layout): fc [H, 3H] (no bias) over three of the
+// target's residual streams, one "midlayer" -- attention and MLP of a Llama layer whose q/k/v read
+// [input_layernorm(embed(token)); hidden_norm(x)] (2H wide) and whose residual is x -- then norm and
+// its own LM head over a draft vocabulary (the target ids draft_ids[d], ascending). layers == 1.
+struct Eagle3Shape : LlamaShape {
+  int draft_vocab = 0;
+};
+
+// Training-time test: `steps` unrolled steps; step s feeds row j token t[j + s + 1] at position
+// j + s, with x = fc(features[j]) at step 0 and step s - 1's output of row j after it; row j of step
+// s attends to step 0's rows 0..j and to its own row of steps 1..s. Its loss is the soft
+// cross-entropy against the target's softmax over the draft vocabulary at position j + s + 1, kept
+// where the target's argmax is in the draft vocabulary, summed over rows / (B * T) and weighted
+// decay^s (SafeAILab: 7 steps, 0.8).
+struct Eagle3LossOptions {
+  int steps = 7;
+  double decay = 0.8;
+};
+
+struct Eagle3Stats {
+  double loss = 0;
+  std::vector<double> step_loss;  // per step, unweighted
+  std::vector<double> step_acc;   // per step: rows whose head argmax is the target's argmax / rows with a target
+};
+
+template <typename F>
+class Eagle3Trainer {
+ public:
+  using Scalar = F;
+  Eagle3Trainer(const Eagle3Shape& shape, uint64_t seed);
+
+  const Eagle3Shape& shape() const { return s_; }
+  ParamSet<F>& params() { return p_; }
+
+  // tokens [B, T + 1], features [B, T + 1, 3H] (the three residual streams of each position, in
+  // layer order), target logits [B, T + 1, V], embed [V, H] (frozen), draft_ids [Vd] (ascending
+  // target ids). Sets params().g; returns the loss with its parts.
+  Eagle3Stats forward_backward(const int32_t* tokens, const F* features, const F* target_logits, const F* embed,
+                               const int32_t* draft_ids, int B, int T, const Eagle3LossOptions& opts, int threads);
+  // Each step's output h [B, steps, T, H] (before the norm) and logits [B, steps, T, Vd] (either may
+  // be null); rows past the window (j + s >= T) are zero.
+  void forward(const int32_t* tokens, const F* features, const F* embed, int B, int T, int steps, F* h, F* logits,
+               int threads);
+  // Checks draft ids (E_ARG naming the bad one): Vd ascending ids in [0, V).
+  void check_draft_ids(const int32_t* ids, size_t n) const;
+
+ private:
+  struct Acts;
+  Eagle3Shape s_;
+  ParamSet<F> p_;
+  size_t fc_ = 0, in_norm_ = 0, hid_norm_ = 0, q_ = 0, k_ = 0, v_ = 0, o_ = 0, post_norm_ = 0, gate_ = 0, up_ = 0,
+         down_ = 0, norm_ = 0, lm_ = 0;
+  RopeTable<F> rope_;
+
+  void prepare(const int32_t* tokens, int B, int T, int steps);
+  void run_sequence(Acts& a, const int32_t* tokens, const F* features, const F* target_logits, const F* embed,
+                    const int32_t* draft_ids, const std::vector<uint8_t>* in_draft, int T, int steps, F* G, double scale,
+                    const Eagle3LossOptions& opts, Eagle3Stats* stats, F* h_out, F* logits_out);
 };
 
 }  // namespace train

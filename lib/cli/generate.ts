@@ -391,7 +391,7 @@ export async function generateCommand(argv: string[], io: GenerateIo = {}): Prom
     let records: GenerateRecord[];
     try {
       if (speculative) {
-        const hook = io.strategyHook ?? strategyHook({ defaults: { draft: EMBEDDED.draft, medusa: EMBEDDED.medusa, eagle: EMBEDDED.eagle } });
+        const hook = io.strategyHook ?? strategyHook({ defaults: { draft: EMBEDDED.draft, medusa: EMBEDDED.medusa, eagle: EMBEDDED.eagle, eagle3: EMBEDDED.eagle3 } });
         records = await hook({ flags, target: model, prompts, decode, onTokens, signal });
       } else {
         const res = await plainGenerate(model, prompts, {

@@ -99,7 +99,7 @@ export async function startServe(flags: ServeFlags): Promise<RunningServer> {
   let dispose = (): void => model.dispose();
   try {
     const built = await speculatorFactory(flags.strategy, {
-      defaults: { draft: EMBEDDED.draft, medusa: EMBEDDED.medusa, eagle: EMBEDDED.eagle },
+      defaults: { draft: EMBEDDED.draft, medusa: EMBEDDED.medusa, eagle: EMBEDDED.eagle, eagle3: EMBEDDED.eagle3 },
       // A draft model holds the same tokens as the target: the same number of pages.
       loadModel: (d) => LlamaModel.load(d, { device, pageSize, kvPages: model.kvInfo().totalPages }),
     })(model);

@@ -41,8 +41,8 @@ export const STRATEGY_USAGE = `speculative strategies (without one: plain decodi
                       subtree of the 63-node one that pays on this hardware, chosen per step
   --medusa-tree NAME  a fixed Medusa tree instead: ${Object.keys(MEDUSA_PRESETS).join(', ')} (cut to the heads)
   --eagle DIR         an EAGLE-1/2 or EAGLE-3 head for the target (model.safetensors; 'default': the
-                      embedded head); its tree is EAGLE-2's dynamic one, as large as pays on this
-                      hardware, chosen per step
+                      embedded EAGLE-1/2 head, 'default3': the embedded EAGLE-3 head); its tree is
+                      EAGLE-2's dynamic one, as large as pays on this hardware, chosen per step
   --eagle-tree K,D[,N] the tree's top-k per node, expansion depth and (fixed) most draft nodes
   --lookahead W,N,G   lookahead (Jacobi) decoding: window W, n-gram size N, G verified n-grams
   --prompt-lookup N   prompt lookup: match n-grams of up to N tokens in prompt + output
@@ -122,8 +122,8 @@ export function parseStrategyFlags(argv: readonly string[]): { flags: StrategyFl
 export interface SpeculatorDeps {
   /** Loads a draft model directory (default: LlamaModel.load on the target's device). */
   readonly loadModel?: (dir: string) => Promise<CausalLM>;
-  /** Directories that `--draft default` / `--medusa default` / `--eagle default` stand for (the embedded models). */
-  readonly defaults?: { readonly draft?: string; readonly medusa?: string; readonly eagle?: string };
+  /** Directories that `--draft default` / `--medusa default` / `--eagle default` / `--eagle default3` stand for (the embedded models). */
+  readonly defaults?: { readonly draft?: string; readonly medusa?: string; readonly eagle?: string; readonly eagle3?: string };
   /** Where warnings go (default: stderr, prefixed 'specdec: warning: '). */
   readonly warn?: (message: string) => void;
 }
@@ -140,9 +140,10 @@ export interface BuiltSpeculator {
  */
 export function speculatorFactory(flags: StrategyFlags, deps: SpeculatorDeps = {}): (target: CausalLM) => Promise<BuiltSpeculator> {
   const resolve = (what: 'draft' | 'medusa' | 'eagle', dir: string): string => {
-    if (dir !== 'default') return dir;
-    const d = deps.defaults?.[what];
-    if (d === undefined) throw codedError('E_ARG', `--${what} default: no embedded ${what} is available`);
+    const key = what === 'eagle' && dir === 'default3' ? 'eagle3' : dir === 'default' ? what : undefined;
+    if (key === undefined) return dir;
+    const d = deps.defaults?.[key];
+    if (d === undefined) throw codedError('E_ARG', `--${what} ${dir}: no embedded ${key === 'eagle3' ? 'EAGLE-3 head' : what} is available`);
     return d;
   };
   return async (target: CausalLM) => {

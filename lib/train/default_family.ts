@@ -12,7 +12,9 @@ import { buildVocab, writeTokenizerFiles } from './tokenizer_builder';
 import { readLlamaConfig } from '../models/config';
 import {
   BatchSampler,
+  Eagle3Trainer,
   EagleTrainer,
+  frequentIds,
   evalWindows,
   learningRate,
   LlamaTrainer,
@@ -94,6 +96,10 @@ export const EAGLE_RUN: RunSpec = { steps: 300, batch: 8, seqLen: CONTEXT - 1, l
 export const EAGLE_LAYERS = 1;
 /** Width of the uniform noise on the input features (SafeAILab: 0.2 * 512 / sequence length). */
 export const EAGLE_NOISE = 0.2;
+/** The EAGLE-3 head: the same windows, training-time test of SafeAILab's 7 steps, the 256 most frequent tokens draftable. */
+export const EAGLE3_RUN: RunSpec = { steps: 300, batch: 8, seqLen: CONTEXT - 1, lr: 3e-3, minLr: 1.5e-4, warmupSteps: 20, weightDecay: 0.0 };
+export const EAGLE3_TTT_STEPS = 7;
+export const EAGLE3_DRAFT_VOCAB = 256;
 
 export interface RunResult {
   readonly steps: number;
@@ -114,12 +120,25 @@ export interface EagleRunResult {
   readonly heldoutAgreement: number;
 }
 
+export interface Eagle3RunResult {
+  readonly steps: number;
+  readonly seconds: number;
+  readonly params: number;
+  readonly auxLayers: readonly number[];
+  readonly draftVocab: number;
+  /** The last batch's cross-entropy per unrolled step. */
+  readonly stepLoss: number[];
+  /** Held-out rows whose argmax is the target's, per unrolled step (real features; deeper steps read the head's own outputs). */
+  readonly heldoutAgreement: number[];
+}
+
 export interface DefaultFamilyResult {
   readonly vocabSize: number;
   readonly target: RunResult & { readonly params: number };
   readonly draft: RunResult & { readonly params: number };
   readonly medusa: { readonly steps: number; readonly seconds: number; readonly params: number; readonly headLoss: number[]; readonly headAccuracy: number[] };
   readonly eagle: EagleRunResult;
+  readonly eagle3: Eagle3RunResult;
   readonly bytes: Record<string, number>;
   readonly sample: string;
 }
@@ -234,20 +253,29 @@ export async function trainDefaultFamily(options: DefaultFamilyOptions): Promise
 
   // 6. The EAGLE head, on the target as saved (the weights --eagle default runs beside).
   const eagle = await trainDefaultEagleHead(options.outDir, ids, heldout, scaled(EAGLE_RUN, scale), threads, dtype, log);
+  // 7. The EAGLE-3 head, likewise.
+  const eagle3 = await trainDefaultEagle3Head(options.outDir, ids, heldout, scaled(EAGLE3_RUN, scale), threads, dtype, log);
   const result: DefaultFamilyResult = {
     vocabSize: vocab.size,
     target: { ...targetResult, params: target.numParams() },
     draft: { ...draftResult, params: draft.numParams() },
     medusa: { steps: mRun.steps, seconds: medusaSeconds, params: heads.numParams(), ...last },
     eagle,
-    bytes: { target: fileBytes(targetDir), draft: fileBytes(draftDir), medusa: fileBytes(medusaDir), eagle: fileBytes(path.join(options.outDir, 'eagle')) },
+    eagle3,
+    bytes: {
+      target: fileBytes(targetDir),
+      draft: fileBytes(draftDir),
+      medusa: fileBytes(medusaDir),
+      eagle: fileBytes(path.join(options.outDir, 'eagle')),
+      eagle3: fileBytes(path.join(options.outDir, 'eagle3')),
+    },
     sample: await greedySample(targetDir, SAMPLE_PROMPT, 64),
   };
   target.dispose();
   draft.dispose();
   heads.dispose();
   log(`sample (greedy, runner): ${result.sample}`);
-  writeReadme(options.outDir, result, tRun, dRun, mRun, scaled(EAGLE_RUN, scale), (Date.now() - t0) / 1000, options.corpusTokens ?? 2_000_000);
+  writeReadme(options.outDir, result, tRun, dRun, mRun, scaled(EAGLE_RUN, scale), scaled(EAGLE3_RUN, scale), (Date.now() - t0) / 1000, options.corpusTokens ?? 2_000_000);
   log(`all done in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
   return result;
 }
@@ -290,6 +318,50 @@ export async function trainDefaultEagleHead(
   return { steps: run.steps, seconds, params: head.numParams(), vLoss: last.vLoss, pLoss: last.pLoss, heldoutAgreement };
 }
 
+/**
+ * Trains the EAGLE-3 head on the saved target in outDir/target and writes it to outDir/eagle3
+ * (features: the residual streams entering the target's last three layers; the corpus's most
+ * frequent tokens draftable).
+ */
+export async function trainDefaultEagle3Head(
+  outDir: string,
+  ids: Int32Array,
+  heldout: Int32Array,
+  run: RunSpec,
+  threads: number,
+  dtype: SaveDType,
+  log: (line: string) => void,
+): Promise<Eagle3RunResult> {
+  const targetDir = path.join(outDir, 'target');
+  const config = readLlamaConfig(targetDir);
+  using target = LlamaTrainer.fromCheckpoint(targetDir, config, { seed: 1, threads });
+  const draftIds = frequentIds(ids, config.vocabSize, Math.min(EAGLE3_DRAFT_VOCAB, config.vocabSize));
+  using head = Eagle3Trainer.create(Eagle3Trainer.configFor(config, draftIds), { seed: 5, threads });
+  log(`eagle3: ${head.numParams()} parameters, features of layers ${head.config.auxLayers.join(', ')}, ${draftIds.length} draftable tokens`);
+  const sampler = new BatchSampler(ids, run.seqLen + 1, run.batch, 505);
+  const sched: LrSchedule = { lr: run.lr, minLr: run.minLr, warmupSteps: run.warmupSteps, totalSteps: run.steps };
+  const t0 = Date.now();
+  let stepLoss: number[] = [];
+  const every = Math.max(1, Math.floor(run.steps / 10));
+  for (let step = 0; step < run.steps; step++) {
+    const lr = learningRate(step, sched);
+    const r = await head.trainStep(target, sampler.next(), run.batch, run.seqLen, { lr, weightDecay: run.weightDecay, clip: 0.5, steps: EAGLE3_TTT_STEPS });
+    stepLoss = r.stepLoss;
+    if (step % every === 0 || step === run.steps - 1) {
+      log(`eagle3: step ${step + 1}/${run.steps} loss ${r.loss.toFixed(4)} top-1 by step [${r.stepAccuracy.map((x) => x.toFixed(3)).join(', ')}] lr ${lr.toExponential(2)}`);
+    }
+  }
+  const seconds = (Date.now() - t0) / 1000;
+  // Held-out agreement per step: the loss's own accounting on windows the head never saw.
+  const windows = evalWindows(heldout, run.seqLen + 1, 16);
+  const B = windows.length / (run.seqLen + 1);
+  const t = target.forward(windows, B, run.seqLen + 1, head.config.auxLayers);
+  const heldoutAgreement = head.lossAndGrad(windows, t.aux as SpecdecNative.TrainValues, t.logits, target.getParam('model.embed_tokens.weight'), B, run.seqLen, { steps: EAGLE3_TTT_STEPS }).stepAccuracy;
+  log(`eagle3: done in ${seconds.toFixed(1)} s, held-out top-1 agreement with the target by step [${heldoutAgreement.map((x) => x.toFixed(3)).join(', ')}]`);
+  head.save(path.join(outDir, 'eagle3'), { dtype, metadata: { trainer: 'specdec (cpp/train)', recipe: 'npm run train:default', base_model: '../target' } });
+  return { steps: run.steps, seconds, params: head.numParams(), auxLayers: [...head.config.auxLayers], draftVocab: draftIds.length, stepLoss, heldoutAgreement };
+}
+
 /** Rows of `windows` [n, seqLen + 1] where the head's argmax equals the target's next argmax. */
 export function eagleAgreement(head: EagleTrainer, target: LlamaTrainer, windows: Int32Array, seqLen: number): number {
   const B = windows.length / (seqLen + 1);
@@ -313,34 +385,55 @@ export function eagleAgreement(head: EagleTrainer, target: LlamaTrainer, windows
 }
 
 /**
- * `npm run train:default -- --only eagle`: the EAGLE head alone, on the family already in outDir
- * (its README's EAGLE lines are rewritten; the rest is kept).
+ * `npm run train:default -- --only eagle` (or `eagle3`): that EAGLE head alone, on the family already
+ * in outDir (its README's lines for the head are rewritten; the rest is kept).
  */
-export async function trainDefaultEagleOnly(options: DefaultFamilyOptions): Promise<EagleRunResult> {
+export async function trainDefaultEagleOnly(options: DefaultFamilyOptions & { readonly version?: 1 | 3 }): Promise<EagleRunResult | Eagle3RunResult> {
   const log = options.log ?? ((line: string) => void process.stderr.write(line + '\n'));
   const vocab = buildVocab(corpusWords());
   const ids = generateCorpus({ seed: CORPUS_SEED, tokens: options.corpusTokens ?? 2_000_000 }, vocab);
   const heldout = generateCorpus({ seed: HELDOUT_SEED, tokens: 20_000 }, vocab);
-  const run = scaled(EAGLE_RUN, options.stepScale ?? 1);
-  const r = await trainDefaultEagleHead(options.outDir, ids, heldout, run, options.threads ?? 2, options.dtype ?? 'BF16', log);
+  const v3 = options.version === 3;
+  const run = scaled(v3 ? EAGLE3_RUN : EAGLE_RUN, options.stepScale ?? 1);
+  const train = v3 ? trainDefaultEagle3Head : trainDefaultEagleHead;
+  const r = await train(options.outDir, ids, heldout, run, options.threads ?? 2, options.dtype ?? 'BF16', log);
   const readme = path.join(options.outDir, 'README.md');
   if (fs.existsSync(readme)) {
     const lines = fs.readFileSync(readme, 'utf8').split('\n');
-    const row = eagleTableRow(r, fileBytes(path.join(options.outDir, 'eagle')));
-    const result = eagleResultLine(r, run);
+    const name = v3 ? 'eagle3' : 'eagle';
+    const bytes = fileBytes(path.join(options.outDir, name));
+    const row = v3 ? eagle3TableRow(r as Eagle3RunResult, bytes) : eagleTableRow(r as EagleRunResult, bytes);
+    const result = v3 ? eagle3ResultLine(r as Eagle3RunResult, run) : eagleResultLine(r as EagleRunResult, run);
     const put = (prefix: string, text: string, after: string): void => {
       const at = lines.findIndex((l) => l.startsWith(prefix));
       if (at >= 0) lines[at] = text;
       else lines.splice(lines.findIndex((l) => l.startsWith(after)) + 1, 0, text);
     };
-    put('| `eagle/`', row, '| `medusa/`');
-    put('- eagle (', result, '- medusa (');
-    put('npx specdec generate --prompt "once upon a time" --eagle default', 'npx specdec generate --prompt "once upon a time" --eagle default    # + the embedded EAGLE head', 'npx specdec generate --prompt "once upon a time" --medusa default');
+    if (v3) {
+      put('| `eagle3/`', row, '| `eagle/`');
+      put('- eagle3 (', result, '- eagle (');
+      put('npx specdec generate --prompt "once upon a time" --eagle default3', USE_EAGLE3, 'npx specdec generate --prompt "once upon a time" --eagle default');
+    } else {
+      put('| `eagle/`', row, '| `medusa/`');
+      put('- eagle (', result, '- medusa (');
+      put('npx specdec generate --prompt "once upon a time" --eagle default', USE_EAGLE, 'npx specdec generate --prompt "once upon a time" --medusa default');
+    }
     const intro = lines.findIndex((l) => l.startsWith('Three small checkpoints'));
     if (intro >= 0) lines[intro] = (lines[intro] as string).replace('Three small checkpoints', 'Small checkpoints');
     fs.writeFileSync(readme, lines.join('\n'));
   }
   return r;
+}
+
+const USE_EAGLE = 'npx specdec generate --prompt "once upon a time" --eagle default    # + the embedded EAGLE head';
+const USE_EAGLE3 = 'npx specdec generate --prompt "once upon a time" --eagle default3   # + the embedded EAGLE-3 head';
+
+function eagle3TableRow(r: Eagle3RunResult, bytes: number): string {
+  return `| \`eagle3/\` | An EAGLE-3 head for the target (SafeAILab layout: fc over the residual streams entering layers ${r.auxLayers.join(', ')}, one layer over [norm(token embedding); norm(x)], its own norm and LM head over the ${r.draftVocab} most frequent tokens) | ${r.params} | ${(bytes / 1024).toFixed(0)} KiB |`;
+}
+
+function eagle3ResultLine(r: Eagle3RunResult, run: RunSpec): string {
+  return `- eagle3 (target frozen, SafeAILab's training-time test: ${EAGLE3_TTT_STEPS} unrolled steps, cross-entropy against the target's distribution over the draft vocabulary weighted 0.8^step): ${run.steps} steps x ${run.batch} x ${run.seqLen} rows, AdamW lr ${run.lr} (warmup ${run.warmupSteps}, cosine to ${run.minLr}), clip 0.5. Last batch loss by step [${r.stepLoss.map((x) => x.toFixed(3)).join(', ')}]; held-out top-1 agreement with the target by step [${r.heldoutAgreement.map((x) => x.toFixed(3)).join(', ')}], ${r.seconds.toFixed(0)} s.`;
 }
 
 function eagleTableRow(r: EagleRunResult, bytes: number): string {
@@ -371,6 +464,7 @@ function writeReadme(
   dRun: RunSpec,
   mRun: RunSpec,
   eRun: RunSpec,
+  e3Run: RunSpec,
   seconds: number,
   corpusTokens: number,
 ): void {
@@ -389,6 +483,7 @@ backward in C++) so that \`specdec generate\` works out of the box, without down
 | \`draft/\` | LlamaForCausalLM: hidden ${dc.hiddenSize}, ${dc.numLayers} layer, ${dc.numHeads} heads / ${dc.numKvHeads} KV head, SwiGLU ${dc.intermediateSize}, tied embeddings; same tokenizer | ${r.draft.params} | ${kb(r.bytes['draft'] ?? 0)} |
 | \`medusa/\` | ${MEDUSA_HEADS} Medusa heads for the target (FasterDecoding layout, ${MEDUSA_LAYERS} ResBlock each; head h predicts the token h + 2 ahead) | ${r.medusa.params} | ${kb(r.bytes['medusa'] ?? 0)} |
 ${eagleTableRow(r.eagle, r.bytes['eagle'] ?? 0)}
+${eagle3TableRow(r.eagle3, r.bytes['eagle3'] ?? 0)}
 
 Weights are stored as bfloat16 (\`model.safetensors\`, \`medusa_lm_head.safetensors\`); the context
 is ${tc.maxPositions} positions (the training window). \`tokenizer.json\` is a word-level tokenizer
@@ -426,6 +521,7 @@ summation order is fixed; different compilers or CPUs may differ in the last bit
 - draft: ${run(dRun)}. Final training loss ${r.draft.finalTrainLoss.toFixed(4)}, held-out loss ${r.draft.heldoutLoss.toFixed(4)} (perplexity ${Math.exp(r.draft.heldoutLoss).toFixed(3)}), ${r.draft.seconds.toFixed(0)} s.
 - medusa (target frozen, LM heads initialised from the target's, ResBlocks from zero): ${run(mRun)}. Last batch per-head loss [${r.medusa.headLoss.map((x) => x.toFixed(3)).join(', ')}], top-1 accuracy [${r.medusa.headAccuracy.map((x) => x.toFixed(3)).join(', ')}], ${r.medusa.seconds.toFixed(0)} s.
 ${eagleResultLine(r.eagle, eRun)}
+${eagle3ResultLine(r.eagle3, e3Run)}
 
 Greedy sample of the target (through the runner, prompt "${SAMPLE_PROMPT}"):
 
@@ -437,7 +533,8 @@ Greedy sample of the target (through the runner, prompt "${SAMPLE_PROMPT}"):
 npx specdec generate --prompt "once upon a time"                    # the embedded target
 npx specdec generate --prompt "once upon a time" --draft default    # + the embedded draft
 npx specdec generate --prompt "once upon a time" --medusa default   # + the embedded Medusa heads
-npx specdec generate --prompt "once upon a time" --eagle default    # + the embedded EAGLE head
+${USE_EAGLE}
+${USE_EAGLE3}
 npx specdec generate --model models/default/target --draft models/default/draft --prompt "the cat"
 \`\`\`
 `;

@@ -183,8 +183,9 @@ export class LlamaTrainer extends ParamOwner<SpecdecNative.TrainLlama> {
     return this.h.lossAndGrad(tokens, batch, seqLen);
   }
   /** Logits [batch*seqLen, V] and final hidden states [batch*seqLen, H] of tokens [batch, seqLen]. */
-  forward(tokens: Int32Array, batch: number, seqLen: number): { logits: SpecdecNative.TrainValues; hidden: SpecdecNative.TrainValues } {
-    return this.h.forward(tokens, batch, seqLen);
+  /** auxLayers: also `aux`, the residual streams entering those layers side by side [batch*seqLen, A*H]. */
+  forward(tokens: Int32Array, batch: number, seqLen: number, auxLayers?: readonly number[]): { logits: SpecdecNative.TrainValues; hidden: SpecdecNative.TrainValues; aux?: SpecdecNative.TrainValues } {
+    return auxLayers ? this.h.forward(tokens, batch, seqLen, Int32Array.from(auxLayers)) : this.h.forward(tokens, batch, seqLen);
   }
   trainStep(tokens: Int32Array, batch: number, seqLen: number, options: AdamWOptions): Promise<{ loss: number; gradNorm: number }> {
     return this.h.trainStep(tokens, batch, seqLen, options);
@@ -391,6 +392,148 @@ export class EagleTrainer extends ParamOwner<SpecdecNative.TrainEagle> {
     fs.mkdirSync(dir, { recursive: true });
     fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(this.configJson(dtype), null, 2) + '\n');
     writeSafetensors(path.join(dir, 'model.safetensors'), this.tensors(dtype), { format: 'pt', ...(options.metadata ?? {}) });
+  }
+}
+
+export interface Eagle3TrainConfig {
+  readonly vocabSize: number;
+  readonly hiddenSize: number;
+  readonly intermediateSize: number;
+  readonly numHeads: number;
+  readonly numKvHeads: number;
+  readonly headDim?: number;
+  readonly rmsNormEps: number;
+  readonly ropeTheta: number;
+  /** Written as max_position_embeddings. */
+  readonly maxPositions: number;
+  /** The target ids the head drafts (its LM head's rows), ascending; saved as d2t / t2d. */
+  readonly draftIds: Int32Array;
+  /** The target layers whose input residual streams are the features (three, ascending). */
+  readonly auxLayers: readonly [number, number, number];
+}
+
+export type Eagle3LossOptions = SpecdecNative.Eagle3LossNativeOptions;
+export type Eagle3StepResult = SpecdecNative.Eagle3LossNative & { gradNorm: number };
+
+/**
+ * The three target layers an EAGLE-3 head reads when none are given: SafeAILab's (the inputs of
+ * layers 2, L / 2 and L - 3, which the runtime also assumes) where they differ, else the last three.
+ */
+export function defaultAuxLayers(numLayers: number): [number, number, number] {
+  if (numLayers < 3) throw codedError('E_ARG', `an EAGLE-3 head reads three distinct layers of its target; a ${numLayers}-layer target has fewer`);
+  const safe = [2, Math.floor(numLayers / 2), numLayers - 3];
+  if (new Set(safe).size === 3) return safe as [number, number, number];
+  return [numLayers - 3, numLayers - 2, numLayers - 1];
+}
+
+/** The `n` most frequent ids of a token stream (ties: lower id first), ascending: an EAGLE-3 draft vocabulary. */
+export function frequentIds(tokens: Int32Array, vocabSize: number, n: number): Int32Array {
+  if (!Number.isInteger(n) || n < 1 || n > vocabSize) throw codedError('E_ARG', `draft vocabulary: expected 1..${vocabSize} ids, got ${n}`);
+  const counts = new Float64Array(vocabSize);
+  for (const t of tokens) counts[t] = (counts[t] as number) + 1;
+  const order = Array.from({ length: vocabSize }, (_, i) => i).sort((a, b) => (counts[b] as number) - (counts[a] as number) || a - b);
+  return Int32Array.from(order.slice(0, n)).sort();
+}
+
+/**
+ * An EAGLE-3 head under training on a frozen target (SafeAILab's traineagle3 layout and
+ * training-time test): fc over three of the target's residual streams, one midlayer reading
+ * [norm(embed(token)); norm(x)], its own norm and LM head over a draft vocabulary; `steps` unrolled
+ * steps feed each step's output to the next, as drafting does. Loads with --eagle.
+ */
+export class Eagle3Trainer extends ParamOwner<SpecdecNative.TrainEagle3> {
+  private constructor(
+    readonly config: Eagle3TrainConfig,
+    handle: SpecdecNative.TrainEagle3,
+  ) {
+    super(handle);
+  }
+
+  static create(config: Eagle3TrainConfig, options: TrainerOptions): Eagle3Trainer {
+    const b = binding();
+    if (typeof b.trainEagle3Create !== 'function') throw codedError('E_UNSUPPORTED', 'the loaded native addon has no EAGLE-3 trainer (an older build?): run `npm run build:native`');
+    const aux = config.auxLayers;
+    if (aux.length !== 3 || !(aux[0] < aux[1] && aux[1] < aux[2]) || aux[0] < 0) throw codedError('E_ARG', `auxLayers: expected three ascending layer indices, got [${aux.join(', ')}]`);
+    const c: SpecdecNative.TrainEagle3Config = { ...layerShape({ ...config, numLayers: 1 }), draftVocabSize: config.draftIds.length };
+    return new Eagle3Trainer(config, b.trainEagle3Create(c, options.seed, options.precision ?? 'f32', options.threads ?? 1));
+  }
+
+  /** A head shaped like one layer of `target` (SafeAILab's choice), drafting `draftIds`, reading `auxLayers` (default: defaultAuxLayers). */
+  static configFor(target: LlamaTrainConfig, draftIds: Int32Array, auxLayers?: readonly [number, number, number]): Eagle3TrainConfig {
+    const { vocabSize, hiddenSize, intermediateSize, numHeads, numKvHeads, headDim, rmsNormEps, ropeTheta, maxPositions } = target;
+    return {
+      vocabSize, hiddenSize, intermediateSize, numHeads, numKvHeads, rmsNormEps, ropeTheta, maxPositions, draftIds,
+      auxLayers: auxLayers ?? defaultAuxLayers(target.numLayers),
+      ...(headDim !== undefined ? { headDim } : {}),
+    };
+  }
+
+  lossAndGrad(
+    tokens: Int32Array,
+    features: Float32Array | Float64Array,
+    targetLogits: Float32Array | Float64Array,
+    embed: Float32Array | Float64Array,
+    batch: number,
+    seqLen: number,
+    options?: Eagle3LossOptions,
+  ): SpecdecNative.Eagle3LossNative {
+    return this.h.lossAndGrad(tokens, features, targetLogits, embed, this.config.draftIds, batch, seqLen, options);
+  }
+  /** Each step's h [batch, steps, seqLen, H] and logits [batch, steps, seqLen, Vd] (rows past the window: zeros). */
+  forward(
+    tokens: Int32Array,
+    features: Float32Array | Float64Array,
+    embed: Float32Array | Float64Array,
+    batch: number,
+    seqLen: number,
+    steps: number,
+  ): { h: SpecdecNative.TrainValues; logits: SpecdecNative.TrainValues } {
+    return this.h.forward(tokens, features, embed, batch, seqLen, steps);
+  }
+  /** One step on what the frozen target computes for tokens [batch, seqLen + 1]. */
+  trainStep(target: LlamaTrainer, tokens: Int32Array, batch: number, seqLen: number, options: AdamWOptions & Eagle3LossOptions): Promise<Eagle3StepResult> {
+    return this.h.trainStep(target.native, tokens, batch, seqLen, Int32Array.from(this.config.auxLayers), this.config.draftIds, options);
+  }
+
+  /** SafeAILab's EAGLE-3 config.json, with the features' layers as vLLM / SGLang name them. */
+  configJson(dtype: SaveDType): Record<string, unknown> {
+    const c = this.config;
+    return {
+      architectures: ['LlamaForCausalLMEagle3'],
+      model_type: 'llama',
+      vocab_size: c.vocabSize,
+      draft_vocab_size: c.draftIds.length,
+      target_hidden_size: c.hiddenSize,
+      hidden_size: c.hiddenSize,
+      intermediate_size: c.intermediateSize,
+      num_hidden_layers: 1,
+      num_attention_heads: c.numHeads,
+      num_key_value_heads: c.numKvHeads,
+      head_dim: c.headDim ?? c.hiddenSize / c.numHeads,
+      max_position_embeddings: c.maxPositions,
+      rms_norm_eps: c.rmsNormEps,
+      rope_theta: c.ropeTheta,
+      hidden_act: 'silu',
+      tie_word_embeddings: false,
+      eagle_config: { eagle_aux_hidden_state_layer_ids: [...c.auxLayers] },
+      torch_dtype: dtype === 'BF16' ? 'bfloat16' : 'float32',
+    };
+  }
+
+  /** Writes config.json and model.safetensors (SafeAILab's key names, d2t and t2d included) into dir. */
+  save(dir: string, options: { dtype?: SaveDType; metadata?: Record<string, string> } = {}): void {
+    const dtype = options.dtype ?? 'F32';
+    const ids = this.config.draftIds;
+    const d2t = BigInt64Array.from(ids, (t, d) => BigInt(t - d));
+    const t2d = new Uint8Array(this.config.vocabSize);
+    for (const t of ids) t2d[t] = 1;
+    fs.mkdirSync(dir, { recursive: true });
+    fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(this.configJson(dtype), null, 2) + '\n');
+    writeSafetensors(
+      path.join(dir, 'model.safetensors'),
+      { ...this.tensors(dtype), d2t: { dtype: 'I64', shape: [ids.length], data: d2t }, t2d: { dtype: 'BOOL', shape: [t2d.length], data: t2d } },
+      { format: 'pt', ...(options.metadata ?? {}) },
+    );
   }
 }
 

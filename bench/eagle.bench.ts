@@ -49,6 +49,8 @@ async function trainedHead(opts: BenchOptions, checks: Record<string, boolean>, 
     owned.push(heads);
     const head = EagleHead.load(dirs.eagle!, { device: target.device });
     owned.push(head);
+    const head3 = dirs.eagle3 ? EagleHead.load(dirs.eagle3, { device: target.device }) : undefined;
+    if (head3) owned.push(head3);
     const tok = TextTokenizer.load(path.join(DEFAULT_MODELS, 'target'));
     if (!tok) throw new Error(`eagle: no tokenizer in ${DEFAULT_MODELS}/target`);
     const variants: Variant[] = [
@@ -60,7 +62,16 @@ async function trainedHead(opts: BenchOptions, checks: Record<string, boolean>, 
       { name: 'eagle, fixed 4,4,12', setup: { topK: 4, depth: 4, totalTokens: 12 }, make: () => new EagleSpeculator({ head, topK: 4, depth: 4, totalTokens: 12 }) },
       { name: 'eagle, EAGLE-2 fixed 8,5,59', setup: { topK: 8, depth: 5, totalTokens: 59 }, make: () => new EagleSpeculator({ head, topK: 8, depth: 5, totalTokens: 59 }) },
     ];
-    notes.push(`trained head: models/default/eagle on the embedded target widened ${K}x and deepened to ${L} layers (identity layers appended: the same function); draft and Medusa heads widened alike`);
+    // The embedded EAGLE-3 head (training-time test: its deeper steps agree with the target as often as its first).
+    if (head3) {
+      variants.push(
+        { name: 'eagle-3, cost model', setup: { topK: 8, depth: 5, totalTokens: 'cost' }, make: () => new EagleSpeculator({ head: head3 }) },
+        { name: 'eagle-3, fixed chain 1,4,5', setup: { topK: 1, depth: 4, totalTokens: 5 }, make: () => new EagleSpeculator({ head: head3, topK: 1, depth: 4, totalTokens: 5 }) },
+        { name: 'eagle-3, fixed chain 1,6,7', setup: { topK: 1, depth: 6, totalTokens: 7 }, make: () => new EagleSpeculator({ head: head3, topK: 1, depth: 6, totalTokens: 7 }) },
+        { name: 'eagle, fixed chain 1,6,7', setup: { topK: 1, depth: 6, totalTokens: 7 }, make: () => new EagleSpeculator({ head, topK: 1, depth: 6, totalTokens: 7 }) },
+      );
+    }
+    notes.push(`trained heads: models/default/eagle (and eagle3, EAGLE-3) on the embedded target widened ${K}x and deepened to ${L} layers (identity layers appended: the same function); draft and Medusa heads widened alike`);
     return await runScenario(
       { name: `trained head, widened ${K}x, ${L} layers`, target, prompt: tok.encode(DEFAULT_PROMPT), promptDescription: JSON.stringify(DEFAULT_PROMPT), newTokens: opts.quick ? 8 : 64, variants },
       opts.quick ? 1 : 3,

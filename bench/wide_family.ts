@@ -14,6 +14,13 @@ import * as path from 'path';
 import { argError } from '../lib/errors';
 import { bf16BitsToF32, f16BitsToF32, writeSafetensors, type SafetensorsEntry } from '../lib/safetensors';
 
+/** Tensors that are not weights (EAGLE-3's d2t / t2d), copied as stored. */
+interface OtherTensor {
+  readonly dtype: 'I64' | 'BOOL';
+  readonly shape: number[];
+  readonly bytes: Buffer;
+}
+
 interface RawTensor {
   readonly dtype: 'F32' | 'F16' | 'BF16';
   readonly shape: number[];
@@ -21,8 +28,8 @@ interface RawTensor {
   readonly data: Float32Array;
 }
 
-/** Reads a .safetensors file's f32/f16/bf16 tensors (a small file: it is read whole). */
-function readTensors(file: string): Map<string, RawTensor> {
+/** Reads a .safetensors file's f32/f16/bf16 tensors (a small file: it is read whole); I64 / BOOL ones go to `others` when given. */
+function readTensors(file: string, others?: Map<string, OtherTensor>): Map<string, RawTensor> {
   const buf = fs.readFileSync(file);
   const headerLen = Number(buf.readBigUInt64LE(0));
   const header = JSON.parse(buf.subarray(8, 8 + headerLen).toString('utf8')) as Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }>;
@@ -36,7 +43,10 @@ function readTensors(file: string): Map<string, RawTensor> {
     if (e.dtype === 'F32') for (let i = 0; i < n; i++) data[i] = bytes.readFloatLE(4 * i);
     else if (e.dtype === 'BF16') for (let i = 0; i < n; i++) data[i] = bf16BitsToF32(bytes.readUInt16LE(2 * i));
     else if (e.dtype === 'F16') for (let i = 0; i < n; i++) data[i] = f16BitsToF32(bytes.readUInt16LE(2 * i));
-    else throw argError(`${file}: tensor '${name}' has dtype ${e.dtype}; widening handles F32, F16 and BF16`);
+    else if (others && (e.dtype === 'I64' || e.dtype === 'BOOL')) {
+      others.set(name, { dtype: e.dtype, shape: e.shape, bytes: Buffer.from(bytes) });
+      continue;
+    } else throw argError(`${file}: tensor '${name}' has dtype ${e.dtype}; widening handles F32, F16 and BF16`);
     out.set(name, { dtype: e.dtype, shape: e.shape, data });
   }
   return out;
@@ -137,36 +147,51 @@ export function widenMedusa(src: string, dst: string, K: number): void {
 }
 
 /**
- * Widens an EAGLE-1/2 head (SafeAILab layout) K times into `dst`: its layers as a Llama layer's;
- * fc's two input blocks (token embedding, target feature) each read a tiled vector, so each block
- * is tiled and divided by K on its own and the blocks stay side by side.
+ * A weight whose inputs are `blocks` vectors side by side, each tiled: each block is tiled (and its
+ * outputs too when `rows`) and divided by K on its own, and the blocks stay side by side.
+ */
+function tileBlocks(t: RawTensor, K: number, blocks: number, rows = true): RawTensor {
+  const [O, In] = t.shape as [number, number];
+  const w = In / blocks;
+  const parts = Array.from({ length: blocks }, (_, b) =>
+    tile({ dtype: t.dtype, shape: [O, w], data: Float32Array.from({ length: O * w }, (_, i) => t.data[Math.floor(i / w) * In + b * w + (i % w)] as number) }, K, rows, true),
+  );
+  const rowsOut = rows ? O * K : O;
+  const W = w * K;
+  const data = new Float32Array(rowsOut * W * blocks);
+  for (let o = 0; o < rowsOut; o++) parts.forEach((p, b) => data.set(p.data.subarray(o * W, (o + 1) * W), (o * blocks + b) * W));
+  return { dtype: t.dtype, shape: [rowsOut, W * blocks], data };
+}
+
+/**
+ * Widens an EAGLE head (SafeAILab layouts) K times into `dst`: its layers as a Llama layer's. The
+ * weights that read vectors side by side are tiled per block (EAGLE-1/2's fc over [embedding;
+ * feature]; EAGLE-3's fc over three residual streams and its q/k/v over [norm(embedding); norm(x)]);
+ * EAGLE-3's own LM head keeps its draft-vocabulary rows; d2t / t2d are copied.
  */
 export function widenEagle(src: string, dst: string, K: number): void {
   checkK(K);
   const cfg = JSON.parse(fs.readFileSync(path.join(src, 'config.json'), 'utf8')) as Record<string, unknown>;
-  const tensors = readTensors(path.join(src, 'model.safetensors'));
+  const others = new Map<string, OtherTensor>();
+  const tensors = readTensors(path.join(src, 'model.safetensors'), others);
+  const v3 = tensors.has('midlayer.self_attn.q_proj.weight');
   const out: Record<string, SafetensorsEntry> = {};
   for (const [name, t] of tensors) {
-    if (name === 'fc.weight') {
-      const [H, twoH] = t.shape as [number, number];
-      const block = (b: number): RawTensor => ({
-        dtype: t.dtype,
-        shape: [H, twoH / 2],
-        data: Float32Array.from({ length: (H * twoH) / 2 }, (_, i) => t.data[Math.floor(i / (twoH / 2)) * twoH + b * (twoH / 2) + (i % (twoH / 2))] as number),
-      });
-      const [e, f] = [tile(block(0), K, true, true), tile(block(1), K, true, true)];
-      const W = K * H;
-      const data = new Float32Array(W * 2 * W);
-      for (let o = 0; o < W; o++) {
-        data.set(e.data.subarray(o * W, (o + 1) * W), o * 2 * W);
-        data.set(f.data.subarray(o * W, (o + 1) * W), o * 2 * W + W);
-      }
-      out[name] = entry({ dtype: t.dtype, shape: [W, 2 * W], data });
-    } else if (t.shape.length === 1) out[name] = entry(tile(t, K, true, false));
+    if (name === 'fc.weight') out[name] = entry(tileBlocks(t, K, v3 ? 3 : 2));
+    else if (v3 && /^midlayer\.self_attn\.[qkv]_proj\.weight$/.test(name)) out[name] = entry(tileBlocks(t, K, 2));
+    else if (v3 && name === 'lm_head.weight') out[name] = entry(tile(t, K, false, true));
+    else if (t.shape.length === 1) out[name] = entry(tile(t, K, true, false));
     else out[name] = entry(tile(t, K, true, true));
   }
+  for (const [name, t] of others) {
+    out[name] = t.dtype === 'I64'
+      ? { dtype: 'I64', shape: t.shape, data: new BigInt64Array(t.bytes.buffer, t.bytes.byteOffset, t.bytes.length / 8).slice() }
+      : { dtype: 'BOOL', shape: t.shape, data: Uint8Array.from(t.bytes) };
+  }
+  const wide = widenedConfig(cfg, K, src);
+  if (typeof cfg['target_hidden_size'] === 'number') wide['target_hidden_size'] = (cfg['target_hidden_size'] as number) * K;
   fs.mkdirSync(dst, { recursive: true });
-  fs.writeFileSync(path.join(dst, 'config.json'), JSON.stringify(widenedConfig(cfg, K, src), null, 2));
+  fs.writeFileSync(path.join(dst, 'config.json'), JSON.stringify(wide, null, 2));
   writeSafetensors(path.join(dst, 'model.safetensors'), out);
 }
 
@@ -201,12 +226,12 @@ export function deepenLlama(src: string, dst: string, layers: number): void {
 }
 
 /**
- * The embedded family (a directory with target/, draft/, medusa/ and eagle/) widened K times into
- * dst/{target,draft,medusa,eagle}; parts that are missing are skipped; `targetLayers` also deepens
+ * The embedded family (a directory with target/, draft/, medusa/, eagle/ and eagle3/) widened K times into
+ * dst/{target,draft,medusa,eagle,eagle3}; parts that are missing are skipped; `targetLayers` also deepens
  * the target (deepenLlama). Returns the directories written.
  */
-export function widenFamily(src: string, dst: string, K: number, opts: { readonly targetLayers?: number } = {}): { target?: string; draft?: string; medusa?: string; eagle?: string } {
-  const out: { target?: string; draft?: string; medusa?: string; eagle?: string } = {};
+export function widenFamily(src: string, dst: string, K: number, opts: { readonly targetLayers?: number } = {}): { target?: string; draft?: string; medusa?: string; eagle?: string; eagle3?: string } {
+  const out: { target?: string; draft?: string; medusa?: string; eagle?: string; eagle3?: string } = {};
   for (const part of ['target', 'draft'] as const) {
     if (!fs.existsSync(path.join(src, part, 'config.json'))) continue;
     let from = path.join(src, part);
@@ -223,9 +248,10 @@ export function widenFamily(src: string, dst: string, K: number, opts: { readonl
     widenMedusa(path.join(src, 'medusa'), path.join(dst, 'medusa'), K);
     out.medusa = path.join(dst, 'medusa');
   }
-  if (fs.existsSync(path.join(src, 'eagle', 'config.json'))) {
-    widenEagle(path.join(src, 'eagle'), path.join(dst, 'eagle'), K);
-    out.eagle = path.join(dst, 'eagle');
+  for (const part of ['eagle', 'eagle3'] as const) {
+    if (!fs.existsSync(path.join(src, part, 'config.json'))) continue;
+    widenEagle(path.join(src, part), path.join(dst, part), K);
+    out[part] = path.join(dst, part);
   }
   return out;
 }

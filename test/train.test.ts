@@ -623,6 +623,10 @@ describe(`trainer (seed ${testSeed})`, function () {
       const tokens = randomTokens(B * (T + 1), V, r);
       const features = Float64Array.from({ length: B * (T + 1) * 3 * H }, () => 2 * r() - 1);
       const logits = Float64Array.from({ length: B * (T + 1) * V }, () => 3 * (2 * r() - 1));
+      // Both kinds of rows for sure: the target's choice undraftable (ids 2, 5) at two positions, draftable (id 0) at one.
+      logits[(0 * (T + 1) + 2) * V + 2] = 10;
+      logits[(1 * (T + 1) + 4) * V + 5] = 10;
+      logits[(0 * (T + 1) + 1) * V + 0] = 10;
       const embed = Float64Array.from({ length: V * H }, () => 2 * r() - 1);
       const res = head.lossAndGrad(tokens, features, logits, embed, B, T, { steps, decay });
       const out = head.forward(tokens, features, embed, B, T, steps);

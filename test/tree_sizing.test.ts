@@ -561,37 +561,41 @@ describe('widened benchmark family (bench/wide_family.ts)', function () {
     }
   });
 
-  it('K = 2, target deepened to 8 layers: same tokens; the widened EAGLE head drafts as the original does', async function () {
-    if (!fs.existsSync(path.join(src, 'eagle', 'config.json'))) this.skip();
-    const K = 2;
-    const wide = widenFamily(src, path.join(dir, 'k2'), K, { targetLayers: 8 });
-    const cfg = JSON.parse(fs.readFileSync(path.join(wide.eagle!, 'config.json'), 'utf8')) as Record<string, number>;
-    assert.strictEqual(cfg['hidden_size'], 128 * K);
-    const targetCfg = JSON.parse(fs.readFileSync(path.join(wide.target!, 'config.json'), 'utf8')) as Record<string, number>;
-    assert.strictEqual(targetCfg['num_hidden_layers'], 8);
-    const runs: { tokens: number[]; tpf: number }[] = [];
-    for (const [t, e] of [
-      [path.join(src, 'target'), path.join(src, 'eagle')],
-      [wide.target!, wide.eagle!],
-    ] as const) {
-      const target = await LlamaModel.load(t, { device: 'cpu' });
-      const head = EagleHead.load(e, { device: 'cpu' });
-      const sp = new EagleSpeculator({ head, topK: 4, depth: 4, totalTokens: 16 });
-      try {
-        const prompt = Int32Array.from([1, 4, 276, 306, 7, 322]);
-        const plain = await plainGenerate(target, [prompt], { maxNewTokens: 48 });
-        const [r] = await new SpeculativeDecoder({ target, speculator: sp }).generateBatch([prompt], { maxNewTokens: 48 });
-        assert.deepStrictEqual(Array.from(r!.tokens), Array.from(plain.tokens[0]!));
-        runs.push({ tokens: Array.from(r!.tokens), tpf: r!.stats.tokensPerForward });
-      } finally {
-        sp.dispose();
-        head.dispose();
-        target.dispose();
+  for (const part of ['eagle', 'eagle3'] as const) {
+    it(`K = 2, target deepened to 8 layers: same tokens; the widened ${part === 'eagle' ? 'EAGLE-1/2' : 'EAGLE-3'} head drafts as the original does`, async function () {
+      if (!fs.existsSync(path.join(src, part, 'config.json'))) this.skip();
+      const K = 2;
+      const wide = widenFamily(src, path.join(dir, `k2-${part}`), K, { targetLayers: 8 });
+      const cfg = JSON.parse(fs.readFileSync(path.join(wide[part]!, 'config.json'), 'utf8')) as Record<string, number>;
+      assert.strictEqual(cfg['hidden_size'], 128 * K);
+      const targetCfg = JSON.parse(fs.readFileSync(path.join(wide.target!, 'config.json'), 'utf8')) as Record<string, number>;
+      assert.strictEqual(targetCfg['num_hidden_layers'], 8);
+      const runs: { tokens: number[]; tpf: number }[] = [];
+      for (const [t, e] of [
+        [path.join(src, 'target'), path.join(src, part)],
+        [wide.target!, wide[part]!],
+      ] as const) {
+        const target = await LlamaModel.load(t, { device: 'cpu' });
+        const head = EagleHead.load(e, { device: 'cpu' });
+        // EAGLE-3's features are the inputs of layers 1-3, which the appended identity layers leave alone.
+        if (part === 'eagle3') assert.strictEqual(head.config.version, 3);
+        const sp = new EagleSpeculator({ head, topK: 4, depth: 4, totalTokens: 16 });
+        try {
+          const prompt = Int32Array.from([1, 4, 276, 306, 7, 322]);
+          const plain = await plainGenerate(target, [prompt], { maxNewTokens: 48 });
+          const [r] = await new SpeculativeDecoder({ target, speculator: sp }).generateBatch([prompt], { maxNewTokens: 48 });
+          assert.deepStrictEqual(Array.from(r!.tokens), Array.from(plain.tokens[0]!));
+          runs.push({ tokens: Array.from(r!.tokens), tpf: r!.stats.tokensPerForward });
+        } finally {
+          sp.dispose();
+          head.dispose();
+          target.dispose();
+        }
       }
-    }
-    assert.deepStrictEqual(runs[1]!.tokens, runs[0]!.tokens);
-    // The trained head accepts deep trees; widened, it computes the same draft (up to summation order).
-    assert.ok(runs[0]!.tpf > 3, `tokens per forward ${runs[0]!.tpf}`);
-    assert.ok(Math.abs(runs[1]!.tpf - runs[0]!.tpf) <= 0.1 * runs[0]!.tpf, `tokens per forward ${runs[0]!.tpf} -> ${runs[1]!.tpf} widened`);
-  });
+      assert.deepStrictEqual(runs[1]!.tokens, runs[0]!.tokens);
+      // The trained head accepts deep trees; widened, it computes the same draft (up to summation order).
+      assert.ok(runs[0]!.tpf > 3, `tokens per forward ${runs[0]!.tpf}`);
+      assert.ok(Math.abs(runs[1]!.tpf - runs[0]!.tpf) <= 0.1 * runs[0]!.tpf, `tokens per forward ${runs[0]!.tpf} -> ${runs[1]!.tpf} widened`);
+    });
+  }
 });

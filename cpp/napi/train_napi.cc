@@ -425,6 +425,38 @@ class TrainLlamaWrap : public Napi::ObjectWrap<TrainLlamaWrap>, public ParamAcce
 };
 Napi::FunctionReference* TrainLlamaWrap::ctor = nullptr;
 
+// trainStep of heads trained on a frozen target (Medusa, EAGLE, EAGLE-3): the checks, tokens
+// [batch, seqLen + extra] of the target's vocabulary (info[1..3]), both handles busy until the
+// promise settles, and `work(target, head, tokens, B, T, threads, out)` on the libuv pool (the
+// target's forward, the head's gradient, its AdamW step) with `to_js(env, out)` as the result.
+template <template <typename> class Head, typename Out, typename Work, typename ToJs>
+Napi::Value head_train_step(const Napi::CallbackInfo& info, TrainerHandle<Head>& h, Napi::Value self, const char* what,
+                            int extra, Work work, ToJs to_js) {
+  SPECDEC_CHECK(h.f32_ || h.f64_, "E_DISPOSED", "trainer was disposed");
+  SPECDEC_CHECK(!h.busy_->load(), "E_BUSY", "a training step of ", what, " is still running");
+  SPECDEC_CHECK(h.f32_ != nullptr, "E_ARG", "trainStep needs f32 ", what);
+  TrainLlamaWrap* tw = TrainLlamaWrap::f32_of(info[0], "target");
+  std::shared_ptr<LlamaTrainer<float>> target = tw->f32_;
+  auto m = h.f32_;
+  SPECDEC_CHECK(target->shape().hidden == m->shape().hidden && target->shape().vocab == m->shape().vocab, "E_ARG",
+                "target: hidden/vocab sizes (", target->shape().hidden, ", ", target->shape().vocab, ") do not match ", what,
+                " (", m->shape().hidden, ", ", m->shape().vocab, ")");
+  auto t = std::make_shared<std::vector<int32_t>>(get_i32_array(info[1], "tokens"));
+  const int B = int_arg(info[2], "batch", 1, 1 << 20), T = int_arg(info[3], "seqLen", 1, 1 << 16);
+  target->check_tokens(t->data(), t->size(), B, T + extra, "tokens");
+  auto out = std::make_shared<Out>();
+  const int threads = h.threads_;
+  // The target is busy too: it must not train while it computes the head's inputs.
+  auto guard = std::make_shared<BusyGuard>(h.busy_), target_guard = std::make_shared<BusyGuard>(tw->busy_);
+  return run_async(
+      info.Env(),
+      [=, guard = std::move(guard), target_guard = std::move(target_guard)] {
+        (void)guard, (void)target_guard;  // released with this closure, on the main thread
+        work(*target, *m, *t, B, T, threads, *out);
+      },
+      [=](Napi::Env env) -> Napi::Value { return to_js(env, *out); }, {self, info[0]});
+}
+
 // ---- TrainMedusa ----------------------------------------------------------------------------
 
 class TrainMedusaWrap : public Napi::ObjectWrap<TrainMedusaWrap>, public ParamAccess<TrainMedusaWrap>, public TrainerHandle<MedusaTrainer> {
@@ -509,42 +541,24 @@ class TrainMedusaWrap : public Napi::ObjectWrap<TrainMedusaWrap>, public ParamAc
   // The target (frozen) computes the hidden states of the batch; the heads take one AdamW step.
   Napi::Value TrainStep(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
-      SPECDEC_CHECK(f32_ || f64_, "E_DISPOSED", "trainer was disposed");
-      SPECDEC_CHECK(!busy_->load(), "E_BUSY", "a training step of these heads is still running");
-      SPECDEC_CHECK(f32_ != nullptr, "E_ARG", "trainStep needs f32 heads");
-      TrainLlamaWrap* tw = TrainLlamaWrap::f32_of(info[0], "target");
-      std::shared_ptr<LlamaTrainer<float>> target = tw->f32_;
-      auto m = f32_;
-      SPECDEC_CHECK(target->shape().hidden == m->shape().hidden && target->shape().vocab == m->shape().vocab, "E_ARG",
-                    "target: hidden/vocab sizes (", target->shape().hidden, ", ", target->shape().vocab,
-                    ") do not match the heads' (", m->shape().hidden, ", ", m->shape().vocab, ")");
-      auto t = std::make_shared<std::vector<int32_t>>(get_i32_array(info[1], "tokens"));
-      const int B = int_arg(info[2], "batch", 1, 1 << 20), T = int_arg(info[3], "seqLen", 1, 1 << 16);
-      target->check_tokens(t->data(), t->size(), B, T, "tokens");
       const AdamWOptions opts = adamw_arg(info[4]);
       struct Out {
         double loss = 0, norm = 0;
         std::vector<double> hl, ha;
       };
-      auto out = std::make_shared<Out>();
-      const int threads = threads_;
-      // The target is busy too: it must not train while it computes these hidden states.
-      auto guard = std::make_shared<BusyGuard>(busy_), target_guard = std::make_shared<BusyGuard>(tw->busy_);
-      return run_async(
-          info.Env(),
-          [=, guard = std::move(guard), target_guard = std::move(target_guard)] {
-            (void)guard, (void)target_guard;  // released with this closure, on the main thread
-            std::vector<float> hidden(size_t(B) * T * m->shape().hidden);
-            target->forward(t->data(), B, T, nullptr, hidden.data(), threads);
-            out->loss = m->forward_backward(hidden.data(), t->data(), B, T, threads, &out->hl, &out->ha);
-            out->norm = m->params().adamw_step(opts);
+      return head_train_step<MedusaTrainer, Out>(
+          info, *this, Value(), "these heads", 0,
+          [opts](LlamaTrainer<float>& target, MedusaTrainer<float>& m, const std::vector<int32_t>& t, int B, int T, int threads, Out& out) {
+            std::vector<float> hidden(size_t(B) * T * m.shape().hidden);
+            target.forward(t.data(), B, T, nullptr, hidden.data(), threads);
+            out.loss = m.forward_backward(hidden.data(), t.data(), B, T, threads, &out.hl, &out.ha);
+            out.norm = m.params().adamw_step(opts);
           },
-          [=](Napi::Env env) -> Napi::Value {
-            Napi::Object o = result(env, out->loss, out->hl, out->ha);
-            o.Set("gradNorm", out->norm);
+          [](Napi::Env env, const Out& out) -> Napi::Value {
+            Napi::Object o = result(env, out.loss, out.hl, out.ha);
+            o.Set("gradNorm", out.norm);
             return o;
-          },
-          {Value(), info[0]});
+          });
     });
   }
 
@@ -676,46 +690,29 @@ class TrainEagleWrap : public Napi::ObjectWrap<TrainEagleWrap>, public ParamAcce
   // The frozen target computes the features and logits of the batch; the head takes one AdamW step.
   Napi::Value TrainStep(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
-      SPECDEC_CHECK(f32_ || f64_, "E_DISPOSED", "trainer was disposed");
-      SPECDEC_CHECK(!busy_->load(), "E_BUSY", "a training step of this head is still running");
-      SPECDEC_CHECK(f32_ != nullptr, "E_ARG", "trainStep needs an f32 head");
-      TrainLlamaWrap* tw = TrainLlamaWrap::f32_of(info[0], "target");
-      std::shared_ptr<LlamaTrainer<float>> target = tw->f32_;
-      auto m = f32_;
-      SPECDEC_CHECK(target->shape().hidden == m->shape().hidden && target->shape().vocab == m->shape().vocab, "E_ARG",
-                    "target: hidden/vocab sizes (", target->shape().hidden, ", ", target->shape().vocab,
-                    ") do not match the head's (", m->shape().hidden, ", ", m->shape().vocab, ")");
-      auto t = std::make_shared<std::vector<int32_t>>(get_i32_array(info[1], "tokens"));
-      const int B = int_arg(info[2], "batch", 1, 1 << 20), T = int_arg(info[3], "seqLen", 1, 1 << 16);
-      target->check_tokens(t->data(), t->size(), B, T + 1, "tokens");
       const AdamWOptions opts = adamw_arg(info[4]);
       const EagleLossOptions lopts = loss_options(info[4]);
       struct Out {
         EagleStats s;
         double norm = 0;
       };
-      auto out = std::make_shared<Out>();
-      const int threads = threads_;
-      auto guard = std::make_shared<BusyGuard>(busy_), target_guard = std::make_shared<BusyGuard>(tw->busy_);
-      return run_async(
-          info.Env(),
-          [=, guard = std::move(guard), target_guard = std::move(target_guard)] {
-            (void)guard, (void)target_guard;  // released with this closure, on the main thread
+      return head_train_step<EagleTrainer, Out>(
+          info, *this, Value(), "this head", 1,
+          [opts, lopts](LlamaTrainer<float>& target, EagleTrainer<float>& m, const std::vector<int32_t>& t, int B, int T, int threads, Out& out) {
             const size_t R = size_t(B) * (size_t(T) + 1);
-            std::vector<float> features(R * target->shape().hidden), logits(R * target->shape().vocab);
-            target->forward(t->data(), B, T + 1, logits.data(), features.data(), threads);
-            const auto& tp = target->params();
+            std::vector<float> features(R * target.shape().hidden), logits(R * target.shape().vocab);
+            target.forward(t.data(), B, T + 1, logits.data(), features.data(), threads);
+            const auto& tp = target.params();
             const float* embed = tp.w.data() + tp.find("model.embed_tokens.weight").offset;
-            const float* lm = target->shape().tie ? embed : tp.w.data() + tp.find("lm_head.weight").offset;
-            out->s = m->forward_backward(t->data(), features.data(), logits.data(), embed, lm, B, T, lopts, threads);
-            out->norm = m->params().adamw_step(opts);
+            const float* lm = target.shape().tie ? embed : tp.w.data() + tp.find("lm_head.weight").offset;
+            out.s = m.forward_backward(t.data(), features.data(), logits.data(), embed, lm, B, T, lopts, threads);
+            out.norm = m.params().adamw_step(opts);
           },
-          [=](Napi::Env env) -> Napi::Value {
-            Napi::Object o = stats(env, out->s);
-            o.Set("gradNorm", out->norm);
+          [](Napi::Env env, const Out& out) -> Napi::Value {
+            Napi::Object o = stats(env, out.s);
+            o.Set("gradNorm", out.norm);
             return o;
-          },
-          {Value(), info[0]});
+          });
     });
   }
 
@@ -842,53 +839,41 @@ class TrainEagle3Wrap : public Napi::ObjectWrap<TrainEagle3Wrap>, public ParamAc
   // three residual streams and the logits of the batch; the head takes one AdamW step.
   Napi::Value TrainStep(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
-      SPECDEC_CHECK(f32_ || f64_, "E_DISPOSED", "trainer was disposed");
-      SPECDEC_CHECK(!busy_->load(), "E_BUSY", "a training step of this head is still running");
-      SPECDEC_CHECK(f32_ != nullptr, "E_ARG", "trainStep needs an f32 head");
-      TrainLlamaWrap* tw = TrainLlamaWrap::f32_of(info[0], "target");
-      std::shared_ptr<LlamaTrainer<float>> target = tw->f32_;
-      auto m = f32_;
-      SPECDEC_CHECK(target->shape().hidden == m->shape().hidden && target->shape().vocab == m->shape().vocab, "E_ARG",
-                    "target: hidden/vocab sizes (", target->shape().hidden, ", ", target->shape().vocab,
-                    ") do not match the head's (", m->shape().hidden, ", ", m->shape().vocab, ")");
-      auto t = std::make_shared<std::vector<int32_t>>(get_i32_array(info[1], "tokens"));
-      const int B = int_arg(info[2], "batch", 1, 1 << 20), T = int_arg(info[3], "seqLen", 1, 1 << 16);
-      target->check_tokens(t->data(), t->size(), B, T + 1, "tokens");
       const std::vector<int32_t> aux32 = get_i32_array(info[4], "auxLayers");
       SPECDEC_CHECK(aux32.size() == 3, "E_ARG", "auxLayers: expected three layer indices, got ", aux32.size());
       const std::vector<int> aux(aux32.begin(), aux32.end());
+      TrainLlamaWrap* tw = TrainLlamaWrap::f32_of(info[0], "target");
       for (int l : aux)
-        SPECDEC_CHECK(l >= 0 && l < target->shape().layers, "E_ARG", "auxLayers: layer ", l, " is outside the target's [0, ",
-                      target->shape().layers, ")");
-      auto ids = std::make_shared<std::vector<int32_t>>(get_i32_array(info[5], "draftIds"));
-      m->check_draft_ids(ids->data(), ids->size());
+        SPECDEC_CHECK(l >= 0 && l < tw->f32_->shape().layers, "E_ARG", "auxLayers: layer ", l, " is outside the target's [0, ",
+                      tw->f32_->shape().layers, ")");
+      const std::vector<int32_t> ids = get_i32_array(info[5], "draftIds");
+      visit([&](auto& m) {
+        m->check_draft_ids(ids.data(), ids.size());
+        return Napi::Value();
+      });
       const AdamWOptions opts = adamw_arg(info[6]);
       const Eagle3LossOptions lopts = loss_options(info[6]);
       struct Out {
         Eagle3Stats s;
         double norm = 0;
       };
-      auto out = std::make_shared<Out>();
-      const int threads = threads_;
-      auto guard = std::make_shared<BusyGuard>(busy_), target_guard = std::make_shared<BusyGuard>(tw->busy_);
-      return run_async(
-          info.Env(),
-          [=, guard = std::move(guard), target_guard = std::move(target_guard)] {
-            (void)guard, (void)target_guard;  // released with this closure, on the main thread
+      return head_train_step<Eagle3Trainer, Out>(
+          info, *this, Value(), "this head", 1,
+          [opts, lopts, aux, ids](LlamaTrainer<float>& target, Eagle3Trainer<float>& m, const std::vector<int32_t>& t, int B, int T,
+                                  int threads, Out& out) {
             const size_t R = size_t(B) * (size_t(T) + 1);
-            std::vector<float> features(R * 3 * target->shape().hidden), logits(R * target->shape().vocab);
-            target->forward(t->data(), B, T + 1, logits.data(), nullptr, threads, aux, features.data());
-            const auto& tp = target->params();
+            std::vector<float> features(R * 3 * target.shape().hidden), logits(R * target.shape().vocab);
+            target.forward(t.data(), B, T + 1, logits.data(), nullptr, threads, aux, features.data());
+            const auto& tp = target.params();
             const float* embed = tp.w.data() + tp.find("model.embed_tokens.weight").offset;
-            out->s = m->forward_backward(t->data(), features.data(), logits.data(), embed, ids->data(), B, T, lopts, threads);
-            out->norm = m->params().adamw_step(opts);
+            out.s = m.forward_backward(t.data(), features.data(), logits.data(), embed, ids.data(), B, T, lopts, threads);
+            out.norm = m.params().adamw_step(opts);
           },
-          [=](Napi::Env env) -> Napi::Value {
-            Napi::Object o = stats(env, out->s);
-            o.Set("gradNorm", out->norm);
+          [](Napi::Env env, const Out& out) -> Napi::Value {
+            Napi::Object o = stats(env, out.s);
+            o.Set("gradNorm", out.norm);
             return o;
-          },
-          {Value(), info[0]});
+          });
     });
   }
 

@@ -574,7 +574,7 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
   bool graphed = false;
 #ifdef SPECDEC_WITH_CUDA
   PagedBatch stable_batch;
-  if (dev == Device::cuda && cuda::graphs_enabled() && N <= kMaxScratchRows && aux_layers.empty()) {
+  if (dev == Device::cuda && cuda::graphs_enabled() && N <= kMaxScratchRows) {
     graphed = true;
     stable_batch = batch;
     // Fixed-size arrays first and the page list last, so every offset depends on N, B and the mask
@@ -607,7 +607,18 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
 
   const Tensor no_bias;
   const int64_t A = static_cast<int64_t>(aux_layers.size());
-  Tensor aux = A > 0 ? Tensor::empty(DType::f32, {A * N, H}, dev) : Tensor();
+  // EAGLE-3's features. A graph body writes them where they were last time (graph_aux_, copied out
+  // after the body, as the hidden states are): a fresh buffer would be a new address, so a new record
+  // at every step and never a replay.
+  Tensor aux;
+  if (A > 0 && graphed) {
+    // Sized for the largest graphed forward at once (a grown buffer is another address: new captures).
+    if (!graph_aux_.defined() || graph_aux_.numel() < A * kMaxScratchRows * H)
+      graph_aux_ = Tensor::empty(DType::f32, {A * kMaxScratchRows * H}, dev);
+    aux = graph_aux_.reinterpret(0, DType::f32, {A * N, H});
+  } else if (A > 0) {
+    aux = Tensor::empty(DType::f32, {A * N, H}, dev);
+  }
   // The residual stream entering layer l, into each aux block that asks for it.
   auto capture = [&](int l) {
     for (int64_t k = 0; k < A; ++k)
@@ -694,7 +705,12 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
       r.hidden = x;
     }
   }
-  if (A > 0) r.aux = aux.view({A, N, H});
+  if (A > 0 && graphed) {
+    r.aux = Tensor::empty(DType::f32, {A, N, H}, dev);
+    r.aux.copy_from(aux.view({A, N, H}));
+  } else if (A > 0) {
+    r.aux = aux.view({A, N, H});
+  }
   r.indptr = indptr;
   if (stage) {
     // The verification reads the ids as the layers did (device tails included).

@@ -156,8 +156,7 @@ class LlamaModel {
   // With `stage`, the verification's inputs go in the same upload (result.staged).
   // last_only: logits of each sequence's last row only ([B, V], the same bits as those rows of the
   // full logits): a prompt's other rows would cost the LM head's work and N x V floats for nothing.
-  // aux_layers: layer indices whose input rows are returned (result.aux); such a forward runs
-  // without CUDA graphs.
+  // aux_layers: layer indices whose input rows are returned (result.aux).
   LlamaForwardResult forward(const std::vector<LlamaSeqInput>& inputs, bool want_hidden,
                              const VerifyStaging* stage = nullptr, bool last_only = false,
                              const std::vector<int>& aux_layers = {});
@@ -265,8 +264,8 @@ class LlamaModel {
     Tensor x, h, q, k, v, att, o, gate, up;
   } scratch_;
   // CUDA graphs: where a forward's inputs are copied so that its graph body reads the same addresses
-  // at every step (forward_locked).
-  Tensor graph_in_;
+  // at every step (forward_locked), and where a graphed forward's aux rows are written.
+  Tensor graph_in_, graph_aux_;
 
   // The last forward, for commit(): its plan and, per sequence, the parents (empty when its
   // input was a chain or a mask).

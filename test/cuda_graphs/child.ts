@@ -21,11 +21,17 @@ async function main(): Promise<void> {
     const s = model.createSequence();
     let next = 1;
     const prompt = Int32Array.from({ length: 17 }, (_, i) => (i * 31 + 7) % V);
-    const take = async (inputs: Parameters<LlamaModel['forward']>[0], commit: Int32Array[]): Promise<void> => {
-      const out = await model.forward(inputs);
+    const take = async (inputs: Parameters<LlamaModel['forward']>[0], commit: Int32Array[], auxLayers?: number[]): Promise<void> => {
+      const out = await model.forward(inputs, auxLayers ? { auxLayers } : {});
       const logits = out.logits.toFloat32();
       out.logits.dispose();
       hash.update(Buffer.from(logits.buffer, logits.byteOffset, logits.byteLength));
+      if (out.aux) {
+        // EAGLE-3's features (the residual streams entering the layers asked for), graphed too.
+        const aux = out.aux.toFloat32();
+        out.aux.dispose();
+        hash.update(Buffer.from(aux.buffer, aux.byteOffset, aux.byteLength));
+      }
       model.commit(inputs.map((x) => x.seq), commit);
       // Greedy on the host from the last row: the next token depends on every bit above.
       let best = 0;
@@ -40,6 +46,8 @@ async function main(): Promise<void> {
     for (let t = 0; t < 8; t++) {
       await take([{ seq: s, tokens: Int32Array.of(next, 3, 4, 5, 6), parents: Int32Array.of(-1, 0, 0, 1, 1) }], [Int32Array.of(0)]);
     }
+    // Decode steps that also return the inputs of layers 0 and 1 (an EAGLE-3 target's forwards).
+    for (let t = 0; t < 8; t++) await take([{ seq: s, tokens: Int32Array.of(next) }], [Int32Array.of(0)], [0, 1]);
     // Plain greedy decoding through the library (native chains), two sequences.
     const res = await plainGenerate(model, [prompt, prompt.subarray(3)], { maxNewTokens: 20, stopTokens: [] });
     for (const t of res.tokens) tokens.push(...t);

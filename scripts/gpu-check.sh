@@ -19,7 +19,7 @@
 # tensor-core attention tests and the attention bench with both kernels, and extras, the opt-in paths' runs). With a lease running out,
 # order them by value and set DEADLINE_S (seconds from the start): later boxes shrink to fit it.
 # Time boxes (seconds; override by environment): T_SUITE=210, T_BENCH_EACH=40 per bench or T_BENCH_<name> (BENCHES=
-# "attention verify sampling plain_decode speculative"), T_SIMT=40 T_ATTN_TC=45 T_ATTN_BENCH=45 (x2) T_ATTN_TC_BENCH=45 T_TORCH_REF=60
+# "attention verify sampling plain_decode speculative eagle": EAGLE-1/2 and EAGLE-3 heads on CUDA, last), T_SIMT=40 T_ATTN_TC=45 T_ATTN_BENCH=45 (x2) T_ATTN_TC_BENCH=45 T_TORCH_REF=60
 # T_SAMPLING_BLOCK=40, T_HF=80 (HF_REPS=2) T_AGREE=140 (eleven fixtures on two devices), T_GRAPHS=60 T_GRAPHS_BENCH=50 (x2), and
 # T_PROFILE=50, T_FIXTURES=300 in the background (eleven fixtures; four took 111 s on the H200 host). Worst case over one call's 10 minutes: split it into two calls.
 # Exit 0 when every step passed, 1 otherwise, 2 when the machine is not prepared.
@@ -198,7 +198,7 @@ run_matmul() {
 }
 run_bench() {
   local b
-  for b in ${BENCHES:-attention verify sampling plain_decode speculative}; do bench_one "$b"; done
+  for b in ${BENCHES:-attention verify sampling plain_decode speculative eagle}; do bench_one "$b"; done
 }
 # The opt-in paths against their defaults: CUDA-core matmul, tensor-core attention (its tests, then
 # its speed), one block per row for the logits ops.

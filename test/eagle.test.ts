@@ -15,6 +15,7 @@ import { KEPT_TRACES } from '../lib/strategies/draft_model';
 import { EagleHead, EagleSpeculator } from '../lib/strategies/eagle';
 import { native } from '../lib/native';
 import { Tensor } from '../lib/tensor';
+import { transferCounters } from '../lib/transfers';
 import { configJson, randomWeights, specByName, type CheckpointSpec } from './fixtures/checkpoints';
 import { eagle3DraftIds, eagle3HeadTensors, eagleHeadTensors, writeEagle3Head, writeEagleHead, type Eagle3HeadSpec, type EagleHeadSpec } from './fixtures/eagle_head';
 import { LlamaReference } from './reference/llama_ref';
@@ -424,7 +425,10 @@ describe('EAGLE heads', function () {
         const outs = caches.map((cache, i) => {
           const run = i === 0 ? head.forward.bind(head) : head.composedForward.bind(head);
           let batch = cache.plan([seqs[i]!], [n]);
+          const before = transferCounters();
           const h1 = run(table, cache, batch, tokens.subarray(0, n), blocks, positions.subarray(0, n), true);
+          // The native call sends its ids and positions as one upload (the composition: one per array).
+          if (i === 0) assert.strictEqual(transferCounters().uploads - before.uploads, 1, 'uploads of one native draft call');
           cache.commit(batch, [seqs[i]!], [Int32Array.from({ length: n }, (_, j) => j)]);
           batch.dispose();
           // The second call: EAGLE-3's deeper rows read the draft's own h; EAGLE-1/2 reads features again.

@@ -2,6 +2,7 @@
 // handle of the head's tensors once; eagleForward(handle, ...) runs the layers over a planned batch.
 #include <cstring>
 
+#include "../core/host_pack.h"
 #include "../core/kv_cache.h"
 #include "../model/eagle.h"
 #include "napi_util.h"
@@ -83,9 +84,11 @@ Napi::Value EagleForward(const Napi::CallbackInfo& info) {
     const bool from_target = get_bool(info[7], "fromTarget");
     const Device dev = w->inv_freq.device();
     const int64_t N = static_cast<int64_t>(ids.size());
-    const Tensor ids_t = Tensor::from_host(DType::i32, {N}, ids.data(), dev);
-    const Tensor pos_t = Tensor::from_host(DType::i32, {N}, pos.data(), dev);
-    return wrap_tensor(info.Env(), eagle_forward(*w, embed, layers, batch, ids_t, ids.data(), pos_t, features, from_target));
+    // Ids and positions travel as one upload (issue 11: one copy per array was two waits on CUDA).
+    HostPack pack;
+    const int seg_ids = pack.add(DType::i32, ids.data(), N), seg_pos = pack.add(DType::i32, pos.data(), N);
+    pack.upload(dev);
+    return wrap_tensor(info.Env(), eagle_forward(*w, embed, layers, batch, pack.view(seg_ids), ids.data(), pack.view(seg_pos), features, from_target));
   });
 }
 

@@ -95,6 +95,17 @@ describe('specdec generate: strategies end to end', function () {
     }
   });
 
+  it('sampling without --top-k (or with --top-k 0: off) runs with a strategy, as plain decoding does', () => {
+    // A speculative run used to refuse the CLI's default --top-k 0 ("topK must be an integer >= 1").
+    const args = ['--model', target, '--prompt-ids', '3,4,5,3,4,5,3', '--max-new-tokens', '12', '--temperature', '0.8', '--seed', '7'];
+    for (const strategy of [['--draft', draft], ['--prompt-lookup', '2']]) {
+      const a = generate([...args, ...strategy]) as Rec;
+      const b = generate([...args, ...strategy, '--top-k', '0']) as Rec;
+      assert.strictEqual(a.tokens.length, 12, strategy.join(' '));
+      assert.deepStrictEqual(a.tokens, b.tokens, `${strategy.join(' ')}: --top-k 0 is no top-k`);
+    }
+  });
+
   it('sampled speculative runs are reproducible and sequence i does not depend on the rest of the batch', () => {
     const args = ['--model', target, '--max-new-tokens', '12', '--temperature', '0.8', '--top-k', '20', '--seed', '7', '--draft', draft];
     const a = generate([...args, '--batch-file', batchFile]) as Rec[];

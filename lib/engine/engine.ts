@@ -282,7 +282,7 @@ export class Engine {
       if (this.closed) throw codedError('E_CLOSED', 'the engine is closed and takes no new requests');
       this.validate(prompt, opts);
       if (opts.signal?.aborted) throw abortError(opts.signal);
-      const sampling = isSampling(opts.sampling) ? opts.sampling : undefined;
+      const sampling = isSampling(opts.sampling) ? withoutZeroTopK(opts.sampling) : undefined;
       const rng = new RequestRng(BigInt(opts.seed ?? 0), opts.stream ?? 0);
       const stop = new Set([...this.model.config.eosTokenIds, ...(opts.stopTokens ?? [])]);
       const r = new Request(this.nextId++, prompt, opts, this.group(sampling), rng, stop, { resolve, reject });
@@ -353,7 +353,8 @@ export class Engine {
     const s = opts.sampling;
     if (s) {
       if (!(Number.isFinite(s.temperature) && s.temperature >= 0)) throw codedError('E_ARG', `temperature must be a finite number >= 0, got ${s.temperature}`);
-      if (s.topK !== undefined && !(Number.isSafeInteger(s.topK) && s.topK >= 1)) throw codedError('E_ARG', `topK must be an integer >= 1, got ${s.topK}`);
+      // 0 is "off", as in processLogits, the CLI's --top-k and the server's top_k.
+      if (s.topK !== undefined && !(Number.isSafeInteger(s.topK) && s.topK >= 0)) throw codedError('E_ARG', `topK must be an integer >= 0 (0: off), got ${s.topK}`);
       if (s.topP !== undefined && !(s.topP > 0 && s.topP <= 1)) throw codedError('E_ARG', `topP must be in (0, 1], got ${s.topP}`);
       if (s.minP !== undefined && !(s.minP >= 0 && s.minP < 1)) throw codedError('E_ARG', `minP must be in [0, 1), got ${s.minP}`);
     }
@@ -761,4 +762,11 @@ export class Engine {
     this.metrics.failed++;
     r.settle.reject(e);
   }
+}
+
+/** topK 0 means no top-k: dropped, so that it groups (and samples) with the configs that leave it out. */
+function withoutZeroTopK(s: SamplingConfig): SamplingConfig {
+  if (s.topK !== 0) return s;
+  const { topK: _off, ...rest } = s;
+  return rest;
 }

@@ -4,7 +4,7 @@
 // (run `npx tsc -p tsconfig.json` first) and the native addon (`npm run build:native`).
 // Options: --out DIR (default models/default), --threads N (default 2; the run is reproducible for
 // a given thread count), --scale X (multiply every step count, e.g. 0.05 for a smoke run),
-// --only eagle | eagle3 (train that EAGLE head alone on the family already in --out).
+// --only medusa | eagle | eagle3 (train those heads alone on the family already in --out).
 'use strict';
 const path = require('path');
 
@@ -31,16 +31,16 @@ if (!Number.isInteger(threads) || threads < 1 || !(stepScale > 0)) {
 }
 
 const only = flag('--only', undefined);
-if (only !== undefined && only !== 'eagle' && only !== 'eagle3') {
-  process.stderr.write(`train-default: --only takes 'eagle' or 'eagle3', got '${only}'\n`);
+if (only !== undefined && only !== 'medusa' && only !== 'eagle' && only !== 'eagle3') {
+  process.stderr.write(`train-default: --only takes 'medusa', 'eagle' or 'eagle3', got '${only}'\n`);
   process.exit(2);
 }
 const log = (line) => process.stderr.write(`[train] ${line}\n`);
 const job =
   only !== undefined
     ? train
-        .trainDefaultEagleOnly({ outDir, threads, stepScale, log, version: only === 'eagle3' ? 3 : 1 })
-        .then((r) => `wrote ${path.join(outDir, only)} (held-out top-1 agreement ${[].concat(r.heldoutAgreement).map((x) => x.toFixed(3)).join(', ')})`)
+        .trainDefaultHeadsOnly({ outDir, threads, stepScale, log, part: only })
+        .then((r) => `wrote ${path.join(outDir, only)} (${r.headAccuracy ? `last batch top-1 per head ${r.headAccuracy.map((x) => x.toFixed(3)).join(', ')}` : `held-out top-1 agreement ${[].concat(r.heldoutAgreement).map((x) => x.toFixed(3)).join(', ')}`})`)
     : train
         .trainDefaultFamily({ outDir, threads, stepScale, log })
         .then((r) => `wrote ${outDir} (target held-out loss ${r.target.heldoutLoss.toFixed(4)}, draft ${r.draft.heldoutLoss.toFixed(4)})`);

@@ -5,10 +5,11 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { codedError } from '../errors';
 import { readLlamaConfig, type LlamaConfig } from '../models/config';
-import { LlamaModel } from '../models/llama';
-import { plainGenerate } from '../plain';
 import { TextTokenizer } from '../tokenizer';
+import { concat, selfDistill } from '../train/self_distill';
 import type { LrSchedule, SaveDType } from '../train/trainer';
+
+export { concat, selfDistill };
 
 /** The flags both training commands take. */
 export interface TrainFlags {
@@ -120,33 +121,6 @@ export function readData(file: string, tokenizer: TextTokenizer | undefined, voc
   return docs;
 }
 
-export function concat(docs: readonly Int32Array[]): Int32Array {
-  const out = new Int32Array(docs.reduce((n, d) => n + d.length, 0));
-  let o = 0;
-  for (const d of docs) {
-    out.set(d, o);
-    o += d.length;
-  }
-  return out;
-}
-
-/** Medusa-1 self-distillation: each line's first tokens, continued greedily by the model itself. */
-export async function selfDistill(dir: string, docs: readonly Int32Array[], seqLen: number, maxPositions: number): Promise<Int32Array[]> {
-  const model = await LlamaModel.load(dir, { device: 'cpu', maxSequences: Math.min(docs.length, 64) });
-  try {
-    const promptLen = Math.max(1, Math.min(16, Math.floor(seqLen / 4)));
-    const maxNew = Math.max(1, Math.min(seqLen, maxPositions - promptLen - 1));
-    const out: Int32Array[] = [];
-    for (let i = 0; i < docs.length; i += 64) {
-      const prompts = docs.slice(i, i + 64).map((d) => d.slice(0, promptLen));
-      const r = await plainGenerate(model, prompts, { maxNewTokens: maxNew });
-      r.tokens.forEach((t, b) => out.push(concat([prompts[b]!, t])));
-    }
-    return out;
-  } finally {
-    model.dispose();
-  }
-}
 
 /** One progress line: a bar on a terminal, a plain line (named by `command`) otherwise. */
 export function progressLine(command: string, p: { step: number; steps: number; loss: number; tokensPerSecond: number; seconds: number }, bar: boolean): string {

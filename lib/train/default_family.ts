@@ -8,6 +8,7 @@ import { LlamaModel } from '../models/llama';
 import { plainGenerate } from '../plain';
 import { TextTokenizer } from '../tokenizer';
 import { BOS_ID, corpusWords, EOS_ID, generateCorpus, storyText } from './corpus';
+import { concat, selfDistill } from './self_distill';
 import { buildVocab, writeTokenizerFiles } from './tokenizer_builder';
 import { readLlamaConfig } from '../models/config';
 import {
@@ -120,6 +121,17 @@ export interface EagleRunResult {
   readonly heldoutAgreement: number;
 }
 
+export interface MedusaRunResult {
+  readonly steps: number;
+  readonly seconds: number;
+  readonly params: number;
+  /** Tokens of the target's own continuations in the training stream (as many corpus tokens follow). */
+  readonly distilledTokens: number;
+  /** The last batch's loss and top-1 accuracy per head. */
+  readonly headLoss: number[];
+  readonly headAccuracy: number[];
+}
+
 export interface Eagle3RunResult {
   readonly steps: number;
   readonly seconds: number;
@@ -136,7 +148,7 @@ export interface DefaultFamilyResult {
   readonly vocabSize: number;
   readonly target: RunResult & { readonly params: number };
   readonly draft: RunResult & { readonly params: number };
-  readonly medusa: { readonly steps: number; readonly seconds: number; readonly params: number; readonly headLoss: number[]; readonly headAccuracy: number[] };
+  readonly medusa: MedusaRunResult;
   readonly eagle: EagleRunResult;
   readonly eagle3: Eagle3RunResult;
   readonly bytes: Record<string, number>;
@@ -221,35 +233,16 @@ export async function trainDefaultFamily(options: DefaultFamilyOptions): Promise
   log(`draft: ${draft.numParams()} parameters`);
   const draftResult = await trainCausalLM(draft, ids, heldout, dRun, 202, log, 'draft');
 
-  // 4. Medusa heads on the frozen target.
-  const mRun = scaled(MEDUSA_RUN, scale);
-  const heads = MedusaTrainer.create({ numHeads: MEDUSA_HEADS, numLayers: MEDUSA_LAYERS, hiddenSize: target.config.hiddenSize, vocabSize: vocab.size }, { seed: 3, threads });
-  heads.initFromTarget(target);
-  const sampler = new BatchSampler(ids, mRun.seqLen, mRun.batch, 303);
-  const sched: LrSchedule = { lr: mRun.lr, minLr: mRun.minLr, warmupSteps: mRun.warmupSteps, totalSteps: mRun.steps };
-  const tm = Date.now();
-  let last = { headLoss: [] as number[], headAccuracy: [] as number[] };
-  const every = Math.max(1, Math.floor(mRun.steps / 10));
-  for (let step = 0; step < mRun.steps; step++) {
-    const lr = learningRate(step, sched);
-    const r = await heads.trainStep(target, sampler.next(), mRun.batch, mRun.seqLen, { lr, weightDecay: mRun.weightDecay, clip: 1.0 });
-    last = { headLoss: r.headLoss, headAccuracy: r.headAccuracy };
-    if (step % every === 0 || step === mRun.steps - 1) {
-      log(
-        `medusa: step ${step + 1}/${mRun.steps} loss ${r.loss.toFixed(4)} per head [${r.headLoss.map((x) => x.toFixed(3)).join(', ')}]` +
-          ` top-1 [${r.headAccuracy.map((x) => x.toFixed(3)).join(', ')}] lr ${lr.toExponential(2)}`,
-      );
-    }
-  }
-  const medusaSeconds = (Date.now() - tm) / 1000;
-
-  // 5. Checkpoints.
+  // 4. Checkpoints.
   const meta = { trainer: 'specdec (cpp/train)', recipe: 'npm run train:default', corpus_seed: String(CORPUS_SEED) };
   target.save(targetDir, { dtype, metadata: meta });
   writeTokenizerFiles(targetDir, vocab, CONTEXT);
   draft.save(draftDir, { dtype, metadata: meta });
   writeTokenizerFiles(draftDir, vocab, CONTEXT);
-  heads.save(medusaDir, { dtype, baseModel: '../target' });
+
+  // 5. Medusa heads on the target as saved, half of their data its own greedy continuations.
+  const mRun = scaled(MEDUSA_RUN, scale);
+  const medusa = await trainDefaultMedusaHeads(options.outDir, ids, mRun, threads, dtype, log);
 
   // 6. The EAGLE head, on the target as saved (the weights --eagle default runs beside).
   const eagle = await trainDefaultEagleHead(options.outDir, ids, heldout, scaled(EAGLE_RUN, scale), threads, dtype, log);
@@ -259,7 +252,7 @@ export async function trainDefaultFamily(options: DefaultFamilyOptions): Promise
     vocabSize: vocab.size,
     target: { ...targetResult, params: target.numParams() },
     draft: { ...draftResult, params: draft.numParams() },
-    medusa: { steps: mRun.steps, seconds: medusaSeconds, params: heads.numParams(), ...last },
+    medusa,
     eagle,
     eagle3,
     bytes: {
@@ -273,11 +266,53 @@ export async function trainDefaultFamily(options: DefaultFamilyOptions): Promise
   };
   target.dispose();
   draft.dispose();
-  heads.dispose();
   log(`sample (greedy, runner): ${result.sample}`);
   writeReadme(options.outDir, result, tRun, dRun, mRun, scaled(EAGLE_RUN, scale), scaled(EAGLE3_RUN, scale), (Date.now() - t0) / 1000, options.corpusTokens ?? 2_000_000);
   log(`all done in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
   return result;
+}
+
+/** Corpus tokens per self-distillation prompt (its first 16 tokens), as Medusa's training stream is built. */
+export const MEDUSA_DISTILL_EVERY = 4096;
+
+/**
+ * Trains the Medusa heads on the saved target in outDir/target and writes them to outDir/medusa.
+ * Their stream is the target's own greedy continuations of prompts from the corpus (Medusa's
+ * self-distillation), then as many corpus tokens: heads that learn only the corpus miss how the
+ * model itself continues (greedy verification accepts exactly that), heads that learn only the
+ * model's greedy text lose some of the spread sampling sees.
+ */
+export async function trainDefaultMedusaHeads(outDir: string, ids: Int32Array, run: RunSpec, threads: number, dtype: SaveDType, log: (line: string) => void): Promise<MedusaRunResult> {
+  const targetDir = path.join(outDir, 'target');
+  const config = readLlamaConfig(targetDir);
+  const t0 = Date.now();
+  const prompts: Int32Array[] = [];
+  for (let i = 0; i + MEDUSA_DISTILL_EVERY <= ids.length; i += MEDUSA_DISTILL_EVERY) prompts.push(ids.subarray(i, i + 16));
+  const distilled = concat(await selfDistill(targetDir, prompts.length > 0 ? prompts : [ids.subarray(0, 16)], CONTEXT - 6, config.maxPositions));
+  const stream = concat([distilled, ids.subarray(0, Math.min(ids.length, distilled.length))]);
+  log(`medusa: ${distilled.length} tokens of the target's own continuations (${prompts.length} prompts, ${((Date.now() - t0) / 1000).toFixed(1)} s) + as many corpus tokens`);
+  using target = LlamaTrainer.fromCheckpoint(targetDir, config, { seed: 1, threads });
+  using heads = MedusaTrainer.create({ numHeads: MEDUSA_HEADS, numLayers: MEDUSA_LAYERS, hiddenSize: config.hiddenSize, vocabSize: config.vocabSize }, { seed: 3, threads });
+  heads.initFromTarget(target);
+  const sampler = new BatchSampler(stream, run.seqLen, run.batch, 303);
+  const sched: LrSchedule = { lr: run.lr, minLr: run.minLr, warmupSteps: run.warmupSteps, totalSteps: run.steps };
+  const tm = Date.now();
+  let last = { headLoss: [] as number[], headAccuracy: [] as number[] };
+  const every = Math.max(1, Math.floor(run.steps / 10));
+  for (let step = 0; step < run.steps; step++) {
+    const lr = learningRate(step, sched);
+    const r = await heads.trainStep(target, sampler.next(), run.batch, run.seqLen, { lr, weightDecay: run.weightDecay, clip: 1.0 });
+    last = { headLoss: r.headLoss, headAccuracy: r.headAccuracy };
+    if (step % every === 0 || step === run.steps - 1) {
+      log(
+        `medusa: step ${step + 1}/${run.steps} loss ${r.loss.toFixed(4)} per head [${r.headLoss.map((x) => x.toFixed(3)).join(', ')}]` +
+          ` top-1 [${r.headAccuracy.map((x) => x.toFixed(3)).join(', ')}] lr ${lr.toExponential(2)}`,
+      );
+    }
+  }
+  const seconds = (Date.now() - tm) / 1000;
+  heads.save(path.join(outDir, 'medusa'), { dtype, baseModel: '../target' });
+  return { steps: run.steps, seconds, params: heads.numParams(), distilledTokens: distilled.length, ...last };
 }
 
 /**
@@ -385,37 +420,41 @@ export function eagleAgreement(head: EagleTrainer, target: LlamaTrainer, windows
 }
 
 /**
- * `npm run train:default -- --only eagle` (or `eagle3`): that EAGLE head alone, on the family already
- * in outDir (its README's lines for the head are rewritten; the rest is kept).
+ * `npm run train:default -- --only medusa | eagle | eagle3`: those heads alone, on the family already
+ * in outDir (its README's lines for them are rewritten; the rest is kept).
  */
-export async function trainDefaultEagleOnly(options: DefaultFamilyOptions & { readonly version?: 1 | 3 }): Promise<EagleRunResult | Eagle3RunResult> {
+export async function trainDefaultHeadsOnly(options: DefaultFamilyOptions & { readonly part: 'medusa' | 'eagle' | 'eagle3' }): Promise<MedusaRunResult | EagleRunResult | Eagle3RunResult> {
   const log = options.log ?? ((line: string) => void process.stderr.write(line + '\n'));
   const vocab = buildVocab(corpusWords());
   const ids = generateCorpus({ seed: CORPUS_SEED, tokens: options.corpusTokens ?? 2_000_000 }, vocab);
   const heldout = generateCorpus({ seed: HELDOUT_SEED, tokens: 20_000 }, vocab);
-  const v3 = options.version === 3;
-  const run = scaled(v3 ? EAGLE3_RUN : EAGLE_RUN, options.stepScale ?? 1);
-  const train = v3 ? trainDefaultEagle3Head : trainDefaultEagleHead;
-  const r = await train(options.outDir, ids, heldout, run, options.threads ?? 2, options.dtype ?? 'BF16', log);
+  const { part } = options;
+  const run = scaled(part === 'medusa' ? MEDUSA_RUN : part === 'eagle3' ? EAGLE3_RUN : EAGLE_RUN, options.stepScale ?? 1);
+  const threads = options.threads ?? 2,
+    dtype = options.dtype ?? 'BF16';
+  const r =
+    part === 'medusa' ? await trainDefaultMedusaHeads(options.outDir, ids, run, threads, dtype, log)
+    : part === 'eagle3' ? await trainDefaultEagle3Head(options.outDir, ids, heldout, run, threads, dtype, log)
+    : await trainDefaultEagleHead(options.outDir, ids, heldout, run, threads, dtype, log);
   const readme = path.join(options.outDir, 'README.md');
   if (fs.existsSync(readme)) {
     const lines = fs.readFileSync(readme, 'utf8').split('\n');
-    const name = v3 ? 'eagle3' : 'eagle';
-    const bytes = fileBytes(path.join(options.outDir, name));
-    const row = v3 ? eagle3TableRow(r as Eagle3RunResult, bytes) : eagleTableRow(r as EagleRunResult, bytes);
-    const result = v3 ? eagle3ResultLine(r as Eagle3RunResult, run) : eagleResultLine(r as EagleRunResult, run);
+    const bytes = fileBytes(path.join(options.outDir, part));
     const put = (prefix: string, text: string, after: string): void => {
       const at = lines.findIndex((l) => l.startsWith(prefix));
       if (at >= 0) lines[at] = text;
       else lines.splice(lines.findIndex((l) => l.startsWith(after)) + 1, 0, text);
     };
-    if (v3) {
-      put('| `eagle3/`', row, '| `eagle/`');
-      put('- eagle3 (', result, '- eagle (');
+    if (part === 'medusa') {
+      put('| `medusa/`', medusaTableRow(r as MedusaRunResult, bytes), '| `draft/`');
+      put('- medusa (', medusaResultLine(r as MedusaRunResult, run), '- draft:');
+    } else if (part === 'eagle3') {
+      put('| `eagle3/`', eagle3TableRow(r as Eagle3RunResult, bytes), '| `eagle/`');
+      put('- eagle3 (', eagle3ResultLine(r as Eagle3RunResult, run), '- eagle (');
       put('npx specdec generate --prompt "once upon a time" --eagle default3', USE_EAGLE3, 'npx specdec generate --prompt "once upon a time" --eagle default');
     } else {
-      put('| `eagle/`', row, '| `medusa/`');
-      put('- eagle (', result, '- medusa (');
+      put('| `eagle/`', eagleTableRow(r as EagleRunResult, bytes), '| `medusa/`');
+      put('- eagle (', eagleResultLine(r as EagleRunResult, run), '- medusa (');
       put('npx specdec generate --prompt "once upon a time" --eagle default', USE_EAGLE, 'npx specdec generate --prompt "once upon a time" --medusa default');
     }
     const intro = lines.findIndex((l) => l.startsWith('Three small checkpoints'));
@@ -423,6 +462,14 @@ export async function trainDefaultEagleOnly(options: DefaultFamilyOptions & { re
     fs.writeFileSync(readme, lines.join('\n'));
   }
   return r;
+}
+
+function medusaTableRow(r: MedusaRunResult, bytes: number): string {
+  return `| \`medusa/\` | ${MEDUSA_HEADS} Medusa heads for the target (FasterDecoding layout, ${MEDUSA_LAYERS} ResBlock each; head h predicts the token h + 2 ahead) | ${r.params} | ${(bytes / 1024).toFixed(0)} KiB |`;
+}
+
+function medusaResultLine(r: MedusaRunResult, run: RunSpec): string {
+  return `- medusa (target frozen, LM heads initialised from the target's, ResBlocks from zero; data: ${r.distilledTokens} tokens of the target's own greedy continuations of 16-token corpus prompts, then as many corpus tokens): ${run.steps} steps x ${run.batch} x ${run.seqLen} tokens, AdamW lr ${run.lr} (warmup ${run.warmupSteps}, cosine to ${run.minLr}), weight decay ${run.weightDecay}, clip 1.0. Last batch per-head loss [${r.headLoss.map((x) => x.toFixed(3)).join(', ')}], top-1 accuracy [${r.headAccuracy.map((x) => x.toFixed(3)).join(', ')}], ${r.seconds.toFixed(0)} s.`;
 }
 
 const USE_EAGLE = 'npx specdec generate --prompt "once upon a time" --eagle default    # + the embedded EAGLE head';
@@ -481,7 +528,7 @@ backward in C++) so that \`specdec generate\` works out of the box, without down
 | --- | --- | --- | --- |
 | \`target/\` | LlamaForCausalLM: hidden ${tc.hiddenSize}, ${tc.numLayers} layers, ${tc.numHeads} heads / ${tc.numKvHeads} KV heads (GQA), SwiGLU ${tc.intermediateSize}, RoPE theta ${tc.ropeTheta}, untied LM head | ${r.target.params} | ${kb(r.bytes['target'] ?? 0)} |
 | \`draft/\` | LlamaForCausalLM: hidden ${dc.hiddenSize}, ${dc.numLayers} layer, ${dc.numHeads} heads / ${dc.numKvHeads} KV head, SwiGLU ${dc.intermediateSize}, tied embeddings; same tokenizer | ${r.draft.params} | ${kb(r.bytes['draft'] ?? 0)} |
-| \`medusa/\` | ${MEDUSA_HEADS} Medusa heads for the target (FasterDecoding layout, ${MEDUSA_LAYERS} ResBlock each; head h predicts the token h + 2 ahead) | ${r.medusa.params} | ${kb(r.bytes['medusa'] ?? 0)} |
+${medusaTableRow(r.medusa, r.bytes['medusa'] ?? 0)}
 ${eagleTableRow(r.eagle, r.bytes['eagle'] ?? 0)}
 ${eagle3TableRow(r.eagle3, r.bytes['eagle3'] ?? 0)}
 
@@ -519,7 +566,7 @@ summation order is fixed; different compilers or CPUs may differ in the last bit
 
 - target: ${run(tRun)}. Final training loss ${r.target.finalTrainLoss.toFixed(4)}, held-out loss ${r.target.heldoutLoss.toFixed(4)} (perplexity ${Math.exp(r.target.heldoutLoss).toFixed(3)}), ${r.target.seconds.toFixed(0)} s.
 - draft: ${run(dRun)}. Final training loss ${r.draft.finalTrainLoss.toFixed(4)}, held-out loss ${r.draft.heldoutLoss.toFixed(4)} (perplexity ${Math.exp(r.draft.heldoutLoss).toFixed(3)}), ${r.draft.seconds.toFixed(0)} s.
-- medusa (target frozen, LM heads initialised from the target's, ResBlocks from zero): ${run(mRun)}. Last batch per-head loss [${r.medusa.headLoss.map((x) => x.toFixed(3)).join(', ')}], top-1 accuracy [${r.medusa.headAccuracy.map((x) => x.toFixed(3)).join(', ')}], ${r.medusa.seconds.toFixed(0)} s.
+${medusaResultLine(r.medusa, mRun)}
 ${eagleResultLine(r.eagle, eRun)}
 ${eagle3ResultLine(r.eagle3, e3Run)}
 

@@ -3,3 +3,4 @@ export * from './corpus';
 export * from './tokenizer_builder';
 export * from './trainer';
 export * from './default_family';
+export * from './self_distill';

@@ -4,7 +4,8 @@
 // (run `npx tsc -p tsconfig.json` first) and the native addon (`npm run build:native`).
 // Options: --out DIR (default models/default), --threads N (default 2; the run is reproducible for
 // a given thread count), --scale X (multiply every step count, e.g. 0.05 for a smoke run),
-// --only medusa | eagle | eagle3 (train those heads alone on the family already in --out).
+// --only draft | medusa | eagle | eagle3 (train that part alone on the family already in --out; the
+// draft and the Medusa heads learn from the saved target's own continuations too).
 'use strict';
 const path = require('path');
 
@@ -31,8 +32,8 @@ if (!Number.isInteger(threads) || threads < 1 || !(stepScale > 0)) {
 }
 
 const only = flag('--only', undefined);
-if (only !== undefined && only !== 'medusa' && only !== 'eagle' && only !== 'eagle3') {
-  process.stderr.write(`train-default: --only takes 'medusa', 'eagle' or 'eagle3', got '${only}'\n`);
+if (only !== undefined && !['draft', 'medusa', 'eagle', 'eagle3'].includes(only)) {
+  process.stderr.write(`train-default: --only takes 'draft', 'medusa', 'eagle' or 'eagle3', got '${only}'\n`);
   process.exit(2);
 }
 const log = (line) => process.stderr.write(`[train] ${line}\n`);
@@ -40,7 +41,7 @@ const job =
   only !== undefined
     ? train
         .trainDefaultHeadsOnly({ outDir, threads, stepScale, log, part: only })
-        .then((r) => `wrote ${path.join(outDir, only)} (${r.headAccuracy ? `last batch top-1 per head ${r.headAccuracy.map((x) => x.toFixed(3)).join(', ')}` : `held-out top-1 agreement ${[].concat(r.heldoutAgreement).map((x) => x.toFixed(3)).join(', ')}`})`)
+        .then((r) => `wrote ${path.join(outDir, only)} (${r.distill ? `held-out corpus loss ${r.heldoutLoss.toFixed(4)}, after the distilled stream ${r.distill.heldoutLoss.toFixed(4)}` : r.headAccuracy ? `last batch top-1 per head ${r.headAccuracy.map((x) => x.toFixed(3)).join(', ')}` : `held-out top-1 agreement ${[].concat(r.heldoutAgreement).map((x) => x.toFixed(3)).join(', ')}`})`)
     : train
         .trainDefaultFamily({ outDir, threads, stepScale, log })
         .then((r) => `wrote ${outDir} (target held-out loss ${r.target.heldoutLoss.toFixed(4)}, draft ${r.draft.heldoutLoss.toFixed(4)})`);

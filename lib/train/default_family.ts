@@ -89,6 +89,8 @@ export function draftConfig(vocabSize: number): LlamaTrainConfig {
 
 export const TARGET_RUN: RunSpec = { steps: 900, batch: 8, seqLen: CONTEXT, lr: 3e-3, minLr: 3e-4, warmupSteps: 40, weightDecay: 0.0 };
 export const DRAFT_RUN: RunSpec = { steps: 800, batch: 8, seqLen: CONTEXT, lr: 5e-3, minLr: 5e-4, warmupSteps: 30, weightDecay: 0.0 };
+/** The draft's second phase: the same stream the Medusa heads learn (half the target's own greedy continuations). */
+export const DRAFT_DISTILL_RUN: RunSpec = { steps: 300, batch: 8, seqLen: CONTEXT, lr: 2e-3, minLr: 2e-4, warmupSteps: 10, weightDecay: 0.0 };
 export const MEDUSA_RUN: RunSpec = { steps: 300, batch: 8, seqLen: CONTEXT, lr: 4e-3, minLr: 2e-4, warmupSteps: 20, weightDecay: 0.0 };
 export const MEDUSA_HEADS = 4;
 export const MEDUSA_LAYERS = 1;
@@ -121,6 +123,12 @@ export interface EagleRunResult {
   readonly heldoutAgreement: number;
 }
 
+export interface DraftRunResult extends RunResult {
+  readonly params: number;
+  /** The second phase, on the distilled stream (heldoutLoss: on the corpus's held-out text). */
+  readonly distill: RunResult;
+}
+
 export interface MedusaRunResult {
   readonly steps: number;
   readonly seconds: number;
@@ -147,7 +155,7 @@ export interface Eagle3RunResult {
 export interface DefaultFamilyResult {
   readonly vocabSize: number;
   readonly target: RunResult & { readonly params: number };
-  readonly draft: RunResult & { readonly params: number };
+  readonly draft: DraftRunResult;
   readonly medusa: MedusaRunResult;
   readonly eagle: EagleRunResult;
   readonly eagle3: Eagle3RunResult;
@@ -223,26 +231,24 @@ export async function trainDefaultFamily(options: DefaultFamilyOptions): Promise
 
   // 2. Target.
   const tRun = scaled(TARGET_RUN, scale);
+  const dRun = scaled(DRAFT_RUN, scale);
   const target = LlamaTrainer.create(targetConfig(vocab.size), { seed: 1, threads });
   log(`target: ${target.numParams()} parameters`);
   const targetResult = await trainCausalLM(target, ids, heldout, tRun, 101, log, 'target');
 
-  // 3. Draft (same tokenizer, much smaller).
-  const dRun = scaled(DRAFT_RUN, scale);
-  const draft = LlamaTrainer.create(draftConfig(vocab.size), { seed: 2, threads });
-  log(`draft: ${draft.numParams()} parameters`);
-  const draftResult = await trainCausalLM(draft, ids, heldout, dRun, 202, log, 'draft');
-
-  // 4. Checkpoints.
+  // 3. The target's checkpoint, and the stream the draft's second phase and the Medusa heads learn:
+  // the target's own greedy continuations of corpus prompts, then as many corpus tokens.
   const meta = { trainer: 'specdec (cpp/train)', recipe: 'npm run train:default', corpus_seed: String(CORPUS_SEED) };
   target.save(targetDir, { dtype, metadata: meta });
   writeTokenizerFiles(targetDir, vocab, CONTEXT);
-  draft.save(draftDir, { dtype, metadata: meta });
-  writeTokenizerFiles(draftDir, vocab, CONTEXT);
+  const distilled = await distilledStream(options.outDir, ids, log);
 
-  // 5. Medusa heads on the target as saved, half of their data its own greedy continuations.
+  // 4. Draft (same tokenizer, much smaller): the corpus, then the distilled stream.
+  const draftResult = await trainDefaultDraft(options.outDir, vocab, ids, heldout, scaled(DRAFT_RUN, scale), scaled(DRAFT_DISTILL_RUN, scale), distilled.stream, threads, dtype, log);
+
+  // 5. Medusa heads on the target as saved, on the distilled stream.
   const mRun = scaled(MEDUSA_RUN, scale);
-  const medusa = await trainDefaultMedusaHeads(options.outDir, ids, mRun, threads, dtype, log);
+  const medusa = await trainDefaultMedusaHeads(options.outDir, distilled, mRun, threads, dtype, log);
 
   // 6. The EAGLE head, on the target as saved (the weights --eagle default runs beside).
   const eagle = await trainDefaultEagleHead(options.outDir, ids, heldout, scaled(EAGLE_RUN, scale), threads, dtype, log);
@@ -251,7 +257,7 @@ export async function trainDefaultFamily(options: DefaultFamilyOptions): Promise
   const result: DefaultFamilyResult = {
     vocabSize: vocab.size,
     target: { ...targetResult, params: target.numParams() },
-    draft: { ...draftResult, params: draft.numParams() },
+    draft: draftResult,
     medusa,
     eagle,
     eagle3,
@@ -265,11 +271,56 @@ export async function trainDefaultFamily(options: DefaultFamilyOptions): Promise
     sample: await greedySample(targetDir, SAMPLE_PROMPT, 64),
   };
   target.dispose();
-  draft.dispose();
   log(`sample (greedy, runner): ${result.sample}`);
-  writeReadme(options.outDir, result, tRun, dRun, mRun, scaled(EAGLE_RUN, scale), scaled(EAGLE3_RUN, scale), (Date.now() - t0) / 1000, options.corpusTokens ?? 2_000_000);
+  writeReadme(options.outDir, result, tRun, dRun, scaled(DRAFT_DISTILL_RUN, scale), mRun, scaled(EAGLE_RUN, scale), scaled(EAGLE3_RUN, scale), (Date.now() - t0) / 1000, options.corpusTokens ?? 2_000_000);
   log(`all done in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
   return result;
+}
+
+export interface DistilledStream {
+  readonly stream: Int32Array;
+  /** Its first part: the target's own continuations (the rest: as many corpus tokens). */
+  readonly distilledTokens: number;
+}
+
+/**
+ * Medusa's self-distillation data for the family: the saved target (through the runner) continues
+ * 16-token prompts taken every MEDUSA_DISTILL_EVERY corpus tokens greedily; as many corpus tokens
+ * follow. What greedy verification accepts is the target's own continuation, which the corpus text
+ * is not; the corpus half keeps some of the spread sampling sees.
+ */
+export async function distilledStream(outDir: string, ids: Int32Array, log: (line: string) => void): Promise<DistilledStream> {
+  const targetDir = path.join(outDir, 'target');
+  const config = readLlamaConfig(targetDir);
+  const t0 = Date.now();
+  const prompts: Int32Array[] = [];
+  for (let i = 0; i + MEDUSA_DISTILL_EVERY <= ids.length; i += MEDUSA_DISTILL_EVERY) prompts.push(ids.subarray(i, i + 16));
+  const distilled = concat(await selfDistill(targetDir, prompts.length > 0 ? prompts : [ids.subarray(0, 16)], CONTEXT - 6, config.maxPositions));
+  log(`distilled: ${distilled.length} tokens of the target's own continuations (${prompts.length} prompts, ${((Date.now() - t0) / 1000).toFixed(1)} s) + as many corpus tokens`);
+  return { stream: concat([distilled, ids.subarray(0, Math.min(ids.length, distilled.length))]), distilledTokens: distilled.length };
+}
+
+/** Trains the draft (corpus, then the distilled stream) and writes it with its tokenizer to outDir/draft. */
+export async function trainDefaultDraft(
+  outDir: string,
+  vocab: ReadonlyMap<string, number>,
+  ids: Int32Array,
+  heldout: Int32Array,
+  run: RunSpec,
+  distillRun: RunSpec,
+  distilled: Int32Array,
+  threads: number,
+  dtype: SaveDType,
+  log: (line: string) => void,
+): Promise<DraftRunResult> {
+  using draft = LlamaTrainer.create(draftConfig(vocab.size), { seed: 2, threads });
+  log(`draft: ${draft.numParams()} parameters`);
+  const corpus = await trainCausalLM(draft, ids, heldout, run, 202, log, 'draft');
+  const distill = await trainCausalLM(draft, distilled, heldout, distillRun, 707, log, 'draft (distilled stream)');
+  const draftDir = path.join(outDir, 'draft');
+  draft.save(draftDir, { dtype, metadata: { trainer: 'specdec (cpp/train)', recipe: 'npm run train:default', corpus_seed: String(CORPUS_SEED) } });
+  writeTokenizerFiles(draftDir, vocab, CONTEXT);
+  return { ...corpus, params: draft.numParams(), distill };
 }
 
 /** Corpus tokens per self-distillation prompt (its first 16 tokens), as Medusa's training stream is built. */
@@ -282,15 +333,10 @@ export const MEDUSA_DISTILL_EVERY = 4096;
  * model itself continues (greedy verification accepts exactly that), heads that learn only the
  * model's greedy text lose some of the spread sampling sees.
  */
-export async function trainDefaultMedusaHeads(outDir: string, ids: Int32Array, run: RunSpec, threads: number, dtype: SaveDType, log: (line: string) => void): Promise<MedusaRunResult> {
+export async function trainDefaultMedusaHeads(outDir: string, distilled: DistilledStream, run: RunSpec, threads: number, dtype: SaveDType, log: (line: string) => void): Promise<MedusaRunResult> {
   const targetDir = path.join(outDir, 'target');
   const config = readLlamaConfig(targetDir);
-  const t0 = Date.now();
-  const prompts: Int32Array[] = [];
-  for (let i = 0; i + MEDUSA_DISTILL_EVERY <= ids.length; i += MEDUSA_DISTILL_EVERY) prompts.push(ids.subarray(i, i + 16));
-  const distilled = concat(await selfDistill(targetDir, prompts.length > 0 ? prompts : [ids.subarray(0, 16)], CONTEXT - 6, config.maxPositions));
-  const stream = concat([distilled, ids.subarray(0, Math.min(ids.length, distilled.length))]);
-  log(`medusa: ${distilled.length} tokens of the target's own continuations (${prompts.length} prompts, ${((Date.now() - t0) / 1000).toFixed(1)} s) + as many corpus tokens`);
+  const { stream } = distilled;
   using target = LlamaTrainer.fromCheckpoint(targetDir, config, { seed: 1, threads });
   using heads = MedusaTrainer.create({ numHeads: MEDUSA_HEADS, numLayers: MEDUSA_LAYERS, hiddenSize: config.hiddenSize, vocabSize: config.vocabSize }, { seed: 3, threads });
   heads.initFromTarget(target);
@@ -312,7 +358,7 @@ export async function trainDefaultMedusaHeads(outDir: string, ids: Int32Array, r
   }
   const seconds = (Date.now() - tm) / 1000;
   heads.save(path.join(outDir, 'medusa'), { dtype, baseModel: '../target' });
-  return { steps: run.steps, seconds, params: heads.numParams(), distilledTokens: distilled.length, ...last };
+  return { steps: run.steps, seconds, params: heads.numParams(), distilledTokens: distilled.distilledTokens, ...last };
 }
 
 /**
@@ -423,17 +469,19 @@ export function eagleAgreement(head: EagleTrainer, target: LlamaTrainer, windows
  * `npm run train:default -- --only medusa | eagle | eagle3`: those heads alone, on the family already
  * in outDir (its README's lines for them are rewritten; the rest is kept).
  */
-export async function trainDefaultHeadsOnly(options: DefaultFamilyOptions & { readonly part: 'medusa' | 'eagle' | 'eagle3' }): Promise<MedusaRunResult | EagleRunResult | Eagle3RunResult> {
+export async function trainDefaultHeadsOnly(options: DefaultFamilyOptions & { readonly part: 'draft' | 'medusa' | 'eagle' | 'eagle3' }): Promise<DraftRunResult | MedusaRunResult | EagleRunResult | Eagle3RunResult> {
   const log = options.log ?? ((line: string) => void process.stderr.write(line + '\n'));
   const vocab = buildVocab(corpusWords());
   const ids = generateCorpus({ seed: CORPUS_SEED, tokens: options.corpusTokens ?? 2_000_000 }, vocab);
   const heldout = generateCorpus({ seed: HELDOUT_SEED, tokens: 20_000 }, vocab);
   const { part } = options;
-  const run = scaled(part === 'medusa' ? MEDUSA_RUN : part === 'eagle3' ? EAGLE3_RUN : EAGLE_RUN, options.stepScale ?? 1);
+  const scale = options.stepScale ?? 1;
+  const run = scaled(part === 'draft' ? DRAFT_RUN : part === 'medusa' ? MEDUSA_RUN : part === 'eagle3' ? EAGLE3_RUN : EAGLE_RUN, scale);
   const threads = options.threads ?? 2,
     dtype = options.dtype ?? 'BF16';
   const r =
-    part === 'medusa' ? await trainDefaultMedusaHeads(options.outDir, ids, run, threads, dtype, log)
+    part === 'draft' ? await trainDefaultDraft(options.outDir, vocab, ids, heldout, run, scaled(DRAFT_DISTILL_RUN, scale), (await distilledStream(options.outDir, ids, log)).stream, threads, dtype, log)
+    : part === 'medusa' ? await trainDefaultMedusaHeads(options.outDir, await distilledStream(options.outDir, ids, log), run, threads, dtype, log)
     : part === 'eagle3' ? await trainDefaultEagle3Head(options.outDir, ids, heldout, run, threads, dtype, log)
     : await trainDefaultEagleHead(options.outDir, ids, heldout, run, threads, dtype, log);
   const readme = path.join(options.outDir, 'README.md');
@@ -445,7 +493,9 @@ export async function trainDefaultHeadsOnly(options: DefaultFamilyOptions & { re
       if (at >= 0) lines[at] = text;
       else lines.splice(lines.findIndex((l) => l.startsWith(after)) + 1, 0, text);
     };
-    if (part === 'medusa') {
+    if (part === 'draft') {
+      put('- draft:', draftResultLine(r as DraftRunResult, run, scaled(DRAFT_DISTILL_RUN, scale)), '- target:');
+    } else if (part === 'medusa') {
       put('| `medusa/`', medusaTableRow(r as MedusaRunResult, bytes), '| `draft/`');
       put('- medusa (', medusaResultLine(r as MedusaRunResult, run), '- draft:');
     } else if (part === 'eagle3') {
@@ -462,6 +512,14 @@ export async function trainDefaultHeadsOnly(options: DefaultFamilyOptions & { re
     fs.writeFileSync(readme, lines.join('\n'));
   }
   return r;
+}
+
+function runText(x: RunSpec): string {
+  return `${x.steps} steps x ${x.batch} x ${x.seqLen} tokens, AdamW lr ${x.lr} (warmup ${x.warmupSteps}, cosine to ${x.minLr}), weight decay ${x.weightDecay}, clip 1.0`;
+}
+
+function draftResultLine(r: DraftRunResult, run: RunSpec, distillRun: RunSpec): string {
+  return `- draft: ${runText(run)}. Final training loss ${r.finalTrainLoss.toFixed(4)}, held-out loss ${r.heldoutLoss.toFixed(4)} (perplexity ${Math.exp(r.heldoutLoss).toFixed(3)}), ${r.seconds.toFixed(0)} s. Then the Medusa heads' stream (half the target's own greedy continuations): ${runText(distillRun)}; held-out corpus loss ${r.distill.heldoutLoss.toFixed(4)}, ${r.distill.seconds.toFixed(0)} s.`;
 }
 
 function medusaTableRow(r: MedusaRunResult, bytes: number): string {
@@ -509,6 +567,7 @@ function writeReadme(
   r: DefaultFamilyResult,
   tRun: RunSpec,
   dRun: RunSpec,
+  fRun: RunSpec,
   mRun: RunSpec,
   eRun: RunSpec,
   e3Run: RunSpec,
@@ -518,7 +577,7 @@ function writeReadme(
   const tc = targetConfig(r.vocabSize);
   const dc = draftConfig(r.vocabSize);
   const kb = (n: number): string => `${(n / 1024).toFixed(0)} KiB`;
-  const run = (x: RunSpec): string => `${x.steps} steps x ${x.batch} x ${x.seqLen} tokens, AdamW lr ${x.lr} (warmup ${x.warmupSteps}, cosine to ${x.minLr}), weight decay ${x.weightDecay}, clip 1.0`;
+  const run = runText;
   const text = `# The embedded default model family
 
 Small checkpoints trained by specdec's own trainer (\`cpp/train/\`, hand-written forward and
@@ -565,7 +624,7 @@ summation order is fixed; different compilers or CPUs may differ in the last bit
 ## Training and results (this run: ${seconds.toFixed(0)} s)
 
 - target: ${run(tRun)}. Final training loss ${r.target.finalTrainLoss.toFixed(4)}, held-out loss ${r.target.heldoutLoss.toFixed(4)} (perplexity ${Math.exp(r.target.heldoutLoss).toFixed(3)}), ${r.target.seconds.toFixed(0)} s.
-- draft: ${run(dRun)}. Final training loss ${r.draft.finalTrainLoss.toFixed(4)}, held-out loss ${r.draft.heldoutLoss.toFixed(4)} (perplexity ${Math.exp(r.draft.heldoutLoss).toFixed(3)}), ${r.draft.seconds.toFixed(0)} s.
+${draftResultLine(r.draft, dRun, fRun)}
 ${medusaResultLine(r.medusa, mRun)}
 ${eagleResultLine(r.eagle, eRun)}
 ${eagle3ResultLine(r.eagle3, e3Run)}

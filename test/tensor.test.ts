@@ -66,6 +66,19 @@ describe('Tensor', () => {
     assertThrowsCode(() => Tensor.fromArray([1, 2], 'f32').view([1, 1, 1, 1, 1, 1, 1, 1, 2]), 'E_ARG', /at most 8 dimensions, got 9/);
   });
 
+  it('zeros() is all zeros at every size, also where freed blocks of that size held data', () => {
+    // Sizes in the small-block cache, between it and the mapping threshold (mapped when zeroed), and past it.
+    for (const n of [16, 60_000, 900_000, 1_200_000]) {
+      for (let round = 0; round < 2; round++) {
+        const dirty = Tensor.fromArray(new Float32Array(n).fill(3), 'f32', [n]);
+        dirty.dispose();
+        using z = Tensor.zeros('f32', [n]);
+        const v = z.toFloat32();
+        assert.ok(v.every((x) => x === 0), `zeros of ${n} floats, round ${round}`);
+      }
+    }
+  });
+
   it('dispose() frees at once, is idempotent, and later use is a coded error', () => {
     const t = Tensor.zeros('f32', [1024]);
     assert.strictEqual(t.disposed, false);

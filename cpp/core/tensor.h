@@ -24,7 +24,9 @@ struct Storage {
   Device device = Device::cpu;
   std::shared_ptr<const void> owner;
   bool mapped = false;  // large CPU allocations: fresh anonymous pages, zero until written
-  Storage(size_t bytes, Device device);
+  // zeroed: the caller wants zeros; then CPU blocks past the small-block cache are mapped too (fresh
+  // pages are zero, and untouched ones cost nothing: a KV cache's pages beyond those in use).
+  Storage(size_t bytes, Device device, bool zeroed = false);
   Storage(void* external, size_t bytes, std::shared_ptr<const void> owner);
   ~Storage();
   Storage(const Storage&) = delete;

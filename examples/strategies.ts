@@ -28,6 +28,7 @@ export async function main(maxNewTokens = 48, log: (s: string) => void = console
   const tokenizer = TextTokenizer.load(models.target)!;
   const medusa = MedusaHeads.load(models.medusa, { device: target.device });
   const eagle = EagleHead.load(models.eagle, { device: target.device });
+  const eagle3 = EagleHead.load(models.eagle3, { device: target.device });
 
   const strategies: Record<string, () => Speculator | undefined> = {
     plain: () => undefined,
@@ -35,6 +36,8 @@ export async function main(maxNewTokens = 48, log: (s: string) => void = console
     medusa: () => new MedusaSpeculator({ heads: medusa, choices: 'mc_sim_7b_63' }),
     // EAGLE-2's dynamic tree (8 children a node, 5 levels, 59 nodes); without them: sized per step.
     eagle: () => new EagleSpeculator({ head: eagle, topK: 8, depth: 5, totalTokens: 59 }),
+    // An EAGLE-3 head (trained by training-time test: its deep guesses hold up), as a 6-token chain.
+    eagle3: () => new EagleSpeculator({ head: eagle3, topK: 1, depth: 5, totalTokens: 6 }),
     lookahead: () => new LookaheadSpeculator({ W: 5, N: 3, G: 5 }),
     promptLookup: () => new PromptLookupSpeculator({ maxNgram: 3 }),
     // Lookahead speeds up the draft model, which drafts for the target.
@@ -61,6 +64,7 @@ export async function main(maxNewTokens = 48, log: (s: string) => void = console
   const [a, b] = await sampled.generateBatch([tokenizer.encode('the dog'), tokenizer.encode('one day')], { maxNewTokens });
   log(`sampled:     ${tokenizer.decode(a!.tokens)} | ${tokenizer.decode(b!.tokens)}`);
 
+  eagle3.dispose();
   eagle.dispose();
   medusa.dispose();
   draft.dispose();

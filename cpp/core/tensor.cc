@@ -126,23 +126,20 @@ static int64_t shape_numel(const Shape& shape) {
   return n;
 }
 
-Tensor Tensor::empty(DType dtype, Shape shape, Device device) {
+Tensor Tensor::allocate(DType dtype, Shape shape, Device device, bool zeroed) {
   for (int64_t s : shape) SPECDEC_CHECK(s >= 0, "E_ARG", "negative dimension in shape");
   Tensor t;
   t.dtype_ = dtype;
   t.device_ = device;
   t.shape_ = std::move(shape);
-  t.storage_ = std::make_shared<Storage>(static_cast<size_t>(shape_numel(t.shape_)) * dtype_size(dtype), device);
+  t.storage_ = std::make_shared<Storage>(static_cast<size_t>(shape_numel(t.shape_)) * dtype_size(dtype), device, zeroed);
   return t;
 }
 
+Tensor Tensor::empty(DType dtype, Shape shape, Device device) { return allocate(dtype, std::move(shape), device, false); }
+
 Tensor Tensor::zeros(DType dtype, Shape shape, Device device) {
-  for (int64_t s : shape) SPECDEC_CHECK(s >= 0, "E_ARG", "negative dimension in shape");
-  Tensor t;
-  t.dtype_ = dtype;
-  t.device_ = device;
-  t.shape_ = std::move(shape);
-  t.storage_ = std::make_shared<Storage>(static_cast<size_t>(shape_numel(t.shape_)) * dtype_size(dtype), device, true);
+  Tensor t = allocate(dtype, std::move(shape), device, true);
   if (!t.storage_->mapped) t.fill_zero();  // fresh anonymous pages are zero already
   return t;
 }

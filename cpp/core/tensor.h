@@ -112,6 +112,9 @@ class Tensor {
   std::string shape_str() const; // e.g. "[3, 4]"
 
  private:
+  // empty() and zeros(): zeroed storage may be a fresh mapping (Storage).
+  static Tensor allocate(DType dtype, Shape shape, Device device, bool zeroed);
+
   DType dtype_ = DType::f32;
   Device device_ = Device::cpu;
   Shape shape_;

@@ -847,10 +847,7 @@ class TrainEagle3Wrap : public Napi::ObjectWrap<TrainEagle3Wrap>, public ParamAc
         SPECDEC_CHECK(l >= 0 && l < tw->f32_->shape().layers, "E_ARG", "auxLayers: layer ", l, " is outside the target's [0, ",
                       tw->f32_->shape().layers, ")");
       const std::vector<int32_t> ids = get_i32_array(info[5], "draftIds");
-      visit([&](auto& m) {
-        m->check_draft_ids(ids.data(), ids.size());
-        return Napi::Value();
-      });
+      if (f32_) f32_->check_draft_ids(ids.data(), ids.size());  // (disposed or f64: head_train_step says so)
       const AdamWOptions opts = adamw_arg(info[6]);
       const Eagle3LossOptions lopts = loss_options(info[6]);
       struct Out {

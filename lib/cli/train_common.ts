@@ -9,8 +9,6 @@ import { TextTokenizer } from '../tokenizer';
 import { concat, selfDistill } from '../train/self_distill';
 import type { LrSchedule, SaveDType } from '../train/trainer';
 
-export { concat, selfDistill };
-
 /** The flags both training commands take. */
 export interface TrainFlags {
   readonly model: string;

@@ -69,6 +69,18 @@ export class SpeculativeDecoder {
   }
 
   /**
+   * Measures now what the speculator's sizing needs (the cost model's calibration of the target,
+   * and of a draft model's chain: tens of milliseconds on the embedded family, a few seconds on a
+   * 1B model on the CPU), so that the first generate() does not wait for it; resolves with the
+   * wall time it took. Once per model: later calls, and decoders on the same models, resolve at
+   * once. Without it the first request measures them itself. Nothing to do for plain decoding or
+   * fixed settings.
+   */
+  prepare(): Promise<{ readonly seconds: number }> {
+    return sharedEngine(this.target, this.speculator).prepare(this.sampling ? { sampling: this.sampling } : {});
+  }
+
+  /**
    * Decodes one prompt; iterate for the per-step chunks, await `.result` for tokens + stats.
    * Breaking out of the iteration early stops the run (`.result` then rejects with AbortError).
    * Concurrent calls on one model join one running batch (lib/engine/engine.ts).

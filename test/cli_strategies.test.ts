@@ -20,6 +20,7 @@ interface Stats {
   acceptedPerPosition: number[];
   seconds: number;
   tokensPerSecond: number;
+  prepareSeconds?: number;
 }
 interface Rec {
   tokens: number[];
@@ -83,6 +84,16 @@ describe('specdec generate: strategies end to end', function () {
     assert.ok(self.stats.acceptanceRate > 0.9, `self-draft acceptance ${self.stats.acceptanceRate}`);
     assert.ok(self.stats.tokensPerForward > 2, `self-draft tokens per forward ${self.stats.tokensPerForward}`);
     assert.ok(self.stats.acceptedPerPosition.length > 0);
+  });
+
+  it("a sized strategy's calibration runs before the run and is reported beside it (JSON and the summary line)", () => {
+    const sized = generate(['--model', target, '--prompt-ids', prompt, '--max-new-tokens', '8', '--draft', draft]) as Rec;
+    assert.ok(sized.stats.prepareSeconds !== undefined && sized.stats.prepareSeconds > 0, JSON.stringify(sized.stats));
+    const fixed = generate(['--model', target, '--prompt-ids', prompt, '--max-new-tokens', '8', '--draft', draft, '--draft-k', '3']) as Rec;
+    assert.ok(!(fixed.stats.prepareSeconds! >= 0.001), `a fixed draft length measures nothing: ${JSON.stringify(fixed.stats)}`);
+    const r = spawnSync(process.execPath, [bin, 'generate', '--device', 'cpu', '--model', target, '--prompt-ids', prompt, '--max-new-tokens', '8', '--draft', draft], { encoding: 'utf8' });
+    assert.strictEqual(r.status, 0, r.stderr);
+    assert.match(r.stderr, /; cost model calibrated in \d+ ms before the run\n$/);
   });
 
   it('--eagle with an EAGLE-3 head (8-layer target) reproduces plain greedy decoding, fixed tree and sized', () => {

@@ -10,6 +10,8 @@ import * as path from 'path';
 import { runLoad } from '../bench/serve_load';
 import { completionTokens, postJson, postStream, request } from '../bench/serve_client';
 import { EMBEDDED } from '../lib/cli/generate';
+import { parseServeFlags, startServe } from '../lib/cli/serve';
+import { knownForwardCost } from '../lib/cost_model';
 import { Engine } from '../lib/engine/engine';
 import { LlamaModel } from '../lib/models/llama';
 import { CompletionServer } from '../lib/server/server';
@@ -71,6 +73,17 @@ describe('specdec serve', function () {
     assert.strictEqual(server.engine.metrics.aborted, aborted0 + 1);
     assert.ok(server.engine.metrics.generatedTokens - tokens0 < 200, 'stopped soon after the hang-up');
     assert.strictEqual(target.kvInfo().freePages, target.kvInfo().totalPages);
+  });
+
+  it('startServe with a sized strategy calibrates the cost model before it listens', async () => {
+    const running = await startServe(parseServeFlags(['--port', '0', '--draft', 'default', '--device', 'cpu', '--max-batch', '2']));
+    try {
+      assert.ok(knownForwardCost(running.server.engine.model), 'the target cost curve is known before the first request');
+      const r = await postJson(`${running.url}/v1/completions`, { prompt: 'once upon a time', max_tokens: 6, temperature: 0 });
+      assert.strictEqual(r.status, 200);
+    } finally {
+      await running.close();
+    }
   });
 
   it('bad requests: 400 with a JSON error naming the field; 404, 405, 413', async () => {

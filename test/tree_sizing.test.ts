@@ -9,12 +9,15 @@ import * as os from 'os';
 import * as path from 'path';
 
 import { widenFamily } from '../bench/wide_family';
-import { ChainCost, chainTokenCost, ForwardCost, calibrateForwardCost, RecentTimes, setForwardCost } from '../lib/cost_model';
+import { ChainCost, chainTokenCost, ForwardCost, calibrateForwardCost, knownForwardCost, RecentTimes, setForwardCost } from '../lib/cost_model';
 import { SpeculativeDecoder, type GenerateResult } from '../lib/decoder';
+import { defaultModelPaths } from '../lib/default_models';
+import { Engine } from '../lib/engine/engine';
 import { LlamaModel } from '../lib/models/llama';
 import { plainGenerate } from '../lib/plain';
 import { DraftModelSpeculator } from '../lib/strategies/draft_model';
 import { EagleHead, EagleSpeculator } from '../lib/strategies/eagle';
+import { HybridSpeculator } from '../lib/strategies/hybrid';
 import { candidateTrie, LookaheadSpeculator } from '../lib/strategies/lookahead';
 import { MedusaHeads, MedusaSpeculator } from '../lib/strategies/medusa';
 import { PromptLookupSpeculator } from '../lib/strategies/prompt_lookup';
@@ -236,6 +239,93 @@ describe('tree sizing: the choice', () => {
     assert.strictEqual(c.predict(1), 3e-4);
     assert.ok(Math.abs(c.predict(4) - (3e-4 + (3e-4 * 3) / 7)) < 1e-15);
     assert.ok(c.predict(6) > c.predict(4) && c.predict(6) < c.predict(8));
+  });
+});
+
+describe('prepare(): the cost model calibrated before the first request', function () {
+  this.timeout(120000);
+  const paths = defaultModelPaths();
+  const owned: { dispose(): void }[] = [];
+  after(() => {
+    for (const o of owned.splice(0).reverse()) o.dispose();
+  });
+  /** A fresh model (its cost curve unknown) that counts the sequences created on it (calibration makes scratch ones). */
+  const load = async (dir: string): Promise<{ model: LlamaModel; created: () => number }> => {
+    const model = await LlamaModel.load(dir, { device: 'cpu' });
+    owned.push(model);
+    const create = model.createSequence.bind(model);
+    let n = 0;
+    model.createSequence = () => {
+      n++;
+      return create();
+    };
+    return { model, created: () => n };
+  };
+  const prompt = Int32Array.from([5, 17, 40, 9, 22]);
+  const cases: [string, (draft: LlamaModel) => Speculator, 'target' | 'draft'][] = [
+    ['draft model', (draft) => new DraftModelSpeculator({ draft }), 'target'],
+    ['Medusa', () => new MedusaSpeculator({ heads: own(MedusaHeads.load(paths.medusa, { device: 'cpu' })) }), 'target'],
+    ['EAGLE', () => new EagleSpeculator({ head: own(EagleHead.load(paths.eagle, { device: 'cpu' })) }), 'target'],
+    ['lookahead', () => new LookaheadSpeculator({ W: 4, N: 3, G: 4 }), 'target'],
+    ['prompt lookup', () => new PromptLookupSpeculator({ maxNgram: 2 }), 'target'],
+    // The inner strategy sizes itself on the draft model it speeds up.
+    ['hybrid (lookahead on the draft)', (draft) => new HybridSpeculator({ draft, draftSpeculator: new LookaheadSpeculator({ W: 4, N: 3, G: 4 }), k: 4 }), 'draft'],
+  ];
+  function own<T extends { dispose(): void }>(x: T): T {
+    owned.push(x);
+    return x;
+  }
+  for (const [name, make, calibrated] of cases) {
+    it(`${name}: prepare() calibrates once; the first request then makes no scratch sequence; tokens as plain`, async () => {
+      const t = await load(paths.target);
+      const d = await load(paths.draft);
+      const plain = await plainGenerate(t.model, [prompt], { maxNewTokens: 12 });
+      const dec = new SpeculativeDecoder({ target: t.model, speculator: make(d.model) });
+      const measured = calibrated === 'target' ? t.model : d.model;
+      assert.strictEqual(knownForwardCost(measured), undefined);
+      const before = [t.created(), d.created()];
+      const { seconds } = await dec.prepare();
+      assert.ok(seconds > 0, String(seconds));
+      assert.ok(knownForwardCost(measured), 'the cost curve is known after prepare()');
+      assert.ok(t.created() + d.created() > before[0]! + before[1]!, 'calibration ran on scratch sequences');
+      const again = [t.created(), d.created()];
+      await dec.prepare();
+      assert.deepStrictEqual([t.created(), d.created()], again, 'a second prepare() measures nothing');
+      const [r] = await dec.generateBatch([prompt], { maxNewTokens: 12 });
+      assert.deepStrictEqual(Array.from(r!.tokens), Array.from(plain.tokens[0]!));
+      assert.strictEqual(t.created() - again[0]!, 1, 'the request made its own target sequence and no scratch one');
+      assert.ok(d.created() - again[1]! <= 1, `draft sequences made by the request: ${d.created() - again[1]!}`);
+      dec.dispose();
+    });
+  }
+
+  it('without prepare() the first request calibrates (scratch sequences); a fixed setting measures nothing', async () => {
+    const t = await load(paths.target);
+    const d = await load(paths.draft);
+    const dec = new SpeculativeDecoder({ target: t.model, speculator: new DraftModelSpeculator({ draft: d.model }) });
+    await dec.generateBatch([prompt], { maxNewTokens: 4 });
+    assert.ok(t.created() >= 2 && d.created() >= 2, `target ${t.created()}, draft ${d.created()} sequences`);
+    dec.dispose();
+    const t2 = await load(paths.target);
+    const fixed = new SpeculativeDecoder({ target: t2.model, speculator: new DraftModelSpeculator({ draft: d.model, k: 3 }) });
+    const made = d.created();
+    await fixed.prepare();
+    assert.strictEqual(t2.created(), 0);
+    assert.strictEqual(d.created(), made);
+    assert.strictEqual(knownForwardCost(t2.model), undefined);
+    fixed.dispose();
+  });
+
+  it('Engine.prepare() while requests run: between steps (no E_BUSY), their tokens as plain', async () => {
+    const t = await load(paths.target);
+    const d = await load(paths.draft);
+    const plain = await plainGenerate(t.model, [prompt], { maxNewTokens: 48 });
+    const engine = new Engine({ model: t.model, speculator: new DraftModelSpeculator({ draft: d.model, k: 3 }) });
+    const sized = new Engine({ model: t.model, speculator: new DraftModelSpeculator({ draft: d.model }) });
+    const running = engine.submit(prompt, { maxNewTokens: 48 });
+    const [res] = await Promise.all([running, sized.prepare()]);
+    assert.deepStrictEqual(Array.from(res.tokens), Array.from(plain.tokens[0]!));
+    assert.ok(knownForwardCost(t.model));
   });
 });
 

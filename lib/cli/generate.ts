@@ -58,6 +58,11 @@ export interface GenerateRecord {
     tokensPerSecond: number;
     /** Speculative runs: nodes verified per step -> steps (the sizes the cost model chose). */
     nodesPerStep?: Record<number, number>;
+    /**
+     * Speculative runs sized by the cost model: seconds its calibration took before the run
+     * (SpeculativeDecoder.prepare; once per process, not part of `seconds`).
+     */
+    prepareSeconds?: number;
   };
 }
 
@@ -439,10 +444,13 @@ export async function generateCommand(argv: string[], io: GenerateIo = {}): Prom
       const total = records.reduce((n, r) => n + r.tokens.length, 0);
       const forwards = records.reduce((n, r) => n + r.stats.targetForwards, 0);
       const secs = records[0]?.stats.seconds ?? 0;
+      const prep = records[0]?.stats.prepareSeconds ?? 0;
       err(
         `specdec: ${total} tokens in ${secs.toFixed(2)} s (${(secs > 0 ? total / secs : 0).toFixed(1)} tokens/s, ` +
           `${(forwards > 0 ? total / forwards : 0).toFixed(2)} tokens/forward, ${model.device}); finish: ${finishSummary(records)}` +
           (records.some((r) => r.finishReason === 'context') ? ` (the context of ${maxContext} positions is full; see --max-context)` : '') +
+          // (Under a millisecond: a strategy with fixed settings, which measures nothing.)
+          (prep >= 0.001 ? `; cost model calibrated in ${(prep * 1000).toFixed(0)} ms before the run` : '') +
           '\n',
       );
     }

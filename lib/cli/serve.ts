@@ -108,6 +108,8 @@ export async function startServe(flags: ServeFlags): Promise<RunningServer> {
       model.dispose();
     };
     const engine = new Engine({ model, maxBatch: flags.maxBatch, ...(built.speculator ? { speculator: built.speculator } : {}) });
+    // The cost model's calibration before the first request rather than during it.
+    await engine.prepare();
     const tokenizer = TextTokenizer.load(dir);
     const name = dir === EMBEDDED.target ? 'specdec-default' : path.basename(path.resolve(dir));
     const server = new CompletionServer({ engine, modelName: name, ...(tokenizer ? { tokenizer } : {}), ...(tokenizer?.hasChatTemplate ? { chat: tokenizer } : {}) });

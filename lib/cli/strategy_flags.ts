@@ -223,6 +223,9 @@ export function strategyHook(deps: SpeculatorDeps = {}): StrategyHook {
         ...(built.speculator ? { speculator: built.speculator } : {}),
         sampling: { temperature: flags.temperature, topK: flags.topK, topP: flags.topP, seed: flags.seed },
       });
+      // The cost model's calibration first (a sized strategy; else nothing to do): the run's
+      // time is then decoding only, and the calibration's is reported beside it.
+      const { seconds: prepareSeconds } = await dec.prepare();
       const res = await dec.generateBatch(prompts, {
         maxNewTokens: flags.maxNewTokens,
         ...(onTokens ? { onTokens } : {}),
@@ -241,6 +244,7 @@ export function strategyHook(deps: SpeculatorDeps = {}): StrategyHook {
             seconds: r.stats.seconds,
             tokensPerSecond: r.stats.tokensPerSecond,
             nodesPerStep: r.stats.nodesPerStep,
+            ...(prepareSeconds > 0 ? { prepareSeconds } : {}),
           },
         }),
       );

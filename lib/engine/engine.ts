@@ -315,6 +315,21 @@ export class Engine {
     return streamGeneration((onTokens, signal) => this.submit(prompt, { ...opts, signal, onTokens }), opts.signal);
   }
 
+  /**
+   * Runs the speculator's measurements now (Speculator.prepare: the cost model's calibration of
+   * the target, and of a draft model's chain), between steps, so that no request waits for them;
+   * resolves with their wall time. Idempotent: later calls resolve at once (seconds ~0). With no
+   * speculator, or one with fixed settings, there is nothing to measure.
+   */
+  async prepare(opts: { readonly sampling?: SamplingConfig } = {}): Promise<{ readonly seconds: number }> {
+    const speculator = this.speculator;
+    if (!speculator?.prepare) return { seconds: 0 };
+    const t0 = performance.now();
+    const sampling = isSampling(opts.sampling) ? opts.sampling : undefined;
+    await withModelLock(this.model, () => (speculator.prepare as NonNullable<Speculator['prepare']>).call(speculator, sampling ? { sampling } : {}));
+    return { seconds: (performance.now() - t0) / 1000 };
+  }
+
   /** Resolves once no request is queued or running. */
   idle(): Promise<void> {
     if (!this.running && this.queue.length === 0 && this.live.length === 0) return Promise.resolve();

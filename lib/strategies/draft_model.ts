@@ -150,6 +150,11 @@ export class DraftModelSpeculator implements Speculator {
   }
 
   async prefill(): Promise<void> {
+    await this.prepare();
+  }
+
+  /** 'cost' mode: the target's cost curve and the draft chain's cost per token (measured once per model). */
+  async prepare(): Promise<void> {
     if (this.adaptive !== 'cost' || !this.target) return;
     await forwardCost(this.target);
     if (!this.draftCost) {

@@ -724,6 +724,11 @@ export class EagleSpeculator implements Speculator {
       for (let r = first; r <= last; r++) rows.push(r);
       this.addFeatures(st, s.committed - 1 - (last - first), output, rows);
     });
+    await this.prepare(ctx);
+  }
+
+  /** Sized greedy mode: the target's cost curve (measured once per model; sampled steps do not size). */
+  async prepare(ctx: ProposeContext = {}): Promise<void> {
     if (this.sized && this.target && !isSampling(ctx.sampling)) await forwardCost(this.target);
   }
 

@@ -310,6 +310,11 @@ export class MedusaSpeculator implements Speculator {
     // would go unused (the heads run again before a step that speculates or probes).
     const cost = sizingCost(this.sized, this.target, ctx);
     if (!(cost && this.planned && this.planned.batch === seqs.length && !this.planned.speculate)) this.observe(seqs, output, Array.from(lastRows));
+    await this.prepare();
+  }
+
+  /** Sized mode: the target's cost curve (measured once per model). */
+  async prepare(): Promise<void> {
     if (this.sized && this.target) await forwardCost(this.target);
   }
 

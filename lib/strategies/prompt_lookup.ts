@@ -92,6 +92,11 @@ export class PromptLookupSpeculator implements Speculator {
   }
 
   async prefill(): Promise<void> {
+    await this.prepare();
+  }
+
+  /** Sized mode: the target's cost curve (measured once per model). */
+  async prepare(): Promise<void> {
     if (this.sized && this.target) await forwardCost(this.target);
   }
 

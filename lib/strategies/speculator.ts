@@ -122,6 +122,14 @@ export interface Speculator {
   /** Checks compatibility with the model it drafts for (vocabulary, hidden size). Throws E_ARG. */
   attach(model: CausalLM): void;
   /**
+   * Measures now what sizing would otherwise measure during the first request: the cost model's
+   * calibration of the target's forwards (and of a draft model's chain), once per model. Call it
+   * after attach() (SpeculativeDecoder.prepare() and Engine.prepare() do) so that the first
+   * request's time is decoding only. Optional; idempotent (a later call returns at once); a
+   * speculator with fixed settings measures nothing.
+   */
+  prepare?(ctx?: ProposeContext): Promise<void>;
+  /**
    * The model consumed a chain of tokens for these sequences (prompt prefill, or a catch-up):
    * output row lastRows[b] is the model's output at the token right before seqs[b]'s root (hidden
    * states; the logits hold only those rows, row b for sequence b, when output.logitsRows is 'last').

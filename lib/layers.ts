@@ -28,10 +28,25 @@ export function addRmsnorm(x: Tensor, y: Tensor, w: Tensor, eps: number, out?: T
   return asTensor(b.layerAddRmsnorm(x, y, w, eps, out));
 }
 
+/** A CPU weight packed for the k-serial matmul (packSerialWeight). */
+export type SerialWeight = SpecdecNative.SerialWeight;
+
 /** out = x @ w^T (+ bias). x f32 [N, K], w f32|f16|bf16 [M, K], bias [M]; out f32 [N, M].
- *  A row's result does not depend on N (batch invariance). */
-export function matmul(x: Tensor, w: Tensor, bias?: Tensor, out?: Tensor): Tensor {
-  return asTensor(native().layerMatmul(x, w, bias ?? null, out));
+ *  A row's result does not depend on N (batch invariance). With `serial` (w's pack from
+ *  packSerialWeight), the CPU runs the k-serial kernel: another summation order, the one the model
+ *  runner uses for tiny models' weights. */
+export function matmul(x: Tensor, w: Tensor, bias?: Tensor, out?: Tensor, serial?: SerialWeight): Tensor {
+  return asTensor(serial ? native().layerMatmul(x, w, bias ?? null, out, serial) : native().layerMatmul(x, w, bias ?? null, out));
+}
+
+/**
+ * w packed for the CPU's k-serial matmul (cpp/cpu/matmul_serial.h: each output one fma chain in
+ * increasing k, the same bits on every instruction set; ~2x the default kernel at a few rows of a
+ * small K), or undefined when w does not qualify: a 2-D CPU f32/f16/bf16 weight with K <= 512 and at
+ * most 4M elements (and SPECDEC_CPU_SERIAL not 0). The pack is a copy; w must not change after.
+ */
+export function packSerialWeight(w: Tensor): SerialWeight | undefined {
+  return native().layerPackSerial(w) ?? undefined;
 }
 
 /**

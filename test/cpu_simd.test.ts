@@ -6,10 +6,10 @@
 // reference with the error bound of that summation order.
 import * as assert from 'assert';
 import { spawnSync } from 'child_process';
-import { matmul } from '../lib/layers';
+import { matmul, packSerialWeight } from '../lib/layers';
 import { native } from '../lib/native';
 import { Tensor } from '../lib/tensor';
-import { randomArray, rng, testSeed } from './helpers';
+import { assertThrowsCode, randomArray, rng, testSeed } from './helpers';
 
 type Simd = 'portable' | 'avx2' | 'avx512';
 const ORDER: readonly Simd[] = ['portable', 'avx2', 'avx512'];
@@ -19,6 +19,8 @@ interface Case {
   readonly M: number;
   readonly dtype: 'f32' | 'f16' | 'bf16';
   readonly bias?: 'f32' | 'bf16';
+  /** Through the weight's k-serial pack (packSerialWeight: one fma chain per output). */
+  readonly serial?: true;
 }
 
 // K: below one 16-lane step, with and without a tail; M: partial weight blocks and tiles (small
@@ -36,6 +38,13 @@ const CASES: readonly Case[] = [
   // with whole tiles of several weight rows, and with a tail past the last 16-lane step.
   { K: 2816, M: 100, dtype: 'bf16' },
   { K: 1601, M: 61, dtype: 'f16', bias: 'f32' },
+  // k-serial packs: panels of 64 outputs, full and partial (AVX2 in 16-output parts: a last part of
+  // 1), K from below a vector to the largest packed; f16 and f32 weights packed as f32.
+  { K: 7, M: 5, dtype: 'f32', serial: true },
+  { K: 64, M: 64, dtype: 'bf16', serial: true },
+  { K: 128, M: 130, dtype: 'bf16', bias: 'bf16', serial: true },
+  { K: 33, M: 81, dtype: 'f16', bias: 'f32', serial: true },
+  { K: 512, M: 325, dtype: 'bf16', serial: true },
 ];
 // Row counts of decode, short chains, every group shape of both SIMD paths, trees and prefill.
 const ROWS: readonly number[] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 16, 33];
@@ -78,12 +87,15 @@ function childRun(seed: number): ChildResult {
     const w = Tensor.fromArray(d.w, c.dtype, [c.M, c.K]);
     const b = d.b && c.bias ? Tensor.fromArray(d.b, c.bias, [c.M]) : undefined;
     const xAll = Tensor.fromArray(d.x, 'f32', [MAX_ROWS, c.K]);
-    const wide = matmul(xAll, w, b);
+    const pack = c.serial ? packSerialWeight(w) : undefined;
+    if (c.serial && !pack) throw new Error(`K=${c.K} M=${c.M} ${c.dtype}: not packed`);
+    const mm = (x: Tensor): Tensor => matmul(x, w, b, undefined, pack);
+    const wide = mm(xAll);
     const all = wide.toFloat32();
     outputs.push(Buffer.from(all.buffer, all.byteOffset, all.byteLength).toString('base64'));
     for (const N of ROWS) {
       const xN = xAll.rows(0, N);
-      const o = matmul(xN, w, b);
+      const o = mm(xN);
       invariant.push(sameBits(o.toFloat32(), all.subarray(0, N * c.M)));
       o.dispose();
       xN.dispose();
@@ -191,8 +203,29 @@ if (process.argv[2] === '--child') {
 
     it('the portable kernel is within the error bound of its summation order (float64 reference)', () => {
       const r = child('portable');
-      // 16 lanes of K/16 terms each, a 4-level tree, a tail of < 16 terms, the bias.
-      CASES.forEach((c, ci) => assertWithinBound(decode(r.outputs[ci]!), c, ci, Math.ceil(c.K / 16) + 20, 'portable'));
+      // 16 lanes of K/16 terms each, a 4-level tree, a tail of < 16 terms, the bias; a k-serial
+      // pack: one chain of K terms.
+      CASES.forEach((c, ci) => assertWithinBound(decode(r.outputs[ci]!), c, ci, c.serial ? c.K + 2 : Math.ceil(c.K / 16) + 20, 'portable'));
+    });
+
+    it('k-serial packs: small CPU weights only, paired with the weight they came from (E_ARG otherwise)', () => {
+      const r = rng(testSeed);
+      const w = Tensor.fromArray(randomArray(96 * 40, r), 'bf16', [96, 40]);
+      const other = Tensor.fromArray(randomArray(96 * 40, r), 'bf16', [96, 40]);
+      const wide = Tensor.fromArray(randomArray(4 * 513, r), 'bf16', [4, 513]);
+      const x = Tensor.fromArray(randomArray(3 * 40, r), 'f32', [3, 40]);
+      try {
+        const pack = packSerialWeight(w);
+        assert.ok(pack, 'a 96 x 40 bf16 weight is packed');
+        assert.strictEqual(packSerialWeight(wide), undefined, 'K = 513 is not');
+        assertThrowsCode(() => matmul(x, other, undefined, undefined, pack), 'E_ARG', /serial: packed from another weight/);
+        assertThrowsCode(() => native().layerMatmul(x, w, null, undefined, {} as never), 'E_ARG', /serial: expected a pack/);
+        // The pack keeps its own copy and the weight: a call after the caller drops nothing else works.
+        const o = matmul(x, w, undefined, undefined, pack).toFloat32();
+        assert.strictEqual(o.length, 3 * 96);
+      } finally {
+        for (const t of [w, other, wide, x]) t.dispose();
+      }
     });
 
     it('an unknown SPECDEC_CPU_SIMD value is a coded error naming it', () => {

@@ -7,6 +7,11 @@ declare namespace SpecdecNative {
   /** Valid dtypes the reader keeps as bytes only (raw()): load() names them. */
   type SafetensorsRawDType = 'I64' | 'I16' | 'I8' | 'U16' | 'U8' | 'BOOL' | 'F8_E4M3' | 'F8_E5M2' | 'F8_E8M0' | 'C64';
 
+  /** A small CPU weight packed for the k-serial matmul (opaque; holds its own copy and the weight). */
+  interface SerialWeight {
+    readonly __serialWeight: unique symbol;
+  }
+
   /** An open, memory-mapped, validated safetensors file. */
   interface SafetensorsFile {
     /** Tensor names, sorted. */
@@ -79,8 +84,10 @@ declare namespace SpecdecNative {
     /** out = x / sqrt(mean(x^2) + eps) * w (out may be x). */
     layerRmsnorm(x: Tensor, w: Tensor, eps: number, out?: Tensor): Tensor;
     layerAddRmsnorm?(x: Tensor, y: Tensor, w: Tensor, eps: number, out?: Tensor): Tensor;
-    /** out = x @ w^T (+ bias); batch invariant per row. */
-    layerMatmul(x: Tensor, w: Tensor, bias?: Tensor | null, out?: Tensor): Tensor;
+    /** out = x @ w^T (+ bias); batch invariant per row; with `serial`, w's k-serial pack (its order). */
+    layerMatmul(x: Tensor, w: Tensor, bias?: Tensor | null, out?: Tensor, serial?: SerialWeight | null): Tensor;
+    /** w packed for the CPU's k-serial kernel (cpp/cpu/matmul_serial.h), or null when it does not qualify. */
+    layerPackSerial(w: Tensor): SerialWeight | null;
     /** Up to 3 matmuls of one x in one op (same bits as layerMatmul each); optional: older builds lack it. */
     layerMatmulGroup?(x: Tensor, ws: Tensor[], biases: (Tensor | null)[]): Tensor[];
     /** Rotary embedding in place (HF rotate_half layout). */

@@ -6,6 +6,7 @@
 
 #include "ops_layers.h"
 #include "transfers.h"
+#include "../cpu/matmul_serial.h"
 
 namespace specdec {
 namespace ops {
@@ -105,14 +106,24 @@ void check_matmul(const Tensor& x, const Tensor& w, const Tensor& bias, const Te
 }
 }  // namespace
 
+// A k-serial pack must come from the weight it is used with (CPU only; CUDA ignores packs).
+static void check_serial(const Tensor& w, const cpu::SerialWeight* serial) {
+  if (!serial || w.device() != Device::cpu) return;
+  SPECDEC_CHECK(serial->packed_from(w), "E_ARG", "serial: packed from another weight than w ", w.describe(), " (a ",
+                serial->rows(), " x ", serial->cols(), " pack)");
+}
+
 void matmul_group(const Tensor& x, std::initializer_list<MatmulPart> parts) {
   const bool whole = x.defined() && x.dim() == 2 && x.size(0) > 0 && x.size(1) > 0;
   if (!whole) {
     // Empty shapes: one matmul each (their checks and early returns).
-    for (const MatmulPart& p : parts) matmul(x, *p.w, *p.bias, *p.out);
+    for (const MatmulPart& p : parts) matmul(x, *p.w, *p.bias, *p.out, p.serial);
     return;
   }
-  for (const MatmulPart& p : parts) check_matmul(x, *p.w, *p.bias, *p.out);
+  for (const MatmulPart& p : parts) {
+    check_matmul(x, *p.w, *p.bias, *p.out);
+    check_serial(*p.w, p.serial);
+  }
   // Every output is written while the others are read by no one, but they must not overlap.
   for (const MatmulPart* a = parts.begin(); a != parts.end(); ++a)
     for (const MatmulPart* b = a + 1; b != parts.end(); ++b) check_alias(*a->out, "out", *b->out, "another out", false);
@@ -128,7 +139,7 @@ void matmul_group(const Tensor& x, std::initializer_list<MatmulPart> parts) {
 #endif
 }
 
-void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out) {
+void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out, const cpu::SerialWeight* serial) {
   check_arg_dim(x, "x", {DType::f32}, 2);
   const int64_t N = x.size(0), K = x.size(1);
   check_arg_dim(w, "w", SPECDEC_FLOATS, 2);
@@ -157,8 +168,9 @@ void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out) {
     for (int64_t n = 0; n < N; ++n) out.rows(n, n + 1).copy_from(b32.view({1, M}));
     return;
   }
+  check_serial(w, serial);
   note_op();  // one launch on CUDA
-  if (x.device() == Device::cpu) return cpu::matmul(x, w, bias, out);
+  if (x.device() == Device::cpu) return serial ? cpu::matmul_serial(x, w, *serial, bias, out) : cpu::matmul(x, w, bias, out);
 #ifdef SPECDEC_WITH_CUDA
   return cuda::matmul(x, w, bias, out);
 #else

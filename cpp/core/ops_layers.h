@@ -9,6 +9,9 @@
 #include "tensor.h"
 
 namespace specdec {
+namespace cpu {
+class SerialWeight;
+}
 namespace ops {
 
 // out[n, :] = table[ids[n], :]. table [V, H] f32|f16|bf16, ids i32 [N], out f32 [N, H].
@@ -26,7 +29,9 @@ void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out);
 
 // out = x @ w^T (+ bias). x f32 [N, K], w [M, K] f32|f16|bf16, bias [M] (optional, undefined = none),
 // out f32 [N, M]. Hand-written (tensor cores on CUDA); per-row results independent of N.
-void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out);
+// `serial`: w packed for the CPU's k-serial kernel (cpu/matmul_serial.h: another order, for small
+// weights), packed from this w (else E_ARG); ignored on CUDA.
+void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out, const cpu::SerialWeight* serial = nullptr);
 
 // Several matmuls of one x: outs[i] = x @ ws[i]^T (+ biases[i]), each exactly as matmul computes
 // it (same bits). The CPU runs all their weight blocks in one parallel region: a layer's q/k/v or
@@ -37,6 +42,7 @@ struct MatmulPart {
   const Tensor* w;
   const Tensor* bias;  // may be undefined
   Tensor* out;
+  const cpu::SerialWeight* serial = nullptr;  // as matmul's
 };
 void matmul_group(const Tensor& x, std::initializer_list<MatmulPart> parts);
 
@@ -106,6 +112,8 @@ SPECDEC_LAYER_OPS(cuda)
 
 namespace cpu {
 void matmul_group(const Tensor& x, std::initializer_list<ops::MatmulPart> parts);
+// matmul with w's k-serial pack (cpu/matmul_serial.h).
+void matmul_serial(const Tensor& x, const Tensor& w, const SerialWeight& serial, const Tensor& bias, Tensor& out);
 }
 namespace cuda {
 // One launch for all parts when the streaming tensor-core kernel applies, else one

@@ -3,7 +3,8 @@
 //
 // One reduction order for every output, every row count and every vector instruction set, so a
 // row's result never depends on the batch (batch invariance) and every x86 CPU gives the same bits
-// (bf16 weights on AMX tiles excepted: they have their own order, matmul_amx.h, batch invariant too):
+// (bf16 weights on AMX tiles excepted: they have their own order, matmul_amx.h, batch invariant too;
+// so are weights packed for the k-serial kernel, matmul_serial.h, which tiny models use):
 //   1. sixteen partial sums: lane j accumulates fma(x[k], w[k], .) over k = j, j + 16, ... below
 //      K16 = K - K % 16, in increasing k, starting from +0;
 //   2. s = tree8(lanes 0..7) + tree8(lanes 8..15), tree8(a) = ((a0+a1)+(a2+a3))+((a4+a5)+(a6+a7));
@@ -30,6 +31,7 @@
 
 #include "../core/ops_layers.h"
 #include "matmul_amx.h"
+#include "matmul_serial.h"
 #include "simd.h"
 #include "thread_pool.h"
 
@@ -506,7 +508,7 @@ namespace {
 // after the call, so it never holds a second copy of a big activation.
 class KernelX {
  public:
-  KernelX(const Tensor& x, bool amx) : p_(x.ptr<float>()) {
+  KernelX(const Tensor& x, bool amx) : p_(x.ptr<float>()), orig_(p_) {
 #ifdef SPECDEC_CPU_X86_SIMD
     if (simd::isa() == simd::Isa::avx2) {
       const size_t n = static_cast<size_t>(x.size(0) * x.size(1));
@@ -527,6 +529,8 @@ class KernelX {
   KernelX(const KernelX&) = delete;
   KernelX& operator=(const KernelX&) = delete;
   const float* get() const { return p_; }
+  // x as given (row-major, natural order): what the k-serial kernel reads.
+  const float* orig() const { return orig_; }
   // The packed pieces, or null when no weight of the call goes to the tiles.
   const amx::PackedX* tiles() const { return has_amx_ ? &amx_ : nullptr; }
 
@@ -540,6 +544,7 @@ class KernelX {
     return b;
   }
   const float* p_;
+  const float* orig_;
   amx::PackedX amx_;
   bool has_amx_ = false;
 };
@@ -549,12 +554,14 @@ inline bool uses_amx(const Tensor& w) { return w.dtype() == DType::bf16 && amx::
 
 // Weight rows [m0, m1) of one matmul, bias included: the unit of work of matmul and matmul_group.
 // `more`: the same thread goes on with the rows after m1.
-void run_block(const KernelX& kx, int64_t N, int64_t K, const Tensor& w, const Tensor& bias, float* op, int64_t M,
-               int64_t m0, int64_t m1, bool more) {
+void run_block(const KernelX& kx, int64_t N, int64_t K, const Tensor& w, const SerialWeight* serial, const Tensor& bias,
+               float* op, int64_t M, int64_t m0, int64_t m1, bool more) {
   const DType wdt = w.dtype();
   const void* wp = w.data();
   const float* xp = kx.get();
-  if (wdt == DType::bf16 && kx.tiles()) {
+  if (serial) {
+    serial_block(kx.orig(), N, *serial, m0, m1, op, M);
+  } else if (wdt == DType::bf16 && kx.tiles()) {
     amx::block(*kx.tiles(), static_cast<const uint16_t*>(wp), M, m0, m1, op, M);
   } else {
 #ifdef SPECDEC_CPU_X86_SIMD
@@ -631,9 +638,13 @@ void split_rows(const KernelX& kx, int64_t N, int64_t K, const ops::MatmulPart* 
   int64_t first[kMaxParts + 1] = {0};  // part i's rows are [first[i], first[i + 1])
   for (size_t i = 0; i < P; ++i) first[i + 1] = first[i] + ps[i].w->size(0);
   const int64_t total = first[P];
-  // On the AMX tiles, rows go in pairs of 16-row weight tiles.
+  // On the AMX tiles, rows go in pairs of 16-row weight tiles; packed weights in whole panels
+  // (a call's parts are all packed or all not, in practice: one layer's projections share K).
   const bool tiles = kx.tiles() != nullptr;
-  const int64_t unit = tiles ? 16 : tile_unit(N), bm = tiles ? 64 : block_rows(N, total);
+  bool serial = false;
+  for (size_t i = 0; i < P; ++i) serial = serial || ps[i].serial != nullptr;
+  const int64_t unit = serial ? SerialWeight::kPanel : tiles ? 16 : tile_unit(N);
+  const int64_t bm = serial ? SerialWeight::kPanel : tiles ? 64 : block_rows(N, total);
   const double macs = static_cast<double>(N) * static_cast<double>(K) * static_cast<double>(total);
   const int64_t ranges = std::max<int64_t>(
       1, std::min<int64_t>({int64_t{4} * pool_threads(), static_cast<int64_t>(macs / kMinTaskMacs), total / unit}));
@@ -652,7 +663,7 @@ void split_rows(const KernelX& kx, int64_t N, int64_t K, const ops::MatmulPart* 
       const ops::MatmulPart& p = ps[i];
       const int64_t M = p.w->size(0);
       for (int64_t m = m0; m < m1; m += bm)
-        run_block(kx, N, K, *p.w, *p.bias, p.out->ptr<float>(), M, m, std::min(m1, m + bm), m + bm < m1);
+        run_block(kx, N, K, *p.w, p.serial, *p.bias, p.out->ptr<float>(), M, m, std::min(m1, m + bm), m + bm < m1);
     }
   };
   parallel_for(ranges, 1, ranges_from, macs);
@@ -668,13 +679,21 @@ void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out) {
   split_rows(kx, N, x.size(1), &part, 1);
 }
 
+void matmul_serial(const Tensor& x, const Tensor& w, const SerialWeight& serial, const Tensor& bias, Tensor& out) {
+  const int64_t N = x.size(0), M = w.size(0);
+  if (N == 0 || M == 0) return;
+  const KernelX kx(x, false);
+  const ops::MatmulPart part{&w, &bias, &out, &serial};
+  split_rows(kx, N, x.size(1), &part, 1);
+}
+
 void matmul_group(const Tensor& x, std::initializer_list<ops::MatmulPart> parts) {
   const int64_t N = x.size(0);
   if (N == 0) return;
   SPECDEC_CHECK(parts.size() <= kMaxParts, "E_ARG", "matmul_group: at most ", kMaxParts, " parts, got ",
                 parts.size());
   bool amx = false;
-  for (const ops::MatmulPart& p : parts) amx = amx || uses_amx(*p.w);
+  for (const ops::MatmulPart& p : parts) amx = amx || (uses_amx(*p.w) && !p.serial);
   const KernelX kx(x, amx);
   split_rows(kx, N, x.size(1), parts.begin(), parts.size());
 }

@@ -303,6 +303,29 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const LlamaConfig& config, const Ll
   // Tied embeddings: configured, or no lm_head in the checkpoint (HF ties when it is absent).
   if (!c.tie_word_embeddings) m->lm_head_ = weight(lm_head_name, {V, H}, "vocab_size x hidden_size", false);
   if (!m->lm_head_.defined()) m->lm_head_ = m->embed_;
+  // A tiny model's projections in the k-serial kernel's panels (cpu/matmul_serial.h), used by every
+  // forward: ~2x the lane kernel's rate at a few rows of K = 128. The packs are copies, so only a
+  // model whose packable weights come to at most kMaxModelBytes packs them (bigger models keep
+  // their weights in place: the resident set stays ~1x the checkpoint).
+  size_t packable = 0;
+  if (options.device == Device::cpu) {
+    for (const Layer& L : m->layers_)
+      for (const Tensor* w : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down})
+        if (cpu::SerialWeight::eligible(*w)) packable += w->nbytes();
+    if (cpu::SerialWeight::eligible(m->lm_head_)) packable += m->lm_head_.nbytes();
+  }
+  if (options.device == Device::cpu && packable <= cpu::SerialWeight::kMaxModelBytes) {
+    for (Layer& L : m->layers_) {
+      L.q_s = cpu::SerialWeight::pack_if_eligible(L.q);
+      L.k_s = cpu::SerialWeight::pack_if_eligible(L.k);
+      L.v_s = cpu::SerialWeight::pack_if_eligible(L.v);
+      L.o_s = cpu::SerialWeight::pack_if_eligible(L.o);
+      L.gate_s = cpu::SerialWeight::pack_if_eligible(L.gate);
+      L.up_s = cpu::SerialWeight::pack_if_eligible(L.up);
+      L.down_s = cpu::SerialWeight::pack_if_eligible(L.down);
+    }
+    m->lm_head_s_ = cpu::SerialWeight::pack_if_eligible(m->lm_head_);
+  }
 
   std::vector<float> inv = rope_inv_freq(c);
   for (float f : inv)  // e.g. a tiny rope_theta overflows f32
@@ -635,7 +658,7 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
       const Layer& L = layers_[l];
       if (A > 0) capture(l);
       // Attention block (in: its normed input, or OLMo 2's residual stream).
-      ops::matmul_group(in, {{&L.q, &L.q_bias, &q2}, {&L.k, &L.k_bias, &k2}, {&L.v, &L.v_bias, &v2}});
+      ops::matmul_group(in, {{&L.q, &L.q_bias, &q2, L.q_s.get()}, {&L.k, &L.k_bias, &k2, L.k_s.get()}, {&L.v, &L.v_bias, &v2, L.v_s.get()}});
       if (post && !c.qk_norm) {
         ops::rmsnorm(q2, L.q_norm_full, c.rms_norm_eps, q2);
         ops::rmsnorm(k2, L.k_norm_full, c.rms_norm_eps, k2);
@@ -658,16 +681,16 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
       ops::tree_attention(q, kv_->layer(l), *g_batch, g_mask, sm_scale, att,
                           c.attention_windows.empty() ? 0 : c.attention_windows[static_cast<size_t>(l)],
                           static_cast<float>(c.attn_softcap));
-      ops::matmul(att2, L.o, L.o_bias, o);
+      ops::matmul(att2, L.o, L.o_bias, o, L.o_s.get());
       if (c.residual_multiplier != 1.0) ops::scale(o, static_cast<float>(c.residual_multiplier));
       // MLP block (SwiGLU; Gemma: GeGLU between its own norms).
       if (c.sandwich_norms || post) ops::rmsnorm(o, L.post_attn_norm, c.rms_norm_eps, o);
       if (post) ops::add_inplace(x, o);
       else ops::add_rmsnorm(x, o, L.mlp_norm, c.rms_norm_eps, h);
-      ops::matmul_group(in, {{&L.gate, &no_bias, &gate}, {&L.up, &no_bias, &up}});
+      ops::matmul_group(in, {{&L.gate, &no_bias, &gate, L.gate_s.get()}, {&L.up, &no_bias, &up, L.up_s.get()}});
       if (c.gelu_mlp) ops::gelu_tanh_mul(gate, up, gate);
       else ops::silu_mul(gate, up, gate);
-      ops::matmul(gate, L.down, Tensor(), o);
+      ops::matmul(gate, L.down, Tensor(), o, L.down_s.get());
       if (c.residual_multiplier != 1.0) ops::scale(o, static_cast<float>(c.residual_multiplier));
       if (c.sandwich_norms || post) ops::rmsnorm(o, L.post_mlp_norm, c.rms_norm_eps, o);
       // The next layer's normed input, or (after the last) the final norm in place.
@@ -693,7 +716,7 @@ LlamaForwardResult LlamaModel::forward_locked(const std::vector<LlamaSeqInput>& 
     head_in = gather_rows(std::vector<Tensor>(B, x), last);
   }
   r.logits = Tensor::empty(DType::f32, {head_in.size(0), int64_t(c.vocab_size)}, dev);
-  ops::matmul(head_in, lm_head_, Tensor(), r.logits);
+  ops::matmul(head_in, lm_head_, Tensor(), r.logits, lm_head_s_.get());
   if (c.final_softcap > 0) ops::softcap(r.logits, static_cast<float>(c.final_softcap));
   // Granite: logits / logits_scaling, as a product with the f32 reciprocal (at most an ulp apart).
   if (c.logits_scaling != 1.0) ops::scale(r.logits, static_cast<float>(1.0 / c.logits_scaling));

@@ -16,6 +16,7 @@
 #include "../core/kv_cache.h"
 #include "../core/ops_sampling.h"
 #include "../core/tensor.h"
+#include "../cpu/matmul_serial.h"
 
 namespace specdec {
 
@@ -243,11 +244,14 @@ class LlamaModel {
     Tensor post_attn_norm, post_mlp_norm;  // sandwich_norms (Gemma), post_norms (OLMo 2)
     Tensor q_norm_full, k_norm_full;       // post_norms without qk_norm (OLMo 2): RMSNorm weights over q ([heads*head_dim]) and k
     ops::QkNorm qk_norm;  // Qwen3, Gemma 3 (config.qk_norm): f32 copies of q_norm / k_norm (+ norm_offset)
+    // CPU: the small projections packed for the k-serial kernel (null: the lane kernel).
+    std::shared_ptr<const cpu::SerialWeight> q_s, k_s, v_s, o_s, gate_s, up_s, down_s;
   };
 
   LlamaConfig config_;
   LlamaLoadOptions options_;
   Tensor embed_, final_norm_, lm_head_, inv_freq_, inv_freq_local_;
+  std::shared_ptr<const cpu::SerialWeight> lm_head_s_;
   float embed_scale_ = 1.f;
   std::vector<Layer> layers_;
   std::unique_ptr<KvCache> kv_;

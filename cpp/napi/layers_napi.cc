@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "../core/ops_layers.h"
+#include "../cpu/matmul_serial.h"
 #include "../model/safetensors.h"
 #include "napi_util.h"
 
@@ -49,15 +50,39 @@ Napi::Value Rmsnorm(const Napi::CallbackInfo& info) {
   });
 }
 
-// layerMatmul(x, w, bias?, out?) -> out
+using SerialHandle = std::shared_ptr<const cpu::SerialWeight>;
+// Tags the packs' externals: any other external passed as `serial` is an E_ARG, not a bad cast.
+constexpr napi_type_tag kSerialTag = {0x5e7a11b0c4d2e9f1ull, 0x8a61d3c0f25b47e9ull};
+
+// layerPackSerial(w) -> an opaque pack of w for the k-serial kernel (cpu/matmul_serial.h), or null
+// when w does not qualify (not a small 2-D CPU float weight, or SPECDEC_CPU_SERIAL=0).
+Napi::Value PackSerial(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    Tensor w = tensor_arg(info[0], "w");
+    SerialHandle s = cpu::SerialWeight::pack_if_eligible(w);
+    if (!s) return info.Env().Null();
+    auto ext = Napi::External<SerialHandle>::New(info.Env(), new SerialHandle(std::move(s)),
+                                                 [](Napi::Env, SerialHandle* h) { delete h; });
+    ext.TypeTag(&kSerialTag);
+    return ext;
+  });
+}
+
+// layerMatmul(x, w, bias?, out?, serial?) -> out
 Napi::Value Matmul(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
     Tensor x = tensor_arg(info[0], "x");
     Tensor w = tensor_arg(info[1], "w");
     Tensor bias = optional_tensor_arg(info[2], "bias");
+    const cpu::SerialWeight* serial = nullptr;
+    if (info.Length() > 4 && !info[4].IsUndefined() && !info[4].IsNull()) {
+      SPECDEC_CHECK(info[4].IsExternal() && info[4].As<Napi::External<SerialHandle>>().CheckTypeTag(&kSerialTag), "E_ARG",
+                    "serial: expected a pack from packSerialWeight()");
+      serial = info[4].As<Napi::External<SerialHandle>>().Data()->get();
+    }
     Tensor out;
     Napi::Value r = out_or_new(info.Env(), info[3], {dim_or0(x, 0), dim_or0(w, 0)}, x.device(), &out);
-    ops::matmul(x, w, bias, out);
+    ops::matmul(x, w, bias, out, serial);
     return r;
   });
 }
@@ -261,6 +286,7 @@ void Init(Napi::Env env, Napi::Object exports) {
   exports.Set("layerRmsnorm", Napi::Function::New(env, Rmsnorm, "layerRmsnorm"));
   exports.Set("layerAddRmsnorm", Napi::Function::New(env, AddRmsnorm, "layerAddRmsnorm"));
   exports.Set("layerMatmul", Napi::Function::New(env, Matmul, "layerMatmul"));
+  exports.Set("layerPackSerial", Napi::Function::New(env, PackSerial, "layerPackSerial"));
   exports.Set("layerMatmulGroup", Napi::Function::New(env, MatmulGroup, "layerMatmulGroup"));
   exports.Set("layerRope", Napi::Function::New(env, Rope, "layerRope"));
   exports.Set("layerSiluMul", Napi::Function::New(env, SiluMul, "layerSiluMul"));

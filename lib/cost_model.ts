@@ -167,14 +167,34 @@ export class ForwardCost {
   /** A curve from a function of n sampled at the calibration sizes (synthetic curves in tests). */
   static fromFunction(f: (n: number) => number, opts: { readonly sizes?: readonly number[]; readonly frozen?: boolean; readonly stepOverhead?: number } = {}): ForwardCost {
     const c = new ForwardCost((opts.sizes ?? CALIBRATION_SIZES).map((n) => [n, f(n)] as const), opts.frozen ?? false);
-    if (opts.stepOverhead !== undefined) c.overhead.add(opts.stepOverhead);
+    if (opts.stepOverhead !== undefined) c.overheadPrior = opts.stepOverhead;
     return c;
   }
 
-  /** Per-step time outside the forward and the speculator (verification, commit, glue), seconds. */
+  /**
+   * Per-step time outside the forward and the speculator, seconds: within the step (verification,
+   * commit, the speculator's update) plus around it in the engine's loop (delivering the tokens,
+   * admitting, the loop's turns). (Commit alone was counted until 2026-12-06: on the embedded
+   * family that missed ~40 us a step, about one plain token, and the sized draft model drafted at
+   * 0.89-0.95x of plain.)
+   */
   get stepOverhead(): number {
-    return this.overhead.value();
+    const warm = (t: RecentTimes): number => (t.count >= ForwardCost.OVERHEAD_MIN_SAMPLES ? t.value() : 0);
+    return this.overheadPrior + warm(this.overhead) + warm(this.loopOverhead);
   }
+
+  /**
+   * Overhead samples skipped at first (per curve, so per model): a process's first speculative steps
+   * run cold (code not yet optimized, caches cold) at up to 10x a warm step's overhead, and a plain
+   * choice probes too rarely for many more samples to replace them. Until OVERHEAD_MIN_SAMPLES warm
+   * samples exist the overhead counts as 0, so early steps explore rather than settle on plain.
+   */
+  static readonly OVERHEAD_WARMUP = 8;
+  static readonly OVERHEAD_MIN_SAMPLES = 4;
+  /** A fixed part of the step overhead (synthetic curves: fromFunction's stepOverhead). */
+  private overheadPrior = 0;
+  private overheadSeen = 0;
+  private loopSeen = 0;
 
   /** Predicted seconds of a forward over n >= 1 new tokens (linear beyond the last point). */
   predict(n: number): number {
@@ -220,9 +240,16 @@ export class ForwardCost {
     this.observations++;
   }
 
-  /** Takes in the per-step overhead (seconds) measured by the engine. */
+  /** Takes in a speculative step's time after its forward (seconds): verification, commit, update. */
   observeOverhead(seconds: number): void {
-    if (!this.frozen) this.overhead.add(seconds);
+    if (!this.frozen && this.overheadSeen++ >= ForwardCost.OVERHEAD_WARMUP) this.overhead.add(seconds);
+  }
+
+  private readonly loopOverhead = new RecentTimes();
+
+  /** Takes in the time the engine's loop spent around a speculative step (seconds). */
+  observeLoopOverhead(seconds: number): void {
+    if (!this.frozen && this.loopSeen++ >= ForwardCost.OVERHEAD_WARMUP) this.loopOverhead.add(seconds);
   }
 
   /** Per batch size: seconds of a plain step run in a native chain (lib/plain_chain.ts), all of it. */
@@ -326,6 +353,12 @@ export async function calibrateForwardCost(model: CausalLM, opts: CalibrationOpt
     sizes.forEach((n, k) => {
       for (const t of times[k] as number[]) curve.observe(n, t);
     });
+    // What a plain step costs where the engine runs plain steps in native chains (a model with
+    // greedyChain), before any chain has run: without it a sized strategy priced decoding plainly
+    // as a standalone forward plus a step's overhead (the embedded target: 78 us against 40 us
+    // chained) and drafted where drafting lost.
+    const chained = await chainTokenCost(model);
+    if (chained !== undefined) curve.observeChainStep(1, chained);
     return curve;
   } finally {
     model.freeSequence(seq);

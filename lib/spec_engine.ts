@@ -336,6 +336,7 @@ export class SpecEngine {
       const tDraft = performance.now();
       throwIfAborted(signal);
       const chain = plainChainSteps(live, batches, proposals, model, speculator);
+      lastStep.speculative = false;
       if (chain) return await SpecEngine.plainChain(live, chain, t0, tDraft, signal);
       // (Loops rather than flat/flatMap/spreads: a small model's whole step is ~100 us, and this
       // runs once per step.)
@@ -406,7 +407,6 @@ export class SpecEngine {
         }
       }
       const tCommit = performance.now();
-      cost?.observeOverhead((tCommit - tVerify) / 1000);
       if (speculator) {
         for (let i = 0; i < live.length; i++) {
           const p = live[i] as StepPart;
@@ -423,7 +423,13 @@ export class SpecEngine {
           if (isThenable(u)) await u;
         }
       }
-      addPhases(live, t0, tDraft, tTarget, tVerify, tCommit, performance.now());
+      const tEnd = performance.now();
+      // What the step costs beside its forward and the speculator's proposal (verification, commit,
+      // the speculator's update): the cost model adds it to every speculative step it prices.
+      cost?.observeOverhead((tEnd - tTarget) / 1000);
+      lastStep.speculative = true;
+      lastStep.seconds = (tEnd - t0) / 1000;
+      addPhases(live, t0, tDraft, tTarget, tVerify, tCommit, tEnd);
       return single ? ((results[0] as PartResult).emitted as Int32Array[]) : results.flatMap((r) => r.emitted as Int32Array[]);
     } finally {
       for (const o of owned) o.dispose();
@@ -805,6 +811,13 @@ function addPhases(parts: readonly StepPart[], t0: number, draft: number, target
     ph.update += (update - commit) / 1000;
   }
 }
+
+/**
+ * The last stepShared call: whether it was a speculative step (one verifying forward; false for a
+ * plain chain) and its seconds from the proposal to the speculator's update. The Engine's loop
+ * prices what it adds around such a step (ForwardCost.observeLoopOverhead).
+ */
+export const lastStep = { speculative: false, seconds: 0 };
 
 /** The lone-root proposal of each sequence (a plain step). */
 function loneRoots(seqs: readonly EngineSequence[]): Proposal[] {

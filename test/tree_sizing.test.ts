@@ -109,6 +109,68 @@ describe('cost model: the curve', () => {
     assert.strictEqual(m.liveSequences(), 0);
   });
 
+  it("a step's overhead is its time after the forward plus the engine loop's around it; only speculative steps are samples", async () => {
+    const c = ForwardCost.fromFunction((n) => n * 1e-3);
+    assert.strictEqual(c.stepOverhead, 0);
+    // The first OVERHEAD_WARMUP samples of each are cold steps' (skipped); then it counts once
+    // OVERHEAD_MIN_SAMPLES are in.
+    for (let i = 0; i < ForwardCost.OVERHEAD_WARMUP; i++) {
+      c.observeOverhead(1);
+      c.observeLoopOverhead(1);
+    }
+    for (let i = 0; i < ForwardCost.OVERHEAD_MIN_SAMPLES; i++) {
+      assert.strictEqual(c.stepOverhead, 0, 'too few warm samples yet');
+      c.observeOverhead(2e-5);
+      c.observeLoopOverhead(3e-5);
+    }
+    assert.ok(Math.abs(c.stepOverhead - 5e-5) < 1e-12, String(c.stepOverhead));
+    const frozen = ForwardCost.fromFunction((n) => n * 1e-3, { frozen: true, stepOverhead: 1e-5 });
+    frozen.observeLoopOverhead(1);
+    assert.strictEqual(frozen.stepOverhead, 1e-5);
+
+    // The engine's samples: after every speculative step of a fixed draft; none for plain chains.
+    const target = new ToyLM({ vocabSize: V, seed: 3, maxPositions: 128 });
+    const curve = ForwardCost.fromFunction((n) => n * 1e-3);
+    setForwardCost(target, curve);
+    const loop: number[] = [];
+    const inStep: number[] = [];
+    const observeLoop = curve.observeLoopOverhead.bind(curve);
+    const observe = curve.observeOverhead.bind(curve);
+    curve.observeLoopOverhead = (s) => {
+      loop.push(s);
+      observeLoop(s);
+    };
+    curve.observeOverhead = (s) => {
+      inStep.push(s);
+      observe(s);
+    };
+    const prompt = Int32Array.from([1, 2, 3]);
+    const dec = new SpeculativeDecoder({ target, speculator: new DraftModelSpeculator({ draft: new ToyLM({ vocabSize: V, seed: 4, maxPositions: 128 }), k: 2 }) });
+    const [r] = await dec.generateBatch([prompt], { maxNewTokens: 24 });
+    const steps = r!.stats.targetForwards - 1;
+    assert.strictEqual(inStep.length, steps, 'one in-step sample per speculative step');
+    // Not the first (it admitted the request) nor the last (no iteration follows it).
+    assert.ok(loop.length >= steps - 2 && loop.length <= steps, `${loop.length} loop samples for ${steps} steps`);
+    assert.ok(loop.every((x) => x >= 0 && x < 1) && inStep.every((x) => x >= 0 && x < 1));
+    assert.ok(curve.stepOverhead > 0);
+    dec.dispose();
+    // Plain steps in native chains (a model with greedyChain) are priced by the chains' own times.
+    const llama = await LlamaModel.load(defaultModelPaths().target, { device: 'cpu' });
+    try {
+      const chained = ForwardCost.fromFunction((n) => n * 1e-3);
+      let samples = 0;
+      chained.observeLoopOverhead = () => void samples++;
+      chained.observeOverhead = () => void samples++;
+      setForwardCost(llama, chained);
+      const [p] = await new SpeculativeDecoder({ target: llama }).generateBatch([prompt], { maxNewTokens: 24 });
+      assert.strictEqual(p!.tokens.length, 24);
+      assert.strictEqual(samples, 0, 'plain chains make no overhead sample');
+      assert.ok(chained.chainStep(1)! > 0, 'they time their steps instead');
+    } finally {
+      llama.dispose();
+    }
+  });
+
   it("measures a chained draft token on a scratch sequence it frees (none without a chain call)", async () => {
     assert.strictEqual(await chainTokenCost(new ToyLM({ vocabSize: V, seed: 1, maxPositions: 64 })), undefined);
     const m = await LlamaModel.load(path.join(__dirname, '..', '..', 'models', 'default', 'draft'), { device: 'cpu' });

@@ -13,7 +13,8 @@ import type { GenerateOptions, GenerateResult, Generation } from '../decoder';
 import { codedError } from '../errors';
 import type { CausalLM } from '../models/causal_lm';
 import { native } from '../native';
-import { SpecEngine, StatsAcc, type EngineSequence, type PhaseTimes, type StepPart } from '../spec_engine';
+import { knownForwardCost } from '../cost_model';
+import { lastStep, SpecEngine, StatsAcc, type EngineSequence, type PhaseTimes, type StepPart } from '../spec_engine';
 import { abortError, isSampling } from '../step_helpers';
 import type { SamplingConfig, SeqRng, Speculator } from '../strategies/speculator';
 import { streamGeneration } from './generation';
@@ -400,16 +401,30 @@ export class Engine {
       await Promise.resolve();
       let turned = performance.now();
       const lock = lockOf(this.model);
+      // The loop's time around a speculative step (from one iteration's start to the next, less the
+      // step itself) is part of what such a step costs: the cost model prices it (its loop overhead).
+      let iterStart = turned;
+      let spec: number | undefined;
       while (this.queue.length > 0 || this.live.length > 0) {
+        const tIter = performance.now();
+        if (spec !== undefined) knownForwardCost(this.model)?.observeLoopOverhead(Math.max(0, (tIter - iterStart) / 1000 - spec));
+        iterStart = tIter;
+        spec = undefined;
         // A step boundary: drop finished/aborted, admit, make room, one step of every live request.
         // (Inlined here rather than in async helpers: each async call is a promise and a microtask
         // turn, and a small model's whole step is ~100 us.)
         const wait = acquireLock(lock);
         if (wait) await wait;
+        // Only an iteration that took the lock at once, admitted nothing and made a speculative step
+        // is a sample (a wait for another engine's step, or a prefill, is not this step's cost).
+        let sample = !wait;
         try {
           this.reap();
           // (Only awaited when there is something to admit: most steps have nothing queued.)
-          if (this.queue.length > 0 && this.live.length < this.liveCap) await this.admit();
+          if (this.queue.length > 0 && this.live.length < this.liveCap) {
+            sample = false;
+            await this.admit();
+          }
           this.makeRoom();
           const groups = this.stepGroups();
           if (groups.length > 0) {
@@ -422,6 +437,7 @@ export class Engine {
               this.recover(step.reqs, e);
             }
             if (emitted) this.endStep(step, emitted);
+            if (emitted && sample && lastStep.speculative) spec = lastStep.seconds;
           }
           this.reap();
         } finally {

@@ -43,7 +43,7 @@ export function matmul(x: Tensor, w: Tensor, bias?: Tensor, out?: Tensor, serial
  * w packed for the CPU's k-serial matmul (cpp/cpu/matmul_serial.h: each output one fma chain in
  * increasing k, the same bits on every instruction set; ~2x the default kernel at a few rows of a
  * small K), or undefined when w does not qualify: a 2-D CPU f32/f16/bf16 weight with K <= 512 and at
- * most 4M elements (and SPECDEC_CPU_SERIAL not 0). The pack is a copy; w must not change after.
+ * most 4M elements. The pack is a copy; w must not change after.
  */
 export function packSerialWeight(w: Tensor): SerialWeight | undefined {
   return native().layerPackSerial(w) ?? undefined;

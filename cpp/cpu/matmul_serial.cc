@@ -15,13 +15,6 @@ namespace {
 
 constexpr int64_t P = SerialWeight::kPanel;
 
-bool serial_enabled() {
-  static const bool on = [] {
-    const char* env = std::getenv("SPECDEC_CPU_SERIAL");
-    return !(env && std::strcmp(env, "0") == 0);
-  }();
-  return on;
-}
 
 // Element (k, j) of a panel.
 template <bool kF32>
@@ -164,8 +157,16 @@ void block_simd(const float* x, int64_t N, int64_t K, const SerialWeight& w, int
 
 }  // namespace
 
+bool SerialWeight::enabled() {
+  static const bool on = [] {
+    const char* env = std::getenv("SPECDEC_CPU_SERIAL");
+    return !(env && std::strcmp(env, "0") == 0);
+  }();
+  return on;
+}
+
 bool SerialWeight::eligible(const Tensor& w) {
-  if (!serial_enabled() || !w.defined() || w.device() != Device::cpu || w.dim() != 2) return false;
+  if (!w.defined() || w.device() != Device::cpu || w.dim() != 2) return false;
   const DType dt = w.dtype();
   if (dt != DType::f32 && dt != DType::f16 && dt != DType::bf16) return false;
   const int64_t M = w.size(0), K = w.size(1);
@@ -174,7 +175,7 @@ bool SerialWeight::eligible(const Tensor& w) {
 
 std::shared_ptr<const SerialWeight> SerialWeight::pack(const Tensor& w) {
   SPECDEC_CHECK(eligible(w), "E_ARG", "w: a k-serial pack takes a 2-D CPU f32/f16/bf16 weight with K <= ", kMaxK,
-                " and at most ", kMaxElems, " elements (and SPECDEC_CPU_SERIAL not 0), got ", w.describe());
+                " and at most ", kMaxElems, " elements, got ", w.describe());
   auto s = std::make_shared<SerialWeight>();
   const int64_t M = w.size(0), K = w.size(1), panels = (M + P - 1) / P;
   s->M_ = M;

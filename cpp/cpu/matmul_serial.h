@@ -32,10 +32,11 @@ class SerialWeight {
   static constexpr int64_t kMaxElems = int64_t{4} << 20;
   static constexpr size_t kMaxModelBytes = size_t{16} << 20;
 
-  // Whether w would be packed: a 2-D CPU tensor of f32, f16 or bf16 within the limits above, and
-  // SPECDEC_CPU_SERIAL is not 0 (read once per process; 0 keeps every weight on the lane kernel, for
-  // A/B runs).
+  // Whether w can be packed: a 2-D CPU tensor of f32, f16 or bf16 within the limits above.
   static bool eligible(const Tensor& w);
+  // Whether the model runner packs tiny models' weights: SPECDEC_CPU_SERIAL is not 0 (read once per
+  // process; 0 keeps them on the lane kernel, for A/B runs).
+  static bool enabled();
   // w packed (bf16 weights as bf16, f16 and f32 as f32: exact either way). E_ARG unless eligible.
   static std::shared_ptr<const SerialWeight> pack(const Tensor& w);
   // pack(w) when eligible, else null.

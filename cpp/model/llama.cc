@@ -308,13 +308,13 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const LlamaConfig& config, const Ll
   // model whose packable weights come to at most kMaxModelBytes packs them (bigger models keep
   // their weights in place: the resident set stays ~1x the checkpoint).
   size_t packable = 0;
-  if (options.device == Device::cpu) {
+  if (options.device == Device::cpu && cpu::SerialWeight::enabled()) {
     for (const Layer& L : m->layers_)
       for (const Tensor* w : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down})
         if (cpu::SerialWeight::eligible(*w)) packable += w->nbytes();
     if (cpu::SerialWeight::eligible(m->lm_head_)) packable += m->lm_head_.nbytes();
   }
-  if (options.device == Device::cpu && packable <= cpu::SerialWeight::kMaxModelBytes) {
+  if (options.device == Device::cpu && cpu::SerialWeight::enabled() && packable <= cpu::SerialWeight::kMaxModelBytes) {
     for (Layer& L : m->layers_) {
       L.q_s = cpu::SerialWeight::pack_if_eligible(L.q);
       L.k_s = cpu::SerialWeight::pack_if_eligible(L.k);

@@ -55,7 +55,7 @@ using SerialHandle = std::shared_ptr<const cpu::SerialWeight>;
 constexpr napi_type_tag kSerialTag = {0x5e7a11b0c4d2e9f1ull, 0x8a61d3c0f25b47e9ull};
 
 // layerPackSerial(w) -> an opaque pack of w for the k-serial kernel (cpu/matmul_serial.h), or null
-// when w does not qualify (not a small 2-D CPU float weight, or SPECDEC_CPU_SERIAL=0).
+// when w does not qualify (not a small 2-D CPU float weight).
 Napi::Value PackSerial(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
     Tensor w = tensor_arg(info[0], "w");

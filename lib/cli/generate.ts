@@ -445,11 +445,24 @@ export async function generateCommand(argv: string[], io: GenerateIo = {}): Prom
       const forwards = records.reduce((n, r) => n + r.stats.targetForwards, 0);
       const secs = records[0]?.stats.seconds ?? 0;
       const prep = records[0]?.stats.prepareSeconds ?? 0;
+      // Sized strategies decode plainly where no proposal pays: say so, or the run reads as a failure.
+      let steps = 0;
+      let plainSteps = 0;
+      for (const r of records)
+        for (const [nodes, n] of Object.entries(r.stats.nodesPerStep ?? {})) {
+          steps += n;
+          if (nodes === '1') plainSteps += n;
+        }
+      const plainNote =
+        speculative && steps > 0 && plainSteps * 2 >= steps
+          ? `; ${plainSteps} of ${steps} steps decoded plainly (no proposal paid on this hardware; a fixed size, --draft-k, --medusa-tree or --eagle-tree, forces one)`
+          : '';
       err(
         `specdec: ${total} tokens in ${secs.toFixed(2)} s (${(secs > 0 ? total / secs : 0).toFixed(1)} tokens/s, ` +
           `${(forwards > 0 ? total / forwards : 0).toFixed(2)} tokens/forward, ${model.device}); finish: ${finishSummary(records)}` +
           (records.some((r) => r.finishReason === 'context') ? ` (the context of ${maxContext} positions is full; see --max-context)` : '') +
           // (Under a millisecond: a strategy with fixed settings, which measures nothing.)
+          plainNote +
           (prep >= 0.001 ? `; cost model calibrated in ${(prep * 1000).toFixed(0)} ms before the run` : '') +
           '\n',
       );

@@ -10,8 +10,10 @@
 // instruction set the kernels use (native cpuPeakGflops: independent FMA chains on registers on
 // every pool thread, the best ~1 ms round over 1 s) and prints each row's fraction of it; both
 // that peak and the rows' `bestGflops` are best-of-N figures, which a shared machine distorts least.
+// CPU rows `tiny KxM`: a tiny model's shapes on the k-serial pack against the lane kernel (the ratio
+// of their best times, alternated), with the pack's batch invariance in the checks.
 // Run: node dist/bench/matmul.bench.js [--device cpu|cuda|auto] [--quick]   (or specdec bench --only matmul)
-import { matmul, matmulGroup } from '../lib/layers';
+import { matmul, matmulGroup, packSerialWeight } from '../lib/layers';
 import { native } from '../lib/native';
 import { Tensor } from '../lib/tensor';
 import { cpuMs, logRow, measureKernel, randomF32, round, standalone, syncTensor, xorshift, type BenchModule, type BenchOptions, type BenchResult, type BenchRow } from './common';
@@ -46,6 +48,14 @@ const CPU_SHAPES: Shape[] = [
   { name: 'down 2816->1024', K: 2816, M: 1024 },
 ];
 const QUICK_SHAPES: Shape[] = [{ name: 'quick 256x384', K: 256, M: 384 }];
+/** K x M of the embedded target (q/o, gate/up, down, LM head) and draft (gate/up). */
+const TINY_SHAPES: readonly (readonly [number, number])[] = [
+  [128, 128],
+  [128, 384],
+  [384, 128],
+  [128, 325],
+  [64, 192],
+];
 
 export const matmulBench: BenchModule = {
   name: 'matmul',
@@ -126,6 +136,52 @@ export const matmulBench: BenchModule = {
         }
       } finally {
         for (const t of ws) t.dispose();
+      }
+    }
+    // Tiny models' shapes (the embedded target's and draft's) on the CPU: the lane kernel against the
+    // k-serial pack the model runner gives such weights (cpp/cpu/matmul_serial.h), same inputs, alternated.
+    if (!cuda) {
+      for (const [K, M] of TINY_SHAPES) {
+        const w = Tensor.fromArray(randomF32(M * K, rand, -0.05, 0.05), 'bf16', [M, K]);
+        const pack = packSerialWeight(w);
+        const xAll = Tensor.fromArray(randomF32(16 * K, rand), 'f32', [16, K]);
+        try {
+          if (!pack) throw new Error(`matmul: ${K} x ${M} bf16 was not packed`);
+          const wideT = matmul(xAll, w, undefined, undefined, pack);
+          const wide = wideT.toFloat32();
+          wideT.dispose();
+          for (const N of opts.quick ? [1, 5] : [1, 5, 16]) {
+            const x = xAll.rows(0, N);
+            const out = matmul(x, w);
+            const got = matmul(x, w, undefined, undefined, pack);
+            invariant = invariant && got.toFloat32().every((v, i) => Object.is(v, wide[i]));
+            got.dispose();
+            const calls = 200;
+            const time = async (serial: boolean): Promise<number> =>
+              (await measureKernel(() => void matmul(x, w, undefined, out, serial ? pack : undefined), { warmup: 2, samples, calls, sync: () => syncTensor(out), device: 'cpu' })).minMs;
+            // Alternated (lane, serial, serial, lane), best of each: the same minutes for both.
+            const a1 = await time(false);
+            const b1 = await time(true);
+            const b2 = await time(true);
+            const a2 = await time(false);
+            const lane = Math.min(a1, a2);
+            const serial = Math.min(b1, b2);
+            const gf = (ms: number): number => (2 * N * K * M) / (ms * 1e-3) / 1e9;
+            rows.push(
+              logRow(opts, {
+                name: `tiny ${K}x${M}, N=${N}: k-serial pack`,
+                value: round(lane / serial, 3),
+                unit: 'x lane',
+                note: `best ${round(serial * 1000, 2)} us (${round(gf(serial), 1)} GFLOP/s) vs the lane kernel's ${round(lane * 1000, 2)} us (${round(gf(lane), 1)} GFLOP/s), ${calls} calls a sample`,
+                metrics: { N, K, M, laneMs: lane, serialMs: serial, laneGflops: gf(lane), serialGflops: gf(serial) },
+              }),
+            );
+            out.dispose();
+            x.dispose();
+          }
+        } finally {
+          for (const t of [w, xAll]) t.dispose();
+        }
       }
     }
     // Without a GPU: the bounds of Llama-3-8B's shapes on an H100 / H200 (spec sheets; never measured).

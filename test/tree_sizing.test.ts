@@ -9,7 +9,7 @@ import * as os from 'os';
 import * as path from 'path';
 
 import { widenFamily } from '../bench/wide_family';
-import { ChainCost, chainTokenCost, ForwardCost, calibrateForwardCost, knownForwardCost, RecentTimes, setForwardCost } from '../lib/cost_model';
+import { ChainCost, chainTokenCost, ForwardCost, calibrateForwardCost, forwardCost, knownForwardCost, RecentTimes, setForwardCost } from '../lib/cost_model';
 import { SpeculativeDecoder, type GenerateResult } from '../lib/decoder';
 import { defaultModelPaths } from '../lib/default_models';
 import { Engine } from '../lib/engine/engine';
@@ -23,6 +23,7 @@ import { MedusaHeads, MedusaSpeculator } from '../lib/strategies/medusa';
 import { PromptLookupSpeculator } from '../lib/strategies/prompt_lookup';
 import type { Speculator } from '../lib/strategies/speculator';
 import { Tensor } from '../lib/tensor';
+import { TextTokenizer } from '../lib/tokenizer';
 import { chainTree, flattenTrees, MC_SIM_7B_63, medusaTreeShape } from '../lib/tree';
 import { chooseChainLength, chooseSubtree, ConfidenceCalibration, RankRates, RowsCost, stepCost, treeProbabilities } from '../lib/tree_sizing';
 import { verify } from '../lib/verify';
@@ -570,6 +571,30 @@ describe('sized n-gram speculators: weighing skipped after plain choices when it
     assert.ok(sizes.every((k) => k === 0), `sizes weighed: ${sizes}`);
     assert.ok(sizes.length >= 4 && sizes.length <= 12, `${sizes.length} weighings in ${tokens} steps`);
     assert.ok(res.stats.proposedDraftTokens >= 1, 'probes still run');
+  });
+
+  it('EAGLE decoding plainly backs its forced probes off (33, then 65, 129 steps), as the draft model does', async () => {
+    const paths = defaultModelPaths();
+    const llama = await LlamaModel.load(paths.target, { device: 'cpu' });
+    const head = EagleHead.load(paths.eagle, { device: 'cpu' });
+    try {
+      const c1 = (await forwardCost(llama)).predict(1);
+      setForwardCost(llama, ForwardCost.fromFunction((n) => n * c1, { frozen: true }));
+      // A prompt whose greedy continuation runs long (154 tokens before its EOS).
+      const prompt = TextTokenizer.load(paths.target)!.encode('once upon a time');
+      const plain = await plainGenerate(llama, [prompt], { maxNewTokens: 220 });
+      assert.ok(plain.tokens[0]!.length >= 140, `${plain.tokens[0]!.length} tokens: too few steps to count probes`);
+      const dec = new SpeculativeDecoder({ target: llama, speculator: new EagleSpeculator({ head }) });
+      const [r] = await dec.generateBatch([prompt], { maxNewTokens: 220 });
+      dec.dispose();
+      assert.deepStrictEqual(Array.from(r!.tokens), Array.from(plain.tokens[0]!));
+      // Each forced probe proposes one node: 2 here (after 33 and 65 more plain steps); reset to every
+      // 33 steps they were 4.
+      assert.ok(r!.stats.proposedDraftTokens >= 1 && r!.stats.proposedDraftTokens <= 3, `${r!.stats.proposedDraftTokens} probe nodes in ${r!.tokens.length} steps`);
+    } finally {
+      head.dispose();
+      llama.dispose();
+    }
   });
 
   it('prompt lookup: probes every 33 steps while weighing is cheap beside a step', async () => {

@@ -537,6 +537,8 @@ interface EagleState {
   treeDrafted: boolean;
   /** Consecutive drafted trees cut to the root by the draft's own confidence. */
   rootOnly: number;
+  /** This step is a probe the plan did not choose (sized: the least tree, to keep the rates alive). */
+  forcedProbe: boolean;
 }
 
 /** Feature rows of consecutive positions: one block per feature (EAGLE-1/2: the final hidden state; EAGLE-3: three layers' inputs), f32 [rows, targetHidden] each. */
@@ -669,7 +671,7 @@ export class EagleSpeculator implements Speculator {
   private state(s: SpecSequence): EagleState {
     let st = this.states.get(s.key);
     if (!st) {
-      st = { seq: this.need().cache.addSequence(), cached: 0, base: 0, features: [], waiting: 0, plainRun: 0, drafted: false, treeDrafted: false, rootOnly: 0 };
+      st = { seq: this.need().cache.addSequence(), cached: 0, base: 0, features: [], waiting: 0, plainRun: 0, drafted: false, treeDrafted: false, rootOnly: 0, forcedProbe: false };
       this.states.set(s.key, st);
     }
     return st;
@@ -833,7 +835,10 @@ export class EagleSpeculator implements Speculator {
     // A probe (plainRun steps after the plan chose plain) proposes at least the root's top child, so
     // that the rates see a trial and the choice can come back when the text gets easier.
     const probing = cost !== undefined && drafting.some((b) => this.state(seqs[b] as SpecSequence).plainRun >= this.probeAfter);
-    if (plan.levels < 0 && probing) plan = { levels: 0, width: 1 };
+    if (plan.levels < 0 && probing) {
+      plan = { levels: 0, width: 1 };
+      for (const b of drafting) this.state(seqs[b] as SpecSequence).forcedProbe = true;
+    }
     if (plan.levels < 0) {
       // Sized: no tree pays now; the sequences count it as a step that drafted and chose plain.
       return { proposals };
@@ -1055,7 +1060,10 @@ export class EagleSpeculator implements Speculator {
         // counts as plain.
         const unsure = proposed === 0 && st.treeDrafted && st.plainRun === 0 && st.rootOnly === 0;
         st.rootOnly = proposed === 0 && st.treeDrafted ? st.rootOnly + 1 : 0;
-        if (proposed > 0) this.probeAfter = PROBE_AFTER_PLAIN_STEPS;
+        // A tree the plan chose brings the probes back to their first interval; a forced probe (or
+        // one that proposed nothing) moves the next twice as far (until 2026-12-06 a forced probe,
+        // which always proposes, reset it: EAGLE probed every 33 steps while nothing paid).
+        if (proposed > 0 && !st.forcedProbe) this.probeAfter = PROBE_AFTER_PLAIN_STEPS;
         else if (st.plainRun >= this.probeAfter) this.probeAfter = backedOffProbeInterval(this.probeAfter);
         st.plainRun = proposed > 0 || unsure ? 0 : 1;
       } else if (sized) {
@@ -1063,6 +1071,7 @@ export class EagleSpeculator implements Speculator {
       }
       st.drafted = false;
       st.treeDrafted = false;
+      st.forcedProbe = false;
     });
   }
 

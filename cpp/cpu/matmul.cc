@@ -508,9 +508,10 @@ namespace {
 // after the call, so it never holds a second copy of a big activation.
 class KernelX {
  public:
-  KernelX(const Tensor& x, bool amx) : p_(x.ptr<float>()), orig_(p_) {
+  // lanes: some weight of the call takes the lane kernel (else no pair-order copy is made).
+  KernelX(const Tensor& x, bool amx, bool lanes = true) : p_(x.ptr<float>()), orig_(p_) {
 #ifdef SPECDEC_CPU_X86_SIMD
-    if (simd::isa() == simd::Isa::avx2) {
+    if (lanes && simd::isa() == simd::Isa::avx2) {
       const size_t n = static_cast<size_t>(x.size(0) * x.size(1));
       if (buf().size() < n) buf().resize(n);
       pair_order_x(p_, x.size(0), x.size(1), buf().data());
@@ -682,7 +683,7 @@ void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out) {
 void matmul_serial(const Tensor& x, const Tensor& w, const SerialWeight& serial, const Tensor& bias, Tensor& out) {
   const int64_t N = x.size(0), M = w.size(0);
   if (N == 0 || M == 0) return;
-  const KernelX kx(x, false);
+  const KernelX kx(x, false, false);
   const ops::MatmulPart part{&w, &bias, &out, &serial};
   split_rows(kx, N, x.size(1), &part, 1);
 }
@@ -692,9 +693,12 @@ void matmul_group(const Tensor& x, std::initializer_list<ops::MatmulPart> parts)
   if (N == 0) return;
   SPECDEC_CHECK(parts.size() <= kMaxParts, "E_ARG", "matmul_group: at most ", kMaxParts, " parts, got ",
                 parts.size());
-  bool amx = false;
-  for (const ops::MatmulPart& p : parts) amx = amx || (uses_amx(*p.w) && !p.serial);
-  const KernelX kx(x, amx);
+  bool amx = false, lanes = false;
+  for (const ops::MatmulPart& p : parts) {
+    amx = amx || (uses_amx(*p.w) && !p.serial);
+    lanes = lanes || !p.serial;
+  }
+  const KernelX kx(x, amx, lanes);
   split_rows(kx, N, x.size(1), parts.begin(), parts.size());
 }
 

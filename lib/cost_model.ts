@@ -357,13 +357,20 @@ export async function calibrateForwardCost(model: CausalLM, opts: CalibrationOpt
     // greedyChain), before any chain has run: without it a sized strategy priced decoding plainly
     // as a standalone forward plus a step's overhead (the embedded target: 78 us against 40 us
     // chained) and drafted where drafting lost.
-    const chained = await chainTokenCost(model);
-    if (chained !== undefined) curve.observeChainStep(1, chained);
+    // (Only where a forward is short: it costs ~18 more forwards, and beside a long forward a chain
+    // saves little: a 1B model's CPU forward takes ~60 ms against a chain's ~30 us per call.)
+    if (curve.predict(1) <= CHAIN_PRIOR_MAX_FORWARD) {
+      const chained = await chainTokenCost(model);
+      if (chained !== undefined) curve.observeChainStep(1, chained);
+    }
     return curve;
   } finally {
     model.freeSequence(seq);
   }
 }
+
+/** Calibration times a chained plain step (chainTokenCost) when a one-token forward takes at most this (seconds). */
+export const CHAIN_PRIOR_MAX_FORWARD = 0.002;
 
 const curves = new WeakMap<CausalLM, ForwardCost>();
 const pending = new WeakMap<CausalLM, Promise<ForwardCost>>();

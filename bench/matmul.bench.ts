@@ -141,7 +141,7 @@ export const matmulBench: BenchModule = {
     // Tiny models' shapes (the embedded target's and draft's) on the CPU: the lane kernel against the
     // k-serial pack the model runner gives such weights (cpp/cpu/matmul_serial.h), same inputs, alternated.
     if (!cuda) {
-      for (const [K, M] of TINY_SHAPES) {
+      for (const [K, M] of opts.quick ? TINY_SHAPES.slice(1, 2) : TINY_SHAPES) {
         const w = Tensor.fromArray(randomF32(M * K, rand, -0.05, 0.05), 'bf16', [M, K]);
         const pack = packSerialWeight(w);
         const xAll = Tensor.fromArray(randomF32(16 * K, rand), 'f32', [16, K]);

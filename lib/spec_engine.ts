@@ -182,6 +182,12 @@ export class SpecEngine {
   readonly speculator: Speculator | undefined;
   readonly sampling: SamplingConfig | undefined;
   readonly phases: PhaseTimes = { prefill: 0, draft: 0, target: 0, verify: 0, commit: 0, update: 0 };
+  /**
+   * The last shared step this engine took part in: whether it was a speculative step (one verifying
+   * forward; false for a plain chain) and its seconds from the proposal to the speculator's update.
+   * The Engine's loop prices what it adds around such a step (ForwardCost.observeLoopOverhead).
+   */
+  readonly lastStep = { speculative: false, seconds: 0 };
 
   constructor(opts: EngineOptions) {
     this.model = opts.model;
@@ -336,7 +342,7 @@ export class SpecEngine {
       const tDraft = performance.now();
       throwIfAborted(signal);
       const chain = plainChainSteps(live, batches, proposals, model, speculator);
-      lastStep.speculative = false;
+      for (const p of live) p.engine.lastStep.speculative = false;
       if (chain) return await SpecEngine.plainChain(live, chain, t0, tDraft, signal);
       // (Loops rather than flat/flatMap/spreads: a small model's whole step is ~100 us, and this
       // runs once per step.)
@@ -427,8 +433,10 @@ export class SpecEngine {
       // What the step costs beside its forward and the speculator's proposal (verification, commit,
       // the speculator's update): the cost model adds it to every speculative step it prices.
       cost?.observeOverhead((tEnd - tTarget) / 1000);
-      lastStep.speculative = true;
-      lastStep.seconds = (tEnd - t0) / 1000;
+      for (const p of live) {
+        p.engine.lastStep.speculative = true;
+        p.engine.lastStep.seconds = (tEnd - t0) / 1000;
+      }
       addPhases(live, t0, tDraft, tTarget, tVerify, tCommit, tEnd);
       return single ? ((results[0] as PartResult).emitted as Int32Array[]) : results.flatMap((r) => r.emitted as Int32Array[]);
     } finally {
@@ -811,13 +819,6 @@ function addPhases(parts: readonly StepPart[], t0: number, draft: number, target
     ph.update += (update - commit) / 1000;
   }
 }
-
-/**
- * The last stepShared call: whether it was a speculative step (one verifying forward; false for a
- * plain chain) and its seconds from the proposal to the speculator's update. The Engine's loop
- * prices what it adds around such a step (ForwardCost.observeLoopOverhead).
- */
-export const lastStep = { speculative: false, seconds: 0 };
 
 /** The lone-root proposal of each sequence (a plain step). */
 function loneRoots(seqs: readonly EngineSequence[]): Proposal[] {

@@ -307,24 +307,17 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const LlamaConfig& config, const Ll
   // forward: ~2x the lane kernel's rate at a few rows of K = 128. The packs are copies, so only a
   // model whose packable weights come to at most kMaxModelBytes packs them (bigger models keep
   // their weights in place: the resident set stays ~1x the checkpoint).
-  size_t packable = 0;
   if (options.device == Device::cpu && cpu::SerialWeight::enabled()) {
-    for (const Layer& L : m->layers_)
-      for (const Tensor* w : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down})
-        if (cpu::SerialWeight::eligible(*w)) packable += w->nbytes();
-    if (cpu::SerialWeight::eligible(m->lm_head_)) packable += m->lm_head_.nbytes();
-  }
-  if (options.device == Device::cpu && cpu::SerialWeight::enabled() && packable <= cpu::SerialWeight::kMaxModelBytes) {
-    for (Layer& L : m->layers_) {
-      L.q_s = cpu::SerialWeight::pack_if_eligible(L.q);
-      L.k_s = cpu::SerialWeight::pack_if_eligible(L.k);
-      L.v_s = cpu::SerialWeight::pack_if_eligible(L.v);
-      L.o_s = cpu::SerialWeight::pack_if_eligible(L.o);
-      L.gate_s = cpu::SerialWeight::pack_if_eligible(L.gate);
-      L.up_s = cpu::SerialWeight::pack_if_eligible(L.up);
-      L.down_s = cpu::SerialWeight::pack_if_eligible(L.down);
-    }
-    m->lm_head_s_ = cpu::SerialWeight::pack_if_eligible(m->lm_head_);
+    std::vector<std::pair<const Tensor*, std::shared_ptr<const cpu::SerialWeight>*>> packs;
+    for (Layer& L : m->layers_)
+      for (auto [w, s] : {std::pair{&L.q, &L.q_s}, {&L.k, &L.k_s}, {&L.v, &L.v_s}, {&L.o, &L.o_s}, {&L.gate, &L.gate_s},
+                          {&L.up, &L.up_s}, {&L.down, &L.down_s}})
+        if (cpu::SerialWeight::eligible(*w)) packs.emplace_back(w, s);
+    if (cpu::SerialWeight::eligible(m->lm_head_)) packs.emplace_back(&m->lm_head_, &m->lm_head_s_);
+    size_t packable = 0;
+    for (const auto& p : packs) packable += p.first->nbytes();
+    if (packable <= cpu::SerialWeight::kMaxModelBytes)
+      for (const auto& [w, s] : packs) *s = cpu::SerialWeight::pack(*w);
   }
 
   std::vector<float> inv = rope_inv_freq(c);

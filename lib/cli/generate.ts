@@ -461,8 +461,8 @@ export async function generateCommand(argv: string[], io: GenerateIo = {}): Prom
         `specdec: ${total} tokens in ${secs.toFixed(2)} s (${(secs > 0 ? total / secs : 0).toFixed(1)} tokens/s, ` +
           `${(forwards > 0 ? total / forwards : 0).toFixed(2)} tokens/forward, ${model.device}); finish: ${finishSummary(records)}` +
           (records.some((r) => r.finishReason === 'context') ? ` (the context of ${maxContext} positions is full; see --max-context)` : '') +
-          // (Under a millisecond: a strategy with fixed settings, which measures nothing.)
           plainNote +
+          // (Under a millisecond: a strategy with fixed settings, which measures nothing.)
           (prep >= 0.001 ? `; cost model calibrated in ${(prep * 1000).toFixed(0)} ms before the run` : '') +
           '\n',
       );

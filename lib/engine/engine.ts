@@ -14,7 +14,7 @@ import { codedError } from '../errors';
 import type { CausalLM } from '../models/causal_lm';
 import { native } from '../native';
 import { knownForwardCost } from '../cost_model';
-import { lastStep, SpecEngine, StatsAcc, type EngineSequence, type PhaseTimes, type StepPart } from '../spec_engine';
+import { SpecEngine, StatsAcc, type EngineSequence, type PhaseTimes, type StepPart } from '../spec_engine';
 import { abortError, isSampling } from '../step_helpers';
 import type { SamplingConfig, SeqRng, Speculator } from '../strategies/speculator';
 import { streamGeneration } from './generation';
@@ -437,7 +437,8 @@ export class Engine {
               this.recover(step.reqs, e);
             }
             if (emitted) this.endStep(step, emitted);
-            if (emitted && sample && lastStep.speculative) spec = lastStep.seconds;
+            const last = step.parts[0]?.engine.lastStep;
+            if (emitted && sample && last?.speculative) spec = last.seconds;
           }
           this.reap();
         } finally {

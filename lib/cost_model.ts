@@ -184,12 +184,21 @@ export class ForwardCost {
   }
 
   /**
-   * Overhead samples skipped at first (per curve, so per model): a process's first speculative steps
-   * run cold (code not yet optimized, caches cold) at up to 10x a warm step's overhead, and a plain
-   * choice probes too rarely for many more samples to replace them. Until OVERHEAD_MIN_SAMPLES warm
-   * samples exist the overhead counts as 0, so early steps explore rather than settle on plain.
+   * Speculative steps whose samples are skipped at first (per curve, so per model): a process's first
+   * speculative steps run cold (code not yet optimized, caches cold) at up to 10x a warm step's
+   * overhead, and a plain choice probes too rarely for many more samples to replace them. Until
+   * OVERHEAD_MIN_SAMPLES warm samples exist the overhead counts as 0, so early steps explore rather
+   * than settle on plain; the steps' forwards (observeStep) are skipped alike (the calibration
+   * stands for them). (Measured on the embedded family, 2026-12-06: Medusa's steps stay 2-3x their
+   * warm overhead for ~80 steps, but skipping 64 made the sized draft model explore at 0.81x of
+   * plain through a whole benchmark; 8 it is.)
    */
   static readonly OVERHEAD_WARMUP = 8;
+
+  /** Whether stepOverhead holds measured overhead (OVERHEAD_MIN_SAMPLES warm in-step samples), not only the prior. */
+  get overheadMeasured(): boolean {
+    return this.overhead.count >= ForwardCost.OVERHEAD_MIN_SAMPLES;
+  }
   static readonly OVERHEAD_MIN_SAMPLES = 4;
   /** A fixed part of the step overhead (synthetic curves: fromFunction's stepOverhead). */
   private overheadPrior = 0;
@@ -238,6 +247,14 @@ export class ForwardCost {
     (this.ts[at] as RecentTimes).add(scaled);
     this.stale = true;
     this.observations++;
+  }
+
+  /**
+   * Takes in a speculative step's forward of n tokens (observe), once the curve's first
+   * OVERHEAD_WARMUP speculative steps (counted by observeOverhead) are behind it.
+   */
+  observeStep(n: number, seconds: number): void {
+    if (this.overheadSeen >= ForwardCost.OVERHEAD_WARMUP) this.observe(n, seconds);
   }
 
   /** Takes in a speculative step's time after its forward (seconds): verification, commit, update. */

@@ -358,7 +358,9 @@ export class SpecEngine {
       const tTarget = performance.now();
       // The measured forward refines the model's cost curve (tree sizing reads it).
       const cost = knownForwardCost(model);
-      cost?.observe(out.indptr[inputs.length] as number, (tTarget - tDraft) / 1000);
+      const nodes = out.indptr[inputs.length] as number;
+      const trees = nodes > inputs.length;
+      if (trees) cost?.observeStep(nodes, (tTarget - tDraft) / 1000);
       throwIfAborted(signal);
 
       // Verification per part, on the part's rows of the forward; several parts in one native call
@@ -431,10 +433,13 @@ export class SpecEngine {
       }
       const tEnd = performance.now();
       // What the step costs beside its forward and the speculator's proposal (verification, commit,
-      // the speculator's update): the cost model adds it to every speculative step it prices.
-      cost?.observeOverhead((tEnd - tTarget) / 1000);
+      // the speculator's update): the cost model adds it to every speculative step it prices. Only
+      // steps that verified a tree count: a step of lone roots outside a chain is a plain step with
+      // a strategy's extra work around it (Medusa's heads before a probe, a re-plan), and its
+      // samples priced tree steps 50-70% above what they cost.
+      if (trees) cost?.observeOverhead((tEnd - tTarget) / 1000);
       for (const p of live) {
-        p.engine.lastStep.speculative = true;
+        p.engine.lastStep.speculative = trees;
         p.engine.lastStep.seconds = (tEnd - t0) / 1000;
       }
       addPhases(live, t0, tDraft, tTarget, tVerify, tCommit, tEnd);

@@ -122,7 +122,7 @@ function nativeInput(input: VerifyInput): SpecdecNative.NativeVerifyInput {
   if (input.argmaxOf !== undefined) args.argmaxOf = input.argmaxOf;
   if (input.headsOnAccepted !== undefined) {
     const h = input.headsOnAccepted;
-    args.medusa = { hidden: h.hidden, heads: h.heads.map((x) => ({ w: x.w, b: x.b, lmHead: x.lmHead })), k: h.k };
+    args.medusa = { hidden: h.hidden, heads: Array.isArray(h.heads) ? h.heads.map((x) => ({ w: x.w, b: x.b, lmHead: x.lmHead })) : h.heads, k: h.k };
   }
   if (input.staged !== undefined) args.staged = input.staged as unknown as SpecdecNative.StagedVerifyHandle;
   if (input.stagedPart !== undefined) args.stagedPart = input.stagedPart;

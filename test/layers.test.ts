@@ -109,6 +109,16 @@ function layerSuite(device: Device, seed: number): void {
         assertClose(xi.toFloat32(), want, tol, `rmsnorm in place ${dt}`);
       });
     }
+    it('each row of a batch has the bits it has alone (rows summed four at a time)', () => {
+      const N = 9, H = 131, eps = 1e-6;
+      const x = randomArray(N * H, rand, -3, 3);
+      const wt = t(randomArray(H, rand, 0.5, 1.5), 'bf16', [H]);
+      const all = rmsnorm(t(x, 'f32', [N, H]), wt, eps).toFloat32();
+      for (let n = 0; n < N; n++) {
+        const one = rmsnorm(t(x.subarray(n * H, (n + 1) * H), 'f32', [1, H]), wt, eps).toFloat32();
+        assert.deepStrictEqual(all.subarray(n * H, (n + 1) * H), one, `row ${n}`);
+      }
+    });
     it('rejects a mismatched weight and a bad eps', () => {
       const x = t(randomArray(6, rand), 'f32', [2, 3]);
       assertThrowsCode(() => rmsnorm(x, t(randomArray(4, rand), 'f32', [4]), 1e-5), 'E_ARG', /w: expected shape \[3\]/);
@@ -272,6 +282,38 @@ function layerSuite(device: Device, seed: number): void {
       const xt = t(x, 'f32', [N, heads, D]);
       rope(xt, t(pos, 'i32', [N]), t(invFreq, 'f32', [half]));
       assertClose(xt.toFloat32(), want, () => 2e-6, 'rope');
+    });
+    it('the cos / sin table a call keeps for the next follows the positions, frequencies and scale it is given', () => {
+      // (cpu/layers.cc reuses the last call's table while these are the same values: a forward's layers.)
+      const N = 4, heads = 2, D = 8, half = D / 2;
+      const x = randomArray(N * heads * D, rand, -2, 2);
+      const ref = (pos: Int32Array, inv: Float32Array): Float64Array => {
+        const want = new Float64Array(N * heads * D);
+        for (let n = 0; n < N; n++)
+          for (let h = 0; h < heads; h++)
+            for (let d = 0; d < D; d++) {
+              const q = x.subarray((n * heads + h) * D, (n * heads + h + 1) * D);
+              const a = Math.fround(pos[n]! * inv[d % half]!);
+              want[(n * heads + h) * D + d] = q[d]! * Math.cos(a) + (d < half ? -q[d + half]! : q[d - half]!) * Math.sin(a);
+            }
+        return want;
+      };
+      const run = (pos: Int32Array, inv: Float32Array): Float32Array => {
+        const xt = t(x, 'f32', [N, heads, D]);
+        const p = t(pos, 'i32', [N]);
+        const f = t(inv, 'f32', [half]);
+        rope(xt, p, f);
+        const out = xt.toFloat32();
+        for (const y of [xt, p, f]) y.dispose();
+        return out;
+      };
+      const posA = Int32Array.of(3, 4, 5, 6), posB = Int32Array.of(3, 4, 5, 7);
+      const f1 = ropeInvFreq(D, 10000), f2 = ropeInvFreq(D, 500000);
+      const first = run(posA, f1);
+      assertClose(first, ref(posA, f1), () => 2e-6, 'A, f1');
+      assertClose(run(posB, f1), ref(posB, f1), () => 2e-6, 'B, f1 (one position differs)');
+      assertClose(run(posA, f2), ref(posA, f2), () => 2e-6, 'A, f2 (other frequencies)');
+      assert.deepStrictEqual(run(posA, f1), first, 'A, f1 again: the same bits');
     });
     it('rejects an odd head dim and mismatched positions / inv_freq', () => {
       assertThrowsCode(() => rope(t(randomArray(9, rand), 'f32', [1, 1, 9]), t(Int32Array.from([0]), 'i32', [1]), t(randomArray(4, rand), 'f32', [4])), 'E_ARG', /head dim must be even/);

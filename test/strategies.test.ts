@@ -9,7 +9,9 @@ import * as fs from 'fs';
 import { parseStrategyFlags, speculatorFactory, strategyHook } from '../lib/cli/strategy_flags';
 import { SpeculativeDecoder } from '../lib/decoder';
 import type { CausalLM } from '../lib/models/causal_lm';
+import { addInplace, matmul, siluInplace } from '../lib/layers';
 import { LlamaModel } from '../lib/models/llama';
+import { native } from '../lib/native';
 import { plainGenerate } from '../lib/plain';
 import { DraftModelSpeculator, KEPT_TRACES } from '../lib/strategies/draft_model';
 import { HybridSpeculator } from '../lib/strategies/hybrid';
@@ -17,6 +19,9 @@ import { LookaheadSpeculator, lookaheadLayout, lookaheadMask, NgramPool } from '
 import { MedusaHeads, MedusaSpeculator } from '../lib/strategies/medusa';
 import { PromptLookupSpeculator, promptLookup } from '../lib/strategies/prompt_lookup';
 import type { Speculator } from '../lib/strategies/speculator';
+import { openSafetensors } from '../lib/safetensors';
+import { topK } from '../lib/sampling';
+import { Tensor } from '../lib/tensor';
 import { maskBit, medusaChain } from '../lib/tree';
 import { makeCheckpoint, makePaddedVocabPair, specByName, type CheckpointSpec } from './fixtures/checkpoints';
 import { writeMedusaHeads } from './fixtures/medusa_heads';
@@ -355,6 +360,48 @@ describe('Medusa heads (FasterDecoding layout)', () => {
     const bad = writeMedusaHeads({ numHeads: 2, numLayers: 1, hiddenSize: 8, vocabSize: 12 });
     fs.writeFileSync(`${bad}/config.json`, JSON.stringify({ medusa_num_heads: 0, medusa_num_layers: 1 }));
     assertThrowsCode(() => MedusaHeads.load(bad, { device: 'cpu' }), 'E_FORMAT', /medusa_num_heads/);
+  });
+
+  it('are held natively: one set per head count, small weights packed once for the k-serial kernel, released on dispose', () => {
+    const dir = writeMedusaHeads({ numHeads: 3, numLayers: 1, hiddenSize: 16, vocabSize: 20, seed: testSeed });
+    const heads = MedusaHeads.load(dir, { device: 'cpu' });
+    const b = native();
+    const set = heads.weights();
+    assert.strictEqual(heads.weights(3), set);
+    assert.strictEqual(heads.weights(2), heads.weights(2), 'one set per count');
+    assert.notStrictEqual(heads.weights(2), set);
+    assertThrowsCode(() => heads.weights(0), 'E_ARG', /numHeads must be an integer in 1\.\.3/);
+    assertThrowsCode(() => heads.weights(4), 'E_ARG', /numHeads/);
+    // Packed unless SPECDEC_CPU_SERIAL=0 (the model runner's rule: small CPU weights).
+    const packed = process.env['SPECDEC_CPU_SERIAL'] !== '0';
+    const packs = b.medusaHeadSetPacks(set);
+    assert.strictEqual(packs.length, 3);
+    assert.ok(packs.every((p) => p.ws.length === 1 && (p.ws[0] !== null) === packed && (p.lmHead !== null) === packed), 'every weight packed, or none');
+    // apply() runs the packs too: its logits' top-k are the set's candidates; the unpacked weights
+    // (the array form, the lane kernel) give the same logits up to rounding.
+    const r = rng(testSeed + 5);
+    const x = Tensor.fromArray(Float32Array.from({ length: 2 * 16 }, () => 2 * r() - 1), 'f32', [2, 16]);
+    const ids = heads.topKIds(x, 3);
+    assert.deepStrictEqual(Array.from(b.medusaTopK(x, set, 3)), Array.from(ids));
+    const f = openSafetensors(`${dir}/medusa_lm_head.safetensors`);
+    const logits = heads.apply(x);
+    for (let h = 0; h < 3; h++) {
+      const top = topK(logits[h]!, 3);
+      assert.deepStrictEqual(Array.from(top.ids.toInt32()), Array.from(ids.subarray(h * 6, (h + 1) * 6)), `head ${h}`);
+      const [w, bias, lm] = [f.load(`${h}.0.linear.weight`), f.load(`${h}.0.linear.bias`), f.load(`${h}.1.weight`)];
+      const y = matmul(x, w, bias);
+      siluInplace(y);
+      addInplace(y, x);
+      const unpacked = matmul(y, lm).toFloat32();
+      const got = logits[h]!.toFloat32();
+      assert.ok(got.every((v, i) => Math.abs(v - unpacked[i]!) <= 1e-5 * (1 + Math.abs(v))), `head ${h}: packed and unpacked logits agree`);
+      for (const t of [top.ids, top.values, w, bias, lm, y, logits[h]!]) t.dispose();
+    }
+    f.close();
+    heads.dispose();
+    assertThrowsCode(() => b.medusaTopK(x, set, 3), 'E_DISPOSED', /Medusa heads were disposed/);
+    assertThrowsCode(() => b.medusaTopK(x, b.layerPackSerial(x)! as unknown as SpecdecNative.NativeMedusaHeadSet, 3), 'E_ARG', /heads/);
+    x.dispose();
   });
 
   it('compute x + SiLU(W x + b) per layer, then the head LM head (float64 reference)', () => {

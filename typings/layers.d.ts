@@ -35,6 +35,11 @@ declare namespace SpecdecNative {
     lmHead: Tensor;
   }
 
+  /** Medusa heads held natively (medusaHeadSet; opaque): parsed, and their small weights packed, once. */
+  interface NativeMedusaHeadSet {
+    readonly __medusaHeadSet: unique symbol;
+  }
+
   /** An EAGLE head's tensors for eagleWeights (cpp/model/eagle.h); optional ones undefined. */
   interface NativeEagleSpec {
     version: 1 | 3;
@@ -78,7 +83,17 @@ declare namespace SpecdecNative {
     /** The EAGLE draft layers in one call: h f32 [N, H] (cpp/model/eagle.h). */
     eagleForward?(weights: NativeEagleWeights, embed: Tensor, kvLayers: Tensor[], batch: unknown, ids: Int32Array, positions: Int32Array, features: Tensor[], fromTarget: boolean): Tensor;
     /** Fused Medusa heads: ResBlocks + LM head + top-k per head; ids [heads * R * k] (cpp/model/medusa.h). */
-    medusaTopK(x: Tensor, heads: readonly NativeMedusaHead[], k: number): Int32Array;
+    medusaTopK(x: Tensor, heads: readonly NativeMedusaHead[] | NativeMedusaHeadSet, k: number): Int32Array;
+    /**
+     * A handle over Medusa heads (cpp/napi/medusa_napi.cc): from arrays, the heads with their small CPU
+     * weights packed for the k-serial kernel (cpp/model/medusa.h, pack_medusa_heads); from a set, its
+     * first `count` heads (the same tensors and packs).
+     */
+    medusaHeadSet(heads: readonly NativeMedusaHead[] | NativeMedusaHeadSet, count?: number): NativeMedusaHeadSet;
+    /** The packs a set's calls use, per head (null where a weight is not packed). */
+    medusaHeadSetPacks(set: NativeMedusaHeadSet): { ws: (SerialWeight | null)[]; lmHead: SerialWeight | null }[];
+    /** Drops the set's references to its tensors and packs (a later use is an E_DISPOSED). */
+    medusaHeadSetRelease(set: NativeMedusaHeadSet): void;
     /** out[n] = table[ids[n]] as f32. E_ARG names a bad id and the vocabulary size. */
     layerEmbedding(table: Tensor, ids: Tensor, out?: Tensor): Tensor;
     /** out = x / sqrt(mean(x^2) + eps) * w (out may be x). */

@@ -86,31 +86,74 @@ void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) {
   to_f32_row(w.dtype(), w.data(), 0, H, wf);
   const float* xp = x.ptr<float>();
   float* op = out.ptr<float>();
-  for (int64_t n = 0; n < N; ++n) {
-    const float* xr = xp + n * H;
-    float* orow = op + n * H;
-    // Mean of squares in double: cheap here and makes the CPU reference the accurate side.
-    double ss = 0.0;
-    for (int64_t h = 0; h < H; ++h) ss += static_cast<double>(xr[h]) * xr[h];
-    float inv = static_cast<float>(1.0 / std::sqrt(ss / static_cast<double>(H) + static_cast<double>(eps)));
-    for (int64_t h = 0; h < H; ++h) orow[h] = xr[h] * inv * wf[h];
+  // Mean of squares in double, each row one sum in h order: cheap here and makes the CPU reference
+  // the accurate side. Four rows' sums run side by side (a double add's latency bounds one sum;
+  // four independent chains hide it), each row's arithmetic unchanged.
+  constexpr int64_t kRows = 4;
+  for (int64_t n0 = 0; n0 < N; n0 += kRows) {
+    const int64_t R = std::min(kRows, N - n0);
+    double ss[kRows] = {0.0, 0.0, 0.0, 0.0};
+    if (R == kRows) {
+      const float* x0 = xp + n0 * H;
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t r = 0; r < kRows; ++r) ss[r] += static_cast<double>(x0[r * H + h]) * x0[r * H + h];
+    } else {
+      for (int64_t r = 0; r < R; ++r) {
+        const float* xr = xp + (n0 + r) * H;
+        for (int64_t h = 0; h < H; ++h) ss[r] += static_cast<double>(xr[h]) * xr[h];
+      }
+    }
+    for (int64_t r = 0; r < R; ++r) {
+      const float* xr = xp + (n0 + r) * H;
+      float* orow = op + (n0 + r) * H;
+      const float inv = static_cast<float>(1.0 / std::sqrt(ss[r] / static_cast<double>(H) + static_cast<double>(eps)));
+      for (int64_t h = 0; h < H; ++h) orow[h] = xr[h] * inv * wf[h];
+    }
   }
 }
+
+// cos and sin (times scale) of every (position, frequency) of a forward: [N][half] each. A forward
+// rotates q and k in every layer at the same positions, so the table of the last call is kept (per
+// thread) and reused while positions, frequencies and scale are the same values: the same
+// std::cos / std::sin of the same angles, so the same bits, computed once a forward instead of twice
+// a layer (~2% of a small model's token).
+struct RopeTable {
+  std::vector<int32_t> pos;
+  std::vector<float> freq;
+  float scale = 0.f;
+  std::vector<float> c, s;
+
+  const RopeTable& get(const int32_t* p, int64_t n, const float* f, int64_t half, float sc) {
+    const bool same = static_cast<int64_t>(pos.size()) == n && static_cast<int64_t>(freq.size()) == half &&
+                      std::memcmp(&scale, &sc, sizeof sc) == 0 &&
+                      (n == 0 || std::memcmp(pos.data(), p, static_cast<size_t>(n) * sizeof *p) == 0) &&
+                      (half == 0 || std::memcmp(freq.data(), f, static_cast<size_t>(half) * sizeof *f) == 0);
+    if (same) return *this;
+    pos.assign(p, p + n);
+    freq.assign(f, f + half);
+    scale = sc;
+    c.resize(static_cast<size_t>(n * half));
+    s.resize(static_cast<size_t>(n * half));
+    for (int64_t r = 0; r < n; ++r) {
+      for (int64_t i = 0; i < half; ++i) {
+        const float angle = static_cast<float>(p[r]) * f[i];  // in f32, as HF does
+        c[r * half + i] = std::cos(angle) * sc;  // HF: cos and sin times the attention factor (exact for 1)
+        s[r * half + i] = std::sin(angle) * sc;
+      }
+    }
+    return *this;
+  }
+};
 
 void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq, float scale) {
   // The first 2 x half values of each head rotate (partial rotary: half < D / 2), the rest stay.
   const int64_t N = x.size(0), heads = x.size(1), D = x.size(2), half = inv_freq.size(0);
-  const int32_t* pos = positions.ptr<int32_t>();
-  const float* f = inv_freq.ptr<float>();
+  thread_local RopeTable table;
+  const RopeTable& t = table.get(positions.ptr<int32_t>(), N, inv_freq.ptr<float>(), half, scale);
   float* xp = x.ptr<float>();
-  float* c = scratch_floats(0, half);
-  float* s = scratch_floats(1, half);
   for (int64_t n = 0; n < N; ++n) {
-    for (int64_t i = 0; i < half; ++i) {
-      float angle = static_cast<float>(pos[n]) * f[i];  // in f32, as HF does
-      c[i] = std::cos(angle) * scale;  // HF: cos and sin times the attention factor (exact for 1)
-      s[i] = std::sin(angle) * scale;
-    }
+    const float* c = t.c.data() + n * half;
+    const float* s = t.s.data() + n * half;
     for (int64_t h = 0; h < heads; ++h) {
       float* v = xp + (n * heads + h) * D;
       for (int64_t i = 0; i < half; ++i) {

@@ -34,14 +34,30 @@ void medusa_top_k_into(const std::vector<MedusaHead>& heads, const Tensor& x, in
     for (size_t l = 0; l < head.w.size(); ++l) {
       // ResBlock: y = cur + SiLU(W cur + b), ping-ponging between a and t (x is shared by all heads).
       Tensor& y = (cur == &a) ? t : a;
-      ops::matmul(*cur, head.w[l], head.b[l], y);
+      ops::matmul(*cur, head.w[l], head.b[l], y, l < head.ws.size() ? head.ws[l].get() : nullptr);
       ops::silu_inplace(y);
       ops::add_inplace(y, *cur);
       cur = &y;
     }
-    ops::matmul(*cur, head.lm_head, Tensor(), logits);
+    ops::matmul(*cur, head.lm_head, Tensor(), logits, head.lm_s.get());
     Tensor out = ids.rows(h * R, (h + 1) * R);
     ops::top_k(logits, k, vals, out);
+  }
+}
+
+void pack_medusa_heads(std::vector<MedusaHead>& heads) {
+  if (!cpu::SerialWeight::enabled()) return;
+  size_t packable = 0;
+  for (const MedusaHead& h : heads) {
+    for (const Tensor& w : h.w)
+      if (cpu::SerialWeight::eligible(w)) packable += w.nbytes();
+    if (cpu::SerialWeight::eligible(h.lm_head)) packable += h.lm_head.nbytes();
+  }
+  if (packable == 0 || packable > cpu::SerialWeight::kMaxModelBytes) return;
+  for (MedusaHead& h : heads) {
+    h.ws.assign(h.w.size(), nullptr);
+    for (size_t l = 0; l < h.w.size(); ++l) h.ws[l] = cpu::SerialWeight::pack_if_eligible(h.w[l]);
+    h.lm_s = cpu::SerialWeight::pack_if_eligible(h.lm_head);
   }
 }
 

@@ -3,16 +3,27 @@
 // candidate ids leave the device (one read), instead of R x heads logits rows crossing into JS.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "../core/tensor.h"
+#include "../cpu/matmul_serial.h"
 
 namespace specdec {
 
 struct MedusaHead {
   std::vector<Tensor> w, b;  // ResBlock l: w[l] [H, H], b[l] [H]
   Tensor lm_head;            // [V, H]
+  // k-serial packs (cpu/matmul_serial.h) of w[l] and lm_head, or empty / null: pack_medusa_heads.
+  std::vector<std::shared_ptr<const cpu::SerialWeight>> ws;
+  std::shared_ptr<const cpu::SerialWeight> lm_s;
 };
+
+// Packs the heads' small CPU weights for the k-serial kernel, by the model runner's rule (each
+// eligible weight, when together they come to at most SerialWeight::kMaxModelBytes and
+// SPECDEC_CPU_SERIAL is not 0); the others keep the lane kernel. Every later call uses the packs
+// (another order than the lane kernel: a head set is packed once, when it is made).
+void pack_medusa_heads(std::vector<MedusaHead>& heads);
 
 // ids[(h * R + r) * k + j] = the j-th most likely token of head h for row r (ties: lower index),
 // for heads h < heads.size(). x: f32 [R, H] on the heads' device.

@@ -50,21 +50,12 @@ Napi::Value Rmsnorm(const Napi::CallbackInfo& info) {
   });
 }
 
-using SerialHandle = std::shared_ptr<const cpu::SerialWeight>;
-// Tags the packs' externals: any other external passed as `serial` is an E_ARG, not a bad cast.
-constexpr napi_type_tag kSerialTag = {0x5e7a11b0c4d2e9f1ull, 0x8a61d3c0f25b47e9ull};
-
 // layerPackSerial(w) -> an opaque pack of w for the k-serial kernel (cpu/matmul_serial.h), or null
 // when w does not qualify (not a small 2-D CPU float weight).
 Napi::Value PackSerial(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
     Tensor w = tensor_arg(info[0], "w");
-    SerialHandle s = cpu::SerialWeight::pack_if_eligible(w);
-    if (!s) return info.Env().Null();
-    auto ext = Napi::External<SerialHandle>::New(info.Env(), new SerialHandle(std::move(s)),
-                                                 [](Napi::Env, SerialHandle* h) { delete h; });
-    ext.TypeTag(&kSerialTag);
-    return ext;
+    return wrap_serial(info.Env(), cpu::SerialWeight::pack_if_eligible(w));
   });
 }
 
@@ -74,12 +65,7 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
     Tensor x = tensor_arg(info[0], "x");
     Tensor w = tensor_arg(info[1], "w");
     Tensor bias = optional_tensor_arg(info[2], "bias");
-    const cpu::SerialWeight* serial = nullptr;
-    if (info.Length() > 4 && !info[4].IsUndefined() && !info[4].IsNull()) {
-      SPECDEC_CHECK(info[4].IsExternal() && info[4].As<Napi::External<SerialHandle>>().CheckTypeTag(&kSerialTag), "E_ARG",
-                    "serial: expected a pack from packSerialWeight()");
-      serial = info[4].As<Napi::External<SerialHandle>>().Data()->get();
-    }
+    const cpu::SerialWeight* serial = info.Length() > 4 ? serial_arg(info[4], "serial") : nullptr;
     Tensor out;
     Napi::Value r = out_or_new(info.Env(), info[3], {dim_or0(x, 0), dim_or0(w, 0)}, x.device(), &out);
     ops::matmul(x, w, bias, out, serial);

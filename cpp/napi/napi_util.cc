@@ -258,8 +258,27 @@ std::vector<Tensor> tensor_list_arg(const Napi::Value& v, const char* name) {
   return out;
 }
 
+Napi::Value wrap_serial(Napi::Env env, SerialHandle s) {
+  if (!s) return env.Null();
+  auto ext = Napi::External<SerialHandle>::New(env, new SerialHandle(std::move(s)), [](Napi::Env, SerialHandle* h) { delete h; });
+  ext.TypeTag(&kSerialTag);
+  return ext;
+}
+
+const cpu::SerialWeight* serial_arg(const Napi::Value& v, const char* name) {
+  if (v.IsUndefined() || v.IsNull()) return nullptr;
+  SPECDEC_CHECK(v.IsExternal() && v.As<Napi::External<SerialHandle>>().CheckTypeTag(&kSerialTag), "E_ARG", name,
+                ": expected a pack from packSerialWeight()");
+  return v.As<Napi::External<SerialHandle>>().Data()->get();
+}
+
 std::vector<MedusaHead> medusa_heads_arg(const Napi::Value& v) {
-  SPECDEC_CHECK(v.IsArray(), "E_ARG", "heads: expected an array");
+  if (v.IsExternal()) {
+    const auto set = handle_arg<MedusaHeadSet>(v, "heads", "Medusa heads (medusaHeadSet)");
+    SPECDEC_CHECK(set && !set->heads.empty(), "E_DISPOSED", "heads: the Medusa heads were disposed");
+    return set->heads;
+  }
+  SPECDEC_CHECK(v.IsArray(), "E_ARG", "heads: expected an array or a medusaHeadSet handle");
   Napi::Array hs = v.As<Napi::Array>();
   std::vector<MedusaHead> heads(hs.Length());
   for (uint32_t h = 0; h < hs.Length(); ++h) {

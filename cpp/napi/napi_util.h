@@ -83,7 +83,22 @@ Tensor tensor_arg(const Napi::Value& v, const char* name);
 // { temperature, topK, topP, minP } (absent fields and undefined keep the defaults); checked by the ops.
 SamplingParams sampling_params_arg(const Napi::Value& v);
 // [{ w: Tensor[], b: Tensor[], lmHead }] (the fused Medusa heads, cpp/model/medusa.h).
+// Medusa heads held natively (medusaHeadSet): parsed and packed once rather than on every call.
+// Empty once released (medusaHeadSetRelease).
+struct MedusaHeadSet {
+  std::vector<MedusaHead> heads;
+};
+// heads: a MedusaHeadSet handle, or { w: Tensor[], b: Tensor[], lmHead: Tensor }[] (parsed per
+// call, never packed).
 std::vector<MedusaHead> medusa_heads_arg(const Napi::Value& v);
+
+// A k-serial weight pack (cpu/matmul_serial.h) as JS sees it: an External tagged kSerialTag (any
+// other external passed as a pack is an E_ARG, not a bad cast). wrap_serial: null for a null pack.
+using SerialHandle = std::shared_ptr<const cpu::SerialWeight>;
+inline constexpr napi_type_tag kSerialTag = {0x5e7a11b0c4d2e9f1ull, 0x8a61d3c0f25b47e9ull};
+Napi::Value wrap_serial(Napi::Env env, SerialHandle s);
+// The pack of an External made by wrap_serial; null for undefined / null.
+const cpu::SerialWeight* serial_arg(const Napi::Value& v, const char* name);
 Tensor optional_tensor_arg(const Napi::Value& v, const char* name);  // undefined/null -> undefined tensor
 std::vector<Tensor> tensor_list_arg(const Napi::Value& v, const char* name);  // Tensor[]; E_ARG names name[i]
 // A PagedBatch handle (KvCache.plan / pagedBatch; cpp/napi/kv_napi.cc). E_ARG / E_DISPOSED.

@@ -21,7 +21,7 @@ import { addInplace, matmul, siluInplace } from '../layers';
 import type { CausalLM, ForwardOutput } from '../models/causal_lm';
 import { native } from '../native';
 import { openSafetensors } from '../safetensors';
-import type { Device, Tensor } from '../tensor';
+import { Tensor, type Device } from '../tensor';
 import { loneRoot, MC_SIM_7B_63, MEDUSA_PRESETS, medusaTree, medusaTreeShape, pruneTree, type MedusaChoices, type MedusaTreeShape } from '../tree';
 import { backedOffProbeInterval, chooseSubtree, PROBE_AFTER_PLAIN_STEPS, RankRates, selectNodes, sizingCost, stepCost, treeProbabilities } from '../tree_sizing';
 import {
@@ -38,6 +38,8 @@ import {
 /** Steps a sized Medusa choice is used for before it is recomputed (a plain one: PLAIN_PLAN_USES). */
 const PLAN_USES = 8;
 const PLAIN_PLAN_USES = 32;
+/** Untimed runs of the heads before their calibration's timed ones at most (first-call costs; 12 us -> 33 us cold). */
+const HEADS_WARMUP = 64;
 
 export interface MedusaConfig {
   readonly numHeads: number;
@@ -56,11 +58,22 @@ interface HeadWeights {
 export class MedusaHeads {
   private disposed = false;
 
+  /** The heads held natively, parsed and packed once (all heads; sets of fewer heads share it). */
+  private readonly set: SpecdecNative.NativeMedusaHeadSet;
+  private readonly sets = new Map<number, SpecdecNative.NativeMedusaHeadSet>();
+  /** The k-serial packs the set's calls use (apply() uses the same, for the same bits). */
+  private readonly packs: { ws: (SpecdecNative.SerialWeight | null)[]; lmHead: SpecdecNative.SerialWeight | null }[];
+
   private constructor(
     readonly config: MedusaConfig,
     private readonly heads: HeadWeights[],
     readonly device: Device,
-  ) {}
+  ) {
+    const b = native();
+    this.set = b.medusaHeadSet(heads.map((h) => ({ w: h.blocks.map((bl) => bl.w), b: h.blocks.map((bl) => bl.b), lmHead: h.lmHead })));
+    this.sets.set(heads.length, this.set);
+    this.packs = b.medusaHeadSetPacks(this.set);
+  }
 
   /**
    * Loads a FasterDecoding-layout directory; E_IO / E_FORMAT naming the file on problems.
@@ -145,16 +158,17 @@ export class MedusaHeads {
     try {
       for (let h = 0; h < numHeads; h++) {
         const head = this.heads[h] as HeadWeights;
+        const packs = this.packs[h];
         let cur = x;
-        for (const { w, b } of head.blocks) {
+        for (const [l, { w, b }] of head.blocks.entries()) {
           // ResBlock: cur + silu(W cur + b), into a fresh tensor (x is shared by all heads).
-          const y = matmul(cur, w, b);
+          const y = matmul(cur, w, b, undefined, packs?.ws[l] ?? undefined);
           siluInplace(y);
           addInplace(y, cur);
           if (cur !== x) cur.dispose();
           cur = y;
         }
-        out.push(matmul(cur, head.lmHead));
+        out.push(matmul(cur, head.lmHead, undefined, undefined, packs?.lmHead ?? undefined));
         if (cur !== x) cur.dispose();
       }
       return out;
@@ -173,15 +187,30 @@ export class MedusaHeads {
     return native().medusaTopK(x, this.weights(numHeads), k);
   }
 
-  /** The weights of heads 0..numHeads-1 in the native layout (shared, not copied). */
-  weights(numHeads = this.config.numHeads): { w: Tensor[]; b: Tensor[]; lmHead: Tensor }[] {
+  /**
+   * Heads 0..numHeads-1 as one native handle (the same tensors and k-serial packs as every call of
+   * these heads: topKIds, the verification's headsOnAccepted). Made once per count.
+   */
+  weights(numHeads = this.config.numHeads): SpecdecNative.NativeMedusaHeadSet {
     if (this.disposed) throw codedError('E_DISPOSED', 'Medusa heads were disposed');
-    return this.heads.slice(0, numHeads).map((h) => ({ w: h.blocks.map((bl) => bl.w), b: h.blocks.map((bl) => bl.b), lmHead: h.lmHead }));
+    if (!Number.isInteger(numHeads) || numHeads < 1 || numHeads > this.config.numHeads) {
+      throw codedError('E_ARG', `Medusa heads: numHeads must be an integer in 1..${this.config.numHeads}, got ${numHeads}`);
+    }
+    let s = this.sets.get(numHeads);
+    if (!s) {
+      s = native().medusaHeadSet(this.set, numHeads);
+      this.sets.set(numHeads, s);
+    }
+    return s;
   }
 
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
+    // The native sets' references to the tensors and packs go now, not when the handles are collected.
+    for (const s of this.sets.values()) native().medusaHeadSetRelease(s);
+    this.sets.clear();
+    this.packs.length = 0;
     for (const h of this.heads) {
       for (const { w, b } of h.blocks) {
         w.dispose();
@@ -250,7 +279,7 @@ export class MedusaSpeculator implements Speculator {
   private target: CausalLM | undefined;
   /** depth: heads the kept subtree reads (its deepest node's depth). */
   private planned: { keep: Int32Array; speculate: boolean; batch: number; age: number; depth: number } | undefined;
-  /** The root and the choice tree's first depth-1 node (a probe's tree). */
+  /** The root and the choice tree's rank-0 chain (a probe's tree). */
   private readonly probeKeep: Int32Array;
 
   constructor(opts: MedusaOptions) {
@@ -262,8 +291,18 @@ export class MedusaSpeculator implements Speculator {
         : (opts.choices ?? MC_SIM_7B_63.filter((c) => c.length <= opts.heads.config.numHeads));
     if (!choices) throw codedError('E_ARG', `medusa: unknown choices preset '${String(opts.choices)}' (have ${Object.keys(MEDUSA_PRESETS).join(', ')})`);
     this.shape = medusaTreeShape(choices);
-    const first = this.shape.parents.indexOf(0);
-    this.probeKeep = first > 0 ? Int32Array.of(0, first) : Int32Array.of(0);
+    // The probe: every head's best guess, a chain down the choice tree's rank-0 nodes, so that each
+    // probe is a trial of every head's first rank (with head 0's guess alone the deeper heads' rates
+    // stayed at their priors, and a plan that decoded plainly never learned what they were worth).
+    const probe = [0];
+    for (let at = 0; ; ) {
+      let next = -1;
+      for (let i = at + 1; i < this.shape.parents.length && next < 0; i++) if (this.shape.parents[i] === at && this.shape.rank[i] === 0) next = i;
+      if (next < 0) break;
+      probe.push(next);
+      at = next;
+    }
+    this.probeKeep = Int32Array.from(probe);
     this.sized = opts.choices === undefined;
     if (this.shape.depth > this.heads.config.numHeads) {
       throw codedError('E_ARG', `medusa: the choices are ${this.shape.depth} deep but there are only ${this.heads.config.numHeads} heads`);
@@ -313,9 +352,34 @@ export class MedusaSpeculator implements Speculator {
     await this.prepare();
   }
 
-  /** Sized mode: the target's cost curve (measured once per model). */
+  /** Sized mode: the target's cost curve (measured once per model) and the heads' cost. */
   async prepare(): Promise<void> {
-    if (this.sized && this.target) await forwardCost(this.target);
+    if (!this.sized || !this.target) return;
+    await forwardCost(this.target);
+    if (this.headsSeconds.count === 0) this.calibrateHeads();
+  }
+
+  /**
+   * The heads' cost per sequence, timed on a row of zeros before any is observed. Otherwise the
+   * first samples (the requests' prefills) are all there is while the plan decodes plainly, and they
+   * carry first-call costs: up to 6x the heads' steady cost, enough to rule out every tree.
+   */
+  private calibrateHeads(): void {
+    const x = Tensor.zeros('f32', [1, this.heads.config.hiddenSize], this.heads.device);
+    try {
+      // Warm-up runs up to HEADS_WARMUP or 10 ms (at least 2), then up to a window of timed runs or
+      // 50 ms (at least 3): a tiny model's heads warm up fully, a big model's cost a few runs.
+      const t0 = performance.now();
+      for (let i = 0; i < HEADS_WARMUP && (i < 2 || performance.now() - t0 < 10); i++) this.heads.topKIds(x, this.shape.topK, this.shape.depth);
+      const t1 = performance.now();
+      for (let i = 0; i < RecentTimes.WINDOW && (i < 3 || performance.now() - t1 < 50); i++) {
+        const t = performance.now();
+        this.heads.topKIds(x, this.shape.topK, this.shape.depth);
+        this.headsSeconds.add((performance.now() - t) / 1000);
+      }
+    } finally {
+      x.dispose();
+    }
   }
 
   /** Node probabilities of the choice tree under the current rates. */
@@ -336,7 +400,9 @@ export class MedusaSpeculator implements Speculator {
     // (A plain plan is kept longer: plain steps record nothing, so only the cost curve moves.)
     if (p && p.batch === batch && (use ? p.age++ : p.age) < (p.speculate ? PLAN_USES : PLAIN_PLAN_USES)) return p;
     const prob = this.nodeProbabilities();
-    const heads = this.headsSeconds.value();
+    // The heads' cost is the heads' own until the step overhead is measured: the heads then run in
+    // the verification (headsOnAccepted), inside the overhead measured (counted twice otherwise).
+    const heads = cost.overheadMeasured ? 0 : this.headsSeconds.value();
     const keep = chooseSubtree(this.shape.parents, prob, stepCost(cost, batch)).keep;
     const speculate = chooseSubtree(this.shape.parents, prob, stepCost(cost, batch, (n) => (n > 1 ? heads : 0))).size > 0;
     let depth = 1;
@@ -377,11 +443,11 @@ export class MedusaSpeculator implements Speculator {
         // Heads past the candidates' (a plan recomputed deeper since they ran) stand in with the root:
         // their nodes are cut below.
         const full = medusaTree(this.shape, root, (h, r) => (h < c.length ? (c[h] as Int32Array)[r] as number : root));
-        // A probe (the heads ran after probeAfter plain steps) proposes at least the
-        // first head's best guess, so that it is a trial of the rates and ends the plain run
-        // (with the root alone it ended nothing, and the heads then ran after every step).
+        // A probe (the heads ran after probeAfter plain steps) proposes every head's best guess
+        // (probeKeep), so that it is a trial of the rates and ends the plain run (with the root
+        // alone it ended nothing, and the heads then ran after every step).
         const probe = keep !== undefined && keep.length === 1 && (this.plainRun.get(s.key) ?? 0) >= this.probeAfter;
-        const tree = probe ? selectNodes(full, this.probeKeep) : keep ? selectNodes(full, c.length >= this.shape.depth ? keep : this.within(keep, c.length)) : full;
+        const tree = probe ? selectNodes(full, c.length >= this.shape.depth ? this.probeKeep : this.within(this.probeKeep, c.length)) : keep ? selectNodes(full, c.length >= this.shape.depth ? keep : this.within(keep, c.length)) : full;
         return this.shape.depth > s.maxDepth ? pruneTree(tree, s.maxDepth).tree : tree;
       }),
     };

@@ -94,7 +94,8 @@ export interface StepReport {
 
 /** Heads (Medusa's layout) to run on each sequence's last accepted node, right after verification. */
 export interface HeadsOnAccepted {
-  readonly heads: readonly { readonly w: readonly Tensor[]; readonly b: readonly Tensor[]; readonly lmHead: Tensor }[];
+  /** MedusaHeads.weights(): the native head set (or the heads' tensors, parsed on every call). */
+  readonly heads: SpecdecNative.NativeMedusaHeadSet | readonly { readonly w: readonly Tensor[]; readonly b: readonly Tensor[]; readonly lmHead: Tensor }[];
   readonly k: number;
 }
 

@@ -134,11 +134,43 @@ export class ChainCost {
   }
 }
 
+/**
+ * A step overhead's samples (ForwardCost.stepOverhead): within the step and around it in the
+ * engine's loop, each after ForwardCost.OVERHEAD_WARMUP cold ones; 0 until OVERHEAD_MIN_SAMPLES are in.
+ */
+class OverheadSamples {
+  private readonly within = new RecentTimes();
+  private readonly around = new RecentTimes();
+  seen = 0;
+  private loopSeen = 0;
+
+  inStep(seconds: number): void {
+    if (this.seen++ >= ForwardCost.OVERHEAD_WARMUP) this.within.add(seconds);
+  }
+
+  loop(seconds: number): void {
+    if (this.loopSeen++ >= ForwardCost.OVERHEAD_WARMUP) this.around.add(seconds);
+  }
+
+  measured(): boolean {
+    return this.within.count >= ForwardCost.OVERHEAD_MIN_SAMPLES;
+  }
+
+  value(): number {
+    // (The lower quartile: the least sample, tried 2026-12-06 against the cold samples, priced the
+    // embedded draft model's steps so low under a busy machine's noise that it drafted at 0.83x.)
+    const warm = (t: RecentTimes): number => (t.count >= ForwardCost.OVERHEAD_MIN_SAMPLES ? t.value() : 0);
+    return warm(this.within) + warm(this.around);
+  }
+}
+
 /** A piecewise-linear, non-decreasing cost curve c(n) in seconds, refined by observations. */
 export class ForwardCost {
   private readonly ns: number[];
   private readonly ts: RecentTimes[];
-  private readonly overhead = new RecentTimes();
+  /** Every speculative step's overhead samples, and each speculator's own (stepOverheadOf). */
+  private readonly shared = new OverheadSamples();
+  private readonly owned = new WeakMap<object, OverheadSamples>();
   /** The non-decreasing point values predict() interpolates (recomputed after an observation). */
   private readonly monotone: number[];
   private stale = true;
@@ -179,8 +211,25 @@ export class ForwardCost {
    * 0.89-0.95x of plain.)
    */
   get stepOverhead(): number {
-    const warm = (t: RecentTimes): number => (t.count >= ForwardCost.OVERHEAD_MIN_SAMPLES ? t.value() : 0);
-    return this.overheadPrior + warm(this.overhead) + warm(this.loopOverhead);
+    return this.overheadPrior + this.shared.value();
+  }
+
+  /**
+   * stepOverhead from the steps of one speculator (the SpecEngine's, `owner` of its samples) alone:
+   * what a step costs beside the forward depends on the strategy (its update, what runs inside its
+   * verification, its trees' sizes), and strategies sharing a model (a benchmark's, an application's
+   * decoders) priced each other's steps otherwise -- on the embedded family a 63-node Medusa's and a
+   * 59-node EAGLE's steps made every sized strategy decode plainly. Without an owner, all steps'.
+   */
+  stepOverheadOf(owner: object | undefined): number {
+    if (owner === undefined) return this.stepOverhead;
+    return this.overheadPrior + (this.owned.get(owner)?.value() ?? 0);
+  }
+
+  /** overheadMeasured for one speculator's steps (stepOverheadOf). */
+  overheadMeasuredOf(owner: object | undefined): boolean {
+    if (owner === undefined) return this.overheadMeasured;
+    return this.owned.get(owner)?.measured() ?? false;
   }
 
   /**
@@ -197,13 +246,11 @@ export class ForwardCost {
 
   /** Whether stepOverhead holds measured overhead (OVERHEAD_MIN_SAMPLES warm in-step samples), not only the prior. */
   get overheadMeasured(): boolean {
-    return this.overhead.count >= ForwardCost.OVERHEAD_MIN_SAMPLES;
+    return this.shared.measured();
   }
   static readonly OVERHEAD_MIN_SAMPLES = 4;
   /** A fixed part of the step overhead (synthetic curves: fromFunction's stepOverhead). */
   private overheadPrior = 0;
-  private overheadSeen = 0;
-  private loopSeen = 0;
 
   /** Predicted seconds of a forward over n >= 1 new tokens (linear beyond the last point). */
   predict(n: number): number {
@@ -254,19 +301,30 @@ export class ForwardCost {
    * OVERHEAD_WARMUP speculative steps (counted by observeOverhead) are behind it.
    */
   observeStep(n: number, seconds: number): void {
-    if (this.overheadSeen >= ForwardCost.OVERHEAD_WARMUP) this.observe(n, seconds);
+    if (this.shared.seen >= ForwardCost.OVERHEAD_WARMUP) this.observe(n, seconds);
   }
 
-  /** Takes in a speculative step's time after its forward (seconds): verification, commit, update. */
-  observeOverhead(seconds: number): void {
-    if (!this.frozen && this.overheadSeen++ >= ForwardCost.OVERHEAD_WARMUP) this.overhead.add(seconds);
+  /**
+   * Takes in a speculative step's time after its forward (seconds): verification, commit, update;
+   * `owner`: the speculator whose step it was (also counted among all steps').
+   */
+  observeOverhead(seconds: number, owner?: object): void {
+    if (this.frozen) return;
+    this.shared.inStep(seconds);
+    if (owner !== undefined) this.samplesOf(owner).inStep(seconds);
   }
 
-  private readonly loopOverhead = new RecentTimes();
+  /** Takes in the time the engine's loop spent around a speculative step (seconds) of `owner`'s. */
+  observeLoopOverhead(seconds: number, owner?: object): void {
+    if (this.frozen) return;
+    this.shared.loop(seconds);
+    if (owner !== undefined) this.samplesOf(owner).loop(seconds);
+  }
 
-  /** Takes in the time the engine's loop spent around a speculative step (seconds). */
-  observeLoopOverhead(seconds: number): void {
-    if (!this.frozen && this.loopSeen++ >= ForwardCost.OVERHEAD_WARMUP) this.loopOverhead.add(seconds);
+  private samplesOf(owner: object): OverheadSamples {
+    let o = this.owned.get(owner);
+    if (!o) this.owned.set(owner, (o = new OverheadSamples()));
+    return o;
   }
 
   /** Per batch size: seconds of a plain step run in a native chain (lib/plain_chain.ts), all of it. */

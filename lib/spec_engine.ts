@@ -437,7 +437,7 @@ export class SpecEngine {
       // steps that verified a tree count: a step of lone roots outside a chain is a plain step with
       // a strategy's extra work around it (Medusa's heads before a probe, a re-plan), and its
       // samples priced tree steps 50-70% above what they cost.
-      if (trees) cost?.observeOverhead((tEnd - tTarget) / 1000);
+      if (trees) cost?.observeOverhead((tEnd - tTarget) / 1000, speculator);
       for (const p of live) {
         p.engine.lastStep.speculative = trees;
         p.engine.lastStep.seconds = (tEnd - t0) / 1000;

@@ -139,14 +139,16 @@ export interface SizeChoice {
 /**
  * Seconds of one step that verifies `nodes` tokens (root included) for each of `batch` sequences:
  * the batch's forward and per-step overhead shared by its sequences, plus the speculator's own
- * cost of producing that proposal.
+ * cost of producing that proposal. `owner`: the speculator whose measured step overhead applies
+ * (ForwardCost.stepOverheadOf; every speculator's steps' without).
  */
-export function stepCost(cost: ForwardCost, batch = 1, speculatorCost: (nodes: number) => number = () => 0): (nodes: number) => number {
+export function stepCost(cost: ForwardCost, batch = 1, speculatorCost: (nodes: number) => number = () => 0, owner?: object): (nodes: number) => number {
   const b = Math.max(1, batch);
   // A plain step (one node) is a chained one where chains ran: no return to JavaScript per step.
   const chain = cost.chainStep(b);
+  const overhead = cost.stepOverheadOf(owner);
   return (nodes) => {
-    const step = (cost.predict(b * nodes) + cost.stepOverhead) / b;
+    const step = (cost.predict(b * nodes) + overhead) / b;
     return (nodes === 1 && chain !== undefined ? Math.min(step, chain / b) : step) + speculatorCost(nodes);
   };
 }

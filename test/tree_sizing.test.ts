@@ -174,6 +174,29 @@ describe('cost model: the curve', () => {
     }
   });
 
+  it("each speculator's steps make its own step overhead; all steps' make the shared one", () => {
+    const c = ForwardCost.fromFunction((n) => n * 1e-3);
+    const a = {}, b = {};
+    for (let i = 0; i < ForwardCost.OVERHEAD_WARMUP; i++) {
+      c.observeOverhead(1, a);
+      c.observeOverhead(1, b);
+    }
+    assert.strictEqual(c.stepOverheadOf(a), 0, 'cold samples are skipped per speculator too');
+    for (let i = 0; i < ForwardCost.OVERHEAD_MIN_SAMPLES; i++) {
+      assert.ok(!c.overheadMeasuredOf(a));
+      c.observeOverhead(3e-5, a);
+      c.observeOverhead(2e-4, b);
+    }
+    assert.ok(c.overheadMeasuredOf(a) && c.overheadMeasuredOf(b) && c.overheadMeasured);
+    assert.ok(Math.abs(c.stepOverheadOf(a) - 3e-5) < 1e-12, String(c.stepOverheadOf(a)));
+    assert.ok(Math.abs(c.stepOverheadOf(b) - 2e-4) < 1e-12, String(c.stepOverheadOf(b)));
+    assert.strictEqual(c.stepOverheadOf(undefined), c.stepOverhead);
+    assert.strictEqual(c.stepOverheadOf({}), 0, 'a speculator with no steps yet: 0 (it explores)');
+    // stepCost prices a step with its speculator's overhead.
+    assert.ok(Math.abs(stepCost(c, 1, undefined, a)(3) - (3e-3 + 3e-5)) < 1e-12);
+    assert.ok(Math.abs(stepCost(c, 1, undefined, b)(3) - (3e-3 + 2e-4)) < 1e-12);
+  });
+
   it("measures a chained draft token on a scratch sequence it frees (none without a chain call)", async () => {
     assert.strictEqual(await chainTokenCost(new ToyLM({ vocabSize: V, seed: 1, maxPositions: 64 })), undefined);
     const m = await LlamaModel.load(path.join(__dirname, '..', '..', 'models', 'default', 'draft'), { device: 'cpu' });

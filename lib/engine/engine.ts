@@ -407,7 +407,7 @@ export class Engine {
       let spec: number | undefined;
       while (this.queue.length > 0 || this.live.length > 0) {
         const tIter = performance.now();
-        if (spec !== undefined) knownForwardCost(this.model)?.observeLoopOverhead(Math.max(0, (tIter - iterStart) / 1000 - spec));
+        if (spec !== undefined) knownForwardCost(this.model)?.observeLoopOverhead(Math.max(0, (tIter - iterStart) / 1000 - spec), this.speculator);
         iterStart = tIter;
         spec = undefined;
         // A step boundary: drop finished/aborted, admit, make room, one step of every live request.

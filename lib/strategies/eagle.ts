@@ -845,7 +845,7 @@ export class EagleSpeculator implements Speculator {
     }
     for (const b of drafting) this.state(seqs[b] as SpecSequence).treeDrafted = true;
     const draftSeqs = drafting.map((b) => seqs[b] as SpecSequence);
-    const { trees } = this.draftTrees(draftSeqs, plan.levels, plan.width, cost ? stepCost(cost, seqs.length) : undefined, probing);
+    const { trees } = this.draftTrees(draftSeqs, plan.levels, plan.width, cost ? stepCost(cost, seqs.length, undefined, this) : undefined, probing);
     drafting.forEach((b, i) => {
       const tree = trees[i] as TokenTree;
       proposals[b] = tree;
@@ -866,13 +866,13 @@ export class EagleSpeculator implements Speculator {
     // A tree of depth k (k + 1 nodes at least): the catch-up call (whose last rows give the root's
     // children), then k - 1 expansion calls of `width` rows per sequence.
     const draft = (w: number) => (n: number): number => (n > 1 ? call(batch) + (n - 2) * call(batch * w) : 0);
-    const k = chooseChainLength((i) => this.rates.rate(i), this.depth + 1, stepCost(cost, batch, draft(1))).size;
+    const k = chooseChainLength((i) => this.rates.rate(i), this.depth + 1, stepCost(cost, batch, draft(1), this)).size;
     if (k < 1) return { levels: -1, width: 1 };
     // Wider expansions only where they are nearly free: the step with every node of a w-wide
     // expansion verified (the most the subtree choice can keep) costs at most a tenth more than the
     // chain's. On a GPU the target verifies tens of nodes for the price of one (wide trees); on a
     // CPU each node costs (top-1 chains).
-    const full = (w: number): number => stepCost(cost, batch, draft(w))(Math.min(this.maxNodes, (k - 1) * w + 1) + 1);
+    const full = (w: number): number => stepCost(cost, batch, draft(w), this)(Math.min(this.maxNodes, (k - 1) * w + 1) + 1);
     const chain = full(1);
     let width = 1;
     while (width * 2 <= this.topK && full(width * 2) <= 1.1 * chain) width *= 2;

@@ -306,7 +306,7 @@ export class LookaheadSpeculator implements Speculator {
       prob[i] = d === 1 ? this.firstRates.rate(0, trie.rank[i] as number) : (prob[p] as number) * this.deeperRates.rate(d - 1) * sib;
     }
     const perColumn = (this.windowCredit + 0.2) / (this.windowColumns + 4);
-    const step = stepCost(cost, batch);
+    const step = stepCost(cost, batch, undefined, this);
     let best: { keep: Int32Array; columns: number; tps: number } | undefined;
     for (const w of columns > 0 ? [0, columns] : [0]) {
       // The window's tokens ride along in the same forward; their worth is the tokens harvested n-grams yield later.

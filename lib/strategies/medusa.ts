@@ -268,8 +268,20 @@ export class MedusaSpeculator implements Speculator {
   readonly rates = new RankRates((_d, r) => 0.5 / ((r + 1) * (r + 1)));
   /** Seconds the heads take per step and sequence (recent steps; sized mode). */
   private readonly headsSeconds = new RecentTimes();
+  private headsCalibrated = false;
   /** Per sequence: consecutive steps decoded plainly (sized mode). */
   private readonly plainRun = new Map<number, number>();
+
+  /**
+   * A sequence's plain run starts at 0 with each request: once probes back off past a request's
+   * length, a plan that decodes plainly stops probing. (Carrying the run over from request to
+   * request kept probing, but the sized Medusa fell from 0.89x to 0.81x of plain in the sizing bench
+   * on the embedded family, where rare speculative steps run cold: a process's first ones took
+   * 0.5-0.9 ms beside their forward against ~40 us warm.)
+   */
+  private run(s: SpecSequence): number {
+    return this.plainRun.get(s.key) ?? 0;
+  }
   /**
    * Sized mode: plain steps before a probe runs the heads (for every sequence, like the rates).
    * Each probe after which the plan still decodes plainly backs it off (backedOffProbeInterval): on
@@ -356,25 +368,31 @@ export class MedusaSpeculator implements Speculator {
   async prepare(): Promise<void> {
     if (!this.sized || !this.target) return;
     await forwardCost(this.target);
-    if (this.headsSeconds.count === 0) this.calibrateHeads();
+    if (!this.headsCalibrated) {
+      this.headsCalibrated = true;
+      this.calibrateHeads();
+    }
   }
 
   /**
-   * The heads' cost per sequence, timed on a row of zeros before any is observed. Otherwise the
-   * first samples (the requests' prefills) are all there is while the plan decodes plainly, and they
-   * carry first-call costs: up to 6x the heads' steady cost, enough to rule out every tree.
+   * The heads' cost per sequence, timed on a row of zeros once (with the first prepare()). Otherwise
+   * the first samples (the requests' prefills) are all there is while the plan decodes plainly, and
+   * they carry first-call costs: up to 6x the heads' steady cost, enough to rule out every tree.
    */
   private calibrateHeads(): void {
     const x = Tensor.zeros('f32', [1, this.heads.config.hiddenSize], this.heads.device);
     try {
       // Warm-up runs up to HEADS_WARMUP or 10 ms (at least 2), then up to a window of timed runs or
       // 50 ms (at least 3): a tiny model's heads warm up fully, a big model's cost a few runs.
+      // (The native call topKIds makes, so that a count of the heads' runs while decoding -- the
+      // tests' -- leaves this one-off measurement out.)
+      const run = (): Int32Array => native().medusaTopK(x, this.heads.weights(this.shape.depth), this.shape.topK);
       const t0 = performance.now();
-      for (let i = 0; i < HEADS_WARMUP && (i < 2 || performance.now() - t0 < 10); i++) this.heads.topKIds(x, this.shape.topK, this.shape.depth);
+      for (let i = 0; i < HEADS_WARMUP && (i < 2 || performance.now() - t0 < 10); i++) run();
       const t1 = performance.now();
       for (let i = 0; i < RecentTimes.WINDOW && (i < 3 || performance.now() - t1 < 50); i++) {
         const t = performance.now();
-        this.heads.topKIds(x, this.shape.topK, this.shape.depth);
+        run();
         this.headsSeconds.add((performance.now() - t) / 1000);
       }
     } finally {
@@ -402,9 +420,9 @@ export class MedusaSpeculator implements Speculator {
     const prob = this.nodeProbabilities();
     // The heads' cost is the heads' own until the step overhead is measured: the heads then run in
     // the verification (headsOnAccepted), inside the overhead measured (counted twice otherwise).
-    const heads = cost.overheadMeasured ? 0 : this.headsSeconds.value();
-    const keep = chooseSubtree(this.shape.parents, prob, stepCost(cost, batch)).keep;
-    const speculate = chooseSubtree(this.shape.parents, prob, stepCost(cost, batch, (n) => (n > 1 ? heads : 0))).size > 0;
+    const heads = cost.overheadMeasuredOf(this) ? 0 : this.headsSeconds.value();
+    const keep = chooseSubtree(this.shape.parents, prob, stepCost(cost, batch, undefined, this)).keep;
+    const speculate = chooseSubtree(this.shape.parents, prob, stepCost(cost, batch, (n) => (n > 1 ? heads : 0), this)).size > 0;
     let depth = 1;
     for (const i of keep) depth = Math.max(depth, (this.shape.head[i] as number) + 1);
     this.planned = { keep, speculate, batch, age: 1, depth };
@@ -414,7 +432,7 @@ export class MedusaSpeculator implements Speculator {
 
   /** Sized mode: whether the next step should speculate, i.e. run the heads now. */
   private wantsNextTree(s: SpecSequence, cost: ForwardCost, batch: number): boolean {
-    const run = this.plainRun.get(s.key) ?? 0;
+    const run = this.run(s);
     return run >= this.probeAfter || this.plan(cost, batch, false).speculate;
   }
 
@@ -432,7 +450,7 @@ export class MedusaSpeculator implements Speculator {
     if (!plan) this.unsizedThisStep = true;
     // The heads run after this step only for a plan that speculates or a sequence due to probe.
     let need = !plan || plan.speculate;
-    for (let b = 0; b < seqs.length && !need; b++) need = (this.plainRun.get((seqs[b] as SpecSequence).key) ?? 0) + 1 >= this.probeAfter;
+    for (let b = 0; b < seqs.length && !need; b++) need = this.run(seqs[b] as SpecSequence) + 1 >= this.probeAfter;
     this.hiddenThisStep = need || (this.hiddenDecided && this.hiddenThisStep);
     this.hiddenDecided = true;
     const batch: ProposalBatch = {
@@ -446,7 +464,7 @@ export class MedusaSpeculator implements Speculator {
         // A probe (the heads ran after probeAfter plain steps) proposes every head's best guess
         // (probeKeep), so that it is a trial of the rates and ends the plain run (with the root
         // alone it ended nothing, and the heads then ran after every step).
-        const probe = keep !== undefined && keep.length === 1 && (this.plainRun.get(s.key) ?? 0) >= this.probeAfter;
+        const probe = keep !== undefined && keep.length === 1 && this.run(s) >= this.probeAfter;
         const tree = probe ? selectNodes(full, c.length >= this.shape.depth ? this.probeKeep : this.within(this.probeKeep, c.length)) : keep ? selectNodes(full, c.length >= this.shape.depth ? keep : this.within(keep, c.length)) : full;
         return this.shape.depth > s.maxDepth ? pruneTree(tree, s.maxDepth).tree : tree;
       }),
@@ -476,7 +494,7 @@ export class MedusaSpeculator implements Speculator {
     for (let b = 0; b < seqs.length; b++) {
       if ((proposals[b] as Proposal).tokens.length !== 1) return 0;
       // After update j of the chain the run is run + j; the heads are wanted once it reaches probeAfter.
-      steps = Math.min(steps, this.probeAfter - (this.plainRun.get((seqs[b] as SpecSequence).key) ?? 0) - 1);
+      steps = Math.min(steps, this.probeAfter - this.run(seqs[b] as SpecSequence) - 1);
     }
     return steps;
   }
@@ -488,7 +506,7 @@ export class MedusaSpeculator implements Speculator {
       const s = seqs[b] as SpecSequence;
       const m = steps[b] as number;
       most = Math.max(most, m);
-      this.plainRun.set(s.key, (this.plainRun.get(s.key) ?? 0) + m);
+      this.plainRun.set(s.key, this.run(s) + m);
       this.cands.delete(s.key);
     }
     if (this.planned) this.planned.age += most - 1;
@@ -553,7 +571,7 @@ export class MedusaSpeculator implements Speculator {
       const tree = c !== undefined && (report.proposals[b] as { tokens: Int32Array }).tokens.length > 1;
       // A probe the plan still ignores: the next one comes twice as late.
       if (tree && this.planned && !this.planned.speculate) this.probeAfter = backedOffProbeInterval(this.probeAfter);
-      this.plainRun.set(s.key, tree ? 0 : (this.plainRun.get(s.key) ?? 0) + 1);
+      this.plainRun.set(s.key, tree ? 0 : this.run(s) + 1);
     }
     if (cost) {
       // Heads only for sequences whose next step will speculate: a plain step skips them.

@@ -118,7 +118,7 @@ export class PromptLookupSpeculator implements Speculator {
         const t0 = performance.now();
         let drafts = k > 0 ? promptLookup(s.history, this.maxNgram, this.minNgram, k) : [];
         if (cost && drafts.length > 0) {
-          const chosen = chooseChainLength((i) => this.rates.rate(i), drafts.length, stepCost(cost, seqs.length)).size;
+          const chosen = chooseChainLength((i) => this.rates.rate(i), drafts.length, stepCost(cost, seqs.length, undefined, this)).size;
           const dear = this.weighSeconds.value() > WEIGH_SHARE * cost.predict(1);
           if (chosen > 0 || !dear) this.probeAfter = PROBE_AFTER_PLAIN_STEPS;
           else if (this.probed.has(s.key)) this.probeAfter = backedOffProbeInterval(this.probeAfter);

@@ -17,13 +17,12 @@ namespace cpu {
 
 namespace {
 
-// Per-thread scratch rows for the small per-call buffers (norm weights as f32, RoPE angles): grown
-// once, so a forward allocates nothing here in the steady state. `slot` tells concurrent uses apart.
-float* scratch_floats(int slot, int64_t n) {
-  thread_local std::vector<float> buf[2];
-  std::vector<float>& b = buf[slot];
-  if (b.size() < static_cast<size_t>(n)) b.resize(static_cast<size_t>(n));
-  return b.data();
+// A per-thread scratch row for the norm weights as f32: grown once, so a forward allocates nothing
+// here in the steady state. (RoPE keeps its own table: RopeTable below.)
+float* scratch_floats(int64_t n) {
+  thread_local std::vector<float> buf;
+  if (buf.size() < static_cast<size_t>(n)) buf.resize(static_cast<size_t>(n));
+  return buf.data();
 }
 
 inline float silu(float v) { return v / (1.f + std::exp(-v)); }
@@ -82,7 +81,7 @@ void embedding(const Tensor& table, const Tensor& ids, Tensor& out, float scale)
 
 void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) {
   const int64_t N = x.size(0), H = x.size(1);
-  float* wf = scratch_floats(0, H);
+  float* wf = scratch_floats(H);
   to_f32_row(w.dtype(), w.data(), 0, H, wf);
   const float* xp = x.ptr<float>();
   float* op = out.ptr<float>();

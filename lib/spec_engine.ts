@@ -2,8 +2,9 @@
 // tree per sequence -> ONE model forward over all trees of the batch -> verify -> commit the
 // accepted nodes -> let the speculator sync -> emit -> statistics. It lives apart from the decoder
 // so that a hybrid speculator can run the same loop on its draft model ("Medusa as the draft").
-import type { CausalLM, ForwardOptions, ForwardOutput, SequenceInput, StagedVerify, VerifiedPaths, VerifyStaging } from './models/causal_lm';
+import type { CausalLM, ForwardOptions, ForwardOutput, SequenceInput, SpecChainOptions, SpecChainSequence, StagedVerify, VerifiedPaths, VerifyStaging } from './models/causal_lm';
 import type {
+  DraftChainOffer,
   Proposal,
   ProposalBatch,
   ProposeContext,
@@ -14,7 +15,7 @@ import type {
   StepReport,
 } from './strategies/speculator';
 import { knownForwardCost } from './cost_model';
-import { chainLength, observeChainStep } from './plain_chain';
+import { CHAIN_SECONDS, chainLength, observeChainStep } from './plain_chain';
 import { argmaxIds, processLogits } from './sampling';
 import { codedError } from './strategies/speculator';
 import { isSampling, pickTokens, samplingOptions, throwIfAborted } from './step_helpers';
@@ -81,25 +82,82 @@ export class StatsAcc {
   nodesPerStep: Record<number, number> = {};
   private readonly counters0: TransferStats = transferCounters();
 
+  /**
+   * The forwards of the engine's last call for this sequence (one step, or a chain of them): tokens
+   * emitted and nodes of each, so that dropTail can take whole steps off the end. (Two arrays reused
+   * with a length: a small model records a step every ~40 us.)
+   */
+  private readonly recentEmitted: number[] = [];
+  private readonly recentNodes: number[] = [];
+  private recentLen = 0;
+
+  private recent(emitted: number, nodes: number): void {
+    this.recentEmitted[this.recentLen] = emitted;
+    this.recentNodes[this.recentLen++] = nodes;
+  }
+
   /** `steps` plain steps run as one native chain: a forward and a token each. */
   addPlainSteps(steps: number): void {
     this.targetForwards += steps;
     this.newTokens += steps;
     this.nodesPerStep[1] = (this.nodesPerStep[1] ?? 0) + steps;
+    this.recentLen = 0;
+    for (let i = 0; i < steps; i++) this.recent(1, 1);
   }
 
   /**
-   * The last step's final n emitted tokens were cut (a stop, maxNewTokens): not counted as new
-   * tokens; after a plain chain (one forward a token) not as forwards or steps either.
+   * The steps of a native draft chain (CausalLM.speculativeChain) for sequence b of B: drafted[i * B
+   * + b] draft tokens proposed at step i (a chain), accepted[i * B + b] of them accepted.
    */
-  dropTail(n: number, plainChain: boolean): void {
+  addChainSteps(drafted: Int32Array, accepted: Int32Array, b: number, B: number): void {
+    this.recentLen = 0;
+    for (let i = b; i < drafted.length; i += B) {
+      const k = drafted[i] as number;
+      const a = accepted[i] as number;
+      this.targetForwards++;
+      this.nodesPerStep[k + 1] = (this.nodesPerStep[k + 1] ?? 0) + 1;
+      this.newTokens += a + 1;
+      this.recent(a + 1, k + 1);
+      this.proposed += k;
+      for (let d = 1; d <= k; d++) bump(this.proposedPerPosition, d - 1);
+      this.accepted += a;
+      for (let d = 1; d <= a; d++) bump(this.acceptedPerPosition, d - 1);
+    }
+  }
+
+  /**
+   * The last call's final n emitted tokens were cut (a stop, maxNewTokens): not counted as new
+   * tokens; the steps of a chain whose tokens all lie past the cut made no output, and are not
+   * counted as forwards or steps either.
+   */
+  dropTail(n: number): void {
     this.newTokens -= n;
-    if (!plainChain) return;
-    this.targetForwards -= n;
-    this.nodesPerStep[1] = (this.nodesPerStep[1] as number) - n;
+    let i = this.recentLen - 1;
+    while (i >= 0 && n >= (this.recentEmitted[i] as number)) {
+      // (Only a chain's steps lie wholly past a cut: a step of lone roots, or of a draft chain of
+      // nodes - 1 tokens whose first emitted - 1 were accepted.)
+      const emitted = this.recentEmitted[i] as number;
+      const nodes = this.recentNodes[i] as number;
+      n -= emitted;
+      this.targetForwards--;
+      const left = (this.nodesPerStep[nodes] as number) - 1;
+      if (left > 0) this.nodesPerStep[nodes] = left;
+      else delete this.nodesPerStep[nodes];
+      this.proposed -= nodes - 1;
+      for (let d = 1; d < nodes; d++) this.proposedPerPosition[d - 1] = (this.proposedPerPosition[d - 1] as number) - 1;
+      this.accepted -= emitted - 1;
+      for (let d = 1; d < emitted; d++) this.acceptedPerPosition[d - 1] = (this.acceptedPerPosition[d - 1] as number) - 1;
+      i--;
+    }
+    this.recentLen = i + 1;
+    // (As the steps left would have made them: no zeros past the last position reached.)
+    while (this.proposedPerPosition[this.proposedPerPosition.length - 1] === 0) this.proposedPerPosition.pop();
+    while (this.acceptedPerPosition[this.acceptedPerPosition.length - 1] === 0) this.acceptedPerPosition.pop();
   }
 
   addStep(proposal: Proposal, acceptedLen: number, emitted: number): void {
+    this.recentLen = 0;
+    this.recent(emitted, proposal.tokens.length);
     this.targetForwards++;
     this.nodesPerStep[proposal.tokens.length] = (this.nodesPerStep[proposal.tokens.length] ?? 0) + 1;
     this.newTokens += emitted;
@@ -148,6 +206,8 @@ export class EngineSequence implements SpecSequence {
   maxDepth = 0;
   maxPosition: number;
   released = false;
+  /** Tokens that end the sequence (EOS, the request's stop tokens): a native chain stops after one. */
+  stopTokens: Int32Array | undefined;
   readonly stats = new StatsAcc();
 
   constructor(
@@ -187,7 +247,7 @@ export class SpecEngine {
    * forward; false for a plain chain) and its seconds from the proposal to the speculator's update.
    * The Engine's loop prices what it adds around such a step (ForwardCost.observeLoopOverhead).
    */
-  readonly lastStep = { speculative: false, seconds: 0 };
+  readonly lastStep = { speculative: false, seconds: 0, steps: 1 };
 
   constructor(opts: EngineOptions) {
     this.model = opts.model;
@@ -205,6 +265,19 @@ export class SpecEngine {
     return c;
   }
   private ctx0: ProposeContext | undefined;
+
+  /**
+   * The context of a step this engine makes alone: ctx() with draftChains when the engine can run a
+   * draft chain (greedy, and the model has speculativeChain).
+   */
+  soloCtx(signal?: AbortSignal): ProposeContext {
+    if (this.sampling || !this.model.speculativeChain) return this.ctx(signal);
+    if (!signal && this.soloCtx0) return this.soloCtx0;
+    const c: ProposeContext = signal ? { signal, draftChains: true } : { draftChains: true };
+    if (!signal) this.soloCtx0 = Object.freeze(c);
+    return c;
+  }
+  private soloCtx0: ProposeContext | undefined;
 
   /** A new sequence over `history` (nothing cached yet). */
   open(history: ArrayLike<number>, promptLength: number, rng: SeqRng): EngineSequence {
@@ -315,7 +388,7 @@ export class SpecEngine {
         let batch: ProposalBatch;
         if (speculator) {
           // (Awaited only when it is a promise: a synchronous speculator costs no microtask turn.)
-          const r = speculator.propose(p.seqs, p.engine.ctx(signal));
+          const r = speculator.propose(p.seqs, live.length === 1 ? p.engine.soloCtx(signal) : p.engine.ctx(signal));
           batch = isThenable(r) ? await r : r;
         } else batch = { proposals: loneRoots(p.seqs) };
         batches.push(batch);
@@ -341,6 +414,8 @@ export class SpecEngine {
       }
       const tDraft = performance.now();
       throwIfAborted(signal);
+      const offer = (batches[0] as ProposalBatch).draftChain;
+      if (offer) return await SpecEngine.draftChain(first, offer, t0, tDraft, signal);
       const chain = plainChainSteps(live, batches, proposals, model, speculator);
       for (const p of live) p.engine.lastStep.speculative = false;
       if (chain) return await SpecEngine.plainChain(live, chain, t0, tDraft, signal);
@@ -441,6 +516,7 @@ export class SpecEngine {
       for (const p of live) {
         p.engine.lastStep.speculative = trees;
         p.engine.lastStep.seconds = (tEnd - t0) / 1000;
+        p.engine.lastStep.steps = 1;
       }
       addPhases(live, t0, tDraft, tTarget, tVerify, tCommit, tEnd);
       return single ? ((results[0] as PartResult).emitted as Int32Array[]) : results.flatMap((r) => r.emitted as Int32Array[]);
@@ -499,6 +575,75 @@ export class SpecEngine {
     }
     addPhases(parts, t0, tDraft, tTarget, tTarget, tTarget, performance.now());
     return picks;
+  }
+
+  /**
+   * A speculator's draft chain (ProposalBatch.draftChain; offered only to a lone greedy part on a
+   * model with speculativeChain): its steps in one native call, then their bookkeeping as the
+   * ordinary steps would do it -- histories, statistics, the cost model's samples (each step's
+   * forward, and what it cost beside its forward and its drafting, with this call's share of
+   * JavaScript), and the speculator's updateChain().
+   */
+  private static async draftChain(part: StepPart, offer: DraftChainOffer, t0: number, tDraft: number, signal?: AbortSignal): Promise<Int32Array[]> {
+    const { model, speculator } = part.engine;
+    const { seqs } = part;
+    if (!speculator?.updateChain || !model.speculativeChain) throw codedError('E_INTERNAL', 'a draft chain without updateChain or speculativeChain');
+    if (offer.seqs.length !== seqs.length) throw codedError('E_ARG', `${speculator.name}: a draft chain of ${offer.seqs.length} sequences for ${seqs.length}`);
+    const B = seqs.length;
+    const inputs = new Array<SpecChainSequence>(B);
+    for (let b = 0; b < B; b++) {
+      const s = seqs[b] as EngineSequence;
+      const o = offer.seqs[b] as DraftChainOffer['seqs'][number];
+      inputs[b] = s.stopTokens
+        ? { seq: s.modelSeq, draftSeq: o.draftSeq, draftFeed: o.draftFeed, k: o.k, budget: s.maxDepth + 1, stop: s.stopTokens }
+        : { seq: s.modelSeq, draftSeq: o.draftSeq, draftFeed: o.draftFeed, k: o.k, budget: s.maxDepth + 1 };
+    }
+    const opts: SpecChainOptions = signal ? { maxSteps: offer.maxSteps, maxSeconds: CHAIN_SECONDS, signal } : { maxSteps: offer.maxSteps, maxSeconds: CHAIN_SECONDS };
+    const tCall = performance.now();
+    const r = await model.speculativeChain.call(model, offer.draft, inputs, opts);
+    const tDone = performance.now();
+    const steps = r.steps;
+    for (let b = 0; b < B; b++) {
+      const s = seqs[b] as EngineSequence;
+      const em = r.emitted[b] as Int32Array;
+      s.committed += em.length;
+      for (let k = 0; k < em.length; k++) s.history.push(em[k] as number);
+      s.stats.addChainSteps(r.drafted, r.accepted, b, B);
+    }
+    speculator.updateChain(seqs, r, part.engine.ctx(signal));
+    const tEnd = performance.now();
+    // Per step: the native step's time beside its drafting and forward, and an equal share of this
+    // call's JavaScript (the proposal, the call's marshalling, this bookkeeping).
+    let native = 0;
+    let draftS = 0;
+    let targetS = 0;
+    for (let i = 0; i < steps; i++) {
+      native += r.stepSeconds[i] as number;
+      draftS += r.draftSeconds[i] as number;
+      targetS += r.targetSeconds[i] as number;
+    }
+    const js = Math.max(0, (tEnd - t0) / 1000 - native) / Math.max(1, steps);
+    const cost = knownForwardCost(model);
+    let trees = false;
+    for (let i = 0; i < steps; i++) {
+      let nodes = 0;
+      for (let b = 0; b < B; b++) nodes += (r.drafted[i * B + b] as number) + 1;
+      if (nodes === B) continue;
+      trees = true;
+      cost?.observeStep(nodes, r.targetSeconds[i] as number);
+      cost?.observeOverhead((r.stepSeconds[i] as number) - (r.draftSeconds[i] as number) - (r.targetSeconds[i] as number) + js, speculator);
+    }
+    const ls = part.engine.lastStep;
+    ls.speculative = trees;
+    ls.seconds = (tEnd - t0) / 1000;
+    ls.steps = Math.max(1, steps);
+    // Phases: the draft chains, the forwards, the rest of the native steps as verification.
+    const ph = part.engine.phases;
+    ph.draft += (tDraft - t0) / 1000 + draftS;
+    ph.target += targetS;
+    ph.verify += Math.max(0, (tDone - tCall) / 1000 - draftS - targetS);
+    ph.update += (tEnd - tDone) / 1000;
+    return r.emitted;
   }
 
   /**

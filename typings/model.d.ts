@@ -132,6 +132,28 @@ declare namespace SpecdecNative {
     syncMaxMacs?: number,
   ];
 
+  /** One sequence of speculativeChain. */
+  interface NativeSpecChainSeq {
+    seq: number;
+    draftSeq: number;
+    draftFeed: Int32Array;
+    k: number;
+    budget: number;
+    stop?: Int32Array;
+  }
+
+  interface NativeSpecChainResult {
+    steps: number;
+    /** [steps * B], step-major. */
+    drafted: Int32Array;
+    accepted: Int32Array;
+    emitted: Int32Array[];
+    draftCached: Int32Array;
+    draftSeconds: Float64Array;
+    targetSeconds: Float64Array;
+    stepSeconds: Float64Array;
+  }
+
   interface LlamaNativeModel {
     /**
      * Runs on the libuv pool, or on the calling thread (the promise is then already settled) when
@@ -149,6 +171,8 @@ declare namespace SpecdecNative {
     greedyChainOnDevice(inputs: readonly LlamaNativeInput[], steps: Int32Array, syncMaxMacs?: number): Promise<Tensor>;
     sampledChain(...args: NativeSampledChainArgs): Promise<{ picks: Int32Array[]; q: Tensor }>;
     sampledChainOnDevice(...args: NativeSampledChainArgs): Promise<{ ids: Tensor; q: Tensor }>;
+    /** Greedy draft-model steps in one call (cpp/model/spec_chain.h). */
+    speculativeChain(draft: LlamaNativeModel, seqs: readonly NativeSpecChainSeq[], maxSteps: number, maxSeconds: number, syncMaxMacs?: number): Promise<NativeSpecChainResult>;
     commit(seqs: Int32Array, accepted: readonly Int32Array[], paths?: VerifiedPathsHandle | readonly VerifiedPathsHandle[]): void;
     createSequence(): number;
     forkSequence(seq: number): number;

@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "../model/llama.h"
+#include "../model/spec_chain.h"
 #include "napi_util.h"
 
 namespace specdec {
@@ -209,6 +210,7 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
                                        InstanceMethod<&LlamaWrap::SampledChain>("sampledChain"),
                                        InstanceMethod<&LlamaWrap::GreedyChainOnDevice>("greedyChainOnDevice"),
                                        InstanceMethod<&LlamaWrap::SampledChainOnDevice>("sampledChainOnDevice"),
+                                       InstanceMethod<&LlamaWrap::SpeculativeChain>("speculativeChain"),
                                        InstanceMethod<&LlamaWrap::Commit>("commit"),
                                        InstanceMethod<&LlamaWrap::CreateSequence>("createSequence"),
                                        InstanceMethod<&LlamaWrap::ForkSequence>("forkSequence"),
@@ -384,6 +386,73 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
             return o;
           },
           {Value()});
+    });
+  }
+
+  // speculativeChain(draft: LlamaModel, seqs: { seq, draftSeq, draftFeed: Int32Array, k, budget }[],
+  //   maxSteps, maxSeconds, syncMaxMacs?) -> Promise<{ steps, drafted: Int32Array, accepted: Int32Array,
+  //   emitted: Int32Array[], draftCached: Int32Array, draftSeconds, targetSeconds, stepSeconds:
+  //   Float64Array }> (speculative_chain: greedy draft-model steps in one call; drafted / accepted
+  //   step-major [steps * B])
+  Napi::Value SpeculativeChain(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      std::shared_ptr<LlamaModel> m = model_;
+      SPECDEC_CHECK(m != nullptr, "E_DISPOSED", "model was disposed");
+      SPECDEC_CHECK(info[0].IsObject() && info[0].As<Napi::Object>().InstanceOf(ctor->Value()), "E_ARG",
+                    "draft: expected a Llama model handle");
+      std::shared_ptr<LlamaModel> d = Unwrap(info[0].As<Napi::Object>())->model_;
+      SPECDEC_CHECK(d != nullptr, "E_DISPOSED", "draft: model was disposed");
+      SPECDEC_CHECK(d != m, "E_ARG", "draft: the target itself");
+      SPECDEC_CHECK(info[1].IsArray(), "E_ARG", "seqs: expected an array");
+      Napi::Array arr = info[1].As<Napi::Array>();
+      auto args = std::make_shared<SpecChainArgs>();
+      std::vector<LlamaSeqInput> est(arr.Length());
+      for (uint32_t b = 0; b < arr.Length(); ++b) {
+        Napi::Object o = get_object(arr.Get(b), "seqs[b]");
+        SpecChainSeq s;
+        s.target_seq = get_int32(get_field(o, "seq"), "seqs[b].seq");
+        s.draft_seq = get_int32(get_field(o, "draftSeq"), "seqs[b].draftSeq");
+        s.draft_feed = get_i32_array(get_field(o, "draftFeed"), "seqs[b].draftFeed");
+        s.k = get_int32(get_field(o, "k"), "seqs[b].k");
+        s.budget = get_int32(get_field(o, "budget"), "seqs[b].budget");
+        if (has_field(o, "stop")) s.stop = get_i32_array(get_field(o, "stop"), "seqs[b].stop");
+        est[b].seq = s.target_seq;
+        est[b].tokens.assign(static_cast<size_t>(std::max(0, std::min(s.k, 1 << 16))) + 1, 0);
+        args->seqs.push_back(std::move(s));
+      }
+      args->max_steps = get_int32(info[2], "maxSteps");
+      args->max_seconds = get_number(info[3], "maxSeconds");
+      SPECDEC_CHECK(args->max_seconds >= 0, "E_ARG", "maxSeconds: expected a number >= 0, got ", args->max_seconds);
+      // On the calling thread when one step's target forward is small enough (the chain's time is
+      // bounded by maxSeconds).
+      const bool sync = run_here(*m, est, info[4]);
+      auto result = std::make_shared<SpecChainResult>();
+      return run_maybe_async(
+          info.Env(), sync, [=] { *result = speculative_chain(*m, *d, *args); },
+          [=](Napi::Env env) -> Napi::Value {
+            const SpecChainResult& r = *result;
+            Napi::Object o = Napi::Object::New(env);
+            auto i32 = [&](const std::vector<int32_t>& v) {
+              auto a = Napi::Int32Array::New(env, v.size());
+              if (!v.empty()) std::memcpy(a.Data(), v.data(), v.size() * 4);
+              return a;
+            };
+            auto f64 = [&](const std::vector<double>& v) {
+              auto a = Napi::Float64Array::New(env, v.size());
+              if (!v.empty()) std::memcpy(a.Data(), v.data(), v.size() * 8);
+              return a;
+            };
+            o.Set("steps", r.steps);
+            o.Set("drafted", i32(r.drafted));
+            o.Set("accepted", i32(r.accepted));
+            o.Set("emitted", int32_arrays(env, r.emitted));
+            o.Set("draftCached", i32(r.draft_cached));
+            o.Set("draftSeconds", f64(r.draft_seconds));
+            o.Set("targetSeconds", f64(r.target_seconds));
+            o.Set("stepSeconds", f64(r.step_seconds));
+            return o;
+          },
+          {Value(), info[0]});
     });
   }
 

@@ -90,6 +90,8 @@ class Request {
   committedAtStep = 0;
   /** Target forwards of the sequence when the step began (a step may run several: plain chains). */
   forwardsAtStep = 0;
+  /** The stop set as an array (EngineSequence.stopTokens: a native chain stops after one). */
+  stopArray: Int32Array | undefined;
   /** onTokens threw: the request fails at the next step boundary. */
   failure: { readonly error: unknown } | undefined;
   /**
@@ -405,9 +407,11 @@ export class Engine {
       // step itself) is part of what such a step costs: the cost model prices it (its loop overhead).
       let iterStart = turned;
       let spec: number | undefined;
+      let specSteps = 1;
       while (this.queue.length > 0 || this.live.length > 0) {
         const tIter = performance.now();
-        if (spec !== undefined) knownForwardCost(this.model)?.observeLoopOverhead(Math.max(0, (tIter - iterStart) / 1000 - spec), this.speculator);
+        // (A draft chain's steps share their loop turn.)
+        if (spec !== undefined) knownForwardCost(this.model)?.observeLoopOverhead(Math.max(0, (tIter - iterStart) / 1000 - spec) / specSteps, this.speculator);
         iterStart = tIter;
         spec = undefined;
         // A step boundary: drop finished/aborted, admit, make room, one step of every live request.
@@ -438,7 +442,10 @@ export class Engine {
             }
             if (emitted) this.endStep(step, emitted);
             const last = step.parts[0]?.engine.lastStep;
-            if (emitted && sample && last?.speculative) spec = last.seconds;
+            if (emitted && sample && last?.speculative) {
+              spec = last.seconds;
+              specSteps = last.steps;
+            }
           }
           this.reap();
         } finally {
@@ -530,6 +537,7 @@ export class Engine {
       free -= need;
       try {
         r.seq = r.group.open(r.history, r.promptLength, r.rng);
+        r.seq.stopTokens = r.stopArray ??= Int32Array.from(r.stop);
       } catch (e) {
         this.fail(r, e);
         continue;
@@ -740,7 +748,7 @@ export class Engine {
     if (r.done === undefined && s.history.length > s.maxPosition) r.done = 'context';
     // Tokens past the cut are no output: the statistics drop them (and, after a plain chain, the
     // forwards that made them: the chain could not know where the request stops).
-    if (k < toks.length) s.stats.dropTail(toks.length - k, s.stats.targetForwards - r.forwardsAtStep > 1);
+    if (k < toks.length) s.stats.dropTail(toks.length - k);
     this.metrics.generatedTokens += k;
     // A step's emitted array is fresh (nothing writes it afterwards): handed over as it is when it is
     // the whole of its buffer; a view into a batch's shared result is copied (its buffer holds the

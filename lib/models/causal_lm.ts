@@ -179,10 +179,58 @@ export interface CausalLM {
    */
   sampledChainOnDevice?(...args: SampledChainArgs): Promise<{ ids: Tensor; q: Tensor }>;
   /**
+   * Optional fast path for greedy draft-model speculation (SpecEngine uses it when a speculator
+   * offers a draft chain, DraftModelSpeculator): up to maxSteps speculative steps in one call, each
+   * the same as the engine's step with a DraftModelSpeculator -- the draft's greedy chain of
+   * min(k, budget left - 1, the draft's context) tokens after its uncached history, this model's
+   * forward over the root and that chain, greedy verification, the commit of the accepted path,
+   * and the draft truncated to the history -- so the tokens and both caches are those steps'. No
+   * step starts after maxSeconds (the first always runs), nor once a sequence's budget is spent, a
+   * sequence emitted one of its stop tokens, or no sequence can draft. `draft` must be a model of the same class on the same device.
+   */
+  speculativeChain?(draft: CausalLM, seqs: readonly SpecChainSequence[], options: SpecChainOptions): Promise<SpecChainResult>;
+  /**
    * Optional: the input embedding table and the LM head, f32|f16|bf16 [vocab, hidden] each on the
    * model's device, sharing its storage (the same tensor when tied). EAGLE heads draft with them.
    * The caller disposes the handles (the storage lives while either the model or a handle does).
    */
   sharedWeights?(): { readonly embedTokens: Tensor; readonly lmHead: Tensor };
   dispose(): void;
+}
+
+/** One sequence of CausalLM.speculativeChain. */
+export interface SpecChainSequence {
+  /** This model's sequence (its committed history: everything but the root). */
+  readonly seq: number;
+  /** The draft's sequence. */
+  readonly draftSeq: number;
+  /** The history tokens the draft has not cached, the root last (target ids). */
+  readonly draftFeed: Int32Array;
+  /** Draft tokens per step (0: the sequence's steps are lone roots). */
+  readonly k: number;
+  /** Tokens the call may emit for the sequence at most (>= 1). */
+  readonly budget: number;
+  /** Tokens that end the sequence: no step follows one that emitted any of them. */
+  readonly stop?: Int32Array;
+}
+
+export interface SpecChainOptions {
+  readonly maxSteps: number;
+  readonly maxSeconds: number;
+  readonly signal?: AbortSignal;
+}
+
+export interface SpecChainResult {
+  readonly steps: number;
+  /** Per step and sequence (step-major, [steps * B]): tokens drafted, drafts accepted. */
+  readonly drafted: Int32Array;
+  readonly accepted: Int32Array;
+  /** Per sequence, every emitted token in order. */
+  readonly emitted: Int32Array[];
+  /** Per sequence: the draft's cached length at the end. */
+  readonly draftCached: Int32Array;
+  /** Per step, seconds: the draft's chain, the target's forward, the whole step. */
+  readonly draftSeconds: Float64Array;
+  readonly targetSeconds: Float64Array;
+  readonly stepSeconds: Float64Array;
 }

@@ -10,7 +10,7 @@ import { resolveDevice } from '../backend';
 import { native } from '../native';
 import { resolveSamplingOptions, type SamplingOptions } from '../sampling';
 import { asTensor, type Device, type Tensor } from '../tensor';
-import type { CausalLM, ForwardOptions, ForwardOutput, SampledChainArgs, SequenceInput, StagedVerify, VerifiedPaths } from './causal_lm';
+import type { CausalLM, ForwardOptions, ForwardOutput, SampledChainArgs, SequenceInput, SpecChainOptions, SpecChainResult, SpecChainSequence, StagedVerify, VerifiedPaths } from './causal_lm';
 import { codedError, readLlamaConfig, TEXT_MODEL_LAYOUTS, toNativeConfig, type LlamaConfig } from './config';
 
 export type KvDType = 'f32' | 'f16' | 'bf16';
@@ -274,6 +274,23 @@ export class LlamaModel implements CausalLM {
       return asTensor(await handle.greedyChainOnDevice(inputs.map(nativeInput), Int32Array.from(steps), syncLimit(this.syncForwardMaxMacs)));
     } finally {
       this.busy = false;
+    }
+  }
+
+  async speculativeChain(draft: CausalLM, seqs: readonly SpecChainSequence[], options: SpecChainOptions): Promise<SpecChainResult> {
+    const handle = this.h('speculativeChain');
+    if (!(draft instanceof LlamaModel)) throw codedError('E_ARG', 'speculativeChain: the draft must be a LlamaModel');
+    if (draft === this) throw codedError('E_ARG', 'speculativeChain: the draft is the target itself');
+    const dh = draft.h('speculativeChain (draft)');
+    options.signal?.throwIfAborted();
+    this.busy = true;
+    draft.busy = true;
+    try {
+      if (sliceSpent(this.syncForwardMaxMacs)) await loopTurn(options.signal);
+      return await handle.speculativeChain(dh, seqs, options.maxSteps, options.maxSeconds, syncLimit(this.syncForwardMaxMacs));
+    } finally {
+      this.busy = false;
+      draft.busy = false;
     }
   }
 

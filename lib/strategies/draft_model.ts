@@ -12,12 +12,14 @@
 import { ChainCost, chainTokenCost, forwardCost, type ForwardCost } from '../cost_model';
 import { gatherRows, isSampling, samplingOptions } from '../step_helpers';
 import { backedOffProbeInterval, chooseChainLength, PROBE_AFTER_PLAIN_STEPS, RankRates, sizingCost, stepCost } from '../tree_sizing';
-import type { CausalLM, ForwardOutput, SequenceInput } from '../models/causal_lm';
+import type { CausalLM, ForwardOutput, SequenceInput, SpecChainResult } from '../models/causal_lm';
+import { CHAIN_MAX_STEPS } from '../plain_chain';
 import { argmax, processLogits, sample, topK } from '../sampling';
 import type { Tensor } from '../tensor';
 import { chainTree, loneRoot, type TokenTree } from '../tree';
 import {
   codedError,
+  type DraftChainOffer,
   type Proposal,
   type ProposalBatch,
   type ProposeContext,
@@ -261,7 +263,7 @@ export class DraftModelSpeculator implements Speculator {
     const states = new Array<DraftState>(seqs.length);
     for (let b = 0; b < seqs.length; b++) states[b] = this.state(seqs[b] as SpecSequence);
     if (this.treeBranching) return this.proposeTree(seqs, states, ctx);
-    if (this.adaptive !== 'cost') return this.proposeChain(seqs, states, ctx);
+    if (this.adaptive !== 'cost') return this.chainOffer(seqs, states, ctx) ?? this.proposeChain(seqs, states, ctx);
     this.chooseK(seqs, states, ctx);
     if (states.every((st) => st.k === 0)) {
       // A plain step for every sequence: nothing for the draft to do (it catches up at the next
@@ -276,7 +278,61 @@ export class DraftModelSpeculator implements Speculator {
       // (Returned as it is, not as a promise: a plain step costs the engine no microtask turn.)
       return { proposals, plainSteps: this.plainStepsAhead(states) };
     }
-    return this.proposeTimed(seqs, states, ctx);
+    return this.chainOffer(seqs, states, ctx) ?? this.proposeTimed(seqs, states, ctx);
+  }
+
+  /**
+   * Greedy chains of a fixed k ('fixed', and 'cost' between its weighings), where the engine runs
+   * them natively (ctx.draftChains; the draft a model of the target's kind, on its device): the
+   * steps as one native call (CausalLM.speculativeChain), reported with updateChain(). A probe is
+   * one step (its acceptance is weighed at once); a chosen k holds for the chain (up to
+   * CHAIN_MAX_STEPS steps, or the chain's time).
+   */
+  private chainOffer(seqs: readonly SpecSequence[], states: DraftState[], ctx: ProposeContext): ProposalBatch | undefined {
+    if (ctx.draftChains !== true || isSampling(ctx.sampling) || (this.adaptive !== 'fixed' && this.adaptive !== 'cost')) return undefined;
+    const target = this.target;
+    if (!target?.speculativeChain || !this.draft.speculativeChain || target.device !== this.draft.device || target === this.draft) return undefined;
+    const proposals = new Array<Proposal>(seqs.length);
+    const offer = new Array<DraftChainOffer['seqs'][number]>(seqs.length);
+    let probe = false;
+    for (let b = 0; b < seqs.length; b++) {
+      const s = seqs[b] as SpecSequence;
+      const st = states[b] as DraftState;
+      probe ||= st.probed;
+      proposals[b] = loneRoot(s.history[s.history.length - 1] as number);
+      offer[b] = { draftSeq: st.draftSeq, draftFeed: Int32Array.from(s.history.slice(st.cached)), k: this.adaptive === 'fixed' ? this.k : st.k };
+    }
+    return { proposals, draftChain: { draft: this.draft, seqs: offer, maxSteps: probe ? 1 : CHAIN_MAX_STEPS } };
+  }
+
+  /** The engine ran this batch's draftChain: each step's bookkeeping, as update() and proposeTimed() do it. */
+  updateChain(seqs: readonly SpecSequence[], r: SpecChainResult, ctx: ProposeContext): void {
+    const B = seqs.length;
+    const cost = this.adaptive === 'cost' && !isSampling(ctx.sampling);
+    for (let b = 0; b < B; b++) {
+      const s = seqs[b] as SpecSequence;
+      const st = this.states.get(s.key);
+      if (!st) continue;
+      st.cached = r.draftCached[b] as number;
+      const ks = this.kHistory.get(s.key);
+      let tr = this.trace.get(s.key);
+      if (!tr) this.trace.set(s.key, (tr = []));
+      for (let i = 0; i < r.steps; i++) {
+        const drafted = r.drafted[i * B + b] as number;
+        const acc = r.accepted[i * B + b] as number;
+        ks?.push(drafted);
+        tr.push({ k: st.k, drafted, accepted: acc });
+        if (cost) for (let j = 0; j < Math.min(acc + 1, drafted); j++) this.rates.record(j, j < acc ? 0 : -1);
+        st.lastDrafted = drafted;
+      }
+    }
+    // The draft's cost per token from the steps after the first (which may feed a long uncached
+    // history), as proposeTimed measures it.
+    for (let i = 1; i < r.steps; i++) {
+      let drafted = 0;
+      for (let b = 0; b < B; b++) drafted += r.drafted[i * B + b] as number;
+      if (drafted > 0) this.draftCost?.add(drafted / B, (r.draftSeconds[i] as number) / B);
+    }
   }
 
   /** 'cost' mode, a step that drafts: proposeChain, its time refining the draft's cost per token. */

@@ -7,6 +7,7 @@ export type {
   Proposal,
   ProposalBatch,
   ProposeContext,
+  DraftChainOffer,
   StepReport,
 } from './speculator';
 export { codedError } from './speculator';

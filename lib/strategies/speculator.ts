@@ -2,7 +2,7 @@
 // tree per sequence (node 0 = the root, the last emitted token not yet in the model's KV cache),
 // sees the model's outputs of the forward that verified it, and keeps its own state in sync
 // (e.g. a draft model's KV cache). Speculators depend only on CausalLM.
-import type { CausalLM, DeviceTail, ForwardOutput } from '../models/causal_lm';
+import type { CausalLM, DeviceTail, ForwardOutput, SpecChainResult } from '../models/causal_lm';
 import type { Tensor } from '../tensor';
 import type { PackedMask, TokenTree } from '../tree';
 
@@ -67,11 +67,31 @@ export interface ProposalBatch {
    * native call and report them with updatePlain() instead of update(). Needs updatePlain.
    */
   readonly plainSteps?: number;
+  /**
+   * Only where the context allows it (ProposeContext.draftChains): instead of proposals (which are
+   * then lone roots, not verified), greedy draft-model steps for the engine to run in one native
+   * call (CausalLM.speculativeChain); it reports them with updateChain() instead of update().
+   */
+  readonly draftChain?: DraftChainOffer;
+}
+
+/** A ProposalBatch's draft chain: what CausalLM.speculativeChain needs beyond the target's side. */
+export interface DraftChainOffer {
+  readonly draft: CausalLM;
+  /** Per sequence (the batch's order): the draft's sequence, its uncached history (root last), k. */
+  readonly seqs: readonly { readonly draftSeq: number; readonly draftFeed: Int32Array; readonly k: number }[];
+  /** Steps at most (>= 1). */
+  readonly maxSteps: number;
 }
 
 export interface ProposeContext {
   readonly sampling?: SamplingConfig;
   readonly signal?: AbortSignal;
+  /**
+   * The engine runs a ProposalBatch's draftChain this step: the decoding is greedy, the step has one
+   * part, and the model has speculativeChain.
+   */
+  readonly draftChains?: boolean;
 }
 
 /** What the model's verifying forward produced and what verification kept, per sequence. */
@@ -153,6 +173,12 @@ export interface Speculator {
    * The steps had no forward output to report (no logits, hidden states or argmax rows).
    */
   updatePlain?(seqs: readonly SpecSequence[], steps: readonly number[], ctx: ProposeContext): void;
+  /**
+   * After a batch that offered a draftChain, which the engine ran: the steps' drafts and
+   * acceptances (result.drafted / accepted, step-major), the draft's cached lengths, the timings.
+   * The histories include every emitted token; the model's and the draft's caches are committed.
+   */
+  updateChain?(seqs: readonly SpecSequence[], result: SpecChainResult, ctx: ProposeContext): void;
   /**
    * The sequence's history was cut back (an outer verification rejected tokens this speculator's
    * model had already taken): drop any state past history.length.

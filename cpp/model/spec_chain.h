@@ -1,0 +1,60 @@
+// Greedy draft-model speculation as one native loop: several speculative steps (the draft's greedy
+// chain, the target's forward over it, greedy verification, the KV commit of the accepted path, the
+// draft's truncation to it) in one call, with no return to JavaScript between them. Each step is
+// made of the same calls, with the same arguments, as the JavaScript step of a DraftModelSpeculator
+// (greedy_chain_on_device, forward with the verification staged, ops::verify, commit with the
+// verified paths, truncate), so the tokens and both caches are those of that many such steps.
+//
+// Why: on a small model a speculative step's JavaScript (its objects, the N-API crossings, the
+// collections) costs about as much as the target's forward (bench/README.md, "thirty-second
+// session": ~50 of a 187 us step); a plain chain already avoided it (greedy_chain), so speculation
+// paid it against plain decoding that did not. On a GPU the loop is the host side of a step that
+// waits once: the verification's small result.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "llama.h"
+
+namespace specdec {
+
+struct SpecChainSeq {
+  int target_seq = -1;
+  int draft_seq = -1;
+  // The history tokens the draft has not cached, the root (the last emitted token, cached by neither
+  // model) last; target ids (ids outside the draft's vocabulary reach it as id 0, as draftInput does).
+  std::vector<int32_t> draft_feed;
+  // Draft tokens per step (0: this sequence's steps are plain, a lone root).
+  int k = 0;
+  // Tokens this call may emit for the sequence at most (>= 1): a step drafts at most budget - 1 -
+  // (tokens emitted so far) tokens, and the loop ends before a step that could emit none.
+  int budget = 1;
+  // Tokens that end the sequence (EOS, a request's stop tokens): no step follows one that emitted any.
+  std::vector<int32_t> stop;
+};
+
+struct SpecChainArgs {
+  std::vector<SpecChainSeq> seqs;
+  int max_steps = 1;         // >= 1
+  double max_seconds = 0;    // > 0: no step starts once the loop has run this long (the first always runs)
+};
+
+struct SpecChainResult {
+  int steps = 0;
+  // Per step and sequence (step-major, [steps * B]): drafts proposed, drafts accepted.
+  std::vector<int32_t> drafted, accepted;
+  // Per sequence: every emitted token, in order (per step: the accepted drafts, then the bonus).
+  std::vector<std::vector<int32_t>> emitted;
+  // Per sequence: the draft's cached length at the end (the history minus its uncached tail).
+  std::vector<int32_t> draft_cached;
+  // Per step: seconds of the draft's chain, of the target's forward, and of the whole step.
+  std::vector<double> draft_seconds, target_seconds, step_seconds;
+};
+
+// Runs the loop. Both models on one device; the draft's vocabulary at most the target's. Errors of
+// the first step leave both models as they were (the draft truncated back) and are rethrown; an
+// error in a later step ends the loop after the steps before it (their results returned, both
+// caches consistent with them), so the caller's next step meets the error itself.
+SpecChainResult speculative_chain(LlamaModel& target, LlamaModel& draft, const SpecChainArgs& args);
+
+}  // namespace specdec

@@ -1,0 +1,277 @@
+// Greedy draft-model speculation as native chains (CausalLM.speculativeChain, cpp/model/spec_chain.cc):
+// several speculative steps per call. Checked against plain greedy decoding (the tokens), against
+// the same decoder with speculativeChain hidden (every step through propose/forward/verify/commit/
+// update in JavaScript: the same tokens, statistics and draft lengths step by step, stop tokens and
+// maxNewTokens inside a chain included), and for the call's own contract: budgets, maxSteps, both
+// caches' lengths, and its errors.
+import * as assert from 'assert';
+
+import { ForwardCost, setForwardCost } from '../lib/cost_model';
+import { SpeculativeDecoder } from '../lib/decoder';
+import { defaultModelPaths } from '../lib/default_models';
+import type { CausalLM, SpecChainSequence } from '../lib/models/causal_lm';
+import { LlamaModel } from '../lib/models/llama';
+import { plainGenerate } from '../lib/plain';
+import { DraftModelSpeculator } from '../lib/strategies/draft_model';
+import { TextTokenizer } from '../lib/tokenizer';
+import { rng, testSeed } from './helpers';
+
+/** The model with speculativeChain hidden: the engine steps from JavaScript. */
+function withoutSpecChains(model: LlamaModel): CausalLM {
+  return new Proxy(model, {
+    get(t, k) {
+      if (k === 'speculativeChain') return undefined;
+      const v: unknown = Reflect.get(t, k, t);
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(t) : v;
+    },
+  }) as unknown as CausalLM;
+}
+
+async function codeOf(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+  } catch (e) {
+    return (e as { code?: string }).code ?? String(e);
+  }
+  return 'no error';
+}
+
+describe('greedy draft-model speculation as native chains', function () {
+  this.timeout(120_000);
+  const paths = defaultModelPaths();
+  let target: LlamaModel;
+  let draft: LlamaModel;
+  let calls = { n: 0, steps: 0 };
+  const r = rng(testSeed);
+  const prompts: Int32Array[] = [4, 11, 6].map((n) => Int32Array.from({ length: n }, () => 4 + Math.floor(r() * 300)));
+
+  before(async () => {
+    target = await LlamaModel.load(paths.target, { device: 'cpu', maxSequences: 16 });
+    draft = await LlamaModel.load(paths.draft, { device: 'cpu', maxSequences: 16 });
+    prompts.push(TextTokenizer.load(paths.target)!.encode('once upon a time'));
+    const orig = target.speculativeChain.bind(target);
+    (target as { speculativeChain: LlamaModel['speculativeChain'] }).speculativeChain = async (d, seqs, opts) => {
+      const res = await orig(d, seqs, opts);
+      calls.n++;
+      calls.steps += res.steps;
+      return res;
+    };
+  });
+  after(() => {
+    draft?.dispose();
+    target?.dispose();
+  });
+  beforeEach(() => {
+    calls = { n: 0, steps: 0 };
+  });
+
+  /** A sequence in each model. */
+  function open(): { seq: number; draftSeq: number } {
+    return { seq: target.createSequence(), draftSeq: draft.createSequence() };
+  }
+
+  it('the tokens of plain greedy decoding; budgets, maxSteps and both caches as the result says', async () => {
+    const ref = await plainGenerate(target, prompts, { maxNewTokens: 60 });
+    for (const k of [1, 3, 6]) {
+      // All sequences in one batch (one of them lone roots only), chains of at most 5 steps.
+      const ks = prompts.map((_, b) => (b === 1 ? 0 : k));
+      const st = prompts.map((p) => ({ ...open(), hist: Array.from(p), cached: 0 }));
+      // The target caches all but the root: the plain reference's first token is then the root.
+      const pre = await target.forward(st.map((s) => ({ seq: s.seq, tokens: Int32Array.from(s.hist.slice(0, -1)) })));
+      pre.logits.dispose();
+      target.commit(st.map((s) => s.seq), st.map((s) => Int32Array.from({ length: s.hist.length - 1 }, (_, i) => i)));
+      const want = 40;
+      let loops = 0;
+      while (st.some((s, b) => s.hist.length - prompts[b]!.length < want) && loops++ < 200) {
+        const live = st.map((_, b) => b).filter((b) => st[b]!.hist.length - prompts[b]!.length < want);
+        const seqs: SpecChainSequence[] = live.map((b) => {
+          const s = st[b]!;
+          return { seq: s.seq, draftSeq: s.draftSeq, draftFeed: Int32Array.from(s.hist.slice(s.cached)), k: ks[b]!, budget: want - (s.hist.length - prompts[b]!.length) };
+        });
+        const res = await target.speculativeChain(draft, seqs, { maxSteps: 5, maxSeconds: 1 });
+        assert.ok(res.steps >= 1 && res.steps <= 5, `${res.steps} steps`);
+        assert.strictEqual(res.drafted.length, res.steps * live.length);
+        live.forEach((b, i) => {
+          const s = st[b]!;
+          const em = res.emitted[i]!;
+          let n = 0;
+          for (let j = 0; j < res.steps; j++) {
+            const d = res.drafted[j * live.length + i]!;
+            const a = res.accepted[j * live.length + i]!;
+            assert.ok(d <= ks[b]! && a >= 0 && a <= d, `step ${j}: drafted ${d}, accepted ${a}, k ${ks[b]}`);
+            n += a + 1;
+          }
+          assert.strictEqual(em.length, n, 'one bonus token per step beside the accepted drafts');
+          assert.ok(em.length <= seqs[i]!.budget, `${em.length} tokens for a budget of ${seqs[i]!.budget}`);
+          s.hist.push(...em);
+          s.cached = res.draftCached[i]!;
+          assert.strictEqual(target.sequenceLength(s.seq), s.hist.length - 1, 'the target holds the history but the root');
+          assert.strictEqual(draft.sequenceLength(s.draftSeq), s.cached, 'the draft holds what draftCached says');
+          assert.ok(s.cached <= s.hist.length - 1);
+        });
+      }
+      st.forEach((s, b) => {
+        const got = s.hist.slice(prompts[b]!.length);
+        // (Plain decoding may stop at EOS; speculation here ignores stops: compare the common part.)
+        const exp = Array.from(ref.tokens[b]!);
+        const cmp = Math.min(exp.length, got.length);
+        assert.ok(cmp >= Math.min(20, exp.length));
+        assert.deepStrictEqual(got.slice(0, cmp), exp.slice(0, cmp), `k ${k}, sequence ${b}`);
+        target.freeSequence(s.seq);
+        draft.freeSequence(s.draftSeq);
+      });
+    }
+  });
+
+  it('no step follows one that emitted a stop token', async () => {
+    const ref = await plainGenerate(target, [prompts[3]!], { maxNewTokens: 60 });
+    const out = Array.from(ref.tokens[0]!);
+    const at = Math.floor(out.length / 2);
+    const stop = out[at]!;
+    const first = out.indexOf(stop);
+    const s = open();
+    try {
+      const p = prompts[3]!;
+      const pre = await target.forward([{ seq: s.seq, tokens: p.subarray(0, -1) }]);
+      pre.logits.dispose();
+      target.commit([s.seq], [Int32Array.from({ length: p.length - 1 }, (_, i) => i)]);
+      const k = 3;
+      const res = await target.speculativeChain(draft, [{ seq: s.seq, draftSeq: s.draftSeq, draftFeed: Int32Array.from(p), k, budget: 100, stop: Int32Array.of(999, stop) }], { maxSteps: 100, maxSeconds: 10 });
+      const em = Array.from(res.emitted[0]!);
+      assert.deepStrictEqual(em, out.slice(0, em.length));
+      // The step that emitted the first stop token is the last one.
+      const lastStep = (res.accepted[res.steps - 1] as number) + 1;
+      assert.ok(em.length - lastStep <= first && first < em.length, `stop at ${first}, ${em.length} tokens, the last step ${lastStep}`);
+    } finally {
+      target.freeSequence(s.seq);
+      draft.freeSequence(s.draftSeq);
+    }
+  });
+
+  it('bad arguments are E_ARG naming the problem, and leave both caches alone', async () => {
+    const s = open();
+    try {
+      const one = (o: Partial<SpecChainSequence>): SpecChainSequence[] => [{ seq: s.seq, draftSeq: s.draftSeq, draftFeed: Int32Array.of(5, 6), k: 2, budget: 8, ...o }];
+      const chain = (seqs: SpecChainSequence[], d: CausalLM = draft, maxSteps = 4): Promise<unknown> => target.speculativeChain(d, seqs, { maxSteps, maxSeconds: 1 });
+      assert.strictEqual(await codeOf(chain(one({ draftFeed: Int32Array.of(5, 99999) }))), 'E_ARG');
+      assert.strictEqual(await codeOf(chain(one({ draftFeed: new Int32Array(0) }))), 'E_ARG');
+      assert.strictEqual(await codeOf(chain(one({ budget: 0 }))), 'E_ARG');
+      assert.strictEqual(await codeOf(chain(one({ k: -1 }))), 'E_ARG');
+      assert.strictEqual(await codeOf(chain(one({}), draft, 0)), 'E_ARG');
+      assert.strictEqual(await codeOf(chain([...one({}), ...one({})])), 'E_ARG');
+      assert.strictEqual(await codeOf(chain(one({}), target)), 'E_ARG');
+      assert.strictEqual(await codeOf(chain(one({ seq: 9999 }))), 'E_ARG');
+      assert.strictEqual(target.sequenceLength(s.seq), 0);
+      assert.strictEqual(draft.sequenceLength(s.draftSeq), 0);
+      await assert.rejects(target.speculativeChain({} as CausalLM, one({}), { maxSteps: 1, maxSeconds: 1 }), /LlamaModel/);
+    } finally {
+      target.freeSequence(s.seq);
+      draft.freeSequence(s.draftSeq);
+    }
+  });
+
+  it('out of KV pages: E_KV_FULL at the first step leaves both models as they were; later, the steps before it', async () => {
+    // 2 pages of 16 tokens: 32 tokens in the target.
+    const small = await LlamaModel.load(paths.target, { device: 'cpu', maxSequences: 1, kvPages: 2, pageSize: 16 });
+    try {
+      const seq = small.createSequence();
+      const dseq = draft.createSequence();
+      const prompt = prompts[3]!;
+      const pre = await small.forward([{ seq, tokens: prompt.subarray(0, -1) }]);
+      pre.logits.dispose();
+      small.commit([seq], [Int32Array.from({ length: prompt.length - 1 }, (_, i) => i)]);
+      const hist = Array.from(prompt);
+      let cached = 0;
+      let error = '';
+      for (let i = 0; i < 40 && !error; i++) {
+        const t0 = small.sequenceLength(seq);
+        const d0 = draft.sequenceLength(dseq);
+        try {
+          const res = await small.speculativeChain(draft, [{ seq, draftSeq: dseq, draftFeed: Int32Array.from(hist.slice(cached)), k: 6, budget: 100 }], { maxSteps: 16, maxSeconds: 1 });
+          hist.push(...res.emitted[0]!);
+          cached = res.draftCached[0]!;
+          assert.strictEqual(small.sequenceLength(seq), hist.length - 1);
+          assert.strictEqual(draft.sequenceLength(dseq), cached);
+        } catch (e) {
+          error = (e as { code?: string }).code ?? String(e);
+          assert.strictEqual(small.sequenceLength(seq), t0, 'the target as it was');
+          assert.strictEqual(draft.sequenceLength(dseq), d0, 'the draft as it was');
+        }
+      }
+      assert.strictEqual(error, 'E_KV_FULL');
+      assert.ok(hist.length - 1 > 16 && hist.length - 1 <= 32, `${hist.length - 1} tokens cached before the cache was full`);
+      small.freeSequence(seq);
+      draft.freeSequence(dseq);
+    } finally {
+      small.dispose();
+    }
+  });
+
+  for (const [name, opts] of [
+    ['k = 4 (fixed)', { k: 4 }],
+    ['cost model', {}],
+  ] as const) {
+    it(`the decoder (${name}): the tokens, statistics and draft lengths of the step-by-step engine; stops inside a chain`, async () => {
+      const run = async (model: CausalLM, extra: object = {}): Promise<{ tokens: number[][]; stats: unknown[]; ks: number[][]; finish: string[] }> => {
+        const spec = new DraftModelSpeculator({ draft, ...opts });
+        const dec = new SpeculativeDecoder({ target: model, speculator: spec });
+        const res = [];
+        for (const p of prompts) res.push(await dec.generate(p, { maxNewTokens: 48, ...extra }).result);
+        const ks = [...spec.kHistory.values()];
+        spec.dispose();
+        return {
+          tokens: res.map((x) => Array.from(x.tokens)),
+          stats: res.map((x) => [x.stats.newTokens, x.stats.targetForwards, x.stats.nodesPerStep, x.stats.proposedDraftTokens, x.stats.acceptedDraftTokens, x.stats.acceptedPerPosition]),
+          ks,
+          finish: res.map((x) => x.finishReason),
+        };
+      };
+      const hidden = withoutSpecChains(target);
+      // The cost model's choices on a pinned curve where drafting pays (a flat one): the same on
+      // any machine, and the same for both paths.
+      for (const m of [target, hidden]) setForwardCost(m, ForwardCost.fromFunction(() => 1e-3, { frozen: true }));
+      const plain = await plainGenerate(target, prompts, { maxNewTokens: 48 });
+      const ref = await run(hidden);
+      assert.strictEqual(calls.n, 0);
+      const got = await run(target);
+      assert.deepStrictEqual(got.tokens, plain.tokens.map((t) => Array.from(t)), 'plain greedy tokens');
+      assert.deepStrictEqual(got.tokens, ref.tokens);
+      assert.deepStrictEqual(got.finish, ref.finish);
+      assert.ok(calls.n > 0 && calls.steps > calls.n, `${calls.n} chain calls, ${calls.steps} steps`);
+      // A fixed k: the same steps one by one, the same draft lengths (a chain may go on past an EOS
+      // the engine then cuts). (The cost model weighs k once per chain, not once per step.)
+      if (opts.k !== undefined) {
+        assert.deepStrictEqual(got.stats, ref.stats);
+        got.ks.forEach((k, i) => assert.deepStrictEqual(k.slice(0, ref.ks[i]!.length), ref.ks[i], `sequence ${i}`));
+      }
+      // A stop token and maxNewTokens inside a chain: the tokens after the cut go, and the steps made
+      // entirely of them are not counted as forwards.
+      const long = plain.tokens.reduce((a, t, i) => (t.length > plain.tokens[a]!.length ? i : a), 0);
+      const out = plain.tokens[long]!;
+      const stop = out[Math.floor(out.length * 0.6)]!;
+      for (const extra of [{ stopTokens: [stop] }, { maxNewTokens: 29 }]) {
+        const a = await run(hidden, extra);
+        calls.n = 0;
+        const b = await run(target, extra);
+        assert.ok(calls.n > 0);
+        assert.deepStrictEqual(b.tokens, a.tokens);
+        assert.deepStrictEqual(b.finish, a.finish);
+        if (opts.k !== undefined) assert.deepStrictEqual(b.stats, a.stats, JSON.stringify(extra));
+      }
+      assert.strictEqual(target.kvInfo().freePages, target.kvInfo().totalPages, 'every sequence freed');
+    });
+  }
+
+  it('sampling, heuristic k and draft trees keep the step-by-step path', async () => {
+    for (const [spec, sampling] of [
+      [new DraftModelSpeculator({ draft, k: 3 }), { temperature: 0.8, seed: 5 }],
+      [new DraftModelSpeculator({ draft, k: 3, adaptive: 'heuristic' }), undefined],
+      [new DraftModelSpeculator({ draft, treeBranching: [2, 1] }), undefined],
+    ] as const) {
+      const dec = new SpeculativeDecoder(sampling ? { target, speculator: spec, sampling } : { target, speculator: spec });
+      await dec.generate(prompts[3]!, { maxNewTokens: 20 }).result;
+      spec.dispose();
+    }
+    assert.strictEqual(calls.n, 0);
+  });
+});

@@ -24,7 +24,7 @@ export { openSafetensors, writeSafetensors, encodeSafetensors } from './safetens
 export type { SafetensorsEntry, SafetensorsReader } from './safetensors';
 
 // Models.
-export type { CausalLM, ModelConfig, SequenceInput, ForwardOptions, ForwardOutput, VerifyStaging, StagedVerify, VerifiedPaths, SpecChainSequence, SpecChainOptions, SpecChainResult } from './models/causal_lm';
+export type { CausalLM, ModelConfig, SequenceInput, ForwardOptions, ForwardOutput, VerifyStaging, StagedVerify, VerifiedPaths, SpecChainSequence, SpecChainOptions, SpecChainResult, MedusaChainSequence, MedusaChainTemplate, MedusaChainOptions, MedusaChainResult } from './models/causal_lm';
 export { LlamaModel } from './models/llama';
 export type { LlamaLoadOptions } from './models/llama';
 export { parseLlamaConfig, readLlamaConfig } from './models/config';

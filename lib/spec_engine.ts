@@ -2,9 +2,10 @@
 // tree per sequence -> ONE model forward over all trees of the batch -> verify -> commit the
 // accepted nodes -> let the speculator sync -> emit -> statistics. It lives apart from the decoder
 // so that a hybrid speculator can run the same loop on its draft model ("Medusa as the draft").
-import type { CausalLM, ForwardOptions, ForwardOutput, SequenceInput, SpecChainOptions, SpecChainSequence, StagedVerify, VerifiedPaths, VerifyStaging } from './models/causal_lm';
+import type { CausalLM, ForwardOptions, ForwardOutput, MedusaChainOptions, MedusaChainSequence, SequenceInput, SpecChainOptions, SpecChainSequence, StagedVerify, VerifiedPaths, VerifyStaging } from './models/causal_lm';
 import type {
   DraftChainOffer,
+  HeadsChainOffer,
   Proposal,
   ProposalBatch,
   ProposeContext,
@@ -89,11 +90,13 @@ export class StatsAcc {
    */
   private readonly recentEmitted: number[] = [];
   private readonly recentNodes: number[] = [];
+  private readonly recentDepth: number[] = [];
   private recentLen = 0;
 
-  private recent(emitted: number, nodes: number): void {
+  private recent(emitted: number, nodes: number, depth: number): void {
     this.recentEmitted[this.recentLen] = emitted;
-    this.recentNodes[this.recentLen++] = nodes;
+    this.recentNodes[this.recentLen] = nodes;
+    this.recentDepth[this.recentLen++] = depth;
   }
 
   /** `steps` plain steps run as one native chain: a forward and a token each. */
@@ -102,7 +105,7 @@ export class StatsAcc {
     this.newTokens += steps;
     this.nodesPerStep[1] = (this.nodesPerStep[1] ?? 0) + steps;
     this.recentLen = 0;
-    for (let i = 0; i < steps; i++) this.recent(1, 1);
+    for (let i = 0; i < steps; i++) this.recent(1, 1, 0);
   }
 
   /**
@@ -117,9 +120,30 @@ export class StatsAcc {
       this.targetForwards++;
       this.nodesPerStep[k + 1] = (this.nodesPerStep[k + 1] ?? 0) + 1;
       this.newTokens += a + 1;
-      this.recent(a + 1, k + 1);
+      this.recent(a + 1, k + 1, k);
       this.proposed += k;
       for (let d = 1; d <= k; d++) bump(this.proposedPerPosition, d - 1);
+      this.accepted += a;
+      for (let d = 1; d <= a; d++) bump(this.acceptedPerPosition, d - 1);
+    }
+  }
+
+  /**
+   * The steps of a native heads chain (CausalLM.medusaChain) for sequence b of B: trees of
+   * nodes[i * B + b] nodes, depths[i * B + b] deep, accepted[i * B + b] drafts accepted.
+   */
+  addTreeSteps(nodes: Int32Array, depths: Int32Array, accepted: Int32Array, b: number, B: number): void {
+    this.recentLen = 0;
+    for (let i = b; i < nodes.length; i += B) {
+      const n = nodes[i] as number;
+      const depth = depths[i] as number;
+      const a = accepted[i] as number;
+      this.targetForwards++;
+      this.nodesPerStep[n] = (this.nodesPerStep[n] ?? 0) + 1;
+      this.newTokens += a + 1;
+      this.recent(a + 1, n, depth);
+      this.proposed += n - 1;
+      for (let d = 1; d <= depth; d++) bump(this.proposedPerPosition, d - 1);
       this.accepted += a;
       for (let d = 1; d <= a; d++) bump(this.acceptedPerPosition, d - 1);
     }
@@ -134,17 +158,17 @@ export class StatsAcc {
     this.newTokens -= n;
     let i = this.recentLen - 1;
     while (i >= 0 && n >= (this.recentEmitted[i] as number)) {
-      // (Only a chain's steps lie wholly past a cut: a step of lone roots, or of a draft chain of
-      // nodes - 1 tokens whose first emitted - 1 were accepted.)
+      // (Only a chain's steps lie wholly past a cut.)
       const emitted = this.recentEmitted[i] as number;
       const nodes = this.recentNodes[i] as number;
+      const depth = this.recentDepth[i] as number;
       n -= emitted;
       this.targetForwards--;
       const left = (this.nodesPerStep[nodes] as number) - 1;
       if (left > 0) this.nodesPerStep[nodes] = left;
       else delete this.nodesPerStep[nodes];
       this.proposed -= nodes - 1;
-      for (let d = 1; d < nodes; d++) this.proposedPerPosition[d - 1] = (this.proposedPerPosition[d - 1] as number) - 1;
+      for (let d = 1; d <= depth; d++) this.proposedPerPosition[d - 1] = (this.proposedPerPosition[d - 1] as number) - 1;
       this.accepted -= emitted - 1;
       for (let d = 1; d < emitted; d++) this.acceptedPerPosition[d - 1] = (this.acceptedPerPosition[d - 1] as number) - 1;
       i--;
@@ -157,7 +181,7 @@ export class StatsAcc {
 
   addStep(proposal: Proposal, acceptedLen: number, emitted: number): void {
     this.recentLen = 0;
-    this.recent(emitted, proposal.tokens.length);
+    this.recent(emitted, proposal.tokens.length, 0);
     this.targetForwards++;
     this.nodesPerStep[proposal.tokens.length] = (this.nodesPerStep[proposal.tokens.length] ?? 0) + 1;
     this.newTokens += emitted;
@@ -268,10 +292,10 @@ export class SpecEngine {
 
   /**
    * The context of a step this engine makes alone: ctx() with draftChains when the engine can run a
-   * draft chain (greedy, and the model has speculativeChain).
+   * chain of speculative steps (greedy, and the model has speculativeChain or medusaChain).
    */
   soloCtx(signal?: AbortSignal): ProposeContext {
-    if (this.sampling || !this.model.speculativeChain) return this.ctx(signal);
+    if (this.sampling || !(this.model.speculativeChain || this.model.medusaChain)) return this.ctx(signal);
     if (!signal && this.soloCtx0) return this.soloCtx0;
     const c: ProposeContext = signal ? { signal, draftChains: true } : { draftChains: true };
     if (!signal) this.soloCtx0 = Object.freeze(c);
@@ -416,6 +440,8 @@ export class SpecEngine {
       throwIfAborted(signal);
       const offer = (batches[0] as ProposalBatch).draftChain;
       if (offer) return await SpecEngine.draftChain(first, offer, t0, tDraft, signal);
+      const heads = (batches[0] as ProposalBatch).headsChain;
+      if (heads) return await SpecEngine.headsChain(first, heads, t0, tDraft, signal);
       const chain = plainChainSteps(live, batches, proposals, model, speculator);
       for (const p of live) p.engine.lastStep.speculative = false;
       if (chain) return await SpecEngine.plainChain(live, chain, t0, tDraft, signal);
@@ -602,42 +628,93 @@ export class SpecEngine {
     const tCall = performance.now();
     const r = await model.speculativeChain.call(model, offer.draft, inputs, opts);
     const tDone = performance.now();
-    const steps = r.steps;
+    const nodes = new Int32Array(r.drafted.length);
+    for (let i = 0; i < nodes.length; i++) nodes[i] = (r.drafted[i] as number) + 1;
+    for (let b = 0; b < B; b++) (seqs[b] as EngineSequence).stats.addChainSteps(r.drafted, r.accepted, b, B);
+    speculator.updateChain(seqs, r, part.engine.ctx(signal));
+    return SpecEngine.chainDone(part, r, nodes, r.draftSeconds, t0, tDraft, tCall, tDone);
+  }
+
+  /**
+   * A speculator's heads chain (ProposalBatch.headsChain; offered as a draft chain is): its steps in
+   * one native call (CausalLM.medusaChain), then their bookkeeping as draftChain's.
+   */
+  private static async headsChain(part: StepPart, offer: HeadsChainOffer, t0: number, tDraft: number, signal?: AbortSignal): Promise<Int32Array[]> {
+    const { model, speculator } = part.engine;
+    const { seqs } = part;
+    if (!speculator?.updateHeadsChain || !model.medusaChain) throw codedError('E_INTERNAL', 'a heads chain without updateHeadsChain or medusaChain');
+    if (offer.seqs.length !== seqs.length) throw codedError('E_ARG', `${speculator.name}: a heads chain of ${offer.seqs.length} sequences for ${seqs.length}`);
+    const B = seqs.length;
+    const inputs = new Array<MedusaChainSequence>(B);
+    for (let b = 0; b < B; b++) {
+      const s = seqs[b] as EngineSequence;
+      const o = offer.seqs[b] as HeadsChainOffer['seqs'][number];
+      const base = { seq: s.modelSeq, root: s.history[s.history.length - 1] as number, cands: o.cands, headsKnown: o.headsKnown, budget: s.maxDepth + 1 };
+      inputs[b] = s.stopTokens ? { ...base, stop: s.stopTokens } : base;
+    }
+    const opts: MedusaChainOptions = { topK: offer.topK, maxSteps: offer.maxSteps, maxSeconds: CHAIN_SECONDS, ...(signal ? { signal } : {}) };
+    const tCall = performance.now();
+    const r = await model.medusaChain.call(model, offer.heads, inputs, offer.template, opts);
+    const tDone = performance.now();
+    const drafted = new Int32Array(r.nodes.length);
+    for (let i = 0; i < drafted.length; i++) drafted[i] = (r.nodes[i] as number) - 1;
+    for (let b = 0; b < B; b++) (seqs[b] as EngineSequence).stats.addTreeSteps(r.nodes, r.depths, r.accepted, b, B);
+    speculator.updateHeadsChain(seqs, r, part.engine.ctx(signal));
+    return SpecEngine.chainDone(part, r, r.nodes, undefined, t0, tDraft, tCall, tDone);
+  }
+
+  /**
+   * After a native chain of steps (draftChain, headsChain): the histories, and the cost model's
+   * samples -- each step's forward, and what it cost beside its forward and its drafting, with an
+   * equal share of the call's JavaScript (the proposal, the marshalling, the bookkeeping) -- the
+   * engine's last-step record and its phases. nodes: per step and sequence (step-major).
+   */
+  private static chainDone(
+    part: StepPart,
+    r: { readonly steps: number; readonly emitted: Int32Array[]; readonly targetSeconds: Float64Array; readonly stepSeconds: Float64Array },
+    nodes: Int32Array,
+    draftSeconds: Float64Array | undefined,
+    t0: number,
+    tDraft: number,
+    tCall: number,
+    tDone: number,
+  ): Int32Array[] {
+    const { model, speculator } = part.engine;
+    const { seqs } = part;
+    const B = seqs.length;
     for (let b = 0; b < B; b++) {
       const s = seqs[b] as EngineSequence;
       const em = r.emitted[b] as Int32Array;
       s.committed += em.length;
       for (let k = 0; k < em.length; k++) s.history.push(em[k] as number);
-      s.stats.addChainSteps(r.drafted, r.accepted, b, B);
     }
-    speculator.updateChain(seqs, r, part.engine.ctx(signal));
     const tEnd = performance.now();
-    // Per step: the native step's time beside its drafting and forward, and an equal share of this
-    // call's JavaScript (the proposal, the call's marshalling, this bookkeeping).
+    const steps = r.steps;
     let native = 0;
     let draftS = 0;
     let targetS = 0;
     for (let i = 0; i < steps; i++) {
       native += r.stepSeconds[i] as number;
-      draftS += r.draftSeconds[i] as number;
+      draftS += draftSeconds ? (draftSeconds[i] as number) : 0;
       targetS += r.targetSeconds[i] as number;
     }
     const js = Math.max(0, (tEnd - t0) / 1000 - native) / Math.max(1, steps);
     const cost = knownForwardCost(model);
     let trees = false;
     for (let i = 0; i < steps; i++) {
-      let nodes = 0;
-      for (let b = 0; b < B; b++) nodes += (r.drafted[i * B + b] as number) + 1;
-      if (nodes === B) continue;
+      let n = 0;
+      for (let b = 0; b < B; b++) n += nodes[i * B + b] as number;
+      if (n === B) continue;
       trees = true;
-      cost?.observeStep(nodes, r.targetSeconds[i] as number);
-      cost?.observeOverhead((r.stepSeconds[i] as number) - (r.draftSeconds[i] as number) - (r.targetSeconds[i] as number) + js, speculator);
+      const drafting = draftSeconds ? (draftSeconds[i] as number) : 0;
+      cost?.observeStep(n, r.targetSeconds[i] as number);
+      cost?.observeOverhead((r.stepSeconds[i] as number) - drafting - (r.targetSeconds[i] as number) + js, speculator);
     }
     const ls = part.engine.lastStep;
     ls.speculative = trees;
     ls.seconds = (tEnd - t0) / 1000;
     ls.steps = Math.max(1, steps);
-    // Phases: the draft chains, the forwards, the rest of the native steps as verification.
+    // Phases: the drafting, the forwards, the rest of the native steps as verification.
     const ph = part.engine.phases;
     ph.draft += (tDraft - t0) / 1000 + draftS;
     ph.target += targetS;

@@ -13,14 +13,15 @@ import type { CausalLM, SpecChainSequence } from '../lib/models/causal_lm';
 import { LlamaModel } from '../lib/models/llama';
 import { plainGenerate } from '../lib/plain';
 import { DraftModelSpeculator } from '../lib/strategies/draft_model';
+import { MedusaHeads, MedusaSpeculator } from '../lib/strategies/medusa';
 import { TextTokenizer } from '../lib/tokenizer';
 import { rng, testSeed } from './helpers';
 
-/** The model with speculativeChain hidden: the engine steps from JavaScript. */
+/** The model with speculativeChain and medusaChain hidden: the engine steps from JavaScript. */
 function withoutSpecChains(model: LlamaModel): CausalLM {
   return new Proxy(model, {
     get(t, k) {
-      if (k === 'speculativeChain') return undefined;
+      if (k === 'speculativeChain' || k === 'medusaChain') return undefined;
       const v: unknown = Reflect.get(t, k, t);
       return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(t) : v;
     },
@@ -261,6 +262,84 @@ describe('greedy draft-model speculation as native chains', function () {
       assert.strictEqual(target.kvInfo().freePages, target.kvInfo().totalPages, 'every sequence freed');
     });
   }
+
+  for (const choices of ['chain_4', 'mc_sim_7b_63', undefined] as const) {
+    it(`Medusa (${choices ?? 'sized'}): the tokens of plain greedy decoding${choices ? ', and the statistics of the step-by-step engine' : ''}; stops inside a chain`, async () => {
+      const heads = MedusaHeads.load(paths.medusa, { device: 'cpu' });
+      let medusaCalls = 0;
+      const orig = target.medusaChain.bind(target);
+      (target as { medusaChain: LlamaModel['medusaChain'] }).medusaChain = (...a) => {
+        medusaCalls++;
+        return orig(...a);
+      };
+      try {
+        const hidden = withoutSpecChains(target);
+        // A sized Medusa on a pinned flat curve: its trees pay, on any machine.
+        for (const m of [target, hidden]) setForwardCost(m, ForwardCost.fromFunction(() => 1e-3, { frozen: true }));
+        const run = async (model: CausalLM, extra: object = {}): Promise<{ tokens: number[][]; stats: unknown[]; finish: string[] }> => {
+          const spec = new MedusaSpeculator(choices ? { heads, choices } : { heads });
+          const dec = new SpeculativeDecoder({ target: model, speculator: spec });
+          const res = [];
+          for (const p of prompts) res.push(await dec.generate(p, { maxNewTokens: 48, ...extra }).result);
+          spec.dispose();
+          return {
+            tokens: res.map((x) => Array.from(x.tokens)),
+            stats: res.map((x) => [x.stats.newTokens, x.stats.targetForwards, x.stats.nodesPerStep, x.stats.proposedDraftTokens, x.stats.acceptedDraftTokens, x.stats.acceptedPerPosition, x.stats.proposedPerPosition]),
+            finish: res.map((x) => x.finishReason),
+          };
+        };
+        const plain = await plainGenerate(target, prompts, { maxNewTokens: 48 });
+        const ref = await run(hidden);
+        assert.strictEqual(medusaCalls, 0);
+        const got = await run(target);
+        assert.ok(medusaCalls > 0, 'native chains ran');
+        assert.deepStrictEqual(got.tokens, plain.tokens.map((t) => Array.from(t)), 'plain greedy tokens');
+        assert.deepStrictEqual(got.finish, ref.finish);
+        // Fixed choices: the same trees step by step. (A sized plan is weighed once per chain.)
+        if (choices) assert.deepStrictEqual(got.stats, ref.stats);
+        const long = plain.tokens.reduce((a, t, i) => (t.length > plain.tokens[a]!.length ? i : a), 0);
+        const out = plain.tokens[long]!;
+        for (const extra of [{ stopTokens: [out[Math.floor(out.length * 0.6)]!] }, { maxNewTokens: 29 }]) {
+          const a = await run(hidden, extra);
+          const b = await run(target, extra);
+          assert.deepStrictEqual(b.tokens, a.tokens);
+          assert.deepStrictEqual(b.finish, a.finish);
+          if (choices) assert.deepStrictEqual(b.stats, a.stats, JSON.stringify(extra));
+        }
+        assert.strictEqual(target.kvInfo().freePages, target.kvInfo().totalPages, 'every sequence freed');
+      } finally {
+        delete (target as { medusaChain?: unknown }).medusaChain;
+        heads.dispose();
+      }
+    });
+  }
+
+  it('medusaChain: a template that is no Medusa subtree, or candidates that do not fit, are E_ARG', async () => {
+    const heads = MedusaHeads.load(paths.medusa, { device: 'cpu' });
+    const seq = target.createSequence();
+    try {
+      const set = heads.weights();
+      const K = 2;
+      const H = heads.config.numHeads;
+      const ok = { parents: Int32Array.of(-1, 0, 1), head: Int32Array.of(-1, 0, 1), rank: Int32Array.of(0, 0, 1) };
+      const one = { seq, root: 5, cands: new Int32Array(H * K).fill(7), headsKnown: H, budget: 8 };
+      const chain = (tpl: typeof ok, s: typeof one = one): Promise<unknown> => target.medusaChain(set, [s], tpl, { topK: K, maxSteps: 2, maxSeconds: 1 });
+      assert.strictEqual(await codeOf(chain({ ...ok, head: Int32Array.of(-1, 1, 1) })), 'E_ARG', 'a root child reads head 0');
+      assert.strictEqual(await codeOf(chain({ ...ok, rank: Int32Array.of(0, 0, K) })), 'E_ARG', 'a rank past topK');
+      assert.strictEqual(await codeOf(chain({ ...ok, parents: Int32Array.of(-1, 2, 0) })), 'E_ARG', 'a parent after its child');
+      assert.strictEqual(await codeOf(chain({ ...ok, head: Int32Array.of(-1, 0, H) })), 'E_ARG', 'a head that does not run');
+      assert.strictEqual(await codeOf(chain(ok, { ...one, cands: new Int32Array(3) })), 'E_ARG', 'candidates for the heads known');
+      assert.strictEqual(await codeOf(chain(ok, { ...one, cands: new Int32Array(H * K).fill(99999) })), 'E_ARG', 'a candidate outside the vocabulary');
+      assert.strictEqual(await codeOf(chain(ok, { ...one, root: -1 })), 'E_ARG', 'a root outside the vocabulary');
+      assert.strictEqual(target.sequenceLength(seq), 0);
+      // A valid one runs (its first step over an empty cache: the root's tree).
+      const r = await target.medusaChain(set, [one], ok, { topK: K, maxSteps: 3, maxSeconds: 1 });
+      assert.ok(r.steps >= 1 && r.cands[0]!.length === H * K && target.sequenceLength(seq) === r.emitted[0]!.length);
+    } finally {
+      target.freeSequence(seq);
+      heads.dispose();
+    }
+  });
 
   it('sampling, heuristic k and draft trees keep the step-by-step path', async () => {
     for (const [spec, sampling] of [

@@ -154,6 +154,28 @@ declare namespace SpecdecNative {
     stepSeconds: Float64Array;
   }
 
+  interface NativeMedusaChainSeq {
+    seq: number;
+    root: number;
+    cands: Int32Array;
+    headsKnown: number;
+    budget: number;
+    stop?: Int32Array;
+  }
+
+  interface NativeMedusaChainResult {
+    steps: number;
+    depth: number;
+    nodes: Int32Array;
+    depths: Int32Array;
+    accepted: Int32Array;
+    ranks: Int32Array;
+    emitted: Int32Array[];
+    cands: Int32Array[];
+    targetSeconds: Float64Array;
+    stepSeconds: Float64Array;
+  }
+
   interface LlamaNativeModel {
     /**
      * Runs on the libuv pool, or on the calling thread (the promise is then already settled) when
@@ -173,6 +195,16 @@ declare namespace SpecdecNative {
     sampledChainOnDevice(...args: NativeSampledChainArgs): Promise<{ ids: Tensor; q: Tensor }>;
     /** Greedy draft-model steps in one call (cpp/model/spec_chain.h). */
     speculativeChain(draft: LlamaNativeModel, seqs: readonly NativeSpecChainSeq[], maxSteps: number, maxSeconds: number, syncMaxMacs?: number): Promise<NativeSpecChainResult>;
+    /** Greedy Medusa steps in one call (cpp/model/spec_chain.h). */
+    medusaChain(
+      heads: NativeMedusaHeadSet,
+      seqs: readonly NativeMedusaChainSeq[],
+      template: { parents: Int32Array; head: Int32Array; rank: Int32Array },
+      topK: number,
+      maxSteps: number,
+      maxSeconds: number,
+      syncMaxMacs?: number,
+    ): Promise<NativeMedusaChainResult>;
     commit(seqs: Int32Array, accepted: readonly Int32Array[], paths?: VerifiedPathsHandle | readonly VerifiedPathsHandle[]): void;
     createSequence(): number;
     forkSequence(seq: number): number;

@@ -15,6 +15,77 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+// Greedy verification of a forward's staged trees (and, with heads, their top-k at each sequence's
+// last accepted node, from the verification's outputs on the device), then the commit of the
+// accepted paths, their K/V moved from the verification's result. One read: the host copy of
+// [accepted nodes N | emitted N | accept counts B | depth accepts D | heads' ids heads * B * top_k].
+struct Verdict {
+  std::vector<int32_t> host;
+  int64_t N = 0, B = 0, D = 0;
+  std::vector<int32_t> node_indptr;
+  int32_t count(size_t b) const { return host[static_cast<size_t>(2 * N) + b]; }
+  const int32_t* emitted(size_t b) const { return host.data() + N + node_indptr[b]; }
+  const int32_t* heads_ids() const { return host.data() + 2 * N + B + D; }
+};
+
+Verdict verify_commit(LlamaModel& target, const LlamaForwardResult& fr, const std::vector<int>& tseqs,
+                      const std::vector<MedusaHead>* heads, int32_t top_k) {
+  const StagedTree& st = *fr.staged;
+  Verdict v;
+  v.node_indptr = st.h_node_indptr;
+  v.B = static_cast<int64_t>(tseqs.size());
+  v.N = static_cast<int64_t>(st.h_parents.size());
+  for (int64_t b = 0; b < v.B; ++b) v.D = std::max<int64_t>(v.D, st.h_node_indptr[b + 1] - st.h_node_indptr[b] - 1);
+  const int64_t N = v.N, B = v.B, D = v.D;
+  const int64_t M = heads ? static_cast<int64_t>(heads->size()) * B * top_k : 0;
+  const int64_t total = 2 * N + B + D + M;
+  VerifyArgs va;
+  va.mode = VerifyMode::greedy;
+  va.target = fr.logits;
+  va.node_indptr = st.node_indptr;
+  va.parents = st.parents;
+  va.tokens = st.tokens;
+  va.h_node_indptr = st.h_node_indptr.data();
+  va.h_parents = st.h_parents.data();
+  va.h_tokens = st.h_tokens.data();
+  Tensor res = Tensor::zeros(DType::i32, {total}, target.device());
+  VerifyResult vr;
+  vr.accepted_nodes = res.rows(0, N);
+  vr.emitted = res.rows(N, 2 * N);
+  vr.accept_count = res.rows(2 * N, 2 * N + B);
+  vr.depth_accepts = res.rows(2 * N + B, 2 * N + B + D);
+  ops::verify(va, vr);
+  if (M > 0) {
+    Tensor ids = res.rows(total - M, total).view({static_cast<int64_t>(heads->size()) * B, top_k});
+    medusa_top_k_after_verify(*heads, fr.hidden, va.node_indptr, vr.accepted_nodes, vr.accept_count, top_k, ids);
+  }
+  v.host.resize(static_cast<size_t>(total));
+  res.copy_to_host(v.host.data(), v.host.size() * sizeof(int32_t));
+
+  VerifiedPaths paths;
+  paths.node_indptr = va.node_indptr;
+  paths.accepted_nodes = vr.accepted_nodes;
+  paths.accept_count = vr.accept_count;
+  paths.h_node_indptr = st.h_node_indptr;
+  paths.h_accepted_nodes.assign(v.host.begin(), v.host.begin() + N);
+  paths.h_accept_count.assign(v.host.begin() + 2 * N, v.host.begin() + 2 * N + B);
+  std::vector<std::vector<int32_t>> acc(static_cast<size_t>(B));
+  for (size_t b = 0; b < acc.size(); ++b) {
+    const int32_t s0 = st.h_node_indptr[b], n = paths.h_accept_count[b], nodes = st.h_node_indptr[b + 1] - s0;
+    SPECDEC_CHECK(n >= 1 && n <= nodes, "E_INTERNAL", "verification accepted ", n, " nodes of ", nodes);
+    acc[b].assign(v.host.begin() + s0, v.host.begin() + s0 + n);
+  }
+  target.commit(tseqs, acc, {&paths});
+  return v;
+}
+
+// Whether the last n tokens of `em` hold one of `stop`.
+bool stopped(const std::vector<int32_t>& em, size_t n, const std::vector<int32_t>& stop) {
+  for (size_t i = em.size() - n; i < em.size(); ++i)
+    if (std::find(stop.begin(), stop.end(), em[i]) != stop.end()) return true;
+  return false;
+}
+
 }  // namespace
 
 SpecChainResult speculative_chain(LlamaModel& target, LlamaModel& draft, const SpecChainArgs& args) {
@@ -28,9 +99,9 @@ SpecChainResult speculative_chain(LlamaModel& target, LlamaModel& draft, const S
   const int draft_max = draft.config().max_positions;
 
   // Per sequence: the history tokens past the draft's cache (root last), the draft's cached length,
-  // the target's committed length, and what is left of the budget.
+  // and what is left of the budget.
   std::vector<std::vector<int32_t>> pending(B);
-  std::vector<int> cached(B), committed(B), left(B);
+  std::vector<int> cached(B), left(B);
   for (size_t b = 0; b < B; ++b) {
     const SpecChainSeq& s = args.seqs[b];
     SPECDEC_CHECK(!s.draft_feed.empty(), "E_ARG", "seqs[", b, "].draftFeed: empty (it ends with the root)");
@@ -43,7 +114,6 @@ SpecChainResult speculative_chain(LlamaModel& target, LlamaModel& draft, const S
                     "]: a sequence listed twice");
     pending[b] = s.draft_feed;
     cached[b] = draft.sequence_length(s.draft_seq);
-    committed[b] = target.sequence_length(s.target_seq);
     left[b] = s.budget;
   }
 
@@ -64,6 +134,7 @@ SpecChainResult speculative_chain(LlamaModel& target, LlamaModel& draft, const S
     const auto t0 = std::chrono::steady_clock::now();
     std::vector<int> cached0 = cached;
     double t_draft = 0, t_target = 0;
+    Verdict v;
     try {
       // 1. The draft's chains (sequences that draft), their picks left on the device.
       std::vector<LlamaSeqInput> din;
@@ -94,7 +165,6 @@ SpecChainResult speculative_chain(LlamaModel& target, LlamaModel& draft, const S
       const auto t1 = std::chrono::steady_clock::now();
       std::vector<LlamaSeqInput> tin(B);
       VerifyStaging stage;
-      int max_nodes = 1;
       for (size_t b = 0; b < B; ++b) {
         LlamaSeqInput& in = tin[b];
         in.seq = args.seqs[b].target_seq;
@@ -108,60 +178,33 @@ SpecChainResult speculative_chain(LlamaModel& target, LlamaModel& draft, const S
           in.tail_offset = tail_at[b];
         }
         stage.parents.insert(stage.parents.end(), in.parents.begin(), in.parents.end());
-        max_nodes = std::max(max_nodes, n);
       }
       LlamaForwardResult fr = target.forward(tin, false, &stage);
       t_target = seconds_since(t1);
 
-      // 3. Greedy verification of the staged trees; its result is the step's one read.
-      const StagedTree& st = *fr.staged;
-      VerifyArgs va;
-      va.mode = VerifyMode::greedy;
-      va.target = fr.logits;
-      va.node_indptr = st.node_indptr;
-      va.parents = st.parents;
-      va.tokens = st.tokens;
-      va.h_node_indptr = st.h_node_indptr.data();
-      va.h_parents = st.h_parents.data();
-      va.h_tokens = st.h_tokens.data();
-      const int64_t N = static_cast<int64_t>(st.h_parents.size()), D = max_nodes - 1;
-      const int64_t total = 2 * N + static_cast<int64_t>(B) + D;
-      Tensor res = Tensor::zeros(DType::i32, {total}, target.device());
-      VerifyResult vr;
-      vr.accepted_nodes = res.rows(0, N);
-      vr.emitted = res.rows(N, 2 * N);
-      vr.accept_count = res.rows(2 * N, 2 * N + static_cast<int64_t>(B));
-      vr.depth_accepts = res.rows(2 * N + static_cast<int64_t>(B), total);
-      ops::verify(va, vr);
-      std::vector<int32_t> host(static_cast<size_t>(total));
-      res.copy_to_host(host.data(), host.size() * sizeof(int32_t));
-
-      // 4. The accepted paths become the target's committed K/V (moved from the verification's result).
-      VerifiedPaths paths;
-      paths.node_indptr = va.node_indptr;
-      paths.accepted_nodes = vr.accepted_nodes;
-      paths.accept_count = vr.accept_count;
-      paths.h_node_indptr = st.h_node_indptr;
-      paths.h_accepted_nodes.assign(host.begin(), host.begin() + N);
-      paths.h_accept_count.assign(host.begin() + 2 * N, host.begin() + 2 * N + static_cast<int64_t>(B));
+      // 3. Greedy verification of the staged trees (the step's one read), and the commit.
       std::vector<int> tseqs(B);
-      std::vector<std::vector<int32_t>> acc(B);
-      for (size_t b = 0; b < B; ++b) {
-        tseqs[b] = args.seqs[b].target_seq;
-        const int32_t s0 = st.h_node_indptr[b], n = paths.h_accept_count[b];
-        SPECDEC_CHECK(n >= 1 && n <= ks[b] + 1, "E_INTERNAL", "speculativeChain: verification accepted ", n, " nodes of ", ks[b] + 1);
-        acc[b].assign(host.begin() + s0, host.begin() + s0 + n);
-      }
-      target.commit(tseqs, acc, {&paths});
-
-      // 5. Emitted tokens; the draft keeps only what the history holds (all but the new root).
+      for (size_t b = 0; b < B; ++b) tseqs[b] = args.seqs[b].target_seq;
+      v = verify_commit(target, fr, tseqs, nullptr, 0);
+    } catch (...) {
+      // The failed step's draft tokens go; its target forward, if any, stays uncommitted (the next
+      // forward replaces it).
+      for (size_t b = 0; b < B; ++b)
+        if (cached[b] > cached0[b]) {
+          draft.truncate(args.seqs[b].draft_seq, cached0[b]);
+          cached[b] = cached0[b];
+        }
+      if (step == 0) throw;
+      break;
+    }
+    {
+      // 4. Emitted tokens; the draft keeps only what the history holds (all but the new root).
       r.drafted.insert(r.drafted.end(), ks.begin(), ks.end());
       for (size_t b = 0; b < B; ++b) {
-        const int32_t s0 = st.h_node_indptr[b], n = paths.h_accept_count[b];
-        const int32_t* em = host.data() + N + s0;
+        const int32_t n = v.count(b);
+        const int32_t* em = v.emitted(b);
         r.accepted.push_back(n - 1);
         r.emitted[b].insert(r.emitted[b].end(), em, em + n);
-        committed[b] += n;
         left[b] -= n;
         // History before the step: cached0 + pending; now n more tokens, the last the new root.
         const int valid = cached0[b] + static_cast<int>(pending[b].size()) + n - 1;
@@ -177,28 +220,135 @@ SpecChainResult speculative_chain(LlamaModel& target, LlamaModel& draft, const S
       r.target_seconds.push_back(t_target);
       r.step_seconds.push_back(seconds_since(t0));
       ++r.steps;
-    } catch (...) {
-      // The failed step's draft tokens go; its target forward, if any, stays uncommitted (the next
-      // forward replaces it).
-      for (size_t b = 0; b < B; ++b)
-        if (cached[b] > cached0[b]) {
-          draft.truncate(args.seqs[b].draft_seq, cached0[b]);
-          cached[b] = cached0[b];
-        }
-      if (step == 0) throw;
-      break;
     }
     bool spent = false;
-    for (size_t b = 0; b < B; ++b) {
-      spent = spent || left[b] < 1;
-      const std::vector<int32_t>& stop = args.seqs[b].stop;
-      const std::vector<int32_t>& em = r.emitted[b];
-      const size_t n = static_cast<size_t>(r.accepted[r.accepted.size() - B + b]) + 1;
-      for (size_t i = em.size() - n; i < em.size() && !spent; ++i) spent = std::find(stop.begin(), stop.end(), em[i]) != stop.end();
-    }
+    for (size_t b = 0; b < B; ++b)
+      spent = spent || left[b] < 1 || stopped(r.emitted[b], static_cast<size_t>(r.accepted[r.accepted.size() - B + b]) + 1, args.seqs[b].stop);
     if (spent) break;
   }
   r.draft_cached = std::vector<int32_t>(cached.begin(), cached.end());
+  return r;
+}
+
+MedusaChainResult medusa_chain(LlamaModel& target, const MedusaChainArgs& args) {
+  const size_t B = args.seqs.size();
+  const int32_t K = args.top_k;
+  const size_t T = args.parents.size();
+  const int64_t V = target.config().vocab_size;
+  SPECDEC_CHECK(B > 0, "E_ARG", "medusaChain: no sequences");
+  SPECDEC_CHECK(args.max_steps >= 1, "E_ARG", "medusaChain: maxSteps must be >= 1, got ", args.max_steps);
+  SPECDEC_CHECK(!args.heads.empty() && K >= 1, "E_ARG", "medusaChain: expected at least one head and topK >= 1");
+  const int H = static_cast<int>(args.heads.size());
+  SPECDEC_CHECK(T >= 1 && args.head.size() == T && args.rank.size() == T && args.parents[0] == -1, "E_ARG",
+                "medusaChain: the template needs parents, head and rank per node, node 0 the root (parent -1)");
+  int depth = 0;
+  for (size_t i = 1; i < T; ++i) {
+    const int32_t p = args.parents[i], h = args.head[i], rk = args.rank[i];
+    SPECDEC_CHECK(p >= 0 && p < static_cast<int32_t>(i) && h >= 0 && h < H && rk >= 0 && rk < K &&
+                      h == (p == 0 ? 0 : args.head[static_cast<size_t>(p)] + 1),
+                  "E_ARG", "medusaChain: template node ", i, " (parent ", p, ", head ", h, ", rank ", rk,
+                  "): a node is rank < topK of head (its parent's head + 1) < the heads run, after its parent");
+    depth = std::max(depth, h + 1);
+  }
+  for (size_t b = 0; b < B; ++b) {
+    const MedusaChainSeq& s = args.seqs[b];
+    SPECDEC_CHECK(s.budget >= 1 && s.heads_known >= 0 && s.heads_known <= H &&
+                      s.cands.size() == static_cast<size_t>(s.heads_known) * static_cast<size_t>(K),
+                  "E_ARG", "seqs[", b, "]: budget >= 1 and headsKnown * topK candidates (headsKnown <= ", H, ") expected, got budget ",
+                  s.budget, ", ", s.cands.size(), " candidates for ", s.heads_known, " heads");
+    SPECDEC_CHECK(s.root >= 0 && s.root < V, "E_ARG", "seqs[", b, "].root = ", s.root, " is outside the vocabulary [0, ", V, ")");
+    for (size_t i = 0; i < s.cands.size(); ++i)
+      SPECDEC_CHECK(s.cands[i] >= 0 && s.cands[i] < V, "E_ARG", "seqs[", b, "].cands[", i, "] = ", s.cands[i], " is outside the vocabulary");
+    for (size_t c = 0; c < b; ++c)
+      SPECDEC_CHECK(args.seqs[c].target_seq != s.target_seq, "E_ARG", "seqs[", b, "]: a sequence listed twice");
+  }
+
+  std::vector<int32_t> root(B);
+  std::vector<std::vector<int32_t>> cands(B);
+  std::vector<int> known(B), left(B);
+  for (size_t b = 0; b < B; ++b) {
+    root[b] = args.seqs[b].root;
+    cands[b] = args.seqs[b].cands;
+    known[b] = args.seqs[b].heads_known;
+    left[b] = args.seqs[b].budget;
+  }
+  MedusaChainResult r;
+  // Ranks are recorded through the bonus token's depth (a head past the tree's, when it ran).
+  r.depth = std::min(H, depth + 1);
+  r.emitted.resize(B);
+  std::vector<int> tseqs(B);
+  for (size_t b = 0; b < B; ++b) tseqs[b] = args.seqs[b].target_seq;
+  const auto t_loop = std::chrono::steady_clock::now();
+  for (int step = 0; step < args.max_steps; ++step) {
+    // Each sequence's tree: the template's nodes whose candidates are known and whose depth
+    // (head + 1) is within the budget, in template order (MedusaSpeculator: selectNodes, then
+    // pruneTree to maxDepth = budget left - 1).
+    std::vector<LlamaSeqInput> tin(B);
+    std::vector<int32_t> tree_depth(B, 0);
+    VerifyStaging stage;
+    bool any = false;
+    for (size_t b = 0; b < B; ++b) {
+      LlamaSeqInput& in = tin[b];
+      in.seq = tseqs[b];
+      std::vector<int32_t> at(T, -1);
+      for (size_t i = 0; i < T; ++i) {
+        const int32_t h = args.head[i];
+        if (i > 0 && (h >= known[b] || h + 1 > left[b] - 1 || at[static_cast<size_t>(args.parents[i])] < 0)) continue;
+        if (i > 0) tree_depth[b] = std::max(tree_depth[b], h + 1);
+        at[i] = static_cast<int32_t>(in.tokens.size());
+        in.tokens.push_back(i == 0 ? root[b] : cands[b][static_cast<size_t>(h) * static_cast<size_t>(K) + static_cast<size_t>(args.rank[i])]);
+        in.parents.push_back(i == 0 ? -1 : at[static_cast<size_t>(args.parents[i])]);
+      }
+      any = any || in.tokens.size() > 1;
+      stage.parents.insert(stage.parents.end(), in.parents.begin(), in.parents.end());
+    }
+    if (step > 0 && (!any || (args.max_seconds > 0 && seconds_since(t_loop) >= args.max_seconds))) break;
+    const auto t0 = std::chrono::steady_clock::now();
+    double t_target = 0;
+    Verdict v;
+    try {
+      LlamaForwardResult fr = target.forward(tin, true, &stage);
+      t_target = seconds_since(t0);
+      v = verify_commit(target, fr, tseqs, &args.heads, K);
+    } catch (...) {
+      if (step == 0) throw;
+      break;
+    }
+    for (size_t b = 0; b < B; ++b) {
+      const int32_t n = v.count(b);
+      const int32_t* em = v.emitted(b);
+      r.nodes.push_back(static_cast<int32_t>(tin[b].tokens.size()));
+      r.depths.push_back(tree_depth[b]);
+      r.accepted.push_back(n - 1);
+      // Head d's candidates against the emitted token at depth d (MedusaSpeculator.record).
+      for (int d = 0; d < r.depth; ++d) {
+        int32_t rank = -2;
+        if (d < known[b] && d < n) {
+          const int32_t* c = cands[b].data() + static_cast<size_t>(d) * static_cast<size_t>(K);
+          rank = static_cast<int32_t>(std::find(c, c + K, em[d]) - c);
+          if (rank == K) rank = -1;
+        }
+        r.ranks.push_back(rank);
+      }
+      r.emitted[b].insert(r.emitted[b].end(), em, em + n);
+      left[b] -= n;
+      root[b] = em[n - 1];
+      cands[b].resize(static_cast<size_t>(H) * static_cast<size_t>(K));
+      for (int h = 0; h < H; ++h)
+        std::copy(v.heads_ids() + (static_cast<size_t>(h) * B + b) * static_cast<size_t>(K),
+                  v.heads_ids() + (static_cast<size_t>(h) * B + b + 1) * static_cast<size_t>(K),
+                  cands[b].begin() + static_cast<int64_t>(h) * K);
+      known[b] = H;
+    }
+    r.target_seconds.push_back(t_target);
+    r.step_seconds.push_back(seconds_since(t0));
+    ++r.steps;
+    bool spent = false;
+    for (size_t b = 0; b < B; ++b)
+      spent = spent || left[b] < 1 || stopped(r.emitted[b], static_cast<size_t>(r.accepted[r.accepted.size() - B + b]) + 1, args.seqs[b].stop);
+    if (spent) break;
+  }
+  r.cands = std::move(cands);
   return r;
 }
 

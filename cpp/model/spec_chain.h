@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "llama.h"
+#include "medusa.h"
 
 namespace specdec {
 
@@ -56,5 +57,46 @@ struct SpecChainResult {
 // error in a later step ends the loop after the steps before it (their results returned, both
 // caches consistent with them), so the caller's next step meets the error itself.
 SpecChainResult speculative_chain(LlamaModel& target, LlamaModel& draft, const SpecChainArgs& args);
+
+// Greedy Medusa speculation as one native loop, the same way: each step the candidate tree of a
+// fixed template (a subtree of the choice tree: node i > 0 is rank[i] of head[i]'s top-k at the
+// last accepted node, under parents[i]), cut to the sequence's budget, the target's forward over
+// it with hidden states, greedy verification with the heads' top-k at each last accepted node
+// (one read), and the commit -- what MedusaSpeculator and the engine do step by step with
+// headsOnAccepted.
+struct MedusaChainSeq {
+  int target_seq = -1;
+  int32_t root = 0;                // the last emitted token (not cached)
+  std::vector<int32_t> cands;      // [heads_known * top_k]: each head's top-k at the root's parent node
+  int heads_known = 0;             // heads with candidates (nodes of deeper heads are left out)
+  int budget = 1;                  // as SpecChainSeq::budget
+  std::vector<int32_t> stop;       // as SpecChainSeq::stop
+};
+
+struct MedusaChainArgs {
+  std::vector<MedusaChainSeq> seqs;
+  std::vector<MedusaHead> heads;           // run after each verification (their count: heads_run)
+  int32_t top_k = 1;
+  std::vector<int32_t> parents, head, rank;  // the template: node 0 the root (head -1)
+  int max_steps = 1;
+  double max_seconds = 0;
+};
+
+struct MedusaChainResult {
+  int steps = 0;
+  // Per step and sequence (step-major): nodes verified, the tree's depth, drafts accepted.
+  std::vector<int32_t> nodes, depths, accepted;
+  // Per step, sequence and depth d < heads known ([steps * B * D], D = the template's depth): the
+  // rank of the emitted token at depth d among head d's candidates, -1 when it is none of them, -2
+  // where nothing was recorded (past the emitted tokens or the heads known).
+  std::vector<int32_t> ranks;
+  int depth = 0;
+  std::vector<std::vector<int32_t>> emitted;
+  // Per sequence: every head's top-k at the last accepted node ([heads.size() * top_k]).
+  std::vector<std::vector<int32_t>> cands;
+  std::vector<double> target_seconds, step_seconds;
+};
+
+MedusaChainResult medusa_chain(LlamaModel& target, const MedusaChainArgs& args);
 
 }  // namespace specdec

@@ -211,6 +211,7 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
                                        InstanceMethod<&LlamaWrap::GreedyChainOnDevice>("greedyChainOnDevice"),
                                        InstanceMethod<&LlamaWrap::SampledChainOnDevice>("sampledChainOnDevice"),
                                        InstanceMethod<&LlamaWrap::SpeculativeChain>("speculativeChain"),
+                                       InstanceMethod<&LlamaWrap::MedusaChain>("medusaChain"),
                                        InstanceMethod<&LlamaWrap::Commit>("commit"),
                                        InstanceMethod<&LlamaWrap::CreateSequence>("createSequence"),
                                        InstanceMethod<&LlamaWrap::ForkSequence>("forkSequence"),
@@ -448,6 +449,68 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
             o.Set("emitted", int32_arrays(env, r.emitted));
             o.Set("draftCached", i32(r.draft_cached));
             o.Set("draftSeconds", f64(r.draft_seconds));
+            o.Set("targetSeconds", f64(r.target_seconds));
+            o.Set("stepSeconds", f64(r.step_seconds));
+            return o;
+          },
+          {Value(), info[0]});
+    });
+  }
+
+  // medusaChain(heads: a head set, seqs: { seq, root, cands: Int32Array, headsKnown, budget, stop? }[],
+  //   template: { parents, head, rank: Int32Array }, topK, maxSteps, maxSeconds, syncMaxMacs?) ->
+  //   Promise<{ steps, depth, nodes, accepted, ranks: Int32Array, emitted, cands: Int32Array[],
+  //   targetSeconds, stepSeconds: Float64Array }> (medusa_chain: greedy Medusa steps in one call)
+  Napi::Value MedusaChain(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      std::shared_ptr<LlamaModel> m = model_;
+      SPECDEC_CHECK(m != nullptr, "E_DISPOSED", "model was disposed");
+      auto args = std::make_shared<MedusaChainArgs>();
+      args->heads = medusa_heads_arg(info[0]);
+      SPECDEC_CHECK(info[1].IsArray(), "E_ARG", "seqs: expected an array");
+      Napi::Array arr = info[1].As<Napi::Array>();
+      Napi::Object tpl = get_object(info[2], "template");
+      args->parents = get_i32_array(get_field(tpl, "parents"), "template.parents");
+      args->head = get_i32_array(get_field(tpl, "head"), "template.head");
+      args->rank = get_i32_array(get_field(tpl, "rank"), "template.rank");
+      args->top_k = get_int32(info[3], "topK");
+      args->max_steps = get_int32(info[4], "maxSteps");
+      args->max_seconds = get_number(info[5], "maxSeconds");
+      SPECDEC_CHECK(args->max_seconds >= 0, "E_ARG", "maxSeconds: expected a number >= 0, got ", args->max_seconds);
+      std::vector<LlamaSeqInput> est(arr.Length());
+      for (uint32_t b = 0; b < arr.Length(); ++b) {
+        Napi::Object o = get_object(arr.Get(b), "seqs[b]");
+        MedusaChainSeq s;
+        s.target_seq = get_int32(get_field(o, "seq"), "seqs[b].seq");
+        s.root = get_int32(get_field(o, "root"), "seqs[b].root");
+        s.cands = get_i32_array(get_field(o, "cands"), "seqs[b].cands");
+        s.heads_known = get_int32(get_field(o, "headsKnown"), "seqs[b].headsKnown");
+        s.budget = get_int32(get_field(o, "budget"), "seqs[b].budget");
+        if (has_field(o, "stop")) s.stop = get_i32_array(get_field(o, "stop"), "seqs[b].stop");
+        est[b].seq = s.target_seq;
+        est[b].tokens.assign(std::min<size_t>(args->parents.size(), 1 << 16), 0);
+        args->seqs.push_back(std::move(s));
+      }
+      const bool sync = run_here(*m, est, info[6]);
+      auto result = std::make_shared<MedusaChainResult>();
+      return run_maybe_async(
+          info.Env(), sync, [=] { *result = medusa_chain(*m, *args); },
+          [=](Napi::Env env) -> Napi::Value {
+            const MedusaChainResult& r = *result;
+            Napi::Object o = Napi::Object::New(env);
+            o.Set("steps", r.steps);
+            o.Set("depth", r.depth);
+            o.Set("nodes", int32_arrays(env, {r.nodes}).Get(0u));
+            o.Set("depths", int32_arrays(env, {r.depths}).Get(0u));
+            o.Set("accepted", int32_arrays(env, {r.accepted}).Get(0u));
+            o.Set("ranks", int32_arrays(env, {r.ranks}).Get(0u));
+            o.Set("emitted", int32_arrays(env, r.emitted));
+            o.Set("cands", int32_arrays(env, r.cands));
+            auto f64 = [&](const std::vector<double>& v) {
+              auto a = Napi::Float64Array::New(env, v.size());
+              if (!v.empty()) std::memcpy(a.Data(), v.data(), v.size() * 8);
+              return a;
+            };
             o.Set("targetSeconds", f64(r.target_seconds));
             o.Set("stepSeconds", f64(r.step_seconds));
             return o;

@@ -190,12 +190,60 @@ export interface CausalLM {
    */
   speculativeChain?(draft: CausalLM, seqs: readonly SpecChainSequence[], options: SpecChainOptions): Promise<SpecChainResult>;
   /**
+   * Optional fast path for greedy Medusa speculation (SpecEngine uses it when a speculator offers a
+   * heads chain, MedusaSpeculator): up to maxSteps steps in one call, each the engine's step with
+   * headsOnAccepted -- the template's tree over the candidates (cut to the budget and to the heads
+   * with candidates), this model's forward with hidden states, greedy verification with the heads'
+   * top-k at each last accepted node, the commit. The same stopping rules as speculativeChain.
+   */
+  medusaChain?(heads: SpecdecNative.NativeMedusaHeadSet, seqs: readonly MedusaChainSequence[], template: MedusaChainTemplate, options: MedusaChainOptions): Promise<MedusaChainResult>;
+  /**
    * Optional: the input embedding table and the LM head, f32|f16|bf16 [vocab, hidden] each on the
    * model's device, sharing its storage (the same tensor when tied). EAGLE heads draft with them.
    * The caller disposes the handles (the storage lives while either the model or a handle does).
    */
   sharedWeights?(): { readonly embedTokens: Tensor; readonly lmHead: Tensor };
   dispose(): void;
+}
+
+/** One sequence of CausalLM.medusaChain. */
+export interface MedusaChainSequence {
+  readonly seq: number;
+  /** The last emitted token (not cached). */
+  readonly root: number;
+  /** cands[h * topK + r]: head h's r-th candidate at the root's parent node, for h < headsKnown. */
+  readonly cands: Int32Array;
+  readonly headsKnown: number;
+  readonly budget: number;
+  readonly stop?: Int32Array;
+}
+
+/** The tree each step of medusaChain proposes: node 0 the root, node i > 0 rank[i] of head[i] under parents[i]. */
+export interface MedusaChainTemplate {
+  readonly parents: Int32Array;
+  readonly head: Int32Array;
+  readonly rank: Int32Array;
+}
+
+export interface MedusaChainOptions extends SpecChainOptions {
+  readonly topK: number;
+}
+
+export interface MedusaChainResult {
+  readonly steps: number;
+  /** The template's depth (D). */
+  readonly depth: number;
+  /** Per step and sequence (step-major): nodes verified, the tree's depth, drafts accepted. */
+  readonly nodes: Int32Array;
+  readonly depths: Int32Array;
+  readonly accepted: Int32Array;
+  /** [steps * B * D]: rank of the emitted token at depth d among head d's candidates (-1: none; -2: not recorded). */
+  readonly ranks: Int32Array;
+  readonly emitted: Int32Array[];
+  /** Per sequence: every head's top-k at the last accepted node ([heads * topK]). */
+  readonly cands: Int32Array[];
+  readonly targetSeconds: Float64Array;
+  readonly stepSeconds: Float64Array;
 }
 
 /** One sequence of CausalLM.speculativeChain. */

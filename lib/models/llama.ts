@@ -10,7 +10,7 @@ import { resolveDevice } from '../backend';
 import { native } from '../native';
 import { resolveSamplingOptions, type SamplingOptions } from '../sampling';
 import { asTensor, type Device, type Tensor } from '../tensor';
-import type { CausalLM, ForwardOptions, ForwardOutput, SampledChainArgs, SequenceInput, SpecChainOptions, SpecChainResult, SpecChainSequence, StagedVerify, VerifiedPaths } from './causal_lm';
+import type { CausalLM, ForwardOptions, ForwardOutput, MedusaChainOptions, MedusaChainResult, MedusaChainSequence, MedusaChainTemplate, SampledChainArgs, SequenceInput, SpecChainOptions, SpecChainResult, SpecChainSequence, StagedVerify, VerifiedPaths } from './causal_lm';
 import { codedError, readLlamaConfig, TEXT_MODEL_LAYOUTS, toNativeConfig, type LlamaConfig } from './config';
 
 export type KvDType = 'f32' | 'f16' | 'bf16';
@@ -291,6 +291,18 @@ export class LlamaModel implements CausalLM {
     } finally {
       this.busy = false;
       draft.busy = false;
+    }
+  }
+
+  async medusaChain(heads: SpecdecNative.NativeMedusaHeadSet, seqs: readonly MedusaChainSequence[], template: MedusaChainTemplate, options: MedusaChainOptions): Promise<MedusaChainResult> {
+    const handle = this.h('medusaChain');
+    options.signal?.throwIfAborted();
+    this.busy = true;
+    try {
+      if (sliceSpent(this.syncForwardMaxMacs)) await loopTurn(options.signal);
+      return await handle.medusaChain(heads, seqs, template, options.topK, options.maxSteps, options.maxSeconds, syncLimit(this.syncForwardMaxMacs));
+    } finally {
+      this.busy = false;
     }
   }
 

@@ -8,6 +8,7 @@ export type {
   ProposalBatch,
   ProposeContext,
   DraftChainOffer,
+  HeadsChainOffer,
   StepReport,
 } from './speculator';
 export { codedError } from './speculator';

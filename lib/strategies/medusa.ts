@@ -16,9 +16,10 @@ import * as path from 'path';
 
 import { resolveDevice } from '../backend';
 import { forwardCost, RecentTimes, type ForwardCost } from '../cost_model';
-import { gatherRows } from '../step_helpers';
+import { gatherRows, isSampling } from '../step_helpers';
 import { addInplace, matmul, siluInplace } from '../layers';
-import type { CausalLM, ForwardOutput } from '../models/causal_lm';
+import type { CausalLM, ForwardOutput, MedusaChainResult, MedusaChainTemplate } from '../models/causal_lm';
+import { CHAIN_MAX_STEPS } from '../plain_chain';
 import { native } from '../native';
 import { openSafetensors } from '../safetensors';
 import { Tensor, type Device } from '../tensor';
@@ -26,6 +27,7 @@ import { loneRoot, MC_SIM_7B_63, MEDUSA_PRESETS, medusaTree, medusaTreeShape, pr
 import { backedOffProbeInterval, chooseSubtree, PROBE_AFTER_PLAIN_STEPS, RankRates, selectNodes, sizingCost, stepCost, treeProbabilities } from '../tree_sizing';
 import {
   codedError,
+  type HeadsChainOffer,
   type HeadsOnAccepted,
   type Proposal,
   type ProposalBatch,
@@ -453,6 +455,8 @@ export class MedusaSpeculator implements Speculator {
     for (let b = 0; b < seqs.length && !need; b++) need = this.run(seqs[b] as SpecSequence) + 1 >= this.probeAfter;
     this.hiddenThisStep = need || (this.hiddenDecided && this.hiddenThisStep);
     this.hiddenDecided = true;
+    const chain = this.chainOffer(seqs, ctx, plan);
+    if (chain) return chain;
     const batch: ProposalBatch = {
       proposals: seqs.map((s) => {
         const root = s.history[s.history.length - 1] as number;
@@ -471,6 +475,97 @@ export class MedusaSpeculator implements Speculator {
     };
     const ahead = need || !plan ? 0 : this.plainStepsAhead(seqs, batch.proposals);
     return ahead > 0 ? { proposals: batch.proposals, plainSteps: ahead } : batch;
+  }
+
+  /**
+   * Greedy steps of a tree that speculates (the sized plan's subtree, or the fixed choices), where
+   * the engine runs them natively (ctx.draftChains, a model with medusaChain): up to CHAIN_MAX_STEPS
+   * steps in one call, reported with updateHeadsChain(). Every head runs after each verification
+   * (the plan's subtree may read fewer: the rates of all depths stay fed). Probes and plain plans
+   * keep the step-by-step path.
+   */
+  private chainOffer(seqs: readonly SpecSequence[], ctx: ProposeContext, plan: { keep: Int32Array; speculate: boolean } | undefined): ProposalBatch | undefined {
+    if (ctx.draftChains !== true || isSampling(ctx.sampling) || !this.target?.medusaChain) return undefined;
+    if (this.sized && !(plan && plan.speculate && plan.keep.length > 1)) return undefined;
+    const keep = plan ? plan.keep : undefined;
+    let template = keep ? this.templates.get(keep) : this.fullTemplate;
+    if (!template) {
+      const nodes = keep ?? Int32Array.from(this.shape.parents, (_, i) => i);
+      const at = new Int32Array(this.shape.parents.length).fill(-1);
+      const t = { parents: new Int32Array(nodes.length), head: new Int32Array(nodes.length), rank: new Int32Array(nodes.length) };
+      for (let i = 0; i < nodes.length; i++) {
+        const n = nodes[i] as number;
+        at[n] = i;
+        const p = this.shape.parents[n] as number;
+        t.parents[i] = p < 0 ? -1 : (at[p] as number);
+        t.head[i] = this.shape.head[n] as number;
+        t.rank[i] = this.shape.rank[n] as number;
+      }
+      template = t;
+      if (keep) this.templates.set(keep, t);
+      else this.fullTemplate = t;
+    }
+    const K = this.shape.topK;
+    const offer = new Array<HeadsChainOffer['seqs'][number]>(seqs.length);
+    const proposals = new Array<Proposal>(seqs.length);
+    for (let b = 0; b < seqs.length; b++) {
+      const s = seqs[b] as SpecSequence;
+      const c = this.cands.get(s.key);
+      proposals[b] = loneRoot(s.history[s.history.length - 1] as number);
+      if (!c) {
+        offer[b] = { cands: new Int32Array(0), headsKnown: 0 };
+        continue;
+      }
+      const flat = new Int32Array(c.length * K);
+      for (let h = 0; h < c.length; h++) flat.set(c[h] as Int32Array, h * K);
+      offer[b] = { cands: flat, headsKnown: c.length };
+    }
+    const heads = (this.fusedHeads[this.shape.depth - 1] as HeadsOnAccepted).heads as SpecdecNative.NativeMedusaHeadSet;
+    return { proposals, headsChain: { heads, topK: K, template, seqs: offer, maxSteps: CHAIN_MAX_STEPS } };
+  }
+  /** Chain templates per plan subtree (a plan's keep array is reused while the plan is). */
+  private readonly templates = new WeakMap<Int32Array, MedusaChainTemplate>();
+  private fullTemplate: MedusaChainTemplate | undefined;
+
+  /** The engine ran this batch's headsChain: each step's bookkeeping, as update() does it. */
+  updateHeadsChain(seqs: readonly SpecSequence[], r: MedusaChainResult, ctx: ProposeContext = {}): void {
+    try {
+      const cost = sizingCost(this.sized, this.target, ctx);
+      const B = seqs.length;
+      const D = r.depth;
+      for (let b = 0; b < B; b++) {
+        const s = seqs[b] as SpecSequence;
+        let run = this.run(s);
+        for (let i = 0; i < r.steps; i++) {
+          if (cost) {
+            for (let d = 0; d < D; d++) {
+              const rank = r.ranks[(i * B + b) * D + d] as number;
+              if (rank !== -2) this.rates.record(d, rank);
+            }
+          }
+          run = (r.nodes[i * B + b] as number) > 1 ? 0 : run + 1;
+        }
+        if (cost) this.plainRun.set(s.key, run);
+      }
+      // The plan's uses: the step proposed used one (propose), the chain's other steps one each.
+      if (this.planned) this.planned.age += r.steps - 1;
+      const K = this.shape.topK;
+      for (let b = 0; b < B; b++) {
+        const s = seqs[b] as SpecSequence;
+        if (cost && !this.wantsNextTree(s, cost, B)) {
+          this.cands.delete(s.key);
+          continue;
+        }
+        const flat = r.cands[b] as Int32Array;
+        const c = new Array<Int32Array>(flat.length / K);
+        for (let h = 0; h < c.length; h++) c[h] = flat.subarray(h * K, (h + 1) * K);
+        this.cands.set(s.key, c);
+      }
+    } finally {
+      this.hiddenThisStep = true;
+      this.hiddenDecided = false;
+      this.unsizedThisStep = false;
+    }
   }
 
   /** The nodes of `keep` that read heads 0..depth-1 only (prefix-closed, as keep is). */

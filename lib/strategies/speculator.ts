@@ -2,7 +2,7 @@
 // tree per sequence (node 0 = the root, the last emitted token not yet in the model's KV cache),
 // sees the model's outputs of the forward that verified it, and keeps its own state in sync
 // (e.g. a draft model's KV cache). Speculators depend only on CausalLM.
-import type { CausalLM, DeviceTail, ForwardOutput, SpecChainResult } from '../models/causal_lm';
+import type { CausalLM, DeviceTail, ForwardOutput, MedusaChainResult, MedusaChainTemplate, SpecChainResult } from '../models/causal_lm';
 import type { Tensor } from '../tensor';
 import type { PackedMask, TokenTree } from '../tree';
 
@@ -73,6 +73,19 @@ export interface ProposalBatch {
    * call (CausalLM.speculativeChain); it reports them with updateChain() instead of update().
    */
   readonly draftChain?: DraftChainOffer;
+  /** As draftChain, for Medusa's heads (CausalLM.medusaChain), reported with updateHeadsChain(). */
+  readonly headsChain?: HeadsChainOffer;
+}
+
+/** A ProposalBatch's heads chain: what CausalLM.medusaChain needs beyond the target's side. */
+export interface HeadsChainOffer {
+  /** The heads run after each verification. */
+  readonly heads: SpecdecNative.NativeMedusaHeadSet;
+  readonly topK: number;
+  readonly template: MedusaChainTemplate;
+  /** Per sequence (the batch's order): its candidates (heads known * topK). */
+  readonly seqs: readonly { readonly cands: Int32Array; readonly headsKnown: number }[];
+  readonly maxSteps: number;
 }
 
 /** A ProposalBatch's draft chain: what CausalLM.speculativeChain needs beyond the target's side. */
@@ -179,6 +192,8 @@ export interface Speculator {
    * The histories include every emitted token; the model's and the draft's caches are committed.
    */
   updateChain?(seqs: readonly SpecSequence[], result: SpecChainResult, ctx: ProposeContext): void;
+  /** After a batch that offered a headsChain, which the engine ran (as updateChain). */
+  updateHeadsChain?(seqs: readonly SpecSequence[], result: MedusaChainResult, ctx: ProposeContext): void;
   /**
    * The sequence's history was cut back (an outer verification rejected tokens this speculator's
    * model had already taken): drop any state past history.length.

@@ -465,6 +465,18 @@ describe('tree sizing: greedy output equals plain greedy whatever size is picked
   }
 });
 
+/** Counts a prompt lookup speculator's weighings (each adds a sample to its weighing time). */
+function countWeighings(sp: PromptLookupSpeculator): { n: number } {
+  const counted = { n: 0 };
+  const ws = (sp as unknown as { weighSeconds: { add: (s: number) => void } }).weighSeconds;
+  const add = ws.add.bind(ws);
+  ws.add = (x: number): void => {
+    counted.n++;
+    add(x);
+  };
+  return counted;
+}
+
 describe('sized n-gram speculators: weighing skipped after plain choices when it is dear', () => {
   const seed = testSeed;
   const target = new ToyLM({ vocabSize: V, seed, positional: false, hidden: 'state' });
@@ -561,14 +573,9 @@ describe('sized n-gram speculators: weighing skipped after plain choices when it
 
   it('prompt lookup: plain choices in a row space its weighings out (7, 14, 28, 56 steps) and back its probes off', async () => {
     const sp = new PromptLookupSpeculator({ maxNgram: 2 });
-    let weighed = 0;
-    const ws = (sp as unknown as { weighSeconds: { add: (s: number) => void } }).weighSeconds;
-    const add = ws.add.bind(ws);
-    ws.add = (x: number): void => {
-      weighed++;
-      add(x);
-    };
+    const counted = countWeighings(sp);
     const res = await runAsPlain(ForwardCost.fromFunction((n) => n * 1e-9, { frozen: true }), sp, 200, 150);
+    const weighed = counted.n;
     const tokens = res.tokens.length;
     const probes = res.stats.proposedDraftTokens;
     // Weighed at steps 1, 9, 24, at a probe after 32 unproposed matches and the step after it, then
@@ -625,14 +632,9 @@ describe('sized n-gram speculators: weighing skipped after plain choices when it
 
   it('prompt lookup: while weighing is cheap beside a step, plain choices skip lookups too and back probes off (33, 65, 129 steps)', async () => {
     const sp = new PromptLookupSpeculator({ maxNgram: 2 });
-    let weighed = 0;
-    const ws = (sp as unknown as { weighSeconds: { add: (s: number) => void } }).weighSeconds;
-    const add = ws.add.bind(ws);
-    ws.add = (x: number): void => {
-      weighed++;
-      add(x);
-    };
+    const counted = countWeighings(sp);
     const res = await runAsPlain(linear(), sp, 200, 150);
+    const weighed = counted.n;
     const tokens = res.tokens.length;
     const probes = res.stats.proposedDraftTokens;
     // A linear curve: no draft pays, so each plain choice skips the next lookups (7, 14, 28, 56

@@ -79,10 +79,19 @@ Verdict verify_commit(LlamaModel& target, const LlamaForwardResult& fr, const st
   return v;
 }
 
-// Whether the last n tokens of `em` hold one of `stop`.
-bool stopped(const std::vector<int32_t>& em, size_t n, const std::vector<int32_t>& stop) {
-  for (size_t i = em.size() - n; i < em.size(); ++i)
-    if (std::find(stop.begin(), stop.end(), em[i]) != stop.end()) return true;
+// Whether the loop ends after a step: a sequence's budget is spent, or the step's tokens of a
+// sequence (the last accepted[end - B + b] + 1 of its emitted ones) hold one of its stop tokens.
+template <typename Seq>
+bool chain_ends(const std::vector<Seq>& seqs, const std::vector<int>& left, const std::vector<std::vector<int32_t>>& emitted,
+                const std::vector<int32_t>& accepted) {
+  const size_t B = seqs.size();
+  for (size_t b = 0; b < B; ++b) {
+    if (left[b] < 1) return true;
+    const std::vector<int32_t>& em = emitted[b];
+    const std::vector<int32_t>& stop = seqs[b].stop;
+    for (size_t i = em.size() - static_cast<size_t>(accepted[accepted.size() - B + b]) - 1; i < em.size(); ++i)
+      if (std::find(stop.begin(), stop.end(), em[i]) != stop.end()) return true;
+  }
   return false;
 }
 
@@ -221,10 +230,7 @@ SpecChainResult speculative_chain(LlamaModel& target, LlamaModel& draft, const S
       r.step_seconds.push_back(seconds_since(t0));
       ++r.steps;
     }
-    bool spent = false;
-    for (size_t b = 0; b < B; ++b)
-      spent = spent || left[b] < 1 || stopped(r.emitted[b], static_cast<size_t>(r.accepted[r.accepted.size() - B + b]) + 1, args.seqs[b].stop);
-    if (spent) break;
+    if (chain_ends(args.seqs, left, r.emitted, r.accepted)) break;
   }
   r.draft_cached = std::vector<int32_t>(cached.begin(), cached.end());
   return r;
@@ -343,10 +349,7 @@ MedusaChainResult medusa_chain(LlamaModel& target, const MedusaChainArgs& args) 
     r.target_seconds.push_back(t_target);
     r.step_seconds.push_back(seconds_since(t0));
     ++r.steps;
-    bool spent = false;
-    for (size_t b = 0; b < B; ++b)
-      spent = spent || left[b] < 1 || stopped(r.emitted[b], static_cast<size_t>(r.accepted[r.accepted.size() - B + b]) + 1, args.seqs[b].stop);
-    if (spent) break;
+    if (chain_ends(args.seqs, left, r.emitted, r.accepted)) break;
   }
   r.cands = std::move(cands);
   return r;

@@ -178,14 +178,22 @@ std::vector<LlamaSeqInput> inputs_arg(const Napi::Value& v, int64_t vocab) {
   return out;
 }
 
+// Copies of host vectors as typed arrays (the chain calls' results).
+Napi::Int32Array int32_array(Napi::Env env, const std::vector<int32_t>& v) {
+  auto a = Napi::Int32Array::New(env, v.size());
+  if (!v.empty()) std::memcpy(a.Data(), v.data(), v.size() * 4);
+  return a;
+}
+Napi::Float64Array float64_array(Napi::Env env, const std::vector<double>& v) {
+  auto a = Napi::Float64Array::New(env, v.size());
+  if (!v.empty()) std::memcpy(a.Data(), v.data(), v.size() * 8);
+  return a;
+}
+
 // One Int32Array per vector (the chain drafting calls' picks).
 Napi::Array int32_arrays(Napi::Env env, const std::vector<std::vector<int32_t>>& v) {
   Napi::Array out = Napi::Array::New(env, v.size());
-  for (size_t b = 0; b < v.size(); ++b) {
-    auto a = Napi::Int32Array::New(env, v[b].size());
-    if (!v[b].empty()) std::memcpy(a.Data(), v[b].data(), v[b].size() * 4);
-    out.Set(static_cast<uint32_t>(b), a);
-  }
+  for (size_t b = 0; b < v.size(); ++b) out.Set(static_cast<uint32_t>(b), int32_array(env, v[b]));
   return out;
 }
 
@@ -433,24 +441,14 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
           [=](Napi::Env env) -> Napi::Value {
             const SpecChainResult& r = *result;
             Napi::Object o = Napi::Object::New(env);
-            auto i32 = [&](const std::vector<int32_t>& v) {
-              auto a = Napi::Int32Array::New(env, v.size());
-              if (!v.empty()) std::memcpy(a.Data(), v.data(), v.size() * 4);
-              return a;
-            };
-            auto f64 = [&](const std::vector<double>& v) {
-              auto a = Napi::Float64Array::New(env, v.size());
-              if (!v.empty()) std::memcpy(a.Data(), v.data(), v.size() * 8);
-              return a;
-            };
             o.Set("steps", r.steps);
-            o.Set("drafted", i32(r.drafted));
-            o.Set("accepted", i32(r.accepted));
+            o.Set("drafted", int32_array(env, r.drafted));
+            o.Set("accepted", int32_array(env, r.accepted));
             o.Set("emitted", int32_arrays(env, r.emitted));
-            o.Set("draftCached", i32(r.draft_cached));
-            o.Set("draftSeconds", f64(r.draft_seconds));
-            o.Set("targetSeconds", f64(r.target_seconds));
-            o.Set("stepSeconds", f64(r.step_seconds));
+            o.Set("draftCached", int32_array(env, r.draft_cached));
+            o.Set("draftSeconds", float64_array(env, r.draft_seconds));
+            o.Set("targetSeconds", float64_array(env, r.target_seconds));
+            o.Set("stepSeconds", float64_array(env, r.step_seconds));
             return o;
           },
           {Value(), info[0]});
@@ -500,19 +498,14 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
             Napi::Object o = Napi::Object::New(env);
             o.Set("steps", r.steps);
             o.Set("depth", r.depth);
-            o.Set("nodes", int32_arrays(env, {r.nodes}).Get(0u));
-            o.Set("depths", int32_arrays(env, {r.depths}).Get(0u));
-            o.Set("accepted", int32_arrays(env, {r.accepted}).Get(0u));
-            o.Set("ranks", int32_arrays(env, {r.ranks}).Get(0u));
+            o.Set("nodes", int32_array(env, r.nodes));
+            o.Set("depths", int32_array(env, r.depths));
+            o.Set("accepted", int32_array(env, r.accepted));
+            o.Set("ranks", int32_array(env, r.ranks));
             o.Set("emitted", int32_arrays(env, r.emitted));
             o.Set("cands", int32_arrays(env, r.cands));
-            auto f64 = [&](const std::vector<double>& v) {
-              auto a = Napi::Float64Array::New(env, v.size());
-              if (!v.empty()) std::memcpy(a.Data(), v.data(), v.size() * 8);
-              return a;
-            };
-            o.Set("targetSeconds", f64(r.target_seconds));
-            o.Set("stepSeconds", f64(r.step_seconds));
+            o.Set("targetSeconds", float64_array(env, r.target_seconds));
+            o.Set("stepSeconds", float64_array(env, r.step_seconds));
             return o;
           },
           {Value(), info[0]});

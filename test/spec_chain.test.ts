@@ -15,7 +15,7 @@ import { plainGenerate } from '../lib/plain';
 import { DraftModelSpeculator } from '../lib/strategies/draft_model';
 import { MedusaHeads, MedusaSpeculator } from '../lib/strategies/medusa';
 import { TextTokenizer } from '../lib/tokenizer';
-import { rng, testSeed } from './helpers';
+import { describeCuda, rng, testSeed } from './helpers';
 
 /** The model with speculativeChain and medusaChain hidden: the engine steps from JavaScript. */
 function withoutSpecChains(model: LlamaModel): CausalLM {
@@ -352,5 +352,38 @@ describe('greedy draft-model speculation as native chains', function () {
       spec.dispose();
     }
     assert.strictEqual(calls.n, 0);
+  });
+});
+
+describeCuda('greedy speculation as native chains on CUDA', function () {
+  this.timeout(300_000);
+  it('draft model (k = 4) and Medusa (chain_4): the tokens of CUDA plain greedy and of the step-by-step engine; one wait a step', async () => {
+    const paths = defaultModelPaths();
+    const target = await LlamaModel.load(paths.target, { device: 'cuda', maxSequences: 8 });
+    const draft = await LlamaModel.load(paths.draft, { device: 'cuda', maxSequences: 8 });
+    const heads = MedusaHeads.load(paths.medusa, { device: 'cuda' });
+    try {
+      const prompt = TextTokenizer.load(paths.target)!.encode('once upon a time');
+      const plain = await plainGenerate(target, [prompt], { maxNewTokens: 64 });
+      for (const make of [() => new DraftModelSpeculator({ draft, k: 4 }), () => new MedusaSpeculator({ heads, choices: 'chain_4' })]) {
+        const out = [];
+        for (const model of [withoutSpecChains(target), target]) {
+          const spec = make();
+          const r = await new SpeculativeDecoder({ target: model, speculator: spec }).generate(prompt, { maxNewTokens: 64 }).result;
+          spec.dispose();
+          out.push(r);
+        }
+        const [ref, got] = out as [(typeof out)[0], (typeof out)[0]];
+        assert.deepStrictEqual(Array.from(got.tokens), Array.from(plain.tokens[0]!), `${make().name}: CUDA plain greedy tokens`);
+        assert.deepStrictEqual(Array.from(got.tokens), Array.from(ref.tokens));
+        assert.strictEqual(got.stats.targetForwards, ref.stats.targetForwards);
+        // The prefill's token, then each step's verification result: one wait a forward.
+        assert.ok(got.stats.transfers.blockingWaits <= got.stats.targetForwards + 1, JSON.stringify(got.stats.transfers));
+      }
+    } finally {
+      heads.dispose();
+      draft.dispose();
+      target.dispose();
+    }
   });
 });

@@ -394,7 +394,9 @@ export async function calibrateForwardCost(model: CausalLM, opts: CalibrationOpt
     await new Promise((r) => setImmediate(r));
     const t0 = performance.now();
     const out = await model.forward([{ seq, tokens: tokens(n, from) }]);
-    const dt = (performance.now() - t0) / 1000;
+    // The forward's own time where the model measures it: steps in native chains observe that time
+    // (the crossing from JavaScript is part of a step's overhead, measured per speculator).
+    const dt = out.seconds ?? (performance.now() - t0) / 1000;
     out.logits.dispose();
     out.hidden?.dispose();
     return dt;

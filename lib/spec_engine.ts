@@ -461,7 +461,10 @@ export class SpecEngine {
       const cost = knownForwardCost(model);
       const nodes = out.indptr[inputs.length] as number;
       const trees = nodes > inputs.length;
-      if (trees) cost?.observeStep(nodes, (tTarget - tDraft) / 1000);
+      // c(n) is the forward's own time where the model measures it; the rest of the call (its
+      // crossing) is overhead, as a native chain's steps count it.
+      const forwardSeconds = out.seconds ?? (tTarget - tDraft) / 1000;
+      if (trees) cost?.observeStep(nodes, forwardSeconds);
       throwIfAborted(signal);
 
       // Verification per part, on the part's rows of the forward; several parts in one native call
@@ -538,7 +541,7 @@ export class SpecEngine {
       // steps that verified a tree count: a step of lone roots outside a chain is a plain step with
       // a strategy's extra work around it (Medusa's heads before a probe, a re-plan), and its
       // samples priced tree steps 50-70% above what they cost.
-      if (trees) cost?.observeOverhead((tEnd - tTarget) / 1000, speculator);
+      if (trees) cost?.observeOverhead((tEnd - tDraft) / 1000 - forwardSeconds, speculator);
       for (const p of live) {
         p.engine.lastStep.speculative = trees;
         p.engine.lastStep.seconds = (tEnd - t0) / 1000;

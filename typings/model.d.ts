@@ -104,6 +104,8 @@ declare namespace SpecdecNative {
     aux?: Tensor;
     indptr: Int32Array;
     staged?: StagedVerifyHandle;
+    /** Seconds of the forward itself on the native side (not the call's crossing or queueing). */
+    seconds: number;
   }
 
   /** What the verification of a forward's own trees needs, sent with the forward's upload. */

@@ -5,6 +5,7 @@
 // pool and back through the event loop costs as much as the forward itself. The rest is quick
 // host bookkeeping.
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 
 #include "../model/llama.h"
@@ -302,8 +303,14 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
         aux.assign(a.begin(), a.end());
       }
       auto result = std::make_shared<LlamaForwardResult>();
+      auto seconds = std::make_shared<double>(0);
       return run_maybe_async(
-          info.Env(), sync, [=] { *result = m->forward(*inputs, hidden, stage.get(), last_only, aux); },
+          info.Env(), sync,
+          [=] {
+            const auto t0 = std::chrono::steady_clock::now();
+            *result = m->forward(*inputs, hidden, stage.get(), last_only, aux);
+            *seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+          },
           [=](Napi::Env env) -> Napi::Value {
             Napi::Object o = Napi::Object::New(env);
             o.Set("logits", wrap_tensor(env, result->logits));
@@ -313,6 +320,7 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
             auto ip = Napi::Int32Array::New(env, result->indptr.size());
             std::memcpy(ip.Data(), result->indptr.data(), result->indptr.size() * 4);
             o.Set("indptr", ip);
+            o.Set("seconds", *seconds);
             return o;
           },
           {Value()});

@@ -125,6 +125,12 @@ export interface ForwardOutput {
   readonly indptr: Int32Array;
   /** With options.stage, when the model supports it: pass it to verify() as `staged`. */
   readonly staged?: StagedVerify;
+  /**
+   * Seconds of the forward itself, when the model measures it (LlamaModel, natively): without the
+   * call's crossing from JavaScript. The cost model's c(n) is this time, so that forwards run by a
+   * native chain (CausalLM.speculativeChain, which times them alike) and by JavaScript price alike.
+   */
+  readonly seconds?: number;
 }
 
 /**

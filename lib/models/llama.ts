@@ -248,6 +248,7 @@ export class LlamaModel implements CausalLM {
     if (aux !== undefined) out.aux = aux;
     if (r.staged !== undefined) out.staged = r.staged as unknown as StagedVerify;
     if (options.lastLogitsOnly === true) out.logitsRows = 'last';
+    out.seconds = r.seconds;
     return out;
   }
 

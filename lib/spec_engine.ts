@@ -292,13 +292,16 @@ export class SpecEngine {
 
   /**
    * The context of a step this engine makes alone: ctx() with draftChains when the engine can run a
-   * chain of speculative steps (greedy, and the model has speculativeChain or medusaChain).
+   * chain of speculative steps (the model has speculativeChain or medusaChain; a sampled engine runs
+   * sampled draft chains, and speculators offer only the chains they can run sampled).
    */
   soloCtx(signal?: AbortSignal): ProposeContext {
-    if (this.sampling || !(this.model.speculativeChain || this.model.medusaChain)) return this.ctx(signal);
+    if (!(this.model.speculativeChain || this.model.medusaChain)) return this.ctx(signal);
     if (!signal && this.soloCtx0) return this.soloCtx0;
-    const c: ProposeContext = signal ? { signal, draftChains: true } : { draftChains: true };
-    if (!signal) this.soloCtx0 = Object.freeze(c);
+    const c: { sampling?: SamplingConfig; signal?: AbortSignal; draftChains: true } = { draftChains: true };
+    if (this.sampling) c.sampling = this.sampling;
+    if (signal) c.signal = signal;
+    else this.soloCtx0 = Object.freeze(c);
     return c;
   }
   private soloCtx0: ProposeContext | undefined;
@@ -619,18 +622,27 @@ export class SpecEngine {
     if (!speculator?.updateChain || !model.speculativeChain) throw codedError('E_INTERNAL', 'a draft chain without updateChain or speculativeChain');
     if (offer.seqs.length !== seqs.length) throw codedError('E_ARG', `${speculator.name}: a draft chain of ${offer.seqs.length} sequences for ${seqs.length}`);
     const B = seqs.length;
+    const sampling = part.engine.sampling;
     const inputs = new Array<SpecChainSequence>(B);
     for (let b = 0; b < B; b++) {
       const s = seqs[b] as EngineSequence;
       const o = offer.seqs[b] as DraftChainOffer['seqs'][number];
-      inputs[b] = s.stopTokens
-        ? { seq: s.modelSeq, draftSeq: o.draftSeq, draftFeed: o.draftFeed, k: o.k, budget: s.maxDepth + 1, stop: s.stopTokens }
-        : { seq: s.modelSeq, draftSeq: o.draftSeq, draftFeed: o.draftFeed, k: o.k, budget: s.maxDepth + 1 };
+      const i: { -readonly [K in keyof SpecChainSequence]: SpecChainSequence[K] } = { seq: s.modelSeq, draftSeq: o.draftSeq, draftFeed: o.draftFeed, k: o.k, budget: s.maxDepth + 1 };
+      if (s.stopTokens) i.stop = s.stopTokens;
+      if (sampling) {
+        // The chain draws the sequence's counters from this one on (draws of them in all).
+        i.seed = s.rng.seed;
+        i.firstOffset = s.rng.next();
+      }
+      inputs[b] = i;
     }
-    const opts: SpecChainOptions = signal ? { maxSteps: offer.maxSteps, maxSeconds: CHAIN_SECONDS, signal } : { maxSteps: offer.maxSteps, maxSeconds: CHAIN_SECONDS };
+    const opts: { -readonly [K in keyof SpecChainOptions]: SpecChainOptions[K] } = { maxSteps: offer.maxSteps, maxSeconds: CHAIN_SECONDS };
+    if (signal) opts.signal = signal;
+    if (sampling) opts.sampling = samplingOptions(sampling);
     const tCall = performance.now();
     const r = await model.speculativeChain.call(model, offer.draft, inputs, opts);
     const tDone = performance.now();
+    if (sampling) for (let b = 0; b < B; b++) for (let n = r.draws[b] as number; n > 1; n--) (seqs[b] as EngineSequence).rng.next();
     const nodes = new Int32Array(r.drafted.length);
     for (let i = 0; i < nodes.length; i++) nodes[i] = (r.drafted[i] as number) + 1;
     for (let b = 0; b < B; b++) (seqs[b] as EngineSequence).stats.addChainSteps(r.drafted, r.accepted, b, B);

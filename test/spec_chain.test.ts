@@ -341,14 +341,36 @@ describe('greedy draft-model speculation as native chains', function () {
     }
   });
 
-  it('sampling, heuristic k and draft trees keep the step-by-step path', async () => {
-    for (const [spec, sampling] of [
-      [new DraftModelSpeculator({ draft, k: 3 }), { temperature: 0.8, seed: 5 }],
-      [new DraftModelSpeculator({ draft, k: 3, adaptive: 'heuristic' }), undefined],
-      [new DraftModelSpeculator({ draft, treeBranching: [2, 1] }), undefined],
-    ] as const) {
-      const dec = new SpeculativeDecoder(sampling ? { target, speculator: spec, sampling } : { target, speculator: spec });
-      await dec.generate(prompts[3]!, { maxNewTokens: 20 }).result;
+  it('sampled draft chains: the tokens, statistics and random streams of the step-by-step engine for the same seeds, several sequences a batch', async () => {
+    // The native chain draws each sequence's counters in the engine's order (the picks', then the
+    // verification's), so its output is the step-by-step engine's draw for draw: the exactness
+    // tests of that path (test/sampling_exactness.test.ts) carry over.
+    const hidden = withoutSpecChains(target);
+    for (const sampling of [
+      { temperature: 0.8, seed: 5 },
+      { temperature: 1, topP: 0.9, seed: 11 },
+      { temperature: 0.6, topK: 20, seed: 3 },
+    ]) {
+      const run = async (model: CausalLM): Promise<unknown[]> => {
+        const spec = new DraftModelSpeculator({ draft, k: 4 });
+        const dec = new SpeculativeDecoder({ target: model, speculator: spec, sampling });
+        const out = await dec.generateBatch(prompts, { maxNewTokens: 60 });
+        // A second request on the same decoder: its stream follows from where the first left it.
+        const again = await dec.generate(prompts[0]!, { maxNewTokens: 30 }).result;
+        spec.dispose();
+        return [...out, again].map((x) => [Array.from(x.tokens), x.stats.targetForwards, x.stats.acceptedDraftTokens, x.stats.nodesPerStep]);
+      };
+      const ref = await run(hidden);
+      calls.n = 0;
+      const got = await run(target);
+      assert.ok(calls.n > 0, 'native chains ran');
+      assert.deepStrictEqual(got, ref, JSON.stringify(sampling));
+    }
+  });
+
+  it('heuristic k and draft trees keep the step-by-step path', async () => {
+    for (const spec of [new DraftModelSpeculator({ draft, k: 3, adaptive: 'heuristic' }), new DraftModelSpeculator({ draft, treeBranching: [2, 1] })]) {
+      await new SpeculativeDecoder({ target, speculator: spec }).generate(prompts[3]!, { maxNewTokens: 20 }).result;
       spec.dispose();
     }
     assert.strictEqual(calls.n, 0);

@@ -142,6 +142,8 @@ declare namespace SpecdecNative {
     k: number;
     budget: number;
     stop?: Int32Array;
+    seed?: bigint;
+    firstOffset?: bigint;
   }
 
   interface NativeSpecChainResult {
@@ -151,6 +153,7 @@ declare namespace SpecdecNative {
     accepted: Int32Array;
     emitted: Int32Array[];
     draftCached: Int32Array;
+    draws: Int32Array;
     draftSeconds: Float64Array;
     targetSeconds: Float64Array;
     stepSeconds: Float64Array;
@@ -196,7 +199,7 @@ declare namespace SpecdecNative {
     sampledChain(...args: NativeSampledChainArgs): Promise<{ picks: Int32Array[]; q: Tensor }>;
     sampledChainOnDevice(...args: NativeSampledChainArgs): Promise<{ ids: Tensor; q: Tensor }>;
     /** Greedy draft-model steps in one call (cpp/model/spec_chain.h). */
-    speculativeChain(draft: LlamaNativeModel, seqs: readonly NativeSpecChainSeq[], maxSteps: number, maxSeconds: number, syncMaxMacs?: number): Promise<NativeSpecChainResult>;
+    speculativeChain(draft: LlamaNativeModel, seqs: readonly NativeSpecChainSeq[], maxSteps: number, maxSeconds: number, syncMaxMacs?: number, sampling?: NativeSamplingOptions): Promise<NativeSpecChainResult>;
     /** Greedy Medusa steps in one call (cpp/model/spec_chain.h). */
     medusaChain(
       heads: NativeMedusaHeadSet,

@@ -6,6 +6,7 @@
 
 #include "../core/error.h"
 #include "../core/ops_sampling.h"
+#include "../core/spec_math.h"
 
 namespace specdec {
 
@@ -29,7 +30,8 @@ struct Verdict {
 };
 
 Verdict verify_commit(LlamaModel& target, const LlamaForwardResult& fr, const std::vector<int>& tseqs,
-                      const std::vector<MedusaHead>* heads, int32_t top_k) {
+                      const std::vector<MedusaHead>* heads, int32_t top_k, const SamplingParams* sampling = nullptr,
+                      const Tensor& draft_rows = Tensor()) {
   const StagedTree& st = *fr.staged;
   Verdict v;
   v.node_indptr = st.h_node_indptr;
@@ -42,6 +44,16 @@ Verdict verify_commit(LlamaModel& target, const LlamaForwardResult& fr, const st
   VerifyArgs va;
   va.mode = VerifyMode::greedy;
   va.target = fr.logits;
+  if (sampling) {
+    // Exact rejection over the processed target rows (the staged Philox keys and counters).
+    Tensor probs = Tensor::empty(DType::f32, {fr.logits.size(0), fr.logits.size(1)}, fr.logits.device());
+    ops::process_logits(fr.logits, *sampling, probs);
+    va.mode = VerifyMode::rejection;
+    va.target = probs;
+    va.seeds = st.seeds;
+    va.offsets = st.offsets;
+    va.draft = draft_rows;
+  }
   va.node_indptr = st.node_indptr;
   va.parents = st.parents;
   va.tokens = st.tokens;
@@ -61,6 +73,10 @@ Verdict verify_commit(LlamaModel& target, const LlamaForwardResult& fr, const st
   }
   v.host.resize(static_cast<size_t>(total));
   res.copy_to_host(v.host.data(), v.host.size() * sizeof(int32_t));
+  for (int64_t b = 0; b < B; ++b)
+    for (int32_t k = 0; k < v.host[static_cast<size_t>(2 * N + b)]; ++k)
+      SPECDEC_CHECK(v.host[static_cast<size_t>(N + st.h_node_indptr[b] + k)] != sm::kNoMass, "E_NUMERIC", "sequence ", b,
+                    ", emitted token ", k, ": no probability mass to sample from (every probability is 0 or NaN: NaN or infinite logits?)");
 
   VerifiedPaths paths;
   paths.node_indptr = va.node_indptr;
@@ -128,6 +144,7 @@ SpecChainResult speculative_chain(LlamaModel& target, LlamaModel& draft, const S
 
   SpecChainResult r;
   r.emitted.resize(B);
+  std::vector<int> draws(B, 0);
   const auto t_loop = std::chrono::steady_clock::now();
   for (int step = 0; step < args.max_steps; ++step) {
     // This step's draft length per sequence: its k, within the budget and the draft's context (as
@@ -141,7 +158,7 @@ SpecChainResult speculative_chain(LlamaModel& target, LlamaModel& draft, const S
     }
     if (step > 0 && (!any || (args.max_seconds > 0 && seconds_since(t_loop) >= args.max_seconds))) break;
     const auto t0 = std::chrono::steady_clock::now();
-    std::vector<int> cached0 = cached;
+    std::vector<int> cached0 = cached, draws0 = draws;
     double t_draft = 0, t_target = 0;
     Verdict v;
     try {
@@ -161,8 +178,24 @@ SpecChainResult speculative_chain(LlamaModel& target, LlamaModel& draft, const S
         tail_at[b] = picks_total;
         picks_total += ks[b];
       }
-      Tensor picks;
-      if (!din.empty()) {
+      Tensor picks, q;
+      if (!din.empty() && args.sampled) {
+        // Each drafting sequence's counters for its picks, then (below) its verification's.
+        std::vector<uint64_t> seeds;
+        std::vector<std::vector<uint64_t>> offsets;
+        for (size_t b = 0; b < B; ++b) {
+          if (ks[b] == 0) continue;
+          seeds.push_back(args.seqs[b].seed);
+          std::vector<uint64_t> o(static_cast<size_t>(ks[b]));
+          for (int j = 0; j < ks[b]; ++j) o[static_cast<size_t>(j)] = args.seqs[b].first_offset + static_cast<uint64_t>(draws[b]++);
+          offsets.push_back(std::move(o));
+        }
+        LlamaModel::SampledChain sc = draft.sampled_chain(din, dsteps, args.params, seeds, offsets, true);
+        picks = sc.picks_on_device;
+        q = sc.q;
+        for (size_t b = 0; b < B; ++b)
+          if (ks[b] > 0) cached[b] += static_cast<int>(pending[b].size()) + ks[b] - 1;
+      } else if (!din.empty()) {
         picks = draft.greedy_chain_on_device(din, dsteps);
         // The draft fed its pending tokens and every pick but the last.
         for (size_t b = 0; b < B; ++b)
@@ -175,6 +208,10 @@ SpecChainResult speculative_chain(LlamaModel& target, LlamaModel& draft, const S
       std::vector<LlamaSeqInput> tin(B);
       VerifyStaging stage;
       for (size_t b = 0; b < B; ++b) {
+        if (args.sampled) {
+          stage.seeds.push_back(args.seqs[b].seed);
+          stage.offsets.push_back(args.seqs[b].first_offset + static_cast<uint64_t>(draws[b]++));
+        }
         LlamaSeqInput& in = tin[b];
         in.seq = args.seqs[b].target_seq;
         const int n = ks[b] + 1;
@@ -194,7 +231,21 @@ SpecChainResult speculative_chain(LlamaModel& target, LlamaModel& draft, const S
       // 3. Greedy verification of the staged trees (the step's one read), and the commit.
       std::vector<int> tseqs(B);
       for (size_t b = 0; b < B; ++b) tseqs[b] = args.seqs[b].target_seq;
-      v = verify_commit(target, fr, tseqs, nullptr, 0);
+      // Sampled: node j's children were drawn from the draft's row of pick j (its chain's rows start at
+      // tail_at); a leaf repeats its parent's row and a lone root borrows any (neither is read), each
+      // zero-padded to the target's vocabulary.
+      Tensor rows;
+      if (args.sampled && q.defined()) {
+        std::vector<Tensor> srcs;
+        std::vector<int64_t> at;
+        for (size_t b = 0; b < B; ++b)
+          for (int j = 0; j <= ks[b]; ++j) {
+            srcs.push_back(q);
+            at.push_back(ks[b] > 0 ? tail_at[b] + std::min(j, ks[b] - 1) : 0);
+          }
+        rows = gather_rows(srcs, at, Vt);
+      }
+      v = verify_commit(target, fr, tseqs, nullptr, 0, args.sampled ? &args.params : nullptr, rows);
     } catch (...) {
       // The failed step's draft tokens go; its target forward, if any, stays uncommitted (the next
       // forward replaces it).
@@ -203,6 +254,7 @@ SpecChainResult speculative_chain(LlamaModel& target, LlamaModel& draft, const S
           draft.truncate(args.seqs[b].draft_seq, cached0[b]);
           cached[b] = cached0[b];
         }
+      draws = draws0;
       if (step == 0) throw;
       break;
     }
@@ -233,6 +285,7 @@ SpecChainResult speculative_chain(LlamaModel& target, LlamaModel& draft, const S
     if (chain_ends(args.seqs, left, r.emitted, r.accepted)) break;
   }
   r.draft_cached = std::vector<int32_t>(cached.begin(), cached.end());
+  r.draws = std::vector<int32_t>(draws.begin(), draws.end());
   return r;
 }
 

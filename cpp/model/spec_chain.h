@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "../core/ops_sampling.h"
 #include "llama.h"
 #include "medusa.h"
 
@@ -32,12 +33,20 @@ struct SpecChainSeq {
   int budget = 1;
   // Tokens that end the sequence (EOS, a request's stop tokens): no step follows one that emitted any.
   std::vector<int32_t> stop;
+  // Sampling: the sequence's Philox key, and the counter of its next draw. Each step draws its
+  // drafts' counters in order, then its verification's (as the engine's sampled step draws them:
+  // offset, offset + 1, ...); the result says how many were drawn.
+  uint64_t seed = 0, first_offset = 0;
 };
 
 struct SpecChainArgs {
   std::vector<SpecChainSeq> seqs;
   int max_steps = 1;         // >= 1
   double max_seconds = 0;    // > 0: no step starts once the loop has run this long (the first always runs)
+  // Sampled: the draft samples its chains (sampled_chain) and verification is exact rejection over
+  // the processed target rows with the draft's rows (DraftModelSpeculator's sampled step).
+  bool sampled = false;
+  SamplingParams params;
 };
 
 struct SpecChainResult {
@@ -48,6 +57,8 @@ struct SpecChainResult {
   std::vector<std::vector<int32_t>> emitted;
   // Per sequence: the draft's cached length at the end (the history minus its uncached tail).
   std::vector<int32_t> draft_cached;
+  // Sampled, per sequence: counters drawn (first_offset .. first_offset + draws - 1).
+  std::vector<int32_t> draws;
   // Per step: seconds of the draft's chain, of the target's forward, and of the whole step.
   std::vector<double> draft_seconds, target_seconds, step_seconds;
 };

@@ -23,6 +23,14 @@ std::vector<uint64_t> get_u64_array(const Napi::Value& v, const char* name) {
   return std::vector<uint64_t>(a.Data(), a.Data() + a.ElementLength());
 }
 
+uint64_t get_u64(const Napi::Value& v, const char* name) {
+  SPECDEC_CHECK(v.IsBigInt(), "E_ARG", name, ": expected a bigint");
+  bool lossless = false;
+  const uint64_t x = v.As<Napi::BigInt>().Uint64Value(&lossless);
+  SPECDEC_CHECK(lossless, "E_ARG", name, ": expected a bigint in [0, 2^64)");
+  return x;
+}
+
 Napi::Object get_object(const Napi::Value& v, const char* name) {
   SPECDEC_CHECK(v.IsObject(), "E_ARG", name, ": expected an object");
   return v.As<Napi::Object>();
@@ -406,10 +414,11 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
     });
   }
 
-  // speculativeChain(draft: LlamaModel, seqs: { seq, draftSeq, draftFeed: Int32Array, k, budget }[],
-  //   maxSteps, maxSeconds, syncMaxMacs?) -> Promise<{ steps, drafted: Int32Array, accepted: Int32Array,
-  //   emitted: Int32Array[], draftCached: Int32Array, draftSeconds, targetSeconds, stepSeconds:
-  //   Float64Array }> (speculative_chain: greedy draft-model steps in one call; drafted / accepted
+  // speculativeChain(draft: LlamaModel, seqs: { seq, draftSeq, draftFeed: Int32Array, k, budget, stop?,
+  //   seed?: bigint, firstOffset?: bigint }[], maxSteps, maxSeconds, syncMaxMacs?, sampling?) ->
+  //   Promise<{ steps, drafted: Int32Array, accepted: Int32Array, emitted: Int32Array[], draftCached:
+  //   Int32Array, draws: Int32Array, draftSeconds, targetSeconds, stepSeconds: Float64Array }>
+  //   (speculative_chain: draft-model steps in one call, sampled with `sampling`; drafted / accepted
   //   step-major [steps * B])
   Napi::Value SpeculativeChain(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
@@ -433,6 +442,8 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
         s.k = get_int32(get_field(o, "k"), "seqs[b].k");
         s.budget = get_int32(get_field(o, "budget"), "seqs[b].budget");
         if (has_field(o, "stop")) s.stop = get_i32_array(get_field(o, "stop"), "seqs[b].stop");
+        if (has_field(o, "seed")) s.seed = get_u64(get_field(o, "seed"), "seqs[b].seed");
+        if (has_field(o, "firstOffset")) s.first_offset = get_u64(get_field(o, "firstOffset"), "seqs[b].firstOffset");
         est[b].seq = s.target_seq;
         est[b].tokens.assign(static_cast<size_t>(std::max(0, std::min(s.k, 1 << 16))) + 1, 0);
         args->seqs.push_back(std::move(s));
@@ -440,6 +451,14 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
       args->max_steps = get_int32(info[2], "maxSteps");
       args->max_seconds = get_number(info[3], "maxSeconds");
       SPECDEC_CHECK(args->max_seconds >= 0, "E_ARG", "maxSeconds: expected a number >= 0, got ", args->max_seconds);
+      if (info.Length() > 5 && !info[5].IsUndefined()) {
+        args->sampled = true;
+        args->params = sampling_params_arg(info[5]);
+        for (size_t b = 0; b < args->seqs.size(); ++b)
+          SPECDEC_CHECK(has_field(arr.Get(static_cast<uint32_t>(b)).As<Napi::Object>(), "seed") &&
+                            has_field(arr.Get(static_cast<uint32_t>(b)).As<Napi::Object>(), "firstOffset"),
+                        "E_ARG", "seqs[", b, "]: a sampled chain needs each sequence's seed and firstOffset");
+      }
       // On the calling thread when one step's target forward is small enough (the chain's time is
       // bounded by maxSeconds).
       const bool sync = run_here(*m, est, info[4]);
@@ -454,6 +473,7 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
             o.Set("accepted", int32_array(env, r.accepted));
             o.Set("emitted", int32_arrays(env, r.emitted));
             o.Set("draftCached", int32_array(env, r.draft_cached));
+            o.Set("draws", int32_array(env, r.draws));
             o.Set("draftSeconds", float64_array(env, r.draft_seconds));
             o.Set("targetSeconds", float64_array(env, r.target_seconds));
             o.Set("stepSeconds", float64_array(env, r.step_seconds));

@@ -266,12 +266,24 @@ export interface SpecChainSequence {
   readonly budget: number;
   /** Tokens that end the sequence: no step follows one that emitted any of them. */
   readonly stop?: Int32Array;
+  /**
+   * Sampled chains (SpecChainOptions.sampling): the sequence's Philox key, and the counter of its
+   * next draw; each step draws its picks' counters in order, then its verification's (as the
+   * engine's sampled draft-model step draws them), and the result says how many it drew.
+   */
+  readonly seed?: bigint;
+  readonly firstOffset?: bigint;
 }
 
 export interface SpecChainOptions {
   readonly maxSteps: number;
   readonly maxSeconds: number;
   readonly signal?: AbortSignal;
+  /**
+   * speculativeChain only: sample (the draft's picks drawn, exact rejection against the processed
+   * target rows) instead of greedy steps. Every sequence then needs seed and firstOffset.
+   */
+  readonly sampling?: SamplingOptions;
 }
 
 export interface SpecChainResult {
@@ -283,6 +295,8 @@ export interface SpecChainResult {
   readonly emitted: Int32Array[];
   /** Per sequence: the draft's cached length at the end. */
   readonly draftCached: Int32Array;
+  /** Sampled, per sequence: the counters drawn (firstOffset onwards). */
+  readonly draws: Int32Array;
   /** Per step, seconds: the draft's chain, the target's forward, the whole step. */
   readonly draftSeconds: Float64Array;
   readonly targetSeconds: Float64Array;

@@ -288,7 +288,10 @@ export class LlamaModel implements CausalLM {
     draft.busy = true;
     try {
       if (sliceSpent(this.syncForwardMaxMacs)) await loopTurn(options.signal);
-      return await handle.speculativeChain(dh, seqs, options.maxSteps, options.maxSeconds, syncLimit(this.syncForwardMaxMacs));
+      const limit = syncLimit(this.syncForwardMaxMacs);
+      return options.sampling
+        ? await handle.speculativeChain(dh, seqs, options.maxSteps, options.maxSeconds, limit, resolveSamplingOptions(options.sampling))
+        : await handle.speculativeChain(dh, seqs, options.maxSteps, options.maxSeconds, limit);
     } finally {
       this.busy = false;
       draft.busy = false;

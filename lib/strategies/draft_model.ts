@@ -282,14 +282,14 @@ export class DraftModelSpeculator implements Speculator {
   }
 
   /**
-   * Greedy chains of a fixed k ('fixed', and 'cost' between its weighings), where the engine runs
-   * them natively (ctx.draftChains; the draft a model of the target's kind, on its device): the
-   * steps as one native call (CausalLM.speculativeChain), reported with updateChain(). A probe is
-   * one step (its acceptance is weighed at once); a chosen k holds for the chain (up to
+   * Chains of a fixed k ('fixed', and 'cost' between its weighings), greedy or sampled, where the
+   * engine runs them natively (ctx.draftChains; the draft a model of the target's kind, on its
+   * device): the steps as one native call (CausalLM.speculativeChain), reported with updateChain().
+   * A probe is one step (its acceptance is weighed at once); a chosen k holds for the chain (up to
    * CHAIN_MAX_STEPS steps, or the chain's time).
    */
   private chainOffer(seqs: readonly SpecSequence[], states: DraftState[], ctx: ProposeContext): ProposalBatch | undefined {
-    if (ctx.draftChains !== true || isSampling(ctx.sampling) || (this.adaptive !== 'fixed' && this.adaptive !== 'cost')) return undefined;
+    if (ctx.draftChains !== true || (this.adaptive !== 'fixed' && this.adaptive !== 'cost')) return undefined;
     const target = this.target;
     if (!target?.speculativeChain || !this.draft.speculativeChain || target.device !== this.draft.device || target === this.draft) return undefined;
     const proposals = new Array<Proposal>(seqs.length);

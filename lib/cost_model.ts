@@ -144,8 +144,10 @@ class OverheadSamples {
   seen = 0;
   private loopSeen = 0;
 
-  inStep(seconds: number): void {
-    if (this.seen++ >= ForwardCost.OVERHEAD_WARMUP) this.within.add(seconds);
+  /** A sample standing for `steps` steps (a native chain's: one per call), counted as many towards the warm-up. */
+  inStep(seconds: number, steps = 1): void {
+    if (this.seen >= ForwardCost.OVERHEAD_WARMUP) this.within.add(seconds);
+    this.seen += steps;
   }
 
   loop(seconds: number): void {
@@ -306,12 +308,14 @@ export class ForwardCost {
 
   /**
    * Takes in a speculative step's time after its forward (seconds): verification, commit, update;
-   * `owner`: the speculator whose step it was (also counted among all steps').
+   * `owner`: the speculator whose step it was (also counted among all steps'). A native chain gives
+   * one sample per call, its steps' mean (`steps` of them): per-step samples of one call share its
+   * JavaScript, so one slow call filled the whole window and its lower quartile.
    */
-  observeOverhead(seconds: number, owner?: object): void {
+  observeOverhead(seconds: number, owner?: object, steps = 1): void {
     if (this.frozen) return;
-    this.shared.inStep(seconds);
-    if (owner !== undefined) this.samplesOf(owner).inStep(seconds);
+    this.shared.inStep(seconds, steps);
+    if (owner !== undefined) this.samplesOf(owner).inStep(seconds, steps);
   }
 
   /** Takes in the time the engine's loop spent around a speculative step (seconds) of `owner`'s. */

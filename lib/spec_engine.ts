@@ -16,7 +16,7 @@ import type {
   StepReport,
 } from './strategies/speculator';
 import { knownForwardCost } from './cost_model';
-import { CHAIN_SECONDS, chainLength, observeChainStep } from './plain_chain';
+import { CHAIN_MAX_STEPS, CHAIN_SECONDS, chainLength, observeChainStep } from './plain_chain';
 import { argmaxIds, processLogits } from './sampling';
 import { codedError } from './strategies/speculator';
 import { isSampling, pickTokens, samplingOptions, throwIfAborted } from './step_helpers';
@@ -647,7 +647,7 @@ export class SpecEngine {
     for (let i = 0; i < nodes.length; i++) nodes[i] = (r.drafted[i] as number) + 1;
     for (let b = 0; b < B; b++) (seqs[b] as EngineSequence).stats.addChainSteps(r.drafted, r.accepted, b, B);
     speculator.updateChain(seqs, r, part.engine.ctx(signal));
-    return SpecEngine.chainDone(part, r, nodes, r.draftSeconds, t0, tDraft, tCall, tDone);
+    return SpecEngine.chainDone(part, r, nodes, r.draftSeconds, t0, tDraft, tCall, tDone, offer.probe === true);
   }
 
   /**
@@ -680,9 +680,9 @@ export class SpecEngine {
 
   /**
    * After a native chain of steps (draftChain, headsChain): the histories, and the cost model's
-   * samples -- each step's forward, and what it cost beside its forward and its drafting, with an
-   * equal share of the call's JavaScript (the proposal, the marshalling, the bookkeeping) -- the
-   * engine's last-step record and its phases. nodes: per step and sequence (step-major).
+   * samples -- each step's forward, and what the steps cost beside their forwards and drafting with
+   * their share of the call's JavaScript -- the engine's last-step record and its phases. nodes: per
+   * step and sequence (step-major).
    */
   private static chainDone(
     part: StepPart,
@@ -693,6 +693,7 @@ export class SpecEngine {
     tDraft: number,
     tCall: number,
     tDone: number,
+    probe = false,
   ): Int32Array[] {
     const { model, speculator } = part.engine;
     const { seqs } = part;
@@ -713,20 +714,29 @@ export class SpecEngine {
       draftS += draftSeconds ? (draftSeconds[i] as number) : 0;
       targetS += r.targetSeconds[i] as number;
     }
-    const js = Math.max(0, (tEnd - t0) / 1000 - native) / Math.max(1, steps);
     const cost = knownForwardCost(model);
-    let trees = false;
+    let treeSteps = 0;
+    let beside = 0;
     for (let i = 0; i < steps; i++) {
       let n = 0;
       for (let b = 0; b < B; b++) n += nodes[i * B + b] as number;
       if (n === B) continue;
-      trees = true;
-      const drafting = draftSeconds ? (draftSeconds[i] as number) : 0;
+      treeSteps++;
+      beside += (r.stepSeconds[i] as number) - (draftSeconds ? (draftSeconds[i] as number) : 0) - (r.targetSeconds[i] as number);
       cost?.observeStep(n, r.targetSeconds[i] as number);
-      cost?.observeOverhead((r.stepSeconds[i] as number) - drafting - (r.targetSeconds[i] as number) + js, speculator);
+    }
+    if (treeSteps > 0) {
+      // One sample for the call: its steps' mean time beside drafting and forward, and its share of
+      // the call's JavaScript (the proposal, the marshalling, the bookkeeping). A probe's call is one
+      // step: its JavaScript is shared as a chain's would be (the steps CHAIN_SECONDS holds), so that
+      // probes keep the estimate fresh while the choice is plain without pricing a step at a call.
+      const js = Math.max(0, (tEnd - t0) / 1000 - native);
+      const per = probe ? Math.min(CHAIN_MAX_STEPS, Math.max(1, Math.floor(CHAIN_SECONDS / Math.max(native / steps, 1e-9)))) : steps;
+      cost?.observeOverhead(beside / treeSteps + js / per, speculator, treeSteps);
     }
     const ls = part.engine.lastStep;
-    ls.speculative = trees;
+    // (A probe's loop turn is no sample either: Engine prices what speculative steps add around them.)
+    ls.speculative = treeSteps > 0 && !probe;
     ls.seconds = (tEnd - t0) / 1000;
     ls.steps = Math.max(1, steps);
     // Phases: the drafting, the forwards, the rest of the native steps as verification.

@@ -302,7 +302,7 @@ export class DraftModelSpeculator implements Speculator {
       proposals[b] = loneRoot(s.history[s.history.length - 1] as number);
       offer[b] = { draftSeq: st.draftSeq, draftFeed: Int32Array.from(s.history.slice(st.cached)), k: this.adaptive === 'fixed' ? this.k : st.k };
     }
-    return { proposals, draftChain: { draft: this.draft, seqs: offer, maxSteps: probe ? 1 : CHAIN_MAX_STEPS } };
+    return { proposals, draftChain: probe ? { draft: this.draft, seqs: offer, maxSteps: 1, probe } : { draft: this.draft, seqs: offer, maxSteps: CHAIN_MAX_STEPS } };
   }
 
   /** The engine ran this batch's draftChain: each step's bookkeeping, as update() and proposeTimed() do it. */

@@ -95,6 +95,12 @@ export interface DraftChainOffer {
   readonly seqs: readonly { readonly draftSeq: number; readonly draftFeed: Int32Array; readonly k: number }[];
   /** Steps at most (>= 1). */
   readonly maxSteps: number;
+  /**
+   * A probe (one step to try the drafts while the choice is plain): its call's JavaScript is priced
+   * as a chain's would share it, since it carries a whole call alone (counted in full, each probe
+   * looked 40-60 us dearer than a chain's step, which kept the sized draft model plain).
+   */
+  readonly probe?: boolean;
 }
 
 export interface ProposeContext {

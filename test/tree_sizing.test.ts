@@ -197,6 +197,20 @@ describe('cost model: the curve', () => {
     assert.ok(Math.abs(stepCost(c, 1, undefined, b)(3) - (3e-3 + 2e-4)) < 1e-12);
   });
 
+  it('a native chain call is one overhead sample standing for its steps: one slow call does not fill the window', () => {
+    const c = ForwardCost.fromFunction((n) => n * 1e-3);
+    const owner = {};
+    // The first call's 16 steps are the warm-up (cold), counted as steps.
+    c.observeOverhead(1, owner, 16);
+    assert.strictEqual(c.stepOverheadOf(owner), 0);
+    for (let i = 0; i < ForwardCost.OVERHEAD_MIN_SAMPLES; i++) c.observeOverhead(2e-5, owner, 16);
+    assert.ok(c.overheadMeasuredOf(owner));
+    // A slow call (a collection, a preemption) is one sample among the window's: the lower quartile
+    // stays. (Sixteen per-step samples of it would have been the whole window.)
+    c.observeOverhead(5e-4, owner, 16);
+    assert.ok(Math.abs(c.stepOverheadOf(owner) - 2e-5) < 1e-12, String(c.stepOverheadOf(owner)));
+  });
+
   it("measures a chained draft token on a scratch sequence it frees (none without a chain call)", async () => {
     assert.strictEqual(await chainTokenCost(new ToyLM({ vocabSize: V, seed: 1, maxPositions: 64 })), undefined);
     const m = await LlamaModel.load(path.join(__dirname, '..', '..', 'models', 'default', 'draft'), { device: 'cpu' });

@@ -675,7 +675,7 @@ export class SpecEngine {
     for (let i = 0; i < drafted.length; i++) drafted[i] = (r.nodes[i] as number) - 1;
     for (let b = 0; b < B; b++) (seqs[b] as EngineSequence).stats.addTreeSteps(r.nodes, r.depths, r.accepted, b, B);
     speculator.updateHeadsChain(seqs, r, part.engine.ctx(signal));
-    return SpecEngine.chainDone(part, r, r.nodes, undefined, t0, tDraft, tCall, tDone);
+    return SpecEngine.chainDone(part, r, r.nodes, undefined, t0, tDraft, tCall, tDone, offer.probe === true);
   }
 
   /**

@@ -481,13 +481,21 @@ export class MedusaSpeculator implements Speculator {
    * Greedy steps of a tree that speculates (the sized plan's subtree, or the fixed choices), where
    * the engine runs them natively (ctx.draftChains, a model with medusaChain): up to CHAIN_MAX_STEPS
    * steps in one call, reported with updateHeadsChain(). Every head runs after each verification
-   * (the plan's subtree may read fewer: the rates of all depths stay fed). Probes and plain plans
-   * keep the step-by-step path.
+   * (the plan's subtree may read fewer: the rates of all depths stay fed). A probe of a plain plan is
+   * a one-step chain when every sequence is due; plain steps keep the step-by-step path.
    */
   private chainOffer(seqs: readonly SpecSequence[], ctx: ProposeContext, plan: { keep: Int32Array; speculate: boolean } | undefined): ProposalBatch | undefined {
     if (ctx.draftChains !== true || isSampling(ctx.sampling) || !this.target?.medusaChain) return undefined;
-    if (this.sized && !(plan && plan.speculate && plan.keep.length > 1)) return undefined;
-    const keep = plan ? plan.keep : undefined;
+    let keep: Int32Array | undefined;
+    let probe = false;
+    if (this.sized) {
+      if (plan && plan.speculate && plan.keep.length > 1) keep = plan.keep;
+      else if (plan && plan.keep.length === 1 && seqs.every((s) => this.run(s) >= this.probeAfter && this.cands.has(s.key))) {
+        // Every sequence due to probe: the probe's tree as a one-step chain (propose()'s probe).
+        keep = this.probeKeep;
+        probe = true;
+      } else return undefined;
+    }
     let template = keep ? this.templates.get(keep) : this.fullTemplate;
     if (!template) {
       const nodes = keep ?? Int32Array.from(this.shape.parents, (_, i) => i);
@@ -521,7 +529,7 @@ export class MedusaSpeculator implements Speculator {
       offer[b] = { cands: flat, headsKnown: c.length };
     }
     const heads = (this.fusedHeads[this.shape.depth - 1] as HeadsOnAccepted).heads as SpecdecNative.NativeMedusaHeadSet;
-    return { proposals, headsChain: { heads, topK: K, template, seqs: offer, maxSteps: CHAIN_MAX_STEPS } };
+    return { proposals, headsChain: probe ? { heads, topK: K, template, seqs: offer, maxSteps: 1, probe } : { heads, topK: K, template, seqs: offer, maxSteps: CHAIN_MAX_STEPS } };
   }
   /** Chain templates per plan subtree (a plan's keep array is reused while the plan is). */
   private readonly templates = new WeakMap<Int32Array, MedusaChainTemplate>();
@@ -543,7 +551,10 @@ export class MedusaSpeculator implements Speculator {
               if (rank !== -2) this.rates.record(d, rank);
             }
           }
-          run = (r.nodes[i * B + b] as number) > 1 ? 0 : run + 1;
+          const tree = (r.nodes[i * B + b] as number) > 1;
+          // A probe the plan still ignores: the next one comes twice as late (as update() does).
+          if (cost && tree && this.planned && !this.planned.speculate) this.probeAfter = backedOffProbeInterval(this.probeAfter);
+          run = tree ? 0 : run + 1;
         }
         if (cost) this.plainRun.set(s.key, run);
       }

@@ -86,6 +86,8 @@ export interface HeadsChainOffer {
   /** Per sequence (the batch's order): its candidates (heads known * topK). */
   readonly seqs: readonly { readonly cands: Int32Array; readonly headsKnown: number }[];
   readonly maxSteps: number;
+  /** A probe, as DraftChainOffer.probe. */
+  readonly probe?: boolean;
 }
 
 /** A ProposalBatch's draft chain: what CausalLM.speculativeChain needs beyond the target's side. */

@@ -302,7 +302,17 @@ export class DraftModelSpeculator implements Speculator {
       proposals[b] = loneRoot(s.history[s.history.length - 1] as number);
       offer[b] = { draftSeq: st.draftSeq, draftFeed: Int32Array.from(s.history.slice(st.cached)), k: this.adaptive === 'fixed' ? this.k : st.k };
     }
-    return { proposals, draftChain: probe ? { draft: this.draft, seqs: offer, maxSteps: 1, probe } : { draft: this.draft, seqs: offer, maxSteps: CHAIN_MAX_STEPS } };
+    if (probe) return { proposals, draftChain: { draft: this.draft, seqs: offer, maxSteps: 1, probe } };
+    // A choice weighed on few trials at its deepest position is weighed again sooner: the chain runs
+    // at most as many steps as that position has trials (at least 2). A fresh speculator's first
+    // choice comes from the prior (k = 1 on the embedded family) and ran 16 steps before.
+    let maxSteps = CHAIN_MAX_STEPS;
+    if (this.adaptive === 'cost') {
+      let k = 0;
+      for (const o of offer) k = Math.max(k, o.k);
+      maxSteps = Math.max(2, Math.min(CHAIN_MAX_STEPS, this.rates.trialCounts()[k - 1] ?? 0));
+    }
+    return { proposals, draftChain: { draft: this.draft, seqs: offer, maxSteps } };
   }
 
   /** The engine ran this batch's draftChain: each step's bookkeeping, as update() and proposeTimed() do it. */

@@ -610,11 +610,9 @@ export class SpecEngine {
   }
 
   /**
-   * A speculator's draft chain (ProposalBatch.draftChain; offered only to a lone greedy part on a
-   * model with speculativeChain): its steps in one native call, then their bookkeeping as the
-   * ordinary steps would do it -- histories, statistics, the cost model's samples (each step's
-   * forward, and what it cost beside its forward and its drafting, with this call's share of
-   * JavaScript), and the speculator's updateChain().
+   * A speculator's draft chain (ProposalBatch.draftChain; offered only to a lone part, greedy or
+   * sampled, on a model with speculativeChain): its steps in one native call, then their bookkeeping
+   * as the ordinary steps would do it (chainDone) and the speculator's updateChain().
    */
   private static async draftChain(part: StepPart, offer: DraftChainOffer, t0: number, tDraft: number, signal?: AbortSignal): Promise<Int32Array[]> {
     const { model, speculator } = part.engine;

@@ -165,9 +165,7 @@ void verify(const VerifyArgs& a, VerifyResult& out) {
   if (a.target.device() == Device::cpu)
     for (int64_t b = 0; b < B; ++b) {
       const int32_t k = out.accept_count.ptr<int32_t>()[b] - 1;
-      SPECDEC_CHECK(out.emitted.ptr<int32_t>()[indptr[b] + k] != sm::kNoMass, "E_NUMERIC", "verify: sequence ", b,
-                    ", emitted token ", k, ": no probability mass to sample from (every probability is 0 or NaN: NaN or",
-                    " infinite logits?)");
+      check_mass(out.emitted.ptr<int32_t>()[indptr[b] + k], "verify: sequence ", b, ", emitted token ", k);
     }
 }
 

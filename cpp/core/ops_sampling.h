@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "error.h"
+#include "spec_math.h"
 #include "tensor.h"
 
 namespace specdec {
@@ -86,6 +88,13 @@ struct VerifiedPaths {
   int32_t seq0 = 0;  // its first sequence in the forward it verified (a staged part's s0)
 };
 
+// A token the kernels could not draw (sm::kNoMass: its row had no probability mass) is an error,
+// not a token: E_NUMERIC, `where` naming it.
+template <class... A>
+void check_mass(int32_t token, const A&... where) {
+  SPECDEC_CHECK(token != sm::kNoMass, "E_NUMERIC", where...,
+                ": no probability mass to sample from (every probability is 0 or NaN: NaN or infinite logits?)");
+}
 namespace ops {
 // logits [N, V] f32|f16|bf16 -> probs f32 [N, V]: softmax(logits / T), then top-k, top-p, min-p,
 // renormalised. Each row independent (batch invariant).

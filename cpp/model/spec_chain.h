@@ -1,9 +1,10 @@
-// Greedy draft-model speculation as one native loop: several speculative steps (the draft's greedy
-// chain, the target's forward over it, greedy verification, the KV commit of the accepted path, the
+// Draft-model speculation (greedy or sampled) as one native loop: several speculative steps (the
+// draft's chain, the target's forward over it, verification, the KV commit of the accepted path, the
 // draft's truncation to it) in one call, with no return to JavaScript between them. Each step is
 // made of the same calls, with the same arguments, as the JavaScript step of a DraftModelSpeculator
-// (greedy_chain_on_device, forward with the verification staged, ops::verify, commit with the
-// verified paths, truncate), so the tokens and both caches are those of that many such steps.
+// (greedy_chain_on_device or sampled_chain, forward with the verification staged, process_logits and
+// ops::verify, commit with the verified paths, truncate), so the tokens, the draws and both caches
+// are those of that many such steps.
 //
 // Why: on a small model a speculative step's JavaScript (its objects, the N-API crossings, the
 // collections) costs about as much as the target's forward (bench/README.md, "thirty-second

@@ -11,13 +11,6 @@ namespace specdec {
 namespace napi {
 namespace {
 
-// A token the kernels could not draw (spec_math.h: no probability mass) is an error, not a token.
-template <class... A>
-void check_mass(int32_t token, const A&... where) {
-  SPECDEC_CHECK(token != sm::kNoMass, "E_NUMERIC", where...,
-                ": no probability mass to sample from (every probability is 0 or NaN: NaN or infinite logits?)");
-}
-
 std::vector<uint32_t> get_u32_array(const Napi::Value& v, const char* name, size_t n) {
   SPECDEC_CHECK(v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == napi_uint32_array, "E_ARG", name,
                 ": expected a Uint32Array");

@@ -174,6 +174,52 @@ describe('cost model: the curve', () => {
     }
   });
 
+  it("the loop's turns to the event loop are not priced in a step's loop overhead", async () => {
+    // A target whose forward takes ~0.5 ms (spun, so the loop's yields every LOOP_SLICE_MS are the
+    // only turns), and a task that holds the thread 5 ms in every turn it gets. What runs in the
+    // loop's turns (other engines' requests, I/O, the caller) is no cost of the speculative step:
+    // priced in (2026-12-06), such samples made the sized Medusa decode plainly for good.
+    const spin = (ms: number): void => {
+      const end = performance.now() + ms;
+      while (performance.now() < end);
+    };
+    const target = new ToyLM({ vocabSize: V, seed: 3, maxPositions: 256 });
+    const forward = target.forward.bind(target);
+    target.forward = (...a: Parameters<ToyLM['forward']>) => {
+      spin(0.5);
+      return forward(...a);
+    };
+    const curve = ForwardCost.fromFunction((n) => n * 1e-3);
+    setForwardCost(target, curve);
+    const loop: number[] = [];
+    const observeLoop = curve.observeLoopOverhead.bind(curve);
+    curve.observeLoopOverhead = (s, owner) => {
+      loop.push(s);
+      observeLoop(s, owner);
+    };
+    let hogging = true;
+    let turns = 0;
+    const hog = (): void => {
+      if (!hogging) return;
+      spin(5);
+      turns++;
+      setImmediate(hog);
+    };
+    const dec = new SpeculativeDecoder({ target, speculator: new DraftModelSpeculator({ draft: new ToyLM({ vocabSize: V, seed: 4, maxPositions: 256 }), k: 2 }) });
+    try {
+      setImmediate(hog);
+      const [r] = await dec.generateBatch([Int32Array.from([1, 2, 3])], { maxNewTokens: 96 });
+      assert.strictEqual(r!.tokens.length, 96);
+    } finally {
+      hogging = false;
+      dec.dispose();
+    }
+    assert.ok(turns >= 2, `the task had ${turns} turns during the request`);
+    assert.ok(loop.length >= 8, `${loop.length} loop samples`);
+    const most = Math.max(...loop);
+    assert.ok(most < 2.5e-3, `a loop sample of ${(most * 1e3).toFixed(2)} ms: the other task's turn was priced in`);
+  });
+
   it("each speculator's steps make its own step overhead; all steps' make the shared one", () => {
     const c = ForwardCost.fromFunction((n) => n * 1e-3);
     const a = {}, b = {};

@@ -403,17 +403,15 @@ export class Engine {
       await Promise.resolve();
       let turned = performance.now();
       const lock = lockOf(this.model);
-      // The loop's time around a speculative step (from one iteration's start to the next, less the
-      // step itself) is part of what such a step costs: the cost model prices it (its loop overhead).
-      let iterStart = turned;
-      let spec: number | undefined;
-      let specSteps = 1;
+      // The loop's own work around a speculative step (the iteration less the step itself) is part
+      // of what such a step costs: the cost model prices it (its loop overhead). The turn given to
+      // the event loop after an iteration is not: other engines' requests, I/O and the caller's own
+      // code run in it (priced in, they made a sized speculator decode plainly for good: 2026-12-06),
+      // and a plain step's iterations give the same turns.
       while (this.queue.length > 0 || this.live.length > 0) {
         const tIter = performance.now();
-        // (A draft chain's steps share their loop turn.)
-        if (spec !== undefined) knownForwardCost(this.model)?.observeLoopOverhead(Math.max(0, (tIter - iterStart) / 1000 - spec) / specSteps, this.speculator);
-        iterStart = tIter;
-        spec = undefined;
+        let spec: number | undefined;
+        let specSteps = 1;
         // A step boundary: drop finished/aborted, admit, make room, one step of every live request.
         // (Inlined here rather than in async helpers: each async call is a promise and a microtask
         // turn, and a small model's whole step is ~100 us.)
@@ -451,6 +449,8 @@ export class Engine {
         } finally {
           releaseLock(lock);
         }
+        // (A draft chain's steps share their loop iteration.)
+        if (spec !== undefined) knownForwardCost(this.model)?.observeLoopOverhead(Math.max(0, (performance.now() - tIter) / 1000 - spec) / specSteps, this.speculator);
         // Let I/O, timers, aborts and new requests in between steps, at least every
         // LOOP_SLICE_MS: a small model's forward runs on this thread, so awaiting it turns no
         // event loop. Not after every step: a turn costs ~10 us, a tenth of a tiny model's step.

@@ -59,6 +59,13 @@ export class RecentTimes {
     const n = this.sorted.length;
     return n === 0 ? 0 : (this.sorted[Math.floor((n - 1) / 4)] as number);
   }
+
+  /** Forgets every sample. */
+  clear(): void {
+    this.samples.length = 0;
+    this.sorted.length = 0;
+    this.next = 0;
+  }
 }
 
 /**
@@ -143,11 +150,18 @@ class OverheadSamples {
   private readonly around = new RecentTimes();
   seen = 0;
   private loopSeen = 0;
+  /** ForwardCost.clock() at the last in-step sample, and the quiet seconds after which the samples expire. */
+  private last = 0;
+  private quiet = ForwardCost.OVERHEAD_STALE_SECONDS;
 
   /** A sample standing for `steps` steps (a native chain's: one per call), counted as many towards the warm-up. */
   inStep(seconds: number, steps = 1): void {
+    this.expire();
     if (this.seen >= ForwardCost.OVERHEAD_WARMUP) this.within.add(seconds);
     this.seen += steps;
+    this.last = ForwardCost.clock();
+    // A full window after an expiry: the speculator speculates again, steadily.
+    if (this.within.count >= RecentTimes.WINDOW) this.quiet = ForwardCost.OVERHEAD_STALE_SECONDS;
   }
 
   loop(seconds: number): void {
@@ -155,10 +169,30 @@ class OverheadSamples {
   }
 
   measured(): boolean {
+    this.expire();
     return this.within.count >= ForwardCost.OVERHEAD_MIN_SAMPLES;
   }
 
+  /**
+   * Samples older than `quiet` seconds with none since are forgotten (the overhead counts as 0
+   * again, after a new warm-up): only speculative steps make samples, so an estimate that made the
+   * choice plain could otherwise never move again -- a burst of slow steps, priced in, would keep a
+   * speculator that pays decoding plainly for good. Each expiry doubles the next quiet time (up to
+   * OVERHEAD_STALE_MAX_SECONDS): where speculating truly does not pay, the exploration it buys
+   * (a few steps) comes ever more rarely.
+   */
+  private expire(): void {
+    if (this.seen === 0) return;
+    if (ForwardCost.clock() - this.last <= this.quiet * 1000) return;
+    this.within.clear();
+    this.around.clear();
+    this.seen = 0;
+    this.loopSeen = 0;
+    this.quiet = Math.min(ForwardCost.OVERHEAD_STALE_MAX_SECONDS, 2 * this.quiet);
+  }
+
   value(): number {
+    this.expire();
     // (The lower quartile: the least sample, tried 2026-12-06 against the cold samples, priced the
     // embedded draft model's steps so low under a busy machine's noise that it drafted at 0.83x.)
     const warm = (t: RecentTimes): number => (t.count >= ForwardCost.OVERHEAD_MIN_SAMPLES ? t.value() : 0);
@@ -251,6 +285,11 @@ export class ForwardCost {
     return this.shared.measured();
   }
   static readonly OVERHEAD_MIN_SAMPLES = 4;
+  /** Seconds without a speculative step after which a speculator's overhead samples expire (OverheadSamples.expire). */
+  static readonly OVERHEAD_STALE_SECONDS = 30;
+  static readonly OVERHEAD_STALE_MAX_SECONDS = 960;
+  /** Milliseconds, monotonic (tests replace it). */
+  static clock: () => number = () => performance.now();
   /** A fixed part of the step overhead (synthetic curves: fromFunction's stepOverhead). */
   private overheadPrior = 0;
 

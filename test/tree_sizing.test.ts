@@ -220,6 +220,88 @@ describe('cost model: the curve', () => {
     assert.ok(most < 2.5e-3, `a loop sample of ${(most * 1e3).toFixed(2)} ms: the other task's turn was priced in`);
   });
 
+  it('an overhead estimate without samples for a while expires, each time after twice as long', () => {
+    const clock = ForwardCost.clock;
+    let now = 1000;
+    ForwardCost.clock = () => now;
+    try {
+      const c = ForwardCost.fromFunction((n) => n * 1e-3);
+      const a = {};
+      const fill = (s: number): void => {
+        for (let i = 0; i < ForwardCost.OVERHEAD_WARMUP + ForwardCost.OVERHEAD_MIN_SAMPLES; i++) c.observeOverhead(s, a);
+      };
+      fill(5e-3);
+      assert.ok(c.overheadMeasuredOf(a) && Math.abs(c.stepOverheadOf(a) - 5e-3) < 1e-12);
+      const T = ForwardCost.OVERHEAD_STALE_SECONDS * 1000;
+      now += T;
+      assert.ok(Math.abs(c.stepOverheadOf(a) - 5e-3) < 1e-12, 'not yet');
+      now += 1;
+      assert.strictEqual(c.stepOverheadOf(a), 0, 'expired: 0 again, as before any sample (the choice explores)');
+      assert.ok(!c.overheadMeasuredOf(a) && !c.overheadMeasured);
+      // Samples again, after a new warm-up (its first steps are cold ones again).
+      c.observeOverhead(1, a, ForwardCost.OVERHEAD_WARMUP);
+      for (let i = 0; i < ForwardCost.OVERHEAD_MIN_SAMPLES; i++) c.observeOverhead(2e-5, a);
+      assert.ok(Math.abs(c.stepOverheadOf(a) - 2e-5) < 1e-12, String(c.stepOverheadOf(a)));
+      // Plain again: the next expiry comes after twice the quiet time.
+      now += T + 1;
+      assert.ok(c.overheadMeasuredOf(a), 'the quiet time doubled');
+      now += T;
+      assert.ok(!c.overheadMeasuredOf(a));
+      // A full window (steady speculation) brings the quiet time back to its start.
+      fill(2e-5);
+      for (let i = 0; i < RecentTimes.WINDOW; i++) c.observeOverhead(2e-5, a);
+      now += T + 1;
+      assert.ok(!c.overheadMeasuredOf(a));
+      // Frozen curves take no samples, so nothing expires.
+      const frozen = ForwardCost.fromFunction((n) => n * 1e-3, { frozen: true, stepOverhead: 1e-5 });
+      now += 100 * T;
+      assert.strictEqual(frozen.stepOverheadOf(a), 1e-5);
+    } finally {
+      ForwardCost.clock = clock;
+    }
+  });
+
+  it('a sized Medusa whose overhead was priced too high decodes plainly, and speculates again once the estimate expires', async () => {
+    const clock = ForwardCost.clock;
+    let now = 1000;
+    ForwardCost.clock = () => now;
+    const m = defaultModelPaths();
+    const target = await LlamaModel.load(m.target, { device: 'cpu' });
+    const heads = MedusaHeads.load(m.medusa, { device: 'cpu' });
+    try {
+      // The target's measured curve (its Medusa heads pay ~1.6x plain here), and the speculator's
+      // overhead measured at 50 ms a step (what a burst of slow steps would leave): no tree pays
+      // until that estimate goes.
+      const speculator = new MedusaSpeculator({ heads });
+      const dec = new SpeculativeDecoder({ target, speculator });
+      await dec.prepare();
+      const cost = knownForwardCost(target)!;
+      for (let i = 0; i < ForwardCost.OVERHEAD_WARMUP + RecentTimes.WINDOW; i++) cost.observeOverhead(50e-3, speculator);
+      const prompt = TextTokenizer.load(m.target)!.encode('once upon a time');
+      const plain = await plainGenerate(target, [prompt], { maxNewTokens: 48 });
+      for (let i = 0; i < 3; i++) {
+        const [r] = await dec.generateBatch([prompt], { maxNewTokens: 48 });
+        assert.deepStrictEqual(Array.from(r!.tokens), Array.from(plain.tokens[0]!));
+        // Plain steps, but for a probe now and then (its sample alone does not move the estimate).
+        assert.ok(r!.stats.targetForwards >= 46, `request ${i}: plain steps (${JSON.stringify(r!.stats.nodesPerStep)})`);
+      }
+      now += ForwardCost.OVERHEAD_STALE_SECONDS * 1000 + 1;
+      // (The plain plan in use runs out first; the new estimate needs a few calls of samples.)
+      const taus: number[] = [];
+      for (let i = 0; i < 3; i++) {
+        const [r] = await dec.generateBatch([prompt], { maxNewTokens: 48 });
+        assert.deepStrictEqual(Array.from(r!.tokens), Array.from(plain.tokens[0]!));
+        taus.push(r!.stats.tokensPerForward);
+      }
+      assert.ok(taus[2]! > 2, `tau ${taus.join(', ')}: speculating again`);
+      dec.dispose();
+    } finally {
+      ForwardCost.clock = clock;
+      heads.dispose();
+      target.dispose();
+    }
+  });
+
   it("each speculator's steps make its own step overhead; all steps' make the shared one", () => {
     const c = ForwardCost.fromFunction((n) => n * 1e-3);
     const a = {}, b = {};

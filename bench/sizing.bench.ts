@@ -5,6 +5,8 @@
 // Medusa tree, lookahead W=7 N=4 G=7, prompt lookup of 10 drafts; EAGLE-2's own 8,5,59) and with
 // today's defaults (sized per step by the cost model; lookahead's W, N, G and prompt lookup's
 // n-gram length as before).
+// Both families run a sampled pass too (T 0.8): "before" there is also what a sampled run used until
+// deterministic drafts were sized when sampling (the fixed shapes; a draft model's k as it was).
 // Runs are bracketed by plain runs as in the speculative bench (its runScenario). A last pass pins
 // a linear cost curve on the embedded target (c(n) = n c(1): no tree can pay), so every sized
 // strategy decodes plainly: its ratio to the decoder without a speculator is what deciding costs.
@@ -12,6 +14,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { ForwardCost, forwardCost, setForwardCost } from '../lib/cost_model';
+import type { DecoderSampling } from '../lib/decoder';
 import type { CausalLM } from '../lib/models/causal_lm';
 import { LlamaModel } from '../lib/models/llama';
 import { DraftModelSpeculator } from '../lib/strategies/draft_model';
@@ -27,6 +30,8 @@ import { widenFamily } from './wide_family';
 /** Widening factor of the memory-bound family (0.87M -> 51M target at 8). */
 const WIDEN = Number(process.env['SPECDEC_BENCH_WIDEN'] ?? 8);
 const LOOKAHEAD: [number, number, number] = [7, 4, 7];
+/** The sampled passes' settings. */
+const SAMPLING: DecoderSampling = { temperature: 0.8, seed: 1 };
 
 function variants(draft: CausalLM, heads: MedusaHeads, eagle: EagleHead | undefined): Variant[] {
   const [W, N, G] = LOOKAHEAD;
@@ -64,6 +69,7 @@ async function family(
   opts: BenchOptions,
   checks: Record<string, boolean>,
   nothingPays = false,
+  sampling?: DecoderSampling,
 ): Promise<BenchRow[]> {
   const owned: { dispose(): void }[] = [];
   try {
@@ -89,7 +95,9 @@ async function family(
       setForwardCost(target, ForwardCost.fromFunction((n) => n * c1, { frozen: true }));
       vs = sizedOnly(vs);
     }
-    const rows = await runScenario({ name, target, prompt, promptDescription: JSON.stringify(DEFAULT_PROMPT), newTokens, variants: vs }, rounds, opts, checks);
+    // Sampled: a draft model samples its drafts (its tokens are not plain sampling's; no token check).
+    if (sampling) vs = vs.map((v) => (v.name.startsWith('draft model') ? { ...v, sampledDrafts: true } : v));
+    const rows = await runScenario({ name, target, prompt, promptDescription: JSON.stringify(DEFAULT_PROMPT), newTokens, variants: vs, ...(sampling ? { sampling } : {}) }, rounds, opts, checks);
     return rows;
   } finally {
     for (const o of owned.reverse()) o.dispose();
@@ -114,10 +122,13 @@ export const sizingBench: BenchModule = {
         opts.log(`sizing: widening the embedded family ${K}x`);
         widenFamily(DEFAULT_MODELS, tmp.dir, K);
         rows.push(...(await family(`widened ${K}x`, tmp.dir, opts.quick ? 8 : 64, opts.quick ? 1 : 3, opts, checks)));
+        if (!opts.quick) rows.push(...(await family(`widened ${K}x, sampled (T ${SAMPLING.temperature})`, tmp.dir, 64, 3, opts, checks, false, SAMPLING)));
       } finally {
         tmp.remove();
       }
       notes.push(`widened ${K}x: hidden, heads, KV heads and MLP tiled ${K} times, weights reading a tiled vector divided by ${K} (the same function, ${K * K}x the matmul weights)`);
+      rows.push(...(await family(`embedded, sampled (T ${SAMPLING.temperature})`, DEFAULT_MODELS, opts.quick ? 16 : 128, opts.quick ? 1 : 3, opts, checks, false, SAMPLING)));
+      notes.push(`sampled (T ${SAMPLING.temperature}, seed ${SAMPLING.seed}): plain decoding samples with the same settings (plainGenerate); deterministic drafts (Medusa, lookahead, prompt lookup, EAGLE) must give the tokens of the decoder without a speculator, a draft model's sampled drafts are not checked`);
       rows.push(...(await family('embedded, nothing pays', DEFAULT_MODELS, opts.quick ? 16 : 128, opts.quick ? 1 : 5, opts, checks, true)));
       notes.push('embedded, nothing pays: a linear cost curve (c(n) = n c(1), c(1) measured) pinned on the target, so the sized strategies decode plainly; their ratios against the decoder without a speculator are the cost of deciding so');
     }

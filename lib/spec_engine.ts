@@ -512,12 +512,17 @@ export class SpecEngine {
         const p = live[i] as StepPart;
         const r = results[i] as PartResult;
         const props = proposals[i] as readonly Proposal[];
+        // Sampled deterministic drafts drew emitted token k at the step's offset + k (spec_math.h):
+        // the counters move past all of them, so each token of the text has its own draw whatever
+        // the trees (the same tokens as plain sampling).
+        const perToken = p.engine.drawsPerToken((batches[i] as ProposalBatch).draftProbs);
         for (let b = 0; b < p.seqs.length; b++) {
           const s = p.seqs[b] as EngineSequence;
           const acc = r.accepted[b] as Int32Array;
           const em = r.emitted[b] as Int32Array;
           s.committed += acc.length;
           for (let k = 0; k < em.length; k++) s.history.push(em[k] as number);
+          if (perToken) for (let k = 1; k < em.length; k++) s.rng.next();
           s.stats.addStep(props[b] as Proposal, acc.length, em.length);
         }
       }
@@ -778,6 +783,15 @@ export class SpecEngine {
     }
     // Every part verifies (several parts go through verifyMany, lone roots included): each takes its staged arrays.
     return { pres: flats, stage };
+  }
+
+  /**
+   * Whether this engine's sampled verification of a step without draft distributions takes one
+   * counter per emitted token (rejection with deterministic drafts: Medusa's exact mode, lookahead,
+   * prompt lookup, EAGLE, lone roots) rather than one per step.
+   */
+  drawsPerToken(draftProbs: Tensor | undefined): boolean {
+    return !!this.sampling && !draftProbs && this.speculator?.samplingVerifyMode !== 'typical';
   }
 
   /**

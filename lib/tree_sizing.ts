@@ -9,7 +9,6 @@
 // best tree of n nodes is grown greedily from the root, best frontier node first (Sequoia-style).
 import { knownForwardCost, RecentTimes, type ForwardCost } from './cost_model';
 import type { CausalLM } from './models/causal_lm';
-import { isSampling } from './step_helpers';
 import type { ProposeContext } from './strategies/speculator';
 
 /**
@@ -263,13 +262,15 @@ export function selectNodes<T extends { readonly tokens: Int32Array; readonly pa
 }
 
 /**
- * The cost curve a sized speculator goes by this step, or undefined: not sized, no curve yet, or
- * sampling. Sampled runs keep the speculator's fixed shape, because the sampled tokens depend on
- * the tree verified: a choice driven by timings would make a seed's output vary between runs and
- * make a sequence's output depend on its batch.
+ * The cost curve a sized speculator goes by this step, or undefined: not sized or no curve yet.
+ * Sampled steps are sized too: the speculators that call this propose deterministic drafts, whose
+ * sampled tokens do not depend on the tree verified (spec_math.h: one draw per emitted token), so a
+ * choice driven by timings changes neither a seed's output nor a sequence's output in its batch. A
+ * speculator whose sampled tokens do depend on its trees (Medusa's typical acceptance; drafts with
+ * distributions) keeps its fixed shape when sampling (`sized` false then).
  */
-export function sizingCost(sized: boolean, target: CausalLM | undefined, ctx: ProposeContext): ForwardCost | undefined {
-  return sized && target && !isSampling(ctx.sampling) ? knownForwardCost(target) : undefined;
+export function sizingCost(sized: boolean, target: CausalLM | undefined, _ctx: ProposeContext): ForwardCost | undefined {
+  return sized && target ? knownForwardCost(target) : undefined;
 }
 
 /**

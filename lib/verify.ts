@@ -10,8 +10,9 @@ import type { Tensor } from './tensor';
  * - 'rejection': exact speculative sampling (target = processed probs). With `draft` (the draft
  *   distribution each node's children were drawn from, in child order, without replacement):
  *   recursive rejection sampling (a chain is Leviathan/Chen). Without `draft`: deterministic drafts
- *   (q one-hot per child: Medusa top-k, lookahead, prompt lookup). The emitted tokens are
- *   distributed exactly as the target.
+ *   (q one-hot per child: Medusa top-k, lookahead, prompt lookup, EAGLE): each emitted token is
+ *   drawn from its node's row at its own counter and the walk moves to the child holding it, so the
+ *   tokens do not depend on the tree. The emitted tokens are distributed exactly as the target.
  * - 'typical': Medusa typical acceptance, p(x) > min(typicalThreshold, typicalAlpha * exp(-H(p))),
  *   longest accepted path. LOSSY: the output is NOT distributed as the target.
  */
@@ -34,7 +35,11 @@ export interface VerifyInput {
   draft?: Tensor;
   /** u64 [B]: Philox key per sequence (rejection, typical). */
   seeds?: BigUint64Array;
-  /** u64 [B]: Philox counter per sequence; advance it by 1 per verify call. */
+  /**
+   * u64 [B]: Philox counter per sequence; advance it by 1 per verify call -- by the emitted count
+   * for rejection with deterministic drafts (no `draft`), whose k-th emitted token is drawn at
+   * offset + k (so its tokens are those of lone-root calls at successive offsets, whatever the tree).
+   */
   offsets?: BigUint64Array;
   /** Medusa posterior_threshold (epsilon), default 0.09. */
   typicalThreshold?: number;

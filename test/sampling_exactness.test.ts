@@ -124,7 +124,7 @@ describe('speculative sampling is exact (toy model, chi-square)', function () {
     { name: 'EAGLE-2 tree (deterministic, one-hot; top-3, depth 2, 6 nodes)', make: () => new EagleSpeculator({ head: eagle, topK: 3, depth: 2, totalTokens: 6 }) },
     { name: 'EAGLE-2 tree, top-k 4 on p', make: () => new EagleSpeculator({ head: eagle, topK: 2, depth: 3, totalTokens: 5 }), topK: 4 },
     { name: 'EAGLE-3 head with a draft vocabulary of 4 ids (d2t), tree top-2, depth 2, 5 nodes', make: () => new EagleSpeculator({ head: eagle3, topK: 2, depth: 2, totalTokens: 5 }) },
-    { name: 'lookahead W=3 N=3 G=3', make: () => new LookaheadSpeculator({ W: 3, N: 3, G: 3 }) },
+    { name: 'lookahead W=3 N=3 G=3 (fixed: the sized one decodes this toy plainly)', make: () => new LookaheadSpeculator({ W: 3, N: 3, G: 3, sizing: 'fixed' }) },
     { name: 'prompt lookup', make: () => new PromptLookupSpeculator({ maxNgram: 2, numDraft: 3 }) },
     { name: 'hybrid (draft + prompt lookup)', make: () => new HybridSpeculator({ draft: partial(), draftSpeculator: new PromptLookupSpeculator(), k: 3 }) },
   ];
@@ -217,6 +217,34 @@ describe('speculative sampling is exact (toy model, chi-square)', function () {
     for (const r of res) c23[r.tokens[1]! * V + r.tokens[2]!]!++;
     joint.forEach((p, i) => (p23[(Math.floor(i / V) % V) * V + (i % V)]! += p));
     assert.throws(() => assertFits('(t2, t3)', c23, p23, SEQS), /chi-square/);
+  });
+
+  it('deterministic drafts emit plain sampling\'s tokens, token for token, whatever the trees (Medusa, EAGLE, lookahead, prompt lookup, one-hot draft trees)', async () => {
+    // spec_math.h: each emitted token is drawn at its own counter, so a tree only saves forwards.
+    const prompts = Array.from({ length: 24 }, (_, i) => (i % 3 === 0 ? prompt : prompt.slice(i % 5)));
+    for (const sampling of [{ temperature: T, seed: seed + 1 }, { temperature: 0.6, topK: 3, seed: seed + 2 }, { temperature: 1.3, topP: 0.8, seed: seed + 3 }]) {
+      const plain = await new SpeculativeDecoder({ target, sampling }).generateBatch(prompts, { maxNewTokens: 16 });
+      const speculators: [string, () => Speculator][] = [
+        ['Medusa exact', () => new MedusaSpeculator({ heads, choices: [[0], [1], [2], [0, 0], [0, 1], [1, 0]] })],
+        ['EAGLE-2 tree', () => new EagleSpeculator({ head: eagle, topK: 3, depth: 2, totalTokens: 6 })],
+        ['EAGLE-3 tree', () => new EagleSpeculator({ head: eagle3, topK: 2, depth: 2, totalTokens: 5 })],
+        ['lookahead', () => new LookaheadSpeculator({ W: 3, N: 3, G: 3, sizing: 'fixed' })],
+        ['prompt lookup', () => new PromptLookupSpeculator({ maxNgram: 2, numDraft: 3 })],
+        ['one-hot draft tree [3,2]', () => new DraftModelSpeculator({ draft: partial(), treeBranching: [3, 2] })],
+      ];
+      for (const [name, make] of speculators) {
+        const res = await new SpeculativeDecoder({ target, speculator: make(), sampling }).generateBatch(prompts, { maxNewTokens: 16 });
+        res.forEach((r, i) => assert.deepStrictEqual(Array.from(r.tokens), Array.from(plain[i]!.tokens), `${name}, ${JSON.stringify(sampling)}: sequence ${i}`));
+        const accepted = res.reduce((a, r) => a + r.stats.acceptedDraftTokens, 0);
+        assert.ok(accepted > 10, `${name}: ${accepted} drafts accepted (the trees must be exercised)`);
+      }
+    }
+    // Drafts with distributions (a sampled draft chain) are verified by recursive rejection: their
+    // tokens depend on the drafts (the negative control of this equality).
+    const sampling = { temperature: T, seed: seed + 1 };
+    const plain = await new SpeculativeDecoder({ target, sampling }).generateBatch(prompts, { maxNewTokens: 16 });
+    const drafted = await new SpeculativeDecoder({ target, speculator: new DraftModelSpeculator({ draft: partial(), k: 3 }), sampling }).generateBatch(prompts, { maxNewTokens: 16 });
+    assert.ok(drafted.some((r, i) => r.tokens.join() !== plain[i]!.tokens.join()));
   });
 
   it('the same seed reproduces the same samples; another seed differs', async () => {

@@ -605,6 +605,32 @@ describe('tree sizing: greedy output equals plain greedy whatever size is picked
       });
     }
   }
+
+  // Sampled steps are sized too where the drafts are deterministic: their tokens do not depend on
+  // the trees (spec_math.h), so whatever the choice, the tokens are plain sampling's.
+  for (const [curveName, curve] of curves.slice(0, 3)) {
+    for (const [name, make] of makers.slice(1)) {
+      it(`${name}, ${curveName} cost curve, sampled: plain sampling's tokens`, async () => {
+        setForwardCost(target, curve());
+        const ps = Array.from({ length: 3 }, (_, i) => {
+          const r = rng(seed + i);
+          return Int32Array.from({ length: 3 + 4 * i }, () => Math.floor(r() * V));
+        });
+        const sampling = { temperature: 0.7, topK: 5, seed: seed + 11 };
+        const plain = await new SpeculativeDecoder({ target, sampling }).generateBatch(ps, { maxNewTokens: 30 });
+        const dec = new SpeculativeDecoder({ target, speculator: make(), sampling });
+        const res = await dec.generateBatch(ps, { maxNewTokens: 30 });
+        res.forEach((r, i) => assert.deepStrictEqual(Array.from(r.tokens), Array.from(plain[i]!.tokens), `sequence ${i}`));
+        const sizes = new Set<number>();
+        for (const r of res) for (const k of Object.keys(r.stats.nodesPerStep)) sizes.add(Number(k));
+        if (curveName === 'linear') assert.deepStrictEqual([...sizes], [1], `a linear curve decodes plainly (sizes ${[...sizes]})`);
+        if (curveName === 'flat' && name.startsWith('Medusa')) assert.ok(sizes.has(64), `the full 63-node tree when forwards are free (sizes ${[...sizes]})`);
+        if (curveName === 'flat') assert.ok([...sizes].some((n) => n > 1), `trees when forwards are free (sizes ${[...sizes]})`);
+        dec.dispose();
+        assert.strictEqual(target.liveSequences(), 0);
+      });
+    }
+  }
 });
 
 /** Counts a prompt lookup speculator's weighings (each adds a sample to its weighing time). */

@@ -454,6 +454,65 @@ function sampleRule(row: ArrayLike<number>, bits: bigint): number {
   return -1;
 }
 
+describe('verify: rejection with deterministic drafts draws each emitted token on its own', () => {
+  it('emits, at depth k, the token drawn from the row at offset + k, moving to the first child with it (random trees)', () => {
+    const r = rng(testSeed + 350);
+    const Vn = 4;
+    const b = randomTreeBatch(r, 600, Vn, 10, () => 0);
+    // Peaked rows, and candidates often on the row's likeliest token, so that paths go deep.
+    for (let i = 0; i < b.parents.length; i++) b.target.set(randomDist(() => r() ** 3, Vn), i * Vn);
+    for (let s = 0; s + 1 < b.nodeIndptr.length; s++) {
+      const base = b.nodeIndptr[s] as number;
+      for (let i = base + 1; i < (b.nodeIndptr[s + 1] as number); i++) {
+        const par = b.parents[i] as number;
+        if (par >= 0 && r() < 0.7) b.tokens[i] = argmaxRef(b.target.subarray((base + par) * Vn, (base + par + 1) * Vn));
+      }
+    }
+    b.offsets = BigUint64Array.from(b.offsets, (_, i) => BigInt(i * 7 + 3) + (1n << 32n));
+    const out = run(b, 'rejection', 'cpu', { maxDepth: 9 });
+    checkStructure(b, out, 9);
+    let deep = 0;
+    for (let s = 0; s + 1 < b.nodeIndptr.length; s++) {
+      const base = b.nodeIndptr[s] as number;
+      const n = (b.nodeIndptr[s + 1] as number) - base;
+      const path = [0];
+      const emitted: number[] = [];
+      for (let cur = 0; ; ) {
+        const k = path.length - 1;
+        const t = sampleRule(b.target.subarray((base + cur) * Vn, (base + cur + 1) * Vn), philoxBits(b.seeds[s] as bigint, (b.offsets[s] as bigint) + BigInt(k), 0, 1));
+        emitted.push(t);
+        let next = -1;
+        for (let c = cur + 1; c < n && next < 0; c++) if (b.parents[base + c] === cur && b.tokens[base + c] === t) next = c;
+        if (next < 0) break;
+        path.push(next);
+        cur = next;
+      }
+      assert.deepStrictEqual(Array.from(out.acceptedNodes[s] as Int32Array), path, `sequence ${s}`);
+      assert.deepStrictEqual(Array.from(out.emitted[s] as Int32Array), emitted, `sequence ${s}`);
+      if (path.length > 2) deep++;
+    }
+    assert.ok(deep > 20, `only ${deep} sequences accepted 2+ candidates`);
+    // So the tokens do not depend on the tree: the lone roots of the emitted path, each at its own
+    // offset, draw the same tokens.
+    for (let s = 0; s < 40; s++) {
+      const base = b.nodeIndptr[s] as number;
+      const path = out.acceptedNodes[s] as Int32Array;
+      path.forEach((node, k) => {
+        const lone: Batch = {
+          nodeIndptr: Int32Array.of(0, 1),
+          parents: Int32Array.of(-1),
+          tokens: Int32Array.of(0),
+          target: b.target.slice((base + node) * Vn, (base + node + 1) * Vn),
+          V: Vn,
+          seeds: b.seeds.slice(s, s + 1),
+          offsets: BigUint64Array.of((b.offsets[s] as bigint) + BigInt(k)),
+        };
+        assert.strictEqual(run(lone, 'rejection').emitted[0]![0], out.emitted[s]![k], `sequence ${s}, depth ${k}`);
+      });
+    }
+  });
+});
+
 describe('verify: typical acceptance (Medusa, lossy)', () => {
   it('accepts exactly the candidates above min(eps, alpha * exp(-H)) and keeps the longest path', () => {
     const r = rng(testSeed + 300);

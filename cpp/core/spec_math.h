@@ -25,7 +25,9 @@
 //   the candidate node `node`), kDrawSample (the token sampled at node `node`), kDrawSampleOp
 //   (the sample op). A sequence's draws depend only on (seed, offset, node): batch invariant.
 //   Callers advance offsets by 1 per call (per verify call, per sample call): every draw of one
-//   call has a different (node, purpose), so one offset step never reuses a counter.
+//   call has a different (node, purpose), so one offset step never reuses a counter -- except
+//   rejection with deterministic drafts, whose draws take offsets offset .. offset + count - 1:
+//   its callers advance the offset by the emitted count.
 //
 // sample(weights, r): r is a uniform 64-bit integer; T = floor(r * M / 2^64) with M = sum(W);
 //   the token is the first i with W[0] + ... + W[i] > T. T < M, so such an i exists, and a token
@@ -36,12 +38,16 @@
 //   parents[i] < i, -2 = not a candidate; a node's children are visited in node-index order):
 //   greedy:    at node v, t = argmax(target[v]); move to the first child whose token is t;
 //              stop when none. Emitted: the accepted children's tokens, then t at the last node.
-//   rejection, draft undefined (deterministic drafts, q one-hot per child): p = target[v]; for
-//              each child c: u = U(c, kDrawAccept); accept iff u < p(x_c) (normalised p); on
-//              reject p(x_c) <- 0 (implicitly renormalised). If the residual mass were 0 (cannot
-//              happen exactly: a token holding all the mass is always accepted) p is reloaded from
-//              the original row. A sibling repeating a rejected token has p(x) = 0: rejected.
-//              All children rejected (or none): sample from the residual p with U(v, kDrawSample).
+//   rejection, draft undefined (deterministic drafts, q one-hot per child): at the node v of
+//              depth d (the root: 0), t = sample(target[v]) with the draw U'(offset + d, node 0,
+//              kDrawSample); move to the first child whose token is t; stop when none. Emitted:
+//              the accepted children's tokens, then t at the last node -- greedy's walk with the
+//              argmax replaced by a draw. Exact (each emitted token is drawn from its row), as
+//              likely to accept as recursive one-hot rejection (a child x is taken with p(x)), and
+//              the emitted tokens do not depend on the tree: they are the tokens lone-root steps
+//              at offsets offset, offset + 1, ... draw, so a caller that advances the offset by the
+//              emitted count (not by 1) gets the same tokens whatever it proposes (the engine does:
+//              sampled Medusa, lookahead, prompt lookup and EAGLE emit what plain sampling does).
 //   rejection, draft defined (q = draft[v], the distribution v's children were drawn from,
 //              in order, without replacement): for child c with token x: p(x) = 0 -> reject;
 //              else q(x) = 0 -> accept; else accept iff u * q(x) < p(x). On reject:
@@ -161,10 +167,6 @@ SPECDEC_HD inline bool sample_hit(uint64_t before, uint64_t w, uint64_t threshol
 }
 
 // ---------------- acceptance tests ----------------
-// Deterministic draft (q one-hot): accept iff u < px / mp.
-SPECDEC_HD inline bool accept_onehot(double u, uint64_t px, uint64_t mp) {
-  return px > 0 && u * static_cast<double>(mp) < static_cast<double>(px);
-}
 // Real draft: accept iff u < (px / mp) / (qx / mq); p(x) = 0 -> reject; q(x) = 0 < p(x) -> accept.
 // With p == q both products are the same doubles, so p = q always accepts (u < 1).
 SPECDEC_HD inline bool accept_draft(double u, uint64_t px, uint64_t mp, uint64_t qx, uint64_t mq) {
@@ -339,11 +341,42 @@ SPECDEC_HD int walk_greedy(Ops& ops, const int32_t* parents, const int32_t* toke
 #pragma nv_exec_check_disable
 #endif
 template <class Ops>
+SPECDEC_HD int walk_onehot(Ops& ops, const int32_t* parents, const int32_t* tokens, int n, const WalkParams& w) {
+  int cur = 0, count = 1;
+  ops.put(0, 0, -1);
+  for (;;) {
+    // The draw of emitted token `count - 1` of this call: node 0, one offset per depth.
+    const uint64_t bits = random_u64(w.seed, w.offset + static_cast<uint64_t>(count - 1), 0u, kDrawSample);
+    const int t = ops.sample_p(sample_threshold(bits, ops.load_p(cur)));
+    int next = -1;
+    for (int c = next_child(parents, n, cur, cur); c >= 0; c = next_child(parents, n, cur, c)) {
+      const int x = tokens[c];
+      // A draft pick that is no token (kNoMass: a device chain drew it from a row without mass)
+      // ends the walk with no mass: E_NUMERIC in the binding, never a read outside the rows.
+      if (x < 0 || x >= ops.V) {
+        ops.put(count - 1, -1, kNoMass);
+        return count;
+      }
+      if (x == t) { next = c; break; }
+    }
+    ops.put(count - 1, -1, t);  // accepted child's token, or the draw at the last node (kNoMass: none)
+    if (next < 0) return count;
+    ops.put(count, next, -1);
+    ++count;
+    cur = next;
+  }
+}
+
+#ifdef __CUDACC__
+#pragma nv_exec_check_disable
+#endif
+template <class Ops>
 SPECDEC_HD int walk_rejection(Ops& ops, const int32_t* parents, const int32_t* tokens, int n, const WalkParams& w) {
+  if (!w.has_draft) return walk_onehot(ops, parents, tokens, n, w);
   int cur = 0, count = 1;
   ops.put(0, 0, -1);
   uint64_t mp = ops.load_p(0);
-  uint64_t mq = w.has_draft ? ops.load_q(0) : 0;
+  uint64_t mq = ops.load_q(0);
   for (;;) {
     int next = -1;
     for (int c = next_child(parents, n, cur, cur); c >= 0; c = next_child(parents, n, cur, c)) {
@@ -356,24 +389,17 @@ SPECDEC_HD int walk_rejection(Ops& ops, const int32_t* parents, const int32_t* t
       }
       const double u = uniform_f64(random_u64(w.seed, w.offset, static_cast<uint32_t>(c), kDrawAccept));
       const uint64_t px = ops.p_at(x);
-      if (w.has_draft) {
-        const uint64_t qx = ops.q_at(x);
-        if (accept_draft(u, px, mp, qx, mq)) { next = c; break; }
-        if (mq > 0) {  // p <- norm(max(0, p - q)); kept unchanged when that has no mass
-          const uint64_t r = ops.residual_mass(mp, mq);
-          if (r > 0) {
-            ops.apply_residual(mp, mq);
-            mp = r;
-          }
+      const uint64_t qx = ops.q_at(x);
+      if (accept_draft(u, px, mp, qx, mq)) { next = c; break; }
+      if (mq > 0) {  // p <- norm(max(0, p - q)); kept unchanged when that has no mass
+        const uint64_t r = ops.residual_mass(mp, mq);
+        if (r > 0) {
+          ops.apply_residual(mp, mq);
+          mp = r;
         }
-        ops.set_q(x, 0);  // q <- q without x (drawn without replacement)
-        mq -= qx;
-      } else {
-        if (accept_onehot(u, px, mp)) { next = c; break; }
-        ops.set_p(x, 0);
-        mp -= px;
-        if (mp == 0) mp = ops.load_p(cur);  // no residual mass: back to the original row
       }
+      ops.set_q(x, 0);  // q <- q without x (drawn without replacement)
+      mq -= qx;
     }
     if (next < 0) break;
     ops.put(count - 1, -1, tokens[next]);
@@ -381,7 +407,7 @@ SPECDEC_HD int walk_rejection(Ops& ops, const int32_t* parents, const int32_t* t
     ++count;
     cur = next;
     mp = ops.load_p(cur);
-    if (w.has_draft) mq = ops.load_q(cur);
+    mq = ops.load_q(cur);
   }
   const uint64_t bits = random_u64(w.seed, w.offset, static_cast<uint32_t>(cur), kDrawSample);
   ops.put(count - 1, -1, ops.sample_p(sample_threshold(bits, mp)));

@@ -50,7 +50,7 @@ import { parseLlamaConfig, toNativeConfig } from '../models/config';
 import { native } from '../native';
 import { openSafetensors } from '../safetensors';
 import { processLogits, topK } from '../sampling';
-import { gatherRows, isSampling } from '../step_helpers';
+import { gatherRows } from '../step_helpers';
 import { asTensor, Tensor, type Device } from '../tensor';
 import { loneRoot, type TokenTree } from '../tree';
 import { backedOffProbeInterval, chooseChainLength, chooseSubtree, ConfidenceCalibration, PROBE_AFTER_PLAIN_STEPS, RankRates, RowsCost, selectNodes, sizingCost, stepCost } from '../tree_sizing';
@@ -731,7 +731,7 @@ export class EagleSpeculator implements Speculator {
 
   /** Sized greedy mode: the target's cost curve (measured once per model; sampled steps do not size). */
   async prepare(ctx: ProposeContext = {}): Promise<void> {
-    if (this.sized && this.target && !isSampling(ctx.sampling)) await forwardCost(this.target);
+    if (this.sized && this.target) await forwardCost(this.target);
   }
 
   /** Feeds each sequence's waiting rows (real features) to the draft and commits them; returns h of each last row. */

@@ -361,9 +361,17 @@ export class MedusaSpeculator implements Speculator {
   async prefill(seqs: readonly SpecSequence[], output: ForwardOutput, lastRows: Int32Array, ctx: ProposeContext = {}): Promise<void> {
     // While the sized plan decodes plainly the first step proposes the root alone: its candidates
     // would go unused (the heads run again before a step that speculates or probes).
-    const cost = sizingCost(this.sized, this.target, ctx);
+    const cost = sizingCost(this.sizedFor(ctx), this.target, ctx);
     if (!(cost && this.planned && this.planned.batch === seqs.length && !this.planned.speculate)) this.observe(seqs, output, Array.from(lastRows));
     await this.prepare();
+  }
+
+  /**
+   * Whether this step is sized: sized mode, and not sampling with typical acceptance (whose tokens
+   * depend on the tree verified: the fixed shape keeps a seed's output). Exact sampling is sized.
+   */
+  private sizedFor(ctx: ProposeContext): boolean {
+    return this.sized && !(this.samplingVerifyMode === 'typical' && isSampling(ctx.sampling));
   }
 
   /** Sized mode: the target's cost curve (measured once per model) and the heads' cost. */
@@ -446,7 +454,7 @@ export class MedusaSpeculator implements Speculator {
   }
 
   propose(seqs: readonly SpecSequence[], ctx: ProposeContext = {}): ProposalBatch {
-    const cost = sizingCost(this.sized, this.target, ctx);
+    const cost = sizingCost(this.sizedFor(ctx), this.target, ctx);
     const plan = cost ? this.plan(cost, seqs.length) : undefined;
     const keep = plan?.keep;
     if (!plan) this.unsizedThisStep = true;
@@ -538,7 +546,7 @@ export class MedusaSpeculator implements Speculator {
   /** The engine ran this batch's headsChain: each step's bookkeeping, as update() does it. */
   updateHeadsChain(seqs: readonly SpecSequence[], r: MedusaChainResult, ctx: ProposeContext = {}): void {
     try {
-      const cost = sizingCost(this.sized, this.target, ctx);
+      const cost = sizingCost(this.sizedFor(ctx), this.target, ctx);
       const B = seqs.length;
       const D = r.depth;
       for (let b = 0; b < B; b++) {
@@ -663,7 +671,7 @@ export class MedusaSpeculator implements Speculator {
   }
 
   private updateCands(seqs: readonly SpecSequence[], report: StepReport, ctx: ProposeContext): void {
-    const cost = sizingCost(this.sized, this.target, ctx);
+    const cost = sizingCost(this.sizedFor(ctx), this.target, ctx);
     // (Loops, not map/forEach/filter: this runs every step, also the plain ones.)
     const next: number[] = [];
     for (let b = 0; b < seqs.length; b++) {

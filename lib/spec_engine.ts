@@ -564,10 +564,11 @@ export class SpecEngine {
   }
 
   /**
-   * Plain steps of every sequence in one native call (the model's greedyChain): steps[i] for the
-   * i-th sequence over the parts, each step a forward of the root, its argmax the next root, and
-   * the commit -- the same tokens and cache as that many plain steps, without a return to
-   * JavaScript between them. The speculator (if any) hears of them through updatePlain().
+   * Plain steps of every sequence in one native call (the model's greedyChain, or sampledChain for
+   * one sampled part): steps[i] for the i-th sequence over the parts, each step a forward of the
+   * root, its argmax (or draw) the next root, and the commit -- the same tokens and cache as that
+   * many plain steps, without a return to JavaScript between them. The speculator (if any) hears of
+   * them through updatePlain().
    */
   private static async plainChain(parts: readonly StepPart[], steps: number[], t0: number, tDraft: number, signal?: AbortSignal): Promise<Int32Array[]> {
     const first = parts[0] as StepPart;
@@ -580,21 +581,34 @@ export class SpecEngine {
       inputs[b] = { seq: s.modelSeq, tokens: Int32Array.of(s.history[s.history.length - 1] as number) };
       most = Math.max(most, steps[b] as number);
     }
-    const chain = model.greedyChain as NonNullable<CausalLM['greedyChain']>;
     const opts = signal ? { signal } : {};
+    const sampling = first.engine.sampling;
+    // Sampled (one part): each step's token is the sample op's draw at the sequence's next counter,
+    // as a lone root's verification draws it (spec_math.h): the same tokens as one step at a time.
+    // The counters are consecutive (SeqRng: base | counter); they move past the tokens kept.
+    const firstOffsets = sampling ? seqs.map((s) => s.rng.next()) : undefined;
+    const call = async (): Promise<Int32Array[]> => {
+      if (!sampling) return (model.greedyChain as NonNullable<CausalLM['greedyChain']>).call(model, inputs, steps, opts);
+      const offsets = (firstOffsets as bigint[]).map((o, b) => Array.from({ length: steps[b] as number }, (_, j) => o + BigInt(j)));
+      const chain = model.sampledChain as NonNullable<CausalLM['sampledChain']>;
+      const r = await chain.call(model, inputs, steps, samplingOptions(sampling), seqs.map((s) => s.rng.seed), offsets, opts);
+      r.q.dispose();
+      return r.picks;
+    };
     const tStart = performance.now();
     let picks: Int32Array[];
     try {
-      picks = await chain.call(model, inputs, steps, opts);
+      picks = await call();
     } catch (e) {
       // Out of KV pages for the whole chain: the one step the engine made room for. (A failed chain
       // leaves nothing committed.)
       if (most === 1 || (e as { code?: unknown } | null)?.code !== 'E_KV_FULL') throw e;
       steps.fill(1);
       most = 1;
-      picks = await chain.call(model, inputs, steps, opts);
+      picks = await call();
     }
     const tTarget = performance.now();
+    if (sampling) for (let b = 0; b < seqs.length; b++) for (let j = 1; j < (picks[b] as Int32Array).length; j++) (seqs[b] as EngineSequence).rng.next();
     observeChainStep(model, seqs.length, (tTarget - tStart) / 1000 / most);
     for (let b = 0; b < seqs.length; b++) {
       const s = seqs[b] as EngineSequence;
@@ -1036,9 +1050,9 @@ function isThenable<T>(x: T | PromiseLike<T>): x is PromiseLike<T> {
 
 /**
  * The steps of a plain chain per sequence (parts in order), or undefined for an ordinary step: the
- * decoding is greedy everywhere, every proposal is a lone root, the model has greedyChain, and the
- * speculator (if any) offered plainSteps and takes updatePlain. Never past a sequence's maxDepth + 1
- * tokens (maxNewTokens and the context).
+ * decoding is greedy everywhere (the model has greedyChain) or sampled in one part (the model has
+ * sampledChain), every proposal is a lone root, and the speculator (if any) offered plainSteps and
+ * takes updatePlain. Never past a sequence's maxDepth + 1 tokens (maxNewTokens and the context).
  */
 function plainChainSteps(
   parts: readonly StepPart[],
@@ -1047,11 +1061,13 @@ function plainChainSteps(
   model: CausalLM,
   speculator: Speculator | undefined,
 ): number[] | undefined {
-  if (!model.greedyChain) return undefined;
+  // Sampled plain steps chain too (one sampling setting: one part), drawing as the steps would.
+  const sampled = (parts[0] as StepPart).engine.sampling !== undefined;
+  if (sampled ? parts.length !== 1 || !model.sampledChain : !model.greedyChain) return undefined;
   let offer = Infinity;
   let n = 0;
   for (let i = 0; i < parts.length; i++) {
-    if ((parts[i] as StepPart).engine.sampling) return undefined;
+    if (!sampled && (parts[i] as StepPart).engine.sampling) return undefined;
     if (speculator) {
       const k = (batches[i] as ProposalBatch).plainSteps;
       if (!speculator.updatePlain || k === undefined || !(k >= 1)) return undefined;

@@ -167,7 +167,7 @@ describe('plain steps as native chains', function () {
     }
   });
 
-  it('sampled plainGenerate chains with the draws of one step at a time; the sampled decoder does not chain', async () => {
+  it('sampled plainGenerate and the sampled decoder chain, with the draws of one step at a time: the same tokens', async () => {
     const opts = { maxNewTokens: 40, temperature: 0.9, topK: 20, seed: testSeed % 1000 };
     const ref = await plainGenerate(withoutChains(target), prompts, opts);
     let sampledChains = 0;
@@ -181,11 +181,26 @@ describe('plain steps as native chains', function () {
       assert.deepStrictEqual(got.tokens.map((t) => Array.from(t)), ref.tokens.map((t) => Array.from(t)));
       assert.deepStrictEqual(got.finishReasons, ref.finishReasons);
       assert.ok(sampledChains > 0 && sampledChains < 40, `${sampledChains} sampled chains`);
-      // The decoder's plain sampled step draws from the verification's stream (not the sample
-      // op's a chain uses): it steps one token at a time.
+      // The decoder's sampled plain steps draw as the sample op does at each token's counter
+      // (spec_math.h): chained or one at a time, and with deterministic drafts verified in between,
+      // plainGenerate's tokens (sequence i of a batch: stream (seed, i)).
+      const sampling = { temperature: opts.temperature, topK: opts.topK, seed: opts.seed };
       sampledChains = 0;
-      await new SpeculativeDecoder({ target, sampling: { temperature: 0.8, seed: 3 } }).generateBatch(prompts, { maxNewTokens: 12 });
-      assert.strictEqual(chains.calls + sampledChains, 0);
+      const dec = await new SpeculativeDecoder({ target, sampling }).generateBatch(prompts, { maxNewTokens: 40 });
+      dec.forEach((x, i) => assert.deepStrictEqual(Array.from(x.tokens), Array.from(ref.tokens[i]!), `decoder, sequence ${i}`));
+      assert.ok(sampledChains > 0 && chains.calls === 0, `${sampledChains} sampled chains, ${chains.calls} greedy ones`);
+      const unchained = await new SpeculativeDecoder({ target: withoutChains(target), sampling }).generateBatch(prompts, { maxNewTokens: 40 });
+      unchained.forEach((x, i) => assert.deepStrictEqual(Array.from(x.tokens), Array.from(ref.tokens[i]!), `decoder one step at a time, sequence ${i}`));
+      for (const [name, speculator] of [
+        ['sized Medusa', new MedusaSpeculator({ heads })],
+        ['Medusa mc_sim_7b_63', new MedusaSpeculator({ heads, choices: 'mc_sim_7b_63' })],
+        ['sized lookahead', new LookaheadSpeculator({ W: 5, N: 3, G: 5 })],
+        ['sized prompt lookup', new PromptLookupSpeculator({ maxNgram: 2 })],
+      ] as const) {
+        const got = await new SpeculativeDecoder({ target, speculator, sampling }).generateBatch(prompts, { maxNewTokens: 40 });
+        got.forEach((x, i) => assert.deepStrictEqual(Array.from(x.tokens), Array.from(ref.tokens[i]!), `${name}, sequence ${i}`));
+        if (name.startsWith('Medusa')) assert.ok(got.some((x) => x.stats.acceptedDraftTokens > 0), `${name}: drafts accepted`);
+      }
     } finally {
       delete (target as { sampledChain?: unknown }).sampledChain;
     }

@@ -288,12 +288,12 @@ describe('cost model: the curve', () => {
       now += ForwardCost.OVERHEAD_STALE_SECONDS * 1000 + 1;
       // (The plain plan in use runs out first; the new estimate needs a few calls of samples.)
       const taus: number[] = [];
-      for (let i = 0; i < 3; i++) {
+      for (let i = 0; i < 5; i++) {
         const [r] = await dec.generateBatch([prompt], { maxNewTokens: 48 });
         assert.deepStrictEqual(Array.from(r!.tokens), Array.from(plain.tokens[0]!));
         taus.push(r!.stats.tokensPerForward);
       }
-      assert.ok(taus[2]! > 2, `tau ${taus.join(', ')}: speculating again`);
+      assert.ok(Math.max(...taus) > 2, `tau ${taus.join(', ')}: speculating again`);
       dec.dispose();
     } finally {
       ForwardCost.clock = clock;
@@ -605,6 +605,15 @@ describe('tree sizing: greedy output equals plain greedy whatever size is picked
       });
     }
   }
+
+  it('a sampled draft model keeps its k under the cost model (its tokens depend on the drafts): the tokens of a fixed k', async () => {
+    setForwardCost(target, flat());
+    const ps = [Int32Array.from([1, 2, 3, 4]), Int32Array.from([5, 1, 5])];
+    const sampling = { temperature: 0.8, seed: seed + 5 };
+    const fixed = await new SpeculativeDecoder({ target, speculator: new DraftModelSpeculator({ draft: partial(), k: 4, adaptive: 'fixed' }), sampling }).generateBatch(ps, { maxNewTokens: 24 });
+    const sized = await new SpeculativeDecoder({ target, speculator: new DraftModelSpeculator({ draft: partial() }), sampling }).generateBatch(ps, { maxNewTokens: 24 });
+    sized.forEach((r, i) => assert.deepStrictEqual(Array.from(r.tokens), Array.from(fixed[i]!.tokens), `sequence ${i}`));
+  });
 
   // Sampled steps are sized too where the drafts are deterministic: their tokens do not depend on
   // the trees (spec_math.h), so whatever the choice, the tokens are plain sampling's.

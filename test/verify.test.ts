@@ -3,7 +3,7 @@
 // with real and one-hot drafts, adversarial (p, q) pairs, Medusa typical acceptance, bad input,
 // and CUDA vs CPU parity when a GPU is present.
 import * as assert from 'assert';
-import { philox4x32, processLogits, type SamplingOptions } from '../lib/sampling';
+import { philox4x32, processLogits, sample, type SamplingOptions } from '../lib/sampling';
 import { Tensor, type Device } from '../lib/tensor';
 import { verify, type VerifyInput, type VerifyMode, type VerifyOutput } from '../lib/verify';
 import { assertThrowsCode, chiSquare, chiSquareCritical, describeCuda, rng, testSeed } from './helpers';
@@ -455,7 +455,7 @@ function sampleRule(row: ArrayLike<number>, bits: bigint): number {
 }
 
 describe('verify: rejection with deterministic drafts draws each emitted token on its own', () => {
-  it('emits, at depth k, the token drawn from the row at offset + k, moving to the first child with it (random trees)', () => {
+  it('emits, at depth k, the sample op\'s draw from the row at offset + k, moving to the first child with it (random trees)', () => {
     const r = rng(testSeed + 350);
     const Vn = 4;
     const b = randomTreeBatch(r, 600, Vn, 10, () => 0);
@@ -479,7 +479,7 @@ describe('verify: rejection with deterministic drafts draws each emitted token o
       const emitted: number[] = [];
       for (let cur = 0; ; ) {
         const k = path.length - 1;
-        const t = sampleRule(b.target.subarray((base + cur) * Vn, (base + cur + 1) * Vn), philoxBits(b.seeds[s] as bigint, (b.offsets[s] as bigint) + BigInt(k), 0, 1));
+        const t = sampleRule(b.target.subarray((base + cur) * Vn, (base + cur + 1) * Vn), philoxBits(b.seeds[s] as bigint, (b.offsets[s] as bigint) + BigInt(k), 0, 2));
         emitted.push(t);
         let next = -1;
         for (let c = cur + 1; c < n && next < 0; c++) if (b.parents[base + c] === cur && b.tokens[base + c] === t) next = c;
@@ -508,6 +508,9 @@ describe('verify: rejection with deterministic drafts draws each emitted token o
           offsets: BigUint64Array.of((b.offsets[s] as bigint) + BigInt(k)),
         };
         assert.strictEqual(run(lone, 'rejection').emitted[0]![0], out.emitted[s]![k], `sequence ${s}, depth ${k}`);
+        // ... and so does the sample op (plain sampling) at that offset.
+        using row = Tensor.fromArray(lone.target, 'f32', [1, Vn]);
+        assert.strictEqual(sample(row, lone.seeds, lone.offsets)[0], out.emitted[s]![k], `sequence ${s}, depth ${k}: the sample op`);
       });
     }
   });

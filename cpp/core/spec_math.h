@@ -23,7 +23,7 @@
 //   (offset lo, offset hi, node, purpose). `node` is the node index local to the sequence (0 for
 //   the sample op), `purpose` says which draw at that node: kDrawAccept (the acceptance test of
 //   the candidate node `node`), kDrawSample (the token sampled at node `node`), kDrawSampleOp
-//   (the sample op). A sequence's draws depend only on (seed, offset, node): batch invariant.
+//   (the sample op, and each token a walk over deterministic drafts emits). A sequence's draws depend only on (seed, offset, node): batch invariant.
 //   Callers advance offsets by 1 per call (per verify call, per sample call): every draw of one
 //   call has a different (node, purpose), so one offset step never reuses a counter -- except
 //   rejection with deterministic drafts, whose draws take offsets offset .. offset + count - 1:
@@ -39,15 +39,18 @@
 //   greedy:    at node v, t = argmax(target[v]); move to the first child whose token is t;
 //              stop when none. Emitted: the accepted children's tokens, then t at the last node.
 //   rejection, draft undefined (deterministic drafts, q one-hot per child): at the node v of
-//              depth d (the root: 0), t = sample(target[v]) with the draw U'(offset + d, node 0,
-//              kDrawSample); move to the first child whose token is t; stop when none. Emitted:
-//              the accepted children's tokens, then t at the last node -- greedy's walk with the
-//              argmax replaced by a draw. Exact (each emitted token is drawn from its row), as
-//              likely to accept as recursive one-hot rejection (a child x is taken with p(x)), and
-//              the emitted tokens do not depend on the tree: they are the tokens lone-root steps
-//              at offsets offset, offset + 1, ... draw, so a caller that advances the offset by the
-//              emitted count (not by 1) gets the same tokens whatever it proposes (the engine does:
-//              sampled Medusa, lookahead, prompt lookup and EAGLE emit what plain sampling does).
+//              depth d (the root: 0), t = sample(target[v]) with the sample op's draw at offset
+//              + d (node 0, kDrawSampleOp); move to the first child whose token is t; stop when
+//              none. Emitted: the accepted children's tokens, then t at the last node -- greedy's
+//              walk with the argmax replaced by a draw. Exact (each emitted token is drawn from its
+//              row), as likely to accept as recursive one-hot rejection (a child x is taken with
+//              p(x)), and the emitted tokens do not depend on the tree: they are what the sample op
+//              draws from the same rows at offsets offset, offset + 1, ..., so a caller that
+//              advances the offset by the emitted count (not by 1) gets the tokens of plain
+//              sampling whatever it proposes (the engine does: sampled Medusa, lookahead, prompt
+//              lookup and EAGLE emit plainGenerate's sampled tokens).
+//   rejection, draft defined, root without children: as without a draft (a lone root draws
+//              plain sampling's token, whatever else the call verifies).
 //   rejection, draft defined (q = draft[v], the distribution v's children were drawn from,
 //              in order, without replacement): for child c with token x: p(x) = 0 -> reject;
 //              else q(x) = 0 -> accept; else accept iff u * q(x) < p(x). On reject:
@@ -345,8 +348,9 @@ SPECDEC_HD int walk_onehot(Ops& ops, const int32_t* parents, const int32_t* toke
   int cur = 0, count = 1;
   ops.put(0, 0, -1);
   for (;;) {
-    // The draw of emitted token `count - 1` of this call: node 0, one offset per depth.
-    const uint64_t bits = random_u64(w.seed, w.offset + static_cast<uint64_t>(count - 1), 0u, kDrawSample);
+    // The draw of emitted token `count - 1` of this call: the sample op's draw (node 0) at one
+    // offset per depth, so a plain sampled chain drawing at the same offsets picks the same tokens.
+    const uint64_t bits = random_u64(w.seed, w.offset + static_cast<uint64_t>(count - 1), 0u, kDrawSampleOp);
     const int t = ops.sample_p(sample_threshold(bits, ops.load_p(cur)));
     int next = -1;
     for (int c = next_child(parents, n, cur, cur); c >= 0; c = next_child(parents, n, cur, c)) {
@@ -372,7 +376,9 @@ SPECDEC_HD int walk_onehot(Ops& ops, const int32_t* parents, const int32_t* toke
 #endif
 template <class Ops>
 SPECDEC_HD int walk_rejection(Ops& ops, const int32_t* parents, const int32_t* tokens, int n, const WalkParams& w) {
-  if (!w.has_draft) return walk_onehot(ops, parents, tokens, n, w);
+  // A root without candidates draws as a lone root does whatever the call carries (a sequence that
+  // drafted nothing beside others that did): plain sampling's draw.
+  if (!w.has_draft || next_child(parents, n, 0, 0) < 0) return walk_onehot(ops, parents, tokens, n, w);
   int cur = 0, count = 1;
   ops.put(0, 0, -1);
   uint64_t mp = ops.load_p(0);

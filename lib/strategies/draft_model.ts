@@ -167,7 +167,9 @@ export class DraftModelSpeculator implements Speculator {
 
   /** 'cost' mode: this step's draft length for every sequence (the choice depends only on shared statistics). */
   private chooseK(seqs: readonly SpecSequence[], states: DraftState[], ctx: ProposeContext): void {
-    const cost = sizingCost(true, this.target, ctx);
+    // Sampled drafts are verified against their distributions, so the tokens depend on k: a sampled
+    // run keeps the fixed k (a seed reproduces its tokens).
+    const cost = sizingCost(!isSampling(ctx.sampling), this.target, ctx);
     if (!cost) return;
     const draft = this.draftCost;
     if (!draft) return;

@@ -677,17 +677,25 @@ export class SpecEngine {
     if (!speculator?.updateHeadsChain || !model.medusaChain) throw codedError('E_INTERNAL', 'a heads chain without updateHeadsChain or medusaChain');
     if (offer.seqs.length !== seqs.length) throw codedError('E_ARG', `${speculator.name}: a heads chain of ${offer.seqs.length} sequences for ${seqs.length}`);
     const B = seqs.length;
+    const sampling = part.engine.sampling;
     const inputs = new Array<MedusaChainSequence>(B);
     for (let b = 0; b < B; b++) {
       const s = seqs[b] as EngineSequence;
       const o = offer.seqs[b] as HeadsChainOffer['seqs'][number];
-      const base = { seq: s.modelSeq, root: s.history[s.history.length - 1] as number, cands: o.cands, headsKnown: o.headsKnown, budget: s.maxDepth + 1 };
-      inputs[b] = s.stopTokens ? { ...base, stop: s.stopTokens } : base;
+      const i: { -readonly [K in keyof MedusaChainSequence]: MedusaChainSequence[K] } = { seq: s.modelSeq, root: s.history[s.history.length - 1] as number, cands: o.cands, headsKnown: o.headsKnown, budget: s.maxDepth + 1 };
+      if (s.stopTokens) i.stop = s.stopTokens;
+      if (sampling) {
+        // The chain draws one counter per emitted token from this one on (draws of them in all).
+        i.seed = s.rng.seed;
+        i.firstOffset = s.rng.next();
+      }
+      inputs[b] = i;
     }
-    const opts: MedusaChainOptions = { topK: offer.topK, maxSteps: offer.maxSteps, maxSeconds: CHAIN_SECONDS, ...(signal ? { signal } : {}) };
+    const opts: MedusaChainOptions = { topK: offer.topK, maxSteps: offer.maxSteps, maxSeconds: CHAIN_SECONDS, ...(signal ? { signal } : {}), ...(sampling ? { sampling: samplingOptions(sampling) } : {}) };
     const tCall = performance.now();
     const r = await model.medusaChain.call(model, offer.heads, inputs, offer.template, opts);
     const tDone = performance.now();
+    if (sampling) for (let b = 0; b < B; b++) for (let n = r.draws[b] as number; n > 1; n--) (seqs[b] as EngineSequence).rng.next();
     const drafted = new Int32Array(r.nodes.length);
     for (let i = 0; i < drafted.length; i++) drafted[i] = (r.nodes[i] as number) - 1;
     for (let b = 0; b < B; b++) (seqs[b] as EngineSequence).stats.addTreeSteps(r.nodes, r.depths, r.accepted, b, B);

@@ -261,8 +261,12 @@ describe('EAGLE heads', function () {
       const got = await new SpeculativeDecoder({ target, speculator }).generateBatch(prompts, { maxNewTokens: 40 });
       got.forEach((g, i) => {
         assert.deepStrictEqual(Array.from(g.tokens), Array.from(plain[i]!.tokens));
-        // 6 levels a step: at most 7 tokens a forward, 40 tokens in >= 7 forwards.
-        assert.ok(g.stats.tokensPerForward > 4, `tokens per forward ${g.stats.tokensPerForward}`);
+        // 6 levels a step: at most 7 tokens a forward. At least three are accepted in every step (the
+        // last may be cut by the budget); deeper ones mostly, unless the echo target's text settles on
+        // one repeated token, where the head's fourth level misses (~3% of fixture seeds: tau 4.0).
+        const steps = g.stats.targetForwards - 1;
+        assert.ok(g.stats.tokensPerForward >= 4, `tokens per forward ${g.stats.tokensPerForward}`);
+        assert.ok((g.stats.acceptedPerPosition[2] ?? 0) >= steps - 1, `accepted per position ${JSON.stringify(g.stats.acceptedPerPosition)} over ${steps} steps`);
       });
     } finally {
       speculator.dispose();

@@ -368,6 +368,48 @@ describe('greedy draft-model speculation as native chains', function () {
     }
   });
 
+  it('sampled Medusa chains: plainGenerate\'s sampled tokens (so the step-by-step engine\'s), and its statistics for fixed choices; a second request continues the stream', async () => {
+    // Exact rejection of deterministic candidates draws each emitted token as plain sampling does
+    // (spec_math.h), and the chain moves the counters by the tokens emitted, as the engine does.
+    const heads = MedusaHeads.load(paths.medusa, { device: 'cpu' });
+    let medusaCalls = 0;
+    const orig = target.medusaChain.bind(target);
+    (target as { medusaChain: LlamaModel['medusaChain'] }).medusaChain = (...a) => {
+      medusaCalls++;
+      return orig(...a);
+    };
+    try {
+      const hidden = withoutSpecChains(target);
+      for (const m of [target, hidden]) setForwardCost(m, ForwardCost.fromFunction(() => 1e-3, { frozen: true }));
+      for (const [choices, sampling] of [
+        ['chain_4', { temperature: 0.8, seed: 5 }],
+        ['mc_sim_7b_63', { temperature: 1, topP: 0.9, seed: 11 }],
+        [undefined, { temperature: 0.6, topK: 20, seed: 3 }],
+      ] as const) {
+        const run = async (model: CausalLM): Promise<unknown[]> => {
+          const spec = new MedusaSpeculator(choices ? { heads, choices } : { heads });
+          const dec = new SpeculativeDecoder({ target: model, speculator: spec, sampling });
+          const out = await dec.generateBatch(prompts, { maxNewTokens: 48 });
+          const again = await dec.generate(prompts[0]!, { maxNewTokens: 30 }).result;
+          spec.dispose();
+          return [...out, again].map((x) => [Array.from(x.tokens), ...(choices ? [x.stats.targetForwards, x.stats.acceptedDraftTokens, x.stats.nodesPerStep] : [])]);
+        };
+        const plain = await plainGenerate(target, prompts, { maxNewTokens: 48, ...sampling });
+        medusaCalls = 0;
+        const ref = await run(hidden);
+        assert.strictEqual(medusaCalls, 0);
+        const got = await run(target);
+        assert.ok(medusaCalls > 0, 'native chains ran');
+        assert.deepStrictEqual(got, ref, `${choices ?? 'sized'} ${JSON.stringify(sampling)}`);
+        got.slice(0, prompts.length).forEach((g, i) => assert.deepStrictEqual((g as number[][])[0], Array.from(plain.tokens[i]!), `sequence ${i}`));
+      }
+      assert.strictEqual(target.kvInfo().freePages, target.kvInfo().totalPages, 'every sequence freed');
+    } finally {
+      delete (target as { medusaChain?: unknown }).medusaChain;
+      heads.dispose();
+    }
+  });
+
   it('heuristic k and draft trees keep the step-by-step path', async () => {
     for (const spec of [new DraftModelSpeculator({ draft, k: 3, adaptive: 'heuristic' }), new DraftModelSpeculator({ draft, treeBranching: [2, 1] })]) {
       await new SpeculativeDecoder({ target, speculator: spec }).generate(prompts[3]!, { maxNewTokens: 20 }).result;

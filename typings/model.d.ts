@@ -166,6 +166,8 @@ declare namespace SpecdecNative {
     headsKnown: number;
     budget: number;
     stop?: Int32Array;
+    seed?: bigint;
+    firstOffset?: bigint;
   }
 
   interface NativeMedusaChainResult {
@@ -177,6 +179,7 @@ declare namespace SpecdecNative {
     ranks: Int32Array;
     emitted: Int32Array[];
     cands: Int32Array[];
+    draws: Int32Array;
     targetSeconds: Float64Array;
     stepSeconds: Float64Array;
   }
@@ -200,7 +203,7 @@ declare namespace SpecdecNative {
     sampledChainOnDevice(...args: NativeSampledChainArgs): Promise<{ ids: Tensor; q: Tensor }>;
     /** Greedy draft-model steps in one call (cpp/model/spec_chain.h). */
     speculativeChain(draft: LlamaNativeModel, seqs: readonly NativeSpecChainSeq[], maxSteps: number, maxSeconds: number, syncMaxMacs?: number, sampling?: NativeSamplingOptions): Promise<NativeSpecChainResult>;
-    /** Greedy Medusa steps in one call (cpp/model/spec_chain.h). */
+    /** Medusa steps in one call, greedy or sampled (cpp/model/spec_chain.h). */
     medusaChain(
       heads: NativeMedusaHeadSet,
       seqs: readonly NativeMedusaChainSeq[],
@@ -209,6 +212,7 @@ declare namespace SpecdecNative {
       maxSteps: number,
       maxSeconds: number,
       syncMaxMacs?: number,
+      sampling?: NativeSamplingOptions,
     ): Promise<NativeMedusaChainResult>;
     commit(seqs: Int32Array, accepted: readonly Int32Array[], paths?: VerifiedPathsHandle | readonly VerifiedPathsHandle[]): void;
     createSequence(): number;

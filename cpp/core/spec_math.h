@@ -355,9 +355,7 @@ SPECDEC_HD int walk_onehot(Ops& ops, const int32_t* parents, const int32_t* toke
     int next = -1;
     for (int c = next_child(parents, n, cur, cur); c >= 0; c = next_child(parents, n, cur, c)) {
       const int x = tokens[c];
-      // A draft pick that is no token (kNoMass: a device chain drew it from a row without mass)
-      // ends the walk with no mass: E_NUMERIC in the binding, never a read outside the rows.
-      if (x < 0 || x >= ops.V) {
+      if (x < 0 || x >= ops.V) {  // no token: no mass (see walk_rejection)
         ops.put(count - 1, -1, kNoMass);
         return count;
       }

@@ -338,6 +338,7 @@ MedusaChainResult medusa_chain(LlamaModel& target, const MedusaChainArgs& args) 
   r.emitted.resize(B);
   std::vector<int> tseqs(B);
   for (size_t b = 0; b < B; ++b) tseqs[b] = args.seqs[b].target_seq;
+  std::vector<int32_t> draws(B, 0);
   const auto t_loop = std::chrono::steady_clock::now();
   for (int step = 0; step < args.max_steps; ++step) {
     // Each sequence's tree: the template's nodes whose candidates are known and whose depth
@@ -361,6 +362,10 @@ MedusaChainResult medusa_chain(LlamaModel& target, const MedusaChainArgs& args) 
       }
       any = any || in.tokens.size() > 1;
       stage.parents.insert(stage.parents.end(), in.parents.begin(), in.parents.end());
+      if (args.sampled) {
+        stage.seeds.push_back(args.seqs[b].seed);
+        stage.offsets.push_back(args.seqs[b].first_offset + static_cast<uint64_t>(draws[b]));
+      }
     }
     if (step > 0 && (!any || (args.max_seconds > 0 && seconds_since(t_loop) >= args.max_seconds))) break;
     const auto t0 = std::chrono::steady_clock::now();
@@ -369,7 +374,7 @@ MedusaChainResult medusa_chain(LlamaModel& target, const MedusaChainArgs& args) 
     try {
       LlamaForwardResult fr = target.forward(tin, true, &stage);
       t_target = seconds_since(t0);
-      v = verify_commit(target, fr, tseqs, &args.heads, K);
+      v = verify_commit(target, fr, tseqs, &args.heads, K, args.sampled ? &args.params : nullptr);
     } catch (...) {
       if (step == 0) throw;
       break;
@@ -392,6 +397,7 @@ MedusaChainResult medusa_chain(LlamaModel& target, const MedusaChainArgs& args) 
       }
       r.emitted[b].insert(r.emitted[b].end(), em, em + n);
       left[b] -= n;
+      if (args.sampled) draws[b] += n;  // one counter per emitted token
       root[b] = em[n - 1];
       cands[b].resize(static_cast<size_t>(H) * static_cast<size_t>(K));
       for (int h = 0; h < H; ++h)
@@ -406,6 +412,7 @@ MedusaChainResult medusa_chain(LlamaModel& target, const MedusaChainArgs& args) 
     if (chain_ends(args.seqs, left, r.emitted, r.accepted)) break;
   }
   r.cands = std::move(cands);
+  if (args.sampled) r.draws = std::move(draws);
   return r;
 }
 

@@ -70,7 +70,7 @@ struct SpecChainResult {
 // caches consistent with them), so the caller's next step meets the error itself.
 SpecChainResult speculative_chain(LlamaModel& target, LlamaModel& draft, const SpecChainArgs& args);
 
-// Greedy Medusa speculation as one native loop, the same way: each step the candidate tree of a
+// Medusa speculation (greedy, or sampled with exact rejection) as one native loop, the same way: each step the candidate tree of a
 // fixed template (a subtree of the choice tree: node i > 0 is rank[i] of head[i]'s top-k at the
 // last accepted node, under parents[i]), cut to the sequence's budget, the target's forward over
 // it with hidden states, greedy verification with the heads' top-k at each last accepted node
@@ -83,6 +83,10 @@ struct MedusaChainSeq {
   int heads_known = 0;             // heads with candidates (nodes of deeper heads are left out)
   int budget = 1;                  // as SpecChainSeq::budget
   std::vector<int32_t> stop;       // as SpecChainSeq::stop
+  // Sampling: the Philox key and the counter of the next draw. A step's verification draws emitted
+  // token k at its counter + k (deterministic drafts, spec_math.h), so the counters move by the
+  // tokens emitted; the result says how many were drawn.
+  uint64_t seed = 0, first_offset = 0;
 };
 
 struct MedusaChainArgs {
@@ -92,6 +96,10 @@ struct MedusaChainArgs {
   std::vector<int32_t> parents, head, rank;  // the template: node 0 the root (head -1)
   int max_steps = 1;
   double max_seconds = 0;
+  // Sampled: exact rejection of the deterministic candidates against the processed target rows
+  // (its tokens are plain sampling's: spec_math.h); greedy otherwise.
+  bool sampled = false;
+  SamplingParams params;
 };
 
 struct MedusaChainResult {
@@ -106,6 +114,8 @@ struct MedusaChainResult {
   std::vector<std::vector<int32_t>> emitted;
   // Per sequence: every head's top-k at the last accepted node ([heads.size() * top_k]).
   std::vector<std::vector<int32_t>> cands;
+  // Sampled, per sequence: the counters drawn (first_offset onwards: the tokens emitted).
+  std::vector<int32_t> draws;
   std::vector<double> target_seconds, step_seconds;
 };
 

@@ -483,10 +483,11 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
     });
   }
 
-  // medusaChain(heads: a head set, seqs: { seq, root, cands: Int32Array, headsKnown, budget, stop? }[],
-  //   template: { parents, head, rank: Int32Array }, topK, maxSteps, maxSeconds, syncMaxMacs?) ->
-  //   Promise<{ steps, depth, nodes, accepted, ranks: Int32Array, emitted, cands: Int32Array[],
-  //   targetSeconds, stepSeconds: Float64Array }> (medusa_chain: greedy Medusa steps in one call)
+  // medusaChain(heads: a head set, seqs: { seq, root, cands: Int32Array, headsKnown, budget, stop?,
+  //   seed?, firstOffset? }[], template: { parents, head, rank: Int32Array }, topK, maxSteps, maxSeconds,
+  //   syncMaxMacs?, sampling?) -> Promise<{ steps, depth, nodes, accepted, ranks, draws: Int32Array,
+  //   emitted, cands: Int32Array[], targetSeconds, stepSeconds: Float64Array }> (medusa_chain: Medusa
+  //   steps in one call, sampled with `sampling`)
   Napi::Value MedusaChain(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
       std::shared_ptr<LlamaModel> m = model_;
@@ -513,9 +514,18 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
         s.heads_known = get_int32(get_field(o, "headsKnown"), "seqs[b].headsKnown");
         s.budget = get_int32(get_field(o, "budget"), "seqs[b].budget");
         if (has_field(o, "stop")) s.stop = get_i32_array(get_field(o, "stop"), "seqs[b].stop");
+        if (has_field(o, "seed")) s.seed = get_u64(get_field(o, "seed"), "seqs[b].seed");
+        if (has_field(o, "firstOffset")) s.first_offset = get_u64(get_field(o, "firstOffset"), "seqs[b].firstOffset");
         est[b].seq = s.target_seq;
         est[b].tokens.assign(std::min<size_t>(args->parents.size(), 1 << 16), 0);
         args->seqs.push_back(std::move(s));
+      }
+      if (info.Length() > 7 && !info[7].IsUndefined()) {
+        args->sampled = true;
+        args->params = sampling_params_arg(info[7]);
+        for (uint32_t b = 0; b < arr.Length(); ++b)
+          SPECDEC_CHECK(has_field(arr.Get(b).As<Napi::Object>(), "seed") && has_field(arr.Get(b).As<Napi::Object>(), "firstOffset"),
+                        "E_ARG", "seqs[", b, "]: a sampled chain needs each sequence's seed and firstOffset");
       }
       const bool sync = run_here(*m, est, info[6]);
       auto result = std::make_shared<MedusaChainResult>();
@@ -532,6 +542,7 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
             o.Set("ranks", int32_array(env, r.ranks));
             o.Set("emitted", int32_arrays(env, r.emitted));
             o.Set("cands", int32_arrays(env, r.cands));
+            o.Set("draws", int32_array(env, r.draws));
             o.Set("targetSeconds", float64_array(env, r.target_seconds));
             o.Set("stepSeconds", float64_array(env, r.step_seconds));
             return o;

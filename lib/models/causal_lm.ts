@@ -222,6 +222,9 @@ export interface MedusaChainSequence {
   readonly headsKnown: number;
   readonly budget: number;
   readonly stop?: Int32Array;
+  /** Sampled chains: the sequence's Philox key and its next counter (one counter per emitted token). */
+  readonly seed?: bigint;
+  readonly firstOffset?: bigint;
 }
 
 /** The tree each step of medusaChain proposes: node 0 the root, node i > 0 rank[i] of head[i] under parents[i]. */
@@ -248,6 +251,8 @@ export interface MedusaChainResult {
   readonly emitted: Int32Array[];
   /** Per sequence: every head's top-k at the last accepted node ([heads * topK]). */
   readonly cands: Int32Array[];
+  /** Sampled, per sequence: the counters drawn (firstOffset onwards; empty when greedy). */
+  readonly draws: Int32Array;
   readonly targetSeconds: Float64Array;
   readonly stepSeconds: Float64Array;
 }
@@ -280,8 +285,9 @@ export interface SpecChainOptions {
   readonly maxSeconds: number;
   readonly signal?: AbortSignal;
   /**
-   * speculativeChain only: sample (the draft's picks drawn, exact rejection against the processed
-   * target rows) instead of greedy steps. Every sequence then needs seed and firstOffset.
+   * Sample instead of greedy steps: speculativeChain draws the draft's picks and verifies by exact
+   * rejection against the processed target rows; medusaChain verifies its deterministic candidates
+   * so (each emitted token plain sampling's draw). Every sequence then needs seed and firstOffset.
    */
   readonly sampling?: SamplingOptions;
 }

@@ -304,7 +304,10 @@ export class LlamaModel implements CausalLM {
     this.busy = true;
     try {
       if (sliceSpent(this.syncForwardMaxMacs)) await loopTurn(options.signal);
-      return await handle.medusaChain(heads, seqs, template, options.topK, options.maxSteps, options.maxSeconds, syncLimit(this.syncForwardMaxMacs));
+      const limit = syncLimit(this.syncForwardMaxMacs);
+      return options.sampling
+        ? await handle.medusaChain(heads, seqs, template, options.topK, options.maxSteps, options.maxSeconds, limit, resolveSamplingOptions(options.sampling))
+        : await handle.medusaChain(heads, seqs, template, options.topK, options.maxSteps, options.maxSeconds, limit);
     } finally {
       this.busy = false;
     }

@@ -486,14 +486,15 @@ export class MedusaSpeculator implements Speculator {
   }
 
   /**
-   * Greedy steps of a tree that speculates (the sized plan's subtree, or the fixed choices), where
+   * Steps (greedy, or sampled by exact rejection) of a tree that speculates (the sized plan's subtree, or the fixed choices), where
    * the engine runs them natively (ctx.draftChains, a model with medusaChain): up to CHAIN_MAX_STEPS
    * steps in one call, reported with updateHeadsChain(). Every head runs after each verification
    * (the plan's subtree may read fewer: the rates of all depths stay fed). A probe of a plain plan is
    * a one-step chain when every sequence is due; plain steps keep the step-by-step path.
    */
   private chainOffer(seqs: readonly SpecSequence[], ctx: ProposeContext, plan: { keep: Int32Array; speculate: boolean } | undefined): ProposalBatch | undefined {
-    if (ctx.draftChains !== true || isSampling(ctx.sampling) || !this.target?.medusaChain) return undefined;
+    // (Sampled: exact rejection of the candidates only; typical acceptance keeps the step path.)
+    if (ctx.draftChains !== true || (isSampling(ctx.sampling) && this.samplingVerifyMode !== 'rejection') || !this.target?.medusaChain) return undefined;
     let keep: Int32Array | undefined;
     let probe = false;
     if (this.sized) {

@@ -28,6 +28,17 @@ function withoutSpecChains(model: LlamaModel): CausalLM {
   }) as unknown as CausalLM;
 }
 
+/** Counts the model's medusaChain calls (an own property over the prototype's method: delete it after). */
+function countMedusaChains(model: LlamaModel): { calls: number } {
+  const n = { calls: 0 };
+  const orig = model.medusaChain.bind(model);
+  (model as { medusaChain: LlamaModel['medusaChain'] }).medusaChain = (...a) => {
+    n.calls++;
+    return orig(...a);
+  };
+  return n;
+}
+
 async function codeOf(p: Promise<unknown>): Promise<string> {
   try {
     await p;
@@ -266,12 +277,7 @@ describe('greedy draft-model speculation as native chains', function () {
   for (const choices of ['chain_4', 'mc_sim_7b_63', undefined] as const) {
     it(`Medusa (${choices ?? 'sized'}): the tokens of plain greedy decoding${choices ? ', and the statistics of the step-by-step engine' : ''}; stops inside a chain`, async () => {
       const heads = MedusaHeads.load(paths.medusa, { device: 'cpu' });
-      let medusaCalls = 0;
-      const orig = target.medusaChain.bind(target);
-      (target as { medusaChain: LlamaModel['medusaChain'] }).medusaChain = (...a) => {
-        medusaCalls++;
-        return orig(...a);
-      };
+      const medusa = countMedusaChains(target);
       try {
         const hidden = withoutSpecChains(target);
         // A sized Medusa on a pinned flat curve: its trees pay, on any machine.
@@ -290,9 +296,9 @@ describe('greedy draft-model speculation as native chains', function () {
         };
         const plain = await plainGenerate(target, prompts, { maxNewTokens: 48 });
         const ref = await run(hidden);
-        assert.strictEqual(medusaCalls, 0);
+        assert.strictEqual(medusa.calls, 0);
         const got = await run(target);
-        assert.ok(medusaCalls > 0, 'native chains ran');
+        assert.ok(medusa.calls > 0, 'native chains ran');
         assert.deepStrictEqual(got.tokens, plain.tokens.map((t) => Array.from(t)), 'plain greedy tokens');
         assert.deepStrictEqual(got.finish, ref.finish);
         // Fixed choices: the same trees step by step. (A sized plan is weighed once per chain.)
@@ -372,12 +378,7 @@ describe('greedy draft-model speculation as native chains', function () {
     // Exact rejection of deterministic candidates draws each emitted token as plain sampling does
     // (spec_math.h), and the chain moves the counters by the tokens emitted, as the engine does.
     const heads = MedusaHeads.load(paths.medusa, { device: 'cpu' });
-    let medusaCalls = 0;
-    const orig = target.medusaChain.bind(target);
-    (target as { medusaChain: LlamaModel['medusaChain'] }).medusaChain = (...a) => {
-      medusaCalls++;
-      return orig(...a);
-    };
+    const medusa = countMedusaChains(target);
     try {
       const hidden = withoutSpecChains(target);
       for (const m of [target, hidden]) setForwardCost(m, ForwardCost.fromFunction(() => 1e-3, { frozen: true }));
@@ -395,11 +396,11 @@ describe('greedy draft-model speculation as native chains', function () {
           return [...out, again].map((x) => [Array.from(x.tokens), ...(choices ? [x.stats.targetForwards, x.stats.acceptedDraftTokens, x.stats.nodesPerStep] : [])]);
         };
         const plain = await plainGenerate(target, prompts, { maxNewTokens: 48, ...sampling });
-        medusaCalls = 0;
+        medusa.calls = 0;
         const ref = await run(hidden);
-        assert.strictEqual(medusaCalls, 0);
+        assert.strictEqual(medusa.calls, 0);
         const got = await run(target);
-        assert.ok(medusaCalls > 0, 'native chains ran');
+        assert.ok(medusa.calls > 0, 'native chains ran');
         assert.deepStrictEqual(got, ref, `${choices ?? 'sized'} ${JSON.stringify(sampling)}`);
         got.slice(0, prompts.length).forEach((g, i) => assert.deepStrictEqual((g as number[][])[0], Array.from(plain.tokens[i]!), `sequence ${i}`));
       }

@@ -522,7 +522,7 @@ export class SpecEngine {
           const em = r.emitted[b] as Int32Array;
           s.committed += acc.length;
           for (let k = 0; k < em.length; k++) s.history.push(em[k] as number);
-          if (perToken) for (let k = 1; k < em.length; k++) s.rng.next();
+          if (perToken) drawMore(s, em.length);
           s.stats.addStep(props[b] as Proposal, acc.length, em.length);
         }
       }
@@ -608,7 +608,7 @@ export class SpecEngine {
       picks = await call();
     }
     const tTarget = performance.now();
-    if (sampling) for (let b = 0; b < seqs.length; b++) for (let j = 1; j < (picks[b] as Int32Array).length; j++) (seqs[b] as EngineSequence).rng.next();
+    if (sampling) for (let b = 0; b < seqs.length; b++) drawMore(seqs[b] as EngineSequence, (picks[b] as Int32Array).length);
     observeChainStep(model, seqs.length, (tTarget - tStart) / 1000 / most);
     for (let b = 0; b < seqs.length; b++) {
       const s = seqs[b] as EngineSequence;
@@ -659,7 +659,7 @@ export class SpecEngine {
     const tCall = performance.now();
     const r = await model.speculativeChain.call(model, offer.draft, inputs, opts);
     const tDone = performance.now();
-    if (sampling) for (let b = 0; b < B; b++) for (let n = r.draws[b] as number; n > 1; n--) (seqs[b] as EngineSequence).rng.next();
+    if (sampling) for (let b = 0; b < B; b++) drawMore(seqs[b] as EngineSequence, r.draws[b] as number);
     const nodes = new Int32Array(r.drafted.length);
     for (let i = 0; i < nodes.length; i++) nodes[i] = (r.drafted[i] as number) + 1;
     for (let b = 0; b < B; b++) (seqs[b] as EngineSequence).stats.addChainSteps(r.drafted, r.accepted, b, B);
@@ -695,7 +695,7 @@ export class SpecEngine {
     const tCall = performance.now();
     const r = await model.medusaChain.call(model, offer.heads, inputs, offer.template, opts);
     const tDone = performance.now();
-    if (sampling) for (let b = 0; b < B; b++) for (let n = r.draws[b] as number; n > 1; n--) (seqs[b] as EngineSequence).rng.next();
+    if (sampling) for (let b = 0; b < B; b++) drawMore(seqs[b] as EngineSequence, r.draws[b] as number);
     const drafted = new Int32Array(r.nodes.length);
     for (let i = 0; i < drafted.length; i++) drafted[i] = (r.nodes[i] as number) - 1;
     for (let b = 0; b < B; b++) (seqs[b] as EngineSequence).stats.addTreeSteps(r.nodes, r.depths, r.accepted, b, B);
@@ -1089,6 +1089,14 @@ function plainChainSteps(
   let b = 0;
   for (const p of parts) for (const s of p.seqs) steps[b++] = Math.max(1, Math.min(len, s.maxDepth + 1));
   return steps;
+}
+
+/**
+ * A call that took `draws` consecutive counters of a sequence, the first by rng.next() beforehand:
+ * the sequence's counter moves past the others (SeqRng counters are consecutive: base | counter).
+ */
+function drawMore(s: EngineSequence, draws: number): void {
+  for (let n = draws; n > 1; n--) s.rng.next();
 }
 
 function allLoneRoots(proposals: readonly Proposal[]): boolean {

@@ -23,7 +23,8 @@
 //   (offset lo, offset hi, node, purpose). `node` is the node index local to the sequence (0 for
 //   the sample op), `purpose` says which draw at that node: kDrawAccept (the acceptance test of
 //   the candidate node `node`), kDrawSample (the token sampled at node `node`), kDrawSampleOp
-//   (the sample op, and each token a walk over deterministic drafts emits). A sequence's draws depend only on (seed, offset, node): batch invariant.
+//   (the sample op, and each token a walk over deterministic drafts emits). A sequence's draws
+//   depend only on (seed, offset, node): batch invariant.
 //   Callers advance offsets by 1 per call (per verify call, per sample call): every draw of one
 //   call has a different (node, purpose), so one offset step never reuses a counter -- except
 //   rejection with deterministic drafts, whose draws take offsets offset .. offset + count - 1:

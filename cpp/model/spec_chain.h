@@ -70,12 +70,12 @@ struct SpecChainResult {
 // caches consistent with them), so the caller's next step meets the error itself.
 SpecChainResult speculative_chain(LlamaModel& target, LlamaModel& draft, const SpecChainArgs& args);
 
-// Medusa speculation (greedy, or sampled with exact rejection) as one native loop, the same way: each step the candidate tree of a
-// fixed template (a subtree of the choice tree: node i > 0 is rank[i] of head[i]'s top-k at the
-// last accepted node, under parents[i]), cut to the sequence's budget, the target's forward over
-// it with hidden states, greedy verification with the heads' top-k at each last accepted node
-// (one read), and the commit -- what MedusaSpeculator and the engine do step by step with
-// headsOnAccepted.
+// Medusa speculation (greedy, or sampled with exact rejection) as one native loop, the same way:
+// each step the candidate tree of a fixed template (a subtree of the choice tree: node i > 0 is
+// rank[i] of head[i]'s top-k at the last accepted node, under parents[i]), cut to the sequence's
+// budget, the target's forward over it with hidden states, verification with the heads' top-k at
+// each last accepted node (one read), and the commit -- what MedusaSpeculator and the engine do
+// step by step with headsOnAccepted.
 struct MedusaChainSeq {
   int target_seq = -1;
   int32_t root = 0;                // the last emitted token (not cached)

@@ -729,7 +729,7 @@ export class EagleSpeculator implements Speculator {
     await this.prepare(ctx);
   }
 
-  /** Sized greedy mode: the target's cost curve (measured once per model; sampled steps do not size). */
+  /** Sized mode: the target's cost curve (measured once per model; sampled steps size too: one-hot drafts). */
   async prepare(ctx: ProposeContext = {}): Promise<void> {
     if (this.sized && this.target) await forwardCost(this.target);
   }

@@ -486,8 +486,8 @@ export class MedusaSpeculator implements Speculator {
   }
 
   /**
-   * Steps (greedy, or sampled by exact rejection) of a tree that speculates (the sized plan's subtree, or the fixed choices), where
-   * the engine runs them natively (ctx.draftChains, a model with medusaChain): up to CHAIN_MAX_STEPS
+   * Steps (greedy, or sampled by exact rejection) of a tree that speculates (the sized plan's
+   * subtree, or the fixed choices), where the engine runs them natively (ctx.draftChains, a model with medusaChain): up to CHAIN_MAX_STEPS
    * steps in one call, reported with updateHeadsChain(). Every head runs after each verification
    * (the plan's subtree may read fewer: the rates of all depths stay fed). A probe of a plain plan is
    * a one-step chain when every sequence is due; plain steps keep the step-by-step path.

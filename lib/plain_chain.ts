@@ -30,3 +30,15 @@ export function chainLength(model: CausalLM, batch: number): number {
   if (step === undefined) return 1;
   return Math.max(1, Math.min(CHAIN_MAX_STEPS, Math.floor(CHAIN_SECONDS / Math.max(step, 1e-9))));
 }
+
+/**
+ * A speculator's re-check interval after a plain choice (`steps` plain steps after this one, which
+ * is plain too) stretched to end where a plain chain of this batch ends: a chain cut short to
+ * re-check costs a native call besides the re-check (on the embedded family a 56-step interval cut
+ * every 57th token's chain, ~1% of a request). Never shorter (0: the chain this step opens);
+ * unchanged where chains are one step.
+ */
+export function wholeChains(model: CausalLM | undefined, batch: number, steps: number): number {
+  const len = model ? chainLength(model, batch) : 1;
+  return len <= 1 || !(steps >= 0) ? steps : Math.ceil((steps + 1) / len) * len - 1;
+}

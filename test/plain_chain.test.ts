@@ -10,9 +10,11 @@ import { ForwardCost, setForwardCost } from '../lib/cost_model';
 import { SpeculativeDecoder } from '../lib/decoder';
 import type { CausalLM } from '../lib/models/causal_lm';
 import { LlamaModel } from '../lib/models/llama';
+import { observeChainStep, wholeChains } from '../lib/plain_chain';
 import { defaultModelPaths } from '../lib/default_models';
 import { plainGenerate } from '../lib/plain';
 import { DraftModelSpeculator } from '../lib/strategies/draft_model';
+import { EagleHead, EagleSpeculator } from '../lib/strategies/eagle';
 import { LookaheadSpeculator } from '../lib/strategies/lookahead';
 import { MedusaHeads, MedusaSpeculator } from '../lib/strategies/medusa';
 import { PromptLookupSpeculator } from '../lib/strategies/prompt_lookup';
@@ -52,6 +54,7 @@ describe('plain steps as native chains', function () {
   let target: LlamaModel;
   let draft: LlamaModel;
   let heads: MedusaHeads;
+  let eagle: EagleHead;
   let chains: { calls: number; steps: number };
   const r = rng(testSeed);
   // Random prompts, and a text prompt whose greedy output runs past 120 tokens (random ones often
@@ -62,11 +65,13 @@ describe('plain steps as native chains', function () {
     target = await LlamaModel.load(paths.target, { device: 'cpu', maxSequences: 16 });
     draft = await LlamaModel.load(paths.draft, { device: 'cpu', maxSequences: 16 });
     heads = MedusaHeads.load(paths.medusa, { device: 'cpu' });
+    eagle = EagleHead.load(paths.eagle, { device: 'cpu' });
     chains = countChains(target);
     prompts.push(TextTokenizer.load(paths.target)!.encode('once upon a time'));
   });
   after(() => {
     heads?.dispose();
+    eagle?.dispose();
     draft?.dispose();
     target?.dispose();
   });
@@ -267,4 +272,46 @@ describe('plain steps as native chains', function () {
       assert.strictEqual(target.kvInfo().freePages, target.kvInfo().totalPages, 'every sequence freed');
     });
   }
+  // (EAGLE is not in the list above: its plain steps one at a time return the features its draft
+  // reads, a chain's return none, so its probes draft from other context and may choose otherwise.)
+  it("EAGLE, sized, choosing plain at a new sequence's first step: that step opens a native chain", async () => {
+    setForwardCost(target, nothingPays());
+    const prompt = prompts[prompts.length - 1] as Int32Array;
+    const ref = await plainGenerate(withoutChains(target), [prompt], { maxNewTokens: 60 });
+    const log: string[] = [];
+    const forward = target.forward.bind(target);
+    (target as { forward: LlamaModel['forward'] }).forward = (inputs, opts) => {
+      log.push(`forward ${inputs.map((x) => x.tokens.length).join(',')}`);
+      return forward(inputs, opts);
+    };
+    const chain = target.greedyChain.bind(target);
+    (target as { greedyChain: LlamaModel['greedyChain'] }).greedyChain = (inputs, steps, opts) => {
+      log.push('chain');
+      return chain(inputs, steps, opts);
+    };
+    const dec = new SpeculativeDecoder({ target, speculator: new EagleSpeculator({ head: eagle }) });
+    try {
+      const [got] = await dec.generateBatch([prompt], { maxNewTokens: 60 });
+      assert.deepStrictEqual(Array.from(got!.tokens), Array.from(ref.tokens[0]!));
+      // The prefill, then the chain (until 2026-12-06 a lone root's forward of its own came first).
+      assert.deepStrictEqual(log.slice(0, 2), [`forward ${prompt.length}`, 'chain'], log.join(' | '));
+      assert.ok(log.length <= 10, `${log.length} calls: ${log.join(' | ')}`);
+    } finally {
+      dec.dispose();
+      delete (target as { forward?: unknown }).forward;
+      delete (target as { greedyChain?: unknown }).greedyChain;
+      chains = countChains(target);
+    }
+  });
+  it('re-check intervals after a plain choice end where a chain ends (wholeChains)', () => {
+    const model = {} as CausalLM;
+    assert.strictEqual(wholeChains(model, 1, 56), 56, 'no chain timed yet: one step a chain');
+    observeChainStep(model, 1, 1e-4);  // 2 ms chains: CHAIN_MAX_STEPS (16) steps
+    assert.deepStrictEqual([0, 7, 15, 16, 56].map((n) => wholeChains(model, 1, n)), [15, 15, 15, 31, 63]);
+    observeChainStep(model, 2, 1e-3);  // 2 steps a chain
+    assert.deepStrictEqual([7, 56].map((n) => wholeChains(model, 2, n)), [7, 57]);
+    observeChainStep(model, 1, 3e-3);  // a step longer than a chain's time: one step a chain
+    assert.strictEqual(wholeChains(model, 1, 56), 56);
+    assert.strictEqual(wholeChains(undefined, 1, 56), 56);
+  });
 });

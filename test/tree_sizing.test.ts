@@ -821,6 +821,17 @@ describe('sized n-gram speculators: weighing skipped after plain choices when it
     assert.ok(probes >= 1 && probes <= 3, `${probes} probes in ${tokens} steps`);
     assert.ok(weighed >= 3 && weighed <= 12, `${weighed} weighings in ${tokens} steps`);
   });
+
+  it('prompt lookup: a probe that leaves no draft paying backs the next off at once, though its request ends before another weighing', async () => {
+    const sp = new PromptLookupSpeculator({ maxNgram: 2 });
+    // Requests of 45 tokens: the first probe comes after 33 plain steps, and the request ends before
+    // the sequence weighs again. Until 2026-12-06 only that next weighing backed the probes off, so
+    // every request probed at the same place.
+    const probes: number[] = [];
+    for (let i = 0; i < 4; i++) probes.push((await runAsPlain(linear(), sp, 45, 45)).stats.proposedDraftTokens);
+    assert.ok((probes[0] as number) >= 1, `probes per request: ${probes}`);
+    assert.deepStrictEqual(probes.slice(1), [0, 0, 0], `probes per request: ${probes}`);
+  });
 });
 
 describe('lookahead: candidates as a trie', () => {

@@ -13,7 +13,7 @@ import { ChainCost, chainTokenCost, forwardCost, type ForwardCost } from '../cos
 import { gatherRows, isSampling, samplingOptions } from '../step_helpers';
 import { backedOffProbeInterval, chooseChainLength, PROBE_AFTER_PLAIN_STEPS, RankRates, sizingCost, stepCost } from '../tree_sizing';
 import type { CausalLM, ForwardOutput, SequenceInput, SpecChainResult } from '../models/causal_lm';
-import { CHAIN_MAX_STEPS } from '../plain_chain';
+import { CHAIN_MAX_STEPS, wholeChains } from '../plain_chain';
 import { argmax, processLogits, sample, topK } from '../sampling';
 import type { Tensor } from '../tensor';
 import { chainTree, loneRoot, type TokenTree } from '../tree';
@@ -216,7 +216,9 @@ export class DraftModelSpeculator implements Speculator {
   private plainStepsAhead(states: readonly DraftState[]): number {
     const kept = this.plainChoice;
     if (!kept || this.minK > 0) return 1;
-    let ahead = kept.limit - kept.uses;
+    // The choice's uses stretch to the end of a chain (weighed a few steps late rather than a chain
+    // cut short: the uses run on across requests, so their end fell mid-chain in most requests).
+    let ahead = wholeChains(this.target, states.length, kept.limit - kept.uses);
     for (const st of states) ahead = Math.min(ahead, this.probeAfter - st.plainRun);
     return 1 + Math.max(0, ahead);
   }

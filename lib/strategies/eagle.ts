@@ -840,8 +840,19 @@ export class EagleSpeculator implements Speculator {
       for (const b of drafting) this.state(seqs[b] as SpecSequence).forcedProbe = true;
     }
     if (plan.levels < 0) {
-      // Sized: no tree pays now; the sequences count it as a step that drafted and chose plain.
-      return { proposals };
+      // Sized: no tree pays now; the sequences count it as a step that drafted and chose plain
+      // (update: plain run 1). Where every sequence's next steps are sure to be plain too, this step
+      // opens their native chain instead (updatePlain then counts it in the run): a new request's
+      // first step was a forward of its own, ~2% of a 128-token request on the embedded family.
+      const ahead = this.plainStepsAhead(seqs, drafting);
+      if (ahead > 0) {
+        for (const b of drafting) {
+          const st = this.state(seqs[b] as SpecSequence);
+          st.drafted = false;
+          st.rootOnly = 0;
+        }
+      }
+      return ahead > 0 ? { proposals, plainSteps: ahead } : { proposals };
     }
     for (const b of drafting) this.state(seqs[b] as SpecSequence).treeDrafted = true;
     const draftSeqs = drafting.map((b) => seqs[b] as SpecSequence);
@@ -1005,13 +1016,15 @@ export class EagleSpeculator implements Speculator {
    * now, none comes due to probe within them), for the engine to run as one native chain. The step
    * before a probe stays out of the chain: its forward returns the features the probe drafts from
    * (a chain returns none; the draft's cache starts over after such a gap). 0: none.
+   * `choseNow`: the batch indices whose draft the plan just declined (their plain run starts here).
    */
-  private plainStepsAhead(seqs: readonly SpecSequence[]): number {
+  private plainStepsAhead(seqs: readonly SpecSequence[], choseNow: readonly number[] = []): number {
     let steps = Infinity;
-    for (const s of seqs) {
-      const st = this.state(s);
-      if (st.drafted || st.plainRun === 0) return 0;
-      steps = Math.min(steps, this.probeAfter - st.plainRun - 1);
+    for (let b = 0; b < seqs.length; b++) {
+      const st = this.state(seqs[b] as SpecSequence);
+      const now = choseNow.includes(b);
+      if (!now && (st.drafted || st.plainRun === 0)) return 0;
+      steps = Math.min(steps, this.probeAfter - (now ? 0 : st.plainRun) - 1);
     }
     return steps >= 1 && Number.isFinite(steps) ? steps : 0;
   }

@@ -23,6 +23,7 @@
 import { forwardCost, RecentTimes, type ForwardCost } from '../cost_model';
 import { pickRowsArgmax } from './draft_model';
 import type { CausalLM } from '../models/causal_lm';
+import { wholeChains } from '../plain_chain';
 import { chainTree, emptyMask, loneRoot, setMaskBit, type PackedMask } from '../tree';
 import { chooseSubtree, RankRates, selectNodes, sizingCost, stepCost, WEIGH_SHARE } from '../tree_sizing';
 import { codedError, type Proposal, type ProposalBatch, type ProposeContext, type SpecSequence, type Speculator, type StepReport } from './speculator';
@@ -350,7 +351,7 @@ export class LookaheadSpeculator implements Speculator {
         const plain = choice.columns === 0 && choice.keep.length === 1;
         st.plainRun = plain ? st.plainRun + 1 : 0;
         this.lastPlainRun = st.plainRun;
-        st.plainSteps = plain ? Math.min(MAX_PLAIN_RECHECK_STEPS, PLAIN_RECHECK_STEPS * 2 ** (st.plainRun - 1)) : 0;
+        st.plainSteps = plain ? wholeChains(this.target, seqs.length, Math.min(MAX_PLAIN_RECHECK_STEPS, PLAIN_RECHECK_STEPS * 2 ** (st.plainRun - 1))) : 0;
         const kept = selectNodes(trie, choice.keep);
         const depth = new Int32Array(choice.keep.length);
         const rank = new Int32Array(choice.keep.length);

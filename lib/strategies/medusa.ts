@@ -19,7 +19,7 @@ import { forwardCost, RecentTimes, type ForwardCost } from '../cost_model';
 import { gatherRows, isSampling } from '../step_helpers';
 import { addInplace, matmul, siluInplace } from '../layers';
 import type { CausalLM, ForwardOutput, MedusaChainResult, MedusaChainTemplate } from '../models/causal_lm';
-import { CHAIN_MAX_STEPS } from '../plain_chain';
+import { CHAIN_MAX_STEPS, wholeChains } from '../plain_chain';
 import { native } from '../native';
 import { openSafetensors } from '../safetensors';
 import { Tensor, type Device } from '../tensor';
@@ -604,8 +604,9 @@ export class MedusaSpeculator implements Speculator {
     if (!p || p.speculate || p.batch !== seqs.length) return 0;
     // This step is the plan's use p.age; it has PLAIN_PLAN_USES - p.age uses left after it. (Without
     // the step itself, the plan's last use came back as 0: a step out of the chain, forward and
-    // commit apart, every PLAIN_PLAN_USES plain steps.)
-    let steps = 1 + PLAIN_PLAN_USES - p.age;
+    // commit apart, every PLAIN_PLAN_USES plain steps.) The uses stretch to the end of a chain (the
+    // plan is recomputed a few steps late rather than a chain cut short); the probes do not.
+    let steps = 1 + wholeChains(this.target, seqs.length, PLAIN_PLAN_USES - p.age);
     for (let b = 0; b < seqs.length; b++) {
       if ((proposals[b] as Proposal).tokens.length !== 1) return 0;
       // After update j of the chain the run is run + j; the heads are wanted once it reaches probeAfter.

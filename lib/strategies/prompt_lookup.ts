@@ -3,6 +3,7 @@
 // followed it as a chain. No model; drafts are deterministic (one-hot rejection when sampling).
 import { forwardCost, RecentTimes } from '../cost_model';
 import type { CausalLM } from '../models/causal_lm';
+import { wholeChains } from '../plain_chain';
 import { chainTree, loneRoot } from '../tree';
 import { backedOffProbeInterval, chooseChainLength, PROBE_AFTER_PLAIN_STEPS, RankRates, sizingCost, stepCost, WEIGH_SHARE } from '../tree_sizing';
 import { codedError, type ProposalBatch, type ProposeContext, type SpecSequence, type Speculator, type StepReport } from './speculator';
@@ -151,14 +152,14 @@ export class PromptLookupSpeculator implements Speculator {
           this.plainRun.set(s.key, plainRun);
           this.lastPlainRun = plainRun;
           if (n === 0 && (this.weighSeconds.value() > WEIGH_SHARE * cost.predict(1) || (k > drafts.length ? chooseChainLength((i) => this.rates.rate(i), k, price).size === 0 : true)))
-            this.skipLeft.set(s.key, Math.min(MAX_PLAIN_SKIP_STEPS, PLAIN_SKIP_STEPS * 2 ** (plainRun - 1)));
+            this.skipLeft.set(s.key, wholeChains(this.target, seqs.length, Math.min(MAX_PLAIN_SKIP_STEPS, PLAIN_SKIP_STEPS * 2 ** (plainRun - 1))));
         } else if (cost && k > 0 && chooseChainLength((i) => this.rates.rate(i), k, stepCost(cost, seqs.length, undefined, this)).size === 0) {
           // No match, and none could pay: skipped lookups as after a plain choice (a step without a
           // match was a chain of its own, 6 of a 128-token request's 15 calls on the embedded family).
           const plainRun = this.runOf(s.key) + 1;
           this.plainRun.set(s.key, plainRun);
           this.lastPlainRun = plainRun;
-          this.skipLeft.set(s.key, Math.min(MAX_PLAIN_SKIP_STEPS, PLAIN_SKIP_STEPS * 2 ** (plainRun - 1)));
+          this.skipLeft.set(s.key, wholeChains(this.target, seqs.length, Math.min(MAX_PLAIN_SKIP_STEPS, PLAIN_SKIP_STEPS * 2 ** (plainRun - 1))));
         }
         return chainTree(root, drafts);
     });
@@ -191,11 +192,20 @@ export class PromptLookupSpeculator implements Speculator {
   }
 
   update(seqs: readonly SpecSequence[], report: StepReport, ctx: ProposeContext = {}): void {
-    if (!sizingCost(this.sized, this.target, ctx)) return;
-    seqs.forEach((_, b) => {
+    const cost = sizingCost(this.sized, this.target, ctx);
+    if (!cost) return;
+    seqs.forEach((s, b) => {
       const drafted = (report.proposals[b] as { tokens: Int32Array }).tokens.length - 1;
       const accepted = (report.acceptedNodes[b] as Int32Array).length - 1;
       for (let i = 0; i < Math.min(accepted + 1, drafted); i++) this.rates.record(i, i < accepted ? 0 : -1);
+      // A probe whose outcome leaves no draft able to pay backs the next one off now. (Left to the
+      // sequence's next weighing, a probe late in a request was never judged -- the request ended
+      // first -- so every 128-token request on the embedded family probed at its 65th token: two
+      // lookups and a forward of their own, ~2-3% of the request.)
+      if (drafted > 0 && this.probed.has(s.key) && chooseChainLength((i) => this.rates.rate(i), this.numDraft, stepCost(cost, seqs.length, undefined, this)).size === 0) {
+        this.probed.delete(s.key);
+        this.probeAfter = backedOffProbeInterval(this.probeAfter);
+      }
     });
   }
   release(seq: SpecSequence): void {

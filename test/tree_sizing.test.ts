@@ -25,7 +25,7 @@ import type { Speculator } from '../lib/strategies/speculator';
 import { Tensor } from '../lib/tensor';
 import { TextTokenizer } from '../lib/tokenizer';
 import { chainTree, flattenTrees, MC_SIM_7B_63, medusaTreeShape } from '../lib/tree';
-import { chooseChainLength, chooseSubtree, ConfidenceCalibration, RankRates, RowsCost, stepCost, treeProbabilities } from '../lib/tree_sizing';
+import { chooseChainLength, choosePlanSize, chooseSubtree, ConfidenceCalibration, EXPLORE_SHARE, PlanOutcomes, RankRates, RowsCost, stepCost, treeProbabilities } from '../lib/tree_sizing';
 import { verify } from '../lib/verify';
 import { writeMedusaHeads } from './fixtures/medusa_heads';
 import { ToyLM } from './fixtures/toy_lm';
@@ -456,6 +456,56 @@ describe('tree sizing: the choice', () => {
     assert.strictEqual(c.estimate(0.75, 0), 0.75, 'another bin keeps its prior');
     assert.strictEqual(c.estimate(0.35, 2), 0.35, 'rank 2 and beyond share a bin of their own');
     assert.strictEqual(c.estimate(1.5, 0), 1, 'clamped');
+  });
+
+  it('plan outcomes: realized over predicted tokens (per second where timed) per size once a size has MIN_WEIGHT recent steps; older steps fade', () => {
+    const o = new PlanOutcomes();
+    for (let i = 0; i < PlanOutcomes.MIN_WEIGHT; i++) o.record(5, 4, 4.8);
+    assert.strictEqual(o.correction(5), undefined, 'too few steps (each one ages the others)');
+    o.record(5, 4, 4.8);
+    assert.ok(Math.abs((o.correction(5) as number) - 1.2) < 1e-12);
+    o.record(4, 3.5, 3.5);
+    assert.strictEqual(o.correction(4), undefined);
+    // Steps of other sizes age size 5's: after a few half-lives it counts as untried again.
+    for (let i = 0; i < 3 * PlanOutcomes.HALF_LIFE; i++) o.record(4, 3.5, 3.15);
+    assert.ok(Math.abs((o.correction(4) as number) - 0.9) < 1e-3);
+    assert.strictEqual(o.correction(5), undefined, 'faded');
+    o.record(3, 0, 1);
+    assert.strictEqual(o.correction(3), undefined, 'a step with no prediction is not taken in');
+    // Timed steps: tokens per second. Size 6 gives the tokens predicted in 1.25x the time predicted.
+    const t = new PlanOutcomes();
+    for (let i = 0; i <= PlanOutcomes.MIN_WEIGHT; i++) t.record(6, 4, 4, { predicted: 1e-4, realized: 1.25e-4 });
+    assert.ok(Math.abs((t.correction(6) as number) - 0.8) < 1e-12);
+    t.record(7, 4, 5, { predicted: 0, realized: 1e-4 });
+    for (let i = 0; i < PlanOutcomes.MIN_WEIGHT; i++) t.record(7, 4, 5);
+    assert.ok(Math.abs((t.correction(7) as number) - 1.25) < 1e-12, 'untimed steps: tokens per step');
+  });
+
+  it('plan size: the prediction until outcomes exist, then corrected; a near tie without outcomes is explored once the best has some', () => {
+    // A chain whose nodes are each 0.8 likely (expected 1, 1.8, 2.44, ...) under a cost of 1 + 0.25 n:
+    // 5 nodes best, 4 and 6 within 2% of it.
+    const parents = Int32Array.from({ length: 8 }, (_, i) => i - 1);
+    const prob = treeProbabilities(parents, () => 0.8);
+    const cost = (n: number): number => 1 + 0.25 * n;
+    const choice = chooseSubtree(parents, prob, cost);
+    const value = (c: number): number => (choice.expectedByCount[c - 1] as number) / cost(c);
+    assert.strictEqual(choice.size + 1, 5);
+    assert.deepStrictEqual(Array.from(choice.order), [0, 1, 2, 3, 4, 5, 6, 7]);
+    assert.ok(value(4) >= EXPLORE_SHARE * value(5) && value(6) >= EXPLORE_SHARE * value(5), 'near ties on both sides');
+    const o = new PlanOutcomes();
+    assert.deepStrictEqual(choosePlanSize(choice, cost, o), { count: 5, explore: false }, 'nothing measured: the prediction');
+    for (let i = 0; i <= PlanOutcomes.MIN_WEIGHT; i++) o.record(5, choice.expectedByCount[4] as number, choice.expectedByCount[4] as number);
+    const next = choosePlanSize(choice, cost, o);
+    assert.ok(next.explore && (next.count === 4 || next.count === 6), `the best measured: a near tie explored (${JSON.stringify(next)})`);
+    // Size 4 gives a fifth more than predicted (the rates were measured under 5-node steps): taken.
+    for (let i = 0; i <= PlanOutcomes.MIN_WEIGHT; i++) o.record(4, choice.expectedByCount[3] as number, 1.2 * (choice.expectedByCount[3] as number));
+    for (let i = 0; i <= PlanOutcomes.MIN_WEIGHT; i++) o.record(6, choice.expectedByCount[5] as number, 0.8 * (choice.expectedByCount[5] as number));
+    assert.deepStrictEqual(choosePlanSize(choice, cost, o), { count: 4, explore: false });
+    // A size far below the best (2 nodes) is not explored.
+    assert.ok(value(2) < EXPLORE_SHARE * value(5));
+    const o2 = new PlanOutcomes();
+    for (let i = 0; i < 2 * PlanOutcomes.MIN_WEIGHT; i++) for (const c of [3, 4, 5, 6, 7, 8]) o2.record(c, 1, 1);
+    assert.deepStrictEqual(choosePlanSize(choice, cost, o2), { count: 5, explore: false });
   });
 
   it('rows cost: per power-of-two bucket, interpolated between, proportional above, flat below', () => {

@@ -24,7 +24,7 @@ import { native } from '../native';
 import { openSafetensors } from '../safetensors';
 import { Tensor, type Device } from '../tensor';
 import { loneRoot, MC_SIM_7B_63, MEDUSA_PRESETS, medusaTree, medusaTreeShape, pruneTree, type MedusaChoices, type MedusaTreeShape } from '../tree';
-import { backedOffProbeInterval, chooseSubtree, PROBE_AFTER_PLAIN_STEPS, RankRates, selectNodes, sizingCost, stepCost, treeProbabilities } from '../tree_sizing';
+import { backedOffProbeInterval, choosePlanSize, chooseSubtree, PlanOutcomes, PROBE_AFTER_PLAIN_STEPS, RankRates, selectNodes, sizingCost, stepCost, treeProbabilities } from '../tree_sizing';
 import {
   codedError,
   type HeadsChainOffer,
@@ -292,7 +292,9 @@ export class MedusaSpeculator implements Speculator {
   private probeAfter = PROBE_AFTER_PLAIN_STEPS;
   private target: CausalLM | undefined;
   /** depth: heads the kept subtree reads (its deepest node's depth). */
-  private planned: { keep: Int32Array; speculate: boolean; batch: number; age: number; depth: number } | undefined;
+  private planned: { keep: Int32Array; speculate: boolean; batch: number; age: number; depth: number; expected: number; seconds: number } | undefined;
+  /** Sized mode: tokens per step plans of each size gave against their prediction (plan()). */
+  readonly outcomes = new PlanOutcomes();
   /** The root and the choice tree's rank-0 chain (a probe's tree). */
   private readonly probeKeep: Int32Array;
 
@@ -431,11 +433,20 @@ export class MedusaSpeculator implements Speculator {
     // The heads' cost is the heads' own until the step overhead is measured: the heads then run in
     // the verification (headsOnAccepted), inside the overhead measured (counted twice otherwise).
     const heads = cost.overheadMeasuredOf(this) ? 0 : this.headsSeconds.value();
-    const keep = chooseSubtree(this.shape.parents, prob, stepCost(cost, batch, undefined, this)).keep;
+    const price = stepCost(cost, batch, undefined, this);
+    const choice = chooseSubtree(this.shape.parents, prob, price);
     const speculate = chooseSubtree(this.shape.parents, prob, stepCost(cost, batch, (n) => (n > 1 ? heads : 0), this)).size > 0;
+    // The size as the outcomes of recent plans correct it (or a near tie explored: PlanOutcomes).
+    let keep = choice.keep;
+    let expected = choice.expectedTokens;
+    if (choice.size > 0) {
+      const { count } = choosePlanSize(choice, price, this.outcomes);
+      if (count !== choice.size + 1) keep = Int32Array.from(choice.order.subarray(0, count)).sort();
+      expected = choice.expectedByCount[count - 1] as number;
+    }
     let depth = 1;
     for (const i of keep) depth = Math.max(depth, (this.shape.head[i] as number) + 1);
-    this.planned = { keep, speculate, batch, age: 1, depth };
+    this.planned = { keep, speculate, batch, age: 1, depth, expected, seconds: price(keep.length) };
     if (speculate) this.probeAfter = PROBE_AFTER_PLAIN_STEPS;
     return this.planned;
   }
@@ -550,6 +561,7 @@ export class MedusaSpeculator implements Speculator {
       const cost = sizingCost(this.sizedFor(ctx), this.target, ctx);
       const B = seqs.length;
       const D = r.depth;
+      const plan = cost && this.planned?.speculate ? this.planned : undefined;
       for (let b = 0; b < B; b++) {
         const s = seqs[b] as SpecSequence;
         let run = this.run(s);
@@ -559,6 +571,11 @@ export class MedusaSpeculator implements Speculator {
               const rank = r.ranks[(i * B + b) * D + d] as number;
               if (rank !== -2) this.rates.record(d, rank);
             }
+          }
+          // The plan's outcome (a step whose tree a budget or the heads known cut is not its plan's).
+          if (plan && r.nodes[i * B + b] === plan.keep.length) {
+            const seconds = { predicted: plan.seconds, realized: (r.stepSeconds[i] as number) / B };
+            this.outcomes.record(plan.keep.length, plan.expected, (r.accepted[i * B + b] as number) + 1, seconds);
           }
           const tree = (r.nodes[i * B + b] as number) > 1;
           // A probe the plan still ignores: the next one comes twice as late (as update() does).
@@ -684,7 +701,10 @@ export class MedusaSpeculator implements Speculator {
       }
       const c = this.cands.get(s.key);
       if (c) this.record(c, report.emitted[b] as Int32Array);
-      const tree = c !== undefined && (report.proposals[b] as { tokens: Int32Array }).tokens.length > 1;
+      const nodes = (report.proposals[b] as { tokens: Int32Array }).tokens.length;
+      const tree = c !== undefined && nodes > 1;
+      const plan = this.planned;
+      if (tree && plan?.speculate && nodes === plan.keep.length) this.outcomes.record(nodes, plan.expected, (report.emitted[b] as Int32Array).length);
       // A probe the plan still ignores: the next one comes twice as late.
       if (tree && this.planned && !this.planned.speculate) this.probeAfter = backedOffProbeInterval(this.probeAfter);
       this.plainRun.set(s.key, tree ? 0 : this.run(s) + 1);

@@ -39,6 +39,11 @@ export function chainLength(model: CausalLM, batch: number): number {
  * unchanged where chains are one step.
  */
 export function wholeChains(model: CausalLM | undefined, batch: number, steps: number): number {
-  const len = model ? chainLength(model, batch) : 1;
+  // The chain's length as the cost model sees it (chainLength's own source, the last chain's time,
+  // moves with every chain): a choice then depends on the curve alone, and a pinned curve gives the
+  // same choices whether the steps chain or not.
+  const cost = model ? knownForwardCost(model) : undefined;
+  const step = cost ? (cost.chainStep(batch) ?? cost.predict(batch)) : undefined;
+  const len = step === undefined ? 1 : Math.max(1, Math.min(CHAIN_MAX_STEPS, Math.floor(CHAIN_SECONDS / Math.max(step, 1e-9))));
   return len <= 1 || !(steps >= 0) ? steps : Math.ceil((steps + 1) / len) * len - 1;
 }

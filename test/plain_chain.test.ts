@@ -305,10 +305,10 @@ describe('plain steps as native chains', function () {
   });
   it('re-check intervals after a plain choice end where a chain ends (wholeChains)', () => {
     const model = {} as CausalLM;
-    assert.strictEqual(wholeChains(model, 1, 56), 56, 'no chain timed yet: one step a chain');
-    observeChainStep(model, 1, 1e-4);  // 2 ms chains: CHAIN_MAX_STEPS (16) steps
+    assert.strictEqual(wholeChains(model, 1, 56), 56, 'no cost model: one step a chain');
+    setForwardCost(model, ForwardCost.fromFunction(() => 1e-4));  // 2 ms chains: CHAIN_MAX_STEPS (16) steps
     assert.deepStrictEqual([0, 7, 15, 16, 56].map((n) => wholeChains(model, 1, n)), [15, 15, 15, 31, 63]);
-    observeChainStep(model, 2, 1e-3);  // 2 steps a chain
+    observeChainStep(model, 2, 1e-3);  // chains of two sequences timed: 2 steps a chain
     assert.deepStrictEqual([7, 56].map((n) => wholeChains(model, 2, n)), [7, 57]);
     observeChainStep(model, 1, 3e-3);  // a step longer than a chain's time: one step a chain
     assert.strictEqual(wholeChains(model, 1, 56), 56);

@@ -295,7 +295,8 @@ describe('plain steps as native chains', function () {
       assert.deepStrictEqual(Array.from(got!.tokens), Array.from(ref.tokens[0]!));
       // The prefill, then the chain (until 2026-12-06 a lone root's forward of its own came first).
       assert.deepStrictEqual(log.slice(0, 2), [`forward ${prompt.length}`, 'chain'], log.join(' | '));
-      assert.ok(log.length <= 10, `${log.length} calls: ${log.join(' | ')}`);
+      // (60 tokens in chains of up to 16 steps, a probe and the step before it: ~8 calls.)
+      assert.ok(log.length <= 14, `${log.length} calls: ${log.join(' | ')}`);
     } finally {
       dec.dispose();
       delete (target as { forward?: unknown }).forward;

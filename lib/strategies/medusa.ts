@@ -573,8 +573,10 @@ export class MedusaSpeculator implements Speculator {
             }
           }
           // The plan's outcome (a step whose tree a budget or the heads known cut is not its plan's).
+          // (Timed against a measured curve only: a pinned one is a statement of the costs, and the
+          // steps one at a time, untimed, then choose as the chains do.)
           if (plan && r.nodes[i * B + b] === plan.keep.length) {
-            const seconds = { predicted: plan.seconds, realized: (r.stepSeconds[i] as number) / B };
+            const seconds = cost?.frozen ? undefined : { predicted: plan.seconds, realized: (r.stepSeconds[i] as number) / B };
             this.outcomes.record(plan.keep.length, plan.expected, (r.accepted[i * B + b] as number) + 1, seconds);
           }
           const tree = (r.nodes[i * B + b] as number) > 1;

@@ -323,36 +323,42 @@ interface Outcome {
 
 /**
  * A plan's size from a subtree choice and what plans of each size gave (PlanOutcomes): the size with
- * the most corrected expected tokens per second (sizes >= 2), or -- exploring, once that one has
- * outcomes -- the best size without recent outcomes whose predicted value is within EXPLORE_SHARE
- * of it: a near tie under rates measured with another plan is not decided by them. For a choice
- * that speculates (size >= 1). Returns the node count.
+ * the most corrected expected tokens per second (sizes >= 2). A size without recent outcomes borrows
+ * the correction of the nearest size that has some (what misled the prediction -- a cost curve priced
+ * by other steps, rates measured under another plan -- misleads it for the sizes beside it too; with
+ * its own prediction alone, a size out of use looked worse than the corrected one in use and was
+ * never tried again). Once the best size has outcomes of its own, the best size without any whose
+ * value is within EXPLORE_SHARE of it is tried (a near tie is not decided by borrowed numbers). For
+ * a choice that speculates (size >= 1). Returns the node count.
  */
 export function choosePlanSize(choice: SubtreeChoice, cost: (nodes: number) => number, outcomes: PlanOutcomes): { count: number; explore: boolean } {
   const exp = choice.expectedByCount;
   // Sizes up to twice the predicted best's (a correction past that is not credible) and their values.
   const last = Math.min(exp.length, 2 * (choice.size + 1) + 1);
-  const predicted = new Float64Array(last + 1);
-  const corr = new Array<number | undefined>(last + 1);
+  const own = new Array<number | undefined>(last + 1);
+  let measured = false;
+  for (let c = 2; c <= last; c++) measured = (own[c] = outcomes.correction(c)) !== undefined || measured;
+  const value = new Float64Array(last + 1);
   let best = choice.size + 1;
   let bestValue = -Infinity;
   for (let c = 2; c <= last; c++) {
-    predicted[c] = (exp[c - 1] as number) / cost(c);
-    corr[c] = outcomes.correction(c);
-    const v = (predicted[c] as number) * (corr[c] ?? 1);
-    if (v > bestValue) {
-      bestValue = v;
+    let corr = own[c];
+    // The nearest measured size's (the smaller one on a tie).
+    for (let d = 1; corr === undefined && measured && (c - d >= 2 || c + d <= last); d++) corr = (c - d >= 2 ? own[c - d] : undefined) ?? (c + d <= last ? own[c + d] : undefined);
+    value[c] = ((exp[c - 1] as number) / cost(c)) * (corr ?? 1);
+    if ((value[c] as number) > bestValue) {
+      bestValue = value[c] as number;
       best = c;
     }
   }
   // (The best size itself unmeasured: it is the one to measure first.)
-  if (!(bestValue > 0) || corr[best] === undefined) return { count: best, explore: false };
+  if (!(bestValue > 0) || own[best] === undefined) return { count: best, explore: own[best] === undefined && measured };
   let explore = 0;
   let exploreValue = EXPLORE_SHARE * bestValue;
   for (let c = 2; c <= last; c++) {
-    if (c === best || corr[c] !== undefined) continue;
-    if ((predicted[c] as number) >= exploreValue) {
-      exploreValue = predicted[c] as number;
+    if (c === best || own[c] !== undefined) continue;
+    if ((value[c] as number) >= exploreValue) {
+      exploreValue = value[c] as number;
       explore = c;
     }
   }

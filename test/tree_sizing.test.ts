@@ -502,7 +502,16 @@ describe('tree sizing: the choice', () => {
     // Size 4 gives a fifth more than predicted (the rates were measured under 5-node steps): taken.
     for (let i = 0; i <= PlanOutcomes.MIN_WEIGHT; i++) o.record(4, choice.expectedByCount[3] as number, 1.2 * (choice.expectedByCount[3] as number));
     for (let i = 0; i <= PlanOutcomes.MIN_WEIGHT; i++) o.record(6, choice.expectedByCount[5] as number, 0.8 * (choice.expectedByCount[5] as number));
+    // 3 nodes, unmeasured, borrow the 1.2 of 4: a near tie of the corrected best, tried once.
+    assert.deepStrictEqual(choosePlanSize(choice, cost, o), { count: 3, explore: true });
+    for (let i = 0; i <= PlanOutcomes.MIN_WEIGHT; i++) o.record(3, choice.expectedByCount[2] as number, choice.expectedByCount[2] as number);
     assert.deepStrictEqual(choosePlanSize(choice, cost, o), { count: 4, explore: false });
+    // A measured size's correction stands for its unmeasured neighbours: 6 nodes measured at 1.3x
+    // their prediction (a curve priced by other steps), 5 -- the best by prediction -- is tried next,
+    // not left behind the corrected 6.
+    const o3 = new PlanOutcomes();
+    for (let i = 0; i <= PlanOutcomes.MIN_WEIGHT; i++) o3.record(6, 1, 1.3);
+    assert.deepStrictEqual(choosePlanSize(choice, cost, o3), { count: 5, explore: true });
     // A size far below the best (2 nodes) is not explored.
     assert.ok(value(2) < EXPLORE_SHARE * value(5));
     const o2 = new PlanOutcomes();

@@ -27,7 +27,11 @@ export function observeChainStep(model: CausalLM, batch: number, seconds: number
 /** Steps of a plain chain for this batch size: CHAIN_SECONDS' worth (1 before anything is known). */
 export function chainLength(model: CausalLM, batch: number): number {
   const step = chainStepSeconds.get(model)?.get(batch) ?? knownForwardCost(model)?.predict(batch);
-  if (step === undefined) return 1;
+  return step === undefined ? 1 : stepsPerChain(step);
+}
+
+/** Steps of `step` seconds a chain holds: CHAIN_SECONDS' worth, 1 to CHAIN_MAX_STEPS. */
+function stepsPerChain(step: number): number {
   return Math.max(1, Math.min(CHAIN_MAX_STEPS, Math.floor(CHAIN_SECONDS / Math.max(step, 1e-9))));
 }
 
@@ -44,6 +48,6 @@ export function wholeChains(model: CausalLM | undefined, batch: number, steps: n
   // same choices whether the steps chain or not.
   const cost = model ? knownForwardCost(model) : undefined;
   const step = cost ? (cost.chainStep(batch) ?? cost.predict(batch)) : undefined;
-  const len = step === undefined ? 1 : Math.max(1, Math.min(CHAIN_MAX_STEPS, Math.floor(CHAIN_SECONDS / Math.max(step, 1e-9))));
+  const len = step === undefined ? 1 : stepsPerChain(step);
   return len <= 1 || !(steps >= 0) ? steps : Math.ceil((steps + 1) / len) * len - 1;
 }

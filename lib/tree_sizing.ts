@@ -45,6 +45,18 @@ export class RankRates {
     return (h + this.weight * this.prior(depth, rank)) / (n + this.weight);
   }
 
+  /**
+   * An optimistic rate: the estimate plus one standard error of a rate seen over this depth's trials
+   * and the prior's weight, at most 1. A choice made on it explores while the evidence is thin and
+   * comes to the estimate as trials accumulate (one miss early on no longer locks a speculator into
+   * plain decoding, where it would learn nothing until a probe).
+   */
+  upper(depth: number, rank = 0): number {
+    const p = this.rate(depth, rank);
+    const n = (this.trials[depth] ?? 0) + this.weight;
+    return Math.min(1, p + Math.sqrt(Math.max(0, p * (1 - p)) / n));
+  }
+
   /** Trials recorded at each depth (statistics). */
   trialCounts(): number[] {
     return this.trials.slice();

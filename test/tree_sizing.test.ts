@@ -446,6 +446,49 @@ describe('tree sizing: the choice', () => {
     assert.strictEqual(r.rate(3, 0), 0.5, 'no trials at that depth yet');
   });
 
+  it('rank rates, optimistic: one standard error above the rate, at most 1, closing in on it as trials accumulate', () => {
+    const r = new RankRates(() => 0.5, 2);
+    const se = (p: number, n: number): number => Math.sqrt((p * (1 - p)) / n);
+    assert.ok(Math.abs(r.upper(0) - (0.5 + se(0.5, 2))) < 1e-12, 'the prior alone: its weight is all the evidence');
+    const gaps: number[] = [];
+    for (let i = 1; i <= 400; i++) {
+      r.record(0, i % 4 === 0 ? -1 : 0);
+      if (i === 4 || i === 40 || i === 400) gaps.push(r.upper(0) - r.rate(0));
+    }
+    assert.ok(Math.abs(gaps[2]! - se(r.rate(0), 402)) < 1e-12, `${gaps}`);
+    assert.ok(gaps[0]! > gaps[1]! && gaps[1]! > gaps[2]! && gaps[2]! < 0.025, `the bonus shrinks with the trials: ${gaps}`);
+    assert.strictEqual(new RankRates(() => 1, 2).upper(0), 1, 'never above 1');
+    assert.strictEqual(new RankRates(() => 0, 2).upper(0), 0, 'a rate of 0 has no spread');
+  });
+
+  it('draft model (sized): a miss early on is weighed optimistically, so one unlucky first step does not mean plain decoding until a probe', () => {
+    const sp = new DraftModelSpeculator({ draft: new ToyLM({ vocabSize: V, seed: testSeed }) });
+    const weighK = (sp as unknown as { weighK: (cost: ForwardCost, draft: ChainCost, batch: number) => number }).weighK.bind(sp);
+    // Each verified token beyond the first costs 0.8 of a forward, a drafted one 0.05.
+    const curve = ForwardCost.fromFunction((n) => 1 + 0.8 * (n - 1), { frozen: true });
+    const draft = new ChainCost(0.05);
+    const onRates = (): number => chooseChainLength((i) => sp.rates.rate(i), 8, stepCost(curve, 1, (n) => draft.cost(n - 1), sp)).size;
+    // The first step: its first draft accepted, its second not (the embedded family's first step on
+    // "once upon a time" in some runs, after which the CLI decoded 32 steps plainly).
+    sp.rates.record(0, 0);
+    sp.rates.record(1, -1);
+    assert.strictEqual(onRates(), 0, 'on the estimates alone the choice is plain (and plain steps record nothing)');
+    assert.ok(weighK(curve, draft, 1) >= 1, 'weighed optimistically it drafts, and learns');
+    // Evidence accumulates: the choice follows the estimates. Depth 1 always misses: one draft a step.
+    for (let i = 0; i < 400; i++) {
+      sp.rates.record(0, 0);
+      sp.rates.record(1, -1);
+    }
+    assert.strictEqual(weighK(curve, draft, 1), onRates());
+    assert.strictEqual(onRates(), 1);
+    // A draft that always misses: plain, whichever way it is weighed.
+    const bad = new DraftModelSpeculator({ draft: new ToyLM({ vocabSize: V, seed: testSeed }) });
+    for (let i = 0; i < 100; i++) bad.rates.record(0, -1);
+    assert.strictEqual((bad as unknown as { weighK: (cost: ForwardCost, draft: ChainCost, batch: number) => number }).weighK(curve, draft, 1), 0);
+    // Nothing pays on a linear curve, however good the draft looks.
+    assert.strictEqual(weighK(linear(), draft, 1), 0);
+  });
+
   it('confidence calibration: the raw confidence first, then what was accepted, per bin and sibling rank', () => {
     const c = new ConfidenceCalibration(4);
     assert.strictEqual(c.estimate(0.35, 0), 0.35);

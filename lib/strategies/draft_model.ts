@@ -206,7 +206,7 @@ export class DraftModelSpeculator implements Speculator {
 
   /** 'cost' mode: the draft length that maximises expected tokens per second now (0: plain). */
   private weighK(cost: ForwardCost, draft: ChainCost, batch: number): number {
-    return chooseChainLength((i) => this.rates.rate(i), this.maxK, stepCost(cost, batch, (nodes) => draft.cost(nodes - 1), this)).size;
+    return chooseChainLength((i) => this.rates.upper(i), this.maxK, stepCost(cost, batch, (nodes) => draft.cost(nodes - 1), this)).size;
   }
 
   /**

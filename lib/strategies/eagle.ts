@@ -877,7 +877,7 @@ export class EagleSpeculator implements Speculator {
     // A tree of depth k (k + 1 nodes at least): the catch-up call (whose last rows give the root's
     // children), then k - 1 expansion calls of `width` rows per sequence.
     const draft = (w: number) => (n: number): number => (n > 1 ? call(batch) + (n - 2) * call(batch * w) : 0);
-    const k = chooseChainLength((i) => this.rates.rate(i), this.depth + 1, stepCost(cost, batch, draft(1), this)).size;
+    const k = chooseChainLength((i) => this.rates.upper(i), this.depth + 1, stepCost(cost, batch, draft(1), this)).size;
     if (k < 1) return { levels: -1, width: 1 };
     // Wider expansions only where they are nearly free: the step with every node of a w-wide
     // expansion verified (the most the subtree choice can keep) costs at most a tenth more than the

@@ -24,9 +24,16 @@ export function observeChainStep(model: CausalLM, batch: number, seconds: number
   knownForwardCost(model)?.observeChainStep(batch, seconds);
 }
 
-/** Steps of a plain chain for this batch size: CHAIN_SECONDS' worth (1 before anything is known). */
+/**
+ * Steps of a plain chain for this batch size: CHAIN_SECONDS' worth (1 before anything is known). The
+ * cost model's chained step comes first, as in wholeChains, so that a speculator's re-check after a
+ * plain choice falls where a chain ends; the last chain's time where the curve has none (a pinned
+ * curve). (From the last chain's time alone, the chains of a batch of 8 on the embedded family ran
+ * 12-16 steps while the re-checks counted in the curve's, and cut chains of 1-5 steps between them.)
+ */
 export function chainLength(model: CausalLM, batch: number): number {
-  const step = chainStepSeconds.get(model)?.get(batch) ?? knownForwardCost(model)?.predict(batch);
+  const cost = knownForwardCost(model);
+  const step = cost?.chainStep(batch) ?? chainStepSeconds.get(model)?.get(batch) ?? cost?.predict(batch);
   return step === undefined ? 1 : stepsPerChain(step);
 }
 

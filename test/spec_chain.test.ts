@@ -14,6 +14,7 @@ import { LlamaModel } from '../lib/models/llama';
 import { plainGenerate } from '../lib/plain';
 import { DraftModelSpeculator } from '../lib/strategies/draft_model';
 import { MedusaHeads, MedusaSpeculator } from '../lib/strategies/medusa';
+import type { Speculator } from '../lib/strategies/speculator';
 import { TextTokenizer } from '../lib/tokenizer';
 import { describeCuda, rng, testSeed } from './helpers';
 
@@ -451,4 +452,63 @@ describeCuda('greedy speculation as native chains on CUDA', function () {
       target.dispose();
     }
   });
+
+  it('sampled: draft chains give the step-by-step engine\'s tokens, Medusa chains (chain_4 and sized) CUDA plain sampling\'s, seed for seed', async () => {
+    // The CUDA side of the sampled chains (sampled_chain on the device, walk_onehot and the exact
+    // rejection in the verify kernels, the counters moved by the tokens emitted) as the CPU tests
+    // above check them: the same draws in the chain and in the engine's steps.
+    await sampledChains('cuda');
+  });
 });
+
+/**
+ * Sampled native chains on `device`: draft chains give the step-by-step engine's tokens, Medusa
+ * chains plain sampling's (the CUDA test above; the CPU's are checked by the tests of the first block).
+ */
+async function sampledChains(device: 'cpu' | 'cuda'): Promise<void> {
+  const paths = defaultModelPaths();
+  const target = await LlamaModel.load(paths.target, { device, maxSequences: 8 });
+  const draft = await LlamaModel.load(paths.draft, { device, maxSequences: 8 });
+  const heads = MedusaHeads.load(paths.medusa, { device });
+  const medusa = countMedusaChains(target);
+  const spec = { calls: 0 };
+  const orig = target.speculativeChain.bind(target);
+  (target as { speculativeChain: LlamaModel['speculativeChain'] }).speculativeChain = (...a) => {
+    spec.calls++;
+    return orig(...a);
+  };
+  try {
+    const tok = TextTokenizer.load(paths.target)!;
+    const prompts = [tok.encode('once upon a time'), tok.encode('the little dog')];
+    const hidden = withoutSpecChains(target);
+    const sampling = { temperature: 0.8, seed: 5 };
+    const plain = await plainGenerate(target, prompts, { maxNewTokens: 40, ...sampling });
+    const run = async (model: CausalLM, make: () => Speculator): Promise<number[][]> => {
+      const s = make();
+      const out = await new SpeculativeDecoder({ target: model, speculator: s, sampling }).generateBatch(prompts, { maxNewTokens: 40 });
+      s.dispose();
+      return out.map((x) => Array.from(x.tokens));
+    };
+    const draftSpec = (): Speculator => new DraftModelSpeculator({ draft, k: 4 });
+    const steps = await run(hidden, draftSpec);
+    assert.strictEqual(spec.calls, 0);
+    assert.deepStrictEqual(await run(target, draftSpec), steps, 'draft model: the chains give the steps\' tokens');
+    assert.ok(spec.calls > 0, 'native draft chains ran');
+    // The fixed tree always chains; the sized one may choose plain steps on some device.
+    for (const [name, make, fixed] of [
+      ['chain_4', (): Speculator => new MedusaSpeculator({ heads, choices: 'chain_4' }), true],
+      ['sized', (): Speculator => new MedusaSpeculator({ heads }), false],
+    ] as const) {
+      medusa.calls = 0;
+      const got = await run(target, make);
+      if (fixed) assert.ok(medusa.calls > 0, 'native Medusa chains ran');
+      got.forEach((g, i) => assert.deepStrictEqual(g, Array.from(plain.tokens[i]!), `Medusa ${name}, sequence ${i}: plain sampling's tokens`));
+    }
+  } finally {
+    delete (target as { medusaChain?: unknown }).medusaChain;
+    delete (target as { speculativeChain?: unknown }).speculativeChain;
+    heads.dispose();
+    draft.dispose();
+    target.dispose();
+  }
+}

@@ -489,6 +489,32 @@ describe('tree sizing: the choice', () => {
     assert.strictEqual(weighK(linear(), draft, 1), 0);
   });
 
+  it("Medusa (sized): its tree's node probabilities lean optimistic while a head's evidence is thin, and come to the estimates", () => {
+    const heads = MedusaHeads.load(writeMedusaHeads({ numHeads: 4, numLayers: 1, hiddenSize: 16, vocabSize: V, seed: testSeed }), { device: 'cpu' });
+    try {
+      const sp = new MedusaSpeculator({ heads });
+      const self = sp as unknown as { nodeProbabilities(): Float64Array; shape: { parents: Int32Array; head: Int32Array; rank: Int32Array } };
+      const onEstimates = (): Float64Array => treeProbabilities(self.shape.parents, (i) => sp.rates.rate(self.shape.head[i]!, self.shape.rank[i]!));
+      // One step's outcome: head 0's top guess accepted, head 1's missed (its rank-0 rate falls to 1/6).
+      sp.rates.record(0, 0);
+      sp.rates.record(1, -1);
+      const thin = self.nodeProbabilities();
+      const est = onEstimates();
+      assert.ok(thin.every((p, i) => p >= est[i]!) && thin.some((p, i) => p > 1.5 * est[i]!), 'above the estimates, well above somewhere');
+      for (let i = 0; i < 400; i++) {
+        sp.rates.record(0, 0);
+        sp.rates.record(1, i % 2 === 0 ? 0 : -1);
+      }
+      const thick = self.nodeProbabilities();
+      const est2 = onEstimates();
+      // Depths 0 and 1 have 401 trials each: their nodes' probabilities within a few hundredths.
+      for (let i = 1; i < thick.length; i++) if (self.shape.head[i]! <= 1) assert.ok(Math.abs(thick[i]! - est2[i]!) < 0.03, `node ${i}: ${thick[i]} vs ${est2[i]}`);
+      sp.dispose();
+    } finally {
+      heads.dispose();
+    }
+  });
+
   it('confidence calibration: the raw confidence first, then what was accepted, per bin and sibling rank', () => {
     const c = new ConfidenceCalibration(4);
     assert.strictEqual(c.estimate(0.35, 0), 0.35);

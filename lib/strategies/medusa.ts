@@ -414,7 +414,7 @@ export class MedusaSpeculator implements Speculator {
 
   /** Node probabilities of the choice tree under the current rates. */
   private nodeProbabilities(): Float64Array {
-    return treeProbabilities(this.shape.parents, (i) => this.rates.rate(this.shape.head[i] as number, this.shape.rank[i] as number));
+    return treeProbabilities(this.shape.parents, (i) => this.rates.upper(this.shape.head[i] as number, this.shape.rank[i] as number));
   }
 
   /** The nodes of the choice tree to propose this step (sized mode; the heads already ran). */

@@ -204,7 +204,7 @@ export class DraftModelSpeculator implements Speculator {
     }
   }
 
-  /** 'cost' mode: the draft length that maximises expected tokens per second now (0: plain). */
+  /** 'cost' mode: the draft length that maximises expected tokens per second now (0: plain), on the optimistic rates (RankRates.upper). */
   private weighK(cost: ForwardCost, draft: ChainCost, batch: number): number {
     return chooseChainLength((i) => this.rates.upper(i), this.maxK, stepCost(cost, batch, (nodes) => draft.cost(nodes - 1), this)).size;
   }

@@ -412,7 +412,7 @@ export class MedusaSpeculator implements Speculator {
     }
   }
 
-  /** Node probabilities of the choice tree under the current rates. */
+  /** Node probabilities of the choice tree under the current rates, weighed optimistically (RankRates.upper). */
   private nodeProbabilities(): Float64Array {
     return treeProbabilities(this.shape.parents, (i) => this.rates.upper(this.shape.head[i] as number, this.shape.rank[i] as number));
   }

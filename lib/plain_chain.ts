@@ -50,9 +50,9 @@ function stepsPerChain(step: number): number {
  * unchanged where chains are one step.
  */
 export function wholeChains(model: CausalLM | undefined, batch: number, steps: number): number {
-  // The chain's length as the cost model sees it (chainLength's own source, the last chain's time,
-  // moves with every chain): a choice then depends on the curve alone, and a pinned curve gives the
-  // same choices whether the steps chain or not.
+  // The chain's length as the cost model sees it, as chainLength reads it first (never the last
+  // chain's time, chainLength's fallback under a pinned curve): a choice then depends on the curve
+  // alone, and a pinned curve gives the same choices whether the steps chain or not.
   const cost = model ? knownForwardCost(model) : undefined;
   const step = cost ? (cost.chainStep(batch) ?? cost.predict(batch)) : undefined;
   const len = step === undefined ? 1 : stepsPerChain(step);

@@ -57,6 +57,10 @@ export class KvCache {
     });
   }
 
+  /** The native cache, for native code that drives it directly (the EAGLE head's eagleExpand). */
+  get nativeCache(): SpecdecNative.KvCacheNative {
+    return this.cache;
+  }
   /** A new empty sequence; returns its id. */
   addSequence(): number {
     return this.cache.addSequence();

@@ -464,6 +464,109 @@ describe('EAGLE heads', function () {
     }
   });
 
+  it('the native expansion (eagleExpand) proposes the trees of the op-by-op levels, in fewer calls and reads (both versions, wide trees and chains, greedy and sampled)', async function () {
+    if (!native().eagleExpand) this.skip();
+    const deep = { ...spec, layers: 8 };
+    const target = await LlamaModel.load(writeTarget(deep, seed + 5), { device: 'cpu', maxSequences: 4 });
+    const heads = [EagleHead.load(writeEagleHead(headSpec), { device: 'cpu' }), EagleHead.load(writeEagle3Head(head3), { device: 'cpu' })];
+    try {
+      const r = rng(seed + 10);
+      const prompts = [5, 1, 9].map((n) => Int32Array.from({ length: n }, () => 3 + Math.floor(r() * (spec.vocab - 3))));
+      // Fixed trees only: a sized tree depends on the measured level costs, which the two paths differ in.
+      const cases = [{ topK: 4, depth: 3, totalTokens: 12 }, { topK: 1, depth: 5, totalTokens: 5 }, { topK: 8, depth: 5, totalTokens: 40 }] as const;
+      for (const [h, head] of heads.entries()) {
+        for (const opts of cases) {
+          for (const sampling of [undefined, { temperature: 0.8 }]) {
+            // One after the other: the counters are the process's.
+            const run = async (nativeExpansion: boolean) => {
+              const speculator = new EagleSpeculator({ head, ...opts });
+              speculator.nativeExpansion = nativeExpansion;
+              const trees: string[] = [];
+              const propose = speculator.propose.bind(speculator);
+              speculator.propose = (seqs, ctx) => {
+                const batch = propose(seqs, ctx);
+                for (const p of batch.proposals) trees.push(`${Array.from(p.tokens).join(',')}|${Array.from(p.parents).join(',')}`);
+                return batch;
+              };
+              try {
+                const before = transferCounters();
+                const out = await new SpeculativeDecoder({ target, speculator }).generateBatch(prompts, { maxNewTokens: 16, ...(sampling ? { sampling, seed: 7 } : {}) });
+                const after = transferCounters();
+                return { trees, tokens: out.map((o) => Array.from(o.tokens)), napi: after.napiCalls - before.napiCalls, waits: after.blockingWaits - before.blockingWaits, drafted: out.reduce((a, o) => a + o.stats.proposedDraftTokens, 0) };
+              } finally {
+                speculator.dispose();
+              }
+            };
+            const nat = await run(true);
+            const js = await run(false);
+            const what = `EAGLE-${h === 0 ? 1 : 3} ${JSON.stringify(opts)} ${sampling ? 'sampled' : 'greedy'}`;
+            assert.ok(nat.drafted > 0, `${what}: nothing drafted`);
+            assert.deepStrictEqual(nat.trees, js.trees, `${what}: trees`);
+            assert.deepStrictEqual(nat.tokens, js.tokens, `${what}: tokens`);
+            // A level is one call and one read natively (the loop: a dozen calls and two reads).
+            assert.ok(nat.napi < 0.5 * js.napi, `${what}: ${nat.napi} N-API calls natively, ${js.napi} op by op`);
+            assert.ok(nat.waits < js.waits, `${what}: ${nat.waits} waits natively, ${js.waits} op by op`);
+          }
+        }
+      }
+    } finally {
+      for (const h of heads) h.dispose();
+      target.dispose();
+    }
+  });
+
+  it('the native expansion: its forks are freed after success and after a full cache; bad arguments name the problem', function () {
+    if (!native().eagleExpand) this.skip();
+    const r = rng(seed + 11);
+    const H = spec.hidden;
+    const head = EagleHead.load(writeEagleHead(headSpec), { device: 'cpu' });
+    const rand = (rows: number, cols: number) => Tensor.fromArray(Float32Array.from({ length: rows * cols }, () => 2 * r() - 1), 'f32', [rows, cols]);
+    const embed = rand(spec.vocab, H);
+    const lmHead = rand(spec.vocab, H);
+    const hRoot = rand(2, H);
+    const make = (numPages: number) => new KvCache({ numLayers: headSpec.layers!, numKvHeads: 2, headDim: H / 4, pageSize: 4, numPages, dtype: 'f32' });
+    const seqsOf = (cache: KvCache) => {
+      const a = cache.addSequence(), b = cache.addSequence();
+      return { draftSeqs: Int32Array.of(a, b), positions: Int32Array.of(3, 7), maxLevels: Int32Array.of(3, 1) };
+    };
+    const caches: KvCache[] = [];
+    try {
+      const roomy = make(64);
+      caches.push(roomy);
+      const seqs = seqsOf(roomy);
+      const free = roomy.freePages;
+      const x = head.expand(embed, lmHead, roomy, hRoot, seqs, 3, 2, 4)!;
+      assert.strictEqual(roomy.freePages, free, 'the forks are freed');
+      // Sequence 0 expands 3 levels of 2 rows (4 children each), sequence 1 one level (its maxLevels).
+      assert.deepStrictEqual(Array.from(x.levelRows), [4, 2, 2]);
+      assert.deepStrictEqual(x.pools.map((p) => p.tokens.length), [4 + 3 * 2 * 4, 4 + 2 * 4]);
+      for (const p of x.pools) {
+        for (let i = 0; i < p.tokens.length; i++) {
+          const parent = p.parents[i]!;
+          assert.ok(parent < i && p.levels[i] === (parent < 0 ? 1 : p.levels[parent]! + 1), `node ${i}: parent ${parent}`);
+          assert.ok(p.logProbs[i]! <= (parent < 0 ? 0 : p.logProbs[parent]!) + 1e-12 && p.tokens[i]! >= 0 && p.tokens[i]! < spec.vocab);
+        }
+      }
+      // Out of pages at the first level's forks: E_KV_FULL, and every page back.
+      const tight = make(3);
+      caches.push(tight);
+      const seqs2 = seqsOf(tight);
+      const free2 = tight.freePages;
+      assertThrowsCode(() => head.expand(embed, lmHead, tight, hRoot, seqs2, 3, 4, 4), 'E_KV_FULL');
+      assert.strictEqual(tight.freePages, free2, 'the forks of a failed expansion are freed');
+      assertThrowsCode(() => head.expand(embed, lmHead, roomy, rand(3, H), seqs, 3, 2, 4), 'E_ARG');
+      assertThrowsCode(() => head.expand(embed, lmHead, roomy, hRoot, { ...seqs, positions: Int32Array.of(1) }, 3, 2, 4), 'E_ARG');
+      assertThrowsCode(() => head.expand(embed, lmHead, roomy, hRoot, { ...seqs, draftSeqs: Int32Array.of(0, 99) }, 3, 2, 4), 'E_ARG');
+      assertThrowsCode(() => head.expand(embed, lmHead, roomy, hRoot, seqs, 3, 0, 4), 'E_ARG');
+      roomy.dispose();
+      assertThrowsCode(() => head.expand(embed, lmHead, roomy, hRoot, seqs, 3, 2, 4), 'E_DISPOSED');
+    } finally {
+      for (const c of caches) c.dispose();
+      for (const t of [embed, lmHead, hRoot]) t.dispose();
+      head.dispose();
+    }
+  });
+
   it('EAGLE-3: greedy output equals plain decoding (8-layer target; sized, fixed, narrow trees; layers from the config)', async () => {
     const deep = { ...spec, layers: 8 };
     const target = await LlamaModel.load(writeTarget(deep, seed + 4), { device: 'cpu', maxSequences: 3 });

@@ -70,6 +70,21 @@ declare namespace SpecdecNative {
       up: Tensor;
       down: Tensor;
     }[];
+    /** EAGLE-3: the final norm, the LM head over the draft vocabulary and d2t, for eagleExpand. */
+    norm?: Tensor;
+    lmHead?: Tensor;
+    draftToTarget?: Int32Array;
+  }
+
+  /** eagleExpand's result: the nodes of each sequence's tree, in the order they were made. */
+  interface NativeEagleExpansion {
+    /** Seconds of the root's children (logits, top-k, their read). */
+    firstSeconds: number;
+    /** Per level expanded: rows computed, and seconds (forks to the children's read). */
+    levelRows: Int32Array;
+    levelSeconds: Float64Array;
+    /** Per sequence: each node's token, parent (pool index; -1: the root), level, path log probability. */
+    pools: { tokens: Int32Array; parents: Int32Array; levels: Int32Array; logProbs: Float64Array }[];
   }
 
   /** Opaque: an EAGLE head's weights held natively (eagleWeights). */
@@ -82,6 +97,12 @@ declare namespace SpecdecNative {
     eagleWeightsRelease?(weights: NativeEagleWeights): void;
     /** The EAGLE draft layers in one call: h f32 [N, H] (cpp/model/eagle.h). */
     eagleForward?(weights: NativeEagleWeights, embed: Tensor, kvLayers: Tensor[], batch: unknown, ids: Int32Array, positions: Int32Array, features: Tensor[], fromTarget: boolean): Tensor;
+    /**
+     * EAGLE-2's tree expansion in one call (cpp/model/eagle.h, eagle_expand): the root's children
+     * from hRoot [B, H], then `levels` expansions of the `width` best newest nodes of each sequence over
+     * forks of draftSeqs[b] (freed at the end). lmHead: the target's (EAGLE-1/2), else null.
+     */
+    eagleExpand?(weights: NativeEagleWeights, embed: Tensor, lmHead: Tensor | null, cache: KvCacheNative, hRoot: Tensor, draftSeqs: Int32Array, positions: Int32Array, maxLevels: Int32Array, levels: number, width: number, topK: number): NativeEagleExpansion;
     /** Fused Medusa heads: ResBlocks + LM head + top-k per head; ids [heads * R * k] (cpp/model/medusa.h). */
     medusaTopK(x: Tensor, heads: readonly NativeMedusaHead[] | NativeMedusaHeadSet, k: number): Int32Array;
     /**

@@ -5,6 +5,7 @@
 #pragma once
 #include <vector>
 
+#include "../core/kv_cache.h"
 #include "../core/ops_attention.h"
 #include "../core/tensor.h"
 
@@ -29,6 +30,10 @@ struct EagleWeights {
   Tensor fc_bias;   // optional
   std::vector<EagleLayer> layers;
   Tensor inv_freq;  // RoPE inverse frequencies f32 [D/2]
+  // The head's logits (eagle_expand): EAGLE-3's final norm and LM head over its draft vocabulary and
+  // d2t (draft id -> target id; empty: the identity); EAGLE-1/2 (both undefined) use the target's LM head.
+  Tensor norm, lm_head;
+  std::vector<int32_t> draft_to_target;
 };
 
 // h f32 [N, H] for the rows ids i32 [N] at positions i32 [N] of a planned batch of the draft's
@@ -38,5 +43,37 @@ struct EagleWeights {
 Tensor eagle_forward(const EagleWeights& w, const Tensor& embed, const std::vector<Tensor>& kv_layers,
                      const PagedBatch& batch, const Tensor& ids, const int32_t* host_ids, const Tensor& positions,
                      const std::vector<Tensor>& features, bool from_target);
+
+// EAGLE-2's tree expansion (lib/strategies/eagle.ts, draftTrees) as one call: the root's children from
+// h_root, then `levels` times the `width` most probable newest nodes of each sequence expanded by one
+// draft-layer call over forks of the sequence's draft cache (rows committed, forks freed at the end),
+// each row's children its top_k under the head's logits at temperature 1. The same ops, in the same
+// order, with the same arguments as the JavaScript loop, so the pools are the same; per level one
+// read of the top-k (values and ids in one buffer) instead of a dozen N-API calls and two reads.
+struct EagleExpandSeq {
+  int draft_seq = -1;     // the draft cache's sequence the root's children extend
+  int32_t position = 0;   // the root's position: a level-l row sits at position + l
+  int max_level = 0;      // levels this sequence expands at most (its maxDepth - 1)
+};
+
+struct EagleNode {
+  int32_t token = 0;
+  int32_t parent = -1;    // pool index of the parent; -1: a child of the root
+  int32_t level = 1;
+  double log_prob = 0;    // the path's log probability under the draft
+};
+
+struct EagleExpandResult {
+  std::vector<std::vector<EagleNode>> pools;  // per sequence, in the order the nodes were made
+  double first_seconds = 0;                   // the root's children (logits, top-k, read)
+  std::vector<int32_t> level_rows;            // per level expanded: rows computed
+  std::vector<double> level_seconds;          // and its seconds (forks to the children's read)
+};
+
+// h_root f32 [B, H] (row b: seqs[b]'s root); lm_head: the target's (EAGLE-1/2). top_k <= the draft
+// vocabulary; width >= 1; levels >= 0.
+EagleExpandResult eagle_expand(const EagleWeights& w, const Tensor& embed, const Tensor& lm_head, KvCache& cache,
+                               const Tensor& h_root, const std::vector<EagleExpandSeq>& seqs, int levels, int width,
+                               int top_k);
 
 }  // namespace specdec

@@ -1,5 +1,6 @@
 // N-API glue for the EAGLE draft layers as one call (cpp/model/eagle.h): eagleWeights(spec) makes a
-// handle of the head's tensors once; eagleForward(handle, ...) runs the layers over a planned batch.
+// handle of the head's tensors once; eagleForward(handle, ...) runs the layers over a planned batch;
+// eagleExpand(handle, ...) runs a step's whole tree expansion.
 #include <cstring>
 
 #include "../core/host_pack.h"
@@ -16,7 +17,8 @@ Tensor opt(const Napi::Object& o, const char* key) {
 }
 
 // eagleWeights({ version, heads, kvHeads, headDim, eps, embed?, fcEmbed?, fcFeature: Tensor[], fcBias?,
-//   invFreq, layers: { inNorm?, hiddenNorm?, q, k, v, qH?, kH?, vH?, qb?, kb?, vb?, o, postNorm, gate, up, down }[] })
+//   invFreq, layers: { inNorm?, hiddenNorm?, q, k, v, qH?, kH?, vH?, qb?, kb?, vb?, o, postNorm, gate, up, down }[],
+//   norm?, lmHead?, draftToTarget?: Int32Array })
 Napi::Value EagleWeightsCreate(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
     SPECDEC_CHECK(info[0].IsObject(), "E_ARG", "spec: expected an object");
@@ -63,6 +65,10 @@ Napi::Value EagleWeightsCreate(const Napi::CallbackInfo& info) {
                     "E_ARG", "layers[", i, "]: an EAGLE-3 layer has inNorm, hiddenNorm and the hidden-state halves qH, kH, vH");
       w->layers.push_back(std::move(l));
     }
+    // The head's logits for eagleExpand: EAGLE-3's norm, LM head and d2t (EAGLE-1/2: the target's head).
+    w->norm = opt(o, "norm");
+    w->lm_head = opt(o, "lmHead");
+    if (has_field(o, "draftToTarget")) w->draft_to_target = get_i32_array(get_field(o, "draftToTarget"), "draftToTarget");
     return wrap_handle(info.Env(), std::move(w));
   });
 }
@@ -92,6 +98,56 @@ Napi::Value EagleForward(const Napi::CallbackInfo& info) {
   });
 }
 
+// eagleExpand(weights, embed, lmHead | null, cache: KvCache (native), hRoot, draftSeqs: Int32Array,
+//             positions: Int32Array, maxLevels: Int32Array, levels, width, topK)
+//   -> { firstSeconds, levelRows: Int32Array, levelSeconds: Float64Array,
+//        pools: { tokens: Int32Array, parents: Int32Array, levels: Int32Array, logProbs: Float64Array }[] }
+Napi::Value EagleExpand(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    Napi::Env env = info.Env();
+    const auto w = handle_arg<EagleWeights>(info[0], "weights", "EAGLE weights (eagleWeights)");
+    SPECDEC_CHECK(w != nullptr, "E_ARG", "weights: expected EAGLE weights (eagleWeights)");
+    SPECDEC_CHECK(w->inv_freq.defined(), "E_DISPOSED", "weights: the EAGLE head was disposed");
+    const Tensor embed = tensor_arg(info[1], "embed");
+    const Tensor lm_head = optional_tensor_arg(info[2], "lmHead");
+    KvCache& cache = kv_cache_arg(info[3], "cache");
+    const Tensor h_root = tensor_arg(info[4], "hRoot");
+    const std::vector<int32_t> seq_ids = get_i32_array(info[5], "draftSeqs"), pos = get_i32_array(info[6], "positions"),
+                               max_levels = get_i32_array(info[7], "maxLevels");
+    SPECDEC_CHECK(pos.size() == seq_ids.size() && max_levels.size() == seq_ids.size(), "E_ARG",
+                  "draftSeqs, positions, maxLevels: ", seq_ids.size(), ", ", pos.size(), " and ", max_levels.size(),
+                  " entries (one per sequence)");
+    std::vector<EagleExpandSeq> seqs(seq_ids.size());
+    for (size_t b = 0; b < seqs.size(); ++b) seqs[b] = {seq_ids[b], pos[b], max_levels[b]};
+    const int levels = static_cast<int>(get_int(info[8], "levels")), width = static_cast<int>(get_int(info[9], "width")),
+              top_k = static_cast<int>(get_int(info[10], "topK"));
+    const EagleExpandResult r = eagle_expand(*w, embed, lm_head, cache, h_root, seqs, levels, width, top_k);
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("firstSeconds", Napi::Number::New(env, r.first_seconds));
+    auto rows = Napi::Int32Array::New(env, r.level_rows.size());
+    auto secs = Napi::Float64Array::New(env, r.level_seconds.size());
+    for (size_t i = 0; i < r.level_rows.size(); ++i) rows[i] = r.level_rows[i], secs[i] = r.level_seconds[i];
+    o.Set("levelRows", rows);
+    o.Set("levelSeconds", secs);
+    Napi::Array pools = Napi::Array::New(env, r.pools.size());
+    for (size_t b = 0; b < r.pools.size(); ++b) {
+      const auto& pool = r.pools[b];
+      auto tokens = Napi::Int32Array::New(env, pool.size()), parents = Napi::Int32Array::New(env, pool.size()),
+           lv = Napi::Int32Array::New(env, pool.size());
+      auto lp = Napi::Float64Array::New(env, pool.size());
+      for (size_t i = 0; i < pool.size(); ++i) tokens[i] = pool[i].token, parents[i] = pool[i].parent, lv[i] = pool[i].level, lp[i] = pool[i].log_prob;
+      Napi::Object p = Napi::Object::New(env);
+      p.Set("tokens", tokens);
+      p.Set("parents", parents);
+      p.Set("levels", lv);
+      p.Set("logProbs", lp);
+      pools.Set(static_cast<uint32_t>(b), p);
+    }
+    o.Set("pools", pools);
+    return o;
+  });
+}
+
 // eagleWeightsRelease(weights): the tensors go now rather than when the handle is collected.
 Napi::Value EagleWeightsRelease(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
@@ -105,6 +161,7 @@ void Init(Napi::Env env, Napi::Object exports) {
   exports.Set("eagleWeights", Napi::Function::New(env, EagleWeightsCreate, "eagleWeights"));
   exports.Set("eagleWeightsRelease", Napi::Function::New(env, EagleWeightsRelease, "eagleWeightsRelease"));
   exports.Set("eagleForward", Napi::Function::New(env, EagleForward, "eagleForward"));
+  exports.Set("eagleExpand", Napi::Function::New(env, EagleExpand, "eagleExpand"));
 }
 
 static Registrar reg(&Init);

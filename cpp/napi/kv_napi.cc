@@ -104,6 +104,7 @@ Napi::FunctionReference* PagedBatchWrap::ctor = nullptr;
 
 class KvCacheWrap : public Napi::ObjectWrap<KvCacheWrap> {
  public:
+  static Napi::FunctionReference* ctor;
   static void Init(Napi::Env env, Napi::Object exports) {
     Napi::Function f = DefineClass(env, "KvCache",
                                    {
@@ -123,6 +124,13 @@ class KvCacheWrap : public Napi::ObjectWrap<KvCacheWrap> {
                                        InstanceAccessor<&KvCacheWrap::Disposed>("disposed"),
                                    });
     exports.Set("KvCache", f);
+    ctor = new Napi::FunctionReference(Napi::Persistent(f));
+  }
+
+  static KvCache& arg(const Napi::Value& v, const char* name) {
+    SPECDEC_CHECK(ctor != nullptr && v.IsObject() && v.As<Napi::Object>().InstanceOf(ctor->Value()), "E_ARG", name,
+                  ": expected a native KvCache");
+    return Unwrap(v.As<Napi::Object>())->get(name);
   }
 
   // new KvCache({ numLayers, numKvHeads, headDim, pageSize, numPages, dtype, device })
@@ -244,6 +252,7 @@ class KvCacheWrap : public Napi::ObjectWrap<KvCacheWrap> {
   }
   Napi::Value Disposed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), cache_ == nullptr); }
 };
+Napi::FunctionReference* KvCacheWrap::ctor = nullptr;
 
 
 // pagedBatch({ qoIndptr, pageIndptr, pageIndices, prefixLen, pageSize, numPages, device })
@@ -323,6 +332,7 @@ Registrar reg(&Init);
 }  // namespace
 
 const PagedBatch& paged_batch_arg(const Napi::Value& v, const char* name) { return PagedBatchWrap::arg(v, name); }
+KvCache& kv_cache_arg(const Napi::Value& v, const char* name) { return KvCacheWrap::arg(v, name); }
 
 }  // namespace napi
 }  // namespace specdec

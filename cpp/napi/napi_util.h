@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "../core/error.h"
+#include "../core/kv_cache.h"
 #include "../core/ops_sampling.h"
 #include "../core/tensor.h"
 #include "../model/medusa.h"
@@ -103,6 +104,8 @@ Tensor optional_tensor_arg(const Napi::Value& v, const char* name);  // undefine
 std::vector<Tensor> tensor_list_arg(const Napi::Value& v, const char* name);  // Tensor[]; E_ARG names name[i]
 // A PagedBatch handle (KvCache.plan / pagedBatch; cpp/napi/kv_napi.cc). E_ARG / E_DISPOSED.
 const PagedBatch& paged_batch_arg(const Napi::Value& v, const char* name);
+// The native cache of a KvCache (lib/kv.ts: KvCache.nativeCache). E_ARG / E_DISPOSED.
+KvCache& kv_cache_arg(const Napi::Value& v, const char* name);
 Napi::Object wrap_tensor(Napi::Env env, Tensor t);
 // i32 token ids made by the library, known to be in [0, ids_below) or kNoMass (a sampled draw from a
 // row without mass): they may feed a forward or a verification on the device without being read

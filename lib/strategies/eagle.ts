@@ -390,7 +390,32 @@ export class EagleHead {
         up: L.up,
         down: L.down,
       })),
+      ...opt('norm', w.norm),
+      ...opt('lmHead', w.lmHead),
+      ...(w.draftToTarget ? { draftToTarget: w.draftToTarget } : {}),
     };
+  }
+
+  /**
+   * EAGLE-2's tree expansion in one native call (eagleExpand, cpp/model/eagle.h): what
+   * EagleSpeculator's level loop does op by op, with the same pools; undefined where the build lacks it.
+   */
+  expand(
+    embed: Tensor,
+    targetLmHead: Tensor,
+    cache: KvCache,
+    hRoot: Tensor,
+    seqs: { draftSeqs: Int32Array; positions: Int32Array; maxLevels: Int32Array },
+    levels: number,
+    width: number,
+    topK: number,
+  ): SpecdecNative.NativeEagleExpansion | undefined {
+    if (this.disposed) throw codedError('E_DISPOSED', 'EAGLE head was disposed');
+    const b = native();
+    if (!b.eagleExpand || !b.eagleWeights) return undefined;
+    this.nativeWeights ??= b.eagleWeights(this.nativeSpec());
+    const lmHead = this.config.version === 1 ? targetLmHead : null;
+    return b.eagleExpand(this.nativeWeights, embed, lmHead, cache.nativeCache, hRoot, seqs.draftSeqs, seqs.positions, seqs.maxLevels, levels, width, topK);
   }
 
   /**
@@ -579,6 +604,8 @@ export class EagleSpeculator implements Speculator {
   /** Seconds per draft row (catch-up and tree rows with their LM head rows; recent steps). */
   /** Seconds of a draft call (catch-up, or one level of the expansion) by its rows. */
   private readonly levelCost = new RowsCost();
+  /** The tree's levels in one native call (EagleHead.expand) where the build has it; false: op by op from JavaScript (tests compare the two). */
+  nativeExpansion = true;
   /**
    * Sized mode: P(the accepted path reaches depth d + 1 | it reached depth d), online (the tree's
    * depth is what the plan chooses; its width only adds the siblings the draft found likely).
@@ -909,6 +936,20 @@ export class EagleSpeculator implements Speculator {
       rowCount += waiting;
       let t0 = performance.now();
       hRoot = this.catchUp(seqs, sts);
+      // The levels in one native call where the build has it (the same pools as the loop below).
+      const expansion = this.nativeExpansion ? this.expandNatively(seqs, sts, hRoot, levels, width) : undefined;
+      if (expansion) {
+        this.levelCost.add(waiting, (performance.now() - t0) / 1000 - expansion.levelSeconds.reduce((a, x) => a + x, 0));
+        expansion.levelRows.forEach((n, i) => {
+          rowCount += n;
+          this.levelCost.add(n, expansion.levelSeconds[i] as number);
+        });
+        expansion.pools.forEach((p, b) => {
+          const pool = pools[b] as Node[];
+          for (let i = 0; i < p.tokens.length; i++) pool.push({ token: p.tokens[i] as number, parent: p.parents[i] as number, level: p.levels[i] as number, logProb: p.logProbs[i] as number });
+        });
+        return { trees: seqs.map((s, b) => this.pickTree(s, pools[b] as Node[], cost, probe)), rows: rowCount };
+      }
       // Level 1: the root's children.
       const first = this.children(hRoot);
       this.levelCost.add(waiting, (performance.now() - t0) / 1000);
@@ -977,6 +1018,16 @@ export class EagleSpeculator implements Speculator {
       hLevel?.dispose();
     }
     return { trees: seqs.map((s, b) => this.pickTree(s, pools[b] as Node[], cost, probe)), rows: rowCount };
+  }
+
+  /** draftTrees' levels as one native call (EagleHead.expand); undefined where the build lacks it. */
+  private expandNatively(seqs: readonly SpecSequence[], sts: readonly EagleState[], hRoot: Tensor, levels: number, width: number): SpecdecNative.NativeEagleExpansion | undefined {
+    const { cache, embed, lmHead } = this.need();
+    const k = Math.min(this.topK, this.head.config.draftVocabSize);
+    const draftSeqs = Int32Array.from(sts, (st) => st.seq);
+    const positions = Int32Array.from(seqs, (s) => s.committed - 1);
+    const maxLevels = Int32Array.from(seqs, (s) => Math.max(0, s.maxDepth - 1));
+    return this.head.expand(embed, lmHead, cache, hRoot, { draftSeqs, positions, maxLevels }, levels, width, k);
   }
 
   /** The best prefix-closed subtree of a pool (root + pool nodes) under the cost curve, or the maxNodes most probable. */

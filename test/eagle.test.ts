@@ -8,18 +8,21 @@ import * as path from 'path';
 
 import { ForwardCost, setForwardCost } from '../lib/cost_model';
 import { SpeculativeDecoder } from '../lib/decoder';
+import { defaultModelPaths } from '../lib/default_models';
 import { KvCache } from '../lib/kv';
 import { LlamaModel } from '../lib/models/llama';
 import { writeSafetensors } from '../lib/safetensors';
 import { KEPT_TRACES } from '../lib/strategies/draft_model';
 import { EagleHead, EagleSpeculator } from '../lib/strategies/eagle';
 import { native } from '../lib/native';
+import { plainGenerate } from '../lib/plain';
 import { Tensor } from '../lib/tensor';
+import { TextTokenizer } from '../lib/tokenizer';
 import { transferCounters } from '../lib/transfers';
 import { configJson, randomWeights, specByName, type CheckpointSpec } from './fixtures/checkpoints';
 import { eagle3DraftIds, eagle3HeadTensors, eagleHeadTensors, writeEagle3Head, writeEagleHead, type Eagle3HeadSpec, type EagleHeadSpec } from './fixtures/eagle_head';
 import { LlamaReference } from './reference/llama_ref';
-import { assertThrowsCode, rng, testSeed } from './helpers';
+import { assertThrowsCode, describeCuda, rng, testSeed } from './helpers';
 
 const f64 = (e: { data: unknown }): Float64Array => Float64Array.from(e.data as Float32Array);
 
@@ -515,6 +518,11 @@ describe('EAGLE heads', function () {
     }
   });
 
+  it('the embedded family\'s heads: greedy = plain, native and op-by-op trees the same (the body of the CUDA test below)', async function () {
+    if (!native().eagleExpand) this.skip();
+    await embeddedHeadsAgree('cpu');
+  });
+
   it('the native expansion: its forks are freed after success and after a full cache; bad arguments name the problem', function () {
     if (!native().eagleExpand) this.skip();
     const r = rng(seed + 11);
@@ -634,3 +642,56 @@ describe('EAGLE heads', function () {
     }
   });
 });
+
+describeCuda('EAGLE on CUDA', function () {
+  this.timeout(300_000);
+  it('the embedded family\'s heads: greedy = CUDA plain greedy; the native catch-up and expansion propose the op-by-op trees, with fewer waits', async () => {
+    await embeddedHeadsAgree('cuda');
+  });
+});
+
+/**
+ * The embedded family's EAGLE-1/2 and EAGLE-3 heads on `device`, fixed trees (a wide one, a chain):
+ * greedy output equals plain greedy decoding there, and the native catch-up and expansion propose
+ * the trees of the op-by-op loop with fewer blocking waits.
+ */
+async function embeddedHeadsAgree(device: 'cpu' | 'cuda'): Promise<void> {
+  const paths = defaultModelPaths();
+  const target = await LlamaModel.load(paths.target, { device, maxSequences: 4 });
+  const heads = [EagleHead.load(paths.eagle, { device }), EagleHead.load(paths.eagle3, { device })];
+  try {
+    const prompt = TextTokenizer.load(paths.target)!.encode('once upon a time');
+    const plain = await plainGenerate(target, [prompt], { maxNewTokens: 48 });
+    for (const [h, head] of heads.entries()) {
+      for (const opts of [{ topK: 8, depth: 5, totalTokens: 24 }, { topK: 1, depth: 4, totalTokens: 4 }]) {
+        const what = `${device} EAGLE-${h === 0 ? 1 : 3} ${JSON.stringify(opts)}`;
+        const runs: { trees: string[]; tokens: number[]; waits: number }[] = [];
+        for (const nativeExpansion of [true, false]) {
+          const speculator = new EagleSpeculator({ head, ...opts });
+          speculator.nativeExpansion = nativeExpansion;
+          const trees: string[] = [];
+          const propose = speculator.propose.bind(speculator);
+          speculator.propose = (seqs, ctx) => {
+            const batch = propose(seqs, ctx);
+            for (const p of batch.proposals) trees.push(`${Array.from(p.tokens).join(',')}|${Array.from(p.parents).join(',')}`);
+            return batch;
+          };
+          try {
+            const r = await new SpeculativeDecoder({ target, speculator }).generate(prompt, { maxNewTokens: 48 }).result;
+            runs.push({ trees, tokens: Array.from(r.tokens), waits: r.stats.transfers.blockingWaits });
+          } finally {
+            speculator.dispose();
+          }
+        }
+        const [nat, js] = runs as [(typeof runs)[0], (typeof runs)[0]];
+        assert.deepStrictEqual(nat.tokens, Array.from(plain.tokens[0]!), `${what}: plain greedy tokens`);
+        assert.deepStrictEqual(nat.trees, js.trees, `${what}: trees`);
+        assert.ok(nat.trees.some((t) => t.includes(',')), `${what}: nothing drafted`);
+        assert.ok(nat.waits < js.waits, `${what}: ${nat.waits} waits natively, ${js.waits} op by op`);
+      }
+    }
+  } finally {
+    for (const h of heads) h.dispose();
+    target.dispose();
+  }
+}

@@ -97,6 +97,8 @@ declare namespace SpecdecNative {
     eagleWeightsRelease?(weights: NativeEagleWeights): void;
     /** The EAGLE draft layers in one call: h f32 [N, H] (cpp/model/eagle.h). */
     eagleForward?(weights: NativeEagleWeights, embed: Tensor, kvLayers: Tensor[], batch: unknown, ids: Int32Array, positions: Int32Array, features: Tensor[], fromTarget: boolean): Tensor;
+    /** The draft's catch-up over the target's features in one call: each sequence's last h row [B, H] (cpp/model/eagle.h). */
+    eagleCatchUp?(weights: NativeEagleWeights, embed: Tensor, cache: KvCacheNative, seqs: Int32Array, counts: Int32Array, tokens: Int32Array, positions: Int32Array, features: Tensor[][], rows: Int32Array, width: number): Tensor;
     /**
      * EAGLE-2's tree expansion in one call (cpp/model/eagle.h, eagle_expand): the root's children
      * from hRoot [B, H], then `levels` expansions of the `width` best newest nodes of each sequence over

@@ -134,6 +134,45 @@ Children children(const EagleWeights& w, const Tensor& lm_head, const Tensor& h,
 
 }  // namespace
 
+Tensor eagle_catch_up(const EagleWeights& w, const Tensor& embed, KvCache& cache, const std::vector<int>& seqs,
+                      const std::vector<int>& counts, const std::vector<int32_t>& tokens,
+                      const std::vector<int32_t>& positions, const std::vector<std::vector<Tensor>>& feat_srcs,
+                      const std::vector<int64_t>& feat_rows, int64_t feat_width) {
+  const size_t N = tokens.size();
+  SPECDEC_CHECK(!seqs.empty() && counts.size() == seqs.size(), "E_ARG", "eagleCatchUp: ", counts.size(), " counts for ",
+                seqs.size(), " sequences (one each, at least one sequence)");
+  size_t total = 0;
+  for (int n : counts) {
+    SPECDEC_CHECK(n >= 1, "E_ARG", "eagleCatchUp: counts: expected >= 1 row per sequence, got ", n);
+    total += static_cast<size_t>(n);
+  }
+  SPECDEC_CHECK(total == N && positions.size() == N && feat_rows.size() == N, "E_ARG", "eagleCatchUp: ", total,
+                " rows counted, ", N, " tokens, ", positions.size(), " positions, ", feat_rows.size(), " feature rows");
+  SPECDEC_CHECK(feat_srcs.size() == (w.version == 3 ? 3u : 1u), "E_ARG", "eagleCatchUp: ", feat_srcs.size(),
+                " feature blocks, expected ", w.version == 3 ? 3 : 1);
+  std::vector<Tensor> feats;
+  for (const auto& srcs : feat_srcs) {
+    SPECDEC_CHECK(srcs.size() == N, "E_ARG", "eagleCatchUp: ", srcs.size(), " feature tensors for ", N, " rows");
+    feats.push_back(gather_rows(srcs, feat_rows, feat_width));
+  }
+  // Ids, positions and the batch's page tables in one upload.
+  HostPack pack;
+  const int seg_ids = pack.add(DType::i32, tokens), seg_pos = pack.add(DType::i32, positions);
+  PagedBatch batch = cache.plan(seqs, counts, &pack);
+  const Tensor h = eagle_forward(w, embed, cache.layers(), batch, pack.view(seg_ids), tokens.data(), pack.view(seg_pos), feats, true);
+  std::vector<int32_t> acc_indptr{0}, acc_nodes;
+  std::vector<Tensor> srcs;
+  std::vector<int64_t> last;
+  for (int n : counts) {
+    for (int r = 0; r < n; ++r) acc_nodes.push_back(r);
+    acc_indptr.push_back(static_cast<int32_t>(acc_nodes.size()));
+    srcs.push_back(h);
+    last.push_back(static_cast<int64_t>(acc_nodes.size()) - 1);
+  }
+  cache.commit(batch, seqs, acc_indptr, acc_nodes);
+  return gather_rows(srcs, last, h.size(1));
+}
+
 EagleExpandResult eagle_expand(const EagleWeights& w, const Tensor& embed, const Tensor& lm_head, KvCache& cache,
                                const Tensor& h_root, const std::vector<EagleExpandSeq>& seqs, int levels, int width,
                                int top_k) {

@@ -44,6 +44,15 @@ Tensor eagle_forward(const EagleWeights& w, const Tensor& embed, const std::vect
                      const PagedBatch& batch, const Tensor& ids, const int32_t* host_ids, const Tensor& positions,
                      const std::vector<Tensor>& features, bool from_target);
 
+// The draft's catch-up (lib/strategies/eagle.ts, catchUp) as one call: the rows of the target's
+// features the draft has not read (tokens i32, positions, counts per sequence in seqs' order; row i's
+// feature block k is row feat_rows[i] of feat_srcs[k][i]) through the draft layers over the draft's
+// cache, every row committed; returns each sequence's last row of h f32 [B, H] (its root's state).
+Tensor eagle_catch_up(const EagleWeights& w, const Tensor& embed, KvCache& cache, const std::vector<int>& seqs,
+                      const std::vector<int>& counts, const std::vector<int32_t>& tokens,
+                      const std::vector<int32_t>& positions, const std::vector<std::vector<Tensor>>& feat_srcs,
+                      const std::vector<int64_t>& feat_rows, int64_t feat_width);
+
 // EAGLE-2's tree expansion (lib/strategies/eagle.ts, draftTrees) as one call: the root's children from
 // h_root, then `levels` times the `width` most probable newest nodes of each sequence expanded by one
 // draft-layer call over forks of the sequence's draft cache (rows committed, forks freed at the end),

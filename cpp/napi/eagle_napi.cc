@@ -1,6 +1,6 @@
 // N-API glue for the EAGLE draft layers as one call (cpp/model/eagle.h): eagleWeights(spec) makes a
 // handle of the head's tensors once; eagleForward(handle, ...) runs the layers over a planned batch;
-// eagleExpand(handle, ...) runs a step's whole tree expansion.
+// eagleCatchUp and eagleExpand(handle, ...) run a step's catch-up and its whole tree expansion.
 #include <cstring>
 
 #include "../core/host_pack.h"
@@ -98,6 +98,30 @@ Napi::Value EagleForward(const Napi::CallbackInfo& info) {
   });
 }
 
+// eagleCatchUp(weights, embed, cache: KvCache (native), seqs: Int32Array, counts: Int32Array, tokens: Int32Array,
+//              positions: Int32Array, features: Tensor[][] (per block, a tensor per row), rows: Int32Array,
+//              width) -> hRoot f32 [B, H]
+Napi::Value EagleCatchUp(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    const auto w = handle_arg<EagleWeights>(info[0], "weights", "EAGLE weights (eagleWeights)");
+    SPECDEC_CHECK(w != nullptr, "E_ARG", "weights: expected EAGLE weights (eagleWeights)");
+    SPECDEC_CHECK(w->inv_freq.defined(), "E_DISPOSED", "weights: the EAGLE head was disposed");
+    const Tensor embed = tensor_arg(info[1], "embed");
+    KvCache& cache = kv_cache_arg(info[2], "cache");
+    const std::vector<int32_t> seqs = get_i32_array(info[3], "seqs"), counts = get_i32_array(info[4], "counts"),
+                               tokens = get_i32_array(info[5], "tokens"), pos = get_i32_array(info[6], "positions"),
+                               rows = get_i32_array(info[8], "rows");
+    SPECDEC_CHECK(info[7].IsArray(), "E_ARG", "features: expected an array of Tensor[] (one per feature block)");
+    Napi::Array blocks = info[7].As<Napi::Array>();
+    std::vector<std::vector<Tensor>> feats;
+    for (uint32_t k = 0; k < blocks.Length(); ++k) feats.push_back(tensor_list_arg(blocks.Get(k), "features[k]"));
+    const int64_t width = get_int(info[9], "width");
+    return wrap_tensor(info.Env(), eagle_catch_up(*w, embed, cache, std::vector<int>(seqs.begin(), seqs.end()),
+                                                  std::vector<int>(counts.begin(), counts.end()), tokens, pos, feats,
+                                                  std::vector<int64_t>(rows.begin(), rows.end()), width));
+  });
+}
+
 // eagleExpand(weights, embed, lmHead | null, cache: KvCache (native), hRoot, draftSeqs: Int32Array,
 //             positions: Int32Array, maxLevels: Int32Array, levels, width, topK)
 //   -> { firstSeconds, levelRows: Int32Array, levelSeconds: Float64Array,
@@ -162,6 +186,7 @@ void Init(Napi::Env env, Napi::Object exports) {
   exports.Set("eagleWeightsRelease", Napi::Function::New(env, EagleWeightsRelease, "eagleWeightsRelease"));
   exports.Set("eagleForward", Napi::Function::New(env, EagleForward, "eagleForward"));
   exports.Set("eagleExpand", Napi::Function::New(env, EagleExpand, "eagleExpand"));
+  exports.Set("eagleCatchUp", Napi::Function::New(env, EagleCatchUp, "eagleCatchUp"));
 }
 
 static Registrar reg(&Init);

@@ -397,6 +397,22 @@ export class EagleHead {
   }
 
   /**
+   * The catch-up over the target's features in one native call (eagleCatchUp, cpp/model/eagle.h):
+   * rows of `tokens` at `positions` (counts per draft sequence), row i's feature block k being
+   * parts[k][i]; every row committed; returns each sequence's last h row. Undefined where the build
+   * lacks it.
+   */
+  catchUp(embed: Tensor, cache: KvCache, seqs: readonly number[], counts: readonly number[], tokens: Int32Array, positions: Int32Array, parts: readonly (readonly { tensor: Tensor; row: number }[])[]): Tensor | undefined {
+    if (this.disposed) throw codedError('E_DISPOSED', 'EAGLE head was disposed');
+    const b = native();
+    if (!b.eagleCatchUp || !b.eagleWeights) return undefined;
+    this.nativeWeights ??= b.eagleWeights(this.nativeSpec());
+    const rows = Int32Array.from(parts[0] ?? [], (p) => p.row);
+    const feats = parts.map((p) => p.map((x) => x.tensor));
+    return asTensor(b.eagleCatchUp(this.nativeWeights, embed, cache.nativeCache, Int32Array.from(seqs), Int32Array.from(counts), tokens, positions, feats, rows, this.config.targetHiddenSize));
+  }
+
+  /**
    * EAGLE-2's tree expansion in one native call (eagleExpand, cpp/model/eagle.h): what
    * EagleSpeculator's level loop does op by op, with the same pools; undefined where the build lacks it.
    */
@@ -601,10 +617,9 @@ export class EagleSpeculator implements Speculator {
   private lmHead: Tensor | undefined;
   private cache: KvCache | undefined;
   private readonly states = new Map<number, EagleState>();
-  /** Seconds per draft row (catch-up and tree rows with their LM head rows; recent steps). */
   /** Seconds of a draft call (catch-up, or one level of the expansion) by its rows. */
   private readonly levelCost = new RowsCost();
-  /** The tree's levels in one native call (EagleHead.expand) where the build has it; false: op by op from JavaScript (tests compare the two). */
+  /** The catch-up and the tree's levels as one native call each (EagleHead.catchUp, expand) where the build has them; false: op by op from JavaScript (tests compare the two). */
   nativeExpansion = true;
   /**
    * Sized mode: P(the accepted path reaches depth d + 1 | it reached depth d), online (the tree's
@@ -789,8 +804,17 @@ export class EagleSpeculator implements Speculator {
         }
       }
     });
-    const feats = parts.map((p) => gatherRows(p, this.head.config.targetHiddenSize, this.head.device));
     const seqIds = sts.map((st) => st.seq);
+    // One native call where the build has it (the same rows, cache and h as the calls below).
+    const root = this.nativeExpansion ? this.head.catchUp(embed, cache, seqIds, counts, tokens, positions, parts) : undefined;
+    if (root) {
+      sts.forEach((st, b) => {
+        st.cached += counts[b] as number;
+        dropFeatures(st);
+      });
+      return root;
+    }
+    const feats = parts.map((p) => gatherRows(p, this.head.config.targetHiddenSize, this.head.device));
     const batch = cache.plan(seqIds, counts);
     let h: Tensor | undefined;
     try {

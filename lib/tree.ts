@@ -203,7 +203,12 @@ export interface MedusaTreeShape {
 
 /** Sorts choices (by length, then lexicographically), checks prefixes, and builds the shape. */
 export function medusaTreeShape(choices: MedusaChoices): MedusaTreeShape {
+  // Checked as a caller may pass them (a number, a string, a list of numbers), not only as typed.
+  const raw: unknown = choices;
+  if (!Array.isArray(raw)) throw treeError(`medusaChoices: expected an array of rank paths (e.g. [[0], [0, 0], [1]]), got ${typeof raw === 'string' ? `'${raw}'` : String(raw)}`);
   if (choices.length === 0) throw treeError('medusaChoices: empty list');
+  const bad = (raw as unknown[]).findIndex((c) => !Array.isArray(c) && !ArrayBuffer.isView(c));
+  if (bad >= 0) throw treeError(`medusaChoices[${bad}]: expected an array of ranks, got ${String(choices[bad])}`);
   const sorted = choices.map((c) => Array.from(c)).sort((a, b) => a.length - b.length || cmpLex(a, b));
   const index = new Map<string, number>([['', 0]]);
   const n = sorted.length + 1;

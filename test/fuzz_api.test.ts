@@ -15,7 +15,8 @@ import {
 } from '../lib';
 import { findWeights } from '../lib/models/llama';
 import { encodeSafetensors, type SafetensorsEntry } from '../lib/safetensors';
-import { MedusaHeads } from '../lib/strategies/medusa';
+import { EagleHead, EagleSpeculator } from '../lib/strategies/eagle';
+import { MedusaHeads, MedusaSpeculator } from '../lib/strategies/medusa';
 import { rng, testSeed } from './helpers';
 import { verify } from '../lib/verify';
 
@@ -381,9 +382,11 @@ describe(`fuzz: TypeScript inputs (seed ${testSeed})`, function () {
     }
   });
 
-  it('strategy options (draft model, lookahead, prompt lookup): E_ARG, or a lossless greedy run', async () => {
+  it('strategy options (draft model, lookahead, prompt lookup, Medusa, EAGLE): E_ARG, or a lossless greedy run', async () => {
     const target = await LlamaModel.load(path.join(defaults, 'target'), { device: 'cpu' });
     const draft = await LlamaModel.load(path.join(defaults, 'draft'), { device: 'cpu' });
+    const heads = MedusaHeads.load(path.join(defaults, 'medusa'), { device: 'cpu' });
+    const head = EagleHead.load(path.join(defaults, 'eagle'), { device: 'cpu' });
     try {
       const prompt = [1, 5, 9, 1, 5];
       const plain = (await new SpeculativeDecoder({ target }).generate(prompt, { maxNewTokens: 6 }).result).tokens;
@@ -391,21 +394,27 @@ describe(`fuzz: TypeScript inputs (seed ${testSeed})`, function () {
         ['draft', { draft, k: 3, adaptive: 'fixed', minK: 1, maxK: 4, confidenceThreshold: 0.5, treeBranching: [2, 1] }, (o) => new DraftModelSpeculator(o)],
         ['lookahead', { W: 3, N: 3, G: 2, seedPoolFromPrompt: true }, (o) => new LookaheadSpeculator(o)],
         ['prompt lookup', { maxNgram: 3, minNgram: 1, numDraft: 4 }, (o) => new PromptLookupSpeculator(o)],
+        ['medusa', { heads, choices: [[0], [0, 0], [1], [0, 1]], sampling: 'exact', posteriorThreshold: 0.09, posteriorAlpha: 0.3 }, (o) => new MedusaSpeculator(o)],
+        ['eagle', { head, topK: 4, depth: 3, totalTokens: 12, pageSize: 4 }, (o) => new EagleSpeculator(o)],
       ];
+      // The models themselves are not options to damage.
+      const own: Record<string, Record<string, unknown>> = { draft: { draft }, medusa: { heads }, eagle: { head } };
       const seen = { error: 0, ok: 0 };
-      // At least 45 damaged objects, and on until both outcomes were seen more than 5 times (most
-      // damage is an error: 45 alone left 5 successes for some seeds).
-      for (let i = 0; i < 45 || (i < 300 && !(seen.error > 5 && seen.ok > 5)); i++) {
+      // At least 75 damaged objects (15 a strategy), and on until both outcomes were seen more than 5
+      // times (most damage is an error: 45 objects over three strategies left 5 successes for some seeds).
+      for (let i = 0; i < 75 || (i < 300 && !(seen.error > 5 && seen.ok > 5)); i++) {
         const [name, base, make] = makers[i % makers.length]!;
         const opts = damageObject(base, r);
-        if (name === 'draft') opts['draft'] = draft; // the model itself is not an option to damage
-        seen[await codedOrValidAsync(`${name} ${show({ ...opts, draft: undefined })}`, ['E_ARG'], async () => {
+        Object.assign(opts, own[name]);
+        seen[await codedOrValidAsync(`${name} ${show({ ...opts, draft: undefined, heads: undefined, head: undefined })}`, ['E_ARG'], async () => {
           const dec = new SpeculativeDecoder({ target, speculator: make(opts as never) });
           return (await dec.generate(prompt, { maxNewTokens: 6 }).result).tokens;
         }, (tokens) => assert.deepStrictEqual(Array.from(tokens), Array.from(plain), 'greedy speculation must equal plain greedy decoding'))]++;
       }
       assert.ok(seen.error > 5 && seen.ok > 5, JSON.stringify(seen));
     } finally {
+      head.dispose();
+      heads.dispose();
       target.dispose();
       draft.dispose();
     }
@@ -425,6 +434,20 @@ describe('fuzz findings, replayed', () => {
     }
     return undefined;
   };
+
+  it('Medusa options that are not a choices list, a sampling mode or a threshold: E_ARG, not a TypeError', () => {
+    const heads = MedusaHeads.load(path.join(defaults, 'medusa'), { device: 'cpu' });
+    try {
+      const bad: Record<string, unknown>[] = [
+        { choices: 3 }, { choices: null }, { choices: 0.5 }, { choices: [[0], 5] }, { choices: [[0], 'x'] }, { choices: [[0], [0, 0.5]] },
+        { sampling: 'bogus' }, { sampling: 1 }, { posteriorThreshold: NaN }, { posteriorThreshold: 2 }, { posteriorAlpha: -1 }, { posteriorAlpha: '0.3' },
+      ];
+      for (const o of bad) assert.strictEqual(codeOf(() => new MedusaSpeculator({ heads, ...o } as never)), 'E_ARG', JSON.stringify(o));
+      assert.strictEqual(codeOf(() => new MedusaSpeculator({ heads, choices: [[0], [0, 0], [1]], sampling: 'typical', posteriorThreshold: 0, posteriorAlpha: 0 })), undefined);
+    } finally {
+      heads.dispose();
+    }
+  });
 
   it('Medusa heads whose LM head is [0, hidden]: E_FORMAT, not heads over an empty vocabulary', () => {
     const f32 = (shape: number[]): SafetensorsEntry => ({ dtype: 'F32', shape, data: new Float32Array(shape.reduce((a, b) => a * b, 1)) });

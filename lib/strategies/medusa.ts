@@ -300,6 +300,7 @@ export class MedusaSpeculator implements Speculator {
 
   constructor(opts: MedusaOptions) {
     this.heads = opts.heads;
+    if (opts.choices === null) throw codedError('E_ARG', 'medusa: choices must be a preset name or a choices list (or left out: sized), got null');
     // The default preset is cut to the heads there are; an explicit list must fit them.
     const choices =
       typeof opts.choices === 'string'
@@ -326,9 +327,17 @@ export class MedusaSpeculator implements Speculator {
     if (this.shape.topK > this.heads.config.vocabSize) throw codedError('E_ARG', `medusa: choices need top-${this.shape.topK} > vocabulary`);
     // The engine runs the heads at each last accepted node with the verification (one wait a step).
     for (let d = 1; d <= this.shape.depth; d++) this.fusedHeads.push({ heads: this.heads.weights(d), k: this.shape.topK });
+    if (opts.sampling !== undefined && opts.sampling !== 'exact' && opts.sampling !== 'typical') {
+      throw codedError('E_ARG', `medusa: sampling must be 'exact' or 'typical', got ${String(opts.sampling)}`);
+    }
+    const real = (v: number | undefined, name: string, def: number, lo: number, hi: number): number => {
+      const x = v ?? def;
+      if (typeof x !== 'number' || !(x >= lo && x <= hi)) throw codedError('E_ARG', `medusa: ${name} must be a number in [${lo}, ${hi}], got ${String(v)}`);
+      return x;
+    };
     this.samplingVerifyMode = opts.sampling === 'typical' ? 'typical' : 'rejection';
-    this.typicalThreshold = opts.posteriorThreshold ?? 0.09;
-    this.typicalAlpha = opts.posteriorAlpha ?? 0.3;
+    this.typicalThreshold = real(opts.posteriorThreshold, 'posteriorThreshold', 0.09, 0, 1);
+    this.typicalAlpha = real(opts.posteriorAlpha, 'posteriorAlpha', 0.3, 0, Number.MAX_VALUE);
   }
 
   attach(model: CausalLM): void {

@@ -14,7 +14,7 @@ import {
   Tensor, TextTokenizer, type Speculator,
 } from '../lib';
 import { findWeights } from '../lib/models/llama';
-import { encodeSafetensors, type SafetensorsEntry } from '../lib/safetensors';
+import { encodeSafetensors, openSafetensors, type SafetensorsEntry } from '../lib/safetensors';
 import { EagleHead, EagleSpeculator } from '../lib/strategies/eagle';
 import { MedusaHeads, MedusaSpeculator } from '../lib/strategies/medusa';
 import { rng, testSeed } from './helpers';
@@ -225,6 +225,68 @@ describe(`fuzz: TypeScript inputs (seed ${testSeed})`, function () {
           m.dispose();
         }
       });
+    }
+  });
+
+  it('EAGLE head directories (both versions; config and weights damaged): a coded error, or a head whose greedy run equals plain decoding', async () => {
+    const target = await LlamaModel.load(path.join(defaults, 'target'), { device: 'cpu' });
+    try {
+      const prompt = [1, 5, 9, 1, 5];
+      const plain = (await new SpeculativeDecoder({ target }).generate(prompt, { maxNewTokens: 6 }).result).tokens;
+      // The embedded heads' tensors as entries (raw bits kept), to damage one at a time.
+      const entriesOf = (file: string): Record<string, SafetensorsEntry> => {
+        const f = openSafetensors(file);
+        try {
+          const out: Record<string, SafetensorsEntry> = {};
+          for (const n of f.names()) {
+            const { dtype, shape, bytes } = f.raw(n);
+            const buf = bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength);
+            const data = dtype === 'BF16' || dtype === 'F16' ? new Uint16Array(buf) : dtype === 'I64' ? new BigInt64Array(buf) : dtype === 'BOOL' ? new Uint8Array(buf) : dtype === 'I32' ? new Int32Array(buf) : new Float32Array(buf);
+            out[n] = { dtype: dtype as SafetensorsEntry['dtype'], shape, data };
+          }
+          return out;
+        } finally {
+          f.close();
+        }
+      };
+      const sources = ['eagle', 'eagle3'].map((d) => ({ dir: path.join(defaults, d), config: JSON.parse(fs.readFileSync(path.join(defaults, d, 'config.json'), 'utf8')) as Record<string, unknown>, tensors: entriesOf(path.join(defaults, d, 'model.safetensors')) }));
+      const seen = { error: 0, ok: 0 };
+      for (let i = 0; i < 40; i++) {
+        const src = sources[i % 2]!;
+        const dir = path.join(tmp, `eagle${i}`);
+        fs.mkdirSync(dir);
+        const cfg = r() < 0.5 ? damageObject(src.config, r, ['draft_vocab_size', 'target_hidden_size']) : src.config;
+        fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(cfg, (_k, v: unknown) => (typeof v === 'bigint' ? Number(v) : v)));
+        const tensors = { ...src.tensors };
+        const victim = pick(r, Object.keys(tensors));
+        const old = tensors[victim]!;
+        const dmg = Math.floor(r() * 6);
+        if (dmg === 0) delete tensors[victim];
+        else if (dmg === 1) {
+          const shape = pick(r, [[0, 4], [3], [old.shape[0]! + 1, ...old.shape.slice(1)], [...old.shape, 1]]);
+          tensors[victim] = { dtype: 'F32', shape, data: new Float32Array(shape.reduce((a, b) => a * b, 1)).fill(0.01) };
+        } else if (dmg === 2) tensors[victim] = { dtype: 'I32', shape: old.shape, data: new Int32Array(old.shape.reduce((a, b) => a * b, 1)) };
+        else if (dmg === 3 && tensors['d2t']) {
+          // d2t offsets that leave the target's vocabulary, or go negative.
+          const d2t = BigInt64Array.from(tensors['d2t'].data as BigInt64Array);
+          d2t[Math.floor(r() * d2t.length)] = pick(r, [-1000n, 100000n, 2n ** 40n, -(2n ** 40n)]);
+          tensors['d2t'] = { ...tensors['d2t'], data: d2t };
+        }
+        fs.writeFileSync(path.join(dir, 'model.safetensors'), encodeSafetensors(tensors));
+        seen[await codedOrValidAsync(`eagle ${i} ${show(cfg)} damage ${dmg} ${victim}`, ['E_FORMAT', 'E_IO', 'E_ARG', 'E_UNSUPPORTED'], async () => {
+          const head = EagleHead.load(dir, { device: 'cpu' });
+          const speculator = new EagleSpeculator({ head, topK: 4, depth: 3, totalTokens: 8 });
+          try {
+            return (await new SpeculativeDecoder({ target, speculator }).generate(prompt, { maxNewTokens: 6 }).result).tokens;
+          } finally {
+            speculator.dispose();
+            head.dispose();
+          }
+        }, (tokens) => assert.deepStrictEqual(Array.from(tokens), Array.from(plain), 'greedy speculation must equal plain greedy decoding'))]++;
+      }
+      assert.ok(seen.error > 3 && seen.ok > 3, JSON.stringify(seen));
+    } finally {
+      target.dispose();
     }
   });
 

@@ -6,7 +6,7 @@ import type { CausalLM } from './models/causal_lm';
 import type { DecodeStats } from './spec_engine';
 import { isSampling, throwIfAborted } from './step_helpers';
 import type { SamplingConfig, Speculator } from './strategies/speculator';
-import { codedError } from './strategies/speculator';
+import { checkModel, checkSpeculator, codedError } from './strategies/speculator';
 
 export type { DecodeStats, PhaseTimes } from './spec_engine';
 // ---- the decoder -------------------------------------------------------------------------------
@@ -62,6 +62,8 @@ export class SpeculativeDecoder {
     const seed: unknown = opts.sampling?.seed;
     if (seed !== undefined && !(typeof seed === 'bigint' ? seed >= 0n && seed < 2n ** 64n : Number.isSafeInteger(seed) && (seed as number) >= 0))
       throw codedError('E_ARG', `sampling.seed: expected an integer in [0, 2^64), got ${String(seed)}`);
+    checkModel(opts.target, 'target');
+    if (opts.speculator !== undefined) checkSpeculator(opts.speculator, 'speculator');
     this.target = opts.target;
     this.speculator = opts.speculator;
     this.sampling = isSampling(opts.sampling) ? opts.sampling : undefined;

@@ -18,7 +18,7 @@ import type {
 import { knownForwardCost } from './cost_model';
 import { CHAIN_MAX_STEPS, CHAIN_SECONDS, chainLength, observeChainStep } from './plain_chain';
 import { argmaxIds, processLogits } from './sampling';
-import { codedError } from './strategies/speculator';
+import { checkModel, checkSpeculator, codedError } from './strategies/speculator';
 import { isSampling, pickTokens, samplingOptions, throwIfAborted } from './step_helpers';
 import type { Tensor } from './tensor';
 import { transferCounters, transfersSince, type TransferStats } from './transfers';
@@ -274,6 +274,8 @@ export class SpecEngine {
   readonly lastStep = { speculative: false, seconds: 0, steps: 1 };
 
   constructor(opts: EngineOptions) {
+    checkModel(opts.model, 'model');
+    if (opts.speculator !== undefined) checkSpeculator(opts.speculator, 'speculator');
     this.model = opts.model;
     this.speculator = opts.speculator;
     this.sampling = isSampling(opts.sampling) ? opts.sampling : undefined;

@@ -16,6 +16,7 @@ import {
 import { findWeights } from '../lib/models/llama';
 import { encodeSafetensors, openSafetensors, type SafetensorsEntry } from '../lib/safetensors';
 import { EagleHead, EagleSpeculator } from '../lib/strategies/eagle';
+import { HybridSpeculator } from '../lib/strategies/hybrid';
 import { MedusaHeads, MedusaSpeculator } from '../lib/strategies/medusa';
 import { rng, testSeed } from './helpers';
 import { verify } from '../lib/verify';
@@ -444,7 +445,7 @@ describe(`fuzz: TypeScript inputs (seed ${testSeed})`, function () {
     }
   });
 
-  it('strategy options (draft model, lookahead, prompt lookup, Medusa, EAGLE): E_ARG, or a lossless greedy run', async () => {
+  it('strategy options (draft model, lookahead, prompt lookup, Medusa, EAGLE, hybrid): E_ARG, or a lossless greedy run', async () => {
     const target = await LlamaModel.load(path.join(defaults, 'target'), { device: 'cpu' });
     const draft = await LlamaModel.load(path.join(defaults, 'draft'), { device: 'cpu' });
     const heads = MedusaHeads.load(path.join(defaults, 'medusa'), { device: 'cpu' });
@@ -458,17 +459,20 @@ describe(`fuzz: TypeScript inputs (seed ${testSeed})`, function () {
         ['prompt lookup', { maxNgram: 3, minNgram: 1, numDraft: 4 }, (o) => new PromptLookupSpeculator(o)],
         ['medusa', { heads, choices: [[0], [0, 0], [1], [0, 1]], sampling: 'exact', posteriorThreshold: 0.09, posteriorAlpha: 0.3 }, (o) => new MedusaSpeculator(o)],
         ['eagle', { head, topK: 4, depth: 3, totalTokens: 12, pageSize: 4 }, (o) => new EagleSpeculator(o)],
+        ['hybrid', { k: 4 }, (o) => new HybridSpeculator(o)],
       ];
       // The models themselves are not options to damage.
       const own: Record<string, Record<string, unknown>> = { draft: { draft }, medusa: { heads }, eagle: { head } };
       const seen = { error: 0, ok: 0 };
-      // At least 75 damaged objects (15 a strategy), and on until both outcomes were seen more than 5
+      // At least 90 damaged objects (15 a strategy), and on until both outcomes were seen more than 5
       // times (most damage is an error: 45 objects over three strategies left 5 successes for some seeds).
-      for (let i = 0; i < 75 || (i < 300 && !(seen.error > 5 && seen.ok > 5)); i++) {
+      for (let i = 0; i < 90 || (i < 300 && !(seen.error > 5 && seen.ok > 5)); i++) {
         const [name, base, make] = makers[i % makers.length]!;
         const opts = damageObject(base, r);
         Object.assign(opts, own[name]);
-        seen[await codedOrValidAsync(`${name} ${show({ ...opts, draft: undefined, heads: undefined, head: undefined })}`, ['E_ARG'], async () => {
+        // The hybrid's inner speculator: a fresh one (it is attached to the draft), or a hostile value.
+        if (name === 'hybrid') Object.assign(opts, { draft, draftSpeculator: r() < 0.8 ? new PromptLookupSpeculator({ maxNgram: 2 }) : hostile(r) });
+        seen[await codedOrValidAsync(`${name} ${show({ ...opts, draft: undefined, heads: undefined, head: undefined, draftSpeculator: typeof opts['draftSpeculator'] })}`, ['E_ARG'], async () => {
           const dec = new SpeculativeDecoder({ target, speculator: make(opts as never) });
           return (await dec.generate(prompt, { maxNewTokens: 6 }).result).tokens;
         }, (tokens) => assert.deepStrictEqual(Array.from(tokens), Array.from(plain), 'greedy speculation must equal plain greedy decoding'))]++;
@@ -508,6 +512,20 @@ describe('fuzz findings, replayed', () => {
       assert.strictEqual(codeOf(() => new MedusaSpeculator({ heads, choices: [[0], [0, 0], [1]], sampling: 'typical', posteriorThreshold: 0, posteriorAlpha: 0 })), undefined);
     } finally {
       heads.dispose();
+    }
+  });
+
+  it('a speculator or model option that is not one (decoder, hybrid): E_ARG naming it, not a TypeError', async () => {
+    const target = await LlamaModel.load(path.join(defaults, 'target'), { device: 'cpu' });
+    try {
+      for (const bad of [5, null, true, 'x', {}, { name: 'x', attach: () => undefined }]) {
+        assert.strictEqual(codeOf(() => new SpeculativeDecoder({ target, speculator: bad as never })), 'E_ARG', `speculator ${String(bad)}`);
+        assert.strictEqual(codeOf(() => new HybridSpeculator({ draft: target, draftSpeculator: bad as never })), 'E_ARG', `draftSpeculator ${String(bad)}`);
+        assert.strictEqual(codeOf(() => new SpeculativeDecoder({ target: bad as never })), 'E_ARG', `target ${String(bad)}`);
+        assert.strictEqual(codeOf(() => new HybridSpeculator({ draft: bad as never, draftSpeculator: new PromptLookupSpeculator({}) })), 'E_ARG', `draft ${String(bad)}`);
+      }
+    } finally {
+      target.dispose();
     }
   });
 

@@ -16,7 +16,7 @@ import { native } from '../native';
 import { knownForwardCost } from '../cost_model';
 import { SpecEngine, StatsAcc, type EngineSequence, type PhaseTimes, type StepPart } from '../spec_engine';
 import { abortError, isSampling } from '../step_helpers';
-import type { SamplingConfig, SeqRng, Speculator } from '../strategies/speculator';
+import { checkModel, checkSpeculator, type SamplingConfig, type SeqRng, type Speculator } from '../strategies/speculator';
 import { streamGeneration } from './generation';
 import { EngineMetrics } from './metrics';
 
@@ -237,6 +237,8 @@ export class Engine {
   private idleWaiters: (() => void)[] = [];
 
   constructor(opts: EngineOptions) {
+    checkModel(opts.model, 'model');
+    if (opts.speculator !== undefined) checkSpeculator(opts.speculator, 'speculator');
     this.model = opts.model;
     this.speculator = opts.speculator;
     this.maxBatch = opts.maxBatch ?? 64;

@@ -8,7 +8,7 @@ import { makeRng } from '../step_helpers';
 import type { CausalLM } from '../models/causal_lm';
 import { chainTree } from '../tree';
 import { checkDraftVocab, draftInput } from './draft_model';
-import { codedError, type ProposalBatch, type ProposeContext, type SpecSequence, type Speculator } from './speculator';
+import { checkModel, checkSpeculator, codedError, type ProposalBatch, type ProposeContext, type SpecSequence, type Speculator } from './speculator';
 
 export interface HybridOptions {
   /** The draft model (the target's vocabulary, or a prefix of it: see draftInput). */
@@ -35,6 +35,8 @@ export class HybridSpeculator implements Speculator {
   private readonly states = new Map<number, InnerState>();
 
   constructor(opts: HybridOptions) {
+    checkModel(opts.draft, 'hybrid: draft');
+    checkSpeculator(opts.draftSpeculator, 'hybrid: draftSpeculator');
     this.draft = opts.draft;
     this.inner = opts.draftSpeculator;
     this.k = opts.k ?? 6;

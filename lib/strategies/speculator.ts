@@ -3,6 +3,7 @@
 // sees the model's outputs of the forward that verified it, and keeps its own state in sync
 // (e.g. a draft model's KV cache). Speculators depend only on CausalLM.
 import type { CausalLM, DeviceTail, ForwardOutput, MedusaChainResult, MedusaChainTemplate, SpecChainResult } from '../models/causal_lm';
+import { codedError } from '../errors';
 import type { Tensor } from '../tensor';
 import type { PackedMask, TokenTree } from '../tree';
 
@@ -213,3 +214,23 @@ export interface Speculator {
 }
 
 export { codedError } from '../errors';
+
+/**
+ * E_ARG unless `x` looks like a Speculator (its required methods and name): an option that is not
+ * one is an error naming it, not a TypeError deep inside the engine.
+ */
+export function checkSpeculator(x: unknown, what: string): asserts x is Speculator {
+  const o = x as Record<string, unknown> | null;
+  const missing = typeof x !== 'object' || o === null ? ['an object'] : (['attach', 'prefill', 'propose', 'update', 'release', 'dispose'] as const).filter((m) => typeof o[m] !== 'function');
+  if (missing.length > 0 || typeof o?.['name'] !== 'string') {
+    throw codedError('E_ARG', `${what}: expected a Speculator (name, attach, prefill, propose, update, release, dispose), got ${x === null ? 'null' : typeof x}${missing.length > 0 && typeof x === 'object' && x !== null ? ` without ${missing.join(', ')}` : ''}`);
+  }
+}
+
+/** E_ARG unless `x` looks like a CausalLM (a config and forward()). */
+export function checkModel(x: unknown, what: string): asserts x is CausalLM {
+  const o = x as Record<string, unknown> | null;
+  if (typeof x !== 'object' || o === null || typeof o['forward'] !== 'function' || typeof o['config'] !== 'object' || o['config'] === null) {
+    throw codedError('E_ARG', `${what}: expected a model (CausalLM: a config and forward()), got ${x === null ? 'null' : typeof x}`);
+  }
+}

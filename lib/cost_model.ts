@@ -7,7 +7,7 @@
 // speculator that uses the model; setForwardCost pins a curve (tests, or an engine that knows
 // its costs).
 import type { CausalLM } from './models/causal_lm';
-import { argError } from './errors';
+import { argError, optionsArg } from './errors';
 
 /** Forward sizes measured by the calibration (the curve interpolates between them). */
 export const CALIBRATION_SIZES: readonly number[] = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64];
@@ -421,6 +421,7 @@ export interface CalibrationOptions {
  * over them repeat while the time budget lasts.
  */
 export async function calibrateForwardCost(model: CausalLM, opts: CalibrationOptions = {}): Promise<ForwardCost> {
+  optionsArg(opts, 'calibrateForwardCost options', true);
   const V = model.config.vocabSize;
   const maxPos = model.config.maxPositions;
   const prefix = Math.max(1, Math.min(opts.prefix ?? 32, Math.floor(maxPos / 4)));

@@ -7,6 +7,7 @@ import type { DecodeStats } from './spec_engine';
 import { isSampling, throwIfAborted } from './step_helpers';
 import type { SamplingConfig, Speculator } from './strategies/speculator';
 import { checkModel, checkSpeculator, codedError } from './strategies/speculator';
+import { optionsArg } from './errors';
 
 export type { DecodeStats, PhaseTimes } from './spec_engine';
 // ---- the decoder -------------------------------------------------------------------------------
@@ -59,6 +60,8 @@ export class SpeculativeDecoder {
   readonly sampling: DecoderSampling | undefined;
 
   constructor(opts: SpeculativeDecoderOptions) {
+    optionsArg(opts, 'SpeculativeDecoder options');
+    if (opts.sampling !== undefined) optionsArg(opts.sampling, 'sampling');
     const seed: unknown = opts.sampling?.seed;
     if (seed !== undefined && !(typeof seed === 'bigint' ? seed >= 0n && seed < 2n ** 64n : Number.isSafeInteger(seed) && (seed as number) >= 0))
       throw codedError('E_ARG', `sampling.seed: expected an integer in [0, 2^64), got ${String(seed)}`);
@@ -88,6 +91,7 @@ export class SpeculativeDecoder {
    * Concurrent calls on one model join one running batch (lib/engine/engine.ts).
    */
   generate(prompt: Int32Array | readonly number[], opts: GenerateOptions): Generation {
+    optionsArg(opts, 'generate options');
     const req: { -readonly [K in keyof RequestOptions]: RequestOptions[K] } = { ...opts, seed: this.sampling?.seed ?? 0 };
     if (this.sampling) req.sampling = this.sampling;
     return sharedEngine(this.target, this.speculator).generate(prompt, req);
@@ -101,7 +105,7 @@ export class SpeculativeDecoder {
    * stream (seed, i). Results in input order; the first failure cancels the other prompts.
    */
   async generateBatch(prompts: readonly (Int32Array | readonly number[])[], opts: BatchOptions): Promise<GenerateResult[]> {
-    const { maxNewTokens, signal } = opts;
+    const { maxNewTokens, signal } = optionsArg(opts, 'generateBatch options');
     if (!Number.isInteger(maxNewTokens) || maxNewTokens < 0) throw codedError('E_ARG', `maxNewTokens must be a non-negative integer, got ${maxNewTokens}`);
     // Every prompt is checked before any is submitted: a bad one fails the call with no work done.
     const c = this.target.config;

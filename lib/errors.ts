@@ -53,6 +53,25 @@ export function argError(message: string): CodedError {
   return codedError('E_ARG', message);
 }
 
+/**
+ * An options argument: an object (E_ARG naming `what` otherwise: null, a number, an array); an
+ * optional one may be left out (undefined gives {}). Option objects are read field by field, so a
+ * non-object would be a TypeError deep inside.
+ */
+export function optionsArg<T extends object>(x: T | undefined, what: string, optional = false): T {
+  if (x === undefined && optional) return {} as T;
+  if (typeof x !== 'object' || x === null || Array.isArray(x)) {
+    throw argError(`${what}: expected an options object, got ${x === null ? 'null' : Array.isArray(x) ? 'an array' : typeof x}`);
+  }
+  return x;
+}
+
+/** A path argument: a non-empty string (E_ARG naming `what` otherwise). */
+export function pathArg(x: unknown, what: string): string {
+  if (typeof x !== 'string' || x.length === 0) throw argError(`${what}: expected a path (a non-empty string), got ${x === null ? 'null' : typeof x === 'string' ? 'an empty string' : typeof x}`);
+  return x;
+}
+
 /** True when `e` is an Error carrying one of specdec's codes (native or TypeScript side). */
 export function isCodedError(e: unknown): e is CodedError {
   return e instanceof Error && (ERROR_CODES as readonly unknown[]).includes((e as { code?: unknown }).code);

@@ -5,6 +5,7 @@
 //   Philox(key = seed, counter offset = (i << 32) | k),
 // so (seed, i, k) alone determine a draw: the same prompt at the same batch index gives the same
 // output whatever else is in the batch.
+import { optionsArg } from './errors';
 import type { CausalLM, SequenceInput } from './models/causal_lm';
 import { codedError } from './models/config';
 import { chainLength, observeChainStep } from './plain_chain';
@@ -50,6 +51,7 @@ export function streamOffset(i: number, k: number): bigint {
 }
 
 export async function plainGenerate(model: CausalLM, prompts: readonly Int32Array[], options: PlainOptions): Promise<PlainResult> {
+  optionsArg(options, 'plainGenerate options');
   const { vocabSize, maxPositions, eosTokenIds } = model.config;
   const maxNew = options.maxNewTokens;
   if (!Number.isSafeInteger(maxNew) || maxNew < 0) throw codedError('E_ARG', `maxNewTokens: expected an integer >= 0, got ${maxNew}`);
@@ -67,6 +69,10 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
       if (!Number.isInteger(id) || id < 0 || id >= vocabSize) throw codedError('E_ARG', `prompts[${i}][${j}]: token id ${id} is outside the vocabulary [0, ${vocabSize})`);
     });
   });
+  const stopTokens: unknown = options.stopTokens;
+  if (stopTokens !== undefined && (!(Array.isArray(stopTokens) || ArrayBuffer.isView(stopTokens)) || !Array.from(stopTokens as ArrayLike<unknown>).every((t) => Number.isInteger(t)))) {
+    throw codedError('E_ARG', `stopTokens: expected an array of integer token ids, got ${String(stopTokens)}`);
+  }
   const stops = new Set<number>([...eosTokenIds, ...(options.stopTokens ?? [])]);
   const sampling = { temperature, topK: options.topK ?? 0, topP: options.topP ?? 1, minP: options.minP ?? 0 };
 

@@ -1,7 +1,7 @@
 // Logits processing and sampling on the native backends (CPU reference or CUDA), with the
 // semantics of cpp/core/spec_math.h: temperature -> top-k -> top-p -> min-p -> renormalise, and
 // inverse-CDF sampling from a seeded counter-based RNG (Philox4x32-10).
-import { argError } from './errors';
+import { argError, optionsArg } from './errors';
 import { native } from './native';
 import { asTensor, type Tensor } from './tensor';
 
@@ -19,6 +19,7 @@ export interface SamplingOptions {
 
 /** Checks options and fills the defaults (throws E_ARG naming the bad option). */
 export function resolveSamplingOptions(options: SamplingOptions = {}): Required<SamplingOptions> {
+  optionsArg(options, 'sampling options', true);
   const { temperature = 1, topK = 0, topP = 1, minP = 0 } = options;
   if (typeof temperature !== 'number' || !Number.isFinite(temperature) || temperature < 0)
     throw argError(`temperature: expected a finite number >= 0, got ${String(temperature)}`);

@@ -1,4 +1,5 @@
 // Device tensors: the native Tensor class with TypeScript types and Symbol.dispose.
+import { argError } from './errors';
 import { native } from './native';
 
 /// <reference path="../typings/native.d.ts" />
@@ -39,6 +40,7 @@ export const Tensor = {
     return tensorClass().zeros(dtype, shape, device) as Tensor;
   },
   fromArray(data: HostArray | readonly number[], dtype: DType, shape?: readonly number[], device: Device = 'cpu'): Tensor {
+    if (typeof data !== 'object' || data === null) throw argError(`fromArray: data: expected an array or a typed array, got ${data === null ? 'null' : typeof data}`);
     return tensorClass().fromArray(data, dtype, shape ?? [data.length], device) as Tensor;
   },
   /**

@@ -1,7 +1,7 @@
 // Text in, text out: tokenizes the prompt, streams decoded text chunks as the decoder emits tokens,
 // and stops at stop strings (the text is cut before the stop string; DESIGN §5 generate()).
 import type { GenerateOptions, GenerateResult, Generation } from './decoder';
-import { codedError } from './errors';
+import { codedError, optionsArg } from './errors';
 
 /** What text generation needs of a tokenizer (TextTokenizer fits). */
 export interface TextCodec {
@@ -119,6 +119,7 @@ export function generateText(
   prompt: string | Int32Array,
   opts: TextGenerateOptions,
 ): TextGeneration {
+  optionsArg(opts, 'generateText options');
   const stops = opts.stopStrings ?? [];
   if (stops.some((s) => typeof s !== 'string' || s.length === 0)) throw codedError('E_ARG', 'stopStrings must be non-empty strings');
   const ids = typeof prompt === 'string' ? codec.encode(prompt) : prompt;

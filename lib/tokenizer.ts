@@ -5,6 +5,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import type { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
+import { pathArg } from './errors';
 import { codedError } from './models/config';
 
 function readJson(file: string): unknown {
@@ -128,6 +129,7 @@ export class TextTokenizer {
 
   /** The tokenizer of a model directory, or undefined when it has no tokenizer.json. */
   static load(dir: string): TextTokenizer | undefined {
+    pathArg(dir, 'TextTokenizer.load: dir');
     const file = path.join(dir, 'tokenizer.json');
     if (!fs.existsSync(file)) return undefined;
     const json = readJson(file);

@@ -1,5 +1,6 @@
 // Batched verification of speculated token trees: one native launch per batch (CPU reference or
 // CUDA), semantics in cpp/core/spec_math.h.
+import { argError, optionsArg } from './errors';
 import { native } from './native';
 import type { DeviceTail, StagedVerify, VerifiedPaths } from './models/causal_lm';
 import type { HeadsOnAccepted } from './strategies/speculator';
@@ -91,6 +92,7 @@ export interface VerifyOutput {
 
 /** Verifies a ragged batch of trees in one native launch (index arrays go to target's device). */
 export function verify(input: VerifyInput): VerifyOutput {
+  optionsArg(input, 'verify input');
   return toOutput(input, native().verifyTree(nativeInput(input)));
 }
 
@@ -105,6 +107,9 @@ export function verifyMany(inputs: readonly VerifyInput[]): VerifyOutput[] {
 
 function nativeInput(input: VerifyInput): SpecdecNative.NativeVerifyInput {
   const { nodeIndptr } = input;
+  // The native call checks every array; the depth computed here reads nodeIndptr first.
+  const indptr: unknown = nodeIndptr;
+  if (!(indptr instanceof Int32Array || Array.isArray(indptr))) throw argError(`verify: nodeIndptr: expected an Int32Array, got ${indptr === null ? 'null' : typeof indptr}`);
   let maxDepth = input.maxDepth;
   if (maxDepth === undefined) {
     maxDepth = 0;

@@ -11,7 +11,7 @@ import * as os from 'os';
 import * as path from 'path';
 import {
   DraftModelSpeculator, LlamaModel, LookaheadSpeculator, parseLlamaConfig, PromptLookupSpeculator, readLlamaConfig, SpeculativeDecoder, sampling,
-  Tensor, TextTokenizer, type Speculator,
+  Tensor, TextTokenizer, calibrateForwardCost, isCodedError, plainGenerate, type Speculator,
 } from '../lib';
 import { findWeights } from '../lib/models/llama';
 import { encodeSafetensors, openSafetensors, type SafetensorsEntry } from '../lib/safetensors';
@@ -525,6 +525,58 @@ describe('fuzz findings, replayed', () => {
         assert.strictEqual(codeOf(() => new HybridSpeculator({ draft: bad as never, draftSpeculator: new PromptLookupSpeculator({}) })), 'E_ARG', `draft ${String(bad)}`);
       }
     } finally {
+      target.dispose();
+    }
+  });
+
+  it('public calls given a value that is not an options object, a path, a model or an array where one goes: a coded error, never a TypeError', async () => {
+    // Found by probing every public entry point with these values (22 entry points, 1,096 uncoded
+    // errors before the checks: "Cannot read properties of null", "is not iterable", Node's own path
+    // TypeError).
+    const values: unknown[] = [undefined, null, NaN, -1, 0, 2 ** 31, '', 'x', true, [], [1, 'x'], 10n];
+    const target = await LlamaModel.load(path.join(defaults, 'target'), { device: 'cpu' });
+    const dec = new SpeculativeDecoder({ target });
+    const t = Tensor.fromArray(new Float32Array(12).fill(0.1), 'f32', [3, 4]);
+    try {
+      const calls: [string, (v: never) => unknown][] = [
+        ['new DraftModelSpeculator', (v) => new DraftModelSpeculator(v)],
+        ['new LookaheadSpeculator', (v) => new LookaheadSpeculator(v)],
+        ['new PromptLookupSpeculator', (v) => new PromptLookupSpeculator(v === undefined ? null as never : v)],
+        ['new MedusaSpeculator', (v) => new MedusaSpeculator(v)],
+        ['new EagleSpeculator', (v) => new EagleSpeculator(v)],
+        ['MedusaHeads.load dir', (v) => MedusaHeads.load(v)],
+        ['MedusaHeads.load options', (v) => MedusaHeads.load(path.join(defaults, 'medusa'), v === undefined ? null as never : v)],
+        ['EagleHead.load dir', (v) => EagleHead.load(v)],
+        ['EagleHead.load options', (v) => EagleHead.load(path.join(defaults, 'eagle'), v === undefined ? null as never : v)],
+        ['TextTokenizer.load', (v) => TextTokenizer.load(v)],
+        ['LlamaModel.load dir', (v) => LlamaModel.load(v)],
+        ['LlamaModel.load options', (v) => LlamaModel.load(path.join(defaults, 'target'), v === undefined ? null as never : v)],
+        ['new SpeculativeDecoder', (v) => new SpeculativeDecoder(v)],
+        ['new SpeculativeDecoder sampling', (v) => new SpeculativeDecoder({ target, sampling: v === undefined ? null as never : v })],
+        ['decoder.generate options', (v) => dec.generate([1, 2, 3], v).result],
+        ['decoder.generateBatch options', (v) => dec.generateBatch([[1, 2, 3]], v)],
+        ['plainGenerate options', (v) => plainGenerate(target, [Int32Array.of(1, 2)], v)],
+        ['plainGenerate stopTokens', (v) => plainGenerate(target, [Int32Array.of(1, 2)], { maxNewTokens: 2, stopTokens: v === undefined ? 5 as never : v })],
+        ['sampling.processLogits options', (v) => sampling.processLogits(t, v === undefined ? null as never : v)],
+        ['verify', (v) => verify(v)],
+        ['Tensor.fromArray', (v) => Tensor.fromArray(v, 'f32')],
+        ['calibrateForwardCost options', (v) => calibrateForwardCost(target, v === undefined ? null as never : v)],
+      ];
+      for (const [name, call] of calls) {
+        for (const v of values) {
+          let outcome: unknown;
+          try {
+            const r = call(v as never);
+            outcome = r instanceof Promise ? await r : r;
+          } catch (e) {
+            assert.ok(isCodedError(e), `${name}(${typeof v === 'bigint' ? '10n' : JSON.stringify(v)}): ${(e as Error).stack}`);
+            continue;
+          }
+          (outcome as { dispose?: () => void } | undefined)?.dispose?.();
+        }
+      }
+    } finally {
+      t.dispose();
       target.dispose();
     }
   });

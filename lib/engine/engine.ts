@@ -10,7 +10,7 @@
 // step's target forward; each setting's group proposes and is verified on its own rows.
 import { availableParallelism } from 'os';
 import type { GenerateOptions, GenerateResult, Generation } from '../decoder';
-import { codedError } from '../errors';
+import { codedError, optionsArg } from '../errors';
 import type { CausalLM } from '../models/causal_lm';
 import { native } from '../native';
 import { knownForwardCost } from '../cost_model';
@@ -237,6 +237,7 @@ export class Engine {
   private idleWaiters: (() => void)[] = [];
 
   constructor(opts: EngineOptions) {
+    optionsArg(opts, 'Engine options');
     checkModel(opts.model, 'model');
     if (opts.speculator !== undefined) checkSpeculator(opts.speculator, 'speculator');
     this.model = opts.model;
@@ -284,6 +285,7 @@ export class Engine {
   /** Decodes one prompt in the shared batch; resolves with its tokens and statistics. */
   submit(prompt: Int32Array | readonly number[], opts: RequestOptions): Promise<GenerateResult> {
     return new Promise<GenerateResult>((resolve, reject) => {
+      optionsArg(opts, 'request options');
       if (this.closed) throw codedError('E_CLOSED', 'the engine is closed and takes no new requests');
       this.validate(prompt, opts);
       if (opts.signal?.aborted) throw abortError(opts.signal);
@@ -317,6 +319,7 @@ export class Engine {
 
   /** submit() as a stream of per-step chunks (leaving the loop early cancels the request). */
   generate(prompt: Int32Array | readonly number[], opts: RequestOptions): Generation {
+    optionsArg(opts, 'generate options');
     return streamGeneration((onTokens, signal) => this.submit(prompt, { ...opts, signal, onTokens }), opts.signal);
   }
 

@@ -7,6 +7,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { resolveDevice } from '../backend';
+import { optionsArg, pathArg } from '../errors';
 import { native } from '../native';
 import { resolveSamplingOptions, type SamplingOptions } from '../sampling';
 import { asTensor, type Device, type Tensor } from '../tensor';
@@ -157,6 +158,8 @@ export class LlamaModel implements CausalLM {
 
   /** Loads a checkpoint directory (config.json + model.safetensors or a sharded index). */
   static async load(dir: string, options: LlamaLoadOptions = {}): Promise<LlamaModel> {
+    pathArg(dir, 'LlamaModel.load: dir');
+    optionsArg(options, 'LlamaModel.load options', true);
     if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw codedError('E_FORMAT', `${dir}: not a model directory`);
     const config = withMaxContext(readLlamaConfig(dir), options.maxContext);
     const found = findWeights(dir);

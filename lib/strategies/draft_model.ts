@@ -9,6 +9,7 @@
 // truncates the draft back to the accepted prefix. Tokens of the history the draft has not cached
 // yet (the prompt at first; the bonus token, which neither model has cached; accepted tree nodes)
 // are fed in front of the first draft step.
+import { optionsArg } from '../errors';
 import { ChainCost, chainTokenCost, forwardCost, type ForwardCost } from '../cost_model';
 import { gatherRows, isSampling, samplingOptions } from '../step_helpers';
 import { backedOffProbeInterval, chooseChainLength, PROBE_AFTER_PLAIN_STEPS, RankRates, sizingCost, stepCost } from '../tree_sizing';
@@ -18,6 +19,7 @@ import { argmax, processLogits, sample, topK } from '../sampling';
 import type { Tensor } from '../tensor';
 import { chainTree, loneRoot, type TokenTree } from '../tree';
 import {
+  checkModel,
   codedError,
   type DraftChainOffer,
   type Proposal,
@@ -123,6 +125,8 @@ export class DraftModelSpeculator implements Speculator {
   private targetVocab: number | undefined;
 
   constructor(opts: DraftModelOptions) {
+    optionsArg(opts, 'draft model options');
+    checkModel(opts.draft, 'draft');
     this.draft = opts.draft;
     this.k = opts.k ?? 4;
     this.adaptive = opts.adaptive ?? (opts.k === undefined && opts.treeBranching === undefined ? 'cost' : 'fixed');

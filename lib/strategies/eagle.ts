@@ -38,6 +38,7 @@
 // (copy-on-write pages), so every node attends to exactly its ancestors, as EAGLE's tree mask does;
 // the forks are freed after the step. The draft layers run as one native call (cpp/model/eagle.cc)
 // where the addon has it, else composed op by op here (composedForward: the same bits).
+import { optionsArg, pathArg } from '../errors';
 import * as fs from 'fs';
 import * as path from 'path';
 
@@ -153,6 +154,8 @@ export class EagleHead {
    * naming the file and the problem.
    */
   static load(dir: string, opts: { device?: Device | 'auto' } = {}): EagleHead {
+    pathArg(dir, 'EagleHead.load: dir');
+    optionsArg(opts, 'EagleHead.load options', true);
     const device = resolveDevice(opts.device ?? 'auto');
     const cfgPath = path.join(dir, 'config.json');
     let json: Record<string, unknown>;
@@ -638,6 +641,8 @@ export class EagleSpeculator implements Speculator {
   private readonly releasedKeys: number[] = [];
 
   constructor(opts: EagleOptions) {
+    optionsArg(opts, 'eagle options');
+    if (!(opts.head instanceof EagleHead)) throw codedError('E_ARG', `eagle: head: expected an EagleHead (EagleHead.load), got ${opts.head === null ? 'null' : typeof opts.head}`);
     this.head = opts.head;
     const int = (v: number | undefined, name: string, def: number, lo: number, hi: number): number => {
       const x = v ?? def;

@@ -20,6 +20,7 @@
 // curve, from online rates (first-token hits by candidate rank, continuation rates by depth, and
 // the tokens window-harvested n-grams later yield per column run); N-grams of the emitted text also
 // enter the pool, so with the window off it still finds the text's repeats.
+import { optionsArg } from '../errors';
 import { forwardCost, RecentTimes, type ForwardCost } from '../cost_model';
 import { pickRowsArgmax } from './draft_model';
 import type { CausalLM } from '../models/causal_lm';
@@ -234,6 +235,7 @@ export class LookaheadSpeculator implements Speculator {
   private readonly states = new Map<number, LookaheadState>();
 
   constructor(opts: LookaheadOptions) {
+    optionsArg(opts, 'lookahead options');
     this.W = opts.W;
     this.N = opts.N;
     this.G = opts.G;

@@ -11,6 +11,7 @@
 // deterministic top-k picks, lossless), and Medusa's typical acceptance (LOSSY: it accepts any
 // candidate whose target probability exceeds min(posteriorThreshold, posteriorAlpha * exp(-H(p))),
 // so the output does not follow the target distribution exactly).
+import { optionsArg, pathArg } from '../errors';
 import * as fs from 'fs';
 import * as path from 'path';
 
@@ -83,6 +84,8 @@ export class MedusaHeads {
    * defaults are on the same device (CUDA when usable, else the CPU).
    */
   static load(dir: string, opts: { device?: Device | 'auto' } = {}): MedusaHeads {
+    pathArg(dir, 'MedusaHeads.load: dir');
+    optionsArg(opts, 'MedusaHeads.load options', true);
     const device = resolveDevice(opts.device ?? 'auto');
     const cfgPath = path.join(dir, 'config.json');
     let cfg: Record<string, unknown>;
@@ -299,6 +302,8 @@ export class MedusaSpeculator implements Speculator {
   private readonly probeKeep: Int32Array;
 
   constructor(opts: MedusaOptions) {
+    optionsArg(opts, 'medusa options');
+    if (!(opts.heads instanceof MedusaHeads)) throw codedError('E_ARG', `medusa: heads: expected MedusaHeads (MedusaHeads.load), got ${opts.heads === null ? 'null' : typeof opts.heads}`);
     this.heads = opts.heads;
     if (opts.choices === null) throw codedError('E_ARG', 'medusa: choices must be a preset name or a choices list (or left out: sized), got null');
     // The default preset is cut to the heads there are; an explicit list must fit them.

@@ -1,6 +1,7 @@
 // Prompt lookup decoding: find the longest n-gram (maxNgram down to minNgram) ending the history
 // that occurred before in prompt + output (most recent occurrence), and propose the tokens that
 // followed it as a chain. No model; drafts are deterministic (one-hot rejection when sampling).
+import { optionsArg } from '../errors';
 import { forwardCost, RecentTimes } from '../cost_model';
 import type { CausalLM } from '../models/causal_lm';
 import { wholeChains } from '../plain_chain';
@@ -87,6 +88,7 @@ export class PromptLookupSpeculator implements Speculator {
   private target: CausalLM | undefined;
 
   constructor(opts: PromptLookupOptions = {}) {
+    optionsArg(opts, 'prompt lookup options', true);
     this.maxNgram = opts.maxNgram ?? 3;
     this.minNgram = opts.minNgram ?? 1;
     this.numDraft = opts.numDraft ?? 10;

@@ -13,7 +13,7 @@ import { KvCache } from '../lib/kv';
 import { LlamaModel } from '../lib/models/llama';
 import { writeSafetensors } from '../lib/safetensors';
 import { KEPT_TRACES } from '../lib/strategies/draft_model';
-import { EagleHead, EagleSpeculator } from '../lib/strategies/eagle';
+import { EagleHead, EagleSpeculator, type EagleOptions } from '../lib/strategies/eagle';
 import { native } from '../lib/native';
 import { plainGenerate } from '../lib/plain';
 import { Tensor } from '../lib/tensor';
@@ -482,15 +482,7 @@ describe('EAGLE heads', function () {
           for (const sampling of [undefined, { temperature: 0.8 }]) {
             // One after the other: the counters are the process's.
             const run = async (nativeExpansion: boolean) => {
-              const speculator = new EagleSpeculator({ head, ...opts });
-              speculator.nativeExpansion = nativeExpansion;
-              const trees: string[] = [];
-              const propose = speculator.propose.bind(speculator);
-              speculator.propose = (seqs, ctx) => {
-                const batch = propose(seqs, ctx);
-                for (const p of batch.proposals) trees.push(`${Array.from(p.tokens).join(',')}|${Array.from(p.parents).join(',')}`);
-                return batch;
-              };
+              const { speculator, trees } = recordingEagle(head, opts, nativeExpansion);
               try {
                 const before = transferCounters();
                 const out = await new SpeculativeDecoder({ target, speculator }).generateBatch(prompts, { maxNewTokens: 16, ...(sampling ? { sampling, seed: 7 } : {}) });
@@ -667,15 +659,7 @@ async function embeddedHeadsAgree(device: 'cpu' | 'cuda'): Promise<void> {
         const what = `${device} EAGLE-${h === 0 ? 1 : 3} ${JSON.stringify(opts)}`;
         const runs: { trees: string[]; tokens: number[]; waits: number }[] = [];
         for (const nativeExpansion of [true, false]) {
-          const speculator = new EagleSpeculator({ head, ...opts });
-          speculator.nativeExpansion = nativeExpansion;
-          const trees: string[] = [];
-          const propose = speculator.propose.bind(speculator);
-          speculator.propose = (seqs, ctx) => {
-            const batch = propose(seqs, ctx);
-            for (const p of batch.proposals) trees.push(`${Array.from(p.tokens).join(',')}|${Array.from(p.parents).join(',')}`);
-            return batch;
-          };
+          const { speculator, trees } = recordingEagle(head, opts, nativeExpansion);
           try {
             const r = await new SpeculativeDecoder({ target, speculator }).generate(prompt, { maxNewTokens: 48 }).result;
             runs.push({ trees, tokens: Array.from(r.tokens), waits: r.stats.transfers.blockingWaits });
@@ -694,4 +678,18 @@ async function embeddedHeadsAgree(device: 'cpu' | 'cuda'): Promise<void> {
     for (const h of heads) h.dispose();
     target.dispose();
   }
+}
+
+/** An EAGLE speculator that records each proposal it makes ("tokens|parents"), with its draft side native or op by op. */
+function recordingEagle(head: EagleHead, opts: Omit<EagleOptions, 'head'>, nativeExpansion: boolean): { speculator: EagleSpeculator; trees: string[] } {
+  const speculator = new EagleSpeculator({ head, ...opts });
+  speculator.nativeExpansion = nativeExpansion;
+  const trees: string[] = [];
+  const propose = speculator.propose.bind(speculator);
+  speculator.propose = (seqs, ctx) => {
+    const batch = propose(seqs, ctx);
+    for (const p of batch.proposals) trees.push(`${Array.from(p.tokens).join(',')}|${Array.from(p.parents).join(',')}`);
+    return batch;
+  };
+  return { speculator, trees };
 }

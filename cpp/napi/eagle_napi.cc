@@ -12,6 +12,14 @@ namespace specdec {
 namespace napi {
 namespace {
 
+// The weights of a live head (E_ARG for anything else, E_DISPOSED once released).
+std::shared_ptr<EagleWeights> weights_arg(const Napi::Value& v) {
+  auto w = handle_arg<EagleWeights>(v, "weights", "EAGLE weights (eagleWeights)");
+  SPECDEC_CHECK(w != nullptr, "E_ARG", "weights: expected EAGLE weights (eagleWeights)");
+  SPECDEC_CHECK(w->inv_freq.defined(), "E_DISPOSED", "weights: the EAGLE head was disposed");
+  return w;
+}
+
 Tensor opt(const Napi::Object& o, const char* key) {
   return has_field(o, key) ? optional_tensor_arg(get_field(o, key), key) : Tensor();
 }
@@ -77,9 +85,7 @@ Napi::Value EagleWeightsCreate(const Napi::CallbackInfo& info) {
 //              features: Tensor[], fromTarget: boolean) -> h f32 [N, H]
 Napi::Value EagleForward(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
-    const auto w = handle_arg<EagleWeights>(info[0], "weights", "EAGLE weights (eagleWeights)");
-    SPECDEC_CHECK(w != nullptr, "E_ARG", "weights: expected EAGLE weights (eagleWeights)");
-    SPECDEC_CHECK(w->inv_freq.defined(), "E_DISPOSED", "weights: the EAGLE head was disposed");
+    const auto w = weights_arg(info[0]);
     const Tensor embed = tensor_arg(info[1], "embed");
     const std::vector<Tensor> layers = tensor_list_arg(info[2], "kvLayers");
     const PagedBatch& batch = paged_batch_arg(info[3], "batch");
@@ -103,9 +109,7 @@ Napi::Value EagleForward(const Napi::CallbackInfo& info) {
 //              width) -> hRoot f32 [B, H]
 Napi::Value EagleCatchUp(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
-    const auto w = handle_arg<EagleWeights>(info[0], "weights", "EAGLE weights (eagleWeights)");
-    SPECDEC_CHECK(w != nullptr, "E_ARG", "weights: expected EAGLE weights (eagleWeights)");
-    SPECDEC_CHECK(w->inv_freq.defined(), "E_DISPOSED", "weights: the EAGLE head was disposed");
+    const auto w = weights_arg(info[0]);
     const Tensor embed = tensor_arg(info[1], "embed");
     KvCache& cache = kv_cache_arg(info[2], "cache");
     const std::vector<int32_t> seqs = get_i32_array(info[3], "seqs"), counts = get_i32_array(info[4], "counts"),
@@ -129,9 +133,7 @@ Napi::Value EagleCatchUp(const Napi::CallbackInfo& info) {
 Napi::Value EagleExpand(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
     Napi::Env env = info.Env();
-    const auto w = handle_arg<EagleWeights>(info[0], "weights", "EAGLE weights (eagleWeights)");
-    SPECDEC_CHECK(w != nullptr, "E_ARG", "weights: expected EAGLE weights (eagleWeights)");
-    SPECDEC_CHECK(w->inv_freq.defined(), "E_DISPOSED", "weights: the EAGLE head was disposed");
+    const auto w = weights_arg(info[0]);
     const Tensor embed = tensor_arg(info[1], "embed");
     const Tensor lm_head = optional_tensor_arg(info[2], "lmHead");
     KvCache& cache = kv_cache_arg(info[3], "cache");

@@ -11,8 +11,7 @@ import { DraftModelSpeculator } from '../lib/strategies/draft_model';
 import { EagleHead, EagleSpeculator } from '../lib/strategies/eagle';
 import { LookaheadSpeculator } from '../lib/strategies/lookahead';
 import { MedusaHeads, MedusaSpeculator } from '../lib/strategies/medusa';
-import type { ProposalBatch, Speculator } from '../lib/strategies/speculator';
-import { PromptLookupSpeculator } from '../lib/strategies/prompt_lookup';
+import type { Speculator } from '../lib/strategies/speculator';
 import { makeCheckpoint, specByName, type CheckpointSpec } from './fixtures/checkpoints';
 import { writeEagleHead } from './fixtures/eagle_head';
 import { writeMedusaHeads } from './fixtures/medusa_heads';
@@ -127,39 +126,6 @@ describe('engine: continuous batching', function () {
     // Cumulative phases would hold the first request's 40 steps inside the second's lifetime. (No
     // comparison of the two requests' times: a GC pause or a compile can land in either.)
     assert.ok(sum(second.stats.phases) <= second.stats.seconds, `phases ${sum(second.stats.phases)} s in a request of ${second.stats.seconds} s`);
-  });
-
-  it("each speculator's proposals stay within its maxTreeNodes (the Engine's default reserve); a largest tree that cannot fit is refused at admission", async () => {
-    for (const [name, make] of speculators) {
-      const spec = make();
-      if (!spec) continue;
-      assert.ok(Number.isInteger(spec.maxTreeNodes) && spec.maxTreeNodes! >= 2, `${name}: maxTreeNodes ${spec.maxTreeNodes}`);
-      let most = 0;
-      const propose = spec.propose.bind(spec);
-      spec.propose = (seqs, ctx) => {
-        const batch = propose(seqs, ctx);
-        const note = (b: ProposalBatch) => {
-          for (const p of b.proposals) most = Math.max(most, p.tokens.length);
-          return b;
-        };
-        return batch instanceof Promise ? batch.then(note) : note(batch);
-      };
-      await alone(new Engine({ model: target, speculator: spec }), jobs(testSeed + 13, 3));
-      // (The draft model's and Medusa's greedy steps run as native chains of their fixed trees: their
-      // proposals are lone roots; their maxTreeNodes are those trees' sizes.)
-      const chained = spec instanceof DraftModelSpeculator || spec instanceof MedusaSpeculator;
-      assert.ok((most >= 2 || chained) && most <= spec.maxTreeNodes!, `${name}: proposals of up to ${most} nodes, maxTreeNodes ${spec.maxTreeNodes}`);
-      if (spec instanceof DraftModelSpeculator) assert.strictEqual(spec.maxTreeNodes, 4);
-      if (spec instanceof MedusaSpeculator) assert.strictEqual(spec.maxTreeNodes, 6);
-    }
-    // A 201-node EAGLE tree on a cache of 96 tokens: refused before any output, naming the tree.
-    const big = new EagleSpeculator({ head: EagleHead.load(writeEagleHead({ hidden: targetSpec.hidden, heads: 4, kvHeads: 2, intermediate: 48, vocab: V, seed: testSeed }), { device: 'cpu' }), topK: 8, depth: 5, totalTokens: 200 });
-    const engine = new Engine({ model: small, speculator: big });
-    assert.strictEqual(engine.treeReserveTokens, 201);
-    let emitted = 0;
-    await assert.rejects(engine.submit(Int32Array.of(1, 2, 3), { maxNewTokens: 8, onTokens: (t) => (emitted += t.length) }), (e: Error & { code?: string }) => e.code === 'E_KV_FULL' && /201-token tree/.test(e.message));
-    assert.strictEqual(emitted, 0);
-    assert.strictEqual(new Engine({ model: small, speculator: new PromptLookupSpeculator({}) }).treeReserveTokens, 64, 'small trees keep the 64-token reserve');
   });
 
   it('a small KV cache preempts the youngest and recomputes it: same tokens, all pages free', async () => {

@@ -27,9 +27,9 @@ export interface EngineOptions {
   readonly maxBatch?: number;
   /**
    * KV tokens kept free per live sequence for its next speculative tree: requests are admitted, and
-   * the youngest preempted, so that every live sequence has this room. Default with a speculator:
-   * its largest tree (Speculator.maxTreeNodes), at least 64; 1 without (a plain step adds one token;
-   * a reserve of 64 refused a 3-token prompt on a 64-token cache).
+   * the youngest preempted, so that every live sequence has this room. Default 64 with a
+   * speculator, 1 without (a plain step adds one token; a reserve of 64 refused a 3-token prompt
+   * on a 64-token cache).
    */
   readonly treeReserveTokens?: number;
   /**
@@ -243,9 +243,7 @@ export class Engine {
     this.model = opts.model;
     this.speculator = opts.speculator;
     this.maxBatch = opts.maxBatch ?? 64;
-    // The speculator's largest tree where it is larger than 64 (a fixed tree of many nodes), so that
-    // a tree never outgrows the room its request was admitted with (it failed mid-run with E_KV_FULL).
-    this.treeReserveTokens = opts.treeReserveTokens ?? (opts.speculator ? Math.max(64, opts.speculator.maxTreeNodes ?? 0) : 1);
+    this.treeReserveTokens = opts.treeReserveTokens ?? (opts.speculator ? 64 : 1);
     if (!Number.isSafeInteger(this.maxBatch) || this.maxBatch < 1) throw codedError('E_ARG', `maxBatch: expected an integer >= 1, got ${this.maxBatch}`);
     if (!Number.isSafeInteger(this.treeReserveTokens) || this.treeReserveTokens < 1) {
       throw codedError('E_ARG', `treeReserveTokens: expected an integer >= 1, got ${this.treeReserveTokens}`);

@@ -148,15 +148,6 @@ export class DraftModelSpeculator implements Speculator {
     }
   }
 
-  /** Speculator.maxTreeNodes: the root and the longest chain (k drafts, or maxK where k adapts), or the branching tree's nodes. */
-  get maxTreeNodes(): number {
-    if (!this.treeBranching) return (this.adaptive === 'fixed' ? this.k : Math.max(this.k, this.maxK)) + 1;
-    let nodes = 1;
-    let level = 1;
-    for (const b of this.treeBranching) nodes += level *= b;
-    return nodes;
-  }
-
   attach(model: CausalLM): void {
     checkDraftVocab('draft model', this.draft, model);
     this.targetDevice = model.device;

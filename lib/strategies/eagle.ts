@@ -656,11 +656,6 @@ export class EagleSpeculator implements Speculator {
     this.pageSize = int(opts.pageSize, 'pageSize', 4, 1, 1024);
   }
 
-  /** Speculator.maxTreeNodes: the most draft nodes and the root. */
-  get maxTreeNodes(): number {
-    return this.maxNodes + 1;
-  }
-
   attach(model: CausalLM): void {
     const c = this.head.config;
     if (c.targetHiddenSize !== model.config.hiddenSize) {

@@ -46,11 +46,6 @@ export class HybridSpeculator implements Speculator {
     this.engine = new SpecEngine({ model: this.draft, speculator: this.inner });
   }
 
-  /** Speculator.maxTreeNodes: the root and a chain of k drafts. */
-  get maxTreeNodes(): number {
-    return this.k + 1;
-  }
-
   attach(model: CausalLM): void {
     checkDraftVocab('hybrid', this.draft, model);
   }

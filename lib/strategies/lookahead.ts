@@ -234,9 +234,6 @@ export class LookaheadSpeculator implements Speculator {
   private target: CausalLM | undefined;
   private readonly states = new Map<number, LookaheadState>();
 
-  /** Speculator.maxTreeNodes: a full step (the root, the window's rows and the guesses). */
-  readonly maxTreeNodes: number;
-
   constructor(opts: LookaheadOptions) {
     optionsArg(opts, 'lookahead options');
     this.W = opts.W;
@@ -252,7 +249,6 @@ export class LookaheadSpeculator implements Speculator {
     // One step is a masked forward of 1 + (W + G) * (N - 1) tokens; the native side takes at most
     // MAX_MASKED_TOKENS (kMaxTreeTokens), and a huge W would exhaust memory before getting there.
     const nodes = 1 + (this.W + this.G) * (this.N - 1);
-    this.maxTreeNodes = nodes;
     if (nodes > MAX_MASKED_TOKENS) {
       throw codedError('E_ARG', `lookahead: W=${this.W}, N=${this.N}, G=${this.G} make steps of ${nodes} tokens, more than the ${MAX_MASKED_TOKENS} of a masked forward (need 1 + (W + G) * (N - 1) <= ${MAX_MASKED_TOKENS})`);
     }

@@ -345,11 +345,6 @@ export class MedusaSpeculator implements Speculator {
     this.typicalAlpha = real(opts.posteriorAlpha, 'posteriorAlpha', 0.3, 0, Number.MAX_VALUE);
   }
 
-  /** Speculator.maxTreeNodes: the choice tree's nodes and the root. */
-  get maxTreeNodes(): number {
-    return this.shape.parents.length;
-  }
-
   attach(model: CausalLM): void {
     const c = this.heads.config;
     if (c.hiddenSize !== model.config.hiddenSize) {

@@ -87,9 +87,6 @@ export class PromptLookupSpeculator implements Speculator {
   private readonly weighSeconds = new RecentTimes();
   private target: CausalLM | undefined;
 
-  /** Speculator.maxTreeNodes: the root and numDraft copied tokens. */
-  readonly maxTreeNodes: number;
-
   constructor(opts: PromptLookupOptions = {}) {
     optionsArg(opts, 'prompt lookup options', true);
     this.maxNgram = opts.maxNgram ?? 3;
@@ -100,7 +97,6 @@ export class PromptLookupSpeculator implements Speculator {
       throw codedError('E_ARG', `prompt lookup: need 1 <= minNgram <= maxNgram, got ${this.minNgram}, ${this.maxNgram}`);
     }
     if (!(Number.isInteger(this.numDraft) && this.numDraft >= 1)) throw codedError('E_ARG', `prompt lookup: numDraft must be >= 1, got ${this.numDraft}`);
-    this.maxTreeNodes = this.numDraft + 1;
   }
 
   attach(model: CausalLM): void {

@@ -162,12 +162,6 @@ export interface Speculator {
   readonly samplingVerifyMode?: 'rejection' | 'typical';
   readonly typicalThreshold?: number;
   readonly typicalAlpha?: number;
-  /**
-   * The most nodes (root included) a proposal of this speculator can have: the Engine keeps at
-   * least that much KV room per live sequence (EngineOptions.treeReserveTokens' default), so that a
-   * tree always fits where its request was admitted. Undefined: 64.
-   */
-  readonly maxTreeNodes?: number;
   /** Checks compatibility with the model it drafts for (vocabulary, hidden size). Throws E_ARG. */
   attach(model: CausalLM): void;
   /**

@@ -66,6 +66,13 @@ export function optionsArg<T extends object>(x: T | undefined, what: string, opt
   return x;
 }
 
+/** A stopTokens option: undefined, or an array (or typed array) of integer token ids (E_ARG otherwise). */
+export function checkStopTokens(x: unknown): void {
+  if (x !== undefined && (!(Array.isArray(x) || ArrayBuffer.isView(x)) || !Array.from(x as ArrayLike<unknown>).every((t) => Number.isInteger(t)))) {
+    throw argError(`stopTokens must be an array of integer token ids, got ${String(x)}`);
+  }
+}
+
 /** A path argument: a non-empty string (E_ARG naming `what` otherwise). */
 export function pathArg(x: unknown, what: string): string {
   if (typeof x !== 'string' || x.length === 0) throw argError(`${what}: expected a path (a non-empty string), got ${x === null ? 'null' : typeof x === 'string' ? 'an empty string' : typeof x}`);

@@ -5,7 +5,7 @@
 //   Philox(key = seed, counter offset = (i << 32) | k),
 // so (seed, i, k) alone determine a draw: the same prompt at the same batch index gives the same
 // output whatever else is in the batch.
-import { optionsArg } from './errors';
+import { checkStopTokens, optionsArg } from './errors';
 import type { CausalLM, SequenceInput } from './models/causal_lm';
 import { codedError } from './models/config';
 import { chainLength, observeChainStep } from './plain_chain';
@@ -69,10 +69,7 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
       if (!Number.isInteger(id) || id < 0 || id >= vocabSize) throw codedError('E_ARG', `prompts[${i}][${j}]: token id ${id} is outside the vocabulary [0, ${vocabSize})`);
     });
   });
-  const stopTokens: unknown = options.stopTokens;
-  if (stopTokens !== undefined && (!(Array.isArray(stopTokens) || ArrayBuffer.isView(stopTokens)) || !Array.from(stopTokens as ArrayLike<unknown>).every((t) => Number.isInteger(t)))) {
-    throw codedError('E_ARG', `stopTokens: expected an array of integer token ids, got ${String(stopTokens)}`);
-  }
+  checkStopTokens(options.stopTokens);
   const stops = new Set<number>([...eosTokenIds, ...(options.stopTokens ?? [])]);
   const sampling = { temperature, topK: options.topK ?? 0, topP: options.topP ?? 1, minP: options.minP ?? 0 };
 

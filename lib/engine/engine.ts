@@ -10,7 +10,7 @@
 // step's target forward; each setting's group proposes and is verified on its own rows.
 import { availableParallelism } from 'os';
 import type { GenerateOptions, GenerateResult, Generation } from '../decoder';
-import { codedError, optionsArg } from '../errors';
+import { checkStopTokens, codedError, optionsArg } from '../errors';
 import type { CausalLM } from '../models/causal_lm';
 import { native } from '../native';
 import { knownForwardCost } from '../cost_model';
@@ -365,10 +365,7 @@ export class Engine {
     if (opts.stream !== undefined && (!Number.isSafeInteger(opts.stream) || opts.stream < 0 || opts.stream >= 2 ** 32)) {
       throw codedError('E_ARG', `stream must be an integer in [0, 2^32), got ${opts.stream}`);
     }
-    const stopTokens: unknown = opts.stopTokens;
-    if (stopTokens !== undefined && (!(Array.isArray(stopTokens) || ArrayBuffer.isView(stopTokens)) || !Array.from(stopTokens as ArrayLike<unknown>).every((t) => Number.isInteger(t)))) {
-      throw codedError('E_ARG', `stopTokens must be an array of integer token ids, got ${String(stopTokens)}`);
-    }
+    checkStopTokens(opts.stopTokens);
     const seed = opts.seed;
     if (seed !== undefined && !(typeof seed === 'bigint' ? seed >= 0n && seed < 2n ** 64n : Number.isSafeInteger(seed) && seed >= 0)) {
       throw codedError('E_ARG', `seed must be a non-negative integer below 2^64, got ${String(seed)}`);

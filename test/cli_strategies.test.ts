@@ -94,8 +94,11 @@ describe('specdec generate: strategies end to end', function () {
     const r = spawnSync(process.execPath, [bin, 'generate', '--device', 'cpu', '--model', target, '--prompt-ids', prompt, '--max-new-tokens', '8', '--draft', draft], { encoding: 'utf8' });
     assert.strictEqual(r.status, 0, r.stderr);
     assert.match(r.stderr, /; cost model calibrated in \d+ ms before the run\n$/);
-    // A draft as costly as the target never pays: the sized run decodes plainly and says so.
-    const self = spawnSync(process.execPath, [bin, 'generate', '--device', 'cpu', '--model', target, '--prompt-ids', prompt, '--max-new-tokens', '16', '--draft', target], { encoding: 'utf8' });
+    // A draft three times as costly as the target never pays: the sized run decodes plainly and says
+    // so. (With the target itself as the draft the two choices tie even at full acceptance, and timing
+    // noise decided them: the run drafted at 4 tokens a forward in one CI run of seven.)
+    const costly = makeCheckpoint({ ...spec, name: 'costly', layers: 3 * spec.layers }, testSeed + 5);
+    const self = spawnSync(process.execPath, [bin, 'generate', '--device', 'cpu', '--model', target, '--prompt-ids', prompt, '--max-new-tokens', '16', '--draft', costly], { encoding: 'utf8' });
     assert.strictEqual(self.status, 0, self.stderr);
     assert.match(self.stderr, /; \d+ of \d+ steps decoded plainly \(no proposal paid on this hardware; a fixed size, --draft-k, --medusa-tree or --eagle-tree, forces one\)/);
     const forced = spawnSync(process.execPath, [bin, 'generate', '--device', 'cpu', '--model', target, '--prompt-ids', prompt, '--max-new-tokens', '16', '--draft', target, '--draft-k', '4'], { encoding: 'utf8' });

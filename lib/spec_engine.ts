@@ -22,7 +22,7 @@ import { checkModel, checkSpeculator, codedError } from './strategies/speculator
 import { isSampling, pickTokens, samplingOptions, throwIfAborted } from './step_helpers';
 import type { Tensor } from './tensor';
 import { transferCounters, transfersSince, type TransferStats } from './transfers';
-import { flattenTrees, loneRoot, pruneTree, treeDepths, validateTree } from './tree';
+import { cutTree, flattenTrees, loneRoot, pruneTree, treeDepths, validateTree } from './tree';
 import { verify, verifyMany, type VerifyInput, type VerifyMode, type VerifyOutput } from './verify';
 
 // ---- statistics --------------------------------------------------------------------------------
@@ -229,6 +229,8 @@ export class EngineSequence implements SpecSequence {
   committed = 0;
   maxDepth = 0;
   maxPosition: number;
+  /** SpecSequence.maxNodes (the Engine sets it every step). */
+  maxNodes = DEFAULT_TREE_RESERVE;
   released = false;
   /** Tokens that end the sequence (EOS, the request's stop tokens): a native chain stops after one. */
   stopTokens: Int32Array | undefined;
@@ -247,6 +249,9 @@ export class EngineSequence implements SpecSequence {
   }
 }
 
+
+/** KV tokens kept free per sequence for its next tree, and so the most nodes a tree has (EngineOptions.treeReserveTokens). */
+export const DEFAULT_TREE_RESERVE = 64;
 
 /** Sequence keys are unique in the process, so concurrent runs sharing a speculator never collide. */
 let nextSequenceKey = 0;
@@ -437,7 +442,7 @@ export class SpecEngine {
         if (checked !== batch.proposals && batch.draftProbs) {
           // A pruned tree no longer lines up with the draft rows; q rows are not needed for the
           // deterministic shapes speculators prune, but a mismatch must not pass silently.
-          throw codedError('E_ARG', `${speculator.name}: proposal deeper than maxDepth together with draft probabilities`);
+          throw codedError('E_ARG', `${speculator.name}: a proposal deeper than maxDepth or larger than maxNodes, together with draft probabilities`);
         }
         proposals[i] = checked;
       }
@@ -646,7 +651,7 @@ export class SpecEngine {
     for (let b = 0; b < B; b++) {
       const s = seqs[b] as EngineSequence;
       const o = offer.seqs[b] as DraftChainOffer['seqs'][number];
-      const i: { -readonly [K in keyof SpecChainSequence]: SpecChainSequence[K] } = { seq: s.modelSeq, draftSeq: o.draftSeq, draftFeed: o.draftFeed, k: o.k, budget: s.maxDepth + 1 };
+      const i: { -readonly [K in keyof SpecChainSequence]: SpecChainSequence[K] } = { seq: s.modelSeq, draftSeq: o.draftSeq, draftFeed: o.draftFeed, k: Math.min(o.k, s.maxNodes - 1), budget: s.maxDepth + 1 };
       if (s.stopTokens) i.stop = s.stopTokens;
       if (sampling) {
         // The chain draws the sequence's counters from this one on (draws of them in all).
@@ -678,6 +683,9 @@ export class SpecEngine {
     const { seqs } = part;
     if (!speculator?.updateHeadsChain || !model.medusaChain) throw codedError('E_INTERNAL', 'a heads chain without updateHeadsChain or medusaChain');
     if (offer.seqs.length !== seqs.length) throw codedError('E_ARG', `${speculator.name}: a heads chain of ${offer.seqs.length} sequences for ${seqs.length}`);
+    for (const s of seqs) {
+      if (offer.template.parents.length > s.maxNodes) throw codedError('E_ARG', `${speculator.name}: a heads chain of ${offer.template.parents.length}-node trees > maxNodes ${s.maxNodes} (the KV room kept for a tree: treeReserveTokens)`);
+    }
     const B = seqs.length;
     const sampling = part.engine.sampling;
     const inputs = new Array<MedusaChainSequence>(B);
@@ -912,7 +920,7 @@ export class SpecEngine {
     return vin;
   }
 
-  /** Validates the speculator's trees; prunes plain trees deeper than maxDepth. */
+  /** Validates the speculator's trees; prunes plain trees deeper than maxDepth, cuts those larger than maxNodes. */
   checkProposals(seqs: readonly EngineSequence[], batch: ProposalBatch): readonly Proposal[] {
     const name = this.speculator?.name ?? 'plain';
     if (batch.proposals.length !== seqs.length) {
@@ -945,8 +953,15 @@ export class SpecEngine {
         changed = true;
         // A device tail belongs to a chain: its pruned prefix keeps the same tail.
         if (p.tail && p.parents.some((x, i) => x !== i - 1)) throw codedError('E_ARG', `${name} proposal[${b}]: a device tail on a tree that is not a chain`);
-        const pruned = pruneTree(p, s.maxDepth).tree;
+        const pruned = cutTree(pruneTree(p, s.maxDepth).tree, s.maxNodes);
         return p.tail ? { ...pruned, tail: p.tail } : pruned;
+      }
+      if (p.tokens.length > s.maxNodes) {
+        // More nodes than the KV room kept for the tree: its first maxNodes (a tree, see cutTree).
+        if (p.mask || p.positions) throw codedError('E_ARG', `${name} proposal[${b}]: ${p.tokens.length} nodes > maxNodes ${s.maxNodes} (the KV room kept for a tree: treeReserveTokens)`);
+        changed = true;
+        const cut = cutTree(p, s.maxNodes);
+        return p.tail ? { ...cut, tail: p.tail } : cut;
       }
       if (p.positions) {
         for (const pos of p.positions) {

@@ -128,6 +128,17 @@ export function pruneTree(tree: TokenTree, maxDepth: number): { tree: TokenTree;
 }
 
 /**
+ * The tree's first `maxNodes` nodes (at least the root). Parents precede children, so they form a
+ * tree, each node keeping the first of its children in order: a valid candidate set for greedy and
+ * for rejection sampling of children drawn in that order. The tree itself when it is small enough.
+ */
+export function cutTree(tree: TokenTree, maxNodes: number): TokenTree {
+  if (tree.tokens.length <= maxNodes) return tree;
+  const n = Math.max(1, Math.floor(maxNodes));
+  return { tokens: tree.tokens.slice(0, n), parents: tree.parents.slice(0, n) };
+}
+
+/**
  * Builds a tree by expanding, level by level, each frontier node with the top-`branching[d]`
  * children proposed by `children(pathTokens)` (best first). Used by tree drafting.
  */

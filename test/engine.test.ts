@@ -10,7 +10,10 @@ import { native } from '../lib/native';
 import { DraftModelSpeculator } from '../lib/strategies/draft_model';
 import { EagleHead, EagleSpeculator } from '../lib/strategies/eagle';
 import { LookaheadSpeculator } from '../lib/strategies/lookahead';
+import { HybridSpeculator } from '../lib/strategies/hybrid';
 import { MedusaHeads, MedusaSpeculator } from '../lib/strategies/medusa';
+import { PromptLookupSpeculator } from '../lib/strategies/prompt_lookup';
+import { ancestorMask, treeDepths } from '../lib/tree';
 import type { Speculator } from '../lib/strategies/speculator';
 import { makeCheckpoint, specByName, type CheckpointSpec } from './fixtures/checkpoints';
 import { writeEagleHead } from './fixtures/eagle_head';
@@ -141,6 +144,123 @@ describe('engine: continuous batching', function () {
     // A request that can never fit is refused, not queued forever.
     const wide = new Engine({ model: small, treeReserveTokens: 64 });
     await assert.rejects(wide.submit(new Int32Array(100).fill(1), { maxNewTokens: 4 }), (e: Error & { code?: string }) => e.code === 'E_KV_FULL' && /24 pages/.test(e.message));
+  });
+
+  describe('trees larger than treeReserveTokens (the KV room kept per sequence)', () => {
+    const R = 6;
+    // A prompt that repeats (prompt lookup finds matches), 40 new tokens, and a cache of exactly
+    // prompt + output + R tokens (pages of one token): a tree of more than R nodes near the end has
+    // no room.
+    const prompt = Int32Array.of(5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6, 7);
+    const maxNewTokens = 40;
+    /** The most nodes the speculator proposed in a step (native chains propose lone roots). */
+    function recording(spec: Speculator): { spec: Speculator; most: () => number } {
+      let most = 0;
+      const wrapped = new Proxy(spec, {
+        get(t, key) {
+          const v = Reflect.get(t, key, t) as unknown;
+          if (key !== 'propose' || typeof v !== 'function') return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(t) : v;
+          return (...args: unknown[]) => {
+            const seen = (b: { proposals: readonly { tokens: Int32Array }[] }) => {
+              for (const p of b.proposals) most = Math.max(most, p.tokens.length);
+              return b;
+            };
+            const r = (v as (...a: unknown[]) => unknown).apply(t, args) as { proposals: readonly { tokens: Int32Array }[] } | Promise<{ proposals: readonly { tokens: Int32Array }[] }>;
+            return r instanceof Promise ? r.then(seen) : seen(r);
+          };
+        },
+      });
+      return { spec: wrapped, most: () => most };
+    }
+    // A draft with the target's weights (another instance: a model is never its own draft) agrees
+    // with it, so every step drafts as far as the room allows.
+    let twin: LlamaModel;
+    before(async () => {
+      twin = await LlamaModel.load(makeCheckpoint(targetSpec, testSeed), { device: 'cpu', maxSequences: 2 });
+    });
+    after(() => twin?.dispose());
+    const heads = (): MedusaHeads => MedusaHeads.load(writeMedusaHeads({ numHeads: 2, numLayers: 1, hiddenSize: targetSpec.hidden, vocabSize: V, seed: testSeed }), { device: 'cpu' });
+    const wide: [string, (d: LlamaModel) => Speculator][] = [
+      ['Medusa, a fixed 21-node tree', () => new MedusaSpeculator({ heads: heads(), choices: [[0], [1], [2], [3], ...[0, 1, 2, 3].flatMap((a) => [0, 1, 2, 3].map((b) => [a, b]))] })],
+      ['draft model, a 13-node tree (3, 3)', (d) => new DraftModelSpeculator({ draft: d, treeBranching: [3, 3] })],
+      ['draft model, chains of k = 20', (d) => new DraftModelSpeculator({ draft: d, k: 20 })],
+      ['EAGLE-1/2, fixed 4,3,30', () => new EagleSpeculator({ head: EagleHead.load(writeEagleHead({ hidden: targetSpec.hidden, heads: 4, kvHeads: 2, intermediate: 48, vocab: V, seed: testSeed }), { device: 'cpu' }), topK: 4, depth: 3, totalTokens: 30 })],
+      ['lookahead W=5 N=3 G=4 (fixed: 11 window and candidate nodes at least)', () => new LookaheadSpeculator({ W: 5, N: 3, G: 4, sizing: 'fixed' })],
+      ['prompt lookup, 20 drafts', () => new PromptLookupSpeculator({ numDraft: 20 })],
+      ['hybrid (draft model + prompt lookup), k = 20', (d) => new HybridSpeculator({ draft: d, draftSpeculator: new PromptLookupSpeculator({ numDraft: 20 }), k: 20 })],
+    ];
+    for (const [name, make] of wide) {
+      it(`${name}: greedy = plain on a cache with room for R = ${R} tree tokens, and on one with less; no proposal above R nodes`, async () => {
+        // Room for R more tokens than the output, then for 1 (the last trees get what is left).
+        for (const spare of [R, 1]) await once(spare);
+      });
+      const once = async (spare: number): Promise<void> => {
+        const tight = await LlamaModel.load(makeCheckpoint(targetSpec, testSeed), { device: 'cpu', pageSize: 1, kvPages: prompt.length + maxNewTokens + spare });
+        try {
+          const ref = await new Engine({ model: target }).submit(prompt, { maxNewTokens, stopTokens: [] });
+          const { spec, most } = recording(make(twin));
+          const engine = new Engine({ model: tight, speculator: spec, treeReserveTokens: R });
+          const got = await engine.submit(prompt, { maxNewTokens, stopTokens: [] });
+          assert.deepStrictEqual(Array.from(got.tokens), Array.from(ref.tokens));
+          assert.ok(most() <= R, `a ${most()}-node proposal`);
+          // It proposed trees (random heads accept little), or drafted in native chains (lone roots proposed).
+          assert.ok(most() > 1 || got.stats.targetForwards < maxNewTokens, `it speculated (${got.stats.targetForwards} forwards for ${maxNewTokens} tokens)`);
+          assert.strictEqual(tight.kvInfo().freePages, tight.kvInfo().totalPages);
+          spec.dispose();
+        } finally {
+          tight.dispose();
+        }
+      };
+    }
+
+    it("a speculator that ignores maxNodes: a plain tree is cut to its first R nodes, one with its own mask is refused", async () => {
+      // The target's own greedy continuation as a chain, with a sibling under every node: 2k + 1 nodes.
+      const ref = await new Engine({ model: target }).submit(prompt, { maxNewTokens, stopTokens: [] });
+      const full = [...prompt, ...ref.tokens];
+      let most = 0;
+      const oracle = (withMask: boolean): Speculator => ({
+        name: 'oracle',
+        wantsHidden: false,
+        attach() {},
+        async prefill() {},
+        propose(seqs) {
+          return {
+            proposals: seqs.map((s) => {
+              const tokens: number[] = [s.history[s.history.length - 1] as number];
+              const parents: number[] = [-1];
+              for (let d = 1, at = 0; d <= Math.min(10, s.maxDepth); d++) {
+                parents.push(at, at);
+                tokens.push(((full[s.history.length - 1 + d] as number) + 1) % V, full[s.history.length - 1 + d] as number);
+                at = tokens.length - 1;
+              }
+              const tree = { tokens: Int32Array.from(tokens), parents: Int32Array.from(parents) };
+              if (!withMask) return tree;
+              return { ...tree, positions: Int32Array.from(treeDepths(tree.parents), (d) => s.committed + d), mask: ancestorMask(tree.parents) };
+            }),
+          };
+        },
+        update(_seqs, report) {
+          for (const p of report.proposals) most = Math.max(most, p.tokens.length);
+        },
+        release() {},
+        dispose() {},
+      });
+      const tight = await LlamaModel.load(makeCheckpoint(targetSpec, testSeed), { device: 'cpu', pageSize: 1, kvPages: prompt.length + maxNewTokens + R });
+      try {
+        const got = await new Engine({ model: tight, speculator: oracle(false), treeReserveTokens: R }).submit(prompt, { maxNewTokens, stopTokens: [] });
+        assert.deepStrictEqual(Array.from(got.tokens), Array.from(ref.tokens));
+        assert.strictEqual(most, R, 'the engine verified cut trees of R nodes');
+        // Its first R nodes hold (R - 1) / 2 of the chain's drafts: all accepted, plus the bonus.
+        assert.ok(got.stats.targetForwards <= 1 + Math.ceil((maxNewTokens - 1) / ((R - 1) >> 1) + 1), `${got.stats.targetForwards} forwards`);
+        await assert.rejects(
+          new Engine({ model: tight, speculator: oracle(true), treeReserveTokens: R }).submit(prompt, { maxNewTokens, stopTokens: [] }),
+          (e: Error & { code?: string }) => e.code === 'E_ARG' && /nodes > maxNodes 6/.test(e.message),
+        );
+        assert.strictEqual(tight.kvInfo().freePages, tight.kvInfo().totalPages);
+      } finally {
+        tight.dispose();
+      }
+    });
   });
 
   it("a draft model's cache running out mid-step recomputes the batch, smaller: same tokens, all pages free", async () => {

@@ -44,6 +44,7 @@ export const STRATEGY_USAGE = `speculative strategies (without one: plain decodi
                       embedded EAGLE-1/2 head, 'default3': the embedded EAGLE-3 head); its tree is
                       EAGLE-2's dynamic one, as large as pays on this hardware, chosen per step
   --eagle-tree K,D[,N] the tree's top-k per node, expansion depth and (fixed) most draft nodes
+                      (every tree is cut to the 64 tokens of KV room kept per sequence: N <= 63)
   --lookahead W,N,G   lookahead (Jacobi) decoding: window W, n-gram size N, G verified n-grams
   --prompt-lookup N   prompt lookup: match n-grams of up to N tokens in prompt + output
   --draft DIR with --medusa, --lookahead or --prompt-lookup is the hybrid: that strategy speeds up

@@ -14,7 +14,7 @@ import { checkStopTokens, codedError, optionsArg } from '../errors';
 import type { CausalLM } from '../models/causal_lm';
 import { native } from '../native';
 import { knownForwardCost } from '../cost_model';
-import { SpecEngine, StatsAcc, type EngineSequence, type PhaseTimes, type StepPart } from '../spec_engine';
+import { DEFAULT_TREE_RESERVE, SpecEngine, StatsAcc, type EngineSequence, type PhaseTimes, type StepPart } from '../spec_engine';
 import { abortError, isSampling } from '../step_helpers';
 import { checkModel, checkSpeculator, type SamplingConfig, type SeqRng, type Speculator } from '../strategies/speculator';
 import { streamGeneration } from './generation';
@@ -29,7 +29,8 @@ export interface EngineOptions {
    * KV tokens kept free per live sequence for its next speculative tree: requests are admitted, and
    * the youngest preempted, so that every live sequence has this room. Default 64 with a
    * speculator, 1 without (a plain step adds one token; a reserve of 64 refused a 3-token prompt
-   * on a 64-token cache).
+   * on a 64-token cache). It is also the most nodes a proposed tree has (SpecSequence.maxNodes):
+   * a larger one is cut, by its speculator or by the engine.
    */
   readonly treeReserveTokens?: number;
   /**
@@ -243,7 +244,7 @@ export class Engine {
     this.model = opts.model;
     this.speculator = opts.speculator;
     this.maxBatch = opts.maxBatch ?? 64;
-    this.treeReserveTokens = opts.treeReserveTokens ?? (opts.speculator ? 64 : 1);
+    this.treeReserveTokens = opts.treeReserveTokens ?? (opts.speculator ? DEFAULT_TREE_RESERVE : 1);
     if (!Number.isSafeInteger(this.maxBatch) || this.maxBatch < 1) throw codedError('E_ARG', `maxBatch: expected an integer >= 1, got ${this.maxBatch}`);
     if (!Number.isSafeInteger(this.treeReserveTokens) || this.treeReserveTokens < 1) {
       throw codedError('E_ARG', `treeReserveTokens: expected an integer >= 1, got ${this.treeReserveTokens}`);
@@ -275,6 +276,11 @@ export class Engine {
    * engines on the model take pages this one does not see.
    */
   private kvKnown: { kv: KvPages; spent: number; age: number } | undefined;
+  /**
+   * The free pages at makeRoom's last answer when they did not cover every live sequence's reserve
+   * (one sequence left, or a cache smaller than its reserve); the step's trees then share them.
+   */
+  private shortPages: number | undefined;
   /** Whether lending a core can help: the CPU pool has a thread on every core (see delivering). */
   private readonly lendCore: boolean;
   private lent = false;
@@ -589,8 +595,12 @@ export class Engine {
       // (A loop rather than active().reduce(): this runs every step.)
       let need = 0;
       for (const r of this.live) if (r.seq !== undefined && r.done === undefined && !r.aborted) need += this.growth(r, known.kv.pageSize);
-      if (known.kv.freePages - known.spent >= 2 * need) return;
+      if (known.kv.freePages - known.spent >= 2 * need) {
+        this.shortPages = undefined;
+        return;
+      }
     }
+    this.shortPages = undefined;
     const kv = this.kvPages();
     if (!kv) return;
     this.kvKnown = { kv, spent: 0, age: 0 };
@@ -600,6 +610,16 @@ export class Engine {
       need -= this.growth(victim, kv.pageSize);
       this.preempt(victim);
     }
+    if (need > kv.freePages) this.shortPages = kv.freePages;
+  }
+
+  /** The most nodes a sequence's tree may have this step: the reserve, or its share of what is left. */
+  private treeRoom(committed: number, sequences: number): number {
+    const short = this.shortPages;
+    const ps = this.kvKnown?.kv.pageSize;
+    if (short === undefined || ps === undefined) return this.treeReserveTokens;
+    const room = this.pagesFor(committed, ps) * ps - committed + Math.floor(short / sequences) * ps;
+    return Math.max(1, Math.min(this.treeReserveTokens, room));
   }
 
   /**
@@ -611,6 +631,8 @@ export class Engine {
     // adds to the minor collections between steps.)
     const reqs: Request[] = groups.length === 1 ? (groups[0] as Request[]) : [];
     const parts = new Array<StepPart>(groups.length);
+    let sequences = 0;
+    for (const g of groups) sequences += g.length;
     for (let i = 0; i < groups.length; i++) {
       const g = groups[i] as Request[];
       const seqs = new Array<EngineSequence>(g.length);
@@ -619,6 +641,7 @@ export class Engine {
         const s = r.seq as EngineSequence;
         // Never draft past maxNewTokens or past the context (the history may reach maxPositions).
         s.maxDepth = Math.max(0, Math.min(r.opts.maxNewTokens - r.newTokens.length - 1, s.maxPosition - s.committed - 1));
+        s.maxNodes = this.treeRoom(s.committed, sequences);
         r.savedCounter = r.rng.counter;
         r.committedAtStep = s.committed;
         r.forwardsAtStep = s.stats.targetForwards;
@@ -649,7 +672,7 @@ export class Engine {
   }
 
   /**
-   * A batch call failed. Out of pages (a draft model's cache, or trees larger than the reserve): the
+   * A batch call failed. Out of pages (a draft model's cache, or a native chain's later steps): the
    * sequences are recomputed later from their histories and the batch shrinks by one; a sequence
    * that fails alone, or any other error, fails its requests.
    */

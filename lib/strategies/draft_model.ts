@@ -369,7 +369,7 @@ export class DraftModelSpeculator implements Speculator {
   /** Per-sequence budget this step. */
   private budget(s: SpecSequence, st: DraftState): number {
     const k = this.adaptive === 'confidence' ? this.maxK : st.k;
-    return Math.max(0, Math.min(k, s.maxDepth, this.draft.config.maxPositions - s.history.length));
+    return Math.max(0, Math.min(k, s.maxDepth, s.maxNodes - 1, this.draft.config.maxPositions - s.history.length));
   }
 
   private async proposeChain(seqs: readonly SpecSequence[], states: DraftState[], ctx: ProposeContext): Promise<ProposalBatch> {
@@ -559,7 +559,7 @@ export class DraftModelSpeculator implements Speculator {
       frontier: [0],
     }));
     for (let depth = 0; ; depth++) {
-      const active = seqs.map((_, b) => b).filter((b) => depth < (budgets[b] as number));
+      const active = seqs.map((_, b) => b).filter((b) => depth < (budgets[b] as number) && (depth === 0 || trees[b]!.frontier.length > 0));
       if (active.length === 0) break;
       // depth 0: feed the uncached history (root last) and commit it; deeper: the tree so far
       // (uncommitted) under the cached root.
@@ -589,10 +589,12 @@ export class DraftModelSpeculator implements Speculator {
           const t = trees[b]!;
           const base = out.indptr[i] as number;
           const next: number[] = [];
+          // At most maxNodes nodes (the KV room kept for the tree): the first ones in this order.
+          const room = (seqs[b] as SpecSequence).maxNodes;
           for (const f of t.frontier) {
             // Row of node f: depth 0 -> the last fed token; deeper -> node f's row (index f - 1).
             const row = depth === 0 ? (out.indptr[i + 1] as number) - 1 : base + f - 1;
-            for (let c = 0; c < k; c++) {
+            for (let c = 0; c < k && t.tokens.length < room; c++) {
               t.tokens.push(ids[row * k + c] as number);
               t.parents.push(f);
               next.push(t.tokens.length - 1);

@@ -1083,9 +1083,9 @@ export class EagleSpeculator implements Speculator {
       const p = cost ? (prob[node.parent + 1] as number) * this.calibration.estimate(c, rank[i + 1] as number) : Math.exp(node.logProb);
       prob[i + 1] = node.level <= s.maxDepth ? p : 0;
     });
-    const choice = chooseSubtree(parents, prob, cost ?? (() => 1), { maxNodes: Math.min(n, this.maxNodes + 1) });
+    const choice = chooseSubtree(parents, prob, cost ?? (() => 1), { maxNodes: Math.min(n, this.maxNodes + 1, s.maxNodes) });
     // A probe proposes the root's most probable child at least (pool node 0: top-k is descending).
-    const keep = probe && choice.keep.length === 1 && n > 1 && s.maxDepth > 0 ? Int32Array.of(0, 1) : choice.keep;
+    const keep = probe && choice.keep.length === 1 && n > 1 && s.maxDepth > 0 && s.maxNodes > 1 ? Int32Array.of(0, 1) : choice.keep;
     const tree = selectNodes({ tokens, parents }, keep);
     if (cost) this.proposedCond.set(s.key, { parents: tree.parents, cond: Float64Array.from(keep, (i) => cond[i] as number), rank: Int32Array.from(keep, (i) => rank[i] as number) });
     return tree;

@@ -74,7 +74,7 @@ export class HybridSpeculator implements Speculator {
 
   async propose(seqs: readonly SpecSequence[], ctx: ProposeContext): Promise<ProposalBatch> {
     const inner = seqs.map((s) => this.state(s));
-    const budgets = seqs.map((s) => Math.max(0, Math.min(this.k, s.maxDepth, this.draft.config.maxPositions - s.history.length)));
+    const budgets = seqs.map((s) => Math.max(0, Math.min(this.k, s.maxDepth, s.maxNodes - 1, this.draft.config.maxPositions - s.history.length)));
     const work = inner.filter((_, b) => (budgets[b] as number) > 0);
     // The draft catches up on tokens it has not cached (prompt, bonus tokens), then decodes.
     await this.engine.catchUp(work.map((st) => st.seq), false, ctx.signal);
@@ -86,6 +86,8 @@ export class HybridSpeculator implements Speculator {
         const b = inner.indexOf(st);
         const left = (budgets[b] as number) - (st.seq.history.length - (start[b] as number));
         st.seq.maxDepth = Math.max(0, Math.min(left - 1, st.seq.maxPosition - st.seq.committed));
+        // The draft's trees in the draft's cache, sized as the target's (the same reserve).
+        st.seq.maxNodes = (seqs[b] as SpecSequence).maxNodes;
       }
       await this.engine.step(active.map((st) => st.seq), ctx.signal);
     }

@@ -305,7 +305,7 @@ export class LookaheadSpeculator implements Speculator {
   }
 
   /** Sized mode: the candidate subtree and window columns with the most expected tokens per second. */
-  private size(trie: CandidateTrie, columns: number, batch: number, cost: ForwardCost): { keep: Int32Array; columns: number } {
+  private size(trie: CandidateTrie, columns: number, batch: number, cost: ForwardCost, maxNodes: number): { keep: Int32Array; columns: number } {
     const prob = new Float64Array(trie.tokens.length);
     prob[0] = 1;
     for (let i = 1; i < prob.length; i++) {
@@ -321,10 +321,15 @@ export class LookaheadSpeculator implements Speculator {
     for (const w of columns > 0 ? [0, columns] : [0]) {
       // The window's tokens ride along in the same forward; their worth is the tokens harvested n-grams yield later.
       const window = w * (this.N - 1);
-      const pick = chooseSubtree(trie.parents, prob, (nodes) => step(nodes + window), { extraValue: perColumn * w });
+      const pick = chooseSubtree(trie.parents, prob, (nodes) => step(nodes + window), { extraValue: perColumn * w, maxNodes: maxNodes - window });
       if (!best || pick.tokensPerSecond > best.tps) best = { keep: pick.keep, columns: w, tps: pick.tokensPerSecond };
     }
     return best as { keep: Int32Array; columns: number };
+  }
+
+  /** The window columns that fit maxNodes beside the root (all W where the reserve allows). */
+  private fitted(columns: number, maxNodes: number): number {
+    return Math.min(columns, Math.max(0, Math.floor((maxNodes - 1) / (this.N - 1))));
   }
 
   propose(seqs: readonly SpecSequence[], ctx: ProposeContext = {}): ProposalBatch {
@@ -345,9 +350,10 @@ export class LookaheadSpeculator implements Speculator {
         return loneRoot(root);
       }
       let trie = candidateTrie(root, chains);
+      columns = this.fitted(columns, s.maxNodes);
       if (cost) {
         const t0 = performance.now();
-        const choice = this.size(trie, columns, seqs.length, cost);
+        const choice = this.size(trie, columns, seqs.length, cost, s.maxNodes);
         this.weighSeconds.add((performance.now() - t0) / 1000);
         // Weighed to a plain step: the next few steps skip the weighing (more after each plain choice in a row).
         const plain = choice.columns === 0 && choice.keep.length === 1;
@@ -364,6 +370,14 @@ export class LookaheadSpeculator implements Speculator {
         trie = { tokens: kept.tokens, parents: kept.parents, depth, rank };
         columns = choice.columns;
         st.lastTrie = trie;
+      }
+      // At most maxNodes nodes (the KV room kept for the tree): the candidates' first ones, beside
+      // as many window columns as still fit (fixed mode; sized mode chose within it).
+      if (trie.tokens.length + columns * (this.N - 1) > s.maxNodes) {
+        const n = Math.max(1, s.maxNodes - columns * (this.N - 1));
+        if (n < trie.tokens.length) trie = { tokens: trie.tokens.slice(0, n), parents: trie.parents.slice(0, n), depth: trie.depth.slice(0, n), rank: trie.rank.slice(0, n) };
+        columns = Math.min(columns, Math.floor((s.maxNodes - trie.tokens.length) / (this.N - 1)));
+        if (cost) st.lastTrie = trie;
       }
       // Without the window the candidates are an ordinary tree (its ancestor mask and depth positions).
       if (columns === 0 && cost) {

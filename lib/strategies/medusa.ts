@@ -24,7 +24,7 @@ import { CHAIN_MAX_STEPS, wholeChains } from '../plain_chain';
 import { native } from '../native';
 import { openSafetensors } from '../safetensors';
 import { Tensor, type Device } from '../tensor';
-import { loneRoot, MC_SIM_7B_63, MEDUSA_PRESETS, medusaTree, medusaTreeShape, pruneTree, type MedusaChoices, type MedusaTreeShape } from '../tree';
+import { cutTree, loneRoot, MC_SIM_7B_63, MEDUSA_PRESETS, medusaTree, medusaTreeShape, pruneTree, type MedusaChoices, type MedusaTreeShape } from '../tree';
 import { backedOffProbeInterval, choosePlanSize, chooseSubtree, PlanOutcomes, PROBE_AFTER_PLAIN_STEPS, RankRates, selectNodes, sizingCost, stepCost, treeProbabilities } from '../tree_sizing';
 import {
   codedError,
@@ -503,7 +503,7 @@ export class MedusaSpeculator implements Speculator {
         // alone it ended nothing, and the heads then ran after every step).
         const probe = keep !== undefined && keep.length === 1 && this.run(s) >= this.probeAfter;
         const tree = probe ? selectNodes(full, c.length >= this.shape.depth ? this.probeKeep : this.within(this.probeKeep, c.length)) : keep ? selectNodes(full, c.length >= this.shape.depth ? keep : this.within(keep, c.length)) : full;
-        return this.shape.depth > s.maxDepth ? pruneTree(tree, s.maxDepth).tree : tree;
+        return cutTree(this.shape.depth > s.maxDepth ? pruneTree(tree, s.maxDepth).tree : tree, s.maxNodes);
       }),
     };
     const ahead = need || !plan ? 0 : this.plainStepsAhead(seqs, batch.proposals);
@@ -547,6 +547,8 @@ export class MedusaSpeculator implements Speculator {
       if (keep) this.templates.set(keep, t);
       else this.fullTemplate = t;
     }
+    // A template larger than a sequence's KV room (a fixed tree past treeReserveTokens): the step path, which cuts it.
+    for (const s of seqs) if (template.parents.length > s.maxNodes) return undefined;
     const K = this.shape.topK;
     const offer = new Array<HeadsChainOffer['seqs'][number]>(seqs.length);
     const proposals = new Array<Proposal>(seqs.length);

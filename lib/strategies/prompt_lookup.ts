@@ -116,7 +116,7 @@ export class PromptLookupSpeculator implements Speculator {
     const cost = sizingCost(this.sized, this.target, ctx);
     const proposals = seqs.map((s) => {
         const root = s.history[s.history.length - 1] as number;
-        const k = Math.min(this.numDraft, s.maxDepth);
+        const k = Math.min(this.numDraft, s.maxDepth, s.maxNodes - 1);
         const left = this.skipLeft.get(s.key) ?? 0;
         if (cost && k > 0 && left > 0) {
           // A plain step without a lookup; it counts towards the next probe, which does look.

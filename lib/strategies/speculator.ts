@@ -35,6 +35,13 @@ export interface SpecSequence {
   readonly maxDepth: number;
   /** Largest position id the model accepts (maxPositions - 1). */
   readonly maxPosition: number;
+  /**
+   * Most nodes (root included) a proposal may have this step: the KV room the engine keeps for the
+   * sequence's tree (EngineOptions.treeReserveTokens, less where the cache has less left). The
+   * engine cuts a larger plain tree to its first maxNodes nodes and refuses a larger tree with a
+   * mask, positions or draft probabilities; a native chain's k is cut to maxNodes - 1.
+   */
+  readonly maxNodes: number;
   readonly rng: SeqRng;
 }
 

@@ -7,7 +7,7 @@
 // speculator that uses the model; setForwardCost pins a curve (tests, or an engine that knows
 // its costs).
 import type { CausalLM } from './models/causal_lm';
-import { argError, optionsArg } from './errors';
+import { argError, codedError, optionsArg } from './errors';
 
 /** Forward sizes measured by the calibration (the curve interpolates between them). */
 export const CALIBRATION_SIZES: readonly number[] = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64];
@@ -424,10 +424,14 @@ export async function calibrateForwardCost(model: CausalLM, opts: CalibrationOpt
   optionsArg(opts, 'calibrateForwardCost options', true);
   const V = model.config.vocabSize;
   const maxPos = model.config.maxPositions;
-  const prefix = Math.max(1, Math.min(opts.prefix ?? 32, Math.floor(maxPos / 4)));
-  const candidates = (opts.sizes ?? CALIBRATION_SIZES).filter((n) => prefix + n <= maxPos);
+  // The scratch sequence takes KV pages: within what the cache has free (a request may hold the rest).
+  const free = kvRoom(model);
+  if (free < 2) throw codedError('E_KV_FULL', `calibrateForwardCost: the KV cache has ${free} free tokens; measuring needs 2 at least (a prefix and a forward)`);
+  const room = Math.min(maxPos, free);
+  const prefix = Math.max(1, Math.min(opts.prefix ?? 32, Math.floor(maxPos / 4), Math.floor(room / 2)));
+  const candidates = (opts.sizes ?? CALIBRATION_SIZES).filter((n) => prefix + n <= room);
   const reps = Math.max(1, opts.reps ?? 5);
-  if (candidates.length === 0) throw argError(`calibrateForwardCost: a context of ${maxPos} positions leaves no room to measure`);
+  if (candidates.length === 0) throw argError(`calibrateForwardCost: ${room === maxPos ? `a context of ${maxPos} positions` : `${room} free KV tokens`} leave no room to measure`);
   // Token ids spread over the vocabulary (the values do not change the cost).
   const tokens = (n: number, from: number): Int32Array => Int32Array.from({ length: n }, (_, i) => ((from + i) * 7919) % V);
   const seq = model.createSequence();
@@ -445,6 +449,7 @@ export async function calibrateForwardCost(model: CausalLM, opts: CalibrationOpt
     out.hidden?.dispose();
     return dt;
   };
+  let curve: ForwardCost;
   try {
     const pre = await model.forward([{ seq, tokens: tokens(prefix, 0) }]);
     pre.logits.dispose();
@@ -470,23 +475,47 @@ export async function calibrateForwardCost(model: CausalLM, opts: CalibrationOpt
         (times[k] as number[]).push(await time(sizes[k] as number, prefix + r + 1));
       }
     }
-    const curve = new ForwardCost(sizes.map((n, k): [number, number] => [n, Math.max(1e-9, Math.min(...(times[k] as number[])))]));
+    const c = new ForwardCost(sizes.map((n, k): [number, number] => [n, Math.max(1e-9, Math.min(...(times[k] as number[])))]));
     sizes.forEach((n, k) => {
-      for (const t of times[k] as number[]) curve.observe(n, t);
+      for (const t of times[k] as number[]) c.observe(n, t);
     });
+    curve = c;
+  } finally {
+    model.freeSequence(seq);
+  }
+  {
     // What a plain step costs where the engine runs plain steps in native chains (a model with
     // greedyChain), before any chain has run: without it a sized strategy priced decoding plainly
     // as a standalone forward plus a step's overhead (the embedded target: 78 us against 40 us
     // chained) and drafted where drafting lost.
     // (Only where a forward is short: it costs ~18 more forwards, and beside a long forward a chain
     // saves little: a 1B model's CPU forward takes ~60 ms against a chain's ~30 us per call.)
+    // (After the scratch sequence is freed: the chain's own takes pages.)
     if (curve.predict(1) <= CHAIN_PRIOR_MAX_FORWARD) {
       const chained = await chainTokenCost(model);
       if (chained !== undefined) curve.observeChainStep(1, chained);
     }
     return curve;
-  } finally {
-    model.freeSequence(seq);
+  }
+}
+
+/** KV tokens a new sequence of `model` can take now (Infinity where the model does not report its pages). */
+function kvRoom(model: CausalLM): number {
+  const info = (model as CausalLM & { kvInfo?: () => { readonly freePages: number; readonly pageSize: number } }).kvInfo?.();
+  return info ? info.freePages * info.pageSize : Infinity;
+}
+
+/**
+ * forwardCost(model), or undefined while the model's KV cache has no room to measure it (E_KV_FULL:
+ * requests hold every page). A sized speculator then proposes as an unsized one would (its trees
+ * cut to the room) until a later prepare() measures the curve.
+ */
+export async function forwardCostIfRoom(model: CausalLM): Promise<ForwardCost | undefined> {
+  try {
+    return await forwardCost(model);
+  } catch (e) {
+    if ((e as { code?: unknown } | null)?.code === 'E_KV_FULL') return undefined;
+    throw e;
   }
 }
 
@@ -507,11 +536,16 @@ const chainSlopes = new WeakMap<CausalLM, Promise<number | undefined>>();
 export function chainTokenCost(model: CausalLM): Promise<number | undefined> {
   let p = chainSlopes.get(model);
   if (!p) {
+    // No room in the cache now: not measured, and not remembered as unmeasurable.
+    if (kvRoom(model) < CHAIN_SLOPE_TOKENS) return Promise.resolve(undefined);
     p = measureChainSlope(model);
     chainSlopes.set(model, p);
   }
   return p;
 }
+
+/** KV tokens measureChainSlope's scratch sequence may take at most: 3 tries of chains of 1 and 5 steps, each after a fed token. */
+const CHAIN_SLOPE_TOKENS = 3 * (1 + 1 + 1 + 5) + 1;
 
 async function measureChainSlope(model: CausalLM): Promise<number | undefined> {
   const chain = model.greedyChain?.bind(model);

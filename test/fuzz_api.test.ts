@@ -10,7 +10,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import {
-  DraftModelSpeculator, LlamaModel, LookaheadSpeculator, parseLlamaConfig, PromptLookupSpeculator, readLlamaConfig, SpeculativeDecoder, sampling,
+  DraftModelSpeculator, Engine, LlamaModel, LookaheadSpeculator, parseLlamaConfig, PromptLookupSpeculator, readLlamaConfig, SpeculativeDecoder, sampling,
   Tensor, TextTokenizer, calibrateForwardCost, isCodedError, plainGenerate, type Speculator,
 } from '../lib';
 import { findWeights } from '../lib/models/llama';
@@ -487,6 +487,82 @@ describe(`fuzz: TypeScript inputs (seed ${testSeed})`, function () {
       draft.dispose();
     }
   });
+
+  it('trees of any size against KV reserves and caches of any tightness: greedy = plain, or E_KV_FULL at admission only', async () => {
+    const paths = { target: path.join(defaults, 'target'), draft: path.join(defaults, 'draft') };
+    const big = await LlamaModel.load(paths.target, { device: 'cpu' });
+    const draft = await LlamaModel.load(paths.draft, { device: 'cpu' });
+    const heads = MedusaHeads.load(path.join(defaults, 'medusa'), { device: 'cpu' });
+    const head = EagleHead.load(path.join(defaults, 'eagle'), { device: 'cpu' });
+    const int = (lo: number, hi: number): number => lo + Math.floor(r() * (hi - lo + 1));
+    const choices = (): number[][] => {
+      // A random prefix-closed set of rank paths over the embedded heads (up to ~120 nodes).
+      const out: number[][] = [];
+      const grow = (path: number[]): void => {
+        if (path.length >= heads.config.numHeads) return;
+        const n = int(1, path.length === 0 ? 10 : 4);
+        for (let k = 0; k < n; k++) {
+          out.push([...path, k]);
+          if (r() < 0.5) grow([...path, k]);
+        }
+      };
+      grow([]);
+      return out;
+    };
+    const makers: [string, () => Record<string, unknown>, (o: never) => Speculator][] = [
+      ['draft chain', () => ({ draft, k: int(1, 40), adaptive: 'fixed' }), (o) => new DraftModelSpeculator(o)],
+      ['draft tree', () => ({ draft, treeBranching: Array.from({ length: int(1, 4) }, () => int(1, 6)) }), (o) => new DraftModelSpeculator(o)],
+      ['lookahead', () => ({ W: int(1, 12), N: int(2, 5), G: int(1, 8), sizing: pick(r, ['fixed', 'cost']) }), (o) => new LookaheadSpeculator(o)],
+      ['prompt lookup', () => ({ maxNgram: int(1, 4), numDraft: int(1, 40) }), (o) => new PromptLookupSpeculator(o)],
+      ['medusa', () => ({ heads, choices: choices() }), (o) => new MedusaSpeculator(o)],
+      ['eagle', () => ({ head, topK: int(1, 10), depth: int(1, 8), ...(r() < 0.7 ? { totalTokens: int(1, 120) } : {}) }), (o) => new EagleSpeculator(o)],
+      ['hybrid', () => ({ draft, k: int(1, 30), draftSpeculator: new PromptLookupSpeculator({ numDraft: int(1, 10) }) }), (o) => new HybridSpeculator(o)],
+    ];
+    const seen = { admission: 0, ok: 0 };
+    try {
+      for (let i = 0; i < 42; i++) {
+        const [name, options, make] = makers[i % makers.length]!;
+        const opts = options();
+        const prompt = Array.from({ length: int(1, 12) }, () => (r() < 0.5 ? int(1, 8) : int(0, big.config.vocabSize - 1)));
+        const maxNewTokens = int(1, 50);
+        // Mostly reserves a step's tree fits in, sometimes more than the output needs.
+        const reserve = r() < 0.75 ? int(1, 24) : int(25, 80);
+        const pageSize = pick(r, [1, 4, 16]);
+        // From no room past the output to more than the reserve.
+        const kvPages = Math.max(1, Math.ceil((prompt.length + maxNewTokens + int(0, reserve + 8)) / pageSize));
+        const what = `${name} ${show({ ...opts, draft: undefined, heads: undefined, head: undefined, draftSpeculator: undefined })} prompt ${prompt.length}, ${maxNewTokens} new, reserve ${reserve}, ${kvPages} pages of ${pageSize}`;
+        const want = (await new Engine({ model: big }).submit(prompt, { maxNewTokens })).tokens;
+        const tight = await LlamaModel.load(paths.target, { device: 'cpu', pageSize, kvPages });
+        const spec = make(opts as never);
+        try {
+          let got: Int32Array | undefined;
+          try {
+            got = (await new Engine({ model: tight, speculator: spec, treeReserveTokens: reserve }).submit(prompt, { maxNewTokens })).tokens;
+          } catch (e) {
+            // Only where the prompt and the reserve never fit the cache (refused at admission).
+            const fits = Math.ceil((prompt.length + reserve) / pageSize) <= kvPages;
+            assert.ok((e as { code?: string }).code === 'E_KV_FULL' && !fits, `${what}: ${(e as Error).stack}`);
+            seen.admission++;
+          }
+          if (got) {
+            assert.deepStrictEqual(Array.from(got), Array.from(want), `${what}: greedy speculation must equal plain greedy decoding`);
+            seen.ok++;
+          }
+          assert.strictEqual(tight.kvInfo().freePages, tight.kvInfo().totalPages, `${what}: pages leaked`);
+        } finally {
+          spec.dispose();
+          tight.dispose();
+        }
+      }
+      assert.ok(seen.ok >= 21, `at least half the runs ran: ${JSON.stringify(seen)}`);
+      if (process.env['FUZZ_SHOW']) console.log(seen);
+    } finally {
+      head.dispose();
+      heads.dispose();
+      big.dispose();
+      draft.dispose();
+    }
+  });
 });
 
 // Inputs the randomized cases above once drew (seeds 223607817, 92915178, 263259671), fixed here.
@@ -606,6 +682,37 @@ describe('fuzz findings, replayed', () => {
       assert.strictEqual(model.kvInfo().freePages, 64);
     } finally {
       model.dispose();
+    }
+  });
+
+  it("a sized speculator calibrating beside a request that holds most of the cache: it generates (the calibration fits the room left)", async () => {
+    // Found: the cost model's scratch sequence (a 32-token prefix, forwards up to 64 tokens, then a
+    // chain measurement while the prefix was still held) ran out of pages: E_KV_FULL mid-request.
+    const cases: [string, () => Speculator, number, number, number, number, number][] = [
+      ['lookahead 4,2,8 sized', () => new LookaheadSpeculator({ W: 4, N: 2, G: 8 }), 9, 25, 36, 17, 4],
+      ['EAGLE 4,7 sized', () => new EagleSpeculator({ head: EagleHead.load(path.join(defaults, 'eagle'), { device: 'cpu' }), topK: 4, depth: 7 }), 10, 8, 54, 64, 1],
+      ['lookahead 2,2,8 sized', () => new LookaheadSpeculator({ W: 2, N: 2, G: 8 }), 12, 12, 10, 3, 16],
+      // 11 tokens free after the prompt: a 5-token prefix and forwards of up to 6 tokens measured.
+      ['prompt lookup sized', () => new PromptLookupSpeculator({ numDraft: 8 }), 4, 10, 1, 15, 1],
+    ];
+    const big = await LlamaModel.load(path.join(defaults, 'target'), { device: 'cpu' });
+    try {
+      for (const [name, make, promptLength, maxNewTokens, reserve, kvPages, pageSize] of cases) {
+        const prompt = Array.from({ length: promptLength }, (_, i) => 1 + (i % 4));
+        const want = (await new Engine({ model: big }).submit(prompt, { maxNewTokens })).tokens;
+        const tight = await LlamaModel.load(path.join(defaults, 'target'), { device: 'cpu', pageSize, kvPages });
+        const spec = make();
+        try {
+          const got = await new Engine({ model: tight, speculator: spec, treeReserveTokens: reserve }).submit(prompt, { maxNewTokens });
+          assert.deepStrictEqual(Array.from(got.tokens), Array.from(want), name);
+          assert.strictEqual(tight.kvInfo().freePages, kvPages, `${name}: pages leaked`);
+        } finally {
+          spec.dispose();
+          tight.dispose();
+        }
+      }
+    } finally {
+      big.dispose();
     }
   });
 });

@@ -9,7 +9,7 @@ import * as os from 'os';
 import * as path from 'path';
 
 import { widenFamily } from '../bench/wide_family';
-import { ChainCost, chainTokenCost, ForwardCost, calibrateForwardCost, forwardCost, knownForwardCost, RecentTimes, setForwardCost } from '../lib/cost_model';
+import { ChainCost, chainTokenCost, ForwardCost, calibrateForwardCost, forwardCost, forwardCostIfRoom, knownForwardCost, RecentTimes, setForwardCost } from '../lib/cost_model';
 import { SpeculativeDecoder, type GenerateResult } from '../lib/decoder';
 import { defaultModelPaths } from '../lib/default_models';
 import { Engine } from '../lib/engine/engine';
@@ -108,6 +108,33 @@ describe('cost model: the curve', () => {
     assert.deepStrictEqual(short.points().map((p) => p[0]), [1]);
     assert.ok(c.points().every(([, t]) => t > 0));
     assert.strictEqual(m.liveSequences(), 0);
+  });
+
+  it('calibrates within the KV room the cache has free, and says so when there is none', async () => {
+    const m = await LlamaModel.load(defaultModelPaths().target, { device: 'cpu', pageSize: 1, kvPages: 40 });
+    try {
+      // A request holding 30 of the 40 tokens.
+      const held = m.createSequence();
+      const out = await m.forward([{ seq: held, tokens: Int32Array.from({ length: 30 }, (_, i) => i + 1) }]);
+      out.logits.dispose();
+      m.commit([held], [Int32Array.from({ length: 30 }, (_, i) => i)]);
+      const c = await calibrateForwardCost(m, { reps: 1, maxRatio: 1e9 });
+      // A 5-token prefix (half the room) and the sizes that fit beside it.
+      assert.deepStrictEqual(c.points().map((p) => p[0]), [1, 2, 3, 4], 'sizes within the 10 free tokens');
+      assert.strictEqual(m.kvInfo().freePages, 10, 'scratch sequences freed');
+      // One free token: nothing to measure.
+      const more = m.createSequence();
+      const out2 = await m.forward([{ seq: more, tokens: Int32Array.from({ length: 9 }, (_, i) => i + 1) }]);
+      out2.logits.dispose();
+      m.commit([more], [Int32Array.from({ length: 9 }, (_, i) => i)]);
+      await assert.rejects(calibrateForwardCost(m), (e: Error & { code?: string }) => e.code === 'E_KV_FULL' && /1 free tokens/.test(e.message));
+      assert.strictEqual(await forwardCostIfRoom(m), undefined, 'a sized speculator goes on unsized');
+      m.freeSequence(more);
+      assert.ok((await forwardCostIfRoom(m)) instanceof ForwardCost, 'measured once there is room');
+      m.freeSequence(held);
+    } finally {
+      m.dispose();
+    }
   });
 
   it("a step's overhead is its time after the forward plus the engine loop's around it; only speculative steps are samples", async () => {

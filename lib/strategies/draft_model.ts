@@ -10,7 +10,7 @@
 // yet (the prompt at first; the bonus token, which neither model has cached; accepted tree nodes)
 // are fed in front of the first draft step.
 import { optionsArg } from '../errors';
-import { ChainCost, chainTokenCost, forwardCost, type ForwardCost } from '../cost_model';
+import { ChainCost, chainTokenCost, forwardCostIfRoom, type ForwardCost } from '../cost_model';
 import { gatherRows, isSampling, samplingOptions } from '../step_helpers';
 import { backedOffProbeInterval, chooseChainLength, PROBE_AFTER_PLAIN_STEPS, RankRates, sizingCost, stepCost } from '../tree_sizing';
 import type { CausalLM, ForwardOutput, SequenceInput, SpecChainResult } from '../models/causal_lm';
@@ -162,10 +162,11 @@ export class DraftModelSpeculator implements Speculator {
   /** 'cost' mode: the target's cost curve and the draft chain's cost per token (measured once per model). */
   async prepare(): Promise<void> {
     if (this.adaptive !== 'cost' || !this.target) return;
-    await forwardCost(this.target);
+    if (!(await forwardCostIfRoom(this.target))) return;
     if (!this.draftCost) {
       const chained = await chainTokenCost(this.draft);
-      this.draftCost ??= new ChainCost(chained ?? (await forwardCost(this.draft)).predict(1));
+      const single = chained ?? (await forwardCostIfRoom(this.draft))?.predict(1);
+      if (single !== undefined) this.draftCost ??= new ChainCost(single);
     }
   }
 

@@ -43,7 +43,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 
 import { resolveDevice } from '../backend';
-import { forwardCost } from '../cost_model';
+import { forwardCostIfRoom } from '../cost_model';
 import { KvCache, treeAttention, kvAppend, type KvDType, type PagedBatch } from '../kv';
 import { addInplace, embedding, matmul, rmsnorm, rope, siluMul } from '../layers';
 import type { CausalLM, ForwardOutput } from '../models/causal_lm';
@@ -778,7 +778,7 @@ export class EagleSpeculator implements Speculator {
 
   /** Sized mode: the target's cost curve (measured once per model; sampled steps size too: one-hot drafts). */
   async prepare(ctx: ProposeContext = {}): Promise<void> {
-    if (this.sized && this.target) await forwardCost(this.target);
+    if (this.sized && this.target) await forwardCostIfRoom(this.target);
   }
 
   /** Feeds each sequence's waiting rows (real features) to the draft and commits them; returns h of each last row. */

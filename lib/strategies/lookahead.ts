@@ -21,7 +21,7 @@
 // the tokens window-harvested n-grams later yield per column run); N-grams of the emitted text also
 // enter the pool, so with the window off it still finds the text's repeats.
 import { optionsArg } from '../errors';
-import { forwardCost, RecentTimes, type ForwardCost } from '../cost_model';
+import { forwardCostIfRoom, RecentTimes, type ForwardCost } from '../cost_model';
 import { pickRowsArgmax } from './draft_model';
 import type { CausalLM } from '../models/causal_lm';
 import { wholeChains } from '../plain_chain';
@@ -301,7 +301,7 @@ export class LookaheadSpeculator implements Speculator {
 
   /** Sized mode: the target's cost curve (measured once per model). */
   async prepare(): Promise<void> {
-    if (this.sized && this.target) await forwardCost(this.target);
+    if (this.sized && this.target) await forwardCostIfRoom(this.target);
   }
 
   /** Sized mode: the candidate subtree and window columns with the most expected tokens per second. */

@@ -16,7 +16,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 
 import { resolveDevice } from '../backend';
-import { forwardCost, RecentTimes, type ForwardCost } from '../cost_model';
+import { forwardCostIfRoom, RecentTimes, type ForwardCost } from '../cost_model';
 import { gatherRows, isSampling } from '../step_helpers';
 import { addInplace, matmul, siluInplace } from '../layers';
 import type { CausalLM, ForwardOutput, MedusaChainResult, MedusaChainTemplate } from '../models/causal_lm';
@@ -393,7 +393,7 @@ export class MedusaSpeculator implements Speculator {
   /** Sized mode: the target's cost curve (measured once per model) and the heads' cost. */
   async prepare(): Promise<void> {
     if (!this.sized || !this.target) return;
-    await forwardCost(this.target);
+    await forwardCostIfRoom(this.target);
     if (!this.headsCalibrated) {
       this.headsCalibrated = true;
       this.calibrateHeads();

@@ -2,7 +2,7 @@
 // that occurred before in prompt + output (most recent occurrence), and propose the tokens that
 // followed it as a chain. No model; drafts are deterministic (one-hot rejection when sampling).
 import { optionsArg } from '../errors';
-import { forwardCost, RecentTimes } from '../cost_model';
+import { forwardCostIfRoom, RecentTimes } from '../cost_model';
 import type { CausalLM } from '../models/causal_lm';
 import { wholeChains } from '../plain_chain';
 import { chainTree, loneRoot } from '../tree';
@@ -109,7 +109,7 @@ export class PromptLookupSpeculator implements Speculator {
 
   /** Sized mode: the target's cost curve (measured once per model). */
   async prepare(): Promise<void> {
-    if (this.sized && this.target) await forwardCost(this.target);
+    if (this.sized && this.target) await forwardCostIfRoom(this.target);
   }
 
   propose(seqs: readonly SpecSequence[], ctx: ProposeContext = {}): ProposalBatch {

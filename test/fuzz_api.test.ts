@@ -518,37 +518,45 @@ describe(`fuzz: TypeScript inputs (seed ${testSeed})`, function () {
       ['eagle', () => ({ head, topK: int(1, 10), depth: int(1, 8), ...(r() < 0.7 ? { totalTokens: int(1, 120) } : {}) }), (o) => new EagleSpeculator(o)],
       ['hybrid', () => ({ draft, k: int(1, 30), draftSpeculator: new PromptLookupSpeculator({ numDraft: int(1, 10) }) }), (o) => new HybridSpeculator(o)],
     ];
-    const seen = { admission: 0, ok: 0 };
+    const seen = { admission: 0, ok: 0, preempted: 0 };
     try {
       for (let i = 0; i < 42; i++) {
         const [name, options, make] = makers[i % makers.length]!;
         const opts = options();
-        const prompt = Array.from({ length: int(1, 12) }, () => (r() < 0.5 ? int(1, 8) : int(0, big.config.vocabSize - 1)));
-        const maxNewTokens = int(1, 50);
+        // One request, or up to four at once (the cache then holds one of them at least: the
+        // engine preempts and recomputes the others).
+        const reqs = Array.from({ length: r() < 0.6 ? 1 : int(2, 4) }, () => ({
+          prompt: Array.from({ length: int(1, 12) }, () => (r() < 0.5 ? int(1, 8) : int(0, big.config.vocabSize - 1))),
+          maxNewTokens: int(1, 50),
+        }));
         // Mostly reserves a step's tree fits in, sometimes more than the output needs.
         const reserve = r() < 0.75 ? int(1, 24) : int(25, 80);
         const pageSize = pick(r, [1, 4, 16]);
-        // From no room past the output to more than the reserve.
-        const kvPages = Math.max(1, Math.ceil((prompt.length + maxNewTokens + int(0, reserve + 8)) / pageSize));
-        const what = `${name} ${show({ ...opts, draft: undefined, heads: undefined, head: undefined, draftSpeculator: undefined })} prompt ${prompt.length}, ${maxNewTokens} new, reserve ${reserve}, ${kvPages} pages of ${pageSize}`;
-        const want = (await new Engine({ model: big }).submit(prompt, { maxNewTokens })).tokens;
-        const tight = await LlamaModel.load(paths.target, { device: 'cpu', pageSize, kvPages });
+        // From no room past the longest output to more than the reserve, for 1..n of the requests.
+        const longest = Math.max(...reqs.map((q) => q.prompt.length + q.maxNewTokens));
+        const kvPages = Math.max(1, Math.ceil((longest + int(0, reserve + 8)) / pageSize) * int(1, reqs.length));
+        const what = `${name} ${show({ ...opts, draft: undefined, heads: undefined, head: undefined, draftSpeculator: undefined })} ${reqs.map((q) => `prompt ${q.prompt.length} + ${q.maxNewTokens} new`).join(', ')}; reserve ${reserve}, ${kvPages} pages of ${pageSize}`;
+        const want: Int32Array[] = [];
+        for (const q of reqs) want.push((await new Engine({ model: big }).submit(q.prompt, { maxNewTokens: q.maxNewTokens })).tokens);
+        const tight = await LlamaModel.load(paths.target, { device: 'cpu', pageSize, kvPages, maxSequences: reqs.length });
         const spec = make(opts as never);
         try {
-          let got: Int32Array | undefined;
-          try {
-            got = (await new Engine({ model: tight, speculator: spec, treeReserveTokens: reserve }).submit(prompt, { maxNewTokens })).tokens;
-          } catch (e) {
-            // Only where the prompt and the reserve never fit the cache (refused at admission).
-            const fits = Math.ceil((prompt.length + reserve) / pageSize) <= kvPages;
-            assert.ok((e as { code?: string }).code === 'E_KV_FULL' && !fits, `${what}: ${(e as Error).stack}`);
-            seen.admission++;
-          }
-          if (got) {
-            assert.deepStrictEqual(Array.from(got), Array.from(want), `${what}: greedy speculation must equal plain greedy decoding`);
-            seen.ok++;
-          }
+          const engine = new Engine({ model: tight, speculator: spec, treeReserveTokens: reserve });
+          const got = await Promise.allSettled(reqs.map((q) => engine.submit(q.prompt, { maxNewTokens: q.maxNewTokens })));
+          got.forEach((g, i) => {
+            const q = reqs[i]!;
+            if (g.status === 'rejected') {
+              // Only where the prompt and the reserve never fit the cache (refused at admission).
+              const fits = Math.ceil((q.prompt.length + reserve) / pageSize) <= kvPages;
+              assert.ok((g.reason as { code?: string }).code === 'E_KV_FULL' && !fits, `${what}: request ${i}: ${(g.reason as Error).stack}`);
+              seen.admission++;
+            } else {
+              assert.deepStrictEqual(Array.from(g.value.tokens), Array.from(want[i]!), `${what}: request ${i}: greedy speculation must equal plain greedy decoding`);
+              seen.ok++;
+            }
+          });
           assert.strictEqual(tight.kvInfo().freePages, tight.kvInfo().totalPages, `${what}: pages leaked`);
+          seen.preempted += engine.metrics.preemptions > 0 ? 1 : 0;
         } finally {
           spec.dispose();
           tight.dispose();

@@ -510,6 +510,23 @@ describe('strategy flags (CLI)', () => {
     assert.deepStrictEqual(warnings, [`--draft ${other}: the draft's tokenizer differs from the target's at 2 of 40 ids (id 3 is "cat" for the draft, "the" for the target); its drafts will rarely be accepted (the output is unaffected)`]);
   });
 
+  it('the factory says which flags ask for more than the KV room kept per sequence (and builds them)', async () => {
+    const target = new ToyLM({ vocabSize: V, seed: 3, positional: false });
+    const loadModel = async (): Promise<CausalLM> => new ToyLM({ vocabSize: V, seed: 3, positional: false });
+    const said = async (argv: string[]): Promise<string[]> => {
+      const warnings: string[] = [];
+      const built = await speculatorFactory(parseStrategyFlags(argv).flags, { loadModel, warn: (m) => warnings.push(m) })(target);
+      assert.ok(built.speculator, argv.join(' '));
+      built.dispose();
+      return warnings;
+    };
+    assert.deepStrictEqual(await said(['--draft', 'x', '--draft-k', '64']), ['--draft-k 64: drafts are cut to 63 a step (the 64 tokens of KV room kept per sequence)']);
+    assert.deepStrictEqual(await said(['--lookahead', '22,4,2']), ["--lookahead 22,4,2: the window's 66 tokens do not fit the 64 tokens of KV room kept per sequence; it runs 21 of its 22 columns at most"]);
+    // At the room: nothing to say.
+    assert.deepStrictEqual(await said(['--draft', 'x', '--draft-k', '63']), []);
+    assert.deepStrictEqual(await said(['--lookahead', '21,4,2']), []);
+  });
+
   it('the factory builds draft, hybrid and n-gram speculators; the hook decodes losslessly', async () => {
     const target = new ToyLM({ vocabSize: V, seed: 3, positional: false });
     const loadModel = async (): Promise<CausalLM> => new ToyLM({ vocabSize: V, seed: 3, positional: false });

@@ -13,6 +13,7 @@ import { MedusaHeads, MedusaSpeculator } from '../strategies/medusa';
 import { MEDUSA_PRESETS } from '../tree';
 import { PromptLookupSpeculator } from '../strategies/prompt_lookup';
 import { tokenizerMismatch } from '../tokenizer';
+import { DEFAULT_TREE_RESERVE } from '../spec_engine';
 import { codedError, type Speculator } from '../strategies/speculator';
 import type { GenerateRecord, StrategyHook } from './generate';
 
@@ -44,7 +45,7 @@ export const STRATEGY_USAGE = `speculative strategies (without one: plain decodi
                       embedded EAGLE-1/2 head, 'default3': the embedded EAGLE-3 head); its tree is
                       EAGLE-2's dynamic one, as large as pays on this hardware, chosen per step
   --eagle-tree K,D[,N] the tree's top-k per node, expansion depth and (fixed) most draft nodes
-                      (every tree is cut to the 64 tokens of KV room kept per sequence: N <= 63)
+                      (trees are cut to the 64 tokens of KV room kept per sequence: N <= 63)
   --lookahead W,N,G   lookahead (Jacobi) decoding: window W, n-gram size N, G verified n-grams
   --prompt-lookup N   prompt lookup: match n-grams of up to N tokens in prompt + output
   --draft DIR with --medusa, --lookahead or --prompt-lookup is the hybrid: that strategy speeds up
@@ -152,6 +153,15 @@ export function speculatorFactory(flags: StrategyFlags, deps: SpeculatorDeps = {
     const dispose = (): void => {
       for (const o of owned.reverse()) o.dispose();
     };
+    const warn = deps.warn ?? ((m: string) => process.stderr.write(`specdec: warning: ${m}\n`));
+    // What the KV room kept per sequence cuts (SpecSequence.maxNodes): said once, not refused.
+    const room = DEFAULT_TREE_RESERVE;
+    const eagleN = flags.eagleTree?.[2];
+    if (eagleN !== undefined && eagleN + 1 > room) warn(`--eagle-tree: trees of ${eagleN} draft nodes are cut to ${room - 1} (the ${room} tokens of KV room kept per sequence)`);
+    if (flags.draftK !== undefined && flags.draftK + 1 > room) warn(`--draft-k ${flags.draftK}: drafts are cut to ${room - 1} a step (the ${room} tokens of KV room kept per sequence)`);
+    if (flags.lookahead !== undefined && 1 + flags.lookahead[0] * (flags.lookahead[1] - 1) > room) {
+      warn(`--lookahead ${flags.lookahead.join(',')}: the window's ${flags.lookahead[0] * (flags.lookahead[1] - 1)} tokens do not fit the ${room} tokens of KV room kept per sequence; it runs ${Math.floor((room - 1) / (flags.lookahead[1] - 1))} of its ${flags.lookahead[0]} columns at most`);
+    }
     try {
       const load = deps.loadModel ?? ((dir: string) => LlamaModel.load(dir, { device: target.device }));
       let draft: CausalLM | undefined;
@@ -163,7 +173,6 @@ export function speculatorFactory(flags: StrategyFlags, deps: SpeculatorDeps = {
         const targetDir = (target as { dir?: unknown }).dir;
         const mismatch = typeof targetDir === 'string' ? tokenizerMismatch(targetDir, dir, draft.config.vocabSize) : undefined;
         if (mismatch !== undefined) {
-          const warn = deps.warn ?? ((m: string) => process.stderr.write(`specdec: warning: ${m}\n`));
           warn(`--draft ${flags.draft}: ${mismatch}; its drafts will rarely be accepted (the output is unaffected)`);
         }
       }

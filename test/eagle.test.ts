@@ -510,6 +510,35 @@ describe('EAGLE heads', function () {
     }
   });
 
+  it('expanding no wider or deeper than the largest tree (totalTokens, the KV room) changes no tree', async () => {
+    // With n nodes kept, a node ranked past n - 1 among its level's nodes never makes the tree, nor
+    // does a level past n - 1: 40-wide expansions cut to 9 rows a level, 30 levels cut to 4.
+    const target = await LlamaModel.load(writeTarget(spec, seed + 6), { device: 'cpu', maxSequences: 4 });
+    const head = EagleHead.load(writeEagleHead(headSpec), { device: 'cpu' });
+    try {
+      const r = rng(seed + 12);
+      const prompts = [6, 2, 9].map((n) => Int32Array.from({ length: n }, () => 3 + Math.floor(r() * (spec.vocab - 3))));
+      const trees = async (opts: Omit<EagleOptions, 'head'>, capExpansion = true): Promise<string[]> => {
+        const rec = recordingEagle(head, opts, true);
+        rec.speculator.capExpansion = capExpansion;
+        try {
+          await new SpeculativeDecoder({ target, speculator: rec.speculator }).generateBatch(prompts, { maxNewTokens: 20 });
+          return rec.trees;
+        } finally {
+          rec.speculator.dispose();
+        }
+      };
+      for (const opts of [{ topK: 40, depth: 4, totalTokens: 9 }, { topK: 2, depth: 30, totalTokens: 5 }, { topK: 12, depth: 12, totalTokens: 6 }]) {
+        const capped = await trees(opts);
+        assert.ok(capped.some((t) => t.split('|')[0]!.split(',').length === opts.totalTokens + 1), `${JSON.stringify(opts)}: full trees`);
+        assert.deepStrictEqual(capped, await trees(opts, false), JSON.stringify(opts));
+      }
+    } finally {
+      head.dispose();
+      target.dispose();
+    }
+  });
+
   it('the embedded family\'s heads: greedy = plain, native and op-by-op trees the same (the body of the CUDA test below)', async function () {
     if (!native().eagleExpand) this.skip();
     await embeddedHeadsAgree('cpu');

@@ -624,6 +624,8 @@ export class EagleSpeculator implements Speculator {
   private readonly levelCost = new RowsCost();
   /** The catch-up and the tree's levels as one native call each (EagleHead.catchUp, expand) where the build has them; false: op by op from JavaScript (tests compare the two). */
   nativeExpansion = true;
+  /** Expansions no wider or deeper than the largest tree a sequence may take (see propose); false: as configured (tests compare the two). */
+  capExpansion = true;
   /**
    * Sized mode: P(the accepted path reaches depth d + 1 | it reached depth d), online (the tree's
    * depth is what the plan chooses; its width only adds the siblings the draft found likely).
@@ -912,6 +914,15 @@ export class EagleSpeculator implements Speculator {
     }
     for (const b of drafting) this.state(seqs[b] as SpecSequence).treeDrafted = true;
     const draftSeqs = drafting.map((b) => seqs[b] as SpecSequence);
+    // A tree of n nodes is at most n - 1 deep, and a node ranked past n - 1 at its level has n - 1
+    // more probable nodes beside it: expanding deeper or wider than the largest tree any sequence
+    // may take (totalTokens, SpecSequence.maxNodes) changes no tree. (A forced 64,32 expansion cut
+    // to 64 nodes made 4096 candidates a level.)
+    if (this.capExpansion) {
+      let most = 1;
+      for (const s of draftSeqs) most = Math.max(most, Math.min(this.maxNodes + 1, s.maxNodes));
+      plan = { levels: Math.min(plan.levels, Math.max(0, most - 2)), width: Math.min(plan.width, Math.max(1, most - 1)) };
+    }
     const { trees } = this.draftTrees(draftSeqs, plan.levels, plan.width, cost ? stepCost(cost, seqs.length, undefined, this) : undefined, probing);
     drafting.forEach((b, i) => {
       const tree = trees[i] as TokenTree;

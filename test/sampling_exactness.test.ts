@@ -5,6 +5,7 @@
 import * as assert from 'assert';
 
 import { SpeculativeDecoder } from '../lib/decoder';
+import { Engine } from '../lib/engine/engine';
 import { plainGenerate } from '../lib/plain';
 import { DraftModelSpeculator } from '../lib/strategies/draft_model';
 import { EagleHead, EagleSpeculator } from '../lib/strategies/eagle';
@@ -249,6 +250,68 @@ describe('speculative sampling is exact (toy model, chi-square)', function () {
     const plain = await new SpeculativeDecoder({ target, sampling }).generateBatch(prompts, { maxNewTokens: 16 });
     const drafted = await new SpeculativeDecoder({ target, speculator: new DraftModelSpeculator({ draft: partial(), k: 3 }), sampling }).generateBatch(prompts, { maxNewTokens: 16 });
     assert.ok(drafted.some((r, i) => r.tokens.join() !== plain[i]!.tokens.join()));
+  });
+
+  it('trees cut to a 3-token KV reserve: deterministic drafts still emit plain sampling\'s tokens; a sampled draft chain cut from k = 6 to 2 still samples the target', async () => {
+    // The engine gives every sequence maxNodes = treeReserveTokens = 3 nodes: each speculator below
+    // proposes more (6-node trees, a 7-node lookahead step, 4-node chains) and cuts its own.
+    const reserve = 3;
+    const prompts = Array.from({ length: 24 }, (_, i) => Int32Array.from(i % 3 === 0 ? prompt : prompt.slice(i % 5)));
+    const sampling = { temperature: T, seed: seed + 4 };
+    const plain = (await plainGenerate(target, prompts, { maxNewTokens: 16, ...sampling })).tokens;
+    const speculators: [string, () => Speculator][] = [
+      ['Medusa exact', () => new MedusaSpeculator({ heads, choices: [[0], [1], [2], [0, 0], [0, 1], [1, 0]] })],
+      ['EAGLE-2 tree', () => new EagleSpeculator({ head: eagle, topK: 3, depth: 2, totalTokens: 6 })],
+      ['lookahead', () => new LookaheadSpeculator({ W: 3, N: 3, G: 3, sizing: 'fixed' })],
+      ['prompt lookup', () => new PromptLookupSpeculator({ maxNgram: 2, numDraft: 3 })],
+      ['one-hot draft tree [3,2]', () => new DraftModelSpeculator({ draft: partial(), treeBranching: [3, 2] })],
+    ];
+    for (const [name, make] of speculators) {
+      const speculator = make();
+      let most = 0;
+      const update = speculator.update.bind(speculator);
+      speculator.update = (seqs, report, ctx) => {
+        for (const q of report.proposals) most = Math.max(most, q.tokens.length);
+        return update(seqs, report, ctx);
+      };
+      const engine = new Engine({ model: target, speculator, treeReserveTokens: reserve });
+      const res = await Promise.all(prompts.map((q, i) => engine.submit(q, { maxNewTokens: 16, sampling: { temperature: T }, seed: sampling.seed, stream: i })));
+      res.forEach((r, i) => assert.deepStrictEqual(Array.from(r.tokens), Array.from(plain[i]!), `${name}: sequence ${i}`));
+      assert.ok(most > 1 && most <= reserve, `${name}: trees of up to ${most} nodes`);
+      assert.ok(res.reduce((a, r) => a + r.stats.acceptedDraftTokens, 0) > 10, `${name}: drafts accepted`);
+      speculator.dispose();
+    }
+    // A sampled chain (q passed): k = 6 cut to 2 drafts a step, the emitted distribution the target's.
+    const engine = new Engine({ model: target, speculator: new DraftModelSpeculator({ draft: partial(), k: 6 }), treeReserveTokens: reserve });
+    // (Six tokens, of which the first three are counted: the first step may draft 4 past the root.)
+    const res = await Promise.all(Array.from({ length: SEQS }, (_, i) => engine.submit(prompt, { maxNewTokens: 6, sampling: { temperature: T }, seed: seed + 5, stream: i })));
+    const joint = reference(target, prompt, T, 0);
+    const c12 = new Array<number>(V * V).fill(0);
+    const c3 = new Array<number>(V).fill(0);
+    let proposed = 0;
+    let forwards = 0;
+    for (const r of res) {
+      const [a, b, d] = r.tokens as unknown as [number, number, number];
+      c12[a * V + b]!++;
+      c3[d]!++;
+      proposed += r.stats.proposedDraftTokens;
+      forwards += r.stats.targetForwards - 1;
+      // Two drafts a verifying step at most (k = 6 would draft 4 in the first).
+      assert.ok(r.stats.proposedDraftTokens <= 2 * (r.stats.targetForwards - 1), JSON.stringify(r.stats));
+    }
+    const p12 = new Array<number>(V * V).fill(0);
+    const p3 = new Array<number>(V).fill(0);
+    for (let a = 0; a < V; a++)
+      for (let b = 0; b < V; b++)
+        for (let d = 0; d < V; d++) {
+          const p = joint[(a * V + b) * V + d] as number;
+          p12[a * V + b]! += p;
+          p3[d]! += p;
+        }
+    assertFits('(t1, t2)', c12, p12, SEQS);
+    assertFits('t3', c3, p3, SEQS);
+    assert.ok(proposed > forwards, `${proposed} drafts in ${forwards} verifying steps: chains of two`);
+    assert.strictEqual(target.liveSequences(), 0);
   });
 
   it('the same seed reproduces the same samples; another seed differs', async () => {

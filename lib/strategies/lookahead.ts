@@ -327,11 +327,6 @@ export class LookaheadSpeculator implements Speculator {
     return best as { keep: Int32Array; columns: number };
   }
 
-  /** The window columns that fit maxNodes beside the root (all W where the reserve allows). */
-  private fitted(columns: number, maxNodes: number): number {
-    return Math.min(columns, Math.max(0, Math.floor((maxNodes - 1) / (this.N - 1))));
-  }
-
   propose(seqs: readonly SpecSequence[], ctx: ProposeContext = {}): ProposalBatch {
     const cost = sizingCost(this.sized, this.target, ctx);
     const proposals: Proposal[] = seqs.map((s) => {
@@ -350,8 +345,9 @@ export class LookaheadSpeculator implements Speculator {
         return loneRoot(root);
       }
       let trie = candidateTrie(root, chains);
-      columns = this.fitted(columns, s.maxNodes);
       if (cost) {
+        // The window columns that fit maxNodes beside the root; the weighing fits the candidates beside them.
+        columns = Math.min(columns, Math.max(0, Math.floor((s.maxNodes - 1) / (this.N - 1))));
         const t0 = performance.now();
         const choice = this.size(trie, columns, seqs.length, cost, s.maxNodes);
         this.weighSeconds.add((performance.now() - t0) / 1000);
@@ -371,12 +367,16 @@ export class LookaheadSpeculator implements Speculator {
         columns = choice.columns;
         st.lastTrie = trie;
       }
-      // At most maxNodes nodes (the KV room kept for the tree): the candidates' first ones, beside
-      // as many window columns as still fit (fixed mode; sized mode chose within it).
-      if (trie.tokens.length + columns * (this.N - 1) > s.maxNodes) {
-        const n = Math.max(1, s.maxNodes - columns * (this.N - 1));
+      // Fixed mode, at most maxNodes nodes (the KV room kept for the tree; sized mode chose within
+      // it): the window takes up to half the room beyond the root, the candidates' first nodes the
+      // rest, and the window whatever they leave. (The window first left a 3-node room no candidate:
+      // nothing was ever accepted. Candidates first would stop the window that finds them.)
+      const levels = this.N - 1;
+      if (trie.tokens.length + columns * levels > s.maxNodes) {
+        const half = Math.min(columns, Math.floor((s.maxNodes - 1) / 2 / levels));
+        const n = Math.max(1, Math.min(trie.tokens.length, s.maxNodes - half * levels));
         if (n < trie.tokens.length) trie = { tokens: trie.tokens.slice(0, n), parents: trie.parents.slice(0, n), depth: trie.depth.slice(0, n), rank: trie.rank.slice(0, n) };
-        columns = Math.min(columns, Math.floor((s.maxNodes - trie.tokens.length) / (this.N - 1)));
+        columns = Math.min(columns, Math.floor((s.maxNodes - n) / levels));
         if (cost) st.lastTrie = trie;
       }
       // Without the window the candidates are an ordinary tree (its ancestor mask and depth positions).

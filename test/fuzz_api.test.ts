@@ -488,7 +488,7 @@ describe(`fuzz: TypeScript inputs (seed ${testSeed})`, function () {
     }
   });
 
-  it('trees of any size against KV reserves and caches of any tightness: greedy = plain, or E_KV_FULL at admission only', async () => {
+  it('trees of any size against KV reserves and caches of any tightness: plain decoding\'s tokens (greedy and sampled), or E_KV_FULL at admission only', async () => {
     const paths = { target: path.join(defaults, 'target'), draft: path.join(defaults, 'draft') };
     const big = await LlamaModel.load(paths.target, { device: 'cpu' });
     const draft = await LlamaModel.load(paths.draft, { device: 'cpu' });
@@ -518,31 +518,33 @@ describe(`fuzz: TypeScript inputs (seed ${testSeed})`, function () {
       ['eagle', () => ({ head, topK: int(1, 10), depth: int(1, 8), ...(r() < 0.7 ? { totalTokens: int(1, 120) } : {}) }), (o) => new EagleSpeculator(o)],
       ['hybrid', () => ({ draft, k: int(1, 30), draftSpeculator: new PromptLookupSpeculator({ numDraft: int(1, 10) }) }), (o) => new HybridSpeculator(o)],
     ];
-    const seen = { admission: 0, ok: 0, preempted: 0 };
+    const seen = { admission: 0, ok: 0, preempted: 0, sampled: 0 };
     try {
       for (let i = 0; i < 42; i++) {
         const [name, options, make] = makers[i % makers.length]!;
         const opts = options();
         // One request, or up to four at once (the cache then holds one of them at least: the
         // engine preempts and recomputes the others).
-        const reqs = Array.from({ length: r() < 0.6 ? 1 : int(2, 4) }, () => ({
+        // A third of them sampled: deterministic drafts (all but a draft model's sampled chain) emit
+        // plain sampling's tokens, token for token, whatever the trees.
+        const reqs = Array.from({ length: r() < 0.6 ? 1 : int(2, 4) }, (_, i) => ({
           prompt: Array.from({ length: int(1, 12) }, () => (r() < 0.5 ? int(1, 8) : int(0, big.config.vocabSize - 1))),
-          maxNewTokens: int(1, 50),
+          opts: { maxNewTokens: int(1, 50), ...(r() < 0.33 ? { sampling: { temperature: pick(r, [0.7, 1, 1.3]) }, seed: int(0, 1000), stream: i } : {}) },
         }));
         // Mostly reserves a step's tree fits in, sometimes more than the output needs.
         const reserve = r() < 0.75 ? int(1, 24) : int(25, 80);
         const pageSize = pick(r, [1, 4, 16]);
         // From no room past the longest output to more than the reserve, for 1..n of the requests.
-        const longest = Math.max(...reqs.map((q) => q.prompt.length + q.maxNewTokens));
+        const longest = Math.max(...reqs.map((q) => q.prompt.length + q.opts.maxNewTokens));
         const kvPages = Math.max(1, Math.ceil((longest + int(0, reserve + 8)) / pageSize) * int(1, reqs.length));
-        const what = `${name} ${show({ ...opts, draft: undefined, heads: undefined, head: undefined, draftSpeculator: undefined })} ${reqs.map((q) => `prompt ${q.prompt.length} + ${q.maxNewTokens} new`).join(', ')}; reserve ${reserve}, ${kvPages} pages of ${pageSize}`;
+        const what = `${name} ${show({ ...opts, draft: undefined, heads: undefined, head: undefined, draftSpeculator: undefined })} ${reqs.map((q) => `prompt ${q.prompt.length} + ${q.opts.maxNewTokens} new${q.opts.sampling ? ` sampled ${show(q.opts)}` : ''}`).join(', ')}; reserve ${reserve}, ${kvPages} pages of ${pageSize}`;
         const want: Int32Array[] = [];
-        for (const q of reqs) want.push((await new Engine({ model: big }).submit(q.prompt, { maxNewTokens: q.maxNewTokens })).tokens);
+        for (const q of reqs) want.push((await new Engine({ model: big }).submit(q.prompt, q.opts)).tokens);
         const tight = await LlamaModel.load(paths.target, { device: 'cpu', pageSize, kvPages, maxSequences: reqs.length });
         const spec = make(opts as never);
         try {
           const engine = new Engine({ model: tight, speculator: spec, treeReserveTokens: reserve });
-          const got = await Promise.allSettled(reqs.map((q) => engine.submit(q.prompt, { maxNewTokens: q.maxNewTokens })));
+          const got = await Promise.allSettled(reqs.map((q) => engine.submit(q.prompt, q.opts)));
           got.forEach((g, i) => {
             const q = reqs[i]!;
             if (g.status === 'rejected') {
@@ -550,9 +552,14 @@ describe(`fuzz: TypeScript inputs (seed ${testSeed})`, function () {
               const fits = Math.ceil((q.prompt.length + reserve) / pageSize) <= kvPages;
               assert.ok((g.reason as { code?: string }).code === 'E_KV_FULL' && !fits, `${what}: request ${i}: ${(g.reason as Error).stack}`);
               seen.admission++;
-            } else {
-              assert.deepStrictEqual(Array.from(g.value.tokens), Array.from(want[i]!), `${what}: request ${i}: greedy speculation must equal plain greedy decoding`);
+            } else if (q.opts.sampling && name === 'draft chain') {
+              // Sampled drafts: other tokens than plain sampling's (exact in distribution: tested elsewhere).
+              assert.ok(g.value.tokens.length <= q.opts.maxNewTokens && g.value.tokens.every((t) => t >= 0 && t < big.config.vocabSize), `${what}: request ${i}`);
               seen.ok++;
+            } else {
+              assert.deepStrictEqual(Array.from(g.value.tokens), Array.from(want[i]!), `${what}: request ${i}: speculation must emit plain decoding's tokens`);
+              seen.ok++;
+              if (q.opts.sampling) seen.sampled++;
             }
           });
           assert.strictEqual(tight.kvInfo().freePages, tight.kvInfo().totalPages, `${what}: pages leaked`);

@@ -21,6 +21,12 @@ export interface SpeculativeDecoderOptions {
   readonly speculator?: Speculator;
   /** Omitted or temperature 0: greedy (bitwise the plain greedy output). */
   readonly sampling?: DecoderSampling;
+  /**
+   * KV tokens kept free per sequence for its next tree, and so the most nodes a tree has
+   * (EngineOptions.treeReserveTokens; default 64 with a speculator). Raise it, with a cache that
+   * holds it (LlamaLoadOptions.treeTokens), for trees larger than 64 nodes.
+   */
+  readonly treeReserveTokens?: number;
 }
 
 export interface GenerateOptions {
@@ -58,6 +64,7 @@ export class SpeculativeDecoder {
   readonly target: CausalLM;
   readonly speculator: Speculator | undefined;
   readonly sampling: DecoderSampling | undefined;
+  readonly treeReserveTokens: number | undefined;
 
   constructor(opts: SpeculativeDecoderOptions) {
     optionsArg(opts, 'SpeculativeDecoder options');
@@ -70,6 +77,9 @@ export class SpeculativeDecoder {
     this.target = opts.target;
     this.speculator = opts.speculator;
     this.sampling = isSampling(opts.sampling) ? opts.sampling : undefined;
+    const reserve: unknown = opts.treeReserveTokens;
+    if (reserve !== undefined && !(Number.isSafeInteger(reserve) && (reserve as number) >= 1)) throw codedError('E_ARG', `treeReserveTokens: expected an integer >= 1, got ${String(reserve)}`);
+    this.treeReserveTokens = opts.treeReserveTokens;
     opts.speculator?.attach(opts.target);
   }
 
@@ -82,7 +92,7 @@ export class SpeculativeDecoder {
    * fixed settings.
    */
   prepare(): Promise<{ readonly seconds: number }> {
-    return sharedEngine(this.target, this.speculator).prepare(this.sampling ? { sampling: this.sampling } : {});
+    return sharedEngine(this.target, this.speculator, this.treeReserveTokens).prepare(this.sampling ? { sampling: this.sampling } : {});
   }
 
   /**
@@ -94,7 +104,7 @@ export class SpeculativeDecoder {
     optionsArg(opts, 'generate options');
     const req: { -readonly [K in keyof RequestOptions]: RequestOptions[K] } = { ...opts, seed: this.sampling?.seed ?? 0 };
     if (this.sampling) req.sampling = this.sampling;
-    return sharedEngine(this.target, this.speculator).generate(prompt, req);
+    return sharedEngine(this.target, this.speculator, this.treeReserveTokens).generate(prompt, req);
   }
 
   /**
@@ -121,7 +131,7 @@ export class SpeculativeDecoder {
     if (cancel) setMaxListeners(prompts.length + 10, cancel.signal);
     const onAbort = (): void => cancel?.abort(signal?.reason);
     if (cancel) signal?.addEventListener('abort', onAbort, { once: true });
-    const engine = sharedEngine(this.target, this.speculator);
+    const engine = sharedEngine(this.target, this.speculator, this.treeReserveTokens);
     const seed = this.sampling?.seed ?? 0;
     let firstError: { e: unknown } | undefined;
     try {

@@ -66,7 +66,7 @@ describe('specdec generate: strategies end to end', function () {
       ['--medusa', medusa],
       ['--eagle', eagle],
       ['--eagle', eagle, '--eagle-tree', '3,2,5'],
-      // A fixed tree past the 64 tokens of KV room kept per sequence (cut to 63 draft nodes).
+      // A fixed tree past the default 64 tokens of KV room kept per sequence (the room grows to the context).
       ['--eagle', eagle, '--eagle-tree', '8,4,100'],
       ['--lookahead', '4,3,4'],
       ['--prompt-lookup', '3'],

@@ -213,6 +213,25 @@ describe('engine: continuous batching', function () {
       };
     }
 
+    it('SpeculativeDecoder takes the reserve (treeReserveTokens) and LlamaModel.load sizes its cache for it (treeTokens)', async () => {
+      const { spec, most } = recording(new MedusaSpeculator({ heads: heads(), choices: [[0], [1], [2], [3], [0, 0], [0, 1], [1, 0], [1, 1]] }));
+      const ref = await new Engine({ model: target }).submit(prompt, { maxNewTokens, stopTokens: [] });
+      const got = await new SpeculativeDecoder({ target, speculator: spec, treeReserveTokens: 4 }).generate(prompt, { maxNewTokens, stopTokens: [] }).result;
+      assert.deepStrictEqual(Array.from(got.tokens), Array.from(ref.tokens));
+      assert.strictEqual(most(), 4);
+      for (const bad of [0, -1, 1.5, Number.NaN, '8']) {
+        assert.throws(() => new SpeculativeDecoder({ target, speculator: spec, treeReserveTokens: bad as number }), (e: Error & { code?: string }) => e.code === 'E_ARG' && /treeReserveTokens/.test(e.message));
+      }
+      spec.dispose();
+      const sized = await LlamaModel.load(makeCheckpoint(targetSpec, testSeed), { device: 'cpu', maxSequences: 2, pageSize: 4, treeTokens: 100 });
+      try {
+        assert.strictEqual(sized.kvInfo().totalPages, 2 * Math.ceil((sized.config.maxPositions + 100) / 4));
+      } finally {
+        sized.dispose();
+      }
+      await assert.rejects(LlamaModel.load(makeCheckpoint(targetSpec, testSeed), { device: 'cpu', treeTokens: 0 }), (e: Error & { code?: string }) => e.code === 'E_ARG' && /treeTokens/.test(e.message));
+    });
+
     it("a speculator that ignores maxNodes: a plain tree is cut to its first R nodes, one with its own mask is refused", async () => {
       // The target's own greedy continuation as a chain, with a sibling under every node: 2k + 1 nodes.
       const ref = await new Engine({ model: target }).submit(prompt, { maxNewTokens, stopTokens: [] });

@@ -6,7 +6,7 @@
 import * as assert from 'assert';
 import * as fs from 'fs';
 
-import { parseStrategyFlags, speculatorFactory, strategyHook } from '../lib/cli/strategy_flags';
+import { parseStrategyFlags, speculatorFactory, strategyHook, treeRoomFor } from '../lib/cli/strategy_flags';
 import { SpeculativeDecoder } from '../lib/decoder';
 import type { CausalLM } from '../lib/models/causal_lm';
 import { addInplace, matmul, siluInplace } from '../lib/layers';
@@ -510,21 +510,28 @@ describe('strategy flags (CLI)', () => {
     assert.deepStrictEqual(warnings, [`--draft ${other}: the draft's tokenizer differs from the target's at 2 of 40 ids (id 3 is "cat" for the draft, "the" for the target); its drafts will rarely be accepted (the output is unaffected)`]);
   });
 
-  it('the factory says which flags ask for more than the KV room kept per sequence (and builds them)', async () => {
+  it('the flags size the KV room kept per sequence for their fixed trees (up to the context); the factory says what the room still cuts', async () => {
+    const room = (argv: string[], context = 4096): number => treeRoomFor(parseStrategyFlags(argv).flags, context);
+    assert.strictEqual(room([]), 64);
+    assert.strictEqual(room(['--draft', 'x', '--draft-k', '63']), 64);
+    assert.strictEqual(room(['--draft', 'x', '--draft-k', '100']), 101);
+    assert.strictEqual(room(['--eagle', 'e', '--eagle-tree', '10,6,80']), 81);
+    assert.strictEqual(room(['--eagle', 'e', '--eagle-tree', '10,6']), 64, 'a sized tree: the default');
+    // A lookahead step: the window's W (N - 1) tokens and G n-grams of N - 1.
+    assert.strictEqual(room(['--lookahead', '22,4,2']), 1 + 24 * 3);
+    assert.strictEqual(room(['--eagle', 'e', '--eagle-tree', '64,32,1023'], 155), 155, 'at most the context');
+    assert.strictEqual(room(['--draft', 'x', '--draft-k', '100'], 40), 64, 'never below the default');
     const target = new ToyLM({ vocabSize: V, seed: 3, positional: false });
     const loadModel = async (): Promise<CausalLM> => new ToyLM({ vocabSize: V, seed: 3, positional: false });
-    const said = async (argv: string[]): Promise<string[]> => {
+    const said = async (argv: string[], treeTokens: number): Promise<string[]> => {
       const warnings: string[] = [];
-      const built = await speculatorFactory(parseStrategyFlags(argv).flags, { loadModel, warn: (m) => warnings.push(m) })(target);
+      const built = await speculatorFactory(parseStrategyFlags(argv).flags, { loadModel, treeTokens, warn: (m) => warnings.push(m) })(target);
       assert.ok(built.speculator, argv.join(' '));
       built.dispose();
       return warnings;
     };
-    assert.deepStrictEqual(await said(['--draft', 'x', '--draft-k', '64']), ['--draft-k 64: drafts are cut to 63 a step (the 64 tokens of KV room kept per sequence)']);
-    assert.deepStrictEqual(await said(['--lookahead', '22,4,2']), ["--lookahead 22,4,2: the window's 66 tokens do not fit the 64 tokens of KV room kept per sequence; it runs 21 of its 22 columns at most"]);
-    // At the room: nothing to say.
-    assert.deepStrictEqual(await said(['--draft', 'x', '--draft-k', '63']), []);
-    assert.deepStrictEqual(await said(['--lookahead', '21,4,2']), []);
+    assert.deepStrictEqual(await said(['--draft', 'x', '--draft-k', '100'], 101), []);
+    assert.deepStrictEqual(await said(['--draft', 'x', '--draft-k', '100'], 40), ['101-node trees (--draft-k 100) are cut to 40 nodes: the KV room kept per sequence, at most its context']);
   });
 
   it('the factory builds draft, hybrid and n-gram speculators; the hook decodes losslessly', async () => {

@@ -11,7 +11,7 @@ import { IncrementalText } from '../text';
 import { TextTokenizer, type ChatMessage } from '../tokenizer';
 import { defaultModelPaths } from '../default_models';
 import { codedError } from '../errors';
-import { parseStrategyFlags, strategyHook, STRATEGY_FLAGS, STRATEGY_USAGE, type StrategyFlags } from './strategy_flags';
+import { parseStrategyFlags, strategyHook, STRATEGY_FLAGS, STRATEGY_USAGE, treeRoomFor, type StrategyFlags } from './strategy_flags';
 
 /** The embedded default family (models/default, trained by scripts/train-default.js). */
 export const EMBEDDED = defaultModelPaths();
@@ -380,7 +380,9 @@ export async function generateCommand(argv: string[], io: GenerateIo = {}): Prom
     const flags: GenerateFlags = { ...parsed, model: modelDir, maxContext };
     // Loading a large checkpoint takes a while: say so on an interactive terminal only.
     if (process.stderr.isTTY && !flags.json && !io.stderr) err(`specdec: loading ${modelDir} ...\n`);
-    model = await LlamaModel.load(modelDir, { device: flags.device, maxSequences: prompts.length, maxContext });
+    // A cache with the KV room the strategy's trees take beside each sequence (strategyHook's reserve).
+    const treeTokens = speculative ? treeRoomFor(flags.strategy as StrategyFlags, maxContext) : undefined;
+    model = await LlamaModel.load(modelDir, { device: flags.device, maxSequences: prompts.length, maxContext, ...(treeTokens !== undefined ? { treeTokens } : {}) });
     const decode = (ids: ArrayLike<number>): string => (tokenizer ? tokenizer.decode(ids, { skipSpecialTokens: true }) : '');
 
     // Text streams when there is one sequence to show; a batch prints its texts in input order.

@@ -11,7 +11,7 @@ import type { Device } from '../tensor';
 import { TextTokenizer } from '../tokenizer';
 import { codedError } from '../errors';
 import { EMBEDDED, parseIntFlag, parseNumberFlag } from './generate';
-import { parseStrategyFlags, speculatorFactory, type StrategyFlags } from './strategy_flags';
+import { parseStrategyFlags, speculatorFactory, treeRoomFor, type StrategyFlags } from './strategy_flags';
 
 export const SERVE_USAGE = `usage: specdec serve [--model DIR] [--draft DIR | --medusa DIR | --eagle DIR | --lookahead W,N,G | --prompt-lookup N]
                     [--host 127.0.0.1] [--port 8000] [--max-batch N] [--kv-budget MB] [--device cpu|cuda|auto]
@@ -93,12 +93,15 @@ export async function startServe(flags: ServeFlags): Promise<RunningServer> {
   if (!fs.existsSync(dir)) throw codedError('E_ARG', `--model: ${dir} does not exist`);
   const device = resolveDevice(flags.device);
   const pageSize = 16;
-  const sizing = (d: string): { kvPages: number } | { maxSequences: number } =>
-    flags.kvBudgetMb !== undefined ? { kvPages: pagesForBudget(d, device, flags.kvBudgetMb, pageSize) } : { maxSequences: flags.maxBatch };
+  // The KV room each sequence keeps for its trees: the engine's reserve, and the caches' spare room.
+  const treeTokens = treeRoomFor(flags.strategy, readLlamaConfig(dir).maxPositions);
+  const sizing = (d: string): { kvPages: number } | { maxSequences: number; treeTokens: number } =>
+    flags.kvBudgetMb !== undefined ? { kvPages: pagesForBudget(d, device, flags.kvBudgetMb, pageSize) } : { maxSequences: flags.maxBatch, treeTokens };
   const model = await LlamaModel.load(dir, { device, pageSize, ...sizing(dir) });
   let dispose = (): void => model.dispose();
   try {
     const built = await speculatorFactory(flags.strategy, {
+      treeTokens,
       defaults: { draft: EMBEDDED.draft, medusa: EMBEDDED.medusa, eagle: EMBEDDED.eagle, eagle3: EMBEDDED.eagle3 },
       // A draft model holds the same tokens as the target: the same number of pages.
       loadModel: (d) => LlamaModel.load(d, { device, pageSize, kvPages: model.kvInfo().totalPages }),
@@ -107,7 +110,7 @@ export async function startServe(flags: ServeFlags): Promise<RunningServer> {
       built.dispose();
       model.dispose();
     };
-    const engine = new Engine({ model, maxBatch: flags.maxBatch, ...(built.speculator ? { speculator: built.speculator } : {}) });
+    const engine = new Engine({ model, maxBatch: flags.maxBatch, ...(built.speculator ? { speculator: built.speculator, treeReserveTokens: treeTokens } : {}) });
     // The cost model's calibration before the first request rather than during it.
     await engine.prepare();
     const tokenizer = TextTokenizer.load(dir);

@@ -45,7 +45,8 @@ export const STRATEGY_USAGE = `speculative strategies (without one: plain decodi
                       embedded EAGLE-1/2 head, 'default3': the embedded EAGLE-3 head); its tree is
                       EAGLE-2's dynamic one, as large as pays on this hardware, chosen per step
   --eagle-tree K,D[,N] the tree's top-k per node, expansion depth and (fixed) most draft nodes
-                      (trees are cut to the 64 tokens of KV room kept per sequence: N <= 63)
+                      (the KV room kept per sequence, 64 tokens, grows to hold N + 1 nodes, up to
+                      the context; so do --draft-k and a lookahead step)
   --lookahead W,N,G   lookahead (Jacobi) decoding: window W, n-gram size N, G verified n-grams
   --prompt-lookup N   prompt lookup: match n-grams of up to N tokens in prompt + output
   --draft DIR with --medusa, --lookahead or --prompt-lookup is the hybrid: that strategy speeds up
@@ -128,6 +129,35 @@ export interface SpeculatorDeps {
   readonly defaults?: { readonly draft?: string; readonly medusa?: string; readonly eagle?: string; readonly eagle3?: string };
   /** Where warnings go (default: stderr, prefixed 'specdec: warning: '). */
   readonly warn?: (message: string) => void;
+  /** The KV room kept per sequence for a tree (treeRoomFor; default 64): a draft model's cache is sized for it. */
+  readonly treeTokens?: number;
+}
+
+/** The largest tree (nodes, root included) the flags fix: --eagle-tree N + 1, --draft-k + 1, a lookahead step. 0: none fixed. */
+function fixedTreeNodes(flags: StrategyFlags): number {
+  let n = 0;
+  if (flags.eagleTree?.[2] !== undefined) n = Math.max(n, flags.eagleTree[2] + 1);
+  if (flags.draftK !== undefined) n = Math.max(n, flags.draftK + 1);
+  if (flags.lookahead !== undefined) n = Math.max(n, 1 + (flags.lookahead[0] + flags.lookahead[2]) * (flags.lookahead[1] - 1));
+  return n;
+}
+
+function treeFlags(flags: StrategyFlags): string {
+  const parts: string[] = [];
+  if (flags.eagleTree?.[2] !== undefined) parts.push(`--eagle-tree ${flags.eagleTree.filter((x) => x !== undefined).join(',')}`);
+  if (flags.draftK !== undefined) parts.push(`--draft-k ${flags.draftK}`);
+  if (flags.lookahead !== undefined) parts.push(`--lookahead ${flags.lookahead.join(',')}`);
+  return parts.join(', ');
+}
+
+/**
+ * KV tokens to keep per sequence for its next tree (the engine's treeReserveTokens, the cache's
+ * treeTokens): 64, or the largest tree the flags fix (explicit settings win), at most `context`
+ * (the positions of a sequence: a chain never needs more, and a larger tree would double the cache
+ * for nodes that rarely pay). Trees beyond it are cut (SpecSequence.maxNodes).
+ */
+export function treeRoomFor(flags: StrategyFlags, context: number): number {
+  return Math.max(DEFAULT_TREE_RESERVE, Math.min(fixedTreeNodes(flags), context));
 }
 
 /** What a factory built: the speculator and what must be freed with it. */
@@ -154,16 +184,11 @@ export function speculatorFactory(flags: StrategyFlags, deps: SpeculatorDeps = {
       for (const o of owned.reverse()) o.dispose();
     };
     const warn = deps.warn ?? ((m: string) => process.stderr.write(`specdec: warning: ${m}\n`));
-    // What the KV room kept per sequence cuts (SpecSequence.maxNodes): said once, not refused.
-    const room = DEFAULT_TREE_RESERVE;
-    const eagleN = flags.eagleTree?.[2];
-    if (eagleN !== undefined && eagleN + 1 > room) warn(`--eagle-tree: trees of ${eagleN} draft nodes are cut to ${room - 1} (the ${room} tokens of KV room kept per sequence)`);
-    if (flags.draftK !== undefined && flags.draftK + 1 > room) warn(`--draft-k ${flags.draftK}: drafts are cut to ${room - 1} a step (the ${room} tokens of KV room kept per sequence)`);
-    if (flags.lookahead !== undefined && 1 + flags.lookahead[0] * (flags.lookahead[1] - 1) > room) {
-      warn(`--lookahead ${flags.lookahead.join(',')}: the window's ${flags.lookahead[0] * (flags.lookahead[1] - 1)} tokens do not fit the ${room} tokens of KV room kept per sequence; it runs ${Math.floor((room - 1) / (flags.lookahead[1] - 1))} of its ${flags.lookahead[0]} columns at most`);
-    }
+    const room = deps.treeTokens ?? DEFAULT_TREE_RESERVE;
+    const want = fixedTreeNodes(flags);
+    if (want > room) warn(`${want}-node trees (${treeFlags(flags)}) are cut to ${room} nodes: the KV room kept per sequence, at most its context`);
     try {
-      const load = deps.loadModel ?? ((dir: string) => LlamaModel.load(dir, { device: target.device }));
+      const load = deps.loadModel ?? ((dir: string) => LlamaModel.load(dir, { device: target.device, ...(deps.treeTokens !== undefined ? { treeTokens: deps.treeTokens } : {}) }));
       let draft: CausalLM | undefined;
       if (flags.draft !== undefined) {
         const dir = resolve('draft', flags.draft);
@@ -226,11 +251,13 @@ export function speculatorFactory(flags: StrategyFlags, deps: SpeculatorDeps = {
 /** The StrategyHook for lib/cli/generate.ts: runs the batch with the flags' speculator. */
 export function strategyHook(deps: SpeculatorDeps = {}): StrategyHook {
   return async ({ flags, target, prompts, decode, onTokens, signal }) => {
-    const built = await speculatorFactory(flags.strategy as StrategyFlags, deps)(target);
+    const strategy = flags.strategy as StrategyFlags;
+    const room = deps.treeTokens ?? treeRoomFor(strategy, flags.maxContext ?? target.config.maxPositions);
+    const built = await speculatorFactory(strategy, { ...deps, treeTokens: room })(target);
     try {
       const dec = new SpeculativeDecoder({
         target,
-        ...(built.speculator ? { speculator: built.speculator } : {}),
+        ...(built.speculator ? { speculator: built.speculator, treeReserveTokens: room } : {}),
         sampling: { temperature: flags.temperature, topK: flags.topK, topP: flags.topP, seed: flags.seed },
       });
       // The cost model's calibration first (a sized strategy; else nothing to do): the run's

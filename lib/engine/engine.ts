@@ -209,14 +209,19 @@ export async function withModelLock<T>(model: CausalLM, fn: () => Promise<T>): P
   }
 }
 
-const shared = new WeakMap<CausalLM, Map<Speculator | undefined, Engine>>();
+const shared = new WeakMap<CausalLM, Map<Speculator | undefined, Map<number | undefined, Engine>>>();
 
-/** The engine that SpeculativeDecoder.generate() calls on `model` with `speculator` share. */
-export function sharedEngine(model: CausalLM, speculator: Speculator | undefined): Engine {
+/** The engine that SpeculativeDecoder.generate() calls on `model` with `speculator` (and that tree reserve) share. */
+export function sharedEngine(model: CausalLM, speculator: Speculator | undefined, treeReserveTokens?: number): Engine {
   let byModel = shared.get(model);
   if (!byModel) shared.set(model, (byModel = new Map()));
-  let e = byModel.get(speculator);
-  if (!e) byModel.set(speculator, (e = new Engine(speculator ? { model, speculator } : { model })));
+  let bySpeculator = byModel.get(speculator);
+  if (!bySpeculator) byModel.set(speculator, (bySpeculator = new Map()));
+  let e = bySpeculator.get(treeReserveTokens);
+  if (!e) {
+    e = new Engine({ model, ...(speculator ? { speculator } : {}), ...(treeReserveTokens !== undefined ? { treeReserveTokens } : {}) });
+    bySpeculator.set(treeReserveTokens, e);
+  }
   return e;
 }
 

@@ -31,6 +31,11 @@ export interface LlamaLoadOptions {
   /** Sequences expected to be alive at once (sizes the default kvPages). Default 4. */
   readonly maxSequences?: number;
   /**
+   * KV tokens per sequence beyond its context for a speculative tree (sizes the default kvPages;
+   * match it to the engine's treeReserveTokens). Default 64.
+   */
+  readonly treeTokens?: number;
+  /**
    * Forwards whose estimated work (multiply-adds: weights x new tokens + attention over the
    * context) is at most this run on the calling thread instead of the libuv pool; the returned
    * promise is then already settled. A tiny model's forward costs less than the round trip through
@@ -168,11 +173,12 @@ export class LlamaModel implements CausalLM {
     const device = resolveDevice(options.device ?? 'auto');
     const pageSize = positiveInt(options.pageSize, 'pageSize', 16);
     const maxSequences = positiveInt(options.maxSequences, 'maxSequences', 4);
+    const treeTokens = positiveInt(options.treeTokens, 'treeTokens', SPARE_TREE_TOKENS);
     const kvDtype = options.kvDtype ?? defaultKvDtype(config, device);
     if (!['f32', 'f16', 'bf16'].includes(kvDtype)) throw codedError('E_ARG', `kvDtype: expected f32, f16 or bf16, got ${String(kvDtype)}`);
     let kvPages = options.kvPages;
     if (kvPages === undefined) {
-      const perSeq = Math.ceil((config.maxPositions + SPARE_TREE_TOKENS) / pageSize);
+      const perSeq = Math.ceil((config.maxPositions + treeTokens) / pageSize);
       const pageBytes = config.numLayers * 2 * pageSize * config.numKvHeads * config.headDim * (kvDtype === 'f32' ? 4 : 2);
       kvPages = Math.max(Math.min(maxSequences * perSeq, Math.floor(KV_BUDGET_BYTES / pageBytes)), maxSequences);
     }

@@ -78,6 +78,33 @@ function assertFits(name: string, observed: number[], probs: number[], total: nu
   assert.ok(stat < crit, `${name}: chi-square ${stat.toFixed(1)} >= ${crit.toFixed(1)} (dof ${dof})`);
 }
 
+/** The first three tokens of each run against the joint distribution of the target's three: (t1, t2), (t2, t3) and t3 fit it. */
+function assertFitsJoint(runs: readonly ArrayLike<number>[], joint: Float64Array): void {
+  const c12 = new Array<number>(V * V).fill(0);
+  const c23 = new Array<number>(V * V).fill(0);
+  const c3 = new Array<number>(V).fill(0);
+  for (const t of runs) {
+    const [a, b, d] = [t[0] as number, t[1] as number, t[2] as number];
+    c12[a * V + b]!++;
+    c23[b * V + d]!++;
+    c3[d]!++;
+  }
+  const p12 = new Array<number>(V * V).fill(0);
+  const p23 = new Array<number>(V * V).fill(0);
+  const p3 = new Array<number>(V).fill(0);
+  for (let a = 0; a < V; a++)
+    for (let b = 0; b < V; b++)
+      for (let d = 0; d < V; d++) {
+        const p = joint[(a * V + b) * V + d] as number;
+        p12[a * V + b]! += p;
+        p23[b * V + d]! += p;
+        p3[d]! += p;
+      }
+  assertFits('(t1, t2)', c12, p12, runs.length);
+  assertFits('(t2, t3)', c23, p23, runs.length);
+  assertFits('t3', c3, p3, runs.length);
+}
+
 describe('speculative sampling is exact (toy model, chi-square)', function () {
   this.timeout(60000);
   const seed = testSeed;
@@ -144,35 +171,14 @@ describe('speculative sampling is exact (toy model, chi-square)', function () {
         Array.from({ length: SEQS }, () => prompt),
         { maxNewTokens: 3 },
       );
-      const joint = reference(target, prompt, T, topK);
-      const c12 = new Array<number>(V * V).fill(0);
-      const c23 = new Array<number>(V * V).fill(0);
-      const c3 = new Array<number>(V).fill(0);
       let proposed = 0;
       let accepted = 0;
       for (const r of res) {
         assert.strictEqual(r.tokens.length, 3);
-        const [a, b, d] = r.tokens as unknown as [number, number, number];
-        c12[a * V + b]!++;
-        c23[b * V + d]!++;
-        c3[d]!++;
         proposed += r.stats.proposedDraftTokens;
         accepted += r.stats.acceptedDraftTokens;
       }
-      const p12 = new Array<number>(V * V).fill(0);
-      const p23 = new Array<number>(V * V).fill(0);
-      const p3 = new Array<number>(V).fill(0);
-      for (let a = 0; a < V; a++)
-        for (let b = 0; b < V; b++)
-          for (let d = 0; d < V; d++) {
-            const p = joint[(a * V + b) * V + d] as number;
-            p12[a * V + b]! += p;
-            p23[b * V + d]! += p;
-            p3[d]! += p;
-          }
-      assertFits('(t1, t2)', c12, p12, SEQS);
-      assertFits('(t2, t3)', c23, p23, SEQS);
-      assertFits('t3', c3, p3, SEQS);
+      assertFitsJoint(res.map((r) => r.tokens), reference(target, prompt, T, topK));
       if (spec) assert.ok(proposed > SEQS / 4, `only ${proposed} draft tokens proposed`);
       if (c.minAccept !== undefined) assert.ok(accepted / proposed >= c.minAccept, `acceptance ${accepted / proposed}`);
       assert.strictEqual(target.liveSequences(), 0);
@@ -221,21 +227,23 @@ describe('speculative sampling is exact (toy model, chi-square)', function () {
     assert.throws(() => assertFits('(t2, t3)', c23, p23, SEQS), /chi-square/);
   });
 
+  /** Speculators whose drafts are deterministic (one-hot): their sampled runs emit plain sampling's tokens. */
+  const deterministicDrafts: [string, () => Speculator][] = [
+    ['Medusa exact', () => new MedusaSpeculator({ heads, choices: [[0], [1], [2], [0, 0], [0, 1], [1, 0]] })],
+    ['EAGLE-2 tree', () => new EagleSpeculator({ head: eagle, topK: 3, depth: 2, totalTokens: 6 })],
+    ['EAGLE-3 tree', () => new EagleSpeculator({ head: eagle3, topK: 2, depth: 2, totalTokens: 5 })],
+    ['lookahead', () => new LookaheadSpeculator({ W: 3, N: 3, G: 3, sizing: 'fixed' })],
+    ['prompt lookup', () => new PromptLookupSpeculator({ maxNgram: 2, numDraft: 3 })],
+    ['one-hot draft tree [3,2]', () => new DraftModelSpeculator({ draft: partial(), treeBranching: [3, 2] })],
+  ];
+
   it('deterministic drafts emit plain sampling\'s tokens, token for token, whatever the trees (Medusa, EAGLE, lookahead, prompt lookup, one-hot draft trees)', async () => {
     // spec_math.h: each emitted token is the sample op's draw at its own counter, so a tree only
     // saves forwards: the tokens are plainGenerate's (sequence i of a batch: stream (seed, i)).
     const prompts = Array.from({ length: 24 }, (_, i) => Int32Array.from(i % 3 === 0 ? prompt : prompt.slice(i % 5)));
     for (const sampling of [{ temperature: T, seed: seed + 1 }, { temperature: 0.6, topK: 3, seed: seed + 2 }, { temperature: 1.3, topP: 0.8, seed: seed + 3 }]) {
       const plain = (await plainGenerate(target, prompts, { maxNewTokens: 16, ...sampling })).tokens.map((tokens) => ({ tokens }));
-      const speculators: [string, () => Speculator | undefined][] = [
-        ['no speculator', () => undefined],
-        ['Medusa exact', () => new MedusaSpeculator({ heads, choices: [[0], [1], [2], [0, 0], [0, 1], [1, 0]] })],
-        ['EAGLE-2 tree', () => new EagleSpeculator({ head: eagle, topK: 3, depth: 2, totalTokens: 6 })],
-        ['EAGLE-3 tree', () => new EagleSpeculator({ head: eagle3, topK: 2, depth: 2, totalTokens: 5 })],
-        ['lookahead', () => new LookaheadSpeculator({ W: 3, N: 3, G: 3, sizing: 'fixed' })],
-        ['prompt lookup', () => new PromptLookupSpeculator({ maxNgram: 2, numDraft: 3 })],
-        ['one-hot draft tree [3,2]', () => new DraftModelSpeculator({ draft: partial(), treeBranching: [3, 2] })],
-      ];
+      const speculators: [string, () => Speculator | undefined][] = [['no speculator', () => undefined], ...deterministicDrafts];
       for (const [name, make] of speculators) {
         const speculator = make();
         const res = await new SpeculativeDecoder({ target, ...(speculator ? { speculator } : {}), sampling }).generateBatch(prompts, { maxNewTokens: 16 });
@@ -253,20 +261,13 @@ describe('speculative sampling is exact (toy model, chi-square)', function () {
   });
 
   it('trees cut to a 3-token KV reserve: deterministic drafts still emit plain sampling\'s tokens; a sampled draft chain cut from k = 6 to 2 still samples the target', async () => {
-    // The engine gives every sequence maxNodes = treeReserveTokens = 3 nodes: each speculator below
-    // proposes more (6-node trees, a 7-node lookahead step, 4-node chains) and cuts its own.
+    // The engine gives every sequence maxNodes = treeReserveTokens = 3 nodes: each speculator
+    // proposes more (5- and 6-node trees, a 7-node lookahead step, 4-node chains) and cuts its own.
     const reserve = 3;
     const prompts = Array.from({ length: 24 }, (_, i) => Int32Array.from(i % 3 === 0 ? prompt : prompt.slice(i % 5)));
     const sampling = { temperature: T, seed: seed + 4 };
     const plain = (await plainGenerate(target, prompts, { maxNewTokens: 16, ...sampling })).tokens;
-    const speculators: [string, () => Speculator][] = [
-      ['Medusa exact', () => new MedusaSpeculator({ heads, choices: [[0], [1], [2], [0, 0], [0, 1], [1, 0]] })],
-      ['EAGLE-2 tree', () => new EagleSpeculator({ head: eagle, topK: 3, depth: 2, totalTokens: 6 })],
-      ['lookahead', () => new LookaheadSpeculator({ W: 3, N: 3, G: 3, sizing: 'fixed' })],
-      ['prompt lookup', () => new PromptLookupSpeculator({ maxNgram: 2, numDraft: 3 })],
-      ['one-hot draft tree [3,2]', () => new DraftModelSpeculator({ draft: partial(), treeBranching: [3, 2] })],
-    ];
-    for (const [name, make] of speculators) {
+    for (const [name, make] of deterministicDrafts) {
       const speculator = make();
       let most = 0;
       const update = speculator.update.bind(speculator);
@@ -285,31 +286,15 @@ describe('speculative sampling is exact (toy model, chi-square)', function () {
     const engine = new Engine({ model: target, speculator: new DraftModelSpeculator({ draft: partial(), k: 6 }), treeReserveTokens: reserve });
     // (Six tokens, of which the first three are counted: the first step may draft 4 past the root.)
     const res = await Promise.all(Array.from({ length: SEQS }, (_, i) => engine.submit(prompt, { maxNewTokens: 6, sampling: { temperature: T }, seed: seed + 5, stream: i })));
-    const joint = reference(target, prompt, T, 0);
-    const c12 = new Array<number>(V * V).fill(0);
-    const c3 = new Array<number>(V).fill(0);
     let proposed = 0;
     let forwards = 0;
     for (const r of res) {
-      const [a, b, d] = r.tokens as unknown as [number, number, number];
-      c12[a * V + b]!++;
-      c3[d]!++;
       proposed += r.stats.proposedDraftTokens;
       forwards += r.stats.targetForwards - 1;
       // Two drafts a verifying step at most (k = 6 would draft 4 in the first).
       assert.ok(r.stats.proposedDraftTokens <= 2 * (r.stats.targetForwards - 1), JSON.stringify(r.stats));
     }
-    const p12 = new Array<number>(V * V).fill(0);
-    const p3 = new Array<number>(V).fill(0);
-    for (let a = 0; a < V; a++)
-      for (let b = 0; b < V; b++)
-        for (let d = 0; d < V; d++) {
-          const p = joint[(a * V + b) * V + d] as number;
-          p12[a * V + b]! += p;
-          p3[d]! += p;
-        }
-    assertFits('(t1, t2)', c12, p12, SEQS);
-    assertFits('t3', c3, p3, SEQS);
+    assertFitsJoint(res.map((r) => r.tokens), reference(target, prompt, T, 0));
     assert.ok(proposed > forwards, `${proposed} drafts in ${forwards} verifying steps: chains of two`);
     assert.strictEqual(target.liveSequences(), 0);
   });

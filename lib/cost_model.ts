@@ -483,20 +483,18 @@ export async function calibrateForwardCost(model: CausalLM, opts: CalibrationOpt
   } finally {
     model.freeSequence(seq);
   }
-  {
-    // What a plain step costs where the engine runs plain steps in native chains (a model with
-    // greedyChain), before any chain has run: without it a sized strategy priced decoding plainly
-    // as a standalone forward plus a step's overhead (the embedded target: 78 us against 40 us
-    // chained) and drafted where drafting lost.
-    // (Only where a forward is short: it costs ~18 more forwards, and beside a long forward a chain
-    // saves little: a 1B model's CPU forward takes ~60 ms against a chain's ~30 us per call.)
-    // (After the scratch sequence is freed: the chain's own takes pages.)
-    if (curve.predict(1) <= CHAIN_PRIOR_MAX_FORWARD) {
-      const chained = await chainTokenCost(model);
-      if (chained !== undefined) curve.observeChainStep(1, chained);
-    }
-    return curve;
+  // What a plain step costs where the engine runs plain steps in native chains (a model with
+  // greedyChain), before any chain has run: without it a sized strategy priced decoding plainly
+  // as a standalone forward plus a step's overhead (the embedded target: 78 us against 40 us
+  // chained) and drafted where drafting lost.
+  // (Only where a forward is short: it costs ~18 more forwards, and beside a long forward a chain
+  // saves little: a 1B model's CPU forward takes ~60 ms against a chain's ~30 us per call.)
+  // (After the scratch sequence is freed: the chain's own takes pages.)
+  if (curve.predict(1) <= CHAIN_PRIOR_MAX_FORWARD) {
+    const chained = await chainTokenCost(model);
+    if (chained !== undefined) curve.observeChainStep(1, chained);
   }
+  return curve;
 }
 
 /** KV tokens a new sequence of `model` can take now (Infinity where the model does not report its pages). */

@@ -583,6 +583,19 @@ describe('EAGLE heads', function () {
       const free2 = tight.freePages;
       assertThrowsCode(() => head.expand(embed, lmHead, tight, hRoot, seqs2, 3, 4, 4), 'E_KV_FULL');
       assert.strictEqual(tight.freePages, free2, 'the forks of a failed expansion are freed');
+      // Out of pages at the second level (the first takes 4 of 5): the same.
+      const mid = make(5);
+      caches.push(mid);
+      const seqs3 = seqsOf(mid);
+      const free3 = mid.freePages;
+      assertThrowsCode(() => head.expand(embed, lmHead, mid, hRoot, seqs3, 3, 2, 4), 'E_KV_FULL');
+      assert.strictEqual(mid.freePages, free3, 'the forks of an expansion failed at its second level are freed');
+      // One upload and one read for the whole expansion, whatever its depth.
+      const before = transferCounters();
+      head.expand(embed, lmHead, roomy, hRoot, seqs, 3, 2, 4);
+      const after = transferCounters();
+      assert.strictEqual(after.blockingWaits - before.blockingWaits, 1, 'waits of a 3-level expansion');
+      assert.strictEqual(after.uploads - before.uploads, 1, 'uploads of a 3-level expansion');
       assertThrowsCode(() => head.expand(embed, lmHead, roomy, rand(3, H), seqs, 3, 2, 4), 'E_ARG');
       assertThrowsCode(() => head.expand(embed, lmHead, roomy, hRoot, { ...seqs, positions: Int32Array.of(1) }, 3, 2, 4), 'E_ARG');
       assertThrowsCode(() => head.expand(embed, lmHead, roomy, hRoot, { ...seqs, draftSeqs: Int32Array.of(0, 99) }, 3, 2, 4), 'E_ARG');
@@ -686,12 +699,12 @@ async function embeddedHeadsAgree(device: 'cpu' | 'cuda'): Promise<void> {
     for (const [h, head] of heads.entries()) {
       for (const opts of [{ topK: 8, depth: 5, totalTokens: 24 }, { topK: 1, depth: 4, totalTokens: 4 }]) {
         const what = `${device} EAGLE-${h === 0 ? 1 : 3} ${JSON.stringify(opts)}`;
-        const runs: { trees: string[]; tokens: number[]; waits: number }[] = [];
+        const runs: { trees: string[]; tokens: number[]; waits: number; forwards: number }[] = [];
         for (const nativeExpansion of [true, false]) {
           const { speculator, trees } = recordingEagle(head, opts, nativeExpansion);
           try {
             const r = await new SpeculativeDecoder({ target, speculator }).generate(prompt, { maxNewTokens: 48 }).result;
-            runs.push({ trees, tokens: Array.from(r.tokens), waits: r.stats.transfers.blockingWaits });
+            runs.push({ trees, tokens: Array.from(r.tokens), waits: r.stats.transfers.blockingWaits, forwards: r.stats.targetForwards });
           } finally {
             speculator.dispose();
           }
@@ -701,6 +714,8 @@ async function embeddedHeadsAgree(device: 'cpu' | 'cuda'): Promise<void> {
         assert.deepStrictEqual(nat.trees, js.trees, `${what}: trees`);
         assert.ok(nat.trees.some((t) => t.includes(',')), `${what}: nothing drafted`);
         assert.ok(nat.waits < js.waits, `${what}: ${nat.waits} waits natively, ${js.waits} op by op`);
+        // A step waits twice: for its tree (the expansion's one read, however deep) and for its result.
+        assert.ok(nat.waits <= 2 * nat.forwards, `${what}: ${nat.waits} waits in ${nat.forwards} target forwards`);
       }
     }
   } finally {

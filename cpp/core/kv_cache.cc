@@ -99,7 +99,7 @@ PagedBatch KvCache::plan(const std::vector<int>& seqs, const std::vector<int>& n
                           config_.device, pack);
 }
 
-KvCache::HostBatch KvCache::plan_host(const std::vector<int>& seqs, const std::vector<int>& new_tokens) {
+KvCache::HostBatch KvCache::plan_host(const std::vector<int>& seqs, const std::vector<int>& new_tokens, PageCopies* copies) {
   const int S = config_.page_size;
   SPECDEC_CHECK(seqs.size() == new_tokens.size(), "E_ARG", "newTokens: ", new_tokens.size(), " entries for ", seqs.size(),
                 " sequences");
@@ -158,7 +158,10 @@ KvCache::HostBatch KvCache::plan_host(const std::vector<int>& seqs, const std::v
     page_indptr.push_back(static_cast<int32_t>(page_indices.size()));
     prefix_len.push_back(s.length);
   }
-  if (!copy_src.empty()) {
+  if (copies) {
+    copies->src.insert(copies->src.end(), copy_src.begin(), copy_src.end());
+    copies->dst.insert(copies->dst.end(), copy_dst.begin(), copy_dst.end());
+  } else if (!copy_src.empty()) {
     HostPack pk;
     const int a = pk.add(DType::i32, copy_src), b = pk.add(DType::i32, copy_dst);
     pk.upload(config_.device);

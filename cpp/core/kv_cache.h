@@ -45,7 +45,12 @@ class KvCache {
   struct HostBatch {
     std::vector<int32_t> qo_indptr, page_indptr, page_indices, prefix_len;
   };
-  HostBatch plan_host(const std::vector<int>& seqs, const std::vector<int>& new_tokens);
+  // With `copies`, the un-sharing page copies are not made but handed to the caller (src[i] ->
+  // dst[i]), who makes them (or fills those pages otherwise) before the batch's first write.
+  struct PageCopies {
+    std::vector<int32_t> src, dst;
+  };
+  HostBatch plan_host(const std::vector<int>& seqs, const std::vector<int>& new_tokens, PageCopies* copies = nullptr);
 
   // Keep accepted new tokens of the last plan(): for seqs[i], acc_nodes[acc_indptr[i]..acc_indptr[i+1])
   // (indices among its new tokens, strictly increasing) move right after the committed prefix,

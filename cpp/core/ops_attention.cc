@@ -348,5 +348,37 @@ void kv_copy_pages(const std::vector<Tensor>& layers, const Tensor& src_pages, c
 #endif
 }
 
+void kv_copy_pages_among(const std::vector<Tensor>& layers, const Tensor& src_pages, const Tensor& dst_pages,
+                         const std::vector<int32_t>& h_src_set, const std::vector<int32_t>& h_dst) {
+  check_layers(layers, "kv_copy_pages_among");
+  check_arg_dim(src_pages, "src_pages", {DType::i32}, 1);
+  check_arg(dst_pages, "dst_pages", {DType::i32}, {src_pages.size(0)});
+  check_same_device({&layers[0], &src_pages, &dst_pages}, "kv_copy_pages_among");
+  SPECDEC_CHECK(static_cast<int64_t>(h_dst.size()) == dst_pages.numel(), "E_ARG",
+                "kv_copy_pages_among: the host copy of dst_pages differs in length from the tensor");
+  const int64_t P = layers[0].size(0);
+  std::vector<char> role(static_cast<size_t>(P), 0);
+  for (size_t i = 0; i < h_src_set.size(); ++i) {
+    SPECDEC_CHECK(h_src_set[i] >= 0 && h_src_set[i] < P, "E_ARG", "src set[", i, "]: page id ", h_src_set[i],
+                  " out of range [0, ", P, ")");
+    role[static_cast<size_t>(h_src_set[i])] |= 1;
+  }
+  for (size_t i = 0; i < h_dst.size(); ++i) {
+    SPECDEC_CHECK(h_dst[i] >= 0 && h_dst[i] < P, "E_ARG", "dst_pages[", i, "]: page id ", h_dst[i], " out of range [0, ", P, ")");
+    SPECDEC_CHECK(!(role[static_cast<size_t>(h_dst[i])] & 3), "E_ARG", "dst_pages[", i, "]: page ", h_dst[i],
+                  " is also a possible source or another destination");
+    role[static_cast<size_t>(h_dst[i])] |= 2;
+  }
+  SPECDEC_CHECK(h_dst.empty() || !h_src_set.empty(), "E_ARG", "kv_copy_pages_among: no source pages to copy from");
+  if (h_dst.empty()) return;
+  note_op();  // one launch on CUDA
+  if (layers[0].device() == Device::cpu) return cpu::kv_copy_pages(layers, src_pages, dst_pages);
+#ifdef SPECDEC_WITH_CUDA
+  cuda::kv_copy_pages(layers, src_pages, dst_pages);
+#else
+  no_cuda("kv_copy_pages_among");
+#endif
+}
+
 }  // namespace ops
 }  // namespace specdec

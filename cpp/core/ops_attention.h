@@ -112,6 +112,12 @@ bool check_commit(const PagedBatch& batch, const std::vector<int32_t>& acc_indpt
 void kv_copy_pages(const std::vector<Tensor>& layers, const Tensor& src_pages, const Tensor& dst_pages,
                    const std::vector<int32_t>* h_src = nullptr, const std::vector<int32_t>* h_dst = nullptr);
 
+// kv_copy_pages whose sources were chosen on the device (an EAGLE level's parents, ops::tree_select):
+// each src_pages[i] is one of h_src_set, which is validated (in range, disjoint from the
+// destinations) instead of reading src_pages back; h_dst: dst_pages' host copy.
+void kv_copy_pages_among(const std::vector<Tensor>& layers, const Tensor& src_pages, const Tensor& dst_pages,
+                         const std::vector<int32_t>& h_src_set, const std::vector<int32_t>& h_dst);
+
 }  // namespace ops
 
 #define SPECDEC_ATTENTION_OPS(NS)                                                                          \

@@ -469,5 +469,19 @@ SPECDEC_HD inline int64_t last_accepted_row(const int32_t* indptr, const int32_t
   return node >= 0 && node < n ? int64_t{s} + node : -1;
 }
 
+// ---------------- dynamic tree expansion (EAGLE-2: ops_tree.h) ----------------
+// The order in which a level chooses the nodes it expands: the larger path log probability first,
+// then the lower pool index; NaN counts as -inf, so a corrupt row cannot break the order.
+SPECDEC_HD inline bool expand_better(double v, int32_t i, double bv, int32_t bi) {
+  const double a = v != v ? -HUGE_VAL : v, b = bv != bv ? -HUGE_VAL : bv;
+  return a > b || (a == b && i < bi);
+}
+
+// A child's path log probability: its parent's plus the log of its probability, rounded to f32 as
+// EagleSpeculator.children stores it (JavaScript's Math.log of the f32 value, kept in a Float32Array).
+SPECDEC_HD inline double child_log_prob(double parent, float p) {
+  return parent + static_cast<double>(static_cast<float>(log(static_cast<double>(p))));
+}
+
 }  // namespace sm
 }  // namespace specdec

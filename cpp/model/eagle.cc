@@ -11,6 +11,7 @@
 #include "../core/host_pack.h"
 #include "../core/ops_layers.h"
 #include "../core/ops_sampling.h"
+#include "../core/ops_tree.h"
 
 namespace specdec {
 
@@ -41,7 +42,7 @@ Tensor eagle_forward(const EagleWeights& w, const Tensor& embed, const std::vect
   const int64_t N = ids.size(0);
   const Tensor& table = w.embed.defined() ? w.embed : embed;
   Tensor e = Tensor::empty(DType::f32, {N, table.size(1)}, table.device());
-  ops::embedding(table, ids, e, host_ids, false);
+  ops::embedding(table, ids, e, host_ids, host_ids == nullptr);
   Tensor x;
   if (!v3) {
     // x = fc([e; f]) as its two column blocks.
@@ -96,39 +97,20 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// Each row's top_k children under the head's logits at temperature 1, read back in one copy: what
-// EagleSpeculator.children does (processLogits, topK, log of the values as f32, d2t).
-struct Children {
-  std::vector<int32_t> ids;
-  std::vector<float> logp;
+// Each row's top_k children under the head's logits at temperature 1, left on the device: what
+// EagleSpeculator.children computes (processLogits, topK) before its read.
+struct TopChildren {
+  Tensor vals, ids;  // f32 [R, top_k] (descending), i32 [R, top_k] (draft ids)
 };
 
-Children children(const EagleWeights& w, const Tensor& lm_head, const Tensor& h, int top_k) {
+TopChildren top_children(const EagleWeights& w, const Tensor& lm_head, const Tensor& h, int top_k) {
   const bool v3 = w.version == 3;
   const Tensor logits = v3 ? mm(norm(h, w.norm, w.eps), w.lm_head) : mm(h, lm_head);
   Tensor probs = Tensor::empty(DType::f32, logits.shape(), logits.device());
   ops::process_logits(logits, SamplingParams{}, probs);
-  const int64_t R = h.size(0), n = R * top_k;
-  // Values and ids in one buffer, one read.
-  Tensor both = Tensor::empty(DType::f32, {2 * n}, h.device());
-  Tensor vals = both.reinterpret(0, DType::f32, {R, top_k}), ids = both.reinterpret(static_cast<size_t>(n) * 4, DType::i32, {R, top_k});
-  ops::top_k(probs, top_k, vals, ids);
-  std::vector<float> host(static_cast<size_t>(2 * n));
-  both.copy_to_host(host.data(), host.size() * sizeof(float));
-  Children c;
-  c.ids.resize(static_cast<size_t>(n));
-  c.logp.resize(static_cast<size_t>(n));
-  std::memcpy(c.ids.data(), host.data() + n, static_cast<size_t>(n) * sizeof(int32_t));
-  const int64_t dv = static_cast<int64_t>(w.draft_to_target.size());
-  for (int64_t i = 0; i < n; ++i) {
-    // JavaScript's Math.log of the f32 value, stored as f32.
-    c.logp[static_cast<size_t>(i)] = static_cast<float>(std::log(static_cast<double>(host[static_cast<size_t>(i)])));
-    int32_t& id = c.ids[static_cast<size_t>(i)];
-    if (dv > 0) {
-      SPECDEC_CHECK(id >= 0 && id < dv, "E_INTERNAL", "eagle: draft id ", id, " outside d2t's ", dv, " entries");
-      id = w.draft_to_target[static_cast<size_t>(id)];
-    }
-  }
+  const int64_t R = h.size(0);
+  TopChildren c{Tensor::empty(DType::f32, {R, top_k}, h.device()), Tensor::empty(DType::i32, {R, top_k}, h.device())};
+  ops::top_k(probs, top_k, c.vals, c.ids);
   return c;
 }
 
@@ -183,98 +165,216 @@ EagleExpandResult eagle_expand(const EagleWeights& w, const Tensor& embed, const
                 ", topK ", top_k, " (expected levels >= 0, width >= 1, topK >= 1)");
   SPECDEC_CHECK(w.version == 3 ? w.norm.defined() && w.lm_head.defined() : lm_head.defined(), "E_ARG",
                 "eagleExpand: an EAGLE-3 head needs its norm and LM head, an EAGLE-1/2 head the target's LM head");
-  const int64_t H = h_root.size(1);
+  const Tensor& table = w.embed.defined() ? w.embed : embed;
+  SPECDEC_CHECK(w.d2t_max < table.size(0), "E_ARG", "eagleExpand: d2t maps to target id ", w.d2t_max,
+                ", outside the embedding table of ", table.size(0), " rows");
+  SPECDEC_CHECK(w.draft_to_target.empty() || w.d2t.defined(), "E_INTERNAL", "eagleExpand: d2t is not on the device");
+  const int64_t K = top_k;
+  const int ps = cache.config().page_size;
+  const Device dev = h_root.device();
   using clock = std::chrono::steady_clock;
-  EagleExpandResult res;
-  res.pools.resize(static_cast<size_t>(B));
-  auto t0 = clock::now();
-  const Children first = children(w, lm_head, h_root, top_k);
-  res.first_seconds = seconds_since(t0);
-  // Each sequence's newest nodes: pool index, the draft sequence of its parent row, its h row.
-  struct Open {
-    int32_t node;
-    int parent_seq;
-    int64_t h_row;  // row of `h` (the level that made the node)
-  };
-  std::vector<std::vector<Open>> open(static_cast<size_t>(B));
-  for (int64_t b = 0; b < B; ++b) {
-    auto& pool = res.pools[static_cast<size_t>(b)];
-    for (int r = 0; r < top_k; ++r) {
-      const size_t i = static_cast<size_t>(b * top_k + r);
-      pool.push_back({first.ids[i], -1, 1, static_cast<double>(first.logp[i])});
-      open[static_cast<size_t>(b)].push_back({r, seqs[static_cast<size_t>(b)].draft_seq, b});
-    }
-  }
+
+  // The shape of the whole expansion is known here: sequence b expands min(width, its open nodes)
+  // rows a level up to its own depth. Only which nodes, and so the tokens and the KV each row
+  // extends, is chosen on the device; the pool is read once at the end.
   int depth = 0;
   for (const auto& s : seqs) depth = std::max(depth, s.max_level);
   depth = std::min(depth, levels);
-  std::vector<int> forks;
-  Tensor h = h_root;
-  try {
+  std::vector<std::vector<int32_t>> rows;  // rows[L - 1][b]: rows of level L
+  std::vector<int64_t> pool_size(static_cast<size_t>(B), K);
+  {
+    std::vector<int64_t> open(static_cast<size_t>(B), K);
     for (int level = 1; level <= depth; ++level) {
-      // The best `width` newest nodes of each sequence (by log probability, then pool index).
-      struct Row {
-        int64_t b;
-        Open o;
-      };
-      std::vector<Row> rows;
+      std::vector<int32_t> r(static_cast<size_t>(B), 0);
+      int64_t total = 0;
       for (int64_t b = 0; b < B; ++b) {
-        if (level > seqs[static_cast<size_t>(b)].max_level) continue;
-        const auto& pool = res.pools[static_cast<size_t>(b)];
-        std::vector<Open> best = open[static_cast<size_t>(b)];
-        std::sort(best.begin(), best.end(), [&](const Open& x, const Open& y) {
-          const double px = pool[static_cast<size_t>(x.node)].log_prob, py = pool[static_cast<size_t>(y.node)].log_prob;
-          return px > py || (!(px < py) && x.node < y.node);
-        });
-        for (size_t j = 0; j < best.size() && j < static_cast<size_t>(width); ++j) rows.push_back({b, best[j]});
+        if (level <= seqs[static_cast<size_t>(b)].max_level) r[static_cast<size_t>(b)] = static_cast<int32_t>(std::min<int64_t>(width, open[static_cast<size_t>(b)]));
+        open[static_cast<size_t>(b)] = r[static_cast<size_t>(b)] * K;
+        pool_size[static_cast<size_t>(b)] += open[static_cast<size_t>(b)];
+        total += r[static_cast<size_t>(b)];
       }
-      if (rows.empty()) break;
-      t0 = clock::now();
-      const int64_t R = static_cast<int64_t>(rows.size());
+      if (total == 0) break;
+      rows.push_back(std::move(r));
+    }
+  }
+  std::vector<int64_t> pool_off(static_cast<size_t>(B) + 1, 0);
+  for (int64_t b = 0; b < B; ++b) pool_off[static_cast<size_t>(b) + 1] = pool_off[static_cast<size_t>(b)] + pool_size[static_cast<size_t>(b)];
+  const int64_t P = pool_off[static_cast<size_t>(B)];
+  SPECDEC_CHECK(P <= INT32_MAX / 4, "E_ARG", "eagleExpand: ", P, " candidate nodes is too many");
+  // The pool in one buffer: log probabilities, tokens, parents (read back together), rows.
+  const Tensor buf = Tensor::empty(DType::u32, {5 * P}, dev);
+  TreePool pool{buf.reinterpret(static_cast<size_t>(8 * P), DType::i32, {P}), buf.reinterpret(static_cast<size_t>(12 * P), DType::i32, {P}),
+                buf.reinterpret(0, DType::f64, {P}), buf.reinterpret(static_cast<size_t>(16 * P), DType::i32, {P})};
+
+  EagleExpandResult res;
+  std::vector<int32_t> draft_len(static_cast<size_t>(B));
+  for (int64_t b = 0; b < B; ++b) draft_len[static_cast<size_t>(b)] = cache.length(seqs[static_cast<size_t>(b)].draft_seq);
+
+  // Every level's index arrays on the host first, all of them sent in one upload.
+  struct Level {
+    TreeLevel sel;
+    int64_t rows = 0;
+    PagedBatch batch;
+    std::vector<int32_t> out_start, prev_tail, prev_tail_indptr, copy_indptr, copy_dst;
+    KvCache::PageCopies unshared;  // level 1: the sequences' partial pages into the rows' copies
+    int seg_os = -1, seg_oc = -1, seg_ri = -1, seg_pos = -1, seg_out = -1, seg_pt = -1, seg_pti = -1, seg_ci = -1,
+        seg_cd = -1, seg_us = -1, seg_ud = -1;
+  };
+  HostPack pack;
+  std::vector<int32_t> root_node(static_cast<size_t>(B), -1), root_out(static_cast<size_t>(B));
+  for (int64_t b = 0; b < B; ++b) root_out[static_cast<size_t>(b)] = static_cast<int32_t>(pool_off[static_cast<size_t>(b)]);
+  const int seg_root_node = pack.add(DType::i32, root_node), seg_root_out = pack.add(DType::i32, root_out);
+  std::vector<int64_t> filled(static_cast<size_t>(B), K);  // entries of b made so far (the root's children first)
+  std::vector<Level> plan(rows.size());
+  std::vector<int> forks;
+  try {
+    // The previous level's rows: their draft-KV tail pages (the pages a child row copies).
+    std::vector<int32_t> prev_tail, prev_tail_indptr;
+    for (size_t li = 0; li < rows.size(); ++li) {
+      const int level = static_cast<int>(li) + 1;
+      Level& lv = plan[li];
+      lv.sel.row_indptr.push_back(0);
+      std::vector<int64_t> row_seq;  // the sequence of each row
+      for (int64_t b = 0; b < B; ++b) {
+        const int32_t n = rows[li][static_cast<size_t>(b)];
+        // b's open nodes: the children its previous level made (the root's for level 1).
+        const int64_t open = level == 1 ? K : static_cast<int64_t>(rows[li - 1][static_cast<size_t>(b)]) * K;
+        lv.sel.open_start.push_back(static_cast<int32_t>(pool_off[static_cast<size_t>(b)] + filled[static_cast<size_t>(b)] - open));
+        lv.sel.open_count.push_back(static_cast<int32_t>(open));
+        lv.sel.row_indptr.push_back(lv.sel.row_indptr.back() + n);
+        for (int32_t r = 0; r < n; ++r) row_seq.push_back(b);
+      }
+      const int64_t R = lv.rows = lv.sel.row_indptr.back();
+      // Each row's KV: a fork of its sequence's draft cache with `level` new slots; the last is the
+      // row's own, the ones before hold its ancestors, copied on the device from its parent row's
+      // tail pages (which row that is, only the device knows).
       std::vector<int> seq_ids;
-      std::vector<int32_t> tokens, positions;
-      std::vector<Tensor> srcs;
-      std::vector<int64_t> src_rows;
-      for (const Row& r : rows) {
-        seq_ids.push_back(cache.fork(r.o.parent_seq));
+      for (int64_t r = 0; r < R; ++r) {
+        seq_ids.push_back(cache.fork(seqs[static_cast<size_t>(row_seq[static_cast<size_t>(r)])].draft_seq));
         forks.push_back(seq_ids.back());
-        tokens.push_back(res.pools[static_cast<size_t>(r.b)][static_cast<size_t>(r.o.node)].token);
-        positions.push_back(seqs[static_cast<size_t>(r.b)].position + level);
-        srcs.push_back(h);
-        src_rows.push_back(r.o.h_row);
       }
-      const Tensor feats = gather_rows(srcs, src_rows, H);
-      // Ids, positions and the batch's page tables in one upload.
-      HostPack pack;
-      const int seg_ids = pack.add(DType::i32, tokens), seg_pos = pack.add(DType::i32, positions);
-      PagedBatch batch = cache.plan(seq_ids, std::vector<int>(static_cast<size_t>(R), 1), &pack);
-      const Tensor next = eagle_forward(w, embed, cache.layers(), batch, pack.view(seg_ids), tokens.data(), pack.view(seg_pos),
-                                        {feats}, false);
-      std::vector<int32_t> acc_indptr(static_cast<size_t>(R) + 1), acc_nodes(static_cast<size_t>(R), 0);
-      for (int64_t i = 0; i <= R; ++i) acc_indptr[static_cast<size_t>(i)] = static_cast<int32_t>(i);
-      cache.commit(batch, seq_ids, acc_indptr, acc_nodes);
-      h = next;
-      const Children kids = children(w, lm_head, h, top_k);
+      const KvCache::HostBatch hb = cache.plan_host(seq_ids, std::vector<int>(static_cast<size_t>(R), level), &lv.unshared);
+      std::vector<int32_t> qo(static_cast<size_t>(R) + 1), prefix(static_cast<size_t>(R)), positions(static_cast<size_t>(R));
+      std::vector<int32_t> tail, tail_indptr{0};
+      lv.copy_indptr.push_back(0);
+      for (int64_t r = 0; r < R; ++r) {
+        const int64_t b = row_seq[static_cast<size_t>(r)];
+        const int32_t dl = draft_len[static_cast<size_t>(b)];
+        qo[static_cast<size_t>(r) + 1] = static_cast<int32_t>(r + 1);
+        prefix[static_cast<size_t>(r)] = dl + level - 1;
+        positions[static_cast<size_t>(r)] = seqs[static_cast<size_t>(b)].position + level;
+        const int32_t t = hb.page_indptr[static_cast<size_t>(r)] + dl / ps;  // the first page the row's path touches
+        tail.insert(tail.end(), hb.page_indices.begin() + t, hb.page_indices.begin() + hb.page_indptr[static_cast<size_t>(r) + 1]);
+        tail_indptr.push_back(static_cast<int32_t>(tail.size()));
+        if (level > 1) {
+          // As many pages as its parent's tail (the parent is a row of the same sequence).
+          const int32_t have = (dl + level - 2) / ps - dl / ps + 1;
+          lv.copy_dst.insert(lv.copy_dst.end(), hb.page_indices.begin() + t, hb.page_indices.begin() + t + have);
+          lv.copy_indptr.push_back(static_cast<int32_t>(lv.copy_dst.size()));
+        }
+        lv.out_start.push_back(static_cast<int32_t>(pool_off[static_cast<size_t>(b)] + filled[static_cast<size_t>(b)]));
+        filled[static_cast<size_t>(b)] += K;
+      }
+      lv.seg_os = pack.add(DType::i32, lv.sel.open_start);
+      lv.seg_oc = pack.add(DType::i32, lv.sel.open_count);
+      lv.seg_ri = pack.add(DType::i32, lv.sel.row_indptr);
+      lv.seg_pos = pack.add(DType::i32, positions);
+      lv.seg_out = pack.add(DType::i32, lv.out_start);
+      if (level == 1 && !lv.unshared.src.empty()) {
+        lv.seg_us = pack.add(DType::i32, lv.unshared.src);
+        lv.seg_ud = pack.add(DType::i32, lv.unshared.dst);
+      }
+      // Deeper, a row's un-shared page is among those its parent's tail fills.
+      if (level > 1) {
+        lv.prev_tail = std::move(prev_tail);
+        lv.prev_tail_indptr = std::move(prev_tail_indptr);
+        lv.seg_pt = pack.add(DType::i32, lv.prev_tail);
+        lv.seg_pti = pack.add(DType::i32, lv.prev_tail_indptr);
+        lv.seg_ci = pack.add(DType::i32, lv.copy_indptr);
+        lv.seg_cd = pack.add(DType::i32, lv.copy_dst);
+      }
+      lv.batch = PagedBatch::stage(qo, hb.page_indptr, hb.page_indices, prefix, ps, cache.config().num_pages, pack);
+      prev_tail = std::move(tail);
+      prev_tail_indptr = std::move(tail_indptr);
+    }
+    pack.upload(dev);
+
+    auto t0 = clock::now();
+    {
+      // The root's children: row b of h_root, no parent.
+      const TopChildren first = top_children(w, lm_head, h_root, top_k);
+      ops::tree_grow(pool, first.vals, first.ids, pack.view(seg_root_node), pack.view(seg_root_out), root_out, w.d2t);
+    }
+    res.first_seconds = seconds_since(t0);
+    Tensor h = h_root;
+    for (size_t li = 0; li < plan.size(); ++li) {
+      Level& lv = plan[li];
+      t0 = clock::now();
+      const int64_t R = lv.rows;
+      lv.batch.bind(pack);
+      lv.sel.d_open_start = pack.view(lv.seg_os);
+      lv.sel.d_open_count = pack.view(lv.seg_oc);
+      lv.sel.d_row_indptr = pack.view(lv.seg_ri);
+      Tensor node = Tensor::empty(DType::i32, {R}, dev), token = Tensor::empty(DType::i32, {R}, dev),
+             src_row = Tensor::empty(DType::i32, {R}, dev);
+      TailGather gather;
+      if (lv.seg_pt >= 0) {
+        gather.prev_tail_indptr = lv.prev_tail_indptr;
+        gather.tail_indptr = lv.copy_indptr;
+        gather.d_prev_tail = pack.view(lv.seg_pt);
+        gather.d_prev_tail_indptr = pack.view(lv.seg_pti);
+        gather.d_tail_indptr = pack.view(lv.seg_ci);
+        gather.src_pages = Tensor::empty(DType::i32, {static_cast<int64_t>(lv.copy_dst.size())}, dev);
+      }
+      ops::tree_select(pool, lv.sel, node, token, src_row, lv.seg_pt >= 0 ? &gather : nullptr);
+      Tensor feats = Tensor::empty(DType::f32, {R, h.size(1)}, dev);
+      ops::rows_at(h, src_row, feats);
+      if (lv.seg_us >= 0)
+        ops::kv_copy_pages(cache.layers(), pack.view(lv.seg_us), pack.view(lv.seg_ud), &lv.unshared.src, &lv.unshared.dst);
+      if (lv.seg_pt >= 0) ops::kv_copy_pages_among(cache.layers(), gather.src_pages, pack.view(lv.seg_cd), lv.prev_tail, lv.copy_dst);
+      h = eagle_forward(w, embed, cache.layers(), lv.batch, token, nullptr, pack.view(lv.seg_pos), {feats}, false);
+      const TopChildren kids = top_children(w, lm_head, h, top_k);
+      ops::tree_grow(pool, kids.vals, kids.ids, node, pack.view(lv.seg_out), lv.out_start, w.d2t);
       res.level_rows.push_back(static_cast<int32_t>(R));
       res.level_seconds.push_back(seconds_since(t0));
-      std::vector<std::vector<Open>> grown(static_cast<size_t>(B));
-      for (int64_t i = 0; i < R; ++i) {
-        const Row& r = rows[static_cast<size_t>(i)];
-        auto& pool = res.pools[static_cast<size_t>(r.b)];
-        const double parent_lp = pool[static_cast<size_t>(r.o.node)].log_prob;
-        for (int j = 0; j < top_k; ++j) {
-          const size_t k = static_cast<size_t>(i * top_k + j);
-          pool.push_back({kids.ids[k], r.o.node, level + 1, parent_lp + static_cast<double>(kids.logp[k])});
-          grown[static_cast<size_t>(r.b)].push_back({static_cast<int32_t>(pool.size()) - 1, seq_ids[static_cast<size_t>(i)], i});
-        }
-      }
-      open = std::move(grown);
     }
   } catch (...) {
     for (int f : forks) cache.free(f);
     throw;
   }
   for (int f : forks) cache.free(f);
+  // The one read: log probabilities, tokens and parents.
+  const auto t_read = clock::now();
+  std::vector<unsigned char> host(static_cast<size_t>(16 * P));
+  buf.reinterpret(0, DType::u32, {4 * P}).copy_to_host(host.data(), host.size());
+  // On a GPU the levels above only queued their work: the read waited for it. Its time goes to the
+  // levels in proportion to what each measured (on the CPU, where ops finish as they are called, ~0).
+  const double wait = seconds_since(t_read);
+  double measured = res.first_seconds;
+  for (double x : res.level_seconds) measured += x;
+  if (measured > 0) {
+    for (double& x : res.level_seconds) x += wait * x / measured;
+    res.first_seconds += wait * res.first_seconds / measured;
+  }
+  const double* lp = reinterpret_cast<const double*>(host.data());
+  const int32_t* tok = reinterpret_cast<const int32_t*>(host.data() + 8 * P);
+  const int32_t* par = reinterpret_cast<const int32_t*>(host.data() + 12 * P);
+  res.pools.resize(static_cast<size_t>(B));
+  for (int64_t b = 0; b < B; ++b) {
+    auto& out = res.pools[static_cast<size_t>(b)];
+    const int64_t o = pool_off[static_cast<size_t>(b)];
+    out.reserve(static_cast<size_t>(filled[static_cast<size_t>(b)]));
+    // Entries in the order they were made: level 1 (the root's children), then each level's children.
+    int32_t level = 1;
+    int64_t level_end = K;
+    for (int64_t e = 0; e < filled[static_cast<size_t>(b)]; ++e) {
+      while (e >= level_end) level_end += static_cast<int64_t>(rows[static_cast<size_t>(level++ - 1)][static_cast<size_t>(b)]) * K;
+      const int32_t p = par[o + e];
+      SPECDEC_CHECK(p < 0 || (p >= o && p < o + e), "E_INTERNAL", "eagleExpand: entry ", e, " of sequence ", b,
+                    " has parent ", p, " outside its pool");
+      out.push_back({tok[o + e], p < 0 ? -1 : static_cast<int32_t>(p - o), level, lp[o + e]});
+    }
+  }
   return res;
 }
 

@@ -34,6 +34,8 @@ struct EagleWeights {
   // d2t (draft id -> target id; empty: the identity); EAGLE-1/2 (both undefined) use the target's LM head.
   Tensor norm, lm_head;
   std::vector<int32_t> draft_to_target;
+  Tensor d2t;           // draft_to_target on the head's device (undefined: the identity)
+  int32_t d2t_max = -1;  // its largest target id
 };
 
 // h f32 [N, H] for the rows ids i32 [N] at positions i32 [N] of a planned batch of the draft's

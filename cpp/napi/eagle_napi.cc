@@ -1,6 +1,7 @@
 // N-API glue for the EAGLE draft layers as one call (cpp/model/eagle.h): eagleWeights(spec) makes a
 // handle of the head's tensors once; eagleForward(handle, ...) runs the layers over a planned batch;
 // eagleCatchUp and eagleExpand(handle, ...) run a step's catch-up and its whole tree expansion.
+#include <algorithm>
 #include <cstring>
 
 #include "../core/host_pack.h"
@@ -76,7 +77,13 @@ Napi::Value EagleWeightsCreate(const Napi::CallbackInfo& info) {
     // The head's logits for eagleExpand: EAGLE-3's norm, LM head and d2t (EAGLE-1/2: the target's head).
     w->norm = opt(o, "norm");
     w->lm_head = opt(o, "lmHead");
-    if (has_field(o, "draftToTarget")) w->draft_to_target = get_i32_array(get_field(o, "draftToTarget"), "draftToTarget");
+    if (has_field(o, "draftToTarget")) {
+      w->draft_to_target = get_i32_array(get_field(o, "draftToTarget"), "draftToTarget");
+      for (size_t i = 0; i < w->draft_to_target.size(); ++i) {
+        SPECDEC_CHECK(w->draft_to_target[i] >= 0, "E_ARG", "draftToTarget[", i, "]: target id ", w->draft_to_target[i], " < 0");
+        w->d2t_max = std::max(w->d2t_max, w->draft_to_target[i]);
+      }
+    }
     return wrap_handle(info.Env(), std::move(w));
   });
 }
@@ -147,6 +154,10 @@ Napi::Value EagleExpand(const Napi::CallbackInfo& info) {
     for (size_t b = 0; b < seqs.size(); ++b) seqs[b] = {seq_ids[b], pos[b], max_levels[b]};
     const int levels = static_cast<int>(get_int(info[8], "levels")), width = static_cast<int>(get_int(info[9], "width")),
               top_k = static_cast<int>(get_int(info[10], "topK"));
+    // d2t on the head's device, once, with the first expansion (its children are mapped there).
+    if (!w->draft_to_target.empty() && !w->d2t.defined())
+      w->d2t = Tensor::from_host(DType::i32, {static_cast<int64_t>(w->draft_to_target.size())}, w->draft_to_target.data(),
+                                 w->inv_freq.device());
     const EagleExpandResult r = eagle_expand(*w, embed, lm_head, cache, h_root, seqs, levels, width, top_k);
     Napi::Object o = Napi::Object::New(env);
     o.Set("firstSeconds", Napi::Number::New(env, r.first_seconds));

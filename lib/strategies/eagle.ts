@@ -696,10 +696,13 @@ export class EagleSpeculator implements Speculator {
     this.lmHead = w.lmHead;
     this.target = model;
     if (!this.cache) {
-      // As many tokens as the target's cache holds (when it says), plus room for the forks of a step.
+      // As many tokens as the target's cache holds (when it says), plus room for the forks of a step:
+      // a row of the native expansion holds its own copy of every page its path touches past the
+      // sequence's full pages (its parent is chosen on the device, so it cannot share them).
       const info = (model as { kvInfo?: () => { pageSize: number; totalPages: number } }).kvInfo?.();
       const tokens = info ? info.pageSize * info.totalPages : 4 * model.config.maxPositions;
-      const numPages = Math.ceil(tokens / this.pageSize) + 8 * (this.topK * (this.depth + 1) + 8);
+      const rowPages = 1 + Math.ceil(this.depth / this.pageSize);
+      const numPages = Math.ceil(tokens / this.pageSize) + 8 * (this.topK * (this.depth + 1) + 8) * rowPages;
       this.cache = new KvCache({
         numLayers: c.numLayers,
         numKvHeads: c.numKvHeads,

@@ -19,7 +19,7 @@ import { knownForwardCost } from './cost_model';
 import { CHAIN_MAX_STEPS, CHAIN_SECONDS, chainLength, observeChainStep } from './plain_chain';
 import { argmaxIds, processLogits } from './sampling';
 import { checkModel, checkSpeculator, codedError } from './strategies/speculator';
-import { isSampling, pickTokens, samplingOptions, throwIfAborted } from './step_helpers';
+import { gatherRows, isSampling, pickTokens, samplingOptions, throwIfAborted } from './step_helpers';
 import type { Tensor } from './tensor';
 import { transferCounters, transfersSince, type TransferStats } from './transfers';
 import { cutTree, flattenTrees, loneRoot, pruneTree, treeDepths, validateTree } from './tree';
@@ -438,11 +438,15 @@ export class SpecEngine {
           proposals[i] = batch.proposals;
           continue;
         }
-        const checked = p.engine.checkProposals(p.seqs, batch);
+        const kept: (Int32Array | undefined)[] = [];
+        const checked = p.engine.checkProposals(p.seqs, batch, kept);
         if (checked !== batch.proposals && batch.draftProbs) {
-          // A pruned tree no longer lines up with the draft rows; q rows are not needed for the
-          // deterministic shapes speculators prune, but a mismatch must not pass silently.
-          throw codedError('E_ARG', `${speculator.name}: a proposal deeper than maxDepth or larger than maxNodes, together with draft probabilities`);
+          // A pruned or cut tree keeps each node's children all, none, or the first ones in order,
+          // so its nodes' rows are still the distributions their kept children were drawn from:
+          // the batch's q rows become those of the kept nodes (gathered on the device).
+          const probs = keptDraftRows(batch, kept, speculator.name);
+          owned.push(probs);
+          batches[i] = { ...batch, draftProbs: probs };
         }
         proposals[i] = checked;
       }
@@ -920,8 +924,11 @@ export class SpecEngine {
     return vin;
   }
 
-  /** Validates the speculator's trees; prunes plain trees deeper than maxDepth, cuts those larger than maxNodes. */
-  checkProposals(seqs: readonly EngineSequence[], batch: ProposalBatch): readonly Proposal[] {
+  /**
+   * Validates the speculator's trees; prunes plain trees deeper than maxDepth, cuts those larger than
+   * maxNodes. `kept[b]`, for a proposal changed so: the indices of its nodes that remain, in order.
+   */
+  checkProposals(seqs: readonly EngineSequence[], batch: ProposalBatch, kept?: (Int32Array | undefined)[]): readonly Proposal[] {
     const name = this.speculator?.name ?? 'plain';
     if (batch.proposals.length !== seqs.length) {
       throw codedError('E_ARG', `${name}: ${batch.proposals.length} proposals for ${seqs.length} sequences`);
@@ -953,7 +960,9 @@ export class SpecEngine {
         changed = true;
         // A device tail belongs to a chain: its pruned prefix keeps the same tail.
         if (p.tail && p.parents.some((x, i) => x !== i - 1)) throw codedError('E_ARG', `${name} proposal[${b}]: a device tail on a tree that is not a chain`);
-        const pruned = cutTree(pruneTree(p, s.maxDepth).tree, s.maxNodes);
+        const prune = pruneTree(p, s.maxDepth);
+        const pruned = cutTree(prune.tree, s.maxNodes);
+        if (kept) kept[b] = prune.kept.subarray(0, pruned.tokens.length);
         return p.tail ? { ...pruned, tail: p.tail } : pruned;
       }
       if (p.tokens.length > s.maxNodes) {
@@ -961,6 +970,7 @@ export class SpecEngine {
         if (p.mask || p.positions) throw codedError('E_ARG', `${name} proposal[${b}]: ${p.tokens.length} nodes > maxNodes ${s.maxNodes} (the KV room kept for a tree: treeReserveTokens)`);
         changed = true;
         const cut = cutTree(p, s.maxNodes);
+        if (kept) kept[b] = Int32Array.from({ length: cut.tokens.length }, (_, i) => i);
         return p.tail ? { ...cut, tail: p.tail } : cut;
       }
       if (p.positions) {
@@ -972,6 +982,28 @@ export class SpecEngine {
     });
     return changed ? out : batch.proposals;
   }
+}
+
+/**
+ * A batch's draft rows for its proposals as checkProposals left them: proposal b's rows are those of
+ * its kept nodes (`kept[b]`, indices into its proposed nodes; undefined: all of them).
+ */
+function keptDraftRows(batch: ProposalBatch, kept: readonly (Int32Array | undefined)[], name: string): Tensor {
+  const probs = batch.draftProbs as Tensor;
+  const rows: number[] = [];
+  let at = 0;
+  batch.proposals.forEach((p, b) => {
+    const k = kept[b];
+    // A device tail carries draft state of its own that a cut would leave behind.
+    if (k && p.tail) throw codedError('E_ARG', `${name}: proposal[${b}] has a device tail and draft probabilities, and is deeper than maxDepth or larger than maxNodes`);
+    if (k) for (const i of k) rows.push(at + i);
+    else for (let i = 0; i < p.tokens.length; i++) rows.push(at + i);
+    at += p.tokens.length;
+  });
+  if (probs.shape.length !== 2 || probs.shape[0] !== at) {
+    throw codedError('E_ARG', `${name}: draftProbs is [${probs.shape}], expected [${at}, V] (a row per proposed node)`);
+  }
+  return gatherRows(rows.map((row) => ({ tensor: probs, row })), probs.shape[1] as number, probs.device);
 }
 
 /** The sequences of one SpecEngine taking part in a shared step (SpecEngine.stepShared). */

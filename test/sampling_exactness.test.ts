@@ -299,6 +299,93 @@ describe('speculative sampling is exact (toy model, chi-square)', function () {
     assert.strictEqual(target.liveSequences(), 0);
   });
 
+  it("a third-party sampled tree larger than maxNodes and deeper than maxDepth: the engine cuts it with its draft rows, and it still samples the target", async () => {
+    // Each proposal is an 11-node depth-3 tree listed depth first (root; a child; its two children,
+    // each with one; the second child likewise), every node's children drawn in order without
+    // replacement from a row that depends on the node (sharply different rows, so a row given to
+    // the wrong node biases the output). The engine prunes it to the sequence's maxDepth (2 at the
+    // first step of 4 tokens: interleaved nodes go, 7 stay) and cuts it to maxNodes = 6, and must hand
+    // verification the kept nodes' rows, proposal by proposal (kept: nodes 0, 1, 2, 4, 6, 7, so node
+    // 6's row is the batch's fifth of the proposal, not its seventh).
+    const reserve = 6;
+    let rngState = (seed ^ 0x5bd1e995) >>> 0;
+    const rand = (): number => {
+      rngState = (rngState + 0x6d2b79f5) >>> 0;
+      let t = rngState;
+      t = Math.imul(t ^ (t >>> 15), t | 1);
+      t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+      return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    };
+    const rowFor = (depth: number, token: number): Float64Array => {
+      // A fixed, peaked distribution per (depth, token): mass 0.7 on (token + depth + 1) mod V.
+      const q = new Float64Array(V).fill(0.3 / (V - 1));
+      q[(token + depth + 1) % V] = 0.7;
+      return q;
+    };
+    const draw = (q: Float64Array, without: readonly number[]): number => {
+      let mass = 0;
+      for (let t = 0; t < V; t++) if (!without.includes(t)) mass += q[t] as number;
+      let u = rand() * mass;
+      for (let t = 0; t < V; t++) {
+        if (without.includes(t)) continue;
+        u -= q[t] as number;
+        if (u < 0) return t;
+      }
+      for (let t = V - 1; t >= 0; t--) if (!without.includes(t)) return t;
+      return 0;
+    };
+    let biggest = 0;
+    let cut = 0;
+    let pruned = 0;
+    const thirdParty: Speculator = {
+      name: 'third-party sampled tree',
+      wantsHidden: false,
+      attach() {},
+      async prefill() {},
+      propose(seqs) {
+        const rows: number[] = [];
+        const proposals = seqs.map((sq) => {
+          const tokens: number[] = [sq.history[sq.history.length - 1] as number];
+          const parents: number[] = [-1];
+          const depths: number[] = [0];
+          // Depth first: a node's children, each followed by its subtree.
+          const grow = (node: number, fanout: readonly number[]): void => {
+            if (fanout.length === 0) return;
+            const q = rowFor(depths[node] as number, tokens[node] as number);
+            const drawn: number[] = [];
+            for (let c = 0; c < (fanout[0] as number); c++) {
+              const t = draw(q, drawn);
+              drawn.push(t);
+              tokens.push(t);
+              parents.push(node);
+              depths.push((depths[node] as number) + 1);
+              grow(tokens.length - 1, fanout.slice(1));
+            }
+          };
+          grow(0, [2, 2, 1]);
+          for (let i = 0; i < tokens.length; i++) rows.push(...rowFor(depths[i] as number, tokens[i] as number));
+          biggest = Math.max(biggest, tokens.length);
+          if (tokens.length > sq.maxNodes) cut++;
+          if (sq.maxDepth === 2) pruned++;
+          return { tokens: Int32Array.from(tokens), parents: Int32Array.from(parents) };
+        });
+        return { proposals, draftProbs: Tensor.fromArray(Float32Array.from(rows), 'f32', [rows.length / V, V]) };
+      },
+      update() {},
+      release() {},
+      dispose() {},
+    };
+    const engine = new Engine({ model: target, speculator: thirdParty, treeReserveTokens: reserve });
+    const res = await Promise.all(Array.from({ length: SEQS }, (_, i) => engine.submit(prompt, { maxNewTokens: 4, sampling: { temperature: T }, seed: seed + 6, stream: i })));
+    assert.strictEqual(biggest, 11);
+    assert.ok(cut > SEQS / 2 && pruned > SEQS / 2, `${cut} trees cut, ${pruned} pruned to depth 2`);
+    let accepted = 0;
+    for (const r of res) accepted += r.stats.acceptedDraftTokens;
+    assert.ok(accepted > SEQS / 2, `${accepted} drafts accepted`);
+    assertFitsJoint(res.map((r) => r.tokens), reference(target, prompt, T, 0));
+    assert.strictEqual(target.liveSequences(), 0);
+  });
+
   it('the same seed reproduces the same samples; another seed differs', async () => {
     const run = async (s: number): Promise<string> => {
       const dec = new SpeculativeDecoder({ target, speculator: new DraftModelSpeculator({ draft: partial(), k: 3 }), sampling: { temperature: T, seed: s } });

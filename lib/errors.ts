@@ -63,13 +63,38 @@ export function optionsArg<T extends object>(x: T | undefined, what: string, opt
   if (typeof x !== 'object' || x === null || Array.isArray(x)) {
     throw argError(`${what}: expected an options object, got ${x === null ? 'null' : Array.isArray(x) ? 'an array' : typeof x}`);
   }
+  noSymbols(x, what, 2);
   return x;
+}
+
+/**
+ * A symbol is the one value that throws where option checks compare it (`x >= 0`) or print it
+ * (`${x}`): E_ARG naming the field, in an options object, the plain objects and arrays inside it.
+ */
+function noSymbols(x: object, what: string, depth: number): void {
+  for (const [k, v] of Object.entries(x)) {
+    if (typeof v === 'symbol') throw argError(`${what}: ${k}: expected a number, string, boolean, array or object, got a symbol`);
+    if (depth > 1 && typeof v === 'object' && v !== null && (Array.isArray(v) || Object.getPrototypeOf(v) === Object.prototype || Object.getPrototypeOf(v) === null)) {
+      noSymbols(v as object, `${what}: ${k}`, depth - 1);
+    }
+  }
+}
+
+/** A value in an error message, whatever it is (String() throws on a symbol, `${}` on a symbol too). */
+export function shown(x: unknown): string {
+  if (typeof x === 'symbol') return x.toString();
+  if (typeof x === 'bigint') return `${x}n`;
+  try {
+    return Array.isArray(x) ? `[${x.map(shown).join(',')}]` : String(x);
+  } catch {
+    return typeof x;
+  }
 }
 
 /** A stopTokens option: undefined, or an array (or typed array) of integer token ids (E_ARG otherwise). */
 export function checkStopTokens(x: unknown): void {
   if (x !== undefined && (!(Array.isArray(x) || ArrayBuffer.isView(x)) || !Array.from(x as ArrayLike<unknown>).every((t) => Number.isInteger(t)))) {
-    throw argError(`stopTokens must be an array of integer token ids, got ${String(x)}`);
+    throw argError(`stopTokens must be an array of integer token ids, got ${shown(x)}`);
   }
 }
 

@@ -31,7 +31,7 @@ const pick = <T>(r: Rand, xs: readonly T[]): T => xs[Math.floor(r() * xs.length)
 function hostile(r: Rand): unknown {
   return pick(r, [
     undefined, null, NaN, Infinity, -Infinity, -1, 0, -0, 0.5, 1, 2, 3, 7, 1e9, 2 ** 31, 2 ** 53, -(2 ** 31), 1e308,
-    '', '1', 'x', 'llama3', true, false, [], [1], [1, 'x'], {}, { type: 'linear' }, 10n, Math.floor(r() * 600),
+    '', '1', 'x', 'llama3', true, false, [], [1], [1, 'x'], {}, { type: 'linear' }, 10n, Symbol('hostile'), Math.floor(r() * 600),
   ]);
 }
 
@@ -92,7 +92,7 @@ async function codedOrValidAsync<T>(what: string, codes: readonly string[], fn: 
 }
 
 /** JSON for messages, BigInts included. */
-const show = (v: unknown): string => JSON.stringify(v, (_k, x: unknown) => (typeof x === 'bigint' ? `${x}n` : x));
+const show = (v: unknown): string => JSON.stringify(v, (_k, x: unknown) => (typeof x === 'bigint' ? `${x}n` : typeof x === 'symbol' ? String(x) : x));
 
 const safeInt = (x: unknown, min: number): boolean => typeof x === 'number' && Number.isSafeInteger(x) && x >= min;
 const positive = (x: unknown): boolean => typeof x === 'number' && Number.isFinite(x) && x > 0;
@@ -626,7 +626,7 @@ describe('fuzz findings, replayed', () => {
     // Found by probing every public entry point with these values (22 entry points, 1,096 uncoded
     // errors before the checks: "Cannot read properties of null", "is not iterable", Node's own path
     // TypeError).
-    const values: unknown[] = [undefined, null, NaN, -1, 0, 2 ** 31, '', 'x', true, [], [1, 'x'], 10n];
+    const values: unknown[] = [undefined, null, NaN, -1, 0, 2 ** 31, '', 'x', true, [], [1, 'x'], 10n, Symbol('x')];
     const target = await LlamaModel.load(path.join(defaults, 'target'), { device: 'cpu' });
     const dec = new SpeculativeDecoder({ target });
     const t = Tensor.fromArray(new Float32Array(12).fill(0.1), 'f32', [3, 4]);
@@ -662,7 +662,7 @@ describe('fuzz findings, replayed', () => {
             const r = call(v as never);
             outcome = r instanceof Promise ? await r : r;
           } catch (e) {
-            assert.ok(isCodedError(e), `${name}(${typeof v === 'bigint' ? '10n' : JSON.stringify(v)}): ${(e as Error).stack}`);
+            assert.ok(isCodedError(e), `${name}(${typeof v === 'bigint' ? '10n' : typeof v === 'symbol' ? 'a symbol' : JSON.stringify(v)}): ${(e as Error).stack}`);
             continue;
           }
           (outcome as { dispose?: () => void } | undefined)?.dispose?.();

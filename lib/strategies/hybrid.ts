@@ -40,7 +40,7 @@ export class HybridSpeculator implements Speculator {
     this.draft = opts.draft;
     this.inner = opts.draftSpeculator;
     this.k = opts.k ?? 6;
-    if (!Number.isInteger(this.k) || this.k < 1) throw codedError('E_ARG', `hybrid: k must be an integer >= 1, got ${this.k}`);
+    if (!Number.isInteger(this.k) || this.k < 1) throw codedError('E_ARG', `hybrid: k must be an integer >= 1, got ${String(this.k)}`);
     this.name = `hybrid(${this.inner.name})`;
     this.inner.attach(this.draft);
     this.engine = new SpecEngine({ model: this.draft, speculator: this.inner });

@@ -148,6 +148,15 @@ describe('engine: continuous batching', function () {
 
   describe('trees larger than treeReserveTokens (the KV room kept per sequence)', () => {
     const R = 6;
+    // The target without an EOS: a random target's first token may be its EOS (seed 617716997: token
+    // 2), and a run that stops there speculates nothing, so every run here makes all its tokens.
+    const { eos: _eos, ...noEos } = targetSpec;
+    const eosFree: CheckpointSpec = { ...noEos, name: 'llama-gqa-f32-no-eos' };
+    let target: LlamaModel;
+    before(async () => {
+      target = await LlamaModel.load(makeCheckpoint(eosFree, testSeed), { device: 'cpu', maxSequences: 2 });
+    });
+    after(() => target?.dispose());
     // A prompt that repeats (prompt lookup finds matches), 40 new tokens, and a cache of exactly
     // prompt + output + R tokens (pages of one token): a tree of more than R nodes near the end has
     // no room.
@@ -176,7 +185,7 @@ describe('engine: continuous batching', function () {
     // with it, so every step drafts as far as the room allows.
     let twin: LlamaModel;
     before(async () => {
-      twin = await LlamaModel.load(makeCheckpoint(targetSpec, testSeed), { device: 'cpu', maxSequences: 2 });
+      twin = await LlamaModel.load(makeCheckpoint(eosFree, testSeed), { device: 'cpu', maxSequences: 2 });
     });
     after(() => twin?.dispose());
     const heads = (): MedusaHeads => MedusaHeads.load(writeMedusaHeads({ numHeads: 2, numLayers: 1, hiddenSize: targetSpec.hidden, vocabSize: V, seed: testSeed }), { device: 'cpu' });
@@ -195,7 +204,7 @@ describe('engine: continuous batching', function () {
         for (const spare of [R, 1]) await once(spare);
       });
       const once = async (spare: number): Promise<void> => {
-        const tight = await LlamaModel.load(makeCheckpoint(targetSpec, testSeed), { device: 'cpu', pageSize: 1, kvPages: prompt.length + maxNewTokens + spare });
+        const tight = await LlamaModel.load(makeCheckpoint(eosFree, testSeed), { device: 'cpu', pageSize: 1, kvPages: prompt.length + maxNewTokens + spare });
         try {
           const ref = await new Engine({ model: target }).submit(prompt, { maxNewTokens, stopTokens: [] });
           const { spec, most } = recording(make(twin));
@@ -223,13 +232,13 @@ describe('engine: continuous batching', function () {
         assert.throws(() => new SpeculativeDecoder({ target, speculator: spec, treeReserveTokens: bad as number }), (e: Error & { code?: string }) => e.code === 'E_ARG' && /treeReserveTokens/.test(e.message));
       }
       spec.dispose();
-      const sized = await LlamaModel.load(makeCheckpoint(targetSpec, testSeed), { device: 'cpu', maxSequences: 2, pageSize: 4, treeTokens: 100 });
+      const sized = await LlamaModel.load(makeCheckpoint(eosFree, testSeed), { device: 'cpu', maxSequences: 2, pageSize: 4, treeTokens: 100 });
       try {
         assert.strictEqual(sized.kvInfo().totalPages, 2 * Math.ceil((sized.config.maxPositions + 100) / 4));
       } finally {
         sized.dispose();
       }
-      await assert.rejects(LlamaModel.load(makeCheckpoint(targetSpec, testSeed), { device: 'cpu', treeTokens: 0 }), (e: Error & { code?: string }) => e.code === 'E_ARG' && /treeTokens/.test(e.message));
+      await assert.rejects(LlamaModel.load(makeCheckpoint(eosFree, testSeed), { device: 'cpu', treeTokens: 0 }), (e: Error & { code?: string }) => e.code === 'E_ARG' && /treeTokens/.test(e.message));
     });
 
     it("a speculator that ignores maxNodes: a plain tree is cut to its first R nodes, one with its own mask is refused", async () => {
@@ -264,7 +273,7 @@ describe('engine: continuous batching', function () {
         release() {},
         dispose() {},
       });
-      const tight = await LlamaModel.load(makeCheckpoint(targetSpec, testSeed), { device: 'cpu', pageSize: 1, kvPages: prompt.length + maxNewTokens + R });
+      const tight = await LlamaModel.load(makeCheckpoint(eosFree, testSeed), { device: 'cpu', pageSize: 1, kvPages: prompt.length + maxNewTokens + R });
       try {
         const got = await new Engine({ model: tight, speculator: oracle(false), treeReserveTokens: R }).submit(prompt, { maxNewTokens, stopTokens: [] });
         assert.deepStrictEqual(Array.from(got.tokens), Array.from(ref.tokens));

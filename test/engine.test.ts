@@ -22,6 +22,11 @@ import { rng, testSeed } from './helpers';
 
 const targetSpec: CheckpointSpec = specByName('llama-gqa-f32');
 const draftSpec: CheckpointSpec = { ...targetSpec, name: 'draft-small', layers: 1, hidden: 16, intermediate: 32, heads: 2, kvHeads: 1 };
+// The target without an EOS, for tests whose point needs every run to make all its tokens: a random
+// target's first token may be its EOS (seed 617716997: token 2), and a run that stops there
+// speculates nothing and fills no cache.
+const { eos: _eos, ...noEos } = targetSpec;
+const eosFree: CheckpointSpec = { ...noEos, name: 'llama-gqa-f32-no-eos' };
 const V = targetSpec.vocab;
 
 interface Job {
@@ -68,8 +73,9 @@ describe('engine: continuous batching', function () {
     const dir = makeCheckpoint(targetSpec, testSeed);
     target = await LlamaModel.load(dir, { device: 'cpu', maxSequences: 16 });
     draft = await LlamaModel.load(makeCheckpoint(draftSpec, testSeed + 1), { device: 'cpu', maxSequences: 16 });
-    // Room for about three sequences of the jobs below: the batch must preempt.
-    small = await LlamaModel.load(dir, { device: 'cpu', pageSize: 4, kvPages: 24 });
+    // Room for about three sequences of the jobs below: the batch must preempt (no EOS: with one,
+    // seed 3333's sequences stopped early enough to fit).
+    small = await LlamaModel.load(makeCheckpoint(eosFree, testSeed), { device: 'cpu', pageSize: 4, kvPages: 24 });
   });
   after(() => {
     target?.dispose();
@@ -132,10 +138,10 @@ describe('engine: continuous batching', function () {
   });
 
   it('a small KV cache preempts the youngest and recomputes it: same tokens, all pages free', async () => {
-    // Nine sequences of up to 42 tokens (some stop early at EOS), all admitted at once, need far
-    // more than the cache's 96 tokens.
+    // Nine sequences of up to 42 tokens, all admitted at once, need far more than the cache's 96
+    // tokens; each alone fits.
     const js = jobs(testSeed + 11, 9).map((j) => ({ ...j, opts: { ...j.opts, maxNewTokens: 30, stopTokens: [] } }));
-    const ref = await alone(new Engine({ model: target }), js);
+    const ref = await alone(new Engine({ model: small }), js);
     const engine = new Engine({ model: small, treeReserveTokens: 4 });
     const got = await Promise.all(js.map((j) => engine.submit(j.prompt, j.opts).then((r) => Array.from(r.tokens))));
     got.forEach((t, i) => assert.deepStrictEqual(t, ref[i], `request ${i}`));
@@ -148,10 +154,7 @@ describe('engine: continuous batching', function () {
 
   describe('trees larger than treeReserveTokens (the KV room kept per sequence)', () => {
     const R = 6;
-    // The target without an EOS: a random target's first token may be its EOS (seed 617716997: token
-    // 2), and a run that stops there speculates nothing, so every run here makes all its tokens.
-    const { eos: _eos, ...noEos } = targetSpec;
-    const eosFree: CheckpointSpec = { ...noEos, name: 'llama-gqa-f32-no-eos' };
+    // Every run here makes all its tokens (eosFree).
     let target: LlamaModel;
     before(async () => {
       target = await LlamaModel.load(makeCheckpoint(eosFree, testSeed), { device: 'cpu', maxSequences: 2 });

@@ -622,6 +622,27 @@ describe('fuzz findings, replayed', () => {
     }
   });
 
+  it('a symbol where an option value goes (top level, nested, in an array): E_ARG naming the field, not a TypeError', async () => {
+    // Checks compare option values (x >= 0) and print them (`${x}`): both throw a TypeError on a symbol.
+    const sym = Symbol('bad');
+    const dir = path.join(defaults, 'target');
+    await assert.rejects(LlamaModel.load(dir, { device: 'cpu', pageSize: sym as never }), (e: Error & { code?: string }) => e.code === 'E_ARG' && /pageSize/.test(e.message));
+    const target = await LlamaModel.load(dir, { device: 'cpu' });
+    try {
+      const prompt = Int32Array.of(1, 5, 9);
+      const dec = new SpeculativeDecoder({ target });
+      assert.strictEqual(codeOf(() => new SpeculativeDecoder({ target, sampling: { temperature: sym as never } })), 'E_ARG');
+      assert.strictEqual(codeOf(() => new DraftModelSpeculator({ draft: target, adaptive: sym as never })), 'E_ARG');
+      assert.strictEqual(codeOf(() => new DraftModelSpeculator({ draft: target, k: 10n as never })), 'E_ARG');
+      for (const opts of [{ maxNewTokens: sym }, { maxNewTokens: 4, stopTokens: [sym] }]) {
+        await assert.rejects(async () => dec.generate(prompt, opts as never).result, (e: Error & { code?: string }) => e.code === 'E_ARG' && /maxNewTokens|stopTokens/.test(e.message), JSON.stringify(Object.keys(opts)));
+      }
+      await assert.rejects(new Engine({ model: target }).submit(prompt, { maxNewTokens: 4, sampling: { temperature: sym as never } }), (e: Error & { code?: string }) => e.code === 'E_ARG' && /temperature/.test(e.message));
+    } finally {
+      target.dispose();
+    }
+  });
+
   it('public calls given a value that is not an options object, a path, a model or an array where one goes: a coded error, never a TypeError', async () => {
     // Found by probing every public entry point with these values (22 entry points, 1,096 uncoded
     // errors before the checks: "Cannot read properties of null", "is not iterable", Node's own path

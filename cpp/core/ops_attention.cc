@@ -315,69 +315,63 @@ void kv_commit_verified(const std::vector<Tensor>& layers, const PagedBatch& bat
 #endif
 }
 
-void kv_copy_pages(const std::vector<Tensor>& layers, const Tensor& src_pages, const Tensor& dst_pages,
-                   const std::vector<int32_t>* h_src, const std::vector<int32_t>* h_dst) {
-  check_layers(layers, "kv_copy_pages");
-  check_arg_dim(src_pages, "src_pages", {DType::i32}, 1);
-  check_arg(dst_pages, "dst_pages", {DType::i32}, {src_pages.size(0)});
-  check_same_device({&layers[0], &src_pages, &dst_pages}, "kv_copy_pages");
-  SPECDEC_CHECK((h_src == nullptr) == (h_dst == nullptr), "E_ARG", "kv_copy_pages: give both host copies or neither");
+namespace {
+
+// kv_copy_pages' checks from host copies and its launch: `sources` holds every page a copy may read
+// (src_pages' own values, or the set they were chosen from on the device), named `src_name`.
+void copy_pages_checked(const std::vector<Tensor>& layers, const Tensor& src_pages, const Tensor& dst_pages,
+                        const std::vector<int32_t>& sources, const char* src_name, const std::vector<int32_t>& dst,
+                        const char* op) {
   const int64_t P = layers[0].size(0);
-  const std::vector<int32_t> src = h_src ? *h_src : host_i32(src_pages), dst = h_dst ? *h_dst : host_i32(dst_pages);
-  SPECDEC_CHECK(static_cast<int64_t>(src.size()) == src_pages.numel(), "E_ARG",
-                "kv_copy_pages: the host copies differ in length from the tensors");
-  for (size_t i = 0; i < src.size(); ++i) {
-    SPECDEC_CHECK(src[i] >= 0 && src[i] < P, "E_ARG", "src_pages[", i, "]: page id ", src[i], " out of range [0, ", P, ")");
-    SPECDEC_CHECK(dst[i] >= 0 && dst[i] < P, "E_ARG", "dst_pages[", i, "]: page id ", dst[i], " out of range [0, ", P, ")");
-  }
+  SPECDEC_CHECK(static_cast<int64_t>(dst.size()) == dst_pages.numel(), "E_ARG", op,
+                ": the host copies differ in length from the tensors");
+  SPECDEC_CHECK(dst.empty() || !sources.empty(), "E_ARG", op, ": no source pages to copy from");
   // A destination that is also a source (or written twice) would make the result order-dependent.
   std::vector<char> role(static_cast<size_t>(P), 0);
-  for (int32_t s : src) role[s] |= 1;
-  for (size_t i = 0; i < dst.size(); ++i) {
-    SPECDEC_CHECK(!(role[dst[i]] & 3), "E_ARG", "dst_pages[", i, "]: page ", dst[i],
-                  " is also a source or another destination");
-    role[dst[i]] |= 2;
+  for (size_t i = 0; i < sources.size(); ++i) {
+    SPECDEC_CHECK(sources[i] >= 0 && sources[i] < P, "E_ARG", src_name, "[", i, "]: page id ", sources[i],
+                  " out of range [0, ", P, ")");
+    role[static_cast<size_t>(sources[i])] |= 1;
   }
-  if (src.empty()) return;
+  for (size_t i = 0; i < dst.size(); ++i) {
+    SPECDEC_CHECK(dst[i] >= 0 && dst[i] < P, "E_ARG", "dst_pages[", i, "]: page id ", dst[i], " out of range [0, ", P, ")");
+    SPECDEC_CHECK(!(role[static_cast<size_t>(dst[i])] & 3), "E_ARG", "dst_pages[", i, "]: page ", dst[i],
+                  " is also a source or another destination");
+    role[static_cast<size_t>(dst[i])] |= 2;
+  }
+  if (dst.empty()) return;
   note_op();  // one launch on CUDA
   if (layers[0].device() == Device::cpu) return cpu::kv_copy_pages(layers, src_pages, dst_pages);
 #ifdef SPECDEC_WITH_CUDA
   cuda::kv_copy_pages(layers, src_pages, dst_pages);
 #else
-  no_cuda("kv_copy_pages");
+  no_cuda(op);
 #endif
+}
+
+void check_copy_args(const std::vector<Tensor>& layers, const Tensor& src_pages, const Tensor& dst_pages, const char* op) {
+  check_layers(layers, op);
+  check_arg_dim(src_pages, "src_pages", {DType::i32}, 1);
+  check_arg(dst_pages, "dst_pages", {DType::i32}, {src_pages.size(0)});
+  check_same_device({&layers[0], &src_pages, &dst_pages}, op);
+}
+
+}  // namespace
+
+void kv_copy_pages(const std::vector<Tensor>& layers, const Tensor& src_pages, const Tensor& dst_pages,
+                   const std::vector<int32_t>* h_src, const std::vector<int32_t>* h_dst) {
+  check_copy_args(layers, src_pages, dst_pages, "kv_copy_pages");
+  SPECDEC_CHECK((h_src == nullptr) == (h_dst == nullptr), "E_ARG", "kv_copy_pages: give both host copies or neither");
+  const std::vector<int32_t> src = h_src ? *h_src : host_i32(src_pages), dst = h_dst ? *h_dst : host_i32(dst_pages);
+  SPECDEC_CHECK(static_cast<int64_t>(src.size()) == src_pages.numel(), "E_ARG",
+                "kv_copy_pages: the host copies differ in length from the tensors");
+  copy_pages_checked(layers, src_pages, dst_pages, src, "src_pages", dst, "kv_copy_pages");
 }
 
 void kv_copy_pages_among(const std::vector<Tensor>& layers, const Tensor& src_pages, const Tensor& dst_pages,
                          const std::vector<int32_t>& h_src_set, const std::vector<int32_t>& h_dst) {
-  check_layers(layers, "kv_copy_pages_among");
-  check_arg_dim(src_pages, "src_pages", {DType::i32}, 1);
-  check_arg(dst_pages, "dst_pages", {DType::i32}, {src_pages.size(0)});
-  check_same_device({&layers[0], &src_pages, &dst_pages}, "kv_copy_pages_among");
-  SPECDEC_CHECK(static_cast<int64_t>(h_dst.size()) == dst_pages.numel(), "E_ARG",
-                "kv_copy_pages_among: the host copy of dst_pages differs in length from the tensor");
-  const int64_t P = layers[0].size(0);
-  std::vector<char> role(static_cast<size_t>(P), 0);
-  for (size_t i = 0; i < h_src_set.size(); ++i) {
-    SPECDEC_CHECK(h_src_set[i] >= 0 && h_src_set[i] < P, "E_ARG", "src set[", i, "]: page id ", h_src_set[i],
-                  " out of range [0, ", P, ")");
-    role[static_cast<size_t>(h_src_set[i])] |= 1;
-  }
-  for (size_t i = 0; i < h_dst.size(); ++i) {
-    SPECDEC_CHECK(h_dst[i] >= 0 && h_dst[i] < P, "E_ARG", "dst_pages[", i, "]: page id ", h_dst[i], " out of range [0, ", P, ")");
-    SPECDEC_CHECK(!(role[static_cast<size_t>(h_dst[i])] & 3), "E_ARG", "dst_pages[", i, "]: page ", h_dst[i],
-                  " is also a possible source or another destination");
-    role[static_cast<size_t>(h_dst[i])] |= 2;
-  }
-  SPECDEC_CHECK(h_dst.empty() || !h_src_set.empty(), "E_ARG", "kv_copy_pages_among: no source pages to copy from");
-  if (h_dst.empty()) return;
-  note_op();  // one launch on CUDA
-  if (layers[0].device() == Device::cpu) return cpu::kv_copy_pages(layers, src_pages, dst_pages);
-#ifdef SPECDEC_WITH_CUDA
-  cuda::kv_copy_pages(layers, src_pages, dst_pages);
-#else
-  no_cuda("kv_copy_pages_among");
-#endif
+  check_copy_args(layers, src_pages, dst_pages, "kv_copy_pages_among");
+  copy_pages_checked(layers, src_pages, dst_pages, h_src_set, "src set", h_dst, "kv_copy_pages_among");
 }
 
 }  // namespace ops

@@ -131,17 +131,17 @@ export class DraftModelSpeculator implements Speculator {
     const int = (x: number, lo: number): boolean => Number.isInteger(x) && x >= lo;
     this.k = opts.k ?? 4;
     // Before maxK's default reads it (Math.max of a BigInt is a TypeError, not an E_ARG).
-    if (!int(this.k, 1)) throw codedError('E_ARG', `draft model: k must be an integer >= 1, got ${String(this.k)}`);
+    if (!int(this.k, 1)) throw codedError('E_ARG', `draft model: k must be an integer >= 1, got ${this.k}`);
     this.adaptive = opts.adaptive ?? (opts.k === undefined && opts.treeBranching === undefined ? 'cost' : 'fixed');
     this.minK = opts.minK ?? (this.adaptive === 'cost' ? 0 : 1);
     this.maxK = opts.maxK ?? (this.adaptive === 'confidence' || this.adaptive === 'cost' ? Math.max(this.k, 8) : Math.max(this.k, 16));
     this.confidenceThreshold = opts.confidenceThreshold ?? 0.4;
     this.treeBranching = opts.treeBranching;
     if (!int(this.minK, this.adaptive === 'cost' ? 0 : 1) || !int(this.maxK, Math.max(1, this.minK))) {
-      throw codedError('E_ARG', `draft model: need ${this.adaptive === 'cost' ? 0 : 1} <= minK <= maxK, maxK >= 1, got ${String(this.minK)}, ${String(this.maxK)}`);
+      throw codedError('E_ARG', `draft model: need ${this.adaptive === 'cost' ? 0 : 1} <= minK <= maxK, maxK >= 1, got ${this.minK}, ${this.maxK}`);
     }
     if (!['fixed', 'heuristic', 'confidence', 'cost'].includes(this.adaptive)) throw codedError('E_ARG', `draft model: unknown adaptive mode '${this.adaptive}'`);
-    if (!(typeof this.confidenceThreshold === 'number' && this.confidenceThreshold >= 0 && this.confidenceThreshold <= 1)) throw codedError('E_ARG', `draft model: confidenceThreshold must be in [0, 1]`);
+    if (!(this.confidenceThreshold >= 0 && this.confidenceThreshold <= 1)) throw codedError('E_ARG', `draft model: confidenceThreshold must be in [0, 1]`);
     if (this.treeBranching !== undefined) {
       if (!Array.isArray(this.treeBranching) || this.treeBranching.length === 0 || !this.treeBranching.every((b) => int(b, 1))) {
         throw codedError('E_ARG', `draft model: treeBranching must be a non-empty list of integers >= 1`);

@@ -3,6 +3,7 @@
 // speculative loop (SpecEngine, greedy, so lossless w.r.t. the draft's own greedy output) produces
 // the k draft tokens; the outer verification on the target keeps the result exact (the drafts are
 // deterministic: one-hot rejection when sampling).
+import { optionsArg } from '../errors';
 import { SpecEngine, type EngineSequence } from '../spec_engine';
 import { makeRng } from '../step_helpers';
 import type { CausalLM } from '../models/causal_lm';
@@ -35,12 +36,13 @@ export class HybridSpeculator implements Speculator {
   private readonly states = new Map<number, InnerState>();
 
   constructor(opts: HybridOptions) {
+    optionsArg(opts, 'hybrid options');
     checkModel(opts.draft, 'hybrid: draft');
     checkSpeculator(opts.draftSpeculator, 'hybrid: draftSpeculator');
     this.draft = opts.draft;
     this.inner = opts.draftSpeculator;
     this.k = opts.k ?? 6;
-    if (!Number.isInteger(this.k) || this.k < 1) throw codedError('E_ARG', `hybrid: k must be an integer >= 1, got ${String(this.k)}`);
+    if (!Number.isInteger(this.k) || this.k < 1) throw codedError('E_ARG', `hybrid: k must be an integer >= 1, got ${this.k}`);
     this.name = `hybrid(${this.inner.name})`;
     this.inner.attach(this.draft);
     this.engine = new SpecEngine({ model: this.draft, speculator: this.inner });

@@ -243,7 +243,7 @@ export class LookaheadSpeculator implements Speculator {
     this.sized = (opts.sizing ?? 'cost') === 'cost';
     const ok = (x: number, lo: number): boolean => Number.isInteger(x) && x >= lo;
     if (!ok(this.W, 1) || !ok(this.N, 2) || !ok(this.G, 1)) {
-      throw codedError('E_ARG', `lookahead: need W >= 1, N >= 2, G >= 1 (integers), got W=${String(this.W)}, N=${String(this.N)}, G=${String(this.G)}`);
+      throw codedError('E_ARG', `lookahead: need W >= 1, N >= 2, G >= 1 (integers), got W=${this.W}, N=${this.N}, G=${this.G}`);
     }
     if (opts.sizing !== undefined && opts.sizing !== 'cost' && opts.sizing !== 'fixed') throw codedError('E_ARG', `lookahead: sizing must be 'cost' or 'fixed', got '${String(opts.sizing)}'`);
     // One step is a masked forward of 1 + (W + G) * (N - 1) tokens; the native side takes at most

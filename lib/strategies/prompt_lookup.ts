@@ -94,9 +94,9 @@ export class PromptLookupSpeculator implements Speculator {
     this.numDraft = opts.numDraft ?? 10;
     this.sized = opts.numDraft === undefined;
     if (!(Number.isInteger(this.minNgram) && this.minNgram >= 1 && Number.isInteger(this.maxNgram) && this.maxNgram >= this.minNgram)) {
-      throw codedError('E_ARG', `prompt lookup: need 1 <= minNgram <= maxNgram, got ${String(this.minNgram)}, ${String(this.maxNgram)}`);
+      throw codedError('E_ARG', `prompt lookup: need 1 <= minNgram <= maxNgram, got ${this.minNgram}, ${this.maxNgram}`);
     }
-    if (!(Number.isInteger(this.numDraft) && this.numDraft >= 1)) throw codedError('E_ARG', `prompt lookup: numDraft must be >= 1, got ${String(this.numDraft)}`);
+    if (!(Number.isInteger(this.numDraft) && this.numDraft >= 1)) throw codedError('E_ARG', `prompt lookup: numDraft must be >= 1, got ${this.numDraft}`);
   }
 
   attach(model: CausalLM): void {

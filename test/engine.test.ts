@@ -152,6 +152,24 @@ describe('engine: continuous batching', function () {
     await assert.rejects(wide.submit(new Int32Array(100).fill(1), { maxNewTokens: 4 }), (e: Error & { code?: string }) => e.code === 'E_KV_FULL' && /24 pages/.test(e.message));
   });
 
+  for (const [name, make] of speculators.slice(1)) {
+    it(`${name}: preempted by a small KV cache and recomputed, each request's tokens are its tokens alone`, async () => {
+      // The preemption test's jobs (greedy and sampled) with a speculator: a preempted sequence's
+      // speculator state (a draft's cache, EAGLE's features, lookahead's window) starts over with it.
+      const js = jobs(testSeed + 11, 9).map((j) => ({ ...j, opts: { ...j.opts, maxNewTokens: 30, stopTokens: [] } }));
+      const spec = make() as Speculator;
+      const ref = await alone(new Engine({ model: small, speculator: spec, treeReserveTokens: 8 }), js);
+      const engine = new Engine({ model: small, speculator: spec, treeReserveTokens: 8 });
+      const got = await Promise.all(js.map((j) => engine.submit(j.prompt, j.opts).then((r) => Array.from(r.tokens))));
+      got.forEach((t, i) => assert.deepStrictEqual(t, ref[i], `request ${i}`));
+      assert.ok(engine.metrics.preemptions > 0, 'the cache was small enough to preempt');
+      assert.strictEqual(small.kvInfo().freePages, small.kvInfo().totalPages, 'target pages leaked');
+      assert.strictEqual(draft.kvInfo().freePages, draft.kvInfo().totalPages, 'draft pages leaked');
+      const own = (spec as { cache?: { freePages: number; totalPages: number } } | undefined)?.cache;
+      if (own) assert.strictEqual(own.freePages, own.totalPages, "the speculator's own cache leaked pages");
+    });
+  }
+
   describe('trees larger than treeReserveTokens (the KV room kept per sequence)', () => {
     const R = 6;
     // Every run here makes all its tokens (eosFree).
@@ -311,6 +329,36 @@ describe('engine: continuous batching', function () {
       tight.dispose();
     }
   });
+
+  for (const [name, make] of speculators.slice(1)) {
+    it(`${name}: aborted requests (running and queued) free their speculator state; the others are unaffected`, async () => {
+      const js = jobs(testSeed + 13, 6).map((j) => ({ ...j, opts: { ...j.opts, maxNewTokens: 40 } }));
+      const spec = make() as Speculator;
+      const ref = await alone(new Engine({ model: target, speculator: spec }), js);
+      const engine = new Engine({ model: target, speculator: spec, maxBatch: 3 });
+      const running = new AbortController();
+      const queued = new AbortController();
+      let seen = 0;
+      const runs = js.map((j, i) =>
+        engine.submit(j.prompt, {
+          ...j.opts,
+          ...(i === 1 ? { signal: running.signal, onTokens: () => ++seen === 2 && running.abort() } : {}),
+          ...(i === 5 ? { signal: queued.signal } : {}),
+        }),
+      );
+      queued.abort();
+      const settled = await Promise.allSettled(runs);
+      settled.forEach((s, i) => {
+        if (i === 1 || i === 5) assert.ok(s.status === 'rejected' && (s.reason as Error).name === 'AbortError', `request ${i} aborted`);
+        else assert.deepStrictEqual(s.status === 'fulfilled' ? Array.from(s.value.tokens) : s.reason, ref[i], `request ${i}`);
+      });
+      assert.strictEqual(engine.metrics.aborted, 2);
+      assert.strictEqual(target.kvInfo().freePages, target.kvInfo().totalPages, 'target pages leaked');
+      assert.strictEqual(draft.kvInfo().freePages, draft.kvInfo().totalPages, 'draft pages leaked');
+      const own = (spec as { cache?: { freePages: number; totalPages: number } } | undefined)?.cache;
+      if (own) assert.strictEqual(own.freePages, own.totalPages, "the speculator's own cache leaked pages");
+    });
+  }
 
   it('an aborted request leaves at once (queued or running); the others are unaffected', async () => {
     const js = jobs(testSeed + 13, 6).map((j) => ({ ...j, opts: { ...j.opts, maxNewTokens: 40 } }));

@@ -21,6 +21,7 @@ export { verify, verifyMany } from './verify';
 export type { VerifyInput, VerifyOutput, VerifyMode } from './verify';
 export * as layers from './layers';
 export { openSafetensors, writeSafetensors, encodeSafetensors } from './safetensors';
+export { openTorchCheckpoint } from './torch_checkpoint';
 export type { SafetensorsEntry, SafetensorsReader } from './safetensors';
 
 // Models.

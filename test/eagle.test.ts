@@ -661,7 +661,8 @@ describe('EAGLE heads', function () {
     const bin = fs.mkdtempSync(path.join(os.tmpdir(), 'specdec-eagle-bin-'));
     fs.copyFileSync(path.join(missing, 'config.json'), path.join(bin, 'config.json'));
     fs.writeFileSync(path.join(bin, 'pytorch_model.bin'), 'not read');
-    assertThrowsCode(() => EagleHead.load(bin, { device: 'cpu' }), 'E_FORMAT', /pytorch_model\.bin.*convert/);
+    // A pytorch_model.bin is read (test/torch_checkpoint.test.ts); a damaged one names itself.
+    assertThrowsCode(() => EagleHead.load(bin, { device: 'cpu' }), 'E_FORMAT', /pytorch_model\.bin: not a readable PyTorch zip checkpoint/);
     const prefixed = EagleHead.load(writeEagleHead({ ...headSpec, prefix: 'model.' }), { device: 'cpu' });
     assert.strictEqual(prefixed.config.numLayers, 2);
     prefixed.dispose();

@@ -50,6 +50,7 @@ import type { CausalLM, ForwardOutput } from '../models/causal_lm';
 import { parseLlamaConfig, toNativeConfig } from '../models/config';
 import { native } from '../native';
 import { openSafetensors } from '../safetensors';
+import { openTorchCheckpoint } from '../torch_checkpoint';
 import { processLogits, topK } from '../sampling';
 import { gatherRows } from '../step_helpers';
 import { asTensor, Tensor, type Device } from '../tensor';
@@ -184,16 +185,11 @@ export class EagleHead {
     if (json['bias'] !== undefined && typeof json['bias'] !== 'boolean') throw codedError('E_FORMAT', `EAGLE head: ${cfgPath}: 'bias' must be a boolean`);
     const qkvBias = json['qkv_bias'] === true || c.qkvBias;
 
-    const stPath = path.join(dir, 'model.safetensors');
-    if (!fs.existsSync(stPath)) {
-      const bin = path.join(dir, 'pytorch_model.bin');
-      if (fs.existsSync(bin)) {
-        throw codedError('E_FORMAT', `EAGLE head: ${dir} holds pytorch_model.bin, which is not read (a pickle); convert it once: ` +
-          `python -c "import torch, safetensors.torch as s; s.save_file({k: v.contiguous() for k, v in torch.load('${bin}').items()}, '${stPath}')"`);
-      }
-      throw codedError('E_IO', `EAGLE head: ${stPath} not found`);
-    }
-    const f = openSafetensors(stPath);
+    // SafeAILab publishes its heads as pytorch_model.bin (torch.save of a state dict): read in place.
+    const tried = ['model.safetensors', 'pytorch_model.bin'].map((n) => path.join(dir, n));
+    const stPath = tried.find((p) => fs.existsSync(p));
+    if (stPath === undefined) throw codedError('E_IO', `EAGLE head: no weights in ${dir} (tried ${tried.map((p) => path.basename(p)).join(', ')})`);
+    const f = stPath.endsWith('.bin') ? openTorchCheckpoint(stPath) : openSafetensors(stPath);
     const loaded: Tensor[] = [];
     try {
       const names = new Set(f.names());

@@ -23,6 +23,7 @@ import type { CausalLM, ForwardOutput, MedusaChainResult, MedusaChainTemplate } 
 import { CHAIN_MAX_STEPS, wholeChains } from '../plain_chain';
 import { native } from '../native';
 import { openSafetensors } from '../safetensors';
+import { openTorchCheckpoint } from '../torch_checkpoint';
 import { Tensor, type Device } from '../tensor';
 import { cutTree, loneRoot, MC_SIM_7B_63, MEDUSA_PRESETS, medusaTree, medusaTreeShape, pruneTree, type MedusaChoices, type MedusaTreeShape } from '../tree';
 import { backedOffProbeInterval, choosePlanSize, chooseSubtree, PlanOutcomes, PROBE_AFTER_PLAIN_STEPS, RankRates, selectNodes, sizingCost, stepCost, treeProbabilities } from '../tree_sizing';
@@ -104,9 +105,11 @@ export class MedusaHeads {
       throw codedError('E_FORMAT', `Medusa heads: ${cfgPath}: medusa_num_layers must be a non-negative integer, got ${JSON.stringify(numLayers)}`);
     }
     const base = cfg['base_model_name_or_path'];
-    const stPath = path.join(dir, 'medusa_lm_head.safetensors');
-    if (!fs.existsSync(stPath)) throw codedError('E_IO', `Medusa heads: ${stPath} not found`);
-    const f = openSafetensors(stPath);
+    // FasterDecoding's repositories hold medusa_lm_head.safetensors, medusa_lm_head.pt or both.
+    const tried = ['medusa_lm_head.safetensors', 'medusa_lm_head.pt'].map((n) => path.join(dir, n));
+    const stPath = tried.find((p) => fs.existsSync(p));
+    if (stPath === undefined) throw codedError('E_IO', `Medusa heads: no weights in ${dir} (tried ${tried.map((p) => path.basename(p)).join(', ')})`);
+    const f = stPath.endsWith('.pt') ? openTorchCheckpoint(stPath) : openSafetensors(stPath);
     const loaded: Tensor[] = [];
     try {
       const need = (name: string, rank: number): number[] => {

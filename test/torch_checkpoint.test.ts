@@ -1,0 +1,205 @@
+// PyTorch checkpoints (torch.save's zip format) read without Python (lib/torch_checkpoint.ts), checked
+// against files torch itself wrote (test/fixtures/torch/, made by scripts/torch_fixtures.py): every
+// dtype, views (transposed, sliced, shared and expanded storages), Parameters and a module's state
+// dict give torch's own values; the legacy format and pickles that call other globals are refused
+// with coded errors; damaged files never throw anything else; EAGLE and Medusa heads published as
+// pytorch_model.bin / medusa_lm_head.pt decode exactly as their safetensors twins.
+import * as assert from 'assert';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { SpeculativeDecoder } from '../lib/decoder';
+import { LlamaModel } from '../lib/models/llama';
+import { bf16BitsToF32, f16BitsToF32, openSafetensors } from '../lib/safetensors';
+import { EagleHead, EagleSpeculator } from '../lib/strategies/eagle';
+import { MedusaHeads, MedusaSpeculator } from '../lib/strategies/medusa';
+import { openTorchCheckpoint } from '../lib/torch_checkpoint';
+import { makeCheckpoint, specByName } from './fixtures/checkpoints';
+import { assertThrowsCode, rng, testSeed } from './helpers';
+
+const fixtures = path.resolve(__dirname, '..', '..', 'test', 'fixtures', 'torch');
+const DTYPES: Record<string, string> = { float32: 'F32', float16: 'F16', bfloat16: 'BF16', float64: 'F64', int64: 'I64', int32: 'I32', bool: 'BOOL', uint8: 'U8' };
+
+interface Reference {
+  dtype: string;
+  shape: number[];
+  values: unknown;
+}
+
+/** The raw bytes of a tensor as the flat list torch's tolist() gives (int64 as decimal strings). */
+function decode(dtype: string, bytes: Uint8Array): (number | string | boolean)[] {
+  const b = Buffer.from(bytes);
+  const n = (size: number): number => b.length / size;
+  const out: (number | string | boolean)[] = [];
+  for (let i = 0; i < n(dtype === 'F32' || dtype === 'I32' ? 4 : dtype === 'F64' || dtype === 'I64' ? 8 : dtype === 'F16' || dtype === 'BF16' ? 2 : 1); i++) {
+    switch (dtype) {
+      case 'F32': out.push(b.readFloatLE(4 * i)); break;
+      case 'F64': out.push(b.readDoubleLE(8 * i)); break;
+      case 'F16': out.push(f16BitsToF32(b.readUInt16LE(2 * i))); break;
+      case 'BF16': out.push(bf16BitsToF32(b.readUInt16LE(2 * i))); break;
+      case 'I64': out.push(b.readBigInt64LE(8 * i).toString()); break;
+      case 'I32': out.push(b.readInt32LE(4 * i)); break;
+      case 'BOOL': out.push(b[i] !== 0); break;
+      case 'U8': out.push(b[i] as number); break;
+      default: throw new Error(`dtype ${dtype}`);
+    }
+  }
+  return out;
+}
+
+const flat = (v: unknown): unknown[] => (Array.isArray(v) ? v.flatMap(flat) : [v]);
+
+function checkAgainst(file: string, json: string): void {
+  const want = JSON.parse(fs.readFileSync(path.join(fixtures, json), 'utf8')) as Record<string, Reference>;
+  const f = openTorchCheckpoint(path.join(fixtures, file));
+  try {
+    assert.deepStrictEqual(f.names(), Object.keys(want).sort());
+    for (const [name, ref] of Object.entries(want)) {
+      const info = f.info(name);
+      assert.strictEqual(info.dtype, DTYPES[ref.dtype], `${name}: dtype`);
+      assert.deepStrictEqual(info.shape, ref.shape, `${name}: shape`);
+      const raw = f.raw(name);
+      assert.deepStrictEqual(decode(raw.dtype, raw.bytes), flat(ref.values), `${name}: values`);
+      if (['F32', 'F16', 'BF16', 'F64'].includes(info.dtype)) {
+        const t = f.load(name);
+        try {
+          assert.deepStrictEqual(t.shape, ref.shape, `${name}: loaded shape`);
+          const got = info.dtype === 'F64' ? Array.from(t.toArray() as Float64Array) : Array.from(t.toFloat32());
+          assert.deepStrictEqual(got, flat(ref.values), `${name}: loaded values`);
+        } finally {
+          t.dispose();
+        }
+      }
+    }
+  } finally {
+    f.close();
+  }
+}
+
+describe('PyTorch checkpoints (torch.save zip format, read without Python)', function () {
+  this.timeout(120000);
+
+  it("every dtype and view of a torch-written state dict reads as torch's own values (mixed.pt)", () => {
+    checkAgainst('mixed.pt', 'mixed.json');
+  });
+
+  it("an nn.Module's state_dict() (an OrderedDict with _metadata) reads as torch's values", () => {
+    checkAgainst('module.pt', 'module.json');
+  });
+
+  it('refuses the legacy format and pickles that call other globals, with coded errors naming them', () => {
+    assertThrowsCode(() => openTorchCheckpoint(path.join(fixtures, 'legacy.pt')), 'E_UNSUPPORTED', /legacy \(pre-1\.6\) format.*torch\.save\(torch\.load/);
+    assertThrowsCode(() => openTorchCheckpoint(path.join(fixtures, 'object.pt')), 'E_FORMAT', /object\.pt: the pickle refers to posix\.getcwd, which is not read/);
+    assertThrowsCode(() => openTorchCheckpoint(path.join(fixtures, 'no-such.pt')), 'E_IO', /no-such\.pt/);
+    const f = openTorchCheckpoint(path.join(fixtures, 'mixed.pt'));
+    try {
+      assertThrowsCode(() => f.info('nope'), 'E_FORMAT', /no tensor 'nope'/);
+      assertThrowsCode(() => f.load('i64'), 'E_UNSUPPORTED', /'i64' is I64/);
+    } finally {
+      f.close();
+    }
+  });
+
+  it('damaged files (truncated, bytes changed) give coded errors or valid tensors, never another exception', () => {
+    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'specdec-torch-'));
+    const r = rng(testSeed);
+    try {
+      const sources = ['mixed.pt', 'module.pt', path.join('eagle-bin', 'pytorch_model.bin')].map((f) => fs.readFileSync(path.join(fixtures, f)));
+      let opened = 0, refused = 0;
+      for (let k = 0; k < 400; k++) {
+        const src = sources[k % sources.length] as Buffer;
+        let b = Buffer.from(src);
+        if (k % 4 === 0) b = b.subarray(0, Math.floor(r() * b.length));
+        else for (let j = 1 + Math.floor(r() * 4); j > 0; j--) b[Math.floor(r() * b.length)] = Math.floor(r() * 256);
+        const file = path.join(tmp, `m${k}.pt`);
+        fs.writeFileSync(file, b);
+        try {
+          const f = openTorchCheckpoint(file);
+          try {
+            for (const n of f.names()) {
+              try {
+                const raw = f.raw(n);
+                const info = f.info(n);
+                assert.strictEqual(raw.bytes.length, info.shape.reduce((a, d) => a * d, 1) * ({ F32: 4, F64: 8, I64: 8, I32: 4, F16: 2, BF16: 2, I16: 2 } as Record<string, number>)[info.dtype]! || raw.bytes.length);
+              } catch (e) {
+                assert.ok((e as { code?: string }).code, `mutant ${k}, tensor ${n}: uncoded ${(e as Error).stack}`);
+              }
+            }
+            opened++;
+          } finally {
+            f.close();
+          }
+        } catch (e) {
+          assert.ok(['E_FORMAT', 'E_UNSUPPORTED', 'E_IO'].includes((e as { code?: string }).code ?? ''), `mutant ${k}: ${(e as Error).stack}`);
+          refused++;
+        }
+      }
+      assert.ok(opened > 20 && refused > 20, `opened ${opened}, refused ${refused}`);
+    } finally {
+      fs.rmSync(tmp, { recursive: true, force: true });
+    }
+  });
+
+  describe('published head layouts', () => {
+    let target: LlamaModel;
+    before(async () => {
+      target = await LlamaModel.load(makeCheckpoint(specByName('llama-gqa-f32'), testSeed), { device: 'cpu', maxSequences: 2 });
+    });
+    after(() => target?.dispose());
+    const prompts = [Int32Array.of(5, 17, 3), Int32Array.of(40, 41, 42, 43)];
+
+    function sameTensors(a: string, b: string): void {
+      const fa = openTorchCheckpoint(a), fb = openSafetensors(b);
+      try {
+        assert.deepStrictEqual(fa.names(), fb.names());
+        for (const n of fa.names()) {
+          const ra = fa.raw(n), rb = fb.raw(n);
+          assert.deepStrictEqual([ra.dtype, ra.shape], [rb.dtype, rb.shape], n);
+          assert.ok(Buffer.from(ra.bytes).equals(Buffer.from(rb.bytes)), `${n}: bytes differ`);
+        }
+      } finally {
+        fa.close();
+        fb.close();
+      }
+    }
+
+    it('an EAGLE head as pytorch_model.bin decodes exactly as its model.safetensors twin (and as plain greedy)', async () => {
+      sameTensors(path.join(fixtures, 'eagle-bin', 'pytorch_model.bin'), path.join(fixtures, 'eagle-safetensors', 'model.safetensors'));
+      const plain = await new SpeculativeDecoder({ target }).generateBatch(prompts, { maxNewTokens: 20 });
+      const runs = [];
+      for (const dir of ['eagle-bin', 'eagle-safetensors']) {
+        const head = EagleHead.load(path.join(fixtures, dir), { device: 'cpu' });
+        const speculator = new EagleSpeculator({ head, topK: 3, depth: 3, totalTokens: 10 });
+        try {
+          runs.push(await new SpeculativeDecoder({ target, speculator }).generateBatch(prompts, { maxNewTokens: 20 }));
+        } finally {
+          speculator.dispose();
+          head.dispose();
+        }
+      }
+      const [bin, st] = runs as [typeof plain, typeof plain];
+      bin.forEach((g, i) => {
+        assert.deepStrictEqual(Array.from(g.tokens), Array.from(st[i]!.tokens), `prompt ${i}: .bin vs .safetensors`);
+        assert.deepStrictEqual(g.stats.acceptedPerPosition, st[i]!.stats.acceptedPerPosition, `prompt ${i}: the same trees accepted the same way`);
+        assert.deepStrictEqual(Array.from(g.tokens), Array.from(plain[i]!.tokens), `prompt ${i}: lossless`);
+      });
+    });
+
+    it('Medusa heads as medusa_lm_head.pt decode exactly as their medusa_lm_head.safetensors twin', async () => {
+      sameTensors(path.join(fixtures, 'medusa-pt', 'medusa_lm_head.pt'), path.join(fixtures, 'medusa-safetensors', 'medusa_lm_head.safetensors'));
+      const runs = [];
+      for (const dir of ['medusa-pt', 'medusa-safetensors']) {
+        const heads = MedusaHeads.load(path.join(fixtures, dir), { device: 'cpu' });
+        const speculator = new MedusaSpeculator({ heads, choices: [[0], [1], [0, 0], [0, 1], [1, 0]] });
+        runs.push(await new SpeculativeDecoder({ target, speculator }).generateBatch(prompts, { maxNewTokens: 20 }));
+        heads.dispose();
+      }
+      const [pt, st] = runs as [Awaited<ReturnType<SpeculativeDecoder['generateBatch']>>, Awaited<ReturnType<SpeculativeDecoder['generateBatch']>>];
+      pt.forEach((g, i) => {
+        assert.deepStrictEqual(Array.from(g.tokens), Array.from(st[i]!.tokens), `prompt ${i}`);
+        assert.deepStrictEqual(g.stats.acceptedPerPosition, st[i]!.stats.acceptedPerPosition, `prompt ${i}`);
+      });
+      assertThrowsCode(() => MedusaHeads.load(fixtures, { device: 'cpu' }), 'E_IO', /config\.json|tried medusa_lm_head\.safetensors, medusa_lm_head\.pt/);
+    });
+  });
+});

@@ -114,7 +114,8 @@ void kv_copy_pages(const std::vector<Tensor>& layers, const Tensor& src_pages, c
 
 // kv_copy_pages whose sources were chosen on the device (an EAGLE level's parents, ops::tree_select):
 // each src_pages[i] is one of h_src_set, which is validated (in range, disjoint from the
-// destinations) instead of reading src_pages back; h_dst: dst_pages' host copy.
+// destinations) instead of reading src_pages back; h_dst: dst_pages' host copy, distinct pages
+// (a repeated destination is E_ARG: two copies would race for it).
 void kv_copy_pages_among(const std::vector<Tensor>& layers, const Tensor& src_pages, const Tensor& dst_pages,
                          const std::vector<int32_t>& h_src_set, const std::vector<int32_t>& h_dst);
 

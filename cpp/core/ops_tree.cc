@@ -57,7 +57,8 @@ void tree_select(const TreePool& pool, const TreeLevel& level, Tensor& node, Ten
   if (pages) {
     const auto& pi = pages->prev_tail_indptr;
     const auto& ti = pages->tail_indptr;
-    SPECDEC_CHECK(!pi.empty() && pi[0] == 0 && static_cast<int64_t>(ti.size()) == R + 1 && ti[0] == 0, "E_ARG",
+    // Rows read a previous row's tail (clamped into them): there must be one (fuzz finding: {0} read pi[1]).
+    SPECDEC_CHECK((pi.size() >= 2 || (R == 0 && pi.size() == 1)) && pi[0] == 0 && static_cast<int64_t>(ti.size()) == R + 1 && ti[0] == 0, "E_ARG",
                   "tree_select: pages: ", pi.size(), " prev_tail_indptr and ", ti.size(), " tail_indptr entries (expected >= 2 and ",
                   R + 1, ", from 0)");
     for (size_t i = 1; i < pi.size(); ++i)

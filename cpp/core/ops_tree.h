@@ -54,12 +54,15 @@ void tree_select(const TreePool& pool, const TreeLevel& level, Tensor& node, Ten
 // node[r] < 0 ? 0 : log_prob[node[r]], vals[r, j]), row = r. vals f32 [R, K], ids i32 [R, K] (top_k's),
 // node i32 [R] (tree_select's, or -1 for the root's children), map i32 [V'] (EAGLE-3's d2t).
 // h_out_start: out_start's host copy, validated: increasing by at least K, inside the pool. Indices
-// the device chose (node, ids) are clamped to their tables, never read outside them.
+// the device chose (node, ids) are clamped to their tables, never read outside them; a node that
+// clamps into this call's own output entries reads an unspecified (old or new) log_prob there
+// (EAGLE's nodes always precede out_start).
 void tree_grow(TreePool& pool, const Tensor& vals, const Tensor& ids, const Tensor& node, const Tensor& out_start,
                const std::vector<int32_t>& h_out_start, const Tensor& map);
 
 // out[i, :] = x[idx[i], :] for rows chosen on the device (idx clamped to x's rows). x [n, w] of a
-// 4-byte dtype (f32, i32), idx i32 [m], out [m, w] of x's dtype; n >= 1.
+// 4-byte dtype (f32, i32), idx i32 [m], out [m, w] of x's dtype; n >= 1; out must not overlap x
+// (the same tensor is E_ARG; a view into x's storage is the caller's error).
 void rows_at(const Tensor& x, const Tensor& idx, Tensor& out);
 
 }  // namespace ops

@@ -22,6 +22,7 @@ export type { VerifyInput, VerifyOutput, VerifyMode } from './verify';
 export * as layers from './layers';
 export { openSafetensors, writeSafetensors, encodeSafetensors } from './safetensors';
 export { openTorchCheckpoint } from './torch_checkpoint';
+export { convertTorchWeights, type ConvertOptions, type ConvertResult } from './convert';
 export type { SafetensorsEntry, SafetensorsReader } from './safetensors';
 
 // Models.

@@ -16,6 +16,10 @@ python3-torch; any version with the zip format, 1.6+); the files are committed, 
   pytorch_model.bin and as model.safetensors, with the same config.json.
 - medusa-pt/ and medusa-safetensors/: two Medusa heads of one ResBlock (bf16, same sizes) as
   medusa_lm_head.pt and as medusa_lm_head.safetensors.
+- llama-bin/ and llama-safetensors/: a tiny Llama checkpoint (bf16, the same sizes, 2 layers) as two
+  pytorch_model-*.bin shards with pytorch_model.bin.index.json, and as model.safetensors
+  (`specdec convert`'s input and its expected output).
+(legacy.pt differs on every run: the old format records storage keys by object id.)
 """
 import json
 import os
@@ -133,3 +137,44 @@ for d in ('medusa-pt', 'medusa-safetensors'):
 torch.save(medusa, os.path.join(out, 'medusa-pt', 'medusa_lm_head.pt'))
 write_safetensors(os.path.join(out, 'medusa-safetensors', 'medusa_lm_head.safetensors'), medusa)
 print('wrote', out, 'with torch', torch.__version__)
+
+# A tiny Llama checkpoint (bf16) with PyTorch weights in two shards and an index, as older
+# transformers saved them (e.g. Vicuna), and its safetensors twin; `specdec convert` turns the
+# first into the second.
+L, I2, KVH2 = 2, 64, 2
+llama = OrderedDict()
+llama['model.embed_tokens.weight'] = randn(V, H)
+for i in range(L):
+    p = f'model.layers.{i}.'
+    llama[p + 'input_layernorm.weight'] = 0.5 + torch.rand(H, generator=g)
+    llama[p + 'self_attn.q_proj.weight'] = randn(NH * D, H) / H ** 0.5
+    llama[p + 'self_attn.k_proj.weight'] = randn(KVH2 * D, H) / H ** 0.5
+    llama[p + 'self_attn.v_proj.weight'] = randn(KVH2 * D, H) / H ** 0.5
+    llama[p + 'self_attn.o_proj.weight'] = randn(H, NH * D) / (NH * D) ** 0.5
+    llama[p + 'post_attention_layernorm.weight'] = 0.5 + torch.rand(H, generator=g)
+    llama[p + 'mlp.gate_proj.weight'] = randn(I2, H) / H ** 0.5
+    llama[p + 'mlp.up_proj.weight'] = randn(I2, H) / H ** 0.5
+    llama[p + 'mlp.down_proj.weight'] = randn(H, I2) / I2 ** 0.5
+llama['model.norm.weight'] = 0.5 + torch.rand(H, generator=g)
+llama['lm_head.weight'] = randn(V, H)
+llama = OrderedDict((k, v.bfloat16()) for k, v in llama.items())
+llama_config = {
+    'architectures': ['LlamaForCausalLM'], 'model_type': 'llama', 'hidden_size': H, 'intermediate_size': I2,
+    'num_hidden_layers': L, 'num_attention_heads': NH, 'num_key_value_heads': KVH2, 'max_position_embeddings': 128,
+    'rms_norm_eps': 1e-6, 'rope_theta': 10000.0, 'vocab_size': V, 'tie_word_embeddings': False,
+    'torch_dtype': 'bfloat16', 'bos_token_id': 1, 'eos_token_id': 2,
+}
+for d in ('llama-bin', 'llama-safetensors'):
+    os.makedirs(os.path.join(out, d), exist_ok=True)
+    with open(os.path.join(out, d, 'config.json'), 'w') as f:
+        json.dump(llama_config, f, indent=2)
+names = list(llama.keys())
+half = len(names) // 2
+shards = {'pytorch_model-00001-of-00002.bin': names[:half], 'pytorch_model-00002-of-00002.bin': names[half:]}
+for file, keys in shards.items():
+    torch.save(OrderedDict((k, llama[k]) for k in keys), os.path.join(out, 'llama-bin', file))
+with open(os.path.join(out, 'llama-bin', 'pytorch_model.bin.index.json'), 'w') as f:
+    json.dump({'metadata': {'total_size': sum(v.numel() * 2 for v in llama.values())},
+               'weight_map': {k: file for file, keys in shards.items() for k in keys}}, f, indent=2)
+write_safetensors(os.path.join(out, 'llama-safetensors', 'model.safetensors'), llama)
+print('wrote the llama checkpoints')

@@ -3,11 +3,14 @@
 // dtype, views (transposed, sliced, shared and expanded storages), Parameters and a module's state
 // dict give torch's own values; the legacy format and pickles that call other globals are refused
 // with coded errors; damaged files never throw anything else; EAGLE and Medusa heads published as
-// pytorch_model.bin / medusa_lm_head.pt decode exactly as their safetensors twins.
+// pytorch_model.bin / medusa_lm_head.pt decode exactly as their safetensors twins; a sharded
+// pytorch_model-*.bin checkpoint converts (`specdec convert`) to its safetensors twin's tensors.
 import * as assert from 'assert';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
+import { spawnSync } from 'child_process';
+import { convertTorchWeights } from '../lib/convert';
 import { SpeculativeDecoder } from '../lib/decoder';
 import { LlamaModel } from '../lib/models/llama';
 import { bf16BitsToF32, f16BitsToF32, openSafetensors } from '../lib/safetensors';
@@ -73,6 +76,21 @@ function checkAgainst(file: string, json: string): void {
     }
   } finally {
     f.close();
+  }
+}
+
+function sameTensors(a: string, b: string): void {
+  const fa = openTorchCheckpoint(a), fb = openSafetensors(b);
+  try {
+    assert.deepStrictEqual(fa.names(), fb.names());
+    for (const n of fa.names()) {
+      const ra = fa.raw(n), rb = fb.raw(n);
+      assert.deepStrictEqual([ra.dtype, ra.shape], [rb.dtype, rb.shape], n);
+      assert.ok(Buffer.from(ra.bytes).equals(Buffer.from(rb.bytes)), `${n}: bytes differ`);
+    }
+  } finally {
+    fa.close();
+    fb.close();
   }
 }
 
@@ -148,20 +166,6 @@ describe('PyTorch checkpoints (torch.save zip format, read without Python)', fun
     after(() => target?.dispose());
     const prompts = [Int32Array.of(5, 17, 3), Int32Array.of(40, 41, 42, 43)];
 
-    function sameTensors(a: string, b: string): void {
-      const fa = openTorchCheckpoint(a), fb = openSafetensors(b);
-      try {
-        assert.deepStrictEqual(fa.names(), fb.names());
-        for (const n of fa.names()) {
-          const ra = fa.raw(n), rb = fb.raw(n);
-          assert.deepStrictEqual([ra.dtype, ra.shape], [rb.dtype, rb.shape], n);
-          assert.ok(Buffer.from(ra.bytes).equals(Buffer.from(rb.bytes)), `${n}: bytes differ`);
-        }
-      } finally {
-        fa.close();
-        fb.close();
-      }
-    }
 
     it('an EAGLE head as pytorch_model.bin decodes exactly as its model.safetensors twin (and as plain greedy)', async () => {
       sameTensors(path.join(fixtures, 'eagle-bin', 'pytorch_model.bin'), path.join(fixtures, 'eagle-safetensors', 'model.safetensors'));
@@ -200,6 +204,80 @@ describe('PyTorch checkpoints (torch.save zip format, read without Python)', fun
         assert.deepStrictEqual(g.stats.acceptedPerPosition, st[i]!.stats.acceptedPerPosition, `prompt ${i}`);
       });
       assertThrowsCode(() => MedusaHeads.load(fixtures, { device: 'cpu' }), 'E_IO', /config\.json|tried medusa_lm_head\.safetensors, medusa_lm_head\.pt/);
+    });
+  });
+  describe('specdec convert: a PyTorch-only checkpoint to safetensors', () => {
+    const copyDir = (from: string): string => {
+      const to = fs.mkdtempSync(path.join(os.tmpdir(), 'specdec-convert-'));
+      for (const f of fs.readdirSync(from)) fs.copyFileSync(path.join(from, f), path.join(to, f));
+      return to;
+    };
+
+    it("converts sharded pytorch_model-*.bin to safetensors shards and an index holding the twin's tensors; the model then decodes as the twin", async () => {
+      const dir = copyDir(path.join(fixtures, 'llama-bin'));
+      try {
+        // Before: the loader says what to run.
+        await assert.rejects(LlamaModel.load(dir, { device: 'cpu' }), (e: Error & { code?: string }) =>
+          e.code === 'E_FORMAT' && /only pytorch_model\.bin\.index\.json; convert it once with: npx specdec convert/.test(e.message));
+        const r = convertTorchWeights(dir);
+        assert.deepStrictEqual(r.files.map((f) => path.basename(f)), ['model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors', 'model.safetensors.index.json']);
+        const index = JSON.parse(fs.readFileSync(path.join(dir, 'model.safetensors.index.json'), 'utf8')) as { weight_map: Record<string, string> };
+        const twin = openSafetensors(path.join(fixtures, 'llama-safetensors', 'model.safetensors'));
+        try {
+          assert.deepStrictEqual(Object.keys(index.weight_map).sort(), twin.names());
+          assert.strictEqual(r.tensors, twin.names().length);
+          for (const n of twin.names()) {
+            const shard = openSafetensors(path.join(dir, index.weight_map[n] as string));
+            try {
+              const a = shard.raw(n), b = twin.raw(n);
+              assert.deepStrictEqual([a.dtype, a.shape], [b.dtype, b.shape], n);
+              assert.ok(Buffer.from(a.bytes).equals(Buffer.from(b.bytes)), `${n}: bytes differ`);
+            } finally {
+              shard.close();
+            }
+          }
+        } finally {
+          twin.close();
+        }
+        // Converting again is refused unless forced.
+        assertThrowsCode(() => convertTorchWeights(dir), 'E_ARG', /model-00001-of-00002\.safetensors.*exist/);
+        assert.strictEqual(convertTorchWeights(dir, { force: true }).tensors, r.tensors);
+        const decode = async (d: string): Promise<number[][]> => {
+          const m = await LlamaModel.load(d, { device: 'cpu', maxSequences: 2 });
+          try {
+            return (await new SpeculativeDecoder({ target: m }).generateBatch([Int32Array.of(5, 6, 7), Int32Array.of(9)], { maxNewTokens: 12, stopTokens: [] })).map((g) => Array.from(g.tokens));
+          } finally {
+            m.dispose();
+          }
+        };
+        assert.deepStrictEqual(await decode(dir), await decode(path.join(fixtures, 'llama-safetensors')));
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+    });
+
+    it('the CLI converts a single pytorch_model.bin, and names the problem in one line when it cannot', () => {
+      const bin = path.resolve(__dirname, '..', '..', 'bin', 'specdec.js');
+      const run = (args: string[]): { status: number | null; stderr: string } => spawnSync(process.execPath, [bin, 'convert', ...args], { encoding: 'utf8' });
+      const dir = copyDir(path.join(fixtures, 'eagle-bin'));
+      try {
+        const ok = run([dir]);
+        assert.strictEqual(ok.status, 0, ok.stderr);
+        assert.match(ok.stderr, /wrote model\.safetensors \(13 tensors/);
+        sameTensors(path.join(dir, 'pytorch_model.bin'), path.join(dir, 'model.safetensors'));
+        const again = run([dir]);
+        assert.strictEqual(again.status, 1);
+        assert.match(again.stderr, /^specdec: model\.safetensors exist in .* \(force replaces them\) \[E_ARG\]\n$/);
+        const none = run([path.join(fixtures, 'llama-safetensors')]);
+        assert.match(none.stderr, /^specdec: .*llama-safetensors: no pytorch_model\.bin or pytorch_model\.bin\.index\.json to convert \[E_ARG\]\n$/);
+        fs.writeFileSync(path.join(dir, 'pytorch_model.bin'), fs.readFileSync(path.join(fixtures, 'object.pt')));
+        const evil = run([dir, '--force']);
+        assert.strictEqual(evil.status, 1);
+        assert.match(evil.stderr, /posix\.getcwd, which is not read .*\[E_FORMAT\]/);
+        assert.strictEqual(run([]).status, 2);
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
     });
   });
 });

@@ -11,6 +11,7 @@ commands:
   train-medusa  train Medusa heads for a checkpoint (--model DIR --data FILE --heads N --out DIR)
   train-eagle   train an EAGLE head for a checkpoint (--model DIR --data FILE --out DIR)
   serve      OpenAI-compatible HTTP server (/v1/completions, /v1/models, /health, /metrics)
+  convert    PyTorch weights (pytorch_model.bin) of a checkpoint to safetensors   DIR [--force]
 
 run 'specdec <command> --help' for a command's options`;
 
@@ -34,6 +35,7 @@ const commands: Record<string, Command> = {
   'train-medusa': lazy('./train_medusa', 'trainMedusaCommand'),
   'train-eagle': lazy('./train_eagle', 'trainEagleCommand'),
   serve: lazy('./serve', 'serveCommand'),
+  convert: lazy('./convert', 'convertCommand'),
 };
 
 export async function main(argv: string[]): Promise<number> {

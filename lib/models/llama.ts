@@ -88,6 +88,9 @@ export function findWeights(dir: string): SpecdecNative.LlamaNativeSource {
     return { dir, weightMap };
   }
   if (fs.existsSync(path.join(dir, 'model.safetensors'))) return { dir, file: 'model.safetensors' };
+  // Older checkpoints (e.g. the Vicuna bases of published Medusa and EAGLE heads) hold only PyTorch weights.
+  const bin = ['pytorch_model.bin.index.json', 'pytorch_model.bin'].find((f) => fs.existsSync(path.join(dir, f)));
+  if (bin) throw codedError('E_FORMAT', `${dir}: no model.safetensors or model.safetensors.index.json, only ${bin}; convert it once with: npx specdec convert ${dir}`);
   throw codedError('E_FORMAT', `${dir}: no model.safetensors or model.safetensors.index.json`);
 }
 

@@ -5,6 +5,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { codedError } from './errors';
+import { readWeightMap } from './models/llama';
 import { openTorchCheckpoint } from './torch_checkpoint';
 
 export interface ConvertOptions {
@@ -85,17 +86,9 @@ export function convertTorchWeights(dir: string, opts: ConvertOptions = {}): Con
   const shards = new Map<string, string[] | undefined>();
   let weightMap: Record<string, string> | undefined;
   if (fs.existsSync(index)) {
-    let json: unknown;
-    try {
-      json = JSON.parse(fs.readFileSync(index, 'utf8'));
-    } catch (e) {
-      throw codedError('E_FORMAT', `${index}: invalid JSON (${(e as Error).message})`);
-    }
-    const map = (json as { weight_map?: unknown } | null)?.weight_map;
-    if (typeof map !== 'object' || map === null || Array.isArray(map)) throw codedError('E_FORMAT', `${index}: missing 'weight_map' object`);
     weightMap = {};
-    for (const [name, file] of Object.entries(map as Record<string, unknown>)) {
-      if (typeof file !== 'string' || !/^[^/\\]+\.bin$/.test(file) || file.startsWith('.')) throw codedError('E_FORMAT', `${index}: weight_map['${name}'] is not a .bin file in the directory`);
+    for (const [name, file] of Object.entries(readWeightMap(index))) {
+      if (!file.endsWith('.bin') || /[\\/]/.test(file)) throw codedError('E_FORMAT', `${index}: weight_map['${name}'] is not a .bin file in the directory`);
       const list = shards.get(file) ?? [];
       list.push(name);
       shards.set(file, list);

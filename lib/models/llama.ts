@@ -65,28 +65,31 @@ export interface KvInfo {
 const KV_BUDGET_BYTES = 2 * 1024 ** 3;
 const SPARE_TREE_TOKENS = 64;
 
+/** The weight_map of a sharded checkpoint's index (safetensors or PyTorch): tensor name -> a file in the directory. */
+export function readWeightMap(index: string): Record<string, string> {
+  let json: unknown;
+  try {
+    json = JSON.parse(fs.readFileSync(index, 'utf8'));
+  } catch (e) {
+    throw codedError('E_FORMAT', `${index}: invalid JSON (${(e as Error).message})`);
+  }
+  const map = (json as { weight_map?: unknown } | null)?.weight_map;
+  if (typeof map !== 'object' || map === null || Array.isArray(map)) throw codedError('E_FORMAT', `${index}: missing 'weight_map' object`);
+  const weightMap: Record<string, string> = {};
+  for (const [name, file] of Object.entries(map as Record<string, unknown>)) {
+    // Shard names stay inside the model directory.
+    if (typeof file !== 'string' || file.length === 0 || path.isAbsolute(file) || file.split(/[\\/]/).includes('..')) {
+      throw codedError('E_FORMAT', `${index}: weight_map['${name}'] is not a file name in the model directory`);
+    }
+    weightMap[name] = file;
+  }
+  return weightMap;
+}
+
 /** Where the weights of a checkpoint directory are (single file or sharded index). */
 export function findWeights(dir: string): SpecdecNative.LlamaNativeSource {
   const index = path.join(dir, 'model.safetensors.index.json');
-  if (fs.existsSync(index)) {
-    let json: unknown;
-    try {
-      json = JSON.parse(fs.readFileSync(index, 'utf8'));
-    } catch (e) {
-      throw codedError('E_FORMAT', `${index}: invalid JSON (${(e as Error).message})`);
-    }
-    const map = (json as { weight_map?: unknown } | null)?.weight_map;
-    if (typeof map !== 'object' || map === null || Array.isArray(map)) throw codedError('E_FORMAT', `${index}: missing 'weight_map' object`);
-    const weightMap: Record<string, string> = {};
-    for (const [name, file] of Object.entries(map as Record<string, unknown>)) {
-      // Shard names stay inside the model directory.
-      if (typeof file !== 'string' || file.length === 0 || path.isAbsolute(file) || file.split(/[\\/]/).includes('..')) {
-        throw codedError('E_FORMAT', `${index}: weight_map['${name}'] is not a file name in the model directory`);
-      }
-      weightMap[name] = file;
-    }
-    return { dir, weightMap };
-  }
+  if (fs.existsSync(index)) return { dir, weightMap: readWeightMap(index) };
   if (fs.existsSync(path.join(dir, 'model.safetensors'))) return { dir, file: 'model.safetensors' };
   // Older checkpoints (e.g. the Vicuna bases of published Medusa and EAGLE heads) hold only PyTorch weights.
   const bin = ['pytorch_model.bin.index.json', 'pytorch_model.bin'].find((f) => fs.existsSync(path.join(dir, f)));

@@ -7,6 +7,7 @@ import * as path from 'path';
 import type { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
 import { pathArg } from './errors';
 import { codedError } from './models/config';
+import { sentencePieceTokenizerJson } from './sentencepiece';
 
 function readJson(file: string): unknown {
   try {
@@ -127,14 +128,27 @@ export class TextTokenizer {
     return this.encode(this.applyChatTemplate(messages, options), { addSpecialTokens: false });
   }
 
-  /** The tokenizer of a model directory, or undefined when it has no tokenizer.json. */
+  /** The tokenizer of a model directory (tokenizer.json, else a SentencePiece BPE tokenizer.model), or undefined when it has neither. */
   static load(dir: string): TextTokenizer | undefined {
     pathArg(dir, 'TextTokenizer.load: dir');
-    const file = path.join(dir, 'tokenizer.json');
-    if (!fs.existsSync(file)) return undefined;
-    const json = readJson(file);
+    let file = path.join(dir, 'tokenizer.json');
     const cfgFile = path.join(dir, 'tokenizer_config.json');
     const config = fs.existsSync(cfgFile) ? readJson(cfgFile) : {};
+    let json: unknown;
+    if (fs.existsSync(file)) json = readJson(file);
+    else {
+      // Older Llama-family checkpoints (Llama 1/2, Vicuna) may ship only the SentencePiece model.
+      const spmFile = path.join(dir, 'tokenizer.model');
+      if (!fs.existsSync(spmFile)) return undefined;
+      let data: Buffer;
+      try {
+        data = fs.readFileSync(spmFile);
+      } catch (e) {
+        throw codedError('E_IO', `cannot read ${spmFile}: ${(e as Error).message}`);
+      }
+      json = sentencePieceTokenizerJson(data, spmFile, (config ?? {}) as Record<string, unknown>);
+      file = spmFile;
+    }
     // Loaded on demand: a model used with ids only never pays for it.
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     const { Tokenizer } = require('@huggingface/tokenizers') as typeof import('@huggingface/tokenizers');
@@ -162,6 +176,8 @@ export class TextTokenizer {
   }
 
   decode(ids: ArrayLike<number>, options: { skipSpecialTokens?: boolean } = {}): string {
+    // (The library refuses an empty list.)
+    if (ids.length === 0) return '';
     return this.guard(() => this.tok.decode(Array.from(ids), { skip_special_tokens: options.skipSpecialTokens ?? false }));
   }
 

@@ -246,7 +246,7 @@ export function parseGenerateFlags(argv: readonly string[]): GenerateFlags {
 /** The prompts of a run as token ids (text through the tokenizer). */
 function resolvePrompts(flags: GenerateFlags, tokenizer: TextTokenizer | undefined, modelDir: string): Int32Array[] {
   const needTokenizer = (where: string): TextTokenizer => {
-    if (!tokenizer) throw new CliError(`${where}: ${modelDir} has no tokenizer.json; pass token ids (--prompt-ids, or id arrays in the batch file)`, 1);
+    if (!tokenizer) throw new CliError(`${where}: ${modelDir} has no tokenizer.json or tokenizer.model; pass token ids (--prompt-ids, or id arrays in the batch file)`, 1);
     return tokenizer;
   };
   const encodeChat = (messages: ChatMessage[], where: string): Int32Array => {

@@ -43,7 +43,7 @@ void tree_select(const TreePool& pool, const TreeLevel& level, Tensor& node, Ten
   check_host_copy(level.d_open_count, level.open_count, "level.d_open_count");
   check_host_copy(level.d_row_indptr, level.row_indptr, "level.d_row_indptr");
   for (int64_t b = 0; b < B; ++b) {
-    const int64_t s = level.open_start[b], n = level.open_count[b], take = level.row_indptr[b + 1] - level.row_indptr[b];
+    const int64_t s = level.open_start[b], n = level.open_count[b], take = int64_t{level.row_indptr[b + 1]} - level.row_indptr[b];
     SPECDEC_CHECK(s >= 0 && n >= 0 && s + n <= P, "E_ARG", "tree_select: sequence ", b, ": open entries ", s, " .. ", s + n,
                   " outside the pool of ", P);
     SPECDEC_CHECK(take >= 0 && take <= n, "E_ARG", "tree_select: sequence ", b, ": ", take, " rows from ", n, " open entries");

@@ -16,7 +16,8 @@ python3-torch; any version with the zip format, 1.6+); the files are committed, 
   pytorch_model.bin and as model.safetensors, with the same config.json.
 - medusa-pt/ and medusa-safetensors/: two Medusa heads of one ResBlock (bf16, same sizes) as
   medusa_lm_head.pt and as medusa_lm_head.safetensors.
-- llama-bin/ and llama-safetensors/: a tiny Llama checkpoint (bf16, the same sizes, 2 layers) as two
+- llama-bin/ and llama-safetensors/: a tiny Llama checkpoint (bf16, hidden 32, 2 layers, the vocabulary
+  of test/fixtures/spm/bpe: 600) as two
   pytorch_model-*.bin shards with pytorch_model.bin.index.json, and as model.safetensors
   (`specdec convert`'s input and its expected output).
 (legacy.pt differs on every run: the old format records storage keys by object id.)
@@ -141,9 +142,11 @@ print('wrote', out, 'with torch', torch.__version__)
 # A tiny Llama checkpoint (bf16) with PyTorch weights in two shards and an index, as older
 # transformers saved them (e.g. Vicuna), and its safetensors twin; `specdec convert` turns the
 # first into the second.
-L, I2, KVH2 = 2, 64, 2
+# Its vocabulary is test/fixtures/spm/bpe's (600): with that tokenizer.model it is a whole Vicuna-style
+# directory (PyTorch weights, a SentencePiece tokenizer, no tokenizer.json).
+L, I2, KVH2, V2 = 2, 64, 2, 600
 llama = OrderedDict()
-llama['model.embed_tokens.weight'] = randn(V, H)
+llama['model.embed_tokens.weight'] = randn(V2, H)
 for i in range(L):
     p = f'model.layers.{i}.'
     llama[p + 'input_layernorm.weight'] = 0.5 + torch.rand(H, generator=g)
@@ -156,12 +159,12 @@ for i in range(L):
     llama[p + 'mlp.up_proj.weight'] = randn(I2, H) / H ** 0.5
     llama[p + 'mlp.down_proj.weight'] = randn(H, I2) / I2 ** 0.5
 llama['model.norm.weight'] = 0.5 + torch.rand(H, generator=g)
-llama['lm_head.weight'] = randn(V, H)
+llama['lm_head.weight'] = randn(V2, H)
 llama = OrderedDict((k, v.bfloat16()) for k, v in llama.items())
 llama_config = {
     'architectures': ['LlamaForCausalLM'], 'model_type': 'llama', 'hidden_size': H, 'intermediate_size': I2,
     'num_hidden_layers': L, 'num_attention_heads': NH, 'num_key_value_heads': KVH2, 'max_position_embeddings': 128,
-    'rms_norm_eps': 1e-6, 'rope_theta': 10000.0, 'vocab_size': V, 'tie_word_embeddings': False,
+    'rms_norm_eps': 1e-6, 'rope_theta': 10000.0, 'vocab_size': V2, 'tie_word_embeddings': False,
     'torch_dtype': 'bfloat16', 'bos_token_id': 1, 'eos_token_id': 2,
 }
 for d in ('llama-bin', 'llama-safetensors'):

@@ -256,6 +256,40 @@ describe('PyTorch checkpoints (torch.save zip format, read without Python)', fun
       }
     });
 
+    it('a Vicuna-style directory (PyTorch shards, a SentencePiece tokenizer.model, no tokenizer.json): generate says to convert; then text in and out, as the safetensors twin', () => {
+      const bin = path.resolve(__dirname, '..', '..', 'bin', 'specdec.js');
+      const spm = path.resolve(fixtures, '..', 'spm', 'bpe');
+      const run = (args: string[]): { status: number | null; stdout: string; stderr: string } =>
+        spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', env: { ...process.env, SPECDEC_BACKEND: 'cpu' } });
+      const withTokenizer = (from: string): string => {
+        const d = copyDir(from);
+        for (const f of ['tokenizer.model', 'tokenizer_config.json']) fs.copyFileSync(path.join(spm, f), path.join(d, f));
+        return d;
+      };
+      const vicuna = withTokenizer(path.join(fixtures, 'llama-bin'));
+      const twin = withTokenizer(path.join(fixtures, 'llama-safetensors'));
+      try {
+        const gen = ['--prompt', 'once upon a time', '--max-new-tokens', '10', '--json'];
+        const before = run(['generate', '--model', vicuna, ...gen]);
+        assert.strictEqual(before.status, 1);
+        assert.match(before.stderr, /only pytorch_model\.bin\.index\.json; convert it once with: npx specdec convert .*\[E_FORMAT\]\n$/);
+        assert.strictEqual(run(['convert', vicuna]).status, 0);
+        const outs = [[vicuna], [twin], [vicuna, '--prompt-lookup', '2']].map(([d, ...extra]) => {
+          const r = run(['generate', '--model', d as string, ...gen, ...extra]);
+          assert.strictEqual(r.status, 0, r.stderr);
+          const { tokens, text } = JSON.parse(r.stdout) as { tokens: number[]; text: string };
+          return { tokens, text };
+        });
+        assert.strictEqual(outs[0]!.tokens.length, 10);
+        assert.ok(outs[0]!.text.length > 0, 'decoded text');
+        assert.deepStrictEqual(outs[1], outs[0], 'the converted checkpoint decodes as its safetensors twin');
+        assert.deepStrictEqual(outs[2]!.tokens, outs[0]!.tokens, 'prompt lookup: the same tokens');
+      } finally {
+        fs.rmSync(vicuna, { recursive: true, force: true });
+        fs.rmSync(twin, { recursive: true, force: true });
+      }
+    });
+
     it('the CLI converts a single pytorch_model.bin, and names the problem in one line when it cannot', () => {
       const bin = path.resolve(__dirname, '..', '..', 'bin', 'specdec.js');
       const run = (args: string[]): { status: number | null; stderr: string } => spawnSync(process.execPath, [bin, 'convert', ...args], { encoding: 'utf8' });

@@ -218,13 +218,23 @@ function idToToken(json: unknown): Map<number, string> {
 /**
  * Where a draft's tokenizer disagrees with its target's on the draft's ids (ids below draftVocab that
  * both tokenizer.json files name, mapped to different tokens): a sentence naming how many and the
- * first, or undefined when they agree or either directory has no tokenizer.json. Speculation stays
+ * first, or undefined when they agree or either directory has no tokenizer (tokenizer.json or tokenizer.model). Speculation stays
  * lossless with any draft; one that speaks another vocabulary only wastes its drafts.
  */
 export function tokenizerMismatch(targetDir: string, draftDir: string, draftVocab: number): string | undefined {
-  const files = [targetDir, draftDir].map((d) => path.join(d, 'tokenizer.json'));
-  if (!files.every((f) => fs.existsSync(f))) return undefined;
-  const [t, d] = files.map((f) => idToToken(readJson(f))) as [Map<number, string>, Map<number, string>];
+  // A directory's vocabulary: tokenizer.json's, else its SentencePiece model's (the tokenizer.json it reads as).
+  const vocabOf = (dir: string): Map<number, string> | undefined => {
+    const json = path.join(dir, 'tokenizer.json'), spm = path.join(dir, 'tokenizer.model');
+    if (fs.existsSync(json)) return idToToken(readJson(json));
+    if (!fs.existsSync(spm)) return undefined;
+    try {
+      return idToToken(sentencePieceTokenizerJson(fs.readFileSync(spm), spm));
+    } catch {
+      return undefined; // a model the tokenizer refuses is reported when text goes through it
+    }
+  };
+  const t = vocabOf(targetDir), d = vocabOf(draftDir);
+  if (!t || !d) return undefined;
   let differ = 0;
   let shared = 0;
   let first: string | undefined;

@@ -498,6 +498,15 @@ describe('strategy flags (CLI)', () => {
     // Unigram vocabularies are lists of [token, score]: the id is the index.
     const uni = (toks: string[]): string => dirOf({ model: { type: 'Unigram', vocab: toks.map((t) => [t, -1]) } });
     assert.match(tokenizerMismatch(uni(['a', 'b', 'c']), uni(['a', 'c', 'b']), 3) ?? '', /at 2 of 3 ids \(id 1 is "c" for the draft, "b" for the target\)/);
+    // A SentencePiece tokenizer.model (no tokenizer.json) is compared as the vocabulary it reads as:
+    // the same model agrees with itself, and differs from a tokenizer.json that does not match it.
+    const spmDir = (): string => {
+      const d = fs.mkdtempSync(path.join(os.tmpdir(), 'specdec-tok-'));
+      fs.copyFileSync(path.join(__dirname, '..', '..', 'test', 'fixtures', 'spm', 'bpe', 'tokenizer.model'), path.join(d, 'tokenizer.model'));
+      return d;
+    };
+    assert.strictEqual(tokenizerMismatch(spmDir(), spmDir(), 600), undefined);
+    assert.strictEqual(tokenizerMismatch(spmDir(), target, 40), `the draft's tokenizer differs from the target's at 38 of 40 ids (id 0 is "[UNK]" for the draft, "<unk>" for the target)`);
     // Through the CLI factory: a warning naming the flag, and the speculator still built.
     const warnings: string[] = [];
     const toy = Object.assign(new ToyLM({ vocabSize: 40, seed: 3 }), { dir: target });

@@ -8,6 +8,8 @@ python3-torch; any version with the zip format, 1.6+); the files are committed, 
 - mixed.pt + mixed.json: every dtype the reader takes, views (transposed, sliced with a storage
   offset, two tensors sharing one storage), a Parameter, a 0-d and an empty tensor; the JSON holds
   each tensor's dtype, shape and values as torch prints them (tolist()), the reference.
+- mixed-zip64.pt, mixed-deflated.pt: mixed.pt's members rewritten with zip64 records (sizes, offsets,
+  the end record) and deflated.
 - module.pt: an nn.Module's state_dict() (an OrderedDict with _metadata).
 - legacy.pt: the pre-1.6 format (_use_new_zipfile_serialization=False), which the reader refuses.
 - object.pt: a dict holding a function beside a tensor (a pickle that calls a global it must not).
@@ -82,6 +84,26 @@ mixed['expanded_row'] = randn(1, 3).expand(2, 3)  # stride 0 along dim 0
 torch.save(mixed, os.path.join(out, 'mixed.pt'))
 with open(os.path.join(out, 'mixed.json'), 'w') as f:
     json.dump({k: reference(v.detach()) for k, v in mixed.items()}, f)
+
+# The same archive rewritten by Python's zipfile: with zip64 records (torch writes them past 4 GiB, as
+# in a 7B model's 10 GB shards: zipfile's limits are lowered so that a small file has them all: zip64
+# sizes and offsets in the directory, a zip64 end record), and with deflated members.
+import zipfile
+with zipfile.ZipFile(os.path.join(out, 'mixed.pt')) as src:
+    members = [(info.filename, src.read(info.filename)) for info in src.infolist()]
+for name, method, limit, count in (('mixed-zip64.pt', zipfile.ZIP_STORED, 32, 4), ('mixed-deflated.pt', zipfile.ZIP_DEFLATED, None, None)):
+    saved = zipfile.ZIP64_LIMIT, zipfile.ZIP_FILECOUNT_LIMIT
+    if limit is not None:
+        zipfile.ZIP64_LIMIT, zipfile.ZIP_FILECOUNT_LIMIT = limit, count
+    try:
+        with zipfile.ZipFile(os.path.join(out, name), 'w', compression=method) as dst:
+            for member, data in members:
+                zi = zipfile.ZipInfo(member, date_time=(2026, 12, 7, 0, 0, 0))
+                zi.compress_type = method
+                with dst.open(zi, 'w', force_zip64=limit is not None) as f:
+                    f.write(data)
+    finally:
+        zipfile.ZIP64_LIMIT, zipfile.ZIP_FILECOUNT_LIMIT = saved
 
 # module.pt
 torch.manual_seed(7)

@@ -101,6 +101,11 @@ describe('PyTorch checkpoints (torch.save zip format, read without Python)', fun
     checkAgainst('mixed.pt', 'mixed.json');
   });
 
+  it('the same archive with zip64 records (sizes, offsets, the end record: 10 GB shards have them) and with deflated members', () => {
+    checkAgainst('mixed-zip64.pt', 'mixed.json');
+    checkAgainst('mixed-deflated.pt', 'mixed.json');
+  });
+
   it("an nn.Module's state_dict() (an OrderedDict with _metadata) reads as torch's values", () => {
     checkAgainst('module.pt', 'module.json');
   });

@@ -5,6 +5,9 @@ import * as assert from 'assert';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
+import { SpeculativeDecoder } from '../lib/decoder';
+import { LlamaModel } from '../lib/models/llama';
+import { generateText } from '../lib/text';
 import { TextTokenizer } from '../lib/tokenizer';
 import { assertThrowsCode, rng, testSeed } from './helpers';
 
@@ -91,5 +94,34 @@ describe('SentencePiece tokenizer.model (no tokenizer.json)', () => {
       }
     }
     assert.ok(loaded > 10 && refused > 10, `loaded ${loaded}, refused ${refused}`);
+  });
+  it("streamed text (windows of ids, byte pieces split across steps, the dummy prefix's strip) adds up to the whole decode", async () => {
+    // The fixture model in test/fixtures/torch has this tokenizer's 600 ids; sampled hot, its
+    // outputs are full of byte pieces.
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'specdec-spm-model-'));
+    const twin = path.resolve(fixtures, '..', 'torch', 'llama-safetensors');
+    for (const f of fs.readdirSync(twin)) fs.copyFileSync(path.join(twin, f), path.join(dir, f));
+    for (const f of ['tokenizer.model', 'tokenizer_config.json']) fs.copyFileSync(path.join(bpeDir, f), path.join(dir, f));
+    const model = await LlamaModel.load(dir, { device: 'cpu' });
+    try {
+      const tok = TextTokenizer.load(dir) as TextTokenizer;
+      const bytePieces = new Set(Array.from({ length: 256 }, (_, b) => tok.tokenToId(`<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`)));
+      let withBytes = 0;
+      for (let s = 0; s < 12; s++) {
+        const decoder = new SpeculativeDecoder({ target: model, sampling: { temperature: 1 + s / 8, seed: testSeed + s } });
+        const g = generateText(decoder, tok, s % 2 ? 'once upon a time 日本' : 'tabs\tand 🚀', { maxNewTokens: 48, stopTokens: [] });
+        let streamed = '';
+        for await (const chunk of g) streamed += chunk.text;
+        const r = await g.result;
+        const ids = Array.from(r.tokens);
+        if (ids.some((id) => bytePieces.has(id))) withBytes++;
+        assert.strictEqual(r.text, tok.decode(ids, { skipSpecialTokens: true }), `seed ${s}: the result's text`);
+        assert.strictEqual(streamed, r.text, `seed ${s}: the streamed chunks`);
+      }
+      assert.ok(withBytes > 0, 'some outputs hold byte pieces');
+    } finally {
+      model.dispose();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

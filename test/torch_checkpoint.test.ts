@@ -278,7 +278,18 @@ describe('PyTorch checkpoints (torch.save zip format, read without Python)', fun
         const before = run(['generate', '--model', vicuna, ...gen]);
         assert.strictEqual(before.status, 1);
         assert.match(before.stderr, /only pytorch_model\.bin\.index\.json; convert it once with: npx specdec convert .*\[E_FORMAT\]\n$/);
+        // `info --model` says the same without loading anything, and exits 1 while part will not load.
+        const info = run(['info', '--model', vicuna]);
+        assert.strictEqual(info.status, 1);
+        assert.match(info.stdout, /config: +LlamaForCausalLM, 2 layers, hidden 32, 4\/2 heads, vocabulary 600, 128 positions, stop tokens 2\n/);
+        assert.match(info.stdout, /weights: +.*convert it once with: npx specdec convert .*\[E_FORMAT\]\n/);
+        assert.match(info.stdout, /tokenizer: +tokenizer\.model, no chat template\n/);
         assert.strictEqual(run(['convert', vicuna]).status, 0);
+        const after = run(['info', '--model', vicuna, '--json']);
+        assert.strictEqual(after.status, 0, after.stderr);
+        const shards = ['model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors'];
+        assert.deepStrictEqual((JSON.parse(after.stdout) as { model: { weights: unknown } }).model.weights,
+          { files: shards, dtypes: ['BF16'], bytes: shards.reduce((a, f) => a + fs.statSync(path.join(vicuna, f)).size, 0) });
         const outs = [[vicuna], [twin], [vicuna, '--prompt-lookup', '2']].map(([d, ...extra]) => {
           const r = run(['generate', '--model', d as string, ...gen, ...extra]);
           assert.strictEqual(r.status, 0, r.stderr);

@@ -1,15 +1,26 @@
-// `specdec info [--json]`: version, binary loaded, backends compiled in, CUDA runtime/driver,
-// GPUs, and why CUDA is not in use when it is not.
+// `specdec info [--model DIR] [--json]`: version, binary loaded, backends compiled in, CUDA
+// runtime/driver, GPUs, and why CUDA is not in use when it is not; with --model, what the loader
+// will make of that checkpoint (exit 1 when part of it will not load).
 import { backends } from '../backend';
 import { formatCudaVersion, loadedBinding, native } from '../native';
+import { formatModelReport, modelReport } from './info_model';
+
+const USAGE = 'usage: specdec info [--model DIR] [--json]';
 
 export async function infoCommand(argv: string[]): Promise<number> {
-  for (const a of argv) {
-    if (a !== '--json') {
-      process.stderr.write(`specdec info: unknown option '${a}' (usage: specdec info [--json])\n`);
+  let modelDir: string | undefined;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i] as string;
+    if (a === '--model' && i + 1 < argv.length) modelDir = argv[++i];
+    else if (a.startsWith('--model=')) modelDir = a.slice('--model='.length);
+    else if (a !== '--json') {
+      process.stderr.write(`specdec info: unknown option '${a}' (${USAGE})\n`);
       return 2;
     }
   }
+  // What the loader will make of a checkpoint (config, weights, tokenizer), without loading weights.
+  const model = modelDir !== undefined ? modelReport(modelDir) : undefined;
+  const modelOk = !model || !Object.values(model).some((v) => typeof v === 'object' && v !== null && 'error' in v);
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   const version = (require('../../../package.json') as { version: string }).version;
   const r = backends();
@@ -39,8 +50,8 @@ export async function infoCommand(argv: string[]): Promise<number> {
     },
   };
   if (argv.includes('--json')) {
-    process.stdout.write(JSON.stringify(report, null, 2) + '\n');
-    return 0;
+    process.stdout.write(JSON.stringify(model ? { ...report, model } : report, null, 2) + '\n');
+    return modelOk ? 0 : 1;
   }
   const lines = [
     `specdec ${version} (node ${process.version}, ${report.platform})`,
@@ -57,6 +68,7 @@ export async function infoCommand(argv: string[]): Promise<number> {
   if (r.cudaReason) lines.push(`CUDA not in use:   ${r.cudaReason}`);
   // The local build is looked for first; its absence is only news in a source checkout.
   for (const a of tried.filter((t) => /prebuilds|SPECDEC_BINARY/.test(t.candidate))) lines.push(`not loaded:        ${a.candidate}: ${a.error}`);
+  if (model) lines.push(...formatModelReport(model));
   process.stdout.write(lines.join('\n') + '\n');
-  return 0;
+  return modelOk ? 0 : 1;
 }

@@ -6,7 +6,7 @@ const USAGE = `usage: specdec <command> [options]
 
 commands:
   generate   generate tokens (plain, or speculative with --draft/--medusa/--eagle/--lookahead/--prompt-lookup)
-  info       backends, GPU, CUDA versions, and why a backend is not in use   [--json]
+  info       backends, GPU, CUDA versions, and why a backend is not in use   [--model DIR] [--json]
   bench      run the benchmarks in bench/ (see README)
   train-medusa  train Medusa heads for a checkpoint (--model DIR --data FILE --heads N --out DIR)
   train-eagle   train an EAGLE head for a checkpoint (--model DIR --data FILE --out DIR)

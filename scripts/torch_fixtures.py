@@ -183,6 +183,10 @@ for i in range(L):
 llama['model.norm.weight'] = 0.5 + torch.rand(H, generator=g)
 llama['lm_head.weight'] = randn(V2, H)
 llama = OrderedDict((k, v.bfloat16()) for k, v in llama.items())
+# transformers < 4.31 saved each layer's rotary buffer too (Vicuna's shards hold them); the loader
+# computes its own and ignores them.
+for i in range(L):
+    llama[f'model.layers.{i}.self_attn.rotary_emb.inv_freq'] = 1.0 / (10000 ** (torch.arange(0, D, 2).float() / D))
 llama_config = {
     'architectures': ['LlamaForCausalLM'], 'model_type': 'llama', 'hidden_size': H, 'intermediate_size': I2,
     'num_hidden_layers': L, 'num_attention_heads': NH, 'num_key_value_heads': KVH2, 'max_position_embeddings': 128,
@@ -199,7 +203,7 @@ shards = {'pytorch_model-00001-of-00002.bin': names[:half], 'pytorch_model-00002
 for file, keys in shards.items():
     torch.save(OrderedDict((k, llama[k]) for k in keys), os.path.join(out, 'llama-bin', file))
 with open(os.path.join(out, 'llama-bin', 'pytorch_model.bin.index.json'), 'w') as f:
-    json.dump({'metadata': {'total_size': sum(v.numel() * 2 for v in llama.values())},
+    json.dump({'metadata': {'total_size': sum(v.numel() * v.element_size() for v in llama.values())},
                'weight_map': {k: file for file, keys in shards.items() for k in keys}}, f, indent=2)
 write_safetensors(os.path.join(out, 'llama-safetensors', 'model.safetensors'), llama)
 print('wrote the llama checkpoints')

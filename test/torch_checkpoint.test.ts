@@ -289,7 +289,7 @@ describe('PyTorch checkpoints (torch.save zip format, read without Python)', fun
         assert.strictEqual(after.status, 0, after.stderr);
         const shards = ['model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors'];
         assert.deepStrictEqual((JSON.parse(after.stdout) as { model: { weights: unknown } }).model.weights,
-          { files: shards, dtypes: ['BF16'], bytes: shards.reduce((a, f) => a + fs.statSync(path.join(vicuna, f)).size, 0) });
+          { files: shards, dtypes: ['BF16', 'F32'], bytes: shards.reduce((a, f) => a + fs.statSync(path.join(vicuna, f)).size, 0) });
         const outs = [[vicuna], [twin], [vicuna, '--prompt-lookup', '2']].map(([d, ...extra]) => {
           const r = run(['generate', '--model', d as string, ...gen, ...extra]);
           assert.strictEqual(r.status, 0, r.stderr);

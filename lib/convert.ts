@@ -6,7 +6,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { codedError } from './errors';
 import { readWeightMap } from './models/llama';
-import { openTorchCheckpoint } from './torch_checkpoint';
+import { elementBytes, openTorchCheckpoint } from './torch_checkpoint';
 
 export interface ConvertOptions {
   /** Replace safetensors files that exist. Default false (E_ARG naming them). */
@@ -22,9 +22,6 @@ export interface ConvertResult {
   readonly bytes: number;
 }
 
-/** Bytes per element of the dtypes torch checkpoints hold (all of them safetensors dtypes). */
-const ELEMENT_BYTES: Record<string, number> = { F32: 4, F16: 2, BF16: 2, F64: 8, I64: 8, I32: 4, I16: 2, I8: 1, U8: 1, BOOL: 1 };
-
 /** pytorch_model-00001-of-00002.bin -> model-00001-of-00002.safetensors; pytorch_model.bin -> model.safetensors. */
 function outputName(shard: string): string {
   const base = shard.replace(/\.bin$/, '').replace(/^pytorch_model/, 'model');
@@ -39,11 +36,13 @@ function convertFile(src: string, dst: string, names?: readonly string[]): [numb
   try {
     const chosen = (names ?? f.names()).slice().sort();
     const header: Record<string, unknown> = { __metadata__: { format: 'pt' } };
+    const sizes: number[] = [];
     let at = 0;
     for (const n of chosen) {
       const { dtype, shape } = f.info(n);
-      const bytes = shape.reduce((a, d) => a * d, 1) * (ELEMENT_BYTES[dtype] as number);
+      const bytes = shape.reduce((a, d) => a * d, 1) * elementBytes(dtype);
       header[n] = { dtype, shape, data_offsets: [at, at + bytes] };
+      sizes.push(bytes);
       at += bytes;
     }
     let h = Buffer.from(JSON.stringify(header), 'utf8');
@@ -53,11 +52,9 @@ function convertFile(src: string, dst: string, names?: readonly string[]): [numb
     fd = fs.openSync(tmp, 'w');
     fs.writeSync(fd, len);
     fs.writeSync(fd, h);
-    for (const n of chosen) {
+    for (const [i, n] of chosen.entries()) {
       const b = f.raw(n).bytes;
-      if (b.length !== (header[n] as { data_offsets: number[] }).data_offsets[1]! - (header[n] as { data_offsets: number[] }).data_offsets[0]!) {
-        throw codedError('E_FORMAT', `${src}: tensor '${n}' read ${b.length} bytes, not its shape's`);
-      }
+      if (b.length !== sizes[i]) throw codedError('E_FORMAT', `${src}: tensor '${n}' read ${b.length} bytes, not its shape's`);
       for (let done = 0; done < b.length; ) done += fs.writeSync(fd, b, done, b.length - done);
     }
     fs.closeSync(fd);

@@ -7,7 +7,8 @@
 import * as fs from 'fs';
 import * as zlib from 'zlib';
 import { codedError } from './errors';
-import type { SafetensorsReader, SafetensorsTensorInfo } from './safetensors';
+import { join } from 'path';
+import { openSafetensors, type SafetensorsReader, type SafetensorsTensorInfo } from './safetensors';
 import { Tensor, type Device } from './tensor';
 
 type DTypeName = SafetensorsTensorInfo['dtype'];
@@ -179,6 +180,13 @@ class Storage {
 /** A tensor as the pickle describes it: a view of a storage. */
 class TensorRef {
   constructor(readonly storage: Storage, readonly offset: number, readonly shape: number[], readonly stride: number[]) {}
+  get numel(): number {
+    return this.shape.reduce((a, b) => a * b, 1);
+  }
+  /** The storage index of the view's last element (its offset when empty). */
+  get last(): number {
+    return this.numel === 0 ? this.offset : this.offset + this.shape.reduce((a, d, i) => a + (d - 1) * (this.stride[i] as number), 0);
+  }
 }
 const MARK = Symbol('mark');
 
@@ -401,11 +409,9 @@ export function openTorchCheckpoint(path: string): SafetensorsReader {
       const rec = zip.entries.get(`${prefix}data/${s.key}`);
       if (!rec) throw codedError('E_FORMAT', `${path}: tensor '${name}': its storage record data/${s.key} is missing`);
       if (rec.size < s.numel * s.elementSize) throw codedError('E_FORMAT', `${path}: tensor '${name}': storage data/${s.key} holds ${rec.size} bytes, fewer than its ${s.numel} elements`);
-      const numel = t.shape.reduce((a, b) => a * b, 1);
       // A view repeats elements (stride 0) at most up to what one array can hold.
-      if (numel * s.elementSize > 2 ** 32 - 1) throw codedError('E_FORMAT', `${path}: tensor '${name}' [${t.shape}] is larger than 4 GiB`);
-      const last = numel === 0 ? t.offset : t.offset + t.shape.reduce((a, d, i) => a + (d - 1) * (t.stride[i] as number), 0);
-      if (numel > 0 && last >= s.numel) throw codedError('E_FORMAT', `${path}: tensor '${name}' [${t.shape}] (offset ${t.offset}, strides [${t.stride}]) reads past its storage of ${s.numel} elements`);
+      if (t.numel * s.elementSize > 2 ** 32 - 1) throw codedError('E_FORMAT', `${path}: tensor '${name}' [${t.shape}] is larger than 4 GiB`);
+      if (t.numel > 0 && t.last >= s.numel) throw codedError('E_FORMAT', `${path}: tensor '${name}' [${t.shape}] (offset ${t.offset}, strides [${t.stride}]) reads past its storage of ${s.numel} elements`);
     }
     const names = [...tensors.keys()].sort();
     const get = (name: string): TensorRef => {
@@ -416,7 +422,7 @@ export function openTorchCheckpoint(path: string): SafetensorsReader {
     /** The tensor's elements in row-major order, little-endian. */
     const bytesOf = (t: TensorRef): Uint8Array => {
       const es = t.storage.elementSize;
-      const numel = t.shape.reduce((a, b) => a * b, 1);
+      const numel = t.numel;
       const rec = zip.entries.get(`${prefix}data/${t.storage.key}`) as ZipEntry;
       if (numel === 0) return new Uint8Array(0);
       let contiguous = true;
@@ -425,8 +431,7 @@ export function openTorchCheckpoint(path: string): SafetensorsReader {
         want *= t.shape[i] as number;
       }
       if (contiguous) return zip.slice(rec, t.offset * es, numel * es);
-      const last = t.offset + t.shape.reduce((a, d, i) => a + (d - 1) * (t.stride[i] as number), 0);
-      const src = zip.slice(rec, t.offset * es, (last - t.offset + 1) * es);
+      const src = zip.slice(rec, t.offset * es, (t.last - t.offset + 1) * es);
       const out = new Uint8Array(numel * es);
       const idx = new Array<number>(t.shape.length).fill(0);
       for (let k = 0; k < numel; k++) {
@@ -480,4 +485,22 @@ export function openTorchCheckpoint(path: string): SafetensorsReader {
     zip.close();
     throw e;
   }
+}
+
+/** Bytes per element of a dtype the reader reports (all of them safetensors dtypes too). */
+export function elementBytes(dtype: string): number {
+  const kind = Object.values(STORAGES).find(([d]) => d === dtype);
+  if (!kind) throw codedError('E_UNSUPPORTED', `dtype ${dtype} is not one torch checkpoints hold`);
+  return kind[1];
+}
+
+/**
+ * The first of `files` in `dir` that exists, opened as safetensors or (.bin, .pt) as a torch
+ * checkpoint; E_IO naming what was tried when none does. `what` heads the message.
+ */
+export function openWeightsFile(dir: string, files: readonly string[], what: string): SafetensorsReader {
+  const tried = files.map((n) => join(dir, n));
+  const file = tried.find((p) => fs.existsSync(p));
+  if (file === undefined) throw codedError('E_IO', `${what}: no weights in ${dir} (tried ${files.join(', ')})`);
+  return file.endsWith('.safetensors') ? openSafetensors(file) : openTorchCheckpoint(file);
 }

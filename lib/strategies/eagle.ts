@@ -49,8 +49,7 @@ import { addInplace, embedding, matmul, rmsnorm, rope, siluMul } from '../layers
 import type { CausalLM, ForwardOutput } from '../models/causal_lm';
 import { parseLlamaConfig, toNativeConfig } from '../models/config';
 import { native } from '../native';
-import { openSafetensors } from '../safetensors';
-import { openTorchCheckpoint } from '../torch_checkpoint';
+import { openWeightsFile } from '../torch_checkpoint';
 import { processLogits, topK } from '../sampling';
 import { gatherRows } from '../step_helpers';
 import { asTensor, Tensor, type Device } from '../tensor';
@@ -186,10 +185,8 @@ export class EagleHead {
     const qkvBias = json['qkv_bias'] === true || c.qkvBias;
 
     // SafeAILab publishes its heads as pytorch_model.bin (torch.save of a state dict): read in place.
-    const tried = ['model.safetensors', 'pytorch_model.bin'].map((n) => path.join(dir, n));
-    const stPath = tried.find((p) => fs.existsSync(p));
-    if (stPath === undefined) throw codedError('E_IO', `EAGLE head: no weights in ${dir} (tried ${tried.map((p) => path.basename(p)).join(', ')})`);
-    const f = stPath.endsWith('.bin') ? openTorchCheckpoint(stPath) : openSafetensors(stPath);
+    const f = openWeightsFile(dir, ['model.safetensors', 'pytorch_model.bin'], 'EAGLE head');
+    const stPath = f.path;
     const loaded: Tensor[] = [];
     try {
       const names = new Set(f.names());

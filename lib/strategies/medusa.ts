@@ -22,8 +22,7 @@ import { addInplace, matmul, siluInplace } from '../layers';
 import type { CausalLM, ForwardOutput, MedusaChainResult, MedusaChainTemplate } from '../models/causal_lm';
 import { CHAIN_MAX_STEPS, wholeChains } from '../plain_chain';
 import { native } from '../native';
-import { openSafetensors } from '../safetensors';
-import { openTorchCheckpoint } from '../torch_checkpoint';
+import { openWeightsFile } from '../torch_checkpoint';
 import { Tensor, type Device } from '../tensor';
 import { cutTree, loneRoot, MC_SIM_7B_63, MEDUSA_PRESETS, medusaTree, medusaTreeShape, pruneTree, type MedusaChoices, type MedusaTreeShape } from '../tree';
 import { backedOffProbeInterval, choosePlanSize, chooseSubtree, PlanOutcomes, PROBE_AFTER_PLAIN_STEPS, RankRates, selectNodes, sizingCost, stepCost, treeProbabilities } from '../tree_sizing';
@@ -106,10 +105,8 @@ export class MedusaHeads {
     }
     const base = cfg['base_model_name_or_path'];
     // FasterDecoding's repositories hold medusa_lm_head.safetensors, medusa_lm_head.pt or both.
-    const tried = ['medusa_lm_head.safetensors', 'medusa_lm_head.pt'].map((n) => path.join(dir, n));
-    const stPath = tried.find((p) => fs.existsSync(p));
-    if (stPath === undefined) throw codedError('E_IO', `Medusa heads: no weights in ${dir} (tried ${tried.map((p) => path.basename(p)).join(', ')})`);
-    const f = stPath.endsWith('.pt') ? openTorchCheckpoint(stPath) : openSafetensors(stPath);
+    const f = openWeightsFile(dir, ['medusa_lm_head.safetensors', 'medusa_lm_head.pt'], 'Medusa heads');
+    const stPath = f.path;
     const loaded: Tensor[] = [];
     try {
       const need = (name: string, rank: number): number[] => {

@@ -139,7 +139,8 @@ function mergesOf(pieces: readonly Piece[], vocab: ReadonlyMap<string, number>):
 
 /**
  * The tokenizer.json of a SentencePiece BPE model file's bytes (`config`: tokenizer_config.json, for
- * add_bos_token / add_eos_token; defaults true / false as LlamaTokenizer's).
+ * add_bos_token / add_eos_token, defaults true / false as LlamaTokenizer's; legacy, default true;
+ * add_prefix_space, default the model's add_dummy_prefix).
  */
 export function sentencePieceTokenizerJson(data: Uint8Array, file: string, config: Record<string, unknown> = {}): Record<string, unknown> {
   const m = readModel(data, file);
@@ -174,20 +175,27 @@ export function sentencePieceTokenizerJson(data: Uint8Array, file: string, confi
   single.push({ Sequence: { id: 'A', type_id: 0 } });
   if (flag('add_eos_token', false)) addSpecial(eos);
   const pair = [...single, ...single.map((x) => ((x as { Sequence?: unknown }).Sequence ? { Sequence: { id: 'B', type_id: 1 } } : x))];
+  // LlamaConverter's two pipelines. Legacy (the default, as LlamaTokenizer's): a normalizer that
+  // prepends "▁" to every piece of text, so text after a special token written in it ("a</s>b")
+  // starts a word. `legacy: false`: no normalizer; a Metaspace pre-tokenizer prepends "▁" only at
+  // the text's start ("first"), and not where the text already starts with a space.
+  // add_prefix_space (tokenizer_config.json) overrides the model's own add_dummy_prefix.
+  const prefix = flag('add_prefix_space', m.addDummyPrefix);
+  const legacy = flag('legacy', true);
   const normalizers: unknown[] = [];
-  if (m.addDummyPrefix) normalizers.push({ type: 'Prepend', prepend: '▁' });
+  if (prefix) normalizers.push({ type: 'Prepend', prepend: '▁' });
   normalizers.push({ type: 'Replace', pattern: { String: ' ' }, content: '▁' });
   const decoders: unknown[] = [{ type: 'Replace', pattern: { String: '▁' }, content: ' ' }];
   if (m.byteFallback) decoders.push({ type: 'ByteFallback' });
   decoders.push({ type: 'Fuse' });
-  if (m.addDummyPrefix) decoders.push({ type: 'Strip', content: ' ', start: 1, stop: 0 });
+  if (prefix) decoders.push({ type: 'Strip', content: ' ', start: 1, stop: 0 });
   return {
     version: '1.0',
     truncation: null,
     padding: null,
     added_tokens: added,
-    normalizer: { type: 'Sequence', normalizers },
-    pre_tokenizer: null,
+    normalizer: legacy ? { type: 'Sequence', normalizers } : null,
+    pre_tokenizer: legacy ? null : { type: 'Metaspace', replacement: '▁', prepend_scheme: prefix ? 'first' : 'never', split: false },
     post_processor: { type: 'TemplateProcessing', single, pair, special_tokens: specials },
     decoder: { type: 'Sequence', decoders },
     model: {

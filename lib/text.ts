@@ -6,7 +6,46 @@ import { codedError, optionsArg } from './errors';
 /** What text generation needs of a tokenizer (TextTokenizer fits). */
 export interface TextCodec {
   encode(text: string): Int32Array;
-  decode(ids: ArrayLike<number>, options?: { skipSpecialTokens?: boolean }): string;
+  decode(ids: ArrayLike<number>, options?: { skipSpecialTokens?: boolean; cleanUpSpaces?: boolean }): string;
+  /**
+   * Whether decode() cleans up tokenization spaces (cleanUpTokenizationSpaces) unless told
+   * `cleanUpSpaces: false`. Streams then decode without it and clean up only settled text: the
+   * clean-up is not local (" ' " -> "'", but " '." stays), so an output's text is not its
+   * prefixes' texts extended.
+   */
+  readonly cleansUpSpaces?: boolean;
+}
+
+/** transformers' clean_up_tokenization (and the tokenizers library's): spaces before punctuation and English contractions removed. */
+export function cleanUpTokenizationSpaces(text: string): string {
+  return text
+    .replace(/ \./g, '.')
+    .replace(/ \?/g, '?')
+    .replace(/ !/g, '!')
+    .replace(/ ,/g, ',')
+    .replace(/ ' /g, "'")
+    .replace(/ n't/g, "n't")
+    .replace(/ 'm/g, "'m")
+    .replace(/ 's/g, "'s")
+    .replace(/ 've/g, "'ve")
+    .replace(/ 're/g, "'re");
+}
+
+/**
+ * The text of a growing output that its next tokens cannot change, from its text so far decoded
+ * without clean-up (`raw`): less an incomplete character at the end (U+FFFD), and, where the codec
+ * cleans up, less an end within three characters of a space, then cleaned up. (Every clean-up
+ * pattern starts with a space and is at most four characters long, and the clean-up only deletes
+ * spaces: with no space in its last three characters, the text's clean-up is the start of the
+ * clean-up of any text that extends it.)
+ */
+export function settledText(raw: string, cleanUp: boolean): string {
+  let n = raw.length;
+  while (n > 0 && raw.charCodeAt(n - 1) === 0xfffd) n--;
+  if (!cleanUp) return raw.slice(0, n);
+  // The longest start with no space in its last three characters (n moves back to each space found).
+  for (let i = n - 1; i >= 0 && i >= n - 3; i--) if (raw.charCodeAt(i) === 0x20) n = i;
+  return cleanUpTokenizationSpaces(raw.slice(0, n));
 }
 
 /** What generateText decodes with: a SpeculativeDecoder, or a request adapter over an Engine. */
@@ -124,6 +163,8 @@ export function generateText(
   if (stops.some((s) => typeof s !== 'string' || s.length === 0)) throw codedError('E_ARG', 'stopStrings must be non-empty strings');
   const ids = typeof prompt === 'string' ? codec.encode(prompt) : prompt;
   const decode = (t: readonly number[]): string => codec.decode(t, { skipSpecialTokens: true });
+  const cleanUp = codec.cleansUpSpaces === true;
+  const decodeRaw = cleanUp ? (t: readonly number[]): string => codec.decode(t, { skipSpecialTokens: true, cleanUpSpaces: false }) : decode;
   const gen = decoder.generate(ids, {
     maxNewTokens: opts.maxNewTokens,
     ...(opts.stopTokens ? { stopTokens: opts.stopTokens } : {}),
@@ -141,7 +182,7 @@ export function generateText(
   });
   let shown = 0;
   const all: number[] = [];
-  const text = new IncrementalText(decode);
+  const text = new IncrementalText(decodeRaw);
   const result = gen.result.then((r): TextResult => {
     const cut = cutAtStop(decode(Array.from(r.tokens)), stops);
     return { ...r, text: cut.text, ...(cut.stop !== undefined ? { stopString: cut.stop } : {}) };
@@ -152,19 +193,23 @@ export function generateText(
     async *[Symbol.asyncIterator](): AsyncGenerator<TextChunk> {
       for await (const toks of gen) {
         for (const t of toks) all.push(t);
-        const found = cutAtStop(text.of(all), stops);
+        const raw = text.of(all);
+        const found = cutAtStop(cleanUp ? cleanUpTokenizationSpaces(raw) : raw, stops);
         let cut = found.text;
-        // Hold back text a stop string may still begin with (the next tokens may complete it,
-        // and the stop string is never shown) ...
-        if (found.stop === undefined) cut = cut.slice(0, cut.length - stopPrefixAtEnd(cut, stops));
-        // ... and an incomplete multi-byte character (decoded as U+FFFD) until it completes.
-        while (cut.endsWith('\uFFFD')) cut = cut.slice(0, -1);
+        if (found.stop === undefined) {
+          // Only text the next tokens cannot change (an incomplete multi-byte character, decoded
+          // as U+FFFD, waits until it completes; so does an end the clean-up may still change) ...
+          cut = settledText(raw, cleanUp);
+          // ... less an end a stop string may still begin with (the stop string is never shown).
+          cut = cut.slice(0, cut.length - stopPrefixAtEnd(cut, stops));
+        } else while (cut.endsWith('\uFFFD')) cut = cut.slice(0, -1);
         const delta = cut.length > shown ? cut.slice(shown) : '';
         shown = Math.max(shown, cut.length);
         yield { tokens: toks, text: delta };
       }
       // The end: what was held back and stayed text (the streamed chunks add up to result.text).
-      const rest = cutAtStop(text.of(all), stops).text;
+      const raw = text.of(all);
+      const rest = cutAtStop(cleanUp ? cleanUpTokenizationSpaces(raw) : raw, stops).text;
       if (rest.length > shown) {
         yield { tokens: new Int32Array(0), text: rest.slice(shown) };
         shown = rest.length;

@@ -72,6 +72,12 @@ export class TextTokenizer {
     readonly file: string,
     private readonly config: Record<string, unknown> = {},
     private readonly chat?: { readonly template: string; readonly file: string },
+    /**
+     * Whether decode() cleans up tokenization spaces (transformers' clean_up_tokenization_spaces:
+     * " ." -> ".", " ' " -> "'", " n't" -> "n't", ...). Streaming decodes without it and cleans up
+     * only text that later tokens cannot change (lib/text.ts settledText).
+     */
+    readonly cleansUpSpaces = false,
   ) {}
 
   private parsed: import('@huggingface/jinja').Template | undefined;
@@ -153,8 +159,14 @@ export class TextTokenizer {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     const { Tokenizer } = require('@huggingface/tokenizers') as typeof import('@huggingface/tokenizers');
     const chat = readChatTemplate(dir, config);
+    // Decoding's clean-up of tokenization spaces (" ." -> ".", " n't" -> "n't"): as the config says;
+    // unsaid, off for Llama's tokenizer classes (and a tokenizer.model, read as LlamaTokenizer), whose
+    // defaults in transformers are off, else on (the tokenizers library's default).
+    const cfg = (config ?? {}) as Record<string, unknown>;
+    const llamaClass = file === path.join(dir, 'tokenizer.model') || cfg['tokenizer_class'] === 'LlamaTokenizer' || cfg['tokenizer_class'] === 'LlamaTokenizerFast';
+    const cleanUp = typeof cfg['clean_up_tokenization_spaces'] === 'boolean' ? (cfg['clean_up_tokenization_spaces'] as boolean) : !llamaClass;
     try {
-      return new TextTokenizer(new Tokenizer(json as object, config as object), file, (config ?? {}) as Record<string, unknown>, chat);
+      return new TextTokenizer(new Tokenizer(json as object, { ...cfg, clean_up_tokenization_spaces: cleanUp }), file, cfg, chat, cleanUp);
     } catch (e) {
       throw codedError('E_FORMAT', `${file}: unsupported or malformed tokenizer (${(e as Error).message.split('\n')[0]})`);
     }
@@ -175,10 +187,12 @@ export class TextTokenizer {
     });
   }
 
-  decode(ids: ArrayLike<number>, options: { skipSpecialTokens?: boolean } = {}): string {
+  /** Text of `ids`; `cleanUpSpaces` (default: cleansUpSpaces) overrides the clean-up of tokenization spaces. */
+  decode(ids: ArrayLike<number>, options: { skipSpecialTokens?: boolean; cleanUpSpaces?: boolean } = {}): string {
     // (The library refuses an empty list.)
     if (ids.length === 0) return '';
-    return this.guard(() => this.tok.decode(Array.from(ids), { skip_special_tokens: options.skipSpecialTokens ?? false }));
+    return this.guard(() =>
+      this.tok.decode(Array.from(ids), { skip_special_tokens: options.skipSpecialTokens ?? false, clean_up_tokenization_spaces: options.cleanUpSpaces ?? this.cleansUpSpaces }));
   }
 
   /** The library builds parts of a tokenizer lazily: a malformed tokenizer.json can fail on first use. */

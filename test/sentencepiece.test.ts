@@ -65,6 +65,47 @@ describe('SentencePiece tokenizer.model (no tokenizer.json)', () => {
     assert.strictEqual(t.decode([1, ...x, 2], { skipSpecialTokens: true }), 'x');
   });
 
+  it("legacy: false and add_prefix_space: false as transformers' converter reads them (no word start after a special token; no dummy prefix)", () => {
+    const model = fs.readFileSync(path.join(bpeDir, 'tokenizer.model'));
+    const load = (config: Record<string, unknown>): TextTokenizer => {
+      const dir = dirWith(model, config);
+      try {
+        return TextTokenizer.load(dir) as TextTokenizer;
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+    };
+    const legacy = load({ legacy: true }), modern = load({ legacy: false }), bare = load({ add_prefix_space: false });
+    const id = (piece: string): number => {
+      const v = legacy.tokenToId(piece);
+      assert.ok(v !== undefined, `piece ${piece} in the fixture's vocabulary`);
+      return v as number;
+    };
+    const enc = (t: TextTokenizer, text: string): number[] => Array.from(t.encode(text, { addSpecialTokens: false }));
+    // Text that neither starts with a space nor holds a special token: both read it as sentencepiece does.
+    let compared = 0;
+    for (const c of expected.cases) {
+      if (c.text === '' || c.text.startsWith(' ') || c.text.startsWith('▁')) continue;
+      assert.deepStrictEqual(enc(modern, c.text), c.ids, `legacy: false, ${JSON.stringify(c.text)}`);
+      assert.strictEqual(modern.decode(c.ids), c.decoded);
+      compared++;
+    }
+    assert.ok(compared >= 7, `${compared} cases compared`);
+    // After a special token written in the text: legacy starts a word ("▁b"), non-legacy does not ("b").
+    const a = enc(legacy, 'a');
+    assert.deepStrictEqual(enc(legacy, 'a</s>b'), [...a, 2, ...enc(legacy, 'b')]);
+    assert.deepStrictEqual(enc(legacy, 'b'), [id('▁b')]);
+    assert.deepStrictEqual(enc(modern, 'a</s>b'), [...a, 2, id('b')]);
+    // A text that starts with a space: legacy prepends another ("▁▁"), the Metaspace pre-tokenizer does not.
+    assert.deepStrictEqual(enc(modern, ' b'), [id('▁b')]);
+    assert.notDeepStrictEqual(enc(legacy, ' b'), [id('▁b')]);
+    // No dummy prefix: "b" is the piece "b", and decoding strips no space.
+    assert.deepStrictEqual(enc(bare, 'b'), [id('b')]);
+    assert.strictEqual(bare.decode([id('▁b')]), ' b');
+    assert.strictEqual(legacy.decode([id('▁b')]), 'b');
+    assert.deepStrictEqual(Array.from(bare.encode('b')), [1, id('b')], 'BOS still added');
+  });
+
   it('refuses models it does not convert, naming why and the fix; damaged files give coded errors, never another exception', () => {
     const uni = dirWith(fs.readFileSync(path.join(fixtures, 'unigram.model')), {});
     try {

@@ -7,7 +7,7 @@ import * as path from 'path';
 import { SpeculativeDecoder } from '../lib/decoder';
 import { DraftModelSpeculator } from '../lib/strategies/draft_model';
 import { streamGeneration } from '../lib/engine/generation';
-import { generateText, IncrementalText, type TextCodec } from '../lib/text';
+import { cleanUpTokenizationSpaces, generateText, IncrementalText, settledText, type TextCodec, type TokenGenerator } from '../lib/text';
 import { TextTokenizer } from '../lib/tokenizer';
 import { ToyLM, toyGreedy } from './fixtures/toy_lm';
 import { assertThrowsCode, rng, testSeed } from './helpers';
@@ -137,6 +137,22 @@ function metaspaceTokenizer(): object {
   };
 }
 
+/** A generator that emits `ids` in chunks of 1..maxChunk tokens (sizes drawn from r), a loop turn apart. */
+function replaySource(ids: readonly number[], r: () => number, maxChunk: number): TokenGenerator {
+  return {
+    generate: () =>
+      streamGeneration(async (onTokens) => {
+        for (let at = 0; at < ids.length; ) {
+          const n = Math.min(ids.length - at, 1 + Math.floor(r() * maxChunk));
+          onTokens(Int32Array.from(ids.slice(at, at + n)));
+          at += n;
+          await new Promise((res) => setImmediate(res));
+        }
+        return { tokens: Int32Array.from(ids), finishReason: 'length' as const, stats: undefined as never };
+      }),
+  };
+}
+
 function tokenizerFrom(json: object): TextTokenizer {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'specdec-tok-'));
   try {
@@ -176,6 +192,47 @@ describe('generateText: incremental decoding', () => {
     });
   }
 
+  it("with the clean-up of tokenization spaces (\" '.\" stays, \" ' \" becomes \"'\"), the streamed chunks add up to the result's text", async () => {
+    // A Metaspace tokenizer whose pieces make the clean-up's patterns across token boundaries.
+    const json = metaspaceTokenizer() as { model: { vocab: Record<string, number> } };
+    const vocab = json.model.vocab;
+    for (const w of ["'", "\u2581'", '\u2581n', "n't", "'t", "'s", '\u2581s', 's', 'm', 've', 're', '\u2581?', '!', '\u2581!', '\u2581,', '\u2581\u2581', 'x']) vocab[w] ??= Object.keys(vocab).length;
+    const tok = tokenizerFrom(json);
+    assert.strictEqual(tok.cleansUpSpaces, true, 'no config: the library default (on)');
+    assert.strictEqual(tok.decode([vocab['\u2581cat'] as number, vocab['\u2581.'] as number]), 'cat.');
+    assert.strictEqual(tok.decode([vocab['\u2581cat'] as number, vocab['\u2581.'] as number], { cleanUpSpaces: false }), 'cat .');
+    const pool = Object.values(vocab).filter((id) => id > 2 + 256);
+    const r = rng(testSeed + 41);
+    let differs = 0;
+    for (let run = 0; run < 40; run++) {
+      const ids = Array.from({ length: 60 }, () => pool[Math.floor(r() * pool.length)] as number);
+      // The clean-up is what the library does to the whole text.
+      assert.strictEqual(cleanUpTokenizationSpaces(tok.decode(ids, { cleanUpSpaces: false })), tok.decode(ids));
+      const gen = generateText(replaySource(ids, r, 3), tok, Int32Array.of(1), { maxNewTokens: ids.length });
+      let streamed = '';
+      for await (const c of gen) streamed += c.text;
+      const text = (await gen.result).text;
+      assert.strictEqual(text, tok.decode(ids, { skipSpecialTokens: true }));
+      assert.strictEqual(streamed, text, `run ${run}: ${JSON.stringify(ids)}`);
+      if (text !== tok.decode(ids, { skipSpecialTokens: true, cleanUpSpaces: false })) differs++;
+    }
+    assert.ok(differs > 30, `the clean-up changed ${differs} of 40 texts`);
+    // settledText: for random texts over the patterns' characters, what it settles of each start of
+    // a text is the start of the whole text's clean-up, and grows with it.
+    const chars = " '.?!,ntsmvrex\uFFFD";
+    for (let k = 0; k < 20000; k++) {
+      let t = '';
+      for (let n = 1 + Math.floor(r() * 14); n > 0; n--) t += chars[Math.floor(r() * chars.length)];
+      const whole = cleanUpTokenizationSpaces(t);
+      let prev = '';
+      for (let i = 0; i <= t.length; i++) {
+        const s = settledText(t.slice(0, i), true);
+        assert.ok(whole.startsWith(s) && s.startsWith(prev), `${JSON.stringify(t)} at ${i}: ${JSON.stringify(s)} of ${JSON.stringify(whole)}`);
+        prev = s;
+      }
+    }
+  });
+
   it('a long stream decodes a bounded window per step, not the whole output (was quadratic)', async () => {
     const tok = TextTokenizer.load(path.join(__dirname, '..', '..', 'models', 'default', 'target')) as TextTokenizer;
     const ids = Array.from(tok.encode('once upon a time there was a little girl who liked to play in the park with her friends. '.repeat(20)));
@@ -185,20 +242,7 @@ describe('generateText: incremental decoding', () => {
       decode: (x, o) => ((decoded += x.length), tok.decode(x, o)),
     };
     const r = rng(testSeed + 37);
-    const source = {
-      generate: () =>
-        streamGeneration(async (onTokens) => {
-          let at = 0;
-          while (at < ids.length) {
-            const n = Math.min(ids.length - at, 1 + Math.floor(r() * 5));
-            onTokens(Int32Array.from(ids.slice(at, at + n)));
-            at += n;
-            await new Promise((res) => setImmediate(res));
-          }
-          return { tokens: Int32Array.from(ids), finishReason: 'length' as const, stats: undefined as never };
-        }),
-    };
-    const gen = generateText(source, counting, Int32Array.of(1), { maxNewTokens: ids.length });
+    const gen = generateText(replaySource(ids, r, 5), counting, Int32Array.of(1), { maxNewTokens: ids.length });
     let streamed = '';
     let steps = 0;
     for await (const c of gen) {

@@ -7,7 +7,7 @@ import { readLlamaConfig } from '../models/config';
 import { LlamaModel } from '../models/llama';
 import { plainGenerate } from '../plain';
 import type { Device } from '../tensor';
-import { IncrementalText } from '../text';
+import { cleanUpTokenizationSpaces, IncrementalText, settledText } from '../text';
 import { TextTokenizer, type ChatMessage } from '../tokenizer';
 import { defaultModelPaths } from '../default_models';
 import { codedError } from '../errors';
@@ -292,17 +292,19 @@ class TextStream {
   private readonly text: IncrementalText;
   private shown = 0;
 
+  /** decodeRaw: without the clean-up of tokenization spaces, which `cleanUp` says the text gets (settledText). */
   constructor(
-    decode: (ids: ArrayLike<number>) => string,
+    decodeRaw: (ids: ArrayLike<number>) => string,
+    private readonly cleanUp: boolean,
     private readonly write: (s: string) => void,
   ) {
-    this.text = new IncrementalText(decode);
+    this.text = new IncrementalText(decodeRaw);
   }
 
   push(tokens: ArrayLike<number>, final = false): void {
     for (let k = 0; k < tokens.length; k++) this.ids.push(tokens[k] as number);
-    let t = this.text.of(this.ids);
-    if (!final) while (t.endsWith('\uFFFD')) t = t.slice(0, -1);
+    const raw = this.text.of(this.ids);
+    const t = !final ? settledText(raw, this.cleanUp) : this.cleanUp ? cleanUpTokenizationSpaces(raw) : raw;
     if (t.length > this.shown) {
       this.write(t.slice(this.shown));
       this.shown = t.length;
@@ -386,7 +388,8 @@ export async function generateCommand(argv: string[], io: GenerateIo = {}): Prom
     const decode = (ids: ArrayLike<number>): string => (tokenizer ? tokenizer.decode(ids, { skipSpecialTokens: true }) : '');
 
     // Text streams when there is one sequence to show; a batch prints its texts in input order.
-    const stream = !flags.json && prompts.length === 1 ? new TextStream(tokenizer ? decode : (ids) => Array.from(ids).join(' '), out) : undefined;
+    const decodeRaw = (ids: ArrayLike<number>): string => (tokenizer ? tokenizer.decode(ids, { skipSpecialTokens: true, cleanUpSpaces: false }) : Array.from(ids).join(' '));
+    const stream = !flags.json && prompts.length === 1 ? new TextStream(decodeRaw, tokenizer?.cleansUpSpaces === true, out) : undefined;
     const emitted: number[][] = prompts.map(() => []);
     const chunks = prompts.map(() => 0);
     const onTokens = (i: number, toks: Int32Array): void => {

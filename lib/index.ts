@@ -44,7 +44,7 @@ export * from './strategies';
 export { ForwardCost, RecentTimes, calibrateForwardCost, forwardCost, knownForwardCost, setForwardCost } from './cost_model';
 export type { CalibrationOptions } from './cost_model';
 export * as treeSizing from './tree_sizing';
-export { generateText } from './text';
+export { cleanUpTokenizationSpaces, generateText, settledText } from './text';
 export type { TextCodec, TextGenerateOptions, TextChunk, TextResult, TextGeneration } from './text';
 
 // Serving: continuous batching over one model, and the OpenAI-compatible HTTP server.

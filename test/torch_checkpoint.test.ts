@@ -288,6 +288,8 @@ describe('PyTorch checkpoints (torch.save zip format, read without Python)', fun
         const after = run(['info', '--model', vicuna, '--json']);
         assert.strictEqual(after.status, 0, after.stderr);
         const shards = ['model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors'];
+        // (A tokenizer.model is read as LlamaTokenizer: no clean-up of tokenization spaces.)
+        assert.deepStrictEqual((JSON.parse(after.stdout) as { model: { tokenizer: unknown } }).model.tokenizer, { file: 'tokenizer.model', chatTemplate: false, cleansUpSpaces: false });
         assert.deepStrictEqual((JSON.parse(after.stdout) as { model: { weights: unknown } }).model.weights,
           { files: shards, dtypes: ['BF16', 'F32'], bytes: shards.reduce((a, f) => a + fs.statSync(path.join(vicuna, f)).size, 0) });
         const outs = [[vicuna], [twin], [vicuna, '--prompt-lookup', '2']].map(([d, ...extra]) => {

@@ -15,7 +15,7 @@ export interface ModelReport {
   /** The weight files, their stored dtypes and bytes, or why the loader will not find them. */
   readonly weights: { files: string[]; dtypes: string[]; bytes: number } | { error: string };
   /** tokenizer.json, tokenizer.model (SentencePiece), none, or why it does not load. */
-  readonly tokenizer: { file: string; chatTemplate: boolean } | { none: string } | { error: string };
+  readonly tokenizer: { file: string; chatTemplate: boolean; cleansUpSpaces: boolean } | { none: string } | { error: string };
 }
 
 const why = (e: unknown): string => {
@@ -54,7 +54,7 @@ export function modelReport(dir: string): ModelReport {
   let tokenizer: ModelReport['tokenizer'];
   try {
     const t = TextTokenizer.load(dir);
-    tokenizer = t ? { file: path.basename(t.file), chatTemplate: t.hasChatTemplate } : { none: 'no tokenizer.json or tokenizer.model: prompts as token ids only' };
+    tokenizer = t ? { file: path.basename(t.file), chatTemplate: t.hasChatTemplate, cleansUpSpaces: t.cleansUpSpaces } : { none: 'no tokenizer.json or tokenizer.model: prompts as token ids only' };
   } catch (e) {
     tokenizer = { error: why(e) };
   }
@@ -70,6 +70,6 @@ export function formatModelReport(r: ModelReport): string[] {
     'error' in w ? `  weights:         ${w.error}`
       : `  weights:         ${w.files.length === 1 ? w.files[0] : `${w.files.length} shards`}, ${w.dtypes.join('/')}, ${w.bytes >= 2 ** 30 ? `${(w.bytes / 2 ** 30).toFixed(2)} GiB` : `${(w.bytes / 2 ** 20).toFixed(1)} MiB`}`,
     'error' in t ? `  tokenizer:       ${t.error}` : 'none' in t ? `  tokenizer:       ${t.none}`
-      : `  tokenizer:       ${t.file}${t.chatTemplate ? ', chat template' : ', no chat template'}`,
+      : `  tokenizer:       ${t.file}${t.chatTemplate ? ', chat template' : ', no chat template'}${t.cleansUpSpaces ? ', cleans up tokenization spaces' : ''}`,
   ];
 }

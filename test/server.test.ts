@@ -57,6 +57,14 @@ describe('specdec serve', function () {
     assert.deepStrictEqual(completionTokens(s), ids);
     assert.strictEqual(s.events.map((e) => (e['choices'] as { text: string }[])[0]!.text).join(''), choice.text);
     assert.deepStrictEqual(s.events[s.events.length - 1]!['usage'], r.json['usage']);
+    // Neutral values of the fields that are not implemented are accepted (clients send defaults);
+    // min_p reaches the sampler: min_p 0.99 keeps only the most probable token (no two within 1% here), so seeded sampling at
+    // T 1.5 gives the greedy tokens (without it, not: a 325-token vocabulary at T 1.5 strays).
+    const neutral = await postJson(`${url}/v1/completions`, { ...body, presence_penalty: 0, frequency_penalty: 0, repetition_penalty: 1, logit_bias: {}, logprobs: null, response_format: { type: 'text' }, tools: [], best_of: 1 });
+    assert.deepStrictEqual(completionTokens(neutral), ids);
+    const hot = { ...body, temperature: 1.5, seed: 7 };
+    assert.deepStrictEqual(completionTokens(await postJson(`${url}/v1/completions`, { ...hot, min_p: 0.99 })), ids);
+    assert.notDeepStrictEqual(completionTokens(await postJson(`${url}/v1/completions`, hot)), ids);
     // A stop string ends the text before it.
     const cut = await postJson(`${url}/v1/completions`, { ...body, max_tokens: 40, stop: [choice.text.split(' ')[3]!] });
     const cutChoice = (cut.json['choices'] as { text: string; finish_reason: string }[])[0]!;
@@ -120,6 +128,19 @@ describe('specdec serve', function () {
       [{ prompt: 'x', model: 'gpt-4' }, 'model'],
       [{ prompt: 'x', n: 2 }, 'n'],
       [{ prompt: 'x', stream: 'yes' }, 'stream'],
+      [{ prompt: 'x', min_p: 1 }, 'min_p'],
+      [{ prompt: 'x', presence_penalty: 0.5 }, 'presence_penalty'],
+      [{ prompt: 'x', frequency_penalty: -1 }, 'frequency_penalty'],
+      [{ prompt: 'x', repetition_penalty: 1.1 }, 'repetition_penalty'],
+      [{ prompt: 'x', logit_bias: { '5': 100 } }, 'logit_bias'],
+      [{ prompt: 'x', logprobs: 2 }, 'logprobs'],
+      [{ prompt: 'x', top_logprobs: 2 }, 'top_logprobs'],
+      [{ prompt: 'x', best_of: 3 }, 'best_of'],
+      [{ prompt: 'x', min_tokens: 4 }, 'min_tokens'],
+      [{ prompt: 'x', ignore_eos: true }, 'ignore_eos'],
+      [{ prompt: 'x', suffix: 'end' }, 'suffix'],
+      [{ prompt: 'x', response_format: { type: 'json_object' } }, 'response_format'],
+      [{ prompt: 'x', tools: [{ type: 'function' }] }, 'tools'],
       [[1, 2], null],
     ];
     for (const [body, param] of cases) {

@@ -186,8 +186,22 @@ export class CompletionServer {
       throw new HttpError(400, `model: this server serves '${this.modelName}', not ${JSON.stringify(b['model'])}`, 'model');
     }
     num('n', (x) => x === 1, '1 (one completion per request)');
+    num('best_of', (x) => x === 1, '1 (one completion per request)');
     if (bool('echo')) throw new HttpError(400, 'echo: not supported', 'echo');
-    if (b['logprobs'] !== undefined && b['logprobs'] !== null) throw new HttpError(400, 'logprobs: not supported', 'logprobs');
+    for (const f of ['logprobs', 'top_logprobs']) if (b[f] !== undefined && b[f] !== null && b[f] !== false) throw new HttpError(400, `${f}: not supported`, f);
+    // Fields that change the output and are not implemented are refused unless they ask for nothing
+    // (clients send their defaults); never silently ignored.
+    num('presence_penalty', (x) => x === 0, '0 (penalties are not supported)');
+    num('frequency_penalty', (x) => x === 0, '0 (penalties are not supported)');
+    num('repetition_penalty', (x) => x === 1, '1 (penalties are not supported)');
+    num('min_tokens', (x) => x === 0, '0 (not supported)');
+    if (bool('ignore_eos')) throw new HttpError(400, 'ignore_eos: not supported (use max_tokens and stop_token_ids)', 'ignore_eos');
+    const lb = b['logit_bias'];
+    if (lb !== undefined && lb !== null && (typeof lb !== 'object' || Array.isArray(lb) || Object.keys(lb).length > 0)) throw new HttpError(400, 'logit_bias: not supported', 'logit_bias');
+    if (b['suffix'] !== undefined && b['suffix'] !== null && b['suffix'] !== '') throw new HttpError(400, 'suffix: not supported', 'suffix');
+    const rf = b['response_format'];
+    if (rf !== undefined && rf !== null && (rf as { type?: unknown }).type !== 'text') throw new HttpError(400, "response_format: only { type: 'text' } is supported", 'response_format');
+    if (Array.isArray(b['tools']) ? b['tools'].length > 0 : b['tools'] !== undefined && b['tools'] !== null) throw new HttpError(400, 'tools: not supported', 'tools');
     const prompt = promptOf(b);
     // Chat clients send max_completion_tokens (OpenAI's newer name); a chat gets room by default.
     const maxTokens =
@@ -197,6 +211,7 @@ export class CompletionServer {
     const temperature = num('temperature', (x) => x >= 0, 'a number >= 0') ?? 1;
     const topP = num('top_p', (x) => x > 0 && x <= 1, 'a number in (0, 1]');
     const topK = num('top_k', (x) => Number.isSafeInteger(x) && x >= -1, 'an integer >= -1 (-1 or 0: off)');
+    const minP = num('min_p', (x) => x >= 0 && x < 1, 'a number in [0, 1)');
     const seed = num('seed', (x) => Number.isSafeInteger(x) && x >= 0, 'a non-negative integer') ?? randomInt(2 ** 47);
     const stop = b['stop'] === undefined || b['stop'] === null ? [] : typeof b['stop'] === 'string' ? [b['stop']] : b['stop'];
     if (!Array.isArray(stop) || stop.length > MAX_STOP_STRINGS || !stop.every((s) => typeof s === 'string' && s.length > 0)) {
@@ -212,7 +227,7 @@ export class CompletionServer {
     const includeUsage = typeof so === 'object' && so !== null && (so as Record<string, unknown>)['include_usage'] === true;
     const sampling: SamplingConfig | undefined =
       temperature > 0
-        ? { temperature, ...(topP !== undefined && topP < 1 ? { topP } : {}), ...(topK !== undefined && topK > 0 ? { topK } : {}) }
+        ? { temperature, ...(topP !== undefined && topP < 1 ? { topP } : {}), ...(topK !== undefined && topK > 0 ? { topK } : {}), ...(minP !== undefined && minP > 0 ? { minP } : {}) }
         : undefined;
     return { prompt, maxTokens, sampling, seed, stop: stop as string[], stopTokenIds: ids as number[], stream: bool('stream'), includeUsage };
   }

@@ -8,6 +8,7 @@ import { SpeculativeDecoder } from '../lib/decoder';
 import { DraftModelSpeculator } from '../lib/strategies/draft_model';
 import { streamGeneration } from '../lib/engine/generation';
 import { cleanUpTokenizationSpaces, generateText, IncrementalText, settledText, type TextCodec, type TokenGenerator } from '../lib/text';
+import { TextStream } from '../lib/cli/generate';
 import { TextTokenizer } from '../lib/tokenizer';
 import { ToyLM, toyGreedy } from './fixtures/toy_lm';
 import { assertThrowsCode, rng, testSeed } from './helpers';
@@ -217,6 +218,18 @@ describe('generateText: incremental decoding', () => {
       if (text !== tok.decode(ids, { skipSpecialTokens: true, cleanUpSpaces: false })) differs++;
     }
     assert.ok(differs > 30, `the clean-up changed ${differs} of 40 texts`);
+    // The CLI's stream (specdec generate without --json) holds back the same text.
+    for (let run = 0; run < 20; run++) {
+      const ids = Array.from({ length: 60 }, () => pool[Math.floor(r() * pool.length)] as number);
+      const writes: string[] = [];
+      const stream = new TextStream((x) => tok.decode(x, { skipSpecialTokens: true, cleanUpSpaces: false }), tok.cleansUpSpaces, (t) => writes.push(t));
+      for (let at = 0; at < ids.length; ) {
+        const n = Math.min(ids.length - at, 1 + Math.floor(r() * 3));
+        stream.push(ids.slice(at, at + n), at + n === ids.length);
+        at += n;
+      }
+      assert.strictEqual(writes.join(''), tok.decode(ids, { skipSpecialTokens: true }), `CLI stream, run ${run}: ${JSON.stringify(ids)}`);
+    }
     // settledText: for random texts over the patterns' characters, what it settles of each start of
     // a text is the start of the whole text's clean-up, and grows with it.
     const chars = " '.?!,ntsmvrex\uFFFD";

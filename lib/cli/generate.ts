@@ -287,7 +287,7 @@ function resolvePrompts(flags: GenerateFlags, tokenizer: TextTokenizer | undefin
  * (IncrementalText, lib/text.ts), less what was already written. An incomplete multi-byte
  * character (U+FFFD at the end) waits for its next token, unless the output ends there.
  */
-class TextStream {
+export class TextStream {
   private readonly ids: number[] = [];
   private readonly text: IncrementalText;
   private shown = 0;

@@ -31,8 +31,10 @@ export interface SpeculativeDecoderOptions {
 
 export interface GenerateOptions {
   readonly maxNewTokens: number;
-  /** Generation stops after emitting one of these (it is included in the output). */
+  /** Generation stops after emitting one of these (it is included in the output), or one of the model's EOS ids. */
   readonly stopTokens?: readonly number[];
+  /** The model's EOS ids do not end generation (stopTokens still do): runs of a fixed length, for benchmarks. Default false. */
+  readonly ignoreEos?: boolean;
   /**
    * Checked after each emitted token with the sequence's new tokens so far; true stops the sequence
    * there (finishReason 'stop'). Stop strings are built on this (lib/text.ts).
@@ -141,6 +143,7 @@ export class SpeculativeDecoder {
         if (reqSignal) req.signal = reqSignal;
         if (this.sampling) req.sampling = this.sampling;
         if (opts.stopTokens !== undefined) req.stopTokens = opts.stopTokens;
+        if (opts.ignoreEos !== undefined) req.ignoreEos = opts.ignoreEos;
         if (opts.shouldStop) req.shouldStop = opts.shouldStop;
         const onTokens = opts.onTokens;
         if (onTokens) req.onTokens = (toks) => onTokens(i, toks);

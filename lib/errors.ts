@@ -98,6 +98,11 @@ export function checkStopTokens(x: unknown): void {
   }
 }
 
+/** An ignoreEos option: undefined or a boolean (E_ARG otherwise). */
+export function checkIgnoreEos(x: unknown): void {
+  if (x !== undefined && typeof x !== 'boolean') throw argError(`ignoreEos must be true or false, got ${shown(x)}`);
+}
+
 /** A path argument: a non-empty string (E_ARG naming `what` otherwise). */
 export function pathArg(x: unknown, what: string): string {
   if (typeof x !== 'string' || x.length === 0) throw argError(`${what}: expected a path (a non-empty string), got ${x === null ? 'null' : typeof x === 'string' ? 'an empty string' : typeof x}`);

@@ -5,7 +5,7 @@
 //   Philox(key = seed, counter offset = (i << 32) | k),
 // so (seed, i, k) alone determine a draw: the same prompt at the same batch index gives the same
 // output whatever else is in the batch.
-import { checkStopTokens, optionsArg } from './errors';
+import { checkIgnoreEos, checkStopTokens, optionsArg } from './errors';
 import type { CausalLM, SequenceInput } from './models/causal_lm';
 import { codedError } from './models/config';
 import { chainLength, observeChainStep } from './plain_chain';
@@ -22,6 +22,8 @@ export interface PlainOptions {
   readonly seed?: number;
   /** Extra tokens that end a sequence (besides the model's EOS ids); the stop token is emitted. */
   readonly stopTokens?: readonly number[];
+  /** The model's EOS ids do not end a sequence (stopTokens still do): runs of a fixed length, for benchmarks. Default false. */
+  readonly ignoreEos?: boolean;
   readonly signal?: AbortSignal;
   /** Called with each new token of sequence `index` as soon as it is chosen (for streaming). */
   readonly onTokens?: (index: number, tokens: Int32Array) => void;
@@ -70,7 +72,8 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
     });
   });
   checkStopTokens(options.stopTokens);
-  const stops = new Set<number>([...eosTokenIds, ...(options.stopTokens ?? [])]);
+  checkIgnoreEos(options.ignoreEos);
+  const stops = new Set<number>([...(options.ignoreEos === true ? [] : eosTokenIds), ...(options.stopTokens ?? [])]);
   const sampling = { temperature, topK: options.topK ?? 0, topP: options.topP ?? 1, minP: options.minP ?? 0 };
 
   const t0 = performance.now();

@@ -56,6 +56,8 @@ export interface TokenGenerator {
 export interface TextGenerateOptions {
   readonly maxNewTokens: number;
   readonly stopTokens?: readonly number[];
+  /** The model's EOS ids do not end generation (GenerateOptions.ignoreEos). */
+  readonly ignoreEos?: boolean;
   /** Stop once the output text contains one of these; it is not part of the returned text. */
   readonly stopStrings?: readonly string[];
   readonly signal?: AbortSignal;
@@ -168,6 +170,7 @@ export function generateText(
   const gen = decoder.generate(ids, {
     maxNewTokens: opts.maxNewTokens,
     ...(opts.stopTokens ? { stopTokens: opts.stopTokens } : {}),
+    ...(opts.ignoreEos !== undefined ? { ignoreEos: opts.ignoreEos } : {}),
     ...(opts.signal ? { signal: opts.signal } : {}),
     // Decoding the whole output per token is quadratic; a stop string can only complete in the
     // text of the last few tokens, so decode a tail long enough to hold the longest one.

@@ -58,13 +58,23 @@ describe('specdec serve', function () {
     assert.strictEqual(s.events.map((e) => (e['choices'] as { text: string }[])[0]!.text).join(''), choice.text);
     assert.deepStrictEqual(s.events[s.events.length - 1]!['usage'], r.json['usage']);
     // Neutral values of the fields that are not implemented are accepted (clients send defaults);
-    // min_p reaches the sampler: min_p 0.99 keeps only the most probable token (no two within 1% here), so seeded sampling at
-    // T 1.5 gives the greedy tokens (without it, not: a 325-token vocabulary at T 1.5 strays).
+    // min_p reaches the sampler: min_p 0.99 keeps only the most probable token (along this prompt's
+    // greedy path the runner-up has at most 0.95 of the top probability at T 1.5), so seeded
+    // sampling at T 1.5 gives the greedy tokens (without it, not: a 325-token vocabulary strays).
     const neutral = await postJson(`${url}/v1/completions`, { ...body, presence_penalty: 0, frequency_penalty: 0, repetition_penalty: 1, logit_bias: {}, logprobs: null, response_format: { type: 'text' }, tools: [], best_of: 1 });
     assert.deepStrictEqual(completionTokens(neutral), ids);
-    const hot = { ...body, temperature: 1.5, seed: 7 };
-    assert.deepStrictEqual(completionTokens(await postJson(`${url}/v1/completions`, { ...hot, min_p: 0.99 })), ids);
-    assert.notDeepStrictEqual(completionTokens(await postJson(`${url}/v1/completions`, hot)), ids);
+    const dog = { ...body, prompt: 'the dog ran to the park', max_tokens: 16 };
+    const dogIds = completionTokens(await postJson(`${url}/v1/completions`, dog));
+    const hot = { ...dog, temperature: 1.5, seed: 7 };
+    assert.deepStrictEqual(completionTokens(await postJson(`${url}/v1/completions`, { ...hot, min_p: 0.99 })), dogIds);
+    assert.notDeepStrictEqual(completionTokens(await postJson(`${url}/v1/completions`, hot)), dogIds);
+    // ignore_eos: a completion that ends at the EOS at once goes on to max_tokens.
+    const end = { prompt: 'the end.', max_tokens: 10, temperature: 0 };
+    const ended = await postJson(`${url}/v1/completions`, end);
+    assert.deepStrictEqual([completionTokens(ended).length, (ended.json['choices'] as { finish_reason: string }[])[0]!.finish_reason], [1, 'stop']);
+    const past = await postJson(`${url}/v1/completions`, { ...end, ignore_eos: true });
+    assert.deepStrictEqual([completionTokens(past).length, (past.json['choices'] as { finish_reason: string }[])[0]!.finish_reason], [10, 'length']);
+    assert.strictEqual(completionTokens(past)[0], completionTokens(ended)[0]);
     // A stop string ends the text before it.
     const cut = await postJson(`${url}/v1/completions`, { ...body, max_tokens: 40, stop: [choice.text.split(' ')[3]!] });
     const cutChoice = (cut.json['choices'] as { text: string; finish_reason: string }[])[0]!;
@@ -137,7 +147,7 @@ describe('specdec serve', function () {
       [{ prompt: 'x', top_logprobs: 2 }, 'top_logprobs'],
       [{ prompt: 'x', best_of: 3 }, 'best_of'],
       [{ prompt: 'x', min_tokens: 4 }, 'min_tokens'],
-      [{ prompt: 'x', ignore_eos: true }, 'ignore_eos'],
+      [{ prompt: 'x', ignore_eos: 'yes' }, 'ignore_eos'],
       [{ prompt: 'x', suffix: 'end' }, 'suffix'],
       [{ prompt: 'x', response_format: { type: 'json_object' } }, 'response_format'],
       [{ prompt: 'x', tools: [{ type: 'function' }] }, 'tools'],

@@ -37,7 +37,11 @@ export interface GenerateFlags {
   readonly temperature: number;
   readonly topK: number;
   readonly topP: number;
+  /** --min-p (default 0: off). */
+  readonly minP?: number;
   readonly seed: number;
+  /** --ignore-eos: the model's EOS ids do not end a sequence (default false). */
+  readonly ignoreEos?: boolean;
   readonly device: Device | 'auto';
   readonly json: boolean;
 }
@@ -90,8 +94,8 @@ export interface GenerateIo {
 
 export const GENERATE_USAGE = `usage: specdec generate [--model DIR] [--draft DIR [--draft-k K]] [--medusa DIR | --eagle DIR | --lookahead W,N,G | --prompt-lookup N]
                        (--prompt TEXT | --prompt-ids 1,2,3 | --batch-file F) [--chat [--system TEXT] [--chat-vars JSON]]
-                       [--max-new-tokens N] [--max-context N]
-                       [--temperature T --top-k K --top-p P --seed S] [--device cpu|cuda|auto] [--json]
+                       [--max-new-tokens N] [--max-context N] [--ignore-eos]
+                       [--temperature T --top-k K --top-p P --min-p P --seed S] [--device cpu|cuda|auto] [--json]
 
   --model DIR         Hugging Face checkpoint directory (config.json + model.safetensors[.index.json]);
                       default: the embedded model family (models/default); --draft default,
@@ -105,12 +109,15 @@ export const GENERATE_USAGE = `usage: specdec generate [--model DIR] [--draft DI
   --system TEXT       a system message before each chat (with --chat)
   --chat-vars JSON    more chat template variables, e.g. '{"enable_thinking": false}' (Qwen3; with --chat)
   --max-new-tokens N  new tokens per prompt (default 64)
+  --ignore-eos        the model's EOS tokens do not end a sequence: runs of --max-new-tokens each
+                      (for timing; the text after an EOS is whatever the model makes of it)
   --max-context N     positions per sequence (prompt + output) the KV cache is sized for; a run that
                       fills them ends with finishReason 'context' (default: the longest prompt +
                       --max-new-tokens, at most the model's max_position_embeddings)
   --temperature T     sampling temperature; 0 = greedy (default 0)
   --top-k K           sample among the K most likely tokens (default 0 = off)
   --top-p P           sample from the smallest set with probability >= P (default 1 = off)
+  --min-p P           drop tokens less probable than P times the most probable one (default 0 = off)
   --seed S            RNG seed (default 0); sequence i of a batch uses stream (S, i)
   --device D          cpu, cuda or auto (default auto)
   --json              one JSON object on stdout ({ tokens, text, finishReason, stats }), an array with
@@ -160,11 +167,11 @@ export function parseIdList(flag: string, v: string): Int32Array {
 /** The flags of `generate` that take a value (the strategy flags are STRATEGY_FLAGS). */
 const VALUE_FLAGS: readonly string[] = [
   '--model', '--prompt', '--prompt-ids', '--max-new-tokens', '--max-context',
-  '--temperature', '--top-k', '--top-p', '--seed', '--device', '--batch-file', '--system', '--chat-vars',
+  '--temperature', '--top-k', '--top-p', '--min-p', '--seed', '--device', '--batch-file', '--system', '--chat-vars',
 ];
 
 /** Every flag `generate` accepts (each is described in GENERATE_USAGE). */
-export const GENERATE_FLAGS: readonly string[] = [...VALUE_FLAGS, '--json', '--chat', ...STRATEGY_FLAGS];
+export const GENERATE_FLAGS: readonly string[] = [...VALUE_FLAGS, '--json', '--chat', '--ignore-eos', ...STRATEGY_FLAGS];
 
 /**
  * Parses argv (after `generate`). The strategy flags are picked out first by parseStrategyFlags
@@ -177,14 +184,16 @@ export function parseGenerateFlags(argv: readonly string[]): GenerateFlags {
   const values = new Map<string, string>();
   let json = false;
   let chat = false;
+  let ignoreEos = false;
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
     const eq = arg.startsWith('--') ? arg.indexOf('=') : -1;
     const name = eq > 0 ? arg.slice(0, eq) : arg;
-    if (name === '--json' || name === '--chat') {
+    if (name === '--json' || name === '--chat' || name === '--ignore-eos') {
       if (eq > 0) throw new CliError(`${name} takes no value`);
       if (name === '--json') json = true;
-      else chat = true;
+      else if (name === '--chat') chat = true;
+      else ignoreEos = true;
       continue;
     }
     if (!VALUE_FLAGS.includes(name)) throw new CliError(arg.startsWith('-') ? `unknown flag '${name}'` : `unexpected argument '${arg}'`);
@@ -222,6 +231,7 @@ export function parseGenerateFlags(argv: readonly string[]): GenerateFlags {
   if (device !== 'cpu' && device !== 'cuda' && device !== 'auto') throw new CliError(`--device: expected cpu, cuda or auto, got '${device}'`);
   const model = get('--model');
   const topP = get('--top-p');
+  const minP = get('--min-p');
   const maxContext = get('--max-context');
   return {
     ...(model !== undefined ? { model } : {}),
@@ -237,7 +247,9 @@ export function parseGenerateFlags(argv: readonly string[]): GenerateFlags {
     temperature: get('--temperature') !== undefined ? parseNumberFlag('--temperature', get('--temperature')!, (n) => n >= 0, 'a number >= 0') : 0,
     topK: get('--top-k') !== undefined ? parseIntFlag('--top-k', get('--top-k')!, 0) : 0,
     topP: topP !== undefined ? parseNumberFlag('--top-p', topP, (n) => n > 0 && n <= 1, 'a number in (0, 1]') : 1,
+    minP: minP !== undefined ? parseNumberFlag('--min-p', minP, (n) => n >= 0 && n < 1, 'a number in [0, 1)') : 0,
     seed: get('--seed') !== undefined ? parseIntFlag('--seed', get('--seed')!, 0) : 0,
+    ignoreEos,
     device,
     json,
   };
@@ -409,7 +421,9 @@ export async function generateCommand(argv: string[], io: GenerateIo = {}): Prom
           temperature: flags.temperature,
           topK: flags.topK,
           topP: flags.topP,
+          minP: flags.minP ?? 0,
           seed: flags.seed,
+          ignoreEos: flags.ignoreEos === true,
           onTokens,
           signal,
         });

@@ -258,13 +258,14 @@ export function strategyHook(deps: SpeculatorDeps = {}): StrategyHook {
       const dec = new SpeculativeDecoder({
         target,
         ...(built.speculator ? { speculator: built.speculator, treeReserveTokens: room } : {}),
-        sampling: { temperature: flags.temperature, topK: flags.topK, topP: flags.topP, seed: flags.seed },
+        sampling: { temperature: flags.temperature, topK: flags.topK, topP: flags.topP, ...(flags.minP !== undefined && flags.minP > 0 ? { minP: flags.minP } : {}), seed: flags.seed },
       });
       // The cost model's calibration first (a sized strategy; else nothing to do): the run's
       // time is then decoding only, and the calibration's is reported beside it.
       const { seconds: prepareSeconds } = await dec.prepare();
       const res = await dec.generateBatch(prompts, {
         maxNewTokens: flags.maxNewTokens,
+        ...(flags.ignoreEos === true ? { ignoreEos: true } : {}),
         ...(onTokens ? { onTokens } : {}),
         ...(signal ? { signal } : {}),
       });

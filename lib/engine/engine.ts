@@ -10,7 +10,7 @@
 // step's target forward; each setting's group proposes and is verified on its own rows.
 import { availableParallelism } from 'os';
 import type { GenerateOptions, GenerateResult, Generation } from '../decoder';
-import { checkStopTokens, codedError, optionsArg } from '../errors';
+import { checkIgnoreEos, checkStopTokens, codedError, optionsArg } from '../errors';
 import type { CausalLM } from '../models/causal_lm';
 import { native } from '../native';
 import { knownForwardCost } from '../cost_model';
@@ -302,7 +302,7 @@ export class Engine {
       if (opts.signal?.aborted) throw abortError(opts.signal);
       const sampling = isSampling(opts.sampling) ? withoutZeroTopK(opts.sampling) : undefined;
       const rng = new RequestRng(BigInt(opts.seed ?? 0), opts.stream ?? 0);
-      const stop = new Set([...this.model.config.eosTokenIds, ...(opts.stopTokens ?? [])]);
+      const stop = new Set([...(opts.ignoreEos === true ? [] : this.model.config.eosTokenIds), ...(opts.stopTokens ?? [])]);
       const r = new Request(this.nextId++, prompt, opts, this.group(sampling), rng, stop, { resolve, reject });
       this.metrics.submitted++;
       this.metrics.promptTokens += prompt.length;
@@ -377,6 +377,7 @@ export class Engine {
       throw codedError('E_ARG', `stream must be an integer in [0, 2^32), got ${opts.stream}`);
     }
     checkStopTokens(opts.stopTokens);
+    checkIgnoreEos(opts.ignoreEos);
     const seed = opts.seed;
     if (seed !== undefined && !(typeof seed === 'bigint' ? seed >= 0n && seed < 2n ** 64n : Number.isSafeInteger(seed) && seed >= 0)) {
       throw codedError('E_ARG', `seed must be a non-negative integer below 2^64, got ${String(seed)}`);

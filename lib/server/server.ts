@@ -44,6 +44,7 @@ interface Completion {
   readonly seed: number;
   readonly stop: string[];
   readonly stopTokenIds: number[];
+  readonly ignoreEos: boolean;
   readonly stream: boolean;
   readonly includeUsage: boolean;
 }
@@ -195,7 +196,6 @@ export class CompletionServer {
     num('frequency_penalty', (x) => x === 0, '0 (penalties are not supported)');
     num('repetition_penalty', (x) => x === 1, '1 (penalties are not supported)');
     num('min_tokens', (x) => x === 0, '0 (not supported)');
-    if (bool('ignore_eos')) throw new HttpError(400, 'ignore_eos: not supported (use max_tokens and stop_token_ids)', 'ignore_eos');
     const lb = b['logit_bias'];
     if (lb !== undefined && lb !== null && (typeof lb !== 'object' || Array.isArray(lb) || Object.keys(lb).length > 0)) throw new HttpError(400, 'logit_bias: not supported', 'logit_bias');
     if (b['suffix'] !== undefined && b['suffix'] !== null && b['suffix'] !== '') throw new HttpError(400, 'suffix: not supported', 'suffix');
@@ -229,7 +229,7 @@ export class CompletionServer {
       temperature > 0
         ? { temperature, ...(topP !== undefined && topP < 1 ? { topP } : {}), ...(topK !== undefined && topK > 0 ? { topK } : {}), ...(minP !== undefined && minP > 0 ? { minP } : {}) }
         : undefined;
-    return { prompt, maxTokens, sampling, seed, stop: stop as string[], stopTokenIds: ids as number[], stream: bool('stream'), includeUsage };
+    return { prompt, maxTokens, sampling, seed, stop: stop as string[], stopTokenIds: ids as number[], ignoreEos: bool('ignore_eos'), stream: bool('stream'), includeUsage };
   }
 
   private parsePrompt(p: unknown): Int32Array {
@@ -306,6 +306,7 @@ export class CompletionServer {
       signal: cancel.signal,
       ...(c.stop.length > 0 ? { stopStrings: c.stop } : {}),
       ...(c.stopTokenIds.length > 0 ? { stopTokens: c.stopTokenIds } : {}),
+      ...(c.ignoreEos ? { ignoreEos: true } : {}),
     });
     const id = `${chat ? 'chatcmpl' : 'cmpl'}-${randomBytes(12).toString('hex')}`;
     const head = { id, object: chat ? 'chat.completion' : 'text_completion', created: Math.floor(Date.now() / 1000), model: this.modelName };

@@ -360,6 +360,11 @@ export class Engine {
     this.closed = true;
   }
 
+  /** close(): `using engine = new Engine(...)` closes it at the block's end. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
   private validate(prompt: Int32Array | readonly number[], opts: RequestOptions): void {
     const c = this.model.config;
     if (!Number.isSafeInteger(opts.maxNewTokens) || opts.maxNewTokens < 0) {

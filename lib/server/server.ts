@@ -101,6 +101,11 @@ export class CompletionServer {
     await closed;
   }
 
+  /** close(): `await using server = ...` drains and closes it at the block's end. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
   private async route(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const url = new URL(req.url ?? '/', 'http://localhost');
     const path = url.pathname.replace(/\/+$/, '') || '/';

@@ -671,6 +671,10 @@ export class DraftModelSpeculator implements Speculator {
     for (const st of this.states.values()) this.draft.freeSequence(st.draftSeq);
     this.states.clear();
   }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
 }
 
 /**

@@ -539,6 +539,10 @@ export class EagleHead {
     for (const L of w.layers) all.push(L.inNorm, L.q, L.k, L.v, L.qH, L.kH, L.vH, L.hiddenNorm, L.qb, L.kb, L.vb, L.o, L.postNorm, L.gate, L.up, L.down);
     for (const z of all) z?.dispose();
   }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
 }
 
 export interface EagleOptions {
@@ -1233,6 +1237,10 @@ export class EagleSpeculator implements Speculator {
     this.cache?.dispose();
     this.cache = undefined;
     this.releaseWeights();
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
   }
 }
 

@@ -137,4 +137,8 @@ export class HybridSpeculator implements Speculator {
     this.states.clear();
     this.inner.dispose();
   }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
 }

@@ -508,6 +508,10 @@ export class LookaheadSpeculator implements Speculator {
   dispose(): void {
     this.states.clear();
   }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
 }
 
 /** A lone root's accepted path. */

@@ -224,6 +224,10 @@ export class MedusaHeads {
       h.lmHead.dispose();
     }
   }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
 }
 
 export interface MedusaOptions {
@@ -763,5 +767,9 @@ export class MedusaSpeculator implements Speculator {
   /** Frees the candidate state; the heads belong to the caller (dispose them separately). */
   dispose(): void {
     this.cands.clear();
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
   }
 }

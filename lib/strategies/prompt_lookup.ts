@@ -217,4 +217,8 @@ export class PromptLookupSpeculator implements Speculator {
     this.probed.delete(seq.key);
   }
   dispose(): void {}
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
 }

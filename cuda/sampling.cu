@@ -3,6 +3,7 @@
 // from a radix select over order-preserving float keys, ties are resolved by index with a block
 // scan, sampling is a block prefix scan over exact integer weights.
 // Semantics (identical to the CPU reference) in cpp/core/spec_math.h.
+#include "../cpp/core/host_pack.h"
 #include "../cpp/core/ops_sampling.h"
 #include "common.cuh"
 #include "cuda_backend.h"
@@ -134,6 +135,19 @@ void top_k(const Tensor& x, int32_t k, Tensor& vals, Tensor& ids) {
     SPECDEC_CUDA_LAUNCH_CHECK("top_k_kernel");
   });
   // The scratch goes back to the caching allocator when this returns; the stream orders its reuse.
+}
+
+void penalize(Tensor& logits, const PenaltyArgs& a) {
+  const int64_t N = logits.size(0), V = logits.size(1);
+  // The index arrays in one upload (the host built them; ops::penalize validated them).
+  HostPack pack;
+  const int rs = pack.add(DType::i32, a.row_seq), hi = pack.add(DType::i32, a.hist_indptr), ht = pack.add(DType::i32, a.hist_tokens),
+            hc = pack.add(DType::i32, a.hist_counts), pi = pack.add(DType::i32, a.path_indptr), pt = pack.add(DType::i32, a.path_tokens);
+  pack.upload(Device::cuda);
+  launch_kernel(penalize_kernel, static_cast<unsigned>(N), kBlock, 0, logits.ptr<float>(), V, pack.view(rs).ptr<int32_t>(),
+                pack.view(hi).ptr<int32_t>(), pack.view(ht).ptr<int32_t>(), pack.view(hc).ptr<int32_t>(), pack.view(pi).ptr<int32_t>(),
+                pack.view(pt).ptr<int32_t>(), a.repetition, a.presence, a.frequency);
+  SPECDEC_CUDA_LAUNCH_CHECK("penalize_kernel");
 }
 
 }  // namespace cuda

@@ -272,6 +272,33 @@ void process_logits_slices(Go&& go, const T* logits, float* probs, int N, int V,
   go(logits_scale_slices_kernel, n, S, B, probs, V, sc);
 }
 
+// Penalties (ops::penalize): one block per row; its threads take the history's entries, then the
+// path's tokens the history lacks: each distinct token is written by one thread (the CPU's values:
+// sm::penalized_logit with the same counts).
+__global__ void __launch_bounds__(kBlock) penalize_kernel(float* __restrict__ logits, int64_t V, const int32_t* __restrict__ row_seq,
+                                                          const int32_t* __restrict__ hist_indptr, const int32_t* __restrict__ hist_tokens,
+                                                          const int32_t* __restrict__ hist_counts, const int32_t* __restrict__ path_indptr,
+                                                          const int32_t* __restrict__ path_tokens, float repetition, float presence,
+                                                          float frequency) {
+  const int64_t r = blockIdx.x;
+  float* row = logits + r * V;
+  const int32_t s = row_seq[r];
+  const int32_t h0 = hist_indptr[s], hn = hist_indptr[s + 1] - h0;
+  const int32_t p0 = path_indptr[r], pn = path_indptr[r + 1] - p0;
+  const int32_t* hist = hist_tokens + h0;
+  const int32_t* counts = hist_counts + h0;
+  const int32_t* path = path_tokens + p0;
+  for (int32_t j = static_cast<int32_t>(threadIdx.x); j < hn; j += static_cast<int32_t>(blockDim.x)) {
+    const int32_t t = hist[j];
+    row[t] = sm::penalized_logit(row[t], counts[j] + sm::path_count(path, pn, t), repetition, presence, frequency);
+  }
+  for (int32_t j = static_cast<int32_t>(threadIdx.x); j < pn; j += static_cast<int32_t>(blockDim.x)) {
+    const int32_t t = path[j];
+    if (sm::first_in_path(path, j) && !sm::in_history(hist, hn, t))
+      row[t] = sm::penalized_logit(row[t], sm::path_count(path, pn, t), repetition, presence, frequency);
+  }
+}
+
 }  // namespace sampling_kernels
 }  // namespace cuda
 }  // namespace specdec

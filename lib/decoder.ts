@@ -4,6 +4,7 @@ import { setMaxListeners } from 'events';
 import { sharedEngine, type RequestOptions } from './engine/engine';
 import type { CausalLM } from './models/causal_lm';
 import type { DecodeStats } from './spec_engine';
+import { resolvePenalties, type Penalties } from './sampling';
 import { isSampling, throwIfAborted } from './step_helpers';
 import type { SamplingConfig, Speculator } from './strategies/speculator';
 import { checkModel, checkSpeculator, codedError } from './strategies/speculator';
@@ -21,6 +22,8 @@ export interface SpeculativeDecoderOptions {
   readonly speculator?: Speculator;
   /** Omitted or temperature 0: greedy (bitwise the plain greedy output). */
   readonly sampling?: DecoderSampling;
+  /** Repetition / presence / frequency penalties (default none): the output is plain decoding's with them (plainGenerate's `penalties`). */
+  readonly penalties?: Penalties;
   /**
    * KV tokens kept free per sequence for its next tree, and so the most nodes a tree has
    * (EngineOptions.treeReserveTokens; default 64 with a speculator). Raise it, with a cache that
@@ -66,6 +69,7 @@ export class SpeculativeDecoder {
   readonly target: CausalLM;
   readonly speculator: Speculator | undefined;
   readonly sampling: DecoderSampling | undefined;
+  readonly penalties: Required<Penalties> | undefined;
   readonly treeReserveTokens: number | undefined;
 
   constructor(opts: SpeculativeDecoderOptions) {
@@ -79,6 +83,7 @@ export class SpeculativeDecoder {
     this.target = opts.target;
     this.speculator = opts.speculator;
     this.sampling = isSampling(opts.sampling) ? opts.sampling : undefined;
+    this.penalties = resolvePenalties(opts.penalties, 'penalties');
     const reserve: unknown = opts.treeReserveTokens;
     if (reserve !== undefined && !(Number.isSafeInteger(reserve) && (reserve as number) >= 1)) throw codedError('E_ARG', `treeReserveTokens: expected an integer >= 1, got ${String(reserve)}`);
     this.treeReserveTokens = opts.treeReserveTokens;
@@ -106,6 +111,7 @@ export class SpeculativeDecoder {
     optionsArg(opts, 'generate options');
     const req: { -readonly [K in keyof RequestOptions]: RequestOptions[K] } = { ...opts, seed: this.sampling?.seed ?? 0 };
     if (this.sampling) req.sampling = this.sampling;
+    if (this.penalties) req.penalties = this.penalties;
     return sharedEngine(this.target, this.speculator, this.treeReserveTokens).generate(prompt, req);
   }
 
@@ -142,6 +148,7 @@ export class SpeculativeDecoder {
         const reqSignal = cancel ? cancel.signal : signal;
         if (reqSignal) req.signal = reqSignal;
         if (this.sampling) req.sampling = this.sampling;
+        if (this.penalties) req.penalties = this.penalties;
         if (opts.stopTokens !== undefined) req.stopTokens = opts.stopTokens;
         if (opts.ignoreEos !== undefined) req.ignoreEos = opts.ignoreEos;
         if (opts.shouldStop) req.shouldStop = opts.shouldStop;

@@ -9,8 +9,11 @@ import { checkIgnoreEos, checkStopTokens, optionsArg } from './errors';
 import type { CausalLM, SequenceInput } from './models/causal_lm';
 import { codedError } from './models/config';
 import { chainLength, observeChainStep } from './plain_chain';
-import { argmax, argmaxIds, processLogits, sample } from './sampling';
+import { argmax, argmaxIds, penalize, processLogits, resolvePenalties, sample, type Penalties } from './sampling';
 import type { Tensor } from './tensor';
+
+/** A one-row penalize() call's row-to-history map. */
+const ONE_ROW = Int32Array.of(0);
 
 export interface PlainOptions {
   readonly maxNewTokens: number;
@@ -24,6 +27,8 @@ export interface PlainOptions {
   readonly stopTokens?: readonly number[];
   /** The model's EOS ids do not end a sequence (stopTokens still do): runs of a fixed length, for benchmarks. Default false. */
   readonly ignoreEos?: boolean;
+  /** Repetition / presence / frequency penalties on each step's logits (default none). Steps then run one by one, not as native chains. */
+  readonly penalties?: Penalties;
   readonly signal?: AbortSignal;
   /** Called with each new token of sequence `index` as soon as it is chosen (for streaming). */
   readonly onTokens?: (index: number, tokens: Int32Array) => void;
@@ -75,6 +80,7 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
   checkIgnoreEos(options.ignoreEos);
   const stops = new Set<number>([...(options.ignoreEos === true ? [] : eosTokenIds), ...(options.stopTokens ?? [])]);
   const sampling = { temperature, topK: options.topK ?? 0, topP: options.topP ?? 1, minP: options.minP ?? 0 };
+  const penalties = resolvePenalties(options.penalties);
 
   const t0 = performance.now();
   const out: number[][] = prompts.map(() => []);
@@ -90,7 +96,8 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
     let active = maxNew > 0 ? prompts.map((_, i) => i) : [];
     // Steps run as native chains (lib/plain_chain.ts): the same tokens as one at a time, sampled
     // ones included (a chain draws step j of sequence i at streamOffset(i, k + j), as below).
-    const chain = chainCall(model, sampling, seed);
+    // (A chain picks on the device from unpenalized logits: penalties step one by one.)
+    const chain = penalties ? undefined : chainCall(model, sampling, seed);
     while (chain && active.length > 0) {
       options.signal?.throwIfAborted();
       const len = chainLength(model, active.length);
@@ -143,6 +150,18 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
       targetForwards++;
       let next: Int32Array;
       try {
+        if (penalties) {
+          // Each sequence's last row, with its prompt and output so far as the history.
+          active.forEach((i, b) => {
+            const r = (fw.indptr[b + 1] as number) - 1;
+            const row = fw.logits.rows(r, r + 1);
+            try {
+              penalize(row, penalties, [{ tokens: [...prompts[i]!, ...out[i]!], promptLength: prompts[i]!.length }], ONE_ROW);
+            } finally {
+              row.dispose();
+            }
+          });
+        }
         next = pickTokens(fw.logits, fw.indptr, active, sampling, seed, (i) => out[i]!.length);
       } finally {
         fw.logits.dispose();

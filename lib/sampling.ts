@@ -74,3 +74,104 @@ export function topK(x: Tensor, k: number): { values: Tensor; ids: Tensor } {
 export function philox4x32(counter: Uint32Array, key: Uint32Array): Uint32Array {
   return native().samplingPhilox4x32(counter, key);
 }
+
+/**
+ * Penalties on the logits of tokens already in a sequence's history, applied before the logits are
+ * processed, sampled or verified (plain steps and every row of a speculative step alike, so the
+ * output of speculative decoding stays the plain output).
+ */
+export interface Penalties {
+  /** transformers' repetition_penalty: the logit l of a token in the prompt or the output becomes l / r if l > 0, else l * r. > 0; 1 = off (default). */
+  readonly repetition?: number;
+  /** OpenAI's presence_penalty: subtracted once from the logit of each token the output holds. 0 = off (default). */
+  readonly presence?: number;
+  /** OpenAI's frequency_penalty: subtracted from a token's logit per occurrence in the output. 0 = off (default). */
+  readonly frequency?: number;
+}
+
+/** Checks a penalties option (E_ARG naming the field); undefined when it asks for nothing. */
+export function resolvePenalties(p: Penalties | undefined, what = 'penalties'): Required<Penalties> | undefined {
+  if (p === undefined) return undefined;
+  optionsArg(p, what);
+  const { repetition = 1, presence = 0, frequency = 0 } = p;
+  if (typeof repetition !== 'number' || !Number.isFinite(repetition) || repetition <= 0) throw argError(`${what}.repetition: expected a finite number > 0, got ${String(repetition)}`);
+  if (typeof presence !== 'number' || !Number.isFinite(presence)) throw argError(`${what}.presence: expected a finite number, got ${String(presence)}`);
+  if (typeof frequency !== 'number' || !Number.isFinite(frequency)) throw argError(`${what}.frequency: expected a finite number, got ${String(frequency)}`);
+  // (Math.fround: the native op takes f32; the rounded values are the ones applied.)
+  if (Math.fround(repetition) === 1 && Math.fround(presence) === 0 && Math.fround(frequency) === 0) return undefined;
+  return { repetition, presence, frequency };
+}
+
+/** A history as penalize() reads it: the prompt's tokens, then the output's. */
+export interface PenaltyHistory {
+  readonly tokens: ArrayLike<number>;
+  readonly promptLength: number;
+}
+
+/**
+ * Applies `p` in place to the rows of logits f32 [N, V]: row r continues histories[rowSeq[r]] and,
+ * when paths are given, the output tokens paths[r] after it (a tree row: the tokens of the nodes on
+ * its path below the root).
+ */
+export function penalize(logits: Tensor, p: Penalties, histories: readonly PenaltyHistory[], rowSeq: Int32Array, paths?: readonly (ArrayLike<number> | undefined)[]): void {
+  const r = resolvePenalties(p);
+  if (!r) return;
+  const b = native();
+  if (!b.samplingPenalize) throw argError('penalties: this build of the addon has no penalize op (rebuild it)');
+  const histIndptr = new Int32Array(histories.length + 1);
+  const toks: number[] = [];
+  const counts: number[] = [];
+  histories.forEach((h, s) => {
+    // Distinct tokens ascending, each with its count in the output (0: only in the prompt).
+    const m = new Map<number, number>();
+    for (let i = 0; i < h.tokens.length; i++) {
+      const t = h.tokens[i] as number;
+      m.set(t, (m.get(t) ?? 0) + (i >= h.promptLength ? 1 : 0));
+    }
+    const keys = Array.from(m.keys()).sort((x, y) => x - y);
+    for (const t of keys) {
+      toks.push(t);
+      counts.push(m.get(t) as number);
+    }
+    histIndptr[s + 1] = toks.length;
+  });
+  const N = rowSeq.length;
+  const pathIndptr = new Int32Array(N + 1);
+  const pathTokens: number[] = [];
+  for (let i = 0; i < N; i++) {
+    const q = paths?.[i];
+    if (q) for (let j = 0; j < q.length; j++) pathTokens.push(q[j] as number);
+    pathIndptr[i + 1] = pathTokens.length;
+  }
+  b.samplingPenalize(logits, {
+    repetition: r.repetition,
+    presence: r.presence,
+    frequency: r.frequency,
+    rowSeq,
+    histIndptr,
+    histTokens: Int32Array.from(toks),
+    histCounts: Int32Array.from(counts),
+    pathIndptr,
+    pathTokens: Int32Array.from(pathTokens),
+  });
+}
+
+/** The output tokens on each node's path below the root of a tree (node 0): [] for the root and for non-candidates (parent -2). */
+export function treePaths(tokens: ArrayLike<number>, parents: ArrayLike<number>): Int32Array[] {
+  const out: Int32Array[] = [];
+  for (let i = 0; i < parents.length; i++) {
+    const path: number[] = [];
+    let ok = true;
+    for (let v = i; v > 0; ) {
+      const p = parents[v] as number;
+      if (!(p >= 0 && p < v)) {
+        ok = false;
+        break;
+      }
+      path.push(tokens[v] as number);
+      v = p;
+    }
+    out.push(ok ? Int32Array.from(path) : new Int32Array(0));
+  }
+  return out;
+}

@@ -17,7 +17,7 @@ import type {
 } from './strategies/speculator';
 import { knownForwardCost } from './cost_model';
 import { CHAIN_MAX_STEPS, CHAIN_SECONDS, chainLength, observeChainStep } from './plain_chain';
-import { argmaxIds, processLogits } from './sampling';
+import { argmaxIds, penalize, processLogits, resolvePenalties, treePaths, type Penalties, type PenaltyHistory } from './sampling';
 import { checkModel, checkSpeculator, codedError } from './strategies/speculator';
 import { gatherRows, isSampling, pickTokens, samplingOptions, throwIfAborted } from './step_helpers';
 import type { Tensor } from './tensor';
@@ -260,6 +260,8 @@ export interface EngineOptions {
   readonly model: CausalLM;
   readonly speculator?: Speculator;
   readonly sampling?: SamplingConfig;
+  /** Penalties on every row the engine picks or verifies from (steps then run one by one, no native chains). */
+  readonly penalties?: Penalties;
 }
 
 /**
@@ -270,6 +272,7 @@ export class SpecEngine {
   readonly model: CausalLM;
   readonly speculator: Speculator | undefined;
   readonly sampling: SamplingConfig | undefined;
+  readonly penalties: Required<Penalties> | undefined;
   readonly phases: PhaseTimes = { prefill: 0, draft: 0, target: 0, verify: 0, commit: 0, update: 0 };
   /**
    * The last shared step this engine took part in: whether it was a speculative step (one verifying
@@ -284,6 +287,7 @@ export class SpecEngine {
     this.model = opts.model;
     this.speculator = opts.speculator;
     this.sampling = isSampling(opts.sampling) ? opts.sampling : undefined;
+    this.penalties = resolvePenalties(opts.penalties);
   }
 
   ctx(signal?: AbortSignal): ProposeContext {
@@ -303,7 +307,8 @@ export class SpecEngine {
    * sampled draft chains, and speculators offer only the chains they can run sampled).
    */
   soloCtx(signal?: AbortSignal): ProposeContext {
-    if (!(this.model.speculativeChain || this.model.medusaChain)) return this.ctx(signal);
+    // (A native chain verifies on the device from unpenalized logits.)
+    if (!(this.model.speculativeChain || this.model.medusaChain) || this.penalties) return this.ctx(signal);
     if (!signal && this.soloCtx0) return this.soloCtx0;
     const c: { sampling?: SamplingConfig; signal?: AbortSignal; draftChains: true } = { draftChains: true };
     if (this.sampling) c.sampling = this.sampling;
@@ -368,6 +373,18 @@ export class SpecEngine {
       });
       if (pickRoot) {
         const logitRows = out.logitsRows === 'last' ? Int32Array.from(todo, (_, b) => b) : lastRows;
+        if (this.penalties) {
+          const pen = this.penalties;
+          todo.forEach((s, b) => {
+            const r = logitRows[b] as number;
+            const row = out.logits.rows(r, r + 1);
+            try {
+              penalize(row, pen, [{ tokens: s.history, promptLength: s.promptLength }], ONE_ROW);
+            } finally {
+              row.dispose();
+            }
+          });
+        }
         const roots = pickTokens(out.logits, logitRows, this.sampling, todo.map((s) => s.rng));
         todo.forEach((s, b) => {
           s.history.push(roots[b] as number);
@@ -480,6 +497,12 @@ export class SpecEngine {
       const forwardSeconds = out.seconds ?? (tTarget - tDraft) / 1000;
       if (trees) cost?.observeStep(nodes, forwardSeconds);
       throwIfAborted(signal);
+      // Penalties before verification: every row sees its sequence's history and its tree path.
+      for (let i = 0, seq0 = 0; i < live.length; i++) {
+        const p = live[i] as StepPart;
+        if (p.engine.penalties) penalizeRows(out, seq0, p.seqs, proposals[i] as readonly Proposal[], p.engine.penalties);
+        seq0 += p.seqs.length;
+      }
 
       // Verification per part, on the part's rows of the forward; several parts in one native call
       // whose results are read back together (one wait a step).
@@ -1111,6 +1134,47 @@ function isThenable<T>(x: T | PromiseLike<T>): x is PromiseLike<T> {
  * sampledChain), every proposal is a lone root, and the speculator (if any) offered plainSteps and
  * takes updatePlain. Never past a sequence's maxDepth + 1 tokens (maxNewTokens and the context).
  */
+/** A one-row penalize() call's row-to-history map. */
+const ONE_ROW = Int32Array.of(0);
+
+/**
+ * The penalties on the forward's rows of sequences seqs (the forward's sequences seq0 ..): each row
+ * continues its sequence's history with the tokens of its tree path (read from the device where a
+ * proposal's tokens are a draft's device tail: one read).
+ */
+function penalizeRows(out: ForwardOutput, seq0: number, seqs: readonly EngineSequence[], proposals: readonly Proposal[], pen: Required<Penalties>): void {
+  const r0 = out.indptr[seq0] as number, r1 = out.indptr[seq0 + seqs.length] as number;
+  if (r1 <= r0) return;
+  const rowSeq = new Int32Array(r1 - r0);
+  const paths: Int32Array[] = [];
+  const histories: PenaltyHistory[] = [];
+  const tails = new Map<Tensor, Int32Array>();
+  for (let b = 0; b < seqs.length; b++) {
+    const s = seqs[b] as EngineSequence;
+    const p = proposals[b] as Proposal;
+    histories.push({ tokens: s.history, promptLength: s.promptLength });
+    let tokens = p.tokens;
+    if (p.tail) {
+      let ids = tails.get(p.tail.ids);
+      if (!ids) tails.set(p.tail.ids, (ids = p.tail.ids.toInt32()));
+      tokens = Int32Array.from(p.tokens);
+      tokens.set(ids.subarray(p.tail.offset, p.tail.offset + tokens.length - 1), 1);
+    }
+    const tp = treePaths(tokens, p.parents);
+    const a = (out.indptr[seq0 + b] as number) - r0;
+    for (let i = 0; i < tp.length; i++) {
+      rowSeq[a + i] = b;
+      paths[a + i] = tp[i] as Int32Array;
+    }
+  }
+  const rows = out.logits.rows(r0, r1);
+  try {
+    penalize(rows, pen, histories, rowSeq, paths);
+  } finally {
+    rows.dispose();
+  }
+}
+
 function plainChainSteps(
   parts: readonly StepPart[],
   batches: readonly ProposalBatch[],
@@ -1125,6 +1189,7 @@ function plainChainSteps(
   let n = 0;
   for (let i = 0; i < parts.length; i++) {
     if (!sampled && (parts[i] as StepPart).engine.sampling) return undefined;
+    if ((parts[i] as StepPart).engine.penalties) return undefined;
     if (speculator) {
       const k = (batches[i] as ProposalBatch).plainSteps;
       if (!speculator.updatePlain || k === undefined || !(k >= 1)) return undefined;

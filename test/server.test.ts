@@ -14,6 +14,7 @@ import { parseServeFlags, startServe } from '../lib/cli/serve';
 import { knownForwardCost } from '../lib/cost_model';
 import { Engine } from '../lib/engine/engine';
 import { LlamaModel } from '../lib/models/llama';
+import { plainGenerate } from '../lib/plain';
 import { CompletionServer } from '../lib/server/server';
 import { DraftModelSpeculator } from '../lib/strategies/draft_model';
 import { TextTokenizer } from '../lib/tokenizer';
@@ -63,6 +64,12 @@ describe('specdec serve', function () {
     // sampling at T 1.5 gives the greedy tokens (without it, not: a 325-token vocabulary strays).
     const neutral = await postJson(`${url}/v1/completions`, { ...body, presence_penalty: 0, frequency_penalty: 0, repetition_penalty: 1, logit_bias: {}, logprobs: null, response_format: { type: 'text' }, tools: [], best_of: 1 });
     assert.deepStrictEqual(completionTokens(neutral), ids);
+    // Penalties reach the engine: the server's tokens are plainGenerate's with the same penalties.
+    const penalized = await postJson(`${url}/v1/completions`, { ...body, max_tokens: 24, presence_penalty: 0.6, frequency_penalty: 0.4, repetition_penalty: 1.2 });
+    const tokenizer = TextTokenizer.load(EMBEDDED.target)!;
+    const plain = await plainGenerate(server.engine.model, [tokenizer.encode(body.prompt)], { maxNewTokens: 24, penalties: { presence: 0.6, frequency: 0.4, repetition: 1.2 } });
+    assert.deepStrictEqual(completionTokens(penalized), Array.from(plain.tokens[0]!));
+    assert.notDeepStrictEqual(completionTokens(penalized).slice(0, 12), ids);
     const dog = { ...body, prompt: 'the dog ran to the park', max_tokens: 16 };
     const dogIds = completionTokens(await postJson(`${url}/v1/completions`, dog));
     const hot = { ...dog, temperature: 1.5, seed: 7 };
@@ -139,9 +146,9 @@ describe('specdec serve', function () {
       [{ prompt: 'x', n: 2 }, 'n'],
       [{ prompt: 'x', stream: 'yes' }, 'stream'],
       [{ prompt: 'x', min_p: 1 }, 'min_p'],
-      [{ prompt: 'x', presence_penalty: 0.5 }, 'presence_penalty'],
-      [{ prompt: 'x', frequency_penalty: -1 }, 'frequency_penalty'],
-      [{ prompt: 'x', repetition_penalty: 1.1 }, 'repetition_penalty'],
+      [{ prompt: 'x', presence_penalty: 2.5 }, 'presence_penalty'],
+      [{ prompt: 'x', frequency_penalty: 'high' }, 'frequency_penalty'],
+      [{ prompt: 'x', repetition_penalty: 0 }, 'repetition_penalty'],
       [{ prompt: 'x', logit_bias: { '5': 100 } }, 'logit_bias'],
       [{ prompt: 'x', logprobs: 2 }, 'logprobs'],
       [{ prompt: 'x', top_logprobs: 2 }, 'top_logprobs'],

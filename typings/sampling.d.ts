@@ -60,5 +60,19 @@ declare namespace SpecdecNative {
     verifyTree(inputs: NativeVerifyInput[]): NativeVerifyOutput[];
     /** Philox4x32-10 of one counter block (known-answer tests). */
     samplingPhilox4x32(counter: Uint32Array, key: Uint32Array): Uint32Array;
+    /** Penalties on logits rows in place (lib/sampling.ts penalize; optional: older builds lack it). */
+    samplingPenalize?(logits: Tensor, penalties: NativePenalties): void;
+  }
+
+  interface NativePenalties {
+    repetition?: number;
+    presence?: number;
+    frequency?: number;
+    rowSeq: Int32Array;
+    histIndptr: Int32Array;
+    histTokens: Int32Array;
+    histCounts: Int32Array;
+    pathIndptr: Int32Array;
+    pathTokens: Int32Array;
   }
 }

@@ -169,5 +169,43 @@ void verify(const VerifyArgs& a, VerifyResult& out) {
     }
 }
 
+void penalize(Tensor& logits, const PenaltyArgs& a) {
+  check_arg(logits, "logits", {DType::f32}, {-1, -1});
+  const int64_t N = logits.size(0), V = logits.size(1);
+  SPECDEC_CHECK(std::isfinite(a.repetition) && a.repetition > 0.0f, "E_ARG", "repetitionPenalty: expected a finite number > 0, got ", a.repetition);
+  SPECDEC_CHECK(std::isfinite(a.presence), "E_ARG", "presencePenalty: expected a finite number, got ", a.presence);
+  SPECDEC_CHECK(std::isfinite(a.frequency), "E_ARG", "frequencyPenalty: expected a finite number, got ", a.frequency);
+  SPECDEC_CHECK(static_cast<int64_t>(a.row_seq.size()) == N, "E_ARG", "rowSeq: ", a.row_seq.size(), " entries for ", N, " logits rows");
+  SPECDEC_CHECK(!a.hist_indptr.empty() && a.hist_indptr[0] == 0, "E_ARG", "histIndptr: expected S + 1 >= 1 offsets from 0");
+  const int64_t S = static_cast<int64_t>(a.hist_indptr.size()) - 1;
+  const int64_t H = static_cast<int64_t>(a.hist_tokens.size());
+  SPECDEC_CHECK(static_cast<int64_t>(a.hist_counts.size()) == H, "E_ARG", "histCounts: ", a.hist_counts.size(), " entries for ", H, " tokens");
+  SPECDEC_CHECK(a.hist_indptr[S] == H, "E_ARG", "histIndptr: ends at ", a.hist_indptr[S], ", expected ", H, " (the tokens' count)");
+  for (int64_t s = 0; s < S; ++s) {
+    const int32_t b = a.hist_indptr[s], e = a.hist_indptr[s + 1];
+    SPECDEC_CHECK(b <= e, "E_ARG", "histIndptr: decreases at sequence ", s);
+    for (int32_t j = b; j < e; ++j) {
+      const int32_t t = a.hist_tokens[j];
+      SPECDEC_CHECK(t >= 0 && t < V, "E_ARG", "histTokens: token ", t, " of sequence ", s, " is outside the vocabulary [0, ", V, ")");
+      SPECDEC_CHECK(j == b || t > a.hist_tokens[j - 1], "E_ARG", "histTokens: sequence ", s, "'s tokens must be distinct and ascending (", a.hist_tokens[j - 1], " then ", t, ")");
+      SPECDEC_CHECK(a.hist_counts[j] >= 0 && a.hist_counts[j] < (1 << 28), "E_ARG", "histCounts: ", a.hist_counts[j], " for token ", t, " (expected 0 <= count < 2^28)");
+    }
+  }
+  for (int64_t r = 0; r < N; ++r)
+    SPECDEC_CHECK(a.row_seq[r] >= 0 && a.row_seq[r] < S, "E_ARG", "rowSeq: row ", r, " names sequence ", a.row_seq[r], " of ", S);
+  SPECDEC_CHECK(static_cast<int64_t>(a.path_indptr.size()) == N + 1 && a.path_indptr[0] == 0, "E_ARG", "pathIndptr: expected ", N + 1, " offsets from 0");
+  const int64_t P = static_cast<int64_t>(a.path_tokens.size());
+  SPECDEC_CHECK(a.path_indptr[N] == P, "E_ARG", "pathIndptr: ends at ", a.path_indptr[N], ", expected ", P, " (the path tokens' count)");
+  for (int64_t r = 0; r < N; ++r) {
+    SPECDEC_CHECK(a.path_indptr[r] <= a.path_indptr[r + 1], "E_ARG", "pathIndptr: decreases at row ", r);
+    // Counts stay below 2^29 (penalized_logit's exact product): a path adds at most its length.
+    SPECDEC_CHECK(a.path_indptr[r + 1] - a.path_indptr[r] <= (1 << 20), "E_ARG", "pathIndptr: row ", r, "'s path is longer than 2^20 tokens");
+  }
+  for (int64_t j = 0; j < P; ++j)
+    SPECDEC_CHECK(a.path_tokens[j] >= 0 && a.path_tokens[j] < V, "E_ARG", "pathTokens: token ", a.path_tokens[j], " is outside the vocabulary [0, ", V, ")");
+  if (N == 0) return;
+  SPECDEC_SAMPLING_DISPATCH(logits.device(), penalize(logits, a));
+}
+
 }  // namespace ops
 }  // namespace specdec

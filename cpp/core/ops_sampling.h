@@ -88,6 +88,23 @@ struct VerifiedPaths {
   int32_t seq0 = 0;  // its first sequence in the forward it verified (a staged part's s0)
 };
 
+// Repetition (transformers) and presence / frequency (OpenAI) penalties on rows of logits, before
+// they are processed, sampled or verified: a speculative step's rows each see their own history
+// (the sequence's, plus the tokens of the row's tree path), as the plain step at that node would.
+// Row r's history is its sequence's entries hist[hist_indptr[s] .. hist_indptr[s + 1]) with
+// s = row_seq[r] (distinct tokens, ascending, each with its count in the OUTPUT so far; 0 = only in
+// the prompt), plus the output tokens path[path_indptr[r] .. path_indptr[r + 1]) (repeats count).
+// Every token of the history gets sm::penalized_logit with its output count (history's + path's).
+// Host arrays (the caller has them; validated here, sent with one upload on CUDA).
+struct PenaltyArgs {
+  float repetition = 1.0f;  // > 0; 1 = off
+  float presence = 0.0f;    // finite; 0 = off
+  float frequency = 0.0f;   // finite; 0 = off
+  std::vector<int32_t> row_seq;                            // [N]
+  std::vector<int32_t> hist_indptr, hist_tokens, hist_counts;  // [S + 1], [H], [H]
+  std::vector<int32_t> path_indptr, path_tokens;           // [N + 1], [P]
+};
+
 // A token the kernels could not draw (sm::kNoMass: its row had no probability mass) is an error,
 // not a token: E_NUMERIC, `where` naming it.
 template <class... A>
@@ -107,6 +124,8 @@ void sample(const Tensor& probs, const Tensor& seeds, const Tensor& offsets, Ten
 void top_k(const Tensor& x, int32_t k, Tensor& vals, Tensor& ids);
 // Verify a ragged batch of token trees, one launch. Outputs are allocated by the caller (VerifyResult shapes).
 void verify(const VerifyArgs& args, VerifyResult& out);
+// PenaltyArgs' penalties on logits f32 [N, V], in place (one launch).
+void penalize(Tensor& logits, const PenaltyArgs& args);
 }  // namespace ops
 
 #define SPECDEC_SAMPLING_OPS(NS)                                                           \
@@ -116,6 +135,7 @@ void verify(const VerifyArgs& args, VerifyResult& out);
   void sample(const Tensor& probs, const Tensor& seeds, const Tensor& offsets, Tensor& out); \
   void top_k(const Tensor& x, int32_t k, Tensor& vals, Tensor& ids);                       \
   void verify(const VerifyArgs& args, VerifyResult& out);                                  \
+  void penalize(Tensor& logits, const PenaltyArgs& args);                                  \
   }
 SPECDEC_SAMPLING_OPS(cpu)
 SPECDEC_SAMPLING_OPS(cuda)

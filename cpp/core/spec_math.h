@@ -483,5 +483,46 @@ SPECDEC_HD inline double child_log_prob(double parent, float p) {
   return parent + static_cast<double>(static_cast<float>(log(static_cast<double>(p))));
 }
 
+// ---------------- penalties (ops::penalize) ----------------
+// The logit of a token in a row's history: the repetition penalty r (transformers'
+// RepetitionPenaltyLogitsProcessor: l / r where l > 0, else l * r; 1 = off), then, for a token the
+// output holds `count` > 0 times, OpenAI's frequency * count + presence subtracted. Each operation
+// is rounded as written on both backends: the f32 product or quotient is one rounding, and the
+// penalty is summed in double, where frequency * count is exact (a 24-bit by 29-bit product), so a
+// fused multiply-add cannot change it; one subtraction in double, one rounding to f32.
+SPECDEC_HD inline float penalized_logit(float l, int32_t count, float repetition, float presence, float frequency) {
+  if (repetition != 1.0f) l = l > 0.0f ? l / repetition : l * repetition;
+  if (count > 0) {
+    const double pen = static_cast<double>(frequency) * static_cast<double>(count) + static_cast<double>(presence);
+    l = static_cast<float>(static_cast<double>(l) - pen);
+  }
+  return l;
+}
+
+// How often t occurs among the n tokens of a row's path.
+SPECDEC_HD inline int32_t path_count(const int32_t* path, int32_t n, int32_t t) {
+  int32_t c = 0;
+  for (int32_t j = 0; j < n; ++j) c += path[j] == t ? 1 : 0;
+  return c;
+}
+
+// Whether path[j] occurs first at j (each distinct path token is penalized once).
+SPECDEC_HD inline bool first_in_path(const int32_t* path, int32_t j) {
+  for (int32_t i = 0; i < j; ++i)
+    if (path[i] == path[j]) return false;
+  return true;
+}
+
+// Whether t is among the n ascending tokens of a sequence's history.
+SPECDEC_HD inline bool in_history(const int32_t* hist, int32_t n, int32_t t) {
+  int32_t lo = 0, hi = n;
+  while (lo < hi) {
+    const int32_t mid = lo + (hi - lo) / 2;
+    if (hist[mid] < t) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo < n && hist[lo] == t;
+}
+
 }  // namespace sm
 }  // namespace specdec

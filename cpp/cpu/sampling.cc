@@ -174,5 +174,26 @@ void top_k(const Tensor& x, int32_t k, Tensor& vals, Tensor& ids) {
   }
 }
 
+// Row by row: the sequence's history tokens (their output counts plus the path's), then the path's
+// tokens the history lacks, each distinct one once.
+void penalize(Tensor& logits, const PenaltyArgs& a) {
+  const int64_t N = logits.size(0), V = logits.size(1);
+  float* x = logits.ptr<float>();
+  for (int64_t r = 0; r < N; ++r) {
+    float* row = x + r * V;
+    const int32_t s = a.row_seq[static_cast<size_t>(r)];
+    const int32_t h0 = a.hist_indptr[static_cast<size_t>(s)], hn = a.hist_indptr[static_cast<size_t>(s) + 1] - h0;
+    const int32_t* hist = a.hist_tokens.data() + h0;
+    const int32_t* counts = a.hist_counts.data() + h0;
+    const int32_t p0 = a.path_indptr[static_cast<size_t>(r)], pn = a.path_indptr[static_cast<size_t>(r) + 1] - p0;
+    const int32_t* path = a.path_tokens.data() + p0;
+    for (int32_t j = 0; j < hn; ++j)
+      row[hist[j]] = sm::penalized_logit(row[hist[j]], counts[j] + sm::path_count(path, pn, hist[j]), a.repetition, a.presence, a.frequency);
+    for (int32_t j = 0; j < pn; ++j)
+      if (sm::first_in_path(path, j) && !sm::in_history(hist, hn, path[j]))
+        row[path[j]] = sm::penalized_logit(row[path[j]], sm::path_count(path, pn, path[j]), a.repetition, a.presence, a.frequency);
+  }
+}
+
 }  // namespace cpu
 }  // namespace specdec

@@ -337,6 +337,29 @@ Napi::Value Verify(const Napi::CallbackInfo& info) {
 }
 
 // philox4x32(counter: Uint32Array(4), key: Uint32Array(2)) -> Uint32Array(4): for known-answer tests.
+// penalize(logits f32 [N, V], { repetition, presence, frequency, rowSeq, histIndptr, histTokens,
+// histCounts, pathIndptr, pathTokens }): the penalties in place (ops::penalize).
+Napi::Value Penalize(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    Tensor logits = tensor_arg(info[0], "logits");
+    SPECDEC_CHECK(logits.dim() == 2, "E_ARG", "logits: expected [N, V], got ", logits.describe());
+    SPECDEC_CHECK(info.Length() > 1 && info[1].IsObject() && !info[1].IsArray(), "E_ARG", "penalties: expected an object");
+    Napi::Object o = info[1].As<Napi::Object>();
+    PenaltyArgs a;
+    a.repetition = opt_float(o, "repetition", 1.0f);
+    a.presence = opt_float(o, "presence", 0.0f);
+    a.frequency = opt_float(o, "frequency", 0.0f);
+    a.row_seq = get_i32_array(get_field(o, "rowSeq"), "rowSeq");
+    a.hist_indptr = get_i32_array(get_field(o, "histIndptr"), "histIndptr");
+    a.hist_tokens = get_i32_array(get_field(o, "histTokens"), "histTokens");
+    a.hist_counts = get_i32_array(get_field(o, "histCounts"), "histCounts");
+    a.path_indptr = get_i32_array(get_field(o, "pathIndptr"), "pathIndptr");
+    a.path_tokens = get_i32_array(get_field(o, "pathTokens"), "pathTokens");
+    ops::penalize(logits, a);
+    return info.Env().Undefined();
+  });
+}
+
 Napi::Value Philox(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
     auto c = get_u32_array(info[0], "counter", 4), k = get_u32_array(info[1], "key", 2);
@@ -355,6 +378,7 @@ void Init(Napi::Env env, Napi::Object exports) {
   exports.Set("samplingTopK", Napi::Function::New(env, TopK, "samplingTopK"));
   exports.Set("verifyTree", Napi::Function::New(env, Verify, "verifyTree"));
   exports.Set("samplingPhilox4x32", Napi::Function::New(env, Philox, "samplingPhilox4x32"));
+  exports.Set("samplingPenalize", Napi::Function::New(env, Penalize, "samplingPenalize"));
 }
 
 static Registrar reg(&Init);

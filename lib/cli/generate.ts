@@ -7,6 +7,7 @@ import { readLlamaConfig } from '../models/config';
 import { LlamaModel } from '../models/llama';
 import { plainGenerate } from '../plain';
 import type { Device } from '../tensor';
+import type { Penalties } from '../sampling';
 import { cleanUpTokenizationSpaces, IncrementalText, settledText } from '../text';
 import { TextTokenizer, type ChatMessage } from '../tokenizer';
 import { defaultModelPaths } from '../default_models';
@@ -42,6 +43,8 @@ export interface GenerateFlags {
   readonly seed: number;
   /** --ignore-eos: the model's EOS ids do not end a sequence (default false). */
   readonly ignoreEos?: boolean;
+  /** --repetition-penalty, --presence-penalty, --frequency-penalty (default none). */
+  readonly penalties?: Penalties;
   readonly device: Device | 'auto';
   readonly json: boolean;
 }
@@ -95,7 +98,8 @@ export interface GenerateIo {
 export const GENERATE_USAGE = `usage: specdec generate [--model DIR] [--draft DIR [--draft-k K]] [--medusa DIR | --eagle DIR | --lookahead W,N,G | --prompt-lookup N]
                        (--prompt TEXT | --prompt-ids 1,2,3 | --batch-file F) [--chat [--system TEXT] [--chat-vars JSON]]
                        [--max-new-tokens N] [--max-context N] [--ignore-eos]
-                       [--temperature T --top-k K --top-p P --min-p P --seed S] [--device cpu|cuda|auto] [--json]
+                       [--temperature T --top-k K --top-p P --min-p P --seed S]
+                       [--repetition-penalty R --presence-penalty P --frequency-penalty F] [--device cpu|cuda|auto] [--json]
 
   --model DIR         Hugging Face checkpoint directory (config.json + model.safetensors[.index.json]);
                       default: the embedded model family (models/default); --draft default,
@@ -118,6 +122,11 @@ export const GENERATE_USAGE = `usage: specdec generate [--model DIR] [--draft DI
   --top-k K           sample among the K most likely tokens (default 0 = off)
   --top-p P           sample from the smallest set with probability >= P (default 1 = off)
   --min-p P           drop tokens less probable than P times the most probable one (default 0 = off)
+  --repetition-penalty R  logits of tokens in the prompt or output: l / R if l > 0, else l * R
+                      (transformers' repetition_penalty; default 1 = off)
+  --presence-penalty P  subtracted from the logit of each token the output holds (OpenAI's; default 0)
+  --frequency-penalty F subtracted per occurrence in the output (OpenAI's; default 0); penalties
+                      apply to plain and speculative decoding alike (the same output)
   --seed S            RNG seed (default 0); sequence i of a batch uses stream (S, i)
   --device D          cpu, cuda or auto (default auto)
   --json              one JSON object on stdout ({ tokens, text, finishReason, stats }), an array with
@@ -167,7 +176,7 @@ export function parseIdList(flag: string, v: string): Int32Array {
 /** The flags of `generate` that take a value (the strategy flags are STRATEGY_FLAGS). */
 const VALUE_FLAGS: readonly string[] = [
   '--model', '--prompt', '--prompt-ids', '--max-new-tokens', '--max-context',
-  '--temperature', '--top-k', '--top-p', '--min-p', '--seed', '--device', '--batch-file', '--system', '--chat-vars',
+  '--temperature', '--top-k', '--top-p', '--min-p', '--seed', '--repetition-penalty', '--presence-penalty', '--frequency-penalty', '--device', '--batch-file', '--system', '--chat-vars',
 ];
 
 /** Every flag `generate` accepts (each is described in GENERATE_USAGE). */
@@ -232,6 +241,11 @@ export function parseGenerateFlags(argv: readonly string[]): GenerateFlags {
   const model = get('--model');
   const topP = get('--top-p');
   const minP = get('--min-p');
+  const rep = get('--repetition-penalty'), pres = get('--presence-penalty'), freq = get('--frequency-penalty');
+  const penalties: { repetition?: number; presence?: number; frequency?: number } = {};
+  if (rep !== undefined) penalties.repetition = parseNumberFlag('--repetition-penalty', rep, (n) => n > 0, 'a number > 0');
+  if (pres !== undefined) penalties.presence = parseNumberFlag('--presence-penalty', pres, (n) => n >= -2 && n <= 2, 'a number in [-2, 2]');
+  if (freq !== undefined) penalties.frequency = parseNumberFlag('--frequency-penalty', freq, (n) => n >= -2 && n <= 2, 'a number in [-2, 2]');
   const maxContext = get('--max-context');
   return {
     ...(model !== undefined ? { model } : {}),
@@ -250,6 +264,7 @@ export function parseGenerateFlags(argv: readonly string[]): GenerateFlags {
     minP: minP !== undefined ? parseNumberFlag('--min-p', minP, (n) => n >= 0 && n < 1, 'a number in [0, 1)') : 0,
     seed: get('--seed') !== undefined ? parseIntFlag('--seed', get('--seed')!, 0) : 0,
     ignoreEos,
+    ...(Object.keys(penalties).length > 0 ? { penalties } : {}),
     device,
     json,
   };
@@ -424,6 +439,7 @@ export async function generateCommand(argv: string[], io: GenerateIo = {}): Prom
           minP: flags.minP ?? 0,
           seed: flags.seed,
           ignoreEos: flags.ignoreEos === true,
+          ...(flags.penalties ? { penalties: flags.penalties } : {}),
           onTokens,
           signal,
         });

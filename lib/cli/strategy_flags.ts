@@ -259,6 +259,7 @@ export function strategyHook(deps: SpeculatorDeps = {}): StrategyHook {
         target,
         ...(built.speculator ? { speculator: built.speculator, treeReserveTokens: room } : {}),
         sampling: { temperature: flags.temperature, topK: flags.topK, topP: flags.topP, ...(flags.minP !== undefined && flags.minP > 0 ? { minP: flags.minP } : {}), seed: flags.seed },
+        ...(flags.penalties ? { penalties: flags.penalties } : {}),
       });
       // The cost model's calibration first (a sized strategy; else nothing to do): the run's
       // time is then decoding only, and the calibration's is reported beside it.

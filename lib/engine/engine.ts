@@ -16,6 +16,7 @@ import { native } from '../native';
 import { knownForwardCost } from '../cost_model';
 import { DEFAULT_TREE_RESERVE, SpecEngine, StatsAcc, type EngineSequence, type PhaseTimes, type StepPart } from '../spec_engine';
 import { abortError, isSampling } from '../step_helpers';
+import { resolvePenalties, type Penalties } from '../sampling';
 import { checkModel, checkSpeculator, type SamplingConfig, type SeqRng, type Speculator } from '../strategies/speculator';
 import { streamGeneration } from './generation';
 import { EngineMetrics } from './metrics';
@@ -46,6 +47,8 @@ export interface RequestOptions extends GenerateOptions {
   readonly seed?: number | bigint;
   /** The RNG stream (seed, stream) the request samples from. Default 0. */
   readonly stream?: number;
+  /** Repetition / presence / frequency penalties (default none); greedy or sampled, the output is plain decoding's with them. */
+  readonly penalties?: Penalties;
   /**
    * Called with each step's new tokens, in order. A step's tokens are handed over once the next
    * step's forward has started (so what the callback does overlaps the compute), or when the
@@ -303,7 +306,7 @@ export class Engine {
       const sampling = isSampling(opts.sampling) ? withoutZeroTopK(opts.sampling) : undefined;
       const rng = new RequestRng(BigInt(opts.seed ?? 0), opts.stream ?? 0);
       const stop = new Set([...(opts.ignoreEos === true ? [] : this.model.config.eosTokenIds), ...(opts.stopTokens ?? [])]);
-      const r = new Request(this.nextId++, prompt, opts, this.group(sampling), rng, stop, { resolve, reject });
+      const r = new Request(this.nextId++, prompt, opts, this.group(sampling, resolvePenalties(opts.penalties)), rng, stop, { resolve, reject });
       this.metrics.submitted++;
       this.metrics.promptTokens += prompt.length;
       if (opts.maxNewTokens === 0) {
@@ -397,13 +400,15 @@ export class Engine {
     }
   }
 
-  private group(sampling: SamplingConfig | undefined): SpecEngine {
-    const key = sampling ? `t${sampling.temperature} k${sampling.topK} p${sampling.topP} m${sampling.minP}` : 'greedy';
+  private group(sampling: SamplingConfig | undefined, penalties: Required<Penalties> | undefined): SpecEngine {
+    const key = (sampling ? `t${sampling.temperature} k${sampling.topK} p${sampling.topP} m${sampling.minP}` : 'greedy') +
+      (penalties ? ` r${penalties.repetition} pr${penalties.presence} f${penalties.frequency}` : '');
     let g = this.groups.get(key);
     if (!g) {
-      const o: { model: CausalLM; speculator?: Speculator; sampling?: SamplingConfig } = { model: this.model };
+      const o: { model: CausalLM; speculator?: Speculator; sampling?: SamplingConfig; penalties?: Penalties } = { model: this.model };
       if (this.speculator) o.speculator = this.speculator;
       if (sampling) o.sampling = sampling;
+      if (penalties) o.penalties = penalties;
       this.groups.set(key, (g = new SpecEngine(o)));
     }
     return g;

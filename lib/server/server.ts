@@ -8,6 +8,7 @@ import * as http from 'http';
 import type { AddressInfo } from 'net';
 import type { GenerateOptions } from '../decoder';
 import type { Engine, RequestOptions } from '../engine/engine';
+import type { Penalties } from '../sampling';
 import type { SamplingConfig } from '../strategies/speculator';
 import { generateText, type TextCodec } from '../text';
 import type { ChatMessage, ChatTemplateOptions } from '../tokenizer';
@@ -41,6 +42,7 @@ interface Completion {
   readonly prompt: Int32Array;
   readonly maxTokens: number;
   readonly sampling: SamplingConfig | undefined;
+  readonly penalties: Penalties | undefined;
   readonly seed: number;
   readonly stop: string[];
   readonly stopTokenIds: number[];
@@ -197,9 +199,10 @@ export class CompletionServer {
     for (const f of ['logprobs', 'top_logprobs']) if (b[f] !== undefined && b[f] !== null && b[f] !== false) throw new HttpError(400, `${f}: not supported`, f);
     // Fields that change the output and are not implemented are refused unless they ask for nothing
     // (clients send their defaults); never silently ignored.
-    num('presence_penalty', (x) => x === 0, '0 (penalties are not supported)');
-    num('frequency_penalty', (x) => x === 0, '0 (penalties are not supported)');
-    num('repetition_penalty', (x) => x === 1, '1 (penalties are not supported)');
+    const presence = num('presence_penalty', (x) => x >= -2 && x <= 2, 'a number in [-2, 2]') ?? 0;
+    const frequency = num('frequency_penalty', (x) => x >= -2 && x <= 2, 'a number in [-2, 2]') ?? 0;
+    const repetition = num('repetition_penalty', (x) => x > 0, 'a number > 0') ?? 1;
+    const penalties = presence !== 0 || frequency !== 0 || repetition !== 1 ? { presence, frequency, repetition } : undefined;
     num('min_tokens', (x) => x === 0, '0 (not supported)');
     const lb = b['logit_bias'];
     if (lb !== undefined && lb !== null && (typeof lb !== 'object' || Array.isArray(lb) || Object.keys(lb).length > 0)) throw new HttpError(400, 'logit_bias: not supported', 'logit_bias');
@@ -234,7 +237,7 @@ export class CompletionServer {
       temperature > 0
         ? { temperature, ...(topP !== undefined && topP < 1 ? { topP } : {}), ...(topK !== undefined && topK > 0 ? { topK } : {}), ...(minP !== undefined && minP > 0 ? { minP } : {}) }
         : undefined;
-    return { prompt, maxTokens, sampling, seed, stop: stop as string[], stopTokenIds: ids as number[], ignoreEos: bool('ignore_eos'), stream: bool('stream'), includeUsage };
+    return { prompt, maxTokens, sampling, penalties, seed, stop: stop as string[], stopTokenIds: ids as number[], ignoreEos: bool('ignore_eos'), stream: bool('stream'), includeUsage };
   }
 
   private parsePrompt(p: unknown): Int32Array {
@@ -303,6 +306,7 @@ export class CompletionServer {
       generate: (prompt: Int32Array | readonly number[], o: GenerateOptions) => {
         const r: { -readonly [K in keyof RequestOptions]: RequestOptions[K] } = { ...o, seed: c.seed };
         if (c.sampling) r.sampling = c.sampling;
+        if (c.penalties) r.penalties = c.penalties;
         return engine.generate(prompt, r);
       },
     };

@@ -27,7 +27,9 @@
 #include "../../cuda/verify.cuh"
 #include "../../cpp/cpu/verify_simd.h"
 
+#include <algorithm>
 #include <cinttypes>
+#include <cstring>
 #include <random>
 #include <string>
 
@@ -811,6 +813,63 @@ void check_no_mass(int V) {
          "sample of an all-zero and an all-NaN row: kNoMass on both backends");
 }
 
+// Penalties: the kernel (a block per row, threads over the history's entries and then the path's
+// tokens) == cpu::penalize bit for bit, on histories with prompt-only and output tokens, paths that
+// repeat tokens and share them with the history, zero / negative / NaN logits, every penalty alone
+// and together, rows longer than a block's threads.
+void check_penalize(std::mt19937_64& rng, int V, int max_hist) {
+  std::uniform_real_distribution<float> u(-8.f, 8.f);
+  const int S = 1 + static_cast<int>(rng() % 3);
+  PenaltyArgs a;
+  const float kinds[][3] = {{1.3f, 0.f, 0.f}, {0.6f, 0.f, 0.f}, {1.f, 0.5f, 0.f}, {1.f, 0.f, 0.25f}, {1.7f, -1.25f, 0.75f}};
+  const auto& k = kinds[rng() % 5];
+  a.repetition = k[0];
+  a.presence = k[1];
+  a.frequency = k[2];
+  a.hist_indptr.push_back(0);
+  for (int s = 0; s < S; ++s) {
+    const int n = static_cast<int>(rng() % static_cast<uint64_t>(max_hist + 1));
+    std::vector<int32_t> toks;
+    for (int i = 0; i < n; ++i) toks.push_back(static_cast<int32_t>(rng() % static_cast<uint64_t>(V)));
+    std::sort(toks.begin(), toks.end());
+    toks.erase(std::unique(toks.begin(), toks.end()), toks.end());
+    for (int32_t t : toks) {
+      a.hist_tokens.push_back(t);
+      a.hist_counts.push_back(static_cast<int32_t>(rng() % 4));
+    }
+    a.hist_indptr.push_back(static_cast<int32_t>(a.hist_tokens.size()));
+  }
+  a.path_indptr.push_back(0);
+  const int N = 2 + static_cast<int>(rng() % 6);
+  for (int r = 0; r < N; ++r) {
+    const int32_t s = static_cast<int32_t>(rng() % static_cast<uint64_t>(S));
+    a.row_seq.push_back(s);
+    const int len = static_cast<int>(rng() % 7);
+    for (int j = 0; j < len; ++j) {
+      // Half from the history (shared tokens), half anywhere (repeats within the path too).
+      const int32_t h0 = a.hist_indptr[static_cast<size_t>(s)], hn = a.hist_indptr[static_cast<size_t>(s) + 1] - h0;
+      a.path_tokens.push_back(hn > 0 && rng() % 2 ? a.hist_tokens[static_cast<size_t>(h0 + static_cast<int32_t>(rng() % static_cast<uint64_t>(hn)))]
+                                                  : static_cast<int32_t>(rng() % static_cast<uint64_t>(std::min(V, 12))));
+    }
+    a.path_indptr.push_back(static_cast<int32_t>(a.path_tokens.size()));
+  }
+  std::vector<float> x(static_cast<size_t>(N) * V);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = i % 17 == 0 ? 0.f : i % 29 == 0 ? NAN : u(rng);
+  Tensor ct = tensor(x, {N, V}, DType::f32);
+  cpu::penalize(ct, a);
+  std::vector<float> g = x;
+  emu::launch(Dim3{static_cast<unsigned>(N), 1, 1}, kBlock, [&] {
+    sk::penalize_kernel(g.data(), V, a.row_seq.data(), a.hist_indptr.data(), a.hist_tokens.data(), a.hist_counts.data(), a.path_indptr.data(),
+                        a.path_tokens.data(), a.repetition, a.presence, a.frequency);
+  });
+  const auto c = host<float>(ct);
+  int changed = 0;
+  for (size_t i = 0; i < x.size(); ++i) changed += std::memcmp(&c[i], &x[i], 4) != 0;
+  report(std::memcmp(c.data(), g.data(), g.size() * 4) == 0 && (changed > 0 || a.hist_tokens.empty()),
+         "penalize V=" + std::to_string(V) + " rows=" + std::to_string(N) + " history " + std::to_string(a.hist_tokens.size()) + ": == CPU bit for bit (" +
+             std::to_string(changed) + " logits changed)");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -830,6 +889,7 @@ int main(int argc, char** argv) {
     check_entropy(rng, 2, 700);
     check_entropy_simd(rng);
     check_mass_simd(rng);
+    check_penalize(rng, 300, 40);
   }
   for (int round = 0; round < rounds; ++round) {
     check_sample_slices(rng, 10, 9000 + static_cast<int>(rng() % 4000));
@@ -876,6 +936,8 @@ int main(int argc, char** argv) {
     check_entropy(rng, 6, 3000);
     check_entropy_simd(rng);
     check_mass_simd(rng);
+    check_penalize(rng, 50, 30);
+    check_penalize(rng, 3000, 1500);  // histories longer than a block's threads
     // processLogits by slices: every filter, each alone and together, slices cut short, 2-byte logits.
     // (The first round only: an emulated launch spawns a thread per CUDA thread, and these make ~1400
     // blocks of 256; the seed changes every run.)

@@ -1,0 +1,277 @@
+// Repetition / presence / frequency penalties: the native op against a plain JavaScript reference
+// (bit for bit), its argument checks, and decoding with them: plainGenerate against step-by-step
+// reference decoding, and every speculative strategy against plain decoding, greedy and sampled.
+import * as assert from 'assert';
+import { generateCommand, parseGenerateFlags } from '../lib/cli/generate';
+import { SpeculativeDecoder } from '../lib/decoder';
+import { defaultModelPaths } from '../lib/default_models';
+import { Engine } from '../lib/engine/engine';
+import { LlamaModel } from '../lib/models/llama';
+import { native } from '../lib/native';
+import { plainGenerate } from '../lib/plain';
+import { penalize, resolvePenalties, treePaths, type Penalties } from '../lib/sampling';
+import { DraftModelSpeculator } from '../lib/strategies/draft_model';
+import { EagleHead, EagleSpeculator } from '../lib/strategies/eagle';
+import { HybridSpeculator } from '../lib/strategies/hybrid';
+import { LookaheadSpeculator } from '../lib/strategies/lookahead';
+import { MedusaHeads, MedusaSpeculator } from '../lib/strategies/medusa';
+import { PromptLookupSpeculator } from '../lib/strategies/prompt_lookup';
+import type { Speculator } from '../lib/strategies/speculator';
+import { Tensor } from '../lib/tensor';
+import { TextTokenizer } from '../lib/tokenizer';
+import { assertThrowsCode, rng, testSeed } from './helpers';
+
+const EMBEDDED = defaultModelPaths();
+
+/** The reference: sm::penalized_logit in doubles rounded as the native op rounds (f32 ops are exact in double, then rounded once). */
+function refLogit(l: number, count: number, inHistory: boolean, p: Required<Penalties>): number {
+  if (!inHistory) return l;
+  const r = Math.fround(p.repetition);
+  if (r !== 1) l = l > 0 ? Math.fround(l / r) : Math.fround(l * r);
+  if (count > 0) l = Math.fround(l - (Math.fround(p.frequency) * count + Math.fround(p.presence)));
+  return l;
+}
+
+function refPenalize(x: Float32Array, V: number, p: Required<Penalties>, hist: { tokens: number[]; promptLength: number }[], rowSeq: Int32Array, paths: Int32Array[]): Float32Array {
+  const out = Float32Array.from(x);
+  for (let r = 0; r < rowSeq.length; r++) {
+    const h = hist[rowSeq[r] as number]!;
+    const all = [...h.tokens, ...(paths[r] ?? [])];
+    const seen = new Set(all);
+    for (const t of seen) {
+      let c = 0;
+      for (let i = h.promptLength; i < all.length; i++) c += all[i] === t ? 1 : 0;
+      out[r * V + t] = refLogit(out[r * V + t] as number, c, true, p);
+    }
+  }
+  return out;
+}
+
+describe('penalties', () => {
+  it('penalize == the JavaScript reference, bit for bit (random histories, tree paths, repeated tokens, negative logits, every penalty alone and together)', () => {
+    const r = rng(testSeed + 71);
+    let changed = 0;
+    for (let round = 0; round < 60; round++) {
+      const V = 5 + Math.floor(r() * 60);
+      const S = 1 + Math.floor(r() * 3);
+      const hist = Array.from({ length: S }, () => {
+        const n = Math.floor(r() * 20);
+        // Few distinct tokens: repeats in the prompt, the output and across both.
+        const pool = Array.from({ length: 1 + Math.floor(r() * 8) }, () => Math.floor(r() * V));
+        return { tokens: Array.from({ length: n }, () => pool[Math.floor(r() * pool.length)]!), promptLength: Math.floor(r() * (n + 1)) };
+      });
+      // Rows: per sequence a random tree (parents before children), each row's path from treePaths.
+      const rowSeq: number[] = [];
+      const paths: Int32Array[] = [];
+      for (let s = 0; s < S; s++) {
+        const n = 1 + Math.floor(r() * 6);
+        const parents = Int32Array.from({ length: n }, (_, i) => (i === 0 ? -1 : r() < 0.1 ? -2 : Math.floor(r() * i)));
+        const tokens = Int32Array.from({ length: n }, () => Math.floor(r() * V));
+        const tp = treePaths(tokens, parents);
+        for (let i = 0; i < n; i++) {
+          rowSeq.push(s);
+          paths.push(tp[i]!);
+        }
+      }
+      const kinds: Required<Penalties>[] = [
+        { repetition: 1.3, presence: 0, frequency: 0 },
+        { repetition: 0.7, presence: 0, frequency: 0 },
+        { repetition: 1, presence: 0.5, frequency: 0 },
+        { repetition: 1, presence: 0, frequency: 0.3 },
+        { repetition: 1 + r(), presence: r() * 4 - 2, frequency: r() * 4 - 2 },
+      ];
+      const p = kinds[round % kinds.length]!;
+      const N = rowSeq.length;
+      const x = Float32Array.from({ length: N * V }, () => Math.fround((r() - 0.5) * 20));
+      const want = refPenalize(x, V, p, hist, Int32Array.from(rowSeq), paths);
+      using t = Tensor.fromArray(x, 'f32', [N, V]);
+      penalize(t, p, hist, Int32Array.from(rowSeq), paths);
+      const got = t.toFloat32();
+      for (let i = 0; i < got.length; i++) {
+        assert.ok(Object.is(got[i], want[i]), `round ${round}, element ${i}: ${got[i]} != ${want[i]} (${JSON.stringify(p)})`);
+        if (got[i] !== x[i]) changed++;
+      }
+    }
+    assert.ok(changed > 200, `${changed} logits changed`);
+    // A view of some rows: only those change.
+    const V = 8;
+    const x = Float32Array.from({ length: 3 * V }, (_, i) => i - 10);
+    using all = Tensor.fromArray(x, 'f32', [3, V]);
+    using mid = all.rows(1, 2);
+    penalize(mid, { presence: 1 }, [{ tokens: [2, 2], promptLength: 1 }], Int32Array.of(0));
+    const y = all.toFloat32();
+    assert.deepStrictEqual(Array.from(y).map((v, i) => v - (x[i] as number)).filter((d) => d !== 0), [-1]);
+    assert.strictEqual(y[V + 2], x[V + 2]! - 1);
+  });
+
+  describe('decoding with penalties (the embedded family)', () => {
+    let target: LlamaModel;
+    let draft: LlamaModel;
+    let heads: MedusaHeads;
+    let eagle: EagleHead;
+    let prompts: Int32Array[];
+    before(async () => {
+      target = await LlamaModel.load(EMBEDDED.target, { device: 'cpu', maxSequences: 8 });
+      draft = await LlamaModel.load(EMBEDDED.draft, { device: 'cpu', maxSequences: 8 });
+      heads = MedusaHeads.load(EMBEDDED.medusa, { device: 'cpu' });
+      eagle = EagleHead.load(EMBEDDED.eagle, { device: 'cpu' });
+      const tok = TextTokenizer.load(EMBEDDED.target) as TextTokenizer;
+      prompts = ['once upon a time', 'the dog ran to the park and'].map((t) => tok.encode(t));
+    });
+    after(() => {
+      heads.dispose();
+      eagle.dispose();
+      target.dispose();
+      draft.dispose();
+    });
+    const P: Required<Penalties>[] = [
+      { repetition: 1.3, presence: 0, frequency: 0 },
+      { repetition: 1, presence: 0.6, frequency: 0.4 },
+    ];
+    const N = 40;
+
+    it('plainGenerate with penalties == step-by-step reference decoding (JavaScript penalties and argmax on the model\'s logits); they change the output', async () => {
+      for (const p of P) {
+        let changed = 0;
+        const got = await plainGenerate(target, prompts, { maxNewTokens: N, penalties: p, ignoreEos: true });
+        const bare = await plainGenerate(target, prompts, { maxNewTokens: N, ignoreEos: true });
+        for (let i = 0; i < prompts.length; i++) {
+          const prompt = prompts[i] as Int32Array;
+          const out: number[] = [];
+          const seq = target.createSequence();
+          try {
+            let feed: Int32Array = prompt;
+            for (let k = 0; k < N; k++) {
+              const fw = await target.forward([{ seq, tokens: feed }]);
+              const V = target.config.vocabSize;
+              const last = fw.logits.rows(fw.logits.shape[0]! - 1, fw.logits.shape[0]!);
+              const row = last.toFloat32();
+              last.dispose();
+              fw.logits.dispose();
+              fw.hidden?.dispose();
+              target.commit([seq], [Int32Array.from({ length: feed.length }, (_, j) => j)]);
+              const x = refPenalize(row, V, p, [{ tokens: [...prompt, ...out], promptLength: prompt.length }], Int32Array.of(0), []);
+              let best = 0;
+              for (let t = 1; t < V; t++) if ((x[t] as number) > (x[best] as number)) best = t;
+              out.push(best);
+              feed = Int32Array.of(best);
+            }
+          } finally {
+            target.freeSequence(seq);
+          }
+          assert.deepStrictEqual(Array.from(got.tokens[i] as Int32Array), out, `${JSON.stringify(p)}, prompt ${i}`);
+          if (Array.from(got.tokens[i] as Int32Array).join() !== Array.from(bare.tokens[i] as Int32Array).join()) changed++;
+        }
+        assert.ok(changed > 0, `${JSON.stringify(p)} changes an output`);
+      }
+    });
+
+    const speculators = (): [string, () => Speculator][] => [
+      ['draft model k=4', () => new DraftModelSpeculator({ draft, k: 4 })],
+      ['draft model, sized', () => new DraftModelSpeculator({ draft })],
+      ['Medusa small_8', () => new MedusaSpeculator({ heads, choices: 'small_8' })],
+      ['Medusa, sized', () => new MedusaSpeculator({ heads })],
+      ['lookahead 4,3,4', () => new LookaheadSpeculator({ W: 4, N: 3, G: 4, sizing: 'fixed' })],
+      ['prompt lookup', () => new PromptLookupSpeculator({ maxNgram: 3, minNgram: 1, numDraft: 4 })],
+      ['EAGLE 4,3,12', () => new EagleSpeculator({ head: eagle, topK: 4, depth: 3, totalTokens: 12 })],
+      ['EAGLE, sized', () => new EagleSpeculator({ head: eagle })],
+      ['hybrid (draft + prompt lookup)', () => new HybridSpeculator({ draft, draftSpeculator: new PromptLookupSpeculator({ maxNgram: 2 }), k: 4 })],
+    ];
+
+    it('greedy: every strategy with penalties emits plainGenerate\'s tokens with them (batches of 2), and drafts were accepted', async () => {
+      for (const p of P) {
+        const want = await plainGenerate(target, prompts, { maxNewTokens: N, penalties: p, ignoreEos: true });
+        for (const [name, make] of speculators()) {
+          using dec = new SpeculativeDecoder({ target, speculator: make(), penalties: p });
+          const rs = await dec.generateBatch(prompts, { maxNewTokens: N, ignoreEos: true });
+          rs.forEach((r, i) => assert.deepStrictEqual(Array.from(r.tokens), Array.from(want.tokens[i] as Int32Array), `${name}, ${JSON.stringify(p)}, prompt ${i}`));
+          if (!name.includes('sized')) assert.ok(rs.some((r) => r.stats.acceptedDraftTokens > 0), `${name}: some drafts accepted`);
+        }
+      }
+    });
+
+    it('sampled: deterministic drafts with penalties emit the tokens of the decoder without a speculator, which are plainGenerate\'s', async () => {
+      const sampling = { temperature: 0.9, topK: 40, seed: 11 };
+      for (const p of P) {
+        const plain = await plainGenerate(target, prompts, { maxNewTokens: N, temperature: 0.9, topK: 40, seed: 11, penalties: p, ignoreEos: true });
+        using none = new SpeculativeDecoder({ target, sampling, penalties: p });
+        const want = await none.generateBatch(prompts, { maxNewTokens: N, ignoreEos: true });
+        want.forEach((r, i) => assert.deepStrictEqual(Array.from(r.tokens), Array.from(plain.tokens[i] as Int32Array), `no speculator == plainGenerate, prompt ${i}`));
+        for (const [name, make] of speculators()) {
+          if (name.startsWith('draft') || name.startsWith('hybrid')) continue;  // sampled drafts: the same distribution, other draws
+          using dec = new SpeculativeDecoder({ target, speculator: make(), sampling, penalties: p });
+          const rs = await dec.generateBatch(prompts, { maxNewTokens: N, ignoreEos: true });
+          rs.forEach((r, i) => assert.deepStrictEqual(Array.from(r.tokens), Array.from(want[i]!.tokens), `${name}, sampled, ${JSON.stringify(p)}, prompt ${i}`));
+        }
+      }
+    });
+
+    it('specdec generate --repetition-penalty / --presence-penalty / --frequency-penalty: plain and speculative, plainGenerate\'s tokens', async () => {
+      const tok = TextTokenizer.load(EMBEDDED.target) as TextTokenizer;
+      const want = await plainGenerate(target, [tok.encode('once upon a time')], { maxNewTokens: 24, penalties: { repetition: 1.3, presence: 0.5, frequency: 0.25 } });
+      for (const extra of [[], ['--draft', 'default'], ['--medusa', 'default'], ['--prompt-lookup', '2']]) {
+        let out = '';
+        const code = await generateCommand(['--prompt', 'once upon a time', '--max-new-tokens', '24', '--device', 'cpu', '--json', '--repetition-penalty', '1.3', '--presence-penalty', '0.5', '--frequency-penalty', '0.25', ...extra],
+          { stdout: (t) => (out += t), stderr: () => undefined });
+        assert.strictEqual(code, 0);
+        assert.deepStrictEqual((JSON.parse(out) as { tokens: number[] }).tokens, Array.from(want.tokens[0] as Int32Array), extra.join(' '));
+      }
+      assert.deepStrictEqual(parseGenerateFlags(['--prompt', 'x', '--presence-penalty', '-1']).penalties, { presence: -1 });
+      assert.strictEqual(parseGenerateFlags(['--prompt', 'x']).penalties, undefined);
+      assert.throws(() => parseGenerateFlags(['--prompt', 'x', '--repetition-penalty', '0']), /--repetition-penalty: expected a number > 0/);
+      assert.throws(() => parseGenerateFlags(['--prompt', 'x', '--frequency-penalty', '3']), /--frequency-penalty: expected a number in \[-2, 2\]/);
+    });
+
+    it('one engine step serves requests with and without penalties (parts of one forward), each its own plain output', async () => {
+      const engine = new Engine({ model: target, speculator: new DraftModelSpeculator({ draft, k: 4 }) });
+      try {
+        const runs = await Promise.all([
+          engine.submit(prompts[0] as Int32Array, { maxNewTokens: N, penalties: P[0]!, ignoreEos: true }),
+          engine.submit(prompts[0] as Int32Array, { maxNewTokens: N, ignoreEos: true }),
+          engine.submit(prompts[1] as Int32Array, { maxNewTokens: N, penalties: P[1]!, ignoreEos: true }),
+        ]);
+        const want = [
+          await plainGenerate(target, [prompts[0] as Int32Array], { maxNewTokens: N, penalties: P[0]!, ignoreEos: true }),
+          await plainGenerate(target, [prompts[0] as Int32Array], { maxNewTokens: N, ignoreEos: true }),
+          await plainGenerate(target, [prompts[1] as Int32Array], { maxNewTokens: N, penalties: P[1]!, ignoreEos: true }),
+        ];
+        runs.forEach((r, i) => assert.deepStrictEqual(Array.from(r.tokens), Array.from(want[i]!.tokens[0] as Int32Array), `request ${i}`));
+        await assert.rejects(engine.submit(prompts[0] as Int32Array, { maxNewTokens: 2, penalties: { repetition: -1 } }), (e: Error & { code?: string }) => e.code === 'E_ARG' && /repetition/.test(e.message));
+      } finally {
+        engine.close();
+      }
+    });
+  });
+
+  it('bad penalties and bad index arrays are E_ARG naming them; neutral penalties do nothing', () => {
+    assert.strictEqual(resolvePenalties({ repetition: 1, presence: 0, frequency: 0 }), undefined);
+    assert.strictEqual(resolvePenalties({}), undefined);
+    assertThrowsCode(() => resolvePenalties({ repetition: 0 }), 'E_ARG', /penalties\.repetition: expected a finite number > 0/);
+    assertThrowsCode(() => resolvePenalties({ presence: NaN }), 'E_ARG', /penalties\.presence/);
+    assertThrowsCode(() => resolvePenalties({ frequency: Infinity }), 'E_ARG', /penalties\.frequency/);
+    assertThrowsCode(() => resolvePenalties(3 as unknown as Penalties), 'E_ARG', /penalties/);
+    const V = 6;
+    using t = Tensor.fromArray(new Float32Array(2 * V), 'f32', [2, V]);
+    const ok = { presence: 1, rowSeq: Int32Array.of(0, 0), histIndptr: Int32Array.of(0, 2), histTokens: Int32Array.of(1, 3), histCounts: Int32Array.of(0, 2), pathIndptr: Int32Array.of(0, 0, 1), pathTokens: Int32Array.of(5) };
+    const pen = native().samplingPenalize!;
+    pen(t, ok);
+    assert.deepStrictEqual(Array.from(t.toFloat32()), [0, 0, 0, -1, 0, 0, 0, 0, 0, -1, 0, -1]);
+    const cases: [Record<string, unknown>, RegExp][] = [
+      [{ rowSeq: Int32Array.of(0) }, /rowSeq: 1 entries for 2 logits rows/],
+      [{ rowSeq: Int32Array.of(0, 1) }, /rowSeq: row 1 names sequence 1 of 1/],
+      [{ histTokens: Int32Array.of(3, 1) }, /distinct and ascending/],
+      [{ histTokens: Int32Array.of(1, 6) }, /histTokens: token 6 of sequence 0 is outside the vocabulary/],
+      [{ histCounts: Int32Array.of(0, -1) }, /histCounts: -1/],
+      [{ histCounts: Int32Array.of(0) }, /histCounts: 1 entries for 2 tokens/],
+      [{ histIndptr: Int32Array.of(0, 3) }, /histIndptr: ends at 3, expected 2/],
+      [{ pathIndptr: Int32Array.of(0, 1) }, /pathIndptr: expected 3 offsets/],
+      [{ pathTokens: Int32Array.of(-1) }, /pathTokens: token -1/],
+      [{ repetition: -1 }, /repetitionPenalty: expected a finite number > 0/],
+      [{ presence: NaN }, /presence/],
+      [{ frequency: Infinity }, /frequency/],
+    ];
+    for (const [bad, re] of cases) assertThrowsCode(() => pen(t, { ...ok, ...bad } as typeof ok), 'E_ARG', re);
+    using h = Tensor.fromArray(new Float32Array(2 * V), 'f16', [2, V]);
+    assertThrowsCode(() => pen(h, ok), 'E_ARG', /logits/);
+  });
+});

@@ -31,11 +31,6 @@ uint64_t get_u64(const Napi::Value& v, const char* name) {
   return x;
 }
 
-Napi::Object get_object(const Napi::Value& v, const char* name) {
-  SPECDEC_CHECK(v.IsObject(), "E_ARG", name, ": expected an object");
-  return v.As<Napi::Object>();
-}
-
 int get_int32(const Napi::Value& v, const char* name) {
   int64_t x = get_int(v, name);
   SPECDEC_CHECK(x >= INT32_MIN && x <= INT32_MAX, "E_ARG", name, ": ", x, " does not fit in int32");

@@ -214,6 +214,11 @@ static napi_value key(napi_env env, const char* name) {
 
 Napi::Value get_field(const Napi::Object& o, const char* name) { return o.Get(Napi::Value(o.Env(), key(o.Env(), name))); }
 
+Napi::Object get_object(const Napi::Value& v, const char* name) {
+  SPECDEC_CHECK(v.IsObject(), "E_ARG", name, ": expected an object");
+  return v.As<Napi::Object>();
+}
+
 bool has_field(const Napi::Object& o, const char* name) {
   // One lookup: a missing property reads as undefined.
   Napi::Value v = get_field(o, name);

@@ -77,6 +77,7 @@ Device get_device(const Napi::Value& v, const char* name);
 DType get_dtype(const Napi::Value& v, const char* name);
 // Optional fields of an options object (returns fallback when absent/undefined).
 Napi::Value get_field(const Napi::Object& o, const char* key);
+Napi::Object get_object(const Napi::Value& v, const char* name);  // E_ARG unless an object
 bool has_field(const Napi::Object& o, const char* key);
 
 // Tensors: the JS Tensor object <-> specdec::Tensor. tensor_arg throws E_ARG (or E_DISPOSED).

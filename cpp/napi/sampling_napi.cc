@@ -343,8 +343,7 @@ Napi::Value Penalize(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
     Tensor logits = tensor_arg(info[0], "logits");
     SPECDEC_CHECK(logits.dim() == 2, "E_ARG", "logits: expected [N, V], got ", logits.describe());
-    SPECDEC_CHECK(info.Length() > 1 && info[1].IsObject() && !info[1].IsArray(), "E_ARG", "penalties: expected an object");
-    Napi::Object o = info[1].As<Napi::Object>();
+    Napi::Object o = get_object(info[1], "penalties");
     PenaltyArgs a;
     a.repetition = opt_float(o, "repetition", 1.0f);
     a.presence = opt_float(o, "presence", 0.0f);

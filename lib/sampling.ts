@@ -122,16 +122,21 @@ export function penalize(logits: Tensor, p: Penalties, histories: readonly Penal
   const toks: number[] = [];
   const counts: number[] = [];
   histories.forEach((h, s) => {
-    // Distinct tokens ascending, each with its count in the output (0: only in the prompt).
-    const m = new Map<number, number>();
-    for (let i = 0; i < h.tokens.length; i++) {
-      const t = h.tokens[i] as number;
-      m.set(t, (m.get(t) ?? 0) + (i >= h.promptLength ? 1 : 0));
-    }
-    const keys = Array.from(m.keys()).sort((x, y) => x - y);
-    for (const t of keys) {
+    // Distinct tokens ascending, each with its count in the output (0: only in the prompt): the
+    // prompt's and the output's tokens sorted apart (typed-array sorts), then merged.
+    const n = h.tokens.length, np = Math.max(0, Math.min(h.promptLength, n));
+    const a = new Int32Array(np), o = new Int32Array(n - np);
+    for (let i = 0; i < np; i++) a[i] = h.tokens[i] as number;
+    for (let i = np; i < n; i++) o[i - np] = h.tokens[i] as number;
+    a.sort();
+    o.sort();
+    for (let i = 0, j = 0; i < a.length || j < o.length; ) {
+      const t = j >= o.length || (i < a.length && (a[i] as number) < (o[j] as number)) ? (a[i] as number) : (o[j] as number);
+      let c = 0;
+      while (i < a.length && a[i] === t) i++;
+      while (j < o.length && o[j] === t) (j++, c++);
       toks.push(t);
-      counts.push(m.get(t) as number);
+      counts.push(c);
     }
     histIndptr[s + 1] = toks.length;
   });

@@ -19,7 +19,7 @@ import { PromptLookupSpeculator } from '../lib/strategies/prompt_lookup';
 import type { Speculator } from '../lib/strategies/speculator';
 import { Tensor } from '../lib/tensor';
 import { TextTokenizer } from '../lib/tokenizer';
-import { assertThrowsCode, rng, testSeed } from './helpers';
+import { assertThrowsCode, describeCuda, rng, testSeed } from './helpers';
 
 const EMBEDDED = defaultModelPaths();
 
@@ -47,61 +47,66 @@ function refPenalize(x: Float32Array, V: number, p: Required<Penalties>, hist: {
   return out;
 }
 
-describe('penalties', () => {
-  it('penalize == the JavaScript reference, bit for bit (random histories, tree paths, repeated tokens, negative logits, every penalty alone and together)', () => {
-    const r = rng(testSeed + 71);
-    let changed = 0;
-    for (let round = 0; round < 60; round++) {
-      const V = 5 + Math.floor(r() * 60);
-      const S = 1 + Math.floor(r() * 3);
-      const hist = Array.from({ length: S }, () => {
-        const n = Math.floor(r() * 20);
-        // Few distinct tokens: repeats in the prompt, the output and across both.
-        const pool = Array.from({ length: 1 + Math.floor(r() * 8) }, () => Math.floor(r() * V));
-        return { tokens: Array.from({ length: n }, () => pool[Math.floor(r() * pool.length)]!), promptLength: Math.floor(r() * (n + 1)) };
-      });
-      // Rows: per sequence a random tree (parents before children), each row's path from treePaths.
-      const rowSeq: number[] = [];
-      const paths: Int32Array[] = [];
-      for (let s = 0; s < S; s++) {
-        const n = 1 + Math.floor(r() * 6);
-        const parents = Int32Array.from({ length: n }, (_, i) => (i === 0 ? -1 : r() < 0.1 ? -2 : Math.floor(r() * i)));
-        const tokens = Int32Array.from({ length: n }, () => Math.floor(r() * V));
-        const tp = treePaths(tokens, parents);
-        for (let i = 0; i < n; i++) {
-          rowSeq.push(s);
-          paths.push(tp[i]!);
-        }
-      }
-      const kinds: Required<Penalties>[] = [
-        { repetition: 1.3, presence: 0, frequency: 0 },
-        { repetition: 0.7, presence: 0, frequency: 0 },
-        { repetition: 1, presence: 0.5, frequency: 0 },
-        { repetition: 1, presence: 0, frequency: 0.3 },
-        { repetition: 1 + r(), presence: r() * 4 - 2, frequency: r() * 4 - 2 },
-      ];
-      const p = kinds[round % kinds.length]!;
-      const N = rowSeq.length;
-      const x = Float32Array.from({ length: N * V }, () => Math.fround((r() - 0.5) * 20));
-      const want = refPenalize(x, V, p, hist, Int32Array.from(rowSeq), paths);
-      using t = Tensor.fromArray(x, 'f32', [N, V]);
-      penalize(t, p, hist, Int32Array.from(rowSeq), paths);
-      const got = t.toFloat32();
-      for (let i = 0; i < got.length; i++) {
-        assert.ok(Object.is(got[i], want[i]), `round ${round}, element ${i}: ${got[i]} != ${want[i]} (${JSON.stringify(p)})`);
-        if (got[i] !== x[i]) changed++;
+/** penalize on `device` against the JavaScript reference, bit for bit. */
+function checkAgainstReference(device: 'cpu' | 'cuda'): void {
+  const r = rng(testSeed + 71);
+  let changed = 0;
+  for (let round = 0; round < 60; round++) {
+    const V = 5 + Math.floor(r() * 60);
+    const S = 1 + Math.floor(r() * 3);
+    const hist = Array.from({ length: S }, () => {
+      const n = Math.floor(r() * 20);
+      // Few distinct tokens: repeats in the prompt, the output and across both.
+      const pool = Array.from({ length: 1 + Math.floor(r() * 8) }, () => Math.floor(r() * V));
+      return { tokens: Array.from({ length: n }, () => pool[Math.floor(r() * pool.length)]!), promptLength: Math.floor(r() * (n + 1)) };
+    });
+    // Rows: per sequence a random tree (parents before children), each row's path from treePaths.
+    const rowSeq: number[] = [];
+    const paths: Int32Array[] = [];
+    for (let s = 0; s < S; s++) {
+      const n = 1 + Math.floor(r() * 6);
+      const parents = Int32Array.from({ length: n }, (_, i) => (i === 0 ? -1 : r() < 0.1 ? -2 : Math.floor(r() * i)));
+      const tokens = Int32Array.from({ length: n }, () => Math.floor(r() * V));
+      const tp = treePaths(tokens, parents);
+      for (let i = 0; i < n; i++) {
+        rowSeq.push(s);
+        paths.push(tp[i]!);
       }
     }
-    assert.ok(changed > 200, `${changed} logits changed`);
-    // A view of some rows: only those change.
-    const V = 8;
-    const x = Float32Array.from({ length: 3 * V }, (_, i) => i - 10);
-    using all = Tensor.fromArray(x, 'f32', [3, V]);
-    using mid = all.rows(1, 2);
-    penalize(mid, { presence: 1 }, [{ tokens: [2, 2], promptLength: 1 }], Int32Array.of(0));
-    const y = all.toFloat32();
-    assert.deepStrictEqual(Array.from(y).map((v, i) => v - (x[i] as number)).filter((d) => d !== 0), [-1]);
-    assert.strictEqual(y[V + 2], x[V + 2]! - 1);
+    const kinds: Required<Penalties>[] = [
+      { repetition: 1.3, presence: 0, frequency: 0 },
+      { repetition: 0.7, presence: 0, frequency: 0 },
+      { repetition: 1, presence: 0.5, frequency: 0 },
+      { repetition: 1, presence: 0, frequency: 0.3 },
+      { repetition: 1 + r(), presence: r() * 4 - 2, frequency: r() * 4 - 2 },
+    ];
+    const p = kinds[round % kinds.length]!;
+    const N = rowSeq.length;
+    const x = Float32Array.from({ length: N * V }, () => Math.fround((r() - 0.5) * 20));
+    const want = refPenalize(x, V, p, hist, Int32Array.from(rowSeq), paths);
+    using t = Tensor.fromArray(x, 'f32', [N, V], device);
+    penalize(t, p, hist, Int32Array.from(rowSeq), paths);
+    const got = t.toFloat32();
+    for (let i = 0; i < got.length; i++) {
+      assert.ok(Object.is(got[i], want[i]), `round ${round}, element ${i}: ${got[i]} != ${want[i]} (${JSON.stringify(p)})`);
+      if (got[i] !== x[i]) changed++;
+    }
+  }
+  assert.ok(changed > 200, `${changed} logits changed`);
+  // A view of some rows: only those change.
+  const V = 8;
+  const x = Float32Array.from({ length: 3 * V }, (_, i) => i - 10);
+  using all = Tensor.fromArray(x, 'f32', [3, V], device);
+  using mid = all.rows(1, 2);
+  penalize(mid, { presence: 1 }, [{ tokens: [2, 2], promptLength: 1 }], Int32Array.of(0));
+  const y = all.toFloat32();
+  assert.deepStrictEqual(Array.from(y).map((v, i) => v - (x[i] as number)).filter((d) => d !== 0), [-1]);
+  assert.strictEqual(y[V + 2], x[V + 2]! - 1);
+}
+
+describe('penalties', () => {
+  it('penalize == the JavaScript reference, bit for bit (random histories, tree paths, repeated tokens, negative logits, every penalty alone and together)', () => {
+    checkAgainstReference('cpu');
   });
 
   describe('decoding with penalties (the embedded family)', () => {
@@ -273,5 +278,28 @@ describe('penalties', () => {
     for (const [bad, re] of cases) assertThrowsCode(() => pen(t, { ...ok, ...bad } as typeof ok), 'E_ARG', re);
     using h = Tensor.fromArray(new Float32Array(2 * V), 'f16', [2, V]);
     assertThrowsCode(() => pen(h, ok), 'E_ARG', /logits/);
+  });
+});
+
+describeCuda('penalties', () => {
+  it('the CUDA kernel == the JavaScript reference, bit for bit', () => {
+    checkAgainstReference('cuda');
+  });
+
+  it('greedy draft-model decoding with penalties on CUDA emits plainGenerate\'s tokens with them', async () => {
+    const target = await LlamaModel.load(EMBEDDED.target, { device: 'cuda', maxSequences: 4 });
+    const draft = await LlamaModel.load(EMBEDDED.draft, { device: 'cuda', maxSequences: 4 });
+    try {
+      const tok = TextTokenizer.load(EMBEDDED.target) as TextTokenizer;
+      const prompts = ['once upon a time', 'the dog ran to the park and'].map((t) => tok.encode(t));
+      const p = { repetition: 1.2, presence: 0.3, frequency: 0.2 };
+      const want = await plainGenerate(target, prompts, { maxNewTokens: 40, penalties: p, ignoreEos: true });
+      using dec = new SpeculativeDecoder({ target, speculator: new DraftModelSpeculator({ draft, k: 4 }), penalties: p });
+      const rs = await dec.generateBatch(prompts, { maxNewTokens: 40, ignoreEos: true });
+      rs.forEach((r, i) => assert.deepStrictEqual(Array.from(r.tokens), Array.from(want.tokens[i] as Int32Array), `prompt ${i}`));
+    } finally {
+      target.dispose();
+      draft.dispose();
+    }
   });
 });

@@ -248,6 +248,50 @@ describe('penalties', () => {
     });
   });
 
+  it('hostile penalties options and index arrays: a coded error naming the field, or a result (never another exception)', async () => {
+    const r = rng(testSeed + 73);
+    const hostile = (): unknown => {
+      const xs: unknown[] = [undefined, null, NaN, Infinity, -Infinity, -1, 0, -0, 0.5, 1, 2, 1e9, 1e308, '', '1', true, [], {}, 10n, Symbol('x'), 1.25, -2];
+      return xs[Math.floor(r() * xs.length)];
+    };
+    let refused = 0, ran = 0;
+    for (let k = 0; k < 300; k++) {
+      const p: Record<string, unknown> = {};
+      for (const f of ['repetition', 'presence', 'frequency']) if (r() < 0.7) p[f] = r() < 0.5 ? hostile() : r() * 4 - 1;
+      try {
+        const ok = resolvePenalties(p as Penalties);
+        if (ok) for (const v of Object.values(ok)) assert.ok(Number.isFinite(v));
+        ran++;
+      } catch (e) {
+        assert.strictEqual((e as { code?: string }).code, 'E_ARG', String(e));
+        refused++;
+      }
+    }
+    assert.ok(refused > 50 && ran > 50, `${refused} refused, ${ran} accepted`);
+    // The native op's arrays damaged: E_ARG, or logits changed only at tokens the arrays name.
+    const pen = native().samplingPenalize!;
+    const V = 16;
+    const arr = (n: number): Int32Array => Int32Array.from({ length: n }, () => (r() < 0.8 ? Math.floor(r() * 20) - 2 : [2 ** 31 - 1, -(2 ** 31)][Math.floor(r() * 2)]!));
+    let nativeRefused = 0;
+    for (let k = 0; k < 400; k++) {
+      using t = Tensor.fromArray(new Float32Array(3 * V).fill(1), 'f32', [3, V]);
+      const o: Record<string, unknown> = {
+        repetition: 2, presence: 0.5, frequency: 0.25,
+        rowSeq: arr(Math.floor(r() * 5)), histIndptr: arr(Math.floor(r() * 4)), histTokens: arr(Math.floor(r() * 6)), histCounts: arr(Math.floor(r() * 6)),
+        pathIndptr: arr(Math.floor(r() * 5)), pathTokens: arr(Math.floor(r() * 5)),
+      };
+      if (r() < 0.1) o[['rowSeq', 'histTokens', 'pathIndptr'][Math.floor(r() * 3)]!] = hostile();
+      try {
+        pen(t, o as unknown as Parameters<typeof pen>[1]);
+        for (const v of t.toFloat32()) assert.ok(Number.isFinite(v));
+      } catch (e) {
+        assert.ok(['E_ARG'].includes((e as { code?: string }).code as string), String(e));
+        nativeRefused++;
+      }
+    }
+    assert.ok(nativeRefused > 300, `${nativeRefused} of 400 damaged calls refused`);
+  });
+
   it('bad penalties and bad index arrays are E_ARG naming them; neutral penalties do nothing', () => {
     assert.strictEqual(resolvePenalties({ repetition: 1, presence: 0, frequency: 0 }), undefined);
     assert.strictEqual(resolvePenalties({}), undefined);

@@ -31,11 +31,6 @@ using train::MedusaShape;
 using train::MedusaTrainer;
 using train::ParamSet;
 
-Napi::Object object_arg(const Napi::Value& v, const char* name) {
-  SPECDEC_CHECK(v.IsObject(), "E_ARG", name, ": expected an object");
-  return v.As<Napi::Object>();
-}
-
 int int_arg(const Napi::Value& v, const char* name, int64_t lo, int64_t hi) {
   const int64_t x = get_int(v, name);
   SPECDEC_CHECK(x >= lo && x <= hi, "E_ARG", name, ": expected an integer in [", lo, ", ", hi, "], got ", x);
@@ -85,7 +80,7 @@ Napi::Array number_array(Napi::Env env, const std::vector<double>& v) {
 }
 
 AdamWOptions adamw_arg(const Napi::Value& v) {
-  Napi::Object o = object_arg(v, "options");
+  Napi::Object o = get_object(v, "options");
   AdamWOptions a;
   a.lr = get_number(get_field(o, "lr"), "options.lr");
   SPECDEC_CHECK(a.lr >= 0 && std::isfinite(a.lr), "E_ARG", "options.lr: expected a finite number >= 0");
@@ -315,7 +310,7 @@ class TrainLlamaWrap : public Napi::ObjectWrap<TrainLlamaWrap>, public ParamAcce
 
   static Napi::Value Create(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
-      Napi::Object c = object_arg(info[0], "config");
+      Napi::Object c = get_object(info[0], "config");
       LlamaShape s;
       layer_shape_arg(c, 256, &s);
       if (has_field(c, "tieWordEmbeddings")) s.tie = get_bool(get_field(c, "tieWordEmbeddings"), "config.tieWordEmbeddings");
@@ -483,7 +478,7 @@ class TrainMedusaWrap : public Napi::ObjectWrap<TrainMedusaWrap>, public ParamAc
   friend class ParamAccess<TrainMedusaWrap>;
   static Napi::Value Create(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
-      Napi::Object c = object_arg(info[0], "config");
+      Napi::Object c = get_object(info[0], "config");
       MedusaShape s;
       s.heads = int_arg(get_field(c, "numHeads"), "config.numHeads", 1, 64);
       s.layers = int_arg(get_field(c, "numLayers"), "config.numLayers", 0, 64);
@@ -595,7 +590,7 @@ class TrainEagleWrap : public Napi::ObjectWrap<TrainEagleWrap>, public ParamAcce
   friend class ParamAccess<TrainEagleWrap>;
   static Napi::Value Create(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
-      Napi::Object c = object_arg(info[0], "config");
+      Napi::Object c = get_object(info[0], "config");
       EagleShape s;
       layer_shape_arg(c, 64, &s);
       if (has_field(c, "fcBias")) s.fc_bias = get_bool(get_field(c, "fcBias"), "config.fcBias");
@@ -607,7 +602,7 @@ class TrainEagleWrap : public Napi::ObjectWrap<TrainEagleWrap>, public ParamAcce
   static EagleLossOptions loss_options(const Napi::Value& v) {
     EagleLossOptions e;
     if (v.IsUndefined()) return e;
-    Napi::Object o = object_arg(v, "options");
+    Napi::Object o = get_object(v, "options");
     if (has_field(o, "vWeight")) e.v_weight = get_number(get_field(o, "vWeight"), "options.vWeight");
     if (has_field(o, "pWeight")) e.p_weight = get_number(get_field(o, "pWeight"), "options.pWeight");
     if (has_field(o, "noise")) e.noise = get_number(get_field(o, "noise"), "options.noise");
@@ -749,7 +744,7 @@ class TrainEagle3Wrap : public Napi::ObjectWrap<TrainEagle3Wrap>, public ParamAc
   friend class ParamAccess<TrainEagle3Wrap>;
   static Napi::Value Create(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
-      Napi::Object c = object_arg(info[0], "config");
+      Napi::Object c = get_object(info[0], "config");
       Eagle3Shape s;
       layer_shape_arg(c, 1, &s);
       s.draft_vocab = int_arg(get_field(c, "draftVocabSize"), "config.draftVocabSize", 1, s.vocab);
@@ -761,7 +756,7 @@ class TrainEagle3Wrap : public Napi::ObjectWrap<TrainEagle3Wrap>, public ParamAc
   static Eagle3LossOptions loss_options(const Napi::Value& v) {
     Eagle3LossOptions e;
     if (v.IsUndefined()) return e;
-    Napi::Object o = object_arg(v, "options");
+    Napi::Object o = get_object(v, "options");
     if (has_field(o, "steps")) e.steps = int_arg(get_field(o, "steps"), "options.steps", 1, 64);
     if (has_field(o, "decay")) e.decay = get_number(get_field(o, "decay"), "options.decay");
     SPECDEC_CHECK(e.decay > 0 && std::isfinite(e.decay), "E_ARG", "options.decay: expected a finite number > 0");

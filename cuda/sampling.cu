@@ -146,7 +146,8 @@ void penalize(Tensor& logits, const PenaltyArgs& a) {
   pack.upload(Device::cuda);
   launch_kernel(penalize_kernel, static_cast<unsigned>(N), kBlock, 0, logits.ptr<float>(), V, pack.view(rs).ptr<int32_t>(),
                 pack.view(hi).ptr<int32_t>(), pack.view(ht).ptr<int32_t>(), pack.view(hc).ptr<int32_t>(), pack.view(pi).ptr<int32_t>(),
-                pack.view(pt).ptr<int32_t>(), a.repetition, a.presence, a.frequency);
+                pack.view(pt).ptr<int32_t>(), a.path_source ? a.path_source->ptr<int32_t>() : nullptr, a.repetition, a.presence,
+                a.frequency);
   SPECDEC_CUDA_LAUNCH_CHECK("penalize_kernel");
 }
 

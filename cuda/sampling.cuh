@@ -275,11 +275,13 @@ void process_logits_slices(Go&& go, const T* logits, float* probs, int N, int V,
 // Penalties (ops::penalize): one block per row; its threads take the history's entries, then the
 // path's tokens the history lacks: each distinct token is written by one thread (the CPU's values:
 // sm::penalized_logit with the same counts).
+// path_source null: path_tokens are the tokens; else indices into path_source (a chain's picks), and
+// a token read outside the vocabulary there is skipped.
 __global__ void __launch_bounds__(kBlock) penalize_kernel(float* __restrict__ logits, int64_t V, const int32_t* __restrict__ row_seq,
                                                           const int32_t* __restrict__ hist_indptr, const int32_t* __restrict__ hist_tokens,
                                                           const int32_t* __restrict__ hist_counts, const int32_t* __restrict__ path_indptr,
-                                                          const int32_t* __restrict__ path_tokens, float repetition, float presence,
-                                                          float frequency) {
+                                                          const int32_t* __restrict__ path_tokens, const int32_t* __restrict__ path_source,
+                                                          float repetition, float presence, float frequency) {
   const int64_t r = blockIdx.x;
   float* row = logits + r * V;
   const int32_t s = row_seq[r];
@@ -287,14 +289,14 @@ __global__ void __launch_bounds__(kBlock) penalize_kernel(float* __restrict__ lo
   const int32_t p0 = path_indptr[r], pn = path_indptr[r + 1] - p0;
   const int32_t* hist = hist_tokens + h0;
   const int32_t* counts = hist_counts + h0;
-  const int32_t* path = path_tokens + p0;
+  const auto path = [=](int32_t j) { return path_source ? path_source[path_tokens[p0 + j]] : path_tokens[p0 + j]; };
   for (int32_t j = static_cast<int32_t>(threadIdx.x); j < hn; j += static_cast<int32_t>(blockDim.x)) {
     const int32_t t = hist[j];
     row[t] = sm::penalized_logit(row[t], counts[j] + sm::path_count(path, pn, t), repetition, presence, frequency);
   }
   for (int32_t j = static_cast<int32_t>(threadIdx.x); j < pn; j += static_cast<int32_t>(blockDim.x)) {
-    const int32_t t = path[j];
-    if (sm::first_in_path(path, j) && !sm::in_history(hist, hn, t))
+    const int32_t t = path(j);
+    if (t >= 0 && t < V && sm::first_in_path(path, j) && !sm::in_history(hist, hn, t))
       row[t] = sm::penalized_logit(row[t], sm::path_count(path, pn, t), repetition, presence, frequency);
   }
 }

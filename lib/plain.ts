@@ -6,10 +6,10 @@
 // so (seed, i, k) alone determine a draw: the same prompt at the same batch index gives the same
 // output whatever else is in the batch.
 import { checkIgnoreEos, checkStopTokens, optionsArg } from './errors';
-import type { CausalLM, SequenceInput } from './models/causal_lm';
+import type { CausalLM, ChainOptions, SequenceInput } from './models/causal_lm';
 import { codedError } from './models/config';
 import { chainLength, observeChainStep } from './plain_chain';
-import { argmax, argmaxIds, penalize, processLogits, resolvePenalties, sample, type Penalties } from './sampling';
+import { argmax, argmaxIds, penalize, processLogits, resolvePenalties, sample, type Penalties, type PenaltyHistory } from './sampling';
 import type { Tensor } from './tensor';
 
 /** A one-row penalize() call's row-to-history map. */
@@ -27,7 +27,7 @@ export interface PlainOptions {
   readonly stopTokens?: readonly number[];
   /** The model's EOS ids do not end a sequence (stopTokens still do): runs of a fixed length, for benchmarks. Default false. */
   readonly ignoreEos?: boolean;
-  /** Repetition / presence / frequency penalties on each step's logits (default none). Steps then run one by one, not as native chains. */
+  /** Repetition / presence / frequency penalties on each step's logits (default none); native chains apply them too. */
   readonly penalties?: Penalties;
   readonly signal?: AbortSignal;
   /** Called with each new token of sequence `index` as soon as it is chosen (for streaming). */
@@ -96,8 +96,8 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
     let active = maxNew > 0 ? prompts.map((_, i) => i) : [];
     // Steps run as native chains (lib/plain_chain.ts): the same tokens as one at a time, sampled
     // ones included (a chain draws step j of sequence i at streamOffset(i, k + j), as below).
-    // (A chain picks on the device from unpenalized logits: penalties step one by one.)
-    const chain = penalties ? undefined : chainCall(model, sampling, seed);
+    // (Penalties go with the chain: each pick sees the history and the chain's own picks.)
+    const chain = chainCall(model, sampling, seed, penalties);
     while (chain && active.length > 0) {
       options.signal?.throwIfAborted();
       const len = chainLength(model, active.length);
@@ -109,6 +109,7 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
         steps,
         temperature === 0 ? [] : active.map((i, b) => Array.from({ length: steps[b]! }, (_, j) => streamOffset(i, out[i]!.length + j))),
         options.signal,
+        penalties ? active.map((i) => ({ tokens: [...prompts[i]!, ...out[i]!], promptLength: prompts[i]!.length })) : undefined,
       );
       const most = Math.max(...steps);
       // (A chain that starts with a prompt says nothing about a step's cost.)
@@ -211,19 +212,22 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
   };
 }
 
-type ChainFn = (inputs: readonly SequenceInput[], steps: readonly number[], offsets: readonly (readonly bigint[])[], signal: AbortSignal | undefined) => Promise<Int32Array[]>;
+type ChainFn = (inputs: readonly SequenceInput[], steps: readonly number[], offsets: readonly (readonly bigint[])[], signal: AbortSignal | undefined, histories?: readonly PenaltyHistory[]) => Promise<Int32Array[]>;
 
 /** The model's chain call for this sampling (greedyChain, or sampledChain with its q rows let go), if it has one. */
-function chainCall(model: CausalLM, sampling: { temperature: number; topK: number; topP: number; minP: number }, seed: number): ChainFn | undefined {
-  const opts = (signal: AbortSignal | undefined): { signal?: AbortSignal } => (signal ? { signal } : {});
+function chainCall(model: CausalLM, sampling: { temperature: number; topK: number; topP: number; minP: number }, seed: number, penalties?: Required<Penalties>): ChainFn | undefined {
+  const opts = (signal: AbortSignal | undefined, histories: readonly PenaltyHistory[] | undefined): ChainOptions => ({
+    ...(signal ? { signal } : {}),
+    ...(penalties && histories ? { penalties: { penalties, histories } } : {}),
+  });
   if (sampling.temperature === 0) {
     const greedy = model.greedyChain;
-    return greedy ? (inputs, steps, _offsets, signal) => greedy.call(model, inputs, steps, opts(signal)) : undefined;
+    return greedy ? (inputs, steps, _offsets, signal, histories) => greedy.call(model, inputs, steps, opts(signal, histories)) : undefined;
   }
   const sampled = model.sampledChain;
   if (!sampled) return undefined;
-  return async (inputs, steps, offsets, signal) => {
-    const r = await sampled.call(model, inputs, steps, sampling, inputs.map(() => BigInt(seed)), offsets, opts(signal));
+  return async (inputs, steps, offsets, signal, histories) => {
+    const r = await sampled.call(model, inputs, steps, sampling, inputs.map(() => BigInt(seed)), offsets, opts(signal, histories));
     r.q.dispose();
     return r.picks;
   };

@@ -118,6 +118,19 @@ export function penalize(logits: Tensor, p: Penalties, histories: readonly Penal
   if (!r) return;
   const b = native();
   if (!b.samplingPenalize) throw argError('penalties: this build of the addon has no penalize op (rebuild it)');
+  const N = rowSeq.length;
+  const pathIndptr = new Int32Array(N + 1);
+  const pathTokens: number[] = [];
+  for (let i = 0; i < N; i++) {
+    const q = paths?.[i];
+    if (q) for (let j = 0; j < q.length; j++) pathTokens.push(q[j] as number);
+    pathIndptr[i + 1] = pathTokens.length;
+  }
+  b.samplingPenalize(logits, { ...nativePenalties(r, histories), rowSeq, pathIndptr, pathTokens: Int32Array.from(pathTokens) });
+}
+
+/** The native form of penalties over histories (one entry per history; rows are the caller's). */
+export function nativePenalties(r: Required<Penalties>, histories: readonly PenaltyHistory[]): SpecdecNative.NativeChainPenalties {
   const histIndptr = new Int32Array(histories.length + 1);
   const toks: number[] = [];
   const counts: number[] = [];
@@ -140,25 +153,7 @@ export function penalize(logits: Tensor, p: Penalties, histories: readonly Penal
     }
     histIndptr[s + 1] = toks.length;
   });
-  const N = rowSeq.length;
-  const pathIndptr = new Int32Array(N + 1);
-  const pathTokens: number[] = [];
-  for (let i = 0; i < N; i++) {
-    const q = paths?.[i];
-    if (q) for (let j = 0; j < q.length; j++) pathTokens.push(q[j] as number);
-    pathIndptr[i + 1] = pathTokens.length;
-  }
-  b.samplingPenalize(logits, {
-    repetition: r.repetition,
-    presence: r.presence,
-    frequency: r.frequency,
-    rowSeq,
-    histIndptr,
-    histTokens: Int32Array.from(toks),
-    histCounts: Int32Array.from(counts),
-    pathIndptr,
-    pathTokens: Int32Array.from(pathTokens),
-  });
+  return { repetition: r.repetition, presence: r.presence, frequency: r.frequency, histIndptr, histTokens: Int32Array.from(toks), histCounts: Int32Array.from(counts) };
 }
 
 /** The output tokens on each node's path below the root of a tree (node 0): [] for the root and for non-candidates (parent -2). */

@@ -2,7 +2,7 @@
 // tree per sequence -> ONE model forward over all trees of the batch -> verify -> commit the
 // accepted nodes -> let the speculator sync -> emit -> statistics. It lives apart from the decoder
 // so that a hybrid speculator can run the same loop on its draft model ("Medusa as the draft").
-import type { CausalLM, ForwardOptions, ForwardOutput, MedusaChainOptions, MedusaChainSequence, SequenceInput, SpecChainOptions, SpecChainSequence, StagedVerify, VerifiedPaths, VerifyStaging } from './models/causal_lm';
+import type { CausalLM, ChainOptions, ForwardOptions, ForwardOutput, MedusaChainOptions, MedusaChainSequence, SequenceInput, SpecChainOptions, SpecChainSequence, StagedVerify, VerifiedPaths, VerifyStaging } from './models/causal_lm';
 import type {
   DraftChainOffer,
   HeadsChainOffer,
@@ -260,7 +260,7 @@ export interface EngineOptions {
   readonly model: CausalLM;
   readonly speculator?: Speculator;
   readonly sampling?: SamplingConfig;
-  /** Penalties on every row the engine picks or verifies from (steps then run one by one, no native chains). */
+  /** Penalties on every row the engine picks or verifies from (plain chains apply them; draft and Medusa chains do not run). */
   readonly penalties?: Penalties;
 }
 
@@ -615,7 +615,9 @@ export class SpecEngine {
       inputs[b] = { seq: s.modelSeq, tokens: Int32Array.of(s.history[s.history.length - 1] as number) };
       most = Math.max(most, steps[b] as number);
     }
-    const opts = signal ? { signal } : {};
+    // Penalties (one part: plainChainSteps): each pick sees its sequence's history and the chain's picks.
+    const pen = first.engine.penalties;
+    const opts: ChainOptions = { ...(signal ? { signal } : {}), ...(pen ? { penalties: { penalties: pen, histories: seqs.map((s) => ({ tokens: s.history, promptLength: s.promptLength })) } } : {}) };
     const sampling = first.engine.sampling;
     // Sampled (one part): each step's token is the sample op's draw at the sequence's next counter,
     // as a lone root's verification draws it (spec_math.h): the same tokens as one step at a time.
@@ -1189,7 +1191,8 @@ function plainChainSteps(
   let n = 0;
   for (let i = 0; i < parts.length; i++) {
     if (!sampled && (parts[i] as StepPart).engine.sampling) return undefined;
-    if ((parts[i] as StepPart).engine.penalties) return undefined;
+    // (A chain takes one setting of penalties: a part with them chains alone.)
+    if ((parts[i] as StepPart).engine.penalties && parts.length !== 1) return undefined;
     if (speculator) {
       const k = (batches[i] as ProposalBatch).plainSteps;
       if (!speculator.updatePlain || k === undefined || !(k >= 1)) return undefined;

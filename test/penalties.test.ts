@@ -171,6 +171,19 @@ describe('penalties', () => {
       }
     });
 
+    it('native chains with penalties (greedy and sampled; the picks so far read as each row\'s path) == the same steps one at a time', async () => {
+      // The target without its chain calls: plainGenerate then steps one at a time.
+      const stepwise = Object.create(target, { greedyChain: { value: undefined }, sampledChain: { value: undefined } }) as LlamaModel;
+      for (const p of P) {
+        for (const sampled of [false, true]) {
+          const o = { maxNewTokens: N, penalties: p, ignoreEos: true, ...(sampled ? { temperature: 0.9, topK: 40, seed: 5 } : {}) };
+          const chained = await plainGenerate(target, prompts, o);
+          const one = await plainGenerate(stepwise, prompts, o);
+          chained.tokens.forEach((t, i) => assert.deepStrictEqual(Array.from(t), Array.from(one.tokens[i] as Int32Array), `${JSON.stringify(p)}, ${sampled ? 'sampled' : 'greedy'}, prompt ${i}`));
+        }
+      }
+    });
+
     const speculators = (): [string, () => Speculator][] => [
       ['draft model k=4', () => new DraftModelSpeculator({ draft, k: 4 })],
       ['draft model, sized', () => new DraftModelSpeculator({ draft })],

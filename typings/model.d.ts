@@ -132,7 +132,18 @@ declare namespace SpecdecNative {
     seeds: BigUint64Array,
     offsets: BigUint64Array,
     syncMaxMacs?: number,
+    penalties?: NativeChainPenalties,
   ];
+
+  /** A chain's penalties: one history per input (NativePenalties without rows; the chain makes them). */
+  interface NativeChainPenalties {
+    repetition?: number;
+    presence?: number;
+    frequency?: number;
+    histIndptr: Int32Array;
+    histTokens: Int32Array;
+    histCounts: Int32Array;
+  }
 
   /** One sequence of speculativeChain. */
   interface NativeSpecChainSeq {
@@ -197,7 +208,7 @@ declare namespace SpecdecNative {
      * the picked tokens per input (steps[b] each). On an error nothing of the call stays committed.
      * Runs where forward would (syncMaxMacs against the work of all steps).
      */
-    greedyChain(inputs: readonly LlamaNativeInput[], steps: Int32Array, syncMaxMacs?: number): Promise<Int32Array[]>;
+    greedyChain(inputs: readonly LlamaNativeInput[], steps: Int32Array, syncMaxMacs?: number, penalties?: NativeChainPenalties): Promise<Int32Array[]>;
     greedyChainOnDevice(inputs: readonly LlamaNativeInput[], steps: Int32Array, syncMaxMacs?: number): Promise<Tensor>;
     sampledChain(...args: NativeSampledChainArgs): Promise<{ picks: Int32Array[]; q: Tensor }>;
     sampledChainOnDevice(...args: NativeSampledChainArgs): Promise<{ ids: Tensor; q: Tensor }>;

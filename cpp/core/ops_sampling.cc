@@ -201,8 +201,16 @@ void penalize(Tensor& logits, const PenaltyArgs& a) {
     // Counts stay below 2^29 (penalized_logit's exact product): a path adds at most its length.
     SPECDEC_CHECK(a.path_indptr[r + 1] - a.path_indptr[r] <= (1 << 20), "E_ARG", "pathIndptr: row ", r, "'s path is longer than 2^20 tokens");
   }
-  for (int64_t j = 0; j < P; ++j)
-    SPECDEC_CHECK(a.path_tokens[j] >= 0 && a.path_tokens[j] < V, "E_ARG", "pathTokens: token ", a.path_tokens[j], " is outside the vocabulary [0, ", V, ")");
+  if (a.path_source) {
+    check_arg(*a.path_source, "pathSource", {DType::i32}, {-1});
+    check_same_device({&logits, a.path_source}, "penalize");
+    const int64_t n = a.path_source->numel();
+    for (int64_t j = 0; j < P; ++j)
+      SPECDEC_CHECK(a.path_tokens[j] >= 0 && a.path_tokens[j] < n, "E_ARG", "pathTokens: index ", a.path_tokens[j], " is outside the path source's ", n, " entries");
+  } else {
+    for (int64_t j = 0; j < P; ++j)
+      SPECDEC_CHECK(a.path_tokens[j] >= 0 && a.path_tokens[j] < V, "E_ARG", "pathTokens: token ", a.path_tokens[j], " is outside the vocabulary [0, ", V, ")");
+  }
   if (N == 0) return;
   SPECDEC_SAMPLING_DISPATCH(logits.device(), penalize(logits, a));
 }

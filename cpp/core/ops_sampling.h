@@ -103,6 +103,9 @@ struct PenaltyArgs {
   std::vector<int32_t> row_seq;                            // [N]
   std::vector<int32_t> hist_indptr, hist_tokens, hist_counts;  // [S + 1], [H], [H]
   std::vector<int32_t> path_indptr, path_tokens;           // [N + 1], [P]
+  // When set: path_tokens are indices into this i32 tensor on the logits' device (a native chain's
+  // picks), read there; a token read outside the vocabulary (a draw without mass) is skipped.
+  const Tensor* path_source = nullptr;
 };
 
 // A token the kernels could not draw (sm::kNoMass: its row had no probability mass) is an error,

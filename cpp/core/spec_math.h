@@ -499,17 +499,32 @@ SPECDEC_HD inline float penalized_logit(float l, int32_t count, float repetition
   return l;
 }
 
+// A row's path tokens: given (path[j]), or read through indices from a buffer of picks
+// (source[index[j]]: a native chain's own picks, on the device).
+struct DirectPath {
+  const int32_t* path;
+  SPECDEC_HD int32_t operator()(int32_t j) const { return path[j]; }
+};
+struct IndexedPath {
+  const int32_t* source;
+  const int32_t* index;
+  SPECDEC_HD int32_t operator()(int32_t j) const { return source[index[j]]; }
+};
+
 // How often t occurs among the n tokens of a row's path.
-SPECDEC_HD inline int32_t path_count(const int32_t* path, int32_t n, int32_t t) {
+template <class Path>
+SPECDEC_HD inline int32_t path_count(const Path& path, int32_t n, int32_t t) {
   int32_t c = 0;
-  for (int32_t j = 0; j < n; ++j) c += path[j] == t ? 1 : 0;
+  for (int32_t j = 0; j < n; ++j) c += path(j) == t ? 1 : 0;
   return c;
 }
 
-// Whether path[j] occurs first at j (each distinct path token is penalized once).
-SPECDEC_HD inline bool first_in_path(const int32_t* path, int32_t j) {
+// Whether path token j occurs first at j (each distinct path token is penalized once).
+template <class Path>
+SPECDEC_HD inline bool first_in_path(const Path& path, int32_t j) {
+  const int32_t t = path(j);
   for (int32_t i = 0; i < j; ++i)
-    if (path[i] == path[j]) return false;
+    if (path(i) == t) return false;
   return true;
 }
 

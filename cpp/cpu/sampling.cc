@@ -174,11 +174,11 @@ void top_k(const Tensor& x, int32_t k, Tensor& vals, Tensor& ids) {
   }
 }
 
+namespace {
 // Row by row: the sequence's history tokens (their output counts plus the path's), then the path's
 // tokens the history lacks, each distinct one once.
-void penalize(Tensor& logits, const PenaltyArgs& a) {
-  const int64_t N = logits.size(0), V = logits.size(1);
-  float* x = logits.ptr<float>();
+template <class Path>
+void penalize_rows(float* x, int64_t N, int64_t V, const PenaltyArgs& a, const Path& whole) {
   for (int64_t r = 0; r < N; ++r) {
     float* row = x + r * V;
     const int32_t s = a.row_seq[static_cast<size_t>(r)];
@@ -186,13 +186,22 @@ void penalize(Tensor& logits, const PenaltyArgs& a) {
     const int32_t* hist = a.hist_tokens.data() + h0;
     const int32_t* counts = a.hist_counts.data() + h0;
     const int32_t p0 = a.path_indptr[static_cast<size_t>(r)], pn = a.path_indptr[static_cast<size_t>(r) + 1] - p0;
-    const int32_t* path = a.path_tokens.data() + p0;
+    const auto path = [&](int32_t j) { return whole(p0 + j); };
     for (int32_t j = 0; j < hn; ++j)
       row[hist[j]] = sm::penalized_logit(row[hist[j]], counts[j] + sm::path_count(path, pn, hist[j]), a.repetition, a.presence, a.frequency);
-    for (int32_t j = 0; j < pn; ++j)
-      if (sm::first_in_path(path, j) && !sm::in_history(hist, hn, path[j]))
-        row[path[j]] = sm::penalized_logit(row[path[j]], sm::path_count(path, pn, path[j]), a.repetition, a.presence, a.frequency);
+    for (int32_t j = 0; j < pn; ++j) {
+      const int32_t t = path(j);
+      if (t >= 0 && t < V && sm::first_in_path(path, j) && !sm::in_history(hist, hn, t))
+        row[t] = sm::penalized_logit(row[t], sm::path_count(path, pn, t), a.repetition, a.presence, a.frequency);
+    }
   }
+}
+}  // namespace
+
+void penalize(Tensor& logits, const PenaltyArgs& a) {
+  const int64_t N = logits.size(0), V = logits.size(1);
+  if (a.path_source) penalize_rows(logits.ptr<float>(), N, V, a, sm::IndexedPath{a.path_source->ptr<int32_t>(), a.path_tokens.data()});
+  else penalize_rows(logits.ptr<float>(), N, V, a, sm::DirectPath{a.path_tokens.data()});
 }
 
 }  // namespace cpu

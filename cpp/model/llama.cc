@@ -812,9 +812,9 @@ void LlamaModel::commit_locked(const std::vector<int>& seqs, const std::vector<s
 }
 
 std::vector<std::vector<int32_t>> LlamaModel::greedy_chain(const std::vector<LlamaSeqInput>& inputs,
-                                                           const std::vector<int>& steps) {
+                                                           const std::vector<int>& steps, const PenaltyArgs* penalties) {
   std::lock_guard<std::mutex> lock(mu_);
-  return draft_chain(inputs, steps, nullptr, nullptr, nullptr).picks;
+  return draft_chain(inputs, steps, nullptr, nullptr, nullptr, false, penalties).picks;
 }
 
 Tensor LlamaModel::greedy_chain_on_device(const std::vector<LlamaSeqInput>& inputs, const std::vector<int>& steps) {
@@ -824,15 +824,19 @@ Tensor LlamaModel::greedy_chain_on_device(const std::vector<LlamaSeqInput>& inpu
 
 LlamaModel::SampledChain LlamaModel::sampled_chain(const std::vector<LlamaSeqInput>& inputs, const std::vector<int>& steps,
                                                    const SamplingParams& params, const std::vector<uint64_t>& seeds,
-                                                   const std::vector<std::vector<uint64_t>>& offsets, bool keep_on_device) {
+                                                   const std::vector<std::vector<uint64_t>>& offsets, bool keep_on_device,
+                                                   const PenaltyArgs* penalties) {
   std::lock_guard<std::mutex> lock(mu_);
-  return draft_chain(inputs, steps, &params, &seeds, &offsets, keep_on_device);
+  return draft_chain(inputs, steps, &params, &seeds, &offsets, keep_on_device, penalties);
 }
 
 LlamaModel::SampledChain LlamaModel::draft_chain(const std::vector<LlamaSeqInput>& inputs, const std::vector<int>& steps,
                                                  const SamplingParams* params, const std::vector<uint64_t>* seeds,
-                                                 const std::vector<std::vector<uint64_t>>* offsets, bool keep_on_device) {
+                                                 const std::vector<std::vector<uint64_t>>* offsets, bool keep_on_device,
+                                                 const PenaltyArgs* penalties) {
   const size_t B = inputs.size();
+  SPECDEC_CHECK(!penalties || penalties->hist_indptr.size() == B + 1, "E_ARG", "penalties: histories for ",
+                penalties ? penalties->hist_indptr.size() - 1 : 0, " inputs, expected ", B);
   SPECDEC_CHECK(B > 0, "E_ARG", "inputs: empty batch");
   SPECDEC_CHECK(steps.size() == B, "E_ARG", "steps: ", steps.size(), " entries for ", B, " inputs");
   std::vector<int32_t> start(B);
@@ -937,6 +941,8 @@ LlamaModel::SampledChain LlamaModel::draft_chain(const std::vector<LlamaSeqInput
     std::vector<size_t> owner;
     owner.reserve(static_cast<size_t>(total));
     std::vector<int> made(B, 0);
+    // With penalties: where each input's picks so far sit in `picks` (its rows' paths).
+    std::vector<std::vector<int32_t>> pick_pos(penalties ? B : 0);
     std::vector<size_t> active(B);
     for (size_t b = 0; b < B; ++b) active[b] = b;
     Tensor next_ids;  // one id per active input, on the device; undefined before the first step
@@ -960,6 +966,20 @@ LlamaModel::SampledChain LlamaModel::draft_chain(const std::vector<LlamaSeqInput
       const int64_t at = static_cast<int64_t>(owner.size());
       SPECDEC_CHECK(r.logits.size(0) == A, "E_INTERNAL", "chain step: ", r.logits.size(0), " logits rows for ", A, " inputs");
       Tensor out_picks = picks.rows(at, at + A);
+      if (penalties) {
+        PenaltyArgs pa = *penalties;
+        pa.row_seq.clear();
+        pa.path_indptr.assign(1, 0);
+        pa.path_tokens.clear();
+        for (size_t b : active) {
+          pa.row_seq.push_back(static_cast<int32_t>(b));
+          pa.path_tokens.insert(pa.path_tokens.end(), pick_pos[b].begin(), pick_pos[b].end());
+          pa.path_indptr.push_back(static_cast<int32_t>(pa.path_tokens.size()));
+        }
+        pa.path_source = &picks;
+        ops::penalize(r.logits, pa);
+        for (int64_t i = 0; i < A; ++i) pick_pos[active[static_cast<size_t>(i)]].push_back(static_cast<int32_t>(at + i));
+      }
       if (params) {
         Tensor probs = q.rows(at, at + A);
         ops::process_logits(r.logits, *params, probs);

@@ -175,8 +175,11 @@ class LlamaModel {
   // batch that shrinks as their steps run out, so (batch invariance) the tokens are exactly those
   // of the same forward/argmax/commit calls made one by one. On an error every sequence is
   // truncated back to its committed length at entry, and the error is rethrown.
+  // penalties: the inputs' histories (hist_* over B inputs: each input's whole history, its fed
+  // tokens included; row_seq and paths are the chain's own); each step's rows are penalized with
+  // the input's history and its picks so far, read on the device (ops::penalize, path_source).
   std::vector<std::vector<int32_t>> greedy_chain(const std::vector<LlamaSeqInput>& inputs,
-                                                 const std::vector<int>& steps);
+                                                 const std::vector<int>& steps, const PenaltyArgs* penalties = nullptr);
   // The same picks left on the device (i32 [sum(steps)], input by input), with no read-back at all.
   Tensor greedy_chain_on_device(const std::vector<LlamaSeqInput>& inputs, const std::vector<int>& steps);
 
@@ -196,7 +199,8 @@ class LlamaModel {
   };
   SampledChain sampled_chain(const std::vector<LlamaSeqInput>& inputs, const std::vector<int>& steps,
                              const SamplingParams& params, const std::vector<uint64_t>& seeds,
-                             const std::vector<std::vector<uint64_t>>& offsets, bool keep_on_device = false);
+                             const std::vector<std::vector<uint64_t>>& offsets, bool keep_on_device = false,
+                             const PenaltyArgs* penalties = nullptr);
 
   // After forward(): accepted[i] (indices into that forward's input of seqs[i], strictly increasing,
   // a path from a root when the input was a tree) become committed. seqs must be a subset of the last
@@ -219,7 +223,8 @@ class LlamaModel {
   // The loop of greedy_chain and sampled_chain (sampled when params is not null).
   SampledChain draft_chain(const std::vector<LlamaSeqInput>& inputs, const std::vector<int>& steps,
                            const SamplingParams* params, const std::vector<uint64_t>* seeds,
-                           const std::vector<std::vector<uint64_t>>* offsets, bool keep_on_device = false);
+                           const std::vector<std::vector<uint64_t>>* offsets, bool keep_on_device = false,
+                           const PenaltyArgs* penalties = nullptr);
 
   // forward() and commit() with mu_ held by the caller. With dev_ids (i32 [N] on the model's
   // device, in range by construction), the token ids come from there and inputs' tokens only

@@ -347,13 +347,21 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
     return {model_, inputs, steps, run_here(*model_, *inputs, info[limit], max_steps)};
   }
 
-  // greedyChain(inputs, steps: Int32Array, syncMaxMacs?) -> Promise<Int32Array[]> (LlamaModel::greedy_chain)
+  // A chain's penalties (info[at]: undefined, or { repetition, presence, frequency, histIndptr,
+  // histTokens, histCounts } with one history per input), or null.
+  static std::shared_ptr<PenaltyArgs> chain_penalties(const Napi::CallbackInfo& info, size_t at) {
+    if (info.Length() <= at || info[at].IsUndefined() || info[at].IsNull()) return nullptr;
+    return std::make_shared<PenaltyArgs>(penalty_args(info[at], false));
+  }
+
+  // greedyChain(inputs, steps: Int32Array, syncMaxMacs?, penalties?) -> Promise<Int32Array[]> (LlamaModel::greedy_chain)
   Napi::Value GreedyChain(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
       const ChainArgs a = chain_args(info, 2);
+      const std::shared_ptr<PenaltyArgs> pen = chain_penalties(info, 3);
       auto result = std::make_shared<std::vector<std::vector<int32_t>>>();
       return run_maybe_async(
-          info.Env(), a.sync, [=] { *result = a.m->greedy_chain(*a.inputs, *a.steps); },
+          info.Env(), a.sync, [=] { *result = a.m->greedy_chain(*a.inputs, *a.steps, pen.get()); },
           [=](Napi::Env env) -> Napi::Value { return int32_arrays(env, *result); },
           {Value()});
     });
@@ -373,7 +381,7 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
   }
 
   // sampledChain(inputs, steps: Int32Array, sampling, seeds: BigUint64Array [B], offsets: BigUint64Array
-  //   [sum steps, input by input], syncMaxMacs?) -> Promise<{ picks: Int32Array[], q: Tensor }>
+  //   [sum steps, input by input], syncMaxMacs?, penalties?) -> Promise<{ picks: Int32Array[], q: Tensor }>
   //   (LlamaModel::sampled_chain)
   Napi::Value SampledChain(const Napi::CallbackInfo& info) { return sampled_chain(info, false); }
 
@@ -395,9 +403,10 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
       }
       SPECDEC_CHECK(at == flat.size(), "E_ARG", "offsets: ", flat.size(), " counters for ", at, " steps in all");
       auto sd = std::make_shared<std::vector<uint64_t>>(seeds);
+      const std::shared_ptr<PenaltyArgs> pen = chain_penalties(info, 6);
       auto result = std::make_shared<LlamaModel::SampledChain>();
       return run_maybe_async(
-          info.Env(), a.sync, [=] { *result = a.m->sampled_chain(*a.inputs, *a.steps, params, *sd, *offsets, on_device); },
+          info.Env(), a.sync, [=] { *result = a.m->sampled_chain(*a.inputs, *a.steps, params, *sd, *offsets, on_device, pen.get()); },
           [=](Napi::Env env) -> Napi::Value {
             Napi::Object o = Napi::Object::New(env);
             if (on_device) o.Set("ids", wrap_ids_tensor(env, result->picks_on_device, a.m->config().vocab_size));

@@ -252,6 +252,26 @@ SamplingParams sampling_params_arg(const Napi::Value& v) {
   return p;
 }
 
+PenaltyArgs penalty_args(const Napi::Value& v, bool with_rows) {
+  Napi::Object o = get_object(v, "penalties");
+  PenaltyArgs a;
+  const auto num = [&](const char* k, float dflt) {
+    return has_field(o, k) ? static_cast<float>(get_number(get_field(o, k), k)) : dflt;
+  };
+  a.repetition = num("repetition", 1.0f);
+  a.presence = num("presence", 0.0f);
+  a.frequency = num("frequency", 0.0f);
+  a.hist_indptr = get_i32_array(get_field(o, "histIndptr"), "histIndptr");
+  a.hist_tokens = get_i32_array(get_field(o, "histTokens"), "histTokens");
+  a.hist_counts = get_i32_array(get_field(o, "histCounts"), "histCounts");
+  if (with_rows) {
+    a.row_seq = get_i32_array(get_field(o, "rowSeq"), "rowSeq");
+    a.path_indptr = get_i32_array(get_field(o, "pathIndptr"), "pathIndptr");
+    a.path_tokens = get_i32_array(get_field(o, "pathTokens"), "pathTokens");
+  }
+  return a;
+}
+
 std::vector<Tensor> tensor_list_arg(const Napi::Value& v, const char* name) {
   SPECDEC_CHECK(v.IsArray(), "E_ARG", name, ": expected an array of Tensors");
   Napi::Array a = v.As<Napi::Array>();

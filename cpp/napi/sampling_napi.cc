@@ -343,18 +343,7 @@ Napi::Value Penalize(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
     Tensor logits = tensor_arg(info[0], "logits");
     SPECDEC_CHECK(logits.dim() == 2, "E_ARG", "logits: expected [N, V], got ", logits.describe());
-    Napi::Object o = get_object(info[1], "penalties");
-    PenaltyArgs a;
-    a.repetition = opt_float(o, "repetition", 1.0f);
-    a.presence = opt_float(o, "presence", 0.0f);
-    a.frequency = opt_float(o, "frequency", 0.0f);
-    a.row_seq = get_i32_array(get_field(o, "rowSeq"), "rowSeq");
-    a.hist_indptr = get_i32_array(get_field(o, "histIndptr"), "histIndptr");
-    a.hist_tokens = get_i32_array(get_field(o, "histTokens"), "histTokens");
-    a.hist_counts = get_i32_array(get_field(o, "histCounts"), "histCounts");
-    a.path_indptr = get_i32_array(get_field(o, "pathIndptr"), "pathIndptr");
-    a.path_tokens = get_i32_array(get_field(o, "pathTokens"), "pathTokens");
-    ops::penalize(logits, a);
+    ops::penalize(logits, penalty_args(info.Length() > 1 ? info[1] : info.Env().Undefined(), true));
     return info.Env().Undefined();
   });
 }

@@ -1,6 +1,6 @@
 // The model interface every strategy and the decoder depend on (DESIGN §4). The built-in Llama
 // runner implements it; engines implement it for their own models.
-import type { SamplingOptions } from '../sampling';
+import type { Penalties, PenaltyHistory, SamplingOptions } from '../sampling';
 import type { Device, Tensor } from '../tensor';
 
 export interface ModelConfig {
@@ -47,8 +47,18 @@ export type SampledChainArgs = [
   sampling: SamplingOptions,
   seeds: readonly bigint[],
   offsets: readonly (readonly bigint[])[],
-  options?: { readonly signal?: AbortSignal },
+  options?: ChainOptions,
 ];
+
+/** Options of the native chains (greedyChain, sampledChain). */
+export interface ChainOptions {
+  readonly signal?: AbortSignal;
+  /**
+   * Penalties on every pick, with each input's whole history (its fed tokens included) and its picks
+   * so far: the same tokens as plain steps with these penalties. Omitted: none.
+   */
+  readonly penalties?: { readonly penalties: Penalties; readonly histories: readonly PenaltyHistory[] };
+}
 
 /**
  * Token ids that stay on the device: ids[offset ..] of a tensor made by greedyChainOnDevice or
@@ -166,7 +176,7 @@ export interface CausalLM {
    * Inputs are chains (no parents, positions or mask). On an error nothing of the call stays
    * committed.
    */
-  greedyChain?(inputs: readonly SequenceInput[], steps: readonly number[], options?: { readonly signal?: AbortSignal }): Promise<Int32Array[]>;
+  greedyChain?(inputs: readonly SequenceInput[], steps: readonly number[], options?: ChainOptions): Promise<Int32Array[]>;
   /**
    * greedyChain whose picks stay on the device: i32 [sum(steps)], input by input, usable as the
    * `tail` of the target's inputs and of verification (no read-back at all). Caller disposes.

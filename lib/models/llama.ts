@@ -9,9 +9,9 @@ import * as path from 'path';
 import { resolveDevice } from '../backend';
 import { optionsArg, pathArg } from '../errors';
 import { native } from '../native';
-import { resolveSamplingOptions, type SamplingOptions } from '../sampling';
+import { nativePenalties, resolvePenalties, resolveSamplingOptions, type SamplingOptions } from '../sampling';
 import { asTensor, type Device, type Tensor } from '../tensor';
-import type { CausalLM, ForwardOptions, ForwardOutput, MedusaChainOptions, MedusaChainResult, MedusaChainSequence, MedusaChainTemplate, SampledChainArgs, SequenceInput, SpecChainOptions, SpecChainResult, SpecChainSequence, StagedVerify, VerifiedPaths } from './causal_lm';
+import type { CausalLM, ChainOptions, ForwardOptions, ForwardOutput, MedusaChainOptions, MedusaChainResult, MedusaChainSequence, MedusaChainTemplate, SampledChainArgs, SequenceInput, SpecChainOptions, SpecChainResult, SpecChainSequence, StagedVerify, VerifiedPaths } from './causal_lm';
 import { codedError, readLlamaConfig, TEXT_MODEL_LAYOUTS, toNativeConfig, type LlamaConfig } from './config';
 
 export type KvDType = 'f32' | 'f16' | 'bf16';
@@ -267,14 +267,17 @@ export class LlamaModel implements CausalLM {
     return out;
   }
 
-  async greedyChain(inputs: readonly SequenceInput[], steps: readonly number[], options: { readonly signal?: AbortSignal } = {}): Promise<Int32Array[]> {
+  async greedyChain(inputs: readonly SequenceInput[], steps: readonly number[], options: ChainOptions = {}): Promise<Int32Array[]> {
     const handle = this.h('greedyChain');
     options.signal?.throwIfAborted();
     checkSteps(steps, inputs.length);
+    const pen = chainPenalties(options, inputs.length);
     this.busy = true;
     try {
       if (sliceSpent(this.syncForwardMaxMacs)) await loopTurn(options.signal);
-      return await handle.greedyChain(inputs.map(nativeInput), Int32Array.from(steps), syncLimit(this.syncForwardMaxMacs));
+      return pen
+        ? await handle.greedyChain(inputs.map(nativeInput), Int32Array.from(steps), syncLimit(this.syncForwardMaxMacs), pen)
+        : await handle.greedyChain(inputs.map(nativeInput), Int32Array.from(steps), syncLimit(this.syncForwardMaxMacs));
     } finally {
       this.busy = false;
     }
@@ -352,10 +355,11 @@ export class LlamaModel implements CausalLM {
       if (offsets[b]?.length !== n) throw codedError('E_ARG', `offsets[${b}]: expected ${n} counters (one per step), got ${offsets[b]?.length}`);
     });
     const flat = BigUint64Array.from(offsets.flat());
+    const pen = chainPenalties(options, inputs.length);
     this.busy = true;
     try {
       if (sliceSpent(this.syncForwardMaxMacs)) await loopTurn(options.signal);
-      const args = [inputs.map(nativeInput), Int32Array.from(steps), resolveSamplingOptions(sampling), BigUint64Array.from(seeds), flat, syncLimit(this.syncForwardMaxMacs)] as const;
+      const args = [inputs.map(nativeInput), Int32Array.from(steps), resolveSamplingOptions(sampling), BigUint64Array.from(seeds), flat, syncLimit(this.syncForwardMaxMacs), pen] as const;
       // (One of the two shapes, per name: picks for sampledChain, ids for sampledChainOnDevice.)
       return (await (name === 'sampledChain' ? handle.sampledChain(...args) : handle.sampledChainOnDevice(...args))) as { picks: Int32Array[]; ids: SpecdecNative.Tensor; q: SpecdecNative.Tensor };
     } finally {
@@ -400,4 +404,14 @@ function defaultKvDtype(config: LlamaConfig, device: Device): KvDType {
   if (config.torchDtype === 'bfloat16') return 'bf16';
   if (config.torchDtype === 'float16') return 'f16';
   return 'f32';
+}
+
+/** A chain's penalties in the native form, or undefined for none (E_ARG unless one history per input). */
+function chainPenalties(options: ChainOptions, inputs: number): SpecdecNative.NativeChainPenalties | undefined {
+  const p = options.penalties;
+  if (!p) return undefined;
+  const r = resolvePenalties(p.penalties);
+  if (!r) return undefined;
+  if (!Array.isArray(p.histories) || p.histories.length !== inputs) throw codedError('E_ARG', `penalties: ${Array.isArray(p.histories) ? p.histories.length : 'no'} histories for ${inputs} inputs`);
+  return nativePenalties(r, p.histories);
 }

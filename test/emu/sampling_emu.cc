@@ -817,7 +817,7 @@ void check_no_mass(int V) {
 // tokens) == cpu::penalize bit for bit, on histories with prompt-only and output tokens, paths that
 // repeat tokens and share them with the history, zero / negative / NaN logits, every penalty alone
 // and together, rows longer than a block's threads.
-void check_penalize(std::mt19937_64& rng, int V, int max_hist) {
+void check_penalize(std::mt19937_64& rng, int V, int max_hist, bool indexed = false) {
   std::uniform_real_distribution<float> u(-8.f, 8.f);
   const int S = 1 + static_cast<int>(rng() % 3);
   PenaltyArgs a;
@@ -853,6 +853,19 @@ void check_penalize(std::mt19937_64& rng, int V, int max_hist) {
     }
     a.path_indptr.push_back(static_cast<int32_t>(a.path_tokens.size()));
   }
+  // Indexed: the path tokens are read through indices from a buffer of picks (a native chain's),
+  // which may hold a draw without mass (-1): skipped.
+  std::vector<int32_t> source;
+  Tensor src_t;
+  if (indexed) {
+    source = a.path_tokens;
+    source.push_back(sm::kNoMass);
+    std::shuffle(source.begin(), source.end(), rng);
+    for (int32_t& t : a.path_tokens) t = static_cast<int32_t>(std::find(source.begin(), source.end(), t) - source.begin());
+    if (!a.path_tokens.empty() && rng() % 2) a.path_tokens.back() = static_cast<int32_t>(std::find(source.begin(), source.end(), sm::kNoMass) - source.begin());
+    src_t = tensor(source, {static_cast<int64_t>(source.size())}, DType::i32);
+    a.path_source = &src_t;
+  }
   std::vector<float> x(static_cast<size_t>(N) * V);
   for (size_t i = 0; i < x.size(); ++i) x[i] = i % 17 == 0 ? 0.f : i % 29 == 0 ? NAN : u(rng);
   Tensor ct = tensor(x, {N, V}, DType::f32);
@@ -860,13 +873,13 @@ void check_penalize(std::mt19937_64& rng, int V, int max_hist) {
   std::vector<float> g = x;
   emu::launch(Dim3{static_cast<unsigned>(N), 1, 1}, kBlock, [&] {
     sk::penalize_kernel(g.data(), V, a.row_seq.data(), a.hist_indptr.data(), a.hist_tokens.data(), a.hist_counts.data(), a.path_indptr.data(),
-                        a.path_tokens.data(), a.repetition, a.presence, a.frequency);
+                        a.path_tokens.data(), indexed ? source.data() : nullptr, a.repetition, a.presence, a.frequency);
   });
   const auto c = host<float>(ct);
   int changed = 0;
   for (size_t i = 0; i < x.size(); ++i) changed += std::memcmp(&c[i], &x[i], 4) != 0;
   report(std::memcmp(c.data(), g.data(), g.size() * 4) == 0 && (changed > 0 || a.hist_tokens.empty()),
-         "penalize V=" + std::to_string(V) + " rows=" + std::to_string(N) + " history " + std::to_string(a.hist_tokens.size()) + ": == CPU bit for bit (" +
+         std::string(indexed ? "penalize, paths read through indices," : "penalize") + " V=" + std::to_string(V) + " rows=" + std::to_string(N) + " history " + std::to_string(a.hist_tokens.size()) + ": == CPU bit for bit (" +
              std::to_string(changed) + " logits changed)");
 }
 
@@ -890,6 +903,7 @@ int main(int argc, char** argv) {
     check_entropy_simd(rng);
     check_mass_simd(rng);
     check_penalize(rng, 300, 40);
+    check_penalize(rng, 300, 40, true);
   }
   for (int round = 0; round < rounds; ++round) {
     check_sample_slices(rng, 10, 9000 + static_cast<int>(rng() % 4000));
@@ -938,6 +952,7 @@ int main(int argc, char** argv) {
     check_mass_simd(rng);
     check_penalize(rng, 50, 30);
     check_penalize(rng, 3000, 1500);  // histories longer than a block's threads
+    check_penalize(rng, 50, 30, true);
     // processLogits by slices: every filter, each alone and together, slices cut short, 2-byte logits.
     // (The first round only: an emulated launch spawns a thread per CUDA thread, and these make ~1400
     // blocks of 256; the seed changes every run.)

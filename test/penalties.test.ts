@@ -182,6 +182,15 @@ describe('penalties', () => {
           chained.tokens.forEach((t, i) => assert.deepStrictEqual(Array.from(t), Array.from(one.tokens[i] as Int32Array), `${JSON.stringify(p)}, ${sampled ? 'sampled' : 'greedy'}, prompt ${i}`));
         }
       }
+      // A chain's histories must be one per input.
+      const seq = target.createSequence();
+      try {
+        await assert.rejects(target.greedyChain([{ seq, tokens: prompts[0] as Int32Array }], [2], { penalties: { penalties: P[0]!, histories: [] } }),
+          (e: Error & { code?: string }) => e.code === 'E_ARG' && /penalties: 0 histories for 1 inputs/.test(e.message));
+        assert.strictEqual(target.sequenceLength(seq), 0, 'nothing committed');
+      } finally {
+        target.freeSequence(seq);
+      }
     });
 
     const speculators = (): [string, () => Speculator][] => [

@@ -260,7 +260,7 @@ export interface EngineOptions {
   readonly model: CausalLM;
   readonly speculator?: Speculator;
   readonly sampling?: SamplingConfig;
-  /** Penalties on every row the engine picks or verifies from (plain chains apply them; draft and Medusa chains do not run). */
+  /** Penalties on every row the engine picks or verifies from (plain and draft-model chains apply them; Medusa's chains do not run). */
   readonly penalties?: Penalties;
 }
 
@@ -307,10 +307,11 @@ export class SpecEngine {
    * sampled draft chains, and speculators offer only the chains they can run sampled).
    */
   soloCtx(signal?: AbortSignal): ProposeContext {
-    // (A native chain verifies on the device from unpenalized logits.)
-    if (!(this.model.speculativeChain || this.model.medusaChain) || this.penalties) return this.ctx(signal);
+    // (Draft chains take penalties; Medusa's chains do not.)
+    if (!(this.model.speculativeChain || (this.model.medusaChain && !this.penalties))) return this.ctx(signal);
     if (!signal && this.soloCtx0) return this.soloCtx0;
-    const c: { sampling?: SamplingConfig; signal?: AbortSignal; draftChains: true } = { draftChains: true };
+    const c: { sampling?: SamplingConfig; signal?: AbortSignal; draftChains: true; headsChains?: false } = { draftChains: true };
+    if (this.penalties) c.headsChains = false;
     if (this.sampling) c.sampling = this.sampling;
     if (signal) c.signal = signal;
     else this.soloCtx0 = Object.freeze(c);
@@ -472,7 +473,11 @@ export class SpecEngine {
       const offer = (batches[0] as ProposalBatch).draftChain;
       if (offer) return await SpecEngine.draftChain(first, offer, t0, tDraft, signal);
       const heads = (batches[0] as ProposalBatch).headsChain;
-      if (heads) return await SpecEngine.headsChain(first, heads, t0, tDraft, signal);
+      if (heads) {
+        // (Medusa's chains verify unpenalized logits: the context said so, headsChains false.)
+        if (first.engine.penalties) throw codedError('E_ARG', `${speculator?.name ?? 'speculator'}: a heads chain offered with penalties (ProposeContext.headsChains was false)`);
+        return await SpecEngine.headsChain(first, heads, t0, tDraft, signal);
+      }
       const chain = plainChainSteps(live, batches, proposals, model, speculator);
       for (const p of live) p.engine.lastStep.speculative = false;
       if (chain) return await SpecEngine.plainChain(live, chain, t0, tDraft, signal);
@@ -692,6 +697,8 @@ export class SpecEngine {
     const opts: { -readonly [K in keyof SpecChainOptions]: SpecChainOptions[K] } = { maxSteps: offer.maxSteps, maxSeconds: CHAIN_SECONDS };
     if (signal) opts.signal = signal;
     if (sampling) opts.sampling = samplingOptions(sampling);
+    const pen = part.engine.penalties;
+    if (pen) opts.penalties = { penalties: pen, histories: seqs.map((s) => ({ tokens: s.history, promptLength: s.promptLength })) };
     const tCall = performance.now();
     const r = await model.speculativeChain.call(model, offer.draft, inputs, opts);
     const tDone = performance.now();

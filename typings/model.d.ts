@@ -213,7 +213,7 @@ declare namespace SpecdecNative {
     sampledChain(...args: NativeSampledChainArgs): Promise<{ picks: Int32Array[]; q: Tensor }>;
     sampledChainOnDevice(...args: NativeSampledChainArgs): Promise<{ ids: Tensor; q: Tensor }>;
     /** Greedy draft-model steps in one call (cpp/model/spec_chain.h). */
-    speculativeChain(draft: LlamaNativeModel, seqs: readonly NativeSpecChainSeq[], maxSteps: number, maxSeconds: number, syncMaxMacs?: number, sampling?: NativeSamplingOptions): Promise<NativeSpecChainResult>;
+    speculativeChain(draft: LlamaNativeModel, seqs: readonly NativeSpecChainSeq[], maxSteps: number, maxSeconds: number, syncMaxMacs?: number, sampling?: NativeSamplingOptions, penalties?: NativeChainPenalties): Promise<NativeSpecChainResult>;
     /** Medusa steps in one call, greedy or sampled (cpp/model/spec_chain.h). */
     medusaChain(
       heads: NativeMedusaHeadSet,

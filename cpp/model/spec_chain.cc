@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <map>
 
 #include "../core/error.h"
 #include "../core/ops_sampling.h"
@@ -13,6 +14,38 @@ namespace {
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// A step's penalties: base's histories with each sequence's tokens emitted so far counted as output,
+// and the rows of its chains (sequence b's root, then its ks[b] drafts): row j's path is the drafts
+// above it, picks[tail_at[b] .. tail_at[b] + j) on the device.
+PenaltyArgs step_penalties(const PenaltyArgs& base, const std::vector<std::vector<int32_t>>& emitted, const std::vector<int>& ks,
+                           const std::vector<int64_t>& tail_at, const Tensor* picks) {
+  PenaltyArgs a;
+  a.repetition = base.repetition;
+  a.presence = base.presence;
+  a.frequency = base.frequency;
+  a.hist_indptr.assign(1, 0);
+  for (size_t s = 0; s + 1 < base.hist_indptr.size(); ++s) {
+    std::map<int32_t, int32_t> counts;
+    for (int32_t j = base.hist_indptr[s]; j < base.hist_indptr[s + 1]; ++j)
+      counts[base.hist_tokens[static_cast<size_t>(j)]] += base.hist_counts[static_cast<size_t>(j)];
+    for (int32_t t : emitted[s]) ++counts[t];
+    for (const auto& [t, c] : counts) {
+      a.hist_tokens.push_back(t);
+      a.hist_counts.push_back(c);
+    }
+    a.hist_indptr.push_back(static_cast<int32_t>(a.hist_tokens.size()));
+  }
+  a.path_indptr.assign(1, 0);
+  for (size_t b = 0; b < ks.size(); ++b)
+    for (int j = 0; j <= ks[b]; ++j) {
+      a.row_seq.push_back(static_cast<int32_t>(b));
+      for (int i = 0; i < j; ++i) a.path_tokens.push_back(static_cast<int32_t>(tail_at[b] + i));
+      a.path_indptr.push_back(static_cast<int32_t>(a.path_tokens.size()));
+    }
+  if (picks && picks->defined()) a.path_source = picks;
+  return a;
 }
 
 // Verification of a forward's staged trees -- greedy, or with `sampling` exact rejection against the
@@ -123,6 +156,8 @@ SpecChainResult speculative_chain(LlamaModel& target, LlamaModel& draft, const S
   const int64_t Vt = target.config().vocab_size, Vd = draft.config().vocab_size;
   SPECDEC_CHECK(Vd <= Vt, "E_ARG", "speculativeChain: the draft's vocabulary (", Vd, ") is larger than the target's (", Vt, ")");
   const int draft_max = draft.config().max_positions;
+  SPECDEC_CHECK(!args.penalties || args.penalties->hist_indptr.size() == B + 1, "E_ARG", "speculativeChain: penalties for ",
+                args.penalties ? args.penalties->hist_indptr.size() - 1 : 0, " histories, expected ", B);
 
   // Per sequence: the history tokens past the draft's cache (root last), the draft's cached length,
   // and what is left of the budget.
@@ -228,6 +263,10 @@ SpecChainResult speculative_chain(LlamaModel& target, LlamaModel& draft, const S
       }
       LlamaForwardResult fr = target.forward(tin, false, &stage);
       t_target = seconds_since(t1);
+      if (args.penalties) {
+        PenaltyArgs pa = step_penalties(*args.penalties, r.emitted, ks, tail_at, &picks);
+        ops::penalize(fr.logits, pa);
+      }
 
       // 3. Greedy verification of the staged trees (the step's one read), and the commit.
       std::vector<int> tseqs(B);

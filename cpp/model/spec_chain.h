@@ -13,6 +13,7 @@
 // waits once: the verification's small result.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "../core/ops_sampling.h"
@@ -48,6 +49,11 @@ struct SpecChainArgs {
   // the processed target rows with the draft's rows (DraftModelSpeculator's sampled step).
   bool sampled = false;
   SamplingParams params;
+  // Penalties on the target's rows (verification sees penalized logits): hist_* holds each
+  // sequence's history when the call starts (its draft_feed included); each step adds what the
+  // steps before it emitted, and a row's path is the drafted tokens above it (read on the device).
+  // Null: none. The draft drafts unpenalized (its proposals are only proposals).
+  std::shared_ptr<const PenaltyArgs> penalties;
 };
 
 struct SpecChainResult {

@@ -463,6 +463,8 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
                             has_field(arr.Get(static_cast<uint32_t>(b)).As<Napi::Object>(), "firstOffset"),
                         "E_ARG", "seqs[", b, "]: a sampled chain needs each sequence's seed and firstOffset");
       }
+      if (info.Length() > 6 && !info[6].IsUndefined() && !info[6].IsNull())
+        args->penalties = std::make_shared<PenaltyArgs>(penalty_args(info[6], false));
       // On the calling thread when one step's target forward is small enough (the chain's time is
       // bounded by maxSeconds).
       const bool sync = run_here(*m, est, info[4]);

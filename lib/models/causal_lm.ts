@@ -300,6 +300,12 @@ export interface SpecChainOptions {
    * so (each emitted token plain sampling's draw). Every sequence then needs seed and firstOffset.
    */
   readonly sampling?: SamplingOptions;
+  /**
+   * speculativeChain: penalties on the target's rows, with each sequence's history when the call
+   * starts (its draft feed included); the steps add what they emit (ChainOptions.penalties).
+   * medusaChain takes none.
+   */
+  readonly penalties?: NonNullable<ChainOptions['penalties']>;
 }
 
 export interface SpecChainResult {

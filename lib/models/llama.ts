@@ -307,6 +307,8 @@ export class LlamaModel implements CausalLM {
     try {
       if (sliceSpent(this.syncForwardMaxMacs)) await loopTurn(options.signal);
       const limit = syncLimit(this.syncForwardMaxMacs);
+      const pen = chainPenalties(options, seqs.length);
+      if (pen) return await handle.speculativeChain(dh, seqs, options.maxSteps, options.maxSeconds, limit, options.sampling ? resolveSamplingOptions(options.sampling) : undefined, pen);
       return options.sampling
         ? await handle.speculativeChain(dh, seqs, options.maxSteps, options.maxSeconds, limit, resolveSamplingOptions(options.sampling))
         : await handle.speculativeChain(dh, seqs, options.maxSteps, options.maxSeconds, limit);
@@ -407,7 +409,7 @@ function defaultKvDtype(config: LlamaConfig, device: Device): KvDType {
 }
 
 /** A chain's penalties in the native form, or undefined for none (E_ARG unless one history per input). */
-function chainPenalties(options: ChainOptions, inputs: number): SpecdecNative.NativeChainPenalties | undefined {
+function chainPenalties(options: Pick<ChainOptions, 'penalties'>, inputs: number): SpecdecNative.NativeChainPenalties | undefined {
   const p = options.penalties;
   if (!p) return undefined;
   const r = resolvePenalties(p.penalties);

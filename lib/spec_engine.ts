@@ -260,7 +260,7 @@ export interface EngineOptions {
   readonly model: CausalLM;
   readonly speculator?: Speculator;
   readonly sampling?: SamplingConfig;
-  /** Penalties on every row the engine picks or verifies from (plain and draft-model chains apply them; Medusa's chains do not run). */
+  /** Penalties on every row the engine picks or verifies from (its native chains apply them too). */
   readonly penalties?: Penalties;
 }
 
@@ -307,11 +307,9 @@ export class SpecEngine {
    * sampled draft chains, and speculators offer only the chains they can run sampled).
    */
   soloCtx(signal?: AbortSignal): ProposeContext {
-    // (Draft chains take penalties; Medusa's chains do not.)
-    if (!(this.model.speculativeChain || (this.model.medusaChain && !this.penalties))) return this.ctx(signal);
+    if (!(this.model.speculativeChain || this.model.medusaChain)) return this.ctx(signal);
     if (!signal && this.soloCtx0) return this.soloCtx0;
-    const c: { sampling?: SamplingConfig; signal?: AbortSignal; draftChains: true; headsChains?: false } = { draftChains: true };
-    if (this.penalties) c.headsChains = false;
+    const c: { sampling?: SamplingConfig; signal?: AbortSignal; draftChains: true } = { draftChains: true };
     if (this.sampling) c.sampling = this.sampling;
     if (signal) c.signal = signal;
     else this.soloCtx0 = Object.freeze(c);
@@ -473,11 +471,7 @@ export class SpecEngine {
       const offer = (batches[0] as ProposalBatch).draftChain;
       if (offer) return await SpecEngine.draftChain(first, offer, t0, tDraft, signal);
       const heads = (batches[0] as ProposalBatch).headsChain;
-      if (heads) {
-        // (Medusa's chains verify unpenalized logits: the context said so, headsChains false.)
-        if (first.engine.penalties) throw codedError('E_ARG', `${speculator?.name ?? 'speculator'}: a heads chain offered with penalties (ProposeContext.headsChains was false)`);
-        return await SpecEngine.headsChain(first, heads, t0, tDraft, signal);
-      }
+      if (heads) return await SpecEngine.headsChain(first, heads, t0, tDraft, signal);
       const chain = plainChainSteps(live, batches, proposals, model, speculator);
       for (const p of live) p.engine.lastStep.speculative = false;
       if (chain) return await SpecEngine.plainChain(live, chain, t0, tDraft, signal);
@@ -737,7 +731,11 @@ export class SpecEngine {
       }
       inputs[b] = i;
     }
-    const opts: MedusaChainOptions = { topK: offer.topK, maxSteps: offer.maxSteps, maxSeconds: CHAIN_SECONDS, ...(signal ? { signal } : {}), ...(sampling ? { sampling: samplingOptions(sampling) } : {}) };
+    const pen = part.engine.penalties;
+    const opts: MedusaChainOptions = {
+      topK: offer.topK, maxSteps: offer.maxSteps, maxSeconds: CHAIN_SECONDS, ...(signal ? { signal } : {}), ...(sampling ? { sampling: samplingOptions(sampling) } : {}),
+      ...(pen ? { penalties: { penalties: pen, histories: seqs.map((s) => ({ tokens: s.history, promptLength: s.promptLength })) } } : {}),
+    };
     const tCall = performance.now();
     const r = await model.medusaChain.call(model, offer.heads, inputs, offer.template, opts);
     const tDone = performance.now();

@@ -224,6 +224,7 @@ declare namespace SpecdecNative {
       maxSeconds: number,
       syncMaxMacs?: number,
       sampling?: NativeSamplingOptions,
+      penalties?: NativeChainPenalties,
     ): Promise<NativeMedusaChainResult>;
     commit(seqs: Int32Array, accepted: readonly Int32Array[], paths?: VerifiedPathsHandle | readonly VerifiedPathsHandle[]): void;
     createSequence(): number;

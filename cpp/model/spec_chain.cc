@@ -16,11 +16,9 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// A step's penalties: base's histories with each sequence's tokens emitted so far counted as output,
-// and the rows of its chains (sequence b's root, then its ks[b] drafts): row j's path is the drafts
-// above it, picks[tail_at[b] .. tail_at[b] + j) on the device.
-PenaltyArgs step_penalties(const PenaltyArgs& base, const std::vector<std::vector<int32_t>>& emitted, const std::vector<int>& ks,
-                           const std::vector<int64_t>& tail_at, const Tensor* picks) {
+// A step's penalties without rows: base's histories with each sequence's tokens emitted so far
+// (by the steps before, in this call) counted as output.
+PenaltyArgs histories_after(const PenaltyArgs& base, const std::vector<std::vector<int32_t>>& emitted) {
   PenaltyArgs a;
   a.repetition = base.repetition;
   a.presence = base.presence;
@@ -38,6 +36,14 @@ PenaltyArgs step_penalties(const PenaltyArgs& base, const std::vector<std::vecto
     a.hist_indptr.push_back(static_cast<int32_t>(a.hist_tokens.size()));
   }
   a.path_indptr.assign(1, 0);
+  return a;
+}
+
+// Rows of a draft-model step: sequence b's root, then its ks[b] drafts; row j's path is the drafts
+// above it, picks[tail_at[b] .. tail_at[b] + j) on the device.
+PenaltyArgs chain_step_penalties(const PenaltyArgs& base, const std::vector<std::vector<int32_t>>& emitted, const std::vector<int>& ks,
+                                 const std::vector<int64_t>& tail_at, const Tensor* picks) {
+  PenaltyArgs a = histories_after(base, emitted);
   for (size_t b = 0; b < ks.size(); ++b)
     for (int j = 0; j <= ks[b]; ++j) {
       a.row_seq.push_back(static_cast<int32_t>(b));
@@ -45,6 +51,22 @@ PenaltyArgs step_penalties(const PenaltyArgs& base, const std::vector<std::vecto
       a.path_indptr.push_back(static_cast<int32_t>(a.path_tokens.size()));
     }
   if (picks && picks->defined()) a.path_source = picks;
+  return a;
+}
+
+// Rows of a tree step: each sequence's nodes in order; a node's path is its ancestors' tokens below
+// the root (the tokens are on the host: a Medusa step's candidates).
+PenaltyArgs tree_step_penalties(const PenaltyArgs& base, const std::vector<std::vector<int32_t>>& emitted,
+                                const std::vector<LlamaSeqInput>& trees) {
+  PenaltyArgs a = histories_after(base, emitted);
+  for (size_t b = 0; b < trees.size(); ++b) {
+    const LlamaSeqInput& t = trees[b];
+    for (size_t i = 0; i < t.tokens.size(); ++i) {
+      a.row_seq.push_back(static_cast<int32_t>(b));
+      for (int32_t v = static_cast<int32_t>(i); v > 0; v = t.parents[static_cast<size_t>(v)]) a.path_tokens.push_back(t.tokens[static_cast<size_t>(v)]);
+      a.path_indptr.push_back(static_cast<int32_t>(a.path_tokens.size()));
+    }
+  }
   return a;
 }
 
@@ -264,7 +286,7 @@ SpecChainResult speculative_chain(LlamaModel& target, LlamaModel& draft, const S
       LlamaForwardResult fr = target.forward(tin, false, &stage);
       t_target = seconds_since(t1);
       if (args.penalties) {
-        PenaltyArgs pa = step_penalties(*args.penalties, r.emitted, ks, tail_at, &picks);
+        PenaltyArgs pa = chain_step_penalties(*args.penalties, r.emitted, ks, tail_at, &picks);
         ops::penalize(fr.logits, pa);
       }
 
@@ -362,6 +384,8 @@ MedusaChainResult medusa_chain(LlamaModel& target, const MedusaChainArgs& args) 
       SPECDEC_CHECK(args.seqs[c].target_seq != s.target_seq, "E_ARG", "seqs[", b, "]: a sequence listed twice");
   }
 
+  SPECDEC_CHECK(!args.penalties || args.penalties->hist_indptr.size() == B + 1, "E_ARG", "medusaChain: penalties for ",
+                args.penalties ? args.penalties->hist_indptr.size() - 1 : 0, " histories, expected ", B);
   std::vector<int32_t> root(B);
   std::vector<std::vector<int32_t>> cands(B);
   std::vector<int> known(B), left(B);
@@ -413,6 +437,10 @@ MedusaChainResult medusa_chain(LlamaModel& target, const MedusaChainArgs& args) 
     try {
       LlamaForwardResult fr = target.forward(tin, true, &stage);
       t_target = seconds_since(t0);
+      if (args.penalties) {
+        PenaltyArgs pa = tree_step_penalties(*args.penalties, r.emitted, tin);
+        ops::penalize(fr.logits, pa);
+      }
       v = verify_commit(target, fr, tseqs, &args.heads, K, args.sampled ? &args.params : nullptr);
     } catch (...) {
       if (step == 0) throw;

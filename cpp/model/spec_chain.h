@@ -106,6 +106,8 @@ struct MedusaChainArgs {
   // (its tokens are plain sampling's: spec_math.h); greedy otherwise.
   bool sampled = false;
   SamplingParams params;
+  // Penalties on the target's rows, as SpecChainArgs' (a row's path: its tree ancestors' tokens).
+  std::shared_ptr<const PenaltyArgs> penalties;
 };
 
 struct MedusaChainResult {

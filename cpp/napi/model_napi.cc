@@ -526,6 +526,8 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
         est[b].tokens.assign(std::min<size_t>(args->parents.size(), 1 << 16), 0);
         args->seqs.push_back(std::move(s));
       }
+      if (info.Length() > 8 && !info[8].IsUndefined() && !info[8].IsNull())
+        args->penalties = std::make_shared<PenaltyArgs>(penalty_args(info[8], false));
       if (info.Length() > 7 && !info[7].IsUndefined()) {
         args->sampled = true;
         args->params = sampling_params_arg(info[7]);

@@ -301,9 +301,9 @@ export interface SpecChainOptions {
    */
   readonly sampling?: SamplingOptions;
   /**
-   * speculativeChain: penalties on the target's rows, with each sequence's history when the call
-   * starts (its draft feed included); the steps add what they emit (ChainOptions.penalties).
-   * medusaChain takes none.
+   * Penalties on the target's rows, with each sequence's history when the call starts (its root
+   * included); the steps add what they emit, and a row's path is the tokens above it in its tree
+   * (ChainOptions.penalties).
    */
   readonly penalties?: NonNullable<ChainOptions['penalties']>;
 }

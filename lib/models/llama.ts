@@ -325,6 +325,8 @@ export class LlamaModel implements CausalLM {
     try {
       if (sliceSpent(this.syncForwardMaxMacs)) await loopTurn(options.signal);
       const limit = syncLimit(this.syncForwardMaxMacs);
+      const pen = chainPenalties(options, seqs.length);
+      if (pen) return await handle.medusaChain(heads, seqs, template, options.topK, options.maxSteps, options.maxSeconds, limit, options.sampling ? resolveSamplingOptions(options.sampling) : undefined, pen);
       return options.sampling
         ? await handle.medusaChain(heads, seqs, template, options.topK, options.maxSteps, options.maxSeconds, limit, resolveSamplingOptions(options.sampling))
         : await handle.medusaChain(heads, seqs, template, options.topK, options.maxSteps, options.maxSeconds, limit);

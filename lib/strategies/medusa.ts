@@ -523,7 +523,7 @@ export class MedusaSpeculator implements Speculator {
    */
   private chainOffer(seqs: readonly SpecSequence[], ctx: ProposeContext, plan: { keep: Int32Array; speculate: boolean } | undefined): ProposalBatch | undefined {
     // (Sampled: exact rejection of the candidates only; typical acceptance keeps the step path.)
-    if ((ctx.headsChains ?? ctx.draftChains) !== true || (isSampling(ctx.sampling) && this.samplingVerifyMode !== 'rejection') || !this.target?.medusaChain) return undefined;
+    if (ctx.draftChains !== true || (isSampling(ctx.sampling) && this.samplingVerifyMode !== 'rejection') || !this.target?.medusaChain) return undefined;
     let keep: Int32Array | undefined;
     let probe = false;
     if (this.sized) {

@@ -121,8 +121,6 @@ export interface ProposeContext {
    * part, and the model has speculativeChain.
    */
   readonly draftChains?: boolean;
-  /** The engine runs a ProposalBatch's headsChain this step (default: as draftChains). */
-  readonly headsChains?: boolean;
 }
 
 /** What the model's verifying forward produced and what verification kept, per sequence. */

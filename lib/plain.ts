@@ -9,11 +9,8 @@ import { checkIgnoreEos, checkStopTokens, optionsArg } from './errors';
 import type { CausalLM, ChainOptions, SequenceInput } from './models/causal_lm';
 import { codedError } from './models/config';
 import { chainLength, observeChainStep } from './plain_chain';
-import { argmax, argmaxIds, penalize, processLogits, resolvePenalties, sample, type Penalties, type PenaltyHistory } from './sampling';
+import { argmax, argmaxIds, penalizeRow, processLogits, resolvePenalties, sample, type Penalties, type PenaltyHistory } from './sampling';
 import type { Tensor } from './tensor';
-
-/** A one-row penalize() call's row-to-history map. */
-const ONE_ROW = Int32Array.of(0);
 
 export interface PlainOptions {
   readonly maxNewTokens: number;
@@ -84,6 +81,7 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
 
   const t0 = performance.now();
   const out: number[][] = prompts.map(() => []);
+  const historyOf = (i: number): PenaltyHistory => ({ tokens: [...prompts[i]!, ...out[i]!], promptLength: prompts[i]!.length });
   const finishReasons: ('stop' | 'length' | 'context')[] = prompts.map(() => 'length');
   const forwards = prompts.map(() => 0);
   let targetForwards = 0;
@@ -109,7 +107,7 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
         steps,
         temperature === 0 ? [] : active.map((i, b) => Array.from({ length: steps[b]! }, (_, j) => streamOffset(i, out[i]!.length + j))),
         options.signal,
-        penalties ? active.map((i) => ({ tokens: [...prompts[i]!, ...out[i]!], promptLength: prompts[i]!.length })) : undefined,
+        penalties ? active.map(historyOf) : undefined,
       );
       const most = Math.max(...steps);
       // (A chain that starts with a prompt says nothing about a step's cost.)
@@ -151,18 +149,8 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
       targetForwards++;
       let next: Int32Array;
       try {
-        if (penalties) {
-          // Each sequence's last row, with its prompt and output so far as the history.
-          active.forEach((i, b) => {
-            const r = (fw.indptr[b + 1] as number) - 1;
-            const row = fw.logits.rows(r, r + 1);
-            try {
-              penalize(row, penalties, [{ tokens: [...prompts[i]!, ...out[i]!], promptLength: prompts[i]!.length }], ONE_ROW);
-            } finally {
-              row.dispose();
-            }
-          });
-        }
+        // Each sequence's last row, with its prompt and output so far as the history.
+        if (penalties) active.forEach((i, b) => penalizeRow(fw.logits, (fw.indptr[b + 1] as number) - 1, penalties, historyOf(i)));
         next = pickTokens(fw.logits, fw.indptr, active, sampling, seed, (i) => out[i]!.length);
       } finally {
         fw.logits.dispose();

@@ -129,6 +129,18 @@ export function penalize(logits: Tensor, p: Penalties, histories: readonly Penal
   b.samplingPenalize(logits, { ...nativePenalties(r, histories), rowSeq, pathIndptr, pathTokens: Int32Array.from(pathTokens) });
 }
 
+/** penalize() on row r of logits alone, continuing `history`. */
+export function penalizeRow(logits: Tensor, r: number, p: Penalties, history: PenaltyHistory): void {
+  const row = logits.rows(r, r + 1);
+  try {
+    penalize(row, p, [history], ONE_ROW);
+  } finally {
+    row.dispose();
+  }
+}
+
+const ONE_ROW = Int32Array.of(0);
+
 /** The native form of penalties over histories (one entry per history; rows are the caller's). */
 export function nativePenalties(r: Required<Penalties>, histories: readonly PenaltyHistory[]): SpecdecNative.NativeChainPenalties {
   const histIndptr = new Int32Array(histories.length + 1);

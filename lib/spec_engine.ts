@@ -17,7 +17,7 @@ import type {
 } from './strategies/speculator';
 import { knownForwardCost } from './cost_model';
 import { CHAIN_MAX_STEPS, CHAIN_SECONDS, chainLength, observeChainStep } from './plain_chain';
-import { argmaxIds, penalize, processLogits, resolvePenalties, treePaths, type Penalties, type PenaltyHistory } from './sampling';
+import { argmaxIds, penalize, penalizeRow, processLogits, resolvePenalties, treePaths, type Penalties, type PenaltyHistory } from './sampling';
 import { checkModel, checkSpeculator, codedError } from './strategies/speculator';
 import { gatherRows, isSampling, pickTokens, samplingOptions, throwIfAborted } from './step_helpers';
 import type { Tensor } from './tensor';
@@ -372,18 +372,8 @@ export class SpecEngine {
       });
       if (pickRoot) {
         const logitRows = out.logitsRows === 'last' ? Int32Array.from(todo, (_, b) => b) : lastRows;
-        if (this.penalties) {
-          const pen = this.penalties;
-          todo.forEach((s, b) => {
-            const r = logitRows[b] as number;
-            const row = out.logits.rows(r, r + 1);
-            try {
-              penalize(row, pen, [{ tokens: s.history, promptLength: s.promptLength }], ONE_ROW);
-            } finally {
-              row.dispose();
-            }
-          });
-        }
+        const pen = this.penalties;
+        if (pen) todo.forEach((s, b) => penalizeRow(out.logits, logitRows[b] as number, pen, { tokens: s.history, promptLength: s.promptLength }));
         const roots = pickTokens(out.logits, logitRows, this.sampling, todo.map((s) => s.rng));
         todo.forEach((s, b) => {
           s.history.push(roots[b] as number);
@@ -616,7 +606,7 @@ export class SpecEngine {
     }
     // Penalties (one part: plainChainSteps): each pick sees its sequence's history and the chain's picks.
     const pen = first.engine.penalties;
-    const opts: ChainOptions = { ...(signal ? { signal } : {}), ...(pen ? { penalties: { penalties: pen, histories: seqs.map((s) => ({ tokens: s.history, promptLength: s.promptLength })) } } : {}) };
+    const opts: ChainOptions = { ...(signal ? { signal } : {}), ...chainPenalties(pen, seqs) };
     const sampling = first.engine.sampling;
     // Sampled (one part): each step's token is the sample op's draw at the sequence's next counter,
     // as a lone root's verification draws it (spec_math.h): the same tokens as one step at a time.
@@ -691,8 +681,8 @@ export class SpecEngine {
     const opts: { -readonly [K in keyof SpecChainOptions]: SpecChainOptions[K] } = { maxSteps: offer.maxSteps, maxSeconds: CHAIN_SECONDS };
     if (signal) opts.signal = signal;
     if (sampling) opts.sampling = samplingOptions(sampling);
-    const pen = part.engine.penalties;
-    if (pen) opts.penalties = { penalties: pen, histories: seqs.map((s) => ({ tokens: s.history, promptLength: s.promptLength })) };
+    const pen = chainPenalties(part.engine.penalties, seqs).penalties;
+    if (pen) opts.penalties = pen;
     const tCall = performance.now();
     const r = await model.speculativeChain.call(model, offer.draft, inputs, opts);
     const tDone = performance.now();
@@ -731,10 +721,9 @@ export class SpecEngine {
       }
       inputs[b] = i;
     }
-    const pen = part.engine.penalties;
     const opts: MedusaChainOptions = {
       topK: offer.topK, maxSteps: offer.maxSteps, maxSeconds: CHAIN_SECONDS, ...(signal ? { signal } : {}), ...(sampling ? { sampling: samplingOptions(sampling) } : {}),
-      ...(pen ? { penalties: { penalties: pen, histories: seqs.map((s) => ({ tokens: s.history, promptLength: s.promptLength })) } } : {}),
+      ...chainPenalties(part.engine.penalties, seqs),
     };
     const tCall = performance.now();
     const r = await model.medusaChain.call(model, offer.heads, inputs, offer.template, opts);
@@ -1135,14 +1124,15 @@ function isThenable<T>(x: T | PromiseLike<T>): x is PromiseLike<T> {
   return typeof (x as { then?: unknown } | undefined)?.then === 'function';
 }
 
-/**
- * The steps of a plain chain per sequence (parts in order), or undefined for an ordinary step: the
- * decoding is greedy everywhere (the model has greedyChain) or sampled in one part (the model has
- * sampledChain), every proposal is a lone root, and the speculator (if any) offered plainSteps and
- * takes updatePlain. Never past a sequence's maxDepth + 1 tokens (maxNewTokens and the context).
- */
-/** A one-row penalize() call's row-to-history map. */
-const ONE_ROW = Int32Array.of(0);
+/** The sequences' histories as penalize() and the chains' penalties read them. */
+function histories(seqs: readonly EngineSequence[]): PenaltyHistory[] {
+  return seqs.map((s) => ({ tokens: s.history, promptLength: s.promptLength }));
+}
+
+/** A chain's penalties option for these sequences (none without penalties). */
+function chainPenalties(pen: Required<Penalties> | undefined, seqs: readonly EngineSequence[]): Pick<ChainOptions, 'penalties'> {
+  return pen ? { penalties: { penalties: pen, histories: histories(seqs) } } : {};
+}
 
 /**
  * The penalties on the forward's rows of sequences seqs (the forward's sequences seq0 ..): each row
@@ -1154,12 +1144,9 @@ function penalizeRows(out: ForwardOutput, seq0: number, seqs: readonly EngineSeq
   if (r1 <= r0) return;
   const rowSeq = new Int32Array(r1 - r0);
   const paths: Int32Array[] = [];
-  const histories: PenaltyHistory[] = [];
   const tails = new Map<Tensor, Int32Array>();
   for (let b = 0; b < seqs.length; b++) {
-    const s = seqs[b] as EngineSequence;
     const p = proposals[b] as Proposal;
-    histories.push({ tokens: s.history, promptLength: s.promptLength });
     let tokens = p.tokens;
     if (p.tail) {
       let ids = tails.get(p.tail.ids);
@@ -1176,12 +1163,18 @@ function penalizeRows(out: ForwardOutput, seq0: number, seqs: readonly EngineSeq
   }
   const rows = out.logits.rows(r0, r1);
   try {
-    penalize(rows, pen, histories, rowSeq, paths);
+    penalize(rows, pen, histories(seqs), rowSeq, paths);
   } finally {
     rows.dispose();
   }
 }
 
+/**
+ * The steps of a plain chain per sequence (parts in order), or undefined for an ordinary step: the
+ * decoding is greedy everywhere (the model has greedyChain) or sampled in one part (the model has
+ * sampledChain), every proposal is a lone root, and the speculator (if any) offered plainSteps and
+ * takes updatePlain. Never past a sequence's maxDepth + 1 tokens (maxNewTokens and the context).
+ */
 function plainChainSteps(
   parts: readonly StepPart[],
   batches: readonly ProposalBatch[],

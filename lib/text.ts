@@ -40,12 +40,42 @@ export function cleanUpTokenizationSpaces(text: string): string {
  * clean-up of any text that extends it.)
  */
 export function settledText(raw: string, cleanUp: boolean): string {
+  const n = settledLength(raw, cleanUp);
+  return cleanUp ? cleanUpTokenizationSpaces(raw.slice(0, n)) : raw.slice(0, n);
+}
+
+/** How much of `raw` settledText keeps (before the clean-up). */
+function settledLength(raw: string, cleanUp: boolean): number {
   let n = raw.length;
   while (n > 0 && raw.charCodeAt(n - 1) === 0xfffd) n--;
-  if (!cleanUp) return raw.slice(0, n);
   // The longest start with no space in its last three characters (n moves back to each space found).
-  for (let i = n - 1; i >= 0 && i >= n - 3; i--) if (raw.charCodeAt(i) === 0x20) n = i;
-  return cleanUpTokenizationSpaces(raw.slice(0, n));
+  if (cleanUp) for (let i = n - 1; i >= 0 && i >= n - 3; i--) if (raw.charCodeAt(i) === 0x20) n = i;
+  return n;
+}
+
+/**
+ * settledText and the whole clean-up of a growing output, in time for what it added: a settled
+ * start cuts the clean-up in two (no pattern crosses it: the argument of settledText), so the
+ * clean-up of the start settled last is kept and only the rest is cleaned each call (cleaning the
+ * whole text at every step made a long stream quadratic).
+ */
+export class SettledText {
+  private raw0 = '';
+  private clean0 = '';
+
+  constructor(private readonly cleanUp: boolean) {}
+
+  /** `settled`: settledText(raw); `full`: raw cleaned up whole (the text if the output ended here). */
+  of(raw: string): { settled: string; full: string } {
+    const n = settledLength(raw, this.cleanUp);
+    if (!this.cleanUp) return { settled: raw.slice(0, n), full: raw };
+    // (A raw text that is not the last one extended starts over.)
+    if (n < this.raw0.length || !raw.startsWith(this.raw0)) this.raw0 = this.clean0 = '';
+    const settled = this.clean0 + cleanUpTokenizationSpaces(raw.slice(this.raw0.length, n));
+    this.raw0 = raw.slice(0, n);
+    this.clean0 = settled;
+    return { settled, full: settled + cleanUpTokenizationSpaces(raw.slice(n)) };
+  }
 }
 
 /** What generateText decodes with: a SpeculativeDecoder, or a request adapter over an Engine. */
@@ -186,6 +216,7 @@ export function generateText(
   let shown = 0;
   const all: number[] = [];
   const text = new IncrementalText(decodeRaw);
+  const settle = new SettledText(cleanUp);
   const result = gen.result.then((r): TextResult => {
     const cut = cutAtStop(decode(Array.from(r.tokens)), stops);
     return { ...r, text: cut.text, ...(cut.stop !== undefined ? { stopString: cut.stop } : {}) };
@@ -196,13 +227,13 @@ export function generateText(
     async *[Symbol.asyncIterator](): AsyncGenerator<TextChunk> {
       for await (const toks of gen) {
         for (const t of toks) all.push(t);
-        const raw = text.of(all);
-        const found = cutAtStop(cleanUp ? cleanUpTokenizationSpaces(raw) : raw, stops);
+        const now = settle.of(text.of(all));
+        const found = cutAtStop(now.full, stops);
         let cut = found.text;
         if (found.stop === undefined) {
           // Only text the next tokens cannot change (an incomplete multi-byte character, decoded
           // as U+FFFD, waits until it completes; so does an end the clean-up may still change) ...
-          cut = settledText(raw, cleanUp);
+          cut = now.settled;
           // ... less an end a stop string may still begin with (the stop string is never shown).
           cut = cut.slice(0, cut.length - stopPrefixAtEnd(cut, stops));
         } else while (cut.endsWith('\uFFFD')) cut = cut.slice(0, -1);
@@ -211,8 +242,7 @@ export function generateText(
         yield { tokens: toks, text: delta };
       }
       // The end: what was held back and stayed text (the streamed chunks add up to result.text).
-      const raw = text.of(all);
-      const rest = cutAtStop(cleanUp ? cleanUpTokenizationSpaces(raw) : raw, stops).text;
+      const rest = cutAtStop(settle.of(text.of(all)).full, stops).text;
       if (rest.length > shown) {
         yield { tokens: new Int32Array(0), text: rest.slice(shown) };
         shown = rest.length;

@@ -75,7 +75,7 @@ export class TextTokenizer {
     /**
      * Whether decode() cleans up tokenization spaces (transformers' clean_up_tokenization_spaces:
      * " ." -> ".", " ' " -> "'", " n't" -> "n't", ...). Streaming decodes without it and cleans up
-     * only text that later tokens cannot change (lib/text.ts settledText).
+     * only text that later tokens cannot change (lib/text.ts SettledText).
      */
     readonly cleansUpSpaces = false,
   ) {}

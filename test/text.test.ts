@@ -7,7 +7,7 @@ import * as path from 'path';
 import { SpeculativeDecoder } from '../lib/decoder';
 import { DraftModelSpeculator } from '../lib/strategies/draft_model';
 import { streamGeneration } from '../lib/engine/generation';
-import { cleanUpTokenizationSpaces, generateText, IncrementalText, settledText, type TextCodec, type TokenGenerator } from '../lib/text';
+import { cleanUpTokenizationSpaces, generateText, IncrementalText, SettledText, settledText, type TextCodec, type TokenGenerator } from '../lib/text';
 import { TextStream } from '../lib/cli/generate';
 import { TextTokenizer } from '../lib/tokenizer';
 import { ToyLM, toyGreedy } from './fixtures/toy_lm';
@@ -238,11 +238,18 @@ describe('generateText: incremental decoding', () => {
       for (let n = 1 + Math.floor(r() * 14); n > 0; n--) t += chars[Math.floor(r() * chars.length)];
       const whole = cleanUpTokenizationSpaces(t);
       let prev = '';
+      const incremental = new SettledText(true);
       for (let i = 0; i <= t.length; i++) {
         const s = settledText(t.slice(0, i), true);
         assert.ok(whole.startsWith(s) && s.startsWith(prev), `${JSON.stringify(t)} at ${i}: ${JSON.stringify(s)} of ${JSON.stringify(whole)}`);
+        // The incremental form (the streams'): the same settled text, and the whole clean-up.
+        const inc = incremental.of(t.slice(0, i));
+        assert.deepStrictEqual(inc, { settled: s, full: cleanUpTokenizationSpaces(t.slice(0, i)) }, `${JSON.stringify(t)} at ${i}, incrementally`);
         prev = s;
       }
+      // A text that does not extend the last one: started over.
+      const other = t.split('').reverse().join('');
+      assert.deepStrictEqual(incremental.of(other), { settled: settledText(other, true), full: cleanUpTokenizationSpaces(other) }, `${JSON.stringify(other)} after ${JSON.stringify(t)}`);
     }
   });
 

@@ -463,8 +463,7 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
                             has_field(arr.Get(static_cast<uint32_t>(b)).As<Napi::Object>(), "firstOffset"),
                         "E_ARG", "seqs[", b, "]: a sampled chain needs each sequence's seed and firstOffset");
       }
-      if (info.Length() > 6 && !info[6].IsUndefined() && !info[6].IsNull())
-        args->penalties = std::make_shared<PenaltyArgs>(penalty_args(info[6], false));
+      args->penalties = chain_penalties(info, 6);
       // On the calling thread when one step's target forward is small enough (the chain's time is
       // bounded by maxSeconds).
       const bool sync = run_here(*m, est, info[4]);
@@ -526,8 +525,7 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
         est[b].tokens.assign(std::min<size_t>(args->parents.size(), 1 << 16), 0);
         args->seqs.push_back(std::move(s));
       }
-      if (info.Length() > 8 && !info[8].IsUndefined() && !info[8].IsNull())
-        args->penalties = std::make_shared<PenaltyArgs>(penalty_args(info[8], false));
+      args->penalties = chain_penalties(info, 8);
       if (info.Length() > 7 && !info[7].IsUndefined()) {
         args->sampled = true;
         args->params = sampling_params_arg(info[7]);

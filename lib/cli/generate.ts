@@ -8,7 +8,7 @@ import { LlamaModel } from '../models/llama';
 import { plainGenerate } from '../plain';
 import type { Device } from '../tensor';
 import type { Penalties } from '../sampling';
-import { cleanUpTokenizationSpaces, IncrementalText, settledText } from '../text';
+import { IncrementalText, SettledText } from '../text';
 import { TextTokenizer, type ChatMessage } from '../tokenizer';
 import { defaultModelPaths } from '../default_models';
 import { codedError } from '../errors';
@@ -317,21 +317,23 @@ function resolvePrompts(flags: GenerateFlags, tokenizer: TextTokenizer | undefin
 export class TextStream {
   private readonly ids: number[] = [];
   private readonly text: IncrementalText;
+  private readonly settle: SettledText;
   private shown = 0;
 
-  /** decodeRaw: without the clean-up of tokenization spaces, which `cleanUp` says the text gets (settledText). */
+  /** decodeRaw: without the clean-up of tokenization spaces, which `cleanUp` says the text gets (SettledText). */
   constructor(
     decodeRaw: (ids: ArrayLike<number>) => string,
-    private readonly cleanUp: boolean,
+    cleanUp: boolean,
     private readonly write: (s: string) => void,
   ) {
     this.text = new IncrementalText(decodeRaw);
+    this.settle = new SettledText(cleanUp);
   }
 
   push(tokens: ArrayLike<number>, final = false): void {
     for (let k = 0; k < tokens.length; k++) this.ids.push(tokens[k] as number);
-    const raw = this.text.of(this.ids);
-    const t = !final ? settledText(raw, this.cleanUp) : this.cleanUp ? cleanUpTokenizationSpaces(raw) : raw;
+    const now = this.settle.of(this.text.of(this.ids));
+    const t = final ? now.full : now.settled;
     if (t.length > this.shown) {
       this.write(t.slice(this.shown));
       this.shown = t.length;

@@ -293,8 +293,9 @@ export class SpecEngine {
   ctx(signal?: AbortSignal): ProposeContext {
     // Without a signal the same (frozen) object every step: two allocations fewer per step.
     if (!signal && this.ctx0) return this.ctx0;
-    const c: { sampling?: SamplingConfig; signal?: AbortSignal } = {};
+    const c: { sampling?: SamplingConfig; signal?: AbortSignal; penalties?: Required<Penalties> } = {};
     if (this.sampling) c.sampling = this.sampling;
+    if (this.penalties) c.penalties = this.penalties;
     if (signal) c.signal = signal;
     else this.ctx0 = Object.freeze(c);
     return c;
@@ -309,8 +310,9 @@ export class SpecEngine {
   soloCtx(signal?: AbortSignal): ProposeContext {
     if (!(this.model.speculativeChain || this.model.medusaChain)) return this.ctx(signal);
     if (!signal && this.soloCtx0) return this.soloCtx0;
-    const c: { sampling?: SamplingConfig; signal?: AbortSignal; draftChains: true } = { draftChains: true };
+    const c: { sampling?: SamplingConfig; signal?: AbortSignal; penalties?: Required<Penalties>; draftChains: true } = { draftChains: true };
     if (this.sampling) c.sampling = this.sampling;
+    if (this.penalties) c.penalties = this.penalties;
     if (signal) c.signal = signal;
     else this.soloCtx0 = Object.freeze(c);
     return c;
@@ -683,6 +685,7 @@ export class SpecEngine {
     if (sampling) opts.sampling = samplingOptions(sampling);
     const pen = chainPenalties(part.engine.penalties, seqs).penalties;
     if (pen) opts.penalties = pen;
+    if (offer.draftPenalties !== undefined) opts.draftPenalties = offer.draftPenalties;
     const tCall = performance.now();
     const r = await model.speculativeChain.call(model, offer.draft, inputs, opts);
     const tDone = performance.now();

@@ -2,6 +2,7 @@
 import * as assert from 'assert';
 import { backends } from '../lib/backend';
 import { seededRandom } from '../lib/train/corpus';
+import type { Penalties } from '../lib/sampling';
 
 /** Why CUDA tests cannot run here (undefined when they can). */
 export function cudaSkipReason(): string | undefined {
@@ -80,4 +81,29 @@ export function chiSquare(observed: ArrayLike<number>, expectedProbs: ArrayLike<
 export function chiSquareCritical(dof: number, z = 3.719): number {
   const h = 2 / (9 * dof);
   return dof * Math.pow(1 - h + z * Math.sqrt(h), 3);
+}
+
+/** The reference: sm::penalized_logit in doubles rounded as the native op rounds (f32 ops are exact in double, then rounded once). */
+function refLogit(l: number, count: number, inHistory: boolean, p: Required<Penalties>): number {
+  if (!inHistory) return l;
+  const r = Math.fround(p.repetition);
+  if (r !== 1) l = l > 0 ? Math.fround(l / r) : Math.fround(l * r);
+  if (count > 0) l = Math.fround(l - (Math.fround(p.frequency) * count + Math.fround(p.presence)));
+  return l;
+}
+
+/** Penalties applied to rows of x f32 [N, V] as ops::penalize applies them (row r continues hist[rowSeq[r]], then paths[r]). */
+export function refPenalize(x: Float32Array, V: number, p: Required<Penalties>, hist: { tokens: number[]; promptLength: number }[], rowSeq: Int32Array, paths: Int32Array[]): Float32Array {
+  const out = Float32Array.from(x);
+  for (let r = 0; r < rowSeq.length; r++) {
+    const h = hist[rowSeq[r] as number]!;
+    const all = [...h.tokens, ...(paths[r] ?? [])];
+    const seen = new Set(all);
+    for (const t of seen) {
+      let c = 0;
+      for (let i = h.promptLength; i < all.length; i++) c += all[i] === t ? 1 : 0;
+      out[r * V + t] = refLogit(out[r * V + t] as number, c, true, p);
+    }
+  }
+  return out;
 }

@@ -10,7 +10,7 @@ import { LlamaModel } from '../lib/models/llama';
 import { native } from '../lib/native';
 import { plainGenerate } from '../lib/plain';
 import { penalize, resolvePenalties, treePaths, type Penalties } from '../lib/sampling';
-import { DraftModelSpeculator } from '../lib/strategies/draft_model';
+import { DraftModelSpeculator, type DraftModelOptions } from '../lib/strategies/draft_model';
 import { EagleHead, EagleSpeculator } from '../lib/strategies/eagle';
 import { HybridSpeculator } from '../lib/strategies/hybrid';
 import { LookaheadSpeculator } from '../lib/strategies/lookahead';
@@ -19,33 +19,9 @@ import { PromptLookupSpeculator } from '../lib/strategies/prompt_lookup';
 import type { Speculator } from '../lib/strategies/speculator';
 import { Tensor } from '../lib/tensor';
 import { TextTokenizer } from '../lib/tokenizer';
-import { assertThrowsCode, describeCuda, rng, testSeed } from './helpers';
+import { assertThrowsCode, describeCuda, refPenalize, rng, testSeed } from './helpers';
 
 const EMBEDDED = defaultModelPaths();
-
-/** The reference: sm::penalized_logit in doubles rounded as the native op rounds (f32 ops are exact in double, then rounded once). */
-function refLogit(l: number, count: number, inHistory: boolean, p: Required<Penalties>): number {
-  if (!inHistory) return l;
-  const r = Math.fround(p.repetition);
-  if (r !== 1) l = l > 0 ? Math.fround(l / r) : Math.fround(l * r);
-  if (count > 0) l = Math.fround(l - (Math.fround(p.frequency) * count + Math.fround(p.presence)));
-  return l;
-}
-
-function refPenalize(x: Float32Array, V: number, p: Required<Penalties>, hist: { tokens: number[]; promptLength: number }[], rowSeq: Int32Array, paths: Int32Array[]): Float32Array {
-  const out = Float32Array.from(x);
-  for (let r = 0; r < rowSeq.length; r++) {
-    const h = hist[rowSeq[r] as number]!;
-    const all = [...h.tokens, ...(paths[r] ?? [])];
-    const seen = new Set(all);
-    for (const t of seen) {
-      let c = 0;
-      for (let i = h.promptLength; i < all.length; i++) c += all[i] === t ? 1 : 0;
-      out[r * V + t] = refLogit(out[r * V + t] as number, c, true, p);
-    }
-  }
-  return out;
-}
 
 /** penalize on `device` against the JavaScript reference, bit for bit. */
 function checkAgainstReference(device: 'cpu' | 'cuda'): void {
@@ -196,6 +172,9 @@ describe('penalties', () => {
     const speculators = (): [string, () => Speculator][] => [
       ['draft model k=4', () => new DraftModelSpeculator({ draft, k: 4 })],
       ['draft model, sized', () => new DraftModelSpeculator({ draft })],
+      ['draft model k=4, drafting without the penalties', () => new DraftModelSpeculator({ draft, k: 4, draftPenalties: false })],
+      ['draft model, confidence (the JavaScript chain)', () => new DraftModelSpeculator({ draft, adaptive: 'confidence' })],
+      ['draft model tree [2,2,1]', () => new DraftModelSpeculator({ draft, treeBranching: [2, 2, 1] })],
       ['Medusa small_8', () => new MedusaSpeculator({ heads, choices: 'small_8' })],
       ['Medusa, sized', () => new MedusaSpeculator({ heads })],
       ['lookahead 4,3,4', () => new LookaheadSpeculator({ W: 4, N: 3, G: 4, sizing: 'fixed' })],
@@ -214,6 +193,44 @@ describe('penalties', () => {
           rs.forEach((r, i) => assert.deepStrictEqual(Array.from(r.tokens), Array.from(want.tokens[i] as Int32Array), `${name}, ${JSON.stringify(p)}, prompt ${i}`));
           if (!name.includes('sized')) assert.ok(rs.some((r) => r.stats.acceptedDraftTokens > 0), `${name}: some drafts accepted`);
         }
+      }
+    });
+
+    it('a draft that is the target drafts with its penalties: every chain draft accepted (greedy and sampled: q is the penalized p), every tree step its full depth; without them, drafts rejected', async () => {
+      const twin = await LlamaModel.load(EMBEDDED.target, { device: 'cpu', maxSequences: 8 });
+      try {
+        const p: Penalties = { repetition: 1.3, presence: 0.6, frequency: 0.4 };
+        const modes: [string, Partial<DraftModelOptions>][] = [
+          ['native chain k=4', { k: 4 }],
+          ['one native draft chain a step (heuristic k)', { k: 4, adaptive: 'heuristic' }],
+          ['JavaScript chain (confidence)', { adaptive: 'confidence' }],
+          ['tree [2,1,1]', { treeBranching: [2, 1, 1] }],
+        ];
+        for (const sampling of [undefined, { temperature: 0.9, topK: 40, seed: 3 }]) {
+          for (const [name, o] of modes) {
+            const tree = o.treeBranching !== undefined;
+            if (tree && sampling) continue;  // one-hot tree drafts: a draw outside the tree rejects them
+            const run = async (draftPenalties: boolean): Promise<{ accepted: number; proposed: number; forwards: number }> => {
+              using dec = new SpeculativeDecoder({ target, speculator: new DraftModelSpeculator({ draft: twin, ...o, draftPenalties }), penalties: p, ...(sampling ? { sampling } : {}) });
+              const rs = await dec.generateBatch(prompts, { maxNewTokens: N, ignoreEos: true });
+              const sum = (f: (r: (typeof rs)[number]) => number): number => rs.reduce((a, r) => a + f(r), 0);
+              return { accepted: sum((r) => r.stats.acceptedDraftTokens), proposed: sum((r) => r.stats.proposedDraftTokens), forwards: sum((r) => r.stats.targetForwards) };
+            };
+            const what = `${name}, ${sampling ? 'sampled' : 'greedy'}`;
+            const on = await run(true);
+            const off = await run(false);
+            if (tree) {
+              // The prefill's token, then steps of depth 3 + 1 tokens, each its full depth.
+              assert.strictEqual(on.forwards, prompts.length * (1 + Math.ceil((N - 1) / 4)), what);
+              assert.ok(off.forwards > on.forwards, `${what}: without the draft's penalties a step falls short`);
+            } else {
+              assert.ok(on.proposed > 0 && on.accepted === on.proposed, `${what}: ${on.accepted} of ${on.proposed} drafts accepted`);
+              assert.ok(off.accepted < off.proposed, `${what}: without the draft's penalties ${off.accepted} of ${off.proposed} accepted`);
+            }
+          }
+        }
+      } finally {
+        twin.dispose();
       }
     });
 

@@ -14,11 +14,12 @@ import { LookaheadSpeculator } from '../lib/strategies/lookahead';
 import { MedusaHeads, MedusaSpeculator } from '../lib/strategies/medusa';
 import { PromptLookupSpeculator } from '../lib/strategies/prompt_lookup';
 import type { Speculator } from '../lib/strategies/speculator';
+import type { Penalties } from '../lib/sampling';
 import { Tensor } from '../lib/tensor';
 import { writeEagle3Head, writeEagleHead } from './fixtures/eagle_head';
 import { writeMedusaHeads } from './fixtures/medusa_heads';
 import { ToyLM } from './fixtures/toy_lm';
-import { chiSquare, chiSquareCritical, testSeed } from './helpers';
+import { chiSquare, chiSquareCritical, refPenalize, testSeed } from './helpers';
 
 const V = 6;
 const SEQS = 3000;
@@ -38,15 +39,19 @@ function refProbs(logits: Float32Array, T: number, topK: number): Float64Array {
   return p;
 }
 
-/** Joint reference distribution of the first three new tokens. */
-function reference(model: ToyLM, prompt: number[], T: number, topK: number): Float64Array {
+/** Joint reference distribution of the first three new tokens (with penalties: on each row's logits, after the prompt). */
+function reference(model: ToyLM, prompt: number[], T: number, topK: number, pen?: Required<Penalties>): Float64Array {
   const joint = new Float64Array(V * V * V);
   const L = prompt.length;
-  const p1 = refProbs(model.logitsFor(prompt, L - 1), T, topK);
+  const logits = (ctx: number[]): Float32Array => {
+    const l = model.logitsFor(ctx, ctx.length - 1);
+    return pen ? refPenalize(l, V, pen, [{ tokens: ctx, promptLength: L }], Int32Array.of(0), []) : l;
+  };
+  const p1 = refProbs(logits(prompt), T, topK);
   for (let a = 0; a < V; a++) {
-    const p2 = refProbs(model.logitsFor([...prompt, a], L), T, topK);
+    const p2 = refProbs(logits([...prompt, a]), T, topK);
     for (let b = 0; b < V; b++) {
-      const p3 = refProbs(model.logitsFor([...prompt, a, b], L + 1), T, topK);
+      const p3 = refProbs(logits([...prompt, a, b]), T, topK);
       for (let c = 0; c < V; c++) joint[(a * V + b) * V + c] = (p1[a] as number) * (p2[b] as number) * (p3[c] as number);
     }
   }
@@ -135,7 +140,10 @@ describe('speculative sampling is exact (toy model, chi-square)', function () {
     eagle3.dispose();
   });
 
-  const cases: { name: string; make: () => Speculator | undefined; topK?: number; minAccept?: number }[] = [
+  // Penalties that move the distribution: every token is in the prompt (repetition), and the
+  // output's tokens lose presence + frequency per occurrence.
+  const PEN: Required<Penalties> = { repetition: 1.6, presence: 0.5, frequency: 0.3 };
+  const cases: { name: string; make: () => Speculator | undefined; topK?: number; minAccept?: number; penalties?: Required<Penalties> }[] = [
     { name: 'plain (no speculator)', make: () => undefined },
     { name: 'draft model chain k=3 (sampled drafts, q passed)', make: () => new DraftModelSpeculator({ draft: partial(), k: 3 }) },
     { name: 'draft model chain, top-k 4 on p and q', make: () => new DraftModelSpeculator({ draft: partial(), k: 2 }), topK: 4 },
@@ -156,6 +164,18 @@ describe('speculative sampling is exact (toy model, chi-square)', function () {
     { name: 'lookahead W=3 N=3 G=3 (fixed: the sized one decodes this toy plainly)', make: () => new LookaheadSpeculator({ W: 3, N: 3, G: 3, sizing: 'fixed' }) },
     { name: 'prompt lookup', make: () => new PromptLookupSpeculator({ maxNgram: 2, numDraft: 3 }) },
     { name: 'hybrid (draft + prompt lookup)', make: () => new HybridSpeculator({ draft: partial(), draftSpeculator: new PromptLookupSpeculator(), k: 3 }) },
+    { name: 'penalties: plain (no speculator)', make: () => undefined, penalties: PEN },
+    { name: 'penalties: draft model chain k=3, the draft drafting with them (q penalized)', make: () => new DraftModelSpeculator({ draft: partial(), k: 3 }), penalties: PEN },
+    { name: 'penalties: draft model chain k=3, the draft drafting without them', make: () => new DraftModelSpeculator({ draft: partial(), k: 3, draftPenalties: false }), penalties: PEN },
+    {
+      name: 'penalties: a draft identical to the target drafting with them (p = q: everything accepted)',
+      make: () => new DraftModelSpeculator({ draft: new ToyLM({ vocabSize: V, seed, scale: 0.7 }), k: 2 }),
+      penalties: PEN,
+      minAccept: 0.999,
+    },
+    { name: 'penalties: a shorter-vocabulary draft (the ids it lacks out of its histories), chain k=3', make: () => new DraftModelSpeculator({ draft: shorter(), k: 3 }), penalties: PEN },
+    { name: 'penalties: draft model tree [3,2] (penalized one-hot drafts)', make: () => new DraftModelSpeculator({ draft: partial(), treeBranching: [3, 2] }), penalties: PEN },
+    { name: 'penalties: Medusa exact (tree rejection), top-k 4 on p', make: () => new MedusaSpeculator({ heads, choices: [[0], [1], [2], [0, 0], [0, 1], [1, 0]] }), topK: 4, penalties: PEN },
   ];
 
   for (const c of cases) {
@@ -166,6 +186,7 @@ describe('speculative sampling is exact (toy model, chi-square)', function () {
         target,
         ...(spec ? { speculator: spec } : {}),
         sampling: { temperature: T, ...(topK ? { topK } : {}), seed: seed + c.name.length },
+        ...(c.penalties ? { penalties: c.penalties } : {}),
       });
       const res = await dec.generateBatch(
         Array.from({ length: SEQS }, () => prompt),
@@ -178,7 +199,9 @@ describe('speculative sampling is exact (toy model, chi-square)', function () {
         proposed += r.stats.proposedDraftTokens;
         accepted += r.stats.acceptedDraftTokens;
       }
-      assertFitsJoint(res.map((r) => r.tokens), reference(target, prompt, T, topK));
+      assertFitsJoint(res.map((r) => r.tokens), reference(target, prompt, T, topK, c.penalties));
+      // Power: the penalties move the distribution far enough for these counts to tell.
+      if (c.penalties) assert.throws(() => assertFitsJoint(res.map((r) => r.tokens), reference(target, prompt, T, topK)), /chi-square|zero probability/);
       if (spec) assert.ok(proposed > SEQS / 4, `only ${proposed} draft tokens proposed`);
       if (c.minAccept !== undefined) assert.ok(accepted / proposed >= c.minAccept, `acceptance ${accepted / proposed}`);
       assert.strictEqual(target.liveSequences(), 0);

@@ -375,6 +375,28 @@ describe('greedy draft-model speculation as native chains', function () {
     }
   });
 
+  it('draft chains with penalties, the draft drafting with them or not (greedy and sampled): the step-by-step engine\'s tokens, statistics and streams', async () => {
+    // The native chain builds the draft's histories per step as DraftModelSpeculator does per call.
+    const hidden = withoutSpecChains(target);
+    const penalties = { repetition: 1.3, presence: 0.5, frequency: 0.3 };
+    for (const sampling of [undefined, { temperature: 0.8, seed: 5 }]) {
+      for (const draftPenalties of [true, false]) {
+        const run = async (model: CausalLM): Promise<unknown[]> => {
+          const spec = new DraftModelSpeculator({ draft, k: 4, draftPenalties });
+          const dec = new SpeculativeDecoder({ target: model, speculator: spec, penalties, ...(sampling ? { sampling } : {}) });
+          const out = await dec.generateBatch(prompts, { maxNewTokens: 60 });
+          spec.dispose();
+          return out.map((x) => [Array.from(x.tokens), x.stats.targetForwards, x.stats.acceptedDraftTokens, x.stats.nodesPerStep]);
+        };
+        const ref = await run(hidden);
+        calls.n = 0;
+        const got = await run(target);
+        assert.ok(calls.n > 0, 'native chains ran');
+        assert.deepStrictEqual(got, ref, `${sampling ? 'sampled' : 'greedy'}, draftPenalties ${draftPenalties}`);
+      }
+    }
+  });
+
   it('sampled Medusa chains: plainGenerate\'s sampled tokens (so the step-by-step engine\'s), and its statistics for fixed choices; a second request continues the stream', async () => {
     // Exact rejection of deterministic candidates draws each emitted token as plain sampling does
     // (spec_math.h), and the chain moves the counters by the tokens emitted, as the engine does.

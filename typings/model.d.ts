@@ -209,11 +209,20 @@ declare namespace SpecdecNative {
      * Runs where forward would (syncMaxMacs against the work of all steps).
      */
     greedyChain(inputs: readonly LlamaNativeInput[], steps: Int32Array, syncMaxMacs?: number, penalties?: NativeChainPenalties): Promise<Int32Array[]>;
-    greedyChainOnDevice(inputs: readonly LlamaNativeInput[], steps: Int32Array, syncMaxMacs?: number): Promise<Tensor>;
+    greedyChainOnDevice(inputs: readonly LlamaNativeInput[], steps: Int32Array, syncMaxMacs?: number, penalties?: NativeChainPenalties): Promise<Tensor>;
     sampledChain(...args: NativeSampledChainArgs): Promise<{ picks: Int32Array[]; q: Tensor }>;
     sampledChainOnDevice(...args: NativeSampledChainArgs): Promise<{ ids: Tensor; q: Tensor }>;
-    /** Greedy draft-model steps in one call (cpp/model/spec_chain.h). */
-    speculativeChain(draft: LlamaNativeModel, seqs: readonly NativeSpecChainSeq[], maxSteps: number, maxSeconds: number, syncMaxMacs?: number, sampling?: NativeSamplingOptions, penalties?: NativeChainPenalties): Promise<NativeSpecChainResult>;
+    /** Draft-model steps in one call, greedy or sampled (cpp/model/spec_chain.h); draftPenalties (default true): the draft drafts with the penalties too. */
+    speculativeChain(
+      draft: LlamaNativeModel,
+      seqs: readonly NativeSpecChainSeq[],
+      maxSteps: number,
+      maxSeconds: number,
+      syncMaxMacs?: number,
+      sampling?: NativeSamplingOptions,
+      penalties?: NativeChainPenalties,
+      draftPenalties?: boolean,
+    ): Promise<NativeSpecChainResult>;
     /** Medusa steps in one call, greedy or sampled (cpp/model/spec_chain.h). */
     medusaChain(
       heads: NativeMedusaHeadSet,

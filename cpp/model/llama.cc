@@ -817,9 +817,10 @@ std::vector<std::vector<int32_t>> LlamaModel::greedy_chain(const std::vector<Lla
   return draft_chain(inputs, steps, nullptr, nullptr, nullptr, false, penalties).picks;
 }
 
-Tensor LlamaModel::greedy_chain_on_device(const std::vector<LlamaSeqInput>& inputs, const std::vector<int>& steps) {
+Tensor LlamaModel::greedy_chain_on_device(const std::vector<LlamaSeqInput>& inputs, const std::vector<int>& steps,
+                                          const PenaltyArgs* penalties) {
   std::lock_guard<std::mutex> lock(mu_);
-  return draft_chain(inputs, steps, nullptr, nullptr, nullptr, true).picks_on_device;
+  return draft_chain(inputs, steps, nullptr, nullptr, nullptr, true, penalties).picks_on_device;
 }
 
 LlamaModel::SampledChain LlamaModel::sampled_chain(const std::vector<LlamaSeqInput>& inputs, const std::vector<int>& steps,

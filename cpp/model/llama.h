@@ -181,7 +181,8 @@ class LlamaModel {
   std::vector<std::vector<int32_t>> greedy_chain(const std::vector<LlamaSeqInput>& inputs,
                                                  const std::vector<int>& steps, const PenaltyArgs* penalties = nullptr);
   // The same picks left on the device (i32 [sum(steps)], input by input), with no read-back at all.
-  Tensor greedy_chain_on_device(const std::vector<LlamaSeqInput>& inputs, const std::vector<int>& steps);
+  Tensor greedy_chain_on_device(const std::vector<LlamaSeqInput>& inputs, const std::vector<int>& steps,
+                                const PenaltyArgs* penalties = nullptr);
 
   // greedy_chain's twin for sampling: at each step, each input's last logits row is processed
   // (`params`) into probs and one token is drawn with Philox key seeds[b], counter offsets[b][j] for

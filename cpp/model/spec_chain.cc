@@ -39,6 +39,30 @@ PenaltyArgs histories_after(const PenaltyArgs& base, const std::vector<std::vect
   return a;
 }
 
+// The draft's penalties for a step's chains (the sequences with ks[b] > 0, in order): their
+// histories after `emitted`, without the ids of the target's vocabulary the draft lacks (it reads
+// them as id 0 and never picks them); the chain adds each input's picks as its rows' paths.
+PenaltyArgs draft_step_penalties(const PenaltyArgs& base, const std::vector<std::vector<int32_t>>& emitted, const std::vector<int>& ks,
+                                 int64_t draft_vocab) {
+  const PenaltyArgs all = histories_after(base, emitted);
+  PenaltyArgs a;
+  a.repetition = all.repetition;
+  a.presence = all.presence;
+  a.frequency = all.frequency;
+  a.hist_indptr.assign(1, 0);
+  a.path_indptr.assign(1, 0);
+  for (size_t b = 0; b < ks.size(); ++b) {
+    if (ks[b] == 0) continue;
+    for (int32_t j = all.hist_indptr[b]; j < all.hist_indptr[b + 1]; ++j)
+      if (all.hist_tokens[static_cast<size_t>(j)] < draft_vocab) {
+        a.hist_tokens.push_back(all.hist_tokens[static_cast<size_t>(j)]);
+        a.hist_counts.push_back(all.hist_counts[static_cast<size_t>(j)]);
+      }
+    a.hist_indptr.push_back(static_cast<int32_t>(a.hist_tokens.size()));
+  }
+  return a;
+}
+
 // Rows of a draft-model step: sequence b's root, then its ks[b] drafts; row j's path is the drafts
 // above it, picks[tail_at[b] .. tail_at[b] + j) on the device.
 PenaltyArgs chain_step_penalties(const PenaltyArgs& base, const std::vector<std::vector<int32_t>>& emitted, const std::vector<int>& ks,
@@ -237,6 +261,9 @@ SpecChainResult speculative_chain(LlamaModel& target, LlamaModel& draft, const S
         picks_total += ks[b];
       }
       Tensor picks, q;
+      PenaltyArgs dpen;
+      const bool penalize_draft = args.penalties && args.draft_penalties && !din.empty();
+      if (penalize_draft) dpen = draft_step_penalties(*args.penalties, r.emitted, ks, Vd);
       if (!din.empty() && args.sampled) {
         // Each drafting sequence's counters for its picks, then (below) its verification's.
         std::vector<uint64_t> seeds;
@@ -248,13 +275,13 @@ SpecChainResult speculative_chain(LlamaModel& target, LlamaModel& draft, const S
           for (int j = 0; j < ks[b]; ++j) o[static_cast<size_t>(j)] = args.seqs[b].first_offset + static_cast<uint64_t>(draws[b]++);
           offsets.push_back(std::move(o));
         }
-        LlamaModel::SampledChain sc = draft.sampled_chain(din, dsteps, args.params, seeds, offsets, true);
+        LlamaModel::SampledChain sc = draft.sampled_chain(din, dsteps, args.params, seeds, offsets, true, penalize_draft ? &dpen : nullptr);
         picks = sc.picks_on_device;
         q = sc.q;
         for (size_t b = 0; b < B; ++b)
           if (ks[b] > 0) cached[b] += static_cast<int>(pending[b].size()) + ks[b] - 1;
       } else if (!din.empty()) {
-        picks = draft.greedy_chain_on_device(din, dsteps);
+        picks = draft.greedy_chain_on_device(din, dsteps, penalize_draft ? &dpen : nullptr);
         // The draft fed its pending tokens and every pick but the last.
         for (size_t b = 0; b < B; ++b)
           if (ks[b] > 0) cached[b] += static_cast<int>(pending[b].size()) + ks[b] - 1;

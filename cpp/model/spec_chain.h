@@ -52,8 +52,12 @@ struct SpecChainArgs {
   // Penalties on the target's rows (verification sees penalized logits): hist_* holds each
   // sequence's history when the call starts (its draft_feed included); each step adds what the
   // steps before it emitted, and a row's path is the drafted tokens above it (read on the device).
-  // Null: none. The draft drafts unpenalized (its proposals are only proposals).
+  // Null: none.
   std::shared_ptr<const PenaltyArgs> penalties;
+  // With penalties: the draft drafts with them too (its picks penalized by the same histories and
+  // the picks above them, ids outside its vocabulary dropped), so it predicts the penalized target;
+  // false drafts from its raw rows. Either way the output is the target's.
+  bool draft_penalties = true;
 };
 
 struct SpecChainResult {

@@ -367,14 +367,15 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
     });
   }
 
-  // greedyChainOnDevice(inputs, steps: Int32Array, syncMaxMacs?) -> Promise<Tensor> (i32 [sum steps],
-  // input by input, on the model's device; trusted ids: LlamaModel::greedy_chain_on_device)
+  // greedyChainOnDevice(inputs, steps: Int32Array, syncMaxMacs?, penalties?) -> Promise<Tensor> (i32
+  // [sum steps], input by input, on the model's device; trusted ids: LlamaModel::greedy_chain_on_device)
   Napi::Value GreedyChainOnDevice(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
       const ChainArgs a = chain_args(info, 2);
+      const std::shared_ptr<PenaltyArgs> pen = chain_penalties(info, 3);
       auto result = std::make_shared<Tensor>();
       return run_maybe_async(
-          info.Env(), a.sync, [=] { *result = a.m->greedy_chain_on_device(*a.inputs, *a.steps); },
+          info.Env(), a.sync, [=] { *result = a.m->greedy_chain_on_device(*a.inputs, *a.steps, pen.get()); },
           [=](Napi::Env env) -> Napi::Value { return wrap_ids_tensor(env, *result, a.m->config().vocab_size); },
           {Value()});
     });
@@ -419,7 +420,8 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
   }
 
   // speculativeChain(draft: LlamaModel, seqs: { seq, draftSeq, draftFeed: Int32Array, k, budget, stop?,
-  //   seed?: bigint, firstOffset?: bigint }[], maxSteps, maxSeconds, syncMaxMacs?, sampling?) ->
+  //   seed?: bigint, firstOffset?: bigint }[], maxSteps, maxSeconds, syncMaxMacs?, sampling?, penalties?,
+  //   draftPenalties?: boolean) ->
   //   Promise<{ steps, drafted: Int32Array, accepted: Int32Array, emitted: Int32Array[], draftCached:
   //   Int32Array, draws: Int32Array, draftSeconds, targetSeconds, stepSeconds: Float64Array }>
   //   (speculative_chain: draft-model steps in one call, sampled with `sampling`; drafted / accepted
@@ -464,6 +466,10 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
                         "E_ARG", "seqs[", b, "]: a sampled chain needs each sequence's seed and firstOffset");
       }
       args->penalties = chain_penalties(info, 6);
+      if (info.Length() > 7 && !info[7].IsUndefined()) {
+        SPECDEC_CHECK(info[7].IsBoolean(), "E_ARG", "draftPenalties: expected a boolean");
+        args->draft_penalties = info[7].As<Napi::Boolean>().Value();
+      }
       // On the calling thread when one step's target forward is small enough (the chain's time is
       // bounded by maxSeconds).
       const bool sync = run_here(*m, est, info[4]);

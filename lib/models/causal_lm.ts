@@ -181,7 +181,7 @@ export interface CausalLM {
    * greedyChain whose picks stay on the device: i32 [sum(steps)], input by input, usable as the
    * `tail` of the target's inputs and of verification (no read-back at all). Caller disposes.
    */
-  greedyChainOnDevice?(inputs: readonly SequenceInput[], steps: readonly number[], options?: { readonly signal?: AbortSignal }): Promise<Tensor>;
+  greedyChainOnDevice?(inputs: readonly SequenceInput[], steps: readonly number[], options?: ChainOptions): Promise<Tensor>;
   /**
    * Optional fast path for sampled chain drafting: greedyChain with each pick drawn instead of
    * taken as the argmax, exactly as processLogits(last row, sampling) + sample(probs, seeds[b],
@@ -306,6 +306,12 @@ export interface SpecChainOptions {
    * (ChainOptions.penalties).
    */
   readonly penalties?: NonNullable<ChainOptions['penalties']>;
+  /**
+   * With penalties: the draft drafts with them too, each pick penalized by its sequence's history
+   * and the picks above it (ids outside the draft's vocabulary dropped), so it predicts the
+   * penalized target. Default true; false drafts from the draft's raw rows. The output is the same.
+   */
+  readonly draftPenalties?: boolean;
 }
 
 export interface SpecChainResult {

@@ -283,14 +283,19 @@ export class LlamaModel implements CausalLM {
     }
   }
 
-  async greedyChainOnDevice(inputs: readonly SequenceInput[], steps: readonly number[], options: { readonly signal?: AbortSignal } = {}): Promise<Tensor> {
+  async greedyChainOnDevice(inputs: readonly SequenceInput[], steps: readonly number[], options: ChainOptions = {}): Promise<Tensor> {
     const handle = this.h('greedyChainOnDevice');
     options.signal?.throwIfAborted();
     checkSteps(steps, inputs.length);
+    const pen = chainPenalties(options, inputs.length);
     this.busy = true;
     try {
       if (sliceSpent(this.syncForwardMaxMacs)) await loopTurn(options.signal);
-      return asTensor(await handle.greedyChainOnDevice(inputs.map(nativeInput), Int32Array.from(steps), syncLimit(this.syncForwardMaxMacs)));
+      return asTensor(
+        pen
+          ? await handle.greedyChainOnDevice(inputs.map(nativeInput), Int32Array.from(steps), syncLimit(this.syncForwardMaxMacs), pen)
+          : await handle.greedyChainOnDevice(inputs.map(nativeInput), Int32Array.from(steps), syncLimit(this.syncForwardMaxMacs)),
+      );
     } finally {
       this.busy = false;
     }
@@ -308,7 +313,10 @@ export class LlamaModel implements CausalLM {
       if (sliceSpent(this.syncForwardMaxMacs)) await loopTurn(options.signal);
       const limit = syncLimit(this.syncForwardMaxMacs);
       const pen = chainPenalties(options, seqs.length);
-      if (pen) return await handle.speculativeChain(dh, seqs, options.maxSteps, options.maxSeconds, limit, options.sampling ? resolveSamplingOptions(options.sampling) : undefined, pen);
+      if (pen) {
+        const sampling = options.sampling ? resolveSamplingOptions(options.sampling) : undefined;
+        return await handle.speculativeChain(dh, seqs, options.maxSteps, options.maxSeconds, limit, sampling, pen, options.draftPenalties);
+      }
       return options.sampling
         ? await handle.speculativeChain(dh, seqs, options.maxSteps, options.maxSeconds, limit, resolveSamplingOptions(options.sampling))
         : await handle.speculativeChain(dh, seqs, options.maxSteps, options.maxSeconds, limit);

@@ -13,9 +13,9 @@ import { optionsArg } from '../errors';
 import { ChainCost, chainTokenCost, forwardCostIfRoom, type ForwardCost } from '../cost_model';
 import { gatherRows, isSampling, samplingOptions } from '../step_helpers';
 import { backedOffProbeInterval, chooseChainLength, PROBE_AFTER_PLAIN_STEPS, RankRates, sizingCost, stepCost } from '../tree_sizing';
-import type { CausalLM, ForwardOutput, SequenceInput, SpecChainResult } from '../models/causal_lm';
+import type { CausalLM, ChainOptions, ForwardOutput, SequenceInput, SpecChainResult } from '../models/causal_lm';
 import { CHAIN_MAX_STEPS, wholeChains } from '../plain_chain';
-import { argmax, processLogits, sample, topK } from '../sampling';
+import { argmax, penalize, processLogits, sample, topK, type PenaltyHistory } from '../sampling';
 import type { Tensor } from '../tensor';
 import { chainTree, loneRoot, type TokenTree } from '../tree';
 import {
@@ -68,6 +68,13 @@ export interface DraftModelOptions {
    * its top-2, each with its top-1). Deterministic drafts: exact one-hot rejection when sampling.
    */
   readonly treeBranching?: readonly number[];
+  /**
+   * Under penalties (repetition / presence / frequency), draft with them too: each draft token is
+   * picked from the draft's row penalized by its sequence's history and the drafts above it, so the
+   * draft predicts the penalized target. Default true; false drafts from the raw rows. The output is
+   * the target's either way; only the acceptance changes.
+   */
+  readonly draftPenalties?: boolean;
 }
 
 interface DraftState {
@@ -94,6 +101,7 @@ export class DraftModelSpeculator implements Speculator {
   readonly maxK: number;
   readonly confidenceThreshold: number;
   readonly treeBranching: readonly number[] | undefined;
+  readonly draftPenalties: boolean;
   private readonly states = new Map<number, DraftState>();
   /** q rows go to the verifier, on the target's device. */
   private targetDevice: CausalLM['device'] | undefined;
@@ -137,6 +145,8 @@ export class DraftModelSpeculator implements Speculator {
     this.maxK = opts.maxK ?? (this.adaptive === 'confidence' || this.adaptive === 'cost' ? Math.max(this.k, 8) : Math.max(this.k, 16));
     this.confidenceThreshold = opts.confidenceThreshold ?? 0.4;
     this.treeBranching = opts.treeBranching;
+    this.draftPenalties = opts.draftPenalties ?? true;
+    if (typeof this.draftPenalties !== 'boolean') throw codedError('E_ARG', `draft model: draftPenalties must be a boolean, got ${String(this.draftPenalties)}`);
     if (!int(this.minK, this.adaptive === 'cost' ? 0 : 1) || !int(this.maxK, Math.max(1, this.minK))) {
       throw codedError('E_ARG', `draft model: need ${this.adaptive === 'cost' ? 0 : 1} <= minK <= maxK, maxK >= 1, got ${this.minK}, ${this.maxK}`);
     }
@@ -312,7 +322,8 @@ export class DraftModelSpeculator implements Speculator {
       proposals[b] = loneRoot(s.history[s.history.length - 1] as number);
       offer[b] = { draftSeq: st.draftSeq, draftFeed: Int32Array.from(s.history.slice(st.cached)), k: this.adaptive === 'fixed' ? this.k : st.k };
     }
-    if (probe) return { proposals, draftChain: { draft: this.draft, seqs: offer, maxSteps: 1, probe } };
+    const pen = ctx.penalties ? { draftPenalties: this.draftPenalties } : {};
+    if (probe) return { proposals, draftChain: { draft: this.draft, seqs: offer, maxSteps: 1, probe, ...pen } };
     // A choice weighed on few trials at its deepest position is weighed again sooner: the chain runs
     // at most as many steps as that position has trials (at least 2). A fresh speculator's first
     // choice comes from the prior (k = 1 on the embedded family) and ran 16 steps before.
@@ -322,7 +333,7 @@ export class DraftModelSpeculator implements Speculator {
       for (const o of offer) k = Math.max(k, o.k);
       maxSteps = Math.max(2, Math.min(CHAIN_MAX_STEPS, this.rates.trialCounts()[k - 1] ?? 0));
     }
-    return { proposals, draftChain: { draft: this.draft, seqs: offer, maxSteps } };
+    return { proposals, draftChain: { draft: this.draft, seqs: offer, maxSteps, ...pen } };
   }
 
   /** The engine ran this batch's draftChain: each step's bookkeeping, as update() and proposeTimed() do it. */
@@ -368,6 +379,13 @@ export class DraftModelSpeculator implements Speculator {
     return batch;
   }
 
+  /** The draft's chain penalties for seqs[b] of `active` (undefined: none, or draftPenalties off). */
+  private penaltiesOf(seqs: readonly SpecSequence[], active: readonly number[], ctx: ProposeContext): ChainOptions['penalties'] {
+    if (!ctx.penalties || !this.draftPenalties) return undefined;
+    const v = this.draft.config.vocabSize;
+    return { penalties: ctx.penalties, histories: active.map((b) => draftHistory(seqs[b] as SpecSequence, v)) };
+  }
+
   /** Per-sequence budget this step. */
   private budget(s: SpecSequence, st: DraftState): number {
     const k = this.adaptive === 'confidence' ? this.maxK : st.k;
@@ -407,6 +425,9 @@ export class DraftModelSpeculator implements Speculator {
           );
           active.forEach((b, i) => ((states[b] as DraftState).cached += (inputs[i] as SequenceInput).tokens.length));
           const rows = Int32Array.from(active, (_, i) => (out.indptr[i + 1] as number) - 1);
+          // Each pick's row continues its sequence's history with the drafts above it.
+          const pen = this.penaltiesOf(seqs, active, ctx);
+          if (pen) penalizeRows(out, rows, pen, active.map((b) => drafts[b] as number[]));
           let picked: number[];
           if (sampling) {
             probs = processLogits(out.logits, samplingOptions(sampling));
@@ -487,7 +508,8 @@ export class DraftModelSpeculator implements Speculator {
           return { seq: st.draftSeq, tokens: draftInput((seqs[b] as SpecSequence).history.slice(st.cached), this.draft.config.vocabSize) };
         });
         const steps = active.map((b) => budgets[b] as number);
-        const opts = ctx.signal ? { signal: ctx.signal } : {};
+        const penalties = this.penaltiesOf(seqs, active, ctx);
+        const opts: ChainOptions = { ...(ctx.signal ? { signal: ctx.signal } : {}), ...(penalties ? { penalties } : {}) };
         let picks: Int32Array[];
         if (sampling) {
           // The counters the step-by-step loop would draw, in its order (one per pick of a sequence).
@@ -583,6 +605,22 @@ export class DraftModelSpeculator implements Speculator {
         }
         const width = branching[depth] as number;
         const k = Math.min(width, this.draft.config.vocabSize);
+        const pen = this.penaltiesOf(seqs, active, ctx);
+        if (pen) {
+          // Each frontier node's row continues its sequence's history with the node's path.
+          const rows: number[] = [], paths: number[][] = [], of: number[] = [];
+          active.forEach((b, i) => {
+            const t = trees[b]!;
+            for (const f of t.frontier) {
+              const path: number[] = [];
+              for (let v = f; v > 0; v = t.parents[v] as number) path.push(t.tokens[v] as number);
+              rows.push(depth === 0 ? (out.indptr[i + 1] as number) - 1 : (out.indptr[i] as number) + f - 1);
+              paths.push(path.reverse());
+              of.push(i);
+            }
+          });
+          penalizeRows(out, rows, { penalties: pen.penalties, histories: of.map((i) => pen.histories[i] as PenaltyHistory) }, paths);
+        }
         const top = topK(out.logits, k);
         const ids = top.ids.toInt32();
         top.ids.dispose();
@@ -675,6 +713,35 @@ export class DraftModelSpeculator implements Speculator {
   [Symbol.dispose](): void {
     this.dispose();
   }
+}
+
+/**
+ * The draft's penalties on the rows it picks from, in one call: rows[i] continues pen.histories[i]
+ * with paths[i] after it. The forward's other rows read an empty history (left as they are).
+ */
+function penalizeRows(out: ForwardOutput, rows: ArrayLike<number>, pen: NonNullable<ChainOptions['penalties']>, paths: readonly ArrayLike<number>[]): void {
+  const n = rows.length;
+  const rowSeq = new Int32Array(out.indptr[out.indptr.length - 1] as number).fill(n);
+  const rowPaths = new Array<ArrayLike<number> | undefined>(rowSeq.length);
+  for (let i = 0; i < n; i++) {
+    rowSeq[rows[i] as number] = i;
+    rowPaths[rows[i] as number] = paths[i];
+  }
+  penalize(out.logits, pen.penalties, [...pen.histories, NO_HISTORY], rowSeq, rowPaths);
+}
+
+const NO_HISTORY: PenaltyHistory = { tokens: [], promptLength: 0 };
+
+/**
+ * A sequence's history as the draft's penalties read it: without the ids the draft's vocabulary
+ * lacks (it reads them as id 0 and never picks them); the history itself when it has none.
+ */
+function draftHistory(s: SpecSequence, draftVocab: number): PenaltyHistory {
+  const h = s.history;
+  if (h.every((t) => t < draftVocab)) return { tokens: h, promptLength: s.promptLength };
+  let promptLength = 0;
+  for (let i = 0; i < s.promptLength && i < h.length; i++) if ((h[i] as number) < draftVocab) promptLength++;
+  return { tokens: h.filter((t) => t < draftVocab), promptLength };
 }
 
 /**

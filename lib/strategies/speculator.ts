@@ -4,6 +4,7 @@
 // (e.g. a draft model's KV cache). Speculators depend only on CausalLM.
 import type { CausalLM, DeviceTail, ForwardOutput, MedusaChainResult, MedusaChainTemplate, SpecChainResult } from '../models/causal_lm';
 import { codedError } from '../errors';
+import type { Penalties } from '../sampling';
 import type { Tensor } from '../tensor';
 import type { PackedMask, TokenTree } from '../tree';
 
@@ -105,6 +106,8 @@ export interface DraftChainOffer {
   readonly seqs: readonly { readonly draftSeq: number; readonly draftFeed: Int32Array; readonly k: number }[];
   /** Steps at most (>= 1). */
   readonly maxSteps: number;
+  /** With penalties (ProposeContext.penalties): whether the draft drafts with them (SpecChainOptions.draftPenalties; default true). */
+  readonly draftPenalties?: boolean;
   /**
    * A probe (one step to try the drafts while the choice is plain): its call's JavaScript is priced
    * as a chain's would share it, since it carries a whole call alone (counted in full, each probe
@@ -116,6 +119,12 @@ export interface DraftChainOffer {
 export interface ProposeContext {
   readonly sampling?: SamplingConfig;
   readonly signal?: AbortSignal;
+  /**
+   * The run's penalties on the model's rows (undefined: none). A speculator may draft with them
+   * (each sequence's history is in SpecSequence) to predict the penalized model better; the
+   * output never depends on it.
+   */
+  readonly penalties?: Required<Penalties>;
   /**
    * The engine runs a ProposalBatch's draftChain this step: the decoding is greedy, the step has one
    * part, and the model has speculativeChain.

@@ -81,7 +81,9 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
 
   const t0 = performance.now();
   const out: number[][] = prompts.map(() => []);
-  const historyOf = (i: number): PenaltyHistory => ({ tokens: [...prompts[i]!, ...out[i]!], promptLength: prompts[i]!.length });
+  // Each sequence's prompt + output, grown in place (penalize() keeps its counts per array).
+  const hist: number[][] = penalties ? prompts.map((p) => Array.from(p)) : [];
+  const historyOf = (i: number): PenaltyHistory => ({ tokens: hist[i]!, promptLength: prompts[i]!.length });
   const finishReasons: ('stop' | 'length' | 'context')[] = prompts.map(() => 'length');
   const forwards = prompts.map(() => 0);
   let targetForwards = 0;
@@ -124,6 +126,7 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
           if (tok < 0) throw codedError('E_INTERNAL', `sequence ${i}: no token has positive probability (non-finite logits?)`);
           forwards[i]!++;
           out[i]!.push(tok);
+          hist[i]?.push(tok);
           options.onTokens?.(i, Int32Array.of(tok));
           const length = prompts[i]!.length + out[i]!.length;
           if (stops.has(tok) || out[i]!.length >= maxNew || length >= maxPositions) {
@@ -166,6 +169,7 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
         const tok = next[b]!;
         if (tok < 0) throw codedError('E_INTERNAL', `sequence ${i}: no token has positive probability (non-finite logits?)`);
         out[i]!.push(tok);
+        hist[i]?.push(tok);
         forwards[i]!++;
         options.onTokens?.(i, Int32Array.of(tok));
         // Stop at a stop token, at maxNewTokens, or when the context is full (the next token

@@ -9,7 +9,7 @@ import { Engine } from '../lib/engine/engine';
 import { LlamaModel } from '../lib/models/llama';
 import { native } from '../lib/native';
 import { plainGenerate } from '../lib/plain';
-import { penalize, resolvePenalties, treePaths, type Penalties } from '../lib/sampling';
+import { nativePenalties, penalize, resolvePenalties, treePaths, type Penalties } from '../lib/sampling';
 import { DraftModelSpeculator, type DraftModelOptions } from '../lib/strategies/draft_model';
 import { EagleHead, EagleSpeculator } from '../lib/strategies/eagle';
 import { HybridSpeculator } from '../lib/strategies/hybrid';
@@ -196,6 +196,42 @@ describe('penalties', () => {
       }
     });
 
+    it('damaged history arrays given to the native chains (greedy, draft-model, Medusa): E_ARG naming them before any is read, nothing committed', async () => {
+      const nt = (target as unknown as { handle: SpecdecNative.LlamaNativeModel }).handle;
+      const nd = (draft as unknown as { handle: SpecdecNative.LlamaNativeModel }).handle;
+      const V = target.config.vocabSize;
+      const good = { repetition: 1.3, presence: 0.5, frequency: 0.25, histIndptr: Int32Array.of(0, 2, 3), histTokens: Int32Array.of(4, 9, 7), histCounts: Int32Array.of(0, 1, 2) };
+      const damaged: [Record<string, unknown>, RegExp][] = [
+        [{ histIndptr: Int32Array.of(0, 900, 3) }, /histIndptr: passes the tokens' end at sequence 0/],
+        [{ histTokens: Int32Array.of(9, 4, 7) }, /distinct and ascending/],
+        [{ histTokens: Int32Array.of(4, V, 7) }, /outside the vocabulary/],
+        [{ histCounts: Int32Array.of(0, -3, 2) }, /histCounts: -3/],
+        [{ histIndptr: Int32Array.of(0, 3) }, /histories|expected 2/],
+      ];
+      const ts = [target.createSequence(), target.createSequence()];
+      const ds = [draft.createSequence(), draft.createSequence()];
+      try {
+        const p = prompts.map((x) => Int32Array.from(x));
+        for (const [d, re] of damaged) {
+          const pen = { ...good, ...d } as unknown as SpecdecNative.NativeChainPenalties;
+          const codeOf = async (f: () => Promise<unknown>): Promise<void> => {
+            await assert.rejects(f(), (e: Error & { code?: string }) => e.code === 'E_ARG' && re.test(e.message), `${JSON.stringify(Object.keys(d))}: ${re}`);
+          };
+          await codeOf(() => nt.greedyChain(p.map((tokens, i) => ({ seq: ts[i]!, tokens })), Int32Array.of(3, 3), 0, pen));
+          await codeOf(() => nt.speculativeChain(nd, p.map((x, i) => ({ seq: ts[i]!, draftSeq: ds[i]!, draftFeed: x, k: 3, budget: 8 })), 2, 1, 0, undefined, pen));
+          const H = heads.config.numHeads;
+          await codeOf(() =>
+            nt.medusaChain(heads.weights(), p.map((x, i) => ({ seq: ts[i]!, root: x[x.length - 1]!, cands: new Int32Array(H * 2), headsKnown: H, budget: 8 })),
+              { parents: Int32Array.of(-1, 0), head: Int32Array.of(-1, 0), rank: Int32Array.of(0, 0) }, 2, 2, 1, 0, undefined, pen));
+          for (const x of ts) assert.strictEqual(target.sequenceLength(x), 0, 'nothing committed');
+          for (const x of ds) assert.strictEqual(draft.sequenceLength(x), 0, 'nothing committed in the draft');
+        }
+      } finally {
+        ts.forEach((x) => target.freeSequence(x));
+        ds.forEach((x) => draft.freeSequence(x));
+      }
+    });
+
     it('a draft that is the target drafts with its penalties: every chain draft accepted (greedy and sampled: q is the penalized p), every tree step its full depth; without them, drafts rejected', async () => {
       const twin = await LlamaModel.load(EMBEDDED.target, { device: 'cpu', maxSequences: 8 });
       try {
@@ -331,6 +367,38 @@ describe('penalties', () => {
     assert.ok(nativeRefused > 300, `${nativeRefused} of 400 damaged calls refused`);
   });
 
+  it('histories\' counts kept across calls (a history grown by appends, changed in place, cut, its prompt length changed) == counted afresh', () => {
+    const r = rng(testSeed + 79);
+    const fresh = (h: { tokens: ArrayLike<number>; promptLength: number }): [number[], number[]] => {
+      const m = new Map<number, number>();
+      const np = Math.max(0, Math.min(h.promptLength, h.tokens.length));
+      for (let i = 0; i < h.tokens.length; i++) m.set(h.tokens[i] as number, (m.get(h.tokens[i] as number) ?? 0) + (i >= np ? 1 : 0));
+      const toks = [...m.keys()].sort((a, b) => a - b);
+      return [toks, toks.map((t) => m.get(t) as number)];
+    };
+    const p = { repetition: 1.5, presence: 0.5, frequency: 0.25 };
+    let kinds = 0;
+    for (let round = 0; round < 40; round++) {
+      const V = 2 + Math.floor(r() * 300);
+      const hs = Array.from({ length: 1 + Math.floor(r() * 3) }, () => ({ tokens: Array.from({ length: Math.floor(r() * 50) }, () => Math.floor(r() * V)), promptLength: Math.floor(r() * 30) }));
+      for (let step = 0; step < 60; step++) {
+        const h = hs[Math.floor(r() * hs.length)]!;
+        const u = r();
+        if (u < 0.7) for (let n = Math.floor(r() * 5); n > 0; n--) h.tokens.push(Math.floor(r() * V));
+        else if (u < 0.8 && h.tokens.length > 0) (h.tokens[Math.floor(r() * h.tokens.length)] = Math.floor(r() * V)), kinds++;
+        else if (u < 0.9) (h.tokens.length = Math.floor(r() * (h.tokens.length + 1))), kinds++;
+        else (h.promptLength = Math.floor(r() * 40)), kinds++;
+        const got = nativePenalties(p, hs);
+        hs.forEach((x, s) => {
+          const [toks, counts] = fresh(x);
+          const a = got.histIndptr[s] as number, b = got.histIndptr[s + 1] as number;
+          assert.deepStrictEqual([Array.from(got.histTokens.subarray(a, b)), Array.from(got.histCounts.subarray(a, b))], [toks, counts], `round ${round}, step ${step}, history ${s}`);
+        });
+      }
+    }
+    assert.ok(kinds > 100, `${kinds} changes other than appends`);
+  });
+
   it('bad penalties and bad index arrays are E_ARG naming them; neutral penalties do nothing', () => {
     assert.strictEqual(resolvePenalties({ repetition: 1, presence: 0, frequency: 0 }), undefined);
     assert.strictEqual(resolvePenalties({}), undefined);
@@ -352,6 +420,8 @@ describe('penalties', () => {
       [{ histCounts: Int32Array.of(0, -1) }, /histCounts: -1/],
       [{ histCounts: Int32Array.of(0) }, /histCounts: 1 entries for 2 tokens/],
       [{ histIndptr: Int32Array.of(0, 3) }, /histIndptr: ends at 3, expected 2/],
+      // An offset past the tokens that a later one undercuts (the last is right): refused before a read.
+      [{ histIndptr: Int32Array.of(0, 9, 2), rowSeq: Int32Array.of(0, 1) }, /histIndptr: passes the tokens' end at sequence 0/],
       [{ pathIndptr: Int32Array.of(0, 1) }, /pathIndptr: expected 3 offsets/],
       [{ pathTokens: Int32Array.of(-1) }, /pathTokens: token -1/],
       [{ repetition: -1 }, /repetitionPenalty: expected a finite number > 0/],

@@ -169,13 +169,10 @@ void verify(const VerifyArgs& a, VerifyResult& out) {
     }
 }
 
-void penalize(Tensor& logits, const PenaltyArgs& a) {
-  check_arg(logits, "logits", {DType::f32}, {-1, -1});
-  const int64_t N = logits.size(0), V = logits.size(1);
+void check_penalty_histories(const PenaltyArgs& a, int64_t V) {
   SPECDEC_CHECK(std::isfinite(a.repetition) && a.repetition > 0.0f, "E_ARG", "repetitionPenalty: expected a finite number > 0, got ", a.repetition);
   SPECDEC_CHECK(std::isfinite(a.presence), "E_ARG", "presencePenalty: expected a finite number, got ", a.presence);
   SPECDEC_CHECK(std::isfinite(a.frequency), "E_ARG", "frequencyPenalty: expected a finite number, got ", a.frequency);
-  SPECDEC_CHECK(static_cast<int64_t>(a.row_seq.size()) == N, "E_ARG", "rowSeq: ", a.row_seq.size(), " entries for ", N, " logits rows");
   SPECDEC_CHECK(!a.hist_indptr.empty() && a.hist_indptr[0] == 0, "E_ARG", "histIndptr: expected S + 1 >= 1 offsets from 0");
   const int64_t S = static_cast<int64_t>(a.hist_indptr.size()) - 1;
   const int64_t H = static_cast<int64_t>(a.hist_tokens.size());
@@ -183,7 +180,8 @@ void penalize(Tensor& logits, const PenaltyArgs& a) {
   SPECDEC_CHECK(a.hist_indptr[S] == H, "E_ARG", "histIndptr: ends at ", a.hist_indptr[S], ", expected ", H, " (the tokens' count)");
   for (int64_t s = 0; s < S; ++s) {
     const int32_t b = a.hist_indptr[s], e = a.hist_indptr[s + 1];
-    SPECDEC_CHECK(b <= e, "E_ARG", "histIndptr: decreases at sequence ", s);
+    // (e <= H before the tokens are read: an offset past them that a later one undercuts.)
+    SPECDEC_CHECK(b <= e && e <= H, "E_ARG", "histIndptr: ", b <= e ? "passes the tokens' end" : "decreases", " at sequence ", s);
     for (int32_t j = b; j < e; ++j) {
       const int32_t t = a.hist_tokens[j];
       SPECDEC_CHECK(t >= 0 && t < V, "E_ARG", "histTokens: token ", t, " of sequence ", s, " is outside the vocabulary [0, ", V, ")");
@@ -191,6 +189,14 @@ void penalize(Tensor& logits, const PenaltyArgs& a) {
       SPECDEC_CHECK(a.hist_counts[j] >= 0 && a.hist_counts[j] < (1 << 28), "E_ARG", "histCounts: ", a.hist_counts[j], " for token ", t, " (expected 0 <= count < 2^28)");
     }
   }
+}
+
+void penalize(Tensor& logits, const PenaltyArgs& a) {
+  check_arg(logits, "logits", {DType::f32}, {-1, -1});
+  const int64_t N = logits.size(0), V = logits.size(1);
+  SPECDEC_CHECK(static_cast<int64_t>(a.row_seq.size()) == N, "E_ARG", "rowSeq: ", a.row_seq.size(), " entries for ", N, " logits rows");
+  check_penalty_histories(a, V);
+  const int64_t S = static_cast<int64_t>(a.hist_indptr.size()) - 1;
   for (int64_t r = 0; r < N; ++r)
     SPECDEC_CHECK(a.row_seq[r] >= 0 && a.row_seq[r] < S, "E_ARG", "rowSeq: row ", r, " names sequence ", a.row_seq[r], " of ", S);
   SPECDEC_CHECK(static_cast<int64_t>(a.path_indptr.size()) == N + 1 && a.path_indptr[0] == 0, "E_ARG", "pathIndptr: expected ", N + 1, " offsets from 0");

@@ -129,6 +129,9 @@ void top_k(const Tensor& x, int32_t k, Tensor& vals, Tensor& ids);
 void verify(const VerifyArgs& args, VerifyResult& out);
 // PenaltyArgs' penalties on logits f32 [N, V], in place (one launch).
 void penalize(Tensor& logits, const PenaltyArgs& args);
+// The checks penalize makes of the penalties and histories alone (rows aside), for a vocabulary of
+// V: what a native chain runs before it reads the histories (E_ARG naming the field).
+void check_penalty_histories(const PenaltyArgs& args, int64_t V);
 }  // namespace ops
 
 #define SPECDEC_SAMPLING_OPS(NS)                                                           \

@@ -838,6 +838,7 @@ LlamaModel::SampledChain LlamaModel::draft_chain(const std::vector<LlamaSeqInput
   const size_t B = inputs.size();
   SPECDEC_CHECK(!penalties || penalties->hist_indptr.size() == B + 1, "E_ARG", "penalties: histories for ",
                 penalties ? penalties->hist_indptr.size() - 1 : 0, " inputs, expected ", B);
+  if (penalties) ops::check_penalty_histories(*penalties, config_.vocab_size);
   SPECDEC_CHECK(B > 0, "E_ARG", "inputs: empty batch");
   SPECDEC_CHECK(steps.size() == B, "E_ARG", "steps: ", steps.size(), " entries for ", B, " inputs");
   std::vector<int32_t> start(B);
@@ -944,6 +945,7 @@ LlamaModel::SampledChain LlamaModel::draft_chain(const std::vector<LlamaSeqInput
     std::vector<int> made(B, 0);
     // With penalties: where each input's picks so far sit in `picks` (its rows' paths).
     std::vector<std::vector<int32_t>> pick_pos(penalties ? B : 0);
+    PenaltyArgs pa;
     std::vector<size_t> active(B);
     for (size_t b = 0; b < B; ++b) active[b] = b;
     Tensor next_ids;  // one id per active input, on the device; undefined before the first step
@@ -968,7 +970,8 @@ LlamaModel::SampledChain LlamaModel::draft_chain(const std::vector<LlamaSeqInput
       SPECDEC_CHECK(r.logits.size(0) == A, "E_INTERNAL", "chain step: ", r.logits.size(0), " logits rows for ", A, " inputs");
       Tensor out_picks = picks.rows(at, at + A);
       if (penalties) {
-        PenaltyArgs pa = *penalties;
+        // (The histories stay; each step's rows and paths are its own.)
+        if (pa.hist_indptr.empty()) pa = *penalties;
         pa.row_seq.clear();
         pa.path_indptr.assign(1, 0);
         pa.path_tokens.clear();

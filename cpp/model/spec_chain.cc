@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <map>
 
 #include "../core/error.h"
 #include "../core/ops_sampling.h"
@@ -17,22 +16,42 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }
 
 // A step's penalties without rows: base's histories with each sequence's tokens emitted so far
-// (by the steps before, in this call) counted as output.
+// (by the steps before, in this call) counted as output. A merge: base's tokens are distinct and
+// ascending (the call's arguments are checked so), the emitted ones few (a std::map of the whole
+// history per step cost ~10 ms at 32 sequences of 4k tokens).
 PenaltyArgs histories_after(const PenaltyArgs& base, const std::vector<std::vector<int32_t>>& emitted) {
   PenaltyArgs a;
   a.repetition = base.repetition;
   a.presence = base.presence;
   a.frequency = base.frequency;
   a.hist_indptr.assign(1, 0);
+  a.hist_tokens.reserve(base.hist_tokens.size());
+  a.hist_counts.reserve(base.hist_counts.size());
+  const auto copy = [&](size_t from, size_t to) {
+    a.hist_tokens.insert(a.hist_tokens.end(), base.hist_tokens.begin() + static_cast<std::ptrdiff_t>(from), base.hist_tokens.begin() + static_cast<std::ptrdiff_t>(to));
+    a.hist_counts.insert(a.hist_counts.end(), base.hist_counts.begin() + static_cast<std::ptrdiff_t>(from), base.hist_counts.begin() + static_cast<std::ptrdiff_t>(to));
+  };
+  std::vector<int32_t> em;
   for (size_t s = 0; s + 1 < base.hist_indptr.size(); ++s) {
-    std::map<int32_t, int32_t> counts;
-    for (int32_t j = base.hist_indptr[s]; j < base.hist_indptr[s + 1]; ++j)
-      counts[base.hist_tokens[static_cast<size_t>(j)]] += base.hist_counts[static_cast<size_t>(j)];
-    for (int32_t t : emitted[s]) ++counts[t];
-    for (const auto& [t, c] : counts) {
+    em = emitted[s];
+    std::sort(em.begin(), em.end());
+    size_t i = static_cast<size_t>(base.hist_indptr[s]);
+    const size_t end = static_cast<size_t>(base.hist_indptr[s + 1]);
+    // Per distinct emitted token: the base's run below it copied whole, then the token counted.
+    for (size_t j = 0; j < em.size();) {
+      const int32_t t = em[j];
+      int32_t c = 0;
+      while (j < em.size() && em[j] == t) ++c, ++j;
+      const size_t at = static_cast<size_t>(std::lower_bound(base.hist_tokens.begin() + static_cast<std::ptrdiff_t>(i),
+                                                             base.hist_tokens.begin() + static_cast<std::ptrdiff_t>(end), t) -
+                                            base.hist_tokens.begin());
+      copy(i, at);
+      i = at;
+      if (i < end && base.hist_tokens[i] == t) c += base.hist_counts[i++];
       a.hist_tokens.push_back(t);
       a.hist_counts.push_back(c);
     }
+    copy(i, end);
     a.hist_indptr.push_back(static_cast<int32_t>(a.hist_tokens.size()));
   }
   a.path_indptr.assign(1, 0);
@@ -40,11 +59,10 @@ PenaltyArgs histories_after(const PenaltyArgs& base, const std::vector<std::vect
 }
 
 // The draft's penalties for a step's chains (the sequences with ks[b] > 0, in order): their
-// histories after `emitted`, without the ids of the target's vocabulary the draft lacks (it reads
-// them as id 0 and never picks them); the chain adds each input's picks as its rows' paths.
-PenaltyArgs draft_step_penalties(const PenaltyArgs& base, const std::vector<std::vector<int32_t>>& emitted, const std::vector<int>& ks,
-                                 int64_t draft_vocab) {
-  const PenaltyArgs all = histories_after(base, emitted);
+// histories this step (histories_after), without the ids of the target's vocabulary the draft
+// lacks (it reads them as id 0 and never picks them); the chain adds each input's picks as its
+// rows' paths.
+PenaltyArgs draft_step_penalties(const PenaltyArgs& all, const std::vector<int>& ks, int64_t draft_vocab) {
   PenaltyArgs a;
   a.repetition = all.repetition;
   a.presence = all.presence;
@@ -65,9 +83,7 @@ PenaltyArgs draft_step_penalties(const PenaltyArgs& base, const std::vector<std:
 
 // Rows of a draft-model step: sequence b's root, then its ks[b] drafts; row j's path is the drafts
 // above it, picks[tail_at[b] .. tail_at[b] + j) on the device.
-PenaltyArgs chain_step_penalties(const PenaltyArgs& base, const std::vector<std::vector<int32_t>>& emitted, const std::vector<int>& ks,
-                                 const std::vector<int64_t>& tail_at, const Tensor* picks) {
-  PenaltyArgs a = histories_after(base, emitted);
+PenaltyArgs chain_step_penalties(PenaltyArgs a, const std::vector<int>& ks, const std::vector<int64_t>& tail_at, const Tensor* picks) {
   for (size_t b = 0; b < ks.size(); ++b)
     for (int j = 0; j <= ks[b]; ++j) {
       a.row_seq.push_back(static_cast<int32_t>(b));
@@ -80,9 +96,7 @@ PenaltyArgs chain_step_penalties(const PenaltyArgs& base, const std::vector<std:
 
 // Rows of a tree step: each sequence's nodes in order; a node's path is its ancestors' tokens below
 // the root (the tokens are on the host: a Medusa step's candidates).
-PenaltyArgs tree_step_penalties(const PenaltyArgs& base, const std::vector<std::vector<int32_t>>& emitted,
-                                const std::vector<LlamaSeqInput>& trees) {
-  PenaltyArgs a = histories_after(base, emitted);
+PenaltyArgs tree_step_penalties(PenaltyArgs a, const std::vector<LlamaSeqInput>& trees) {
   for (size_t b = 0; b < trees.size(); ++b) {
     const LlamaSeqInput& t = trees[b];
     for (size_t i = 0; i < t.tokens.size(); ++i) {
@@ -204,6 +218,7 @@ SpecChainResult speculative_chain(LlamaModel& target, LlamaModel& draft, const S
   const int draft_max = draft.config().max_positions;
   SPECDEC_CHECK(!args.penalties || args.penalties->hist_indptr.size() == B + 1, "E_ARG", "speculativeChain: penalties for ",
                 args.penalties ? args.penalties->hist_indptr.size() - 1 : 0, " histories, expected ", B);
+  if (args.penalties) ops::check_penalty_histories(*args.penalties, Vt);  // before histories_after reads them
 
   // Per sequence: the history tokens past the draft's cache (root last), the draft's cached length,
   // and what is left of the budget.
@@ -261,9 +276,11 @@ SpecChainResult speculative_chain(LlamaModel& target, LlamaModel& draft, const S
         picks_total += ks[b];
       }
       Tensor picks, q;
-      PenaltyArgs dpen;
+      // The step's histories (the call's, and what the steps before emitted).
+      PenaltyArgs hist, dpen;
+      if (args.penalties) hist = histories_after(*args.penalties, r.emitted);
       const bool penalize_draft = args.penalties && args.draft_penalties && !din.empty();
-      if (penalize_draft) dpen = draft_step_penalties(*args.penalties, r.emitted, ks, Vd);
+      if (penalize_draft) dpen = draft_step_penalties(hist, ks, Vd);
       if (!din.empty() && args.sampled) {
         // Each drafting sequence's counters for its picks, then (below) its verification's.
         std::vector<uint64_t> seeds;
@@ -313,7 +330,7 @@ SpecChainResult speculative_chain(LlamaModel& target, LlamaModel& draft, const S
       LlamaForwardResult fr = target.forward(tin, false, &stage);
       t_target = seconds_since(t1);
       if (args.penalties) {
-        PenaltyArgs pa = chain_step_penalties(*args.penalties, r.emitted, ks, tail_at, &picks);
+        PenaltyArgs pa = chain_step_penalties(std::move(hist), ks, tail_at, &picks);
         ops::penalize(fr.logits, pa);
       }
 
@@ -413,6 +430,7 @@ MedusaChainResult medusa_chain(LlamaModel& target, const MedusaChainArgs& args) 
 
   SPECDEC_CHECK(!args.penalties || args.penalties->hist_indptr.size() == B + 1, "E_ARG", "medusaChain: penalties for ",
                 args.penalties ? args.penalties->hist_indptr.size() - 1 : 0, " histories, expected ", B);
+  if (args.penalties) ops::check_penalty_histories(*args.penalties, target.config().vocab_size);  // before histories_after reads them
   std::vector<int32_t> root(B);
   std::vector<std::vector<int32_t>> cands(B);
   std::vector<int> known(B), left(B);
@@ -465,7 +483,7 @@ MedusaChainResult medusa_chain(LlamaModel& target, const MedusaChainArgs& args) 
       LlamaForwardResult fr = target.forward(tin, true, &stage);
       t_target = seconds_since(t0);
       if (args.penalties) {
-        PenaltyArgs pa = tree_step_penalties(*args.penalties, r.emitted, tin);
+        PenaltyArgs pa = tree_step_penalties(histories_after(*args.penalties, r.emitted), tin);
         ops::penalize(fr.logits, pa);
       }
       v = verify_commit(target, fr, tseqs, &args.heads, K, args.sampled ? &args.params : nullptr);

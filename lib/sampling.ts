@@ -155,6 +155,11 @@ export function nativePenalties(r: Required<Penalties>, histories: readonly Pena
   return { repetition: r.repetition, presence: r.presence, frequency: r.frequency, histIndptr, histTokens, histCounts };
 }
 
+/** Penalties over histories with one row per history, no paths (samplingPenalize's argument for rows 0 .. S - 1). */
+export function nativeRowPenalties(r: Required<Penalties>, histories: readonly PenaltyHistory[]): SpecdecNative.NativePenalties {
+  return { ...nativePenalties(r, histories), rowSeq: Int32Array.from(histories, (_, i) => i), pathIndptr: new Int32Array(histories.length + 1), pathTokens: new Int32Array(0) };
+}
+
 /**
  * A history's distinct tokens ascending, each with its count in the output (0: only in the prompt),
  * kept per history array across calls: a history that grew by appends costs a comparison of what

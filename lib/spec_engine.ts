@@ -910,7 +910,10 @@ export class SpecEngine {
     const { logits, hidden } = out;
     const { nodeIndptr, parents, tokens } = pre ?? flattenTrees(proposals);
     const tails = proposals.some((p) => p.tail) ? proposals.map((p) => p.tail) : undefined;
-    const heads = this.speculator?.headsOnAccepted && hidden ? { ...this.speculator.headsOnAccepted, hidden } : undefined;
+    // (With penalties, the heads' candidates leave out what the penalized target avoids: each
+    // sequence's history before this step's tokens, which only the device knows until the read.)
+    const pen = this.penalties ? { penalties: { penalties: this.penalties, histories: histories(seqs) } } : {};
+    const heads = this.speculator?.headsOnAccepted && hidden ? { ...this.speculator.headsOnAccepted, hidden, ...pen } : undefined;
     let vin: VerifyInput;
     if (!this.sampling) {
       vin = { mode: 'greedy', nodeIndptr, parents, tokens, target: logits };

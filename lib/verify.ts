@@ -3,6 +3,7 @@
 import { argError, optionsArg } from './errors';
 import { native } from './native';
 import type { DeviceTail, StagedVerify, VerifiedPaths } from './models/causal_lm';
+import { nativeRowPenalties, type Penalties, type PenaltyHistory } from './sampling';
 import type { HeadsOnAccepted } from './strategies/speculator';
 import type { Tensor } from './tensor';
 
@@ -62,7 +63,11 @@ export interface VerifyInput {
    * Heads to run at each sequence's last accepted node, on `hidden` (the forward's final hidden
    * states [N, H]); their top-k ids come back in `headsTopK`, read with the result.
    */
-  headsOnAccepted?: HeadsOnAccepted & { readonly hidden: Tensor };
+  headsOnAccepted?: HeadsOnAccepted & {
+    readonly hidden: Tensor;
+    /** Penalties on the heads' logits before their top-k, sequence b's row continuing histories[b]. */
+    readonly penalties?: { readonly penalties: Required<Penalties>; readonly histories: readonly PenaltyHistory[] };
+  };
   /**
    * The forward's staged copy of these trees (ForwardOutput.staged, from ForwardOptions.stage): the
    * index arrays, seeds and offsets are not uploaded again. They must equal the arrays given here
@@ -132,7 +137,8 @@ function nativeInput(input: VerifyInput): SpecdecNative.NativeVerifyInput {
   if (input.argmaxOf !== undefined) args.argmaxOf = input.argmaxOf;
   if (input.headsOnAccepted !== undefined) {
     const h = input.headsOnAccepted;
-    args.medusa = { hidden: h.hidden, heads: Array.isArray(h.heads) ? h.heads.map((x) => ({ w: x.w, b: x.b, lmHead: x.lmHead })) : h.heads, k: h.k };
+    const heads = Array.isArray(h.heads) ? h.heads.map((x) => ({ w: x.w, b: x.b, lmHead: x.lmHead })) : h.heads;
+    args.medusa = { hidden: h.hidden, heads, k: h.k, ...(h.penalties ? { penalties: nativeRowPenalties(h.penalties.penalties, h.penalties.histories) } : {}) };
   }
   if (input.staged !== undefined) args.staged = input.staged as unknown as SpecdecNative.StagedVerifyHandle;
   if (input.stagedPart !== undefined) args.stagedPart = input.stagedPart;

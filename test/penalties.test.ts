@@ -19,6 +19,7 @@ import { PromptLookupSpeculator } from '../lib/strategies/prompt_lookup';
 import type { Speculator } from '../lib/strategies/speculator';
 import { Tensor } from '../lib/tensor';
 import { TextTokenizer } from '../lib/tokenizer';
+import { verify } from '../lib/verify';
 import { assertThrowsCode, describeCuda, refPenalize, rng, testSeed } from './helpers';
 
 const EMBEDDED = defaultModelPaths();
@@ -206,7 +207,7 @@ describe('penalties', () => {
         [{ histTokens: Int32Array.of(9, 4, 7) }, /distinct and ascending/],
         [{ histTokens: Int32Array.of(4, V, 7) }, /outside the vocabulary/],
         [{ histCounts: Int32Array.of(0, -3, 2) }, /histCounts: -3/],
-        [{ histIndptr: Int32Array.of(0, 3) }, /histories|expected 2/],
+        [{ histIndptr: Int32Array.of(0, 3), histTokens: Int32Array.of(4, 7, 9) }, /histories, expected 2|inputs, expected 2|names sequence 1 of 1/],
       ];
       const ts = [target.createSequence(), target.createSequence()];
       const ds = [draft.createSequence(), draft.createSequence()];
@@ -223,9 +224,24 @@ describe('penalties', () => {
           await codeOf(() =>
             nt.medusaChain(heads.weights(), p.map((x, i) => ({ seq: ts[i]!, root: x[x.length - 1]!, cands: new Int32Array(H * 2), headsKnown: H, budget: 8 })),
               { parents: Int32Array.of(-1, 0), head: Int32Array.of(-1, 0), rank: Int32Array.of(0, 0) }, 2, 2, 1, 0, undefined, pen));
+          // The heads' penalties (medusaTopK: one row per row of x).
+          using x = Tensor.zeros('f32', [2, heads.config.hiddenSize]);
+          const rows = { rowSeq: Int32Array.of(0, 1), pathIndptr: new Int32Array(3), pathTokens: new Int32Array(0) };
+          assertThrowsCode(() => native().medusaTopK(x, heads.weights(), 2, { ...pen, ...rows }), 'E_ARG', re);
           for (const x of ts) assert.strictEqual(target.sequenceLength(x), 0, 'nothing committed');
           for (const x of ds) assert.strictEqual(draft.sequenceLength(x), 0, 'nothing committed in the draft');
         }
+        using x = Tensor.zeros('f32', [2, heads.config.hiddenSize]);
+        const ok = { ...good, pathIndptr: new Int32Array(3), pathTokens: new Int32Array(0) };
+        assertThrowsCode(() => native().medusaTopK(x, heads.weights(), 2, { ...ok, rowSeq: Int32Array.of(0) }), 'E_ARG', /penalties\.rowSeq: 1 entries for 2 rows/);
+        assert.strictEqual(native().medusaTopK(x, heads.weights(), 2, { ...ok, rowSeq: Int32Array.of(1, 0) }).length, heads.config.numHeads * 2 * 2);
+        // The verification's heads (headsOnAccepted): one history per sequence.
+        using lg = Tensor.zeros('f32', [3, V]);
+        using hid = Tensor.zeros('f32', [3, heads.config.hiddenSize]);
+        const vin = { mode: 'greedy' as const, nodeIndptr: Int32Array.of(0, 2, 3), parents: Int32Array.of(-1, 0, -1), tokens: Int32Array.of(1, 2, 3), target: lg };
+        const hp = (n: number) => ({ heads: heads.weights(), k: 2, hidden: hid, penalties: { penalties: { repetition: 1.3, presence: 0, frequency: 0 }, histories: Array.from({ length: n }, () => ({ tokens: [5, 6], promptLength: 1 })) } });
+        assertThrowsCode(() => verify({ ...vin, headsOnAccepted: hp(1) }), 'E_ARG', /medusa\.penalties\.rowSeq: 1 entries for 2 sequences/);
+        assert.strictEqual(verify({ ...vin, headsOnAccepted: hp(2) }).headsTopK?.length, heads.config.numHeads * 2 * 2);
       } finally {
         ts.forEach((x) => target.freeSequence(x));
         ds.forEach((x) => draft.freeSequence(x));

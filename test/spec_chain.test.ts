@@ -12,9 +12,11 @@ import { defaultModelPaths } from '../lib/default_models';
 import type { CausalLM, SpecChainSequence } from '../lib/models/causal_lm';
 import { LlamaModel } from '../lib/models/llama';
 import { plainGenerate } from '../lib/plain';
+import { penalize, topK } from '../lib/sampling';
 import { DraftModelSpeculator } from '../lib/strategies/draft_model';
 import { MedusaHeads, MedusaSpeculator } from '../lib/strategies/medusa';
 import type { Speculator } from '../lib/strategies/speculator';
+import { Tensor } from '../lib/tensor';
 import { TextTokenizer } from '../lib/tokenizer';
 import { describeCuda, rng, testSeed } from './helpers';
 
@@ -320,6 +322,51 @@ describe('greedy draft-model speculation as native chains', function () {
       }
     });
   }
+
+  it('Medusa with penalties (greedy and sampled): chains give the step-by-step engine\'s tokens and statistics, their heads penalized alike; the candidates are the penalized heads\' top-k', async () => {
+    const heads = MedusaHeads.load(paths.medusa, { device: 'cpu' });
+    const medusa = countMedusaChains(target);
+    const penalties = { repetition: 1.3, presence: 0.5, frequency: 0.3 };
+    try {
+      // The op: topKIds with penalties == topK over the penalized logits of apply(), head by head.
+      const r = rng(testSeed + 41);
+      const H = heads.config.hiddenSize, V = heads.config.vocabSize, R = 2, K = 4;
+      const x = Tensor.fromArray(Float32Array.from({ length: R * H }, () => 2 * r() - 1), 'f32', [R, H]);
+      const hist = [0, 1].map(() => ({ tokens: Array.from({ length: 30 }, () => Math.floor(r() * V)), promptLength: 10 }));
+      const ids = heads.topKIds(x, K, heads.config.numHeads, { penalties, histories: hist });
+      assert.notDeepStrictEqual(Array.from(ids), Array.from(heads.topKIds(x, K)), 'the penalties change some candidates');
+      heads.apply(x).forEach((l, h) => {
+        penalize(l, penalties, hist, Int32Array.of(0, 1));
+        const t = topK(l, K);
+        assert.deepStrictEqual(Array.from(ids.subarray(h * R * K, (h + 1) * R * K)), Array.from(t.ids.toInt32()), `head ${h}`);
+        for (const y of [t.ids, t.values, l]) y.dispose();
+      });
+      x.dispose();
+      // Decoding: the chains' heads and the verification's (headsOnAccepted) read the same histories.
+      const hidden = withoutSpecChains(target);
+      for (const sampling of [undefined, { temperature: 0.8, seed: 9 }]) {
+        const run = async (model: CausalLM): Promise<unknown[]> => {
+          const spec = new MedusaSpeculator({ heads, choices: 'small_8' });
+          const dec = new SpeculativeDecoder({ target: model, speculator: spec, penalties, ...(sampling ? { sampling } : {}) });
+          const out = await dec.generateBatch(prompts, { maxNewTokens: 48 });
+          spec.dispose();
+          return out.map((y) => [Array.from(y.tokens), y.stats.targetForwards, y.stats.acceptedDraftTokens, y.stats.acceptedPerPosition]);
+        };
+        const ref = await run(hidden);
+        medusa.calls = 0;
+        const got = await run(target);
+        assert.ok(medusa.calls > 0, 'native chains ran');
+        assert.deepStrictEqual(got, ref, sampling ? 'sampled' : 'greedy');
+        if (!sampling) {
+          const plain = await plainGenerate(target, prompts, { maxNewTokens: 48, penalties });
+          assert.deepStrictEqual(got.map((g) => (g as unknown[])[0]), plain.tokens.map((t) => Array.from(t)));
+        }
+      }
+    } finally {
+      delete (target as { medusaChain?: unknown }).medusaChain;
+      heads.dispose();
+    }
+  });
 
   it('medusaChain: a template that is no Medusa subtree, or candidates that do not fit, are E_ARG', async () => {
     const heads = MedusaHeads.load(paths.medusa, { device: 'cpu' });

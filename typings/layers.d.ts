@@ -106,7 +106,7 @@ declare namespace SpecdecNative {
      */
     eagleExpand?(weights: NativeEagleWeights, embed: Tensor, lmHead: Tensor | null, cache: KvCacheNative, hRoot: Tensor, draftSeqs: Int32Array, positions: Int32Array, maxLevels: Int32Array, levels: number, width: number, topK: number): NativeEagleExpansion;
     /** Fused Medusa heads: ResBlocks + LM head + top-k per head; ids [heads * R * k] (cpp/model/medusa.h). */
-    medusaTopK(x: Tensor, heads: readonly NativeMedusaHead[] | NativeMedusaHeadSet, k: number): Int32Array;
+    medusaTopK(x: Tensor, heads: readonly NativeMedusaHead[] | NativeMedusaHeadSet, k: number, penalties?: NativePenalties): Int32Array;
     /**
      * A handle over Medusa heads (cpp/napi/medusa_napi.cc): from arrays, the heads with their small CPU
      * weights packed for the k-serial kernel (cpp/model/medusa.h, pack_medusa_heads); from a set, its

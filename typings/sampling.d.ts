@@ -22,7 +22,7 @@ declare namespace SpecdecNative {
     maxDepth: number;
     argmaxOf?: Tensor;
     tails?: ({ ids: Tensor; offset: number } | undefined)[];
-    medusa?: { hidden: Tensor; heads: readonly NativeMedusaHead[] | NativeMedusaHeadSet; k: number };
+    medusa?: { hidden: Tensor; heads: readonly NativeMedusaHead[] | NativeMedusaHeadSet; k: number; penalties?: NativePenalties };
     /** The forward's staged copy of nodeIndptr/parents/tokens (and seeds/offsets): no upload. */
     staged?: StagedVerifyHandle;
     stagedPart?: number;

@@ -124,7 +124,7 @@ struct Verdict {
 
 Verdict verify_commit(LlamaModel& target, const LlamaForwardResult& fr, const std::vector<int>& tseqs,
                       const std::vector<MedusaHead>* heads, int32_t top_k, const SamplingParams* sampling = nullptr,
-                      const Tensor& draft_rows = Tensor()) {
+                      const Tensor& draft_rows = Tensor(), const PenaltyArgs* head_penalties = nullptr) {
   const StagedTree& st = *fr.staged;
   Verdict v;
   v.node_indptr = st.h_node_indptr;
@@ -162,7 +162,7 @@ Verdict verify_commit(LlamaModel& target, const LlamaForwardResult& fr, const st
   ops::verify(va, vr);
   if (M > 0) {
     Tensor ids = res.rows(total - M, total).view({static_cast<int64_t>(heads->size()) * B, top_k});
-    medusa_top_k_after_verify(*heads, fr.hidden, va.node_indptr, vr.accepted_nodes, vr.accept_count, top_k, ids);
+    medusa_top_k_after_verify(*heads, fr.hidden, va.node_indptr, vr.accepted_nodes, vr.accept_count, top_k, ids, head_penalties);
   }
   v.host.resize(static_cast<size_t>(total));
   res.copy_to_host(v.host.data(), v.host.size() * sizeof(int32_t));
@@ -486,7 +486,17 @@ MedusaChainResult medusa_chain(LlamaModel& target, const MedusaChainArgs& args) 
         PenaltyArgs pa = tree_step_penalties(histories_after(*args.penalties, r.emitted), tin);
         ops::penalize(fr.logits, pa);
       }
-      v = verify_commit(target, fr, tseqs, &args.heads, K, args.sampled ? &args.params : nullptr);
+      // The heads' candidates penalized by each sequence's history before this step (the tokens it
+      // accepts are known on the device only, until the step's one read).
+      PenaltyArgs hp;
+      if (args.penalties) {
+        hp = histories_after(*args.penalties, r.emitted);
+        for (size_t b = 0; b < B; ++b) {
+          hp.row_seq.push_back(static_cast<int32_t>(b));
+          hp.path_indptr.push_back(0);
+        }
+      }
+      v = verify_commit(target, fr, tseqs, &args.heads, K, args.sampled ? &args.params : nullptr, Tensor(), args.penalties ? &hp : nullptr);
     } catch (...) {
       if (step == 0) throw;
       break;

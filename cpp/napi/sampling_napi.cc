@@ -131,6 +131,7 @@ struct VerifyCall {
   int64_t base = 0, total = 0;  // this call's outputs in the shared result tensor
   Tensor argmax_of, hidden;
   std::vector<MedusaHead> heads;
+  std::shared_ptr<PenaltyArgs> head_penalties;  // medusa.penalties, or null
 };
 
 // Parses one input and sets up its device arrays (staged, or one upload of its own).
@@ -242,6 +243,13 @@ void parse_verify(const Napi::Object& o, VerifyCall& c) {
     c.heads = medusa_heads_arg(get_field(m, "heads"));
     c.mk = get_int(get_field(m, "k"), "medusa.k");
     SPECDEC_CHECK(c.mk >= 1 && c.mk <= INT32_MAX && !c.heads.empty(), "E_ARG", "medusa: expected k >= 1 and at least one head");
+    // penalties: samplingPenalize's argument with one row per sequence, on every head's logits.
+    if (has_field(m, "penalties")) {
+      c.head_penalties = std::make_shared<PenaltyArgs>(penalty_args(get_field(m, "penalties"), true));
+      SPECDEC_CHECK(static_cast<int64_t>(c.head_penalties->row_seq.size()) == B, "E_ARG", "medusa.penalties.rowSeq: ",
+                    c.head_penalties->row_seq.size(), " entries for ", B, " sequences");
+      ops::check_penalty_histories(*c.head_penalties, c.heads[0].lm_head.size(0));
+    }
   }
   c.M = static_cast<int64_t>(c.heads.size()) * B * c.mk;
   // Outputs: acceptedNodes [N] | emitted [N] | acceptCount [B] | depthAccepts [depth] (zeroed) | argmax [R] | medusa [M].
@@ -264,7 +272,8 @@ void run_verify(VerifyCall& c, const Tensor& res_all) {
   }
   if (M > 0) {
     Tensor ids = res_t.rows(total - M, total).view({static_cast<int64_t>(c.heads.size()) * B, c.mk});
-    medusa_top_k_after_verify(c.heads, c.hidden, c.a.node_indptr, r.accepted_nodes, r.accept_count, static_cast<int32_t>(c.mk), ids);
+    medusa_top_k_after_verify(c.heads, c.hidden, c.a.node_indptr, r.accepted_nodes, r.accept_count, static_cast<int32_t>(c.mk), ids,
+                              c.head_penalties.get());
   }
 }
 

@@ -22,6 +22,7 @@ import { addInplace, matmul, siluInplace } from '../layers';
 import type { CausalLM, ForwardOutput, MedusaChainResult, MedusaChainTemplate } from '../models/causal_lm';
 import { CHAIN_MAX_STEPS, wholeChains } from '../plain_chain';
 import { native } from '../native';
+import { nativeRowPenalties, type Penalties, type PenaltyHistory } from '../sampling';
 import { openWeightsFile } from '../torch_checkpoint';
 import { Tensor, type Device } from '../tensor';
 import { cutTree, loneRoot, MC_SIM_7B_63, MEDUSA_PRESETS, medusaTree, medusaTreeShape, pruneTree, type MedusaChoices, type MedusaTreeShape } from '../tree';
@@ -188,8 +189,9 @@ export class MedusaHeads {
    * head h's j-th most likely token for row r (ties: lower index). One native call; only the ids are
    * read back (the same tokens as topK over apply()'s logits).
    */
-  topKIds(x: Tensor, k: number, numHeads = this.config.numHeads): Int32Array {
-    return native().medusaTopK(x, this.weights(numHeads), k);
+  topKIds(x: Tensor, k: number, numHeads = this.config.numHeads, penalties?: { readonly penalties: Required<Penalties>; readonly histories: readonly PenaltyHistory[] }): Int32Array {
+    const w = this.weights(numHeads);
+    return penalties ? native().medusaTopK(x, w, k, nativeRowPenalties(penalties.penalties, penalties.histories)) : native().medusaTopK(x, w, k);
   }
 
   /**
@@ -363,15 +365,19 @@ export class MedusaSpeculator implements Speculator {
     this.target = model;
   }
 
-  /** Runs the heads on output rows `rows` (one per sequence) and stores the top-k candidates. */
-  private observe(seqs: readonly SpecSequence[], out: ForwardOutput, rows: number[]): void {
+  /**
+   * Runs the heads on output rows `rows` (one per sequence) and stores the top-k candidates (with
+   * penalties, penalized by each sequence's history: the candidates leave out what the target avoids).
+   */
+  private observe(seqs: readonly SpecSequence[], out: ForwardOutput, rows: number[], ctx: ProposeContext): void {
     if (!out.hidden) throw codedError('E_ARG', 'medusa: the forward returned no hidden states');
     const H = this.heads.config.hiddenSize;
     const x = gatherRows(rows.map((row) => ({ tensor: out.hidden as Tensor, row })), H, this.heads.device);
     const K = this.shape.topK;
     const t0 = performance.now();
     try {
-      this.setCands(seqs, seqs.keys(), this.heads.topKIds(x, K, this.shape.depth));
+      const pen = ctx.penalties ? { penalties: ctx.penalties, histories: seqs.map((s) => ({ tokens: s.history, promptLength: s.promptLength })) } : undefined;
+      this.setCands(seqs, seqs.keys(), this.heads.topKIds(x, K, this.shape.depth, pen));
       this.headsSeconds.add((performance.now() - t0) / 1000 / seqs.length);
     } finally {
       x.dispose();
@@ -382,7 +388,7 @@ export class MedusaSpeculator implements Speculator {
     // While the sized plan decodes plainly the first step proposes the root alone: its candidates
     // would go unused (the heads run again before a step that speculates or probes).
     const cost = sizingCost(this.sizedFor(ctx), this.target, ctx);
-    if (!(cost && this.planned && this.planned.batch === seqs.length && !this.planned.speculate)) this.observe(seqs, output, Array.from(lastRows));
+    if (!(cost && this.planned && this.planned.batch === seqs.length && !this.planned.speculate)) this.observe(seqs, output, Array.from(lastRows), ctx);
     await this.prepare();
   }
 
@@ -752,7 +758,7 @@ export class MedusaSpeculator implements Speculator {
       const acc = report.acceptedNodes[b] as Int32Array;
       return (report.output.indptr[b] as number) + (acc[acc.length - 1] as number);
     });
-    this.observe(next.map((b) => seqs[b] as SpecSequence), report.output, rows);
+    this.observe(next.map((b) => seqs[b] as SpecSequence), report.output, rows, ctx);
   }
 
   rewind(seq: SpecSequence): void {

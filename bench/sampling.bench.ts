@@ -6,8 +6,11 @@
 // Each row carries its roofline (bench/roofline.ts: bytes per element read + written -- argmax 4,
 // processLogits 8, sample 4, processLogits+sample 12 -- over the measured copy bandwidth) and the
 // fraction reached; off a GPU, predicted H100/H200 bounds for 32 and 288 rows (batch 32 x 9) follow.
+// Penalties: a decoding step's history arrays for the native op (nativePenalties: each history's
+// counts kept across steps as it grows) against counting them afresh each step (a sort per history,
+// what it did before), and the penalize op on B rows, for B sequences of H-token histories.
 // Run: node dist/bench/sampling.bench.js [--device cpu|cuda|auto] [--quick]   (or specdec bench --only sampling)
-import { argmax, processLogits, sample, type SamplingOptions } from '../lib/sampling';
+import { argmax, nativePenalties, penalize, processLogits, sample, type PenaltyHistory, type SamplingOptions } from '../lib/sampling';
 import { Tensor } from '../lib/tensor';
 import { logRow, measureKernel, randomF32, round, standalone, syncTensor, xorshift, type BenchModule, type BenchOptions, type BenchResult, type BenchRow, type Timing } from './common';
 import { measureCopyBandwidth, predictionRows, rowOpCost, withRoofline } from './roofline';
@@ -166,6 +169,7 @@ export const samplingBench: BenchModule = {
         logits.dispose();
       }
     }
+    rows.push(...(await penaltyRows(opts, V, cuda)));
     if (!cuda)
       rows.push(...predictionRows('sampling', [32, 288].flatMap((n) => ['argmax', 'processLogits', 'processLogits+sample'].map((op) => ({ name: `${op}, ${n} rows x ${VOCAB}`, cost: rowOpCost(n, VOCAB, bytesPerElement(op)) })))));
     return {
@@ -183,5 +187,56 @@ export const samplingBench: BenchModule = {
     };
   },
 };
+
+/** The penalties' rows: per-step history arrays (kept counts vs afresh) and the penalize op. */
+async function penaltyRows(opts: BenchOptions, V: number, cuda: boolean): Promise<BenchRow[]> {
+  const rows: BenchRow[] = [];
+  const p = { repetition: 1.2, presence: 0.3, frequency: 0.2 };
+  const rand = xorshift(0xbeef);
+  const shapes: [number, number][] = opts.quick ? [[1, 200], [2, 200]] : [[1, 2000], [32, 4000]];
+  for (const [B, H] of shapes) {
+    opts.log(`sampling: penalties, ${B} sequences x ${H}-token histories`);
+    // Histories of a text's shape: ids skewed towards a few thousand frequent ones.
+    const hist = (): PenaltyHistory & { tokens: number[] } => ({ tokens: Array.from({ length: H }, () => Math.floor(V * rand() ** 3)), promptLength: H >> 1 });
+    const kept = Array.from({ length: B }, hist);
+    const next = (): number => Math.floor(V * rand() ** 3);
+    // A step: one more token per sequence, then its arrays (histories grown in place: counts kept).
+    const stepKept = (): unknown => {
+      for (const h of kept) h.tokens.push(next());
+      return nativePenalties(p, kept);
+    };
+    // The same with new history arrays each step: every history counted afresh (sorted).
+    const fresh = kept.map((h) => ({ tokens: h.tokens.slice(), promptLength: h.promptLength }));
+    const stepFresh = (): unknown => {
+      fresh.forEach((h, i) => (fresh[i] = { tokens: [...h.tokens, next()], promptLength: h.promptLength }));
+      return nativePenalties(p, fresh);
+    };
+    const samples = opts.quick ? 3 : 15;
+    const tk = await measureKernel(stepKept, { warmup: 2, samples });
+    const tf = await measureKernel(stepFresh, { warmup: 1, samples: Math.min(samples, 7) });
+    rows.push(logRow(opts, {
+      name: `penalties' histories a step (nativePenalties, counts kept), ${B} x ${H} tokens`,
+      value: round(tk.medianMs * 1000, 1),
+      unit: 'us/step',
+      note: `counted afresh each step ${round(tf.medianMs * 1000, 1)} us (x${round(tf.medianMs / tk.medianMs, 1)})`,
+      metrics: { sequences: B, historyTokens: H, medianUs: tk.medianMs * 1000, freshUs: tf.medianMs * 1000 },
+    }));
+    // The op: B rows (one per sequence) of a Llama-3 vocabulary.
+    const logits = Tensor.fromArray(randomF32(B * V, rand, -2, 2), 'f32', [B, V], opts.device);
+    try {
+      const rowSeq = Int32Array.from({ length: B }, (_, i) => i);
+      const t = await measureKernel(() => penalize(logits, p, kept, rowSeq), { warmup: 2, samples, sync: () => syncTensor(logits), device: cuda ? 'cuda' : 'cpu' });
+      rows.push(logRow(opts, {
+        name: `penalize (op + histories), ${B} rows x ${V}, ${H}-token histories`,
+        value: round(t.medianMs * 1000, 1),
+        unit: 'us/call',
+        metrics: { rows: B, vocab: V, historyTokens: H, medianUs: t.medianMs * 1000 },
+      }));
+    } finally {
+      logits.dispose();
+    }
+  }
+  return rows;
+}
 
 if (require.main === module) void standalone(samplingBench);

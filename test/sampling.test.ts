@@ -2,15 +2,25 @@
 // chi-square for the sampler, and CUDA vs CPU parity when a GPU is present.
 import * as assert from 'assert';
 import { argmax, philox4x32, processLogits, sample, topK, type SamplingOptions } from '../lib/sampling';
+import { spawnSync } from 'child_process';
+import * as path from 'path';
+import { native } from '../lib/native';
 import { Tensor } from '../lib/tensor';
 import { assertThrowsCode, chiSquare, chiSquareCritical, describeCuda, rng, testSeed } from './helpers';
 
 // ---------------- references (float64) ----------------
 
-/** Index order by value desc, index asc. */
+/** The rank order of top-k / top-p (spec_math.h float_key): value desc, +0 above -0, NaN last; then index asc. */
 function orderDesc(x: ArrayLike<number>): number[] {
   const idx = Array.from({ length: x.length }, (_, i) => i);
-  return idx.sort((a, b) => (x[b] as number) - (x[a] as number) || a - b);
+  return idx.sort((a, b) => {
+    const va = x[a] as number, vb = x[b] as number;
+    const na = Number.isNaN(va), nb = Number.isNaN(vb);
+    if (na || nb) return na && nb ? a - b : na ? 1 : -1;
+    if (va !== vb) return vb - va;
+    if (va === 0 && Object.is(va, -0) !== Object.is(vb, -0)) return Object.is(va, -0) ? 1 : -1;
+    return a - b;
+  });
 }
 
 function argmaxRef(x: ArrayLike<number>): number {
@@ -175,6 +185,69 @@ describe('sampling: processLogits', () => {
       const logits = randomLogits(rows, V, r, spread);
       checkProcess(logits, rows, V, optionSets(logits, rows, V, r), 'cpu');
     }
+  });
+
+  it('top-k / top-p on rows shaped like a language model\'s (a tail of candidates over a far body), at the cut: ties kept by index, +0 above -0; a wide spread that ranks the whole row', () => {
+    const r = rng(testSeed + 7);
+    const gauss = (): number => Math.sqrt(-2 * Math.log(1 - r())) * Math.cos(2 * Math.PI * r());
+    const cases: { name: string; V: number; row: (i: number) => number; opts: (l: Float32Array) => SamplingOptions[] }[] = [
+      {
+        // A body around 0 and 300 candidates at 6-20: the ranked candidates are a few hundred.
+        name: 'peaked',
+        V: 50000,
+        row: () => (r() < 0.006 ? 6 + 14 * r() : 2 * gauss()),
+        opts: (l) => [
+          { temperature: 1, topK: 50 },
+          { temperature: 0.7, topP: safeTopP(l, full({ temperature: 0.7 }), 20) },
+          { temperature: 1.3, topK: 80, topP: safeTopP(l, full({ temperature: 1.3, topK: 80 }), 40) },
+          { temperature: 1, topK: 1 },
+        ],
+      },
+      {
+        // 40 logits exactly at the cut (10): top-k keeps the lowest-index ones.
+        name: 'ties at the cut',
+        V: 5000,
+        row: (i) => (i === 17 ? 12 : i % 97 === 3 ? 10 : gauss()),
+        opts: () => [{ temperature: 1, topK: 20 }, { temperature: 1, topK: 2 }, { temperature: 0.5, topK: 41 }],
+      },
+      {
+        // +0 and -0 interleaved at the cut: +0 ranks first.
+        name: '+0 / -0 at the cut',
+        V: 3000,
+        row: (i) => (i === 5 ? 3 : i < 60 ? (i % 2 ? -0 : 0) : -40 - r()),
+        opts: () => [{ temperature: 1, topK: 11 }, { temperature: 1, topK: 40 }],
+      },
+      {
+        // Logits 0 .. -2000: no distance from the max holds 600 of them, the whole row is ranked.
+        name: 'wide spread',
+        V: 4000,
+        row: () => -2000 * r(),
+        opts: () => [{ temperature: 1, topK: 600 }, { temperature: 50, topK: 300, topP: 0.9 }],
+      },
+    ];
+    for (const c of cases) {
+      const l = Float32Array.from({ length: c.V }, (_, i) => c.row(i));
+      const opts = c.opts(l);
+      try {
+        checkProcess(new Float32Array(Array.from({ length: opts.length }, () => Array.from(l)).flat()), opts.length, c.V, opts, 'cpu');
+      } catch (e) {
+        throw new Error(`${c.name}: ${(e as Error).message}`);
+      }
+    }
+  });
+
+  it('processLogits gives the same bits on every instruction set (the portable path runs the vector exp\'s steps)', function () {
+    this.timeout(120000);
+    const best = native().cpuInfo().best;
+    const paths = (['portable', 'avx2', 'avx512'] as const).filter((p, i) => i <= ['portable', 'avx2', 'avx512'].indexOf(best));
+    const run = (simd: string): string => {
+      const out = spawnSync(process.execPath, [path.join(__dirname, 'fixtures', 'process_logits_child.js'), String(testSeed)], { encoding: 'utf8', env: { ...process.env, SPECDEC_CPU_SIMD: simd }, timeout: 120000 });
+      assert.strictEqual(out.status, 0, `SPECDEC_CPU_SIMD=${simd}: ${out.stderr}`);
+      return out.stdout;
+    };
+    const want = run('portable');
+    assert.ok(want.split('\n').length > 20, want);
+    for (const p of paths.slice(1)) assert.strictEqual(run(p), want, `${p} differs from portable`);
   });
 
   it('processes a batch row by row (same result as one row at a time) and accepts f16/bf16 logits', () => {

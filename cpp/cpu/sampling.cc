@@ -31,12 +31,46 @@ inline int64_t rank_index(uint64_t r) { return static_cast<int64_t>(0xffffffffu 
 // No full sort: ranks are selected in growing sorted chunks (a heap select for small chunks,
 // nth_element + sort for large ones) only as far as top-k and top-p need: for real distributions a
 // few hundred tokens of a 128k vocabulary. The kept set is exactly that of a full sort.
-void keep_top(const float* x, int64_t V, const SamplingParams& sp, float* out, std::vector<uint64_t>& ranks) {
+// Candidates first: the elements within c of the row's max m (x >= m - c, for the smallest c of 8,
+// 16, 32, 64 whose elements number at least k (top-k), or else hold top-p's mass). Every element
+// outside ranks below every one inside, so the kept prefix lies inside and only the candidates are
+// ranked; ranking all 128k elements cost ~0.8 ms a row. Without such a c, or with one that takes a
+// quarter of the row or more, all elements.
+void keep_top(const float* x, float m, int64_t V, const SamplingParams& sp, float* out, std::vector<uint64_t>& ranks) {
   const bool use_k = sp.top_k > 0 && sp.top_k < V;
   const bool use_p = sp.top_p < 1.0f;
   const int64_t limit = use_k ? sp.top_k : V;  // the candidates are the first `limit` ranks
-  ranks.resize(static_cast<size_t>(V));
-  for (int64_t i = 0; i < V; ++i) ranks[i] = rank_key(x[i], i);
+  // top-p without top-k: the mass to reach, of the whole row (an integer sum: any order, vectorized).
+  uint64_t need = 0;
+  if (use_p && !use_k)
+    need = static_cast<uint64_t>(std::ceil(static_cast<double>(simd::quantize_row(out, V, nullptr)) * static_cast<double>(sp.top_p)));
+  float floor_x = -INFINITY;
+  bool all = true;
+  for (float c : {8.0f, 16.0f, 32.0f, 64.0f}) {
+    const float t = m - c;
+    int64_t n = 0;
+    uint64_t mass = 0;
+    for (int64_t i = 0; i < V; ++i)
+      if (x[i] >= t) {
+        ++n;
+        if (!use_k) mass += sm::quantize_prob(out[i]);
+      }
+    if (n > 0 && (use_k ? n >= limit : mass >= need)) {
+      // (A quarter of the row or more: ranking it all is as quick; a flat tail under a few peaks.)
+      floor_x = t;
+      all = n > V / 4;
+      break;
+    }
+  }
+  ranks.clear();
+  if (all) {
+    ranks.resize(static_cast<size_t>(V));
+    for (int64_t i = 0; i < V; ++i) ranks[i] = rank_key(x[i], i);
+  } else {
+    for (int64_t i = 0; i < V; ++i)
+      if (x[i] >= floor_x) ranks.push_back(rank_key(x[i], i));
+  }
+  const int64_t C = static_cast<int64_t>(ranks.size());  // >= limit when use_k
   const auto earlier = std::greater<uint64_t>();
   int64_t sorted = 0;  // ranks[0, sorted) hold the first `sorted` ranks, in order
   // ranks[sorted, end) := the next ranks among ranks[sorted, within), in order.
@@ -51,22 +85,20 @@ void keep_top(const float* x, int64_t V, const SamplingParams& sp, float* out, s
     sorted = end;
   };
   if (use_k) {
-    if (use_p || limit <= 1024) extend(limit, V);
+    if (use_p || limit <= 1024) extend(limit, C);
     else std::nth_element(ranks.begin(), ranks.begin() + (limit - 1), ranks.end(), earlier);  // only the k-th is needed
   }
-  int64_t keep = limit;
+  const int64_t top = use_k ? limit : C;  // the ranks top-p scans
+  int64_t keep = top;
   if (use_p) {
-    // The candidates' mass: every element's without top-k (an integer sum: any order, vectorized).
-    uint64_t total = 0;
-    if (!use_k) total = simd::quantize_row(out, V, nullptr);
-    else
-      for (int64_t j = 0; j < limit; ++j) total += sm::quantize_prob(out[rank_index(ranks[j])]);
-    const uint64_t need = static_cast<uint64_t>(std::ceil(static_cast<double>(total) * static_cast<double>(sp.top_p)));
+    if (use_k)
+      for (int64_t j = 0; j < limit; ++j) need += sm::quantize_prob(out[rank_index(ranks[j])]);
+    if (use_k) need = static_cast<uint64_t>(std::ceil(static_cast<double>(need) * static_cast<double>(sp.top_p)));
     uint64_t cum = 0;
-    int64_t scanned = 0, end = std::min<int64_t>(limit, 256);
+    int64_t scanned = 0, end = std::min<int64_t>(top, 256);
     keep = -1;
     while (keep < 0) {
-      extend(end, limit);
+      extend(end, top);
       for (int64_t j = scanned; j < end; ++j) {
         cum += sm::quantize_prob(out[rank_index(ranks[j])]);
         if (cum >= need) {
@@ -74,13 +106,147 @@ void keep_top(const float* x, int64_t V, const SamplingParams& sp, float* out, s
           break;
         }
       }
-      if (keep < 0 && end == limit) keep = limit;
+      if (keep < 0 && end == top) keep = top;
       scanned = end;
-      end = std::min<int64_t>(limit, end * 4);
+      end = std::min<int64_t>(top, end * 4);
     }
   }
-  // ranks[0, keep) are the kept elements (top-k's nth_element or top-p's sorted prefix), the rest follow.
-  for (int64_t j = keep; j < V; ++j) out[rank_index(ranks[static_cast<size_t>(j)])] = 0.0f;
+  if (all) {
+    // ranks[0, keep) are the kept elements (top-k's nth_element or top-p's sorted prefix), the rest follow.
+    for (int64_t j = keep; j < V; ++j) out[rank_index(ranks[static_cast<size_t>(j)])] = 0.0f;
+    return;
+  }
+  // The kept elements are those ranking at or above the last kept one, b (ranks[0, keep) hold them,
+  // b the smallest): every element with x > b's keeps, one with x == b's by its key (the index
+  // breaks the tie; -0 ranks below +0), the rest (NaN too) go.
+  uint64_t b = ranks[0];
+  for (int64_t j = 1; j < keep; ++j) b = std::min(b, ranks[static_cast<size_t>(j)]);
+  const float xb = x[rank_index(b)];
+  for (int64_t i = 0; i < V; ++i)
+    if (!(x[i] > xb) && !(x[i] == xb && rank_key(x[i], i) >= b)) out[i] = 0.0f;
+}
+
+// The softmax's numerators out[i] = exp(x[i] - m) (x <= m) and their sum, in one order on every
+// instruction set: exp by simd::exp_nonpos's steps, summed in double into eight accumulators by
+// index mod 8, then ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7)). (std::exp and one running
+// double sum took ~1 ms of a 128k row; the vector pass gives the same bits as this one.)
+double exp_sum_portable(const float* x, float m, int64_t V, float* out) {
+  double a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int64_t i = 0; i < V; ++i) {
+    out[i] = simd::exp_nonpos_scalar(x[i] - m);
+    a[i & 7] += out[i];
+  }
+  return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+}
+
+#ifdef SPECDEC_CPU_X86_SIMD
+// (The vector forms of divide_max, scale_max and rescale below: whole vectors, from i = 0; they
+// leave the tail to the scalar loop, i at its first element.)
+SPECDEC_AVX2 float divide_max_avx2(const float* logits, float t, int64_t V, float* x, int64_t& i) {
+  const __m256 tv = _mm256_set1_ps(t);
+  __m256 mv = _mm256_set1_ps(-INFINITY);
+  for (i = 0; i + 8 <= V; i += 8) {
+    const __m256 v = _mm256_div_ps(_mm256_loadu_ps(logits + i), tv);
+    _mm256_storeu_ps(x + i, v);
+    mv = _mm256_max_ps(v, mv);  // a NaN v keeps mv
+  }
+  alignas(32) float l[8];
+  _mm256_store_ps(l, mv);
+  float m = -INFINITY;
+  for (float v : l) m = v > m ? v : m;
+  return m;
+}
+
+SPECDEC_AVX2 float scale_max_avx2(float* out, float s, int64_t V, int64_t& i) {
+  const __m256 sv = _mm256_set1_ps(s);
+  __m256 mv = _mm256_setzero_ps();
+  for (i = 0; i + 8 <= V; i += 8) {
+    const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(out + i), sv);
+    _mm256_storeu_ps(out + i, v);
+    mv = _mm256_max_ps(v, mv);  // std::max(pm, v): a NaN v keeps pm
+  }
+  alignas(32) float l[8];
+  _mm256_store_ps(l, mv);
+  float m = 0.0f;
+  for (float v : l) m = std::max(m, v);
+  return m;
+}
+
+SPECDEC_AVX2 int64_t rescale_avx2(float* out, double s, int64_t V) {
+  const __m256d sv = _mm256_set1_pd(s);
+  int64_t i = 0;
+  for (; i + 4 <= V; i += 4) _mm_storeu_ps(out + i, _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(out + i)), sv)));
+  return i;
+}
+
+SPECDEC_AVX2 double exp_sum_avx2(const float* x, float m, int64_t V, float* out) {
+  const __m256 mv = _mm256_set1_ps(m);
+  __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();  // accumulators 0-3 and 4-7
+  int64_t i = 0;
+  for (; i + 8 <= V; i += 8) {
+    const __m256 e = simd::exp_nonpos(_mm256_sub_ps(_mm256_loadu_ps(x + i), mv));
+    _mm256_storeu_ps(out + i, e);
+    lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+    hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+  }
+  alignas(32) double a[8];
+  _mm256_store_pd(a, lo);
+  _mm256_store_pd(a + 4, hi);
+  for (; i < V; ++i) {
+    out[i] = simd::exp_nonpos_scalar(x[i] - m);
+    a[i & 7] += out[i];
+  }
+  return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+}
+#endif
+
+double exp_sum(const float* x, float m, int64_t V, float* out) {
+#ifdef SPECDEC_CPU_X86_SIMD
+  if (simd::use_avx2()) return exp_sum_avx2(x, m, V, out);
+#endif
+  return exp_sum_portable(x, m, V, out);
+}
+
+// The element-wise passes of process_row (each element alone, so any instruction set gives the same
+// bits; the vector forms keep a 128k row's passes at memory speed). The max of a row is exact in any
+// order: a NaN never wins (`v > m` and max_ps(v, m) both keep m), and +0 / -0 ties do not matter
+// (exp of either difference is the same).
+
+// x = logits / t; returns max x (-inf when every element is NaN or -inf).
+float divide_max(const float* logits, float t, int64_t V, float* x) {
+  float m = -INFINITY;
+  int64_t i = 0;
+#ifdef SPECDEC_CPU_X86_SIMD
+  if (simd::use_avx2()) m = divide_max_avx2(logits, t, V, x, i);
+#endif
+  for (; i < V; ++i) {
+    x[i] = logits[i] / t;
+    if (x[i] > m) m = x[i];
+  }
+  return m;
+}
+
+// out *= s; returns max out (0 for an empty or all-NaN row).
+float scale_max(float* out, float s, int64_t V) {
+  float pm = 0.0f;
+  int64_t i = 0;
+#ifdef SPECDEC_CPU_X86_SIMD
+  if (simd::use_avx2()) pm = scale_max_avx2(out, s, V, i);
+#endif
+  for (; i < V; ++i) {
+    out[i] *= s;
+    pm = std::max(pm, out[i]);
+  }
+  return pm;
+}
+
+// out = float(double(out) * s).
+void rescale(float* out, double s, int64_t V) {
+  int64_t i = 0;
+#ifdef SPECDEC_CPU_X86_SIMD
+  if (simd::use_avx2()) i = rescale_avx2(out, s, V);
+#endif
+  for (; i < V; ++i) out[i] = static_cast<float>(static_cast<double>(out[i]) * s);
 }
 
 void process_row(const float* logits, int64_t V, const SamplingParams& sp, float* out, std::vector<float>& x,
@@ -92,31 +258,17 @@ void process_row(const float* logits, int64_t V, const SamplingParams& sp, float
     return;
   }
   x.resize(static_cast<size_t>(V));
-  float m = -INFINITY;
-  for (int64_t i = 0; i < V; ++i) {
-    x[i] = logits[i] / sp.temperature;
-    if (x[i] > m) m = x[i];
-  }
-  double z = 0.0;
-  for (int64_t i = 0; i < V; ++i) {
-    out[i] = std::exp(x[i] - m);
-    z += out[i];
-  }
-  const float inv_z = static_cast<float>(1.0 / z);
-  float pmax = 0.0f;
-  for (int64_t i = 0; i < V; ++i) {
-    out[i] *= inv_z;
-    pmax = std::max(pmax, out[i]);
-  }
-  if ((sp.top_k > 0 && sp.top_k < V) || sp.top_p < 1.0f) keep_top(x.data(), V, sp, out, ranks);
+  const float m = divide_max(logits, sp.temperature, V, x.data());
+  const double z = exp_sum(x.data(), m, V, out);
+  const float pmax = scale_max(out, static_cast<float>(1.0 / z), V);
+  if ((sp.top_k > 0 && sp.top_k < V) || sp.top_p < 1.0f) keep_top(x.data(), m, V, sp, out, ranks);
   if (sp.min_p > 0.0f) {
     const float thr = sp.min_p * pmax;
     for (int64_t i = 0; i < V; ++i)
       if (out[i] < thr) out[i] = 0.0f;
   }
   const uint64_t mass = simd::quantize_row(out, V, nullptr);
-  const double scale = sm::kMassOne / static_cast<double>(mass);
-  for (int64_t i = 0; i < V; ++i) out[i] = static_cast<float>(static_cast<double>(out[i]) * scale);
+  rescale(out, sm::kMassOne / static_cast<double>(mass), V);
 }
 
 }  // namespace

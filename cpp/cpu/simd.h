@@ -124,6 +124,30 @@ inline int32_t row_argmax(DType dt, const void* src, int64_t offset, int64_t V, 
   return row_argmax(scratch.data(), V);
 }
 
+// exp_nonpos's steps on one float (below), operation for operation: the same bits as a lane of it
+// wherever fma is IEEE fused multiply-add (std::fma is). For kernels whose portable path must equal
+// their vector one (process_logits).
+inline float exp_nonpos_scalar(float x) {
+  if (x != x) return x;  // NaN stays NaN
+  const float lo = -87.0f;
+  const bool under = x < lo;
+  x = lo > x ? lo : x;
+  const float k = std::nearbyint(x * 1.44269504088896341f);  // the default rounding: to nearest even
+  float r = std::fma(-k, 0.693359375f, x);
+  r = std::fma(-k, -2.12194440e-4f, r);
+  float y = 1.9875691500e-4f;
+  y = std::fma(y, r, 1.3981999507e-3f);
+  y = std::fma(y, r, 8.3334519073e-3f);
+  y = std::fma(y, r, 4.1665795894e-2f);
+  y = std::fma(y, r, 1.6666665459e-1f);
+  y = std::fma(y, r, 5.0000001201e-1f);
+  y = std::fma(y, r * r, r + 1.0f);
+  const uint32_t e = static_cast<uint32_t>(static_cast<int32_t>(k) + 127) << 23;
+  float two_k;
+  std::memcpy(&two_k, &e, sizeof two_k);
+  return under ? 0.0f : y * two_k;
+}
+
 #ifdef SPECDEC_CPU_X86_SIMD
 // Elements i .. i+7 of a row of dtype T, as f32 lanes.
 template <DType T>

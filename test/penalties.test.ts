@@ -248,7 +248,7 @@ describe('penalties', () => {
       }
     });
 
-    it('a draft that is the target drafts with its penalties: every chain draft accepted (greedy and sampled: q is the penalized p), every tree step its full depth; without them, drafts rejected', async () => {
+    it('a draft that is the target drafts with its penalties: every chain draft accepted (greedy and sampled: q is the penalized p), every tree step its full depth, a hybrid\'s inner decoding too; without them, drafts rejected', async () => {
       const twin = await LlamaModel.load(EMBEDDED.target, { device: 'cpu', maxSequences: 8 });
       try {
         const p: Penalties = { repetition: 1.3, presence: 0.6, frequency: 0.4 };
@@ -258,6 +258,14 @@ describe('penalties', () => {
           ['JavaScript chain (confidence)', { adaptive: 'confidence' }],
           ['tree [2,1,1]', { treeBranching: [2, 1, 1] }],
         ];
+        // A hybrid's inner decoding of the twin (sped up by prompt lookup) follows the penalized target too.
+        for (const draftPenalties of [true, false]) {
+          using dec = new SpeculativeDecoder({ target, speculator: new HybridSpeculator({ draft: twin, draftSpeculator: new PromptLookupSpeculator({ maxNgram: 2 }), k: 4, draftPenalties }), penalties: p });
+          const rs = await dec.generateBatch(prompts, { maxNewTokens: N, ignoreEos: true });
+          const acc = rs.reduce((a, r) => a + r.stats.acceptedDraftTokens, 0), prop = rs.reduce((a, r) => a + r.stats.proposedDraftTokens, 0);
+          if (draftPenalties) assert.ok(prop > 0 && acc === prop, `hybrid: ${acc} of ${prop} drafts accepted`);
+          else assert.ok(acc < prop, `hybrid without the draft's penalties: ${acc} of ${prop} accepted`);
+        }
         for (const sampling of [undefined, { temperature: 0.9, topK: 40, seed: 3 }]) {
           for (const [name, o] of modes) {
             const tree = o.treeBranching !== undefined;

@@ -18,7 +18,15 @@ export interface HybridOptions {
   readonly draftSpeculator: Speculator;
   /** Draft tokens per outer step (default 6). */
   readonly k?: number;
+  /**
+   * Under penalties, the draft decodes with them too (its drafts then follow the penalized target);
+   * default true. As DraftModelOptions.draftPenalties: the output is the target's either way.
+   */
+  readonly draftPenalties?: boolean;
 }
+
+/** Inner engines kept for distinct penalty settings (a server's requests may bring many). */
+const PENALIZED_ENGINES = 8;
 
 interface InnerState {
   readonly seq: EngineSequence;
@@ -33,7 +41,10 @@ export class HybridSpeculator implements Speculator {
   readonly inner: Speculator;
   readonly k: number;
   readonly engine: SpecEngine;
+  readonly draftPenalties: boolean;
   private readonly states = new Map<number, InnerState>();
+  /** Inner engines with a run's penalties, by setting (oldest first); they step this.engine's sequences. */
+  private readonly penalized = new Map<string, SpecEngine>();
 
   constructor(opts: HybridOptions) {
     optionsArg(opts, 'hybrid options');
@@ -46,6 +57,21 @@ export class HybridSpeculator implements Speculator {
     this.name = `hybrid(${this.inner.name})`;
     this.inner.attach(this.draft);
     this.engine = new SpecEngine({ model: this.draft, speculator: this.inner });
+    this.draftPenalties = opts.draftPenalties ?? true;
+    if (typeof this.draftPenalties !== 'boolean') throw codedError('E_ARG', `hybrid: draftPenalties must be a boolean, got ${String(this.draftPenalties)}`);
+  }
+
+  /** The inner engine for a step: with the run's penalties when the draft drafts with them. */
+  private engineFor(ctx: ProposeContext): SpecEngine {
+    const pen = this.draftPenalties ? ctx.penalties : undefined;
+    if (!pen) return this.engine;
+    const key = `${pen.repetition} ${pen.presence} ${pen.frequency}`;
+    let e = this.penalized.get(key);
+    if (!e) {
+      if (this.penalized.size >= PENALIZED_ENGINES) this.penalized.delete(this.penalized.keys().next().value as string);
+      this.penalized.set(key, (e = new SpecEngine({ model: this.draft, speculator: this.inner, penalties: pen })));
+    }
+    return e;
   }
 
   attach(model: CausalLM): void {
@@ -79,7 +105,8 @@ export class HybridSpeculator implements Speculator {
     const budgets = seqs.map((s) => Math.max(0, Math.min(this.k, s.maxDepth, s.maxNodes - 1, this.draft.config.maxPositions - s.history.length)));
     const work = inner.filter((_, b) => (budgets[b] as number) > 0);
     // The draft catches up on tokens it has not cached (prompt, bonus tokens), then decodes.
-    await this.engine.catchUp(work.map((st) => st.seq), false, ctx.signal);
+    const engine = this.engineFor(ctx);
+    await engine.catchUp(work.map((st) => st.seq), false, ctx.signal);
     const start = seqs.map((s) => s.history.length);
     for (;;) {
       const active = inner.filter((st, b) => (budgets[b] as number) > 0 && st.seq.history.length - (start[b] as number) < (budgets[b] as number));
@@ -91,7 +118,7 @@ export class HybridSpeculator implements Speculator {
         // The draft's trees in the draft's cache, sized as the target's (the same reserve).
         st.seq.maxNodes = (seqs[b] as SpecSequence).maxNodes;
       }
-      await this.engine.step(active.map((st) => st.seq), ctx.signal);
+      await engine.step(active.map((st) => st.seq), ctx.signal);
     }
     return {
       proposals: seqs.map((s, b) => {

@@ -2,6 +2,8 @@
 
 #include <sys/mman.h>
 
+#include <mutex>
+
 #include <cstdlib>
 #include <cstring>
 
@@ -74,6 +76,72 @@ void cpu_free(void* p, size_t alloc_bytes) {
   std::free(p);
 }
 
+// Large blocks (mappings) not asked zeroed, freed recently: up to kMapCacheBlocks of at most
+// kMapCacheMaxBytes in all (none larger), reused for the same size. A step of a large-vocabulary model makes the same few multi-MB buffers every time
+// (logits and probabilities of a tree: 64 rows x 128k floats are 32 MB), and a fresh mapping is
+// written through page faults each time: about half of processLogits' time on 64 such rows.
+// Process-wide (a tensor may be freed on another thread than the one that made it).
+constexpr int kMapCacheBlocks = 4;
+constexpr size_t kMapCacheMaxBytes = size_t(128) << 20;
+struct MapCache {
+  std::mutex mu;
+  void* ptr[kMapCacheBlocks] = {};
+  size_t bytes[kMapCacheBlocks] = {};
+  int n = 0;
+  size_t total = 0;
+  ~MapCache() {
+    for (int i = 0; i < n; ++i) munmap(ptr[i], bytes[i]);
+    n = 0;
+  }
+};
+MapCache& map_cache() {
+  static MapCache* c = new MapCache();  // never destroyed: tensors may outlive static destructors
+  return *c;
+}
+void* map_take(size_t bytes) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  (void)bytes;
+  return nullptr;
+#else
+  MapCache& c = map_cache();
+  std::lock_guard<std::mutex> lock(c.mu);
+  for (int i = c.n - 1; i >= 0; --i)
+    if (c.bytes[i] == bytes) {
+      void* p = c.ptr[i];
+      c.total -= c.bytes[i];
+      for (int j = i; j + 1 < c.n; ++j) c.ptr[j] = c.ptr[j + 1], c.bytes[j] = c.bytes[j + 1];
+      --c.n;
+      return p;
+    }
+  return nullptr;
+#endif
+}
+void map_give(void* p, size_t bytes) {
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+  if (bytes > kMapCacheMaxBytes / 2) {
+    munmap(p, bytes);
+    return;
+  }
+  MapCache& c = map_cache();
+  std::unique_lock<std::mutex> lock(c.mu);
+  // The oldest go until this one fits.
+  std::vector<std::pair<void*, size_t>> drop;
+  while (c.n > 0 && (c.n == kMapCacheBlocks || c.total + bytes > kMapCacheMaxBytes)) {
+    drop.emplace_back(c.ptr[0], c.bytes[0]);
+    c.total -= c.bytes[0];
+    for (int j = 0; j + 1 < c.n; ++j) c.ptr[j] = c.ptr[j + 1], c.bytes[j] = c.bytes[j + 1];
+    --c.n;
+  }
+  c.ptr[c.n] = p;
+  c.bytes[c.n++] = bytes;
+  c.total += bytes;
+  lock.unlock();
+  for (const auto& [q, b] : drop) munmap(q, b);
+#else
+  munmap(p, bytes);
+#endif
+}
+
 [[noreturn]] void no_cuda(const char* what) {
   fail("E_UNSUPPORTED", what, ": the CUDA backend is not available (", backend_info().cuda_reason, ")");
 }
@@ -85,10 +153,12 @@ Storage::Storage(size_t n, Device d, bool zeroed) : bytes(n), device(d) {
     // Zeros of a few MB from the heap were a memset through freshly faulted pages: 3.3 MB took 8.5 ms
     // on the Zen 5 VM, a new EAGLE speculator's draft KV cache (a mapping: 0.02 ms).
     if (alloc_bytes >= kMapBytes || (zeroed && alloc_bytes > kCacheMaxBytes)) {
-      void* p = mmap(nullptr, alloc_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      void* p = zeroed ? nullptr : map_take(alloc_bytes);
+      if (!p) p = mmap(nullptr, alloc_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
       SPECDEC_CHECK(p != MAP_FAILED, "E_ARG", "out of host memory allocating ", n, " bytes");
       ptr = p;
       mapped = true;
+      reusable = !zeroed;
       return;
     }
     ptr = cpu_alloc(alloc_bytes);
@@ -109,7 +179,9 @@ Storage::Storage(void* external, size_t n, std::shared_ptr<const void> keep)
 Storage::~Storage() {
   if (!ptr || owner) return;
   if (mapped) {
-    munmap(ptr, bytes == 0 ? 64 : (bytes + 63) / 64 * 64);
+    // (A zeroed mapping is not cached: its untouched pages cost nothing, and reuse would not be zero.)
+    if (reusable) map_give(ptr, bytes == 0 ? 64 : (bytes + 63) / 64 * 64);
+    else munmap(ptr, bytes == 0 ? 64 : (bytes + 63) / 64 * 64);
   } else if (device == Device::cpu) {
     cpu_free(ptr, bytes == 0 ? 64 : (bytes + 63) / 64 * 64);
   } else {

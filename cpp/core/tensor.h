@@ -24,6 +24,7 @@ struct Storage {
   Device device = Device::cpu;
   std::shared_ptr<const void> owner;
   bool mapped = false;  // large CPU allocations: fresh anonymous pages, zero until written
+  bool reusable = false;  // a mapping not asked zeroed: cached for the next of its size when freed
   // zeroed: the caller wants zeros; then CPU blocks past the small-block cache are mapped too (fresh
   // pages are zero, and untouched ones cost nothing: a KV cache's pages beyond those in use).
   Storage(size_t bytes, Device device, bool zeroed = false);

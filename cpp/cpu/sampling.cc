@@ -126,14 +126,14 @@ void keep_top(const float* x, float m, int64_t V, const SamplingParams& sp, floa
     if (!(x[i] > xb) && !(x[i] == xb && rank_key(x[i], i) >= b)) out[i] = 0.0f;
 }
 
-// The softmax's numerators out[i] = exp(x[i] - m) (x <= m) and their sum, in one order on every
+// The softmax's numerators out[i] = exp(x[i] - m), x = logits / t (x <= m), and their sum, in one order on every
 // instruction set: exp by simd::exp_nonpos's steps, summed in double into eight accumulators by
 // index mod 8, then ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7)). (std::exp and one running
 // double sum took ~1 ms of a 128k row; the vector pass gives the same bits as this one.)
-double exp_sum_portable(const float* x, float m, int64_t V, float* out) {
+double exp_sum_portable(const float* logits, float t, float m, int64_t V, float* out) {
   double a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   for (int64_t i = 0; i < V; ++i) {
-    out[i] = simd::exp_nonpos_scalar(x[i] - m);
+    out[i] = simd::exp_nonpos_scalar(logits[i] / t - m);
     a[i & 7] += out[i];
   }
   return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
@@ -147,7 +147,7 @@ SPECDEC_AVX2 float divide_max_avx2(const float* logits, float t, int64_t V, floa
   __m256 mv = _mm256_set1_ps(-INFINITY);
   for (i = 0; i + 8 <= V; i += 8) {
     const __m256 v = _mm256_div_ps(_mm256_loadu_ps(logits + i), tv);
-    _mm256_storeu_ps(x + i, v);
+    if (x) _mm256_storeu_ps(x + i, v);
     mv = _mm256_max_ps(v, mv);  // a NaN v keeps mv
   }
   alignas(32) float l[8];
@@ -179,12 +179,12 @@ SPECDEC_AVX2 int64_t rescale_avx2(float* out, double s, int64_t V) {
   return i;
 }
 
-SPECDEC_AVX2 double exp_sum_avx2(const float* x, float m, int64_t V, float* out) {
-  const __m256 mv = _mm256_set1_ps(m);
+SPECDEC_AVX2 double exp_sum_avx2(const float* logits, float t, float m, int64_t V, float* out) {
+  const __m256 mv = _mm256_set1_ps(m), tv = _mm256_set1_ps(t);
   __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();  // accumulators 0-3 and 4-7
   int64_t i = 0;
   for (; i + 8 <= V; i += 8) {
-    const __m256 e = simd::exp_nonpos(_mm256_sub_ps(_mm256_loadu_ps(x + i), mv));
+    const __m256 e = simd::exp_nonpos(_mm256_sub_ps(_mm256_div_ps(_mm256_loadu_ps(logits + i), tv), mv));
     _mm256_storeu_ps(out + i, e);
     lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
     hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
@@ -193,18 +193,18 @@ SPECDEC_AVX2 double exp_sum_avx2(const float* x, float m, int64_t V, float* out)
   _mm256_store_pd(a, lo);
   _mm256_store_pd(a + 4, hi);
   for (; i < V; ++i) {
-    out[i] = simd::exp_nonpos_scalar(x[i] - m);
+    out[i] = simd::exp_nonpos_scalar(logits[i] / t - m);
     a[i & 7] += out[i];
   }
   return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
 }
 #endif
 
-double exp_sum(const float* x, float m, int64_t V, float* out) {
+double exp_sum(const float* logits, float t, float m, int64_t V, float* out) {
 #ifdef SPECDEC_CPU_X86_SIMD
-  if (simd::use_avx2()) return exp_sum_avx2(x, m, V, out);
+  if (simd::use_avx2()) return exp_sum_avx2(logits, t, m, V, out);
 #endif
-  return exp_sum_portable(x, m, V, out);
+  return exp_sum_portable(logits, t, m, V, out);
 }
 
 // The element-wise passes of process_row (each element alone, so any instruction set gives the same
@@ -212,7 +212,7 @@ double exp_sum(const float* x, float m, int64_t V, float* out) {
 // order: a NaN never wins (`v > m` and max_ps(v, m) both keep m), and +0 / -0 ties do not matter
 // (exp of either difference is the same).
 
-// x = logits / t; returns max x (-inf when every element is NaN or -inf).
+// max of x = logits / t (-inf when every element is NaN or -inf); x stored unless null.
 float divide_max(const float* logits, float t, int64_t V, float* x) {
   float m = -INFINITY;
   int64_t i = 0;
@@ -220,8 +220,9 @@ float divide_max(const float* logits, float t, int64_t V, float* x) {
   if (simd::use_avx2()) m = divide_max_avx2(logits, t, V, x, i);
 #endif
   for (; i < V; ++i) {
-    x[i] = logits[i] / t;
-    if (x[i] > m) m = x[i];
+    const float v = logits[i] / t;
+    if (x) x[i] = v;
+    if (v > m) m = v;
   }
   return m;
 }
@@ -257,11 +258,13 @@ void process_row(const float* logits, int64_t V, const SamplingParams& sp, float
     out[a] = 1.0f;
     return;
   }
-  x.resize(static_cast<size_t>(V));
-  const float m = divide_max(logits, sp.temperature, V, x.data());
-  const double z = exp_sum(x.data(), m, V, out);
+  // (x = logits / t is kept only for top-k / top-p's ranks; the passes recompute it, exactly.)
+  const bool top = (sp.top_k > 0 && sp.top_k < V) || sp.top_p < 1.0f;
+  if (top) x.resize(static_cast<size_t>(V));
+  const float m = divide_max(logits, sp.temperature, V, top ? x.data() : nullptr);
+  const double z = exp_sum(logits, sp.temperature, m, V, out);
   const float pmax = scale_max(out, static_cast<float>(1.0 / z), V);
-  if ((sp.top_k > 0 && sp.top_k < V) || sp.top_p < 1.0f) keep_top(x.data(), m, V, sp, out, ranks);
+  if (top) keep_top(x.data(), m, V, sp, out, ranks);
   if (sp.min_p > 0.0f) {
     const float thr = sp.min_p * pmax;
     for (int64_t i = 0; i < V; ++i)
@@ -278,11 +281,14 @@ void process_logits(const Tensor& logits, const SamplingParams& params, Tensor& 
   float* out = probs.ptr<float>();
   // Rows in parallel (a Medusa tree verifies 64 rows of 128k); each row alone on one thread.
   parallel_for(N, grain_for(static_cast<double>(V) * 16.0), [&](int64_t r0, int64_t r1) {
-    std::vector<float> row(static_cast<size_t>(V)), x;
+    // (f32 rows are read in place; f16 / bf16 ones converted first.)
+    const bool f32 = logits.dtype() == DType::f32;
+    std::vector<float> row(f32 ? 0 : static_cast<size_t>(V)), x;
     std::vector<uint64_t> ranks;
     for (int64_t r = r0; r < r1; ++r) {
-      load_row(logits, r, V, row.data());
-      process_row(row.data(), V, params, out + r * V, x, ranks);
+      const float* l = f32 ? logits.ptr<float>() + r * V : row.data();
+      if (!f32) load_row(logits, r, V, row.data());
+      process_row(l, V, params, out + r * V, x, ranks);
     }
   });
 }

@@ -12,10 +12,10 @@ import { defaultModelPaths } from '../lib/default_models';
 import type { CausalLM, SpecChainSequence } from '../lib/models/causal_lm';
 import { LlamaModel } from '../lib/models/llama';
 import { plainGenerate } from '../lib/plain';
-import { penalize, topK } from '../lib/sampling';
+import { penalize, topK, type Penalties } from '../lib/sampling';
 import { DraftModelSpeculator } from '../lib/strategies/draft_model';
 import { MedusaHeads, MedusaSpeculator } from '../lib/strategies/medusa';
-import type { Speculator } from '../lib/strategies/speculator';
+import type { SamplingConfig, Speculator } from '../lib/strategies/speculator';
 import { Tensor } from '../lib/tensor';
 import { TextTokenizer } from '../lib/tokenizer';
 import { describeCuda, rng, testSeed } from './helpers';
@@ -29,6 +29,17 @@ function withoutSpecChains(model: LlamaModel): CausalLM {
       return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(t) : v;
     },
   }) as unknown as CausalLM;
+}
+
+/** A batch decoded with penalties (greedy, or sampled): per sequence its tokens and step statistics, to compare two paths. */
+async function penalizedRun(model: CausalLM, spec: Speculator, prompts: readonly Int32Array[], penalties: Penalties, sampling: SamplingConfig | undefined, maxNewTokens: number): Promise<unknown[][]> {
+  try {
+    const dec = new SpeculativeDecoder({ target: model, speculator: spec, penalties, ...(sampling ? { sampling } : {}) });
+    const out = await dec.generateBatch(prompts, { maxNewTokens });
+    return out.map((x) => [Array.from(x.tokens), x.stats.targetForwards, x.stats.acceptedDraftTokens, x.stats.nodesPerStep, x.stats.acceptedPerPosition]);
+  } finally {
+    spec.dispose?.();
+  }
 }
 
 /** Counts the model's medusaChain calls (an own property over the prototype's method: delete it after). */
@@ -345,13 +356,7 @@ describe('greedy draft-model speculation as native chains', function () {
       // Decoding: the chains' heads and the verification's (headsOnAccepted) read the same histories.
       const hidden = withoutSpecChains(target);
       for (const sampling of [undefined, { temperature: 0.8, seed: 9 }]) {
-        const run = async (model: CausalLM): Promise<unknown[]> => {
-          const spec = new MedusaSpeculator({ heads, choices: 'small_8' });
-          const dec = new SpeculativeDecoder({ target: model, speculator: spec, penalties, ...(sampling ? { sampling } : {}) });
-          const out = await dec.generateBatch(prompts, { maxNewTokens: 48 });
-          spec.dispose();
-          return out.map((y) => [Array.from(y.tokens), y.stats.targetForwards, y.stats.acceptedDraftTokens, y.stats.acceptedPerPosition]);
-        };
+        const run = (model: CausalLM): Promise<unknown[][]> => penalizedRun(model, new MedusaSpeculator({ heads, choices: 'small_8' }), prompts, penalties, sampling, 48);
         const ref = await run(hidden);
         medusa.calls = 0;
         const got = await run(target);
@@ -359,7 +364,7 @@ describe('greedy draft-model speculation as native chains', function () {
         assert.deepStrictEqual(got, ref, sampling ? 'sampled' : 'greedy');
         if (!sampling) {
           const plain = await plainGenerate(target, prompts, { maxNewTokens: 48, penalties });
-          assert.deepStrictEqual(got.map((g) => (g as unknown[])[0]), plain.tokens.map((t) => Array.from(t)));
+          assert.deepStrictEqual(got.map((g) => g[0]), plain.tokens.map((t) => Array.from(t)));
         }
       }
     } finally {
@@ -428,13 +433,7 @@ describe('greedy draft-model speculation as native chains', function () {
     const penalties = { repetition: 1.3, presence: 0.5, frequency: 0.3 };
     for (const sampling of [undefined, { temperature: 0.8, seed: 5 }]) {
       for (const draftPenalties of [true, false]) {
-        const run = async (model: CausalLM): Promise<unknown[]> => {
-          const spec = new DraftModelSpeculator({ draft, k: 4, draftPenalties });
-          const dec = new SpeculativeDecoder({ target: model, speculator: spec, penalties, ...(sampling ? { sampling } : {}) });
-          const out = await dec.generateBatch(prompts, { maxNewTokens: 60 });
-          spec.dispose();
-          return out.map((x) => [Array.from(x.tokens), x.stats.targetForwards, x.stats.acceptedDraftTokens, x.stats.nodesPerStep]);
-        };
+        const run = (model: CausalLM): Promise<unknown[][]> => penalizedRun(model, new DraftModelSpeculator({ draft, k: 4, draftPenalties }), prompts, penalties, sampling, 60);
         const ref = await run(hidden);
         calls.n = 0;
         const got = await run(target);

@@ -76,11 +76,12 @@ void cpu_free(void* p, size_t alloc_bytes) {
   std::free(p);
 }
 
-// Large blocks (mappings) not asked zeroed, freed recently: up to kMapCacheBlocks of at most
-// kMapCacheMaxBytes in all (none larger), reused for the same size. A step of a large-vocabulary model makes the same few multi-MB buffers every time
-// (logits and probabilities of a tree: 64 rows x 128k floats are 32 MB), and a fresh mapping is
-// written through page faults each time: about half of processLogits' time on 64 such rows.
-// Process-wide (a tensor may be freed on another thread than the one that made it).
+// Large blocks (mappings) not asked zeroed, freed recently: up to kMapCacheBlocks, kMapCacheMaxBytes
+// in all (none over half of it), reused for the same size. A step of a large-vocabulary model makes
+// the same few multi-MB buffers every time (logits and probabilities of a tree: 64 rows x 128k
+// floats are 32 MB), and a fresh mapping is written through page faults each time: about half of
+// processLogits' time on 64 such rows. Process-wide (a tensor may be freed on another thread than
+// the one that made it); sanitizer builds cache none (every block really freed).
 constexpr int kMapCacheBlocks = 4;
 constexpr size_t kMapCacheMaxBytes = size_t(128) << 20;
 struct MapCache {

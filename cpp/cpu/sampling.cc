@@ -126,10 +126,10 @@ void keep_top(const float* x, float m, int64_t V, const SamplingParams& sp, floa
     if (!(x[i] > xb) && !(x[i] == xb && rank_key(x[i], i) >= b)) out[i] = 0.0f;
 }
 
-// The softmax's numerators out[i] = exp(x[i] - m), x = logits / t (x <= m), and their sum, in one order on every
-// instruction set: exp by simd::exp_nonpos's steps, summed in double into eight accumulators by
-// index mod 8, then ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7)). (std::exp and one running
-// double sum took ~1 ms of a 128k row; the vector pass gives the same bits as this one.)
+// The softmax's numerators out[i] = exp(x[i] - m), x = logits / t (x <= m), and their sum, in one
+// order on every instruction set: exp by simd::exp_nonpos's steps, summed in double into eight
+// accumulators by index mod 8, then ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7)). (std::exp
+// and one running double sum took ~1 ms of a 128k row; the vector pass gives the same bits.)
 double exp_sum_portable(const float* logits, float t, float m, int64_t V, float* out) {
   double a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   for (int64_t i = 0; i < V; ++i) {

@@ -482,15 +482,12 @@ MedusaChainResult medusa_chain(LlamaModel& target, const MedusaChainArgs& args) 
     try {
       LlamaForwardResult fr = target.forward(tin, true, &stage);
       t_target = seconds_since(t0);
-      if (args.penalties) {
-        PenaltyArgs pa = tree_step_penalties(histories_after(*args.penalties, r.emitted), tin);
-        ops::penalize(fr.logits, pa);
-      }
-      // The heads' candidates penalized by each sequence's history before this step (the tokens it
-      // accepts are known on the device only, until the step's one read).
+      // The heads' candidates are penalized by each sequence's history before this step too (the
+      // tokens it accepts are known on the device only, until the step's one read).
       PenaltyArgs hp;
       if (args.penalties) {
         hp = histories_after(*args.penalties, r.emitted);
+        ops::penalize(fr.logits, tree_step_penalties(hp, tin));
         for (size_t b = 0; b < B; ++b) {
           hp.row_seq.push_back(static_cast<int32_t>(b));
           hp.path_indptr.push_back(0);

@@ -222,7 +222,7 @@ describe('sampling: processLogits', () => {
         name: 'wide spread',
         V: 4000,
         row: () => -2000 * r(),
-        opts: () => [{ temperature: 1, topK: 600 }, { temperature: 50, topK: 300, topP: 0.9 }],
+        opts: (l) => [{ temperature: 1, topK: 600 }, { temperature: 50, topK: 300, topP: safeTopP(l, full({ temperature: 50, topK: 300 }), 150) }],
       },
     ];
     for (const c of cases) {

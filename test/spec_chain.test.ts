@@ -343,11 +343,19 @@ describe('greedy draft-model speculation as native chains', function () {
       const r = rng(testSeed + 41);
       const H = heads.config.hiddenSize, V = heads.config.vocabSize, R = 2, K = 4;
       const x = Tensor.fromArray(Float32Array.from({ length: R * H }, () => 2 * r() - 1), 'f32', [R, H]);
-      const hist = [0, 1].map(() => ({ tokens: Array.from({ length: 30 }, () => Math.floor(r() * V)), promptLength: 10 }));
-      const ids = heads.topKIds(x, K, heads.config.numHeads, { penalties, histories: hist });
-      assert.notDeepStrictEqual(Array.from(ids), Array.from(heads.topKIds(x, K)), 'the penalties change some candidates');
+      // Histories holding each row's unpenalized first candidates in the output (penalties strong
+      // enough to move them), and random tokens in the prompt and the output.
+      const bare = heads.topKIds(x, K);
+      const nh = heads.config.numHeads;
+      const hist = [0, 1].map((row) => ({
+        tokens: [...Array.from({ length: 10 }, () => Math.floor(r() * V)), ...Array.from({ length: nh }, (_, h) => bare[(h * R + row) * K] as number), ...Array.from({ length: 20 }, () => Math.floor(r() * V))],
+        promptLength: 10,
+      }));
+      const strong = { repetition: 3, presence: 5, frequency: 1 };
+      const ids = heads.topKIds(x, K, nh, { penalties: strong, histories: hist });
+      assert.notDeepStrictEqual(Array.from(ids), Array.from(bare), 'the penalties change some candidates');
       heads.apply(x).forEach((l, h) => {
-        penalize(l, penalties, hist, Int32Array.of(0, 1));
+        penalize(l, strong, hist, Int32Array.of(0, 1));
         const t = topK(l, K);
         assert.deepStrictEqual(Array.from(ids.subarray(h * R * K, (h + 1) * R * K)), Array.from(t.ids.toInt32()), `head ${h}`);
         for (const y of [t.ids, t.values, l]) y.dispose();

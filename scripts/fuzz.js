@@ -14,7 +14,7 @@ const os = require('os');
 const path = require('path');
 
 const root = path.resolve(__dirname, '..');
-const TARGETS = ['safetensors', 'llama_load', 'forward', 'attention', 'verify', 'kv_cache', 'tree'];
+const TARGETS = ['safetensors', 'llama_load', 'forward', 'attention', 'verify', 'kv_cache', 'tree', 'penalize'];
 const LIB_DIRS = ['cpp/core', 'cpp/cpu', 'cpp/model'];
 const SAN = ['-fsanitize=address,undefined', '-fno-sanitize-recover=all'];
 

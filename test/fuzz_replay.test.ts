@@ -1,8 +1,8 @@
 // The fuzz targets of fuzz/ (safetensors reader, model loader, forward/commit inputs, tree attention,
 // verification, KV cache, EAGLE's tree expansion ops, penalties) built with the plain driver under
-// AddressSanitizer + UBSan (any C++ compiler; libFuzzer is not needed): every committed corpus input and every regression input of
-// fuzz/regressions/ (each a crash or wrong answer that was found and fixed) runs once, then a few
-// hundred seeded mutants per target. A finding aborts the driver, so the test fails naming it.
+// AddressSanitizer + UBSan (any C++ compiler; libFuzzer is not needed): every committed corpus input
+// and every regression input of fuzz/regressions/ (each a crash or wrong answer that was found and
+// fixed) runs once, then a few hundred seeded mutants per target. A finding aborts the driver, so the test fails naming it.
 import * as assert from 'assert';
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';

@@ -90,10 +90,6 @@ struct MapCache {
   size_t bytes[kMapCacheBlocks] = {};
   int n = 0;
   size_t total = 0;
-  ~MapCache() {
-    for (int i = 0; i < n; ++i) munmap(ptr[i], bytes[i]);
-    n = 0;
-  }
 };
 MapCache& map_cache() {
   static MapCache* c = new MapCache();  // never destroyed: tensors may outlive static destructors

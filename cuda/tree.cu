@@ -35,6 +35,14 @@ void tree_grow(TreePool& pool, const Tensor& vals, const Tensor& ids, const Tens
   SPECDEC_CUDA_LAUNCH_CHECK("tree_grow_kernel");
 }
 
+void tree_paths(const TreePool& pool, const Tensor& node, const Tensor& map, Tensor& out) {
+  const int64_t R = node.size(0);
+  launch_kernel(tree_paths_kernel, static_cast<unsigned>(ceil_div(R, kThreads)), kThreads, 0, pool.token.ptr<int32_t>(),
+                pool.parent.ptr<int32_t>(), pool.size(), node.ptr<int32_t>(), map.defined() ? map.ptr<int32_t>() : nullptr,
+                map.defined() ? static_cast<int32_t>(map.size(0)) : 0, out.ptr<int32_t>(), R, out.size(1));
+  SPECDEC_CUDA_LAUNCH_CHECK("tree_paths_kernel");
+}
+
 void rows_at(const Tensor& x, const Tensor& idx, Tensor& out) {
   const int64_t m = idx.size(0);
   SPECDEC_CHECK(m <= INT32_MAX, "E_UNSUPPORTED", "rows_at: ", m, " rows exceed the CUDA grid");

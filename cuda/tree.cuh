@@ -68,6 +68,19 @@ __global__ void tree_grow_kernel(const float* __restrict__ vals, const int32_t* 
   row[e] = static_cast<int32_t>(r);
 }
 
+// One thread per row: its walk up the pool (at most L entries).
+__global__ void tree_paths_kernel(const int32_t* __restrict__ ptok, const int32_t* __restrict__ ppar, int64_t P,
+                                  const int32_t* __restrict__ node, const int32_t* __restrict__ map, int32_t map_size,
+                                  int32_t* __restrict__ out, int64_t R, int64_t L) {
+  const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (r >= R) return;
+  int64_t e = node[r] < 0 ? -1 : clamp_index(node[r], P);
+  for (int64_t j = 0; j < L; ++j) {
+    out[r * L + j] = e < 0 ? -1 : sm::path_token(map, map_size, ptok[e]);
+    if (e >= 0) e = ppar[e] < 0 ? -1 : clamp_index(ppar[e], P);
+  }
+}
+
 // One block per output row, 4-byte words.
 __global__ void rows_at_kernel(const uint32_t* __restrict__ x, const int32_t* __restrict__ idx, uint32_t* __restrict__ out,
                                int64_t n, int64_t w) {

@@ -1,5 +1,6 @@
 // Fuzz target: the device side of EAGLE's dynamic tree expansion (cpp/core/ops_tree.h: tree_select
-// with and without a TailGather, tree_grow with and without a d2t map, rows_at; CPU backend in
+// with and without a TailGather, tree_grow with and without a d2t map, tree_paths with and without a
+// target -> draft map, rows_at; CPU backend in
 // cpp/cpu/tree.cc) and the page copy that follows a level's selection (ops::kv_copy_pages_among,
 // cpp/core/ops_attention.cc) on a small KvCache. The bytes decode to a candidate pool (up to 64
 // entries; path log probabilities with ties, -0, +-inf, NaN and raw bit patterns; hostile tokens
@@ -369,7 +370,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::vector<int32_t> last_prev_tail;
 
   for (int step = 0; step < 24 && !r.empty(); ++step) {
-    switch (r.range(0, 3)) {
+    // One byte: u8 % 8 in 0..3 and 4..6 name the same ops as u8 % 4 did before tree_paths (the corpus
+    // and the regression inputs keep their programs, but for that byte's 7s).
+    const int op8 = static_cast<int>(r.range(0, 7));
+    switch (op8 == 7 ? 4 : op8 % 4) {
       case 0: {  // tree_select
         TreeLevel lv;
         lv.row_indptr.push_back(0);
@@ -611,6 +615,75 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
           for (int64_t k = 0; k < w; ++k)
             FUZZ_ASSERT(o[i * w + k] == xb[static_cast<size_t>((kGuard + src) * w + k)], "rows_at: out[", i, ", ", k, "] = ", o[i * w + k],
                         ", expected x[", src, ", ", k, "] = ", xb[static_cast<size_t>((kGuard + src) * w + k)], " (idx ", ix[i], ")");
+        }
+        break;
+      }
+      case 4: {  // tree_paths
+        Tensor node;
+        if (last_node.defined() && r.flag()) {
+          node = last_node;  // tree_select's nodes, as eagle.cc reads a penalized level's paths
+        } else {
+          std::vector<int32_t> nv(static_cast<size_t>(r.range(0, 6)));
+          for (int32_t& x : nv) {
+            const uint8_t k = r.u8();
+            x = k < 48 || P == 0 ? -1 : k < 216 ? static_cast<int32_t>(r.range(0, P - 1)) : r.i32_hostile(static_cast<int32_t>(P));
+          }
+          node = i32_tensor(nv);
+        }
+        const int64_t R = node.size(0), L = r.range(0, 6);
+        const bool with_map = r.flag();
+        const int64_t V = r.range(0, 8);
+        std::vector<int32_t> mv(static_cast<size_t>(V));
+        for (int32_t& x : mv) x = r.u8() < 200 ? static_cast<int32_t>(r.range(-1, 40)) : r.i32_hostile(40);
+        Tensor map_buf, map;
+        if (with_map) std::tie(map_buf, map) = guarded(DType::i32, mv, kGuardI32);
+        // out: R rows of L inside guard rows.
+        std::vector<int32_t> ob(static_cast<size_t>((R + 2 * kGuard) * L), kGuardI32);
+        Tensor out_buf = Tensor::from_host(DType::i32, {R + 2 * kGuard, L}, ob.data());
+        Tensor out = out_buf.rows(kGuard, kGuard + R);
+        const uint8_t damage = r.u8();
+        const int dk = damage >= 208 ? damage % 6 : -1;
+        switch (dk) {
+          case 0: node = r.flag() ? Tensor::zeros(DType::f32, {R}) : node.view({R, 1}); break;
+          case 1: out = r.flag() ? Tensor::zeros(DType::i32, {R + 1, L}) : Tensor::zeros(DType::f32, {R, L}); break;
+          case 2: out = out_buf.view({(R + 2 * kGuard) * L}); break;
+          case 3: if (with_map) map = r.flag() ? Tensor::zeros(DType::f32, {V}) : Tensor::zeros(DType::i32, {V, 1}); break;
+          default: break;
+        }
+        const bool pool_ok = dk != 4;
+        TreePool call_pool = pool_ok ? pool.view : damaged_pool(pool, r);
+        // The contract's host checks: a whole, non-empty pool; node i32 [R]; out i32 [R, L]; map i32 [V'].
+        const bool map_ok = !with_map || (map.dtype() == DType::i32 && map.dim() == 1);
+        const Expect want = pool_ok && P >= 1 && is_i32(node, {R}) && out.defined() && out.dtype() == DType::i32 && out.dim() == 2 &&
+                                    out.size(0) == R && map_ok
+                                ? Expect::accept
+                                : Expect::refuse;
+        const bool ok = fuzz::expect_ok_or({"E_ARG"}, [&] { ops::tree_paths(call_pool, node, map, out); });
+        expect_outcome(want, ok, "tree_paths", dk);
+        check_pool(pool, h, "tree_paths");
+        if (map_buf.defined()) {
+          const int32_t* mb = map_buf.ptr<int32_t>();
+          for (int64_t i = 0; i < V + 2 * kGuard; ++i)
+            FUZZ_ASSERT(mb[i] == (i < kGuard || i >= kGuard + V ? kGuardI32 : mv[static_cast<size_t>(i - kGuard)]), "tree_paths changed map");
+        }
+        // out's guard rows never change; a refused call writes nothing; an accepted one, the walk.
+        const int32_t* o = out_buf.ptr<int32_t>();
+        const std::vector<int32_t> nh = is_i32(node, {R}) ? host_i32(node) : std::vector<int32_t>();
+        for (int64_t i = 0; i < (R + 2 * kGuard) * L; ++i) {
+          const int64_t row = i / std::max<int64_t>(L, 1) - kGuard, j = i % std::max<int64_t>(L, 1);
+          int32_t want_v = kGuardI32;
+          if (ok && row >= 0 && row < R) {
+            int64_t e = nh[static_cast<size_t>(row)] < 0 ? -1 : std::min<int64_t>(nh[static_cast<size_t>(row)], P - 1);
+            for (int64_t k = 0; k < j && e >= 0; ++k) e = h.parent[static_cast<size_t>(e)] < 0 ? -1 : std::min<int64_t>(h.parent[static_cast<size_t>(e)], P - 1);
+            if (e >= 0) {
+              const int32_t t = h.token[static_cast<size_t>(e)];
+              want_v = !with_map ? t : (t >= 0 && t < V ? mv[static_cast<size_t>(t)] : -1);
+            } else {
+              want_v = -1;
+            }
+          }
+          FUZZ_ASSERT(o[i] == want_v, "tree_paths: out word ", i, " (row ", row, ", j ", j, ") = ", o[i], ", expected ", want_v,
+                      " (", ok ? "accepted" : "refused", ", damage ", dk, ")");
         }
         break;
       }

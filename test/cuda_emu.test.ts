@@ -49,9 +49,9 @@ const programs: Program[] = [
     args: [], tsanArgs: ['20'], tsanMinChecks: 13 },
   { source: 'layers_kv_emu.cc', extra: [], kernel: 'model layers (the fused residual add + norm and the q+k rotation, and the rotation with the K/V append, with and without the Qwen3 q/k norms, whole and partial rotations, == the separate ops; GeGLU, logit soft-capping, scaled embeddings, Granite\'s scale) + paged KV movement incl. commit from a verification result (cuda/layers.cuh, cuda/kv.cuh)', minChecks: 94,
     args: [], tsanArgs: [], tsanMinChecks: 94 },
-  { source: 'tree_emu.cc', extra: ['cpp/core/tensor.cc', 'cpp/core/transfers.cc', 'cpp/core/backend.cc', 'cpp/cpu/thread_pool.cc', 'cpp/cpu/tree.cc'],
-    kernel: 'dynamic tree expansion (EAGLE-2 on the device): a level\'s choice of nodes with ties, -inf and NaN, its page gather, the children\'s log probabilities bit for bit, row gathers with clamped indices (cuda/tree.cuh) vs a sorted reference and the CPU backend', minChecks: 52,
-    args: [], tsanArgs: ['quick'], tsanMinChecks: 10 },
+  { source: 'tree_emu.cc', extra: ['cpp/core/tensor.cc', 'cpp/core/transfers.cc', 'cpp/core/backend.cc', 'cpp/cpu/thread_pool.cc', 'cpp/cpu/tree.cc', 'cpp/core/ops_tree.cc'],
+    kernel: 'dynamic tree expansion (EAGLE-2 on the device): a level\'s choice of nodes with ties, -inf and NaN, its page gather, the children\'s log probabilities bit for bit, the rows\' paths (cycles, hostile parents, a target -> draft map), row gathers with clamped indices (cuda/tree.cuh) vs a sorted reference and the CPU backend', minChecks: 68,
+    args: [], tsanArgs: ['quick'], tsanMinChecks: 14 },
 ];
 const sanitizers = ['address,undefined', 'thread'];
 

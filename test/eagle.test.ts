@@ -25,6 +25,7 @@ import { LlamaReference } from './reference/llama_ref';
 import { assertThrowsCode, describeCuda, rng, testSeed } from './helpers';
 
 const f64 = (e: { data: unknown }): Float64Array => Float64Array.from(e.data as Float32Array);
+const PEN = { repetition: 1.3, presence: 0.5, frequency: 0.3 } as const;
 
 // ---- float64 references ------------------------------------------------------------------------
 
@@ -467,7 +468,7 @@ describe('EAGLE heads', function () {
     }
   });
 
-  it('the native expansion (eagleExpand) proposes the trees of the op-by-op levels, in fewer calls and reads (both versions, wide trees and chains, greedy and sampled)', async function () {
+  it('the native expansion (eagleExpand) proposes the trees of the op-by-op levels, in fewer calls and reads (both versions, wide trees and chains, greedy and sampled, with and without penalties)', async function () {
     if (!native().eagleExpand) this.skip();
     const deep = { ...spec, layers: 8 };
     const target = await LlamaModel.load(writeTarget(deep, seed + 5), { device: 'cpu', maxSequences: 4 });
@@ -477,15 +478,18 @@ describe('EAGLE heads', function () {
       const prompts = [5, 1, 9].map((n) => Int32Array.from({ length: n }, () => 3 + Math.floor(r() * (spec.vocab - 3))));
       // Fixed trees only: a sized tree depends on the measured level costs, which the two paths differ in.
       const cases = [{ topK: 4, depth: 3, totalTokens: 12 }, { topK: 1, depth: 5, totalTokens: 5 }, { topK: 8, depth: 5, totalTokens: 40 }] as const;
+      const bare = new Map<string, string[]>();
+      const penalizedDiffer = new Set<number>();
       for (const [h, head] of heads.entries()) {
         for (const opts of cases) {
-          for (const sampling of [undefined, { temperature: 0.8 }]) {
+          // Penalized rows read their paths on the device natively (tree_paths), from the host's pools op by op.
+          for (const [sampling, penalties] of [[undefined, undefined], [{ temperature: 0.8 }, undefined], [undefined, PEN], [{ temperature: 0.8 }, PEN]] as const) {
             // One after the other: the counters are the process's.
             const run = async (nativeExpansion: boolean) => {
               const { speculator, trees } = recordingEagle(head, opts, nativeExpansion);
               try {
                 const before = transferCounters();
-                const out = await new SpeculativeDecoder({ target, speculator }).generateBatch(prompts, { maxNewTokens: 16, ...(sampling ? { sampling, seed: 7 } : {}) });
+                const out = await new SpeculativeDecoder({ target, speculator, ...(penalties ? { penalties } : {}) }).generateBatch(prompts, { maxNewTokens: 16, ...(sampling ? { sampling, seed: 7 } : {}) });
                 const after = transferCounters();
                 return { trees, tokens: out.map((o) => Array.from(o.tokens)), napi: after.napiCalls - before.napiCalls, waits: after.blockingWaits - before.blockingWaits, drafted: out.reduce((a, o) => a + o.stats.proposedDraftTokens, 0) };
               } finally {
@@ -494,14 +498,73 @@ describe('EAGLE heads', function () {
             };
             const nat = await run(true);
             const js = await run(false);
-            const what = `EAGLE-${h === 0 ? 1 : 3} ${JSON.stringify(opts)} ${sampling ? 'sampled' : 'greedy'}`;
+            const what = `EAGLE-${h === 0 ? 1 : 3} ${JSON.stringify(opts)} ${sampling ? 'sampled' : 'greedy'}${penalties ? ', penalties' : ''}`;
             assert.ok(nat.drafted > 0, `${what}: nothing drafted`);
             assert.deepStrictEqual(nat.trees, js.trees, `${what}: trees`);
             assert.deepStrictEqual(nat.tokens, js.tokens, `${what}: tokens`);
             // A level is one call and one read natively (the loop: a dozen calls and two reads).
             assert.ok(nat.napi < 0.5 * js.napi, `${what}: ${nat.napi} N-API calls natively, ${js.napi} op by op`);
             assert.ok(nat.waits < js.waits, `${what}: ${nat.waits} waits natively, ${js.waits} op by op`);
+            const key = `${h} ${JSON.stringify(opts)} ${sampling ? 's' : 'g'}`;
+            if (!penalties) bare.set(key, nat.trees);
+            else if (JSON.stringify(nat.trees) !== JSON.stringify(bare.get(key))) penalizedDiffer.add(h);
           }
+        }
+      }
+      // The penalties reached the head's rows: some trees changed, for each version.
+      assert.deepStrictEqual([...penalizedDiffer].sort(), [0, 1], 'penalized trees differ from the unpenalized ones');
+    } finally {
+      for (const h of heads) h.dispose();
+      target.dispose();
+    }
+  });
+
+  it('with penalties, each row\'s children avoid what the target will penalize: its history\'s output and the nodes above it (both versions, native and op by op); draftPenalties: false does not', async function () {
+    if (!native().eagleExpand) this.skip();
+    const target = await LlamaModel.load(writeTarget({ ...spec, layers: 8 }, seed + 7), { device: 'cpu', maxSequences: 4 });
+    const heads = [EagleHead.load(writeEagleHead(headSpec), { device: 'cpu' }), EagleHead.load(writeEagle3Head(head3), { device: 'cpu' })];
+    try {
+      const r = rng(seed + 13);
+      const prompts = [4, 7].map((n) => Int32Array.from({ length: n }, () => 3 + Math.floor(r() * (spec.vocab - 3))));
+      // A presence penalty no logit outweighs: a penalized token is never among a row's top 3 while
+      // unpenalized ones remain (16 output tokens and a 4-deep path leave most of either vocabulary).
+      const penalties = { repetition: 1, presence: 1e4, frequency: 0 };
+      for (const [h, head] of heads.entries()) {
+        for (const nativeExpansion of [true, false]) {
+          const hits: number[] = [];
+          for (const draftPenalties of [true, false]) {
+            const speculator = new EagleSpeculator({ head, topK: 3, depth: 3, totalTokens: 10, draftPenalties });
+            speculator.nativeExpansion = nativeExpansion;
+            let hit = 0;
+            let nodes = 0;
+            const propose = speculator.propose.bind(speculator);
+            speculator.propose = (seqs, ctx) => {
+              const batch = propose(seqs, ctx);
+              batch.proposals.forEach((p, b) => {
+                const s = seqs[b]!;
+                const output = new Set(s.history.slice(s.promptLength));
+                for (let i = 1; i < p.tokens.length; i++) {
+                  const above = new Set<number>();
+                  for (let a = p.parents[i]!; a > 0; a = p.parents[a]!) above.add(p.tokens[a]!);
+                  nodes++;
+                  if (output.has(p.tokens[i]!) || above.has(p.tokens[i]!)) hit++;
+                }
+              });
+              return batch;
+            };
+            try {
+              const want = await plainGenerate(target, prompts, { maxNewTokens: 16, penalties, ignoreEos: true });
+              const got = await new SpeculativeDecoder({ target, speculator, penalties }).generateBatch(prompts, { maxNewTokens: 16, ignoreEos: true });
+              got.forEach((o, i) => assert.deepStrictEqual(Array.from(o.tokens), Array.from(want.tokens[i]!), `prompt ${i}: the penalized target's tokens`));
+            } finally {
+              speculator.dispose();
+            }
+            assert.ok(nodes > 20, `${nodes} nodes drafted`);
+            hits.push(hit);
+          }
+          const what = `EAGLE-${h === 0 ? 1 : 3}, ${nativeExpansion ? 'native' : 'op by op'}`;
+          assert.strictEqual(hits[0], 0, `${what}: ${hits[0]} drafted nodes repeat their sequence's output or a node above them`);
+          assert.ok(hits[1]! > 0, `${what}: without draftPenalties no node repeated one (the check has no power)`);
         }
       }
     } finally {
@@ -600,6 +663,20 @@ describe('EAGLE heads', function () {
       assertThrowsCode(() => head.expand(embed, lmHead, roomy, hRoot, { ...seqs, positions: Int32Array.of(1) }, 3, 2, 4), 'E_ARG');
       assertThrowsCode(() => head.expand(embed, lmHead, roomy, hRoot, { ...seqs, draftSeqs: Int32Array.of(0, 99) }, 3, 2, 4), 'E_ARG');
       assertThrowsCode(() => head.expand(embed, lmHead, roomy, hRoot, seqs, 3, 0, 4), 'E_ARG');
+      // Penalties: one history per sequence, in the head's vocabulary, checked before anything runs.
+      const pen = { repetition: 1.2, presence: 0.5, frequency: 0.1, histIndptr: Int32Array.of(0, 1, 3), histTokens: Int32Array.of(5, 2, 7), histCounts: Int32Array.of(1, 0, 2) };
+      const withPen = head.expand(embed, lmHead, roomy, hRoot, seqs, 3, 2, 4, pen)!;
+      assert.strictEqual(roomy.freePages, free, 'the forks of a penalized expansion are freed');
+      assert.deepStrictEqual(withPen.pools.map((p) => p.tokens.length), [4 + 3 * 2 * 4, 4 + 2 * 4]);
+      for (const [bad, re] of [
+        [{ histIndptr: Int32Array.of(0, 3), histTokens: Int32Array.of(2, 5, 7), histCounts: Int32Array.of(0, 1, 2) }, /penalties for 1 sequences, expected 2/],
+        [{ histTokens: Int32Array.of(5, 2, spec.vocab) }, /outside the vocabulary/],
+        [{ histTokens: Int32Array.of(5, 7, 2) }, /distinct and ascending/],
+        [{ repetition: 0 }, /repetitionPenalty/],
+      ] as const) {
+        assertThrowsCode(() => head.expand(embed, lmHead, roomy, hRoot, seqs, 3, 2, 4, { ...pen, ...bad }), 'E_ARG', re);
+        assert.strictEqual(roomy.freePages, free, `${re}: no page taken`);
+      }
       roomy.dispose();
       assertThrowsCode(() => head.expand(embed, lmHead, roomy, hRoot, seqs, 3, 2, 4), 'E_DISPOSED');
     } finally {

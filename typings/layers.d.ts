@@ -104,7 +104,7 @@ declare namespace SpecdecNative {
      * from hRoot [B, H], then `levels` expansions of the `width` best newest nodes of each sequence over
      * forks of draftSeqs[b] (freed at the end). lmHead: the target's (EAGLE-1/2), else null.
      */
-    eagleExpand?(weights: NativeEagleWeights, embed: Tensor, lmHead: Tensor | null, cache: KvCacheNative, hRoot: Tensor, draftSeqs: Int32Array, positions: Int32Array, maxLevels: Int32Array, levels: number, width: number, topK: number): NativeEagleExpansion;
+    eagleExpand?(weights: NativeEagleWeights, embed: Tensor, lmHead: Tensor | null, cache: KvCacheNative, hRoot: Tensor, draftSeqs: Int32Array, positions: Int32Array, maxLevels: Int32Array, levels: number, width: number, topK: number, penalties?: NativeChainPenalties): NativeEagleExpansion;
     /** Fused Medusa heads: ResBlocks + LM head + top-k per head; ids [heads * R * k] (cpp/model/medusa.h). */
     medusaTopK(x: Tensor, heads: readonly NativeMedusaHead[] | NativeMedusaHeadSet, k: number, penalties?: NativePenalties): Int32Array;
     /**

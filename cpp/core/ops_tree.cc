@@ -114,6 +114,29 @@ void tree_grow(TreePool& pool, const Tensor& vals, const Tensor& ids, const Tens
 #endif
 }
 
+void tree_paths(const TreePool& pool, const Tensor& node, const Tensor& map, Tensor& out) {
+  check_pool(pool, "tree_paths");
+  SPECDEC_CHECK(pool.size() >= 1, "E_ARG", "tree_paths: the pool is empty");
+  check_arg_dim(node, "node", {DType::i32}, 1);
+  const int64_t R = node.size(0);
+  check_arg_dim(out, "out", {DType::i32}, 2);
+  check_arg(out, "out", {DType::i32}, {R, out.size(1)});
+  SPECDEC_CHECK(out.size(1) <= (1 << 20), "E_ARG", "tree_paths: paths of ", out.size(1), " tokens (at most 2^20)");
+  if (map.defined()) {
+    check_arg_dim(map, "map", {DType::i32}, 1);
+    check_same_device({&pool.token, &map}, "tree_paths");
+  }
+  check_same_device({&pool.token, &node, &out}, "tree_paths");
+  if (R == 0 || out.size(1) == 0) return;
+  note_op();  // one launch on CUDA
+  if (pool.token.device() == Device::cpu) return cpu::tree_paths(pool, node, map, out);
+#ifdef SPECDEC_WITH_CUDA
+  cuda::tree_paths(pool, node, map, out);
+#else
+  no_cuda("tree_paths");
+#endif
+}
+
 void rows_at(const Tensor& x, const Tensor& idx, Tensor& out) {
   check_arg_dim(x, "x", {DType::f32, DType::i32}, 2);
   SPECDEC_CHECK(x.size(0) >= 1, "E_ARG", "rows_at: x has no rows");

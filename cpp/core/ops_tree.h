@@ -60,6 +60,15 @@ void tree_select(const TreePool& pool, const TreeLevel& level, Tensor& node, Ten
 void tree_grow(TreePool& pool, const Tensor& vals, const Tensor& ids, const Tensor& node, const Tensor& out_start,
                const std::vector<int32_t>& h_out_start, const Tensor& map);
 
+// Each row's path of tokens: out[r, j] = lookup(token of the j-th ancestor-or-self of node[r]) for
+// j < L (the node itself first, then its parent, ...), -1 past the root (a parent of -1); L =
+// out.size(1). lookup(t) = map[t] where map is defined (i32 [V']: EAGLE-3's target -> draft ids, -1
+// for ids the draft lacks) and t in [0, V'), else -1; the token itself where map is undefined.
+// node i32 [R] (tree_select's); indices the device chose are clamped into the pool, and the walk
+// stops after L steps whatever the parents are. What EAGLE's penalized expansion reads as each
+// row's path (PenaltyArgs::path_source), so its drafts see the tokens above them.
+void tree_paths(const TreePool& pool, const Tensor& node, const Tensor& map, Tensor& out);
+
 // out[i, :] = x[idx[i], :] for rows chosen on the device (idx clamped to x's rows). x [n, w] of a
 // 4-byte dtype (f32, i32), idx i32 [m], out [m, w] of x's dtype; n >= 1; out must not overlap x
 // (the same tensor is E_ARG; a view into x's storage is the caller's error).
@@ -73,6 +82,7 @@ void rows_at(const Tensor& x, const Tensor& idx, Tensor& out);
                    TailGather* pages);                                                                    \
   void tree_grow(TreePool& pool, const Tensor& vals, const Tensor& ids, const Tensor& node, const Tensor& out_start, \
                  const Tensor& map);                                                                      \
+  void tree_paths(const TreePool& pool, const Tensor& node, const Tensor& map, Tensor& out);              \
   void rows_at(const Tensor& x, const Tensor& idx, Tensor& out);                                          \
   }
 SPECDEC_TREE_OPS(cpu)

@@ -528,6 +528,12 @@ SPECDEC_HD inline bool first_in_path(const Path& path, int32_t j) {
   return true;
 }
 
+// A token as a row's path reads it (ops::tree_paths): through map (target -> draft ids, -1 where the
+// draft lacks one) where there is one, -1 outside it; itself otherwise.
+SPECDEC_HD inline int32_t path_token(const int32_t* map, int32_t map_size, int32_t t) {
+  return map == nullptr ? t : (t >= 0 && t < map_size ? map[t] : -1);
+}
+
 // Whether t is among the n ascending tokens of a sequence's history.
 SPECDEC_HD inline bool in_history(const int32_t* hist, int32_t n, int32_t t) {
   int32_t lo = 0, hi = n;

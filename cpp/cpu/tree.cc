@@ -74,6 +74,21 @@ void tree_grow(TreePool& pool, const Tensor& vals, const Tensor& ids, const Tens
   }
 }
 
+void tree_paths(const TreePool& pool, const Tensor& node, const Tensor& map, Tensor& out) {
+  const int64_t R = node.size(0), L = out.size(1), P = pool.size();
+  const int32_t *nd = node.ptr<int32_t>(), *tok = pool.token.ptr<int32_t>(), *par = pool.parent.ptr<int32_t>();
+  const int32_t* m = map.defined() ? map.ptr<int32_t>() : nullptr;
+  const int32_t ms = map.defined() ? static_cast<int32_t>(map.size(0)) : 0;
+  int32_t* o = out.ptr<int32_t>();
+  for (int64_t r = 0; r < R; ++r) {
+    int64_t e = nd[r] < 0 ? -1 : clamp_index(nd[r], P);
+    for (int64_t j = 0; j < L; ++j) {
+      o[r * L + j] = e < 0 ? -1 : sm::path_token(m, ms, tok[e]);
+      if (e >= 0) e = par[e] < 0 ? -1 : clamp_index(par[e], P);
+    }
+  }
+}
+
 void rows_at(const Tensor& x, const Tensor& idx, Tensor& out) {
   const int64_t n = x.size(0), w = x.size(1), m = idx.size(0);
   const int32_t* ix = idx.ptr<int32_t>();

@@ -6,6 +6,8 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <memory>
+#include <numeric>
 
 #include "../core/error.h"
 #include "../core/host_pack.h"
@@ -103,9 +105,12 @@ struct TopChildren {
   Tensor vals, ids;  // f32 [R, top_k] (descending), i32 [R, top_k] (draft ids)
 };
 
-TopChildren top_children(const EagleWeights& w, const Tensor& lm_head, const Tensor& h, int top_k) {
+// With penalties, each row's logits are penalized first (its sequence's history and its path).
+TopChildren top_children(const EagleWeights& w, const Tensor& lm_head, const Tensor& h, int top_k,
+                         const PenaltyArgs* penalties = nullptr) {
   const bool v3 = w.version == 3;
-  const Tensor logits = v3 ? mm(norm(h, w.norm, w.eps), w.lm_head) : mm(h, lm_head);
+  Tensor logits = v3 ? mm(norm(h, w.norm, w.eps), w.lm_head) : mm(h, lm_head);
+  if (penalties) ops::penalize(logits, *penalties);
   Tensor probs = Tensor::empty(DType::f32, logits.shape(), logits.device());
   ops::process_logits(logits, SamplingParams{}, probs);
   const int64_t R = h.size(0);
@@ -157,7 +162,7 @@ Tensor eagle_catch_up(const EagleWeights& w, const Tensor& embed, KvCache& cache
 
 EagleExpandResult eagle_expand(const EagleWeights& w, const Tensor& embed, const Tensor& lm_head, KvCache& cache,
                                const Tensor& h_root, const std::vector<EagleExpandSeq>& seqs, int levels, int width,
-                               int top_k) {
+                               int top_k, const PenaltyArgs* penalties) {
   const int64_t B = static_cast<int64_t>(seqs.size());
   SPECDEC_CHECK(B > 0 && h_root.defined() && h_root.dim() == 2 && h_root.size(0) == B, "E_ARG", "eagleExpand: hRoot ",
                 h_root.defined() ? h_root.describe() : std::string("undefined"), " for ", B, " sequences");
@@ -168,7 +173,14 @@ EagleExpandResult eagle_expand(const EagleWeights& w, const Tensor& embed, const
   const Tensor& table = w.embed.defined() ? w.embed : embed;
   SPECDEC_CHECK(w.d2t_max < table.size(0), "E_ARG", "eagleExpand: d2t maps to target id ", w.d2t_max,
                 ", outside the embedding table of ", table.size(0), " rows");
-  SPECDEC_CHECK(w.draft_to_target.empty() || w.d2t.defined(), "E_INTERNAL", "eagleExpand: d2t is not on the device");
+  SPECDEC_CHECK(w.draft_to_target.empty() || (w.d2t.defined() && w.t2d.defined()), "E_INTERNAL",
+                "eagleExpand: d2t is not on the device");
+  // The histories before anything runs (penalize would find a bad one only after the first level).
+  if (penalties) {
+    SPECDEC_CHECK(static_cast<int64_t>(penalties->hist_indptr.size()) == B + 1, "E_ARG", "eagleExpand: penalties for ",
+                  static_cast<int64_t>(penalties->hist_indptr.size()) - 1, " sequences, expected ", B);
+    ops::check_penalty_histories(*penalties, w.version == 3 ? w.lm_head.size(0) : lm_head.size(0));
+  }
   const int64_t K = top_k;
   const int ps = cache.config().page_size;
   const Device dev = h_root.device();
@@ -216,6 +228,7 @@ EagleExpandResult eagle_expand(const EagleWeights& w, const Tensor& embed, const
     int64_t rows = 0;
     PagedBatch batch;
     std::vector<int32_t> out_start, prev_tail, prev_tail_indptr, copy_indptr, copy_dst;
+    std::vector<int32_t> row_seq;  // each row's sequence
     KvCache::PageCopies unshared;  // level 1: the sequences' partial pages into the rows' copies
     int seg_os = -1, seg_oc = -1, seg_ri = -1, seg_pos = -1, seg_out = -1, seg_pt = -1, seg_pti = -1, seg_ci = -1,
         seg_cd = -1, seg_us = -1, seg_ud = -1;
@@ -234,7 +247,7 @@ EagleExpandResult eagle_expand(const EagleWeights& w, const Tensor& embed, const
       const int level = static_cast<int>(li) + 1;
       Level& lv = plan[li];
       lv.sel.row_indptr.push_back(0);
-      std::vector<int64_t> row_seq;  // the sequence of each row
+      std::vector<int32_t>& row_seq = lv.row_seq;  // the sequence of each row
       for (int64_t b = 0; b < B; ++b) {
         const int32_t n = rows[li][static_cast<size_t>(b)];
         // b's open nodes: the children its previous level made (the root's for level 1).
@@ -242,7 +255,7 @@ EagleExpandResult eagle_expand(const EagleWeights& w, const Tensor& embed, const
         lv.sel.open_start.push_back(static_cast<int32_t>(pool_off[static_cast<size_t>(b)] + filled[static_cast<size_t>(b)] - open));
         lv.sel.open_count.push_back(static_cast<int32_t>(open));
         lv.sel.row_indptr.push_back(lv.sel.row_indptr.back() + n);
-        for (int32_t r = 0; r < n; ++r) row_seq.push_back(b);
+        for (int32_t r = 0; r < n; ++r) row_seq.push_back(static_cast<int32_t>(b));
       }
       const int64_t R = lv.rows = lv.sel.row_indptr.back();
       // Each row's KV: a fork of its sequence's draft cache with `level` new slots; the last is the
@@ -301,8 +314,16 @@ EagleExpandResult eagle_expand(const EagleWeights& w, const Tensor& embed, const
 
     auto t0 = clock::now();
     {
-      // The root's children: row b of h_root, no parent.
-      const TopChildren first = top_children(w, lm_head, h_root, top_k);
+      // The root's children: row b of h_root, no parent (an empty path).
+      std::unique_ptr<PenaltyArgs> pen;
+      if (penalties) {
+        pen = std::make_unique<PenaltyArgs>(*penalties);
+        pen->row_seq.resize(static_cast<size_t>(B));
+        std::iota(pen->row_seq.begin(), pen->row_seq.end(), 0);
+        pen->path_indptr.assign(static_cast<size_t>(B) + 1, 0);
+        pen->path_tokens.clear();
+      }
+      const TopChildren first = top_children(w, lm_head, h_root, top_k, pen.get());
       ops::tree_grow(pool, first.vals, first.ids, pack.view(seg_root_node), pack.view(seg_root_out), root_out, w.d2t);
     }
     res.first_seconds = seconds_since(t0);
@@ -333,7 +354,24 @@ EagleExpandResult eagle_expand(const EagleWeights& w, const Tensor& embed, const
         ops::kv_copy_pages(cache.layers(), pack.view(lv.seg_us), pack.view(lv.seg_ud), &lv.unshared.src, &lv.unshared.dst);
       if (lv.seg_pt >= 0) ops::kv_copy_pages_among(cache.layers(), gather.src_pages, pack.view(lv.seg_cd), lv.prev_tail, lv.copy_dst);
       h = eagle_forward(w, embed, cache.layers(), lv.batch, token, nullptr, pack.view(lv.seg_pos), {feats}, false);
-      const TopChildren kids = top_children(w, lm_head, h, top_k);
+      // A row's path: the node it expands and the nodes above it (`level` tokens, in the draft's
+      // vocabulary), read from the pool on the device.
+      std::unique_ptr<PenaltyArgs> pen;
+      Tensor paths;
+      if (penalties) {
+        const int L = static_cast<int>(li) + 1;
+        paths = Tensor::empty(DType::i32, {R * L}, dev);  // flat: the penalties read it by index
+        Tensor rows_paths = paths.reinterpret(0, DType::i32, {R, L});
+        ops::tree_paths(pool, node, w.t2d, rows_paths);
+        pen = std::make_unique<PenaltyArgs>(*penalties);
+        pen->row_seq = lv.row_seq;
+        pen->path_indptr.resize(static_cast<size_t>(R) + 1);
+        for (int64_t r = 0; r <= R; ++r) pen->path_indptr[static_cast<size_t>(r)] = static_cast<int32_t>(r * L);
+        pen->path_tokens.resize(static_cast<size_t>(R * L));
+        std::iota(pen->path_tokens.begin(), pen->path_tokens.end(), 0);
+        pen->path_source = &paths;
+      }
+      const TopChildren kids = top_children(w, lm_head, h, top_k, pen.get());
       ops::tree_grow(pool, kids.vals, kids.ids, node, pack.view(lv.seg_out), lv.out_start, w.d2t);
       res.level_rows.push_back(static_cast<int32_t>(R));
       res.level_seconds.push_back(seconds_since(t0));

@@ -7,6 +7,7 @@
 
 #include "../core/kv_cache.h"
 #include "../core/ops_attention.h"
+#include "../core/ops_sampling.h"
 #include "../core/tensor.h"
 
 namespace specdec {
@@ -35,6 +36,7 @@ struct EagleWeights {
   Tensor norm, lm_head;
   std::vector<int32_t> draft_to_target;
   Tensor d2t;           // draft_to_target on the head's device (undefined: the identity)
+  Tensor t2d;           // its inverse (target id -> the lowest draft id mapped to it, -1: none), [d2t_max + 1]
   int32_t d2t_max = -1;  // its largest target id
 };
 
@@ -82,9 +84,12 @@ struct EagleExpandResult {
 };
 
 // h_root f32 [B, H] (row b: seqs[b]'s root); lm_head: the target's (EAGLE-1/2). top_k <= the draft
-// vocabulary; width >= 1; levels >= 0.
+// vocabulary; width >= 1; levels >= 0. penalties (optional): the run's, with one history per
+// sequence in the DRAFT's vocabulary (rows and paths are made here): each row's logits are
+// penalized by its sequence's history and its path (the node it expands and those above it) before
+// its children are chosen, as the target would penalize that node's row.
 EagleExpandResult eagle_expand(const EagleWeights& w, const Tensor& embed, const Tensor& lm_head, KvCache& cache,
                                const Tensor& h_root, const std::vector<EagleExpandSeq>& seqs, int levels, int width,
-                               int top_k);
+                               int top_k, const PenaltyArgs* penalties = nullptr);
 
 }  // namespace specdec

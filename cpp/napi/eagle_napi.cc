@@ -3,6 +3,7 @@
 // eagleCatchUp and eagleExpand(handle, ...) run a step's catch-up and its whole tree expansion.
 #include <algorithm>
 #include <cstring>
+#include <optional>
 
 #include "../core/host_pack.h"
 #include "../core/kv_cache.h"
@@ -134,7 +135,8 @@ Napi::Value EagleCatchUp(const Napi::CallbackInfo& info) {
 }
 
 // eagleExpand(weights, embed, lmHead | null, cache: KvCache (native), hRoot, draftSeqs: Int32Array,
-//             positions: Int32Array, maxLevels: Int32Array, levels, width, topK)
+//             positions: Int32Array, maxLevels: Int32Array, levels, width, topK,
+//             penalties?: NativeChainPenalties (one history per sequence, in the draft's vocabulary))
 //   -> { firstSeconds, levelRows: Int32Array, levelSeconds: Float64Array,
 //        pools: { tokens: Int32Array, parents: Int32Array, levels: Int32Array, logProbs: Float64Array }[] }
 Napi::Value EagleExpand(const Napi::CallbackInfo& info) {
@@ -154,11 +156,18 @@ Napi::Value EagleExpand(const Napi::CallbackInfo& info) {
     for (size_t b = 0; b < seqs.size(); ++b) seqs[b] = {seq_ids[b], pos[b], max_levels[b]};
     const int levels = static_cast<int>(get_int(info[8], "levels")), width = static_cast<int>(get_int(info[9], "width")),
               top_k = static_cast<int>(get_int(info[10], "topK"));
-    // d2t on the head's device, once, with the first expansion (its children are mapped there).
-    if (!w->draft_to_target.empty() && !w->d2t.defined())
+    std::optional<PenaltyArgs> pen;
+    if (info.Length() > 11 && !info[11].IsUndefined() && !info[11].IsNull()) pen = penalty_args(info[11], false);
+    // d2t and its inverse on the head's device, once, with the first expansion (its children are
+    // mapped there; penalized rows map their paths back).
+    if (!w->draft_to_target.empty() && !w->d2t.defined()) {
+      std::vector<int32_t> t2d(static_cast<size_t>(w->d2t_max) + 1, -1);
+      for (size_t d = w->draft_to_target.size(); d-- > 0;) t2d[static_cast<size_t>(w->draft_to_target[d])] = static_cast<int32_t>(d);
+      w->t2d = Tensor::from_host(DType::i32, {static_cast<int64_t>(t2d.size())}, t2d.data(), w->inv_freq.device());
       w->d2t = Tensor::from_host(DType::i32, {static_cast<int64_t>(w->draft_to_target.size())}, w->draft_to_target.data(),
                                  w->inv_freq.device());
-    const EagleExpandResult r = eagle_expand(*w, embed, lm_head, cache, h_root, seqs, levels, width, top_k);
+    }
+    const EagleExpandResult r = eagle_expand(*w, embed, lm_head, cache, h_root, seqs, levels, width, top_k, pen ? &*pen : nullptr);
     Napi::Object o = Napi::Object::New(env);
     o.Set("firstSeconds", Napi::Number::New(env, r.first_seconds));
     auto rows = Napi::Int32Array::New(env, r.level_rows.size());

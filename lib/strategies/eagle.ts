@@ -50,7 +50,7 @@ import type { CausalLM, ForwardOutput } from '../models/causal_lm';
 import { parseLlamaConfig, toNativeConfig } from '../models/config';
 import { native } from '../native';
 import { openWeightsFile } from '../torch_checkpoint';
-import { processLogits, topK } from '../sampling';
+import { nativePenalties, penalize, processLogits, topK, type Penalties, type PenaltyHistory } from '../sampling';
 import { gatherRows } from '../step_helpers';
 import { asTensor, Tensor, type Device } from '../tensor';
 import { loneRoot, type TokenTree } from '../tree';
@@ -421,13 +421,16 @@ export class EagleHead {
     levels: number,
     width: number,
     topK: number,
+    penalties?: SpecdecNative.NativeChainPenalties,
   ): SpecdecNative.NativeEagleExpansion | undefined {
     if (this.disposed) throw codedError('E_DISPOSED', 'EAGLE head was disposed');
     const b = native();
     if (!b.eagleExpand || !b.eagleWeights) return undefined;
     this.nativeWeights ??= b.eagleWeights(this.nativeSpec());
     const lmHead = this.config.version === 1 ? targetLmHead : null;
-    return b.eagleExpand(this.nativeWeights, embed, lmHead, cache.nativeCache, hRoot, seqs.draftSeqs, seqs.positions, seqs.maxLevels, levels, width, topK);
+    return penalties
+      ? b.eagleExpand(this.nativeWeights, embed, lmHead, cache.nativeCache, hRoot, seqs.draftSeqs, seqs.positions, seqs.maxLevels, levels, width, topK, penalties)
+      : b.eagleExpand(this.nativeWeights, embed, lmHead, cache.nativeCache, hRoot, seqs.draftSeqs, seqs.positions, seqs.maxLevels, levels, width, topK);
   }
 
   /**
@@ -528,6 +531,29 @@ export class EagleHead {
     return ids;
   }
 
+  /** Whether the head's vocabulary is mapped (EAGLE-3's d2t): its penalties read mapped histories. */
+  get w3Mapped(): boolean {
+    return this.w.draftToTarget !== undefined;
+  }
+
+  private t2d: Int32Array | undefined;
+  /**
+   * A target id as a draft-vocabulary id: EAGLE-3's d2t inverted (the lowest draft id mapped to it;
+   * -1 where the draft has none, as the native expansion's paths read it); the id itself otherwise.
+   */
+  toDraftId(t: number): number {
+    const m = this.w.draftToTarget;
+    if (!m) return t;
+    if (!this.t2d) {
+      let most = -1;
+      for (let d = 0; d < m.length; d++) most = Math.max(most, m[d] as number);
+      const inv = new Int32Array(most + 1).fill(-1);
+      for (let d = m.length - 1; d >= 0; d--) inv[m[d] as number] = d;
+      this.t2d = inv;
+    }
+    return t >= 0 && t < this.t2d.length ? (this.t2d[t] as number) : -1;
+  }
+
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
@@ -559,6 +585,13 @@ export interface EagleOptions {
   readonly totalTokens?: number;
   /** Tokens per page of the draft's KV cache. Default 4 (a fork copies its last, partial page). */
   readonly pageSize?: number;
+  /**
+   * With penalties (repetition, presence, frequency): whether the head's rows are penalized as the
+   * target's will be (each by its sequence's history and the nodes above it) before their children
+   * are chosen. Default true: the tree then holds what the penalized target prefers. Either way
+   * the output is the target's.
+   */
+  readonly draftPenalties?: boolean;
 }
 
 interface EagleState {
@@ -580,6 +613,8 @@ interface EagleState {
   rootOnly: number;
   /** This step is a probe the plan did not choose (sized: the least tree, to keep the rates alive). */
   forcedProbe: boolean;
+  /** EAGLE-3 with penalties: the history in the draft's vocabulary, grown in place (historyOf). */
+  draftHistory?: { tokens: number[]; promptLength: number; from: number; source: readonly number[]; promptFrom: number } | undefined;
 }
 
 /** Feature rows of consecutive positions: one block per feature (EAGLE-1/2: the final hidden state; EAGLE-3: three layers' inputs), f32 [rows, targetHidden] each. */
@@ -598,6 +633,12 @@ interface Node {
 
 const DEFAULT_MAX_NODES = 59;
 
+/** The run's penalties with one history per drafting sequence, in the draft's vocabulary. */
+interface DraftPenalties {
+  readonly penalties: Required<Penalties>;
+  readonly histories: readonly PenaltyHistory[];
+}
+
 export class EagleSpeculator implements Speculator {
   readonly name = 'eagle';
   /** EAGLE-1/2 read the final hidden states; EAGLE-3 the inputs of three layers (auxLayers). */
@@ -612,6 +653,7 @@ export class EagleSpeculator implements Speculator {
   readonly maxNodes: number;
   readonly sized: boolean;
   readonly pageSize: number;
+  readonly draftPenalties: boolean;
   private target: CausalLM | undefined;
   private embed: Tensor | undefined;
   private lmHead: Tensor | undefined;
@@ -653,6 +695,8 @@ export class EagleSpeculator implements Speculator {
     this.sized = opts.totalTokens === undefined;
     this.maxNodes = int(opts.totalTokens, 'totalTokens', DEFAULT_MAX_NODES, 1, 1023);
     this.pageSize = int(opts.pageSize, 'pageSize', 4, 1, 1024);
+    if (opts.draftPenalties !== undefined && typeof opts.draftPenalties !== 'boolean') throw codedError('E_ARG', `eagle: draftPenalties must be a boolean, got ${String(opts.draftPenalties)}`);
+    this.draftPenalties = opts.draftPenalties ?? true;
   }
 
   attach(model: CausalLM): void {
@@ -715,6 +759,27 @@ export class EagleSpeculator implements Speculator {
   private need(): { cache: KvCache; embed: Tensor; lmHead: Tensor } {
     if (!this.cache || !this.embed || !this.lmHead) throw codedError('E_ARG', 'eagle: not attached to a target (attach() first)');
     return { cache: this.cache, embed: this.embed, lmHead: this.lmHead };
+  }
+
+  /**
+   * A sequence's history as the head's penalties read it: in the draft's vocabulary (EAGLE-3: ids
+   * mapped by d2t inverted, those the draft lacks left out, kept per sequence and grown in place);
+   * the history itself for EAGLE-1/2.
+   */
+  private historyOf(s: SpecSequence): PenaltyHistory {
+    if (!this.head.w3Mapped) return { tokens: s.history, promptLength: s.promptLength };
+    const st = this.state(s);
+    let m = st.draftHistory;
+    if (!m || m.source !== s.history || m.from > s.history.length || m.promptFrom !== Math.min(s.promptLength, s.history.length)) {
+      m = st.draftHistory = { tokens: [], promptLength: 0, from: 0, source: s.history, promptFrom: Math.min(s.promptLength, s.history.length) };
+    }
+    for (; m.from < s.history.length; m.from++) {
+      const d = this.head.toDraftId(s.history[m.from] as number);
+      if (d < 0) continue;
+      m.tokens.push(d);
+      if (m.from < m.promptFrom) m.promptLength++;
+    }
+    return { tokens: m.tokens, promptLength: m.promptLength };
   }
 
   private state(s: SpecSequence): EagleState {
@@ -848,10 +913,15 @@ export class EagleSpeculator implements Speculator {
   }
 
   /** Top-k children (target ids, log-probabilities) of each row of h: the head's logits, softmax, top-k. */
-  private children(h: Tensor): { ids: Int32Array; logp: Float32Array } {
+  /**
+   * A level's children: each row's top-k under the head's logits at temperature 1 (with `pen`,
+   * penalized first: row i by history rowSeq[i] and its path, in the draft's vocabulary).
+   */
+  private children(h: Tensor, pen?: DraftPenalties & { readonly rowSeq: Int32Array; readonly paths: readonly (readonly number[])[] }): { ids: Int32Array; logp: Float32Array } {
     const { lmHead } = this.need();
     const logits = this.head.logits(h, lmHead);
     try {
+      if (pen) penalize(logits, pen.penalties, pen.histories, pen.rowSeq, pen.paths);
       const probs = processLogits(logits, { temperature: 1 });
       try {
         const k = Math.min(this.topK, this.head.config.draftVocabSize);
@@ -923,7 +993,8 @@ export class EagleSpeculator implements Speculator {
       for (const s of draftSeqs) most = Math.max(most, Math.min(this.maxNodes + 1, s.maxNodes));
       plan = { levels: Math.min(plan.levels, Math.max(0, most - 2)), width: Math.min(plan.width, Math.max(1, most - 1)) };
     }
-    const { trees } = this.draftTrees(draftSeqs, plan.levels, plan.width, cost ? stepCost(cost, seqs.length, undefined, this) : undefined, probing);
+    const pen = ctx.penalties && this.draftPenalties ? { penalties: ctx.penalties, histories: draftSeqs.map((s) => this.historyOf(s)) } : undefined;
+    const { trees } = this.draftTrees(draftSeqs, plan.levels, plan.width, cost ? stepCost(cost, seqs.length, undefined, this) : undefined, probing, pen);
     drafting.forEach((b, i) => {
       const tree = trees[i] as TokenTree;
       proposals[b] = tree;
@@ -962,7 +1033,7 @@ export class EagleSpeculator implements Speculator {
    * EAGLE-2's expansion for these sequences (`levels` times, the `width` most probable newest nodes
    * each), then each one's best subtree; `rows`: draft rows computed (catch-up and tree).
    */
-  private draftTrees(seqs: readonly SpecSequence[], levels: number, width: number, cost: ((nodes: number) => number) | undefined, probe = false): { trees: TokenTree[]; rows: number } {
+  private draftTrees(seqs: readonly SpecSequence[], levels: number, width: number, cost: ((nodes: number) => number) | undefined, probe = false, pen?: DraftPenalties): { trees: TokenTree[]; rows: number } {
     const { cache, embed } = this.need();
     const H = this.head.config.hiddenSize;
     const sts = seqs.map((s) => this.state(s));
@@ -977,7 +1048,7 @@ export class EagleSpeculator implements Speculator {
       let t0 = performance.now();
       hRoot = this.catchUp(seqs, sts);
       // The levels in one native call where the build has it (the same pools as the loop below).
-      const expansion = this.nativeExpansion ? this.expandNatively(seqs, sts, hRoot, levels, width) : undefined;
+      const expansion = this.nativeExpansion ? this.expandNatively(seqs, sts, hRoot, levels, width, pen) : undefined;
       if (expansion) {
         this.levelCost.add(waiting, (performance.now() - t0) / 1000 - expansion.levelSeconds.reduce((a, x) => a + x, 0));
         expansion.levelRows.forEach((n, i) => {
@@ -990,8 +1061,8 @@ export class EagleSpeculator implements Speculator {
         });
         return { trees: seqs.map((s, b) => this.pickTree(s, pools[b] as Node[], cost, probe)), rows: rowCount };
       }
-      // Level 1: the root's children.
-      const first = this.children(hRoot);
+      // Level 1: the root's children (penalized by the history alone).
+      const first = this.children(hRoot, pen && { ...pen, rowSeq: Int32Array.from(seqs, (_, b) => b), paths: [] });
       this.levelCost.add(waiting, (performance.now() - t0) / 1000);
       const k1 = first.ids.length / seqs.length;
       seqs.forEach((_, b) => {
@@ -1038,7 +1109,23 @@ export class EagleSpeculator implements Speculator {
         }
         hLevel?.dispose();
         hLevel = h;
-        const kids = this.children(h);
+        // Penalized, a row continues its sequence's history with its node and the nodes above it.
+        const kids = this.children(
+          h,
+          pen && {
+            ...pen,
+            rowSeq: Int32Array.from(rows, (r) => r.b),
+            paths: rows.map((r) => {
+              const pool = pools[r.b] as Node[];
+              const path: number[] = [];
+              for (let e = r.open.node; e >= 0; e = (pool[e] as Node).parent) {
+                const d = this.head.toDraftId((pool[e] as Node).token);
+                if (d >= 0) path.push(d);
+              }
+              return path;
+            }),
+          },
+        );
         this.levelCost.add(rows.length, (performance.now() - t0) / 1000);
         const k = kids.ids.length / rows.length;
         const next: Open[][] = seqs.map(() => []);
@@ -1061,13 +1148,13 @@ export class EagleSpeculator implements Speculator {
   }
 
   /** draftTrees' levels as one native call (EagleHead.expand); undefined where the build lacks it. */
-  private expandNatively(seqs: readonly SpecSequence[], sts: readonly EagleState[], hRoot: Tensor, levels: number, width: number): SpecdecNative.NativeEagleExpansion | undefined {
+  private expandNatively(seqs: readonly SpecSequence[], sts: readonly EagleState[], hRoot: Tensor, levels: number, width: number, pen?: DraftPenalties): SpecdecNative.NativeEagleExpansion | undefined {
     const { cache, embed, lmHead } = this.need();
     const k = Math.min(this.topK, this.head.config.draftVocabSize);
     const draftSeqs = Int32Array.from(sts, (st) => st.seq);
     const positions = Int32Array.from(seqs, (s) => s.committed - 1);
     const maxLevels = Int32Array.from(seqs, (s) => Math.max(0, s.maxDepth - 1));
-    return this.head.expand(embed, lmHead, cache, hRoot, { draftSeqs, positions, maxLevels }, levels, width, k);
+    return this.head.expand(embed, lmHead, cache, hRoot, { draftSeqs, positions, maxLevels }, levels, width, k, pen && nativePenalties(pen.penalties, pen.histories));
   }
 
   /** The best prefix-closed subtree of a pool (root + pool nodes) under the cost curve, or the maxNodes most probable. */
@@ -1182,6 +1269,7 @@ export class EagleSpeculator implements Speculator {
   rewind(seq: SpecSequence): void {
     const st = this.states.get(seq.key);
     if (!st) return;
+    st.draftHistory = undefined;
     const c = seq.committed;
     if (st.cached > c) {
       // Draft rows j >= c read tokens past the kept history.

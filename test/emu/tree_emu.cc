@@ -1,5 +1,5 @@
 // Runs the tree-expansion kernels (cuda/tree.cuh: a level's choice of nodes with its page gather,
-// the children's append, the row gather) on the host emulation with the launch shapes of tree.cu,
+// the children's append, the rows' paths, the row gather) on the host emulation with the launch shapes of tree.cu,
 // and checks them bit for bit against a plain reference (a full sort; the f64 sums written out)
 // and against the CPU backend (cpp/cpu/tree.cc) on random pools with ties, -inf and NaN log
 // probabilities, empty and full choices, and out-of-range device indices (clamped).
@@ -185,6 +185,49 @@ void check_grow(std::mt19937_64& rng, int R, int K, bool with_map) {
          what + ": CPU backend == reference (bits)");
 }
 
+// Pools whose parents mostly point earlier (trees), some at themselves or later (cycles), some out
+// of range (clamped); nodes among the entries, -1 (no path), or out of range.
+void check_paths(std::mt19937_64& rng, int64_t P, int64_t R, int64_t L, bool with_map) {
+  std::vector<int32_t> tok(static_cast<size_t>(P)), par(static_cast<size_t>(P)), row(static_cast<size_t>(P), 0), node(static_cast<size_t>(R));
+  std::vector<double> lp(static_cast<size_t>(P), 0.0);
+  const int32_t V = 50;
+  for (int64_t e = 0; e < P; ++e) {
+    tok[static_cast<size_t>(e)] = static_cast<int32_t>(rng() % 12 == 0 ? static_cast<int64_t>(rng() % 8) - 4 + (rng() % 2 ? V : 0) : rng() % V);
+    const int kind = static_cast<int>(rng() % 10);
+    par[static_cast<size_t>(e)] = kind == 0 ? -1 : kind == 1 ? static_cast<int32_t>(e) : kind == 2 ? static_cast<int32_t>(P + rng() % 3)
+                                : kind == 3 ? -static_cast<int32_t>(2 + rng() % 3) : e == 0 ? -1 : static_cast<int32_t>(rng() % e);
+  }
+  for (auto& n : node) n = rng() % 8 == 0 ? -1 : rng() % 9 == 0 ? static_cast<int32_t>(P + rng() % 4) : static_cast<int32_t>(rng() % P);
+  std::vector<int32_t> map;
+  if (with_map)
+    for (int32_t t = 0; t < V - 7; ++t) map.push_back(rng() % 4 == 0 ? -1 : static_cast<int32_t>(rng() % 30));
+  // Reference: the walk written out (negative parents end it, others clamp into the pool).
+  std::vector<int32_t> ref(static_cast<size_t>(R * L)), out(static_cast<size_t>(R * L), 77);
+  for (int64_t r = 0; r < R; ++r) {
+    int64_t e = node[static_cast<size_t>(r)];
+    if (e >= P) e = P - 1;
+    for (int64_t j = 0; j < L; ++j) {
+      int32_t t = -1;
+      if (e >= 0) {
+        t = tok[static_cast<size_t>(e)];
+        if (with_map) t = t >= 0 && t < static_cast<int32_t>(map.size()) ? map[static_cast<size_t>(t)] : -1;
+      }
+      ref[static_cast<size_t>(r * L + j)] = t;
+      if (e >= 0) e = par[static_cast<size_t>(e)] < 0 ? -1 : std::min<int64_t>(par[static_cast<size_t>(e)], P - 1);
+    }
+  }
+  emu::launch(Dim3{static_cast<unsigned>((R + tk::kThreads - 1) / tk::kThreads), 1, 1}, tk::kThreads, [&] {
+    tk::tree_paths_kernel(tok.data(), par.data(), P, node.data(), with_map ? map.data() : nullptr,
+                          with_map ? static_cast<int32_t>(map.size()) : 0, out.data(), R, L);
+  });
+  specdec::TreePool pool{tensor(tok, DType::i32), tensor(par, DType::i32), tensor(lp, DType::f64), tensor(row, DType::i32)};
+  Tensor co = Tensor::empty(DType::i32, {R, L});
+  specdec::ops::tree_paths(pool, tensor(node, DType::i32), with_map ? tensor(map, DType::i32) : Tensor(), co);
+  const std::string what = "tree_paths P=" + std::to_string(P) + " R=" + std::to_string(R) + " L=" + std::to_string(L) + (with_map ? " with t2d" : "");
+  report(out == ref, what + ": kernel == reference");
+  report(host<int32_t>(co) == ref, what + ": CPU backend (validated dispatcher) == reference");
+}
+
 void check_rows_at(std::mt19937_64& rng, int64_t n, int64_t w, int64_t m) {
   std::vector<float> x(static_cast<size_t>(n * w));
   for (auto& v : x) v = static_cast<float>(rng() % 100000) * 0.01f - 500.f;
@@ -218,6 +261,11 @@ int main(int argc, char** argv) {
   for (auto [R, K] : quick ? std::vector<std::pair<int, int>>{{5, 4}} : std::vector<std::pair<int, int>>{{1, 1}, {3, 8}, {17, 10}, {40, 33}}) {
     check_grow(rng, R, K, false);
     check_grow(rng, R, K, true);
+  }
+  for (auto [P, R, L] : quick ? std::vector<std::tuple<int64_t, int64_t, int64_t>>{{30, 7, 4}}
+                              : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{1, 1, 1}, {1, 3, 5}, {40, 300, 6}, {500, 97, 12}}) {
+    check_paths(rng, P, R, L, false);
+    check_paths(rng, P, R, L, true);
   }
   for (auto [n, w, m] : quick ? std::vector<std::tuple<int64_t, int64_t, int64_t>>{{4, 70, 6}}
                               : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{1, 1, 3}, {5, 300, 9}, {33, 64, 40}}) {

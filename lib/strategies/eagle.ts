@@ -531,8 +531,8 @@ export class EagleHead {
     return ids;
   }
 
-  /** Whether the head's vocabulary is mapped (EAGLE-3's d2t): its penalties read mapped histories. */
-  get w3Mapped(): boolean {
+  /** Whether the head has a draft vocabulary of its own (EAGLE-3's d2t): its penalties read mapped histories. */
+  get ownVocabulary(): boolean {
     return this.w.draftToTarget !== undefined;
   }
 
@@ -767,7 +767,7 @@ export class EagleSpeculator implements Speculator {
    * the history itself for EAGLE-1/2.
    */
   private historyOf(s: SpecSequence): PenaltyHistory {
-    if (!this.head.w3Mapped) return { tokens: s.history, promptLength: s.promptLength };
+    if (!this.head.ownVocabulary) return { tokens: s.history, promptLength: s.promptLength };
     const st = this.state(s);
     let m = st.draftHistory;
     if (!m || m.source !== s.history || m.from > s.history.length || m.promptFrom !== Math.min(s.promptLength, s.history.length)) {

@@ -140,13 +140,20 @@ void top_k(const Tensor& x, int32_t k, Tensor& vals, Tensor& ids) {
 void penalize(Tensor& logits, const PenaltyArgs& a) {
   const int64_t N = logits.size(0), V = logits.size(1);
   // The index arrays in one upload (the host built them; ops::penalize validated them).
+  // (Or the caller's: staged with its own upload, and validated by ops::penalize.)
   HostPack pack;
-  const int rs = pack.add(DType::i32, a.row_seq), hi = pack.add(DType::i32, a.hist_indptr), ht = pack.add(DType::i32, a.hist_tokens),
-            hc = pack.add(DType::i32, a.hist_counts), pi = pack.add(DType::i32, a.path_indptr), pt = pack.add(DType::i32, a.path_tokens);
-  pack.upload(Device::cuda);
-  launch_kernel(penalize_kernel, static_cast<unsigned>(N), kBlock, 0, logits.ptr<float>(), V, pack.view(rs).ptr<int32_t>(),
-                pack.view(hi).ptr<int32_t>(), pack.view(ht).ptr<int32_t>(), pack.view(hc).ptr<int32_t>(), pack.view(pi).ptr<int32_t>(),
-                pack.view(pt).ptr<int32_t>(), a.path_source ? a.path_source->ptr<int32_t>() : nullptr, a.repetition, a.presence,
+  PenaltyArgs::Staged own;
+  const PenaltyArgs::Staged* d = a.staged;
+  if (!d) {
+    const int rs = pack.add(DType::i32, a.row_seq), hi = pack.add(DType::i32, a.hist_indptr), ht = pack.add(DType::i32, a.hist_tokens),
+              hc = pack.add(DType::i32, a.hist_counts), pi = pack.add(DType::i32, a.path_indptr), pt = pack.add(DType::i32, a.path_tokens);
+    pack.upload(Device::cuda);
+    own = {pack.view(rs), pack.view(hi), pack.view(ht), pack.view(hc), pack.view(pi), pack.view(pt)};
+    d = &own;
+  }
+  launch_kernel(penalize_kernel, static_cast<unsigned>(N), kBlock, 0, logits.ptr<float>(), V, d->row_seq.ptr<int32_t>(),
+                d->hist_indptr.ptr<int32_t>(), d->hist_tokens.ptr<int32_t>(), d->hist_counts.ptr<int32_t>(), d->path_indptr.ptr<int32_t>(),
+                d->path_tokens.ptr<int32_t>(), a.path_source ? a.path_source->ptr<int32_t>() : nullptr, a.repetition, a.presence,
                 a.frequency);
   SPECDEC_CUDA_LAUNCH_CHECK("penalize_kernel");
 }

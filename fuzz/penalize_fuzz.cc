@@ -4,7 +4,8 @@
 // row paths, direct or read through indices from a source tensor (a native chain's picks), penalty
 // values, and now and then damage (unsorted or repeated tokens, counts out of range, offsets past
 // the end that a later one undercuts, rows naming no sequence, path tokens or indices outside their
-// range, non-finite penalties). The harness decides on its own whether the arguments are valid: the
+// range, non-finite penalties), and arrays staged on the device beside the host ones (a wrong length
+// or dtype among them). The harness decides on its own whether the arguments are valid: the
 // op must reject exactly the invalid ones with E_ARG, and on the valid ones give a plain
 // reference's logits bit for bit (sm::penalized_logit of each token with its history count plus its
 // path count; a path token read outside the vocabulary is skipped), changing nothing else.
@@ -122,7 +123,22 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     src = Tensor::from_host(DType::i32, {static_cast<int64_t>(source.size())}, source.data());
     a.path_source = &src;
   }
-  const bool ok = valid(a, N, V, static_cast<int64_t>(source.size()));
+  bool ok = valid(a, N, V, static_cast<int64_t>(source.size()));
+  // Now and then the arrays come staged (a caller's own upload, as eagle_expand's): each must be
+  // i32 and as long as its host array, or the call is E_ARG (the CPU reads the host arrays).
+  PenaltyArgs::Staged staged;
+  const uint8_t stage = r.u8();
+  if (stage >= 160) {
+    auto dev = [](const std::vector<int32_t>& v) { return Tensor::from_host(DType::i32, {static_cast<int64_t>(v.size())}, v.data()); };
+    staged = {dev(a.row_seq), dev(a.hist_indptr), dev(a.hist_tokens), dev(a.hist_counts), dev(a.path_indptr), dev(a.path_tokens)};
+    if (stage >= 232) {
+      Tensor* fields[] = {&staged.row_seq, &staged.hist_indptr, &staged.hist_tokens, &staged.hist_counts, &staged.path_indptr, &staged.path_tokens};
+      Tensor& f = *fields[stage % 6];
+      f = (stage & 8) ? Tensor::zeros(DType::i32, {f.numel() + 1}) : Tensor::zeros(DType::f32, {f.numel()});
+      ok = false;
+    }
+    a.staged = &staged;
+  }
   const bool ran = fuzz::expect_ok_or({"E_ARG"}, [&] { ops::penalize(t, a); });
   FUZZ_ASSERT(ran == ok, ok ? "valid arguments were rejected" : "invalid arguments were accepted");
   if (!ran) return 0;

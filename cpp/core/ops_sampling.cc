@@ -217,6 +217,16 @@ void penalize(Tensor& logits, const PenaltyArgs& a) {
     for (int64_t j = 0; j < P; ++j)
       SPECDEC_CHECK(a.path_tokens[j] >= 0 && a.path_tokens[j] < V, "E_ARG", "pathTokens: token ", a.path_tokens[j], " is outside the vocabulary [0, ", V, ")");
   }
+  if (a.staged) {
+    const PenaltyArgs::Staged& d = *a.staged;
+    check_arg(d.row_seq, "staged.rowSeq", {DType::i32}, {N});
+    check_arg(d.hist_indptr, "staged.histIndptr", {DType::i32}, {static_cast<int64_t>(a.hist_indptr.size())});
+    check_arg(d.hist_tokens, "staged.histTokens", {DType::i32}, {static_cast<int64_t>(a.hist_tokens.size())});
+    check_arg(d.hist_counts, "staged.histCounts", {DType::i32}, {static_cast<int64_t>(a.hist_counts.size())});
+    check_arg(d.path_indptr, "staged.pathIndptr", {DType::i32}, {N + 1});
+    check_arg(d.path_tokens, "staged.pathTokens", {DType::i32}, {P});
+    check_same_device({&logits, &d.row_seq, &d.hist_indptr, &d.hist_tokens, &d.hist_counts, &d.path_indptr, &d.path_tokens}, "penalize");
+  }
   if (N == 0) return;
   SPECDEC_SAMPLING_DISPATCH(logits.device(), penalize(logits, a));
 }

@@ -106,6 +106,14 @@ struct PenaltyArgs {
   // When set: path_tokens are indices into this i32 tensor on the logits' device (a native chain's
   // picks), read there; a token read outside the vocabulary (a draw without mass) is skipped.
   const Tensor* path_source = nullptr;
+  // When set: the six arrays above already on the logits' device, i32, each as long as its host
+  // array (checked), sent with the caller's own upload (eagle_expand stages a whole expansion's);
+  // the CUDA backend reads these instead of uploading its own. The host arrays stay the reference
+  // the checks read.
+  struct Staged {
+    Tensor row_seq, hist_indptr, hist_tokens, hist_counts, path_indptr, path_tokens;
+  };
+  const Staged* staged = nullptr;
 };
 
 // A token the kernels could not draw (sm::kNoMass: its row had no probability mass) is an error,

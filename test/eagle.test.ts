@@ -773,15 +773,16 @@ async function embeddedHeadsAgree(device: 'cpu' | 'cuda'): Promise<void> {
   const heads = [EagleHead.load(paths.eagle, { device }), EagleHead.load(paths.eagle3, { device })];
   try {
     const prompt = TextTokenizer.load(paths.target)!.encode('once upon a time');
-    const plain = await plainGenerate(target, [prompt], { maxNewTokens: 48 });
     for (const [h, head] of heads.entries()) {
-      for (const opts of [{ topK: 8, depth: 5, totalTokens: 24 }, { topK: 1, depth: 4, totalTokens: 4 }]) {
-        const what = `${device} EAGLE-${h === 0 ? 1 : 3} ${JSON.stringify(opts)}`;
+      // With penalties the rows' paths are read on the device (tree_paths) and penalized there.
+      for (const [opts, penalties] of [[{ topK: 8, depth: 5, totalTokens: 24 }, undefined], [{ topK: 1, depth: 4, totalTokens: 4 }, undefined], [{ topK: 8, depth: 5, totalTokens: 24 }, PEN]] as const) {
+        const plain = await plainGenerate(target, [prompt], { maxNewTokens: 48, ...(penalties ? { penalties } : {}) });
+        const what = `${device} EAGLE-${h === 0 ? 1 : 3} ${JSON.stringify(opts)}${penalties ? ', penalties' : ''}`;
         const runs: { trees: string[]; tokens: number[]; waits: number; forwards: number }[] = [];
         for (const nativeExpansion of [true, false]) {
           const { speculator, trees } = recordingEagle(head, opts, nativeExpansion);
           try {
-            const r = await new SpeculativeDecoder({ target, speculator }).generate(prompt, { maxNewTokens: 48 }).result;
+            const r = await new SpeculativeDecoder({ target, speculator, ...(penalties ? { penalties } : {}) }).generate(prompt, { maxNewTokens: 48 }).result;
             runs.push({ trees, tokens: Array.from(r.tokens), waits: r.stats.transfers.blockingWaits, forwards: r.stats.targetForwards });
           } finally {
             speculator.dispose();
@@ -794,6 +795,28 @@ async function embeddedHeadsAgree(device: 'cpu' | 'cuda'): Promise<void> {
         assert.ok(nat.waits < js.waits, `${what}: ${nat.waits} waits natively, ${js.waits} op by op`);
         // A step waits twice: for its tree (the expansion's one read, however deep) and for its result.
         assert.ok(nat.waits <= 2 * nat.forwards, `${what}: ${nat.waits} waits in ${nat.forwards} target forwards`);
+      }
+      // One expansion, penalized or not, is one upload and one read (the penalties' arrays are staged in it).
+      const c = head.config;
+      const cache = new KvCache({ numLayers: c.numLayers, numKvHeads: c.numKvHeads, headDim: c.headDim, pageSize: 4, numPages: 256, dtype: device === 'cpu' ? 'f32' : 'bf16', device });
+      const w = target.sharedWeights!();
+      const hRoot = Tensor.fromArray(Float32Array.from({ length: 2 * c.hiddenSize }, (_, i) => Math.sin(i)), 'f32', [2, c.hiddenSize], device);
+      try {
+        const seqs = { draftSeqs: Int32Array.of(cache.addSequence(), cache.addSequence()), positions: Int32Array.of(0, 0), maxLevels: Int32Array.of(3, 2) };
+        const pen = { ...PEN, histIndptr: Int32Array.of(0, 2, 3), histTokens: Int32Array.of(3, 5, 4), histCounts: Int32Array.of(1, 0, 2) };
+        for (const p of [undefined, pen]) {
+          const before = transferCounters();
+          const x = head.expand(w.embedTokens, w.lmHead, cache, hRoot, seqs, 3, 2, 4, p)!;
+          const after = transferCounters();
+          assert.strictEqual(x.pools.length, 2);
+          assert.strictEqual(after.uploads - before.uploads, 1, `${device} EAGLE-${h === 0 ? 1 : 3}${p ? ', penalized' : ''}: uploads of an expansion`);
+          assert.strictEqual(after.blockingWaits - before.blockingWaits, 1, `${device} EAGLE-${h === 0 ? 1 : 3}${p ? ', penalized' : ''}: waits of an expansion`);
+        }
+      } finally {
+        hRoot.dispose();
+        w.embedTokens.dispose();
+        w.lmHead.dispose();
+        cache.dispose();
       }
     }
   } finally {

@@ -4,7 +4,7 @@
 // model share a batch, and bad requests get coded errors.
 import * as assert from 'assert';
 import { SpeculativeDecoder } from '../lib/decoder';
-import { Engine, type RequestOptions } from '../lib/engine/engine';
+import { Engine, MAX_GROUPS, type RequestOptions } from '../lib/engine/engine';
 import { LlamaModel } from '../lib/models/llama';
 import { native } from '../lib/native';
 import { DraftModelSpeculator } from '../lib/strategies/draft_model';
@@ -123,6 +123,34 @@ describe('engine: continuous batching', function () {
     const steps = res.map((r) => r.stats.targetForwards - 1);
     assert.ok(steps.filter((n) => n > 0).length >= 2, `at least two settings stepped together (steps ${steps})`);
     assert.strictEqual(engine.metrics.forwards, 3 + Math.max(...steps), `three prefills, then one forward per step for all three settings (steps ${steps})`);
+    assert.strictEqual(target.kvInfo().freePages, target.kvInfo().totalPages);
+  });
+
+  it('a sampling setting per request keeps at most MAX_GROUPS settings (those no request holds go, least recently used first); outputs unchanged', async () => {
+    const engine = new Engine({ model: target, maxBatch: 4 });
+    const groups = (): Map<string, unknown> => (engine as unknown as { groups: Map<string, unknown> }).groups;
+    const temps = Array.from({ length: MAX_GROUPS + 20 }, (_, i) => 0.5 + i / 100);
+    const opts = (t: number) => ({ maxNewTokens: 3, sampling: { temperature: t }, seed: 9, stopTokens: [] });
+    // Held settings stay: 4 at a time in flight, every setting new.
+    for (let i = 0; i < temps.length; i += 4) {
+      const batch = temps.slice(i, i + 4);
+      await Promise.all(batch.map((t) => engine.submit([1, 2, 3], opts(t))));
+      assert.ok(groups().size <= MAX_GROUPS, `${groups().size} settings kept after ${i + batch.length} requests`);
+    }
+    // The most recent ones are kept; an evicted one comes back as new, with the same tokens as alone.
+    assert.ok(groups().has(`t${temps[temps.length - 1]} k${undefined} p${undefined} m${undefined}`), 'the newest setting kept');
+    const again = await engine.submit([1, 2, 3], opts(temps[0]!));
+    const alone = await new Engine({ model: target }).submit([1, 2, 3], opts(temps[0]!));
+    assert.deepStrictEqual(Array.from(again.tokens), Array.from(alone.tokens));
+    // Requests hold their setting: MAX_GROUPS + 4 settings in flight at once are all kept until they finish.
+    const wide = new Engine({ model: target, maxBatch: 8 });
+    const wg = (): Map<string, unknown> => (wide as unknown as { groups: Map<string, unknown> }).groups;
+    const runs = temps.slice(0, MAX_GROUPS + 4).map((t) => wide.submit([4, 5], opts(t)));
+    assert.strictEqual(wg().size, MAX_GROUPS + 4, 'every setting a queued request holds is kept');
+    const out = await Promise.all(runs);
+    assert.strictEqual(out.length, MAX_GROUPS + 4);
+    await wide.submit([4, 5], opts(9));
+    assert.ok(wg().size <= MAX_GROUPS, `${wg().size} settings kept once they finished`);
     assert.strictEqual(target.kvInfo().freePages, target.kvInfo().totalPages);
   });
 

@@ -228,6 +228,9 @@ export function sharedEngine(model: CausalLM, speculator: Speculator | undefined
   return e;
 }
 
+/** Sampling settings an Engine keeps a SpecEngine for beyond those its requests hold (Engine.groups). */
+export const MAX_GROUPS = 32;
+
 export class Engine {
   readonly model: CausalLM;
   readonly speculator: Speculator | undefined;
@@ -236,7 +239,11 @@ export class Engine {
   readonly metrics = new EngineMetrics();
   private readonly queue: Request[] = [];
   private readonly live: Request[] = [];
-  /** One SpecEngine per sampling setting. */
+  /**
+   * One SpecEngine per sampling setting, least recently used first; beyond MAX_GROUPS the ones no
+   * request holds go (a server whose clients send many settings, say a temperature each, kept one
+   * per setting ever seen).
+   */
   private readonly groups = new Map<string, SpecEngine>();
   /** Lowered after a step ran out of pages despite the reserve; back to maxBatch when one finishes. */
   private liveCap: number;
@@ -404,14 +411,30 @@ export class Engine {
     const key = (sampling ? `t${sampling.temperature} k${sampling.topK} p${sampling.topP} m${sampling.minP}` : 'greedy') +
       (penalties ? ` r${penalties.repetition} pr${penalties.presence} f${penalties.frequency}` : '');
     let g = this.groups.get(key);
-    if (!g) {
-      const o: { model: CausalLM; speculator?: Speculator; sampling?: SamplingConfig; penalties?: Penalties } = { model: this.model };
-      if (this.speculator) o.speculator = this.speculator;
-      if (sampling) o.sampling = sampling;
-      if (penalties) o.penalties = penalties;
-      this.groups.set(key, (g = new SpecEngine(o)));
+    if (g) {
+      // Most recently used last.
+      this.groups.delete(key);
+      this.groups.set(key, g);
+      return g;
     }
+    const o: { model: CausalLM; speculator?: Speculator; sampling?: SamplingConfig; penalties?: Penalties } = { model: this.model };
+    if (this.speculator) o.speculator = this.speculator;
+    if (sampling) o.sampling = sampling;
+    if (penalties) o.penalties = penalties;
+    this.groups.set(key, (g = new SpecEngine(o)));
+    if (this.groups.size > MAX_GROUPS) this.dropIdleGroups(g);
     return g;
+  }
+
+  /** Settings no queued or live request holds (nor `keep`, the one being made), least recently used first, down to MAX_GROUPS. */
+  private dropIdleGroups(keep: SpecEngine): void {
+    const held = new Set<SpecEngine>([keep]);
+    for (const r of this.queue) held.add(r.group);
+    for (const r of this.live) held.add(r.group);
+    for (const [k, g] of this.groups) {
+      if (this.groups.size <= MAX_GROUPS) break;
+      if (!held.has(g)) this.groups.delete(k);
+    }
   }
 
   private kick(): void {

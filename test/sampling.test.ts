@@ -187,7 +187,7 @@ describe('sampling: processLogits', () => {
     }
   });
 
-  it('top-k / top-p on rows shaped like a language model\'s (a tail of candidates over a far body), at the cut: ties kept by index, +0 above -0; a wide spread that ranks the whole row', () => {
+  it('top-k / top-p on rows shaped like a language model\'s (a tail of candidates over a far body), at the cut: ties kept by index, +0 above -0; flat rows with large nuclei; a wide spread that ranks the whole row', () => {
     const r = rng(testSeed + 7);
     const gauss = (): number => Math.sqrt(-2 * Math.log(1 - r())) * Math.cos(2 * Math.PI * r());
     const cases: { name: string; V: number; row: (i: number) => number; opts: (l: Float32Array) => SamplingOptions[] }[] = [
@@ -216,6 +216,40 @@ describe('sampling: processLogits', () => {
         V: 3000,
         row: (i) => (i === 5 ? 3 : i < 60 ? (i % 2 ? -0 : 0) : -40 - r()),
         opts: () => [{ temperature: 1, topK: 11 }, { temperature: 1, topK: 40 }],
+      },
+      {
+        // Flat rows, top-p alone: tens of thousands of candidates, so the kept prefix is found by mass
+        // histograms (cpu top_p_boundary), not by sorting; nuclei of most of the row and of a few.
+        name: 'flat, large nuclei',
+        V: 40000,
+        row: () => 2 * r() - 1,
+        opts: (l) => [
+          { temperature: 0.9, topP: safeTopP(l, full({ temperature: 0.9 }), 30000) },
+          { temperature: 1, topP: safeTopP(l, full({ temperature: 1 }), 9001) },
+          { temperature: 2, topP: safeTopP(l, full({ temperature: 2 }), 3) },
+        ],
+      },
+      {
+        // Three values, ten thousand each: the cut falls inside a tie (kept by index).
+        name: 'flat ties at a large cut',
+        V: 30000,
+        row: (i) => [0, 0.25, 0.5][(i * 7919) % 3] as number,
+        opts: (l) => [{ temperature: 1, topP: safeTopP(l, full({ temperature: 1 }), 15001) }, { temperature: 1, topP: safeTopP(l, full({ temperature: 1 }), 10000) }],
+      },
+      {
+        // 16384 equal logits: each probability is 2^-14 exactly, and top-p 0.5 needs exactly the mass
+        // of 8192 of them: the prefix that reaches it (>=) ends there, the first 8192 by index.
+        name: 'equal logits, a cut exactly at the mass',
+        V: 16384,
+        row: () => 0,
+        opts: () => [{ temperature: 1, topP: 0.5 }, { temperature: 1, topP: 0.25 }],
+      },
+      {
+        // +0 and -0 interleaved over most of the row: +0 ranks first, then -0 by index.
+        name: '+0 / -0, large cut',
+        V: 20000,
+        row: (i) => (i < 16000 ? (i % 2 ? -0 : 0) : -1 - r()),
+        opts: (l) => [{ temperature: 1, topP: safeTopP(l, full({ temperature: 1 }), 9001) }, { temperature: 1, topP: safeTopP(l, full({ temperature: 1 }), 7999) }],
       },
       {
         // Logits 0 .. -2000: no distance from the max holds 600 of them, the whole row is ranked.

@@ -102,6 +102,12 @@ export function resolvePenalties(p: Penalties | undefined, what = 'penalties'): 
   return { repetition, presence, frequency };
 }
 
+/** Resolved penalties with one history per sequence (the heads' and drafts' penalized rows read them). */
+export interface HistoryPenalties {
+  readonly penalties: Required<Penalties>;
+  readonly histories: readonly PenaltyHistory[];
+}
+
 /** A history as penalize() reads it: the prompt's tokens, then the output's. */
 export interface PenaltyHistory {
   readonly tokens: ArrayLike<number>;

@@ -3,7 +3,7 @@
 import { argError, optionsArg } from './errors';
 import { native } from './native';
 import type { DeviceTail, StagedVerify, VerifiedPaths } from './models/causal_lm';
-import { nativeRowPenalties, type Penalties, type PenaltyHistory } from './sampling';
+import { nativeRowPenalties, type HistoryPenalties } from './sampling';
 import type { HeadsOnAccepted } from './strategies/speculator';
 import type { Tensor } from './tensor';
 
@@ -66,7 +66,7 @@ export interface VerifyInput {
   headsOnAccepted?: HeadsOnAccepted & {
     readonly hidden: Tensor;
     /** Penalties on the heads' logits before their top-k, sequence b's row continuing histories[b]. */
-    readonly penalties?: { readonly penalties: Required<Penalties>; readonly histories: readonly PenaltyHistory[] };
+    readonly penalties?: HistoryPenalties;
   };
   /**
    * The forward's staged copy of these trees (ForwardOutput.staged, from ForwardOptions.stage): the

@@ -27,15 +27,6 @@ inline uint64_t rank_key(float v, int64_t i) {
 }
 inline int64_t rank_index(uint64_t r) { return static_cast<int64_t>(0xffffffffu - static_cast<uint32_t>(r)); }
 
-// Keeps the top-k, then the top-p prefix, of a row (p = out, keys from x); zeroes the rest of out.
-// No full sort: ranks are selected in growing sorted chunks (a heap select for small chunks,
-// nth_element + sort for large ones) only as far as top-k and top-p need: for real distributions a
-// few hundred tokens of a 128k vocabulary. The kept set is exactly that of a full sort.
-// Candidates first: the elements within c of the row's max m (x >= m - c, for the smallest c of 8,
-// 16, 32, 64 whose elements number at least k (top-k), or else hold top-p's mass). Every element
-// outside ranks below every one inside, so the kept prefix lies inside and only the candidates are
-// ranked; ranking all 128k elements cost ~0.8 ms a row. Without such a c, or with one that takes a
-// quarter of the row or more, all elements.
 // Candidates above which top-p alone takes the histograms (top_p_boundary) rather than sorted chunks.
 constexpr int64_t kHistogramCandidates = 8192;
 
@@ -87,6 +78,22 @@ bool top_p_boundary(const float* x, const float* out, int64_t V, uint64_t need, 
   return false;  // (unreachable: the bucket's mass reaches need)
 }
 
+// Zeroes out[i] for every element ranking below the kept one with rank key b (NaN ranks last).
+void zero_below(const float* x, int64_t V, uint64_t b, float* out) {
+  for (int64_t i = 0; i < V; ++i)
+    if (rank_key(x[i], i) < b) out[i] = 0.0f;
+}
+
+// Keeps the top-k, then the top-p prefix, of a row (p = out, keys from x); zeroes the rest of out.
+// No full sort: ranks are selected in growing sorted chunks (a heap select for small chunks,
+// nth_element + sort for large ones) only as far as top-k and top-p need: for real distributions a
+// few hundred tokens of a 128k vocabulary. The kept set is exactly that of a full sort.
+// Candidates first: the elements within c of the row's max m (x >= m - c, for the smallest c of 8,
+// 16, 32, 64 whose elements number at least k (top-k), or else hold top-p's mass). Every element
+// outside ranks below every one inside, so the kept prefix lies inside and only the candidates are
+// ranked; ranking all 128k elements cost ~0.8 ms a row. Without such a c, or with one that takes a
+// quarter of the row or more, all elements. Top-p alone over more than kHistogramCandidates
+// candidates finds its end by histograms instead (top_p_boundary).
 void keep_top(const float* x, float m, int64_t V, const SamplingParams& sp, float* out, std::vector<uint64_t>& ranks) {
   const bool use_k = sp.top_k > 0 && sp.top_k < V;
   const bool use_p = sp.top_p < 1.0f;
@@ -118,9 +125,7 @@ void keep_top(const float* x, float m, int64_t V, const SamplingParams& sp, floa
   if (!use_k && candidates > kHistogramCandidates) {
     // Zero everything ranking below the boundary: the same set as the sorted prefix's.
     uint64_t b = 0;
-    if (top_p_boundary(x, out, V, need, ranks, b))
-      for (int64_t i = 0; i < V; ++i)
-        if (rank_key(x[i], i) < b) out[i] = 0.0f;
+    if (top_p_boundary(x, out, V, need, ranks, b)) zero_below(x, V, b, out);
     return;
   }
   ranks.clear();
@@ -178,13 +183,10 @@ void keep_top(const float* x, float m, int64_t V, const SamplingParams& sp, floa
     return;
   }
   // The kept elements are those ranking at or above the last kept one, b (ranks[0, keep) hold them,
-  // b the smallest): every element with x > b's keeps, one with x == b's by its key (the index
-  // breaks the tie; -0 ranks below +0), the rest (NaN too) go.
+  // b the smallest; -0 ranks below +0, the index breaks ties, NaN ranks last).
   uint64_t b = ranks[0];
   for (int64_t j = 1; j < keep; ++j) b = std::min(b, ranks[static_cast<size_t>(j)]);
-  const float xb = x[rank_index(b)];
-  for (int64_t i = 0; i < V; ++i)
-    if (!(x[i] > xb) && !(x[i] == xb && rank_key(x[i], i) >= b)) out[i] = 0.0f;
+  zero_below(x, V, b, out);
 }
 
 // The softmax's numerators out[i] = exp(x[i] - m), x = logits / t (x <= m), and their sum, in one

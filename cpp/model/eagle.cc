@@ -229,9 +229,9 @@ EagleExpandResult eagle_expand(const EagleWeights& w, const Tensor& embed, const
     PagedBatch batch;
     std::vector<int32_t> out_start, prev_tail, prev_tail_indptr, copy_indptr, copy_dst;
     std::vector<int32_t> row_seq;  // each row's sequence
-    // With penalties: the level's rows (row_seq, paths of `level` tokens each, read from `paths`
-    // on the device), staged in the expansion's one upload.
-    std::unique_ptr<PenaltyArgs> pen;
+    // With penalties: the level's rows (row_seq above, paths of `level` tokens each, read from
+    // `paths` on the device), staged in the expansion's one upload.
+    std::vector<int32_t> path_indptr, path_tokens;
     PenaltyArgs::Staged staged;
     int seg_prs = -1, seg_ppi = -1, seg_ppt = -1;
     KvCache::PageCopies unshared;  // level 1: the sequences' partial pages into the rows' copies
@@ -242,23 +242,24 @@ EagleExpandResult eagle_expand(const EagleWeights& w, const Tensor& embed, const
   std::vector<int32_t> root_node(static_cast<size_t>(B), -1), root_out(static_cast<size_t>(B));
   for (int64_t b = 0; b < B; ++b) root_out[static_cast<size_t>(b)] = static_cast<int32_t>(pool_off[static_cast<size_t>(b)]);
   const int seg_root_node = pack.add(DType::i32, root_node), seg_root_out = pack.add(DType::i32, root_out);
-  // Penalties: the histories once, the root's rows (one per sequence, empty paths), in the same upload.
-  std::unique_ptr<PenaltyArgs> root_pen;
+  // Penalties: the histories once, the root's rows (one per sequence, empty paths), in the same
+  // upload. One PenaltyArgs for every level (the histories copied once); each level sets its rows.
+  std::unique_ptr<PenaltyArgs> pen;
   PenaltyArgs::Staged root_staged;
   int seg_hi = -1, seg_ht = -1, seg_hc = -1, seg_rrs = -1, seg_rpi = -1, seg_rpt = -1;
   if (penalties) {
-    root_pen = std::make_unique<PenaltyArgs>(*penalties);
-    root_pen->row_seq.resize(static_cast<size_t>(B));
-    std::iota(root_pen->row_seq.begin(), root_pen->row_seq.end(), 0);
-    root_pen->path_indptr.assign(static_cast<size_t>(B) + 1, 0);
-    root_pen->path_tokens.clear();
-    root_pen->path_source = nullptr;
+    pen = std::make_unique<PenaltyArgs>(*penalties);
+    pen->row_seq.resize(static_cast<size_t>(B));
+    std::iota(pen->row_seq.begin(), pen->row_seq.end(), 0);
+    pen->path_indptr.assign(static_cast<size_t>(B) + 1, 0);
+    pen->path_tokens.clear();
+    pen->path_source = nullptr;
     seg_hi = pack.add(DType::i32, penalties->hist_indptr);
     seg_ht = pack.add(DType::i32, penalties->hist_tokens);
     seg_hc = pack.add(DType::i32, penalties->hist_counts);
-    seg_rrs = pack.add(DType::i32, root_pen->row_seq);
-    seg_rpi = pack.add(DType::i32, root_pen->path_indptr);
-    seg_rpt = pack.add(DType::i32, root_pen->path_tokens);
+    seg_rrs = pack.add(DType::i32, pen->row_seq);
+    seg_rpi = pack.add(DType::i32, pen->path_indptr);
+    seg_rpt = pack.add(DType::i32, pen->path_tokens);
   }
   std::vector<int64_t> filled(static_cast<size_t>(B), K);  // entries of b made so far (the root's children first)
   std::vector<Level> plan(rows.size());
@@ -331,15 +332,13 @@ EagleExpandResult eagle_expand(const EagleWeights& w, const Tensor& embed, const
       }
       lv.batch = PagedBatch::stage(qo, hb.page_indptr, hb.page_indices, prefix, ps, cache.config().num_pages, pack);
       if (penalties) {
-        lv.pen = std::make_unique<PenaltyArgs>(*penalties);
-        lv.pen->row_seq = lv.row_seq;
-        lv.pen->path_indptr.resize(static_cast<size_t>(R) + 1);
-        for (int64_t r = 0; r <= R; ++r) lv.pen->path_indptr[static_cast<size_t>(r)] = static_cast<int32_t>(r * level);
-        lv.pen->path_tokens.resize(static_cast<size_t>(R * level));
-        std::iota(lv.pen->path_tokens.begin(), lv.pen->path_tokens.end(), 0);
-        lv.seg_prs = pack.add(DType::i32, lv.pen->row_seq);
-        lv.seg_ppi = pack.add(DType::i32, lv.pen->path_indptr);
-        lv.seg_ppt = pack.add(DType::i32, lv.pen->path_tokens);
+        lv.path_indptr.resize(static_cast<size_t>(R) + 1);
+        for (int64_t r = 0; r <= R; ++r) lv.path_indptr[static_cast<size_t>(r)] = static_cast<int32_t>(r * level);
+        lv.path_tokens.resize(static_cast<size_t>(R * level));
+        std::iota(lv.path_tokens.begin(), lv.path_tokens.end(), 0);
+        lv.seg_prs = pack.add(DType::i32, lv.row_seq);
+        lv.seg_ppi = pack.add(DType::i32, lv.path_indptr);
+        lv.seg_ppt = pack.add(DType::i32, lv.path_tokens);
       }
       prev_tail = std::move(tail);
       prev_tail_indptr = std::move(tail_indptr);
@@ -347,17 +346,15 @@ EagleExpandResult eagle_expand(const EagleWeights& w, const Tensor& embed, const
     pack.upload(dev);
     if (penalties) {
       root_staged = {pack.view(seg_rrs), pack.view(seg_hi), pack.view(seg_ht), pack.view(seg_hc), pack.view(seg_rpi), pack.view(seg_rpt)};
-      root_pen->staged = &root_staged;
-      for (Level& lv : plan) {
+      pen->staged = &root_staged;
+      for (Level& lv : plan)
         lv.staged = {pack.view(lv.seg_prs), pack.view(seg_hi), pack.view(seg_ht), pack.view(seg_hc), pack.view(lv.seg_ppi), pack.view(lv.seg_ppt)};
-        lv.pen->staged = &lv.staged;
-      }
     }
 
     auto t0 = clock::now();
     {
       // The root's children: row b of h_root, no parent (an empty path).
-      const TopChildren first = top_children(w, lm_head, h_root, top_k, root_pen.get());
+      const TopChildren first = top_children(w, lm_head, h_root, top_k, pen.get());
       ops::tree_grow(pool, first.vals, first.ids, pack.view(seg_root_node), pack.view(seg_root_out), root_out, w.d2t);
     }
     res.first_seconds = seconds_since(t0);
@@ -391,14 +388,18 @@ EagleExpandResult eagle_expand(const EagleWeights& w, const Tensor& embed, const
       // A row's path: the node it expands and the nodes above it (`level` tokens, in the draft's
       // vocabulary), read from the pool on the device.
       Tensor paths;
-      if (lv.pen) {
+      if (pen) {
         const int64_t L = static_cast<int64_t>(li) + 1;
         paths = Tensor::empty(DType::i32, {R * L}, dev);  // flat: the penalties read it by index
         Tensor rows_paths = paths.reinterpret(0, DType::i32, {R, L});
         ops::tree_paths(pool, node, w.t2d, rows_paths);
-        lv.pen->path_source = &paths;
+        std::swap(pen->row_seq, lv.row_seq);
+        std::swap(pen->path_indptr, lv.path_indptr);
+        std::swap(pen->path_tokens, lv.path_tokens);
+        pen->path_source = &paths;
+        pen->staged = &lv.staged;
       }
-      const TopChildren kids = top_children(w, lm_head, h, top_k, lv.pen.get());
+      const TopChildren kids = top_children(w, lm_head, h, top_k, pen.get());
       ops::tree_grow(pool, kids.vals, kids.ids, node, pack.view(lv.seg_out), lv.out_start, w.d2t);
       res.level_rows.push_back(static_cast<int32_t>(R));
       res.level_seconds.push_back(seconds_since(t0));

@@ -50,7 +50,7 @@ import type { CausalLM, ForwardOutput } from '../models/causal_lm';
 import { parseLlamaConfig, toNativeConfig } from '../models/config';
 import { native } from '../native';
 import { openWeightsFile } from '../torch_checkpoint';
-import { nativePenalties, penalize, processLogits, topK, type Penalties, type PenaltyHistory } from '../sampling';
+import { nativePenalties, penalize, processLogits, topK, type HistoryPenalties, type PenaltyHistory } from '../sampling';
 import { gatherRows } from '../step_helpers';
 import { asTensor, Tensor, type Device } from '../tensor';
 import { loneRoot, type TokenTree } from '../tree';
@@ -633,12 +633,6 @@ interface Node {
 
 const DEFAULT_MAX_NODES = 59;
 
-/** The run's penalties with one history per drafting sequence, in the draft's vocabulary. */
-interface DraftPenalties {
-  readonly penalties: Required<Penalties>;
-  readonly histories: readonly PenaltyHistory[];
-}
-
 export class EagleSpeculator implements Speculator {
   readonly name = 'eagle';
   /** EAGLE-1/2 read the final hidden states; EAGLE-3 the inputs of three layers (auxLayers). */
@@ -917,7 +911,7 @@ export class EagleSpeculator implements Speculator {
    * A level's children: each row's top-k under the head's logits at temperature 1 (with `pen`,
    * penalized first: row i by history rowSeq[i] and its path, in the draft's vocabulary).
    */
-  private children(h: Tensor, pen?: DraftPenalties & { readonly rowSeq: Int32Array; readonly paths: readonly (readonly number[])[] }): { ids: Int32Array; logp: Float32Array } {
+  private children(h: Tensor, pen?: HistoryPenalties & { readonly rowSeq: Int32Array; readonly paths: readonly (readonly number[])[] }): { ids: Int32Array; logp: Float32Array } {
     const { lmHead } = this.need();
     const logits = this.head.logits(h, lmHead);
     try {
@@ -1033,7 +1027,7 @@ export class EagleSpeculator implements Speculator {
    * EAGLE-2's expansion for these sequences (`levels` times, the `width` most probable newest nodes
    * each), then each one's best subtree; `rows`: draft rows computed (catch-up and tree).
    */
-  private draftTrees(seqs: readonly SpecSequence[], levels: number, width: number, cost: ((nodes: number) => number) | undefined, probe = false, pen?: DraftPenalties): { trees: TokenTree[]; rows: number } {
+  private draftTrees(seqs: readonly SpecSequence[], levels: number, width: number, cost: ((nodes: number) => number) | undefined, probe = false, pen?: HistoryPenalties): { trees: TokenTree[]; rows: number } {
     const { cache, embed } = this.need();
     const H = this.head.config.hiddenSize;
     const sts = seqs.map((s) => this.state(s));
@@ -1148,7 +1142,7 @@ export class EagleSpeculator implements Speculator {
   }
 
   /** draftTrees' levels as one native call (EagleHead.expand); undefined where the build lacks it. */
-  private expandNatively(seqs: readonly SpecSequence[], sts: readonly EagleState[], hRoot: Tensor, levels: number, width: number, pen?: DraftPenalties): SpecdecNative.NativeEagleExpansion | undefined {
+  private expandNatively(seqs: readonly SpecSequence[], sts: readonly EagleState[], hRoot: Tensor, levels: number, width: number, pen?: HistoryPenalties): SpecdecNative.NativeEagleExpansion | undefined {
     const { cache, embed, lmHead } = this.need();
     const k = Math.min(this.topK, this.head.config.draftVocabSize);
     const draftSeqs = Int32Array.from(sts, (st) => st.seq);

@@ -22,7 +22,7 @@ import { addInplace, matmul, siluInplace } from '../layers';
 import type { CausalLM, ForwardOutput, MedusaChainResult, MedusaChainTemplate } from '../models/causal_lm';
 import { CHAIN_MAX_STEPS, wholeChains } from '../plain_chain';
 import { native } from '../native';
-import { nativeRowPenalties, type Penalties, type PenaltyHistory } from '../sampling';
+import { nativeRowPenalties, type HistoryPenalties } from '../sampling';
 import { openWeightsFile } from '../torch_checkpoint';
 import { Tensor, type Device } from '../tensor';
 import { cutTree, loneRoot, MC_SIM_7B_63, MEDUSA_PRESETS, medusaTree, medusaTreeShape, pruneTree, type MedusaChoices, type MedusaTreeShape } from '../tree';
@@ -189,7 +189,7 @@ export class MedusaHeads {
    * head h's j-th most likely token for row r (ties: lower index). One native call; only the ids are
    * read back (the same tokens as topK over apply()'s logits).
    */
-  topKIds(x: Tensor, k: number, numHeads = this.config.numHeads, penalties?: { readonly penalties: Required<Penalties>; readonly histories: readonly PenaltyHistory[] }): Int32Array {
+  topKIds(x: Tensor, k: number, numHeads = this.config.numHeads, penalties?: HistoryPenalties): Int32Array {
     const w = this.weights(numHeads);
     return penalties ? native().medusaTopK(x, w, k, nativeRowPenalties(penalties.penalties, penalties.histories)) : native().medusaTopK(x, w, k);
   }

@@ -272,18 +272,22 @@ void process_logits_slices(Go&& go, const T* logits, float* probs, int N, int V,
   go(logits_scale_slices_kernel, n, S, B, probs, V, sc);
 }
 
-// Penalties (ops::penalize): one block per row; its threads take the history's entries, then the
-// path's tokens the history lacks: each distinct token is written by one thread (the CPU's values:
-// sm::penalized_logit with the same counts).
+// Penalties (ops::penalize): one block per row; its threads add the logit bias, then (after a
+// barrier: a biased token may be in the history) take the history's entries, then the path's tokens
+// the history lacks: each distinct token is written by one thread (the CPU's values: the same f32
+// sum, then sm::penalized_logit with the same counts).
 // path_source null: path_tokens are the tokens; else indices into path_source (a chain's picks), and
 // a token read outside the vocabulary there is skipped.
 __global__ void __launch_bounds__(kBlock) penalize_kernel(float* __restrict__ logits, int64_t V, const int32_t* __restrict__ row_seq,
                                                           const int32_t* __restrict__ hist_indptr, const int32_t* __restrict__ hist_tokens,
                                                           const int32_t* __restrict__ hist_counts, const int32_t* __restrict__ path_indptr,
                                                           const int32_t* __restrict__ path_tokens, const int32_t* __restrict__ path_source,
-                                                          float repetition, float presence, float frequency) {
+                                                          const int32_t* __restrict__ bias_tokens, const float* __restrict__ bias_values,
+                                                          int32_t bias_n, float repetition, float presence, float frequency) {
   const int64_t r = blockIdx.x;
   float* row = logits + r * V;
+  for (int32_t i = static_cast<int32_t>(threadIdx.x); i < bias_n; i += static_cast<int32_t>(blockDim.x)) row[bias_tokens[i]] += bias_values[i];
+  if (bias_n > 0) __syncthreads();
   const int32_t s = row_seq[r];
   const int32_t h0 = hist_indptr[s], hn = hist_indptr[s + 1] - h0;
   const int32_t p0 = path_indptr[r], pn = path_indptr[r + 1] - p0;

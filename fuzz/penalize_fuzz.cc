@@ -1,14 +1,16 @@
-// Fuzz target: repetition / presence / frequency penalties (ops::penalize, cpp/core/ops_sampling.cc,
-// and the CPU kernel's walk of cpp/core/spec_math.h) on structured inputs decoded from the bytes:
-// logits with NaN / Inf / negatives, histories (distinct ascending tokens with output counts) and
-// row paths, direct or read through indices from a source tensor (a native chain's picks), penalty
-// values, and now and then damage (unsorted or repeated tokens, counts out of range, offsets past
-// the end that a later one undercuts, rows naming no sequence, path tokens or indices outside their
-// range, non-finite penalties), and arrays staged on the device beside the host ones (a wrong length
-// or dtype among them). The harness decides on its own whether the arguments are valid: the
-// op must reject exactly the invalid ones with E_ARG, and on the valid ones give a plain
-// reference's logits bit for bit (sm::penalized_logit of each token with its history count plus its
-// path count; a path token read outside the vocabulary is skipped), changing nothing else.
+// Fuzz target: repetition / presence / frequency penalties and the logit bias (ops::penalize,
+// cpp/core/ops_sampling.cc, and the CPU kernel's walk of cpp/core/spec_math.h) on structured inputs
+// decoded from the bytes: logits with NaN / Inf / negatives, histories (distinct ascending tokens
+// with output counts) and row paths, direct or read through indices from a source tensor (a native
+// chain's picks), penalty values, a logit bias (-inf, finite and hostile values; tokens past the
+// vocabulary, out of order, repeated, a value too many), and now and then damage (unsorted or
+// repeated tokens, counts out of range, offsets past the end that a later one undercuts, rows naming
+// no sequence, path tokens or indices outside their range, non-finite penalties), and arrays staged
+// on the device beside the host ones (a wrong length or dtype among them). The harness decides on
+// its own whether the arguments are valid: the op must reject exactly the invalid ones with E_ARG,
+// and on the valid ones give a plain reference's logits bit for bit (the bias added in f32, then
+// sm::penalized_logit of each token with its history count plus its path count; a path token read
+// outside the vocabulary is skipped), changing nothing else.
 #include <cmath>
 #include <cstring>
 
@@ -50,6 +52,13 @@ FUZZ_NO_COVERAGE bool valid(const PenaltyArgs& a, int64_t N, int64_t V, int64_t 
     if (a.path_indptr[r] > a.path_indptr[r + 1] || a.path_indptr[r + 1] - a.path_indptr[r] > (1 << 20)) return false;
   for (int32_t t : a.path_tokens)
     if (t < 0 || t >= (a.path_source ? source_len : V)) return false;
+  if (a.bias_values.size() != a.bias_tokens.size()) return false;
+  for (size_t i = 0; i < a.bias_tokens.size(); ++i) {
+    const int32_t t = a.bias_tokens[i];
+    const float b = a.bias_values[i];
+    if (t < 0 || t >= V || (i > 0 && t <= a.bias_tokens[i - 1])) return false;
+    if (!(std::isfinite(b) || b == -INFINITY)) return false;
+  }
   return true;
 }
 
@@ -123,18 +132,42 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     src = Tensor::from_host(DType::i32, {static_cast<int64_t>(source.size())}, source.data());
     a.path_source = &src;
   }
+  const uint8_t stage = r.u8();
+  // A logit bias (read after the rest: the bytes of earlier inputs keep their meaning): ascending
+  // tokens by construction, some past the vocabulary, and now and then damaged.
+  const uint8_t bias = r.u8();
+  if (bias >= 112) {
+    int32_t tok = -1;
+    const int64_t n = r.range(1, 6);
+    for (int64_t i = 0; i < n; ++i) {
+      tok += static_cast<int32_t>(r.range(1, 8));
+      a.bias_tokens.push_back(tok);
+      a.bias_values.push_back(r.flag() ? static_cast<float>(r.range(0, 255)) / 8.0f - 16.0f : r.u8() < 128 ? -INFINITY : r.f32_hostile());
+    }
+    if (bias >= 240) {
+      switch (bias % 4) {
+        case 0: a.bias_tokens[static_cast<size_t>(r.range(0, n - 1))] = r.i32_hostile(static_cast<int32_t>(V)); break;
+        case 1: std::swap(a.bias_tokens.front(), a.bias_tokens.back()); break;
+        case 2: a.bias_values.push_back(1.0f); break;
+        default: a.bias_tokens.back() = a.bias_tokens.front(); break;
+      }
+    }
+  }
   bool ok = valid(a, N, V, static_cast<int64_t>(source.size()));
   // Now and then the arrays come staged (a caller's own upload, as eagle_expand's): each must be
-  // i32 and as long as its host array, or the call is E_ARG (the CPU reads the host arrays).
+  // i32 (the bias values f32) and as long as its host array, or the call is E_ARG (the CPU reads
+  // the host arrays).
   PenaltyArgs::Staged staged;
-  const uint8_t stage = r.u8();
   if (stage >= 160) {
     auto dev = [](const std::vector<int32_t>& v) { return Tensor::from_host(DType::i32, {static_cast<int64_t>(v.size())}, v.data()); };
-    staged = {dev(a.row_seq), dev(a.hist_indptr), dev(a.hist_tokens), dev(a.hist_counts), dev(a.path_indptr), dev(a.path_tokens)};
+    staged = {dev(a.row_seq), dev(a.hist_indptr), dev(a.hist_tokens), dev(a.hist_counts), dev(a.path_indptr), dev(a.path_tokens), dev(a.bias_tokens),
+              Tensor::from_host(DType::f32, {static_cast<int64_t>(a.bias_values.size())}, a.bias_values.data())};
     if (stage >= 232) {
-      Tensor* fields[] = {&staged.row_seq, &staged.hist_indptr, &staged.hist_tokens, &staged.hist_counts, &staged.path_indptr, &staged.path_tokens};
-      Tensor& f = *fields[stage % 6];
-      f = (stage & 8) ? Tensor::zeros(DType::i32, {f.numel() + 1}) : Tensor::zeros(DType::f32, {f.numel()});
+      Tensor* fields[] = {&staged.row_seq, &staged.hist_indptr, &staged.hist_tokens, &staged.hist_counts, &staged.path_indptr, &staged.path_tokens, &staged.bias_tokens,
+                          &staged.bias_values};
+      Tensor& f = *fields[stage % 8];
+      const bool f32 = &f == &staged.bias_values;
+      f = (stage & 8) ? Tensor::zeros(f32 ? DType::f32 : DType::i32, {f.numel() + 1}) : Tensor::zeros(f32 ? DType::i32 : DType::f32, {f.numel()});
       ok = false;
     }
     a.staged = &staged;
@@ -156,7 +189,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         const int32_t tok = indexed ? source[static_cast<size_t>(a.path_tokens[j])] : a.path_tokens[j];
         if (tok == v) seen = true, ++c;
       }
-      const float x = logits[static_cast<size_t>(row * V + v)];
+      float x = logits[static_cast<size_t>(row * V + v)];
+      for (size_t i = 0; i < a.bias_tokens.size(); ++i)
+        if (a.bias_tokens[i] == v) x = x + a.bias_values[i];
       const float want = seen ? sm::penalized_logit(x, static_cast<int32_t>(c), a.repetition, a.presence, a.frequency) : x;
       FUZZ_ASSERT(same_bits(got[row * V + v], want), "row ", row, " token ", v, ": ", got[row * V + v], ", expected ", want);
     }

@@ -4,7 +4,7 @@ import { setMaxListeners } from 'events';
 import { sharedEngine, type RequestOptions } from './engine/engine';
 import type { CausalLM } from './models/causal_lm';
 import type { DecodeStats } from './spec_engine';
-import { resolvePenalties, type Penalties } from './sampling';
+import { resolvePenalties, type Penalties, type ResolvedPenalties } from './sampling';
 import { isSampling, throwIfAborted } from './step_helpers';
 import type { SamplingConfig, Speculator } from './strategies/speculator';
 import { checkModel, checkSpeculator, codedError } from './strategies/speculator';
@@ -22,7 +22,7 @@ export interface SpeculativeDecoderOptions {
   readonly speculator?: Speculator;
   /** Omitted or temperature 0: greedy (bitwise the plain greedy output). */
   readonly sampling?: DecoderSampling;
-  /** Repetition / presence / frequency penalties (default none): the output is plain decoding's with them (plainGenerate's `penalties`). */
+  /** Repetition / presence / frequency penalties and a logit bias (default none): the output is plain decoding's with them (plainGenerate's `penalties`). */
   readonly penalties?: Penalties;
   /**
    * KV tokens kept free per sequence for its next tree, and so the most nodes a tree has
@@ -69,7 +69,7 @@ export class SpeculativeDecoder {
   readonly target: CausalLM;
   readonly speculator: Speculator | undefined;
   readonly sampling: DecoderSampling | undefined;
-  readonly penalties: Required<Penalties> | undefined;
+  readonly penalties: ResolvedPenalties | undefined;
   readonly treeReserveTokens: number | undefined;
 
   constructor(opts: SpeculativeDecoderOptions) {
@@ -83,7 +83,7 @@ export class SpeculativeDecoder {
     this.target = opts.target;
     this.speculator = opts.speculator;
     this.sampling = isSampling(opts.sampling) ? opts.sampling : undefined;
-    this.penalties = resolvePenalties(opts.penalties, 'penalties');
+    this.penalties = resolvePenalties(opts.penalties, 'penalties', opts.target.config.vocabSize);
     const reserve: unknown = opts.treeReserveTokens;
     if (reserve !== undefined && !(Number.isSafeInteger(reserve) && (reserve as number) >= 1)) throw codedError('E_ARG', `treeReserveTokens: expected an integer >= 1, got ${String(reserve)}`);
     this.treeReserveTokens = opts.treeReserveTokens;

@@ -16,7 +16,7 @@ export type { KernelProfile, TransferStats } from './transfers';
 export * as kv from './kv';
 export { KvCache } from './kv';
 export * as sampling from './sampling';
-export type { SamplingOptions, Penalties } from './sampling';
+export type { SamplingOptions, Penalties, LogitBias } from './sampling';
 export { verify, verifyMany } from './verify';
 export type { VerifyInput, VerifyOutput, VerifyMode } from './verify';
 export * as layers from './layers';

@@ -9,7 +9,7 @@ import { checkIgnoreEos, checkStopTokens, optionsArg } from './errors';
 import type { CausalLM, ChainOptions, SequenceInput } from './models/causal_lm';
 import { codedError } from './models/config';
 import { chainLength, observeChainStep } from './plain_chain';
-import { argmax, argmaxIds, penalizeRow, processLogits, resolvePenalties, sample, type Penalties, type PenaltyHistory } from './sampling';
+import { argmax, argmaxIds, penalizeRow, processLogits, resolvePenalties, sample, type Penalties, type PenaltyHistory, type ResolvedPenalties } from './sampling';
 import type { Tensor } from './tensor';
 
 export interface PlainOptions {
@@ -24,7 +24,7 @@ export interface PlainOptions {
   readonly stopTokens?: readonly number[];
   /** The model's EOS ids do not end a sequence (stopTokens still do): runs of a fixed length, for benchmarks. Default false. */
   readonly ignoreEos?: boolean;
-  /** Repetition / presence / frequency penalties on each step's logits (default none); native chains apply them too. */
+  /** Repetition / presence / frequency penalties and a logit bias on each step's logits (default none); native chains apply them too. */
   readonly penalties?: Penalties;
   readonly signal?: AbortSignal;
   /** Called with each new token of sequence `index` as soon as it is chosen (for streaming). */
@@ -77,7 +77,7 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
   checkIgnoreEos(options.ignoreEos);
   const stops = new Set<number>([...(options.ignoreEos === true ? [] : eosTokenIds), ...(options.stopTokens ?? [])]);
   const sampling = { temperature, topK: options.topK ?? 0, topP: options.topP ?? 1, minP: options.minP ?? 0 };
-  const penalties = resolvePenalties(options.penalties);
+  const penalties = resolvePenalties(options.penalties, 'penalties', vocabSize);
 
   const t0 = performance.now();
   const out: number[][] = prompts.map(() => []);
@@ -207,7 +207,7 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
 type ChainFn = (inputs: readonly SequenceInput[], steps: readonly number[], offsets: readonly (readonly bigint[])[], signal: AbortSignal | undefined, histories?: readonly PenaltyHistory[]) => Promise<Int32Array[]>;
 
 /** The model's chain call for this sampling (greedyChain, or sampledChain with its q rows let go), if it has one. */
-function chainCall(model: CausalLM, sampling: { temperature: number; topK: number; topP: number; minP: number }, seed: number, penalties?: Required<Penalties>): ChainFn | undefined {
+function chainCall(model: CausalLM, sampling: { temperature: number; topK: number; topP: number; minP: number }, seed: number, penalties?: ResolvedPenalties): ChainFn | undefined {
   const opts = (signal: AbortSignal | undefined, histories: readonly PenaltyHistory[] | undefined): ChainOptions => ({
     ...(signal ? { signal } : {}),
     ...(penalties && histories ? { penalties: { penalties, histories } } : {}),

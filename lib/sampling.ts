@@ -76,9 +76,9 @@ export function philox4x32(counter: Uint32Array, key: Uint32Array): Uint32Array 
 }
 
 /**
- * Penalties on the logits of tokens already in a sequence's history, applied before the logits are
- * processed, sampled or verified (plain steps and every row of a speculative step alike, so the
- * output of speculative decoding stays the plain output).
+ * Penalties on the logits of tokens already in a sequence's history, and a logit bias, applied
+ * before the logits are processed, sampled or verified (plain steps and every row of a speculative
+ * step alike, so the output of speculative decoding stays the plain output).
  */
 export interface Penalties {
   /** transformers' repetition_penalty: the logit l of a token in the prompt or the output becomes l / r if l > 0, else l * r. > 0; 1 = off (default). */
@@ -87,24 +87,125 @@ export interface Penalties {
   readonly presence?: number;
   /** OpenAI's frequency_penalty: subtracted from a token's logit per occurrence in the output. 0 = off (default). */
   readonly frequency?: number;
+  /**
+   * OpenAI's logit_bias: token id -> a bias added to that token's logit on every row, before the
+   * penalties above (vLLM's order) and before temperature; a finite number, or -Infinity to ban the
+   * token. A Map, or an object keyed by token id (as OpenAI's JSON); default none. Applied in f32.
+   */
+  readonly logitBias?: ReadonlyMap<number, number> | Readonly<Record<number, number>> | LogitBias;
 }
 
-/** Checks a penalties option (E_ARG naming the field); undefined when it asks for nothing. */
-export function resolvePenalties(p: Penalties | undefined, what = 'penalties'): Required<Penalties> | undefined {
+/** A resolved logit bias: distinct token ids ascending, each with its bias (f32; none 0). */
+export class LogitBias {
+  private below?: { vocab: number; bias: LogitBias | undefined };
+  constructor(
+    readonly tokens: Int32Array,
+    readonly values: Float32Array,
+  ) {}
+
+  /** The entries with tokens below `vocab` (a draft with a smaller vocabulary), undefined if none; kept for the last vocab asked. */
+  forVocabulary(vocab: number): LogitBias | undefined {
+    if (this.below?.vocab === vocab) return this.below.bias;
+    let n = 0;
+    while (n < this.tokens.length && (this.tokens[n] as number) < vocab) n++;
+    const bias = n === this.tokens.length ? this : n === 0 ? undefined : new LogitBias(this.tokens.slice(0, n), this.values.slice(0, n));
+    this.below = { vocab, bias };
+    return bias;
+  }
+
+  /** The entries mapped by `fn` into another vocabulary (EAGLE-3's draft ids; fn < 0: none there; distinct ids to distinct ids), undefined if none. */
+  mapTokens(fn: (t: number) => number): LogitBias | undefined {
+    const pairs: [number, number][] = [];
+    this.tokens.forEach((t, i) => {
+      const d = fn(t);
+      if (d >= 0) pairs.push([d, this.values[i] as number]);
+    });
+    pairs.sort((a, b) => a[0] - b[0]);
+    return pairs.length === 0 ? undefined : new LogitBias(Int32Array.from(pairs, (p) => p[0]), Float32Array.from(pairs, (p) => p[1]));
+  }
+
+  /** The entries as OpenAI's logit_bias object (JSON.stringify writes -Infinity as null). */
+  toJSON(): Record<number, number> {
+    return Object.fromEntries(Array.from(this.tokens, (t, i) => [t, this.values[i] as number]));
+  }
+
+  /** A stable text of the entries (settings that differ only here must not share an engine). */
+  key(): string {
+    return Array.from(this.tokens, (t, i) => `${t}:${this.values[i] as number}`).join(',');
+  }
+}
+
+/** Penalties as resolved: every number given, the logit bias (if any) in its resolved form. */
+export interface ResolvedPenalties {
+  readonly repetition: number;
+  readonly presence: number;
+  readonly frequency: number;
+  readonly logitBias?: LogitBias;
+}
+
+/**
+ * Checks a penalties option (E_ARG naming the field); undefined when it asks for nothing. With
+ * `vocabSize`, the logit bias's token ids must lie in [0, vocabSize).
+ */
+export function resolvePenalties(p: Penalties | undefined, what = 'penalties', vocabSize?: number): ResolvedPenalties | undefined {
   if (p === undefined) return undefined;
   optionsArg(p, what);
   const { repetition = 1, presence = 0, frequency = 0 } = p;
   if (typeof repetition !== 'number' || !Number.isFinite(repetition) || repetition <= 0) throw argError(`${what}.repetition: expected a finite number > 0, got ${String(repetition)}`);
   if (typeof presence !== 'number' || !Number.isFinite(presence)) throw argError(`${what}.presence: expected a finite number, got ${String(presence)}`);
   if (typeof frequency !== 'number' || !Number.isFinite(frequency)) throw argError(`${what}.frequency: expected a finite number, got ${String(frequency)}`);
+  const logitBias = resolveLogitBias(p.logitBias, `${what}.logitBias`, vocabSize);
   // (Math.fround: the native op takes f32; the rounded values are the ones applied.)
-  if (Math.fround(repetition) === 1 && Math.fround(presence) === 0 && Math.fround(frequency) === 0) return undefined;
-  return { repetition, presence, frequency };
+  if (Math.fround(repetition) === 1 && Math.fround(presence) === 0 && Math.fround(frequency) === 0 && !logitBias) return undefined;
+  return { repetition, presence, frequency, ...(logitBias ? { logitBias } : {}) };
+}
+
+function resolveLogitBias(b: Penalties['logitBias'], what: string, vocabSize: number | undefined): LogitBias | undefined {
+  if (b === undefined || b === null) return undefined;
+  const inVocab = (t: number): boolean => vocabSize === undefined || t < vocabSize;
+  if (b instanceof LogitBias) {
+    const bad = b.tokens.find((t) => !inVocab(t));
+    if (bad !== undefined) throw argError(`${what}: token ${bad} is outside the vocabulary [0, ${String(vocabSize)})`);
+    return checkNotAllBanned(b, what, vocabSize);
+  }
+  if (typeof b !== 'object' || Array.isArray(b)) throw argError(`${what}: expected a Map or an object of token id -> bias, got ${Array.isArray(b) ? 'an array' : typeof b}`);
+  const entries: [unknown, unknown][] = b instanceof Map ? [...(b as ReadonlyMap<unknown, unknown>)] : Object.entries(b);
+  const seen = new Map<number, number>();
+  for (const [k, v] of entries) {
+    // (An object's keys are strings: "12" names token 12; "1e1", "012" or " 12" name none.)
+    const t = typeof k === 'string' && /^(0|[1-9][0-9]*)$/.test(k) ? Number(k) : k;
+    if (typeof t !== 'number' || !Number.isInteger(t) || t < 0 || t > 2147483647) throw argError(`${what}: ${typeof k === 'string' ? JSON.stringify(k) : String(k)} is not a token id`);
+    if (!inVocab(t)) throw argError(`${what}: token ${t} is outside the vocabulary [0, ${String(vocabSize)})`);
+    if (typeof v !== 'number' || Number.isNaN(v) || v === Infinity) throw argError(`${what}: token ${t}'s bias is ${String(v)} (expected a finite number or -Infinity)`);
+    const f = Math.fround(v);
+    if (f === Infinity || (f === -Infinity && v !== -Infinity)) throw argError(`${what}: token ${t}'s bias ${v} does not fit in f32`);
+    if (f !== 0) seen.set(t, f);
+    else seen.delete(t);
+  }
+  if (seen.size === 0) return undefined;
+  const tokens = Int32Array.from(seen.keys()).sort();
+  return checkNotAllBanned(new LogitBias(tokens, Float32Array.from(tokens, (t) => seen.get(t) as number)), what, vocabSize);
+}
+
+/** A bias of -Infinity on every token leaves nothing to pick (greedy would pick a banned one). */
+function checkNotAllBanned(b: LogitBias, what: string, vocabSize: number | undefined): LogitBias {
+  if (vocabSize !== undefined && b.tokens.length === vocabSize && b.values.every((v) => v === -Infinity)) throw argError(`${what}: bans every token of the vocabulary (${vocabSize})`);
+  return b;
+}
+
+/** `r` for a model whose vocabulary is `vocab` tokens: its logit bias without the tokens at or past it. */
+export function penaltiesForVocabulary(r: ResolvedPenalties, vocab: number): ResolvedPenalties {
+  const b = r.logitBias;
+  if (!b) return r;
+  const within = b.forVocabulary(vocab);
+  if (within === b) return r;
+  const { logitBias: _, ...rest } = r;
+  return within ? { ...rest, logitBias: within } : rest;
 }
 
 /** Resolved penalties with one history per sequence (the heads' and drafts' penalized rows read them). */
 export interface HistoryPenalties {
-  readonly penalties: Required<Penalties>;
+  readonly penalties: ResolvedPenalties;
   readonly histories: readonly PenaltyHistory[];
 }
 
@@ -147,8 +248,16 @@ export function penalizeRow(logits: Tensor, r: number, p: Penalties, history: Pe
 
 const ONE_ROW = Int32Array.of(0);
 
-/** The native form of penalties over histories (one entry per history; rows are the caller's). */
-export function nativePenalties(r: Required<Penalties>, histories: readonly PenaltyHistory[]): SpecdecNative.NativeChainPenalties {
+/**
+ * The native form of penalties over histories (one entry per history; rows are the caller's). With
+ * a logit bias alone, the histories are sent empty (nothing reads them).
+ */
+export function nativePenalties(r: ResolvedPenalties, histories: readonly PenaltyHistory[]): SpecdecNative.NativeChainPenalties {
+  const bias = r.logitBias ? { biasTokens: r.logitBias.tokens, biasValues: r.logitBias.values } : {};
+  if (Math.fround(r.repetition) === 1 && Math.fround(r.presence) === 0 && Math.fround(r.frequency) === 0) {
+    const none = new Int32Array(0);
+    return { repetition: 1, presence: 0, frequency: 0, histIndptr: new Int32Array(histories.length + 1), histTokens: none, histCounts: none, ...bias };
+  }
   const histIndptr = new Int32Array(histories.length + 1);
   const parts = histories.map((h) => historyCounts(h));
   parts.forEach((c, s) => (histIndptr[s + 1] = (histIndptr[s] as number) + c.tokens.length));
@@ -158,11 +267,11 @@ export function nativePenalties(r: Required<Penalties>, histories: readonly Pena
     histTokens.set(c.tokens, histIndptr[s] as number);
     histCounts.set(c.counts, histIndptr[s] as number);
   });
-  return { repetition: r.repetition, presence: r.presence, frequency: r.frequency, histIndptr, histTokens, histCounts };
+  return { repetition: r.repetition, presence: r.presence, frequency: r.frequency, histIndptr, histTokens, histCounts, ...bias };
 }
 
 /** Penalties over histories with one row per history, no paths (samplingPenalize's argument for rows 0 .. S - 1). */
-export function nativeRowPenalties(r: Required<Penalties>, histories: readonly PenaltyHistory[]): SpecdecNative.NativePenalties {
+export function nativeRowPenalties(r: ResolvedPenalties, histories: readonly PenaltyHistory[]): SpecdecNative.NativePenalties {
   return { ...nativePenalties(r, histories), rowSeq: Int32Array.from(histories, (_, i) => i), pathIndptr: new Int32Array(histories.length + 1), pathTokens: new Int32Array(0) };
 }
 

@@ -17,7 +17,7 @@ import type {
 } from './strategies/speculator';
 import { knownForwardCost } from './cost_model';
 import { CHAIN_MAX_STEPS, CHAIN_SECONDS, chainLength, observeChainStep } from './plain_chain';
-import { argmaxIds, penalize, penalizeRow, processLogits, resolvePenalties, treePaths, type Penalties, type PenaltyHistory } from './sampling';
+import { argmaxIds, penalize, penalizeRow, processLogits, resolvePenalties, treePaths, type Penalties, type PenaltyHistory, type ResolvedPenalties } from './sampling';
 import { checkModel, checkSpeculator, codedError } from './strategies/speculator';
 import { gatherRows, isSampling, pickTokens, samplingOptions, throwIfAborted } from './step_helpers';
 import type { Tensor } from './tensor';
@@ -272,7 +272,7 @@ export class SpecEngine {
   readonly model: CausalLM;
   readonly speculator: Speculator | undefined;
   readonly sampling: SamplingConfig | undefined;
-  readonly penalties: Required<Penalties> | undefined;
+  readonly penalties: ResolvedPenalties | undefined;
   readonly phases: PhaseTimes = { prefill: 0, draft: 0, target: 0, verify: 0, commit: 0, update: 0 };
   /**
    * The last shared step this engine took part in: whether it was a speculative step (one verifying
@@ -287,13 +287,13 @@ export class SpecEngine {
     this.model = opts.model;
     this.speculator = opts.speculator;
     this.sampling = isSampling(opts.sampling) ? opts.sampling : undefined;
-    this.penalties = resolvePenalties(opts.penalties);
+    this.penalties = resolvePenalties(opts.penalties, 'penalties', opts.model.config.vocabSize);
   }
 
   ctx(signal?: AbortSignal): ProposeContext {
     // Without a signal the same (frozen) object every step: two allocations fewer per step.
     if (!signal && this.ctx0) return this.ctx0;
-    const c: { sampling?: SamplingConfig; signal?: AbortSignal; penalties?: Required<Penalties> } = {};
+    const c: { sampling?: SamplingConfig; signal?: AbortSignal; penalties?: ResolvedPenalties } = {};
     if (this.sampling) c.sampling = this.sampling;
     if (this.penalties) c.penalties = this.penalties;
     if (signal) c.signal = signal;
@@ -310,7 +310,7 @@ export class SpecEngine {
   soloCtx(signal?: AbortSignal): ProposeContext {
     if (!(this.model.speculativeChain || this.model.medusaChain)) return this.ctx(signal);
     if (!signal && this.soloCtx0) return this.soloCtx0;
-    const c: { sampling?: SamplingConfig; signal?: AbortSignal; penalties?: Required<Penalties>; draftChains: true } = { draftChains: true };
+    const c: { sampling?: SamplingConfig; signal?: AbortSignal; penalties?: ResolvedPenalties; draftChains: true } = { draftChains: true };
     if (this.sampling) c.sampling = this.sampling;
     if (this.penalties) c.penalties = this.penalties;
     if (signal) c.signal = signal;
@@ -1136,7 +1136,7 @@ function histories(seqs: readonly EngineSequence[]): PenaltyHistory[] {
 }
 
 /** A chain's penalties option for these sequences (none without penalties). */
-function chainPenalties(pen: Required<Penalties> | undefined, seqs: readonly EngineSequence[]): Pick<ChainOptions, 'penalties'> {
+function chainPenalties(pen: ResolvedPenalties | undefined, seqs: readonly EngineSequence[]): Pick<ChainOptions, 'penalties'> {
   return pen ? { penalties: { penalties: pen, histories: histories(seqs) } } : {};
 }
 
@@ -1145,7 +1145,7 @@ function chainPenalties(pen: Required<Penalties> | undefined, seqs: readonly Eng
  * continues its sequence's history with the tokens of its tree path (read from the device where a
  * proposal's tokens are a draft's device tail: one read).
  */
-function penalizeRows(out: ForwardOutput, seq0: number, seqs: readonly EngineSequence[], proposals: readonly Proposal[], pen: Required<Penalties>): void {
+function penalizeRows(out: ForwardOutput, seq0: number, seqs: readonly EngineSequence[], proposals: readonly Proposal[], pen: ResolvedPenalties): void {
   const r0 = out.indptr[seq0] as number, r1 = out.indptr[seq0 + seqs.length] as number;
   if (r1 <= r0) return;
   const rowSeq = new Int32Array(r1 - r0);

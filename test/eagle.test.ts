@@ -16,6 +16,7 @@ import { KEPT_TRACES } from '../lib/strategies/draft_model';
 import { EagleHead, EagleSpeculator, type EagleOptions } from '../lib/strategies/eagle';
 import { native } from '../lib/native';
 import { plainGenerate } from '../lib/plain';
+import type { Penalties } from '../lib/sampling';
 import { Tensor } from '../lib/tensor';
 import { TextTokenizer } from '../lib/tokenizer';
 import { transferCounters } from '../lib/transfers';
@@ -519,7 +520,7 @@ describe('EAGLE heads', function () {
     }
   });
 
-  it('with penalties, each row\'s children avoid what the target will penalize: its history\'s output and the nodes above it (both versions, native and op by op); draftPenalties: false does not', async function () {
+  it('with penalties, each row\'s children avoid what the target will penalize: its history\'s output and the nodes above it; with a logit bias banning tokens, no node is one (both versions, native and op by op); draftPenalties: false does not', async function () {
     if (!native().eagleExpand) this.skip();
     const target = await LlamaModel.load(writeTarget({ ...spec, layers: 8 }, seed + 7), { device: 'cpu', maxSequences: 4 });
     const heads = [EagleHead.load(writeEagleHead(headSpec), { device: 'cpu' }), EagleHead.load(writeEagle3Head(head3), { device: 'cpu' })];
@@ -528,43 +529,50 @@ describe('EAGLE heads', function () {
       const prompts = [4, 7].map((n) => Int32Array.from({ length: n }, () => 3 + Math.floor(r() * (spec.vocab - 3))));
       // A presence penalty no logit outweighs: a penalized token is never among a row's top 3 while
       // unpenalized ones remain (16 output tokens and a 4-deep path leave most of either vocabulary).
-      const penalties = { repetition: 1, presence: 1e4, frequency: 0 };
-      for (const [h, head] of heads.entries()) {
-        for (const nativeExpansion of [true, false]) {
-          const hits: number[] = [];
-          for (const draftPenalties of [true, false]) {
-            const speculator = new EagleSpeculator({ head, topK: 3, depth: 3, totalTokens: 10, draftPenalties });
-            speculator.nativeExpansion = nativeExpansion;
-            let hit = 0;
-            let nodes = 0;
-            const propose = speculator.propose.bind(speculator);
-            speculator.propose = (seqs, ctx) => {
-              const batch = propose(seqs, ctx);
-              batch.proposals.forEach((p, b) => {
-                const s = seqs[b]!;
-                const output = new Set(s.history.slice(s.promptLength));
-                for (let i = 1; i < p.tokens.length; i++) {
-                  const above = new Set<number>();
-                  for (let a = p.parents[i]!; a > 0; a = p.parents[a]!) above.add(p.tokens[a]!);
-                  nodes++;
-                  if (output.has(p.tokens[i]!) || above.has(p.tokens[i]!)) hit++;
-                }
-              });
-              return batch;
-            };
-            try {
-              const want = await plainGenerate(target, prompts, { maxNewTokens: 16, penalties, ignoreEos: true });
-              const got = await new SpeculativeDecoder({ target, speculator, penalties }).generateBatch(prompts, { maxNewTokens: 16, ignoreEos: true });
-              got.forEach((o, i) => assert.deepStrictEqual(Array.from(o.tokens), Array.from(want.tokens[i]!), `prompt ${i}: the penalized target's tokens`));
-            } finally {
-              speculator.dispose();
+      // A logit bias banning a third of the target's vocabulary: EAGLE-3 bans their draft ids.
+      const banned = new Set(Array.from({ length: spec.vocab }, (_, t) => t).filter((t) => t % 3 === 1));
+      const settings = [
+        { what: 'presence', penalties: { repetition: 1, presence: 1e4, frequency: 0 } as Penalties, hits: (t: number, output: Set<number>, above: Set<number>) => output.has(t) || above.has(t) },
+        { what: 'logit bias', penalties: { logitBias: new Map([...banned].map((t) => [t, -Infinity])) } as Penalties, hits: (t: number) => banned.has(t) },
+      ];
+      for (const { what: kind, penalties, hits: isHit } of settings) {
+        for (const [h, head] of heads.entries()) {
+          for (const nativeExpansion of [true, false]) {
+            const hits: number[] = [];
+            for (const draftPenalties of [true, false]) {
+              const speculator = new EagleSpeculator({ head, topK: 3, depth: 3, totalTokens: 10, draftPenalties });
+              speculator.nativeExpansion = nativeExpansion;
+              let hit = 0;
+              let nodes = 0;
+              const propose = speculator.propose.bind(speculator);
+              speculator.propose = (seqs, ctx) => {
+                const batch = propose(seqs, ctx);
+                batch.proposals.forEach((p, b) => {
+                  const s = seqs[b]!;
+                  const output = new Set(s.history.slice(s.promptLength));
+                  for (let i = 1; i < p.tokens.length; i++) {
+                    const above = new Set<number>();
+                    for (let a = p.parents[i]!; a > 0; a = p.parents[a]!) above.add(p.tokens[a]!);
+                    nodes++;
+                    if (isHit(p.tokens[i]!, output, above)) hit++;
+                  }
+                });
+                return batch;
+              };
+              try {
+                const want = await plainGenerate(target, prompts, { maxNewTokens: 16, penalties, ignoreEos: true });
+                const got = await new SpeculativeDecoder({ target, speculator, penalties }).generateBatch(prompts, { maxNewTokens: 16, ignoreEos: true });
+                got.forEach((o, i) => assert.deepStrictEqual(Array.from(o.tokens), Array.from(want.tokens[i]!), `prompt ${i}: the penalized target's tokens`));
+              } finally {
+                speculator.dispose();
+              }
+              assert.ok(nodes > 20, `${nodes} nodes drafted`);
+              hits.push(hit);
             }
-            assert.ok(nodes > 20, `${nodes} nodes drafted`);
-            hits.push(hit);
+            const what = `EAGLE-${h === 0 ? 1 : 3}, ${nativeExpansion ? 'native' : 'op by op'}, ${kind}`;
+            assert.strictEqual(hits[0], 0, `${what}: ${hits[0]} drafted nodes repeat their sequence's output or a node above them, or are banned`);
+            assert.ok(hits[1]! > 0, `${what}: without draftPenalties no node repeated one (the check has no power)`);
           }
-          const what = `EAGLE-${h === 0 ? 1 : 3}, ${nativeExpansion ? 'native' : 'op by op'}`;
-          assert.strictEqual(hits[0], 0, `${what}: ${hits[0]} drafted nodes repeat their sequence's output or a node above them`);
-          assert.ok(hits[1]! > 0, `${what}: without draftPenalties no node repeated one (the check has no power)`);
         }
       }
     } finally {

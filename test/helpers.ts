@@ -2,7 +2,7 @@
 import * as assert from 'assert';
 import { backends } from '../lib/backend';
 import { seededRandom } from '../lib/train/corpus';
-import type { Penalties } from '../lib/sampling';
+import type { ResolvedPenalties } from '../lib/sampling';
 
 /** Why CUDA tests cannot run here (undefined when they can). */
 export function cudaSkipReason(): string | undefined {
@@ -84,7 +84,7 @@ export function chiSquareCritical(dof: number, z = 3.719): number {
 }
 
 /** The reference: sm::penalized_logit in doubles rounded as the native op rounds (f32 ops are exact in double, then rounded once). */
-function refLogit(l: number, count: number, inHistory: boolean, p: Required<Penalties>): number {
+function refLogit(l: number, count: number, inHistory: boolean, p: ResolvedPenalties): number {
   if (!inHistory) return l;
   const r = Math.fround(p.repetition);
   if (r !== 1) l = l > 0 ? Math.fround(l / r) : Math.fround(l * r);
@@ -92,10 +92,15 @@ function refLogit(l: number, count: number, inHistory: boolean, p: Required<Pena
   return l;
 }
 
-/** Penalties applied to rows of x f32 [N, V] as ops::penalize applies them (row r continues hist[rowSeq[r]], then paths[r]). */
-export function refPenalize(x: Float32Array, V: number, p: Required<Penalties>, hist: { tokens: number[]; promptLength: number }[], rowSeq: Int32Array, paths: Int32Array[]): Float32Array {
+/**
+ * Penalties applied to rows of x f32 [N, V] as ops::penalize applies them (row r continues
+ * hist[rowSeq[r]], then paths[r]): the logit bias first (an f32 sum: the double sum rounded once),
+ * then the penalties on the sums.
+ */
+export function refPenalize(x: Float32Array, V: number, p: ResolvedPenalties, hist: { tokens: number[]; promptLength: number }[], rowSeq: Int32Array, paths: Int32Array[]): Float32Array {
   const out = Float32Array.from(x);
   for (let r = 0; r < rowSeq.length; r++) {
+    p.logitBias?.tokens.forEach((t, i) => (out[r * V + t] = Math.fround((out[r * V + t] as number) + (p.logitBias?.values[i] as number))));
     const h = hist[rowSeq[r] as number]!;
     const all = [...h.tokens, ...(paths[r] ?? [])];
     const seen = new Set(all);

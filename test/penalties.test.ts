@@ -1,6 +1,7 @@
-// Repetition / presence / frequency penalties: the native op against a plain JavaScript reference
-// (bit for bit), its argument checks, and decoding with them: plainGenerate against step-by-step
-// reference decoding, and every speculative strategy against plain decoding, greedy and sampled.
+// Repetition / presence / frequency penalties and the logit bias: the native op against a plain
+// JavaScript reference (bit for bit), its argument checks, and decoding with them: plainGenerate
+// against step-by-step reference decoding, and every speculative strategy against plain decoding,
+// greedy and sampled.
 import * as assert from 'assert';
 import { generateCommand, parseGenerateFlags } from '../lib/cli/generate';
 import { SpeculativeDecoder } from '../lib/decoder';
@@ -9,7 +10,7 @@ import { Engine } from '../lib/engine/engine';
 import { LlamaModel } from '../lib/models/llama';
 import { native } from '../lib/native';
 import { plainGenerate } from '../lib/plain';
-import { nativePenalties, penalize, resolvePenalties, treePaths, type Penalties } from '../lib/sampling';
+import { nativePenalties, penalize, resolvePenalties, treePaths, type Penalties, type ResolvedPenalties } from '../lib/sampling';
 import { DraftModelSpeculator, type DraftModelOptions } from '../lib/strategies/draft_model';
 import { EagleHead, EagleSpeculator } from '../lib/strategies/eagle';
 import { HybridSpeculator } from '../lib/strategies/hybrid';
@@ -27,7 +28,7 @@ const EMBEDDED = defaultModelPaths();
 /** penalize on `device` against the JavaScript reference, bit for bit. */
 function checkAgainstReference(device: 'cpu' | 'cuda'): void {
   const r = rng(testSeed + 71);
-  let changed = 0;
+  let changed = 0, biased = 0;
   for (let round = 0; round < 60; round++) {
     const V = 5 + Math.floor(r() * 60);
     const S = 1 + Math.floor(r() * 3);
@@ -50,12 +51,21 @@ function checkAgainstReference(device: 'cpu' | 'cuda'): void {
         paths.push(tp[i]!);
       }
     }
-    const kinds: Required<Penalties>[] = [
+    // A logit bias on a few tokens (some in the histories and paths, some -Infinity, some tiny
+    // against the logits: the f32 sum rounds).
+    const bias = (): Map<number, number> => {
+      const m = new Map<number, number>();
+      for (let n = 1 + Math.floor(r() * 6); n > 0; n--) m.set(Math.floor(r() * V), [-Infinity, 1e-7, (r() - 0.5) * 30][Math.floor(r() * 3)]!);
+      return m;
+    };
+    const kinds: ResolvedPenalties[] = [
       { repetition: 1.3, presence: 0, frequency: 0 },
       { repetition: 0.7, presence: 0, frequency: 0 },
       { repetition: 1, presence: 0.5, frequency: 0 },
       { repetition: 1, presence: 0, frequency: 0.3 },
       { repetition: 1 + r(), presence: r() * 4 - 2, frequency: r() * 4 - 2 },
+      resolvePenalties({ logitBias: bias() }) ?? { repetition: 1, presence: 0, frequency: 0 },
+      resolvePenalties({ repetition: 0.5 + r(), presence: r() * 4 - 2, frequency: r() * 4 - 2, logitBias: bias() })!,
     ];
     const p = kinds[round % kinds.length]!;
     const N = rowSeq.length;
@@ -65,11 +75,13 @@ function checkAgainstReference(device: 'cpu' | 'cuda'): void {
     penalize(t, p, hist, Int32Array.from(rowSeq), paths);
     const got = t.toFloat32();
     for (let i = 0; i < got.length; i++) {
-      assert.ok(Object.is(got[i], want[i]), `round ${round}, element ${i}: ${got[i]} != ${want[i]} (${JSON.stringify(p)})`);
+      assert.ok(Object.is(got[i], want[i]), `round ${round}, element ${i}: ${got[i]} != ${want[i]} (${JSON.stringify(p)} ${p.logitBias?.key() ?? ''})`);
       if (got[i] !== x[i]) changed++;
+      if (got[i] !== x[i] && p.logitBias) biased++;
     }
   }
   assert.ok(changed > 200, `${changed} logits changed`);
+  assert.ok(biased > 40, `${biased} logits changed under a logit bias`);
   // A view of some rows: only those change.
   const V = 8;
   const x = Float32Array.from({ length: 3 * V }, (_, i) => i - 10);
@@ -99,6 +111,17 @@ describe('penalties', () => {
       eagle = EagleHead.load(EMBEDDED.eagle, { device: 'cpu' });
       const tok = TextTokenizer.load(EMBEDDED.target) as TextTokenizer;
       prompts = ['once upon a time', 'the dog ran to the park and'].map((t) => tok.encode(t));
+      // Logit biases that move greedy output: the plain outputs' most frequent tokens banned or
+      // lowered, a prompt token raised; alone, and with a presence penalty.
+      const plain = await plainGenerate(target, prompts, { maxNewTokens: N, ignoreEos: true });
+      const freq = new Map<number, number>();
+      for (const t of plain.tokens) for (const x of t) freq.set(x, (freq.get(x) ?? 0) + 1);
+      const top = [...freq.entries()].sort((a, b) => b[1] - a[1] || a[0] - b[0]).map((e) => e[0]);
+      P.push(
+        resolvePenalties({ logitBias: { [top[0]!]: -Infinity, [top[1]!]: -3, [prompts[0]![1]!]: 2.5 } })!,
+        resolvePenalties({ presence: 0.4, logitBias: new Map([[top[2]!, -Infinity], [top[0]!, -1.5]]) })!,
+      );
+      BANNED.push([top[0]!], [top[2]!]);
     });
     after(() => {
       heads.dispose();
@@ -106,10 +129,12 @@ describe('penalties', () => {
       target.dispose();
       draft.dispose();
     });
-    const P: Required<Penalties>[] = [
+    const P: ResolvedPenalties[] = [
       { repetition: 1.3, presence: 0, frequency: 0 },
       { repetition: 1, presence: 0.6, frequency: 0.4 },
     ];
+    // P[i + 2]'s tokens banned (a logit bias of -Infinity).
+    const BANNED: number[][] = [];
     const N = 40;
 
     it('plainGenerate with penalties == step-by-step reference decoding (JavaScript penalties and argmax on the model\'s logits); they change the output', async () => {
@@ -208,6 +233,10 @@ describe('penalties', () => {
         [{ histTokens: Int32Array.of(4, V, 7) }, /outside the vocabulary/],
         [{ histCounts: Int32Array.of(0, -3, 2) }, /histCounts: -3/],
         [{ histIndptr: Int32Array.of(0, 3), histTokens: Int32Array.of(4, 7, 9) }, /histories, expected 2|inputs, expected 2|names sequence 1 of 1/],
+        [{ biasTokens: Int32Array.of(3, V), biasValues: Float32Array.of(1, 1) }, new RegExp(`logitBias: token ${V} is outside the vocabulary`)],
+        [{ biasTokens: Int32Array.of(9, 4), biasValues: Float32Array.of(1, 1) }, /logitBias: the tokens must be distinct and ascending \(9 then 4\)/],
+        [{ biasTokens: Int32Array.of(4), biasValues: Float32Array.of(NaN) }, /logitBias: token 4's bias is nan/i],
+        [{ biasTokens: Int32Array.of(4, 5), biasValues: Float32Array.of(1) }, /logitBias: 1 values for 2 tokens/],
       ];
       const ts = [target.createSequence(), target.createSequence()];
       const ds = [draft.createSequence(), draft.createSequence()];
@@ -301,6 +330,7 @@ describe('penalties', () => {
         using none = new SpeculativeDecoder({ target, sampling, penalties: p });
         const want = await none.generateBatch(prompts, { maxNewTokens: N, ignoreEos: true });
         want.forEach((r, i) => assert.deepStrictEqual(Array.from(r.tokens), Array.from(plain.tokens[i] as Int32Array), `no speculator == plainGenerate, prompt ${i}`));
+        for (const t of BANNED[P.indexOf(p) - 2] ?? []) assert.ok(want.every((r) => !r.tokens.includes(t)), `banned token ${t} drawn`);
         for (const [name, make] of speculators()) {
           if (name.startsWith('draft') || name.startsWith('hybrid')) continue;  // sampled drafts: the same distribution, other draws
           using dec = new SpeculativeDecoder({ target, speculator: make(), sampling, penalties: p });
@@ -310,7 +340,7 @@ describe('penalties', () => {
       }
     });
 
-    it('specdec generate --repetition-penalty / --presence-penalty / --frequency-penalty: plain and speculative, plainGenerate\'s tokens', async () => {
+    it('specdec generate --repetition-penalty / --presence-penalty / --frequency-penalty / --logit-bias: plain and speculative, plainGenerate\'s tokens', async () => {
       const tok = TextTokenizer.load(EMBEDDED.target) as TextTokenizer;
       const want = await plainGenerate(target, [tok.encode('once upon a time')], { maxNewTokens: 24, penalties: { repetition: 1.3, presence: 0.5, frequency: 0.25 } });
       for (const extra of [[], ['--draft', 'default'], ['--medusa', 'default'], ['--prompt-lookup', '2']]) {
@@ -320,6 +350,24 @@ describe('penalties', () => {
         assert.strictEqual(code, 0);
         assert.deepStrictEqual((JSON.parse(out) as { tokens: number[] }).tokens, Array.from(want.tokens[0] as Int32Array), extra.join(' '));
       }
+      // --logit-bias: a banned token and a raised one.
+      const b = P[2]!.logitBias!;
+      const flag = Array.from(b.tokens, (t, i) => `${t}=${b.values[i] === -Infinity ? '-inf' : b.values[i]}`).join(',');
+      const wantBiased = await plainGenerate(target, [tok.encode('once upon a time')], { maxNewTokens: 24, penalties: { presence: 0.5, logitBias: b } });
+      assert.notDeepStrictEqual(wantBiased.tokens[0], want.tokens[0]);
+      for (const extra of [[], ['--draft', 'default'], ['--eagle', 'default']]) {
+        let out = '';
+        const code = await generateCommand(['--prompt', 'once upon a time', '--max-new-tokens', '24', '--device', 'cpu', '--json', '--presence-penalty', '0.5', '--logit-bias', flag, ...extra],
+          { stdout: (t) => (out += t), stderr: () => undefined });
+        assert.strictEqual(code, 0);
+        assert.deepStrictEqual((JSON.parse(out) as { tokens: number[] }).tokens, Array.from(wantBiased.tokens[0] as Int32Array), `--logit-bias ${flag} ${extra.join(' ')}`);
+      }
+      assert.deepStrictEqual(parseGenerateFlags(['--prompt', 'x', '--logit-bias', '5=-inf, 7=2.5,5=-1']).penalties, { logitBias: new Map([[5, -1], [7, 2.5]]) });
+      for (const bad of ['5', '5=', 'x=1', '-1=2', '5=inf', '5=nan', '5=1,,6=2']) assert.throws(() => parseGenerateFlags(['--prompt', 'x', '--logit-bias', bad]), /--logit-bias: expected ID=BIAS pairs/, bad);
+      let err = '';
+      const code = await generateCommand(['--prompt', 'x', '--max-new-tokens', '2', '--device', 'cpu', '--logit-bias', `${target.config.vocabSize}=1`], { stdout: () => undefined, stderr: (t) => (err += t) });
+      assert.notStrictEqual(code, 0);
+      assert.match(err, new RegExp(`logitBias: token ${target.config.vocabSize} is outside the vocabulary`));
       assert.deepStrictEqual(parseGenerateFlags(['--prompt', 'x', '--presence-penalty', '-1']).penalties, { presence: -1 });
       assert.strictEqual(parseGenerateFlags(['--prompt', 'x']).penalties, undefined);
       assert.throws(() => parseGenerateFlags(['--prompt', 'x', '--repetition-penalty', '0']), /--repetition-penalty: expected a number > 0/);
@@ -333,14 +381,30 @@ describe('penalties', () => {
           engine.submit(prompts[0] as Int32Array, { maxNewTokens: N, penalties: P[0]!, ignoreEos: true }),
           engine.submit(prompts[0] as Int32Array, { maxNewTokens: N, ignoreEos: true }),
           engine.submit(prompts[1] as Int32Array, { maxNewTokens: N, penalties: P[1]!, ignoreEos: true }),
+          engine.submit(prompts[1] as Int32Array, { maxNewTokens: N, penalties: P[2]!, ignoreEos: true }),
+          // The same logit bias as an object (a setting of its own only by its entries).
+          engine.submit(prompts[0] as Int32Array, { maxNewTokens: N, penalties: { logitBias: Object.fromEntries(Array.from(P[2]!.logitBias!.tokens, (t, i) => [t, P[2]!.logitBias!.values[i] as number])) }, ignoreEos: true }),
+          // Another logit bias alone: not P[2]'s engine.
+          engine.submit(prompts[0] as Int32Array, { maxNewTokens: N, penalties: { logitBias: { [BANNED[1]![0]!]: -Infinity } }, ignoreEos: true }),
         ]);
         const want = [
           await plainGenerate(target, [prompts[0] as Int32Array], { maxNewTokens: N, penalties: P[0]!, ignoreEos: true }),
           await plainGenerate(target, [prompts[0] as Int32Array], { maxNewTokens: N, ignoreEos: true }),
           await plainGenerate(target, [prompts[1] as Int32Array], { maxNewTokens: N, penalties: P[1]!, ignoreEos: true }),
+          await plainGenerate(target, [prompts[1] as Int32Array], { maxNewTokens: N, penalties: P[2]!, ignoreEos: true }),
+          await plainGenerate(target, [prompts[0] as Int32Array], { maxNewTokens: N, penalties: P[2]!, ignoreEos: true }),
+          await plainGenerate(target, [prompts[0] as Int32Array], { maxNewTokens: N, penalties: { logitBias: { [BANNED[1]![0]!]: -Infinity } }, ignoreEos: true }),
         ];
         runs.forEach((r, i) => assert.deepStrictEqual(Array.from(r.tokens), Array.from(want[i]!.tokens[0] as Int32Array), `request ${i}`));
         await assert.rejects(engine.submit(prompts[0] as Int32Array, { maxNewTokens: 2, penalties: { repetition: -1 } }), (e: Error & { code?: string }) => e.code === 'E_ARG' && /repetition/.test(e.message));
+        // A token outside the vocabulary: refused at submit (E_ARG), the requests beside it unharmed.
+        const V = target.config.vocabSize;
+        const [bad, good] = await Promise.allSettled([
+          engine.submit(prompts[0] as Int32Array, { maxNewTokens: 4, penalties: { logitBias: { [V]: 1 } } }),
+          engine.submit(prompts[0] as Int32Array, { maxNewTokens: 4, penalties: P[2]!, ignoreEos: true }),
+        ]);
+        assert.ok(bad.status === 'rejected' && (bad.reason as { code?: string }).code === 'E_ARG' && new RegExp(`penalties.logitBias: token ${V} is outside the vocabulary`).test(String(bad.reason)), String(bad.status === 'rejected' ? bad.reason : 'fulfilled'));
+        assert.ok(good.status === 'fulfilled' && good.value.tokens.length === 4);
       } finally {
         engine.close();
       }
@@ -357,9 +421,15 @@ describe('penalties', () => {
     for (let k = 0; k < 300; k++) {
       const p: Record<string, unknown> = {};
       for (const f of ['repetition', 'presence', 'frequency']) if (r() < 0.7) p[f] = r() < 0.5 ? hostile() : r() * 4 - 1;
+      if (r() < 0.4) {
+        const key = (): unknown => (r() < 0.5 ? Math.floor(r() * 40) - 4 : hostile());
+        const u = r();
+        p['logitBias'] = u < 0.2 ? hostile() : u < 0.6 ? Object.fromEntries([[String(key()), r() < 0.5 ? hostile() : r() * 10 - 5]]) : new Map([[key(), r() < 0.5 ? hostile() : r() * 10 - 5]]);
+      }
       try {
-        const ok = resolvePenalties(p as Penalties);
-        if (ok) for (const v of Object.values(ok)) assert.ok(Number.isFinite(v));
+        const ok = resolvePenalties(p as Penalties, 'penalties', 32);
+        if (ok) for (const v of [ok.repetition, ok.presence, ok.frequency, ...(ok.logitBias?.values ?? [])]) assert.ok(Number.isFinite(v) || v === -Infinity);
+        if (ok?.logitBias) assert.ok(ok.logitBias.tokens.every((t, i) => t >= 0 && t < 32 && (i === 0 || t > ok.logitBias!.tokens[i - 1]!)));
         ran++;
       } catch (e) {
         assert.strictEqual((e as { code?: string }).code, 'E_ARG', String(e));
@@ -379,10 +449,15 @@ describe('penalties', () => {
         rowSeq: arr(Math.floor(r() * 5)), histIndptr: arr(Math.floor(r() * 4)), histTokens: arr(Math.floor(r() * 6)), histCounts: arr(Math.floor(r() * 6)),
         pathIndptr: arr(Math.floor(r() * 5)), pathTokens: arr(Math.floor(r() * 5)),
       };
-      if (r() < 0.1) o[['rowSeq', 'histTokens', 'pathIndptr'][Math.floor(r() * 3)]!] = hostile();
+      if (r() < 0.3) {
+        const n = Math.floor(r() * 4);
+        o['biasTokens'] = arr(n);
+        o['biasValues'] = Float32Array.from({ length: r() < 0.8 ? n : n + 1 }, () => [-Infinity, Infinity, NaN, 1e38, -3][Math.floor(r() * 5)]!);
+      }
+      if (r() < 0.1) o[['rowSeq', 'histTokens', 'pathIndptr', 'biasTokens', 'biasValues'][Math.floor(r() * 5)]!] = hostile();
       try {
         pen(t, o as unknown as Parameters<typeof pen>[1]);
-        for (const v of t.toFloat32()) assert.ok(Number.isFinite(v));
+        for (const v of t.toFloat32()) assert.ok(Number.isFinite(v) || v === -Infinity);
       } catch (e) {
         assert.ok(['E_ARG'].includes((e as { code?: string }).code as string), String(e));
         nativeRefused++;
@@ -451,10 +526,56 @@ describe('penalties', () => {
       [{ repetition: -1 }, /repetitionPenalty: expected a finite number > 0/],
       [{ presence: NaN }, /presence/],
       [{ frequency: Infinity }, /frequency/],
+      [{ biasTokens: Int32Array.of(6), biasValues: Float32Array.of(1) }, /logitBias: token 6 is outside the vocabulary \[0, 6\)/],
+      [{ biasTokens: Int32Array.of(-1), biasValues: Float32Array.of(1) }, /logitBias: token -1 is outside/],
+      [{ biasTokens: Int32Array.of(2, 2), biasValues: Float32Array.of(1, 1) }, /distinct and ascending \(2 then 2\)/],
+      [{ biasTokens: Int32Array.of(2), biasValues: Float32Array.of(Infinity) }, /logitBias: token 2's bias is inf/],
+      [{ biasTokens: Int32Array.of(2), biasValues: Float32Array.of(1, 2) }, /logitBias: 2 values for 1 tokens/],
+      [{ biasTokens: Int32Array.of(2), biasValues: Int32Array.of(1) }, /biasValues: expected a Float32Array/],
+      [{ biasTokens: Int32Array.of(2) }, /biasValues: expected a Float32Array/],
     ];
     for (const [bad, re] of cases) assertThrowsCode(() => pen(t, { ...ok, ...bad } as typeof ok), 'E_ARG', re);
     using h = Tensor.fromArray(new Float32Array(2 * V), 'f16', [2, V]);
     assertThrowsCode(() => pen(h, ok), 'E_ARG', /logits/);
+    // The bias first, then the penalties on the sums: token 3 (count 2 in the output, presence 1)
+    // biased +5 then penalized, token 0 banned, token 5 biased in row 0 and on row 1's path.
+    using u = Tensor.fromArray(new Float32Array(2 * V), 'f32', [2, V]);
+    pen(u, { ...ok, repetition: 2, biasTokens: Int32Array.of(0, 3, 5), biasValues: Float32Array.of(-Infinity, 5, -0.5) });
+    assert.deepStrictEqual(Array.from(u.toFloat32()), [-Infinity, 0, 0, 1.5, 0, -0.5, -Infinity, 0, 0, 1.5, 0, -2]);
+
+    // The option: a Map or an object of token id -> bias (f32), checked against the vocabulary when
+    // it is known; zero biases dropped; a resolved bias passes through.
+    const lb = (b: unknown, vocab?: number) => resolvePenalties({ logitBias: b } as Penalties, 'penalties', vocab)?.logitBias;
+    assert.strictEqual(resolvePenalties({ logitBias: {} }), undefined);
+    assert.strictEqual(resolvePenalties({ logitBias: { 3: 0, 4: -0 } }), undefined);
+    const got = lb({ 7: 1.1, 2: -Infinity, 0: -0, 5: 3 }, 8)!;
+    assert.deepStrictEqual([Array.from(got.tokens), Array.from(got.values)], [[2, 5, 7], [-Infinity, 3, Math.fround(1.1)]]);
+    assert.strictEqual(lb(got, 8), got);
+    assert.deepStrictEqual(JSON.parse(JSON.stringify(got)), { 2: null, 5: 3, 7: Math.fround(1.1) });
+    assert.deepStrictEqual(Array.from(lb(new Map([[9, 2], [1, 1]]))!.tokens), [1, 9]);
+    assert.deepStrictEqual(resolvePenalties({ presence: 0.5, logitBias: { 1: 0 } }), { repetition: 1, presence: 0.5, frequency: 0 });
+    const badOptions: [unknown, RegExp, number?][] = [
+      [{ 8: 1 }, /penalties\.logitBias: token 8 is outside the vocabulary \[0, 8\)/, 8],
+      [got, /penalties\.logitBias: token 7 is outside the vocabulary \[0, 6\)/, 6],
+      [{ '-1': 1 }, /"-1" is not a token id/],
+      [{ '1.5': 1 }, /"1.5" is not a token id/],
+      [{ '01': 1 }, /"01" is not a token id/],
+      [new Map([[2.5, 1]]), /2\.5 is not a token id/],
+      [{ 3: NaN }, /token 3's bias is NaN/],
+      [{ 3: Infinity }, /token 3's bias is Infinity/],
+      [{ 3: '1' }, /token 3's bias is 1 \(expected a finite number or -Infinity\)/],
+      [{ 3: 1e39 }, /token 3's bias 1e\+39 does not fit in f32/],
+      [{ 0: -Infinity, 1: -Infinity }, /bans every token of the vocabulary \(2\)/, 2],
+      [[1, 2], /expected a Map or an object of token id -> bias, got an array/],
+      ['x', /expected a Map or an object/],
+    ];
+    for (const [b, re, vocab] of badOptions) assertThrowsCode(() => lb(b, vocab), 'E_ARG', re);
+    // forVocabulary (a draft's smaller vocabulary) and mapTokens (EAGLE-3's draft ids).
+    assert.strictEqual(got.forVocabulary(8), got);
+    assert.deepStrictEqual(Array.from(got.forVocabulary(6)!.tokens), [2, 5]);
+    assert.strictEqual(got.forVocabulary(2), undefined);
+    const m = got.mapTokens((t) => (t === 5 ? -1 : 10 - t))!;
+    assert.deepStrictEqual([Array.from(m.tokens), Array.from(m.values)], [[3, 8], [Math.fround(1.1), -Infinity]]);
   });
 });
 

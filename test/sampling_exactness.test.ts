@@ -14,7 +14,7 @@ import { LookaheadSpeculator } from '../lib/strategies/lookahead';
 import { MedusaHeads, MedusaSpeculator } from '../lib/strategies/medusa';
 import { PromptLookupSpeculator } from '../lib/strategies/prompt_lookup';
 import type { Speculator } from '../lib/strategies/speculator';
-import type { Penalties } from '../lib/sampling';
+import { resolvePenalties, type ResolvedPenalties } from '../lib/sampling';
 import { Tensor } from '../lib/tensor';
 import { writeEagle3Head, writeEagleHead } from './fixtures/eagle_head';
 import { writeMedusaHeads } from './fixtures/medusa_heads';
@@ -40,7 +40,7 @@ function refProbs(logits: Float32Array, T: number, topK: number): Float64Array {
 }
 
 /** Joint reference distribution of the first three new tokens (with penalties: on each row's logits, after the prompt). */
-function reference(model: ToyLM, prompt: number[], T: number, topK: number, pen?: Required<Penalties>): Float64Array {
+function reference(model: ToyLM, prompt: number[], T: number, topK: number, pen?: ResolvedPenalties): Float64Array {
   const joint = new Float64Array(V * V * V);
   const L = prompt.length;
   const logits = (ctx: number[]): Float32Array => {
@@ -142,8 +142,12 @@ describe('speculative sampling is exact (toy model, chi-square)', function () {
 
   // Penalties that move the distribution: every token is in the prompt (repetition), and the
   // output's tokens lose presence + frequency per occurrence.
-  const PEN: Required<Penalties> = { repetition: 1.6, presence: 0.5, frequency: 0.3 };
-  const cases: { name: string; make: () => Speculator | undefined; topK?: number; minAccept?: number; penalties?: Required<Penalties> }[] = [
+  const PEN: ResolvedPenalties = { repetition: 1.6, presence: 0.5, frequency: 0.3 };
+  // A logit bias alone and with them: a token banned, one the shorter draft and the EAGLE-3 head
+  // lack raised (their drafts keep only the ids they have), one lowered.
+  const BIAS = resolvePenalties({ logitBias: { 1: -Infinity, 5: 2, 3: -0.7 } })!;
+  const PEN_BIAS = resolvePenalties({ ...PEN, logitBias: { 2: -Infinity, 4: 1.5, 0: -1 } })!;
+  const cases: { name: string; make: () => Speculator | undefined; topK?: number; minAccept?: number; penalties?: ResolvedPenalties }[] = [
     { name: 'plain (no speculator)', make: () => undefined },
     { name: 'draft model chain k=3 (sampled drafts, q passed)', make: () => new DraftModelSpeculator({ draft: partial(), k: 3 }) },
     { name: 'draft model chain, top-k 4 on p and q', make: () => new DraftModelSpeculator({ draft: partial(), k: 2 }), topK: 4 },
@@ -176,6 +180,12 @@ describe('speculative sampling is exact (toy model, chi-square)', function () {
     { name: 'penalties: a shorter-vocabulary draft (the ids it lacks out of its histories), chain k=3', make: () => new DraftModelSpeculator({ draft: shorter(), k: 3 }), penalties: PEN },
     { name: 'penalties: draft model tree [3,2] (penalized one-hot drafts)', make: () => new DraftModelSpeculator({ draft: partial(), treeBranching: [3, 2] }), penalties: PEN },
     { name: 'penalties: Medusa exact (tree rejection), top-k 4 on p', make: () => new MedusaSpeculator({ heads, choices: [[0], [1], [2], [0, 0], [0, 1], [1, 0]] }), topK: 4, penalties: PEN },
+    { name: 'logit bias: plain (no speculator)', make: () => undefined, penalties: BIAS },
+    { name: 'logit bias: draft model chain k=3 (q biased)', make: () => new DraftModelSpeculator({ draft: partial(), k: 3 }), penalties: BIAS },
+    { name: 'logit bias + penalties: a shorter-vocabulary draft, chain k=3 (its bias without the ids it lacks)', make: () => new DraftModelSpeculator({ draft: shorter(), k: 3 }), penalties: PEN_BIAS },
+    { name: 'logit bias + penalties: hybrid with a shorter-vocabulary draft (+ prompt lookup)', make: () => new HybridSpeculator({ draft: shorter(), draftSpeculator: new PromptLookupSpeculator(), k: 3 }), penalties: PEN_BIAS },
+    { name: 'logit bias + penalties: Medusa exact (tree rejection)', make: () => new MedusaSpeculator({ heads, choices: [[0], [1], [2], [0, 0], [0, 1], [1, 0]] }), penalties: PEN_BIAS },
+    { name: 'logit bias + penalties: EAGLE-3 head (its bias in its draft ids)', make: () => new EagleSpeculator({ head: eagle3, topK: 2, depth: 2, totalTokens: 5 }), penalties: PEN_BIAS },
   ];
 
   for (const c of cases) {

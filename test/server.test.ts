@@ -70,6 +70,13 @@ describe('specdec serve', function () {
     const plain = await plainGenerate(server.engine.model, [tokenizer.encode(body.prompt)], { maxNewTokens: 24, penalties: { presence: 0.6, frequency: 0.4, repetition: 1.2 } });
     assert.deepStrictEqual(completionTokens(penalized), Array.from(plain.tokens[0]!));
     assert.notDeepStrictEqual(completionTokens(penalized).slice(0, 12), ids);
+    // logit_bias too: the greedy path's first two tokens banned (-100) and lowered, the rest as
+    // plainGenerate with the same bias.
+    const logitBias = { [String(ids[0])]: -100, [String(ids[1])]: -2.5 };
+    const biased = await postJson(`${url}/v1/completions`, { ...body, max_tokens: 24, presence_penalty: 0.6, logit_bias: logitBias });
+    const plainBiased = await plainGenerate(server.engine.model, [tokenizer.encode(body.prompt)], { maxNewTokens: 24, penalties: { presence: 0.6, logitBias } });
+    assert.deepStrictEqual(completionTokens(biased), Array.from(plainBiased.tokens[0]!));
+    assert.ok(!completionTokens(biased).includes(ids[0]!), 'a token biased -100 is not emitted');
     const dog = { ...body, prompt: 'the dog ran to the park', max_tokens: 16 };
     const dogIds = completionTokens(await postJson(`${url}/v1/completions`, dog));
     const hot = { ...dog, temperature: 1.5, seed: 7 };
@@ -149,7 +156,12 @@ describe('specdec serve', function () {
       [{ prompt: 'x', presence_penalty: 2.5 }, 'presence_penalty'],
       [{ prompt: 'x', frequency_penalty: 'high' }, 'frequency_penalty'],
       [{ prompt: 'x', repetition_penalty: 0 }, 'repetition_penalty'],
-      [{ prompt: 'x', logit_bias: { '5': 100 } }, 'logit_bias'],
+      [{ prompt: 'x', logit_bias: { '5': 101 } }, 'logit_bias'],
+      [{ prompt: 'x', logit_bias: { '5': '1' } }, 'logit_bias'],
+      [{ prompt: 'x', logit_bias: { '-5': 1 } }, 'logit_bias'],
+      [{ prompt: 'x', logit_bias: { '99999': 1 } }, 'logit_bias'],
+      [{ prompt: 'x', logit_bias: { abc: 1 } }, 'logit_bias'],
+      [{ prompt: 'x', logit_bias: [1] }, 'logit_bias'],
       [{ prompt: 'x', logprobs: 2 }, 'logprobs'],
       [{ prompt: 'x', top_logprobs: 2 }, 'top_logprobs'],
       [{ prompt: 'x', best_of: 3 }, 'best_of'],

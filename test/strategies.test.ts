@@ -604,22 +604,28 @@ async function paddedVocabCase(device: 'cpu' | 'cuda'): Promise<void> {
       spec.dispose?.();
     }
     // Penalties: the draft drafts with them over its histories without the ids it lacks (the last
-    // prompt's padding ids), in the native chain (chain k=4) and per step (tree).
-    const pen = { repetition: 1.3, presence: 0.5, frequency: 0.3 };
-    const plainPen = await plainGenerate(padded, ps, { maxNewTokens: maxNew, penalties: pen });
-    for (const [name, spec] of [
-      ['chain k=4', new DraftModelSpeculator({ draft: short, k: 4 })],
-      ['tree [2,2,1]', new DraftModelSpeculator({ draft: short, treeBranching: [2, 2, 1] })],
-    ] as const) {
-      const res = await new SpeculativeDecoder({ target: padded, speculator: spec, penalties: pen }).generateBatch(ps, { maxNewTokens: maxNew });
-      res.forEach((r, i) => assert.deepStrictEqual(Array.from(r.tokens), Array.from(plainPen.tokens[i]!), `${name} with penalties: sequence ${i}`));
-      if (name === 'chain k=4') {
-        for (const i of [0, 1]) {
-          const st = res[i]!.stats;
-          assert.ok(st.proposedDraftTokens > 0 && st.acceptedDraftTokens / st.proposedDraftTokens >= 0.99, `${name} with penalties, sequence ${i}: ${st.acceptedDraftTokens}/${st.proposedDraftTokens} accepted`);
+    // prompt's padding ids), in the native chain (chain k=4) and per step (tree). A logit bias too,
+    // without the ids it lacks (one padding id lowered, the plain output's first token banned).
+    const pens = [
+      { repetition: 1.3, presence: 0.5, frequency: 0.3 },
+      { presence: 0.5, logitBias: { [Vd + 3]: -2, [plain.tokens[0]![0]!]: -Infinity } },
+    ];
+    for (const pen of pens) {
+      const plainPen = await plainGenerate(padded, ps, { maxNewTokens: maxNew, penalties: pen });
+      for (const [name, spec] of [
+        ['chain k=4', new DraftModelSpeculator({ draft: short, k: 4 })],
+        ['tree [2,2,1]', new DraftModelSpeculator({ draft: short, treeBranching: [2, 2, 1] })],
+      ] as const) {
+        const res = await new SpeculativeDecoder({ target: padded, speculator: spec, penalties: pen }).generateBatch(ps, { maxNewTokens: maxNew });
+        res.forEach((r, i) => assert.deepStrictEqual(Array.from(r.tokens), Array.from(plainPen.tokens[i]!), `${name} with ${JSON.stringify(pen)}: sequence ${i}`));
+        if (name === 'chain k=4') {
+          for (const i of [0, 1]) {
+            const st = res[i]!.stats;
+            assert.ok(st.proposedDraftTokens > 0 && st.acceptedDraftTokens / st.proposedDraftTokens >= 0.99, `${name} with ${JSON.stringify(pen)}, sequence ${i}: ${st.acceptedDraftTokens}/${st.proposedDraftTokens} accepted`);
+          }
         }
+        spec.dispose?.();
       }
-      spec.dispose?.();
     }
     // Sampling: the draft's q rows are zero-padded to the target's width for the verifier.
     const sampled = await new SpeculativeDecoder({ target: padded, speculator: new DraftModelSpeculator({ draft: short, k: 3 }), sampling: { temperature: 1, seed: 5 } }).generateBatch(ps, { maxNewTokens: maxNew });

@@ -143,6 +143,9 @@ declare namespace SpecdecNative {
     histIndptr: Int32Array;
     histTokens: Int32Array;
     histCounts: Int32Array;
+    /** The logit bias, added before the penalties: distinct ascending tokens and their biases. */
+    biasTokens?: Int32Array;
+    biasValues?: Float32Array;
   }
 
   /** One sequence of speculativeChain. */

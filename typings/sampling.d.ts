@@ -74,5 +74,8 @@ declare namespace SpecdecNative {
     histCounts: Int32Array;
     pathIndptr: Int32Array;
     pathTokens: Int32Array;
+    /** The logit bias, added before the penalties: distinct ascending tokens and their biases. */
+    biasTokens?: Int32Array;
+    biasValues?: Float32Array;
   }
 }

@@ -189,6 +189,15 @@ void check_penalty_histories(const PenaltyArgs& a, int64_t V) {
       SPECDEC_CHECK(a.hist_counts[j] >= 0 && a.hist_counts[j] < (1 << 28), "E_ARG", "histCounts: ", a.hist_counts[j], " for token ", t, " (expected 0 <= count < 2^28)");
     }
   }
+  SPECDEC_CHECK(a.bias_values.size() == a.bias_tokens.size(), "E_ARG", "logitBias: ", a.bias_values.size(), " values for ", a.bias_tokens.size(), " tokens");
+  for (size_t i = 0; i < a.bias_tokens.size(); ++i) {
+    const int32_t t = a.bias_tokens[i];
+    const float b = a.bias_values[i];
+    SPECDEC_CHECK(t >= 0 && t < V, "E_ARG", "logitBias: token ", t, " is outside the vocabulary [0, ", V, ")");
+    SPECDEC_CHECK(i == 0 || t > a.bias_tokens[i - 1], "E_ARG", "logitBias: the tokens must be distinct and ascending (", i == 0 ? 0 : a.bias_tokens[i - 1], " then ", t, ")");
+    // (-inf bans the token; +inf or NaN would leave its row without a distribution.)
+    SPECDEC_CHECK(std::isfinite(b) || (std::isinf(b) && b < 0.0f), "E_ARG", "logitBias: token ", t, "'s bias is ", b, " (expected a finite number or -Infinity)");
+  }
 }
 
 void penalize(Tensor& logits, const PenaltyArgs& a) {
@@ -225,7 +234,10 @@ void penalize(Tensor& logits, const PenaltyArgs& a) {
     check_arg(d.hist_counts, "staged.histCounts", {DType::i32}, {static_cast<int64_t>(a.hist_counts.size())});
     check_arg(d.path_indptr, "staged.pathIndptr", {DType::i32}, {N + 1});
     check_arg(d.path_tokens, "staged.pathTokens", {DType::i32}, {P});
-    check_same_device({&logits, &d.row_seq, &d.hist_indptr, &d.hist_tokens, &d.hist_counts, &d.path_indptr, &d.path_tokens}, "penalize");
+    check_arg(d.bias_tokens, "staged.biasTokens", {DType::i32}, {static_cast<int64_t>(a.bias_tokens.size())});
+    check_arg(d.bias_values, "staged.biasValues", {DType::f32}, {static_cast<int64_t>(a.bias_values.size())});
+    check_same_device({&logits, &d.row_seq, &d.hist_indptr, &d.hist_tokens, &d.hist_counts, &d.path_indptr, &d.path_tokens, &d.bias_tokens, &d.bias_values},
+                      "penalize");
   }
   if (N == 0) return;
   SPECDEC_SAMPLING_DISPATCH(logits.device(), penalize(logits, a));

@@ -95,6 +95,9 @@ struct VerifiedPaths {
 // s = row_seq[r] (distinct tokens, ascending, each with its count in the OUTPUT so far; 0 = only in
 // the prompt), plus the output tokens path[path_indptr[r] .. path_indptr[r + 1]) (repeats count).
 // Every token of the history gets sm::penalized_logit with its output count (history's + path's).
+// A logit bias (OpenAI's logit_bias) comes first: bias_values[i] added to every row's logit of
+// bias_tokens[i] (distinct, ascending; a finite bias or -inf), then the penalties read the sums
+// (vLLM's order).
 // Host arrays (the caller has them; validated here, sent with one upload on CUDA).
 struct PenaltyArgs {
   float repetition = 1.0f;  // > 0; 1 = off
@@ -103,15 +106,17 @@ struct PenaltyArgs {
   std::vector<int32_t> row_seq;                            // [N]
   std::vector<int32_t> hist_indptr, hist_tokens, hist_counts;  // [S + 1], [H], [H]
   std::vector<int32_t> path_indptr, path_tokens;           // [N + 1], [P]
+  std::vector<int32_t> bias_tokens;                        // [Q]
+  std::vector<float> bias_values;                          // [Q]
   // When set: path_tokens are indices into this i32 tensor on the logits' device (a native chain's
   // picks), read there; a token read outside the vocabulary (a draw without mass) is skipped.
   const Tensor* path_source = nullptr;
-  // When set: the six arrays above already on the logits' device, i32, each as long as its host
-  // array (checked), sent with the caller's own upload (eagle_expand stages a whole expansion's);
+  // When set: the eight arrays above already on the logits' device (bias_values f32, the others
+  // i32), each as long as its host array (checked), sent with the caller's own upload (eagle_expand stages a whole expansion's);
   // the CUDA backend reads these instead of uploading its own. The host arrays stay the reference
   // the checks read.
   struct Staged {
-    Tensor row_seq, hist_indptr, hist_tokens, hist_counts, path_indptr, path_tokens;
+    Tensor row_seq, hist_indptr, hist_tokens, hist_counts, path_indptr, path_tokens, bias_tokens, bias_values;
   };
   const Staged* staged = nullptr;
 };

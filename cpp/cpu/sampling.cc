@@ -396,12 +396,13 @@ void top_k(const Tensor& x, int32_t k, Tensor& vals, Tensor& ids) {
 }
 
 namespace {
-// Row by row: the sequence's history tokens (their output counts plus the path's), then the path's
-// tokens the history lacks, each distinct one once.
+// Row by row: the logit bias, then the sequence's history tokens (their output counts plus the
+// path's), then the path's tokens the history lacks, each distinct one once.
 template <class Path>
 void penalize_rows(float* x, int64_t N, int64_t V, const PenaltyArgs& a, const Path& whole) {
   for (int64_t r = 0; r < N; ++r) {
     float* row = x + r * V;
+    for (size_t i = 0; i < a.bias_tokens.size(); ++i) row[a.bias_tokens[i]] += a.bias_values[i];
     const int32_t s = a.row_seq[static_cast<size_t>(r)];
     const int32_t h0 = a.hist_indptr[static_cast<size_t>(s)], hn = a.hist_indptr[static_cast<size_t>(s) + 1] - h0;
     const int32_t* hist = a.hist_tokens.data() + h0;

@@ -24,6 +24,8 @@ PenaltyArgs histories_after(const PenaltyArgs& base, const std::vector<std::vect
   a.repetition = base.repetition;
   a.presence = base.presence;
   a.frequency = base.frequency;
+  a.bias_tokens = base.bias_tokens;
+  a.bias_values = base.bias_values;
   a.hist_indptr.assign(1, 0);
   a.hist_tokens.reserve(base.hist_tokens.size());
   a.hist_counts.reserve(base.hist_counts.size());
@@ -60,13 +62,17 @@ PenaltyArgs histories_after(const PenaltyArgs& base, const std::vector<std::vect
 
 // The draft's penalties for a step's chains (the sequences with ks[b] > 0, in order): their
 // histories this step (histories_after), without the ids of the target's vocabulary the draft
-// lacks (it reads them as id 0 and never picks them); the chain adds each input's picks as its
-// rows' paths.
+// lacks (it reads them as id 0 and never picks them), and the logit bias without them too; the
+// chain adds each input's picks as its rows' paths.
 PenaltyArgs draft_step_penalties(const PenaltyArgs& all, const std::vector<int>& ks, int64_t draft_vocab) {
   PenaltyArgs a;
   a.repetition = all.repetition;
   a.presence = all.presence;
   a.frequency = all.frequency;
+  for (size_t i = 0; i < all.bias_tokens.size() && all.bias_tokens[i] < draft_vocab; ++i) {
+    a.bias_tokens.push_back(all.bias_tokens[i]);
+    a.bias_values.push_back(all.bias_values[i]);
+  }
   a.hist_indptr.assign(1, 0);
   a.path_indptr.assign(1, 0);
   for (size_t b = 0; b < ks.size(); ++b) {

@@ -264,6 +264,14 @@ PenaltyArgs penalty_args(const Napi::Value& v, bool with_rows) {
   a.hist_indptr = get_i32_array(get_field(o, "histIndptr"), "histIndptr");
   a.hist_tokens = get_i32_array(get_field(o, "histTokens"), "histTokens");
   a.hist_counts = get_i32_array(get_field(o, "histCounts"), "histCounts");
+  // The logit bias (optional): distinct ascending tokens and their f32 biases.
+  if (has_field(o, "biasTokens") || has_field(o, "biasValues")) {
+    a.bias_tokens = get_i32_array(get_field(o, "biasTokens"), "biasTokens");
+    const Napi::Value bv = get_field(o, "biasValues");
+    SPECDEC_CHECK(bv.IsTypedArray() && bv.As<Napi::TypedArray>().TypedArrayType() == napi_float32_array, "E_ARG", "biasValues: expected a Float32Array");
+    const auto f = bv.As<Napi::Float32Array>();
+    a.bias_values.assign(f.Data(), f.Data() + f.ElementLength());
+  }
   if (with_rows) {
     a.row_seq = get_i32_array(get_field(o, "rowSeq"), "rowSeq");
     a.path_indptr = get_i32_array(get_field(o, "pathIndptr"), "pathIndptr");

@@ -345,9 +345,9 @@ Napi::Value Verify(const Napi::CallbackInfo& info) {
   });
 }
 
-// philox4x32(counter: Uint32Array(4), key: Uint32Array(2)) -> Uint32Array(4): for known-answer tests.
 // penalize(logits f32 [N, V], { repetition, presence, frequency, rowSeq, histIndptr, histTokens,
-// histCounts, pathIndptr, pathTokens }): the penalties in place (ops::penalize).
+// histCounts, pathIndptr, pathTokens, biasTokens?, biasValues? }): the logit bias and penalties in
+// place (ops::penalize).
 Napi::Value Penalize(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
     Tensor logits = tensor_arg(info[0], "logits");
@@ -357,6 +357,7 @@ Napi::Value Penalize(const Napi::CallbackInfo& info) {
   });
 }
 
+// philox4x32(counter: Uint32Array(4), key: Uint32Array(2)) -> Uint32Array(4): for known-answer tests.
 Napi::Value Philox(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
     auto c = get_u32_array(info[0], "counter", 4), k = get_u32_array(info[1], "key", 2);

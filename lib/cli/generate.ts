@@ -43,7 +43,7 @@ export interface GenerateFlags {
   readonly seed: number;
   /** --ignore-eos: the model's EOS ids do not end a sequence (default false). */
   readonly ignoreEos?: boolean;
-  /** --repetition-penalty, --presence-penalty, --frequency-penalty (default none). */
+  /** --repetition-penalty, --presence-penalty, --frequency-penalty, --logit-bias (default none). */
   readonly penalties?: Penalties;
   readonly device: Device | 'auto';
   readonly json: boolean;
@@ -99,7 +99,8 @@ export const GENERATE_USAGE = `usage: specdec generate [--model DIR] [--draft DI
                        (--prompt TEXT | --prompt-ids 1,2,3 | --batch-file F) [--chat [--system TEXT] [--chat-vars JSON]]
                        [--max-new-tokens N] [--max-context N] [--ignore-eos]
                        [--temperature T --top-k K --top-p P --min-p P --seed S]
-                       [--repetition-penalty R --presence-penalty P --frequency-penalty F] [--device cpu|cuda|auto] [--json]
+                       [--repetition-penalty R --presence-penalty P --frequency-penalty F] [--logit-bias ID=B,...]
+                       [--device cpu|cuda|auto] [--json]
 
   --model DIR         Hugging Face checkpoint directory (config.json + model.safetensors[.index.json]);
                       default: the embedded model family (models/default); --draft default,
@@ -125,8 +126,10 @@ export const GENERATE_USAGE = `usage: specdec generate [--model DIR] [--draft DI
   --repetition-penalty R  logits of tokens in the prompt or output: l / R if l > 0, else l * R
                       (transformers' repetition_penalty; default 1 = off)
   --presence-penalty P  subtracted from the logit of each token the output holds (OpenAI's; default 0)
-  --frequency-penalty F subtracted per occurrence in the output (OpenAI's; default 0); penalties
-                      apply to plain and speculative decoding alike (the same output)
+  --frequency-penalty F subtracted per occurrence in the output (OpenAI's; default 0)
+  --logit-bias ID=B,... added to token ID's logit before the penalties (OpenAI's logit_bias); B a
+                      number, or -inf to ban the token. Penalties and biases apply to plain and
+                      speculative decoding alike (the same output)
   --seed S            RNG seed (default 0); sequence i of a batch uses stream (S, i)
   --device D          cpu, cuda or auto (default auto)
   --json              one JSON object on stdout ({ tokens, text, finishReason, stats }), an array with
@@ -173,10 +176,25 @@ export function parseIdList(flag: string, v: string): Int32Array {
   return Int32Array.from(ids);
 }
 
+/** --logit-bias ID=B,...: B a number or -inf (ids are checked against the vocabulary once the model is known). */
+export function parseLogitBias(v: string): Map<number, number> {
+  const out = new Map<number, number>();
+  for (const part of v.split(',')) {
+    const m = /^\s*(\d+)\s*=\s*(\S+)\s*$/.exec(part);
+    const id = m ? Number(m[1]) : NaN;
+    const b = m ? (/^-inf(inity)?$/i.test(m[2]!) ? -Infinity : Number(m[2])) : NaN;
+    if (!m || !Number.isSafeInteger(id) || id > MAX_TOKEN_ID || !(Number.isFinite(b) || b === -Infinity)) {
+      throw new CliError(`--logit-bias: expected ID=BIAS pairs separated by commas (BIAS a number or -inf, e.g. 13=-100,42=2.5), got '${part.trim()}'`);
+    }
+    out.set(id, b);
+  }
+  return out;
+}
+
 /** The flags of `generate` that take a value (the strategy flags are STRATEGY_FLAGS). */
 const VALUE_FLAGS: readonly string[] = [
   '--model', '--prompt', '--prompt-ids', '--max-new-tokens', '--max-context',
-  '--temperature', '--top-k', '--top-p', '--min-p', '--seed', '--repetition-penalty', '--presence-penalty', '--frequency-penalty', '--device', '--batch-file', '--system', '--chat-vars',
+  '--temperature', '--top-k', '--top-p', '--min-p', '--seed', '--repetition-penalty', '--presence-penalty', '--frequency-penalty', '--logit-bias', '--device', '--batch-file', '--system', '--chat-vars',
 ];
 
 /** Every flag `generate` accepts (each is described in GENERATE_USAGE). */
@@ -242,10 +260,12 @@ export function parseGenerateFlags(argv: readonly string[]): GenerateFlags {
   const topP = get('--top-p');
   const minP = get('--min-p');
   const rep = get('--repetition-penalty'), pres = get('--presence-penalty'), freq = get('--frequency-penalty');
-  const penalties: { repetition?: number; presence?: number; frequency?: number } = {};
+  const penalties: { repetition?: number; presence?: number; frequency?: number; logitBias?: Map<number, number> } = {};
   if (rep !== undefined) penalties.repetition = parseNumberFlag('--repetition-penalty', rep, (n) => n > 0, 'a number > 0');
   if (pres !== undefined) penalties.presence = parseNumberFlag('--presence-penalty', pres, (n) => n >= -2 && n <= 2, 'a number in [-2, 2]');
   if (freq !== undefined) penalties.frequency = parseNumberFlag('--frequency-penalty', freq, (n) => n >= -2 && n <= 2, 'a number in [-2, 2]');
+  const bias = get('--logit-bias');
+  if (bias !== undefined) penalties.logitBias = parseLogitBias(bias);
   const maxContext = get('--max-context');
   return {
     ...(model !== undefined ? { model } : {}),

@@ -16,7 +16,7 @@ import { native } from '../native';
 import { knownForwardCost } from '../cost_model';
 import { DEFAULT_TREE_RESERVE, SpecEngine, StatsAcc, type EngineSequence, type PhaseTimes, type StepPart } from '../spec_engine';
 import { abortError, isSampling } from '../step_helpers';
-import { resolvePenalties, type Penalties } from '../sampling';
+import { resolvePenalties, type Penalties, type ResolvedPenalties } from '../sampling';
 import { checkModel, checkSpeculator, type SamplingConfig, type SeqRng, type Speculator } from '../strategies/speculator';
 import { streamGeneration } from './generation';
 import { EngineMetrics } from './metrics';
@@ -47,7 +47,7 @@ export interface RequestOptions extends GenerateOptions {
   readonly seed?: number | bigint;
   /** The RNG stream (seed, stream) the request samples from. Default 0. */
   readonly stream?: number;
-  /** Repetition / presence / frequency penalties (default none); greedy or sampled, the output is plain decoding's with them. */
+  /** Repetition / presence / frequency penalties and a logit bias (default none; the bias's ids are checked at submit); greedy or sampled, the output is plain decoding's with them. */
   readonly penalties?: Penalties;
   /**
    * Called with each step's new tokens, in order. A step's tokens are handed over once the next
@@ -313,7 +313,7 @@ export class Engine {
       const sampling = isSampling(opts.sampling) ? withoutZeroTopK(opts.sampling) : undefined;
       const rng = new RequestRng(BigInt(opts.seed ?? 0), opts.stream ?? 0);
       const stop = new Set([...(opts.ignoreEos === true ? [] : this.model.config.eosTokenIds), ...(opts.stopTokens ?? [])]);
-      const r = new Request(this.nextId++, prompt, opts, this.group(sampling, resolvePenalties(opts.penalties)), rng, stop, { resolve, reject });
+      const r = new Request(this.nextId++, prompt, opts, this.group(sampling, resolvePenalties(opts.penalties, 'penalties', this.model.config.vocabSize)), rng, stop, { resolve, reject });
       this.metrics.submitted++;
       this.metrics.promptTokens += prompt.length;
       if (opts.maxNewTokens === 0) {
@@ -407,9 +407,10 @@ export class Engine {
     }
   }
 
-  private group(sampling: SamplingConfig | undefined, penalties: Required<Penalties> | undefined): SpecEngine {
+  private group(sampling: SamplingConfig | undefined, penalties: ResolvedPenalties | undefined): SpecEngine {
     const key = (sampling ? `t${sampling.temperature} k${sampling.topK} p${sampling.topP} m${sampling.minP}` : 'greedy') +
-      (penalties ? ` r${penalties.repetition} pr${penalties.presence} f${penalties.frequency}` : '');
+      (penalties ? ` r${penalties.repetition} pr${penalties.presence} f${penalties.frequency}` : '') +
+      (penalties?.logitBias ? ` b${penalties.logitBias.key()}` : '');
     let g = this.groups.get(key);
     if (g) {
       // Most recently used last.

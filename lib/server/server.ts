@@ -202,10 +202,20 @@ export class CompletionServer {
     const presence = num('presence_penalty', (x) => x >= -2 && x <= 2, 'a number in [-2, 2]') ?? 0;
     const frequency = num('frequency_penalty', (x) => x >= -2 && x <= 2, 'a number in [-2, 2]') ?? 0;
     const repetition = num('repetition_penalty', (x) => x > 0, 'a number > 0') ?? 1;
-    const penalties = presence !== 0 || frequency !== 0 || repetition !== 1 ? { presence, frequency, repetition } : undefined;
-    num('min_tokens', (x) => x === 0, '0 (not supported)');
+    const V = this.engine.model.config.vocabSize;
+    // logit_bias: { "token id": bias in [-100, 100] }, added to the logits before the penalties.
     const lb = b['logit_bias'];
-    if (lb !== undefined && lb !== null && (typeof lb !== 'object' || Array.isArray(lb) || Object.keys(lb).length > 0)) throw new HttpError(400, 'logit_bias: not supported', 'logit_bias');
+    let logitBias: Record<string, number> | undefined;
+    if (lb !== undefined && lb !== null) {
+      if (typeof lb !== 'object' || Array.isArray(lb)) throw new HttpError(400, `logit_bias: expected an object of token id -> bias in [-100, 100], got ${JSON.stringify(lb)}`, 'logit_bias');
+      for (const [k, v] of Object.entries(lb as Record<string, unknown>)) {
+        if (!/^(0|[1-9][0-9]*)$/.test(k) || Number(k) >= V) throw new HttpError(400, `logit_bias: ${JSON.stringify(k)} is not a token id in [0, ${V})`, 'logit_bias');
+        if (typeof v !== 'number' || !Number.isFinite(v) || v < -100 || v > 100) throw new HttpError(400, `logit_bias: token ${k}'s bias: expected a number in [-100, 100], got ${JSON.stringify(v)}`, 'logit_bias');
+      }
+      if (Object.keys(lb).length > 0) logitBias = lb as Record<string, number>;
+    }
+    const penalties = presence !== 0 || frequency !== 0 || repetition !== 1 || logitBias ? { presence, frequency, repetition, ...(logitBias ? { logitBias } : {}) } : undefined;
+    num('min_tokens', (x) => x === 0, '0 (not supported)');
     if (b['suffix'] !== undefined && b['suffix'] !== null && b['suffix'] !== '') throw new HttpError(400, 'suffix: not supported', 'suffix');
     const rf = b['response_format'];
     if (rf !== undefined && rf !== null && (rf as { type?: unknown }).type !== 'text') throw new HttpError(400, "response_format: only { type: 'text' } is supported", 'response_format');
@@ -227,7 +237,6 @@ export class CompletionServer {
     }
     if (stop.length > 0 && !this.tokenizer) throw new HttpError(400, 'stop: stop strings need a tokenizer; this model has none (use stop_token_ids)', 'stop');
     const ids = b['stop_token_ids'] ?? [];
-    const V = this.engine.model.config.vocabSize;
     if (!Array.isArray(ids) || !ids.every((t) => Number.isInteger(t) && t >= 0 && t < V)) {
       throw new HttpError(400, `stop_token_ids: expected token ids in [0, ${V})`, 'stop_token_ids');
     }

@@ -15,7 +15,7 @@ import { gatherRows, isSampling, samplingOptions } from '../step_helpers';
 import { backedOffProbeInterval, chooseChainLength, PROBE_AFTER_PLAIN_STEPS, RankRates, sizingCost, stepCost } from '../tree_sizing';
 import type { CausalLM, ChainOptions, ForwardOutput, SequenceInput, SpecChainResult } from '../models/causal_lm';
 import { CHAIN_MAX_STEPS, wholeChains } from '../plain_chain';
-import { argmax, penalize, processLogits, sample, topK, type PenaltyHistory } from '../sampling';
+import { argmax, penalize, penaltiesForVocabulary, processLogits, sample, topK, type PenaltyHistory } from '../sampling';
 import type { Tensor } from '../tensor';
 import { chainTree, loneRoot, type TokenTree } from '../tree';
 import {
@@ -383,7 +383,7 @@ export class DraftModelSpeculator implements Speculator {
   private penaltiesOf(seqs: readonly SpecSequence[], active: readonly number[], ctx: ProposeContext): ChainOptions['penalties'] {
     if (!ctx.penalties || !this.draftPenalties) return undefined;
     const v = this.draft.config.vocabSize;
-    return { penalties: ctx.penalties, histories: active.map((b) => draftHistory(seqs[b] as SpecSequence, v)) };
+    return { penalties: penaltiesForVocabulary(ctx.penalties, v), histories: active.map((b) => draftHistory(seqs[b] as SpecSequence, v)) };
   }
 
   /** Per-sequence budget this step. */

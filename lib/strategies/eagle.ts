@@ -50,7 +50,7 @@ import type { CausalLM, ForwardOutput } from '../models/causal_lm';
 import { parseLlamaConfig, toNativeConfig } from '../models/config';
 import { native } from '../native';
 import { openWeightsFile } from '../torch_checkpoint';
-import { nativePenalties, penalize, processLogits, topK, type HistoryPenalties, type PenaltyHistory } from '../sampling';
+import { nativePenalties, penalize, processLogits, topK, type HistoryPenalties, type LogitBias, type PenaltyHistory, type ResolvedPenalties } from '../sampling';
 import { gatherRows } from '../step_helpers';
 import { asTensor, Tensor, type Device } from '../tensor';
 import { loneRoot, type TokenTree } from '../tree';
@@ -760,6 +760,16 @@ export class EagleSpeculator implements Speculator {
    * mapped by d2t inverted, those the draft lacks left out, kept per sequence and grown in place);
    * the history itself for EAGLE-1/2.
    */
+  private draftBias: { from: LogitBias; bias: LogitBias | undefined } | undefined;
+  /** The run's penalties as the head's rows take them: EAGLE-3's logit bias in its draft ids (those it has; the last mapping kept). */
+  private draftPenaltiesOf(p: ResolvedPenalties): ResolvedPenalties {
+    const b = p.logitBias;
+    if (!b || !this.head.ownVocabulary) return p;
+    if (this.draftBias?.from !== b) this.draftBias = { from: b, bias: b.mapTokens((t) => this.head.toDraftId(t)) };
+    const { logitBias: _, ...rest } = p;
+    return this.draftBias.bias ? { ...rest, logitBias: this.draftBias.bias } : rest;
+  }
+
   private historyOf(s: SpecSequence): PenaltyHistory {
     if (!this.head.ownVocabulary) return { tokens: s.history, promptLength: s.promptLength };
     const st = this.state(s);
@@ -987,7 +997,7 @@ export class EagleSpeculator implements Speculator {
       for (const s of draftSeqs) most = Math.max(most, Math.min(this.maxNodes + 1, s.maxNodes));
       plan = { levels: Math.min(plan.levels, Math.max(0, most - 2)), width: Math.min(plan.width, Math.max(1, most - 1)) };
     }
-    const pen = ctx.penalties && this.draftPenalties ? { penalties: ctx.penalties, histories: draftSeqs.map((s) => this.historyOf(s)) } : undefined;
+    const pen = ctx.penalties && this.draftPenalties ? { penalties: this.draftPenaltiesOf(ctx.penalties), histories: draftSeqs.map((s) => this.historyOf(s)) } : undefined;
     const { trees } = this.draftTrees(draftSeqs, plan.levels, plan.width, cost ? stepCost(cost, seqs.length, undefined, this) : undefined, probing, pen);
     drafting.forEach((b, i) => {
       const tree = trees[i] as TokenTree;

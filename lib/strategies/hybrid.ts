@@ -7,6 +7,7 @@ import { optionsArg } from '../errors';
 import { SpecEngine, type EngineSequence } from '../spec_engine';
 import { makeRng } from '../step_helpers';
 import type { CausalLM } from '../models/causal_lm';
+import { penaltiesForVocabulary } from '../sampling';
 import { chainTree } from '../tree';
 import { checkDraftVocab, draftInput } from './draft_model';
 import { checkModel, checkSpeculator, codedError, type ProposalBatch, type ProposeContext, type SpecSequence, type Speculator } from './speculator';
@@ -63,9 +64,10 @@ export class HybridSpeculator implements Speculator {
 
   /** The inner engine for a step: with the run's penalties when the draft drafts with them. */
   private engineFor(ctx: ProposeContext): SpecEngine {
-    const pen = this.draftPenalties ? ctx.penalties : undefined;
+    // (The draft's logit bias: the entries its vocabulary holds.)
+    const pen = this.draftPenalties && ctx.penalties ? penaltiesForVocabulary(ctx.penalties, this.draft.config.vocabSize) : undefined;
     if (!pen) return this.engine;
-    const key = `${pen.repetition} ${pen.presence} ${pen.frequency}`;
+    const key = `${pen.repetition} ${pen.presence} ${pen.frequency} ${pen.logitBias?.key() ?? ''}`;
     let e = this.penalized.get(key);
     if (!e) {
       if (this.penalized.size >= PENALIZED_ENGINES) this.penalized.delete(this.penalized.keys().next().value as string);

@@ -4,7 +4,7 @@
 // (e.g. a draft model's KV cache). Speculators depend only on CausalLM.
 import type { CausalLM, DeviceTail, ForwardOutput, MedusaChainResult, MedusaChainTemplate, SpecChainResult } from '../models/causal_lm';
 import { codedError } from '../errors';
-import type { Penalties } from '../sampling';
+import type { ResolvedPenalties } from '../sampling';
 import type { Tensor } from '../tensor';
 import type { PackedMask, TokenTree } from '../tree';
 
@@ -124,7 +124,7 @@ export interface ProposeContext {
    * (each sequence's history is in SpecSequence) to predict the penalized model better; the
    * output never depends on it.
    */
-  readonly penalties?: Required<Penalties>;
+  readonly penalties?: ResolvedPenalties;
   /**
    * The engine runs a ProposalBatch's draftChain this step: the decoding is greedy, the step has one
    * part, and the model has speculativeChain.

@@ -813,10 +813,11 @@ void check_no_mass(int V) {
          "sample of an all-zero and an all-NaN row: kNoMass on both backends");
 }
 
-// Penalties: the kernel (a block per row, threads over the history's entries and then the path's
-// tokens) == cpu::penalize bit for bit, on histories with prompt-only and output tokens, paths that
-// repeat tokens and share them with the history, zero / negative / NaN logits, every penalty alone
-// and together, rows longer than a block's threads.
+// Penalties: the kernel (a block per row, threads over the logit bias, then the history's entries
+// and the path's tokens) == cpu::penalize bit for bit, on histories with prompt-only and output
+// tokens, paths that repeat tokens and share them with the history, zero / negative / NaN logits,
+// every penalty alone and together, a logit bias on history, path and other tokens (-inf, tiny and
+// large biases; longer than a block's threads when V is), rows longer than a block's threads.
 void check_penalize(std::mt19937_64& rng, int V, int max_hist, bool indexed = false) {
   std::uniform_real_distribution<float> u(-8.f, 8.f);
   const int S = 1 + static_cast<int>(rng() % 3);
@@ -853,6 +854,20 @@ void check_penalize(std::mt19937_64& rng, int V, int max_hist, bool indexed = fa
     }
     a.path_indptr.push_back(static_cast<int32_t>(a.path_tokens.size()));
   }
+  // A logit bias on two calls in three (always for a large V: more tokens than a block's threads):
+  // distinct ascending tokens (history ones among them).
+  if (V >= 1000 || rng() % 3 != 0) {
+    std::vector<int32_t> bt;
+    const int q = V >= 1000 ? 1200 : 1 + static_cast<int>(rng() % static_cast<uint64_t>(std::max(1, V / 4)));
+    for (int i = 0; i < q; ++i) bt.push_back(i % 2 && !a.hist_tokens.empty() ? a.hist_tokens[rng() % a.hist_tokens.size()] : static_cast<int32_t>(rng() % static_cast<uint64_t>(V)));
+    std::sort(bt.begin(), bt.end());
+    bt.erase(std::unique(bt.begin(), bt.end()), bt.end());
+    for (int32_t t : bt) {
+      a.bias_tokens.push_back(t);
+      const uint64_t kind = rng() % 4;
+      a.bias_values.push_back(kind == 0 ? -INFINITY : kind == 1 ? 1e-7f : kind == 2 ? 100.f : u(rng));
+    }
+  }
   // Indexed: the path tokens are read through indices from a buffer of picks (a native chain's),
   // which may hold a draw without mass (-1): skipped.
   std::vector<int32_t> source;
@@ -873,13 +888,14 @@ void check_penalize(std::mt19937_64& rng, int V, int max_hist, bool indexed = fa
   std::vector<float> g = x;
   emu::launch(Dim3{static_cast<unsigned>(N), 1, 1}, kBlock, [&] {
     sk::penalize_kernel(g.data(), V, a.row_seq.data(), a.hist_indptr.data(), a.hist_tokens.data(), a.hist_counts.data(), a.path_indptr.data(),
-                        a.path_tokens.data(), indexed ? source.data() : nullptr, a.repetition, a.presence, a.frequency);
+                        a.path_tokens.data(), indexed ? source.data() : nullptr, a.bias_tokens.data(), a.bias_values.data(),
+                        static_cast<int32_t>(a.bias_tokens.size()), a.repetition, a.presence, a.frequency);
   });
   const auto c = host<float>(ct);
   int changed = 0;
   for (size_t i = 0; i < x.size(); ++i) changed += std::memcmp(&c[i], &x[i], 4) != 0;
   report(std::memcmp(c.data(), g.data(), g.size() * 4) == 0 && (changed > 0 || a.hist_tokens.empty()),
-         std::string(indexed ? "penalize, paths read through indices," : "penalize") + " V=" + std::to_string(V) + " rows=" + std::to_string(N) + " history " + std::to_string(a.hist_tokens.size()) + ": == CPU bit for bit (" +
+         std::string(indexed ? "penalize, paths read through indices," : "penalize") + " V=" + std::to_string(V) + " rows=" + std::to_string(N) + " history " + std::to_string(a.hist_tokens.size()) + " bias " + std::to_string(a.bias_tokens.size()) + ": == CPU bit for bit (" +
              std::to_string(changed) + " logits changed)");
 }
 

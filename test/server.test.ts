@@ -150,7 +150,9 @@ describe('specdec serve', function () {
       [{ prompt: [] }, 'prompt'],
       [{ max_tokens: 3 }, 'prompt'],
       [{ prompt: 'x', model: 'gpt-4' }, 'model'],
-      [{ prompt: 'x', n: 2 }, 'n'],
+      [{ prompt: 'x', n: 0 }, 'n'],
+      [{ prompt: 'x', n: 129 }, 'n'],
+      [{ prompt: 'x', n: 1.5 }, 'n'],
       [{ prompt: 'x', stream: 'yes' }, 'stream'],
       [{ prompt: 'x', min_p: 1 }, 'min_p'],
       [{ prompt: 'x', presence_penalty: 2.5 }, 'presence_penalty'],
@@ -189,6 +191,61 @@ describe('specdec serve', function () {
     assert.match(big.body, /limit of 4096 bytes/);
   });
 
+  it('n choices (each an engine request on stream (seed, i)), streamed interleaved; echo puts the prompt before each; best_of beyond n refused', async () => {
+    type Choice = { index: number; text: string; token_ids: number[]; finish_reason: string };
+    const body = { prompt: 'the dog ran to the park', max_tokens: 14, temperature: 0.9, seed: 21, n: 3 };
+    const r = await postJson(`${url}/v1/completions`, body);
+    assert.strictEqual(r.status, 200);
+    const choices = r.json['choices'] as Choice[];
+    assert.deepStrictEqual(choices.map((c) => c.index), [0, 1, 2]);
+    const tokenizer = TextTokenizer.load(EMBEDDED.target)!;
+    const prompt = tokenizer.encode(body.prompt);
+    // Choice i is the engine's request with (seed, stream i): the same tokens, and the texts differ.
+    for (const [i, c] of choices.entries()) {
+      const alone = await server.engine.submit(prompt, { maxNewTokens: 14, sampling: { temperature: 0.9 }, seed: 21, stream: i });
+      assert.deepStrictEqual(c.token_ids, Array.from(alone.tokens), `choice ${i}`);
+      assert.strictEqual(c.text, tokenizer.decode(c.token_ids, { skipSpecialTokens: true }));
+    }
+    assert.strictEqual(new Set(choices.map((c) => c.token_ids.join())).size, 3, 'three different samples');
+    assert.deepStrictEqual(r.json['usage'], { prompt_tokens: prompt.length, completion_tokens: choices.reduce((a, c) => a + c.token_ids.length, 0), total_tokens: prompt.length + choices.reduce((a, c) => a + c.token_ids.length, 0) });
+    // n = 1 is choice 0.
+    const one = await postJson(`${url}/v1/completions`, { ...body, n: 1 });
+    assert.deepStrictEqual(completionTokens(one), choices[0]!.token_ids);
+    // Streamed: each choice's chunks by index add up to its text and ids, each ends with its finish
+    // reason; with include_usage, one usage chunk for all.
+    const s = await postStream(`${url}/v1/completions`, { ...body, stream: true, stream_options: { include_usage: true } });
+    assert.ok(s.done);
+    for (const [i, c] of choices.entries()) {
+      const mine = s.events.filter((e) => (e['choices'] as Choice[])[0]?.index === i).map((e) => (e['choices'] as Choice[])[0]!);
+      assert.strictEqual(mine.map((x) => x.text).join(''), c.text, `stream choice ${i}`);
+      assert.deepStrictEqual(mine.flatMap((x) => x.token_ids), c.token_ids);
+      assert.deepStrictEqual(mine.map((x) => x.finish_reason).filter((f) => f !== null), [c.finish_reason]);
+    }
+    const usages = s.events.filter((e) => e['usage'] !== undefined);
+    assert.strictEqual(usages.length, 1);
+    assert.deepStrictEqual(usages[0]!['usage'], r.json['usage']);
+    // echo: the prompt's text before each choice's (token_ids stay the completion's); streamed as a
+    // first chunk of its own. Token ids are echoed as their text.
+    const echoed = await postJson(`${url}/v1/completions`, { ...body, echo: true });
+    (echoed.json['choices'] as Choice[]).forEach((c, i) => {
+      assert.strictEqual(c.text, body.prompt + choices[i]!.text);
+      assert.deepStrictEqual(c.token_ids, choices[i]!.token_ids);
+    });
+    const echoStream = await postStream(`${url}/v1/completions`, { ...body, n: 1, echo: true, stream: true });
+    assert.strictEqual(echoStream.events.map((e) => (e['choices'] as Choice[])[0]?.text ?? '').join(''), body.prompt + choices[0]!.text);
+    assert.strictEqual((echoStream.events[0]!['choices'] as Choice[])[0]!.text, body.prompt);
+    const byIds = await postJson(`${url}/v1/completions`, { prompt: Array.from(prompt), max_tokens: 0, echo: true });
+    assert.strictEqual((byIds.json['choices'] as Choice[])[0]!.text, tokenizer.decode(Array.from(prompt), { skipSpecialTokens: false }));
+    // Refused: best_of beyond n (ranking needs log-probabilities), echo on a chat.
+    for (const [b, param] of [[{ ...body, best_of: 5 }, 'best_of'], [{ messages: [{ role: 'user', content: 'hi' }], echo: true }, 'echo']] as const) {
+      const bad = await postJson(`${url}/v1/${'messages' in b ? 'chat/completions' : 'completions'}`, b);
+      assert.strictEqual(bad.status, 400);
+      assert.strictEqual((bad.json['error'] as { param: string }).param, param);
+    }
+    assert.strictEqual((await postJson(`${url}/v1/completions`, { ...body, best_of: 3 })).status, 200);
+    assert.strictEqual(target.kvInfo().freePages, target.kvInfo().totalPages, 'KV pages free');
+  });
+
   it('/v1/chat/completions: the chat through the template, the same tokens as its ids sent to /v1/completions; streamed deltas; errors name messages', async () => {
     // The embedded tokenizer with a chat template beside it.
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'specdec-serve-chat-'));
@@ -213,6 +270,15 @@ describe('specdec serve', function () {
       const plain = await postJson(`${curl}/v1/completions`, { prompt: ids, max_tokens: 10, temperature: 0 });
       assert.strictEqual(choice.message.content, (plain.json['choices'] as { text: string }[])[0]!.text);
       assert.deepStrictEqual(r.json['usage'], plain.json['usage']);
+      // n choices, each with its role chunk, its deltas adding up to its message.
+      const chat = await postStream(`${curl}/v1/chat/completions`, { messages, max_tokens: 6, temperature: 0.9, seed: 3, n: 2, stream: true });
+      type Delta = { index: number; delta: { role?: string; content?: string } };
+      const deltas = chat.events.map((e) => (e['choices'] as Delta[])[0]).filter((d): d is Delta => d !== undefined);
+      assert.deepStrictEqual(deltas.filter((d) => d.delta.role === 'assistant').map((d) => d.index).sort(), [0, 1]);
+      const chatJson = await postJson(`${curl}/v1/chat/completions`, { messages, max_tokens: 6, temperature: 0.9, seed: 3, n: 2 });
+      const msgs = (chatJson.json['choices'] as { index: number; message: { content: string } }[]).map((c) => c.message.content);
+      assert.strictEqual(msgs.length, 2);
+      for (const i of [0, 1]) assert.strictEqual(deltas.filter((d) => d.index === i).map((d) => d.delta.content ?? '').join(''), msgs[i], `chat choice ${i}`);
       // Text parts join into one content.
       const parts = await postJson(`${curl}/v1/chat/completions`, { messages: [messages[0], { role: 'user', content: [{ type: 'text', text: 'upon a ' }, { type: 'text', text: 'time' }] }], max_tokens: 10, temperature: 0 });
       assert.strictEqual((parts.json['choices'] as { message: { content: string } }[])[0]!.message.content, choice.message.content);

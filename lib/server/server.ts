@@ -40,6 +40,10 @@ class HttpError extends Error {
 
 interface Completion {
   readonly prompt: Int32Array;
+  /** Choices: n requests, choice i sampling from stream (seed, i). */
+  readonly n: number;
+  /** echo (completions): the prompt's text, put before each choice's text. */
+  readonly echo: string | undefined;
   readonly maxTokens: number;
   readonly sampling: SamplingConfig | undefined;
   readonly penalties: Penalties | undefined;
@@ -52,6 +56,8 @@ interface Completion {
 }
 
 const MAX_STOP_STRINGS = 4;
+/** Most choices (`n`) a request may ask for (OpenAI's limit). */
+const MAX_CHOICES = 128;
 
 export class CompletionServer {
   readonly engine: Engine;
@@ -133,12 +139,12 @@ export class CompletionServer {
       case '/v1/completions': {
         allow('POST');
         const body = await this.readJson(req);
-        return this.complete(res, this.parseCompletion(body, (b) => this.parsePrompt(b['prompt'])), false);
+        return this.complete(res, this.parseCompletion(body, (b) => this.parsePrompt(b['prompt']), false), false);
       }
       case '/v1/chat/completions': {
         allow('POST');
         const body = await this.readJson(req);
-        return this.complete(res, this.parseCompletion(body, (b) => this.parseMessages(b['messages'], b['chat_template_kwargs'])), true);
+        return this.complete(res, this.parseCompletion(body, (b) => this.parseMessages(b['messages'], b['chat_template_kwargs']), true), true);
       }
       default:
         throw new HttpError(404, `no route ${path} (try POST /v1/completions, POST /v1/chat/completions, GET /v1/models, /health, /metrics)`, null, 'not_found');
@@ -175,7 +181,7 @@ export class CompletionServer {
   }
 
   /** Validates an OpenAI completions (or chat completions) body; every error names its field. */
-  private parseCompletion(body: unknown, promptOf: (b: Record<string, unknown>) => Int32Array): Completion {
+  private parseCompletion(body: unknown, promptOf: (b: Record<string, unknown>) => Int32Array, chat: boolean): Completion {
     if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new HttpError(400, 'the body must be a JSON object');
     const b = body as Record<string, unknown>;
     const num = (name: string, ok: (n: number) => boolean, want: string): number | undefined => {
@@ -193,9 +199,11 @@ export class CompletionServer {
     if (b['model'] !== undefined && b['model'] !== this.modelName) {
       throw new HttpError(400, `model: this server serves '${this.modelName}', not ${JSON.stringify(b['model'])}`, 'model');
     }
-    num('n', (x) => x === 1, '1 (one completion per request)');
-    num('best_of', (x) => x === 1, '1 (one completion per request)');
-    if (bool('echo')) throw new HttpError(400, 'echo: not supported', 'echo');
+    const n = num('n', (x) => Number.isSafeInteger(x) && x >= 1 && x <= MAX_CHOICES, `an integer in [1, ${MAX_CHOICES}]`) ?? 1;
+    // best_of > n ranks candidates by their log-probabilities, which this server does not compute.
+    num('best_of', (x) => x === n, `n (${n}): choosing the best of more candidates is not supported`);
+    const echo = bool('echo');
+    if (echo && chat) throw new HttpError(400, 'echo: not supported by chat completions', 'echo');
     for (const f of ['logprobs', 'top_logprobs']) if (b[f] !== undefined && b[f] !== null && b[f] !== false) throw new HttpError(400, `${f}: not supported`, f);
     // Fields that change the output and are not implemented are refused unless they ask for nothing
     // (clients send their defaults); never silently ignored.
@@ -246,7 +254,27 @@ export class CompletionServer {
       temperature > 0
         ? { temperature, ...(topP !== undefined && topP < 1 ? { topP } : {}), ...(topK !== undefined && topK > 0 ? { topK } : {}), ...(minP !== undefined && minP > 0 ? { minP } : {}) }
         : undefined;
-    return { prompt, maxTokens, sampling, penalties, seed, stop: stop as string[], stopTokenIds: ids as number[], ignoreEos: bool('ignore_eos'), stream: bool('stream'), includeUsage };
+    return {
+      prompt,
+      n,
+      echo: echo ? this.echoText(b['prompt'], prompt) : undefined,
+      maxTokens,
+      sampling,
+      penalties,
+      seed,
+      stop: stop as string[],
+      stopTokenIds: ids as number[],
+      ignoreEos: bool('ignore_eos'),
+      stream: bool('stream'),
+      includeUsage,
+    };
+  }
+
+  /** The prompt as echo shows it: the text sent, or its ids decoded ('' without a tokenizer). */
+  private echoText(sent: unknown, ids: Int32Array): string {
+    if (Array.isArray(sent) && sent.length === 1 && typeof sent[0] === 'string') sent = sent[0];
+    if (typeof sent === 'string') return sent;
+    return this.tokenizer ? this.tokenizer.decode(Array.from(ids), { skipSpecialTokens: false }) : '';
   }
 
   private parsePrompt(p: unknown): Int32Array {
@@ -305,81 +333,126 @@ export class CompletionServer {
   }
 
   private async complete(res: http.ServerResponse, c: Completion, chat: boolean): Promise<void> {
-    // The client going away cancels the request (the socket closes before the response ended).
+    // The client going away cancels the request (the socket closes before the response ended), as
+    // does a choice failing (the others stop with it).
     const cancel = new AbortController();
     res.on('close', () => {
       if (!res.writableEnded) cancel.abort();
     });
     const engine = this.engine;
-    const source = {
-      generate: (prompt: Int32Array | readonly number[], o: GenerateOptions) => {
-        const r: { -readonly [K in keyof RequestOptions]: RequestOptions[K] } = { ...o, seed: c.seed };
-        if (c.sampling) r.sampling = c.sampling;
-        if (c.penalties) r.penalties = c.penalties;
-        return engine.generate(prompt, r);
-      },
-    };
-    const gen = generateText(source, this.tokenizer ?? NO_TEXT, c.prompt, {
-      maxNewTokens: c.maxTokens,
-      signal: cancel.signal,
-      ...(c.stop.length > 0 ? { stopStrings: c.stop } : {}),
-      ...(c.stopTokenIds.length > 0 ? { stopTokens: c.stopTokenIds } : {}),
-      ...(c.ignoreEos ? { ignoreEos: true } : {}),
+    // Choice i: an engine request sampling from stream (seed, i), as sequence i of a batch would.
+    const gens = Array.from({ length: c.n }, (_, i) => {
+      const source = {
+        generate: (prompt: Int32Array | readonly number[], o: GenerateOptions) => {
+          const r: { -readonly [K in keyof RequestOptions]: RequestOptions[K] } = { ...o, seed: c.seed, stream: i };
+          if (c.sampling) r.sampling = c.sampling;
+          if (c.penalties) r.penalties = c.penalties;
+          return engine.generate(prompt, r);
+        },
+      };
+      return generateText(source, this.tokenizer ?? NO_TEXT, c.prompt, {
+        maxNewTokens: c.maxTokens,
+        signal: cancel.signal,
+        ...(c.stop.length > 0 ? { stopStrings: c.stop } : {}),
+        ...(c.stopTokenIds.length > 0 ? { stopTokens: c.stopTokenIds } : {}),
+        ...(c.ignoreEos ? { ignoreEos: true } : {}),
+      });
     });
+    // One choice failing ends the others (their results then reject as aborted: not reported).
+    const results = gens.map((g) =>
+      g.result.catch((e: unknown) => {
+        cancel.abort();
+        throw e;
+      }),
+    );
+    // (Handled here: a stream that fails reads them all later, in firstError.)
+    for (const r of results) r.catch(() => undefined);
+    // The error to report: a choice's own, not the aborts it caused in the others.
+    const firstError = async (): Promise<unknown> => {
+      const settled = await Promise.allSettled(results);
+      const failed = settled.filter((x): x is PromiseRejectedResult => x.status === 'rejected').map((x) => x.reason as Error);
+      return failed.find((e) => e?.name !== 'AbortError') ?? failed[0];
+    };
     const id = `${chat ? 'chatcmpl' : 'cmpl'}-${randomBytes(12).toString('hex')}`;
     const head = { id, object: chat ? 'chat.completion' : 'text_completion', created: Math.floor(Date.now() / 1000), model: this.modelName };
     const chunkHead = chat ? { ...head, object: 'chat.completion.chunk' } : head;
+    // The prompt counts once, whatever n is (OpenAI's usage).
     const usage = (completion: number): Record<string, number> => ({
       prompt_tokens: c.prompt.length,
       completion_tokens: completion,
       total_tokens: c.prompt.length + completion,
     });
+    const echo = c.echo ?? '';
     if (!c.stream) {
       // Submission errors (E_ARG...) surface here, before any header is sent.
-      const r = await gen.result.catch((e: unknown) => {
-        throw toHttpError(e);
+      const rs = await Promise.all(results).catch(async () => {
+        throw toHttpError(await firstError());
       });
-      const choice = chat
-        ? { index: 0, message: { role: 'assistant', content: r.text }, logprobs: null, finish_reason: finishReason(r.finishReason) }
-        : { index: 0, text: r.text, token_ids: Array.from(r.tokens), logprobs: null, finish_reason: finishReason(r.finishReason) };
-      this.sendJson(res, 200, { ...head, choices: [choice], usage: usage(r.tokens.length) });
+      const choices = rs.map((r, index) =>
+        chat
+          ? { index, message: { role: 'assistant', content: r.text }, logprobs: null, finish_reason: finishReason(r.finishReason) }
+          : { index, text: echo + r.text, token_ids: Array.from(r.tokens), logprobs: null, finish_reason: finishReason(r.finishReason) },
+      );
+      this.sendJson(res, 200, { ...head, choices, usage: usage(rs.reduce((a, r) => a + r.tokens.length, 0)) });
       return;
     }
     const send = (obj: unknown): void => {
       if (!res.writableEnded && !res.destroyed) res.write(`data: ${JSON.stringify(obj)}\n\n`);
     };
     // A token chunk's event is the JSON of { ...head, choices: [{ index, text, token_ids, logprobs,
-    // finish_reason: null }] } with the constant parts rendered once: one event per request per
-    // step runs on the thread that also feeds the forward's workers.
+    // finish_reason: null }] } with the constant parts rendered once per choice: one event per
+    // request per step runs on the thread that also feeds the forward's workers.
     // A chat chunk is { ...head, choices: [{ index, delta: { content }, logprobs, finish_reason: null }] },
-    // the first one also carrying the role (OpenAI's chat.completion.chunk).
-    const pre = chat
-      ? `data: ${JSON.stringify({ ...chunkHead, choices: [{ index: 0, delta: { content: '' } }] }).slice(0, -6)}`
-      : `data: ${JSON.stringify({ ...head, choices: [{ index: 0, text: '' }] }).slice(0, -5)}`;
+    // each choice's first one also carrying the role (OpenAI's chat.completion.chunk).
+    const pres = gens.map((_, index) =>
+      chat
+        ? `data: ${JSON.stringify({ ...chunkHead, choices: [{ index, delta: { content: '' } }] }).slice(0, -6)}`
+        : `data: ${JSON.stringify({ ...head, choices: [{ index, text: '' }] }).slice(0, -5)}`,
+    );
     const post = (tokens: Int32Array | readonly number[]): string => (chat ? '},"logprobs":null,"finish_reason":null}]}\n\n' : `,"token_ids":[${tokens.join(',')}],"logprobs":null,"finish_reason":null}]}\n\n`);
     let started = false;
     const start = (): void => {
+      if (started) return;
       res.writeHead(200, { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache', Connection: 'keep-alive' });
       started = true;
-      if (chat) send({ ...chunkHead, choices: [{ index: 0, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }] });
-    };
-    try {
-      for await (const chunk of gen) {
-        if (!started) start();
-        if (!res.writableEnded && !res.destroyed) res.write(`${pre}${JSON.stringify(chunk.text)}${post(chunk.tokens)}`);
+      for (let index = 0; index < c.n; index++) {
+        if (chat) send({ ...chunkHead, choices: [{ index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }] });
+        // echo: the prompt first, as its own chunk (no tokens).
+        else if (c.echo !== undefined) send({ ...head, choices: [{ index, text: echo, token_ids: [], logprobs: null, finish_reason: null }] });
       }
-      const r = await gen.result;
-      if (!started) start();
+    };
+    // Each choice streams its chunks as they come, then its finish; the usage and [DONE] follow the last.
+    let completion = 0;
+    const streamChoice = async (g: (typeof gens)[number], index: number): Promise<void> => {
+      for await (const chunk of g) {
+        start();
+        if (!res.writableEnded && !res.destroyed) res.write(`${pres[index] as string}${JSON.stringify(chunk.text)}${post(chunk.tokens)}`);
+      }
+      const r = await results[index]!;
+      start();
+      completion += r.tokens.length;
       const last = chat
-        ? { index: 0, delta: {}, logprobs: null, finish_reason: finishReason(r.finishReason) }
-        : { index: 0, text: '', token_ids: [], logprobs: null, finish_reason: finishReason(r.finishReason) };
-      send({ ...chunkHead, choices: [last], usage: usage(r.tokens.length) });
-      if (c.includeUsage) send({ ...chunkHead, choices: [], usage: usage(r.tokens.length) });
+        ? { index, delta: {}, logprobs: null, finish_reason: finishReason(r.finishReason) }
+        : { index, text: '', token_ids: [], logprobs: null, finish_reason: finishReason(r.finishReason) };
+      send({ ...chunkHead, choices: [last], ...(c.n === 1 ? { usage: usage(r.tokens.length) } : {}) });
+    };
+    const streamed = gens.map((g, i) =>
+      streamChoice(g, i).catch((e: unknown) => {
+        cancel.abort();
+        throw e;
+      }),
+    );
+    for (const s of streamed) s.catch(() => undefined);
+    try {
+      await Promise.all(streamed);
+      // (One choice's finish chunk carries the usage too; with several, only stream_options' chunk.)
+      if (c.includeUsage) send({ ...chunkHead, choices: [], usage: usage(completion) });
       res.end('data: [DONE]\n\n');
-    } catch (e) {
+    } catch {
+      const e = await firstError();
       if (!started) throw toHttpError(e);
       // Headers are out: report in the stream, then end it.
-      if ((e as Error).name !== 'AbortError') send({ error: errorBody(toHttpError(e)) });
+      if ((e as Error)?.name !== 'AbortError') send({ error: errorBody(toHttpError(e)) });
       res.end();
     }
   }

@@ -159,5 +159,16 @@ void penalize(Tensor& logits, const PenaltyArgs& a) {
   SPECDEC_CUDA_LAUNCH_CHECK("penalize_kernel");
 }
 
+void token_logprobs(const Tensor& logits, const std::vector<int32_t>& rows, const std::vector<int32_t>& tokens, int32_t k, Tensor& lp,
+                    Tensor& top_lp, Tensor& top_ids) {
+  // rows and tokens in one upload (ops::token_logprobs checked them).
+  HostPack pack;
+  const int r = pack.add(DType::i32, rows), t = pack.add(DType::i32, tokens);
+  pack.upload(Device::cuda);
+  launch_kernel(token_logprobs_kernel, static_cast<unsigned>(rows.size()), kBlock, 0, logits.ptr<float>(), logits.size(1), pack.view(r).ptr<int32_t>(),
+                pack.view(t).ptr<int32_t>(), k, lp.ptr<float>(), top_lp.ptr<float>(), top_ids.ptr<int32_t>());
+  SPECDEC_CUDA_LAUNCH_CHECK("token_logprobs_kernel");
+}
+
 }  // namespace cuda
 }  // namespace specdec

@@ -305,6 +305,38 @@ __global__ void __launch_bounds__(kBlock) penalize_kernel(float* __restrict__ lo
   }
 }
 
+// Log-probabilities (ops::token_logprobs): one block per entry m; the row's largest entry and its
+// log-sum-exp (double lanes, sm::lse_add), the token's log p, then the k largest entries, one
+// round each: the largest rank (sm::rank_key) below the previous round's.
+__global__ void __launch_bounds__(kBlock) token_logprobs_kernel(const float* __restrict__ logits, int64_t V, const int32_t* __restrict__ rows,
+                                                                const int32_t* __restrict__ tokens, int k, float* __restrict__ lp,
+                                                                float* __restrict__ top_lp, int32_t* __restrict__ top_ids) {
+  __shared__ blk::Smem s;
+  const int64_t m = blockIdx.x;
+  const float* row = logits + static_cast<int64_t>(rows[m]) * V;
+  float mx = -INFINITY;
+  for (int64_t i = threadIdx.x; i < V; i += kBlock) mx = fmaxf(mx, row[i]);
+  mx = blk::block_reduce(mx, blk::MaxF32(), s.f32);
+  double sum = 0.0;
+  for (int64_t i = threadIdx.x; i < V; i += kBlock) sum = sm::lse_add(sum, row[i], mx);
+  const double lse = sm::lse_finish(blk::block_reduce(sum, blk::SumF64(), s.f64), mx);
+  if (threadIdx.x == 0) lp[m] = sm::logprob_of(row[tokens[m]], lse);
+  uint64_t prev = ~0ull;
+  for (int j = 0; j < k; ++j) {
+    uint64_t best = 0;  // below every element's rank (the index part of a rank is never 0 for V < 2^32 - 1)
+    for (int64_t i = threadIdx.x; i < V; i += kBlock) {
+      const uint64_t r = sm::rank_key(row[i], i);
+      if (r < prev && r > best) best = r;
+    }
+    prev = blk::block_reduce(best, blk::MaxU64(), s.u64);
+    if (threadIdx.x == 0) {
+      const int64_t i = sm::rank_index(prev);
+      top_ids[m * k + j] = static_cast<int32_t>(i);
+      top_lp[m * k + j] = sm::logprob_of(row[i], lse);
+    }
+  }
+}
+
 }  // namespace sampling_kernels
 }  // namespace cuda
 }  // namespace specdec

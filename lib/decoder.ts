@@ -9,6 +9,7 @@ import { isSampling, throwIfAborted } from './step_helpers';
 import type { SamplingConfig, Speculator } from './strategies/speculator';
 import { checkModel, checkSpeculator, codedError } from './strategies/speculator';
 import { optionsArg } from './errors';
+import type { TokenLogprobs } from './logprobs';
 
 export type { DecodeStats, PhaseTimes } from './spec_engine';
 // ---- the decoder -------------------------------------------------------------------------------
@@ -44,24 +45,38 @@ export interface GenerateOptions {
    */
   readonly shouldStop?: (newTokens: readonly number[]) => boolean;
   readonly signal?: AbortSignal;
+  /**
+   * Record each output token's log-probability and this many most probable alternatives (0 ..
+   * 20; default: none): GenerateResult.logprobs (TokenLogprobs: the target's distribution after
+   * penalties and logit bias, at temperature 1). The tokens are the same with or without; the
+   * steps run verified on the host's side (no native chains), with one read more a step on CUDA.
+   */
+  readonly logprobs?: number;
 }
 
 export interface GenerateResult {
   /** The new tokens only. */
   readonly tokens: Int32Array;
+  /** With the `logprobs` option: one entry per token of `tokens`. */
+  readonly logprobs?: TokenLogprobs;
   /** 'context': prompt + output filled the model's positions (maxPositions). */
   readonly finishReason: 'length' | 'stop' | 'context';
   readonly stats: DecodeStats;
 }
 
 export interface BatchOptions extends GenerateOptions {
-  /** Called with each step's emitted tokens of sequence `index` (timing as RequestOptions.onTokens). */
-  readonly onTokens?: (index: number, tokens: Int32Array) => void;
+  /** Called with each step's emitted tokens of sequence `index` (timing as RequestOptions.onTokens), and their log-probabilities with the `logprobs` option. */
+  readonly onTokens?: (index: number, tokens: Int32Array, logprobs?: TokenLogprobs) => void;
 }
 
 /** generate(): the step chunks as an async iterable, and the final result. */
 export interface Generation extends AsyncIterable<Int32Array> {
   readonly result: Promise<GenerateResult>;
+  /**
+   * With the `logprobs` option: the log-probabilities of output tokens [from, to) among those the
+   * iteration has yielded so far (a chunk's own, as it is yielded); undefined without the option.
+   */
+  logprobsOf(from: number, to: number): TokenLogprobs | undefined;
 }
 
 
@@ -152,8 +167,9 @@ export class SpeculativeDecoder {
         if (opts.stopTokens !== undefined) req.stopTokens = opts.stopTokens;
         if (opts.ignoreEos !== undefined) req.ignoreEos = opts.ignoreEos;
         if (opts.shouldStop) req.shouldStop = opts.shouldStop;
+        if (opts.logprobs !== undefined) req.logprobs = opts.logprobs;
         const onTokens = opts.onTokens;
-        if (onTokens) req.onTokens = (toks) => onTokens(i, toks);
+        if (onTokens) req.onTokens = (toks, lp) => onTokens(i, toks, lp);
         return engine.submit(p, req).catch((e: unknown) => {
           // The first failure (or the caller's abort) cancels the rest of the batch.
           if (!firstError) firstError = { e: prefixed(e, i) };

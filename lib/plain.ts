@@ -11,6 +11,7 @@ import { codedError } from './models/config';
 import { chainLength, observeChainStep } from './plain_chain';
 import { argmax, argmaxIds, penalizeRow, processLogits, resolvePenalties, sample, type Penalties, type PenaltyHistory, type ResolvedPenalties } from './sampling';
 import type { Tensor } from './tensor';
+import { checkLogprobs, LogprobsSink, tokenLogprobs, type TokenLogprobs } from './logprobs';
 
 export interface PlainOptions {
   readonly maxNewTokens: number;
@@ -29,6 +30,8 @@ export interface PlainOptions {
   readonly signal?: AbortSignal;
   /** Called with each new token of sequence `index` as soon as it is chosen (for streaming). */
   readonly onTokens?: (index: number, tokens: Int32Array) => void;
+  /** Record each token's log-probability and this many alternatives (GenerateOptions.logprobs; the steps then run one at a time). */
+  readonly logprobs?: number;
 }
 
 export interface PlainStats {
@@ -47,6 +50,8 @@ export interface PlainResult {
   /** Why each sequence ended: a stop token, maxNewTokens, or the model's context (maxPositions). */
   readonly finishReasons: ('stop' | 'length' | 'context')[];
   readonly stats: PlainStats;
+  /** With the `logprobs` option: each prompt's tokens' log-probabilities. */
+  readonly logprobs?: TokenLogprobs[];
 }
 
 /** Philox offset of draw k of sequence i (see the file comment). */
@@ -75,6 +80,8 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
   });
   checkStopTokens(options.stopTokens);
   checkIgnoreEos(options.ignoreEos);
+  const logprobsK = checkLogprobs(options.logprobs);
+  const sinks = logprobsK === undefined ? undefined : prompts.map(() => new LogprobsSink(logprobsK));
   const stops = new Set<number>([...(options.ignoreEos === true ? [] : eosTokenIds), ...(options.stopTokens ?? [])]);
   const sampling = { temperature, topK: options.topK ?? 0, topP: options.topP ?? 1, minP: options.minP ?? 0 };
   const penalties = resolvePenalties(options.penalties, 'penalties', vocabSize);
@@ -97,7 +104,8 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
     // Steps run as native chains (lib/plain_chain.ts): the same tokens as one at a time, sampled
     // ones included (a chain draws step j of sequence i at streamOffset(i, k + j), as below).
     // (Penalties go with the chain: each pick sees the history and the chain's own picks.)
-    const chain = chainCall(model, sampling, seed, penalties);
+    // (A native chain computes no log-probabilities.)
+    const chain = sinks ? undefined : chainCall(model, sampling, seed, penalties);
     while (chain && active.length > 0) {
       options.signal?.throwIfAborted();
       const len = chainLength(model, active.length);
@@ -155,6 +163,11 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
         // Each sequence's last row, with its prompt and output so far as the history.
         if (penalties) active.forEach((i, b) => penalizeRow(fw.logits, (fw.indptr[b + 1] as number) - 1, penalties, historyOf(i)));
         next = pickTokens(fw.logits, fw.indptr, active, sampling, seed, (i) => out[i]!.length);
+        // (A draw without mass is reported below, as without logprobs.)
+        if (sinks && logprobsK !== undefined && next.every((t) => t >= 0)) {
+          const lp = tokenLogprobs(fw.logits, Int32Array.from(active, (_, b) => (fw.indptr[b + 1] as number) - 1), next, logprobsK);
+          active.forEach((i, b) => sinks[i]!.push(lp, b, b + 1));
+        }
       } finally {
         fw.logits.dispose();
         fw.hidden?.dispose();
@@ -201,6 +214,7 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
     tokens: out.map((t) => Int32Array.from(t)),
     finishReasons,
     stats: { targetForwards, seconds, tokensPerSecond: seconds > 0 ? total / seconds : 0, sequenceForwards: forwards },
+    ...(sinks ? { logprobs: sinks.map((s) => s.slice(0, s.length)) } : {}),
   };
 }
 

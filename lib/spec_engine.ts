@@ -16,6 +16,7 @@ import type {
   StepReport,
 } from './strategies/speculator';
 import { knownForwardCost } from './cost_model';
+import { tokenLogprobs, type LogprobsSink } from './logprobs';
 import { CHAIN_MAX_STEPS, CHAIN_SECONDS, chainLength, observeChainStep } from './plain_chain';
 import { argmaxIds, penalize, penalizeRow, processLogits, resolvePenalties, treePaths, type Penalties, type PenaltyHistory, type ResolvedPenalties } from './sampling';
 import { checkModel, checkSpeculator, codedError } from './strategies/speculator';
@@ -234,6 +235,12 @@ export class EngineSequence implements SpecSequence {
   released = false;
   /** Tokens that end the sequence (EOS, the request's stop tokens): a native chain stops after one. */
   stopTokens: Int32Array | undefined;
+  /**
+   * Where the log-probabilities of its emitted tokens go (the request's `logprobs`), in emission
+   * order. Such a sequence takes only steps that verify on the host's side of the native chains
+   * (a native chain computes none), and its root pick's.
+   */
+  logprobs: LogprobsSink | undefined;
   readonly stats = new StatsAcc();
 
   constructor(
@@ -381,6 +388,7 @@ export class SpecEngine {
           s.history.push(roots[b] as number);
           s.stats.newTokens++;
         });
+        recordLogprobs(out.logits, todo, (b) => [logitRows[b] as number], (b) => Int32Array.of(roots[b] as number));
       }
       this.phases.prefill += (performance.now() - t0) / 1000;
       const t1 = performance.now();
@@ -430,7 +438,8 @@ export class SpecEngine {
         let batch: ProposalBatch;
         if (speculator) {
           // (Awaited only when it is a promise: a synchronous speculator costs no microtask turn.)
-          const r = speculator.propose(p.seqs, live.length === 1 ? p.engine.soloCtx(signal) : p.engine.ctx(signal));
+          // (A sequence recording log-probabilities takes no native chain: it is not offered one.)
+          const r = speculator.propose(p.seqs, live.length === 1 && !anyLogprobs(p.seqs) ? p.engine.soloCtx(signal) : p.engine.ctx(signal));
           batch = isThenable(r) ? await r : r;
         } else batch = { proposals: loneRoots(p.seqs) };
         batches.push(batch);
@@ -464,7 +473,7 @@ export class SpecEngine {
       if (offer) return await SpecEngine.draftChain(first, offer, t0, tDraft, signal);
       const heads = (batches[0] as ProposalBatch).headsChain;
       if (heads) return await SpecEngine.headsChain(first, heads, t0, tDraft, signal);
-      const chain = plainChainSteps(live, batches, proposals, model, speculator);
+      const chain = anyLogprobs(allOf(live)) ? undefined : plainChainSteps(live, batches, proposals, model, speculator);
       for (const p of live) p.engine.lastStep.speculative = false;
       if (chain) return await SpecEngine.plainChain(live, chain, t0, tDraft, signal);
       // (Loops rather than flat/flatMap/spreads: a small model's whole step is ~100 us, and this
@@ -551,6 +560,13 @@ export class SpecEngine {
           s.stats.addStep(props[b] as Proposal, acc.length, em.length);
         }
       }
+      // Log-probabilities of the emitted tokens, from the rows they were verified on (penalized):
+      // emitted token k of sequence b follows its k-th accepted node.
+      if (anyLogprobs(allSeqs)) {
+        const emitted: readonly Int32Array[] = single ? (results[0] as PartResult).emitted : results.flatMap((r) => r.emitted);
+        const o = out;
+        recordLogprobs(o.logits, allSeqs, (b) => Array.from(accepted[b] as Int32Array, (node) => (o.indptr[b] as number) + node), (b) => emitted[b] as Int32Array);
+      }
       const tCommit = performance.now();
       if (speculator) {
         for (let i = 0; i < live.length; i++) {
@@ -599,6 +615,7 @@ export class SpecEngine {
     const first = parts[0] as StepPart;
     const { model, speculator } = first.engine;
     const seqs: readonly EngineSequence[] = parts.length === 1 ? first.seqs : parts.flatMap((p) => p.seqs);
+    if (anyLogprobs(seqs)) throw codedError('E_INTERNAL', 'a plain chain over a sequence that records log-probabilities');
     const inputs = new Array<SequenceInput>(seqs.length);
     let most = 0;
     for (let b = 0; b < seqs.length; b++) {
@@ -664,6 +681,7 @@ export class SpecEngine {
     const { model, speculator } = part.engine;
     const { seqs } = part;
     if (!speculator?.updateChain || !model.speculativeChain) throw codedError('E_INTERNAL', 'a draft chain without updateChain or speculativeChain');
+    if (anyLogprobs(seqs)) throw codedError('E_INTERNAL', 'a draft chain over a sequence that records log-probabilities');
     if (offer.seqs.length !== seqs.length) throw codedError('E_ARG', `${speculator.name}: a draft chain of ${offer.seqs.length} sequences for ${seqs.length}`);
     const B = seqs.length;
     const sampling = part.engine.sampling;
@@ -705,6 +723,7 @@ export class SpecEngine {
     const { model, speculator } = part.engine;
     const { seqs } = part;
     if (!speculator?.updateHeadsChain || !model.medusaChain) throw codedError('E_INTERNAL', 'a heads chain without updateHeadsChain or medusaChain');
+    if (anyLogprobs(seqs)) throw codedError('E_INTERNAL', 'a heads chain over a sequence that records log-probabilities');
     if (offer.seqs.length !== seqs.length) throw codedError('E_ARG', `${speculator.name}: a heads chain of ${offer.seqs.length} sequences for ${seqs.length}`);
     for (const s of seqs) {
       if (offer.template.parents.length > s.maxNodes) throw codedError('E_ARG', `${speculator.name}: a heads chain of ${offer.template.parents.length}-node trees > maxNodes ${s.maxNodes} (the KV room kept for a tree: treeReserveTokens)`);
@@ -1181,6 +1200,45 @@ function penalizeRows(out: ForwardOutput, seq0: number, seqs: readonly EngineSeq
  * sampledChain), every proposal is a lone root, and the speculator (if any) offered plainSteps and
  * takes updatePlain. Never past a sequence's maxDepth + 1 tokens (maxNewTokens and the context).
  */
+/** Whether any of the sequences records log-probabilities (EngineSequence.logprobs). */
+function anyLogprobs(seqs: readonly EngineSequence[]): boolean {
+  for (const s of seqs) if (s.logprobs) return true;
+  return false;
+}
+
+function allOf(parts: readonly StepPart[]): readonly EngineSequence[] {
+  return parts.length === 1 ? (parts[0] as StepPart).seqs : parts.flatMap((p) => p.seqs);
+}
+
+/**
+ * The log-probabilities of sequence b's emitted tokens tokensOf(b) from rows rowsOf(b) of logits
+ * (one native call for every sequence that records them), appended to their sinks.
+ */
+function recordLogprobs(logits: Tensor, seqs: readonly EngineSequence[], rowsOf: (b: number) => ArrayLike<number>, tokensOf: (b: number) => Int32Array): void {
+  const rows: number[] = [];
+  const tokens: number[] = [];
+  let k = 0;
+  for (let b = 0; b < seqs.length; b++) {
+    const sink = (seqs[b] as EngineSequence).logprobs;
+    if (!sink) continue;
+    const r = rowsOf(b), t = tokensOf(b);
+    for (let i = 0; i < t.length; i++) {
+      rows.push(r[i] as number);
+      tokens.push(t[i] as number);
+    }
+    k = Math.max(k, sink.k);
+  }
+  if (rows.length === 0) return;
+  const lp = tokenLogprobs(logits, Int32Array.from(rows), Int32Array.from(tokens), k);
+  for (let b = 0, at = 0; b < seqs.length; b++) {
+    const sink = (seqs[b] as EngineSequence).logprobs;
+    if (!sink) continue;
+    const n = tokensOf(b).length;
+    sink.push(lp, at, at + n);
+    at += n;
+  }
+}
+
 function plainChainSteps(
   parts: readonly StepPart[],
   batches: readonly ProposalBatch[],

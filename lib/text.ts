@@ -2,6 +2,7 @@
 // and stops at stop strings (the text is cut before the stop string; DESIGN §5 generate()).
 import type { GenerateOptions, GenerateResult, Generation } from './decoder';
 import { codedError, optionsArg } from './errors';
+import type { TokenLogprobs } from './logprobs';
 
 /** What text generation needs of a tokenizer (TextTokenizer fits). */
 export interface TextCodec {
@@ -91,6 +92,8 @@ export interface TextGenerateOptions {
   /** Stop once the output text contains one of these; it is not part of the returned text. */
   readonly stopStrings?: readonly string[];
   readonly signal?: AbortSignal;
+  /** Record log-probabilities (GenerateOptions.logprobs): on each chunk and on the result. */
+  readonly logprobs?: number;
 }
 
 export interface TextChunk {
@@ -101,6 +104,8 @@ export interface TextChunk {
    * could still begin a stop string. The chunks' texts add up to the result's `text`.
    */
   readonly text: string;
+  /** With the `logprobs` option: the log-probabilities of `tokens`. */
+  readonly logprobs?: TokenLogprobs;
 }
 
 export interface TextResult extends GenerateResult {
@@ -202,6 +207,7 @@ export function generateText(
     ...(opts.stopTokens ? { stopTokens: opts.stopTokens } : {}),
     ...(opts.ignoreEos !== undefined ? { ignoreEos: opts.ignoreEos } : {}),
     ...(opts.signal ? { signal: opts.signal } : {}),
+    ...(opts.logprobs !== undefined ? { logprobs: opts.logprobs } : {}),
     // Decoding the whole output per token is quadratic; a stop string can only complete in the
     // text of the last few tokens, so decode a tail long enough to hold the longest one.
     ...(stops.length > 0
@@ -226,6 +232,7 @@ export function generateText(
     result,
     async *[Symbol.asyncIterator](): AsyncGenerator<TextChunk> {
       for await (const toks of gen) {
+        const lp = opts.logprobs !== undefined ? gen.logprobsOf(all.length, all.length + toks.length) : undefined;
         for (const t of toks) all.push(t);
         const now = settle.of(text.of(all));
         const found = cutAtStop(now.full, stops);
@@ -239,7 +246,7 @@ export function generateText(
         } else while (cut.endsWith('\uFFFD')) cut = cut.slice(0, -1);
         const delta = cut.length > shown ? cut.slice(shown) : '';
         shown = Math.max(shown, cut.length);
-        yield { tokens: toks, text: delta };
+        yield lp ? { tokens: toks, text: delta, logprobs: lp } : { tokens: toks, text: delta };
       }
       // The end: what was held back and stayed text (the streamed chunks add up to result.text).
       const rest = cutAtStop(settle.of(text.of(all)).full, stops).text;

@@ -164,8 +164,10 @@ describe('specdec serve', function () {
       [{ prompt: 'x', logit_bias: { '99999': 1 } }, 'logit_bias'],
       [{ prompt: 'x', logit_bias: { abc: 1 } }, 'logit_bias'],
       [{ prompt: 'x', logit_bias: [1] }, 'logit_bias'],
-      [{ prompt: 'x', logprobs: 2 }, 'logprobs'],
+      [{ prompt: 'x', logprobs: 21 }, 'logprobs'],
+      [{ prompt: 'x', logprobs: true }, 'logprobs'],
       [{ prompt: 'x', top_logprobs: 2 }, 'top_logprobs'],
+      [{ prompt: 'x', logprobs: 2, echo: true }, 'echo'],
       [{ prompt: 'x', best_of: 3 }, 'best_of'],
       [{ prompt: 'x', min_tokens: 4 }, 'min_tokens'],
       [{ prompt: 'x', ignore_eos: 'yes' }, 'ignore_eos'],
@@ -246,6 +248,36 @@ describe('specdec serve', function () {
     assert.strictEqual(target.kvInfo().freePages, target.kvInfo().totalPages, 'KV pages free');
   });
 
+  it('logprobs: completions\' { tokens, token_logprobs, top_logprobs, text_offset } (the engine\'s log-probabilities), streamed per chunk; refused where not given', async () => {
+    type Lp = { tokens: string[]; token_logprobs: number[]; top_logprobs: Record<string, number>[]; text_offset: number[] };
+    const tokenizer = TextTokenizer.load(EMBEDDED.target)!;
+    const body = { prompt: 'once upon a time', max_tokens: 12, temperature: 0, logprobs: 2 };
+    const r = await postJson(`${url}/v1/completions`, body);
+    assert.strictEqual(r.status, 200, JSON.stringify(r.json));
+    const choice = (r.json['choices'] as { text: string; token_ids: number[]; logprobs: Lp }[])[0]!;
+    const lp = choice.logprobs;
+    const want = await server.engine.submit(tokenizer.encode(body.prompt), { maxNewTokens: 12, logprobs: 2 });
+    assert.deepStrictEqual(choice.token_ids, Array.from(want.tokens));
+    assert.deepStrictEqual(lp.token_logprobs, Array.from(want.logprobs!.token));
+    assert.deepStrictEqual(lp.tokens, choice.token_ids.map((t) => tokenizer.decode([t], { skipSpecialTokens: false })));
+    lp.top_logprobs.forEach((d, i) => {
+      // The two most probable (greedy: the token itself is the first) and the token.
+      const top = [0, 1].map((j) => [tokenizer.decode([want.logprobs!.topIds[2 * i + j]!], { skipSpecialTokens: false }), want.logprobs!.topLogprobs[2 * i + j]!] as const);
+      assert.deepStrictEqual(d, Object.fromEntries(top[0]![0] === top[1]![0] ? [top[0]!] : top));
+      assert.strictEqual(d[lp.tokens[i]!], lp.token_logprobs[i]);
+    });
+    assert.strictEqual(lp.text_offset[0], 0);
+    lp.text_offset.forEach((o, i) => assert.ok(o <= choice.text.length && (i === 0 || o >= lp.text_offset[i - 1]!)));
+    // Streamed: each chunk's own, adding up to the whole.
+    const s = await postStream(`${url}/v1/completions`, { ...body, stream: true });
+    const parts = s.events.map((e) => (e['choices'] as { logprobs: Lp | null }[])[0]?.logprobs).filter((x): x is Lp => x !== null && x !== undefined);
+    assert.ok(parts.length > 1);
+    assert.deepStrictEqual(parts.flatMap((p) => p.token_logprobs), lp.token_logprobs);
+    assert.deepStrictEqual(parts.flatMap((p) => p.text_offset), lp.text_offset);
+    // Without logprobs: null, as before.
+    assert.strictEqual(((await postJson(`${url}/v1/completions`, { ...body, logprobs: null })).json['choices'] as { logprobs: unknown }[])[0]!.logprobs, null);
+  });
+
   it('/v1/chat/completions: the chat through the template, the same tokens as its ids sent to /v1/completions; streamed deltas; errors name messages', async () => {
     // The embedded tokenizer with a chat template beside it.
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'specdec-serve-chat-'));
@@ -270,6 +302,28 @@ describe('specdec serve', function () {
       const plain = await postJson(`${curl}/v1/completions`, { prompt: ids, max_tokens: 10, temperature: 0 });
       assert.strictEqual(choice.message.content, (plain.json['choices'] as { text: string }[])[0]!.text);
       assert.deepStrictEqual(r.json['usage'], plain.json['usage']);
+      // logprobs: true, top_logprobs: 3 -- { content: [{ token, logprob, bytes, top_logprobs }] } per
+      // token (greedy: the token is the most probable); streamed per chunk.
+      type Entry = { token: string; logprob: number; bytes: number[]; top_logprobs: { token: string; logprob: number; bytes: number[] }[] };
+      const withLp = await postJson(`${curl}/v1/chat/completions`, { messages, max_tokens: 8, temperature: 0, logprobs: true, top_logprobs: 3 });
+      assert.strictEqual(withLp.status, 200, JSON.stringify(withLp.json));
+      const content = (withLp.json['choices'] as { logprobs: { content: Entry[] } }[])[0]!.logprobs.content;
+      assert.strictEqual(content.length, (withLp.json['usage'] as { completion_tokens: number }).completion_tokens);
+      for (const e of content) {
+        assert.strictEqual(e.top_logprobs.length, 3);
+        assert.deepStrictEqual(e.top_logprobs[0], { token: e.token, logprob: e.logprob, bytes: e.bytes });
+        assert.deepStrictEqual(e.bytes, Array.from(Buffer.from(e.token, 'utf8')));
+        assert.ok(e.logprob <= 0 && e.top_logprobs[1]!.logprob <= e.logprob);
+      }
+      const lpStream = await postStream(`${curl}/v1/chat/completions`, { messages, max_tokens: 8, temperature: 0, logprobs: true, top_logprobs: 3, stream: true });
+      assert.deepStrictEqual(lpStream.events.flatMap((e) => (e['choices'] as { logprobs?: { content: Entry[] } | null }[])[0]?.logprobs?.content ?? []), content);
+      const noTop = await postJson(`${curl}/v1/chat/completions`, { messages, max_tokens: 2, logprobs: true });
+      assert.ok(((noTop.json['choices'] as { logprobs: { content: Entry[] } }[])[0]!.logprobs.content).every((e) => e.top_logprobs.length === 0));
+      for (const [bad, param] of [[{ top_logprobs: 2 }, 'top_logprobs'], [{ logprobs: true, top_logprobs: 21 }, 'top_logprobs'], [{ logprobs: 2 }, 'logprobs']] as const) {
+        const r = await postJson(`${curl}/v1/chat/completions`, { messages, max_tokens: 2, ...bad });
+        assert.strictEqual(r.status, 400, JSON.stringify(bad));
+        assert.strictEqual((r.json['error'] as { param: string }).param, param);
+      }
       // n choices, each with its role chunk, its deltas adding up to its message.
       const chat = await postStream(`${curl}/v1/chat/completions`, { messages, max_tokens: 6, temperature: 0.9, seed: 3, n: 2, stream: true });
       type Delta = { index: number; delta: { role?: string; content?: string } };

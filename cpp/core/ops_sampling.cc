@@ -243,5 +243,23 @@ void penalize(Tensor& logits, const PenaltyArgs& a) {
   SPECDEC_SAMPLING_DISPATCH(logits.device(), penalize(logits, a));
 }
 
+void token_logprobs(const Tensor& logits, const std::vector<int32_t>& rows, const std::vector<int32_t>& tokens, int32_t k, Tensor& lp,
+                    Tensor& top_lp, Tensor& top_ids) {
+  check_arg(logits, "logits", {DType::f32}, {-1, -1});
+  const int64_t N = logits.size(0), V = logits.size(1), M = static_cast<int64_t>(rows.size());
+  SPECDEC_CHECK(static_cast<int64_t>(tokens.size()) == M, "E_ARG", "tokens: ", tokens.size(), " entries for ", M, " rows");
+  SPECDEC_CHECK(k >= 0 && k <= V && k <= 1024, "E_ARG", "k: expected 0 <= k <= min(1024, ", V, "), got ", k);
+  for (int64_t m = 0; m < M; ++m) {
+    SPECDEC_CHECK(rows[m] >= 0 && rows[m] < N, "E_ARG", "rows: row ", rows[m], " (entry ", m, ") is outside the ", N, " logits rows");
+    SPECDEC_CHECK(tokens[m] >= 0 && tokens[m] < V, "E_ARG", "tokens: token ", tokens[m], " (entry ", m, ") is outside the vocabulary [0, ", V, ")");
+  }
+  check_arg(lp, "lp", {DType::f32}, {M});
+  check_arg(top_lp, "topLogprobs", {DType::f32}, {M, k});
+  check_arg(top_ids, "topIds", {DType::i32}, {M, k});
+  check_same_device({&logits, &lp, &top_lp, &top_ids}, "token_logprobs");
+  if (M == 0) return;
+  SPECDEC_SAMPLING_DISPATCH(logits.device(), token_logprobs(logits, rows, tokens, k, lp, top_lp, top_ids));
+}
+
 }  // namespace ops
 }  // namespace specdec

@@ -145,6 +145,13 @@ void penalize(Tensor& logits, const PenaltyArgs& args);
 // The checks penalize makes of the penalties and histories alone (rows aside), for a vocabulary of
 // V: what a native chain runs before it reads the histories (E_ARG naming the field).
 void check_penalty_histories(const PenaltyArgs& args, int64_t V);
+// Log-probabilities of output tokens (OpenAI's logprobs): for m < M, with row = logits[rows[m]]
+// (f32 [N, V]) and lse its log-sum-exp (in double), lp[m] = row[tokens[m]] - lse, and the k
+// largest entries of the row (float order descending, lower index first; NaN last) as top_ids
+// [M, k] with top_lp = entry - lse. A row whose largest entry is -inf has every log-probability
+// -inf. Host arrays rows / tokens (checked; one upload on CUDA); outputs on the logits' device.
+void token_logprobs(const Tensor& logits, const std::vector<int32_t>& rows, const std::vector<int32_t>& tokens, int32_t k, Tensor& lp,
+                    Tensor& top_lp, Tensor& top_ids);
 }  // namespace ops
 
 #define SPECDEC_SAMPLING_OPS(NS)                                                           \
@@ -155,6 +162,8 @@ void check_penalty_histories(const PenaltyArgs& args, int64_t V);
   void top_k(const Tensor& x, int32_t k, Tensor& vals, Tensor& ids);                       \
   void verify(const VerifyArgs& args, VerifyResult& out);                                  \
   void penalize(Tensor& logits, const PenaltyArgs& args);                                  \
+  void token_logprobs(const Tensor& logits, const std::vector<int32_t>& rows, const std::vector<int32_t>& tokens, int32_t k, \
+                      Tensor& lp, Tensor& top_lp, Tensor& top_ids);                         \
   }
 SPECDEC_SAMPLING_OPS(cpu)
 SPECDEC_SAMPLING_OPS(cuda)

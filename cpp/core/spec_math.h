@@ -249,6 +249,27 @@ inline double entropy_host(const float* p, int64_t V) {
 }
 #endif
 
+// ---------------- log-probabilities (ops::token_logprobs) ----------------
+// log p of an entry x of a row whose log-sum-exp is lse, rounded once to f32; -inf when the row's
+// largest entry is -inf (lse -inf: nothing has probability).
+SPECDEC_HD inline float logprob_of(float x, double lse) {
+  if (lse == -INFINITY) return -INFINITY;
+  return static_cast<float>(static_cast<double>(x) - lse);
+}
+// One lane's share of the log-sum-exp: sum of exp(x - max) in double (a -inf entry adds 0).
+SPECDEC_HD inline double lse_add(double s, float x, float max) { return s + exp(static_cast<double>(x) - static_cast<double>(max)); }
+SPECDEC_HD inline double lse_finish(double s, float max) { return max == -INFINITY ? -INFINITY : static_cast<double>(max) + log(s); }
+#ifndef __CUDACC__
+// The log-sum-exp of a row in double (the largest entry first; NaN entries propagate).
+inline double log_sum_exp_host(const float* x, int64_t V) {
+  float m = -INFINITY;
+  for (int64_t i = 0; i < V; ++i) m = std::fmax(m, x[i]);
+  double s = 0.0;
+  for (int64_t i = 0; i < V; ++i) s = lse_add(s, x[i], m);
+  return lse_finish(s, m);
+}
+#endif
+
 // Medusa typical-acceptance threshold from the entropy (nats) of the node's target row.
 SPECDEC_HD inline float typical_threshold(double entropy, float eps, float alpha) {
   float t = alpha * static_cast<float>(exp(-entropy));
@@ -267,6 +288,14 @@ SPECDEC_HD inline uint32_t float_key(float x) {
 #endif
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
+
+// An element's place in the order top-k / top-p keep tokens (float key descending, then index
+// ascending) as one u64, larger = earlier; distinct for distinct indices, so selection runs on
+// plain integers and the index comes back out of the rank.
+SPECDEC_HD inline uint64_t rank_key(float v, int64_t i) {
+  return (static_cast<uint64_t>(float_key(v)) << 32) | (0xffffffffu - static_cast<uint32_t>(i));
+}
+SPECDEC_HD inline int64_t rank_index(uint64_t r) { return static_cast<int64_t>(0xffffffffu - static_cast<uint32_t>(r)); }
 
 // argmax order: larger value wins, ties -> lower index; NaN never beats a number.
 SPECDEC_HD inline bool argmax_better(float v, int32_t i, float bv, int32_t bi) {

@@ -19,13 +19,8 @@ namespace {
 // Row r of a float tensor [N, V] as f32.
 void load_row(const Tensor& t, int64_t r, int64_t V, float* out) { simd::to_f32_row(t.dtype(), t.data(), r * V, V, out); }
 
-// An element's place in the order top-k / top-p keep tokens (float key descending, then index
-// ascending) as one u64, larger = earlier; distinct for distinct indices, so selection runs on
-// plain integers and the index comes back out of the rank.
-inline uint64_t rank_key(float v, int64_t i) {
-  return (static_cast<uint64_t>(sm::float_key(v)) << 32) | (0xffffffffu - static_cast<uint32_t>(i));
-}
-inline int64_t rank_index(uint64_t r) { return static_cast<int64_t>(0xffffffffu - static_cast<uint32_t>(r)); }
+using sm::rank_index;
+using sm::rank_key;
 
 // Candidates above which top-p alone takes the histograms (top_p_boundary) rather than sorted chunks.
 constexpr int64_t kHistogramCandidates = 8192;
@@ -391,6 +386,25 @@ void top_k(const Tensor& x, int32_t k, Tensor& vals, Tensor& ids) {
       const int64_t i = rank_index(ranks[j]);
       vals.ptr<float>()[r * k + j] = row[i];
       ids.ptr<int32_t>()[r * k + j] = static_cast<int32_t>(i);
+    }
+  }
+}
+
+void token_logprobs(const Tensor& logits, const std::vector<int32_t>& rows, const std::vector<int32_t>& tokens, int32_t k, Tensor& lp,
+                    Tensor& top_lp, Tensor& top_ids) {
+  const int64_t V = logits.size(1), M = static_cast<int64_t>(rows.size());
+  std::vector<uint64_t> ranks(static_cast<size_t>(k > 0 ? V : 0));
+  for (int64_t m = 0; m < M; ++m) {
+    const float* row = logits.ptr<float>() + rows[static_cast<size_t>(m)] * V;
+    const double lse = sm::log_sum_exp_host(row, V);
+    lp.ptr<float>()[m] = sm::logprob_of(row[tokens[static_cast<size_t>(m)]], lse);
+    if (k == 0) continue;
+    for (int64_t i = 0; i < V; ++i) ranks[static_cast<size_t>(i)] = rank_key(row[i], i);
+    std::partial_sort(ranks.begin(), ranks.begin() + k, ranks.end(), std::greater<uint64_t>());
+    for (int32_t j = 0; j < k; ++j) {
+      const int64_t i = rank_index(ranks[static_cast<size_t>(j)]);
+      top_ids.ptr<int32_t>()[m * k + j] = static_cast<int32_t>(i);
+      top_lp.ptr<float>()[m * k + j] = sm::logprob_of(row[i], lse);
     }
   }
 }

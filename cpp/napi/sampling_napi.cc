@@ -357,6 +357,32 @@ Napi::Value Penalize(const Napi::CallbackInfo& info) {
   });
 }
 
+// tokenLogprobs(logits f32 [N, V], rows, tokens, k) -> { token: Float32Array(M), topIds:
+// Int32Array(M * k), topLogprobs: Float32Array(M * k) } (ops::token_logprobs), read back at once.
+Napi::Value TokenLogprobs(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    Tensor logits = tensor_arg(info[0], "logits");
+    const std::vector<int32_t> rows = get_i32_array(info[1], "rows"), tokens = get_i32_array(info[2], "tokens");
+    const int64_t k = get_int(info[3], "k");
+    SPECDEC_CHECK(k >= 0 && k <= 1024, "E_ARG", "k: expected 0 <= k <= 1024, got ", k);
+    const int64_t M = static_cast<int64_t>(rows.size()), K = k;
+    // One device buffer (4-byte words: [lp M | top logprobs M k | top ids M k]), one copy back.
+    const int64_t words = M * (1 + 2 * K);
+    Tensor all = Tensor::empty(DType::u32, {std::max<int64_t>(words, 1)}, logits.device());
+    Tensor lp = all.reinterpret(0, DType::f32, {M}), top_lp = all.reinterpret(static_cast<size_t>(M) * 4, DType::f32, {M, K}),
+           top_ids = all.reinterpret(static_cast<size_t>(M * (1 + K)) * 4, DType::i32, {M, K});
+    ops::token_logprobs(logits, rows, tokens, static_cast<int32_t>(k), lp, top_lp, top_ids);
+    Napi::Env env = info.Env();
+    Napi::ArrayBuffer buf = Napi::ArrayBuffer::New(env, static_cast<size_t>(std::max<int64_t>(words, 1)) * 4);
+    if (words > 0) all.copy_to_host(buf.Data(), static_cast<size_t>(words) * 4);
+    Napi::Object res = Napi::Object::New(env);
+    res.Set("token", Napi::Float32Array::New(env, static_cast<size_t>(M), buf, 0));
+    res.Set("topLogprobs", Napi::Float32Array::New(env, static_cast<size_t>(M * K), buf, static_cast<size_t>(M) * 4));
+    res.Set("topIds", Napi::Int32Array::New(env, static_cast<size_t>(M * K), buf, static_cast<size_t>(M * (1 + K)) * 4));
+    return res;
+  });
+}
+
 // philox4x32(counter: Uint32Array(4), key: Uint32Array(2)) -> Uint32Array(4): for known-answer tests.
 Napi::Value Philox(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
@@ -377,6 +403,7 @@ void Init(Napi::Env env, Napi::Object exports) {
   exports.Set("verifyTree", Napi::Function::New(env, Verify, "verifyTree"));
   exports.Set("samplingPhilox4x32", Napi::Function::New(env, Philox, "samplingPhilox4x32"));
   exports.Set("samplingPenalize", Napi::Function::New(env, Penalize, "samplingPenalize"));
+  exports.Set("samplingTokenLogprobs", Napi::Function::New(env, TokenLogprobs, "samplingTokenLogprobs"));
 }
 
 static Registrar reg(&Init);

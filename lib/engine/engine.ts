@@ -13,6 +13,7 @@ import type { GenerateOptions, GenerateResult, Generation } from '../decoder';
 import { checkIgnoreEos, checkStopTokens, codedError, optionsArg } from '../errors';
 import type { CausalLM } from '../models/causal_lm';
 import { native } from '../native';
+import { checkLogprobs, LogprobsSink, type TokenLogprobs } from '../logprobs';
 import { knownForwardCost } from '../cost_model';
 import { DEFAULT_TREE_RESERVE, SpecEngine, StatsAcc, type EngineSequence, type PhaseTimes, type StepPart } from '../spec_engine';
 import { abortError, isSampling } from '../step_helpers';
@@ -53,9 +54,9 @@ export interface RequestOptions extends GenerateOptions {
    * Called with each step's new tokens, in order. A step's tokens are handed over once the next
    * step's forward has started (so what the callback does overlaps the compute), or when the
    * request ends; aborting from here stops the request after that running step. A throw fails
-   * this request only.
+   * this request only. With the `logprobs` option, the tokens' log-probabilities come along.
    */
-  readonly onTokens?: (tokens: Int32Array) => void;
+  readonly onTokens?: (tokens: Int32Array, logprobs?: TokenLogprobs) => void;
 }
 
 export interface KvPages {
@@ -104,6 +105,10 @@ class Request {
    * writes) overlaps the compute instead of sitting between two forwards.
    */
   readonly outbox: Int32Array[] = [];
+  /** With the `logprobs` option: the log-probabilities of the emitted tokens, kept over preemptions. */
+  readonly logprobs: LogprobsSink | undefined;
+  /** Tokens handed to onTokens so far (where the next chunk's log-probabilities start). */
+  delivered = 0;
   readonly t0 = performance.now();
   /** The group's phase times when the request arrived: its statistics report the difference. */
   readonly phases0: PhaseTimes;
@@ -122,6 +127,7 @@ class Request {
     this.history = Array.from(prompt);
     this.promptLength = prompt.length;
     this.phases0 = { ...group.phases };
+    this.logprobs = opts.logprobs !== undefined ? new LogprobsSink(opts.logprobs) : undefined;
   }
 }
 
@@ -393,6 +399,7 @@ export class Engine {
     }
     checkStopTokens(opts.stopTokens);
     checkIgnoreEos(opts.ignoreEos);
+    checkLogprobs(opts.logprobs);
     const seed = opts.seed;
     if (seed !== undefined && !(typeof seed === 'bigint' ? seed >= 0n && seed < 2n ** 64n : Number.isSafeInteger(seed) && seed >= 0)) {
       throw codedError('E_ARG', `seed must be a non-negative integer below 2^64, got ${String(seed)}`);
@@ -586,6 +593,7 @@ export class Engine {
       try {
         r.seq = r.group.open(r.history, r.promptLength, r.rng);
         r.seq.stopTokens = r.stopArray ??= Int32Array.from(r.stop);
+        r.seq.logprobs = r.logprobs;
       } catch (e) {
         this.fail(r, e);
         continue;
@@ -778,8 +786,10 @@ export class Engine {
   private deliver(r: Request): void {
     while (r.outbox.length > 0 && r.failure === undefined) {
       const chunk = r.outbox.shift() as Int32Array;
+      const from = r.delivered;
+      r.delivered += chunk.length;
       try {
-        r.opts.onTokens?.(chunk);
+        r.opts.onTokens?.(chunk, r.logprobs?.slice(from, r.delivered));
       } catch (e) {
         r.failure = { error: e };
       }
@@ -848,7 +858,8 @@ export class Engine {
     }
     this.liveCap = this.maxBatch;
     this.metrics.finished(r.done ?? 'length', stats);
-    r.settle.resolve({ tokens: Int32Array.from(r.newTokens), finishReason: r.done ?? 'length', stats });
+    const tokens = Int32Array.from(r.newTokens);
+    r.settle.resolve({ tokens, finishReason: r.done ?? 'length', stats, ...(r.logprobs ? { logprobs: r.logprobs.slice(0, tokens.length) } : {}) });
   }
 
   private settleAbort(r: Request): void {

@@ -8,6 +8,8 @@ import * as http from 'http';
 import type { AddressInfo } from 'net';
 import type { GenerateOptions } from '../decoder';
 import type { Engine, RequestOptions } from '../engine/engine';
+import { IncrementalText } from '../text';
+import { MAX_LOGPROBS, type TokenLogprobs } from '../logprobs';
 import type { Penalties } from '../sampling';
 import type { SamplingConfig } from '../strategies/speculator';
 import { generateText, type TextCodec } from '../text';
@@ -44,6 +46,8 @@ interface Completion {
   readonly n: number;
   /** echo (completions): the prompt's text, put before each choice's text. */
   readonly echo: string | undefined;
+  /** Log-probabilities and this many alternatives per token (completions' logprobs, chat's top_logprobs). */
+  readonly logprobs: number | undefined;
   readonly maxTokens: number;
   readonly sampling: SamplingConfig | undefined;
   readonly penalties: Penalties | undefined;
@@ -204,7 +208,18 @@ export class CompletionServer {
     num('best_of', (x) => x === n, `n (${n}): choosing the best of more candidates is not supported`);
     const echo = bool('echo');
     if (echo && chat) throw new HttpError(400, 'echo: not supported by chat completions', 'echo');
-    for (const f of ['logprobs', 'top_logprobs']) if (b[f] !== undefined && b[f] !== null && b[f] !== false) throw new HttpError(400, `${f}: not supported`, f);
+    // Completions: logprobs = the alternatives per token. Chat: logprobs true, top_logprobs the alternatives.
+    let logprobs: number | undefined;
+    if (chat) {
+      const top = num('top_logprobs', (x) => Number.isSafeInteger(x) && x >= 0 && x <= MAX_LOGPROBS, `an integer in [0, ${MAX_LOGPROBS}]`);
+      if (bool('logprobs')) logprobs = top ?? 0;
+      else if (top !== undefined) throw new HttpError(400, 'top_logprobs: needs logprobs: true', 'top_logprobs');
+    } else {
+      logprobs = num('logprobs', (x) => Number.isSafeInteger(x) && x >= 0 && x <= MAX_LOGPROBS, `an integer in [0, ${MAX_LOGPROBS}]`);
+      if (b['top_logprobs'] !== undefined && b['top_logprobs'] !== null) throw new HttpError(400, 'top_logprobs: chat completions only (completions take logprobs: N)', 'top_logprobs');
+      // (The prompt's own log-probabilities, which echo with logprobs returns, are not computed.)
+      if (echo && logprobs !== undefined) throw new HttpError(400, 'echo with logprobs: the prompt\'s log-probabilities are not supported', 'echo');
+    }
     // Fields that change the output and are not implemented are refused unless they ask for nothing
     // (clients send their defaults); never silently ignored.
     const presence = num('presence_penalty', (x) => x >= -2 && x <= 2, 'a number in [-2, 2]') ?? 0;
@@ -258,6 +273,7 @@ export class CompletionServer {
       prompt,
       n,
       echo: echo ? this.echoText(b['prompt'], prompt) : undefined,
+      logprobs,
       maxTokens,
       sampling,
       penalties,
@@ -268,6 +284,48 @@ export class CompletionServer {
       stream: bool('stream'),
       includeUsage,
     };
+  }
+
+  /** A token's text in log-probabilities: its own decoding, or vLLM's `token_id:N` without a tokenizer. */
+  private tokenText(id: number): string {
+    return this.tokenizer ? this.tokenizer.decode([id], { skipSpecialTokens: false }) : `token_id:${id}`;
+  }
+
+  /** The completion text's decoding (text offsets count its characters). */
+  private readonly offsetDecode = (ids: readonly number[]): string => (this.tokenizer ? this.tokenizer.decode(ids, { skipSpecialTokens: true }) : '');
+
+  /**
+   * OpenAI's logprobs object for `tokens` (lp: theirs): chat's { content: [{ token, logprob, bytes,
+   * top_logprobs }] }, or completions' { tokens, token_logprobs, top_logprobs, text_offset } (each
+   * top_logprobs entry the k alternatives and the token itself; text offsets into the choice's text,
+   * `all` holding the choice's tokens before these). A log-probability of -inf is written -9999.
+   */
+  private logprobsJson(lp: TokenLogprobs, tokens: Int32Array, chat: boolean, offsets: IncrementalText, all: number[] = []): Record<string, unknown> {
+    const num = (x: number): number => (x === -Infinity ? -9999 : x);
+    const k = lp.k;
+    if (chat) {
+      const entry = (id: number, logprob: number): { token: string; logprob: number; bytes: number[] } => {
+        const token = this.tokenText(id);
+        return { token, logprob: num(logprob), bytes: Array.from(Buffer.from(token, 'utf8')) };
+      };
+      return {
+        content: Array.from(tokens, (t, i) => ({
+          ...entry(t, lp.token[i] as number),
+          top_logprobs: Array.from({ length: k }, (_, j) => entry(lp.topIds[i * k + j] as number, lp.topLogprobs[i * k + j] as number)),
+        })),
+      };
+    }
+    const textOffset: number[] = [];
+    const top: Record<string, number>[] = [];
+    tokens.forEach((t, i) => {
+      textOffset.push(offsets.of(all).length);
+      all.push(t);
+      const d: Record<string, number> = {};
+      for (let j = 0; j < k; j++) d[this.tokenText(lp.topIds[i * k + j] as number)] ??= num(lp.topLogprobs[i * k + j] as number);
+      d[this.tokenText(t)] ??= num(lp.token[i] as number);
+      top.push(d);
+    });
+    return { tokens: Array.from(tokens, (t) => this.tokenText(t)), token_logprobs: Array.from(lp.token, num), top_logprobs: top, text_offset: textOffset };
   }
 
   /** The prompt as echo shows it: the text sent, or its ids decoded ('' without a tokenizer). */
@@ -353,6 +411,7 @@ export class CompletionServer {
       return generateText(source, this.tokenizer ?? NO_TEXT, c.prompt, {
         maxNewTokens: c.maxTokens,
         signal: cancel.signal,
+        ...(c.logprobs !== undefined ? { logprobs: c.logprobs } : {}),
         ...(c.stop.length > 0 ? { stopStrings: c.stop } : {}),
         ...(c.stopTokenIds.length > 0 ? { stopTokens: c.stopTokenIds } : {}),
         ...(c.ignoreEos ? { ignoreEos: true } : {}),
@@ -388,11 +447,12 @@ export class CompletionServer {
       const rs = await Promise.all(results).catch(async () => {
         throw toHttpError(await firstError());
       });
-      const choices = rs.map((r, index) =>
-        chat
-          ? { index, message: { role: 'assistant', content: r.text }, logprobs: null, finish_reason: finishReason(r.finishReason) }
-          : { index, text: echo + r.text, token_ids: Array.from(r.tokens), logprobs: null, finish_reason: finishReason(r.finishReason) },
-      );
+      const choices = rs.map((r, index) => {
+        const logprobs = r.logprobs ? this.logprobsJson(r.logprobs, r.tokens, chat, new IncrementalText(this.offsetDecode)) : null;
+        return chat
+          ? { index, message: { role: 'assistant', content: r.text }, logprobs, finish_reason: finishReason(r.finishReason) }
+          : { index, text: echo + r.text, token_ids: Array.from(r.tokens), logprobs, finish_reason: finishReason(r.finishReason) };
+      });
       this.sendJson(res, 200, { ...head, choices, usage: usage(rs.reduce((a, r) => a + r.tokens.length, 0)) });
       return;
     }
@@ -424,9 +484,15 @@ export class CompletionServer {
     // Each choice streams its chunks as they come, then its finish; the usage and [DONE] follow the last.
     let completion = 0;
     const streamChoice = async (g: (typeof gens)[number], index: number): Promise<void> => {
+      // With logprobs: each chunk's, the completions' text offsets running over the choice's tokens.
+      const offsets = c.logprobs !== undefined ? new IncrementalText(this.offsetDecode) : undefined;
+      const all: number[] = [];
       for await (const chunk of g) {
         start();
-        if (!res.writableEnded && !res.destroyed) res.write(`${pres[index] as string}${JSON.stringify(chunk.text)}${post(chunk.tokens)}`);
+        if (offsets && chunk.logprobs) {
+          const logprobs = this.logprobsJson(chunk.logprobs, chunk.tokens, chat, offsets, all);
+          send({ ...chunkHead, choices: [chat ? { index, delta: { content: chunk.text }, logprobs, finish_reason: null } : { index, text: chunk.text, token_ids: Array.from(chunk.tokens), logprobs, finish_reason: null }] });
+        } else if (!res.writableEnded && !res.destroyed) res.write(`${pres[index] as string}${JSON.stringify(chunk.text)}${post(chunk.tokens)}`);
       }
       const r = await results[index]!;
       start();

@@ -899,6 +899,44 @@ void check_penalize(std::mt19937_64& rng, int V, int max_hist, bool indexed = fa
              std::to_string(changed) + " logits changed)");
 }
 
+// Log-probabilities: the kernel (a block per entry: max, double lanes of exp, k rounds of the
+// largest rank below the last) == cpu::token_logprobs: the same top ids, and log-probabilities
+// within 2 ulps (the lanes sum in another order than the CPU's one pass), on rows with ties,
+// -inf entries, a row of -inf, large spreads, k from 0 to 20.
+void check_token_logprobs(std::mt19937_64& rng, int V, int k) {
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  const int N = 1 + static_cast<int>(rng() % 4), M = 1 + static_cast<int>(rng() % 6);
+  const float spread = rng() % 2 ? 100.f : 8.f;
+  std::vector<float> x(static_cast<size_t>(N) * V);
+  for (float& v : x) {
+    const uint64_t c = rng() % 20;
+    v = c == 0 ? -INFINITY : c == 1 ? 1.5f : spread * u(rng);
+  }
+  if (rng() % 4 == 0) std::fill(x.begin(), x.begin() + V, -INFINITY);
+  std::vector<int32_t> rows(static_cast<size_t>(M)), tokens(static_cast<size_t>(M));
+  for (int m = 0; m < M; ++m) {
+    rows[static_cast<size_t>(m)] = static_cast<int32_t>(rng() % static_cast<uint64_t>(N));
+    tokens[static_cast<size_t>(m)] = static_cast<int32_t>(rng() % static_cast<uint64_t>(V));
+  }
+  Tensor xt = tensor(x, {N, V}, DType::f32);
+  Tensor lp = Tensor::empty(DType::f32, {M}), tl = Tensor::empty(DType::f32, {M, k}), ti = Tensor::empty(DType::i32, {M, k});
+  cpu::token_logprobs(xt, rows, tokens, k, lp, tl, ti);
+  std::vector<float> glp(static_cast<size_t>(M)), gtl(static_cast<size_t>(M) * k);
+  std::vector<int32_t> gti(static_cast<size_t>(M) * k);
+  emu::launch(Dim3{static_cast<unsigned>(M), 1, 1}, kBlock, [&] {
+    sk::token_logprobs_kernel(x.data(), V, rows.data(), tokens.data(), k, glp.data(), gtl.data(), gti.data());
+  });
+  const auto near = [](float a, float b) {
+    if (a == b) return true;  // -inf == -inf
+    return std::fabs(a - b) <= 2.4e-7f * 2 * std::max(1.f, std::fabs(b));
+  };
+  bool ok = gti.empty() || std::memcmp(host<int32_t>(ti).data(), gti.data(), gti.size() * 4) == 0;
+  const auto clp = host<float>(lp), ctl = host<float>(tl);
+  for (int m = 0; m < M; ++m) ok = ok && near(glp[static_cast<size_t>(m)], clp[static_cast<size_t>(m)]);
+  for (size_t i = 0; i < gtl.size(); ++i) ok = ok && near(gtl[i], ctl[i]);
+  report(ok, "token logprobs V=" + std::to_string(V) + " entries=" + std::to_string(M) + " k=" + std::to_string(k) + ": == CPU (ids exact, log-probabilities within 2 ulps)");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -920,6 +958,7 @@ int main(int argc, char** argv) {
     check_mass_simd(rng);
     check_penalize(rng, 300, 40);
     check_penalize(rng, 300, 40, true);
+    check_token_logprobs(rng, 300, 5);
   }
   for (int round = 0; round < rounds; ++round) {
     check_sample_slices(rng, 10, 9000 + static_cast<int>(rng() % 4000));
@@ -969,6 +1008,9 @@ int main(int argc, char** argv) {
     check_penalize(rng, 50, 30);
     check_penalize(rng, 3000, 1500);  // histories longer than a block's threads
     check_penalize(rng, 50, 30, true);
+    check_token_logprobs(rng, 7, 7);
+    check_token_logprobs(rng, 700, 0);
+    check_token_logprobs(rng, 3000, 20);
     // processLogits by slices: every filter, each alone and together, slices cut short, 2-byte logits.
     // (The first round only: an emulated launch spawns a thread per CUDA thread, and these make ~1400
     // blocks of 256; the seed changes every run.)

@@ -1,0 +1,238 @@
+// Log-probabilities of output tokens (the `logprobs` option): the native op against a float64
+// reference, plainGenerate against step-by-step reference decoding, every speculative strategy
+// against plainGenerate (greedy and sampled), and the Engine's streamed chunks.
+import * as assert from 'assert';
+import { SpeculativeDecoder } from '../lib/decoder';
+import { defaultModelPaths } from '../lib/default_models';
+import { Engine } from '../lib/engine/engine';
+import { checkLogprobs, tokenLogprobs, type TokenLogprobs } from '../lib/logprobs';
+import { LlamaModel } from '../lib/models/llama';
+import { native } from '../lib/native';
+import { plainGenerate } from '../lib/plain';
+import { resolvePenalties } from '../lib/sampling';
+import { DraftModelSpeculator } from '../lib/strategies/draft_model';
+import { EagleHead, EagleSpeculator } from '../lib/strategies/eagle';
+import { HybridSpeculator } from '../lib/strategies/hybrid';
+import { LookaheadSpeculator } from '../lib/strategies/lookahead';
+import { MedusaHeads, MedusaSpeculator } from '../lib/strategies/medusa';
+import { PromptLookupSpeculator } from '../lib/strategies/prompt_lookup';
+import type { Speculator } from '../lib/strategies/speculator';
+import { Tensor } from '../lib/tensor';
+import { assertThrowsCode, describeCuda, refPenalize, rng, testSeed } from './helpers';
+
+const EMBEDDED = defaultModelPaths();
+
+/** log softmax of a row in float64 (the largest entry first, then the sum in index order). */
+function refLogSoftmax(row: ArrayLike<number>): Float64Array {
+  let m = -Infinity;
+  for (let i = 0; i < row.length; i++) if ((row[i] as number) > m) m = row[i] as number;
+  const out = new Float64Array(row.length);
+  if (m === -Infinity) return out.fill(-Infinity);
+  let s = 0;
+  for (let i = 0; i < row.length; i++) s += Math.exp((row[i] as number) - m);
+  const lse = m + Math.log(s);
+  for (let i = 0; i < row.length; i++) out[i] = (row[i] as number) - lse;
+  return out;
+}
+
+/** The k largest entries' ids (descending, lower id first on ties). */
+function refTop(row: ArrayLike<number>, k: number): number[] {
+  return Array.from({ length: row.length }, (_, i) => i)
+    .sort((a, b) => (row[b] as number) - (row[a] as number) || a - b)
+    .slice(0, k);
+}
+
+function close(got: number, want: number, what: string): void {
+  if (want === -Infinity) return assert.strictEqual(got, -Infinity, what);
+  assert.ok(Math.abs(got - want) <= 2e-6 * Math.max(1, Math.abs(want)), `${what}: ${got} vs ${want}`);
+}
+
+/** tokenLogprobs on `device` against the float64 reference over random rows (ties, -inf, large values). */
+function checkOp(device: 'cpu' | 'cuda'): void {
+  const r = rng(testSeed + 91);
+  for (let round = 0; round < 40; round++) {
+    const V = [7, 50, 700, 3000][round % 4]!;
+    const N = 1 + Math.floor(r() * 5);
+    const x = Float32Array.from({ length: N * V }, () => {
+      const u = r();
+      return u < 0.05 ? -Infinity : u < 0.15 ? 2 : Math.fround((r() - 0.5) * (round % 3 === 0 ? 200 : 12));
+    });
+    if (round === 5) x.fill(-Infinity, 0, V);  // a row with nothing probable
+    const M = 1 + Math.floor(r() * 8);
+    const rows = Int32Array.from({ length: M }, () => Math.floor(r() * N));
+    const tokens = Int32Array.from({ length: M }, () => Math.floor(r() * V));
+    const k = [0, 1, 5, Math.min(V, 20)][round % 4]!;
+    using t = Tensor.fromArray(x, 'f32', [N, V], device);
+    const got = tokenLogprobs(t, rows, tokens, k);
+    assert.strictEqual(got.token.length, M);
+    assert.strictEqual(got.topIds.length, M * k);
+    for (let m = 0; m < M; m++) {
+      const row = x.subarray((rows[m] as number) * V, (rows[m] as number + 1) * V);
+      const ref = refLogSoftmax(row);
+      close(got.token[m] as number, ref[tokens[m] as number] as number, `round ${round}, entry ${m}`);
+      assert.deepStrictEqual(Array.from(got.topIds.subarray(m * k, (m + 1) * k)), refTop(row, k), `round ${round}, entry ${m}: top ids`);
+      for (let j = 0; j < k; j++) close(got.topLogprobs[m * k + j] as number, ref[got.topIds[m * k + j] as number] as number, `round ${round}, entry ${m}, top ${j}`);
+    }
+  }
+}
+
+describe('logprobs', () => {
+  it('tokenLogprobs == a float64 log-softmax, and its top ids the sorted row (ties by id, -inf entries, a row of -inf)', () => {
+    checkOp('cpu');
+  });
+
+  it('bad arguments are E_ARG naming them', () => {
+    using t = Tensor.fromArray(new Float32Array(12), 'f32', [2, 6]);
+    const op = native().samplingTokenLogprobs!;
+    const one = Int32Array.of(0);
+    assertThrowsCode(() => op(t, Int32Array.of(2), one, 1), 'E_ARG', /rows: row 2 \(entry 0\) is outside the 2 logits rows/);
+    assertThrowsCode(() => op(t, one, Int32Array.of(6), 1), 'E_ARG', /tokens: token 6 \(entry 0\) is outside the vocabulary \[0, 6\)/);
+    assertThrowsCode(() => op(t, one, Int32Array.of(0, 1), 1), 'E_ARG', /tokens: 2 entries for 1 rows/);
+    assertThrowsCode(() => op(t, one, one, 7), 'E_ARG', /k: expected 0 <= k <= min\(1024, 6\)/);
+    assertThrowsCode(() => op(t, one, one, -1), 'E_ARG', /k: expected 0 <= k <= 1024/);
+    using h = Tensor.fromArray(new Float32Array(12), 'f16', [2, 6]);
+    assertThrowsCode(() => op(h, one, one, 1), 'E_ARG', /logits/);
+    // The option: an integer in [0, 20].
+    for (const bad of [-1, 21, 1.5, '3', null]) assertThrowsCode(() => checkLogprobs(bad), 'E_ARG', /logprobs: expected an integer in \[0, 20\]/);
+    assert.strictEqual(checkLogprobs(undefined), undefined);
+    assert.strictEqual(checkLogprobs(0), 0);
+  });
+
+  describe('decoding with logprobs (the embedded family)', () => {
+    let target: LlamaModel;
+    let draft: LlamaModel;
+    let heads: MedusaHeads;
+    let eagle: EagleHead;
+    const prompts = [Int32Array.of(1, 50, 60, 70, 50, 60), Int32Array.of(1, 80, 90)];
+    const N = 24;
+    before(async () => {
+      target = await LlamaModel.load(EMBEDDED.target, { device: 'cpu', maxSequences: 8 });
+      draft = await LlamaModel.load(EMBEDDED.draft, { device: 'cpu', maxSequences: 8 });
+      heads = MedusaHeads.load(EMBEDDED.medusa, { device: 'cpu' });
+      eagle = EagleHead.load(EMBEDDED.eagle, { device: 'cpu' });
+    });
+    after(() => {
+      heads.dispose();
+      eagle.dispose();
+      target.dispose();
+      draft.dispose();
+    });
+
+    it('plainGenerate: each token\'s log-probability and top 4 == the reference\'s on the model\'s logits step by step (penalties and a logit bias applied first)', async () => {
+      const pens = [undefined, resolvePenalties({ presence: 0.5, logitBias: { 5: -Infinity, 277: 1.5 } })!];
+      for (const pen of pens) {
+        const got = await plainGenerate(target, prompts, { maxNewTokens: N, logprobs: 4, ignoreEos: true, ...(pen ? { penalties: pen } : {}) });
+        const bare = await plainGenerate(target, prompts, { maxNewTokens: N, ignoreEos: true, ...(pen ? { penalties: pen } : {}) });
+        assert.deepStrictEqual(got.tokens, bare.tokens, 'logprobs change no token');
+        for (const [i, prompt] of prompts.entries()) {
+          const lp = got.logprobs![i]!;
+          const toks = got.tokens[i]!;
+          assert.strictEqual(lp.token.length, toks.length);
+          const seq = target.createSequence();
+          try {
+            let feed: Int32Array = prompt;
+            for (let k = 0; k < toks.length; k++) {
+              const fw = await target.forward([{ seq, tokens: feed }]);
+              const last = fw.logits.rows(fw.logits.shape[0]! - 1, fw.logits.shape[0]!);
+              let row = last.toFloat32();
+              last.dispose();
+              fw.logits.dispose();
+              fw.hidden?.dispose();
+              target.commit([seq], [Int32Array.from({ length: feed.length }, (_, j) => j)]);
+              if (pen) row = refPenalize(row, row.length, pen, [{ tokens: [...prompt, ...toks.subarray(0, k)], promptLength: prompt.length }], Int32Array.of(0), []);
+              const ref = refLogSoftmax(row);
+              close(lp.token[k] as number, ref[toks[k] as number] as number, `prompt ${i}, token ${k}`);
+              assert.deepStrictEqual(Array.from(lp.topIds.subarray(4 * k, 4 * k + 4)), refTop(row, 4), `prompt ${i}, token ${k}: top 4`);
+              // Greedy: the token is the most probable one.
+              assert.strictEqual(lp.topIds[4 * k], toks[k]);
+              feed = Int32Array.of(toks[k] as number);
+            }
+          } finally {
+            target.freeSequence(seq);
+          }
+        }
+      }
+    });
+
+    const speculators = (): [string, () => Speculator][] => [
+      ['draft model k=4', () => new DraftModelSpeculator({ draft, k: 4 })],
+      ['draft model tree [2,2,1]', () => new DraftModelSpeculator({ draft, treeBranching: [2, 2, 1] })],
+      ['Medusa small_8', () => new MedusaSpeculator({ heads, choices: 'small_8' })],
+      ['lookahead 4,3,4', () => new LookaheadSpeculator({ W: 4, N: 3, G: 4, sizing: 'fixed' })],
+      ['prompt lookup', () => new PromptLookupSpeculator({ maxNgram: 3, minNgram: 1, numDraft: 4 })],
+      ['EAGLE 4,3,12', () => new EagleSpeculator({ head: eagle, topK: 4, depth: 3, totalTokens: 12 })],
+      ['hybrid (draft + prompt lookup)', () => new HybridSpeculator({ draft, draftSpeculator: new PromptLookupSpeculator({ maxNgram: 2 }), k: 4 })],
+    ];
+
+    /** a == b bit for bit (a node's row and the plain step's row are the same bits on the CPU backend). */
+    const sameLogprobs = (a: TokenLogprobs, b: TokenLogprobs, what: string): void => {
+      assert.strictEqual(a.k, b.k, what);
+      assert.deepStrictEqual(Array.from(a.topIds), Array.from(b.topIds), `${what}: top ids`);
+      a.token.forEach((v, i) => assert.ok(Object.is(v, b.token[i]), `${what}: token ${i}: ${v} vs ${b.token[i]}`));
+      a.topLogprobs.forEach((v, i) => assert.ok(Object.is(v, b.topLogprobs[i]), `${what}: top ${i}: ${v} vs ${b.topLogprobs[i]}`));
+    };
+
+    it('every strategy, greedy and sampled (deterministic drafts), with and without penalties: plainGenerate\'s tokens and log-probabilities bit for bit, drafts accepted', async () => {
+      const pen = resolvePenalties({ repetition: 1.2, logitBias: { 5: -2 } })!;
+      for (const sampled of [false, true]) {
+        for (const p of [undefined, pen]) {
+          const o = { maxNewTokens: N, ignoreEos: true, ...(p ? { penalties: p } : {}) };
+          const want = await plainGenerate(target, prompts, { ...o, logprobs: 3, ...(sampled ? { temperature: 0.8, seed: 4 } : {}) });
+          for (const [name, make] of speculators()) {
+            if (sampled && (name.startsWith('draft') || name.startsWith('hybrid'))) continue;  // sampled drafts: other draws
+            using dec = new SpeculativeDecoder({ target, speculator: make(), ...(p ? { penalties: p } : {}), ...(sampled ? { sampling: { temperature: 0.8, seed: 4 } } : {}) });
+            const rs = await dec.generateBatch(prompts, { maxNewTokens: N, ignoreEos: true, logprobs: 3 });
+            const what = `${name}${sampled ? ', sampled' : ''}${p ? ', penalties' : ''}`;
+            rs.forEach((r, i) => {
+              assert.deepStrictEqual(Array.from(r.tokens), Array.from(want.tokens[i]!), `${what}, prompt ${i}: tokens`);
+              sameLogprobs(r.logprobs!, want.logprobs![i]!, `${what}, prompt ${i}`);
+            });
+            if (!sampled) assert.ok(rs.some((r) => r.stats.acceptedDraftTokens > 0), `${what}: drafts accepted`);
+          }
+        }
+      }
+    });
+
+    it('the Engine: each chunk\'s log-probabilities (onTokens, generate().logprobsOf) add up to the result\'s; requests without them beside it keep their native chains; a stop cuts them with the tokens', async () => {
+      const engine = new Engine({ model: target, speculator: new DraftModelSpeculator({ draft, k: 4 }) });
+      try {
+        const want = await plainGenerate(target, prompts, { maxNewTokens: N, ignoreEos: true, logprobs: 2 });
+        const chunks: TokenLogprobs[] = [];
+        const [a, b] = await Promise.all([
+          engine.submit(prompts[0]!, { maxNewTokens: N, ignoreEos: true, logprobs: 2, onTokens: (t, lp) => chunks.push(lp!) }),
+          engine.submit(prompts[1]!, { maxNewTokens: N, ignoreEos: true }),
+        ]);
+        sameLogprobs(a.logprobs!, want.logprobs![0]!, 'request 0');
+        assert.strictEqual(b.logprobs, undefined);
+        assert.deepStrictEqual(Array.from(b.tokens), Array.from(want.tokens[1]!));
+        assert.ok(chunks.length > 1, `${chunks.length} chunks`);
+        assert.deepStrictEqual(chunks.flatMap((c) => Array.from(c.token)), Array.from(a.logprobs!.token));
+        assert.deepStrictEqual(chunks.flatMap((c) => Array.from(c.topIds)), Array.from(a.logprobs!.topIds));
+        // generate(): logprobsOf reads what was yielded.
+        const gen = engine.generate(prompts[0]!, { maxNewTokens: N, ignoreEos: true, logprobs: 2 });
+        let at = 0;
+        const seen: number[] = [];
+        for await (const c of gen) {
+          seen.push(...gen.logprobsOf(at, at + c.length)!.token);
+          at += c.length;
+        }
+        assert.deepStrictEqual(seen, Array.from(a.logprobs!.token));
+        // A stop token cuts the log-probabilities with the tokens.
+        const stopAt = want.tokens[0]![5]!;
+        const cut = await engine.submit(prompts[0]!, { maxNewTokens: N, ignoreEos: true, stopTokens: [stopAt], logprobs: 2 });
+        const n = Array.from(want.tokens[0]!).indexOf(stopAt) + 1;
+        assert.strictEqual(cut.tokens.length, n);
+        assert.deepStrictEqual(Array.from(cut.logprobs!.token), Array.from(want.logprobs![0]!.token.subarray(0, n)));
+        await assert.rejects(engine.submit(prompts[0]!, { maxNewTokens: 2, logprobs: 21 }), (e: Error & { code?: string }) => e.code === 'E_ARG' && /logprobs: expected an integer in \[0, 20\]/.test(e.message));
+      } finally {
+        engine.close();
+      }
+    });
+  });
+});
+
+describeCuda('logprobs', () => {
+  it('tokenLogprobs on CUDA == a float64 log-softmax, and its top ids the sorted row', () => {
+    checkOp('cuda');
+  });
+});

@@ -16,7 +16,7 @@ import { SpeculativeDecoder } from '../lib/decoder';
 import { defaultModelPaths } from '../lib/default_models';
 import { LlamaModel } from '../lib/models/llama';
 import { plainGenerate } from '../lib/plain';
-import type { Penalties, PenaltyHistory } from '../lib/sampling';
+import type { Penalties, PenaltyHistory, ResolvedPenalties } from '../lib/sampling';
 import { EagleHead, EagleSpeculator } from '../lib/strategies/eagle';
 import type { SpecSequence } from '../lib/strategies/speculator';
 import type { Tensor } from '../lib/tensor';
@@ -24,7 +24,7 @@ import { TextTokenizer } from '../lib/tokenizer';
 
 const PROMPTS = ['once upon a time , there was a little cat', 'the dog ran to the park and', 'lily wanted to play with her friend', 'tom had a big red ball', 'one day , a little bird', 'the sun was shining and the girl'];
 
-type RowPenalties = { penalties: Required<Penalties>; histories: readonly PenaltyHistory[]; rowSeq: Int32Array; paths: readonly (readonly number[])[] };
+type RowPenalties = { penalties: ResolvedPenalties; histories: readonly PenaltyHistory[]; rowSeq: Int32Array; paths: readonly (readonly number[])[] };
 type Children = (h: Tensor, pen?: RowPenalties) => { ids: Int32Array; logp: Float32Array };
 
 interface Agreement {

@@ -2,6 +2,7 @@
 // reference, plainGenerate against step-by-step reference decoding, every speculative strategy
 // against plainGenerate (greedy and sampled), and the Engine's streamed chunks.
 import * as assert from 'assert';
+import { generateCommand, parseGenerateFlags } from '../lib/cli/generate';
 import { SpeculativeDecoder } from '../lib/decoder';
 import { defaultModelPaths } from '../lib/default_models';
 import { Engine } from '../lib/engine/engine';
@@ -191,6 +192,23 @@ describe('logprobs', () => {
           }
         }
       }
+    });
+
+    it('specdec generate --json --logprobs N: each token\'s log-probability and alternatives, plain and speculative, as the API\'s', async () => {
+      const want = await plainGenerate(target, [prompts[0]!], { maxNewTokens: 10, logprobs: 2 });
+      for (const extra of [[], ['--draft', 'default'], ['--medusa', 'default']]) {
+        let out = '';
+        const code = await generateCommand(['--prompt-ids', Array.from(prompts[0]!).join(','), '--max-new-tokens', '10', '--device', 'cpu', '--json', '--logprobs', '2', ...extra], { stdout: (t) => (out += t), stderr: () => undefined });
+        assert.strictEqual(code, 0);
+        const rec = JSON.parse(out) as { tokens: number[]; logprobs: { id: number; logprob: number; top: { id: number; logprob: number }[] }[] };
+        assert.deepStrictEqual(rec.tokens, Array.from(want.tokens[0]!), extra.join(' '));
+        assert.deepStrictEqual(rec.logprobs.map((e) => e.id), rec.tokens);
+        assert.deepStrictEqual(rec.logprobs.map((e) => e.logprob), Array.from(want.logprobs![0]!.token), extra.join(' '));
+        assert.deepStrictEqual(rec.logprobs.flatMap((e) => e.top.map((x) => x.id)), Array.from(want.logprobs![0]!.topIds));
+      }
+      assert.throws(() => parseGenerateFlags(['--prompt', 'x', '--logprobs', '2']), /--logprobs needs --json/);
+      assert.throws(() => parseGenerateFlags(['--prompt', 'x', '--json', '--logprobs', '21']), /--logprobs: expected an integer in \[0, 20\]/);
+      assert.strictEqual(parseGenerateFlags(['--prompt', 'x', '--json', '--logprobs', '0']).logprobs, 0);
     });
 
     it('the Engine: each chunk\'s log-probabilities (onTokens, generate().logprobsOf) add up to the result\'s; requests without them beside it keep their native chains; a stop cuts them with the tokens', async () => {

@@ -12,6 +12,7 @@ import { IncrementalText, SettledText } from '../text';
 import { TextTokenizer, type ChatMessage } from '../tokenizer';
 import { defaultModelPaths } from '../default_models';
 import { codedError } from '../errors';
+import { MAX_LOGPROBS, type TokenLogprobs } from '../logprobs';
 import { parseStrategyFlags, strategyHook, STRATEGY_FLAGS, STRATEGY_USAGE, treeRoomFor, type StrategyFlags } from './strategy_flags';
 
 /** The embedded default family (models/default, trained by scripts/train-default.js). */
@@ -45,6 +46,8 @@ export interface GenerateFlags {
   readonly ignoreEos?: boolean;
   /** --repetition-penalty, --presence-penalty, --frequency-penalty, --logit-bias (default none). */
   readonly penalties?: Penalties;
+  /** --logprobs N (with --json): each token's log-probability and its N most probable alternatives. */
+  readonly logprobs?: number;
   readonly device: Device | 'auto';
   readonly json: boolean;
 }
@@ -71,6 +74,8 @@ export interface GenerateRecord {
      */
     prepareSeconds?: number;
   };
+  /** --logprobs: per token, its log-probability and the N most probable tokens (null: -infinity). */
+  logprobs?: { id: number; logprob: number; top: { id: number; logprob: number }[] }[];
 }
 
 export type FinishReason = 'stop' | 'length' | 'context' | 'abort';
@@ -100,7 +105,7 @@ export const GENERATE_USAGE = `usage: specdec generate [--model DIR] [--draft DI
                        [--max-new-tokens N] [--max-context N] [--ignore-eos]
                        [--temperature T --top-k K --top-p P --min-p P --seed S]
                        [--repetition-penalty R --presence-penalty P --frequency-penalty F] [--logit-bias ID=B,...]
-                       [--device cpu|cuda|auto] [--json]
+                       [--device cpu|cuda|auto] [--json [--logprobs N]]
 
   --model DIR         Hugging Face checkpoint directory (config.json + model.safetensors[.index.json]);
                       default: the embedded model family (models/default); --draft default,
@@ -127,6 +132,8 @@ export const GENERATE_USAGE = `usage: specdec generate [--model DIR] [--draft DI
                       (transformers' repetition_penalty; default 1 = off)
   --presence-penalty P  subtracted from the logit of each token the output holds (OpenAI's; default 0)
   --frequency-penalty F subtracted per occurrence in the output (OpenAI's; default 0)
+  --logprobs N         with --json: each token's log-probability and its N (0-20) most probable
+                      alternatives (the target's distribution after penalties and bias, at T 1)
   --logit-bias ID=B,... added to token ID's logit before the penalties (OpenAI's logit_bias); B a
                       number, or -inf to ban the token. Penalties and biases apply to plain and
                       speculative decoding alike (the same output)
@@ -176,6 +183,15 @@ export function parseIdList(flag: string, v: string): Int32Array {
   return Int32Array.from(ids);
 }
 
+/** A run's log-probabilities as --json writes them (token by token). */
+export function logprobsRecord(lp: TokenLogprobs, tokens: ArrayLike<number>): NonNullable<GenerateRecord['logprobs']> {
+  return Array.from({ length: lp.token.length }, (_, i) => ({
+    id: tokens[i] as number,
+    logprob: lp.token[i] as number,
+    top: Array.from({ length: lp.k }, (_, j) => ({ id: lp.topIds[i * lp.k + j] as number, logprob: lp.topLogprobs[i * lp.k + j] as number })),
+  }));
+}
+
 /** --logit-bias ID=B,...: B a number or -inf (ids are checked against the vocabulary once the model is known). */
 export function parseLogitBias(v: string): Map<number, number> {
   const out = new Map<number, number>();
@@ -194,7 +210,7 @@ export function parseLogitBias(v: string): Map<number, number> {
 /** The flags of `generate` that take a value (the strategy flags are STRATEGY_FLAGS). */
 const VALUE_FLAGS: readonly string[] = [
   '--model', '--prompt', '--prompt-ids', '--max-new-tokens', '--max-context',
-  '--temperature', '--top-k', '--top-p', '--min-p', '--seed', '--repetition-penalty', '--presence-penalty', '--frequency-penalty', '--logit-bias', '--device', '--batch-file', '--system', '--chat-vars',
+  '--temperature', '--top-k', '--top-p', '--min-p', '--seed', '--repetition-penalty', '--presence-penalty', '--frequency-penalty', '--logit-bias', '--logprobs', '--device', '--batch-file', '--system', '--chat-vars',
 ];
 
 /** Every flag `generate` accepts (each is described in GENERATE_USAGE). */
@@ -266,6 +282,10 @@ export function parseGenerateFlags(argv: readonly string[]): GenerateFlags {
   if (freq !== undefined) penalties.frequency = parseNumberFlag('--frequency-penalty', freq, (n) => n >= -2 && n <= 2, 'a number in [-2, 2]');
   const bias = get('--logit-bias');
   if (bias !== undefined) penalties.logitBias = parseLogitBias(bias);
+  const lp = get('--logprobs');
+  const logprobs = lp !== undefined ? parseIntFlag('--logprobs', lp, 0) : undefined;
+  if (logprobs !== undefined && logprobs > MAX_LOGPROBS) throw new CliError(`--logprobs: expected an integer in [0, ${MAX_LOGPROBS}], got '${lp}'`);
+  if (logprobs !== undefined && !json) throw new CliError('--logprobs needs --json (the log-probabilities are written in its output)');
   const maxContext = get('--max-context');
   return {
     ...(model !== undefined ? { model } : {}),
@@ -285,6 +305,7 @@ export function parseGenerateFlags(argv: readonly string[]): GenerateFlags {
     seed: get('--seed') !== undefined ? parseIntFlag('--seed', get('--seed')!, 0) : 0,
     ignoreEos,
     ...(Object.keys(penalties).length > 0 ? { penalties } : {}),
+    ...(logprobs !== undefined ? { logprobs } : {}),
     device,
     json,
   };
@@ -462,6 +483,7 @@ export async function generateCommand(argv: string[], io: GenerateIo = {}): Prom
           seed: flags.seed,
           ignoreEos: flags.ignoreEos === true,
           ...(flags.penalties ? { penalties: flags.penalties } : {}),
+          ...(flags.logprobs !== undefined ? { logprobs: flags.logprobs } : {}),
           onTokens,
           signal,
         });
@@ -480,6 +502,7 @@ export async function generateCommand(argv: string[], io: GenerateIo = {}): Prom
               seconds,
               tokensPerSecond: seconds > 0 ? t.length / seconds : 0,
             },
+            ...(res.logprobs ? { logprobs: logprobsRecord(res.logprobs[i]!, t) } : {}),
           };
         });
       }

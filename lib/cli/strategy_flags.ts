@@ -15,7 +15,7 @@ import { PromptLookupSpeculator } from '../strategies/prompt_lookup';
 import { tokenizerMismatch } from '../tokenizer';
 import { DEFAULT_TREE_RESERVE } from '../spec_engine';
 import { codedError, type Speculator } from '../strategies/speculator';
-import type { GenerateRecord, StrategyHook } from './generate';
+import { logprobsRecord, type GenerateRecord, type StrategyHook } from './generate';
 
 export interface StrategyFlags {
   readonly draft?: string;
@@ -267,6 +267,7 @@ export function strategyHook(deps: SpeculatorDeps = {}): StrategyHook {
       const res = await dec.generateBatch(prompts, {
         maxNewTokens: flags.maxNewTokens,
         ...(flags.ignoreEos === true ? { ignoreEos: true } : {}),
+        ...(flags.logprobs !== undefined ? { logprobs: flags.logprobs } : {}),
         ...(onTokens ? { onTokens } : {}),
         ...(signal ? { signal } : {}),
       });
@@ -285,6 +286,7 @@ export function strategyHook(deps: SpeculatorDeps = {}): StrategyHook {
             nodesPerStep: r.stats.nodesPerStep,
             ...(prepareSeconds > 0 ? { prepareSeconds } : {}),
           },
+          ...(r.logprobs ? { logprobs: logprobsRecord(r.logprobs, r.tokens) } : {}),
         }),
       );
     } finally {

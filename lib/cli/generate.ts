@@ -12,7 +12,8 @@ import { IncrementalText, SettledText } from '../text';
 import { TextTokenizer, type ChatMessage } from '../tokenizer';
 import { defaultModelPaths } from '../default_models';
 import { codedError } from '../errors';
-import { MAX_LOGPROBS, type TokenLogprobs } from '../logprobs';
+import { MAX_LOGPROBS } from '../logprobs';
+import { logprobsRecord, type LogprobsRecord } from './logprobs_record';
 import { parseStrategyFlags, strategyHook, STRATEGY_FLAGS, STRATEGY_USAGE, treeRoomFor, type StrategyFlags } from './strategy_flags';
 
 /** The embedded default family (models/default, trained by scripts/train-default.js). */
@@ -75,7 +76,7 @@ export interface GenerateRecord {
     prepareSeconds?: number;
   };
   /** --logprobs: per token, its log-probability and the N most probable tokens (null: -infinity). */
-  logprobs?: { id: number; logprob: number; top: { id: number; logprob: number }[] }[];
+  logprobs?: LogprobsRecord;
 }
 
 export type FinishReason = 'stop' | 'length' | 'context' | 'abort';
@@ -181,15 +182,6 @@ export function parseIdList(flag: string, v: string): Int32Array {
   const bad = ids.findIndex((n) => !Number.isSafeInteger(n) || n > MAX_TOKEN_ID);
   if (bad >= 0) throw new CliError(`${flag}: ${parts[bad]} is not a token id (expected an integer in [0, ${MAX_TOKEN_ID}])`);
   return Int32Array.from(ids);
-}
-
-/** A run's log-probabilities as --json writes them (token by token). */
-export function logprobsRecord(lp: TokenLogprobs, tokens: ArrayLike<number>): NonNullable<GenerateRecord['logprobs']> {
-  return Array.from({ length: lp.token.length }, (_, i) => ({
-    id: tokens[i] as number,
-    logprob: lp.token[i] as number,
-    top: Array.from({ length: lp.k }, (_, j) => ({ id: lp.topIds[i * lp.k + j] as number, logprob: lp.topLogprobs[i * lp.k + j] as number })),
-  }));
 }
 
 /** --logit-bias ID=B,...: B a number or -inf (ids are checked against the vocabulary once the model is known). */

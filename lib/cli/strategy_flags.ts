@@ -15,7 +15,8 @@ import { PromptLookupSpeculator } from '../strategies/prompt_lookup';
 import { tokenizerMismatch } from '../tokenizer';
 import { DEFAULT_TREE_RESERVE } from '../spec_engine';
 import { codedError, type Speculator } from '../strategies/speculator';
-import { logprobsRecord, type GenerateRecord, type StrategyHook } from './generate';
+import type { GenerateRecord, StrategyHook } from './generate';
+import { logprobsRecord } from './logprobs_record';
 
 export interface StrategyFlags {
   readonly draft?: string;

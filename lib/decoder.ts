@@ -75,8 +75,9 @@ export interface Generation extends AsyncIterable<Int32Array> {
   /**
    * With the `logprobs` option: the log-probabilities of output tokens [from, to) among those the
    * iteration has yielded so far (a chunk's own, as it is yielded); undefined without the option.
+   * (Optional: a TokenGenerator of one's own need not record them.)
    */
-  logprobsOf(from: number, to: number): TokenLogprobs | undefined;
+  logprobsOf?(from: number, to: number): TokenLogprobs | undefined;
 }
 
 

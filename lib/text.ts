@@ -232,7 +232,7 @@ export function generateText(
     result,
     async *[Symbol.asyncIterator](): AsyncGenerator<TextChunk> {
       for await (const toks of gen) {
-        const lp = opts.logprobs !== undefined ? gen.logprobsOf(all.length, all.length + toks.length) : undefined;
+        const lp = opts.logprobs !== undefined ? gen.logprobsOf?.(all.length, all.length + toks.length) : undefined;
         for (const t of toks) all.push(t);
         const now = settle.of(text.of(all));
         const found = cutAtStop(now.full, stops);

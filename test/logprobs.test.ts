@@ -231,7 +231,7 @@ describe('logprobs', () => {
         let at = 0;
         const seen: number[] = [];
         for await (const c of gen) {
-          seen.push(...gen.logprobsOf(at, at + c.length)!.token);
+          seen.push(...gen.logprobsOf!(at, at + c.length)!.token);
           at += c.length;
         }
         assert.deepStrictEqual(seen, Array.from(a.logprobs!.token));

@@ -4,6 +4,7 @@
 // Bad requests get 400 with an OpenAI-style JSON error naming the field; bodies are size-limited;
 // a client that disconnects cancels its request; close() drains in-flight requests.
 import { randomBytes, randomInt } from 'crypto';
+import { setMaxListeners } from 'events';
 import * as http from 'http';
 import type { AddressInfo } from 'net';
 import type { GenerateOptions } from '../decoder';
@@ -394,6 +395,8 @@ export class CompletionServer {
     // The client going away cancels the request (the socket closes before the response ended), as
     // does a choice failing (the others stop with it).
     const cancel = new AbortController();
+    // (Each choice listens on it a few times: no warning for many choices.)
+    setMaxListeners(4 * c.n + 10, cancel.signal);
     res.on('close', () => {
       if (!res.writableEnded) cancel.abort();
     });

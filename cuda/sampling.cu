@@ -147,15 +147,17 @@ void penalize(Tensor& logits, const PenaltyArgs& a) {
   if (!d) {
     const int rs = pack.add(DType::i32, a.row_seq), hi = pack.add(DType::i32, a.hist_indptr), ht = pack.add(DType::i32, a.hist_tokens),
               hc = pack.add(DType::i32, a.hist_counts), pi = pack.add(DType::i32, a.path_indptr), pt = pack.add(DType::i32, a.path_tokens),
-              bt = pack.add(DType::i32, a.bias_tokens), bv = pack.add(DType::f32, a.bias_values);
+              bt = pack.add(DType::i32, a.bias_tokens), bv = pack.add(DType::f32, a.bias_values), ni = pack.add(DType::i32, a.ban_indptr),
+              nt = pack.add(DType::i32, a.ban_tokens), nb = pack.add(DType::i32, a.ban_before);
     pack.upload(Device::cuda);
-    own = {pack.view(rs), pack.view(hi), pack.view(ht), pack.view(hc), pack.view(pi), pack.view(pt), pack.view(bt), pack.view(bv)};
+    own = {pack.view(rs), pack.view(hi), pack.view(ht), pack.view(hc), pack.view(pi), pack.view(pt), pack.view(bt), pack.view(bv), pack.view(ni), pack.view(nt), pack.view(nb)};
     d = &own;
   }
   launch_kernel(penalize_kernel, static_cast<unsigned>(N), kBlock, 0, logits.ptr<float>(), V, d->row_seq.ptr<int32_t>(),
                 d->hist_indptr.ptr<int32_t>(), d->hist_tokens.ptr<int32_t>(), d->hist_counts.ptr<int32_t>(), d->path_indptr.ptr<int32_t>(),
                 d->path_tokens.ptr<int32_t>(), a.path_source ? a.path_source->ptr<int32_t>() : nullptr, d->bias_tokens.ptr<int32_t>(),
-                d->bias_values.ptr<float>(), static_cast<int32_t>(a.bias_tokens.size()), a.repetition, a.presence, a.frequency);
+                d->bias_values.ptr<float>(), static_cast<int32_t>(a.bias_tokens.size()), a.ban_indptr.empty() ? nullptr : d->ban_indptr.ptr<int32_t>(),
+                d->ban_tokens.ptr<int32_t>(), d->ban_before.ptr<int32_t>(), a.repetition, a.presence, a.frequency);
   SPECDEC_CUDA_LAUNCH_CHECK("penalize_kernel");
 }
 

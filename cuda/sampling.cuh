@@ -275,7 +275,8 @@ void process_logits_slices(Go&& go, const T* logits, float* probs, int N, int V,
 // Penalties (ops::penalize): one block per row; its threads add the logit bias, then (after a
 // barrier: a biased token may be in the history) take the history's entries, then the path's tokens
 // the history lacks: each distinct token is written by one thread (the CPU's values: the same f32
-// sum, then sm::penalized_logit with the same counts).
+// sum, then sm::penalized_logit with the same counts); last (after another barrier, with bans at
+// all) the row's banned tokens at -inf when its path is shorter than its sequence's ban_before.
 // path_source null: path_tokens are the tokens; else indices into path_source (a chain's picks), and
 // a token read outside the vocabulary there is skipped.
 __global__ void __launch_bounds__(kBlock) penalize_kernel(float* __restrict__ logits, int64_t V, const int32_t* __restrict__ row_seq,
@@ -283,7 +284,8 @@ __global__ void __launch_bounds__(kBlock) penalize_kernel(float* __restrict__ lo
                                                           const int32_t* __restrict__ hist_counts, const int32_t* __restrict__ path_indptr,
                                                           const int32_t* __restrict__ path_tokens, const int32_t* __restrict__ path_source,
                                                           const int32_t* __restrict__ bias_tokens, const float* __restrict__ bias_values,
-                                                          int32_t bias_n, float repetition, float presence, float frequency) {
+                                                          int32_t bias_n, const int32_t* __restrict__ ban_indptr, const int32_t* __restrict__ ban_tokens,
+                                                          const int32_t* __restrict__ ban_before, float repetition, float presence, float frequency) {
   const int64_t r = blockIdx.x;
   float* row = logits + r * V;
   for (int32_t i = static_cast<int32_t>(threadIdx.x); i < bias_n; i += static_cast<int32_t>(blockDim.x)) row[bias_tokens[i]] += bias_values[i];
@@ -302,6 +304,11 @@ __global__ void __launch_bounds__(kBlock) penalize_kernel(float* __restrict__ lo
     const int32_t t = path(j);
     if (t >= 0 && t < V && sm::first_in_path(path, j) && !sm::in_history(hist, hn, t))
       row[t] = sm::penalized_logit(row[t], sm::path_count(path, pn, t), repetition, presence, frequency);
+  }
+  if (ban_indptr) {  // (null for every block of a launch alike: the barrier is uniform)
+    __syncthreads();
+    if (pn < ban_before[s])
+      for (int32_t j = ban_indptr[s] + static_cast<int32_t>(threadIdx.x); j < ban_indptr[s + 1]; j += static_cast<int32_t>(blockDim.x)) row[ban_tokens[j]] = -INFINITY;
   }
 }
 

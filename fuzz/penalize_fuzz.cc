@@ -3,14 +3,15 @@
 // decoded from the bytes: logits with NaN / Inf / negatives, histories (distinct ascending tokens
 // with output counts) and row paths, direct or read through indices from a source tensor (a native
 // chain's picks), penalty values, a logit bias (-inf, finite and hostile values; tokens past the
-// vocabulary, out of order, repeated, a value too many), and now and then damage (unsorted or
+// vocabulary, out of order, repeated, a value too many), stop bans by path length (min_tokens; a
+// list per history, hostile lengths and offsets), and now and then damage (unsorted or
 // repeated tokens, counts out of range, offsets past the end that a later one undercuts, rows naming
 // no sequence, path tokens or indices outside their range, non-finite penalties), and arrays staged
 // on the device beside the host ones (a wrong length or dtype among them). The harness decides on
 // its own whether the arguments are valid: the op must reject exactly the invalid ones with E_ARG,
 // and on the valid ones give a plain reference's logits bit for bit (the bias added in f32, then
 // sm::penalized_logit of each token with its history count plus its path count; a path token read
-// outside the vocabulary is skipped), changing nothing else.
+// outside the vocabulary is skipped; then the bans' -inf), changing nothing else.
 #include <cmath>
 #include <cstring>
 
@@ -58,6 +59,16 @@ FUZZ_NO_COVERAGE bool valid(const PenaltyArgs& a, int64_t N, int64_t V, int64_t 
     const float b = a.bias_values[i];
     if (t < 0 || t >= V || (i > 0 && t <= a.bias_tokens[i - 1])) return false;
     if (!(std::isfinite(b) || b == -INFINITY)) return false;
+  }
+  if (a.ban_indptr.empty()) return a.ban_tokens.empty() && a.ban_before.empty();
+  const int64_t B = static_cast<int64_t>(a.ban_tokens.size());
+  if (static_cast<int64_t>(a.ban_indptr.size()) != S + 1 || a.ban_indptr[0] != 0 || a.ban_indptr[S] != B) return false;
+  if (static_cast<int64_t>(a.ban_before.size()) != S) return false;
+  for (int64_t s = 0; s < S; ++s) {
+    const int64_t b = a.ban_indptr[s], e = a.ban_indptr[s + 1];
+    if (b > e || e > B || a.ban_before[s] < 0) return false;
+    for (int64_t j = b; j < e; ++j)
+      if (a.ban_tokens[j] < 0 || a.ban_tokens[j] >= V || (j > b && a.ban_tokens[j] <= a.ban_tokens[j - 1])) return false;
   }
   return true;
 }
@@ -153,6 +164,26 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       }
     }
   }
+  // Stop bans (read after the bias, for the same reason): per history a short ascending list and a
+  // number of positions; now and then damaged.
+  const uint8_t ban = r.u8();
+  if (ban >= 128) {
+    a.ban_indptr.push_back(0);
+    for (int64_t s = 0; s < S; ++s) {
+      int32_t tok = -1;
+      for (int64_t n = r.range(0, 3); n > 0; --n) a.ban_tokens.push_back(tok += static_cast<int32_t>(r.range(1, 12)));
+      a.ban_indptr.push_back(static_cast<int32_t>(a.ban_tokens.size()));
+      a.ban_before.push_back(static_cast<int32_t>(r.range(0, 4)));
+    }
+    if (ban >= 244) {
+      switch (ban % 4) {
+        case 0: a.ban_before[static_cast<size_t>(r.range(0, S - 1))] = r.i32_hostile(4); break;
+        case 1: a.ban_indptr.pop_back(); break;
+        case 2: a.ban_indptr[static_cast<size_t>(r.range(0, S))] = r.i32_hostile(static_cast<int32_t>(a.ban_tokens.size()) + 2); break;
+        default: a.ban_before.push_back(0); break;
+      }
+    }
+  }
   bool ok = valid(a, N, V, static_cast<int64_t>(source.size()));
   // Now and then the arrays come staged (a caller's own upload, as eagle_expand's): each must be
   // i32 (the bias values f32) and as long as its host array, or the call is E_ARG (the CPU reads
@@ -160,12 +191,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   PenaltyArgs::Staged staged;
   if (stage >= 160) {
     auto dev = [](const std::vector<int32_t>& v) { return Tensor::from_host(DType::i32, {static_cast<int64_t>(v.size())}, v.data()); };
-    staged = {dev(a.row_seq), dev(a.hist_indptr), dev(a.hist_tokens), dev(a.hist_counts), dev(a.path_indptr), dev(a.path_tokens), dev(a.bias_tokens),
-              Tensor::from_host(DType::f32, {static_cast<int64_t>(a.bias_values.size())}, a.bias_values.data())};
+    staged = {dev(a.row_seq),     dev(a.hist_indptr), dev(a.hist_tokens),
+              dev(a.hist_counts), dev(a.path_indptr), dev(a.path_tokens),
+              dev(a.bias_tokens), Tensor::from_host(DType::f32, {static_cast<int64_t>(a.bias_values.size())}, a.bias_values.data()),
+              dev(a.ban_indptr),  dev(a.ban_tokens),  dev(a.ban_before)};
     if (stage >= 232) {
-      Tensor* fields[] = {&staged.row_seq, &staged.hist_indptr, &staged.hist_tokens, &staged.hist_counts, &staged.path_indptr, &staged.path_tokens, &staged.bias_tokens,
-                          &staged.bias_values};
-      Tensor& f = *fields[stage % 8];
+      Tensor* fields[] = {&staged.row_seq,    &staged.hist_indptr, &staged.hist_tokens, &staged.hist_counts, &staged.path_indptr, &staged.path_tokens,
+                          &staged.bias_tokens, &staged.bias_values, &staged.ban_indptr, &staged.ban_tokens, &staged.ban_before};
+      Tensor& f = *fields[stage % 11];
       const bool f32 = &f == &staged.bias_values;
       f = (stage & 8) ? Tensor::zeros(f32 ? DType::f32 : DType::i32, {f.numel() + 1}) : Tensor::zeros(f32 ? DType::i32 : DType::f32, {f.numel()});
       ok = false;
@@ -192,7 +225,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       float x = logits[static_cast<size_t>(row * V + v)];
       for (size_t i = 0; i < a.bias_tokens.size(); ++i)
         if (a.bias_tokens[i] == v) x = x + a.bias_values[i];
-      const float want = seen ? sm::penalized_logit(x, static_cast<int32_t>(c), a.repetition, a.presence, a.frequency) : x;
+      float want = seen ? sm::penalized_logit(x, static_cast<int32_t>(c), a.repetition, a.presence, a.frequency) : x;
+      if (!a.ban_indptr.empty() && a.path_indptr[row + 1] - a.path_indptr[row] < a.ban_before[s])
+        for (int32_t j = a.ban_indptr[s]; j < a.ban_indptr[s + 1]; ++j)
+          if (a.ban_tokens[j] == v) want = -INFINITY;
       FUZZ_ASSERT(same_bits(got[row * V + v], want), "row ", row, " token ", v, ": ", got[row * V + v], ", expected ", want);
     }
   }

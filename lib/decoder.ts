@@ -46,6 +46,12 @@ export interface GenerateOptions {
   readonly shouldStop?: (newTokens: readonly number[]) => boolean;
   readonly signal?: AbortSignal;
   /**
+   * The fewest tokens to emit before a stop token (the model's EOS ids, stopTokens) may be: vLLM's
+   * min_tokens. The stop tokens are banned (logit -inf) on every row that predicts an earlier
+   * position, speculative rows alike, and shouldStop is not asked before. Default 0.
+   */
+  readonly minTokens?: number;
+  /**
    * Record each output token's log-probability and this many most probable alternatives (0 ..
    * 20; default: none): GenerateResult.logprobs (TokenLogprobs: the target's distribution after
    * penalties and logit bias, at temperature 1). The tokens are the same with or without; the
@@ -169,6 +175,7 @@ export class SpeculativeDecoder {
         if (opts.ignoreEos !== undefined) req.ignoreEos = opts.ignoreEos;
         if (opts.shouldStop) req.shouldStop = opts.shouldStop;
         if (opts.logprobs !== undefined) req.logprobs = opts.logprobs;
+        if (opts.minTokens !== undefined) req.minTokens = opts.minTokens;
         const onTokens = opts.onTokens;
         if (onTokens) req.onTokens = (toks, lp) => onTokens(i, toks, lp);
         return engine.submit(p, req).catch((e: unknown) => {

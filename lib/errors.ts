@@ -103,6 +103,11 @@ export function checkIgnoreEos(x: unknown): void {
   if (x !== undefined && typeof x !== 'boolean') throw argError(`ignoreEos must be true or false, got ${shown(x)}`);
 }
 
+/** minTokens: undefined, or an integer >= 0. */
+export function checkMinTokens(x: unknown): void {
+  if (x !== undefined && !(typeof x === 'number' && Number.isSafeInteger(x) && x >= 0)) throw argError(`minTokens must be an integer >= 0, got ${shown(x)}`);
+}
+
 /** A path argument: a non-empty string (E_ARG naming `what` otherwise). */
 export function pathArg(x: unknown, what: string): string {
   if (typeof x !== 'string' || x.length === 0) throw argError(`${what}: expected a path (a non-empty string), got ${x === null ? 'null' : typeof x === 'string' ? 'an empty string' : typeof x}`);

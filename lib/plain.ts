@@ -5,11 +5,11 @@
 //   Philox(key = seed, counter offset = (i << 32) | k),
 // so (seed, i, k) alone determine a draw: the same prompt at the same batch index gives the same
 // output whatever else is in the batch.
-import { checkIgnoreEos, checkStopTokens, optionsArg } from './errors';
+import { checkIgnoreEos, checkMinTokens, checkStopTokens, optionsArg } from './errors';
 import type { CausalLM, ChainOptions, SequenceInput } from './models/causal_lm';
 import { codedError } from './models/config';
 import { chainLength, observeChainStep } from './plain_chain';
-import { argmax, argmaxIds, penalizeRow, processLogits, resolvePenalties, sample, type Penalties, type PenaltyHistory, type ResolvedPenalties } from './sampling';
+import { anyBan, argmax, argmaxIds, NO_PENALTIES, penalizeRow, processLogits, resolvePenalties, sample, type Penalties, type PenaltyHistory, type ResolvedPenalties, type StopBan } from './sampling';
 import type { Tensor } from './tensor';
 import { checkLogprobs, LogprobsSink, tokenLogprobs, type TokenLogprobs } from './logprobs';
 
@@ -32,6 +32,8 @@ export interface PlainOptions {
   readonly onTokens?: (index: number, tokens: Int32Array) => void;
   /** Record each token's log-probability and this many alternatives (GenerateOptions.logprobs; the steps then run one at a time). */
   readonly logprobs?: number;
+  /** The fewest tokens before a stop token may be emitted (GenerateOptions.minTokens). Default 0. */
+  readonly minTokens?: number;
 }
 
 export interface PlainStats {
@@ -81,15 +83,20 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
   checkStopTokens(options.stopTokens);
   checkIgnoreEos(options.ignoreEos);
   const logprobsK = checkLogprobs(options.logprobs);
+  checkMinTokens(options.minTokens);
+  const minTokens = options.minTokens ?? 0;
   const sinks = logprobsK === undefined ? undefined : prompts.map(() => new LogprobsSink(logprobsK));
   const stops = new Set<number>([...(options.ignoreEos === true ? [] : eosTokenIds), ...(options.stopTokens ?? [])]);
   const sampling = { temperature, topK: options.topK ?? 0, topP: options.topP ?? 1, minP: options.minP ?? 0 };
   const penalties = resolvePenalties(options.penalties, 'penalties', vocabSize);
+  // Sequence i's stop ban while its output is shorter than minTokens (stop tokens ascending).
+  const stopList = Int32Array.from(stops).sort();
+  const banOf = (i: number): StopBan | undefined => (minTokens > out[i]!.length && stopList.length > 0 ? { tokens: stopList, before: minTokens - out[i]!.length } : undefined);
 
   const t0 = performance.now();
   const out: number[][] = prompts.map(() => []);
   // Each sequence's prompt + output, grown in place (penalize() keeps its counts per array).
-  const hist: number[][] = penalties ? prompts.map((p) => Array.from(p)) : [];
+  const hist: number[][] = penalties || minTokens > 0 ? prompts.map((p) => Array.from(p)) : [];
   const historyOf = (i: number): PenaltyHistory => ({ tokens: hist[i]!, promptLength: prompts[i]!.length });
   const finishReasons: ('stop' | 'length' | 'context')[] = prompts.map(() => 'length');
   const forwards = prompts.map(() => 0);
@@ -117,7 +124,8 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
         steps,
         temperature === 0 ? [] : active.map((i, b) => Array.from({ length: steps[b]! }, (_, j) => streamOffset(i, out[i]!.length + j))),
         options.signal,
-        penalties ? active.map(historyOf) : undefined,
+        penalties || active.some((i) => banOf(i)) ? active.map(historyOf) : undefined,
+        active.map(banOf),
       );
       const most = Math.max(...steps);
       // (A chain that starts with a prompt says nothing about a step's cost.)
@@ -161,7 +169,10 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
       let next: Int32Array;
       try {
         // Each sequence's last row, with its prompt and output so far as the history.
-        if (penalties) active.forEach((i, b) => penalizeRow(fw.logits, (fw.indptr[b + 1] as number) - 1, penalties, historyOf(i)));
+        active.forEach((i, b) => {
+          const ban = banOf(i);
+          if (penalties || ban) penalizeRow(fw.logits, (fw.indptr[b + 1] as number) - 1, penalties ?? NO_PENALTIES, historyOf(i), ban);
+        });
         next = pickTokens(fw.logits, fw.indptr, active, sampling, seed, (i) => out[i]!.length);
         // (A draw without mass is reported below, as without logprobs.)
         if (sinks && logprobsK !== undefined && next.every((t) => t >= 0)) {
@@ -218,22 +229,30 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
   };
 }
 
-type ChainFn = (inputs: readonly SequenceInput[], steps: readonly number[], offsets: readonly (readonly bigint[])[], signal: AbortSignal | undefined, histories?: readonly PenaltyHistory[]) => Promise<Int32Array[]>;
+type ChainFn = (
+  inputs: readonly SequenceInput[],
+  steps: readonly number[],
+  offsets: readonly (readonly bigint[])[],
+  signal: AbortSignal | undefined,
+  histories?: readonly PenaltyHistory[],
+  bans?: readonly (StopBan | undefined)[],
+) => Promise<Int32Array[]>;
 
 /** The model's chain call for this sampling (greedyChain, or sampledChain with its q rows let go), if it has one. */
 function chainCall(model: CausalLM, sampling: { temperature: number; topK: number; topP: number; minP: number }, seed: number, penalties?: ResolvedPenalties): ChainFn | undefined {
-  const opts = (signal: AbortSignal | undefined, histories: readonly PenaltyHistory[] | undefined): ChainOptions => ({
-    ...(signal ? { signal } : {}),
-    ...(penalties && histories ? { penalties: { penalties, histories } } : {}),
-  });
+  // (Stop bans alone ride on neutral penalties.)
+  const opts = (signal: AbortSignal | undefined, histories: readonly PenaltyHistory[] | undefined, bans: readonly (StopBan | undefined)[] | undefined): ChainOptions => {
+    const p = penalties ?? (anyBan(bans) ? NO_PENALTIES : undefined);
+    return { ...(signal ? { signal } : {}), ...(p && histories ? { penalties: { penalties: p, histories, ...(anyBan(bans) ? { bans: bans! } : {}) } } : {}) };
+  };
   if (sampling.temperature === 0) {
     const greedy = model.greedyChain;
-    return greedy ? (inputs, steps, _offsets, signal, histories) => greedy.call(model, inputs, steps, opts(signal, histories)) : undefined;
+    return greedy ? (inputs, steps, _offsets, signal, histories, bans) => greedy.call(model, inputs, steps, opts(signal, histories, bans)) : undefined;
   }
   const sampled = model.sampledChain;
   if (!sampled) return undefined;
-  return async (inputs, steps, offsets, signal, histories) => {
-    const r = await sampled.call(model, inputs, steps, sampling, inputs.map(() => BigInt(seed)), offsets, opts(signal, histories));
+  return async (inputs, steps, offsets, signal, histories, bans) => {
+    const r = await sampled.call(model, inputs, steps, sampling, inputs.map(() => BigInt(seed)), offsets, opts(signal, histories, bans));
     r.q.dispose();
     return r.picks;
   };

@@ -203,10 +203,31 @@ export function penaltiesForVocabulary(r: ResolvedPenalties, vocab: number): Res
   return within ? { ...rest, logitBias: within } : rest;
 }
 
+/** No penalties: what a penalize call carries when it only bans stop tokens (min_tokens). */
+export const NO_PENALTIES: ResolvedPenalties = Object.freeze({ repetition: 1, presence: 0, frequency: 0 });
+
+/**
+ * A sequence's stop tokens banned before its min_tokens: `tokens` (distinct, ascending) are -inf on
+ * each row predicting one of the next `before` output positions (a tree row: its path shorter than
+ * `before`). After the bias and the penalties.
+ */
+export interface StopBan {
+  readonly tokens: Int32Array;
+  readonly before: number;
+}
+
 /** Resolved penalties with one history per sequence (the heads' and drafts' penalized rows read them). */
 export interface HistoryPenalties {
   readonly penalties: ResolvedPenalties;
   readonly histories: readonly PenaltyHistory[];
+  /** Per history: its stop ban, if any (min_tokens). */
+  readonly bans?: readonly (StopBan | undefined)[];
+}
+
+/** Whether any ban bans anything. */
+export function anyBan(bans: readonly (StopBan | undefined)[] | undefined): boolean {
+  if (bans) for (const b of bans) if (b && b.before > 0 && b.tokens.length > 0) return true;
+  return false;
 }
 
 /** A history as penalize() reads it: the prompt's tokens, then the output's. */
@@ -220,8 +241,15 @@ export interface PenaltyHistory {
  * when paths are given, the output tokens paths[r] after it (a tree row: the tokens of the nodes on
  * its path below the root).
  */
-export function penalize(logits: Tensor, p: Penalties, histories: readonly PenaltyHistory[], rowSeq: Int32Array, paths?: readonly (ArrayLike<number> | undefined)[]): void {
-  const r = resolvePenalties(p);
+export function penalize(
+  logits: Tensor,
+  p: Penalties,
+  histories: readonly PenaltyHistory[],
+  rowSeq: Int32Array,
+  paths?: readonly (ArrayLike<number> | undefined)[],
+  bans?: readonly (StopBan | undefined)[],
+): void {
+  const r = resolvePenalties(p) ?? (anyBan(bans) ? NO_PENALTIES : undefined);
   if (!r) return;
   const b = native();
   if (!b.samplingPenalize) throw argError('penalties: this build of the addon has no penalize op (rebuild it)');
@@ -233,14 +261,14 @@ export function penalize(logits: Tensor, p: Penalties, histories: readonly Penal
     if (q) for (let j = 0; j < q.length; j++) pathTokens.push(q[j] as number);
     pathIndptr[i + 1] = pathTokens.length;
   }
-  b.samplingPenalize(logits, { ...nativePenalties(r, histories), rowSeq, pathIndptr, pathTokens: Int32Array.from(pathTokens) });
+  b.samplingPenalize(logits, { ...nativePenalties(r, histories, bans), rowSeq, pathIndptr, pathTokens: Int32Array.from(pathTokens) });
 }
 
-/** penalize() on row r of logits alone, continuing `history`. */
-export function penalizeRow(logits: Tensor, r: number, p: Penalties, history: PenaltyHistory): void {
+/** penalize() on row r of logits alone, continuing `history` (with its stop ban, if any). */
+export function penalizeRow(logits: Tensor, r: number, p: Penalties, history: PenaltyHistory, ban?: StopBan): void {
   const row = logits.rows(r, r + 1);
   try {
-    penalize(row, p, [history], ONE_ROW);
+    penalize(row, p, [history], ONE_ROW, undefined, ban ? [ban] : undefined);
   } finally {
     row.dispose();
   }
@@ -249,14 +277,15 @@ export function penalizeRow(logits: Tensor, r: number, p: Penalties, history: Pe
 const ONE_ROW = Int32Array.of(0);
 
 /**
- * The native form of penalties over histories (one entry per history; rows are the caller's). With
- * a logit bias alone, the histories are sent empty (nothing reads them).
+ * The native form of penalties over histories (one entry per history; rows are the caller's), and
+ * of the histories' stop bans. With a logit bias or bans alone, the histories are sent empty
+ * (nothing reads them).
  */
-export function nativePenalties(r: ResolvedPenalties, histories: readonly PenaltyHistory[]): SpecdecNative.NativeChainPenalties {
-  const bias = r.logitBias ? { biasTokens: r.logitBias.tokens, biasValues: r.logitBias.values } : {};
+export function nativePenalties(r: ResolvedPenalties, histories: readonly PenaltyHistory[], bans?: readonly (StopBan | undefined)[]): SpecdecNative.NativeChainPenalties {
+  const extra = { ...(r.logitBias ? { biasTokens: r.logitBias.tokens, biasValues: r.logitBias.values } : {}), ...(anyBan(bans) ? nativeBans(bans!, histories.length) : {}) };
   if (Math.fround(r.repetition) === 1 && Math.fround(r.presence) === 0 && Math.fround(r.frequency) === 0) {
     const none = new Int32Array(0);
-    return { repetition: 1, presence: 0, frequency: 0, histIndptr: new Int32Array(histories.length + 1), histTokens: none, histCounts: none, ...bias };
+    return { repetition: 1, presence: 0, frequency: 0, histIndptr: new Int32Array(histories.length + 1), histTokens: none, histCounts: none, ...extra };
   }
   const histIndptr = new Int32Array(histories.length + 1);
   const parts = histories.map((h) => historyCounts(h));
@@ -267,7 +296,21 @@ export function nativePenalties(r: ResolvedPenalties, histories: readonly Penalt
     histTokens.set(c.tokens, histIndptr[s] as number);
     histCounts.set(c.counts, histIndptr[s] as number);
   });
-  return { repetition: r.repetition, presence: r.presence, frequency: r.frequency, histIndptr, histTokens, histCounts, ...bias };
+  return { repetition: r.repetition, presence: r.presence, frequency: r.frequency, histIndptr, histTokens, histCounts, ...extra };
+}
+
+/** Bans in the native form: per history a list and its positions (none past `S` histories' bans). */
+function nativeBans(bans: readonly (StopBan | undefined)[], S: number): { banIndptr: Int32Array; banTokens: Int32Array; banBefore: Int32Array } {
+  const banIndptr = new Int32Array(S + 1), banBefore = new Int32Array(S);
+  for (let s = 0; s < S; s++) {
+    const b = bans[s];
+    const on = b !== undefined && b.before > 0;
+    banIndptr[s + 1] = (banIndptr[s] as number) + (on ? b.tokens.length : 0);
+    banBefore[s] = on ? b.before : 0;
+  }
+  const banTokens = new Int32Array(banIndptr[S] as number);
+  for (let s = 0; s < S; s++) if ((banBefore[s] as number) > 0) banTokens.set((bans[s] as StopBan).tokens, banIndptr[s] as number);
+  return { banIndptr, banTokens, banBefore };
 }
 
 /** Penalties over histories with one row per history, no paths (samplingPenalize's argument for rows 0 .. S - 1). */

@@ -18,7 +18,7 @@ import type {
 import { knownForwardCost } from './cost_model';
 import { tokenLogprobs, type LogprobsSink } from './logprobs';
 import { CHAIN_MAX_STEPS, CHAIN_SECONDS, chainLength, observeChainStep } from './plain_chain';
-import { argmaxIds, penalize, penalizeRow, processLogits, resolvePenalties, treePaths, type Penalties, type PenaltyHistory, type ResolvedPenalties } from './sampling';
+import { argmaxIds, NO_PENALTIES, penalize, penalizeRow, processLogits, resolvePenalties, treePaths, type Penalties, type PenaltyHistory, type ResolvedPenalties, type StopBan } from './sampling';
 import { checkModel, checkSpeculator, codedError } from './strategies/speculator';
 import { gatherRows, isSampling, pickTokens, samplingOptions, throwIfAborted } from './step_helpers';
 import type { Tensor } from './tensor';
@@ -241,6 +241,11 @@ export class EngineSequence implements SpecSequence {
    * (a native chain computes none), and its root pick's.
    */
   logprobs: LogprobsSink | undefined;
+  /**
+   * The request's min_tokens: its stop tokens (stopTokens, ascending) are banned on every row that
+   * predicts an output position below it. 0: none.
+   */
+  minTokens = 0;
   readonly stats = new StatsAcc();
 
   constructor(
@@ -382,7 +387,10 @@ export class SpecEngine {
       if (pickRoot) {
         const logitRows = out.logitsRows === 'last' ? Int32Array.from(todo, (_, b) => b) : lastRows;
         const pen = this.penalties;
-        if (pen) todo.forEach((s, b) => penalizeRow(out.logits, logitRows[b] as number, pen, { tokens: s.history, promptLength: s.promptLength }));
+        todo.forEach((s, b) => {
+          const ban = stopBan(s);
+          if (pen || ban) penalizeRow(out.logits, logitRows[b] as number, pen ?? NO_PENALTIES, { tokens: s.history, promptLength: s.promptLength }, ban);
+        });
         const roots = pickTokens(out.logits, logitRows, this.sampling, todo.map((s) => s.rng));
         todo.forEach((s, b) => {
           s.history.push(roots[b] as number);
@@ -500,7 +508,8 @@ export class SpecEngine {
       // Penalties before verification: every row sees its sequence's history and its tree path.
       for (let i = 0, seq0 = 0; i < live.length; i++) {
         const p = live[i] as StepPart;
-        if (p.engine.penalties) penalizeRows(out, seq0, p.seqs, proposals[i] as readonly Proposal[], p.engine.penalties);
+        const pen = p.engine.penalties ?? (anyStopBan(p.seqs) ? NO_PENALTIES : undefined);
+        if (pen) penalizeRows(out, seq0, p.seqs, proposals[i] as readonly Proposal[], pen);
         seq0 += p.seqs.length;
       }
 
@@ -1156,7 +1165,20 @@ function histories(seqs: readonly EngineSequence[]): PenaltyHistory[] {
 
 /** A chain's penalties option for these sequences (none without penalties). */
 function chainPenalties(pen: ResolvedPenalties | undefined, seqs: readonly EngineSequence[]): Pick<ChainOptions, 'penalties'> {
-  return pen ? { penalties: { penalties: pen, histories: histories(seqs) } } : {};
+  const bans = anyStopBan(seqs) ? seqs.map(stopBan) : undefined;
+  const p = pen ?? (bans ? NO_PENALTIES : undefined);
+  return p ? { penalties: { penalties: p, histories: histories(seqs), ...(bans ? { bans } : {}) } } : {};
+}
+
+/** The sequence's stop ban this step (its min_tokens not reached: its stop tokens), if any. */
+function stopBan(s: EngineSequence): StopBan | undefined {
+  const before = s.minTokens - (s.history.length - s.promptLength);
+  return before > 0 && s.stopTokens && s.stopTokens.length > 0 ? { tokens: s.stopTokens, before } : undefined;
+}
+
+function anyStopBan(seqs: readonly EngineSequence[]): boolean {
+  for (const s of seqs) if (stopBan(s)) return true;
+  return false;
 }
 
 /**
@@ -1188,7 +1210,7 @@ function penalizeRows(out: ForwardOutput, seq0: number, seqs: readonly EngineSeq
   }
   const rows = out.logits.rows(r0, r1);
   try {
-    penalize(rows, pen, histories(seqs), rowSeq, paths);
+    penalize(rows, pen, histories(seqs), rowSeq, paths, anyStopBan(seqs) ? seqs.map(stopBan) : undefined);
   } finally {
     rows.dispose();
   }

@@ -94,6 +94,8 @@ export interface TextGenerateOptions {
   readonly signal?: AbortSignal;
   /** Record log-probabilities (GenerateOptions.logprobs): on each chunk and on the result. */
   readonly logprobs?: number;
+  /** GenerateOptions.minTokens: no stop token before it, and no stop string within its text. */
+  readonly minTokens?: number;
 }
 
 export interface TextChunk {
@@ -172,11 +174,12 @@ function stopPrefixAtEnd(text: string, stops: readonly string[]): number {
 }
 
 /** Cuts `text` at the first stop string; returns the cut text and the string found. */
-function cutAtStop(text: string, stops: readonly string[]): { text: string; stop?: string } {
+/** The text up to its first stop string (one that ends past `after` characters: min_tokens' text does not stop). */
+function cutAtStop(text: string, stops: readonly string[], after = 0): { text: string; stop?: string } {
   let best = -1;
   let which: string | undefined;
   for (const s of stops) {
-    const i = text.indexOf(s);
+    const i = text.indexOf(s, Math.max(0, after - s.length + 1));
     if (i >= 0 && (best < 0 || i < best)) {
       best = i;
       which = s;
@@ -202,19 +205,24 @@ export function generateText(
   const decode = (t: readonly number[]): string => codec.decode(t, { skipSpecialTokens: true });
   const cleanUp = codec.cleansUpSpaces === true;
   const decodeRaw = cleanUp ? (t: readonly number[]): string => codec.decode(t, { skipSpecialTokens: true, cleanUpSpaces: false }) : decode;
+  // min_tokens: a stop string counts only where it ends past the text of the first minTokens tokens.
+  const minTokens = opts.minTokens ?? 0;
+  const stopAfter = (toks: readonly number[], from = 0): number =>
+    minTokens <= from ? 0 : toks.length <= minTokens ? Infinity : decode(toks.slice(from, minTokens)).length;
   const gen = decoder.generate(ids, {
     maxNewTokens: opts.maxNewTokens,
     ...(opts.stopTokens ? { stopTokens: opts.stopTokens } : {}),
     ...(opts.ignoreEos !== undefined ? { ignoreEos: opts.ignoreEos } : {}),
     ...(opts.signal ? { signal: opts.signal } : {}),
     ...(opts.logprobs !== undefined ? { logprobs: opts.logprobs } : {}),
+    ...(minTokens > 0 ? { minTokens } : {}),
     // Decoding the whole output per token is quadratic; a stop string can only complete in the
     // text of the last few tokens, so decode a tail long enough to hold the longest one.
     ...(stops.length > 0
       ? {
           shouldStop: (toks: readonly number[]) => {
-            const tail = decode(toks.slice(-(Math.max(...stops.map((s) => s.length)) + 8)));
-            return stops.some((s) => tail.includes(s));
+            const from = Math.max(0, toks.length - (Math.max(...stops.map((s) => s.length)) + 8));
+            return cutAtStop(decode(toks.slice(from)), stops, stopAfter(toks, from)).stop !== undefined;
           },
         }
       : {}),
@@ -224,7 +232,8 @@ export function generateText(
   const text = new IncrementalText(decodeRaw);
   const settle = new SettledText(cleanUp);
   const result = gen.result.then((r): TextResult => {
-    const cut = cutAtStop(decode(Array.from(r.tokens)), stops);
+    const toks = Array.from(r.tokens);
+    const cut = cutAtStop(decode(toks), stops, stopAfter(toks));
     return { ...r, text: cut.text, ...(cut.stop !== undefined ? { stopString: cut.stop } : {}) };
   });
   result.catch(() => undefined);
@@ -235,7 +244,7 @@ export function generateText(
         const lp = opts.logprobs !== undefined ? gen.logprobsOf?.(all.length, all.length + toks.length) : undefined;
         for (const t of toks) all.push(t);
         const now = settle.of(text.of(all));
-        const found = cutAtStop(now.full, stops);
+        const found = cutAtStop(now.full, stops, stopAfter(all));
         let cut = found.text;
         if (found.stop === undefined) {
           // Only text the next tokens cannot change (an incomplete multi-byte character, decoded
@@ -249,7 +258,7 @@ export function generateText(
         yield lp ? { tokens: toks, text: delta, logprobs: lp } : { tokens: toks, text: delta };
       }
       // The end: what was held back and stayed text (the streamed chunks add up to result.text).
-      const rest = cutAtStop(settle.of(text.of(all)).full, stops).text;
+      const rest = cutAtStop(settle.of(text.of(all)).full, stops, stopAfter(all)).text;
       if (rest.length > shown) {
         yield { tokens: new Int32Array(0), text: rest.slice(shown) };
         shown = rest.length;

@@ -2,7 +2,7 @@
 import * as assert from 'assert';
 import { backends } from '../lib/backend';
 import { seededRandom } from '../lib/train/corpus';
-import type { ResolvedPenalties } from '../lib/sampling';
+import type { ResolvedPenalties, StopBan } from '../lib/sampling';
 
 /** Why CUDA tests cannot run here (undefined when they can). */
 export function cudaSkipReason(): string | undefined {
@@ -97,7 +97,15 @@ function refLogit(l: number, count: number, inHistory: boolean, p: ResolvedPenal
  * hist[rowSeq[r]], then paths[r]): the logit bias first (an f32 sum: the double sum rounded once),
  * then the penalties on the sums.
  */
-export function refPenalize(x: Float32Array, V: number, p: ResolvedPenalties, hist: { tokens: number[]; promptLength: number }[], rowSeq: Int32Array, paths: Int32Array[]): Float32Array {
+export function refPenalize(
+  x: Float32Array,
+  V: number,
+  p: ResolvedPenalties,
+  hist: { tokens: number[]; promptLength: number }[],
+  rowSeq: Int32Array,
+  paths: Int32Array[],
+  bans?: readonly (StopBan | undefined)[],
+): Float32Array {
   const out = Float32Array.from(x);
   for (let r = 0; r < rowSeq.length; r++) {
     p.logitBias?.tokens.forEach((t, i) => (out[r * V + t] = Math.fround((out[r * V + t] as number) + (p.logitBias?.values[i] as number))));
@@ -109,6 +117,9 @@ export function refPenalize(x: Float32Array, V: number, p: ResolvedPenalties, hi
       for (let i = h.promptLength; i < all.length; i++) c += all[i] === t ? 1 : 0;
       out[r * V + t] = refLogit(out[r * V + t] as number, c, true, p);
     }
+    // Bans last: a banned token is -inf whatever the bias and penalties made of it.
+    const ban = bans?.[rowSeq[r] as number];
+    if (ban && (paths[r]?.length ?? 0) < ban.before) for (const t of ban.tokens) out[r * V + t] = -Infinity;
   }
   return out;
 }

@@ -28,7 +28,7 @@ const EMBEDDED = defaultModelPaths();
 /** penalize on `device` against the JavaScript reference, bit for bit. */
 function checkAgainstReference(device: 'cpu' | 'cuda'): void {
   const r = rng(testSeed + 71);
-  let changed = 0, biased = 0;
+  let changed = 0, biased = 0, banned = 0;
   for (let round = 0; round < 60; round++) {
     const V = 5 + Math.floor(r() * 60);
     const S = 1 + Math.floor(r() * 3);
@@ -70,18 +70,23 @@ function checkAgainstReference(device: 'cpu' | 'cuda'): void {
     const p = kinds[round % kinds.length]!;
     const N = rowSeq.length;
     const x = Float32Array.from({ length: N * V }, () => Math.fround((r() - 0.5) * 20));
-    const want = refPenalize(x, V, p, hist, Int32Array.from(rowSeq), paths);
+    // Stop bans (min_tokens) in half the rounds: some sequences' stop tokens on their rows whose path
+    // is shorter than `before`.
+    const bans = round % 2 === 1 ? hist.map(() => (r() < 0.7 ? { tokens: Int32Array.from(new Set(Array.from({ length: 1 + Math.floor(r() * 3) }, () => Math.floor(r() * V)))).sort(), before: Math.floor(r() * 4) } : undefined)) : undefined;
+    const want = refPenalize(x, V, p, hist, Int32Array.from(rowSeq), paths, bans);
     using t = Tensor.fromArray(x, 'f32', [N, V], device);
-    penalize(t, p, hist, Int32Array.from(rowSeq), paths);
+    penalize(t, p, hist, Int32Array.from(rowSeq), paths, bans);
     const got = t.toFloat32();
     for (let i = 0; i < got.length; i++) {
       assert.ok(Object.is(got[i], want[i]), `round ${round}, element ${i}: ${got[i]} != ${want[i]} (${JSON.stringify(p)} ${p.logitBias?.key() ?? ''})`);
       if (got[i] !== x[i]) changed++;
       if (got[i] !== x[i] && p.logitBias) biased++;
+      if (got[i] === -Infinity && x[i] !== -Infinity && bans && !p.logitBias) banned++;
     }
   }
   assert.ok(changed > 200, `${changed} logits changed`);
   assert.ok(biased > 40, `${biased} logits changed under a logit bias`);
+  assert.ok(banned > 40, `${banned} logits banned`);
   // A view of some rows: only those change.
   const V = 8;
   const x = Float32Array.from({ length: 3 * V }, (_, i) => i - 10);
@@ -533,6 +538,12 @@ describe('penalties', () => {
       [{ biasTokens: Int32Array.of(2), biasValues: Float32Array.of(1, 2) }, /logitBias: 2 values for 1 tokens/],
       [{ biasTokens: Int32Array.of(2), biasValues: Int32Array.of(1) }, /biasValues: expected a Float32Array/],
       [{ biasTokens: Int32Array.of(2) }, /biasValues: expected a Float32Array/],
+      [{ banIndptr: Int32Array.of(0, 1), banTokens: Int32Array.of(2) }, /banBefore/],
+      [{ banIndptr: Int32Array.of(0, 1, 1), banTokens: Int32Array.of(2), banBefore: Int32Array.of(1) }, /banIndptr: expected 2 offsets from 0/],
+      [{ banIndptr: Int32Array.of(0, 1), banTokens: Int32Array.of(2), banBefore: Int32Array.of(-1) }, /banBefore: -1 for sequence 0/],
+      [{ banIndptr: Int32Array.of(0, 1), banTokens: Int32Array.of(6), banBefore: Int32Array.of(1) }, /banTokens: token 6 of sequence 0 is outside the vocabulary/],
+      [{ banIndptr: Int32Array.of(0, 2), banTokens: Int32Array.of(3, 2), banBefore: Int32Array.of(1) }, /banTokens: sequence 0's tokens must be distinct and ascending \(3 then 2\)/],
+      [{ banIndptr: Int32Array.of(0, 2), banTokens: Int32Array.of(2), banBefore: Int32Array.of(1) }, /banIndptr: ends at 2, expected 1/],
     ];
     for (const [bad, re] of cases) assertThrowsCode(() => pen(t, { ...ok, ...bad } as typeof ok), 'E_ARG', re);
     using h = Tensor.fromArray(new Float32Array(2 * V), 'f16', [2, V]);
@@ -542,6 +553,11 @@ describe('penalties', () => {
     using u = Tensor.fromArray(new Float32Array(2 * V), 'f32', [2, V]);
     pen(u, { ...ok, repetition: 2, biasTokens: Int32Array.of(0, 3, 5), biasValues: Float32Array.of(-Infinity, 5, -0.5) });
     assert.deepStrictEqual(Array.from(u.toFloat32()), [-Infinity, 0, 0, 1.5, 0, -0.5, -Infinity, 0, 0, 1.5, 0, -2]);
+    // A stop ban of tokens 3 and 4 on the rows whose path is shorter than 1 (row 0; row 1 has one
+    // path token), after the penalties: row 0's 3 and 4 are -inf, row 1 as without.
+    using w = Tensor.fromArray(new Float32Array(2 * V), 'f32', [2, V]);
+    pen(w, { ...ok, banIndptr: Int32Array.of(0, 2), banTokens: Int32Array.of(3, 4), banBefore: Int32Array.of(1) });
+    assert.deepStrictEqual(Array.from(w.toFloat32()), [0, 0, 0, -Infinity, -Infinity, 0, 0, 0, 0, -1, 0, -1]);
 
     // The option: a Map or an object of token id -> bias (f32), checked against the vocabulary when
     // it is known; zero biases dropped; a resolved bias passes through.

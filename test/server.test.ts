@@ -94,6 +94,14 @@ describe('specdec serve', function () {
     const cutChoice = (cut.json['choices'] as { text: string; finish_reason: string }[])[0]!;
     assert.strictEqual(cutChoice.finish_reason, 'stop');
     assert.ok(choice.text.startsWith(cutChoice.text) && cutChoice.text.length < choice.text.length);
+    // min_tokens: no EOS before it (the completion that ended at once goes on: plainGenerate's
+    // tokens with minTokens), and a stop string within its text does not stop (vLLM's).
+    const atLeast = await postJson(`${url}/v1/completions`, { ...end, min_tokens: 6 });
+    const wantMin = await plainGenerate(server.engine.model, [tokenizer.encode(end.prompt)], { maxNewTokens: 10, minTokens: 6 });
+    assert.deepStrictEqual(completionTokens(atLeast), Array.from(wantMin.tokens[0]!));
+    assert.ok(completionTokens(atLeast).length > 6);
+    const notCut = await postJson(`${url}/v1/completions`, { ...body, stop: [choice.text.split(' ')[3]!], min_tokens: 12 });
+    assert.deepStrictEqual([(notCut.json['choices'] as { text: string }[])[0]!.text, (notCut.json['choices'] as { finish_reason: string }[])[0]!.finish_reason], [choice.text, 'length']);
   });
 
   it('a client that hangs up mid-stream cancels its request', async () => {
@@ -169,7 +177,8 @@ describe('specdec serve', function () {
       [{ prompt: 'x', top_logprobs: 2 }, 'top_logprobs'],
       [{ prompt: 'x', logprobs: 2, echo: true }, 'echo'],
       [{ prompt: 'x', best_of: 3 }, 'best_of'],
-      [{ prompt: 'x', min_tokens: 4 }, 'min_tokens'],
+      [{ prompt: 'x', min_tokens: -1 }, 'min_tokens'],
+      [{ prompt: 'x', min_tokens: 20, max_tokens: 10 }, 'min_tokens'],
       [{ prompt: 'x', ignore_eos: 'yes' }, 'ignore_eos'],
       [{ prompt: 'x', suffix: 'end' }, 'suffix'],
       [{ prompt: 'x', response_format: { type: 'json_object' } }, 'response_format'],

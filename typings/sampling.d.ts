@@ -79,5 +79,9 @@ declare namespace SpecdecNative {
     /** The logit bias, added before the penalties: distinct ascending tokens and their biases. */
     biasTokens?: Int32Array;
     biasValues?: Float32Array;
+    /** Stop tokens banned before min_tokens: history s's list banTokens[banIndptr[s] .. banIndptr[s + 1]), on its rows whose path is shorter than banBefore[s]. */
+    banIndptr?: Int32Array;
+    banTokens?: Int32Array;
+    banBefore?: Int32Array;
   }
 }

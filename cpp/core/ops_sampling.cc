@@ -198,6 +198,24 @@ void check_penalty_histories(const PenaltyArgs& a, int64_t V) {
     // (-inf bans the token; +inf or NaN would leave its row without a distribution.)
     SPECDEC_CHECK(std::isfinite(b) || (std::isinf(b) && b < 0.0f), "E_ARG", "logitBias: token ", t, "'s bias is ", b, " (expected a finite number or -Infinity)");
   }
+  if (a.ban_indptr.empty()) {
+    SPECDEC_CHECK(a.ban_tokens.empty() && a.ban_before.empty(), "E_ARG", "banIndptr: missing beside banTokens / banBefore");
+    return;
+  }
+  SPECDEC_CHECK(static_cast<int64_t>(a.ban_indptr.size()) == S + 1 && a.ban_indptr[0] == 0, "E_ARG", "banIndptr: expected ", S + 1, " offsets from 0 (one list per history)");
+  SPECDEC_CHECK(static_cast<int64_t>(a.ban_before.size()) == S, "E_ARG", "banBefore: ", a.ban_before.size(), " entries for ", S, " histories");
+  const int64_t B = static_cast<int64_t>(a.ban_tokens.size());
+  SPECDEC_CHECK(a.ban_indptr[S] == B, "E_ARG", "banIndptr: ends at ", a.ban_indptr[S], ", expected ", B, " (the banned tokens' count)");
+  for (int64_t s = 0; s < S; ++s) {
+    const int32_t b = a.ban_indptr[s], e = a.ban_indptr[s + 1];
+    SPECDEC_CHECK(b <= e && e <= B, "E_ARG", "banIndptr: ", b <= e ? "passes the tokens' end" : "decreases", " at sequence ", s);
+    SPECDEC_CHECK(a.ban_before[s] >= 0, "E_ARG", "banBefore: ", a.ban_before[s], " for sequence ", s, " (expected >= 0)");
+    for (int32_t j = b; j < e; ++j) {
+      const int32_t t = a.ban_tokens[j];
+      SPECDEC_CHECK(t >= 0 && t < V, "E_ARG", "banTokens: token ", t, " of sequence ", s, " is outside the vocabulary [0, ", V, ")");
+      SPECDEC_CHECK(j == b || t > a.ban_tokens[j - 1], "E_ARG", "banTokens: sequence ", s, "'s tokens must be distinct and ascending (", a.ban_tokens[j - 1], " then ", t, ")");
+    }
+  }
 }
 
 void penalize(Tensor& logits, const PenaltyArgs& a) {
@@ -236,7 +254,11 @@ void penalize(Tensor& logits, const PenaltyArgs& a) {
     check_arg(d.path_tokens, "staged.pathTokens", {DType::i32}, {P});
     check_arg(d.bias_tokens, "staged.biasTokens", {DType::i32}, {static_cast<int64_t>(a.bias_tokens.size())});
     check_arg(d.bias_values, "staged.biasValues", {DType::f32}, {static_cast<int64_t>(a.bias_values.size())});
-    check_same_device({&logits, &d.row_seq, &d.hist_indptr, &d.hist_tokens, &d.hist_counts, &d.path_indptr, &d.path_tokens, &d.bias_tokens, &d.bias_values},
+    check_arg(d.ban_indptr, "staged.banIndptr", {DType::i32}, {static_cast<int64_t>(a.ban_indptr.size())});
+    check_arg(d.ban_tokens, "staged.banTokens", {DType::i32}, {static_cast<int64_t>(a.ban_tokens.size())});
+    check_arg(d.ban_before, "staged.banBefore", {DType::i32}, {static_cast<int64_t>(a.ban_before.size())});
+    check_same_device({&logits, &d.row_seq, &d.hist_indptr, &d.hist_tokens, &d.hist_counts, &d.path_indptr, &d.path_tokens, &d.bias_tokens, &d.bias_values,
+                       &d.ban_indptr, &d.ban_tokens, &d.ban_before},
                       "penalize");
   }
   if (N == 0) return;

@@ -108,15 +108,20 @@ struct PenaltyArgs {
   std::vector<int32_t> path_indptr, path_tokens;           // [N + 1], [P]
   std::vector<int32_t> bias_tokens;                        // [Q]
   std::vector<float> bias_values;                          // [Q]
+  // A sequence's stop tokens banned before its min_tokens (vLLM's min_tokens): row r of sequence s
+  // gets ban_tokens[ban_indptr[s] .. ban_indptr[s + 1]) at -inf, last, when its path is shorter
+  // than ban_before[s] (the row predicts output position (the sequence's so far) + (its path's
+  // length); ban_before[s] = min_tokens - the output so far). All three empty: no bans.
+  std::vector<int32_t> ban_indptr, ban_tokens, ban_before;  // [S + 1], [B], [S]
   // When set: path_tokens are indices into this i32 tensor on the logits' device (a native chain's
   // picks), read there; a token read outside the vocabulary (a draw without mass) is skipped.
   const Tensor* path_source = nullptr;
-  // When set: the eight arrays above already on the logits' device (bias_values f32, the others
+  // When set: the eleven arrays above already on the logits' device (bias_values f32, the others
   // i32), each as long as its host array (checked), sent with the caller's own upload (eagle_expand stages a whole expansion's);
   // the CUDA backend reads these instead of uploading its own. The host arrays stay the reference
   // the checks read.
   struct Staged {
-    Tensor row_seq, hist_indptr, hist_tokens, hist_counts, path_indptr, path_tokens, bias_tokens, bias_values;
+    Tensor row_seq, hist_indptr, hist_tokens, hist_counts, path_indptr, path_tokens, bias_tokens, bias_values, ban_indptr, ban_tokens, ban_before;
   };
   const Staged* staged = nullptr;
 };

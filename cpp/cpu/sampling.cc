@@ -411,7 +411,7 @@ void token_logprobs(const Tensor& logits, const std::vector<int32_t>& rows, cons
 
 namespace {
 // Row by row: the logit bias, then the sequence's history tokens (their output counts plus the
-// path's), then the path's tokens the history lacks, each distinct one once.
+// path's), then the path's tokens the history lacks, each distinct one once; last the bans.
 template <class Path>
 void penalize_rows(float* x, int64_t N, int64_t V, const PenaltyArgs& a, const Path& whole) {
   for (int64_t r = 0; r < N; ++r) {
@@ -430,6 +430,8 @@ void penalize_rows(float* x, int64_t N, int64_t V, const PenaltyArgs& a, const P
       if (t >= 0 && t < V && sm::first_in_path(path, j) && !sm::in_history(hist, hn, t))
         row[t] = sm::penalized_logit(row[t], sm::path_count(path, pn, t), a.repetition, a.presence, a.frequency);
     }
+    if (!a.ban_indptr.empty() && pn < a.ban_before[static_cast<size_t>(s)])
+      for (int32_t j = a.ban_indptr[static_cast<size_t>(s)]; j < a.ban_indptr[static_cast<size_t>(s) + 1]; ++j) row[a.ban_tokens[static_cast<size_t>(j)]] = -INFINITY;
   }
 }
 }  // namespace

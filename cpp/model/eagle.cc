@@ -246,7 +246,7 @@ EagleExpandResult eagle_expand(const EagleWeights& w, const Tensor& embed, const
   // upload. One PenaltyArgs for every level (the histories copied once); each level sets its rows.
   std::unique_ptr<PenaltyArgs> pen;
   PenaltyArgs::Staged root_staged;
-  int seg_hi = -1, seg_ht = -1, seg_hc = -1, seg_rrs = -1, seg_rpi = -1, seg_rpt = -1, seg_bt = -1, seg_bv = -1;
+  int seg_hi = -1, seg_ht = -1, seg_hc = -1, seg_rrs = -1, seg_rpi = -1, seg_rpt = -1, seg_bt = -1, seg_bv = -1, seg_ni = -1, seg_nt = -1, seg_nb = -1;
   if (penalties) {
     pen = std::make_unique<PenaltyArgs>(*penalties);
     pen->row_seq.resize(static_cast<size_t>(B));
@@ -259,6 +259,9 @@ EagleExpandResult eagle_expand(const EagleWeights& w, const Tensor& embed, const
     seg_hc = pack.add(DType::i32, penalties->hist_counts);
     seg_bt = pack.add(DType::i32, penalties->bias_tokens);
     seg_bv = pack.add(DType::f32, penalties->bias_values);
+    seg_ni = pack.add(DType::i32, penalties->ban_indptr);
+    seg_nt = pack.add(DType::i32, penalties->ban_tokens);
+    seg_nb = pack.add(DType::i32, penalties->ban_before);
     seg_rrs = pack.add(DType::i32, pen->row_seq);
     seg_rpi = pack.add(DType::i32, pen->path_indptr);
     seg_rpt = pack.add(DType::i32, pen->path_tokens);
@@ -348,11 +351,11 @@ EagleExpandResult eagle_expand(const EagleWeights& w, const Tensor& embed, const
     pack.upload(dev);
     if (penalties) {
       root_staged = {pack.view(seg_rrs), pack.view(seg_hi), pack.view(seg_ht), pack.view(seg_hc), pack.view(seg_rpi), pack.view(seg_rpt),
-                     pack.view(seg_bt), pack.view(seg_bv)};
+                     pack.view(seg_bt), pack.view(seg_bv), pack.view(seg_ni), pack.view(seg_nt), pack.view(seg_nb)};
       pen->staged = &root_staged;
       for (Level& lv : plan)
         lv.staged = {pack.view(lv.seg_prs), pack.view(seg_hi), pack.view(seg_ht), pack.view(seg_hc), pack.view(lv.seg_ppi), pack.view(lv.seg_ppt),
-                     pack.view(seg_bt), pack.view(seg_bv)};
+                     pack.view(seg_bt), pack.view(seg_bv), pack.view(seg_ni), pack.view(seg_nt), pack.view(seg_nb)};
     }
 
     auto t0 = clock::now();

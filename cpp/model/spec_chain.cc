@@ -26,6 +26,11 @@ PenaltyArgs histories_after(const PenaltyArgs& base, const std::vector<std::vect
   a.frequency = base.frequency;
   a.bias_tokens = base.bias_tokens;
   a.bias_values = base.bias_values;
+  // The bans move on by what each sequence emitted (a row's path then counts from the new root).
+  a.ban_indptr = base.ban_indptr;
+  a.ban_tokens = base.ban_tokens;
+  a.ban_before = base.ban_before;
+  for (size_t s = 0; s < a.ban_before.size(); ++s) a.ban_before[s] = std::max<int32_t>(0, a.ban_before[s] - static_cast<int32_t>(emitted[s].size()));
   a.hist_indptr.assign(1, 0);
   a.hist_tokens.reserve(base.hist_tokens.size());
   a.hist_counts.reserve(base.hist_counts.size());
@@ -62,8 +67,9 @@ PenaltyArgs histories_after(const PenaltyArgs& base, const std::vector<std::vect
 
 // The draft's penalties for a step's chains (the sequences with ks[b] > 0, in order): their
 // histories this step (histories_after), without the ids of the target's vocabulary the draft
-// lacks (it reads them as id 0 and never picks them), and the logit bias without them too; the
-// chain adds each input's picks as its rows' paths.
+// lacks (it reads them as id 0 and never picks them), and the logit bias without them too (no
+// bans: a draft that proposes a stop token early is rejected, as any other); the chain adds each
+// input's picks as its rows' paths.
 PenaltyArgs draft_step_penalties(const PenaltyArgs& all, const std::vector<int>& ks, int64_t draft_vocab) {
   PenaltyArgs a;
   a.repetition = all.repetition;

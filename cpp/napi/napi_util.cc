@@ -272,6 +272,12 @@ PenaltyArgs penalty_args(const Napi::Value& v, bool with_rows) {
     const auto f = bv.As<Napi::Float32Array>();
     a.bias_values.assign(f.Data(), f.Data() + f.ElementLength());
   }
+  // Stop tokens banned before min_tokens (optional): per history, a list and how many positions.
+  if (has_field(o, "banIndptr") || has_field(o, "banTokens") || has_field(o, "banBefore")) {
+    a.ban_indptr = get_i32_array(get_field(o, "banIndptr"), "banIndptr");
+    a.ban_tokens = get_i32_array(get_field(o, "banTokens"), "banTokens");
+    a.ban_before = get_i32_array(get_field(o, "banBefore"), "banBefore");
+  }
   if (with_rows) {
     a.row_seq = get_i32_array(get_field(o, "rowSeq"), "rowSeq");
     a.path_indptr = get_i32_array(get_field(o, "pathIndptr"), "pathIndptr");

@@ -49,6 +49,8 @@ export interface GenerateFlags {
   readonly penalties?: Penalties;
   /** --logprobs N (with --json): each token's log-probability and its N most probable alternatives. */
   readonly logprobs?: number;
+  /** --min-tokens N: no stop token before N tokens (default 0). */
+  readonly minTokens?: number;
   readonly device: Device | 'auto';
   readonly json: boolean;
 }
@@ -103,7 +105,7 @@ export interface GenerateIo {
 
 export const GENERATE_USAGE = `usage: specdec generate [--model DIR] [--draft DIR [--draft-k K]] [--medusa DIR | --eagle DIR | --lookahead W,N,G | --prompt-lookup N]
                        (--prompt TEXT | --prompt-ids 1,2,3 | --batch-file F) [--chat [--system TEXT] [--chat-vars JSON]]
-                       [--max-new-tokens N] [--max-context N] [--ignore-eos]
+                       [--max-new-tokens N] [--min-tokens N] [--max-context N] [--ignore-eos]
                        [--temperature T --top-k K --top-p P --min-p P --seed S]
                        [--repetition-penalty R --presence-penalty P --frequency-penalty F] [--logit-bias ID=B,...]
                        [--device cpu|cuda|auto] [--json [--logprobs N]]
@@ -120,6 +122,7 @@ export const GENERATE_USAGE = `usage: specdec generate [--model DIR] [--draft DI
   --system TEXT       a system message before each chat (with --chat)
   --chat-vars JSON    more chat template variables, e.g. '{"enable_thinking": false}' (Qwen3; with --chat)
   --max-new-tokens N  new tokens per prompt (default 64)
+  --min-tokens N      no EOS before N new tokens (vLLM's min_tokens; default 0)
   --ignore-eos        the model's EOS tokens do not end a sequence: runs of --max-new-tokens each
                       (for timing; the text after an EOS is whatever the model makes of it)
   --max-context N     positions per sequence (prompt + output) the KV cache is sized for; a run that
@@ -202,7 +205,7 @@ export function parseLogitBias(v: string): Map<number, number> {
 /** The flags of `generate` that take a value (the strategy flags are STRATEGY_FLAGS). */
 const VALUE_FLAGS: readonly string[] = [
   '--model', '--prompt', '--prompt-ids', '--max-new-tokens', '--max-context',
-  '--temperature', '--top-k', '--top-p', '--min-p', '--seed', '--repetition-penalty', '--presence-penalty', '--frequency-penalty', '--logit-bias', '--logprobs', '--device', '--batch-file', '--system', '--chat-vars',
+  '--temperature', '--top-k', '--top-p', '--min-p', '--seed', '--repetition-penalty', '--presence-penalty', '--frequency-penalty', '--logit-bias', '--logprobs', '--min-tokens', '--device', '--batch-file', '--system', '--chat-vars',
 ];
 
 /** Every flag `generate` accepts (each is described in GENERATE_USAGE). */
@@ -278,6 +281,8 @@ export function parseGenerateFlags(argv: readonly string[]): GenerateFlags {
   const logprobs = lp !== undefined ? parseIntFlag('--logprobs', lp, 0) : undefined;
   if (logprobs !== undefined && logprobs > MAX_LOGPROBS) throw new CliError(`--logprobs: expected an integer in [0, ${MAX_LOGPROBS}], got '${lp}'`);
   if (logprobs !== undefined && !json) throw new CliError('--logprobs needs --json (the log-probabilities are written in its output)');
+  const mt = get('--min-tokens');
+  const minTokens = mt !== undefined ? parseIntFlag('--min-tokens', mt, 0) : undefined;
   const maxContext = get('--max-context');
   return {
     ...(model !== undefined ? { model } : {}),
@@ -298,6 +303,7 @@ export function parseGenerateFlags(argv: readonly string[]): GenerateFlags {
     ignoreEos,
     ...(Object.keys(penalties).length > 0 ? { penalties } : {}),
     ...(logprobs !== undefined ? { logprobs } : {}),
+    ...(minTokens !== undefined ? { minTokens } : {}),
     device,
     json,
   };
@@ -476,6 +482,7 @@ export async function generateCommand(argv: string[], io: GenerateIo = {}): Prom
           ignoreEos: flags.ignoreEos === true,
           ...(flags.penalties ? { penalties: flags.penalties } : {}),
           ...(flags.logprobs !== undefined ? { logprobs: flags.logprobs } : {}),
+          ...(flags.minTokens !== undefined ? { minTokens: flags.minTokens } : {}),
           onTokens,
           signal,
         });

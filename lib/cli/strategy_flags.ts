@@ -269,6 +269,7 @@ export function strategyHook(deps: SpeculatorDeps = {}): StrategyHook {
         maxNewTokens: flags.maxNewTokens,
         ...(flags.ignoreEos === true ? { ignoreEos: true } : {}),
         ...(flags.logprobs !== undefined ? { logprobs: flags.logprobs } : {}),
+        ...(flags.minTokens !== undefined ? { minTokens: flags.minTokens } : {}),
         ...(onTokens ? { onTokens } : {}),
         ...(signal ? { signal } : {}),
       });

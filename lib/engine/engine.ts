@@ -10,7 +10,7 @@
 // step's target forward; each setting's group proposes and is verified on its own rows.
 import { availableParallelism } from 'os';
 import type { GenerateOptions, GenerateResult, Generation } from '../decoder';
-import { checkIgnoreEos, checkStopTokens, codedError, optionsArg } from '../errors';
+import { checkIgnoreEos, checkMinTokens, checkStopTokens, codedError, optionsArg } from '../errors';
 import type { CausalLM } from '../models/causal_lm';
 import { native } from '../native';
 import { checkLogprobs, LogprobsSink, type TokenLogprobs } from '../logprobs';
@@ -400,6 +400,7 @@ export class Engine {
     checkStopTokens(opts.stopTokens);
     checkIgnoreEos(opts.ignoreEos);
     checkLogprobs(opts.logprobs);
+    checkMinTokens(opts.minTokens);
     const seed = opts.seed;
     if (seed !== undefined && !(typeof seed === 'bigint' ? seed >= 0n && seed < 2n ** 64n : Number.isSafeInteger(seed) && seed >= 0)) {
       throw codedError('E_ARG', `seed must be a non-negative integer below 2^64, got ${String(seed)}`);
@@ -592,8 +593,10 @@ export class Engine {
       free -= need;
       try {
         r.seq = r.group.open(r.history, r.promptLength, r.rng);
-        r.seq.stopTokens = r.stopArray ??= Int32Array.from(r.stop);
+        // (Ascending: a stop ban's tokens, StopBan.)
+        r.seq.stopTokens = r.stopArray ??= Int32Array.from(r.stop).sort();
         r.seq.logprobs = r.logprobs;
+        r.seq.minTokens = r.opts.minTokens ?? 0;
       } catch (e) {
         this.fail(r, e);
         continue;
@@ -817,7 +820,8 @@ export class Engine {
     while (k < toks.length && r.done === undefined) {
       const tok = toks[k++] as number;
       r.newTokens.push(tok);
-      if (r.stop.has(tok) || r.opts.shouldStop?.(r.newTokens) === true) r.done = 'stop';
+      // (Before min_tokens the stop tokens are banned, and shouldStop is not asked.)
+      if (r.stop.has(tok) || (r.newTokens.length >= (r.opts.minTokens ?? 0) && r.opts.shouldStop?.(r.newTokens) === true)) r.done = 'stop';
       else if (r.newTokens.length >= r.opts.maxNewTokens) r.done = 'length';
     }
     if (r.done === undefined && s.history.length > s.maxPosition) r.done = 'context';

@@ -1,6 +1,6 @@
 // The model interface every strategy and the decoder depend on (DESIGN §4). The built-in Llama
 // runner implements it; engines implement it for their own models.
-import type { Penalties, PenaltyHistory, SamplingOptions } from '../sampling';
+import type { Penalties, PenaltyHistory, SamplingOptions, StopBan } from '../sampling';
 import type { Device, Tensor } from '../tensor';
 
 export interface ModelConfig {
@@ -55,9 +55,10 @@ export interface ChainOptions {
   readonly signal?: AbortSignal;
   /**
    * Penalties on every pick, with each input's whole history (its fed tokens included) and its picks
-   * so far: the same tokens as plain steps with these penalties. Omitted: none.
+   * so far: the same tokens as plain steps with these penalties. Omitted: none. `bans`: per input,
+   * its stop tokens banned on the picks before its min_tokens (StopBan; neutral penalties allowed).
    */
-  readonly penalties?: { readonly penalties: Penalties; readonly histories: readonly PenaltyHistory[] };
+  readonly penalties?: { readonly penalties: Penalties; readonly histories: readonly PenaltyHistory[]; readonly bans?: readonly (StopBan | undefined)[] };
 }
 
 /**

@@ -9,7 +9,7 @@ import * as path from 'path';
 import { resolveDevice } from '../backend';
 import { optionsArg, pathArg } from '../errors';
 import { native } from '../native';
-import { nativePenalties, resolvePenalties, resolveSamplingOptions, type SamplingOptions } from '../sampling';
+import { anyBan, nativePenalties, NO_PENALTIES, resolvePenalties, resolveSamplingOptions, type SamplingOptions } from '../sampling';
 import { asTensor, type Device, type Tensor } from '../tensor';
 import type { CausalLM, ChainOptions, ForwardOptions, ForwardOutput, MedusaChainOptions, MedusaChainResult, MedusaChainSequence, MedusaChainTemplate, SampledChainArgs, SequenceInput, SpecChainOptions, SpecChainResult, SpecChainSequence, StagedVerify, VerifiedPaths } from './causal_lm';
 import { codedError, readLlamaConfig, TEXT_MODEL_LAYOUTS, toNativeConfig, type LlamaConfig } from './config';
@@ -422,8 +422,8 @@ function defaultKvDtype(config: LlamaConfig, device: Device): KvDType {
 function chainPenalties(options: Pick<ChainOptions, 'penalties'>, inputs: number): SpecdecNative.NativeChainPenalties | undefined {
   const p = options.penalties;
   if (!p) return undefined;
-  const r = resolvePenalties(p.penalties);
+  const r = resolvePenalties(p.penalties) ?? (anyBan(p.bans) ? NO_PENALTIES : undefined);
   if (!r) return undefined;
   if (!Array.isArray(p.histories) || p.histories.length !== inputs) throw codedError('E_ARG', `penalties: ${Array.isArray(p.histories) ? p.histories.length : 'no'} histories for ${inputs} inputs`);
-  return nativePenalties(r, p.histories);
+  return nativePenalties(r, p.histories, p.bans);
 }

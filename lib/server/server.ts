@@ -49,6 +49,8 @@ interface Completion {
   readonly echo: string | undefined;
   /** Log-probabilities and this many alternatives per token (completions' logprobs, chat's top_logprobs). */
   readonly logprobs: number | undefined;
+  /** vLLM's min_tokens: no stop token or stop string before it. */
+  readonly minTokens: number;
   readonly maxTokens: number;
   readonly sampling: SamplingConfig | undefined;
   readonly penalties: Penalties | undefined;
@@ -239,7 +241,7 @@ export class CompletionServer {
       if (Object.keys(lb).length > 0) logitBias = lb as Record<string, number>;
     }
     const penalties = presence !== 0 || frequency !== 0 || repetition !== 1 || logitBias ? { presence, frequency, repetition, ...(logitBias ? { logitBias } : {}) } : undefined;
-    num('min_tokens', (x) => x === 0, '0 (not supported)');
+    const minTokens = num('min_tokens', (x) => Number.isSafeInteger(x) && x >= 0, 'an integer >= 0') ?? 0;
     if (b['suffix'] !== undefined && b['suffix'] !== null && b['suffix'] !== '') throw new HttpError(400, 'suffix: not supported', 'suffix');
     const rf = b['response_format'];
     if (rf !== undefined && rf !== null && (rf as { type?: unknown }).type !== 'text') throw new HttpError(400, "response_format: only { type: 'text' } is supported", 'response_format');
@@ -250,6 +252,7 @@ export class CompletionServer {
       num('max_completion_tokens', (x) => Number.isSafeInteger(x) && x >= 0, 'an integer >= 0') ??
       num('max_tokens', (x) => Number.isSafeInteger(x) && x >= 0, 'an integer >= 0') ??
       ('messages' in b ? Math.max(0, this.engine.model.config.maxPositions - prompt.length) : 16);
+    if (minTokens > maxTokens) throw new HttpError(400, `min_tokens: ${minTokens} is more than max_tokens (${maxTokens})`, 'min_tokens');
     const temperature = num('temperature', (x) => x >= 0, 'a number >= 0') ?? 1;
     const topP = num('top_p', (x) => x > 0 && x <= 1, 'a number in (0, 1]');
     const topK = num('top_k', (x) => Number.isSafeInteger(x) && x >= -1, 'an integer >= -1 (-1 or 0: off)');
@@ -275,6 +278,7 @@ export class CompletionServer {
       n,
       echo: echo ? this.echoText(b['prompt'], prompt) : undefined,
       logprobs,
+      minTokens,
       maxTokens,
       sampling,
       penalties,
@@ -415,6 +419,7 @@ export class CompletionServer {
         maxNewTokens: c.maxTokens,
         signal: cancel.signal,
         ...(c.logprobs !== undefined ? { logprobs: c.logprobs } : {}),
+        ...(c.minTokens > 0 ? { minTokens: c.minTokens } : {}),
         ...(c.stop.length > 0 ? { stopStrings: c.stop } : {}),
         ...(c.stopTokenIds.length > 0 ? { stopTokens: c.stopTokenIds } : {}),
         ...(c.ignoreEos ? { ignoreEos: true } : {}),

@@ -817,7 +817,8 @@ void check_no_mass(int V) {
 // and the path's tokens) == cpu::penalize bit for bit, on histories with prompt-only and output
 // tokens, paths that repeat tokens and share them with the history, zero / negative / NaN logits,
 // every penalty alone and together, a logit bias on history, path and other tokens (-inf, tiny and
-// large biases; longer than a block's threads when V is), rows longer than a block's threads.
+// large biases; longer than a block's threads when V is), stop bans by path length (min_tokens),
+// rows longer than a block's threads.
 void check_penalize(std::mt19937_64& rng, int V, int max_hist, bool indexed = false) {
   std::uniform_real_distribution<float> u(-8.f, 8.f);
   const int S = 1 + static_cast<int>(rng() % 3);
@@ -868,6 +869,20 @@ void check_penalize(std::mt19937_64& rng, int V, int max_hist, bool indexed = fa
       a.bias_values.push_back(kind == 0 ? -INFINITY : kind == 1 ? 1e-7f : kind == 2 ? 100.f : u(rng));
     }
   }
+  // Stop bans (min_tokens) on half the calls: per sequence a few distinct tokens (history and path
+  // ones among them), on its rows whose path is shorter than ban_before.
+  if (rng() % 2) {
+    a.ban_indptr.push_back(0);
+    for (int s = 0; s < S; ++s) {
+      std::vector<int32_t> bt;
+      for (int i = static_cast<int>(rng() % 4); i > 0; --i) bt.push_back(!a.path_tokens.empty() && rng() % 2 ? a.path_tokens[rng() % a.path_tokens.size()] : static_cast<int32_t>(rng() % static_cast<uint64_t>(V)));
+      std::sort(bt.begin(), bt.end());
+      bt.erase(std::unique(bt.begin(), bt.end()), bt.end());
+      a.ban_tokens.insert(a.ban_tokens.end(), bt.begin(), bt.end());
+      a.ban_indptr.push_back(static_cast<int32_t>(a.ban_tokens.size()));
+      a.ban_before.push_back(static_cast<int32_t>(rng() % 5));
+    }
+  }
   // Indexed: the path tokens are read through indices from a buffer of picks (a native chain's),
   // which may hold a draw without mass (-1): skipped.
   std::vector<int32_t> source;
@@ -889,13 +904,14 @@ void check_penalize(std::mt19937_64& rng, int V, int max_hist, bool indexed = fa
   emu::launch(Dim3{static_cast<unsigned>(N), 1, 1}, kBlock, [&] {
     sk::penalize_kernel(g.data(), V, a.row_seq.data(), a.hist_indptr.data(), a.hist_tokens.data(), a.hist_counts.data(), a.path_indptr.data(),
                         a.path_tokens.data(), indexed ? source.data() : nullptr, a.bias_tokens.data(), a.bias_values.data(),
-                        static_cast<int32_t>(a.bias_tokens.size()), a.repetition, a.presence, a.frequency);
+                        static_cast<int32_t>(a.bias_tokens.size()), a.ban_indptr.empty() ? nullptr : a.ban_indptr.data(), a.ban_tokens.data(),
+                        a.ban_before.data(), a.repetition, a.presence, a.frequency);
   });
   const auto c = host<float>(ct);
   int changed = 0;
   for (size_t i = 0; i < x.size(); ++i) changed += std::memcmp(&c[i], &x[i], 4) != 0;
   report(std::memcmp(c.data(), g.data(), g.size() * 4) == 0 && (changed > 0 || a.hist_tokens.empty()),
-         std::string(indexed ? "penalize, paths read through indices," : "penalize") + " V=" + std::to_string(V) + " rows=" + std::to_string(N) + " history " + std::to_string(a.hist_tokens.size()) + " bias " + std::to_string(a.bias_tokens.size()) + ": == CPU bit for bit (" +
+         std::string(indexed ? "penalize, paths read through indices," : "penalize") + " V=" + std::to_string(V) + " rows=" + std::to_string(N) + " history " + std::to_string(a.hist_tokens.size()) + " bias " + std::to_string(a.bias_tokens.size()) + " bans " + std::to_string(a.ban_tokens.size()) + ": == CPU bit for bit (" +
              std::to_string(changed) + " logits changed)");
 }
 

@@ -116,6 +116,20 @@ describe('min_tokens (the embedded family)', () => {
     }
   });
 
+  it('a draft that is the target drafts with the bans in the native chain: every draft accepted through the min_tokens window', async () => {
+    const twin = await LlamaModel.load(EMBEDDED.target, { device: 'cpu', maxSequences: 8 });
+    try {
+      using dec = new SpeculativeDecoder({ target, speculator: new DraftModelSpeculator({ draft: twin, k: 4 }) });
+      const [r] = await dec.generateBatch([prompts[0]!], { maxNewTokens: 16, minTokens: 10 });
+      const want = await plainGenerate(target, [prompts[0]!], { maxNewTokens: 16, minTokens: 10 });
+      assert.deepStrictEqual(Array.from(r!.tokens), Array.from(want.tokens[0]!));
+      // (Without the bans the twin drafts EOS after 'the end.' at once, and the target rejects it.)
+      assert.ok(r!.stats.proposedDraftTokens > 0 && r!.stats.acceptedDraftTokens === r!.stats.proposedDraftTokens, `${r!.stats.acceptedDraftTokens} of ${r!.stats.proposedDraftTokens} accepted`);
+    } finally {
+      twin.dispose();
+    }
+  });
+
   it('specdec generate --min-tokens N: plainGenerate\'s tokens with minTokens, plain and speculative', async () => {
     const want = await plainGenerate(target, [prompts[0]!], { maxNewTokens: 16, minTokens: 8 });
     assert.ok(want.tokens[0]!.length > 8);

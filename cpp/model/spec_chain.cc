@@ -67,9 +67,9 @@ PenaltyArgs histories_after(const PenaltyArgs& base, const std::vector<std::vect
 
 // The draft's penalties for a step's chains (the sequences with ks[b] > 0, in order): their
 // histories this step (histories_after), without the ids of the target's vocabulary the draft
-// lacks (it reads them as id 0 and never picks them), and the logit bias without them too (no
-// bans: a draft that proposes a stop token early is rejected, as any other); the chain adds each
-// input's picks as its rows' paths.
+// lacks (it reads them as id 0 and never picks them), and the logit bias and the stop bans without
+// them too (the draft's pick j predicts the target's output position j past the root, as the
+// target's row j does: the same ban_before); the chain adds each input's picks as its rows' paths.
 PenaltyArgs draft_step_penalties(const PenaltyArgs& all, const std::vector<int>& ks, int64_t draft_vocab) {
   PenaltyArgs a;
   a.repetition = all.repetition;
@@ -78,6 +78,16 @@ PenaltyArgs draft_step_penalties(const PenaltyArgs& all, const std::vector<int>&
   for (size_t i = 0; i < all.bias_tokens.size() && all.bias_tokens[i] < draft_vocab; ++i) {
     a.bias_tokens.push_back(all.bias_tokens[i]);
     a.bias_values.push_back(all.bias_values[i]);
+  }
+  if (!all.ban_indptr.empty()) {
+    a.ban_indptr.assign(1, 0);
+    for (size_t b = 0; b < ks.size(); ++b) {
+      if (ks[b] == 0) continue;
+      for (int32_t j = all.ban_indptr[b]; j < all.ban_indptr[b + 1] && all.ban_tokens[static_cast<size_t>(j)] < draft_vocab; ++j)
+        a.ban_tokens.push_back(all.ban_tokens[static_cast<size_t>(j)]);
+      a.ban_indptr.push_back(static_cast<int32_t>(a.ban_tokens.size()));
+      a.ban_before.push_back(all.ban_before[b]);
+    }
   }
   a.hist_indptr.assign(1, 0);
   a.path_indptr.assign(1, 0);

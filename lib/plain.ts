@@ -89,12 +89,12 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
   const stops = new Set<number>([...(options.ignoreEos === true ? [] : eosTokenIds), ...(options.stopTokens ?? [])]);
   const sampling = { temperature, topK: options.topK ?? 0, topP: options.topP ?? 1, minP: options.minP ?? 0 };
   const penalties = resolvePenalties(options.penalties, 'penalties', vocabSize);
-  // Sequence i's stop ban while its output is shorter than minTokens (stop tokens ascending).
-  const stopList = Int32Array.from(stops).sort();
-  const banOf = (i: number): StopBan | undefined => (minTokens > out[i]!.length && stopList.length > 0 ? { tokens: stopList, before: minTokens - out[i]!.length } : undefined);
 
   const t0 = performance.now();
   const out: number[][] = prompts.map(() => []);
+  // Sequence i's stop ban while its output is shorter than minTokens (stop tokens ascending).
+  const stopList = Int32Array.from(stops).sort();
+  const banOf = (i: number): StopBan | undefined => (minTokens > out[i]!.length && stopList.length > 0 ? { tokens: stopList, before: minTokens - out[i]!.length } : undefined);
   // Each sequence's prompt + output, grown in place (penalize() keeps its counts per array).
   const hist: number[][] = penalties || minTokens > 0 ? prompts.map((p) => Array.from(p)) : [];
   const historyOf = (i: number): PenaltyHistory => ({ tokens: hist[i]!, promptLength: prompts[i]!.length });

@@ -173,8 +173,10 @@ function stopPrefixAtEnd(text: string, stops: readonly string[]): number {
   return best;
 }
 
-/** Cuts `text` at the first stop string; returns the cut text and the string found. */
-/** The text up to its first stop string (one that ends past `after` characters: min_tokens' text does not stop). */
+/**
+ * Cuts `text` at the first stop string that ends past `after` characters (min_tokens' text does not
+ * stop); returns the cut text and the string found.
+ */
 function cutAtStop(text: string, stops: readonly string[], after = 0): { text: string; stop?: string } {
   let best = -1;
   let which: string | undefined;
@@ -207,8 +209,13 @@ export function generateText(
   const decodeRaw = cleanUp ? (t: readonly number[]): string => codec.decode(t, { skipSpecialTokens: true, cleanUpSpaces: false }) : decode;
   // min_tokens: a stop string counts only where it ends past the text of the first minTokens tokens.
   const minTokens = opts.minTokens ?? 0;
-  const stopAfter = (toks: readonly number[], from = 0): number =>
-    minTokens <= from ? 0 : toks.length <= minTokens ? Infinity : decode(toks.slice(from, minTokens)).length;
+  let minText: number | undefined;  // the first minTokens tokens' text length, once there are more (it no longer changes)
+  const stopAfter = (toks: readonly number[], from = 0): number => {
+    if (minTokens <= from) return 0;
+    if (toks.length <= minTokens) return Infinity;
+    if (from > 0) return decode(toks.slice(from, minTokens)).length;
+    return (minText ??= decode(toks.slice(0, minTokens)).length);
+  };
   const gen = decoder.generate(ids, {
     maxNewTokens: opts.maxNewTokens,
     ...(opts.stopTokens ? { stopTokens: opts.stopTokens } : {}),

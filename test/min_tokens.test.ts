@@ -17,6 +17,7 @@ import { LookaheadSpeculator } from '../lib/strategies/lookahead';
 import { MedusaHeads, MedusaSpeculator } from '../lib/strategies/medusa';
 import { PromptLookupSpeculator } from '../lib/strategies/prompt_lookup';
 import type { Speculator } from '../lib/strategies/speculator';
+import { generateText } from '../lib/text';
 import { TextTokenizer } from '../lib/tokenizer';
 
 const EMBEDDED = defaultModelPaths();
@@ -159,6 +160,21 @@ describe('min_tokens (the embedded family)', () => {
         assert.deepStrictEqual(Array.from(got.tokens), Array.from(want.tokens[0]!));
       } finally {
         plainEngine.close();
+      }
+      // generateText: a stop string inside the first minTokens tokens' text neither stops nor cuts;
+      // past it, it does; the streamed chunks add up to the result's text.
+      const tok = TextTokenizer.load(EMBEDDED.target) as TextTokenizer;
+      using dec = new SpeculativeDecoder({ target, speculator: new DraftModelSpeculator({ draft, k: 4 }) });
+      const whole = await generateText(dec, tok, 'once upon a time', { maxNewTokens: 16 }).result;
+      const word = whole.text.trim().split(' ')[1]!;
+      for (const minTokens of [16, 0]) {
+        const g = generateText(dec, tok, 'once upon a time', { maxNewTokens: 16, minTokens, stopStrings: [word] });
+        let streamed = '';
+        for await (const c of g) streamed += c.text;
+        const res = await g.result;
+        assert.strictEqual(streamed, res.text);
+        if (minTokens > 0) assert.deepStrictEqual([res.text, res.stopString, res.finishReason], [whole.text, undefined, 'length']);
+        else assert.ok(res.stopString === word && res.text.length < whole.text.length, `cut at '${word}'`);
       }
       for (const bad of [-1, 1.5, '3'])
         await assert.rejects(engine.submit(prompts[0]!, { maxNewTokens: 2, minTokens: bad as number }), (e: Error & { code?: string }) => e.code === 'E_ARG' && /minTokens must be an integer >= 0/.test(e.message));

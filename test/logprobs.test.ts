@@ -4,7 +4,6 @@
 import * as assert from 'assert';
 import { generateCommand, parseGenerateFlags } from '../lib/cli/generate';
 import { SpeculativeDecoder } from '../lib/decoder';
-import { defaultModelPaths } from '../lib/default_models';
 import { Engine } from '../lib/engine/engine';
 import { checkLogprobs, tokenLogprobs, type TokenLogprobs } from '../lib/logprobs';
 import { LlamaModel } from '../lib/models/llama';
@@ -12,16 +11,16 @@ import { native } from '../lib/native';
 import { plainGenerate } from '../lib/plain';
 import { resolvePenalties } from '../lib/sampling';
 import { DraftModelSpeculator } from '../lib/strategies/draft_model';
-import { EagleHead, EagleSpeculator } from '../lib/strategies/eagle';
+import { EagleSpeculator, type EagleHead } from '../lib/strategies/eagle';
 import { HybridSpeculator } from '../lib/strategies/hybrid';
 import { LookaheadSpeculator } from '../lib/strategies/lookahead';
-import { MedusaHeads, MedusaSpeculator } from '../lib/strategies/medusa';
+import { MedusaSpeculator, type MedusaHeads } from '../lib/strategies/medusa';
 import { PromptLookupSpeculator } from '../lib/strategies/prompt_lookup';
 import type { Speculator } from '../lib/strategies/speculator';
 import { Tensor } from '../lib/tensor';
+import { loadEmbeddedFamily, type EmbeddedFamily } from './fixtures/embedded_family';
 import { assertThrowsCode, describeCuda, refPenalize, rng, testSeed } from './helpers';
 
-const EMBEDDED = defaultModelPaths();
 
 /** log softmax of a row in float64 (the largest entry first, then the sum in index order). */
 function refLogSoftmax(row: ArrayLike<number>): Float64Array {
@@ -106,18 +105,12 @@ describe('logprobs', () => {
     let eagle: EagleHead;
     const prompts = [Int32Array.of(1, 50, 60, 70, 50, 60), Int32Array.of(1, 80, 90)];
     const N = 24;
+    let family: EmbeddedFamily;
     before(async () => {
-      target = await LlamaModel.load(EMBEDDED.target, { device: 'cpu', maxSequences: 8 });
-      draft = await LlamaModel.load(EMBEDDED.draft, { device: 'cpu', maxSequences: 8 });
-      heads = MedusaHeads.load(EMBEDDED.medusa, { device: 'cpu' });
-      eagle = EagleHead.load(EMBEDDED.eagle, { device: 'cpu' });
+      family = await loadEmbeddedFamily();
+      ({ target, draft, heads, eagle } = family);
     });
-    after(() => {
-      heads.dispose();
-      eagle.dispose();
-      target.dispose();
-      draft.dispose();
-    });
+    after(() => family.dispose());
 
     it('plainGenerate: each token\'s log-probability and top 4 == the reference\'s on the model\'s logits step by step (penalties and a logit bias applied first)', async () => {
       const pens = [undefined, resolvePenalties({ presence: 0.5, logitBias: { 5: -Infinity, 277: 1.5 } })!];

@@ -11,14 +11,15 @@ import { LlamaModel } from '../lib/models/llama';
 import { plainGenerate } from '../lib/plain';
 import { resolvePenalties } from '../lib/sampling';
 import { DraftModelSpeculator } from '../lib/strategies/draft_model';
-import { EagleHead, EagleSpeculator } from '../lib/strategies/eagle';
+import { EagleSpeculator, type EagleHead } from '../lib/strategies/eagle';
 import { HybridSpeculator } from '../lib/strategies/hybrid';
 import { LookaheadSpeculator } from '../lib/strategies/lookahead';
-import { MedusaHeads, MedusaSpeculator } from '../lib/strategies/medusa';
+import { MedusaSpeculator, type MedusaHeads } from '../lib/strategies/medusa';
 import { PromptLookupSpeculator } from '../lib/strategies/prompt_lookup';
 import type { Speculator } from '../lib/strategies/speculator';
 import { generateText } from '../lib/text';
 import { TextTokenizer } from '../lib/tokenizer';
+import { loadEmbeddedFamily, type EmbeddedFamily } from './fixtures/embedded_family';
 
 const EMBEDDED = defaultModelPaths();
 
@@ -29,22 +30,15 @@ describe('min_tokens (the embedded family)', () => {
   let eagle: EagleHead;
   let prompts: Int32Array[];
   let eos: number;
+  let family: EmbeddedFamily;
   before(async () => {
-    target = await LlamaModel.load(EMBEDDED.target, { device: 'cpu', maxSequences: 8 });
-    draft = await LlamaModel.load(EMBEDDED.draft, { device: 'cpu', maxSequences: 8 });
-    heads = MedusaHeads.load(EMBEDDED.medusa, { device: 'cpu' });
-    eagle = EagleHead.load(EMBEDDED.eagle, { device: 'cpu' });
-    const tok = TextTokenizer.load(EMBEDDED.target) as TextTokenizer;
+    family = await loadEmbeddedFamily();
+    ({ target, draft, heads, eagle } = family);
     // The first ends at once without min_tokens (its first token is EOS); the second is a story.
-    prompts = ['the end.', 'once upon a time'].map((t) => tok.encode(t));
+    prompts = ['the end.', 'once upon a time'].map((t) => family.tokenizer.encode(t));
     eos = target.config.eosTokenIds[0]!;
   });
-  after(() => {
-    heads.dispose();
-    eagle.dispose();
-    target.dispose();
-    draft.dispose();
-  });
+  after(() => family.dispose());
 
   it('plainGenerate: no stop token before minTokens, then the model\'s own; == step-by-step reference decoding (stop tokens -inf below it), native chains and steps alike', async () => {
     const bare = await plainGenerate(target, prompts, { maxNewTokens: 24 });

@@ -21,6 +21,7 @@ import type { Speculator } from '../lib/strategies/speculator';
 import { Tensor } from '../lib/tensor';
 import { TextTokenizer } from '../lib/tokenizer';
 import { verify } from '../lib/verify';
+import { loadEmbeddedFamily, type EmbeddedFamily } from './fixtures/embedded_family';
 import { assertThrowsCode, describeCuda, refPenalize, rng, testSeed } from './helpers';
 
 const EMBEDDED = defaultModelPaths();
@@ -109,13 +110,11 @@ describe('penalties', () => {
     let heads: MedusaHeads;
     let eagle: EagleHead;
     let prompts: Int32Array[];
+    let family: EmbeddedFamily;
     before(async () => {
-      target = await LlamaModel.load(EMBEDDED.target, { device: 'cpu', maxSequences: 8 });
-      draft = await LlamaModel.load(EMBEDDED.draft, { device: 'cpu', maxSequences: 8 });
-      heads = MedusaHeads.load(EMBEDDED.medusa, { device: 'cpu' });
-      eagle = EagleHead.load(EMBEDDED.eagle, { device: 'cpu' });
-      const tok = TextTokenizer.load(EMBEDDED.target) as TextTokenizer;
-      prompts = ['once upon a time', 'the dog ran to the park and'].map((t) => tok.encode(t));
+      family = await loadEmbeddedFamily();
+      ({ target, draft, heads, eagle } = family);
+      prompts = ['once upon a time', 'the dog ran to the park and'].map((t) => family.tokenizer.encode(t));
       // Logit biases that move greedy output: the plain outputs' most frequent tokens banned or
       // lowered, a prompt token raised; alone, and with a presence penalty.
       const plain = await plainGenerate(target, prompts, { maxNewTokens: N, ignoreEos: true });
@@ -128,12 +127,7 @@ describe('penalties', () => {
       );
       BANNED.push([top[0]!], [top[2]!]);
     });
-    after(() => {
-      heads.dispose();
-      eagle.dispose();
-      target.dispose();
-      draft.dispose();
-    });
+    after(() => family.dispose());
     const P: ResolvedPenalties[] = [
       { repetition: 1.3, presence: 0, frequency: 0 },
       { repetition: 1, presence: 0.6, frequency: 0.4 },

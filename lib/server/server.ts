@@ -9,11 +9,10 @@ import * as http from 'http';
 import type { AddressInfo } from 'net';
 import type { GenerateOptions } from '../decoder';
 import type { Engine, RequestOptions } from '../engine/engine';
-import { IncrementalText } from '../text';
 import { MAX_LOGPROBS, type TokenLogprobs } from '../logprobs';
 import type { Penalties } from '../sampling';
 import type { SamplingConfig } from '../strategies/speculator';
-import { generateText, type TextCodec } from '../text';
+import { generateText, IncrementalText, type TextCodec } from '../text';
 import type { ChatMessage, ChatTemplateOptions } from '../tokenizer';
 import { PROMETHEUS_CONTENT_TYPE, prometheusText } from './prometheus';
 
@@ -207,7 +206,7 @@ export class CompletionServer {
       throw new HttpError(400, `model: this server serves '${this.modelName}', not ${JSON.stringify(b['model'])}`, 'model');
     }
     const n = num('n', (x) => Number.isSafeInteger(x) && x >= 1 && x <= MAX_CHOICES, `an integer in [1, ${MAX_CHOICES}]`) ?? 1;
-    // best_of > n ranks candidates by their log-probabilities, which this server does not compute.
+    // best_of > n would generate more candidates and keep the n of highest summed log-probability: not done.
     num('best_of', (x) => x === n, `n (${n}): choosing the best of more candidates is not supported`);
     const echo = bool('echo');
     if (echo && chat) throw new HttpError(400, 'echo: not supported by chat completions', 'echo');

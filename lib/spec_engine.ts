@@ -481,7 +481,7 @@ export class SpecEngine {
       if (offer) return await SpecEngine.draftChain(first, offer, t0, tDraft, signal);
       const heads = (batches[0] as ProposalBatch).headsChain;
       if (heads) return await SpecEngine.headsChain(first, heads, t0, tDraft, signal);
-      const chain = anyLogprobs(allOf(live)) ? undefined : plainChainSteps(live, batches, proposals, model, speculator);
+      const chain = live.some((p) => anyLogprobs(p.seqs)) ? undefined : plainChainSteps(live, batches, proposals, model, speculator);
       for (const p of live) p.engine.lastStep.speculative = false;
       if (chain) return await SpecEngine.plainChain(live, chain, t0, tDraft, signal);
       // (Loops rather than flat/flatMap/spreads: a small model's whole step is ~100 us, and this
@@ -1226,10 +1226,6 @@ function penalizeRows(out: ForwardOutput, seq0: number, seqs: readonly EngineSeq
 function anyLogprobs(seqs: readonly EngineSequence[]): boolean {
   for (const s of seqs) if (s.logprobs) return true;
   return false;
-}
-
-function allOf(parts: readonly StepPart[]): readonly EngineSequence[] {
-  return parts.length === 1 ? (parts[0] as StepPart).seqs : parts.flatMap((p) => p.seqs);
 }
 
 /**

@@ -84,8 +84,9 @@ bool has_field(const Napi::Object& o, const char* key);
 Tensor tensor_arg(const Napi::Value& v, const char* name);
 // { temperature, topK, topP, minP } (absent fields and undefined keep the defaults); checked by the ops.
 SamplingParams sampling_params_arg(const Napi::Value& v);
-// { repetition?, presence?, frequency?, histIndptr, histTokens, histCounts, biasTokens?, biasValues? }
-// and, with_rows, rowSeq, pathIndptr, pathTokens (ops::penalize; a chain makes its own rows).
+// { repetition?, presence?, frequency?, histIndptr, histTokens, histCounts, biasTokens?, biasValues?,
+// banIndptr?, banTokens?, banBefore? } and, with_rows, rowSeq, pathIndptr, pathTokens
+// (ops::penalize; a chain makes its own rows).
 PenaltyArgs penalty_args(const Napi::Value& v, bool with_rows);
 // [{ w: Tensor[], b: Tensor[], lmHead }] (the fused Medusa heads, cpp/model/medusa.h).
 // Medusa heads held natively (medusaHeadSet): parsed and packed once rather than on every call.

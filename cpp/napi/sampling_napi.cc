@@ -346,8 +346,8 @@ Napi::Value Verify(const Napi::CallbackInfo& info) {
 }
 
 // penalize(logits f32 [N, V], { repetition, presence, frequency, rowSeq, histIndptr, histTokens,
-// histCounts, pathIndptr, pathTokens, biasTokens?, biasValues? }): the logit bias and penalties in
-// place (ops::penalize).
+// histCounts, pathIndptr, pathTokens, biasTokens?, biasValues?, banIndptr?, banTokens?, banBefore? }):
+// the logit bias, penalties and stop bans in place (ops::penalize).
 Napi::Value Penalize(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
     Tensor logits = tensor_arg(info[0], "logits");

@@ -58,6 +58,15 @@ export interface GenerateOptions {
    * steps run verified on the host's side (no native chains), with one read more a step on CUDA.
    */
   readonly logprobs?: number;
+  /**
+   * Record the prompt's log-probabilities and this many alternatives per token (0 .. 20; default:
+   * none): GenerateResult.promptLogprobs, entry j for prompt token j + 1 under the target's own
+   * distribution at position j (its raw logits: no penalties or bias, temperature 1), what
+   * loglikelihood scoring reads. The prompt is then read in forwards that return every row's
+   * logits (at most promptLogitsBudget's bytes each). With maxNewTokens 0 the prompt is read all
+   * the same, and no token is generated.
+   */
+  readonly promptLogprobs?: number;
 }
 
 export interface GenerateResult {
@@ -65,6 +74,8 @@ export interface GenerateResult {
   readonly tokens: Int32Array;
   /** With the `logprobs` option: one entry per token of `tokens`. */
   readonly logprobs?: TokenLogprobs;
+  /** With the `promptLogprobs` option: prompt.length - 1 entries, entry j for prompt token j + 1. */
+  readonly promptLogprobs?: TokenLogprobs;
   /** 'context': prompt + output filled the model's positions (maxPositions). */
   readonly finishReason: 'length' | 'stop' | 'context';
   readonly stats: DecodeStats;
@@ -175,6 +186,7 @@ export class SpeculativeDecoder {
         if (opts.ignoreEos !== undefined) req.ignoreEos = opts.ignoreEos;
         if (opts.shouldStop) req.shouldStop = opts.shouldStop;
         if (opts.logprobs !== undefined) req.logprobs = opts.logprobs;
+        if (opts.promptLogprobs !== undefined) req.promptLogprobs = opts.promptLogprobs;
         if (opts.minTokens !== undefined) req.minTokens = opts.minTokens;
         const onTokens = opts.onTokens;
         if (onTokens) req.onTokens = (toks, lp) => onTokens(i, toks, lp);

@@ -17,7 +17,7 @@ export * as kv from './kv';
 export { KvCache } from './kv';
 export * as sampling from './sampling';
 export type { SamplingOptions, Penalties, LogitBias } from './sampling';
-export type { TokenLogprobs } from './logprobs';
+export { promptLogitsBudget, type TokenLogprobs } from './logprobs';
 export { verify, verifyMany } from './verify';
 export type { VerifyInput, VerifyOutput, VerifyMode } from './verify';
 export * as layers from './layers';

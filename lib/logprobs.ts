@@ -86,3 +86,76 @@ function grown<T extends Float32Array | Int32Array>(a: T, cap: number, keep: num
   b.set(a.subarray(0, keep));
   return b;
 }
+
+/**
+ * Most bytes of logits that one forward feeding prompt rows for their log-probabilities returns:
+ * a long prompt is fed in as many forwards as that takes (2,048 rows of a 32k vocabulary; 523 of
+ * Llama 3's 128,256). Mutable for tests.
+ */
+export const promptLogitsBudget = { bytes: 256 * 2 ** 20 };
+
+/** A sequence recording its prompt's log-probabilities: its tokens, how many the model has, and where they go. */
+export interface PromptRows {
+  readonly tokens: ArrayLike<number>;
+  readonly promptLength: number;
+  /** Tokens the model has cached (the next forward's first position). */
+  readonly committed: number;
+  readonly sink: LogprobsSink;
+}
+
+/**
+ * How many tokens the next forward feeds of each sequence still lacking prompt log-probabilities
+ * (entry j is token j + 1's, read on the row of position j: rows 0 .. promptLength - 2), within
+ * promptLogitsBudget in all; undefined entries take no part. Undefined when none lacks any.
+ */
+export function planPromptRows(items: readonly (PromptRows | undefined)[], vocabSize: number): Int32Array | undefined {
+  const cap = Math.max(1, Math.floor(promptLogitsBudget.bytes / (4 * vocabSize)));
+  const counts = new Int32Array(items.length);
+  let rows = 0;
+  items.forEach((it, i) => {
+    if (!it || rows >= cap) return;
+    const end = it.promptLength - 1;
+    if (it.sink.length >= end) return;
+    // (Rows cached before recording began would be missing: sequences record from position 0.)
+    if (it.committed > it.sink.length) throw codedError('E_INTERNAL', `prompt log-probabilities: the model has ${it.committed} of the prompt's tokens but ${it.sink.length} were recorded`);
+    const n = Math.min(end - it.committed, cap - rows);
+    counts[i] = n;
+    rows += n;
+  });
+  return rows > 0 ? counts : undefined;
+}
+
+/**
+ * Records the prompt log-probabilities of a forward that fed counts[i] tokens of items[i] (from its
+ * `committed`, as planned) with every row's logits (the raw ones: no penalties, at temperature 1),
+ * item i's rows starting at firstRows[i]: one native call. Rows already recorded are skipped.
+ */
+export function recordPromptRows(logits: Tensor, firstRows: ArrayLike<number>, items: readonly (PromptRows | undefined)[], counts: Int32Array): void {
+  const rows: number[] = [];
+  const tokens: number[] = [];
+  const took: number[] = [];
+  let k = 0;
+  items.forEach((it, i) => {
+    const n = counts[i] as number;
+    let t = 0;
+    if (it && n > 0) {
+      for (let r = 0; r < n; r++) {
+        const p = it.committed + r;
+        if (p < it.sink.length) continue;
+        rows.push((firstRows[i] as number) + r);
+        tokens.push(it.tokens[p + 1] as number);
+        t++;
+      }
+      k = Math.max(k, it.sink.k);
+    }
+    took.push(t);
+  });
+  if (rows.length === 0) return;
+  const lp = tokenLogprobs(logits, Int32Array.from(rows), Int32Array.from(tokens), k);
+  let at = 0;
+  items.forEach((it, i) => {
+    const t = took[i] as number;
+    if (it && t > 0) it.sink.push(lp, at, at + t);
+    at += t;
+  });
+}

@@ -11,7 +11,7 @@ import { codedError } from './models/config';
 import { chainLength, observeChainStep } from './plain_chain';
 import { anyBan, argmax, argmaxIds, NO_PENALTIES, penalizeRow, processLogits, resolvePenalties, sample, type Penalties, type PenaltyHistory, type ResolvedPenalties, type StopBan } from './sampling';
 import type { Tensor } from './tensor';
-import { checkLogprobs, LogprobsSink, tokenLogprobs, type TokenLogprobs } from './logprobs';
+import { checkLogprobs, LogprobsSink, planPromptRows, recordPromptRows, tokenLogprobs, type TokenLogprobs } from './logprobs';
 
 export interface PlainOptions {
   readonly maxNewTokens: number;
@@ -32,6 +32,8 @@ export interface PlainOptions {
   readonly onTokens?: (index: number, tokens: Int32Array) => void;
   /** Record each token's log-probability and this many alternatives (GenerateOptions.logprobs; the steps then run one at a time). */
   readonly logprobs?: number;
+  /** Record the prompt's log-probabilities and this many alternatives (GenerateOptions.promptLogprobs; read even with maxNewTokens 0). */
+  readonly promptLogprobs?: number;
   /** The fewest tokens before a stop token may be emitted (GenerateOptions.minTokens). Default 0. */
   readonly minTokens?: number;
 }
@@ -54,6 +56,8 @@ export interface PlainResult {
   readonly stats: PlainStats;
   /** With the `logprobs` option: each prompt's tokens' log-probabilities. */
   readonly logprobs?: TokenLogprobs[];
+  /** With the `promptLogprobs` option: each prompt's, entry j for its token j + 1. */
+  readonly promptLogprobs?: TokenLogprobs[];
 }
 
 /** Philox offset of draw k of sequence i (see the file comment). */
@@ -83,6 +87,8 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
   checkStopTokens(options.stopTokens);
   checkIgnoreEos(options.ignoreEos);
   const logprobsK = checkLogprobs(options.logprobs);
+  const promptK = checkLogprobs(options.promptLogprobs, 'promptLogprobs');
+  const promptSinks = promptK === undefined ? undefined : prompts.map(() => new LogprobsSink(promptK));
   checkMinTokens(options.minTokens);
   const minTokens = options.minTokens ?? 0;
   const sinks = logprobsK === undefined ? undefined : prompts.map(() => new LogprobsSink(logprobsK));
@@ -107,6 +113,31 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
     for (let i = 0; i < prompts.length; i++) seqs.push(model.createSequence());
     // feed[i]: tokens sequence i sends in the next forward (its prompt, then its last new token).
     const feed: Int32Array[] = prompts.map((p) => p);
+    // Prompt log-probabilities: the prompts' rows but the last, in forwards with every row's logits.
+    const fedPrompt = prompts.map(() => 0);
+    while (promptSinks) {
+      const items = prompts.map((p, i) => ({ tokens: p, promptLength: p.length, committed: fedPrompt[i]!, sink: promptSinks[i]! }));
+      const counts = planPromptRows(items, vocabSize);
+      if (!counts) break;
+      options.signal?.throwIfAborted();
+      const idx = prompts.map((_, i) => i).filter((i) => counts[i]! > 0);
+      const fw = await model.forward(
+        idx.map((i) => ({ seq: seqs[i]!, tokens: prompts[i]!.subarray(fedPrompt[i]!, fedPrompt[i]! + counts[i]!) })),
+        options.signal !== undefined ? { signal: options.signal } : {},
+      );
+      targetForwards++;
+      try {
+        recordPromptRows(fw.logits, fw.indptr, idx.map((i) => items[i]!), Int32Array.from(idx, (i) => counts[i]!));
+      } finally {
+        fw.logits.dispose();
+        fw.hidden?.dispose();
+      }
+      model.commit(idx.map((i) => seqs[i]!), idx.map((i) => Int32Array.from({ length: counts[i]! }, (_, j) => j)));
+      for (const i of idx) {
+        fedPrompt[i]! += counts[i]!;
+        feed[i] = prompts[i]!.subarray(fedPrompt[i]!);
+      }
+    }
     let active = maxNew > 0 ? prompts.map((_, i) => i) : [];
     // Steps run as native chains (lib/plain_chain.ts): the same tokens as one at a time, sampled
     // ones included (a chain draws step j of sequence i at streamOffset(i, k + j), as below).
@@ -226,6 +257,7 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
     finishReasons,
     stats: { targetForwards, seconds, tokensPerSecond: seconds > 0 ? total / seconds : 0, sequenceForwards: forwards },
     ...(sinks ? { logprobs: sinks.map((s) => s.slice(0, s.length)) } : {}),
+    ...(promptSinks ? { promptLogprobs: promptSinks.map((s) => s.slice(0, s.length)) } : {}),
   };
 }
 

@@ -16,7 +16,7 @@ import type {
   StepReport,
 } from './strategies/speculator';
 import { knownForwardCost } from './cost_model';
-import { tokenLogprobs, type LogprobsSink } from './logprobs';
+import { planPromptRows, recordPromptRows, tokenLogprobs, type LogprobsSink, type PromptRows } from './logprobs';
 import { CHAIN_MAX_STEPS, CHAIN_SECONDS, chainLength, observeChainStep } from './plain_chain';
 import { argmaxIds, NO_PENALTIES, penalize, penalizeRow, processLogits, resolvePenalties, treePaths, type Penalties, type PenaltyHistory, type ResolvedPenalties, type StopBan } from './sampling';
 import { checkModel, checkSpeculator, codedError } from './strategies/speculator';
@@ -242,6 +242,12 @@ export class EngineSequence implements SpecSequence {
    */
   logprobs: LogprobsSink | undefined;
   /**
+   * Where its prompt's log-probabilities go (the request's `promptLogprobs`): entry j is token
+   * j + 1's under the target's raw distribution at position j. catchUp feeds the rows they are read
+   * on with every row's logits before anything else.
+   */
+  promptLogprobs: LogprobsSink | undefined;
+  /**
    * The request's min_tokens: its stop tokens (stopTokens, ascending) are banned on every row that
    * predicts an output position below it. 0: none.
    */
@@ -360,6 +366,12 @@ export class SpecEngine {
    * the output to the speculator. Sequences with nothing to feed are skipped.
    */
   async catchUp(seqs: readonly EngineSequence[], pickRoot: boolean, signal?: AbortSignal): Promise<void> {
+    for (const s of seqs) {
+      if (s.promptLogprobs) {
+        await this.feedPromptRows(seqs, signal);
+        break;
+      }
+    }
     const t0 = performance.now();
     const todo = seqs.filter((s) => s.history.length - (pickRoot ? 0 : 1) > s.committed);
     if (todo.length === 0) return;
@@ -404,6 +416,51 @@ export class SpecEngine {
       this.phases.draft += (performance.now() - t1) / 1000;
     } finally {
       disposeOutput(out);
+    }
+  }
+
+  /**
+   * Feeds the prompt rows whose log-probabilities sequences still lack (EngineSequence.promptLogprobs:
+   * positions up to promptLength - 2, so the root's row is catchUp's as usual), in forwards that
+   * return every row's logits within promptLogitsBudget, and shows each to the speculator as a
+   * catch-up: the same cache and speculator state as one prefill.
+   */
+  private async feedPromptRows(seqs: readonly EngineSequence[], signal?: AbortSignal): Promise<void> {
+    const V = this.model.config.vocabSize;
+    for (;;) {
+      const items = seqs.map((s): PromptRows | undefined => (s.promptLogprobs ? { tokens: s.history, promptLength: s.promptLength, committed: s.committed, sink: s.promptLogprobs } : undefined));
+      const counts = planPromptRows(items, V);
+      if (!counts) return;
+      throwIfAborted(signal);
+      const t0 = performance.now();
+      const todo: EngineSequence[] = [];
+      const inputs: SequenceInput[] = [];
+      const fed: PromptRows[] = [];
+      seqs.forEach((s, b) => {
+        const n = counts[b] as number;
+        if (n === 0) return;
+        todo.push(s);
+        inputs.push({ seq: s.modelSeq, tokens: Int32Array.from(s.history.slice(s.committed, s.committed + n)) });
+        fed.push(items[b] as PromptRows);
+      });
+      const out = await this.model.forward(inputs, forwardOptions(this.speculator?.wantsHidden === true, signal, undefined, this.speculator?.auxLayers));
+      try {
+        this.model.commit(
+          todo.map((s) => s.modelSeq),
+          inputs.map((i) => Int32Array.from({ length: i.tokens.length }, (_, k) => k)),
+        );
+        recordPromptRows(out.logits, out.indptr, fed, Int32Array.from(inputs, (i) => i.tokens.length));
+        todo.forEach((s, b) => {
+          s.committed += (inputs[b] as SequenceInput).tokens.length;
+          s.stats.targetForwards++;
+        });
+        this.phases.prefill += (performance.now() - t0) / 1000;
+        const t1 = performance.now();
+        await this.speculator?.prefill(todo, out, Int32Array.from(todo, (_, b) => (out.indptr[b + 1] as number) - 1), this.ctx(signal));
+        this.phases.draft += (performance.now() - t1) / 1000;
+      } finally {
+        disposeOutput(out);
+      }
     }
   }
 

@@ -5,7 +5,7 @@ import * as assert from 'assert';
 import { generateCommand, parseGenerateFlags } from '../lib/cli/generate';
 import { SpeculativeDecoder } from '../lib/decoder';
 import { Engine } from '../lib/engine/engine';
-import { checkLogprobs, tokenLogprobs, type TokenLogprobs } from '../lib/logprobs';
+import { checkLogprobs, promptLogitsBudget, tokenLogprobs, type TokenLogprobs } from '../lib/logprobs';
 import { LlamaModel } from '../lib/models/llama';
 import { native } from '../lib/native';
 import { plainGenerate } from '../lib/plain';
@@ -238,6 +238,144 @@ describe('logprobs', () => {
       } finally {
         engine.close();
       }
+    });
+
+    describe('prompt log-probabilities (promptLogprobs)', () => {
+      // A longer prompt: with a budget of 3 rows a forward, it is read in several forwards.
+      const long = Int32Array.from({ length: 40 }, (_, i) => 1 + ((i * 37 + 11) % 300));
+      const scored = [prompts[0]!, long, Int32Array.of(1), prompts[1]!];
+      let saved = 0;
+      beforeEach(() => (saved = promptLogitsBudget.bytes));
+      afterEach(() => (promptLogitsBudget.bytes = saved));
+
+      /** The reference: the prompt in one forward with every row's logits, token j + 1 read on row j. */
+      const reference = async (prompt: Int32Array, k: number): Promise<{ lp: TokenLogprobs; rows: Float32Array }> => {
+        const seq = target.createSequence();
+        try {
+          const fw = await target.forward([{ seq, tokens: prompt }]);
+          try {
+            const n = prompt.length - 1;
+            return { lp: tokenLogprobs(fw.logits, Int32Array.from({ length: n }, (_, j) => j), prompt.subarray(1), k), rows: fw.logits.toFloat32() };
+          } finally {
+            fw.logits.dispose();
+            fw.hidden?.dispose();
+          }
+        } finally {
+          target.freeSequence(seq);
+        }
+      };
+
+      it('plainGenerate: entry j == token j + 1 on the prompt\'s row j (a float64 log-softmax; the op on one whole forward bit for bit), read in one forward or in many, maxNewTokens 0 included; the output unchanged', async () => {
+        const V = target.config.vocabSize;
+        for (const rowsPerForward of [0, 3, 1]) {
+          if (rowsPerForward > 0) promptLogitsBudget.bytes = rowsPerForward * 4 * V;
+          const got = await plainGenerate(target, scored, { maxNewTokens: 6, ignoreEos: true, promptLogprobs: 3, logprobs: 1 });
+          const bare = await plainGenerate(target, scored, { maxNewTokens: 6, ignoreEos: true, logprobs: 1 });
+          assert.deepStrictEqual(got.tokens, bare.tokens, `${rowsPerForward}: the output`);
+          got.logprobs!.forEach((lp, i) => sameLogprobs(lp, bare.logprobs![i]!, `${rowsPerForward}: prompt ${i}'s output`));
+          const none = await plainGenerate(target, scored, { maxNewTokens: 0, promptLogprobs: 3 });
+          assert.deepStrictEqual(none.tokens.map((t) => t.length), [0, 0, 0, 0]);
+          for (const [i, p] of scored.entries()) {
+            const { lp: want, rows } = await reference(p, 3);
+            const lp = got.promptLogprobs![i]!;
+            assert.strictEqual(lp.token.length, p.length - 1, `prompt ${i}: entries`);
+            sameLogprobs(lp, want, `${rowsPerForward} rows a forward: prompt ${i}`);
+            sameLogprobs(none.promptLogprobs![i]!, want, `${rowsPerForward} rows a forward, maxNewTokens 0: prompt ${i}`);
+            for (let j = 0; j < p.length - 1; j++) {
+              const row = rows.subarray(j * V, (j + 1) * V);
+              close(lp.token[j] as number, refLogSoftmax(row)[p[j + 1] as number] as number, `prompt ${i}, token ${j + 1}`);
+              assert.deepStrictEqual(Array.from(lp.topIds.subarray(3 * j, 3 * j + 3)), refTop(row, 3), `prompt ${i}, token ${j + 1}: top 3`);
+            }
+          }
+        }
+        await assert.rejects(plainGenerate(target, scored, { maxNewTokens: 1, promptLogprobs: 21 }), (e: Error & { code?: string }) => e.code === 'E_ARG' && /promptLogprobs: expected an integer in \[0, 20\]/.test(e.message));
+      });
+
+      it('every strategy, prompts read 3 rows a forward: plainGenerate\'s prompt log-probabilities and output bit for bit, drafts accepted (the speculators see each forward as a catch-up)', async () => {
+        promptLogitsBudget.bytes = 3 * 4 * target.config.vocabSize;
+        const want = await plainGenerate(target, scored, { maxNewTokens: N, ignoreEos: true, promptLogprobs: 2, logprobs: 1 });
+        for (const [name, make] of speculators()) {
+          using dec = new SpeculativeDecoder({ target, speculator: make() });
+          const rs = await dec.generateBatch(scored, { maxNewTokens: N, ignoreEos: true, promptLogprobs: 2 });
+          const bare = await dec.generateBatch(scored, { maxNewTokens: N, ignoreEos: true });
+          rs.forEach((r, i) => {
+            // The same drafts as without: the speculator saw every prompt row (EAGLE's features).
+            assert.strictEqual(r.stats.acceptedDraftTokens, bare[i]!.stats.acceptedDraftTokens, `${name}, prompt ${i}: accepted drafts`);
+            assert.deepStrictEqual(Array.from(r.tokens), Array.from(want.tokens[i]!), `${name}, prompt ${i}: tokens`);
+            sameLogprobs(r.promptLogprobs!, want.promptLogprobs![i]!, `${name}, prompt ${i}`);
+            assert.strictEqual(r.logprobs, undefined);
+          });
+          assert.ok(rs.some((r) => r.stats.acceptedDraftTokens > 0), `${name}: drafts accepted`);
+        }
+      });
+
+      it('specdec generate --json --prompt-logprobs N (--max-new-tokens 0 allowed with it): the prompt\'s entries as the API\'s, plain and speculative', async () => {
+        const want = await plainGenerate(target, [long], { maxNewTokens: 0, promptLogprobs: 2 });
+        for (const extra of [[], ['--draft', 'default'], ['--eagle', 'default']]) {
+          for (const n of ['0', '5']) {
+            let out = '';
+            const code = await generateCommand(['--prompt-ids', Array.from(long).join(','), '--max-new-tokens', n, '--device', 'cpu', '--json', '--prompt-logprobs', '2', ...extra], { stdout: (t) => (out += t), stderr: () => undefined });
+            assert.strictEqual(code, 0, extra.join(' '));
+            const rec = JSON.parse(out) as { tokens: number[]; promptLogprobs: { id: number; logprob: number; top: { id: number; logprob: number }[] }[] };
+            assert.strictEqual(rec.tokens.length, Number(n));
+            assert.deepStrictEqual(rec.promptLogprobs.map((e) => e.id), Array.from(long.subarray(1)));
+            assert.deepStrictEqual(rec.promptLogprobs.map((e) => e.logprob), Array.from(want.promptLogprobs![0]!.token), `${extra.join(' ')}, ${n} new`);
+            assert.deepStrictEqual(rec.promptLogprobs.flatMap((e) => e.top.map((x) => x.id)), Array.from(want.promptLogprobs![0]!.topIds));
+          }
+        }
+        assert.throws(() => parseGenerateFlags(['--prompt', 'x', '--prompt-logprobs', '2']), /--prompt-logprobs needs --json/);
+        assert.throws(() => parseGenerateFlags(['--prompt', 'x', '--max-new-tokens', '0']), /--max-new-tokens/);
+        assert.strictEqual(parseGenerateFlags(['--prompt', 'x', '--json', '--prompt-logprobs', '0', '--max-new-tokens', '0']).maxNewTokens, 0);
+      });
+
+      it('the Engine: onPromptLogprobs once, before the first onTokens; maxNewTokens 0 reads the prompt and ends; beside requests without them; a throwing callback fails its request only; bad values are E_ARG', async () => {
+        const engine = new Engine({ model: target, speculator: new EagleSpeculator({ head: eagle, topK: 4, depth: 3, totalTokens: 12 }) });
+        try {
+          const want = await plainGenerate(target, scored, { maxNewTokens: N, ignoreEos: true, promptLogprobs: 1 });
+          const events: string[] = [];
+          let seen: TokenLogprobs | undefined;
+          const [a, b, c, d] = await Promise.all([
+            engine.submit(long, {
+              maxNewTokens: N,
+              ignoreEos: true,
+              promptLogprobs: 1,
+              onPromptLogprobs: (lp) => {
+                events.push('prompt');
+                seen = lp;
+              },
+              onTokens: () => events.push('tokens'),
+            }),
+            engine.submit(prompts[0]!, { maxNewTokens: 0, promptLogprobs: 1 }),
+            engine.submit(prompts[1]!, { maxNewTokens: N, ignoreEos: true }),
+            engine.submit(prompts[1]!, {
+              maxNewTokens: N,
+              promptLogprobs: 0,
+              onPromptLogprobs: () => {
+                throw new Error('consumer failed');
+              },
+            }).catch((e: unknown) => e),
+          ]);
+          assert.strictEqual(events[0], 'prompt');
+          assert.strictEqual(events.filter((e) => e === 'prompt').length, 1);
+          assert.ok(events.length > 2);
+          sameLogprobs(seen!, want.promptLogprobs![1]!, 'onPromptLogprobs');
+          sameLogprobs(a.promptLogprobs!, want.promptLogprobs![1]!, 'request a');
+          assert.deepStrictEqual(Array.from(a.tokens), Array.from(want.tokens[1]!));
+          assert.strictEqual(b.tokens.length, 0);
+          assert.strictEqual(b.finishReason, 'length');
+          sameLogprobs(b.promptLogprobs!, want.promptLogprobs![0]!, 'maxNewTokens 0');
+          assert.strictEqual(c.promptLogprobs, undefined);
+          assert.deepStrictEqual(Array.from(c.tokens), Array.from(want.tokens[3]!));
+          assert.match(String((d as Error).message), /consumer failed/);
+          await assert.rejects(engine.submit(prompts[0]!, { maxNewTokens: 2, promptLogprobs: 1.5 }), (e: Error & { code?: string }) => e.code === 'E_ARG' && /promptLogprobs: expected an integer/.test(e.message));
+          // Without promptLogprobs, maxNewTokens 0 reads nothing.
+          const z = await engine.submit(prompts[0]!, { maxNewTokens: 0 });
+          assert.strictEqual(z.promptLogprobs, undefined);
+          assert.strictEqual(z.stats.targetForwards, 0);
+        } finally {
+          engine.close();
+        }
+      });
     });
   });
 });

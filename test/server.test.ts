@@ -175,8 +175,8 @@ describe('specdec serve', function () {
       [{ prompt: 'x', logprobs: 21 }, 'logprobs'],
       [{ prompt: 'x', logprobs: true }, 'logprobs'],
       [{ prompt: 'x', top_logprobs: 2 }, 'top_logprobs'],
-      [{ prompt: 'x', logprobs: 2, echo: true }, 'echo'],
-      [{ prompt: 'x', best_of: 3 }, 'best_of'],
+      [{ prompt: 'x', best_of: 129 }, 'best_of'],
+      [{ prompt: 'x', n: 2, best_of: 1 }, 'best_of'],
       [{ prompt: 'x', min_tokens: -1 }, 'min_tokens'],
       [{ prompt: 'x', min_tokens: 20, max_tokens: 10 }, 'min_tokens'],
       [{ prompt: 'x', ignore_eos: 'yes' }, 'ignore_eos'],
@@ -202,7 +202,7 @@ describe('specdec serve', function () {
     assert.match(big.body, /limit of 4096 bytes/);
   });
 
-  it('n choices (each an engine request on stream (seed, i)), streamed interleaved; echo puts the prompt before each; best_of beyond n refused', async () => {
+  it('n choices (each an engine request on stream (seed, i)), streamed interleaved; echo puts the prompt before each; best_of: the n of highest summed log-probability', async () => {
     type Choice = { index: number; text: string; token_ids: number[]; finish_reason: string };
     const body = { prompt: 'the dog ran to the park', max_tokens: 14, temperature: 0.9, seed: 21, n: 3 };
     const r = await postJson(`${url}/v1/completions`, body);
@@ -247,8 +247,26 @@ describe('specdec serve', function () {
     assert.strictEqual((echoStream.events[0]!['choices'] as Choice[])[0]!.text, body.prompt);
     const byIds = await postJson(`${url}/v1/completions`, { prompt: Array.from(prompt), max_tokens: 0, echo: true });
     assert.strictEqual((byIds.json['choices'] as Choice[])[0]!.text, tokenizer.decode(Array.from(prompt), { skipSpecialTokens: false }));
-    // Refused: best_of beyond n (ranking needs log-probabilities), echo on a chat.
-    for (const [b, param] of [[{ ...body, best_of: 5 }, 'best_of'], [{ messages: [{ role: 'user', content: 'hi' }], echo: true }, 'echo']] as const) {
+    // best_of 5, n 2: the two of streams 0..4 of highest summed log-probability, best first; usage counts all five.
+    const cands = await Promise.all([0, 1, 2, 3, 4].map((i) => server.engine.submit(prompt, { maxNewTokens: 14, sampling: { temperature: 0.9 }, seed: 21, stream: i, logprobs: 0 })));
+    const score = cands.map((x) => x.logprobs!.token.reduce((a, v) => a + v, 0));
+    const order = [0, 1, 2, 3, 4].sort((a, b) => score[b]! - score[a]! || a - b);
+    assert.notDeepStrictEqual(order.slice(0, 2), [0, 1], 'the best are not the first streams (else the test shows nothing)');
+    const best = await postJson(`${url}/v1/completions`, { ...body, n: 2, best_of: 5 });
+    assert.strictEqual(best.status, 200, JSON.stringify(best.json));
+    assert.deepStrictEqual((best.json['choices'] as Choice[]).map((c) => c.token_ids), order.slice(0, 2).map((i) => Array.from(cands[i]!.tokens)));
+    assert.deepStrictEqual((best.json['choices'] as Choice[]).map((c) => c.index), [0, 1]);
+    assert.strictEqual((best.json['choices'] as { logprobs: unknown }[])[0]!.logprobs, null, 'no logprobs asked: none shown');
+    assert.strictEqual((best.json['usage'] as { completion_tokens: number }).completion_tokens, cands.reduce((a, x) => a + x.tokens.length, 0));
+    const bestLp = await postJson(`${url}/v1/completions`, { ...body, n: 1, best_of: 5, logprobs: 1 });
+    assert.deepStrictEqual((bestLp.json['choices'] as { logprobs: { token_logprobs: number[] } }[])[0]!.logprobs.token_logprobs, Array.from(cands[order[0]!]!.logprobs!.token));
+    // Refused: best_of below n, streamed, or on a chat; echo on a chat.
+    for (const [b, param] of [
+      [{ ...body, best_of: 2 }, 'best_of'],
+      [{ ...body, best_of: 5, stream: true }, 'best_of'],
+      [{ messages: [{ role: 'user', content: 'hi' }], best_of: 2 }, 'best_of'],
+      [{ messages: [{ role: 'user', content: 'hi' }], echo: true }, 'echo'],
+    ] as const) {
       const bad = await postJson(`${url}/v1/${'messages' in b ? 'chat/completions' : 'completions'}`, b);
       assert.strictEqual(bad.status, 400);
       assert.strictEqual((bad.json['error'] as { param: string }).param, param);
@@ -285,6 +303,50 @@ describe('specdec serve', function () {
     assert.deepStrictEqual(parts.flatMap((p) => p.text_offset), lp.text_offset);
     // Without logprobs: null, as before.
     assert.strictEqual(((await postJson(`${url}/v1/completions`, { ...body, logprobs: null })).json['choices'] as { logprobs: unknown }[])[0]!.logprobs, null);
+  });
+
+  it('echo with logprobs (lm-eval\'s loglikelihood): the prompt\'s entries first (the first null), then the completion\'s; max_tokens 0; streamed in the echo chunk; every choice', async () => {
+    type Lp = { tokens: string[]; token_logprobs: (number | null)[]; top_logprobs: (Record<string, number> | null)[]; text_offset: number[] };
+    type Choice = { text: string; token_ids: number[]; logprobs: Lp };
+    const tokenizer = TextTokenizer.load(EMBEDDED.target)!;
+    const text = 'once upon a time there was';
+    const ids = tokenizer.encode(text);
+    const want = await plainGenerate(target, [ids], { maxNewTokens: 3, promptLogprobs: 1, logprobs: 1 });
+    const wantPrompt = want.promptLogprobs![0]!;
+    const name = (t: number): string => tokenizer.decode([t], { skipSpecialTokens: false });
+    for (const prompt of [text, Array.from(ids)]) {
+      for (const maxTokens of [0, 3]) {
+        const r = await postJson(`${url}/v1/completions`, { prompt, max_tokens: maxTokens, temperature: 0, echo: true, logprobs: 1, n: 2 });
+        assert.strictEqual(r.status, 200, JSON.stringify(r.json));
+        for (const c of r.json['choices'] as Choice[]) {
+          const lp = c.logprobs;
+          assert.deepStrictEqual(c.token_ids, Array.from(want.tokens[0]!.subarray(0, maxTokens)));
+          assert.strictEqual(lp.tokens.length, ids.length + maxTokens);
+          assert.deepStrictEqual(lp.tokens, [...ids, ...c.token_ids].map(name));
+          assert.deepStrictEqual(lp.token_logprobs, [null, ...wantPrompt.token, ...want.logprobs![0]!.token.subarray(0, maxTokens)]);
+          assert.strictEqual(lp.top_logprobs[0], null);
+          for (let j = 1; j < ids.length; j++) {
+            const top = lp.top_logprobs[j]!;
+            assert.strictEqual(top[name(wantPrompt.topIds[j - 1]!)], wantPrompt.topLogprobs[j - 1], `prompt token ${j}: the most probable`);
+            assert.strictEqual(top[lp.tokens[j]!], lp.token_logprobs[j], `prompt token ${j}: itself`);
+          }
+          // Offsets into the prompt's text, then into the completion's past the echo.
+          // (Sent as ids, the echo is their decoding with the special tokens.)
+          const echo = typeof prompt === 'string' ? text : tokenizer.decode(ids, { skipSpecialTokens: false });
+          assert.strictEqual(c.text.slice(0, echo.length), echo);
+          lp.text_offset.forEach((o, i) => assert.ok(i === 0 || o >= lp.text_offset[i - 1]!, `offset ${i}`));
+          for (let j = 1; j < ids.length; j++) assert.ok(echo.slice(lp.text_offset[j]).trimStart().startsWith(lp.tokens[j]!), `prompt token ${j} at its offset`);
+          if (maxTokens > 0) assert.strictEqual(lp.text_offset[ids.length], echo.length);
+        }
+        // Streamed: the echo chunk carries the prompt's; the rest follow per chunk.
+        const s = await postStream(`${url}/v1/completions`, { prompt, max_tokens: maxTokens, temperature: 0, echo: true, logprobs: 1, stream: true });
+        const parts = s.events.map((e) => (e['choices'] as { logprobs: Lp | null }[])[0]?.logprobs).filter((x): x is Lp => x !== null && x !== undefined);
+        assert.strictEqual((s.events[0]!['choices'] as Choice[])[0]!.text, (r.json['choices'] as Choice[])[0]!.text.slice(0, (s.events[0]!['choices'] as Choice[])[0]!.text.length));
+        assert.deepStrictEqual(parts[0]!.token_logprobs, [null, ...wantPrompt.token]);
+        assert.deepStrictEqual(parts.flatMap((p) => p.token_logprobs), (r.json['choices'] as Choice[])[0]!.logprobs.token_logprobs);
+      }
+    }
+    assert.strictEqual(target.kvInfo().freePages, target.kvInfo().totalPages, 'KV pages free');
   });
 
   it('/v1/chat/completions: the chat through the template, the same tokens as its ids sent to /v1/completions; streamed deltas; errors name messages', async () => {

@@ -49,6 +49,8 @@ export interface GenerateFlags {
   readonly penalties?: Penalties;
   /** --logprobs N (with --json): each token's log-probability and its N most probable alternatives. */
   readonly logprobs?: number;
+  /** --prompt-logprobs N (with --json): each prompt token's log-probability (the first's none) and N alternatives. */
+  readonly promptLogprobs?: number;
   /** --min-tokens N: no stop token before N tokens (default 0). */
   readonly minTokens?: number;
   readonly device: Device | 'auto';
@@ -79,6 +81,8 @@ export interface GenerateRecord {
   };
   /** --logprobs: per token, its log-probability and the N most probable tokens (null: -infinity). */
   logprobs?: LogprobsRecord;
+  /** --prompt-logprobs: the prompt's tokens after the first, as `logprobs` (under the target's raw distribution). */
+  promptLogprobs?: LogprobsRecord;
 }
 
 export type FinishReason = 'stop' | 'length' | 'context' | 'abort';
@@ -108,7 +112,7 @@ export const GENERATE_USAGE = `usage: specdec generate [--model DIR] [--draft DI
                        [--max-new-tokens N] [--min-tokens N] [--max-context N] [--ignore-eos]
                        [--temperature T --top-k K --top-p P --min-p P --seed S]
                        [--repetition-penalty R --presence-penalty P --frequency-penalty F] [--logit-bias ID=B,...]
-                       [--device cpu|cuda|auto] [--json [--logprobs N]]
+                       [--device cpu|cuda|auto] [--json [--logprobs N] [--prompt-logprobs N]]
 
   --model DIR         Hugging Face checkpoint directory (config.json + model.safetensors[.index.json]);
                       default: the embedded model family (models/default); --draft default,
@@ -138,6 +142,9 @@ export const GENERATE_USAGE = `usage: specdec generate [--model DIR] [--draft DI
   --frequency-penalty F subtracted per occurrence in the output (OpenAI's; default 0)
   --logprobs N         with --json: each token's log-probability and its N (0-20) most probable
                       alternatives (the target's distribution after penalties and bias, at T 1)
+  --prompt-logprobs N  with --json: each prompt token's (after the first) log-probability and N
+                      alternatives under the target's own distribution (scoring a text; with
+                      --max-new-tokens 0 nothing is generated)
   --logit-bias ID=B,... added to token ID's logit before the penalties (OpenAI's logit_bias); B a
                       number, or -inf to ban the token. Penalties and biases apply to plain and
                       speculative decoding alike (the same output)
@@ -205,7 +212,7 @@ export function parseLogitBias(v: string): Map<number, number> {
 /** The flags of `generate` that take a value (the strategy flags are STRATEGY_FLAGS). */
 const VALUE_FLAGS: readonly string[] = [
   '--model', '--prompt', '--prompt-ids', '--max-new-tokens', '--max-context',
-  '--temperature', '--top-k', '--top-p', '--min-p', '--seed', '--repetition-penalty', '--presence-penalty', '--frequency-penalty', '--logit-bias', '--logprobs', '--min-tokens', '--device', '--batch-file', '--system', '--chat-vars',
+  '--temperature', '--top-k', '--top-p', '--min-p', '--seed', '--repetition-penalty', '--presence-penalty', '--frequency-penalty', '--logit-bias', '--logprobs', '--prompt-logprobs', '--min-tokens', '--device', '--batch-file', '--system', '--chat-vars',
 ];
 
 /** Every flag `generate` accepts (each is described in GENERATE_USAGE). */
@@ -281,6 +288,10 @@ export function parseGenerateFlags(argv: readonly string[]): GenerateFlags {
   const logprobs = lp !== undefined ? parseIntFlag('--logprobs', lp, 0) : undefined;
   if (logprobs !== undefined && logprobs > MAX_LOGPROBS) throw new CliError(`--logprobs: expected an integer in [0, ${MAX_LOGPROBS}], got '${lp}'`);
   if (logprobs !== undefined && !json) throw new CliError('--logprobs needs --json (the log-probabilities are written in its output)');
+  const plp = get('--prompt-logprobs');
+  const promptLogprobs = plp !== undefined ? parseIntFlag('--prompt-logprobs', plp, 0) : undefined;
+  if (promptLogprobs !== undefined && promptLogprobs > MAX_LOGPROBS) throw new CliError(`--prompt-logprobs: expected an integer in [0, ${MAX_LOGPROBS}], got '${plp}'`);
+  if (promptLogprobs !== undefined && !json) throw new CliError('--prompt-logprobs needs --json (the log-probabilities are written in its output)');
   const mt = get('--min-tokens');
   const minTokens = mt !== undefined ? parseIntFlag('--min-tokens', mt, 0) : undefined;
   const maxContext = get('--max-context');
@@ -293,7 +304,7 @@ export function parseGenerateFlags(argv: readonly string[]): GenerateFlags {
     ...(chat ? { chat } : {}),
     ...(system !== undefined ? { system } : {}),
     ...(chatVars !== undefined ? { chatVars } : {}),
-    maxNewTokens: get('--max-new-tokens') !== undefined ? parseIntFlag('--max-new-tokens', get('--max-new-tokens')!, 1) : 64,
+    maxNewTokens: get('--max-new-tokens') !== undefined ? parseIntFlag('--max-new-tokens', get('--max-new-tokens')!, promptLogprobs !== undefined ? 0 : 1) : 64,
     ...(maxContext !== undefined ? { maxContext: parseIntFlag('--max-context', maxContext, 2) } : {}),
     temperature: get('--temperature') !== undefined ? parseNumberFlag('--temperature', get('--temperature')!, (n) => n >= 0, 'a number >= 0') : 0,
     topK: get('--top-k') !== undefined ? parseIntFlag('--top-k', get('--top-k')!, 0) : 0,
@@ -303,6 +314,7 @@ export function parseGenerateFlags(argv: readonly string[]): GenerateFlags {
     ignoreEos,
     ...(Object.keys(penalties).length > 0 ? { penalties } : {}),
     ...(logprobs !== undefined ? { logprobs } : {}),
+    ...(promptLogprobs !== undefined ? { promptLogprobs } : {}),
     ...(minTokens !== undefined ? { minTokens } : {}),
     device,
     json,
@@ -389,7 +401,8 @@ function contextFor(flags: GenerateFlags, prompts: readonly Int32Array[], modelP
     return flags.maxContext;
   }
   const longest = prompts.reduce((n, p) => Math.max(n, p.length), 0);
-  return Math.min(modelPositions, longest + flags.maxNewTokens);
+  // (At least one position past the prompt: with --max-new-tokens 0 a prompt is still checked to leave room, as every generate call does.)
+  return Math.min(modelPositions, longest + Math.max(1, flags.maxNewTokens));
 }
 
 /** A record for a run cut short (abort): what was emitted so far; one forward per step chunk. */
@@ -482,6 +495,7 @@ export async function generateCommand(argv: string[], io: GenerateIo = {}): Prom
           ignoreEos: flags.ignoreEos === true,
           ...(flags.penalties ? { penalties: flags.penalties } : {}),
           ...(flags.logprobs !== undefined ? { logprobs: flags.logprobs } : {}),
+          ...(flags.promptLogprobs !== undefined ? { promptLogprobs: flags.promptLogprobs } : {}),
           ...(flags.minTokens !== undefined ? { minTokens: flags.minTokens } : {}),
           onTokens,
           signal,
@@ -502,6 +516,7 @@ export async function generateCommand(argv: string[], io: GenerateIo = {}): Prom
               tokensPerSecond: seconds > 0 ? t.length / seconds : 0,
             },
             ...(res.logprobs ? { logprobs: logprobsRecord(res.logprobs[i]!, t) } : {}),
+            ...(res.promptLogprobs ? { promptLogprobs: logprobsRecord(res.promptLogprobs[i]!, prompts[i]!.subarray(1)) } : {}),
           };
         });
       }

@@ -269,12 +269,13 @@ export function strategyHook(deps: SpeculatorDeps = {}): StrategyHook {
         maxNewTokens: flags.maxNewTokens,
         ...(flags.ignoreEos === true ? { ignoreEos: true } : {}),
         ...(flags.logprobs !== undefined ? { logprobs: flags.logprobs } : {}),
+        ...(flags.promptLogprobs !== undefined ? { promptLogprobs: flags.promptLogprobs } : {}),
         ...(flags.minTokens !== undefined ? { minTokens: flags.minTokens } : {}),
         ...(onTokens ? { onTokens } : {}),
         ...(signal ? { signal } : {}),
       });
       return res.map(
-        (r): GenerateRecord => ({
+        (r, i): GenerateRecord => ({
           tokens: Array.from(r.tokens),
           text: decode(r.tokens),
           finishReason: r.finishReason,
@@ -289,6 +290,7 @@ export function strategyHook(deps: SpeculatorDeps = {}): StrategyHook {
             ...(prepareSeconds > 0 ? { prepareSeconds } : {}),
           },
           ...(r.logprobs ? { logprobs: logprobsRecord(r.logprobs, r.tokens) } : {}),
+          ...(r.promptLogprobs ? { promptLogprobs: logprobsRecord(r.promptLogprobs, (prompts[i] as Int32Array).subarray(1)) } : {}),
         }),
       );
     } finally {

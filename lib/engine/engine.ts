@@ -57,6 +57,12 @@ export interface RequestOptions extends GenerateOptions {
    * this request only. With the `logprobs` option, the tokens' log-probabilities come along.
    */
   readonly onTokens?: (tokens: Int32Array, logprobs?: TokenLogprobs) => void;
+  /**
+   * With the `promptLogprobs` option: called once with them when the prompt has been read (before
+   * the first onTokens; with maxNewTokens 0, before the request resolves). A throw fails this
+   * request only.
+   */
+  readonly onPromptLogprobs?: (logprobs: TokenLogprobs) => void;
 }
 
 export interface KvPages {
@@ -107,6 +113,10 @@ class Request {
   readonly outbox: Int32Array[] = [];
   /** With the `logprobs` option: the log-probabilities of the emitted tokens, kept over preemptions. */
   readonly logprobs: LogprobsSink | undefined;
+  /** With the `promptLogprobs` option: the prompt's log-probabilities (filled by the first prefill, kept over preemptions). */
+  readonly promptLogprobs: LogprobsSink | undefined;
+  /** onPromptLogprobs has been called. */
+  promptAnnounced = false;
   /** Tokens handed to onTokens so far (where the next chunk's log-probabilities start). */
   delivered = 0;
   readonly t0 = performance.now();
@@ -128,6 +138,7 @@ class Request {
     this.promptLength = prompt.length;
     this.phases0 = { ...group.phases };
     this.logprobs = opts.logprobs !== undefined ? new LogprobsSink(opts.logprobs) : undefined;
+    this.promptLogprobs = opts.promptLogprobs !== undefined ? new LogprobsSink(opts.promptLogprobs) : undefined;
   }
 }
 
@@ -322,7 +333,8 @@ export class Engine {
       const r = new Request(this.nextId++, prompt, opts, this.group(sampling, resolvePenalties(opts.penalties, 'penalties', this.model.config.vocabSize)), rng, stop, { resolve, reject });
       this.metrics.submitted++;
       this.metrics.promptTokens += prompt.length;
-      if (opts.maxNewTokens === 0) {
+      // (With promptLogprobs, the prompt is read all the same: the engine then ends it.)
+      if (opts.maxNewTokens === 0 && opts.promptLogprobs === undefined) {
         r.done = 'length';
         this.finish(r);
         return;
@@ -400,6 +412,7 @@ export class Engine {
     checkStopTokens(opts.stopTokens);
     checkIgnoreEos(opts.ignoreEos);
     checkLogprobs(opts.logprobs);
+    checkLogprobs(opts.promptLogprobs, 'promptLogprobs');
     checkMinTokens(opts.minTokens);
     const seed = opts.seed;
     if (seed !== undefined && !(typeof seed === 'bigint' ? seed >= 0n && seed < 2n ** 64n : Number.isSafeInteger(seed) && seed >= 0)) {
@@ -579,6 +592,8 @@ export class Engine {
     let free = kv ? kv.freePages - this.live.reduce((n, r) => n + this.growth(r, kv.pageSize), 0) : Infinity;
     const fresh: Request[] = [];
     const resumed: Request[] = [];
+    // maxNewTokens 0 with promptLogprobs: the prompt is read for its log-probabilities, no token picked.
+    const scored: Request[] = [];
     while (this.queue.length > 0 && this.live.length < this.liveCap) {
       const r = this.queue[0] as Request;
       const need = kv ? this.pagesFor(r.history.length + this.treeReserveTokens, kv.pageSize) : 0;
@@ -596,6 +611,7 @@ export class Engine {
         // (Ascending: a stop ban's tokens, StopBan.)
         r.seq.stopTokens = r.stopArray ??= Int32Array.from(r.stop).sort();
         r.seq.logprobs = r.logprobs;
+        r.seq.promptLogprobs = r.promptLogprobs;
         r.seq.minTokens = r.opts.minTokens ?? 0;
       } catch (e) {
         this.fail(r, e);
@@ -603,16 +619,19 @@ export class Engine {
       }
       this.live.push(r);
       this.kvKnown = undefined;  // the admitted prefill takes pages makeRoom has not seen
-      if (r.newTokens.length === 0) fresh.push(r);
+      if (r.opts.maxNewTokens === 0) scored.push(r);
+      else if (r.newTokens.length === 0) fresh.push(r);
       else {
         Object.assign(r.seq.stats, r.stats);
         resumed.push(r);
       }
     }
-    for (const group of new Set([...fresh, ...resumed].map((r) => r.group))) {
+    for (const group of new Set([...fresh, ...resumed, ...scored].map((r) => r.group))) {
       await this.catchUp(group, fresh.filter((r) => r.group === group), true);
       await this.catchUp(group, resumed.filter((r) => r.group === group), false);
+      await this.catchUp(group, scored.filter((r) => r.group === group), false);
     }
+    for (const r of scored) if (r.done === undefined && r.promptAnnounced) r.done = 'length';
   }
 
   /** Prefill of newly admitted sequences (pickRoot: the first token is picked) or recompute of preempted ones. */
@@ -631,6 +650,15 @@ export class Engine {
       reqs.forEach((r, i) => (r.rng.counter = saved[i] as bigint));
       this.recover(reqs, e);
       return;
+    }
+    for (const r of reqs) {
+      if (!r.promptLogprobs || r.promptAnnounced) continue;
+      r.promptAnnounced = true;
+      try {
+        r.opts.onPromptLogprobs?.(r.promptLogprobs.slice(0, r.promptLogprobs.length));
+      } catch (e) {
+        r.failure ??= { error: e };
+      }
     }
     if (pickRoot) for (const r of reqs) this.emit(r, [r.seq!.history[r.seq!.history.length - 1] as number]);
   }
@@ -863,7 +891,7 @@ export class Engine {
     this.liveCap = this.maxBatch;
     this.metrics.finished(r.done ?? 'length', stats);
     const tokens = Int32Array.from(r.newTokens);
-    r.settle.resolve({ tokens, finishReason: r.done ?? 'length', stats, ...(r.logprobs ? { logprobs: r.logprobs.slice(0, tokens.length) } : {}) });
+    r.settle.resolve({ tokens, finishReason: r.done ?? 'length', stats, ...(r.logprobs ? { logprobs: r.logprobs.slice(0, tokens.length) } : {}), ...(r.promptLogprobs ? { promptLogprobs: r.promptLogprobs.slice(0, r.promptLogprobs.length) } : {}) });
   }
 
   private settleAbort(r: Request): void {

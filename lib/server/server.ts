@@ -44,8 +44,12 @@ interface Completion {
   readonly prompt: Int32Array;
   /** Choices: n requests, choice i sampling from stream (seed, i). */
   readonly n: number;
+  /** best_of (>= n): candidates generated, the n of highest summed log-probability returned. */
+  readonly bestOf: number;
   /** echo (completions): the prompt's text, put before each choice's text. */
   readonly echo: string | undefined;
+  /** The echo is the prompt's ids decoded with their special tokens (sent as ids), not the text sent. */
+  readonly echoSpecials: boolean;
   /** Log-probabilities and this many alternatives per token (completions' logprobs, chat's top_logprobs). */
   readonly logprobs: number | undefined;
   /** vLLM's min_tokens: no stop token or stop string before it. */
@@ -206,8 +210,11 @@ export class CompletionServer {
       throw new HttpError(400, `model: this server serves '${this.modelName}', not ${JSON.stringify(b['model'])}`, 'model');
     }
     const n = num('n', (x) => Number.isSafeInteger(x) && x >= 1 && x <= MAX_CHOICES, `an integer in [1, ${MAX_CHOICES}]`) ?? 1;
-    // best_of > n would generate more candidates and keep the n of highest summed log-probability: not done.
-    num('best_of', (x) => x === n, `n (${n}): choosing the best of more candidates is not supported`);
+    // best_of: that many candidates, the n of highest summed log-probability returned (vLLM's
+    // ranking); completions only, not streamed (the best are known at the end), as OpenAI's.
+    const bestOf = num('best_of', (x) => Number.isSafeInteger(x) && x >= n && x <= MAX_CHOICES, `an integer in [n (${n}), ${MAX_CHOICES}]`) ?? n;
+    if (bestOf > n && chat) throw new HttpError(400, 'best_of: completions only', 'best_of');
+    if (bestOf > n && bool('stream')) throw new HttpError(400, 'best_of: not with stream (the best candidates are known only at the end)', 'best_of');
     const echo = bool('echo');
     if (echo && chat) throw new HttpError(400, 'echo: not supported by chat completions', 'echo');
     // Completions: logprobs = the alternatives per token. Chat: logprobs true, top_logprobs the alternatives.
@@ -219,8 +226,6 @@ export class CompletionServer {
     } else {
       logprobs = num('logprobs', (x) => Number.isSafeInteger(x) && x >= 0 && x <= MAX_LOGPROBS, `an integer in [0, ${MAX_LOGPROBS}]`);
       if (b['top_logprobs'] !== undefined && b['top_logprobs'] !== null) throw new HttpError(400, 'top_logprobs: chat completions only (completions take logprobs: N)', 'top_logprobs');
-      // (The prompt's own log-probabilities, which echo with logprobs returns, are not computed.)
-      if (echo && logprobs !== undefined) throw new HttpError(400, 'echo with logprobs: the prompt\'s log-probabilities are not supported', 'echo');
     }
     // Fields that change the output and are not implemented are refused unless they ask for nothing
     // (clients send their defaults); never silently ignored.
@@ -275,7 +280,9 @@ export class CompletionServer {
     return {
       prompt,
       n,
+      bestOf,
       echo: echo ? this.echoText(b['prompt'], prompt) : undefined,
+      echoSpecials: typeof (Array.isArray(b['prompt']) && b['prompt'].length === 1 && typeof b['prompt'][0] === 'string' ? b['prompt'][0] : b['prompt']) !== 'string',
       logprobs,
       minTokens,
       maxTokens,
@@ -304,7 +311,7 @@ export class CompletionServer {
    * top_logprobs entry the k alternatives and the token itself; text offsets into the choice's text,
    * `all` holding the choice's tokens before these). A log-probability of -inf is written -9999.
    */
-  private logprobsJson(lp: TokenLogprobs, tokens: Int32Array, chat: boolean, offsets: IncrementalText, all: number[] = []): Record<string, unknown> {
+  private logprobsJson(lp: TokenLogprobs, tokens: Int32Array, chat: boolean, offsets: IncrementalText, all: number[] = [], base = 0): Record<string, unknown> {
     const num = (x: number): number => (x === -Infinity ? -9999 : x);
     const k = lp.k;
     if (chat) {
@@ -322,7 +329,7 @@ export class CompletionServer {
     const textOffset: number[] = [];
     const top: Record<string, number>[] = [];
     tokens.forEach((t, i) => {
-      textOffset.push(offsets.of(all).length);
+      textOffset.push(base + offsets.of(all).length);
       all.push(t);
       const d: Record<string, number> = {};
       for (let j = 0; j < k; j++) d[this.tokenText(lp.topIds[i * k + j] as number)] ??= num(lp.topLogprobs[i * k + j] as number);
@@ -330,6 +337,22 @@ export class CompletionServer {
       top.push(d);
     });
     return { tokens: Array.from(tokens, (t) => this.tokenText(t)), token_logprobs: Array.from(lp.token, num), top_logprobs: top, text_offset: textOffset };
+  }
+
+  /**
+   * echo with logprobs: the prompt's entries of completions' logprobs (lp: tokens 1.. of it; the
+   * first token has none, null as OpenAI's), text offsets into the prompt's decoding as the echo
+   * shows it (with special tokens when it was sent as ids).
+   */
+  private promptLogprobsJson(lp: TokenLogprobs, prompt: Int32Array, specials: boolean): { tokens: string[]; token_logprobs: (number | null)[]; top_logprobs: (Record<string, number> | null)[]; text_offset: number[] } {
+    const decode = specials ? (ids: readonly number[]): string => this.tokenizer?.decode(ids, { skipSpecialTokens: false }) ?? '' : this.offsetDecode;
+    const rest = this.logprobsJson(lp, prompt.subarray(1), false, new IncrementalText(decode), [prompt[0] as number]) as { tokens: string[]; token_logprobs: number[]; top_logprobs: Record<string, number>[]; text_offset: number[] };
+    return {
+      tokens: [this.tokenText(prompt[0] as number), ...rest.tokens],
+      token_logprobs: [null, ...rest.token_logprobs],
+      top_logprobs: [null, ...rest.top_logprobs],
+      text_offset: [0, ...rest.text_offset],
+    };
   }
 
   /** The prompt as echo shows it: the text sent, or its ids decoded ('' without a tokenizer). */
@@ -399,25 +422,37 @@ export class CompletionServer {
     // does a choice failing (the others stop with it).
     const cancel = new AbortController();
     // (Each choice listens on it a few times: no warning for many choices.)
-    setMaxListeners(4 * c.n + 10, cancel.signal);
+    setMaxListeners(4 * c.bestOf + 10, cancel.signal);
     res.on('close', () => {
       if (!res.writableEnded) cancel.abort();
     });
     const engine = this.engine;
+    // echo with logprobs: the prompt's log-probabilities, read by choice 0's request (the same for
+    // every choice), as soon as its prompt is read.
+    let promptLp: Promise<TokenLogprobs | undefined> | undefined;
+    let gotPromptLp: ((lp: TokenLogprobs | undefined) => void) | undefined;
+    if (c.echo !== undefined && c.logprobs !== undefined) promptLp = new Promise((resolve) => (gotPromptLp = resolve));
     // Choice i: an engine request sampling from stream (seed, i), as sequence i of a batch would.
-    const gens = Array.from({ length: c.n }, (_, i) => {
+    // (best_of > n: every candidate records its log-probabilities, which rank them.)
+    const ranking = c.bestOf > c.n;
+    const logprobs = c.logprobs ?? (ranking ? 0 : undefined);
+    const gens = Array.from({ length: c.bestOf }, (_, i) => {
       const source = {
         generate: (prompt: Int32Array | readonly number[], o: GenerateOptions) => {
           const r: { -readonly [K in keyof RequestOptions]: RequestOptions[K] } = { ...o, seed: c.seed, stream: i };
           if (c.sampling) r.sampling = c.sampling;
           if (c.penalties) r.penalties = c.penalties;
+          if (i === 0 && gotPromptLp) {
+            r.promptLogprobs = c.logprobs as number;
+            r.onPromptLogprobs = gotPromptLp;
+          }
           return engine.generate(prompt, r);
         },
       };
       return generateText(source, this.tokenizer ?? NO_TEXT, c.prompt, {
         maxNewTokens: c.maxTokens,
         signal: cancel.signal,
-        ...(c.logprobs !== undefined ? { logprobs: c.logprobs } : {}),
+        ...(logprobs !== undefined ? { logprobs } : {}),
         ...(c.minTokens > 0 ? { minTokens: c.minTokens } : {}),
         ...(c.stop.length > 0 ? { stopStrings: c.stop } : {}),
         ...(c.stopTokenIds.length > 0 ? { stopTokens: c.stopTokenIds } : {}),
@@ -433,6 +468,8 @@ export class CompletionServer {
     );
     // (Handled here: a stream that fails reads them all later, in firstError.)
     for (const r of results) r.catch(() => undefined);
+    // (Choice 0 failing before its prompt is read: nothing to wait for; its error is reported.)
+    results[0]?.catch(() => gotPromptLp?.(undefined));
     // The error to report: a choice's own, not the aborts it caused in the others.
     const firstError = async (): Promise<unknown> => {
       const settled = await Promise.allSettled(results);
@@ -449,13 +486,32 @@ export class CompletionServer {
       total_tokens: c.prompt.length + completion,
     });
     const echo = c.echo ?? '';
+    // echo with logprobs: the prompt's entries, then each choice's (their text offsets past the echo).
+    const withPrompt = (lp: Record<string, unknown> | null, prompt: ReturnType<CompletionServer['promptLogprobsJson']> | undefined): Record<string, unknown> | null => {
+      if (!prompt) return lp;
+      const o = lp as { tokens: string[]; token_logprobs: number[]; top_logprobs: Record<string, number>[]; text_offset: number[] } | null;
+      return {
+        tokens: [...prompt.tokens, ...(o?.tokens ?? [])],
+        token_logprobs: [...prompt.token_logprobs, ...(o?.token_logprobs ?? [])],
+        top_logprobs: [...prompt.top_logprobs, ...(o?.top_logprobs ?? [])],
+        text_offset: [...prompt.text_offset, ...(o?.text_offset ?? [])],
+      };
+    };
+    const promptJson = async (): Promise<ReturnType<CompletionServer['promptLogprobsJson']> | undefined> => {
+      const lp = promptLp ? await promptLp : undefined;
+      return lp ? this.promptLogprobsJson(lp, c.prompt, c.echoSpecials) : undefined;
+    };
     if (!c.stream) {
       // Submission errors (E_ARG...) surface here, before any header is sent.
       const rs = await Promise.all(results).catch(async () => {
         throw toHttpError(await firstError());
       });
-      const choices = rs.map((r, index) => {
-        const logprobs = r.logprobs ? this.logprobsJson(r.logprobs, r.tokens, chat, new IncrementalText(this.offsetDecode)) : null;
+      const prompt = await promptJson();
+      // best_of: the n candidates of highest summed log-probability, best first (ties: lower stream).
+      const sum = (r: (typeof rs)[number]): number => (r.logprobs ? r.logprobs.token.reduce((a, x) => a + x, 0) : 0);
+      const best = ranking ? rs.map((r, i) => ({ r, i, s: sum(r) })).sort((a, b) => b.s - a.s || a.i - b.i).slice(0, c.n).map((x) => x.r) : rs;
+      const choices = best.map((r, index) => {
+        const logprobs = withPrompt(r.logprobs && c.logprobs !== undefined ? this.logprobsJson(r.logprobs, r.tokens, chat, new IncrementalText(this.offsetDecode), [], echo.length) : null, prompt);
         return chat
           ? { index, message: { role: 'assistant', content: r.text }, logprobs, finish_reason: finishReason(r.finishReason) }
           : { index, text: echo + r.text, token_ids: Array.from(r.tokens), logprobs, finish_reason: finishReason(r.finishReason) };
@@ -478,14 +534,21 @@ export class CompletionServer {
     );
     const post = (tokens: Int32Array | readonly number[]): string => (chat ? '},"logprobs":null,"finish_reason":null}]}\n\n' : `,"token_ids":[${tokens.join(',')}],"logprobs":null,"finish_reason":null}]}\n\n`);
     let started = false;
-    const start = (): void => {
+    // echo with logprobs: the echo chunks carry the prompt's, so the stream starts once they are read.
+    let promptEntries: ReturnType<CompletionServer['promptLogprobsJson']> | undefined;
+    let promptRead = promptLp === undefined;
+    const start = async (): Promise<void> => {
+      if (!promptRead) {
+        promptEntries = await promptJson();
+        promptRead = true;
+      }
       if (started) return;
       res.writeHead(200, { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache', Connection: 'keep-alive' });
       started = true;
       for (let index = 0; index < c.n; index++) {
         if (chat) send({ ...chunkHead, choices: [{ index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }] });
         // echo: the prompt first, as its own chunk (no tokens).
-        else if (c.echo !== undefined) send({ ...head, choices: [{ index, text: echo, token_ids: [], logprobs: null, finish_reason: null }] });
+        else if (c.echo !== undefined) send({ ...head, choices: [{ index, text: echo, token_ids: [], logprobs: withPrompt(null, promptEntries) ?? null, finish_reason: null }] });
       }
     };
     // Each choice streams its chunks as they come, then its finish; the usage and [DONE] follow the last.
@@ -495,14 +558,14 @@ export class CompletionServer {
       const offsets = c.logprobs !== undefined ? new IncrementalText(this.offsetDecode) : undefined;
       const all: number[] = [];
       for await (const chunk of g) {
-        start();
+        if (!started) await start();
         if (offsets && chunk.logprobs) {
-          const logprobs = this.logprobsJson(chunk.logprobs, chunk.tokens, chat, offsets, all);
+          const logprobs = this.logprobsJson(chunk.logprobs, chunk.tokens, chat, offsets, all, echo.length);
           send({ ...chunkHead, choices: [chat ? { index, delta: { content: chunk.text }, logprobs, finish_reason: null } : { index, text: chunk.text, token_ids: Array.from(chunk.tokens), logprobs, finish_reason: null }] });
         } else if (!res.writableEnded && !res.destroyed) res.write(`${pres[index] as string}${JSON.stringify(chunk.text)}${post(chunk.tokens)}`);
       }
       const r = await results[index]!;
-      start();
+      if (!started) await start();
       completion += r.tokens.length;
       const last = chat
         ? { index, delta: {}, logprobs: null, finish_reason: finishReason(r.finishReason) }

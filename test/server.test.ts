@@ -349,6 +349,54 @@ describe('specdec serve', function () {
     assert.strictEqual(target.kvInfo().freePages, target.kvInfo().totalPages, 'KV pages free');
   });
 
+  it('several prompts (OpenAI\'s batch form): choice p * n + i is prompt p\'s request on stream i, as sent alone; usage counts each prompt once; token-id batches score with echo and logprobs; streamed by index', async () => {
+    type Choice = { index: number; text: string; token_ids: number[]; logprobs: { token_logprobs: (number | null)[] } | null; finish_reason: string | null };
+    const tokenizer = TextTokenizer.load(EMBEDDED.target)!;
+    const texts = ['once upon a time', 'the dog ran to the park', 'a little bird'];
+    const body = { prompt: texts, max_tokens: 8, temperature: 0.9, seed: 7, n: 2 };
+    const r = await postJson(`${url}/v1/completions`, body);
+    assert.strictEqual(r.status, 200, JSON.stringify(r.json));
+    const choices = r.json['choices'] as Choice[];
+    assert.deepStrictEqual(choices.map((c) => c.index), [0, 1, 2, 3, 4, 5]);
+    for (const [p, text] of texts.entries()) {
+      const alone = (await postJson(`${url}/v1/completions`, { ...body, prompt: text })).json['choices'] as Choice[];
+      assert.deepStrictEqual(choices.slice(2 * p, 2 * p + 2).map((c) => c.token_ids), alone.map((c) => c.token_ids), `prompt ${p}`);
+    }
+    const promptTokens = texts.reduce((a, t) => a + tokenizer.encode(t).length, 0);
+    const completion = choices.reduce((a, c) => a + c.token_ids.length, 0);
+    assert.deepStrictEqual(r.json['usage'], { prompt_tokens: promptTokens, completion_tokens: completion, total_tokens: promptTokens + completion });
+    // Streamed: each index's chunks add up to its choice.
+    const st = await postStream(`${url}/v1/completions`, { ...body, stream: true });
+    for (const c of choices) {
+      const mine = st.events.filter((e) => (e['choices'] as Choice[])[0]?.index === c.index).map((e) => (e['choices'] as Choice[])[0]!);
+      assert.deepStrictEqual(mine.flatMap((x) => x.token_ids), c.token_ids, `streamed choice ${c.index}`);
+    }
+    // lm-evaluation-harness's batched loglikelihood: token-id prompts, echo, logprobs, max_tokens 0.
+    const ids = texts.map((t) => Array.from(tokenizer.encode(t)));
+    const want = await plainGenerate(target, ids.map((x) => Int32Array.from(x)), { maxNewTokens: 0, promptLogprobs: 1 });
+    for (const stream of [false, true]) {
+      const q = { prompt: ids, max_tokens: 0, temperature: 0, echo: true, logprobs: 1, stream };
+      const got = stream
+        ? (await postStream(`${url}/v1/completions`, q)).events.map((e) => (e['choices'] as Choice[])[0]).filter((c): c is Choice => c !== undefined && c.logprobs !== null)
+        : ((await postJson(`${url}/v1/completions`, q)).json['choices'] as Choice[]);
+      assert.deepStrictEqual(got.map((c) => c.index).sort(), [0, 1, 2]);
+      for (const c of got) assert.deepStrictEqual(c.logprobs!.token_logprobs, [null, ...want.promptLogprobs![c.index]!.token], `${stream ? 'streamed ' : ''}prompt ${c.index}`);
+    }
+    // Errors name the prompt at fault.
+    for (const [prompt, msg] of [
+      [['x', [1, 2], [3, 99999]], /prompt\[2\]\[1\] = 99999 is not a token id/],
+      [['x', ''], /prompt\[1\]: empty/],
+      [['x', 5], /prompt: expected a non-empty string/],
+      [Array.from({ length: 300 }, () => 'x'), /300 prompts x 4 choices is more than 1024 requests/],
+    ] as const) {
+      const bad = await postJson(`${url}/v1/completions`, { prompt, n: 4 });
+      assert.strictEqual(bad.status, 400);
+      assert.match((bad.json['error'] as { message: string }).message, msg);
+      assert.strictEqual((bad.json['error'] as { param: string }).param, 'prompt');
+    }
+    assert.strictEqual(target.kvInfo().freePages, target.kvInfo().totalPages, 'KV pages free');
+  });
+
   it('/v1/chat/completions: the chat through the template, the same tokens as its ids sent to /v1/completions; streamed deltas; errors name messages', async () => {
     // The embedded tokenizer with a chat template beside it.
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'specdec-serve-chat-'));

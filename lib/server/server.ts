@@ -41,15 +41,16 @@ class HttpError extends Error {
 }
 
 interface Completion {
-  readonly prompt: Int32Array;
-  /** Choices: n requests, choice i sampling from stream (seed, i). */
+  /** The prompts (completions take several, OpenAI's batch form: choice p * n + i is prompt p's i-th). */
+  readonly prompts: Int32Array[];
+  /** Choices per prompt: n requests, choice i sampling from stream (seed, i). */
   readonly n: number;
   /** best_of (>= n): candidates generated, the n of highest summed log-probability returned. */
   readonly bestOf: number;
-  /** echo (completions): the prompt's text, put before each choice's text. */
-  readonly echo: string | undefined;
-  /** The echo is the prompt's ids decoded with their special tokens (sent as ids), not the text sent. */
-  readonly echoSpecials: boolean;
+  /** echo (completions): each prompt's text, put before each of its choices' text. */
+  readonly echo: string[] | undefined;
+  /** Per prompt: its echo is its ids decoded with their special tokens (sent as ids), not the text sent. */
+  readonly echoSpecials: boolean[];
   /** Log-probabilities and this many alternatives per token (completions' logprobs, chat's top_logprobs). */
   readonly logprobs: number | undefined;
   /** vLLM's min_tokens: no stop token or stop string before it. */
@@ -65,7 +66,27 @@ interface Completion {
   readonly includeUsage: boolean;
 }
 
+/** A promise and its resolve. */
+interface Waiter<T> {
+  readonly promise: Promise<T>;
+  readonly resolve: (v: T) => void;
+}
+
+function waiter<T>(): Waiter<T> {
+  let resolve!: (v: T) => void;
+  const promise = new Promise<T>((r) => (resolve = r));
+  return { promise, resolve };
+}
+
+/** A prompt as sent (a string or token ids) and its ids. */
+interface SentPrompt {
+  readonly ids: Int32Array;
+  readonly sent: unknown;
+}
+
 const MAX_STOP_STRINGS = 4;
+/** Most engine requests one body may make (prompts x best_of). */
+const MAX_REQUESTS = 1024;
 /** Most choices (`n`) a request may ask for (OpenAI's limit). */
 const MAX_CHOICES = 128;
 
@@ -149,12 +170,12 @@ export class CompletionServer {
       case '/v1/completions': {
         allow('POST');
         const body = await this.readJson(req);
-        return this.complete(res, this.parseCompletion(body, (b) => this.parsePrompt(b['prompt']), false), false);
+        return this.complete(res, this.parseCompletion(body, (b) => this.parsePrompts(b['prompt']), false), false);
       }
       case '/v1/chat/completions': {
         allow('POST');
         const body = await this.readJson(req);
-        return this.complete(res, this.parseCompletion(body, (b) => this.parseMessages(b['messages'], b['chat_template_kwargs']), true), true);
+        return this.complete(res, this.parseCompletion(body, (b) => [{ ids: this.parseMessages(b['messages'], b['chat_template_kwargs']), sent: undefined }], true), true);
       }
       default:
         throw new HttpError(404, `no route ${path} (try POST /v1/completions, POST /v1/chat/completions, GET /v1/models, /health, /metrics)`, null, 'not_found');
@@ -191,7 +212,7 @@ export class CompletionServer {
   }
 
   /** Validates an OpenAI completions (or chat completions) body; every error names its field. */
-  private parseCompletion(body: unknown, promptOf: (b: Record<string, unknown>) => Int32Array, chat: boolean): Completion {
+  private parseCompletion(body: unknown, promptsOf: (b: Record<string, unknown>) => SentPrompt[], chat: boolean): Completion {
     if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new HttpError(400, 'the body must be a JSON object');
     const b = body as Record<string, unknown>;
     const num = (name: string, ok: (n: number) => boolean, want: string): number | undefined => {
@@ -250,12 +271,14 @@ export class CompletionServer {
     const rf = b['response_format'];
     if (rf !== undefined && rf !== null && (rf as { type?: unknown }).type !== 'text') throw new HttpError(400, "response_format: only { type: 'text' } is supported", 'response_format');
     if (Array.isArray(b['tools']) ? b['tools'].length > 0 : b['tools'] !== undefined && b['tools'] !== null) throw new HttpError(400, 'tools: not supported', 'tools');
-    const prompt = promptOf(b);
+    const sent = promptsOf(b);
+    const prompts = sent.map((x) => x.ids);
+    if (prompts.length * bestOf > MAX_REQUESTS) throw new HttpError(400, `prompt: ${prompts.length} prompts x ${bestOf} choices is more than ${MAX_REQUESTS} requests`, 'prompt');
     // Chat clients send max_completion_tokens (OpenAI's newer name); a chat gets room by default.
     const maxTokens =
       num('max_completion_tokens', (x) => Number.isSafeInteger(x) && x >= 0, 'an integer >= 0') ??
       num('max_tokens', (x) => Number.isSafeInteger(x) && x >= 0, 'an integer >= 0') ??
-      ('messages' in b ? Math.max(0, this.engine.model.config.maxPositions - prompt.length) : 16);
+      ('messages' in b ? Math.max(0, this.engine.model.config.maxPositions - (prompts[0] as Int32Array).length) : 16);
     if (minTokens > maxTokens) throw new HttpError(400, `min_tokens: ${minTokens} is more than max_tokens (${maxTokens})`, 'min_tokens');
     const temperature = num('temperature', (x) => x >= 0, 'a number >= 0') ?? 1;
     const topP = num('top_p', (x) => x > 0 && x <= 1, 'a number in (0, 1]');
@@ -278,11 +301,11 @@ export class CompletionServer {
         ? { temperature, ...(topP !== undefined && topP < 1 ? { topP } : {}), ...(topK !== undefined && topK > 0 ? { topK } : {}), ...(minP !== undefined && minP > 0 ? { minP } : {}) }
         : undefined;
     return {
-      prompt,
+      prompts,
       n,
       bestOf,
-      echo: echo ? this.echoText(b['prompt'], prompt) : undefined,
-      echoSpecials: typeof (Array.isArray(b['prompt']) && b['prompt'].length === 1 && typeof b['prompt'][0] === 'string' ? b['prompt'][0] : b['prompt']) !== 'string',
+      echo: echo ? sent.map((x) => this.echoText(x)) : undefined,
+      echoSpecials: sent.map((x) => typeof x.sent !== 'string'),
       logprobs,
       minTokens,
       maxTokens,
@@ -355,29 +378,36 @@ export class CompletionServer {
     };
   }
 
-  /** The prompt as echo shows it: the text sent, or its ids decoded ('' without a tokenizer). */
-  private echoText(sent: unknown, ids: Int32Array): string {
-    if (Array.isArray(sent) && sent.length === 1 && typeof sent[0] === 'string') sent = sent[0];
-    if (typeof sent === 'string') return sent;
-    return this.tokenizer ? this.tokenizer.decode(Array.from(ids), { skipSpecialTokens: false }) : '';
+  /** A prompt as echo shows it: the text sent, or its ids decoded ('' without a tokenizer). */
+  private echoText(p: SentPrompt): string {
+    if (typeof p.sent === 'string') return p.sent;
+    return this.tokenizer ? this.tokenizer.decode(Array.from(p.ids), { skipSpecialTokens: false }) : '';
   }
 
-  private parsePrompt(p: unknown): Int32Array {
-    // A one-element list holds the prompt (OpenAI's batch form with one prompt).
-    if (Array.isArray(p) && p.length === 1 && (typeof p[0] === 'string' || Array.isArray(p[0]))) p = p[0];
+  /**
+   * The completions' `prompt`: a string, an array of token ids, or OpenAI's batch form, an array of
+   * those (each prompt its own choices).
+   */
+  private parsePrompts(p: unknown): SentPrompt[] {
+    const batch = Array.isArray(p) && p.length > 0 && p.every((x) => typeof x === 'string' || Array.isArray(x));
+    const items: unknown[] = batch ? (p as unknown[]) : [p];
+    if (items.length > MAX_REQUESTS) throw new HttpError(400, `prompt: ${items.length} prompts is more than ${MAX_REQUESTS}`, 'prompt');
+    return items.map((x, i) => ({ ids: this.parsePrompt(x, batch ? `prompt[${i}]` : 'prompt'), sent: x }));
+  }
+
+  private parsePrompt(p: unknown, what: string): Int32Array {
     const V = this.engine.model.config.vocabSize;
     if (typeof p === 'string') {
-      if (!this.tokenizer) throw new HttpError(400, 'prompt: this model has no tokenizer; send token ids', 'prompt');
-      if (p.length === 0) throw new HttpError(400, 'prompt: empty', 'prompt');
+      if (!this.tokenizer) throw new HttpError(400, `${what}: this model has no tokenizer; send token ids`, 'prompt');
+      if (p.length === 0) throw new HttpError(400, `${what}: empty`, 'prompt');
       return this.tokenizer.encode(p);
     }
     if (Array.isArray(p) && p.length > 0 && p.every((t) => typeof t === 'number')) {
       const bad = p.findIndex((t) => !Number.isInteger(t) || t < 0 || t >= V);
-      if (bad >= 0) throw new HttpError(400, `prompt[${bad}] = ${String(p[bad])} is not a token id in [0, ${V})`, 'prompt');
+      if (bad >= 0) throw new HttpError(400, `${what}[${bad}] = ${String(p[bad])} is not a token id in [0, ${V})`, 'prompt');
       return Int32Array.from(p as number[]);
     }
-    if (Array.isArray(p) && p.length > 1) throw new HttpError(400, 'prompt: one prompt per request', 'prompt');
-    throw new HttpError(400, 'prompt: expected a non-empty string or a non-empty array of token ids', 'prompt');
+    throw new HttpError(400, `${what}: expected a non-empty string or a non-empty array of token ids (or an array of those)`, 'prompt');
   }
 
   /**
@@ -421,35 +451,36 @@ export class CompletionServer {
     // The client going away cancels the request (the socket closes before the response ended), as
     // does a choice failing (the others stop with it).
     const cancel = new AbortController();
+    const P = c.prompts.length;
     // (Each choice listens on it a few times: no warning for many choices.)
-    setMaxListeners(4 * c.bestOf + 10, cancel.signal);
+    setMaxListeners(4 * P * c.bestOf + 10, cancel.signal);
     res.on('close', () => {
       if (!res.writableEnded) cancel.abort();
     });
     const engine = this.engine;
-    // echo with logprobs: the prompt's log-probabilities, read by choice 0's request (the same for
-    // every choice), as soon as its prompt is read.
-    let promptLp: Promise<TokenLogprobs | undefined> | undefined;
-    let gotPromptLp: ((lp: TokenLogprobs | undefined) => void) | undefined;
-    if (c.echo !== undefined && c.logprobs !== undefined) promptLp = new Promise((resolve) => (gotPromptLp = resolve));
-    // Choice i: an engine request sampling from stream (seed, i), as sequence i of a batch would.
+    // echo with logprobs: each prompt's log-probabilities, read by its first candidate's request
+    // (the same for every choice), as soon as its prompt is read.
+    const promptLp = c.echo !== undefined && c.logprobs !== undefined ? c.prompts.map(() => waiter<TokenLogprobs | undefined>()) : undefined;
+    // Candidate p * bestOf + i: prompt p's engine request sampling from stream (seed, i), as
+    // sequence i of a batch would (a prompt's choices do not depend on the others sent with it).
     // (best_of > n: every candidate records its log-probabilities, which rank them.)
     const ranking = c.bestOf > c.n;
     const logprobs = c.logprobs ?? (ranking ? 0 : undefined);
-    const gens = Array.from({ length: c.bestOf }, (_, i) => {
+    const gens = Array.from({ length: P * c.bestOf }, (_, q) => {
+      const p = Math.floor(q / c.bestOf), i = q % c.bestOf;
       const source = {
         generate: (prompt: Int32Array | readonly number[], o: GenerateOptions) => {
           const r: { -readonly [K in keyof RequestOptions]: RequestOptions[K] } = { ...o, seed: c.seed, stream: i };
           if (c.sampling) r.sampling = c.sampling;
           if (c.penalties) r.penalties = c.penalties;
-          if (i === 0 && gotPromptLp) {
+          if (i === 0 && promptLp) {
             r.promptLogprobs = c.logprobs as number;
-            r.onPromptLogprobs = gotPromptLp;
+            r.onPromptLogprobs = (promptLp[p] as Waiter<TokenLogprobs | undefined>).resolve;
           }
           return engine.generate(prompt, r);
         },
       };
-      return generateText(source, this.tokenizer ?? NO_TEXT, c.prompt, {
+      return generateText(source, this.tokenizer ?? NO_TEXT, c.prompts[p] as Int32Array, {
         maxNewTokens: c.maxTokens,
         signal: cancel.signal,
         ...(logprobs !== undefined ? { logprobs } : {}),
@@ -468,8 +499,8 @@ export class CompletionServer {
     );
     // (Handled here: a stream that fails reads them all later, in firstError.)
     for (const r of results) r.catch(() => undefined);
-    // (Choice 0 failing before its prompt is read: nothing to wait for; its error is reported.)
-    results[0]?.catch(() => gotPromptLp?.(undefined));
+    // (A first candidate failing before its prompt is read: nothing to wait for; its error is reported.)
+    promptLp?.forEach((w, p) => results[p * c.bestOf]?.catch(() => w.resolve(undefined)));
     // The error to report: a choice's own, not the aborts it caused in the others.
     const firstError = async (): Promise<unknown> => {
       const settled = await Promise.allSettled(results);
@@ -479,13 +510,14 @@ export class CompletionServer {
     const id = `${chat ? 'chatcmpl' : 'cmpl'}-${randomBytes(12).toString('hex')}`;
     const head = { id, object: chat ? 'chat.completion' : 'text_completion', created: Math.floor(Date.now() / 1000), model: this.modelName };
     const chunkHead = chat ? { ...head, object: 'chat.completion.chunk' } : head;
-    // The prompt counts once, whatever n is (OpenAI's usage).
+    // Each prompt counts once, whatever n is (OpenAI's usage).
+    const promptTokens = c.prompts.reduce((a, x) => a + x.length, 0);
     const usage = (completion: number): Record<string, number> => ({
-      prompt_tokens: c.prompt.length,
+      prompt_tokens: promptTokens,
       completion_tokens: completion,
-      total_tokens: c.prompt.length + completion,
+      total_tokens: promptTokens + completion,
     });
-    const echo = c.echo ?? '';
+    const echoOf = (p: number): string => c.echo?.[p] ?? '';
     // echo with logprobs: the prompt's entries, then each choice's (their text offsets past the echo).
     const withPrompt = (lp: Record<string, unknown> | null, prompt: ReturnType<CompletionServer['promptLogprobsJson']> | undefined): Record<string, unknown> | null => {
       if (!prompt) return lp;
@@ -497,28 +529,44 @@ export class CompletionServer {
         text_offset: [...prompt.text_offset, ...(o?.text_offset ?? [])],
       };
     };
-    const promptJson = async (): Promise<ReturnType<CompletionServer['promptLogprobsJson']> | undefined> => {
-      const lp = promptLp ? await promptLp : undefined;
-      return lp ? this.promptLogprobsJson(lp, c.prompt, c.echoSpecials) : undefined;
+    // Prompt p's entries (computed once, whichever choice asks first).
+    const promptEntries = new Map<number, Promise<ReturnType<CompletionServer['promptLogprobsJson']> | undefined>>();
+    const promptJson = (p: number): Promise<ReturnType<CompletionServer['promptLogprobsJson']> | undefined> => {
+      let e = promptEntries.get(p);
+      if (!e) {
+        const w = promptLp?.[p];
+        e = w ? w.promise.then((lp) => (lp ? this.promptLogprobsJson(lp, c.prompts[p] as Int32Array, c.echoSpecials[p] as boolean) : undefined)) : Promise.resolve(undefined);
+        promptEntries.set(p, e);
+      }
+      return e;
     };
     if (!c.stream) {
       // Submission errors (E_ARG...) surface here, before any header is sent.
       const rs = await Promise.all(results).catch(async () => {
         throw toHttpError(await firstError());
       });
-      const prompt = await promptJson();
-      // best_of: the n candidates of highest summed log-probability, best first (ties: lower stream).
-      const sum = (r: (typeof rs)[number]): number => (r.logprobs ? r.logprobs.token.reduce((a, x) => a + x, 0) : 0);
-      const best = ranking ? rs.map((r, i) => ({ r, i, s: sum(r) })).sort((a, b) => b.s - a.s || a.i - b.i).slice(0, c.n).map((x) => x.r) : rs;
-      const choices = best.map((r, index) => {
-        const logprobs = withPrompt(r.logprobs && c.logprobs !== undefined ? this.logprobsJson(r.logprobs, r.tokens, chat, new IncrementalText(this.offsetDecode), [], echo.length) : null, prompt);
-        return chat
-          ? { index, message: { role: 'assistant', content: r.text }, logprobs, finish_reason: finishReason(r.finishReason) }
-          : { index, text: echo + r.text, token_ids: Array.from(r.tokens), logprobs, finish_reason: finishReason(r.finishReason) };
-      });
+      const choices: Record<string, unknown>[] = [];
+      for (let p = 0; p < P; p++) {
+        const prompt = await promptJson(p);
+        const mine = rs.slice(p * c.bestOf, (p + 1) * c.bestOf);
+        // best_of: the n candidates of highest summed log-probability, best first (ties: lower stream).
+        const sum = (r: (typeof rs)[number]): number => (r.logprobs ? r.logprobs.token.reduce((a, x) => a + x, 0) : 0);
+        const best = ranking ? mine.map((r, i) => ({ r, i, s: sum(r) })).sort((a, b) => b.s - a.s || a.i - b.i).slice(0, c.n).map((x) => x.r) : mine;
+        const echo = echoOf(p);
+        best.forEach((r, k) => {
+          const index = p * c.n + k;
+          const logprobs = withPrompt(r.logprobs && c.logprobs !== undefined ? this.logprobsJson(r.logprobs, r.tokens, chat, new IncrementalText(this.offsetDecode), [], echo.length) : null, prompt);
+          choices.push(
+            chat
+              ? { index, message: { role: 'assistant', content: r.text }, logprobs, finish_reason: finishReason(r.finishReason) }
+              : { index, text: echo + r.text, token_ids: Array.from(r.tokens), logprobs, finish_reason: finishReason(r.finishReason) },
+          );
+        });
+      }
       this.sendJson(res, 200, { ...head, choices, usage: usage(rs.reduce((a, r) => a + r.tokens.length, 0)) });
       return;
     }
+    // Streamed (best_of = n): choice index q is candidate q.
     const send = (obj: unknown): void => {
       if (!res.writableEnded && !res.destroyed) res.write(`data: ${JSON.stringify(obj)}\n\n`);
     };
@@ -534,22 +582,19 @@ export class CompletionServer {
     );
     const post = (tokens: Int32Array | readonly number[]): string => (chat ? '},"logprobs":null,"finish_reason":null}]}\n\n' : `,"token_ids":[${tokens.join(',')}],"logprobs":null,"finish_reason":null}]}\n\n`);
     let started = false;
-    // echo with logprobs: the echo chunks carry the prompt's, so the stream starts once they are read.
-    let promptEntries: ReturnType<CompletionServer['promptLogprobsJson']> | undefined;
-    let promptRead = promptLp === undefined;
-    const start = async (): Promise<void> => {
-      if (!promptRead) {
-        promptEntries = await promptJson();
-        promptRead = true;
-      }
+    const start = (): void => {
       if (started) return;
       res.writeHead(200, { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache', Connection: 'keep-alive' });
       started = true;
-      for (let index = 0; index < c.n; index++) {
-        if (chat) send({ ...chunkHead, choices: [{ index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }] });
-        // echo: the prompt first, as its own chunk (no tokens).
-        else if (c.echo !== undefined) send({ ...head, choices: [{ index, text: echo, token_ids: [], logprobs: withPrompt(null, promptEntries) ?? null, finish_reason: null }] });
-      }
+    };
+    // Each choice opens with its own first chunk: the role (chat), or the echo (no tokens; with
+    // logprobs, the prompt's, so it waits for them).
+    const open = async (index: number): Promise<void> => {
+      const p = Math.floor(index / c.n);
+      const prompt = promptLp ? await promptJson(p) : undefined;
+      start();
+      if (chat) send({ ...chunkHead, choices: [{ index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }] });
+      else if (c.echo !== undefined) send({ ...head, choices: [{ index, text: echoOf(p), token_ids: [], logprobs: withPrompt(null, prompt), finish_reason: null }] });
     };
     // Each choice streams its chunks as they come, then its finish; the usage and [DONE] follow the last.
     let completion = 0;
@@ -557,20 +602,25 @@ export class CompletionServer {
       // With logprobs: each chunk's, the completions' text offsets running over the choice's tokens.
       const offsets = c.logprobs !== undefined ? new IncrementalText(this.offsetDecode) : undefined;
       const all: number[] = [];
+      const base = echoOf(Math.floor(index / c.n)).length;
+      let opened = false;
       for await (const chunk of g) {
-        if (!started) await start();
+        if (!opened) {
+          await open(index);
+          opened = true;
+        }
         if (offsets && chunk.logprobs) {
-          const logprobs = this.logprobsJson(chunk.logprobs, chunk.tokens, chat, offsets, all, echo.length);
+          const logprobs = this.logprobsJson(chunk.logprobs, chunk.tokens, chat, offsets, all, base);
           send({ ...chunkHead, choices: [chat ? { index, delta: { content: chunk.text }, logprobs, finish_reason: null } : { index, text: chunk.text, token_ids: Array.from(chunk.tokens), logprobs, finish_reason: null }] });
         } else if (!res.writableEnded && !res.destroyed) res.write(`${pres[index] as string}${JSON.stringify(chunk.text)}${post(chunk.tokens)}`);
       }
       const r = await results[index]!;
-      if (!started) await start();
+      if (!opened) await open(index);
       completion += r.tokens.length;
       const last = chat
         ? { index, delta: {}, logprobs: null, finish_reason: finishReason(r.finishReason) }
         : { index, text: '', token_ids: [], logprobs: null, finish_reason: finishReason(r.finishReason) };
-      send({ ...chunkHead, choices: [last], ...(c.n === 1 ? { usage: usage(r.tokens.length) } : {}) });
+      send({ ...chunkHead, choices: [last], ...(gens.length === 1 ? { usage: usage(r.tokens.length) } : {}) });
     };
     const streamed = gens.map((g, i) =>
       streamChoice(g, i).catch((e: unknown) => {

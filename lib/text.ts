@@ -94,6 +94,8 @@ export interface TextGenerateOptions {
   readonly signal?: AbortSignal;
   /** Record log-probabilities (GenerateOptions.logprobs): on each chunk and on the result. */
   readonly logprobs?: number;
+  /** Record the prompt's log-probabilities (GenerateOptions.promptLogprobs): on the result. */
+  readonly promptLogprobs?: number;
   /** GenerateOptions.minTokens: no stop token before it, and no stop string within its text. */
   readonly minTokens?: number;
 }
@@ -222,6 +224,7 @@ export function generateText(
     ...(opts.ignoreEos !== undefined ? { ignoreEos: opts.ignoreEos } : {}),
     ...(opts.signal ? { signal: opts.signal } : {}),
     ...(opts.logprobs !== undefined ? { logprobs: opts.logprobs } : {}),
+    ...(opts.promptLogprobs !== undefined ? { promptLogprobs: opts.promptLogprobs } : {}),
     ...(minTokens > 0 ? { minTokens } : {}),
     // Decoding the whole output per token is quadratic; a stop string can only complete in the
     // text of the last few tokens, so decode a tail long enough to hold the longest one.

@@ -18,6 +18,7 @@ import { MedusaSpeculator, type MedusaHeads } from '../lib/strategies/medusa';
 import { PromptLookupSpeculator } from '../lib/strategies/prompt_lookup';
 import type { Speculator } from '../lib/strategies/speculator';
 import { Tensor } from '../lib/tensor';
+import { generateText } from '../lib/text';
 import { loadEmbeddedFamily, type EmbeddedFamily } from './fixtures/embedded_family';
 import { assertThrowsCode, describeCuda, refPenalize, rng, testSeed } from './helpers';
 
@@ -307,6 +308,11 @@ describe('logprobs', () => {
           });
           assert.ok(rs.some((r) => r.stats.acceptedDraftTokens > 0), `${name}: drafts accepted`);
         }
+        // generateText passes the option on: the result carries them.
+        using dec = new SpeculativeDecoder({ target, speculator: new DraftModelSpeculator({ draft, k: 4 }) });
+        const text = await generateText(dec, family.tokenizer, 'once upon a time', { maxNewTokens: 0, promptLogprobs: 2 }).result;
+        const ids = family.tokenizer.encode('once upon a time');
+        sameLogprobs(text.promptLogprobs!, (await plainGenerate(target, [ids], { maxNewTokens: 0, promptLogprobs: 2 })).promptLogprobs![0]!, 'generateText');
       });
 
       it('specdec generate --json --prompt-logprobs N (--max-new-tokens 0 allowed with it): the prompt\'s entries as the API\'s, plain and speculative', async () => {

@@ -1,8 +1,8 @@
 // What recording log-probabilities (the `logprobs` option) costs, on the embedded family: tokens/s
 // with and without logprobs: 5, plainly and with two strategies, greedy, `ignoreEos`, runs
-// interleaved (A, B, A, B, ...) and the median of each kept. A sequence that records them takes no
-// native chain (its steps verify one at a time) and each step makes one more native call (one more
-// read on CUDA); the tokens are the same (checked).
+// interleaved (A, B, A, B, ...) and the median of each kept. The native chains (plain, draft-model,
+// Medusa heads) compute them in the chain (one read at its end); a step outside a chain makes one
+// more native call (one more read on CUDA). The tokens are the same (checked).
 //
 // Run: node dist/bench/logprobs.js [--quick]
 import { SpeculativeDecoder } from '../lib/decoder';
@@ -10,6 +10,7 @@ import { defaultModelPaths } from '../lib/default_models';
 import { LlamaModel } from '../lib/models/llama';
 import { EagleHead, EagleSpeculator } from '../lib/strategies/eagle';
 import { DraftModelSpeculator } from '../lib/strategies/draft_model';
+import { MedusaHeads, MedusaSpeculator } from '../lib/strategies/medusa';
 import type { Speculator } from '../lib/strategies/speculator';
 import { TextTokenizer } from '../lib/tokenizer';
 
@@ -22,11 +23,13 @@ async function main(): Promise<void> {
   const target = await LlamaModel.load(P.target, { device: 'cpu', maxSequences: 16 });
   const draft = await LlamaModel.load(P.draft, { device: 'cpu', maxSequences: 16 });
   const eagle = EagleHead.load(P.eagle, { device: 'cpu' });
+  const heads = MedusaHeads.load(P.medusa, { device: 'cpu' });
   const tok = TextTokenizer.load(P.target) as TextTokenizer;
   const prompts = PROMPTS.map((t) => tok.encode(t));
   const cases: [string, () => Speculator | undefined][] = [
     ['plain (no speculator)', () => undefined],
     ['draft model k=4', () => new DraftModelSpeculator({ draft, k: 4 })],
+    ['Medusa small_8', () => new MedusaSpeculator({ heads, choices: 'small_8' })],
     ['EAGLE, sized', () => new EagleSpeculator({ head: eagle })],
   ];
   console.log(`embedded family, CPU, ${prompts.length} prompts x ${N} tokens, median of ${reps}`);
@@ -53,6 +56,7 @@ async function main(): Promise<void> {
     dec.dispose();
   }
   eagle.dispose();
+  heads.dispose();
   draft.dispose();
   target.dispose();
 }

@@ -168,7 +168,18 @@ void token_logprobs(const Tensor& logits, const std::vector<int32_t>& rows, cons
   const int r = pack.add(DType::i32, rows), t = pack.add(DType::i32, tokens);
   pack.upload(Device::cuda);
   launch_kernel(token_logprobs_kernel, static_cast<unsigned>(rows.size()), kBlock, 0, logits.ptr<float>(), logits.size(1), pack.view(r).ptr<int32_t>(),
-                pack.view(t).ptr<int32_t>(), k, lp.ptr<float>(), top_lp.ptr<float>(), top_ids.ptr<int32_t>());
+                pack.view(t).ptr<int32_t>(), k, lp.ptr<float>(), top_lp.ptr<float>(), top_ids.ptr<int32_t>(), false);
+  SPECDEC_CUDA_LAUNCH_CHECK("token_logprobs_kernel");
+}
+
+void pick_logprobs(const Tensor& logits, const Tensor& picks, const std::vector<int32_t>& rows, int32_t k, Tensor& lp, Tensor& top_lp,
+                   Tensor& top_ids) {
+  // The rows in one upload; the picks stay where the chain drew them.
+  HostPack pack;
+  const int r = pack.add(DType::i32, rows);
+  pack.upload(Device::cuda);
+  launch_kernel(token_logprobs_kernel, static_cast<unsigned>(rows.size()), kBlock, 0, logits.ptr<float>(), logits.size(1), pack.view(r).ptr<int32_t>(),
+                picks.ptr<int32_t>(), k, lp.ptr<float>(), top_lp.ptr<float>(), top_ids.ptr<int32_t>(), true);
   SPECDEC_CUDA_LAUNCH_CHECK("token_logprobs_kernel");
 }
 

@@ -314,20 +314,23 @@ __global__ void __launch_bounds__(kBlock) penalize_kernel(float* __restrict__ lo
 
 // Log-probabilities (ops::token_logprobs): one block per entry m; the row's largest entry and its
 // log-sum-exp (double lanes, sm::lse_add), the token's log p, then the k largest entries, one
-// round each: the largest rank (sm::rank_key) below the previous round's.
+// round each: the largest rank (sm::rank_key) below the previous round's. by_row (ops::pick_logprobs):
+// entry m's token and outputs sit at index rows[m] rather than m; a token outside the vocabulary
+// (a draw without mass) gets NaN.
 __global__ void __launch_bounds__(kBlock) token_logprobs_kernel(const float* __restrict__ logits, int64_t V, const int32_t* __restrict__ rows,
                                                                 const int32_t* __restrict__ tokens, int k, float* __restrict__ lp,
-                                                                float* __restrict__ top_lp, int32_t* __restrict__ top_ids) {
+                                                                float* __restrict__ top_lp, int32_t* __restrict__ top_ids, bool by_row) {
   __shared__ blk::Smem s;
-  const int64_t m = blockIdx.x;
-  const float* row = logits + static_cast<int64_t>(rows[m]) * V;
+  const int64_t r = rows[blockIdx.x];
+  const int64_t m = by_row ? r : static_cast<int64_t>(blockIdx.x);
+  const float* row = logits + r * V;
   float mx = -INFINITY;
   for (int64_t i = threadIdx.x; i < V; i += kBlock) mx = fmaxf(mx, row[i]);
   mx = blk::block_reduce(mx, blk::MaxF32(), s.f32);
   double sum = 0.0;
   for (int64_t i = threadIdx.x; i < V; i += kBlock) sum = sm::lse_add(sum, row[i], mx);
   const double lse = sm::lse_finish(blk::block_reduce(sum, blk::SumF64(), s.f64), mx);
-  if (threadIdx.x == 0) lp[m] = sm::logprob_of(row[tokens[m]], lse);
+  if (threadIdx.x == 0) lp[m] = tokens[m] >= 0 && tokens[m] < V ? sm::logprob_of(row[tokens[m]], lse) : NAN;
   uint64_t prev = ~0ull;
   for (int j = 0; j < k; ++j) {
     uint64_t best = 0;  // below every element's rank (the index part of a rank is never 0 for V < 2^32 - 1)

@@ -54,8 +54,10 @@ export interface GenerateOptions {
   /**
    * Record each output token's log-probability and this many most probable alternatives (0 ..
    * 20; default: none): GenerateResult.logprobs (TokenLogprobs: the target's distribution after
-   * penalties and logit bias, at temperature 1). The tokens are the same with or without; the
-   * steps run verified on the host's side (no native chains), with one read more a step on CUDA.
+   * penalties and logit bias, at temperature 1). The tokens are the same with or without. The
+   * native chains (plain, draft-model, Medusa heads) compute them in the chain, read back once with
+   * its tokens; a speculative step outside a chain reads them after its verification (one read
+   * more a step on CUDA).
    */
   readonly logprobs?: number;
   /**

@@ -30,7 +30,7 @@ export interface PlainOptions {
   readonly signal?: AbortSignal;
   /** Called with each new token of sequence `index` as soon as it is chosen (for streaming). */
   readonly onTokens?: (index: number, tokens: Int32Array) => void;
-  /** Record each token's log-probability and this many alternatives (GenerateOptions.logprobs; the steps then run one at a time). */
+  /** Record each token's log-probability and this many alternatives (GenerateOptions.logprobs; computed in the native chains where the model has chainLogprobs, else the steps run one at a time). */
   readonly logprobs?: number;
   /** Record the prompt's log-probabilities and this many alternatives (GenerateOptions.promptLogprobs; read even with maxNewTokens 0). */
   readonly promptLogprobs?: number;
@@ -142,14 +142,15 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
     // Steps run as native chains (lib/plain_chain.ts): the same tokens as one at a time, sampled
     // ones included (a chain draws step j of sequence i at streamOffset(i, k + j), as below).
     // (Penalties go with the chain: each pick sees the history and the chain's own picks.)
-    // (A native chain computes no log-probabilities.)
-    const chain = sinks ? undefined : chainCall(model, sampling, seed, penalties);
+    // (With logprobs where the model's chains compute them, ChainOptions.logprobs; else one at a time.)
+    const chain = sinks && !model.chainLogprobs ? undefined : chainCall(model, sampling, seed, penalties);
     while (chain && active.length > 0) {
       options.signal?.throwIfAborted();
       const len = chainLength(model, active.length);
       // k picks feed k - 1 of them: each fed token's position stays below maxPositions.
       const steps = active.map((i) => Math.max(1, Math.min(len, maxNew - out[i]!.length, maxPositions - prompts[i]!.length - out[i]!.length)));
       const t = performance.now();
+      const chainLp: (TokenLogprobs | undefined)[] = [];
       const picks = await chain(
         active.map((i) => ({ seq: seqs[i]!, tokens: feed[i]! })),
         steps,
@@ -157,6 +158,7 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
         options.signal,
         penalties || active.some((i) => banOf(i)) ? active.map(historyOf) : undefined,
         active.map(banOf),
+        sinks && logprobsK !== undefined ? { k: logprobsK, want: active.map(() => true), sink: (b, lp) => (chainLp[b] = lp) } : undefined,
       );
       const most = Math.max(...steps);
       // (A chain that starts with a prompt says nothing about a step's cost.)
@@ -182,6 +184,12 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
           }
         }
         made = Math.max(made, k);
+        // (The picks past a stop are not output: neither are their log-probabilities.)
+        if (sinks) {
+          const lp = chainLp[b];
+          if (!lp || lp.token.length !== got.length) throw codedError('E_INTERNAL', `sequence ${i}: the chain returned ${lp?.token.length ?? 'no'} log-probabilities for ${got.length} picks`);
+          sinks[i]!.push(lp, 0, k);
+        }
         if (!done) {
           feed[i] = Int32Array.of(got[got.length - 1]!);
           still.push(i);
@@ -268,23 +276,24 @@ type ChainFn = (
   signal: AbortSignal | undefined,
   histories?: readonly PenaltyHistory[],
   bans?: readonly (StopBan | undefined)[],
+  logprobs?: ChainOptions['logprobs'],
 ) => Promise<Int32Array[]>;
 
 /** The model's chain call for this sampling (greedyChain, or sampledChain with its q rows let go), if it has one. */
 function chainCall(model: CausalLM, sampling: { temperature: number; topK: number; topP: number; minP: number }, seed: number, penalties?: ResolvedPenalties): ChainFn | undefined {
   // (Stop bans alone ride on neutral penalties.)
-  const opts = (signal: AbortSignal | undefined, histories: readonly PenaltyHistory[] | undefined, bans: readonly (StopBan | undefined)[] | undefined): ChainOptions => {
+  const opts = (signal: AbortSignal | undefined, histories: readonly PenaltyHistory[] | undefined, bans: readonly (StopBan | undefined)[] | undefined, logprobs: ChainOptions['logprobs']): ChainOptions => {
     const p = penalties ?? (anyBan(bans) ? NO_PENALTIES : undefined);
-    return { ...(signal ? { signal } : {}), ...(p && histories ? { penalties: { penalties: p, histories, ...(anyBan(bans) ? { bans: bans! } : {}) } } : {}) };
+    return { ...(signal ? { signal } : {}), ...(p && histories ? { penalties: { penalties: p, histories, ...(anyBan(bans) ? { bans: bans! } : {}) } } : {}), ...(logprobs ? { logprobs } : {}) };
   };
   if (sampling.temperature === 0) {
     const greedy = model.greedyChain;
-    return greedy ? (inputs, steps, _offsets, signal, histories, bans) => greedy.call(model, inputs, steps, opts(signal, histories, bans)) : undefined;
+    return greedy ? (inputs, steps, _offsets, signal, histories, bans, logprobs) => greedy.call(model, inputs, steps, opts(signal, histories, bans, logprobs)) : undefined;
   }
   const sampled = model.sampledChain;
   if (!sampled) return undefined;
-  return async (inputs, steps, offsets, signal, histories, bans) => {
-    const r = await sampled.call(model, inputs, steps, sampling, inputs.map(() => BigInt(seed)), offsets, opts(signal, histories, bans));
+  return async (inputs, steps, offsets, signal, histories, bans, logprobs) => {
+    const r = await sampled.call(model, inputs, steps, sampling, inputs.map(() => BigInt(seed)), offsets, opts(signal, histories, bans, logprobs));
     r.q.dispose();
     return r.picks;
   };

@@ -237,8 +237,8 @@ export class EngineSequence implements SpecSequence {
   stopTokens: Int32Array | undefined;
   /**
    * Where the log-probabilities of its emitted tokens go (the request's `logprobs`), in emission
-   * order. Such a sequence takes only steps that verify on the host's side of the native chains
-   * (a native chain computes none), and its root pick's.
+   * order: from its root pick, its steps' verifications, or the native chains where the model
+   * computes them in the chain (CausalLM.chainLogprobs; without it no chain is taken).
    */
   logprobs: LogprobsSink | undefined;
   /**
@@ -503,8 +503,8 @@ export class SpecEngine {
         let batch: ProposalBatch;
         if (speculator) {
           // (Awaited only when it is a promise: a synchronous speculator costs no microtask turn.)
-          // (A sequence recording log-probabilities takes no native chain: it is not offered one.)
-          const r = speculator.propose(p.seqs, live.length === 1 && !anyLogprobs(p.seqs) ? p.engine.soloCtx(signal) : p.engine.ctx(signal));
+          // (A sequence recording log-probabilities is offered a draft or heads chain where the model computes them in it.)
+          const r = speculator.propose(p.seqs, live.length === 1 && (model.chainLogprobs || !anyLogprobs(p.seqs)) ? p.engine.soloCtx(signal) : p.engine.ctx(signal));
           batch = isThenable(r) ? await r : r;
         } else batch = { proposals: loneRoots(p.seqs) };
         batches.push(batch);
@@ -538,7 +538,8 @@ export class SpecEngine {
       if (offer) return await SpecEngine.draftChain(first, offer, t0, tDraft, signal);
       const heads = (batches[0] as ProposalBatch).headsChain;
       if (heads) return await SpecEngine.headsChain(first, heads, t0, tDraft, signal);
-      const chain = live.some((p) => anyLogprobs(p.seqs)) ? undefined : plainChainSteps(live, batches, proposals, model, speculator);
+      // (Sequences recording log-probabilities take a plain chain where the model computes them in it.)
+      const chain = !model.chainLogprobs && live.some((p) => anyLogprobs(p.seqs)) ? undefined : plainChainSteps(live, batches, proposals, model, speculator);
       for (const p of live) p.engine.lastStep.speculative = false;
       if (chain) return await SpecEngine.plainChain(live, chain, t0, tDraft, signal);
       // (Loops rather than flat/flatMap/spreads: a small model's whole step is ~100 us, and this
@@ -681,7 +682,8 @@ export class SpecEngine {
     const first = parts[0] as StepPart;
     const { model, speculator } = first.engine;
     const seqs: readonly EngineSequence[] = parts.length === 1 ? first.seqs : parts.flatMap((p) => p.seqs);
-    if (anyLogprobs(seqs)) throw codedError('E_INTERNAL', 'a plain chain over a sequence that records log-probabilities');
+    const recording = anyLogprobs(seqs);
+    if (recording && !model.chainLogprobs) throw codedError('E_INTERNAL', 'a plain chain over a sequence that records log-probabilities, on a model without chainLogprobs');
     const inputs = new Array<SequenceInput>(seqs.length);
     let most = 0;
     for (let b = 0; b < seqs.length; b++) {
@@ -691,7 +693,7 @@ export class SpecEngine {
     }
     // Penalties (one part: plainChainSteps): each pick sees its sequence's history and the chain's picks.
     const pen = first.engine.penalties;
-    const opts: ChainOptions = { ...(signal ? { signal } : {}), ...chainPenalties(pen, seqs) };
+    const opts: ChainOptions = { ...(signal ? { signal } : {}), ...chainPenalties(pen, seqs), ...(recording ? { logprobs: chainLogprobs(seqs) } : {}) };
     const sampling = first.engine.sampling;
     // Sampled (one part): each step's token is the sample op's draw at the sequence's next counter,
     // as a lone root's verification draws it (spec_math.h): the same tokens as one step at a time.
@@ -747,7 +749,8 @@ export class SpecEngine {
     const { model, speculator } = part.engine;
     const { seqs } = part;
     if (!speculator?.updateChain || !model.speculativeChain) throw codedError('E_INTERNAL', 'a draft chain without updateChain or speculativeChain');
-    if (anyLogprobs(seqs)) throw codedError('E_INTERNAL', 'a draft chain over a sequence that records log-probabilities');
+    const recording = anyLogprobs(seqs);
+    if (recording && !model.chainLogprobs) throw codedError('E_INTERNAL', 'a draft chain over a sequence that records log-probabilities, on a model without chainLogprobs');
     if (offer.seqs.length !== seqs.length) throw codedError('E_ARG', `${speculator.name}: a draft chain of ${offer.seqs.length} sequences for ${seqs.length}`);
     const B = seqs.length;
     const sampling = part.engine.sampling;
@@ -770,6 +773,7 @@ export class SpecEngine {
     const pen = chainPenalties(part.engine.penalties, seqs).penalties;
     if (pen) opts.penalties = pen;
     if (offer.draftPenalties !== undefined) opts.draftPenalties = offer.draftPenalties;
+    if (recording) opts.logprobs = chainLogprobs(seqs);
     const tCall = performance.now();
     const r = await model.speculativeChain.call(model, offer.draft, inputs, opts);
     const tDone = performance.now();
@@ -789,7 +793,8 @@ export class SpecEngine {
     const { model, speculator } = part.engine;
     const { seqs } = part;
     if (!speculator?.updateHeadsChain || !model.medusaChain) throw codedError('E_INTERNAL', 'a heads chain without updateHeadsChain or medusaChain');
-    if (anyLogprobs(seqs)) throw codedError('E_INTERNAL', 'a heads chain over a sequence that records log-probabilities');
+    const recording = anyLogprobs(seqs);
+    if (recording && !model.chainLogprobs) throw codedError('E_INTERNAL', 'a heads chain over a sequence that records log-probabilities, on a model without chainLogprobs');
     if (offer.seqs.length !== seqs.length) throw codedError('E_ARG', `${speculator.name}: a heads chain of ${offer.seqs.length} sequences for ${seqs.length}`);
     for (const s of seqs) {
       if (offer.template.parents.length > s.maxNodes) throw codedError('E_ARG', `${speculator.name}: a heads chain of ${offer.template.parents.length}-node trees > maxNodes ${s.maxNodes} (the KV room kept for a tree: treeReserveTokens)`);
@@ -812,6 +817,7 @@ export class SpecEngine {
     const opts: MedusaChainOptions = {
       topK: offer.topK, maxSteps: offer.maxSteps, maxSeconds: CHAIN_SECONDS, ...(signal ? { signal } : {}), ...(sampling ? { sampling: samplingOptions(sampling) } : {}),
       ...chainPenalties(part.engine.penalties, seqs),
+      ...(recording ? { logprobs: chainLogprobs(seqs) } : {}),
     };
     const tCall = performance.now();
     const r = await model.medusaChain.call(model, offer.heads, inputs, offer.template, opts);
@@ -1279,6 +1285,13 @@ function penalizeRows(out: ForwardOutput, seq0: number, seqs: readonly EngineSeq
  * sampledChain), every proposal is a lone root, and the speculator (if any) offered plainSteps and
  * takes updatePlain. Never past a sequence's maxDepth + 1 tokens (maxNewTokens and the context).
  */
+/** ChainOptions.logprobs for the sequences that record them: each pick's entry into its sink. */
+function chainLogprobs(seqs: readonly EngineSequence[]): NonNullable<ChainOptions['logprobs']> {
+  let k = 0;
+  for (const s of seqs) if (s.logprobs) k = Math.max(k, s.logprobs.k);
+  return { k, want: seqs.map((s) => s.logprobs !== undefined), sink: (b, lp) => (seqs[b] as EngineSequence).logprobs?.push(lp) };
+}
+
 /** Whether any of the sequences records log-probabilities (EngineSequence.logprobs). */
 function anyLogprobs(seqs: readonly EngineSequence[]): boolean {
   for (const s of seqs) if (s.logprobs) return true;

@@ -9,7 +9,7 @@ import { checkLogprobs, promptLogitsBudget, tokenLogprobs, type TokenLogprobs } 
 import { LlamaModel } from '../lib/models/llama';
 import { native } from '../lib/native';
 import { plainGenerate } from '../lib/plain';
-import { resolvePenalties } from '../lib/sampling';
+import { penalizeRow, resolvePenalties } from '../lib/sampling';
 import { DraftModelSpeculator } from '../lib/strategies/draft_model';
 import { EagleSpeculator, type EagleHead } from '../lib/strategies/eagle';
 import { HybridSpeculator } from '../lib/strategies/hybrid';
@@ -238,6 +238,168 @@ describe('logprobs', () => {
         await assert.rejects(engine.submit(prompts[0]!, { maxNewTokens: 2, logprobs: 21 }), (e: Error & { code?: string }) => e.code === 'E_ARG' && /logprobs: expected an integer in \[0, 20\]/.test(e.message));
       } finally {
         engine.close();
+      }
+    });
+
+    it('native chains with ChainOptions.logprobs (greedyChain, sampledChain; penalties; some inputs only): each pick\'s entry == tokenLogprobs of its row step by step, bit for bit; the picks unchanged', async () => {
+      const pen = resolvePenalties({ repetition: 1.3, presence: 0.4, logitBias: { 7: -Infinity, 40: 1.5 } })!;
+      const steps = [6, 3, 5];
+      const ps = [prompts[0]!, prompts[1]!, Int32Array.of(1, 33, 44, 55)];
+      for (const sampled of [false, true]) {
+        for (const p of [undefined, pen]) {
+          const want = [true, false, true];
+          const got: (TokenLogprobs | undefined)[] = [];
+          const seqs = ps.map(() => target.createSequence());
+          let picks: Int32Array[];
+          try {
+            const opts = {
+              ...(p ? { penalties: { penalties: p, histories: ps.map((x) => ({ tokens: Array.from(x), promptLength: x.length })) } } : {}),
+              logprobs: { k: 3, want, sink: (b: number, lp: TokenLogprobs) => (got[b] = lp) },
+            };
+            const inputs = ps.map((x, b) => ({ seq: seqs[b]!, tokens: x }));
+            if (sampled) {
+              const r = await target.sampledChain(inputs, steps, { temperature: 0.7, topP: 0.9 }, ps.map(() => 9n), steps.map((n, b) => Array.from({ length: n }, (_, j) => BigInt(b * 100 + j))), opts);
+              r.q.dispose();
+              picks = r.picks;
+            } else picks = await target.greedyChain(inputs, steps, opts);
+          } finally {
+            for (const q of seqs) target.freeSequence(q);
+          }
+          const what = `${sampled ? 'sampled' : 'greedy'}${p ? ', penalties' : ''}`;
+          assert.strictEqual(got[1], undefined, `${what}: input 1 asked for none`);
+          // Without logprobs: the same picks.
+          if (!sampled) {
+            const seqs2 = ps.map(() => target.createSequence());
+            try {
+              const bare = await target.greedyChain(ps.map((x, b) => ({ seq: seqs2[b]!, tokens: x })), steps, p ? { penalties: { penalties: p, histories: ps.map((x) => ({ tokens: Array.from(x), promptLength: x.length })) } } : {});
+              assert.deepStrictEqual(bare, picks, `${what}: picks`);
+            } finally {
+              for (const q of seqs2) target.freeSequence(q);
+            }
+          }
+          for (const b of [0, 2]) {
+            const lp = got[b]!;
+            assert.strictEqual(lp.token.length, steps[b], `${what}, input ${b}: entries`);
+            // The reference: the same picks fed step by step, each row penalized, then tokenLogprobs.
+            const seq = target.createSequence();
+            try {
+              let feed: Int32Array = ps[b]!;
+              const hist = Array.from(ps[b]!);
+              for (let j = 0; j < steps[b]!; j++) {
+                const fw = await target.forward([{ seq, tokens: feed }]);
+                try {
+                  const row = fw.logits.shape[0]! - 1;
+                  if (p) penalizeRow(fw.logits, row, p, { tokens: hist, promptLength: ps[b]!.length });
+                  const ref = tokenLogprobs(fw.logits, Int32Array.of(row), Int32Array.of(picks[b]![j]!), 3);
+                  assert.ok(Object.is(lp.token[j], ref.token[0]), `${what}, input ${b}, pick ${j}: ${lp.token[j]} vs ${ref.token[0]}`);
+                  assert.deepStrictEqual(Array.from(lp.topIds.subarray(3 * j, 3 * j + 3)), Array.from(ref.topIds), `${what}, input ${b}, pick ${j}: top ids`);
+                  assert.deepStrictEqual(Array.from(lp.topLogprobs.subarray(3 * j, 3 * j + 3)), Array.from(ref.topLogprobs), `${what}, input ${b}, pick ${j}: top log-probabilities`);
+                  if (!sampled) assert.strictEqual(lp.topIds[3 * j], picks[b]![j], `${what}: greedy picks the top one`);
+                } finally {
+                  fw.logits.dispose();
+                  fw.hidden?.dispose();
+                }
+                target.commit([seq], [Int32Array.from({ length: feed.length }, (_, i) => i)]);
+                hist.push(picks[b]![j]!);
+                feed = Int32Array.of(picks[b]![j]!);
+              }
+            } finally {
+              target.freeSequence(seq);
+            }
+          }
+        }
+      }
+      const seq = target.createSequence();
+      try {
+        await assert.rejects(target.greedyChain([{ seq, tokens: prompts[0]! }], [2], { logprobs: { k: 21, want: [true], sink: () => undefined } }), /logprobs.k: expected an integer in \[0, 20\]/);
+        await assert.rejects(target.greedyChain([{ seq, tokens: prompts[0]! }], [2], { logprobs: { k: 1, want: [true, true], sink: () => undefined } }), /logprobs.want: 2 entries for 1 inputs/);
+      } finally {
+        target.freeSequence(seq);
+      }
+    });
+
+    it('the Engine without a speculator: requests with logprobs run plain chains (several steps a call), plainGenerate\'s tokens and log-probabilities bit for bit', async () => {
+      const engine = new Engine({ model: target });
+      const calls: number[] = [];
+      const orig = target.greedyChain.bind(target);
+      target.greedyChain = async (inputs, steps, opts) => {
+        if (opts?.logprobs) calls.push(Math.max(...steps));
+        return orig(inputs, steps, opts);
+      };
+      try {
+        const want = await plainGenerate(target, prompts, { maxNewTokens: N, ignoreEos: true, logprobs: 2 });
+        const rs = await Promise.all(prompts.map((x, i) => engine.submit(x, { maxNewTokens: N, ignoreEos: true, ...(i === 0 ? { logprobs: 2 } : {}) })));
+        sameLogprobs(rs[0]!.logprobs!, want.logprobs![0]!, 'request 0');
+        assert.strictEqual(rs[1]!.logprobs, undefined);
+        rs.forEach((r, i) => assert.deepStrictEqual(Array.from(r.tokens), Array.from(want.tokens[i]!), `request ${i}`));
+        assert.ok(calls.some((n) => n > 1), `chains with log-probabilities of ${calls.join(', ')} steps`);
+      } finally {
+        target.greedyChain = orig;
+        engine.close();
+      }
+    });
+
+    /** Log-probabilities of `tokens` after `prompt`, the tokens fed one at a time (teacher forcing), each row penalized first. */
+    const teacherForced = async (prompt: Int32Array, tokens: Int32Array, k: number, p?: ReturnType<typeof resolvePenalties>): Promise<TokenLogprobs> => {
+      const seq = target.createSequence();
+      const sink = { token: [] as number[], ids: [] as number[], lps: [] as number[] };
+      try {
+        let feed: Int32Array = prompt;
+        const hist = Array.from(prompt);
+        for (const t of tokens) {
+          const fw = await target.forward([{ seq, tokens: feed }]);
+          try {
+            const row = fw.logits.shape[0]! - 1;
+            if (p) penalizeRow(fw.logits, row, p, { tokens: hist, promptLength: prompt.length });
+            const lp = tokenLogprobs(fw.logits, Int32Array.of(row), Int32Array.of(t), k);
+            sink.token.push(lp.token[0]!);
+            sink.ids.push(...lp.topIds);
+            sink.lps.push(...lp.topLogprobs);
+          } finally {
+            fw.logits.dispose();
+            fw.hidden?.dispose();
+          }
+          target.commit([seq], [Int32Array.from({ length: feed.length }, (_, i) => i)]);
+          hist.push(t);
+          feed = Int32Array.of(t);
+        }
+      } finally {
+        target.freeSequence(seq);
+      }
+      return { k, token: Float32Array.from(sink.token), topIds: Int32Array.from(sink.ids), topLogprobs: Float32Array.from(sink.lps) };
+    };
+
+    it('the draft-model and Medusa native chains compute them (greedy and sampled, with and without penalties): each token\'s entry == teacher-forced tokenLogprobs bit for bit; the chains ran with them', async () => {
+      const pen = resolvePenalties({ repetition: 1.2, frequency: 0.3, logitBias: { 5: -2 } })!;
+      const cases: [string, () => Speculator, 'speculativeChain' | 'medusaChain'][] = [
+        ['draft model k=4', () => new DraftModelSpeculator({ draft, k: 4 }), 'speculativeChain'],
+        ['Medusa small_8', () => new MedusaSpeculator({ heads, choices: 'small_8' }), 'medusaChain'],
+      ];
+      for (const [name, make, method] of cases) {
+        for (const sampled of [false, true]) {
+          for (const p of [undefined, pen]) {
+            const what = `${name}${sampled ? ', sampled' : ''}${p ? ', penalties' : ''}`;
+            let chained = 0;
+            const orig = target[method];
+            const spy = async (...args: unknown[]): Promise<unknown> => {
+              if ((args[args.length - 1] as { logprobs?: unknown }).logprobs) chained++;
+              return (orig as (...a: unknown[]) => Promise<unknown>).apply(target, args);
+            };
+            (target as unknown as Record<string, unknown>)[method] = spy;
+            try {
+              using dec = new SpeculativeDecoder({ target, speculator: make(), ...(p ? { penalties: p } : {}), ...(sampled ? { sampling: { temperature: 0.8, seed: 3 } } : {}) });
+              const rs = await dec.generateBatch(prompts, { maxNewTokens: N, ignoreEos: true, logprobs: 2 });
+              const bare = await dec.generateBatch(prompts, { maxNewTokens: N, ignoreEos: true });
+              for (const [i, r] of rs.entries()) {
+                assert.deepStrictEqual(Array.from(r.tokens), Array.from(bare[i]!.tokens), `${what}, prompt ${i}: the same tokens as without`);
+                sameLogprobs(r.logprobs!, await teacherForced(prompts[i]!, r.tokens, 2, p), `${what}, prompt ${i}`);
+              }
+              assert.ok(chained > 0, `${what}: no ${method} with log-probabilities`);
+            } finally {
+              (target as unknown as Record<string, unknown>)[method] = orig;
+            }
+          }
+        }
       }
     });
 

@@ -133,7 +133,21 @@ declare namespace SpecdecNative {
     offsets: BigUint64Array,
     syncMaxMacs?: number,
     penalties?: NativeChainPenalties,
+    logprobs?: NativeChainLogprobsArg,
   ];
+
+  /** A chain's log-probabilities: k alternatives, and which inputs want them (0/1 per input). */
+  interface NativeChainLogprobsArg {
+    k: number;
+    want: Int32Array;
+  }
+
+  /** A chain's log-probabilities, per input (empty arrays where not wanted): one entry per pick, k per pick in topLp / topIds. */
+  interface NativeChainLogprobs {
+    lp: Float32Array[];
+    topLp: Float32Array[];
+    topIds: Int32Array[];
+  }
 
   /** A chain's penalties: one history per input (NativePenalties without rows; the chain makes them). */
   interface NativeChainPenalties {
@@ -216,8 +230,9 @@ declare namespace SpecdecNative {
      * Runs where forward would (syncMaxMacs against the work of all steps).
      */
     greedyChain(inputs: readonly LlamaNativeInput[], steps: Int32Array, syncMaxMacs?: number, penalties?: NativeChainPenalties): Promise<Int32Array[]>;
+    greedyChain(inputs: readonly LlamaNativeInput[], steps: Int32Array, syncMaxMacs: number | undefined, penalties: NativeChainPenalties | undefined, logprobs: NativeChainLogprobsArg): Promise<{ picks: Int32Array[] } & NativeChainLogprobs>;
     greedyChainOnDevice(inputs: readonly LlamaNativeInput[], steps: Int32Array, syncMaxMacs?: number, penalties?: NativeChainPenalties): Promise<Tensor>;
-    sampledChain(...args: NativeSampledChainArgs): Promise<{ picks: Int32Array[]; q: Tensor }>;
+    sampledChain(...args: NativeSampledChainArgs): Promise<{ picks: Int32Array[]; q: Tensor } & Partial<NativeChainLogprobs>>;
     sampledChainOnDevice(...args: NativeSampledChainArgs): Promise<{ ids: Tensor; q: Tensor }>;
     /** Draft-model steps in one call, greedy or sampled (cpp/model/spec_chain.h); draftPenalties (default true): the draft drafts with the penalties too. */
     speculativeChain(
@@ -229,7 +244,8 @@ declare namespace SpecdecNative {
       sampling?: NativeSamplingOptions,
       penalties?: NativeChainPenalties,
       draftPenalties?: boolean,
-    ): Promise<NativeSpecChainResult>;
+      logprobs?: NativeChainLogprobsArg,
+    ): Promise<NativeSpecChainResult & Partial<NativeChainLogprobs>>;
     /** Medusa steps in one call, greedy or sampled (cpp/model/spec_chain.h). */
     medusaChain(
       heads: NativeMedusaHeadSet,
@@ -241,7 +257,8 @@ declare namespace SpecdecNative {
       syncMaxMacs?: number,
       sampling?: NativeSamplingOptions,
       penalties?: NativeChainPenalties,
-    ): Promise<NativeMedusaChainResult>;
+      logprobs?: NativeChainLogprobsArg,
+    ): Promise<NativeMedusaChainResult & Partial<NativeChainLogprobs>>;
     commit(seqs: Int32Array, accepted: readonly Int32Array[], paths?: VerifiedPathsHandle | readonly VerifiedPathsHandle[]): void;
     createSequence(): number;
     forkSequence(seq: number): number;

@@ -283,5 +283,21 @@ void token_logprobs(const Tensor& logits, const std::vector<int32_t>& rows, cons
   SPECDEC_SAMPLING_DISPATCH(logits.device(), token_logprobs(logits, rows, tokens, k, lp, top_lp, top_ids));
 }
 
+void pick_logprobs(const Tensor& logits, const Tensor& picks, const std::vector<int32_t>& rows, int32_t k, Tensor& lp, Tensor& top_lp,
+                   Tensor& top_ids) {
+  check_arg(logits, "logits", {DType::f32}, {-1, -1});
+  const int64_t N = logits.size(0), V = logits.size(1);
+  SPECDEC_CHECK(k >= 0 && k <= V && k <= 1024, "E_ARG", "k: expected 0 <= k <= min(1024, ", V, "), got ", k);
+  for (size_t m = 0; m < rows.size(); ++m)
+    SPECDEC_CHECK(rows[m] >= 0 && rows[m] < N, "E_ARG", "rows: row ", rows[m], " (entry ", m, ") is outside the ", N, " logits rows");
+  check_arg(picks, "picks", {DType::i32}, {N});
+  check_arg(lp, "lp", {DType::f32}, {N});
+  check_arg(top_lp, "topLogprobs", {DType::f32}, {N, k});
+  check_arg(top_ids, "topIds", {DType::i32}, {N, k});
+  check_same_device({&logits, &picks, &lp, &top_lp, &top_ids}, "pick_logprobs");
+  if (rows.empty()) return;
+  SPECDEC_SAMPLING_DISPATCH(logits.device(), pick_logprobs(logits, picks, rows, k, lp, top_lp, top_ids));
+}
+
 }  // namespace ops
 }  // namespace specdec

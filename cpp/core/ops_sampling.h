@@ -157,6 +157,13 @@ void check_penalty_histories(const PenaltyArgs& args, int64_t V);
 // -inf. Host arrays rows / tokens (checked; one upload on CUDA); outputs on the logits' device.
 void token_logprobs(const Tensor& logits, const std::vector<int32_t>& rows, const std::vector<int32_t>& tokens, int32_t k, Tensor& lp,
                     Tensor& top_lp, Tensor& top_ids);
+// token_logprobs of a step's own picks, for a native chain that keeps them on the device: for each
+// r in rows (host, checked), lp[r] = log p of picks[r] (i32 [N], on the logits' device) on logits
+// row r, and row r's k largest entries at top_lp[r] / top_ids[r] (lp f32 [N], top_* [N, k]); other
+// entries are not written. A pick outside the vocabulary (sm::kNoMass: a draw without mass, which
+// the chain reports) gets a NaN log-probability. The same per-row arithmetic as token_logprobs.
+void pick_logprobs(const Tensor& logits, const Tensor& picks, const std::vector<int32_t>& rows, int32_t k, Tensor& lp, Tensor& top_lp,
+                   Tensor& top_ids);
 }  // namespace ops
 
 #define SPECDEC_SAMPLING_OPS(NS)                                                           \
@@ -169,6 +176,8 @@ void token_logprobs(const Tensor& logits, const std::vector<int32_t>& rows, cons
   void penalize(Tensor& logits, const PenaltyArgs& args);                                  \
   void token_logprobs(const Tensor& logits, const std::vector<int32_t>& rows, const std::vector<int32_t>& tokens, int32_t k, \
                       Tensor& lp, Tensor& top_lp, Tensor& top_ids);                         \
+  void pick_logprobs(const Tensor& logits, const Tensor& picks, const std::vector<int32_t>& rows, int32_t k, Tensor& lp, \
+                     Tensor& top_lp, Tensor& top_ids);                                       \
   }
 SPECDEC_SAMPLING_OPS(cpu)
 SPECDEC_SAMPLING_OPS(cuda)

@@ -390,23 +390,40 @@ void top_k(const Tensor& x, int32_t k, Tensor& vals, Tensor& ids) {
   }
 }
 
+namespace {
+// One entry of token_logprobs / pick_logprobs: token's log p on `row` (NaN for a token outside the
+// vocabulary: a draw without mass) and the row's k largest entries (ranks: V words of scratch).
+void row_logprobs(const float* row, int64_t V, int32_t token, int32_t k, std::vector<uint64_t>& ranks, float* lp, float* top_lp,
+                  int32_t* top_ids) {
+  const double lse = sm::log_sum_exp_host(row, V);
+  *lp = token >= 0 && token < V ? sm::logprob_of(row[token], lse) : NAN;
+  if (k == 0) return;
+  for (int64_t i = 0; i < V; ++i) ranks[static_cast<size_t>(i)] = rank_key(row[i], i);
+  std::partial_sort(ranks.begin(), ranks.begin() + k, ranks.end(), std::greater<uint64_t>());
+  for (int32_t j = 0; j < k; ++j) {
+    const int64_t i = rank_index(ranks[static_cast<size_t>(j)]);
+    top_ids[j] = static_cast<int32_t>(i);
+    top_lp[j] = sm::logprob_of(row[i], lse);
+  }
+}
+}  // namespace
+
 void token_logprobs(const Tensor& logits, const std::vector<int32_t>& rows, const std::vector<int32_t>& tokens, int32_t k, Tensor& lp,
                     Tensor& top_lp, Tensor& top_ids) {
   const int64_t V = logits.size(1), M = static_cast<int64_t>(rows.size());
   std::vector<uint64_t> ranks(static_cast<size_t>(k > 0 ? V : 0));
-  for (int64_t m = 0; m < M; ++m) {
-    const float* row = logits.ptr<float>() + rows[static_cast<size_t>(m)] * V;
-    const double lse = sm::log_sum_exp_host(row, V);
-    lp.ptr<float>()[m] = sm::logprob_of(row[tokens[static_cast<size_t>(m)]], lse);
-    if (k == 0) continue;
-    for (int64_t i = 0; i < V; ++i) ranks[static_cast<size_t>(i)] = rank_key(row[i], i);
-    std::partial_sort(ranks.begin(), ranks.begin() + k, ranks.end(), std::greater<uint64_t>());
-    for (int32_t j = 0; j < k; ++j) {
-      const int64_t i = rank_index(ranks[static_cast<size_t>(j)]);
-      top_ids.ptr<int32_t>()[m * k + j] = static_cast<int32_t>(i);
-      top_lp.ptr<float>()[m * k + j] = sm::logprob_of(row[i], lse);
-    }
-  }
+  for (int64_t m = 0; m < M; ++m)
+    row_logprobs(logits.ptr<float>() + rows[static_cast<size_t>(m)] * V, V, tokens[static_cast<size_t>(m)], k, ranks, lp.ptr<float>() + m,
+                 top_lp.ptr<float>() + m * k, top_ids.ptr<int32_t>() + m * k);
+}
+
+void pick_logprobs(const Tensor& logits, const Tensor& picks, const std::vector<int32_t>& rows, int32_t k, Tensor& lp, Tensor& top_lp,
+                   Tensor& top_ids) {
+  const int64_t V = logits.size(1);
+  std::vector<uint64_t> ranks(static_cast<size_t>(k > 0 ? V : 0));
+  for (const int32_t r : rows)
+    row_logprobs(logits.ptr<float>() + int64_t{r} * V, V, picks.ptr<int32_t>()[r], k, ranks, lp.ptr<float>() + r, top_lp.ptr<float>() + int64_t{r} * k,
+                 top_ids.ptr<int32_t>() + int64_t{r} * k);
 }
 
 namespace {

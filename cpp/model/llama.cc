@@ -812,9 +812,10 @@ void LlamaModel::commit_locked(const std::vector<int>& seqs, const std::vector<s
 }
 
 std::vector<std::vector<int32_t>> LlamaModel::greedy_chain(const std::vector<LlamaSeqInput>& inputs,
-                                                           const std::vector<int>& steps, const PenaltyArgs* penalties) {
+                                                           const std::vector<int>& steps, const PenaltyArgs* penalties,
+                                                           ChainLogprobs* logprobs) {
   std::lock_guard<std::mutex> lock(mu_);
-  return draft_chain(inputs, steps, nullptr, nullptr, nullptr, false, penalties).picks;
+  return draft_chain(inputs, steps, nullptr, nullptr, nullptr, false, penalties, logprobs).picks;
 }
 
 Tensor LlamaModel::greedy_chain_on_device(const std::vector<LlamaSeqInput>& inputs, const std::vector<int>& steps,
@@ -826,16 +827,20 @@ Tensor LlamaModel::greedy_chain_on_device(const std::vector<LlamaSeqInput>& inpu
 LlamaModel::SampledChain LlamaModel::sampled_chain(const std::vector<LlamaSeqInput>& inputs, const std::vector<int>& steps,
                                                    const SamplingParams& params, const std::vector<uint64_t>& seeds,
                                                    const std::vector<std::vector<uint64_t>>& offsets, bool keep_on_device,
-                                                   const PenaltyArgs* penalties) {
+                                                   const PenaltyArgs* penalties, ChainLogprobs* logprobs) {
   std::lock_guard<std::mutex> lock(mu_);
-  return draft_chain(inputs, steps, &params, &seeds, &offsets, keep_on_device, penalties);
+  return draft_chain(inputs, steps, &params, &seeds, &offsets, keep_on_device, penalties, logprobs);
 }
 
 LlamaModel::SampledChain LlamaModel::draft_chain(const std::vector<LlamaSeqInput>& inputs, const std::vector<int>& steps,
                                                  const SamplingParams* params, const std::vector<uint64_t>* seeds,
                                                  const std::vector<std::vector<uint64_t>>* offsets, bool keep_on_device,
-                                                 const PenaltyArgs* penalties) {
+                                                 const PenaltyArgs* penalties, ChainLogprobs* logprobs) {
   const size_t B = inputs.size();
+  SPECDEC_CHECK(!logprobs || !keep_on_device, "E_ARG", "a chain's log-probabilities are read back with its picks (not with picks kept on the device)");
+  SPECDEC_CHECK(!logprobs || logprobs->want.size() == B, "E_ARG", "logprobs: ", logprobs ? logprobs->want.size() : 0, " wants for ", B, " inputs");
+  SPECDEC_CHECK(!logprobs || (logprobs->k >= 0 && logprobs->k <= 1024 && logprobs->k <= config_.vocab_size), "E_ARG", "logprobs: k = ",
+                logprobs ? logprobs->k : 0, " outside [0, min(1024, vocabulary)]");
   SPECDEC_CHECK(!penalties || penalties->hist_indptr.size() == B + 1, "E_ARG", "penalties: histories for ",
                 penalties ? penalties->hist_indptr.size() - 1 : 0, " inputs, expected ", B);
   if (penalties) ops::check_penalty_histories(*penalties, config_.vocab_size);
@@ -940,6 +945,12 @@ LlamaModel::SampledChain LlamaModel::draft_chain(const std::vector<LlamaSeqInput
     // read back once at the end (on CUDA: no wait per drafted token). picks (and q's rows) hold them
     // in step order; owner[k] is the input whose pick sits at row k.
     Tensor picks = Tensor::empty(DType::i32, {total}, dev);
+    // With logprobs: each pick's entry at its row of `picks` (written for the inputs that want them).
+    const int64_t LK = logprobs ? logprobs->k : 0;
+    Tensor lp_all = logprobs ? Tensor::empty(DType::u32, {total * (1 + 2 * LK)}, dev) : Tensor();
+    Tensor lp = logprobs ? lp_all.reinterpret(0, DType::f32, {total}) : Tensor();
+    Tensor top_lp = logprobs ? lp_all.reinterpret(static_cast<size_t>(total) * 4, DType::f32, {total, LK}) : Tensor();
+    Tensor top_ids = logprobs ? lp_all.reinterpret(static_cast<size_t>(total * (1 + LK)) * 4, DType::i32, {total, LK}) : Tensor();
     std::vector<size_t> owner;
     owner.reserve(static_cast<size_t>(total));
     std::vector<int> made(B, 0);
@@ -991,6 +1002,13 @@ LlamaModel::SampledChain LlamaModel::draft_chain(const std::vector<LlamaSeqInput
       } else {
         ops::argmax(r.logits, out_picks);
       }
+      if (logprobs) {
+        std::vector<int32_t> rows;
+        for (int64_t i = 0; i < A; ++i)
+          if (logprobs->want[active[static_cast<size_t>(i)]]) rows.push_back(static_cast<int32_t>(i));
+        Tensor l = lp.rows(at, at + A), tl = top_lp.rows(at, at + A), ti = top_ids.rows(at, at + A);
+        ops::pick_logprobs(r.logits, out_picks, rows, static_cast<int32_t>(LK), l, tl, ti);
+      }
       std::vector<size_t> next;
       for (size_t b : active) {
         owner.push_back(b);
@@ -1035,6 +1053,24 @@ LlamaModel::SampledChain LlamaModel::draft_chain(const std::vector<LlamaSeqInput
       SPECDEC_CHECK(host[k] >= 0 && host[k] < V, "E_NUMERIC", "chain drafting: step ", result.picks[owner[k]].size(),
                     " of input ", owner[k], " drew no token (its distribution has no mass: NaN or -inf logits?)");
       result.picks[owner[k]].push_back(host[k]);
+    }
+    if (logprobs) {
+      // One read of every entry (step order), then input by input for those that want them.
+      std::vector<uint32_t> words(static_cast<size_t>(total * (1 + 2 * LK)));
+      lp_all.copy_to_host(words.data(), words.size() * 4);
+      const float* hl = reinterpret_cast<const float*>(words.data());
+      const float* htl = hl + total;
+      const int32_t* hti = reinterpret_cast<const int32_t*>(htl + total * LK);
+      logprobs->lp.assign(B, {});
+      logprobs->top_lp.assign(B, {});
+      logprobs->top_ids.assign(B, {});
+      for (size_t k = 0; k < owner.size(); ++k) {
+        const size_t b = owner[k];
+        if (!logprobs->want[b]) continue;
+        logprobs->lp[b].push_back(hl[k]);
+        logprobs->top_lp[b].insert(logprobs->top_lp[b].end(), htl + k * LK, htl + (k + 1) * LK);
+        logprobs->top_ids[b].insert(logprobs->top_ids[b].end(), hti + k * LK, hti + (k + 1) * LK);
+      }
     }
     if (params) result.q = gather_rows(std::vector<Tensor>(order.size(), q), order);
   } catch (...) {

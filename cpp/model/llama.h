@@ -178,8 +178,19 @@ class LlamaModel {
   // penalties: the inputs' histories (hist_* over B inputs: each input's whole history, its fed
   // tokens included; row_seq and paths are the chain's own); each step's rows are penalized with
   // the input's history and its picks so far, read on the device (ops::penalize, path_source).
+  // logprobs (not null, k >= 0): also each pick's log-probability and the k most probable tokens
+  // of its row (ops::pick_logprobs on the row as penalized, before any sampling transform: what a
+  // step's ops::token_logprobs reads), for the inputs with want[b]; read back with the picks.
+  struct ChainLogprobs {
+    int32_t k = 0;
+    std::vector<uint8_t> want;  // per input
+    // Per input (empty where not wanted): one entry per pick, and k per pick.
+    std::vector<std::vector<float>> lp, top_lp;
+    std::vector<std::vector<int32_t>> top_ids;
+  };
   std::vector<std::vector<int32_t>> greedy_chain(const std::vector<LlamaSeqInput>& inputs,
-                                                 const std::vector<int>& steps, const PenaltyArgs* penalties = nullptr);
+                                                 const std::vector<int>& steps, const PenaltyArgs* penalties = nullptr,
+                                                 ChainLogprobs* logprobs = nullptr);
   // The same picks left on the device (i32 [sum(steps)], input by input), with no read-back at all.
   Tensor greedy_chain_on_device(const std::vector<LlamaSeqInput>& inputs, const std::vector<int>& steps,
                                 const PenaltyArgs* penalties = nullptr);
@@ -201,7 +212,7 @@ class LlamaModel {
   SampledChain sampled_chain(const std::vector<LlamaSeqInput>& inputs, const std::vector<int>& steps,
                              const SamplingParams& params, const std::vector<uint64_t>& seeds,
                              const std::vector<std::vector<uint64_t>>& offsets, bool keep_on_device = false,
-                             const PenaltyArgs* penalties = nullptr);
+                             const PenaltyArgs* penalties = nullptr, ChainLogprobs* logprobs = nullptr);
 
   // After forward(): accepted[i] (indices into that forward's input of seqs[i], strictly increasing,
   // a path from a root when the input was a tree) become committed. seqs must be a subset of the last
@@ -225,7 +236,7 @@ class LlamaModel {
   SampledChain draft_chain(const std::vector<LlamaSeqInput>& inputs, const std::vector<int>& steps,
                            const SamplingParams* params, const std::vector<uint64_t>* seeds,
                            const std::vector<std::vector<uint64_t>>* offsets, bool keep_on_device = false,
-                           const PenaltyArgs* penalties = nullptr);
+                           const PenaltyArgs* penalties = nullptr, ChainLogprobs* logprobs = nullptr);
 
   // forward() and commit() with mu_ held by the caller. With dev_ids (i32 [N] on the model's
   // device, in range by construction), the token ids come from there and inputs' tokens only

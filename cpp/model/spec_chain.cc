@@ -211,6 +211,76 @@ Verdict verify_commit(LlamaModel& target, const LlamaForwardResult& fr, const st
   return v;
 }
 
+
+// A chain's log-probabilities of its emitted tokens (SpecChainArgs::logprobs_k): each step's, on the
+// rows of the nodes it accepted (the target's rows as penalized: what a step's ops::token_logprobs
+// reads), into one device buffer sized by the budgets; one read when the chain is done.
+class EmittedLogprobs {
+ public:
+  template <typename Seq>
+  EmittedLogprobs(int32_t k, const std::vector<uint8_t>& want, const std::vector<Seq>& seqs, int64_t V, Device dev) : k_(k), want_(want) {
+    if (k < 0) return;
+    SPECDEC_CHECK(want.size() == seqs.size(), "E_ARG", "logprobs: ", want.size(), " wants for ", seqs.size(), " sequences");
+    SPECDEC_CHECK(k <= 1024 && k <= V, "E_ARG", "logprobs: k = ", k, " outside [0, min(1024, vocabulary)]");
+    for (size_t b = 0; b < seqs.size(); ++b)
+      if (want[b]) cap_ += seqs[b].budget;
+    buf_ = Tensor::empty(DType::u32, {std::max<int64_t>(1, cap_ * (1 + 2 * int64_t{k}))}, dev);
+  }
+
+  // After a step's verification (and commit): its emitted tokens' entries, from `logits`.
+  void record(const Tensor& logits, const Verdict& v) {
+    if (k_ < 0) return;
+    std::vector<int32_t> rows, tokens;
+    for (size_t b = 0; b < want_.size(); ++b) {
+      if (!want_[b]) continue;
+      const int32_t n = v.count(b), s0 = v.node_indptr[b];
+      for (int32_t j = 0; j < n; ++j) {
+        rows.push_back(s0 + v.host[static_cast<size_t>(s0 + j)]);
+        tokens.push_back(v.emitted(b)[j]);
+      }
+      order_.emplace_back(b, n);
+    }
+    const int64_t M = static_cast<int64_t>(rows.size());
+    SPECDEC_CHECK(at_ + M <= cap_, "E_INTERNAL", "chain logprobs: ", at_ + M, " entries past the budgets' ", cap_);
+    if (M == 0) return;
+    Tensor lp = buf_.reinterpret(0, DType::f32, {cap_}).rows(at_, at_ + M);
+    Tensor tl = buf_.reinterpret(static_cast<size_t>(cap_) * 4, DType::f32, {cap_, k_}).rows(at_, at_ + M);
+    Tensor ti = buf_.reinterpret(static_cast<size_t>(cap_ * (1 + k_)) * 4, DType::i32, {cap_, k_}).rows(at_, at_ + M);
+    ops::token_logprobs(logits, rows, tokens, k_, lp, tl, ti);
+    at_ += M;
+  }
+
+  // The entries, sequence by sequence (one read of the buffer).
+  void finish(std::vector<std::vector<float>>& lp, std::vector<std::vector<float>>& top_lp, std::vector<std::vector<int32_t>>& top_ids) {
+    if (k_ < 0) return;
+    const size_t B = want_.size(), K = static_cast<size_t>(k_);
+    lp.assign(B, {});
+    top_lp.assign(B, {});
+    top_ids.assign(B, {});
+    if (at_ == 0) return;
+    std::vector<uint32_t> words(buf_.numel());
+    buf_.copy_to_host(words.data(), words.size() * 4);
+    const float* hl = reinterpret_cast<const float*>(words.data());
+    const float* htl = hl + cap_;
+    const int32_t* hti = reinterpret_cast<const int32_t*>(htl + cap_ * k_);
+    size_t at = 0;
+    for (const auto& [b, n] : order_) {
+      lp[b].insert(lp[b].end(), hl + at, hl + at + n);
+      top_lp[b].insert(top_lp[b].end(), htl + at * K, htl + (at + n) * K);
+      top_ids[b].insert(top_ids[b].end(), hti + at * K, hti + (at + n) * K);
+      at += static_cast<size_t>(n);
+    }
+  }
+
+ private:
+  int32_t k_;
+  std::vector<uint8_t> want_;
+  int64_t cap_ = 0, at_ = 0;
+  Tensor buf_;
+  // Per step, the sequences recorded and their entries, in buffer order.
+  std::vector<std::pair<size_t, int32_t>> order_;
+};
+
 // Whether the loop ends after a step: a sequence's budget is spent, or the step's tokens of a
 // sequence (the last accepted[end - B + b] + 1 of its emitted ones) hold one of its stop tokens.
 template <typename Seq>
@@ -263,6 +333,7 @@ SpecChainResult speculative_chain(LlamaModel& target, LlamaModel& draft, const S
 
   SpecChainResult r;
   r.emitted.resize(B);
+  EmittedLogprobs logprobs(args.logprobs_k, args.logprobs_want, args.seqs, Vt, target.device());
   std::vector<int> draws(B, 0);
   const auto t_loop = std::chrono::steady_clock::now();
   for (int step = 0; step < args.max_steps; ++step) {
@@ -280,6 +351,8 @@ SpecChainResult speculative_chain(LlamaModel& target, LlamaModel& draft, const S
     std::vector<int> cached0 = cached, draws0 = draws;
     double t_draft = 0, t_target = 0;
     Verdict v;
+    // (Outside the try: the log-probabilities are read from its rows once the step is final.)
+    LlamaForwardResult fr;
     try {
       // 1. The draft's chains (sequences that draft), their picks left on the device.
       std::vector<LlamaSeqInput> din;
@@ -349,7 +422,7 @@ SpecChainResult speculative_chain(LlamaModel& target, LlamaModel& draft, const S
         }
         stage.parents.insert(stage.parents.end(), in.parents.begin(), in.parents.end());
       }
-      LlamaForwardResult fr = target.forward(tin, false, &stage);
+      fr = target.forward(tin, false, &stage);
       t_target = seconds_since(t1);
       if (args.penalties) {
         PenaltyArgs pa = chain_step_penalties(std::move(hist), ks, tail_at, &picks);
@@ -388,6 +461,7 @@ SpecChainResult speculative_chain(LlamaModel& target, LlamaModel& draft, const S
     }
     {
       // 4. Emitted tokens; the draft keeps only what the history holds (all but the new root).
+      logprobs.record(fr.logits, v);
       r.drafted.insert(r.drafted.end(), ks.begin(), ks.end());
       for (size_t b = 0; b < B; ++b) {
         const int32_t n = v.count(b);
@@ -414,6 +488,7 @@ SpecChainResult speculative_chain(LlamaModel& target, LlamaModel& draft, const S
   }
   r.draft_cached = std::vector<int32_t>(cached.begin(), cached.end());
   r.draws = std::vector<int32_t>(draws.begin(), draws.end());
+  logprobs.finish(r.lp, r.top_lp, r.top_ids);
   return r;
 }
 
@@ -469,6 +544,7 @@ MedusaChainResult medusa_chain(LlamaModel& target, const MedusaChainArgs& args) 
   std::vector<int> tseqs(B);
   for (size_t b = 0; b < B; ++b) tseqs[b] = args.seqs[b].target_seq;
   std::vector<int32_t> draws(B, 0);
+  EmittedLogprobs logprobs(args.logprobs_k, args.logprobs_want, args.seqs, V, target.device());
   const auto t_loop = std::chrono::steady_clock::now();
   for (int step = 0; step < args.max_steps; ++step) {
     // Each sequence's tree: the template's nodes whose candidates are known and whose depth
@@ -501,8 +577,10 @@ MedusaChainResult medusa_chain(LlamaModel& target, const MedusaChainArgs& args) 
     const auto t0 = std::chrono::steady_clock::now();
     double t_target = 0;
     Verdict v;
+    // (Outside the try: the log-probabilities are read from its rows once the step is final.)
+    LlamaForwardResult fr;
     try {
-      LlamaForwardResult fr = target.forward(tin, true, &stage);
+      fr = target.forward(tin, true, &stage);
       t_target = seconds_since(t0);
       // The heads' candidates are penalized by each sequence's history before this step too (the
       // tokens it accepts are known on the device only, until the step's one read).
@@ -520,6 +598,7 @@ MedusaChainResult medusa_chain(LlamaModel& target, const MedusaChainArgs& args) 
       if (step == 0) throw;
       break;
     }
+    logprobs.record(fr.logits, v);
     for (size_t b = 0; b < B; ++b) {
       const int32_t n = v.count(b);
       const int32_t* em = v.emitted(b);
@@ -554,6 +633,7 @@ MedusaChainResult medusa_chain(LlamaModel& target, const MedusaChainArgs& args) 
   }
   r.cands = std::move(cands);
   if (args.sampled) r.draws = std::move(draws);
+  logprobs.finish(r.lp, r.top_lp, r.top_ids);
   return r;
 }
 

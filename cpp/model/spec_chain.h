@@ -58,6 +58,11 @@ struct SpecChainArgs {
   // the picks above them, ids outside its vocabulary dropped), so it predicts the penalized target;
   // false drafts from its raw rows. Either way the output is the target's.
   bool draft_penalties = true;
+  // Log-probabilities of the emitted tokens (OpenAI's logprobs) for the sequences with
+  // logprobs_want[b], with logprobs_k alternatives: each token's on the target row it was verified
+  // on, as penalized (ops::token_logprobs), kept on the device and read once at the end. k < 0: none.
+  int32_t logprobs_k = -1;
+  std::vector<uint8_t> logprobs_want;
 };
 
 struct SpecChainResult {
@@ -72,6 +77,10 @@ struct SpecChainResult {
   std::vector<int32_t> draws;
   // Per step: seconds of the draft's chain, of the target's forward, and of the whole step.
   std::vector<double> draft_seconds, target_seconds, step_seconds;
+  // With logprobs_k >= 0, per sequence (empty where not wanted): one entry per emitted token, and
+  // logprobs_k per token.
+  std::vector<std::vector<float>> lp, top_lp;
+  std::vector<std::vector<int32_t>> top_ids;
 };
 
 // Runs the loop. Both models on one device; the draft's vocabulary at most the target's. Errors of
@@ -112,6 +121,11 @@ struct MedusaChainArgs {
   SamplingParams params;
   // Penalties on the target's rows, as SpecChainArgs' (a row's path: its tree ancestors' tokens).
   std::shared_ptr<const PenaltyArgs> penalties;
+  // Log-probabilities of the emitted tokens (OpenAI's logprobs) for the sequences with
+  // logprobs_want[b], with logprobs_k alternatives: each token's on the target row it was verified
+  // on, as penalized (ops::token_logprobs), kept on the device and read once at the end. k < 0: none.
+  int32_t logprobs_k = -1;
+  std::vector<uint8_t> logprobs_want;
 };
 
 struct MedusaChainResult {
@@ -129,6 +143,10 @@ struct MedusaChainResult {
   // Sampled, per sequence: the counters drawn (first_offset onwards: the tokens emitted).
   std::vector<int32_t> draws;
   std::vector<double> target_seconds, step_seconds;
+  // With logprobs_k >= 0, per sequence (empty where not wanted): one entry per emitted token, and
+  // logprobs_k per token.
+  std::vector<std::vector<float>> lp, top_lp;
+  std::vector<std::vector<int32_t>> top_ids;
 };
 
 MedusaChainResult medusa_chain(LlamaModel& target, const MedusaChainArgs& args);

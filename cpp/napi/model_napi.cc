@@ -201,6 +201,40 @@ Napi::Array int32_arrays(Napi::Env env, const std::vector<std::vector<int32_t>>&
   return out;
 }
 
+// One Float32Array per vector (a chain's log-probabilities).
+Napi::Array float32_arrays(Napi::Env env, const std::vector<std::vector<float>>& v) {
+  Napi::Array out = Napi::Array::New(env, v.size());
+  for (size_t b = 0; b < v.size(); ++b) {
+    auto a = Napi::Float32Array::New(env, v[b].size());
+    if (!v[b].empty()) std::memcpy(a.Data(), v[b].data(), v[b].size() * 4);
+    out.Set(static_cast<uint32_t>(b), a);
+  }
+  return out;
+}
+
+// A chain's logprobs argument (info[at]: undefined, or { k, want: Int32Array (0/1 per input) }), or null.
+std::shared_ptr<LlamaModel::ChainLogprobs> chain_logprobs_arg(const Napi::CallbackInfo& info, size_t at, size_t inputs) {
+  if (info.Length() <= at || info[at].IsUndefined() || info[at].IsNull()) return nullptr;
+  SPECDEC_CHECK(info[at].IsObject(), "E_ARG", "logprobs: expected { k, want }");
+  Napi::Object o = info[at].As<Napi::Object>();
+  auto lp = std::make_shared<LlamaModel::ChainLogprobs>();
+  const int64_t k = get_int(o.Get("k"), "logprobs.k");
+  SPECDEC_CHECK(k >= 0 && k <= 1024, "E_ARG", "logprobs.k: expected 0 <= k <= 1024, got ", k);
+  lp->k = static_cast<int32_t>(k);
+  const std::vector<int32_t> want = get_i32_array(o.Get("want"), "logprobs.want");
+  SPECDEC_CHECK(want.size() == inputs, "E_ARG", "logprobs.want: ", want.size(), " entries for ", inputs, " inputs");
+  lp->want.assign(want.begin(), want.end());
+  return lp;
+}
+
+// { lp, topLp, topIds } of a chain's log-probabilities: per input (empty where not wanted).
+void set_chain_logprobs(Napi::Env env, Napi::Object o, const std::vector<std::vector<float>>& lp, const std::vector<std::vector<float>>& top_lp,
+                        const std::vector<std::vector<int32_t>>& top_ids) {
+  o.Set("lp", float32_arrays(env, lp));
+  o.Set("topLp", float32_arrays(env, top_lp));
+  o.Set("topIds", int32_arrays(env, top_ids));
+}
+
 // steps: one integer >= 1 per input (the chain drafting calls).
 std::vector<int> steps_arg(const Napi::Value& v, size_t inputs) {
   const std::vector<int32_t> st = get_i32_array(v, "steps");
@@ -354,15 +388,23 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
     return std::make_shared<PenaltyArgs>(penalty_args(info[at], false));
   }
 
-  // greedyChain(inputs, steps: Int32Array, syncMaxMacs?, penalties?) -> Promise<Int32Array[]> (LlamaModel::greedy_chain)
+  // greedyChain(inputs, steps: Int32Array, syncMaxMacs?, penalties?, logprobs?: { k, want }) ->
+  //   Promise<Int32Array[]> (LlamaModel::greedy_chain); with logprobs, Promise<{ picks, lp, topLp, topIds }>
   Napi::Value GreedyChain(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
       const ChainArgs a = chain_args(info, 2);
       const std::shared_ptr<PenaltyArgs> pen = chain_penalties(info, 3);
+      const std::shared_ptr<LlamaModel::ChainLogprobs> lp = chain_logprobs_arg(info, 4, a.inputs->size());
       auto result = std::make_shared<std::vector<std::vector<int32_t>>>();
       return run_maybe_async(
-          info.Env(), a.sync, [=] { *result = a.m->greedy_chain(*a.inputs, *a.steps, pen.get()); },
-          [=](Napi::Env env) -> Napi::Value { return int32_arrays(env, *result); },
+          info.Env(), a.sync, [=] { *result = a.m->greedy_chain(*a.inputs, *a.steps, pen.get(), lp.get()); },
+          [=](Napi::Env env) -> Napi::Value {
+            if (!lp) return int32_arrays(env, *result);
+            Napi::Object o = Napi::Object::New(env);
+            o.Set("picks", int32_arrays(env, *result));
+            set_chain_logprobs(env, o, lp->lp, lp->top_lp, lp->top_ids);
+            return o;
+          },
           {Value()});
     });
   }
@@ -382,8 +424,8 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
   }
 
   // sampledChain(inputs, steps: Int32Array, sampling, seeds: BigUint64Array [B], offsets: BigUint64Array
-  //   [sum steps, input by input], syncMaxMacs?, penalties?) -> Promise<{ picks: Int32Array[], q: Tensor }>
-  //   (LlamaModel::sampled_chain)
+  //   [sum steps, input by input], syncMaxMacs?, penalties?, logprobs?: { k, want }) -> Promise<{ picks:
+  //   Int32Array[], q: Tensor }> (LlamaModel::sampled_chain), with logprobs also { lp, topLp, topIds }
   Napi::Value SampledChain(const Napi::CallbackInfo& info) { return sampled_chain(info, false); }
 
   // sampledChainOnDevice(the same arguments) -> Promise<{ ids: Tensor, q: Tensor }>: the picks stay on
@@ -405,13 +447,15 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
       SPECDEC_CHECK(at == flat.size(), "E_ARG", "offsets: ", flat.size(), " counters for ", at, " steps in all");
       auto sd = std::make_shared<std::vector<uint64_t>>(seeds);
       const std::shared_ptr<PenaltyArgs> pen = chain_penalties(info, 6);
+      const std::shared_ptr<LlamaModel::ChainLogprobs> lp = on_device ? nullptr : chain_logprobs_arg(info, 7, a.inputs->size());
       auto result = std::make_shared<LlamaModel::SampledChain>();
       return run_maybe_async(
-          info.Env(), a.sync, [=] { *result = a.m->sampled_chain(*a.inputs, *a.steps, params, *sd, *offsets, on_device, pen.get()); },
+          info.Env(), a.sync, [=] { *result = a.m->sampled_chain(*a.inputs, *a.steps, params, *sd, *offsets, on_device, pen.get(), lp.get()); },
           [=](Napi::Env env) -> Napi::Value {
             Napi::Object o = Napi::Object::New(env);
             if (on_device) o.Set("ids", wrap_ids_tensor(env, result->picks_on_device, a.m->config().vocab_size));
             else o.Set("picks", int32_arrays(env, result->picks));
+            if (lp) set_chain_logprobs(env, o, lp->lp, lp->top_lp, lp->top_ids);
             o.Set("q", wrap_tensor(env, result->q));
             return o;
           },
@@ -421,11 +465,11 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
 
   // speculativeChain(draft: LlamaModel, seqs: { seq, draftSeq, draftFeed: Int32Array, k, budget, stop?,
   //   seed?: bigint, firstOffset?: bigint }[], maxSteps, maxSeconds, syncMaxMacs?, sampling?, penalties?,
-  //   draftPenalties?: boolean) ->
+  //   draftPenalties?: boolean, logprobs?: { k, want }) ->
   //   Promise<{ steps, drafted: Int32Array, accepted: Int32Array, emitted: Int32Array[], draftCached:
   //   Int32Array, draws: Int32Array, draftSeconds, targetSeconds, stepSeconds: Float64Array }>
   //   (speculative_chain: draft-model steps in one call, sampled with `sampling`; drafted / accepted
-  //   step-major [steps * B])
+  //   step-major [steps * B]; with logprobs, also { lp, topLp, topIds } of the emitted tokens)
   Napi::Value SpeculativeChain(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
       std::shared_ptr<LlamaModel> m = model_;
@@ -466,6 +510,10 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
                         "E_ARG", "seqs[", b, "]: a sampled chain needs each sequence's seed and firstOffset");
       }
       args->penalties = chain_penalties(info, 6);
+      if (const auto lp = chain_logprobs_arg(info, 8, args->seqs.size())) {
+        args->logprobs_k = lp->k;
+        args->logprobs_want = lp->want;
+      }
       if (info.Length() > 7 && !info[7].IsUndefined()) {
         SPECDEC_CHECK(info[7].IsBoolean(), "E_ARG", "draftPenalties: expected a boolean");
         args->draft_penalties = info[7].As<Napi::Boolean>().Value();
@@ -488,6 +536,7 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
             o.Set("draftSeconds", float64_array(env, r.draft_seconds));
             o.Set("targetSeconds", float64_array(env, r.target_seconds));
             o.Set("stepSeconds", float64_array(env, r.step_seconds));
+            if (args->logprobs_k >= 0) set_chain_logprobs(env, o, r.lp, r.top_lp, r.top_ids);
             return o;
           },
           {Value(), info[0]});
@@ -496,9 +545,10 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
 
   // medusaChain(heads: a head set, seqs: { seq, root, cands: Int32Array, headsKnown, budget, stop?,
   //   seed?, firstOffset? }[], template: { parents, head, rank: Int32Array }, topK, maxSteps, maxSeconds,
-  //   syncMaxMacs?, sampling?) -> Promise<{ steps, depth, nodes, accepted, ranks, draws: Int32Array,
-  //   emitted, cands: Int32Array[], targetSeconds, stepSeconds: Float64Array }> (medusa_chain: Medusa
-  //   steps in one call, sampled with `sampling`)
+  //   syncMaxMacs?, sampling?, penalties?, logprobs?: { k, want }) -> Promise<{ steps, depth, nodes,
+  //   accepted, ranks, draws: Int32Array, emitted, cands: Int32Array[], targetSeconds, stepSeconds:
+  //   Float64Array }> (medusa_chain: Medusa steps in one call, sampled with `sampling`; with logprobs,
+  //   also { lp, topLp, topIds } of the emitted tokens)
   Napi::Value MedusaChain(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
       std::shared_ptr<LlamaModel> m = model_;
@@ -532,6 +582,10 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
         args->seqs.push_back(std::move(s));
       }
       args->penalties = chain_penalties(info, 8);
+      if (const auto lp = chain_logprobs_arg(info, 9, args->seqs.size())) {
+        args->logprobs_k = lp->k;
+        args->logprobs_want = lp->want;
+      }
       if (info.Length() > 7 && !info[7].IsUndefined()) {
         args->sampled = true;
         args->params = sampling_params_arg(info[7]);
@@ -557,6 +611,7 @@ class LlamaWrap : public Napi::ObjectWrap<LlamaWrap> {
             o.Set("draws", int32_array(env, r.draws));
             o.Set("targetSeconds", float64_array(env, r.target_seconds));
             o.Set("stepSeconds", float64_array(env, r.step_seconds));
+            if (args->logprobs_k >= 0) set_chain_logprobs(env, o, r.lp, r.top_lp, r.top_ids);
             return o;
           },
           {Value(), info[0]});

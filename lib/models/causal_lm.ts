@@ -1,5 +1,6 @@
 // The model interface every strategy and the decoder depend on (DESIGN §4). The built-in Llama
 // runner implements it; engines implement it for their own models.
+import type { TokenLogprobs } from '../logprobs';
 import type { Penalties, PenaltyHistory, SamplingOptions, StopBan } from '../sampling';
 import type { Device, Tensor } from '../tensor';
 
@@ -59,6 +60,13 @@ export interface ChainOptions {
    * its stop tokens banned on the picks before its min_tokens (StopBan; neutral penalties allowed).
    */
   readonly penalties?: { readonly penalties: Penalties; readonly histories: readonly PenaltyHistory[]; readonly bans?: readonly (StopBan | undefined)[] };
+  /**
+   * Also each pick's log-probability and `k` alternatives (TokenLogprobs of the row it was picked
+   * from, after the penalties, at temperature 1: what a step's tokenLogprobs reads) for the inputs
+   * with want[b], handed to sink(b, lp) once the chain is done (one entry per pick). greedyChain and
+   * sampledChain only, on a model with chainLogprobs.
+   */
+  readonly logprobs?: { readonly k: number; readonly want: readonly boolean[]; readonly sink: (input: number, lp: TokenLogprobs) => void };
 }
 
 /**
@@ -178,6 +186,8 @@ export interface CausalLM {
    * committed.
    */
   greedyChain?(inputs: readonly SequenceInput[], steps: readonly number[], options?: ChainOptions): Promise<Int32Array[]>;
+  /** greedyChain and sampledChain take ChainOptions.logprobs (a model without it is not given them). */
+  readonly chainLogprobs?: boolean;
   /**
    * greedyChain whose picks stay on the device: i32 [sum(steps)], input by input, usable as the
    * `tail` of the target's inputs and of verification (no read-back at all). Caller disposes.
@@ -313,6 +323,12 @@ export interface SpecChainOptions {
    * penalized target. Default true; false drafts from the draft's raw rows. The output is the same.
    */
   readonly draftPenalties?: boolean;
+  /**
+   * Also the emitted tokens' log-probabilities (ChainOptions.logprobs: each token's on the target
+   * row it was verified on, as penalized), one entry per emitted token, handed to the sink per
+   * sequence once the call is done. On a model with chainLogprobs.
+   */
+  readonly logprobs?: NonNullable<ChainOptions['logprobs']>;
 }
 
 export interface SpecChainResult {

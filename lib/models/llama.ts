@@ -8,6 +8,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { resolveDevice } from '../backend';
 import { optionsArg, pathArg } from '../errors';
+import { checkLogprobs } from '../logprobs';
 import { native } from '../native';
 import { anyBan, nativePenalties, NO_PENALTIES, resolvePenalties, resolveSamplingOptions, type SamplingOptions } from '../sampling';
 import { asTensor, type Device, type Tensor } from '../tensor';
@@ -155,6 +156,8 @@ async function loopTurn(signal: AbortSignal | undefined): Promise<void> {
 export class LlamaModel implements CausalLM {
   private handle: SpecdecNative.LlamaNativeModel | undefined;
   private busy = false;
+  /** CausalLM.chainLogprobs: greedyChain and sampledChain compute ChainOptions.logprobs natively. */
+  readonly chainLogprobs = true;
 
   private constructor(
     readonly config: LlamaConfig,
@@ -272,9 +275,15 @@ export class LlamaModel implements CausalLM {
     options.signal?.throwIfAborted();
     checkSteps(steps, inputs.length);
     const pen = chainPenalties(options, inputs.length);
+    const lp = chainLogprobsArg(options, inputs.length);
     this.busy = true;
     try {
       if (sliceSpent(this.syncForwardMaxMacs)) await loopTurn(options.signal);
+      if (lp) {
+        const r = await handle.greedyChain(inputs.map(nativeInput), Int32Array.from(steps), syncLimit(this.syncForwardMaxMacs), pen, lp);
+        deliverChainLogprobs(options, r);
+        return r.picks;
+      }
       return pen
         ? await handle.greedyChain(inputs.map(nativeInput), Int32Array.from(steps), syncLimit(this.syncForwardMaxMacs), pen)
         : await handle.greedyChain(inputs.map(nativeInput), Int32Array.from(steps), syncLimit(this.syncForwardMaxMacs));
@@ -313,6 +322,13 @@ export class LlamaModel implements CausalLM {
       if (sliceSpent(this.syncForwardMaxMacs)) await loopTurn(options.signal);
       const limit = syncLimit(this.syncForwardMaxMacs);
       const pen = chainPenalties(options, seqs.length);
+      const lp = chainLogprobsArg(options, seqs.length);
+      if (lp) {
+        const sampling = options.sampling ? resolveSamplingOptions(options.sampling) : undefined;
+        const r = await handle.speculativeChain(dh, seqs, options.maxSteps, options.maxSeconds, limit, sampling, pen, options.draftPenalties, lp);
+        deliverChainLogprobs(options, r);
+        return r;
+      }
       if (pen) {
         const sampling = options.sampling ? resolveSamplingOptions(options.sampling) : undefined;
         return await handle.speculativeChain(dh, seqs, options.maxSteps, options.maxSeconds, limit, sampling, pen, options.draftPenalties);
@@ -334,6 +350,12 @@ export class LlamaModel implements CausalLM {
       if (sliceSpent(this.syncForwardMaxMacs)) await loopTurn(options.signal);
       const limit = syncLimit(this.syncForwardMaxMacs);
       const pen = chainPenalties(options, seqs.length);
+      const lp = chainLogprobsArg(options, seqs.length);
+      if (lp) {
+        const r = await handle.medusaChain(heads, seqs, template, options.topK, options.maxSteps, options.maxSeconds, limit, options.sampling ? resolveSamplingOptions(options.sampling) : undefined, pen, lp);
+        deliverChainLogprobs(options, r);
+        return r;
+      }
       if (pen) return await handle.medusaChain(heads, seqs, template, options.topK, options.maxSteps, options.maxSeconds, limit, options.sampling ? resolveSamplingOptions(options.sampling) : undefined, pen);
       return options.sampling
         ? await handle.medusaChain(heads, seqs, template, options.topK, options.maxSteps, options.maxSeconds, limit, resolveSamplingOptions(options.sampling))
@@ -345,7 +367,14 @@ export class LlamaModel implements CausalLM {
 
   async sampledChain(...args: SampledChainArgs): Promise<{ picks: Int32Array[]; q: Tensor }> {
     const r = await this.sampledChainCall('sampledChain', ...args);
-    return { picks: r.picks, q: asTensor(r.q) };
+    const q = asTensor(r.q);
+    try {
+      deliverChainLogprobs(args[5] ?? {}, r);
+    } catch (e) {
+      q.dispose();
+      throw e;
+    }
+    return { picks: r.picks, q };
   }
 
   async sampledChainOnDevice(...args: SampledChainArgs): Promise<{ ids: Tensor; q: Tensor }> {
@@ -356,7 +385,7 @@ export class LlamaModel implements CausalLM {
   private async sampledChainCall(
     name: 'sampledChain' | 'sampledChainOnDevice',
     ...[inputs, steps, sampling, seeds, offsets, options = {}]: SampledChainArgs
-  ): Promise<{ picks: Int32Array[]; ids: SpecdecNative.Tensor; q: SpecdecNative.Tensor }> {
+  ): Promise<{ picks: Int32Array[]; ids: SpecdecNative.Tensor; q: SpecdecNative.Tensor } & Partial<SpecdecNative.NativeChainLogprobs>> {
     const handle = this.h(name);
     options.signal?.throwIfAborted();
     checkSteps(steps, inputs.length);
@@ -371,9 +400,11 @@ export class LlamaModel implements CausalLM {
     this.busy = true;
     try {
       if (sliceSpent(this.syncForwardMaxMacs)) await loopTurn(options.signal);
-      const args = [inputs.map(nativeInput), Int32Array.from(steps), resolveSamplingOptions(sampling), BigUint64Array.from(seeds), flat, syncLimit(this.syncForwardMaxMacs), pen] as const;
+      // (Log-probabilities are read back with the picks: sampledChain only.)
+      const lp = name === 'sampledChain' ? chainLogprobsArg(options, inputs.length) : undefined;
+      const args = [inputs.map(nativeInput), Int32Array.from(steps), resolveSamplingOptions(sampling), BigUint64Array.from(seeds), flat, syncLimit(this.syncForwardMaxMacs), pen, lp] as const;
       // (One of the two shapes, per name: picks for sampledChain, ids for sampledChainOnDevice.)
-      return (await (name === 'sampledChain' ? handle.sampledChain(...args) : handle.sampledChainOnDevice(...args))) as { picks: Int32Array[]; ids: SpecdecNative.Tensor; q: SpecdecNative.Tensor };
+      return (await (name === 'sampledChain' ? handle.sampledChain(...args) : handle.sampledChainOnDevice(...args))) as { picks: Int32Array[]; ids: SpecdecNative.Tensor; q: SpecdecNative.Tensor } & Partial<SpecdecNative.NativeChainLogprobs>;
     } finally {
       this.busy = false;
     }
@@ -419,6 +450,25 @@ function defaultKvDtype(config: LlamaConfig, device: Device): KvDType {
 }
 
 /** A chain's penalties in the native form, or undefined for none (E_ARG unless one history per input). */
+/** ChainOptions.logprobs as the native chains take it (checked), or undefined. */
+function chainLogprobsArg(options: Pick<ChainOptions, 'logprobs'>, inputs: number): SpecdecNative.NativeChainLogprobsArg | undefined {
+  const lp = options.logprobs;
+  if (!lp) return undefined;
+  checkLogprobs(lp.k, 'logprobs.k');
+  if (!Array.isArray(lp.want) || lp.want.length !== inputs) throw codedError('E_ARG', `logprobs.want: ${Array.isArray(lp.want) ? lp.want.length : 'no'} entries for ${inputs} inputs`);
+  if (typeof lp.sink !== 'function') throw codedError('E_ARG', 'logprobs.sink: expected a function');
+  return { k: lp.k, want: Int32Array.from(lp.want, (w) => (w ? 1 : 0)) };
+}
+
+/** Hands a chain's log-probabilities to ChainOptions.logprobs.sink, input by input (those that want them). */
+function deliverChainLogprobs(options: Pick<ChainOptions, 'logprobs'>, r: Partial<SpecdecNative.NativeChainLogprobs>): void {
+  const lp = options.logprobs;
+  if (!lp || !r.lp || !r.topLp || !r.topIds) return;
+  for (let b = 0; b < lp.want.length; b++) {
+    if (lp.want[b]) lp.sink(b, { k: lp.k, token: r.lp[b] as Float32Array, topIds: r.topIds[b] as Int32Array, topLogprobs: r.topLp[b] as Float32Array });
+  }
+}
+
 function chainPenalties(options: Pick<ChainOptions, 'penalties'>, inputs: number): SpecdecNative.NativeChainPenalties | undefined {
   const p = options.penalties;
   if (!p) return undefined;

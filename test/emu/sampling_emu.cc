@@ -940,7 +940,7 @@ void check_token_logprobs(std::mt19937_64& rng, int V, int k) {
   std::vector<float> glp(static_cast<size_t>(M)), gtl(static_cast<size_t>(M) * k);
   std::vector<int32_t> gti(static_cast<size_t>(M) * k);
   emu::launch(Dim3{static_cast<unsigned>(M), 1, 1}, kBlock, [&] {
-    sk::token_logprobs_kernel(x.data(), V, rows.data(), tokens.data(), k, glp.data(), gtl.data(), gti.data());
+    sk::token_logprobs_kernel(x.data(), V, rows.data(), tokens.data(), k, glp.data(), gtl.data(), gti.data(), false);
   });
   const auto near = [](float a, float b) {
     if (a == b) return true;  // -inf == -inf
@@ -951,6 +951,50 @@ void check_token_logprobs(std::mt19937_64& rng, int V, int k) {
   for (int m = 0; m < M; ++m) ok = ok && near(glp[static_cast<size_t>(m)], clp[static_cast<size_t>(m)]);
   for (size_t i = 0; i < gtl.size(); ++i) ok = ok && near(gtl[i], ctl[i]);
   report(ok, "token logprobs V=" + std::to_string(V) + " entries=" + std::to_string(M) + " k=" + std::to_string(k) + ": == CPU (ids exact, log-probabilities within 2 ulps)");
+}
+
+
+// A chain's logprobs of its own picks (by_row): the kernel == cpu::pick_logprobs on a subset of the
+// rows (outputs at the row's index, the others untouched), a pick of kNoMass NaN on both.
+void check_pick_logprobs(std::mt19937_64& rng, int V, int k) {
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  const int N = 2 + static_cast<int>(rng() % 5);
+  std::vector<float> x(static_cast<size_t>(N) * V);
+  for (float& v : x) v = rng() % 20 == 0 ? -INFINITY : 6.f * u(rng);
+  std::vector<int32_t> picks(static_cast<size_t>(N)), rows;
+  for (int r = 0; r < N; ++r) {
+    picks[static_cast<size_t>(r)] = rng() % 6 == 0 ? sm::kNoMass : static_cast<int32_t>(rng() % static_cast<uint64_t>(V));
+    if (rng() % 3 != 0) rows.push_back(r);
+  }
+  if (rows.empty()) rows.push_back(N - 1);
+  Tensor xt = tensor(x, {N, V}, DType::f32), pt = tensor(picks, {N}, DType::i32);
+  // Poisoned outputs: the rows not asked for must keep the poison.
+  const float poison = 12345.f;
+  std::vector<float> flp(static_cast<size_t>(N), poison), ftl(static_cast<size_t>(N) * k, poison);
+  std::vector<int32_t> fti(static_cast<size_t>(N) * k, -7);
+  Tensor lp = tensor(flp, {N}, DType::f32), tl = tensor(ftl, {N, k}, DType::f32), ti = tensor(fti, {N, k}, DType::i32);
+  cpu::pick_logprobs(xt, pt, rows, k, lp, tl, ti);
+  std::vector<float> glp = flp, gtl = ftl;
+  std::vector<int32_t> gti = fti;
+  emu::launch(Dim3{static_cast<unsigned>(rows.size()), 1, 1}, kBlock, [&] {
+    sk::token_logprobs_kernel(x.data(), V, rows.data(), picks.data(), k, glp.data(), gtl.data(), gti.data(), true);
+  });
+  const auto near = [](float a, float b) {
+    if (a == b || (std::isnan(a) && std::isnan(b))) return true;
+    return std::fabs(a - b) <= 2.4e-7f * 2 * std::max(1.f, std::fabs(b));
+  };
+  const auto clp = host<float>(lp), ctl = host<float>(tl);
+  const auto cti = host<int32_t>(ti);
+  bool ok = gti.empty() || std::memcmp(cti.data(), gti.data(), gti.size() * 4) == 0;
+  for (int r = 0; r < N; ++r) {
+    const bool asked = std::find(rows.begin(), rows.end(), r) != rows.end();
+    ok = ok && near(glp[static_cast<size_t>(r)], clp[static_cast<size_t>(r)]);
+    ok = ok && (asked ? clp[static_cast<size_t>(r)] != poison : clp[static_cast<size_t>(r)] == poison);
+    ok = ok && (!asked || (picks[static_cast<size_t>(r)] == sm::kNoMass) == std::isnan(clp[static_cast<size_t>(r)]));
+  }
+  for (size_t i = 0; i < gtl.size(); ++i) ok = ok && near(gtl[i], ctl[i]);
+  report(ok, "pick logprobs V=" + std::to_string(V) + " rows=" + std::to_string(N) + " asked " + std::to_string(rows.size()) + " k=" + std::to_string(k) +
+                 ": == CPU at the rows asked (others untouched; a draw without mass NaN)");
 }
 
 }  // namespace
@@ -975,6 +1019,7 @@ int main(int argc, char** argv) {
     check_penalize(rng, 300, 40);
     check_penalize(rng, 300, 40, true);
     check_token_logprobs(rng, 300, 5);
+    check_pick_logprobs(rng, 300, 3);
   }
   for (int round = 0; round < rounds; ++round) {
     check_sample_slices(rng, 10, 9000 + static_cast<int>(rng() % 4000));
@@ -1027,6 +1072,8 @@ int main(int argc, char** argv) {
     check_token_logprobs(rng, 7, 7);
     check_token_logprobs(rng, 700, 0);
     check_token_logprobs(rng, 3000, 20);
+    check_pick_logprobs(rng, 50, 0);
+    check_pick_logprobs(rng, 3000, 20);
     // processLogits by slices: every filter, each alone and together, slices cut short, 2-byte logits.
     // (The first round only: an emulated launch spawns a thread per CUDA thread, and these make ~1400
     // blocks of 256; the seed changes every run.)

@@ -224,6 +224,12 @@ function bump(a: number[], i: number): void {
 
 // ---- the engine ----------------------------------------------------------------------------------
 
+/** A sequence to start from: its first `length` committed tokens are the new sequence's too. */
+export interface SharedPrefix {
+  readonly from: EngineSequence;
+  readonly length: number;
+}
+
 /** Engine-side state of a sequence (the speculator sees it read-only as a SpecSequence). */
 export class EngineSequence implements SpecSequence {
   history: number[];
@@ -338,15 +344,33 @@ export class SpecEngine {
   private soloCtx0: ProposeContext | undefined;
 
   /** A new sequence over `history` (nothing cached yet). */
-  open(history: ArrayLike<number>, promptLength: number, rng: SeqRng): EngineSequence {
+  open(history: ArrayLike<number>, promptLength: number, rng: SeqRng, prefix?: SharedPrefix): EngineSequence {
     for (let i = 0; i < history.length; i++) {
       const t = history[i] as number;
       if (!Number.isInteger(t) || t < 0 || t >= this.model.config.vocabSize) {
         throw codedError('E_ARG', `prompt[${i}] = ${t} is outside the vocabulary [0, ${this.model.config.vocabSize})`);
       }
     }
-    const modelSeq = this.model.createSequence();
-    return new EngineSequence(nextSequenceKey++, modelSeq, history, promptLength, rng, this.model.config.maxPositions);
+    if (!prefix) return new EngineSequence(nextSequenceKey++, this.model.createSequence(), history, promptLength, rng, this.model.config.maxPositions);
+    // The source's committed pages, shared (copy-on-write), cut to the common prefix: its first
+    // `length` tokens are this sequence's, their K/V the same bits a prefill of them would write.
+    const src = prefix.from;
+    if (src.released || prefix.length > src.committed || prefix.length >= history.length) {
+      throw codedError('E_INTERNAL', `a shared prefix of ${prefix.length} tokens from a sequence with ${src.committed} committed, for ${history.length} tokens`);
+    }
+    for (let i = 0; i < prefix.length; i++) {
+      if (src.history[i] !== history[i]) throw codedError('E_INTERNAL', `a shared prefix that differs at token ${i}`);
+    }
+    const modelSeq = this.model.forkSequence(src.modelSeq);
+    try {
+      if (this.model.sequenceLength(modelSeq) > prefix.length) this.model.truncate(modelSeq, prefix.length);
+    } catch (e) {
+      this.model.freeSequence(modelSeq);
+      throw e;
+    }
+    const s = new EngineSequence(nextSequenceKey++, modelSeq, history, promptLength, rng, this.model.config.maxPositions);
+    s.committed = prefix.length;
+    return s;
   }
 
   /** Frees the sequence in the model and in the speculator (idempotent). */

@@ -358,6 +358,28 @@ function layerSuite(device: Device, seed: number): void {
       assertClose(gt.toFloat32(), want, tol, 'siluMul in place');
       assertThrowsCode(() => siluMul(gt, t(u.subarray(0, I), 'f32', [1, I])), 'E_ARG', /up: expected shape/);
     });
+    it('siluMul / siluInplace: an element\'s bits depend on its value alone, wherever it sits (any length and offset: the vector tail, the pool\'s ranges)', () => {
+      // The whole array once (long enough to be split over the pool), then windows of it that put
+      // the same values in vector tails and at other range boundaries: the same bits.
+      const L = 20011;
+      const g = randomArray(L, rand, -20, 20);
+      const u = randomArray(L, rand, -2, 2);
+      const whole = siluMul(t(g, 'f32', [1, L]), t(u, 'f32', [1, L])).toFloat32();
+      const alone = t(g, 'f32', [1, L]);
+      siluInplace(alone);
+      const wholeSilu = alone.toFloat32();
+      for (const n of [1, 3, 7, 9, 15, 17, 33, 100, 1001, 4099]) {
+        for (const at of [0, 1, 5, 8, 13]) {
+          const gw = g.subarray(at, at + n), uw = u.subarray(at, at + n);
+          const got = siluMul(t(gw, 'f32', [1, n]), t(uw, 'f32', [1, n])).toFloat32();
+          for (let i = 0; i < n; i++) assert.ok(Object.is(got[i], whole[at + i]), `siluMul: element ${at + i} in a window of ${n} at ${at}: ${got[i]} vs ${whole[at + i]}`);
+          const x = t(gw, 'f32', [1, n]);
+          siluInplace(x);
+          const s1 = x.toFloat32();
+          for (let i = 0; i < n; i++) assert.ok(Object.is(s1[i], wholeSilu[at + i]), `siluInplace: element ${at + i} in a window of ${n} at ${at}`);
+        }
+      }
+    });
     it('geluTanhMul matches float64 gelu_pytorch_tanh (and may write into gate)', () => {
       const N = 3, I = 77;
       const g = randomArray(N * I, rand, -12, 12);

@@ -36,14 +36,24 @@ SPECDEC_AVX2 inline __m256 silu8(__m256 v) {
   return _mm256_div_ps(num, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
 }
 
-// o = silu(g) * u (u null: o = silu(g)) over [0, n); the tail through the scalar formula.
+// o = silu(g) * u (u null: o = silu(g)) over [0, n); the tail through silu8 too, on a padded copy:
+// an element's bits must not depend on where a thread's range starts (the scalar formula's std::exp
+// is not exp_nonpos, and the ranges follow the batch's size and the pool's split: found as
+// identical prompts in one batch getting different logits).
 SPECDEC_AVX2 void silu_avx2(const float* g, const float* u, float* o, int64_t n) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     const __m256 s = silu8(_mm256_loadu_ps(g + i));
     _mm256_storeu_ps(o + i, u ? _mm256_mul_ps(s, _mm256_loadu_ps(u + i)) : s);
   }
-  for (; i < n; ++i) o[i] = u ? silu(g[i]) * u[i] : silu(g[i]);
+  if (i == n) return;
+  const size_t rest = static_cast<size_t>(n - i) * sizeof(float);
+  alignas(32) float gb[8] = {0, 0, 0, 0, 0, 0, 0, 0}, ub[8] = {0, 0, 0, 0, 0, 0, 0, 0}, ob[8];
+  std::memcpy(gb, g + i, rest);
+  if (u) std::memcpy(ub, u + i, rest);
+  const __m256 s = silu8(_mm256_load_ps(gb));
+  _mm256_store_ps(ob, u ? _mm256_mul_ps(s, _mm256_load_ps(ub)) : s);
+  std::memcpy(o + i, ob, rest);
 }
 #endif  // SPECDEC_CPU_X86_SIMD
 using simd::to_f32_row;

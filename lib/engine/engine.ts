@@ -15,7 +15,7 @@ import type { CausalLM } from '../models/causal_lm';
 import { native } from '../native';
 import { checkLogprobs, LogprobsSink, type TokenLogprobs } from '../logprobs';
 import { knownForwardCost } from '../cost_model';
-import { DEFAULT_TREE_RESERVE, SpecEngine, StatsAcc, type EngineSequence, type PhaseTimes, type StepPart } from '../spec_engine';
+import { DEFAULT_TREE_RESERVE, SpecEngine, StatsAcc, type EngineSequence, type PhaseTimes, type SharedPrefix, type StepPart } from '../spec_engine';
 import { abortError, isSampling } from '../step_helpers';
 import { resolvePenalties, type Penalties, type ResolvedPenalties } from '../sampling';
 import { checkModel, checkSpeculator, type SamplingConfig, type SeqRng, type Speculator } from '../strategies/speculator';
@@ -25,6 +25,14 @@ import { EngineMetrics } from './metrics';
 export interface EngineOptions {
   readonly model: CausalLM;
   readonly speculator?: Speculator;
+  /**
+   * A new request whose prompt begins with at least MIN_SHARED_PREFIX tokens of a live sequence's
+   * (another request's, or one admitted with it: n choices of one prompt, a shared system prompt)
+   * starts from a copy-on-write fork of that sequence's KV cache and computes only the rest: the
+   * same output (the prefix's K/V are the bits its own prefill would write). Not for requests with
+   * promptLogprobs, nor with a speculator that reads every prompt row (EAGLE). Default true.
+   */
+  readonly prefixSharing?: boolean;
   /** Most sequences decoded together; further requests wait in the queue. Default 64. */
   readonly maxBatch?: number;
   /**
@@ -149,6 +157,16 @@ interface RunningStep {
   readonly t0: number;
 }
 
+/** The fewest prompt tokens a request takes from another sequence's cache (EngineOptions.prefixSharing). */
+export const MIN_SHARED_PREFIX = 16;
+
+/** Tokens a and b have in common from the start, at most `max`. */
+function commonPrefix(a: ArrayLike<number>, b: ArrayLike<number>, max: number): number {
+  let n = 0;
+  while (n < max && a[n] === b[n]) n++;
+  return n;
+}
+
 /** Steps makeRoom trusts its page accounting before it asks the model again (see kvKnown). */
 const KV_RECHECK_STEPS = 64;
 
@@ -254,6 +272,8 @@ export class Engine {
   readonly maxBatch: number;
   readonly treeReserveTokens: number;
   readonly metrics = new EngineMetrics();
+  /** EngineOptions.prefixSharing, off where the speculator reads every prompt row. */
+  private readonly prefixSharing: boolean;
   private readonly queue: Request[] = [];
   private readonly live: Request[] = [];
   /**
@@ -282,6 +302,8 @@ export class Engine {
       throw codedError('E_ARG', `treeReserveTokens: expected an integer >= 1, got ${this.treeReserveTokens}`);
     }
     this.liveCap = this.maxBatch;
+    if (opts.prefixSharing !== undefined && typeof opts.prefixSharing !== 'boolean') throw codedError('E_ARG', `prefixSharing: expected a boolean, got ${String(opts.prefixSharing)}`);
+    this.prefixSharing = (opts.prefixSharing ?? true) && this.speculator?.readsPromptRows !== true;
     this.lendCore = opts.lendCore ?? (this.model.device === 'cpu' && cpuPoolFillsCores());
     this.speculator?.attach(this.model);
   }
@@ -594,6 +616,8 @@ export class Engine {
     const resumed: Request[] = [];
     // maxNewTokens 0 with promptLogprobs: the prompt is read for its log-probabilities, no token picked.
     const scored: Request[] = [];
+    // Fresh requests sharing a prefix with one admitted here: opened from its cache once it is read.
+    const later: Request[] = [];
     while (this.queue.length > 0 && this.live.length < this.liveCap) {
       const r = this.queue[0] as Request;
       const need = kv ? this.pagesFor(r.history.length + this.treeReserveTokens, kv.pageSize) : 0;
@@ -606,23 +630,18 @@ export class Engine {
       if (need > free && this.live.length > 0) break;
       this.queue.shift();
       free -= need;
-      try {
-        r.seq = r.group.open(r.history, r.promptLength, r.rng);
-        // (Ascending: a stop ban's tokens, StopBan.)
-        r.seq.stopTokens = r.stopArray ??= Int32Array.from(r.stop).sort();
-        r.seq.logprobs = r.logprobs;
-        r.seq.promptLogprobs = r.promptLogprobs;
-        r.seq.minTokens = r.opts.minTokens ?? 0;
-      } catch (e) {
-        this.fail(r, e);
+      const sharing = this.sharing(r);
+      if (sharing && !this.livePrefix(r) && fresh.some((f) => commonPrefix(f.history, r.history, Math.min(f.history.length, r.history.length - 1)) >= MIN_SHARED_PREFIX)) {
+        later.push(r);
         continue;
       }
+      if (!this.openSeq(r, sharing ? this.livePrefix(r) : undefined)) continue;
       this.live.push(r);
       this.kvKnown = undefined;  // the admitted prefill takes pages makeRoom has not seen
       if (r.opts.maxNewTokens === 0) scored.push(r);
       else if (r.newTokens.length === 0) fresh.push(r);
       else {
-        Object.assign(r.seq.stats, r.stats);
+        Object.assign((r.seq as EngineSequence).stats, r.stats);
         resumed.push(r);
       }
     }
@@ -632,6 +651,52 @@ export class Engine {
       await this.catchUp(group, scored.filter((r) => r.group === group), false);
     }
     for (const r of scored) if (r.done === undefined && r.promptAnnounced) r.done = 'length';
+    if (later.length === 0) return;
+    // Their sources are read now (or failed: then they read their prompts whole).
+    const opened: Request[] = [];
+    for (const r of later) {
+      if (!this.openSeq(r, this.livePrefix(r))) continue;
+      this.live.push(r);
+      this.kvKnown = undefined;
+      opened.push(r);
+    }
+    for (const group of new Set(opened.map((r) => r.group))) await this.catchUp(group, opened.filter((r) => r.group === group), true);
+  }
+
+  /** Whether r may start from another sequence's cache (EngineOptions.prefixSharing). */
+  private sharing(r: Request): boolean {
+    return this.prefixSharing && r.newTokens.length === 0 && r.opts.promptLogprobs === undefined && r.history.length > MIN_SHARED_PREFIX;
+  }
+
+  /** The live sequence whose committed tokens begin r's prompt the longest (MIN_SHARED_PREFIX or more; never the prompt's last token). */
+  private livePrefix(r: Request): SharedPrefix | undefined {
+    let best: SharedPrefix | undefined;
+    for (const o of this.live) {
+      const s = o.seq;
+      if (!s || s.released || s.committed < MIN_SHARED_PREFIX) continue;
+      const n = commonPrefix(s.history, r.history, Math.min(s.committed, r.history.length - 1));
+      if (n >= MIN_SHARED_PREFIX && n > (best?.length ?? 0)) best = { from: s, length: n };
+    }
+    return best;
+  }
+
+  /** Opens r's sequence (from `prefix` when given); false when that failed (r failed with the reason). */
+  private openSeq(r: Request, prefix: SharedPrefix | undefined): boolean {
+    try {
+      r.seq = r.group.open(r.history, r.promptLength, r.rng, prefix);
+      // (Ascending: a stop ban's tokens, StopBan.)
+      r.seq.stopTokens = r.stopArray ??= Int32Array.from(r.stop).sort();
+      r.seq.logprobs = r.logprobs;
+      r.seq.promptLogprobs = r.promptLogprobs;
+      r.seq.minTokens = r.opts.minTokens ?? 0;
+    } catch (e) {
+      if (r.seq) r.group.close(r.seq);
+      r.seq = undefined;
+      this.fail(r, e);
+      return false;
+    }
+    if (prefix) this.metrics.sharedPromptTokens += prefix.length;
+    return true;
   }
 
   /** Prefill of newly admitted sequences (pickRoot: the first token is picked) or recompute of preempted ones. */

@@ -12,6 +12,8 @@ export class EngineMetrics {
   aborted = 0;
   failed = 0;
   promptTokens = 0;
+  /** Prompt tokens requests took from another live sequence's cache instead of computing them (EngineOptions.prefixSharing). */
+  sharedPromptTokens = 0;
   /** Tokens handed to requests (a step's tokens past a stop are not counted). */
   generatedTokens = 0;
   /** Batched target forwards (prefills, recomputes and speculative steps). */

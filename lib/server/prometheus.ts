@@ -19,6 +19,7 @@ export function prometheusText(engine: Engine): string {
     ['{outcome="failed"}', m.failed],
   ]);
   metric('specdec_prompt_tokens_total', 'counter', 'Prompt tokens submitted.', [['', m.promptTokens]]);
+  metric('specdec_shared_prompt_tokens_total', 'counter', 'Prompt tokens taken from another live sequence\'s KV cache instead of computed.', [['', m.sharedPromptTokens]]);
   metric('specdec_generation_tokens_total', 'counter', 'Tokens generated.', [['', m.generatedTokens]]);
   metric('specdec_target_forwards_total', 'counter', 'Batched target forwards (prefills, recomputes, speculative steps).', [['', m.forwards]]);
   metric('specdec_tokens_per_forward', 'gauge', 'Completed requests: tokens per target forward of a sequence (tau).', [

@@ -636,6 +636,9 @@ const DEFAULT_MAX_NODES = 59;
 export class EagleSpeculator implements Speculator {
   readonly name = 'eagle';
   /** EAGLE-1/2 read the final hidden states; EAGLE-3 the inputs of three layers (auxLayers). */
+  /** Its draft reads the target's features of every prompt row (no shared prefixes). */
+  readonly readsPromptRows = true;
+
   get wantsHidden(): boolean {
     return this.head.config.version === 1;
   }

@@ -164,6 +164,11 @@ export interface Speculator {
   /** The forwards (prefill and verifying) must return the residual stream entering these layers (EAGLE-3). */
   readonly auxLayers?: readonly number[] | undefined;
   /**
+   * prefill() reads every prompt row the target computes (EAGLE's features): a sequence must then
+   * read its whole prompt, not start from another's cached prefix (EngineOptions.prefixSharing).
+   */
+  readonly readsPromptRows?: boolean;
+  /**
    * update() reads the argmax of every row of the forward (lookahead's window): the engine then
    * gets it in the same native read as the verification result.
    */

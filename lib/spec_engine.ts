@@ -224,9 +224,19 @@ function bump(a: number[], i: number): void {
 
 // ---- the engine ----------------------------------------------------------------------------------
 
+/** A model sequence and its tokens: what a new sequence may start from (EngineSequence, or one the engine keeps). */
+export interface PrefixSource {
+  readonly modelSeq: number;
+  /** Its tokens; the first `committed` are in its KV cache. */
+  readonly history: ArrayLike<number>;
+  readonly committed: number;
+  /** Freed (its model sequence gone). */
+  readonly released: boolean;
+}
+
 /** A sequence to start from: its first `length` committed tokens are the new sequence's too. */
 export interface SharedPrefix {
-  readonly from: EngineSequence;
+  readonly from: PrefixSource;
   readonly length: number;
 }
 
@@ -371,6 +381,17 @@ export class SpecEngine {
     const s = new EngineSequence(nextSequenceKey++, modelSeq, history, promptLength, rng, this.model.config.maxPositions);
     s.committed = prefix.length;
     return s;
+  }
+
+  /**
+   * Frees the sequence in the speculator but keeps its model sequence (its KV cache), which the
+   * caller now owns (a prefix for later sequences: Engine's prefixCache); close() then does nothing.
+   */
+  retain(seq: EngineSequence): number {
+    if (seq.released) throw codedError('E_INTERNAL', 'retain: the sequence was released');
+    seq.released = true;
+    this.speculator?.release(seq);
+    return seq.modelSeq;
   }
 
   /** Frees the sequence in the model and in the speculator (idempotent). */

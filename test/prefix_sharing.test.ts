@@ -118,6 +118,96 @@ describe('prefix sharing (the engine)', function () {
     }
   });
 
+  it('prefixCache: finished sequences kept for later requests (a chat\'s next turn starts after the last one\'s tokens); the output without it; closed and idle, the pages come back', async () => {
+    const { target } = family;
+    for (const [name, make] of cases()) {
+      const a = new Engine({ model: target, ...(make() ? { speculator: make() as Speculator } : {}), prefixSharing: false });
+      const b = new Engine({ model: target, ...(make() ? { speculator: make() as Speculator } : {}), prefixCache: 4 });
+      try {
+        // Turn 1, then turn 2 = turn 1's prompt + its answer + a new question, then a turn 2 of
+        // another conversation sharing only the system prompt.
+        const turn1 = [...system, ...ids(6)];
+        const o1 = await a.submit(turn1, { maxNewTokens: 12, ignoreEos: true });
+        const g1 = await b.submit(turn1, { maxNewTokens: 12, ignoreEos: true });
+        assert.deepStrictEqual(Array.from(g1.tokens), Array.from(o1.tokens), `${name}: turn 1`);
+        assert.strictEqual(b.prefixCached, 1, `${name}: turn 1 kept`);
+        const turn2 = [...turn1, ...o1.tokens, ...ids(5)];
+        const before = b.metrics.sharedPromptTokens;
+        const o2 = await a.submit(turn2, { maxNewTokens: 12, ignoreEos: true, sampling: { temperature: 0.8 }, seed: 9 });
+        const g2 = await b.submit(turn2, { maxNewTokens: 12, ignoreEos: true, sampling: { temperature: 0.8 }, seed: 9 });
+        assert.deepStrictEqual(Array.from(g2.tokens), Array.from(o2.tokens), `${name}: turn 2`);
+        // (Turn 1's cache holds its prompt and all its answer but the last token, which was never fed.)
+        assert.strictEqual(b.metrics.sharedPromptTokens - before, turn1.length + o1.tokens.length - 1, `${name}: turn 2 started after turn 1`);
+        const other = [...system, ...ids(4)];
+        const before2 = b.metrics.sharedPromptTokens;
+        assert.deepStrictEqual(Array.from((await b.submit(other, { maxNewTokens: 4 })).tokens), Array.from((await a.submit(other, { maxNewTokens: 4 })).tokens), `${name}: another conversation`);
+        assert.strictEqual(b.metrics.sharedPromptTokens - before2, system.length, `${name}: the system prompt shared`);
+        assert.ok(b.prefixCached >= 2 && b.prefixCached <= 4);
+        const kv = target.kvInfo();
+        assert.ok(kv.freePages < kv.totalPages, `${name}: kept sequences hold pages`);
+      } finally {
+        a.close();
+        b.close();
+      }
+      await b.idle();
+      assert.strictEqual(b.prefixCached, 0, `${name}: closed and idle: dropped`);
+      const kv = target.kvInfo();
+      assert.strictEqual(kv.freePages, kv.totalPages, `${name}: KV pages free`);
+    }
+    assert.throws(() => new Engine({ model: target, prefixCache: -1 }), /prefixCache: expected an integer >= 0/);
+  });
+
+  it('prefixCache on a small KV cache: kept sequences give way to new requests and steps (none fails, no live sequence is preempted for them); the output without it', async () => {
+    const { defaultModelPaths } = await import('../lib/default_models');
+    const { LlamaModel } = await import('../lib/models/llama');
+    const small = await LlamaModel.load(defaultModelPaths().target, { device: 'cpu', maxSequences: 16, kvPages: 24 });
+    try {
+      const a = new Engine({ model: small, prefixSharing: false });
+      const b = new Engine({ model: small, prefixCache: 16, maxBatch: 4 });
+      try {
+        const kv = small.kvInfo();
+        // Distinct prompts of ~4 pages each: kept, they would need far more pages than the cache has.
+        const reqs = Array.from({ length: 12 }, (_, i) => [...ids(2 * kv.pageSize + 5), i]);
+        const wave = reqs.slice(-4).map((p, i) => [...p.slice(0, -1), 100 + i]);
+        // The reference first (engine a, sharing nothing), then b alone: its kept sequences make
+        // room for its own requests.
+        const want: GenerateResult[] = [];
+        for (const p of reqs) want.push(await a.submit(p, { maxNewTokens: 10, ignoreEos: true }));
+        const wantWave = await Promise.all(wave.map((p) => a.submit(p, { maxNewTokens: 20, ignoreEos: true })));
+        for (const [i, p] of reqs.entries()) {
+          const got = await b.submit(p, { maxNewTokens: 10, ignoreEos: true });
+          assert.deepStrictEqual(Array.from(got.tokens), Array.from(want[i]!.tokens), `request ${i}`);
+        }
+        // Then several at once, sharing a prefix with a kept one where it still is.
+        const shared0 = b.metrics.sharedPromptTokens;
+        const got = await Promise.all(wave.map((p) => b.submit(p, { maxNewTokens: 20, ignoreEos: true })));
+        got.forEach((g, i) => assert.deepStrictEqual(Array.from(g.tokens), Array.from(wantWave[i]!.tokens), `wave ${i}`));
+        assert.ok(b.metrics.sharedPromptTokens > shared0, 'the wave shared kept prefixes');
+        assert.ok(b.prefixCached < 16, `${b.prefixCached} kept: the others gave way`);
+        // Sequences that grow past what their admission took: kept prefixes give way to their
+        // steps too (short prompts admitted at once, long outputs).
+        for (const p of reqs.slice(0, 6)) await b.submit(p, { maxNewTokens: 2 });
+        assert.ok(small.kvInfo().freePages < 6 && b.prefixCached >= 4, 'kept sequences hold most pages');
+        const growers = [0, 1, 2].map((i) => [...ids(3), 200 + i]);
+        // Each grows to ~7 pages: together nearly the whole cache.
+        const long = Math.floor(((kv.totalPages - 3) * kv.pageSize) / growers.length) - 6;
+        const wantLong = await Promise.all(growers.map((p) => a.submit(p, { maxNewTokens: long, ignoreEos: true })));
+        const gotLong = await Promise.all(growers.map((p) => b.submit(p, { maxNewTokens: long, ignoreEos: true })));
+        gotLong.forEach((g, i) => assert.deepStrictEqual(Array.from(g.tokens), Array.from(wantLong[i]!.tokens), `grower ${i}`));
+        assert.strictEqual(b.metrics.failed, 0);
+        assert.strictEqual(b.metrics.preemptions, 0, 'no live sequence preempted');
+      } finally {
+        a.close();
+        b.close();
+      }
+      await b.idle();
+      const kv = small.kvInfo();
+      assert.strictEqual(kv.freePages, kv.totalPages, 'KV pages free');
+    } finally {
+      small.dispose();
+    }
+  });
+
   it('sources that finish, or are preempted, first leave their forks whole; EAGLE (reads every prompt row) shares nothing', async () => {
     const { target, eagle } = family;
     // A short-lived source (2 tokens) and long forks of it.

@@ -135,15 +135,30 @@ describe('specdec serve', function () {
     }
   });
 
-  it('startServe with a sized strategy calibrates the cost model before it listens', async () => {
+  it('startServe with a sized strategy calibrates the cost model before it listens; its prefix cache serves a chat\'s next turn', async () => {
     const running = await startServe(parseServeFlags(['--port', '0', '--draft', 'default', '--device', 'cpu', '--max-batch', '2']));
     try {
       assert.ok(knownForwardCost(running.server.engine.model), 'the target cost curve is known before the first request');
       const r = await postJson(`${running.url}/v1/completions`, { prompt: 'once upon a time', max_tokens: 6, temperature: 0 });
       assert.strictEqual(r.status, 200);
+      // The prefix cache (default --max-batch sequences): a chat's next turn, sent as the whole
+      // conversation, computes only what follows the last turn's tokens, with the same output.
+      const turn1 = 'once upon a time there was a little girl named lily . she liked to play in the park with her dog';
+      const t1 = await postJson(`${running.url}/v1/completions`, { prompt: turn1, max_tokens: 8, temperature: 0 });
+      const turn2 = [...TextTokenizer.load(EMBEDDED.target)!.encode(turn1), ...completionTokens(t1), 13, 14];
+      const before = running.server.engine.metrics.sharedPromptTokens;
+      const t2 = await postJson(`${running.url}/v1/completions`, { prompt: turn2, max_tokens: 8, temperature: 0 });
+      assert.ok(running.server.engine.metrics.sharedPromptTokens - before >= turn2.length - 3, 'turn 2 started after turn 1');
+      const alone = await plainGenerate(running.server.engine.model as LlamaModel, [Int32Array.from(turn2)], { maxNewTokens: 8 });
+      assert.deepStrictEqual(completionTokens(t2), Array.from(alone.tokens[0]!));
+      assert.match((await request(`${running.url}/metrics`, 'GET')).body, /specdec_shared_prompt_tokens_total [1-9]/);
     } finally {
       await running.close();
     }
+    assert.strictEqual(parseServeFlags([]).prefixCache, 32);
+    assert.strictEqual(parseServeFlags(['--max-batch', '4']).prefixCache, 4);
+    assert.strictEqual(parseServeFlags(['--prefix-cache', '0']).prefixCache, 0);
+    assert.throws(() => parseServeFlags(['--prefix-cache', '-1']), /--prefix-cache/);
   });
 
   it('bad requests: 400 with a JSON error naming the field; 404, 405, 413', async () => {

@@ -14,7 +14,7 @@ import { EMBEDDED, parseIntFlag, parseNumberFlag } from './generate';
 import { parseStrategyFlags, speculatorFactory, treeRoomFor, type StrategyFlags } from './strategy_flags';
 
 export const SERVE_USAGE = `usage: specdec serve [--model DIR] [--draft DIR | --medusa DIR | --eagle DIR | --lookahead W,N,G | --prompt-lookup N]
-                    [--host 127.0.0.1] [--port 8000] [--max-batch N] [--kv-budget MB] [--device cpu|cuda|auto]
+                    [--host 127.0.0.1] [--port 8000] [--max-batch N] [--kv-budget MB] [--prefix-cache N] [--device cpu|cuda|auto]
 
   OpenAI-compatible HTTP server: POST /v1/completions (stream: true for server-sent events),
   GET /v1/models, GET /health, GET /metrics (Prometheus). SIGTERM or SIGINT drains and exits.
@@ -23,6 +23,9 @@ export const SERVE_USAGE = `usage: specdec serve [--model DIR] [--draft DIR | --
   --host H          address to listen on (default 127.0.0.1)
   --port P          port (default 8000; 0 picks a free one, printed on stderr)
   --max-batch N     sequences decoded together (default 32); more requests wait in a FIFO queue
+  --prefix-cache N  finished sequences kept so that later requests starting with their tokens (a
+                    chat's next turn, a shared system prompt) compute only the rest; their pages
+                    go first when the cache is short (default --max-batch; 0: none)
   --kv-budget MB    KV cache of the target (and of a draft model) in MiB; default room for
                     --max-batch full contexts, capped at 2 GiB
   --draft/--medusa/--eagle/--lookahead/--prompt-lookup   the speculative strategy (as for generate)`;
@@ -34,13 +37,15 @@ export interface ServeFlags {
   readonly port: number;
   readonly maxBatch: number;
   readonly kvBudgetMb?: number;
+  /** --prefix-cache (EngineOptions.prefixCache); default maxBatch. */
+  readonly prefixCache: number;
   readonly device: Device | 'auto';
 }
 
 export function parseServeFlags(argv: readonly string[]): ServeFlags {
   const { flags: strategy, rest } = parseStrategyFlags(argv);
   const values = new Map<string, string>();
-  const known = new Set(['--model', '--host', '--port', '--max-batch', '--kv-budget', '--device']);
+  const known = new Set(['--model', '--host', '--port', '--max-batch', '--kv-budget', '--prefix-cache', '--device']);
   for (let i = 0; i < rest.length; i++) {
     const arg = rest[i] as string;
     const eq = arg.startsWith('--') ? arg.indexOf('=') : -1;
@@ -57,11 +62,14 @@ export function parseServeFlags(argv: readonly string[]): ServeFlags {
   const kv = values.get('--kv-budget');
   const port = values.get('--port');
   const maxBatch = values.get('--max-batch');
+  const prefixCache = values.get('--prefix-cache');
+  const batch = maxBatch !== undefined ? parseIntFlag('--max-batch', maxBatch, 1) : 32;
   const f: ServeFlags = {
     strategy,
     host: values.get('--host') ?? '127.0.0.1',
     port: port !== undefined ? parseIntFlag('--port', port, 0) : 8000,
-    maxBatch: maxBatch !== undefined ? parseIntFlag('--max-batch', maxBatch, 1) : 32,
+    maxBatch: batch,
+    prefixCache: prefixCache !== undefined ? parseIntFlag('--prefix-cache', prefixCache, 0) : batch,
     device,
     ...(model !== undefined ? { model } : {}),
     ...(kv !== undefined ? { kvBudgetMb: parseNumberFlag('--kv-budget', kv, (n) => n > 0, 'a number of MiB > 0') } : {}),
@@ -110,7 +118,7 @@ export async function startServe(flags: ServeFlags): Promise<RunningServer> {
       built.dispose();
       model.dispose();
     };
-    const engine = new Engine({ model, maxBatch: flags.maxBatch, ...(built.speculator ? { speculator: built.speculator, treeReserveTokens: treeTokens } : {}) });
+    const engine = new Engine({ model, maxBatch: flags.maxBatch, prefixCache: flags.prefixCache, ...(built.speculator ? { speculator: built.speculator, treeReserveTokens: treeTokens } : {}) });
     // The cost model's calibration before the first request rather than during it.
     await engine.prepare();
     const tokenizer = TextTokenizer.load(dir);

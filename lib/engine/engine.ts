@@ -15,7 +15,7 @@ import type { CausalLM } from '../models/causal_lm';
 import { native } from '../native';
 import { checkLogprobs, LogprobsSink, type TokenLogprobs } from '../logprobs';
 import { knownForwardCost } from '../cost_model';
-import { DEFAULT_TREE_RESERVE, SpecEngine, StatsAcc, type EngineSequence, type PhaseTimes, type SharedPrefix, type StepPart } from '../spec_engine';
+import { DEFAULT_TREE_RESERVE, SpecEngine, StatsAcc, type EngineSequence, type PhaseTimes, type PrefixSource, type SharedPrefix, type StepPart } from '../spec_engine';
 import { abortError, isSampling } from '../step_helpers';
 import { resolvePenalties, type Penalties, type ResolvedPenalties } from '../sampling';
 import { checkModel, checkSpeculator, type SamplingConfig, type SeqRng, type Speculator } from '../strategies/speculator';
@@ -33,6 +33,14 @@ export interface EngineOptions {
    * promptLogprobs, nor with a speculator that reads every prompt row (EAGLE). Default true.
    */
   readonly prefixSharing?: boolean;
+  /**
+   * Finished sequences kept for later requests' prefixes (with prefixSharing): up to this many, the
+   * least recently used going first. Their KV pages stay taken until they go: when a request waits
+   * for pages or a step runs short (before any live sequence is preempted), beyond this count, and
+   * once the engine is closed and idle (or at dropPrefixCache()). Multi-turn chats resend the
+   * conversation: its next turn starts after the last one's tokens. Default 0 (none kept).
+   */
+  readonly prefixCache?: number;
   /** Most sequences decoded together; further requests wait in the queue. Default 64. */
   readonly maxBatch?: number;
   /**
@@ -263,6 +271,12 @@ export function sharedEngine(model: CausalLM, speculator: Speculator | undefined
   return e;
 }
 
+/**
+ * The engines of a model that keep prefixes (EngineOptions.prefixCache): one short of pages frees
+ * the others' kept sequences too (they hold the model's pages, which it cannot see otherwise).
+ */
+const keepersOf = new WeakMap<CausalLM, Set<Engine>>();
+
 /** Sampling settings an Engine keeps a SpecEngine for beyond those its requests hold (Engine.groups). */
 export const MAX_GROUPS = 32;
 
@@ -274,6 +288,9 @@ export class Engine {
   readonly metrics = new EngineMetrics();
   /** EngineOptions.prefixSharing, off where the speculator reads every prompt row. */
   private readonly prefixSharing: boolean;
+  /** EngineOptions.prefixCache, and the sequences kept (least recently used first). */
+  private readonly prefixCache: number;
+  private readonly retained: { modelSeq: number; history: number[]; committed: number; released: boolean }[] = [];
   private readonly queue: Request[] = [];
   private readonly live: Request[] = [];
   /**
@@ -304,6 +321,13 @@ export class Engine {
     this.liveCap = this.maxBatch;
     if (opts.prefixSharing !== undefined && typeof opts.prefixSharing !== 'boolean') throw codedError('E_ARG', `prefixSharing: expected a boolean, got ${String(opts.prefixSharing)}`);
     this.prefixSharing = (opts.prefixSharing ?? true) && this.speculator?.readsPromptRows !== true;
+    this.prefixCache = this.prefixSharing ? (opts.prefixCache ?? 0) : 0;
+    if (this.prefixCache > 0) {
+      let keepers = keepersOf.get(this.model);
+      if (!keepers) keepersOf.set(this.model, (keepers = new Set()));
+      keepers.add(this);
+    }
+    if (!Number.isSafeInteger(opts.prefixCache ?? 0) || (opts.prefixCache ?? 0) < 0) throw codedError('E_ARG', `prefixCache: expected an integer >= 0, got ${String(opts.prefixCache)}`);
     this.lendCore = opts.lendCore ?? (this.model.device === 'cpu' && cpuPoolFillsCores());
     this.speculator?.attach(this.model);
   }
@@ -408,6 +432,46 @@ export class Engine {
   /** Takes no new requests (E_CLOSED); those already submitted run to the end. */
   close(): void {
     this.closed = true;
+    if (!this.running) this.forgetPrefixes();
+  }
+
+  /** Closed and idle: the kept prefixes go, and this engine leaves its model's keepers. */
+  private forgetPrefixes(): void {
+    this.dropPrefixCache();
+    keepersOf.get(this.model)?.delete(this);
+  }
+
+  /** Frees the finished sequences kept for prefixes (EngineOptions.prefixCache); returns how many. */
+  dropPrefixCache(): number {
+    const n = this.retained.length;
+    while (this.retained.length > 0) this.evictOne();
+    return n;
+  }
+
+  /** dropPrefixCache() of every engine on this model (called while this one holds the model's lock). */
+  private dropModelPrefixCaches(): number {
+    let n = this.dropPrefixCache();
+    for (const e of keepersOf.get(this.model) ?? []) if (e !== this) n += e.dropPrefixCache();
+    return n;
+  }
+
+  /** Whether this engine or another on its model keeps prefixes now. */
+  private anyKept(): boolean {
+    for (const e of keepersOf.get(this.model) ?? []) if (e.retained.length > 0) return true;
+    return false;
+  }
+
+  /** Sequences kept for prefixes now (EngineOptions.prefixCache). */
+  get prefixCached(): number {
+    return this.retained.length;
+  }
+
+  private evictOne(): void {
+    const e = this.retained.shift();
+    if (!e) return;
+    e.released = true;
+    this.kvKnown = undefined;
+    this.model.freeSequence(e.modelSeq);
   }
 
   /** close(): `using engine = new Engine(...)` closes it at the block's end. */
@@ -558,7 +622,10 @@ export class Engine {
     } finally {
       this.running = false;
       if (this.queue.length > 0 || this.live.length > 0) this.kick();
-      else for (const w of this.idleWaiters.splice(0)) w();
+      else {
+        if (this.closed) this.forgetPrefixes();
+        for (const w of this.idleWaiters.splice(0)) w();
+      }
     }
   }
 
@@ -626,6 +693,11 @@ export class Engine {
         this.fail(r, codedError('E_KV_FULL', `request needs ${need} KV pages for ${r.history.length} tokens + a ${this.treeReserveTokens}-token tree, but the cache has ${kv.totalPages} pages of ${kv.pageSize} tokens`));
         continue;
       }
+      // Kept prefixes give way first.
+      if (kv && need > free && this.anyKept()) {
+        const had = (this.kvPages() as KvPages).freePages;
+        free += this.evictFor(had + need - free) - had;
+      }
       // FIFO: the head waits for room (unless nothing runs, then it is tried and fails if it must).
       if (need > free && this.live.length > 0) break;
       this.queue.shift();
@@ -668,16 +740,50 @@ export class Engine {
     return this.prefixSharing && r.newTokens.length === 0 && r.opts.promptLogprobs === undefined && r.history.length > MIN_SHARED_PREFIX;
   }
 
-  /** The live sequence whose committed tokens begin r's prompt the longest (MIN_SHARED_PREFIX or more; never the prompt's last token). */
+  /**
+   * The live or kept sequence whose committed tokens begin r's prompt the longest (MIN_SHARED_PREFIX
+   * or more; never the prompt's last token). A kept one found becomes the most recently used.
+   */
   private livePrefix(r: Request): SharedPrefix | undefined {
     let best: SharedPrefix | undefined;
-    for (const o of this.live) {
-      const s = o.seq;
-      if (!s || s.released || s.committed < MIN_SHARED_PREFIX) continue;
+    const consider = (s: PrefixSource): void => {
+      if (s.released || s.committed < MIN_SHARED_PREFIX) return;
       const n = commonPrefix(s.history, r.history, Math.min(s.committed, r.history.length - 1));
       if (n >= MIN_SHARED_PREFIX && n > (best?.length ?? 0)) best = { from: s, length: n };
-    }
+    };
+    for (const o of this.live) if (o.seq) consider(o.seq);
+    for (const e of this.retained) consider(e);
+    const kept = best ? this.retained.indexOf(best.from as (typeof this.retained)[number]) : -1;
+    if (kept >= 0) this.retained.push(...this.retained.splice(kept, 1));
     return best;
+  }
+
+  /** Keeps a finished request's model sequence for later prefixes (EngineOptions.prefixCache), else frees it. */
+  private retire(r: Request): void {
+    const s = r.seq;
+    if (!s || this.prefixCache === 0 || s.released || s.committed < MIN_SHARED_PREFIX) return this.release(r);
+    const i = this.live.indexOf(r);
+    if (i >= 0) this.live.splice(i, 1);
+    r.seq = undefined;
+    const modelSeq = r.group.retain(s);
+    this.retained.push({ modelSeq, history: s.history.slice(0, s.committed), committed: s.committed, released: false });
+    while (this.retained.length > this.prefixCache) this.evictOne();
+  }
+
+  /**
+   * Frees kept sequences (this engine's least recently used first, then other engines' on the model)
+   * until the cache has `pages` free or none is kept; the free pages then.
+   */
+  private evictFor(pages: number): number {
+    let kv = this.kvPages();
+    const keepers = [this, ...[...(keepersOf.get(this.model) ?? [])].filter((e) => e !== this)];
+    for (const e of keepers) {
+      while (e.retained.length > 0 && kv && kv.freePages < pages) {
+        e.evictOne();
+        kv = this.kvPages();
+      }
+    }
+    return kv ? kv.freePages : Infinity;
   }
 
   /** Opens r's sequence (from `prefix` when given); false when that failed (r failed with the reason). */
@@ -745,13 +851,19 @@ export class Engine {
       }
     }
     this.shortPages = undefined;
-    const kv = this.kvPages();
+    let kv = this.kvPages();
     if (!kv) return;
+    const pageSize = kv.pageSize;
     this.kvKnown = { kv, spent: 0, age: 0 };
-    let need = active().reduce((n, r) => n + this.growth(r, kv.pageSize), 0);
+    let need = active().reduce((n, r) => n + this.growth(r, pageSize), 0);
+    // Kept prefixes give way before any live sequence is preempted.
+    if (need > kv.freePages && this.anyKept()) {
+      kv = { ...kv, freePages: this.evictFor(need) };
+      this.kvKnown = { kv, spent: 0, age: 0 };
+    }
     while (need > kv.freePages && active().length > 1) {
       const victim = active().reduce((a, b) => (b.id > a.id ? b : a));
-      need -= this.growth(victim, kv.pageSize);
+      need -= this.growth(victim, pageSize);
       this.preempt(victim);
     }
     if (need > kv.freePages) this.shortPages = kv.freePages;
@@ -823,8 +935,10 @@ export class Engine {
   private recover(reqs: readonly Request[], e: unknown): void {
     this.kvKnown = undefined;  // a failed step's pages are not accounted for: ask again
     const kvFull = (e as { code?: unknown } | null)?.code === 'E_KV_FULL';
-    if (kvFull && this.live.length > 1) {
-      this.liveCap = Math.max(1, this.live.length - 1);
+    if (kvFull && (this.live.length > 1 || this.anyKept())) {
+      // Out of pages with prefixes kept: they go, and the step's requests are recomputed. Else the
+      // batch shrinks.
+      if (this.dropModelPrefixCaches() === 0) this.liveCap = Math.max(1, this.live.length - 1);
       for (const r of reqs) this.preempt(r);
       return;
     }
@@ -948,7 +1062,7 @@ export class Engine {
     for (const k of Object.keys(phases) as (keyof PhaseTimes)[]) phases[k] = now[k] - r.phases0[k];
     const stats = (s ? s.stats : r.stats).finish(phases, (performance.now() - r.t0) / 1000);
     try {
-      this.release(r);
+      this.retire(r);
     } catch (e) {
       this.fail(r, e);
       return;

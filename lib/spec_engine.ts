@@ -238,6 +238,8 @@ export interface PrefixSource {
 export interface SharedPrefix {
   readonly from: PrefixSource;
   readonly length: number;
+  /** The source's prompt log-probabilities (entries 0 .. length - 1 are the new sequence's too). */
+  readonly promptLogprobs?: LogprobsSink;
 }
 
 /** Engine-side state of a sequence (the speculator sees it read-only as a SpecSequence). */

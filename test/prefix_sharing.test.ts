@@ -118,6 +118,45 @@ describe('prefix sharing (the engine)', function () {
     }
   });
 
+  it('prompt log-probabilities (lm-eval\'s loglikelihood: one context, several continuations): the shared prefix\'s entries are the source\'s, the rest computed; the same as without sharing', async () => {
+    const { target } = family;
+    const context = [...system, ...ids(10)];
+    const conts = [ids(3), ids(5), ids(1), ids(4)];
+    for (const maxNewTokens of [0, 1]) {
+      const a = new Engine({ model: target, prefixSharing: false });
+      const b = new Engine({ model: target, prefixCache: 2 });
+      try {
+        // k 2 on the first (the source), then k 1 and 2 (they share), and one with k 3 (more
+        // alternatives than the source recorded: it reads its prompt whole).
+        const ks = [2, 1, 2, 3];
+        const run = (e: Engine): Promise<GenerateResult[]> => Promise.all(conts.map((c, i) => e.submit([...context, ...c], { maxNewTokens, promptLogprobs: ks[i]! })));
+        const want = await run(a);
+        const got = await run(b);
+        got.forEach((g, i) => {
+          const w = want[i]!;
+          assert.strictEqual(g.promptLogprobs!.token.length, context.length + conts[i]!.length - 1);
+          assert.deepStrictEqual(Array.from(g.promptLogprobs!.token), Array.from(w.promptLogprobs!.token), `${maxNewTokens}: request ${i}: entries`);
+          assert.deepStrictEqual(Array.from(g.promptLogprobs!.topIds), Array.from(w.promptLogprobs!.topIds), `${maxNewTokens}: request ${i}: top ids`);
+          assert.deepStrictEqual(Array.from(g.promptLogprobs!.topLogprobs), Array.from(w.promptLogprobs!.topLogprobs), `${maxNewTokens}: request ${i}: top log-probabilities`);
+          assert.deepStrictEqual(Array.from(g.tokens), Array.from(w.tokens));
+        });
+        // Requests 1 and 2 shared all of the context but its last token.
+        assert.strictEqual(b.metrics.sharedPromptTokens, 2 * (context.length - 1), `${maxNewTokens}: shared`);
+        // A later request shares from a kept one.
+        const later = await b.submit([...context, 7, 8], { maxNewTokens, promptLogprobs: 1 });
+        const laterWant = await a.submit([...context, 7, 8], { maxNewTokens, promptLogprobs: 1 });
+        assert.deepStrictEqual(Array.from(later.promptLogprobs!.token), Array.from(laterWant.promptLogprobs!.token), `${maxNewTokens}: a later request`);
+        assert.strictEqual(b.metrics.sharedPromptTokens, 3 * (context.length - 1), `${maxNewTokens}: shared from a kept one`);
+      } finally {
+        a.close();
+        b.close();
+      }
+      await b.idle();
+    }
+    const kv = target.kvInfo();
+    assert.strictEqual(kv.freePages, kv.totalPages, 'KV pages free');
+  });
+
   it('prefixCache: finished sequences kept for later requests (a chat\'s next turn starts after the last one\'s tokens); the output without it; closed and idle, the pages come back', async () => {
     const { target } = family;
     for (const [name, make] of cases()) {

@@ -29,8 +29,10 @@ export interface EngineOptions {
    * A new request whose prompt begins with at least MIN_SHARED_PREFIX tokens of a live sequence's
    * (another request's, or one admitted with it: n choices of one prompt, a shared system prompt)
    * starts from a copy-on-write fork of that sequence's KV cache and computes only the rest: the
-   * same output (the prefix's K/V are the bits its own prefill would write). Not for requests with
-   * promptLogprobs, nor with a speculator that reads every prompt row (EAGLE). Default true.
+   * same output (the prefix's K/V are the bits its own prefill would write). A request with
+   * promptLogprobs shares with a source that recorded them (at least as many alternatives), taking
+   * its entries over the prefix. Not with a speculator that reads every prompt row (EAGLE). Default
+   * true.
    */
   readonly prefixSharing?: boolean;
   /**
@@ -168,6 +170,20 @@ interface RunningStep {
 /** The fewest prompt tokens a request takes from another sequence's cache (EngineOptions.prefixSharing). */
 export const MIN_SHARED_PREFIX = 16;
 
+/**
+ * Tokens request r may take from a source with these tokens (`cached` of them in its KV cache):
+ * their common prefix, never r's last token. With r's promptLogprobs, also within the source's
+ * recorded prompt log-probabilities (`recorded` entries of sink, with at least r's alternatives),
+ * and one less: entry j is read on row j for token j + 1, which must be the source's too.
+ */
+function shareable(history: ArrayLike<number>, cached: number, sink: LogprobsSink | undefined, recorded: number, r: Request): number {
+  const n = commonPrefix(history, r.history, Math.min(cached, r.history.length - 1));
+  const lp = r.promptLogprobs;
+  if (!lp) return n;
+  if (!sink || sink.k < lp.k) return 0;
+  return Math.min(n - 1, recorded);
+}
+
 /** Tokens a and b have in common from the start, at most `max`. */
 function commonPrefix(a: ArrayLike<number>, b: ArrayLike<number>, max: number): number {
   let n = 0;
@@ -290,7 +306,7 @@ export class Engine {
   private readonly prefixSharing: boolean;
   /** EngineOptions.prefixCache, and the sequences kept (least recently used first). */
   private readonly prefixCache: number;
-  private readonly retained: { modelSeq: number; history: number[]; committed: number; released: boolean }[] = [];
+  private readonly retained: { modelSeq: number; history: number[]; committed: number; released: boolean; promptLogprobs: LogprobsSink | undefined }[] = [];
   private readonly queue: Request[] = [];
   private readonly live: Request[] = [];
   /**
@@ -703,11 +719,13 @@ export class Engine {
       this.queue.shift();
       free -= need;
       const sharing = this.sharing(r);
-      if (sharing && !this.livePrefix(r) && fresh.some((f) => commonPrefix(f.history, r.history, Math.min(f.history.length, r.history.length - 1)) >= MIN_SHARED_PREFIX)) {
+      const prefix = sharing ? this.livePrefix(r) : undefined;
+      // (A source admitted here has read its prompt, and recorded its log-probabilities, by phase B.)
+      if (sharing && !prefix && [...fresh, ...scored].some((f) => shareable(f.history, f.history.length, f.promptLogprobs, f.promptLength - 1, r) >= MIN_SHARED_PREFIX)) {
         later.push(r);
         continue;
       }
-      if (!this.openSeq(r, sharing ? this.livePrefix(r) : undefined)) continue;
+      if (!this.openSeq(r, prefix)) continue;
       this.live.push(r);
       this.kvKnown = undefined;  // the admitted prefill takes pages makeRoom has not seen
       if (r.opts.maxNewTokens === 0) scored.push(r);
@@ -732,12 +750,17 @@ export class Engine {
       this.kvKnown = undefined;
       opened.push(r);
     }
-    for (const group of new Set(opened.map((r) => r.group))) await this.catchUp(group, opened.filter((r) => r.group === group), true);
+    for (const group of new Set(opened.map((r) => r.group))) {
+      await this.catchUp(group, opened.filter((r) => r.group === group && r.opts.maxNewTokens > 0), true);
+      await this.catchUp(group, opened.filter((r) => r.group === group && r.opts.maxNewTokens === 0), false);
+    }
+    for (const r of opened) if (r.opts.maxNewTokens === 0 && r.done === undefined && r.promptAnnounced) r.done = 'length';
   }
 
   /** Whether r may start from another sequence's cache (EngineOptions.prefixSharing). */
   private sharing(r: Request): boolean {
-    return this.prefixSharing && r.newTokens.length === 0 && r.opts.promptLogprobs === undefined && r.history.length > MIN_SHARED_PREFIX;
+    // (A request recording its prompt's log-probabilities shares only before it recorded any.)
+    return this.prefixSharing && r.newTokens.length === 0 && (r.promptLogprobs?.length ?? 0) === 0 && r.history.length > MIN_SHARED_PREFIX;
   }
 
   /**
@@ -746,13 +769,13 @@ export class Engine {
    */
   private livePrefix(r: Request): SharedPrefix | undefined {
     let best: SharedPrefix | undefined;
-    const consider = (s: PrefixSource): void => {
+    const consider = (s: PrefixSource, sink: LogprobsSink | undefined): void => {
       if (s.released || s.committed < MIN_SHARED_PREFIX) return;
-      const n = commonPrefix(s.history, r.history, Math.min(s.committed, r.history.length - 1));
-      if (n >= MIN_SHARED_PREFIX && n > (best?.length ?? 0)) best = { from: s, length: n };
+      const n = shareable(s.history, s.committed, sink, sink?.length ?? 0, r);
+      if (n >= MIN_SHARED_PREFIX && n > (best?.length ?? 0)) best = { from: s, length: n, ...(r.promptLogprobs && sink ? { promptLogprobs: sink } : {}) };
     };
-    for (const o of this.live) if (o.seq) consider(o.seq);
-    for (const e of this.retained) consider(e);
+    for (const o of this.live) if (o.seq) consider(o.seq, o.promptLogprobs);
+    for (const e of this.retained) consider(e, e.promptLogprobs);
     const kept = best ? this.retained.indexOf(best.from as (typeof this.retained)[number]) : -1;
     if (kept >= 0) this.retained.push(...this.retained.splice(kept, 1));
     return best;
@@ -766,7 +789,7 @@ export class Engine {
     if (i >= 0) this.live.splice(i, 1);
     r.seq = undefined;
     const modelSeq = r.group.retain(s);
-    this.retained.push({ modelSeq, history: s.history.slice(0, s.committed), committed: s.committed, released: false });
+    this.retained.push({ modelSeq, history: s.history.slice(0, s.committed), committed: s.committed, released: false, promptLogprobs: r.promptLogprobs });
     while (this.retained.length > this.prefixCache) this.evictOne();
   }
 
@@ -795,6 +818,8 @@ export class Engine {
       r.seq.logprobs = r.logprobs;
       r.seq.promptLogprobs = r.promptLogprobs;
       r.seq.minTokens = r.opts.minTokens ?? 0;
+      // Its prompt's log-probabilities over the shared prefix: the source's (the same rows).
+      if (prefix?.promptLogprobs && r.promptLogprobs) r.promptLogprobs.push(prefix.promptLogprobs.slice(0, prefix.length), 0, prefix.length);
     } catch (e) {
       if (r.seq) r.group.close(r.seq);
       r.seq = undefined;

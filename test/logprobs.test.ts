@@ -552,4 +552,67 @@ describeCuda('logprobs', () => {
   it('tokenLogprobs on CUDA == a float64 log-softmax, and its top ids the sorted row', () => {
     checkOp('cuda');
   });
+
+  it('the native chains on CUDA (plain greedy and sampled, draft-model, Medusa): each token\'s entry == the teacher-forced tokenLogprobs of its row on CUDA, within f32 rounding; greedy picks are the top ids', async function () {
+    this.timeout(300000);
+    const { defaultModelPaths } = await import('../lib/default_models');
+    const { MedusaHeads } = await import('../lib/strategies/medusa');
+    const P = defaultModelPaths();
+    const target = await LlamaModel.load(P.target, { device: 'cuda', maxSequences: 8 });
+    const draft = await LlamaModel.load(P.draft, { device: 'cuda', maxSequences: 8 });
+    const heads = MedusaHeads.load(P.medusa, { device: 'cuda' });
+    try {
+      const prompts = [Int32Array.of(1, 50, 60, 70, 50, 60), Int32Array.of(1, 80, 90)];
+      const reference = async (prompt: Int32Array, tokens: Int32Array, k: number): Promise<TokenLogprobs> => {
+        const seq = target.createSequence();
+        const token: number[] = [], ids: number[] = [], lps: number[] = [];
+        try {
+          let feed: Int32Array = prompt;
+          for (const t of tokens) {
+            const fw = await target.forward([{ seq, tokens: feed }]);
+            try {
+              const lp = tokenLogprobs(fw.logits, Int32Array.of(fw.logits.shape[0]! - 1), Int32Array.of(t), k);
+              token.push(lp.token[0]!);
+              ids.push(...lp.topIds);
+              lps.push(...lp.topLogprobs);
+            } finally {
+              fw.logits.dispose();
+              fw.hidden?.dispose();
+            }
+            target.commit([seq], [Int32Array.from({ length: feed.length }, (_, i) => i)]);
+            feed = Int32Array.of(t);
+          }
+        } finally {
+          target.freeSequence(seq);
+        }
+        return { k, token: Float32Array.from(token), topIds: Int32Array.from(ids), topLogprobs: Float32Array.from(lps) };
+      };
+      const near = (got: TokenLogprobs, want: TokenLogprobs, what: string): void => {
+        assert.strictEqual(got.token.length, want.token.length, what);
+        got.token.forEach((v, i) => assert.ok(Math.abs(v - want.token[i]!) <= 1e-4 * Math.max(1, Math.abs(want.token[i]!)), `${what}, token ${i}: ${v} vs ${want.token[i]}`));
+        got.topLogprobs.forEach((v, i) => assert.ok(Math.abs(v - want.topLogprobs[i]!) <= 1e-4 * Math.max(1, Math.abs(want.topLogprobs[i]!)), `${what}, top ${i}`));
+      };
+      const cases: [string, () => Speculator | undefined, boolean][] = [
+        ['plain', () => undefined, false],
+        ['plain, sampled', () => undefined, true],
+        ['draft model k=4', () => new DraftModelSpeculator({ draft, k: 4 }), false],
+        ['Medusa small_8', () => new MedusaSpeculator({ heads, choices: 'small_8' }), false],
+      ];
+      for (const [name, make, sampled] of cases) {
+        const spec = make();
+        using dec = new SpeculativeDecoder({ target, ...(spec ? { speculator: spec } : {}), ...(sampled ? { sampling: { temperature: 0.8, seed: 2 } } : {}) });
+        const rs = await dec.generateBatch(prompts, { maxNewTokens: 24, ignoreEos: true, logprobs: 2 });
+        const bare = await dec.generateBatch(prompts, { maxNewTokens: 24, ignoreEos: true });
+        for (const [i, r] of rs.entries()) {
+          assert.deepStrictEqual(Array.from(r.tokens), Array.from(bare[i]!.tokens), `${name}, prompt ${i}: the same tokens as without`);
+          near(r.logprobs!, await reference(prompts[i]!, r.tokens, 2), `${name}, prompt ${i}`);
+          if (!sampled) r.tokens.forEach((t, j) => assert.strictEqual(r.logprobs!.topIds[2 * j], t, `${name}, prompt ${i}, token ${j}: greedy picks the top one`));
+        }
+      }
+    } finally {
+      heads.dispose();
+      draft.dispose();
+      target.dispose();
+    }
+  });
 });

@@ -12,7 +12,7 @@ import { MedusaSpeculator } from '../lib/strategies/medusa';
 import { PromptLookupSpeculator } from '../lib/strategies/prompt_lookup';
 import type { Speculator } from '../lib/strategies/speculator';
 import { loadEmbeddedFamily, type EmbeddedFamily } from './fixtures/embedded_family';
-import { rng, testSeed } from './helpers';
+import { describeCuda, rng, testSeed } from './helpers';
 
 describe('prefix sharing (the engine)', function () {
   this.timeout(300000);
@@ -276,5 +276,43 @@ describe('prefix sharing (the engine)', function () {
     assert.throws(() => new Engine({ model: target, prefixSharing: 1 as unknown as boolean }), /prefixSharing: expected a boolean/);
     const kv = target.kvInfo();
     assert.strictEqual(kv.freePages, kv.totalPages, 'KV pages free');
+  });
+});
+
+describeCuda('prefix sharing (the engine)', () => {
+  it('on CUDA: n choices and a shared system prompt give the output without sharing (greedy and sampled), prompt log-probabilities within f32 rounding; all pages back', async function () {
+    this.timeout(300000);
+    const { defaultModelPaths } = await import('../lib/default_models');
+    const { LlamaModel } = await import('../lib/models/llama');
+    const target = await LlamaModel.load(defaultModelPaths().target, { device: 'cuda', maxSequences: 16 });
+    try {
+      const r = rng(testSeed + 8);
+      const ids = (n: number): number[] => Array.from({ length: n }, () => 3 + Math.floor(r() * 290));
+      const system = ids(40);
+      const prompts = [[...system, ...ids(6)], [...system, ...ids(6)], [...system, ...ids(9)]];
+      for (const sampled of [false, true]) {
+        const a = new Engine({ model: target, prefixSharing: false });
+        const b = new Engine({ model: target, prefixCache: 4 });
+        try {
+          const run = (e: Engine): Promise<GenerateResult[]> =>
+            Promise.all([0, 1, 2].flatMap((s) => prompts.map((p) => e.submit(p, { maxNewTokens: 24, ignoreEos: true, seed: 3, stream: s, ...(sampled ? { sampling: { temperature: 0.8 } } : {}) }))));
+          const want = await run(a);
+          const got = await run(b);
+          got.forEach((g, i) => assert.deepStrictEqual(Array.from(g.tokens), Array.from(want[i]!.tokens), `${sampled ? 'sampled' : 'greedy'}: request ${i}`));
+          assert.ok(b.metrics.sharedPromptTokens > 0);
+          const lp = await Promise.all(prompts.map((p) => b.submit(p, { maxNewTokens: 0, promptLogprobs: 1 })));
+          const lpWant = await Promise.all(prompts.map((p) => a.submit(p, { maxNewTokens: 0, promptLogprobs: 1 })));
+          lp.forEach((g, i) => g.promptLogprobs!.token.forEach((v, j) => assert.ok(Math.abs(v - lpWant[i]!.promptLogprobs!.token[j]!) <= 1e-4 * Math.max(1, Math.abs(v)), `prompt ${i}, entry ${j}`)));
+        } finally {
+          a.close();
+          b.close();
+        }
+        await b.idle();
+      }
+      const kv = target.kvInfo();
+      assert.strictEqual(kv.freePages, kv.totalPages, 'KV pages free');
+    } finally {
+      target.dispose();
+    }
   });
 });

@@ -382,6 +382,14 @@ export class SpecEngine {
     }
     const s = new EngineSequence(nextSequenceKey++, modelSeq, history, promptLength, rng, this.model.config.maxPositions);
     s.committed = prefix.length;
+    if (src instanceof EngineSequence && this.speculator?.shareFrom) {
+      try {
+        this.speculator.shareFrom(s, src, prefix.length);
+      } catch (e) {
+        this.close(s);
+        throw e;
+      }
+    }
     return s;
   }
 

@@ -81,6 +81,13 @@ describe('prefix sharing (the engine)', function () {
             for (const i of inputs) if (fresh.delete(i.seq)) firstFeeds += i.tokens.length;
             return forward.call(target, inputs, o);
           };
+          // The draft model's own cache is forked too (Speculator.shareFrom).
+          let draftForks = 0;
+          const draftFork = family.draft.forkSequence;
+          family.draft.forkSequence = (q0: number) => {
+            draftForks++;
+            return draftFork.call(family.draft, q0);
+          };
           let got: GenerateResult[];
           try {
             got = await run(b, sampled);
@@ -88,7 +95,9 @@ describe('prefix sharing (the engine)', function () {
             target.forward = forward;
             target.createSequence = createSequence;
             target.forkSequence = forkSequence;
+            family.draft.forkSequence = draftFork;
           }
+          if (name.startsWith('draft')) assert.ok(draftForks > 0, `${what}: the draft's cache forked`);
           got.forEach((g, i) => {
             assert.deepStrictEqual(Array.from(g.tokens), Array.from(want[i]!.tokens), `${what}, request ${i}: tokens`);
             if (want[i]!.logprobs) {
@@ -114,6 +123,8 @@ describe('prefix sharing (the engine)', function () {
         await b.idle();
         const kv = target.kvInfo();
         assert.strictEqual(kv.freePages, kv.totalPages, `${what}: KV pages free`);
+        const dkv = family.draft.kvInfo();
+        assert.strictEqual(dkv.freePages, dkv.totalPages, `${what}: draft KV pages free`);
       }
     }
   });

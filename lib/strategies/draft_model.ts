@@ -166,8 +166,38 @@ export class DraftModelSpeculator implements Speculator {
     this.targetVocab = model.config.vocabSize;
   }
 
-  async prefill(): Promise<void> {
+  async prefill(seqs: readonly SpecSequence[], _output?: ForwardOutput, _lastRows?: Int32Array, ctx: ProposeContext = {}): Promise<void> {
+    await this.prefillDraft(seqs, ctx);
     await this.prepare();
+  }
+
+  /**
+   * The draft reads each sequence's history but its root now, with the target's prefill (its first
+   * step would feed them anyway): a request that shares a prefix with it (prefix sharing) then forks
+   * this cache too (shareFrom). Best effort: a draft without room leaves them to that first step.
+   */
+  private async prefillDraft(seqs: readonly SpecSequence[], ctx: ProposeContext): Promise<void> {
+    const V = this.draft.config.vocabSize, room = this.draft.config.maxPositions;
+    const todo = seqs.filter((s) => s.history.length < room && (this.states.get(s.key)?.cached ?? 0) < s.history.length - 1);
+    if (todo.length === 0 || ctx.signal?.aborted) return;
+    const states = todo.map((s) => this.state(s));
+    const inputs: SequenceInput[] = todo.map((s, b) => ({ seq: (states[b] as DraftState).draftSeq, tokens: draftInput(s.history.slice((states[b] as DraftState).cached, s.history.length - 1), V) }));
+    let out: ForwardOutput;
+    try {
+      out = await this.draft.forward(inputs, { lastLogitsOnly: true, ...(ctx.signal ? { signal: ctx.signal } : {}) });
+    } catch {
+      return;  // (no room, or aborted: the first step feeds them, and meets the error itself)
+    }
+    try {
+      this.draft.commit(
+        states.map((st) => st.draftSeq),
+        inputs.map((i) => Int32Array.from({ length: i.tokens.length }, (_, k) => k)),
+      );
+      states.forEach((st, b) => (st.cached += (inputs[b] as SequenceInput).tokens.length));
+    } finally {
+      out.logits.dispose();
+      out.hidden?.dispose();
+    }
   }
 
   /** 'cost' mode: the target's cost curve and the draft chain's cost per token (measured once per model). */
@@ -272,6 +302,22 @@ export class DraftModelSpeculator implements Speculator {
       this.kHistory.set(s.key, []);
     }
     return st;
+  }
+
+  /** Speculator.shareFrom: seq's draft cache starts as a fork of from's, cut to the shared tokens. */
+  shareFrom(seq: SpecSequence, from: SpecSequence, length: number): void {
+    const src = this.states.get(from.key);
+    const n = Math.min(length, src?.cached ?? 0);
+    if (!src || n < 1 || this.states.has(seq.key)) return;
+    const draftSeq = this.draft.forkSequence(src.draftSeq);
+    try {
+      if (this.draft.sequenceLength(draftSeq) > n) this.draft.truncate(draftSeq, n);
+    } catch (e) {
+      this.draft.freeSequence(draftSeq);
+      throw e;
+    }
+    this.states.set(seq.key, { draftSeq, cached: n, k: this.k, lastDrafted: 0, plainRun: 0, probed: false });
+    this.kHistory.set(seq.key, []);
   }
 
   /** Current draft length of a sequence (undefined before its first step). */

@@ -169,6 +169,12 @@ export interface Speculator {
    */
   readonly readsPromptRows?: boolean;
   /**
+   * `seq` (new) starts with the first `length` tokens of `from` (live), whose target cache it shares
+   * (EngineOptions.prefixSharing): the speculator may start its own state for seq from from's (a
+   * draft model: a fork of from's draft cache). Optional; the output does not depend on it.
+   */
+  shareFrom?(seq: SpecSequence, from: SpecSequence, length: number): void;
+  /**
    * update() reads the argmax of every row of the forward (lookahead's window): the engine then
    * gets it in the same native read as the verification result.
    */

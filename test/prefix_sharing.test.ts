@@ -3,7 +3,9 @@
 // for token and log-probability for log-probability, greedy and sampled, with every strategy that
 // shares (EAGLE reads every prompt row and does not), and the pages must all come back.
 import * as assert from 'assert';
-import { Engine, MIN_SHARED_PREFIX, type RequestOptions } from '../lib/engine/engine';
+import { Engine, MIN_SHARED_PREFIX, type EngineOptions, type RequestOptions } from '../lib/engine/engine';
+import { defaultModelPaths } from '../lib/default_models';
+import { LlamaModel } from '../lib/models/llama';
 import type { GenerateResult } from '../lib/decoder';
 import { DraftModelSpeculator } from '../lib/strategies/draft_model';
 import { EagleSpeculator } from '../lib/strategies/eagle';
@@ -13,6 +15,29 @@ import { PromptLookupSpeculator } from '../lib/strategies/prompt_lookup';
 import type { Speculator } from '../lib/strategies/speculator';
 import { loadEmbeddedFamily, type EmbeddedFamily } from './fixtures/embedded_family';
 import { describeCuda, rng, testSeed } from './helpers';
+
+/**
+ * fn with engine a (no sharing) and engine b (sharing, and bOpts), each with its own speculator from
+ * make(); then both closed, b's kept sequences dropped (idle), and every page of the model back.
+ */
+async function withEngines(model: LlamaModel, make: () => Speculator | undefined, bOpts: Partial<EngineOptions>, what: string, fn: (a: Engine, b: Engine) => Promise<void>): Promise<void> {
+  const spec = (): { speculator?: Speculator } => {
+    const s = make();
+    return s ? { speculator: s } : {};
+  };
+  const a = new Engine({ model, ...spec(), prefixSharing: false });
+  const b = new Engine({ model, ...spec(), ...bOpts });
+  try {
+    await fn(a, b);
+  } finally {
+    a.close();
+    b.close();
+  }
+  await Promise.all([a.idle(), b.idle()]);
+  assert.strictEqual(b.prefixCached, 0, `${what}: closed and idle, nothing kept`);
+  const kv = model.kvInfo();
+  assert.strictEqual(kv.freePages, kv.totalPages, `${what}: KV pages free`);
+}
 
 describe('prefix sharing (the engine)', function () {
   this.timeout(300000);
@@ -59,9 +84,7 @@ describe('prefix sharing (the engine)', function () {
       for (const sampled of [false, true]) {
         if (sampled && name === 'draft model k=4') continue;  // sampled drafts: other draws, the same distribution (not comparable token for token)
         const what = `${name}${sampled ? ', sampled' : ''}`;
-        const a = new Engine({ model: target, ...(make() ? { speculator: make() as Speculator } : {}), prefixSharing: false });
-        const b = new Engine({ model: target, ...(make() ? { speculator: make() as Speculator } : {}) });
-        try {
+        await withEngines(target, make, {}, what, async (a, b) => {
           const want = await run(a, sampled);
           // Each new sequence's first feed (its prompt, or what a shared prefix leaves of it).
           let firstFeeds = 0;
@@ -115,14 +138,7 @@ describe('prefix sharing (the engine)', function () {
           // last prompt token comes after its prompt's rows: one token less).
           const promptTokens = prompts.reduce((n, p) => n + p.prompt.length, 0);
           assert.strictEqual(firstFeeds, promptTokens - shared - 1, `${what}: prompt tokens fed`);
-        } finally {
-          a.close();
-          b.close();
-        }
-        await a.idle();
-        await b.idle();
-        const kv = target.kvInfo();
-        assert.strictEqual(kv.freePages, kv.totalPages, `${what}: KV pages free`);
+        });
         const dkv = family.draft.kvInfo();
         assert.strictEqual(dkv.freePages, dkv.totalPages, `${what}: draft KV pages free`);
       }
@@ -134,9 +150,7 @@ describe('prefix sharing (the engine)', function () {
     const context = [...system, ...ids(10)];
     const conts = [ids(3), ids(5), ids(1), ids(4)];
     for (const maxNewTokens of [0, 1]) {
-      const a = new Engine({ model: target, prefixSharing: false });
-      const b = new Engine({ model: target, prefixCache: 2 });
-      try {
+      await withEngines(target, () => undefined, { prefixCache: 2 }, `maxNewTokens ${maxNewTokens}`, async (a, b) => {
         // k 2 on the first (the source), then k 1 and 2 (they share), and one with k 3 (more
         // alternatives than the source recorded: it reads its prompt whole).
         const ks = [2, 1, 2, 3];
@@ -158,22 +172,14 @@ describe('prefix sharing (the engine)', function () {
         const laterWant = await a.submit([...context, 7, 8], { maxNewTokens, promptLogprobs: 1 });
         assert.deepStrictEqual(Array.from(later.promptLogprobs!.token), Array.from(laterWant.promptLogprobs!.token), `${maxNewTokens}: a later request`);
         assert.strictEqual(b.metrics.sharedPromptTokens, 3 * (context.length - 1), `${maxNewTokens}: shared from a kept one`);
-      } finally {
-        a.close();
-        b.close();
-      }
-      await b.idle();
+      });
     }
-    const kv = target.kvInfo();
-    assert.strictEqual(kv.freePages, kv.totalPages, 'KV pages free');
   });
 
   it('prefixCache: finished sequences kept for later requests (a chat\'s next turn starts after the last one\'s tokens); the output without it; closed and idle, the pages come back', async () => {
     const { target } = family;
     for (const [name, make] of cases()) {
-      const a = new Engine({ model: target, ...(make() ? { speculator: make() as Speculator } : {}), prefixSharing: false });
-      const b = new Engine({ model: target, ...(make() ? { speculator: make() as Speculator } : {}), prefixCache: 4 });
-      try {
+      await withEngines(target, make, { prefixCache: 4 }, name, async (a, b) => {
         // Turn 1, then turn 2 = turn 1's prompt + its answer + a new question, then a turn 2 of
         // another conversation sharing only the system prompt.
         const turn1 = [...system, ...ids(6)];
@@ -195,26 +201,15 @@ describe('prefix sharing (the engine)', function () {
         assert.ok(b.prefixCached >= 2 && b.prefixCached <= 4);
         const kv = target.kvInfo();
         assert.ok(kv.freePages < kv.totalPages, `${name}: kept sequences hold pages`);
-      } finally {
-        a.close();
-        b.close();
-      }
-      await b.idle();
-      assert.strictEqual(b.prefixCached, 0, `${name}: closed and idle: dropped`);
-      const kv = target.kvInfo();
-      assert.strictEqual(kv.freePages, kv.totalPages, `${name}: KV pages free`);
+      });
     }
     assert.throws(() => new Engine({ model: target, prefixCache: -1 }), /prefixCache: expected an integer >= 0/);
   });
 
   it('prefixCache on a small KV cache: kept sequences give way to new requests and steps (none fails, no live sequence is preempted for them); the output without it', async () => {
-    const { defaultModelPaths } = await import('../lib/default_models');
-    const { LlamaModel } = await import('../lib/models/llama');
     const small = await LlamaModel.load(defaultModelPaths().target, { device: 'cpu', maxSequences: 16, kvPages: 24 });
     try {
-      const a = new Engine({ model: small, prefixSharing: false });
-      const b = new Engine({ model: small, prefixCache: 16, maxBatch: 4 });
-      try {
+      await withEngines(small, () => undefined, { prefixCache: 16, maxBatch: 4 }, 'small cache', async (a, b) => {
         const kv = small.kvInfo();
         // Distinct prompts of ~4 pages each: kept, they would need far more pages than the cache has.
         const reqs = Array.from({ length: 12 }, (_, i) => [...ids(2 * kv.pageSize + 5), i]);
@@ -246,13 +241,7 @@ describe('prefix sharing (the engine)', function () {
         gotLong.forEach((g, i) => assert.deepStrictEqual(Array.from(g.tokens), Array.from(wantLong[i]!.tokens), `grower ${i}`));
         assert.strictEqual(b.metrics.failed, 0);
         assert.strictEqual(b.metrics.preemptions, 0, 'no live sequence preempted');
-      } finally {
-        a.close();
-        b.close();
-      }
-      await b.idle();
-      const kv = small.kvInfo();
-      assert.strictEqual(kv.freePages, kv.totalPages, 'KV pages free');
+      });
     } finally {
       small.dispose();
     }
@@ -293,8 +282,6 @@ describe('prefix sharing (the engine)', function () {
 describeCuda('prefix sharing (the engine)', () => {
   it('on CUDA: n choices and a shared system prompt give the output without sharing (greedy and sampled), prompt log-probabilities within f32 rounding; all pages back', async function () {
     this.timeout(300000);
-    const { defaultModelPaths } = await import('../lib/default_models');
-    const { LlamaModel } = await import('../lib/models/llama');
     const target = await LlamaModel.load(defaultModelPaths().target, { device: 'cuda', maxSequences: 16 });
     try {
       const r = rng(testSeed + 8);
@@ -302,9 +289,7 @@ describeCuda('prefix sharing (the engine)', () => {
       const system = ids(40);
       const prompts = [[...system, ...ids(6)], [...system, ...ids(6)], [...system, ...ids(9)]];
       for (const sampled of [false, true]) {
-        const a = new Engine({ model: target, prefixSharing: false });
-        const b = new Engine({ model: target, prefixCache: 4 });
-        try {
+        await withEngines(target, () => undefined, { prefixCache: 4 }, sampled ? 'sampled' : 'greedy', async (a, b) => {
           const run = (e: Engine): Promise<GenerateResult[]> =>
             Promise.all([0, 1, 2].flatMap((s) => prompts.map((p) => e.submit(p, { maxNewTokens: 24, ignoreEos: true, seed: 3, stream: s, ...(sampled ? { sampling: { temperature: 0.8 } } : {}) }))));
           const want = await run(a);
@@ -314,14 +299,8 @@ describeCuda('prefix sharing (the engine)', () => {
           const lp = await Promise.all(prompts.map((p) => b.submit(p, { maxNewTokens: 0, promptLogprobs: 1 })));
           const lpWant = await Promise.all(prompts.map((p) => a.submit(p, { maxNewTokens: 0, promptLogprobs: 1 })));
           lp.forEach((g, i) => g.promptLogprobs!.token.forEach((v, j) => assert.ok(Math.abs(v - lpWant[i]!.promptLogprobs!.token[j]!) <= 1e-4 * Math.max(1, Math.abs(v)), `prompt ${i}, entry ${j}`)));
-        } finally {
-          a.close();
-          b.close();
-        }
-        await b.idle();
+        });
       }
-      const kv = target.kvInfo();
-      assert.strictEqual(kv.freePages, kv.totalPages, 'KV pages free');
     } finally {
       target.dispose();
     }

@@ -9,6 +9,7 @@ import { LlamaModel } from '../lib/models/llama';
 import type { GenerateResult } from '../lib/decoder';
 import { DraftModelSpeculator } from '../lib/strategies/draft_model';
 import { EagleSpeculator } from '../lib/strategies/eagle';
+import { HybridSpeculator } from '../lib/strategies/hybrid';
 import { LookaheadSpeculator } from '../lib/strategies/lookahead';
 import { MedusaSpeculator } from '../lib/strategies/medusa';
 import { PromptLookupSpeculator } from '../lib/strategies/prompt_lookup';
@@ -75,6 +76,7 @@ describe('prefix sharing (the engine)', function () {
     ['Medusa small_8', () => new MedusaSpeculator({ heads: family.heads, choices: 'small_8' })],
     ['lookahead 4,3,4', () => new LookaheadSpeculator({ W: 4, N: 3, G: 4, sizing: 'fixed' })],
     ['prompt lookup', () => new PromptLookupSpeculator({ maxNgram: 3 })],
+    ['hybrid (draft + prompt lookup)', () => new HybridSpeculator({ draft: family.draft, draftSpeculator: new PromptLookupSpeculator({ maxNgram: 2 }), k: 4 })],
   ];
 
   it('every strategy, greedy and sampled: the output (tokens, log-probabilities) without sharing; prompt tokens taken from the cache; all pages back', async () => {
@@ -82,7 +84,7 @@ describe('prefix sharing (the engine)', function () {
     assert.ok(system.length >= MIN_SHARED_PREFIX);
     for (const [name, make] of cases()) {
       for (const sampled of [false, true]) {
-        if (sampled && name === 'draft model k=4') continue;  // sampled drafts: other draws, the same distribution (not comparable token for token)
+        if (sampled && (name.startsWith('draft') || name.startsWith('hybrid'))) continue;  // sampled drafts: other draws, the same distribution (not comparable token for token)
         const what = `${name}${sampled ? ', sampled' : ''}`;
         await withEngines(target, make, {}, what, async (a, b) => {
           const want = await run(a, sampled);

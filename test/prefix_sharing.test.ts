@@ -249,6 +249,24 @@ describe('prefix sharing (the engine)', function () {
     }
   });
 
+  it('preempted requests coming back share too (n choices on a cache too small for them all): the output without sharing', async () => {
+    const small = await LlamaModel.load(defaultModelPaths().target, { device: 'cpu', maxSequences: 16, kvPages: 14 });
+    try {
+      await withEngines(small, () => undefined, {}, 'preempted', async (a, b) => {
+        const prompt = ids(40);
+        const run = (e: Engine): Promise<GenerateResult[]> => Promise.all([0, 1, 2, 3].map((s) => e.submit(prompt, { maxNewTokens: 70, ignoreEos: true, sampling: { temperature: 0.9 }, seed: 4, stream: s })));
+        const want = await run(a);
+        const got = await run(b);
+        got.forEach((g, i) => assert.deepStrictEqual(Array.from(g.tokens), Array.from(want[i]!.tokens), `choice ${i}`));
+        assert.ok(b.metrics.preemptions > 0, 'preempted');
+        // More than the first admission's three forks of the prompt.
+        assert.ok(b.metrics.sharedPromptTokens > 3 * (prompt.length - 1), `${b.metrics.sharedPromptTokens} tokens shared`);
+      });
+    } finally {
+      small.dispose();
+    }
+  });
+
   it('sources that finish, or are preempted, first leave their forks whole; EAGLE (reads every prompt row) shares nothing', async () => {
     const { target, eagle } = family;
     // A short-lived source (2 tokens) and long forks of it.

@@ -179,9 +179,14 @@ export const MIN_SHARED_PREFIX = 16;
 function shareable(history: ArrayLike<number>, cached: number, sink: LogprobsSink | undefined, recorded: number, r: Request): number {
   const n = commonPrefix(history, r.history, Math.min(cached, r.history.length - 1));
   const lp = r.promptLogprobs;
-  if (!lp) return n;
+  if (!lp || !needsPromptEntries(r)) return n;
   if (!sink || sink.k < lp.k) return 0;
   return Math.min(n - 1, recorded);
+}
+
+/** Whether r still lacks some of its prompt's log-probabilities (it has the option). */
+function needsPromptEntries(r: Request): boolean {
+  return r.promptLogprobs !== undefined && r.promptLogprobs.length < r.promptLength - 1;
 }
 
 /** Tokens a and b have in common from the start, at most `max`. */
@@ -721,7 +726,7 @@ export class Engine {
       const sharing = this.sharing(r);
       const prefix = sharing ? this.livePrefix(r) : undefined;
       // (A source admitted here has read its prompt, and recorded its log-probabilities, by phase B.)
-      if (sharing && !prefix && [...fresh, ...scored].some((f) => shareable(f.history, f.history.length, f.promptLogprobs, f.promptLength - 1, r) >= MIN_SHARED_PREFIX)) {
+      if (sharing && !prefix && r.newTokens.length === 0 && [...fresh, ...scored].some((f) => shareable(f.history, f.history.length, f.promptLogprobs, f.promptLength - 1, r) >= MIN_SHARED_PREFIX)) {
         later.push(r);
         continue;
       }
@@ -759,8 +764,10 @@ export class Engine {
 
   /** Whether r may start from another sequence's cache (EngineOptions.prefixSharing). */
   private sharing(r: Request): boolean {
-    // (A request recording its prompt's log-probabilities shares only before it recorded any.)
-    return this.prefixSharing && r.newTokens.length === 0 && (r.promptLogprobs?.length ?? 0) === 0 && r.history.length > MIN_SHARED_PREFIX;
+    // (A request recording its prompt's log-probabilities shares before it recorded any, or once it
+    // has them all: a preempted one coming back.)
+    const recorded = r.promptLogprobs?.length ?? 0;
+    return this.prefixSharing && (recorded === 0 || !needsPromptEntries(r)) && r.history.length > MIN_SHARED_PREFIX;
   }
 
   /**
@@ -819,7 +826,7 @@ export class Engine {
       r.seq.promptLogprobs = r.promptLogprobs;
       r.seq.minTokens = r.opts.minTokens ?? 0;
       // Its prompt's log-probabilities over the shared prefix: the source's (the same rows).
-      if (prefix?.promptLogprobs && r.promptLogprobs) r.promptLogprobs.push(prefix.promptLogprobs.slice(0, prefix.length), 0, prefix.length);
+      if (prefix?.promptLogprobs && r.promptLogprobs && needsPromptEntries(r)) r.promptLogprobs.push(prefix.promptLogprobs.slice(0, prefix.length), 0, prefix.length);
     } catch (e) {
       if (r.seq) r.group.close(r.seq);
       r.seq = undefined;

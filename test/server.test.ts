@@ -169,6 +169,7 @@ describe('specdec serve', function () {
       [{ prompt: 'x', top_k: 1.5 }, 'top_k'],
       [{ prompt: 'x', seed: -1 }, 'seed'],
       [{ prompt: 'x', stop: [''] }, 'stop'],
+      [{ prompt: 'x', stop: Array.from({ length: 17 }, (_, i) => `s${i}`) }, 'stop'],
       [{ prompt: [1, 99999] }, 'prompt'],
       [{ prompt: [] }, 'prompt'],
       [{ max_tokens: 3 }, 'prompt'],
@@ -397,6 +398,23 @@ describe('specdec serve', function () {
       assert.deepStrictEqual(got.map((c) => c.index).sort(), [0, 1, 2]);
       for (const c of got) assert.deepStrictEqual(c.logprobs!.token_logprobs, [null, ...want.promptLogprobs![c.index]!.token], `${stream ? 'streamed ' : ''}prompt ${c.index}`);
     }
+    // lm-evaluation-harness's exact payloads (lm_eval/models/openai_completions.py): loglikelihood
+    // reads token_logprobs[ctxlen:-1] and checks each against max(top_logprobs) for is_greedy;
+    // generate_until sends a task's whole stop list with EOS added.
+    const ctxlen = 5;
+    const ll = await postJson(`${url}/v1/completions`, { model: 'tiny', prompt: ids, temperature: 0, max_tokens: 1, logprobs: 1, seed: 1234, echo: true });
+    assert.strictEqual(ll.status, 200, JSON.stringify(ll.json));
+    const llChoices = (ll.json['choices'] as { index: number; logprobs: { token_logprobs: number[]; top_logprobs: Record<string, number>[] } }[]).sort((x, y) => x.index - y.index);
+    llChoices.forEach((c, i) => {
+      const tl = c.logprobs.token_logprobs.slice(ctxlen, -1);
+      const want = Array.from(want.promptLogprobs![i]!.token.subarray(ctxlen - 1));
+      assert.deepStrictEqual(tl, want, `loglikelihood ${i}`);
+      const greedy = tl.every((t, j) => t === Math.max(...Object.values(c.logprobs.top_logprobs.slice(ctxlen, -1)[j]!)));
+      const wantGreedy = Array.from(want.promptLogprobs![i]!.topIds.subarray(ctxlen - 1)).every((t, j) => t === ids[i]![ctxlen + j]);
+      assert.strictEqual(greedy, wantGreedy, `is_greedy ${i}`);
+    });
+    const gen = await postJson(`${url}/v1/completions`, { model: 'tiny', prompt: ids, max_tokens: 8, temperature: 0, stop: ['\n\n', 'Question:', '</s>', 'Q:', '###', 'A:'], seed: 1234 });
+    assert.strictEqual(gen.status, 200, JSON.stringify(gen.json));
     // Errors name the prompt at fault.
     for (const [prompt, msg] of [
       [['x', [1, 2], [3, 99999]], /prompt\[2\]\[1\] = 99999 is not a token id/],

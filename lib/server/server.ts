@@ -84,7 +84,8 @@ interface SentPrompt {
   readonly sent: unknown;
 }
 
-const MAX_STOP_STRINGS = 4;
+/** Most stop strings a request may give (OpenAI's limit is 4; lm-evaluation-harness sends a task's whole list, EOS added). */
+const MAX_STOP_STRINGS = 16;
 /** Most engine requests one body may make (prompts x best_of). */
 const MAX_REQUESTS = 1024;
 /** Most choices (`n`) a request may ask for (OpenAI's limit). */

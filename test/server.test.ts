@@ -407,8 +407,8 @@ describe('specdec serve', function () {
     const llChoices = (ll.json['choices'] as { index: number; logprobs: { token_logprobs: number[]; top_logprobs: Record<string, number>[] } }[]).sort((x, y) => x.index - y.index);
     llChoices.forEach((c, i) => {
       const tl = c.logprobs.token_logprobs.slice(ctxlen, -1);
-      const want = Array.from(want.promptLogprobs![i]!.token.subarray(ctxlen - 1));
-      assert.deepStrictEqual(tl, want, `loglikelihood ${i}`);
+      const expected = Array.from(want.promptLogprobs![i]!.token.subarray(ctxlen - 1));
+      assert.deepStrictEqual(tl, expected, `loglikelihood ${i}`);
       const greedy = tl.every((t, j) => t === Math.max(...Object.values(c.logprobs.top_logprobs.slice(ctxlen, -1)[j]!)));
       const wantGreedy = Array.from(want.promptLogprobs![i]!.topIds.subarray(ctxlen - 1)).every((t, j) => t === ids[i]![ctxlen + j]);
       assert.strictEqual(greedy, wantGreedy, `is_greedy ${i}`);

@@ -77,6 +77,36 @@ function checkOp(device: 'cpu' | 'cuda'): void {
   }
 }
 
+/** Log-probabilities of `tokens` after `prompt` on `model`, the tokens fed one at a time (teacher forcing), each row penalized first. */
+async function teacherForced(model: LlamaModel, prompt: Int32Array, tokens: Int32Array, k: number, p?: ReturnType<typeof resolvePenalties>): Promise<TokenLogprobs> {
+  const seq = model.createSequence();
+  const sink = { token: [] as number[], ids: [] as number[], lps: [] as number[] };
+  try {
+    let feed: Int32Array = prompt;
+    const hist = Array.from(prompt);
+    for (const t of tokens) {
+      const fw = await model.forward([{ seq, tokens: feed }]);
+      try {
+        const row = fw.logits.shape[0]! - 1;
+        if (p) penalizeRow(fw.logits, row, p, { tokens: hist, promptLength: prompt.length });
+        const lp = tokenLogprobs(fw.logits, Int32Array.of(row), Int32Array.of(t), k);
+        sink.token.push(lp.token[0]!);
+        sink.ids.push(...lp.topIds);
+        sink.lps.push(...lp.topLogprobs);
+      } finally {
+        fw.logits.dispose();
+        fw.hidden?.dispose();
+      }
+      model.commit([seq], [Int32Array.from({ length: feed.length }, (_, i) => i)]);
+      hist.push(t);
+      feed = Int32Array.of(t);
+    }
+  } finally {
+    model.freeSequence(seq);
+  }
+  return { k, token: Float32Array.from(sink.token), topIds: Int32Array.from(sink.ids), topLogprobs: Float32Array.from(sink.lps) };
+}
+
 describe('logprobs', () => {
   it('tokenLogprobs == a float64 log-softmax, and its top ids the sorted row (ties by id, -inf entries, a row of -inf)', () => {
     checkOp('cpu');
@@ -281,31 +311,8 @@ describe('logprobs', () => {
             const lp = got[b]!;
             assert.strictEqual(lp.token.length, steps[b], `${what}, input ${b}: entries`);
             // The reference: the same picks fed step by step, each row penalized, then tokenLogprobs.
-            const seq = target.createSequence();
-            try {
-              let feed: Int32Array = ps[b]!;
-              const hist = Array.from(ps[b]!);
-              for (let j = 0; j < steps[b]!; j++) {
-                const fw = await target.forward([{ seq, tokens: feed }]);
-                try {
-                  const row = fw.logits.shape[0]! - 1;
-                  if (p) penalizeRow(fw.logits, row, p, { tokens: hist, promptLength: ps[b]!.length });
-                  const ref = tokenLogprobs(fw.logits, Int32Array.of(row), Int32Array.of(picks[b]![j]!), 3);
-                  assert.ok(Object.is(lp.token[j], ref.token[0]), `${what}, input ${b}, pick ${j}: ${lp.token[j]} vs ${ref.token[0]}`);
-                  assert.deepStrictEqual(Array.from(lp.topIds.subarray(3 * j, 3 * j + 3)), Array.from(ref.topIds), `${what}, input ${b}, pick ${j}: top ids`);
-                  assert.deepStrictEqual(Array.from(lp.topLogprobs.subarray(3 * j, 3 * j + 3)), Array.from(ref.topLogprobs), `${what}, input ${b}, pick ${j}: top log-probabilities`);
-                  if (!sampled) assert.strictEqual(lp.topIds[3 * j], picks[b]![j], `${what}: greedy picks the top one`);
-                } finally {
-                  fw.logits.dispose();
-                  fw.hidden?.dispose();
-                }
-                target.commit([seq], [Int32Array.from({ length: feed.length }, (_, i) => i)]);
-                hist.push(picks[b]![j]!);
-                feed = Int32Array.of(picks[b]![j]!);
-              }
-            } finally {
-              target.freeSequence(seq);
-            }
+            sameLogprobs(lp, await teacherForced(target, ps[b]!, picks[b]!, 3, p), `${what}, input ${b}`);
+            if (!sampled) picks[b]!.forEach((t, j) => assert.strictEqual(lp.topIds[3 * j], t, `${what}, input ${b}, pick ${j}: greedy picks the top one`));
           }
         }
       }
@@ -339,36 +346,6 @@ describe('logprobs', () => {
       }
     });
 
-    /** Log-probabilities of `tokens` after `prompt`, the tokens fed one at a time (teacher forcing), each row penalized first. */
-    const teacherForced = async (prompt: Int32Array, tokens: Int32Array, k: number, p?: ReturnType<typeof resolvePenalties>): Promise<TokenLogprobs> => {
-      const seq = target.createSequence();
-      const sink = { token: [] as number[], ids: [] as number[], lps: [] as number[] };
-      try {
-        let feed: Int32Array = prompt;
-        const hist = Array.from(prompt);
-        for (const t of tokens) {
-          const fw = await target.forward([{ seq, tokens: feed }]);
-          try {
-            const row = fw.logits.shape[0]! - 1;
-            if (p) penalizeRow(fw.logits, row, p, { tokens: hist, promptLength: prompt.length });
-            const lp = tokenLogprobs(fw.logits, Int32Array.of(row), Int32Array.of(t), k);
-            sink.token.push(lp.token[0]!);
-            sink.ids.push(...lp.topIds);
-            sink.lps.push(...lp.topLogprobs);
-          } finally {
-            fw.logits.dispose();
-            fw.hidden?.dispose();
-          }
-          target.commit([seq], [Int32Array.from({ length: feed.length }, (_, i) => i)]);
-          hist.push(t);
-          feed = Int32Array.of(t);
-        }
-      } finally {
-        target.freeSequence(seq);
-      }
-      return { k, token: Float32Array.from(sink.token), topIds: Int32Array.from(sink.ids), topLogprobs: Float32Array.from(sink.lps) };
-    };
-
     it('the draft-model and Medusa native chains compute them (greedy and sampled, with and without penalties): each token\'s entry == teacher-forced tokenLogprobs bit for bit; the chains ran with them', async () => {
       const pen = resolvePenalties({ repetition: 1.2, frequency: 0.3, logitBias: { 5: -2 } })!;
       const cases: [string, () => Speculator, 'speculativeChain' | 'medusaChain'][] = [
@@ -392,7 +369,7 @@ describe('logprobs', () => {
               const bare = await dec.generateBatch(prompts, { maxNewTokens: N, ignoreEos: true });
               for (const [i, r] of rs.entries()) {
                 assert.deepStrictEqual(Array.from(r.tokens), Array.from(bare[i]!.tokens), `${what}, prompt ${i}: the same tokens as without`);
-                sameLogprobs(r.logprobs!, await teacherForced(prompts[i]!, r.tokens, 2, p), `${what}, prompt ${i}`);
+                sameLogprobs(r.logprobs!, await teacherForced(target, prompts[i]!, r.tokens, 2, p), `${what}, prompt ${i}`);
               }
               assert.ok(chained > 0, `${what}: no ${method} with log-probabilities`);
             } finally {
@@ -563,30 +540,6 @@ describeCuda('logprobs', () => {
     const heads = MedusaHeads.load(P.medusa, { device: 'cuda' });
     try {
       const prompts = [Int32Array.of(1, 50, 60, 70, 50, 60), Int32Array.of(1, 80, 90)];
-      const reference = async (prompt: Int32Array, tokens: Int32Array, k: number): Promise<TokenLogprobs> => {
-        const seq = target.createSequence();
-        const token: number[] = [], ids: number[] = [], lps: number[] = [];
-        try {
-          let feed: Int32Array = prompt;
-          for (const t of tokens) {
-            const fw = await target.forward([{ seq, tokens: feed }]);
-            try {
-              const lp = tokenLogprobs(fw.logits, Int32Array.of(fw.logits.shape[0]! - 1), Int32Array.of(t), k);
-              token.push(lp.token[0]!);
-              ids.push(...lp.topIds);
-              lps.push(...lp.topLogprobs);
-            } finally {
-              fw.logits.dispose();
-              fw.hidden?.dispose();
-            }
-            target.commit([seq], [Int32Array.from({ length: feed.length }, (_, i) => i)]);
-            feed = Int32Array.of(t);
-          }
-        } finally {
-          target.freeSequence(seq);
-        }
-        return { k, token: Float32Array.from(token), topIds: Int32Array.from(ids), topLogprobs: Float32Array.from(lps) };
-      };
       const near = (got: TokenLogprobs, want: TokenLogprobs, what: string): void => {
         assert.strictEqual(got.token.length, want.token.length, what);
         got.token.forEach((v, i) => assert.ok(Math.abs(v - want.token[i]!) <= 1e-4 * Math.max(1, Math.abs(want.token[i]!)), `${what}, token ${i}: ${v} vs ${want.token[i]}`));
@@ -605,7 +558,7 @@ describeCuda('logprobs', () => {
         const bare = await dec.generateBatch(prompts, { maxNewTokens: 24, ignoreEos: true });
         for (const [i, r] of rs.entries()) {
           assert.deepStrictEqual(Array.from(r.tokens), Array.from(bare[i]!.tokens), `${name}, prompt ${i}: the same tokens as without`);
-          near(r.logprobs!, await reference(prompts[i]!, r.tokens, 2), `${name}, prompt ${i}`);
+          near(r.logprobs!, await teacherForced(target, prompts[i]!, r.tokens, 2), `${name}, prompt ${i}`);
           if (!sampled) r.tokens.forEach((t, j) => assert.strictEqual(r.logprobs!.topIds[2 * j], t, `${name}, prompt ${i}, token ${j}: greedy picks the top one`));
         }
       }

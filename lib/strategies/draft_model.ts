@@ -185,8 +185,12 @@ export class DraftModelSpeculator implements Speculator {
     let out: ForwardOutput;
     try {
       out = await this.draft.forward(inputs, { lastLogitsOnly: true, ...(ctx.signal ? { signal: ctx.signal } : {}) });
-    } catch {
-      return;  // (no room, or aborted: the first step feeds them, and meets the error itself)
+    } catch (e) {
+      // No room, or aborted: the first step feeds them, and meets the error itself. Anything else
+      // is a fault, not a lack of room.
+      const err = e as { code?: unknown; name?: unknown } | null;
+      if (err?.code === 'E_KV_FULL' || err?.name === 'AbortError') return;
+      throw e;
     }
     try {
       this.draft.commit(

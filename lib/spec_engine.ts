@@ -232,6 +232,8 @@ export interface PrefixSource {
   readonly committed: number;
   /** Freed (its model sequence gone). */
   readonly released: boolean;
+  /** A finished sequence whose speculator state the speculator keeps (Speculator.keep; SpecEngine.retain). */
+  readonly kept?: SpecSequence | undefined;
 }
 
 /** A sequence to start from: its first `length` committed tokens are the new sequence's too. */
@@ -382,26 +384,36 @@ export class SpecEngine {
     }
     const s = new EngineSequence(nextSequenceKey++, modelSeq, history, promptLength, rng, this.model.config.maxPositions);
     s.committed = prefix.length;
-    if (src instanceof EngineSequence && this.speculator?.shareFrom) {
+    const from = src instanceof EngineSequence ? src : src.kept;
+    if (from && this.speculator?.shareFrom) {
       try {
-        this.speculator.shareFrom(s, src, prefix.length);
+        this.speculator.shareFrom(s, from, prefix.length);
       } catch (e) {
-        this.close(s);
-        throw e;
+        // No room to fork the speculator's own cache: it starts fresh (sharing is an optimisation).
+        if ((e as { code?: unknown } | null)?.code !== 'E_KV_FULL') {
+          this.close(s);
+          throw e;
+        }
       }
     }
     return s;
   }
 
   /**
-   * Frees the sequence in the speculator but keeps its model sequence (its KV cache), which the
-   * caller now owns (a prefix for later sequences: Engine's prefixCache); close() then does nothing.
+   * Keeps the sequence's model sequence (its KV cache), which the caller now owns (a prefix for
+   * later sequences: Engine's prefixCache); close() then does nothing. The speculator keeps its
+   * state too where it can (Speculator.keep): `kept` is then the sequence to pass as a source's
+   * `kept` and, when the caller lets it go, to the speculator's release(); else it is released now.
    */
-  retain(seq: EngineSequence): number {
+  retain(seq: EngineSequence): { modelSeq: number; kept: SpecSequence | undefined } {
     if (seq.released) throw codedError('E_INTERNAL', 'retain: the sequence was released');
     seq.released = true;
+    if (this.speculator?.keep) {
+      this.speculator.keep(seq);
+      return { modelSeq: seq.modelSeq, kept: seq };
+    }
     this.speculator?.release(seq);
-    return seq.modelSeq;
+    return { modelSeq: seq.modelSeq, kept: undefined };
   }
 
   /** Frees the sequence in the model and in the speculator (idempotent). */

@@ -18,7 +18,7 @@ import { knownForwardCost } from '../cost_model';
 import { DEFAULT_TREE_RESERVE, SpecEngine, StatsAcc, type EngineSequence, type PhaseTimes, type PrefixSource, type SharedPrefix, type StepPart } from '../spec_engine';
 import { abortError, isSampling } from '../step_helpers';
 import { resolvePenalties, type Penalties, type ResolvedPenalties } from '../sampling';
-import { checkModel, checkSpeculator, type SamplingConfig, type SeqRng, type Speculator } from '../strategies/speculator';
+import { checkModel, checkSpeculator, type SamplingConfig, type SeqRng, type SpecSequence, type Speculator } from '../strategies/speculator';
 import { streamGeneration } from './generation';
 import { EngineMetrics } from './metrics';
 
@@ -31,8 +31,9 @@ export interface EngineOptions {
    * starts from a copy-on-write fork of that sequence's KV cache and computes only the rest: the
    * same output (the prefix's K/V are the bits its own prefill would write). A request with
    * promptLogprobs shares with a source that recorded them (at least as many alternatives), taking
-   * its entries over the prefix. Not with a speculator that reads every prompt row (EAGLE). Default
-   * true.
+   * its entries over the prefix. The speculator's own state starts from the source's where it can
+   * (Speculator.shareFrom: a draft model's cache, EAGLE's). Not with a speculator that reads every
+   * prompt row and cannot (Speculator.readsPromptRows). Default true.
    */
   readonly prefixSharing?: boolean;
   /**
@@ -40,7 +41,8 @@ export interface EngineOptions {
    * least recently used going first. Their KV pages stay taken until they go: when a request waits
    * for pages or a step runs short (before any live sequence is preempted), beyond this count, and
    * once the engine is closed and idle (or at dropPrefixCache()). Multi-turn chats resend the
-   * conversation: its next turn starts after the last one's tokens. Default 0 (none kept).
+   * conversation: its next turn starts after the last one's tokens, the speculator's state too
+   * where it keeps it (Speculator.keep: a draft model's cache, EAGLE's). Default 0 (none kept).
    */
   readonly prefixCache?: number;
   /** Most sequences decoded together; further requests wait in the queue. Default 64. */
@@ -176,8 +178,11 @@ export const MIN_SHARED_PREFIX = 16;
  * recorded prompt log-probabilities (`recorded` entries of sink, with at least r's alternatives),
  * and one less: entry j is read on row j for token j + 1, which must be the source's too.
  */
-function shareable(history: ArrayLike<number>, cached: number, sink: LogprobsSink | undefined, recorded: number, r: Request): number {
-  const n = commonPrefix(history, r.history, Math.min(cached, r.history.length - 1));
+function shareable(history: ArrayLike<number>, cached: number, sink: LogprobsSink | undefined, recorded: number, r: Request, needsNextToken: boolean): number {
+  // (Speculator.shareNeedsNextToken: n cached tokens shared where n + 1 are common.)
+  const n = needsNextToken
+    ? Math.max(0, commonPrefix(history, r.history, Math.min(cached + 1, history.length, r.history.length)) - 1)
+    : commonPrefix(history, r.history, Math.min(cached, r.history.length - 1));
   const lp = r.promptLogprobs;
   if (!lp || !needsPromptEntries(r)) return n;
   if (!sink || sink.k < lp.k) return 0;
@@ -307,11 +312,11 @@ export class Engine {
   readonly maxBatch: number;
   readonly treeReserveTokens: number;
   readonly metrics = new EngineMetrics();
-  /** EngineOptions.prefixSharing, off where the speculator reads every prompt row. */
+  /** EngineOptions.prefixSharing, off where the speculator reads every prompt row (readsPromptRows). */
   private readonly prefixSharing: boolean;
   /** EngineOptions.prefixCache, and the sequences kept (least recently used first). */
   private readonly prefixCache: number;
-  private readonly retained: { modelSeq: number; history: number[]; committed: number; released: boolean; promptLogprobs: LogprobsSink | undefined }[] = [];
+  private readonly retained: { modelSeq: number; history: number[]; committed: number; released: boolean; promptLogprobs: LogprobsSink | undefined; kept: SpecSequence | undefined }[] = [];
   private readonly queue: Request[] = [];
   private readonly live: Request[] = [];
   /**
@@ -492,7 +497,11 @@ export class Engine {
     if (!e) return;
     e.released = true;
     this.kvKnown = undefined;
-    this.model.freeSequence(e.modelSeq);
+    try {
+      if (e.kept) this.speculator?.release(e.kept);
+    } finally {
+      this.model.freeSequence(e.modelSeq);
+    }
   }
 
   /** close(): `using engine = new Engine(...)` closes it at the block's end. */
@@ -726,7 +735,7 @@ export class Engine {
       const sharing = this.sharing(r);
       const prefix = sharing ? this.livePrefix(r) : undefined;
       // (A source admitted here has read its prompt, and recorded its log-probabilities, by phase B.)
-      if (sharing && !prefix && r.newTokens.length === 0 && [...fresh, ...scored].some((f) => shareable(f.history, f.history.length, f.promptLogprobs, f.promptLength - 1, r) >= MIN_SHARED_PREFIX)) {
+      if (sharing && !prefix && r.newTokens.length === 0 && [...fresh, ...scored].some((f) => shareable(f.history, f.history.length, f.promptLogprobs, f.promptLength - 1, r, this.speculator?.shareNeedsNextToken === true) >= MIN_SHARED_PREFIX)) {
         later.push(r);
         continue;
       }
@@ -778,7 +787,7 @@ export class Engine {
     let best: SharedPrefix | undefined;
     const consider = (s: PrefixSource, sink: LogprobsSink | undefined): void => {
       if (s.released || s.committed < MIN_SHARED_PREFIX) return;
-      const n = shareable(s.history, s.committed, sink, sink?.length ?? 0, r);
+      const n = shareable(s.history, s.committed, sink, sink?.length ?? 0, r, this.speculator?.shareNeedsNextToken === true);
       if (n >= MIN_SHARED_PREFIX && n > (best?.length ?? 0)) best = { from: s, length: n, ...(r.promptLogprobs && sink ? { promptLogprobs: sink } : {}) };
     };
     for (const o of this.live) if (o.seq) consider(o.seq, o.promptLogprobs);
@@ -795,8 +804,8 @@ export class Engine {
     const i = this.live.indexOf(r);
     if (i >= 0) this.live.splice(i, 1);
     r.seq = undefined;
-    const modelSeq = r.group.retain(s);
-    this.retained.push({ modelSeq, history: s.history.slice(0, s.committed), committed: s.committed, released: false, promptLogprobs: r.promptLogprobs });
+    const { modelSeq, kept } = r.group.retain(s);
+    this.retained.push({ modelSeq, history: s.history.slice(0, s.committed + 1), committed: s.committed, released: false, promptLogprobs: r.promptLogprobs, kept });
     while (this.retained.length > this.prefixCache) this.evictOne();
   }
 

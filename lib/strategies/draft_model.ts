@@ -324,6 +324,9 @@ export class DraftModelSpeculator implements Speculator {
     this.kHistory.set(seq.key, []);
   }
 
+  /** Speculator.keep: the draft cache stays for shareFrom until release(seq). */
+  keep(_seq: SpecSequence): void {}
+
   /** Current draft length of a sequence (undefined before its first step). */
   currentK(key: number): number | undefined {
     return this.states.get(key)?.k;

@@ -636,8 +636,8 @@ const DEFAULT_MAX_NODES = 59;
 export class EagleSpeculator implements Speculator {
   readonly name = 'eagle';
   /** EAGLE-1/2 read the final hidden states; EAGLE-3 the inputs of three layers (auxLayers). */
-  /** Its draft reads the target's features of every prompt row (no shared prefixes). */
-  readonly readsPromptRows = true;
+  /** Its draft's row j pairs the target's feature at j with token j + 1 (see shareFrom). */
+  readonly shareNeedsNextToken = true;
 
   get wantsHidden(): boolean {
     return this.head.config.version === 1;
@@ -1290,18 +1290,56 @@ export class EagleSpeculator implements Speculator {
     } else if (st.cached + st.waiting > c) {
       // Keep the features of positions < c (f[j] depends on tokens <= j only).
       const keep = c - st.cached;
-      const blocks = (st.features[0]?.blocks ?? []).map((_, k) => {
-        const parts: { tensor: Tensor; row: number }[] = [];
-        for (const chunk of st.features) for (let r = 0; r < chunk.rows && parts.length < keep; r++) parts.push({ tensor: chunk.blocks[k] as Tensor, row: r });
-        return parts;
-      });
-      const kept = keep > 0 ? blocks.map((p) => gatherRows(p, this.head.config.targetHiddenSize, this.head.device)) : undefined;
+      const kept = keep > 0 ? this.firstWaiting(st, keep) : undefined;
       dropFeatures(st);
       if (kept) {
         st.features.push({ blocks: kept, rows: keep });
         st.waiting = keep;
       }
     }
+  }
+
+  /** Copies of st's first `n` waiting feature rows (n <= st.waiting), a tensor per feature block. */
+  private firstWaiting(st: EagleState, n: number): Tensor[] {
+    return (st.features[0]?.blocks ?? []).map((_, k) => {
+      const parts: { tensor: Tensor; row: number }[] = [];
+      for (const chunk of st.features) for (let r = 0; r < chunk.rows && parts.length < n; r++) parts.push({ tensor: chunk.blocks[k] as Tensor, row: r });
+      return gatherRows(parts, this.head.config.targetHiddenSize, this.head.device);
+    });
+  }
+
+  /**
+   * Speculator.shareFrom: seq's draft rows j < length (the target's feature at j with token j + 1:
+   * the engine shares `length` tokens where length + 1 are common, shareNeedsNextToken) are
+   * from's: a fork of its head cache cut to them, and copies of its waiting features up to
+   * `length`. Where from's rows do not cover [its base, length), seq starts fresh: its draft's
+   * context then begins at `length` (the output is the same; its drafts are worse).
+   */
+  shareFrom(seq: SpecSequence, from: SpecSequence, length: number): void {
+    const src = this.states.get(from.key);
+    if (!src || this.states.has(seq.key) || length < 1 || length < src.base || src.cached + src.waiting < length) return;
+    const { cache } = this.need();
+    const inCache = Math.min(length, src.cached);
+    const q = cache.fork(src.seq);
+    try {
+      if (cache.length(q) > inCache - src.base) cache.truncate(q, inCache - src.base);
+      const st: EagleState = { seq: q, cached: inCache, base: src.base, features: [], waiting: 0, plainRun: 0, drafted: false, treeDrafted: false, rootOnly: 0, forcedProbe: false };
+      const rows = length - inCache;
+      if (rows > 0) {
+        st.features.push({ blocks: this.firstWaiting(src, rows), rows });
+        st.waiting = rows;
+      }
+      this.states.set(seq.key, st);
+    } catch (e) {
+      cache.free(q);
+      throw e;
+    }
+  }
+
+  /** Speculator.keep: the head's cache and waiting features stay for shareFrom until release(seq). */
+  keep(seq: SpecSequence): void {
+    this.proposedDepth.delete(seq.key);
+    this.proposedCond.delete(seq.key);
   }
 
   release(seq: SpecSequence): void {

@@ -6,7 +6,7 @@
 import { optionsArg } from '../errors';
 import { SpecEngine, type EngineSequence } from '../spec_engine';
 import { makeRng } from '../step_helpers';
-import type { CausalLM } from '../models/causal_lm';
+import type { CausalLM, ForwardOutput } from '../models/causal_lm';
 import { penaltiesForVocabulary } from '../sampling';
 import { chainTree } from '../tree';
 import { checkDraftVocab, draftInput } from './draft_model';
@@ -86,18 +86,38 @@ export class HybridSpeculator implements Speculator {
     return history.every((t) => t < V) ? history.slice() : Array.from(draftInput(history, V));
   }
 
-  async prefill(): Promise<void> {}
+  /**
+   * The draft reads each sequence's history but its root now, with the target's prefill (its first
+   * step would feed them anyway): a request that shares a prefix with it then starts from this
+   * sequence (shareFrom). Best effort, as the draft model's: without room, or aborted, they are
+   * left to the first step, which meets the error itself.
+   */
+  async prefill(seqs: readonly SpecSequence[], _output: ForwardOutput, _lastRows: Int32Array, ctx: ProposeContext = {}): Promise<void> {
+    const room = this.draft.config.maxPositions;
+    const todo = seqs.filter((s) => s.history.length < room).map((s) => this.state(s)).filter((st) => st.seq.committed < st.seq.history.length - 1);
+    if (todo.length === 0 || ctx.signal?.aborted) return;
+    try {
+      await this.engine.catchUp(todo.map((st) => st.seq), false, ctx.signal);
+    } catch (e) {
+      const err = e as { code?: unknown; name?: unknown } | null;
+      if (err?.code === 'E_KV_FULL' || err?.name === 'AbortError') return;
+      throw e;
+    }
+  }
 
   /** The inner strategy's measurements, on the draft model it speeds up. */
   async prepare(ctx: ProposeContext = {}): Promise<void> {
     await this.inner.prepare?.(ctx);
   }
 
+  /** The sequence's draft sequence, its history the outer one (a shared one was opened before its root). */
   private state(s: SpecSequence): InnerState {
     let st = this.states.get(s.key);
     if (!st) {
       st = { seq: this.engine.open(this.draftHistory(s.history), s.promptLength, makeRng(0, 0)), synced: s.history.length };
       this.states.set(s.key, st);
+    } else {
+      this.sync(st, s);
     }
     return st;
   }
@@ -134,24 +154,53 @@ export class HybridSpeculator implements Speculator {
   async update(seqs: readonly SpecSequence[]): Promise<void> {
     for (const s of seqs) {
       const st = this.states.get(s.key);
-      if (!st) continue;
-      const h = st.seq.history;
-      const outer = this.draftHistory(s.history);
-      // Agreeing prefix of the draft's history and the outer one (the outer may have rejected
-      // drafts and appended a different bonus).
-      let common = Math.min(st.synced, h.length, outer.length);
-      while (common < h.length && common < outer.length && h[common] === outer[common]) common++;
-      const keep = Math.min(st.seq.committed, common, outer.length - 1);
-      const diverged = common < h.length;
-      if (keep < st.seq.committed) {
-        this.draft.truncate(st.seq.modelSeq, keep);
-        st.seq.committed = keep;
-      }
-      st.seq.history = outer;
-      st.synced = outer.length;
-      if (diverged) this.inner.rewind?.(st.seq);
+      if (st) this.sync(st, s);
     }
   }
+
+  /** The draft sequence's history becomes the outer one (its cache cut to what still agrees). */
+  private sync(st: InnerState, s: SpecSequence): void {
+    const h = st.seq.history;
+    if (st.synced === s.history.length && h.length === s.history.length) return;
+    const outer = this.draftHistory(s.history);
+    // Agreeing prefix of the draft's history and the outer one (the outer may have rejected
+    // drafts and appended a different bonus).
+    let common = Math.min(st.synced, h.length, outer.length);
+    while (common < h.length && common < outer.length && h[common] === outer[common]) common++;
+    const keep = Math.min(st.seq.committed, common, outer.length - 1);
+    const diverged = common < h.length;
+    if (keep < st.seq.committed) {
+      this.draft.truncate(st.seq.modelSeq, keep);
+      st.seq.committed = keep;
+    }
+    st.seq.history = outer;
+    st.synced = outer.length;
+    if (diverged) this.inner.rewind?.(st.seq);
+  }
+
+  /**
+   * Speculator.shareFrom: seq's draft sequence starts from from's (its draft cache forked, and the
+   * inner speculator's state: SpecEngine.open with a prefix), over the tokens both draft sequences
+   * have cached in common.
+   */
+  shareFrom(seq: SpecSequence, from: SpecSequence, _length: number): void {
+    const src = this.states.get(from.key);
+    if (!src || src.seq.released || this.states.has(seq.key)) return;
+    // The tokens the two draft sequences have in common (the outer `length` is the target's share;
+    // the draft's may differ), less one where the inner speculator needs the next token too.
+    const history = this.draftHistory(seq.history);
+    const next = this.inner.shareNeedsNextToken === true ? 1 : 0;
+    const max = Math.min(src.seq.committed + next, src.seq.history.length, history.length - 1 + next);
+    let common = 0;
+    while (common < max && src.seq.history[common] === history[common]) common++;
+    const n = common - next;
+    if (n < 1) return;
+    const inner = this.engine.open(history, seq.promptLength, makeRng(0, 0), { from: src.seq, length: n });
+    this.states.set(seq.key, { seq: inner, synced: history.length });
+  }
+
+  /** Speculator.keep: the draft sequence stays for shareFrom until release(seq). */
+  keep(_seq: SpecSequence): void {}
 
   release(seq: SpecSequence): void {
     const st = this.states.get(seq.key);

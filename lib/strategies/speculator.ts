@@ -164,16 +164,31 @@ export interface Speculator {
   /** The forwards (prefill and verifying) must return the residual stream entering these layers (EAGLE-3). */
   readonly auxLayers?: readonly number[] | undefined;
   /**
-   * prefill() reads every prompt row the target computes (EAGLE's features): a sequence must then
+   * prefill() reads every prompt row the target computes and cannot start from another sequence's
+   * state (a speculator without shareFrom that needs the target's features): a sequence must then
    * read its whole prompt, not start from another's cached prefix (EngineOptions.prefixSharing).
    */
   readonly readsPromptRows?: boolean;
   /**
-   * `seq` (new) starts with the first `length` tokens of `from` (live), whose target cache it shares
-   * (EngineOptions.prefixSharing): the speculator may start its own state for seq from from's (a
-   * draft model: a fork of from's draft cache). Optional; the output does not depend on it.
+   * `seq` (new) starts with the first `length` tokens of `from` (live, or kept: see keep), whose
+   * target cache it shares (EngineOptions.prefixSharing): the speculator may start its own state
+   * for seq from from's (a draft model: a fork of from's draft cache; EAGLE: of its head's cache
+   * and waiting features). Optional; the output does not depend on it.
    */
   shareFrom?(seq: SpecSequence, from: SpecSequence, length: number): void;
+  /**
+   * shareFrom's state at a prefix's last position also depends on the token after it (EAGLE: its
+   * draft's row j pairs the target's feature at j with token j + 1), and the sequence must have the
+   * target compute that position: the engine then shares one token fewer than the two have in common.
+   */
+  readonly shareNeedsNextToken?: boolean;
+  /**
+   * `seq` finished, and the engine keeps its tokens' cache for later requests' prefixes
+   * (EngineOptions.prefixCache): instead of release(seq) now, the speculator keeps what shareFrom
+   * reads of it (a draft cache) until release(seq), called when the engine lets it go. Optional
+   * (without it the engine releases seq at once, and a later request's speculator state starts fresh).
+   */
+  keep?(seq: SpecSequence): void;
   /**
    * update() reads the argmax of every row of the forward (lookahead's window): the engine then
    * gets it in the same native read as the verification result.

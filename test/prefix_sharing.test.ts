@@ -320,6 +320,92 @@ describe('prefix sharing (the engine)', function () {
     assert.strictEqual(dkv.freePages, dkv.totalPages, 'draft KV pages free');
   });
 
+  it('randomized: waves of requests over a few shared prefixes and chat follow-ups, every strategy, small caches, a prefix cache or none: the output without sharing, all pages back', async () => {
+    const { target: big, heads, eagle } = family;
+    const paths = defaultModelPaths();
+    const bigDraft = family.draft;
+    const r = rng(testSeed + 77);
+    const int = (a: number, b: number): number => a + Math.floor(r() * (b - a + 1));
+    type Q = { p: number[]; o: RequestOptions & { maxNewTokens: number }; out?: number[] };
+    for (let it = 0; it < 24; it++) {
+      const pageSize = int(0, 1) === 0 ? 4 : 16;
+      // (A draft cache that holds any one sequence: a draft short of room for a lone sequence fails it.)
+      const draft = await LlamaModel.load(paths.draft, { device: 'cpu', maxSequences: 16, pageSize, kvPages: int(Math.ceil(300 / pageSize), Math.ceil(900 / pageSize)) });
+      const kvPages = int(Math.ceil(80 / pageSize), Math.ceil(400 / pageSize));
+      const tight = await LlamaModel.load(paths.target, { device: 'cpu', maxSequences: 16, pageSize, kvPages });
+      const k = int(1, 5);
+      const eagleShape = { topK: int(1, 4), depth: int(1, 4), totalTokens: int(2, 16) };
+      const strategies: [string, (d: LlamaModel) => Speculator | undefined, boolean][] = [
+        ['plain', () => undefined, true],
+        ['draft model', (d) => new DraftModelSpeculator({ draft: d, k }), false],
+        ['hybrid', (d) => new HybridSpeculator({ draft: d, draftSpeculator: new PromptLookupSpeculator({ maxNgram: 2 }), k }), false],
+        ['EAGLE', () => new EagleSpeculator({ head: eagle, ...eagleShape }), true],
+        ['Medusa', () => new MedusaSpeculator({ heads, choices: 'small_8' }), true],
+        ['lookahead', () => new LookaheadSpeculator({ W: 3, N: 3, G: 3, sizing: 'fixed' }), true],
+      ];
+      const [name, make, sampledOk] = strategies[it % strategies.length]!;
+      const bases = Array.from({ length: int(1, 3) }, () => Array.from({ length: int(16, 40) }, () => int(3, 290)));
+      const mk = (i: number): Q => {
+        const b = bases[int(0, bases.length - 1)]!;
+        const sampled = sampledOk && r() < 0.5;
+        return {
+          p: [...b.slice(0, int(10, b.length)), ...Array.from({ length: int(0, 10) }, () => int(3, 290))],
+          o: { maxNewTokens: int(1, 30), ignoreEos: true, ...(sampled ? { sampling: { temperature: 0.9 }, seed: int(0, 99), stream: i } : {}), ...(r() < 0.15 ? { logprobs: 2 } : {}), ...(r() < 0.1 ? { promptLogprobs: 1 } : {}) },
+        };
+      };
+      const prefixCache = int(0, 4);
+      const spec = make(draft);
+      const refSpec = make(bigDraft);
+      const what = `${name}, pages ${kvPages} of ${pageSize}, prefixCache ${prefixCache}`;
+      const engine = new Engine({ model: tight, ...(spec ? { speculator: spec } : {}), prefixCache, maxBatch: int(1, 8) });
+      const ref = new Engine({ model: big, ...(refSpec ? { speculator: refSpec } : {}), prefixSharing: false });
+      const done: Q[] = [];
+      try {
+        for (let w = int(1, 4); w > 0; w--) {
+          const wave = Array.from({ length: int(1, 5) }, (_, i) => mk(i));
+          // Chat follow-ups: an earlier request's prompt and output and a few tokens more.
+          for (const q of wave) {
+            if (done.length > 0 && r() < 0.4) {
+              const x = done[int(0, done.length - 1)]!;
+              q.p = [...x.p, ...x.out!, ...Array.from({ length: int(1, 5) }, () => int(3, 290))];
+            }
+            q.o.maxNewTokens = Math.max(1, Math.min(q.o.maxNewTokens, 250 - q.p.length));
+          }
+          const want = await Promise.all(wave.map((q) => ref.submit(q.p, q.o)));
+          const preempted = engine.metrics.preemptions;
+          const got = await Promise.allSettled(wave.map((q) => engine.submit(q.p, q.o)));
+          // Without preemptions (a recomputed sequence's speculator starts over), the same drafts.
+          const sameDrafts = engine.metrics.preemptions === preempted;
+          got.forEach((g, i) => {
+            const q = wave[i]!, wt = want[i]!;
+            if (g.status === 'rejected') {
+              // Only a request that never fits the small cache, with its output and a tree.
+              const fits = Math.ceil((q.p.length + q.o.maxNewTokens + engine.treeReserveTokens) / pageSize) <= kvPages;
+              assert.ok((g.reason as { code?: string }).code === 'E_KV_FULL' && !fits, `${what}: request ${i}: ${(g.reason as Error).stack}`);
+              return;
+            }
+            assert.deepStrictEqual(Array.from(g.value.tokens), Array.from(wt.tokens), `${what}: request ${i}: tokens`);
+            if (sameDrafts) assert.strictEqual(g.value.stats.acceptedDraftTokens, wt.stats.acceptedDraftTokens, `${what}: request ${i}: drafts accepted`);
+            if (wt.logprobs) assert.deepStrictEqual(Array.from(g.value.logprobs!.token), Array.from(wt.logprobs.token), `${what}: request ${i}: log-probabilities`);
+            if (wt.promptLogprobs) assert.deepStrictEqual(Array.from(g.value.promptLogprobs!.token), Array.from(wt.promptLogprobs.token), `${what}: request ${i}: prompt log-probabilities`);
+            done.push({ ...q, out: Array.from(g.value.tokens) });
+          });
+        }
+      } finally {
+        engine.close();
+        ref.close();
+        await Promise.all([engine.idle(), ref.idle()]);
+        spec?.dispose();
+        refSpec?.dispose();
+      }
+      const kv = tight.kvInfo(), dkv = draft.kvInfo();
+      assert.strictEqual(kv.freePages, kv.totalPages, `${what}: target pages back`);
+      assert.strictEqual(dkv.freePages, dkv.totalPages, `${what}: draft pages back`);
+      tight.dispose();
+      draft.dispose();
+    }
+  });
+
   it('sources that finish, or are preempted, first leave their forks whole; a speculator that reads every prompt row (readsPromptRows) shares nothing', async () => {
     const { target } = family;
     // A short-lived source (2 tokens) and long forks of it.

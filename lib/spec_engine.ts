@@ -72,10 +72,17 @@ export interface DecodeStats {
   transfers: TransferStats;
   seconds: number;
   tokensPerSecond: number;
+  /**
+   * Prompt tokens taken from another sequence's KV cache rather than computed (an Engine's prefix
+   * sharing or prefix cache, when the request was first admitted; OpenAI's
+   * `usage.prompt_tokens_details.cached_tokens`). 0 elsewhere.
+   */
+  cachedPromptTokens: number;
 }
 
 export class StatsAcc {
   newTokens = 0;
+  cachedPromptTokens = 0;
   targetForwards = 0;
   proposed = 0;
   accepted = 0;
@@ -213,6 +220,7 @@ export class StatsAcc {
       transfers: transfersSince(this.counters0),
       seconds,
       tokensPerSecond: seconds > 0 ? this.newTokens / seconds : 0,
+      cachedPromptTokens: this.cachedPromptTokens,
     };
   }
 }

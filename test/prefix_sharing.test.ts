@@ -135,6 +135,10 @@ describe('prefix sharing (the engine)', function () {
             if (want[i]!.promptLogprobs) assert.deepStrictEqual(Array.from(g.promptLogprobs!.token), Array.from(want[i]!.promptLogprobs!.token), `${what}, request ${i}: prompt log-probabilities`);
           });
           assert.strictEqual(a.metrics.sharedPromptTokens, 0, `${what}: prefixSharing false shares nothing`);
+          // Each request's stats say what it took (DecodeStats.cachedPromptTokens).
+          assert.ok(want.every((w) => w.stats.cachedPromptTokens === 0));
+          assert.strictEqual(got.reduce((n, g) => n + g.stats.cachedPromptTokens, 0), b.metrics.sharedPromptTokens, `${what}: per-request cached tokens`);
+          assert.ok(got[1]!.stats.cachedPromptTokens >= longer.length - 2 && got[7]!.stats.cachedPromptTokens === 0, `${what}: request 1 shares request 0's prompt, 7 nothing`);
           // Requests 1, 2, 3, 4, 5 and 6 share (the choices of request 0's prompt: 35 tokens; the
           // others the system prompt or more; EAGLE one token fewer each, shareNeedsNextToken); 7
           // shares nothing, 8 reads its prompt's rows.

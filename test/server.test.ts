@@ -52,7 +52,7 @@ describe('specdec serve', function () {
     assert.strictEqual(choice.finish_reason, 'length');
     assert.strictEqual(choice.text, TextTokenizer.load(EMBEDDED.target)!.decode(ids, { skipSpecialTokens: true }));
     const prompt = TextTokenizer.load(EMBEDDED.target)!.encode('once upon a time').length;
-    assert.deepStrictEqual(r.json['usage'], { prompt_tokens: prompt, completion_tokens: 12, total_tokens: prompt + 12 });
+    assert.deepStrictEqual(r.json['usage'], { prompt_tokens: prompt, completion_tokens: 12, total_tokens: prompt + 12, prompt_tokens_details: { cached_tokens: 0 } });
     const s = await postStream(`${url}/v1/completions`, { ...body, stream: true });
     assert.ok(s.done && s.events.length >= 2, 'several events then [DONE]');
     assert.deepStrictEqual(completionTokens(s), ids);
@@ -148,7 +148,15 @@ describe('specdec serve', function () {
       const turn2 = [...TextTokenizer.load(EMBEDDED.target)!.encode(turn1), ...completionTokens(t1), 13, 14];
       const before = running.server.engine.metrics.sharedPromptTokens;
       const t2 = await postJson(`${running.url}/v1/completions`, { prompt: turn2, max_tokens: 8, temperature: 0 });
-      assert.ok(running.server.engine.metrics.sharedPromptTokens - before >= turn2.length - 3, 'turn 2 started after turn 1');
+      const shared = running.server.engine.metrics.sharedPromptTokens - before;
+      assert.ok(shared >= turn2.length - 3, 'turn 2 started after turn 1');
+      // The usage says so (OpenAI's prompt_tokens_details.cached_tokens); turn 1 had none cached.
+      assert.deepStrictEqual((t2.json['usage'] as { prompt_tokens_details: unknown }).prompt_tokens_details, { cached_tokens: shared });
+      assert.deepStrictEqual((t1.json['usage'] as { prompt_tokens_details: unknown }).prompt_tokens_details, { cached_tokens: 0 });
+      // Streamed with include_usage, and n 2 of a prompt the cache holds: each choice took it from the cache.
+      const s2 = await postStream(`${running.url}/v1/completions`, { prompt: turn2, max_tokens: 4, temperature: 0, n: 2, stream: true, stream_options: { include_usage: true } });
+      const u2 = s2.events.find((e) => e['usage'] !== undefined)!['usage'] as { prompt_tokens: number; prompt_tokens_details: { cached_tokens: number } };
+      assert.ok(u2.prompt_tokens_details.cached_tokens >= shared && u2.prompt_tokens_details.cached_tokens < u2.prompt_tokens, JSON.stringify(u2));
       const alone = await plainGenerate(running.server.engine.model as LlamaModel, [Int32Array.from(turn2)], { maxNewTokens: 8 });
       assert.deepStrictEqual(completionTokens(t2), Array.from(alone.tokens[0]!));
       assert.match((await request(`${running.url}/metrics`, 'GET')).body, /specdec_shared_prompt_tokens_total [1-9]/);
@@ -234,7 +242,7 @@ describe('specdec serve', function () {
       assert.strictEqual(c.text, tokenizer.decode(c.token_ids, { skipSpecialTokens: true }));
     }
     assert.strictEqual(new Set(choices.map((c) => c.token_ids.join())).size, 3, 'three different samples');
-    assert.deepStrictEqual(r.json['usage'], { prompt_tokens: prompt.length, completion_tokens: choices.reduce((a, c) => a + c.token_ids.length, 0), total_tokens: prompt.length + choices.reduce((a, c) => a + c.token_ids.length, 0) });
+    assert.deepStrictEqual(r.json['usage'], { prompt_tokens: prompt.length, completion_tokens: choices.reduce((a, c) => a + c.token_ids.length, 0), total_tokens: prompt.length + choices.reduce((a, c) => a + c.token_ids.length, 0), prompt_tokens_details: { cached_tokens: 0 } });
     // n = 1 is choice 0.
     const one = await postJson(`${url}/v1/completions`, { ...body, n: 1 });
     assert.deepStrictEqual(completionTokens(one), choices[0]!.token_ids);
@@ -380,7 +388,7 @@ describe('specdec serve', function () {
     }
     const promptTokens = texts.reduce((a, t) => a + tokenizer.encode(t).length, 0);
     const completion = choices.reduce((a, c) => a + c.token_ids.length, 0);
-    assert.deepStrictEqual(r.json['usage'], { prompt_tokens: promptTokens, completion_tokens: completion, total_tokens: promptTokens + completion });
+    assert.deepStrictEqual(r.json['usage'], { prompt_tokens: promptTokens, completion_tokens: completion, total_tokens: promptTokens + completion, prompt_tokens_details: { cached_tokens: 0 } });
     // Streamed: each index's chunks add up to its choice.
     const st = await postStream(`${url}/v1/completions`, { ...body, stream: true });
     for (const c of choices) {

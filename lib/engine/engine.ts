@@ -842,7 +842,11 @@ export class Engine {
       this.fail(r, e);
       return false;
     }
-    if (prefix) this.metrics.sharedPromptTokens += prefix.length;
+    if (prefix) {
+      this.metrics.sharedPromptTokens += prefix.length;
+      // (A preempted request keeps the count of its first admission: its stats come back with it.)
+      if (r.newTokens.length === 0) (r.seq as EngineSequence).stats.cachedPromptTokens = prefix.length;
+    }
     return true;
   }
 

@@ -12,7 +12,7 @@ import type { Engine, RequestOptions } from '../engine/engine';
 import { MAX_LOGPROBS, type TokenLogprobs } from '../logprobs';
 import type { Penalties } from '../sampling';
 import type { SamplingConfig } from '../strategies/speculator';
-import { generateText, IncrementalText, type TextCodec } from '../text';
+import { generateText, IncrementalText, type TextCodec, type TextResult } from '../text';
 import type { ChatMessage, ChatTemplateOptions } from '../tokenizer';
 import { PROMETHEUS_CONTENT_TYPE, prometheusText } from './prometheus';
 
@@ -513,10 +513,23 @@ export class CompletionServer {
     const chunkHead = chat ? { ...head, object: 'chat.completion.chunk' } : head;
     // Each prompt counts once, whatever n is (OpenAI's usage).
     const promptTokens = c.prompts.reduce((a, x) => a + x.length, 0);
-    const usage = (completion: number): Record<string, number> => ({
+    // Of them, those found in the KV cache (prefix sharing, the prefix cache): per prompt, the fewest
+    // any of its candidates took (OpenAI's prompt_tokens_details.cached_tokens; the first candidate of
+    // a new prompt computes it, the others then share it).
+    const cachedOf = (rs: readonly TextResult[]): number => {
+      let n = 0;
+      for (let p = 0; p < P; p++) {
+        let least = Infinity;
+        for (let i = 0; i < c.bestOf; i++) least = Math.min(least, rs[p * c.bestOf + i]?.stats.cachedPromptTokens ?? Infinity);
+        if (least !== Infinity) n += least;
+      }
+      return n;
+    };
+    const usage = (completion: number, rs: readonly TextResult[]): Record<string, unknown> => ({
       prompt_tokens: promptTokens,
       completion_tokens: completion,
       total_tokens: promptTokens + completion,
+      prompt_tokens_details: { cached_tokens: cachedOf(rs) },
     });
     const echoOf = (p: number): string => c.echo?.[p] ?? '';
     // echo with logprobs: the prompt's entries, then each choice's (their text offsets past the echo).
@@ -564,7 +577,7 @@ export class CompletionServer {
           );
         });
       }
-      this.sendJson(res, 200, { ...head, choices, usage: usage(rs.reduce((a, r) => a + r.tokens.length, 0)) });
+      this.sendJson(res, 200, { ...head, choices, usage: usage(rs.reduce((a, r) => a + r.tokens.length, 0), rs) });
       return;
     }
     // Streamed (best_of = n): choice index q is candidate q.
@@ -621,7 +634,7 @@ export class CompletionServer {
       const last = chat
         ? { index, delta: {}, logprobs: null, finish_reason: finishReason(r.finishReason) }
         : { index, text: '', token_ids: [], logprobs: null, finish_reason: finishReason(r.finishReason) };
-      send({ ...chunkHead, choices: [last], ...(gens.length === 1 ? { usage: usage(r.tokens.length) } : {}) });
+      send({ ...chunkHead, choices: [last], ...(gens.length === 1 ? { usage: usage(r.tokens.length, [r]) } : {}) });
     };
     const streamed = gens.map((g, i) =>
       streamChoice(g, i).catch((e: unknown) => {
@@ -633,7 +646,7 @@ export class CompletionServer {
     try {
       await Promise.all(streamed);
       // (One choice's finish chunk carries the usage too; with several, only stream_options' chunk.)
-      if (c.includeUsage) send({ ...chunkHead, choices: [], usage: usage(completion) });
+      if (c.includeUsage) send({ ...chunkHead, choices: [], usage: usage(completion, await Promise.all(results)) });
       res.end('data: [DONE]\n\n');
     } catch {
       const e = await firstError();

@@ -8,7 +8,7 @@ import { defaultModelPaths } from '../lib/default_models';
 import { LlamaModel } from '../lib/models/llama';
 import type { GenerateResult } from '../lib/decoder';
 import { DraftModelSpeculator } from '../lib/strategies/draft_model';
-import { EagleSpeculator } from '../lib/strategies/eagle';
+import { EagleHead, EagleSpeculator } from '../lib/strategies/eagle';
 import { HybridSpeculator } from '../lib/strategies/hybrid';
 import { LookaheadSpeculator } from '../lib/strategies/lookahead';
 import { MedusaSpeculator } from '../lib/strategies/medusa';
@@ -478,6 +478,25 @@ describeCuda('prefix sharing (the engine)', () => {
           const lpWant = await Promise.all(prompts.map((p) => a.submit(p, { maxNewTokens: 0, promptLogprobs: 1 })));
           lp.forEach((g, i) => g.promptLogprobs!.token.forEach((v, j) => assert.ok(Math.abs(v - lpWant[i]!.promptLogprobs!.token[j]!) <= 1e-4 * Math.max(1, Math.abs(v)), `prompt ${i}, entry ${j}`)));
         });
+      }
+      // EAGLE (its head's cache and features forked, Speculator.shareFrom), greedy: the output and
+      // the drafts accepted without sharing.
+      const eagle = EagleHead.load(defaultModelPaths().eagle, { device: 'cuda' });
+      try {
+        await withEngines(target, () => new EagleSpeculator({ head: eagle, topK: 4, depth: 3, totalTokens: 12 }), { prefixCache: 4 }, 'EAGLE', async (a, b) => {
+          const run = (e: Engine): Promise<GenerateResult[]> => Promise.all(prompts.map((p) => e.submit(p, { maxNewTokens: 24, ignoreEos: true })));
+          const want = await run(a);
+          const got = await run(b);
+          const again = await run(b);
+          [...got, ...again].forEach((g, i) => {
+            const w = want[i % prompts.length]!;
+            assert.deepStrictEqual(Array.from(g.tokens), Array.from(w.tokens), `EAGLE: request ${i}: tokens`);
+            assert.strictEqual(g.stats.acceptedDraftTokens, w.stats.acceptedDraftTokens, `EAGLE: request ${i}: drafts accepted`);
+          });
+          assert.ok(b.metrics.sharedPromptTokens > 0);
+        });
+      } finally {
+        eagle.dispose();
       }
     } finally {
       target.dispose();

@@ -74,9 +74,124 @@ bool top_p_boundary(const float* x, const float* out, int64_t V, uint64_t need, 
 }
 
 // Zeroes out[i] for every element ranking below the kept one with rank key b (NaN ranks last).
-void zero_below(const float* x, int64_t V, uint64_t b, float* out) {
-  for (int64_t i = 0; i < V; ++i)
+void zero_below_plain(const float* x, int64_t V, uint64_t b, float* out, int64_t i) {
+  for (; i < V; ++i)
     if (rank_key(x[i], i) < b) out[i] = 0.0f;
+}
+
+#ifdef SPECDEC_CPU_X86_SIMD
+// rank_key(x, i) < b <=> float_key(x) < b's key, or the same key and i past b's index: the keys
+// compared 8 at a time (float_key: the bits xor'd with the sign spread, or'd with the top bit; NaN 0),
+// the rare equal keys element by element.
+SPECDEC_AVX2 int64_t zero_below_avx2(const float* x, int64_t V, uint64_t b, float* out) {
+  const uint32_t kb = static_cast<uint32_t>(b >> 32);
+  const __m256i top = _mm256_set1_epi32(static_cast<int>(0x80000000u));
+  const __m256i kbs = _mm256_set1_epi32(static_cast<int>(kb ^ 0x80000000u));  // (signed compares of key ^ top)
+  int64_t i = 0;
+  for (; i + 8 <= V; i += 8) {
+    const __m256 xv = _mm256_loadu_ps(x + i);
+    const __m256i u = _mm256_castps_si256(xv);
+    __m256i key = _mm256_xor_si256(u, _mm256_or_si256(_mm256_srai_epi32(u, 31), top));
+    key = _mm256_andnot_si256(_mm256_castps_si256(_mm256_cmp_ps(xv, xv, _CMP_UNORD_Q)), key);
+    const __m256i ks = _mm256_xor_si256(key, top);
+    const __m256i below = _mm256_cmpgt_epi32(kbs, ks);
+    const __m256i same = _mm256_cmpeq_epi32(kbs, ks);
+    _mm256_storeu_ps(out + i, _mm256_andnot_ps(_mm256_castsi256_ps(below), _mm256_loadu_ps(out + i)));
+    if (_mm256_movemask_ps(_mm256_castsi256_ps(same)) != 0) zero_below_plain(x, i + 8, b, out, i);
+  }
+  return i;
+}
+#endif
+
+void zero_below(const float* x, int64_t V, uint64_t b, float* out) {
+  int64_t i = 0;
+#ifdef SPECDEC_CPU_X86_SIMD
+  if (simd::use_avx2()) i = zero_below_avx2(x, V, b, out);
+#endif
+  zero_below_plain(x, V, b, out, i);
+}
+
+// keep_top's candidate bands: thresholds t[c] = m - {8, 16, 32, 64}; n[c] = elements with x >= t[c]
+// and, with `mass`, mass[c] = their quantised mass (out). One pass for the four (they were a pass
+// each until one held enough); the counts and sums are exact in any order, so every path agrees.
+constexpr int kBands = 4;
+constexpr float kBandWidths[kBands] = {8.0f, 16.0f, 32.0f, 64.0f};
+
+void band_counts_plain(const float* x, const float* out, int64_t V, const float* t, bool mass, int64_t i, int64_t* n, uint64_t* w) {
+  for (; i < V; ++i)
+    for (int c = 0; c < kBands; ++c)
+      if (x[i] >= t[c]) {
+        ++n[c];
+        if (mass) w[c] += sm::quantize_prob(out[i]);
+      }
+}
+
+// The indices i with x[i] >= floor_x, as rank keys, appended to ranks.
+void gather_plain(const float* x, int64_t V, float floor_x, int64_t i, std::vector<uint64_t>& ranks) {
+  for (; i < V; ++i)
+    if (x[i] >= floor_x) ranks.push_back(rank_key(x[i], i));
+}
+
+#ifdef SPECDEC_CPU_X86_SIMD
+SPECDEC_AVX2 int64_t band_counts_avx2(const float* x, const float* out, int64_t V, const float* t, bool mass, int64_t* n, uint64_t* w) {
+  __m256 tv[kBands];
+  __m256i acc[kBands];
+  for (int c = 0; c < kBands; ++c) {
+    tv[c] = _mm256_set1_ps(t[c]);
+    acc[c] = _mm256_setzero_si256();
+  }
+  int64_t i = 0;
+  for (; i + 8 <= V; i += 8) {
+    const __m256 xv = _mm256_loadu_ps(x + i);
+    __m256 in[kBands];
+    for (int c = 0; c < kBands; ++c) {
+      in[c] = _mm256_cmp_ps(xv, tv[c], _CMP_GE_OQ);  // (a NaN is in no band, as x >= t says)
+      n[c] += __builtin_popcount(static_cast<unsigned>(_mm256_movemask_ps(in[c])));
+    }
+    // The widest band holds the others: nothing in it, no mass to add.
+    if (!mass || _mm256_movemask_ps(in[kBands - 1]) == 0) continue;
+    const __m256i lo = simd::u64_from_f64_avx2(simd::quantize4_avx2(_mm_loadu_ps(out + i)));
+    const __m256i hi = simd::u64_from_f64_avx2(simd::quantize4_avx2(_mm_loadu_ps(out + i + 4)));
+    for (int c = 0; c < kBands; ++c) {
+      const __m256i k = _mm256_castps_si256(in[c]);
+      acc[c] = _mm256_add_epi64(acc[c], _mm256_and_si256(lo, _mm256_cvtepi32_epi64(_mm256_castsi256_si128(k))));
+      acc[c] = _mm256_add_epi64(acc[c], _mm256_and_si256(hi, _mm256_cvtepi32_epi64(_mm256_extracti128_si256(k, 1))));
+    }
+  }
+  for (int c = 0; c < kBands; ++c) w[c] += simd::hsum_avx2(acc[c]);
+  return i;
+}
+
+SPECDEC_AVX2 int64_t gather_avx2(const float* x, int64_t V, float floor_x, std::vector<uint64_t>& ranks) {
+  const __m256 fv = _mm256_set1_ps(floor_x);
+  int64_t i = 0;
+  for (; i + 8 <= V; i += 8) {
+    unsigned bits = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + i), fv, _CMP_GE_OQ)));
+    while (bits) {
+      const int64_t j = i + __builtin_ctz(bits);
+      ranks.push_back(rank_key(x[j], j));
+      bits &= bits - 1;
+    }
+  }
+  return i;
+}
+#endif
+
+void band_counts(const float* x, const float* out, int64_t V, const float* t, bool mass, int64_t* n, uint64_t* w) {
+  int64_t i = 0;
+#ifdef SPECDEC_CPU_X86_SIMD
+  if (simd::use_avx2()) i = band_counts_avx2(x, out, V, t, mass, n, w);
+#endif
+  band_counts_plain(x, out, V, t, mass, i, n, w);
+}
+
+// (In index order, whatever the path: the ranks are sorted after anyway.)
+void gather(const float* x, int64_t V, float floor_x, std::vector<uint64_t>& ranks) {
+  int64_t i = 0;
+#ifdef SPECDEC_CPU_X86_SIMD
+  if (simd::use_avx2()) i = gather_avx2(x, V, floor_x, ranks);
+#endif
+  gather_plain(x, V, floor_x, i, ranks);
 }
 
 // Keeps the top-k, then the top-p prefix, of a row (p = out, keys from x); zeroes the rest of out.
@@ -100,20 +215,17 @@ void keep_top(const float* x, float m, int64_t V, const SamplingParams& sp, floa
   float floor_x = -INFINITY;
   bool all = true;
   int64_t candidates = V;
-  for (float c : {8.0f, 16.0f, 32.0f, 64.0f}) {
-    const float t = m - c;
-    int64_t n = 0;
-    uint64_t mass = 0;
-    for (int64_t i = 0; i < V; ++i)
-      if (x[i] >= t) {
-        ++n;
-        if (!use_k) mass += sm::quantize_prob(out[i]);
-      }
-    if (n > 0 && (use_k ? n >= limit : mass >= need)) {
+  float t[kBands];
+  int64_t n[kBands] = {0, 0, 0, 0};
+  uint64_t mass[kBands] = {0, 0, 0, 0};
+  for (int c = 0; c < kBands; ++c) t[c] = m - kBandWidths[c];
+  band_counts(x, out, V, t, !use_k, n, mass);
+  for (int c = 0; c < kBands; ++c) {
+    if (n[c] > 0 && (use_k ? n[c] >= limit : mass[c] >= need)) {
       // (A quarter of the row or more: ranking it all is as quick; a flat tail under a few peaks.)
-      floor_x = t;
-      all = n > V / 4;
-      candidates = n;
+      floor_x = t[c];
+      all = n[c] > V / 4;
+      candidates = n[c];
       break;
     }
   }
@@ -128,8 +240,7 @@ void keep_top(const float* x, float m, int64_t V, const SamplingParams& sp, floa
     ranks.resize(static_cast<size_t>(V));
     for (int64_t i = 0; i < V; ++i) ranks[i] = rank_key(x[i], i);
   } else {
-    for (int64_t i = 0; i < V; ++i)
-      if (x[i] >= floor_x) ranks.push_back(rank_key(x[i], i));
+    gather(x, V, floor_x, ranks);
   }
   const int64_t C = static_cast<int64_t>(ranks.size());  // >= limit when use_k
   const auto earlier = std::greater<uint64_t>();

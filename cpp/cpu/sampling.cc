@@ -25,6 +25,10 @@ using sm::rank_key;
 // Candidates above which top-p alone takes the histograms (top_p_boundary) rather than sorted chunks.
 constexpr int64_t kHistogramCandidates = 8192;
 
+// keys[i] = sm::float_key(x[i]) for a whole row (8 at a time on AVX2: the bits xor'd with the sign
+// spread, or'd with the top bit; a NaN's key 0).
+void float_keys(const float* x, int64_t V, uint32_t* keys);
+
 // Top-p alone over many candidates: the kept prefix found by mass histograms (a radix select) rather
 // than sorted chunks. Keys are float_key(x) (the rank order's high half); histogram 1 sums the mass
 // per top 12 bits, histogram 2 per the next 12 within the bucket where the cumulative mass (in
@@ -40,7 +44,33 @@ bool top_p_boundary(const float* x, const float* out, int64_t V, uint64_t need, 
     for (int64_t i = 0; i < V; ++i) boundary = std::max(boundary, rank_key(x[i], i));
     return true;
   }
+  // The keys and quantised masses once, by the vector passes; the histograms then read them.
+  thread_local std::vector<uint32_t> keys;
+  thread_local std::vector<uint64_t> w;
+  keys.resize(static_cast<size_t>(V));
+  w.resize(static_cast<size_t>(V));
+  float_keys(x, V, keys.data());
+  simd::quantize_row(out, V, w.data());
+  const uint32_t* const K = keys.data();
+  const uint64_t* const W = w.data();
   std::vector<uint64_t> hist(kBuckets);
+  // (Four interleaved histograms, summed after: a flat row's keys share a few buckets, and one
+  // histogram's adds to them would wait on each other.)
+  constexpr int kCopies = 4;
+  std::vector<uint64_t> copies(static_cast<size_t>(kCopies * kBuckets));
+  const auto accumulate = [&](auto bucket_of) {
+    std::fill(copies.begin(), copies.end(), 0);
+    uint64_t* const h = copies.data();
+    for (int64_t i = 0; i < V; ++i) {
+      const int k = bucket_of(K[i]);
+      if (k >= 0) h[(i & (kCopies - 1)) * kBuckets + k] += W[i];
+    }
+    for (int k = 0; k < kBuckets; ++k) {
+      uint64_t t = 0;
+      for (int c = 0; c < kCopies; ++c) t += h[c * kBuckets + k];
+      hist[static_cast<size_t>(k)] = t;
+    }
+  };
   const auto pick = [&](uint64_t before) -> std::pair<int, uint64_t> {  // the bucket where `need` is reached, and the mass above it
     for (int k = kBuckets - 1; k >= 0; --k) {
       if (before + hist[static_cast<size_t>(k)] >= need) return {k, before};
@@ -48,23 +78,19 @@ bool top_p_boundary(const float* x, const float* out, int64_t V, uint64_t need, 
     }
     return {-1, before};
   };
-  for (int64_t i = 0; i < V; ++i) hist[sm::float_key(x[i]) >> (32 - kBits)] += sm::quantize_prob(out[i]);
+  accumulate([](uint32_t k) { return static_cast<int>(k >> (32 - kBits)); });
   const auto [b1, above1] = pick(0);
   if (b1 < 0) return false;
-  std::fill(hist.begin(), hist.end(), 0);
-  for (int64_t i = 0; i < V; ++i) {
-    const uint32_t k = sm::float_key(x[i]);
-    if (static_cast<int>(k >> (32 - kBits)) == b1) hist[(k >> (32 - 2 * kBits)) & (kBuckets - 1)] += sm::quantize_prob(out[i]);
-  }
+  accumulate([b1](uint32_t k) { return static_cast<int>(k >> (32 - kBits)) == b1 ? static_cast<int>((k >> (32 - 2 * kBits)) & (kBuckets - 1)) : -1; });
   const auto [b2, above2] = pick(above1);
   const uint32_t prefix = (static_cast<uint32_t>(b1) << kBits) | static_cast<uint32_t>(b2);
   ranks.clear();
   for (int64_t i = 0; i < V; ++i)
-    if ((sm::float_key(x[i]) >> (32 - 2 * kBits)) == prefix) ranks.push_back(rank_key(x[i], i));
+    if ((K[i] >> (32 - 2 * kBits)) == prefix) ranks.push_back(rank_key(x[i], i));
   std::sort(ranks.begin(), ranks.end(), std::greater<uint64_t>());
   uint64_t cum = above2;
   for (const uint64_t r : ranks) {
-    cum += sm::quantize_prob(out[rank_index(r)]);
+    cum += W[rank_index(r)];
     if (cum >= need) {
       boundary = r;
       return true;
@@ -102,6 +128,28 @@ SPECDEC_AVX2 int64_t zero_below_avx2(const float* x, int64_t V, uint64_t b, floa
   return i;
 }
 #endif
+
+#ifdef SPECDEC_CPU_X86_SIMD
+SPECDEC_AVX2 int64_t float_keys_avx2(const float* x, int64_t V, uint32_t* keys) {
+  const __m256i top = _mm256_set1_epi32(static_cast<int>(0x80000000u));
+  int64_t i = 0;
+  for (; i + 8 <= V; i += 8) {
+    const __m256 xv = _mm256_loadu_ps(x + i);
+    const __m256i u = _mm256_castps_si256(xv);
+    const __m256i key = _mm256_xor_si256(u, _mm256_or_si256(_mm256_srai_epi32(u, 31), top));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(keys + i), _mm256_andnot_si256(_mm256_castps_si256(_mm256_cmp_ps(xv, xv, _CMP_UNORD_Q)), key));
+  }
+  return i;
+}
+#endif
+
+void float_keys(const float* x, int64_t V, uint32_t* keys) {
+  int64_t i = 0;
+#ifdef SPECDEC_CPU_X86_SIMD
+  if (simd::use_avx2()) i = float_keys_avx2(x, V, keys);
+#endif
+  for (; i < V; ++i) keys[i] = sm::float_key(x[i]);
+}
 
 void zero_below(const float* x, int64_t V, uint64_t b, float* out) {
   int64_t i = 0;
@@ -237,8 +285,13 @@ void keep_top(const float* x, float m, int64_t V, const SamplingParams& sp, floa
   }
   ranks.clear();
   if (all) {
+    thread_local std::vector<uint32_t> keys;
+    keys.resize(static_cast<size_t>(V));
+    float_keys(x, V, keys.data());
     ranks.resize(static_cast<size_t>(V));
-    for (int64_t i = 0; i < V; ++i) ranks[i] = rank_key(x[i], i);
+    const uint32_t* const K = keys.data();
+    uint64_t* const R = ranks.data();
+    for (int64_t i = 0; i < V; ++i) R[i] = (static_cast<uint64_t>(K[i]) << 32) | (0xffffffffu - static_cast<uint32_t>(i));
   } else {
     gather(x, V, floor_x, ranks);
   }

@@ -78,6 +78,12 @@ export interface DecodeStats {
    * `usage.prompt_tokens_details.cached_tokens`). 0 elsewhere.
    */
   cachedPromptTokens: number;
+  /**
+   * Why the request's later steps ran without drafts, when they did: the speculator's own cache (a
+   * draft model's) could not hold the request even alone, so the Engine recomputed it and decoded
+   * it plainly rather than fail it. The tokens are the same either way.
+   */
+  speculationOff?: string;
 }
 
 export class StatsAcc {

@@ -358,6 +358,43 @@ describe('engine: continuous batching', function () {
     }
   });
 
+  it("a draft model's cache too small for one request alone: it is decoded without drafts (the same tokens, stats.speculationOff says why), the others still draft; a target cache too small still fails", async () => {
+    // 8 pages of 4: 32 tokens of draft cache; the long request needs ~60.
+    const tiny = await LlamaModel.load(makeCheckpoint(draftSpec, testSeed + 1), { device: 'cpu', pageSize: 4, kvPages: 8 });
+    try {
+      const r = rng(testSeed + 23);
+      const long = Array.from({ length: 40 }, () => Math.floor(r() * V));
+      const short = Array.from({ length: 4 }, () => Math.floor(r() * V));
+      for (const [name, make] of [
+        ['draft model', () => new DraftModelSpeculator({ draft: tiny, k: 3 })],
+        ['hybrid', () => new HybridSpeculator({ draft: tiny, draftSpeculator: new PromptLookupSpeculator(), k: 3 })],
+      ] as const) {
+        for (const sampling of [undefined, { temperature: 0.9 }]) {
+          const opts: RequestOptions = { maxNewTokens: 20, ignoreEos: true, ...(sampling ? { sampling, seed: 5 } : {}) };
+          const plain = await new Engine({ model: target }).submit(long, opts);
+          const engine = new Engine({ model: target, speculator: make() });
+          const got = await engine.submit(long, opts);
+          assert.deepStrictEqual(Array.from(got.tokens), Array.from(plain.tokens), `${name}: the long request's tokens`);
+          assert.match(got.stats.speculationOff ?? '', /out of KV pages with drafts, alone .*KV cache full/, `${name}: why`);
+          const fine = await engine.submit(short, { maxNewTokens: 8, ignoreEos: true });
+          assert.ok(fine.stats.proposedDraftTokens > 0 && fine.stats.speculationOff === undefined, `${name}: a request that fits still drafts`);
+          assert.strictEqual(tiny.kvInfo().freePages, tiny.kvInfo().totalPages, `${name}: draft pages back`);
+        }
+      }
+    } finally {
+      tiny.dispose();
+    }
+    // The target's own cache too small for the request: still E_KV_FULL (after the one retry).
+    const tightTarget = await LlamaModel.load(makeCheckpoint(eosFree, testSeed), { device: 'cpu', pageSize: 4, kvPages: 12 });
+    try {
+      const engine = new Engine({ model: tightTarget, speculator: new DraftModelSpeculator({ draft, k: 3 }), treeReserveTokens: 4 });
+      await assert.rejects(engine.submit([1, 2, 3, 4, 5, 6, 7, 8], { maxNewTokens: 60, ignoreEos: true }), (e: Error & { code?: string }) => e.code === 'E_KV_FULL');
+      assert.strictEqual(tightTarget.kvInfo().freePages, tightTarget.kvInfo().totalPages);
+    } finally {
+      tightTarget.dispose();
+    }
+  });
+
   for (const [name, make] of speculators) {
     it(`${name}: an aborted request leaves at once (queued or running), its speculator state freed; the others are unaffected`, async () => {
       // The running request to abort never stops at EOS and outlasts two deliveries of the longest

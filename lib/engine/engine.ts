@@ -137,6 +137,8 @@ class Request {
   readonly promptLogprobs: LogprobsSink | undefined;
   /** onPromptLogprobs has been called. */
   promptAnnounced = false;
+  /** Why it decodes without drafts (DecodeStats.speculationOff): set once, by recover. */
+  draftsOff: string | undefined;
   /** Tokens handed to onTokens so far (where the next chunk's log-probabilities start). */
   delivered = 0;
   readonly t0 = performance.now();
@@ -942,7 +944,8 @@ export class Engine {
         const s = r.seq as EngineSequence;
         // Never draft past maxNewTokens or past the context (the history may reach maxPositions).
         s.maxDepth = Math.max(0, Math.min(r.opts.maxNewTokens - r.newTokens.length - 1, s.maxPosition - s.committed - 1));
-        s.maxNodes = this.treeRoom(s.committed, sequences);
+        // (Drafts off: lone roots, from every speculator; maxDepth still bounds plain chains.)
+        s.maxNodes = r.draftsOff ? 1 : this.treeRoom(s.committed, sequences);
         r.savedCounter = r.rng.counter;
         r.committedAtStep = s.committed;
         r.forwardsAtStep = s.stats.targetForwards;
@@ -985,6 +988,15 @@ export class Engine {
       // batch shrinks.
       if (this.dropModelPrefixCaches() === 0) this.liveCap = Math.max(1, this.live.length - 1);
       for (const r of reqs) this.preempt(r);
+      return;
+    }
+    // Alone and still out of pages: where a speculator drafts, its own cache may be what is full (a
+    // draft model's cache smaller than the target's): the request is recomputed once without drafts
+    // (if the target's cache is what is full, that fails too, and the request then fails).
+    const lone = reqs.length === 1 ? (reqs[0] as Request) : undefined;
+    if (kvFull && lone && this.speculator && lone.draftsOff === undefined && lone.seq) {
+      lone.draftsOff = `out of KV pages with drafts, alone (${(e as Error).message}); decoded without them`;
+      this.preempt(lone);
       return;
     }
     for (const r of reqs) this.fail(r, e);
@@ -1106,6 +1118,7 @@ export class Engine {
     const phases: PhaseTimes = { prefill: 0, draft: 0, target: 0, verify: 0, commit: 0, update: 0 };
     for (const k of Object.keys(phases) as (keyof PhaseTimes)[]) phases[k] = now[k] - r.phases0[k];
     const stats = (s ? s.stats : r.stats).finish(phases, (performance.now() - r.t0) / 1000);
+    if (r.draftsOff !== undefined) stats.speculationOff = r.draftsOff;
     try {
       this.retire(r);
     } catch (e) {

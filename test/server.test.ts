@@ -169,6 +169,37 @@ describe('specdec serve', function () {
     assert.throws(() => parseServeFlags(['--prefix-cache', '-1']), /--prefix-cache/);
   });
 
+  it('/tokenize and /detokenize (vLLM\'s): the tokenizer\'s ids and text, add_special_tokens, errors naming the field', async () => {
+    const tok = TextTokenizer.load(EMBEDDED.target)!;
+    const text = 'once upon a time there was a dog';
+    const t = await postJson(`${url}/tokenize`, { model: 'tiny', prompt: text });
+    assert.strictEqual(t.status, 200, JSON.stringify(t.json));
+    const ids = Array.from(tok.encode(text));
+    assert.deepStrictEqual(t.json, { tokens: ids, count: ids.length, max_model_len: target.config.maxPositions });
+    const bare = await postJson(`${url}/tokenize`, { prompt: text, add_special_tokens: false });
+    assert.deepStrictEqual(bare.json['tokens'], Array.from(tok.encode(text, { addSpecialTokens: false })));
+    // The ids a completion of that prompt reads (its usage counts them).
+    const c = await postJson(`${url}/v1/completions`, { prompt: text, max_tokens: 1, temperature: 0 });
+    assert.strictEqual((c.json['usage'] as { prompt_tokens: number }).prompt_tokens, ids.length);
+    const d = await postJson(`${url}/detokenize`, { tokens: ids });
+    assert.deepStrictEqual(d.json, { prompt: tok.decode(ids, { skipSpecialTokens: false }) });
+    assert.ok(String(d.json['prompt']).includes(text), JSON.stringify(d.json));
+    for (const [route, body, field] of [
+      ['/tokenize', { prompt: 5 }, 'prompt'],
+      ['/tokenize', { prompt: 'a', messages: [] }, 'prompt'],
+      ['/tokenize', { prompt: 'a', add_special_tokens: 'no' }, 'add_special_tokens'],
+      ['/tokenize', { prompt: 'a', model: 'other' }, 'model'],
+      ['/tokenize', { messages: [{ role: 'user', content: 'hi' }] }, 'messages'],
+      ['/detokenize', { tokens: [1, target.config.vocabSize] }, 'tokens'],
+      ['/detokenize', { tokens: 'abc' }, 'tokens'],
+    ] as const) {
+      const bad = await postJson(`${url}${route}`, body);
+      assert.strictEqual(bad.status, 400, `${route} ${JSON.stringify(body)}`);
+      assert.strictEqual((bad.json['error'] as { param: string }).param, field, `${route} ${JSON.stringify(body)}: ${JSON.stringify(bad.json)}`);
+    }
+    assert.strictEqual((await request(`${url}/tokenize`, 'GET')).status, 405);
+  });
+
   it('bad requests: 400 with a JSON error naming the field; 404, 405, 413', async () => {
     const cases: [unknown, string | null][] = [
       [{ prompt: 'x', max_tokens: -1 }, 'max_tokens'],
@@ -461,6 +492,9 @@ describe('specdec serve', function () {
       assert.ok(choice.message.content.length > 0, 'a reply was written');
       const plain = await postJson(`${curl}/v1/completions`, { prompt: ids, max_tokens: 10, temperature: 0 });
       assert.strictEqual(choice.message.content, (plain.json['choices'] as { text: string }[])[0]!.text);
+      // /tokenize with messages: the ids the chat was decoded from.
+      const tm = await postJson(`${curl}/tokenize`, { model: 'tiny', messages });
+      assert.deepStrictEqual(tm.json, { tokens: ids, count: ids.length, max_model_len: server.engine.model.config.maxPositions });
       assert.deepStrictEqual(r.json['usage'], plain.json['usage']);
       // logprobs: true, top_logprobs: 3 -- { content: [{ token, logprob, bytes, top_logprobs }] } per
       // token (greedy: the token is the most probable); streamed per chunk.

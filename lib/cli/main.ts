@@ -10,7 +10,7 @@ commands:
   bench      run the benchmarks in bench/ (see README)
   train-medusa  train Medusa heads for a checkpoint (--model DIR --data FILE --heads N --out DIR)
   train-eagle   train an EAGLE head for a checkpoint (--model DIR --data FILE --out DIR)
-  serve      OpenAI-compatible HTTP server (/v1/completions, /v1/models, /health, /metrics)
+  serve      OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions, /tokenize, /v1/models, /health, /metrics)
   convert    PyTorch weights (pytorch_model.bin) of a checkpoint to safetensors   DIR [--force]
 
 run 'specdec <command> --help' for a command's options`;

@@ -17,7 +17,8 @@ export const SERVE_USAGE = `usage: specdec serve [--model DIR] [--draft DIR | --
                     [--host 127.0.0.1] [--port 8000] [--max-batch N] [--kv-budget MB] [--prefix-cache N] [--device cpu|cuda|auto]
 
   OpenAI-compatible HTTP server: POST /v1/completions (stream: true for server-sent events),
-  GET /v1/models, GET /health, GET /metrics (Prometheus). SIGTERM or SIGINT drains and exits.
+  POST /v1/chat/completions, POST /tokenize, POST /detokenize, GET /v1/models, GET /health,
+  GET /metrics (Prometheus). SIGTERM or SIGINT drains and exits.
 
   --model DIR       checkpoint directory (default: the embedded model family)
   --host H          address to listen on (default 127.0.0.1)

@@ -178,9 +178,62 @@ export class CompletionServer {
         const body = await this.readJson(req);
         return this.complete(res, this.parseCompletion(body, (b) => [{ ids: this.parseMessages(b['messages'], b['chat_template_kwargs']), sent: undefined }], true), true);
       }
+      case '/tokenize': {
+        allow('POST');
+        return this.sendJson(res, 200, this.tokenize(await this.readJson(req)));
+      }
+      case '/detokenize': {
+        allow('POST');
+        return this.sendJson(res, 200, this.detokenize(await this.readJson(req)));
+      }
       default:
-        throw new HttpError(404, `no route ${path} (try POST /v1/completions, POST /v1/chat/completions, GET /v1/models, /health, /metrics)`, null, 'not_found');
+        throw new HttpError(404, `no route ${path} (try POST /v1/completions, POST /v1/chat/completions, POST /tokenize, POST /detokenize, GET /v1/models, /health, /metrics)`, null, 'not_found');
     }
+  }
+
+  /** A JSON object body, its `model` (when given) this server's. */
+  private objectBody(body: unknown): Record<string, unknown> {
+    if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new HttpError(400, 'the body must be a JSON object');
+    const b = body as Record<string, unknown>;
+    if (b['model'] !== undefined && b['model'] !== this.modelName) {
+      throw new HttpError(400, `model: this server serves '${this.modelName}', not ${JSON.stringify(b['model'])}`, 'model');
+    }
+    return b;
+  }
+
+  /**
+   * vLLM's POST /tokenize: { prompt: string, add_special_tokens?: boolean (default true) } or
+   * { messages, chat_template_kwargs? } (through the chat template, as /v1/chat/completions reads
+   * them) -> { tokens, count, max_model_len }.
+   */
+  private tokenize(body: unknown): Record<string, unknown> {
+    const b = this.objectBody(body);
+    let tokens: Int32Array;
+    if (b['messages'] !== undefined) {
+      if (b['prompt'] !== undefined) throw new HttpError(400, 'prompt: send prompt or messages, not both', 'prompt');
+      tokens = this.parseMessages(b['messages'], b['chat_template_kwargs']);
+    } else {
+      const p = b['prompt'];
+      if (typeof p !== 'string') throw new HttpError(400, 'prompt: expected a string (or send messages)', 'prompt');
+      if (!this.tokenizer) throw new HttpError(400, 'prompt: this model has no tokenizer', 'prompt');
+      const add = b['add_special_tokens'];
+      if (add !== undefined && add !== null && typeof add !== 'boolean') throw new HttpError(400, `add_special_tokens: expected true or false, got ${JSON.stringify(add)}`, 'add_special_tokens');
+      const codec = this.tokenizer as TextCodec & { encode(text: string, options?: { addSpecialTokens?: boolean }): Int32Array };
+      tokens = add === false ? codec.encode(p, { addSpecialTokens: false }) : codec.encode(p);
+    }
+    return { tokens: Array.from(tokens), count: tokens.length, max_model_len: this.engine.model.config.maxPositions };
+  }
+
+  /** vLLM's POST /detokenize: { tokens: number[] } -> { prompt } (special tokens kept, as vLLM's). */
+  private detokenize(body: unknown): Record<string, unknown> {
+    const b = this.objectBody(body);
+    const t = b['tokens'];
+    const V = this.engine.model.config.vocabSize;
+    if (!Array.isArray(t)) throw new HttpError(400, 'tokens: expected an array of token ids', 'tokens');
+    const bad = t.findIndex((x) => typeof x !== 'number' || !Number.isInteger(x) || x < 0 || x >= V);
+    if (bad >= 0) throw new HttpError(400, `tokens[${bad}] = ${JSON.stringify(t[bad])} is not a token id in [0, ${V})`, 'tokens');
+    if (!this.tokenizer) throw new HttpError(400, 'tokens: this model has no tokenizer', 'tokens');
+    return { prompt: this.tokenizer.decode(t as number[], { skipSpecialTokens: false }) };
   }
 
   private readJson(req: http.IncomingMessage): Promise<unknown> {
@@ -214,8 +267,7 @@ export class CompletionServer {
 
   /** Validates an OpenAI completions (or chat completions) body; every error names its field. */
   private parseCompletion(body: unknown, promptsOf: (b: Record<string, unknown>) => SentPrompt[], chat: boolean): Completion {
-    if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new HttpError(400, 'the body must be a JSON object');
-    const b = body as Record<string, unknown>;
+    const b = this.objectBody(body);
     const num = (name: string, ok: (n: number) => boolean, want: string): number | undefined => {
       const v = b[name];
       if (v === undefined || v === null) return undefined;
@@ -228,9 +280,6 @@ export class CompletionServer {
       if (typeof v !== 'boolean') throw new HttpError(400, `${name}: expected true or false, got ${JSON.stringify(v)}`, name);
       return v;
     };
-    if (b['model'] !== undefined && b['model'] !== this.modelName) {
-      throw new HttpError(400, `model: this server serves '${this.modelName}', not ${JSON.stringify(b['model'])}`, 'model');
-    }
     const n = num('n', (x) => Number.isSafeInteger(x) && x >= 1 && x <= MAX_CHOICES, `an integer in [1, ${MAX_CHOICES}]`) ?? 1;
     // best_of: that many candidates, the n of highest summed log-probability returned (vLLM's
     // ranking); completions only, not streamed (the best are known at the end), as OpenAI's.

@@ -9,9 +9,9 @@ export interface HttpReply {
   readonly body: string;
 }
 
-export function request(url: string, method: string, body?: string | Buffer): Promise<HttpReply> {
+export function request(url: string, method: string, body?: string | Buffer, headers: Record<string, string> = {}): Promise<HttpReply> {
   return new Promise((resolve, reject) => {
-    const req = http.request(url, { method, headers: body !== undefined ? { 'Content-Type': 'application/json' } : {} }, (res) => {
+    const req = http.request(url, { method, headers: { ...(body !== undefined ? { 'Content-Type': 'application/json' } : {}), ...headers } }, (res) => {
       const parts: Buffer[] = [];
       res.on('data', (b: Buffer) => parts.push(b));
       res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(parts).toString('utf8') }));

@@ -200,6 +200,39 @@ describe('specdec serve', function () {
     assert.strictEqual((await request(`${url}/tokenize`, 'GET')).status, 405);
   });
 
+  it('apiKey: the API routes need Authorization: Bearer <key> (401 otherwise, OpenAI\'s error shape); /health and /metrics stay open; --api-key and $SPECDEC_API_KEY', async () => {
+    const keyed = new CompletionServer({ engine: server.engine, modelName: 'tiny', tokenizer: TextTokenizer.load(EMBEDDED.target)!, apiKey: 's3cret' });
+    const a = await keyed.listen(0, '127.0.0.1');
+    const k = `http://127.0.0.1:${a.port}`;
+    try {
+      const body = JSON.stringify({ prompt: 'once upon a time', max_tokens: 3, temperature: 0 });
+      for (const [headers, why] of [[{}, /missing API key/], [{ Authorization: 'Bearer nope' }, /incorrect API key/], [{ Authorization: 's3cret' }, /missing API key/], [{ Authorization: 'Bearer s3cret-and-more' }, /incorrect/]] as const) {
+        const r = await request(`${k}/v1/completions`, 'POST', body, headers);
+        assert.strictEqual(r.status, 401, JSON.stringify(headers));
+        const err = (JSON.parse(r.body) as { error: { message: string; code: string } }).error;
+        assert.match(err.message, why);
+        assert.strictEqual(err.code, 'invalid_api_key');
+      }
+      assert.strictEqual((await request(`${k}/v1/models`, 'GET')).status, 401);
+      assert.strictEqual((await request(`${k}/tokenize`, 'POST', JSON.stringify({ prompt: 'a' }))).status, 401);
+      const ok = await request(`${k}/v1/completions`, 'POST', body, { Authorization: 'Bearer s3cret' });
+      assert.strictEqual(ok.status, 200, ok.body);
+      const plain = await postJson(`${url}/v1/completions`, JSON.parse(body));
+      assert.deepStrictEqual((JSON.parse(ok.body) as { choices: { token_ids: number[] }[] }).choices[0]!.token_ids, completionTokens(plain));
+      assert.strictEqual((await request(`${k}/v1/models`, 'GET', undefined, { authorization: 'bearer s3cret' })).status, 200);
+      assert.strictEqual((await request(`${k}/health`, 'GET')).status, 200);
+      assert.strictEqual((await request(`${k}/metrics`, 'GET')).status, 200);
+    } finally {
+      await keyed.close();
+    }
+    assert.strictEqual(parseServeFlags(['--api-key', 'abc'], {}).apiKey, 'abc');
+    assert.strictEqual(parseServeFlags([], { SPECDEC_API_KEY: 'env-key' }).apiKey, 'env-key');
+    assert.strictEqual(parseServeFlags(['--api-key=flag'], { SPECDEC_API_KEY: 'env-key' }).apiKey, 'flag');
+    assert.strictEqual(parseServeFlags([], {}).apiKey, undefined);
+    assert.throws(() => parseServeFlags(['--api-key', ' '], {}), /--api-key: empty/);
+    assert.throws(() => new CompletionServer({ engine: server.engine, modelName: 'x', apiKey: '' }), /apiKey/);
+  });
+
   it('bad requests: 400 with a JSON error naming the field; 404, 405, 413', async () => {
     const cases: [unknown, string | null][] = [
       [{ prompt: 'x', max_tokens: -1 }, 'max_tokens'],

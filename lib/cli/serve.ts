@@ -14,7 +14,7 @@ import { EMBEDDED, parseIntFlag, parseNumberFlag } from './generate';
 import { parseStrategyFlags, speculatorFactory, treeRoomFor, type StrategyFlags } from './strategy_flags';
 
 export const SERVE_USAGE = `usage: specdec serve [--model DIR] [--draft DIR | --medusa DIR | --eagle DIR | --lookahead W,N,G | --prompt-lookup N]
-                    [--host 127.0.0.1] [--port 8000] [--max-batch N] [--kv-budget MB] [--prefix-cache N] [--device cpu|cuda|auto]
+                    [--host 127.0.0.1] [--port 8000] [--max-batch N] [--kv-budget MB] [--prefix-cache N] [--api-key KEY] [--device cpu|cuda|auto]
 
   OpenAI-compatible HTTP server: POST /v1/completions (stream: true for server-sent events),
   POST /v1/chat/completions, POST /tokenize, POST /detokenize, GET /v1/models, GET /health,
@@ -29,6 +29,8 @@ export const SERVE_USAGE = `usage: specdec serve [--model DIR] [--draft DIR | --
                     go first when the cache is short (default --max-batch; 0: none)
   --kv-budget MB    KV cache of the target (and of a draft model) in MiB; default room for
                     --max-batch full contexts, capped at 2 GiB
+  --api-key KEY     answer the API routes only with the header Authorization: Bearer KEY (401
+                    otherwise; /health and /metrics stay open); default $SPECDEC_API_KEY, else none
   --draft/--medusa/--eagle/--lookahead/--prompt-lookup   the speculative strategy (as for generate)`;
 
 export interface ServeFlags {
@@ -40,13 +42,15 @@ export interface ServeFlags {
   readonly kvBudgetMb?: number;
   /** --prefix-cache (EngineOptions.prefixCache); default maxBatch. */
   readonly prefixCache: number;
+  /** --api-key, else $SPECDEC_API_KEY (ServerOptions.apiKey). */
+  readonly apiKey?: string;
   readonly device: Device | 'auto';
 }
 
-export function parseServeFlags(argv: readonly string[]): ServeFlags {
+export function parseServeFlags(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): ServeFlags {
   const { flags: strategy, rest } = parseStrategyFlags(argv);
   const values = new Map<string, string>();
-  const known = new Set(['--model', '--host', '--port', '--max-batch', '--kv-budget', '--prefix-cache', '--device']);
+  const known = new Set(['--model', '--host', '--port', '--max-batch', '--kv-budget', '--prefix-cache', '--api-key', '--device']);
   for (let i = 0; i < rest.length; i++) {
     const arg = rest[i] as string;
     const eq = arg.startsWith('--') ? arg.indexOf('=') : -1;
@@ -65,6 +69,8 @@ export function parseServeFlags(argv: readonly string[]): ServeFlags {
   const maxBatch = values.get('--max-batch');
   const prefixCache = values.get('--prefix-cache');
   const batch = maxBatch !== undefined ? parseIntFlag('--max-batch', maxBatch, 1) : 32;
+  const apiKey = values.get('--api-key') ?? (env['SPECDEC_API_KEY'] || undefined);
+  if (apiKey !== undefined && apiKey.trim().length === 0) throw codedError('E_ARG', '--api-key: empty');
   const f: ServeFlags = {
     strategy,
     host: values.get('--host') ?? '127.0.0.1',
@@ -73,6 +79,7 @@ export function parseServeFlags(argv: readonly string[]): ServeFlags {
     prefixCache: prefixCache !== undefined ? parseIntFlag('--prefix-cache', prefixCache, 0) : batch,
     device,
     ...(model !== undefined ? { model } : {}),
+    ...(apiKey !== undefined ? { apiKey } : {}),
     ...(kv !== undefined ? { kvBudgetMb: parseNumberFlag('--kv-budget', kv, (n) => n > 0, 'a number of MiB > 0') } : {}),
   };
   if (f.port > 65535) throw codedError('E_ARG', `--port: expected 0..65535, got ${f.port}`);
@@ -124,7 +131,7 @@ export async function startServe(flags: ServeFlags): Promise<RunningServer> {
     await engine.prepare();
     const tokenizer = TextTokenizer.load(dir);
     const name = dir === EMBEDDED.target ? 'specdec-default' : path.basename(path.resolve(dir));
-    const server = new CompletionServer({ engine, modelName: name, ...(tokenizer ? { tokenizer } : {}), ...(tokenizer?.hasChatTemplate ? { chat: tokenizer } : {}) });
+    const server = new CompletionServer({ engine, modelName: name, ...(tokenizer ? { tokenizer } : {}), ...(tokenizer?.hasChatTemplate ? { chat: tokenizer } : {}), ...(flags.apiKey !== undefined ? { apiKey: flags.apiKey } : {}) });
     const addr = await server.listen(flags.port, flags.host);
     const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
     const d = dispose;

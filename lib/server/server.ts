@@ -3,7 +3,7 @@
 // /health, /metrics.
 // Bad requests get 400 with an OpenAI-style JSON error naming the field; bodies are size-limited;
 // a client that disconnects cancels its request; close() drains in-flight requests.
-import { randomBytes, randomInt } from 'crypto';
+import { createHash, randomBytes, randomInt, timingSafeEqual } from 'crypto';
 import { setMaxListeners } from 'events';
 import * as http from 'http';
 import type { AddressInfo } from 'net';
@@ -26,6 +26,12 @@ export interface ServerOptions {
   readonly modelName: string;
   /** Largest accepted request body. Default 1 MiB. */
   readonly maxBodyBytes?: number;
+  /**
+   * When set, the API routes (/v1/*, /tokenize, /detokenize) answer only requests carrying
+   * `Authorization: Bearer <apiKey>` (401 otherwise, as OpenAI's and vLLM's); /health and /metrics
+   * stay open. Default: none.
+   */
+  readonly apiKey?: string;
 }
 
 /** A request error: HTTP status, the offending field (OpenAI's `param`) and a message. */
@@ -98,6 +104,8 @@ export class CompletionServer {
   private readonly chat: ServerOptions['chat'];
   private readonly modelName: string;
   private readonly maxBodyBytes: number;
+  /** sha256 of ServerOptions.apiKey (compared in constant time, whatever the length sent). */
+  private readonly keyHash: Buffer | undefined;
   private readonly created = Math.floor(Date.now() / 1000);
   private draining = false;
   /** Handlers still running: close() waits for them to write their last bytes. */
@@ -109,6 +117,8 @@ export class CompletionServer {
     this.chat = opts.chat;
     this.modelName = opts.modelName;
     this.maxBodyBytes = opts.maxBodyBytes ?? 1 << 20;
+    if (opts.apiKey !== undefined && (typeof opts.apiKey !== 'string' || opts.apiKey.length === 0)) throw new TypeError('apiKey: expected a non-empty string');
+    this.keyHash = opts.apiKey !== undefined ? createHash('sha256').update(opts.apiKey).digest() : undefined;
     this.http = http.createServer((req, res) => {
       const handled = this.route(req, res)
         .catch((e: unknown) => this.sendError(res, e))
@@ -156,6 +166,7 @@ export class CompletionServer {
       res.setHeader('Connection', 'close');
       if (path !== '/metrics') throw new HttpError(503, 'the server is shutting down', null, 'unavailable');
     }
+    if (this.keyHash && path !== '/health' && path !== '/metrics') this.authorize(req);
     switch (path) {
       case '/health':
         allow('GET');
@@ -189,6 +200,15 @@ export class CompletionServer {
       default:
         throw new HttpError(404, `no route ${path} (try POST /v1/completions, POST /v1/chat/completions, POST /tokenize, POST /detokenize, GET /v1/models, /health, /metrics)`, null, 'not_found');
     }
+  }
+
+  /** ServerOptions.apiKey: the request's bearer token, or 401. */
+  private authorize(req: http.IncomingMessage): void {
+    const h = req.headers.authorization;
+    const m = typeof h === 'string' ? /^Bearer\s+(.+)$/i.exec(h.trim()) : null;
+    if (!m) throw new HttpError(401, 'missing API key: send the header Authorization: Bearer <key>', null, 'invalid_api_key');
+    const sent = createHash('sha256').update(m[1] as string).digest();
+    if (!timingSafeEqual(sent, this.keyHash as Buffer)) throw new HttpError(401, 'incorrect API key', null, 'invalid_api_key');
   }
 
   /** A JSON object body, its `model` (when given) this server's. */
@@ -718,7 +738,8 @@ export class CompletionServer {
       res.destroy();
       return;
     }
-    if (err.status === 413) res.setHeader('Connection', 'close');
+    // (The body was not read: the connection goes with the reply.)
+    if (err.status === 413 || err.status === 401) res.setHeader('Connection', 'close');
     this.sendJson(res, err.status, { error: errorBody(err) });
   }
 }

@@ -41,7 +41,8 @@ describe('specdec serve', function () {
 
   it('health, models, and a completion with text, token ids and usage (greedy equals the stream)', async () => {
     assert.deepStrictEqual(JSON.parse((await request(`${url}/health`, 'GET')).body), { status: 'ok' });
-    const models = JSON.parse((await request(`${url}/v1/models`, 'GET')).body) as { data: { id: string }[] };
+    const models = JSON.parse((await request(`${url}/v1/models`, 'GET')).body) as { data: { id: string; max_model_len: number }[] };
+    assert.strictEqual(models.data[0]?.max_model_len, target.config.maxPositions);
     assert.strictEqual(models.data[0]?.id, 'tiny');
     const body = { model: 'tiny', prompt: 'once upon a time', max_tokens: 12, temperature: 0 };
     const r = await postJson(`${url}/v1/completions`, body);

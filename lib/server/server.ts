@@ -178,7 +178,8 @@ export class CompletionServer {
         return;
       case '/v1/models':
         allow('GET');
-        return this.sendJson(res, 200, { object: 'list', data: [{ id: this.modelName, object: 'model', created: this.created, owned_by: 'specdec' }] });
+        // (max_model_len: vLLM's field, the context clients size prompts against.)
+        return this.sendJson(res, 200, { object: 'list', data: [{ id: this.modelName, object: 'model', created: this.created, owned_by: 'specdec', max_model_len: this.engine.model.config.maxPositions }] });
       case '/v1/completions': {
         allow('POST');
         const body = await this.readJson(req);

@@ -376,6 +376,7 @@ describe('engine: continuous batching', function () {
           const got = await engine.submit(long, opts);
           assert.deepStrictEqual(Array.from(got.tokens), Array.from(plain.tokens), `${name}: the long request's tokens`);
           assert.match(got.stats.speculationOff ?? '', /out of KV pages with drafts, alone .*KV cache full/, `${name}: why`);
+          assert.strictEqual(engine.metrics.speculationOff, 1, `${name}: counted`);
           const fine = await engine.submit(short, { maxNewTokens: 8, ignoreEos: true });
           assert.ok(fine.stats.proposedDraftTokens > 0 && fine.stats.speculationOff === undefined, `${name}: a request that fits still drafts`);
           assert.strictEqual(tiny.kvInfo().freePages, tiny.kvInfo().totalPages, `${name}: draft pages back`);

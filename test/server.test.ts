@@ -623,6 +623,7 @@ describe('specdec serve', function () {
     assert.match(m, /specdec_kv_pages_used 0\n/);
     assert.match(m, /specdec_step_seconds_bucket\{le="\+Inf"\} [1-9]/);
     assert.match(m, /specdec_queue_depth 0\n/);
+    assert.match(m, /# TYPE specdec_speculation_off_total counter\nspecdec_speculation_off_total 0\n/);
   });
 
   it('the CLI serves until SIGTERM, which lets a running stream finish and exits 0', async () => {

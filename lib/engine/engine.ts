@@ -996,6 +996,7 @@ export class Engine {
     const lone = reqs.length === 1 ? (reqs[0] as Request) : undefined;
     if (kvFull && lone && this.speculator && lone.draftsOff === undefined && lone.seq) {
       lone.draftsOff = `out of KV pages with drafts, alone (${(e as Error).message}); decoded without them`;
+      this.metrics.speculationOff++;
       this.preempt(lone);
       return;
     }

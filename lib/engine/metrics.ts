@@ -12,13 +12,15 @@ export class EngineMetrics {
   aborted = 0;
   failed = 0;
   promptTokens = 0;
-  /** Prompt tokens requests took from another live sequence's cache instead of computing them (EngineOptions.prefixSharing). */
+  /** Prompt tokens requests took from another sequence's cache (live or kept) instead of computing them (EngineOptions.prefixSharing). */
   sharedPromptTokens = 0;
   /** Tokens handed to requests (a step's tokens past a stop are not counted). */
   generatedTokens = 0;
   /** Batched target forwards (prefills, recomputes and speculative steps). */
   forwards = 0;
   preemptions = 0;
+  /** Requests decoded without drafts because the speculator's own cache could not hold them (DecodeStats.speculationOff). */
+  speculationOff = 0;
   /** Of completed requests: their tokens, per-sequence target forwards, drafts proposed and accepted. */
   completedTokens = 0;
   sequenceForwards = 0;

@@ -19,7 +19,8 @@ export function prometheusText(engine: Engine): string {
     ['{outcome="failed"}', m.failed],
   ]);
   metric('specdec_prompt_tokens_total', 'counter', 'Prompt tokens submitted.', [['', m.promptTokens]]);
-  metric('specdec_shared_prompt_tokens_total', 'counter', 'Prompt tokens taken from another live sequence\'s KV cache instead of computed.', [['', m.sharedPromptTokens]]);
+  metric('specdec_shared_prompt_tokens_total', 'counter', 'Prompt tokens taken from another sequence\'s KV cache (live or kept) instead of computed.', [['', m.sharedPromptTokens]]);
+  metric('specdec_speculation_off_total', 'counter', 'Requests decoded without drafts: the speculator\'s own KV cache could not hold them alone.', [['', m.speculationOff]]);
   metric('specdec_generation_tokens_total', 'counter', 'Tokens generated.', [['', m.generatedTokens]]);
   metric('specdec_target_forwards_total', 'counter', 'Batched target forwards (prefills, recomputes, speculative steps).', [['', m.forwards]]);
   metric('specdec_tokens_per_forward', 'gauge', 'Completed requests: tokens per target forward of a sequence (tau).', [

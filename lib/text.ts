@@ -6,7 +6,8 @@ import type { TokenLogprobs } from './logprobs';
 
 /** What text generation needs of a tokenizer (TextTokenizer fits). */
 export interface TextCodec {
-  encode(text: string): Int32Array;
+  /** `addSpecialTokens: false`: without the BOS and other specials the tokenizer adds (default: with them). */
+  encode(text: string, options?: { addSpecialTokens?: boolean }): Int32Array;
   decode(ids: ArrayLike<number>, options?: { skipSpecialTokens?: boolean; cleanUpSpaces?: boolean }): string;
   /**
    * Whether decode() cleans up tokenization spaces (cleanUpTokenizationSpaces) unless told

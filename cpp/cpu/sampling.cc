@@ -25,9 +25,29 @@ using sm::rank_key;
 // Candidates above which top-p alone takes the histograms (top_p_boundary) rather than sorted chunks.
 constexpr int64_t kHistogramCandidates = 8192;
 
-// keys[i] = sm::float_key(x[i]) for a whole row (8 at a time on AVX2: the bits xor'd with the sign
-// spread, or'd with the top bit; a NaN's key 0).
-void float_keys(const float* x, int64_t V, uint32_t* keys);
+#ifdef SPECDEC_CPU_X86_SIMD
+// sm::float_key of 8 floats: the bits xor'd with the sign spread, or'd with the top bit; a NaN's key 0.
+SPECDEC_AVX2 inline __m256i float_keys8_avx2(__m256 xv) {
+  const __m256i u = _mm256_castps_si256(xv);
+  const __m256i key = _mm256_xor_si256(u, _mm256_or_si256(_mm256_srai_epi32(u, 31), _mm256_set1_epi32(static_cast<int>(0x80000000u))));
+  return _mm256_andnot_si256(_mm256_castps_si256(_mm256_cmp_ps(xv, xv, _CMP_UNORD_Q)), key);
+}
+
+SPECDEC_AVX2 int64_t float_keys_avx2(const float* x, int64_t V, uint32_t* keys) {
+  int64_t i = 0;
+  for (; i + 8 <= V; i += 8) _mm256_storeu_si256(reinterpret_cast<__m256i*>(keys + i), float_keys8_avx2(_mm256_loadu_ps(x + i)));
+  return i;
+}
+#endif
+
+// keys[i] = sm::float_key(x[i]) for a whole row.
+void float_keys(const float* x, int64_t V, uint32_t* keys) {
+  int64_t i = 0;
+#ifdef SPECDEC_CPU_X86_SIMD
+  if (simd::use_avx2()) i = float_keys_avx2(x, V, keys);
+#endif
+  for (; i < V; ++i) keys[i] = sm::float_key(x[i]);
+}
 
 // Top-p alone over many candidates: the kept prefix found by mass histograms (a radix select) rather
 // than sorted chunks. Keys are float_key(x) (the rank order's high half); histogram 1 sums the mass
@@ -107,19 +127,14 @@ void zero_below_plain(const float* x, int64_t V, uint64_t b, float* out, int64_t
 
 #ifdef SPECDEC_CPU_X86_SIMD
 // rank_key(x, i) < b <=> float_key(x) < b's key, or the same key and i past b's index: the keys
-// compared 8 at a time (float_key: the bits xor'd with the sign spread, or'd with the top bit; NaN 0),
-// the rare equal keys element by element.
+// compared 8 at a time, the rare equal keys element by element.
 SPECDEC_AVX2 int64_t zero_below_avx2(const float* x, int64_t V, uint64_t b, float* out) {
   const uint32_t kb = static_cast<uint32_t>(b >> 32);
   const __m256i top = _mm256_set1_epi32(static_cast<int>(0x80000000u));
   const __m256i kbs = _mm256_set1_epi32(static_cast<int>(kb ^ 0x80000000u));  // (signed compares of key ^ top)
   int64_t i = 0;
   for (; i + 8 <= V; i += 8) {
-    const __m256 xv = _mm256_loadu_ps(x + i);
-    const __m256i u = _mm256_castps_si256(xv);
-    __m256i key = _mm256_xor_si256(u, _mm256_or_si256(_mm256_srai_epi32(u, 31), top));
-    key = _mm256_andnot_si256(_mm256_castps_si256(_mm256_cmp_ps(xv, xv, _CMP_UNORD_Q)), key);
-    const __m256i ks = _mm256_xor_si256(key, top);
+    const __m256i ks = _mm256_xor_si256(float_keys8_avx2(_mm256_loadu_ps(x + i)), top);
     const __m256i below = _mm256_cmpgt_epi32(kbs, ks);
     const __m256i same = _mm256_cmpeq_epi32(kbs, ks);
     _mm256_storeu_ps(out + i, _mm256_andnot_ps(_mm256_castsi256_ps(below), _mm256_loadu_ps(out + i)));
@@ -128,28 +143,6 @@ SPECDEC_AVX2 int64_t zero_below_avx2(const float* x, int64_t V, uint64_t b, floa
   return i;
 }
 #endif
-
-#ifdef SPECDEC_CPU_X86_SIMD
-SPECDEC_AVX2 int64_t float_keys_avx2(const float* x, int64_t V, uint32_t* keys) {
-  const __m256i top = _mm256_set1_epi32(static_cast<int>(0x80000000u));
-  int64_t i = 0;
-  for (; i + 8 <= V; i += 8) {
-    const __m256 xv = _mm256_loadu_ps(x + i);
-    const __m256i u = _mm256_castps_si256(xv);
-    const __m256i key = _mm256_xor_si256(u, _mm256_or_si256(_mm256_srai_epi32(u, 31), top));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(keys + i), _mm256_andnot_si256(_mm256_castps_si256(_mm256_cmp_ps(xv, xv, _CMP_UNORD_Q)), key));
-  }
-  return i;
-}
-#endif
-
-void float_keys(const float* x, int64_t V, uint32_t* keys) {
-  int64_t i = 0;
-#ifdef SPECDEC_CPU_X86_SIMD
-  if (simd::use_avx2()) i = float_keys_avx2(x, V, keys);
-#endif
-  for (; i < V; ++i) keys[i] = sm::float_key(x[i]);
-}
 
 void zero_below(const float* x, int64_t V, uint64_t b, float* out) {
   int64_t i = 0;

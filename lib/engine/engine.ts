@@ -348,16 +348,17 @@ export class Engine {
     }
     this.liveCap = this.maxBatch;
     if (opts.prefixSharing !== undefined && typeof opts.prefixSharing !== 'boolean') throw codedError('E_ARG', `prefixSharing: expected a boolean, got ${String(opts.prefixSharing)}`);
+    if (!Number.isSafeInteger(opts.prefixCache ?? 0) || (opts.prefixCache ?? 0) < 0) throw codedError('E_ARG', `prefixCache: expected an integer >= 0, got ${String(opts.prefixCache)}`);
     this.prefixSharing = (opts.prefixSharing ?? true) && this.speculator?.readsPromptRows !== true;
     this.prefixCache = this.prefixSharing ? (opts.prefixCache ?? 0) : 0;
+    this.lendCore = opts.lendCore ?? (this.model.device === 'cpu' && cpuPoolFillsCores());
+    this.speculator?.attach(this.model);
+    // (Last, once the options are valid and the speculator attached: a refused engine is never among its model's keepers.)
     if (this.prefixCache > 0) {
       let keepers = keepersOf.get(this.model);
       if (!keepers) keepersOf.set(this.model, (keepers = new Set()));
       keepers.add(this);
     }
-    if (!Number.isSafeInteger(opts.prefixCache ?? 0) || (opts.prefixCache ?? 0) < 0) throw codedError('E_ARG', `prefixCache: expected an integer >= 0, got ${String(opts.prefixCache)}`);
-    this.lendCore = opts.lendCore ?? (this.model.device === 'cpu' && cpuPoolFillsCores());
-    this.speculator?.attach(this.model);
   }
 
   /** Requests waiting for admission. */

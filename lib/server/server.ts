@@ -239,8 +239,7 @@ export class CompletionServer {
       if (!this.tokenizer) throw new HttpError(400, 'prompt: this model has no tokenizer', 'prompt');
       const add = b['add_special_tokens'];
       if (add !== undefined && add !== null && typeof add !== 'boolean') throw new HttpError(400, `add_special_tokens: expected true or false, got ${JSON.stringify(add)}`, 'add_special_tokens');
-      const codec = this.tokenizer as TextCodec & { encode(text: string, options?: { addSpecialTokens?: boolean }): Int32Array };
-      tokens = add === false ? codec.encode(p, { addSpecialTokens: false }) : codec.encode(p);
+      tokens = this.tokenizer.encode(p, { addSpecialTokens: add !== false });
     }
     return { tokens: Array.from(tokens), count: tokens.length, max_model_len: this.engine.model.config.maxPositions };
   }

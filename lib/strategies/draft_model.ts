@@ -186,10 +186,7 @@ export class DraftModelSpeculator implements Speculator {
     try {
       out = await this.draft.forward(inputs, { lastLogitsOnly: true, ...(ctx.signal ? { signal: ctx.signal } : {}) });
     } catch (e) {
-      // No room, or aborted: the first step feeds them, and meets the error itself. Anything else
-      // is a fault, not a lack of room.
-      const err = e as { code?: unknown; name?: unknown } | null;
-      if (err?.code === 'E_KV_FULL' || err?.name === 'AbortError') return;
+      if (noRoomOrAborted(e)) return;
       throw e;
     }
     try {
@@ -804,6 +801,15 @@ function draftHistory(s: SpecSequence, draftVocab: number): PenaltyHistory {
  */
 export function draftInput(tokens: ArrayLike<number>, draftVocab: number): Int32Array {
   return Int32Array.from(tokens, (t) => (t < draftVocab ? t : 0));
+}
+
+/**
+ * An eager draft prefill's failure that is no fault (best effort: the first step feeds those tokens,
+ * and meets the error itself): no room in the draft's cache, or the request aborted.
+ */
+export function noRoomOrAborted(e: unknown): boolean {
+  const err = e as { code?: unknown; name?: unknown } | null;
+  return err?.code === 'E_KV_FULL' || err?.name === 'AbortError';
 }
 
 /**

@@ -635,10 +635,10 @@ const DEFAULT_MAX_NODES = 59;
 
 export class EagleSpeculator implements Speculator {
   readonly name = 'eagle';
-  /** EAGLE-1/2 read the final hidden states; EAGLE-3 the inputs of three layers (auxLayers). */
   /** Its draft's row j pairs the target's feature at j with token j + 1 (see shareFrom). */
   readonly shareNeedsNextToken = true;
 
+  /** EAGLE-1/2 read the final hidden states; EAGLE-3 the inputs of three layers (auxLayers). */
   get wantsHidden(): boolean {
     return this.head.config.version === 1;
   }

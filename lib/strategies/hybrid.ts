@@ -9,7 +9,7 @@ import { makeRng } from '../step_helpers';
 import type { CausalLM, ForwardOutput } from '../models/causal_lm';
 import { penaltiesForVocabulary } from '../sampling';
 import { chainTree } from '../tree';
-import { checkDraftVocab, draftInput } from './draft_model';
+import { checkDraftVocab, draftInput, noRoomOrAborted } from './draft_model';
 import { checkModel, checkSpeculator, codedError, type ProposalBatch, type ProposeContext, type SpecSequence, type Speculator } from './speculator';
 
 export interface HybridOptions {
@@ -99,8 +99,7 @@ export class HybridSpeculator implements Speculator {
     try {
       await this.engine.catchUp(todo.map((st) => st.seq), false, ctx.signal);
     } catch (e) {
-      const err = e as { code?: unknown; name?: unknown } | null;
-      if (err?.code === 'E_KV_FULL' || err?.name === 'AbortError') return;
+      if (noRoomOrAborted(e)) return;
       throw e;
     }
   }

@@ -161,6 +161,17 @@ void penalize(Tensor& logits, const PenaltyArgs& a) {
   SPECDEC_CUDA_LAUNCH_CHECK("penalize_kernel");
 }
 
+void mask_tokens(Tensor& logits, const std::vector<int32_t>& rows, const std::vector<uint32_t>& allowed) {
+  // rows and the bit words in one upload (ops::mask_tokens checked them).
+  const int64_t V = logits.size(1), W = (V + 31) / 32;
+  HostPack pack;
+  const int r = pack.add(DType::i32, rows), a = pack.add(DType::u32, allowed);
+  pack.upload(Device::cuda);
+  launch_kernel(mask_tokens_kernel, static_cast<unsigned>(rows.size()), kBlock, 0, logits.ptr<float>(), V, pack.view(r).ptr<int32_t>(),
+                pack.view(a).ptr<uint32_t>(), W);
+  SPECDEC_CUDA_LAUNCH_CHECK("mask_tokens_kernel");
+}
+
 void token_logprobs(const Tensor& logits, const std::vector<int32_t>& rows, const std::vector<int32_t>& tokens, int32_t k, Tensor& lp,
                     Tensor& top_lp, Tensor& top_ids) {
   // rows and tokens in one upload (ops::token_logprobs checked them).

@@ -312,6 +312,16 @@ __global__ void __launch_bounds__(kBlock) penalize_kernel(float* __restrict__ lo
   }
 }
 
+// A constraint's mask (ops::mask_tokens): one block per entry m; row rows[m] keeps token t where bit
+// t % 32 of allowed[m * W + t / 32] is set, -inf elsewhere (each thread a strided set of tokens).
+__global__ void __launch_bounds__(kBlock) mask_tokens_kernel(float* __restrict__ logits, int64_t V, const int32_t* __restrict__ rows,
+                                                             const uint32_t* __restrict__ allowed, int64_t W) {
+  float* row = logits + int64_t{rows[blockIdx.x]} * V;
+  const uint32_t* bits = allowed + int64_t{blockIdx.x} * W;
+  for (int64_t t = threadIdx.x; t < V; t += blockDim.x)
+    if (((bits[t >> 5] >> (t & 31)) & 1u) == 0) row[t] = -INFINITY;
+}
+
 // Log-probabilities (ops::token_logprobs): one block per entry m; the row's largest entry and its
 // log-sum-exp (double lanes, sm::lse_add), the token's log p, then the k largest entries, one
 // round each: the largest rank (sm::rank_key) below the previous round's. by_row (ops::pick_logprobs):

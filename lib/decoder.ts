@@ -10,6 +10,7 @@ import type { SamplingConfig, Speculator } from './strategies/speculator';
 import { checkModel, checkSpeculator, codedError } from './strategies/speculator';
 import { optionsArg } from './errors';
 import type { TokenLogprobs } from './logprobs';
+import type { TokenGrammar } from './grammar';
 
 export type { DecodeStats, PhaseTimes } from './spec_engine';
 // ---- the decoder -------------------------------------------------------------------------------
@@ -69,6 +70,15 @@ export interface GenerateOptions {
    * the same, and no token is generated.
    */
   readonly promptLogprobs?: number;
+  /**
+   * Constrain the output to a grammar (lib/grammar.ts; e.g. `new JsonGrammar(vocabulary)` for a
+   * JSON object, OpenAI's response_format json_object): every row the target picks or verifies
+   * from keeps only the tokens the grammar allows after its output, and a stop token only where
+   * the grammar's text is complete. Speculation stays lossless (the output is plain constrained
+   * decoding's); drafts the grammar forbids are rejected. Steps then run one at a time (no native
+   * chains). Its vocabSize must be the model's.
+   */
+  readonly grammar?: TokenGrammar;
 }
 
 export interface GenerateResult {
@@ -190,6 +200,7 @@ export class SpeculativeDecoder {
         if (opts.logprobs !== undefined) req.logprobs = opts.logprobs;
         if (opts.promptLogprobs !== undefined) req.promptLogprobs = opts.promptLogprobs;
         if (opts.minTokens !== undefined) req.minTokens = opts.minTokens;
+        if (opts.grammar !== undefined) req.grammar = opts.grammar;
         const onTokens = opts.onTokens;
         if (onTokens) req.onTokens = (toks, lp) => onTokens(i, toks, lp);
         return engine.submit(p, req).catch((e: unknown) => {

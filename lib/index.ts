@@ -33,6 +33,7 @@ export type { LlamaLoadOptions } from './models/llama';
 export { parseLlamaConfig, readLlamaConfig } from './models/config';
 export type { LlamaConfig } from './models/config';
 export { TextTokenizer, tokenizerMismatch, type ChatMessage, type ChatTemplateOptions } from './tokenizer';
+export { GrammarCursor, JsonGrammar, TokenVocabulary, type GrammarState, type JsonGrammarOptions, type TokenGrammar } from './grammar';
 
 // Decoding: the plain baseline, the speculative decoder, token trees and the strategies.
 export { plainGenerate } from './plain';

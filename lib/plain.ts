@@ -9,9 +9,10 @@ import { checkIgnoreEos, checkMinTokens, checkStopTokens, optionsArg } from './e
 import type { CausalLM, ChainOptions, SequenceInput } from './models/causal_lm';
 import { codedError } from './models/config';
 import { chainLength, observeChainStep } from './plain_chain';
-import { anyBan, argmax, argmaxIds, NO_PENALTIES, penalizeRow, processLogits, resolvePenalties, sample, type Penalties, type PenaltyHistory, type ResolvedPenalties, type StopBan } from './sampling';
+import { anyBan, argmax, argmaxIds, maskTokens, NO_PENALTIES, penalizeRow, processLogits, resolvePenalties, sample, type Penalties, type PenaltyHistory, type ResolvedPenalties, type StopBan } from './sampling';
 import type { Tensor } from './tensor';
 import { checkLogprobs, LogprobsSink, planPromptRows, recordPromptRows, tokenLogprobs, type TokenLogprobs } from './logprobs';
+import { checkGrammar, GrammarCursor, type TokenGrammar } from './grammar';
 
 export interface PlainOptions {
   readonly maxNewTokens: number;
@@ -36,6 +37,8 @@ export interface PlainOptions {
   readonly promptLogprobs?: number;
   /** The fewest tokens before a stop token may be emitted (GenerateOptions.minTokens). Default 0. */
   readonly minTokens?: number;
+  /** Constrain the output to a grammar (GenerateOptions.grammar); the steps then run one at a time. */
+  readonly grammar?: TokenGrammar;
 }
 
 export interface PlainStats {
@@ -91,6 +94,8 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
   const promptSinks = promptK === undefined ? undefined : prompts.map(() => new LogprobsSink(promptK));
   checkMinTokens(options.minTokens);
   const minTokens = options.minTokens ?? 0;
+  checkGrammar(options.grammar, vocabSize);
+  const cursors = options.grammar ? prompts.map(() => new GrammarCursor(options.grammar!)) : undefined;
   const sinks = logprobsK === undefined ? undefined : prompts.map(() => new LogprobsSink(logprobsK));
   const stops = new Set<number>([...(options.ignoreEos === true ? [] : eosTokenIds), ...(options.stopTokens ?? [])]);
   const sampling = { temperature, topK: options.topK ?? 0, topP: options.topP ?? 1, minP: options.minP ?? 0 };
@@ -143,7 +148,7 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
     // ones included (a chain draws step j of sequence i at streamOffset(i, k + j), as below).
     // (Penalties go with the chain: each pick sees the history and the chain's own picks.)
     // (With logprobs where the model's chains compute them, ChainOptions.logprobs; else one at a time.)
-    const chain = sinks && !model.chainLogprobs ? undefined : chainCall(model, sampling, seed, penalties);
+    const chain = (sinks && !model.chainLogprobs) || cursors ? undefined : chainCall(model, sampling, seed, penalties);
     while (chain && active.length > 0) {
       options.signal?.throwIfAborted();
       const len = chainLength(model, active.length);
@@ -212,6 +217,18 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
           const ban = banOf(i);
           if (penalties || ban) penalizeRow(fw.logits, (fw.indptr[b + 1] as number) - 1, penalties ?? NO_PENALTIES, historyOf(i), ban);
         });
+        // The grammar's allowed tokens after each output so far (a stop token only where it is complete).
+        if (cursors) {
+          const rows: number[] = [];
+          const masks: Uint32Array[] = [];
+          active.forEach((i, b) => {
+            const st = cursors[i]!.at(out[i]!, 0, out[i]!.length);
+            if (!st) throw codedError('E_INTERNAL', `sequence ${i}: its output left the grammar`);
+            rows.push((fw.indptr[b + 1] as number) - 1);
+            masks.push(options.grammar!.allowed(st, stopList));
+          });
+          maskTokens(fw.logits, rows, masks);
+        }
         next = pickTokens(fw.logits, fw.indptr, active, sampling, seed, (i) => out[i]!.length);
         // (A draw without mass is reported below, as without logprobs.)
         if (sinks && logprobsK !== undefined && next.every((t) => t >= 0)) {

@@ -264,6 +264,24 @@ export function penalize(
   b.samplingPenalize(logits, { ...nativePenalties(r, histories, bans), rowSeq, pathIndptr, pathTokens: Int32Array.from(pathTokens) });
 }
 
+/**
+ * A constraint's allowed tokens on rows of logits f32 [N, V], in place: row rows[m] keeps the tokens
+ * whose bits masks[m] sets (bit t % 32 of word t / 32, ceil(V / 32) words: TokenGrammar.allowed)
+ * and gets -inf elsewhere. One native call.
+ */
+export function maskTokens(logits: Tensor, rows: readonly number[], masks: readonly Uint32Array[]): void {
+  if (rows.length === 0) return;
+  const b = native();
+  if (!b.samplingMaskTokens) throw argError('grammar: this build of the addon has no mask op (rebuild it)');
+  const V = logits.shape[1] as number, W = (V + 31) >>> 5;
+  const all = new Uint32Array(rows.length * W);
+  masks.forEach((m, i) => {
+    if (m.length !== W) throw argError(`grammar: a mask of ${m.length} words for a vocabulary of ${V} (${W} words): the grammar's vocabulary is not the model's`);
+    all.set(m, i * W);
+  });
+  b.samplingMaskTokens(logits, Int32Array.from(rows), all);
+}
+
 /** penalize() on row r of logits alone, continuing `history` (with its stop ban, if any). */
 export function penalizeRow(logits: Tensor, r: number, p: Penalties, history: PenaltyHistory, ban?: StopBan): void {
   const row = logits.rows(r, r + 1);

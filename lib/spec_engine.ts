@@ -18,7 +18,8 @@ import type {
 import { knownForwardCost } from './cost_model';
 import { planPromptRows, recordPromptRows, tokenLogprobs, type LogprobsSink, type PromptRows } from './logprobs';
 import { CHAIN_MAX_STEPS, CHAIN_SECONDS, chainLength, observeChainStep } from './plain_chain';
-import { argmaxIds, NO_PENALTIES, penalize, penalizeRow, processLogits, resolvePenalties, treePaths, type Penalties, type PenaltyHistory, type ResolvedPenalties, type StopBan } from './sampling';
+import type { GrammarCursor, GrammarState } from './grammar';
+import { argmaxIds, maskTokens, NO_PENALTIES, penalize, penalizeRow, processLogits, resolvePenalties, treePaths, type Penalties, type PenaltyHistory, type ResolvedPenalties, type StopBan } from './sampling';
 import { checkModel, checkSpeculator, codedError } from './strategies/speculator';
 import { gatherRows, isSampling, pickTokens, samplingOptions, throwIfAborted } from './step_helpers';
 import type { Tensor } from './tensor';
@@ -286,6 +287,17 @@ export class EngineSequence implements SpecSequence {
    * predicts an output position below it. 0: none.
    */
   minTokens = 0;
+  /**
+   * The request's grammar (GenerateOptions.grammar) along its output: every row it is picked or
+   * verified from keeps only the tokens the grammar allows after that row's output (the history's,
+   * plus its tree path), after the penalties.
+   */
+  grammar: GrammarCursor | undefined;
+  /**
+   * What the grammar threw when asked for a row's allowed tokens (it allows none there): the
+   * sequence's rows went unmasked, and the engine fails its request with this, its tokens unseen.
+   */
+  grammarError: unknown = undefined;
   readonly stats = new StatsAcc();
 
   constructor(
@@ -484,6 +496,7 @@ export class SpecEngine {
           const ban = stopBan(s);
           if (pen || ban) penalizeRow(out.logits, logitRows[b] as number, pen ?? NO_PENALTIES, { tokens: s.history, promptLength: s.promptLength }, ban);
         });
+        if (anyGrammar(todo)) maskRootRows(out.logits, todo, logitRows);
         const roots = pickTokens(out.logits, logitRows, this.sampling, todo.map((s) => s.rng));
         todo.forEach((s, b) => {
           s.history.push(roots[b] as number);
@@ -585,7 +598,8 @@ export class SpecEngine {
         if (speculator) {
           // (Awaited only when it is a promise: a synchronous speculator costs no microtask turn.)
           // (A sequence recording log-probabilities is offered a draft or heads chain where the model computes them in it.)
-          const r = speculator.propose(p.seqs, live.length === 1 && (model.chainLogprobs || !anyLogprobs(p.seqs)) ? p.engine.soloCtx(signal) : p.engine.ctx(signal));
+          // (A grammar's masks are the engine's, row by row: no native chain.)
+          const r = speculator.propose(p.seqs, live.length === 1 && (model.chainLogprobs || !anyLogprobs(p.seqs)) && !anyGrammar(p.seqs) ? p.engine.soloCtx(signal) : p.engine.ctx(signal));
           batch = isThenable(r) ? await r : r;
         } else batch = { proposals: loneRoots(p.seqs) };
         batches.push(batch);
@@ -620,7 +634,7 @@ export class SpecEngine {
       const heads = (batches[0] as ProposalBatch).headsChain;
       if (heads) return await SpecEngine.headsChain(first, heads, t0, tDraft, signal);
       // (Sequences recording log-probabilities take a plain chain where the model computes them in it.)
-      const chain = !model.chainLogprobs && live.some((p) => anyLogprobs(p.seqs)) ? undefined : plainChainSteps(live, batches, proposals, model, speculator);
+      const chain = (!model.chainLogprobs && live.some((p) => anyLogprobs(p.seqs))) || live.some((p) => anyGrammar(p.seqs)) ? undefined : plainChainSteps(live, batches, proposals, model, speculator);
       for (const p of live) p.engine.lastStep.speculative = false;
       if (chain) return await SpecEngine.plainChain(live, chain, t0, tDraft, signal);
       // (Loops rather than flat/flatMap/spreads: a small model's whole step is ~100 us, and this
@@ -649,6 +663,7 @@ export class SpecEngine {
         const p = live[i] as StepPart;
         const pen = p.engine.penalties ?? (anyStopBan(p.seqs) ? NO_PENALTIES : undefined);
         if (pen) penalizeRows(out, seq0, p.seqs, proposals[i] as readonly Proposal[], pen);
+        if (anyGrammar(p.seqs)) maskTreeRows(out, seq0, p.seqs, proposals[i] as readonly Proposal[]);
         seq0 += p.seqs.length;
       }
 
@@ -1338,14 +1353,7 @@ function penalizeRows(out: ForwardOutput, seq0: number, seqs: readonly EngineSeq
   const tails = new Map<Tensor, Int32Array>();
   for (let b = 0; b < seqs.length; b++) {
     const p = proposals[b] as Proposal;
-    let tokens = p.tokens;
-    if (p.tail) {
-      let ids = tails.get(p.tail.ids);
-      if (!ids) tails.set(p.tail.ids, (ids = p.tail.ids.toInt32()));
-      tokens = Int32Array.from(p.tokens);
-      tokens.set(ids.subarray(p.tail.offset, p.tail.offset + tokens.length - 1), 1);
-    }
-    const tp = treePaths(tokens, p.parents);
+    const tp = treePaths(proposalTokens(p, tails), p.parents);
     const a = (out.indptr[seq0 + b] as number) - r0;
     for (let i = 0; i < tp.length; i++) {
       rowSeq[a + i] = b;
@@ -1358,6 +1366,93 @@ function penalizeRows(out: ForwardOutput, seq0: number, seqs: readonly EngineSeq
   } finally {
     rows.dispose();
   }
+}
+
+/** A proposal's tokens, a draft's device tail read (once per tail tensor, kept in `tails`). */
+function proposalTokens(p: Proposal, tails: Map<Tensor, Int32Array>): Int32Array {
+  if (!p.tail) return p.tokens;
+  let ids = tails.get(p.tail.ids);
+  if (!ids) tails.set(p.tail.ids, (ids = p.tail.ids.toInt32()));
+  const tokens = Int32Array.from(p.tokens);
+  tokens.set(ids.subarray(p.tail.offset, p.tail.offset + tokens.length - 1), 1);
+  return tokens;
+}
+
+function anyGrammar(seqs: readonly EngineSequence[]): boolean {
+  for (const s of seqs) if (s.grammar) return true;
+  return false;
+}
+
+/** s's grammar's allowed tokens at `st`, or undefined with what it threw kept in s.grammarError (its request fails alone). */
+function allowedOrError(s: EngineSequence, st: GrammarState): Uint32Array | undefined {
+  try {
+    return (s.grammar as GrammarCursor).grammar.allowed(st, s.stopTokens);
+  } catch (e) {
+    s.grammarError = e;
+    return undefined;
+  }
+}
+
+/** Sequence s's grammar state after its history (its output so far, the root included). */
+function grammarState(s: EngineSequence): GrammarState | undefined {
+  return (s.grammar as GrammarCursor).at(s.history, s.promptLength, s.history.length);
+}
+
+/** The grammars' masks on the root rows logitRows[b] of sequences seqs (their picks: the first output token). */
+function maskRootRows(logits: Tensor, seqs: readonly EngineSequence[], logitRows: ArrayLike<number>): void {
+  const rows: number[] = [];
+  const masks: Uint32Array[] = [];
+  seqs.forEach((s, b) => {
+    const st = s.grammar && s.grammarError === undefined ? grammarState(s) : undefined;
+    if (!st) return;
+    const m = allowedOrError(s, st);
+    if (!m) return;
+    rows.push(logitRows[b] as number);
+    masks.push(m);
+  });
+  maskTokens(logits, rows, masks);
+}
+
+/**
+ * The grammars' masks on the forward's rows of sequences seqs (the forward's sequences seq0 ..):
+ * row i of a tree continues its sequence's output with the tokens of node i's path, and keeps the
+ * tokens the grammar allows there. A row below a token the grammar rejects is never read (its
+ * node has target probability 0), and is left as it is.
+ */
+function maskTreeRows(out: ForwardOutput, seq0: number, seqs: readonly EngineSequence[], proposals: readonly Proposal[]): void {
+  const rows: number[] = [];
+  const masks: Uint32Array[] = [];
+  const tails = new Map<Tensor, Int32Array>();
+  for (let b = 0; b < seqs.length; b++) {
+    const s = seqs[b] as EngineSequence;
+    if (!s.grammar || s.grammarError !== undefined) continue;
+    const g = s.grammar.grammar;
+    const p = proposals[b] as Proposal;
+    const tokens = proposalTokens(p, tails);
+    const r0 = out.indptr[seq0 + b] as number;
+    // Node i's state from its parent's (parents precede their children); node 0 is the root, the
+    // history's last token.
+    const states = new Array<GrammarState | undefined>(tokens.length);
+    states[0] = grammarState(s);
+    for (let i = 1; i < tokens.length; i++) {
+      const up = states[p.parents[i] as number];
+      states[i] = up === undefined ? undefined : g.next(up, tokens[i] as number);
+    }
+    const at = rows.length;
+    for (let i = 0; i < tokens.length; i++) {
+      const st = states[i];
+      if (!st) continue;
+      const m = allowedOrError(s, st);
+      if (!m) {
+        // (None of this sequence's rows then: its request fails.)
+        rows.length = masks.length = at;
+        break;
+      }
+      rows.push(r0 + i);
+      masks.push(m);
+    }
+  }
+  maskTokens(out.logits, rows, masks);
 }
 
 /**

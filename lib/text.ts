@@ -2,6 +2,7 @@
 // and stops at stop strings (the text is cut before the stop string; DESIGN §5 generate()).
 import type { GenerateOptions, GenerateResult, Generation } from './decoder';
 import { codedError, optionsArg } from './errors';
+import type { TokenGrammar } from './grammar';
 import type { TokenLogprobs } from './logprobs';
 
 /** What text generation needs of a tokenizer (TextTokenizer fits). */
@@ -99,6 +100,8 @@ export interface TextGenerateOptions {
   readonly promptLogprobs?: number;
   /** GenerateOptions.minTokens: no stop token before it, and no stop string within its text. */
   readonly minTokens?: number;
+  /** GenerateOptions.grammar: the output follows it (e.g. a JsonGrammar over the codec's vocabulary). */
+  readonly grammar?: TokenGrammar;
 }
 
 export interface TextChunk {
@@ -227,6 +230,7 @@ export function generateText(
     ...(opts.logprobs !== undefined ? { logprobs: opts.logprobs } : {}),
     ...(opts.promptLogprobs !== undefined ? { promptLogprobs: opts.promptLogprobs } : {}),
     ...(minTokens > 0 ? { minTokens } : {}),
+    ...(opts.grammar ? { grammar: opts.grammar } : {}),
     // Decoding the whole output per token is quadratic; a stop string can only complete in the
     // text of the last few tokens, so decode a tail long enough to hold the longest one.
     ...(stops.length > 0

@@ -78,6 +78,8 @@ export class TextTokenizer {
      * only text that later tokens cannot change (lib/text.ts SettledText).
      */
     readonly cleansUpSpaces = false,
+    /** What tokenBytes() reads of tokenizer.json: its vocabulary, added tokens and decoder (not the merges). */
+    private readonly vocabJson: unknown = {},
   ) {}
 
   private parsed: import('@huggingface/jinja').Template | undefined;
@@ -166,7 +168,9 @@ export class TextTokenizer {
     const llamaClass = file === path.join(dir, 'tokenizer.model') || cfg['tokenizer_class'] === 'LlamaTokenizer' || cfg['tokenizer_class'] === 'LlamaTokenizerFast';
     const cleanUp = typeof cfg['clean_up_tokenization_spaces'] === 'boolean' ? (cfg['clean_up_tokenization_spaces'] as boolean) : !llamaClass;
     try {
-      return new TextTokenizer(new Tokenizer(json as object, { ...cfg, clean_up_tokenization_spaces: cleanUp }), file, cfg, chat, cleanUp);
+      const j = json as { model?: { vocab?: unknown }; added_tokens?: unknown; decoder?: unknown } | null;
+      const vocabJson = { model: { vocab: j?.model?.vocab }, added_tokens: j?.added_tokens, decoder: j?.decoder };
+      return new TextTokenizer(new Tokenizer(json as object, { ...cfg, clean_up_tokenization_spaces: cleanUp }), file, cfg, chat, cleanUp, vocabJson);
     } catch (e) {
       throw codedError('E_FORMAT', `${file}: unsupported or malformed tokenizer (${(e as Error).message.split('\n')[0]})`);
     }
@@ -205,10 +209,81 @@ export class TextTokenizer {
     }
   }
 
+  private bytesCache?: (Uint8Array | null)[];
+
+  /**
+   * Each id's bytes as it decodes inside text, for ids 0 .. vocabSize - 1 (null: a special token,
+   * or no token of this tokenizer): what a grammar (lib/grammar.ts) matches. Byte-level decoders
+   * (GPT-2, Llama 3, Qwen) and SentencePiece pieces (▁ for a space, <0xNN> byte fallback); other
+   * decoders (WordPiece, word-level) join tokens with spaces, and are E_UNSUPPORTED.
+   */
+  tokenBytes(vocabSize: number): (Uint8Array | null)[] {
+    this.bytesCache ??= vocabularyBytes(this.vocabJson, this.file);
+    const c = this.bytesCache;
+    return Array.from({ length: vocabSize }, (_, i) => c[i] ?? null);
+  }
+
   /** Id of a token string (e.g. '</s>'), or undefined. */
   tokenToId(token: string): number | undefined {
     return this.tok.token_to_id(token);
   }
+}
+
+/** The decoders of a tokenizer.json's decoder (a Sequence's, flattened), by type. */
+function decoderTypes(d: unknown, out: string[] = []): string[] {
+  const o = d as { type?: unknown; decoders?: unknown } | null;
+  if (typeof o?.type === 'string') out.push(o.type);
+  if (Array.isArray(o?.decoders)) for (const x of o.decoders) decoderTypes(x, out);
+  return out;
+}
+
+/** GPT-2's byte <-> printable character map (ByteLevel): character code -> byte. */
+function byteLevelDecoding(): Map<number, number> {
+  const bs: number[] = [];
+  for (let i = 33; i <= 126; i++) bs.push(i);
+  for (let i = 161; i <= 172; i++) bs.push(i);
+  for (let i = 174; i <= 255; i++) bs.push(i);
+  const cs = bs.slice();
+  for (let b = 0, n = 0; b < 256; b++) if (!bs.includes(b)) (bs.push(b), cs.push(256 + n++));
+  return new Map(cs.map((c, i) => [c, bs[i] as number]));
+}
+
+/** Each token id's bytes in text (TextTokenizer.tokenBytes), from a tokenizer.json. */
+function vocabularyBytes(json: unknown, file: string): (Uint8Array | null)[] {
+  const types = decoderTypes((json as { decoder?: unknown } | null)?.decoder);
+  const byteLevel = types.includes('ByteLevel');
+  const pieces = !byteLevel && (types.includes('ByteFallback') || types.includes('Metaspace') || types.includes('Replace'));
+  if (!byteLevel && !pieces) {
+    throw codedError('E_UNSUPPORTED', `${file}: constrained output needs a byte-level or SentencePiece tokenizer; this one's decoder (${types.join(', ') || 'none'}) joins tokens with spaces, so a token has no text of its own`);
+  }
+  const out: (Uint8Array | null)[] = [];
+  const enc = new TextEncoder();
+  const map = byteLevel ? byteLevelDecoding() : undefined;
+  const specials = new Set<number>();
+  const added = (json as { added_tokens?: unknown } | null)?.added_tokens;
+  if (Array.isArray(added)) for (const t of added as { id?: unknown; special?: unknown }[]) if (typeof t.id === 'number' && t.special === true) specials.add(t.id);
+  for (const [id, tok] of idToToken(json)) {
+    if (!Number.isSafeInteger(id) || id < 0 || id > 0x7fffffff) continue;
+    if (specials.has(id)) {
+      out[id] = null;
+      continue;
+    }
+    if (map) {
+      const b = new Uint8Array(tok.length);
+      let ok = true;
+      for (let i = 0; i < tok.length; i++) {
+        const v = map.get(tok.charCodeAt(i));
+        if (v === undefined) ok = false;
+        else b[i] = v;
+      }
+      // (An added token's content is plain text, not byte-level characters.)
+      out[id] = ok ? b : enc.encode(tok);
+    } else {
+      const m = /^<0x([0-9A-Fa-f]{2})>$/.exec(tok);
+      out[id] = m ? Uint8Array.of(parseInt(m[1] as string, 16)) : enc.encode(tok.replace(/\u2581/g, ' '));
+    }
+  }
+  return out;
 }
 
 /** id -> token string of a tokenizer.json's vocabulary (BPE / WordPiece maps, Unigram lists) and added tokens. */

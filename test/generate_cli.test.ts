@@ -10,6 +10,8 @@ import { GENERATE_FLAGS, GENERATE_USAGE, generateCommand, parseGenerateFlags } f
 import { strategyHook } from '../lib/cli/strategy_flags';
 import { LlamaModel } from '../lib/models/llama';
 import { TextTokenizer } from '../lib/tokenizer';
+import { GrammarCursor, JsonGrammar, TokenVocabulary } from '../lib/grammar';
+import { byteLevelJsonTokenizer } from './fixtures/tokenizers';
 import { configJson, specByName, writeCheckpoint } from './fixtures/checkpoints';
 import { rng, testSeed } from './helpers';
 import { LlamaReference } from './reference/llama_ref';
@@ -132,6 +134,32 @@ describe('specdec generate (cli)', function () {
     assert.deepStrictEqual(batch[0]!.tokens, alone.tokens);
     const other = JSON.parse(cli([...common.slice(0, -3), '--seed', '78', '--json', '--prompt-ids', a.join(',')]).stdout) as Record;
     assert.strictEqual(other.tokens.length, 10);
+  });
+
+  it('--response-format json_object: the tokens follow the JSON grammar, plainly and with a strategy alike; refused for a WordPiece tokenizer', () => {
+    const jdir = path.join(root, 'json');
+    writeCheckpoint(jdir, { ...specByName('llama-gqa-f32'), vocab: 325, tokenizer: false }, testSeed + 3);
+    const tokenizer = byteLevelJsonTokenizer(325);
+    fs.writeFileSync(path.join(jdir, 'tokenizer.json'), JSON.stringify(tokenizer));
+    const grammar = new JsonGrammar(new TokenVocabulary(TextTokenizer.load(jdir)!.tokenBytes(325)));
+    const args = ['--model', jdir, '--prompt', 'JSON: ', '--max-new-tokens', '24', '--json', '--device', 'cpu', '--response-format', 'json_object'];
+    const plain = cli(args);
+    assert.strictEqual(plain.code, 0, plain.stderr);
+    const rec = JSON.parse(plain.stdout) as Record;
+    assert.strictEqual(rec.tokens.length, 24);
+    assert.ok(new GrammarCursor(grammar).at(rec.tokens, 0, rec.tokens.length), `${rec.text}: a token the grammar does not allow`);
+    assert.ok(rec.text.startsWith('{') || rec.text.trimStart().startsWith('{'), rec.text);
+    const free = JSON.parse(cli(args.slice(0, -2)).stdout) as Record;
+    assert.notDeepStrictEqual(free.tokens, rec.tokens, 'without the grammar: other tokens');
+    const spec = cli([...args, '--prompt-lookup', '2']);
+    assert.strictEqual(spec.code, 0, spec.stderr);
+    assert.deepStrictEqual((JSON.parse(spec.stdout) as Record).tokens, rec.tokens);
+    const wp = cli(['--model', dir, '--prompt', 'a b', '--response-format', 'json_object']);
+    assert.notStrictEqual(wp.code, 0);
+    assert.match(wp.stderr, /--response-format json_object: .*WordPiece/);
+    const bad = cli(['--model', dir, '--prompt', 'a b', '--response-format', 'yaml']);
+    assert.notStrictEqual(bad.code, 0);
+    assert.match(bad.stderr, /--response-format: expected text or json_object, got 'yaml'/);
   });
 
   it('bad input exits non-zero with one line on stderr', () => {

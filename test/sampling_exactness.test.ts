@@ -14,6 +14,7 @@ import { LookaheadSpeculator } from '../lib/strategies/lookahead';
 import { MedusaHeads, MedusaSpeculator } from '../lib/strategies/medusa';
 import { PromptLookupSpeculator } from '../lib/strategies/prompt_lookup';
 import type { Speculator } from '../lib/strategies/speculator';
+import type { TokenGrammar } from '../lib/grammar';
 import { resolvePenalties, type ResolvedPenalties } from '../lib/sampling';
 import { Tensor } from '../lib/tensor';
 import { writeEagle3Head, writeEagleHead } from './fixtures/eagle_head';
@@ -39,13 +40,38 @@ function refProbs(logits: Float32Array, T: number, topK: number): Float64Array {
   return p;
 }
 
-/** Joint reference distribution of the first three new tokens (with penalties: on each row's logits, after the prompt). */
-function reference(model: ToyLM, prompt: number[], T: number, topK: number, pen?: ResolvedPenalties): Float64Array {
+/**
+ * A grammar over the toy's ids that bans what the target likes (adversarial: drafts of banned ids
+ * must all be rejected): the first token may not be 0 or 5; after token a, (a + 1) % V and
+ * (a + 3) % V may not follow.
+ */
+function toyAllowed(key: string): number[] {
+  const all = Array.from({ length: V }, (_, t) => t);
+  if (key === 'start') return all.filter((t) => t !== 0 && t !== 5);
+  const a = Number(key);
+  return all.filter((t) => t !== (a + 1) % V && t !== (a + 3) % V);
+}
+const TOY_GRAMMAR: TokenGrammar = {
+  vocabSize: V,
+  name: 'toy grammar',
+  start: () => ({ key: 'start' }),
+  next: (s, t) => (toyAllowed(s.key).includes(t) ? { key: String(t) } : undefined),
+  accepts: () => false,
+  allowed: (s) => Uint32Array.of(toyAllowed(s.key).reduce((w, t) => w | (1 << t), 0)),
+};
+
+/** Joint reference distribution of the first three new tokens (with penalties: on each row's logits, after the prompt; with the toy grammar: its banned ids at -inf last). */
+function reference(model: ToyLM, prompt: number[], T: number, topK: number, pen?: ResolvedPenalties, grammar?: boolean): Float64Array {
   const joint = new Float64Array(V * V * V);
   const L = prompt.length;
   const logits = (ctx: number[]): Float32Array => {
-    const l = model.logitsFor(ctx, ctx.length - 1);
-    return pen ? refPenalize(l, V, pen, [{ tokens: ctx, promptLength: L }], Int32Array.of(0), []) : l;
+    const raw = model.logitsFor(ctx, ctx.length - 1);
+    const l = pen ? refPenalize(raw, V, pen, [{ tokens: ctx, promptLength: L }], Int32Array.of(0), []) : raw;
+    if (grammar) {
+      const ok = toyAllowed(ctx.length === L ? 'start' : String(ctx[ctx.length - 1]));
+      for (let t = 0; t < V; t++) if (!ok.includes(t)) l[t] = -Infinity;
+    }
+    return l;
   };
   const p1 = refProbs(logits(prompt), T, topK);
   for (let a = 0; a < V; a++) {
@@ -122,7 +148,7 @@ describe('speculative sampling is exact (toy model, chi-square)', function () {
   // lack raised (their drafts keep only the ids they have), one lowered.
   const BIAS = resolvePenalties({ logitBias: { 1: -Infinity, 5: 2, 3: -0.7 } })!;
   const PEN_BIAS = resolvePenalties({ ...PEN, logitBias: { 2: -Infinity, 4: 1.5, 0: -1 } })!;
-  const cases: { name: string; make: () => Speculator | undefined; topK?: number; minAccept?: number; penalties?: ResolvedPenalties }[] = [
+  const cases: { name: string; make: () => Speculator | undefined; topK?: number; minAccept?: number; penalties?: ResolvedPenalties; grammar?: boolean }[] = [
     { name: 'plain (no speculator)', make: () => undefined },
     { name: 'draft model chain k=3 (sampled drafts, q passed)', make: () => new DraftModelSpeculator({ draft: partial(), k: 3 }) },
     { name: 'draft model chain, top-k 4 on p and q', make: () => new DraftModelSpeculator({ draft: partial(), k: 2 }), topK: 4 },
@@ -161,6 +187,15 @@ describe('speculative sampling is exact (toy model, chi-square)', function () {
     { name: 'logit bias + penalties: hybrid with a shorter-vocabulary draft (+ prompt lookup)', make: () => new HybridSpeculator({ draft: shorter(), draftSpeculator: new PromptLookupSpeculator(), k: 3 }), penalties: PEN_BIAS },
     { name: 'logit bias + penalties: Medusa exact (tree rejection)', make: () => new MedusaSpeculator({ heads, choices: [[0], [1], [2], [0, 0], [0, 1], [1, 0]] }), penalties: PEN_BIAS },
     { name: 'logit bias + penalties: EAGLE-3 head (its bias in its draft ids)', make: () => new EagleSpeculator({ head: eagle3, topK: 2, depth: 2, totalTokens: 5 }), penalties: PEN_BIAS },
+    { name: 'grammar: plain (no speculator)', make: () => undefined, grammar: true },
+    { name: 'grammar: draft model chain k=3 (sampled drafts of banned ids)', make: () => new DraftModelSpeculator({ draft: partial(), k: 3 }), grammar: true },
+    { name: 'grammar: draft model tree [3,2]', make: () => new DraftModelSpeculator({ draft: partial(), treeBranching: [3, 2] }), grammar: true },
+    { name: 'grammar: Medusa exact (tree rejection), top-k 4 on p', make: () => new MedusaSpeculator({ heads, choices: [[0], [1], [2], [0, 0], [0, 1], [1, 0]] }), topK: 4, grammar: true },
+    { name: 'grammar: EAGLE-2 tree', make: () => new EagleSpeculator({ head: eagle, topK: 3, depth: 2, totalTokens: 6 }), grammar: true },
+    { name: 'grammar: lookahead W=3 N=3 G=3', make: () => new LookaheadSpeculator({ W: 3, N: 3, G: 3, sizing: 'fixed' }), grammar: true },
+    { name: 'grammar: prompt lookup', make: () => new PromptLookupSpeculator({ maxNgram: 2, numDraft: 3 }), grammar: true },
+    { name: 'grammar: hybrid (draft + prompt lookup)', make: () => new HybridSpeculator({ draft: partial(), draftSpeculator: new PromptLookupSpeculator(), k: 3 }), grammar: true },
+    { name: 'grammar + penalties + logit bias: a shorter-vocabulary draft, chain k=3', make: () => new DraftModelSpeculator({ draft: shorter(), k: 3 }), penalties: PEN_BIAS, grammar: true },
   ];
 
   for (const c of cases) {
@@ -176,7 +211,7 @@ describe('speculative sampling is exact (toy model, chi-square)', function () {
         });
         const res = await dec.generateBatch(
           Array.from({ length: SEQS }, () => prompt),
-          { maxNewTokens: 3 },
+          { maxNewTokens: 3, ...(c.grammar ? { grammar: TOY_GRAMMAR } : {}) },
         );
         let proposed = 0;
         let accepted = 0;
@@ -188,9 +223,10 @@ describe('speculative sampling is exact (toy model, chi-square)', function () {
         assert.strictEqual(target.liveSequences(), 0);
         if (spec) assert.ok(proposed > SEQS / 4, `only ${proposed} draft tokens proposed`);
         if (c.minAccept !== undefined) assert.ok(accepted / proposed >= c.minAccept, `acceptance ${accepted / proposed}`);
-        assertFitsJoint(res.map((r) => r.tokens), reference(target, prompt, T, topK, c.penalties));
+        assertFitsJoint(res.map((r) => r.tokens), reference(target, prompt, T, topK, c.penalties, c.grammar));
         // Power: the penalties move the distribution far enough for these counts to tell.
-        if (c.penalties) assert.throws(() => assertFitsJoint(res.map((r) => r.tokens), reference(target, prompt, T, topK)), /chi-square|zero probability/);
+        if (c.penalties) assert.throws(() => assertFitsJoint(res.map((r) => r.tokens), reference(target, prompt, T, topK, undefined, c.grammar)), /chi-square|zero probability/);
+        if (c.grammar) assert.throws(() => assertFitsJoint(res.map((r) => r.tokens), reference(target, prompt, T, topK, c.penalties)), /chi-square|zero probability/);
       });
     });
   }

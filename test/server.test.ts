@@ -18,6 +18,8 @@ import { plainGenerate } from '../lib/plain';
 import { CompletionServer } from '../lib/server/server';
 import { DraftModelSpeculator } from '../lib/strategies/draft_model';
 import { TextTokenizer } from '../lib/tokenizer';
+import { GrammarCursor, JsonGrammar, TokenVocabulary } from '../lib/grammar';
+import { byteLevelJsonTokenizer, tokenizerFrom } from './fixtures/tokenizers';
 
 describe('specdec serve', function () {
   this.timeout(120000);
@@ -270,7 +272,11 @@ describe('specdec serve', function () {
       [{ prompt: 'x', min_tokens: 20, max_tokens: 10 }, 'min_tokens'],
       [{ prompt: 'x', ignore_eos: 'yes' }, 'ignore_eos'],
       [{ prompt: 'x', suffix: 'end' }, 'suffix'],
+      // (The embedded WordPiece tokenizer's tokens have no bytes of their own: no JSON grammar.)
       [{ prompt: 'x', response_format: { type: 'json_object' } }, 'response_format'],
+      [{ prompt: 'x', response_format: { type: 'json_schema', json_schema: { name: 'x', schema: {} } } }, 'response_format'],
+      [{ prompt: 'x', response_format: { type: 'yaml' } }, 'response_format'],
+      [{ prompt: 'x', response_format: 'json_object' }, 'response_format'],
       [{ prompt: 'x', tools: [{ type: 'function' }] }, 'tools'],
       [[1, 2], null],
     ];
@@ -289,6 +295,46 @@ describe('specdec serve', function () {
     const big = await request(`${url}/v1/completions`, 'POST', JSON.stringify({ prompt: 'x'.repeat(5000) }));
     assert.strictEqual(big.status, 413);
     assert.match(big.body, /limit of 4096 bytes/);
+  });
+
+  it('response_format json_object (a byte-level tokenizer over the same ids): every choice a JSON object or its prefix, the grammar\'s tokens, streamed alike', async () => {
+    const tokenizer = tokenizerFrom(byteLevelJsonTokenizer(target.config.vocabSize));
+    const json = new CompletionServer({ engine: server.engine, modelName: 'tiny', tokenizer });
+    const a = await json.listen(0, '127.0.0.1');
+    const jurl = `http://127.0.0.1:${a.port}`;
+    try {
+      const grammar = new JsonGrammar(TokenVocabulary.fromTokenizer(tokenizer, target.config.vocabSize));
+      // '"', '}' and '"}' raised so that objects close; EOS (2) raised so that a complete one ends.
+      const logit_bias = { [3 + 0x22]: 3, [3 + 0x7d]: 4, [tokenizer.tokenToId('"}') as number]: 4, 2: 30 };
+      type Choice = { text: string; token_ids: number[]; finish_reason: string };
+      const body = { prompt: 'Give me a JSON object.', max_tokens: 60, temperature: 0.7, seed: 4, n: 4, logit_bias, response_format: { type: 'json_object' } };
+      const r = await postJson(`${jurl}/v1/completions`, body);
+      assert.strictEqual(r.status, 200, JSON.stringify(r.json));
+      const choices = r.json['choices'] as Choice[];
+      let objects = 0;
+      for (const c of choices) {
+        // The engine's tokens for the same request (plain constrained decoding's, with a speculator).
+        const ids = c.token_ids.filter((t) => t !== 2);
+        assert.strictEqual(new GrammarCursor(grammar).at(ids, 0, ids.length) !== undefined, true, `${JSON.stringify(c.text)}: a token the grammar does not allow`);
+        assert.strictEqual(c.text, tokenizer.decode(c.token_ids, { skipSpecialTokens: true }));
+        if (c.finish_reason === 'stop') {
+          const v: unknown = JSON.parse(c.text);
+          assert.ok(typeof v === 'object' && v !== null && !Array.isArray(v), c.text);
+          objects++;
+        } else assert.strictEqual(c.finish_reason, 'length');
+      }
+      assert.ok(objects >= 1, `${objects} of ${choices.length} choices ended as JSON objects`);
+      const s = await postStream(`${jurl}/v1/completions`, { ...body, stream: true });
+      assert.deepStrictEqual(
+        choices.map((c) => c.text),
+        [0, 1, 2, 3].map((i) => s.events.map((e) => (e['choices'] as { index: number; text: string }[]).filter((c) => c.index === i).map((c) => c.text).join('')).join('')),
+      );
+      // Without the grammar the same request writes other tokens.
+      const free = await postJson(`${jurl}/v1/completions`, { ...body, response_format: { type: 'text' } });
+      assert.notDeepStrictEqual((free.json['choices'] as Choice[]).map((c) => c.text), choices.map((c) => c.text));
+    } finally {
+      await json.close();
+    }
   });
 
   it('n choices (each an engine request on stream (seed, i)), streamed interleaved; echo puts the prompt before each; best_of: the n of highest summed log-probability', async () => {

@@ -1,7 +1,5 @@
 // generateText: streaming text chunks and stop strings over the speculative decoder.
 import * as assert from 'assert';
-import * as fs from 'fs';
-import * as os from 'os';
 import * as path from 'path';
 
 import { SpeculativeDecoder } from '../lib/decoder';
@@ -10,6 +8,7 @@ import { streamGeneration } from '../lib/engine/generation';
 import { cleanUpTokenizationSpaces, generateText, IncrementalText, SettledText, settledText, type TextCodec, type TokenGenerator } from '../lib/text';
 import { TextStream } from '../lib/cli/generate';
 import { TextTokenizer } from '../lib/tokenizer';
+import { byteLevelTokenizer, metaspaceTokenizer, tokenizerFrom } from './fixtures/tokenizers';
 import { ToyLM, toyGreedy } from './fixtures/toy_lm';
 import { assertThrowsCode, rng, testSeed } from './helpers';
 
@@ -97,47 +96,6 @@ describe('generateText', () => {
 // Two more tokenizer.json kinds beside the embedded models' WordPiece: GPT-2 style byte-level BPE
 // (a character split over byte tokens) and Llama style Metaspace + byte fallback (a stripped
 // leading space, fused bytes).
-function byteLevelTokenizer(): object {
-  const bs: number[] = [];
-  for (let i = 33; i <= 126; i++) bs.push(i);
-  for (let i = 161; i <= 172; i++) bs.push(i);
-  for (let i = 174; i <= 255; i++) bs.push(i);
-  const cs = bs.slice();
-  for (let b = 0, n = 0; b < 256; b++) if (!bs.includes(b)) (bs.push(b), cs.push(256 + n++));
-  const b2u = new Map(bs.map((b, i) => [b, String.fromCharCode(cs[i] as number)]));
-  const vocab: Record<string, number> = {};
-  for (let b = 0; b < 256; b++) vocab[b2u.get(b) as string] = b;
-  const merges: string[] = [];
-  for (const w of [' the', ' cat', 'é', '日本', ' 日本', 'ing']) {
-    const pieces = Array.from(Buffer.from(w, 'utf8'), (b) => b2u.get(b) as string);
-    let acc = pieces[0] as string;
-    for (const p of pieces.slice(1)) {
-      merges.push(`${acc} ${p}`);
-      acc += p;
-      vocab[acc] ??= Object.keys(vocab).length;
-    }
-  }
-  const special = { id: Object.keys(vocab).length, content: '<|end|>', special: true, single_word: false, lstrip: false, rstrip: false, normalized: false };
-  const level = { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: true };
-  return { version: '1.0', added_tokens: [special], normalizer: null, pre_tokenizer: level, post_processor: null, decoder: level, model: { type: 'BPE', dropout: null, unk_token: null, continuing_subword_prefix: null, end_of_word_suffix: null, fuse_unk: false, byte_fallback: false, vocab, merges } };
-}
-
-function metaspaceTokenizer(): object {
-  const vocab: Record<string, number> = { '<unk>': 0, '<s>': 1, '</s>': 2 };
-  for (let b = 0; b < 256; b++) vocab[`<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`] = 3 + b;
-  for (const w of ['\u2581the', '\u2581cat', '\u2581', 'ing', '\u2581日本', 'é', '.', ',', '\u2581.']) vocab[w] = Object.keys(vocab).length;
-  const special = (id: number, content: string): object => ({ id, content, special: true, single_word: false, lstrip: false, rstrip: false, normalized: false });
-  return {
-    version: '1.0',
-    added_tokens: [special(1, '<s>'), special(2, '</s>')],
-    normalizer: { type: 'Sequence', normalizers: [{ type: 'Prepend', prepend: '\u2581' }, { type: 'Replace', pattern: { String: ' ' }, content: '\u2581' }] },
-    pre_tokenizer: null,
-    post_processor: null,
-    decoder: { type: 'Sequence', decoders: [{ type: 'Replace', pattern: { String: '\u2581' }, content: ' ' }, { type: 'ByteFallback' }, { type: 'Fuse' }, { type: 'Strip', content: ' ', start: 1, stop: 0 }] },
-    model: { type: 'BPE', dropout: null, unk_token: '<unk>', continuing_subword_prefix: null, end_of_word_suffix: null, fuse_unk: true, byte_fallback: true, vocab, merges: [] },
-  };
-}
-
 /** A generator that emits `ids` in chunks of 1..maxChunk tokens (sizes drawn from r), a loop turn apart. */
 function replaySource(ids: readonly number[], r: () => number, maxChunk: number): TokenGenerator {
   return {
@@ -152,16 +110,6 @@ function replaySource(ids: readonly number[], r: () => number, maxChunk: number)
         return { tokens: Int32Array.from(ids), finishReason: 'length' as const, stats: undefined as never };
       }),
   };
-}
-
-function tokenizerFrom(json: object): TextTokenizer {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'specdec-tok-'));
-  try {
-    fs.writeFileSync(path.join(dir, 'tokenizer.json'), JSON.stringify(json));
-    return TextTokenizer.load(dir) as TextTokenizer;
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
 }
 
 describe('generateText: incremental decoding', () => {

@@ -62,6 +62,8 @@ declare namespace SpecdecNative {
     samplingPhilox4x32(counter: Uint32Array, key: Uint32Array): Uint32Array;
     /** Penalties on logits rows in place (lib/sampling.ts penalize; optional: older builds lack it). */
     samplingPenalize?(logits: Tensor, penalties: NativePenalties): void;
+    /** A constraint's allowed tokens (bit t of row m's ceil(V / 32) words) on rows[m] of logits f32 [N, V], -inf elsewhere, in place (lib/grammar.ts). */
+    samplingMaskTokens?(logits: Tensor, rows: Int32Array, allowed: Uint32Array): void;
     /** Log-probabilities of tokens[m] on rows[m] of logits f32 [N, V], and each row's k most probable tokens (read back at once). */
     samplingTokenLogprobs?(logits: Tensor, rows: Int32Array, tokens: Int32Array, k: number): { token: Float32Array; topIds: Int32Array; topLogprobs: Float32Array };
   }

@@ -265,6 +265,25 @@ void penalize(Tensor& logits, const PenaltyArgs& a) {
   SPECDEC_SAMPLING_DISPATCH(logits.device(), penalize(logits, a));
 }
 
+void mask_tokens(Tensor& logits, const std::vector<int32_t>& rows, const std::vector<uint32_t>& allowed) {
+  check_arg(logits, "logits", {DType::f32}, {-1, -1});
+  const int64_t N = logits.size(0), V = logits.size(1), M = static_cast<int64_t>(rows.size()), W = (V + 31) / 32;
+  SPECDEC_CHECK(static_cast<int64_t>(allowed.size()) == M * W, "E_ARG", "allowed: ", allowed.size(), " words for ", M, " rows of ", W,
+                " words (ceil(", V, " / 32))");
+  for (int64_t m = 0; m < M; ++m) {
+    SPECDEC_CHECK(rows[m] >= 0 && rows[m] < N, "E_ARG", "rows: row ", rows[m], " (entry ", m, ") is outside the ", N, " logits rows");
+    bool any = false;
+    for (int64_t w = 0; w < W && !any; ++w) {
+      // (Bits past V in the last word do not count.)
+      const uint32_t valid = w == W - 1 && V % 32 != 0 ? (1u << (V % 32)) - 1u : ~0u;
+      any = (allowed[m * W + w] & valid) != 0;
+    }
+    SPECDEC_CHECK(any, "E_ARG", "allowed: row ", rows[m], " (entry ", m, ") allows no token of the vocabulary");
+  }
+  if (M == 0) return;
+  SPECDEC_SAMPLING_DISPATCH(logits.device(), mask_tokens(logits, rows, allowed));
+}
+
 void token_logprobs(const Tensor& logits, const std::vector<int32_t>& rows, const std::vector<int32_t>& tokens, int32_t k, Tensor& lp,
                     Tensor& top_lp, Tensor& top_ids) {
   check_arg(logits, "logits", {DType::f32}, {-1, -1});

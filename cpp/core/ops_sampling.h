@@ -164,6 +164,12 @@ void token_logprobs(const Tensor& logits, const std::vector<int32_t>& rows, cons
 // the chain reports) gets a NaN log-probability. The same per-row arithmetic as token_logprobs.
 void pick_logprobs(const Tensor& logits, const Tensor& picks, const std::vector<int32_t>& rows, int32_t k, Tensor& lp, Tensor& top_lp,
                    Tensor& top_ids);
+// A constraint's allowed tokens (a grammar's, lib/grammar.ts) on rows of logits f32 [N, V], in place:
+// for m < M, row rows[m] keeps token t where bit t % 32 of allowed[m * W + t / 32] is set
+// (W = ceil(V / 32)) and gets -inf elsewhere; other rows are untouched. Host arrays (checked; one
+// upload on CUDA). Every listed row must keep at least one token (E_ARG otherwise: a constraint
+// that leaves nothing to pick is the caller's error, not a draw without mass).
+void mask_tokens(Tensor& logits, const std::vector<int32_t>& rows, const std::vector<uint32_t>& allowed);
 }  // namespace ops
 
 #define SPECDEC_SAMPLING_OPS(NS)                                                           \
@@ -178,6 +184,7 @@ void pick_logprobs(const Tensor& logits, const Tensor& picks, const std::vector<
                       Tensor& lp, Tensor& top_lp, Tensor& top_ids);                         \
   void pick_logprobs(const Tensor& logits, const Tensor& picks, const std::vector<int32_t>& rows, int32_t k, Tensor& lp, \
                      Tensor& top_lp, Tensor& top_ids);                                       \
+  void mask_tokens(Tensor& logits, const std::vector<int32_t>& rows, const std::vector<uint32_t>& allowed); \
   }
 SPECDEC_SAMPLING_OPS(cpu)
 SPECDEC_SAMPLING_OPS(cuda)

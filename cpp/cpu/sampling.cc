@@ -583,6 +583,16 @@ void pick_logprobs(const Tensor& logits, const Tensor& picks, const std::vector<
                  top_ids.ptr<int32_t>() + int64_t{r} * k);
 }
 
+void mask_tokens(Tensor& logits, const std::vector<int32_t>& rows, const std::vector<uint32_t>& allowed) {
+  const int64_t V = logits.size(1), W = (V + 31) / 32;
+  for (size_t m = 0; m < rows.size(); ++m) {
+    float* row = logits.ptr<float>() + int64_t{rows[m]} * V;
+    const uint32_t* bits = allowed.data() + static_cast<int64_t>(m) * W;
+    for (int64_t t = 0; t < V; ++t)
+      if (((bits[t >> 5] >> (t & 31)) & 1u) == 0) row[t] = -INFINITY;
+  }
+}
+
 namespace {
 // Row by row: the logit bias, then the sequence's history tokens (their output counts plus the
 // path's), then the path's tokens the history lacks, each distinct one once; last the bans.

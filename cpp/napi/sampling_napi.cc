@@ -11,10 +11,12 @@ namespace specdec {
 namespace napi {
 namespace {
 
+// A Uint32Array of n elements (any length: n = SIZE_MAX).
 std::vector<uint32_t> get_u32_array(const Napi::Value& v, const char* name, size_t n) {
   SPECDEC_CHECK(v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == napi_uint32_array, "E_ARG", name,
                 ": expected a Uint32Array");
   auto a = v.As<Napi::Uint32Array>();
+  if (n == SIZE_MAX) n = a.ElementLength();
   SPECDEC_CHECK(a.ElementLength() == n, "E_ARG", name, ": expected ", n, " elements, got ", a.ElementLength());
   return std::vector<uint32_t>(a.Data(), a.Data() + n);
 }
@@ -357,6 +359,19 @@ Napi::Value Penalize(const Napi::CallbackInfo& info) {
   });
 }
 
+// maskTokens(logits f32 [N, V], rows: Int32Array(M), allowed: Uint32Array(M * ceil(V / 32))): a
+// constraint's allowed tokens on those rows, -inf elsewhere, in place (ops::mask_tokens).
+Napi::Value MaskTokens(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    Tensor logits = tensor_arg(info[0], "logits");
+    SPECDEC_CHECK(logits.dim() == 2, "E_ARG", "logits: expected [N, V], got ", logits.describe());
+    const std::vector<int32_t> rows = get_i32_array(info[1], "rows");
+    const std::vector<uint32_t> allowed = get_u32_array(info[2], "allowed", SIZE_MAX);
+    ops::mask_tokens(logits, rows, allowed);
+    return info.Env().Undefined();
+  });
+}
+
 // tokenLogprobs(logits f32 [N, V], rows, tokens, k) -> { token: Float32Array(M), topIds:
 // Int32Array(M * k), topLogprobs: Float32Array(M * k) } (ops::token_logprobs), read back at once.
 Napi::Value TokenLogprobs(const Napi::CallbackInfo& info) {
@@ -403,6 +418,7 @@ void Init(Napi::Env env, Napi::Object exports) {
   exports.Set("verifyTree", Napi::Function::New(env, Verify, "verifyTree"));
   exports.Set("samplingPhilox4x32", Napi::Function::New(env, Philox, "samplingPhilox4x32"));
   exports.Set("samplingPenalize", Napi::Function::New(env, Penalize, "samplingPenalize"));
+  exports.Set("samplingMaskTokens", Napi::Function::New(env, MaskTokens, "samplingMaskTokens"));
   exports.Set("samplingTokenLogprobs", Napi::Function::New(env, TokenLogprobs, "samplingTokenLogprobs"));
 }
 

@@ -10,6 +10,7 @@ import type { Device } from '../tensor';
 import type { Penalties } from '../sampling';
 import { IncrementalText, SettledText } from '../text';
 import { TextTokenizer, type ChatMessage } from '../tokenizer';
+import { JsonGrammar, TokenVocabulary, type TokenGrammar } from '../grammar';
 import { defaultModelPaths } from '../default_models';
 import { codedError } from '../errors';
 import { MAX_LOGPROBS } from '../logprobs';
@@ -53,6 +54,8 @@ export interface GenerateFlags {
   readonly promptLogprobs?: number;
   /** --min-tokens N: no stop token before N tokens (default 0). */
   readonly minTokens?: number;
+  /** --response-format json_object: the output is a JSON object (a JsonGrammar over the tokenizer's vocabulary). */
+  readonly responseFormat?: 'json_object';
   readonly device: Device | 'auto';
   readonly json: boolean;
 }
@@ -96,6 +99,8 @@ export type StrategyHook = (ctx: {
   /** Called with each step's new tokens of prompt `index` (streaming, and what an abort keeps). */
   onTokens?: (index: number, tokens: Int32Array) => void;
   signal?: AbortSignal;
+  /** --response-format: the grammar the output follows. */
+  grammar?: TokenGrammar;
 }) => Promise<GenerateRecord[]>;
 
 export interface GenerateIo {
@@ -110,6 +115,7 @@ export interface GenerateIo {
 export const GENERATE_USAGE = `usage: specdec generate [--model DIR] [--draft DIR [--draft-k K]] [--medusa DIR | --eagle DIR | --lookahead W,N,G | --prompt-lookup N]
                        (--prompt TEXT | --prompt-ids 1,2,3 | --batch-file F) [--chat [--system TEXT] [--chat-vars JSON]]
                        [--max-new-tokens N] [--min-tokens N] [--max-context N] [--ignore-eos]
+                       [--response-format json_object]
                        [--temperature T --top-k K --top-p P --min-p P --seed S]
                        [--repetition-penalty R --presence-penalty P --frequency-penalty F] [--logit-bias ID=B,...]
                        [--device cpu|cuda|auto] [--json [--logprobs N] [--prompt-logprobs N]]
@@ -129,6 +135,9 @@ export const GENERATE_USAGE = `usage: specdec generate [--model DIR] [--draft DI
   --min-tokens N      no EOS before N new tokens (vLLM's min_tokens; default 0)
   --ignore-eos        the model's EOS tokens do not end a sequence: runs of --max-new-tokens each
                       (for timing; the text after an EOS is whatever the model makes of it)
+  --response-format json_object
+                      the output is a JSON object (OpenAI's response_format; EOS only once it is
+                      complete; needs a byte-level or SentencePiece tokenizer). Default: text
   --max-context N     positions per sequence (prompt + output) the KV cache is sized for; a run that
                       fills them ends with finishReason 'context' (default: the longest prompt +
                       --max-new-tokens, at most the model's max_position_embeddings)
@@ -212,7 +221,7 @@ export function parseLogitBias(v: string): Map<number, number> {
 /** The flags of `generate` that take a value (the strategy flags are STRATEGY_FLAGS). */
 const VALUE_FLAGS: readonly string[] = [
   '--model', '--prompt', '--prompt-ids', '--max-new-tokens', '--max-context',
-  '--temperature', '--top-k', '--top-p', '--min-p', '--seed', '--repetition-penalty', '--presence-penalty', '--frequency-penalty', '--logit-bias', '--logprobs', '--prompt-logprobs', '--min-tokens', '--device', '--batch-file', '--system', '--chat-vars',
+  '--temperature', '--top-k', '--top-p', '--min-p', '--seed', '--repetition-penalty', '--presence-penalty', '--frequency-penalty', '--logit-bias', '--logprobs', '--prompt-logprobs', '--min-tokens', '--response-format', '--device', '--batch-file', '--system', '--chat-vars',
 ];
 
 /** Every flag `generate` accepts (each is described in GENERATE_USAGE). */
@@ -295,6 +304,8 @@ export function parseGenerateFlags(argv: readonly string[]): GenerateFlags {
   const mt = get('--min-tokens');
   const minTokens = mt !== undefined ? parseIntFlag('--min-tokens', mt, 0) : undefined;
   const maxContext = get('--max-context');
+  const rf = get('--response-format');
+  if (rf !== undefined && rf !== 'text' && rf !== 'json_object') throw new CliError(`--response-format: expected text or json_object, got '${rf}'`);
   return {
     ...(model !== undefined ? { model } : {}),
     strategy,
@@ -316,6 +327,7 @@ export function parseGenerateFlags(argv: readonly string[]): GenerateFlags {
     ...(logprobs !== undefined ? { logprobs } : {}),
     ...(promptLogprobs !== undefined ? { promptLogprobs } : {}),
     ...(minTokens !== undefined ? { minTokens } : {}),
+    ...(rf === 'json_object' ? { responseFormat: rf } : {}),
     device,
     json,
   };
@@ -467,6 +479,16 @@ export async function generateCommand(argv: string[], io: GenerateIo = {}): Prom
     const treeTokens = speculative ? treeRoomFor(flags.strategy as StrategyFlags, maxContext) : undefined;
     model = await LlamaModel.load(modelDir, { device: flags.device, maxSequences: prompts.length, maxContext, ...(treeTokens !== undefined ? { treeTokens } : {}) });
     const decode = (ids: ArrayLike<number>): string => (tokenizer ? tokenizer.decode(ids, { skipSpecialTokens: true }) : '');
+    let grammar: TokenGrammar | undefined;
+    if (flags.responseFormat === 'json_object') {
+      if (!tokenizer) throw new CliError(`--response-format json_object: ${modelDir} has no tokenizer.json or tokenizer.model (the grammar reads the tokens' bytes)`, 1);
+      try {
+        grammar = new JsonGrammar(TokenVocabulary.fromTokenizer(tokenizer, config.vocabSize));
+      } catch (e) {
+        if ((e as { code?: unknown }).code === 'E_UNSUPPORTED') throw new CliError(`--response-format json_object: ${(e as Error).message}`, 1);
+        throw e;
+      }
+    }
 
     // Text streams when there is one sequence to show; a batch prints its texts in input order.
     const decodeRaw = (ids: ArrayLike<number>): string => (tokenizer ? tokenizer.decode(ids, { skipSpecialTokens: true, cleanUpSpaces: false }) : Array.from(ids).join(' '));
@@ -483,7 +505,7 @@ export async function generateCommand(argv: string[], io: GenerateIo = {}): Prom
     try {
       if (speculative) {
         const hook = io.strategyHook ?? strategyHook({ defaults: { draft: EMBEDDED.draft, medusa: EMBEDDED.medusa, eagle: EMBEDDED.eagle, eagle3: EMBEDDED.eagle3 } });
-        records = await hook({ flags, target: model, prompts, decode, onTokens, signal });
+        records = await hook({ flags, target: model, prompts, decode, onTokens, signal, ...(grammar ? { grammar } : {}) });
       } else {
         const res = await plainGenerate(model, prompts, {
           maxNewTokens: flags.maxNewTokens,
@@ -497,6 +519,7 @@ export async function generateCommand(argv: string[], io: GenerateIo = {}): Prom
           ...(flags.logprobs !== undefined ? { logprobs: flags.logprobs } : {}),
           ...(flags.promptLogprobs !== undefined ? { promptLogprobs: flags.promptLogprobs } : {}),
           ...(flags.minTokens !== undefined ? { minTokens: flags.minTokens } : {}),
+          ...(grammar ? { grammar } : {}),
           onTokens,
           signal,
         });

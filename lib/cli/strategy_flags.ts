@@ -251,7 +251,7 @@ export function speculatorFactory(flags: StrategyFlags, deps: SpeculatorDeps = {
 
 /** The StrategyHook for lib/cli/generate.ts: runs the batch with the flags' speculator. */
 export function strategyHook(deps: SpeculatorDeps = {}): StrategyHook {
-  return async ({ flags, target, prompts, decode, onTokens, signal }) => {
+  return async ({ flags, target, prompts, decode, onTokens, signal, grammar }) => {
     const strategy = flags.strategy as StrategyFlags;
     const room = deps.treeTokens ?? treeRoomFor(strategy, flags.maxContext ?? target.config.maxPositions);
     const built = await speculatorFactory(strategy, { ...deps, treeTokens: room })(target);
@@ -271,6 +271,7 @@ export function strategyHook(deps: SpeculatorDeps = {}): StrategyHook {
         ...(flags.logprobs !== undefined ? { logprobs: flags.logprobs } : {}),
         ...(flags.promptLogprobs !== undefined ? { promptLogprobs: flags.promptLogprobs } : {}),
         ...(flags.minTokens !== undefined ? { minTokens: flags.minTokens } : {}),
+        ...(grammar ? { grammar } : {}),
         ...(onTokens ? { onTokens } : {}),
         ...(signal ? { signal } : {}),
       });

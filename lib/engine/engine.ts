@@ -21,6 +21,7 @@ import { resolvePenalties, type Penalties, type ResolvedPenalties } from '../sam
 import { checkModel, checkSpeculator, type SamplingConfig, type SeqRng, type SpecSequence, type Speculator } from '../strategies/speculator';
 import { streamGeneration } from './generation';
 import { EngineMetrics } from './metrics';
+import { checkGrammar, GrammarCursor } from '../grammar';
 
 export interface EngineOptions {
   readonly model: CausalLM;
@@ -533,6 +534,7 @@ export class Engine {
     checkLogprobs(opts.logprobs);
     checkLogprobs(opts.promptLogprobs, 'promptLogprobs');
     checkMinTokens(opts.minTokens);
+    checkGrammar(opts.grammar, c.vocabSize);
     const seed = opts.seed;
     if (seed !== undefined && !(typeof seed === 'bigint' ? seed >= 0n && seed < 2n ** 64n : Number.isSafeInteger(seed) && seed >= 0)) {
       throw codedError('E_ARG', `seed must be a non-negative integer below 2^64, got ${String(seed)}`);
@@ -837,6 +839,7 @@ export class Engine {
       r.seq.logprobs = r.logprobs;
       r.seq.promptLogprobs = r.promptLogprobs;
       r.seq.minTokens = r.opts.minTokens ?? 0;
+      if (r.opts.grammar) r.seq.grammar = new GrammarCursor(r.opts.grammar);
       // Its prompt's log-probabilities over the shared prefix: the source's (the same rows).
       if (prefix?.promptLogprobs && r.promptLogprobs && needsPromptEntries(r)) r.promptLogprobs.push(prefix.promptLogprobs.slice(0, prefix.length), 0, prefix.length);
     } catch (e) {
@@ -879,7 +882,15 @@ export class Engine {
         r.failure ??= { error: e };
       }
     }
-    if (pickRoot) for (const r of reqs) this.emit(r, [r.seq!.history[r.seq!.history.length - 1] as number]);
+    if (pickRoot) for (const r of reqs) if (!this.grammarFailed(r)) this.emit(r, [r.seq!.history[r.seq!.history.length - 1] as number]);
+  }
+
+  /** Whether r's grammar could not mask its rows this step (EngineSequence.grammarError): r fails with it, its tokens unseen. */
+  private grammarFailed(r: Request): boolean {
+    const e = r.seq?.grammarError;
+    if (e === undefined) return false;
+    r.failure ??= { error: e };
+    return true;
   }
 
   /** Preempts the youngest live sequences until every one has room for its next tree. */
@@ -968,7 +979,7 @@ export class Engine {
       const ps = known.kv.pageSize;
       for (const r of reqs) if (r.seq) known.spent += this.pagesFor(r.seq.committed, ps) - this.pagesFor(r.committedAtStep, ps);
     }
-    for (let b = 0; b < reqs.length; b++) this.emit(reqs[b] as Request, emitted[b] as Int32Array);
+    for (let b = 0; b < reqs.length; b++) if (!this.grammarFailed(reqs[b] as Request)) this.emit(reqs[b] as Request, emitted[b] as Int32Array);
     // One forward a step, or the steps of a plain chain (SpecEngine.stepShared) that made output
     // (as the requests' statistics count them, after emit's cut).
     let forwards = 1;

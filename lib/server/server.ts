@@ -9,6 +9,7 @@ import * as http from 'http';
 import type { AddressInfo } from 'net';
 import type { GenerateOptions } from '../decoder';
 import type { Engine, RequestOptions } from '../engine/engine';
+import { JsonGrammar, TokenVocabulary, type TokenGrammar } from '../grammar';
 import { MAX_LOGPROBS, type TokenLogprobs } from '../logprobs';
 import type { Penalties } from '../sampling';
 import type { SamplingConfig } from '../strategies/speculator';
@@ -70,6 +71,8 @@ interface Completion {
   readonly ignoreEos: boolean;
   readonly stream: boolean;
   readonly includeUsage: boolean;
+  /** response_format json_object: the output is a JSON object. */
+  readonly grammar: TokenGrammar | undefined;
 }
 
 /** A promise and its resolve. */
@@ -338,8 +341,7 @@ export class CompletionServer {
     const penalties = presence !== 0 || frequency !== 0 || repetition !== 1 || logitBias ? { presence, frequency, repetition, ...(logitBias ? { logitBias } : {}) } : undefined;
     const minTokens = num('min_tokens', (x) => Number.isSafeInteger(x) && x >= 0, 'an integer >= 0') ?? 0;
     if (b['suffix'] !== undefined && b['suffix'] !== null && b['suffix'] !== '') throw new HttpError(400, 'suffix: not supported', 'suffix');
-    const rf = b['response_format'];
-    if (rf !== undefined && rf !== null && (rf as { type?: unknown }).type !== 'text') throw new HttpError(400, "response_format: only { type: 'text' } is supported", 'response_format');
+    const grammar = this.responseFormat(b['response_format']);
     if (Array.isArray(b['tools']) ? b['tools'].length > 0 : b['tools'] !== undefined && b['tools'] !== null) throw new HttpError(400, 'tools: not supported', 'tools');
     const sent = promptsOf(b);
     const prompts = sent.map((x) => x.ids);
@@ -387,6 +389,7 @@ export class CompletionServer {
       ignoreEos: bool('ignore_eos'),
       stream: bool('stream'),
       includeUsage,
+      grammar,
     };
   }
 
@@ -446,6 +449,30 @@ export class CompletionServer {
       top_logprobs: [null, ...rest.top_logprobs],
       text_offset: [0, ...rest.text_offset],
     };
+  }
+
+  /** The JSON grammar over the tokenizer's vocabulary (built on first use; its masks cached across requests). */
+  private json: JsonGrammar | undefined;
+
+  /**
+   * response_format: none or { type: 'text' } (undefined), { type: 'json_object' } (a JSON object);
+   * json_schema and others are refused (400), never ignored.
+   */
+  private responseFormat(rf: unknown): TokenGrammar | undefined {
+    if (rf === undefined || rf === null) return undefined;
+    const type = typeof rf === 'object' && !Array.isArray(rf) ? (rf as { type?: unknown }).type : undefined;
+    if (type === 'text') return undefined;
+    if (type === 'json_schema') throw new HttpError(400, "response_format: json_schema is not supported (json_object is: a JSON object, without a schema)", 'response_format');
+    if (type !== 'json_object') throw new HttpError(400, `response_format: expected { type: 'text' } or { type: 'json_object' }, got ${JSON.stringify(rf)}`, 'response_format');
+    if (this.json) return this.json;
+    const t = this.tokenizer as (TextCodec & { tokenBytes?: (vocabSize: number) => (Uint8Array | null)[] }) | undefined;
+    if (typeof t?.tokenBytes !== 'function') throw new HttpError(400, "response_format json_object: needs the model's tokenizer (its tokens' bytes); this server has none", 'response_format');
+    try {
+      return (this.json = new JsonGrammar(new TokenVocabulary(t.tokenBytes(this.engine.model.config.vocabSize))));
+    } catch (e) {
+      if ((e as { code?: unknown }).code === 'E_UNSUPPORTED') throw new HttpError(400, `response_format json_object: ${(e as Error).message}`, 'response_format');
+      throw e;
+    }
   }
 
   /** A prompt as echo shows it: the text sent, or its ids decoded ('' without a tokenizer). */
@@ -558,6 +585,7 @@ export class CompletionServer {
         ...(c.stop.length > 0 ? { stopStrings: c.stop } : {}),
         ...(c.stopTokenIds.length > 0 ? { stopTokens: c.stopTokenIds } : {}),
         ...(c.ignoreEos ? { ignoreEos: true } : {}),
+        ...(c.grammar ? { grammar: c.grammar } : {}),
       });
     });
     // One choice failing ends the others (their results then reject as aborted: not reported).

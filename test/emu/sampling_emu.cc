@@ -915,6 +915,39 @@ void check_penalize(std::mt19937_64& rng, int V, int max_hist, bool indexed = fa
              std::to_string(changed) + " logits changed)");
 }
 
+// A constraint's mask: the kernel == cpu::mask_tokens bit for bit (random bits, V not a multiple of
+// 32, a row listed twice, rows left out untouched), and == a plain per-token reference.
+void check_mask_tokens(std::mt19937_64& rng, int V) {
+  std::uniform_real_distribution<float> u(-4.f, 4.f);
+  const int N = 1 + static_cast<int>(rng() % 5), M = 1 + static_cast<int>(rng() % 6), W = (V + 31) / 32;
+  std::vector<float> x(static_cast<size_t>(N) * V);
+  for (float& v : x) v = u(rng);
+  std::vector<int32_t> rows(static_cast<size_t>(M));
+  std::vector<uint32_t> allowed(static_cast<size_t>(M) * W);
+  for (int m = 0; m < M; ++m) {
+    rows[static_cast<size_t>(m)] = static_cast<int32_t>(rng() % static_cast<uint64_t>(N));
+    const uint64_t density = rng() % 3;  // sparse, half, dense
+    for (int w = 0; w < W; ++w) {
+      uint32_t b = static_cast<uint32_t>(rng());
+      if (density == 0) b &= static_cast<uint32_t>(rng()) & static_cast<uint32_t>(rng());
+      if (density == 2) b |= static_cast<uint32_t>(rng());
+      allowed[static_cast<size_t>(m) * W + w] = b;
+    }
+    allowed[static_cast<size_t>(m) * W] |= 1u;  // at least token 0
+  }
+  std::vector<float> want = x;
+  for (int m = 0; m < M; ++m)
+    for (int t = 0; t < V; ++t)
+      if (!((allowed[static_cast<size_t>(m) * W + t / 32] >> (t % 32)) & 1u)) want[static_cast<size_t>(rows[static_cast<size_t>(m)]) * V + t] = -INFINITY;
+  Tensor ct = tensor(x, {N, V}, DType::f32);
+  cpu::mask_tokens(ct, rows, allowed);
+  std::vector<float> g = x;
+  emu::launch(Dim3{static_cast<unsigned>(M), 1, 1}, kBlock, [&] { sk::mask_tokens_kernel(g.data(), V, rows.data(), allowed.data(), W); });
+  const auto c = host<float>(ct);
+  report(std::memcmp(c.data(), g.data(), g.size() * 4) == 0 && std::memcmp(c.data(), want.data(), want.size() * 4) == 0,
+         "mask tokens V=" + std::to_string(V) + " rows=" + std::to_string(N) + " entries=" + std::to_string(M) + ": == CPU == reference bit for bit");
+}
+
 // Log-probabilities: the kernel (a block per entry: max, double lanes of exp, k rounds of the
 // largest rank below the last) == cpu::token_logprobs: the same top ids, and log-probabilities
 // within 2 ulps (the lanes sum in another order than the CPU's one pass), on rows with ties,
@@ -1020,6 +1053,7 @@ int main(int argc, char** argv) {
     check_penalize(rng, 300, 40, true);
     check_token_logprobs(rng, 300, 5);
     check_pick_logprobs(rng, 300, 3);
+    check_mask_tokens(rng, 300);
   }
   for (int round = 0; round < rounds; ++round) {
     check_sample_slices(rng, 10, 9000 + static_cast<int>(rng() % 4000));
@@ -1068,6 +1102,7 @@ int main(int argc, char** argv) {
     check_mass_simd(rng);
     check_penalize(rng, 50, 30);
     check_penalize(rng, 3000, 1500);  // histories longer than a block's threads
+    check_mask_tokens(rng, 33 + static_cast<int>(rng() % 3000));
     check_penalize(rng, 50, 30, true);
     check_token_logprobs(rng, 7, 7);
     check_token_logprobs(rng, 700, 0);

@@ -1,0 +1,419 @@
+// Constrained output: a grammar over token ids says which tokens may follow an output so far, and
+// every row the target picks or verifies from gets the others at -inf (samplingMaskTokens) before
+// its penalties-aware pick. Speculation stays lossless: a draft token the grammar forbids has target
+// probability 0, so verification rejects it (greedy: never the argmax; sampled: accepted with
+// probability p / q = 0), and the output is plain constrained decoding's, token for token.
+//
+// JsonGrammar (OpenAI's response_format json_object) is a byte-level pushdown automaton for RFC 8259
+// JSON, walked over a trie of the vocabulary's byte strings: a state's mask costs one walk of the
+// branches the automaton accepts, and masks are cached per state (a JSON output revisits few states:
+// "inside a string at depth 2 in an object" is one).
+import type { TextTokenizer } from './tokenizer';
+import { codedError } from './models/config';
+
+/** A grammar's state after some output (opaque; equal keys: equal states). */
+export interface GrammarState {
+  readonly key: string;
+}
+
+/** What the engine asks of a constraint (JsonGrammar is one). */
+export interface TokenGrammar {
+  /** Ids 0 .. vocabSize - 1 (the model's vocabulary; ids past the tokenizer's are never allowed). */
+  readonly vocabSize: number;
+  /** For messages: e.g. 'JSON object'. */
+  readonly name: string;
+  /** The state before any output. */
+  start(): GrammarState;
+  /** The state after `token`, or undefined when the grammar does not allow it at `state`. */
+  next(state: GrammarState, token: number): GrammarState | undefined;
+  /** Whether the output may end at `state` (stop tokens are allowed there). */
+  accepts(state: GrammarState): boolean;
+  /**
+   * The tokens allowed at `state`: bit t % 32 of word t / 32 (ceil(vocabSize / 32) words), `stops`
+   * added where the state accepts. Never empty (E_UNSUPPORTED when the vocabulary cannot continue).
+   * The array may be shared: do not write it.
+   */
+  allowed(state: GrammarState, stops?: ArrayLike<number>): Uint32Array;
+}
+
+/** The byte strings of a vocabulary's tokens as they decode inside text (null: not text, e.g. a special token). */
+export class TokenVocabulary {
+  readonly size: number;
+  private readonly bytes: readonly (Uint8Array | null)[];
+  // The trie of the byte strings (node 0 the root): children as first-child / next-sibling lists,
+  // and per node the tokens that end there (tokHead, tokNext chained by token id).
+  private trie?: { first: Int32Array; next: Int32Array; byte: Uint8Array; tokHead: Int32Array; tokNext: Int32Array };
+
+  /** `bytes[id]`: token id's bytes; null, undefined or empty: never allowed by a grammar. */
+  constructor(bytes: readonly (Uint8Array | null | undefined)[]) {
+    if (!Array.isArray(bytes)) throw codedError('E_ARG', 'TokenVocabulary: expected an array of Uint8Array | null, one per token id');
+    this.bytes = bytes.map((b, i) => {
+      if (b === null || b === undefined) return null;
+      if (!(b instanceof Uint8Array)) throw codedError('E_ARG', `TokenVocabulary: entry ${i} is not a Uint8Array or null`);
+      return b.length > 0 ? b : null;
+    });
+    this.size = bytes.length;
+  }
+
+  /** Token id's bytes (null: not text). */
+  bytesOf(id: number): Uint8Array | null {
+    return this.bytes[id] ?? null;
+  }
+
+  /**
+   * The vocabulary of a tokenizer, `vocabSize` ids (the model's: ids past the tokenizer's are not
+   * text). Byte-level (GPT-2, Llama 3, Qwen) and SentencePiece (Llama 2, Mistral: ▁ and <0xNN>
+   * pieces) tokenizers; E_UNSUPPORTED for others (WordPiece and word-level decoders join tokens with
+   * spaces: a token has no bytes of its own).
+   */
+  static fromTokenizer(tokenizer: TextTokenizer, vocabSize: number): TokenVocabulary {
+    return new TokenVocabulary(tokenizer.tokenBytes(vocabSize));
+  }
+
+  /** @internal The trie, built on first use. */
+  get tree(): NonNullable<TokenVocabulary['trie']> {
+    if (this.trie) return this.trie;
+    // Build with maps, then flatten (children in byte order).
+    const kids: Map<number, number>[] = [new Map()];
+    const ends: number[][] = [[]];
+    this.bytes.forEach((b, id) => {
+      if (!b) return;
+      let n = 0;
+      for (const c of b) {
+        const m = kids[n] as Map<number, number>;
+        let k = m.get(c);
+        if (k === undefined) {
+          k = kids.length;
+          m.set(c, k);
+          kids.push(new Map());
+          ends.push([]);
+        }
+        n = k;
+      }
+      (ends[n] as number[]).push(id);
+    });
+    const N = kids.length;
+    const first = new Int32Array(N).fill(-1), next = new Int32Array(N).fill(-1), byte = new Uint8Array(N), tokHead = new Int32Array(N).fill(-1);
+    const tokNext = new Int32Array(this.size).fill(-1);
+    for (let n = 0; n < N; n++) {
+      const ch = [...(kids[n] as Map<number, number>).entries()].sort((a, b) => a[0] - b[0]);
+      for (let i = ch.length - 1; i >= 0; i--) {
+        const [c, k] = ch[i] as [number, number];
+        byte[k] = c;
+        next[k] = first[n] as number;
+        first[n] = k;
+      }
+      const e = ends[n] as number[];
+      for (let i = e.length - 1; i >= 0; i--) {
+        tokNext[e[i] as number] = tokHead[n] as number;
+        tokHead[n] = e[i] as number;
+      }
+    }
+    return (this.trie = { first, next, byte, tokHead, tokNext });
+  }
+}
+
+export interface JsonGrammarOptions {
+  /** What the output is: 'object' (OpenAI's json_object: a JSON object) or 'value' (any JSON value). Default 'object'. */
+  readonly root?: 'object' | 'value';
+  /**
+   * The longest run of whitespace between tokens of the JSON text (not after it): a model that
+   * would pad forever cannot. Default 32.
+   */
+  readonly maxWhitespace?: number;
+  /** The deepest nesting of objects and arrays. Default 64. */
+  readonly maxDepth?: number;
+  /** Masks kept (LRU), each ceil(vocabSize / 32) words. Default 2048. */
+  readonly cacheEntries?: number;
+}
+
+// Automaton modes. Structural: whitespace allowed (counted in ws).
+const M_TOP = 0, M_VALUE = 1, M_ARR_FIRST = 2, M_OBJ_FIRST = 3, M_OBJ_KEY = 4, M_COLON = 5, M_AFTER = 6, M_DONE = 7;
+// In a string (aux bit 0: a key; aux >> 1: hex digits or UTF-8 continuation bytes still due).
+const M_STR = 8, M_ESC = 9, M_HEX = 10, M_UTF8 = 11;
+// Numbers: -, 0, 1-9 digits, '.', fraction digits, e/E, exponent sign, exponent digits.
+const M_MINUS = 12, M_ZERO = 13, M_INT = 14, M_DOT = 15, M_FRAC = 16, M_E = 17, M_ESIGN = 18, M_EXP = 19;
+// true / false / null (aux: literal * 8 + bytes matched).
+const M_LIT = 20;
+const LITERALS = ['true', 'false', 'null'].map((s) => Array.from(s, (c) => c.charCodeAt(0)));
+
+class JsonState implements GrammarState {
+  readonly key: string;
+  constructor(
+    readonly mode: number,
+    readonly aux: number,
+    readonly ws: number,
+    readonly stack: string,
+  ) {
+    this.key = `${mode}:${aux}:${ws}:${stack}`;
+  }
+}
+
+/** A JSON text over a vocabulary (response_format json_object; `root: 'value'` for any JSON value). */
+export class JsonGrammar implements TokenGrammar {
+  readonly vocabSize: number;
+  readonly name: string;
+  private readonly rootAny: boolean;
+  private readonly maxWs: number;
+  private readonly maxDepth: number;
+  private readonly cacheEntries: number;
+  private readonly cache = new Map<string, Uint32Array>();
+  private readonly words: number;
+  // step()'s result (module of one automaton step, without allocating a state per byte).
+  private rMode = 0;
+  private rAux = 0;
+  private rWs = 0;
+  private rStack = '';
+
+  constructor(
+    readonly vocabulary: TokenVocabulary,
+    options: JsonGrammarOptions = {},
+  ) {
+    if (!(vocabulary instanceof TokenVocabulary)) throw codedError('E_ARG', 'JsonGrammar: expected a TokenVocabulary');
+    if (typeof options !== 'object' || options === null) throw codedError('E_ARG', 'JsonGrammar options: expected an object');
+    const root = options.root ?? 'object';
+    if (root !== 'object' && root !== 'value') throw codedError('E_ARG', `JsonGrammar root: expected 'object' or 'value', got ${String(root)}`);
+    const int = (v: number | undefined, name: string, dflt: number, min: number): number => {
+      if (v === undefined) return dflt;
+      if (!Number.isSafeInteger(v) || v < min) throw codedError('E_ARG', `JsonGrammar ${name}: expected an integer >= ${min}, got ${String(v)}`);
+      return v;
+    };
+    this.rootAny = root === 'value';
+    this.maxWs = int(options.maxWhitespace, 'maxWhitespace', 32, 0);
+    this.maxDepth = int(options.maxDepth, 'maxDepth', 64, 1);
+    this.cacheEntries = int(options.cacheEntries, 'cacheEntries', 2048, 1);
+    this.vocabSize = vocabulary.size;
+    this.words = (this.vocabSize + 31) >>> 5;
+    this.name = this.rootAny ? 'JSON value' : 'JSON object';
+  }
+
+  start(): GrammarState {
+    return new JsonState(M_TOP, 0, 0, '');
+  }
+
+  next(state: GrammarState, token: number): GrammarState | undefined {
+    const b = Number.isInteger(token) && token >= 0 && token < this.vocabSize ? this.vocabulary.bytesOf(token) : null;
+    if (!b) return undefined;
+    const s = state as JsonState;
+    let mode = s.mode, aux = s.aux, ws = s.ws, stack = s.stack;
+    for (const c of b) {
+      if (!this.step(mode, aux, ws, stack, c)) return undefined;
+      mode = this.rMode;
+      aux = this.rAux;
+      ws = this.rWs;
+      stack = this.rStack;
+    }
+    return new JsonState(mode, aux, ws, stack);
+  }
+
+  accepts(state: GrammarState): boolean {
+    const s = state as JsonState;
+    // (A number at the root ends where the output does.)
+    return s.mode === M_DONE || (s.stack === '' && (s.mode === M_ZERO || s.mode === M_INT || s.mode === M_FRAC || s.mode === M_EXP));
+  }
+
+  allowed(state: GrammarState, stops?: ArrayLike<number>): Uint32Array {
+    const s = state as JsonState;
+    let m = this.cache.get(s.key);
+    if (m) {
+      // Most recently used last.
+      this.cache.delete(s.key);
+      this.cache.set(s.key, m);
+    } else {
+      m = new Uint32Array(this.words);
+      this.fill(0, s.mode, s.aux, s.ws, s.stack, m);
+      this.cache.set(s.key, m);
+      if (this.cache.size > this.cacheEntries) this.cache.delete(this.cache.keys().next().value as string);
+    }
+    const ends = this.accepts(s) && stops !== undefined && stops.length > 0;
+    if (ends) {
+      m = Uint32Array.from(m);
+      for (let i = 0; i < stops.length; i++) {
+        const t = stops[i] as number;
+        if (t >= 0 && t < this.vocabSize) m[t >>> 5] = (m[t >>> 5] as number) | (1 << (t & 31));
+      }
+    }
+    if (!m.some((w) => w !== 0)) {
+      throw codedError('E_UNSUPPORTED', `${this.name}: no token of the vocabulary continues the output here${this.accepts(s) ? ' (the JSON is complete, and no stop token may end it)' : ''}`);
+    }
+    return m;
+  }
+
+  /** Sets the bits of the tokens below trie node `node` that the automaton accepts from (mode, aux, ws, stack). */
+  private fill(node: number, mode: number, aux: number, ws: number, stack: string, out: Uint32Array): void {
+    const { first, next, byte, tokHead, tokNext } = this.vocabulary.tree;
+    for (let c = first[node] as number; c >= 0; c = next[c] as number) {
+      if (!this.step(mode, aux, ws, stack, byte[c] as number)) continue;
+      const m = this.rMode, a = this.rAux, w = this.rWs, s = this.rStack;
+      for (let t = tokHead[c] as number; t >= 0; t = tokNext[t] as number) out[t >>> 5] = (out[t >>> 5] as number) | (1 << (t & 31));
+      if ((first[c] as number) >= 0) this.fill(c, m, a, w, s, out);
+    }
+  }
+
+  private set(mode: number, aux: number, ws: number, stack: string): true {
+    this.rMode = mode;
+    this.rAux = aux;
+    this.rWs = ws;
+    this.rStack = stack;
+    return true;
+  }
+
+  /** After a value: the container's continuation, or done at the root. */
+  private after(stack: string): number {
+    return stack.length === 0 ? M_DONE : M_AFTER;
+  }
+
+  private open(stack: string, c: string, mode: number): boolean {
+    return stack.length < this.maxDepth && this.set(mode, 0, 0, stack + c);
+  }
+
+  private close(stack: string): true {
+    const s = stack.slice(0, -1);
+    return this.set(this.after(s), 0, 0, s);
+  }
+
+  /** The first byte of a value. */
+  private value(b: number, stack: string): boolean {
+    if (b === 0x7b) return this.open(stack, '{', M_OBJ_FIRST);
+    if (b === 0x5b) return this.open(stack, '[', M_ARR_FIRST);
+    if (b === 0x22) return this.set(M_STR, 0, 0, stack);
+    if (b === 0x2d) return this.set(M_MINUS, 0, 0, stack);
+    if (b === 0x30) return this.set(M_ZERO, 0, 0, stack);
+    if (b >= 0x31 && b <= 0x39) return this.set(M_INT, 0, 0, stack);
+    if (b === 0x74) return this.set(M_LIT, 0 * 8 + 1, 0, stack);
+    if (b === 0x66) return this.set(M_LIT, 1 * 8 + 1, 0, stack);
+    if (b === 0x6e) return this.set(M_LIT, 2 * 8 + 1, 0, stack);
+    return false;
+  }
+
+  /** One byte from (mode, aux, ws, stack): false when the automaton rejects it, else the new state in r*. */
+  private step(mode: number, aux: number, ws: number, stack: string, b: number): boolean {
+    for (;;) {
+      if (mode <= M_DONE && (b === 0x20 || b === 0x0a || b === 0x0d || b === 0x09)) {
+        // (After the JSON text, whitespace is not capped: nothing else may follow but a stop token.)
+        if (mode !== M_DONE && ws >= this.maxWs) return false;
+        return this.set(mode, aux, ws + 1, stack);
+      }
+      const digit = b >= 0x30 && b <= 0x39;
+      switch (mode) {
+        case M_TOP:
+          return this.rootAny ? this.value(b, stack) : b === 0x7b && this.open(stack, '{', M_OBJ_FIRST);
+        case M_ARR_FIRST:
+          if (b === 0x5d) return this.close(stack);
+          return this.value(b, stack);
+        case M_VALUE:
+          return this.value(b, stack);
+        case M_OBJ_FIRST:
+          if (b === 0x7d) return this.close(stack);
+          return b === 0x22 && this.set(M_STR, 1, 0, stack);
+        case M_OBJ_KEY:
+          return b === 0x22 && this.set(M_STR, 1, 0, stack);
+        case M_COLON:
+          return b === 0x3a && this.set(M_VALUE, 0, 0, stack);
+        case M_AFTER: {
+          const top = stack.charCodeAt(stack.length - 1);
+          if (b === 0x2c) return this.set(top === 0x7b ? M_OBJ_KEY : M_VALUE, 0, 0, stack);
+          if ((b === 0x7d && top === 0x7b) || (b === 0x5d && top === 0x5b)) return this.close(stack);
+          return false;
+        }
+        case M_DONE:
+          return false;
+        case M_STR: {
+          const key = aux & 1;
+          if (b === 0x22) return this.set(key ? M_COLON : this.after(stack), 0, 0, stack);
+          if (b === 0x5c) return this.set(M_ESC, key, 0, stack);
+          if (b < 0x20) return false;
+          if (b < 0x80) return this.set(M_STR, key, 0, stack);
+          // UTF-8: a lead byte and its continuation bytes (no overlong two-byte leads, nothing past U+10FFFF).
+          const need = b >= 0xc2 && b <= 0xdf ? 1 : b >= 0xe0 && b <= 0xef ? 2 : b >= 0xf0 && b <= 0xf4 ? 3 : 0;
+          return need > 0 && this.set(M_UTF8, key | (need << 1), 0, stack);
+        }
+        case M_UTF8: {
+          if ((b & 0xc0) !== 0x80) return false;
+          const need = (aux >> 1) - 1;
+          return this.set(need > 0 ? M_UTF8 : M_STR, (aux & 1) | (need << 1), 0, stack);
+        }
+        case M_ESC:
+          if (b === 0x75) return this.set(M_HEX, (aux & 1) | (4 << 1), 0, stack);
+          return (b === 0x22 || b === 0x5c || b === 0x2f || b === 0x62 || b === 0x66 || b === 0x6e || b === 0x72 || b === 0x74) && this.set(M_STR, aux & 1, 0, stack);
+        case M_HEX: {
+          if (!(digit || (b >= 0x41 && b <= 0x46) || (b >= 0x61 && b <= 0x66))) return false;
+          const need = (aux >> 1) - 1;
+          return this.set(need > 0 ? M_HEX : M_STR, (aux & 1) | (need << 1), 0, stack);
+        }
+        case M_MINUS:
+          if (b === 0x30) return this.set(M_ZERO, 0, 0, stack);
+          return b >= 0x31 && b <= 0x39 && this.set(M_INT, 0, 0, stack);
+        case M_DOT:
+          return digit && this.set(M_FRAC, 0, 0, stack);
+        case M_E:
+          if (b === 0x2b || b === 0x2d) return this.set(M_ESIGN, 0, 0, stack);
+          return digit && this.set(M_EXP, 0, 0, stack);
+        case M_ESIGN:
+          return digit && this.set(M_EXP, 0, 0, stack);
+        case M_ZERO:
+        case M_INT:
+        case M_FRAC:
+        case M_EXP:
+          if (digit && mode !== M_ZERO) return this.set(mode, 0, 0, stack);
+          if (b === 0x2e && (mode === M_ZERO || mode === M_INT)) return this.set(M_DOT, 0, 0, stack);
+          if ((b === 0x65 || b === 0x45) && mode !== M_EXP) return this.set(M_E, 0, 0, stack);
+          // The number ends before this byte: read it as what follows a value.
+          mode = this.after(stack);
+          aux = 0;
+          ws = 0;
+          continue;
+        case M_LIT: {
+          const lit = LITERALS[aux >> 3] as number[];
+          const at = aux & 7;
+          if (b !== lit[at]) return false;
+          return at + 1 === lit.length ? this.set(this.after(stack), 0, 0, stack) : this.set(M_LIT, aux + 1, 0, stack);
+        }
+        default:
+          return false;
+      }
+    }
+  }
+}
+
+/**
+ * A sequence's grammar state, kept along its output: the state after each output length, extended
+ * as the output grows (recomputed from the start if the output changed under it).
+ */
+export class GrammarCursor {
+  private readonly states: (GrammarState | undefined)[];
+  private readonly tokens: number[] = [];
+
+  constructor(readonly grammar: TokenGrammar) {
+    this.states = [grammar.start()];
+  }
+
+  /** The state after `output[0 .. length)` (undefined: the grammar rejected a token of it). */
+  at(output: ArrayLike<number>, from: number, length: number): GrammarState | undefined {
+    const n = length - from;
+    // Unchanged where known? (Checked from the end: outputs only grow, except a restarted request's.)
+    let k = Math.min(n, this.tokens.length);
+    if (k > 0 && this.tokens[k - 1] !== output[from + k - 1]) k = 0;
+    if (k < this.tokens.length) {
+      this.tokens.length = k;
+      this.states.length = k + 1;
+    }
+    for (let i = k; i < n; i++) {
+      const t = output[from + i] as number;
+      const s = this.states[i];
+      this.tokens.push(t);
+      this.states.push(s === undefined ? undefined : this.grammar.next(s, t));
+    }
+    return this.states[n];
+  }
+}
+
+/** A GenerateOptions.grammar: undefined, or a TokenGrammar over the model's `vocabSize` ids (E_ARG otherwise). */
+export function checkGrammar(g: unknown, vocabSize: number): void {
+  if (g === undefined) return;
+  const o = g as Partial<TokenGrammar> | null;
+  if (typeof o !== 'object' || o === null || typeof o.start !== 'function' || typeof o.next !== 'function' || typeof o.allowed !== 'function' || typeof o.accepts !== 'function') {
+    throw codedError('E_ARG', 'grammar: expected a TokenGrammar (start, next, accepts, allowed), e.g. new JsonGrammar(TokenVocabulary.fromTokenizer(tokenizer, vocabSize))');
+  }
+  if (o.vocabSize !== vocabSize) throw codedError('E_ARG', `grammar: its vocabulary has ${String(o.vocabSize)} ids, the model's ${vocabSize}`);
+}

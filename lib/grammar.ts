@@ -417,3 +417,37 @@ export function checkGrammar(g: unknown, vocabSize: number): void {
   }
   if (o.vocabSize !== vocabSize) throw codedError('E_ARG', `grammar: its vocabulary has ${String(o.vocabSize)} ids, the model's ${vocabSize}`);
 }
+
+/** What a draft's masks read of a sequence (an engine sequence has them; SpecSequence.grammar). */
+export interface GrammarSequence {
+  readonly history: readonly number[];
+  readonly promptLength: number;
+  readonly grammar?: GrammarCursor | undefined;
+  readonly stopTokens?: Int32Array | undefined;
+}
+
+/**
+ * A draft's mask for a row that continues seq's output with `path` (the tokens drafted below the
+ * root), over the draft's first `vocab` ids: drafts that follow the grammar are drafts the target
+ * can accept. Undefined where there is no grammar, the path leaves it, or it allows none of the
+ * draft's ids (the row then drafts unmasked: such drafts are rejected, never emitted).
+ */
+export function draftMask(seq: GrammarSequence, path: readonly number[], vocab: number): Uint32Array | undefined {
+  const c = seq.grammar;
+  if (!c) return undefined;
+  let s = c.at(seq.history, seq.promptLength, seq.history.length);
+  for (let i = 0; i < path.length && s; i++) s = c.grammar.next(s, path[i] as number);
+  if (!s) return undefined;
+  let m: Uint32Array;
+  try {
+    m = c.grammar.allowed(s, seq.stopTokens);
+  } catch {
+    return undefined;  // (the target's rows say so: the engine fails the request)
+  }
+  const W = (vocab + 31) >>> 5;
+  if (m.length === W && vocab % 32 === 0) return m;
+  const out = new Uint32Array(W);
+  out.set(m.subarray(0, W));
+  if (vocab % 32 !== 0 && m.length >= W) out[W - 1] = (out[W - 1] as number) & ((1 << (vocab % 32)) - 1);
+  return out.some((w) => w !== 0) ? out : undefined;
+}

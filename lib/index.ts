@@ -34,6 +34,7 @@ export { parseLlamaConfig, readLlamaConfig } from './models/config';
 export type { LlamaConfig } from './models/config';
 export { TextTokenizer, tokenizerMismatch, type ChatMessage, type ChatTemplateOptions } from './tokenizer';
 export { GrammarCursor, JsonGrammar, TokenVocabulary, type GrammarState, type JsonGrammarOptions, type TokenGrammar } from './grammar';
+export { JsonSchemaGrammar, type JsonSchemaGrammarOptions } from './json_schema';
 
 // Decoding: the plain baseline, the speculative decoder, token trees and the strategies.
 export { plainGenerate } from './plain';

@@ -11,6 +11,7 @@ import { strategyHook } from '../lib/cli/strategy_flags';
 import { LlamaModel } from '../lib/models/llama';
 import { TextTokenizer } from '../lib/tokenizer';
 import { GrammarCursor, JsonGrammar, TokenVocabulary } from '../lib/grammar';
+import { JsonSchemaGrammar } from '../lib/json_schema';
 import { byteLevelJsonTokenizer } from './fixtures/tokenizers';
 import { configJson, specByName, writeCheckpoint } from './fixtures/checkpoints';
 import { rng, testSeed } from './helpers';
@@ -136,7 +137,7 @@ describe('specdec generate (cli)', function () {
     assert.strictEqual(other.tokens.length, 10);
   });
 
-  it('--response-format json_object: the tokens follow the JSON grammar, plainly and with a strategy alike; refused for a WordPiece tokenizer', () => {
+  it('--response-format json_object and --json-schema FILE: the tokens follow the grammar, plainly and with a strategy alike; refused for a WordPiece tokenizer and an unsupported schema', () => {
     const jdir = path.join(root, 'json');
     writeCheckpoint(jdir, { ...specByName('llama-gqa-f32'), vocab: 325, tokenizer: false }, testSeed + 3);
     const tokenizer = byteLevelJsonTokenizer(325);
@@ -159,7 +160,23 @@ describe('specdec generate (cli)', function () {
     assert.match(wp.stderr, /--response-format json_object: .*WordPiece/);
     const bad = cli(['--model', dir, '--prompt', 'a b', '--response-format', 'yaml']);
     assert.notStrictEqual(bad.code, 0);
-    assert.match(bad.stderr, /--response-format: expected text or json_object, got 'yaml'/);
+    assert.match(bad.stderr, /--response-format: expected text or json_object .*got 'yaml'/);
+    // --json-schema FILE: the tokens follow the schema's grammar (here: an enum, so the output is one of its values).
+    const schemaFile = path.join(root, 'schema.json');
+    fs.writeFileSync(schemaFile, JSON.stringify({ type: 'object', properties: { pick: { enum: ['yes', 'no'] }, n: { type: 'integer' } }, required: ['pick'] }));
+    const sargs = ['--model', jdir, '--prompt', 'JSON: ', '--max-new-tokens', '40', '--json', '--device', 'cpu', '--json-schema', schemaFile, '--logit-bias', `${3 + 0x7d}=5,2=30`];
+    const sres = cli(sargs);
+    assert.strictEqual(sres.code, 0, sres.stderr);
+    const srec = JSON.parse(sres.stdout) as Record;
+    const sg = new JsonSchemaGrammar(new TokenVocabulary(TextTokenizer.load(jdir)!.tokenBytes(325)), JSON.parse(fs.readFileSync(schemaFile, 'utf8')));
+    const body = srec.tokens.filter((t) => t !== 2);
+    assert.ok(new GrammarCursor(sg).at(body, 0, body.length), `${srec.text}: a token the schema does not allow`);
+    if (srec.finishReason === 'stop') assert.ok(['yes', 'no'].includes((JSON.parse(srec.text) as { pick: string }).pick), srec.text);
+    assert.deepStrictEqual((JSON.parse(cli([...sargs, '--draft', jdir, '--draft-k', '3']).stdout) as Record).tokens, srec.tokens, 'a draft model: the same tokens');
+    fs.writeFileSync(schemaFile, JSON.stringify({ type: 'string', minLength: 3 }));
+    const refused = cli(sargs);
+    assert.notStrictEqual(refused.code, 0);
+    assert.match(refused.stderr, /--json-schema: json schema #: the keyword 'minLength' is not supported/);
   });
 
   it('bad input exits non-zero with one line on stderr', () => {

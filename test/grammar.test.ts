@@ -14,7 +14,7 @@ import { HybridSpeculator } from '../lib/strategies/hybrid';
 import { LookaheadSpeculator } from '../lib/strategies/lookahead';
 import { MedusaSpeculator } from '../lib/strategies/medusa';
 import { PromptLookupSpeculator } from '../lib/strategies/prompt_lookup';
-import type { Speculator } from '../lib/strategies/speculator';
+import type { ProposalBatch, SpecSequence, Speculator } from '../lib/strategies/speculator';
 import { Tensor } from '../lib/tensor';
 import { TextTokenizer } from '../lib/tokenizer';
 import { defaultModelPaths } from '../lib/default_models';
@@ -362,6 +362,50 @@ describe('decoding with a grammar (embedded family, a byte-level JSON vocabulary
     }
     const kv = target.kvInfo();
     assert.strictEqual(kv.freePages, kv.totalPages);
+  });
+
+  it('a draft model drafts within the grammar (its rows masked as the target\'s): a chain\'s drafts all follow it, a tree\'s first children do', async () => {
+    const { target, draft } = family;
+    for (const [name, make, tree] of [
+      ['chain k=4', () => new DraftModelSpeculator({ draft, k: 4 }), false],
+      ['chain k=3, sampled', () => new DraftModelSpeculator({ draft, k: 3 }), false],
+      ['tree [3,2]', () => new DraftModelSpeculator({ draft, treeBranching: [3, 2] }), true],
+    ] as const) {
+      const spec = make();
+      let checked = 0;
+      const propose = spec.propose.bind(spec);
+      const check = (seqs: readonly SpecSequence[], batch: ProposalBatch): ProposalBatch => {
+        batch.proposals.forEach((p, b) => {
+          const s = seqs[b]!;
+          // (A stop token where the JSON is complete ends the path: 'end'.)
+          const states: (GrammarState | 'end' | undefined)[] = [s.grammar!.at(s.history, s.promptLength, s.history.length)];
+          for (let i = 1; i < p.tokens.length; i++) {
+            const up = states[p.parents[i]!];
+            const t = p.tokens[i]!;
+            if (up === 'end') {
+              states.push('end');
+              continue;
+            }
+            states.push(up && (grammar.next(up, t) ?? (s.stopTokens?.includes(t) && grammar.accepts(up) ? 'end' : undefined)));
+            const first = p.parents.indexOf(p.parents[i]!) === i;
+            if (!tree || first) assert.ok(states[i], `${name}: draft node ${i} (token ${t}) leaves the grammar`);
+            checked++;
+          }
+        });
+        return batch;
+      };
+      spec.propose = (seqs, ctx) => {
+        const r = propose(seqs, ctx);
+        return r instanceof Promise ? r.then((x) => check(seqs, x)) : check(seqs, r as ProposalBatch);
+      };
+      const engine = new Engine({ model: target, speculator: spec });
+      try {
+        await Promise.all(prompts.map((p, i) => engine.submit(p, { maxNewTokens: 30, grammar, seed: 2, stream: i, ...(name.includes('sampled') ? { sampling: { temperature: 0.8 } } : {}) })));
+      } finally {
+        engine.close();
+      }
+      assert.ok(checked > 50, `${name}: ${checked} draft nodes checked`);
+    }
   });
 
   it('a grammar over another vocabulary, or not a grammar, is refused at submit; one that allows nothing fails its request only', async () => {

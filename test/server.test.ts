@@ -19,6 +19,7 @@ import { CompletionServer } from '../lib/server/server';
 import { DraftModelSpeculator } from '../lib/strategies/draft_model';
 import { TextTokenizer } from '../lib/tokenizer';
 import { GrammarCursor, JsonGrammar, TokenVocabulary } from '../lib/grammar';
+import { JsonSchemaGrammar } from '../lib/json_schema';
 import { byteLevelJsonTokenizer, tokenizerFrom } from './fixtures/tokenizers';
 
 describe('specdec serve', function () {
@@ -332,6 +333,33 @@ describe('specdec serve', function () {
       // Without the grammar the same request writes other tokens.
       const free = await postJson(`${jurl}/v1/completions`, { ...body, response_format: { type: 'text' } });
       assert.notDeepStrictEqual((free.json['choices'] as Choice[]).map((c) => c.text), choices.map((c) => c.text));
+      // json_schema: values valid for the schema (its properties in order, the required ones there).
+      const schema = { type: 'object', properties: { name: { type: 'string' }, n: { type: 'integer' }, tag: { enum: ['a', 'b'] } }, required: ['name', 'tag'], additionalProperties: false };
+      const sg = new JsonSchemaGrammar(TokenVocabulary.fromTokenizer(tokenizer, target.config.vocabSize), schema);
+      const sr = await postJson(`${jurl}/v1/completions`, { ...body, logit_bias: { ...logit_bias, [3 + 0x2c]: 3 }, response_format: { type: 'json_schema', json_schema: { name: 'person', schema, strict: true } } });
+      assert.strictEqual(sr.status, 200, JSON.stringify(sr.json));
+      let valid = 0;
+      for (const c of sr.json['choices'] as Choice[]) {
+        const ids = c.token_ids.filter((t) => t !== 2);
+        assert.ok(new GrammarCursor(sg).at(ids, 0, ids.length), `${c.text}: a token the schema does not allow`);
+        if (c.finish_reason !== 'stop') continue;
+        const v = JSON.parse(c.text) as Record<string, unknown>;
+        assert.deepStrictEqual(Object.keys(v).filter((k) => k !== 'n'), ['name', 'tag'], c.text);
+        assert.ok(typeof v['name'] === 'string' && ['a', 'b'].includes(v['tag'] as string) && (v['n'] === undefined || Number.isInteger(v['n'])), c.text);
+        valid++;
+      }
+      assert.ok(valid >= 1, `${valid} choices ended valid`);
+      for (const [rf, msg] of [
+        [{ type: 'json_schema', json_schema: { name: 'x', schema: { type: 'string', pattern: 'a+' } } }, /json_schema: json schema #: the keyword 'pattern' is not supported/],
+        [{ type: 'json_schema', json_schema: { name: 'x' } }, /expected json_schema: \{ schema/],
+        [{ type: 'json_schema' }, /expected json_schema: \{ schema/],
+      ] as const) {
+        const bad = await postJson(`${jurl}/v1/completions`, { prompt: 'x', response_format: rf });
+        assert.strictEqual(bad.status, 400);
+        const err = bad.json['error'] as { param: string; message: string };
+        assert.strictEqual(err.param, 'response_format');
+        assert.match(err.message, msg);
+      }
     } finally {
       await json.close();
     }

@@ -11,6 +11,7 @@ import type { Penalties } from '../sampling';
 import { IncrementalText, SettledText } from '../text';
 import { TextTokenizer, type ChatMessage } from '../tokenizer';
 import { JsonGrammar, TokenVocabulary, type TokenGrammar } from '../grammar';
+import { JsonSchemaGrammar } from '../json_schema';
 import { defaultModelPaths } from '../default_models';
 import { codedError } from '../errors';
 import { MAX_LOGPROBS } from '../logprobs';
@@ -56,6 +57,8 @@ export interface GenerateFlags {
   readonly minTokens?: number;
   /** --response-format json_object: the output is a JSON object (a JsonGrammar over the tokenizer's vocabulary). */
   readonly responseFormat?: 'json_object';
+  /** --json-schema FILE: the output is a JSON value valid for this JSON Schema (lib/json_schema.ts's subset). */
+  readonly jsonSchema?: string;
   readonly device: Device | 'auto';
   readonly json: boolean;
 }
@@ -115,7 +118,7 @@ export interface GenerateIo {
 export const GENERATE_USAGE = `usage: specdec generate [--model DIR] [--draft DIR [--draft-k K]] [--medusa DIR | --eagle DIR | --lookahead W,N,G | --prompt-lookup N]
                        (--prompt TEXT | --prompt-ids 1,2,3 | --batch-file F) [--chat [--system TEXT] [--chat-vars JSON]]
                        [--max-new-tokens N] [--min-tokens N] [--max-context N] [--ignore-eos]
-                       [--response-format json_object]
+                       [--response-format json_object | --json-schema FILE]
                        [--temperature T --top-k K --top-p P --min-p P --seed S]
                        [--repetition-penalty R --presence-penalty P --frequency-penalty F] [--logit-bias ID=B,...]
                        [--device cpu|cuda|auto] [--json [--logprobs N] [--prompt-logprobs N]]
@@ -138,6 +141,9 @@ export const GENERATE_USAGE = `usage: specdec generate [--model DIR] [--draft DI
   --response-format json_object
                       the output is a JSON object (OpenAI's response_format; EOS only once it is
                       complete; needs a byte-level or SentencePiece tokenizer). Default: text
+  --json-schema FILE  the output is a JSON value valid for the JSON Schema in FILE (type, enum, const,
+                      properties (written in the schema's order), required, items, minItems,
+                      maxItems; other keywords are refused)
   --max-context N     positions per sequence (prompt + output) the KV cache is sized for; a run that
                       fills them ends with finishReason 'context' (default: the longest prompt +
                       --max-new-tokens, at most the model's max_position_embeddings)
@@ -221,7 +227,7 @@ export function parseLogitBias(v: string): Map<number, number> {
 /** The flags of `generate` that take a value (the strategy flags are STRATEGY_FLAGS). */
 const VALUE_FLAGS: readonly string[] = [
   '--model', '--prompt', '--prompt-ids', '--max-new-tokens', '--max-context',
-  '--temperature', '--top-k', '--top-p', '--min-p', '--seed', '--repetition-penalty', '--presence-penalty', '--frequency-penalty', '--logit-bias', '--logprobs', '--prompt-logprobs', '--min-tokens', '--response-format', '--device', '--batch-file', '--system', '--chat-vars',
+  '--temperature', '--top-k', '--top-p', '--min-p', '--seed', '--repetition-penalty', '--presence-penalty', '--frequency-penalty', '--logit-bias', '--logprobs', '--prompt-logprobs', '--min-tokens', '--response-format', '--json-schema', '--device', '--batch-file', '--system', '--chat-vars',
 ];
 
 /** Every flag `generate` accepts (each is described in GENERATE_USAGE). */
@@ -305,7 +311,9 @@ export function parseGenerateFlags(argv: readonly string[]): GenerateFlags {
   const minTokens = mt !== undefined ? parseIntFlag('--min-tokens', mt, 0) : undefined;
   const maxContext = get('--max-context');
   const rf = get('--response-format');
-  if (rf !== undefined && rf !== 'text' && rf !== 'json_object') throw new CliError(`--response-format: expected text or json_object, got '${rf}'`);
+  if (rf !== undefined && rf !== 'text' && rf !== 'json_object') throw new CliError(`--response-format: expected text or json_object (a schema: --json-schema FILE), got '${rf}'`);
+  const jsonSchema = get('--json-schema');
+  if (jsonSchema !== undefined && rf === 'json_object') throw new CliError('--json-schema and --response-format json_object: one or the other');
   return {
     ...(model !== undefined ? { model } : {}),
     strategy,
@@ -328,6 +336,7 @@ export function parseGenerateFlags(argv: readonly string[]): GenerateFlags {
     ...(promptLogprobs !== undefined ? { promptLogprobs } : {}),
     ...(minTokens !== undefined ? { minTokens } : {}),
     ...(rf === 'json_object' ? { responseFormat: rf } : {}),
+    ...(jsonSchema !== undefined ? { jsonSchema } : {}),
     device,
     json,
   };
@@ -480,12 +489,23 @@ export async function generateCommand(argv: string[], io: GenerateIo = {}): Prom
     model = await LlamaModel.load(modelDir, { device: flags.device, maxSequences: prompts.length, maxContext, ...(treeTokens !== undefined ? { treeTokens } : {}) });
     const decode = (ids: ArrayLike<number>): string => (tokenizer ? tokenizer.decode(ids, { skipSpecialTokens: true }) : '');
     let grammar: TokenGrammar | undefined;
-    if (flags.responseFormat === 'json_object') {
-      if (!tokenizer) throw new CliError(`--response-format json_object: ${modelDir} has no tokenizer.json or tokenizer.model (the grammar reads the tokens' bytes)`, 1);
+    if (flags.responseFormat === 'json_object' || flags.jsonSchema !== undefined) {
+      const what = flags.jsonSchema !== undefined ? '--json-schema' : '--response-format json_object';
+      if (!tokenizer) throw new CliError(`${what}: ${modelDir} has no tokenizer.json or tokenizer.model (the grammar reads the tokens' bytes)`, 1);
+      let schema: unknown;
+      if (flags.jsonSchema !== undefined) {
+        try {
+          schema = JSON.parse(fs.readFileSync(flags.jsonSchema, 'utf8'));
+        } catch (e) {
+          throw new CliError(`--json-schema: ${flags.jsonSchema}: ${(e as Error).message.split('\n')[0]}`, 1);
+        }
+      }
       try {
-        grammar = new JsonGrammar(TokenVocabulary.fromTokenizer(tokenizer, config.vocabSize));
+        const vocabulary = TokenVocabulary.fromTokenizer(tokenizer, config.vocabSize);
+        grammar = flags.jsonSchema !== undefined ? new JsonSchemaGrammar(vocabulary, schema) : new JsonGrammar(vocabulary);
       } catch (e) {
-        if ((e as { code?: unknown }).code === 'E_UNSUPPORTED') throw new CliError(`--response-format json_object: ${(e as Error).message}`, 1);
+        const code = (e as { code?: unknown }).code;
+        if (code === 'E_UNSUPPORTED' || code === 'E_ARG') throw new CliError(`${what}: ${(e as Error).message}`, 1);
         throw e;
       }
     }

@@ -10,6 +10,7 @@ import type { AddressInfo } from 'net';
 import type { GenerateOptions } from '../decoder';
 import type { Engine, RequestOptions } from '../engine/engine';
 import { JsonGrammar, TokenVocabulary, type TokenGrammar } from '../grammar';
+import { JsonSchemaGrammar } from '../json_schema';
 import { MAX_LOGPROBS, type TokenLogprobs } from '../logprobs';
 import type { Penalties } from '../sampling';
 import type { SamplingConfig } from '../strategies/speculator';
@@ -97,6 +98,8 @@ interface SentPrompt {
 const MAX_STOP_STRINGS = 16;
 /** Most engine requests one body may make (prompts x best_of). */
 const MAX_REQUESTS = 1024;
+/** Schema grammars kept (response_format json_schema), each with its masks. */
+const MAX_SCHEMAS = 16;
 /** Most choices (`n`) a request may ask for (OpenAI's limit). */
 const MAX_CHOICES = 128;
 
@@ -451,26 +454,45 @@ export class CompletionServer {
     };
   }
 
-  /** The JSON grammar over the tokenizer's vocabulary (built on first use; its masks cached across requests). */
+  /** The tokenizer's vocabulary as grammars read it (built on first use). */
+  private vocabulary: TokenVocabulary | undefined;
+  /** The JSON object grammar, and schema grammars by their schema's text (LRU): their masks are cached across requests. */
   private json: JsonGrammar | undefined;
+  private readonly schemas = new Map<string, JsonSchemaGrammar>();
 
   /**
-   * response_format: none or { type: 'text' } (undefined), { type: 'json_object' } (a JSON object);
-   * json_schema and others are refused (400), never ignored.
+   * response_format: none or { type: 'text' } (undefined), { type: 'json_object' } (a JSON object),
+   * { type: 'json_schema', json_schema: { schema, name?, strict? } } (a value valid for the schema:
+   * lib/json_schema.ts's subset); anything else is refused (400), never ignored.
    */
   private responseFormat(rf: unknown): TokenGrammar | undefined {
     if (rf === undefined || rf === null) return undefined;
     const type = typeof rf === 'object' && !Array.isArray(rf) ? (rf as { type?: unknown }).type : undefined;
     if (type === 'text') return undefined;
-    if (type === 'json_schema') throw new HttpError(400, "response_format: json_schema is not supported (json_object is: a JSON object, without a schema)", 'response_format');
-    if (type !== 'json_object') throw new HttpError(400, `response_format: expected { type: 'text' } or { type: 'json_object' }, got ${JSON.stringify(rf)}`, 'response_format');
-    if (this.json) return this.json;
-    const t = this.tokenizer as (TextCodec & { tokenBytes?: (vocabSize: number) => (Uint8Array | null)[] }) | undefined;
-    if (typeof t?.tokenBytes !== 'function') throw new HttpError(400, "response_format json_object: needs the model's tokenizer (its tokens' bytes); this server has none", 'response_format');
+    if (type !== 'json_object' && type !== 'json_schema') throw new HttpError(400, `response_format: expected { type: 'text' }, { type: 'json_object' } or { type: 'json_schema', json_schema: { schema } }, got ${JSON.stringify(rf)}`, 'response_format');
+    const what = `response_format ${type}`;
     try {
-      return (this.json = new JsonGrammar(new TokenVocabulary(t.tokenBytes(this.engine.model.config.vocabSize))));
+      if (!this.vocabulary) {
+        const t = this.tokenizer as (TextCodec & { tokenBytes?: (vocabSize: number) => (Uint8Array | null)[] }) | undefined;
+        if (typeof t?.tokenBytes !== 'function') throw new HttpError(400, `${what}: needs the model's tokenizer (its tokens' bytes); this server has none`, 'response_format');
+        this.vocabulary = new TokenVocabulary(t.tokenBytes(this.engine.model.config.vocabSize));
+      }
+      if (type === 'json_object') return (this.json ??= new JsonGrammar(this.vocabulary));
+      const js = (rf as { json_schema?: unknown }).json_schema;
+      const schema = typeof js === 'object' && js !== null ? (js as { schema?: unknown }).schema : undefined;
+      if (schema === undefined) throw new HttpError(400, `${what}: expected json_schema: { schema, name?, strict? }`, 'response_format');
+      const key = JSON.stringify(schema);
+      let g = this.schemas.get(key);
+      if (g) this.schemas.delete(key);
+      else {
+        g = new JsonSchemaGrammar(this.vocabulary, schema);
+        if (this.schemas.size >= MAX_SCHEMAS) this.schemas.delete(this.schemas.keys().next().value as string);
+      }
+      this.schemas.set(key, g);
+      return g;
     } catch (e) {
-      if ((e as { code?: unknown }).code === 'E_UNSUPPORTED') throw new HttpError(400, `response_format json_object: ${(e as Error).message}`, 'response_format');
+      const code = (e as { code?: unknown }).code;
+      if (code === 'E_UNSUPPORTED' || code === 'E_ARG') throw new HttpError(400, `${what}: ${(e as Error).message}`, 'response_format');
       throw e;
     }
   }

@@ -15,7 +15,8 @@ import { gatherRows, isSampling, samplingOptions } from '../step_helpers';
 import { backedOffProbeInterval, chooseChainLength, PROBE_AFTER_PLAIN_STEPS, RankRates, sizingCost, stepCost } from '../tree_sizing';
 import type { CausalLM, ChainOptions, ForwardOutput, SequenceInput, SpecChainResult } from '../models/causal_lm';
 import { CHAIN_MAX_STEPS, wholeChains } from '../plain_chain';
-import { argmax, penalize, penaltiesForVocabulary, processLogits, sample, topK, type PenaltyHistory } from '../sampling';
+import { argmax, maskTokens, penalize, penaltiesForVocabulary, processLogits, sample, topK, type PenaltyHistory } from '../sampling';
+import { draftMask } from '../grammar';
 import type { Tensor } from '../tensor';
 import { chainTree, loneRoot, type TokenTree } from '../tree';
 import {
@@ -447,7 +448,8 @@ export class DraftModelSpeculator implements Speculator {
     const budgets = seqs.map((s, b) => this.budget(s, states[b] as DraftState));
     // A fixed number of steps per sequence: all k draft steps in one native call when the draft
     // offers it (the same tokens and draws as the loop below; it saves k - 1 round trips).
-    if (this.adaptive !== 'confidence' && (sampling ? this.draft.sampledChain : this.draft.greedyChain)) {
+    // (A grammar masks each draft row here: no native chain then.)
+    if (this.adaptive !== 'confidence' && (sampling ? this.draft.sampledChain : this.draft.greedyChain) && !seqs.some((s) => s.grammar)) {
       return this.proposeNativeChain(seqs, states, budgets, sampling, ctx);
     }
     const drafts: number[][] = seqs.map(() => []);
@@ -478,6 +480,8 @@ export class DraftModelSpeculator implements Speculator {
           // Each pick's row continues its sequence's history with the drafts above it.
           const pen = this.penaltiesOf(seqs, active, ctx);
           if (pen) penalizeRows(out, rows, pen, active.map((b) => drafts[b] as number[]));
+          // Drafts that follow the request's grammar (the target accepts no other).
+          maskDraftRows(out, rows, active.map((b) => seqs[b] as SpecSequence), active.map((b) => drafts[b] as number[]), this.draft.config.vocabSize);
           let picked: number[];
           if (sampling) {
             probs = processLogits(out.logits, samplingOptions(sampling));
@@ -671,6 +675,21 @@ export class DraftModelSpeculator implements Speculator {
           });
           penalizeRows(out, rows, { penalties: pen.penalties, histories: of.map((i) => pen.histories[i] as PenaltyHistory) }, paths);
         }
+        if (active.some((b) => (seqs[b] as SpecSequence).grammar)) {
+          // Each frontier node's drafts follow the grammar after the node's path.
+          const rows: number[] = [], paths: number[][] = [], of: SpecSequence[] = [];
+          active.forEach((b, i) => {
+            const t = trees[b]!;
+            for (const f of t.frontier) {
+              const path: number[] = [];
+              for (let v = f; v > 0; v = t.parents[v] as number) path.push(t.tokens[v] as number);
+              rows.push(depth === 0 ? (out.indptr[i + 1] as number) - 1 : (out.indptr[i] as number) + f - 1);
+              paths.push(path.reverse());
+              of.push(seqs[b] as SpecSequence);
+            }
+          });
+          maskDraftRows(out, rows, of, paths, this.draft.config.vocabSize);
+        }
         const top = topK(out.logits, k);
         const ids = top.ids.toInt32();
         top.ids.dispose();
@@ -825,6 +844,19 @@ export function checkDraftVocab(who: string, draft: CausalLM, target: CausalLM):
       `${who}: the draft's vocabulary (${vd} ids) is larger than the target's (${vt}); a draft must share the target's tokenizer, with at most the target's ids (fewer is fine: a padded target vocabulary)`,
     );
   }
+}
+
+/** rows[i] of the draft's output masked to seqs[i]'s grammar after paths[i] (draftMask; rows without a mask as they are). */
+function maskDraftRows(out: ForwardOutput, rows: ArrayLike<number>, seqs: readonly SpecSequence[], paths: readonly (readonly number[])[], vocab: number): void {
+  const r: number[] = [];
+  const m: Uint32Array[] = [];
+  seqs.forEach((s, i) => {
+    const mask = s.grammar ? draftMask(s, paths[i] as readonly number[], vocab) : undefined;
+    if (!mask) return;
+    r.push(rows[i] as number);
+    m.push(mask);
+  });
+  maskTokens(out.logits, r, m);
 }
 
 /** Argmax of the given rows (one native argmax over the whole output, then picked). */

@@ -7,6 +7,7 @@ import { codedError } from '../errors';
 import type { ResolvedPenalties } from '../sampling';
 import type { Tensor } from '../tensor';
 import type { PackedMask, TokenTree } from '../tree';
+import type { GrammarCursor } from '../grammar';
 
 /** Sampling configuration of a run; undefined = greedy. */
 export interface SamplingConfig {
@@ -44,6 +45,13 @@ export interface SpecSequence {
    */
   readonly maxNodes: number;
   readonly rng: SeqRng;
+  /**
+   * The request's grammar (GenerateOptions.grammar) along the output, if any: the target's rows are
+   * masked to it, so a draft that follows it (lib/grammar.ts draftMask) gets more accepted.
+   */
+  readonly grammar?: GrammarCursor | undefined;
+  /** Tokens that end the sequence (the grammar allows them where its text is complete). */
+  readonly stopTokens?: Int32Array | undefined;
 }
 
 /** One sequence's proposal: a tree, optionally with its own positions and mask (lookahead). */

@@ -1,0 +1,386 @@
+// A JSON Schema as a grammar (OpenAI's response_format json_schema): the output is a JSON value
+// that validates against the schema. A subset, compiled up front, every other keyword refused with
+// its path (never silently ignored):
+//   type (one or several of string, number, integer, boolean, null, object, array), enum, const,
+//   properties, required, additionalProperties (false, or absent: only the listed properties are
+//   written), items, minItems, maxItems; title, description, $schema and default are annotations.
+// An object's properties are written in the schema's order (OpenAI's structured outputs write them
+// so), each optional one may be left out, every required one is there; an enum or const value is
+// written as JSON.stringify writes it. Every output is valid for the schema; not every valid text is
+// an output (other key orders, other spellings of an enum's number).
+//
+// The automaton reads bytes as JsonGrammar's does (the same whitespace cap and string rules); its
+// state is a stack of frames (the object or array being written, the next property it may take) and
+// the value expected. Masks are a walk of the vocabulary's trie from a state, cached per state.
+import { TokenVocabulary, type GrammarState, type TokenGrammar } from './grammar';
+import { codedError } from './models/config';
+
+type JsonType = 'string' | 'number' | 'integer' | 'boolean' | 'null' | 'object' | 'array';
+const TYPES: readonly JsonType[] = ['string', 'number', 'integer', 'boolean', 'null', 'object', 'array'];
+const ANNOTATIONS = new Set(['title', 'description', '$schema', 'default', '$comment', 'examples']);
+
+interface Prop {
+  /** The key as written: JSON.stringify(name), quotes included (UTF-8). */
+  readonly key: Uint8Array;
+  readonly node: SchemaNode;
+  readonly required: boolean;
+}
+
+interface SchemaNode {
+  readonly id: number;
+  readonly types: ReadonlySet<JsonType>;
+  /** enum / const: the values as JSON.stringify writes them (UTF-8); the value is one of them. */
+  readonly literals?: readonly Uint8Array[];
+  readonly props: readonly Prop[];
+  readonly items?: SchemaNode;
+  readonly minItems: number;
+  readonly maxItems: number;
+}
+
+const enc = new TextEncoder();
+const TRUE_FALSE = [enc.encode('true'), enc.encode('false')];
+const NULL = [enc.encode('null')];
+
+/** Compiles `schema` (JSON Schema, the subset above); E_ARG naming the path of anything else. */
+function compile(schema: unknown, path: string, nodes: SchemaNode[]): SchemaNode {
+  if (typeof schema !== 'object' || schema === null || Array.isArray(schema)) {
+    throw codedError('E_ARG', `json schema ${path}: expected a schema object, got ${JSON.stringify(schema)} (a schema accepting anything is not supported: give its type)`);
+  }
+  const o = schema as Record<string, unknown>;
+  for (const k of Object.keys(o)) {
+    if (!ANNOTATIONS.has(k) && !['type', 'enum', 'const', 'properties', 'required', 'additionalProperties', 'items', 'minItems', 'maxItems'].includes(k)) {
+      throw codedError('E_ARG', `json schema ${path}: the keyword '${k}' is not supported (supported: type, enum, const, properties, required, additionalProperties: false, items, minItems, maxItems)`);
+    }
+  }
+  const id = nodes.length;
+  let literals: Uint8Array[] | undefined;
+  if (o['enum'] !== undefined || o['const'] !== undefined) {
+    if (o['enum'] !== undefined && o['const'] !== undefined) throw codedError('E_ARG', `json schema ${path}: both enum and const`);
+    const values = o['const'] !== undefined ? [o['const']] : o['enum'];
+    if (!Array.isArray(values) || values.length === 0) throw codedError('E_ARG', `json schema ${path}/enum: expected a non-empty array of values`);
+    literals = [...new Set(values.map((v) => JSON.stringify(v)))].map((s) => enc.encode(s));
+  }
+  const t = o['type'];
+  const types = new Set<JsonType>();
+  if (t === undefined) {
+    if (!literals) throw codedError('E_ARG', `json schema ${path}: no type (nor enum or const): a schema accepting anything is not supported`);
+  } else {
+    for (const x of Array.isArray(t) ? t : [t]) {
+      if (!TYPES.includes(x as JsonType)) throw codedError('E_ARG', `json schema ${path}/type: ${JSON.stringify(x)} is not one of ${TYPES.join(', ')}`);
+      types.add(x as JsonType);
+    }
+    if (types.size === 0) throw codedError('E_ARG', `json schema ${path}/type: an empty list`);
+  }
+  const ap = o['additionalProperties'];
+  if (ap !== undefined && ap !== false) throw codedError('E_ARG', `json schema ${path}/additionalProperties: only false is supported (the listed properties are the ones written)`);
+  const count = (k: string): number | undefined => {
+    const v = o[k];
+    if (v === undefined) return undefined;
+    if (!Number.isSafeInteger(v) || (v as number) < 0) throw codedError('E_ARG', `json schema ${path}/${k}: expected an integer >= 0, got ${JSON.stringify(v)}`);
+    return v as number;
+  };
+  const node: { -readonly [K in keyof SchemaNode]: SchemaNode[K] } = { id, types, props: [], minItems: count('minItems') ?? 0, maxItems: count('maxItems') ?? Infinity };
+  if (literals) node.literals = literals;
+  nodes.push(node);
+  if (node.minItems > node.maxItems) throw codedError('E_ARG', `json schema ${path}: minItems ${node.minItems} > maxItems ${node.maxItems}`);
+  const props = o['properties'];
+  const required = o['required'] ?? [];
+  if (!Array.isArray(required) || !required.every((r) => typeof r === 'string')) throw codedError('E_ARG', `json schema ${path}/required: expected an array of property names`);
+  if (props !== undefined) {
+    if (typeof props !== 'object' || props === null || Array.isArray(props)) throw codedError('E_ARG', `json schema ${path}/properties: expected an object`);
+    node.props = Object.entries(props as Record<string, unknown>).map(([name, s]) => ({
+      key: enc.encode(JSON.stringify(name)),
+      node: compile(s, `${path}/properties/${name}`, nodes),
+      required: required.includes(name),
+    }));
+  }
+  for (const r of required as string[]) if (typeof props !== 'object' || props === null || !Object.prototype.hasOwnProperty.call(props, r)) throw codedError('E_ARG', `json schema ${path}/required: '${r}' is not among the properties`);
+  if (types.has('array')) {
+    if (o['items'] === undefined) throw codedError('E_ARG', `json schema ${path}: an array without items (a schema for its elements) is not supported`);
+    node.items = compile(o['items'], `${path}/items`, nodes);
+  } else if (o['items'] !== undefined) throw codedError('E_ARG', `json schema ${path}/items: only for type array`);
+  return node;
+}
+
+/** The object or array being written: its schema, and (object) the index of the next property it may take / (array) its elements so far. */
+class Frame {
+  private k: string | undefined;
+  constructor(
+    readonly obj: boolean,
+    readonly node: SchemaNode,
+    readonly i: number,
+    readonly parent: Frame | null,
+  ) {}
+  get key(): string {
+    return (this.k ??= `${this.parent ? this.parent.key : ''}/${this.obj ? 'o' : 'a'}${this.node.id}.${this.i}`);
+  }
+}
+
+// Modes (structural ones, <= M_DONE, take whitespace).
+const M_VALUE = 0, M_OBJ_OPEN = 1, M_OBJ_NEXT = 2, M_COLON = 3, M_AFTER = 4, M_ARR_OPEN = 5, M_DONE = 6;
+const M_KEY = 7, M_LIT = 8, M_STR = 9, M_ESC = 10, M_HEX = 11, M_UTF8 = 12;
+const M_MINUS = 13, M_ZERO = 14, M_INT = 15, M_DOT = 16, M_FRAC = 17, M_E = 18, M_ESIGN = 19, M_EXP = 20;
+
+class SchemaState implements GrammarState {
+  private k: string | undefined;
+  constructor(
+    readonly mode: number,
+    /** Strings: hex digits / UTF-8 bytes still due; numbers: 1 = integer only. */
+    readonly aux: number,
+    readonly ws: number,
+    readonly frame: Frame | null,
+    /** The schema of the value expected (M_VALUE, M_COLON) or being read (M_STR .. M_EXP, M_KEY: the object's). */
+    readonly cur: SchemaNode | null,
+    /** M_KEY, M_LIT: the candidates still matching (their bytes) and the bytes matched. */
+    readonly cands: readonly Uint8Array[] | null = null,
+    readonly pos = 0,
+  ) {}
+  get key(): string {
+    if (this.k === undefined) {
+      const c = this.cands ? this.cands.map((x) => new TextDecoder().decode(x)).join('\u0000') : '';
+      this.k = `${this.mode}:${this.aux}:${this.ws}:${this.cur ? this.cur.id : -1}:${this.pos}:${c}:${this.frame ? this.frame.key : ''}`;
+    }
+    return this.k;
+  }
+}
+
+export interface JsonSchemaGrammarOptions {
+  /** As JsonGrammarOptions.maxWhitespace. Default 32. */
+  readonly maxWhitespace?: number;
+  /** As JsonGrammarOptions.cacheEntries. Default 2048. */
+  readonly cacheEntries?: number;
+}
+
+/** A JSON value valid for a JSON Schema (the subset in this file's comment), over a vocabulary. */
+export class JsonSchemaGrammar implements TokenGrammar {
+  readonly vocabSize: number;
+  readonly name = 'JSON schema';
+  private readonly root: SchemaNode;
+  private readonly maxWs: number;
+  private readonly cacheEntries: number;
+  private readonly cache = new Map<string, Uint32Array>();
+
+  constructor(
+    readonly vocabulary: TokenVocabulary,
+    schema: unknown,
+    options: JsonSchemaGrammarOptions = {},
+  ) {
+    if (!(vocabulary instanceof TokenVocabulary)) throw codedError('E_ARG', 'JsonSchemaGrammar: expected a TokenVocabulary');
+    this.root = compile(schema, '#', []);
+    const int = (v: number | undefined, name: string, dflt: number, min: number): number => {
+      if (v === undefined) return dflt;
+      if (!Number.isSafeInteger(v) || v < min) throw codedError('E_ARG', `JsonSchemaGrammar ${name}: expected an integer >= ${min}, got ${String(v)}`);
+      return v;
+    };
+    this.maxWs = int(options.maxWhitespace, 'maxWhitespace', 32, 0);
+    this.cacheEntries = int(options.cacheEntries, 'cacheEntries', 2048, 1);
+    this.vocabSize = vocabulary.size;
+  }
+
+  start(): GrammarState {
+    return new SchemaState(M_VALUE, 0, 0, null, this.root);
+  }
+
+  next(state: GrammarState, token: number): GrammarState | undefined {
+    const b = Number.isInteger(token) && token >= 0 && token < this.vocabSize ? this.vocabulary.bytesOf(token) : null;
+    if (!b) return undefined;
+    let s: SchemaState | undefined = state as SchemaState;
+    for (let i = 0; i < b.length && s; i++) s = this.step(s, b[i] as number);
+    return s;
+  }
+
+  accepts(state: GrammarState): boolean {
+    const s = state as SchemaState;
+    if (s.mode === M_DONE) return true;
+    if (s.frame !== null) return false;
+    // A number or a literal at the root ends where the output does.
+    if (s.mode === M_ZERO || s.mode === M_INT || s.mode === M_FRAC || s.mode === M_EXP) return true;
+    return s.mode === M_LIT && (s.cands as readonly Uint8Array[]).some((c) => c.length === s.pos);
+  }
+
+  allowed(state: GrammarState, stops?: ArrayLike<number>): Uint32Array {
+    const s = state as SchemaState;
+    let m = this.cache.get(s.key);
+    if (m) {
+      this.cache.delete(s.key);
+      this.cache.set(s.key, m);
+    } else {
+      m = new Uint32Array((this.vocabSize + 31) >>> 5);
+      this.fill(0, s, m);
+      this.cache.set(s.key, m);
+      if (this.cache.size > this.cacheEntries) this.cache.delete(this.cache.keys().next().value as string);
+    }
+    if (this.accepts(s) && stops !== undefined && stops.length > 0) {
+      m = Uint32Array.from(m);
+      for (let i = 0; i < stops.length; i++) {
+        const t = stops[i] as number;
+        if (t >= 0 && t < this.vocabSize) m[t >>> 5] = (m[t >>> 5] as number) | (1 << (t & 31));
+      }
+    }
+    if (!m.some((w) => w !== 0)) throw codedError('E_UNSUPPORTED', `${this.name}: no token of the vocabulary continues the output here${this.accepts(s) ? ' (the value is complete, and no stop token may end it)' : ''}`);
+    return m;
+  }
+
+  private fill(node: number, s: SchemaState, out: Uint32Array): void {
+    const { first, next, byte, tokHead, tokNext } = this.vocabulary.tree;
+    for (let c = first[node] as number; c >= 0; c = next[c] as number) {
+      const n = this.step(s, byte[c] as number);
+      if (!n) continue;
+      for (let t = tokHead[c] as number; t >= 0; t = tokNext[t] as number) out[t >>> 5] = (out[t >>> 5] as number) | (1 << (t & 31));
+      if ((first[c] as number) >= 0) this.fill(c, n, out);
+    }
+  }
+
+  /** A value of `frame` is complete: what follows it. */
+  private done(frame: Frame | null): SchemaState {
+    if (frame === null) return new SchemaState(M_DONE, 0, 0, null, null);
+    return new SchemaState(M_AFTER, 0, 0, frame.obj ? frame : new Frame(false, frame.node, frame.i + 1, frame.parent), null);
+  }
+
+  /** The keys an object may take next: from property i up to the first required one. */
+  private keys(f: Frame): Uint8Array[] {
+    const out: Uint8Array[] = [];
+    for (let j = f.i; j < f.node.props.length; j++) {
+      const p = f.node.props[j] as Prop;
+      out.push(p.key);
+      if (p.required) break;
+    }
+    return out;
+  }
+
+  /** Whether object frame f may close (no required property left). */
+  private mayClose(f: Frame): boolean {
+    for (let j = f.i; j < f.node.props.length; j++) if ((f.node.props[j] as Prop).required) return false;
+    return true;
+  }
+
+  /** The first byte of a value of schema n inside `frame`. */
+  private value(b: number, n: SchemaNode, frame: Frame | null): SchemaState | undefined {
+    const lits = n.literals ?? (b === 0x74 || b === 0x66 ? (n.types.has('boolean') ? TRUE_FALSE : undefined) : b === 0x6e && n.types.has('null') ? NULL : undefined);
+    if (lits) {
+      const c = lits.filter((x) => x[0] === b);
+      if (c.length === 0) return undefined;
+      return this.literalStep(new SchemaState(M_LIT, 0, 0, frame, n, c, 1), frame);
+    }
+    if (b === 0x7b && n.types.has('object')) return new SchemaState(M_OBJ_OPEN, 0, 0, new Frame(true, n, 0, frame), null);
+    if (b === 0x5b && n.types.has('array')) return new SchemaState(M_ARR_OPEN, 0, 0, new Frame(false, n, 0, frame), null);
+    if (b === 0x22 && n.types.has('string')) return new SchemaState(M_STR, 0, 0, frame, n);
+    if (n.types.has('number') || n.types.has('integer')) {
+      const int = n.types.has('number') ? 0 : 1;
+      if (b === 0x2d) return new SchemaState(M_MINUS, int, 0, frame, n);
+      if (b === 0x30) return new SchemaState(M_ZERO, int, 0, frame, n);
+      if (b >= 0x31 && b <= 0x39) return new SchemaState(M_INT, int, 0, frame, n);
+    }
+    return undefined;
+  }
+
+  /** A literal whose candidates all matched `pos` bytes and one is complete with no other longer: done at once (a string enum's closing quote). */
+  private literalStep(s: SchemaState, frame: Frame | null): SchemaState {
+    const c = s.cands as readonly Uint8Array[];
+    if (c.length === 1 && (c[0] as Uint8Array).length === s.pos && (c[0] as Uint8Array)[0] === 0x22) return this.done(frame);
+    return s;
+  }
+
+  private step(s: SchemaState, b: number): SchemaState | undefined {
+    const ws = b === 0x20 || b === 0x0a || b === 0x0d || b === 0x09;
+    if (s.mode <= M_DONE && ws) {
+      if (s.mode !== M_DONE && s.ws >= this.maxWs) return undefined;
+      return new SchemaState(s.mode, s.aux, s.ws + 1, s.frame, s.cur);
+    }
+    const digit = b >= 0x30 && b <= 0x39;
+    const f = s.frame;
+    switch (s.mode) {
+      case M_VALUE:
+        return this.value(b, s.cur as SchemaNode, f);
+      case M_ARR_OPEN: {
+        const fr = f as Frame;
+        if (b === 0x5d) return fr.node.minItems === 0 ? this.done(fr.parent) : undefined;
+        return fr.node.maxItems > 0 ? this.value(b, fr.node.items as SchemaNode, fr) : undefined;
+      }
+      case M_OBJ_OPEN:
+      case M_OBJ_NEXT: {
+        if (b === 0x7d && s.mode === M_OBJ_OPEN) return this.mayClose(f as Frame) ? this.done((f as Frame).parent) : undefined;
+        if (b !== 0x22) return undefined;
+        const c = this.keys(f as Frame);
+        return c.length > 0 ? new SchemaState(M_KEY, 0, 0, f, null, c, 1) : undefined;
+      }
+      case M_KEY: {
+        const c = (s.cands as readonly Uint8Array[]).filter((x) => x[s.pos] === b);
+        if (c.length === 0) return undefined;
+        const whole = c.find((x) => x.length === s.pos + 1);
+        if (!whole) return new SchemaState(M_KEY, 0, 0, f, null, c, s.pos + 1);
+        // (Keys end with their quote: prefix-free, so the one complete is the key.)
+        const fr = f as Frame;
+        const j = fr.node.props.findIndex((p, k) => k >= fr.i && p.key === whole);
+        return new SchemaState(M_COLON, 0, 0, new Frame(true, fr.node, j + 1, fr.parent), (fr.node.props[j] as Prop).node);
+      }
+      case M_COLON:
+        return b === 0x3a ? new SchemaState(M_VALUE, 0, 0, f, s.cur) : undefined;
+      case M_AFTER: {
+        const fr = f as Frame;
+        if (fr.obj) {
+          if (b === 0x2c) return fr.i < fr.node.props.length ? new SchemaState(M_OBJ_NEXT, 0, 0, fr, null) : undefined;
+          if (b === 0x7d) return this.mayClose(fr) ? this.done(fr.parent) : undefined;
+          return undefined;
+        }
+        if (b === 0x2c) return fr.i < fr.node.maxItems ? new SchemaState(M_VALUE, 0, 0, fr, fr.node.items as SchemaNode) : undefined;
+        if (b === 0x5d) return fr.i >= fr.node.minItems ? this.done(fr.parent) : undefined;
+        return undefined;
+      }
+      case M_DONE:
+        return undefined;
+      case M_LIT: {
+        const cands = s.cands as readonly Uint8Array[];
+        const c = cands.filter((x) => x[s.pos] === b);
+        if (c.length > 0) return this.literalStep(new SchemaState(M_LIT, 0, 0, f, s.cur, c, s.pos + 1), f);
+        // A complete candidate (a number or a word) ends before this byte.
+        return cands.some((x) => x.length === s.pos) ? this.after(f, b) : undefined;
+      }
+      case M_STR:
+        if (b === 0x22) return this.done(f);
+        if (b === 0x5c) return new SchemaState(M_ESC, 0, 0, f, s.cur);
+        if (b < 0x20) return undefined;
+        if (b < 0x80) return s;  // (the same state: no allocation for a string's bytes)
+        {
+          const need = b >= 0xc2 && b <= 0xdf ? 1 : b >= 0xe0 && b <= 0xef ? 2 : b >= 0xf0 && b <= 0xf4 ? 3 : 0;
+          return need > 0 ? new SchemaState(M_UTF8, need, 0, f, s.cur) : undefined;
+        }
+      case M_UTF8:
+        if ((b & 0xc0) !== 0x80) return undefined;
+        return s.aux > 1 ? new SchemaState(M_UTF8, s.aux - 1, 0, f, s.cur) : new SchemaState(M_STR, 0, 0, f, s.cur);
+      case M_ESC:
+        if (b === 0x75) return new SchemaState(M_HEX, 4, 0, f, s.cur);
+        return b === 0x22 || b === 0x5c || b === 0x2f || b === 0x62 || b === 0x66 || b === 0x6e || b === 0x72 || b === 0x74 ? new SchemaState(M_STR, 0, 0, f, s.cur) : undefined;
+      case M_HEX:
+        if (!(digit || (b >= 0x41 && b <= 0x46) || (b >= 0x61 && b <= 0x66))) return undefined;
+        return s.aux > 1 ? new SchemaState(M_HEX, s.aux - 1, 0, f, s.cur) : new SchemaState(M_STR, 0, 0, f, s.cur);
+      case M_MINUS:
+        if (b === 0x30) return new SchemaState(M_ZERO, s.aux, 0, f, s.cur);
+        return b >= 0x31 && b <= 0x39 ? new SchemaState(M_INT, s.aux, 0, f, s.cur) : undefined;
+      case M_DOT:
+        return digit ? new SchemaState(M_FRAC, s.aux, 0, f, s.cur) : undefined;
+      case M_E:
+        if (b === 0x2b || b === 0x2d) return new SchemaState(M_ESIGN, s.aux, 0, f, s.cur);
+        return digit ? new SchemaState(M_EXP, s.aux, 0, f, s.cur) : undefined;
+      case M_ESIGN:
+        return digit ? new SchemaState(M_EXP, s.aux, 0, f, s.cur) : undefined;
+      case M_ZERO:
+      case M_INT:
+      case M_FRAC:
+      case M_EXP: {
+        if (digit && s.mode !== M_ZERO) return s;
+        // (integer: no fraction, no exponent.)
+        if (b === 0x2e && s.aux === 0 && (s.mode === M_ZERO || s.mode === M_INT)) return new SchemaState(M_DOT, 0, 0, f, s.cur);
+        if ((b === 0x65 || b === 0x45) && s.aux === 0 && s.mode !== M_EXP) return new SchemaState(M_E, 0, 0, f, s.cur);
+        return this.after(f, b);
+      }
+      default:
+        return undefined;
+    }
+  }
+
+  /** A number or literal ended before byte b: b read as what follows the value. */
+  private after(f: Frame | null, b: number): SchemaState | undefined {
+    return this.step(this.done(f), b);
+  }
+}

@@ -42,7 +42,8 @@ export class TokenVocabulary {
   private readonly bytes: readonly (Uint8Array | null)[];
   // The trie of the byte strings (node 0 the root): children as first-child / next-sibling lists,
   // and per node the tokens that end there (tokHead, tokNext chained by token id).
-  private trie?: { first: Int32Array; next: Int32Array; byte: Uint8Array; tokHead: Int32Array; tokNext: Int32Array };
+  private trie?: TokenTrie;
+  private strings?: { plain: Uint32Array; rest: TokenTrie };
 
   /** `bytes[id]`: token id's bytes; null, undefined or empty: never allowed by a grammar. */
   constructor(bytes: readonly (Uint8Array | null | undefined)[]) {
@@ -70,14 +71,33 @@ export class TokenVocabulary {
     return new TokenVocabulary(tokenizer.tokenBytes(vocabSize));
   }
 
-  /** @internal The trie, built on first use. */
-  get tree(): NonNullable<TokenVocabulary['trie']> {
-    if (this.trie) return this.trie;
+  /** @internal The trie of every token, built on first use. */
+  get tree(): TokenTrie {
+    return (this.trie ??= this.build(() => true));
+  }
+
+  /**
+   * @internal Inside a JSON string (no escape or UTF-8 sequence pending) most tokens are plain text
+   * that leaves the string as it is: printable ASCII but '"' and '\\', and whole UTF-8 sequences.
+   * Their bits (`plain`), and a trie of the others (`rest`): a string state's mask is plain | a
+   * walk of rest, a fraction of the whole trie.
+   */
+  get stringTokens(): { plain: Uint32Array; rest: TokenTrie } {
+    if (this.strings) return this.strings;
+    const plain = new Uint32Array((this.size + 31) >>> 5);
+    this.bytes.forEach((b, id) => {
+      if (b && plainInString(b)) plain[id >>> 5] = (plain[id >>> 5] as number) | (1 << (id & 31));
+    });
+    return (this.strings = { plain, rest: this.build((id) => (((plain[id >>> 5] as number) >>> (id & 31)) & 1) === 0) });
+  }
+
+  /** The trie of the tokens `keep` says (with bytes). */
+  private build(keep: (id: number) => boolean): TokenTrie {
     // Build with maps, then flatten (children in byte order).
     const kids: Map<number, number>[] = [new Map()];
     const ends: number[][] = [[]];
     this.bytes.forEach((b, id) => {
-      if (!b) return;
+      if (!b || !keep(id)) return;
       let n = 0;
       for (const c of b) {
         const m = kids[n] as Map<number, number>;
@@ -109,8 +129,36 @@ export class TokenVocabulary {
         tokHead[n] = e[i] as number;
       }
     }
-    return (this.trie = { first, next, byte, tokHead, tokNext });
+    return { first, next, byte, tokHead, tokNext };
   }
+}
+
+/** @internal A vocabulary's trie (TokenVocabulary.tree). */
+export interface TokenTrie {
+  readonly first: Int32Array;
+  readonly next: Int32Array;
+  readonly byte: Uint8Array;
+  readonly tokHead: Int32Array;
+  readonly tokNext: Int32Array;
+}
+
+/**
+ * Whether bytes b, read inside a JSON string with nothing pending, leave it so: no '"', '\\' or
+ * control byte, UTF-8 sequences whole (the lead bytes and continuations the automata accept).
+ */
+function plainInString(b: Uint8Array): boolean {
+  let need = 0;
+  for (const c of b) {
+    if (need > 0) {
+      if ((c & 0xc0) !== 0x80) return false;
+      need--;
+    } else if (c === 0x22 || c === 0x5c || c < 0x20) return false;
+    else if (c >= 0x80) {
+      need = c >= 0xc2 && c <= 0xdf ? 1 : c >= 0xe0 && c <= 0xef ? 2 : c >= 0xf0 && c <= 0xf4 ? 3 : 0;
+      if (need === 0) return false;
+    }
+  }
+  return need === 0;
 }
 
 export interface JsonGrammarOptions {
@@ -220,8 +268,15 @@ export class JsonGrammar implements TokenGrammar {
       this.cache.delete(s.key);
       this.cache.set(s.key, m);
     } else {
-      m = new Uint32Array(this.words);
-      this.fill(0, s.mode, s.aux, s.ws, s.stack, m);
+      if (s.mode === M_STR) {
+        // Plain text tokens stay in the string: their bits at once, a walk of the others.
+        const { plain, rest } = this.vocabulary.stringTokens;
+        m = Uint32Array.from(plain);
+        this.fill(0, s.mode, s.aux, s.ws, s.stack, m, rest);
+      } else {
+        m = new Uint32Array(this.words);
+        this.fill(0, s.mode, s.aux, s.ws, s.stack, m, this.vocabulary.tree);
+      }
       this.cache.set(s.key, m);
       if (this.cache.size > this.cacheEntries) this.cache.delete(this.cache.keys().next().value as string);
     }
@@ -240,13 +295,13 @@ export class JsonGrammar implements TokenGrammar {
   }
 
   /** Sets the bits of the tokens below trie node `node` that the automaton accepts from (mode, aux, ws, stack). */
-  private fill(node: number, mode: number, aux: number, ws: number, stack: string, out: Uint32Array): void {
-    const { first, next, byte, tokHead, tokNext } = this.vocabulary.tree;
+  private fill(node: number, mode: number, aux: number, ws: number, stack: string, out: Uint32Array, trie: TokenTrie): void {
+    const { first, next, byte, tokHead, tokNext } = trie;
     for (let c = first[node] as number; c >= 0; c = next[c] as number) {
       if (!this.step(mode, aux, ws, stack, byte[c] as number)) continue;
       const m = this.rMode, a = this.rAux, w = this.rWs, s = this.rStack;
       for (let t = tokHead[c] as number; t >= 0; t = tokNext[t] as number) out[t >>> 5] = (out[t >>> 5] as number) | (1 << (t & 31));
-      if ((first[c] as number) >= 0) this.fill(c, m, a, w, s, out);
+      if ((first[c] as number) >= 0) this.fill(c, m, a, w, s, out, trie);
     }
   }
 

@@ -12,7 +12,7 @@
 // The automaton reads bytes as JsonGrammar's does (the same whitespace cap and string rules); its
 // state is a stack of frames (the object or array being written, the next property it may take) and
 // the value expected. Masks are a walk of the vocabulary's trie from a state, cached per state.
-import { TokenVocabulary, type GrammarState, type TokenGrammar } from './grammar';
+import { TokenVocabulary, type GrammarState, type TokenGrammar, type TokenTrie } from './grammar';
 import { codedError } from './models/config';
 
 type JsonType = 'string' | 'number' | 'integer' | 'boolean' | 'null' | 'object' | 'array';
@@ -205,8 +205,15 @@ export class JsonSchemaGrammar implements TokenGrammar {
       this.cache.delete(s.key);
       this.cache.set(s.key, m);
     } else {
-      m = new Uint32Array((this.vocabSize + 31) >>> 5);
-      this.fill(0, s, m);
+      if (s.mode === M_STR) {
+        // Plain text tokens stay in the string (TokenVocabulary.stringTokens): their bits, a walk of the others.
+        const { plain, rest } = this.vocabulary.stringTokens;
+        m = Uint32Array.from(plain);
+        this.fill(0, s, m, rest);
+      } else {
+        m = new Uint32Array((this.vocabSize + 31) >>> 5);
+        this.fill(0, s, m, this.vocabulary.tree);
+      }
       this.cache.set(s.key, m);
       if (this.cache.size > this.cacheEntries) this.cache.delete(this.cache.keys().next().value as string);
     }
@@ -221,13 +228,13 @@ export class JsonSchemaGrammar implements TokenGrammar {
     return m;
   }
 
-  private fill(node: number, s: SchemaState, out: Uint32Array): void {
-    const { first, next, byte, tokHead, tokNext } = this.vocabulary.tree;
+  private fill(node: number, s: SchemaState, out: Uint32Array, trie: TokenTrie): void {
+    const { first, next, byte, tokHead, tokNext } = trie;
     for (let c = first[node] as number; c >= 0; c = next[c] as number) {
       const n = this.step(s, byte[c] as number);
       if (!n) continue;
       for (let t = tokHead[c] as number; t >= 0; t = tokNext[t] as number) out[t >>> 5] = (out[t >>> 5] as number) | (1 << (t & 31));
-      if ((first[c] as number) >= 0) this.fill(c, n, out);
+      if ((first[c] as number) >= 0) this.fill(c, n, out, trie);
     }
   }
 

@@ -266,8 +266,10 @@ describe('decoding with a grammar (embedded family, a byte-level JSON vocabulary
   });
   after(() => family.dispose());
 
-  const r = rng(testSeed + 5);
-  const prompts = Array.from({ length: 6 }, (_, i) => Int32Array.from({ length: 6 + i * 3 }, () => 3 + Math.floor(r() * 290)));
+  // Four fixed prompts (how many outputs complete depends on them: the sanity checks below count
+  // on some) and two new each run (the equalities hold for any).
+  const fixed = rng(7), r = rng(testSeed + 5);
+  const prompts = Array.from({ length: 6 }, (_, i) => Int32Array.from({ length: 6 + i * 3 }, () => 3 + Math.floor((i < 4 ? fixed : r)() * 290)));
   // '"', '}' and '"}' raised: strings and objects close; '</s>' raised: a complete object ends there
   // (when the grammar lets it).
   let closing: { logitBias: Record<number, number> };
@@ -387,8 +389,9 @@ describe('decoding with a grammar (embedded family, a byte-level JSON vocabulary
               continue;
             }
             states.push(up && (grammar.next(up, t) ?? (s.stopTokens?.includes(t) && grammar.accepts(up) ? 'end' : undefined)));
+            // (A tree's row may allow fewer tokens than its width: its other children are -inf picks, and their subtrees unchecked.)
             const first = p.parents.indexOf(p.parents[i]!) === i;
-            if (!tree || first) assert.ok(states[i], `${name}: draft node ${i} (token ${t}) leaves the grammar`);
+            if (up !== undefined && (!tree || first)) assert.ok(states[i], `${name}: draft node ${i} (token ${t}) leaves the grammar`);
             checked++;
           }
         });

@@ -268,7 +268,8 @@ describe('decoding with a JSON schema (embedded family, a byte-level JSON vocabu
 
   it('every strategy, greedy and sampled (deterministic drafts): plain constrained decoding\'s tokens; outputs that stop are valid for the schema', async () => {
     const { target } = family;
-    const r = rng(testSeed + 14);
+    // (Fixed prompts: how many outputs complete depends on them; the equalities hold for any.)
+    const r = rng(25);
     const prompts = Array.from({ length: 5 }, (_, i) => Int32Array.from({ length: 5 + i * 2 }, () => 3 + Math.floor(r() * 290)));
     // '"' raised: strings close; EOS raised: a complete value ends there.
     const penalties = { logitBias: { [3 + 0x22]: 3, [3 + 0x2c]: 3, [3 + 0x7d]: 3, 2: 30 } };

@@ -118,6 +118,7 @@ async function decoding(quick: boolean): Promise<void> {
   const cases: [string, () => Speculator | undefined][] = [
     ['plain (no speculator)', () => undefined],
     ['draft model k=4', () => new DraftModelSpeculator({ draft, k: 4 })],
+    ['draft model, cost-sized', () => new DraftModelSpeculator({ draft, k: 4, adaptive: 'cost' })],
     ['EAGLE, sized', () => new EagleSpeculator({ head: eagle })],
   ];
   console.log(`B. decoding, embedded family, CPU, ${prompts.length} prompts x ${N} tokens (ignoreEos), median of ${reps}`);

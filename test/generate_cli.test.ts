@@ -147,9 +147,15 @@ describe('specdec generate (cli)', function () {
     const plain = cli(args);
     assert.strictEqual(plain.code, 0, plain.stderr);
     const rec = JSON.parse(plain.stdout) as Record;
-    assert.strictEqual(rec.tokens.length, 24);
-    assert.ok(new GrammarCursor(grammar).at(rec.tokens, 0, rec.tokens.length), `${rec.text}: a token the grammar does not allow`);
-    assert.ok(rec.text.startsWith('{') || rec.text.trimStart().startsWith('{'), rec.text);
+    // 24 tokens, or fewer ending with EOS (2) where the object is complete.
+    const text = rec.tokens.filter((t) => t !== 2);
+    if (rec.finishReason === 'stop') {
+      assert.strictEqual(rec.tokens[rec.tokens.length - 1], 2);
+      assert.ok(typeof JSON.parse(rec.text) === 'object', rec.text);
+    } else assert.strictEqual(rec.tokens.length, 24);
+    assert.ok(new GrammarCursor(grammar).at(text, 0, text.length), `${rec.text}: a token the grammar does not allow`);
+    // (Random weights may spend the tokens on the whitespace JSON allows before the object.)
+    assert.match(rec.text, /^\s*(\{|$)/, rec.text);
     const free = JSON.parse(cli(args.slice(0, -2)).stdout) as Record;
     assert.notDeepStrictEqual(free.tokens, rec.tokens, 'without the grammar: other tokens');
     const spec = cli([...args, '--prompt-lookup', '2']);

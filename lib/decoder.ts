@@ -75,8 +75,10 @@ export interface GenerateOptions {
    * JSON object, OpenAI's response_format json_object): every row the target picks or verifies
    * from keeps only the tokens the grammar allows after its output, and a stop token only where
    * the grammar's text is complete. Speculation stays lossless (the output is plain constrained
-   * decoding's); drafts the grammar forbids are rejected. Steps then run one at a time (no native
-   * chains). Its vocabSize must be the model's.
+   * decoding's); drafts the grammar forbids are rejected (a draft model drafts within it). Steps
+   * then run one at a time (no native chains). Log-probabilities (`logprobs`) are the constrained
+   * distribution's (the forbidden tokens' -inf). Its vocabSize must be the model's. A grammar that
+   * allows no token where one must be picked fails the request (E_UNSUPPORTED, its reason).
    */
   readonly grammar?: TokenGrammar;
 }

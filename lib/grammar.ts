@@ -432,34 +432,34 @@ export class JsonGrammar implements TokenGrammar {
 }
 
 /**
- * A sequence's grammar state, kept along its output: the state after each output length, extended
- * as the output grows (recomputed from the start if the output changed under it).
+ * A sequence's grammar state, kept along its output: the state after the output so far, extended
+ * as the output grows by the new tokens only (recomputed from the start if the output changed
+ * under it: another output, or an earlier length asked for).
  */
 export class GrammarCursor {
-  private readonly states: (GrammarState | undefined)[];
-  private readonly tokens: number[] = [];
+  private state: GrammarState | undefined;
+  private length = 0;
+  private last = -1;
 
   constructor(readonly grammar: TokenGrammar) {
-    this.states = [grammar.start()];
+    this.state = grammar.start();
   }
 
-  /** The state after `output[0 .. length)` (undefined: the grammar rejected a token of it). */
+  /** The state after `output[from .. length)` (undefined: the grammar rejected a token of it). */
   at(output: ArrayLike<number>, from: number, length: number): GrammarState | undefined {
     const n = length - from;
-    // Unchanged where known? (Checked from the end: outputs only grow, except a restarted request's.)
-    let k = Math.min(n, this.tokens.length);
-    if (k > 0 && this.tokens[k - 1] !== output[from + k - 1]) k = 0;
-    if (k < this.tokens.length) {
-      this.tokens.length = k;
-      this.states.length = k + 1;
+    // The output known so far unchanged? (Checked at its last token: outputs only grow, except a restarted request's.)
+    if (n < this.length || (this.length > 0 && output[from + this.length - 1] !== this.last)) {
+      this.state = this.grammar.start();
+      this.length = 0;
     }
-    for (let i = k; i < n; i++) {
+    for (let i = this.length; i < n; i++) {
       const t = output[from + i] as number;
-      const s = this.states[i];
-      this.tokens.push(t);
-      this.states.push(s === undefined ? undefined : this.grammar.next(s, t));
+      if (this.state !== undefined) this.state = this.grammar.next(this.state, t);
+      this.last = t;
     }
-    return this.states[n];
+    this.length = n;
+    return this.state;
   }
 }
 

@@ -17,6 +17,11 @@ export interface TextCodec {
    * prefixes' texts extended.
    */
   readonly cleansUpSpaces?: boolean;
+  /**
+   * Each id's bytes as it decodes inside text (TextTokenizer.tokenBytes): what grammars read (the
+   * server's response_format). Optional: a codec without it serves text, not grammars.
+   */
+  tokenBytes?(vocabSize: number): (Uint8Array | null)[];
 }
 
 /** transformers' clean_up_tokenization (and the tokenizers library's): spaces before punctuation and English contractions removed. */

@@ -411,6 +411,34 @@ describe('decoding with a grammar (embedded family, a byte-level JSON vocabulary
     }
   });
 
+  it('logprobs with a grammar: the constrained distribution\'s (forbidden alternatives -inf), speculative equal to plain', async () => {
+    const { target, draft } = family;
+    const K = 4;
+    const plain = await plainGenerate(target, prompts.slice(0, 3), { maxNewTokens: 20, grammar, logprobs: K });
+    const engine = new Engine({ model: target, speculator: new DraftModelSpeculator({ draft, k: 3 }) });
+    try {
+      const got = await Promise.all(prompts.slice(0, 3).map((p) => engine.submit(p, { maxNewTokens: 20, grammar, logprobs: K })));
+      got.forEach((g, i) => {
+        const want = plain.logprobs![i]!;
+        assert.deepStrictEqual(Array.from(g.tokens), Array.from(plain.tokens[i]!));
+        assert.deepStrictEqual(Array.from(g.logprobs!.token), Array.from(want.token), `request ${i}: the tokens' log-probabilities`);
+        assert.deepStrictEqual(Array.from(g.logprobs!.topIds), Array.from(want.topIds));
+        // Each alternative with a finite log-probability is a token the grammar allows there.
+        const cursor = new GrammarCursor(grammar);
+        const toks = Array.from(g.tokens);
+        for (let k = 0; k < toks.length; k++) {
+          const st = cursor.at(toks, 0, k) as GrammarState;
+          for (let j = 0; j < K; j++) {
+            const id = g.logprobs!.topIds[k * K + j]!, lp = g.logprobs!.topLogprobs[k * K + j]!;
+            assert.strictEqual(Number.isFinite(lp), grammar.next(st, id) !== undefined || (id === 2 && grammar.accepts(st)), `request ${i}, token ${k}: alternative ${id} (log p ${lp})`);
+          }
+        }
+      });
+    } finally {
+      engine.close();
+    }
+  });
+
   it('a grammar over another vocabulary, or not a grammar, is refused at submit; one that allows nothing fails its request only', async () => {
     const { target } = family;
     const engine = new Engine({ model: target });

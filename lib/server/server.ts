@@ -473,7 +473,7 @@ export class CompletionServer {
     const what = `response_format ${type}`;
     try {
       if (!this.vocabulary) {
-        const t = this.tokenizer as (TextCodec & { tokenBytes?: (vocabSize: number) => (Uint8Array | null)[] }) | undefined;
+        const t = this.tokenizer;
         if (typeof t?.tokenBytes !== 'function') throw new HttpError(400, `${what}: needs the model's tokenizer (its tokens' bytes); this server has none`, 'response_format');
         this.vocabulary = new TokenVocabulary(t.tokenBytes(this.engine.model.config.vocabSize));
       }

@@ -10,7 +10,7 @@
 // Run: node dist/bench/grammar.js [--quick]
 import { SpeculativeDecoder } from '../lib/decoder';
 import { defaultModelPaths } from '../lib/default_models';
-import { JsonGrammar, TokenVocabulary, type GrammarState } from '../lib/grammar';
+import { JsonGrammar, TokenVocabulary, type GrammarState, type TokenGrammar } from '../lib/grammar';
 import { JsonSchemaGrammar } from '../lib/json_schema';
 import { LlamaModel } from '../lib/models/llama';
 import { DraftModelSpeculator } from '../lib/strategies/draft_model';
@@ -52,22 +52,7 @@ function masks(quick: boolean): void {
     ['after a value ("," or "}")', '{"age": 36'],
     ['inside an array, depth 3', '{"a": [[1, 2], ['],
   ];
-  for (const [name, text] of states) {
-    const times: number[] = [];
-    let allowed = 0;
-    for (let k = 0; k < reps; k++) {
-      // A fresh grammar each time: the first mask of the state (no cache).
-      const g = new JsonGrammar(vocab);
-      let s: GrammarState = g.start();
-      for (const b of Buffer.from(text, 'utf8')) s = g.next(s, b) as GrammarState;
-      t0 = performance.now();
-      const m = g.allowed(s);
-      times.push(performance.now() - t0);
-      allowed = m.reduce((a, w) => a + popcount(w), 0);
-    }
-    times.sort((a, b) => a - b);
-    console.log(`  ${name.padEnd(30)} first mask ${(times[Math.floor(reps / 2)] as number).toFixed(2)} ms   ${allowed} ids allowed`);
-  }
+  for (const [name, text] of states) firstMask(name, text, () => new JsonGrammar(vocab), reps);
   // A JSON Schema's states: its key text is forced, its values typed.
   const schema = { type: 'object', properties: { name: { type: 'string' }, age: { type: 'integer' }, role: { enum: ['admin', 'user', 'guest'] }, tags: { type: 'array', items: { type: 'string' } } }, required: ['name', 'role'] };
   for (const [name, text] of [
@@ -76,21 +61,7 @@ function masks(quick: boolean): void {
     ['schema: inside a string value', '{"name": "Ada L'],
     ['schema: an integer', '{"name": "A", "age": 3'],
     ['schema: an enum', '{"name": "A", "role": "ad'],
-  ] as const) {
-    const times: number[] = [];
-    let allowed = 0;
-    for (let k = 0; k < reps; k++) {
-      const sg = new JsonSchemaGrammar(vocab, schema);
-      let s: GrammarState = sg.start();
-      for (const b of Buffer.from(text, 'utf8')) s = sg.next(s, b) as GrammarState;
-      t0 = performance.now();
-      const m = sg.allowed(s);
-      times.push(performance.now() - t0);
-      allowed = m.reduce((a, w) => a + popcount(w), 0);
-    }
-    times.sort((a, b) => a - b);
-    console.log(`  ${name.padEnd(30)} first mask ${(times[Math.floor(reps / 2)] as number).toFixed(2)} ms   ${allowed} ids allowed`);
-  }
+  ] as const) firstMask(name, text, () => new JsonSchemaGrammar(vocab, schema), reps);
   const g = new JsonGrammar(vocab);
   let s: GrammarState = g.start();
   for (const b of Buffer.from('{"name": "Ada L', 'utf8')) s = g.next(s, b) as GrammarState;
@@ -98,6 +69,23 @@ function masks(quick: boolean): void {
   t0 = performance.now();
   for (let k = 0; k < 1000; k++) g.allowed(s);
   console.log(`  a cached mask: ${((performance.now() - t0) / 1000 * 1000).toFixed(2)} us`);
+}
+
+/** The median time of the first mask (a fresh grammar each time: no cache) of the state after `text`. */
+function firstMask(name: string, text: string, make: () => TokenGrammar, reps: number): void {
+  const times: number[] = [];
+  let allowed = 0;
+  for (let k = 0; k < reps; k++) {
+    const g = make();
+    let s: GrammarState = g.start();
+    for (const b of Buffer.from(text, 'utf8')) s = g.next(s, b) as GrammarState;
+    const t0 = performance.now();
+    const m = g.allowed(s);
+    times.push(performance.now() - t0);
+    allowed = m.reduce((a, w) => a + popcount(w), 0);
+  }
+  times.sort((a, b) => a - b);
+  console.log(`  ${name.padEnd(30)} first mask ${(times[Math.floor(reps / 2)] as number).toFixed(2)} ms   ${allowed} ids allowed`);
 }
 
 function popcount(w: number): number {

@@ -197,6 +197,51 @@ class JsonState implements GrammarState {
   }
 }
 
+/**
+ * @internal TokenGrammar.allowed of a byte automaton over g's vocabulary: state `key`'s mask from
+ * `cache` (LRU, g.cacheEntries) or walked (`walk(trie, out)` sets the bits of the trie's tokens it
+ * accepts; a state inside a string (`inString`: nothing pending) starts from the plain-text tokens
+ * and walks only the others), then `stops` added where the state `accepts`. Never empty.
+ */
+export function automatonMask(
+  g: { readonly vocabulary: TokenVocabulary; readonly vocabSize: number; readonly cacheEntries: number; readonly name: string },
+  cache: Map<string, Uint32Array>,
+  key: string,
+  inString: boolean,
+  walk: (trie: TokenTrie, out: Uint32Array) => void,
+  accepts: boolean,
+  stops: ArrayLike<number> | undefined,
+): Uint32Array {
+  let m = cache.get(key);
+  if (m) {
+    // Most recently used last.
+    cache.delete(key);
+    cache.set(key, m);
+  } else {
+    if (inString) {
+      const { plain, rest } = g.vocabulary.stringTokens;
+      m = Uint32Array.from(plain);
+      walk(rest, m);
+    } else {
+      m = new Uint32Array((g.vocabSize + 31) >>> 5);
+      walk(g.vocabulary.tree, m);
+    }
+    cache.set(key, m);
+    if (cache.size > g.cacheEntries) cache.delete(cache.keys().next().value as string);
+  }
+  if (accepts && stops !== undefined && stops.length > 0) {
+    m = Uint32Array.from(m);
+    for (let i = 0; i < stops.length; i++) {
+      const t = stops[i] as number;
+      if (t >= 0 && t < g.vocabSize) m[t >>> 5] = (m[t >>> 5] as number) | (1 << (t & 31));
+    }
+  }
+  if (!m.some((w) => w !== 0)) {
+    throw codedError('E_UNSUPPORTED', `${g.name}: no token of the vocabulary continues the output here${accepts ? ' (the output is complete, and no stop token may end it)' : ''}`);
+  }
+  return m;
+}
+
 /** A JSON text over a vocabulary (response_format json_object; `root: 'value'` for any JSON value). */
 export class JsonGrammar implements TokenGrammar {
   readonly vocabSize: number;
@@ -204,9 +249,9 @@ export class JsonGrammar implements TokenGrammar {
   private readonly rootAny: boolean;
   private readonly maxWs: number;
   private readonly maxDepth: number;
-  private readonly cacheEntries: number;
+  /** @internal Masks kept (automatonMask). */
+  readonly cacheEntries: number;
   private readonly cache = new Map<string, Uint32Array>();
-  private readonly words: number;
   // step()'s result (module of one automaton step, without allocating a state per byte).
   private rMode = 0;
   private rAux = 0;
@@ -231,7 +276,6 @@ export class JsonGrammar implements TokenGrammar {
     this.maxDepth = int(options.maxDepth, 'maxDepth', 64, 1);
     this.cacheEntries = int(options.cacheEntries, 'cacheEntries', 2048, 1);
     this.vocabSize = vocabulary.size;
-    this.words = (this.vocabSize + 31) >>> 5;
     this.name = this.rootAny ? 'JSON value' : 'JSON object';
   }
 
@@ -262,36 +306,7 @@ export class JsonGrammar implements TokenGrammar {
 
   allowed(state: GrammarState, stops?: ArrayLike<number>): Uint32Array {
     const s = state as JsonState;
-    let m = this.cache.get(s.key);
-    if (m) {
-      // Most recently used last.
-      this.cache.delete(s.key);
-      this.cache.set(s.key, m);
-    } else {
-      if (s.mode === M_STR) {
-        // Plain text tokens stay in the string: their bits at once, a walk of the others.
-        const { plain, rest } = this.vocabulary.stringTokens;
-        m = Uint32Array.from(plain);
-        this.fill(0, s.mode, s.aux, s.ws, s.stack, m, rest);
-      } else {
-        m = new Uint32Array(this.words);
-        this.fill(0, s.mode, s.aux, s.ws, s.stack, m, this.vocabulary.tree);
-      }
-      this.cache.set(s.key, m);
-      if (this.cache.size > this.cacheEntries) this.cache.delete(this.cache.keys().next().value as string);
-    }
-    const ends = this.accepts(s) && stops !== undefined && stops.length > 0;
-    if (ends) {
-      m = Uint32Array.from(m);
-      for (let i = 0; i < stops.length; i++) {
-        const t = stops[i] as number;
-        if (t >= 0 && t < this.vocabSize) m[t >>> 5] = (m[t >>> 5] as number) | (1 << (t & 31));
-      }
-    }
-    if (!m.some((w) => w !== 0)) {
-      throw codedError('E_UNSUPPORTED', `${this.name}: no token of the vocabulary continues the output here${this.accepts(s) ? ' (the JSON is complete, and no stop token may end it)' : ''}`);
-    }
-    return m;
+    return automatonMask(this, this.cache, s.key, s.mode === M_STR, (trie, out) => this.fill(0, s.mode, s.aux, s.ws, s.stack, out, trie), this.accepts(s), stops);
   }
 
   /** Sets the bits of the tokens below trie node `node` that the automaton accepts from (mode, aux, ws, stack). */

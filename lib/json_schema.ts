@@ -12,7 +12,7 @@
 // The automaton reads bytes as JsonGrammar's does (the same whitespace cap and string rules); its
 // state is a stack of frames (the object or array being written, the next property it may take) and
 // the value expected. Masks are a walk of the vocabulary's trie from a state, cached per state.
-import { TokenVocabulary, type GrammarState, type TokenGrammar, type TokenTrie } from './grammar';
+import { automatonMask, TokenVocabulary, type GrammarState, type TokenGrammar, type TokenTrie } from './grammar';
 import { codedError } from './models/config';
 
 type JsonType = 'string' | 'number' | 'integer' | 'boolean' | 'null' | 'object' | 'array';
@@ -157,7 +157,8 @@ export class JsonSchemaGrammar implements TokenGrammar {
   readonly name = 'JSON schema';
   private readonly root: SchemaNode;
   private readonly maxWs: number;
-  private readonly cacheEntries: number;
+  /** @internal Masks kept (automatonMask). */
+  readonly cacheEntries: number;
   private readonly cache = new Map<string, Uint32Array>();
 
   constructor(
@@ -200,32 +201,7 @@ export class JsonSchemaGrammar implements TokenGrammar {
 
   allowed(state: GrammarState, stops?: ArrayLike<number>): Uint32Array {
     const s = state as SchemaState;
-    let m = this.cache.get(s.key);
-    if (m) {
-      this.cache.delete(s.key);
-      this.cache.set(s.key, m);
-    } else {
-      if (s.mode === M_STR) {
-        // Plain text tokens stay in the string (TokenVocabulary.stringTokens): their bits, a walk of the others.
-        const { plain, rest } = this.vocabulary.stringTokens;
-        m = Uint32Array.from(plain);
-        this.fill(0, s, m, rest);
-      } else {
-        m = new Uint32Array((this.vocabSize + 31) >>> 5);
-        this.fill(0, s, m, this.vocabulary.tree);
-      }
-      this.cache.set(s.key, m);
-      if (this.cache.size > this.cacheEntries) this.cache.delete(this.cache.keys().next().value as string);
-    }
-    if (this.accepts(s) && stops !== undefined && stops.length > 0) {
-      m = Uint32Array.from(m);
-      for (let i = 0; i < stops.length; i++) {
-        const t = stops[i] as number;
-        if (t >= 0 && t < this.vocabSize) m[t >>> 5] = (m[t >>> 5] as number) | (1 << (t & 31));
-      }
-    }
-    if (!m.some((w) => w !== 0)) throw codedError('E_UNSUPPORTED', `${this.name}: no token of the vocabulary continues the output here${this.accepts(s) ? ' (the value is complete, and no stop token may end it)' : ''}`);
-    return m;
+    return automatonMask(this, this.cache, s.key, s.mode === M_STR, (trie, out) => this.fill(0, s, out, trie), this.accepts(s), stops);
   }
 
   private fill(node: number, s: SchemaState, out: Uint32Array, trie: TokenTrie): void {

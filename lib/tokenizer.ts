@@ -237,15 +237,22 @@ function decoderTypes(d: unknown, out: string[] = []): string[] {
   return out;
 }
 
-/** GPT-2's byte <-> printable character map (ByteLevel): character code -> byte. */
-function byteLevelDecoding(): Map<number, number> {
+/** GPT-2's byte -> printable character map (ByteLevel): entry b is byte b's character in vocabularies. */
+export function byteLevelChars(): string[] {
   const bs: number[] = [];
   for (let i = 33; i <= 126; i++) bs.push(i);
   for (let i = 161; i <= 172; i++) bs.push(i);
   for (let i = 174; i <= 255; i++) bs.push(i);
   const cs = bs.slice();
   for (let b = 0, n = 0; b < 256; b++) if (!bs.includes(b)) (bs.push(b), cs.push(256 + n++));
-  return new Map(cs.map((c, i) => [c, bs[i] as number]));
+  const out = new Array<string>(256);
+  bs.forEach((b, i) => (out[b] = String.fromCharCode(cs[i] as number)));
+  return out;
+}
+
+/** The inverse of byteLevelChars: character code -> byte. */
+function byteLevelDecoding(): Map<number, number> {
+  return new Map(byteLevelChars().map((c, b) => [c.charCodeAt(0), b]));
 }
 
 /** Each token id's bytes in text (TextTokenizer.tokenBytes), from a tokenizer.json. */

@@ -12,7 +12,6 @@ import { DraftModelSpeculator } from '../lib/strategies/draft_model';
 import { EagleSpeculator } from '../lib/strategies/eagle';
 import { HybridSpeculator } from '../lib/strategies/hybrid';
 import { LookaheadSpeculator } from '../lib/strategies/lookahead';
-import { MedusaSpeculator } from '../lib/strategies/medusa';
 import { PromptLookupSpeculator } from '../lib/strategies/prompt_lookup';
 import type { ProposalBatch, SpecSequence, Speculator } from '../lib/strategies/speculator';
 import { Tensor } from '../lib/tensor';
@@ -20,7 +19,9 @@ import { TextTokenizer } from '../lib/tokenizer';
 import { defaultModelPaths } from '../lib/default_models';
 import { loadEmbeddedFamily, type EmbeddedFamily } from './fixtures/embedded_family';
 import { byteLevelJsonTokenizer, byteLevelTokenizer, metaspaceTokenizer, tokenizerFrom } from './fixtures/tokenizers';
-import { assertThrowsCode, rng, testSeed } from './helpers';
+import { assertThrowsCode, describeCuda, rng, testSeed } from './helpers';
+import { LlamaModel } from '../lib/models/llama';
+import { MedusaHeads, MedusaSpeculator } from '../lib/strategies/medusa';
 
 /** One token per byte: the automaton byte by byte. */
 const BYTES = new TokenVocabulary(Array.from({ length: 256 }, (_, b) => Uint8Array.of(b)));
@@ -453,6 +454,56 @@ describe('decoding with a grammar (embedded family, a byte-level JSON vocabulary
       assert.strictEqual((await good).tokens.length, 4);
     } finally {
       engine.close();
+    }
+  });
+});
+
+describeCuda('grammars', () => {
+  it('on CUDA: maskTokens == the CPU op bit for bit; decoding with a JSON grammar: every token allowed, a draft model and Medusa emit plain constrained decoding\'s tokens', async function () {
+    this.timeout(300000);
+    const r = rng(testSeed + 6);
+    const N = 5, V = 1000, W = (V + 31) >>> 5;
+    const x = Float32Array.from({ length: N * V }, () => r() * 10 - 5);
+    const masks = [Uint32Array.from({ length: W }, () => Math.floor(r() * 2 ** 32)), Uint32Array.from({ length: W }, (_, w) => (w === 7 ? 1 : 0))];
+    const c = Tensor.fromArray(x, 'f32', [N, V]);
+    const g = Tensor.fromArray(x, 'f32', [N, V], 'cuda');
+    try {
+      maskTokens(c, [3, 0], masks);
+      maskTokens(g, [3, 0], masks);
+      assert.deepStrictEqual(Array.from(g.toFloat32()), Array.from(c.toFloat32()));
+    } finally {
+      c.dispose();
+      g.dispose();
+    }
+    const P = defaultModelPaths();
+    const target = await LlamaModel.load(P.target, { device: 'cuda', maxSequences: 8 });
+    const draft = await LlamaModel.load(P.draft, { device: 'cuda', maxSequences: 8 });
+    const heads = MedusaHeads.load(P.medusa, { device: 'cuda' });
+    try {
+      const tokenizer = tokenizerFrom(byteLevelJsonTokenizer(325));
+      const grammar = new JsonGrammar(TokenVocabulary.fromTokenizer(tokenizer, 325));
+      const prompts = Array.from({ length: 4 }, (_, i) => Int32Array.from({ length: 5 + i * 3 }, () => 3 + Math.floor(r() * 290)));
+      const run = async (s?: Speculator): Promise<GenerateResult[]> => {
+        const engine = new Engine({ model: target, ...(s ? { speculator: s } : {}) });
+        try {
+          return await Promise.all(prompts.map((p) => engine.submit(p, { maxNewTokens: 32, grammar })));
+        } finally {
+          engine.close();
+        }
+      };
+      const want = await run();
+      for (const w of want) {
+        const ids = Array.from(w.tokens).filter((t) => t !== 2);
+        assert.ok(new GrammarCursor(grammar).at(ids, 0, ids.length), 'every token allowed');
+      }
+      for (const [name, s] of [['draft model k=4', new DraftModelSpeculator({ draft, k: 4 })], ['Medusa small_8', new MedusaSpeculator({ heads, choices: 'small_8' })]] as const) {
+        const got = await run(s);
+        got.forEach((g2, i) => assert.deepStrictEqual(Array.from(g2.tokens), Array.from(want[i]!.tokens), `${name}: request ${i}`));
+      }
+    } finally {
+      heads.dispose();
+      draft.dispose();
+      target.dispose();
     }
   });
 });

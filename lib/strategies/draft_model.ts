@@ -660,8 +660,10 @@ export class DraftModelSpeculator implements Speculator {
         const width = branching[depth] as number;
         const k = Math.min(width, this.draft.config.vocabSize);
         const pen = this.penaltiesOf(seqs, active, ctx);
-        if (pen) {
-          // Each frontier node's row continues its sequence's history with the node's path.
+        const grammar = active.some((b) => (seqs[b] as SpecSequence).grammar);
+        if (pen || grammar) {
+          // Each frontier node's row continues its sequence's history with the node's path: the
+          // penalties read it, and its drafts follow the grammar after it.
           const rows: number[] = [], paths: number[][] = [], of: number[] = [];
           active.forEach((b, i) => {
             const t = trees[b]!;
@@ -673,22 +675,8 @@ export class DraftModelSpeculator implements Speculator {
               of.push(i);
             }
           });
-          penalizeRows(out, rows, { penalties: pen.penalties, histories: of.map((i) => pen.histories[i] as PenaltyHistory) }, paths);
-        }
-        if (active.some((b) => (seqs[b] as SpecSequence).grammar)) {
-          // Each frontier node's drafts follow the grammar after the node's path.
-          const rows: number[] = [], paths: number[][] = [], of: SpecSequence[] = [];
-          active.forEach((b, i) => {
-            const t = trees[b]!;
-            for (const f of t.frontier) {
-              const path: number[] = [];
-              for (let v = f; v > 0; v = t.parents[v] as number) path.push(t.tokens[v] as number);
-              rows.push(depth === 0 ? (out.indptr[i + 1] as number) - 1 : (out.indptr[i] as number) + f - 1);
-              paths.push(path.reverse());
-              of.push(seqs[b] as SpecSequence);
-            }
-          });
-          maskDraftRows(out, rows, of, paths, this.draft.config.vocabSize);
+          if (pen) penalizeRows(out, rows, { penalties: pen.penalties, histories: of.map((i) => pen.histories[i] as PenaltyHistory) }, paths);
+          if (grammar) maskDraftRows(out, rows, of.map((i) => seqs[active[i] as number] as SpecSequence), paths, this.draft.config.vocabSize);
         }
         const top = topK(out.logits, k);
         const ids = top.ids.toInt32();

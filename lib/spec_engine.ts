@@ -1393,9 +1393,15 @@ function allowedOrError(s: EngineSequence, st: GrammarState): Uint32Array | unde
   }
 }
 
-/** Sequence s's grammar state after its history (its output so far, the root included). */
+/**
+ * Sequence s's grammar state after its history (its output so far, the root included); undefined,
+ * with s.grammarError set, where the output left it (a grammar whose allowed() and next() disagree).
+ */
 function grammarState(s: EngineSequence): GrammarState | undefined {
-  return (s.grammar as GrammarCursor).at(s.history, s.promptLength, s.history.length);
+  const c = s.grammar as GrammarCursor;
+  const st = c.at(s.history, s.promptLength, s.history.length);
+  if (!st) s.grammarError ??= codedError('E_INTERNAL', `${c.grammar.name}: the output left the grammar (a token it allowed, its next() refused)`);
+  return st;
 }
 
 /** The grammars' masks on the root rows logitRows[b] of sequences seqs (their picks: the first output token). */

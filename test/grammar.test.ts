@@ -452,6 +452,9 @@ describe('decoding with a grammar (embedded family, a byte-level JSON vocabulary
       const good = engine.submit(prompts[1]!, { maxNewTokens: 4, grammar });
       await assert.rejects(bad, /JSON object: no token of the vocabulary continues the output here/);
       assert.strictEqual((await good).tokens.length, 4);
+      // A grammar whose allowed() and next() disagree: its request fails, saying so.
+      const liar: TokenGrammar = { vocabSize: 325, name: 'liar', start: () => ({ key: 's' }), next: () => undefined, accepts: () => false, allowed: () => new Uint32Array(11).fill(0xffffffff) };
+      await assert.rejects(engine.submit(prompts[0]!, { maxNewTokens: 4, grammar: liar }), /liar: the output left the grammar/);
     } finally {
       engine.close();
     }

@@ -3,7 +3,9 @@
 // its path (never silently ignored):
 //   type (one or several of string, number, integer, boolean, null, object, array), enum, const,
 //   properties, required, additionalProperties (false, or absent: only the listed properties are
-//   written), items, minItems, maxItems; title, description, $schema and default are annotations.
+//   written), items, minItems, maxItems; $ref into the schema ($defs, definitions: expanded, not
+//   recursive); anyOf / oneOf whose alternatives begin differently (another type each: Pydantic's
+//   Optional is anyOf [X, null]); title, description, $schema and default are annotations.
 // An object's properties are written in the schema's order (OpenAI's structured outputs write them
 // so), each optional one may be left out, every required one is there; an enum or const value is
 // written as JSON.stringify writes it. Every output is valid for the schema; not every valid text is
@@ -17,7 +19,10 @@ import { codedError } from './models/config';
 
 type JsonType = 'string' | 'number' | 'integer' | 'boolean' | 'null' | 'object' | 'array';
 const TYPES: readonly JsonType[] = ['string', 'number', 'integer', 'boolean', 'null', 'object', 'array'];
-const ANNOTATIONS = new Set(['title', 'description', '$schema', 'default', '$comment', 'examples']);
+// Annotations, and where definitions live ($ref reads them from the root).
+const ANNOTATIONS = new Set(['title', 'description', '$schema', 'default', '$comment', 'examples', '$defs', 'definitions', '$id']);
+const KEYWORDS = ['type', 'enum', 'const', 'properties', 'required', 'additionalProperties', 'items', 'minItems', 'maxItems'];
+const SUPPORTED = 'type, enum, const, properties, required, additionalProperties: false, items, minItems, maxItems, $ref (not recursive), anyOf / oneOf (alternatives that begin differently)';
 
 interface Prop {
   /** The key as written: JSON.stringify(name), quotes included (UTF-8). */
@@ -35,6 +40,44 @@ interface SchemaNode {
   readonly items?: SchemaNode;
   readonly minItems: number;
   readonly maxItems: number;
+  /** anyOf / oneOf: the alternatives, and for each first byte the one it begins (index + 1; 0: none). */
+  readonly alts?: readonly SchemaNode[];
+  readonly altOf?: Uint8Array;
+}
+
+/** Where compile() is: the root (that $ref reads) and the references being expanded (no recursion). */
+interface CompileContext {
+  readonly root: unknown;
+  readonly refs: readonly string[];
+}
+
+/** The bytes a value of n can begin with. */
+function firstBytes(n: SchemaNode): Set<number> {
+  const out = new Set<number>();
+  if (n.alts) for (const a of n.alts) for (const b of firstBytes(a)) out.add(b);
+  if (n.literals) for (const l of n.literals) out.add(l[0] as number);
+  const add = (s: string): void => {
+    for (const c of s) out.add(c.charCodeAt(0));
+  };
+  if (n.types.has('string')) add('"');
+  if (n.types.has('number') || n.types.has('integer')) add('-0123456789');
+  if (n.types.has('boolean')) add('tf');
+  if (n.types.has('null')) add('n');
+  if (n.types.has('object')) add('{');
+  if (n.types.has('array')) add('[');
+  return out;
+}
+
+/** The schema a local $ref ('#', '#/$defs/Name', any JSON pointer into the root) names. */
+function resolveRef(root: unknown, ref: string, path: string): unknown {
+  if (ref !== '#' && !ref.startsWith('#/')) throw codedError('E_ARG', `json schema ${path}/$ref: only references into this schema ('#/...') are supported, got '${ref}'`);
+  let at: unknown = root;
+  for (const raw of ref === '#' ? [] : ref.slice(2).split('/')) {
+    const key = decodeURIComponent(raw).replace(/~1/g, '/').replace(/~0/g, '~');
+    if (typeof at !== 'object' || at === null || !Object.prototype.hasOwnProperty.call(at, key)) throw codedError('E_ARG', `json schema ${path}/$ref: '${ref}' names nothing in the schema`);
+    at = (at as Record<string, unknown>)[key];
+  }
+  return at;
 }
 
 const enc = new TextEncoder();
@@ -42,15 +85,43 @@ const TRUE_FALSE = [enc.encode('true'), enc.encode('false')];
 const NULL = [enc.encode('null')];
 
 /** Compiles `schema` (JSON Schema, the subset above); E_ARG naming the path of anything else. */
-function compile(schema: unknown, path: string, nodes: SchemaNode[]): SchemaNode {
+function compile(schema: unknown, path: string, nodes: SchemaNode[], ctx: CompileContext): SchemaNode {
   if (typeof schema !== 'object' || schema === null || Array.isArray(schema)) {
     throw codedError('E_ARG', `json schema ${path}: expected a schema object, got ${JSON.stringify(schema)} (a schema accepting anything is not supported: give its type)`);
   }
   const o = schema as Record<string, unknown>;
+  const alone = (k: string): void => {
+    for (const other of Object.keys(o)) if (other !== k && !ANNOTATIONS.has(other)) throw codedError('E_ARG', `json schema ${path}: '${other}' beside '${k}' is not supported`);
+  };
+  if (o['$ref'] !== undefined) {
+    // A reference: the schema it names, expanded here (a reference to itself, directly or not, is refused).
+    alone('$ref');
+    const ref = o['$ref'];
+    if (typeof ref !== 'string') throw codedError('E_ARG', `json schema ${path}/$ref: expected a string`);
+    if (ctx.refs.includes(ref)) throw codedError('E_ARG', `json schema ${path}: a recursive $ref ('${ref}') is not supported`);
+    return compile(resolveRef(ctx.root, ref, path), ref, nodes, { root: ctx.root, refs: [...ctx.refs, ref] });
+  }
+  for (const k of ['anyOf', 'oneOf'] as const) {
+    if (o[k] === undefined) continue;
+    alone(k);
+    const list = o[k];
+    if (!Array.isArray(list) || list.length === 0) throw codedError('E_ARG', `json schema ${path}/${k}: expected a non-empty array of schemas`);
+    const alts = list.map((a, i) => compile(a, `${path}/${k}/${i}`, nodes, ctx));
+    if (alts.length === 1) return alts[0] as SchemaNode;
+    // The first byte of a value picks its alternative (so anyOf and oneOf mean the same here).
+    const altOf = new Uint8Array(256);
+    alts.forEach((a, i) => {
+      for (const b of firstBytes(a)) {
+        if ((altOf[b] as number) !== 0) throw codedError('E_ARG', `json schema ${path}/${k}: alternatives ${(altOf[b] as number) - 1} and ${i} can both begin with '${String.fromCharCode(b)}' (alternatives must begin differently: another type each)`);
+        altOf[b] = i + 1;
+      }
+    });
+    const node: SchemaNode = { id: nodes.length, types: new Set(), props: [], minItems: 0, maxItems: Infinity, alts, altOf };
+    nodes.push(node);
+    return node;
+  }
   for (const k of Object.keys(o)) {
-    if (!ANNOTATIONS.has(k) && !['type', 'enum', 'const', 'properties', 'required', 'additionalProperties', 'items', 'minItems', 'maxItems'].includes(k)) {
-      throw codedError('E_ARG', `json schema ${path}: the keyword '${k}' is not supported (supported: type, enum, const, properties, required, additionalProperties: false, items, minItems, maxItems)`);
-    }
+    if (!ANNOTATIONS.has(k) && !KEYWORDS.includes(k)) throw codedError('E_ARG', `json schema ${path}: the keyword '${k}' is not supported (supported: ${SUPPORTED})`);
   }
   const id = nodes.length;
   let literals: Uint8Array[] | undefined;
@@ -90,14 +161,14 @@ function compile(schema: unknown, path: string, nodes: SchemaNode[]): SchemaNode
     if (typeof props !== 'object' || props === null || Array.isArray(props)) throw codedError('E_ARG', `json schema ${path}/properties: expected an object`);
     node.props = Object.entries(props as Record<string, unknown>).map(([name, s]) => ({
       key: enc.encode(JSON.stringify(name)),
-      node: compile(s, `${path}/properties/${name}`, nodes),
+      node: compile(s, `${path}/properties/${name}`, nodes, ctx),
       required: required.includes(name),
     }));
   }
   for (const r of required as string[]) if (typeof props !== 'object' || props === null || !Object.prototype.hasOwnProperty.call(props, r)) throw codedError('E_ARG', `json schema ${path}/required: '${r}' is not among the properties`);
   if (types.has('array')) {
     if (o['items'] === undefined) throw codedError('E_ARG', `json schema ${path}: an array without items (a schema for its elements) is not supported`);
-    node.items = compile(o['items'], `${path}/items`, nodes);
+    node.items = compile(o['items'], `${path}/items`, nodes, ctx);
   } else if (o['items'] !== undefined) throw codedError('E_ARG', `json schema ${path}/items: only for type array`);
   return node;
 }
@@ -167,7 +238,7 @@ export class JsonSchemaGrammar implements TokenGrammar {
     options: JsonSchemaGrammarOptions = {},
   ) {
     if (!(vocabulary instanceof TokenVocabulary)) throw codedError('E_ARG', 'JsonSchemaGrammar: expected a TokenVocabulary');
-    this.root = compile(schema, '#', []);
+    this.root = compile(schema, '#', [], { root: schema, refs: [] });
     const int = (v: number | undefined, name: string, dflt: number, min: number): number => {
       if (v === undefined) return dflt;
       if (!Number.isSafeInteger(v) || v < min) throw codedError('E_ARG', `JsonSchemaGrammar ${name}: expected an integer >= ${min}, got ${String(v)}`);
@@ -239,6 +310,10 @@ export class JsonSchemaGrammar implements TokenGrammar {
 
   /** The first byte of a value of schema n inside `frame`. */
   private value(b: number, n: SchemaNode, frame: Frame | null): SchemaState | undefined {
+    if (n.altOf) {
+      const i = n.altOf[b] as number;
+      return i > 0 ? this.value(b, (n.alts as readonly SchemaNode[])[i - 1] as SchemaNode, frame) : undefined;
+    }
     const lits = n.literals ?? (b === 0x74 || b === 0x66 ? (n.types.has('boolean') ? TRUE_FALSE : undefined) : b === 0x6e && n.types.has('null') ? NULL : undefined);
     if (lits) {
       const c = lits.filter((x) => x[0] === b);

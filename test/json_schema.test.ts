@@ -23,8 +23,13 @@ const BYTES = new TokenVocabulary(Array.from({ length: 256 }, (_, b) => Uint8Arr
 /** A random schema of the supported subset, nested up to `depth`. */
 function randomSchema(r: () => number, depth: number): Schema {
   const pick = <T>(xs: readonly T[]): T => xs[Math.floor(r() * xs.length)] as T;
-  const k = Math.floor(r() * (depth > 0 ? 9 : 6));
+  const k = Math.floor(r() * (depth > 0 ? 11 : 6));
   switch (k) {
+    case 9:
+      // Pydantic's Optional: anyOf [X, null] (X not beginning with 'n').
+      return { anyOf: [pick<Schema>([{ type: 'string' }, { type: 'integer' }, { type: 'array', items: { type: 'boolean' } }, randomObject(r, depth - 1)]), { type: 'null' }] };
+    case 10:
+      return { $ref: '#/$defs/Item' };
     case 0:
       return { type: 'string', description: 'a string' };
     case 1:
@@ -39,13 +44,8 @@ function randomSchema(r: () => number, depth: number): Schema {
     case 5:
       return { type: 'string' };
     case 6:
-    case 7: {
-      const props: Record<string, Schema> = {};
-      const names = ['id', 'name', 'list', 'x_y', 'nested', 'é'];
-      for (let n = Math.floor(r() * 4) + 1; n > 0; n--) props[pick(names)] = randomSchema(r, depth - 1);
-      const required = Object.keys(props).filter(() => r() < 0.6);
-      return { type: 'object', properties: props, required, ...(r() < 0.5 ? { additionalProperties: false } : {}) };
-    }
+    case 7:
+      return randomObject(r, depth - 1);
     default: {
       const minItems = Math.floor(r() * 2), maxItems = r() < 0.5 ? minItems + Math.floor(r() * 3) : undefined;
       return { type: 'array', items: randomSchema(r, depth - 1), minItems, ...(maxItems !== undefined ? { maxItems } : {}) };
@@ -53,9 +53,32 @@ function randomSchema(r: () => number, depth: number): Schema {
   }
 }
 
+function randomObject(r: () => number, depth: number): Schema {
+  const props: Record<string, Schema> = {};
+  const names = ['id', 'name', 'list', 'x_y', 'nested', 'é'];
+  for (let n = Math.floor(r() * 4) + 1; n > 0; n--) props[names[Math.floor(r() * names.length)] as string] = randomSchema(r, depth);
+  const required = Object.keys(props).filter(() => r() < 0.6);
+  return { type: 'object', properties: props, required, ...(r() < 0.5 ? { additionalProperties: false } : {}) };
+}
+
+/** A random schema with a definition ($defs.Item, itself without references) that $refs in it name. */
+function randomRootSchema(r: () => number, depth: number): Schema {
+  // (Depth 0: the definition refers to nothing.)
+  return { ...randomSchema(r, depth), $defs: { Item: r() < 0.5 ? randomSchema(r, 0) : { type: 'object', properties: { v: randomSchema(r, 0) }, required: ['v'] } } };
+}
+
+/** A local $ref's target. */
+function deref(s: Schema, root: Schema): Schema {
+  let at = s;
+  for (let i = 0; at['$ref'] !== undefined && i < 8; i++) at = ((root['$defs'] as Record<string, Schema>)[(at['$ref'] as string).split('/').pop() as string]) as Schema;
+  return at;
+}
+
 /** A random instance of `s` (properties in the schema's order, optional ones sometimes left out). */
-function randomInstance(r: () => number, s: Schema): unknown {
+function randomInstance(r: () => number, s0: Schema, root: Schema = s0): unknown {
   const pick = <T>(xs: readonly T[]): T => xs[Math.floor(r() * xs.length)] as T;
+  const s = deref(s0, root);
+  if (s['anyOf']) return randomInstance(r, pick(s['anyOf'] as Schema[]), root);
   if (s['const'] !== undefined) return s['const'];
   if (s['enum']) return pick(s['enum'] as unknown[]);
   const t = pick(Array.isArray(s['type']) ? (s['type'] as string[]) : [s['type'] as string]);
@@ -73,18 +96,21 @@ function randomInstance(r: () => number, s: Schema): unknown {
     case 'object': {
       const o: Record<string, unknown> = {};
       const req = (s['required'] as string[] | undefined) ?? [];
-      for (const [name, ps] of Object.entries(s['properties'] as Record<string, Schema>)) if (req.includes(name) || r() < 0.5) o[name] = randomInstance(r, ps);
+      for (const [name, ps] of Object.entries(s['properties'] as Record<string, Schema>)) if (req.includes(name) || r() < 0.5) o[name] = randomInstance(r, ps, root);
       return o;
     }
     default: {
       const min = (s['minItems'] as number | undefined) ?? 0, max = (s['maxItems'] as number | undefined) ?? min + 3;
-      return Array.from({ length: min + Math.floor(r() * (max - min + 1)) }, () => randomInstance(r, s['items'] as Schema));
+      return Array.from({ length: min + Math.floor(r() * (max - min + 1)) }, () => randomInstance(r, s['items'] as Schema, root));
     }
   }
 }
 
 /** A plain validator of the subset (JSON Schema's meaning: any key order). */
-function valid(v: unknown, s: Schema): boolean {
+function valid(v: unknown, s0: Schema, root: Schema = s0): boolean {
+  const s = deref(s0, root);
+  if (s['anyOf']) return (s['anyOf'] as Schema[]).some((a) => valid(v, a, root));
+  if (s['oneOf']) return (s['oneOf'] as Schema[]).filter((a) => valid(v, a, root)).length === 1;
   if (s['const'] !== undefined) return JSON.stringify(v) === JSON.stringify(s['const']);
   if (s['enum']) return (s['enum'] as unknown[]).some((e) => JSON.stringify(e) === JSON.stringify(v));
   const types = Array.isArray(s['type']) ? (s['type'] as string[]) : [s['type'] as string];
@@ -105,12 +131,12 @@ function valid(v: unknown, s: Schema): boolean {
         const props = (s['properties'] as Record<string, Schema> | undefined) ?? {};
         const o = v as Record<string, unknown>;
         return (
-          Object.keys(o).every((k) => k in props && valid(o[k], props[k] as Schema)) &&
+          Object.keys(o).every((k) => k in props && valid(o[k], props[k] as Schema, root)) &&
           ((s['required'] as string[] | undefined) ?? []).every((k) => k in o)
         );
       }
       default:
-        return Array.isArray(v) && v.length >= ((s['minItems'] as number | undefined) ?? 0) && v.length <= ((s['maxItems'] as number | undefined) ?? Infinity) && v.every((x) => valid(x, s['items'] as Schema));
+        return Array.isArray(v) && v.length >= ((s['minItems'] as number | undefined) ?? 0) && v.length <= ((s['maxItems'] as number | undefined) ?? Infinity) && v.every((x) => valid(x, s['items'] as Schema, root));
     }
   });
 }
@@ -129,7 +155,7 @@ describe('JsonSchemaGrammar: the automaton', () => {
     const r = rng(testSeed + 11);
     let n = 0;
     for (let k = 0; k < 150; k++) {
-      const schema = randomSchema(r, 3);
+      const schema = randomRootSchema(r, 3);
       const g = new JsonSchemaGrammar(BYTES, schema);
       for (let m = 0; m < 8; m++) {
         const v = randomInstance(r, schema);
@@ -151,7 +177,7 @@ describe('JsonSchemaGrammar: the automaton', () => {
     const r = rng(testSeed + 12);
     let completed = 0;
     for (let k = 0; k < 150; k++) {
-      const schema = randomSchema(r, 3);
+      const schema = randomRootSchema(r, 3);
       const g = new JsonSchemaGrammar(BYTES, schema, { maxWhitespace: 2 });
       for (let walk = 0; walk < 4; walk++) {
         let s: GrammarState = g.start();
@@ -198,6 +224,21 @@ describe('JsonSchemaGrammar: the automaton', () => {
       ['{"b": "x", "e": 10}', 'complete'],
       ['{"b": "x", "e": 1}', 'reject'],
     ] as const) assert.strictEqual(read(g, t), want, t);
+    // Pydantic's shape: nested models in $defs, Optional fields as anyOf [X, null].
+    const pyd = new JsonSchemaGrammar(BYTES, {
+      $defs: { Pet: { type: 'object', properties: { kind: { enum: ['cat', 'dog'] }, age: { anyOf: [{ type: 'integer' }, { type: 'null' }], default: null } }, required: ['kind', 'age'], title: 'Pet' } },
+      type: 'object',
+      properties: { name: { type: 'string' }, pets: { type: 'array', items: { $ref: '#/$defs/Pet' } }, best: { anyOf: [{ $ref: '#/$defs/Pet' }, { type: 'null' }] } },
+      required: ['name', 'pets', 'best'],
+      title: 'Owner',
+    });
+    for (const [t, want] of [
+      ['{"name": "A", "pets": [{"kind": "cat", "age": 3}, {"kind": "dog", "age": null}], "best": null}', 'complete'],
+      ['{"name": "A", "pets": [], "best": {"kind": "dog", "age": 1}}', 'complete'],
+      ['{"name": "A", "pets": [{"kind": "cow", "age": 3}], "best": null}', 'reject'],
+      ['{"name": "A", "pets": [], "best": "dog"}', 'reject'],
+      ['{"name": "A", "pets": [{"kind": "cat", "age": 1.5}], "best": null}', 'reject'],
+    ] as const) assert.strictEqual(read(pyd, t), want, t);
   });
 
   it('allowed() == the tokens next() accepts, state by state (multi-byte tokens, stop tokens where complete)', () => {
@@ -210,7 +251,7 @@ describe('JsonSchemaGrammar: the automaton', () => {
     const vocab = new TokenVocabulary(bytes);
     let checked = 0;
     for (let k = 0; k < 12; k++) {
-      const schema = randomSchema(r, 2);
+      const schema = randomRootSchema(r, 2);
       const g = new JsonSchemaGrammar(vocab, schema, { cacheEntries: 4 });
       let s: GrammarState = g.start();
       for (let step = 0; step < 25; step++) {
@@ -233,8 +274,14 @@ describe('JsonSchemaGrammar: the automaton', () => {
     const bad: [unknown, RegExp][] = [
       [{ type: 'string', pattern: '^a' }, /#: the keyword 'pattern' is not supported/],
       [{ type: 'object', properties: { a: { type: 'number', minimum: 0 } } }, /#\/properties\/a: the keyword 'minimum'/],
-      [{ anyOf: [{ type: 'string' }] }, /'anyOf' is not supported/],
-      [{ $ref: '#/$defs/x' }, /'\$ref' is not supported/],
+      [{ anyOf: [{ type: 'string' }, { enum: ['a', 1] }] }, /#\/anyOf: alternatives 0 and 1 can both begin with '"'/],
+      [{ oneOf: [{ type: 'number' }, { type: 'integer' }] }, /#\/oneOf: alternatives 0 and 1 can both begin with '-'/],
+      [{ anyOf: [{ type: 'string' }, { type: 'null' }], type: 'string' }, /'type' beside 'anyOf' is not supported/],
+      [{ $ref: '#/$defs/x' }, /#\/\$ref: '#\/\$defs\/x' names nothing/],
+      [{ $ref: 'https://example.com/s.json' }, /only references into this schema/],
+      [{ $ref: '#/$defs/A', $defs: { A: { type: 'object', properties: { next: { $ref: '#/$defs/A' } } } } }, /#\/\$defs\/A\/properties\/next: a recursive \$ref \('#\/\$defs\/A'\) is not supported/],
+      [{ $ref: '#/$defs/A', minLength: 2, $defs: { A: { type: 'string' } } }, /'minLength' beside '\$ref'/],
+      [{ not: { type: 'string' } }, /'not' is not supported/],
       [{}, /accepting anything is not supported/],
       [true, /expected a schema object/],
       [{ type: 'object', additionalProperties: true }, /additionalProperties: only false/],

@@ -143,7 +143,7 @@ export const GENERATE_USAGE = `usage: specdec generate [--model DIR] [--draft DI
                       complete; needs a byte-level or SentencePiece tokenizer). Default: text
   --json-schema FILE  the output is a JSON value valid for the JSON Schema in FILE (type, enum, const,
                       properties (written in the schema's order), required, items, minItems,
-                      maxItems; other keywords are refused)
+                      maxItems, $ref, anyOf of different types; other keywords are refused)
   --max-context N     positions per sequence (prompt + output) the KV cache is sized for; a run that
                       fills them ends with finishReason 'context' (default: the longest prompt +
                       --max-new-tokens, at most the model's max_position_embeddings)

@@ -171,7 +171,7 @@ export interface JsonGrammarOptions {
   readonly maxWhitespace?: number;
   /** The deepest nesting of objects and arrays. Default 64. */
   readonly maxDepth?: number;
-  /** Masks kept (LRU), each ceil(vocabSize / 32) words. Default 2048. */
+  /** Masks kept (LRU), each ceil(vocabSize / 32) words (16 KB at a 128k vocabulary: 32 MB at the default). Default 2048. */
   readonly cacheEntries?: number;
 }
 

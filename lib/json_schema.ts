@@ -218,7 +218,7 @@ class SchemaState implements GrammarState {
 export interface JsonSchemaGrammarOptions {
   /** As JsonGrammarOptions.maxWhitespace. Default 32. */
   readonly maxWhitespace?: number;
-  /** As JsonGrammarOptions.cacheEntries. Default 2048. */
+  /** As JsonGrammarOptions.cacheEntries (a schema visits fewer states than free JSON). Default 512. */
   readonly cacheEntries?: number;
 }
 
@@ -245,7 +245,7 @@ export class JsonSchemaGrammar implements TokenGrammar {
       return v;
     };
     this.maxWs = int(options.maxWhitespace, 'maxWhitespace', 32, 0);
-    this.cacheEntries = int(options.cacheEntries, 'cacheEntries', 2048, 1);
+    this.cacheEntries = int(options.cacheEntries, 'cacheEntries', 512, 1);
     this.vocabSize = vocabulary.size;
   }
 

@@ -98,8 +98,9 @@ interface SentPrompt {
 const MAX_STOP_STRINGS = 16;
 /** Most engine requests one body may make (prompts x best_of). */
 const MAX_REQUESTS = 1024;
-/** Schema grammars kept (response_format json_schema), each with its masks. */
+/** Schema grammars kept (response_format json_schema), each with its masks (at most SCHEMA_MASKS). */
 const MAX_SCHEMAS = 16;
+const SCHEMA_MASKS = 256;
 /** Most choices (`n`) a request may ask for (OpenAI's limit). */
 const MAX_CHOICES = 128;
 
@@ -485,7 +486,8 @@ export class CompletionServer {
       let g = this.schemas.get(key);
       if (g) this.schemas.delete(key);
       else {
-        g = new JsonSchemaGrammar(this.vocabulary, schema);
+        // (Up to MAX_SCHEMAS kept, each with SCHEMA_MASKS masks: 64 MB at a 128k vocabulary.)
+        g = new JsonSchemaGrammar(this.vocabulary, schema, { cacheEntries: SCHEMA_MASKS });
         if (this.schemas.size >= MAX_SCHEMAS) this.schemas.delete(this.schemas.keys().next().value as string);
       }
       this.schemas.set(key, g);

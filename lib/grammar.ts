@@ -29,9 +29,16 @@ export interface TokenGrammar {
   /** Whether the output may end at `state` (stop tokens are allowed there). */
   accepts(state: GrammarState): boolean;
   /**
+   * Whether the text is complete at `state`: nothing but whitespace may follow, so that given stop
+   * tokens allowed() allows them alone (the output ends there rather than pad to its budget).
+   * Optional: a grammar without it has no such states.
+   */
+  complete?(state: GrammarState): boolean;
+  /**
    * The tokens allowed at `state`: bit t % 32 of word t / 32 (ceil(vocabSize / 32) words), `stops`
    * added where the state accepts. Never empty (E_UNSUPPORTED when the vocabulary cannot continue).
-   * The array may be shared: do not write it.
+   * The array may be shared: do not write it. The engine passes no stops to a row where they are
+   * banned (min_tokens).
    */
   allowed(state: GrammarState, stops?: ArrayLike<number>): Uint32Array;
 }
@@ -201,7 +208,9 @@ class JsonState implements GrammarState {
  * @internal TokenGrammar.allowed of a byte automaton over g's vocabulary: state `key`'s mask from
  * `cache` (LRU, g.cacheEntries) or walked (`walk(trie, out)` sets the bits of the trie's tokens it
  * accepts; a state inside a string (`inString`: nothing pending) starts from the plain-text tokens
- * and walks only the others), then `stops` added where the state `accepts`. Never empty.
+ * and walks only the others), then `stops` added where the state `accepts`. A `final` state (the
+ * text is complete: only whitespace may follow) allows the stop tokens alone when there are any,
+ * so that the output ends there rather than pad to its budget. Never empty.
  */
 export function automatonMask(
   g: { readonly vocabulary: TokenVocabulary; readonly vocabSize: number; readonly cacheEntries: number; readonly name: string },
@@ -210,8 +219,17 @@ export function automatonMask(
   inString: boolean,
   walk: (trie: TokenTrie, out: Uint32Array) => void,
   accepts: boolean,
+  final: boolean,
   stops: ArrayLike<number> | undefined,
 ): Uint32Array {
+  if (final && stops !== undefined && stops.length > 0) {
+    const only = new Uint32Array((g.vocabSize + 31) >>> 5);
+    for (let i = 0; i < stops.length; i++) {
+      const t = stops[i] as number;
+      if (t >= 0 && t < g.vocabSize) only[t >>> 5] = (only[t >>> 5] as number) | (1 << (t & 31));
+    }
+    if (only.some((w) => w !== 0)) return only;
+  }
   let m = cache.get(key);
   if (m) {
     // Most recently used last.
@@ -298,6 +316,10 @@ export class JsonGrammar implements TokenGrammar {
     return new JsonState(mode, aux, ws, stack);
   }
 
+  complete(state: GrammarState): boolean {
+    return (state as JsonState).mode === M_DONE;
+  }
+
   accepts(state: GrammarState): boolean {
     const s = state as JsonState;
     // (A number at the root ends where the output does.)
@@ -306,7 +328,7 @@ export class JsonGrammar implements TokenGrammar {
 
   allowed(state: GrammarState, stops?: ArrayLike<number>): Uint32Array {
     const s = state as JsonState;
-    return automatonMask(this, this.cache, s.key, s.mode === M_STR, (trie, out) => this.fill(0, s.mode, s.aux, s.ws, s.stack, out, trie), this.accepts(s), stops);
+    return automatonMask(this, this.cache, s.key, s.mode === M_STR, (trie, out) => this.fill(0, s.mode, s.aux, s.ws, s.stack, out, trie), this.accepts(s), this.complete(s), stops);
   }
 
   /** Sets the bits of the tokens below trie node `node` that the automaton accepts from (mode, aux, ws, stack). */

@@ -261,6 +261,10 @@ export class JsonSchemaGrammar implements TokenGrammar {
     return s;
   }
 
+  complete(state: GrammarState): boolean {
+    return (state as SchemaState).mode === M_DONE;
+  }
+
   accepts(state: GrammarState): boolean {
     const s = state as SchemaState;
     if (s.mode === M_DONE) return true;
@@ -272,7 +276,7 @@ export class JsonSchemaGrammar implements TokenGrammar {
 
   allowed(state: GrammarState, stops?: ArrayLike<number>): Uint32Array {
     const s = state as SchemaState;
-    return automatonMask(this, this.cache, s.key, s.mode === M_STR, (trie, out) => this.fill(0, s, out, trie), this.accepts(s), stops);
+    return automatonMask(this, this.cache, s.key, s.mode === M_STR, (trie, out) => this.fill(0, s, out, trie), this.accepts(s), this.complete(s), stops);
   }
 
   private fill(node: number, s: SchemaState, out: Uint32Array, trie: TokenTrie): void {

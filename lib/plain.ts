@@ -225,7 +225,8 @@ export async function plainGenerate(model: CausalLM, prompts: readonly Int32Arra
             const st = cursors[i]!.at(out[i]!, 0, out[i]!.length);
             if (!st) throw codedError('E_INTERNAL', `sequence ${i}: its output left the grammar`);
             rows.push((fw.indptr[b + 1] as number) - 1);
-            masks.push(options.grammar!.allowed(st, stopList));
+            // (No stop token where min_tokens bans it.)
+            masks.push(options.grammar!.allowed(st, banOf(i) ? undefined : stopList));
           });
           maskTokens(fw.logits, rows, masks);
         }

@@ -1383,10 +1383,15 @@ function anyGrammar(seqs: readonly EngineSequence[]): boolean {
   return false;
 }
 
-/** s's grammar's allowed tokens at `st`, or undefined with what it threw kept in s.grammarError (its request fails alone). */
-function allowedOrError(s: EngineSequence, st: GrammarState): Uint32Array | undefined {
+/**
+ * s's grammar's allowed tokens at `st` for a row `depth` tokens below its root (its stop tokens
+ * unless min_tokens bans them there), or undefined with what it threw kept in s.grammarError (its
+ * request fails alone).
+ */
+function allowedOrError(s: EngineSequence, st: GrammarState, depth: number): Uint32Array | undefined {
+  const ban = stopBan(s);
   try {
-    return (s.grammar as GrammarCursor).grammar.allowed(st, s.stopTokens);
+    return (s.grammar as GrammarCursor).grammar.allowed(st, ban && depth < ban.before ? undefined : s.stopTokens);
   } catch (e) {
     s.grammarError = e;
     return undefined;
@@ -1411,7 +1416,7 @@ function maskRootRows(logits: Tensor, seqs: readonly EngineSequence[], logitRows
   seqs.forEach((s, b) => {
     const st = s.grammar && s.grammarError === undefined ? grammarState(s) : undefined;
     if (!st) return;
-    const m = allowedOrError(s, st);
+    const m = allowedOrError(s, st, 0);
     if (!m) return;
     rows.push(logitRows[b] as number);
     masks.push(m);
@@ -1439,16 +1444,18 @@ function maskTreeRows(out: ForwardOutput, seq0: number, seqs: readonly EngineSeq
     // Node i's state from its parent's (parents precede their children); node 0 is the root, the
     // history's last token.
     const states = new Array<GrammarState | undefined>(tokens.length);
+    const depths = new Int32Array(tokens.length);
     states[0] = grammarState(s);
     for (let i = 1; i < tokens.length; i++) {
       const up = states[p.parents[i] as number];
       states[i] = up === undefined ? undefined : g.next(up, tokens[i] as number);
+      depths[i] = (depths[p.parents[i] as number] as number) + 1;
     }
     const at = rows.length;
     for (let i = 0; i < tokens.length; i++) {
       const st = states[i];
       if (!st) continue;
-      const m = allowedOrError(s, st);
+      const m = allowedOrError(s, st, depths[i] as number);
       if (!m) {
         // (None of this sequence's rows then: its request fails.)
         rows.length = masks.length = at;

@@ -174,7 +174,8 @@ describe('JsonGrammar: the automaton', () => {
         const ok: number[] = [];
         for (let t = 0; t < vocab.size; t++) {
           const bit = ((allowed[t >>> 5] as number) >>> (t & 31)) & 1;
-          const want = g.next(s, t) !== undefined || (t === 1 && g.accepts(s));
+          // (A complete text takes its stop token alone.)
+          const want = g.complete(s) ? t === 1 : g.next(s, t) !== undefined || (t === 1 && g.accepts(s));
           assert.strictEqual(bit === 1, want, `state ${s.key}, token ${t} (${JSON.stringify(Buffer.from(bytes[t] ?? []).toString())})`);
           if (want && t !== 1) ok.push(t);
           checked++;
@@ -186,6 +187,22 @@ describe('JsonGrammar: the automaton', () => {
       }
     }
     assert.ok(checked > 100000 && completes > 0, `${checked} checks, ${completes} complete states`);
+  });
+
+  it('a complete text takes its stop tokens alone (not the whitespace JSON allows after it); without stops, whitespace', () => {
+    const g = new JsonGrammar(BYTES);
+    let s = g.start();
+    for (const b of Buffer.from('{"a": 1}')) s = g.next(s, b) as GrammarState;
+    assert.ok(g.complete(s) && g.accepts(s));
+    const withStops = g.allowed(s, Int32Array.of(7, 300));
+    assert.deepStrictEqual(Array.from(withStops.keys()).filter((w) => withStops[w] !== 0), [0], 'token 7 alone (300 is outside the vocabulary)');
+    assert.strictEqual(withStops[0], 1 << 7);
+    const free = g.allowed(s);
+    for (let t = 0; t < 256; t++) assert.strictEqual((((free[t >>> 5] as number) >>> (t & 31)) & 1) === 1, [0x20, 0x09, 0x0a, 0x0d].includes(t), `byte ${t}`);
+    // Not complete: the stop tokens are not added.
+    const open = g.next(g.start(), 0x7b) as GrammarState;
+    assert.ok(!g.complete(open) && !g.accepts(open));
+    assert.strictEqual(((g.allowed(open, Int32Array.of(7))[0] as number) >>> 7) & 1, 0);
   });
 
   it('GrammarCursor: states along a growing output, recomputed when the output changed', () => {
@@ -431,10 +448,33 @@ describe('decoding with a grammar (embedded family, a byte-level JSON vocabulary
           const st = cursor.at(toks, 0, k) as GrammarState;
           for (let j = 0; j < K; j++) {
             const id = g.logprobs!.topIds[k * K + j]!, lp = g.logprobs!.topLogprobs[k * K + j]!;
-            assert.strictEqual(Number.isFinite(lp), grammar.next(st, id) !== undefined || (id === 2 && grammar.accepts(st)), `request ${i}, token ${k}: alternative ${id} (log p ${lp})`);
+            const allowed = grammar.complete(st) ? id === 2 : grammar.next(st, id) !== undefined || (id === 2 && grammar.accepts(st));
+            assert.strictEqual(Number.isFinite(lp), allowed, `request ${i}, token ${k}: alternative ${id} (log p ${lp})`);
           }
         }
       });
+    } finally {
+      engine.close();
+    }
+  });
+
+  it('min_tokens with a grammar: whitespace after a complete object until min_tokens (the stop banned), then the stop; speculative == plain', async () => {
+    const { target, draft } = family;
+    const opts = { maxNewTokens: 48, grammar, penalties: closing, minTokens: 30 };
+    const plain = await plainGenerate(target, prompts, opts);
+    let padded = 0;
+    plain.tokens.forEach((t, i) => {
+      assert.ok(t.length >= 30 || plain.finishReasons[i] !== 'stop', `request ${i}: stopped at ${t.length} < min_tokens`);
+      if (plain.finishReasons[i] !== 'stop') return;
+      const text = tokenizer.decode(t, { skipSpecialTokens: true });
+      assert.ok(parsesAsObject(text), text);
+      if (/\s$/.test(text)) padded++;
+    });
+    assert.ok(padded > 0, 'some object completed before min_tokens and was padded with whitespace');
+    const engine = new Engine({ model: target, speculator: new DraftModelSpeculator({ draft, k: 4 }) });
+    try {
+      const got = await Promise.all(prompts.map((p) => engine.submit(p, opts)));
+      got.forEach((g, i) => assert.deepStrictEqual(Array.from(g.tokens), Array.from(plain.tokens[i]!), `request ${i}`));
     } finally {
       engine.close();
     }

@@ -258,7 +258,7 @@ describe('JsonSchemaGrammar: the automaton', () => {
         const allowed = g.allowed(s, Int32Array.of(1));
         const ok: number[] = [];
         for (let t = 0; t < vocab.size; t++) {
-          const want = g.next(s, t) !== undefined || (t === 1 && g.accepts(s));
+          const want = g.complete(s) ? t === 1 : g.next(s, t) !== undefined || (t === 1 && g.accepts(s));
           assert.strictEqual((((allowed[t >>> 5] as number) >>> (t & 31)) & 1) === 1, want, `${JSON.stringify(schema)} state ${s.key} token ${t}`);
           if (want && t !== 1) ok.push(t);
           checked++;
@@ -267,7 +267,7 @@ describe('JsonSchemaGrammar: the automaton', () => {
         s = g.next(s, ok[Math.floor(r() * ok.length)] as number) as GrammarState;
       }
     }
-    assert.ok(checked > 20000, `${checked} checks`);
+    assert.ok(checked > 8000, `${checked} checks`);
   });
 
   it('unsupported schemas are refused with the keyword and its path', () => {

@@ -149,23 +149,81 @@ export interface TokenTrie {
   readonly tokNext: Int32Array;
 }
 
+// The inside of a JSON string and a JSON number, as both automata (JsonGrammar, JsonSchemaGrammar)
+// read them: sub-states numbered in this order after each automaton's own first one.
+/** @internal String sub-states: text, after '\\', in a \\u escape's hex digits, in a UTF-8 sequence. */
+export const S_TEXT = 0, S_ESC = 1, S_HEX = 2, S_UTF8 = 3;
+/** @internal stringByte(): the closing quote (the string ends); -1: the byte is refused. */
+export const STRING_END = -2;
+
 /**
- * Whether bytes b, read inside a JSON string with nothing pending, leave it so: no '"', '\\' or
- * control byte, UTF-8 sequences whole (the lead bytes and continuations the automata accept).
+ * @internal One byte inside a JSON string, from sub-state `kind` with `count` hex digits or UTF-8
+ * continuation bytes still due: the next (kind | count << 2), STRING_END, or -1. Control bytes are
+ * refused, escapes are JSON's, UTF-8 is well formed (no overlong two-byte leads, nothing past U+10FFFF).
  */
-function plainInString(b: Uint8Array): boolean {
-  let need = 0;
-  for (const c of b) {
-    if (need > 0) {
-      if ((c & 0xc0) !== 0x80) return false;
-      need--;
-    } else if (c === 0x22 || c === 0x5c || c < 0x20) return false;
-    else if (c >= 0x80) {
-      need = c >= 0xc2 && c <= 0xdf ? 1 : c >= 0xe0 && c <= 0xef ? 2 : c >= 0xf0 && c <= 0xf4 ? 3 : 0;
-      if (need === 0) return false;
+export function stringByte(kind: number, count: number, b: number): number {
+  switch (kind) {
+    case S_TEXT: {
+      if (b === 0x22) return STRING_END;
+      if (b === 0x5c) return S_ESC;
+      if (b < 0x20) return -1;
+      if (b < 0x80) return S_TEXT;
+      const need = b >= 0xc2 && b <= 0xdf ? 1 : b >= 0xe0 && b <= 0xef ? 2 : b >= 0xf0 && b <= 0xf4 ? 3 : 0;
+      return need > 0 ? S_UTF8 | (need << 2) : -1;
     }
+    case S_UTF8:
+      if ((b & 0xc0) !== 0x80) return -1;
+      return count > 1 ? S_UTF8 | ((count - 1) << 2) : S_TEXT;
+    case S_ESC:
+      if (b === 0x75) return S_HEX | (4 << 2);
+      return b === 0x22 || b === 0x5c || b === 0x2f || b === 0x62 || b === 0x66 || b === 0x6e || b === 0x72 || b === 0x74 ? S_TEXT : -1;
+    case S_HEX:
+      if (!((b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x46) || (b >= 0x61 && b <= 0x66))) return -1;
+      return count > 1 ? S_HEX | ((count - 1) << 2) : S_TEXT;
+    default:
+      return -1;
   }
-  return need === 0;
+}
+
+/** @internal Number sub-states: '-', '0', integer digits, '.', fraction digits, 'e', exponent sign, exponent digits. */
+export const N_MINUS = 0, N_ZERO = 1, N_INT = 2, N_DOT = 3, N_FRAC = 4, N_E = 5, N_ESIGN = 6, N_EXP = 7;
+/** @internal numberByte(): the number ended before this byte (read it as what follows a value). */
+export const NUMBER_END = -2;
+
+/** @internal One byte of a JSON number from sub-state `kind` (`integer`: no fraction or exponent): the next sub-state, NUMBER_END, or -1. */
+export function numberByte(kind: number, b: number, integer: boolean): number {
+  const digit = b >= 0x30 && b <= 0x39;
+  switch (kind) {
+    case N_MINUS:
+      return b === 0x30 ? N_ZERO : digit ? N_INT : -1;
+    case N_DOT:
+      return digit ? N_FRAC : -1;
+    case N_E:
+      return b === 0x2b || b === 0x2d ? N_ESIGN : digit ? N_EXP : -1;
+    case N_ESIGN:
+      return digit ? N_EXP : -1;
+    default:
+      // N_ZERO, N_INT, N_FRAC, N_EXP: complete so far.
+      if (digit && kind !== N_ZERO) return kind;
+      if (b === 0x2e && !integer && (kind === N_ZERO || kind === N_INT)) return N_DOT;
+      if ((b === 0x65 || b === 0x45) && !integer && kind !== N_EXP) return N_E;
+      return NUMBER_END;
+  }
+}
+
+/** @internal Whether number sub-state `kind` is a complete number. */
+export function numberComplete(kind: number): boolean {
+  return kind === N_ZERO || kind === N_INT || kind === N_FRAC || kind === N_EXP;
+}
+
+/** Whether bytes b, read inside a JSON string with nothing pending, leave it so (escapes and UTF-8 sequences whole). */
+function plainInString(b: Uint8Array): boolean {
+  let st = S_TEXT;
+  for (const c of b) {
+    st = stringByte(st & 3, st >> 2, c);
+    if (st < 0) return false;
+  }
+  return st === S_TEXT;
 }
 
 export interface JsonGrammarOptions {
@@ -184,10 +242,10 @@ export interface JsonGrammarOptions {
 
 // Automaton modes. Structural: whitespace allowed (counted in ws).
 const M_TOP = 0, M_VALUE = 1, M_ARR_FIRST = 2, M_OBJ_FIRST = 3, M_OBJ_KEY = 4, M_COLON = 5, M_AFTER = 6, M_DONE = 7;
-// In a string (aux bit 0: a key; aux >> 1: hex digits or UTF-8 continuation bytes still due).
-const M_STR = 8, M_ESC = 9, M_HEX = 10, M_UTF8 = 11;
-// Numbers: -, 0, 1-9 digits, '.', fraction digits, e/E, exponent sign, exponent digits.
-const M_MINUS = 12, M_ZERO = 13, M_INT = 14, M_DOT = 15, M_FRAC = 16, M_E = 17, M_ESIGN = 18, M_EXP = 19;
+// In a string: M_STR + a string sub-state (stringByte; aux bit 0: a key; aux >> 1: its count).
+const M_STR = 8, M_ESC = M_STR + S_ESC, M_HEX = M_STR + S_HEX, M_UTF8 = M_STR + S_UTF8;
+// Numbers: M_MINUS + a number sub-state (numberByte).
+const M_MINUS = 12, M_ZERO = M_MINUS + N_ZERO, M_INT = M_MINUS + N_INT, M_DOT = M_MINUS + N_DOT, M_FRAC = M_MINUS + N_FRAC, M_E = M_MINUS + N_E, M_ESIGN = M_MINUS + N_ESIGN, M_EXP = M_MINUS + N_EXP;
 // true / false / null (aux: literal * 8 + bytes matched).
 const M_LIT = 20;
 const LITERALS = ['true', 'false', 'null'].map((s) => Array.from(s, (c) => c.charCodeAt(0)));
@@ -222,12 +280,16 @@ export function automatonMask(
   final: boolean,
   stops: ArrayLike<number> | undefined,
 ): Uint32Array {
-  if (final && stops !== undefined && stops.length > 0) {
-    const only = new Uint32Array((g.vocabSize + 31) >>> 5);
+  // m with the stop tokens' bits set (those in the vocabulary).
+  const withStops = (m: Uint32Array, stops: ArrayLike<number>): Uint32Array => {
     for (let i = 0; i < stops.length; i++) {
       const t = stops[i] as number;
-      if (t >= 0 && t < g.vocabSize) only[t >>> 5] = (only[t >>> 5] as number) | (1 << (t & 31));
+      if (t >= 0 && t < g.vocabSize) m[t >>> 5] = (m[t >>> 5] as number) | (1 << (t & 31));
     }
+    return m;
+  };
+  if (final && stops !== undefined && stops.length > 0) {
+    const only = withStops(new Uint32Array((g.vocabSize + 31) >>> 5), stops);
     if (only.some((w) => w !== 0)) return only;
   }
   let m = cache.get(key);
@@ -247,13 +309,8 @@ export function automatonMask(
     cache.set(key, m);
     if (cache.size > g.cacheEntries) cache.delete(cache.keys().next().value as string);
   }
-  if (accepts && stops !== undefined && stops.length > 0) {
-    m = Uint32Array.from(m);
-    for (let i = 0; i < stops.length; i++) {
-      const t = stops[i] as number;
-      if (t >= 0 && t < g.vocabSize) m[t >>> 5] = (m[t >>> 5] as number) | (1 << (t & 31));
-    }
-  }
+  // (A copy: the cached mask stays without them.)
+  if (accepts && stops !== undefined && stops.length > 0) m = withStops(Uint32Array.from(m), stops);
   if (!m.some((w) => w !== 0)) {
     throw codedError('E_UNSUPPORTED', `${g.name}: no token of the vocabulary continues the output here${accepts ? ' (the output is complete, and no stop token may end it)' : ''}`);
   }
@@ -270,7 +327,7 @@ export class JsonGrammar implements TokenGrammar {
   /** @internal Masks kept (automatonMask). */
   readonly cacheEntries: number;
   private readonly cache = new Map<string, Uint32Array>();
-  // step()'s result (module of one automaton step, without allocating a state per byte).
+  // The result of one step() (scalars: no state object allocated per byte of a trie walk).
   private rMode = 0;
   private rAux = 0;
   private rWs = 0;
@@ -323,7 +380,7 @@ export class JsonGrammar implements TokenGrammar {
   accepts(state: GrammarState): boolean {
     const s = state as JsonState;
     // (A number at the root ends where the output does.)
-    return s.mode === M_DONE || (s.stack === '' && (s.mode === M_ZERO || s.mode === M_INT || s.mode === M_FRAC || s.mode === M_EXP));
+    return s.mode === M_DONE || (s.stack === '' && s.mode >= M_MINUS && s.mode <= M_EXP && numberComplete(s.mode - M_MINUS));
   }
 
   allowed(state: GrammarState, stops?: ArrayLike<number>): Uint32Array {
@@ -386,7 +443,6 @@ export class JsonGrammar implements TokenGrammar {
         if (mode !== M_DONE && ws >= this.maxWs) return false;
         return this.set(mode, aux, ws + 1, stack);
       }
-      const digit = b >= 0x30 && b <= 0x39;
       switch (mode) {
         case M_TOP:
           return this.rootAny ? this.value(b, stack) : b === 0x7b && this.open(stack, '{', M_OBJ_FIRST);
@@ -410,51 +466,32 @@ export class JsonGrammar implements TokenGrammar {
         }
         case M_DONE:
           return false;
-        case M_STR: {
-          const key = aux & 1;
-          if (b === 0x22) return this.set(key ? M_COLON : this.after(stack), 0, 0, stack);
-          if (b === 0x5c) return this.set(M_ESC, key, 0, stack);
-          if (b < 0x20) return false;
-          if (b < 0x80) return this.set(M_STR, key, 0, stack);
-          // UTF-8: a lead byte and its continuation bytes (no overlong two-byte leads, nothing past U+10FFFF).
-          const need = b >= 0xc2 && b <= 0xdf ? 1 : b >= 0xe0 && b <= 0xef ? 2 : b >= 0xf0 && b <= 0xf4 ? 3 : 0;
-          return need > 0 && this.set(M_UTF8, key | (need << 1), 0, stack);
-        }
-        case M_UTF8: {
-          if ((b & 0xc0) !== 0x80) return false;
-          const need = (aux >> 1) - 1;
-          return this.set(need > 0 ? M_UTF8 : M_STR, (aux & 1) | (need << 1), 0, stack);
-        }
+        case M_STR:
         case M_ESC:
-          if (b === 0x75) return this.set(M_HEX, (aux & 1) | (4 << 1), 0, stack);
-          return (b === 0x22 || b === 0x5c || b === 0x2f || b === 0x62 || b === 0x66 || b === 0x6e || b === 0x72 || b === 0x74) && this.set(M_STR, aux & 1, 0, stack);
-        case M_HEX: {
-          if (!(digit || (b >= 0x41 && b <= 0x46) || (b >= 0x61 && b <= 0x66))) return false;
-          const need = (aux >> 1) - 1;
-          return this.set(need > 0 ? M_HEX : M_STR, (aux & 1) | (need << 1), 0, stack);
+        case M_HEX:
+        case M_UTF8: {
+          const r = stringByte(mode - M_STR, aux >> 1, b);
+          if (r === -1) return false;
+          if (r === STRING_END) return this.set(aux & 1 ? M_COLON : this.after(stack), 0, 0, stack);
+          return this.set(M_STR + (r & 3), (aux & 1) | ((r >> 2) << 1), 0, stack);
         }
         case M_MINUS:
-          if (b === 0x30) return this.set(M_ZERO, 0, 0, stack);
-          return b >= 0x31 && b <= 0x39 && this.set(M_INT, 0, 0, stack);
-        case M_DOT:
-          return digit && this.set(M_FRAC, 0, 0, stack);
-        case M_E:
-          if (b === 0x2b || b === 0x2d) return this.set(M_ESIGN, 0, 0, stack);
-          return digit && this.set(M_EXP, 0, 0, stack);
-        case M_ESIGN:
-          return digit && this.set(M_EXP, 0, 0, stack);
         case M_ZERO:
         case M_INT:
+        case M_DOT:
         case M_FRAC:
-        case M_EXP:
-          if (digit && mode !== M_ZERO) return this.set(mode, 0, 0, stack);
-          if (b === 0x2e && (mode === M_ZERO || mode === M_INT)) return this.set(M_DOT, 0, 0, stack);
-          if ((b === 0x65 || b === 0x45) && mode !== M_EXP) return this.set(M_E, 0, 0, stack);
+        case M_E:
+        case M_ESIGN:
+        case M_EXP: {
+          const r = numberByte(mode - M_MINUS, b, false);
+          if (r === -1) return false;
+          if (r !== NUMBER_END) return this.set(M_MINUS + r, 0, 0, stack);
           // The number ends before this byte: read it as what follows a value.
           mode = this.after(stack);
           aux = 0;
           ws = 0;
           continue;
+        }
         case M_LIT: {
           const lit = LITERALS[aux >> 3] as number[];
           const at = aux & 7;

@@ -14,7 +14,10 @@
 // The automaton reads bytes as JsonGrammar's does (the same whitespace cap and string rules); its
 // state is a stack of frames (the object or array being written, the next property it may take) and
 // the value expected. Masks are a walk of the vocabulary's trie from a state, cached per state.
-import { automatonMask, TokenVocabulary, type GrammarState, type TokenGrammar, type TokenTrie } from './grammar';
+import {
+  automatonMask, N_DOT, N_E, N_ESIGN, N_EXP, N_FRAC, N_INT, N_ZERO, NUMBER_END, numberByte, numberComplete, S_ESC, S_HEX, S_TEXT, S_UTF8, STRING_END, stringByte, TokenVocabulary,
+  type GrammarState, type TokenGrammar, type TokenTrie,
+} from './grammar';
 import { codedError } from './models/config';
 
 type JsonType = 'string' | 'number' | 'integer' | 'boolean' | 'null' | 'object' | 'array';
@@ -189,8 +192,9 @@ class Frame {
 
 // Modes (structural ones, <= M_DONE, take whitespace).
 const M_VALUE = 0, M_OBJ_OPEN = 1, M_OBJ_NEXT = 2, M_COLON = 3, M_AFTER = 4, M_ARR_OPEN = 5, M_DONE = 6;
-const M_KEY = 7, M_LIT = 8, M_STR = 9, M_ESC = 10, M_HEX = 11, M_UTF8 = 12;
-const M_MINUS = 13, M_ZERO = 14, M_INT = 15, M_DOT = 16, M_FRAC = 17, M_E = 18, M_ESIGN = 19, M_EXP = 20;
+// A string: M_STR + a string sub-state (stringByte; aux its count). A number: M_MINUS + a number sub-state (numberByte).
+const M_KEY = 7, M_LIT = 8, M_STR = 9, M_ESC = M_STR + S_ESC, M_HEX = M_STR + S_HEX, M_UTF8 = M_STR + S_UTF8;
+const M_MINUS = 13, M_ZERO = M_MINUS + N_ZERO, M_INT = M_MINUS + N_INT, M_DOT = M_MINUS + N_DOT, M_FRAC = M_MINUS + N_FRAC, M_E = M_MINUS + N_E, M_ESIGN = M_MINUS + N_ESIGN, M_EXP = M_MINUS + N_EXP;
 
 class SchemaState implements GrammarState {
   private k: string | undefined;
@@ -270,7 +274,7 @@ export class JsonSchemaGrammar implements TokenGrammar {
     if (s.mode === M_DONE) return true;
     if (s.frame !== null) return false;
     // A number or a literal at the root ends where the output does.
-    if (s.mode === M_ZERO || s.mode === M_INT || s.mode === M_FRAC || s.mode === M_EXP) return true;
+    if (s.mode >= M_MINUS && s.mode <= M_EXP && numberComplete(s.mode - M_MINUS)) return true;
     return s.mode === M_LIT && (s.cands as readonly Uint8Array[]).some((c) => c.length === s.pos);
   }
 
@@ -349,7 +353,6 @@ export class JsonSchemaGrammar implements TokenGrammar {
       if (s.mode !== M_DONE && s.ws >= this.maxWs) return undefined;
       return new SchemaState(s.mode, s.aux, s.ws + 1, s.frame, s.cur);
     }
-    const digit = b >= 0x30 && b <= 0x39;
     const f = s.frame;
     switch (s.mode) {
       case M_VALUE:
@@ -399,42 +402,29 @@ export class JsonSchemaGrammar implements TokenGrammar {
         return cands.some((x) => x.length === s.pos) ? this.after(f, b) : undefined;
       }
       case M_STR:
-        if (b === 0x22) return this.done(f);
-        if (b === 0x5c) return new SchemaState(M_ESC, 0, 0, f, s.cur);
-        if (b < 0x20) return undefined;
-        if (b < 0x80) return s;  // (the same state: no allocation for a string's bytes)
-        {
-          const need = b >= 0xc2 && b <= 0xdf ? 1 : b >= 0xe0 && b <= 0xef ? 2 : b >= 0xf0 && b <= 0xf4 ? 3 : 0;
-          return need > 0 ? new SchemaState(M_UTF8, need, 0, f, s.cur) : undefined;
-        }
-      case M_UTF8:
-        if ((b & 0xc0) !== 0x80) return undefined;
-        return s.aux > 1 ? new SchemaState(M_UTF8, s.aux - 1, 0, f, s.cur) : new SchemaState(M_STR, 0, 0, f, s.cur);
       case M_ESC:
-        if (b === 0x75) return new SchemaState(M_HEX, 4, 0, f, s.cur);
-        return b === 0x22 || b === 0x5c || b === 0x2f || b === 0x62 || b === 0x66 || b === 0x6e || b === 0x72 || b === 0x74 ? new SchemaState(M_STR, 0, 0, f, s.cur) : undefined;
       case M_HEX:
-        if (!(digit || (b >= 0x41 && b <= 0x46) || (b >= 0x61 && b <= 0x66))) return undefined;
-        return s.aux > 1 ? new SchemaState(M_HEX, s.aux - 1, 0, f, s.cur) : new SchemaState(M_STR, 0, 0, f, s.cur);
+      case M_UTF8: {
+        const r = stringByte(s.mode - M_STR, s.aux, b);
+        if (r === STRING_END) return this.done(f);
+        if (r === -1) return undefined;
+        // (Text in text: the same state, no allocation for a string's bytes.)
+        if (r === S_TEXT && s.mode === M_STR) return s;
+        return new SchemaState(M_STR + (r & 3), r >> 2, 0, f, s.cur);
+      }
       case M_MINUS:
-        if (b === 0x30) return new SchemaState(M_ZERO, s.aux, 0, f, s.cur);
-        return b >= 0x31 && b <= 0x39 ? new SchemaState(M_INT, s.aux, 0, f, s.cur) : undefined;
-      case M_DOT:
-        return digit ? new SchemaState(M_FRAC, s.aux, 0, f, s.cur) : undefined;
-      case M_E:
-        if (b === 0x2b || b === 0x2d) return new SchemaState(M_ESIGN, s.aux, 0, f, s.cur);
-        return digit ? new SchemaState(M_EXP, s.aux, 0, f, s.cur) : undefined;
-      case M_ESIGN:
-        return digit ? new SchemaState(M_EXP, s.aux, 0, f, s.cur) : undefined;
       case M_ZERO:
       case M_INT:
+      case M_DOT:
       case M_FRAC:
+      case M_E:
+      case M_ESIGN:
       case M_EXP: {
-        if (digit && s.mode !== M_ZERO) return s;
-        // (integer: no fraction, no exponent.)
-        if (b === 0x2e && s.aux === 0 && (s.mode === M_ZERO || s.mode === M_INT)) return new SchemaState(M_DOT, 0, 0, f, s.cur);
-        if ((b === 0x65 || b === 0x45) && s.aux === 0 && s.mode !== M_EXP) return new SchemaState(M_E, 0, 0, f, s.cur);
-        return this.after(f, b);
+        // (aux 1: an integer.)
+        const r = numberByte(s.mode - M_MINUS, b, s.aux === 1);
+        if (r === NUMBER_END) return this.after(f, b);
+        if (r === -1) return undefined;
+        return r === s.mode - M_MINUS ? s : new SchemaState(M_MINUS + r, s.aux, 0, f, s.cur);
       }
       default:
         return undefined;

@@ -5,7 +5,8 @@
 //   properties, required, additionalProperties (false, or absent: only the listed properties are
 //   written), items, minItems, maxItems; $ref into the schema ($defs, definitions: expanded, not
 //   recursive); anyOf / oneOf whose alternatives begin differently (another type each: Pydantic's
-//   Optional is anyOf [X, null]); title, description, $schema and default are annotations.
+//   Optional is anyOf [X, null]) or are objects told apart by their first property's const / enum
+//   (tagged unions: tool calls); title, description, $schema and default are annotations.
 // An object's properties are written in the schema's order (OpenAI's structured outputs write them
 // so), each optional one may be left out, every required one is there; an enum or const value is
 // written as JSON.stringify writes it. Every output is valid for the schema; not every valid text is
@@ -23,9 +24,10 @@ import { codedError } from './models/config';
 type JsonType = 'string' | 'number' | 'integer' | 'boolean' | 'null' | 'object' | 'array';
 const TYPES: readonly JsonType[] = ['string', 'number', 'integer', 'boolean', 'null', 'object', 'array'];
 // Annotations, and where definitions live ($ref reads them from the root).
-const ANNOTATIONS = new Set(['title', 'description', '$schema', 'default', '$comment', 'examples', '$defs', 'definitions', '$id']);
+// (discriminator: OpenAPI's hint beside a oneOf, as Pydantic writes discriminated unions; validity does not depend on it.)
+const ANNOTATIONS = new Set(['title', 'description', '$schema', 'default', '$comment', 'examples', '$defs', 'definitions', '$id', 'discriminator']);
 const KEYWORDS = ['type', 'enum', 'const', 'properties', 'required', 'additionalProperties', 'items', 'minItems', 'maxItems'];
-const SUPPORTED = 'type, enum, const, properties, required, additionalProperties: false, items, minItems, maxItems, $ref (not recursive), anyOf / oneOf (alternatives that begin differently)';
+const SUPPORTED = 'type, enum, const, properties, required, additionalProperties: false, items, minItems, maxItems, $ref (not recursive), anyOf / oneOf (alternatives that begin differently, or objects tagged by their first property)';
 
 interface Prop {
   /** The key as written: JSON.stringify(name), quotes included (UTF-8). */
@@ -46,6 +48,8 @@ interface SchemaNode {
   /** anyOf / oneOf: the alternatives, and for each first byte the one it begins (index + 1; 0: none). */
   readonly alts?: readonly SchemaNode[];
   readonly altOf?: Uint8Array;
+  /** A tagged union (taggedUnion): the alternative each value of the first property picks (its JSON text). */
+  readonly tags?: ReadonlyMap<string, SchemaNode>;
 }
 
 /** Where compile() is: the root (that $ref reads) and the references being expanded (no recursion). */
@@ -87,6 +91,35 @@ const enc = new TextEncoder();
 const TRUE_FALSE = [enc.encode('true'), enc.encode('false')];
 const NULL = [enc.encode('null')];
 
+/**
+ * Object alternatives of an anyOf as one object (a tagged union, as OpenAI's tool calls and
+ * Pydantic's discriminated unions write them): each alternative's first property is required, has
+ * the same key in all, and string values (const / enum) no other alternative has; that value, once
+ * written, picks the alternative whose other properties follow. E_ARG naming what does not fit.
+ */
+function taggedUnion(objects: readonly SchemaNode[], path: string, nodes: SchemaNode[]): SchemaNode {
+  const why = (msg: string): Error => codedError('E_ARG', `json schema ${path}: ${objects.length} alternatives can begin with '{' and ${msg} (object alternatives must be told apart by their first property's const or enum of strings)`);
+  const tags = new Map<string, SchemaNode>();
+  const key = objects[0]?.props[0]?.key;
+  for (const o of objects) {
+    if (o.alts || o.literals || o.types.size !== 1) throw why('one of them is not only an object');
+    const first = o.props[0];
+    if (!first || !key || !first.required || Buffer.compare(first.key, key) !== 0) throw why('their first properties are not one required key');
+    const lits = first.node.literals;
+    if (!lits || first.node.alts || !lits.every((l) => l[0] === 0x22)) throw why(`the first property ${new TextDecoder().decode(key)} is not a const or enum of strings in each`);
+    for (const l of lits) {
+      const t = new TextDecoder().decode(l);
+      if (tags.has(t)) throw why(`two of them take the value ${t}`);
+      tags.set(t, o);
+    }
+  }
+  const values: SchemaNode = { id: nodes.length, types: new Set(), literals: [...tags.keys()].map((t) => enc.encode(t)), props: [], minItems: 0, maxItems: Infinity };
+  nodes.push(values);
+  const node: SchemaNode = { id: nodes.length, types: new Set(['object']), props: [{ key: key as Uint8Array, node: values, required: true }], minItems: 0, maxItems: Infinity, tags };
+  nodes.push(node);
+  return node;
+}
+
 /** Compiles `schema` (JSON Schema, the subset above); E_ARG naming the path of anything else. */
 function compile(schema: unknown, path: string, nodes: SchemaNode[], ctx: CompileContext): SchemaNode {
   if (typeof schema !== 'object' || schema === null || Array.isArray(schema)) {
@@ -109,13 +142,19 @@ function compile(schema: unknown, path: string, nodes: SchemaNode[], ctx: Compil
     alone(k);
     const list = o[k];
     if (!Array.isArray(list) || list.length === 0) throw codedError('E_ARG', `json schema ${path}/${k}: expected a non-empty array of schemas`);
-    const alts = list.map((a, i) => compile(a, `${path}/${k}/${i}`, nodes, ctx));
+    let alts = list.map((a, i) => compile(a, `${path}/${k}/${i}`, nodes, ctx));
     if (alts.length === 1) return alts[0] as SchemaNode;
+    // Objects told apart by their first property's value (a tag) are one object whose tag picks the rest.
+    const objects = alts.filter((a) => firstBytes(a).has(0x7b));
+    if (objects.length > 1) {
+      const tagged = taggedUnion(objects, `${path}/${k}`, nodes);
+      alts = [...alts.filter((a) => !objects.includes(a)), tagged];
+    }
     // The first byte of a value picks its alternative (so anyOf and oneOf mean the same here).
     const altOf = new Uint8Array(256);
     alts.forEach((a, i) => {
       for (const b of firstBytes(a)) {
-        if ((altOf[b] as number) !== 0) throw codedError('E_ARG', `json schema ${path}/${k}: alternatives ${(altOf[b] as number) - 1} and ${i} can both begin with '${String.fromCharCode(b)}' (alternatives must begin differently: another type each)`);
+        if ((altOf[b] as number) !== 0) throw codedError('E_ARG', `json schema ${path}/${k}: alternatives ${(altOf[b] as number) - 1} and ${i} can both begin with '${String.fromCharCode(b)}' (alternatives must begin differently: another type each, or objects told apart by their first property's const)`);
         altOf[b] = i + 1;
       }
     });
@@ -343,8 +382,11 @@ export class JsonSchemaGrammar implements TokenGrammar {
   /** A literal whose candidates all matched `pos` bytes and one is complete with no other longer: done at once (a string enum's closing quote). */
   private literalStep(s: SchemaState, frame: Frame | null): SchemaState {
     const c = s.cands as readonly Uint8Array[];
-    if (c.length === 1 && (c[0] as Uint8Array).length === s.pos && (c[0] as Uint8Array)[0] === 0x22) return this.done(frame);
-    return s;
+    const whole = c[0] as Uint8Array;
+    if (c.length !== 1 || whole.length !== s.pos || whole[0] !== 0x22) return s;
+    // A tagged union's tag: the object goes on as the alternative it names.
+    const alt = frame?.obj && frame.i === 1 ? frame.node.tags?.get(new TextDecoder().decode(whole)) : undefined;
+    return this.done(alt ? new Frame(true, alt, 1, (frame as Frame).parent) : frame);
   }
 
   private step(s: SchemaState, b: number): SchemaState | undefined {

@@ -8,6 +8,7 @@ import type { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
 import { pathArg } from './errors';
 import { codedError } from './models/config';
 import { sentencePieceTokenizerJson } from './sentencepiece';
+import type { ToolDefinition } from './tool_calls';
 
 function readJson(file: string): unknown {
   try {
@@ -17,10 +18,19 @@ function readJson(file: string): unknown {
   }
 }
 
-/** One message of a chat (role 'system', 'user', 'assistant', ... as the model's template knows them). */
+/**
+ * One message of a chat (role 'system', 'user', 'assistant', 'tool', ... as the model's template
+ * knows them). The tool fields keep OpenAI's spelling, which chat templates read: an assistant's
+ * `tool_calls` (their arguments JSON text, given to the template as the object it encodes, as
+ * transformers and vLLM do), a tool result's `tool_call_id`, and `name`.
+ */
 export interface ChatMessage {
   readonly role: string;
+  /** The text ('' for an assistant's message that only calls tools: OpenAI's content null). */
   readonly content: string;
+  readonly tool_calls?: readonly { readonly id?: string; readonly type?: 'function'; readonly function: { readonly name: string; readonly arguments: string } }[];
+  readonly tool_call_id?: string;
+  readonly name?: string;
 }
 
 export interface ChatTemplateOptions {
@@ -31,6 +41,27 @@ export interface ChatTemplateOptions {
    * `{ enable_thinking: false }`. They cannot replace messages or add_generation_prompt.
    */
   readonly variables?: Readonly<Record<string, unknown>>;
+  /** The tools the model may call (the template's `tools`; OpenAI's definitions). Default none. */
+  readonly tools?: readonly ToolDefinition[];
+}
+
+/** A message as templates read it: tool calls' arguments as objects (Qwen's and Llama's templates write them with tojson). */
+function templateMessage(m: ChatMessage): Record<string, unknown> {
+  const out: Record<string, unknown> = { role: m.role, content: m.content };
+  if (m.tool_calls) {
+    out['tool_calls'] = m.tool_calls.map((c) => {
+      let args: unknown = c.function.arguments;
+      try {
+        args = JSON.parse(c.function.arguments);
+      } catch {
+        // (Not JSON: the text as sent.)
+      }
+      return { ...(c.id !== undefined ? { id: c.id } : {}), type: 'function', function: { name: c.function.name, arguments: args } };
+    });
+  }
+  if (m.tool_call_id !== undefined) out['tool_call_id'] = m.tool_call_id;
+  if (m.name !== undefined) out['name'] = m.name;
+  return out;
 }
 
 /** A special token of tokenizer_config.json (a string, or an AddedToken object with its content). */
@@ -102,6 +133,10 @@ export class TextTokenizer {
       if (typeof m !== 'object' || m === null || typeof m.role !== 'string' || typeof m.content !== 'string') {
         throw codedError('E_ARG', `messages[${i}]: expected { role: string, content: string }`);
       }
+      if (m.tool_calls !== undefined && (!Array.isArray(m.tool_calls) || !(m.tool_calls as readonly unknown[]).every((c) => typeof (c as { function?: { name?: unknown } } | null)?.function?.name === 'string' && typeof (c as { function: { arguments?: unknown } }).function.arguments === 'string'))) {
+        throw codedError('E_ARG', `messages[${i}].tool_calls: expected [{ id, type: 'function', function: { name, arguments: JSON text } }]`);
+      }
+      for (const k of ['tool_call_id', 'name'] as const) if (m[k] !== undefined && typeof m[k] !== 'string') throw codedError('E_ARG', `messages[${i}].${k}: expected a string`);
     });
     // Parsed once per tokenizer (a server renders one per chat request).
     if (!this.parsed) {
@@ -123,7 +158,8 @@ export class TextTokenizer {
       return template.render({
         ...specials,
         ...(options.variables ?? {}),
-        messages: messages.map((m) => ({ role: m.role, content: m.content })),
+        messages: messages.map(templateMessage),
+        ...(options.tools && options.tools.length > 0 ? { tools: options.tools } : {}),
         add_generation_prompt: options.addGenerationPrompt ?? true,
       });
     } catch (e) {

@@ -15,16 +15,26 @@ import { PromptLookupSpeculator } from '../lib/strategies/prompt_lookup';
 import type { Speculator } from '../lib/strategies/speculator';
 import { loadEmbeddedFamily, type EmbeddedFamily } from './fixtures/embedded_family';
 import { byteLevelJsonTokenizer, tokenizerFrom } from './fixtures/tokenizers';
+import { deref, valid, type Schema } from './fixtures/json_schema_valid';
 import { assertThrowsCode, rng, testSeed } from './helpers';
 
-type Schema = Record<string, unknown>;
 const BYTES = new TokenVocabulary(Array.from({ length: 256 }, (_, b) => Uint8Array.of(b)));
 
 /** A random schema of the supported subset, nested up to `depth`. */
 function randomSchema(r: () => number, depth: number): Schema {
   const pick = <T>(xs: readonly T[]): T => xs[Math.floor(r() * xs.length)] as T;
-  const k = Math.floor(r() * (depth > 0 ? 11 : 6));
+  const k = Math.floor(r() * (depth > 0 ? 12 : 6));
   switch (k) {
+    case 11: {
+      // A tagged union (tool calls' shape): objects told apart by their first property's value, maybe or null.
+      const tagged = (tag: Schema): Schema => {
+        const o = randomObject(r, depth - 1);
+        const props = Object.fromEntries(Object.entries(o['properties'] as Record<string, Schema>).filter(([n]) => n !== 'kind'));
+        return { ...o, properties: { kind: tag, ...props }, required: ['kind', ...(o['required'] as string[]).filter((n) => n !== 'kind')] };
+      };
+      const alts = [tagged({ const: 'a' }), tagged({ enum: ['b', 'ab'] }), ...(r() < 0.5 ? [tagged({ const: 'c', description: 'the third' })] : []), ...(r() < 0.5 ? [{ type: 'null' }] : [])];
+      return { [r() < 0.5 ? 'anyOf' : 'oneOf']: alts };
+    }
     case 9:
       // Pydantic's Optional: anyOf [X, null] (X not beginning with 'n').
       return { anyOf: [pick<Schema>([{ type: 'string' }, { type: 'integer' }, { type: 'array', items: { type: 'boolean' } }, randomObject(r, depth - 1)]), { type: 'null' }] };
@@ -67,18 +77,11 @@ function randomRootSchema(r: () => number, depth: number): Schema {
   return { ...randomSchema(r, depth), $defs: { Item: r() < 0.5 ? randomSchema(r, 0) : { type: 'object', properties: { v: randomSchema(r, 0) }, required: ['v'] } } };
 }
 
-/** A local $ref's target. */
-function deref(s: Schema, root: Schema): Schema {
-  let at = s;
-  for (let i = 0; at['$ref'] !== undefined && i < 8; i++) at = ((root['$defs'] as Record<string, Schema>)[(at['$ref'] as string).split('/').pop() as string]) as Schema;
-  return at;
-}
-
 /** A random instance of `s` (properties in the schema's order, optional ones sometimes left out). */
 function randomInstance(r: () => number, s0: Schema, root: Schema = s0): unknown {
   const pick = <T>(xs: readonly T[]): T => xs[Math.floor(r() * xs.length)] as T;
   const s = deref(s0, root);
-  if (s['anyOf']) return randomInstance(r, pick(s['anyOf'] as Schema[]), root);
+  if (s['anyOf'] || s['oneOf']) return randomInstance(r, pick((s['anyOf'] ?? s['oneOf']) as Schema[]), root);
   if (s['const'] !== undefined) return s['const'];
   if (s['enum']) return pick(s['enum'] as unknown[]);
   const t = pick(Array.isArray(s['type']) ? (s['type'] as string[]) : [s['type'] as string]);
@@ -104,41 +107,6 @@ function randomInstance(r: () => number, s0: Schema, root: Schema = s0): unknown
       return Array.from({ length: min + Math.floor(r() * (max - min + 1)) }, () => randomInstance(r, s['items'] as Schema, root));
     }
   }
-}
-
-/** A plain validator of the subset (JSON Schema's meaning: any key order). */
-function valid(v: unknown, s0: Schema, root: Schema = s0): boolean {
-  const s = deref(s0, root);
-  if (s['anyOf']) return (s['anyOf'] as Schema[]).some((a) => valid(v, a, root));
-  if (s['oneOf']) return (s['oneOf'] as Schema[]).filter((a) => valid(v, a, root)).length === 1;
-  if (s['const'] !== undefined) return JSON.stringify(v) === JSON.stringify(s['const']);
-  if (s['enum']) return (s['enum'] as unknown[]).some((e) => JSON.stringify(e) === JSON.stringify(v));
-  const types = Array.isArray(s['type']) ? (s['type'] as string[]) : [s['type'] as string];
-  return types.some((t) => {
-    switch (t) {
-      case 'string':
-        return typeof v === 'string';
-      case 'number':
-        return typeof v === 'number';
-      case 'integer':
-        return Number.isInteger(v);
-      case 'boolean':
-        return typeof v === 'boolean';
-      case 'null':
-        return v === null;
-      case 'object': {
-        if (typeof v !== 'object' || v === null || Array.isArray(v)) return false;
-        const props = (s['properties'] as Record<string, Schema> | undefined) ?? {};
-        const o = v as Record<string, unknown>;
-        return (
-          Object.keys(o).every((k) => k in props && valid(o[k], props[k] as Schema, root)) &&
-          ((s['required'] as string[] | undefined) ?? []).every((k) => k in o)
-        );
-      }
-      default:
-        return Array.isArray(v) && v.length >= ((s['minItems'] as number | undefined) ?? 0) && v.length <= ((s['maxItems'] as number | undefined) ?? Infinity) && v.every((x) => valid(x, s['items'] as Schema, root));
-    }
-  });
 }
 
 function read(g: JsonSchemaGrammar, text: string): 'complete' | 'prefix' | 'reject' {
@@ -224,6 +192,34 @@ describe('JsonSchemaGrammar: the automaton', () => {
       ['{"b": "x", "e": 10}', 'complete'],
       ['{"b": "x", "e": 1}', 'reject'],
     ] as const) assert.strictEqual(read(g, t), want, t);
+    // A tagged union: the first property's value picks the alternative whose properties follow.
+    const pet = { type: 'object', properties: { kind: { const: 'cat' }, lives: { type: 'integer' } }, required: ['kind', 'lives'] };
+    const car = { type: 'object', properties: { kind: { enum: ['car', 'cart'] }, wheels: { type: 'integer' }, ev: { type: 'boolean' } }, required: ['kind'] };
+    const u = new JsonSchemaGrammar(BYTES, { type: 'array', items: { anyOf: [pet, car, { type: 'string' }] } });
+    for (const [t, want] of [
+      ['[{"kind": "cat", "lives": 9}, {"kind": "car"}, {"kind": "cart", "wheels": 2, "ev": true}, "x"]', 'complete'],
+      ['[{"kind": "cat"}]', 'reject'],  // the cat's lives are required
+      ['[{"kind": "car", "lives": 9}]', 'reject'],  // a cat's property on a car
+      ['[{"kind": "cat", "wheels": 4}]', 'reject'],
+      ['[{"kind": "dog"}]', 'reject'],
+      ['[{"lives": 9}]', 'reject'],  // the tag comes first
+      ['[{"kind": "ca', 'prefix'],
+    ] as const) assert.strictEqual(read(u, t), want, t);
+    // Pydantic's discriminated union (Field(discriminator='pet_type')): oneOf of $refs, a discriminator hint, tags typed and const.
+    const pydantic = {
+      $defs: {
+        Cat: { properties: { pet_type: { const: 'cat', title: 'Pet Type', type: 'string' }, meows: { title: 'Meows', type: 'integer' } }, required: ['pet_type', 'meows'], title: 'Cat', type: 'object' },
+        Dog: { properties: { pet_type: { const: 'dog', title: 'Pet Type', type: 'string' }, barks: { title: 'Barks', type: 'number' } }, required: ['pet_type', 'barks'], title: 'Dog', type: 'object' },
+      },
+      properties: { pet: { discriminator: { mapping: { cat: '#/$defs/Cat', dog: '#/$defs/Dog' }, propertyName: 'pet_type' }, oneOf: [{ $ref: '#/$defs/Cat' }, { $ref: '#/$defs/Dog' }], title: 'Pet' } },
+      required: ['pet'],
+      title: 'Model',
+      type: 'object',
+    };
+    const p = new JsonSchemaGrammar(BYTES, pydantic);
+    assert.strictEqual(read(p, '{"pet": {"pet_type": "dog", "barks": 1.5}}'), 'complete');
+    assert.strictEqual(read(p, '{"pet": {"pet_type": "cat", "meows": 3}}'), 'complete');
+    assert.strictEqual(read(p, '{"pet": {"pet_type": "cat", "barks": 1.5}}'), 'reject');
     // Pydantic's shape: nested models in $defs, Optional fields as anyOf [X, null].
     const pyd = new JsonSchemaGrammar(BYTES, {
       $defs: { Pet: { type: 'object', properties: { kind: { enum: ['cat', 'dog'] }, age: { anyOf: [{ type: 'integer' }, { type: 'null' }], default: null } }, required: ['kind', 'age'], title: 'Pet' } },
@@ -290,6 +286,12 @@ describe('JsonSchemaGrammar: the automaton', () => {
       [{ type: 'object', properties: { a: { type: 'string' } }, required: ['b'] }, /'b' is not among the properties/],
       [{ type: 'array', items: { type: 'string' }, minItems: 3, maxItems: 2 }, /minItems 3 > maxItems 2/],
       [{ enum: [] }, /enum: expected a non-empty array/],
+      // Object alternatives that their first property's value does not tell apart.
+      [{ anyOf: [{ type: 'object', properties: { k: { const: 'a' } }, required: ['k'] }, { type: 'object', properties: { k: { enum: ['b', 'a'] } }, required: ['k'] }] }, /#\/anyOf: 2 alternatives can begin with '\{' and two of them take the value "a"/],
+      [{ anyOf: [{ type: 'object', properties: { k: { const: 'a' } } }, { type: 'object', properties: { k: { const: 'b' } }, required: ['k'] }] }, /their first properties are not one required key/],
+      [{ anyOf: [{ type: 'object', properties: { k: { const: 'a' } }, required: ['k'] }, { type: 'object', properties: { j: { const: 'b' } }, required: ['j'] }] }, /their first properties are not one required key/],
+      [{ anyOf: [{ type: 'object', properties: { k: { const: 1 } }, required: ['k'] }, { type: 'object', properties: { k: { const: 2 } }, required: ['k'] }] }, /the first property "k" is not a const or enum of strings in each/],
+      [{ anyOf: [{ type: 'object', properties: { k: { const: 'a' } }, required: ['k'] }, { type: ['object', 'null'], properties: { k: { const: 'b' } }, required: ['k'] }] }, /one of them is not only an object/],
     ];
     for (const [schema, msg] of bad) assertThrowsCode(() => new JsonSchemaGrammar(BYTES, schema), 'E_ARG', msg);
   });

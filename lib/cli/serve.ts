@@ -9,12 +9,14 @@ import { LlamaModel } from '../models/llama';
 import { CompletionServer } from '../server/server';
 import type { Device } from '../tensor';
 import { TextTokenizer } from '../tokenizer';
+import { TOOL_CALL_FORMATS, type ToolCallFormat } from '../tool_calls';
 import { codedError } from '../errors';
 import { EMBEDDED, parseIntFlag, parseNumberFlag } from './generate';
 import { parseStrategyFlags, speculatorFactory, treeRoomFor, type StrategyFlags } from './strategy_flags';
 
 export const SERVE_USAGE = `usage: specdec serve [--model DIR] [--draft DIR | --medusa DIR | --eagle DIR | --lookahead W,N,G | --prompt-lookup N]
                     [--host 127.0.0.1] [--port 8000] [--max-batch N] [--kv-budget MB] [--prefix-cache N] [--api-key KEY] [--device cpu|cuda|auto]
+                    [--tool-call-parser hermes|llama3_json]
 
   OpenAI-compatible HTTP server: POST /v1/completions (stream: true for server-sent events),
   POST /v1/chat/completions, POST /tokenize, POST /detokenize, GET /v1/models, GET /health,
@@ -31,6 +33,10 @@ export const SERVE_USAGE = `usage: specdec serve [--model DIR] [--draft DIR | --
                     --max-batch full contexts, capped at 2 GiB
   --api-key KEY     answer the API routes only with the header Authorization: Bearer KEY (401
                     otherwise; /health and /metrics stay open); default $SPECDEC_API_KEY, else none
+  --tool-call-parser F  how chat replies are read for tool calls with tool_choice 'auto' (the
+                    default when a request has tools): hermes (<tool_call>{...}</tool_call>: Qwen
+                    2.5 / 3, Hermes) or llama3_json ({"name", "parameters"}: Llama 3.x); without
+                    it 'auto' is refused ('required', a named function and 'none' work)
   --draft/--medusa/--eagle/--lookahead/--prompt-lookup   the speculative strategy (as for generate)`;
 
 export interface ServeFlags {
@@ -44,13 +50,15 @@ export interface ServeFlags {
   readonly prefixCache: number;
   /** --api-key, else $SPECDEC_API_KEY (ServerOptions.apiKey). */
   readonly apiKey?: string;
+  /** --tool-call-parser (ServerOptions.toolCallParser). */
+  readonly toolCallParser?: ToolCallFormat;
   readonly device: Device | 'auto';
 }
 
 export function parseServeFlags(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): ServeFlags {
   const { flags: strategy, rest } = parseStrategyFlags(argv);
   const values = new Map<string, string>();
-  const known = new Set(['--model', '--host', '--port', '--max-batch', '--kv-budget', '--prefix-cache', '--api-key', '--device']);
+  const known = new Set(['--model', '--host', '--port', '--max-batch', '--kv-budget', '--prefix-cache', '--api-key', '--device', '--tool-call-parser']);
   for (let i = 0; i < rest.length; i++) {
     const arg = rest[i] as string;
     const eq = arg.startsWith('--') ? arg.indexOf('=') : -1;
@@ -71,6 +79,8 @@ export function parseServeFlags(argv: readonly string[], env: NodeJS.ProcessEnv 
   const batch = maxBatch !== undefined ? parseIntFlag('--max-batch', maxBatch, 1) : 32;
   const apiKey = values.get('--api-key') ?? (env['SPECDEC_API_KEY'] || undefined);
   if (apiKey !== undefined && apiKey.trim().length === 0) throw codedError('E_ARG', '--api-key: empty');
+  const parser = values.get('--tool-call-parser');
+  if (parser !== undefined && !TOOL_CALL_FORMATS.includes(parser as ToolCallFormat)) throw codedError('E_ARG', `--tool-call-parser: expected one of ${TOOL_CALL_FORMATS.join(', ')}, got '${parser}'`);
   const f: ServeFlags = {
     strategy,
     host: values.get('--host') ?? '127.0.0.1',
@@ -80,6 +90,7 @@ export function parseServeFlags(argv: readonly string[], env: NodeJS.ProcessEnv 
     device,
     ...(model !== undefined ? { model } : {}),
     ...(apiKey !== undefined ? { apiKey } : {}),
+    ...(parser !== undefined ? { toolCallParser: parser as ToolCallFormat } : {}),
     ...(kv !== undefined ? { kvBudgetMb: parseNumberFlag('--kv-budget', kv, (n) => n > 0, 'a number of MiB > 0') } : {}),
   };
   if (f.port > 65535) throw codedError('E_ARG', `--port: expected 0..65535, got ${f.port}`);
@@ -131,7 +142,7 @@ export async function startServe(flags: ServeFlags): Promise<RunningServer> {
     await engine.prepare();
     const tokenizer = TextTokenizer.load(dir);
     const name = dir === EMBEDDED.target ? 'specdec-default' : path.basename(path.resolve(dir));
-    const server = new CompletionServer({ engine, modelName: name, ...(tokenizer ? { tokenizer } : {}), ...(tokenizer?.hasChatTemplate ? { chat: tokenizer } : {}), ...(flags.apiKey !== undefined ? { apiKey: flags.apiKey } : {}) });
+    const server = new CompletionServer({ engine, modelName: name, ...(tokenizer ? { tokenizer } : {}), ...(tokenizer?.hasChatTemplate ? { chat: tokenizer } : {}), ...(flags.apiKey !== undefined ? { apiKey: flags.apiKey } : {}), ...(flags.toolCallParser ? { toolCallParser: flags.toolCallParser } : {}) });
     const addr = await server.listen(flags.port, flags.host);
     const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
     const d = dispose;

@@ -16,6 +16,7 @@ import type { Penalties } from '../sampling';
 import type { SamplingConfig } from '../strategies/speculator';
 import { generateText, IncrementalText, type TextCodec, type TextResult } from '../text';
 import type { ChatMessage, ChatTemplateOptions } from '../tokenizer';
+import { checkToolChoice, checkTools, constrainedToolCalls, parseToolCalls, TOOL_CALL_FORMATS, toolCallGrammar, ToolCallStream, toolCallId, type ToolCallFormat, type ToolDefinition } from '../tool_calls';
 import { PROMETHEUS_CONTENT_TYPE, prometheusText } from './prometheus';
 
 export interface ServerOptions {
@@ -34,7 +35,19 @@ export interface ServerOptions {
    * stay open. Default: none.
    */
   readonly apiKey?: string;
+  /**
+   * How a chat reply with tool_choice 'auto' is read for tool calls (vLLM's --tool-call-parser:
+   * 'hermes' for Qwen 2.5 / 3 and Hermes, 'llama3_json' for Llama 3.x). Without one, 'auto' is
+   * refused (400); 'none', 'required' and a named function need none. Default: none.
+   */
+  readonly toolCallParser?: ToolCallFormat;
 }
+
+/**
+ * What a chat request's tools make of its reply: calls of a named function (its arguments
+ * constrained), one or more calls ('required', constrained), or text read for calls ('auto').
+ */
+type ToolMode = { readonly kind: 'named'; readonly name: string } | { readonly kind: 'required' } | { readonly kind: 'auto'; readonly format: ToolCallFormat };
 
 /** A request error: HTTP status, the offending field (OpenAI's `param`) and a message. */
 class HttpError extends Error {
@@ -72,8 +85,10 @@ interface Completion {
   readonly ignoreEos: boolean;
   readonly stream: boolean;
   readonly includeUsage: boolean;
-  /** response_format json_object: the output is a JSON object. */
+  /** response_format (a JSON object, a schema) or tools ('required', a named function): the output's grammar. */
   readonly grammar: TokenGrammar | undefined;
+  /** Chat with tools (tool_choice other than 'none'): how the reply becomes tool calls. */
+  readonly tools: ToolMode | undefined;
 }
 
 /** A promise and its resolve. */
@@ -109,6 +124,7 @@ export class CompletionServer {
   readonly http: http.Server;
   private readonly tokenizer: TextCodec | undefined;
   private readonly chat: ServerOptions['chat'];
+  private readonly toolCallParser: ToolCallFormat | undefined;
   private readonly modelName: string;
   private readonly maxBodyBytes: number;
   /** sha256 of ServerOptions.apiKey (compared in constant time, whatever the length sent). */
@@ -122,6 +138,8 @@ export class CompletionServer {
     this.engine = opts.engine;
     this.tokenizer = opts.tokenizer;
     this.chat = opts.chat;
+    if (opts.toolCallParser !== undefined && !TOOL_CALL_FORMATS.includes(opts.toolCallParser)) throw new TypeError(`toolCallParser: expected one of ${TOOL_CALL_FORMATS.join(', ')}, got ${JSON.stringify(opts.toolCallParser)}`);
+    this.toolCallParser = opts.toolCallParser;
     this.modelName = opts.modelName;
     this.maxBodyBytes = opts.maxBodyBytes ?? 1 << 20;
     if (opts.apiKey !== undefined && (typeof opts.apiKey !== 'string' || opts.apiKey.length === 0)) throw new TypeError('apiKey: expected a non-empty string');
@@ -195,7 +213,7 @@ export class CompletionServer {
       case '/v1/chat/completions': {
         allow('POST');
         const body = await this.readJson(req);
-        return this.complete(res, this.parseCompletion(body, (b) => [{ ids: this.parseMessages(b['messages'], b['chat_template_kwargs']), sent: undefined }], true), true);
+        return this.complete(res, this.parseCompletion(body, (b, tools) => [{ ids: this.parseMessages(b['messages'], b['chat_template_kwargs'], tools), sent: undefined }], true), true);
       }
       case '/tokenize': {
         allow('POST');
@@ -231,7 +249,7 @@ export class CompletionServer {
 
   /**
    * vLLM's POST /tokenize: { prompt: string, add_special_tokens?: boolean (default true) } or
-   * { messages, chat_template_kwargs? } (through the chat template, as /v1/chat/completions reads
+   * { messages, chat_template_kwargs?, tools? } (through the chat template, as /v1/chat/completions reads
    * them) -> { tokens, count, max_model_len }.
    */
   private tokenize(body: unknown): Record<string, unknown> {
@@ -239,7 +257,7 @@ export class CompletionServer {
     let tokens: Int32Array;
     if (b['messages'] !== undefined) {
       if (b['prompt'] !== undefined) throw new HttpError(400, 'prompt: send prompt or messages, not both', 'prompt');
-      tokens = this.parseMessages(b['messages'], b['chat_template_kwargs']);
+      tokens = this.parseMessages(b['messages'], b['chat_template_kwargs'], this.parseTools(b['tools']));
     } else {
       const p = b['prompt'];
       if (typeof p !== 'string') throw new HttpError(400, 'prompt: expected a string (or send messages)', 'prompt');
@@ -293,7 +311,7 @@ export class CompletionServer {
   }
 
   /** Validates an OpenAI completions (or chat completions) body; every error names its field. */
-  private parseCompletion(body: unknown, promptsOf: (b: Record<string, unknown>) => SentPrompt[], chat: boolean): Completion {
+  private parseCompletion(body: unknown, promptsOf: (b: Record<string, unknown>, tools: readonly ToolDefinition[]) => SentPrompt[], chat: boolean): Completion {
     const b = this.objectBody(body);
     const num = (name: string, ok: (n: number) => boolean, want: string): number | undefined => {
       const v = b[name];
@@ -345,9 +363,15 @@ export class CompletionServer {
     const penalties = presence !== 0 || frequency !== 0 || repetition !== 1 || logitBias ? { presence, frequency, repetition, ...(logitBias ? { logitBias } : {}) } : undefined;
     const minTokens = num('min_tokens', (x) => Number.isSafeInteger(x) && x >= 0, 'an integer >= 0') ?? 0;
     if (b['suffix'] !== undefined && b['suffix'] !== null && b['suffix'] !== '') throw new HttpError(400, 'suffix: not supported', 'suffix');
-    const grammar = this.responseFormat(b['response_format']);
-    if (Array.isArray(b['tools']) ? b['tools'].length > 0 : b['tools'] !== undefined && b['tools'] !== null) throw new HttpError(400, 'tools: not supported', 'tools');
-    const sent = promptsOf(b);
+    let grammar = this.responseFormat(b['response_format']);
+    const tools = this.parseTools(b['tools']);
+    if (!chat && tools.length > 0) throw new HttpError(400, 'tools: chat completions only', 'tools');
+    const toolMode = chat ? this.toolMode(tools, b) : undefined;
+    if (toolMode && toolMode.kind !== 'auto') {
+      if (grammar) throw new HttpError(400, `response_format: not with tool_choice ${toolMode.kind === 'required' ? "'required'" : 'naming a function'} (the reply is a tool call)`, 'response_format');
+      grammar = this.toolGrammar(tools, toolMode, b['parallel_tool_calls'] !== false);
+    }
+    const sent = promptsOf(b, tools);
     const prompts = sent.map((x) => x.ids);
     if (prompts.length * bestOf > MAX_REQUESTS) throw new HttpError(400, `prompt: ${prompts.length} prompts x ${bestOf} choices is more than ${MAX_REQUESTS} requests`, 'prompt');
     // Chat clients send max_completion_tokens (OpenAI's newer name); a chat gets room by default.
@@ -394,6 +418,7 @@ export class CompletionServer {
       stream: bool('stream'),
       includeUsage,
       grammar,
+      tools: toolMode,
     };
   }
 
@@ -472,31 +497,79 @@ export class CompletionServer {
     if (type === 'text') return undefined;
     if (type !== 'json_object' && type !== 'json_schema') throw new HttpError(400, `response_format: expected { type: 'text' }, { type: 'json_object' } or { type: 'json_schema', json_schema: { schema } }, got ${JSON.stringify(rf)}`, 'response_format');
     const what = `response_format ${type}`;
-    try {
-      if (!this.vocabulary) {
-        const t = this.tokenizer;
-        if (typeof t?.tokenBytes !== 'function') throw new HttpError(400, `${what}: needs the model's tokenizer (its tokens' bytes); this server has none`, 'response_format');
-        this.vocabulary = new TokenVocabulary(t.tokenBytes(this.engine.model.config.vocabSize));
-      }
-      if (type === 'json_object') return (this.json ??= new JsonGrammar(this.vocabulary));
+    return this.grammarFor(what, 'response_format', (vocabulary) => {
+      if (type === 'json_object') return (this.json ??= new JsonGrammar(vocabulary));
       const js = (rf as { json_schema?: unknown }).json_schema;
       const schema = typeof js === 'object' && js !== null ? (js as { schema?: unknown }).schema : undefined;
       if (schema === undefined) throw new HttpError(400, `${what}: expected json_schema: { schema, name?, strict? }`, 'response_format');
-      const key = JSON.stringify(schema);
-      let g = this.schemas.get(key);
-      if (g) this.schemas.delete(key);
-      else {
-        // (Up to MAX_SCHEMAS kept, each with SCHEMA_MASKS masks: 64 MB at a 128k vocabulary.)
-        g = new JsonSchemaGrammar(this.vocabulary, schema, { cacheEntries: SCHEMA_MASKS });
-        if (this.schemas.size >= MAX_SCHEMAS) this.schemas.delete(this.schemas.keys().next().value as string);
+      return this.cachedSchema(JSON.stringify(schema), () => new JsonSchemaGrammar(vocabulary, schema, { cacheEntries: SCHEMA_MASKS }));
+    });
+  }
+
+  /** A grammar over the tokenizer's vocabulary (built once); its errors as 400s naming `param`. */
+  private grammarFor(what: string, param: string, build: (vocabulary: TokenVocabulary) => TokenGrammar): TokenGrammar {
+    try {
+      if (!this.vocabulary) {
+        const t = this.tokenizer;
+        if (typeof t?.tokenBytes !== 'function') throw new HttpError(400, `${what}: needs the model's tokenizer (its tokens' bytes); this server has none`, param);
+        this.vocabulary = new TokenVocabulary(t.tokenBytes(this.engine.model.config.vocabSize));
       }
-      this.schemas.set(key, g);
-      return g;
+      return build(this.vocabulary);
     } catch (e) {
       const code = (e as { code?: unknown }).code;
-      if (code === 'E_UNSUPPORTED' || code === 'E_ARG') throw new HttpError(400, `${what}: ${(e as Error).message}`, 'response_format');
+      if (code === 'E_UNSUPPORTED' || code === 'E_ARG') throw new HttpError(400, `${what}: ${(e as Error).message}`, param);
       throw e;
     }
+  }
+
+  /** A schema grammar by its key, kept (LRU, up to MAX_SCHEMAS, each with SCHEMA_MASKS masks: 64 MB at a 128k vocabulary). */
+  private cachedSchema(key: string, build: () => JsonSchemaGrammar): JsonSchemaGrammar {
+    let g = this.schemas.get(key);
+    if (g) this.schemas.delete(key);
+    else {
+      g = build();
+      if (this.schemas.size >= MAX_SCHEMAS) this.schemas.delete(this.schemas.keys().next().value as string);
+    }
+    this.schemas.set(key, g);
+    return g;
+  }
+
+  /** `tools` (OpenAI's function definitions; none: []). */
+  private parseTools(t: unknown): ToolDefinition[] {
+    if (t === undefined || t === null) return [];
+    try {
+      return checkTools(t);
+    } catch (e) {
+      throw new HttpError(400, (e as Error).message, 'tools');
+    }
+  }
+
+  /** What tool_choice makes of a chat's reply (undefined: text, as without tools). */
+  private toolMode(tools: readonly ToolDefinition[], b: Record<string, unknown>): ToolMode | undefined {
+    let choice;
+    try {
+      choice = checkToolChoice(b['tool_choice'], tools);
+    } catch (e) {
+      throw new HttpError(400, (e as Error).message, 'tool_choice');
+    }
+    const ptc = b['parallel_tool_calls'];
+    if (ptc !== undefined && ptc !== null && typeof ptc !== 'boolean') throw new HttpError(400, `parallel_tool_calls: expected true or false, got ${JSON.stringify(ptc)}`, 'parallel_tool_calls');
+    if (choice === 'none') return undefined;
+    if (choice === 'required') return { kind: 'required' };
+    if (choice === 'auto') {
+      if (!this.toolCallParser) throw new HttpError(400, "tool_choice: 'auto' (the default with tools) needs a server started with --tool-call-parser (hermes or llama3_json), which reads calls out of the reply; 'required', a named function and 'none' need none", 'tool_choice');
+      return { kind: 'auto', format: this.toolCallParser };
+    }
+    return { kind: 'named', name: choice.function.name };
+  }
+
+  /** The grammar of a constrained tool reply ('required' or a named function), kept with the schema grammars. */
+  private toolGrammar(tools: readonly ToolDefinition[], mode: ToolMode, parallel: boolean): TokenGrammar {
+    const choice = mode.kind === 'named' ? { function: { name: mode.name } } : ('required' as const);
+    const param = mode.kind === 'named' ? 'tool_choice' : 'tools';
+    return this.grammarFor(`tool_choice ${mode.kind === 'named' ? `'${mode.name}'` : "'required'"}`, param, (vocabulary) =>
+      this.cachedSchema(JSON.stringify(['tools', choice, parallel, tools.map((t) => [t.function.name, t.function.parameters ?? null])]), () => toolCallGrammar(vocabulary, tools, choice, { parallel, cacheEntries: SCHEMA_MASKS })),
+    );
   }
 
   /** A prompt as echo shows it: the text sent, or its ids decoded ('' without a tokenizer). */
@@ -534,18 +607,20 @@ export class CompletionServer {
   /**
    * A chat's messages (content a string, or OpenAI's text parts) as prompt ids through the chat
    * template; `chat_template_kwargs` (vLLM's extension, e.g. { "enable_thinking": false }) become
-   * template variables.
+   * template variables, `tools` the template's tools. An assistant's tool_calls (its content then
+   * null or absent) and a tool result's tool_call_id and name go to the template as sent.
    */
-  private parseMessages(m: unknown, kwargs: unknown): Int32Array {
+  private parseMessages(m: unknown, kwargs: unknown, tools: readonly ToolDefinition[] = []): Int32Array {
     if (kwargs !== undefined && kwargs !== null && (typeof kwargs !== 'object' || Array.isArray(kwargs))) {
       throw new HttpError(400, 'chat_template_kwargs: expected an object of template variables', 'chat_template_kwargs');
     }
     if (!this.chat) throw new HttpError(400, 'messages: this model has no chat template; use /v1/completions with a prompt', 'messages');
     if (!Array.isArray(m) || m.length === 0) throw new HttpError(400, 'messages: expected a non-empty array of { role, content }', 'messages');
     const messages: ChatMessage[] = m.map((x, i) => {
-      const o = x as { role?: unknown; content?: unknown } | null;
+      const o = x as { role?: unknown; content?: unknown; tool_calls?: unknown; tool_call_id?: unknown; name?: unknown } | null;
       if (typeof o !== 'object' || o === null || typeof o.role !== 'string') throw new HttpError(400, `messages[${i}]: expected { role: string, content }`, 'messages');
-      let content = o.content;
+      const calls = o.tool_calls === undefined || o.tool_calls === null ? undefined : this.messageToolCalls(o.tool_calls, i);
+      let content = o.content ?? (calls ? '' : undefined);
       if (Array.isArray(content)) {
         // OpenAI's content parts: text only.
         content = content
@@ -557,15 +632,36 @@ export class CompletionServer {
           .join('');
       }
       if (typeof content !== 'string') throw new HttpError(400, `messages[${i}].content: expected a string or text parts`, 'messages');
-      return { role: o.role, content };
+      for (const k of ['tool_call_id', 'name'] as const) {
+        if (o[k] !== undefined && o[k] !== null && typeof o[k] !== 'string') throw new HttpError(400, `messages[${i}].${k}: expected a string`, 'messages');
+      }
+      return {
+        role: o.role,
+        content,
+        ...(calls ? { tool_calls: calls } : {}),
+        ...(typeof o.tool_call_id === 'string' ? { tool_call_id: o.tool_call_id } : {}),
+        ...(typeof o.name === 'string' ? { name: o.name } : {}),
+      };
     });
     try {
-      return this.chat.encodeChat(messages, kwargs ? { variables: kwargs as Record<string, unknown> } : {});
+      return this.chat.encodeChat(messages, { ...(kwargs ? { variables: kwargs as Record<string, unknown> } : {}), ...(tools.length > 0 ? { tools } : {}) });
     } catch (e) {
       const err = e as Error & { code?: string };
       if (err.code === 'E_ARG') throw new HttpError(400, `messages: ${err.message}`, 'messages');
       throw e;
     }
+  }
+
+  /** An assistant message's tool_calls as OpenAI sends them: [{ id, type: 'function', function: { name, arguments: JSON text } }]. */
+  private messageToolCalls(v: unknown, i: number): ChatMessage['tool_calls'] {
+    const want = `messages[${i}].tool_calls: expected [{ id, type: 'function', function: { name, arguments: JSON text } }]`;
+    if (!Array.isArray(v)) throw new HttpError(400, want, 'messages');
+    return v.map((c: unknown) => {
+      const o = c as { id?: unknown; function?: { name?: unknown; arguments?: unknown } } | null;
+      const f = o?.function;
+      if (typeof o !== 'object' || o === null || typeof f !== 'object' || f === null || typeof f.name !== 'string' || typeof f.arguments !== 'string' || (o.id !== undefined && typeof o.id !== 'string')) throw new HttpError(400, want, 'messages');
+      return { ...(typeof o.id === 'string' ? { id: o.id } : {}), type: 'function' as const, function: { name: f.name, arguments: f.arguments } };
+    });
   }
 
   private async complete(res: http.ServerResponse, c: Completion, chat: boolean): Promise<void> {
@@ -693,7 +789,7 @@ export class CompletionServer {
           const logprobs = withPrompt(r.logprobs && c.logprobs !== undefined ? this.logprobsJson(r.logprobs, r.tokens, chat, new IncrementalText(this.offsetDecode), [], echo.length) : null, prompt);
           choices.push(
             chat
-              ? { index, message: { role: 'assistant', content: r.text }, logprobs, finish_reason: finishReason(r.finishReason) }
+              ? { index, ...chatReply(r.text, r.finishReason, c.tools), logprobs }
               : { index, text: echo + r.text, token_ids: Array.from(r.tokens), logprobs, finish_reason: finishReason(r.finishReason) },
           );
         });
@@ -739,12 +835,18 @@ export class CompletionServer {
       const all: number[] = [];
       const base = echoOf(Math.floor(index / c.n)).length;
       let opened = false;
+      const tools = chat && c.tools ? new ToolDeltas(c.tools) : undefined;
       for await (const chunk of g) {
         if (!opened) {
           await open(index);
           opened = true;
         }
-        if (offsets && chunk.logprobs) {
+        if (tools) {
+          // Content and call pieces as they become known (a held-back piece: its logprobs alone).
+          const delta = tools.push(chunk.text);
+          const logprobs = offsets && chunk.logprobs ? this.logprobsJson(chunk.logprobs, chunk.tokens, chat, offsets, all, base) : null;
+          if (delta || logprobs) send({ ...chunkHead, choices: [{ index, delta: delta ?? {}, logprobs, finish_reason: null }] });
+        } else if (offsets && chunk.logprobs) {
           const logprobs = this.logprobsJson(chunk.logprobs, chunk.tokens, chat, offsets, all, base);
           send({ ...chunkHead, choices: [chat ? { index, delta: { content: chunk.text }, logprobs, finish_reason: null } : { index, text: chunk.text, token_ids: Array.from(chunk.tokens), logprobs, finish_reason: null }] });
         } else if (!res.writableEnded && !res.destroyed) res.write(`${pres[index] as string}${JSON.stringify(chunk.text)}${post(chunk.tokens)}`);
@@ -752,8 +854,14 @@ export class CompletionServer {
       const r = await results[index]!;
       if (!opened) await open(index);
       completion += r.tokens.length;
+      let finish: string = finishReason(r.finishReason);
+      if (tools) {
+        const end = tools.end(r.finishReason);
+        for (const delta of end.deltas) send({ ...chunkHead, choices: [{ index, delta, logprobs: null, finish_reason: null }] });
+        finish = end.finish;
+      }
       const last = chat
-        ? { index, delta: {}, logprobs: null, finish_reason: finishReason(r.finishReason) }
+        ? { index, delta: {}, logprobs: null, finish_reason: finish }
         : { index, text: '', token_ids: [], logprobs: null, finish_reason: finishReason(r.finishReason) };
       send({ ...chunkHead, choices: [last], ...(gens.length === 1 ? { usage: usage(r.tokens.length, [r]) } : {}) });
     };
@@ -806,6 +914,60 @@ const NO_TEXT: TextCodec = {
 
 function finishReason(r: string): 'stop' | 'length' {
   return r === 'stop' ? 'stop' : 'length';
+}
+
+/**
+ * A chat choice's message and finish reason: its text, or with tools its calls (OpenAI's content:
+ * null beside tool_calls; finish 'tool_calls', but 'stop' for a named function, as OpenAI's). A named
+ * function's call is the reply, its arguments the text as written (cut short: as far as it got); other
+ * replies that do not parse as calls (cut short) keep their text as content.
+ */
+function chatReply(text: string, finish: string, mode: ToolMode | undefined): { message: Record<string, unknown>; finish_reason: string } {
+  const plain = { message: { role: 'assistant', content: text }, finish_reason: finishReason(finish) };
+  if (!mode) return plain;
+  const parsed =
+    mode.kind === 'auto'
+      ? parseToolCalls(text, mode.format)
+      : mode.kind === 'named'
+        ? { content: null, calls: [{ id: toolCallId(), type: 'function', function: { name: mode.name, arguments: text } }] }
+        : { content: null, calls: constrainedToolCalls(text, 'required') ?? [] };
+  if (parsed.calls.length === 0) return plain;
+  return { message: { role: 'assistant', content: parsed.content, tool_calls: parsed.calls }, finish_reason: finish !== 'stop' ? finishReason(finish) : mode.kind === 'named' ? 'stop' : 'tool_calls' };
+}
+
+/**
+ * A streamed chat choice's deltas with tools (OpenAI's chat.completion.chunk): a named function's
+ * arguments as they come (the first piece with the call's id and name); otherwise content as soon as
+ * it cannot be the start of a call, and each call whole at the end. Joined, they are chatReply's.
+ */
+class ToolDeltas {
+  private readonly text: ToolCallStream | undefined;
+  private readonly id = toolCallId();
+  private args = '';
+
+  constructor(private readonly mode: ToolMode) {
+    this.text = mode.kind === 'named' ? undefined : new ToolCallStream(mode.kind === 'auto' ? mode.format : 'required');
+  }
+
+  push(piece: string): Record<string, unknown> | undefined {
+    if (this.mode.kind === 'named') {
+      if (piece === '') return undefined;
+      const first = this.args === '';
+      this.args += piece;
+      return { tool_calls: [first ? { index: 0, id: this.id, type: 'function', function: { name: this.mode.name, arguments: piece } } : { index: 0, function: { arguments: piece } }] };
+    }
+    const content = (this.text as ToolCallStream).push(piece);
+    return content ? { content } : undefined;
+  }
+
+  end(finish: string): { deltas: Record<string, unknown>[]; finish: string } {
+    if (this.mode.kind === 'named') return { deltas: [], finish: finishReason(finish) };
+    const { content, calls } = (this.text as ToolCallStream).end();
+    const deltas: Record<string, unknown>[] = [];
+    if (content) deltas.push({ content });
+    if (calls.length > 0) deltas.push({ tool_calls: calls.map((c, index) => ({ index, ...c })) });
+    return { deltas, finish: calls.length > 0 && finish === 'stop' ? 'tool_calls' : finishReason(finish) };
+  }
 }
 
 function errorBody(e: HttpError): Record<string, unknown> {

@@ -15,7 +15,7 @@ import { PromptLookupSpeculator } from '../lib/strategies/prompt_lookup';
 import type { Speculator } from '../lib/strategies/speculator';
 import { loadEmbeddedFamily, type EmbeddedFamily } from './fixtures/embedded_family';
 import { byteLevelJsonTokenizer, tokenizerFrom } from './fixtures/tokenizers';
-import { deref, valid, type Schema } from './fixtures/json_schema_valid';
+import { deref, valid, walkMasks, type Schema } from './fixtures/grammar_checks';
 import { assertThrowsCode, rng, testSeed } from './helpers';
 
 const BYTES = new TokenVocabulary(Array.from({ length: 256 }, (_, b) => Uint8Array.of(b)));
@@ -148,25 +148,8 @@ describe('JsonSchemaGrammar: the automaton', () => {
       const schema = randomRootSchema(r, 3);
       const g = new JsonSchemaGrammar(BYTES, schema, { maxWhitespace: 2 });
       for (let walk = 0; walk < 4; walk++) {
-        let s: GrammarState = g.start();
-        const out: number[] = [];
-        for (let step = 0; step < 300; step++) {
-          if (g.accepts(s) && r() < 0.3) break;
-          const m = g.allowed(s);
-          const ok: number[] = [];
-          for (let b = 0; b < 256; b++) if (((m[b >>> 5] as number) >>> (b & 31)) & 1) ok.push(b);
-          // Closers and quotes often, so that walks end; else any allowed byte (ASCII mostly).
-          const closers = ok.filter((b) => b === 0x22 || b === 0x7d || b === 0x5d || b === 0x2c || b === 0x3a);
-          const ascii = ok.filter((b) => b < 0x80);
-          const pool = closers.length > 0 && r() < 0.5 ? closers : ascii.length > 0 && r() < 0.95 ? ascii : ok;
-          const b = pool[Math.floor(r() * pool.length)]!;
-          const n = g.next(s, b);
-          assert.ok(n, `allowed byte ${b} refused by next()`);
-          s = n;
-          out.push(b);
-        }
-        if (!g.accepts(s)) continue;
-        const text = Buffer.from(out).toString('utf8');
+        const { text, complete } = walkMasks(g, r, 0.3, 300);
+        if (!complete) continue;
         let v: unknown;
         assert.doesNotThrow(() => (v = JSON.parse(text)), `${JSON.stringify(schema)}: ${JSON.stringify(text)} does not parse`);
         assert.ok(valid(v, schema), `${JSON.stringify(schema)}: ${text} is not valid for it`);

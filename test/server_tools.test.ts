@@ -13,7 +13,7 @@ import { CompletionServer } from '../lib/server/server';
 import { DraftModelSpeculator } from '../lib/strategies/draft_model';
 import type { TextTokenizer } from '../lib/tokenizer';
 import type { ToolCallFormat, ToolDefinition } from '../lib/tool_calls';
-import { valid, type Schema } from './fixtures/json_schema_valid';
+import { valid, type Schema } from './fixtures/grammar_checks';
 import { byteLevelJsonTokenizer, tokenizerFrom } from './fixtures/tokenizers';
 import { WEATHER_TOOLS } from './fixtures/tools';
 import { assertThrowsCode, rng, testSeed } from './helpers';

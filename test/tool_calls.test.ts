@@ -11,7 +11,7 @@ import { DraftModelSpeculator } from '../lib/strategies/draft_model';
 import { MedusaSpeculator } from '../lib/strategies/medusa';
 import { checkToolChoice, checkTools, constrainedToolCalls, parseToolCalls, toolCallGrammar, ToolCallStream, type ToolCallFormat, type ToolDefinition } from '../lib/tool_calls';
 import { loadEmbeddedFamily, type EmbeddedFamily } from './fixtures/embedded_family';
-import { valid, type Schema } from './fixtures/json_schema_valid';
+import { valid, walkMasks, type Schema } from './fixtures/grammar_checks';
 import { byteLevelJsonTokenizer, byteLevelTokenizer, tokenizerFrom } from './fixtures/tokenizers';
 import { WEATHER_TOOLS } from './fixtures/tools';
 import { assertThrowsCode, rng, testSeed } from './helpers';
@@ -19,25 +19,10 @@ import { assertThrowsCode, rng, testSeed } from './helpers';
 const BYTES = new TokenVocabulary(Array.from({ length: 256 }, (_, b) => Uint8Array.of(b)));
 
 
-/** A random walk through a grammar's masks over the 256 bytes (closers favoured so that walks end); the text if it completed. */
+/** A random walk through a grammar's masks over the 256 bytes; the text if it completed. */
 function walk(g: TokenGrammar, r: () => number): string | undefined {
-  let s: GrammarState = g.start();
-  const out: number[] = [];
-  for (let step = 0; step < 400; step++) {
-    if (g.accepts(s) && r() < 0.4) return Buffer.from(out).toString('utf8');
-    const m = g.allowed(s);
-    const ok: number[] = [];
-    for (let b = 0; b < 256; b++) if (((m[b >>> 5] as number) >>> (b & 31)) & 1) ok.push(b);
-    const closers = ok.filter((b) => b === 0x22 || b === 0x7d || b === 0x5d || b === 0x2c || b === 0x3a);
-    const ascii = ok.filter((b) => b < 0x80);
-    const pool = closers.length > 0 && r() < 0.5 ? closers : ascii.length > 0 && r() < 0.95 ? ascii : ok;
-    const b = pool[Math.floor(r() * pool.length)] as number;
-    const n = g.next(s, b);
-    assert.ok(n, `allowed byte ${b} refused by next()`);
-    s = n;
-    out.push(b);
-  }
-  return g.accepts(s) ? Buffer.from(out).toString('utf8') : undefined;
+  const w = walkMasks(g, r, 0.4, 400);
+  return w.complete ? w.text : undefined;
 }
 
 function params(t: ToolDefinition): Schema {

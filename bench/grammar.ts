@@ -1,7 +1,8 @@
 // What constrained output (GenerateOptions.grammar, JsonGrammar) costs.
 // A: the masks on a 128,256-id vocabulary (the 256 bytes and random pieces of English and JSON
 //    text, 1-8 bytes, as a byte-level BPE vocabulary's): the trie's build, a state's first mask (a
-//    walk of the trie's accepted branches) per kind of state, and a cached one.
+//    walk of the trie's accepted branches) per kind of state (free JSON, a schema, a tool reply),
+//    and a cached one.
 // B: decoding on the embedded family with a JSON grammar over its ids (test/fixtures' byte-level
 //    JSON vocabulary: each id stands for a piece of JSON text), tokens/s with and without the
 //    grammar, plainly and with two strategies, greedy, runs interleaved, median kept. The outputs
@@ -16,7 +17,9 @@ import { LlamaModel } from '../lib/models/llama';
 import { DraftModelSpeculator } from '../lib/strategies/draft_model';
 import { EagleHead, EagleSpeculator } from '../lib/strategies/eagle';
 import type { Speculator } from '../lib/strategies/speculator';
+import { toolCallGrammar } from '../lib/tool_calls';
 import { byteLevelJsonTokenizer, tokenizerFrom } from '../test/fixtures/tokenizers';
+import { WEATHER_TOOLS } from '../test/fixtures/tools';
 
 function masks(quick: boolean): void {
   let x = 12345;
@@ -62,6 +65,12 @@ function masks(quick: boolean): void {
     ['schema: an integer', '{"name": "A", "age": 3'],
     ['schema: an enum', '{"name": "A", "role": "ad'],
   ] as const) firstMask(name, text, () => new JsonSchemaGrammar(vocab, schema), reps);
+  // A tool reply (tool_choice 'required', three tools): the tool's name picks its arguments' schema.
+  for (const [name, text] of [
+    ['tools: start', ''],
+    ['tools: inside a name (tag)', '[{"name": "get_w'],
+    ['tools: a call\'s arguments', '[{"name": "get_weather", "parameters": {"ci'],
+  ] as const) firstMask(name, text, () => toolCallGrammar(vocab, WEATHER_TOOLS, 'required'), reps);
   const g = new JsonGrammar(vocab);
   let s: GrammarState = g.start();
   for (const b of Buffer.from('{"name": "Ada L', 'utf8')) s = g.next(s, b) as GrammarState;

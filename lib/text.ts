@@ -22,6 +22,8 @@ export interface TextCodec {
    * server's response_format). Optional: a codec without it serves text, not grammars.
    */
   tokenBytes?(vocabSize: number): (Uint8Array | null)[];
+  /** The id of a token by its text (an added token's content), if it is one token. Optional. */
+  tokenToId?(token: string): number | undefined;
 }
 
 /** transformers' clean_up_tokenization (and the tokenizers library's): spaces before punctuation and English contractions removed. */

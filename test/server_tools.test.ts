@@ -2,7 +2,9 @@
 // and 'required' decoded under their grammars by the embedded model (with a draft model), streamed
 // and not; 'auto' read by the hermes and llama3_json parsers from scripted replies (a stand-in engine
 // that writes given text, split at random, so that the server's reading is tested, not the model's
-// skill); tools and tool messages through the chat template; 400s naming the field.
+// skill); tools and tool messages through the chat template; 400s naming the field. Reasoning
+// replies (--reasoning-parser): the think block as reasoning_content, scripted and with a JSON
+// answer decoded after the block.
 import * as assert from 'assert';
 import { postJson, postStream } from '../bench/serve_client';
 import { EMBEDDED } from '../lib/cli/generate';
@@ -258,5 +260,114 @@ describe('specdec serve: tool calls', function () {
         await scripted.close();
       }
     }
+  });
+});
+
+describe('specdec serve: reasoning replies (--reasoning-parser)', function () {
+  this.timeout(120000);
+  let target: LlamaModel;
+  let engine: Engine;
+  before(async () => {
+    target = await LlamaModel.load(EMBEDDED.target, { device: 'cpu', maxSequences: 16 });
+    engine = new Engine({ model: target, maxBatch: 8 });
+  });
+  after(() => {
+    engine?.close();
+    target?.dispose();
+  });
+  const messages = [{ role: 'user', content: 'Weather?' }];
+  type RMessage = Message & { reasoning_content: string | null };
+  /** A streamed choice's reasoning, content and calls joined. */
+  const joined = (events: Record<string, unknown>[]): { reasoning: string; content: string; calls: Call[]; finish: string | null } => {
+    let reasoning = '';
+    for (const e of events) for (const c of (e['choices'] as { delta: { reasoning_content?: string } }[] | undefined) ?? []) reasoning += c.delta.reasoning_content ?? '';
+    const o = fromDeltas(events).get(0) as { content: string; calls: Call[]; finish: string | null };
+    return { reasoning, ...o };
+  };
+
+  it('scripted replies: the block as reasoning_content, the answer as content or tool calls; opened by the reply or by the template; streamed alike', async () => {
+    const r = rng(testSeed + 71);
+    for (const opens of [false, true]) {
+      // The second template opens the block at the start of the assistant's turn (DeepSeek-R1's way).
+      const template = `{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}<|assistant|>${opens ? '<think>\n' : ''}`;
+      const tokenizer = tokenizerFrom(byteLevelJsonTokenizer(target.config.vocabSize, ['<think>', '</think>']), { chat_template: template });
+      const cases: [string, string | null, string | null, [string, unknown][]][] = opens
+        ? [
+            ['The user asks.\n</think>\n\nIt is sunny.', 'The user asks.\n', '\n\nIt is sunny.', []],
+            ['Call it.</think><tool_call>{"name": "ping", "arguments": {}}</tool_call>', 'Call it.', null, [['ping', {}]]],
+            ['Still thinking when cut', 'Still thinking when cut', null, []],
+          ]
+        : [
+            ['<think>\nThe user asks.\n</think>\n\nIt is sunny.', '\nThe user asks.\n', '\n\nIt is sunny.', []],
+            ['<think>I should call.</think>\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>', 'I should call.', null, [['get_weather', { city: 'Paris' }]]],
+            ['No block: it is sunny.', null, 'No block: it is sunny.', []],
+          ];
+      for (const [text, reasoning, content, calls] of cases) {
+        const scripted = new CompletionServer({ engine: scriptedEngine(tokenizer, target.config.vocabSize, [text, text], r), modelName: 'tiny', tokenizer, chat: tokenizer, toolCallParser: 'hermes', reasoningParser: 'qwen3' });
+        const surl = `http://127.0.0.1:${(await scripted.listen(0, '127.0.0.1')).port}/v1/chat/completions`;
+        try {
+          const what = `${JSON.stringify(text)} (template opens: ${String(opens)})`;
+          const w = await postJson(surl, { messages, tools: WEATHER_TOOLS, max_tokens: 100 });
+          assert.strictEqual(w.status, 200, JSON.stringify(w.json));
+          const c = (w.json['choices'] as { message: RMessage; finish_reason: string }[])[0]!;
+          assert.strictEqual(c.message.reasoning_content, reasoning, what);
+          assert.strictEqual(c.message.content, content, what);
+          assert.deepStrictEqual((c.message.tool_calls ?? []).map((k) => [k.function.name, JSON.parse(k.function.arguments)]), calls, what);
+          assert.strictEqual(c.finish_reason, calls.length > 0 ? 'tool_calls' : 'stop', what);
+          const s = joined((await postStream(surl, { messages, tools: WEATHER_TOOLS, max_tokens: 100, stream: true })).events);
+          assert.deepStrictEqual([s.reasoning, s.content, s.calls.map((k) => [k.function.name, JSON.parse(k.function.arguments)]), s.finish], [reasoning ?? '', content ?? '', calls, c.finish_reason], what);
+        } finally {
+          await scripted.close();
+        }
+      }
+    }
+  });
+
+  it('response_format after the block: the model thinks freely, then writes a JSON object (its </think> the close token, never pieces); streamed alike', async () => {
+    const template = '{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}<|assistant|><think>\n';
+    const tokenizer = tokenizerFrom(byteLevelJsonTokenizer(target.config.vocabSize, ['<think>', '</think>']), { chat_template: template });
+    const server = new CompletionServer({ engine, modelName: 'tiny', tokenizer, chat: tokenizer, reasoningParser: 'deepseek_r1' });
+    const surl = `http://127.0.0.1:${(await server.listen(0, '127.0.0.1')).port}/v1/chat/completions`;
+    try {
+      const close = tokenizer.tokenToId('</think>') as number;
+      // The close token raised so that thinking ends, EOS lowered so that it does not end it instead
+      // (a complete object allows EOS alone, so objects still end), quotes and closers raised.
+      const logit_bias = { [close]: 8, [3 + 0x22]: 3, [3 + 0x7d]: 4, [tokenizer.tokenToId('"}') as number]: 4, 2: -30 };
+      const body = { messages, max_tokens: 80, temperature: 0.8, seed: 11, n: 4, logit_bias, response_format: { type: 'json_object' } };
+      const w = await postJson(surl, body);
+      assert.strictEqual(w.status, 200, JSON.stringify(w.json));
+      let objects = 0;
+      const choices = w.json['choices'] as { index: number; message: RMessage; finish_reason: string }[];
+      for (const c of choices) {
+        assert.strictEqual(typeof c.message.reasoning_content, 'string');
+        assert.ok(!(c.message.reasoning_content as string).includes('</think>'), c.message.reasoning_content as string);
+        if (c.finish_reason !== 'stop' || c.message.content === null) continue;
+        const v: unknown = JSON.parse(c.message.content);
+        assert.ok(typeof v === 'object' && v !== null && !Array.isArray(v), c.message.content);
+        objects++;
+      }
+      assert.ok(objects >= 1, `${objects} of ${choices.length} answers ended as JSON objects`);
+      const events = (await postStream(surl, { ...body, stream: true })).events;
+      for (const c of choices) {
+        const mine = events.filter((e) => ((e['choices'] as { index: number }[] | undefined) ?? []).some((x) => x.index === c.index)).map((e) => ({ ...e, choices: (e['choices'] as { index: number }[]).filter((x) => x.index === c.index).map((x) => ({ ...x, index: 0 })) }));
+        const s = joined(mine);
+        assert.deepStrictEqual([s.reasoning, s.content, s.finish], [c.message.reasoning_content, c.message.content ?? '', c.finish_reason]);
+      }
+      // A vocabulary without the markers as tokens cannot place the grammar after the block.
+      const plainTok = tokenizerFrom(byteLevelJsonTokenizer(target.config.vocabSize), { chat_template: template });
+      const other = new CompletionServer({ engine, modelName: 'tiny', tokenizer: plainTok, chat: plainTok, reasoningParser: 'qwen3' });
+      const ourl = `http://127.0.0.1:${(await other.listen(0, '127.0.0.1')).port}/v1/chat/completions`;
+      try {
+        const bad = await postJson(ourl, { messages, response_format: { type: 'json_object' } });
+        assert.strictEqual(bad.status, 400);
+        assert.match((bad.json['error'] as { message: string }).message, /response_format: with --reasoning-parser the grammar applies after the think block, which needs <think> and <\/think> to be tokens/);
+      } finally {
+        await other.close();
+      }
+    } finally {
+      await server.close();
+    }
+    assertThrowsCode(() => parseServeFlags(['--reasoning-parser', 'r1']), 'E_ARG', /--reasoning-parser: expected one of deepseek_r1, qwen3, got 'r1'/);
+    assert.throws(() => new CompletionServer({ engine, modelName: 'x', reasoningParser: 'r1' as never }), /reasoningParser: expected one of/);
   });
 });

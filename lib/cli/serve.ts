@@ -9,6 +9,7 @@ import { LlamaModel } from '../models/llama';
 import { CompletionServer } from '../server/server';
 import type { Device } from '../tensor';
 import { TextTokenizer } from '../tokenizer';
+import { REASONING_FORMATS, type ReasoningFormat } from '../reasoning';
 import { TOOL_CALL_FORMATS, type ToolCallFormat } from '../tool_calls';
 import { codedError } from '../errors';
 import { EMBEDDED, parseIntFlag, parseNumberFlag } from './generate';
@@ -16,7 +17,7 @@ import { parseStrategyFlags, speculatorFactory, treeRoomFor, type StrategyFlags 
 
 export const SERVE_USAGE = `usage: specdec serve [--model DIR] [--draft DIR | --medusa DIR | --eagle DIR | --lookahead W,N,G | --prompt-lookup N]
                     [--host 127.0.0.1] [--port 8000] [--max-batch N] [--kv-budget MB] [--prefix-cache N] [--api-key KEY] [--device cpu|cuda|auto]
-                    [--tool-call-parser hermes|llama3_json]
+                    [--tool-call-parser hermes|llama3_json] [--reasoning-parser deepseek_r1|qwen3]
 
   OpenAI-compatible HTTP server: POST /v1/completions (stream: true for server-sent events),
   POST /v1/chat/completions, POST /tokenize, POST /detokenize, GET /v1/models, GET /health,
@@ -37,6 +38,9 @@ export const SERVE_USAGE = `usage: specdec serve [--model DIR] [--draft DIR | --
                     default when a request has tools): hermes (<tool_call>{...}</tool_call>: Qwen
                     2.5 / 3, Hermes) or llama3_json ({"name", "parameters"}: Llama 3.x); without
                     it 'auto' is refused ('required', a named function and 'none' work)
+  --reasoning-parser F  a reasoning model's chat replies split into reasoning_content (its
+                    <think> block) and content (deepseek_r1 or qwen3: both read the block alike);
+                    response_format, tool calls and tool parsing apply to the answer after it
   --draft/--medusa/--eagle/--lookahead/--prompt-lookup   the speculative strategy (as for generate)`;
 
 export interface ServeFlags {
@@ -52,13 +56,15 @@ export interface ServeFlags {
   readonly apiKey?: string;
   /** --tool-call-parser (ServerOptions.toolCallParser). */
   readonly toolCallParser?: ToolCallFormat;
+  /** --reasoning-parser (ServerOptions.reasoningParser). */
+  readonly reasoningParser?: ReasoningFormat;
   readonly device: Device | 'auto';
 }
 
 export function parseServeFlags(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): ServeFlags {
   const { flags: strategy, rest } = parseStrategyFlags(argv);
   const values = new Map<string, string>();
-  const known = new Set(['--model', '--host', '--port', '--max-batch', '--kv-budget', '--prefix-cache', '--api-key', '--device', '--tool-call-parser']);
+  const known = new Set(['--model', '--host', '--port', '--max-batch', '--kv-budget', '--prefix-cache', '--api-key', '--device', '--tool-call-parser', '--reasoning-parser']);
   for (let i = 0; i < rest.length; i++) {
     const arg = rest[i] as string;
     const eq = arg.startsWith('--') ? arg.indexOf('=') : -1;
@@ -81,6 +87,8 @@ export function parseServeFlags(argv: readonly string[], env: NodeJS.ProcessEnv 
   if (apiKey !== undefined && apiKey.trim().length === 0) throw codedError('E_ARG', '--api-key: empty');
   const parser = values.get('--tool-call-parser');
   if (parser !== undefined && !TOOL_CALL_FORMATS.includes(parser as ToolCallFormat)) throw codedError('E_ARG', `--tool-call-parser: expected one of ${TOOL_CALL_FORMATS.join(', ')}, got '${parser}'`);
+  const reasoning = values.get('--reasoning-parser');
+  if (reasoning !== undefined && !REASONING_FORMATS.includes(reasoning as ReasoningFormat)) throw codedError('E_ARG', `--reasoning-parser: expected one of ${REASONING_FORMATS.join(', ')}, got '${reasoning}'`);
   const f: ServeFlags = {
     strategy,
     host: values.get('--host') ?? '127.0.0.1',
@@ -91,6 +99,7 @@ export function parseServeFlags(argv: readonly string[], env: NodeJS.ProcessEnv 
     ...(model !== undefined ? { model } : {}),
     ...(apiKey !== undefined ? { apiKey } : {}),
     ...(parser !== undefined ? { toolCallParser: parser as ToolCallFormat } : {}),
+    ...(reasoning !== undefined ? { reasoningParser: reasoning as ReasoningFormat } : {}),
     ...(kv !== undefined ? { kvBudgetMb: parseNumberFlag('--kv-budget', kv, (n) => n > 0, 'a number of MiB > 0') } : {}),
   };
   if (f.port > 65535) throw codedError('E_ARG', `--port: expected 0..65535, got ${f.port}`);
@@ -142,7 +151,7 @@ export async function startServe(flags: ServeFlags): Promise<RunningServer> {
     await engine.prepare();
     const tokenizer = TextTokenizer.load(dir);
     const name = dir === EMBEDDED.target ? 'specdec-default' : path.basename(path.resolve(dir));
-    const server = new CompletionServer({ engine, modelName: name, ...(tokenizer ? { tokenizer } : {}), ...(tokenizer?.hasChatTemplate ? { chat: tokenizer } : {}), ...(flags.apiKey !== undefined ? { apiKey: flags.apiKey } : {}), ...(flags.toolCallParser ? { toolCallParser: flags.toolCallParser } : {}) });
+    const server = new CompletionServer({ engine, modelName: name, ...(tokenizer ? { tokenizer } : {}), ...(tokenizer?.hasChatTemplate ? { chat: tokenizer } : {}), ...(flags.apiKey !== undefined ? { apiKey: flags.apiKey } : {}), ...(flags.toolCallParser ? { toolCallParser: flags.toolCallParser } : {}), ...(flags.reasoningParser ? { reasoningParser: flags.reasoningParser } : {}) });
     const addr = await server.listen(flags.port, flags.host);
     const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
     const d = dispose;

@@ -16,6 +16,7 @@ import type { Penalties } from '../sampling';
 import type { SamplingConfig } from '../strategies/speculator';
 import { generateText, IncrementalText, type TextCodec, type TextResult } from '../text';
 import type { ChatMessage, ChatTemplateOptions } from '../tokenizer';
+import { AfterReasoning, promptOpensReasoning, REASONING_FORMATS, ReasoningStream, splitReasoning, THINK_CLOSE, THINK_OPEN, type ReasoningFormat } from '../reasoning';
 import { checkToolChoice, checkTools, constrainedToolCalls, parseToolCalls, TOOL_CALL_FORMATS, toolCallGrammar, ToolCallStream, toolCallId, type ToolCallFormat, type ToolDefinition } from '../tool_calls';
 import { PROMETHEUS_CONTENT_TYPE, prometheusText } from './prometheus';
 
@@ -41,6 +42,13 @@ export interface ServerOptions {
    * refused (400); 'none', 'required' and a named function need none. Default: none.
    */
   readonly toolCallParser?: ToolCallFormat;
+  /**
+   * Chat replies of a reasoning model split into `reasoning_content` (its <think> block) and
+   * `content` (vLLM's --reasoning-parser: 'deepseek_r1' or 'qwen3', which read the block alike); a
+   * grammar (response_format, a tool call) and 'auto' tool calls then apply to the answer after the
+   * block. Default: none (the block is content).
+   */
+  readonly reasoningParser?: ReasoningFormat;
 }
 
 /**
@@ -89,6 +97,10 @@ interface Completion {
   readonly grammar: TokenGrammar | undefined;
   /** Chat with tools (tool_choice other than 'none'): how the reply becomes tool calls. */
   readonly tools: ToolMode | undefined;
+  /** With a reasoning parser (chat): per prompt, whether its template opened the think block. */
+  readonly reasoning: boolean[] | undefined;
+  /** With a reasoning parser and a grammar: per prompt, the grammar of the answer after the block. */
+  readonly grammars: TokenGrammar[] | undefined;
 }
 
 /** A promise and its resolve. */
@@ -125,6 +137,7 @@ export class CompletionServer {
   private readonly tokenizer: TextCodec | undefined;
   private readonly chat: ServerOptions['chat'];
   private readonly toolCallParser: ToolCallFormat | undefined;
+  private readonly reasoningParser: ReasoningFormat | undefined;
   private readonly modelName: string;
   private readonly maxBodyBytes: number;
   /** sha256 of ServerOptions.apiKey (compared in constant time, whatever the length sent). */
@@ -140,6 +153,8 @@ export class CompletionServer {
     this.chat = opts.chat;
     if (opts.toolCallParser !== undefined && !TOOL_CALL_FORMATS.includes(opts.toolCallParser)) throw new TypeError(`toolCallParser: expected one of ${TOOL_CALL_FORMATS.join(', ')}, got ${JSON.stringify(opts.toolCallParser)}`);
     this.toolCallParser = opts.toolCallParser;
+    if (opts.reasoningParser !== undefined && !REASONING_FORMATS.includes(opts.reasoningParser)) throw new TypeError(`reasoningParser: expected one of ${REASONING_FORMATS.join(', ')}, got ${JSON.stringify(opts.reasoningParser)}`);
+    this.reasoningParser = opts.reasoningParser;
     this.modelName = opts.modelName;
     this.maxBodyBytes = opts.maxBodyBytes ?? 1 << 20;
     if (opts.apiKey !== undefined && (typeof opts.apiKey !== 'string' || opts.apiKey.length === 0)) throw new TypeError('apiKey: expected a non-empty string');
@@ -373,6 +388,9 @@ export class CompletionServer {
     }
     const sent = promptsOf(b, tools);
     const prompts = sent.map((x) => x.ids);
+    // A reasoning model's chat: where each prompt left the think block, and the grammar after it.
+    const reasoning = chat && this.reasoningParser ? prompts.map((ids) => promptOpensReasoning(this.tokenizer?.decode(ids, { skipSpecialTokens: false }) ?? '')) : undefined;
+    const grammars = reasoning && grammar ? this.afterReasoning(grammar, reasoning, toolMode && toolMode.kind !== 'auto' ? 'tool_choice' : 'response_format') : undefined;
     if (prompts.length * bestOf > MAX_REQUESTS) throw new HttpError(400, `prompt: ${prompts.length} prompts x ${bestOf} choices is more than ${MAX_REQUESTS} requests`, 'prompt');
     // Chat clients send max_completion_tokens (OpenAI's newer name); a chat gets room by default.
     const maxTokens =
@@ -419,6 +437,8 @@ export class CompletionServer {
       includeUsage,
       grammar,
       tools: toolMode,
+      reasoning,
+      grammars,
     };
   }
 
@@ -532,6 +552,16 @@ export class CompletionServer {
     }
     this.schemas.set(key, g);
     return g;
+  }
+
+  /** Per prompt, `grammar` for the answer after the think block (its markers must be single tokens). */
+  private afterReasoning(grammar: TokenGrammar, opened: readonly boolean[], param: string): TokenGrammar[] {
+    const open = this.tokenizer?.tokenToId?.(THINK_OPEN), close = this.tokenizer?.tokenToId?.(THINK_CLOSE);
+    if (open === undefined || close === undefined || !this.vocabulary) {
+      throw new HttpError(400, `${param}: with --reasoning-parser the grammar applies after the think block, which needs ${THINK_OPEN} and ${THINK_CLOSE} to be tokens of the vocabulary; they are not`, param);
+    }
+    const vocabulary = this.vocabulary;
+    return opened.map((o) => new AfterReasoning(grammar, vocabulary, open, close, o));
   }
 
   /** `tools` (OpenAI's function definitions; none: []). */
@@ -705,7 +735,7 @@ export class CompletionServer {
         ...(c.stop.length > 0 ? { stopStrings: c.stop } : {}),
         ...(c.stopTokenIds.length > 0 ? { stopTokens: c.stopTokenIds } : {}),
         ...(c.ignoreEos ? { ignoreEos: true } : {}),
-        ...(c.grammar ? { grammar: c.grammar } : {}),
+        ...(c.grammar ? { grammar: c.grammars?.[p] ?? c.grammar } : {}),
       });
     });
     // One choice failing ends the others (their results then reject as aborted: not reported).
@@ -789,7 +819,7 @@ export class CompletionServer {
           const logprobs = withPrompt(r.logprobs && c.logprobs !== undefined ? this.logprobsJson(r.logprobs, r.tokens, chat, new IncrementalText(this.offsetDecode), [], echo.length) : null, prompt);
           choices.push(
             chat
-              ? { index, ...chatReply(r.text, r.finishReason, c.tools), logprobs }
+              ? { index, ...chatReply(r.text, r.finishReason, c.tools, c.reasoning?.[p]), logprobs }
               : { index, text: echo + r.text, token_ids: Array.from(r.tokens), logprobs, finish_reason: finishReason(r.finishReason) },
           );
         });
@@ -835,17 +865,19 @@ export class CompletionServer {
       const all: number[] = [];
       const base = echoOf(Math.floor(index / c.n)).length;
       let opened = false;
-      const tools = chat && c.tools ? new ToolDeltas(c.tools) : undefined;
+      const p = Math.floor(index / c.n);
+      const deltas = chat && (c.tools || c.reasoning) ? new ChatDeltas(c.tools, c.reasoning?.[p]) : undefined;
       for await (const chunk of g) {
         if (!opened) {
           await open(index);
           opened = true;
         }
-        if (tools) {
-          // Content and call pieces as they become known (a held-back piece: its logprobs alone).
-          const delta = tools.push(chunk.text);
+        if (deltas) {
+          // Reasoning, content and call pieces as they become known (a held-back piece: its logprobs alone).
+          const ds = deltas.push(chunk.text);
           const logprobs = offsets && chunk.logprobs ? this.logprobsJson(chunk.logprobs, chunk.tokens, chat, offsets, all, base) : null;
-          if (delta || logprobs) send({ ...chunkHead, choices: [{ index, delta: delta ?? {}, logprobs, finish_reason: null }] });
+          if (ds.length === 0 && logprobs) ds.push({});
+          ds.forEach((delta, k) => send({ ...chunkHead, choices: [{ index, delta, logprobs: k === 0 ? logprobs : null, finish_reason: null }] }));
         } else if (offsets && chunk.logprobs) {
           const logprobs = this.logprobsJson(chunk.logprobs, chunk.tokens, chat, offsets, all, base);
           send({ ...chunkHead, choices: [chat ? { index, delta: { content: chunk.text }, logprobs, finish_reason: null } : { index, text: chunk.text, token_ids: Array.from(chunk.tokens), logprobs, finish_reason: null }] });
@@ -855,8 +887,8 @@ export class CompletionServer {
       if (!opened) await open(index);
       completion += r.tokens.length;
       let finish: string = finishReason(r.finishReason);
-      if (tools) {
-        const end = tools.end(r.finishReason);
+      if (deltas) {
+        const end = deltas.end(r.finishReason);
         for (const delta of end.deltas) send({ ...chunkHead, choices: [{ index, delta, logprobs: null, finish_reason: null }] });
         finish = end.finish;
       }
@@ -922,7 +954,13 @@ function finishReason(r: string): 'stop' | 'length' {
  * function's call is the reply, its arguments the text as written (cut short: as far as it got); other
  * replies that do not parse as calls (cut short) keep their text as content.
  */
-function chatReply(text: string, finish: string, mode: ToolMode | undefined): { message: Record<string, unknown>; finish_reason: string } {
+function chatReply(text: string, finish: string, mode: ToolMode | undefined, opened?: boolean): { message: Record<string, unknown>; finish_reason: string } {
+  if (opened !== undefined) {
+    // A reasoning model's reply: its think block, then the answer read as without one.
+    const split = splitReasoning(text, opened);
+    const answer = split.content === null ? { message: { role: 'assistant', content: null }, finish_reason: finishReason(finish) } : chatReply(split.content, finish, mode);
+    return { message: { ...answer.message, reasoning_content: split.reasoning }, finish_reason: answer.finish_reason };
+  }
   const plain = { message: { role: 'assistant', content: text }, finish_reason: finishReason(finish) };
   if (!mode) return plain;
   const parsed =
@@ -933,6 +971,53 @@ function chatReply(text: string, finish: string, mode: ToolMode | undefined): { 
         : { content: null, calls: constrainedToolCalls(text, 'required') ?? [] };
   if (parsed.calls.length === 0) return plain;
   return { message: { role: 'assistant', content: parsed.content, tool_calls: parsed.calls }, finish_reason: finish !== 'stop' ? finishReason(finish) : mode.kind === 'named' ? 'stop' : 'tool_calls' };
+}
+
+/**
+ * A streamed chat choice's deltas with a reasoning parser or tools: the think block's pieces as
+ * `reasoning_content`, then the answer's as content or tool calls (ToolDeltas). Joined, chatReply's.
+ */
+class ChatDeltas {
+  private readonly reasoning: ReasoningStream | undefined;
+  private readonly tools: ToolDeltas | undefined;
+
+  constructor(mode: ToolMode | undefined, opened: boolean | undefined) {
+    this.reasoning = opened !== undefined ? new ReasoningStream(opened) : undefined;
+    this.tools = mode ? new ToolDeltas(mode) : undefined;
+  }
+
+  push(piece: string): Record<string, unknown>[] {
+    const out: Record<string, unknown>[] = [];
+    let content = piece;
+    if (this.reasoning) {
+      const r = this.reasoning.push(piece);
+      if (r.reasoning) out.push({ reasoning_content: r.reasoning });
+      content = r.content;
+    }
+    this.answer(content, out);
+    return out;
+  }
+
+  end(finish: string): { deltas: Record<string, unknown>[]; finish: string } {
+    const out: Record<string, unknown>[] = [];
+    let content = '';
+    if (this.reasoning) {
+      const r = this.reasoning.end();
+      if (r.reasoning) out.push({ reasoning_content: r.reasoning });
+      content = r.content;
+    }
+    this.answer(content, out);
+    if (!this.tools) return { deltas: out, finish: finishReason(finish) };
+    const e = this.tools.end(finish);
+    return { deltas: [...out, ...e.deltas], finish: e.finish };
+  }
+
+  private answer(content: string, out: Record<string, unknown>[]): void {
+    if (this.tools) {
+      const d = this.tools.push(content);
+      if (d) out.push(d);
+    } else if (content) out.push({ content });
+  }
 }
 
 /**

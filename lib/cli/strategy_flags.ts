@@ -29,6 +29,8 @@ export interface StrategyFlags {
   readonly lookahead?: readonly [number, number, number];
   /** Longest n-gram matched (prompt lookup's maxNgram). */
   readonly promptLookup?: number;
+  /** --lookup-corpus: finished requests' tokens kept for prompt lookup across requests (corpusTokens). */
+  readonly lookupCorpus?: number;
   /** Draft tokens per step for --draft (default: chosen per step by the cost model). */
   readonly draftK?: number;
   /** A fixed Medusa tree (a preset, cut to the heads; default: sized per step by the cost model). */
@@ -50,10 +52,12 @@ export const STRATEGY_USAGE = `speculative strategies (without one: plain decodi
                       the context; so do --draft-k and a lookahead step)
   --lookahead W,N,G   lookahead (Jacobi) decoding: window W, n-gram size N, G verified n-grams
   --prompt-lookup N   prompt lookup: match n-grams of up to N tokens in prompt + output
+  --lookup-corpus T   with --prompt-lookup: also match in the last T tokens of finished requests
+                      (prompts and outputs: repeated answers, tool calls, templates draft from them)
   --draft DIR with --medusa, --lookahead or --prompt-lookup is the hybrid: that strategy speeds up
                       the draft model, which drafts for the target`;
 
-export const STRATEGY_FLAGS = ['--draft', '--medusa', '--eagle', '--lookahead', '--prompt-lookup', '--draft-k', '--medusa-tree', '--eagle-tree'] as const;
+export const STRATEGY_FLAGS = ['--draft', '--medusa', '--eagle', '--lookahead', '--prompt-lookup', '--lookup-corpus', '--draft-k', '--medusa-tree', '--eagle-tree'] as const;
 
 function int(flag: string, v: string, min: number): number {
   const n = Number(v);
@@ -114,6 +118,11 @@ export function parseStrategyFlags(argv: readonly string[]): { flags: StrategyFl
     flags.lookahead = [int('--lookahead W', p[0] as string, 1), int('--lookahead N', p[1] as string, 2), int('--lookahead G', p[2] as string, 1)];
   }
   if (pl !== undefined) flags.promptLookup = int('--prompt-lookup', pl, 1);
+  const corpus = got.get('--lookup-corpus');
+  if (corpus !== undefined) {
+    if (pl === undefined) throw codedError('E_ARG', '--lookup-corpus needs --prompt-lookup');
+    flags.lookupCorpus = int('--lookup-corpus', corpus, 1);
+  }
   if (k !== undefined) {
     if (draft === undefined) throw codedError('E_ARG', '--draft-k needs --draft');
     flags.draftK = int('--draft-k', k, 1);
@@ -227,7 +236,7 @@ export function speculatorFactory(flags: StrategyFlags, deps: SpeculatorDeps = {
         const [W, N, G] = flags.lookahead;
         second = new LookaheadSpeculator({ W, N, G });
       } else if (flags.promptLookup !== undefined) {
-        second = new PromptLookupSpeculator({ maxNgram: flags.promptLookup, minNgram: 1 });
+        second = new PromptLookupSpeculator({ maxNgram: flags.promptLookup, minNgram: 1, ...(flags.lookupCorpus !== undefined ? { corpusTokens: flags.lookupCorpus } : {}) });
       }
       let speculator: Speculator | undefined = second;
       if (draft) {

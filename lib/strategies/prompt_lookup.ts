@@ -1,12 +1,16 @@
 // Prompt lookup decoding: find the longest n-gram (maxNgram down to minNgram) ending the history
 // that occurred before in prompt + output (most recent occurrence), and propose the tokens that
 // followed it as a chain. No model; drafts are deterministic (one-hot rejection when sampling).
+// With a corpus (corpusTokens), finished requests' tokens are searched too: a longer n-gram there
+// wins over the request's own match (SuffixDecoding's observation: agents, tool calls and templated
+// answers repeat what earlier requests wrote).
 import { optionsArg } from '../errors';
 import { forwardCostIfRoom, RecentTimes } from '../cost_model';
 import type { CausalLM } from '../models/causal_lm';
 import { wholeChains } from '../plain_chain';
 import { chainTree, loneRoot } from '../tree';
 import { backedOffProbeInterval, chooseChainLength, PROBE_AFTER_PLAIN_STEPS, RankRates, sizingCost, stepCost, WEIGH_SHARE } from '../tree_sizing';
+import { LookupCorpus, type CorpusMatch } from './lookup_corpus';
 import { codedError, type ProposalBatch, type ProposeContext, type SpecSequence, type Speculator, type StepReport } from './speculator';
 
 export interface PromptLookupOptions {
@@ -18,6 +22,13 @@ export interface PromptLookupOptions {
    * under the target's cost curve and the online acceptance rate per draft position.
    */
   readonly numDraft?: number;
+  /**
+   * Tokens of finished requests (prompt and output) kept for lookups across requests (a
+   * LookupCorpus, the oldest leaving first). Lossless as any draft; what it changes is speed, and
+   * so how long a request takes depends on what others wrote before (a timing side channel, as
+   * with any shared cache): off unless asked for. Default 0 (this request's tokens only).
+   */
+  readonly corpusTokens?: number;
 }
 
 /**
@@ -25,6 +36,11 @@ export interface PromptLookupOptions {
  * `history` (n from maxNgram down to minNgram), at most `numDraft` tokens; [] when none.
  */
 export function promptLookup(history: readonly number[], maxNgram: number, minNgram: number, numDraft: number): number[] {
+  return promptLookupMatch(history, maxNgram, minNgram, numDraft)?.drafts ?? [];
+}
+
+/** promptLookup's match: the n-gram length too; undefined when none. */
+export function promptLookupMatch(history: readonly number[], maxNgram: number, minNgram: number, numDraft: number): CorpusMatch | undefined {
   const L = history.length;
   for (let n = Math.min(maxNgram, L - 1); n >= minNgram; n--) {
     // Most recent occurrence first: start positions i < L - n (the suffix itself excluded).
@@ -36,10 +52,10 @@ export function promptLookup(history: readonly number[], maxNgram: number, minNg
           break;
         }
       }
-      if (match) return history.slice(i + n, Math.min(i + n + numDraft, L)) as number[];
+      if (match) return { n, drafts: history.slice(i + n, Math.min(i + n + numDraft, L)) as number[] };
     }
   }
-  return [];
+  return undefined;
 }
 
 /**
@@ -58,8 +74,16 @@ export class PromptLookupSpeculator implements Speculator {
   readonly numDraft: number;
   /** The draft length is chosen per step by the cost model (numDraft not given). */
   readonly sized: boolean;
-  /** P(draft i + 1 accepted | drafts 1..i accepted), online (sized mode). */
+  /** P(draft i + 1 accepted | drafts 1..i accepted), online (sized mode): drafts from the request's own tokens. */
   readonly rates = new RankRates(() => 0.5);
+  /**
+   * The same for drafts from the corpus, apart: they are right at other rates (a repeated answer
+   * all the way, where the request's own story rarely repeats itself), and pooled the corpus's would
+   * never be tried where the own matches taught the sizing to decode plainly.
+   */
+  readonly corpusRates = new RankRates(() => 0.5);
+  /** Sized mode, per sequence: whether its last proposal's drafts came from the corpus. */
+  private readonly fromCorpus = new Map<number, boolean>();
   /** Sized mode, per sequence: matches not proposed in a row (a probe after PROBE_AFTER_PLAIN_STEPS). */
   private readonly unproposed = new Map<number, number>();
   /** Sized mode, per sequence: steps left that decode plainly without a lookup (see WEIGH_SHARE). */
@@ -86,6 +110,8 @@ export class PromptLookupSpeculator implements Speculator {
   /** Sized mode: seconds of a lookup and its sizing, recent lower quartile. */
   private readonly weighSeconds = new RecentTimes();
   private target: CausalLM | undefined;
+  /** Finished requests' tokens (corpusTokens > 0). */
+  readonly corpus: LookupCorpus | undefined;
 
   constructor(opts: PromptLookupOptions = {}) {
     optionsArg(opts, 'prompt lookup options', true);
@@ -97,6 +123,22 @@ export class PromptLookupSpeculator implements Speculator {
       throw codedError('E_ARG', `prompt lookup: need 1 <= minNgram <= maxNgram, got ${this.minNgram}, ${this.maxNgram}`);
     }
     if (!(Number.isInteger(this.numDraft) && this.numDraft >= 1)) throw codedError('E_ARG', `prompt lookup: numDraft must be >= 1, got ${this.numDraft}`);
+    const corpus = opts.corpusTokens ?? 0;
+    if (!(Number.isSafeInteger(corpus) && corpus >= 0)) throw codedError('E_ARG', `prompt lookup: corpusTokens must be an integer >= 0, got ${String(opts.corpusTokens)}`);
+    this.corpus = corpus > 0 ? new LookupCorpus(corpus, this.maxNgram) : undefined;
+  }
+
+  /** The drafts for a history: its own longest match, or a longer one in the corpus (and whether they are the corpus's). */
+  private lookup(history: readonly number[], k: number): { drafts: number[]; corpus: boolean } {
+    const own = promptLookupMatch(history, this.maxNgram, this.minNgram, k);
+    const other = this.corpus?.lookup(history, own ? own.n + 1 : this.minNgram, k);
+    return other ? { drafts: other.drafts, corpus: true } : { drafts: own?.drafts ?? [], corpus: false };
+  }
+
+  /** Whether any draft of up to k tokens could pay: under the better of the two sources' rates. */
+  private couldPay(k: number, price: (nodes: number) => number): boolean {
+    const rate = this.corpus ? (i: number): number => Math.max(this.rates.rate(i), this.corpusRates.rate(i)) : (i: number): number => this.rates.rate(i);
+    return chooseChainLength(rate, k, price).size > 0;
   }
 
   attach(model: CausalLM): void {
@@ -128,10 +170,13 @@ export class PromptLookupSpeculator implements Speculator {
           }
         }
         const t0 = performance.now();
-        let drafts = k > 0 ? promptLookup(s.history, this.maxNgram, this.minNgram, k) : [];
+        const found = k > 0 ? this.lookup(s.history, k) : { drafts: [], corpus: false };
+        let drafts = found.drafts;
+        this.fromCorpus.set(s.key, found.corpus);
         if (cost && drafts.length > 0) {
           const price = stepCost(cost, seqs.length, undefined, this);
-          const chosen = chooseChainLength((i) => this.rates.rate(i), drafts.length, price).size;
+          const rates = found.corpus ? this.corpusRates : this.rates;
+          const chosen = chooseChainLength((i) => rates.rate(i), drafts.length, price).size;
           // A probe after which the choice stays plain backs the next one off: each breaks a native
           // chain of plain steps (a return to JavaScript and a step of its own: on the embedded family
           // probes every 33 steps cost prompt lookup ~3% against plain decoding).
@@ -153,9 +198,9 @@ export class PromptLookupSpeculator implements Speculator {
           const plainRun = chosen > 0 ? 0 : this.runOf(s.key) + 1;
           this.plainRun.set(s.key, plainRun);
           this.lastPlainRun = plainRun;
-          if (n === 0 && (this.weighSeconds.value() > WEIGH_SHARE * cost.predict(1) || (k > drafts.length ? chooseChainLength((i) => this.rates.rate(i), k, price).size === 0 : true)))
+          if (n === 0 && (this.weighSeconds.value() > WEIGH_SHARE * cost.predict(1) || (k > drafts.length ? !this.couldPay(k, price) : true)))
             this.skipLeft.set(s.key, wholeChains(this.target, seqs.length, Math.min(MAX_PLAIN_SKIP_STEPS, PLAIN_SKIP_STEPS * 2 ** (plainRun - 1))));
-        } else if (cost && k > 0 && chooseChainLength((i) => this.rates.rate(i), k, stepCost(cost, seqs.length, undefined, this)).size === 0) {
+        } else if (cost && k > 0 && !this.couldPay(k, stepCost(cost, seqs.length, undefined, this))) {
           // No match, and none could pay: skipped lookups as after a plain choice (a step without a
           // match was a chain of its own, 6 of a 128-token request's 15 calls on the embedded family).
           const plainRun = this.runOf(s.key) + 1;
@@ -199,18 +244,22 @@ export class PromptLookupSpeculator implements Speculator {
     seqs.forEach((s, b) => {
       const drafted = (report.proposals[b] as { tokens: Int32Array }).tokens.length - 1;
       const accepted = (report.acceptedNodes[b] as Int32Array).length - 1;
-      for (let i = 0; i < Math.min(accepted + 1, drafted); i++) this.rates.record(i, i < accepted ? 0 : -1);
+      const rates = this.fromCorpus.get(s.key) === true ? this.corpusRates : this.rates;
+      for (let i = 0; i < Math.min(accepted + 1, drafted); i++) rates.record(i, i < accepted ? 0 : -1);
       // A probe whose outcome leaves no draft able to pay backs the next one off now. (Left to the
       // sequence's next weighing, a probe late in a request was never judged -- the request ended
       // first -- so every 128-token request on the embedded family probed at its 65th token: two
       // lookups and a forward of their own, ~2-3% of the request.)
-      if (drafted > 0 && this.probed.has(s.key) && chooseChainLength((i) => this.rates.rate(i), this.numDraft, stepCost(cost, seqs.length, undefined, this)).size === 0) {
+      if (drafted > 0 && this.probed.has(s.key) && !this.couldPay(this.numDraft, stepCost(cost, seqs.length, undefined, this))) {
         this.probed.delete(s.key);
         this.probeAfter = backedOffProbeInterval(this.probeAfter);
       }
     });
   }
   release(seq: SpecSequence): void {
+    // (A finished request's tokens, root included, for later requests' lookups.)
+    this.corpus?.add(seq.history);
+    this.fromCorpus.delete(seq.key);
     this.unproposed.delete(seq.key);
     this.skipLeft.delete(seq.key);
     this.plainRun.delete(seq.key);

@@ -561,8 +561,14 @@ export class CompletionServer {
       throw new HttpError(400, `${param}: with --reasoning-parser the grammar applies after the think block, which needs ${THINK_OPEN} and ${THINK_CLOSE} to be tokens of the vocabulary; they are not`, param);
     }
     const vocabulary = this.vocabulary;
-    return opened.map((o) => new AfterReasoning(grammar, vocabulary, open, close, o));
+    // (Kept per grammar, opened or not: their masks are cached across requests.)
+    let pair = this.afterReasoningOf.get(grammar);
+    if (!pair) this.afterReasoningOf.set(grammar, (pair = [new AfterReasoning(grammar, vocabulary, open, close, false), new AfterReasoning(grammar, vocabulary, open, close, true)]));
+    return opened.map((o) => pair[o ? 1 : 0]);
   }
+
+  /** afterReasoning's grammars by their inner grammar (which the schema cache keeps or lets go). */
+  private readonly afterReasoningOf = new WeakMap<TokenGrammar, [AfterReasoning, AfterReasoning]>();
 
   /** `tools` (OpenAI's function definitions; none: []). */
   private parseTools(t: unknown): ToolDefinition[] {

@@ -251,6 +251,8 @@ export function parseToolCalls(text: string, format: ToolCallFormat): ParsedRepl
 export class ToolCallStream {
   private text = '';
   private shown = 0;
+  /** llama3_json: the reply opened with a call (held to the end). */
+  private heldCall = false;
   constructor(private readonly format: ToolCallFormat | 'required') {}
 
   push(piece: string): string {
@@ -269,18 +271,22 @@ export class ToolCallStream {
     return { content: content.slice(this.shown), calls: r.calls };
   }
 
-  /** How much of the text is content whatever follows. */
+  /** How much of the text is content whatever follows (each push looks at what it added, not the whole text again). */
   private safeLength(): number {
     const t = this.text;
     if (this.format === 'required') return 0;
+    // Content shown already: the reply is text (llama3_json), or text up to a <tool_call> not yet seen (hermes).
     if (this.format === 'llama3_json') {
+      if (this.shown > 0) return t.length;
+      if (this.heldCall) return 0;
       // A reply opening with a call is calls (or, if it does not parse, content shown at the end).
       const s = t.trimStart();
-      if (s === '' || PYTHON_TAG.startsWith(s) || s.startsWith(PYTHON_TAG) || s.startsWith('{')) return 0;
-      return t.length;
+      this.heldCall = s.startsWith(PYTHON_TAG) || s.startsWith('{');
+      return this.heldCall || s === '' || PYTHON_TAG.startsWith(s) ? 0 : t.length;
     }
-    // hermes: text before <tool_call> (held back while it could be its start), and nothing while it is only whitespace.
-    let safe = t.indexOf(HERMES_OPEN);
+    // hermes: text before <tool_call> (held back while it could be its start; none begins before
+    // what was shown), and nothing while it is only whitespace.
+    let safe = t.indexOf(HERMES_OPEN, Math.max(0, this.shown - HERMES_OPEN.length));
     if (safe < 0) {
       safe = t.length;
       for (let k = Math.min(HERMES_OPEN.length - 1, t.length); k > 0; k--) {
@@ -290,6 +296,6 @@ export class ToolCallStream {
         }
       }
     }
-    return t.slice(0, safe).trim() === '' ? 0 : safe;
+    return this.shown === 0 && t.slice(0, safe).trim() === '' ? 0 : safe;
   }
 }

@@ -35,10 +35,10 @@ export type { LlamaConfig } from './models/config';
 export { TextTokenizer, tokenizerMismatch, type ChatMessage, type ChatTemplateOptions } from './tokenizer';
 export { GrammarCursor, JsonGrammar, TokenVocabulary, type GrammarState, type JsonGrammarOptions, type TokenGrammar } from './grammar';
 export { JsonSchemaGrammar, type JsonSchemaGrammarOptions } from './json_schema';
-export { checkToolChoice, checkTools, constrainedToolCalls, parseToolCalls, TOOL_CALL_FORMATS, toolCallGrammar, toolCallSchema, ToolCallStream } from './tool_calls';
+export { checkToolChoice, checkTools, constrainedToolCalls, parseToolCalls, RequiredCallsReader, TOOL_CALL_FORMATS, toolCallGrammar, toolCallSchema, ToolCallStream } from './tool_calls';
 export { AfterReasoning, promptOpensReasoning, REASONING_FORMATS, ReasoningStream, splitReasoning } from './reasoning';
 export type { ReasoningFormat, ReasoningSplit } from './reasoning';
-export type { ParsedReply, ToolCall, ToolCallFormat, ToolChoice, ToolDefinition, ToolFunction } from './tool_calls';
+export type { ParsedReply, RequiredCallEvent, ToolCall, ToolCallFormat, ToolChoice, ToolDefinition, ToolFunction } from './tool_calls';
 
 // Decoding: the plain baseline, the speculative decoder, token trees and the strategies.
 export { plainGenerate } from './plain';

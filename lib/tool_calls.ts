@@ -147,12 +147,94 @@ export function constrainedToolCalls(text: string, choice: 'required' | { readon
     return undefined;
   }
   if (choice !== 'required') return typeof v === 'object' && v !== null && !Array.isArray(v) ? [call(choice.function.name, text) as ToolCall] : undefined;
-  if (!Array.isArray(v)) return undefined;
-  const calls = v.map((c) => {
-    const args = (c as { parameters?: unknown } | null)?.parameters;
-    return typeof args === 'object' && args !== null && !Array.isArray(args) ? call((c as { name?: unknown }).name, args) : undefined;
-  });
-  return calls.every((c) => c !== undefined) ? (calls as ToolCall[]) : undefined;
+  if (!Array.isArray(v) || v.length === 0) return undefined;
+  const r = new RequiredCallsReader();
+  r.push(text);
+  return r.done && r.calls.length === v.length ? r.calls : undefined;
+}
+
+/** What a 'required' reply adds as it grows: a call begun (its name known) or a piece of its arguments. */
+export type RequiredCallEvent = { readonly kind: 'call'; readonly index: number; readonly id: string; readonly name: string } | { readonly kind: 'arguments'; readonly index: number; readonly text: string };
+
+// A call's opening: the array's (first) or after the last call's closing brace (next), up to its arguments.
+const CALL_HEAD = String.raw`\{\s*"name"\s*:\s*"([A-Za-z0-9_-]+)"\s*,\s*"parameters"\s*:\s*`;
+const FIRST_CALL = new RegExp(String.raw`\s*\[\s*` + CALL_HEAD, 'y');
+const NEXT_CALL = new RegExp(String.raw`\s*\}\s*,\s*` + CALL_HEAD, 'y');
+const LAST_CALL = /\s*\}\s*\]/y;
+
+/**
+ * Reads a 'required' reply (toolCallSchema's text, which the grammar guarantees) as it grows: each
+ * call as soon as its name and "parameters" key are written, then its arguments' text as written
+ * (the object, raw: what a named function's call carries too). Incomplete text waits for more; a
+ * reply cut short leaves its last call's arguments as far as they got.
+ */
+export class RequiredCallsReader {
+  private text = '';
+  private pos = 0;
+  /** Inside a call's arguments: their start (-1 before their '{'), nesting depth, whether in a string and after a backslash. */
+  private argsFrom = -1;
+  private depth = 0;
+  private inString = false;
+  private escaped = false;
+  private inArgs = false;
+  private readonly all: { id: string; name: string; args: string }[] = [];
+  /** The closing ']' was read. */
+  done = false;
+
+  /** The calls so far (the last one's arguments possibly partial). */
+  get calls(): ToolCall[] {
+    return this.all.map((c) => ({ id: c.id, type: 'function', function: { name: c.name, arguments: c.args } }));
+  }
+
+  push(piece: string): RequiredCallEvent[] {
+    this.text += piece;
+    const out: RequiredCallEvent[] = [];
+    while (!this.done) {
+      if (!this.inArgs) {
+        const head = this.all.length === 0 ? FIRST_CALL : NEXT_CALL;
+        head.lastIndex = this.pos;
+        const m = head.exec(this.text);
+        if (!m) {
+          LAST_CALL.lastIndex = this.pos;
+          if (this.all.length > 0 && LAST_CALL.exec(this.text)) this.done = true;
+          break;
+        }
+        const c = { id: toolCallId(), name: m[1] as string, args: '' };
+        this.all.push(c);
+        out.push({ kind: 'call', index: this.all.length - 1, id: c.id, name: c.name });
+        this.pos = head.lastIndex;
+        this.inArgs = true;
+        this.argsFrom = -1;
+        this.depth = 0;
+      }
+      // The arguments: from their '{' to its match, strings and escapes skipped.
+      const start = this.pos;
+      let closed = false;
+      for (; this.pos < this.text.length && !closed; this.pos++) {
+        const ch = this.text[this.pos];
+        if (this.argsFrom < 0) {
+          if (ch !== '{') continue;
+          this.argsFrom = this.pos;
+        }
+        if (this.inString) {
+          if (this.escaped) this.escaped = false;
+          else if (ch === '\\') this.escaped = true;
+          else if (ch === '"') this.inString = false;
+        } else if (ch === '"') this.inString = true;
+        else if (ch === '{' || ch === '[') this.depth++;
+        else if ((ch === '}' || ch === ']') && --this.depth === 0) closed = true;
+      }
+      const from = Math.max(start, this.argsFrom);
+      if (this.argsFrom >= 0 && this.pos > from) {
+        const piece = this.text.slice(from, this.pos);
+        (this.all[this.all.length - 1] as { args: string }).args += piece;
+        out.push({ kind: 'arguments', index: this.all.length - 1, text: piece });
+      }
+      if (!closed) break;
+      this.inArgs = false;
+    }
+    return out;
+  }
 }
 
 /** A reply read as content and calls. */
@@ -246,14 +328,14 @@ export function parseToolCalls(text: string, format: ToolCallFormat): ParsedRepl
  * A reply read as it streams: push() each piece of text and get the content that can be shown now
  * (text that cannot be the start of a call); end() gives what is left and the calls. What push()
  * and end() return, joined, is parseToolCalls's content (null: ''), and the calls are its calls.
- * 'required' (a constrained reply) shows nothing until the end.
+ * (A constrained 'required' reply streams through RequiredCallsReader.)
  */
 export class ToolCallStream {
   private text = '';
   private shown = 0;
   /** llama3_json: the reply opened with a call (held to the end). */
   private heldCall = false;
-  constructor(private readonly format: ToolCallFormat | 'required') {}
+  constructor(private readonly format: ToolCallFormat) {}
 
   push(piece: string): string {
     this.text += piece;
@@ -266,15 +348,13 @@ export class ToolCallStream {
 
   /** The content not shown yet, and the calls (none when the reply does not parse as calls). */
   end(): { readonly content: string; readonly calls: ToolCall[] } {
-    const r = this.format === 'required' ? { content: this.text, calls: constrainedToolCalls(this.text, 'required') ?? [] } : parseToolCalls(this.text, this.format);
-    const content = r.calls.length > 0 && this.format === 'required' ? '' : (r.content ?? '');
-    return { content: content.slice(this.shown), calls: r.calls };
+    const r = parseToolCalls(this.text, this.format);
+    return { content: (r.content ?? '').slice(this.shown), calls: r.calls };
   }
 
   /** How much of the text is content whatever follows (each push looks at what it added, not the whole text again). */
   private safeLength(): number {
     const t = this.text;
-    if (this.format === 'required') return 0;
     // Content shown already: the reply is text (llama3_json), or text up to a <tool_call> not yet seen (hermes).
     if (this.format === 'llama3_json') {
       if (this.shown > 0) return t.length;

@@ -153,9 +153,8 @@ describe('specdec serve: tool calls', function () {
       let done = 0;
       for (const c of choices) {
         if (c.finish_reason === 'length') {
-          // Cut short: the text as content, no calls.
-          assert.strictEqual(c.message.tool_calls, undefined);
-          assert.strictEqual(typeof c.message.content, 'string');
+          // Cut short: the calls begun (the last one's arguments as far as they got), or before the first, the text.
+          assert.ok(c.message.tool_calls ? c.message.content === null : typeof c.message.content === 'string');
           continue;
         }
         assert.strictEqual(c.finish_reason, 'tool_calls');
@@ -167,7 +166,8 @@ describe('specdec serve: tool calls', function () {
         done++;
       }
       assert.ok(done >= 1, `${done} of ${choices.length} replies ended as calls`);
-      const streamed = fromDeltas((await postStream(url, { ...body, stream: true })).events);
+      const events = (await postStream(url, { ...body, stream: true })).events;
+      const streamed = fromDeltas(events);
       for (const c of choices) {
         const got = streamed.get(c.index);
         assert.ok(got);
@@ -235,6 +235,26 @@ describe('specdec serve: tool calls', function () {
       ['llama3_json', '{"name": "get_weather", "parameters": {"city": "Paris", "unit": "c"}}', null, [['get_weather', { city: 'Paris', unit: 'c' }]]],
       ['llama3_json', 'It is sunny.', 'It is sunny.', []],
     ];
+    // 'required' through the same stand-in (which writes the text whatever the grammar): each call
+    // streams as it begins, its arguments in pieces, arguments as written.
+    {
+      const text = '[{"name": "get_weather", "parameters": {"city": "Paris", "unit": "c"}}, {"name": "ping", "parameters": {}}]';
+      const scripted = new CompletionServer({ engine: scriptedEngine(tokenizer, target.config.vocabSize, [text, text], r), modelName: 'tiny', tokenizer, chat: tokenizer });
+      const surl = `http://127.0.0.1:${(await scripted.listen(0, '127.0.0.1')).port}/v1/chat/completions`;
+      try {
+        const body = { messages, tools: WEATHER_TOOLS, tool_choice: 'required', max_tokens: 100 };
+        const whole = (await postJson(surl, body)).json['choices'] as Choice[];
+        assert.deepStrictEqual(whole[0]?.message.tool_calls?.map((k) => [k.function.name, k.function.arguments]), [['get_weather', '{"city": "Paris", "unit": "c"}'], ['ping', '{}']]);
+        assert.strictEqual(whole[0]?.finish_reason, 'tool_calls');
+        const events = (await postStream(surl, { ...body, stream: true })).events;
+        const got = fromDeltas(events).get(0);
+        assert.deepStrictEqual(got?.calls.map((k) => [k.function.name, k.function.arguments]), [['get_weather', '{"city": "Paris", "unit": "c"}'], ['ping', '{}']]);
+        const pieces = events.filter((e) => ((e['choices'] as ChunkChoice[] | undefined) ?? []).some((x) => x.delta.tool_calls)).length;
+        assert.ok(pieces >= 3, `the calls in ${pieces} events`);
+      } finally {
+        await scripted.close();
+      }
+    }
     for (const [format, text, content, calls] of cases) {
       const replies = [text, text];
       const scripted = new CompletionServer({ engine: scriptedEngine(tokenizer, target.config.vocabSize, replies, r), modelName: 'tiny', tokenizer, chat: tokenizer, toolCallParser: format });

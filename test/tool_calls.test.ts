@@ -9,7 +9,7 @@ import { TokenVocabulary, type GrammarState, type TokenGrammar } from '../lib/gr
 import { plainGenerate } from '../lib/plain';
 import { DraftModelSpeculator } from '../lib/strategies/draft_model';
 import { MedusaSpeculator } from '../lib/strategies/medusa';
-import { checkToolChoice, checkTools, constrainedToolCalls, parseToolCalls, toolCallGrammar, ToolCallStream, type ToolCallFormat, type ToolDefinition } from '../lib/tool_calls';
+import { checkToolChoice, checkTools, constrainedToolCalls, parseToolCalls, RequiredCallsReader, toolCallGrammar, ToolCallStream, type ToolCallFormat, type ToolDefinition } from '../lib/tool_calls';
 import { loadEmbeddedFamily, type EmbeddedFamily } from './fixtures/embedded_family';
 import { valid, walkMasks, type Schema } from './fixtures/grammar_checks';
 import { byteLevelJsonTokenizer, byteLevelTokenizer, tokenizerFrom } from './fixtures/tokenizers';
@@ -166,15 +166,8 @@ describe('tool calls: reading replies (hermes, llama3_json), whole and streamed'
 
   it('streamed at random split points: the content shown as it comes and at the end is the whole reply\'s, calls the same; nothing of a call is shown early', () => {
     const r = rng(testSeed + 33);
-    const required: [string, [string, unknown][]][] = [
-      ['[{"name": "ping", "parameters": {}}]', [['ping', {}]]],
-      ['[{"name": "ping", "parameters": {', []],
-    ];
     for (let round = 0; round < 40; round++) {
-      const all: [ToolCallFormat | 'required', string, string | null, [string, unknown][]][] = [
-        ...cases.flatMap(([f, list]) => list.map(([t, c, k]) => [f, t, c, k] as [ToolCallFormat, string, string | null, [string, unknown][]])),
-        ...required.map(([t, k]) => ['required', t, k.length > 0 ? null : t, k] as ['required', string, string | null, [string, unknown][]]),
-      ];
+      const all = cases.flatMap(([f, list]) => list.map(([t, c, k]) => [f, t, c, k] as [ToolCallFormat, string, string | null, [string, unknown][]]));
       for (const [format, text, content, calls] of all) {
         const s = new ToolCallStream(format);
         let shown = '';
@@ -195,6 +188,64 @@ describe('tool calls: reading replies (hermes, llama3_json), whole and streamed'
     assert.strictEqual(s.push('Checking the weather'), 'Checking the weather');
     assert.strictEqual(s.push(' now <tool'), ' now ');
     assert.strictEqual(s.push('_call>{"name"'), '');
+  });
+});
+
+describe("tool calls: reading a 'required' reply as it grows (RequiredCallsReader)", () => {
+  it('random replies of the grammar at random split points: calls as their names are written, arguments as written; joined, the whole text\'s; cut short, the calls begun', () => {
+    const r = rng(testSeed + 34);
+    const g = toolCallGrammar(BYTES, WEATHER_TOOLS, 'required', { maxWhitespace: 3 });
+    let complete = 0, cut = 0;
+    for (let k = 0; k < 300; k++) {
+      const w = walkMasks(g, r, 0.4, 400);
+      const text = w.text;
+      const whole = new RequiredCallsReader();
+      whole.push(text);
+      // Pieces: the events joined give the same calls, ids aside.
+      const reader = new RequiredCallsReader();
+      const got: { name: string; args: string }[] = [];
+      for (let at = 0; at < text.length; ) {
+        const n = 1 + Math.floor(r() * 7);
+        for (const e of reader.push(text.slice(at, at + n))) {
+          if (e.kind === 'call') {
+            assert.strictEqual(e.index, got.length);
+            assert.match(e.id, /^call_/);
+            got.push({ name: e.name, args: '' });
+          } else (got[e.index] as { args: string }).args += e.text;
+        }
+        at += n;
+      }
+      const want = whole.calls.map((c) => ({ name: c.function.name, args: c.function.arguments }));
+      assert.deepStrictEqual(got, want, JSON.stringify(text));
+      assert.strictEqual(reader.done, whole.done);
+      if (!w.complete) continue;
+      // A complete reply: its calls are JSON.parse's, each argument text as written.
+      const v = JSON.parse(text) as { name: string; parameters: unknown }[];
+      assert.ok(whole.done);
+      assert.deepStrictEqual(want.map((c) => [c.name, JSON.parse(c.args)]), v.map((c) => [c.name, c.parameters]));
+      assert.deepStrictEqual(constrainedToolCalls(text, 'required')?.map((c) => c.function.arguments), want.map((c) => c.args));
+      complete++;
+      // Cut short anywhere: the calls begun, each argument text a prefix of the whole's (all but the last whole).
+      const part = text.slice(0, Math.floor(r() * text.length));
+      const p = new RequiredCallsReader();
+      p.push(part);
+      const pc = p.calls;
+      // (Done only where the cut took trailing whitespace alone.)
+      assert.ok(pc.length <= want.length && (!p.done || text.slice(part.length).trim() === ''));
+      pc.forEach((c, i) => {
+        const full = want[i] as { name: string; args: string };
+        assert.strictEqual(c.function.name, full.name);
+        if (i < pc.length - 1) assert.strictEqual(c.function.arguments, full.args);
+        else assert.ok(full.args.startsWith(c.function.arguments), `${JSON.stringify(part)}: ${c.function.arguments}`);
+      });
+      if (!p.done) assert.strictEqual(constrainedToolCalls(part, 'required'), undefined);
+      cut++;
+    }
+    assert.ok(complete > 100, `${complete} complete replies, ${cut} cut`);
+    const cutText = '[{"name": "get_weather", "parameters": {"city": "Pa';
+    const c = new RequiredCallsReader();
+    c.push(cutText);
+    assert.deepStrictEqual(c.calls.map((x) => [x.function.name, x.function.arguments]), [['get_weather', '{"city": "Pa']]);
   });
 });
 

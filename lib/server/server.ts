@@ -17,7 +17,7 @@ import type { SamplingConfig } from '../strategies/speculator';
 import { generateText, IncrementalText, type TextCodec, type TextResult } from '../text';
 import type { ChatMessage, ChatTemplateOptions } from '../tokenizer';
 import { AfterReasoning, promptOpensReasoning, REASONING_FORMATS, ReasoningStream, splitReasoning, THINK_CLOSE, THINK_OPEN, type ReasoningFormat } from '../reasoning';
-import { checkToolChoice, checkTools, constrainedToolCalls, parseToolCalls, TOOL_CALL_FORMATS, toolCallGrammar, ToolCallStream, toolCallId, type ToolCallFormat, type ToolDefinition } from '../tool_calls';
+import { checkToolChoice, checkTools, parseToolCalls, RequiredCallsReader, TOOL_CALL_FORMATS, toolCallGrammar, ToolCallStream, toolCallId, type ToolCall, type ToolCallFormat, type ToolDefinition } from '../tool_calls';
 import { PROMETHEUS_CONTENT_TYPE, prometheusText } from './prometheus';
 
 export interface ServerOptions {
@@ -954,11 +954,19 @@ function finishReason(r: string): 'stop' | 'length' {
   return r === 'stop' ? 'stop' : 'length';
 }
 
+/** A 'required' reply's calls, their arguments as written (cut short: the last as far as it got). */
+function readRequiredCalls(text: string): ToolCall[] {
+  const r = new RequiredCallsReader();
+  r.push(text);
+  return r.calls;
+}
+
 /**
  * A chat choice's message and finish reason: its text, or with tools its calls (OpenAI's content:
  * null beside tool_calls; finish 'tool_calls', but 'stop' for a named function, as OpenAI's). A named
- * function's call is the reply, its arguments the text as written (cut short: as far as it got); other
- * replies that do not parse as calls (cut short) keep their text as content.
+ * function's call is the reply, its arguments the text as written; a 'required' reply's calls are
+ * those begun, their arguments as written (cut short: the last as far as it got, finish 'length');
+ * a reply without calls (cut before the first, or 'auto' text) is content.
  */
 function chatReply(text: string, finish: string, mode: ToolMode | undefined, opened?: boolean): { message: Record<string, unknown>; finish_reason: string } {
   if (opened !== undefined) {
@@ -974,7 +982,7 @@ function chatReply(text: string, finish: string, mode: ToolMode | undefined, ope
       ? parseToolCalls(text, mode.format)
       : mode.kind === 'named'
         ? { content: null, calls: [{ id: toolCallId(), type: 'function', function: { name: mode.name, arguments: text } }] }
-        : { content: null, calls: constrainedToolCalls(text, 'required') ?? [] };
+        : { content: null, calls: readRequiredCalls(text) };
   if (parsed.calls.length === 0) return plain;
   return { message: { role: 'assistant', content: parsed.content, tool_calls: parsed.calls }, finish_reason: finish !== 'stop' ? finishReason(finish) : mode.kind === 'named' ? 'stop' : 'tool_calls' };
 }
@@ -1033,11 +1041,15 @@ class ChatDeltas {
  */
 class ToolDeltas {
   private readonly text: ToolCallStream | undefined;
+  private readonly required: RequiredCallsReader | undefined;
   private readonly id = toolCallId();
   private args = '';
+  /** 'required': the reply so far (content if no call begins in it). */
+  private raw = '';
 
   constructor(private readonly mode: ToolMode) {
-    this.text = mode.kind === 'named' ? undefined : new ToolCallStream(mode.kind === 'auto' ? mode.format : 'required');
+    this.text = mode.kind === 'auto' ? new ToolCallStream(mode.format) : undefined;
+    this.required = mode.kind === 'required' ? new RequiredCallsReader() : undefined;
   }
 
   push(piece: string): Record<string, unknown> | undefined {
@@ -1047,12 +1059,29 @@ class ToolDeltas {
       this.args += piece;
       return { tool_calls: [first ? { index: 0, id: this.id, type: 'function', function: { name: this.mode.name, arguments: piece } } : { index: 0, function: { arguments: piece } }] };
     }
+    if (this.required) {
+      // Each call as it begins (its id and name), then its arguments' pieces.
+      this.raw += piece;
+      // (A call begun and its first arguments in the same piece: one entry.)
+      const calls: { index: number; function: { arguments: string } }[] = [];
+      for (const e of this.required.push(piece)) {
+        const last = calls[calls.length - 1];
+        if (e.kind === 'call') calls.push({ index: e.index, id: e.id, type: 'function', function: { name: e.name, arguments: '' } } as (typeof calls)[number]);
+        else if (last && last.index === e.index) last.function.arguments += e.text;
+        else calls.push({ index: e.index, function: { arguments: e.text } });
+      }
+      return calls.length > 0 ? { tool_calls: calls } : undefined;
+    }
     const content = (this.text as ToolCallStream).push(piece);
     return content ? { content } : undefined;
   }
 
   end(finish: string): { deltas: Record<string, unknown>[]; finish: string } {
     if (this.mode.kind === 'named') return { deltas: [], finish: finishReason(finish) };
+    if (this.required) {
+      const begun = this.required.calls.length > 0;
+      return { deltas: begun || this.raw === '' ? [] : [{ content: this.raw }], finish: begun && finish === 'stop' ? 'tool_calls' : finishReason(finish) };
+    }
     const { content, calls } = (this.text as ToolCallStream).end();
     const deltas: Record<string, unknown>[] = [];
     if (content) deltas.push({ content });

@@ -211,6 +211,8 @@ describe('specdec serve: tool calls', function () {
       [{ messages: [{ role: 'assistant', content: null, tool_calls: [{ function: { name: 'x', arguments: {} } }] }] }, 'messages', /messages\[0\]\.tool_calls: expected/],
       [{ messages: [{ role: 'tool', content: 'x', tool_call_id: 7 }] }, 'messages', /messages\[0\]\.tool_call_id: expected a string/],
       [{ messages: [{ role: 'user', content: null }] }, 'messages', /messages\[0\]\.content: expected a string/],
+      [{ messages, functions: [{ name: 'ping' }] }, 'functions', /functions: deprecated by OpenAI and not supported; send tools/],
+      [{ messages, function_call: 'auto' }, 'function_call', /function_call: deprecated .* send tool_choice/],
     ] as const) {
       const r = await postJson(url, b);
       assert.strictEqual(r.status, 400, `${JSON.stringify(b)}: ${JSON.stringify(r.json)}`);

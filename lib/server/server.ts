@@ -381,6 +381,11 @@ export class CompletionServer {
     let grammar = this.responseFormat(b['response_format']);
     const tools = this.parseTools(b['tools']);
     if (!chat && tools.length > 0) throw new HttpError(400, 'tools: chat completions only', 'tools');
+    // OpenAI's deprecated function calling: refused (not ignored), pointing to its successor.
+    for (const [k, now] of [['functions', 'tools'], ['function_call', 'tool_choice']] as const) {
+      const v = b[k];
+      if (v !== undefined && v !== null && !(Array.isArray(v) && v.length === 0) && v !== 'none') throw new HttpError(400, `${k}: deprecated by OpenAI and not supported; send ${now}`, k);
+    }
     const toolMode = chat ? this.toolMode(tools, b) : undefined;
     if (toolMode && toolMode.kind !== 'auto') {
       if (grammar) throw new HttpError(400, `response_format: not with tool_choice ${toolMode.kind === 'required' ? "'required'" : 'naming a function'} (the reply is a tool call)`, 'response_format');

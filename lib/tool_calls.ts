@@ -4,7 +4,11 @@
 //   hermes       <tool_call>{"name": ..., "arguments": {...}}</tool_call>, text before them the
 //                content (Qwen 2.5 / 3, Hermes, many fine-tunes);
 //   llama3_json  {"name": ..., "parameters": {...}} as the whole reply, several joined by ';'
-//                (Llama 3.1 / 3.2 / 3.3 with their JSON tool prompt; <|python_tag|> may open it).
+//                (Llama 3.1 / 3.2 / 3.3 with their JSON tool prompt; <|python_tag|> may open it);
+//   mistral      [TOOL_CALLS] then [{"name": ..., "arguments": {...}}, ...] (Mistral 7B v0.3,
+//                Mixtral, Nemo) or name[ARGS]{...} per call (tokenizers v11 and later). The markers
+//                are special tokens, which decoded text leaves out: the caller puts MISTRAL_TOOL_CALLS
+//                before the text when the reply's first token was it (the server does).
 // A reply that does not parse as calls is content, whole (never half read).
 import { randomBytes } from 'crypto';
 import { codedError } from './errors';
@@ -41,8 +45,11 @@ export interface ToolCall {
 export type ToolChoice = 'none' | 'auto' | 'required' | { readonly type: 'function'; readonly function: { readonly name: string } };
 
 /** The text format 'auto' reads calls in (see this file's comment). */
-export type ToolCallFormat = 'hermes' | 'llama3_json';
-export const TOOL_CALL_FORMATS: readonly ToolCallFormat[] = ['hermes', 'llama3_json'];
+export type ToolCallFormat = 'hermes' | 'llama3_json' | 'mistral';
+export const TOOL_CALL_FORMATS: readonly ToolCallFormat[] = ['hermes', 'llama3_json', 'mistral'];
+
+/** Mistral's marker token, which opens a reply of calls. */
+export const MISTRAL_TOOL_CALLS = '[TOOL_CALLS]';
 
 const NAME = /^[a-zA-Z0-9_-]{1,64}$/;
 
@@ -321,6 +328,43 @@ export function parseToolCalls(text: string, format: ToolCallFormat): ParsedRepl
     }
     return { content: null, calls };
   }
+  if (format === 'mistral') {
+    let s = text.trimStart();
+    if (!s.startsWith(MISTRAL_TOOL_CALLS)) return none;
+    s = s.slice(MISTRAL_TOOL_CALLS.length).trimStart();
+    const calls: ToolCall[] = [];
+    if (s.startsWith('[')) {
+      // [{"name": ..., "arguments": {...}}, ...]
+      const end = jsonEnd(s, 0);
+      if (end < 0 || s.slice(end).trim() !== '') return none;
+      let v: unknown;
+      try {
+        v = JSON.parse(s.slice(0, end));
+      } catch {
+        return none;
+      }
+      if (!Array.isArray(v) || v.length === 0) return none;
+      for (const o of v) {
+        const c = typeof o === 'object' && o !== null ? call((o as Record<string, unknown>)['name'], (o as Record<string, unknown>)['arguments'] ?? (o as Record<string, unknown>)['parameters']) : undefined;
+        if (!c) return none;
+        calls.push(c);
+      }
+      return { content: null, calls };
+    }
+    // name{...} per call (their [ARGS] and later [TOOL_CALLS] markers decoded away, or written).
+    while (s !== '') {
+      const m = /^([A-Za-z0-9_-]+)\s*(?:\[ARGS\])?\s*/.exec(s);
+      if (!m || s[m[0].length] !== '{') return none;
+      const end = jsonEnd(s, m[0].length);
+      const o = end < 0 ? undefined : parseObject(s.slice(m[0].length, end));
+      const c = o ? call(m[1], o) : undefined;
+      if (!c) return none;
+      calls.push(c);
+      s = s.slice(end).trimStart();
+      if (s.startsWith(MISTRAL_TOOL_CALLS)) s = s.slice(MISTRAL_TOOL_CALLS.length).trimStart();
+    }
+    return calls.length > 0 ? { content: null, calls } : none;
+  }
   throw codedError('E_ARG', `tool call format: expected one of ${TOOL_CALL_FORMATS.join(', ')}, got ${JSON.stringify(format)}`);
 }
 
@@ -333,7 +377,7 @@ export function parseToolCalls(text: string, format: ToolCallFormat): ParsedRepl
 export class ToolCallStream {
   private text = '';
   private shown = 0;
-  /** llama3_json: the reply opened with a call (held to the end). */
+  /** llama3_json, mistral: the reply opened with a call (held to the end). */
   private heldCall = false;
   constructor(private readonly format: ToolCallFormat) {}
 
@@ -356,13 +400,14 @@ export class ToolCallStream {
   private safeLength(): number {
     const t = this.text;
     // Content shown already: the reply is text (llama3_json), or text up to a <tool_call> not yet seen (hermes).
-    if (this.format === 'llama3_json') {
+    if (this.format === 'llama3_json' || this.format === 'mistral') {
       if (this.shown > 0) return t.length;
       if (this.heldCall) return 0;
       // A reply opening with a call is calls (or, if it does not parse, content shown at the end).
       const s = t.trimStart();
-      this.heldCall = s.startsWith(PYTHON_TAG) || s.startsWith('{');
-      return this.heldCall || s === '' || PYTHON_TAG.startsWith(s) ? 0 : t.length;
+      const mark = this.format === 'mistral' ? MISTRAL_TOOL_CALLS : PYTHON_TAG;
+      this.heldCall = s.startsWith(mark) || (this.format === 'llama3_json' && s.startsWith('{'));
+      return this.heldCall || s === '' || mark.startsWith(s) ? 0 : t.length;
     }
     // hermes: text before <tool_call> (held back while it could be its start; none begins before
     // what was shown), and nothing while it is only whitespace.

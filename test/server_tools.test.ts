@@ -223,12 +223,12 @@ describe('specdec serve: tool calls', function () {
     const c = await postJson(url.replace('/chat/completions', '/completions'), { prompt: 'x', tools: WEATHER_TOOLS });
     assert.strictEqual(c.status, 400);
     assert.match((c.json['error'] as { message: string }).message, /tools: chat completions only/);
-    assert.throws(() => new CompletionServer({ engine, modelName: 'x', toolCallParser: 'mistral' as ToolCallFormat }), /toolCallParser: expected one of hermes, llama3_json/);
-    assertThrowsCode(() => parseServeFlags(['--tool-call-parser', 'xml']), 'E_ARG', /--tool-call-parser: expected one of hermes, llama3_json, got 'xml'/);
+    assert.throws(() => new CompletionServer({ engine, modelName: 'x', toolCallParser: 'pythonic' as ToolCallFormat }), /toolCallParser: expected one of hermes, llama3_json, mistral/);
+    assertThrowsCode(() => parseServeFlags(['--tool-call-parser', 'xml']), 'E_ARG', /--tool-call-parser: expected one of hermes, llama3_json, mistral, got 'xml'/);
     assert.strictEqual(parseServeFlags(['--tool-call-parser', 'hermes']).toolCallParser, 'hermes');
   });
 
-  it("'auto' read by the server's parser (hermes, llama3_json) from replies streamed in random pieces: content and calls, finish tool_calls; text without calls stays text", async () => {
+  it("'auto' read by the server's parser (hermes, llama3_json, mistral) from replies streamed in random pieces: content and calls, finish tool_calls; text without calls stays text", async () => {
     const r = rng(testSeed + 51);
     const cases: [ToolCallFormat, string, string | null, [string, unknown][]][] = [
       ['hermes', 'Let me look.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>', 'Let me look.\n', [['get_weather', { city: 'Paris' }]]],
@@ -256,6 +256,37 @@ describe('specdec serve: tool calls', function () {
       } finally {
         await scripted.close();
       }
+    }
+    // mistral: its [TOOL_CALLS] (and [ARGS]) are special tokens, which the text leaves out; the reply's first token tells.
+    const mistralTok = tokenizerFrom(byteLevelJsonTokenizer(target.config.vocabSize, [{ content: '[TOOL_CALLS]', special: true }, { content: '[ARGS]', special: true }]), { chat_template: TEMPLATE });
+    for (const [text, content, calls] of [
+      ['[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris"}}]', null, [['get_weather', { city: 'Paris' }]]],
+      ['[TOOL_CALLS]ping[ARGS]{}[TOOL_CALLS]get_time[ARGS]{"h24": true}', null, [['ping', {}], ['get_time', { h24: true }]]],
+      ['get_weather{"city": "Paris"}', 'get_weather{"city": "Paris"}', []],
+    ] as [string, string | null, [string, unknown][]][]) {
+      const scripted = new CompletionServer({ engine: scriptedEngine(mistralTok, target.config.vocabSize, [text, text], r), modelName: 'tiny', tokenizer: mistralTok, chat: mistralTok, toolCallParser: 'mistral' });
+      const surl = `http://127.0.0.1:${(await scripted.listen(0, '127.0.0.1')).port}/v1/chat/completions`;
+      try {
+        const c = ((await postJson(surl, { messages, tools: WEATHER_TOOLS })).json['choices'] as Choice[])[0] as Choice;
+        assert.strictEqual(c.message.content, content, text);
+        assert.deepStrictEqual((c.message.tool_calls ?? []).map((k) => [k.function.name, JSON.parse(k.function.arguments)]), calls, text);
+        const got = fromDeltas((await postStream(surl, { messages, tools: WEATHER_TOOLS, stream: true })).events).get(0);
+        assert.strictEqual(got?.content, content ?? '', text);
+        assert.deepStrictEqual(got?.calls.map((k) => [k.function.name, JSON.parse(k.function.arguments)]), calls, text);
+        assert.strictEqual(got?.finish, c.finish_reason);
+      } finally {
+        await scripted.close();
+      }
+    }
+    // Without the token in the vocabulary the parser cannot tell: refused.
+    const noMarker = new CompletionServer({ engine, modelName: 'tiny', tokenizer, chat: tokenizer, toolCallParser: 'mistral' });
+    const nurl = `http://127.0.0.1:${(await noMarker.listen(0, '127.0.0.1')).port}/v1/chat/completions`;
+    try {
+      const bad = await postJson(nurl, { messages, tools: WEATHER_TOOLS });
+      assert.strictEqual(bad.status, 400);
+      assert.match((bad.json['error'] as { message: string }).message, /--tool-call-parser mistral needs the vocabulary's \[TOOL_CALLS\] token/);
+    } finally {
+      await noMarker.close();
     }
     for (const [format, text, content, calls] of cases) {
       const replies = [text, text];

@@ -150,7 +150,21 @@ describe('tool calls: reading replies (hermes, llama3_json), whole and streamed'
     ['{"city": "Paris"}', '{"city": "Paris"}', []],
     ['{"name": "ping", "parameters": {', '{"name": "ping", "parameters": {', []],
   ];
-  const cases: [ToolCallFormat, typeof hermes][] = [['hermes', hermes], ['llama3_json', llama]];
+  // (The server puts [TOOL_CALLS] before the text where the reply's first token was that special token.)
+  const mistral: [string, string | null, [string, unknown][]][] = [
+    ['[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Paris"}}]', null, [['get_weather', { city: 'Paris' }]]],
+    ['[TOOL_CALLS][{"name": "ping", "arguments": {}}, {"name": "get_time", "arguments": {"zone": "]"}}]', null, [['ping', {}], ['get_time', { zone: ']' }]]],
+    ['[TOOL_CALLS]get_weather{"city": "Paris"}', null, [['get_weather', { city: 'Paris' }]]],  // v11: [ARGS] decoded away
+    ['[TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}[TOOL_CALLS]ping[ARGS]{}', null, [['get_weather', { city: 'Paris' }], ['ping', {}]]],
+    ['[TOOL_CALLS]get_time{}ping{}', null, [['get_time', {}], ['ping', {}]]],
+    ['get_weather{"city": "Paris"}', 'get_weather{"city": "Paris"}', []],  // no marker: text
+    ['[TOOL_CALLS] [{"name": "ping"', '[TOOL_CALLS] [{"name": "ping"', []],
+    ['[TOOL_CALLS] []', '[TOOL_CALLS] []', []],
+    ['[TOOL_CALLS]ping{} and more', '[TOOL_CALLS]ping{} and more', []],
+    ['It is sunny.', 'It is sunny.', []],
+    ['[TOOL', '[TOOL', []],
+  ];
+  const cases: [ToolCallFormat, typeof hermes][] = [['hermes', hermes], ['llama3_json', llama], ['mistral', mistral]];
 
   it('whole replies: content, calls (name, arguments as JSON text), and text that does not parse as calls kept whole as content', () => {
     for (const [format, list] of cases) {
@@ -161,7 +175,7 @@ describe('tool calls: reading replies (hermes, llama3_json), whole and streamed'
         for (const c of r.calls) assert.strictEqual(c.type, 'function');
       }
     }
-    assertThrowsCode(() => parseToolCalls('x', 'mistral' as ToolCallFormat), 'E_ARG', /expected one of hermes, llama3_json/);
+    assertThrowsCode(() => parseToolCalls('x', 'pythonic' as ToolCallFormat), 'E_ARG', /expected one of hermes, llama3_json, mistral/);
   });
 
   it('streamed at random split points: the content shown as it comes and at the end is the whole reply\'s, calls the same; nothing of a call is shown early', () => {

@@ -17,7 +17,7 @@ import { parseStrategyFlags, speculatorFactory, treeRoomFor, type StrategyFlags 
 
 export const SERVE_USAGE = `usage: specdec serve [--model DIR] [--draft DIR | --medusa DIR | --eagle DIR | --lookahead W,N,G | --prompt-lookup N]
                     [--host 127.0.0.1] [--port 8000] [--max-batch N] [--kv-budget MB] [--prefix-cache N] [--api-key KEY] [--device cpu|cuda|auto]
-                    [--tool-call-parser hermes|llama3_json] [--reasoning-parser deepseek_r1|qwen3]
+                    [--tool-call-parser hermes|llama3_json|mistral] [--reasoning-parser deepseek_r1|qwen3]
 
   OpenAI-compatible HTTP server: POST /v1/completions (stream: true for server-sent events),
   POST /v1/chat/completions, POST /tokenize, POST /detokenize, GET /v1/models, GET /health,
@@ -36,8 +36,9 @@ export const SERVE_USAGE = `usage: specdec serve [--model DIR] [--draft DIR | --
                     otherwise; /health and /metrics stay open); default $SPECDEC_API_KEY, else none
   --tool-call-parser F  how chat replies are read for tool calls with tool_choice 'auto' (the
                     default when a request has tools): hermes (<tool_call>{...}</tool_call>: Qwen
-                    2.5 / 3, Hermes) or llama3_json ({"name", "parameters"}: Llama 3.x); without
-                    it 'auto' is refused ('required', a named function and 'none' work)
+                    2.5 / 3, Hermes), llama3_json ({"name", "parameters"}: Llama 3.x) or mistral
+                    ([TOOL_CALLS] [{...}] or name[ARGS]{...}); without it 'auto' is refused
+                    ('required', a named function and 'none' work)
   --reasoning-parser F  a reasoning model's chat replies split into reasoning_content (its
                     <think> block) and content (deepseek_r1 or qwen3: both read the block alike);
                     response_format, tool calls and tool parsing apply to the answer after it

@@ -17,7 +17,7 @@ import type { SamplingConfig } from '../strategies/speculator';
 import { generateText, IncrementalText, type TextCodec, type TextResult } from '../text';
 import type { ChatMessage, ChatTemplateOptions } from '../tokenizer';
 import { AfterReasoning, promptOpensReasoning, REASONING_FORMATS, ReasoningStream, splitReasoning, THINK_CLOSE, THINK_OPEN, type ReasoningFormat } from '../reasoning';
-import { checkToolChoice, checkTools, parseToolCalls, RequiredCallsReader, TOOL_CALL_FORMATS, toolCallGrammar, ToolCallStream, toolCallId, type ToolCall, type ToolCallFormat, type ToolDefinition } from '../tool_calls';
+import { checkToolChoice, checkTools, MISTRAL_TOOL_CALLS, parseToolCalls, RequiredCallsReader, TOOL_CALL_FORMATS, toolCallGrammar, ToolCallStream, toolCallId, type ToolCall, type ToolCallFormat, type ToolDefinition } from '../tool_calls';
 import { PROMETHEUS_CONTENT_TYPE, prometheusText } from './prometheus';
 
 export interface ServerOptions {
@@ -38,7 +38,8 @@ export interface ServerOptions {
   readonly apiKey?: string;
   /**
    * How a chat reply with tool_choice 'auto' is read for tool calls (vLLM's --tool-call-parser:
-   * 'hermes' for Qwen 2.5 / 3 and Hermes, 'llama3_json' for Llama 3.x). Without one, 'auto' is
+   * 'hermes' for Qwen 2.5 / 3 and Hermes, 'llama3_json' for Llama 3.x, 'mistral' for Mistral's
+   * [TOOL_CALLS] replies, which needs that token in the vocabulary). Without one, 'auto' is
    * refused (400); 'none', 'required' and a named function need none. Default: none.
    */
   readonly toolCallParser?: ToolCallFormat;
@@ -55,7 +56,11 @@ export interface ServerOptions {
  * What a chat request's tools make of its reply: calls of a named function (its arguments
  * constrained), one or more calls ('required', constrained), or text read for calls ('auto').
  */
-type ToolMode = { readonly kind: 'named'; readonly name: string } | { readonly kind: 'required' } | { readonly kind: 'auto'; readonly format: ToolCallFormat };
+type ToolMode =
+  | { readonly kind: 'named'; readonly name: string }
+  | { readonly kind: 'required' }
+  /** (mistral: the id of its [TOOL_CALLS] token, which decoded text leaves out.) */
+  | { readonly kind: 'auto'; readonly format: ToolCallFormat; readonly markerId?: number };
 
 /** A request error: HTTP status, the offending field (OpenAI's `param`) and a message. */
 class HttpError extends Error {
@@ -598,7 +603,12 @@ export class CompletionServer {
     if (choice === 'none') return undefined;
     if (choice === 'required') return { kind: 'required' };
     if (choice === 'auto') {
-      if (!this.toolCallParser) throw new HttpError(400, "tool_choice: 'auto' (the default with tools) needs a server started with --tool-call-parser (hermes or llama3_json), which reads calls out of the reply; 'required', a named function and 'none' need none", 'tool_choice');
+      if (!this.toolCallParser) throw new HttpError(400, "tool_choice: 'auto' (the default with tools) needs a server started with --tool-call-parser (hermes, llama3_json or mistral), which reads calls out of the reply; 'required', a named function and 'none' need none", 'tool_choice');
+      if (this.toolCallParser === 'mistral') {
+        const markerId = this.tokenizer?.tokenToId?.(MISTRAL_TOOL_CALLS);
+        if (markerId === undefined) throw new HttpError(400, `tool_choice: 'auto' with --tool-call-parser mistral needs the vocabulary's ${MISTRAL_TOOL_CALLS} token; this tokenizer has none`, 'tool_choice');
+        return { kind: 'auto', format: 'mistral', markerId };
+      }
       return { kind: 'auto', format: this.toolCallParser };
     }
     return { kind: 'named', name: choice.function.name };
@@ -830,7 +840,7 @@ export class CompletionServer {
           const logprobs = withPrompt(r.logprobs && c.logprobs !== undefined ? this.logprobsJson(r.logprobs, r.tokens, chat, new IncrementalText(this.offsetDecode), [], echo.length) : null, prompt);
           choices.push(
             chat
-              ? { index, ...chatReply(r.text, r.finishReason, c.tools, c.reasoning?.[p]), logprobs }
+              ? { index, ...chatReply(r.text, r.finishReason, c.tools, c.reasoning?.[p], r.tokens[0]), logprobs }
               : { index, text: echo + r.text, token_ids: Array.from(r.tokens), logprobs, finish_reason: finishReason(r.finishReason) },
           );
         });
@@ -885,7 +895,7 @@ export class CompletionServer {
         }
         if (deltas) {
           // Reasoning, content and call pieces as they become known (a held-back piece: its logprobs alone).
-          const ds = deltas.push(chunk.text);
+          const ds = deltas.push(chunk.text, chunk.tokens);
           const logprobs = offsets && chunk.logprobs ? this.logprobsJson(chunk.logprobs, chunk.tokens, chat, offsets, all, base) : null;
           if (ds.length === 0 && logprobs) ds.push({});
           ds.forEach((delta, k) => send({ ...chunkHead, choices: [{ index, delta, logprobs: k === 0 ? logprobs : null, finish_reason: null }] }));
@@ -973,7 +983,7 @@ function readRequiredCalls(text: string): ToolCall[] {
  * those begun, their arguments as written (cut short: the last as far as it got, finish 'length');
  * a reply without calls (cut before the first, or 'auto' text) is content.
  */
-function chatReply(text: string, finish: string, mode: ToolMode | undefined, opened?: boolean): { message: Record<string, unknown>; finish_reason: string } {
+function chatReply(text: string, finish: string, mode: ToolMode | undefined, opened?: boolean, firstToken?: number): { message: Record<string, unknown>; finish_reason: string } {
   if (opened !== undefined) {
     // A reasoning model's reply: its think block, then the answer read as without one.
     const split = splitReasoning(text, opened);
@@ -984,7 +994,7 @@ function chatReply(text: string, finish: string, mode: ToolMode | undefined, ope
   if (!mode) return plain;
   const parsed =
     mode.kind === 'auto'
-      ? parseToolCalls(text, mode.format)
+      ? parseToolCalls(mode.markerId !== undefined && firstToken === mode.markerId ? MISTRAL_TOOL_CALLS + text : text, mode.format)
       : mode.kind === 'named'
         ? { content: null, calls: [{ id: toolCallId(), type: 'function', function: { name: mode.name, arguments: text } }] }
         : { content: null, calls: readRequiredCalls(text) };
@@ -1000,14 +1010,23 @@ class ChatDeltas {
   private readonly reasoning: ReasoningStream | undefined;
   private readonly tools: ToolDeltas | undefined;
 
+  private readonly markerId: number | undefined;
+  private seenToken = false;
+
   constructor(mode: ToolMode | undefined, opened: boolean | undefined) {
     this.reasoning = opened !== undefined ? new ReasoningStream(opened) : undefined;
     this.tools = mode ? new ToolDeltas(mode) : undefined;
+    this.markerId = mode?.kind === 'auto' ? mode.markerId : undefined;
   }
 
-  push(piece: string): Record<string, unknown>[] {
+  push(piece: string, tokens: ArrayLike<number> = []): Record<string, unknown>[] {
     const out: Record<string, unknown>[] = [];
     let content = piece;
+    // (Mistral's marker is a special token, left out of the text: put back where the reply opens with it.)
+    if (!this.seenToken && tokens.length > 0) {
+      this.seenToken = true;
+      if (this.markerId !== undefined && tokens[0] === this.markerId && !this.reasoning) content = MISTRAL_TOOL_CALLS + content;
+    }
     if (this.reasoning) {
       const r = this.reasoning.push(piece);
       if (r.reasoning) out.push({ reasoning_content: r.reasoning });

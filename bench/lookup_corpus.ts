@@ -4,7 +4,10 @@
 // chat service sends them, with a fresh speculator (an empty corpus) per run:
 //   repeat:  8 story prompts, then the same 8 again (regenerations, retries, an agent re-asking);
 //   related: 16 prompts that open alike ("once upon a time, there was a ..."), different animals
-//            and places: later stories share phrases with earlier ones.
+//            and places: later stories share phrases with earlier ones;
+//   predicted: the 8 story prompts, each with a prediction (GenerateOptions.prediction, OpenAI's
+//            predicted outputs) that is its plain output edited: 8 of its tokens replaced near the
+//            start, 6 dropped in the middle (a file edited in two places).
 // Strategies: plain, prompt lookup without and with a corpus (both sized by the cost model), and
 // with a corpus and a fixed 8-token draft. The outputs are checked equal to plain decoding's; the
 // times are the median of the runs (interleaved: plain, lookup, lookup + corpus, ...).
@@ -46,19 +49,38 @@ async function family(fname: string, target: LlamaModel, tok: TextTokenizer, qui
   const stories = ['once upon a time', 'one day a little girl', 'there was a dog', 'a boy named tim', 'the sun was shining', 'lily liked to play', 'in the park', 'the cat was sad'];
   const animals = ['dog', 'cat', 'bird', 'fish', 'bear', 'duck', 'frog', 'bunny'];
   const places = ['park', 'garden'];
-  const workloads: [string, string[]][] = [
-    ['repeat (8 prompts, then the same 8 again)', [...stories, ...stories]],
-    ['related (16 prompts that open alike)', places.flatMap((p) => animals.map((a) => `once upon a time, there was a ${a} in the ${p}`))],
+  const workloads: [string, string[], boolean][] = [
+    ['repeat (8 prompts, then the same 8 again)', [...stories, ...stories], false],
+    ['related (16 prompts that open alike)', places.flatMap((p) => animals.map((a) => `once upon a time, there was a ${a} in the ${p}`)), false],
+    ['predicted (8 prompts, each with its output edited as a prediction)', stories, true],
   ];
-  const strategies: [string, () => Speculator | undefined][] = [
+  const lookupStrategies: [string, () => Speculator | undefined][] = [
     ['plain', () => undefined],
     ['prompt lookup (sized)', () => new PromptLookupSpeculator({ maxNgram: 3 })],
     ['prompt lookup + corpus (sized)', () => new PromptLookupSpeculator({ maxNgram: 3, corpusTokens: 65536 })],
     ['prompt lookup + corpus, 8 drafts', () => new PromptLookupSpeculator({ maxNgram: 3, numDraft: 8, corpusTokens: 65536 })],
   ];
   console.log(`${fname}, CPU, requests one after another, greedy, ${maxNew} new tokens each (ignoreEos), median of ${reps}${quick ? ' (quick)' : ''}`);
-  for (const [wname, prompts] of workloads) {
+  const predictionStrategies: [string, () => Speculator | undefined][] = [
+    ['plain', () => undefined],
+    ['prompt lookup (sized), no prediction', () => new PromptLookupSpeculator({ maxNgram: 3 })],
+    ['prompt lookup (sized) + prediction', () => new PromptLookupSpeculator({ maxNgram: 3 })],
+    ['prompt lookup, 8 drafts + prediction', () => new PromptLookupSpeculator({ maxNgram: 3, numDraft: 8 })],
+  ];
+  for (const [wname, prompts, predicted] of workloads) {
     const ids = prompts.map((p) => tok.encode(p));
+    const strategies = predicted ? predictionStrategies : lookupStrategies;
+    // The predictions: each prompt's plain output, edited in two places.
+    let predictions: number[][] | undefined;
+    if (predicted) {
+      const plain = new Engine({ model: target });
+      predictions = [];
+      for (const p of ids) {
+        const t = Array.from((await plain.submit(p, { maxNewTokens: maxNew, ignoreEos: true })).tokens);
+        predictions.push([...t.slice(0, 10), ...t.slice(0, 8).map((x) => 3 + ((x * 7) % 300)), ...t.slice(18, Math.floor(maxNew / 2)), ...t.slice(Math.floor(maxNew / 2) + 6)]);
+      }
+      plain.close();
+    }
     const times = strategies.map(() => [] as number[]);
     const forwards = strategies.map(() => 0);
     let want: string | undefined;
@@ -70,8 +92,9 @@ async function family(fname: string, target: LlamaModel, tok: TextTokenizer, qui
         const t0 = performance.now();
         const out: string[] = [];
         let fw = 0;
-        for (const p of ids) {
-          const res = await engine.submit(p, { maxNewTokens: maxNew, ignoreEos: true });
+        for (const [i, p] of ids.entries()) {
+          const prediction = predictions && s >= 2 ? { prediction: predictions[i] as number[] } : {};
+          const res = await engine.submit(p, { maxNewTokens: maxNew, ignoreEos: true, ...prediction });
           out.push(Array.from(res.tokens).join());
           fw += res.stats.targetForwards;
         }

@@ -81,6 +81,13 @@ export interface GenerateOptions {
    * allows no token where one must be picked fails the request (E_UNSUPPORTED, its reason).
    */
   readonly grammar?: TokenGrammar;
+  /**
+   * Tokens the output is expected to repeat (OpenAI's predicted outputs: a file being edited, an
+   * answer regenerated): prompt lookup (PromptLookupSpeculator, alone or in a hybrid's place)
+   * drafts from them too. It changes speed only, never the output; other speculators ignore it.
+   * Ids must be in the vocabulary.
+   */
+  readonly prediction?: Int32Array | readonly number[];
 }
 
 export interface GenerateResult {
@@ -203,6 +210,7 @@ export class SpeculativeDecoder {
         if (opts.promptLogprobs !== undefined) req.promptLogprobs = opts.promptLogprobs;
         if (opts.minTokens !== undefined) req.minTokens = opts.minTokens;
         if (opts.grammar !== undefined) req.grammar = opts.grammar;
+        if (opts.prediction !== undefined) req.prediction = opts.prediction;
         const onTokens = opts.onTokens;
         if (onTokens) req.onTokens = (toks, lp) => onTokens(i, toks, lp);
         return engine.submit(p, req).catch((e: unknown) => {

@@ -103,6 +103,17 @@ export function checkIgnoreEos(x: unknown): void {
   if (x !== undefined && typeof x !== 'boolean') throw argError(`ignoreEos must be true or false, got ${shown(x)}`);
 }
 
+/** prediction: undefined, or token ids in [0, vocabSize) (an array or a typed array). */
+export function checkPrediction(x: unknown, vocabSize: number): void {
+  if (x === undefined) return;
+  if (!(Array.isArray(x) || ArrayBuffer.isView(x))) throw argError(`prediction must be an array of token ids, got ${shown(x)}`);
+  const a = x as ArrayLike<unknown>;
+  for (let i = 0; i < a.length; i++) {
+    const t = a[i];
+    if (typeof t !== 'number' || !Number.isInteger(t) || t < 0 || t >= vocabSize) throw argError(`prediction[${i}] = ${String(t)} is not a token id in [0, ${vocabSize})`);
+  }
+}
+
 /** minTokens: undefined, or an integer >= 0. */
 export function checkMinTokens(x: unknown): void {
   if (x !== undefined && !(typeof x === 'number' && Number.isSafeInteger(x) && x >= 0)) throw argError(`minTokens must be an integer >= 0, got ${shown(x)}`);

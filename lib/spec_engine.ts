@@ -270,6 +270,8 @@ export class EngineSequence implements SpecSequence {
   released = false;
   /** Tokens that end the sequence (EOS, the request's stop tokens): a native chain stops after one. */
   stopTokens: Int32Array | undefined;
+  /** GenerateOptions.prediction (SpecSequence.prediction). */
+  prediction: Int32Array | undefined;
   /**
    * Where the log-probabilities of its emitted tokens go (the request's `logprobs`), in emission
    * order: from its root pick, its steps' verifications, or the native chains where the model

@@ -109,6 +109,8 @@ export interface TextGenerateOptions {
   readonly minTokens?: number;
   /** GenerateOptions.grammar: the output follows it (e.g. a JsonGrammar over the codec's vocabulary). */
   readonly grammar?: TokenGrammar;
+  /** GenerateOptions.prediction: tokens the output is expected to repeat (prompt lookup drafts from them). */
+  readonly prediction?: Int32Array | readonly number[];
 }
 
 export interface TextChunk {
@@ -238,6 +240,7 @@ export function generateText(
     ...(opts.promptLogprobs !== undefined ? { promptLogprobs: opts.promptLogprobs } : {}),
     ...(minTokens > 0 ? { minTokens } : {}),
     ...(opts.grammar ? { grammar: opts.grammar } : {}),
+    ...(opts.prediction ? { prediction: opts.prediction } : {}),
     // Decoding the whole output per token is quadratic; a stop string can only complete in the
     // text of the last few tokens, so decode a tail long enough to hold the longest one.
     ...(stops.length > 0

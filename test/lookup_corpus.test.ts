@@ -1,13 +1,14 @@
 // Prompt lookup across requests: LookupCorpus against a plain scan of the live documents (random
 // token streams, eviction and rebuilds), and PromptLookupSpeculator with a corpus on the embedded
 // family: plain greedy decoding's tokens for a run of requests, a repeated request drafted from the
-// first one's tokens, and the flags.
+// first one's tokens, and the flags. Predicted outputs: the same tokens whatever the prediction,
+// few forwards with a right one.
 import * as assert from 'assert';
 import { parseStrategyFlags } from '../lib/cli/strategy_flags';
 import { Engine } from '../lib/engine/engine';
 import { plainGenerate } from '../lib/plain';
 import { LookupCorpus } from '../lib/strategies/lookup_corpus';
-import { PromptLookupSpeculator, promptLookup } from '../lib/strategies/prompt_lookup';
+import { predictionLookup, PromptLookupSpeculator, promptLookup } from '../lib/strategies/prompt_lookup';
 import { loadEmbeddedFamily, type EmbeddedFamily } from './fixtures/embedded_family';
 import { assertThrowsCode, rng, testSeed } from './helpers';
 
@@ -121,5 +122,65 @@ describe('prompt lookup across requests: decoding (embedded family)', function (
     }
     // promptLookup itself is unchanged by the corpus option.
     assert.deepStrictEqual(promptLookup([1, 2, 3, 1, 2], 3, 1, 4), [3, 1, 2]);
+  });
+});
+
+describe('predicted outputs (GenerateOptions.prediction): prompt lookup drafts from them', function () {
+  this.timeout(300000);
+
+  it('predictionLookup: the longest n-gram with a token after it; of its occurrences the first at or after the alignment, else the first', () => {
+    //                 0  1  2  3  4  5  6  7  8  9
+    const prediction = [5, 6, 7, 8, 5, 6, 9, 1, 2, 3];
+    assert.deepStrictEqual(predictionLookup(prediction, [4, 5, 6], 3, 1, 3), { n: 2, at: 2, drafts: [7, 8, 5] });
+    // Aligned past the first "5 6": the second one.
+    assert.deepStrictEqual(predictionLookup(prediction, [4, 5, 6], 3, 1, 3, 5), { n: 2, at: 6, drafts: [9, 1, 2] });
+    assert.deepStrictEqual(predictionLookup(prediction, [8, 5, 6], 3, 1, 2), { n: 3, at: 6, drafts: [9, 1] });
+    assert.deepStrictEqual(predictionLookup(prediction, [2, 3], 3, 1, 4), undefined);  // nothing follows "2 3"
+    assert.deepStrictEqual(predictionLookup(prediction, [0, 4], 3, 1, 4), undefined);
+    assert.deepStrictEqual(predictionLookup(prediction, [1], 3, 1, 4), { n: 1, at: 8, drafts: [2, 3] });
+  });
+
+  describe('decoding (embedded family)', () => {
+    let family: EmbeddedFamily;
+    before(async () => {
+      family = await loadEmbeddedFamily(8);
+    });
+    after(() => family.dispose());
+
+    it("the output is the same with any prediction (right, edited, unrelated), greedy and sampled; a right one drafts it in few forwards", async () => {
+      const { target, tokenizer } = family;
+      const prompts = ['once upon a time', 'there was a dog', 'lily liked to play'].map((p) => tokenizer.encode(p));
+      const plain = await plainGenerate(target, prompts, { maxNewTokens: 48, ignoreEos: true });
+      const sampling = { temperature: 0.8, seed: 5 };
+      const sampled = await plainGenerate(target, prompts, { maxNewTokens: 48, ignoreEos: true, ...sampling });
+      const r = rng(testSeed + 91);
+      for (const spec of [new PromptLookupSpeculator({ maxNgram: 3, numDraft: 8 }), new PromptLookupSpeculator({ maxNgram: 3 })]) {
+        const engine = new Engine({ model: target, speculator: spec });
+        try {
+          for (let i = 0; i < prompts.length; i++) {
+            const want = Array.from(plain.tokens[i] as Int32Array);
+            // An edited prediction: a stretch replaced, one removed.
+            const edited = [...want.slice(0, 10), ...Array.from({ length: 5 }, () => 3 + Math.floor(r() * 300)), ...want.slice(15, 30), ...want.slice(36)];
+            const predictions: [string, number[]][] = [['right', want], ['edited', edited], ['unrelated', Array.from({ length: 40 }, () => 3 + Math.floor(r() * 300))]];
+            for (const [what, prediction] of predictions) {
+              const res = await engine.submit(prompts[i] as Int32Array, { maxNewTokens: 48, ignoreEos: true, prediction });
+              assert.deepStrictEqual(Array.from(res.tokens), want, `${spec.sized ? 'sized' : 'fixed'}, request ${i}, ${what} prediction`);
+              if (what === 'right' && !spec.sized) assert.ok(res.stats.targetForwards <= Math.ceil(48 / 9) + 2, `request ${i}: ${res.stats.targetForwards} forwards with the right prediction`);
+              const s = await engine.submit(prompts[i] as Int32Array, { maxNewTokens: 48, ignoreEos: true, prediction, sampling: { temperature: sampling.temperature }, seed: sampling.seed, stream: i });
+              assert.deepStrictEqual(Array.from(s.tokens), Array.from(sampled.tokens[i] as Int32Array), `sampled, request ${i}, ${what} prediction`);
+            }
+          }
+        } finally {
+          engine.close();
+        }
+      }
+      const engine = new Engine({ model: target, speculator: new PromptLookupSpeculator() });
+      try {
+        await assert.rejects(engine.submit(prompts[0] as Int32Array, { maxNewTokens: 4, prediction: [1, target.config.vocabSize] }), /prediction\[1\] = \d+ is not a token id in \[0, \d+\)/);
+        await assert.rejects(engine.submit(prompts[0] as Int32Array, { maxNewTokens: 4, prediction: 'abc' as never }), /prediction must be an array of token ids/);
+      } finally {
+        engine.close();
+      }
+    });
   });
 });

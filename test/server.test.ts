@@ -365,6 +365,22 @@ describe('specdec serve', function () {
     }
   });
 
+  it("prediction (OpenAI's predicted outputs): the same reply with any prediction, text or parts; a malformed one is a 400 naming it", async () => {
+    const body = { prompt: 'once upon a time', max_tokens: 24, temperature: 0.8, seed: 9 };
+    const base = await postJson(`${url}/v1/completions`, body);
+    const text = (base.json['choices'] as { text: string }[])[0]!.text;
+    for (const prediction of [{ type: 'content', content: text }, { type: 'content', content: [{ type: 'text', text: 'there was a little ' }, { type: 'text', text: 'dog' }] }, { type: 'content', content: '' }]) {
+      const r = await postJson(`${url}/v1/completions`, { ...body, prediction });
+      assert.strictEqual(r.status, 200, JSON.stringify(r.json));
+      assert.deepStrictEqual(completionTokens(r), completionTokens(base));
+    }
+    for (const prediction of [{ type: 'text', content: 'x' }, { type: 'content' }, 'the text', { type: 'content', content: [{ type: 'image_url' }] }]) {
+      const r = await postJson(`${url}/v1/completions`, { ...body, prediction });
+      assert.strictEqual(r.status, 400);
+      assert.strictEqual((r.json['error'] as { param: string }).param, 'prediction');
+    }
+  });
+
   it('n choices (each an engine request on stream (seed, i)), streamed interleaved; echo puts the prompt before each; best_of: the n of highest summed log-probability', async () => {
     type Choice = { index: number; text: string; token_ids: number[]; finish_reason: string };
     const body = { prompt: 'the dog ran to the park', max_tokens: 14, temperature: 0.9, seed: 21, n: 3 };

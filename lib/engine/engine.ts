@@ -10,7 +10,7 @@
 // step's target forward; each setting's group proposes and is verified on its own rows.
 import { availableParallelism } from 'os';
 import type { GenerateOptions, GenerateResult, Generation } from '../decoder';
-import { checkIgnoreEos, checkMinTokens, checkStopTokens, codedError, optionsArg } from '../errors';
+import { checkIgnoreEos, checkMinTokens, checkPrediction, checkStopTokens, codedError, optionsArg } from '../errors';
 import type { CausalLM } from '../models/causal_lm';
 import { native } from '../native';
 import { checkLogprobs, LogprobsSink, type TokenLogprobs } from '../logprobs';
@@ -535,6 +535,7 @@ export class Engine {
     checkLogprobs(opts.promptLogprobs, 'promptLogprobs');
     checkMinTokens(opts.minTokens);
     checkGrammar(opts.grammar, c.vocabSize);
+    checkPrediction(opts.prediction, c.vocabSize);
     const seed = opts.seed;
     if (seed !== undefined && !(typeof seed === 'bigint' ? seed >= 0n && seed < 2n ** 64n : Number.isSafeInteger(seed) && seed >= 0)) {
       throw codedError('E_ARG', `seed must be a non-negative integer below 2^64, got ${String(seed)}`);
@@ -840,6 +841,7 @@ export class Engine {
       r.seq.promptLogprobs = r.promptLogprobs;
       r.seq.minTokens = r.opts.minTokens ?? 0;
       if (r.opts.grammar) r.seq.grammar = new GrammarCursor(r.opts.grammar);
+      if (r.opts.prediction !== undefined && r.opts.prediction.length > 0) r.seq.prediction = Int32Array.from(r.opts.prediction);
       // Its prompt's log-probabilities over the shared prefix: the source's (the same rows).
       if (prefix?.promptLogprobs && r.promptLogprobs && needsPromptEntries(r)) r.promptLogprobs.push(prefix.promptLogprobs.slice(0, prefix.length), 0, prefix.length);
     } catch (e) {

@@ -106,6 +106,8 @@ interface Completion {
   readonly reasoning: boolean[] | undefined;
   /** With a reasoning parser and a grammar: per prompt, the grammar of the answer after the block. */
   readonly grammars: TokenGrammar[] | undefined;
+  /** OpenAI's prediction (predicted outputs): its tokens, which prompt lookup drafts from. */
+  readonly prediction: Int32Array | undefined;
 }
 
 /** A promise and its resolve. */
@@ -449,6 +451,7 @@ export class CompletionServer {
       tools: toolMode,
       reasoning,
       grammars,
+      prediction: this.parsePrediction(b['prediction']),
     };
   }
 
@@ -579,6 +582,20 @@ export class CompletionServer {
 
   /** afterReasoning's grammars by their inner grammar (which the schema cache keeps or lets go). */
   private readonly afterReasoningOf = new WeakMap<TokenGrammar, [AfterReasoning, AfterReasoning]>();
+
+  /**
+   * OpenAI's `prediction` ({ type: 'content', content: text or text parts }): text the reply is
+   * expected to repeat, as tokens. It changes speed only (prompt lookup drafts from it), never the output.
+   */
+  private parsePrediction(p: unknown): Int32Array | undefined {
+    if (p === undefined || p === null) return undefined;
+    const o = p as { type?: unknown; content?: unknown };
+    let content = typeof p === 'object' && !Array.isArray(p) && o.type === 'content' ? o.content : undefined;
+    if (Array.isArray(content)) content = content.every((x) => (x as { type?: unknown })?.type === 'text' && typeof (x as { text?: unknown }).text === 'string') ? content.map((x) => (x as { text: string }).text).join('') : undefined;
+    if (typeof content !== 'string') throw new HttpError(400, `prediction: expected { type: 'content', content: text or text parts }, got ${JSON.stringify(p)}`, 'prediction');
+    if (!this.tokenizer) throw new HttpError(400, 'prediction: this model has no tokenizer', 'prediction');
+    return content === '' ? undefined : this.tokenizer.encode(content, { addSpecialTokens: false });
+  }
 
   /** `tools` (OpenAI's function definitions; none: []). */
   private parseTools(t: unknown): ToolDefinition[] {
@@ -757,6 +774,7 @@ export class CompletionServer {
         ...(c.stopTokenIds.length > 0 ? { stopTokens: c.stopTokenIds } : {}),
         ...(c.ignoreEos ? { ignoreEos: true } : {}),
         ...(c.grammar ? { grammar: c.grammars?.[p] ?? c.grammar } : {}),
+        ...(c.prediction ? { prediction: c.prediction } : {}),
       });
     });
     // One choice failing ends the others (their results then reject as aborted: not reported).

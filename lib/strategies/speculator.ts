@@ -52,6 +52,8 @@ export interface SpecSequence {
   readonly grammar?: GrammarCursor | undefined;
   /** Tokens that end the sequence (the grammar allows them where its text is complete). */
   readonly stopTokens?: Int32Array | undefined;
+  /** The request's prediction (GenerateOptions.prediction): tokens the output is expected to repeat. */
+  readonly prediction?: Int32Array | undefined;
 }
 
 /** One sequence's proposal: a tree, optionally with its own positions and mask (lookahead). */

@@ -7,6 +7,7 @@ import * as assert from 'assert';
 import { parseStrategyFlags } from '../lib/cli/strategy_flags';
 import { Engine } from '../lib/engine/engine';
 import { plainGenerate } from '../lib/plain';
+import { HybridSpeculator } from '../lib/strategies/hybrid';
 import { LookupCorpus } from '../lib/strategies/lookup_corpus';
 import { predictionLookup, PromptLookupSpeculator, promptLookup } from '../lib/strategies/prompt_lookup';
 import { loadEmbeddedFamily, type EmbeddedFamily } from './fixtures/embedded_family';
@@ -134,6 +135,12 @@ describe('predicted outputs (GenerateOptions.prediction): prompt lookup drafts f
     assert.deepStrictEqual(predictionLookup(prediction, [4, 5, 6], 3, 1, 3), { n: 2, at: 2, drafts: [7, 8, 5] });
     // Aligned past the first "5 6": the second one.
     assert.deepStrictEqual(predictionLookup(prediction, [4, 5, 6], 3, 1, 3, 5), { n: 2, at: 6, drafts: [9, 1, 2] });
+    // Where the output has got to (a 2-gram ending at 6) comes before a longer match elsewhere and an earlier occurrence.
+    assert.deepStrictEqual(predictionLookup(prediction, [7, 5, 6], 3, 1, 3, 6), { n: 2, at: 6, drafts: [9, 1, 2] });
+    assert.deepStrictEqual(predictionLookup(prediction, [6, 7, 8, 5, 6], 3, 1, 3, 6), { n: 3, at: 6, drafts: [9, 1, 2] });
+    // A single token there is not enough: the longest match elsewhere.
+    assert.deepStrictEqual(predictionLookup(prediction, [8, 9], 3, 1, 2, 7), { n: 1, at: 7, drafts: [1, 2] });
+    assert.deepStrictEqual(predictionLookup(prediction, [4, 5, 6], 3, 1, 3, 2), { n: 2, at: 2, drafts: [7, 8, 5] });
     assert.deepStrictEqual(predictionLookup(prediction, [8, 5, 6], 3, 1, 2), { n: 3, at: 6, drafts: [9, 1] });
     assert.deepStrictEqual(predictionLookup(prediction, [2, 3], 3, 1, 4), undefined);  // nothing follows "2 3"
     assert.deepStrictEqual(predictionLookup(prediction, [0, 4], 3, 1, 4), undefined);
@@ -173,6 +180,19 @@ describe('predicted outputs (GenerateOptions.prediction): prompt lookup drafts f
         } finally {
           engine.close();
         }
+      }
+      // A hybrid: the prediction reaches its inner prompt lookup (in the draft's ids); the output stays.
+      const hybrid = new Engine({ model: target, speculator: new HybridSpeculator({ draft: family.draft, draftSpeculator: new PromptLookupSpeculator({ maxNgram: 3, numDraft: 6 }), k: 6 }) });
+      try {
+        for (let i = 0; i < prompts.length; i++) {
+          const want = Array.from(plain.tokens[i] as Int32Array);
+          for (const prediction of [want, want.slice(5, 40)]) {
+            const res = await hybrid.submit(prompts[i] as Int32Array, { maxNewTokens: 48, ignoreEos: true, prediction });
+            assert.deepStrictEqual(Array.from(res.tokens), want, `hybrid, request ${i}`);
+          }
+        }
+      } finally {
+        hybrid.close();
       }
       const engine = new Engine({ model: target, speculator: new PromptLookupSpeculator() });
       try {

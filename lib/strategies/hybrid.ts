@@ -114,6 +114,8 @@ export class HybridSpeculator implements Speculator {
     let st = this.states.get(s.key);
     if (!st) {
       st = { seq: this.engine.open(this.draftHistory(s.history), s.promptLength, makeRng(0, 0)), synced: s.history.length };
+      // (The request's prediction, for an inner prompt lookup: in the draft's ids.)
+      if (s.prediction) st.seq.prediction = Int32Array.from(this.draftHistory(Array.from(s.prediction)));
       this.states.set(s.key, st);
     } else {
       this.sync(st, s);
@@ -195,6 +197,7 @@ export class HybridSpeculator implements Speculator {
     const n = common - next;
     if (n < 1) return;
     const inner = this.engine.open(history, seq.promptLength, makeRng(0, 0), { from: src.seq, length: n });
+    if (seq.prediction) inner.prediction = Int32Array.from(this.draftHistory(Array.from(seq.prediction)));
     this.states.set(seq.key, { seq: inner, synced: history.length });
   }
 

@@ -62,14 +62,22 @@ export function promptLookupMatch(history: readonly number[], maxNgram: number, 
 type DraftSource = 'own' | 'corpus' | 'prediction';
 
 /**
- * The longest n-gram (maxNgram down to minNgram) ending `history` that occurs in `prediction` with a
- * token after it, and up to `numDraft` tokens that follow it; of its occurrences the first at or
- * after `from` (where the last drafts from it began: the output moves through the prediction in
- * order, so a line that repeats is taken where the output has got to), else the first. `at`: where
- * the drafts begin in the prediction.
+ * Up to `numDraft` tokens of `prediction` to follow `history`: where the output has got to in the
+ * prediction (`from`: after the last drafts taken from it, those accepted and the token after them)
+ * when the history's last 2+ tokens end there; else after the longest n-gram (maxNgram down to
+ * minNgram) ending the history that occurs in the prediction with a token after it, its first
+ * occurrence ending at or after `from` (the output moves through the prediction in order, so a
+ * phrase that repeats is taken where the output is), else its first. `at`: where the drafts begin.
  */
 export function predictionLookup(prediction: ArrayLike<number>, history: readonly number[], maxNgram: number, minNgram: number, numDraft: number, from = 0): (CorpusMatch & { at: number }) | undefined {
   const L = history.length, P = prediction.length;
+  const drafts = (at: number): number[] => Array.from({ length: Math.min(numDraft, P - at) }, (_, j) => prediction[at + j] as number);
+  // Where the output has got to, first (a single token there may be chance: an edit took the output elsewhere).
+  for (let n = Math.min(maxNgram, L, from); n >= Math.max(minNgram, 2) && from < P; n--) {
+    let aligned = true;
+    for (let j = 0; j < n && aligned; j++) aligned = prediction[from - n + j] === history[L - n + j];
+    if (aligned) return { n, at: from, drafts: drafts(from) };
+  }
   for (let n = Math.min(maxNgram, L); n >= minNgram; n--) {
     let first = -1;
     for (let i = 0; i + n < P; i++) {
@@ -82,10 +90,7 @@ export function predictionLookup(prediction: ArrayLike<number>, history: readonl
         break;
       }
     }
-    if (first >= 0) {
-      const at = first + n;
-      return { n, at, drafts: Array.from({ length: Math.min(numDraft, P - at) }, (_, j) => prediction[at + j] as number) };
-    }
+    if (first >= 0) return { n, at: first + n, drafts: drafts(first + n) };
   }
   return undefined;
 }
@@ -291,6 +296,10 @@ export class PromptLookupSpeculator implements Speculator {
   }
 
   update(seqs: readonly SpecSequence[], report: StepReport, ctx: ProposeContext = {}): void {
+    // Drafts taken from a prediction: the output is now past those accepted and the token after them.
+    seqs.forEach((s, b) => {
+      if (this.sourceOf.get(s.key) === 'prediction') this.predictionAt.set(s.key, (this.predictionAt.get(s.key) ?? 0) + (report.acceptedNodes[b] as Int32Array).length);
+    });
     const cost = sizingCost(this.sized, this.target, ctx);
     if (!cost) return;
     seqs.forEach((s, b) => {

@@ -126,9 +126,9 @@ export class PromptLookupSpeculator implements Speculator {
    * 384 forwards; 48 with 8 drafts fixed).
    */
   readonly predictionRates = new RankRates(() => 0.9);
-  /** Sized mode, per sequence: where its last proposal's drafts came from. */
+  /** Per sequence: where its last proposal's drafts came from. */
   private readonly sourceOf = new Map<number, DraftSource>();
-  /** Per sequence with a prediction: where in it the last drafts taken from it began (the alignment). */
+  /** Per sequence with a prediction: where its output has got to in it (the alignment; predictionLookup's `from`). */
   private readonly predictionAt = new Map<number, number>();
   /** Sized mode, per sequence: matches not proposed in a row (a probe after PROBE_AFTER_PLAIN_STEPS). */
   private readonly unproposed = new Map<number, number>();
@@ -175,14 +175,17 @@ export class PromptLookupSpeculator implements Speculator {
   }
 
   /**
-   * The drafts for a sequence: the longest match among its prediction, its own tokens and the corpus
-   * (ties in that order: the prediction is what the output is expected to be), and their source.
+   * The drafts for a sequence: its prediction where the output is aligned with it, else the longest
+   * match among its prediction, its own tokens and the corpus (ties in that order: the prediction is
+   * what the output is expected to be), and their source.
    */
   private lookup(s: SpecSequence, k: number): { drafts: number[]; source: DraftSource } {
     const own = promptLookupMatch(s.history, this.maxNgram, this.minNgram, k);
-    const pred = s.prediction ? predictionLookup(s.prediction, s.history, this.maxNgram, this.minNgram, k, this.predictionAt.get(s.key) ?? 0) : undefined;
-    let best: { drafts: number[]; n: number; source: DraftSource } | undefined = pred && (!own || pred.n >= own.n) ? { ...pred, source: 'prediction' } : own ? { ...own, source: 'own' } : undefined;
-    const other = this.corpus?.lookup(s.history, best ? best.n + 1 : this.minNgram, k);
+    const from = this.predictionAt.get(s.key) ?? 0;
+    const pred = s.prediction ? predictionLookup(s.prediction, s.history, this.maxNgram, this.minNgram, k, from) : undefined;
+    let best: { drafts: number[]; n: number; source: DraftSource } | undefined = pred && (pred.at === from || !own || pred.n >= own.n) ? { ...pred, source: 'prediction' } : own ? { ...own, source: 'own' } : undefined;
+    const aligned = best?.source === 'prediction' && pred?.at === from;
+    const other = aligned ? undefined : this.corpus?.lookup(s.history, best ? best.n + 1 : this.minNgram, k);
     if (other) best = { ...other, source: 'corpus' };
     if (best?.source === 'prediction') this.predictionAt.set(s.key, (pred as { at: number }).at);
     return best ? { drafts: best.drafts, source: best.source } : { drafts: [], source: 'own' };

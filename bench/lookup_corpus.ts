@@ -10,7 +10,8 @@
 //            start, 6 dropped in the middle (a file edited in two places).
 // Strategies: plain, prompt lookup without and with a corpus (both sized by the cost model), and
 // with a corpus and a fixed 8-token draft. The outputs are checked equal to plain decoding's; the
-// times are the median of the runs (interleaved: plain, lookup, lookup + corpus, ...).
+// times and forwards are the median of the runs (interleaved: plain, lookup, lookup + corpus, ...;
+// the sized ones decide anew each run, the cost model refined across them).
 //
 // Run: node dist/bench/lookup_corpus.js [--quick]
 import * as path from 'path';
@@ -82,7 +83,7 @@ async function family(fname: string, target: LlamaModel, tok: TextTokenizer, qui
       plain.close();
     }
     const times = strategies.map(() => [] as number[]);
-    const forwards = strategies.map(() => 0);
+    const forwards = strategies.map(() => [] as number[]);
     let want: string | undefined;
     for (let r = 0; r <= reps; r++) {
       for (let s = 0; s < strategies.length; s++) {
@@ -106,14 +107,14 @@ async function family(fname: string, target: LlamaModel, tok: TextTokenizer, qui
         if (got !== want) throw new Error(`${wname}, ${(strategies[s] as [string, unknown])[0]}: not plain decoding's tokens`);
         if (r === 0) continue;  // warm-up
         (times[s] as number[]).push(dt);
-        forwards[s] = fw;
+        (forwards[s] as number[]).push(fw);
       }
     }
     const tokens = ids.length * maxNew;
     console.log(`${wname}:`);
     strategies.forEach(([name], s) => {
       const t = med(times[s] as number[]);
-      console.log(`  ${name.padEnd(34)} ${(t * 1000).toFixed(1).padStart(7)} ms   ${(tokens / (forwards[s] as number)).toFixed(2)} tokens / target forward   ${(med(times[0] as number[]) / t).toFixed(2)}x plain`);
+      console.log(`  ${name.padEnd(34)} ${(t * 1000).toFixed(1).padStart(7)} ms   ${(tokens / med(forwards[s] as number[])).toFixed(2)} tokens / target forward   ${(med(times[0] as number[]) / t).toFixed(2)}x plain`);
     });
   }
 }

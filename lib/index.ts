@@ -36,7 +36,7 @@ export { TextTokenizer, tokenizerMismatch, type ChatMessage, type ChatTemplateOp
 export { GrammarCursor, JsonGrammar, TokenVocabulary, type GrammarState, type JsonGrammarOptions, type TokenGrammar } from './grammar';
 export { JsonSchemaGrammar, type JsonSchemaGrammarOptions } from './json_schema';
 export { checkToolChoice, checkTools, constrainedToolCalls, parseToolCalls, RequiredCallsReader, TOOL_CALL_FORMATS, toolCallGrammar, toolCallSchema, ToolCallStream } from './tool_calls';
-export { AfterReasoning, promptOpensReasoning, REASONING_FORMATS, ReasoningStream, splitReasoning } from './reasoning';
+export { AfterReasoning, promptOpensReasoning, promptOpensReasoningIds, REASONING_FORMATS, ReasoningStream, splitReasoning } from './reasoning';
 export type { ReasoningFormat, ReasoningSplit } from './reasoning';
 export type { ParsedReply, RequiredCallEvent, ToolCall, ToolCallFormat, ToolChoice, ToolDefinition, ToolFunction } from './tool_calls';
 

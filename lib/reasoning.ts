@@ -23,6 +23,15 @@ export function promptOpensReasoning(promptText: string): boolean {
   return promptText.lastIndexOf(THINK_OPEN) > promptText.lastIndexOf(THINK_CLOSE);
 }
 
+/** promptOpensReasoning on token ids, where the markers are single tokens: the last of them decides (no decoding of the prompt). */
+export function promptOpensReasoningIds(ids: ArrayLike<number>, openId: number, closeId: number): boolean {
+  for (let i = ids.length - 1; i >= 0; i--) {
+    if (ids[i] === openId) return true;
+    if (ids[i] === closeId) return false;
+  }
+  return false;
+}
+
 /** A reply split: the reasoning (null: none) and the answer (null: none, as vLLM's). */
 export interface ReasoningSplit {
   readonly reasoning: string | null;

@@ -4,7 +4,7 @@
 // a stray </think> and an answer the inner grammar accepts.
 import * as assert from 'assert';
 import { JsonGrammar, TokenVocabulary, type GrammarState } from '../lib/grammar';
-import { AfterReasoning, promptOpensReasoning, ReasoningStream, splitReasoning } from '../lib/reasoning';
+import { AfterReasoning, promptOpensReasoning, promptOpensReasoningIds, ReasoningStream, splitReasoning } from '../lib/reasoning';
 import { assertThrowsCode, rng, testSeed } from './helpers';
 
 describe('reasoning: the think block and the answer', () => {
@@ -29,6 +29,11 @@ describe('reasoning: the think block and the answer', () => {
     assert.strictEqual(promptOpensReasoning('<|assistant|><think>\n\n</think>\n\n'), false);
     assert.strictEqual(promptOpensReasoning('<think>a</think> then <|assistant|>'), false);
     assert.strictEqual(promptOpensReasoning('plain'), false);
+    // The same on token ids (markers 7 and 8): the last marker decides.
+    assert.strictEqual(promptOpensReasoningIds([1, 2, 7, 3], 7, 8), true);
+    assert.strictEqual(promptOpensReasoningIds([1, 7, 3, 8, 4], 7, 8), false);
+    assert.strictEqual(promptOpensReasoningIds([7, 8, 1, 7], 7, 8), true);
+    assert.strictEqual(promptOpensReasoningIds([1, 2, 3], 7, 8), false);
   });
 
   it('streamed at random split points: reasoning and answer shown as they come join to the whole reply\'s; neither shows a piece of a marker', () => {

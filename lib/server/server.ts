@@ -16,7 +16,7 @@ import type { Penalties } from '../sampling';
 import type { SamplingConfig } from '../strategies/speculator';
 import { generateText, IncrementalText, type TextCodec, type TextResult } from '../text';
 import type { ChatMessage, ChatTemplateOptions } from '../tokenizer';
-import { AfterReasoning, promptOpensReasoning, REASONING_FORMATS, ReasoningStream, splitReasoning, THINK_CLOSE, THINK_OPEN, type ReasoningFormat } from '../reasoning';
+import { AfterReasoning, promptOpensReasoning, promptOpensReasoningIds, REASONING_FORMATS, ReasoningStream, splitReasoning, THINK_CLOSE, THINK_OPEN, type ReasoningFormat } from '../reasoning';
 import { checkToolChoice, checkTools, MISTRAL_TOOL_CALLS, parseToolCalls, RequiredCallsReader, TOOL_CALL_FORMATS, toolCallGrammar, ToolCallStream, toolCallId, type ToolCall, type ToolCallFormat, type ToolDefinition } from '../tool_calls';
 import { PROMETHEUS_CONTENT_TYPE, prometheusText } from './prometheus';
 
@@ -401,7 +401,7 @@ export class CompletionServer {
     const sent = promptsOf(b, tools);
     const prompts = sent.map((x) => x.ids);
     // A reasoning model's chat: where each prompt left the think block, and the grammar after it.
-    const reasoning = chat && this.reasoningParser ? prompts.map((ids) => promptOpensReasoning(this.tokenizer?.decode(ids, { skipSpecialTokens: false }) ?? '')) : undefined;
+    const reasoning = chat && this.reasoningParser ? prompts.map((ids) => this.opensReasoning(ids)) : undefined;
     const grammars = reasoning && grammar ? this.afterReasoning(grammar, reasoning, toolMode && toolMode.kind !== 'auto' ? 'tool_choice' : 'response_format') : undefined;
     if (prompts.length * bestOf > MAX_REQUESTS) throw new HttpError(400, `prompt: ${prompts.length} prompts x ${bestOf} choices is more than ${MAX_REQUESTS} requests`, 'prompt');
     // Chat clients send max_completion_tokens (OpenAI's newer name); a chat gets room by default.
@@ -565,6 +565,16 @@ export class CompletionServer {
     }
     this.schemas.set(key, g);
     return g;
+  }
+
+  /**
+   * Whether a chat prompt leaves the think block open: by its marker tokens where the vocabulary has
+   * them (a scan from the end; a long chat is not decoded per request), else by its text.
+   */
+  private opensReasoning(ids: Int32Array): boolean {
+    const open = this.tokenizer?.tokenToId?.(THINK_OPEN), close = this.tokenizer?.tokenToId?.(THINK_CLOSE);
+    if (open !== undefined && close !== undefined) return promptOpensReasoningIds(ids, open, close);
+    return promptOpensReasoning(this.tokenizer?.decode(ids, { skipSpecialTokens: false }) ?? '');
   }
 
   /** Per prompt, `grammar` for the answer after the think block (its markers must be single tokens). */
